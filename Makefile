@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make train` and `make test` (see README).
+PYTHON ?= python3
+VENV ?= .venv
+# torch first, pinned: on a machine without torch an unpinned install may pull a multi-GB build.
+# GPU users: `make TORCH="torch>=2.2" ...` or any torch you already have.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+.PHONY: setup train test lint benchmark
+setup: $(BIN)/.installed
+
+train: setup
+	$(BIN)/python scripts/train.py $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q tests $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+benchmark: setup
+	$(BIN)/python scripts/benchmark.py $(ARGS)

@@ -1,0 +1,6 @@
+"""The ES engine: population context, fitness shaping, gradient and optimizer step."""
+
+from flipes.es.engine import FlipES
+from flipes.es.population import Population
+
+__all__ = ["FlipES", "Population"]

@@ -1,0 +1,273 @@
+"""FlipES: evolution strategies with Flipout perturbations.
+
+Wen, Vicol, Ba, Grosse & Tran, "Flipout: Efficient Pseudo-Independent Weight Perturbations on
+Mini-Batches", ICLR 2018 (arXiv:1803.04386); the ES estimator and fitness shaping follow Salimans
+et al., 2017 (arXiv:1703.03864).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from flipes.dist import Comm, SerialComm, split_groups
+from flipes.es.gradient import weighted_perturbation
+from flipes.es.population import Population
+from flipes.es.shaping import centered_ranks
+from flipes.nn.convert import flipout_layers
+from flipes.noise import SlotNoise, sample_slot
+
+Shaping = Callable[[Tensor], Tensor]
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+class FlipES:
+    r"""Evolution strategies over the Flipout layers of ``model``.
+
+    Each generation, ``population()`` gives every member its own perturbation
+    ``σ·ε_g ∘ (r_n s_nᵀ)`` of every Flipout weight; ``tell(fitness)`` shapes the fitness and writes
+    ``-ĝ`` (the gradient of the loss ``-J``) to the parameters' ``.grad``, with
+
+        ĝ = 1/(Nσ) Σ_n F̂_n u_n,
+
+    then steps the optimizer. Only the weights and biases of Flipout layers are evolved.
+
+    Args:
+        model: a model with Flipout layers (see ``flipes.flipout``).
+        popsize: members per generation, ``N`` (all processes together).
+        sigma: perturbation scale σ > 0, or a function ``generation -> σ`` (a schedule).
+        lr: learning rate of the default Adam optimizer.
+        seed: keys all noise, with the generation, group and slot.
+        groups: number of ε groups; members are split into ``groups`` contiguous blocks, each with
+            its own ε (signs are per member in any case). More groups: less correlation between
+            members, more sampling work; ``groups=popsize`` is fully independent ES.
+        mirrored: antithetic pairs (member ``2k+1`` is ``-u_{2k}``); needs an even group size.
+        shaping: ``fitness (N,) -> weights (N,)``, e.g. ``flipes.shaping.centered_ranks``.
+        weight_decay: L2 coefficient added to the loss gradient (``+ wd·θ``).
+        optimizer: ``params -> torch.optim.Optimizer``; default ``Adam(params, lr)``.
+        comm: communicator between processes (``flipes.dist``); default: this process alone.
+
+    Examples::
+
+        >>> model = flipes.flipout(nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 2)))
+        >>> es = flipes.FlipES(model, popsize=64, sigma=0.05, lr=0.03, seed=0)
+        >>> for _ in range(100):
+        ...     with es.population() as pop:
+        ...         fitness = -loss_of_each_member(model(x.expand(pop.size, *x.shape)))
+        ...     stats = es.tell(fitness)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        popsize: int,
+        sigma: float | Callable[[int], float] = 0.05,
+        lr: float = 0.03,
+        seed: int = 0,
+        groups: int = 1,
+        *,
+        mirrored: bool = True,
+        shaping: Shaping = centered_ranks,
+        weight_decay: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
+        comm: Comm | None = None,
+    ) -> None:
+        if popsize < 1 or groups < 1 or popsize % groups:
+            raise ValueError(f"popsize={popsize} must be a positive multiple of groups={groups}")
+        if mirrored and (popsize // groups) % 2:
+            raise ValueError(
+                f"mirrored sampling pairs members, but each group has popsize/groups = {popsize // groups} "
+                "members (odd); use an even popsize per group or mirrored=False"
+            )
+        self.model = model
+        self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, seed, mirrored
+        self.shaping, self.weight_decay = shaping, weight_decay
+        self._sigma = sigma
+        self.sigma_at(0)  # validate now, not at the first generation
+        self.comm: Comm = comm if comm is not None else SerialComm()
+        self.local_groups = split_groups(groups, self.comm.rank, self.comm.size)
+        group_size = popsize // groups
+        self.members = range(self.local_groups.start * group_size, self.local_groups.stop * group_size)
+
+        self.layers = flipout_layers(model)
+        if not self.layers:
+            raise ValueError("FlipES: the model has no Flipout layer; convert it with flipes.flipout(model)")
+        self.slots = [(layer, pw) for layer in self.layers for pw in layer.perturbed_weights()]
+        self.params: list[nn.Parameter] = []
+        for _, pw in self.slots:
+            for p in (pw.weight, pw.bias):
+                if p is not None and all(p is not q for q in self.params):
+                    self.params.append(p)
+        self.optimizer = optimizer(self.params) if optimizer else torch.optim.Adam(self.params, lr=lr)
+        self.generation = 0
+        self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
+
+    def sigma_at(self, generation: int) -> float:
+        sigma = float(self._sigma(generation) if callable(self._sigma) else self._sigma)
+        if not (sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a finite number > 0, got {sigma} at generation {generation}")
+        return sigma
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def _sample(self) -> list[SlotNoise]:
+        sigma = self.sigma_at(self.generation)
+        return [
+            sample_slot(
+                seed=self.seed,
+                generation=self.generation,
+                slot=i,
+                groups=self.local_groups,
+                group_size=self.popsize // self.groups,
+                weight=pw.weight.detach(),
+                in_channels=pw.in_channels,
+                out_channels=pw.out_channels,
+                has_bias=pw.bias is not None,
+                sigma=sigma,
+                mirrored=self.mirrored,
+            )
+            for i, (_, pw) in enumerate(self.slots)
+        ]
+
+    @contextmanager
+    def population(self) -> Iterator[Population]:
+        """Inside, every Flipout layer evaluates the local members (inputs are members first).
+
+        The noise is sampled on first entry in a generation and kept until ``tell``, so entering
+        twice in one generation evaluates the same members. Autograd is off inside.
+        """
+        with torch.no_grad():
+            if self._noise is None:
+                self._noise = self._sample()
+            noise = iter(self._noise)
+            for layer in self.layers:
+                layer.noise = tuple(next(noise) for _ in layer.perturbed_weights())
+            try:
+                yield Population(
+                    size=len(self.members),
+                    popsize=self.popsize,
+                    generation=self.generation,
+                    sigma=self.sigma_at(self.generation),
+                    members=self.members,
+                    groups=self.local_groups,
+                )
+            finally:
+                for layer in self.layers:
+                    layer.noise = None
+
+    def _check_fitness(self, fitness: Tensor | np.ndarray | Iterable[float]) -> Tensor:
+        if self._noise is None:
+            raise RuntimeError(
+                f"tell() before any population of generation {self.generation}: evaluate `with es.population()` first"
+            )
+        f = torch.as_tensor(fitness).detach().to("cpu", torch.float64)
+        n = len(self.members)
+        if f.shape != (n,):
+            raise ValueError(
+                f"fitness has shape {tuple(f.shape)}, but this process evaluates {n} members: "
+                f"return one value per member, a Tensor of shape ({n},)"
+            )
+        bad = (~torch.isfinite(f)).nonzero().flatten()
+        if len(bad):
+            shown = ", ".join(f"{self.members[i]}={f[i].item()}" for i in bad[:5].tolist())
+            raise ValueError(
+                f"fitness of {len(bad)} member(s) is not finite ({shown}{', ...' if len(bad) > 5 else ''}); "
+                "the fitness function must return finite values (clip or penalize instead of returning nan/inf)"
+            )
+        return f
+
+    @torch.no_grad()
+    def tell(self, fitness: Tensor | np.ndarray | Iterable[float]) -> dict[str, float]:
+        """Update the mean parameters from the fitness of this process's members.
+
+        Args:
+            fitness: ``(pop.size,)``, higher is better, in the members' input order.
+
+        Returns:
+            ``fitness_mean/max/min/std``, ``grad_norm`` (‖ĝ‖), ``update_ratio``
+            (‖Δθ‖/‖θ‖), ``sigma`` and ``generation`` (the generation just finished).
+
+        A rejected fitness raises before anything changes.
+        """
+        local = self._check_fitness(fitness)
+        full = self.comm.allgather_tensor(local)
+        shaped = self.shaping(full)
+        if shaped.shape != full.shape or not torch.isfinite(shaped).all():
+            raise ValueError("the shaping function must map fitness (N,) to finite weights (N,)")
+        sigma = self.sigma_at(self.generation)
+        coeff_all = shaped[self.members.start : self.members.stop]
+
+        grads = {id(p): torch.zeros_like(p) for p in self.params}
+        for (_, pw), noise in zip(self.slots, self._noise, strict=True):
+            coeff = coeff_all.to(noise.s.device, noise.s.dtype)
+            gw, gb = weighted_perturbation(pw, noise, coeff)
+            grads[id(pw.weight)] += gw
+            if gb is not None:
+                grads[id(pw.bias)] += gb
+        flat = self.comm.allreduce_sum_(torch.cat([grads[id(p)].flatten() for p in self.params]))
+        flat.mul_(-1.0 / (self.popsize * sigma * sigma))  # -ĝ: Σ F̂ (σu) / (Nσ²), negated for the loss -J
+        grad_norm = flat.norm().item()
+
+        before = [p.detach().clone() for p in self.params]
+        offset = 0
+        for p in self.params:
+            g = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+            p.grad = g + self.weight_decay * p if self.weight_decay else g.clone()
+        self.optimizer.step()
+        delta = math.sqrt(sum(float((p - b).square().sum()) for p, b in zip(self.params, before, strict=True)))
+        norm = math.sqrt(sum(float(p.square().sum()) for p in self.params))
+
+        stats = {
+            "generation": float(self.generation),
+            "fitness_mean": full.mean().item(),
+            "fitness_max": full.max().item(),
+            "fitness_min": full.min().item(),
+            "fitness_std": full.std(unbiased=False).item(),
+            "grad_norm": grad_norm,
+            "update_ratio": delta / norm if norm > 0 else float("inf"),
+            "sigma": sigma,
+        }
+        self.generation += 1
+        self._noise = None
+        return stats
+
+    def step(self, fitness_fn: Callable[[nn.Module, Population], Tensor]) -> dict[str, float]:
+        """One generation: ``fitness_fn(model, pop)`` inside ``population()``, then ``tell``."""
+        with self.population() as pop:
+            fitness = fitness_fn(self.model, pop)
+        return self.tell(fitness)
+
+    def _config(self) -> dict[str, Any]:
+        return {"popsize": self.popsize, "groups": self.groups, "seed": self.seed, "mirrored": self.mirrored}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit for bit: the noise is a pure function of
+        (seed, generation), so no random state is stored. Tensors are references: save at once."""
+        return {
+            "generation": self.generation,
+            "config": self._config(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"generation", "config", "model", "optimizer"} - set(state)
+        if missing:
+            raise ValueError(f"not a FlipES state dict: missing {sorted(missing)}")
+        diff = {k: (v, state["config"].get(k)) for k, v in self._config().items() if state["config"].get(k) != v}
+        if diff:
+            shown = ", ".join(f"{k}: saved {s!r}, now {c!r}" for k, (c, s) in diff.items())
+            raise ValueError(f"state was saved by a FlipES with another configuration ({shown}); use the same settings to resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generation = int(state["generation"])
+        self._noise = None

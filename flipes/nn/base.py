@@ -1,0 +1,38 @@
+"""What every Flipout layer shares: its perturbed weights ("slots") and the noise slot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from flipes.noise import SlotNoise
+
+
+@dataclass(frozen=True)
+class PerturbedWeight:
+    """One weight a Flipout layer perturbs, with its bias.
+
+    The weight is laid out ``(out_channels, in_channels // conv_groups, *kernel)`` as in torch.nn;
+    member ``n`` has one sign per input channel (``s_n``) and one per output channel (``r_n``).
+    """
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    in_channels: int
+    out_channels: int
+    conv_groups: int = 1
+
+
+class FlipoutMixin:
+    """Base of the Flipout layers.
+
+    ``noise`` is ``None`` outside a population, and the layer then is exactly its torch.nn parent.
+    ``flipes.FlipES`` sets it, one ``SlotNoise`` per entry of ``perturbed_weights()``, for the
+    duration of ``es.population()``.
+    """
+
+    noise: tuple[SlotNoise, ...] | None = None
+
+    def perturbed_weights(self) -> list[PerturbedWeight]:
+        raise NotImplementedError

@@ -1,0 +1,42 @@
+"""Flipout 2-D convolution (Wen et al., ICLR 2018, arXiv:1803.04386).
+
+Signs are drawn per (member, input channel) and per (member, output channel) and broadcast over
+space, so every member has ONE weight sample ``W̄ + σ·ε ∘ (r_n s_nᵀ)`` (kernel dims broadcast).
+Signs per element of the feature map would not correspond to any weight sample.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from flipes.nn.base import FlipoutMixin, PerturbedWeight
+from flipes.nn.functional import flipout_conv
+
+
+class FlipoutConv2d(FlipoutMixin, nn.Conv2d):
+    r"""A ``torch.nn.Conv2d`` whose kernel is perturbed per member inside an ES population.
+
+    Member :math:`n` computes ``conv(x_n, W̄) + b̄ + (conv(x_n ∘ s_n, σε) + σε_b) ∘ r_n``, with
+    ``s_n`` and ``r_n`` one ±1 per channel. Outside a population it is exactly ``nn.Conv2d``.
+
+    Args: as ``nn.Conv2d`` (all padding modes and channel groups are supported).
+
+    Shape:
+        - Outside a population: as ``nn.Conv2d``.
+        - Inside a population of N members: ``(N, *B, C_in, H, W) -> (N, *B, C_out, H', W')``.
+
+    Examples::
+
+        >>> conv = FlipoutConv2d(3, 8, kernel_size=3, padding=1)
+        >>> es = flipes.FlipES(conv, popsize=4, sigma=0.1)
+        >>> with es.population() as pop:
+        ...     y = conv(torch.randn(pop.size, 2, 3, 16, 16))   # (4, 2, 8, 16, 16)
+    """
+
+    def perturbed_weights(self) -> list[PerturbedWeight]:
+        return [PerturbedWeight(self.weight, self.bias, self.in_channels, self.out_channels, self.groups)]
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.noise is None:
+            return super().forward(input)
+        return flipout_conv(input, self.bias, self.noise[0], self._conv_forward, self.weight, 2, type(self).__name__)

@@ -1,0 +1,43 @@
+"""Flipout linear layer (Wen et al., ICLR 2018, arXiv:1803.04386)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from flipes.nn.base import FlipoutMixin, PerturbedWeight
+from flipes.nn.functional import flipout_linear
+
+
+class FlipoutLinear(FlipoutMixin, nn.Linear):
+    r"""A ``torch.nn.Linear`` whose weights are perturbed per member inside an ES population.
+
+    Member :math:`n` computes :math:`y_n = x_n W_n^T + b_n` with
+    :math:`W_n = \bar W + \sigma\,\varepsilon \circ (r_n s_n^T)`, in two GEMMs for all members.
+    Outside a population it is exactly ``nn.Linear``.
+
+    Args:
+        in_features: size of each input sample
+        out_features: size of each output sample
+        bias: if ``False``, the layer learns no additive bias
+        device, dtype: as for ``nn.Linear``
+
+    Shape:
+        - Outside a population: as ``nn.Linear``, ``(*, in_features) -> (*, out_features)``.
+        - Inside a population of N members: ``(N, *B, in_features) -> (N, *B, out_features)``;
+          the first dimension indexes members, ``*B`` are examples of each member.
+
+    Examples::
+
+        >>> layer = FlipoutLinear(20, 30)
+        >>> es = flipes.FlipES(layer, popsize=8, sigma=0.1)
+        >>> with es.population() as pop:
+        ...     y = layer(torch.randn(pop.size, 5, 20))   # (8, 5, 30)
+    """
+
+    def perturbed_weights(self) -> list[PerturbedWeight]:
+        return [PerturbedWeight(self.weight, self.bias, self.in_features, self.out_features)]
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.noise is None:
+            return super().forward(input)
+        return flipout_linear(input, self.weight, self.bias, self.noise[0], type(self).__name__)
