@@ -65,7 +65,7 @@ def flipout_conv(
     lead = x.shape[: x.dim() - spatial_dims - 1]
     flat = x.reshape(-1, *x.shape[len(lead) :])  # (N*B, C, *spatial)
     per = flat.shape[0] // n  # examples per member
-    bshape = (n, per, -1) + (1,) * spatial_dims
+    bshape = (n, 1, -1) + (1,) * spatial_dims  # (member, example, channel, *space)
     xs = (flat.view(n, per, *flat.shape[1:]) * noise.s.view(bshape)).view_as(flat)
     chunks = xs.chunk(g) if g > 1 else (xs,)
     pert = torch.cat([conv(c, noise.eps[i], None) for i, c in enumerate(chunks)])

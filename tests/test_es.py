@@ -1,0 +1,198 @@
+"""Must-show 2, 5, 6, 7: the ES gradient, learning, determinism and bad input."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from reference import centered_ranks_distinct, member_deltas
+from torch import nn
+
+import flipes
+from flipes.es.shaping import centered_ranks, raw, z_score
+from flipes.nn import FlipoutConv2d, FlipoutLinear, FlipoutLSTMCell
+
+DT = torch.float64
+
+
+class Mixed(nn.Module):
+    """One slot of every kind: a grouped conv, a linear and the two weights of an LSTM cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = FlipoutConv2d(4, 6, 3, groups=2, dtype=DT)
+        self.fc = FlipoutLinear(6, 5, dtype=DT)
+        self.cell = FlipoutLSTMCell(5, 3, dtype=DT)
+
+
+@pytest.mark.parametrize("mirrored,groups", [(False, 1), (True, 1), (True, 4), (False, 16)])
+def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int) -> None:
+    torch.manual_seed(0)
+    model, n, sigma = Mixed(), 16, 0.07
+    es = flipes.FlipES(model, popsize=n, sigma=sigma, seed=5, groups=groups, mirrored=mirrored,
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    with es.population():
+        noises = {name: layer.noise for name, layer in (("conv", model.conv), ("fc", model.fc), ("cell", model.cell))}
+    fitness = torch.randn(n, dtype=DT)
+    es.tell(fitness)
+    f_hat = centered_ranks_distinct(fitness)
+
+    def expect(delta: torch.Tensor) -> torch.Tensor:  # -ĝ = -Σ F̂_n u_n / (Nσ), u_n materialized
+        u = delta / sigma
+        return -(f_hat.view(-1, *(1,) * (u.dim() - 1)) * u).sum(0) / (n * sigma)
+
+    pairs = [
+        (model.conv.weight, member_deltas(noises["conv"][0], tuple(model.conv.weight.shape), 2)),
+        (model.conv.bias, noises["conv"][0].bias),
+        (model.fc.weight, member_deltas(noises["fc"][0], tuple(model.fc.weight.shape))),
+        (model.fc.bias, noises["fc"][0].bias),
+        (model.cell.weight_ih, member_deltas(noises["cell"][0], tuple(model.cell.weight_ih.shape))),
+        (model.cell.bias_ih, noises["cell"][0].bias),
+        (model.cell.weight_hh, member_deltas(noises["cell"][1], tuple(model.cell.weight_hh.shape))),
+        (model.cell.bias_hh, noises["cell"][1].bias),
+    ]
+    for p, delta in pairs:
+        torch.testing.assert_close(p.grad, expect(delta), atol=1e-12, rtol=1e-10)
+
+
+def test_weight_decay_adds_l2_gradient() -> None:
+    torch.manual_seed(0)
+    layer = FlipoutLinear(3, 2, dtype=DT)
+    runs = []
+    for wd in (0.0, 0.1):
+        model = FlipoutLinear(3, 2, dtype=DT)
+        model.load_state_dict(layer.state_dict())
+        es = flipes.FlipES(model, popsize=4, sigma=0.1, weight_decay=wd, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+        es.step(lambda m, pop: torch.arange(pop.size, dtype=DT))
+        runs.append(model)
+    torch.testing.assert_close(runs[1].weight.grad - runs[0].weight.grad, 0.1 * layer.weight)
+
+
+def test_shaping_functions() -> None:
+    f = torch.tensor([3.0, -1.0, 3.0, 10.0, 0.0])
+    # ties share their mean rank: sorted -1, 0, 3, 3, 10 -> ranks 0, 1, 2.5, 2.5, 4
+    torch.testing.assert_close(centered_ranks(f), torch.tensor([2.5, 0, 2.5, 4, 1]) / 4 - 0.5)
+    torch.testing.assert_close(centered_ranks(torch.tensor([5.0, 5.0])), torch.zeros(2))
+    z = z_score(f)
+    assert abs(z.mean()) < 1e-6 and abs(z.std(unbiased=False) - 1) < 1e-6
+    assert torch.equal(z_score(torch.ones(3)), torch.zeros(3))
+    assert torch.equal(raw(f), f)
+
+
+def test_learns_a_linear_teacher() -> None:
+    torch.manual_seed(0)
+    teacher = nn.Linear(8, 4)
+    x = torch.randn(256, 8)
+    y = teacher(x).detach()
+    student = FlipoutLinear(8, 4)
+    es = flipes.FlipES(student, popsize=64, sigma=0.02, lr=0.05, seed=0)
+    decay = torch.optim.lr_scheduler.ExponentialLR(es.optimizer, gamma=0.985)  # any torch.optim tool works
+
+    def fitness(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
+        pred = model(x.expand(pop.size, *x.shape))
+        return -(pred - y).square().mean((1, 2))
+
+    start = (student(x) - y).square().mean().item()
+    for _ in range(300):
+        es.step(fitness)
+        decay.step()
+    loss = (student(x) - y).square().mean().item()
+    assert loss < 1e-5 * start, (start, loss)  # the optimum is the teacher itself (loss 0)
+    torch.testing.assert_close(student.weight, teacher.weight, atol=2e-3, rtol=0)
+    torch.testing.assert_close(student.bias, teacher.bias, atol=2e-3, rtol=0)
+
+
+def mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return flipes.flipout(nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)))
+
+
+def fitness(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
+    x = torch.linspace(-1, 1, 6 * 5).view(5, 6)
+    return -model(x.expand(pop.size, 5, 6)).sin().sum((1, 2))
+
+
+def params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_same_seed_same_parameters_and_resume_continues_bit_for_bit() -> None:
+    a, b = mlp(0), mlp(0)
+    es_a = flipes.FlipES(a, popsize=32, sigma=0.05, seed=11, groups=2)
+    es_b = flipes.FlipES(b, popsize=32, sigma=0.05, seed=11, groups=2)
+    for _ in range(10):
+        es_a.step(fitness)
+        es_b.step(fitness)
+    assert all(torch.equal(p, q) for p, q in zip(params(a), params(b)))
+
+    buf = io.BytesIO()
+    torch.save(es_a.state_dict(), buf)
+    for _ in range(5):
+        es_a.step(fitness)
+    c = mlp(99)  # different init: everything must come from the checkpoint
+    es_c = flipes.FlipES(c, popsize=32, sigma=0.05, seed=11, groups=2)
+    buf.seek(0)
+    es_c.load_state_dict(torch.load(buf))
+    assert es_c.generation == 10
+    for _ in range(5):
+        es_c.step(fitness)
+    assert all(torch.equal(p, q) for p, q in zip(params(a), params(c)))
+    other = flipes.FlipES(mlp(0), popsize=32, sigma=0.05, seed=12, groups=2)
+    for _ in range(10):
+        other.step(fitness)
+    assert not torch.equal(params(other.model)[0], params(b)[0])  # the seed matters
+
+
+def test_loading_a_state_of_another_configuration_is_an_error() -> None:
+    es = flipes.FlipES(mlp(0), popsize=8, seed=1)
+    with pytest.raises(ValueError, match="popsize: saved 8, now 16"):
+        flipes.FlipES(mlp(0), popsize=16, seed=1).load_state_dict(es.state_dict())
+    with pytest.raises(ValueError, match="not a FlipES state dict"):
+        es.load_state_dict({"model": {}})
+
+
+def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
+    model = mlp(0)
+    es = flipes.FlipES(model, popsize=8, sigma=0.1)
+    with pytest.raises(RuntimeError, match="before any population"):
+        es.tell(torch.zeros(8))
+    with es.population() as pop, pytest.raises(ValueError, match="members first"):
+        model(torch.zeros(pop.size - 1, 6))
+    before = params(model)
+    for bad, match in [
+        (torch.tensor([0.0, 1, float("nan"), 3, 4, 5, float("inf"), 7]), r"2 member\(s\) is not finite \(2=nan, 6=inf\)"),
+        (torch.zeros(7), r"shape \(7,\).*8 members"),
+        (torch.zeros(8, 1), r"shape \(8, 1\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            es.tell(bad)
+        assert all(torch.equal(p, q) for p, q in zip(params(model), before))
+    assert es.generation == 0
+    es.tell(torch.arange(8.0))  # a good fitness is still accepted for the same generation
+    assert es.generation == 1
+
+    with pytest.raises(ValueError, match="odd"):
+        flipes.FlipES(mlp(0), popsize=7)
+    with pytest.raises(ValueError, match="odd"):
+        flipes.FlipES(mlp(0), popsize=12, groups=4)  # 3 members per group
+    flipes.FlipES(mlp(0), popsize=7, mirrored=False)
+    for sigma in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="sigma must be"):
+            flipes.FlipES(mlp(0), popsize=8, sigma=sigma)
+    scheduled = flipes.FlipES(mlp(0), popsize=8, sigma=lambda g: 0.1 - g)  # a schedule that reaches 0
+    scheduled.step(fitness)
+    with pytest.raises(ValueError, match="sigma must be .* at generation 1"):
+        scheduled.step(fitness)
+    with pytest.raises(ValueError, match="multiple of groups"):
+        flipes.FlipES(mlp(0), popsize=10, groups=4)
+    with pytest.raises(ValueError, match="no Flipout layer"):
+        flipes.FlipES(nn.Linear(2, 2), popsize=8)
+
+
+def test_sigma_schedule_is_used_per_generation() -> None:
+    es = flipes.FlipES(mlp(0), popsize=8, sigma=lambda g: 0.1 * 0.5**g)
+    sigmas = [es.step(fitness)["sigma"] for _ in range(3)]
+    assert sigmas == [0.1, 0.05, 0.025]
+    with es.population() as pop:
+        assert pop.sigma == 0.0125 and pop.generation == 3 and pop.size == 8

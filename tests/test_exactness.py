@@ -1,0 +1,150 @@
+"""Must-show 1: every member's Flipout output equals a plain layer with its explicit weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import member_deltas
+from torch import nn
+
+import flipes
+from flipes.nn import FlipoutConv2d, FlipoutGRUCell, FlipoutLinear, FlipoutLSTMCell
+
+DT = torch.float64
+TOL = 1e-10
+# (mirrored, groups) with popsize 12: 12 / groups members per group, even where mirrored
+SETTINGS = [(False, 1), (True, 1), (True, 2), (False, 3), (True, 6)]
+N = 12
+
+
+def rand_shape(gen: torch.Generator, lo: int, hi: int) -> int:
+    return int(torch.randint(lo, hi, (1,), generator=gen))
+
+
+@pytest.mark.parametrize("mirrored,groups", SETTINGS)
+@pytest.mark.parametrize("trial", range(3))
+def test_linear_members_equal_explicit_weights(mirrored: bool, groups: int, trial: int) -> None:
+    gen = torch.Generator().manual_seed(100 + trial)
+    fin, fout, batch = rand_shape(gen, 1, 40), rand_shape(gen, 1, 40), rand_shape(gen, 1, 4)
+    torch.manual_seed(trial)
+    layer = FlipoutLinear(fin, fout, bias=trial != 1, dtype=DT)
+    es = flipes.FlipES(layer, popsize=N, sigma=0.3, seed=trial, groups=groups, mirrored=mirrored)
+    for shape in [(N, fin), (N, batch, fin), (N, 2, batch, fin)]:
+        x = torch.randn(shape, dtype=DT)
+        with es.population():
+            y = layer(x)
+            noise = layer.noise[0]
+        deltas = member_deltas(noise, tuple(layer.weight.shape))
+        for n in range(N):
+            b = None if layer.bias is None else layer.bias + noise.bias[n]
+            expect = F.linear(x[n], layer.weight + deltas[n], b)
+            torch.testing.assert_close(y[n], expect, atol=TOL, rtol=0)
+    assert torch.equal(layer(x[0]), F.linear(x[0], layer.weight, layer.bias))  # outside: the mean net
+
+
+@pytest.mark.parametrize("mirrored,groups", SETTINGS)
+@pytest.mark.parametrize(
+    "conv_kw",
+    [
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=(2, 3), stride=2, groups=2, bias=False),
+        dict(kernel_size=3, padding=2, dilation=2, padding_mode="reflect", groups=2),
+        dict(kernel_size=1, padding=1, padding_mode="circular"),
+    ],
+)
+def test_conv2d_members_equal_explicit_weights(mirrored: bool, groups: int, conv_kw: dict) -> None:
+    torch.manual_seed(groups)
+    cin, cout = 4, 6
+    conv = FlipoutConv2d(cin, cout, dtype=DT, **conv_kw)
+    es = flipes.FlipES(conv, popsize=N, sigma=0.2, seed=7, groups=groups, mirrored=mirrored)
+    x = torch.randn(N, 2, cin, 7, 8, dtype=DT)
+    with es.population():
+        y = conv(x)
+        noise = conv.noise[0]
+    deltas = member_deltas(noise, tuple(conv.weight.shape), conv.groups)
+    plain = nn.Conv2d(cin, cout, dtype=DT, **conv_kw)
+    for n in range(N):
+        b = None if conv.bias is None else conv.bias + noise.bias[n]
+        expect = plain._conv_forward(x[n], conv.weight + deltas[n], b)
+        torch.testing.assert_close(y[n], expect, atol=TOL, rtol=0)
+    # signs are per (member, channel): the perturbation of member n is ONE kernel for all positions
+    assert noise.s.shape == (N, cin) and noise.r.shape == (N, cout)
+
+
+def run_sequence(cell: nn.Module, xs: torch.Tensor, lstm: bool) -> list[torch.Tensor]:
+    h = torch.zeros(*xs.shape[1:-1], cell.hidden_size, dtype=DT)
+    state = (h, h.clone()) if lstm else h
+    outs = []
+    for x in xs:
+        state = cell(x, state)
+        outs.append(state[0] if lstm else state)
+    return outs
+
+
+@pytest.mark.parametrize("mirrored,groups", SETTINGS)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_recurrent_cell_members_equal_explicit_weights_over_a_sequence(mirrored: bool, groups: int, kind: str) -> None:
+    torch.manual_seed(3)
+    lstm = kind == "lstm"
+    cls, ref_cls = (FlipoutLSTMCell, nn.LSTMCell) if lstm else (FlipoutGRUCell, nn.GRUCell)
+    fin, hidden, steps = 5, 7, 9
+    cell = cls(fin, hidden, dtype=DT)
+    es = flipes.FlipES(cell, popsize=N, sigma=0.3, seed=1, groups=groups, mirrored=mirrored)
+    xs = torch.randn(steps, N, 3, fin, dtype=DT)
+    with es.population():
+        outs = run_sequence(cell, xs, lstm)
+        n_ih, n_hh = cell.noise
+    d_ih = member_deltas(n_ih, tuple(cell.weight_ih.shape))
+    d_hh = member_deltas(n_hh, tuple(cell.weight_hh.shape))
+    for n in range(N):
+        ref = ref_cls(fin, hidden, dtype=DT)  # torch's own cell with member n's weights, fixed over time
+        with torch.no_grad():
+            ref.weight_ih.copy_(cell.weight_ih + d_ih[n])
+            ref.weight_hh.copy_(cell.weight_hh + d_hh[n])
+            ref.bias_ih.copy_(cell.bias_ih + n_ih.bias[n])
+            ref.bias_hh.copy_(cell.bias_hh + n_hh.bias[n])
+            ref_outs = run_sequence(ref, xs[:, n], lstm)
+        for t in range(steps):
+            torch.testing.assert_close(outs[t][n], ref_outs[t], atol=TOL, rtol=0)
+
+
+def test_flipout_converts_sharing_parameters_and_is_exact_outside_a_population() -> None:
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(4 * 5 * 5, 16), nn.Tanh())
+            self.cell = nn.LSTMCell(16, 8)
+            self.gru = nn.GRUCell(8, 8)
+            self.norm = nn.LayerNorm(8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, _ = self.cell(self.body(self.conv(x)))
+            return self.norm(self.gru(h))
+
+    net = Net()
+    params = dict(net.named_parameters())
+    x = torch.randn(6, 3, 5, 5)
+    before = net(x)
+    converted = flipes.flipout(net)
+    assert converted is net
+    assert isinstance(net.conv, FlipoutConv2d) and isinstance(net.body[1], FlipoutLinear)
+    assert isinstance(net.cell, FlipoutLSTMCell) and isinstance(net.gru, FlipoutGRUCell)
+    assert type(net.norm) is nn.LayerNorm
+    for name, p in net.named_parameters():
+        assert p is params[name], name
+    assert torch.equal(net(x), before)
+
+    bare = nn.Linear(3, 2)
+    layer = flipes.flipout(bare)
+    assert isinstance(layer, FlipoutLinear) and layer.weight is bare.weight and layer.bias is bare.bias
+    x = torch.randn(4, 3)
+    assert torch.equal(layer(x), bare(x))
+
+
+def test_flipout_without_convertible_layers_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no layer to convert"):
+        flipes.flipout(nn.Sequential(nn.ReLU()))
