@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -47,7 +48,7 @@ def parse_args() -> Args:
 
 def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers += [nn.Linear(a, b)] + ([nn.Tanh()] if i < len(sizes) - 2 else [])
     return nn.Sequential(*layers)
 
@@ -99,8 +100,11 @@ def main(args: Args) -> float:
             }
             log.write(json.dumps(row) + "\n")
             if gen % 25 == 0 or gen == args.generations - 1:
-                print(f"gen {gen:4d}  fitness mean {stats['fitness_mean']:9.5f}  max {stats['fitness_max']:9.5f}  "
-                      f"test mse {test_mse:.5f}  {row['seconds']:6.1f}s", flush=True)
+                print(
+                    f"gen {gen:4d}  fitness mean {stats['fitness_mean']:9.5f}  max {stats['fitness_max']:9.5f}  "
+                    f"test mse {test_mse:.5f}  {row['seconds']:6.1f}s",
+                    flush=True,
+                )
     save_atomic(es.state_dict(), out / "checkpoint.pt")
     base = (teacher(x_test) - teacher(x_test).mean(0)).square().mean().item()
     print(f"done: test mse {test_mse:.5f} (predicting the mean: {base:.5f}); run directory {out}")

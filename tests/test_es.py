@@ -30,8 +30,9 @@ class Mixed(nn.Module):
 def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int) -> None:
     torch.manual_seed(0)
     model, n, sigma = Mixed(), 16, 0.07
-    es = flipes.FlipES(model, popsize=n, sigma=sigma, seed=5, groups=groups, mirrored=mirrored,
-                       optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    es = flipes.FlipES(
+        model, popsize=n, sigma=sigma, seed=5, groups=groups, mirrored=mirrored, optimizer=lambda p: torch.optim.SGD(p, lr=0.0)
+    )
     with es.population():
         noises = {name: layer.noise for name, layer in (("conv", model.conv), ("fc", model.fc), ("cell", model.cell))}
     fitness = torch.randn(n, dtype=DT)
@@ -124,7 +125,7 @@ def test_same_seed_same_parameters_and_resume_continues_bit_for_bit() -> None:
     for _ in range(10):
         es_a.step(fitness)
         es_b.step(fitness)
-    assert all(torch.equal(p, q) for p, q in zip(params(a), params(b)))
+    assert all(torch.equal(p, q) for p, q in zip(params(a), params(b), strict=True))
 
     buf = io.BytesIO()
     torch.save(es_a.state_dict(), buf)
@@ -137,7 +138,7 @@ def test_same_seed_same_parameters_and_resume_continues_bit_for_bit() -> None:
     assert es_c.generation == 10
     for _ in range(5):
         es_c.step(fitness)
-    assert all(torch.equal(p, q) for p, q in zip(params(a), params(c)))
+    assert all(torch.equal(p, q) for p, q in zip(params(a), params(c), strict=True))
     other = flipes.FlipES(mlp(0), popsize=32, sigma=0.05, seed=12, groups=2)
     for _ in range(10):
         other.step(fitness)
@@ -167,7 +168,7 @@ def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
     ]:
         with pytest.raises(ValueError, match=match):
             es.tell(bad)
-        assert all(torch.equal(p, q) for p, q in zip(params(model), before))
+        assert all(torch.equal(p, q) for p, q in zip(params(model), before, strict=True))
     assert es.generation == 0
     es.tell(torch.arange(8.0))  # a good fitness is still accepted for the same generation
     assert es.generation == 1
@@ -182,7 +183,7 @@ def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
             flipes.FlipES(mlp(0), popsize=8, sigma=sigma)
     scheduled = flipes.FlipES(mlp(0), popsize=8, sigma=lambda g: 0.1 - g)  # a schedule that reaches 0
     scheduled.step(fitness)
-    with pytest.raises(ValueError, match="sigma must be .* at generation 1"):
+    with pytest.raises(ValueError, match=r"sigma must be .* at generation 1"):
         scheduled.step(fitness)
     with pytest.raises(ValueError, match="multiple of groups"):
         flipes.FlipES(mlp(0), popsize=10, groups=4)

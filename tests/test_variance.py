@@ -38,13 +38,21 @@ def es_estimates(n: int, groups: int) -> torch.Tensor:
     """REPEATS gradient estimates of FlipES (``groups=1``: Flipout; ``groups=n``: independent)."""
     net, x, y = make_problem()
     model = flipes.flipout(net)
-    es = flipes.FlipES(model, popsize=n, sigma=SIGMA, seed=1, groups=groups, mirrored=False, shaping=raw,
-                       optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    es = flipes.FlipES(
+        model,
+        popsize=n,
+        sigma=SIGMA,
+        seed=1,
+        groups=groups,
+        mirrored=False,
+        shaping=raw,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+    )
     pick = torch.Generator().manual_seed(n)
     out = []
     for _ in range(REPEATS):  # each generation is a fresh draw of noise; the examples are drawn too
         idx = torch.randint(0, len(x), (n,), generator=pick)
-        es.step(lambda m, pop: -loss(m(x[idx]), y[idx]))
+        es.step(lambda m, pop, idx=idx: -loss(m(x[idx]), y[idx]))
         out.append(-torch.cat([p.grad.flatten() for p in es.params]))
     return torch.stack(out)
 
@@ -60,7 +68,7 @@ def shared_estimates(n: int) -> torch.Tensor:
         for _ in range(REPEATS):
             idx = torch.randint(0, len(x), (n,), generator=gen)
             u = [torch.randn(p.shape, generator=gen) for p in params]
-            for p, m, e in zip(params, mean, u):
+            for p, m, e in zip(params, mean, u, strict=True):
                 p.copy_(m + SIGMA * e)
             f = -loss(net(x[idx]), y[idx])
             out.append(torch.cat([e.flatten() for e in u]) * f.sum() / (n * SIGMA))
