@@ -3,8 +3,8 @@
 Wen et al., "Flipout: Efficient Pseudo-Independent Weight Perturbations on Mini-Batches",
 ICLR 2018 (arXiv:1803.04386).
 
-Every random tensor of a generation is a pure function of ``(seed, generation, group, slot,
-stream)``: a fresh generator is keyed by a hash of that tuple. Nothing needs to be stored beyond
+Every random tensor of a generation is a pure function of ``(seed, generation, group, slot)``:
+a fresh generator is keyed by a hash of that tuple. Nothing needs to be stored beyond
 a generation, and a group's noise does not depend on which process samples it or on which other
 groups exist. Streams are reproducible per device type (CPU and CUDA generators differ).
 """
@@ -17,12 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-EPS, SIGNS, BIAS = 0, 1, 2  # stream ids inside one (seed, generation, group, slot) key
 
-
-def stream_seed(seed: int, generation: int, group: int, slot: int, stream: int) -> int:
-    """A 63-bit generator seed derived from the full key (blake2b, so keys never collide in practice)."""
-    msg = b"flipes/v1/" + b"/".join(str(int(v)).encode() for v in (seed, generation, group, slot, stream))
+def stream_seed(seed: int, generation: int, group: int, slot: int) -> int:
+    """A 63-bit generator seed derived from the full key (blake2b: keys never collide in practice)."""
+    msg = b"flipes/v1/" + b"/".join(str(int(v)).encode() for v in (seed, generation, group, slot))
     return int.from_bytes(hashlib.blake2b(msg, digest_size=8).digest(), "little") >> 1
 
 
@@ -32,42 +30,52 @@ def generator(device: torch.device, seed: int) -> torch.Generator:
     return gen
 
 
-def rademacher(numel: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``numel`` independent ±1 values in ``dtype``, drawn as packed random bits.
-
-    One 64-bit draw gives 64 signs; a 256×8 lookup table unpacks each byte into 8 values of the
-    compute dtype in one gather (on CPU ~20× faster than ``torch.randint`` per element).
-    """
-    words = torch.empty((numel + 63) // 64, dtype=torch.int64, device=device)
-    words.random_(-(2**63), None, generator=gen)  # the full 64-bit range: every bit is fair
+def sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(512, 8)``: row ``b`` holds the 8 signs of byte value ``b`` (bit set -> +1) in the compute
+    dtype; row ``256 + b`` holds their negation (for antithetic twins)."""
     bits = (torch.arange(256, device=device)[:, None] >> torch.arange(8, device=device)) & 1
-    table = (bits * 2 - 1).to(dtype)  # (256, 8): byte value -> its 8 signs
-    return table.index_select(0, words.view(torch.uint8).int()).view(-1)[:numel]
+    signs = (bits * 2 - 1).to(dtype)
+    return torch.cat((signs, -signs))
 
 
-def gaussian(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.randn(shape, generator=gen, dtype=dtype, device=device)
+def random_bytes(numel: int, gen: torch.Generator, device: torch.device) -> Tensor:
+    """``numel`` uniform random bytes, 8 per 64-bit draw."""
+    words = torch.empty((numel + 7) // 8, dtype=torch.int64, device=device)
+    words.random_(-(2**63), None, generator=gen)  # the full 64-bit range: every bit is fair
+    return words.view(torch.uint8)[:numel]
+
+
+def rademacher(numel: int, gen: torch.Generator, table: Tensor) -> Tensor:
+    """``numel`` independent ±1 values in ``table``'s dtype and device (``table = sign_table(...)``).
+
+    One 64-bit draw gives 64 signs and one gather unpacks every byte into 8 values of the compute
+    dtype (on CPU ~20× faster than ``torch.randint`` per element).
+    """
+    return table.index_select(0, random_bytes((numel + 7) // 8, gen, table.device).int()).view(-1)[:numel]
 
 
 @dataclass
 class SlotNoise:
     """The noise of one perturbed weight ("slot") for the members a process evaluates.
 
-    Member ``n`` of local group ``g`` (members are contiguous, ``group_size`` per group) has the
-    weight perturbation ``σ·u_n = eps[g] ∘ (r_n ⊗ s_n)`` (broadcast over kernel dims) and the bias
-    perturbation ``bias[n]``. ``eps`` and ``bias`` already include σ.
+    Member ``n`` of local group ``g`` (members are contiguous, ``n_g`` per group) has the weight
+    perturbation ``σ·u_n = eps[g] ∘ (r_n ⊗ s_n)`` (broadcast over kernel dims) and the bias
+    perturbation ``bias[n] = bias_r[n] ∘ r_n``. ``eps`` and ``bias_r`` already include σ.
 
     Shape:
         - eps: ``(G, *weight.shape)``, σ·ε per group
-        - s: ``(n, in_channels)``, r: ``(n, out_channels)``, ±1 in the weight's dtype
-        - bias: ``(n, out_channels)`` or ``None``; bias_r = bias ∘ r (used by the forward)
+        - s: ``(n, in_channels)``, r: ``(n, out_channels)``: ±1 in the weight's dtype (row-strided
+          views into one buffer of sign bits)
+        - bias_r: ``(n, out_channels)`` or ``None``: the bias noise times ``r`` (what the forward adds
+          before the output sign flip; equal for mirrored twins)
+        - mirrored: rows ``2k+1`` are the antithetic twins of rows ``2k``
     """
 
     eps: Tensor
     s: Tensor
     r: Tensor
-    bias: Tensor | None
     bias_r: Tensor | None
+    mirrored: bool
 
     @property
     def size(self) -> int:
@@ -76,6 +84,11 @@ class SlotNoise:
     @property
     def groups(self) -> int:
         return self.eps.shape[0]
+
+    @property
+    def bias(self) -> Tensor | None:
+        """σ·ε_b per member, ``(n, out_channels)``."""
+        return None if self.bias_r is None else self.bias_r * self.r
 
 
 def sample_slot(
@@ -91,33 +104,45 @@ def sample_slot(
     has_bias: bool,
     sigma: float,
     mirrored: bool,
+    table: Tensor | None = None,
 ) -> SlotNoise:
     """Sample one slot's noise for the given (global) group indices.
 
-    With ``mirrored``, member ``2k+1`` of a group reuses ``s_{2k}``, takes ``r = -r_{2k}`` and the
-    negated bias noise, so its perturbation is exactly ``-u_{2k}``.
+    Each (group, slot) has its own generator, drawn in a fixed order: ε, the sign bytes, the bias
+    noise. With ``mirrored``, member ``2k+1`` of a group reuses ``s_{2k}``, takes ``r = -r_{2k}``
+    and the negated bias noise, so its perturbation is exactly ``-u_{2k}``: the twins' rows come
+    out of the same gather (the negated half of the table), not from extra copies.
+    ``table`` is ``sign_table(weight.dtype, weight.device)``, passed in to share it across slots.
     """
     dtype, device = weight.dtype, weight.device
+    table = sign_table(dtype, device) if table is None else table
     distinct = group_size // 2 if mirrored else group_size
-    eps, s, r, b = [], [], [], []
+    s_bytes, r_bytes = (in_channels + 7) // 8, (out_channels + 7) // 8  # each row starts on a byte
+    eps, idx, bias = [], [], []
     for g in groups:
-        key = (seed, generation, g, slot)
-        eps.append(gaussian(tuple(weight.shape), generator(device, stream_seed(*key, EPS)), dtype, device))
-        bits = rademacher(distinct * (in_channels + out_channels), generator(device, stream_seed(*key, SIGNS)), dtype, device)
-        s.append(bits[: distinct * in_channels].view(distinct, in_channels))
-        r.append(bits[distinct * in_channels :].view(distinct, out_channels))
+        gen = generator(device, stream_seed(seed, generation, g, slot))
+        eps.append(torch.empty(weight.shape, dtype=dtype, device=device).normal_(0.0, sigma, generator=gen))
+        idx.append(random_bytes(distinct * (s_bytes + r_bytes), gen, device).view(distinct, -1))
         if has_bias:
-            b.append(gaussian((distinct, out_channels), generator(device, stream_seed(*key, BIAS)), dtype, device))
-    s_all, r_all = torch.cat(s), torch.cat(r)
-    b_all = torch.cat(b).mul_(sigma) if has_bias else None
-    if mirrored:
-        s_all = s_all.repeat_interleave(2, dim=0)
-        r_all = _antithetic(r_all)
-        b_all = _antithetic(b_all) if b_all is not None else None
-    eps_all = torch.stack(eps).mul_(sigma)
-    return SlotNoise(eps_all, s_all, r_all, b_all, b_all * r_all if b_all is not None else None)
+            bias.append(torch.empty(distinct, out_channels, dtype=dtype, device=device).normal_(0.0, sigma, generator=gen))
+    rows = _cat(idx).int()
+    if mirrored:  # twin row: the same s bytes, the r bytes looked up in the negated table half
+        twin = torch.cat(
+            (
+                torch.zeros(s_bytes, dtype=torch.int32, device=device),
+                torch.full((r_bytes,), 256, dtype=torch.int32, device=device),
+            )
+        )
+        rows = torch.stack((rows, rows + twin), dim=1).flatten(0, 1)
+    signs = table.index_select(0, rows.flatten()).view(rows.shape[0], -1, 8)  # (n, bytes, 8)
+    s = signs[:, :s_bytes].flatten(1)[:, :in_channels]
+    r = signs[:, s_bytes:].flatten(1)[:, :out_channels]
+    bias_r = None
+    if has_bias:
+        bias_r = _cat(bias) * (r[0::2] if mirrored else r)
+        bias_r = bias_r.repeat_interleave(2, dim=0) if mirrored else bias_r  # (-b)(-r) = b r
+    return SlotNoise(eps[0].unsqueeze(0) if len(eps) == 1 else torch.stack(eps), s, r, bias_r, mirrored)
 
 
-def _antithetic(x: Tensor) -> Tensor:
-    """Rows ``[a, b, ...]`` -> ``[a, -a, b, -b, ...]``."""
-    return torch.stack((x, -x), dim=1).flatten(0, 1)
+def _cat(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -12,7 +12,7 @@ import torch
 from reference import member_deltas
 
 import flipes
-from flipes.noise import rademacher, sample_slot
+from flipes.noise import rademacher, sample_slot, sign_table
 
 SIGMA = 0.05
 
@@ -65,7 +65,7 @@ def test_mirrored_pairs_are_exact_negatives() -> None:
 
 
 def test_signs_are_fair_and_distinct_per_member() -> None:
-    bits = rademacher(1_000_003, torch.Generator().manual_seed(1), torch.float32, torch.device("cpu"))
+    bits = rademacher(1_000_003, torch.Generator().manual_seed(1), sign_table(torch.float32, torch.device("cpu")))
     assert set(bits.unique().tolist()) == {-1.0, 1.0}
     # sum of n fair ±1 has s.d. sqrt(n); 5 s.d. bound: false alarm 6e-7
     assert abs(bits.sum().item()) < 5 * math.sqrt(len(bits))

@@ -14,11 +14,13 @@ from flipes.nn.base import PerturbedWeight
 from flipes.noise import SlotNoise
 
 
-def sign_outer(noise: SlotNoise, coeff: Tensor) -> Tensor:
-    """``R_gᵀ diag(c_g) S_g`` for every local group: ``(G, out_channels, in_channels)``."""
-    g, n = noise.groups, noise.size
-    rc = (noise.r * coeff.unsqueeze(1)).view(g, n // g, -1)
-    return torch.bmm(rc.mT, noise.s.view(g, n // g, -1))
+def distinct_rows(noise: SlotNoise, coeff: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """``(s, r, bias_r, c)`` with each mirrored pair entering once as ``c_2k - c_2k+1``: twins share
+    ``s`` and ``bias_r`` and negate ``r``, so this halves the work of the gradient."""
+    if not noise.mirrored:
+        return noise.s, noise.r, noise.bias_r, coeff
+    bias_r = None if noise.bias_r is None else noise.bias_r[0::2]
+    return noise.s[0::2], noise.r[0::2], bias_r, coeff[0::2] - coeff[1::2]
 
 
 def block_diagonal(m: Tensor, conv_groups: int) -> Tensor:
@@ -32,8 +34,12 @@ def block_diagonal(m: Tensor, conv_groups: int) -> Tensor:
 
 def weighted_perturbation(pw: PerturbedWeight, noise: SlotNoise, coeff: Tensor) -> tuple[Tensor, Tensor | None]:
     """``(Σ_n c_n σu_n, Σ_n c_n σε_b,n)`` over the local members of one slot."""
-    m = block_diagonal(sign_outer(noise, coeff), pw.conv_groups)
+    s, r, bias_r, c = distinct_rows(noise, coeff)
+    g, n = noise.groups, s.shape[0]
+    rc = r * c.unsqueeze(1)
+    m = torch.bmm(rc.view(g, n // g, -1).mT, s.reshape(g, n // g, -1))  # R_gᵀ diag(c_g) S_g
+    m = block_diagonal(m, pw.conv_groups)
     m = m.view(*m.shape, *(1,) * (noise.eps.dim() - 3))  # broadcast over kernel dims
-    weight = (m[0] * noise.eps[0]) if noise.groups == 1 else (m * noise.eps).sum(0)
-    bias = noise.bias.mT @ coeff if noise.bias is not None else None
+    weight = (m[0] * noise.eps[0]) if g == 1 else (m * noise.eps).sum(0)
+    bias = None if bias_r is None else (rc * bias_r).sum(0)  # Σ c_n r_n ∘ (σε_b,n ∘ r_n)
     return weight, bias

@@ -17,10 +17,12 @@ def centered_ranks(fitness: Tensor) -> Tensor:
     n = fitness.numel()
     if n < 2:
         return torch.zeros_like(fitness)
-    ordered = fitness.sort().values
-    low = torch.searchsorted(ordered, fitness, right=False)
-    high = torch.searchsorted(ordered, fitness, right=True) - 1
-    return (low + high).to(fitness.dtype) / (2 * (n - 1)) - 0.5
+    values, order = fitness.sort()
+    _, run, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
+    mean_rank = counts.cumsum(0) - (counts + 1) / 2  # runs of ties: (first + last) / 2
+    ranks = torch.empty_like(fitness)
+    ranks[order] = mean_rank[run].to(fitness.dtype)
+    return ranks / (n - 1) - 0.5
 
 
 def z_score(fitness: Tensor) -> Tensor:

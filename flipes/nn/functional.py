@@ -30,19 +30,23 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
     """``x``: ``(N, *B, in)`` -> ``(N, *B, out)``, member ``n`` through its own perturbed weights."""
     check_members(layer, x, noise)
     n, g = noise.size, noise.groups
-    out_features = weight.shape[0]
+    if x.dim() == 2:  # one example per member (the rollout case): 2-D GEMMs, bias noise folded in
+        xs = x * noise.s
+        if g == 1:
+            eps_t = noise.eps[0].T
+            pert = xs @ eps_t if noise.bias_r is None else torch.addmm(noise.bias_r, xs, eps_t)
+        else:
+            pert = torch.bmm(xs.view(g, n // g, -1), noise.eps.mT).view(n, -1)
+            if noise.bias_r is not None:
+                pert += noise.bias_r
+        return F.linear(x, weight, bias).addcmul_(pert, noise.r)
     xb = x.reshape(n, -1, x.shape[-1])  # (N, B, in)
-    batch = xb.shape[1]
     xs = xb * noise.s.unsqueeze(1)
-    if batch == 1 and noise.bias_r is not None:  # the rollout case: fold the bias noise into the GEMM
-        pert = torch.baddbmm(noise.bias_r.view(g, n // g, out_features), xs.view(g, n // g, -1), noise.eps.mT)
-    else:
-        pert = torch.bmm(xs.view(g, -1, xs.shape[-1]), noise.eps.mT).view(n, batch, out_features)
-        if noise.bias_r is not None:
-            pert += noise.bias_r.unsqueeze(1)
-    out = F.linear(xb, weight, bias)
-    out.addcmul_(pert.view(n, batch, out_features), noise.r.unsqueeze(1))
-    return out.view(*x.shape[:-1], out_features)
+    pert = torch.matmul(xs.view(g, -1, xs.shape[-1]), noise.eps.mT).view(n, xb.shape[1], -1)
+    if noise.bias_r is not None:
+        pert += noise.bias_r.unsqueeze(1)
+    out = F.linear(xb, weight, bias).addcmul_(pert, noise.r.unsqueeze(1))
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def flipout_conv(
