@@ -64,8 +64,7 @@ class SlotNoise:
 
     Shape:
         - eps: ``(G, *weight.shape)``, σ·ε per group
-        - s: ``(n, in_channels)``, r: ``(n, out_channels)``: ±1 in the weight's dtype (row-strided
-          views into one buffer of sign bits)
+        - s: ``(n, in_channels)``, r: ``(n, out_channels)``: ±1 in the weight's dtype
         - bias_r: ``(n, out_channels)`` or ``None``: the bias noise times ``r`` (what the forward adds
           before the output sign flip; equal for mirrored twins)
         - mirrored: rows ``2k+1`` are the antithetic twins of rows ``2k``
@@ -110,7 +109,7 @@ def sample_slot(
 
     Each (group, slot) has its own generator, drawn in a fixed order: ε, the sign bytes, the bias
     noise. With ``mirrored``, member ``2k+1`` of a group reuses ``s_{2k}``, takes ``r = -r_{2k}``
-    and the negated bias noise, so its perturbation is exactly ``-u_{2k}``: the twins' rows come
+    and the negated bias noise, so its perturbation is exactly ``-u_{2k}``: the twins' signs come
     out of the same gather (the negated half of the table), not from extra copies.
     ``table`` is ``sign_table(weight.dtype, weight.device)``, passed in to share it across slots.
     """
@@ -126,22 +125,22 @@ def sample_slot(
         if has_bias:
             bias.append(torch.empty(distinct, out_channels, dtype=dtype, device=device).normal_(0.0, sigma, generator=gen))
     rows = _cat(idx).int()
-    if mirrored:  # twin row: the same s bytes, the r bytes looked up in the negated table half
-        twin = torch.cat(
-            (
-                torch.zeros(s_bytes, dtype=torch.int32, device=device),
-                torch.full((r_bytes,), 256, dtype=torch.int32, device=device),
-            )
-        )
-        rows = torch.stack((rows, rows + twin), dim=1).flatten(0, 1)
-    signs = table.index_select(0, rows.flatten()).view(rows.shape[0], -1, 8)  # (n, bytes, 8)
-    s = signs[:, :s_bytes].flatten(1)[:, :in_channels]
-    r = signs[:, s_bytes:].flatten(1)[:, :out_channels]
+    s_rows, r_rows = rows[:, :s_bytes], rows[:, s_bytes:]
+    if mirrored:  # twin rows: the same s bytes; the r bytes looked up in the negated half of the table
+        s_rows = s_rows.repeat_interleave(2, dim=0)
+        r_rows = torch.stack((r_rows, r_rows + 256), dim=1).flatten(0, 1)
+    s, r = _unpack(table, s_rows, in_channels), _unpack(table, r_rows, out_channels)
     bias_r = None
     if has_bias:
         bias_r = _cat(bias) * (r[0::2] if mirrored else r)
         bias_r = bias_r.repeat_interleave(2, dim=0) if mirrored else bias_r  # (-b)(-r) = b r
     return SlotNoise(eps[0].unsqueeze(0) if len(eps) == 1 else torch.stack(eps), s, r, bias_r, mirrored)
+
+
+def _unpack(table: Tensor, rows: Tensor, width: int) -> Tensor:
+    """Byte rows ``(n, bytes)`` -> contiguous signs ``(n, width)`` (the forward's elementwise ops
+    run ~1.5× faster on contiguous operands, and it runs many times per sample)."""
+    return table.index_select(0, rows.flatten()).view(rows.shape[0], -1)[:, :width].contiguous()
 
 
 def _cat(parts: list[Tensor]) -> Tensor:
