@@ -1,10 +1,14 @@
-"""Train with FlipES. Until the RL environments land, the job is the supervised toy: a Flipout MLP
-student learns to imitate a random MLP teacher, fitness = -MSE on a shared minibatch.
+"""Train a policy with FlipES on a vector environment.
 
-    python scripts/train.py --popsize 256 --generations 500 --seed 0 --out runs/toy
+    python scripts/train.py --env flipes/CartPole-v1 --popsize 64 --generations 100 --seed 0 --out runs/cartpole
 
-Writes ``DIR/config.json``, ``DIR/metrics.jsonl`` (one JSON object per generation) and
-``DIR/checkpoint.pt`` (FlipES state, written atomically).
+The population of ``popsize`` members runs ``episodes`` episodes each in ONE vector env of
+``popsize × episodes`` copies, the policy forward for all of them one Flipout pass per step. Every
+``eval_every`` generations the center (mean) policy is evaluated on ``eval_episodes`` episodes;
+training stops once that mean reaches ``target`` (the env's "solved" return by default).
+
+The run directory holds ``config.json``, ``metrics.jsonl`` (one JSON object per generation) and
+``checkpoint.pt`` (written atomically; ``--resume DIR`` continues from it).
 """
 
 from __future__ import annotations
@@ -12,45 +16,52 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import itertools
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import flipes
+from flipes.rl import MLPPolicy, RolloutFitness, episode_seed, make_vector_env, run_episodes
+
+SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0, "MountainCarContinuous-v0": 90.0}
 
 
 @dataclass
 class Args:
-    popsize: int = 256
-    generations: int = 500
-    sigma: float = 0.02
-    lr: float = 0.005
+    env: str = "flipes/CartPole-v1"
+    popsize: int = 64
+    generations: int = 100
+    sigma: float = 0.1
+    lr: float = 0.05
     seed: int = 0
     groups: int = 1
-    batch: int = 128  # examples per generation, shared by all members
-    hidden: int = 32
+    episodes: int = 1  # per member and generation
+    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    eval_every: int = 2
+    eval_episodes: int = 100
+    target: float | None = None  # stop once the center policy's eval return reaches it; default: solved
     device: str = "cpu"
-    out: str = "runs/toy"
+    out: str = "runs/cartpole"
+    resume: str = ""  # a run directory to continue
 
 
-def parse_args() -> Args:
+def parse_args(argv: list[str] | None = None) -> Args:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
-    return Args(**vars(parser.parse_args()))
-
-
-def mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers += [nn.Linear(a, b)] + ([nn.Tanh()] if i < len(sizes) - 2 else [])
-    return nn.Sequential(*layers)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        names = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"])  # --eval-episodes or --eval_episodes
+        if isinstance(default, list):
+            parser.add_argument(*names, dest=f.name, type=int, nargs="+", default=default)
+        elif f.name == "target":
+            parser.add_argument(*names, dest=f.name, type=float, default=None)
+        else:
+            parser.add_argument(*names, dest=f.name, type=type(default), default=default)
+    return Args(**vars(parser.parse_args(argv)))
 
 
 def params_sha256(model: nn.Module) -> str:
@@ -61,54 +72,66 @@ def params_sha256(model: nn.Module) -> str:
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash leaves the previous checkpoint intact
+    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
 
 
-def main(args: Args) -> float:
+def main(args: Args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
-    device = torch.device(args.device)
+    target = args.target if args.target is not None else SOLVED.get(args.env.split("/")[-1])
     torch.manual_seed(args.seed)
-    sizes = [8, args.hidden, args.hidden, 2]
-    teacher = mlp(sizes).to(device).requires_grad_(False)
-    model = flipes.flipout(mlp(sizes)).to(device)
-    es = flipes.FlipES(model, popsize=args.popsize, sigma=args.sigma, lr=args.lr, seed=args.seed, groups=args.groups)
-    data = torch.Generator(device=device).manual_seed(args.seed + 1)
-    x_test = torch.randn(4096, sizes[0], device=device, generator=data)
 
-    def fitness(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
-        x = torch.randn(args.batch, sizes[0], device=device, generator=data)
-        pred = model(x.expand(pop.size, *x.shape))  # members first: (N, batch, features)
-        return -(pred - teacher(x)).square().mean((1, 2))
+    env = make_vector_env(args.env, args.popsize * args.episodes, args.device)
+    eval_env = make_vector_env(args.env, args.eval_episodes, args.device)
+    policy = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=args.hidden).to(args.device)
+    es = flipes.FlipES(policy, popsize=args.popsize, sigma=args.sigma, lr=args.lr, seed=args.seed, groups=args.groups)
+    fitness = RolloutFitness(env, args.episodes, args.seed, policy.obs_norm)
+    elapsed = 0.0
+    if args.resume:
+        state = torch.load(Path(args.resume) / "checkpoint.pt", map_location=args.device, weights_only=True)
+        es.load_state_dict(state["es"])
+        fitness.timesteps, elapsed = state["timesteps"], state["seconds"]
 
-    start = time.perf_counter()
-    with open(out / "metrics.jsonl", "w") as log:
-        for gen in range(args.generations):
-            stats = es.step(fitness)
-            test_mse = (model(x_test) - teacher(x_test)).square().mean().item()
-            row = {
-                "generation": gen,
-                "fitness_mean": stats["fitness_mean"],
-                "fitness_max": stats["fitness_max"],
-                "test_mse": test_mse,
-                "seconds": time.perf_counter() - start,
-                "timesteps": 0,
-                "params_sha256": params_sha256(model),
-            }
-            log.write(json.dumps(row) + "\n")
-            if gen % 25 == 0 or gen == args.generations - 1:
-                print(
-                    f"gen {gen:4d}  fitness mean {stats['fitness_mean']:9.5f}  max {stats['fitness_max']:9.5f}  "
-                    f"test mse {test_mse:.5f}  {row['seconds']:6.1f}s",
-                    flush=True,
-                )
-    save_atomic(es.state_dict(), out / "checkpoint.pt")
-    base = (teacher(x_test) - teacher(x_test).mean(0)).square().mean().item()
-    print(f"done: test mse {test_mse:.5f} (predicting the mean: {base:.5f}); run directory {out}")
-    return test_mse
+    log = open(out / "metrics.jsonl", "a" if args.resume else "w")
+    start = time.perf_counter() - elapsed
+    row: dict = {}
+    while es.generation < args.generations:
+        gen = es.generation
+        stats = es.step(fitness)
+        if policy.obs_norm is not None:
+            policy.obs_norm.update()  # frozen during the generation, merged after it
+        row = {
+            "generation": gen,
+            "fitness_mean": stats["fitness_mean"],
+            "fitness_max": stats["fitness_max"],
+            "grad_norm": stats["grad_norm"],
+            "seconds": time.perf_counter() - start,
+            "timesteps": fitness.timesteps,
+            "params_sha256": params_sha256(policy),
+        }
+        if gen % args.eval_every == 0 or gen == args.generations - 1:
+            episodes = run_episodes(eval_env, policy, episode_seed(args.seed, gen, "eval"))
+            row["eval_return"] = episodes.returns.mean().item()
+            row["eval_std"] = episodes.returns.std().item()
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        print(
+            f"gen {gen:4d}  fitness mean {row['fitness_mean']:9.2f} max {row['fitness_max']:9.2f}  "
+            + (f"eval {row['eval_return']:9.2f}  " if "eval_return" in row else " " * 16)
+            + f"steps {row['timesteps']:>9d}  {row['seconds']:6.1f}s",
+            flush=True,
+        )
+        solved = target is not None and row.get("eval_return", -float("inf")) >= target
+        if solved or es.generation == args.generations:
+            save_atomic({"es": es.state_dict(), "timesteps": fitness.timesteps, "seconds": row["seconds"]}, out / "checkpoint.pt")
+        if solved:
+            print(f"solved: center policy mean return {row['eval_return']:.1f} >= {target} over {args.eval_episodes} episodes")
+            break
+    log.close()
+    return row
 
 
 if __name__ == "__main__":

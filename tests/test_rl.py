@@ -1,0 +1,124 @@
+"""Rollouts, policies and observation normalization (issue: reinforcement learning)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import flipes
+from flipes.rl import MLPPolicy, RolloutFitness, RunningNorm, make_vector_env, run_episodes
+
+
+class Countdown(gym.vector.VectorEnv):
+    """Env i ends after ``lengths[i]`` steps and pays ``reward_scale[i]`` per step; after the end it
+    auto-resets (NEXT_STEP) and keeps paying, so any leak of post-episode reward shows up."""
+
+    def __init__(self, lengths: list[int], scale: list[float]) -> None:
+        self.num_envs = len(lengths)
+        self.lengths, self.scale = torch.tensor(lengths), torch.tensor(scale, dtype=torch.float64)
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+        self.single_action_space = gym.spaces.Discrete(2)
+        self.t = torch.zeros(self.num_envs, dtype=torch.int64)
+        self.seen_actions: list[torch.Tensor] = []
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[override]
+        self.t.zero_()
+        return self._obs(), {}
+
+    def _obs(self) -> torch.Tensor:
+        return torch.stack([self.t.float(), self.lengths.float(), torch.arange(self.num_envs).float()], 1)
+
+    def step(self, actions):  # type: ignore[override]
+        self.seen_actions.append(actions.clone())
+        self.t += 1
+        done = self.t >= self.lengths
+        reward = self.scale * (1 + actions.double())  # action 1 doubles the reward
+        obs = self._obs()
+        self.t[done] = 0  # auto-reset: the next episode pays too, and must be masked
+        return obs, reward, done, torch.zeros_like(done), {}
+
+
+def test_finished_episodes_collect_nothing_and_episodes_average_per_member() -> None:
+    lengths = [3, 7, 1, 5, 2, 9]  # 3 members × 2 episodes
+    env = Countdown(lengths, [1.0, 2.0, 0.5, 1.0, 3.0, 1.0])
+    ep = run_episodes(env, lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64), seed=0)
+    assert ep.returns.tolist() == [3.0, 14.0, 0.5, 5.0, 6.0, 9.0]
+    assert ep.lengths.tolist() == lengths and ep.steps == sum(lengths)
+    assert len(env.seen_actions) == 9  # stopped as soon as the longest episode ended
+
+    policy = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(), normalize=False)
+    es = flipes.FlipES(policy, popsize=3, mirrored=False, sigma=1e-9)
+    with torch.no_grad():
+        policy.net[0].weight.zero_()
+        policy.net[0].bias.copy_(torch.tensor([0.0, 1.0]))  # always action 1: reward doubled
+    fitness = RolloutFitness(Countdown(lengths, [1.0, 2.0, 0.5, 1.0, 3.0, 1.0]), episodes=2)
+    with es.population() as pop:
+        f = fitness(policy, pop)
+    # member m owns envs 2m, 2m+1 (members first, then episodes)
+    torch.testing.assert_close(f, torch.tensor([(6 + 28) / 2, (1 + 10) / 2, (12 + 18) / 2], dtype=torch.float64))
+    assert fitness.timesteps == sum(lengths)
+    with es.population() as pop, pytest.raises(ValueError, match="members × episodes = 3 × 3"):
+        RolloutFitness(Countdown(lengths, [1.0] * 6), episodes=3)(policy, pop)
+
+
+def test_running_norm_matches_the_statistics_of_all_data_and_is_frozen_until_update() -> None:
+    gen = torch.Generator().manual_seed(0)
+    norm = RunningNorm(4)
+    batches = [torch.randn(50, 3, 4, generator=gen) * torch.tensor([1.0, 2, 3, 4]) + 5 for _ in range(4)]
+    masks = [torch.rand(50, 3, generator=gen) < 0.7 for _ in range(4)]
+    x = torch.randn(2, 4)
+    assert torch.equal(norm(x), x)  # no statistics yet
+    for b, m in zip(batches, masks, strict=True):
+        before = norm(x)
+        norm.record(b, m)
+        assert torch.equal(norm(x), before)  # frozen while a generation records
+        norm.update()
+    data = torch.cat([b[m] for b, m in zip(batches, masks, strict=True)]).double()
+    torch.testing.assert_close(norm.mean, data.mean(0))
+    torch.testing.assert_close(norm.var, data.var(0, unbiased=False))
+    assert norm.count.item() == len(data)
+    expect = ((x.double() - data.mean(0)) / (data.var(0, unbiased=False) + 1e-8).sqrt()).clamp(-5, 5).float()
+    torch.testing.assert_close(norm(x), expect)
+    restored = RunningNorm(4)
+    restored.load_state_dict(norm.state_dict())  # saved with the policy
+    assert torch.equal(restored(x), norm(x))
+
+
+def test_policy_actions_respect_the_spaces() -> None:
+    obs_space = gym.spaces.Box(-1, 1, (5,), np.float32)
+    box = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))
+    torch.manual_seed(0)
+    policy = MLPPolicy(obs_space, box, hidden=(8,))
+    with torch.no_grad():
+        policy.net[-1].weight.mul_(100)  # saturate the tanh
+    a = policy(torch.randn(1000, 5))
+    assert a.shape == (1000, 2) and (a[:, 0].abs() <= 2).all() and ((a[:, 1] >= 0) & (a[:, 1] <= 10)).all()
+    assert a[:, 0].max() > 1.9 and a[:, 0].min() < -1.9
+    discrete = MLPPolicy(obs_space, gym.spaces.Discrete(3, start=1))
+    d = discrete(torch.randn(100, 5))
+    assert d.dtype == torch.int64 and set(d.unique().tolist()) <= {1, 2, 3}
+    es = flipes.FlipES(discrete, popsize=4)
+    with es.population() as pop:
+        assert discrete(torch.randn(pop.size, 7, 5)).shape == (4, 7)  # members first, then episodes
+
+
+def test_bad_input_gives_errors_that_say_what_to_do() -> None:
+    obs_space = gym.spaces.Box(-1, 1, (5,), np.float32)
+    with pytest.raises(ValueError, match="Discrete and Box action spaces, got MultiDiscrete"):
+        MLPPolicy(obs_space, gym.spaces.MultiDiscrete([2, 3]))
+    with pytest.raises(ValueError, match="needs a Box observation space"):
+        MLPPolicy(gym.spaces.Discrete(4), gym.spaces.Discrete(2))
+    with pytest.raises(ValueError, match=r"unknown env id 'NoSuchEnv-v0'.*gymnasium.pprint_registry"):
+        make_vector_env("NoSuchEnv-v0", 2)
+    with pytest.raises(ValueError, match="unknown env id 'flipes/NoSuch-v0'"):
+        make_vector_env("flipes/NoSuch-v0", 2)
+
+
+def test_gymnasium_ids_run_through_the_numpy_adapter() -> None:
+    env = make_vector_env("CartPole-v1", 6)
+    obs, _ = env.reset(seed=0)
+    assert isinstance(obs, torch.Tensor) and obs.shape == (6, 4)
+    ep = run_episodes(env, lambda o: (o[:, 2] > 0).long(), seed=1)  # lean-following controller
+    assert (ep.lengths > 20).all() and torch.equal(ep.returns, ep.lengths.double())
