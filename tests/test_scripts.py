@@ -36,6 +36,10 @@ def test_train_writes_metrics_and_resumes_bit_for_bit(tmp_path: Path) -> None:
     run("scripts/train.py", *common, "--generations", "6", "--out", part, "--resume", part)
     assert [r["params_sha256"] for r in metrics(tmp_path / "part")] == [r["params_sha256"] for r in rows]
 
+    png = tmp_path / "curves.png"
+    run("scripts/plot.py", str(tmp_path / "full"), part, "--x", "timesteps", "--out", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
 
 def test_benchmark_quick_prints_the_table(tmp_path: Path) -> None:
     out = run("scripts/benchmark.py", "--quick", "--json", str(tmp_path / "b.json")).stdout
