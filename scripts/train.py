@@ -45,6 +45,7 @@ class Args:
     eval_every: int = 2
     eval_episodes: int = 100
     target: float | None = None  # stop once the center policy's eval return reaches it; default: solved
+    max_seconds: float = 0.0  # stop after this much wall time (0: no limit)
     device: str = "cpu"
     out: str = "runs/cartpole"
     resume: str = ""  # a run directory to continue
@@ -125,10 +126,14 @@ def main(args: Args) -> dict:
             flush=True,
         )
         solved = target is not None and row.get("eval_return", -float("inf")) >= target
-        if solved or es.generation == args.generations:
+        out_of_time = 0 < args.max_seconds <= row["seconds"]
+        if solved or out_of_time or es.generation == args.generations:
             save_atomic({"es": es.state_dict(), "timesteps": fitness.timesteps, "seconds": row["seconds"]}, out / "checkpoint.pt")
         if solved:
             print(f"solved: center policy mean return {row['eval_return']:.1f} >= {target} over {args.eval_episodes} episodes")
+            break
+        if out_of_time:
+            print(f"stopped after {row['seconds']:.0f} s (--max-seconds)")
             break
     log.close()
     return row
