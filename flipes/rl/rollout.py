@@ -37,13 +37,14 @@ class Episodes:
 def run_episodes(
     env: gym.vector.VectorEnv,
     act: Callable[[Tensor], Tensor],
-    seed: int,
+    seed: int | list[int],
     record: RunningNorm | None = None,
     max_steps: int | None = None,
 ) -> Episodes:
     """Run one episode in every env of ``env`` with ``act(obs) -> actions``, at most ``max_steps``
     steps (the env's own truncation otherwise).
 
+    ``seed``: gymnasium's convention, env ``i`` is reset with ``seed + i`` (or ``seed[i]``).
     ``record``: observations of unfinished episodes are added to its pending statistics.
     """
     obs, _ = env.reset(seed=seed)
@@ -96,7 +97,9 @@ class RolloutFitness:
         def act(obs: Tensor) -> Tensor:  # (n·k, d) -> members first (n, k, d) -> (n·k, ...)
             return model(obs.view(n, k, *obs.shape[1:])).flatten(0, 1)
 
-        seed = episode_seed(self.seed, pop.generation, f"population/{pop.members.start}")
-        ep = run_episodes(self.env, act, seed, record=self.obs_norm)
+        # env i of member m, episode k gets seed base + m·K + k with m the GLOBAL member index, so a
+        # member's episodes do not depend on how the population is split across processes
+        first = episode_seed(self.seed, pop.generation, "population") + pop.members.start * k
+        ep = run_episodes(self.env, act, [first + i for i in range(n * k)], record=self.obs_norm)
         self.timesteps += ep.steps
         return ep.returns.view(n, k).mean(1)
