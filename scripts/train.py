@@ -1,31 +1,44 @@
-"""Train a policy with FlipES on a vector environment.
+"""Train a policy (or any model, with --fitness) with FlipES.
 
     python scripts/train.py --env flipes/CartPole-v1 --popsize 64 --generations 100 --seed 0 --out runs/cartpole
+    python scripts/train.py --config my_run.toml --seed 3          # flags override the file
+    python scripts/train.py --resume runs/cartpole --generations 200
+    python scripts/train.py --env none --fitness examples.digits:fitness --model examples.digits:make_model
 
-The population of ``popsize`` members runs ``episodes`` episodes each in ONE vector env of
-``popsize × episodes`` copies, the policy forward for all of them one Flipout pass per step. Every
-``eval_every`` generations the center (mean) policy is evaluated on ``eval_episodes`` episodes;
-training stops once that mean reaches ``target`` (the env's "solved" return by default).
+With an env, the population of ``popsize`` members runs ``episodes`` episodes each in ONE vector env
+of ``popsize × episodes`` copies, one Flipout pass per step for all of them; every ``eval_every``
+generations the center (mean) policy is evaluated on ``eval_episodes`` episodes, and training stops
+once that mean reaches ``target`` (the env's "solved" return by default). ``--fitness MOD:FN`` plugs
+in ``FN(model, pop) -> Tensor[pop.size]`` instead of the rollout (``--model MOD:FN`` builds the
+model from the env, or from nothing with ``--env none``; an ``evaluate(model) -> float`` beside the
+fitness function gives ``eval_return``).
 
-The run directory holds ``config.json``, ``metrics.jsonl`` (one JSON object per generation) and
-``checkpoint.pt`` (written atomically; ``--resume DIR`` continues from it).
+The run directory holds ``config.json`` (resolved options), ``metrics.jsonl`` (one JSON object per
+generation), ``checkpoint.pt`` (latest, written atomically every ``checkpoint_every`` generations and
+on Ctrl-C/SIGTERM; the one it replaced is ``previous.pt``), ``best.pt`` (best eval_return) and
+``curves.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
-import os
+import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import torch
 from torch import nn
 
 import flipes
+from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from flipes.cli import load_callable, parse_config
+from flipes.progress import Progress
 from flipes.rl import MLPPolicy, RolloutFitness, episode_seed, make_vector_env, run_episodes
 
 SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0, "MountainCarContinuous-v0": 90.0}
@@ -33,7 +46,7 @@ SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0, "Mo
 
 @dataclass
 class Args:
-    env: str = "flipes/CartPole-v1"
+    env: str = "flipes/CartPole-v1"  # flipes/... torch env, any gymnasium id, or "none" with --fitness
     popsize: int = 64
     generations: int = 100
     sigma: float = 0.1
@@ -44,25 +57,30 @@ class Args:
     hidden: list[int] = field(default_factory=lambda: [32, 32])
     eval_every: int = 2
     eval_episodes: int = 100
-    target: float | None = None  # stop once the center policy's eval return reaches it; default: solved
+    target: float | None = None  # stop once eval_return reaches it; default: the env's solved return
     max_seconds: float = 0.0  # stop after this much wall time (0: no limit)
     device: str = "cpu"
     out: str = "runs/cartpole"
-    resume: str = ""  # a run directory to continue
+    resume: str = ""  # a run directory (or checkpoint file) to continue from
+    fitness: str = ""  # module:function, FN(model, pop) -> Tensor[pop.size]
+    model: str = ""  # module:function, FN(env or None) -> nn.Module
+    checkpoint_every: int = 10
+    tensorboard: bool = True  # write TensorBoard scalars when tensorboard is installed
 
 
-def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        names = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"])  # --eval-episodes or --eval_episodes
-        if isinstance(default, list):
-            parser.add_argument(*names, dest=f.name, type=int, nargs="+", default=default)
-        elif f.name == "target":
-            parser.add_argument(*names, dest=f.name, type=float, default=None)
-        else:
-            parser.add_argument(*names, dest=f.name, type=type(default), default=default)
-    return Args(**vars(parser.parse_args(argv)))
+class StopRequest:
+    """Ctrl-C / SIGTERM ask the loop to stop after the current generation (and checkpoint);
+    a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
 
 
 def params_sha256(model: nn.Module) -> str:
@@ -72,72 +90,139 @@ def params_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+def tensorboard_writer(enabled: bool, out: Path) -> Any:
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def main(args: Args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
-    target = args.target if args.target is not None else SOLVED.get(args.env.split("/")[-1])
+    env_name = args.env.split("/")[-1]
+    target = args.target if args.target is not None else SOLVED.get(env_name)
     torch.manual_seed(args.seed)
 
-    env = make_vector_env(args.env, args.popsize * args.episodes, args.device)
-    eval_env = make_vector_env(args.env, args.eval_episodes, args.device)
-    policy = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=args.hidden).to(args.device)
-    es = flipes.FlipES(policy, popsize=args.popsize, sigma=args.sigma, lr=args.lr, seed=args.seed, groups=args.groups)
-    fitness = RolloutFitness(env, args.episodes, args.seed, policy.obs_norm)
-    elapsed = 0.0
-    if args.resume:
-        state = torch.load(Path(args.resume) / "checkpoint.pt", map_location=args.device, weights_only=True)
-        es.load_state_dict(state["es"])
-        fitness.timesteps, elapsed = state["timesteps"], state["seconds"]
+    # the model and its fitness: a policy on a vector env, or the user's plug-ins
+    has_env = args.env.lower() != "none"
+    env = make_vector_env(args.env, args.popsize * args.episodes, args.device) if has_env else None
+    eval_env = make_vector_env(args.env, args.eval_episodes, args.device) if has_env and not args.fitness else None
+    if args.model:
+        model = load_callable(args.model, "--model")(env)
+    elif env is not None:
+        model = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=args.hidden)
+    else:
+        raise SystemExit("--env none needs --model module:function to build the model")
+    model = flipes.flipout(model).to(args.device)
+    es = flipes.FlipES(model, popsize=args.popsize, sigma=args.sigma, lr=args.lr, seed=args.seed, groups=args.groups)
+    obs_norm = getattr(model, "obs_norm", None)
+    evaluate = None
+    if args.fitness:
+        fitness = load_callable(args.fitness, "--fitness")
+        evaluate = getattr(sys.modules[fitness.__module__], "evaluate", None)
+    else:
+        if env is None:
+            raise SystemExit("--env none needs --fitness module:function")
+        fitness = RolloutFitness(env, args.episodes, args.seed, obs_norm)
 
+    elapsed, best = 0.0, -float("inf")
+    if args.resume:
+        try:
+            state = load_checkpoint(args.resume, map_location=args.device)
+        except CheckpointError as e:
+            raise SystemExit(f"--resume: {e}") from None
+        es.load_state_dict(state["es"])
+        elapsed, best = state["seconds"], state["best"]
+        if isinstance(fitness, RolloutFitness):
+            fitness.timesteps = state["timesteps"]
+
+    saved_at = es.generation  # generation of the latest checkpoint.pt
+
+    def checkpoint(path: Path, keep_previous: bool = True) -> None:
+        steps = fitness.timesteps if isinstance(fitness, RolloutFitness) else 0
+        config = dataclasses.asdict(args)
+        save_checkpoint(
+            {"es": es.state_dict(), "timesteps": steps, "seconds": row["seconds"], "best": best, "config": config},
+            path,
+            keep_previous,
+        )
+
+    writer = tensorboard_writer(args.tensorboard, out)
+    progress = Progress(args.generations, every=max(1, args.eval_every))
+    stop = StopRequest()
     log = open(out / "metrics.jsonl", "a" if args.resume else "w")
     start = time.perf_counter() - elapsed
-    row: dict = {}
+    row: dict = {"seconds": elapsed}
+    reason = "generations"
     while es.generation < args.generations:
         gen = es.generation
+        steps_before = getattr(fitness, "timesteps", 0)
+        t0 = time.perf_counter()
         stats = es.step(fitness)
-        if policy.obs_norm is not None:
-            policy.obs_norm.update()  # frozen during the generation, merged after it
+        if obs_norm is not None:
+            obs_norm.update()  # frozen during the generation, merged after it
+        steps = getattr(fitness, "timesteps", 0)
         row = {
             "generation": gen,
             "fitness_mean": stats["fitness_mean"],
             "fitness_max": stats["fitness_max"],
+            "fitness_std": stats["fitness_std"],
             "grad_norm": stats["grad_norm"],
+            "update_ratio": stats["update_ratio"],
             "seconds": time.perf_counter() - start,
-            "timesteps": fitness.timesteps,
-            "params_sha256": params_sha256(policy),
+            "timesteps": steps,
+            "steps_per_second": (steps - steps_before) / (time.perf_counter() - t0),
+            "params_sha256": params_sha256(model),
         }
         if gen % args.eval_every == 0 or gen == args.generations - 1:
-            episodes = run_episodes(eval_env, policy, episode_seed(args.seed, gen, "eval"))
-            row["eval_return"] = episodes.returns.mean().item()
-            row["eval_std"] = episodes.returns.std().item()
+            if eval_env is not None:
+                episodes = run_episodes(eval_env, model, episode_seed(args.seed, gen, "eval"))
+                row["eval_return"], row["eval_std"] = episodes.returns.mean().item(), episodes.returns.std().item()
+            elif evaluate is not None:
+                row["eval_return"] = float(evaluate(model))
         log.write(json.dumps(row) + "\n")
         log.flush()
-        print(
-            f"gen {gen:4d}  fitness mean {row['fitness_mean']:9.2f} max {row['fitness_max']:9.2f}  "
-            + (f"eval {row['eval_return']:9.2f}  " if "eval_return" in row else " " * 16)
-            + f"steps {row['timesteps']:>9d}  {row['seconds']:6.1f}s",
-            flush=True,
-        )
-        solved = target is not None and row.get("eval_return", -float("inf")) >= target
-        out_of_time = 0 < args.max_seconds <= row["seconds"]
-        if solved or out_of_time or es.generation == args.generations:
-            save_atomic({"es": es.state_dict(), "timesteps": fitness.timesteps, "seconds": row["seconds"]}, out / "checkpoint.pt")
-        if solved:
-            print(f"solved: center policy mean return {row['eval_return']:.1f} >= {target} over {args.eval_episodes} episodes")
-            break
-        if out_of_time:
-            print(f"stopped after {row['seconds']:.0f} s (--max-seconds)")
-            break
+        progress.update(row)
+        if writer is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float):
+                    writer.add_scalar(key, value, gen)
+        if row.get("eval_return", -float("inf")) > best:
+            best = row["eval_return"]
+            checkpoint(out / "best.pt", keep_previous=False)
+        if target is not None and row.get("eval_return", -float("inf")) >= target:
+            reason = f"solved: eval_return {row['eval_return']:.2f} >= {target}"
+        elif 0 < args.max_seconds <= row["seconds"]:
+            reason = f"stopped after {row['seconds']:.0f} s (--max-seconds)"
+        elif stop.requested:
+            reason = "interrupted"
+        else:
+            if es.generation % args.checkpoint_every == 0:
+                checkpoint(out / "checkpoint.pt")
+                saved_at = es.generation
+            continue
+        break
+    if saved_at != es.generation or not (out / "checkpoint.pt").exists():
+        checkpoint(out / "checkpoint.pt")
     log.close()
+    if writer is not None:
+        writer.close()
+    progress.message(f"{reason}; generation {es.generation}, run directory {out}")
+    try:
+        from flipes.plotting import plot_runs
+
+        plot_runs([out], out / "curves.png", "timesteps" if has_env and not args.fitness else "generation")
+    except ImportError:
+        progress.message("(no curves.png: matplotlib is not installed; pip install 'flipes[plot]')")
+    if reason == "interrupted":
+        sys.exit(130)
     return row
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(parse_config(Args, description=__doc__))
