@@ -144,3 +144,24 @@ def test_plugged_in_fitness_and_its_errors(tmp_path: Path) -> None:
     for spec, message in cases:
         r = train(*base, "--fitness", spec, "--out", str(tmp_path / "bad"), extra_path=tmp_path, check=False)
         assert r.returncode != 0 and message in r.stderr, (spec, r.stderr[-500:])
+
+
+def test_evaluate_and_render_a_tiny_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(*FAST, "--generations", "2", "--out", str(run))
+    gif = tmp_path / "policy.gif"
+    r = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", str(run), "--episodes", "5", "--render", str(gif), "--max-frames", "30"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "SDL_VIDEODRIVER": "dummy"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "center policy return" in r.stdout and "over 5 episodes" in r.stdout
+    from PIL import Image
+
+    with Image.open(gif) as im:
+        assert im.n_frames > 1 and im.size == (600, 400)
+    assert (run / "curves.png").exists()
