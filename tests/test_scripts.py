@@ -46,3 +46,31 @@ def test_benchmark_quick_prints_the_table(tmp_path: Path) -> None:
     assert "| 17-64-64-6 | 64 |" in out and "(b)/(a)" in out
     rows = json.loads((tmp_path / "b.json").read_text())
     assert rows["results"] and rows["machine"]  # raw numbers written
+
+
+def test_digits_fitness_plugs_into_train(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
+    args = ["--env", "none", "--model", "digits:make_model", "--fitness", "digits:fitness", "--popsize", "64"]
+    subprocess.run(
+        [
+            sys.executable,
+            "scripts/train.py",
+            *args,
+            "--generations",
+            "30",
+            "--lr",
+            "0.05",
+            "--out",
+            str(tmp_path),
+            "--tensorboard",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = metrics(tmp_path)
+    assert rows[0]["eval_return"] < 40 < rows[-1]["eval_return"]  # test accuracy (%) climbs from chance
