@@ -1,18 +1,26 @@
-"""Communication between ES workers. The serial stand-in lives here; MPI arrives with mpi4py.
+"""Communication between ES workers: MPI through mpi4py, or a serial stand-in.
 
-This is the only module of flipes that may import mpi4py, and only lazily.
+This is the only module of flipes that imports mpi4py, and only when an ``MPIComm`` is made. The
+noise of every member is a pure function of (seed, generation, group, slot), so workers exchange
+fitness scores (N floats) and either the gradient (``allreduce``) or nothing more (``seeds``).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import hashlib
+import sys
+import traceback
+from typing import Any, Protocol
 
+import numpy as np
+import torch
 from torch import Tensor
 
 
 class Comm(Protocol):
     rank: int
     size: int
+    bytes_sent: int  # payload bytes this process has sent in collectives
 
     def allgather_tensor(self, x: Tensor) -> Tensor:
         """Concatenate every rank's ``x`` along dim 0, in rank order."""
@@ -22,18 +30,115 @@ class Comm(Protocol):
         """Sum ``x`` over ranks, in place."""
         ...
 
+    def bcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        ...
+
 
 class SerialComm:
     """A communicator of one process: every collective is the identity."""
 
     rank = 0
     size = 1
+    local_rank = 0
+    bytes_sent = 0
 
     def allgather_tensor(self, x: Tensor) -> Tensor:
         return x
 
     def allreduce_sum_(self, x: Tensor) -> Tensor:
         return x
+
+    def bcast(self, obj: Any) -> Any:
+        return obj
+
+    def abort(self, code: int = 1) -> None:
+        sys.exit(code)
+
+
+class MPIComm:
+    """ES collectives over an mpi4py communicator (``MPI.COMM_WORLD`` by default).
+
+    Tensors travel as numpy buffers through host memory (GPU tensors are copied); the sizes are
+    N fitness values and, in ``allreduce`` mode, one gradient vector per generation.
+
+    Attributes:
+        local_rank: rank among the processes of this node (for ``cuda:<local_rank>``).
+        bytes_sent: payload bytes this process has contributed to collectives so far.
+    """
+
+    def __init__(self, comm: Any = None) -> None:
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise RuntimeError(
+                "running under MPI needs mpi4py and an MPI runtime: pip install 'flipes[mpi]' mpich "
+                "(or build mpi4py against your cluster's MPI); without mpiexec, run as one process"
+            ) from e
+        self._mpi = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank).Get_rank()
+        self.bytes_sent = 0
+
+    def allgather_tensor(self, x: Tensor) -> Tensor:
+        local = np.ascontiguousarray(x.detach().cpu().numpy())
+        counts = self.comm.allgather(local.shape[0])
+        out = np.empty((sum(counts), *local.shape[1:]), dtype=local.dtype)
+        row = int(np.prod(local.shape[1:], dtype=np.int64))
+        self.comm.Allgatherv(local, [out, [c * row for c in counts]])
+        self.bytes_sent += local.nbytes
+        return torch.from_numpy(out).to(x.device)
+
+    def allreduce_sum_(self, x: Tensor) -> Tensor:
+        buf = np.ascontiguousarray(x.detach().cpu().numpy())
+        self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
+        self.bytes_sent += buf.nbytes
+        return x.copy_(torch.from_numpy(buf))
+
+    def bcast(self, obj: Any) -> Any:
+        return self.comm.bcast(obj, root=0)
+
+    def abort(self, code: int = 1) -> None:
+        """End every process of the job (a failing rank must not leave the others waiting)."""
+        self.comm.Abort(code)
+
+
+def world() -> SerialComm | MPIComm:
+    """An ``MPIComm`` when this process was started by mpiexec with more than one rank, else serial."""
+    if "mpi4py" not in sys.modules and not _launched_by_mpi():
+        return SerialComm()
+    comm = MPIComm()
+    return comm if comm.size > 1 else SerialComm()
+
+
+def _launched_by_mpi() -> bool:
+    import os
+
+    markers = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
+    return any(k in os.environ for k in markers)
+
+
+def abort_on_exception(comm: SerialComm | MPIComm) -> None:
+    """Print the current exception with this rank's number, then end the whole job."""
+    print(f"[rank {comm.rank}] failed:", file=sys.stderr)
+    traceback.print_exc()
+    sys.stderr.flush()
+    comm.abort(1)
+
+
+def check_identical(comm: SerialComm | MPIComm, tensors: list[Tensor], what: str = "parameters") -> str:
+    """Hash ``tensors`` on every rank; raise on all ranks if any differs. Returns the hash."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    digest = h.hexdigest()
+    if comm.size > 1:
+        digests = comm.comm.allgather(digest)  # type: ignore[union-attr]
+        if len(set(digests)) > 1:
+            ranks = ", ".join(f"rank {r}: {d[:12]}" for r, d in enumerate(digests))
+            raise RuntimeError(f"ranks hold different {what} ({ranks}); every rank must run the same code, seed and data")
+    return digest
 
 
 def split_groups(groups: int, rank: int, size: int) -> range:

@@ -3,7 +3,8 @@
     python scripts/train.py --env flipes/CartPole-v1 --popsize 64 --generations 100 --seed 0 --out runs/cartpole
     python scripts/train.py --config my_run.toml --seed 3          # flags override the file
     python scripts/train.py --resume runs/cartpole --generations 200
-    python scripts/train.py --env none --fitness examples.digits:fitness --model examples.digits:make_model
+    PYTHONPATH=scripts python scripts/train.py --env none --fitness digits:fitness --model digits:make_model
+    mpiexec -n 4 python scripts/train.py --env HalfCheetah-v5 --groups 4 --comm seeds   # same result as -n 1
 
 With an env, the population of ``popsize`` members runs ``episodes`` episodes each in ONE vector env
 of ``popsize × episodes`` copies, one Flipout pass per step for all of them; every ``eval_every``
@@ -13,10 +14,11 @@ in ``FN(model, pop) -> Tensor[pop.size]`` instead of the rollout (``--model MOD:
 model from the env, or from nothing with ``--env none``; an ``evaluate(model) -> float`` beside the
 fitness function gives ``eval_return``).
 
-The run directory holds ``config.json`` (resolved options), ``metrics.jsonl`` (one JSON object per
-generation), ``checkpoint.pt`` (latest, written atomically every ``checkpoint_every`` generations and
-on Ctrl-C/SIGTERM; the one it replaced is ``previous.pt``), ``best.pt`` (best eval_return) and
-``curves.png``.
+Under ``mpiexec -n K`` every process evaluates its block of the ``groups`` (``groups >= K``) and the
+result does not depend on K; rank 0 alone writes the run directory. It holds ``config.json``
+(resolved options), ``metrics.jsonl`` (one JSON object per generation), ``checkpoint.pt`` (latest,
+written atomically every ``checkpoint_every`` generations and on Ctrl-C/SIGTERM; the one it replaced
+is ``previous.pt``), ``best.pt`` (best eval_return) and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from torch import nn
 
 import flipes
+from flipes import dist
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from flipes.cli import load_callable, parse_config
 from flipes.progress import Progress
@@ -66,6 +69,8 @@ class Args:
     model: str = ""  # module:function, FN(env or None) -> nn.Module
     checkpoint_every: int = 10
     tensorboard: bool = True  # write TensorBoard scalars when tensorboard is installed
+    comm: str = "allreduce"  # under MPI: allreduce (sum gradients) | seeds (exchange fitness only)
+    check_every: int = 10  # under MPI: verify every k generations that all ranks hold identical parameters
 
 
 class StopRequest:
@@ -100,26 +105,54 @@ def tensorboard_writer(enabled: bool, out: Path) -> Any:
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def main(args: Args) -> dict:
+def _stop_now(
+    row: dict, target: float | None, args: Args, stop: StopRequest, comm: dist.SerialComm | dist.MPIComm
+) -> tuple[bool, str]:
+    """Whether to stop after this generation, and why; every rank gets the same answer."""
+    interrupted = comm.allreduce_sum_(torch.tensor([float(stop.requested)])).item() > 0  # a signal may reach one rank only
+    if target is not None and row.get("eval_return", -float("inf")) >= target:
+        return True, f"solved: eval_return {row['eval_return']:.2f} >= {target}"
+    if 0 < args.max_seconds <= comm.bcast(row["seconds"]):
+        return True, f"stopped after {row['seconds']:.0f} s (--max-seconds)"
+    if interrupted:
+        return True, "interrupted"
+    return False, "generations"
+
+
+def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict:
+    comm = comm if comm is not None else dist.SerialComm()
+    lead = comm.rank == 0  # rank 0 alone evaluates, logs, plots and checkpoints
+    device = f"cuda:{comm.local_rank}" if args.device == "cuda" and comm.size > 1 else args.device
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
     env_name = args.env.split("/")[-1]
     target = args.target if args.target is not None else SOLVED.get(env_name)
     torch.manual_seed(args.seed)
 
     # the model and its fitness: a policy on a vector env, or the user's plug-ins
     has_env = args.env.lower() != "none"
-    env = make_vector_env(args.env, args.popsize * args.episodes, args.device) if has_env else None
-    eval_env = make_vector_env(args.env, args.eval_episodes, args.device) if has_env and not args.fitness else None
+    members = len(dist.split_groups(args.groups, comm.rank, comm.size)) * (args.popsize // max(args.groups, 1))
+    env = make_vector_env(args.env, members * args.episodes, device) if has_env else None
+    eval_env = make_vector_env(args.env, args.eval_episodes, device) if lead and has_env and not args.fitness else None
     if args.model:
         model = load_callable(args.model, "--model")(env)
     elif env is not None:
         model = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=args.hidden)
     else:
         raise SystemExit("--env none needs --model module:function to build the model")
-    model = flipes.flipout(model).to(args.device)
-    es = flipes.FlipES(model, popsize=args.popsize, sigma=args.sigma, lr=args.lr, seed=args.seed, groups=args.groups)
+    model = flipes.flipout(model).to(device)
+    es = flipes.FlipES(
+        model,
+        popsize=args.popsize,
+        sigma=args.sigma,
+        lr=args.lr,
+        seed=args.seed,
+        groups=args.groups,
+        comm=comm,
+        comm_mode=args.comm,
+    )
     obs_norm = getattr(model, "obs_norm", None)
     evaluate = None
     if args.fitness:
@@ -133,18 +166,18 @@ def main(args: Args) -> dict:
     elapsed, best = 0.0, -float("inf")
     if args.resume:
         try:
-            state = load_checkpoint(args.resume, map_location=args.device)
+            state = load_checkpoint(args.resume, map_location=device)
         except CheckpointError as e:
             raise SystemExit(f"--resume: {e}") from None
         es.load_state_dict(state["es"])
         elapsed, best = state["seconds"], state["best"]
         if isinstance(fitness, RolloutFitness):
-            fitness.timesteps = state["timesteps"]
+            fitness.timesteps = state["timesteps"] if lead else 0  # all ranks' steps, counted once
 
     saved_at = es.generation  # generation of the latest checkpoint.pt
 
     def checkpoint(path: Path, keep_previous: bool = True) -> None:
-        steps = fitness.timesteps if isinstance(fitness, RolloutFitness) else 0
+        steps = row.get("timesteps", steps_at_start)
         config = dataclasses.asdict(args)
         save_checkpoint(
             {"es": es.state_dict(), "timesteps": steps, "seconds": row["seconds"], "best": best, "config": config},
@@ -152,21 +185,23 @@ def main(args: Args) -> dict:
             keep_previous,
         )
 
-    writer = tensorboard_writer(args.tensorboard, out)
+    writer = tensorboard_writer(args.tensorboard and lead, out)
     progress = Progress(args.generations, every=max(1, args.eval_every))
     stop = StopRequest()
-    log = open(out / "metrics.jsonl", "a" if args.resume else "w")
+    log = open(out / "metrics.jsonl", "a" if args.resume else "w") if lead else None
     start = time.perf_counter() - elapsed
     row: dict = {"seconds": elapsed}
+    steps_at_start = int(comm.allreduce_sum_(torch.tensor([float(getattr(fitness, "timesteps", 0))])).item())
     reason = "generations"
     while es.generation < args.generations:
         gen = es.generation
-        steps_before = getattr(fitness, "timesteps", 0)
+        bytes_before = comm.bytes_sent
         t0 = time.perf_counter()
         stats = es.step(fitness)
-        if obs_norm is not None:
-            obs_norm.update()  # frozen during the generation, merged after it
-        steps = getattr(fitness, "timesteps", 0)
+        if obs_norm is not None:  # frozen during the generation, merged after it, in member order
+            obs_norm.update(comm.allgather_tensor(obs_norm.pending) if comm.size > 1 and obs_norm.pending is not None else None)
+        # env steps of all ranks (each rank counts its own members' episodes)
+        steps = int(comm.allreduce_sum_(torch.tensor([getattr(fitness, "timesteps", 0)], dtype=torch.float64)).item())
         row = {
             "generation": gen,
             "fitness_mean": stats["fitness_mean"],
@@ -176,15 +211,23 @@ def main(args: Args) -> dict:
             "update_ratio": stats["update_ratio"],
             "seconds": time.perf_counter() - start,
             "timesteps": steps,
-            "steps_per_second": (steps - steps_before) / (time.perf_counter() - t0),
+            "steps_per_second": (steps - row.get("timesteps", steps_at_start)) / (time.perf_counter() - t0),
+            "bytes_sent": comm.bytes_sent - bytes_before,
             "params_sha256": params_sha256(model),
         }
+        if comm.size > 1 and (gen + 1) % args.check_every == 0:
+            dist.check_identical(comm, list(model.state_dict().values()), "parameters")
         if gen % args.eval_every == 0 or gen == args.generations - 1:
             if eval_env is not None:
                 episodes = run_episodes(eval_env, model, episode_seed(args.seed, gen, "eval"))
                 row["eval_return"], row["eval_std"] = episodes.returns.mean().item(), episodes.returns.std().item()
-            elif evaluate is not None:
+            elif evaluate is not None and lead:
                 row["eval_return"] = float(evaluate(model))
+            row.update(comm.bcast({k: row[k] for k in ("eval_return", "eval_std") if k in row}))  # all ranks decide alike
+        if not lead:
+            if _stop_now(row, target, args, stop, comm)[0]:
+                break
+            continue
         log.write(json.dumps(row) + "\n")
         log.flush()
         progress.update(row)
@@ -195,18 +238,14 @@ def main(args: Args) -> dict:
         if row.get("eval_return", -float("inf")) > best:
             best = row["eval_return"]
             checkpoint(out / "best.pt", keep_previous=False)
-        if target is not None and row.get("eval_return", -float("inf")) >= target:
-            reason = f"solved: eval_return {row['eval_return']:.2f} >= {target}"
-        elif 0 < args.max_seconds <= row["seconds"]:
-            reason = f"stopped after {row['seconds']:.0f} s (--max-seconds)"
-        elif stop.requested:
-            reason = "interrupted"
-        else:
-            if es.generation % args.checkpoint_every == 0:
-                checkpoint(out / "checkpoint.pt")
-                saved_at = es.generation
-            continue
-        break
+        done, reason = _stop_now(row, target, args, stop, comm)
+        if done:
+            break
+        if es.generation % args.checkpoint_every == 0:
+            checkpoint(out / "checkpoint.pt")
+            saved_at = es.generation
+    if not lead:
+        return row
     if saved_at != es.generation or not (out / "checkpoint.pt").exists():
         checkpoint(out / "checkpoint.pt")
     log.close()
@@ -225,4 +264,10 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Args, description=__doc__))
+    world = dist.world()
+    try:
+        main(parse_config(Args, description=__doc__), world)
+    except BaseException as e:
+        if world.size > 1 and not (isinstance(e, SystemExit) and e.code in (0, None)):
+            dist.abort_on_exception(world)  # one failing rank ends the whole job, with its traceback
+        raise

@@ -61,6 +61,12 @@ class FlipES:
         weight_decay: L2 coefficient added to the loss gradient (``+ wd·θ``).
         optimizer: ``params -> torch.optim.Optimizer``; default ``Adam(params, lr)`` (fused if available).
         comm: communicator between processes (``flipes.dist``); default: this process alone.
+            Each process evaluates a contiguous block of groups (``groups >= processes``).
+        comm_mode: ``"allreduce"``: each process computes the gradient of its own members and the
+            gradients are summed (one parameter vector per process and generation);
+            ``"seeds"``: every process rebuilds all groups' noise from the seeds and computes the
+            whole gradient itself, so only the N fitness values cross the network, and the result
+            is bitwise that of one process.
 
     Examples::
 
@@ -86,6 +92,7 @@ class FlipES:
         weight_decay: float = 0.0,
         optimizer: OptimizerFactory | None = None,
         comm: Comm | None = None,
+        comm_mode: str = "allreduce",
     ) -> None:
         if popsize < 1 or groups < 1 or popsize % groups:
             raise ValueError(f"popsize={popsize} must be a positive multiple of groups={groups}")
@@ -99,7 +106,10 @@ class FlipES:
         self.shaping, self.weight_decay = shaping, weight_decay
         self._sigma = sigma
         self.sigma_at(0)  # validate now, not at the first generation
+        if comm_mode not in ("allreduce", "seeds"):
+            raise ValueError(f"comm_mode must be 'allreduce' or 'seeds', got {comm_mode!r}")
         self.comm: Comm = comm if comm is not None else SerialComm()
+        self.comm_mode = comm_mode
         self.local_groups = split_groups(groups, self.comm.rank, self.comm.size)
         group_size = popsize // groups
         self.members = range(self.local_groups.start * group_size, self.local_groups.stop * group_size)
@@ -127,7 +137,9 @@ class FlipES:
     def num_params(self) -> int:
         return sum(p.numel() for p in self.params)
 
-    def _sample(self) -> list[SlotNoise]:
+    def _sample(self, groups: range | None = None) -> list[SlotNoise]:
+        """The noise of ``groups`` (default: this process's groups) for the current generation."""
+        groups = self.local_groups if groups is None else groups
         sigma = self.sigma_at(self.generation)
         tables: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         noise = []
@@ -141,7 +153,7 @@ class FlipES:
                     seed=self.seed,
                     generation=self.generation,
                     slot=i,
-                    groups=self.local_groups,
+                    groups=groups,
                     group_size=self.popsize // self.groups,
                     weight=w,
                     in_channels=pw.in_channels,
@@ -220,15 +232,19 @@ class FlipES:
         if shaped.shape != full.shape or not torch.isfinite(shaped).all():
             raise ValueError("the shaping function must map fitness (N,) to finite weights (N,)")
         sigma = self.sigma_at(self.generation)
-        coeff = shaped[self.members.start : self.members.stop]
+        everyone = self.comm_mode == "seeds" and self.comm.size > 1
+        noises = self._sample(range(self.groups)) if everyone else self._noise
+        coeff = shaped if everyone else shaped[self.members.start : self.members.stop]
 
         grads: dict[int, Tensor] = {}
-        for (_, pw), noise in zip(self.slots, self._noise, strict=True):
+        for (_, pw), noise in zip(self.slots, noises, strict=True):
             parts = weighted_perturbation(pw, noise, coeff.to(noise.s.device, noise.s.dtype))
             for p, g in zip((pw.weight, pw.bias), parts, strict=True):
                 if g is not None:
                     grads[id(p)] = grads[id(p)] + g if id(p) in grads else g
-        flat = self.comm.allreduce_sum_(torch.cat([grads[id(p)].flatten() for p in self.params]))
+        flat = torch.cat([grads[id(p)].flatten() for p in self.params])
+        if not everyone:
+            flat = self.comm.allreduce_sum_(flat)
         flat.mul_(-1.0 / (self.popsize * sigma * sigma))  # -ĝ: Σ F̂ (σu) / (Nσ²), negated for the loss -J
 
         before = torch.cat([p.detach().flatten() for p in self.params])
@@ -258,7 +274,7 @@ class FlipES:
             fitness = fitness_fn(self.model, pop)
         return self.tell(fitness)
 
-    def _config(self) -> dict[str, Any]:
+    def _config(self) -> dict[str, Any]:  # what a checkpoint must agree on (not the process count)
         return {"popsize": self.popsize, "groups": self.groups, "seed": self.seed, "mirrored": self.mirrored}
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Observation normalization with running statistics (Salimans et al., 2017, arXiv:1703.03864).
 
 The statistics are frozen while a generation is evaluated, so every member sees the same
-normalization; observations seen meanwhile are only recorded, and merged by ``update()`` after
-the generation. They are buffers of the policy: saved with it, applied at evaluation.
+normalization; observations seen meanwhile are only recorded, per member, and merged by
+``update()`` after the generation. Per-member sums make the merge independent of how members are
+split across processes: gather every member's row, sum in member order. The statistics are
+buffers of the policy: saved with it, applied at evaluation.
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ class RunningNorm(nn.Module):
         self.register_buffer("mean", torch.zeros(size, dtype=torch.float64))
         self.register_buffer("var", torch.ones(size, dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        # pending sums of the current generation: [count, Σx, Σx²], not saved
-        self.register_buffer("pending", torch.zeros(1 + 2 * size, dtype=torch.float64), persistent=False)
+        self.pending: Tensor | None = None  # (members, 1 + 2·size): [count, Σx, Σx²] of this generation
         self._scale: Tensor | None = None  # (mean, 1/std) in the input dtype, cached until update()
 
     def extra_repr(self) -> str:
@@ -46,16 +47,23 @@ class RunningNorm(nn.Module):
 
     @torch.no_grad()
     def record(self, x: Tensor, mask: Tensor | None = None) -> None:
-        """Add observations ``(*, size)`` (where ``mask``, of shape ``*``, is true) to the pending sums."""
-        x = x.reshape(-1, self.size).double()
-        if mask is not None:
-            x = x[mask.reshape(-1)]
-        self.pending += torch.cat((x.new_tensor([x.shape[0]]), x.sum(0), x.square().sum(0)))
+        """Add observations ``(members, *, size)`` to each member's pending sums (only where ``mask``,
+        of shape ``(members, *)``, is true)."""
+        x = x.reshape(x.shape[0], -1, self.size).double()
+        w = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device) if mask is None else mask.reshape(x.shape[:2]).to(x.dtype)
+        wx = x * w.unsqueeze(-1)
+        sums = torch.cat((w.sum(1, keepdim=True), wx.sum(1), (wx * x).sum(1)), dim=1)
+        self.pending = sums if self.pending is None else self.pending + sums
 
     @torch.no_grad()
     def update(self, pending: Tensor | None = None) -> None:
-        """Merge the pending sums (or ``pending``, e.g. summed over processes) into the statistics."""
-        p = self.pending if pending is None else pending
+        """Merge the pending per-member sums (or ``pending``: every process's rows, gathered in
+        member order) into the statistics, and clear them."""
+        rows = self.pending if pending is None else pending
+        self.pending = None
+        if rows is None:
+            return
+        p = rows.to(self.mean.device, torch.float64).sum(0)
         n = p[0]
         if n > 0:
             mean_b = p[1 : 1 + self.size] / n
@@ -68,7 +76,6 @@ class RunningNorm(nn.Module):
             self.var.copy_(m2 / total)
             self.count.copy_(total)
             self._scale = None
-        self.pending.zero_()
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         self._scale = None

@@ -40,12 +40,14 @@ def run_episodes(
     seed: int | list[int],
     record: RunningNorm | None = None,
     max_steps: int | None = None,
+    members: int | None = None,
 ) -> Episodes:
     """Run one episode in every env of ``env`` with ``act(obs) -> actions``, at most ``max_steps``
     steps (the env's own truncation otherwise).
 
     ``seed``: gymnasium's convention, env ``i`` is reset with ``seed + i`` (or ``seed[i]``).
-    ``record``: observations of unfinished episodes are added to its pending statistics.
+    ``record``: observations of unfinished episodes are added to its pending statistics, per
+    member when ``members`` is given (envs ``m·K .. m·K+K-1`` belong to member ``m``).
     """
     obs, _ = env.reset(seed=seed)
     device = obs.device
@@ -56,7 +58,8 @@ def run_episodes(
     t = 0
     while max_steps is None or t < max_steps:
         if record is not None:
-            record.record(obs, alive)
+            m = members or n
+            record.record(obs.view(m, n // m, -1), alive.view(m, n // m))
         obs, reward, terminated, truncated, _ = env.step(act(obs))
         t += 1
         returns += torch.as_tensor(reward, device=device).double() * alive
@@ -100,6 +103,6 @@ class RolloutFitness:
         # env i of member m, episode k gets seed base + m·K + k with m the GLOBAL member index, so a
         # member's episodes do not depend on how the population is split across processes
         first = episode_seed(self.seed, pop.generation, "population") + pop.members.start * k
-        ep = run_episodes(self.env, act, [first + i for i in range(n * k)], record=self.obs_norm)
+        ep = run_episodes(self.env, act, [first + i for i in range(n * k)], record=self.obs_norm, members=n)
         self.timesteps += ep.steps
         return ep.returns.view(n, k).mean(1)
