@@ -1,0 +1,63 @@
+"""Batched torch versions of gymnasium's classic-control envs, registered as ``flipes/<id>``.
+
+Each env is one pure dynamics function of batched tensors, wrapped as a gymnasium ``VectorEnv``
+that steps all copies at once on the CPU or a GPU, and tested step for step against gymnasium.
+
+    import envs  # registers the ids (gymnasium >= 1.0 loads no plugins by itself)
+    env = gymnasium.make_vec("flipes/CartPole-v1", num_envs=4096, device="cuda")
+    env = gymnasium.make_vec("envs:flipes/CartPole-v1", num_envs=4096)  # the same, importing envs itself
+    env = gymnasium.make("flipes/CartPole-v1")  # one copy, numpy in and out (for check_env and friends)
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from envs.acrobot import AcrobotEnv, AcrobotVectorEnv
+from envs.base import SingleEnv, TorchVectorEnv
+from envs.cartpole import CartPoleEnv, CartPoleVectorEnv
+from envs.mountain_car import MountainCarContinuousEnv, MountainCarContinuousVectorEnv
+from envs.pendulum import PendulumEnv, PendulumVectorEnv
+
+__all__ = [
+    "AcrobotEnv",
+    "AcrobotVectorEnv",
+    "CartPoleEnv",
+    "CartPoleVectorEnv",
+    "MountainCarContinuousEnv",
+    "MountainCarContinuousVectorEnv",
+    "PendulumEnv",
+    "PendulumVectorEnv",
+    "SingleEnv",
+    "TorchVectorEnv",
+    "register_envs",
+]
+
+# id -> (module:class prefix, max_episode_steps, reward_threshold), as gymnasium registers the originals
+_SPECS: dict[str, tuple[str, int, float | None]] = {
+    "flipes/CartPole-v1": ("envs.cartpole:CartPole", 500, 475.0),
+    "flipes/Acrobot-v1": ("envs.acrobot:Acrobot", 500, -100.0),
+    "flipes/Pendulum-v1": ("envs.pendulum:Pendulum", 200, None),
+    "flipes/MountainCarContinuous-v0": ("envs.mountain_car:MountainCarContinuous", 999, 90.0),
+}
+
+
+def register_envs() -> None:
+    """Register the ``flipes/`` ids with gymnasium; calling it again changes nothing.
+
+    ``gymnasium.make`` gets the single env (with gymnasium's ``TimeLimit`` for the time limit),
+    ``gymnasium.make_vec`` the vector env (which truncates itself after ``max_episode_steps``).
+    Also the ``gymnasium.envs`` entry point of the package, which gymnasium < 1.0 called on import.
+    """
+    for env_id, (prefix, steps, threshold) in _SPECS.items():
+        if env_id not in gym.registry:
+            gym.register(
+                id=env_id,
+                entry_point=f"{prefix}Env",
+                vector_entry_point=f"{prefix}VectorEnv",
+                max_episode_steps=steps,
+                reward_threshold=threshold,
+            )
+
+
+register_envs()

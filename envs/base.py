@@ -1,0 +1,283 @@
+"""What every batched torch env here shares: gymnasium's ``VectorEnv`` API around pure dynamics.
+
+An env module supplies the physics as pure functions of batched tensors (``dynamics``, reward,
+termination, observation) and the initial-state range; :class:`TorchVectorEnv` adds the rest once:
+device and dtype, seeding, action checks, the time limit, NEXT_STEP autoreset and ``reset_mask``.
+:class:`SingleEnv` shows one copy as a numpy ``gymnasium.Env``, for ``gymnasium.make`` and
+``gymnasium.utils.env_checker.check_env``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+from torch import Tensor
+
+Device = str | torch.device
+
+
+class TorchVectorEnv(gym.vector.VectorEnv):
+    r"""``num_envs`` copies of an env, stepped together by one batched torch function on ``device``.
+
+    Autoreset follows gymnasium's ``AutoresetMode.NEXT_STEP``: an env whose episode ended is reset
+    by the next ``step()``, which ignores its action and returns its first observation with reward
+    0 and ``terminated = truncated = False``.
+
+    Args:
+        num_envs: N, copies of the env.
+        max_episode_steps: an episode is truncated after this many steps (``None``: never).
+        device: where the state lives and every returned tensor is.
+        dtype: of the physical state. The default ``torch.float64`` is what gymnasium computes in,
+            so steps match gymnasium's within 1e-5 whatever the state; ``torch.float32`` is faster
+            on a GPU and matches to about 1e-6 relative, but can flip a termination decided within
+            that distance of its threshold.
+
+    Attributes:
+        state: ``(N, state_dim)`` physical state. Assigning it replaces every env's state (copied,
+            cast to ``dtype``, moved to ``device``) and cancels pending autoresets; editing it in
+            place (``env.state[i] = ...``) works too.
+        elapsed: ``(N,)`` int64 steps taken in each current episode, settable the same way.
+
+    Shape:
+        - ``reset() -> obs``: ``(N, obs_dim)`` float32.
+        - ``step(actions)``: actions ``(N,)`` integers (``Discrete``) or ``(N, *action_shape)`` floats
+          (``Box``; ``(N,)`` too when the action is one number); returns observations
+          ``(N, obs_dim)`` float32, rewards ``(N,)`` float32, terminated and truncated ``(N,)`` bool.
+
+    Examples::
+
+        >>> env = gymnasium.make_vec("envs:flipes/CartPole-v1", num_envs=4096, device="cuda")
+        >>> obs, info = env.reset(seed=0)
+        >>> obs, reward, terminated, truncated, info = env.step(torch.randint(0, 2, (4096,), device="cuda"))
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+    state_dim: ClassVar[int]
+
+    def __init__(
+        self,
+        num_envs: int,
+        max_episode_steps: int | None,
+        device: Device,
+        dtype: torch.dtype,
+        single_observation_space: gym.spaces.Box,
+        single_action_space: gym.spaces.Discrete | gym.spaces.Box,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.num_envs = num_envs
+        self.max_episode_steps = max_episode_steps
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.single_observation_space = single_observation_space
+        self.single_action_space = single_action_space
+        self.observation_space = batch_space(single_observation_space, num_envs)
+        self.action_space = batch_space(single_action_space, num_envs)
+        self._discrete = isinstance(single_action_space, gym.spaces.Discrete)
+        self._generator = torch.Generator(self.device)
+        self._generator.seed()  # unseeded until reset(seed=...), like gymnasium's np_random
+        self._state: Tensor | None = None
+        self._elapsed = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
+        self._autoreset = torch.zeros(num_envs, dtype=torch.bool, device=self.device)  # ended last step
+        self._set_initial_range(None)
+
+    # -- what an env module supplies ---------------------------------------------------------
+
+    def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
+        """``(N, state_dim), (N,) -> (N, state_dim)``: the env's pure transition function."""
+        raise NotImplementedError
+
+    def _reward_terminated(self, state: Tensor, action: Tensor, next_state: Tensor) -> tuple[Tensor, Tensor]:
+        """Rewards ``(N,)`` float32 and terminations ``(N,)`` bool of the transitions."""
+        raise NotImplementedError
+
+    def _observe(self, state: Tensor) -> Tensor:
+        """A new float32 ``(N, obs_dim)`` tensor (never a view of the state)."""
+        raise NotImplementedError
+
+    def _initial_range(self, options: dict[str, Any] | None) -> tuple[list[float], list[float]]:
+        """Per-component bounds of the uniform initial state, given gymnasium's reset ``options``."""
+        raise NotImplementedError
+
+    def _set_initial_range(self, options: dict[str, Any] | None) -> None:
+        low, high = self._initial_range(options)
+        self._low = torch.tensor(low, dtype=self.dtype, device=self.device)
+        self._high = torch.tensor(high, dtype=self.dtype, device=self.device)
+
+    def _sample(self, n: int) -> Tensor:
+        u = torch.rand(n, self.state_dim, generator=self._generator, device=self.device, dtype=self.dtype)
+        return self._low + (self._high - self._low) * u
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> Tensor | None:
+        return self._state
+
+    @state.setter
+    def state(self, value: Tensor | np.ndarray) -> None:
+        value = torch.as_tensor(value, device=self.device, dtype=self.dtype)
+        if value.shape != (self.num_envs, self.state_dim):
+            raise ValueError(f"state must have shape ({self.num_envs}, {self.state_dim}), got {tuple(value.shape)}")
+        # stored column-major: the dynamics reads whole state components, which are then contiguous
+        self._state = torch.empty(self.state_dim, self.num_envs, device=self.device, dtype=self.dtype).copy_(value.T).T
+        self._autoreset.zero_()
+
+    @property
+    def elapsed(self) -> Tensor:
+        return self._elapsed
+
+    @elapsed.setter
+    def elapsed(self, value: Tensor | np.ndarray | int) -> None:
+        value = torch.as_tensor(value, device=self.device, dtype=torch.int64)
+        self._elapsed = value.expand(self.num_envs).clone()
+
+    # -- gymnasium API ----------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
+        """Reset every env, or only those of ``options["reset_mask"]`` (a bool ``(N,)`` tensor or array).
+
+        ``seed`` (one int for the whole batch) seeds the env's ``torch.Generator`` on ``device``;
+        the same seed gives the same initial states on the same device type. Other ``options``
+        are gymnasium's own for the env (e.g. ``low``/``high`` bounds of the initial state), and
+        stay in force for later autoresets, as in gymnasium's ``CartPoleVectorEnv``.
+        """
+        if seed is not None and not isinstance(seed, int | np.integer):
+            raise TypeError(f"seed must be one int for the whole batch (or None), got {type(seed).__name__}")
+        super().reset(seed=None if seed is None else int(seed))
+        if seed is not None:
+            self._generator.manual_seed(int(seed))
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
+        self._set_initial_range(options)
+        if mask is None:
+            self.state = self._sample(self.num_envs)
+            self._elapsed.zero_()
+        else:
+            mask = self._check_mask(mask)
+            if self._state is None:
+                raise RuntimeError("reset with a reset_mask needs a full reset() first: the other envs have no state yet")
+            self._state = self._reset_where(self._state, mask)
+            self._autoreset &= ~mask
+        return self._observe(self._state), {}
+
+    def step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        if self._state is None:
+            raise RuntimeError(f"{type(self).__name__}: call reset() (or set .state) before step()")
+        action = self._check_actions(actions)
+        state = self._state
+        next_state = self.dynamics(state, action)
+        reward, terminated = self._reward_terminated(state, action, next_state)
+        self._elapsed += 1
+        if self.max_episode_steps is None:
+            truncated = torch.zeros_like(terminated)
+        else:
+            truncated = self._elapsed >= self.max_episode_steps
+        # NEXT_STEP: envs that ended last step start over now instead (elapsed back to 0)
+        ended = self._autoreset
+        next_state = self._reset_where(next_state, ended)
+        live = ~ended
+        reward = reward * live
+        terminated &= live
+        truncated &= live
+        self._state = next_state
+        self._autoreset = terminated | truncated
+        return self._observe(next_state), reward, terminated, truncated, {}
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _reset_where(self, state: Tensor, mask: Tensor) -> Tensor:
+        """``state`` with the rows of ``mask`` drawn afresh (in place on the CPU); their elapsed set to 0."""
+        self._elapsed.masked_fill_(mask, 0)
+        if self.device.type == "cpu":  # reading the mask costs no sync here, and drawing few rows is cheap
+            rows = mask.nonzero().squeeze(1)
+            if rows.numel():
+                state.index_copy_(0, rows, self._sample(rows.numel()))
+            return state
+        # on an accelerator, draw every row and select: no host sync on the step
+        return torch.where(mask[:, None], self._sample(self.num_envs), state)
+
+    def _check_mask(self, mask: Tensor | np.ndarray) -> Tensor:
+        mask = torch.as_tensor(mask, device=self.device)
+        if mask.dtype != torch.bool or mask.shape != (self.num_envs,):
+            raise ValueError(
+                f"options['reset_mask'] must be a bool tensor or array of shape ({self.num_envs},), "
+                f"got dtype {mask.dtype} and shape {tuple(mask.shape)}"
+            )
+        if not mask.any():
+            raise ValueError("options['reset_mask'] resets no env; it needs at least one True")
+        return mask
+
+    def _check_actions(self, actions: Tensor | np.ndarray) -> Tensor:
+        """Validated actions as a ``(N,)`` tensor on ``device``: integer (Discrete) or ``dtype`` (Box)."""
+        a = torch.as_tensor(actions, device=self.device)
+        n, space, name = self.num_envs, self.single_action_space, type(self).__name__
+        if self._discrete:
+            expected = f"a tensor of shape ({n},) of integers in [0, {space.n})"
+            if a.shape != (n,):
+                raise ValueError(f"{name}.step takes one action per env, {expected}; got shape {tuple(a.shape)}")
+            if a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
+                raise ValueError(f"{name}.step takes integer actions, {expected}; got dtype {a.dtype}")
+            lo, hi = (int(v) for v in a.aminmax())
+            if lo < 0 or hi >= space.n:
+                raise ValueError(f"{name}.step takes {expected}; got actions from {lo} to {hi}")
+            return a
+        shape = (n, *space.shape)
+        if a.shape != shape and not (space.shape == (1,) and a.shape == (n,)):
+            alt = f" or ({n},)" if space.shape == (1,) else ""
+            raise ValueError(f"{name}.step takes one action per env, a tensor of shape {shape}{alt}; got shape {tuple(a.shape)}")
+        if a.dtype.is_complex or a.dtype == torch.bool:
+            raise ValueError(f"{name}.step takes real-valued actions of shape {shape}; got dtype {a.dtype}")
+        return a.reshape(n).to(self.dtype)
+
+
+class SingleEnv(gym.Env[np.ndarray, Any]):
+    """One copy of a :class:`TorchVectorEnv` as a plain ``gymnasium.Env``: numpy in and out.
+
+    It is what ``gymnasium.make("flipes/...")`` builds (``TimeLimit`` then adds the time limit), for
+    tools that want a single env; batched work should use the vector env. It never autoresets:
+    stepping past the end of an episode continues the physics (undefined behaviour in gymnasium).
+
+    Args:
+        render_mode: must be ``None`` (these envs do not render).
+        device, dtype: as for the vector env.
+        **kwargs: the env's own options (e.g. ``g`` for Pendulum).
+    """
+
+    vector_env: ClassVar[type[TorchVectorEnv]]
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(
+        self, render_mode: str | None = None, device: Device = "cpu", dtype: torch.dtype = torch.float64, **kwargs: Any
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"{type(self).__name__} does not render; render_mode must be None, got {render_mode!r}")
+        self.vector = self.vector_env(num_envs=1, max_episode_steps=None, device=device, dtype=dtype, **kwargs)
+        self.observation_space = self.vector.single_observation_space
+        self.action_space = self.vector.single_action_space
+
+    @property
+    def state(self) -> np.ndarray | None:
+        """The physical state ``(state_dim,)`` (a copy); assign to set it."""
+        return None if self.vector.state is None else self.vector.state[0].cpu().numpy().copy()
+
+    @state.setter
+    def state(self, value: np.ndarray) -> None:
+        self.vector.state = torch.as_tensor(np.asarray(value))[None]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        obs, info = self.vector.reset(seed=seed, options=options)
+        return obs[0].cpu().numpy(), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, _, info = self.vector.step(torch.as_tensor(np.asarray(action))[None])
+        self.vector._autoreset.zero_()  # a single env continues past the end instead
+        return obs[0].cpu().numpy(), float(reward[0]), bool(terminated[0]), False, info

@@ -1,0 +1,102 @@
+"""CartPole-v1 in batched torch: gymnasium's ``CartPoleEnv`` (Barto, Sutton & Anderson, 1983), step for step.
+
+Same constants, explicit Euler integration, termination at |x| > 2.4 or |θ| > 12°, reward 1 per
+step (``sutton_barto_reward``: 0, and -1 on termination), initial state uniform in (-0.05, 0.05)⁴.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.envs.classic_control import utils
+from torch import Tensor
+
+from envs.base import Device, SingleEnv, TorchVectorEnv
+
+GRAVITY = 9.8
+MASSCART = 1.0
+MASSPOLE = 0.1
+TOTAL_MASS = MASSPOLE + MASSCART
+LENGTH = 0.5  # half the pole's length
+POLEMASS_LENGTH = MASSPOLE * LENGTH
+FORCE_MAG = 10.0
+TAU = 0.02  # seconds per step
+THETA_THRESHOLD = 12 * 2 * math.pi / 360
+X_THRESHOLD = 2.4
+
+
+def dynamics(state: Tensor, action: Tensor) -> Tensor:
+    """``(N, 4) [x, ẋ, θ, θ̇], (N,) actions in {0, 1} -> (N, 4)``: one Euler step of 0.02 s.
+
+    Written as gymnasium writes it, operation for operation, so the float64 results agree to
+    rounding. The result is column-major (components contiguous), as the env stores its state.
+    """
+    x, x_dot, theta, theta_dot = state.unbind(-1)
+    force = action.to(state.dtype) * (2 * FORCE_MAG) - FORCE_MAG  # exactly ±10
+    costheta, sintheta = torch.cos(theta), torch.sin(theta)
+    temp = (force + POLEMASS_LENGTH * theta_dot.square() * sintheta) / TOTAL_MASS
+    thetaacc = (GRAVITY * sintheta - costheta * temp) / (LENGTH * (4.0 / 3.0 - MASSPOLE * costheta.square() / TOTAL_MASS))
+    xacc = temp - POLEMASS_LENGTH * thetaacc * costheta / TOTAL_MASS
+    return torch.stack((x + TAU * x_dot, x_dot + TAU * xacc, theta + TAU * theta_dot, theta_dot + TAU * thetaacc)).movedim(0, -1)
+
+
+def terminated(state: Tensor) -> Tensor:
+    """``(N, 4) -> (N,)`` bool: the cart left [-2.4, 2.4] or the pole fell past 12°."""
+    return (state[..., 0].abs() > X_THRESHOLD) | (state[..., 2].abs() > THETA_THRESHOLD)
+
+
+class CartPoleVectorEnv(TorchVectorEnv):
+    """``num_envs`` CartPole-v1 envs in torch; see :class:`envs.base.TorchVectorEnv` for the API.
+
+    Args:
+        num_envs: N.
+        max_episode_steps: 500 for v1.
+        device, dtype: of the state (see :class:`~envs.base.TorchVectorEnv`).
+        sutton_barto_reward: as in gymnasium: reward 0 per step and -1 on termination.
+
+    Shape:
+        state ``(N, 4)`` = [x, ẋ, θ, θ̇]; observation the same in float32; actions ``(N,)`` in {0, 1}.
+    """
+
+    state_dim = 4
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        max_episode_steps: int | None = 500,
+        device: Device = "cpu",
+        dtype: torch.dtype = torch.float64,
+        sutton_barto_reward: bool = False,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
+        self.sutton_barto_reward = sutton_barto_reward
+        high = np.array([X_THRESHOLD * 2, np.inf, THETA_THRESHOLD * 2, np.inf], dtype=np.float32)
+        obs_space = spaces.Box(-high, high, dtype=np.float32)
+        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(2))
+
+    def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
+        return dynamics(state, action)
+
+    def _reward_terminated(self, state: Tensor, action: Tensor, next_state: Tensor) -> tuple[Tensor, Tensor]:
+        done = terminated(next_state)
+        reward = -done.float() if self.sutton_barto_reward else torch.ones(self.num_envs, device=self.device)
+        return reward, done
+
+    def _observe(self, state: Tensor) -> Tensor:
+        return state.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+
+    def _initial_range(self, options: dict[str, Any] | None) -> tuple[list[float], list[float]]:
+        low, high = utils.maybe_parse_reset_bounds(options, -0.05, 0.05)
+        return [low] * 4, [high] * 4
+
+
+class CartPoleEnv(SingleEnv):
+    """One :class:`CartPoleVectorEnv` as a numpy ``gymnasium.Env`` (what ``gymnasium.make`` builds)."""
+
+    vector_env = CartPoleVectorEnv

@@ -1,0 +1,92 @@
+"""MountainCarContinuous-v0 in batched torch: gymnasium's ``Continuous_MountainCarEnv``, step for step.
+
+Same constants, force clipped to [-1, 1], velocity clipped to ±0.07, position to [-1.2, 0.6] (the
+left wall stops the car), termination at position ≥ 0.45 with velocity ≥ ``goal_velocity``,
+reward 100 on termination minus 0.1 a² (of the unclipped action), initial position uniform in
+[-0.6, -0.4] at rest. Like gymnasium, the state is rounded to float32 after every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.envs.classic_control import utils
+from torch import Tensor
+
+from envs.base import Device, SingleEnv, TorchVectorEnv
+
+MIN_ACTION = -1.0
+MAX_ACTION = 1.0
+MIN_POSITION = -1.2
+MAX_POSITION = 0.6
+MAX_SPEED = 0.07
+GOAL_POSITION = 0.45
+POWER = 0.0015
+
+
+def dynamics(state: Tensor, action: Tensor) -> Tensor:
+    """``(N, 2) [position, velocity], (N,) forces -> (N, 2)``, rounded to float32 as gymnasium stores it."""
+    position, velocity = state.unbind(-1)
+    force = action.clamp(MIN_ACTION, MAX_ACTION)
+    velocity = (velocity + (force * POWER - 0.0025 * torch.cos(3 * position))).clamp(-MAX_SPEED, MAX_SPEED)
+    position = (position + velocity).clamp(MIN_POSITION, MAX_POSITION)
+    velocity = velocity.masked_fill((position == MIN_POSITION) & (velocity < 0), 0.0)
+    return torch.stack((position, velocity)).movedim(0, -1).float().to(state.dtype)
+
+
+class MountainCarContinuousVectorEnv(TorchVectorEnv):
+    """``num_envs`` MountainCarContinuous-v0 envs in torch; see :class:`envs.base.TorchVectorEnv` for the API.
+
+    Args:
+        num_envs: N.
+        max_episode_steps: 999 for v0.
+        device, dtype: of the state (see :class:`~envs.base.TorchVectorEnv`).
+        goal_velocity: as gymnasium's option: the least velocity at the goal that ends the episode.
+
+    Shape:
+        state ``(N, 2)`` = [position, velocity]; observation the same in float32; actions ``(N, 1)``
+        or ``(N,)`` forces.
+    """
+
+    state_dim = 2
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        max_episode_steps: int | None = 999,
+        device: Device = "cpu",
+        dtype: torch.dtype = torch.float64,
+        goal_velocity: float = 0.0,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
+        self.goal_velocity = goal_velocity
+        obs_space = spaces.Box(
+            np.array([MIN_POSITION, -MAX_SPEED], dtype=np.float32), np.array([MAX_POSITION, MAX_SPEED], dtype=np.float32)
+        )
+        action_space = spaces.Box(MIN_ACTION, MAX_ACTION, shape=(1,), dtype=np.float32)
+        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space)
+
+    def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
+        return dynamics(state, action)
+
+    def _reward_terminated(self, state: Tensor, action: Tensor, next_state: Tensor) -> tuple[Tensor, Tensor]:
+        done = (next_state[:, 0] >= GOAL_POSITION) & (next_state[:, 1] >= self.goal_velocity)
+        return (100.0 * done - 0.1 * action.double().square()).float(), done
+
+    def _observe(self, state: Tensor) -> Tensor:
+        return state.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+
+    def _initial_range(self, options: dict[str, Any] | None) -> tuple[list[float], list[float]]:
+        low, high = utils.maybe_parse_reset_bounds(options, -0.6, -0.4)
+        return [low, 0.0], [high, 0.0]
+
+
+class MountainCarContinuousEnv(SingleEnv):
+    """One :class:`MountainCarContinuousVectorEnv` as a numpy ``gymnasium.Env`` (what ``gymnasium.make`` builds)."""
+
+    vector_env = MountainCarContinuousVectorEnv

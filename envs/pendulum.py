@@ -1,0 +1,98 @@
+"""Pendulum-v1 in batched torch: gymnasium's ``PendulumEnv``, step for step.
+
+Same constants, torque clipped to [-2, 2], angular velocity clipped to [-8, 8], semi-implicit
+Euler step of 0.05 s, reward -(θ² + 0.1 θ̇² + 0.001 u²) of the state before the step (θ normalized
+to [-π, π)), never terminates, initial state uniform in [-π, π] × [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.envs.classic_control import utils
+from torch import Tensor
+
+from envs.base import Device, SingleEnv, TorchVectorEnv
+
+MAX_SPEED = 8.0
+MAX_TORQUE = 2.0
+DT = 0.05
+MASS = 1.0
+LENGTH = 1.0
+
+
+def dynamics(state: Tensor, action: Tensor, g: float = 10.0) -> Tensor:
+    """``(N, 2) [θ, θ̇], (N,) torques -> (N, 2)``: one step; torques beyond ±2 are clipped."""
+    th, thdot = state.unbind(-1)
+    u = action.clamp(-MAX_TORQUE, MAX_TORQUE)
+    newthdot = thdot + (3 * g / (2 * LENGTH) * torch.sin(th) + 3.0 / (MASS * LENGTH**2) * u) * DT
+    newthdot = newthdot.clamp(-MAX_SPEED, MAX_SPEED)
+    return torch.stack((th + newthdot * DT, newthdot)).movedim(0, -1)
+
+
+def reward(state: Tensor, action: Tensor) -> Tensor:
+    """``(N, 2), (N,) -> (N,)``: minus the cost of the state before the step and the clipped torque."""
+    th, thdot = state.unbind(-1)
+    u = action.clamp(-MAX_TORQUE, MAX_TORQUE)
+    angle = torch.remainder(th + math.pi, 2 * math.pi) - math.pi
+    return -(angle**2 + 0.1 * thdot**2 + 0.001 * u**2)
+
+
+class PendulumVectorEnv(TorchVectorEnv):
+    """``num_envs`` Pendulum-v1 envs in torch; see :class:`envs.base.TorchVectorEnv` for the API.
+
+    Args:
+        num_envs: N.
+        max_episode_steps: 200 for v1.
+        device, dtype: of the state (see :class:`~envs.base.TorchVectorEnv`).
+        g: gravity, as gymnasium's ``g`` option.
+
+    Shape:
+        state ``(N, 2)`` = [θ, θ̇] (θ is not wrapped, as in gymnasium); observation ``(N, 3)`` =
+        [cos θ, sin θ, θ̇] in float32; actions ``(N, 1)`` or ``(N,)`` torques.
+    """
+
+    state_dim = 2
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        max_episode_steps: int | None = 200,
+        device: Device = "cpu",
+        dtype: torch.dtype = torch.float64,
+        g: float = 10.0,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
+        self.g = g
+        high = np.array([1.0, 1.0, MAX_SPEED], dtype=np.float32)
+        action_space = spaces.Box(-MAX_TORQUE, MAX_TORQUE, shape=(1,), dtype=np.float32)
+        super().__init__(num_envs, max_episode_steps, device, dtype, spaces.Box(-high, high, dtype=np.float32), action_space)
+
+    def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
+        return dynamics(state, action, self.g)
+
+    def _reward_terminated(self, state: Tensor, action: Tensor, next_state: Tensor) -> tuple[Tensor, Tensor]:
+        return reward(state, action).float(), torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
+    def _observe(self, state: Tensor) -> Tensor:
+        th, thdot = state.unbind(-1)
+        return torch.stack((torch.cos(th), torch.sin(th), thdot), -1).float()
+
+    def _initial_range(self, options: dict[str, Any] | None) -> tuple[list[float], list[float]]:
+        # gymnasium's options: symmetric bounds x_init (θ, default π) and y_init (θ̇, default 1)
+        options = options or {}
+        x = utils.verify_number_and_cast(options.get("x_init", math.pi))
+        y = utils.verify_number_and_cast(options.get("y_init", 1.0))
+        return [-x, -y], [x, y]
+
+
+class PendulumEnv(SingleEnv):
+    """One :class:`PendulumVectorEnv` as a numpy ``gymnasium.Env`` (what ``gymnasium.make`` builds)."""
+
+    vector_env = PendulumVectorEnv

@@ -1,0 +1,401 @@
+"""envs/: flipes' torch envs against gymnasium's own, transition for transition (issue: environments)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv as GymCartPoleVectorEnv
+from gymnasium.utils.env_checker import check_env
+
+import envs
+
+ROOT = Path(__file__).resolve().parents[1]
+PI = math.pi
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@dataclass
+class Case:
+    gym_id: str
+    wide_low: list[float]  # states drawn from here cover the state space, terminal regions included
+    wide_high: list[float]
+    action_low: float = 0.0  # Box actions are drawn from here, beyond the bounds to exercise clipping
+    action_high: float = 0.0
+    min_terminations: int = 0
+
+    @property
+    def flipes_id(self) -> str:
+        return f"flipes/{self.gym_id}"
+
+
+CASES = [
+    Case("CartPole-v1", [-2.4, -2.0, -0.21, -2.0], [2.4, 2.0, 0.21, 2.0], min_terminations=100),
+    Case("Acrobot-v1", [-PI, -PI, -4 * PI, -9 * PI], [PI, PI, 4 * PI, 9 * PI], min_terminations=100),
+    Case("Pendulum-v1", [-2 * PI, -8.0], [2 * PI, 8.0], action_low=-3.0, action_high=3.0),
+    Case("MountainCarContinuous-v0", [-1.2, -0.07], [0.6, 0.07], action_low=-1.5, action_high=1.5, min_terminations=40),
+]
+
+
+def random_actions(env: gym.vector.VectorEnv, case: Case, gen: torch.Generator) -> torch.Tensor:
+    n = env.num_envs
+    space = env.single_action_space
+    if isinstance(space, gym.spaces.Discrete):
+        return torch.randint(0, int(space.n), (n,), generator=gen)
+    return case.action_low + (case.action_high - case.action_low) * torch.rand(n, *space.shape, generator=gen)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_every_transition_matches_gymnasium(case: Case) -> None:
+    n, steps = 512, 8
+    env = gym.make_vec(case.flipes_id, num_envs=n)
+    limit = env.max_episode_steps
+    ref = gym.make(case.gym_id, disable_env_checker=True)  # TimeLimit(OrderEnforcing(env)): truncation too
+    ref.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    env.reset(seed=0)
+    low, high = torch.tensor(case.wide_low, dtype=torch.float64), torch.tensor(case.wide_high, dtype=torch.float64)
+    env.state = low + (high - low) * torch.rand(n, len(low), generator=gen, dtype=torch.float64)
+    near_limit = torch.arange(n) % 4 == 0  # these reach the time limit within the rollout
+    env.elapsed = torch.where(near_limit, limit - 1 - torch.arange(n) % steps, torch.zeros(n, dtype=torch.int64))
+
+    ours: dict[str, list] = {"obs": [], "reward": [], "terminated": [], "truncated": []}
+    theirs: dict[str, list] = {k: [] for k in ours}
+    reset_steps = 0
+    ended = torch.zeros(n, dtype=torch.bool)
+    for _ in range(steps):
+        state, elapsed, actions = env.state.clone(), env.elapsed.clone(), random_actions(env, case, gen)
+        obs, reward, terminated, truncated, _ = env.step(actions)
+        for k, v in zip(ours, (obs, reward, terminated, truncated), strict=True):
+            ours[k].append(v[~ended])
+        for i in torch.nonzero(~ended).flatten().tolist():
+            ref.unwrapped.state = state[i].numpy().copy()
+            ref.unwrapped.steps_beyond_terminated = None  # CartPole's own end-of-episode bookkeeping
+            ref._elapsed_steps = int(elapsed[i])
+            result = ref.step(actions[i].numpy() if actions.dim() > 1 else int(actions[i]))
+            for k, v in zip(theirs, result[:4], strict=True):
+                theirs[k].append(v)
+        reset_steps += int(ended.sum())
+        ended = terminated | truncated
+
+    ours_ = {k: torch.cat(v).numpy() for k, v in ours.items()}
+    theirs_ = {k: np.array(v) for k, v in theirs.items()}
+    assert len(theirs_["reward"]) >= 1000, "too few transitions compared"
+    assert ours_["obs"].dtype == theirs_["obs"].dtype == np.float32
+    np.testing.assert_allclose(ours_["obs"], theirs_["obs"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours_["reward"], theirs_["reward"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ours_["terminated"], theirs_["terminated"])
+    np.testing.assert_array_equal(ours_["truncated"], theirs_["truncated"])
+    assert theirs_["terminated"].sum() >= case.min_terminations
+    assert theirs_["truncated"].sum() >= 40
+    assert reset_steps >= 50  # autoresets happened in between, and the envs carried on from them
+
+
+def test_autoreset_matches_gymnasium_cartpole_vector_env() -> None:
+    """NEXT_STEP as gymnasium's own CartPoleVectorEnv does it: both step from our state each time."""
+    n = 64
+    env = envs.CartPoleVectorEnv(num_envs=n, max_episode_steps=30)
+    ref = GymCartPoleVectorEnv(num_envs=n, max_episode_steps=30)
+    env.reset(seed=1)
+    ref.reset(seed=1)
+    gen = torch.Generator().manual_seed(1)
+    pending = torch.zeros(n, dtype=torch.bool)
+    resets = 0
+    for _ in range(100):
+        ref.state = env.state.T.numpy().copy()
+        ref.steps = env.elapsed.numpy().astype(np.int32)
+        ref.prev_done = pending.numpy().copy()
+        actions = torch.randint(0, 2, (n,), generator=gen)
+        obs, reward, terminated, truncated, _ = env.step(actions)
+        r_obs, r_reward, r_terminated, r_truncated, _ = ref.step(actions.numpy())
+        np.testing.assert_array_equal(reward.numpy(), r_reward)
+        np.testing.assert_array_equal(terminated.numpy(), r_terminated)
+        np.testing.assert_array_equal(truncated.numpy(), r_truncated)
+        np.testing.assert_array_equal(env.elapsed.numpy(), ref.steps)
+        stepped = ~pending.numpy()  # reset envs drew different random states: only their range matches
+        np.testing.assert_allclose(obs.numpy()[stepped], r_obs[stepped], rtol=1e-5, atol=1e-5)
+        assert (obs[pending].abs() <= 0.05).all() and (reward[pending] == 0).all()
+        resets += int(pending.sum())
+        pending = terminated | truncated
+    assert resets >= 100
+
+
+def test_next_step_autoreset_by_hand() -> None:
+    env = envs.CartPoleVectorEnv(num_envs=3, max_episode_steps=5)
+    env.reset(seed=0)
+    env.state = torch.tensor([[2.39, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    env.elapsed = torch.tensor([0, 3, 0])
+    right = torch.ones(3, dtype=torch.int64)
+    obs, reward, terminated, truncated, _ = env.step(right)  # env 0 leaves the track, env 1 hits the limit
+    assert terminated.tolist() == [True, False, False] and truncated.tolist() == [False, False, False]
+    assert reward.tolist() == [1.0, 1.0, 1.0] and obs[0, 0] > 2.4
+    obs, reward, terminated, truncated, _ = env.step(right)
+    assert truncated.tolist() == [False, True, False] and env.elapsed.tolist() == [0, 5, 2]
+    assert (obs[0].abs() <= 0.05).all() and reward.tolist() == [0.0, 1.0, 1.0]  # env 0: a fresh episode
+    assert not terminated[0] and not truncated[0]
+    before = env.state[1].clone()
+    obs, reward, terminated, truncated, _ = env.step(right)
+    assert env.elapsed.tolist() == [1, 0, 3] and reward.tolist() == [1.0, 0.0, 1.0]
+    assert not terminated[1] and not truncated[1] and not torch.equal(env.state[1], before)
+    assert (obs[1].abs() <= 0.05).all()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_check_env_passes_on_the_single_env(case: Case) -> None:
+    env = gym.make(case.flipes_id)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*(not|different|non-deterministic|share).*")  # real failures warn too
+        warnings.filterwarnings("ignore", message=".*(infinity|symmetric and normalized|unwrapped).*")  # as for gymnasium's own
+        check_env(env.unwrapped)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_single_env_is_truncated_once_by_timelimit(case: Case) -> None:
+    env = gym.make(case.flipes_id)
+    assert env.spec.max_episode_steps == gym.spec(case.gym_id).max_episode_steps
+    env.reset(seed=0)
+    rest = np.array([-0.5, 0.0]) if case.gym_id == "MountainCarContinuous-v0" else np.zeros(env.unwrapped.vector.state_dim)
+    action = np.zeros(1, dtype=np.float32) if case.action_high else 1
+    flags = []
+    for _ in range(env.spec.max_episode_steps):
+        env.unwrapped.state = rest  # far from any termination
+        flags.append(env.step(action)[2:4])
+    assert flags[-1] == (False, True) and all(f == (False, False) for f in flags[:-1])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_reset_seeding_is_reproducible(case: Case) -> None:
+    a, b = gym.make_vec(case.flipes_id, num_envs=64), gym.make_vec(case.flipes_id, num_envs=64)
+    obs_a, _ = a.reset(seed=7)
+    obs_b, _ = b.reset(seed=7)
+    assert torch.equal(obs_a, obs_b)
+    assert torch.equal(a.reset()[0], b.reset()[0])  # unseeded resets continue the same stream
+    assert not torch.equal(a.reset()[0], a.reset(seed=8)[0])
+    assert not torch.equal(a.reset(seed=8)[0], b.reset(seed=9)[0])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_initial_states_are_uniform_over_gymnasiums_ranges(case: Case) -> None:
+    n = 4096
+    env = gym.make_vec(case.flipes_id, num_envs=n)
+    env.reset(seed=0)
+    ranges = {
+        "CartPole-v1": ([-0.05] * 4, [0.05] * 4),
+        "Acrobot-v1": ([-0.1] * 4, [0.1] * 4),
+        "Pendulum-v1": ([-math.pi, -1.0], [math.pi, 1.0]),
+        "MountainCarContinuous-v0": ([-0.6, 0.0], [-0.4, 0.0]),
+    }
+    low, high = (torch.tensor(v, dtype=torch.float64) for v in ranges[case.gym_id])
+    s = env.state
+    assert ((s >= low) & (s <= high)).all()
+    width = (high - low).clamp(min=1e-12)
+    assert ((s.amin(0) - low) / width < 0.01).all() and ((high - s.amax(0)) / width < 0.01).all()  # the whole range
+    if case.gym_id == "Acrobot-v1":  # gymnasium keeps Acrobot's initial state in float32
+        assert torch.equal(s, s.float().double())
+
+
+def test_reset_mask_resets_only_masked_envs() -> None:
+    n = 8
+    env = envs.PendulumVectorEnv(num_envs=n)
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(torch.zeros(n, 1))
+    mask = torch.arange(n) % 2 == 0
+    state, elapsed = env.state.clone(), env.elapsed.clone()
+    obs, _ = env.reset(options={"reset_mask": mask})
+    assert torch.equal(env.state[~mask], state[~mask]) and torch.equal(env.elapsed[~mask], elapsed[~mask])
+    assert not torch.isclose(env.state[mask], state[mask]).any()
+    assert (env.elapsed[mask] == 0).all() and elapsed.eq(3).all()
+    torch.testing.assert_close(obs[:, 2], env.state[:, 1].float())
+    env.reset(options={"reset_mask": mask.numpy()})  # a numpy mask as gymnasium's SyncVectorEnv takes
+    with pytest.raises(ValueError, match=r"reset_mask.*shape \(8,\)"):
+        env.reset(options={"reset_mask": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="reset_mask"):
+        env.reset(options={"reset_mask": torch.zeros(n, dtype=torch.bool)})
+
+
+def test_reset_mask_cancels_a_pending_autoreset() -> None:
+    env = envs.CartPoleVectorEnv(num_envs=2)
+    env.reset(seed=0)
+    env.state = torch.tensor([[2.39, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    _, _, terminated, _, _ = env.step(torch.tensor([1, 1]))
+    assert terminated.tolist() == [True, False]
+    env.reset(options={"reset_mask": torch.tensor([True, False])})
+    _, reward, _, _, _ = env.step(torch.tensor([1, 1]))
+    assert reward.tolist() == [1.0, 1.0] and env.elapsed.tolist() == [1, 2]  # env 0 stepped, not reset again
+
+
+def test_assigning_state_cancels_a_pending_autoreset() -> None:
+    env = envs.CartPoleVectorEnv(num_envs=1)
+    env.reset(seed=0)
+    env.state = torch.tensor([[2.39, 2.0, 0.0, 0.0]])
+    assert env.step(torch.tensor([1]))[2].item()
+    env.state = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    obs, reward, *_ = env.step(torch.tensor([1]))
+    assert reward.item() == 1.0 and obs[0, 0].item() == 1.0 and obs[0, 1].item() > 0  # stepped from it
+
+
+def test_single_env_steps_on_past_the_end_instead_of_resetting() -> None:
+    env = gym.make("flipes/CartPole-v1").unwrapped
+    env.reset(seed=0)
+    env.state = np.array([2.39, 2.0, 0.0, 0.0])
+    assert env.step(1)[2] is True
+    obs, _, terminated, truncated, _ = env.step(1)
+    assert terminated is True and truncated is False and obs[0] > 2.44
+
+
+def test_mountain_car_state_is_rounded_to_float32_like_gymnasiums() -> None:
+    env = envs.MountainCarContinuousVectorEnv(num_envs=64)
+    ref = gym.make("MountainCarContinuous-v0").unwrapped
+    ref.reset(seed=0)
+    env.reset(seed=0)
+    env.step(torch.rand(64, 1, generator=torch.Generator().manual_seed(0)))
+    ref.step(np.array([0.5], dtype=np.float32))
+    assert ref.state.dtype == np.float32  # what gymnasium keeps between steps
+    assert torch.equal(env.state, env.state.float().double())
+
+
+def test_reset_options_set_the_initial_range_like_gymnasium() -> None:
+    env = envs.CartPoleVectorEnv(num_envs=1000)
+    obs, _ = env.reset(seed=0, options={"low": 0.1, "high": 0.2})
+    assert (obs >= 0.1).all() and (obs <= 0.2).all()
+    obs, _ = envs.PendulumVectorEnv(num_envs=1000).reset(seed=0, options={"x_init": 0.5, "y_init": 0.0})
+    assert (obs[:, 0] >= math.cos(0.5) - 1e-6).all() and (obs[:, 2] == 0).all()
+    with pytest.raises(ValueError, match="Lower bound"):
+        env.reset(options={"low": 1.0, "high": 0.0})
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_everything_stays_on_the_device(case: Case, device: str) -> None:
+    env = gym.make_vec(case.flipes_id, num_envs=16, device=torch.device(device))
+    obs, _ = env.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    tensors = [obs, env.state, env.elapsed]
+    for _ in range(3):
+        tensors += env.step(random_actions(env, case, gen).to(device))[:4]
+    tensors += env.step(random_actions(env, case, gen).numpy())[:4]  # numpy actions are moved over
+    assert all(t.device.type == torch.device(device).type for t in tensors)
+    assert [t.dtype for t in tensors[-4:]] == [torch.float32, torch.float32, torch.bool, torch.bool]
+    assert tensors[-4].shape == (16, *env.single_observation_space.shape) and tensors[-3].shape == (16,)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_float32_state_stays_close_to_float64(case: Case) -> None:
+    n = 512
+    env64 = gym.make_vec(case.flipes_id, num_envs=n)
+    env32 = gym.make_vec(case.flipes_id, num_envs=n, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(3)
+    low, high = torch.tensor(case.wide_low, dtype=torch.float64), torch.tensor(case.wide_high, dtype=torch.float64)
+    state = (low + (high - low) * torch.rand(n, len(low), generator=gen, dtype=torch.float64)).float().double()
+    env64.state, env32.state = state, state
+    actions = random_actions(env64, case, gen)
+    obs64, reward64, *_ = env64.step(actions)
+    obs32, reward32, *_ = env32.step(actions)
+    assert env32.state.dtype == torch.float32
+    torch.testing.assert_close(obs32, obs64, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(reward32, reward64, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_actions_raise_a_helpful_value_error() -> None:
+    cartpole = gym.make_vec("flipes/CartPole-v1", num_envs=4)
+    cartpole.reset(seed=0)
+    with pytest.raises(ValueError, match=r"shape \(4,\).*got shape \(4, 1\)"):
+        cartpole.step(torch.zeros(4, 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"integers in \[0, 2\).*from 0 to 2"):
+        cartpole.step(torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match=r"from -1 to 1"):
+        cartpole.step(np.array([0, 1, -1, 0]))
+    with pytest.raises(ValueError, match=r"integer actions.*float32"):
+        cartpole.step(torch.zeros(4))
+    acrobot = gym.make_vec("flipes/Acrobot-v1", num_envs=4)
+    acrobot.reset(seed=0)
+    acrobot.step(torch.tensor([0, 1, 2, 2]))
+    with pytest.raises(ValueError, match=r"integers in \[0, 3\)"):
+        acrobot.step(torch.tensor([0, 1, 3, 2]))
+    pendulum = gym.make_vec("flipes/Pendulum-v1", num_envs=4)
+    pendulum.reset(seed=0)
+    pendulum.step(torch.zeros(4))  # (N,) is fine for a one-number action
+    with pytest.raises(ValueError, match=r"shape \(4, 1\) or \(4,\); got shape \(4, 2\)"):
+        pendulum.step(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"shape \(4, 1\)"):
+        pendulum.step(torch.zeros(3, 1))
+    with pytest.raises(RuntimeError, match="reset"):
+        envs.CartPoleVectorEnv(num_envs=2).step(torch.zeros(2, dtype=torch.int64))
+
+
+def test_state_assignment_is_checked_and_copied() -> None:
+    env = envs.AcrobotVectorEnv(num_envs=3)
+    with pytest.raises(ValueError, match=r"\(3, 4\)"):
+        env.state = torch.zeros(4, 3)
+    s = torch.zeros(3, 4)
+    env.state = s
+    s += 1  # the env keeps its own copy
+    assert env.state.dtype == torch.float64 and (env.state == 0).all()
+
+
+def test_dynamics_are_pure_functions() -> None:
+    from envs import acrobot, cartpole, mountain_car, pendulum
+
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen, dtype=torch.float64) - 0.5
+
+    for module, state, action in [
+        (cartpole, rand(5, 4), torch.tensor([0, 1, 1, 0, 1])),
+        (acrobot, rand(5, 4), torch.tensor([0, 1, 2, 0, 1])),
+        (pendulum, rand(5, 2), rand(5)),
+        (mountain_car, rand(5, 2), rand(5)),
+    ]:
+        before = state.clone()
+        nxt = module.dynamics(state, action)
+        assert torch.equal(state, before) and nxt.shape == state.shape and not torch.equal(nxt, state)
+        assert torch.equal(module.dynamics(state.contiguous(), action), nxt)  # any memory layout
+
+
+def test_registration_is_idempotent_and_make_vec_takes_kwargs() -> None:
+    spec = gym.spec("flipes/CartPole-v1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gymnasium warns when an id is registered again
+        envs.register_envs()
+    assert gym.spec("flipes/CartPole-v1") is spec
+    assert {k for k in gym.registry if k.startswith("flipes/")} == {c.flipes_id for c in CASES}
+    env = gym.make_vec("flipes/CartPole-v1", num_envs=2, max_episode_steps=3, sutton_barto_reward=True)
+    env.reset(seed=0)
+    steps = [env.step(torch.tensor([0, 1])) for _ in range(3)]
+    assert steps[-1][3].all() and not steps[1][3].any()
+    assert all((s[1] == 0).all() for s in steps)  # Sutton & Barto's reward: 0 until the pole falls
+
+
+def test_unknown_ids_raise_gymnasiums_error() -> None:
+    with pytest.raises(gym.error.NameNotFound, match="NoSuch"):
+        gym.make_vec("flipes/NoSuch-v0", num_envs=2)
+    with pytest.raises(gym.error.VersionNotFound, match="CartPole"):
+        gym.make_vec("flipes/CartPole-v7", num_envs=2)
+    with pytest.raises(gym.error.NamespaceNotFound):
+        gym.make("flipez/CartPole-v1")
+
+
+def test_module_prefix_registers_without_an_import() -> None:
+    """gymnasium >= 1.0 loads no plugins: a bare id needs ``import envs``, ``envs:<id>`` imports it."""
+    code = textwrap.dedent("""
+        import gymnasium as gym
+        try:
+            gym.make_vec("flipes/CartPole-v1", num_envs=2)
+        except gym.error.Error as e:
+            print("bare id:", type(e).__name__)
+        env = gym.make_vec("envs:flipes/CartPole-v1", num_envs=2)
+        print(type(env).__name__, env.reset(seed=0)[0].shape)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.splitlines() == ["bare id: NamespaceNotFound", "CartPoleVectorEnv torch.Size([2, 4])"]
