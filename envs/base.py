@@ -36,6 +36,10 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             so steps match gymnasium's within 1e-5 whatever the state; ``torch.float32`` is faster
             on a GPU and matches to about 1e-6 relative, but can flip a termination decided within
             that distance of its threshold.
+        num_threads: torch CPU threads during ``step()`` (restored after it); ``None`` leaves torch's
+            setting. One by default: a step is some 40 small ops, which threads barely speed up, and
+            when the cores are busy with other processes (other MPI ranks, other jobs) every op that
+            goes parallel (sin and cos do from 2048 elements) waits milliseconds for its threads.
 
     Attributes:
         state: ``(N, state_dim)`` physical state. Assigning it replaces every env's state (copied,
@@ -67,15 +71,19 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         dtype: torch.dtype,
         single_observation_space: gym.spaces.Box,
         single_action_space: gym.spaces.Discrete | gym.spaces.Box,
+        num_threads: int | None = 1,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be at least 1 (or None), got {max_episode_steps}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
         self.device = torch.device(device)
         self.dtype = dtype
+        self.num_threads = num_threads if self.device.type == "cpu" else None
         self.single_observation_space = single_observation_space
         self.single_action_space = single_action_space
         self.observation_space = batch_space(single_observation_space, num_envs)
@@ -109,11 +117,11 @@ class TorchVectorEnv(gym.vector.VectorEnv):
     def _set_initial_range(self, options: dict[str, Any] | None) -> None:
         low, high = self._initial_range(options)
         self._low = torch.tensor(low, dtype=self.dtype, device=self.device)
-        self._high = torch.tensor(high, dtype=self.dtype, device=self.device)
+        self._width = torch.tensor(high, dtype=self.dtype, device=self.device) - self._low
 
     def _sample(self, n: int) -> Tensor:
         u = torch.rand(n, self.state_dim, generator=self._generator, device=self.device, dtype=self.dtype)
-        return self._low + (self._high - self._low) * u
+        return torch.addcmul(self._low, self._width, u)  # low + (high - low) u
 
     # -- state ------------------------------------------------------------------------------
 
@@ -158,17 +166,27 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         mask = options.pop("reset_mask", None)
         self._set_initial_range(options)
         if mask is None:
-            self.state = self._sample(self.num_envs)
+            self.state = self._sample(self.num_envs)  # also clears pending autoresets
             self._elapsed.zero_()
         else:
             mask = self._check_mask(mask)
             if self._state is None:
                 raise RuntimeError("reset with a reset_mask needs a full reset() first: the other envs have no state yet")
-            self._state = self._reset_where(self._state, mask)
+            self._state = self._restart(self._state, mask)
             self._autoreset &= ~mask
         return self._observe(self._state), {}
 
     def step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        if self.num_threads is None:
+            return self._step(actions)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)  # costs ~0.1 µs; per calling thread with OpenMP
+        try:
+            return self._step(actions)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
         if self._state is None:
             raise RuntimeError(f"{type(self).__name__}: call reset() (or set .state) before step()")
         action = self._check_actions(actions)
@@ -176,32 +194,32 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         next_state = self.dynamics(state, action)
         reward, terminated = self._reward_terminated(state, action, next_state)
         self._elapsed += 1
+        # NEXT_STEP: envs that ended last step start over now instead: fresh state, reward 0, not
+        # terminated, elapsed 0 (so not truncated below either)
+        next_state = self._restart(next_state, self._autoreset, reward, terminated)
         if self.max_episode_steps is None:
             truncated = torch.zeros_like(terminated)
         else:
             truncated = self._elapsed >= self.max_episode_steps
-        # NEXT_STEP: envs that ended last step start over now instead (elapsed back to 0)
-        ended = self._autoreset
-        next_state = self._reset_where(next_state, ended)
-        live = ~ended
-        reward = reward * live
-        terminated &= live
-        truncated &= live
         self._state = next_state
         self._autoreset = terminated | truncated
         return self._observe(next_state), reward, terminated, truncated, {}
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _reset_where(self, state: Tensor, mask: Tensor) -> Tensor:
-        """``state`` with the rows of ``mask`` drawn afresh (in place on the CPU); their elapsed set to 0."""
-        self._elapsed.masked_fill_(mask, 0)
+    def _restart(self, state: Tensor, mask: Tensor, *zeroed: Tensor) -> Tensor:
+        """``state`` with the rows of ``mask`` drawn afresh, their elapsed set to 0 and their entries
+        of each ``zeroed`` tensor set to 0 / False (in place where it can)."""
         if self.device.type == "cpu":  # reading the mask costs no sync here, and drawing few rows is cheap
             rows = mask.nonzero().squeeze(1)
             if rows.numel():
                 state.index_copy_(0, rows, self._sample(rows.numel()))
+                for t in (self._elapsed, *zeroed):
+                    t.index_fill_(0, rows, 0)
             return state
-        # on an accelerator, draw every row and select: no host sync on the step
+        # on an accelerator: draw every row and select, so that a step never waits for the device
+        for t in (self._elapsed, *zeroed):
+            t.masked_fill_(mask, 0)
         return torch.where(mask[:, None], self._sample(self.num_envs), state)
 
     def _check_mask(self, mask: Tensor | np.ndarray) -> Tensor:

@@ -32,21 +32,27 @@ X_THRESHOLD = 2.4
 def dynamics(state: Tensor, action: Tensor) -> Tensor:
     """``(N, 4) [x, ẋ, θ, θ̇], (N,) actions in {0, 1} -> (N, 4)``: one Euler step of 0.02 s.
 
-    Written as gymnasium writes it, operation for operation, so the float64 results agree to
-    rounding. The result is column-major (components contiguous), as the env stores its state.
+    gymnasium's formulas, with the arithmetic fused into fewer torch ops (a step costs about one
+    microsecond per op on a CPU); this rounds differently from gymnasium by about 1e-16 relative.
+    The result is column-major (each component contiguous), which is what this function reads fastest.
     """
     x, x_dot, theta, theta_dot = state.unbind(-1)
-    force = action.to(state.dtype) * (2 * FORCE_MAG) - FORCE_MAG  # exactly ±10
     costheta, sintheta = torch.cos(theta), torch.sin(theta)
-    temp = (force + POLEMASS_LENGTH * theta_dot.square() * sintheta) / TOTAL_MASS
-    thetaacc = (GRAVITY * sintheta - costheta * temp) / (LENGTH * (4.0 / 3.0 - MASSPOLE * costheta.square() / TOTAL_MASS))
-    xacc = temp - POLEMASS_LENGTH * thetaacc * costheta / TOTAL_MASS
-    return torch.stack((x + TAU * x_dot, x_dot + TAU * xacc, theta + TAU * theta_dot, theta_dot + TAU * thetaacc)).movedim(0, -1)
+    # temp = (force + l m_p θ̇² sin θ) / M, force exactly ±10 from actions 0 and 1
+    temp = torch.full_like(x, -FORCE_MAG / TOTAL_MASS).add_(action, alpha=2 * FORCE_MAG / TOTAL_MASS)
+    temp = torch.addcmul(temp, theta_dot.square(), sintheta, value=POLEMASS_LENGTH / TOTAL_MASS)
+    # thetaacc = (g sin θ - cos θ temp) / (l (4/3 - m_p cos² θ / M))
+    denominator = costheta.square().mul_(-LENGTH * MASSPOLE / TOTAL_MASS).add_(LENGTH * 4.0 / 3.0)
+    thetaacc = torch.addcmul(sintheta * GRAVITY, costheta, temp, value=-1.0).div_(denominator)
+    xacc = torch.addcmul(temp, thetaacc, costheta, value=-POLEMASS_LENGTH / TOTAL_MASS)
+    derivative = torch.stack((x_dot, xacc, theta_dot, thetaacc), dim=-2)
+    return torch.add(state.mT, derivative, alpha=TAU).mT  # explicit Euler, all four at once
 
 
 def terminated(state: Tensor) -> Tensor:
     """``(N, 4) -> (N,)`` bool: the cart left [-2.4, 2.4] or the pole fell past 12°."""
-    return (state[..., 0].abs() > X_THRESHOLD) | (state[..., 2].abs() > THETA_THRESHOLD)
+    # gt_ into the float temporaries, then one logical_or: faster than two bool comparisons and an or
+    return torch.logical_or(state[..., 0].abs().gt_(X_THRESHOLD), state[..., 2].abs().gt_(THETA_THRESHOLD))
 
 
 class CartPoleVectorEnv(TorchVectorEnv):
@@ -55,7 +61,7 @@ class CartPoleVectorEnv(TorchVectorEnv):
     Args:
         num_envs: N.
         max_episode_steps: 500 for v1.
-        device, dtype: of the state (see :class:`~envs.base.TorchVectorEnv`).
+        device, dtype, num_threads: see :class:`~envs.base.TorchVectorEnv`.
         sutton_barto_reward: as in gymnasium: reward 0 per step and -1 on termination.
 
     Shape:
@@ -70,6 +76,7 @@ class CartPoleVectorEnv(TorchVectorEnv):
         max_episode_steps: int | None = 500,
         device: Device = "cpu",
         dtype: torch.dtype = torch.float64,
+        num_threads: int | None = 1,
         sutton_barto_reward: bool = False,
         render_mode: str | None = None,
     ) -> None:
@@ -78,7 +85,7 @@ class CartPoleVectorEnv(TorchVectorEnv):
         self.sutton_barto_reward = sutton_barto_reward
         high = np.array([X_THRESHOLD * 2, np.inf, THETA_THRESHOLD * 2, np.inf], dtype=np.float32)
         obs_space = spaces.Box(-high, high, dtype=np.float32)
-        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(2))
+        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(2), num_threads)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
         return dynamics(state, action)

@@ -43,7 +43,7 @@ class MountainCarContinuousVectorEnv(TorchVectorEnv):
     Args:
         num_envs: N.
         max_episode_steps: 999 for v0.
-        device, dtype: of the state (see :class:`~envs.base.TorchVectorEnv`).
+        device, dtype, num_threads: see :class:`~envs.base.TorchVectorEnv`.
         goal_velocity: as gymnasium's option: the least velocity at the goal that ends the episode.
 
     Shape:
@@ -59,6 +59,7 @@ class MountainCarContinuousVectorEnv(TorchVectorEnv):
         max_episode_steps: int | None = 999,
         device: Device = "cpu",
         dtype: torch.dtype = torch.float64,
+        num_threads: int | None = 1,
         goal_velocity: float = 0.0,
         render_mode: str | None = None,
     ) -> None:
@@ -69,7 +70,7 @@ class MountainCarContinuousVectorEnv(TorchVectorEnv):
             np.array([MIN_POSITION, -MAX_SPEED], dtype=np.float32), np.array([MAX_POSITION, MAX_SPEED], dtype=np.float32)
         )
         action_space = spaces.Box(MIN_ACTION, MAX_ACTION, shape=(1,), dtype=np.float32)
-        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space)
+        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
         return dynamics(state, action)

@@ -48,7 +48,7 @@ class PendulumVectorEnv(TorchVectorEnv):
     Args:
         num_envs: N.
         max_episode_steps: 200 for v1.
-        device, dtype: of the state (see :class:`~envs.base.TorchVectorEnv`).
+        device, dtype, num_threads: see :class:`~envs.base.TorchVectorEnv`.
         g: gravity, as gymnasium's ``g`` option.
 
     Shape:
@@ -64,6 +64,7 @@ class PendulumVectorEnv(TorchVectorEnv):
         max_episode_steps: int | None = 200,
         device: Device = "cpu",
         dtype: torch.dtype = torch.float64,
+        num_threads: int | None = 1,
         g: float = 10.0,
         render_mode: str | None = None,
     ) -> None:
@@ -71,8 +72,9 @@ class PendulumVectorEnv(TorchVectorEnv):
             raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
         self.g = g
         high = np.array([1.0, 1.0, MAX_SPEED], dtype=np.float32)
+        obs_space = spaces.Box(-high, high, dtype=np.float32)
         action_space = spaces.Box(-MAX_TORQUE, MAX_TORQUE, shape=(1,), dtype=np.float32)
-        super().__init__(num_envs, max_episode_steps, device, dtype, spaces.Box(-high, high, dtype=np.float32), action_space)
+        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
         return dynamics(state, action, self.g)

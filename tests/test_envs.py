@@ -399,3 +399,10 @@ def test_module_prefix_registers_without_an_import() -> None:
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.splitlines() == ["bare id: NamespaceNotFound", "CartPoleVectorEnv torch.Size([2, 4])"]
+
+
+def test_benchmark_script_smoke() -> None:
+    cmd = [sys.executable, "scripts/bench_envs.py", "--quick"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "steps/s" not in line]
+    assert rows == ["flipes", "vector_entry_point", "sync"]
