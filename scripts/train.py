@@ -74,13 +74,20 @@ class Args:
 
 
 class StopRequest:
-    """Ctrl-C / SIGTERM ask the loop to stop after the current generation (and checkpoint);
-    a second Ctrl-C stops at once."""
+    """Inside ``with StopRequest() as stop``, Ctrl-C / SIGTERM ask the loop to stop after the
+    current generation (and checkpoint); a second Ctrl-C stops at once. The handlers that were
+    installed before are restored on exit."""
 
     def __init__(self) -> None:
         self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+
+    def __enter__(self) -> StopRequest:
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested and signum == signal.SIGINT:
@@ -187,63 +194,65 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
 
     writer = tensorboard_writer(args.tensorboard and lead, out)
     progress = Progress(args.generations, every=max(1, args.eval_every))
-    stop = StopRequest()
     log = open(out / "metrics.jsonl", "a" if args.resume else "w") if lead else None
     start = time.perf_counter() - elapsed
     row: dict = {"seconds": elapsed}
     steps_at_start = int(comm.allreduce_sum_(torch.tensor([float(getattr(fitness, "timesteps", 0))])).item())
     reason = "generations"
-    while es.generation < args.generations:
-        gen = es.generation
-        bytes_before = comm.bytes_sent
-        t0 = time.perf_counter()
-        stats = es.step(fitness)
-        if obs_norm is not None:  # frozen during the generation, merged after it, in member order
-            obs_norm.update(comm.allgather_tensor(obs_norm.pending) if comm.size > 1 and obs_norm.pending is not None else None)
-        # env steps of all ranks (each rank counts its own members' episodes)
-        steps = int(comm.allreduce_sum_(torch.tensor([getattr(fitness, "timesteps", 0)], dtype=torch.float64)).item())
-        row = {
-            "generation": gen,
-            "fitness_mean": stats["fitness_mean"],
-            "fitness_max": stats["fitness_max"],
-            "fitness_std": stats["fitness_std"],
-            "grad_norm": stats["grad_norm"],
-            "update_ratio": stats["update_ratio"],
-            "seconds": time.perf_counter() - start,
-            "timesteps": steps,
-            "steps_per_second": (steps - row.get("timesteps", steps_at_start)) / (time.perf_counter() - t0),
-            "bytes_sent": comm.bytes_sent - bytes_before,
-            "params_sha256": params_sha256(model),
-        }
-        if comm.size > 1 and (gen + 1) % args.check_every == 0:
-            dist.check_identical(comm, list(model.state_dict().values()), "parameters")
-        if gen % args.eval_every == 0 or gen == args.generations - 1:
-            if eval_env is not None:
-                episodes = run_episodes(eval_env, model, episode_seed(args.seed, gen, "eval"))
-                row["eval_return"], row["eval_std"] = episodes.returns.mean().item(), episodes.returns.std().item()
-            elif evaluate is not None and lead:
-                row["eval_return"] = float(evaluate(model))
-            row.update(comm.bcast({k: row[k] for k in ("eval_return", "eval_std") if k in row}))  # all ranks decide alike
-        if not lead:
-            if _stop_now(row, target, args, stop, comm)[0]:
+    with StopRequest() as stop:
+        while es.generation < args.generations:
+            gen = es.generation
+            bytes_before = comm.bytes_sent
+            t0 = time.perf_counter()
+            stats = es.step(fitness)
+            if obs_norm is not None:  # frozen during the generation, merged after it, in member order
+                obs_norm.update(
+                    comm.allgather_tensor(obs_norm.pending) if comm.size > 1 and obs_norm.pending is not None else None
+                )
+            # env steps of all ranks (each rank counts its own members' episodes)
+            steps = int(comm.allreduce_sum_(torch.tensor([getattr(fitness, "timesteps", 0)], dtype=torch.float64)).item())
+            row = {
+                "generation": gen,
+                "fitness_mean": stats["fitness_mean"],
+                "fitness_max": stats["fitness_max"],
+                "fitness_std": stats["fitness_std"],
+                "grad_norm": stats["grad_norm"],
+                "update_ratio": stats["update_ratio"],
+                "seconds": time.perf_counter() - start,
+                "timesteps": steps,
+                "steps_per_second": (steps - row.get("timesteps", steps_at_start)) / (time.perf_counter() - t0),
+                "bytes_sent": comm.bytes_sent - bytes_before,
+                "params_sha256": params_sha256(model),
+            }
+            if comm.size > 1 and (gen + 1) % args.check_every == 0:
+                dist.check_identical(comm, list(model.state_dict().values()), "parameters")
+            if gen % args.eval_every == 0 or gen == args.generations - 1:
+                if eval_env is not None:
+                    episodes = run_episodes(eval_env, model, episode_seed(args.seed, gen, "eval"))
+                    row["eval_return"], row["eval_std"] = episodes.returns.mean().item(), episodes.returns.std().item()
+                elif evaluate is not None and lead:
+                    row["eval_return"] = float(evaluate(model))
+                row.update(comm.bcast({k: row[k] for k in ("eval_return", "eval_std") if k in row}))  # all ranks decide alike
+            if not lead:
+                if _stop_now(row, target, args, stop, comm)[0]:
+                    break
+                continue
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            progress.update(row)
+            if writer is not None:
+                for key, value in row.items():
+                    if isinstance(value, int | float):
+                        writer.add_scalar(key, value, gen)
+            if row.get("eval_return", -float("inf")) > best:
+                best = row["eval_return"]
+                checkpoint(out / "best.pt", keep_previous=False)
+            done, reason = _stop_now(row, target, args, stop, comm)
+            if done:
                 break
-            continue
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        progress.update(row)
-        if writer is not None:
-            for key, value in row.items():
-                if isinstance(value, int | float):
-                    writer.add_scalar(key, value, gen)
-        if row.get("eval_return", -float("inf")) > best:
-            best = row["eval_return"]
-            checkpoint(out / "best.pt", keep_previous=False)
-        done, reason = _stop_now(row, target, args, stop, comm)
-        if done:
-            break
-        if es.generation % args.checkpoint_every == 0:
-            checkpoint(out / "checkpoint.pt")
-            saved_at = es.generation
+            if es.generation % args.checkpoint_every == 0:
+                checkpoint(out / "checkpoint.pt")
+                saved_at = es.generation
     if not lead:
         return row
     if saved_at != es.generation or not (out / "checkpoint.pt").exists():
