@@ -126,8 +126,8 @@ class AcrobotVectorEnv(TorchVectorEnv):
         low, high = utils.maybe_parse_reset_bounds(options, -0.1, 0.1)
         return [low] * 4, [high] * 4
 
-    def _sample(self, n: int) -> Tensor:
-        return super()._sample(n).float().to(self.dtype)  # gymnasium draws in float64, keeps float32
+    def _sample(self, n: int, seeds: Tensor | None = None) -> Tensor:
+        return super()._sample(n, seeds).float().to(self.dtype)  # gymnasium draws in float64, keeps float32
 
 
 class AcrobotEnv(SingleEnv):

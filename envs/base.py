@@ -18,6 +18,8 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
+from envs import seeding
+
 Device = str | torch.device
 
 
@@ -119,8 +121,12 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         self._low = torch.tensor(low, dtype=self.dtype, device=self.device)
         self._width = torch.tensor(high, dtype=self.dtype, device=self.device) - self._low
 
-    def _sample(self, n: int) -> Tensor:
-        u = torch.rand(n, self.state_dim, generator=self._generator, device=self.device, dtype=self.dtype)
+    def _sample(self, n: int, seeds: Tensor | None = None) -> Tensor:
+        """``n`` initial states: from the env's generator, or from each env's own ``seeds``."""
+        if seeds is None:
+            u = torch.rand(n, self.state_dim, generator=self._generator, device=self.device, dtype=self.dtype)
+        else:
+            u = seeding.uniform(seeds, self.state_dim, self.dtype)
         return torch.addcmul(self._low, self._width, u)  # low + (high - low) u
 
     # -- state ------------------------------------------------------------------------------
@@ -145,34 +151,40 @@ class TorchVectorEnv(gym.vector.VectorEnv):
     @elapsed.setter
     def elapsed(self, value: Tensor | np.ndarray | int) -> None:
         value = torch.as_tensor(value, device=self.device, dtype=torch.int64)
+        if value.shape not in ((), (self.num_envs,)):
+            raise ValueError(f"elapsed must be one int or have shape ({self.num_envs},), got shape {tuple(value.shape)}")
         self._elapsed = value.expand(self.num_envs).clone()
 
     # -- gymnasium API ----------------------------------------------------------------------
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
         """Reset every env, or only those of ``options["reset_mask"]`` (a bool ``(N,)`` tensor or array).
 
-        ``seed`` (one int for the whole batch) seeds the env's ``torch.Generator`` on ``device``;
-        the same seed gives the same initial states on the same device type. Other ``options``
-        are gymnasium's own for the env (e.g. ``low``/``high`` bounds of the initial state), and
-        stay in force for later autoresets, as in gymnasium's ``CartPoleVectorEnv``.
+        ``seed``, as in gymnasium's vector envs: env ``i`` starts from a state drawn with seed
+        ``seed[i]`` (a list) or ``seed + i`` (an int), which depends on that seed alone (not on N or
+        the device: see :mod:`envs.seeding`); later autoresets draw from the env's
+        ``torch.Generator``, seeded from all the seeds. Without a seed, every draw comes from that
+        generator. Other ``options`` are gymnasium's own for the env (e.g. ``low``/``high`` bounds
+        of the initial state) and stay in force for later autoresets, as in gymnasium's
+        ``CartPoleVectorEnv``.
         """
-        if seed is not None and not isinstance(seed, int | np.integer):
-            raise TypeError(f"seed must be one int for the whole batch (or None), got {type(seed).__name__}")
-        super().reset(seed=None if seed is None else int(seed))
-        if seed is not None:
-            self._generator.manual_seed(int(seed))
+        seeds = self._seeds(seed)
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        if seeds is not None:
+            self._generator.manual_seed(int(seeding.mix64(seeds).sum()) % 2**63)
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
         self._set_initial_range(options)
         if mask is None:
-            self.state = self._sample(self.num_envs)  # also clears pending autoresets
+            self.state = self._sample(self.num_envs, seeds)  # also clears pending autoresets
             self._elapsed.zero_()
         else:
             mask = self._check_mask(mask)
             if self._state is None:
                 raise RuntimeError("reset with a reset_mask needs a full reset() first: the other envs have no state yet")
-            self._state = self._restart(self._state, mask)
+            self._state = self._restart(self._state, mask, seeds=seeds)
             self._autoreset &= ~mask
         return self._observe(self._state), {}
 
@@ -207,20 +219,36 @@ class TorchVectorEnv(gym.vector.VectorEnv):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _restart(self, state: Tensor, mask: Tensor, *zeroed: Tensor) -> Tensor:
-        """``state`` with the rows of ``mask`` drawn afresh, their elapsed set to 0 and their entries
-        of each ``zeroed`` tensor set to 0 / False (in place where it can)."""
+    def _restart(self, state: Tensor, mask: Tensor, *zeroed: Tensor, seeds: Tensor | None = None) -> Tensor:
+        """``state`` with the rows of ``mask`` drawn afresh (with their ``seeds``, if given), their
+        elapsed set to 0 and their entries of each ``zeroed`` tensor set to 0 / False (in place
+        where it can)."""
         if self.device.type == "cpu":  # reading the mask costs no sync here, and drawing few rows is cheap
             rows = mask.nonzero().squeeze(1)
             if rows.numel():
-                state.index_copy_(0, rows, self._sample(rows.numel()))
+                fresh = self._sample(rows.numel(), None if seeds is None else seeds[rows])
+                state.index_copy_(0, rows, fresh)
                 for t in (self._elapsed, *zeroed):
                     t.index_fill_(0, rows, 0)
             return state
         # on an accelerator: draw every row and select, so that a step never waits for the device
         for t in (self._elapsed, *zeroed):
             t.masked_fill_(mask, 0)
-        return torch.where(mask[:, None], self._sample(self.num_envs), state)
+        return torch.where(mask[:, None], self._sample(self.num_envs, seeds), state)
+
+    def _seeds(self, seed: int | list[int] | np.ndarray | Tensor | None) -> Tensor | None:
+        """Each env's seed as an ``(N,)`` int64 tensor on ``device``, by gymnasium's convention."""
+        if seed is None:
+            return None
+        if isinstance(seed, int | np.integer):
+            return int(seed) + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
+        seeds = torch.as_tensor(seed, device=self.device)
+        if seeds.shape != (self.num_envs,) or seeds.dtype.is_floating_point or seeds.dtype == torch.bool:
+            raise ValueError(
+                f"seed must be an int, None or {self.num_envs} ints (one per env), got {type(seed).__name__} "
+                f"of shape {tuple(seeds.shape)} and dtype {seeds.dtype}"
+            )
+        return seeds.to(torch.int64)
 
     def _check_mask(self, mask: Tensor | np.ndarray) -> Tensor:
         mask = torch.as_tensor(mask, device=self.device)

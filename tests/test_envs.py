@@ -18,6 +18,7 @@ from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv as GymCart
 from gymnasium.utils.env_checker import check_env
 
 import envs
+from envs import seeding
 
 ROOT = Path(__file__).resolve().parents[1]
 PI = math.pi
@@ -183,6 +184,45 @@ def test_reset_seeding_is_reproducible(case: Case) -> None:
     assert not torch.equal(a.reset(seed=8)[0], b.reset(seed=9)[0])
 
 
+def splitmix64_reference(seed: int, n: int) -> list[int]:
+    """SplitMix64 as published (Steele, Lea & Flood 2014), in Python's unbounded ints."""
+    out, mask = [], 2**64 - 1
+    for _ in range(n):
+        seed = (seed + 0x9E3779B97F4A7C15) & mask
+        z = seed
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def test_seeding_is_splitmix64_and_uniform() -> None:
+    seeds = [0, 1, 42, 2**40 + 7, 2**63 - 1, -5]
+    got = seeding.splitmix64(torch.tensor(seeds), 4)
+    assert [[v % 2**64 for v in row] for row in got.tolist()] == [splitmix64_reference(s % 2**64, 4) for s in seeds]
+    u = seeding.uniform(torch.arange(100_000), 4)
+    assert 0 <= u.min() and u.max() < 1
+    torch.testing.assert_close(u.mean(0), torch.full((4,), 0.5, dtype=torch.float64), atol=0.005, rtol=0)
+    torch.testing.assert_close(u.var(0), torch.full((4,), 1 / 12, dtype=torch.float64), atol=0.002, rtol=0)
+    assert torch.corrcoef(u.T).sub(torch.eye(4, dtype=torch.float64)).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_each_env_is_seeded_by_its_own_seed(case: Case) -> None:
+    """Env i starts from a state that depends on seed[i] alone: a population split across processes
+    (each with its own batch of envs) draws the same episodes."""
+    whole = gym.make_vec(case.flipes_id, num_envs=6)
+    part = gym.make_vec(case.flipes_id, num_envs=2)
+    obs, _ = whole.reset(seed=[10, 11, 12, 13, 14, 15])
+    assert torch.equal(part.reset(seed=[13, 14])[0], obs[3:5])
+    assert torch.equal(part.reset(seed=13)[0], obs[3:5])  # an int seed s means seeds s, s + 1, ...
+    assert torch.equal(whole.reset(seed=np.arange(10, 16))[0], obs)
+    obs_b, _ = whole.reset(seed=[10, 11, 12, 13, 14, 99])
+    assert torch.equal(obs_b[:5], obs[:5]) and not torch.equal(obs_b[5], obs[5])
+    with pytest.raises(ValueError, match="6 ints"):
+        whole.reset(seed=[1, 2, 3])
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
 def test_initial_states_are_uniform_over_gymnasiums_ranges(case: Case) -> None:
     n = 4096
@@ -217,6 +257,11 @@ def test_reset_mask_resets_only_masked_envs() -> None:
     assert (env.elapsed[mask] == 0).all() and elapsed.eq(3).all()
     torch.testing.assert_close(obs[:, 2], env.state[:, 1].float())
     env.reset(options={"reset_mask": mask.numpy()})  # a numpy mask as gymnasium's SyncVectorEnv takes
+    seeds = list(range(100, 100 + n))
+    full, _ = envs.PendulumVectorEnv(num_envs=n).reset(seed=seeds)
+    state = env.state.clone()
+    obs, _ = env.reset(seed=seeds, options={"reset_mask": mask})  # masked envs start from their own seeds
+    assert torch.equal(obs[mask], full[mask]) and torch.equal(env.state[~mask], state[~mask])
     with pytest.raises(ValueError, match=r"reset_mask.*shape \(8,\)"):
         env.reset(options={"reset_mask": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="reset_mask"):
