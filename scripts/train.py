@@ -69,6 +69,7 @@ class Args:
     model: str = ""  # module:function, FN(env or None) -> nn.Module
     checkpoint_every: int = 10
     tensorboard: bool = True  # write TensorBoard scalars when tensorboard is installed
+    threads: int = 1  # torch CPU threads per process (0: torch's default); small rollout ops run best on one
     comm: str = "allreduce"  # under MPI: allreduce (sum gradients) | seeds (exchange fitness only)
     check_every: int = 10  # under MPI: verify every k generations that all ranks hold identical parameters
 
@@ -128,6 +129,8 @@ def _stop_now(
 
 def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict:
     comm = comm if comm is not None else dist.SerialComm()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     lead = comm.rank == 0  # rank 0 alone evaluates, logs, plots and checkpoints
     device = f"cuda:{comm.local_rank}" if args.device == "cuda" and comm.size > 1 else args.device
     out = Path(args.out)
