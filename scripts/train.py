@@ -208,10 +208,11 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
             bytes_before = comm.bytes_sent
             t0 = time.perf_counter()
             stats = es.step(fitness)
-            if obs_norm is not None:  # frozen during the generation, merged after it, in member order
-                obs_norm.update(
-                    comm.allgather_tensor(obs_norm.pending) if comm.size > 1 and obs_norm.pending is not None else None
-                )
+            if obs_norm is not None and obs_norm.pending is not None:
+                # frozen during the generation, merged after it: summed per group, then over groups in
+                # order, the same arithmetic for any number of processes (a few rows cross the network)
+                pending = obs_norm.pending
+                obs_norm.update(comm.allgather_tensor(pending.view(len(es.local_groups), -1, pending.shape[1]).sum(1)))
             # env steps of all ranks (each rank counts its own members' episodes)
             steps = int(comm.allreduce_sum_(torch.tensor([getattr(fitness, "timesteps", 0)], dtype=torch.float64)).item())
             row = {
