@@ -93,7 +93,7 @@ def test_policy_actions_respect_the_spaces() -> None:
     policy = MLPPolicy(obs_space, box, hidden=(8,))
     with torch.no_grad():
         policy.net[-1].weight.mul_(100)  # saturate the tanh
-    a = policy(torch.randn(1000, 5))
+    a = policy(torch.randn(1000, 5, dtype=torch.float64))  # MuJoCo envs observe in float64
     assert a.shape == (1000, 2) and (a[:, 0].abs() <= 2).all() and ((a[:, 1] >= 0) & (a[:, 1] <= 10)).all()
     assert a[:, 0].max() > 1.9 and a[:, 0].min() < -1.9
     discrete = MLPPolicy(obs_space, gym.spaces.Discrete(3, start=1))

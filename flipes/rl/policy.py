@@ -71,6 +71,7 @@ class MLPPolicy(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, obs: Tensor) -> Tensor:
+        obs = obs.to(self.net[0].weight.dtype)  # e.g. MuJoCo's float64 observations
         x = self.obs_norm(obs) if self.obs_norm is not None else obs
         z = self.net(x)
         if self.discrete:
