@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: setup train test lint benchmark
+.PHONY: setup train test lint benchmark bench-solve
 setup: $(BIN)/.installed
 
 train: setup
@@ -26,3 +26,15 @@ lint: setup
 
 benchmark: setup
 	$(BIN)/python scripts/benchmark.py $(ARGS)
+
+# Time to solve, flipes vs EvoTorch (scripts/bench_solve.py). EvoTorch (with ray, pandas, matplotlib)
+# is not a dependency of flipes: it goes into its own venv so that .venv and the tests stay clean.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q "$(TORCH)"
+	$(BENCH_VENV)/bin/pip install -q -e . evotorch==0.6.1
+	touch $@
+
+bench-solve: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python scripts/bench_solve.py --json runs/bench_solve.json $(ARGS)

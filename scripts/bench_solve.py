@@ -1,0 +1,423 @@
+"""Time to solve: wall seconds and env steps until the center policy is "solved", flipes vs EvoTorch.
+
+    python scripts/bench_solve.py --json runs/bench_solve.json          # the whole benchmark
+    python scripts/bench_solve.py --quick                                 # smoke test, a few seconds
+    python scripts/bench_solve.py --envs flipes/Acrobot-v1 --other-seeds 0 1 --no-evotorch
+
+flipes: scripts/train.py's ``main(Args(...))`` runs in this process with the per-env settings of
+``SETTINGS``; it stops once the center (mean) policy's mean return over ``eval_episodes`` = 100
+episodes, evaluated every ``eval_every`` generations, reaches the env's "solved" return. Its time
+therefore includes those evaluations (it must, to detect solving); the column ``eval s`` says how
+much of it they took.
+
+EvoTorch (only if it is installed: ``make bench-solve`` builds ``.venv-bench`` with it): PGPE +
+ClipUp on ``VecGymNE("CartPole-v1")`` with the settings of EvoTorch's own CartPole example (see
+``run_evotorch``). After every generation its center solution is evaluated on 10 episodes
+(EvoTorch's usual check); whenever that passes, also on 100 episodes (flipes' criterion). Both
+times include all evaluations done until then.
+
+Columns: ``wall s`` is the wall time of the training loop until solving was detected (flipes:
+train.py's ``seconds`` at the solving generation plus that generation's evaluation, which train.py
+stamps after; EvoTorch: from just before the first ``searcher.step()``, so ray actor start-up is in
+it, ``ray.init`` is not); ``setup s`` is the rest of the call (building envs, policy and problem;
+flipes' final checkpoint and curves.png). ``env steps`` are training interactions; the evaluation
+episodes' steps are counted apart (``eval_steps`` in the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flipes.rl import episode_seed, make_vector_env, run_episodes
+
+SCRIPTS = Path(__file__).resolve().parent
+
+# Per-env settings of flipes (train.py Args), found on this project's 2-core dev box with seeds 0-4;
+# `generations` (with --max-seconds) is the budget, not a tuned value. CartPole (5-19 generations),
+# Acrobot (3-9) and MountainCarContinuous (1-5) solve with train.py's defaults. Pendulum sits on a
+# plateau near -800 (the pendulum is never swung up) until a swing-up is found; a larger lr leaves it
+# sooner: generations to solve with lr 0.05: 93-1315 (median 549), 0.1: 39-1149 (51), 0.2: 69-611 (143);
+# popsize 128, sigma 0.2, 4 episodes per member or hidden 64 64 were no better.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": dict(popsize=64, sigma=0.1, lr=0.05, hidden=[32, 32], episodes=1, eval_every=2, generations=300),
+    "Acrobot-v1": dict(popsize=64, sigma=0.1, lr=0.05, hidden=[32, 32], episodes=1, eval_every=2, generations=300),
+    "Pendulum-v1": dict(popsize=64, sigma=0.1, lr=0.2, hidden=[32, 32], episodes=1, eval_every=2, generations=2000),
+    "MountainCarContinuous-v0": dict(popsize=64, sigma=0.1, lr=0.05, hidden=[32, 32], episodes=1, eval_every=2, generations=300),
+}
+SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0, "MountainCarContinuous-v0": 90.0}
+
+
+@dataclass
+class Args:
+    envs: list[str] = field(default_factory=lambda: [f"flipes/{name}" for name in SETTINGS])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # CartPole, both methods
+    other_seeds: list[int] = field(default_factory=lambda: [0])  # the other envs (flipes only)
+    max_seconds: float = 600.0  # wall budget of one run
+    evotorch: bool = True  # run EvoTorch's PGPE on gymnasium's CartPole-v1 beside flipes (if installed)
+    evotorch_generations: int = 300
+    evotorch_actors: str = "max"  # num_actors of VecGymNE, as in EvoTorch's example
+    threads: int = 1  # torch threads of flipes (train.py's --threads; 0: torch's default) and of the evaluations here
+    gym_check: bool = True  # also evaluate flipes' final center policy on gymnasium's own env (not timed)
+    quick: bool = False  # smoke test: flipes on the first env, tiny budget, no EvoTorch
+    out: str = "runs/bench_solve"  # flipes run directories go under it
+    json: str = ""  # write the results here too
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Args):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        name = f"--{f.name.replace('_', '-')}"
+        if isinstance(default, bool):
+            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, list):
+            item = type(default[0]) if default else str
+            parser.add_argument(name, dest=f.name, type=item, nargs="+", default=default)
+        else:
+            parser.add_argument(name, dest=f.name, type=type(default), default=default)
+    return Args(**vars(parser.parse_args(argv)))
+
+
+def load_script(name: str) -> Any:
+    """scripts/NAME.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"flipes_script_{name}", SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve_env(env_id: str) -> str:
+    """The id to run: a flipes/ id whose envs/ implementation is not there yet falls back to gymnasium's own."""
+    if not env_id.startswith("flipes/"):
+        return env_id
+    try:
+        make_vector_env(env_id, 1).close()
+        return env_id
+    except (ValueError, ImportError) as e:
+        fallback = env_id.split("/", 1)[1]
+        print(f"note: {env_id} is not available ({str(e).splitlines()[0][:120]}); using gymnasium's {fallback} (numpy adapter)")
+        return fallback
+
+
+def run_flipes(train: Any, env_id: str, seed: int, settings: dict[str, Any], args: Args) -> dict[str, Any]:
+    """One train.py run; its own metrics give the time, steps and evaluation at solving."""
+    name = env_id.split("/")[-1]
+    out = Path(args.out) / f"{env_id.replace('/', '_')}-seed{seed}"
+    config = {
+        **settings,
+        **dict(env=env_id, seed=seed, out=str(out), max_seconds=args.max_seconds, threads=args.threads, tensorboard=False),
+    }
+    known = {f.name for f in dataclasses.fields(train.Args)}
+    train_args = train.Args(**{k: v for k, v in config.items() if k in known})
+
+    # Time the center-policy evaluations: train.py calls run_episodes only for them (the population's
+    # rollouts go through RolloutFitness), so wrapping its module-level name sees exactly those.
+    clock = {"seconds": 0.0, "steps": 0, "calls": 0, "last": 0.0}
+
+    def timed_run_episodes(*a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        episodes = run_episodes(*a, **kw)
+        clock["last"] = time.perf_counter() - t0
+        clock["seconds"] += clock["last"]
+        clock["steps"] += episodes.steps
+        clock["calls"] += 1
+        return episodes
+
+    train.run_episodes = timed_run_episodes
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # train.py installs its own
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    try:
+        train.main(train_args)
+    finally:
+        total = time.perf_counter() - t0
+        train.run_episodes = run_episodes
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_return" in r]
+    last = evals[-1] if evals else rows[-1]
+    solved = bool(evals) and last["eval_return"] >= SOLVED[name]
+    # train.py stamps a generation's "seconds" before evaluating it: add the final evaluation
+    wall = rows[-1]["seconds"] + (clock["last"] if "eval_return" in rows[-1] else 0.0)
+    return {
+        "env": env_id,
+        "method": "flipes",
+        "criterion": f"{train_args.eval_episodes} ep",
+        "seed": seed,
+        "out": str(out),
+        "solved": solved,
+        "wall_s": wall,
+        "setup_s": total - wall,
+        "eval_s": clock["seconds"],
+        "eval_calls": clock["calls"],
+        "eval_steps": clock["steps"],
+        "env_steps": rows[-1]["timesteps"],
+        "generations": rows[-1]["generation"] + 1,
+        "eval_mean": last.get("eval_return", float("nan")),
+        "eval_std": last.get("eval_std", float("nan")),
+        "best_eval": max((r["eval_return"] for r in evals), default=float("nan")),
+        "settings": {k: v for k, v in config.items() if k in known},
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }
+
+
+def gym_check(evaluate: Any, run: Path, env_id: str, seed: int, episodes: int = 100) -> tuple[float, float] | None:
+    """Mean ± std return of a flipes run's final center policy on gymnasium's own implementation of
+    the env (numpy, through the adapter): a check that solving the flipes/ copy is solving the original."""
+    env = make_vector_env(env_id.removeprefix("flipes/"), episodes)
+    try:
+        policy = evaluate.load_policy(run, "latest", env, "cpu")  # scripts/evaluate.py rebuilds it from the run
+        returns = run_episodes(env, policy, episode_seed(seed, 0, "bench_solve/gym_check")).returns
+    except Exception as e:  # evaluate.py is another script's API: report, do not fail the benchmark
+        print(f"gym check of {run} failed: {type(e).__name__}: {e}")
+        return None
+    finally:
+        env.close()
+    return returns.mean().item(), returns.std().item()
+
+
+def evaluate_center(problem: Any, center: torch.Tensor, episodes: int, seed: int) -> Any:
+    """Mean return of EvoTorch's center solution (with its observation normalization) on gymnasium's
+    CartPole-v1, through the same rollout code that evaluates flipes' center policy."""
+    policy = problem.to_policy(center)  # wraps the net with EvoTorch's ObsNormWrapperModule
+    env = make_vector_env("CartPole-v1", episodes)
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        return policy(obs.float()).argmax(-1)
+
+    episodes_run = run_episodes(env, act, seed)
+    env.close()
+    return episodes_run
+
+
+def run_evotorch(seed: int, args: Args) -> list[dict[str, Any]]:
+    """EvoTorch's PGPE + ClipUp with VecGymNE on gymnasium's CartPole-v1; one row per criterion (10 and 100 episodes)."""
+    from evotorch.algorithms import PGPE
+    from evotorch.neuroevolution import VecGymNE
+
+    torch.manual_seed(seed)
+    load_before = os.getloadavg()
+    t_setup = time.perf_counter()
+    # Settings from EvoTorch's own CartPole-v1 example with PGPE + ClipUp:
+    # nnaisense/evotorch examples/notebooks/Functional_API/problem.ipynb
+    # (https://docs.evotorch.ai/latest/examples/notebooks/problem): network
+    # "Linear(obs_length, 16) >> Tanh() >> Linear(16, act_length)", observation_normalization=True,
+    # num_actors="max"; popsize 100, max_speed 0.15, center_learning_rate = 0.75 * max_speed,
+    # radius_init = 15 * max_speed, stdev_learning_rate 0.1, stdev_max_change 0.2, centered ranking,
+    # optimizer "clipup", symmetric sampling, center_init zeros. That notebook uses GymNE and the
+    # functional pgpe; here the same settings go to the PGPE class with VecGymNE (one vector env per
+    # actor), as in examples/scripts/rl.py.
+    # EvoTorch 0.6.1's VecGymNE compares num_actors with 1 before resolving strings, so "max" raises a
+    # TypeError there: pass the number it stands for (the CPUs ray sees) instead.
+    actors = (os.cpu_count() or 1) if args.evotorch_actors == "max" else int(args.evotorch_actors)
+    problem = VecGymNE(
+        "CartPole-v1",
+        "Linear(obs_length, 16) >> Tanh() >> Linear(16, act_length)",
+        observation_normalization=True,
+        num_actors=actors,
+    )
+    max_speed = 0.15
+    searcher = PGPE(
+        problem,
+        popsize=100,
+        center_learning_rate=0.75 * max_speed,
+        stdev_learning_rate=0.1,
+        stdev_max_change=0.2,
+        radius_init=15 * max_speed,
+        ranking_method="centered",
+        optimizer="clipup",
+        optimizer_config={"max_speed": max_speed},
+        symmetric=True,
+        center_init=problem.make_zeros(num_solutions=1)[0],
+    )
+    setup = time.perf_counter() - t_setup
+
+    found: dict[int, dict[str, Any]] = {}  # episodes -> the row at which that criterion was first met
+    eval_s, eval_steps = 0.0, 0
+    last: tuple[float, float] = (float("nan"), float("nan"))  # the latest evaluation's mean and std
+    start = time.perf_counter()
+    for gen in range(args.evotorch_generations):
+        searcher.step()
+        center = searcher.status["center"]
+        # 10 episodes every generation; whenever they pass, 100 episodes too
+        for episodes in (10, 100):
+            t0 = time.perf_counter()
+            ep = evaluate_center(problem, center, episodes, episode_seed(seed, gen, f"evotorch/eval{episodes}"))
+            eval_s += time.perf_counter() - t0
+            eval_steps += ep.steps
+            last = (ep.returns.mean().item(), ep.returns.std().item())
+            if last[0] < SOLVED["CartPole-v1"]:
+                break
+            found.setdefault(
+                episodes,
+                {
+                    "wall_s": time.perf_counter() - start,
+                    "eval_s": eval_s,
+                    "eval_steps": eval_steps,
+                    "env_steps": int(searcher.status["total_interaction_count"]),
+                    "generations": gen + 1,
+                    "eval_mean": last[0],
+                    "eval_std": last[1],
+                },
+            )
+        if 100 in found or time.perf_counter() - start > args.max_seconds:
+            break
+    wall = time.perf_counter() - start
+    problem.kill_actors()
+
+    rows = []
+    for episodes in (10, 100):
+        row = found.get(episodes)
+        if row is None:  # not solved by this criterion within the budget
+            row = {
+                "wall_s": wall,
+                "eval_s": eval_s,
+                "eval_steps": eval_steps,
+                "env_steps": int(searcher.status["total_interaction_count"]),
+                "generations": gen + 1,
+                "eval_mean": last[0],
+                "eval_std": last[1],
+            }
+        rows.append(
+            {
+                "env": "CartPole-v1",
+                "method": "evotorch PGPE",
+                "criterion": f"{episodes} ep",
+                "seed": seed,
+                "solved": episodes in found,
+                "setup_s": setup,
+                **row,
+                "load_before": load_before,
+                "load_after": os.getloadavg(),
+            }
+        )
+    return rows
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| env | method | criterion | seed | solved | wall s | eval s | setup s | env steps | generations "
+        "| final eval mean±std | gymnasium check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        check = r.get("gym_check")
+        lines.append(
+            f"| {r['env']} | {r['method']} | {r['criterion']} | {r['seed']} | {'yes' if r['solved'] else 'no'} "
+            f"| {r['wall_s']:.1f} | {r['eval_s']:.1f} | {r['setup_s']:.1f} | {r['env_steps']:,} | {r['generations']} "
+            f"| {r['eval_mean']:.1f} ± {r['eval_std']:.1f} | {f'{check[0]:.1f} ± {check[1]:.1f}' if check else '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(results: list[dict[str, Any]]) -> list[str]:
+    """Median time to solve per (env, method, criterion); the flipes/EvoTorch ratio on CartPole."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["env"], r["method"], r["criterion"]), []).append(r)
+    lines, medians = [], {}  # (env name, method, criterion) -> median wall s (inf unless every seed solved)
+    for (env, method, criterion), rs in groups.items():
+        solved = [r for r in rs if r["solved"]]
+        line = f"{env} {method} ({criterion}): solved {len(solved)}/{len(rs)}"
+        if solved:
+            wall = statistics.median(r["wall_s"] for r in solved)
+            medians[(env.split("/")[-1], method, criterion)] = wall if len(solved) == len(rs) else float("inf")
+            line += (
+                f", median {wall:.1f} s (of which evaluation {statistics.median(r['eval_s'] for r in solved):.1f} s), "
+                f"{statistics.median(r['env_steps'] for r in solved):,.0f} env steps"
+            )
+        lines.append(line)
+    flipes_s = medians.get(("CartPole-v1", "flipes", "100 ep"))
+    for criterion in ("10 ep", "100 ep"):
+        evo_s = medians.get(("CartPole-v1", "evotorch PGPE", criterion))
+        if flipes_s and evo_s:
+            ratio = flipes_s / evo_s
+            verdict = f"; target <= 0.33x {'met' if ratio <= 1 / 3 else 'NOT met'}" if criterion == "10 ep" else ""
+            lines.append(
+                f"CartPole: flipes (100-episode test) median {flipes_s:.1f} s = {ratio:.2f}x EvoTorch's "
+                f"({criterion} test) {evo_s:.1f} s{verdict}"
+            )
+    return lines
+
+
+def main(args: Args) -> list[dict[str, Any]]:
+    envs, seeds, other_seeds, overrides = args.envs, args.seeds, args.other_seeds, {}
+    if args.quick:  # one env, one seed, a tiny budget, no EvoTorch
+        envs, seeds, other_seeds = envs[:1], seeds[:1], other_seeds[:1]
+        overrides = dict(popsize=16, generations=4, eval_every=2, eval_episodes=10, max_seconds=20.0)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    use_evotorch = args.evotorch and not args.quick
+    if use_evotorch and importlib.util.find_spec("evotorch") is None:
+        print("EvoTorch is not installed: skipping its rows (`make bench-solve` builds .venv-bench with it)")
+        use_evotorch = False
+    ray_init_s = None
+    if use_evotorch:
+        import ray
+
+        t0 = time.perf_counter()
+        ray.init(include_dashboard=False, log_to_driver=False)  # once per benchmark, outside the timed runs
+        ray_init_s = time.perf_counter() - t0
+
+    train = load_script("train")
+    evaluate = load_script("evaluate") if args.gym_check else None
+    results: list[dict[str, Any]] = []
+    load_start = os.getloadavg()
+    for requested in envs:
+        env_id = resolve_env(requested)
+        name = env_id.split("/")[-1]
+        for seed in seeds if name == "CartPole-v1" else other_seeds:
+            print(f"=== flipes {env_id} seed {seed}", flush=True)
+            row = run_flipes(train, env_id, seed, {**SETTINGS[name], **overrides}, args)
+            if evaluate is not None and env_id.startswith("flipes/"):
+                row["gym_check"] = gym_check(evaluate, Path(row["out"]), env_id, seed)
+            results.append(row)
+            if use_evotorch and name == "CartPole-v1":
+                print(f"=== EvoTorch PGPE CartPole-v1 seed {seed}", flush=True)
+                results.extend(run_evotorch(seed, args))
+    load_end = os.getloadavg()
+
+    print()
+    print(table(results))
+    print()
+    for line in summary(results):
+        print(line)
+    print(f"load average (1, 5, 15 min): before {load_start}, after {load_end}")
+    if args.json:
+        meta = {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "args": dataclasses.asdict(args),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "ray_init_s": ray_init_s,
+            "load_before": load_start,
+            "load_after": load_end,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())
