@@ -45,8 +45,11 @@ def dynamics(state: Tensor, action: Tensor) -> Tensor:
     denominator = costheta.square().mul_(-LENGTH * MASSPOLE / TOTAL_MASS).add_(LENGTH * 4.0 / 3.0)
     thetaacc = torch.addcmul(sintheta * GRAVITY, costheta, temp, value=-1.0).div_(denominator)
     xacc = torch.addcmul(temp, thetaacc, costheta, value=-POLEMASS_LENGTH / TOTAL_MASS)
-    derivative = torch.stack((x_dot, xacc, theta_dot, thetaacc), dim=-2)
-    return torch.add(state.mT, derivative, alpha=TAU).mT  # explicit Euler, all four at once
+    # explicit Euler, each component written straight into a column-major result (no stack/copy)
+    out = torch.empty(state.shape[::-1], dtype=state.dtype, device=state.device).mT
+    for i, (value, rate) in enumerate(((x, x_dot), (x_dot, xacc), (theta, theta_dot), (theta_dot, thetaacc))):
+        torch.add(value, rate, alpha=TAU, out=out[..., i])
+    return out
 
 
 def terminated(state: Tensor) -> Tensor:
