@@ -2,7 +2,7 @@
 
     python scripts/bench_solve.py --json runs/bench_solve.json          # the whole benchmark
     python scripts/bench_solve.py --quick                                 # smoke test, a few seconds
-    python scripts/bench_solve.py --envs flipes/Acrobot-v1 --other-seeds 0 1 --no-evotorch
+    python scripts/bench_solve.py --envs flipes/Pendulum-v1 --seeds 0 1 2 3 4 --no-evotorch
 
 flipes: scripts/train.py's ``main(Args(...))`` runs in this process with the per-env settings of
 ``SETTINGS``; it stops once the center (mean) policy's mean return over ``eval_episodes`` = 100
@@ -64,8 +64,7 @@ SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0, "Mo
 @dataclass
 class Args:
     envs: list[str] = field(default_factory=lambda: [f"flipes/{name}" for name in SETTINGS])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # CartPole, both methods
-    other_seeds: list[int] = field(default_factory=lambda: [0])  # the other envs (flipes only)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every env; EvoTorch runs beside flipes on CartPole
     max_seconds: float = 600.0  # wall budget of one run
     evotorch: bool = True  # run EvoTorch's PGPE on gymnasium's CartPole-v1 beside flipes (if installed)
     evotorch_generations: int = 300
@@ -359,9 +358,9 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
 
 
 def main(args: Args) -> list[dict[str, Any]]:
-    envs, seeds, other_seeds, overrides = args.envs, args.seeds, args.other_seeds, {}
+    envs, seeds, overrides = args.envs, args.seeds, {}
     if args.quick:  # one env, one seed, a tiny budget, no EvoTorch
-        envs, seeds, other_seeds = envs[:1], seeds[:1], other_seeds[:1]
+        envs, seeds = envs[:1], seeds[:1]
         overrides = dict(popsize=16, generations=4, eval_every=2, eval_episodes=10, max_seconds=20.0)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -384,7 +383,7 @@ def main(args: Args) -> list[dict[str, Any]]:
     for requested in envs:
         env_id = resolve_env(requested)
         name = env_id.split("/")[-1]
-        for seed in seeds if name == "CartPole-v1" else other_seeds:
+        for seed in seeds:
             print(f"=== flipes {env_id} seed {seed}", flush=True)
             row = run_flipes(train, env_id, seed, {**SETTINGS[name], **overrides}, args)
             if evaluate is not None and env_id.startswith("flipes/"):
