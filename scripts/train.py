@@ -237,8 +237,10 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
                 elif evaluate is not None and lead:
                     row["eval_return"] = float(evaluate(model))
                 row.update(comm.bcast({k: row[k] for k in ("eval_return", "eval_std") if k in row}))  # all ranks decide alike
+            row["seconds"] = time.perf_counter() - start  # with this generation's evaluation
             if not lead:
-                if _stop_now(row, target, args, stop, comm)[0]:
+                done, reason = _stop_now(row, target, args, stop, comm)
+                if done:
                     break
                 continue
             log.write(json.dumps(row) + "\n")
@@ -258,6 +260,8 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
                 checkpoint(out / "checkpoint.pt")
                 saved_at = es.generation
     if not lead:
+        if reason == "interrupted":
+            sys.exit(130)
         return row
     if saved_at != es.generation or not (out / "checkpoint.pt").exists():
         checkpoint(out / "checkpoint.pt")
@@ -281,6 +285,6 @@ if __name__ == "__main__":
     try:
         main(parse_config(Args, description=__doc__), world)
     except BaseException as e:
-        if world.size > 1 and not (isinstance(e, SystemExit) and e.code in (0, None)):
+        if world.size > 1 and not (isinstance(e, SystemExit) and e.code in (0, None, 130)):  # 130: all ranks stop alike
             dist.abort_on_exception(world)  # one failing rank ends the whole job, with its traceback
         raise

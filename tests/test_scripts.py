@@ -74,3 +74,8 @@ def test_digits_fitness_plugs_into_train(tmp_path: Path) -> None:
     )
     rows = metrics(tmp_path)
     assert rows[0]["eval_return"] < 40 < rows[-1]["eval_return"]  # test accuracy (%) climbs from chance
+
+
+def test_bench_solve_quick(tmp_path: Path) -> None:
+    out = run("scripts/bench_solve.py", "--quick", "--no-gym-check", "--out", str(tmp_path)).stdout
+    assert "| flipes" in out and "flipes/CartPole-v1" in out
