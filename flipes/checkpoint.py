@@ -6,11 +6,14 @@ after it was written (a full disk, a truncated copy) never leaves a run without 
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 
 class CheckpointError(ValueError):
@@ -52,3 +55,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     if not isinstance(state, dict) or "es" not in state:
         raise CheckpointError(f"{path} is not a flipes training checkpoint (no 'es' state){hint}")
     return state
+
+
+def tensors_sha256(tensors: Iterable[Tensor]) -> str:
+    """SHA-256 of the tensors' bytes, in order: equal exactly when every value is bitwise equal."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

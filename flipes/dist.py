@@ -7,7 +7,6 @@ fitness scores (N floats) and either the gradient (``allreduce``) or nothing mor
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import traceback
 from typing import Any, Protocol
@@ -15,6 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor
+
+from flipes.checkpoint import tensors_sha256
 
 
 class Comm(Protocol):
@@ -129,10 +130,7 @@ def abort_on_exception(comm: SerialComm | MPIComm) -> None:
 
 def check_identical(comm: SerialComm | MPIComm, tensors: list[Tensor], what: str = "parameters") -> str:
     """Hash ``tensors`` on every rank; raise on all ranks if any differs. Returns the hash."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    digest = h.hexdigest()
+    digest = tensors_sha256(tensors)
     if comm.size > 1:
         digests = comm.comm.allgather(digest)  # type: ignore[union-attr]
         if len(set(digests)) > 1:

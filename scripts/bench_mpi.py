@@ -12,8 +12,6 @@ members' parameter vectors or receives all of them, at least N·P·4 bytes a gen
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import itertools
 import json
 import os
@@ -23,6 +21,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from flipes.cli import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,15 +38,6 @@ class Args:
     bytes_popsizes: list[int] = field(default_factory=lambda: [1024, 10000])
     bytes_env: str = "flipes/CartPole-v1"  # cheap env for the bytes runs (bytes do not depend on the env's cost)
     json: str = ""
-
-
-def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kw = {"nargs": "+", "type": int} if isinstance(default, list) else {"type": type(default)}
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default, **kw)
-    return Args(**vars(parser.parse_args()))
 
 
 def train(k: int, out: Path, *args: str) -> list[dict]:
@@ -110,4 +101,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    main(parse_config(Args, description=__doc__))

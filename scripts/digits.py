@@ -12,8 +12,6 @@ is a pure function of the generation, so the function keeps no state and runs un
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import flipes
+from flipes.cli import parse_config
 
 
 @dataclass
@@ -107,7 +106,4 @@ def main(args: Args) -> dict[str, tuple[float, float, int]]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=f.default)
-    main(Args(**vars(parser.parse_args())))
+    main(parse_config(Args, description=__doc__))

@@ -24,7 +24,6 @@ is ``previous.pt``), ``best.pt`` (best eval_return) and ``curves.png``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import signal
 import sys
@@ -35,11 +34,10 @@ from types import FrameType
 from typing import Any
 
 import torch
-from torch import nn
 
 import flipes
 from flipes import dist
-from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_sha256
 from flipes.cli import load_callable, parse_config
 from flipes.progress import Progress
 from flipes.rl import MLPPolicy, RolloutFitness, episode_seed, make_vector_env, run_episodes
@@ -94,13 +92,6 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-
-
-def params_sha256(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def tensorboard_writer(enabled: bool, out: Path) -> Any:
@@ -226,7 +217,7 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
                 "timesteps": steps,
                 "steps_per_second": (steps - row.get("timesteps", steps_at_start)) / (time.perf_counter() - t0),
                 "bytes_sent": comm.bytes_sent - bytes_before,
-                "params_sha256": params_sha256(model),
+                "params_sha256": tensors_sha256(model.parameters()),
             }
             if comm.size > 1 and (gen + 1) % args.check_every == 0:
                 dist.check_identical(comm, list(model.state_dict().values()), "parameters")
