@@ -42,8 +42,8 @@ def dynamics(state: Tensor, action: Tensor) -> Tensor:
     temp = torch.full_like(x, -FORCE_MAG / TOTAL_MASS).add_(action, alpha=2 * FORCE_MAG / TOTAL_MASS)
     temp = torch.addcmul(temp, theta_dot.square(), sintheta, value=POLEMASS_LENGTH / TOTAL_MASS)
     # thetaacc = (g sin θ - cos θ temp) / (l (4/3 - m_p cos² θ / M))
-    denominator = costheta.square().mul_(-LENGTH * MASSPOLE / TOTAL_MASS).add_(LENGTH * 4.0 / 3.0)
-    thetaacc = torch.addcmul(sintheta * GRAVITY, costheta, temp, value=-1.0).div_(denominator)
+    denominator = torch.addcmul(torch.full_like(x, LENGTH * 4.0 / 3.0), costheta, costheta, value=-LENGTH * MASSPOLE / TOTAL_MASS)
+    thetaacc = torch.addcmul(sintheta.mul_(GRAVITY), costheta, temp, value=-1.0).div_(denominator)
     xacc = torch.addcmul(temp, thetaacc, costheta, value=-POLEMASS_LENGTH / TOTAL_MASS)
     # explicit Euler, each component written straight into a column-major result (no stack/copy)
     out = torch.empty(state.shape[::-1], dtype=state.dtype, device=state.device).mT
