@@ -120,6 +120,20 @@ def _stop_now(
 
 def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict:
     comm = comm if comm is not None else dist.SerialComm()
+    for name in (
+        "popsize",
+        "generations",
+        "groups",
+        "episodes",
+        "eval_every",
+        "eval_episodes",
+        "checkpoint_every",
+        "check_every",
+    ):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.resume and args.out == Args().out:
+        args = dataclasses.replace(args, out=str(Path(args.resume).parent if Path(args.resume).suffix == ".pt" else args.resume))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     lead = comm.rank == 0  # rank 0 alone evaluates, logs, plots and checkpoints
@@ -170,6 +184,11 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
             state = load_checkpoint(args.resume, map_location=device)
         except CheckpointError as e:
             raise SystemExit(f"--resume: {e}") from None
+        keys = ("env", "popsize", "groups", "seed", "sigma", "lr", "hidden", "episodes", "fitness", "model")
+        changed = {k: (state["config"].get(k), getattr(args, k)) for k in keys if state["config"].get(k) != getattr(args, k)}
+        if changed:
+            shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            raise SystemExit(f"--resume: the run was trained with other options ({shown}); pass the saved ones to continue it")
         es.load_state_dict(state["es"])
         elapsed, best = state["seconds"], state["best"]
         if isinstance(fitness, RolloutFitness):
@@ -188,6 +207,9 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
 
     writer = tensorboard_writer(args.tensorboard and lead, out)
     progress = Progress(args.generations, every=max(1, args.eval_every))
+    if lead and args.resume and (out / "metrics.jsonl").exists():  # drop rows past the checkpoint (a crash, previous.pt)
+        kept = [r for r in (out / "metrics.jsonl").read_text().splitlines() if json.loads(r)["generation"] < es.generation]
+        (out / "metrics.jsonl").write_text("".join(r + "\n" for r in kept))
     log = open(out / "metrics.jsonl", "a" if args.resume else "w") if lead else None
     start = time.perf_counter() - elapsed
     row: dict = {"seconds": elapsed}
@@ -224,7 +246,8 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
             if gen % args.eval_every == 0 or gen == args.generations - 1:
                 if eval_env is not None:
                     episodes = run_episodes(eval_env, model, episode_seed(args.seed, gen, "eval"))
-                    row["eval_return"], row["eval_std"] = episodes.returns.mean().item(), episodes.returns.std().item()
+                    returns = episodes.returns
+                    row["eval_return"], row["eval_std"] = returns.mean().item(), returns.std().item() if len(returns) > 1 else 0.0
                 elif evaluate is not None and lead:
                     row["eval_return"] = float(evaluate(model))
                 row.update(comm.bcast({k: row[k] for k in ("eval_return", "eval_std") if k in row}))  # all ranks decide alike

@@ -148,3 +148,23 @@ def test_flipout_converts_sharing_parameters_and_is_exact_outside_a_population()
 def test_flipout_without_convertible_layers_is_an_error() -> None:
     with pytest.raises(ValueError, match="no layer to convert"):
         flipes.flipout(nn.Sequential(nn.ReLU()))
+
+
+def test_a_reused_or_aliased_layer_becomes_one_flipout_layer() -> None:
+    lin = nn.Linear(3, 3)
+    net = nn.Sequential(lin, nn.Tanh(), lin)
+    holder = nn.Module()
+    holder.net, holder.head = net, lin  # an alias too
+    flipes.flipout(holder)
+    assert isinstance(net[0], FlipoutLinear) and net[2] is net[0] and holder.head is net[0]
+    es = flipes.FlipES(holder, popsize=4)
+    assert len(es.slots) == 1  # one weight, one perturbation per member, used twice
+    x = torch.randn(4, 3)
+    with es.population():
+        y = net(x)
+        d = member_deltas(net[0].noise[0], (3, 3))
+        b = net[0].noise[0].bias
+    for n in range(4):
+        w, bias = net[0].weight + d[n], net[0].bias + b[n]
+        expect = F.linear(torch.tanh(F.linear(x[n], w, bias)), w, bias)
+        torch.testing.assert_close(y[n], expect, atol=1e-6, rtol=1e-6)

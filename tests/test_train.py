@@ -165,3 +165,13 @@ def test_evaluate_and_render_a_tiny_run(tmp_path: Path) -> None:
     with Image.open(gif) as im:
         assert im.n_frames > 1 and im.size == (600, 400)
     assert (run / "curves.png").exists()
+
+
+def test_resume_refuses_other_training_options_and_keeps_metrics_consistent(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(*FAST, "--generations", "5", "--checkpoint-every", "2", "--out", str(run))
+    r = train(*FAST, "--generations", "6", "--sigma", "0.3", "--out", str(run), "--resume", str(run), check=False)
+    assert r.returncode != 0 and "--sigma: saved 0.1, now 0.3" in r.stderr
+    train(*FAST, "--generations", "6", "--out", str(run), "--resume", str(run / "previous.pt"))  # back to generation 4
+    gens = [json.loads(line)["generation"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert gens == list(range(6))  # rows past the checkpoint were dropped, not duplicated

@@ -55,7 +55,7 @@ class FlipES:
         seed: keys all noise, with the generation, group and slot.
         groups: number of ε groups; members are split into ``groups`` contiguous blocks, each with
             its own ε (signs are per member in any case). More groups: less correlation between
-            members, more sampling work; ``groups=popsize`` is fully independent ES.
+            members, more sampling work; ``groups=popsize, mirrored=False`` is fully independent ES.
         mirrored: antithetic pairs (member ``2k+1`` is ``-u_{2k}``); needs an even group size.
         shaping: ``fitness (N,) -> weights (N,)``, e.g. ``flipes.shaping.centered_ranks``.
         weight_decay: L2 coefficient added to the loss gradient (``+ wd·θ``).

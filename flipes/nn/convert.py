@@ -41,10 +41,13 @@ def flipout(module: nn.Module) -> nn.Module:
     if type(module) in _FLIPOUT_OF:
         return _convert_layer(module)
     found = isinstance(module, FlipoutMixin)
+    converted: dict[int, nn.Module] = {}  # a layer used twice (or aliased) becomes ONE Flipout layer
     for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
+        for name, child in list(parent._modules.items()):  # with repeats, unlike named_children()
             if type(child) in _FLIPOUT_OF:
-                setattr(parent, name, _convert_layer(child))
+                if id(child) not in converted:
+                    converted[id(child)] = _convert_layer(child)
+                setattr(parent, name, converted[id(child)])
                 found = True
             elif isinstance(child, FlipoutMixin):
                 found = True

@@ -60,7 +60,8 @@ class MLPPolicy(nn.Module):
                 f"MLPPolicy handles Discrete and Box action spaces, got {type(action_space).__name__}; "
                 "write your own policy module from flipes.nn layers for this space"
             )
-        obs_dim = math.prod(observation_space.shape)
+        self.obs_shape = tuple(observation_space.shape)
+        obs_dim = math.prod(self.obs_shape)
         self.obs_norm = RunningNorm(obs_dim) if normalize else None
         sizes = [obs_dim, *hidden, out]
         layers: list[nn.Module] = []
@@ -72,6 +73,8 @@ class MLPPolicy(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         obs = obs.to(self.net[0].weight.dtype)  # e.g. MuJoCo's float64 observations
+        if len(self.obs_shape) != 1:
+            obs = obs.flatten(-len(self.obs_shape))
         x = self.obs_norm(obs) if self.obs_norm is not None else obs
         z = self.net(x)
         if self.discrete:
