@@ -252,6 +252,19 @@ def run_evotorch(seed: int, args: Args) -> list[dict[str, Any]]:
     found: dict[int, dict[str, Any]] = {}  # episodes -> the row at which that criterion was first met
     eval_s, eval_steps = 0.0, 0
     last: tuple[float, float] = (float("nan"), float("nan"))  # the latest evaluation's mean and std
+    gen = 0
+
+    def snapshot(wall: float) -> dict[str, Any]:  # the row reported for a criterion, as of now
+        return {
+            "wall_s": wall,
+            "eval_s": eval_s,
+            "eval_steps": eval_steps,
+            "env_steps": int(searcher.status["total_interaction_count"]),
+            "generations": gen + 1,
+            "eval_mean": last[0],
+            "eval_std": last[1],
+        }
+
     start = time.perf_counter()
     for gen in range(args.evotorch_generations):
         searcher.step()
@@ -265,18 +278,7 @@ def run_evotorch(seed: int, args: Args) -> list[dict[str, Any]]:
             last = (ep.returns.mean().item(), ep.returns.std().item())
             if last[0] < SOLVED["CartPole-v1"]:
                 break
-            found.setdefault(
-                episodes,
-                {
-                    "wall_s": time.perf_counter() - start,
-                    "eval_s": eval_s,
-                    "eval_steps": eval_steps,
-                    "env_steps": int(searcher.status["total_interaction_count"]),
-                    "generations": gen + 1,
-                    "eval_mean": last[0],
-                    "eval_std": last[1],
-                },
-            )
+            found.setdefault(episodes, snapshot(time.perf_counter() - start))
         if 100 in found or time.perf_counter() - start > args.max_seconds:
             break
     wall = time.perf_counter() - start
@@ -286,15 +288,7 @@ def run_evotorch(seed: int, args: Args) -> list[dict[str, Any]]:
     for episodes in (10, 100):
         row = found.get(episodes)
         if row is None:  # not solved by this criterion within the budget
-            row = {
-                "wall_s": wall,
-                "eval_s": eval_s,
-                "eval_steps": eval_steps,
-                "env_steps": int(searcher.status["total_interaction_count"]),
-                "generations": gen + 1,
-                "eval_mean": last[0],
-                "eval_std": last[1],
-            }
+            row = snapshot(wall)
         rows.append(
             {
                 "env": "CartPole-v1",
