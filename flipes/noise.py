@@ -12,7 +12,8 @@ groups exist. Streams are reproducible per device type (CPU and CUDA generators 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -59,22 +60,29 @@ class SlotNoise:
     """The noise of one perturbed weight ("slot") for the members a process evaluates.
 
     Member ``n`` of local group ``g`` (members are contiguous, ``n_g`` per group) has the weight
-    perturbation ``σ·u_n = eps[g] ∘ (r_n ⊗ s_n)`` (broadcast over kernel dims) and the bias
-    perturbation ``bias[n] = bias_r[n] ∘ r_n``. ``eps`` and ``bias_r`` already include σ.
+    perturbation ``σ·u_n = σε_g ∘ (r_n ⊗ s_n)`` (broadcast over kernel dims) and the bias
+    perturbation ``bias[n] = bias_r[n] ∘ r_n``. ``eps``, ``factors`` and ``bias_r`` include σ.
+
+    Full rank, ``σε_g = eps[g]``; low rank (``factors = (a, b)``), ``σε_g = a[g] b[g]``: a rank-r
+    product whose entries still have mean 0 and variance σ² and are uncorrelated.
 
     Shape:
-        - eps: ``(G, *weight.shape)``, σ·ε per group
+        - eps: ``(G, *weight.shape)``, σ·ε per group; ``None`` when ``factors`` hold the noise
+        - factors: ``None``, or ``a`` ``(G, out_channels, r)`` (holds σ/√r) and ``b``
+          ``(G, r, *weight.shape[1:])``
         - s: ``(n, in_channels)``, r: ``(n, out_channels)``: ±1 in the weight's dtype
         - bias_r: ``(n, out_channels)`` or ``None``: the bias noise times ``r`` (what the forward adds
           before the output sign flip; equal for mirrored twins)
         - mirrored: rows ``2k+1`` are the antithetic twins of rows ``2k``
     """
 
-    eps: Tensor
+    eps: Tensor | None
     s: Tensor
     r: Tensor
     bias_r: Tensor | None
     mirrored: bool
+    factors: tuple[Tensor, Tensor] | None = None
+    workspace: dict[tuple, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -82,7 +90,30 @@ class SlotNoise:
 
     @property
     def groups(self) -> int:
-        return self.eps.shape[0]
+        return (self.eps if self.eps is not None else self.factors[0]).shape[0]
+
+    @property
+    def rank(self) -> int | None:
+        """``r`` of low-rank noise, ``None`` for full rank."""
+        return None if self.factors is None else self.factors[0].shape[-1]
+
+    def scratch(self, like: Tensor) -> Tensor | None:
+        """A buffer shaped like ``like``, reused for this generation's forward passes, or ``None``
+        under autograd (which may keep intermediates alive). Fresh multi-MB tensors on every call
+        cost page faults on CPU: up to a third of a low-rank population forward."""
+        if torch.is_grad_enabled():
+            return None
+        key = (like.shape, like.dtype, like.device)
+        if key not in self.workspace:
+            self.workspace[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return self.workspace[key]
+
+    def dense_eps(self) -> Tensor:
+        """σε of every group, ``(G, *weight.shape)`` (materialized from the factors if low-rank)."""
+        if self.factors is None:
+            return self.eps
+        a, b = self.factors
+        return torch.bmm(a, b.flatten(2)).view(a.shape[0], a.shape[1], *b.shape[2:])
 
     @property
     def bias(self) -> Tensor | None:
@@ -104,11 +135,13 @@ def sample_slot(
     sigma: float,
     mirrored: bool,
     table: Tensor | None = None,
+    rank: int | None = None,
 ) -> SlotNoise:
     """Sample one slot's noise for the given (global) group indices.
 
-    Each (group, slot) has its own generator, drawn in a fixed order: ε, the sign bytes, the bias
-    noise. With ``mirrored``, member ``2k+1`` of a group reuses ``s_{2k}``, takes ``r = -r_{2k}``
+    Each (group, slot) has its own generator, drawn in a fixed order: ε (or with ``rank``, its
+    factors ``A`` (out, r) then ``B`` (r, in, *kernel), Gaussian, ``ε = A B / √r``), the sign bytes,
+    the bias noise. With ``mirrored``, member ``2k+1`` of a group reuses ``s_{2k}``, takes ``r = -r_{2k}``
     and the negated bias noise, so its perturbation is exactly ``-u_{2k}``: the twins' signs come
     out of the same gather (the negated half of the table), not from extra copies.
     ``table`` is ``sign_table(weight.dtype, weight.device)``, passed in to share it across slots.
@@ -120,7 +153,12 @@ def sample_slot(
     eps, idx, bias = [], [], []
     for g in groups:
         gen = generator(device, stream_seed(seed, generation, g, slot))
-        eps.append(torch.empty(weight.shape, dtype=dtype, device=device).normal_(0.0, sigma, generator=gen))
+        if rank is None:
+            eps.append(torch.empty(weight.shape, dtype=dtype, device=device).normal_(0.0, sigma, generator=gen))
+        else:
+            a = torch.empty(out_channels, rank, dtype=dtype, device=device).normal_(0.0, sigma / math.sqrt(rank), generator=gen)
+            b = torch.empty(rank, *weight.shape[1:], dtype=dtype, device=device).normal_(generator=gen)
+            eps.append((a, b))
         idx.append(random_bytes(distinct * (s_bytes + r_bytes), gen, device).view(distinct, -1))
         if has_bias:
             bias.append(torch.empty(distinct, out_channels, dtype=dtype, device=device).normal_(0.0, sigma, generator=gen))
@@ -134,13 +172,19 @@ def sample_slot(
     if has_bias:
         bias_r = _cat(bias) * (r[0::2] if mirrored else r)
         bias_r = bias_r.repeat_interleave(2, dim=0) if mirrored else bias_r  # (-b)(-r) = b r
-    return SlotNoise(eps[0].unsqueeze(0) if len(eps) == 1 else torch.stack(eps), s, r, bias_r, mirrored)
+    if rank is None:
+        return SlotNoise(_stack(eps), s, r, bias_r, mirrored)
+    return SlotNoise(None, s, r, bias_r, mirrored, factors=(_stack([a for a, _ in eps]), _stack([b for _, b in eps])))
 
 
 def _unpack(table: Tensor, rows: Tensor, width: int) -> Tensor:
     """Byte rows ``(n, bytes)`` -> contiguous signs ``(n, width)`` (the forward's elementwise ops
     run ~1.5× faster on contiguous operands, and it runs many times per sample)."""
     return table.index_select(0, rows.flatten()).view(rows.shape[0], -1)[:, :width].contiguous()
+
+
+def _stack(parts: list[Tensor]) -> Tensor:
+    return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
 
 
 def _cat(parts: list[Tensor]) -> Tensor:

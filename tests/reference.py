@@ -21,7 +21,12 @@ def member_deltas(noise: SlotNoise, weight_shape: tuple[int, ...], conv_groups: 
     signs = noise.r[:, :, None] * noise.s[:, channel]  # (N, out, in_g)
     signs = signs.view(n, out, in_g, *(1,) * (len(weight_shape) - 2))
     group_of = torch.arange(n) // (n // g)
-    return noise.eps[group_of] * signs
+    if noise.factors is None:
+        eps = noise.eps
+    else:  # low rank: σε_g = A_g B_g, contracted over the rank index (independently of dense_eps())
+        a, b = noise.factors
+        eps = torch.einsum("gor,gr...->go...", a, b)
+    return eps[group_of] * signs
 
 
 def centered_ranks_distinct(f: Tensor) -> Tensor:

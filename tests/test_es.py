@@ -26,12 +26,20 @@ class Mixed(nn.Module):
         self.cell = FlipoutLSTMCell(5, 3, dtype=DT)
 
 
+@pytest.mark.parametrize("rank", [None, 1, 3])
 @pytest.mark.parametrize("mirrored,groups", [(False, 1), (True, 1), (True, 4), (False, 16)])
-def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int) -> None:
+def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int, rank: int | None) -> None:
     torch.manual_seed(0)
     model, n, sigma = Mixed(), 16, 0.07
     es = flipes.FlipES(
-        model, popsize=n, sigma=sigma, seed=5, groups=groups, mirrored=mirrored, optimizer=lambda p: torch.optim.SGD(p, lr=0.0)
+        model,
+        popsize=n,
+        sigma=sigma,
+        seed=5,
+        groups=groups,
+        mirrored=mirrored,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+        rank=rank,
     )
     with es.population():
         noises = {name: layer.noise for name, layer in (("conv", model.conv), ("fc", model.fc), ("cell", model.cell))}

@@ -16,20 +16,22 @@ TOL = 1e-10
 # (mirrored, groups) with popsize 12: 12 / groups members per group, even where mirrored
 SETTINGS = [(False, 1), (True, 1), (True, 2), (False, 3), (True, 6)]
 N = 12
+RANKS = [None, 2]  # full-rank ε, and low-rank ε = A B / √r
 
 
 def rand_shape(gen: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi, (1,), generator=gen))
 
 
+@pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("mirrored,groups", SETTINGS)
 @pytest.mark.parametrize("trial", range(3))
-def test_linear_members_equal_explicit_weights(mirrored: bool, groups: int, trial: int) -> None:
+def test_linear_members_equal_explicit_weights(mirrored: bool, groups: int, trial: int, rank: int | None) -> None:
     gen = torch.Generator().manual_seed(100 + trial)
     fin, fout, batch = rand_shape(gen, 1, 40), rand_shape(gen, 1, 40), rand_shape(gen, 1, 4)
     torch.manual_seed(trial)
     layer = FlipoutLinear(fin, fout, bias=trial != 1, dtype=DT)
-    es = flipes.FlipES(layer, popsize=N, sigma=0.3, seed=trial, groups=groups, mirrored=mirrored)
+    es = flipes.FlipES(layer, popsize=N, sigma=0.3, seed=trial, groups=groups, mirrored=mirrored, rank=rank)
     for shape in [(N, fin), (N, batch, fin), (N, 2, batch, fin)]:
         x = torch.randn(shape, dtype=DT)
         with es.population():
@@ -43,6 +45,7 @@ def test_linear_members_equal_explicit_weights(mirrored: bool, groups: int, tria
     assert torch.equal(layer(x[0]), F.linear(x[0], layer.weight, layer.bias))  # outside: the mean net
 
 
+@pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("mirrored,groups", SETTINGS)
 @pytest.mark.parametrize(
     "conv_kw",
@@ -53,11 +56,11 @@ def test_linear_members_equal_explicit_weights(mirrored: bool, groups: int, tria
         dict(kernel_size=1, padding=1, padding_mode="circular"),
     ],
 )
-def test_conv2d_members_equal_explicit_weights(mirrored: bool, groups: int, conv_kw: dict) -> None:
+def test_conv2d_members_equal_explicit_weights(mirrored: bool, groups: int, conv_kw: dict, rank: int | None) -> None:
     torch.manual_seed(groups)
     cin, cout = 4, 6
     conv = FlipoutConv2d(cin, cout, dtype=DT, **conv_kw)
-    es = flipes.FlipES(conv, popsize=N, sigma=0.2, seed=7, groups=groups, mirrored=mirrored)
+    es = flipes.FlipES(conv, popsize=N, sigma=0.2, seed=7, groups=groups, mirrored=mirrored, rank=rank)
     x = torch.randn(N, 2, cin, 7, 8, dtype=DT)
     with es.population():
         y = conv(x)
@@ -82,15 +85,18 @@ def run_sequence(cell: nn.Module, xs: torch.Tensor, lstm: bool) -> list[torch.Te
     return outs
 
 
+@pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("mirrored,groups", SETTINGS)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_recurrent_cell_members_equal_explicit_weights_over_a_sequence(mirrored: bool, groups: int, kind: str) -> None:
+def test_recurrent_cell_members_equal_explicit_weights_over_a_sequence(
+    mirrored: bool, groups: int, kind: str, rank: int | None
+) -> None:
     torch.manual_seed(3)
     lstm = kind == "lstm"
     cls, ref_cls = (FlipoutLSTMCell, nn.LSTMCell) if lstm else (FlipoutGRUCell, nn.GRUCell)
     fin, hidden, steps = 5, 7, 9
     cell = cls(fin, hidden, dtype=DT)
-    es = flipes.FlipES(cell, popsize=N, sigma=0.3, seed=1, groups=groups, mirrored=mirrored)
+    es = flipes.FlipES(cell, popsize=N, sigma=0.3, seed=1, groups=groups, mirrored=mirrored, rank=rank)
     xs = torch.randn(steps, N, 3, fin, dtype=DT)
     with es.population():
         outs = run_sequence(cell, xs, lstm)

@@ -67,6 +67,12 @@ class FlipES:
             ``"seeds"``: every process rebuilds all groups' noise from the seeds and computes the
             whole gradient itself, so only the N fitness values cross the network, and the result
             is bitwise that of one process.
+        rank: ``None`` (default): full-rank ε. An integer ``r``: each group's ε of every Flipout
+            weight is ``A Bᵀ/√r`` with Gaussian ``A`` (out × r) and ``B`` ((in·kernel) × r), still
+            sign-flipped per member (EGGROLL-style low-rank perturbations; Sarkar et al., 2025).
+            The population forward then costs O(N·r·(in + out)) per layer instead of O(N·in·out);
+            the perturbations stay uncorrelated with variance σ² per weight, so ĝ stays unbiased
+            (for fitness linear in θ exactly), at a higher variance for small ``r``.
 
     Examples::
 
@@ -93,6 +99,7 @@ class FlipES:
         optimizer: OptimizerFactory | None = None,
         comm: Comm | None = None,
         comm_mode: str = "allreduce",
+        rank: int | None = None,
     ) -> None:
         if popsize < 1 or groups < 1 or popsize % groups:
             raise ValueError(f"popsize={popsize} must be a positive multiple of groups={groups}")
@@ -101,6 +108,9 @@ class FlipES:
                 f"mirrored sampling pairs members, but each group has popsize/groups = {popsize // groups} "
                 "members (odd); use an even popsize per group or mirrored=False"
             )
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"rank must be None (full-rank noise) or an integer >= 1, got {rank!r}")
+        self.rank = rank
         self.model = model
         self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, seed, mirrored
         self.shaping, self.weight_decay = shaping, weight_decay
@@ -162,6 +172,7 @@ class FlipES:
                     sigma=sigma,
                     mirrored=self.mirrored,
                     table=tables[key],
+                    rank=self.rank,
                 )
             )
         return noise
@@ -275,7 +286,7 @@ class FlipES:
         return self.tell(fitness)
 
     def _config(self) -> dict[str, Any]:  # what a checkpoint must agree on (not the process count)
-        return {"popsize": self.popsize, "groups": self.groups, "seed": self.seed, "mirrored": self.mirrored}
+        return {"popsize": self.popsize, "groups": self.groups, "seed": self.seed, "mirrored": self.mirrored, "rank": self.rank}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit for bit: the noise is a pure function of

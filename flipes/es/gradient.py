@@ -39,7 +39,8 @@ def weighted_perturbation(pw: PerturbedWeight, noise: SlotNoise, coeff: Tensor) 
     rc = r * c.unsqueeze(1)
     m = torch.bmm(rc.view(g, n // g, -1).mT, s.reshape(g, n // g, -1))  # R_gᵀ diag(c_g) S_g
     m = block_diagonal(m, pw.conv_groups)
-    m = m.view(*m.shape, *(1,) * (noise.eps.dim() - 3))  # broadcast over kernel dims
-    weight = (m[0] * noise.eps[0]) if g == 1 else (m * noise.eps).sum(0)
+    eps = noise.dense_eps()  # low-rank: materialized once per generation (the forward never does)
+    m = m.view(*m.shape, *(1,) * (eps.dim() - 3))  # broadcast over kernel dims
+    weight = (m[0] * eps[0]) if g == 1 else (m * eps).sum(0)
     bias = None if bias_r is None else (rc * bias_r).sum(0)  # Σ c_n r_n ∘ (σε_b,n ∘ r_n)
     return weight, bias

@@ -4,7 +4,9 @@ Member ``n`` sees ``W_n = W̄ + σ·ε ∘ (r_n s_nᵀ)`` and ``b_n = b̄ + σ·
 
     Y = X W̄ᵀ + b̄ + (((X ∘ S) (σε)ᵀ) + σE_b ∘ R) ∘ R        (R ∘ R = 1)
 
-two GEMMs and two elementwise passes, whatever the population size.
+two GEMMs and two elementwise passes, whatever the population size. With low-rank noise
+(``σε = A B``, rank r) the perturbation is ``((X ∘ S) Bᵀ) Aᵀ``: O(N·r·(in + out)) instead of
+O(N·in·out), so the population costs little more than the plain batch.
 """
 
 from __future__ import annotations
@@ -31,22 +33,40 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
     check_members(layer, x, noise)
     n, g = noise.size, noise.groups
     if x.dim() == 2:  # one example per member (the rollout case): 2-D GEMMs, bias noise folded in
-        xs = x * noise.s
+        xs = torch.mul(x, noise.s, out=noise.scratch(x))
         if g == 1:
-            eps_t = noise.eps[0].T
-            pert = xs @ eps_t if noise.bias_r is None else torch.addmm(noise.bias_r, xs, eps_t)
+            if noise.factors is None:
+                last = noise.eps[0].T
+            else:  # ((x∘s) Bᵀ) Aᵀ
+                xs, last = xs @ noise.factors[1][0].T, noise.factors[0][0].T
+            out = xs @ last if noise.bias_r is None else torch.addmm(noise.bias_r, xs, last)
         else:
-            pert = torch.bmm(xs.view(g, n // g, -1), noise.eps.mT).view(n, -1)
+            out = _grouped_product(xs.view(g, n // g, -1), noise).view(n, -1)
             if noise.bias_r is not None:
-                pert += noise.bias_r
-        return F.linear(x, weight, bias).addcmul_(pert, noise.r)
+                out += noise.bias_r
+        # out = pert ∘ r + b̄, then the mean GEMM accumulates into it: no second N×out tensor
+        if bias is None:
+            out.mul_(noise.r)
+        elif torch.is_grad_enabled():
+            out.mul_(noise.r).add_(bias)
+        else:
+            torch.addcmul(bias, out, noise.r, out=out)
+        return out.addmm_(x, weight.T)
     xb = x.reshape(n, -1, x.shape[-1])  # (N, B, in)
     xs = xb * noise.s.unsqueeze(1)
-    pert = torch.matmul(xs.view(g, -1, xs.shape[-1]), noise.eps.mT).view(n, xb.shape[1], -1)
+    pert = _grouped_product(xs.view(g, -1, xs.shape[-1]), noise).view(n, xb.shape[1], -1)
     if noise.bias_r is not None:
         pert += noise.bias_r.unsqueeze(1)
     out = F.linear(xb, weight, bias).addcmul_(pert, noise.r.unsqueeze(1))
     return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _grouped_product(xs: Tensor, noise: SlotNoise) -> Tensor:
+    """``(G, M, in) -> (G, M, out)``: each group's rows times its σεᵀ (in two thin GEMMs if low-rank)."""
+    if noise.factors is None:
+        return torch.matmul(xs, noise.eps.mT)
+    a, b = noise.factors
+    return torch.matmul(torch.matmul(xs, b.mT), a.mT)
 
 
 def flipout_conv(
@@ -62,7 +82,8 @@ def flipout_conv(
 
     ``conv(x, w, b)`` is the layer's own convolution (stride, padding mode, dilation, groups), so
     the perturbation sees exactly the padding of the mean path: a per-channel sign commutes with
-    any padding mode.
+    any padding mode. Low-rank noise (``σε = A B``) runs as ``conv(x ∘ s, B)`` into r channels and a
+    1×1 mixing by ``A``; with channel groups it is materialized (a rank-r kernel is not grouped).
     """
     check_members(layer, x, noise)
     n, g = noise.size, noise.groups
@@ -72,10 +93,20 @@ def flipout_conv(
     bshape = (n, 1, -1) + (1,) * spatial_dims  # (member, example, channel, *space)
     xs = (flat.view(n, per, *flat.shape[1:]) * noise.s.view(bshape)).view_as(flat)
     chunks = xs.chunk(g) if g > 1 else (xs,)
-    pert = torch.cat([conv(c, noise.eps[i], None) for i, c in enumerate(chunks)])
+    if noise.factors is not None and weight.shape[1] == flat.shape[1]:  # no channel groups
+        a, b = noise.factors
+        pert = torch.cat([_mix_channels(a[i], conv(c, b[i], None)) for i, c in enumerate(chunks)])
+    else:
+        eps = noise.dense_eps()
+        pert = torch.cat([conv(c, eps[i], None) for i, c in enumerate(chunks)])
     out = conv(flat, weight, bias)
     pert = pert.view(n, per, *out.shape[1:])
     if noise.bias_r is not None:
         pert += noise.bias_r.view(bshape)
     out = out.view_as(pert).addcmul_(pert, noise.r.view(bshape))
     return out.view(*lead, *out.shape[2:])
+
+
+def _mix_channels(a: Tensor, t: Tensor) -> Tensor:
+    """``(out, r)`` times the channels of ``t`` ``(M, r, *spatial)`` -> ``(M, out, *spatial)``: a 1×1 conv."""
+    return torch.matmul(a, t.flatten(2)).view(t.shape[0], a.shape[0], *t.shape[2:])
