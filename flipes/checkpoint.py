@@ -61,5 +61,5 @@ def tensors_sha256(tensors: Iterable[Tensor]) -> str:
     """SHA-256 of the tensors' bytes, in order: equal exactly when every value is bitwise equal."""
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16 too
     return h.hexdigest()

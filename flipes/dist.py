@@ -92,7 +92,8 @@ class MPIComm:
         return torch.from_numpy(out).to(x.device)
 
     def allreduce_sum_(self, x: Tensor) -> Tensor:
-        buf = np.ascontiguousarray(x.detach().cpu().numpy())
+        wide = x.dtype in (torch.float32, torch.float64)  # numpy/MPI have no bfloat16: sum those in float32
+        buf = np.ascontiguousarray((x if wide else x.float()).detach().cpu().numpy())
         self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
         self.bytes_sent += buf.nbytes
         return x.copy_(torch.from_numpy(buf))

@@ -205,3 +205,33 @@ def test_sigma_schedule_is_used_per_generation() -> None:
     assert sigmas == [0.1, 0.05, 0.025]
     with es.population() as pop:
         assert pop.sigma == 0.0125 and pop.generation == 3 and pop.size == 8
+
+
+def test_bfloat16_and_mixed_precision_models_step_with_grads_in_each_parameters_dtype() -> None:
+    from flipes.checkpoint import tensors_sha256
+
+    torch.manual_seed(0)
+    half = nn.Sequential(FlipoutLinear(6, 8, dtype=torch.bfloat16), nn.Tanh(), FlipoutLinear(8, 2, dtype=torch.bfloat16))
+    es = flipes.FlipES(half, popsize=8, sigma=0.1, seed=0)
+    before = tensors_sha256(es.params)
+    with es.population() as pop:
+        f = -half(torch.randn(pop.size, 6, dtype=torch.bfloat16)).float().square().sum(1)
+    es.tell(f)
+    assert all(p.grad.dtype == torch.bfloat16 for p in es.params)
+    assert tensors_sha256(es.params) != before
+
+    # float32 and float64 layers in one model: tell writes each grad in its parameter's dtype, and
+    # the values are the materialized estimator's
+    model = nn.Sequential(FlipoutLinear(4, 3, dtype=torch.float32), FlipoutLinear(3, 2, dtype=DT))
+    n, sigma = 8, 0.1
+    es = flipes.FlipES(model, popsize=n, sigma=sigma, seed=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    with es.population():
+        noises = [layer.noise[0] for layer in model]
+    fitness = torch.randn(n, dtype=DT)
+    es.tell(fitness)
+    f_hat = centered_ranks_distinct(fitness)
+    for layer, noise in zip(model, noises, strict=True):
+        delta = member_deltas(noise, tuple(layer.weight.shape)).to(DT)
+        expect = -(f_hat.view(-1, 1, 1) * delta).sum(0) / (n * sigma * sigma)
+        assert layer.weight.grad.dtype == layer.weight.dtype
+        torch.testing.assert_close(layer.weight.grad.to(DT), expect, atol=1e-5, rtol=1e-5)

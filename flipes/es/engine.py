@@ -260,7 +260,8 @@ class FlipES:
 
         before = torch.cat([p.detach().flatten() for p in self.params])
         for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
-            p.grad = g.view_as(p) + self.weight_decay * p if self.weight_decay else g.view_as(p)
+            g = g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
+            p.grad = g + self.weight_decay * p if self.weight_decay else g
         self.optimizer.step()
         after = torch.cat([p.detach().flatten() for p in self.params])
         grad_norm, delta, norm = torch.stack([flat.norm(), (after - before).norm(), after.norm()]).tolist()  # one sync

@@ -35,6 +35,9 @@ def block_diagonal(m: Tensor, conv_groups: int) -> Tensor:
 def weighted_perturbation(pw: PerturbedWeight, noise: SlotNoise, coeff: Tensor) -> tuple[Tensor, Tensor | None]:
     """``(Σ_n c_n σu_n, Σ_n c_n σε_b,n)`` over the local members of one slot."""
     s, r, bias_r, c = distinct_rows(noise, coeff)
+    if s.dtype in (torch.float16, torch.bfloat16):  # a sum over N members: accumulate in float32
+        s, r, c = s.float(), r.float(), c.float()
+        bias_r = None if bias_r is None else bias_r.float()
     g, n = noise.groups, s.shape[0]
     rc = r * c.unsqueeze(1)
     m = torch.bmm(rc.view(g, n // g, -1).mT, s.reshape(g, n // g, -1))  # R_gᵀ diag(c_g) S_g
