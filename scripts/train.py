@@ -54,6 +54,7 @@ class Args:
     lr: float = 0.05
     seed: int = 0
     groups: int = 1
+    rank: int = 0  # of the noise (not the MPI rank): 0 full-rank ε; r >= 1 low-rank ε = A Bᵀ/√r, cheaper forward
     episodes: int = 1  # per member and generation
     hidden: list[int] = field(default_factory=lambda: [32, 32])
     eval_every: int = 2
@@ -132,6 +133,8 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
     ):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.rank < 0:
+        raise SystemExit(f"--rank must be 0 (full-rank noise) or a positive noise rank, got {args.rank}")
     if args.resume and args.out == Args().out:
         args = dataclasses.replace(args, out=str(Path(args.resume).parent if Path(args.resume).suffix == ".pt" else args.resume))
     if args.threads > 0:
@@ -167,6 +170,7 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
         groups=args.groups,
         comm=comm,
         comm_mode=args.comm,
+        rank=args.rank or None,
     )
     obs_norm = getattr(model, "obs_norm", None)
     evaluate = None
@@ -184,8 +188,9 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
             state = load_checkpoint(args.resume, map_location=device)
         except CheckpointError as e:
             raise SystemExit(f"--resume: {e}") from None
-        keys = ("env", "popsize", "groups", "seed", "sigma", "lr", "hidden", "episodes", "fitness", "model")
-        changed = {k: (state["config"].get(k), getattr(args, k)) for k in keys if state["config"].get(k) != getattr(args, k)}
+        keys = ("env", "popsize", "groups", "rank", "seed", "sigma", "lr", "hidden", "episodes", "fitness", "model")
+        saved = {"rank": 0, **state["config"]}  # runs saved before --rank existed were full-rank
+        changed = {k: (saved.get(k), getattr(args, k)) for k in keys if saved.get(k) != getattr(args, k)}
         if changed:
             shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
             raise SystemExit(f"--resume: the run was trained with other options ({shown}); pass the saved ones to continue it")
