@@ -1,0 +1,199 @@
+"""What the reproduction scripts (scripts/repro_*.py) share: the networks, per-member weights,
+timing and output files.
+
+Wen, Vicol, Ba, Grosse & Tran, "Flipout: Efficient Pseudo-Independent Weight Perturbations on
+Mini-Batches", ICLR 2018 (arXiv:1803.04386).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from digits import data  # noqa: F401  (re-exported: the same 80/20 split as scripts/digits.py)
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+import flipes
+
+
+def fc_net(hidden: int, depth: int = 2) -> nn.Sequential:
+    """64-h-…-h-10 tanh MLP for 8×8 digits (``depth`` hidden layers)."""
+    widths = [64, *[hidden] * depth]
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in itertools.pairwise(widths):
+        layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], 10))
+
+
+def conv_net(scale: float = 0.5) -> nn.Sequential:
+    """conv 3×3 (1→32s) – ReLU – conv 3×3 (32s→64s) – ReLU – avg-pool 2 – linear → 10, for
+    ``(members, 1, 8, 8)`` inputs; ``scale`` multiplies the filter counts (0.5: 16 and 32 filters)."""
+    c1, c2 = max(1, round(32 * scale)), max(1, round(64 * scale))
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(c2 * 16, 10),
+    )
+
+
+def make_net(kind: str, size: float) -> nn.Sequential:
+    """``("fc", hidden)`` or ``("conv", scale)``."""
+    if kind == "fc":
+        return fc_net(int(size))
+    if kind == "conv":
+        return conv_net(float(size))
+    raise ValueError(f"unknown network {kind!r}: fc or conv")
+
+
+def inputs(kind: str, x: Tensor) -> Tensor:
+    """Digits rows ``(M, 64)`` shaped for the network: conv nets take ``(M, 1, 8, 8)``."""
+    return x.view(-1, 1, 8, 8) if kind == "conv" else x
+
+
+def has_rank() -> bool:
+    """Whether this flipes's FlipES takes ``rank=`` (low-rank Flipout)."""
+    return "rank" in inspect.signature(flipes.FlipES).parameters
+
+
+def make_es(model: nn.Module, rank: int | None = None, **kwargs: Any) -> flipes.FlipES:
+    """``flipes.FlipES``, with ``rank`` passed only when low-rank is asked for."""
+    if rank is not None:
+        if not has_rank():
+            raise SystemExit("low-rank Flipout asked for (rank=...), but this flipes's FlipES has no rank option")
+        kwargs["rank"] = rank
+    return flipes.FlipES(model, **kwargs)
+
+
+class MemberWeights:
+    """Classic ES: every member's own materialized parameters ``θ̄ + σε_n`` as one flat row.
+
+    ``forward(flat, x)`` runs member ``n`` (row ``n`` of ``flat`` ``(C, P)``) on ``x[n]``
+    (one example each) through ``torch.func.vmap`` — batched GEMMs / grouped convolutions.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+        self.names = [k for k, _ in net.named_parameters()]
+        self.shapes = [p.shape for _, p in net.named_parameters()]
+        self.sizes = [p.numel() for _, p in net.named_parameters()]
+        self.per_member = vmap(lambda p, xi: functional_call(self.net, p, (xi.unsqueeze(0),)).squeeze(0))
+
+    @property
+    def num_params(self) -> int:
+        return sum(self.sizes)
+
+    def mean(self) -> Tensor:
+        return torch.cat([p.detach().flatten() for p in self.net.parameters()])
+
+    def forward(self, flat: Tensor, x: Tensor) -> Tensor:
+        parts = flat.split(self.sizes, dim=1)
+        params = {k: v.view(flat.shape[0], *s) for k, v, s in zip(self.names, parts, self.shapes, strict=True)}
+        return self.per_member(params, x)
+
+    def add_to_grad(self, flat: Tensor) -> None:
+        """Write ``flat`` (P,) into the parameters' ``.grad``."""
+        for p, g in zip(self.net.parameters(), flat.split(self.sizes), strict=True):
+            p.grad = g.view_as(p).clone()
+
+
+def member_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-row cross-entropy (the fitness is its negation)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def chunk_members(num_params: int, chunk_mb: float, cap: int) -> int:
+    """Members per chunk: the largest power of two whose ``(C, P)`` float32 block fits ``chunk_mb``."""
+    c = max(1, int(chunk_mb * 2**20 / (4 * num_params)))
+    return max(1, min(cap, 2 ** int(math.log2(c))))
+
+
+def setup(device: str, threads: int) -> tuple[torch.device, Callable[[], None]]:
+    """The device and its synchronize (a no-op on CPU); ``threads > 0`` sets torch's CPU threads."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    return dev, sync
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor()
+    if not cpu and Path("/proc/cpuinfo").exists():
+        names = [
+            ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")
+        ]
+        cpu = names[0] if names else ""
+    return {
+        "cpu": cpu or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "load_avg_1min": os.getloadavg()[0],
+    }
+
+
+def median_time(fn: Callable[[], object], sync: Callable[[], None], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def loglog_slope(ns: list[int], vs: list[float]) -> float:
+    """Least-squares slope of log v against log n."""
+    lx = [math.log(n) for n in ns]
+    ly = [math.log(v) for v in vs]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_outputs(out: str | Path, name: str, payload: dict[str, Any], markdown: str) -> list[Path]:
+    """``OUT/name.json`` (raw numbers) and ``OUT/name.md`` (the tables); returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.json", out / f"{name}.md"]
+    paths[0].write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    paths[1].write_text(markdown.rstrip() + "\n")
+    for p in paths:
+        print(f"wrote {p}")
+    return paths
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,62 @@
+"""The paper-reproduction scripts (scripts/repro_*.py) run end to end at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_script(name: str, out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, f"scripts/{name}.py", "--tiny", "true", "--threads", "1", "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert (out / f"{name}.png").read_bytes()[:8] == PNG
+    assert "|---|" in (out / f"{name}.md").read_text()
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def finite(values: list[float]) -> bool:
+    return bool(values) and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("repro")
+
+
+def test_variance(out: Path) -> None:
+    r = run_script("repro_variance", out)
+    assert r["ns"] == [1, 2, 4, 8, 16]
+    for net in r["nets"].values():
+        assert {"shared", "flipout", "independent"} <= set(net["variance"])
+        for curve in net["variance"].values():
+            assert len(curve) == len(r["ns"]) and finite(curve)
+        assert net["slope"]["flipout"] < -0.5  # falls with N even at this size
+        assert all(math.isfinite(s) for s in net["slope"].values())
+
+
+def test_learning(out: Path) -> None:
+    r = run_script("repro_learning", out)
+    assert {"FlipES N=64", "independent ES N=64", "backprop"} <= set(r["summary"])
+    for s in r["summary"].values():
+        assert 0 <= s["mean"] <= 100 and math.isfinite(s["seconds_per_generation"])
+    assert math.isfinite(r["flipes_minus_independent"]["64"])
+
+
+def test_timing(out: Path) -> None:
+    r = run_script("repro_timing", out)
+    for kind in ("fc", "conv"):
+        for row in r[kind]:
+            assert {"flipout", "classic"} <= set(row["ms"]) and finite(list(row["ms"].values()))
+    lowrank = {row["variant"]: row for row in r["lowrank"]}
+    assert {"plain", "flipout"} <= set(lowrank)
+    assert finite([row["throughput_pct"] for row in lowrank.values()])
