@@ -6,7 +6,7 @@ pseudo-independent weight perturbation (Wen et al., ICLR 2018, arXiv:1803.04386)
 
 from flipes import dist, nn, noise
 from flipes.es import FlipES, Population, shaping
-from flipes.nn import flipout
+from flipes.nn import flipout, kl_divergence
 
-__all__ = ["FlipES", "Population", "dist", "flipout", "nn", "noise", "shaping"]
+__all__ = ["FlipES", "Population", "dist", "flipout", "kl_divergence", "nn", "noise", "shaping"]
 __version__ = "0.1.0"

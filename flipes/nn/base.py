@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 from flipes.noise import SlotNoise
 
@@ -30,9 +30,19 @@ class FlipoutMixin:
     ``noise`` is ``None`` outside a population, and the layer then is exactly its torch.nn parent.
     ``flipes.FlipES`` sets it, one ``SlotNoise`` per entry of ``perturbed_weights()``, for the
     duration of ``es.population()``.
+
+    For backprop training a noise model can be attached (``flipes.nn.attach_noise``) as the
+    submodule ``backprop_noise``; it is used in training mode when no population is active, every
+    example of the minibatch being a member (``flipes.nn.variational``).
     """
 
     noise: tuple[SlotNoise, ...] | None = None
 
     def perturbed_weights(self) -> list[PerturbedWeight]:
         raise NotImplementedError
+
+    def kl(self) -> Tensor:
+        """KL(q ‖ p) of the attached posterior (0 without one): this layer's term of the ELBO."""
+        pws = self.perturbed_weights()
+        attached = self._modules.get("backprop_noise")
+        return pws[0].weight.new_zeros(()) if attached is None else attached.kl(pws)

@@ -11,13 +11,16 @@ from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.functional import flipout_conv
+from flipes.nn.variational import backprop_noise
 
 
 class FlipoutConv2d(FlipoutMixin, nn.Conv2d):
     r"""A ``torch.nn.Conv2d`` whose kernel is perturbed per member inside an ES population.
 
     Member :math:`n` computes ``conv(x_n, W̄) + b̄ + (conv(x_n ∘ s_n, σε) + σε_b) ∘ r_n``, with
-    ``s_n`` and ``r_n`` one ±1 per channel. Outside a population it is exactly ``nn.Conv2d``.
+    ``s_n`` and ``r_n`` one ±1 per channel. Outside a population it is exactly ``nn.Conv2d``,
+    unless a backprop noise model is attached (``flipes.nn.attach_noise``) and it is training:
+    then every example gets its own kernel sample (signs per example and channel), fresh per call.
 
     Args: as ``nn.Conv2d`` (all padding modes and channel groups are supported).
 
@@ -37,6 +40,13 @@ class FlipoutConv2d(FlipoutMixin, nn.Conv2d):
         return [PerturbedWeight(self.weight, self.bias, self.in_channels, self.out_channels, self.groups)]
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.noise is None:
+        name = type(self).__name__
+        if self.noise is not None:  # an ES population
+            return flipout_conv(input, self.bias, self.noise[0], self._conv_forward, self.weight, 2, name)
+        unbatched = input.dim() == 3
+        noise = backprop_noise(self, 1 if unbatched else input.shape[0])
+        if noise is None:
             return super().forward(input)
-        return flipout_conv(input, self.bias, self.noise[0], self._conv_forward, self.weight, 2, type(self).__name__)
+        x = input.unsqueeze(0) if unbatched else input
+        out = flipout_conv(x, self.bias, noise[0], self._conv_forward, self.weight, 2, name)
+        return out.squeeze(0) if unbatched else out

@@ -1,4 +1,4 @@
-"""``flipout(module)``: turn the Linear/Conv2d/LSTMCell/GRUCell layers of any model into Flipout ones."""
+"""``flipout(module)``: turn the Linear/Conv2d/LSTM/LSTMCell/GRUCell layers of any model into Flipout ones."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from torch import nn
 from flipes.nn.base import FlipoutMixin
 from flipes.nn.conv import FlipoutConv2d
 from flipes.nn.linear import FlipoutLinear
-from flipes.nn.recurrent import FlipoutGRUCell, FlipoutLSTMCell
+from flipes.nn.recurrent import FlipoutGRUCell, FlipoutLSTM, FlipoutLSTMCell, check_lstm_supported
 
 _FLIPOUT_OF: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: FlipoutLinear,
     nn.Conv2d: FlipoutConv2d,
+    nn.LSTM: FlipoutLSTM,
     nn.LSTMCell: FlipoutLSTMCell,
     nn.GRUCell: FlipoutGRUCell,
 }
@@ -19,16 +20,20 @@ _FLIPOUT_OF: dict[type[nn.Module], type[nn.Module]] = {
 
 def _convert_layer(layer: nn.Module) -> nn.Module:
     """A Flipout layer holding the very same Parameter objects (and hooks, flags) as ``layer``."""
+    if isinstance(layer, nn.LSTM):
+        check_lstm_supported(layer)
     new = _FLIPOUT_OF[type(layer)].__new__(_FLIPOUT_OF[type(layer)])
     new.__dict__ = layer.__dict__.copy()  # same _parameters entries: the same Parameter objects
     for name in ("_parameters", "_buffers", "_modules"):
         setattr(new, name, getattr(layer, name).copy())
+    if isinstance(new, nn.RNNBase):
+        new._init_flat_weights()  # its own list of (the same) weights for the fused kernel
     return new
 
 
 def flipout(module: nn.Module) -> nn.Module:
-    """Convert ``module``'s ``nn.Linear``, ``nn.Conv2d``, ``nn.LSTMCell`` and ``nn.GRUCell`` layers
-    (exact types; subclasses with their own forward are left alone) into Flipout layers.
+    """Convert ``module``'s ``nn.Linear``, ``nn.Conv2d``, ``nn.LSTM``, ``nn.LSTMCell`` and ``nn.GRUCell``
+    layers (exact types; subclasses with their own forward are left alone) into Flipout layers.
 
     The conversion is in place and returns ``module``, or the new layer if ``module`` itself is
     one of those types. Converted layers share their ``Parameter`` objects with the originals, so
@@ -36,7 +41,8 @@ def flipout(module: nn.Module) -> nn.Module:
     exactly what the originals did.
 
     Raises:
-        ValueError: if the model has no layer that can be converted.
+        ValueError: if the model has no layer that can be converted, or has a bidirectional or
+            projected ``nn.LSTM`` (not supported).
     """
     if type(module) in _FLIPOUT_OF:
         return _convert_layer(module)

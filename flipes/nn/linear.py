@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.functional import flipout_linear
+from flipes.nn.variational import backprop_noise
 
 
 class FlipoutLinear(FlipoutMixin, nn.Linear):
@@ -13,7 +14,9 @@ class FlipoutLinear(FlipoutMixin, nn.Linear):
 
     Member :math:`n` computes :math:`y_n = x_n W_n^T + b_n` with
     :math:`W_n = \bar W + \sigma\,\varepsilon \circ (r_n s_n^T)`, in two GEMMs for all members.
-    Outside a population it is exactly ``nn.Linear``.
+    Outside a population it is exactly ``nn.Linear``, unless a backprop noise model is attached
+    (``flipes.nn.attach_noise``) and it is training: then every example (first dimension) gets
+    its own weight sample, fresh at every call (``flipes.nn.variational``).
 
     Args:
         in_features: size of each input sample
@@ -38,6 +41,13 @@ class FlipoutLinear(FlipoutMixin, nn.Linear):
         return [PerturbedWeight(self.weight, self.bias, self.in_features, self.out_features)]
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.noise is None:
+        name = type(self).__name__
+        if self.noise is not None:  # an ES population
+            return flipout_linear(input, self.weight, self.bias, self.noise[0], name)
+        unbatched = input.dim() == 1
+        noise = backprop_noise(self, 1 if unbatched else input.shape[0])
+        if noise is None:
             return super().forward(input)
-        return flipout_linear(input, self.weight, self.bias, self.noise[0], type(self).__name__)
+        if unbatched:
+            return flipout_linear(input.unsqueeze(0), self.weight, self.bias, noise[0], name).squeeze(0)
+        return flipout_linear(input, self.weight, self.bias, noise[0], name)

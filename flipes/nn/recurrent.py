@@ -1,26 +1,50 @@
-"""Flipout recurrent cells (Wen et al., ICLR 2018, arXiv:1803.04386, Sec. 3.3 and 4.3).
+"""Flipout recurrent layers (Wen et al., ICLR 2018, arXiv:1803.04386, Sec. 3.3 and 4.3).
 
 Both the input-to-hidden and the hidden-to-hidden weights are perturbed, and a member's signs
 stay fixed for the whole sequence: they are sampled once per population (generation), so every
 time step of member ``n`` uses the same weights ``W_n``. Resampling per step would give each
-step a different network.
+step a different network. In backprop training (``flipes.nn.variational``) the same holds per
+example: ``FlipoutLSTM`` draws once per call, and cells must run inside ``fixed_noise``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.functional import flipout_linear
+from flipes.nn.variational import backprop_noise
+from flipes.noise import SlotNoise
 
 
 def _zeros_like_hidden(x: Tensor, hidden_size: int) -> Tensor:
     return x.new_zeros(*x.shape[:-1], hidden_size)
 
 
+def _lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """``(h', c')`` from the pre-activations ``(*, 4H)`` in torch's gate order i, f, g, o."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _cell_noise(cell: FlipoutMixin, input: Tensor) -> tuple[tuple[SlotNoise, ...] | None, bool]:
+    """(noise, unbatched): ES noise if a population is active, else backprop noise held by
+    ``fixed_noise`` (per sequence), else ``None``."""
+    if cell.noise is not None:
+        return cell.noise, False
+    unbatched = input.dim() == 1
+    return backprop_noise(cell, 1 if unbatched else input.shape[0], per_sequence=True), unbatched
+
+
 class FlipoutLSTMCell(FlipoutMixin, nn.LSTMCell):
     r"""A ``torch.nn.LSTMCell`` with Flipout on ``weight_ih`` and ``weight_hh``.
+
+    With a backprop noise model attached and in training mode, it must run inside
+    ``flipes.nn.fixed_noise(model)``, which keeps each example's weights for the whole sequence.
 
     Args: as ``nn.LSTMCell``.
 
@@ -46,21 +70,26 @@ class FlipoutLSTMCell(FlipoutMixin, nn.LSTMCell):
         ]
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        if self.noise is None:
+        noise, unbatched = _cell_noise(self, input)
+        if noise is None:
             return super().forward(input, hx)
+        if unbatched:
+            h, c = self.forward(input.unsqueeze(0), None if hx is None else (hx[0].unsqueeze(0), hx[1].unsqueeze(0)))
+            return h.squeeze(0), c.squeeze(0)
         if hx is None:
             hx = (_zeros_like_hidden(input, self.hidden_size), _zeros_like_hidden(input, self.hidden_size))
         h, c = hx
         name = type(self).__name__
-        gates = flipout_linear(input, self.weight_ih, self.bias_ih, self.noise[0], name)
-        gates = gates + flipout_linear(h, self.weight_hh, self.bias_hh, self.noise[1], name)
-        i, f, g, o = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        gates = flipout_linear(input, self.weight_ih, self.bias_ih, noise[0], name)
+        gates = gates + flipout_linear(h, self.weight_hh, self.bias_hh, noise[1], name)
+        return _lstm_update(gates, c)
 
 
 class FlipoutGRUCell(FlipoutMixin, nn.GRUCell):
     r"""A ``torch.nn.GRUCell`` with Flipout on ``weight_ih`` and ``weight_hh``.
+
+    With a backprop noise model attached and in training mode, it must run inside
+    ``flipes.nn.fixed_noise(model)``, which keeps each example's weights for the whole sequence.
 
     Args: as ``nn.GRUCell``.
 
@@ -77,13 +106,137 @@ class FlipoutGRUCell(FlipoutMixin, nn.GRUCell):
         ]
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        if self.noise is None:
+        noise, unbatched = _cell_noise(self, input)
+        if noise is None:
             return super().forward(input, hx)
+        if unbatched:
+            return self.forward(input.unsqueeze(0), None if hx is None else hx.unsqueeze(0)).squeeze(0)
         h = _zeros_like_hidden(input, self.hidden_size) if hx is None else hx
         name = type(self).__name__
-        gi = flipout_linear(input, self.weight_ih, self.bias_ih, self.noise[0], name).chunk(3, dim=-1)
-        gh = flipout_linear(h, self.weight_hh, self.bias_hh, self.noise[1], name).chunk(3, dim=-1)
+        gi = flipout_linear(input, self.weight_ih, self.bias_ih, noise[0], name).chunk(3, dim=-1)
+        gh = flipout_linear(h, self.weight_hh, self.bias_hh, noise[1], name).chunk(3, dim=-1)
         r = torch.sigmoid(gi[0] + gh[0])
         z = torch.sigmoid(gi[1] + gh[1])
         n = torch.tanh(gi[2] + r * gh[2])
         return (1 - z) * n + z * h
+
+
+class FlipoutLSTM(FlipoutMixin, nn.LSTM):
+    r"""A ``torch.nn.LSTM`` with Flipout on every layer's ``weight_ih_l{k}`` and ``weight_hh_l{k}``.
+
+    Each sequence (batch entry) has ONE weight sample for all its time steps. Outside an ES
+    population and without backprop noise it is exactly ``nn.LSTM`` (cuDNN included).
+
+    - In an ES population (``flipes.FlipES``): two noise slots per layer (``ih``, ``hh``), and the
+      members are the batch dimension: dim 1 of ``(T, B, input_size)`` (``batch_first=False``) or
+      dim 0 of ``(B, T, input_size)``. ``B`` is the population size, or a multiple ``N·k`` of it
+      for ``k`` sequences per member, member-major (batch entry ``n·k + j`` is member ``n``).
+    - In backprop training with a noise model attached (``flipes.nn.attach_noise``): every
+      sequence of the batch is one example with its own weights, drawn once per call; inside
+      ``flipes.nn.fixed_noise`` the draw is kept across calls (a sequence fed in chunks).
+
+    Args: as ``nn.LSTM``; ``bidirectional=True`` and ``proj_size > 0`` are not supported.
+
+    Shape: as ``nn.LSTM`` (``PackedSequence`` input only outside noise).
+
+    Examples::
+
+        >>> lstm = FlipoutLSTM(8, 32, num_layers=2, batch_first=True)
+        >>> es = flipes.FlipES(lstm, popsize=16, sigma=0.1)
+        >>> with es.population() as pop:
+        ...     out, (h, c) = lstm(torch.randn(pop.size, 10, 8))   # (16, 10, 32)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device, dtype)
+        check_lstm_supported(self)
+
+    def perturbed_weights(self) -> list[PerturbedWeight]:
+        pws = []
+        for k in range(self.num_layers):
+            fin = self.input_size if k == 0 else self.hidden_size
+            for kind, size in (("ih", fin), ("hh", self.hidden_size)):
+                bias = getattr(self, f"bias_{kind}_l{k}") if self.bias else None
+                pws.append(PerturbedWeight(getattr(self, f"weight_{kind}_l{k}"), bias, size, 4 * self.hidden_size))
+        return pws
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        noise = self.noise
+        if noise is None and not isinstance(input, PackedSequence):
+            batch = 1 if input.dim() == 2 else input.shape[0 if self.batch_first else 1]
+            noise = backprop_noise(self, batch)
+        if noise is None:
+            return super().forward(input, hx)
+        if isinstance(input, PackedSequence):
+            raise TypeError(f"{type(self).__name__}: PackedSequence input is not supported with weight noise; pad the batch")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: expected 2-D or 3-D input, got {input.dim()}-D")
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(0) if unbatched else (input if self.batch_first else input.transpose(0, 1))  # (B, T, in)
+        if hx is not None and unbatched:
+            hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        out, h_n, c_n = self._noisy_forward(x.contiguous(), hx, noise)
+        if unbatched:
+            return out.squeeze(0), (h_n.squeeze(1), c_n.squeeze(1))
+        return (out if self.batch_first else out.transpose(0, 1)), (h_n, c_n)
+
+    def _noisy_forward(
+        self, x: Tensor, hx: tuple[Tensor, Tensor] | None, noise: tuple[SlotNoise, ...]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` batch-major ``(B, T, in)``; every batch entry runs through its member's weights."""
+        batch, steps, hidden = x.shape[0], x.shape[1], self.hidden_size
+        members = noise[0].size
+        if batch % members:
+            raise ValueError(
+                f"{type(self).__name__}: batch of {batch} sequences with noise for {members} members; "
+                f"the batch must be the members, or k sequences per member (a multiple of {members}, member-major)"
+            )
+        k = batch // members
+        if hx is None:
+            zeros = x.new_zeros(self.num_layers, batch, hidden)
+            hx = (zeros, zeros)
+        name, pws = type(self).__name__, self.perturbed_weights()
+        h_last, c_last = [], []
+        for layer in range(self.num_layers):
+            ih, hh = pws[2 * layer], pws[2 * layer + 1]
+            n_ih, n_hh = noise[2 * layer], noise[2 * layer + 1]
+            # the input projection of all steps at once, members first: (N, k·T, in)
+            xm = x.view(members, k * steps, x.shape[-1])
+            gx = flipout_linear(xm, ih.weight, ih.bias, n_ih, name).view(batch, steps, -1)
+            h, c = hx[0][layer], hx[1][layer]
+            outs = []
+            for t in range(steps):
+                hm = h if k == 1 else h.reshape(members, k, hidden)
+                gates = gx[:, t] + flipout_linear(hm, hh.weight, hh.bias, n_hh, name).view(batch, -1)
+                h, c = _lstm_update(gates, c)
+                outs.append(h)
+            x = torch.stack(outs, dim=1)
+            h_last.append(h)
+            c_last.append(c)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, torch.stack(h_last), torch.stack(c_last)
+
+
+def check_lstm_supported(lstm: nn.LSTM) -> None:
+    """Raise a clear error for the ``nn.LSTM`` options Flipout does not handle here."""
+    if lstm.bidirectional or lstm.proj_size:
+        raise ValueError(
+            f"FlipoutLSTM supports unidirectional LSTMs without projections; got bidirectional={lstm.bidirectional}, "
+            f"proj_size={lstm.proj_size} (build the reverse direction from a second FlipoutLSTM on the reversed "
+            "sequence, or use FlipoutLSTMCell)"
+        )

@@ -1,0 +1,398 @@
+"""Flipout for gradient training: weight noise models for backprop (Wen et al., ICLR 2018, Sec. 3-4).
+
+The same Flipout layers that evaluate an ES population serve backprop training: every example of
+a minibatch is a "member" with its own pseudo-independent weight sample
+
+    W_n = W̄ + ΔŴ ∘ (r_n s_nᵀ)          ΔŴ drawn once per forward, s_n, r_n ∈ {±1} per example
+
+computed by the very same two-GEMM forward (``flipes.nn.functional``) under autograd. What ΔŴ is
+comes from a noise model attached to the layer, one per perturbed weight:
+
+- ``GaussianPosterior``: a mean-field Gaussian posterior ``N(W̄, σ²)`` with a learnable
+  ``σ = softplus(ρ)`` per weight and bias entry, and its KL to a Gaussian prior
+  (Bayes by Backprop: Blundell, Cornebise, Kavukcuoglu & Wierstra, ICML 2015, arXiv:1505.05424).
+- ``MultiplicativeGaussian``: ``W̄ ∘ (1 + √α ξ)``, ξ ~ N(0, 1) (Gaussian dropout on weights;
+  Srivastava et al., JMLR 2014; Kingma, Salimans & Welling, NeurIPS 2015, arXiv:1506.02557).
+- ``DropConnect``: ``W̄ ∘ m / (1 - p)``, m ~ Bernoulli(1 - p) (Wan et al., ICML 2013), at p = 0.5.
+
+Flipout needs a perturbation distribution symmetric about zero (flipping its sign must not change
+it). ``W̄ ∘ (m/(1-p) - 1)`` takes ``W̄ p/(1-p)`` with probability ``1-p`` and ``-W̄`` with probability
+``p``: symmetric only at ``p = 0.5``, where it is ``W̄ ∘ ξ``, ξ = ±1. Other rates are refused.
+
+A layer samples backprop noise when it is in training mode, no ES population is active (ES noise
+takes precedence) and a noise model is attached (``attach_noise``); in eval mode it is the mean
+network, unless inside ``sample_weights(model)`` (predictive averaging). Noise is fresh at every
+forward call (every step), one sign per example and channel (conv: broadcast over space) and the
+bias perturbed per example too. Recurrent layers keep one draw for the whole sequence:
+``FlipoutLSTM`` draws once per call; cells called step by step must run inside
+``fixed_noise(model)``, which holds each layer's first draw until the block ends.
+
+The learnable scales are not Flipout weights: ``flipes.FlipES`` evolves only the layers'
+``weight``/``bias`` (``perturbed_weights()``), never ``ρ``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flipes.nn.base import FlipoutMixin, PerturbedWeight
+from flipes.noise import SlotNoise
+
+
+@dataclass
+class NoiseDraw:
+    """The raw random numbers of one perturbed weight for one forward pass (no scale applied).
+
+    Shape:
+        - z: ``weight.shape``, standard draws (N(0, 1) or ±1) shared by the examples
+        - s: ``(n, in_channels)``, r: ``(n, out_channels)``: ±1 per example (all +1 when shared)
+        - z_bias: ``(n, out_channels)`` standard draws per example, or ``None`` without a bias
+    """
+
+    z: Tensor
+    s: Tensor
+    r: Tensor
+    z_bias: Tensor | None
+
+    @property
+    def size(self) -> int:
+        return self.s.shape[0]
+
+
+def rademacher_like(shape: Sequence[int], like: Tensor) -> Tensor:
+    """Independent ±1 in ``like``'s dtype and device, from torch's global generator."""
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device).bernoulli_(0.5).mul_(2).sub_(1)
+
+
+class WeightNoise(nn.Module):
+    """Base of the backprop noise models: the perturbation of ONE weight (and its bias).
+
+    Subclasses define the standard draw (``standard``) and how it is scaled (``perturbation``,
+    ``bias_perturbation``); the KL term is 0 unless the model is a learnable posterior.
+
+    Args:
+        flipout: ``True``: per-example signs (Flipout). ``False``: one weight sample shared by the
+            whole minibatch (the usual, correlated estimator; for comparisons).
+    """
+
+    def __init__(self, flipout: bool = True) -> None:
+        super().__init__()
+        self.flipout = flipout
+
+    def standard(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        return torch.randn(tuple(shape), dtype=like.dtype, device=like.device)
+
+    def draw(self, pw: PerturbedWeight, n: int) -> NoiseDraw:
+        """Fresh random numbers for ``n`` examples."""
+        w = pw.weight
+        z = self.standard(w.shape, w)
+        if self.flipout:
+            s, r = rademacher_like((n, pw.in_channels), w), rademacher_like((n, pw.out_channels), w)
+            z_bias = None if pw.bias is None else self.standard((n, pw.out_channels), w)
+        else:
+            s, r = w.new_ones(n, pw.in_channels), w.new_ones(n, pw.out_channels)
+            z_bias = None if pw.bias is None else self.standard((1, pw.out_channels), w).expand(n, -1)
+        return NoiseDraw(z, s, r, z_bias)
+
+    def perturbation(self, pw: PerturbedWeight, z: Tensor) -> Tensor:
+        """ΔŴ from the standard draw ``z`` (weight-shaped), differentiable in the parameters."""
+        raise NotImplementedError
+
+    def bias_perturbation(self, pw: PerturbedWeight, z_bias: Tensor) -> Tensor:
+        """The bias perturbation of every example, ``(n, out_channels)``."""
+        raise NotImplementedError
+
+    def slot_noise(self, pw: PerturbedWeight, d: NoiseDraw) -> SlotNoise:
+        """The ``SlotNoise`` the Flipout forward consumes: every example is a member of one group."""
+        eps = self.perturbation(pw, d.z).unsqueeze(0)
+        bias_r = None if d.z_bias is None else self.bias_perturbation(pw, d.z_bias) * d.r  # (Δb r) r = Δb
+        return SlotNoise(eps, d.s, d.r, bias_r, False)
+
+    def kl(self, pw: PerturbedWeight) -> Tensor:
+        """KL(q ‖ p) of this weight's posterior; 0 for fixed-rate noise (a constant of the objective)."""
+        return pw.weight.new_zeros(())
+
+    def extra_repr(self) -> str:
+        return f"flipout={self.flipout}"
+
+
+def _inverse_softplus(x: float) -> float:
+    return x + math.log(-math.expm1(-x))
+
+
+class GaussianPosterior(WeightNoise):
+    r"""Mean-field Gaussian posterior ``q(W) = N(W̄, σ²)``, ``σ = softplus(ρ)`` learnable per entry.
+
+    The mean is the layer's own ``weight``/``bias``; this module holds ``weight_rho`` and
+    ``bias_rho``. ``kl(pw)`` is ``KL(q ‖ N(0, prior_sigma²))`` in closed form, summed over entries
+    (Blundell et al., 2015, with Flipout's per-example signs in the forward).
+
+    Args:
+        pw: the perturbed weight (from the layer's ``perturbed_weights()``)
+        prior_sigma: standard deviation of the zero-mean Gaussian prior
+        init_sigma: initial posterior standard deviation of every entry
+        flipout: per-example signs (``False``: one sample per minibatch)
+
+    Examples::
+
+        >>> model = flipes.flipout(nn.Sequential(nn.Linear(64, 100), nn.ReLU(), nn.Linear(100, 10)))
+        >>> flipes.nn.attach_noise(model, functools.partial(GaussianPosterior, prior_sigma=0.1))
+        >>> loss = F.cross_entropy(model(x), y) + flipes.kl_divergence(model) / num_train
+    """
+
+    def __init__(self, pw: PerturbedWeight, *, prior_sigma: float = 1.0, init_sigma: float = 1e-3, flipout: bool = True) -> None:
+        super().__init__(flipout)
+        if not (prior_sigma > 0 and init_sigma > 0):
+            raise ValueError(f"prior_sigma and init_sigma must be > 0, got {prior_sigma} and {init_sigma}")
+        self.prior_sigma, self.init_sigma = float(prior_sigma), float(init_sigma)
+        kw = {"dtype": pw.weight.dtype, "device": pw.weight.device}
+        self.weight_rho = nn.Parameter(torch.empty(pw.weight.shape, **kw))
+        self.bias_rho = None if pw.bias is None else nn.Parameter(torch.empty(pw.bias.shape, **kw))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for rho in (self.weight_rho, self.bias_rho):
+                if rho is not None:
+                    rho.fill_(_inverse_softplus(self.init_sigma))
+
+    def weight_sigma(self) -> Tensor:
+        return F.softplus(self.weight_rho)
+
+    def bias_sigma(self) -> Tensor | None:
+        return None if self.bias_rho is None else F.softplus(self.bias_rho)
+
+    def perturbation(self, pw: PerturbedWeight, z: Tensor) -> Tensor:
+        return self.weight_sigma() * z
+
+    def bias_perturbation(self, pw: PerturbedWeight, z_bias: Tensor) -> Tensor:
+        return self.bias_sigma() * z_bias
+
+    def kl(self, pw: PerturbedWeight) -> Tensor:
+        total = _gaussian_kl(pw.weight, self.weight_sigma(), self.prior_sigma)
+        if pw.bias is not None and self.bias_rho is not None:
+            total = total + _gaussian_kl(pw.bias, self.bias_sigma(), self.prior_sigma)
+        return total
+
+    def extra_repr(self) -> str:
+        return f"prior_sigma={self.prior_sigma}, init_sigma={self.init_sigma}, {super().extra_repr()}"
+
+
+def _gaussian_kl(mu: Tensor, sigma: Tensor, prior_sigma: float) -> Tensor:
+    """Σ KL(N(μ, σ²) ‖ N(0, σ_p²)) = Σ log(σ_p/σ) + (σ² + μ²)/(2σ_p²) - 1/2."""
+    return (math.log(prior_sigma) - sigma.log() + (sigma.square() + mu.square()) / (2 * prior_sigma**2) - 0.5).sum()
+
+
+class MultiplicativeGaussian(WeightNoise):
+    r"""Multiplicative Gaussian weight noise ``W = W̄ ∘ (1 + √α ξ)``, ξ ~ N(0, 1) (fixed ``alpha``).
+
+    The perturbation ``√α W̄ ∘ ξ`` depends on ``W̄``, so its gradient flows into the mean weights.
+
+    Args:
+        pw: the perturbed weight
+        alpha: noise variance relative to ``W̄²`` (``p/(1-p)`` matches dropout at rate ``p``)
+        flipout: per-example signs (``False``: one sample per minibatch)
+    """
+
+    def __init__(self, pw: PerturbedWeight, *, alpha: float = 0.25, flipout: bool = True) -> None:
+        super().__init__(flipout)
+        if not alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        self.alpha = float(alpha)
+
+    def perturbation(self, pw: PerturbedWeight, z: Tensor) -> Tensor:
+        return math.sqrt(self.alpha) * pw.weight * z
+
+    def bias_perturbation(self, pw: PerturbedWeight, z_bias: Tensor) -> Tensor:
+        return math.sqrt(self.alpha) * pw.bias * z_bias
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, {super().extra_repr()}"
+
+
+class DropConnect(WeightNoise):
+    r"""DropConnect ``W = W̄ ∘ m / (1 - p)``, m ~ Bernoulli(1 - p), at ``p = 0.5`` (biases too).
+
+    At p = 0.5 the perturbation is ``W̄ ∘ ξ`` with ξ = ±1: every example's weights are exactly
+    ``0`` or ``2W̄`` per entry, a DropConnect mask, and the Flipout signs keep them so.
+
+    Args:
+        pw: the perturbed weight
+        p: drop probability; only 0.5 (see the module docstring for why)
+        flipout: per-example signs (``False``: one mask per minibatch)
+
+    Raises:
+        ValueError: for ``p != 0.5``.
+    """
+
+    def __init__(self, pw: PerturbedWeight, *, p: float = 0.5, flipout: bool = True) -> None:
+        super().__init__(flipout)
+        if p != 0.5:
+            raise ValueError(
+                f"DropConnect with Flipout needs p = 0.5, got p={p}: Flipout flips the sign of the weight "
+                "perturbation W̄∘(m/(1-p) - 1), which takes W̄·p/(1-p) with probability 1-p and -W̄ with "
+                "probability p, so it is symmetric about 0 (unchanged by a sign flip) only at p = 0.5; "
+                "use MultiplicativeGaussian(alpha=p/(1-p)) for other rates"
+            )
+        self.p = 0.5
+
+    def standard(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        return rademacher_like(shape, like)
+
+    def perturbation(self, pw: PerturbedWeight, z: Tensor) -> Tensor:
+        return pw.weight * z
+
+    def bias_perturbation(self, pw: PerturbedWeight, z_bias: Tensor) -> Tensor:
+        return pw.bias * z_bias
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, {super().extra_repr()}"
+
+
+class LayerNoise(nn.Module):
+    """The backprop noise of one Flipout layer: one ``WeightNoise`` per perturbed weight, plus the
+    state of ``fixed_noise`` / ``sample_weights`` blocks. Attached as ``layer.backprop_noise``."""
+
+    def __init__(self, slots: Sequence[WeightNoise]) -> None:
+        super().__init__()
+        self.slots = nn.ModuleList(slots)
+        self.holding = False  # inside fixed_noise(): keep the first draw
+        self.held: tuple[NoiseDraw, ...] | None = None
+        self.sample_in_eval = False  # inside sample_weights()
+
+    def sample(self, pws: Sequence[PerturbedWeight], n: int, layer: str) -> tuple[SlotNoise, ...]:
+        if self.held is not None:
+            draws = self.held
+            if draws[0].size != n:
+                raise ValueError(
+                    f"{layer}: inside fixed_noise() the noise was drawn for {draws[0].size} examples, now the "
+                    f"input has {n}; every forward call of one fixed_noise() block must have the same batch size"
+                )
+        else:
+            draws = tuple(m.draw(pw, n) for m, pw in zip(self.slots, pws, strict=True))
+            if self.holding:
+                self.held = draws
+        return tuple(m.slot_noise(pw, d) for m, pw, d in zip(self.slots, pws, draws, strict=True))
+
+    def kl(self, pws: Sequence[PerturbedWeight]) -> Tensor:
+        return sum((m.kl(pw) for m, pw in zip(self.slots, pws, strict=True)), pws[0].weight.new_zeros(()))
+
+
+def layer_noise(layer: nn.Module) -> LayerNoise | None:
+    """The noise models attached to ``layer`` (``None`` if none)."""
+    return layer._modules.get("backprop_noise")
+
+
+def backprop_noise(layer: FlipoutMixin, n: int, per_sequence: bool = False) -> tuple[SlotNoise, ...] | None:
+    """The noise ``layer`` uses for a forward pass over ``n`` examples outside an ES population:
+    ``None`` (the mean network) unless a noise model is attached and the layer is training (or
+    inside ``sample_weights``). ``per_sequence``: the layer is a recurrent cell called once per
+    time step, whose draw must be held across the sequence by ``fixed_noise``."""
+    ln = layer_noise(layer)
+    if ln is None or not (layer.training or ln.sample_in_eval):
+        return None
+    name = type(layer).__name__
+    if per_sequence and not ln.holding:
+        raise RuntimeError(
+            f"{name} with weight noise is called once per time step, and its weights must stay the same for "
+            "the whole sequence: run the sequence inside `with flipes.nn.fixed_noise(model):` (one draw per "
+            "block), or use flipes.nn.FlipoutLSTM, which draws once per call"
+        )
+    return ln.sample(layer.perturbed_weights(), n, name)
+
+
+NoiseFactory = Callable[[PerturbedWeight], WeightNoise]
+
+
+def attach_noise(model: nn.Module, noise: NoiseFactory | None) -> nn.Module:
+    """Attach a noise model to every Flipout layer of ``model`` (in place; returns ``model``).
+
+    Args:
+        model: a model with Flipout layers (``flipes.flipout(model)``)
+        noise: ``PerturbedWeight -> WeightNoise``, called once per perturbed weight, e.g.
+            ``GaussianPosterior``, ``functools.partial(GaussianPosterior, prior_sigma=0.1)``,
+            ``DropConnect``; ``None`` removes the noise models.
+
+    The noise models' parameters (e.g. ``ρ``) become submodules of the layers, so
+    ``model.parameters()`` and ``model.state_dict()`` include them; create the optimizer after.
+    """
+    layers = [m for m in model.modules() if isinstance(m, FlipoutMixin)]
+    if not layers:
+        raise ValueError(f"attach_noise(): {type(model).__name__} has no Flipout layer; convert it with flipes.flipout(model)")
+    for layer in layers:
+        if noise is None:
+            layer._modules.pop("backprop_noise", None)
+        else:
+            layer.add_module("backprop_noise", LayerNoise([noise(pw) for pw in layer.perturbed_weights()]))
+    return model
+
+
+def kl_divergence(model: nn.Module) -> Tensor:
+    """Σ over the Flipout layers of ``layer.kl()``: the KL term of the ELBO (0 without posteriors).
+
+    Per-example ELBO loss over ``M`` training examples: ``nll_mean + kl_divergence(model) / M``.
+    """
+    params = list(model.parameters())
+    total = params[0].new_zeros(()) if params else torch.zeros(())
+    for m in model.modules():
+        if isinstance(m, FlipoutMixin):
+            total = total + m.kl()
+    return total
+
+
+def _noises(model: nn.Module) -> list[LayerNoise]:
+    return [ln for m in model.modules() if isinstance(m, FlipoutMixin) and (ln := layer_noise(m)) is not None]
+
+
+@contextmanager
+def fixed_noise(model: nn.Module) -> Iterator[None]:
+    """Inside, each layer's noise is drawn at its first forward call and reused until the block
+    ends: one weight sample per example for a whole sequence fed step by step (recurrent cells,
+    truncated backprop through time in chunks). Backward may run inside or after the block."""
+    noises = _noises(model)
+    saved = [(ln.holding, ln.held) for ln in noises]
+    for ln in noises:
+        ln.holding, ln.held = True, None
+    try:
+        yield
+    finally:
+        for ln, (holding, held) in zip(noises, saved, strict=True):
+            ln.holding, ln.held = holding, held
+
+
+@contextmanager
+def sample_weights(model: nn.Module) -> Iterator[None]:
+    """Inside, layers with noise sample their weights in eval mode too (e.g. a predictive mean
+    over several forward passes of a Bayesian network); outside, eval mode is the mean network."""
+    noises = _noises(model)
+    saved = [ln.sample_in_eval for ln in noises]
+    for ln in noises:
+        ln.sample_in_eval = True
+    try:
+        yield
+    finally:
+        for ln, before in zip(noises, saved, strict=True):
+            ln.sample_in_eval = before
+
+
+__all__ = [
+    "DropConnect",
+    "GaussianPosterior",
+    "LayerNoise",
+    "MultiplicativeGaussian",
+    "NoiseDraw",
+    "WeightNoise",
+    "attach_noise",
+    "backprop_noise",
+    "fixed_noise",
+    "kl_divergence",
+    "layer_noise",
+    "sample_weights",
+]

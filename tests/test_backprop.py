@@ -1,0 +1,337 @@
+"""Flipout in backprop training: autograd through the layers equals explicit per-example weights."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import member_deltas
+from torch import Tensor, nn
+from torch.distributions import Normal, kl_divergence
+
+import flipes
+from flipes.nn import (
+    DropConnect,
+    FlipoutConv2d,
+    FlipoutLinear,
+    FlipoutLSTM,
+    FlipoutLSTMCell,
+    GaussianPosterior,
+    MultiplicativeGaussian,
+    PerturbedWeight,
+    attach_noise,
+    fixed_noise,
+    sample_weights,
+)
+from flipes.nn.variational import NoiseDraw, WeightNoise, layer_noise
+
+DT = torch.float64
+TOL = 1e-10
+
+NOISES: dict[str, Callable[[PerturbedWeight], WeightNoise]] = {
+    "gaussian": functools.partial(GaussianPosterior, init_sigma=0.2, prior_sigma=0.5),
+    "gaussian-shared": functools.partial(GaussianPosterior, init_sigma=0.2, flipout=False),
+    "multiplicative": functools.partial(MultiplicativeGaussian, alpha=0.3),
+    "dropconnect": DropConnect,
+}
+
+
+def randomize_rho(model: nn.Module, seed: int) -> None:
+    """Distinct σ per entry, so a wrong index in the scale cannot go unnoticed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_rho"):
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5 - 1.5)
+
+
+def deltas(noise: WeightNoise, pw: PerturbedWeight, d: NoiseDraw) -> tuple[Tensor, Tensor | None]:
+    """ΔŴ (weight-shaped) and the per-example bias perturbation, written out per noise model."""
+    if isinstance(noise, GaussianPosterior):
+        dw = F.softplus(noise.weight_rho) * d.z
+        db = None if d.z_bias is None else F.softplus(noise.bias_rho) * d.z_bias
+    elif isinstance(noise, MultiplicativeGaussian):
+        dw = math.sqrt(noise.alpha) * pw.weight * d.z
+        db = None if d.z_bias is None else math.sqrt(noise.alpha) * pw.bias * d.z_bias
+    else:
+        dw = pw.weight * d.z
+        db = None if d.z_bias is None else pw.bias * d.z_bias
+    return dw, db
+
+
+def record_draws(layer: nn.Module) -> list[NoiseDraw]:
+    """Every draw the layer's noise models make from now on, in order (a spy on ``draw``)."""
+    seen: list[NoiseDraw] = []
+    for slot in layer_noise(layer).slots:
+
+        def spy(pw: PerturbedWeight, n: int, _draw: Callable = slot.draw) -> NoiseDraw:
+            seen.append(_draw(pw, n))
+            return seen[-1]
+
+        slot.draw = spy
+    return seen
+
+
+def explicit(layer: nn.Module, i: int, n: int, draws: list[NoiseDraw] | None = None) -> tuple[Tensor, Tensor | None]:
+    """Example ``n``'s own weight ``W̄ + ΔŴ ∘ (r_n s_nᵀ)`` (kernel dims broadcast, channel groups by
+    index arithmetic) and bias ``b̄ + Δb_n``, for the perturbed weight ``i`` of ``layer``, from
+    ``draws`` (default: the draws held by ``fixed_noise``)."""
+    pw = layer.perturbed_weights()[i]
+    ln = layer_noise(layer)
+    d = (ln.held if draws is None else draws)[i]
+    dw, db = deltas(ln.slots[i], pw, d)
+    out, in_g = pw.weight.shape[:2]
+    channel = (torch.arange(out)[:, None] // (out // pw.conv_groups)) * in_g + torch.arange(in_g)[None, :]
+    signs = (d.r[n][:, None] * d.s[n][channel]).view(out, in_g, *(1,) * (pw.weight.dim() - 2))
+    w = pw.weight + dw * signs
+    b = None if pw.bias is None else pw.bias + db[n]
+    return w, b
+
+
+def grads(loss: Tensor, params: list[Tensor]) -> list[Tensor]:
+    return list(torch.autograd.grad(loss, params))
+
+
+@pytest.mark.parametrize("kind", list(NOISES))
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gradients_equal_explicit_per_example_weights(kind: str, bias: bool) -> None:
+    torch.manual_seed(0)
+    layer = FlipoutLinear(7, 5, bias=bias, dtype=DT)
+    attach_noise(layer, NOISES[kind])
+    randomize_rho(layer, 1)
+    params = list(layer.parameters())
+    for shape in [(6, 7), (6, 3, 7)]:  # one example per row; or (batch, positions, features)
+        x = torch.randn(shape, dtype=DT)
+        coeff = torch.randn(*shape[:-1], 5, dtype=DT)
+        with fixed_noise(layer):
+            y = layer(x)
+            got = grads((y * coeff).sum(), params)
+            ref = torch.stack([F.linear(x[n], *explicit(layer, 0, n)) for n in range(6)])
+        torch.testing.assert_close(y, ref, atol=TOL, rtol=0)
+        for g, e, p in zip(got, grads((ref * coeff).sum(), params), params, strict=True):
+            assert g.abs().sum() > 0 or p.shape == (), "a parameter got no gradient"
+            torch.testing.assert_close(g, e, atol=TOL, rtol=0)
+    assert len(params) == (2 if bias else 1) + (2 if bias else 1) * kind.startswith("gaussian")
+
+
+@pytest.mark.parametrize("conv_kw", [dict(kernel_size=3, padding=1), dict(kernel_size=(2, 3), stride=2, groups=2)])
+def test_conv_gradients_equal_explicit_per_example_kernels(conv_kw: dict) -> None:
+    torch.manual_seed(1)
+    conv = FlipoutConv2d(4, 6, dtype=DT, **conv_kw)
+    attach_noise(conv, NOISES["gaussian"])
+    randomize_rho(conv, 2)
+    params = list(conv.parameters())
+    x = torch.randn(5, 4, 7, 8, dtype=DT)
+    with fixed_noise(conv):
+        y = conv(x)
+        coeff = torch.randn_like(y)
+        got = grads((y * coeff).sum(), params)
+        # ONE kernel per example, the same at every position: per-channel signs, not per element
+        ref = torch.cat([conv._conv_forward(x[n : n + 1], *explicit(conv, 0, n)) for n in range(5)])
+        draw = layer_noise(conv).held[0]
+    assert draw.s.shape == (5, 4) and draw.r.shape == (5, 6)
+    torch.testing.assert_close(y, ref, atol=TOL, rtol=0)
+    for g, e in zip(got, grads((ref * coeff).sum(), params), strict=True):
+        torch.testing.assert_close(g, e, atol=TOL, rtol=0)
+
+
+def lstm_params_of_example(lstm: FlipoutLSTM, n: int, draws: list[NoiseDraw]) -> dict[str, Tensor]:
+    params = {}
+    for k in range(lstm.num_layers):
+        for j, kind in enumerate(("ih", "hh")):
+            w, b = explicit(lstm, 2 * k + j, n, draws)
+            params[f"weight_{kind}_l{k}"], params[f"bias_{kind}_l{k}"] = w, b
+    return params
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_lstm_gradients_equal_explicit_weights_fixed_over_the_sequence(batch_first: bool) -> None:
+    torch.manual_seed(2)
+    lstm = FlipoutLSTM(3, 4, num_layers=2, batch_first=batch_first, dtype=DT)
+    attach_noise(lstm, NOISES["gaussian"])
+    randomize_rho(lstm, 3)
+    plain = nn.LSTM(3, 4, num_layers=2, dtype=DT)  # torch's own LSTM runs each example's weights
+    params = list(lstm.parameters())
+    batch, steps = 4, 6
+    x = torch.randn(batch, steps, 3, dtype=DT)
+    h0 = torch.randn(2, batch, 4, dtype=DT), torch.randn(2, batch, 4, dtype=DT)
+    draws = record_draws(lstm)
+    out, (h, c) = lstm(x if batch_first else x.transpose(0, 1), h0)
+    assert len(draws) == 4  # one draw per weight for the whole sequence
+    out = out if batch_first else out.transpose(0, 1)
+    coeff = torch.randn_like(out), torch.randn_like(c)
+    got = grads((out * coeff[0]).sum() + (c * coeff[1]).sum(), params)
+    refs = [
+        torch.func.functional_call(plain, lstm_params_of_example(lstm, n, draws), (x[n], (h0[0][:, n], h0[1][:, n])))
+        for n in range(batch)
+    ]
+    ref_out = torch.stack([r[0] for r in refs])
+    ref_c = torch.stack([r[1][1] for r in refs], dim=1)
+    torch.testing.assert_close(out, ref_out, atol=TOL, rtol=0)  # every step: the same weights
+    torch.testing.assert_close(h, torch.stack([r[1][0] for r in refs], dim=1), atol=TOL, rtol=0)
+    expect = grads((ref_out * coeff[0]).sum() + (ref_c * coeff[1]).sum(), params)
+    for g, e in zip(got, expect, strict=True):
+        torch.testing.assert_close(g, e, atol=TOL, rtol=0)
+
+
+def test_lstm_cell_needs_fixed_noise_and_keeps_its_draw_across_steps() -> None:
+    torch.manual_seed(3)
+    cell = FlipoutLSTMCell(3, 4, dtype=DT)
+    attach_noise(cell, DropConnect)
+    xs = torch.randn(5, 2, 3, dtype=DT)
+    with pytest.raises(RuntimeError, match="fixed_noise"):
+        cell(xs[0])
+    plain = nn.LSTMCell(3, 4, dtype=DT)
+    with fixed_noise(cell):
+        state = None
+        for x in xs:
+            state = cell(x, state)
+        held = layer_noise(cell).held
+        for n in range(2):
+            (w_ih, b_ih), (w_hh, b_hh) = explicit(cell, 0, n), explicit(cell, 1, n)
+            weights = {"weight_ih": w_ih, "bias_ih": b_ih, "weight_hh": w_hh, "bias_hh": b_hh}
+            ref = None
+            for x in xs:
+                ref = torch.func.functional_call(plain, weights, (x[n], ref))
+            torch.testing.assert_close(state[0][n], ref[0], atol=TOL, rtol=0)
+    assert layer_noise(cell).held is None and held[0].s.shape == (2, 3)
+    cell.eval()
+    assert torch.equal(cell(xs[0])[0], plain.__class__.forward(cell, xs[0])[0])  # eval: the mean cell
+
+
+def test_fresh_noise_every_call_mean_network_in_eval_and_sampling_on_request() -> None:
+    torch.manual_seed(4)
+    layer = FlipoutLinear(6, 3, dtype=DT)
+    attach_noise(layer, NOISES["gaussian"])
+    x = torch.randn(8, 6, dtype=DT)
+    a, b = layer(x), layer(x)
+    assert not torch.allclose(a, b)  # a new draw per call (per step)
+    with fixed_noise(layer):
+        assert torch.equal(layer(x), layer(x))  # one draw for the block
+        with pytest.raises(ValueError, match="same batch size"):
+            layer(x[:4])
+    layer.eval()
+    mean = F.linear(x, layer.weight, layer.bias)
+    assert torch.equal(layer(x), mean)
+    with sample_weights(layer):
+        assert not torch.allclose(layer(x), mean)
+    assert torch.equal(layer(x), mean)
+    attach_noise(layer, None)
+    layer.train()
+    assert torch.equal(layer(x), mean) and not list(layer.children())
+
+
+def test_dropconnect_gives_each_example_a_mask_of_its_own() -> None:
+    """Per example every weight is exactly 0 or 2W̄; per example the kept entries are
+    Binomial(600, 1/2) (given the signs, the shared ±1 draws are fair and independent), checked
+    at 5σ for 64 examples: false alarm < 64 · 5.8e-7 < 4e-5."""
+    torch.manual_seed(5)
+    layer = FlipoutLinear(20, 30, dtype=DT)
+    attach_noise(layer, DropConnect)
+    with fixed_noise(layer):
+        layer(torch.randn(64, 20, dtype=DT))
+        masks = torch.stack([explicit(layer, 0, n)[0] / layer.weight for n in range(64)])
+        bias_masks = torch.stack([explicit(layer, 0, n)[1] / layer.bias for n in range(64)])
+    assert set(torch.cat([masks.flatten(), bias_masks.flatten()]).round(decimals=9).unique().tolist()) == {0.0, 2.0}
+    kept = (masks > 1).sum((1, 2)).to(DT)
+    assert ((kept - 300).abs() < 5 * math.sqrt(600) / 2).all()
+    assert len({tuple(m.flatten().tolist()) for m in masks}) == 64  # no two examples share a mask
+
+
+def test_kl_matches_torch_distributions() -> None:
+    torch.manual_seed(6)
+    model = flipes.flipout(nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3, bias=False)).to(DT))
+    attach_noise(model, functools.partial(GaussianPosterior, prior_sigma=0.7))
+    randomize_rho(model, 7)
+    expect = torch.zeros((), dtype=DT)
+    for layer in (model[0], model[2]):
+        post = layer_noise(layer).slots[0]
+        for mu, rho in ((layer.weight, post.weight_rho), (layer.bias, post.bias_rho)):
+            if mu is not None:
+                expect += kl_divergence(Normal(mu, F.softplus(rho)), Normal(torch.zeros_like(mu), 0.7)).sum()
+    torch.testing.assert_close(flipes.kl_divergence(model), expect, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(model[0].kl() + model[2].kl(), expect, atol=1e-12, rtol=1e-12)
+    attach_noise(model, DropConnect)
+    assert flipes.kl_divergence(model).item() == 0.0  # fixed-rate noise: no learnable posterior
+
+
+def test_noise_models_and_lstm_refuse_what_they_cannot_do() -> None:
+    layer = FlipoutLinear(3, 2)
+    pw = layer.perturbed_weights()[0]
+    with pytest.raises(ValueError, match="symmetric about 0"):
+        DropConnect(pw, p=0.3)
+    with pytest.raises(ValueError, match="prior_sigma"):
+        GaussianPosterior(pw, prior_sigma=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        MultiplicativeGaussian(pw, alpha=-1.0)
+    with pytest.raises(ValueError, match="no Flipout layer"):
+        attach_noise(nn.Sequential(nn.Linear(2, 2)), DropConnect)
+    for kw in (dict(bidirectional=True), dict(proj_size=2)):
+        with pytest.raises(ValueError, match="unidirectional"):
+            FlipoutLSTM(3, 4, **kw)
+        with pytest.raises(ValueError, match="unidirectional"):
+            flipes.flipout(nn.Sequential(nn.LSTM(3, 4, **kw)))
+
+
+def test_flipout_converts_lstm_sharing_parameters() -> None:
+    torch.manual_seed(8)
+    plain = nn.LSTM(3, 5, num_layers=2, batch_first=True)
+    x = torch.randn(2, 4, 3)
+    before = plain(x)[0]
+    lstm = flipes.flipout(plain)
+    assert isinstance(lstm, FlipoutLSTM)
+    assert all(p is q for p, q in zip(lstm.parameters(), plain.parameters(), strict=True))
+    assert torch.equal(lstm(x)[0], before)
+
+
+def test_lstm_in_an_es_population_equals_explicit_member_weights() -> None:
+    torch.manual_seed(9)
+    lstm = FlipoutLSTM(3, 4, num_layers=2, dtype=DT)  # time-major: members are dim 1
+    es = flipes.FlipES(lstm, popsize=4, sigma=0.3, seed=1)
+    x = torch.randn(5, 8, 3, dtype=DT)  # 2 sequences per member, member-major
+    with es.population():
+        out, _ = lstm(x)
+        noise = lstm.noise
+    plain = nn.LSTM(3, 4, num_layers=2, dtype=DT)
+    pws = lstm.perturbed_weights()
+    ds = [member_deltas(nz, tuple(pw.weight.shape)) for nz, pw in zip(noise, pws, strict=True)]
+    for n in range(4):
+        params = {}
+        for i, (pw, nz) in enumerate(zip(pws, noise, strict=True)):
+            k, kind = divmod(i, 2)
+            kind = ("ih", "hh")[kind]
+            params[f"weight_{kind}_l{k}"] = pw.weight + ds[i][n]
+            params[f"bias_{kind}_l{k}"] = pw.bias + nz.bias[n]
+        with torch.no_grad():
+            ref, _ = torch.func.functional_call(plain, params, (x[:, 2 * n : 2 * n + 2],))
+        torch.testing.assert_close(out[:, 2 * n : 2 * n + 2], ref, atol=TOL, rtol=0)
+
+
+def test_flipes_ignores_the_posterior_parameters() -> None:
+    """ES noise takes precedence over backprop noise, and the learnable scales are not evolved."""
+
+    def make() -> nn.Module:
+        torch.manual_seed(10)
+        return flipes.flipout(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)))
+
+    bare, bayes = make(), make()
+    attach_noise(bayes, GaussianPosterior)
+    rho = [p.detach().clone() for n, p in bayes.named_parameters() if n.endswith("_rho")]
+    es_bare, es_bayes = flipes.FlipES(bare, popsize=8, seed=3), flipes.FlipES(bayes, popsize=8, seed=3)
+    assert [p.shape for p in es_bayes.params] == [p.shape for p in es_bare.params] == [p.shape for p in bare.parameters()]
+    x = torch.randn(8, 4)
+    for es, model in ((es_bare, bare), (es_bayes, bayes)):
+        for _ in range(2):
+            with es.population():
+                y = model(x)
+            es.tell(-y.square().sum(1))
+    for p, q in zip(bare.parameters(), es_bayes.params, strict=True):
+        assert torch.equal(p, q) and torch.equal(p.grad, q.grad)
+    assert all(
+        torch.equal(a, b.detach()) and b.grad is None
+        for a, b in zip(rho, (p for n, p in bayes.named_parameters() if n.endswith("_rho")), strict=True)
+    )
