@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +35,7 @@ from flipes.nn.variational import NoiseDraw, WeightNoise, layer_noise
 
 DT = torch.float64
 TOL = 1e-10
+ROOT = Path(__file__).resolve().parents[1]
 
 NOISES: dict[str, Callable[[PerturbedWeight], WeightNoise]] = {
     "gaussian": functools.partial(GaussianPosterior, init_sigma=0.2, prior_sigma=0.5),
@@ -335,3 +340,28 @@ def test_flipes_ignores_the_posterior_parameters() -> None:
         torch.equal(a, b.detach()) and b.grad is None
         for a, b in zip(rho, (p for n, p in bayes.named_parameters() if n.endswith("_rho")), strict=True)
     )
+
+
+def run_script(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+
+
+def test_backprop_variance_script_tiny(tmp_path: Path) -> None:
+    out = run_script("scripts/backprop_variance.py", "--quick", "true", "--out", str(tmp_path))
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in out.splitlines() if line.startswith("| ")}
+    for key in [
+        ("FC", "shared"),
+        ("FC", "Flipout"),
+        ("FC", "LRT"),
+        ("ConvNet", "Flipout"),
+        ("LSTM", "shared"),
+        ("LSTM", "Flipout"),
+    ]:
+        cells = rows[key].split("|")
+        assert all(math.isfinite(float(c)) for c in cells[3:7]), rows[key]
+        assert float(cells[5]) > float(cells[6]) > 0  # variance falls from N=1 to N=16
+    png = tmp_path / "backprop_variance.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
