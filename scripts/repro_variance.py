@@ -302,8 +302,9 @@ def main(args: Args) -> dict:
     )
     styles = {"shared": ("tab:red", "-"), "flipout": ("tab:blue", "-"), "independent": ("black", "--")}
     for ax, (spec, r) in zip(axes[0], results["nets"].items(), strict=True):
+        extra = ["tab:orange", "tab:purple", "tab:green", "tab:brown"]  # low-rank curves
         for k, v in r["variance"].items():
-            color, ls = styles.get(k, (None, ":"))
+            color, ls = styles.get(k) or (extra.pop(0) if extra else None, ":")
             se = [0.0 if e != e else e for e in r["stderr"][k]]  # NaN (independent): no bar
             ax.errorbar(ns, v, yerr=se, marker="o", ms=3, capsize=2, color=color, ls=ls, label=f"{k} (slope {r['slope'][k]:.2f})")
         ax.set_xscale("log", base=2)
