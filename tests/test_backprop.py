@@ -365,3 +365,29 @@ def test_backprop_variance_script_tiny(tmp_path: Path) -> None:
         assert float(cells[5]) > float(cells[6]) > 0  # variance falls from N=1 to N=16
     png = tmp_path / "backprop_variance.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_bayes_digits_script_tiny() -> None:
+    out = run_script("scripts/bayes_digits.py", "--epochs", "3", "--seeds", "0", "--samples", "2", "--kl-weights", "1", "0.1")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| 0 |")]
+    assert [r[2].strip() for r in rows] == [
+        "deterministic",
+        "Bayes by Backprop (Flipout), β=1",
+        "Bayes by Backprop (Flipout), β=0.1",
+    ]
+    for row in rows:
+        acc, ece, nll = float(row[3].strip(" %")), float(row[4]), float(row[5])
+        assert 50 < acc <= 100 and 0 <= ece <= 1 and 0 < nll < 3  # 3 epochs already beat chance (10%)
+
+
+def test_expected_calibration_error_by_hand() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bayes_digits import expected_calibration_error
+
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.2, 0.8]], dtype=DT)
+    labels = torch.tensor([0, 1, 1, 1])
+    # bins of 1/4: (1/2, 3/4] holds {0.6}, accuracy 1; (3/4, 1] holds {0.9, 0.9, 0.8}, accuracy 2/3
+    expect = 0.25 * 0.4 + 0.75 * abs(2 / 3 - 2.6 / 3)
+    assert expected_calibration_error(probs, labels, bins=4) == pytest.approx(expect, abs=1e-12)
+    assert expected_calibration_error(probs, labels, bins=2) == pytest.approx(abs(0.75 - 0.8), abs=1e-12)  # one bin
+    assert expected_calibration_error(torch.eye(3), torch.arange(3)) == 0.0
