@@ -174,3 +174,24 @@ def test_a_reused_or_aliased_layer_becomes_one_flipout_layer() -> None:
         w, bias = net[0].weight + d[n], net[0].bias + b[n]
         expect = F.linear(torch.tanh(F.linear(x[n], w, bias)), w, bias)
         torch.testing.assert_close(y[n], expect, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rank", RANKS)
+@pytest.mark.parametrize("groups", [1, 3])
+def test_non_contiguous_inputs_give_the_contiguous_result(groups: int, rank: int | None) -> None:
+    """Transposed, strided and channels-last inputs: the same outputs as their contiguous copies."""
+    torch.manual_seed(0)
+    layer = FlipoutLinear(5, 4, dtype=DT)
+    conv = FlipoutConv2d(3, 4, 3, padding=1, dtype=DT)
+    model = nn.ModuleList([layer, conv])
+    es = flipes.FlipES(model, popsize=N, sigma=0.2, groups=groups, mirrored=False, rank=rank)
+    inputs = [
+        (layer, torch.randn(2, N, 5, dtype=DT).transpose(0, 1)),
+        (layer, torch.randn(5, N, dtype=DT).T),
+        (layer, torch.randn(N, 10, dtype=DT)[:, ::2]),
+        (conv, torch.randn(N, 3, 6, 6, dtype=DT).to(memory_format=torch.channels_last)),
+    ]
+    with es.population():
+        for module, x in inputs:
+            assert not x.is_contiguous()
+            torch.testing.assert_close(module(x), module(x.contiguous()), atol=TOL, rtol=0)

@@ -41,7 +41,7 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
                 xs, last = xs @ noise.factors[1][0].T, noise.factors[0][0].T
             out = xs @ last if noise.bias_r is None else torch.addmm(noise.bias_r, xs, last)
         else:
-            out = _grouped_product(xs.view(g, n // g, -1), noise).view(n, -1)
+            out = _grouped_product(xs.reshape(g, n // g, -1), noise).view(n, -1)
             if noise.bias_r is not None:
                 out += noise.bias_r
         # out = pert ∘ r + b̄, then the mean GEMM accumulates into it: no second N×out tensor
@@ -54,11 +54,11 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
         return out.addmm_(x, weight.T)
     xb = x.reshape(n, -1, x.shape[-1])  # (N, B, in)
     xs = xb * noise.s.unsqueeze(1)
-    pert = _grouped_product(xs.view(g, -1, xs.shape[-1]), noise).view(n, xb.shape[1], -1)
+    pert = _grouped_product(xs.reshape(g, -1, xs.shape[-1]), noise).view(n, xb.shape[1], -1)
     if noise.bias_r is not None:
         pert += noise.bias_r.unsqueeze(1)
     out = F.linear(xb, weight, bias).addcmul_(pert, noise.r.unsqueeze(1))
-    return out.view(*x.shape[:-1], out.shape[-1])
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def _grouped_product(xs: Tensor, noise: SlotNoise) -> Tensor:
