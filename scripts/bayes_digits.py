@@ -1,29 +1,41 @@
 """A Bayesian MLP on digits with Flipout (Bayes by Backprop), beside the same network without noise.
 
-    python scripts/bayes_digits.py                       # 5 seeds, a markdown table of the results
-    python scripts/bayes_digits.py --kl-weights 1.0 --seeds 0
+    python scripts/bayes_digits.py                       # select β on validation, then 5 test seeds
+    python scripts/bayes_digits.py --betas 1 0.1 --select-seeds 0 --seeds 0
 
 Blundell, Cornebise, Kavukcuoglu & Wierstra, "Weight Uncertainty in Neural Networks" (ICML 2015,
 arXiv:1505.05424), with Flipout's per-example weight samples (Wen et al., ICLR 2018).
 
-scikit-learn's digits (80/20 split of ``scripts/digits.py``), a 64-100-10 ReLU MLP of
+scikit-learn's digits (80/20 train/test split of ``scripts/digits.py``), a 64-100-10 ReLU MLP of
 ``flipes.nn`` layers. The Bayesian network has a mean-field Gaussian posterior on every weight and
 bias (``flipes.nn.GaussianPosterior``) and minimizes, per minibatch,
 
     mean cross-entropy + β · KL(q ‖ N(0, prior_sigma²)) / M         (M = training examples)
 
 which for β = 1 is the negative ELBO per example; β < 1 is a tempered ("cold") posterior. At
-test time it predicts with the mean of ``--samples`` sampled networks' probabilities. The
+evaluation it predicts with the mean of ``--samples`` sampled networks' probabilities. The
 deterministic network is the same MLP trained the same way (Adam, epochs, batch) without noise.
-Reported: test accuracy, expected calibration error (ECE, 15 equal-width confidence bins;
-``expected_calibration_error`` below) and test negative log-likelihood.
+
+Two steps, and the test split takes part in neither choice:
+
+1. Select β. A validation split (``--val-fraction`` of the training split, fixed ``--split-seed``,
+   the same for every run) is held out; the network trains on the rest for each β of ``--betas``
+   and each of ``--select-seeds``, and the β with the lowest mean validation negative
+   log-likelihood wins (NLL is a proper scoring rule: it rewards both accuracy and calibration,
+   so it does not favour ECE by construction). Validation accuracy and ECE are printed beside it.
+2. Test. Deterministic, Bayesian at the selected β and Bayesian at β = 1 (the ELBO, for
+   reference) train on the FULL training split for each of ``--seeds``; reported: test accuracy,
+   expected calibration error (ECE, 15 equal-width confidence bins; ``expected_calibration_error``
+   below) and test NLL, per seed and mean, to ``--out``/bayes_digits.{md,json}.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +55,15 @@ class Args:
     lr: float = 1e-2
     prior_sigma: float = 1.0
     init_sigma: float = 1e-3
-    kl_weights: list[float] = field(default_factory=lambda: [1.0, 0.03])  # β: 1 is the ELBO
-    samples: int = 20  # sampled networks averaged at test time
+    betas: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.03, 0.01])  # KL weights to select from
+    val_fraction: float = 0.2  # of the training split, held out for selecting β
+    split_seed: int = 0  # the train/validation split: the same for every run
+    select_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # test runs on the full training split
+    samples: int = 20  # sampled networks averaged at evaluation
     bins: int = 15
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     threads: int = 1
+    out: str = "scripts/results"
 
 
 def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 15) -> float:
@@ -63,10 +79,16 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 15) ->
     return total
 
 
-def train(args: Args, seed: int, kl_weight: float | None) -> tuple[float, float, float, float]:
-    """(test accuracy %, ECE, test NLL, seconds); ``kl_weight=None``: the deterministic network."""
+def validation_split(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x_fit, y_fit, x_val, y_val)``: a fixed random ``fraction`` of the training split held out."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = round(fraction * len(x))
+    return x[order[n_val:]], y[order[n_val:]], x[order[:n_val]], y[order[:n_val]]
+
+
+def train(args: Args, seed: int, kl_weight: float | None, x: Tensor, y: Tensor) -> tuple[nn.Module, float]:
+    """The trained model and seconds; ``kl_weight=None``: the deterministic network."""
     torch.manual_seed(seed)
-    x, y, x_test, y_test = data()
     model = flipes.flipout(nn.Sequential(nn.Linear(64, args.hidden), nn.ReLU(), nn.Linear(args.hidden, 10)))
     if kl_weight is not None:
         attach_noise(model, functools.partial(GaussianPosterior, prior_sigma=args.prior_sigma, init_sigma=args.init_sigma))
@@ -80,42 +102,125 @@ def train(args: Args, seed: int, kl_weight: float | None) -> tuple[float, float,
             opt.zero_grad()
             loss.backward()
             opt.step()
-    seconds = time.perf_counter() - start
+    return model, time.perf_counter() - start
 
+
+def evaluate(args: Args, model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float, float]:
+    """(accuracy %, ECE, NLL) of the predictive: the mean over ``samples`` sampled networks when
+    the model has a posterior (the same for a deterministic model, whose samples are all equal)."""
     model.eval()
-    with torch.no_grad():
-        if kl_weight is None:
-            probs = model(x_test).softmax(1)
-        else:
-            with sample_weights(model):  # the predictive mean over sampled networks
-                probs = torch.stack([model(x_test).softmax(1) for _ in range(args.samples)]).mean(0)
-    accuracy = (probs.argmax(1) == y_test).double().mean().item() * 100
-    nll = F.nll_loss(probs.clamp_min(1e-12).log(), y_test).item()
-    return accuracy, expected_calibration_error(probs, y_test, args.bins), nll, seconds
+    with torch.no_grad(), sample_weights(model):
+        probs = torch.stack([model(x).softmax(1) for _ in range(args.samples)]).mean(0)
+    accuracy = (probs.argmax(1) == y).double().mean().item() * 100
+    nll = F.nll_loss(probs.clamp_min(1e-12).log(), y).item()
+    return accuracy, expected_calibration_error(probs, y, args.bins), nll
 
 
-def main(args: Args) -> dict[str, list[tuple[float, float, float, float]]]:
+def mean(rows: list[dict[str, float]], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def main(args: Args) -> dict:
     torch.set_num_threads(args.threads)
-    methods: dict[str, float | None] = {"deterministic": None}
-    for beta in args.kl_weights:
-        methods[f"Bayes by Backprop (Flipout), β={beta:g}"] = beta
-    results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in methods}
-    print("| seed | method | test accuracy | ECE (15 bins) | test NLL | train s |\n|---|---|---|---|---|---|")
+    x, y, x_test, y_test = data()
+    x_fit, y_fit, x_val, y_val = validation_split(x, y, args.val_fraction, args.split_seed)
+    start = time.perf_counter()
+
+    # 1. Select β by mean validation NLL, training on the training split minus the validation split.
+    print(f"Selecting β on validation: {len(x_fit)} train / {len(x_val)} validation examples (test unused)")
+    print("| β | seed | val accuracy | val ECE | val NLL | train s |\n|---|---|---|---|---|---|")
+    val: dict[float, list[dict[str, float]]] = {beta: [] for beta in args.betas}
+    for beta in args.betas:
+        for seed in args.select_seeds:
+            model, seconds = train(args, seed, beta, x_fit, y_fit)
+            acc, ece, nll = evaluate(args, model, x_val, y_val)
+            val[beta].append({"seed": seed, "accuracy": acc, "ece": ece, "nll": nll, "seconds": seconds})
+            print(f"| {beta:g} | {seed} | {acc:.2f}% | {ece:.4f} | {nll:.4f} | {seconds:.1f} |", flush=True)
+    best = min(args.betas, key=lambda beta: mean(val[beta], "nll"))
+    reference = []  # the deterministic network on validation: shown beside, not a candidate
+    for seed in args.select_seeds:
+        model, seconds = train(args, seed, None, x_fit, y_fit)
+        acc, ece, nll = evaluate(args, model, x_val, y_val)
+        reference.append({"seed": seed, "accuracy": acc, "ece": ece, "nll": nll, "seconds": seconds})
+        print(f"| deterministic | {seed} | {acc:.2f}% | {ece:.4f} | {nll:.4f} | {seconds:.1f} |", flush=True)
+    val_lines = ["| β | mean val NLL | mean val accuracy | mean val ECE |", "|---|---|---|---|"]
+    for beta, rows in [*val.items(), ("deterministic (reference)", reference)]:
+        name = beta if isinstance(beta, str) else f"{beta:g}{' **(selected)**' if beta == best else ''}"
+        val_lines.append(f"| {name} | {mean(rows, 'nll'):.4f} | {mean(rows, 'accuracy'):.2f}% | {mean(rows, 'ece'):.4f} |")
+    print("\n" + "\n".join(val_lines) + f"\n\nSelected β = {best:g} (lowest mean validation NLL)\n", flush=True)
+
+    # 2. Test: train on the full training split, evaluate on the test split once per seed.
+    methods: dict[str, float | None] = {"deterministic": None, f"Bayes by Backprop, β={best:g} (selected)": best}
+    if best != 1.0:
+        methods["Bayes by Backprop, β=1 (ELBO)"] = 1.0
+    test: dict[str, list[dict[str, float]]] = {name: [] for name in methods}
+    test_lines = ["| seed | method | test accuracy | test ECE | test NLL | train s |", "|---|---|---|---|---|---|"]
+    print("\n".join(test_lines), flush=True)
     for seed in args.seeds:
         for name, beta in methods.items():
-            acc, ece, nll, seconds = train(args, seed, beta)
-            results[name].append((acc, ece, nll, seconds))
-            print(f"| {seed} | {name} | {acc:.2f}% | {ece:.4f} | {nll:.4f} | {seconds:.1f} |", flush=True)
-    print(
-        "\n| method | mean test accuracy | mean ECE | mean NLL | seeds with lower ECE than deterministic |\n|---|---|---|---|---|"
+            model, seconds = train(args, seed, beta, x, y)
+            acc, ece, nll = evaluate(args, model, x_test, y_test)
+            test[name].append({"seed": seed, "accuracy": acc, "ece": ece, "nll": nll, "seconds": seconds})
+            test_lines.append(f"| {seed} | {name} | {acc:.2f}% | {ece:.4f} | {nll:.4f} | {seconds:.1f} |")
+            print(test_lines[-1], flush=True)
+
+    base = test["deterministic"]
+    mean_lines = [
+        "| method | mean test accuracy | Δ accuracy vs deterministic | mean test ECE | mean test NLL "
+        "| seeds within 1 point | seeds with lower ECE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in test.items():
+        acc = mean(rows, "accuracy")
+        cells = [name, f"{acc:.2f}%", "", f"{mean(rows, 'ece'):.4f}", f"{mean(rows, 'nll'):.4f}", "", ""]
+        if rows is not base:
+            n = len(rows)
+            within = sum(r["accuracy"] >= b["accuracy"] - 1 for r, b in zip(rows, base, strict=True))
+            lower = sum(r["ece"] < b["ece"] for r, b in zip(rows, base, strict=True))
+            cells[2], cells[5], cells[6] = f"{acc - mean(base, 'accuracy'):+.2f}", f"{within} / {n}", f"{lower} / {n}"
+        mean_lines.append("| " + " | ".join(cells) + " |")
+    chosen = test[f"Bayes by Backprop, β={best:g} (selected)"]
+    gap = mean(chosen, "accuracy") - mean(base, "accuracy")
+    holds = gap >= -1 and mean(chosen, "ece") < mean(base, "ece")
+    pairs = list(zip(chosen, base, strict=True))
+    within = sum(c["accuracy"] >= b["accuracy"] - 1 for c, b in pairs)
+    lower = sum(c["ece"] < b["ece"] for c, b in pairs)
+    verdict = (
+        f"Must-show (selected β = {best:g}: mean test accuracy within 1 point of deterministic and lower mean "
+        f"test ECE): {'HOLDS' if holds else 'DOES NOT HOLD'} on means (accuracy {gap:+.2f} points, within 1 point "
+        f"on {within} / {len(pairs)} seeds; ECE {mean(chosen, 'ece'):.4f} vs {mean(base, 'ece'):.4f}, lower on "
+        f"{lower} / {len(pairs)} seeds)"
     )
-    base = results["deterministic"]
-    for name, rows in results.items():
-        n = len(rows)
-        mean = [sum(r[i] for r in rows) / n for i in range(3)]
-        wins = "" if name == "deterministic" else f"{sum(r[1] < b[1] for r, b in zip(rows, base, strict=True))} / {n}"
-        print(f"| {name} | {mean[0]:.2f}% | {mean[1]:.4f} | {mean[2]:.4f} | {wins} |")
-    return results
+    total = time.perf_counter() - start
+    print("\n" + "\n".join(mean_lines) + f"\n\n{verdict}\nTotal time {total:.0f} s", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = [
+        "# Bayes by Backprop (Flipout) on digits: β selected on validation, then tested",
+        "",
+        f"Validation: {len(x_val)} of the {len(x)} training images (split seed {args.split_seed}), "
+        f"training on the other {len(x_fit)}; seeds {', '.join(map(str, args.select_seeds))}; "
+        "β chosen by the lowest mean validation NLL. The test split took no part in the choice.",
+        "",
+        *val_lines,
+        "",
+        f"Test: trained on all {len(x)} training images, evaluated on {len(x_test)} test images, "
+        f"seeds {', '.join(map(str, args.seeds))}.",
+        "",
+        *mean_lines,
+        "",
+        *test_lines,
+        "",
+        verdict,
+        "",
+    ]
+    (out / "bayes_digits.md").write_text("\n".join(md))
+    validation = {f"{b:g}": r for b, r in val.items()} | {"deterministic": reference}
+    result = {"args": asdict(args), "selected_beta": best, "validation": validation}
+    result |= {"test": test, "must_show_holds": holds, "seconds": total}
+    (out / "bayes_digits.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import subprocess
@@ -367,17 +368,24 @@ def test_backprop_variance_script_tiny(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_bayes_digits_script_tiny() -> None:
-    out = run_script("scripts/bayes_digits.py", "--epochs", "3", "--seeds", "0", "--samples", "2", "--kl-weights", "1", "0.1")
+def test_bayes_digits_script_tiny(tmp_path: Path) -> None:
+    args = ["--epochs", "3", "--samples", "2", "--betas", "1", "0.1", "--select-seeds", "0", "--seeds", "0"]
+    out = run_script("scripts/bayes_digits.py", *args, "--out", str(tmp_path))
+    result = json.loads((tmp_path / "bayes_digits.json").read_text())
+    val = result["validation"]
+    assert set(val) == {"1", "0.1", "deterministic"}
+    # β is the lowest mean validation NLL; the test split plays no part in the choice
+    assert result["selected_beta"] == min((1.0, 0.1), key=lambda b: val[f"{b:g}"][0]["nll"])
+    beta = f"{result['selected_beta']:g}"
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| 0 |")]
-    assert [r[2].strip() for r in rows] == [
-        "deterministic",
-        "Bayes by Backprop (Flipout), β=1",
-        "Bayes by Backprop (Flipout), β=0.1",
-    ]
+    names = ["deterministic", f"Bayes by Backprop, β={beta} (selected)"]
+    names += ["Bayes by Backprop, β=1 (ELBO)"] if beta != "1" else []
+    assert [r[2].strip() for r in rows] == names == list(result["test"])
     for row in rows:
         acc, ece, nll = float(row[3].strip(" %")), float(row[4]), float(row[5])
         assert 50 < acc <= 100 and 0 <= ece <= 1 and 0 < nll < 3  # 3 epochs already beat chance (10%)
+    md = (tmp_path / "bayes_digits.md").read_text()
+    assert "|---|" in md and "(selected)" in md and "Must-show" in md
 
 
 def test_expected_calibration_error_by_hand() -> None:
