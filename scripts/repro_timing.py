@@ -73,6 +73,8 @@ class Args:
     """low-rank FlipES columns in the fc and conv tables (empty: none)"""
     repeats: int = 3
     """timed updates per method (median)"""
+    min_seconds: float = 1.0
+    """short updates are repeated for at least this long (up to 50 runs)"""
     classic_max_seconds: float = 15.0
     """a classic update slower than this is timed once (its first run)"""
     lowrank_n: int = 4096
@@ -133,14 +135,16 @@ def classic_update(net: nn.Module, args: Args, x: Tensor, y: Tensor, chunk_mb: f
 
 
 def time_update(fn: Callable[[], object], sync: Callable[[], None], args: Args, cap: float | None = None) -> tuple[float, int]:
-    """(median seconds, timed runs): the first run warms up, unless it took longer than ``cap``."""
+    """(median seconds, timed runs): the first run warms up, unless it took longer than ``cap``.
+    Short updates run for ≥ ``min_seconds`` (up to 50 runs): a median of many resists other load."""
     start = time.perf_counter()
     fn()
     sync()
     first = time.perf_counter() - start
     if cap is not None and first > cap:
         return first, 1
-    return median_time(fn, sync, args.repeats, warmup=0), args.repeats
+    runs = max(args.repeats, min(50, int(args.min_seconds / max(first, 1e-6))))
+    return median_time(fn, sync, runs, warmup=0), runs
 
 
 def update_table(
@@ -211,7 +215,7 @@ def lowrank_table(args: Args, dev: torch.device, sync: Callable[[], None]) -> li
 
 def main(args: Args) -> dict:
     if args.tiny:
-        args.popsize, args.hidden, args.scales, args.repeats = 64, [16, 32], [0.25], 1
+        args.popsize, args.hidden, args.scales, args.repeats, args.min_seconds = 64, [16, 32], [0.25], 1, 0.0
         args.lowrank_n, args.lowrank_dim, args.lowrank_rounds = 64, 64, 3
     dev, sync = setup(args.device, args.threads or (os.cpu_count() or 1))
     chunk_mb = args.chunk_mb or (16384 if dev.type == "cuda" else 384)
