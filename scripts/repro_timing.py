@@ -3,7 +3,7 @@ against classic ES with per-member weights, at 5,000 samples per update; and low
 population forward against plain batch inference (EGGROLL's claim, Sarkar et al., 2025).
 
     python scripts/repro_timing.py                        # this machine's CPU, all cores
-    python scripts/repro_timing.py --device cuda          # a GPU (the whole table in ~1-2 minutes)
+    python scripts/repro_timing.py --device cuda          # a GPU (writes repro_timing_cuda.*)
     python scripts/repro_timing.py --tiny true            # seconds: a smoke test
 
 One update = sample the noise + forward of all N members (one digits example each) + fitness
