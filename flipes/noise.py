@@ -64,13 +64,16 @@ class SlotNoise:
     perturbation ``bias[n] = bias_r[n] ∘ r_n``. ``eps``, ``factors`` and ``bias_r`` include σ.
 
     Full rank, ``σε_g = eps[g]``; low rank (``factors = (a, b)``), ``σε_g = a[g] b[g]``: a rank-r
-    product whose entries still have mean 0 and variance σ² and are uncorrelated.
+    product whose entries still have mean 0 and variance σ² and are uncorrelated. Low-rank slots
+    also share their bias noise within a group, ``σε_b,g ∘ r_n`` (``bias_eps``), sign-flipped per
+    member like the weights: it then rides in the thin GEMM instead of an N×out tensor.
 
     Shape:
         - eps: ``(G, *weight.shape)``, σ·ε per group; ``None`` when ``factors`` hold the noise
         - factors: ``None``, or ``a`` ``(G, out_channels, r)`` (holds σ/√r) and ``b``
           ``(G, r, *weight.shape[1:])``
         - s: ``(n, in_channels)``, r: ``(n, out_channels)``: ±1 in the weight's dtype
+        - bias_eps: ``(G, out_channels)`` or ``None``: the group's bias noise of a low-rank slot
         - bias_r: ``(n, out_channels)`` or ``None``: the bias noise times ``r`` (what the forward adds
           before the output sign flip; equal for mirrored twins)
         - mirrored: rows ``2k+1`` are the antithetic twins of rows ``2k``
@@ -82,6 +85,7 @@ class SlotNoise:
     bias_r: Tensor | None
     mirrored: bool
     factors: tuple[Tensor, Tensor] | None = None
+    bias_eps: Tensor | None = None
     workspace: dict[tuple, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -141,8 +145,9 @@ def sample_slot(
 
     Each (group, slot) has its own generator, drawn in a fixed order: ε (or with ``rank``, its
     factors ``A`` (out, r) then ``B`` (r, in, *kernel), Gaussian, ``ε = A B / √r``), the sign bytes,
-    the bias noise. With ``mirrored``, member ``2k+1`` of a group reuses ``s_{2k}``, takes ``r = -r_{2k}``
-    and the negated bias noise, so its perturbation is exactly ``-u_{2k}``: the twins' signs come
+    the bias noise (per member; with ``rank``, one ``ε_b`` per group, sign-flipped by ``r_n``).
+    With ``mirrored``, member ``2k+1`` of a group reuses ``s_{2k}``, takes ``r = -r_{2k}`` and the
+    negated bias noise, so its perturbation is exactly ``-u_{2k}``: the twins' signs come
     out of the same gather (the negated half of the table), not from extra copies.
     ``table`` is ``sign_table(weight.dtype, weight.device)``, passed in to share it across slots.
     """
@@ -161,7 +166,8 @@ def sample_slot(
             eps.append((a, b))
         idx.append(random_bytes(distinct * (s_bytes + r_bytes), gen, device).view(distinct, -1))
         if has_bias:
-            bias.append(torch.empty(distinct, out_channels, dtype=dtype, device=device).normal_(0.0, sigma, generator=gen))
+            rows = distinct if rank is None else 1
+            bias.append(torch.empty(rows, out_channels, dtype=dtype, device=device).normal_(0.0, sigma, generator=gen))
     rows = _cat(idx).int()
     s_rows, r_rows = rows[:, :s_bytes], rows[:, s_bytes:]
     if mirrored:  # twin rows: the same s bytes; the r bytes looked up in the negated half of the table
@@ -169,12 +175,17 @@ def sample_slot(
         r_rows = torch.stack((r_rows, r_rows + 256), dim=1).flatten(0, 1)
     s, r = _unpack(table, s_rows, in_channels), _unpack(table, r_rows, out_channels)
     bias_r = None
-    if has_bias:
+    if has_bias and rank is None:
         bias_r = _cat(bias) * (r[0::2] if mirrored else r)
         bias_r = bias_r.repeat_interleave(2, dim=0) if mirrored else bias_r  # (-b)(-r) = b r
     if rank is None:
         return SlotNoise(_stack(eps), s, r, bias_r, mirrored)
-    return SlotNoise(None, s, r, bias_r, mirrored, factors=(_stack([a for a, _ in eps]), _stack([b for _, b in eps])))
+    bias_eps = None
+    if has_bias:  # (G, out); each member's bias_r is its group's row (a view when G = 1)
+        bias_eps = _cat(bias)
+        bias_r = bias_eps.expand(len(s), -1) if len(bias) == 1 else bias_eps.repeat_interleave(group_size, dim=0)
+    factors = (_stack([a for a, _ in eps]), _stack([b for _, b in eps]))
+    return SlotNoise(None, s, r, bias_r, mirrored, factors=factors, bias_eps=bias_eps)
 
 
 def _unpack(table: Tensor, rows: Tensor, width: int) -> Tensor:

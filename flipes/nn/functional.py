@@ -34,11 +34,15 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
     n, g = noise.size, noise.groups
     if x.dim() == 2:  # one example per member (the rollout case): 2-D GEMMs, bias noise folded in
         xs = torch.mul(x, noise.s, out=noise.scratch(x))
-        if g == 1:
-            if noise.factors is None:
-                last = noise.eps[0].T
-            else:  # ((x∘s) Bᵀ) Aᵀ
-                xs, last = xs @ noise.factors[1][0].T, noise.factors[0][0].T
+        if g == 1 and noise.factors is not None:  # ((x∘s) Bᵀ) Aᵀ, the group's bias noise as one more rank
+            a, b = noise.factors[0][0], noise.factors[1][0]
+            t = xs @ b.T
+            if noise.bias_eps is not None:
+                t = torch.cat((t, t.new_ones(n, 1)), 1)
+                a = torch.cat((a, noise.bias_eps.T), 1)
+            out = t @ a.T
+        elif g == 1:
+            last = noise.eps[0].T
             out = xs @ last if noise.bias_r is None else torch.addmm(noise.bias_r, xs, last)
         else:
             out = _grouped_product(xs.reshape(g, n // g, -1), noise).view(n, -1)
