@@ -7,6 +7,7 @@ For each tanh MLP and population size N, times one forward of the whole populati
     (c) fresh       sampling + Flipout forward, fresh noise every step
     (d) vmap        per-member weights through torch.func.vmap over functional_call (EvoTorch's way)
     (e) bmm         per-member weights with torch.bmm
+    (f) low-rank    Flipout with low-rank noise (FlipES(rank=--rank)), signs sampled once per generation
     sample+tell     one generation's overhead: sample the noise, shape a random fitness, ES gradient, Adam step
     sample          sampling alone (FlipES._sample), the last column
 
@@ -75,6 +76,8 @@ class Args:
     """seed of the weights, inputs and FlipES noise"""
     json: str | None = None
     """write the raw numbers to this path"""
+    rank: int = 4
+    """noise rank of the low-rank variant (f); 0 leaves it out"""
     quick: bool = False
     """smoke test: one small MLP, N=64, tiny repetitions"""
 
@@ -94,6 +97,7 @@ def parse_args() -> Args:
     parser.add_argument("--mem-cap-gb", type=float, default=defaults.mem_cap_gb, help="cap on per-member weights for (d), (e)")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads (0: default)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--rank", type=int, default=defaults.rank, help="noise rank of variant (f); 0: leave it out")
     parser.add_argument("--json", default=defaults.json, help="write the raw numbers to this path")
     parser.add_argument("--quick", action="store_true", help="smoke test: one small MLP, N=64, tiny repetitions")
     args = Args(**vars(parser.parse_args()))
@@ -178,6 +182,8 @@ def bench(size: str, n: int, args: Args, device: torch.device, sync: Callable[[]
     model_c = flipes.flipout(copy.deepcopy(plain))
     es_c = flipes.FlipES(model_c, popsize=n, sigma=args.sigma, seed=args.seed)
     fitness = torch.randn(n)
+    model_f = flipes.flipout(copy.deepcopy(plain))
+    es_f = flipes.FlipES(model_f, popsize=n, sigma=args.sigma, seed=args.seed, rank=args.rank or None)
 
     @torch.no_grad()
     def plain_forward() -> Tensor:
@@ -197,6 +203,7 @@ def bench(size: str, n: int, args: Args, device: torch.device, sync: Callable[[]
     variants: dict[str, Callable[[], object]] = {
         "plain": plain_forward,
         "flipout": lambda: model_b(x),
+        **({"lowrank": lambda: model_f(x)} if args.rank else {}),
         "fresh": fresh_forward,
         "sample": es_c._sample,
         "sample_tell": sample_and_tell,
@@ -227,7 +234,7 @@ def bench(size: str, n: int, args: Args, device: torch.device, sync: Callable[[]
         torch.testing.assert_close(vmap_forward(), bmm_forward(), rtol=1e-4, atol=1e-5)
         variants |= {"vmap": vmap_forward, "bmm": bmm_forward}
 
-    with es_b.population():  # (b): entered ONCE, signs sampled once per generation as in a rollout
+    with es_b.population(), es_f.population():  # (b), (f): entered ONCE, noise sampled once as in a rollout
         results = measure(variants, args, sync)
     num_params = sum(p.numel() for p in params.values())
     return {"mlp": size, "n": n, "params": num_params, "member_weights_gb": member_bytes / 1e9, "variants": results}
@@ -257,6 +264,7 @@ def main() -> None:
     # the table
     cols = ["MLP", "N", "(a) plain ms", "(b) flipout ms", "(b)/(a)", "(c) fresh ms", "(d) vmap ms", "(d)/(b)"]
     cols += ["(e) bmm ms", "(e)/(b)", "sample+tell ms", "(sample+tell)/(b)", "sample ms"]
+    cols += [f"(f) low-rank r={args.rank} ms", "(f)/(a)"] if args.rank else []
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("---" for _ in cols) + "|")
     for row in rows:
@@ -267,11 +275,13 @@ def main() -> None:
             "vmap/flipout": d / b if d else None,
             "bmm/flipout": e / b if e else None,
             "sample_tell/flipout": ms["sample_tell"] / b,
+            "lowrank/plain": ms["lowrank"] / ms["plain"] if "lowrank" in ms else None,
         }
         r = row["ratios"]
         cells = [row["mlp"], str(row["n"]), fmt(ms["plain"]), fmt(b), fmt(r["flipout/plain"], True), fmt(ms["fresh"])]
         cells += [fmt(d), fmt(r["vmap/flipout"], True), fmt(e), fmt(r["bmm/flipout"], True)]
         cells += [fmt(ms["sample_tell"]), fmt(r["sample_tell/flipout"], True), fmt(ms["sample"])]
+        cells += [fmt(ms["lowrank"]), fmt(r["lowrank/plain"], True)] if args.rank else []
         print("| " + " | ".join(cells) + " |")
 
     # the targets
