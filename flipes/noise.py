@@ -107,7 +107,8 @@ class SlotNoise:
         cost page faults on CPU: up to a third of a low-rank population forward."""
         if torch.is_grad_enabled():
             return None
-        key = (like.shape, like.dtype, like.device)
+        # an inference tensor cannot be written outside inference mode (nor a normal one reused in it)
+        key = (like.shape, like.dtype, like.device, torch.is_inference_mode_enabled())
         if key not in self.workspace:
             self.workspace[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
         return self.workspace[key]

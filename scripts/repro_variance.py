@@ -184,6 +184,8 @@ def independent_variance(net: nn.Module, ns: list[int], args: Args, x: Tensor, y
     theta, p = members.mean(), members.num_params
     pool = args.indep_blocks * max(ns)
     c = chunk_members(p, args.chunk_mb, pool)
+    if pool % c or any(n > c and n % c for n in ns):  # the block sums below assume whole chunks
+        raise ValueError(f"independent pool of {pool} members in chunks of {c}: use powers of two for N and --indep-blocks")
     gen = torch.Generator(device=theta.device).manual_seed(args.seed * 7919 + 2)
     data_gen = torch.Generator().manual_seed(args.seed * 7919 + 3)
     sq = dict.fromkeys(ns, 0.0)  # Σ_blocks ‖block sum‖²

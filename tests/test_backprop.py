@@ -399,3 +399,18 @@ def test_expected_calibration_error_by_hand() -> None:
     assert expected_calibration_error(probs, labels, bins=4) == pytest.approx(expect, abs=1e-12)
     assert expected_calibration_error(probs, labels, bins=2) == pytest.approx(abs(0.75 - 0.8), abs=1e-12)  # one bin
     assert expected_calibration_error(torch.eye(3), torch.arange(3)) == 0.0
+
+
+def test_lstm_with_noise_refuses_packed_input_and_returns_a_contiguous_output() -> None:
+    torch.manual_seed(0)
+    lstm = FlipoutLSTM(3, 4)
+    attach_noise(lstm, DropConnect)
+    lstm.train()
+    seqs = torch.randn(5, 2, 3)  # (T, B, in)
+    packed = nn.utils.rnn.pack_padded_sequence(seqs, torch.tensor([5, 3]))
+    with pytest.raises(TypeError, match="PackedSequence"):
+        lstm(packed)  # not silently the mean network
+    out, _ = lstm(seqs)
+    assert out.is_contiguous() and out.shape == (5, 2, 4)
+    lstm.eval()  # no noise in eval mode: plain nn.LSTM, which takes packed input
+    lstm(packed)

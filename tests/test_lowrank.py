@@ -91,3 +91,23 @@ def test_rank_must_be_a_positive_integer_and_is_part_of_the_configuration() -> N
     state = flipes.FlipES(layer, popsize=4, rank=2).state_dict()
     with pytest.raises(ValueError, match="rank: saved 2, now None"):
         flipes.FlipES(layer, popsize=4).load_state_dict(state)
+
+
+def test_population_forwards_under_inference_mode_and_no_grad_mix_within_a_generation() -> None:
+    """The scratch buffer of x∘s is per mode: an inference tensor cannot be written outside it."""
+    layer = FlipoutLinear(6, 5)
+    x = torch.randn(8, 6)
+    for rank in (None, 2):
+        es = flipes.FlipES(layer, popsize=8, rank=rank)
+        with torch.inference_mode(), es.population():
+            first = layer(x).clone()
+        with es.population():
+            second = layer(x)
+            third = layer(2 * x)  # the buffer is reused: the earlier output must be untouched
+        assert torch.equal(first, second) and not torch.equal(second, third)
+
+
+def test_numpy_integer_ranks_are_accepted() -> None:
+    import numpy as np
+
+    assert flipes.FlipES(FlipoutLinear(3, 2), popsize=4, rank=np.int64(2)).rank == 2

@@ -8,6 +8,7 @@ et al., 2017 (arXiv:1703.03864).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -72,7 +73,9 @@ class FlipES:
             sign-flipped per member (EGGROLL-style low-rank perturbations; Sarkar et al., 2025).
             The population forward then costs O(N·r·(in + out)) per layer instead of O(N·in·out);
             the perturbations stay uncorrelated with variance σ² per weight, so ĝ stays unbiased
-            (for fitness linear in θ exactly), at a higher variance for small ``r``.
+            (for fitness linear in θ exactly), at a higher variance for small ``r``. Biases then
+            get one noise vector ``σε_b`` per group, sign-flipped per member (``σε_b ∘ r_n``) like
+            the weights, instead of independent noise per member.
 
     Examples::
 
@@ -108,8 +111,13 @@ class FlipES:
                 f"mirrored sampling pairs members, but each group has popsize/groups = {popsize // groups} "
                 "members (odd); use an even popsize per group or mirrored=False"
             )
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-            raise ValueError(f"rank must be None (full-rank noise) or an integer >= 1, got {rank!r}")
+        if rank is not None:
+            try:  # any integer type (numpy's too), not bools or floats
+                rank = operator.index(rank) if not isinstance(rank, bool) else -1
+            except TypeError:
+                rank = -1
+            if rank < 1:
+                raise ValueError(f"rank must be None (full-rank noise) or an integer >= 1, got {rank!r}")
         self.rank = rank
         self.model = model
         self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, seed, mirrored

@@ -176,8 +176,9 @@ class FlipoutLSTM(FlipoutMixin, nn.LSTM):
         self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
         noise = self.noise
-        if noise is None and not isinstance(input, PackedSequence):
-            batch = 1 if input.dim() == 2 else input.shape[0 if self.batch_first else 1]
+        if noise is None:  # backprop noise (drawn here for a padded batch; packed input: the error below)
+            packed = isinstance(input, PackedSequence)
+            batch = 1 if packed or input.dim() == 2 else input.shape[0 if self.batch_first else 1]
             noise = backprop_noise(self, batch)
         if noise is None:
             return super().forward(input, hx)
@@ -192,7 +193,7 @@ class FlipoutLSTM(FlipoutMixin, nn.LSTM):
         out, h_n, c_n = self._noisy_forward(x.contiguous(), hx, noise)
         if unbatched:
             return out.squeeze(0), (h_n.squeeze(1), c_n.squeeze(1))
-        return (out if self.batch_first else out.transpose(0, 1)), (h_n, c_n)
+        return (out if self.batch_first else out.transpose(0, 1).contiguous()), (h_n, c_n)  # as nn.LSTM
 
     def _noisy_forward(
         self, x: Tensor, hx: tuple[Tensor, Tensor] | None, noise: tuple[SlotNoise, ...]
