@@ -178,16 +178,25 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def write_outputs(out: str | Path, name: str, payload: dict[str, Any], markdown: str) -> list[Path]:
-    """``OUT/name.json`` (raw numbers) and ``OUT/name.md`` (the tables); returns the paths."""
+def write_outputs(out: str | Path, name: str, payload: dict[str, Any], markdown: str, fig: Any = None) -> list[Path]:
+    """``OUT/name.json`` (raw numbers), ``OUT/name.md`` (the tables) and, given a figure,
+    ``OUT/name.png``; returns the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.json", out / f"{name}.md"]
     paths[0].write_text(json.dumps(payload, indent=1, default=str) + "\n")
     paths[1].write_text(markdown.rstrip() + "\n")
+    if fig is not None:
+        paths.append(out / f"{name}.png")
+        fig.savefig(paths[-1], dpi=120)
     for p in paths:
         print(f"wrote {p}")
     return paths
+
+
+def panels(count: int) -> tuple[Any, Any]:
+    """A figure with ``count`` side-by-side axes (a row of ``axes[0]``)."""
+    return pyplot().subplots(1, count, figsize=(5.5 * count, 4.2), constrained_layout=True, squeeze=False)
 
 
 def pyplot() -> Any:

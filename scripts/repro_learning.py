@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from repro_common import data, fc_net, machine, make_es, markdown_table, member_loss, pyplot, setup, write_outputs
+from repro_common import data, fc_net, machine, make_es, markdown_table, member_loss, panels, setup, write_outputs
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -220,10 +220,7 @@ def main(args: Args) -> dict:
     markdown = "\n".join(md)
     print("\n" + markdown)
 
-    plt = pyplot()
-    fig, axes = plt.subplots(
-        1, len(args.popsizes), figsize=(5.5 * len(args.popsizes), 4.2), constrained_layout=True, squeeze=False
-    )
+    fig, axes = panels(len(args.popsizes))
     colors = {"FlipES": "tab:blue", "independent ES": "black", "backprop": "tab:green"}
     for ax, n in zip(axes[0], args.popsizes, strict=True):
         for key in [*(f"{m} N={n}" for m in methods), "backprop"]:
@@ -247,10 +244,7 @@ def main(args: Args) -> dict:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"Digits test accuracy, mean and min–max over {len(args.seeds)} seeds (cf. Wen et al. 2018, Fig. 2b–d)")
-    write_outputs(args.out, "repro_learning", results, markdown)
-    png = f"{args.out}/repro_learning.png"
-    fig.savefig(png, dpi=120)
-    print(f"wrote {png}")
+    write_outputs(args.out, "repro_learning", results, markdown, fig)
     return results
 
 

@@ -50,7 +50,7 @@ from repro_common import (
     markdown_table,
     median_time,
     member_loss,
-    pyplot,
+    panels,
     setup,
     write_outputs,
 )
@@ -271,12 +271,10 @@ def main(args: Args) -> dict:
     markdown = "\n".join(md)
     print("\n" + markdown)
     stem = "repro_timing_cuda" if dev.type == "cuda" else "repro_timing"
-    write_outputs(args.out, stem, results, markdown)
-
     tables = [k for k in ("fc", "conv") if k in results]
+    fig = None
     if tables:
-        plt = pyplot()
-        fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4.2), constrained_layout=True, squeeze=False)
+        fig, axes = panels(len(tables))
         for ax, kind in zip(axes[0], tables, strict=True):
             sizes = [r["size"] for r in results[kind]]
             for name in results[kind][0]["ms"]:
@@ -290,9 +288,7 @@ def main(args: Args) -> dict:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle("Per-update time: FlipES vs per-member weights (cf. Wen et al. 2018, Fig. 5)")
-        png = f"{args.out}/{stem}.png"
-        fig.savefig(png, dpi=120)
-        print(f"wrote {png}")
+    write_outputs(args.out, stem, results, markdown, fig)
     return results
 
 

@@ -39,7 +39,7 @@ from repro_common import (
     make_net,
     markdown_table,
     member_loss,
-    pyplot,
+    panels,
     setup,
     write_outputs,
 )
@@ -298,10 +298,7 @@ def main(args: Args) -> dict:
     markdown = "\n".join(md)
     print("\n" + markdown)
 
-    plt = pyplot()
-    fig, axes = plt.subplots(
-        1, len(results["nets"]), figsize=(5.5 * len(results["nets"]), 4.2), constrained_layout=True, squeeze=False
-    )
+    fig, axes = panels(len(results["nets"]))
     styles = {"shared": ("tab:red", "-"), "flipout": ("tab:blue", "-"), "independent": ("black", "--")}
     for ax, (spec, r) in zip(axes[0], results["nets"].items(), strict=True):
         extra = ["tab:orange", "tab:purple", "tab:green", "tab:brown"]  # low-rank curves
@@ -317,10 +314,7 @@ def main(args: Args) -> dict:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("ES gradient variance vs N (cf. Wen et al. 2018, Fig. 1)")
-    png = f"{args.out}/repro_variance.png"
-    write_outputs(args.out, "repro_variance", results, markdown)
-    fig.savefig(png, dpi=120)
-    print(f"wrote {png}")
+    write_outputs(args.out, "repro_variance", results, markdown, fig)
     return results
 
 
