@@ -42,6 +42,7 @@ class SerialComm:
     rank = 0
     size = 1
     local_rank = 0
+    local_size = 1
     bytes_sent = 0
 
     def allgather_tensor(self, x: Tensor) -> Tensor:
@@ -65,6 +66,7 @@ class MPIComm:
 
     Attributes:
         local_rank: rank among the processes of this node (for ``cuda:<local_rank>``).
+        local_size: processes of this job on this node (they share its cores).
         bytes_sent: payload bytes this process has contributed to collectives so far.
     """
 
@@ -79,7 +81,8 @@ class MPIComm:
         self._mpi = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank).Get_rank()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         self.bytes_sent = 0
 
     def allgather_tensor(self, x: Tensor) -> Tensor:

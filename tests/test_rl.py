@@ -116,8 +116,10 @@ def test_bad_input_gives_errors_that_say_what_to_do() -> None:
         make_vector_env("flipes/NoSuch-v0", 2)
 
 
-def test_gymnasium_ids_run_through_the_numpy_adapter() -> None:
-    env = make_vector_env("CartPole-v1", 6)
+@pytest.mark.parametrize("env_id", ["gymnasium:CartPole-v1", "CartPole-v1"])
+def test_gymnasium_ids_give_torch_tensors_on_every_engine(env_id: str) -> None:
+    """gymnasium's own CartPole through the numpy adapter, and the plain id (EnvPool's when installed)."""
+    env = make_vector_env(env_id, 6)
     obs, _ = env.reset(seed=0)
     assert isinstance(obs, torch.Tensor) and obs.shape == (6, 4)
     ep = run_episodes(env, lambda o: (o[:, 2] > 0).long(), seed=1)  # lean-following controller

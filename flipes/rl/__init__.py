@@ -1,8 +1,23 @@
 """Reinforcement learning with FlipES: policies, batched rollouts, observation normalization."""
 
-from flipes.rl.envs import make_vector_env
+from flipes.rl.envpool_vec import EnvPoolVectorEnv
+from flipes.rl.envs import available_cores, make_vector_env, split_env_id
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.policy import MLPPolicy
-from flipes.rl.rollout import Episodes, RolloutFitness, episode_seed, run_episodes
+from flipes.rl.rollout import Episodes, RolloutFitness, episode_seed, reset_episodes, run_episodes
+from flipes.rl.workers import WorkerVectorEnv
 
-__all__ = ["Episodes", "MLPPolicy", "RolloutFitness", "RunningNorm", "episode_seed", "make_vector_env", "run_episodes"]
+__all__ = [
+    "EnvPoolVectorEnv",
+    "Episodes",
+    "MLPPolicy",
+    "RolloutFitness",
+    "RunningNorm",
+    "WorkerVectorEnv",
+    "available_cores",
+    "episode_seed",
+    "make_vector_env",
+    "reset_episodes",
+    "run_episodes",
+    "split_env_id",
+]

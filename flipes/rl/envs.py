@@ -1,13 +1,41 @@
-"""Making vector environments: flipes' own torch envs, or any gymnasium id through an adapter."""
+"""Making vector environments with torch tensors in and out, on the fastest engine at hand.
+
+An env id picks its engine ("backend") by an optional prefix:
+
+============================  ===============================================================
+``flipes/CartPole-v1``        flipes' batched torch envs (``envs/``), stepped on the device
+``envpool:HalfCheetah-v5``    EnvPool's C++ thread pool (``pip install 'flipes[envpool]'``)
+``gymnasium:HalfCheetah-v5``  gymnasium's own envs: in worker processes (``AsyncVectorEnv``)
+                              for MuJoCo and Box2D ids, in this process (``SyncVectorEnv``)
+                              otherwise
+``gymnasium-sync:ID``         gymnasium's ``SyncVectorEnv``, whatever the id
+``gymnasium-async:ID``        gymnasium's ``AsyncVectorEnv`` with a block of envs per worker
+``HalfCheetah-v5``            EnvPool when it is installed and has the id, else ``gymnasium:``
+============================  ===============================================================
+
+(The prefixes cannot clash with gymnasium's own ``module:Env-v0`` syntax: ``envpool`` and
+``gymnasium`` would import those very packages, and the other two are not module names.)
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
+
+from flipes.rl.envpool_vec import EnvPoolVectorEnv, envpool_ids
+from flipes.rl.workers import WorkerVectorEnv
+
+BACKENDS = ("envpool", "gymnasium", "gymnasium-sync", "gymnasium-async")
+# gymnasium packages whose steps cost enough (a physics engine) that worker processes beat one loop
+_HEAVY_ENTRY_POINTS = ("gymnasium.envs.mujoco", "gymnasium.envs.box2d")
 
 
 class NumpyToTorch(gym.vector.VectorWrapper):
@@ -33,29 +61,115 @@ class NumpyToTorch(gym.vector.VectorWrapper):
         return self._torch(obs), self._torch(reward), self._torch(terminated), self._torch(truncated), info
 
 
-def make_vector_env(env_id: str, num_envs: int, device: str | torch.device = "cpu") -> gym.vector.VectorEnv:
+def available_cores(ranks_on_node: int = 1) -> int:
+    """Cores this process may use: its CPU affinity, shared by ``ranks_on_node`` processes unless the
+    launcher already bound each to its own cores (an affinity smaller than the machine)."""
+    try:
+        mine = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        mine = os.cpu_count() or 1
+    if mine < (os.cpu_count() or mine):
+        return mine
+    return max(1, mine // max(1, ranks_on_node))
+
+
+def split_env_id(env_id: str) -> tuple[str, str]:
+    """``"envpool:Hopper-v5"`` -> ``("envpool", "Hopper-v5")``; no prefix -> ``("auto", id)``."""
+    prefix, sep, rest = env_id.partition(":")
+    if sep and prefix in BACKENDS:
+        return prefix, rest
+    return "auto", env_id
+
+
+def print_note(text: str) -> None:
+    """One line to stderr, prefixed ``flipes:``."""
+    print(f"flipes: {text}", file=sys.stderr, flush=True)
+
+
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    device: str | torch.device = "cpu",
+    threads: int = 0,
+    note: Callable[[str], None] | None = print_note,
+    **kwargs: Any,
+) -> gym.vector.VectorEnv:
     """A vector env of ``num_envs`` copies that takes and returns torch tensors on ``device``.
 
-    ``flipes/...`` ids are batched torch envs (``envs/``) that step on ``device`` itself; any other
-    gymnasium id (e.g. ``HalfCheetah-v5``) runs gymnasium's own vector env on the CPU, converted
-    numpy<->torch at this boundary only.
+    Args:
+        env_id: a ``flipes/`` id, or a gymnasium id with an optional backend prefix (see the
+            module's table).
+        num_envs: copies.
+        device: where observations, rewards and flags are returned (CPU engines copy to it).
+        threads: EnvPool threads or gymnasium worker processes; 0 takes every core this process
+            may use (:func:`available_cores`).
+        note: receives one line when the engine falls back to a slower one (``None``: silent).
+        **kwargs: passed to the engine's constructor (``gymnasium.make_vec`` or ``envpool.make``).
     """
-    if env_id.startswith("flipes/"):
+    if env_id.startswith(("flipes/", "envs:flipes/")):
+        env_id = env_id.removeprefix("envs:")
         import envs  # noqa: F401  registers the flipes/ ids with gymnasium
 
         try:
-            return gym.make_vec(env_id, num_envs=num_envs, device=device)
+            return gym.make_vec(env_id, num_envs=num_envs, device=device, **kwargs)
         except gym.error.Error as e:
             raise ValueError(f"unknown env id {env_id!r}: flipes has {_flipes_ids()}") from e
+    backend, name = split_env_id(env_id)
+    threads = threads or available_cores()
+    if backend in ("auto", "envpool"):
+        ids = envpool_ids()
+        if name in ids:
+            return EnvPoolVectorEnv(name, num_envs, threads=threads, device=device, **kwargs)
+        if backend == "envpool":
+            if not ids:
+                raise ValueError(
+                    f"{env_id!r} needs EnvPool, which is not installed: pip install 'flipes[envpool]' "
+                    f"(Linux), or use gymnasium:{name}"
+                )
+            raise ValueError(f"EnvPool has no env {name!r} (envpool.list_all_envs() lists its ids); use gymnasium:{name}")
+    spec = _gymnasium_spec(name, env_id)
+    mode = backend.removeprefix("gymnasium-") if backend.startswith("gymnasium-") else None
+    if mode is None:
+        heavy = isinstance(spec.entry_point, str) and spec.entry_point.startswith(_HEAVY_ENTRY_POINTS)
+        mode = "async" if heavy and threads > 1 and num_envs >= 2 * threads else "sync"
+    workers = _largest_divisor(num_envs, threads)
+    if mode == "async" and workers < 2 and backend == "auto":
+        mode = "sync"
+    if backend == "auto" and note is not None:
+        why = "EnvPool is not installed" if not envpool_ids() else "EnvPool has no such env"
+        engine = f"{workers} worker processes (gymnasium AsyncVectorEnv)" if mode == "async" else "gymnasium's SyncVectorEnv"
+        hint = "; pip install 'flipes[envpool]' for its C++ threads" if not envpool_ids() else ""
+        note(f"{name} steps in {engine}: {why}{hint}")
     try:
-        env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync")
+        if mode == "async":
+            return WorkerVectorEnv(name, num_envs, workers, device=device, **kwargs)
+        return NumpyToTorch(gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync", **kwargs), device=device)
+    except gym.error.DependencyNotInstalled as e:
+        raise ValueError(f"{name!r} needs packages that are not installed ({e}); for MuJoCo: pip install 'flipes[mujoco]'") from e
+
+
+def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:
+    module, sep, short = name.rpartition(":")
+    if sep:  # gymnasium's "module:Env-v0": the module registers the id when imported
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            raise ValueError(f"env id {env_id!r}: cannot import {module!r} ({e}); is it installed or on PYTHONPATH?") from e
+    try:
+        return gym.spec(short)
     except gym.error.Error as e:
         raise ValueError(
-            f"unknown env id {env_id!r} ({e}); use a flipes id ({_flipes_ids()}) or a registered gymnasium id "
-            "(gymnasium.pprint_registry() lists them; MuJoCo ids need `pip install mujoco`)"
+            f"unknown env id {env_id!r} ({e}); use a flipes id ({_flipes_ids()}), a registered gymnasium id "
+            "(gymnasium.pprint_registry() lists them; MuJoCo ids need pip install 'flipes[mujoco]') or an EnvPool id "
+            "(envpool.list_all_envs())"
         ) from e
-    return NumpyToTorch(env, device=device)
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
 
 
 def _flipes_ids() -> str:
+    import envs  # noqa: F401
+
     return ", ".join(sorted(k for k in gym.registry if k.startswith("flipes/")))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +28,29 @@ def episode_seed(seed: int, generation: int, stream: str) -> int:
     return int.from_bytes(digest, "little")
 
 
+def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation: int, first: int = 0) -> Tensor:
+    """Reset every env of ``env`` for ``generation`` and return the observations.
+
+    Env ``i`` stands for the global env ``first + i``, and its episode is a pure function of
+    ``(seed, stream, generation, first + i)``, whichever process runs it:
+
+    - engines seeded at reset (flipes' envs, gymnasium's): env ``i`` is reset with gymnasium's
+      convention, seed ``episode_seed(seed, generation, stream) + first + i``;
+    - engines seeded once at creation (EnvPool, :meth:`EnvPoolVectorEnv.reset_streams`): env ``i``
+      owns the stream seeded ``episode_seed(seed, 0, stream) + first + i`` (mod 2**31) and plays
+      its episode number ``generation``.
+    """
+    n = env.num_envs
+    reset_streams = getattr(env, "reset_streams", None)
+    if reset_streams is not None:
+        base = episode_seed(seed, 0, stream) + first
+        obs, _ = reset_streams([base + i for i in range(n)], generation)
+    else:
+        base = episode_seed(seed, generation, stream) + first
+        obs, _ = env.reset(seed=[base + i for i in range(n)])
+    return obs
+
+
 @dataclass
 class Episodes:
     returns: Tensor  # (num_envs,) total reward of each env's first episode
@@ -37,19 +62,29 @@ class Episodes:
 def run_episodes(
     env: gym.vector.VectorEnv,
     act: Callable[[Tensor], Tensor],
-    seed: int | list[int],
+    seed: int | list[int] | None = None,
     record: RunningNorm | None = None,
     max_steps: int | None = None,
     members: int | None = None,
+    obs: Tensor | None = None,
+    pipeline: bool = False,
 ) -> Episodes:
     """Run one episode in every env of ``env`` with ``act(obs) -> actions``, at most ``max_steps``
     steps (the env's own truncation otherwise).
 
-    ``seed``: gymnasium's convention, env ``i`` is reset with ``seed + i`` (or ``seed[i]``).
+    ``seed``: gymnasium's convention, env ``i`` is reset with ``seed + i`` (or ``seed[i]``); or
+    ``obs``: the envs were just reset (e.g. by :func:`reset_episodes`) to these observations.
     ``record``: observations of unfinished episodes are added to its pending statistics, per
     member when ``members`` is given (envs ``m·K .. m·K+K-1`` belong to member ``m``).
+    ``pipeline``: step one half of the envs while ``act`` computes the other half's actions
+    (envs with ``send``/``recv``, as :class:`EnvPoolVectorEnv`). ``act`` is then called on the
+    whole batch with half of it stale, so it must compute each row from that row alone, as a
+    memoryless policy does (an MLP, not a recurrent policy). The results are the same.
     """
-    obs, _ = env.reset(seed=seed)
+    if obs is None:
+        obs, _ = env.reset(seed=seed)
+    if pipeline:
+        return _run_pipelined(env, act, obs, record, max_steps, members)
     device = obs.device
     n = env.num_envs
     returns = torch.zeros(n, dtype=torch.float64, device=device)
@@ -70,6 +105,73 @@ def run_episodes(
     return Episodes(returns, lengths, int(lengths.sum()))
 
 
+def _run_pipelined(
+    env: Any, act: Callable[[Tensor], Tensor], obs: Tensor, record: RunningNorm | None, max_steps: int | None, members: int | None
+) -> Episodes:
+    """:func:`run_episodes` with two halves of the envs in turns: while EnvPool's threads step one
+    half, this thread computes the other half's next actions (measured here: 1.25-1.45x the
+    serial loop's steps/s for HalfCheetah-v5 at N = 64-256 on 2 cores)."""
+    n, device = env.num_envs, obs.device
+    m = members or n
+    cut = (m + 1) // 2 * (n // m)  # the halves end on a member boundary: a member's sums stay in one call
+    halves = (slice(0, cut), slice(cut, n))
+    state = obs.cpu().numpy().copy()
+    returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
+    alive = np.ones(n, dtype=bool)
+    steps = [0, 0]
+
+    def observe(rows: slice) -> None:
+        if record is not None:
+            mask = np.zeros(n, dtype=bool)
+            mask[rows] = alive[rows]
+            record.record(torch.from_numpy(state).to(device).view(m, n // m, -1), torch.from_numpy(mask).to(device).view(m, -1))
+
+    def live(h: int) -> np.ndarray:
+        if max_steps is not None and steps[h] >= max_steps:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(alive[halves[h]]) + halves[h].start
+
+    observe(slice(0, n))
+    actions = act(torch.from_numpy(state).to(device)).cpu().numpy()
+    ready = [True, True]  # the half's rows of `actions` answer its current observations
+    flight: int | None = None
+    while True:
+        if flight is None:
+            for h in (0, 1):
+                ids = live(h)
+                if ready[h] and len(ids):
+                    env.send(actions, ids)
+                    flight, ready[h] = h, False
+                    steps[h] += 1
+                    break
+        todo = [h for h in (0, 1) if h != flight and not ready[h] and len(live(h))]
+        if todo:  # overlaps the half in flight
+            fresh = act(torch.from_numpy(state).to(device)).cpu().numpy()
+            for h in todo:
+                actions[halves[h]] = fresh[halves[h]]
+                ready[h] = True
+        if flight is None:
+            if not todo:
+                break
+            continue
+        ids, o, r, terminated, truncated = env.recv()
+        state[ids] = o
+        returns[ids] += r
+        lengths[ids] += 1
+        alive[ids] &= ~(terminated | truncated)
+        observe(halves[flight])
+        flight = None
+    return Episodes(torch.from_numpy(returns).to(device), torch.from_numpy(lengths).to(device), int(lengths.sum()))
+
+
+def can_pipeline(env: gym.vector.VectorEnv, model: nn.Module) -> bool:
+    """Whether :func:`run_episodes` may pipeline ``model`` on ``env``: the env can step part of its
+    envs in the background, and the model is a memoryless :class:`~flipes.rl.MLPPolicy`."""
+    from flipes.rl.policy import MLPPolicy
+
+    return hasattr(env, "send") and hasattr(env, "recv") and isinstance(model, MLPPolicy)
+
+
 class RolloutFitness:
     """``fitness(model, pop)``: each member's mean return over ``episodes`` episodes.
 
@@ -80,13 +182,23 @@ class RolloutFitness:
         seed: with the generation, seeds the episodes' resets.
         obs_norm: the policy's ``RunningNorm``; observations of the population are recorded into
             it (its statistics stay frozen until ``obs_norm.update()``, called after ``tell``).
+        pipeline: overlap env steps with the policy forward (:func:`run_episodes`); ``None``
+            turns it on where it is safe and helps: an env with ``send``/``recv`` (EnvPool) and a
+            memoryless :class:`~flipes.rl.MLPPolicy`.
 
     Attributes:
         timesteps: env steps used so far.
     """
 
-    def __init__(self, env: gym.vector.VectorEnv, episodes: int = 1, seed: int = 0, obs_norm: RunningNorm | None = None) -> None:
-        self.env, self.episodes, self.seed, self.obs_norm = env, episodes, seed, obs_norm
+    def __init__(
+        self,
+        env: gym.vector.VectorEnv,
+        episodes: int = 1,
+        seed: int = 0,
+        obs_norm: RunningNorm | None = None,
+        pipeline: bool | None = None,
+    ) -> None:
+        self.env, self.episodes, self.seed, self.obs_norm, self.pipeline = env, episodes, seed, obs_norm, pipeline
         self.timesteps = 0
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
@@ -100,9 +212,10 @@ class RolloutFitness:
         def act(obs: Tensor) -> Tensor:  # (n·k, d) -> members first (n, k, d) -> (n·k, ...)
             return model(obs.view(n, k, *obs.shape[1:])).flatten(0, 1)
 
-        # env i of member m, episode k gets seed base + m·K + k with m the GLOBAL member index, so a
+        # env i of member m, episode k is the global env m·K + k with m the GLOBAL member index, so a
         # member's episodes do not depend on how the population is split across processes
-        first = episode_seed(self.seed, pop.generation, "population") + pop.members.start * k
-        ep = run_episodes(self.env, act, [first + i for i in range(n * k)], record=self.obs_norm, members=n)
+        obs = reset_episodes(self.env, self.seed, "population", pop.generation, first=pop.members.start * k)
+        pipeline = self.pipeline if self.pipeline is not None else can_pipeline(self.env, model)
+        ep = run_episodes(self.env, act, record=self.obs_norm, members=n, obs=obs, pipeline=pipeline)
         self.timesteps += ep.steps
         return ep.returns.view(n, k).mean(1)

@@ -1,0 +1,222 @@
+"""EnvPool's C++ thread pool as a gymnasium ``VectorEnv`` with torch tensors in and out.
+
+EnvPool (Weng et al., "EnvPool: A Highly Parallel Reinforcement Learning Environment Execution
+Engine", NeurIPS 2022, arXiv:2206.10558) steps a batch of envs on its own C++ threads, with no
+Python per env. Two of its properties shape this adapter:
+
+- Seeds are fixed when the pool is created (``reset(seed=...)`` cannot reseed it), and creating
+  a MuJoCo pool costs about 1 ms per env. Each env therefore owns one random stream, seeded once;
+  :meth:`EnvPoolVectorEnv.reset_streams` puts env ``i`` at episode ``e`` of the stream seeded
+  ``seeds[i]`` (recreating the pool only when the seeds change or an episode must be repeated,
+  and fast-forwarding otherwise: one reset per skipped episode).
+- Finished envs are never stepped again until they are reset (gymnasium's ``DISABLED`` autoreset
+  mode): their rows keep the last observation, a zero reward and their end flags. So every env
+  draws exactly one reset per episode whatever the other envs do, which keeps a member's episodes
+  independent of how the population is split across processes, and no thread time is spent on
+  episodes nobody counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from torch import Tensor
+
+SEED_MODULUS = 2**31  # EnvPool takes int32 seeds; flipes' seeds are reduced modulo 2**31
+
+
+def envpool_ids() -> frozenset[str]:
+    """The ids EnvPool provides (empty when it is not installed)."""
+    try:
+        import envpool
+    except ImportError:
+        return frozenset()
+    return frozenset(envpool.list_all_envs())
+
+
+def _gymnasium_dtypes(space: gym.Space) -> gym.Space:
+    """EnvPool declares MuJoCo actions as float64 where gymnasium declares float32: use gymnasium's."""
+    if isinstance(space, gym.spaces.Box) and space.dtype == np.float64:
+        return gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32), space.shape, np.float32)
+    return space
+
+
+class EnvPoolVectorEnv(gym.vector.VectorEnv):
+    """``num_envs`` copies of an EnvPool task, stepped on ``threads`` C++ threads.
+
+    Args:
+        env_id: an id of ``envpool.list_all_envs()``, e.g. ``"HalfCheetah-v5"``.
+        num_envs: copies.
+        threads: EnvPool worker threads (0: EnvPool's default, one per core).
+        device: where the returned tensors live.
+        seeds: the seed of each env's stream (``len == num_envs``); the default is ``0, 1, 2, ...``
+            (gymnasium's ``seed + i`` convention with seed 0).
+        **kwargs: passed to ``envpool.make`` (e.g. ``frame_skip``).
+
+    Observations, rewards and flags come back as torch tensors (``torch.from_numpy`` of fresh
+    arrays on the CPU, so earlier results are never overwritten); actions may be tensors or arrays.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.DISABLED, "render_modes": []}
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        threads: int = 0,
+        device: str | torch.device = "cpu",
+        seeds: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        import envpool
+
+        if env_id not in envpool.list_all_envs():
+            raise ValueError(f"EnvPool has no env {env_id!r} (envpool.list_all_envs() lists its ids)")
+        self.env_id, self.num_envs, self.threads, self.device = env_id, int(num_envs), int(threads), torch.device(device)
+        self._make_kwargs = kwargs
+        self._pool: Any = None
+        self._seeds: tuple[int, ...] = ()
+        self._episode = -1  # episode of the streams the envs are in (-1: not reset since the pool was made)
+        probe = envpool.make(env_id, env_type="gymnasium", num_envs=1, **kwargs)  # the spaces; the pool comes at reset
+        self.single_observation_space = probe.observation_space
+        self.single_action_space = _gymnasium_dtypes(probe.action_space)
+        probe.close()
+        if seeds is not None:
+            self._make_pool(seeds)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        self.spec = None
+        self._done = np.ones(self.num_envs, dtype=bool)
+        self._obs: np.ndarray | None = None
+        self._terminated = np.zeros(self.num_envs, dtype=bool)
+        self._truncated = np.zeros(self.num_envs, dtype=bool)
+
+    def _make_pool(self, seeds: Sequence[int]) -> None:
+        import envpool
+
+        seeds = tuple(int(s) % SEED_MODULUS for s in seeds)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+        if self._pool is not None:
+            self._pool.close()
+        self._pool = envpool.make(
+            self.env_id,
+            env_type="gymnasium",
+            num_envs=self.num_envs,
+            batch_size=self.num_envs,
+            num_threads=self.threads,
+            seed=list(seeds),
+            **self._make_kwargs,
+        )
+        self._seeds, self._episode = seeds, -1
+
+    def reset(
+        self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Reset every env (or those of ``options["reset_mask"]``).
+
+        ``seed`` follows gymnasium: env ``i`` is seeded ``seed + i`` (or ``seed[i]``) and its episode
+        is a pure function of that seed; it recreates the pool (about 1 ms per MuJoCo env). Without
+        a seed each env continues its own stream.
+        """
+        if seed is not None:
+            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int | np.integer) else list(seed)
+            if self._pool is None or self._episode >= 0 or tuple(int(s) % SEED_MODULUS for s in seeds) != self._seeds:
+                self._make_pool(seeds)
+        elif self._pool is None:
+            self._make_pool(range(self.num_envs))
+        mask = None if options is None else options.get("reset_mask")
+        if mask is not None:
+            ids = np.flatnonzero(np.asarray(mask if not isinstance(mask, Tensor) else mask.cpu().numpy(), dtype=bool))
+            obs, info = self._pool.reset(env_id=ids.astype(np.int32))
+            full = self._obs.copy() if self._obs is not None else np.zeros((self.num_envs, *obs.shape[1:]), obs.dtype)
+            full[info["env_id"]] = obs
+            self._done[ids] = False
+            self._terminated[ids] = self._truncated[ids] = False
+        else:
+            obs, info = self._pool.reset()
+            full = np.empty_like(obs)
+            full[info["env_id"]] = obs  # in env order, whichever thread finished first
+            self._episode += 1
+            self._done[:] = False
+            self._terminated[:] = self._truncated[:] = False
+        self._obs = full
+        return self._tensor(full.copy()), {}
+
+    def reset_streams(self, seeds: Sequence[int], episode: int) -> tuple[Tensor, dict[str, Any]]:
+        """Reset env ``i`` to episode ``episode`` (counted from 0) of the stream seeded ``seeds[i]``.
+
+        Consecutive episodes cost one reset; skipped ones one reset each (fast-forward, e.g. after
+        resuming a run); going back, or other seeds, recreate the pool first.
+        """
+        seeds = tuple(int(s) % SEED_MODULUS for s in seeds)
+        if self._pool is None or seeds != self._seeds or episode <= self._episode:
+            self._make_pool(seeds)
+        while self._episode < episode - 1:
+            self._pool.reset()
+            self._episode += 1
+        return self.reset()
+
+    def step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """Step the unfinished envs; finished ones keep their last observation and flags, reward 0."""
+        if self._obs is None or self._pool is None:
+            raise RuntimeError("call reset() before step()")
+        reward = np.zeros(self.num_envs, dtype=np.float64)
+        live = np.flatnonzero(~self._done)
+        if len(live):
+            self.send(actions, live)
+            ids, _, r, _, _ = self.recv()
+            reward[ids] = r
+        return (
+            self._tensor(self._obs.copy()),
+            self._tensor(reward),
+            self._tensor(self._terminated.copy()),
+            self._tensor(self._truncated.copy()),
+            {},
+        )
+
+    @property
+    def done(self) -> np.ndarray:
+        """Which envs have finished their episode (a copy)."""
+        return self._done.copy()
+
+    def send(self, actions: Tensor | np.ndarray, ids: np.ndarray) -> None:
+        """Start stepping the envs ``ids`` (unfinished ones) with ``actions[ids]`` (``actions``
+        holds a row for every env) and return at once; :meth:`recv` collects them. One batch may
+        be in flight at a time, so the caller can compute the other envs' actions meanwhile."""
+        a = actions.detach().cpu().numpy() if isinstance(actions, Tensor) else np.asarray(actions)
+        if a.shape[0] != self.num_envs:
+            raise ValueError(f"expected actions for {self.num_envs} envs, got shape {tuple(a.shape)}")
+        if self._done[ids].any():
+            raise ValueError("send() got finished envs; reset them first")
+        every = len(ids) == self.num_envs
+        self._pool.send(a if every else a[ids], None if every else ids.astype(np.int32))
+
+    def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Wait for the batch of :meth:`send`: ``(ids, obs, reward, terminated, truncated)`` of its
+        envs, as numpy arrays in EnvPool's order (``ids`` says which env each row is)."""
+        if self._obs is None:
+            raise RuntimeError("call reset() before recv()")
+        o, r, term, trunc, info = self._pool.recv(reset=False, return_info=True)
+        ids = info["env_id"]  # EnvPool's threads may return the envs in any order
+        self._obs[ids] = o
+        self._terminated[ids], self._truncated[ids] = term, trunc
+        self._done[ids] = term | trunc
+        return ids, o, r, term, trunc
+
+    def _tensor(self, x: np.ndarray) -> Tensor:
+        t = torch.from_numpy(x)  # no copy on the CPU
+        return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
+
+    def close(self, **kwargs: Any) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __repr__(self) -> str:
+        return f"EnvPoolVectorEnv({self.env_id!r}, num_envs={self.num_envs}, threads={self.threads})"

@@ -1,0 +1,226 @@
+"""The env engines behind gymnasium ids: EnvPool's C++ threads, gymnasium's SyncVectorEnv and
+AsyncVectorEnv workers, each against gymnasium's own MuJoCo envs."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from flipes.rl import EnvPoolVectorEnv, make_vector_env, reset_episodes, run_episodes
+from flipes.rl import envs as engine
+
+pytest.importorskip("mujoco")
+IDS = ["HalfCheetah-v5", "Hopper-v5"]
+BACKENDS = ["envpool", "gymnasium-sync", "gymnasium-async"]
+EPISODES = 48  # random-policy episodes per side of each comparison
+
+
+def needs(backend: str) -> None:
+    if backend == "envpool":
+        pytest.importorskip("envpool")
+
+
+def random_policy(space: gym.spaces.Box, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    low, high = torch.as_tensor(space.low), torch.as_tensor(space.high)
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        return low + (high - low) * torch.rand(obs.shape[0], *low.shape, generator=gen)
+
+    return act
+
+
+def reference_episodes(env_id: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and lengths of n random-policy episodes on gymnasium's own vector env."""
+    env = make_vector_env(f"gymnasium-sync:{env_id}", n)
+    ep = run_episodes(env, random_policy(env.single_action_space, seed + 1), seed=seed)
+    env.close()
+    return ep.returns.numpy(), ep.lengths.numpy().astype(float)
+
+
+def welch_z(a: np.ndarray, b: np.ndarray) -> float:
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    return abs(a.mean() - b.mean()) / se if se > 0 else (0.0 if a.mean() == b.mean() else math.inf)
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    grid = np.sort(np.concatenate([a, b]))
+    fa = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
+
+
+# Every statistical check below (3 backends × 2 ids × 2 quantities × 2 tests) runs at a false-alarm
+# rate of 1e-3 / 24 (Bonferroni), so the whole file raises a false alarm with probability < 1e-3.
+ALPHA = 1e-3 / 24
+Z_CRIT = 4.07  # two-sided normal quantile at ALPHA
+KS_CRIT = math.sqrt(-math.log(ALPHA / 2) / 2) * math.sqrt(2 / EPISODES)  # asymptotic two-sample KS, equal sizes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("env_id", IDS)
+def test_spaces_and_random_returns_match_gymnasium(backend: str, env_id: str) -> None:
+    """Same spaces as gymnasium's env; random-policy returns and episode lengths are equal in
+    mean (Welch z) and distribution (two-sample KS) to gymnasium's, at the stated rate."""
+    needs(backend)
+    single = gym.make(env_id)
+    env = make_vector_env(f"{backend}:{env_id}", EPISODES, threads=2)
+    assert env.single_observation_space == single.observation_space
+    assert env.single_action_space == single.action_space
+    ep = run_episodes(env, random_policy(env.single_action_space, 7), seed=10_000)
+    env.close()
+    returns, lengths = ep.returns.numpy(), ep.lengths.numpy().astype(float)
+    ref_returns, ref_lengths = reference_episodes(env_id, EPISODES, seed=20_000)
+    assert ep.steps == int(lengths.sum())
+    for name, a, b in (("returns", returns, ref_returns), ("lengths", lengths, ref_lengths)):
+        assert welch_z(a, b) < Z_CRIT, (name, a.mean(), b.mean())
+        assert ks_statistic(a, b) < KS_CRIT, (name, ks_statistic(a, b))
+    if env_id == "HalfCheetah-v5":  # never terminates: every episode is truncated at 1000 steps
+        assert (lengths == 1000).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finished_episodes_are_masked(backend: str) -> None:
+    """A return is the sum of the rewards up to the env's first end, its length that step count,
+    and nothing after an end is counted (Hopper terminates early under a random policy)."""
+    needs(backend)
+    env = make_vector_env(f"{backend}:Hopper-v5", 16, threads=2)
+    log: list[tuple[torch.Tensor, torch.Tensor]] = []
+    step = env.step
+
+    def logged_step(actions: torch.Tensor):
+        out = step(actions)
+        log.append((out[1].clone(), (out[2] | out[3]).clone()))
+        return out
+
+    env.step = logged_step  # type: ignore[method-assign]
+    ep = run_episodes(env, random_policy(env.single_action_space, 3), seed=5)
+    rewards = torch.stack([r for r, _ in log]).double()
+    done = torch.stack([d for _, d in log])
+    first_end = done.int().argmax(0)  # every Hopper episode ends within the rollout
+    assert done.any(0).all()
+    assert torch.equal(ep.lengths, first_end + 1)
+    expected = torch.stack([rewards[: first_end[i] + 1, i].sum() for i in range(16)])
+    torch.testing.assert_close(ep.returns, expected, rtol=0, atol=1e-9)
+    assert len(log) == int(ep.lengths.max())  # the rollout stops with the last episode
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("env_id", IDS)
+def test_rollouts_are_deterministic_and_independent_of_the_split(backend: str, env_id: str) -> None:
+    """The same seed and generation give the same episodes, on fresh envs and when the envs are
+    split over two vector envs (as over two processes)."""
+    needs(backend)
+    weight = torch.randn(
+        gym.make(env_id).observation_space.shape[0],
+        gym.make(env_id).action_space.shape[0],
+        generator=torch.Generator().manual_seed(0),
+    )
+
+    def policy(obs: torch.Tensor) -> torch.Tensor:  # a fixed deterministic policy
+        return torch.tanh(obs.float() @ weight * 0.3)
+
+    def episodes(first: int, n: int, generation: int) -> torch.Tensor:
+        env = make_vector_env(f"{backend}:{env_id}", n, threads=2)
+        obs = reset_episodes(env, seed=3, stream="population", generation=generation, first=first)
+        returns = run_episodes(env, policy, obs=obs, max_steps=300).returns
+        env.close()
+        return returns
+
+    whole = episodes(0, 8, generation=2)
+    assert torch.equal(whole, episodes(0, 8, generation=2))
+    assert torch.equal(whole, torch.cat([episodes(0, 4, 2), episodes(4, 4, 2)]))
+    assert not torch.equal(whole, episodes(0, 8, generation=3))
+
+
+def test_envpool_streams_fast_forward_like_consecutive_generations() -> None:
+    """EnvPool seeds each env once; generation g's episode on a fresh pool (a resumed run) equals
+    the one reached by playing generations 0..g in turn."""
+    pytest.importorskip("envpool")
+    env = EnvPoolVectorEnv("Hopper-v5", 6, threads=2)
+    first = [reset_episodes(env, 1, "population", g).clone() for g in range(4)]
+    assert all(not torch.equal(first[g], first[g + 1]) for g in range(3))
+    fresh = EnvPoolVectorEnv("Hopper-v5", 6, threads=2)
+    assert torch.equal(reset_episodes(fresh, 1, "population", 3), first[3])
+    assert torch.equal(reset_episodes(fresh, 1, "population", 1), first[1])  # going back recreates the pool
+
+
+def test_pipelined_rollout_equals_the_serial_one() -> None:
+    """Stepping half of the envs while the policy computes the other half's actions changes
+    nothing: the same returns, lengths and observation statistics, bit for bit."""
+    pytest.importorskip("envpool")
+    import flipes
+    from flipes.rl import MLPPolicy, RolloutFitness
+
+    results = []
+    for pipeline in (False, True):
+        env = make_vector_env("envpool:Hopper-v5", 24, threads=2)
+        torch.manual_seed(0)
+        policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(16,)))
+        es = flipes.FlipES(policy, popsize=12, sigma=0.5, seed=4)
+        fitness = RolloutFitness(env, episodes=2, seed=9, obs_norm=policy.obs_norm, pipeline=pipeline)
+        with es.population() as pop:
+            f = fitness(policy, pop)
+        results.append((f, fitness.timesteps, policy.obs_norm.pending.clone()))
+    (f0, t0, p0), (f1, t1, p1) = results
+    assert torch.equal(f0, f1) and t0 == t1 and torch.equal(p0, p1)
+    assert len(set(f0.tolist())) > 1  # the members differ
+
+
+def test_worker_processes_match_sync_vector_env_exactly() -> None:
+    """gymnasium's AsyncVectorEnv with a block of envs per worker returns exactly what
+    SyncVectorEnv returns for the same seeds and actions."""
+    a = make_vector_env("gymnasium-async:Hopper-v5", 6, threads=3)
+    b = make_vector_env("gymnasium-sync:Hopper-v5", 6)
+    torch.testing.assert_close(a.reset(seed=11)[0], b.reset(seed=11)[0], rtol=0, atol=0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        actions = torch.rand(6, 3, generator=gen) * 2 - 1
+        for x, y in zip(a.step(actions)[:4], b.step(actions)[:4], strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    a.close()
+
+
+def test_auto_backend_falls_back_with_one_note_and_wrong_ids_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without EnvPool a gymnasium id still runs, with a one-line note naming the extra; an id the
+    forced backend lacks is an error that names what to use instead."""
+    notes: list[str] = []
+    monkeypatch.setattr(engine, "envpool_ids", frozenset)  # as if EnvPool were not installed
+    env = make_vector_env("Hopper-v5", 4, threads=2, note=notes.append)
+    assert len(notes) == 1 and "\n" not in notes[0] and "flipes[envpool]" in notes[0]
+    assert not isinstance(env, EnvPoolVectorEnv)
+    with pytest.raises(ValueError, match=r"needs EnvPool, which is not installed: pip install 'flipes\[envpool\]'"):
+        make_vector_env("envpool:Hopper-v5", 4)
+    monkeypatch.undo()
+    if engine.envpool_ids():
+        with pytest.raises(ValueError, match=r"EnvPool has no env 'Taxi-v4'.*use gymnasium:Taxi-v4"):
+            make_vector_env("envpool:Taxi-v4", 4)
+        quiet: list[str] = []
+        assert isinstance(make_vector_env("Hopper-v5", 4, note=quiet.append), EnvPoolVectorEnv) and not quiet
+    with pytest.raises(ValueError, match="unknown env id 'gymnasium:Hoper-v5'"):
+        make_vector_env("gymnasium:Hoper-v5", 4)
+
+
+def test_a_short_es_run_on_halfcheetah_through_envpool_raises_the_center_return(tmp_path) -> None:
+    """Ten generations of 64 members (640 k EnvPool steps) raise the center policy's return on
+    5 evaluation episodes from about 0 to several hundred (seed 0: -8 -> 1,078)."""
+    pytest.importorskip("envpool")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "scripts/train.py", "--env", "envpool:HalfCheetah-v5", "--popsize", "64", "--sigma", "0.03",
+           "--lr", "0.04", "--generations", "10", "--eval-every", "9", "--seed", "0", "--tensorboard", "false",
+           "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, cwd=root, check=True, capture_output=True, timeout=300)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["generation"]: r["eval_return"] for r in rows if "eval_return" in r}
+    assert set(evals) == {0, 9}
+    assert evals[9] > evals[0] + 300, evals
