@@ -9,7 +9,7 @@ import json
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,11 +54,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def parse_config(cls: type[T], argv: list[str] | None = None, description: str | None = None) -> T:
-    """Build ``cls`` (a dataclass) from defaults < ``--config FILE`` (TOML/JSON) < command-line flags.
+def parse_config(
+    cls: type[T],
+    argv: list[str] | None = None,
+    description: str | None = None,
+    presets: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+) -> T:
+    """Build ``cls`` (a dataclass) from defaults < presets < ``--config FILE`` (TOML/JSON) < flags.
 
     Every field becomes ``--field-name`` (``--field_name`` works too); unknown keys in the file
-    and bad values are errors that name the option.
+    and bad values are errors that name the option. ``presets(values)`` gets the options parsed
+    without presets and returns defaults that depend on them (e.g. per-env defaults by ``env``).
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -85,6 +91,13 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str |
             kwargs["type"] = lambda s, c=convert: None if s.lower() == "none" else c(s)
         parser.add_argument(*flags, **kwargs)
     values = vars(parser.parse_args(argv))
+    if presets is not None:
+        preset = dict(presets(values))
+        unknown = sorted(set(preset) - set(fields))
+        if unknown:
+            raise ValueError(f"presets name unknown option(s) {unknown}; valid: {sorted(fields)}")
+        parser.set_defaults(**{k: v for k, v in preset.items() if k not in from_file})
+        values = vars(parser.parse_args(argv))
     values.pop("config")
     return cls(**values)
 

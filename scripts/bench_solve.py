@@ -4,8 +4,8 @@
     python scripts/bench_solve.py --quick                                 # smoke test, a few seconds
     python scripts/bench_solve.py --envs flipes/Pendulum-v1 --seeds 0 1 2 3 4 --no-evotorch
 
-flipes: scripts/train.py's ``main(Args(...))`` runs in this process with the per-env settings of
-``SETTINGS``; it stops once the center (mean) policy's mean return over ``eval_episodes`` = 100
+flipes: scripts/train.py's ``main(Args(...))`` runs in this process with the per-env defaults of
+``flipes.rl.presets``; it stops once the center (mean) policy's mean return over ``eval_episodes`` = 100
 episodes, evaluated every ``eval_every`` generations, reaches the env's "solved" return. Its time
 therefore includes those evaluations (it must, to detect solving); the column ``eval s`` says how
 much of it they took.
@@ -43,27 +43,26 @@ from typing import Any
 import torch
 
 from flipes.rl import episode_seed, make_vector_env, run_episodes
+from flipes.rl.presets import preset_for
 
 SCRIPTS = Path(__file__).resolve().parent
 
-# Per-env settings of flipes (train.py Args), found on this project's 2-core dev box with seeds 0-4;
-# `generations` (with --max-seconds) is the budget, not a tuned value. CartPole (5-19 generations),
-# Acrobot (3-9) and MountainCarContinuous (1-5) solve with train.py's defaults. Pendulum sits on a
-# plateau near -800 (the pendulum is never swung up) until a swing-up is found; a larger lr leaves it
-# sooner: generations to solve with lr 0.05: 93-1315 (median 549), 0.1: 39-1149 (51), 0.2: 69-611 (143);
-# popsize 128, sigma 0.2, 4 episodes per member or hidden 64 64 were no better.
-SETTINGS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": dict(popsize=64, sigma=0.1, lr=0.05, hidden=[32, 32], episodes=1, eval_every=2, generations=300),
-    "Acrobot-v1": dict(popsize=64, sigma=0.1, lr=0.05, hidden=[32, 32], episodes=1, eval_every=2, generations=300),
-    "Pendulum-v1": dict(popsize=64, sigma=0.1, lr=0.2, hidden=[32, 32], episodes=1, eval_every=2, generations=2000),
-    "MountainCarContinuous-v0": dict(popsize=64, sigma=0.1, lr=0.05, hidden=[32, 32], episodes=1, eval_every=2, generations=300),
-}
-SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0, "MountainCarContinuous-v0": 90.0}
+# Per-env settings of flipes: train.py's per-env defaults (flipes.rl.presets), found on this project's
+# 2-core dev box with seeds 0-4; `generations` (with --max-seconds) is the budget, not a tuned value.
+# CartPole (5-19 generations), Acrobot (3-9) and MountainCarContinuous (1-5) solve with them. Pendulum
+# sits on a plateau near -800 (the pendulum is never swung up) until a swing-up is found; a larger lr
+# leaves it sooner: generations to solve with lr 0.05: 93-1315 (median 549), 0.1: 39-1149 (51), 0.2:
+# 69-611 (143); popsize 128, sigma 0.2, 4 episodes per member or hidden 64 64 were no better.
+CLASSIC = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0")
+
+
+def solved_return(name: str) -> float:
+    return float(preset_for(name)["target"])
 
 
 @dataclass
 class Args:
-    envs: list[str] = field(default_factory=lambda: [f"flipes/{name}" for name in SETTINGS])
+    envs: list[str] = field(default_factory=lambda: [f"flipes/{name}" for name in CLASSIC])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every env; EvoTorch runs beside flipes on CartPole
     max_seconds: float = 600.0  # wall budget of one run
     evotorch: bool = True  # run EvoTorch's PGPE on gymnasium's CartPole-v1 beside flipes (if installed)
@@ -152,7 +151,7 @@ def run_flipes(train: Any, env_id: str, seed: int, settings: dict[str, Any], arg
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_return" in r]
     last = evals[-1] if evals else rows[-1]
-    solved = bool(evals) and last["eval_return"] >= SOLVED[name]
+    solved = bool(evals) and last["eval_return"] >= solved_return(name)
     # train.py stamps a generation's "seconds" before evaluating it: add the final evaluation
     wall = rows[-1]["seconds"] + (clock["last"] if "eval_return" in rows[-1] else 0.0)
     return {
@@ -181,7 +180,7 @@ def run_flipes(train: Any, env_id: str, seed: int, settings: dict[str, Any], arg
 def gym_check(evaluate: Any, run: Path, env_id: str, seed: int, episodes: int = 100) -> tuple[float, float] | None:
     """Mean ± std return of a flipes run's final center policy on gymnasium's own implementation of
     the env (numpy, through the adapter): a check that solving the flipes/ copy is solving the original."""
-    env = make_vector_env(env_id.removeprefix("flipes/"), episodes)
+    env = make_vector_env("gymnasium:" + env_id.removeprefix("flipes/"), episodes)
     try:
         policy = evaluate.load_policy(run, "latest", env, "cpu")  # scripts/evaluate.py rebuilds it from the run
         returns = run_episodes(env, policy, episode_seed(seed, 0, "bench_solve/gym_check")).returns
@@ -197,7 +196,7 @@ def evaluate_center(problem: Any, center: torch.Tensor, episodes: int, seed: int
     """Mean return of EvoTorch's center solution (with its observation normalization) on gymnasium's
     CartPole-v1, through the same rollout code that evaluates flipes' center policy."""
     policy = problem.to_policy(center)  # wraps the net with EvoTorch's ObsNormWrapperModule
-    env = make_vector_env("CartPole-v1", episodes)
+    env = make_vector_env("gymnasium:CartPole-v1", episodes)
 
     def act(obs: torch.Tensor) -> torch.Tensor:
         return policy(obs.float()).argmax(-1)
@@ -276,7 +275,7 @@ def run_evotorch(seed: int, args: Args) -> list[dict[str, Any]]:
             eval_s += time.perf_counter() - t0
             eval_steps += ep.steps
             last = (ep.returns.mean().item(), ep.returns.std().item())
-            if last[0] < SOLVED["CartPole-v1"]:
+            if last[0] < solved_return("CartPole-v1"):
                 break
             found.setdefault(episodes, snapshot(time.perf_counter() - start))
         if 100 in found or time.perf_counter() - start > args.max_seconds:
@@ -379,7 +378,7 @@ def main(args: Args) -> list[dict[str, Any]]:
         name = env_id.split("/")[-1]
         for seed in seeds:
             print(f"=== flipes {env_id} seed {seed}", flush=True)
-            row = run_flipes(train, env_id, seed, {**SETTINGS[name], **overrides}, args)
+            row = run_flipes(train, env_id, seed, {**preset_for(name), **overrides}, args)
             if evaluate is not None and env_id.startswith("flipes/"):
                 row["gym_check"] = gym_check(evaluate, Path(row["out"]), env_id, seed)
             results.append(row)

@@ -40,9 +40,9 @@ from flipes import dist
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_sha256
 from flipes.cli import load_callable, parse_config
 from flipes.progress import Progress
-from flipes.rl import MLPPolicy, RolloutFitness, episode_seed, make_vector_env, run_episodes
-
-SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "Pendulum-v1": -200.0, "MountainCarContinuous-v0": 90.0}
+from flipes.rl import MLPPolicy, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
+from flipes.rl.envs import print_note
+from flipes.rl.presets import preset_for
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Args:
     hidden: list[int] = field(default_factory=lambda: [32, 32])
     eval_every: int = 2
     eval_episodes: int = 100
-    target: float | None = None  # stop once eval_return reaches it; default: the env's solved return
+    target: float | None = None  # stop once eval_return reaches it; default: the env's preset target (flipes.rl.presets)
     max_seconds: float = 0.0  # stop after this much wall time (0: no limit)
     device: str = "cpu"
     out: str = "runs/cartpole"
@@ -69,6 +69,7 @@ class Args:
     checkpoint_every: int = 10
     tensorboard: bool = True  # write TensorBoard scalars when tensorboard is installed
     threads: int = 1  # torch CPU threads per process (0: torch's default); small rollout ops run best on one
+    env_threads: int = 0  # EnvPool threads or gymnasium worker processes per process (0: this process's share of the cores)
     comm: str = "allreduce"  # under MPI: allreduce (sum gradients) | seeds (exchange fitness only)
     check_every: int = 10  # under MPI: verify every k generations that all ranks hold identical parameters
 
@@ -133,6 +134,8 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
     ):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.env_threads < 0:
+        raise SystemExit(f"--env-threads must be 0 (this process's share of the cores) or positive, got {args.env_threads}")
     if args.rank < 0:
         raise SystemExit(f"--rank must be 0 (full-rank noise) or a positive noise rank, got {args.rank}")
     if args.resume and args.out == Args().out:
@@ -145,15 +148,19 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
-    env_name = args.env.split("/")[-1]
-    target = args.target if args.target is not None else SOLVED.get(env_name)
+    target = args.target if args.target is not None else preset_for(args.env).get("target")
     torch.manual_seed(args.seed)
 
     # the model and its fitness: a policy on a vector env, or the user's plug-ins
     has_env = args.env.lower() != "none"
     members = len(dist.split_groups(args.groups, comm.rank, comm.size)) * (args.popsize // max(args.groups, 1))
-    env = make_vector_env(args.env, members * args.episodes, device) if has_env else None
-    eval_env = make_vector_env(args.env, args.eval_episodes, device) if lead and has_env and not args.fitness else None
+    env_threads = args.env_threads or available_cores(comm.local_size)
+    env = None
+    if has_env:
+        env = make_vector_env(args.env, members * args.episodes, device, threads=env_threads, note=print_note if lead else None)
+    eval_env = None
+    if lead and has_env and not args.fitness:
+        eval_env = make_vector_env(args.env, args.eval_episodes, device, threads=min(env_threads, args.eval_episodes), note=None)
     if args.model:
         model = load_callable(args.model, "--model")(env)
     elif env is not None:
@@ -250,7 +257,7 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
                 dist.check_identical(comm, list(model.state_dict().values()), "parameters")
             if gen % args.eval_every == 0 or gen == args.generations - 1:
                 if eval_env is not None:
-                    episodes = run_episodes(eval_env, model, episode_seed(args.seed, gen, "eval"))
+                    episodes = run_episodes(eval_env, model, obs=reset_episodes(eval_env, args.seed, "eval", gen))
                     returns = episodes.returns
                     row["eval_return"], row["eval_std"] = returns.mean().item(), returns.std().item() if len(returns) > 1 else 0.0
                 elif evaluate is not None and lead:
@@ -302,7 +309,12 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
 if __name__ == "__main__":
     world = dist.world()
     try:
-        main(parse_config(Args, description=__doc__), world)
+        args = parse_config(Args, description=__doc__, presets=lambda values: preset_for(values["env"]))
+        preset = preset_for(args.env)
+        if world.rank == 0 and preset:
+            used = ", ".join(f"{k} {v}" for k, v in preset.items() if getattr(args, k) == v)
+            print_note(f"per-env defaults of {args.env} (flipes.rl.presets): {used}; flags and --config override them")
+        main(args, world)
     except BaseException as e:
         if world.size > 1 and not (isinstance(e, SystemExit) and e.code in (0, None, 130)):  # 130: all ranks stop alike
             dist.abort_on_exception(world)  # one failing rank ends the whole job, with its traceback
