@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: setup train test lint benchmark bench-solve
+.PHONY: setup train test lint benchmark bench-solve bench-rollout bench-mujoco
 setup: $(BIN)/.installed
 
 train: setup
@@ -33,8 +33,17 @@ BENCH_VENV ?= .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q "$(TORCH)"
-	$(BENCH_VENV)/bin/pip install -q -e . evotorch==0.6.1
+	$(BENCH_VENV)/bin/pip install -q -e '.[mujoco]' evotorch==0.6.1
 	touch $@
 
 bench-solve: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python scripts/bench_solve.py --json runs/bench_solve.json $(ARGS)
+
+# Rollout steps/s per env engine (scripts/bench_rollout.py), and MuJoCo training beside EvoTorch
+# (scripts/bench_mujoco.py, ~90 min); results go to scripts/results/.
+bench-rollout: setup
+	$(BIN)/python scripts/bench_rollout.py --json scripts/results/bench_rollout.json --markdown scripts/results/bench_rollout.md $(ARGS)
+
+bench-mujoco: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python scripts/bench_mujoco.py --json scripts/results/bench_mujoco.json \
+		--markdown scripts/results/bench_mujoco.md $(ARGS)

@@ -1,11 +1,12 @@
-"""MPI scaling: generation time with K ranks against 1, and the bytes each comm mode sends.
+"""MPI scaling: generation time with K ranks of T env threads each, and the bytes each comm mode sends.
 
-    python scripts/bench_mpi.py                    # HalfCheetah-v5 (needs `pip install mujoco`)
-    python scripts/bench_mpi.py --env CartPole-v1 --ranks 1 2
+    python scripts/bench_mpi.py                    # HalfCheetah-v5 (needs pip install 'flipes[mujoco]')
+    python scripts/bench_mpi.py --env CartPole-v1 --ranks 1 2 --env-threads 1
 
 Runs scripts/train.py under the mpiexec beside this Python (pip's mpich) for a few generations per
-setting, and reads its metrics.jsonl: the median ``seconds`` per generation (the first generation,
-with its start-up, is left out) and ``bytes_sent`` per generation by rank 0. For comparison, the
+setting (every pair of ``--ranks`` and ``--env-threads``: ranks × EnvPool threads per rank), and
+reads its metrics.jsonl: the median ``seconds`` per generation (the first generation, with its
+start-up, is left out) and ``bytes_sent`` per generation by rank 0. For comparison, the
 bytes of shipping the full parameter vector (what estool-style workers send): every rank sends its
 members' parameter vectors or receives all of them, at least N·P·4 bytes a generation in total.
 """
@@ -31,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class Args:
     env: str = "HalfCheetah-v5"
     ranks: list[int] = field(default_factory=lambda: [1, 2])
-    popsize: int = 64  # for the timing runs
+    env_threads: list[int] = field(default_factory=lambda: [1, 2])  # EnvPool threads (or worker processes) per rank
+    popsize: int = 128  # for the timing runs (HalfCheetah-v5's default)
     groups: int = 8
     generations: int = 6
     hidden: list[int] = field(default_factory=lambda: [64, 64])
@@ -64,14 +66,16 @@ def main(args: Args) -> dict:
     common = ["--target", "1e12", "--tensorboard", "false", "--eval-every", "1000000", "--eval-episodes", "1"]
     results: dict = {"timing": [], "bytes": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for k in args.ranks:
+        for k, t in itertools.product(args.ranks, args.env_threads):
             rows = train(
                 k,
-                Path(tmp) / f"time{k}",
-                "--env", args.env, "--popsize", str(args.popsize), "--groups", str(args.groups),
+                Path(tmp) / f"time{k}x{t}",
+                "--env", args.env, "--popsize", str(args.popsize), "--groups", str(args.groups), "--env-threads", str(t),
                 "--generations", str(args.generations), "--hidden", *map(str, args.hidden), *common,
             )  # fmt: skip
-            results["timing"].append({"ranks": k, "seconds_per_generation": per_generation(rows)})
+            steps = (rows[-1]["timesteps"] - rows[0]["timesteps"]) / (rows[-1]["seconds"] - rows[0]["seconds"])
+            results["timing"].append({"ranks": k, "env_threads": t, "seconds_per_generation": per_generation(rows),
+                                      "steps_per_second": steps})  # fmt: skip
         for n in args.bytes_popsizes:
             for mode in ("allreduce", "seeds"):
                 rows = train(
@@ -87,9 +91,12 @@ def main(args: Args) -> dict:
 
     base = results["timing"][0]["seconds_per_generation"]
     print(f"generation time, {args.env}, popsize {args.popsize}, hidden {args.hidden}\n")
-    print("| ranks | s / generation | speed-up |\n|---|---|---|")
+    print("| ranks × env threads | s / generation | env steps/s | speed-up |\n|---|---|---|---|")
     for r in results["timing"]:
-        print(f"| {r['ranks']} | {r['seconds_per_generation']:.3f} | {base / r['seconds_per_generation']:.2f}x |")
+        print(
+            f"| {r['ranks']} × {r['env_threads']} | {r['seconds_per_generation']:.3f} | {r['steps_per_second']:,.0f} "
+            f"| {base / r['seconds_per_generation']:.2f}x |"
+        )
     params = num_params(args.bytes_env, args.hidden)
     print(f"\nbytes per generation, {args.bytes_env}, hidden {args.hidden} ({params:,} parameters), 2 ranks")
     print("\n| popsize | comm | bytes sent by rank 0 per generation |\n|---|---|---|")

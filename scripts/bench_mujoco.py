@@ -1,0 +1,222 @@
+"""MuJoCo training on one machine: flipes' per-env defaults, beside EvoTorch's PGPE, in one run.
+
+    make bench-mujoco                       # .venv-bench (EvoTorch beside flipes), everything: ~90 min
+    python scripts/bench_mujoco.py --parts threshold --seeds 0      # one part, one seed
+    python scripts/bench_mujoco.py --quick                          # smoke test, about a minute
+
+Parts (run one after another, never side by side: each takes every core):
+
+- ``threshold``: ``python scripts/train.py --env HalfCheetah-v5 --seed S --max-seconds T --out DIR``,
+  nothing else (``--max-seconds`` only ends the run), for each seed: the wall seconds (train.py's
+  ``seconds``, evaluations included) at which the center policy's mean return over the preset's 5
+  evaluation episodes first reaches each of ``--thresholds``.
+- ``curves``: the same command on each of ``--curve-envs`` for its ``--curve-seconds``: the center
+  return (latest evaluation, and best so far) at each of ``--marks`` seconds.
+- ``evotorch``: EvoTorch 0.6.1's PGPE + ClipUp with ``VecGymNE`` on gymnasium's HalfCheetah-v5 for
+  ``--evotorch-seconds`` per seed, with the settings of EvoTorch's own MuJoCo example
+  (``examples/scripts/rl_clipup.py``, config ``walker``; it has no HalfCheetah config): a linear
+  policy, observation normalization, popsize 100 growing to at most 800 until 75,000 interactions a
+  generation, ClipUp with max speed 0.015, step 0.75 × max speed, momentum 0.9, initial radius
+  15 × max speed, σ learning rate 0.1 with at most 20% change; ``decrease_rewards_by`` is left out
+  (it removes Walker's alive bonus; HalfCheetah has none), ``num_actors`` = the cores. Every
+  ``--evotorch-eval-every`` generations its center is evaluated on 5 episodes of gymnasium's env by
+  flipes' rollout code, with EvoTorch's clock stopped meanwhile (in its favour: flipes' times
+  include its evaluations). Reported: its best center return by each mark, and the first time
+  flipes' center reached EvoTorch's 10-minute return (median over seeds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flipes.cli import parse_config
+from flipes.rl import episode_seed, make_vector_env, run_episodes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Args:
+    parts: list[str] = field(default_factory=lambda: ["threshold", "curves", "evotorch"])  # which parts to run
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds of the threshold runs
+    threshold_env: str = "HalfCheetah-v5"
+    threshold_seconds: float = 300.0  # budget of each threshold run
+    thresholds: list[float] = field(default_factory=lambda: [1500.0, 5000.0])
+    curve_envs: list[str] = field(default_factory=lambda: ["Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5"])
+    curve_seconds: list[float] = field(default_factory=lambda: [600.0, 600.0, 600.0, 1200.0])  # one per curve env
+    curve_seed: int = 0
+    marks: list[float] = field(default_factory=lambda: [120.0, 300.0, 600.0, 1200.0])  # report returns at these seconds
+    evotorch_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    evotorch_seconds: float = 600.0  # EvoTorch's budget per seed (its own clock, evaluations excluded)
+    evotorch_eval_every: int = 5  # generations between evaluations of EvoTorch's center
+    quick: bool = False  # smoke test: tiny budgets, no EvoTorch
+    out: str = "runs/bench_mujoco"  # run directories go under it
+    json: str = ""  # write the results here too
+    markdown: str = ""  # write the tables here too
+
+
+def train(env_id: str, seed: int, seconds: float, out: Path, extra: list[str]) -> dict[str, Any]:
+    """One ``train.py`` run as a user starts it; its metrics give the curve."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--env", env_id, "--seed", str(seed)]
+    cmd += ["--max-seconds", str(seconds), "--out", str(out), *extra]
+    print("$", " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=seconds * 2 + 600, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["seconds"], r["eval_return"], r["timesteps"]) for r in rows if "eval_return" in r]
+    return {"env": env_id, "seed": seed, "process_wall_s": wall, "evals": evals, "steps": rows[-1]["timesteps"],
+            "loop_s": rows[-1]["seconds"]}  # fmt: skip
+
+
+def first_time(evals: list[tuple[float, float, int]], threshold: float) -> float | None:
+    return next((s for s, ret, _ in evals if ret >= threshold), None)
+
+
+def at_mark(evals: list[tuple[float, float, int]], mark: float) -> tuple[float | None, float | None]:
+    """(latest, best) center return evaluated by ``mark`` seconds."""
+    seen = [ret for s, ret, _ in evals if s <= mark]
+    return (seen[-1], max(seen)) if seen else (None, None)
+
+
+def fmt(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def center_policy(problem: Any, searcher: Any) -> Any:
+    """EvoTorch's center solution as a policy (with its observation normalization): float obs -> actions."""
+    policy = problem.to_policy(searcher.status["center"])
+    return lambda obs: policy(obs.float())
+
+
+def run_evotorch(seed: int, args: Args) -> dict[str, Any]:
+    import ray
+    from evotorch.algorithms import PGPE
+    from evotorch.neuroevolution import VecGymNE
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)  # outside EvoTorch's clock
+    torch.manual_seed(seed)
+    max_speed = 0.015  # rl_clipup.py's `walker` config
+    problem = VecGymNE(
+        "HalfCheetah-v5",
+        "Linear(obs_length, act_length)",
+        observation_normalization=True,
+        num_actors=os.cpu_count() or 1,
+    )
+    searcher = PGPE(
+        problem,
+        popsize=100,
+        popsize_max=800,
+        num_interactions=int(0.75 * 1000 * 100),
+        center_learning_rate=0.75 * max_speed,
+        stdev_learning_rate=0.1,
+        stdev_max_change=0.2,
+        radius_init=15 * max_speed,
+        optimizer="clipup",
+        optimizer_config={"max_speed": max_speed, "momentum": 0.9},
+        ranking_method="centered",
+    )
+    env = make_vector_env("gymnasium:HalfCheetah-v5", 5, note=None)
+    evals: list[tuple[float, float, int]] = []
+    clock, gen = 0.0, 0
+    while clock < args.evotorch_seconds:
+        t0 = time.perf_counter()
+        searcher.step()
+        clock += time.perf_counter() - t0
+        gen += 1
+        if gen % args.evotorch_eval_every == 0:  # clock stopped
+            returns = run_episodes(env, center_policy(problem, searcher), episode_seed(seed, gen, "evotorch/eval")).returns
+            evals.append((clock, returns.mean().item(), int(searcher.status["total_interaction_count"])))
+            print(f"  evotorch seed {seed} gen {gen} {clock:.0f}s center {evals[-1][1]:.0f}", flush=True)
+    problem.kill_actors()
+    env.close()
+    return {"env": "HalfCheetah-v5", "seed": seed, "evals": evals, "generations": gen, "steps": evals[-1][2] if evals else 0}
+
+
+def main(args: Args) -> dict[str, Any]:
+    if args.quick:
+        args = dataclasses.replace(
+            args, seeds=args.seeds[:1], threshold_seconds=6.0, curve_envs=args.curve_envs[:1], curve_seconds=[4.0],
+            marks=[2.0, 4.0], parts=[p for p in args.parts if p != "evotorch"],
+        )  # fmt: skip
+    out = Path(args.out)
+    results: dict[str, Any] = {"threshold": [], "curves": [], "evotorch": []}
+    tables: list[str] = []
+    load_before = os.getloadavg()
+    if "threshold" in args.parts:
+        for seed in args.seeds:
+            results["threshold"].append(train(args.threshold_env, seed, args.threshold_seconds, out / f"threshold-s{seed}", []))
+        lines = [
+            f"| {args.threshold_env} seed | " + " | ".join(f"s to {t:,.0f}" for t in args.thresholds) + " | best | env steps |",
+            "|---|" + "---|" * (len(args.thresholds) + 2),
+        ]
+        for r in results["threshold"]:
+            times = [fmt(first_time(r["evals"], t), 1) for t in args.thresholds]
+            best = max(ret for _, ret, _ in r["evals"])
+            lines.append(f"| {r['seed']} | " + " | ".join(times) + f" | {best:,.0f} | {r['steps']:,} |")
+        tables.append("\n".join(lines))
+    if "curves" in args.parts:
+        for env_id, seconds in zip(args.curve_envs, args.curve_seconds, strict=True):
+            results["curves"].append(train(env_id, args.curve_seed, seconds, out / f"curve-{env_id}", []))
+        marks = [m for m in args.marks if m <= max(args.curve_seconds)]
+        head = f"| env (seed {args.curve_seed}) | " + " | ".join(f"{m / 60:g} min" for m in marks) + " | env steps |"
+        lines = [head, "|---|" + "---|" * (len(marks) + 1)]
+        for r in results["curves"]:
+            cells = []
+            for m in marks:
+                latest, best = at_mark(r["evals"], m) if m <= r["loop_s"] + 1 else (None, None)
+                cells.append("-" if latest is None else f"{latest:,.0f} (best {best:,.0f})")
+            lines.append(f"| {r['env']} | " + " | ".join(cells) + f" | {r['steps']:,} |")
+        tables.append("\n".join(lines))
+    if "evotorch" in args.parts:
+        for seed in args.evotorch_seeds:
+            results["evotorch"].append(run_evotorch(seed, args))
+        marks = [m for m in args.marks if m <= args.evotorch_seconds]
+        head = "| method | seed | " + " | ".join(f"best by {m / 60:g} min" for m in marks) + " |"
+        lines = [head, "|---|---|" + "---|" * len(marks)]
+        for method, runs in (("EvoTorch PGPE+ClipUp", results["evotorch"]), ("flipes (defaults)", results["threshold"])):
+            for r in runs:
+                lines.append(f"| {method} | {r['seed']} | " + " | ".join(fmt(at_mark(r["evals"], m)[1]) for m in marks) + " |")
+        tables.append("\n".join(lines))
+        if results["threshold"] and results["evotorch"]:
+            evo = statistics.median(max(ret for _, ret, _ in r["evals"]) for r in results["evotorch"])
+            reached = [first_time(r["evals"], evo) for r in results["threshold"]]
+            done = [t for t in reached if t is not None]
+            verdict = (
+                f"flipes reached EvoTorch's {args.evotorch_seconds / 60:g}-min return ({evo:,.0f}, median of its seeds' best) "
+                f"after {', '.join(fmt(t, 1) + ' s' for t in reached)} (seeds {args.seeds})"
+            )
+            if len(done) == len(reached):
+                ratio = statistics.median(done) / args.evotorch_seconds
+                verdict += f": median {ratio:.2f} of EvoTorch's time (target <= 0.33: {'met' if ratio <= 1 / 3 else 'NOT met'})"
+            tables.append(verdict)
+    text = "\n\n".join(tables)
+    print(text)
+    meta = {"args": dataclasses.asdict(args), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "load_before": load_before, "load_after": os.getloadavg()}  # fmt: skip
+    print(f"load average before {meta['load_before']}, after {meta['load_after']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"meta": meta, **results}, indent=2))
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_config(Args, description=__doc__))
