@@ -56,6 +56,7 @@ class Args:
     groups: int = 1
     rank: int = 0  # of the noise (not the MPI rank): 0 full-rank ε; r >= 1 low-rank ε = A Bᵀ/√r, cheaper forward
     episodes: int = 1  # per member and generation
+    reward_shift: float = 0.0  # subtracted from every step's reward in the fitness (an alive bonus; reported returns keep it)
     hidden: list[int] = field(default_factory=lambda: [32, 32])
     eval_every: int = 2
     eval_episodes: int = 100
@@ -187,7 +188,7 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
     else:
         if env is None:
             raise SystemExit("--env none needs --fitness module:function")
-        fitness = RolloutFitness(env, args.episodes, args.seed, obs_norm)
+        fitness = RolloutFitness(env, args.episodes, args.seed, obs_norm, reward_shift=args.reward_shift)
 
     elapsed, best = 0.0, -float("inf")
     if args.resume:
@@ -195,8 +196,9 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
             state = load_checkpoint(args.resume, map_location=device)
         except CheckpointError as e:
             raise SystemExit(f"--resume: {e}") from None
-        keys = ("env", "popsize", "groups", "rank", "seed", "sigma", "lr", "hidden", "episodes", "fitness", "model")
-        saved = {"rank": 0, **state["config"]}  # runs saved before --rank existed were full-rank
+        keys = ("env", "popsize", "groups", "rank", "seed", "sigma", "lr", "hidden", "episodes", "reward_shift")
+        keys += ("fitness", "model")
+        saved = {"rank": 0, "reward_shift": 0.0, **state["config"]}  # runs saved before these options existed
         changed = {k: (saved.get(k), getattr(args, k)) for k in keys if saved.get(k) != getattr(args, k)}
         if changed:
             shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())

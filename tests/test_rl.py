@@ -150,3 +150,19 @@ def test_flipes_cartpole_is_solved_by_the_default_training() -> None:
     policy.load_state_dict(policy_state)
     returns = run_episodes(env, policy, seed=987_654).returns
     assert returns.mean() >= 475, returns.mean()
+
+
+def test_reward_shift_lowers_each_members_fitness_by_shift_times_its_steps() -> None:
+    """An alive bonus removed in the fitness: F = return - shift × episode length, per episode."""
+    lengths, scale = [3, 7, 1, 5], [1.0, 2.0, 0.5, 1.0]
+    policy = MLPPolicy(Countdown(lengths, scale).single_observation_space, gym.spaces.Discrete(2), hidden=(), normalize=False)
+    es = flipes.FlipES(policy, popsize=2, mirrored=False, sigma=1e-9)
+    with torch.no_grad():
+        policy.net[0].weight.zero_()
+        policy.net[0].bias.copy_(torch.tensor([1.0, 0.0]))  # always action 0: reward = scale per step
+    plain = RolloutFitness(Countdown(lengths, scale), episodes=2)
+    shifted = RolloutFitness(Countdown(lengths, scale), episodes=2, reward_shift=0.25)
+    with es.population() as pop:
+        f0, f1 = plain(policy, pop), shifted(policy, pop)
+    torch.testing.assert_close(f0, torch.tensor([(3 + 14) / 2, (0.5 + 5) / 2], dtype=torch.float64))
+    torch.testing.assert_close(f1, f0 - 0.25 * torch.tensor([(3 + 7) / 2, (1 + 5) / 2], dtype=torch.float64))

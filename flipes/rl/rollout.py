@@ -185,6 +185,9 @@ class RolloutFitness:
         pipeline: overlap env steps with the policy forward (:func:`run_episodes`); ``None``
             turns it on where it is safe and helps: an env with ``send``/``recv`` (EnvPool) and a
             memoryless :class:`~flipes.rl.MLPPolicy`.
+        reward_shift: subtracted from every step's reward in the fitness (not in reported
+            returns): a locomotion env's alive bonus, which otherwise makes standing still a
+            strong local optimum (Mania et al., 2018, arXiv:1803.07055, ARS's "shift").
 
     Attributes:
         timesteps: env steps used so far.
@@ -197,8 +200,10 @@ class RolloutFitness:
         seed: int = 0,
         obs_norm: RunningNorm | None = None,
         pipeline: bool | None = None,
+        reward_shift: float = 0.0,
     ) -> None:
         self.env, self.episodes, self.seed, self.obs_norm, self.pipeline = env, episodes, seed, obs_norm, pipeline
+        self.reward_shift = reward_shift
         self.timesteps = 0
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
@@ -218,4 +223,5 @@ class RolloutFitness:
         pipeline = self.pipeline if self.pipeline is not None else can_pipeline(self.env, model)
         ep = run_episodes(self.env, act, record=self.obs_norm, members=n, obs=obs, pipeline=pipeline)
         self.timesteps += ep.steps
-        return ep.returns.view(n, k).mean(1)
+        returns = ep.returns if not self.reward_shift else ep.returns - self.reward_shift * ep.lengths
+        return returns.view(n, k).mean(1)
