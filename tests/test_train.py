@@ -175,3 +175,33 @@ def test_resume_refuses_other_training_options_and_keeps_metrics_consistent(tmp_
     train(*FAST, "--generations", "6", "--out", str(run), "--resume", str(run / "previous.pt"))  # back to generation 4
     gens = [json.loads(line)["generation"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert gens == list(range(6))  # rows past the checkpoint were dropped, not duplicated
+
+
+def test_per_env_defaults_sit_under_config_files_and_flags(tmp_path: Path) -> None:
+    """An env's preset row fills the options nobody set; a config file and flags override it, an
+    engine prefix keeps the row, and an env without a row keeps train.py's defaults."""
+    import importlib.util
+
+    from flipes.cli import parse_config
+    from flipes.rl.presets import preset_for
+
+    spec = importlib.util.spec_from_file_location("flipes_train_presets", ROOT / "scripts" / "train.py")
+    train_module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = train_module  # dataclasses look their module up there
+    spec.loader.exec_module(train_module)
+
+    def parse(*argv: str):
+        return parse_config(train_module.Args, list(argv), presets=lambda values: preset_for(values["env"]))
+
+    a = parse("--env", "HalfCheetah-v5")
+    assert (a.popsize, a.sigma, a.lr, a.hidden, a.eval_episodes, a.generations) == (128, 0.03, 0.04, [64, 64], 5, 2000)
+    b = parse("--env", "envpool:HalfCheetah-v5", "--popsize", "32")
+    assert (b.popsize, b.sigma) == (32, 0.03)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('env = "Hopper-v5"\nlr = 0.5\n')
+    c = parse("--config", str(cfg))
+    assert (c.lr, c.reward_shift, c.popsize) == (0.5, 1.0, 128)
+    assert parse("--config", str(cfg), "--env", "CartPole-v1").target == 475.0  # the flag's env picks the row
+    plain = train_module.Args()
+    d = parse("--env", "MountainCar-v0")
+    assert (d.popsize, d.sigma, d.hidden, d.target) == (plain.popsize, plain.sigma, plain.hidden, None)
