@@ -26,6 +26,7 @@ import flipes
 from flipes.checkpoint import CheckpointError, load_checkpoint
 from flipes.cli import load_callable
 from flipes.rl import MLPPolicy, episode_seed, make_vector_env, run_episodes
+from flipes.rl.envs import base_id
 
 
 @dataclass
@@ -65,7 +66,7 @@ def load_policy(run: Path, which: str, env: gym.vector.VectorEnv, device: str) -
 
 
 def record(policy: nn.Module, env_id: str, path: Path, seed: int, max_frames: int) -> int:
-    env = gym.make(env_id.removeprefix("flipes/"), render_mode="rgb_array")
+    env = gym.make(base_id(env_id), render_mode="rgb_array")  # gymnasium's own env, without an engine prefix
     obs, _ = env.reset(seed=seed)
     frames = [env.render()]
     device = next(policy.parameters()).device

@@ -81,6 +81,13 @@ def split_env_id(env_id: str) -> tuple[str, str]:
     return "auto", env_id
 
 
+def base_id(env_id: str) -> str:
+    """The env's gymnasium name: no engine prefix, no ``flipes/`` namespace (``envpool:Hopper-v5``
+    and ``flipes/CartPole-v1`` -> ``Hopper-v5``, ``CartPole-v1``)."""
+    _, name = split_env_id(env_id)
+    return name.removeprefix("envs:").removeprefix("flipes/")
+
+
 def print_note(text: str) -> None:
     """One line to stderr, prefixed ``flipes:``."""
     print(f"flipes: {text}", file=sys.stderr, flush=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from flipes.rl.envs import split_env_id
+from flipes.rl.envs import base_id
 
 _CLASSIC = {"popsize": 64, "sigma": 0.1, "lr": 0.05, "hidden": [32, 32], "episodes": 1, "eval_every": 2, "eval_episodes": 100}
 
@@ -55,13 +55,7 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
 )
 
 
-def preset_name(env_id: str) -> str:
-    """The row key of an env id: no backend prefix, no ``flipes/`` namespace."""
-    _, name = split_env_id(env_id)
-    return name.removeprefix("envs:").removeprefix("flipes/")
-
-
 def preset_for(env_id: str) -> dict[str, Any]:
     """The training defaults of ``env_id`` (a copy; empty for envs without a row)."""
-    row = PRESETS.get(preset_name(env_id), {})
+    row = PRESETS.get(base_id(env_id), {})
     return {k: list(v) if isinstance(v, list) else v for k, v in row.items()}
