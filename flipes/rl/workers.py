@@ -10,6 +10,7 @@ shared-memory transport moves whole blocks and every worker steps its block on i
 from __future__ import annotations
 
 import functools
+import multiprocessing
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,7 +73,10 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         self.num_envs, self.workers, self.device = num_envs, workers, torch.device(device)
         size = num_envs // workers
         fns = [functools.partial(EnvBlock, env_id, size, k * size, kwargs) for k in range(workers)]
-        self.env = gym.vector.AsyncVectorEnv(fns, shared_memory=True)
+        # forkserver: forking this process itself fails with ENOMEM once it holds large envs (seen at
+        # N = 1024 MuJoCo envs), and spawn re-imports everything per worker
+        context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        self.env = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context=context)
         single = gym.make_vec(env_id, num_envs=1, vectorization_mode="sync", **kwargs)
         self.single_observation_space, self.single_action_space = single.single_observation_space, single.single_action_space
         single.close()
