@@ -1,6 +1,6 @@
 """End-to-end rollout steps/s with the flipes policy in the loop, per env engine, side by side.
 
-    python scripts/bench_rollout.py                       # HalfCheetah-v5 and Humanoid-v5, N = 64, 256, 1024
+    python scripts/bench_rollout.py                       # HalfCheetah-v5 and Humanoid-v5, N = 64, 128, 256, 1024
     python scripts/bench_rollout.py --quick               # smoke test, a few seconds
 
 Every engine runs the same thing a training generation runs: ``reset_episodes`` then
@@ -44,7 +44,7 @@ ENGINES = ("sync random", "sync", "async", "envpool 1 thread", "envpool 2 thread
 @dataclass
 class Args:
     envs: list[str] = field(default_factory=lambda: ["HalfCheetah-v5", "Humanoid-v5"])  # gymnasium ids
-    sizes: list[int] = field(default_factory=lambda: [64, 256, 1024])  # envs per vector env (popsize)
+    sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 1024])  # envs per vector env (popsize)
     steps: int = 200  # steps per env in one timed rollout
     repeats: int = 3  # interleaved repeats; the median is reported
     threads: int = 2  # EnvPool threads / worker processes of the multi-core engines

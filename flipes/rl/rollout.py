@@ -109,8 +109,8 @@ def _run_pipelined(
     env: Any, act: Callable[[Tensor], Tensor], obs: Tensor, record: RunningNorm | None, max_steps: int | None, members: int | None
 ) -> Episodes:
     """:func:`run_episodes` with two halves of the envs in turns: while EnvPool's threads step one
-    half, this thread computes the other half's next actions (measured here: 1.25-1.45x the
-    serial loop's steps/s for HalfCheetah-v5 at N = 64-256 on 2 cores)."""
+    half, this thread computes the other half's next actions (it pays off from ~128 envs on 2
+    cores: ``scripts/results/bench_rollout.md``)."""
     n, device = env.num_envs, obs.device
     m = members or n
     cut = (m + 1) // 2 * (n // m)  # the halves end on a member boundary: a member's sums stay in one call
@@ -164,12 +164,18 @@ def _run_pipelined(
     return Episodes(torch.from_numpy(returns).to(device), torch.from_numpy(lengths).to(device), int(lengths.sum()))
 
 
+PIPELINE_MIN_ENVS = 128  # below it, two half batches per step cost more than the overlap saves (bench_rollout.py)
+
+
 def can_pipeline(env: gym.vector.VectorEnv, model: nn.Module) -> bool:
-    """Whether :func:`run_episodes` may pipeline ``model`` on ``env``: the env can step part of its
-    envs in the background, and the model is a memoryless :class:`~flipes.rl.MLPPolicy`."""
+    """Whether :func:`run_episodes` should pipeline ``model`` on ``env``: the env can step part of
+    its envs in the background, the model is a memoryless :class:`~flipes.rl.MLPPolicy`, and there
+    are at least ``PIPELINE_MIN_ENVS`` envs."""
     from flipes.rl.policy import MLPPolicy
 
-    return hasattr(env, "send") and hasattr(env, "recv") and isinstance(model, MLPPolicy)
+    return (
+        hasattr(env, "send") and hasattr(env, "recv") and isinstance(model, MLPPolicy) and env.num_envs >= PIPELINE_MIN_ENVS
+    )
 
 
 class RolloutFitness:
