@@ -46,7 +46,9 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
             # optimum). Hopper, seed 0: 1,386 after 1.4 M steps with it, 540 after 1.7 M without.
             "Hopper-v5": _mujoco(128, 0.02, 0.02, 3000, reward_shift=1.0),
             "Walker2d-v5": _mujoco(128, 0.02, 0.02, 3000, reward_shift=1.0),
-            "Ant-v5": _mujoco(128, 0.02, 0.02, 3000, reward_shift=1.0),
+            # Ant keeps no shift: with it, falling at once (fitness ~0) beats standing (minus the control
+            # cost), and seed 0's center went from 940 to -34 within 10 min as the population learned to fall
+            "Ant-v5": _mujoco(128, 0.02, 0.02, 3000),
             "Humanoid-v5": _mujoco(256, 0.02, 0.02, 5000, reward_shift=5.0),
             "Swimmer-v5": _mujoco(64, 0.05, 0.05, 1000),
             "InvertedPendulum-v5": {**_mujoco(32, 0.05, 0.05, 300), "eval_every": 1, "target": 950.0},  # gymnasium's threshold
