@@ -3,6 +3,7 @@
     make bench-mujoco                       # .venv-bench (EvoTorch beside flipes), everything: ~90 min
     python scripts/bench_mujoco.py --parts threshold --seeds 0      # one part, one seed
     python scripts/bench_mujoco.py --quick                          # smoke test, about a minute
+    python scripts/bench_mujoco.py --reuse ...     # after a crash: read the finished runs under --out
 
 Parts (run one after another, never side by side: each takes every core):
 
@@ -63,18 +64,24 @@ class Args:
     evotorch_eval_every: int = 5  # generations between evaluations of EvoTorch's center
     quick: bool = False  # smoke test: tiny budgets, no EvoTorch
     out: str = "runs/bench_mujoco"  # run directories go under it
+    reuse: bool = False  # read a run directory that already has metrics.jsonl instead of training again
     json: str = ""  # write the results here too
     markdown: str = ""  # write the tables here too
 
 
-def train(env_id: str, seed: int, seconds: float, out: Path, extra: list[str]) -> dict[str, Any]:
-    """One ``train.py`` run as a user starts it; its metrics give the curve."""
+def train(env_id: str, seed: int, seconds: float, out: Path, extra: list[str], reuse: bool = False) -> dict[str, Any]:
+    """One ``train.py`` run as a user starts it; its metrics give the curve. With ``reuse``, a finished
+    run in ``out`` (say, from a benchmark that crashed in a later part) is read instead of repeated."""
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--env", env_id, "--seed", str(seed)]
     cmd += ["--max-seconds", str(seconds), "--out", str(out), *extra]
-    print("$", " ".join(cmd[1:]), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, timeout=seconds * 2 + 600, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+    wall = None
+    if reuse and (out / "metrics.jsonl").exists():
+        print(f"reusing {out / 'metrics.jsonl'} (written {time.ctime((out / 'metrics.jsonl').stat().st_mtime)})")
+    else:
+        print("$", " ".join(cmd[1:]), flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, check=True, timeout=seconds * 2 + 600, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["seconds"], r["eval_return"], r["timesteps"]) for r in rows if "eval_return" in r]
     return {"env": env_id, "seed": seed, "process_wall_s": wall, "evals": evals, "steps": rows[-1]["timesteps"],
@@ -97,11 +104,24 @@ def fmt(x: float | None, digits: int = 0) -> str:
 
 def center_policy(problem: Any, searcher: Any) -> Any:
     """EvoTorch's center solution as a policy (with its observation normalization): float obs -> actions."""
-    policy = problem.to_policy(searcher.status["center"])
+    # its normalizer keeps float64 statistics, which its float32 linear layer does not accept
+    policy = problem.to_policy(searcher.status["center"]).float()
     return lambda obs: policy(obs.float())
 
 
 def run_evotorch(seed: int, args: Args) -> dict[str, Any]:
+    """One EvoTorch run; its result is kept in ``--out`` (read back with ``--reuse``)."""
+    saved = Path(args.out) / f"evotorch-s{seed}.json"
+    if args.reuse and saved.exists():
+        print(f"reusing {saved} (written {time.ctime(saved.stat().st_mtime)})")
+        return json.loads(saved.read_text())
+    result = _run_evotorch(seed, args)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(result))
+    return result
+
+
+def _run_evotorch(seed: int, args: Args) -> dict[str, Any]:
     import ray
     from evotorch.algorithms import PGPE
     from evotorch.neuroevolution import VecGymNE
@@ -158,7 +178,8 @@ def main(args: Args) -> dict[str, Any]:
     load_before = os.getloadavg()
     if "threshold" in args.parts:
         for seed in args.seeds:
-            results["threshold"].append(train(args.threshold_env, seed, args.threshold_seconds, out / f"threshold-s{seed}", []))
+            run = train(args.threshold_env, seed, args.threshold_seconds, out / f"threshold-s{seed}", [], args.reuse)
+            results["threshold"].append(run)
         lines = [
             f"| {args.threshold_env} seed | " + " | ".join(f"s to {t:,.0f}" for t in args.thresholds) + " | best | env steps |",
             "|---|" + "---|" * (len(args.thresholds) + 2),
@@ -170,7 +191,7 @@ def main(args: Args) -> dict[str, Any]:
         tables.append("\n".join(lines))
     if "curves" in args.parts:
         for env_id, seconds in zip(args.curve_envs, args.curve_seconds, strict=True):
-            results["curves"].append(train(env_id, args.curve_seed, seconds, out / f"curve-{env_id}", []))
+            results["curves"].append(train(env_id, args.curve_seed, seconds, out / f"curve-{env_id}", [], args.reuse))
         marks = [m for m in args.marks if m <= max(args.curve_seconds)]
         head = f"| env (seed {args.curve_seed}) | " + " | ".join(f"{m / 60:g} min" for m in marks) + " | env steps |"
         lines = [head, "|---|" + "---|" * (len(marks) + 1)]
@@ -189,7 +210,9 @@ def main(args: Args) -> dict[str, Any]:
         lines = [head, "|---|---|" + "---|" * len(marks)]
         for method, runs in (("EvoTorch PGPE+ClipUp", results["evotorch"]), ("flipes (defaults)", results["threshold"])):
             for r in runs:
-                lines.append(f"| {method} | {r['seed']} | " + " | ".join(fmt(at_mark(r["evals"], m)[1]) for m in marks) + " |")
+                ran = r["evals"][-1][0] if r["evals"] else 0.0  # a mark after the run's end shows "-"
+                cells = [fmt(at_mark(r["evals"], m)[1]) if m <= ran + 30 else "-" for m in marks]
+                lines.append(f"| {method} | {r['seed']} | " + " | ".join(cells) + " |")
         tables.append("\n".join(lines))
         if results["threshold"] and results["evotorch"]:
             evo = statistics.median(max(ret for _, ret, _ in r["evals"]) for r in results["evotorch"])
