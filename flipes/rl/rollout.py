@@ -173,9 +173,7 @@ def can_pipeline(env: gym.vector.VectorEnv, model: nn.Module) -> bool:
     are at least ``PIPELINE_MIN_ENVS`` envs."""
     from flipes.rl.policy import MLPPolicy
 
-    return (
-        hasattr(env, "send") and hasattr(env, "recv") and isinstance(model, MLPPolicy) and env.num_envs >= PIPELINE_MIN_ENVS
-    )
+    return hasattr(env, "send") and hasattr(env, "recv") and isinstance(model, MLPPolicy) and env.num_envs >= PIPELINE_MIN_ENVS
 
 
 class RolloutFitness:
