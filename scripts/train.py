@@ -144,7 +144,9 @@ def main(args: Args, comm: dist.SerialComm | dist.MPIComm | None = None) -> dict
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     lead = comm.rank == 0  # rank 0 alone evaluates, logs, plots and checkpoints
-    device = f"cuda:{comm.local_rank}" if args.device == "cuda" and comm.size > 1 else args.device
+    device = args.device
+    if args.device == "cuda" and comm.size > 1 and torch.cuda.is_available():  # rank -> a GPU of its node, shared if too few
+        device = f"cuda:{comm.local_rank % torch.cuda.device_count()}"
     out = Path(args.out)
     if lead:
         out.mkdir(parents=True, exist_ok=True)

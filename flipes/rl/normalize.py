@@ -33,16 +33,23 @@ class RunningNorm(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.pending: Tensor | None = None  # (members, 1 + 2·size): [count, Σx, Σx²] of this generation
         self._scale: Tensor | None = None  # (mean, 1/std) in the input dtype, cached until update()
+        self._identity = True  # no statistics yet: the input passes unchanged
 
     def extra_repr(self) -> str:
         return f"{self.size}, clip={self.clip}"
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.count == 0:
-            return x
         if self._scale is None or self._scale.dtype != x.dtype or self._scale.device != x.device:
-            inv = (self.var + self.eps).rsqrt()
-            self._scale = torch.stack((self.mean, inv)).to(x.dtype)
+            # reading `count` waits for the device: once per update, not at every step of a rollout
+            if self.count.item() == 0:
+                self._scale = torch.stack((torch.zeros_like(self.mean), torch.ones_like(self.var))).to(x.dtype)
+                self._identity = True
+            else:
+                inv = (self.var + self.eps).rsqrt()
+                self._scale = torch.stack((self.mean, inv)).to(x.dtype)
+                self._identity = False
+        if self._identity:
+            return x
         return ((x - self._scale[0]) * self._scale[1]).clamp_(-self.clip, self.clip)
 
     @torch.no_grad()
