@@ -1,4 +1,18 @@
+import os
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where the device-aware tests run: ``FLIPES_TEST_DEVICE`` (``cpu`` unless set; scripts/gpu_check.py
+    sets ``cuda``). A CUDA device that is not there skips them."""
+    name = os.environ.get("FLIPES_TEST_DEVICE", "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("FLIPES_TEST_DEVICE asks for CUDA, and there is no CUDA device")
+    return torch.device(name)

@@ -16,11 +16,12 @@ def member_deltas(noise: SlotNoise, weight_shape: tuple[int, ...], conv_groups: 
     n, g = noise.size, noise.groups
     out, in_g = weight_shape[0], weight_shape[1]
     out_g = out // conv_groups
-    o = torch.arange(out)[:, None]
-    channel = (o // out_g) * in_g + torch.arange(in_g)[None, :]  # input channel of weight entry (o, i)
+    dev = noise.s.device
+    o = torch.arange(out, device=dev)[:, None]
+    channel = (o // out_g) * in_g + torch.arange(in_g, device=dev)[None, :]  # input channel of weight entry (o, i)
     signs = noise.r[:, :, None] * noise.s[:, channel]  # (N, out, in_g)
     signs = signs.view(n, out, in_g, *(1,) * (len(weight_shape) - 2))
-    group_of = torch.arange(n) // (n // g)
+    group_of = torch.arange(n, device=dev) // (n // g)
     if noise.factors is None:
         eps = noise.eps
     else:  # low rank: σε_g = A_g B_g, contracted over the rank index (independently of dense_eps())

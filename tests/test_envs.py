@@ -56,26 +56,26 @@ def random_actions(env: gym.vector.VectorEnv, case: Case, gen: torch.Generator) 
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
-def test_every_transition_matches_gymnasium(case: Case) -> None:
+def test_every_transition_matches_gymnasium(case: Case, device: torch.device) -> None:
     n, steps = 512, 8
-    env = gym.make_vec(case.flipes_id, num_envs=n)
+    env = gym.make_vec(case.flipes_id, num_envs=n, device=device)
     limit = env.max_episode_steps
     ref = gym.make(case.gym_id, disable_env_checker=True)  # TimeLimit(OrderEnforcing(env)): truncation too
     ref.reset(seed=0)
     gen = torch.Generator().manual_seed(0)
     env.reset(seed=0)
     low, high = torch.tensor(case.wide_low, dtype=torch.float64), torch.tensor(case.wide_high, dtype=torch.float64)
-    env.state = low + (high - low) * torch.rand(n, len(low), generator=gen, dtype=torch.float64)
+    env.state = (low + (high - low) * torch.rand(n, len(low), generator=gen, dtype=torch.float64)).to(device)
     near_limit = torch.arange(n) % 4 == 0  # these reach the time limit within the rollout
-    env.elapsed = torch.where(near_limit, limit - 1 - torch.arange(n) % steps, torch.zeros(n, dtype=torch.int64))
+    env.elapsed = torch.where(near_limit, limit - 1 - torch.arange(n) % steps, torch.zeros(n, dtype=torch.int64)).to(device)
 
     ours: dict[str, list] = {"obs": [], "reward": [], "terminated": [], "truncated": []}
     theirs: dict[str, list] = {k: [] for k in ours}
     reset_steps = 0
     ended = torch.zeros(n, dtype=torch.bool)
     for _ in range(steps):
-        state, elapsed, actions = env.state.clone(), env.elapsed.clone(), random_actions(env, case, gen)
-        obs, reward, terminated, truncated, _ = env.step(actions)
+        state, elapsed, actions = env.state.clone().cpu(), env.elapsed.clone().cpu(), random_actions(env, case, gen)
+        obs, reward, terminated, truncated = (t.cpu() for t in env.step(actions.to(device))[:4])
         for k, v in zip(ours, (obs, reward, terminated, truncated), strict=True):
             ours[k].append(v[~ended])
         for i in torch.nonzero(~ended).flatten().tolist():

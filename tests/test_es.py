@@ -28,9 +28,9 @@ class Mixed(nn.Module):
 
 @pytest.mark.parametrize("rank", [None, 1, 3])
 @pytest.mark.parametrize("mirrored,groups", [(False, 1), (True, 1), (True, 4), (False, 16)])
-def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int, rank: int | None) -> None:
+def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int, rank: int | None, device: torch.device) -> None:
     torch.manual_seed(0)
-    model, n, sigma = Mixed(), 16, 0.07
+    model, n, sigma = Mixed().to(device), 16, 0.07
     es = flipes.FlipES(
         model,
         popsize=n,
@@ -43,7 +43,7 @@ def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int
     )
     with es.population():
         noises = {name: layer.noise for name, layer in (("conv", model.conv), ("fc", model.fc), ("cell", model.cell))}
-    fitness = torch.randn(n, dtype=DT)
+    fitness = torch.randn(n, dtype=DT, device=device)
     es.tell(fitness)
     f_hat = centered_ranks_distinct(fitness)
 

@@ -26,14 +26,16 @@ def rand_shape(gen: torch.Generator, lo: int, hi: int) -> int:
 @pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("mirrored,groups", SETTINGS)
 @pytest.mark.parametrize("trial", range(3))
-def test_linear_members_equal_explicit_weights(mirrored: bool, groups: int, trial: int, rank: int | None) -> None:
+def test_linear_members_equal_explicit_weights(
+    mirrored: bool, groups: int, trial: int, rank: int | None, device: torch.device
+) -> None:
     gen = torch.Generator().manual_seed(100 + trial)
     fin, fout, batch = rand_shape(gen, 1, 40), rand_shape(gen, 1, 40), rand_shape(gen, 1, 4)
     torch.manual_seed(trial)
-    layer = FlipoutLinear(fin, fout, bias=trial != 1, dtype=DT)
+    layer = FlipoutLinear(fin, fout, bias=trial != 1, dtype=DT, device=device)
     es = flipes.FlipES(layer, popsize=N, sigma=0.3, seed=trial, groups=groups, mirrored=mirrored, rank=rank)
     for shape in [(N, fin), (N, batch, fin), (N, 2, batch, fin)]:
-        x = torch.randn(shape, dtype=DT)
+        x = torch.randn(shape, dtype=DT, device=device)
         with es.population():
             y = layer(x)
             noise = layer.noise[0]
@@ -56,17 +58,19 @@ def test_linear_members_equal_explicit_weights(mirrored: bool, groups: int, tria
         dict(kernel_size=1, padding=1, padding_mode="circular"),
     ],
 )
-def test_conv2d_members_equal_explicit_weights(mirrored: bool, groups: int, conv_kw: dict, rank: int | None) -> None:
+def test_conv2d_members_equal_explicit_weights(
+    mirrored: bool, groups: int, conv_kw: dict, rank: int | None, device: torch.device
+) -> None:
     torch.manual_seed(groups)
     cin, cout = 4, 6
-    conv = FlipoutConv2d(cin, cout, dtype=DT, **conv_kw)
+    conv = FlipoutConv2d(cin, cout, dtype=DT, device=device, **conv_kw)
     es = flipes.FlipES(conv, popsize=N, sigma=0.2, seed=7, groups=groups, mirrored=mirrored, rank=rank)
-    x = torch.randn(N, 2, cin, 7, 8, dtype=DT)
+    x = torch.randn(N, 2, cin, 7, 8, dtype=DT, device=device)
     with es.population():
         y = conv(x)
         noise = conv.noise[0]
     deltas = member_deltas(noise, tuple(conv.weight.shape), conv.groups)
-    plain = nn.Conv2d(cin, cout, dtype=DT, **conv_kw)
+    plain = nn.Conv2d(cin, cout, dtype=DT, device=device, **conv_kw)
     for n in range(N):
         b = None if conv.bias is None else conv.bias + noise.bias[n]
         expect = plain._conv_forward(x[n], conv.weight + deltas[n], b)
@@ -76,7 +80,7 @@ def test_conv2d_members_equal_explicit_weights(mirrored: bool, groups: int, conv
 
 
 def run_sequence(cell: nn.Module, xs: torch.Tensor, lstm: bool) -> list[torch.Tensor]:
-    h = torch.zeros(*xs.shape[1:-1], cell.hidden_size, dtype=DT)
+    h = torch.zeros(*xs.shape[1:-1], cell.hidden_size, dtype=DT, device=xs.device)
     state = (h, h.clone()) if lstm else h
     outs = []
     for x in xs:
@@ -89,22 +93,22 @@ def run_sequence(cell: nn.Module, xs: torch.Tensor, lstm: bool) -> list[torch.Te
 @pytest.mark.parametrize("mirrored,groups", SETTINGS)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_recurrent_cell_members_equal_explicit_weights_over_a_sequence(
-    mirrored: bool, groups: int, kind: str, rank: int | None
+    mirrored: bool, groups: int, kind: str, rank: int | None, device: torch.device
 ) -> None:
     torch.manual_seed(3)
     lstm = kind == "lstm"
     cls, ref_cls = (FlipoutLSTMCell, nn.LSTMCell) if lstm else (FlipoutGRUCell, nn.GRUCell)
     fin, hidden, steps = 5, 7, 9
-    cell = cls(fin, hidden, dtype=DT)
+    cell = cls(fin, hidden, dtype=DT, device=device)
     es = flipes.FlipES(cell, popsize=N, sigma=0.3, seed=1, groups=groups, mirrored=mirrored, rank=rank)
-    xs = torch.randn(steps, N, 3, fin, dtype=DT)
+    xs = torch.randn(steps, N, 3, fin, dtype=DT, device=device)
     with es.population():
         outs = run_sequence(cell, xs, lstm)
         n_ih, n_hh = cell.noise
     d_ih = member_deltas(n_ih, tuple(cell.weight_ih.shape))
     d_hh = member_deltas(n_hh, tuple(cell.weight_hh.shape))
     for n in range(N):
-        ref = ref_cls(fin, hidden, dtype=DT)  # torch's own cell with member n's weights, fixed over time
+        ref = ref_cls(fin, hidden, dtype=DT, device=device)  # torch's own cell with member n's weights, fixed over time
         with torch.no_grad():
             ref.weight_ih.copy_(cell.weight_ih + d_ih[n])
             ref.weight_hh.copy_(cell.weight_hh + d_hh[n])
