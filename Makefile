@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: setup train test lint benchmark bench-solve bench-rollout bench-mujoco
+.PHONY: setup train test lint benchmark bench-solve bench-rollout bench-mujoco gpu-check
 setup: $(BIN)/.installed
 
 train: setup
@@ -47,3 +47,7 @@ bench-rollout: setup
 bench-mujoco: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python scripts/bench_mujoco.py --json scripts/results/bench_mujoco.json \
 		--markdown scripts/results/bench_mujoco.md $(ARGS)
+
+# The prepared check for a lent GPU (scripts/gpu_check.py): correctness, then speed, <= 8 minutes.
+gpu-check: setup
+	$(BIN)/python scripts/gpu_check.py $(ARGS)

@@ -1,0 +1,281 @@
+"""One prepared command that checks flipes on a GPU: correctness first, then speed, in <= 8 minutes.
+
+    python scripts/gpu_check.py                          # cuda:0; writes scripts/results/gpu_check.{json,md}
+    python scripts/gpu_check.py --device cpu --quick     # the same code paths on the CPU at tiny sizes (< 3 min)
+    make gpu-check
+
+Steps, each with its own time limit, in this order (the checks of correctness come first):
+
+1. ``tests``: the device-aware tests with ``FLIPES_TEST_DEVICE`` set to the device: every member's
+   Flipout output equals torch's layer with its explicit weights (float64, Linear, Conv2d, LSTM and
+   GRU cells), the ES gradient equals the materialized estimator, flipes' envs match gymnasium
+   transition for transition and keep every tensor on the device.
+2. ``benchmark``: ``scripts/benchmark.py`` (plain, Flipout, low-rank and vmap population forwards)
+   at N = 4,096 and 16,384.
+3. ``repro_timing``: ``scripts/repro_timing.py``'s FC-512 and FC-2048 rows, beside the paper's
+   0.18 s per update at FC-512 (Wen et al., 2018, Fig. 5, on a Tesla P100).
+4. ``cartpole``: rollout steps/s of a Flipout population on ``flipes/CartPole-v1`` at N = 16,384
+   and 65,536, and ``train.py``'s time to solve it on the device.
+5. ``mujoco_warp``: the MuJoCo Warp envs' steps/s, once they exist (skipped until then).
+6. ``mpi``: ``mpiexec -n 2`` with both ranks on the device, ``--comm seeds``: the parameters after
+   every generation equal a one-process run's, hash for hash.
+
+The exit status is 1 when a correctness step fails (1 and 6; a crash of any step counts too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flipes.cli import parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_FC512_SECONDS = 0.18  # Wen et al. 2018, Fig. 5: FlipES, one update of FC-512 at N = 5,000, Tesla P100
+
+
+@dataclass
+class Args:
+    device: str = "cuda"  # cuda (cuda:0) or cpu
+    quick: bool = False  # tiny sizes: the same code paths in a few minutes (what the test suite runs, on the CPU)
+    out: str = "scripts/results/gpu_check"  # writes OUT.json and OUT.md
+    skip: list[str] = dataclasses.field(default_factory=list)  # step names to leave out
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool | None  # None: skipped, or a measurement without a pass/fail
+    seconds: float
+    summary: str
+    data: dict[str, Any]
+
+
+def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    print("$", " ".join(cmd), flush=True)
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
+    tests = [
+        "tests/test_exactness.py",
+        "tests/test_es.py::test_tell_gradient_equals_materialized_estimator",
+        "tests/test_envs.py",
+    ]
+    select = "members_equal or gradient or every_transition or stays_on_the_device"
+    if args.quick:
+        select = "(linear_members and trial0) or gradient or every_transition"
+    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", select], 300,
+            {"FLIPES_TEST_DEVICE": args.device})  # fmt: skip
+    counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", r.stdout))
+    ok = r.returncode == 0 and counts.get("passed", 0) > 0
+    return ok, f"{counts}" + ("" if ok else "\n" + tail(r.stdout + r.stderr)), {"counts": counts, "returncode": r.returncode}
+
+
+def step_benchmark(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
+    out = tmp / "benchmark.json"
+    sizes = ["--quick"] if args.quick else ["--popsizes", "4096", "16384"]
+    r = run([sys.executable, "scripts/benchmark.py", "--device", args.device, *sizes, "--json", str(out)], 240)
+    if r.returncode != 0:
+        return False, tail(r.stdout + r.stderr), {}
+    rows = json.loads(out.read_text())["results"]
+    lines = []
+    for row in rows:
+        ms = {k: v["ms"] for k, v in row["variants"].items()}
+        shown = ", ".join(f"{k} {ms[k]:.3f} ms" for k in ("plain", "flipout", "lowrank", "vmap") if ms.get(k) is not None)
+        lines.append(f"{row['mlp']} N={row['n']}: {shown}")
+    return None, "; ".join(lines), {"results": rows}
+
+
+def step_repro_timing(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
+    extra = ["--tiny", "true"] if args.quick else ["--hidden", "512", "2048", "--repeats", "2", "--classic-max-seconds", "20"]
+    r = run(
+        [sys.executable, "scripts/repro_timing.py", "--device", args.device, "--sections", "fc", "--out", str(tmp), *extra], 240
+    )
+    if r.returncode != 0:
+        return False, tail(r.stdout + r.stderr), {}
+    found = sorted(tmp.glob("repro_timing*.json"))
+    data = json.loads(found[-1].read_text()) if found else {}
+    rows = data.get("fc", [])
+    lines = [f"FC-{row['size']}: " + ", ".join(f"{k} {ms / 1e3:.4f} s" for k, ms in row["ms"].items()) for row in rows]
+    return None, "; ".join(lines) + f" per update (paper: FlipES {PAPER_FC512_SECONDS} s at FC-512 on a P100)", {"fc": rows}
+
+
+def step_cartpole(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
+    import flipes
+    from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env
+
+    device = torch.device(args.device)
+    rates = {}
+    for n in [256, 512] if args.quick else [16384, 65536]:
+        env = make_vector_env("flipes/CartPole-v1", n, device)
+        torch.manual_seed(0)
+        policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(32, 32))).to(device)
+        es = flipes.FlipES(policy, popsize=n, sigma=0.1, seed=0)
+        fitness = RolloutFitness(env, seed=0, obs_norm=policy.obs_norm)
+        for _ in range(2):  # the first generation warms up (kernels, allocator)
+            with es.population() as pop:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0, steps0 = time.perf_counter(), fitness.timesteps
+                f = fitness(policy, pop)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                rate = (fitness.timesteps - steps0) / (time.perf_counter() - t0)
+            es.tell(f)
+            policy.obs_norm.update()
+        rates[n] = rate
+    out = tmp / "cartpole-run"
+    budget = ["--generations", "2", "--target", "1e9", "--eval-episodes", "5"] if args.quick else ["--max-seconds", "90"]
+    r = run([sys.executable, "scripts/train.py", "--env", "flipes/CartPole-v1", "--device", args.device, "--out", str(out),
+             "--tensorboard", "false", *budget], 150)  # fmt: skip
+    if r.returncode != 0:
+        return False, tail(r.stdout + r.stderr), {"steps_per_second": rates}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = [row for row in rows if "eval_return" in row][-1]
+    solved = last["eval_return"] >= 475
+    shown = ", ".join(f"N={n:,}: {v / 1e6:.2f} M steps/s" for n, v in rates.items())
+    verdict = (
+        f"solved in {last['seconds']:.1f} s (generation {last['generation']})"
+        if solved
+        else f"not solved ({last['eval_return']:.0f})"
+    )
+    return (
+        None,
+        f"rollout {shown}; train.py {verdict}",
+        {"steps_per_second": rates, "solve_seconds": last["seconds"] if solved else None},
+    )
+
+
+def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
+    import gymnasium as gym
+
+    import envs  # noqa: F401  registers the flipes/ ids
+
+    if "flipes/HalfCheetah-v5" not in gym.registry:
+        return None, "skipped: the MuJoCo Warp envs (flipes/HalfCheetah-v5, ...) are not built yet", {"skipped": True}
+    from flipes.rl import make_vector_env
+
+    rates = {}
+    for n in [16] if args.quick else [4096, 16384]:
+        env = make_vector_env("flipes/HalfCheetah-v5", n, args.device)
+        env.reset(seed=0)
+        actions = torch.zeros(n, *env.single_action_space.shape, device=args.device)
+        env.step(actions)  # compiles
+        t0, steps = time.perf_counter(), 20 if args.quick else 200
+        for _ in range(steps):
+            env.step(actions)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        rates[n] = n * steps / (time.perf_counter() - t0)
+    return None, ", ".join(f"N={n:,}: {v / 1e3:.0f} k steps/s" for n, v in rates.items()), {"steps_per_second": rates}
+
+
+def step_mpi(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        return None, f"skipped: no {mpiexec} (pip install mpi4py mpich)", {"skipped": True}
+    common = ["--env", "flipes/CartPole-v1", "--device", args.device, "--comm", "seeds", "--groups", "2", "--popsize", "64"]
+    common += ["--generations", "3" if args.quick else "6", "--target", "1e9", "--eval-every", "100", "--tensorboard", "false"]
+    hashes = {}
+    for k in (1, 2):
+        out = tmp / f"mpi{k}"
+        r = run([str(mpiexec), "-n", str(k), sys.executable, "scripts/train.py", *common, "--out", str(out)], 180)
+        if r.returncode != 0:
+            return False, f"mpiexec -n {k} failed:\n" + tail(r.stdout + r.stderr), {}
+        hashes[k] = [json.loads(line)["params_sha256"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ok = hashes[1] == hashes[2] and len(hashes[1]) > 0
+    return ok, f"{len(hashes[1])} generations, parameters {'identical' if ok else 'DIFFER'} at 1 and 2 ranks", {"hashes": hashes}
+
+
+STEPS: dict[str, Callable[[Args, Path], tuple[bool | None, str, dict]]] = {
+    "tests": step_tests,
+    "benchmark": step_benchmark,
+    "repro_timing": step_repro_timing,
+    "cartpole": step_cartpole,
+    "mujoco_warp": step_mujoco_warp,
+    "mpi": step_mpi,
+}
+
+
+def versions(device: torch.device) -> dict[str, Any]:
+    import gymnasium
+    import numpy
+
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    info |= {"gymnasium": gymnasium.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        try:
+            info["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = None
+    else:
+        info["device_name"] = platform.processor() or "cpu"
+    return info
+
+
+def main(args: Args) -> int:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"gpu_check: error: --device {args.device}: this torch sees no CUDA device (torch {torch.__version__})")
+        return 2
+    info = versions(device)
+    print(f"gpu_check on {info['device_name']} (torch {info['torch']}, CUDA {info.get('cuda')})", flush=True)
+    results: list[Step] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fn in STEPS.items():
+            if name in args.skip:
+                continue
+            t0, workdir = time.perf_counter(), Path(tmp) / name
+            workdir.mkdir()
+            try:
+                ok, summary, data = fn(args, workdir)
+            except Exception as e:  # a crash is a failure of the step, and the others still run
+                ok, summary, data = False, f"{type(e).__name__}: {e}", {}
+            results.append(Step(name, ok, time.perf_counter() - t0, summary, data))
+            mark = {True: "PASS", False: "FAIL", None: "----"}[ok]
+            print(f"[{mark}] {name} ({results[-1].seconds:.0f} s): {summary}", flush=True)
+    total = time.perf_counter() - started
+    failed = [r.name for r in results if r.ok is False]
+    md = [f"# gpu_check on {info['device_name']}", "",
+          f"`python scripts/gpu_check.py --device {args.device}{' --quick' if args.quick else ''}`, {total:.0f} s; "
+          f"torch {info['torch']}, CUDA {info.get('cuda')}, driver {info.get('driver')}, Python {info['python']}", "",
+          "| step | result | seconds | summary |", "|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        result = {True: "pass", False: "FAIL", None: "measured" if not r.data.get("skipped") else "skipped"}[r.ok]
+        md.append(f"| {r.name} | {result} | {r.seconds:.0f} | {r.summary.splitlines()[0] if r.summary else ''} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"args": dataclasses.asdict(args), "info": info, "seconds": total, "failed": failed,
+               "steps": [dataclasses.asdict(r) for r in results]}  # fmt: skip
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print(f"wrote {out.with_suffix('.json')} and .md; {total:.0f} s; " + (f"FAILED: {failed}" if failed else "no failures"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_config(Args, description=__doc__)))
