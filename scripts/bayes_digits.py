@@ -186,7 +186,7 @@ def main(args: Args) -> dict:
     within = sum(c["accuracy"] >= b["accuracy"] - 1 for c, b in pairs)
     lower = sum(c["ece"] < b["ece"] for c, b in pairs)
     verdict = (
-        f"Must-show (selected β = {best:g}: mean test accuracy within 1 point of deterministic and lower mean "
+        f"Target (selected β = {best:g}: mean test accuracy within 1 point of deterministic and lower mean "
         f"test ECE): {'HOLDS' if holds else 'DOES NOT HOLD'} on means (accuracy {gap:+.2f} points, within 1 point "
         f"on {within} / {len(pairs)} seeds; ECE {mean(chosen, 'ece'):.4f} vs {mean(base, 'ece'):.4f}, lower on "
         f"{lower} / {len(pairs)} seeds)"

@@ -385,7 +385,7 @@ def test_bayes_digits_script_tiny(tmp_path: Path) -> None:
         acc, ece, nll = float(row[3].strip(" %")), float(row[4]), float(row[5])
         assert 50 < acc <= 100 and 0 <= ece <= 1 and 0 < nll < 3  # 3 epochs already beat chance (10%)
     md = (tmp_path / "bayes_digits.md").read_text()
-    assert "|---|" in md and "(selected)" in md and "Must-show" in md
+    assert "|---|" in md and "(selected)" in md and "Target (selected" in md
 
 
 def test_expected_calibration_error_by_hand() -> None:

@@ -1,4 +1,4 @@
-"""Must-show 2, 5, 6, 7: the ES gradient, learning, determinism and bad input."""
+"""The ES gradient, learning, determinism and bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Must-show 1: every member's Flipout output equals a plain layer with its explicit weights."""
+"""Every member's Flipout output equals a plain layer with its explicit weights."""
 
 from __future__ import annotations
 

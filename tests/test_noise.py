@@ -1,4 +1,4 @@
-"""Must-show 3: the perturbations are N(0, σ²) elementwise, mirrored pairs are exact negatives,
+"""The perturbations are N(0, σ²) elementwise, mirrored pairs are exact negatives,
 groups are independent, and the noise is a pure function of (seed, generation, group, slot).
 
 Statistical tests use fixed seeds; the false-alarm rate of each is stated (for a correct sampler).

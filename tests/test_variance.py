@@ -1,4 +1,4 @@
-"""Must-show 4, the paper's Theorem 2: the variance of the ES gradient estimator over repeated
+"""The paper's Theorem 2: the variance of the ES gradient estimator over repeated
 draws falls like 1/N with Flipout, levels off with one shared perturbation, and Flipout is close
 to fully independent perturbations.
 
