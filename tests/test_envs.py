@@ -1,4 +1,4 @@
-"""envs/: flipes' torch envs against gymnasium's own, transition for transition (issue: environments)."""
+"""envs/: flipes' torch envs against gymnasium's own, transition for transition."""
 
 from __future__ import annotations
 

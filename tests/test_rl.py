@@ -1,4 +1,4 @@
-"""Rollouts, policies and observation normalization (issue: reinforcement learning)."""
+"""Rollouts, policies and observation normalization."""
 
 from __future__ import annotations
 
