@@ -41,13 +41,8 @@ class RunningNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self._scale is None or self._scale.dtype != x.dtype or self._scale.device != x.device:
             # reading `count` waits for the device: once per update, not at every step of a rollout
-            if self.count.item() == 0:
-                self._scale = torch.stack((torch.zeros_like(self.mean), torch.ones_like(self.var))).to(x.dtype)
-                self._identity = True
-            else:
-                inv = (self.var + self.eps).rsqrt()
-                self._scale = torch.stack((self.mean, inv)).to(x.dtype)
-                self._identity = False
+            self._identity = self.count.item() == 0
+            self._scale = torch.stack((self.mean, (self.var + self.eps).rsqrt())).to(x.dtype)
         if self._identity:
             return x
         return ((x - self._scale[0]) * self._scale[1]).clamp_(-self.clip, self.clip)
