@@ -7,6 +7,7 @@ fitness scores (N floats) and either the gradient (``allreduce``) or nothing mor
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Any, Protocol
@@ -19,8 +20,12 @@ from flipes.checkpoint import tensors_sha256
 
 
 class Comm(Protocol):
+    """What flipes needs from a communicator (``SerialComm``, ``MPIComm``, or your own)."""
+
     rank: int
     size: int
+    local_rank: int  # rank among the processes of this node
+    local_size: int  # processes of this job on this node
     bytes_sent: int  # payload bytes this process has sent in collectives
 
     def allgather_tensor(self, x: Tensor) -> Tensor:
@@ -33,6 +38,14 @@ class Comm(Protocol):
 
     def bcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
+        ...
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order."""
+        ...
+
+    def abort(self, code: int = 1) -> None:
+        """End every process of the job."""
         ...
 
 
@@ -53,6 +66,9 @@ class SerialComm:
 
     def bcast(self, obj: Any) -> Any:
         return obj
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return [obj]
 
     def abort(self, code: int = 1) -> None:
         sys.exit(code)
@@ -104,9 +120,15 @@ class MPIComm:
     def bcast(self, obj: Any) -> Any:
         return self.comm.bcast(obj, root=0)
 
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return self.comm.allgather(obj)
+
     def abort(self, code: int = 1) -> None:
         """End every process of the job (a failing rank must not leave the others waiting)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
         self.comm.Abort(code)
+        os._exit(code)  # MPI_Abort may return before the launcher ends this process: never run on
 
 
 def world() -> SerialComm | MPIComm:
@@ -118,13 +140,11 @@ def world() -> SerialComm | MPIComm:
 
 
 def _launched_by_mpi() -> bool:
-    import os
-
     markers = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
     return any(k in os.environ for k in markers)
 
 
-def abort_on_exception(comm: SerialComm | MPIComm) -> None:
+def abort_on_exception(comm: Comm) -> None:
     """Print the current exception with this rank's number, then end the whole job."""
     print(f"[rank {comm.rank}] failed:", file=sys.stderr)
     traceback.print_exc()
@@ -132,11 +152,11 @@ def abort_on_exception(comm: SerialComm | MPIComm) -> None:
     comm.abort(1)
 
 
-def check_identical(comm: SerialComm | MPIComm, tensors: list[Tensor], what: str = "parameters") -> str:
+def check_identical(comm: Comm, tensors: list[Tensor], what: str = "parameters") -> str:
     """Hash ``tensors`` on every rank; raise on all ranks if any differs. Returns the hash."""
     digest = tensors_sha256(tensors)
     if comm.size > 1:
-        digests = comm.comm.allgather(digest)  # type: ignore[union-attr]
+        digests = comm.allgather_object(digest)
         if len(set(digests)) > 1:
             ranks = ", ".join(f"rank {r}: {d[:12]}" for r, d in enumerate(digests))
             raise RuntimeError(f"ranks hold different {what} ({ranks}); every rank must run the same code, seed and data")

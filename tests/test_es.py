@@ -39,7 +39,7 @@ def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int
         groups=groups,
         mirrored=mirrored,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
-        rank=rank,
+        noise_rank=rank,
     )
     with es.population():
         noises = {name: layer.noise for name, layer in (("conv", model.conv), ("fc", model.fc), ("cell", model.cell))}

@@ -33,7 +33,7 @@ def test_linear_members_equal_explicit_weights(
     fin, fout, batch = rand_shape(gen, 1, 40), rand_shape(gen, 1, 40), rand_shape(gen, 1, 4)
     torch.manual_seed(trial)
     layer = FlipoutLinear(fin, fout, bias=trial != 1, dtype=DT, device=device)
-    es = flipes.FlipES(layer, popsize=N, sigma=0.3, seed=trial, groups=groups, mirrored=mirrored, rank=rank)
+    es = flipes.FlipES(layer, popsize=N, sigma=0.3, seed=trial, groups=groups, mirrored=mirrored, noise_rank=rank)
     for shape in [(N, fin), (N, batch, fin), (N, 2, batch, fin)]:
         x = torch.randn(shape, dtype=DT, device=device)
         with es.population():
@@ -64,7 +64,7 @@ def test_conv2d_members_equal_explicit_weights(
     torch.manual_seed(groups)
     cin, cout = 4, 6
     conv = FlipoutConv2d(cin, cout, dtype=DT, device=device, **conv_kw)
-    es = flipes.FlipES(conv, popsize=N, sigma=0.2, seed=7, groups=groups, mirrored=mirrored, rank=rank)
+    es = flipes.FlipES(conv, popsize=N, sigma=0.2, seed=7, groups=groups, mirrored=mirrored, noise_rank=rank)
     x = torch.randn(N, 2, cin, 7, 8, dtype=DT, device=device)
     with es.population():
         y = conv(x)
@@ -100,7 +100,7 @@ def test_recurrent_cell_members_equal_explicit_weights_over_a_sequence(
     cls, ref_cls = (FlipoutLSTMCell, nn.LSTMCell) if lstm else (FlipoutGRUCell, nn.GRUCell)
     fin, hidden, steps = 5, 7, 9
     cell = cls(fin, hidden, dtype=DT, device=device)
-    es = flipes.FlipES(cell, popsize=N, sigma=0.3, seed=1, groups=groups, mirrored=mirrored, rank=rank)
+    es = flipes.FlipES(cell, popsize=N, sigma=0.3, seed=1, groups=groups, mirrored=mirrored, noise_rank=rank)
     xs = torch.randn(steps, N, 3, fin, dtype=DT, device=device)
     with es.population():
         outs = run_sequence(cell, xs, lstm)
@@ -188,7 +188,7 @@ def test_non_contiguous_inputs_give_the_contiguous_result(groups: int, rank: int
     layer = FlipoutLinear(5, 4, dtype=DT)
     conv = FlipoutConv2d(3, 4, 3, padding=1, dtype=DT)
     model = nn.ModuleList([layer, conv])
-    es = flipes.FlipES(model, popsize=N, sigma=0.2, groups=groups, mirrored=False, rank=rank)
+    es = flipes.FlipES(model, popsize=N, sigma=0.2, groups=groups, mirrored=False, noise_rank=rank)
     inputs = [
         (layer, torch.randn(2, N, 5, dtype=DT).transpose(0, 1)),
         (layer, torch.randn(5, N, dtype=DT).T),

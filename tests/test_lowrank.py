@@ -1,4 +1,4 @@
-"""Low-rank Flipout (``FlipES(rank=r)``): ε = A Bᵀ/√r per group, sign-flipped per member.
+"""Low-rank Flipout (``FlipES(noise_rank=r)``): ε = A Bᵀ/√r per group, sign-flipped per member.
 
 Exactness and the gradient against materialized weights run in test_exactness / test_es for
 ``rank`` too; here: the structure of the noise and the unbiasedness of the ES gradient.
@@ -20,7 +20,7 @@ from flipes.nn import FlipoutConv2d, FlipoutLinear
 def test_group_noise_has_rank_r_and_unit_variance_entries() -> None:
     layer = FlipoutLinear(300, 200)
     for r in (1, 4):
-        es = flipes.FlipES(layer, popsize=8, sigma=0.5, seed=r, groups=2, rank=r)
+        es = flipes.FlipES(layer, popsize=8, sigma=0.5, seed=r, groups=2, noise_rank=r)
         with es.population():
             noise = layer.noise[0]
         assert noise.eps is None and noise.rank == r
@@ -35,7 +35,7 @@ def test_group_noise_has_rank_r_and_unit_variance_entries() -> None:
 
 def test_conv_low_rank_factors_are_a_kernel_per_rank_channel() -> None:
     conv = FlipoutConv2d(3, 5, 3)
-    es = flipes.FlipES(conv, popsize=4, rank=2)
+    es = flipes.FlipES(conv, popsize=4, noise_rank=2)
     with es.population():
         a, b = conv.noise[0].factors
     assert a.shape == (1, 5, 2) and b.shape == (1, 2, 3, 3, 3)
@@ -54,7 +54,7 @@ def test_es_gradient_is_unbiased_for_a_linear_fitness(rank: int | None) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(FlipoutLinear(6, 5, dtype=torch.float64), FlipoutLinear(5, 4, dtype=torch.float64))
     sgd0 = lambda p: torch.optim.SGD(p, lr=0.0)  # noqa: E731 (keep θ fixed: ĝ is read from .grad)
-    es = flipes.FlipES(model, popsize=32, sigma=0.1, seed=3, mirrored=True, shaping=raw, optimizer=sgd0, rank=rank)
+    es = flipes.FlipES(model, popsize=32, sigma=0.1, seed=3, mirrored=True, shaping=raw, optimizer=sgd0, noise_rank=rank)
     c = [torch.randn_like(p) for p in es.params]
     trials = 3000
     grads = []
@@ -87,8 +87,8 @@ def test_rank_must_be_a_positive_integer_and_is_part_of_the_configuration() -> N
     layer = FlipoutLinear(3, 2)
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="rank must be None"):
-            flipes.FlipES(layer, popsize=4, rank=bad)
-    state = flipes.FlipES(layer, popsize=4, rank=2).state_dict()
+            flipes.FlipES(layer, popsize=4, noise_rank=bad)
+    state = flipes.FlipES(layer, popsize=4, noise_rank=2).state_dict()
     with pytest.raises(ValueError, match="rank: saved 2, now None"):
         flipes.FlipES(layer, popsize=4).load_state_dict(state)
 
@@ -98,7 +98,7 @@ def test_population_forwards_under_inference_mode_and_no_grad_mix_within_a_gener
     layer = FlipoutLinear(6, 5)
     x = torch.randn(8, 6)
     for rank in (None, 2):
-        es = flipes.FlipES(layer, popsize=8, rank=rank)
+        es = flipes.FlipES(layer, popsize=8, noise_rank=rank)
         with torch.inference_mode(), es.population():
             first = layer(x).clone()
         with es.population():
@@ -110,4 +110,4 @@ def test_population_forwards_under_inference_mode_and_no_grad_mix_within_a_gener
 def test_numpy_integer_ranks_are_accepted() -> None:
     import numpy as np
 
-    assert flipes.FlipES(FlipoutLinear(3, 2), popsize=4, rank=np.int64(2)).rank == 2
+    assert flipes.FlipES(FlipoutLinear(3, 2), popsize=4, noise_rank=np.int64(2)).noise_rank == 2

@@ -68,7 +68,7 @@ class FlipES:
             ``"seeds"``: every process rebuilds all groups' noise from the seeds and computes the
             whole gradient itself, so only the N fitness values cross the network, and the result
             is bitwise that of one process.
-        rank: ``None`` (default): full-rank ε. An integer ``r``: each group's ε of every Flipout
+        noise_rank: ``None`` (default): full-rank ε. An integer ``r``: each group's ε of every Flipout
             weight is ``A Bᵀ/√r`` with Gaussian ``A`` (out × r) and ``B`` ((in·kernel) × r), still
             sign-flipped per member (EGGROLL-style low-rank perturbations; Sarkar et al., 2025).
             The population forward then costs O(N·r·(in + out)) per layer instead of O(N·in·out);
@@ -102,7 +102,7 @@ class FlipES:
         optimizer: OptimizerFactory | None = None,
         comm: Comm | None = None,
         comm_mode: str = "allreduce",
-        rank: int | None = None,
+        noise_rank: int | None = None,
     ) -> None:
         if popsize < 1 or groups < 1 or popsize % groups:
             raise ValueError(f"popsize={popsize} must be a positive multiple of groups={groups}")
@@ -111,14 +111,14 @@ class FlipES:
                 f"mirrored sampling pairs members, but each group has popsize/groups = {popsize // groups} "
                 "members (odd); use an even popsize per group or mirrored=False"
             )
-        if rank is not None:
+        if noise_rank is not None:
             try:  # any integer type (numpy's too), not bools or floats
-                rank = operator.index(rank) if not isinstance(rank, bool) else -1
+                noise_rank = operator.index(noise_rank) if not isinstance(noise_rank, bool) else -1
             except TypeError:
-                rank = -1
-            if rank < 1:
-                raise ValueError(f"rank must be None (full-rank noise) or an integer >= 1, got {rank!r}")
-        self.rank = rank
+                noise_rank = -1
+            if noise_rank < 1:
+                raise ValueError(f"noise_rank must be None (full-rank noise) or an integer >= 1, got {noise_rank!r}")
+        self.noise_rank = noise_rank
         self.model = model
         self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, seed, mirrored
         self.shaping, self.weight_decay = shaping, weight_decay
@@ -180,7 +180,7 @@ class FlipES:
                     sigma=sigma,
                     mirrored=self.mirrored,
                     table=tables[key],
-                    rank=self.rank,
+                    rank=self.noise_rank,
                 )
             )
         return noise
@@ -216,7 +216,16 @@ class FlipES:
             raise RuntimeError(
                 f"tell() before any population of generation {self.generation}: evaluate `with es.population()` first"
             )
-        f = torch.as_tensor(fitness).detach().to("cpu", torch.float64)
+        try:
+            f = torch.as_tensor(fitness).detach()
+        except (TypeError, RuntimeError, ValueError):
+            f = None
+        if f is None or f.dtype.is_complex or f.dtype == torch.bool:
+            raise TypeError(
+                f"fitness must be real numbers, one per member (a Tensor, array or list), got {type(fitness).__name__}"
+                + (f" of {f.dtype}" if f is not None else "")
+            )
+        f = f.to("cpu", torch.float64)
         n = len(self.members)
         if f.shape != (n,):
             raise ValueError(
@@ -295,7 +304,13 @@ class FlipES:
         return self.tell(fitness)
 
     def _config(self) -> dict[str, Any]:  # what a checkpoint must agree on (not the process count)
-        return {"popsize": self.popsize, "groups": self.groups, "seed": self.seed, "mirrored": self.mirrored, "rank": self.rank}
+        return {
+            "popsize": self.popsize,
+            "groups": self.groups,
+            "seed": self.seed,
+            "mirrored": self.mirrored,
+            "noise_rank": self.noise_rank,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit for bit: the noise is a pure function of
@@ -311,7 +326,10 @@ class FlipES:
         missing = {"generation", "config", "model", "optimizer"} - set(state)
         if missing:
             raise ValueError(f"not a FlipES state dict: missing {sorted(missing)}")
-        diff = {k: (v, state["config"].get(k)) for k, v in self._config().items() if state["config"].get(k) != v}
+        saved = dict(state["config"])
+        if "rank" in saved:  # states saved before the option was called noise_rank
+            saved["noise_rank"] = saved.pop("rank")
+        diff = {k: (v, saved.get(k)) for k, v in self._config().items() if saved.get(k) != v}
         if diff:
             shown = ", ".join(f"{k}: saved {s!r}, now {c!r}" for k, (c, s) in diff.items())
             raise ValueError(f"state was saved by a FlipES with another configuration ({shown}); use the same settings to resume")
