@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 train: setup
-	$(BIN)/python scripts/train.py $(ARGS)
+	$(BIN)/flipes train $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q tests $(ARGS)

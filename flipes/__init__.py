@@ -5,8 +5,28 @@ pseudo-independent weight perturbation (Wen et al., ICLR 2018, arXiv:1803.04386)
 """
 
 from flipes import dist, nn, noise
+from flipes.callbacks import Callback
+from flipes.config import TrainConfig
+from flipes.errors import UsageError
 from flipes.es import FlipES, Population, shaping
 from flipes.nn import flipout, kl_divergence
+from flipes.runs import load_policy
+from flipes.training import TrainResult, train
 
-__all__ = ["FlipES", "Population", "dist", "flipout", "kl_divergence", "nn", "noise", "shaping"]
+__all__ = [
+    "Callback",
+    "FlipES",
+    "Population",
+    "TrainConfig",
+    "TrainResult",
+    "UsageError",
+    "dist",
+    "flipout",
+    "kl_divergence",
+    "load_policy",
+    "nn",
+    "noise",
+    "shaping",
+    "train",
+]
 __version__ = "0.1.0"

@@ -51,7 +51,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {e}){hint}") from e
+        first = (str(e).strip().splitlines() or [""])[0][:100]  # torch's messages run to many lines
+        raise CheckpointError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {first}){hint}") from e
     if not isinstance(state, dict) or "es" not in state:
         raise CheckpointError(f"{path} is not a flipes training checkpoint (no 'es' state){hint}")
     return state

@@ -1,99 +1,362 @@
-"""Command-line plumbing for scripts: typed configs from dataclasses, config files, plug-ins."""
+"""Command lines from dataclasses: one option per field, its help from the field's docstring.
+
+Every flipes command and script describes its options as a dataclass (CleanRL's ``Args``)::
+
+    @dataclass
+    class Args:
+        popsize: int = 64
+        \"\"\"Members per generation.\"\"\"
+
+and gets ``--popsize N`` with that help text, values checked strictly by the annotation (``int``
+rejects ``3.7``, for flags and config files alike), ``--config FILE`` (TOML or JSON) under the
+flags, and one-line errors (:class:`flipes.errors.UsageError`). Supported annotations: ``int``,
+``float``, ``str``, ``bool`` (``--x``, ``--x false``, ``--no-x``), ``list[...]`` of those,
+``Literal[...]`` and unions with ``None`` (``none`` on the command line) or a ``Literal``.
+
+(Why not tyro: its errors are multi-line panels, a config file under the flags and per-env
+defaults under the file would be ours anyway, and it brings rich, typeguard, shtab and
+docstring-parser for what is ~300 lines here.)
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import difflib
+import functools
 import importlib
+import inspect
 import json
+import math
+import re
 import sys
+import textwrap
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
+
+from flipes.errors import UsageError
 
 T = TypeVar("T")
+R = TypeVar("R")
+_SCALARS = (bool, int, float, str)
 
 
-def _field_type(tp: Any) -> tuple[type, bool, bool]:
-    """(scalar type, is a list, may be None) of a dataclass field annotation."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    optional = False
-    if origin in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        optional, tp = len(rest) < len(args), rest[0]
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
+# field metadata of an option given without a flag: ``run: str = field(metadata=POSITIONAL)``
+POSITIONAL = types.MappingProxyType({"positional": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldType:
+    """What a field annotation allows: one scalar type and/or literal choices, maybe None, maybe a list."""
+
+    scalar: type | None
+    choices: tuple[Any, ...] = ()
+    optional: bool = False
+    is_list: bool = False
+
+    def describe(self) -> str:
+        parts = (
+            [{int: "an integer", float: "a number", str: "a string", bool: "true or false"}[self.scalar]] if self.scalar else []
+        )
+        parts += [repr(c) for c in self.choices]
+        parts += ["none"] if self.optional else []
+        one = " or ".join(parts)
+        return f"a list of {one}" if self.is_list else one
+
+
+def field_type(annotation: Any) -> FieldType:
+    """Read a field annotation (after ``typing.get_type_hints``) into a :class:`FieldType`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is list:
-        return args[0], True, optional
-    return tp, False, optional
+        inner = field_type(args[0])
+        return dataclasses.replace(inner, is_list=True)
+    members = args if origin in (typing.Union, types.UnionType) else (annotation,)
+    scalar, choices, optional = None, [], False
+    for m in members:
+        if m is type(None):
+            optional = True
+        elif typing.get_origin(m) is Literal:
+            choices += typing.get_args(m)
+        elif m in _SCALARS and scalar is None:
+            scalar = m
+        else:
+            raise TypeError(f"flipes.cli cannot parse options of type {annotation!r}")
+    return FieldType(scalar, tuple(choices), optional)
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def _parse_scalar(text: str, scalar: type) -> Any:
+    if scalar is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    if scalar is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+    if scalar is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+    return text
+
+
+def parse_text(text: str, ft: FieldType) -> Any:
+    """A command-line word as the field's type (for list fields: one item)."""
+    if ft.optional and text.lower() == "none":
+        return None
+    for choice in ft.choices:
+        if text == str(choice):
+            return choice
+    if ft.scalar is None:
+        raise ValueError(f"expected {ft.describe()}, got {text!r}")
+    try:
+        return _parse_scalar(text, ft.scalar)
+    except ValueError as e:
+        if ft.choices or ft.optional:
+            raise ValueError(f"expected {ft.describe()}, got {text!r}") from None
+        raise e
+
+
+def check_value(name: str, value: Any, ft: FieldType) -> Any:
+    """``value`` (from a config file or Python) checked against the field's type, strictly: a bool is
+    not an int, 3.7 is not an int, a string is not a number. Ints are widened to float for float fields.
+
+    Raises:
+        TypeError: naming ``name``, the value and the type expected.
+    """
+    if ft.is_list:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"{name} = {value!r} is not a list; expected {ft.describe()}")
+        item = dataclasses.replace(ft, is_list=False)
+        return [check_value(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if value is None or (ft.optional and ft.scalar is not str and isinstance(value, str) and value.lower() == "none"):
+        if ft.optional:
+            return None
+        raise TypeError(f"{name} = none is not allowed; expected {ft.describe()}")
+    if any(value == c and type(value) is type(c) for c in ft.choices):
+        return value
+    s = ft.scalar
+    if s is bool and isinstance(value, bool):
+        return value
+    if s is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if s is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if s is str and isinstance(value, str):
+        return value
+    raise TypeError(f"{name} = {value!r} is not {ft.describe()}")
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it), or else its trailing ``# comment``."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # no source (frozen app, REPL): no help texts
+            continue
+        lines = source.splitlines()
+        tree = ast.parse(source).body[0]
+        if not isinstance(tree, ast.ClassDef):
+            continue
+        body = tree.body
+        for node, after in zip(body, [*body[1:], None], strict=True):
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+            else:
+                comment = re.search(r"#\s*(.*)$", lines[(node.end_lineno or node.lineno) - 1])
+                if comment and "noqa" not in comment.group(1) and "fmt:" not in comment.group(1):
+                    docs[node.target.id] = comment.group(1).strip()
+    return docs
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def option_name(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A TOML or JSON file of option values (keys as the dataclass fields, ``-`` or ``_``)."""
+    """A TOML or JSON file of option values (keys as the fields, with ``-`` or ``_``)."""
     path = Path(path)
-    if not path.exists():
-        raise SystemExit(f"--config {path}: no such file")
-    text = path.read_text()
+    option = f"--config {path}"
+    if not path.is_file():
+        raise UsageError(option, "no such file", "check the path")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(option, f"cannot be read ({e})", "pass a readable TOML or JSON file") from None
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(option, f"is not valid JSON ({e})", "fix the file, or write it as TOML (.toml)") from None
     else:
         try:
             import tomllib
         except ImportError:  # Python 3.10
-            raise SystemExit(f"--config {path}: TOML needs Python >= 3.11; use a .json config file") from None
-        data = tomllib.loads(text)
+            raise UsageError(option, "TOML needs Python >= 3.11", "use a .json config file") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(option, f"is not valid TOML ({e})", "fix the file (TOML strings need quotes)") from None
+    if not isinstance(data, dict):
+        raise UsageError(option, f"holds a {type(data).__name__}, not a table of options", 'write e.g. {"popsize": 64}')
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def check_options(cls: type, values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``values`` by field name, each checked against ``cls``'s annotation (see :func:`check_value`).
+
+    Raises:
+        UsageError: an unknown name (with the closest valid ones) or a value of the wrong type;
+            ``source`` names where the values came from (``--config run.toml``, ``flipes.train``).
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out = {}
+    for key, value in values.items():
+        if key not in hints or key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            fix = f"did you mean {', '.join(close)}?" if close else f"valid options: {', '.join(names)}"
+            raise UsageError(source, f"unknown option {key!r}", fix)
+        try:
+            out[key] = check_value(key, value, field_type(hints[key]))
+        except TypeError as e:
+            raise UsageError(source, str(e), f"write {key} as {field_type(hints[key]).describe()}") from None
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are :class:`UsageError` (one line, exit 2) instead of usage dumps, and
+    which takes no abbreviations (``--popsiz`` is a typo, not ``--popsize``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        m = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
+        if m:
+            raise UsageError(m.group(1), m.group(2), f"{self.prog} --help describes it")
+        m = re.match(r"unrecognized arguments: (.*)", message)
+        if m:
+            word = m.group(1).split()[0]
+            flags = [f for a in self._actions for f in a.option_strings if f.startswith("--")]
+            close = difflib.get_close_matches(word.split("=")[0], flags, n=3)
+            fix = f"did you mean {', '.join(close)}?" if close else f"{self.prog} --help lists the options"
+            raise UsageError(word, "unknown option", fix)
+        raise UsageError(self.prog, message, f"{self.prog} --help describes the options")
+
+
+def _converter(name: str, ft: FieldType) -> Callable[[str], Any]:
+    item = dataclasses.replace(ft, is_list=False)
+
+    def convert(text: str) -> Any:
+        try:
+            return parse_text(text, item)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = ft.describe()  # argparse shows it in its own messages
+    return convert
+
+
+def build_parser(
+    cls: type, description: str | None = None, prog: str | None = None, defaults: Mapping[str, Any] = {}
+) -> argparse.ArgumentParser:
+    """The argparse parser of ``cls``: ``--config`` plus one option per field, help from its docstring."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="TOML or JSON file of options; flags override it")
+    for f in dataclasses.fields(cls):
+        ft = field_type(hints[f.name])
+        default = defaults.get(f.name, _default(f))
+        doc = docs.get(f.name, "")
+        shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, list) else default
+        text = f"{doc} (default: {shown})" if doc else f"(default: {shown})"
+        metavar = {int: "INT", float: "FLOAT", str: "STR", bool: "BOOL", None: ""}[ft.scalar]
+        if ft.choices or ft.optional:
+            metavar = (
+                "{" + ",".join([*map(str, ft.choices), *([metavar] if metavar else []), *(["none"] if ft.optional else [])]) + "}"
+            )
+        if f.metadata.get("positional"):
+            nargs = "+" if ft.is_list else ("?" if default is not dataclasses.MISSING else None)
+            kw: dict[str, Any] = {"nargs": nargs} if nargs else {}
+            if default is not dataclasses.MISSING:
+                kw["default"] = default
+            parser.add_argument(f.name, type=_converter(f.name, ft), help=text, metavar=f.name.upper(), **kw)
+            continue
+        flags = list(dict.fromkeys([option_name(f.name), f"--{f.name}"]))
+        if ft.scalar is bool and not ft.is_list and not ft.choices:
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                nargs="?",
+                const=True,
+                default=default,
+                type=_converter(f.name, ft),
+                metavar="BOOL",
+                help=text,
+            )
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false", help=argparse.SUPPRESS)
+            continue
+        parser.add_argument(
+            *flags,
+            dest=f.name,
+            default=default,
+            type=_converter(f.name, ft),
+            metavar=metavar,
+            help=text,
+            **({"nargs": "*"} if ft.is_list else {}),
+        )
+    return parser
 
 
 def parse_config(
     cls: type[T],
-    argv: list[str] | None = None,
+    argv: Sequence[str] | None = None,
     description: str | None = None,
     presets: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+    prog: str | None = None,
 ) -> T:
     """Build ``cls`` (a dataclass) from defaults < presets < ``--config FILE`` (TOML/JSON) < flags.
 
-    Every field becomes ``--field-name`` (``--field_name`` works too); unknown keys in the file
-    and bad values are errors that name the option. ``presets(values)`` gets the options parsed
-    without presets and returns defaults that depend on them (e.g. per-env defaults by ``env``).
+    Every field becomes ``--field-name`` (``--field_name`` works too). ``presets(values)`` gets the
+    options parsed without presets and returns defaults that depend on them (e.g. per-env
+    defaults by ``env``).
+
+    Raises:
+        UsageError: an unknown option, a value of the wrong type, a broken config file.
     """
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    pre = argparse.ArgumentParser(add_help=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = _Parser(add_help=False, prog=prog)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    from_file = read_config_file(known.config) if known.config else {}
-    unknown = sorted(set(from_file) - set(fields))
-    if unknown:
-        raise SystemExit(f"--config {known.config}: unknown option(s) {unknown}; valid: {sorted(fields)}")
-
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="TOML or JSON file of options (command-line flags override it)")
-    for name, f in fields.items():
-        scalar, is_list, optional = _field_type(hints[name])
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        default = from_file.get(name, default)
-        convert = _bool if scalar is bool else scalar
-        flags = list(dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"]))
-        kwargs: dict[str, Any] = {"dest": name, "default": default, "type": convert, "help": f"(default: {default})"}
-        if is_list:
-            kwargs["nargs"] = "+"
-        elif optional:
-            kwargs["type"] = lambda s, c=convert: None if s.lower() == "none" else c(s)
-        parser.add_argument(*flags, **kwargs)
+    from_file = check_options(cls, read_config_file(known.config), f"--config {known.config}") if known.config else {}
+    parser = build_parser(cls, description, prog, from_file)
     values = vars(parser.parse_args(argv))
     if presets is not None:
         preset = dict(presets(values))
-        unknown = sorted(set(preset) - set(fields))
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(preset) - fields)
         if unknown:
             raise ValueError(f"presets name unknown option(s) {unknown}; valid: {sorted(fields)}")
         parser.set_defaults(**{k: v for k, v in preset.items() if k not in from_file})
@@ -102,18 +365,52 @@ def parse_config(
     return cls(**values)
 
 
+def report_usage_error(e: UsageError, prog: str = "flipes") -> NoReturn:
+    """Print ``e`` as one line on stderr and exit with status 2."""
+    print(f"{prog}: error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def run(main: Callable[[T], R], cls: type[T], description: str | None = None, argv: Sequence[str] | None = None, **kw: Any) -> R:
+    """A script's ``__main__``: parse ``cls`` from the command line and call ``main`` with it; a
+    :class:`UsageError` from either becomes one line and exit status 2 (other errors keep their traceback)."""
+    try:
+        return main(parse_config(cls, argv, description, **kw))
+    except UsageError as e:
+        report_usage_error(e)
+
+
 def load_callable(spec: str, option: str) -> Callable[..., Any]:
-    """``"package.module:function"`` -> the function, with errors that say what is wrong."""
+    """``"package.module:function"`` -> the function, with errors that say what is wrong.
+
+    Raises:
+        UsageError: not ``module:function``, a module that cannot be found, no such function.
+            (An exception raised while importing the module is the user's code: it propagates.)
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise SystemExit(f"{option} {spec!r}: expected module:function, e.g. {option} mypkg.fitness:evaluate")
+        raise UsageError(option, f"{spec!r} is not module:function", f"e.g. {option} mypkg.fitness:evaluate")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: modules in the working directory are found
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        raise SystemExit(f"{option} {spec!r}: cannot import {module_name!r} ({e}); is it on PYTHONPATH?") from e
+        if e.name is None or not module_name.startswith(e.name):
+            raise  # the module exists and fails to import something itself: its own traceback
+        raise UsageError(option, f"cannot import {module_name!r} ({e})", "is it on PYTHONPATH (or in this directory)?") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise SystemExit(f"{option} {spec!r}: module {module_name!r} has no function {attr!r}")
+        raise UsageError(option, f"module {module_name!r} has no function {attr!r}", "check the name after the colon")
     return fn
+
+
+def finite(
+    option: str, value: float, low: float | None = None, *, strict: bool = False, allow_inf: bool = False, fix: str = ""
+) -> None:
+    """Check a number option: not NaN, finite unless ``allow_inf``, ``> low`` (``strict``) or ``>= low``."""
+    bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+    bad = math.isnan(value) or (not allow_inf and math.isinf(value))
+    bad = bad or (low is not None and (value <= low if strict else value < low))
+    if bad:
+        kind = "a number" if allow_inf else "a finite number"
+        raise UsageError(option, f"must be {kind}{bound}, got {value!r}", fix)

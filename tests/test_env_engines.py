@@ -193,7 +193,7 @@ def test_auto_backend_falls_back_with_one_note_and_wrong_ids_say_what_to_do(monk
     env = make_vector_env("Hopper-v5", 4, threads=2, note=notes.append)
     assert len(notes) == 1 and "\n" not in notes[0] and "flipes[envpool]" in notes[0]
     assert not isinstance(env, EnvPoolVectorEnv)
-    with pytest.raises(ValueError, match=r"needs EnvPool, which is not installed: pip install 'flipes\[envpool\]'"):
+    with pytest.raises(ValueError, match=r"needs EnvPool, which is not installed; pip install 'flipes\[envpool\]'"):
         make_vector_env("envpool:Hopper-v5", 4)
     monkeypatch.undo()
     if engine.envpool_ids():
@@ -209,18 +209,10 @@ def test_a_short_es_run_on_halfcheetah_through_envpool_raises_the_center_return(
     """Ten generations of 64 members (640 k EnvPool steps) raise the center policy's return on
     5 evaluation episodes from about 0 to several hundred (seed 0: -8 -> 1,078)."""
     pytest.importorskip("envpool")
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    import flipes
 
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "run"
-    cmd = [sys.executable, "scripts/train.py", "--env", "envpool:HalfCheetah-v5", "--popsize", "64", "--sigma", "0.03",
-           "--lr", "0.04", "--generations", "10", "--eval-every", "9", "--seed", "0", "--tensorboard", "false",
-           "--out", str(out)]  # fmt: skip
-    subprocess.run(cmd, cwd=root, check=True, capture_output=True, timeout=300)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = flipes.train(env="envpool:HalfCheetah-v5", popsize=64, sigma=0.03, lr=0.04, generations=10, eval_every=9, seed=0,
+                        target=None, tensorboard=False, progress=False, out=str(tmp_path / "run")).metrics  # fmt: skip
     evals = {r["generation"]: r["eval_return"] for r in rows if "eval_return" in r}
     assert set(evals) == {0, 9}
     assert evals[9] > evals[0] + 300, evals

@@ -102,3 +102,15 @@ def test_resume_at_another_process_count_continues(tmp_path: Path) -> None:
     )
     hashes = [json.loads(line)["params_sha256"] for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert hashes == [json.loads(line)["params_sha256"] for line in (full / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_user_mistake_under_mpi_is_one_line_and_ends_the_job(tmp_path: Path) -> None:
+    """Under mpiexec, options that cannot work (fewer groups than processes) end every rank at once
+    with flipes' one-line error and exit status 2, before anything is written."""
+    start = time.monotonic()
+    r = mpirun(2, "--groups", "1", "--out", str(tmp_path / "run"), check=False, timeout=60)
+    assert r.returncode == 2 and time.monotonic() - start < 30, r.stderr
+    ours = [line for line in r.stderr.splitlines() if line.startswith("flipes:")]
+    assert ours == ["flipes: error: --groups: 1 group(s) cannot be shared by 2 processes; use --groups 2 or a multiple of it "
+                    "(dividing --popsize 64)"], r.stderr  # fmt: skip
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()

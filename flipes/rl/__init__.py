@@ -1,13 +1,14 @@
 """Reinforcement learning with FlipES: policies, batched rollouts, observation normalization."""
 
 from flipes.rl.envpool_vec import EnvPoolVectorEnv
-from flipes.rl.envs import available_cores, make_vector_env, split_env_id
+from flipes.rl.envs import EnvError, available_cores, make_vector_env, split_env_id
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.policy import MLPPolicy
 from flipes.rl.rollout import Episodes, RolloutFitness, episode_seed, reset_episodes, run_episodes
 from flipes.rl.workers import WorkerVectorEnv
 
 __all__ = [
+    "EnvError",
     "EnvPoolVectorEnv",
     "Episodes",
     "MLPPolicy",

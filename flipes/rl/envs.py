@@ -34,6 +34,13 @@ from flipes.rl.envpool_vec import EnvPoolVectorEnv, envpool_ids
 from flipes.rl.workers import WorkerVectorEnv
 
 BACKENDS = ("envpool", "gymnasium", "gymnasium-sync", "gymnasium-async")
+
+
+class EnvError(ValueError):
+    """An env id that no engine here can make: unknown, or its packages are not installed. The
+    message says what to install or which id to use."""
+
+
 # gymnasium packages whose steps cost enough (a physics engine) that worker processes beat one loop
 _HEAVY_ENTRY_POINTS = ("gymnasium.envs.mujoco", "gymnasium.envs.box2d")
 
@@ -120,7 +127,7 @@ def make_vector_env(
         try:
             return gym.make_vec(env_id, num_envs=num_envs, device=device, **kwargs)
         except gym.error.Error as e:
-            raise ValueError(f"unknown env id {env_id!r}: flipes has {_flipes_ids()}") from e
+            raise EnvError(f"unknown env id {env_id!r}; flipes has {_flipes_ids()}") from e
     backend, name = split_env_id(env_id)
     threads = threads or available_cores()
     if backend in ("auto", "envpool"):
@@ -129,11 +136,11 @@ def make_vector_env(
             return EnvPoolVectorEnv(name, num_envs, threads=threads, device=device, **kwargs)
         if backend == "envpool":
             if not ids:
-                raise ValueError(
-                    f"{env_id!r} needs EnvPool, which is not installed: pip install 'flipes[envpool]' "
+                raise EnvError(
+                    f"{env_id!r} needs EnvPool, which is not installed; pip install 'flipes[envpool]' "
                     f"(Linux), or use gymnasium:{name}"
                 )
-            raise ValueError(f"EnvPool has no env {name!r} (envpool.list_all_envs() lists its ids); use gymnasium:{name}")
+            raise EnvError(f"EnvPool has no env {name!r} (envpool.list_all_envs() lists its ids); use gymnasium:{name}")
     spec = _gymnasium_spec(name, env_id)
     mode = backend.removeprefix("gymnasium-") if backend.startswith("gymnasium-") else None
     if mode is None:
@@ -152,7 +159,7 @@ def make_vector_env(
             return WorkerVectorEnv(name, num_envs, workers, device=device, **kwargs)
         return NumpyToTorch(gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync", **kwargs), device=device)
     except gym.error.DependencyNotInstalled as e:
-        raise ValueError(f"{name!r} needs packages that are not installed ({e}); for MuJoCo: pip install 'flipes[mujoco]'") from e
+        raise EnvError(f"{name!r} needs packages that are not installed; {_install_hint(spec, e)}") from e
 
 
 def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:
@@ -161,15 +168,24 @@ def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:
-            raise ValueError(f"env id {env_id!r}: cannot import {module!r} ({e}); is it installed or on PYTHONPATH?") from e
+            raise EnvError(f"env id {env_id!r}: cannot import {module!r} ({e}); is it installed or on PYTHONPATH?") from e
     try:
         return gym.spec(short)
     except gym.error.Error as e:
-        raise ValueError(
+        raise EnvError(
             f"unknown env id {env_id!r} ({e}); use a flipes id ({_flipes_ids()}), a registered gymnasium id "
             "(gymnasium.pprint_registry() lists them; MuJoCo ids need pip install 'flipes[mujoco]') or an EnvPool id "
             "(envpool.list_all_envs())"
         ) from e
+
+
+def _install_hint(spec: gym.envs.registration.EnvSpec, error: Exception) -> str:
+    entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
+    if entry.startswith("gymnasium.envs.mujoco"):
+        return "pip install 'flipes[mujoco]'"
+    if entry.startswith("gymnasium.envs.box2d"):
+        return "pip install swig 'gymnasium[box2d]' (or pip install 'flipes[envpool]' and drop the gymnasium: prefix)"
+    return f"{' '.join(str(error).split())}"
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

@@ -1,0 +1,203 @@
+"""Training callbacks: where the rows of a run go (JSONL, a progress line, TensorBoard, Weights &
+Biases), its checkpoints and its curves. ``flipes.train`` builds the standard ones from its config
+and runs them, with any of the user's, on rank 0 only (the rank that does all I/O).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from flipes.checkpoint import save_checkpoint
+from flipes.progress import Progress
+
+if TYPE_CHECKING:
+    from flipes.training import TrainState
+
+
+class Callback:
+    """Hooks into :func:`flipes.train`; override any of them.
+
+    ``on_generation`` gets each metrics row after the update (and after the evaluation, where there
+    was one); return ``True`` to stop training after this generation (on every rank).
+    """
+
+    def on_train_start(self, state: TrainState) -> None:
+        """Called once, after the model is built and a resumed run is restored."""
+
+    def on_generation(self, state: TrainState, row: dict[str, Any]) -> bool | None:
+        """Called after each generation with its metrics row."""
+        return None
+
+    def on_train_end(self, state: TrainState, reason: str) -> None:
+        """Called once at the end (also after an interruption); ``reason`` says why it ended."""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` all at once: readers see the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class JSONLLogger(Callback):
+    """One JSON object per generation in ``<run>/metrics.jsonl``. A resumed run drops the rows past
+    its checkpoint (written after it, before a crash) and appends; non-finite numbers are written as
+    ``null`` so that every line stays JSON."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.file: TextIO | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        if state.resumed and self.path.exists():
+            kept = [line for line in read_jsonl_lines(self.path) if json.loads(line)["generation"] < state.es.generation]
+            write_atomic(self.path, "".join(line + "\n" for line in kept))
+            self.file = open(self.path, "a")
+        else:
+            self.file = open(self.path, "w")
+
+    def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
+        assert self.file is not None
+        self.file.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
+        self.file.flush()
+
+    def on_train_end(self, state: TrainState, reason: str) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+def read_jsonl_lines(path: Path) -> list[str]:
+    """The complete lines of a metrics file: blank lines and a torn last line (a crash mid-write) are skipped."""
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out.append(line)
+    return out
+
+
+class ProgressPrinter(Callback):
+    """A status line per generation (live on a terminal, every ``eval_every``-th when piped), and the
+    reason training ended."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self.progress: Progress | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.progress = Progress(state.config.generations, self.stream or sys.stdout, every=state.config.eval_every)
+
+    def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
+        assert self.progress is not None
+        self.progress.update(row)
+
+    def on_train_end(self, state: TrainState, reason: str) -> None:
+        if self.progress is not None:
+            self.progress.message(f"{reason}; generation {state.es.generation}, run directory {state.run_dir}")
+
+
+class TensorBoardLogger(Callback):
+    """Every number of a row as a TensorBoard scalar under ``log_dir`` (needs the tensorboard package)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # ImportError without tensorboard
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if isinstance(value, int | float) and key != "generation":
+                self.writer.add_scalar(key, value, row["generation"])
+
+    def on_train_end(self, state: TrainState, reason: str) -> None:
+        self.writer.close()
+
+
+class WandbLogger(Callback):
+    """Rows to Weights & Biases (``pip install 'flipes[wandb]'``), the run's config as its config.
+
+    Files go under ``<run>/wandb``; ``WANDB_MODE=offline`` (or ``mode="offline"``) needs no account
+    and no network (``wandb sync`` uploads later).
+    """
+
+    def __init__(self, project: str = "flipes", mode: str | None = None, **init_kwargs: Any) -> None:
+        import wandb  # ImportError without the extra
+
+        self.wandb, self.project, self.mode, self.init_kwargs = wandb, project, mode, init_kwargs
+        self.run: Any = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.run = self.wandb.init(
+            project=self.project,
+            dir=str(state.run_dir),
+            config=asdict(state.config),
+            name=state.run_dir.name,
+            mode=self.mode,
+            **self.init_kwargs,
+        )
+
+    def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
+        self.run.log({k: v for k, v in row.items() if isinstance(v, int | float) and k != "generation"}, step=row["generation"])
+
+    def on_train_end(self, state: TrainState, reason: str) -> None:
+        if self.run is not None:
+            self.run.summary["reason"] = reason
+            self.run.finish(exit_code=130 if reason == "interrupted" else 0)
+
+
+class Checkpointer(Callback):
+    """``checkpoint.pt`` every ``every`` generations and at the end (the file it replaces becomes
+    ``previous.pt``), ``best.pt`` whenever eval_return improves; all written atomically."""
+
+    def __init__(self, run_dir: Path, every: int = 10) -> None:
+        self.run_dir, self.every = Path(run_dir), every
+        self.saved_at = -1
+        self.best = -math.inf
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.saved_at, self.best = state.es.generation, state.best
+
+    def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
+        if row.get("eval_return", -math.inf) > self.best:
+            self.best = row["eval_return"]
+            save_checkpoint(state.checkpoint_state(), self.run_dir / "best.pt", keep_previous=False)
+        if state.es.generation % self.every == 0:
+            save_checkpoint(state.checkpoint_state(), self.run_dir / "checkpoint.pt")
+            self.saved_at = state.es.generation
+
+    def on_train_end(self, state: TrainState, reason: str) -> None:
+        if self.saved_at != state.es.generation or not (self.run_dir / "checkpoint.pt").exists():
+            save_checkpoint(state.checkpoint_state(), self.run_dir / "checkpoint.pt")
+            self.saved_at = state.es.generation
+
+
+class CurvePlotter(Callback):
+    """``curves.png`` of the run at the end (needs matplotlib: ``pip install 'flipes[plot]'``)."""
+
+    def __init__(self, path: Path, x: str = "generation") -> None:
+        self.path, self.x = Path(path), x
+
+    def on_train_end(self, state: TrainState, reason: str) -> None:
+        from flipes.plotting import plot_runs
+
+        try:
+            plot_runs([state.run_dir], self.path, self.x)
+        except ImportError:
+            print("flipes: no curves.png: matplotlib is not installed; pip install 'flipes[plot]'", file=sys.stderr)

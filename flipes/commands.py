@@ -1,0 +1,227 @@
+"""The ``flipes`` command: ``flipes train``, ``flipes evaluate``, ``flipes plot`` (also ``python -m flipes``).
+
+    flipes train --env flipes/CartPole-v1 --popsize 64 --seed 0 --out runs/cartpole
+    flipes train --config my_run.toml --seed 3          # flags override the file
+    flipes train --resume runs/cartpole --generations 200
+    flipes evaluate runs/cartpole --checkpoint best --episodes 20 --render cartpole.gif
+    flipes plot runs/cartpole runs/cartpole-seed1 --x timesteps
+
+A mistake in the options prints one line, ``flipes: error: <option>: <what>; <what to do>``, and
+exits with status 2; ``flipes COMMAND --help`` describes every option.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from flipes.cli import POSITIONAL, parse_config, report_usage_error
+from flipes.config import TrainConfig
+from flipes.errors import UsageError
+
+TRAIN_HELP = """Train a policy (or any model, with --fitness) with FlipES.
+
+    flipes train --env flipes/CartPole-v1 --popsize 64 --generations 100 --seed 0 --out runs/cartpole
+    flipes train --config my_run.toml --seed 3          # flags override the file
+    flipes train --resume runs/cartpole --generations 200
+    flipes train --env none --fitness mymod:fitness --model mymod:make_model
+    mpiexec -n 4 flipes train --env HalfCheetah-v5 --groups 4 --comm seeds   # same result as -n 1
+
+With an env, the population runs --episodes episodes per member in ONE vector env, one Flipout pass
+per step for all members; every --eval-every generations the center (mean) policy is evaluated on
+--eval-episodes episodes, and training stops once that mean reaches --target (by default the env's
+registered reward_threshold). A known env id brings its own defaults (flipes.rl.presets); a config
+file and flags override them. The run directory holds config.json, metrics.jsonl (one JSON object
+per generation), checkpoint.pt (latest; previous.pt is the one it replaced), best.pt and curves.png.
+"""
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of ``flipes evaluate``."""
+
+    run: str = field(metadata=POSITIONAL)
+    """Run directory written by flipes train."""
+    episodes: int = 100
+    """Episodes to evaluate the center policy on."""
+    checkpoint: str = "latest"
+    """Which parameters: latest (checkpoint.pt), best (best.pt) or a checkpoint file."""
+    seed: int = 12345
+    """Seeds the evaluation episodes."""
+    render: str = ""
+    """Also record one episode to this file: out.gif, or out.mp4 with imageio-ffmpeg installed."""
+    max_frames: int = 1000
+    """Longest recording, in frames."""
+    device: str = "cpu"
+    """Torch device of the policy and of flipes/ envs."""
+
+
+@dataclass
+class PlotConfig:
+    """Options of ``flipes plot``."""
+
+    runs: list[str] = field(default_factory=list, metadata=POSITIONAL)
+    """Run directories holding metrics.jsonl."""
+    x: Literal["generation", "timesteps", "seconds"] = "generation"
+    """The x axis."""
+    out: str = ""
+    """The PNG to write (default: RUN/curves.png for one run, curves.png for several)."""
+
+
+def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """``flipes train``'s options: defaults < the env's preset row < ``--config`` file < flags."""
+    from flipes.rl.presets import preset_for
+
+    return parse_config(TrainConfig, argv, TRAIN_HELP, presets=lambda values: preset_for(values["env"]), prog="flipes train")
+
+
+def train_command(argv: Sequence[str] | None = None) -> int:
+    """``flipes train``: exit status 0, or 130 when interrupted (Ctrl-C, SIGTERM)."""
+    from flipes import dist
+    from flipes.config import validate
+    from flipes.rl.envs import print_note
+    from flipes.rl.presets import preset_for
+    from flipes.training import main_guard, train
+
+    comm = dist.world()
+
+    def run() -> int:
+        config = parse_train_config(argv)
+        validate(config, comm.size)  # before any note: a mistake is one line
+        preset = preset_for(config.env)
+        if comm.rank == 0 and preset and config.progress:
+            used = ", ".join(f"{k} {v}" for k, v in preset.items() if getattr(config, k) == v)
+            print_note(f"per-env defaults of {config.env} (flipes.rl.presets): {used}; flags and --config override them")
+        result = train(config, comm=comm)
+        return 130 if result.reason == "interrupted" else 0
+
+    return main_guard(run, comm)
+
+
+def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
+    """``flipes evaluate``: prints the center policy's mean ± std return; returns them."""
+    from flipes.config import check_device
+    from flipes.runs import evaluate_policy, load_policy, run_config
+
+    args = parse_config(EvaluateConfig, argv, evaluate_help(), prog="flipes evaluate")
+    if args.episodes < 1:
+        raise UsageError("--episodes", f"must be at least 1, got {args.episodes}")
+    check_device(args.device)
+    env_id = run_config(args.run)["env"]
+    policy = load_policy(args.run, args.checkpoint, args.device)
+    returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device)
+    mean, std = returns.mean().item(), returns.std().item() if len(returns) > 1 else 0.0
+    print(f"{env_id}: center policy return {mean:.2f} ± {std:.2f} over {args.episodes} episodes ({args.checkpoint} checkpoint)")
+    if args.render:
+        n = record(policy, env_id, Path(args.render), args.seed, args.max_frames)
+        print(f"wrote {args.render} ({n} frames)")
+    return mean, std
+
+
+def evaluate_help() -> str:
+    return """Evaluate a run's center policy, and optionally record a video of it.
+
+    flipes evaluate runs/cartpole                      # 100 episodes: mean ± std return
+    flipes evaluate runs/cartpole --checkpoint best --episodes 20 --render cartpole.gif
+
+The policy is rebuilt from the run directory's config.json and checkpoint, observation
+normalization included. --render plays one episode in gymnasium's own implementation of the env
+(flipes/ envs are step-for-step copies of those) and writes a GIF, or an MP4 with imageio-ffmpeg.
+"""
+
+
+def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> int:
+    """One episode of ``policy`` in gymnasium's own ``env_id``, rendered to a GIF or MP4; returns the frames."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from flipes.rl.envs import base_id
+
+    try:
+        env = gym.make(base_id(env_id), render_mode="rgb_array")  # gymnasium's own env, without an engine prefix
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(
+            "--render", f"rendering {env_id} needs packages that are not installed ({e})", "pip install 'flipes[render]'"
+        ) from None
+    obs, _ = env.reset(seed=seed)
+    frames = [env.render()]
+    device = next(policy.parameters()).device
+    with torch.no_grad():
+        for _ in range(max_frames):
+            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0]
+            obs, _, terminated, truncated, _ = env.step(action.cpu().numpy())
+            frames.append(env.render())
+            if terminated or truncated:
+                break
+    fps = env.metadata.get("render_fps", 30)
+    env.close()
+    if path.suffix == ".gif":
+        from PIL import Image
+
+        images = [Image.fromarray(np.asarray(f)) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    else:
+        try:
+            import imageio.v2 as imageio
+
+            imageio.mimwrite(path, frames, fps=fps)
+        except (ImportError, ValueError) as e:
+            raise UsageError(
+                "--render", f"{path}: MP4 needs imageio with ffmpeg ({e})", "pip install imageio imageio-ffmpeg, or write a .gif"
+            ) from None
+    return len(frames)
+
+
+def plot_command(argv: Sequence[str] | None = None) -> Path:
+    """``flipes plot``: learning curves of run directories to a PNG; prints and returns its path."""
+    from flipes.plotting import plot_runs
+
+    args = parse_config(PlotConfig, argv, __doc__, prog="flipes plot")
+    if not args.runs:
+        raise UsageError("flipes plot", "no run directory given", "pass one or more, e.g. flipes plot runs/cartpole")
+    out = Path(args.out) if args.out else (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
+    try:
+        path = plot_runs(args.runs, out, args.x)
+    except ImportError:
+        raise UsageError("flipes plot", "needs matplotlib", "pip install 'flipes[plot]'") from None
+    print(path)
+    return path
+
+
+COMMANDS: dict[str, tuple[Callable[[Sequence[str] | None], Any], str]] = {
+    "train": (train_command, "train a policy or model with FlipES"),
+    "evaluate": (evaluate_command, "evaluate a run's center policy (and record a video)"),
+    "plot": (plot_command, "plot the learning curves of runs"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flipes`` console command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        lines = ["usage: flipes {train,evaluate,plot} [options]   (flipes COMMAND --help for its options)", ""]
+        lines += [f"  {name:9s} {text}" for name, (_, text) in COMMANDS.items()]
+        print("\n".join(lines))
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from flipes import __version__
+
+        print(f"flipes {__version__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        report_usage_error(UsageError(argv[0], "unknown command", f"use one of {', '.join(COMMANDS)}"))
+    fn = COMMANDS[argv[0]][0]
+    try:
+        status = fn(argv[1:])
+    except UsageError as e:
+        report_usage_error(e)
+    return status if isinstance(status, int) else 0
+
+
+def script(command: str) -> None:
+    """``scripts/<command>.py``: the same as ``flipes <command>``."""
+    sys.exit(main([command, *sys.argv[1:]]))

@@ -1,0 +1,219 @@
+"""The options of a training run (``flipes train``, ``flipes.train``), and their checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from flipes.cli import check_options, finite, option_name
+from flipes.errors import UsageError
+
+
+@dataclass
+class TrainConfig:
+    """Options of one ES training run. Defaults < the env's row in ``flipes.rl.presets`` (see
+    :meth:`for_env`) < a config file < flags."""
+
+    env: str = "flipes/CartPole-v1"
+    """Environment id: flipes/ID (batched torch envs), any gymnasium id (EnvPool's engine when
+    installed; prefixes envpool:, gymnasium:, gymnasium-sync:, gymnasium-async: pick one), or none
+    with --fitness and --model."""
+    popsize: int = 64
+    """Members per generation, N (all processes together)."""
+    generations: int = 100
+    """Generations to train (a resumed run continues up to this count)."""
+    sigma: float = 0.1
+    """Perturbation scale σ of every parameter."""
+    lr: float = 0.05
+    """Learning rate of Adam on the ES gradient."""
+    seed: int = 0
+    """Keys all noise and episodes: the same seed gives the same parameters."""
+    groups: int = 1
+    """ε groups: members split into this many blocks, each with its own ε; must divide popsize and,
+    under MPI, be at least the number of processes."""
+    mirrored: bool = True
+    """Antithetic pairs: member 2k+1 is the negative of member 2k (needs an even popsize per group)."""
+    noise_rank: int = 0
+    """Rank of each group's ε: 0 is full rank; r >= 1 draws ε = A Bᵀ/√r, a cheaper population forward."""
+    episodes: int = 1
+    """Episodes per member and generation (its fitness is their mean return)."""
+    reward_shift: float = 0.0
+    """Subtracted from every step's reward in the fitness (an alive bonus); reported returns keep it."""
+    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    """Hidden layer widths of the MLP policy (none for a linear policy)."""
+    eval_every: int = 2
+    """Evaluate the center (mean) policy every this many generations, and at the last one."""
+    eval_episodes: int = 100
+    """Episodes of each center-policy evaluation (its mean is eval_return)."""
+    target: float | Literal["auto"] | None = "auto"
+    """Stop once eval_return reaches this; auto: the env's preset target or gymnasium's registered
+    reward_threshold; none: never stop early."""
+    max_seconds: float = 0.0
+    """Stop after this much wall time (0: no limit)."""
+    device: str = "cpu"
+    """Torch device of the model and of flipes/ envs: cpu, cuda, cuda:N, mps."""
+    out: str = ""
+    """Run directory for config.json, metrics.jsonl and checkpoints (default: runs/<env name>, or the
+    --resume directory)."""
+    resume: str = ""
+    """Run directory (or checkpoint file) to continue from, bit for bit."""
+    fitness: str = ""
+    """A custom fitness, module:function, called as FN(model, pop) -> Tensor[pop.size]; an
+    evaluate(model) -> float beside it gives eval_return."""
+    model: str = ""
+    """A custom model, module:function, called as FN(env) (None with --env none) -> nn.Module."""
+    checkpoint_every: int = 10
+    """Write checkpoint.pt every this many generations (and on Ctrl-C/SIGTERM and at the end)."""
+    progress: bool = True
+    """Print a progress line per generation and notes about engines and presets."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars to <out>/tensorboard when the tensorboard package is installed."""
+    wandb: bool = False
+    """Log metrics to Weights & Biases (pip install 'flipes[wandb]'; WANDB_MODE=offline needs no account)."""
+    wandb_project: str = "flipes"
+    """Weights & Biases project of the run."""
+    threads: int = 1
+    """Torch CPU threads per process (0: torch's default); small rollout ops run best on one."""
+    env_threads: int = 0
+    """EnvPool threads or gymnasium worker processes per process (0: this process's share of the cores)."""
+    comm: Literal["allreduce", "seeds"] = "allreduce"
+    """Under MPI: allreduce sums gradients; seeds exchanges only fitness values and rebuilds all noise."""
+    check_every: int = 10
+    """Under MPI: verify every this many generations that all ranks hold identical parameters."""
+
+    @classmethod
+    def for_env(cls, env: str | None = None, **overrides: Any) -> TrainConfig:
+        """Defaults < the env's row of ``flipes.rl.presets`` < ``overrides`` (checked strictly)."""
+        from flipes.rl.presets import preset_for
+
+        env = env if env is not None else cls.env
+        values = {**preset_for(env), "env": env, **overrides}
+        return cls(**check_options(cls, values, "flipes.train"))
+
+    def replace(self, **overrides: Any) -> TrainConfig:
+        """A copy with ``overrides`` (checked strictly)."""
+        return dataclasses.replace(self, **check_options(type(self), overrides, "flipes.train"))
+
+    def run_dir(self) -> Path:
+        """Where the run is written: ``out``, else the ``resume`` directory, else ``runs/<env name>``."""
+        if self.out:
+            return Path(self.out)
+        if self.resume:
+            return Path(self.resume).parent if Path(self.resume).suffix == ".pt" else Path(self.resume)
+        return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", self.env.split("/")[-1].split(":")[-1])
+
+
+_AT_LEAST_ONE = ("popsize", "generations", "groups", "episodes", "eval_every", "eval_episodes", "checkpoint_every", "check_every")
+
+
+def validate(config: TrainConfig, processes: int = 1) -> None:
+    """Check what can be checked before anything is built (``processes``: of the MPI job).
+
+    Raises:
+        UsageError: naming the option, what is wrong with it and what to do.
+    """
+    check_options(TrainConfig, dataclasses.asdict(config), "flipes.train")  # types, when built by hand
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name in _AT_LEAST_ONE:
+        if getattr(config, name) < 1:
+            opt = option_name(name)
+            raise UsageError(opt, f"must be at least 1, got {getattr(config, name)}", f"e.g. {opt} {defaults[name]}")
+    meanings = {"threads": "torch's default", "env_threads": "this process's share of the cores", "noise_rank": "full-rank noise"}
+    for name in ("threads", "env_threads", "noise_rank", "seed"):
+        if getattr(config, name) < 0:
+            fix = f"0 means {meanings[name]}" if name in meanings else "any integer >= 0 is a seed"
+            raise UsageError(option_name(name), f"must be 0 or positive, got {getattr(config, name)}", fix)
+    finite("--sigma", config.sigma, 0, strict=True, fix="σ is the perturbation scale, e.g. --sigma 0.05")
+    finite("--lr", config.lr, 0, strict=True, fix="e.g. --lr 0.05")
+    finite("--reward-shift", config.reward_shift, fix="e.g. --reward-shift 1 removes an alive bonus of 1 per step")
+    finite("--max-seconds", config.max_seconds, 0, allow_inf=True, fix="0 means no limit")
+    if isinstance(config.target, float):
+        finite("--target", config.target, fix="--target none trains all generations; --target auto uses the env's")
+    bad = [h for h in config.hidden if h < 1]
+    if bad:
+        raise UsageError(
+            "--hidden",
+            f"layer widths must be at least 1, got {config.hidden}",
+            "e.g. --hidden 64 64; --hidden with no width is a linear policy",
+        )
+    if config.popsize % config.groups:
+        divisors = [d for d in range(1, config.popsize + 1) if config.popsize % d == 0]
+        raise UsageError("--groups", f"{config.groups} does not divide --popsize {config.popsize}", f"use one of {divisors}")
+    if config.groups < processes:
+        raise UsageError(
+            "--groups",
+            f"{config.groups} group(s) cannot be shared by {processes} processes",
+            f"use --groups {processes} or a multiple of it (dividing --popsize {config.popsize})",
+        )
+    per_group = config.popsize // config.groups
+    if config.mirrored and per_group % 2:
+        raise UsageError(
+            "--popsize",
+            f"mirrored sampling pairs members, but each of the {config.groups} group(s) has {per_group} (odd)",
+            "use an even popsize per group, or --mirrored false",
+        )
+    if config.env.strip().lower() == "none":
+        if not config.fitness:
+            raise UsageError(
+                "--env", "none needs a custom fitness", "pass --fitness module:function (and --model module:function)"
+            )
+        if not config.model:
+            raise UsageError("--env", "none needs a custom model", "pass --model module:function that returns an nn.Module")
+    elif not config.env.strip():
+        raise UsageError("--env", "is empty", "pass an env id, e.g. --env flipes/CartPole-v1")
+    check_device(config.device)
+
+
+def check_device(name: str) -> None:
+    """Raise a UsageError for a device torch does not know or this machine does not have."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError("--device", f"unknown device {name!r}", "use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                "--device",
+                f"{name}: this machine has no CUDA device (or torch {torch.__version__} was built without CUDA)",
+                "use --device cpu, or install a CUDA build of torch",
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                "--device", f"{name}: there are {torch.cuda.device_count()} CUDA device(s)", "use cuda:0 ... or cuda"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--device", "mps is not available on this machine", "use --device cpu")
+    elif device.type != "cpu":
+        raise UsageError("--device", f"flipes runs on cpu, cuda or mps, not {name!r}", "use --device cpu or cuda")
+
+
+def default_target(env: str) -> float | None:
+    """The return at which a run on ``env`` counts as solved: the preset's ``target`` where it has
+    one, else gymnasium's registered ``reward_threshold`` (None where neither is known)."""
+    from flipes.rl.envs import base_id
+    from flipes.rl.presets import preset_for
+
+    if env.strip().lower() == "none":
+        return None
+    if "target" in preset_for(env):
+        return float(preset_for(env)["target"])
+    import gymnasium as gym
+
+    try:
+        threshold = gym.spec(base_id(env).rpartition(":")[2]).reward_threshold
+    except gym.error.Error:
+        return None
+    return None if threshold is None else float(threshold)
+
+
+def resolve_target(config: TrainConfig) -> float | None:
+    """The return that stops ``config``'s run: its ``target``, or :func:`default_target` for ``auto``."""
+    if isinstance(config.target, float | int):
+        return float(config.target)
+    return default_target(config.env) if config.target == "auto" else None

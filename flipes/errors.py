@@ -1,0 +1,18 @@
+"""The one exception type for user mistakes: options, config files, env ids, plug-ins."""
+
+from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """A mistake in how flipes was called, not a bug: the command line prints it as one line,
+    ``flipes: error: <option>: <what is wrong>; <what to do>``, and exits with status 2.
+
+    Args:
+        option: the option at fault as a user writes it (``--lr``, ``--config run.toml``).
+        problem: what is wrong, with the offending value.
+        fix: what to do instead.
+    """
+
+    def __init__(self, option: str, problem: str, fix: str = "") -> None:
+        self.option, self.problem, self.fix = option, problem, fix
+        super().__init__(f"{option}: {problem}" + (f"; {fix}" if fix else ""))

@@ -1,0 +1,107 @@
+"""Run directories after training: the policy they hold, and its evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from flipes.checkpoint import CheckpointError, load_checkpoint
+from flipes.cli import load_callable
+from flipes.errors import UsageError
+from flipes.nn import flipout
+from flipes.rl import MLPPolicy, episode_seed, make_vector_env, run_episodes
+from flipes.rl.envs import EnvError
+
+
+def run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The options a run was trained with (its ``config.json``).
+
+    Raises:
+        UsageError: not a run directory.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UsageError(str(run_dir), "is not a run directory (no config.json)", "pass a directory written by flipes train")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(str(path), f"is not valid JSON ({e})", "restore it from the checkpoint's config, or retrain") from None
+
+
+def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:
+    """``latest`` -> checkpoint.pt, ``best`` -> best.pt, else a checkpoint file path.
+
+    Raises:
+        UsageError: anything else.
+    """
+    run_dir = Path(run_dir)
+    if checkpoint in ("latest", "best"):
+        return run_dir / ("best.pt" if checkpoint == "best" else "checkpoint.pt")
+    path = Path(checkpoint)
+    if path.suffix == ".pt" and path.is_file():
+        return path
+    raise UsageError(
+        "--checkpoint",
+        f"{checkpoint!r} is neither latest, best nor a checkpoint file",
+        "use latest, best or a path to a .pt file",
+    )
+
+
+def load_policy(
+    run_dir: str | Path, checkpoint: str = "latest", device: str | torch.device = "cpu", env: gym.vector.VectorEnv | None = None
+) -> nn.Module:
+    """The center policy (mean network) of a run, in eval mode, observation normalization included.
+
+    Args:
+        run_dir: a directory written by ``flipes train`` / :func:`flipes.train`.
+        checkpoint: ``latest`` (checkpoint.pt), ``best`` (best.pt) or a checkpoint file.
+        device: where the policy lives.
+        env: a vector env of the run's env id, for the spaces of an MLP policy (or the argument of
+            ``--model``); made here with one copy when not given.
+
+    Raises:
+        UsageError: not a run directory, a missing or broken checkpoint (naming the one to use instead).
+    """
+    config = run_config(run_dir)
+    try:
+        state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
+    except CheckpointError as e:
+        raise UsageError("--checkpoint", str(e)) from None
+    env_id = str(config.get("env", "none"))
+    own = env is None and env_id.lower() != "none"
+    if own:
+        try:
+            env = make_vector_env(env_id, 1, device, note=None)
+        except EnvError as e:
+            raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
+    try:
+        if config.get("model"):
+            model = load_callable(config["model"], "--model")(env)
+        else:
+            assert env is not None
+            model = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=config["hidden"])
+    finally:
+        if own and env is not None:
+            env.close()
+    model = flipout(model).to(device)
+    model.load_state_dict(state["es"]["model"])
+    return model.eval()
+
+
+def evaluate_policy(
+    policy: nn.Module, env_id: str, episodes: int = 100, seed: int = 12345, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Returns of ``episodes`` episodes of ``policy`` on ``env_id`` (one vector env, fixed seeds)."""
+    try:
+        env = make_vector_env(env_id, episodes, device, note=None)
+    except EnvError as e:
+        raise UsageError("--env", str(e)) from None
+    try:
+        return run_episodes(env, policy, episode_seed(seed, 0, "evaluate")).returns
+    finally:
+        env.close()

@@ -1,0 +1,537 @@
+"""Training as a library function: ``flipes.train(config, callbacks=...)``, the loop of ``flipes train``.
+
+The loop is Salimans et al.'s ES (2017, arXiv:1703.03864) over FlipES's Flipout population (Wen et
+al., ICLR 2018, arXiv:1803.04386), built from small steps: :func:`build_env`, :func:`build_model`,
+:func:`build_fitness`, :func:`restore`, :func:`evaluate_center`, :func:`stop_reason`. Rows go to
+callbacks (``flipes.callbacks``); under MPI every rank runs the loop on its block of groups and
+rank 0 alone evaluates and runs the callbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from flipes import dist
+from flipes.callbacks import (
+    Callback,
+    Checkpointer,
+    CurvePlotter,
+    JSONLLogger,
+    ProgressPrinter,
+    TensorBoardLogger,
+    WandbLogger,
+    write_atomic,
+)
+from flipes.checkpoint import CheckpointError, load_checkpoint, tensors_sha256
+from flipes.cli import load_callable
+from flipes.config import TrainConfig, resolve_target, validate
+from flipes.errors import UsageError
+from flipes.es import FlipES, Population
+from flipes.nn import flipout
+from flipes.nn.convert import flipout_layers
+from flipes.rl import MLPPolicy, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
+from flipes.rl.envs import EnvError, print_note
+
+# options a resumed run must share with its checkpoint (the others may change, e.g. generations)
+RESUME_KEYS = (
+    "env",
+    "popsize",
+    "groups",
+    "mirrored",
+    "noise_rank",
+    "seed",
+    "sigma",
+    "lr",
+    "hidden",
+    "episodes",
+    "reward_shift",
+    "fitness",
+    "model",
+)
+Fitness = Callable[[nn.Module, Population], Tensor]
+
+
+@dataclass
+class TrainState:
+    """What the loop holds, as callbacks see it."""
+
+    config: TrainConfig
+    model: nn.Module
+    es: FlipES
+    comm: dist.Comm
+    run_dir: Path
+    target: float | None
+    resumed: bool = False
+    best: float = -math.inf  # best eval_return so far
+    seconds: float = 0.0  # wall time of training, over resumes
+    timesteps: int = 0  # env steps of all ranks, over resumes
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # rows of this call
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation) and the run's counters."""
+        return {
+            "es": self.es.state_dict(),
+            "timesteps": self.timesteps,
+            "seconds": self.seconds,
+            "best": self.best,
+            "config": dataclasses.asdict(self.config),
+        }
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model (outside a population it is the mean network).
+        es: the FlipES (its ``state_dict`` continues the run).
+        metrics: the rows of this call, one per generation, as written to ``metrics.jsonl``.
+        run_dir: the run directory.
+        reason: why training ended: ``generations``, ``solved: ...``, ``stopped after ...``,
+            ``stopped by a callback`` or ``interrupted`` (Ctrl-C/SIGTERM; the command exits 130).
+        config: the options the run used.
+    """
+
+    model: nn.Module
+    es: FlipES
+    metrics: list[dict[str, Any]]
+    run_dir: Path
+    reason: str
+    config: TrainConfig
+
+
+class StopRequest:
+    """Inside ``with StopRequest() as stop``, Ctrl-C / SIGTERM ask the loop to stop after the
+    current generation (and checkpoint); a second Ctrl-C stops at once. The handlers that were
+    installed before are restored on exit. Off the main thread (where Python allows no signal
+    handlers) it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    comm: dist.Comm | None = None,
+    callbacks: Iterable[Callback] = (),
+    **overrides: Any,
+) -> TrainResult:
+    """Train with FlipES: a policy on an env, or any model on a custom fitness.
+
+    Args:
+        config: the options; ``None``: :meth:`TrainConfig.for_env` of ``overrides`` (the env's
+            per-env defaults under them).
+        comm: communicator between processes; default: ``flipes.dist.world()`` (MPI under mpiexec).
+        callbacks: called on rank 0 after the standard ones (JSONL, checkpoints, progress line,
+            TensorBoard and W&B as the config asks).
+        **overrides: options replacing those of ``config`` (checked strictly: ``generations=3.7``
+            is an error).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        UsageError: a mistake in the options, env id, plug-ins or run directory (the command line
+            prints it as one line). Exceptions raised by user code propagate unchanged.
+
+    Examples::
+
+        >>> result = flipes.train(env="flipes/CartPole-v1", seed=0, out="runs/cp")
+        >>> result.metrics[-1]["eval_return"], result.reason
+    """
+    config = TrainConfig.for_env(**overrides) if config is None else config.replace(**overrides)
+    comm = comm if comm is not None else dist.world()
+    validate(config, comm.size)
+    lead = comm.rank == 0
+    note = print_note if lead and config.progress else None
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    device = config.device
+    if device == "cuda" and comm.size > 1:  # rank -> a GPU of its node, shared if too few
+        device = f"cuda:{comm.local_rank % torch.cuda.device_count()}"
+    run_dir = config.run_dir()
+
+    env = build_env(config, comm, device, note)
+    with torch.random.fork_rng(devices=[]):  # the initial parameters: a function of the seed alone
+        torch.manual_seed(config.seed)
+        model = flipout(build_model(config, env)).to(device)
+    es = build_es(config, model, comm)
+    fitness = build_fitness(config, env, model)
+    evaluator = build_evaluator(config, device, comm, env)
+    state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
+    if config.resume:
+        restore(state, config.resume, device, fitness)
+    if lead:
+        prepare_run_dir(run_dir, config)
+    handlers = standard_callbacks(config, run_dir) + list(callbacks) if lead else []
+    for cb in handlers:
+        cb.on_train_start(state)
+    reason = run_loop(state, fitness, evaluator, handlers)
+    if lead:
+        for cb in handlers:
+            cb.on_train_end(state, reason)
+    for closable in (env, getattr(evaluator, "env", None)):
+        if closable is not None:
+            closable.close()
+    return TrainResult(model, es, state.metrics, run_dir, reason, config)
+
+
+def build_env(
+    config: TrainConfig, comm: dist.Comm, device: str, note: Callable[[str], None] | None
+) -> gym.vector.VectorEnv | None:
+    """The population's vector env: ``members × episodes`` copies for this process's members (None with ``--env none``)."""
+    if config.env.strip().lower() == "none":
+        return None
+    members = len(dist.split_groups(config.groups, comm.rank, comm.size)) * (config.popsize // config.groups)
+    threads = config.env_threads or available_cores(comm.local_size)
+    try:
+        return make_vector_env(config.env, members * config.episodes, device, threads=threads, note=note)
+    except EnvError as e:
+        raise UsageError("--env", str(e)) from None
+
+
+def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None) -> nn.Module:
+    """``--model``'s module, else an :class:`MLPPolicy` for the env's spaces."""
+    if config.model:
+        model = load_callable(config.model, "--model")(env)
+        if not isinstance(model, nn.Module):
+            raise UsageError(
+                "--model",
+                f"{config.model} returned {type(model).__name__}, not a torch.nn.Module",
+                "return the model, e.g. torch.nn.Sequential(...)",
+            )
+        return model
+    assert env is not None
+    try:
+        return MLPPolicy(env.single_observation_space, env.single_action_space, hidden=config.hidden)
+    except ValueError as e:
+        raise UsageError(
+            "--env", f"{config.env}: {e}", "or pass --model module:function that builds a policy for these spaces"
+        ) from None
+
+
+def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
+    """The FlipES of the run, after checking that the model has something to evolve and that the
+    noise rank is below the rank any of its weights can have."""
+    layers = flipout_layers(model)
+    if not layers:
+        raise UsageError(
+            "--model",
+            "the model has no layer flipes can perturb (Linear, Conv, LSTM, ...)",
+            "build it from torch.nn layers that flipes.flipout converts",
+        )
+    if config.noise_rank:
+        useful = max(min(pw.weight.shape[0], pw.weight[0].numel()) for layer in layers for pw in layer.perturbed_weights())
+        if config.noise_rank > useful:
+            raise UsageError(
+                "--noise-rank",
+                f"{config.noise_rank} exceeds the largest rank this model's noise can have ({useful})",
+                f"use --noise-rank 1 ... {useful}, or 0 for full-rank noise",
+            )
+    return FlipES(
+        model,
+        popsize=config.popsize,
+        sigma=config.sigma,
+        lr=config.lr,
+        seed=config.seed,
+        groups=config.groups,
+        mirrored=config.mirrored,
+        comm=comm,
+        comm_mode=config.comm,
+        noise_rank=config.noise_rank or None,
+    )
+
+
+def build_fitness(config: TrainConfig, env: gym.vector.VectorEnv | None, model: nn.Module) -> Fitness:
+    """``--fitness``'s function (its outputs checked), else a :class:`RolloutFitness` on the env."""
+    if config.fitness:
+        return CheckedFitness(load_callable(config.fitness, "--fitness"), config.fitness)
+    assert env is not None
+    return RolloutFitness(env, config.episodes, config.seed, getattr(model, "obs_norm", None), reward_shift=config.reward_shift)
+
+
+class CheckedFitness:
+    """A user's fitness function whose return value is checked: one real, finite number per member.
+    A wrong value is a :class:`UsageError` naming the function (its own exceptions propagate)."""
+
+    def __init__(self, fn: Fitness, spec: str) -> None:
+        self.fn, self.spec = fn, spec
+
+    def __call__(self, model: nn.Module, pop: Population) -> Tensor:
+        value = self.fn(model, pop)
+        what = f"{self.spec} returned"
+        fix = f"return a Tensor of {pop.size} finite real numbers, one per member (higher is better)"
+        if isinstance(value, Tensor):
+            f = value
+        elif isinstance(value, np.ndarray | list | tuple):
+            try:
+                f = torch.as_tensor(np.asarray(value))
+            except (TypeError, ValueError, RuntimeError):
+                raise UsageError("--fitness", f"{what} a {type(value).__name__} that is not numbers", fix) from None
+        else:
+            raise UsageError("--fitness", f"{what} {type(value).__name__} {_short(value)}", fix)
+        if f.dtype.is_complex or not (
+            f.dtype.is_floating_point or f.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+        ):
+            raise UsageError("--fitness", f"{what} values of dtype {f.dtype}", fix)
+        if f.shape != (pop.size,):
+            raise UsageError("--fitness", f"{what} shape {tuple(f.shape)} for a population of {pop.size} members", fix)
+        bad = (~torch.isfinite(f.double())).nonzero().flatten().tolist()
+        if bad:
+            shown = ", ".join(f"member {pop.members[i]}: {f[i].item()}" for i in bad[:3])
+            raise UsageError(
+                "--fitness", f"{what} {len(bad)} non-finite value(s) ({shown})", "clip or penalize instead of returning nan/inf"
+            )
+        return f
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass
+class Evaluator:
+    """The center policy's mean return over ``episodes`` fresh episodes (rank 0's own env)."""
+
+    env: gym.vector.VectorEnv
+    seed: int
+
+    def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
+        episodes = run_episodes(self.env, model, obs=reset_episodes(self.env, self.seed, "eval", generation))
+        returns = episodes.returns
+        std = returns.std().item() if len(returns) > 1 else 0.0
+        return {"eval_return": returns.mean().item(), "eval_std": std, "eval_steps": episodes.steps}
+
+
+@dataclass
+class UserEvaluator:
+    """``evaluate(model) -> float`` found beside a ``--fitness`` function."""
+
+    fn: Callable[[nn.Module], float]
+    env: None = None
+
+    def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
+        value = self.fn(model)
+        if not isinstance(value, int | float | np.number | Tensor) or isinstance(value, bool):
+            raise UsageError(
+                "--fitness", f"evaluate() beside it returned {type(value).__name__}", "return a float (the eval_return)"
+            )
+        return {"eval_return": float(value)}
+
+
+def build_evaluator(
+    config: TrainConfig, device: str, comm: dist.Comm, env: gym.vector.VectorEnv | None
+) -> Callable[..., dict] | None:
+    """Rank 0's evaluation of the center policy: ``--eval-episodes`` episodes on its own vector env,
+    or the ``evaluate`` function beside a ``--fitness``; None where there is none."""
+    if comm.rank != 0:
+        return None
+    if config.fitness:
+        module = sys.modules[load_callable(config.fitness, "--fitness").__module__]
+        fn = getattr(module, "evaluate", None)
+        return UserEvaluator(fn) if callable(fn) else None
+    if env is None:
+        return None
+    threads = min(config.env_threads or available_cores(comm.local_size), config.eval_episodes)
+    return Evaluator(make_vector_env(config.env, config.eval_episodes, device, threads=threads, note=None), config.seed)
+
+
+def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None:
+    """Continue the run saved at ``path`` (a run directory or checkpoint file), bit for bit.
+
+    Raises:
+        UsageError: no readable checkpoint there, or the run was trained with other options.
+    """
+    try:
+        saved_state = load_checkpoint(path, map_location=device)
+    except CheckpointError as e:
+        fix = "" if "; " in str(e) else "pass a run directory or checkpoint file written by flipes train"
+        raise UsageError("--resume", str(e), fix) from None
+    saved = dict(saved_state["config"])
+    saved.setdefault("noise_rank", saved.pop("rank", 0) or 0)  # runs saved before the option's rename
+    saved.setdefault("reward_shift", 0.0)
+    saved.setdefault("mirrored", True)
+    changed = {k: (saved.get(k), getattr(state.config, k)) for k in RESUME_KEYS if saved.get(k) != getattr(state.config, k)}
+    if changed:
+        shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        raise UsageError("--resume", f"the run was trained with other options ({shown})", "pass the saved ones to continue it")
+    state.es.load_state_dict(saved_state["es"])
+    state.seconds, state.best, state.resumed = saved_state["seconds"], saved_state["best"], True
+    state.timesteps = saved_state["timesteps"]
+    if isinstance(fitness, RolloutFitness):
+        fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
+    """Create the run directory and write ``config.json`` (atomically).
+
+    Raises:
+        UsageError: the directory cannot be created or written.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+    except OSError as e:
+        raise UsageError(
+            "--out",
+            f"cannot write the run directory {str(run_dir)!r} ({e.strerror or e})",
+            "choose a directory you can write, e.g. --out runs/mine",
+        ) from None
+
+
+def standard_callbacks(config: TrainConfig, run_dir: Path) -> list[Callback]:
+    """The sinks a config asks for: JSONL and checkpoints always; a progress line, TensorBoard (when
+    installed), W&B and curves.png as configured."""
+    out: list[Callback] = [JSONLLogger(run_dir / "metrics.jsonl"), Checkpointer(run_dir, config.checkpoint_every)]
+    if config.tensorboard:
+        try:
+            out.append(TensorBoardLogger(run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional: on when it is there
+            pass
+    if config.wandb:
+        try:
+            out.append(WandbLogger(config.wandb_project))
+        except ImportError:
+            raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off") from None
+    if config.progress:
+        out.append(ProgressPrinter())
+    x = "generation" if config.fitness else "timesteps"
+    out.append(CurvePlotter(run_dir / "curves.png", x))
+    return out
+
+
+def evaluate_center(state: TrainState, evaluator: Callable[..., dict] | None, generation: int) -> dict[str, float]:
+    """The center policy's evaluation at ``generation``, on rank 0 (empty where there is none)."""
+    if evaluator is None:
+        return {}
+    t0 = time.perf_counter()
+    result = evaluator(state.model, generation)
+    return {**result, "eval_seconds": time.perf_counter() - t0}
+
+
+def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked: bool) -> str | None:
+    """Why to stop after this row, or None to go on."""
+    target = state.target
+    if target is not None and row.get("eval_return", -math.inf) >= target:
+        return f"solved: eval_return {row['eval_return']:.2f} >= {target:g}"
+    if 0 < state.config.max_seconds <= row["seconds"]:
+        return f"stopped after {row['seconds']:.0f} s (--max-seconds)"
+    if asked:
+        return "stopped by a callback"
+    if interrupted:
+        return "interrupted"
+    return None
+
+
+def run_loop(state: TrainState, fitness: Fitness, evaluator: Callable[..., dict] | None, callbacks: list[Callback]) -> str:
+    """Generations until the budget, the target, the time limit, a callback or a signal; returns why it stopped."""
+    config, es, comm, model = state.config, state.es, state.comm, state.model
+    obs_norm = getattr(model, "obs_norm", None)
+    start = time.perf_counter() - state.seconds
+    steps = int(comm.allreduce_sum_(torch.tensor([float(getattr(fitness, "timesteps", 0))], dtype=torch.float64)).item())
+    with StopRequest() as stop:
+        while es.generation < config.generations:
+            gen = es.generation
+            bytes_before, t0 = comm.bytes_sent, time.perf_counter()
+            stats = es.step(fitness)
+            if obs_norm is not None and obs_norm.pending is not None:
+                # frozen during the generation, merged after it: summed per group, then over groups in
+                # order, the same arithmetic for any number of processes (a few rows cross the network)
+                pending = obs_norm.pending
+                obs_norm.update(comm.allgather_tensor(pending.view(len(es.local_groups), -1, pending.shape[1]).sum(1)))
+            # env steps of all ranks (each rank counts its own members' episodes)
+            before, steps = (
+                steps,
+                int(comm.allreduce_sum_(torch.tensor([getattr(fitness, "timesteps", 0)], dtype=torch.float64)).item()),
+            )
+            row: dict[str, Any] = {
+                "generation": gen,
+                "fitness_mean": stats["fitness_mean"],
+                "fitness_max": stats["fitness_max"],
+                "fitness_std": stats["fitness_std"],
+                "grad_norm": stats["grad_norm"],
+                "update_ratio": stats["update_ratio"],
+                "seconds": 0.0,
+                "timesteps": steps,
+                "steps_per_second": (steps - before) / (time.perf_counter() - t0),
+                "bytes_sent": comm.bytes_sent - bytes_before,
+                "params_sha256": tensors_sha256(model.parameters()),
+            }
+            if comm.size > 1 and (gen + 1) % config.check_every == 0:
+                dist.check_identical(comm, list(model.state_dict().values()), "parameters")
+            evaluate = gen % config.eval_every == 0 or gen == config.generations - 1
+            interrupted = (
+                comm.allreduce_sum_(torch.tensor([float(stop.requested)])).item() > 0
+            )  # a signal may reach one rank only
+            decided: dict[str, Any] = {}
+            if comm.rank == 0:
+                if evaluate:
+                    row.update(evaluate_center(state, evaluator, gen))
+                row["seconds"] = time.perf_counter() - start  # with this generation's evaluation
+                state.seconds, state.timesteps = row["seconds"], steps
+                state.best = max(state.best, row.get("eval_return", -math.inf))
+                state.metrics.append(row)
+                asked = False
+                for cb in callbacks:
+                    asked = bool(cb.on_generation(state, row)) or asked
+                decided = {
+                    "reason": stop_reason(state, row, interrupted, asked),
+                    "row": {k: row[k] for k in row if k.startswith("eval_") or k == "seconds"},
+                }
+            if comm.size > 1:
+                decided = comm.bcast(decided)  # all ranks log the same row and stop alike
+                if comm.rank != 0:
+                    row.update(decided["row"])
+                    state.seconds, state.timesteps = row["seconds"], steps
+                    state.metrics.append(row)
+            if decided["reason"] is not None:
+                return decided["reason"]
+    return "generations"
+
+
+def main_guard(fn: Callable[[], Any], comm: dist.Comm) -> Any:
+    """Run ``fn`` so that a failure on one MPI rank ends the whole job with its error (not a hang)."""
+    try:
+        return fn()
+    except BaseException as e:
+        if comm.size > 1 and not (isinstance(e, SystemExit) and e.code in (0, None, 130)):
+            if isinstance(e, UsageError):  # usually every rank has it: rank 0 says it once, and ends the job
+                if comm.rank != 0:
+                    time.sleep(3.0)  # a rank alone with it still gets to say it
+                print(f"flipes: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+                comm.abort(2)
+            dist.abort_on_exception(comm)
+        raise

@@ -1,0 +1,36 @@
+"""What several test files share: running flipes' commands and scripts, reading run directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# a tiny CartPole training: 8 members, 3-episode evaluations, never solved, no TensorBoard, no progress line
+FAST = ["--env", "CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--target", "none", "--tensorboard", "false",
+        "--progress", "false"]  # fmt: skip
+FAST_KW = {"env": "CartPole-v1", "popsize": 8, "eval_episodes": 3, "target": None, "tensorboard": False, "progress": False}
+
+
+def run_script(
+    *args: str | Path, extra_path: Sequence[Path] = (), check: bool = True, timeout: float = 120, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python ARGS...`` from the repository root (``args[0]`` a script path or ``-m``), output captured."""
+    path = os.pathsep.join(str(p) for p in (ROOT, *extra_path))
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,220 @@
+"""The ``flipes`` command line: help for every option, strict types, and user mistakes reported as
+one line (``flipes: error: <option>: <what>; <what to do>``, exit status 2, no traceback)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import run_script
+
+import flipes
+from flipes.cli import build_parser, field_docs, parse_config
+from flipes.commands import EvaluateConfig, PlotConfig, main
+from flipes.config import TrainConfig
+
+USER_MODULE = """
+import torch
+
+def make_model(env):
+    return torch.nn.Sequential(torch.nn.Linear(3, 2))
+
+def make_string(env):
+    return "a model"
+
+def none(model, pop):
+    return None
+
+def text(model, pop):
+    return "high"
+
+def complex_values(model, pop):
+    return torch.zeros(pop.size, dtype=torch.complex64)
+
+def wrong_shape(model, pop):
+    return torch.zeros(pop.size + 1)
+
+def nan(model, pop):
+    f = torch.zeros(pop.size)
+    f[1] = float("nan")
+    return f
+"""
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, EvaluateConfig, PlotConfig])
+def test_every_option_of_every_command_has_help_text(cls: type) -> None:
+    """Each field of flipes train/evaluate/plot has a docstring, and --help shows it for every option."""
+    docs = field_docs(cls)
+    assert {f.name for f in dataclasses.fields(cls)} == set(docs) and all(len(d) > 10 for d in docs.values()), docs
+    parser = build_parser(cls)
+    shown = [a for a in parser._actions if a.help != "==SUPPRESS=="]
+    assert all(a.help and not a.help.startswith("(default") for a in shown), [a.dest for a in shown if not a.help]
+    text = parser.format_help()
+    for f in dataclasses.fields(cls):
+        assert docs[f.name].split()[0] in text, f.name
+
+
+def test_flags_are_typed_strictly_and_bools_read_three_ways() -> None:
+    """Ints refuse 3.7, bools take --x, --x false and --no-x, lists take several values, and
+    Literal or None options take only their words."""
+    parse = lambda *argv: parse_config(TrainConfig, list(argv))  # noqa: E731
+    assert parse("--mirrored").mirrored is True and parse("--mirrored", "false").mirrored is False
+    assert parse("--no-mirrored").mirrored is False and parse("--tensorboard", "0").tensorboard is False
+    assert parse("--hidden", "8", "16").hidden == [8, 16] and parse("--hidden").hidden == []
+    assert parse("--target", "none").target is None and parse("--target", "auto").target == "auto"
+    assert parse("--target", "-100").target == -100.0 and parse("--comm", "seeds").comm == "seeds"
+    with pytest.raises(flipes.UsageError, match=r"^--generations: expected an integer, got '3.7'"):
+        parse("--generations", "3.7")
+    with pytest.raises(flipes.UsageError, match=r"^--target: expected a number or 'auto' or none, got 'never'"):
+        parse("--target", "never")
+
+
+def _user_module(tmp_path: Path) -> None:
+    (tmp_path / "user_mod.py").write_text(USER_MODULE)
+
+
+BAD_TOML = 'popsize = 8\nenv = "CartPole-v1\n'  # an unclosed string
+
+# (argv after `flipes`, the option the one-line error must name)
+MISTAKES: list[tuple[list[str], str]] = [
+    (["train", "--lr", "inf"], "--lr"),
+    (["train", "--lr", "-0.1"], "--lr"),
+    (["train", "--sigma", "0"], "--sigma"),
+    (["train", "--sigma", "nan"], "--sigma"),
+    (["train", "--target", "nan"], "--target"),
+    (["train", "--max-seconds", "nan"], "--max-seconds"),
+    (["train", "--threads", "-3"], "--threads"),
+    (["train", "--env-threads", "-1"], "--env-threads"),
+    (["train", "--hidden", "0"], "--hidden"),
+    (["train", "--groups", "3"], "--groups"),
+    (["train", "--popsize", "9", "--groups", "3"], "--popsize"),
+    (["train", "--popsize", "0"], "--popsize"),
+    (["train", "--eval-every", "0"], "--eval-every"),
+    (["train", "--generations", "3.7"], "--generations"),
+    (["train", "--noise-rank", "33"], "--noise-rank"),
+    (["train", "--noise-rank", "-1"], "--noise-rank"),
+    (["train", "--device", "cuda"], "--device"),
+    (["train", "--device", "tpu"], "--device"),
+    (["train", "--comm", "gossip"], "--comm"),
+    (["train", "--mirrored", "maybe"], "--mirrored"),
+    (["train", "--lr"], "--lr"),
+    (["train", "--popsiz", "8"], "--popsiz"),
+    (["train", "--env", "flipes/CartPol-v1"], "--env"),
+    (["train", "--env", "CartPol-v1"], "--env"),
+    (["train", "--env", "gymnasium:BipedalWalker-v3"], "--env"),
+    (["train", "--env", "gymnasium-sync:Blackjack-v1"], "--env"),
+    (["train", "--env", "none"], "--env"),
+    (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "user_mod:none"], "--fitness"),
+    (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "user_mod:text"], "--fitness"),
+    (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "user_mod:complex_values"], "--fitness"),
+    (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "user_mod:wrong_shape"], "--fitness"),
+    (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "user_mod:nan"], "--fitness"),
+    (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "no_such_module:f"], "--fitness"),
+    (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "user_mod"], "--fitness"),
+    (["train", "--env", "none", "--model", "user_mod:make_string", "--fitness", "user_mod:none"], "--model"),
+    (["train", "--config", "{tmp}/missing.toml"], "--config {tmp}/missing.toml"),
+    (["train", "--config", "{tmp}/broken.toml"], "--config {tmp}/broken.toml"),
+    (["train", "--out", "{tmp}/a_file/run"], "--out"),
+    (["train", "--resume", "{tmp}/no_run"], "--resume"),
+    (["evaluate", "{tmp}/no_run"], "{tmp}/no_run"),
+    (["plot", "{tmp}/run", "--x", "steps"], "--x"),
+    (["frobnicate"], "frobnicate"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option"), MISTAKES, ids=[" ".join(a[:4]) for a, _ in MISTAKES])
+def test_user_mistakes_are_one_line_errors_naming_the_option(
+    argv: list[str], option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Each mistake exits with status 2 and prints exactly one line, ``flipes: error: <option>: ...``
+    with a reason and what to do, and no traceback."""
+    if "BipedalWalker" in " ".join(argv) and importlib.util.find_spec("Box2D") is not None:
+        pytest.skip("Box2D is installed here: the env can be made")
+    if "--device" in argv and argv[-1] == "cuda" and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _user_module(tmp_path)
+    (tmp_path / "broken.toml").write_text(BAD_TOML)
+    (tmp_path / "a_file").write_text("not a directory")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    quiet = ["--progress", "false", "--tensorboard", "false"] if argv[0] == "train" else []
+    argv = [a.format(tmp=tmp_path) for a in argv] + quiet
+    if argv[0] == "train" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"flipes: error: {option.format(tmp=tmp_path)}: "), lines[0]
+    assert ";" in lines[0] or "did you mean" in lines[0], f"no advice in: {lines[0]}"
+
+
+def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Env typos list the flipes ids, a missing extra names what to install, a bad option suggests the right one."""
+    for argv, expected in [
+        (["train", "--env", "flipes/CartPol-v1"], "flipes/CartPole-v1"),
+        (["train", "--popsiz", "8"], "did you mean --popsize"),
+        (["train", "--noise-rank", "33"], "--noise-rank 1 ... 32"),
+        (["train", "--groups", "3"], "use one of [1, 2, 4, 8, 16, 32, 64]"),
+    ] + ([(["train", "--env", "gymnasium:BipedalWalker-v3"], "box2d")] if importlib.util.find_spec("Box2D") is None else []):
+        with pytest.raises(SystemExit):
+            main([*argv, "--out", str(tmp_path / "out"), "--progress", "false"])
+        assert expected in capsys.readouterr().err, argv
+
+
+CONFIG_TYPE_ERRORS = [
+    ("generations = 3.7\n", "generations = 3.7 is not an integer"),
+    ('popsize = "64"\n', "popsize = '64' is not an integer"),
+    ('lr = "fast"\n', "lr = 'fast' is not a number"),
+    ("hidden = 32\n", "hidden = 32 is not a list"),
+    ("hidden = [32.5]\n", "hidden[0] = 32.5 is not an integer"),
+    ("tensorboard = 1\n", "tensorboard = 1 is not true or false"),
+    ('comm = "gossip"\n', "comm = 'gossip' is not 'allreduce' or 'seeds'"),
+    ('target = "never"\n', "target = 'never' is not a number or 'auto' or none"),
+    ("seed = true\n", "seed = True is not an integer"),
+    ("popsiz = 8\n", "unknown option 'popsiz'; did you mean popsize?"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), CONFIG_TYPE_ERRORS)
+def test_config_file_type_errors_are_refused(text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A value of the wrong type in a config file is refused before anything runs, naming the key."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(cfg), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"flipes: error: --config {cfg}: {message}"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_json_config_and_library_overrides_are_typed_too(tmp_path: Path) -> None:
+    """JSON config files and ``flipes.train(**overrides)`` go through the same strict checks."""
+    cfg = tmp_path / "run.json"
+    cfg.write_text('{"generations": 2.5}')
+    with pytest.raises(flipes.UsageError, match=r"generations = 2.5 is not an integer"):
+        parse_config(TrainConfig, ["--config", str(cfg)])
+    with pytest.raises(flipes.UsageError, match=r"^flipes.train: generations = 3.7 is not an integer"):
+        flipes.train(generations=3.7)
+    with pytest.raises(flipes.UsageError, match=r"^--lr: must be a finite number > 0, got inf"):
+        flipes.train(lr=float("inf"), out=str(tmp_path / "x"))
+
+
+def test_the_console_command_prints_one_line_and_no_traceback() -> None:
+    """The installed ``flipes`` command (python -m flipes where it is not on PATH) reports a bad
+    option as one line on stderr with exit status 2."""
+    exe = shutil.which("flipes", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "flipes"]
+    import subprocess
+
+    r = subprocess.run([*cmd, "train", "--lr", "inf"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("flipes: error: --lr: must be a finite number > 0, got inf; ")
+    h = run_script("-m", "flipes", "train", "--help")
+    assert "--noise-rank INT" in h.stdout and "Rank of each group" in h.stdout
