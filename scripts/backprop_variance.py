@@ -32,7 +32,7 @@ from digits import data
 from torch import Tensor, nn
 
 import flipes
-from flipes.cli import parse_config
+from flipes.cli import run
 from flipes.nn import FlipoutLinear, FlipoutLSTM, GaussianPosterior, attach_noise
 from flipes.nn.variational import layer_noise
 
@@ -40,14 +40,23 @@ from flipes.nn.variational import layer_noise
 @dataclass
 class Args:
     sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64, 256, 1024])
-    repeats: int = 200  # gradient draws at N >= 64 (up to 16× more at small N; ConvNet and LSTM half)
-    sigma: float = 0.05  # posterior standard deviation of every weight and bias
-    pretrain_epochs: int = 10  # deterministic Adam epochs that set the mean weights
+    """Batch sizes N at which the gradient variance is measured."""
+    repeats: int = 200
+    """Gradient draws at N >= 64 (up to 16× more at small N; ConvNet and LSTM half)."""
+    sigma: float = 0.05
+    """Posterior standard deviation of every weight and bias."""
+    pretrain_epochs: int = 10
+    """Deterministic Adam epochs that set the mean weights."""
     hidden: int = 128
+    """Hidden units of the MLP's two layers and of the LSTM."""
     seed: int = 0
+    """Seed of the initial weights, the minibatches and the weight noise."""
     threads: int = 1
-    quick: bool = False  # tiny sizes and repeats, for the smoke test
+    """Torch CPU threads."""
+    quick: bool = False
+    """Tiny sizes and repeats, for the smoke test."""
     out: str = "scripts/results"
+    """Directory of backprop_variance.png."""
 
 
 class RowLSTM(nn.Module):
@@ -204,4 +213,4 @@ def plot(results: dict[str, dict[str, list[float]]], sizes: list[int], path: Pat
 
 
 if __name__ == "__main__":
-    main(parse_config(Args, description=__doc__))
+    run(main, Args, description=__doc__)

@@ -43,27 +43,42 @@ from digits import data
 from torch import Tensor, nn
 
 import flipes
-from flipes.cli import parse_config
+from flipes.cli import run
 from flipes.nn import GaussianPosterior, attach_noise, sample_weights
 
 
 @dataclass
 class Args:
     hidden: int = 100
+    """Hidden units of the 64-hidden-10 ReLU MLP."""
     epochs: int = 100
+    """Training epochs of every network."""
     batch: int = 64
+    """Minibatch size."""
     lr: float = 1e-2
+    """Adam learning rate."""
     prior_sigma: float = 1.0
+    """Standard deviation of the Gaussian prior N(0, prior_sigma²) on every weight and bias."""
     init_sigma: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.03, 0.01])  # KL weights to select from
-    val_fraction: float = 0.2  # of the training split, held out for selecting β
-    split_seed: int = 0  # the train/validation split: the same for every run
+    """Initial posterior standard deviation of every weight and bias."""
+    betas: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.1, 0.03, 0.01])
+    """KL weights to select from."""
+    val_fraction: float = 0.2
+    """Fraction of the training split held out for selecting β."""
+    split_seed: int = 0
+    """Seed of the train/validation split: the same for every run."""
     select_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # test runs on the full training split
-    samples: int = 20  # sampled networks averaged at evaluation
+    """Seeds of the β-selection runs on the validation split."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """Seeds of the test runs on the full training split."""
+    samples: int = 20
+    """Sampled networks averaged at evaluation."""
     bins: int = 15
+    """Equal-width confidence bins of the expected calibration error."""
     threads: int = 1
+    """Torch CPU threads."""
     out: str = "scripts/results"
+    """Directory of bayes_digits.md and bayes_digits.json."""
 
 
 def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 15) -> float:
@@ -224,4 +239,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Args, description=__doc__))
+    run(main, Args, description=__doc__)

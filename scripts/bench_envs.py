@@ -12,60 +12,58 @@ the median steps/s (env steps: N per batched step) and each variant's ratio to f
 
     python scripts/bench_envs.py [--num-envs 4096] [--device cuda] [--threads 1]
     python scripts/bench_envs.py --quick        # a smoke test, a second or two
+    python scripts/bench_envs.py --help         # every option
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 import envs  # noqa: F401  registers the flipes/ ids
+from flipes.cli import option_name, run
+from flipes.config import check_device
+from flipes.errors import UsageError
 
 
 @dataclass
 class Args:
     num_envs: int = 4096
-    """N, envs stepped together"""
+    """N, the envs stepped together."""
     steps: int = 500
-    """batched steps per timed block for flipes and vector_entry_point"""
+    """Batched steps per timed block of flipes and vector_entry_point."""
     sync_steps: int = 20
-    """batched steps per timed block for sync (each is N Python env steps)"""
+    """Batched steps per timed block of sync (each is N Python env steps)."""
     rounds: int = 5
-    """timed blocks per variant, interleaved"""
-    device: str = "cpu"
-    """device of the flipes env: cpu or cuda"""
+    """Timed blocks per variant, interleaved."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Torch device of the flipes env."""
     threads: int = 0
-    """torch CPU threads (0: torch's default)"""
+    """Torch CPU threads (0: torch's default)."""
     seed: int = 0
-    """seed of the resets and the random actions"""
+    """Seed of the resets and the random actions."""
     quick: bool = False
-    """smoke test: N=64, a few steps"""
+    """Smoke test: N = 64, a few steps."""
 
 
-def parse_args() -> Args:
-    defaults = Args()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-envs", type=int, default=defaults.num_envs, help="N, envs stepped together")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="batched steps per block (flipes, vector_entry_point)")
-    parser.add_argument("--sync-steps", type=int, default=defaults.sync_steps, help="batched steps per block (sync)")
-    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="timed blocks per variant, interleaved")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=defaults.device)
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads (0: default)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--quick", action="store_true", help="smoke test: N=64, a few steps")
-    args = Args(**vars(parser.parse_args()))
-    if args.quick:
-        args.num_envs, args.steps, args.sync_steps, args.rounds = 64, 20, 2, 2
-    return args
+def check(args: Args) -> None:
+    """Raise a UsageError for options that leave nothing to time or name a device this machine lacks."""
+    for name in ("num_envs", "steps", "sync_steps", "rounds"):
+        if getattr(args, name) < 1:
+            raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}", "pass a positive count")
+    if args.threads < 0:
+        raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {args.threads}")
+    check_device(args.device)
 
 
 def flipes_block(args: Args) -> Callable[[], float]:
@@ -102,8 +100,10 @@ def gymnasium_block(args: Args, mode: str, steps: int) -> Callable[[], float]:
     return block
 
 
-def main() -> None:
-    args = parse_args()
+def main(args: Args) -> None:
+    check(args)
+    if args.quick:
+        args = dataclasses.replace(args, num_envs=64, steps=20, sync_steps=2, rounds=2)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = {
@@ -136,4 +136,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, Args, description=__doc__)

@@ -6,7 +6,8 @@
 Runs scripts/train.py under the mpiexec beside this Python (pip's mpich) for a few generations per
 setting (every pair of ``--ranks`` and ``--env-threads``: ranks × EnvPool threads per rank), and
 reads its metrics.jsonl: the median ``seconds`` per generation (the first generation, with its
-start-up, is left out) and ``bytes_sent`` per generation by rank 0. For comparison, the
+start-up, is left out, and so is the time of the center-policy evaluation at the last one) and
+``bytes_sent`` per generation by rank 0. For comparison, the
 bytes of shipping the full parameter vector (what estool-style workers send): every rank sends its
 members' parameter vectors or receives all of them, at least N·P·4 bytes a generation in total.
 """
@@ -23,7 +24,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flipes.cli import parse_config
+from flipes.cli import run
+from flipes.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,22 +33,36 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass
 class Args:
     env: str = "HalfCheetah-v5"
+    """Env of the timing runs."""
     ranks: list[int] = field(default_factory=lambda: [1, 2])
-    env_threads: list[int] = field(default_factory=lambda: [1, 2])  # EnvPool threads (or worker processes) per rank
-    popsize: int = 128  # for the timing runs (HalfCheetah-v5's default)
+    """MPI process counts of the timing runs."""
+    env_threads: list[int] = field(default_factory=lambda: [1, 2])
+    """EnvPool threads (or worker processes) per rank of the timing runs."""
+    popsize: int = 128
+    """Population size of the timing runs (HalfCheetah-v5's default)."""
     groups: int = 8
+    """ε groups of the timing runs (at least the largest of --ranks)."""
     generations: int = 6
+    """Generations of each timing run (the first is left out of the median)."""
     hidden: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layer widths of the policy, in every run."""
     bytes_popsizes: list[int] = field(default_factory=lambda: [1024, 10000])
-    bytes_env: str = "flipes/CartPole-v1"  # cheap env for the bytes runs (bytes do not depend on the env's cost)
+    """Population sizes of the bytes runs (2 ranks, each comm mode)."""
+    bytes_env: str = "flipes/CartPole-v1"
+    """Cheap env of the bytes runs (bytes do not depend on the env's cost)."""
     json: str = ""
+    """Write the results here too."""
 
 
 def train(k: int, out: Path, *args: str) -> list[dict]:
+    """The metrics rows of one train.py run under ``mpiexec -n k`` (its output shown only if it fails)."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
     cmd = [str(mpiexec), "-n", str(k), sys.executable, str(ROOT / "scripts" / "train.py"), *args, "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=3600)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(cmd)} exited with status {r.returncode}:\n{tail}")
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -58,12 +74,19 @@ def num_params(env_id: str, hidden: list[int]) -> int:
 
 
 def per_generation(rows: list[dict]) -> float:
-    times = [b["seconds"] - a["seconds"] for a, b in itertools.pairwise(rows)]
+    """Median seconds of a generation after the first, its center-policy evaluation (if any) left out."""
+    times = [b["seconds"] - a["seconds"] - b.get("eval_seconds", 0.0) for a, b in itertools.pairwise(rows)]
     return statistics.median(times)
 
 
 def main(args: Args) -> dict:
-    common = ["--target", "1e12", "--tensorboard", "false", "--eval-every", "1000000", "--eval-episodes", "1"]
+    if args.generations < 2:
+        raise UsageError("--generations", f"must be at least 2, got {args.generations}", "the first generation is left out")
+    if any(k < 1 for k in args.ranks) or not args.ranks:
+        raise UsageError("--ranks", f"must be positive process counts, got {args.ranks}", "e.g. --ranks 1 2 4")
+    if args.groups < max(args.ranks):
+        raise UsageError("--groups", f"{args.groups} cannot be shared by {max(args.ranks)} ranks", "use at least max(--ranks)")
+    common = ["--target", "none", "--tensorboard", "false", "--eval-every", "1000000", "--eval-episodes", "1"]
     results: dict = {"timing": [], "bytes": []}
     with tempfile.TemporaryDirectory() as tmp:
         for k, t in itertools.product(args.ranks, args.env_threads):
@@ -73,7 +96,8 @@ def main(args: Args) -> dict:
                 "--env", args.env, "--popsize", str(args.popsize), "--groups", str(args.groups), "--env-threads", str(t),
                 "--generations", str(args.generations), "--hidden", *map(str, args.hidden), *common,
             )  # fmt: skip
-            steps = (rows[-1]["timesteps"] - rows[0]["timesteps"]) / (rows[-1]["seconds"] - rows[0]["seconds"])
+            seconds = rows[-1]["seconds"] - rows[0]["seconds"] - sum(r.get("eval_seconds", 0.0) for r in rows[1:])
+            steps = (rows[-1]["timesteps"] - rows[0]["timesteps"]) / seconds
             results["timing"].append({"ranks": k, "env_threads": t, "seconds_per_generation": per_generation(rows),
                                       "steps_per_second": steps})  # fmt: skip
         for n in args.bytes_popsizes:
@@ -108,4 +132,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Args, description=__doc__))
+    run(main, Args, description=__doc__)

@@ -7,10 +7,12 @@
 
 Parts (run one after another, never side by side: each takes every core):
 
-- ``threshold``: ``python scripts/train.py --env HalfCheetah-v5 --seed S --max-seconds T --out DIR``,
-  nothing else (``--max-seconds`` only ends the run), for each seed: the wall seconds (train.py's
-  ``seconds``, evaluations included) at which the center policy's mean return over the preset's 5
-  evaluation episodes first reaches each of ``--thresholds``.
+- ``threshold``: ``python scripts/train.py --env HalfCheetah-v5 --seed S --max-seconds T --target none
+  --out DIR``, nothing else (``--max-seconds`` ends the run; ``--target none`` keeps the default
+  target, gymnasium's reward_threshold of 4,800 for HalfCheetah and 3,800 for Hopper, from ending it
+  before 5,000 or the last mark), for each seed: the wall seconds (train.py's ``seconds``,
+  evaluations included) at which the center policy's mean return over the preset's 5 evaluation
+  episodes first reaches each of ``--thresholds``.
 - ``curves``: the same command on each of ``--curve-envs`` for its ``--curve-seconds``: the center
   return (latest evaluation, and best so far) at each of ``--marks`` seconds.
 - ``evotorch``: EvoTorch 0.6.1's PGPE + ClipUp with ``VecGymNE`` on gymnasium's HalfCheetah-v5 for
@@ -38,42 +40,63 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from flipes.cli import parse_config
+from flipes.cli import run
+from flipes.errors import UsageError
 from flipes.rl import episode_seed, make_vector_env, run_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+Part = Literal["threshold", "curves", "evotorch"]
+
+
 @dataclass
 class Args:
-    parts: list[str] = field(default_factory=lambda: ["threshold", "curves", "evotorch"])  # which parts to run
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seeds of the threshold runs
+    parts: list[Part] = field(default_factory=lambda: ["threshold", "curves", "evotorch"])
+    """Which parts to run, in this order."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds of the threshold runs."""
     threshold_env: str = "HalfCheetah-v5"
-    threshold_seconds: float = 300.0  # budget of each threshold run
+    """Env of the threshold runs."""
+    threshold_seconds: float = 300.0
+    """Wall budget of each threshold run."""
     thresholds: list[float] = field(default_factory=lambda: [1500.0, 5000.0])
+    """Center returns whose first time is reported."""
     curve_envs: list[str] = field(default_factory=lambda: ["Hopper-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5"])
-    curve_seconds: list[float] = field(default_factory=lambda: [600.0, 600.0, 600.0, 1200.0])  # one per curve env
+    """Envs of the curves part, one run each."""
+    curve_seconds: list[float] = field(default_factory=lambda: [600.0, 600.0, 600.0, 1200.0])
+    """Wall budget of each curve run, one per curve env."""
     curve_seed: int = 0
-    marks: list[float] = field(default_factory=lambda: [120.0, 300.0, 600.0, 1200.0])  # report returns at these seconds
+    """Seed of the curve runs."""
+    marks: list[float] = field(default_factory=lambda: [120.0, 300.0, 600.0, 1200.0])
+    """Report the center returns at these seconds."""
     evotorch_seeds: list[int] = field(default_factory=lambda: [0, 1])
-    evotorch_seconds: float = 600.0  # EvoTorch's budget per seed (its own clock, evaluations excluded)
-    evotorch_eval_every: int = 5  # generations between evaluations of EvoTorch's center
-    quick: bool = False  # smoke test: tiny budgets, no EvoTorch
-    out: str = "runs/bench_mujoco"  # run directories go under it
-    reuse: bool = False  # read a run directory that already has metrics.jsonl instead of training again
-    json: str = ""  # write the results here too
-    markdown: str = ""  # write the tables here too
+    """Seeds of the EvoTorch runs."""
+    evotorch_seconds: float = 600.0
+    """EvoTorch's budget per seed (its own clock, evaluations excluded)."""
+    evotorch_eval_every: int = 5
+    """Generations between evaluations of EvoTorch's center."""
+    quick: bool = False
+    """Smoke test: tiny budgets, no EvoTorch."""
+    out: str = "runs/bench_mujoco"
+    """Directory the run directories go under."""
+    reuse: bool = False
+    """Read a run directory that already has metrics.jsonl instead of training again."""
+    json: str = ""
+    """Write the results here too."""
+    markdown: str = ""
+    """Write the tables here too."""
 
 
 def train(env_id: str, seed: int, seconds: float, out: Path, extra: list[str], reuse: bool = False) -> dict[str, Any]:
     """One ``train.py`` run as a user starts it; its metrics give the curve. With ``reuse``, a finished
     run in ``out`` (say, from a benchmark that crashed in a later part) is read instead of repeated."""
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--env", env_id, "--seed", str(seed)]
-    cmd += ["--max-seconds", str(seconds), "--out", str(out), *extra]
+    cmd += ["--max-seconds", str(seconds), "--target", "none", "--out", str(out), *extra]
     wall = None
     if reuse and (out / "metrics.jsonl").exists():
         print(f"reusing {out / 'metrics.jsonl'} (written {time.ctime((out / 'metrics.jsonl').stat().st_mtime)})")
@@ -172,6 +195,14 @@ def main(args: Args) -> dict[str, Any]:
             args, seeds=args.seeds[:1], threshold_seconds=6.0, curve_envs=args.curve_envs[:1], curve_seconds=[4.0],
             marks=[2.0, 4.0], parts=[p for p in args.parts if p != "evotorch"],
         )  # fmt: skip
+    if len(args.curve_seconds) != len(args.curve_envs):
+        raise UsageError(
+            "--curve-seconds",
+            f"gives {len(args.curve_seconds)} budget(s) for {len(args.curve_envs)} --curve-envs",
+            "give one budget per curve env, in the same order",
+        )
+    if args.evotorch_eval_every < 1:
+        raise UsageError("--evotorch-eval-every", f"must be at least 1, got {args.evotorch_eval_every}")
     out = Path(args.out)
     results: dict[str, Any] = {"threshold": [], "curves": [], "evotorch": []}
     tables: list[str] = []
@@ -242,4 +273,4 @@ def main(args: Args) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(parse_config(Args, description=__doc__))
+    run(main, Args, description=__doc__)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import flipes
-from flipes.cli import parse_config
+from flipes.cli import run
 from flipes.rl import MLPPolicy, make_vector_env, reset_episodes, run_episodes
 from flipes.rl.presets import preset_for
 
@@ -43,14 +43,22 @@ ENGINES = ("sync random", "sync", "async", "envpool 1 thread", "envpool 2 thread
 
 @dataclass
 class Args:
-    envs: list[str] = field(default_factory=lambda: ["HalfCheetah-v5", "Humanoid-v5"])  # gymnasium ids
-    sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 1024])  # envs per vector env (popsize)
-    steps: int = 200  # steps per env in one timed rollout
-    repeats: int = 3  # interleaved repeats; the median is reported
-    threads: int = 2  # EnvPool threads / worker processes of the multi-core engines
-    quick: bool = False  # smoke test: one env, N = 16, 20 steps, one repeat
-    json: str = ""  # write the results here too
-    markdown: str = ""  # write the table here too
+    envs: list[str] = field(default_factory=lambda: ["HalfCheetah-v5", "Humanoid-v5"])
+    """Gymnasium ids."""
+    sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 1024])
+    """Envs per vector env (the popsize)."""
+    steps: int = 200
+    """Steps per env in one timed rollout."""
+    repeats: int = 3
+    """Interleaved repeats; the median is reported."""
+    threads: int = 2
+    """EnvPool threads / worker processes of the multi-core engines."""
+    quick: bool = False
+    """Smoke test: one env, N = 16, 20 steps, one repeat."""
+    json: str = ""
+    """Write the results here too."""
+    markdown: str = ""
+    """Write the table here too."""
 
 
 def kwargs_for(env_id: str) -> dict[str, Any]:
@@ -154,4 +162,4 @@ def main(args: Args) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main(parse_config(Args, description=__doc__))
+    run(main, Args, description=__doc__)

@@ -4,11 +4,12 @@
     python scripts/bench_solve.py --quick                                 # smoke test, a few seconds
     python scripts/bench_solve.py --envs flipes/Pendulum-v1 --seeds 0 1 2 3 4 --no-evotorch
 
-flipes: scripts/train.py's ``main(Args(...))`` runs in this process with the per-env defaults of
-``flipes.rl.presets``; it stops once the center (mean) policy's mean return over ``eval_episodes`` = 100
-episodes, evaluated every ``eval_every`` generations, reaches the env's "solved" return. Its time
-therefore includes those evaluations (it must, to detect solving); the column ``eval s`` says how
-much of it they took.
+flipes: ``flipes.train(TrainConfig.for_env(env, ...))`` runs in this process with the per-env
+defaults of ``flipes.rl.presets``; it stops once the center (mean) policy's mean return over
+``eval_episodes`` = 100 episodes, evaluated every ``eval_every`` generations, reaches the env's
+"solved" return (``flipes.config.default_target``: gymnasium's registered reward_threshold, or the
+preset's target). Its time therefore includes those evaluations (it must, to detect solving); the
+column ``eval s`` says how much of it they took.
 
 EvoTorch (only if it is installed: ``make bench-solve`` builds ``.venv-bench`` with it): PGPE +
 ClipUp on ``VecGymNE("CartPole-v1")`` with the settings of EvoTorch's own CartPole example (see
@@ -16,38 +17,38 @@ ClipUp on ``VecGymNE("CartPole-v1")`` with the settings of EvoTorch's own CartPo
 (EvoTorch's usual check); whenever that passes, also on 100 episodes (flipes' criterion). Both
 times include all evaluations done until then.
 
-Columns: ``wall s`` is the wall time of the training loop until solving was detected (flipes:
-train.py's ``seconds`` at the solving generation plus that generation's evaluation, which train.py
-stamps after; EvoTorch: from just before the first ``searcher.step()``, so ray actor start-up is in
-it, ``ray.init`` is not); ``setup s`` is the rest of the call (building envs, policy and problem;
+Columns: ``wall s`` is the wall time of the training loop until solving was detected (flipes: the
+``seconds`` of the solving generation's metrics row, which include that generation's evaluation;
+EvoTorch: from just before the first ``searcher.step()``, so ray actor start-up is in it,
+``ray.init`` is not); ``setup s`` is the rest of the call (building envs, policy and problem;
 flipes' final checkpoint and curves.png). ``env steps`` are training interactions; the evaluation
 episodes' steps are counted apart (``eval_steps`` in the JSON).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
 import os
 import platform
-import signal
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+import flipes
+from flipes.cli import run
+from flipes.config import default_target
+from flipes.errors import UsageError
 from flipes.rl import episode_seed, make_vector_env, run_episodes
-from flipes.rl.presets import preset_for
+from flipes.training import TrainState
 
-SCRIPTS = Path(__file__).resolve().parent
-
-# Per-env settings of flipes: train.py's per-env defaults (flipes.rl.presets), found on this project's
+# Per-env settings of flipes: its per-env defaults (flipes.rl.presets), found on this project's
 # 2-core dev box with seeds 0-4; `generations` (with --max-seconds) is the budget, not a tuned value.
 # CartPole (5-19 generations), Acrobot (3-9) and MountainCarContinuous (1-5) solve with them. Pendulum
 # sits on a plateau near -800 (the pendulum is never swung up) until a swing-up is found; a larger lr
@@ -56,48 +57,42 @@ SCRIPTS = Path(__file__).resolve().parent
 CLASSIC = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0")
 
 
-def solved_return(name: str) -> float:
-    return float(preset_for(name)["target"])
+def solved_return(env_id: str) -> float:
+    """The return at which a run on ``env_id`` counts as solved (what ``--target auto`` stops at)."""
+    target = default_target(env_id)
+    if target is None:
+        raise UsageError(
+            "--envs",
+            f"{env_id} has no return that counts as solved (no preset target, no registered reward_threshold)",
+            "pick an env that has one (is the id right?)",
+        )
+    return target
 
 
 @dataclass
 class Args:
     envs: list[str] = field(default_factory=lambda: [f"flipes/{name}" for name in CLASSIC])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # every env; EvoTorch runs beside flipes on CartPole
-    max_seconds: float = 600.0  # wall budget of one run
-    evotorch: bool = True  # run EvoTorch's PGPE on gymnasium's CartPole-v1 beside flipes (if installed)
+    """Env ids to solve, each with flipes' per-env defaults."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds of every env; EvoTorch runs beside flipes on CartPole."""
+    max_seconds: float = 600.0
+    """Wall budget of one run."""
+    evotorch: bool = True
+    """Run EvoTorch's PGPE on gymnasium's CartPole-v1 beside flipes (if installed)."""
     evotorch_generations: int = 300
-    evotorch_actors: str = "max"  # num_actors of VecGymNE, as in EvoTorch's example
-    threads: int = 1  # torch threads of flipes (train.py's --threads; 0: torch's default) and of the evaluations here
-    gym_check: bool = True  # also evaluate flipes' final center policy on gymnasium's own env (not timed)
-    quick: bool = False  # smoke test: flipes on the first env, tiny budget, no EvoTorch
-    out: str = "runs/bench_solve"  # flipes run directories go under it
-    json: str = ""  # write the results here too
-
-
-def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Args):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        name = f"--{f.name.replace('_', '-')}"
-        if isinstance(default, bool):
-            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
-        elif isinstance(default, list):
-            item = type(default[0]) if default else str
-            parser.add_argument(name, dest=f.name, type=item, nargs="+", default=default)
-        else:
-            parser.add_argument(name, dest=f.name, type=type(default), default=default)
-    return Args(**vars(parser.parse_args(argv)))
-
-
-def load_script(name: str) -> Any:
-    """scripts/NAME.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"flipes_script_{name}", SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    """Most generations of one EvoTorch run."""
+    evotorch_actors: int | Literal["max"] = "max"
+    """num_actors of VecGymNE, as in EvoTorch's example (max: one per CPU)."""
+    threads: int = 1
+    """Torch threads of flipes (its --threads; 0: torch's default) and of the evaluations here."""
+    gym_check: bool = True
+    """Also evaluate flipes' final center policy on gymnasium's own env (not timed)."""
+    quick: bool = False
+    """Smoke test: flipes on the first env and seed, a tiny budget, no EvoTorch."""
+    out: str = "runs/bench_solve"
+    """Directory the flipes run directories go under."""
+    json: str = ""
+    """Write the results here too."""
 
 
 def resolve_env(env_id: str) -> str:
@@ -105,7 +100,7 @@ def resolve_env(env_id: str) -> str:
     if not env_id.startswith("flipes/"):
         return env_id
     try:
-        make_vector_env(env_id, 1).close()
+        make_vector_env(env_id, 1, note=None).close()
         return env_id
     except (ValueError, ImportError) as e:
         fallback = env_id.split("/", 1)[1]
@@ -113,79 +108,68 @@ def resolve_env(env_id: str) -> str:
         return fallback
 
 
-def run_flipes(train: Any, env_id: str, seed: int, settings: dict[str, Any], args: Args) -> dict[str, Any]:
-    """One train.py run; its own metrics give the time, steps and evaluation at solving."""
-    name = env_id.split("/")[-1]
+class StartClock(flipes.Callback):
+    """The wall time at which training starts: envs, model and evaluator built (a resumed run restored)."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.started = time.perf_counter()
+
+
+def run_flipes(env_id: str, seed: int, overrides: dict[str, Any], args: Args) -> dict[str, Any]:
+    """One ``flipes.train`` run with the env's defaults; its metrics rows give the time, steps and
+    evaluations at solving."""
     out = Path(args.out) / f"{env_id.replace('/', '_')}-seed{seed}"
-    config = {
-        **settings,
-        **dict(env=env_id, seed=seed, out=str(out), max_seconds=args.max_seconds, threads=args.threads, tensorboard=False),
-    }
-    known = {f.name for f in dataclasses.fields(train.Args)}
-    train_args = train.Args(**{k: v for k, v in config.items() if k in known})
-
-    # Time the center-policy evaluations: train.py calls run_episodes only for them (the population's
-    # rollouts go through RolloutFitness), so wrapping its module-level name sees exactly those.
-    clock = {"seconds": 0.0, "steps": 0, "calls": 0, "last": 0.0}
-
-    def timed_run_episodes(*a: Any, **kw: Any) -> Any:
-        t0 = time.perf_counter()
-        episodes = run_episodes(*a, **kw)
-        clock["last"] = time.perf_counter() - t0
-        clock["seconds"] += clock["last"]
-        clock["steps"] += episodes.steps
-        clock["calls"] += 1
-        return episodes
-
-    train.run_episodes = timed_run_episodes
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # train.py installs its own
+    settings = {"seed": seed, "out": str(out), "max_seconds": args.max_seconds, "threads": args.threads, "tensorboard": False}
+    config = flipes.TrainConfig.for_env(env_id, **{**settings, **overrides})
+    clock = StartClock()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    try:
-        train.main(train_args)
-    finally:
-        total = time.perf_counter() - t0
-        train.run_episodes = run_episodes
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    result = flipes.train(config, callbacks=[clock])
+    total = time.perf_counter() - t0
+    if result.reason == "interrupted":  # Ctrl-C / SIGTERM: flipes.train checkpointed and returned; stop here too
+        raise KeyboardInterrupt
+    rows = result.metrics
     evals = [r for r in rows if "eval_return" in r]
     last = evals[-1] if evals else rows[-1]
-    solved = bool(evals) and last["eval_return"] >= solved_return(name)
-    # train.py stamps a generation's "seconds" before evaluating it: add the final evaluation
-    wall = rows[-1]["seconds"] + (clock["last"] if "eval_return" in rows[-1] else 0.0)
+    solved = bool(evals) and last["eval_return"] >= solved_return(env_id)
+    wall = rows[-1]["seconds"]  # the last (solving) generation's, its evaluation included
     return {
         "env": env_id,
         "method": "flipes",
-        "criterion": f"{train_args.eval_episodes} ep",
+        "criterion": f"{config.eval_episodes} ep",
         "seed": seed,
         "out": str(out),
         "solved": solved,
+        "reason": result.reason,
         "wall_s": wall,
         "setup_s": total - wall,
-        "eval_s": clock["seconds"],
-        "eval_calls": clock["calls"],
-        "eval_steps": clock["steps"],
+        "build_s": (clock.started or t0) - t0,
+        "eval_s": sum(r.get("eval_seconds", 0.0) for r in rows),
+        "eval_calls": sum("eval_seconds" in r for r in rows),
+        "eval_steps": sum(r.get("eval_steps", 0) for r in rows),
         "env_steps": rows[-1]["timesteps"],
         "generations": rows[-1]["generation"] + 1,
         "eval_mean": last.get("eval_return", float("nan")),
         "eval_std": last.get("eval_std", float("nan")),
         "best_eval": max((r["eval_return"] for r in evals), default=float("nan")),
-        "settings": {k: v for k, v in config.items() if k in known},
+        "settings": dataclasses.asdict(config),
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }
 
 
-def gym_check(evaluate: Any, run: Path, env_id: str, seed: int, episodes: int = 100) -> tuple[float, float] | None:
+def gym_check(run_dir: Path, env_id: str, seed: int, episodes: int = 100) -> tuple[float, float] | None:
     """Mean ± std return of a flipes run's final center policy on gymnasium's own implementation of
     the env (numpy, through the adapter): a check that solving the flipes/ copy is solving the original."""
-    env = make_vector_env("gymnasium:" + env_id.removeprefix("flipes/"), episodes)
+    env = make_vector_env("gymnasium:" + env_id.removeprefix("flipes/"), episodes, note=None)
     try:
-        policy = evaluate.load_policy(run, "latest", env, "cpu")  # scripts/evaluate.py rebuilds it from the run
+        policy = flipes.load_policy(run_dir, "latest", "cpu", env=env)
         returns = run_episodes(env, policy, episode_seed(seed, 0, "bench_solve/gym_check")).returns
-    except Exception as e:  # evaluate.py is another script's API: report, do not fail the benchmark
-        print(f"gym check of {run} failed: {type(e).__name__}: {e}")
+    except Exception as e:  # an untimed extra: report it and keep the benchmark's results
+        print(f"gym check of {run_dir} failed: {type(e).__name__}: {e}")
         return None
     finally:
         env.close()
@@ -225,7 +209,7 @@ def run_evotorch(seed: int, args: Args) -> list[dict[str, Any]]:
     # actor), as in examples/scripts/rl.py.
     # EvoTorch 0.6.1's VecGymNE compares num_actors with 1 before resolving strings, so "max" raises a
     # TypeError there: pass the number it stands for (the CPUs ray sees) instead.
-    actors = (os.cpu_count() or 1) if args.evotorch_actors == "max" else int(args.evotorch_actors)
+    actors = (os.cpu_count() or 1) if args.evotorch_actors == "max" else args.evotorch_actors
     problem = VecGymNE(
         "CartPole-v1",
         "Linear(obs_length, 16) >> Tanh() >> Linear(16, act_length)",
@@ -352,9 +336,15 @@ def summary(results: list[dict[str, Any]]) -> list[str]:
 
 def main(args: Args) -> list[dict[str, Any]]:
     envs, seeds, overrides = args.envs, args.seeds, {}
+    if not envs or not seeds:
+        raise UsageError("--envs" if not envs else "--seeds", "is empty", "give at least one")
+    if isinstance(args.evotorch_actors, int) and args.evotorch_actors < 1:
+        raise UsageError("--evotorch-actors", f"must be at least 1, got {args.evotorch_actors}", "or max: one per CPU")
     if args.quick:  # one env, one seed, a tiny budget, no EvoTorch
         envs, seeds = envs[:1], seeds[:1]
         overrides = dict(popsize=16, generations=4, eval_every=2, eval_episodes=10, max_seconds=20.0)
+    for env_id in envs:
+        solved_return(env_id)  # before any run: every env needs a return that counts as solved
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     use_evotorch = args.evotorch and not args.quick
@@ -369,8 +359,6 @@ def main(args: Args) -> list[dict[str, Any]]:
         ray.init(include_dashboard=False, log_to_driver=False)  # once per benchmark, outside the timed runs
         ray_init_s = time.perf_counter() - t0
 
-    train = load_script("train")
-    evaluate = load_script("evaluate") if args.gym_check else None
     results: list[dict[str, Any]] = []
     load_start = os.getloadavg()
     for requested in envs:
@@ -378,9 +366,9 @@ def main(args: Args) -> list[dict[str, Any]]:
         name = env_id.split("/")[-1]
         for seed in seeds:
             print(f"=== flipes {env_id} seed {seed}", flush=True)
-            row = run_flipes(train, env_id, seed, {**preset_for(name), **overrides}, args)
-            if evaluate is not None and env_id.startswith("flipes/"):
-                row["gym_check"] = gym_check(evaluate, Path(row["out"]), env_id, seed)
+            row = run_flipes(env_id, seed, overrides, args)
+            if args.gym_check and env_id.startswith("flipes/"):
+                row["gym_check"] = gym_check(Path(row["out"]), env_id, seed)
             results.append(row)
             if use_evotorch and name == "CartPole-v1":
                 print(f"=== EvoTorch PGPE CartPole-v1 seed {seed}", flush=True)
@@ -412,4 +400,4 @@ def main(args: Args) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, Args, description=__doc__)

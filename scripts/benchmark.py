@@ -7,7 +7,7 @@ For each tanh MLP and population size N, times one forward of the whole populati
     (c) fresh       sampling + Flipout forward, fresh noise every step
     (d) vmap        per-member weights through torch.func.vmap over functional_call (EvoTorch's way)
     (e) bmm         per-member weights with torch.bmm
-    (f) low-rank    Flipout with low-rank noise (FlipES(rank=--rank)), signs sampled once per generation
+    (f) low-rank    Flipout with low-rank noise (FlipES(noise_rank=--rank)), signs sampled once per generation
     sample+tell     one generation's overhead: sample the noise, shape a random fitness, ES gradient, Adam step
     sample          sampling alone (FlipES._sample), the last column
 
@@ -23,8 +23,8 @@ time per call in ms. Usage:
 
 from __future__ import annotations
 
-import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -35,12 +35,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 import flipes
+from flipes.cli import option_name, run
+from flipes.config import check_device
+from flipes.errors import UsageError
 
 # (d)/(b) speed-up targets at N=4096, by MLP
 VMAP_TARGETS = {"17-64-64-6": 4.0, "376-256-256-17": 8.0}
@@ -51,60 +55,58 @@ TELL_TARGET = 3.0  # sample+tell <= 3x (b)
 @dataclass
 class Args:
     sizes: list[str] = field(default_factory=lambda: ["17-64-64-6", "376-256-256-17"])
-    """MLP widths, input first, dash-separated"""
+    """MLP widths, input first, dash-separated (several: space- or comma-separated)."""
     popsizes: list[int] = field(default_factory=lambda: [1024, 4096])
-    """population sizes N"""
-    device: str = "cpu"
-    """cpu or cuda"""
+    """Population sizes N."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Torch device of the models and inputs."""
     sigma: float = 0.05
-    """perturbation scale"""
+    """Perturbation scale."""
     rounds: int = 30
-    """round-robin rounds; a cheap variant runs one timed block per round"""
+    """Round-robin rounds; a cheap variant runs one timed block per round."""
     warmup_rounds: int = 1
-    """untimed round-robin rounds before the timed ones"""
+    """Untimed round-robin rounds before the timed ones."""
     min_rounds: int = 5
-    """fewest rounds (samples of the median) an expensive variant gets"""
+    """Fewest rounds (samples of the median) an expensive variant gets."""
     block_seconds: float = 0.02
-    """target duration of one timed block of calls (calls per block are calibrated)"""
+    """Target duration of one timed block of calls (calls per block are calibrated)."""
     min_seconds: float = 0.6
-    """target total timed duration per variant, capped by --rounds"""
+    """Target total timed duration per variant, capped by --rounds."""
     mem_cap_gb: float = 4.0
-    """skip (d) and (e) when the per-member weights would exceed this many GB"""
+    """Skip (d) and (e) when the per-member weights would exceed this many GB."""
     threads: int = 0
-    """torch CPU threads (0: torch's default)"""
+    """Torch CPU threads (0: torch's default)."""
     seed: int = 0
-    """seed of the weights, inputs and FlipES noise"""
+    """Seed of the weights, inputs and FlipES noise."""
     json: str | None = None
-    """write the raw numbers to this path"""
+    """Write the raw numbers to this path."""
     rank: int = 4
-    """noise rank of the low-rank variant (f); 0 leaves it out"""
+    """Noise rank of the low-rank variant (f); 0 leaves it out."""
     quick: bool = False
-    """smoke test: one small MLP, N=64, tiny repetitions"""
+    """Smoke test: one small MLP, N = 64, tiny repetitions."""
 
 
-def parse_args() -> Args:
-    defaults = Args()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=defaults.sizes, help="MLP widths, e.g. 17-64-64-6")
-    parser.add_argument("--popsizes", nargs="+", type=int, default=defaults.popsizes, help="population sizes N")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=defaults.device)
-    parser.add_argument("--sigma", type=float, default=defaults.sigma)
-    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="round-robin rounds")
-    parser.add_argument("--warmup-rounds", type=int, default=defaults.warmup_rounds, help="untimed rounds first")
-    parser.add_argument("--min-rounds", type=int, default=defaults.min_rounds, help="fewest rounds per variant")
-    parser.add_argument("--block-seconds", type=float, default=defaults.block_seconds, help="duration of one timed block")
-    parser.add_argument("--min-seconds", type=float, default=defaults.min_seconds, help="total timed duration per variant")
-    parser.add_argument("--mem-cap-gb", type=float, default=defaults.mem_cap_gb, help="cap on per-member weights for (d), (e)")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads (0: default)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--rank", type=int, default=defaults.rank, help="noise rank of variant (f); 0: leave it out")
-    parser.add_argument("--json", default=defaults.json, help="write the raw numbers to this path")
-    parser.add_argument("--quick", action="store_true", help="smoke test: one small MLP, N=64, tiny repetitions")
-    args = Args(**vars(parser.parse_args()))
-    args.sizes = [s for token in args.sizes for s in token.split(",") if s]  # also accept 17-64-64-6,376-256-256-17
+def prepare(args: Args) -> Args:
+    """``args`` with comma-separated sizes split and ``--quick``'s budget applied; UsageError for
+    options that cannot be run."""
+    sizes = [s for token in args.sizes for s in token.split(",") if s]  # also accept 17-64-64-6,376-256-256-17
+    for size in sizes:
+        widths = size.split("-")
+        if len(widths) < 2 or not all(w.isdigit() and int(w) > 0 for w in widths):
+            raise UsageError("--sizes", f"{size!r} is not an MLP's widths", "write them input first, dash-separated: 17-64-64-6")
+    if not sizes or not args.popsizes:
+        raise UsageError("--sizes" if not sizes else "--popsizes", "is empty", "give at least one value")
+    if any(n < 1 for n in args.popsizes):
+        raise UsageError("--popsizes", f"must be at least 1, got {args.popsizes}", "e.g. --popsizes 1024 4096")
+    for name, low in (("rounds", 1), ("min_rounds", 1), ("warmup_rounds", 0), ("threads", 0), ("rank", 0)):
+        if getattr(args, name) < low:
+            raise UsageError(option_name(name), f"must be at least {low}, got {getattr(args, name)}")
+    check_device(args.device)
+    args = dataclasses.replace(args, sizes=sizes)
     if args.quick:
-        args.sizes, args.popsizes = args.sizes[:1], [64]
-        args.rounds, args.min_rounds, args.block_seconds, args.min_seconds = 5, 1, 0.002, 0.0
+        args = dataclasses.replace(
+            args, sizes=sizes[:1], popsizes=[64], rounds=5, min_rounds=1, block_seconds=0.002, min_seconds=0.0
+        )
     return args
 
 
@@ -183,7 +185,7 @@ def bench(size: str, n: int, args: Args, device: torch.device, sync: Callable[[]
     es_c = flipes.FlipES(model_c, popsize=n, sigma=args.sigma, seed=args.seed)
     fitness = torch.randn(n)
     model_f = flipes.flipout(copy.deepcopy(plain))
-    es_f = flipes.FlipES(model_f, popsize=n, sigma=args.sigma, seed=args.seed, rank=args.rank or None)
+    es_f = flipes.FlipES(model_f, popsize=n, sigma=args.sigma, seed=args.seed, noise_rank=args.rank or None)
 
     @torch.no_grad()
     def plain_forward() -> Tensor:
@@ -246,8 +248,8 @@ def fmt(v: float | None, ratio: bool = False) -> str:
     return f"{v:.2f}x" if ratio else f"{v:.3f}"
 
 
-def main() -> None:
-    args = parse_args()
+def main(args: Args) -> None:
+    args = prepare(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -305,4 +307,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, Args, description=__doc__)

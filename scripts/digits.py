@@ -21,19 +21,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import flipes
-from flipes.cli import parse_config
+from flipes.cli import run
 
 
 @dataclass
 class Args:
     popsize: int = 1024
+    """Members per generation of FlipES."""
     sigma: float = 0.05
+    """Perturbation scale σ of FlipES."""
     lr: float = 0.03
+    """Adam learning rate of FlipES."""
     generations: int = 200
+    """Generations of FlipES."""
     batch: int = 256
+    """Training examples per generation (FlipES, shared by all members) and per backprop step."""
     hidden: int = 64
+    """Hidden units of the 64-hidden-10 tanh MLP."""
     seed: int = 0
+    """Seed of the initial weights and of FlipES's noise."""
     backprop_epochs: int = 100
+    """Epochs of the backprop baseline (Adam, lr 0.01)."""
 
 
 @functools.cache  # the data set is read once and never changed
@@ -106,4 +114,4 @@ def main(args: Args) -> dict[str, tuple[float, float, int]]:
 
 
 if __name__ == "__main__":
-    main(parse_config(Args, description=__doc__))
+    run(main, Args, description=__doc__)

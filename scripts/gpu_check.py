@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -37,22 +38,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
-from flipes.cli import parse_config
+from flipes import cli
+from flipes.config import default_target
+from flipes.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_FC512_SECONDS = 0.18  # Wen et al. 2018, Fig. 5: FlipES, one update of FC-512 at N = 5,000, Tesla P100
 
 
+StepName = Literal["tests", "benchmark", "repro_timing", "cartpole", "mujoco_warp", "mpi"]
+
+
 @dataclass
 class Args:
-    device: str = "cuda"  # cuda (cuda:0) or cpu
-    quick: bool = False  # tiny sizes: the same code paths in a few minutes (what the test suite runs, on the CPU)
-    out: str = "scripts/results/gpu_check"  # writes OUT.json and OUT.md
-    skip: list[str] = dataclasses.field(default_factory=list)  # step names to leave out
+    device: Literal["cuda", "cpu"] = "cuda"
+    """The device to check: cuda (cuda:0) or cpu."""
+    quick: bool = False
+    """Tiny sizes: the same code paths in a few minutes (what the test suite runs, on the CPU)."""
+    out: str = "scripts/results/gpu_check"
+    """Writes OUT.json and OUT.md."""
+    skip: list[StepName] = dataclasses.field(default_factory=list)
+    """Step names to leave out."""
 
 
 @dataclass
@@ -144,14 +154,14 @@ def step_cartpole(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
             policy.obs_norm.update()
         rates[n] = rate
     out = tmp / "cartpole-run"
-    budget = ["--generations", "2", "--target", "1e9", "--eval-episodes", "5"] if args.quick else ["--max-seconds", "90"]
+    budget = ["--generations", "2", "--target", "none", "--eval-episodes", "5"] if args.quick else ["--max-seconds", "90"]
     r = run([sys.executable, "scripts/train.py", "--env", "flipes/CartPole-v1", "--device", args.device, "--out", str(out),
              "--tensorboard", "false", *budget], 150)  # fmt: skip
     if r.returncode != 0:
         return False, tail(r.stdout + r.stderr), {"steps_per_second": rates}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = [row for row in rows if "eval_return" in row][-1]
-    solved = last["eval_return"] >= 475
+    solved = last["eval_return"] >= (default_target("flipes/CartPole-v1") or math.inf)  # what --target auto stops at
     shown = ", ".join(f"N={n:,}: {v / 1e6:.2f} M steps/s" for n, v in rates.items())
     verdict = (
         f"solved in {last['seconds']:.1f} s (generation {last['generation']})"
@@ -194,7 +204,7 @@ def step_mpi(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     if not mpiexec.exists():
         return None, f"skipped: no {mpiexec} (pip install mpi4py mpich)", {"skipped": True}
     common = ["--env", "flipes/CartPole-v1", "--device", args.device, "--comm", "seeds", "--groups", "2", "--popsize", "64"]
-    common += ["--generations", "3" if args.quick else "6", "--target", "1e9", "--eval-every", "100", "--tensorboard", "false"]
+    common += ["--generations", "3" if args.quick else "6", "--target", "none", "--eval-every", "100", "--tensorboard", "false"]
     hashes = {}
     for k in (1, 2):
         out = tmp / f"mpi{k}"
@@ -214,6 +224,7 @@ STEPS: dict[str, Callable[[Args, Path], tuple[bool | None, str, dict]]] = {
     "mujoco_warp": step_mujoco_warp,
     "mpi": step_mpi,
 }
+assert list(STEPS) == list(get_args(StepName)), "--skip's choices are the step names"
 
 
 def versions(device: torch.device) -> dict[str, Any]:
@@ -239,8 +250,9 @@ def versions(device: torch.device) -> dict[str, Any]:
 def main(args: Args) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"gpu_check: error: --device {args.device}: this torch sees no CUDA device (torch {torch.__version__})")
-        return 2
+        raise UsageError(
+            "--device", f"{args.device}: this torch sees no CUDA device (torch {torch.__version__})", "use --device cpu"
+        )
     info = versions(device)
     print(f"gpu_check on {info['device_name']} (torch {info['torch']}, CUDA {info.get('cuda')})", flush=True)
     results: list[Step] = []
@@ -278,4 +290,4 @@ def main(args: Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_config(Args, description=__doc__)))
+    sys.exit(cli.run(main, Args, description=__doc__))

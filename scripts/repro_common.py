@@ -7,7 +7,6 @@ Mini-Batches", ICLR 2018 (arXiv:1803.04386).
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import math
@@ -26,6 +25,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 import flipes
+from flipes.config import check_device
+from flipes.errors import UsageError
 
 
 def fc_net(hidden: int, depth: int = 2) -> nn.Sequential:
@@ -66,18 +67,9 @@ def inputs(kind: str, x: Tensor) -> Tensor:
     return x.view(-1, 1, 8, 8) if kind == "conv" else x
 
 
-def has_rank() -> bool:
-    """Whether this flipes's FlipES takes ``rank=`` (low-rank Flipout)."""
-    return "rank" in inspect.signature(flipes.FlipES).parameters
-
-
 def make_es(model: nn.Module, rank: int | None = None, **kwargs: Any) -> flipes.FlipES:
-    """``flipes.FlipES``, with ``rank`` passed only when low-rank is asked for."""
-    if rank is not None:
-        if not has_rank():
-            raise SystemExit("low-rank Flipout asked for (rank=...), but this flipes's FlipES has no rank option")
-        kwargs["rank"] = rank
-    return flipes.FlipES(model, **kwargs)
+    """``flipes.FlipES`` with noise rank ``rank`` (None: full rank)."""
+    return flipes.FlipES(model, noise_rank=rank, **kwargs)
 
 
 class MemberWeights:
@@ -125,11 +117,12 @@ def chunk_members(num_params: int, chunk_mb: float, cap: int) -> int:
 
 def setup(device: str, threads: int) -> tuple[torch.device, Callable[[], None]]:
     """The device and its synchronize (a no-op on CPU); ``threads > 0`` sets torch's CPU threads."""
+    check_device(device)  # a UsageError naming --device for one torch does not know or this machine lacks
+    if threads < 0:
+        raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {threads}")
     if threads > 0:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device")
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     return dev, sync
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 import flipes
-from flipes.cli import parse_config
+from flipes.cli import run
 from flipes.es.engine import default_optimizer
 from flipes.es.shaping import centered_ranks
 
@@ -39,29 +39,37 @@ from flipes.es.shaping import centered_ranks
 @dataclass
 class Args:
     popsizes: list[int] = field(default_factory=lambda: [1600, 5000])
-    """samples per update (population sizes)"""
+    """Samples per update (population sizes)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """Seeds of every method: the initial weights, the minibatches and the noise."""
     generations: int = 200
+    """Updates of every method."""
     batch: int = 32
-    """training examples per generation, shared by all members"""
+    """Training examples per generation, shared by all members."""
     hidden: int = 64
+    """Hidden units of the 64-hidden-10 tanh MLP."""
     sigma: float = 0.05
+    """Perturbation scale σ of both ES."""
     lr: float = 0.03
-    """Adam learning rate of both ES"""
+    """Adam learning rate of both ES."""
     backprop_lr: float = 0.03
+    """Adam learning rate of backprop."""
     cosine: bool = True
-    """cosine decay of every learning rate to 0 over the run (a stable final accuracy to compare)"""
+    """Cosine decay of every learning rate to 0 over the run (a stable final accuracy to compare)."""
     mirrored: bool = True
-    """antithetic pairs in both ES"""
+    """Antithetic pairs in both ES."""
     rank: int | None = None
-    """also train low-rank FlipES (ε = A Bᵀ/√r) of this rank"""
+    """Also train low-rank FlipES (ε = A Bᵀ/√r) of this rank (none: not)."""
     eval_every: int = 10
+    """Generations between test-accuracy evaluations (and at the last)."""
     device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:N."""
     threads: int = 0
-    """torch CPU threads (0: torch's default)"""
+    """Torch CPU threads (0: torch's default)."""
     out: str = "scripts/results"
+    """Directory of repro_learning.{png,md,json}."""
     tiny: bool = False
-    """smoke test: popsize 64, one seed, 4 generations"""
+    """Smoke test: popsize 64, one seed, 4 generations."""
 
 
 def minibatch(args: Args, seed: int, generation: int, dev: torch.device) -> tuple[Tensor, Tensor]:
@@ -249,4 +257,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Args, description=__doc__))
+    run(main, Args, description=__doc__)

@@ -35,6 +35,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,6 @@ from repro_common import (
     MemberWeights,
     chunk_members,
     data,
-    has_rank,
     inputs,
     machine,
     make_es,
@@ -57,42 +57,52 @@ from repro_common import (
 from torch import Tensor, nn
 
 import flipes
-from flipes.cli import parse_config
+from flipes.cli import run
 from flipes.es.shaping import z_score
 
 
 @dataclass
 class Args:
-    sections: list[str] = field(default_factory=lambda: ["fc", "conv", "lowrank"])
-    """which tables: fc, conv, lowrank"""
+    sections: list[Literal["fc", "conv", "lowrank"]] = field(default_factory=lambda: ["fc", "conv", "lowrank"])
+    """Which tables to make."""
     popsize: int = 5000
-    """samples per update for the fc and conv tables"""
+    """Samples per update for the fc and conv tables."""
     hidden: list[int] = field(default_factory=lambda: [32, 128, 512, 2048])
+    """Hidden widths h of the FC 64-h-h-10 networks of the fc table."""
     scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
+    """Filter scales s of the ConvNets (32·s and 64·s filters) of the conv table."""
     update_ranks: list[int] = field(default_factory=lambda: [4])
-    """low-rank FlipES columns in the fc and conv tables (empty: none)"""
+    """Low-rank FlipES columns in the fc and conv tables (empty: none)."""
     repeats: int = 3
-    """timed updates per method (median)"""
+    """Timed updates per method (median)."""
     min_seconds: float = 1.0
-    """short updates are repeated for at least this long (up to 50 runs)"""
+    """Short updates are repeated for at least this long (up to 50 runs)."""
     classic_max_seconds: float = 15.0
-    """a classic update slower than this is timed once (its first run)"""
+    """A classic update slower than this is timed once (its first run)."""
     lowrank_n: int = 4096
+    """Members (one example each) of the low-rank section."""
     lowrank_dim: int = 1024
+    """Input and output width of the low-rank section's Linear layer."""
     ranks: list[int] = field(default_factory=lambda: [1, 2, 4])
+    """Noise ranks of the low-rank section (full rank is always timed)."""
     lowrank_rounds: int = 15
-    """interleaved timed rounds of the low-rank section (median)"""
+    """Interleaved timed rounds of the low-rank section (median)."""
     chunk_mb: float = 0
-    """memory for one chunk of classic members' weights (0: 384 MB on CPU, 16 GB on CUDA)"""
+    """Memory for one chunk of classic members' weights (0: 384 MB on CPU, 16 GB on CUDA)."""
     sigma: float = 0.05
+    """Perturbation scale σ."""
     lr: float = 0.01
+    """Adam learning rate of both methods' update."""
     seed: int = 0
+    """Seed of the networks' weights and of the noise."""
     device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:N."""
     threads: int = 0
-    """torch CPU threads (0: all cores)"""
+    """Torch CPU threads (0: all cores)."""
     out: str = "scripts/results"
+    """Directory of repro_timing.{png,md,json} (repro_timing_cuda.* on a GPU)."""
     tiny: bool = False
-    """smoke test: N=64, hidden 16/32, scales 0.25, a 64→64 layer"""
+    """Smoke test: N = 64, hidden 16/32, scales 0.25, a 64→64 layer."""
 
 
 def batch(kind: str, n: int, dev: torch.device) -> tuple[Tensor, Tensor]:
@@ -176,7 +186,7 @@ def lowrank_table(args: Args, dev: torch.device, sync: Callable[[], None]) -> li
     torch.manual_seed(args.seed)
     layer = nn.Linear(args.lowrank_dim, args.lowrank_dim).to(dev)
     x = torch.randn(args.lowrank_n, args.lowrank_dim, device=dev)
-    ranks: list[int | None] = [None, *(args.ranks if has_rank() else [])]
+    ranks: list[int | None] = [None, *args.ranks]
     variants: dict[str, Callable[[], object]] = {}
     samplers: dict[str, Callable[[], object]] = {}
     with contextlib.ExitStack() as stack, torch.no_grad():
@@ -219,9 +229,6 @@ def main(args: Args) -> dict:
         args.lowrank_n, args.lowrank_dim, args.lowrank_rounds = 64, 64, 3
     dev, sync = setup(args.device, args.threads or (os.cpu_count() or 1))
     chunk_mb = args.chunk_mb or (16384 if dev.type == "cuda" else 384)
-    if not has_rank():
-        print("this flipes has no low-rank option (FlipES(rank=...)); low-rank rows skipped")
-        args.update_ranks = []
     results: dict = {"args": asdict(args), "machine": machine(dev)}
     print(f"machine: {results['machine']}", flush=True)
     started = time.perf_counter()
@@ -293,4 +300,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Args, description=__doc__))
+    run(main, Args, description=__doc__)

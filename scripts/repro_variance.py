@@ -31,7 +31,6 @@ from repro_common import (
     MemberWeights,
     chunk_members,
     data,
-    has_rank,
     inputs,
     loglog_slope,
     machine,
@@ -46,36 +45,57 @@ from repro_common import (
 from torch import Tensor, nn
 
 import flipes
-from flipes.cli import parse_config
+from flipes.cli import run
+from flipes.errors import UsageError
 from flipes.es.shaping import raw
 
 
 @dataclass
 class Args:
     nets: list[str] = field(default_factory=lambda: ["fc:512", "conv:0.5"])
-    """networks, kind:size: fc:HIDDEN (64-H-H-10 tanh MLP) or conv:SCALE (ConvNet, 0.5 = 16/32 filters)"""
+    """Networks, kind:size: fc:HIDDEN (64-H-H-10 tanh MLP) or conv:SCALE (ConvNet, 0.5 = 16/32 filters)."""
     max_n: int = 4096
-    """largest population; N runs over the powers of two 1 … max_n"""
+    """Largest population; N runs over the powers of two 1 … max_n."""
     repeats: int = 16
-    """fewest realizations (generations) per N for shared and Flipout"""
+    """Fewest realizations (generations) per N for shared and Flipout."""
     min_members: int = 2048
-    """shared and Flipout: realizations × N >= this (more draws at small N)"""
+    """Shared and Flipout: realizations × N >= this (more draws at small N)."""
     indep_blocks: int = 4
-    """independent: realizations at N = max_n (the pool holds indep_blocks × max_n members)"""
+    """Independent: realizations at N = max_n (the pool holds indep_blocks × max_n members)."""
     ranks: list[int] = field(default_factory=lambda: [1, 4])
-    """low-rank Flipout ranks to add (empty: none; skipped if this flipes has no rank option)"""
+    """Low-rank Flipout ranks to add (empty: none)."""
     sigma: float = 0.05
+    """Perturbation scale σ."""
     pretrain_steps: int = 100
-    """backprop Adam steps (batch 64) before measuring: the variance at a partly trained network"""
+    """Backprop Adam steps (batch 64) before measuring: the variance at a partly trained network."""
     chunk_mb: float = 256
-    """memory for one chunk of independent members' noise (float32)"""
+    """Memory for one chunk of independent members' noise (float32)."""
     seed: int = 0
+    """Seed of the pretraining, the noise and the examples drawn."""
     device: str = "cpu"
+    """Torch device: cpu, cuda, cuda:N."""
     threads: int = 0
-    """torch CPU threads (0: torch's default)"""
+    """Torch CPU threads (0: torch's default)."""
     out: str = "scripts/results"
+    """Directory of repro_variance.{png,md,json}."""
     tiny: bool = False
-    """smoke test: small nets, N up to 16, 3 realizations"""
+    """Smoke test: small nets, N up to 16, 3 realizations."""
+
+
+def parse_net(spec: str) -> tuple[str, float]:
+    """``"fc:512"`` -> ``("fc", 512.0)``.
+
+    Raises:
+        UsageError: not ``fc:HIDDEN`` or ``conv:SCALE``.
+    """
+    kind, _, size = spec.partition(":")
+    try:
+        value = float(size)
+    except ValueError:
+        value = float("nan")
+    if kind not in ("fc", "conv") or not value > 0 or (kind == "fc" and not value.is_integer()):
+        raise UsageError("--nets", f"{spec!r} is not fc:HIDDEN or conv:SCALE", "e.g. --nets fc:512 conv:0.5")
+    return kind, value
 
 
 def pretrained(kind: str, size: float, args: Args, dev: torch.device) -> nn.Module:
@@ -224,17 +244,15 @@ def main(args: Args) -> dict:
         args.nets = ["fc:32", "conv:0.25"]
         args.max_n, args.repeats, args.min_members, args.indep_blocks, args.pretrain_steps = 16, 3, 8, 2, 5
         args.ranks = args.ranks[:1]
+    nets = [parse_net(spec) for spec in args.nets]  # all checked before the first is measured
     dev, _ = setup(args.device, args.threads)
-    ranks = list(args.ranks) if has_rank() else []
-    if args.ranks and not ranks:
-        print("this flipes has no low-rank option (FlipES(rank=...)); low-rank rows skipped")
+    ranks = list(args.ranks)
     ns = [2**k for k in range(args.max_n.bit_length()) if 2**k <= args.max_n]
     x_all, y_all, _, _ = data()
     results: dict = {"args": asdict(args), "machine": machine(dev), "ns": ns, "nets": {}}
     started = time.perf_counter()
-    for spec in args.nets:
-        kind, size = spec.split(":")
-        net = pretrained(kind, float(size), args, dev)
+    for spec, (kind, size) in zip(args.nets, nets, strict=True):
+        net = pretrained(kind, size, args, dev)
         x, y = inputs(kind, x_all).to(dev), y_all.to(dev)
         with torch.no_grad():
             train_loss = member_loss(net(x), y).mean().item()
@@ -319,4 +337,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Args, description=__doc__))
+    run(main, Args, description=__doc__)

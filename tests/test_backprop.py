@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_script
 from reference import member_deltas
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
@@ -343,15 +342,8 @@ def test_flipes_ignores_the_posterior_parameters() -> None:
     )
 
 
-def run_script(*args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True
-    ).stdout
-
-
 def test_backprop_variance_script_tiny(tmp_path: Path) -> None:
-    out = run_script("scripts/backprop_variance.py", "--quick", "true", "--out", str(tmp_path))
+    out = run_script("scripts/backprop_variance.py", "--quick", "true", "--out", str(tmp_path)).stdout
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in out.splitlines() if line.startswith("| ")}
     for key in [
         ("FC", "shared"),

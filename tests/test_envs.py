@@ -16,6 +16,7 @@ import pytest
 import torch
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv as GymCartPoleVectorEnv
 from gymnasium.utils.env_checker import check_env
+from helpers import run_script
 
 import envs
 from envs import seeding
@@ -447,7 +448,6 @@ def test_module_prefix_registers_without_an_import() -> None:
 
 
 def test_benchmark_script_smoke() -> None:
-    cmd = [sys.executable, "scripts/bench_envs.py", "--quick"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
+    out = run_script("scripts/bench_envs.py", "--quick", timeout=300).stdout
     rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "steps/s" not in line]
     assert rows == ["flipes", "vector_entry_point", "sync"]

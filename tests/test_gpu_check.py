@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import run_script
 
 
 def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Path) -> None:
     """Every step's code path runs (device cpu, --quick): the correctness steps pass, the others
     measure or say why they were skipped, and the report names the device and versions."""
     out = tmp_path / "gpu_check"
-    r = subprocess.run(
-        [sys.executable, "scripts/gpu_check.py", "--device", "cpu", "--quick", "true", "--out", str(out)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = run_script("scripts/gpu_check.py", "--device", "cpu", "--quick", "true", "--out", out, check=False, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     steps = {s["name"]: s for s in report["steps"]}

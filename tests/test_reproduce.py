@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def run_script(name: str, out: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, f"scripts/{name}.py", "--tiny", "true", "--threads", "1", "--out", str(out)]
-    subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True)
+def run_repro(name: str, out: Path) -> dict:
+    run_script(f"scripts/{name}.py", "--tiny", "true", "--threads", "1", "--out", out)
     assert (out / f"{name}.png").read_bytes()[:8] == PNG
     assert "|---|" in (out / f"{name}.md").read_text()
     return json.loads((out / f"{name}.json").read_text())
@@ -34,7 +29,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_variance(out: Path) -> None:
-    r = run_script("repro_variance", out)
+    r = run_repro("repro_variance", out)
     assert r["ns"] == [1, 2, 4, 8, 16]
     for net in r["nets"].values():
         assert {"shared", "flipout", "independent"} <= set(net["variance"])
@@ -45,7 +40,7 @@ def test_variance(out: Path) -> None:
 
 
 def test_learning(out: Path) -> None:
-    r = run_script("repro_learning", out)
+    r = run_repro("repro_learning", out)
     assert {"FlipES N=64", "independent ES N=64", "backprop"} <= set(r["summary"])
     for s in r["summary"].values():
         assert 0 <= s["mean"] <= 100 and math.isfinite(s["seconds_per_generation"])
@@ -53,7 +48,7 @@ def test_learning(out: Path) -> None:
 
 
 def test_timing(out: Path) -> None:
-    r = run_script("repro_timing", out)
+    r = run_repro("repro_timing", out)
     for kind in ("fc", "conv"):
         for row in r[kind]:
             assert {"flipout", "classic"} <= set(row["ms"]) and finite(list(row["ms"].values()))

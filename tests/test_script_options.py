@@ -1,0 +1,75 @@
+"""The command lines of scripts/*.py: every option documented, mistakes reported in one line."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from helpers import run_script
+
+from flipes.cli import build_parser, field_docs, option_name
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+
+
+def defines_args(path: Path) -> bool:
+    """Whether the file defines a class ``Args`` at module level (read without importing it)."""
+    return any(isinstance(node, ast.ClassDef) and node.name == "Args" for node in ast.parse(path.read_text()).body)
+
+
+WITH_ARGS = sorted(p for p in SCRIPTS.glob("*.py") if defines_args(p))
+
+
+def load(path: Path) -> ModuleType:
+    """scripts/NAME.py as a module (scripts/ is not a package; its files import each other)."""
+    name = f"flipes_script_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    added = str(SCRIPTS) not in sys.path
+    if added:
+        sys.path.insert(0, str(SCRIPTS))  # as when the script runs: `from repro_common import ...`
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if added:
+            sys.path.remove(str(SCRIPTS))
+    return module
+
+
+def test_scripts_with_options_are_found() -> None:
+    """The scan finds the scripts that take options (a broken glob would make the tests below vacuous)."""
+    names = {p.stem for p in WITH_ARGS}
+    assert {"bench_envs", "bench_solve", "benchmark", "gpu_check", "repro_timing"} <= names
+
+
+@pytest.mark.parametrize("path", WITH_ARGS, ids=lambda p: p.stem)
+def test_every_option_has_help_text_and_the_parser_builds(path: Path) -> None:
+    """Each script's Args is a dataclass whose every field has a non-empty help text (its docstring),
+    and flipes.cli builds its command line (every annotation is one it can parse)."""
+    args = load(path).Args
+    assert dataclasses.is_dataclass(args)
+    docs = field_docs(args)
+    undocumented = [f.name for f in dataclasses.fields(args) if not docs.get(f.name, "").strip()]
+    assert not undocumented, f"{path.name}: fields without help text: {undocumented}"
+    shown = build_parser(args, description=path.stem).format_help()
+    missing = [f.name for f in dataclasses.fields(args) if option_name(f.name) not in shown]
+    assert not missing, f"{path.name}: fields without an option in --help: {missing}"
+
+
+def test_a_wrong_option_value_is_one_line_and_exit_status_2() -> None:
+    """A non-integer value of an integer option exits with status 2 and prints exactly one line,
+    naming the option, with no traceback (and before any benchmarking starts)."""
+    r = run_script("scripts/bench_envs.py", "--num-envs", "3.5", check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("flipes: error: --num-envs:"), lines[0]
+    assert "Traceback" not in r.stderr
