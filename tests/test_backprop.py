@@ -362,7 +362,7 @@ def test_backprop_variance_script_tiny(tmp_path: Path) -> None:
 
 def test_bayes_digits_script_tiny(tmp_path: Path) -> None:
     args = ["--epochs", "3", "--samples", "2", "--betas", "1", "0.1", "--select-seeds", "0", "--seeds", "0"]
-    out = run_script("scripts/bayes_digits.py", *args, "--out", str(tmp_path))
+    out = run_script("scripts/bayes_digits.py", *args, "--out", str(tmp_path)).stdout
     result = json.loads((tmp_path / "bayes_digits.json").read_text())
     val = result["validation"]
     assert set(val) == {"1", "0.1", "deterministic"}
