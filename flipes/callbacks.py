@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from flipes.checkpoint import save_checkpoint
+from flipes.errors import UsageError
 from flipes.progress import Progress
 
 if TYPE_CHECKING:
@@ -144,7 +145,14 @@ class WandbLogger(Callback):
         self.run: Any = None
 
     def on_train_start(self, state: TrainState) -> None:
-        self.run = self.wandb.init(
+        try:
+            self.run = self._init(state)
+        except self.wandb.errors.Error as e:
+            raise UsageError("--wandb", f"Weights & Biases did not start ({' '.join(str(e).split())[:160]})",
+                             "run `wandb login`, or set WANDB_MODE=offline") from None  # fmt: skip
+
+    def _init(self, state: TrainState) -> Any:
+        return self.wandb.init(
             project=self.project,
             dir=str(state.run_dir),
             config=asdict(state.config),

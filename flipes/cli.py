@@ -29,6 +29,8 @@ import importlib
 import inspect
 import json
 import math
+import numbers
+import os
 import re
 import sys
 import textwrap
@@ -37,6 +39,8 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
+
+import numpy as np
 
 from flipes.errors import UsageError
 
@@ -144,14 +148,14 @@ def check_value(name: str, value: Any, ft: FieldType) -> Any:
     if any(value == c and type(value) is type(c) for c in ft.choices):
         return value
     s = ft.scalar
-    if s is bool and isinstance(value, bool):
-        return value
-    if s is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if s is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if s is bool and isinstance(value, bool | np.bool_):
+        return bool(value)
+    if s is int and isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
+        return int(value)  # numpy's integers too
+    if s is float and isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
         return float(value)
-    if s is str and isinstance(value, str):
-        return value
+    if s is str and isinstance(value, str | os.PathLike):
+        return os.fspath(value)
     raise TypeError(f"{name} = {value!r} is not {ft.describe()}")
 
 
@@ -250,6 +254,8 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
+        # values, not flags: -1e3, -.5, -inf (argparse alone takes only -5 and -0.5 for numbers)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
 
     def error(self, message: str) -> NoReturn:
         m = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
@@ -291,7 +297,13 @@ def build_parser(
         default = defaults.get(f.name, _default(f))
         doc = docs.get(f.name, "")
         shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, list) else default
-        text = f"{doc} (default: {shown})" if doc else f"(default: {shown})"
+        if default is dataclasses.MISSING or default in ("", []):
+            text = doc  # required, or no value: nothing to show
+        elif ft.scalar is bool and not ft.is_list:
+            off = "--no-" + f.name.replace("_", "-")
+            text = f"{doc} (default: {str(default).lower()}; {off} for false)"
+        else:
+            text = f"{doc} (default: {shown})"
         metavar = {int: "INT", float: "FLOAT", str: "STR", bool: "BOOL", None: ""}[ft.scalar]
         if ft.choices or ft.optional:
             metavar = (
@@ -390,6 +402,13 @@ def load_callable(spec: str, option: str) -> Callable[..., Any]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(option, f"{spec!r} is not module:function", f"e.g. {option} mypkg.fitness:evaluate")
+    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name or module_name.startswith("."):
+        name = Path(module_name).stem
+        raise UsageError(
+            option,
+            f"{module_name!r} is a file path, not a module name",
+            f"put its directory on PYTHONPATH (or run from it) and pass {option} {name}:{attr}",
+        )
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: modules in the working directory are found
     try:
@@ -399,8 +418,10 @@ def load_callable(spec: str, option: str) -> Callable[..., Any]:
             raise  # the module exists and fails to import something itself: its own traceback
         raise UsageError(option, f"cannot import {module_name!r} ({e})", "is it on PYTHONPATH (or in this directory)?") from None
     fn = getattr(module, attr, None)
-    if not callable(fn):
+    if fn is None:
         raise UsageError(option, f"module {module_name!r} has no function {attr!r}", "check the name after the colon")
+    if not callable(fn):
+        raise UsageError(option, f"{module_name}.{attr} is a {type(fn).__name__}, not a function", "name a function or class")
     return fn
 
 

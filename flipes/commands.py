@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from flipes.callbacks import Callback
 from flipes.cli import POSITIONAL, parse_config, report_usage_error
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
@@ -72,17 +73,34 @@ class PlotConfig:
 
 
 def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    """``flipes train``'s options: defaults < the env's preset row < ``--config`` file < flags."""
+    """``flipes train``'s options: defaults < the env's preset row < the resumed run's options
+    (``--resume DIR``) < ``--config`` file < flags."""
+    from flipes.config import saved_options
     from flipes.rl.presets import preset_for
 
-    return parse_config(TrainConfig, argv, TRAIN_HELP, presets=lambda values: preset_for(values["env"]), prog="flipes train")
+    def layers(values: dict[str, Any]) -> dict[str, Any]:
+        saved = saved_options(values["resume"]) if values["resume"] else {}
+        return {**preset_for(saved.get("env", values["env"])), **saved}
+
+    return parse_config(TrainConfig, argv, TRAIN_HELP, presets=layers, prog="flipes train")
+
+
+class Note(Callback):
+    """A line to stderr once training has started (after every check passed)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def on_train_start(self, state: Any) -> None:
+        from flipes.rl.envs import print_note
+
+        print_note(self.text)
 
 
 def train_command(argv: Sequence[str] | None = None) -> int:
     """``flipes train``: exit status 0, or 130 when interrupted (Ctrl-C, SIGTERM)."""
     from flipes import dist
     from flipes.config import validate
-    from flipes.rl.envs import print_note
     from flipes.rl.presets import preset_for
     from flipes.training import main_guard, train
 
@@ -92,10 +110,11 @@ def train_command(argv: Sequence[str] | None = None) -> int:
         config = parse_train_config(argv)
         validate(config, comm.size)  # before any note: a mistake is one line
         preset = preset_for(config.env)
-        if comm.rank == 0 and preset and config.progress:
+        notes = []
+        if preset and config.progress and not config.resume:
             used = ", ".join(f"{k} {v}" for k, v in preset.items() if getattr(config, k) == v)
-            print_note(f"per-env defaults of {config.env} (flipes.rl.presets): {used}; flags and --config override them")
-        result = train(config, comm=comm)
+            notes.append(Note(f"per-env defaults of {config.env} (flipes.rl.presets): {used}; flags and --config override them"))
+        result = train(config, comm=comm, callbacks=notes)
         return 130 if result.reason == "interrupted" else 0
 
     return main_guard(run, comm)
@@ -108,9 +127,18 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
 
     args = parse_config(EvaluateConfig, argv, evaluate_help(), prog="flipes evaluate")
     if args.episodes < 1:
-        raise UsageError("--episodes", f"must be at least 1, got {args.episodes}")
+        raise UsageError("--episodes", f"must be at least 1, got {args.episodes}", "e.g. --episodes 100")
+    if args.render:
+        render = Path(args.render)
+        if render.suffix not in (".gif", ".mp4"):
+            raise UsageError("--render", f"{render}: writes .gif or .mp4 files", "e.g. --render policy.gif")
+        if not render.parent.is_dir():
+            raise UsageError("--render", f"{render}: no directory {str(render.parent)!r}", "create it first, or write elsewhere")
     check_device(args.device)
     env_id = run_config(args.run)["env"]
+    if str(env_id).lower() == "none":
+        raise UsageError(args.run, "was trained on a custom fitness (--env none): there is no env to evaluate it on",
+                         "use the evaluate() beside your fitness function")  # fmt: skip
     policy = load_policy(args.run, args.checkpoint, args.device)
     returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device)
     mean, std = returns.mean().item(), returns.std().item() if len(returns) > 1 else 0.0
@@ -180,17 +208,34 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
     """``flipes plot``: learning curves of run directories to a PNG; prints and returns its path."""
     from flipes.plotting import plot_runs
 
-    args = parse_config(PlotConfig, argv, __doc__, prog="flipes plot")
+    args = parse_config(PlotConfig, argv, PLOT_HELP, prog="flipes plot")
     if not args.runs:
         raise UsageError("flipes plot", "no run directory given", "pass one or more, e.g. flipes plot runs/cartpole")
+    for run in args.runs:
+        if not (Path(run) / "metrics.jsonl").is_file():
+            raise UsageError(run, "is not a run directory (no metrics.jsonl)", "pass directories written by flipes train")
     out = Path(args.out) if args.out else (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError("--out", f"{out}: writes .png, .svg or .pdf files", "e.g. --out curves.png")
+    if not out.parent.is_dir() and out.parent.exists():
+        raise UsageError("--out", f"{out}: {str(out.parent)!r} is not a directory", "write elsewhere")
     try:
         path = plot_runs(args.runs, out, args.x)
     except ImportError:
         raise UsageError("flipes plot", "needs matplotlib", "pip install 'flipes[plot]'") from None
+    except OSError as e:
+        raise UsageError("--out", f"cannot write {out} ({e.strerror or e})", "choose a path you can write") from None
     print(path)
     return path
 
+
+PLOT_HELP = """Learning curves of one or more run directories to a PNG.
+
+    flipes plot runs/cartpole runs/cartpole-seed1 --x timesteps --out curves.png
+
+Each run's metrics.jsonl gives fitness mean and max (population) and, where evaluated, the center
+policy's eval_return, against generation, timesteps or seconds.
+"""
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str] | None], Any], str]] = {
     "train": (train_command, "train a policy or model with FlipES"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +12,8 @@ from typing import Any, Literal
 
 from flipes.cli import check_options, finite, option_name
 from flipes.errors import UsageError
+
+_UNSET: Any = object()
 
 
 @dataclass
@@ -43,7 +47,7 @@ class TrainConfig:
     reward_shift: float = 0.0
     """Subtracted from every step's reward in the fitness (an alive bonus); reported returns keep it."""
     hidden: list[int] = field(default_factory=lambda: [32, 32])
-    """Hidden layer widths of the MLP policy (none for a linear policy)."""
+    """Hidden layer widths of the MLP policy (--hidden with no width: a linear policy)."""
     eval_every: int = 2
     """Evaluate the center (mean) policy every this many generations, and at the last one."""
     eval_episodes: int = 100
@@ -85,12 +89,17 @@ class TrainConfig:
     """Under MPI: verify every this many generations that all ranks hold identical parameters."""
 
     @classmethod
-    def for_env(cls, env: str | None = None, **overrides: Any) -> TrainConfig:
-        """Defaults < the env's row of ``flipes.rl.presets`` < ``overrides`` (checked strictly)."""
+    def for_env(cls, env: Any = _UNSET, **overrides: Any) -> TrainConfig:
+        """Defaults < the env's row of ``flipes.rl.presets`` < the options of the run being resumed
+        (``resume=``) < ``overrides``, all checked strictly."""
         from flipes.rl.presets import preset_for
 
-        env = env if env is not None else cls.env
-        values = {**preset_for(env), "env": env, **overrides}
+        if env is not _UNSET:
+            overrides["env"] = env
+        saved = saved_options(overrides["resume"]) if overrides.get("resume") else {}
+        name = overrides.get("env", saved.get("env", cls.env))
+        preset = preset_for(name) if isinstance(name, str) else {}
+        values = {**preset, **saved, **overrides}
         return cls(**check_options(cls, values, "flipes.train"))
 
     def replace(self, **overrides: Any) -> TrainConfig:
@@ -105,6 +114,25 @@ class TrainConfig:
             return Path(self.resume).parent if Path(self.resume).suffix == ".pt" else Path(self.resume)
         return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", self.env.split("/")[-1].split(":")[-1])
 
+
+def saved_options(resume: str) -> dict[str, Any]:
+    """The options a run was trained with (its ``config.json``), to continue it with: all but
+    ``resume`` and ``out``. Empty where there is no readable config.json (the checkpoint then
+    decides)."""
+    path = Path(resume)
+    config = (path.parent if path.suffix == ".pt" else path) / "config.json"
+    try:
+        saved = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return {}
+    if "rank" in saved and "noise_rank" not in saved:  # runs saved before the option's rename
+        saved["noise_rank"] = saved.pop("rank") or 0
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out"}
+    return {k: v for k, v in saved.items() if k in names}
+
+
+# upper bounds past which a value is a typo, not a plan (and would exhaust memory or overflow)
+LIMITS = {"popsize": 2**24, "eval_episodes": 2**20, "episodes": 2**16, "seed": 2**32 - 1}
 
 _AT_LEAST_ONE = ("popsize", "generations", "groups", "episodes", "eval_every", "eval_episodes", "checkpoint_every", "check_every")
 
@@ -126,6 +154,23 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         if getattr(config, name) < 0:
             fix = f"0 means {meanings[name]}" if name in meanings else "any integer >= 0 is a seed"
             raise UsageError(option_name(name), f"must be 0 or positive, got {getattr(config, name)}", fix)
+    for name, limit in LIMITS.items():
+        if getattr(config, name) > limit:
+            raise UsageError(option_name(name), f"{getattr(config, name)} is beyond any use (at most {limit:,})", "is it a typo?")
+    big = [h for h in config.hidden if h > 2**16]
+    if big:
+        raise UsageError("--hidden", f"widths {big} are beyond any use (at most {2**16:,})", "is it a typo?")
+    cores = os.cpu_count() or 1
+    if config.threads > cores:
+        raise UsageError(
+            "--threads", f"{config.threads} threads on a machine of {cores} cores", f"use {cores} or fewer (0: torch's default)"
+        )
+    if config.env_threads > 4 * cores:
+        raise UsageError(
+            "--env-threads",
+            f"{config.env_threads} on a machine of {cores} cores",
+            f"use {cores} or fewer (0: this process's share)",
+        )
     finite("--sigma", config.sigma, 0, strict=True, fix="σ is the perturbation scale, e.g. --sigma 0.05")
     finite("--lr", config.lr, 0, strict=True, fix="e.g. --lr 0.05")
     finite("--reward-shift", config.reward_shift, fix="e.g. --reward-shift 1 removes an alive bonus of 1 per step")

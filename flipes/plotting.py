@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flipes.callbacks import read_jsonl_lines
+
 
 def read_metrics(run: str | Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl (a torn last line, from a crash mid-write, is skipped)."""
     path = Path(run) / "metrics.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{run}: no metrics.jsonl; pass a run directory written by scripts/train.py")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise FileNotFoundError(f"{run}: no metrics.jsonl; pass a run directory written by flipes train")
+    return [json.loads(line) for line in read_jsonl_lines(path)]
 
 
 def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") -> Path:
@@ -34,7 +37,8 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
     axes[1].set(title="center policy (eval_return)", xlabel=x, ylabel="mean return")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

@@ -71,7 +71,8 @@ def load_policy(
     try:
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
     except CheckpointError as e:
-        raise UsageError("--checkpoint", str(e)) from None
+        fix = "" if "; " in str(e) else "pass --checkpoint latest, best or a checkpoint file of this run"
+        raise UsageError("--checkpoint", str(e), fix) from None
     env_id = str(config.get("env", "none"))
     own = env is None and env_id.lower() != "none"
     if own:
@@ -89,7 +90,11 @@ def load_policy(
         if own and env is not None:
             env.close()
     model = flipout(model).to(device)
-    model.load_state_dict(state["es"]["model"])
+    try:
+        model.load_state_dict(state["es"]["model"])
+    except RuntimeError as e:
+        problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({str(e).splitlines()[-1].strip()[:120]})"
+        raise UsageError("--checkpoint", problem, "pass a checkpoint written by this run") from None
     return model.eval()
 
 

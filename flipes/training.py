@@ -174,28 +174,42 @@ def train(
     config = TrainConfig.for_env(**overrides) if config is None else config.replace(**overrides)
     comm = comm if comm is not None else dist.world()
     validate(config, comm.size)
-    lead = comm.rank == 0
-    note = print_note if lead and config.progress else None
+    threads_before = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    try:
+        return _train(config, comm, list(callbacks))
+    finally:
+        torch.set_num_threads(threads_before)  # the caller's process as it was
+
+
+def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback]) -> TrainResult:
+    lead = comm.rank == 0
     device = config.device
     if device == "cuda" and comm.size > 1:  # rank -> a GPU of its node, shared if too few
         device = f"cuda:{comm.local_rank % torch.cuda.device_count()}"
     run_dir = config.run_dir()
+    notes: list[str] = []  # said once everything is built: a mistake found while building stays one line
 
-    env = build_env(config, comm, device, note)
+    env = build_env(config, comm, device, notes.append)
     with torch.random.fork_rng(devices=[]):  # the initial parameters: a function of the seed alone
         torch.manual_seed(config.seed)
-        model = flipout(build_model(config, env)).to(device)
+        model = build_model(config, env)
+        try:
+            model = flipout(model).to(device)
+        except ValueError as e:
+            raise UsageError("--model", str(e)) from None
     es = build_es(config, model, comm)
     fitness = build_fitness(config, env, model)
     evaluator = build_evaluator(config, device, comm, env)
     state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
     if config.resume:
         restore(state, config.resume, device, fitness)
+    handlers = standard_callbacks(config, run_dir) + callbacks if lead else []
     if lead:
         prepare_run_dir(run_dir, config)
-    handlers = standard_callbacks(config, run_dir) + list(callbacks) if lead else []
+        for text in notes if config.progress else []:
+            print_note(text)
     for cb in handlers:
         cb.on_train_start(state)
     reason = run_loop(state, fitness, evaluator, handlers)
@@ -345,10 +359,13 @@ class UserEvaluator:
 
     def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
         value = self.fn(model)
-        if not isinstance(value, int | float | np.number | Tensor) or isinstance(value, bool):
-            raise UsageError(
-                "--fitness", f"evaluate() beside it returned {type(value).__name__}", "return a float (the eval_return)"
-            )
+        fix = "return one finite float (the eval_return)"
+        if (isinstance(value, Tensor) and value.numel() == 1) or (isinstance(value, np.ndarray) and value.size == 1):
+            value = value.item()
+        if not isinstance(value, int | float | np.number) or isinstance(value, bool):
+            raise UsageError("--fitness", f"evaluate() beside it returned {type(value).__name__} {_short(value)}", fix)
+        if not math.isfinite(float(value)):
+            raise UsageError("--fitness", f"evaluate() beside it returned {value}", fix)
         return {"eval_return": float(value)}
 
 
@@ -360,7 +377,8 @@ def build_evaluator(
     if comm.rank != 0:
         return None
     if config.fitness:
-        module = sys.modules[load_callable(config.fitness, "--fitness").__module__]
+        load_callable(config.fitness, "--fitness")  # the module the user named, where evaluate() sits beside it
+        module = sys.modules[config.fitness.partition(":")[0]]
         fn = getattr(module, "evaluate", None)
         return UserEvaluator(fn) if callable(fn) else None
     if env is None:
@@ -466,7 +484,15 @@ def run_loop(state: TrainState, fitness: Fitness, evaluator: Callable[..., dict]
         while es.generation < config.generations:
             gen = es.generation
             bytes_before, t0 = comm.bytes_sent, time.perf_counter()
-            stats = es.step(fitness)
+            with es.population() as pop:
+                values = fitness(model, pop)
+            if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
+                problem = f"generation {gen}: the population's returns are not finite (the actions or the env overflowed)"
+                raise UsageError("--sigma", problem, "lower --sigma or --lr, or check the env")
+            stats = es.tell(values)
+            if not (math.isfinite(stats["grad_norm"]) and math.isfinite(stats["update_ratio"])):
+                problem = f"generation {gen}: the update made the parameters non-finite (grad_norm {stats['grad_norm']})"
+                raise UsageError("--lr", problem, "lower --lr or --sigma; the last checkpoint holds the parameters before it")
             if obs_norm is not None and obs_norm.pending is not None:
                 # frozen during the generation, merged after it: summed per group, then over groups in
                 # order, the same arithmetic for any number of processes (a few rows cross the network)

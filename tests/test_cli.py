@@ -42,6 +42,21 @@ def nan(model, pop):
     f = torch.zeros(pop.size)
     f[1] = float("nan")
     return f
+
+def ok(model, pop):
+    return torch.arange(pop.size, dtype=torch.float32)
+
+def no_layers(env):
+    return torch.nn.Sequential(torch.nn.ReLU())
+
+NOT_CALLABLE = 3
+"""
+EVAL_MODULE = """
+import torch
+from user_mod import make_model, ok
+
+def evaluate(model):
+    return {value}
 """
 
 
@@ -75,6 +90,30 @@ def test_flags_are_typed_strictly_and_bools_read_three_ways() -> None:
 
 def _user_module(tmp_path: Path) -> None:
     (tmp_path / "user_mod.py").write_text(USER_MODULE)
+    (tmp_path / "eval_vector.py").write_text(EVAL_MODULE.format(value="torch.zeros(3)"))
+    (tmp_path / "eval_nan.py").write_text(EVAL_MODULE.format(value='float("nan")'))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny run directories to evaluate and plot: CartPole, Pendulum (another model), a custom
+    fitness (no env), and a CartPole copy whose metrics.jsonl ends in a torn line."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("runs")
+    _user_module(root)
+    sys.path.insert(0, str(root))
+    try:
+        quiet = {"popsize": 8, "generations": 2, "eval_episodes": 3, "tensorboard": False, "progress": False}
+        flipes.train(env="CartPole-v1", out=str(root / "cartpole"), **quiet)
+        flipes.train(env="Pendulum-v1", out=str(root / "pendulum"), **quiet)
+        flipes.train(env="none", model="user_mod:make_model", fitness="user_mod:ok", out=str(root / "custom"), **quiet)
+    finally:
+        sys.path.remove(str(root))
+    shutil.copytree(root / "cartpole", root / "torn")
+    with open(root / "torn" / "metrics.jsonl", "a") as f:
+        f.write('{"generation": 2, "fitness_me')
+    return {"cartpole": root / "cartpole", "pendulum": root / "pendulum", "custom": root / "custom", "torn": root / "torn"}
 
 
 BAD_TOML = 'popsize = 8\nenv = "CartPole-v1\n'  # an unclosed string
@@ -116,22 +155,52 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "no_such_module:f"], "--fitness"),
     (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "user_mod"], "--fitness"),
     (["train", "--env", "none", "--model", "user_mod:make_string", "--fitness", "user_mod:none"], "--model"),
+    (["train", "--env", "none", "--model", "user_mod:no_layers", "--fitness", "user_mod:ok"], "--model"),
+    (["train", "--env", "none", "--model", "user_mod:NOT_CALLABLE", "--fitness", "user_mod:ok"], "--model"),
+    (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "./user_mod.py:ok"], "--fitness"),
+    (["train", "--env", "none", "--model", "eval_vector:make_model", "--fitness", "eval_vector:ok"], "--fitness"),
+    (["train", "--env", "none", "--model", "eval_nan:make_model", "--fitness", "eval_nan:ok"], "--fitness"),
+    (["train", "--lr", "1e300", "--progress", "false"], "--lr"),  # found once training runs: after its progress lines
+    (["train", "--seed", "100000000000000000000000"], "--seed"),
+    (["train", "--popsize", "4000000000000"], "--popsize"),
+    (["train", "--hidden", "1000000", "1000000"], "--hidden"),
+    (["train", "--threads", "100000"], "--threads"),
+    (["train", "--target", "-inf"], "--target"),
+    (["train", "--env", "ALE/Pong-v5"], "--env"),
+    (["train", "--env", "envpool:CartPol-v1"], "--env"),
+    (["train", "--env", "Pendulum-v1", "--noise-rank", "1000"], "--noise-rank"),
     (["train", "--config", "{tmp}/missing.toml"], "--config {tmp}/missing.toml"),
     (["train", "--config", "{tmp}/broken.toml"], "--config {tmp}/broken.toml"),
     (["train", "--out", "{tmp}/a_file/run"], "--out"),
     (["train", "--resume", "{tmp}/no_run"], "--resume"),
     (["evaluate", "{tmp}/no_run"], "{tmp}/no_run"),
-    (["plot", "{tmp}/run", "--x", "steps"], "--x"),
+    (["evaluate", "{cartpole}", "--episodes", "0"], "--episodes"),
+    (["evaluate", "{cartpole}", "--checkpoint", "last"], "--checkpoint"),
+    (["evaluate", "{cartpole}", "--checkpoint", "{pendulum}/checkpoint.pt"], "--checkpoint"),
+    (["evaluate", "{torn}", "--checkpoint", "best", "--device", "cuda:7"], "--device"),
+    (["evaluate", "{custom}"], "{custom}"),
+    (["evaluate", "{cartpole}", "--render", "{tmp}/no_dir/x.gif"], "--render"),
+    (["evaluate", "{cartpole}", "--render", "{tmp}/x.avi"], "--render"),
+    (["plot", "{cartpole}", "--x", "steps"], "--x"),
+    (["plot", "{tmp}"], "{tmp}"),
+    (["plot", "{cartpole}", "--out", "{tmp}/curves.txt"], "--out"),
+    (["plot", "{cartpole}", "--out", "{tmp}/a_file/curves.png"], "--out"),
     (["frobnicate"], "frobnicate"),
 ]
 
 
 @pytest.mark.parametrize(("argv", "option"), MISTAKES, ids=[" ".join(a[:4]) for a, _ in MISTAKES])
 def test_user_mistakes_are_one_line_errors_naming_the_option(
-    argv: list[str], option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    argv: list[str],
+    option: str,
+    runs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
-    """Each mistake exits with status 2 and prints exactly one line, ``flipes: error: <option>: ...``
-    with a reason and what to do, and no traceback."""
+    """Each mistake exits with status 2 and prints exactly one line on stderr, ``flipes: error:
+    <option>: ...`` with a reason and what to do, and no traceback (with the default options, so
+    notes and warnings may not come first either); nothing is written where training never started."""
     if "BipedalWalker" in " ".join(argv) and importlib.util.find_spec("Box2D") is not None:
         pytest.skip("Box2D is installed here: the env can be made")
     if "--device" in argv and argv[-1] == "cuda" and __import__("torch").cuda.is_available():
@@ -141,8 +210,9 @@ def test_user_mistakes_are_one_line_errors_naming_the_option(
     (tmp_path / "a_file").write_text("not a directory")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    quiet = ["--progress", "false", "--tensorboard", "false"] if argv[0] == "train" else []
-    argv = [a.format(tmp=tmp_path) for a in argv] + quiet
+    names = {"tmp": tmp_path, **runs}
+    quiet = ["--tensorboard", "false", "--generations", "2", "--eval-episodes", "3"] if argv[0] == "train" else []
+    argv = [a.format(**names) for a in argv] + quiet
     if argv[0] == "train" and "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
     with pytest.raises(SystemExit) as exit_info:
@@ -151,8 +221,10 @@ def test_user_mistakes_are_one_line_errors_naming_the_option(
     assert exit_info.value.code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"flipes: error: {option.format(tmp=tmp_path)}: "), lines[0]
+    assert lines[0].startswith(f"flipes: error: {option.format(**names)}: "), lines[0]
     assert ";" in lines[0] or "did you mean" in lines[0], f"no advice in: {lines[0]}"
+    if option not in ("--lr", "--fitness"):  # what a fitness returns, and divergence, show only once training runs
+        assert not (tmp_path / "out").exists()
 
 
 def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -218,3 +290,9 @@ def test_the_console_command_prints_one_line_and_no_traceback() -> None:
     assert r.stderr.startswith("flipes: error: --lr: must be a finite number > 0, got inf; ")
     h = run_script("-m", "flipes", "train", "--help")
     assert "--noise-rank INT" in h.stdout and "Rank of each group" in h.stdout
+
+
+def test_plot_reads_a_run_whose_last_line_is_torn(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A metrics.jsonl cut mid-line (a crash during a write) still plots: the torn line is skipped."""
+    assert main(["plot", str(runs["torn"]), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

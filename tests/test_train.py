@@ -246,3 +246,16 @@ def test_evaluate_and_plot_commands_on_a_tiny_run(tmp_path: Path) -> None:
     run_script("scripts/plot.py", tmp_path / "a", tmp_path / "b", "--x", "timesteps", "--out", png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert (tmp_path / "a" / "curves.png").exists()  # training's own
+
+
+def test_resume_takes_the_saved_options(tmp_path: Path) -> None:
+    """``flipes train --resume DIR --generations N`` continues a run trained with other than the
+    default options without retyping them (its config.json sits under the flags), and so does
+    ``flipes.train(resume=DIR)``."""
+    run = tmp_path / "run"
+    flipes.train(**{**FAST_KW, "popsize": 12}, sigma=0.2, hidden=[8], mirrored=False, generations=2, out=str(run))
+    config = parse_train_config(["--resume", str(run), "--generations", "3"])
+    assert (config.popsize, config.sigma, config.hidden, config.mirrored, config.generations) == (12, 0.2, [8], False, 3)
+    assert [r["generation"] for r in flipes.train(config).metrics] == [2]
+    assert [r["generation"] for r in flipes.train(resume=str(run), generations=4).metrics] == [3]
+    assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]

@@ -18,6 +18,7 @@ Python per env. Two of its properties shape this adapter:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -77,15 +78,19 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
 
         if env_id not in envpool.list_all_envs():
             raise ValueError(f"EnvPool has no env {env_id!r} (envpool.list_all_envs() lists its ids)")
-        self.env_id, self.num_envs, self.threads, self.device = env_id, int(num_envs), int(threads), torch.device(device)
+        # more threads than envs is no faster, and EnvPool aborts the process at very many
+        threads = min(int(threads), int(num_envs)) if threads else 0
+        self.env_id, self.num_envs, self.threads, self.device = env_id, int(num_envs), threads, torch.device(device)
         self._make_kwargs = kwargs
         self._pool: Any = None
         self._seeds: tuple[int, ...] = ()
         self._episode = -1  # episode of the streams the envs are in (-1: not reset since the pool was made)
-        probe = envpool.make(env_id, env_type="gymnasium", num_envs=1, **kwargs)  # the spaces; the pool comes at reset
-        self.single_observation_space = probe.observation_space
-        self.single_action_space = _gymnasium_dtypes(probe.action_space)
-        probe.close()
+        with warnings.catch_warnings():  # its spaces are built float64 and cast: gymnasium warns on every make
+            warnings.simplefilter("ignore", UserWarning)
+            probe = envpool.make(env_id, env_type="gymnasium", num_envs=1, **kwargs)  # the spaces; the pool comes at reset
+            self.single_observation_space = probe.observation_space
+            self.single_action_space = _gymnasium_dtypes(probe.action_space)
+            probe.close()
         if seeds is not None:
             self._make_pool(seeds)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
@@ -104,15 +109,18 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
         if self._pool is not None:
             self._pool.close()
-        self._pool = envpool.make(
-            self.env_id,
-            env_type="gymnasium",
-            num_envs=self.num_envs,
-            batch_size=self.num_envs,
-            num_threads=self.threads,
-            seed=list(seeds),
-            **self._make_kwargs,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self._pool = envpool.make(
+                self.env_id,
+                env_type="gymnasium",
+                num_envs=self.num_envs,
+                batch_size=self.num_envs,
+                num_threads=self.threads,
+                seed=list(seeds),
+                **self._make_kwargs,
+            )
+            _ = self._pool.observation_space, self._pool.action_space  # built (and cached) here, quietly
         self._seeds, self._episode = seeds, -1
 
     def reset(

@@ -19,6 +19,7 @@ An env id picks its engine ("backend") by an optional prefix:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -140,7 +141,11 @@ def make_vector_env(
                     f"{env_id!r} needs EnvPool, which is not installed; pip install 'flipes[envpool]' "
                     f"(Linux), or use gymnasium:{name}"
                 )
-            raise EnvError(f"EnvPool has no env {name!r} (envpool.list_all_envs() lists its ids); use gymnasium:{name}")
+            close = difflib.get_close_matches(name, sorted(ids), n=3)
+            other = f"did you mean {', '.join(close)}?" if close else "envpool.list_all_envs() lists its ids"
+            if name in gym.registry:
+                other += f"; or use gymnasium:{name}"
+            raise EnvError(f"EnvPool has no env {name!r}; {other}")
     spec = _gymnasium_spec(name, env_id)
     mode = backend.removeprefix("gymnasium-") if backend.startswith("gymnasium-") else None
     if mode is None:
@@ -172,6 +177,10 @@ def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:
     try:
         return gym.spec(short)
     except gym.error.Error as e:
+        if short.startswith("ALE/"):
+            raise EnvError(
+                f"{env_id!r} needs the Arcade Learning Environment; pip install ale-py (or EnvPool's Atari ids, e.g. Pong-v5)"
+            ) from e
         raise EnvError(
             f"unknown env id {env_id!r} ({e}); use a flipes id ({_flipes_ids()}), a registered gymnasium id "
             "(gymnasium.pprint_registry() lists them; MuJoCo ids need pip install 'flipes[mujoco]') or an EnvPool id "
