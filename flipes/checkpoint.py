@@ -1,13 +1,19 @@
-"""Checkpoint files that survive crashes: written to a temporary file and renamed into place.
+"""Checkpoint files that survive crashes, full disks and flipped bits.
 
-The previous checkpoint is kept beside the latest one (``previous.pt``), so a checkpoint broken
-after it was written (a full disk, a truncated copy) never leaves a run without a good one.
+A checkpoint is written to a temporary file, fsynced and renamed into place; the file it replaces
+becomes ``previous.pt`` by a hard link first, so ``checkpoint.pt`` exists at every instant (a kill
+between any two steps leaves a complete one under the name ``--resume DIR`` reads). Its content
+carries a SHA-256 that is checked on load: ``torch.load`` does not check the zip CRC, and a flipped
+byte in tensor data would otherwise load as a different weight.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,31 +21,75 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flipes.errors import StorageError
+
+FORMAT = "flipes-checkpoint/2"  # {"format", "sha256", "payload": uint8 tensor of torch.save(state)}
+
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read, with what to do about it."""
+    """A checkpoint file that cannot be read or written, with what to do about it."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = True) -> Path:
-    """Write ``state`` to ``path`` atomically; the file it replaces becomes ``previous.pt`` beside it."""
+    """Write ``state`` to ``path`` atomically; the file it replaces becomes ``previous.pt`` beside it.
+
+    Raises:
+        StorageError: the file cannot be written (a full disk, no permission); the message names
+            the checkpoint that is still good. Nothing at ``path`` has changed then.
+    """
     path = Path(path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    wrapped = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+               "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}  # fmt: skip
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, path.with_name("previous.pt"))
-    os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
+    previous = path.with_name("previous.pt")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(wrapped, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            link = previous.with_name(previous.name + ".tmp")
+            link.unlink(missing_ok=True)
+            try:
+                os.link(path, link)  # previous.pt gets the same file; checkpoint.pt stays in place
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, link)
+            os.replace(link, previous)
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
+        _fsync_dir(path.parent)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError ("unexpected pos")
+        tmp.unlink(missing_ok=True)
+        good = path if path.exists() else previous if previous.exists() else None
+        why = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else " ".join(str(e).split())[:100]
+        still = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
+        raise StorageError(f"cannot write {path} ({why}); {still}") from None
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)  # the renames themselves survive a power cut
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EBADF):  # directories that cannot be fsynced
+            raise
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = None) -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint`` (a file, or a run directory's ``checkpoint.pt``).
 
     Raises:
-        CheckpointError: the file is missing, truncated or not a flipes checkpoint; the message
-            names the previous checkpoint to resume from instead, where there is one.
+        CheckpointError: the file is missing, truncated, corrupted (content hash) or not a flipes
+            checkpoint; the message names the previous checkpoint to resume from instead, where
+            there is one.
     """
     path = Path(path)
     if path.is_dir():
@@ -49,10 +99,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}{hint}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         first = (str(e).strip().splitlines() or [""])[0][:100]  # torch's messages run to many lines
         raise CheckpointError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {first}){hint}") from e
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        payload = state["payload"].numpy().tobytes()
+        if hashlib.sha256(payload).hexdigest() != state["sha256"]:
+            raise CheckpointError(f"{path} is corrupted: its content does not match its SHA-256{hint}")
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    elif map_location is not None:  # written before checkpoints carried a hash
+        state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or "es" not in state:
         raise CheckpointError(f"{path} is not a flipes training checkpoint (no 'es' state){hint}")
     return state

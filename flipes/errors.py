@@ -16,3 +16,8 @@ class UsageError(ValueError):
     def __init__(self, option: str, problem: str, fix: str = "") -> None:
         self.option, self.problem, self.fix = option, problem, fix
         super().__init__(f"{option}: {problem}" + (f"; {fix}" if fix else ""))
+
+
+class StorageError(RuntimeError):
+    """A file of a run cannot be written (a full disk, no permission): the command line prints it as
+    one line naming the file and what is still good, and exits with status 1."""

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from flipes.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 COMMON = ["--popsize", "24", "--groups", "6", "--eval-episodes", "5", "--target", "1e9", "--tensorboard", "false", "--seed", "4"]
@@ -30,7 +32,7 @@ def last(run: Path) -> dict:
 
 
 def params(run: Path) -> torch.Tensor:
-    model = torch.load(run / "checkpoint.pt", weights_only=True)["es"]["model"]
+    model = load_checkpoint(run)["es"]["model"]
     return torch.cat([v.double().flatten() for v in model.values() if v.is_floating_point()])
 
 
