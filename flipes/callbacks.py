@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from flipes.checkpoint import save_checkpoint
-from flipes.errors import UsageError
+from flipes.errors import StorageError, UsageError
 from flipes.progress import Progress
 
 if TYPE_CHECKING:
@@ -40,13 +40,21 @@ class Callback:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` all at once: readers see the old file or the new one."""
+    """Replace ``path`` with ``text`` all at once: readers see the old file or the new one.
+
+    Raises:
+        StorageError: it cannot be written (``path`` is unchanged then).
+    """
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {path} ({e.strerror or e}); it is unchanged") from None
 
 
 class JSONLLogger(Callback):
@@ -60,16 +68,23 @@ class JSONLLogger(Callback):
 
     def on_train_start(self, state: TrainState) -> None:
         if state.resumed and self.path.exists():
-            kept = [line for line in read_jsonl_lines(self.path) if json.loads(line)["generation"] < state.es.generation]
+            lines, dropped = read_jsonl(self.path)
+            if dropped:
+                print(f"flipes: {self.path}: dropped {dropped} torn or blank line(s) (a crash mid-write)", file=sys.stderr)
+            kept = [line for line in lines if json.loads(line)["generation"] < state.es.generation]
             write_atomic(self.path, "".join(line + "\n" for line in kept))
-            self.file = open(self.path, "a")
         else:
-            self.file = open(self.path, "w")
+            write_atomic(self.path, "")
+        self.file = open(self.path, "a")
 
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
         assert self.file is not None
-        self.file.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise StorageError(f"cannot write {self.path} ({e.strerror or e}); the last good checkpoint is "
+                               f"{self.path.parent / 'checkpoint.pt'}") from None  # fmt: skip
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
         if self.file is not None:
@@ -80,18 +95,23 @@ def json_safe(row: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
-def read_jsonl_lines(path: Path) -> list[str]:
-    """The complete lines of a metrics file: blank lines and a torn last line (a crash mid-write) are skipped."""
-    out = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
+def read_jsonl(path: Path) -> tuple[list[str], int]:
+    """The complete lines of a metrics file, and how many torn or blank lines (a crash mid-write) were skipped."""
+    out, dropped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            json.loads(line)
+            if isinstance(json.loads(line), dict):
+                out.append(line)
+                continue
         except json.JSONDecodeError:
-            continue
-        out.append(line)
-    return out
+            pass
+        dropped += 1
+    return out, dropped
+
+
+def read_jsonl_lines(path: Path) -> list[str]:
+    """The complete lines of a metrics file (see :func:`read_jsonl`)."""
+    return read_jsonl(path)[0]
 
 
 class ProgressPrinter(Callback):

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from flipes.callbacks import Callback
 from flipes.cli import POSITIONAL, parse_config, report_usage_error
 from flipes.config import TrainConfig
-from flipes.errors import UsageError
+from flipes.errors import StorageError, UsageError
 
 TRAIN_HELP = """Train a policy (or any model, with --fitness) with FlipES.
 
@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = fn(argv[1:])
     except UsageError as e:
         report_usage_error(e)
+    except StorageError as e:  # a full disk or lost permission while training: what is still good, in one line
+        print(f"flipes: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        return 1
     return status if isinstance(status, int) else 0
 
 

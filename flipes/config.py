@@ -63,7 +63,10 @@ class TrainConfig:
     """Run directory for config.json, metrics.jsonl and checkpoints (default: runs/<env name>, or the
     --resume directory)."""
     resume: str = ""
-    """Run directory (or checkpoint file) to continue from, bit for bit."""
+    """Run directory (or checkpoint file) to continue from, bit for bit, with the options it was trained with."""
+    overwrite: bool = False
+    """Replace the run in --out if it holds one (its checkpoints and metrics are deleted); without it
+    such a directory is refused."""
     fitness: str = ""
     """A custom fitness, module:function, called as FN(model, pop) -> Tensor[pop.size]; an
     evaluate(model) -> float beside it gives eval_return."""
@@ -87,6 +90,10 @@ class TrainConfig:
     """Under MPI: allreduce sums gradients; seeds exchanges only fitness values and rebuilds all noise."""
     check_every: int = 10
     """Under MPI: verify every this many generations that all ranks hold identical parameters."""
+    mpi_timeout: float = 300.0
+    """Under MPI: end the job, naming the rank(s) that did not arrive, when a rank waits longer than
+    this many seconds for the others in one exchange (0: wait forever). Keep it above the slowest
+    generation's rollout plus rank 0's evaluation and checkpoint."""
 
     @classmethod
     def for_env(cls, env: Any = _UNSET, **overrides: Any) -> TrainConfig:
@@ -117,7 +124,7 @@ class TrainConfig:
 
 def saved_options(resume: str) -> dict[str, Any]:
     """The options a run was trained with (its ``config.json``), to continue it with: all but
-    ``resume`` and ``out``. Empty where there is no readable config.json (the checkpoint then
+    ``resume``, ``out`` and ``overwrite``. Empty where there is no readable config.json (the checkpoint then
     decides)."""
     path = Path(resume)
     config = (path.parent if path.suffix == ".pt" else path) / "config.json"
@@ -127,7 +134,7 @@ def saved_options(resume: str) -> dict[str, Any]:
         return {}
     if "rank" in saved and "noise_rank" not in saved:  # runs saved before the option's rename
         saved["noise_rank"] = saved.pop("rank") or 0
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out"}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "overwrite"}
     return {k: v for k, v in saved.items() if k in names}
 
 
@@ -175,6 +182,7 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     finite("--lr", config.lr, 0, strict=True, fix="e.g. --lr 0.05")
     finite("--reward-shift", config.reward_shift, fix="e.g. --reward-shift 1 removes an alive bonus of 1 per step")
     finite("--max-seconds", config.max_seconds, 0, allow_inf=True, fix="0 means no limit")
+    finite("--mpi-timeout", config.mpi_timeout, 0, allow_inf=True, fix="0 means wait forever")
     if isinstance(config.target, float):
         finite("--target", config.target, fix="--target none trains all generations; --target auto uses the env's")
     bad = [h for h in config.hidden if h < 1]

@@ -7,9 +7,13 @@ fitness scores (N floats) and either the gradient (``allreduce``) or nothing mor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+import time
 import traceback
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -100,28 +104,45 @@ class MPIComm:
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         self.bytes_sent = 0
+        self._watchdog: Watchdog | None = None
+
+    def start_watchdog(self, timeout: float) -> None:
+        """End the job, naming the rank(s) that did not arrive, when this rank waits more than
+        ``timeout`` seconds in one collective (a stopped, dead or diverged rank); 0 turns it off."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        if timeout > 0 and self.size > 1:
+            self._watchdog = Watchdog(self, timeout)
+
+    def _watch(self, name: str) -> contextlib.AbstractContextManager:
+        return self._watchdog.collective(name) if self._watchdog is not None else contextlib.nullcontext()
 
     def allgather_tensor(self, x: Tensor) -> Tensor:
         local = np.ascontiguousarray(x.detach().cpu().numpy())
-        counts = self.comm.allgather(local.shape[0])
-        out = np.empty((sum(counts), *local.shape[1:]), dtype=local.dtype)
-        row = int(np.prod(local.shape[1:], dtype=np.int64))
-        self.comm.Allgatherv(local, [out, [c * row for c in counts]])
+        with self._watch("allgather"):
+            counts = self.comm.allgather(local.shape[0])
+            out = np.empty((sum(counts), *local.shape[1:]), dtype=local.dtype)
+            row = int(np.prod(local.shape[1:], dtype=np.int64))
+            self.comm.Allgatherv(local, [out, [c * row for c in counts]])
         self.bytes_sent += local.nbytes
         return torch.from_numpy(out).to(x.device)
 
     def allreduce_sum_(self, x: Tensor) -> Tensor:
         wide = x.dtype in (torch.float32, torch.float64)  # numpy/MPI have no bfloat16: sum those in float32
         buf = np.ascontiguousarray((x if wide else x.float()).detach().cpu().numpy())
-        self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
+        with self._watch("allreduce"):
+            self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
         self.bytes_sent += buf.nbytes
         return x.copy_(torch.from_numpy(buf))
 
     def bcast(self, obj: Any) -> Any:
-        return self.comm.bcast(obj, root=0)
+        with self._watch("bcast"):
+            return self.comm.bcast(obj, root=0)
 
     def allgather_object(self, obj: Any) -> list[Any]:
-        return self.comm.allgather(obj)
+        with self._watch("allgather"):
+            return self.comm.allgather(obj)
 
     def abort(self, code: int = 1) -> None:
         """End every process of the job (a failing rank must not leave the others waiting)."""
@@ -129,6 +150,75 @@ class MPIComm:
         sys.stderr.flush()
         self.comm.Abort(code)
         os._exit(code)  # MPI_Abort may return before the launcher ends this process: never run on
+
+
+_ARRIVAL = 7301  # message tag of the watchdog's arrival notes
+
+
+class Watchdog:
+    """Notices a collective that waits too long, and names who is missing.
+
+    On entering collective ``k``, every rank but 0 sends ``k`` to rank 0 (8 bytes, on a duplicate
+    communicator, so ES traffic never mixes with it); rank 0 reads them as they come. A thread wakes
+    every half second: when this rank has waited ``timeout`` seconds (rank 0) or ``timeout`` + 10
+    (the others, so that rank 0, which knows who arrived, speaks first), it prints one line and
+    aborts the job. Needs MPI_THREAD_MULTIPLE (mpi4py's default; MPICH and Open MPI provide it).
+    """
+
+    def __init__(self, comm: MPIComm, timeout: float) -> None:
+        self.mpi, self.rank, self.size, self.timeout = comm, comm.rank, comm.size, timeout
+        self.notes = comm.comm.Dup()
+        self.step = 0
+        self.arrived = dict.fromkeys(range(1, self.size), 0)
+        self.lock = threading.Lock()
+        self.pending: list[Any] = []
+        self.entered: tuple[float, str, int] | None = None
+        self.running = True
+        self.thread = threading.Thread(target=self._run, name="flipes-mpi-watchdog", daemon=True)
+        self.thread.start()
+
+    @contextlib.contextmanager
+    def collective(self, name: str) -> Iterator[None]:
+        self.step += 1
+        if self.rank == 0:
+            self._drain()
+        else:
+            self.pending = [r for r in self.pending if not r.Test()]
+            self.pending.append(self.notes.isend(self.step, dest=0, tag=_ARRIVAL))
+        self.entered = (time.monotonic(), name, self.step)
+        try:
+            yield
+        finally:
+            self.entered = None
+
+    def _drain(self) -> None:
+        with self.lock:
+            status = self.mpi._mpi.Status()
+            while self.notes.iprobe(source=self.mpi._mpi.ANY_SOURCE, tag=_ARRIVAL, status=status):
+                source = status.Get_source()
+                self.arrived[source] = max(self.arrived[source], self.notes.recv(source=source, tag=_ARRIVAL))
+
+    def _run(self) -> None:
+        limit = self.timeout if self.rank == 0 else self.timeout + 10
+        while self.running:
+            time.sleep(0.5)
+            entered = self.entered
+            if entered is None or time.monotonic() - entered[0] < limit:
+                continue
+            _, name, step = entered
+            if self.rank == 0:
+                self._drain()
+                missing = [r for r, k in self.arrived.items() if k < step]
+                who = f"rank(s) {', '.join(map(str, missing))} did not arrive" if missing else "every rank arrived"
+            else:
+                who = "rank 0 did not answer"
+            print(f"flipes: error: --mpi-timeout: rank {self.rank} waited {limit:.0f} s in {name} #{step}: {who} "
+                  "(stopped, dead, or running other code); start every rank alike, or raise --mpi-timeout for slow "
+                  "generations", file=sys.stderr, flush=True)  # fmt: skip
+            self.mpi.abort(3)
+
+    def stop(self) -> None:
+        self.running = False
 
 
 def world() -> SerialComm | MPIComm:

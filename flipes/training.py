@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -38,10 +40,10 @@ from flipes.callbacks import (
     WandbLogger,
     write_atomic,
 )
-from flipes.checkpoint import CheckpointError, load_checkpoint, tensors_sha256
+from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_sha256
 from flipes.cli import load_callable
 from flipes.config import TrainConfig, resolve_target, validate
-from flipes.errors import UsageError
+from flipes.errors import StorageError, UsageError
 from flipes.es import FlipES, Population
 from flipes.nn import flipout
 from flipes.nn.convert import flipout_layers
@@ -184,11 +186,23 @@ def train(
 
 
 def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback]) -> TrainResult:
+    if isinstance(comm, dist.MPIComm):
+        comm.start_watchdog(config.mpi_timeout)  # from the first exchange on: a stopped rank cannot hang the job
+        try:
+            return _train_watched(config, comm, callbacks)
+        finally:
+            comm.start_watchdog(0)
+    return _train_watched(config, comm, callbacks)
+
+
+def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback]) -> TrainResult:
     lead = comm.rank == 0
     device = config.device
     if device == "cuda" and comm.size > 1:  # rank -> a GPU of its node, shared if too few
         device = f"cuda:{comm.local_rank % torch.cuda.device_count()}"
     run_dir = config.run_dir()
+    if lead:
+        check_run_dir(run_dir, config)  # before anything is built or written
     notes: list[str] = []  # said once everything is built: a mistake found while building stays one line
 
     env = build_env(config, comm, device, notes.append)
@@ -205,21 +219,61 @@ def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback]) -> T
     state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
     if config.resume:
         restore(state, config.resume, device, fitness)
+    if comm.size > 1:
+        agree(comm, config, state)  # before anything is written
     handlers = standard_callbacks(config, run_dir) + callbacks if lead else []
-    if lead:
-        prepare_run_dir(run_dir, config)
-        for text in notes if config.progress else []:
-            print_note(text)
-    for cb in handlers:
-        cb.on_train_start(state)
-    reason = run_loop(state, fitness, evaluator, handlers)
-    if lead:
-        for cb in handlers:
-            cb.on_train_end(state, reason)
+    lock = prepare_run_dir(run_dir, config, state.checkpoint_state()) if lead else None
+    try:
+        if lead:
+            for text in notes if config.progress else []:
+                print_note(text)
+        with StopRequest() as stop:  # signals wait until the final checkpoint is written, too
+            for cb in handlers:
+                cb.on_train_start(state)
+            reason = run_loop(state, fitness, evaluator, handlers, stop)
+            for cb in handlers:
+                cb.on_train_end(state, reason)
+    finally:
+        if lock is not None:
+            lock.release()
     for closable in (env, getattr(evaluator, "env", None)):
         if closable is not None:
             closable.close()
     return TrainResult(model, es, state.metrics, run_dir, reason, config)
+
+
+# options each rank may set for itself; all others must agree across ranks
+RANK_LOCAL = ("device", "threads", "env_threads", "progress", "tensorboard", "wandb", "wandb_project", "out", "resume",
+              "overwrite")  # fmt: skip
+
+
+def agree(comm: dist.Comm, config: TrainConfig, state: TrainState) -> None:
+    """Every rank starts from the same options, generation and parameters, or the job stops at once.
+
+    Raises:
+        UsageError: on every rank, naming what differs and on which ranks.
+    """
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in RANK_LOCAL}
+    mine = (options, state.es.generation, tensors_sha256(state.model.state_dict().values()))
+    everyone = comm.allgather_object(mine)
+    ref = everyone[0]
+    differ = sorted({k for opts, _, _ in everyone for k in opts if opts[k] != ref[0][k]})
+    if differ:
+        shown = "; ".join(f"--{k.replace('_', '-')}: " + ", ".join(f"rank {r} {o[k]!r}" for r, (o, _, _) in enumerate(everyone))
+                          for k in differ)  # fmt: skip
+        raise UsageError(
+            "mpiexec", f"the ranks were started with other options ({shown})", "start every rank with the same command"
+        )
+    if len({g for _, g, _ in everyone}) > 1:
+        shown = ", ".join(f"rank {r} at {g}" for r, (_, g, _) in enumerate(everyone))
+        raise UsageError(
+            "--resume", f"the ranks start at other generations ({shown})", "resume every rank from the same checkpoint"
+        )
+    if len({h for _, _, h in everyone}) > 1:
+        shown = ", ".join(f"rank {r} {h[:12]}" for r, (_, _, h) in enumerate(everyone))
+        raise UsageError(
+            "--resume", f"the ranks start from other parameters ({shown})", "resume every rank from the same checkpoint"
+        )
 
 
 def build_env(
@@ -407,27 +461,96 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
         shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
         raise UsageError("--resume", f"the run was trained with other options ({shown})", "pass the saved ones to continue it")
     state.es.load_state_dict(saved_state["es"])
+    if not all(torch.isfinite(p).all() for p in state.model.parameters()):
+        other = Path(path) / "previous.pt" if Path(path).is_dir() else Path(path).with_name("previous.pt")
+        fix = f"resume an earlier checkpoint, e.g. --resume {other}" if other.exists() else "retrain with a lower --lr"
+        raise UsageError("--resume", f"{path} holds non-finite parameters (NaN or inf)", fix)
     state.seconds, state.best, state.resumed = saved_state["seconds"], saved_state["best"], True
     state.timesteps = saved_state["timesteps"]
     if isinstance(fitness, RolloutFitness):
         fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
-    """Create the run directory and write ``config.json`` (atomically).
+RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
+
+
+def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to train into a directory that holds another run, unless resuming it or ``--overwrite``.
 
     Raises:
-        UsageError: the directory cannot be created or written.
+        UsageError: naming what the directory holds and the three ways on.
+    """
+    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+    resuming_here = bool(config.resume) and _run_dir_of(config.resume).resolve() == run_dir.resolve()
+    if held and not resuming_here and not config.overwrite:
+        fix = f"continue it with --resume {run_dir}, train into another --out, or pass --overwrite to replace it"
+        raise UsageError("--out", f"{str(run_dir)!r} holds a run ({', '.join(held)})", fix)
+
+
+def _run_dir_of(resume: str) -> Path:
+    path = Path(resume)
+    return path.parent if path.suffix == ".pt" else path
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory (``fcntl.flock`` on ``<run>/.lock``), held while a process
+    trains into it; the OS releases it when the process ends, however it ends."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.file = open(run_dir / ".lock", "a+")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no locking
+            return
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise UsageError(
+                "--out", f"{str(run_dir)!r} is in use by {holder}", "wait for it to end, or train into another --out"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"flipes pid {os.getpid()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | None = None) -> RunDirLock:
+    """Create and lock the run directory, clear it for ``--overwrite``, write the starting state
+    ``start`` as its first checkpoint (where it has none: from then on ``--resume DIR`` always
+    finds one), then ``config.json`` (atomically).
+
+    Raises:
+        UsageError: the directory cannot be created or written, is in use, or holds another run.
     """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+        lock = RunDirLock(run_dir)
     except OSError as e:
         raise UsageError(
             "--out",
             f"cannot write the run directory {str(run_dir)!r} ({e.strerror or e})",
             "choose a directory you can write, e.g. --out runs/mine",
         ) from None
+    try:
+        check_run_dir(run_dir, config)  # again under the lock: another process may have started meanwhile
+        if config.overwrite and not config.resume:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            for name in ("tensorboard", "wandb"):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+        if start is not None and not (run_dir / "checkpoint.pt").exists():
+            save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)
+        write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def standard_callbacks(config: TrainConfig, run_dir: Path) -> list[Callback]:
@@ -474,77 +597,76 @@ def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked
     return None
 
 
-def run_loop(state: TrainState, fitness: Fitness, evaluator: Callable[..., dict] | None, callbacks: list[Callback]) -> str:
+def run_loop(
+    state: TrainState, fitness: Fitness, evaluator: Callable[..., dict] | None, callbacks: list[Callback], stop: StopRequest
+) -> str:
     """Generations until the budget, the target, the time limit, a callback or a signal; returns why it stopped."""
     config, es, comm, model = state.config, state.es, state.comm, state.model
     obs_norm = getattr(model, "obs_norm", None)
     start = time.perf_counter() - state.seconds
     steps = int(comm.allreduce_sum_(torch.tensor([float(getattr(fitness, "timesteps", 0))], dtype=torch.float64)).item())
-    with StopRequest() as stop:
-        while es.generation < config.generations:
-            gen = es.generation
-            bytes_before, t0 = comm.bytes_sent, time.perf_counter()
-            with es.population() as pop:
-                values = fitness(model, pop)
-            if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
-                problem = f"generation {gen}: the population's returns are not finite (the actions or the env overflowed)"
-                raise UsageError("--sigma", problem, "lower --sigma or --lr, or check the env")
-            stats = es.tell(values)
-            if not (math.isfinite(stats["grad_norm"]) and math.isfinite(stats["update_ratio"])):
-                problem = f"generation {gen}: the update made the parameters non-finite (grad_norm {stats['grad_norm']})"
-                raise UsageError("--lr", problem, "lower --lr or --sigma; the last checkpoint holds the parameters before it")
-            if obs_norm is not None and obs_norm.pending is not None:
-                # frozen during the generation, merged after it: summed per group, then over groups in
-                # order, the same arithmetic for any number of processes (a few rows cross the network)
-                pending = obs_norm.pending
-                obs_norm.update(comm.allgather_tensor(pending.view(len(es.local_groups), -1, pending.shape[1]).sum(1)))
-            # env steps of all ranks (each rank counts its own members' episodes)
-            before, steps = (
-                steps,
-                int(comm.allreduce_sum_(torch.tensor([getattr(fitness, "timesteps", 0)], dtype=torch.float64)).item()),
-            )
-            row: dict[str, Any] = {
-                "generation": gen,
-                "fitness_mean": stats["fitness_mean"],
-                "fitness_max": stats["fitness_max"],
-                "fitness_std": stats["fitness_std"],
-                "grad_norm": stats["grad_norm"],
-                "update_ratio": stats["update_ratio"],
-                "seconds": 0.0,
-                "timesteps": steps,
-                "steps_per_second": (steps - before) / (time.perf_counter() - t0),
-                "bytes_sent": comm.bytes_sent - bytes_before,
-                "params_sha256": tensors_sha256(model.parameters()),
+    while es.generation < config.generations:
+        gen = es.generation
+        bytes_before, t0 = comm.bytes_sent, time.perf_counter()
+        with es.population() as pop:
+            values = fitness(model, pop)
+        if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
+            problem = f"generation {gen}: the population's returns are not finite (the actions or the env overflowed)"
+            raise UsageError("--sigma", problem, "lower --sigma or --lr, or check the env")
+        stats = es.tell(values)
+        if not (math.isfinite(stats["grad_norm"]) and math.isfinite(stats["update_ratio"])):
+            problem = f"generation {gen}: the update made the parameters non-finite (grad_norm {stats['grad_norm']})"
+            raise UsageError("--lr", problem, "lower --lr or --sigma; the last checkpoint holds the parameters before it")
+        if obs_norm is not None and obs_norm.pending is not None:
+            # frozen during the generation, merged after it: summed per group, then over groups in
+            # order, the same arithmetic for any number of processes (a few rows cross the network)
+            pending = obs_norm.pending
+            obs_norm.update(comm.allgather_tensor(pending.view(len(es.local_groups), -1, pending.shape[1]).sum(1)))
+        # env steps of all ranks (each rank counts its own members' episodes)
+        before, steps = (
+            steps,
+            int(comm.allreduce_sum_(torch.tensor([getattr(fitness, "timesteps", 0)], dtype=torch.float64)).item()),
+        )
+        row: dict[str, Any] = {
+            "generation": gen,
+            "fitness_mean": stats["fitness_mean"],
+            "fitness_max": stats["fitness_max"],
+            "fitness_std": stats["fitness_std"],
+            "grad_norm": stats["grad_norm"],
+            "update_ratio": stats["update_ratio"],
+            "seconds": 0.0,
+            "timesteps": steps,
+            "steps_per_second": (steps - before) / (time.perf_counter() - t0),
+            "bytes_sent": comm.bytes_sent - bytes_before,
+            "params_sha256": tensors_sha256(model.parameters()),
+        }
+        if comm.size > 1 and (gen + 1) % config.check_every == 0:
+            dist.check_identical(comm, list(model.state_dict().values()), "parameters")
+        evaluate = gen % config.eval_every == 0 or gen == config.generations - 1
+        interrupted = comm.allreduce_sum_(torch.tensor([float(stop.requested)])).item() > 0  # a signal may reach one rank only
+        decided: dict[str, Any] = {}
+        if comm.rank == 0:
+            if evaluate:
+                row.update(evaluate_center(state, evaluator, gen))
+            row["seconds"] = time.perf_counter() - start  # with this generation's evaluation
+            state.seconds, state.timesteps = row["seconds"], steps
+            state.best = max(state.best, row.get("eval_return", -math.inf))
+            state.metrics.append(row)
+            asked = False
+            for cb in callbacks:
+                asked = bool(cb.on_generation(state, row)) or asked
+            decided = {
+                "reason": stop_reason(state, row, interrupted, asked),
+                "row": {k: row[k] for k in row if k.startswith("eval_") or k == "seconds"},
             }
-            if comm.size > 1 and (gen + 1) % config.check_every == 0:
-                dist.check_identical(comm, list(model.state_dict().values()), "parameters")
-            evaluate = gen % config.eval_every == 0 or gen == config.generations - 1
-            interrupted = (
-                comm.allreduce_sum_(torch.tensor([float(stop.requested)])).item() > 0
-            )  # a signal may reach one rank only
-            decided: dict[str, Any] = {}
-            if comm.rank == 0:
-                if evaluate:
-                    row.update(evaluate_center(state, evaluator, gen))
-                row["seconds"] = time.perf_counter() - start  # with this generation's evaluation
+        if comm.size > 1:
+            decided = comm.bcast(decided)  # all ranks log the same row and stop alike
+            if comm.rank != 0:
+                row.update(decided["row"])
                 state.seconds, state.timesteps = row["seconds"], steps
-                state.best = max(state.best, row.get("eval_return", -math.inf))
                 state.metrics.append(row)
-                asked = False
-                for cb in callbacks:
-                    asked = bool(cb.on_generation(state, row)) or asked
-                decided = {
-                    "reason": stop_reason(state, row, interrupted, asked),
-                    "row": {k: row[k] for k in row if k.startswith("eval_") or k == "seconds"},
-                }
-            if comm.size > 1:
-                decided = comm.bcast(decided)  # all ranks log the same row and stop alike
-                if comm.rank != 0:
-                    row.update(decided["row"])
-                    state.seconds, state.timesteps = row["seconds"], steps
-                    state.metrics.append(row)
-            if decided["reason"] is not None:
-                return decided["reason"]
+        if decided["reason"] is not None:
+            return decided["reason"]
     return "generations"
 
 
@@ -554,10 +676,10 @@ def main_guard(fn: Callable[[], Any], comm: dist.Comm) -> Any:
         return fn()
     except BaseException as e:
         if comm.size > 1 and not (isinstance(e, SystemExit) and e.code in (0, None, 130)):
-            if isinstance(e, UsageError):  # usually every rank has it: rank 0 says it once, and ends the job
+            if isinstance(e, UsageError | StorageError):  # usually every rank has it: rank 0 says it once, and ends the job
                 if comm.rank != 0:
                     time.sleep(3.0)  # a rank alone with it still gets to say it
                 print(f"flipes: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-                comm.abort(2)
+                comm.abort(2 if isinstance(e, UsageError) else 1)
             dist.abort_on_exception(comm)
         raise

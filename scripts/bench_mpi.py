@@ -57,7 +57,8 @@ class Args:
 def train(k: int, out: Path, *args: str) -> list[dict]:
     """The metrics rows of one train.py run under ``mpiexec -n k`` (its output shown only if it fails)."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
-    cmd = [str(mpiexec), "-n", str(k), sys.executable, str(ROOT / "scripts" / "train.py"), *args, "--out", str(out)]
+    script = str(ROOT / "scripts" / "train.py")
+    cmd = [str(mpiexec), "-n", str(k), sys.executable, script, *args, "--out", str(out), "--overwrite"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if r.returncode != 0:

@@ -96,7 +96,7 @@ def train(env_id: str, seed: int, seconds: float, out: Path, extra: list[str], r
     """One ``train.py`` run as a user starts it; its metrics give the curve. With ``reuse``, a finished
     run in ``out`` (say, from a benchmark that crashed in a later part) is read instead of repeated."""
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--env", env_id, "--seed", str(seed)]
-    cmd += ["--max-seconds", str(seconds), "--target", "none", "--out", str(out), *extra]
+    cmd += ["--max-seconds", str(seconds), "--target", "none", "--out", str(out), "--overwrite", *extra]
     wall = None
     if reuse and (out / "metrics.jsonl").exists():
         print(f"reusing {out / 'metrics.jsonl'} (written {time.ctime((out / 'metrics.jsonl').stat().st_mtime)})")

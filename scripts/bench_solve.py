@@ -122,7 +122,14 @@ def run_flipes(env_id: str, seed: int, overrides: dict[str, Any], args: Args) ->
     """One ``flipes.train`` run with the env's defaults; its metrics rows give the time, steps and
     evaluations at solving."""
     out = Path(args.out) / f"{env_id.replace('/', '_')}-seed{seed}"
-    settings = {"seed": seed, "out": str(out), "max_seconds": args.max_seconds, "threads": args.threads, "tensorboard": False}
+    settings = {
+        "seed": seed,
+        "out": str(out),
+        "max_seconds": args.max_seconds,
+        "threads": args.threads,
+        "tensorboard": False,
+        "overwrite": True,
+    }  # a benchmark reruns into its own directories
     config = flipes.TrainConfig.for_env(env_id, **{**settings, **overrides})
     clock = StartClock()
     load_before = os.getloadavg()

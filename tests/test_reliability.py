@@ -1,0 +1,304 @@
+"""Nothing lost, nothing hangs: run directories are never overwritten implicitly and are locked in
+use, crashes at any write leave a loadable checkpoint, corrupted files are refused, a full disk is
+one line, and MPI ranks that disagree or stop end the job within seconds."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import FAST, FAST_KW, ROOT, metrics, run_script
+
+import flipes
+from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from flipes.commands import main
+from flipes.errors import StorageError
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+def files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+def test_a_run_directory_is_never_overwritten_implicitly(tmp_path: Path) -> None:
+    """Training into a directory that holds a run is refused, offering --resume, another --out or
+    --overwrite, and leaves every file as it was; --overwrite replaces the run."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=3, out=str(run))
+    before = files(run)
+    with pytest.raises(flipes.UsageError, match=r"holds a run .*--resume .*another --out.*--overwrite"):
+        flipes.train(**FAST_KW, generations=5, seed=1, out=str(run))
+    assert files(run) == before
+    again = flipes.train(**FAST_KW, generations=2, seed=1, out=str(run), overwrite=True)
+    assert [r["generation"] for r in metrics(run)] == [0, 1] and again.metrics == metrics(run)
+    assert (not (run / "previous.pt").exists() and not (run / "best.pt").exists()) or load_checkpoint(run / "best.pt")
+
+
+def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:
+    """While one process trains into a directory, a second one (here: a resume) is refused at once."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "scripts/train.py", *FAST, "--generations", "100000", "--out", str(run)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (run / "checkpoint.pt").exists():
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        with pytest.raises(flipes.UsageError, match=rf"--out: '{run}' is in use by flipes pid {proc.pid}"):
+            flipes.train(resume=str(run), generations=100001)
+        assert time.monotonic() - t0 < 10
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_nothing_is_written_before_the_options_are_checked(tmp_path: Path) -> None:
+    """A refused resume (other options) leaves config.json as it was, and a mistyped --resume path
+    creates nothing."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, out=str(run))
+    before = files(run)
+    with pytest.raises(flipes.UsageError, match=r"--sigma: saved 0\.1, now 0\.3"):
+        flipes.train(**FAST_KW, generations=4, sigma=0.3, resume=str(run))
+    with pytest.raises(flipes.UsageError, match="--resume: no checkpoint"):
+        flipes.train(**FAST_KW, generations=4, resume=str(tmp_path / "rnu"), out=str(tmp_path / "new"))
+    assert files(run) == before and not (tmp_path / "rnu").exists() and not (tmp_path / "new").exists()
+
+
+def uninterrupted(tmp_path: Path, generations: int) -> list[str]:
+    return [r["params_sha256"] for r in flipes.train(**FAST_KW, generations=generations, out=str(tmp_path / "reference")).metrics]
+
+
+@pytest.mark.parametrize("point", ["metrics-rewrite", "between-renames"])
+def test_a_kill_at_any_write_leaves_a_run_that_resumes_bit_for_bit(point: str, tmp_path: Path) -> None:
+    """SIGKILL while metrics.jsonl is rewritten, or between the renames of a checkpoint save, leaves
+    complete files under their names; the same --resume command then finishes the run with the
+    parameters of an uninterrupted one."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(run))
+    r = run_script("tests/killpoints.py", point, "--resume", run, "--generations", "6", "--checkpoint-every", "1", check=False)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert load_checkpoint(run)["es"]["generation"] >= 3  # complete, under the name --resume reads
+    assert [r["generation"] for r in metrics(run)][:3] == [0, 1, 2]  # whole lines, nothing lost
+    flipes.train(resume=str(run), generations=6)
+    assert [r["params_sha256"] for r in metrics(run)] == uninterrupted(tmp_path, 6)
+
+
+def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
+    """SIGTERM arriving while the final checkpoint is renamed into place lets the write finish: the
+    checkpoint is the final generation's and nothing is left half-done."""
+    run = tmp_path / "run"
+    r = run_script("tests/killpoints.py", "final-save", *FAST, "--generations", "4", "--out", run, check=False)
+    assert r.returncode in (0, 130), r.stderr[-2000:]
+    assert load_checkpoint(run)["es"]["generation"] == 4 and not list(run.glob("*.tmp"))
+    assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]
+
+
+def test_torn_and_blank_metrics_lines_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A resume drops a blank line and a torn last line of metrics.jsonl, says so, and continues."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, out=str(run))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('\n{"generation": 2, "fitness_mea')
+    capsys.readouterr()
+    flipes.train(resume=str(run), generations=3)
+    assert "dropped 2 torn or blank line(s)" in capsys.readouterr().err
+    assert [r["generation"] for r in metrics(run)] == [0, 1, 2]
+
+
+def test_corrupted_checkpoints_are_refused_and_non_finite_runs_stop(tmp_path: Path) -> None:
+    """A flipped byte in a checkpoint's tensor data fails its SHA-256 (naming previous.pt); a
+    checkpoint with NaN weights is refused for resuming; an update that makes parameters non-finite
+    stops the run with the last finite checkpoint kept and no NaN token in metrics.jsonl."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(run))
+    good = load_checkpoint(run)
+    data = bytearray((run / "checkpoint.pt").read_bytes())
+    weights = good["es"]["model"]["net.0.weight"].numpy().tobytes()
+    at = bytes(data).find(weights[:16])  # the payload stores the weights' bytes as they are
+    assert at > 0
+    data[at + 3] ^= 0x40
+    (run / "checkpoint.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"corrupted: its content does not match its SHA-256.*previous.pt"):
+        load_checkpoint(run)
+
+    good["es"]["model"]["net.0.weight"][0, 0] = float("nan")
+    save_checkpoint(good, run / "checkpoint.pt")
+    with pytest.raises(flipes.UsageError, match=r"--resume: .* holds non-finite parameters .*--resume .*previous.pt"):
+        flipes.train(resume=str(run), generations=5)
+
+    diverge = tmp_path / "diverge"
+    with pytest.raises(flipes.UsageError, match=r"^--lr: generation 2: the update made the parameters non-finite"):
+        flipes.train(**FAST_KW, generations=5, checkpoint_every=1, out=str(diverge), callbacks=[BlowUpAt(2)])
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(diverge)["es"]["model"].values() if v.is_floating_point())
+    assert "NaN" not in (diverge / "metrics.jsonl").read_text() and len(metrics(diverge)) == 2
+
+
+class BlowUpAt(flipes.Callback):
+    """Sets the learning rate to 1e30 after generation ``g - 1``: the next update overflows."""
+
+    def __init__(self, g: int) -> None:
+        self.g = g
+
+    def on_generation(self, state, row) -> None:
+        if row["generation"] == self.g - 1:
+            for group in state.es.optimizer.param_groups:
+                group["lr"] = 1e38
+
+
+def test_a_full_disk_is_one_line_naming_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """When the disk fills up during a checkpoint, the command prints one line naming the file and
+    the last good checkpoint and exits 1; that checkpoint still loads."""
+    import flipes.checkpoint as checkpoint
+
+    real_save, calls = checkpoint.torch.save, {"files": 0}
+
+    def save(obj, f, *args, **kwargs):  # the 5th checkpoint file written hits a full disk
+        if not isinstance(f, checkpoint.io.BytesIO):
+            calls["files"] += 1
+            if calls["files"] == 5:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    run = tmp_path / "run"
+    status = main(["train", *FAST, "--generations", "10", "--checkpoint-every", "1", "--out", str(run), "--eval-every", "100"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1, err
+    assert err[0].startswith(f"flipes: error: cannot write {run}/") and "No space left on device" in err[0]
+    assert "the last good checkpoint is" in err[0] and not list(run.glob("*.tmp"))
+    monkeypatch.undo()
+    good = err[0].split("the last good checkpoint is ")[1]
+    assert good == str(run / "checkpoint.pt") and load_checkpoint(good)["es"]["generation"] >= 1
+
+
+@pytest.mark.slow
+def test_many_random_kills_resume_to_the_uninterrupted_parameters(tmp_path: Path) -> None:
+    """Killed with SIGKILL at random moments of its training (after a new generation was logged, at a
+    random delay of up to half a second) and resumed by the same command each time, a run ends with
+    the parameters (hash per generation) of an uninterrupted run. FLIPES_CHAOS_KILLS sets the number
+    of kills (8 here; 60 is the long run)."""
+    kills_wanted, gens, rng = int(os.environ.get("FLIPES_CHAOS_KILLS", "8")), 60, random.Random(0)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "scripts/train.py", *FAST, "--generations", str(gens), "--checkpoint-every", "3", "--out", str(run),
+           "--eval-every", "7"]  # fmt: skip
+    rows = run / "metrics.jsonl"
+    for kills in range(kills_wanted + 1):
+        resume = ["--resume", str(run)] if (run / "checkpoint.pt").exists() else []
+        proc = subprocess.Popen([*cmd, *resume], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills == kills_wanted:
+            break
+        logged = len(rows.read_text().splitlines()) if rows.exists() else 0
+        while proc.poll() is None and (len(rows.read_text().splitlines()) if rows.exists() else 0) <= logged:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        assert proc.poll() is None, "the run ended before it was killed: give it more generations"
+        proc.kill()
+        proc.wait()
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    assert load_checkpoint(run)["es"]["generation"] == gens
+    assert [r["params_sha256"] for r in metrics(run)] == uninterrupted(tmp_path, gens)
+
+
+def mpmd(*ranks: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """mpiexec with one argument list per rank (MPMD: ``-n 1 python train.py A : -n 1 python train.py B``)."""
+    assert MPIEXEC.exists(), "no mpiexec: install the dev extras"
+    cmd: list[str] = [str(MPIEXEC)]
+    for i, args in enumerate(ranks):
+        cmd += ([":"] if i else []) + ["-n", "1", sys.executable, "scripts/train.py", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(("differ", "named"), [
+    (["--generations", "7"], "--generations: rank 0 5, rank 1 7"),
+    (["--eval-every", "3"], "--eval-every: rank 0 2, rank 1 3"),
+    (["--seed", "9"], "--seed: rank 0 0, rank 1 9"),
+])  # fmt: skip
+def test_mpi_ranks_started_with_other_options_stop_at_once(differ: list[str], named: str, tmp_path: Path) -> None:
+    """Ranks whose options differ end within seconds, with one line naming the option and its values
+    per rank, before anything is written."""
+    base = [*FAST, "--popsize", "8", "--groups", "2", "--generations", "5", "--out", str(tmp_path / "run")]
+    t0 = time.monotonic()
+    r = mpmd(base, [*base, *differ])
+    assert r.returncode == 2 and time.monotonic() - t0 < 30, r.stderr[-2000:]
+    ours = [line for line in r.stderr.splitlines() if line.startswith("flipes:")]
+    assert len(ours) == 1 and named in ours[0] and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_mpi_rank_resuming_a_stale_checkpoint_stops_at_once(tmp_path: Path) -> None:
+    """One rank resuming an older checkpoint than the other stops the job before anything is written."""
+    base = [*FAST, "--popsize", "8", "--groups", "2"]
+    flipes.train(**{**FAST_KW, "popsize": 8}, groups=2, generations=4, checkpoint_every=2, out=str(tmp_path / "run"))
+    before = files(tmp_path / "run")
+    stale = str(tmp_path / "run" / "previous.pt")
+    r = mpmd([*base, "--generations", "6", "--resume", str(tmp_path / "run")],
+             [*base, "--generations", "6", "--resume", stale, "--out", str(tmp_path / "run")])  # fmt: skip
+    assert r.returncode == 2 and "the ranks start at other generations (rank 0 at 4, rank 1 at 2)" in r.stderr, r.stderr[-2000:]
+    assert files(tmp_path / "run") == before
+
+
+def test_a_stopped_mpi_rank_ends_the_job_naming_it(tmp_path: Path) -> None:
+    """A rank stopped with SIGSTOP makes the others wait; after --mpi-timeout the job ends with one
+    line naming the rank that did not arrive."""
+    run = tmp_path / "run"
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "scripts/train.py", *FAST, "--popsize", "8", "--groups", "2",
+           "--generations", "100000", "--mpi-timeout", "3", "--out", str(run)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (run / "metrics.jsonl").exists():
+            time.sleep(0.2)
+        time.sleep(1.0)
+        rank1 = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _rank_of(pid, str(run)) == "1"]
+        assert len(rank1) == 1, rank1
+        os.kill(rank1[0], signal.SIGSTOP)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and time.monotonic() - t0 < 30
+        ours = [line for line in err.splitlines() if line.startswith("flipes:")]
+        assert any("rank 0 waited 3 s" in line and "rank(s) 1 did not arrive" in line for line in ours), err[-2000:]
+    finally:
+        for pid in [p for p in map(int, filter(str.isdigit, os.listdir("/proc"))) if _rank_of(p, str(run)) is not None]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _rank_of(pid: int, marker: str) -> str | None:
+    """PMI_RANK of a process whose command line holds ``marker`` (None otherwise)."""
+    try:
+        if marker not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            return None
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"PMI_RANK=")]
+    return ranks[0] if ranks else None
+
+
+def test_metrics_lines_are_json_even_for_non_finite_values(tmp_path: Path) -> None:
+    """Every metrics line is strict JSON: a non-finite number is written as null."""
+    from flipes.callbacks import json_safe
+
+    assert json.loads(json.dumps(json_safe({"a": float("nan"), "b": float("inf"), "c": 1.5}), allow_nan=False)) == {
+        "a": None, "b": None, "c": 1.5}  # fmt: skip
+    with pytest.raises(StorageError, match=r"cannot write .*metrics.jsonl.*is unchanged"):
+        from flipes.callbacks import write_atomic
+
+        write_atomic(tmp_path / "no_dir" / "metrics.jsonl", "x")
