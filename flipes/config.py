@@ -63,7 +63,8 @@ class TrainConfig:
     """Run directory for config.json, metrics.jsonl and checkpoints (default: runs/<env name>, or the
     --resume directory)."""
     resume: str = ""
-    """Run directory (or checkpoint file) to continue from, bit for bit, with the options it was trained with."""
+    """Run directory (or checkpoint file) to continue from, bit for bit, with the options it was
+    trained with; auto: --out if it holds a run, else start it (one command for a start and every requeue)."""
     overwrite: bool = False
     """Replace the run in --out if it holds one (its checkpoints and metrics are deleted); without it
     such a directory is refused."""
@@ -103,7 +104,10 @@ class TrainConfig:
 
         if env is not _UNSET:
             overrides["env"] = env
-        saved = saved_options(overrides["resume"]) if overrides.get("resume") else {}
+        resume = overrides.get("resume")
+        if resume == "auto":
+            resume = str(default_run_dir(overrides.get("out", ""), overrides.get("env", cls.env)))
+        saved = saved_options(resume) if resume else {}
         name = overrides.get("env", saved.get("env", cls.env))
         preset = preset_for(name) if isinstance(name, str) else {}
         values = {**preset, **saved, **overrides}
@@ -115,11 +119,23 @@ class TrainConfig:
 
     def run_dir(self) -> Path:
         """Where the run is written: ``out``, else the ``resume`` directory, else ``runs/<env name>``."""
-        if self.out:
-            return Path(self.out)
-        if self.resume:
+        if self.resume and self.resume != "auto" and not self.out:
             return Path(self.resume).parent if Path(self.resume).suffix == ".pt" else Path(self.resume)
-        return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", self.env.split("/")[-1].split(":")[-1])
+        return default_run_dir(self.out, self.env)
+
+    def resolve_auto_resume(self) -> TrainConfig:
+        """``resume="auto"`` made concrete: the run directory if it holds a checkpoint, else no resume."""
+        if self.resume != "auto":
+            return self
+        here = self.run_dir()
+        return dataclasses.replace(self, out=str(here), resume=str(here) if (here / "checkpoint.pt").exists() else "")
+
+
+def default_run_dir(out: str, env: str) -> Path:
+    """``out``, or ``runs/<env name>`` where it is empty."""
+    if out:
+        return Path(out)
+    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", env.split("/")[-1].split(":")[-1])
 
 
 def saved_options(resume: str) -> dict[str, Any]:

@@ -176,6 +176,7 @@ def train(
     config = TrainConfig.for_env(**overrides) if config is None else config.replace(**overrides)
     comm = comm if comm is not None else dist.world()
     validate(config, comm.size)
+    config = config.resolve_auto_resume()
     threads_before = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)

@@ -187,17 +187,16 @@ def test_a_full_disk_is_one_line_naming_the_last_good_checkpoint(
 @pytest.mark.slow
 def test_many_random_kills_resume_to_the_uninterrupted_parameters(tmp_path: Path) -> None:
     """Killed with SIGKILL at random moments of its training (after a new generation was logged, at a
-    random delay of up to half a second) and resumed by the same command each time, a run ends with
-    the parameters (hash per generation) of an uninterrupted run. FLIPES_CHAOS_KILLS sets the number
-    of kills (8 here; 60 is the long run)."""
+    random delay of up to half a second) and started again by the identical command (--resume
+    auto) each time, a run ends with the parameters (hash per generation) of an uninterrupted run.
+    FLIPES_CHAOS_KILLS sets the number of kills (8 here; 60 is the long run)."""
     kills_wanted, gens, rng = int(os.environ.get("FLIPES_CHAOS_KILLS", "8")), 60, random.Random(0)
     run = tmp_path / "run"
     cmd = [sys.executable, "scripts/train.py", *FAST, "--generations", str(gens), "--checkpoint-every", "3", "--out", str(run),
-           "--eval-every", "7"]  # fmt: skip
+           "--eval-every", "7", "--resume", "auto"]  # fmt: skip
     rows = run / "metrics.jsonl"
     for kills in range(kills_wanted + 1):
-        resume = ["--resume", str(run)] if (run / "checkpoint.pt").exists() else []
-        proc = subprocess.Popen([*cmd, *resume], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if kills == kills_wanted:
             break
         logged = len(rows.read_text().splitlines()) if rows.exists() else 0
@@ -302,3 +301,13 @@ def test_metrics_lines_are_json_even_for_non_finite_values(tmp_path: Path) -> No
         from flipes.callbacks import write_atomic
 
         write_atomic(tmp_path / "no_dir" / "metrics.jsonl", "x")
+
+
+def test_resume_auto_starts_a_run_and_continues_it(tmp_path: Path) -> None:
+    """--resume auto starts a run in --out when it holds none and continues it when it does."""
+    run = tmp_path / "run"
+    first = flipes.train(**FAST_KW, generations=2, out=str(run), resume="auto")
+    assert [r["generation"] for r in first.metrics] == [0, 1]
+    again = flipes.train(**FAST_KW, generations=4, out=str(run), resume="auto")
+    assert [r["generation"] for r in again.metrics] == [2, 3] and len(metrics(run)) == 4
+    assert [r["params_sha256"] for r in metrics(run)] == uninterrupted(tmp_path, 4)
