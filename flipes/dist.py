@@ -148,6 +148,7 @@ class MPIComm:
         """End every process of the job (a failing rank must not leave the others waiting)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(0.5)  # the launcher forwards this rank's last lines before MPI_Abort ends everything
         self.comm.Abort(code)
         os._exit(code)  # MPI_Abort may return before the launcher ends this process: never run on
 
