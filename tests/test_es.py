@@ -235,3 +235,27 @@ def test_bfloat16_and_mixed_precision_models_step_with_grads_in_each_parameters_
         expect = -(f_hat.view(-1, 1, 1) * delta).sum(0) / (n * sigma * sigma)
         assert layer.weight.grad.dtype == layer.weight.dtype
         torch.testing.assert_close(layer.weight.grad.to(DT), expect, atol=1e-5, rtol=1e-5)
+
+
+def test_nested_populations_and_a_second_flipes_on_one_model_are_errors() -> None:
+    """A population inside a population of the same layers, or using a FlipES after a newer one was
+    made for its model, raises instead of silently running some members on the mean network; a
+    FlipES made again (the notebook cell run twice) takes the model over and works."""
+    model = flipes.flipout(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)))
+    es = flipes.FlipES(model, popsize=4)
+    with es.population(), pytest.raises(RuntimeError, match="population\\(\\) inside a population: 2 Flipout layer"):
+        with es.population():
+            pass
+    newer = flipes.FlipES(model, popsize=4)
+    with pytest.raises(RuntimeError, match="model has a newer FlipES: one FlipES per model"):
+        with es.population():
+            pass
+    with newer.population(), pytest.raises(RuntimeError, match="newer FlipES"):
+        with es.population():
+            pass
+    with newer.population() as pop:
+        out = model(torch.ones(pop.size, 3))
+    newer.tell(out[:, 0])
+    del newer
+    es = flipes.FlipES(model, popsize=4)  # the last one made owns the model
+    es.step(lambda m, pop: m(torch.ones(pop.size, 3))[:, 0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -142,6 +143,8 @@ class FlipES:
                 if p is not None and all(p is not q for q in self.params):
                     self.params.append(p)
         self.optimizer = optimizer(self.params) if optimizer else default_optimizer(self.params, lr)
+        for layer in self.layers:  # the newest FlipES of a model owns its layers (a notebook cell run again)
+            layer.__dict__["_flipes_owner"] = weakref.ref(self)
         self.generation = 0
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
 
@@ -192,6 +195,22 @@ class FlipES:
         The noise is sampled on first entry in a generation and kept until ``tell``, so entering
         twice in one generation evaluates the same members. Autograd is off inside.
         """
+        owners = {
+            id(o)
+            for o in (layer.__dict__.get("_flipes_owner", lambda: None)() for layer in self.layers)
+            if o is not None and o is not self
+        }
+        if owners:
+            raise RuntimeError(
+                "population() of a FlipES whose model has a newer FlipES: one FlipES per model (two would each "
+                "perturb the same layers); use the newer one, or make a new FlipES after `del`-ing the other"
+            )
+        busy = [layer for layer in self.layers if layer.noise is not None]
+        if busy:
+            raise RuntimeError(
+                f"population() inside a population: {len(busy)} Flipout layer(s) of this model are already evaluating one "
+                "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
+            )
         with torch.no_grad():
             if self._noise is None:
                 self._noise = self._sample()
