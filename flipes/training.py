@@ -10,6 +10,7 @@ rank 0 alone evaluates and runs the callbacks.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -222,9 +223,11 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
         restore(state, config.resume, device, fitness)
     if comm.size > 1:
         agree(comm, config, state)  # before anything is written
-    handlers = standard_callbacks(config, run_dir) + callbacks if lead else []
+    if lead and config.wandb and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off")
     lock = prepare_run_dir(run_dir, config, state.checkpoint_state()) if lead else None
     try:
+        handlers = standard_callbacks(config, run_dir) + callbacks if lead else []  # TensorBoard writes: after the lock
         if lead:
             for text in notes if config.progress else []:
                 print_note(text)
