@@ -120,7 +120,7 @@ class TrainConfig:
     def run_dir(self) -> Path:
         """Where the run is written: ``out``, else the ``resume`` directory, else ``runs/<env name>``."""
         if self.resume and self.resume != "auto" and not self.out:
-            return Path(self.resume).parent if Path(self.resume).suffix == ".pt" else Path(self.resume)
+            return resume_dir(self.resume)
         return default_run_dir(self.out, self.env)
 
     def resolve_auto_resume(self) -> TrainConfig:
@@ -129,6 +129,12 @@ class TrainConfig:
             return self
         here = self.run_dir()
         return dataclasses.replace(self, out=str(here), resume=str(here) if (here / "checkpoint.pt").exists() else "")
+
+
+def resume_dir(resume: str) -> Path:
+    """The run directory of a ``--resume`` value: the directory itself, or a checkpoint file's directory."""
+    path = Path(resume)
+    return path.parent if path.suffix == ".pt" else path
 
 
 def default_run_dir(out: str, env: str) -> Path:
@@ -142,8 +148,7 @@ def saved_options(resume: str) -> dict[str, Any]:
     """The options a run was trained with (its ``config.json``), to continue it with: all but
     ``resume``, ``out`` and ``overwrite``. Empty where there is no readable config.json (the checkpoint then
     decides)."""
-    path = Path(resume)
-    config = (path.parent if path.suffix == ".pt" else path) / "config.json"
+    config = resume_dir(resume) / "config.json"
     try:
         saved = json.loads(config.read_text())
     except (OSError, ValueError):

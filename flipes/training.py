@@ -43,7 +43,7 @@ from flipes.callbacks import (
 )
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_sha256
 from flipes.cli import load_callable
-from flipes.config import TrainConfig, resolve_target, validate
+from flipes.config import TrainConfig, resolve_target, resume_dir, validate
 from flipes.errors import StorageError, UsageError
 from flipes.es import FlipES, Population
 from flipes.nn import flipout
@@ -485,15 +485,10 @@ def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
         UsageError: naming what the directory holds and the three ways on.
     """
     held = [name for name in RUN_FILES if (run_dir / name).exists()]
-    resuming_here = bool(config.resume) and _run_dir_of(config.resume).resolve() == run_dir.resolve()
+    resuming_here = bool(config.resume) and resume_dir(config.resume).resolve() == run_dir.resolve()
     if held and not resuming_here and not config.overwrite:
         fix = f"continue it with --resume {run_dir}, train into another --out, or pass --overwrite to replace it"
         raise UsageError("--out", f"{str(run_dir)!r} holds a run ({', '.join(held)})", fix)
-
-
-def _run_dir_of(resume: str) -> Path:
-    path = Path(resume)
-    return path.parent if path.suffix == ".pt" else path
 
 
 class RunDirLock:
