@@ -9,6 +9,7 @@ rank 0 alone evaluates and runs the callbacks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -207,43 +208,44 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
         check_run_dir(run_dir, config)  # before anything is built or written
     notes: list[str] = []  # said once everything is built: a mistake found while building stays one line
 
-    env = build_env(config, comm, device, notes.append)
-    with torch.random.fork_rng(devices=[]):  # the initial parameters: a function of the seed alone
-        torch.manual_seed(config.seed)
-        model = build_model(config, env)
-        try:
-            model = flipout(model).to(device)
-        except ValueError as e:
-            raise UsageError("--model", str(e)) from None
-    es = build_es(config, model, comm)
-    fitness = build_fitness(config, env, model)
-    evaluator = build_evaluator(config, device, comm, env)
-    state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
-    if config.resume:
-        restore(state, config.resume, device, fitness)
-    if comm.size > 1:
-        agree(comm, config, state)  # before anything is written
-    if lead and config.wandb and importlib.util.find_spec("wandb") is None:
-        raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off")
-    lock = prepare_run_dir(run_dir, config, state.checkpoint_state()) if lead else None
-    try:
-        handlers = standard_callbacks(config, run_dir) + callbacks if lead else []  # TensorBoard writes: after the lock
+    with contextlib.ExitStack() as cleanup:  # envs and the lock are let go however this ends (a failed check too)
+        env = build_env(config, comm, device, notes.append)
+        cleanup.callback(_close, env)
+        with torch.random.fork_rng(devices=[]):  # the initial parameters: a function of the seed alone
+            torch.manual_seed(config.seed)
+            model = build_model(config, env)
+            try:
+                model = flipout(model).to(device)
+            except ValueError as e:
+                raise UsageError("--model", str(e)) from None
+        es = build_es(config, model, comm)
+        fitness = build_fitness(config, env, model)
+        evaluator = build_evaluator(config, device, comm, env)
+        cleanup.callback(_close, getattr(evaluator, "env", None))
+        state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
+        if config.resume:
+            restore(state, config.resume, device, fitness)
+        if comm.size > 1:
+            agree(comm, config, state)  # before anything is written
+        if lead and config.wandb and importlib.util.find_spec("wandb") is None:
+            raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off")
         if lead:
-            for text in notes if config.progress else []:
-                print_note(text)
+            cleanup.callback(prepare_run_dir(run_dir, config, state.checkpoint_state()).release)
+        handlers = standard_callbacks(config, run_dir) + callbacks if lead else []  # TensorBoard writes: after the lock
+        for text in notes if lead and config.progress else []:
+            print_note(text)
         with StopRequest() as stop:  # signals wait until the final checkpoint is written, too
             for cb in handlers:
                 cb.on_train_start(state)
             reason = run_loop(state, fitness, evaluator, handlers, stop)
             for cb in handlers:
                 cb.on_train_end(state, reason)
-    finally:
-        if lock is not None:
-            lock.release()
-    for closable in (env, getattr(evaluator, "env", None)):
-        if closable is not None:
-            closable.close()
     return TrainResult(model, es, state.metrics, run_dir, reason, config)
+
+
+def _close(env: gym.vector.VectorEnv | None) -> None:
+    if env is not None:
+        env.close()
 
 
 # options each rank may set for itself; all others must agree across ranks
