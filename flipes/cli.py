@@ -377,9 +377,14 @@ def parse_config(
     return cls(**values)
 
 
+def print_error(e: BaseException, prog: str = "flipes") -> None:
+    """``e`` as the one line ``flipes: error: ...`` on stderr (its own line breaks folded)."""
+    print(f"{prog}: error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
+
+
 def report_usage_error(e: UsageError, prog: str = "flipes") -> NoReturn:
     """Print ``e`` as one line on stderr and exit with status 2."""
-    print(f"{prog}: error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
+    print_error(e, prog)
     raise SystemExit(2)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flipes.callbacks import Callback
-from flipes.cli import POSITIONAL, parse_config, report_usage_error
+from flipes.cli import POSITIONAL, parse_config, print_error, report_usage_error
 from flipes.config import TrainConfig
 from flipes.errors import StorageError, UsageError
 
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         report_usage_error(e)
     except StorageError as e:  # a full disk or lost permission while training: what is still good, in one line
-        print(f"flipes: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        print_error(e)
         return 1
     return status if isinstance(status, int) else 0
 

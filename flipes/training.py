@@ -43,7 +43,7 @@ from flipes.callbacks import (
     write_atomic,
 )
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_sha256
-from flipes.cli import load_callable
+from flipes.cli import load_callable, print_error
 from flipes.config import TrainConfig, resolve_target, resume_dir, validate
 from flipes.errors import StorageError, UsageError
 from flipes.es import FlipES, Population
@@ -680,7 +680,7 @@ def main_guard(fn: Callable[[], Any], comm: dist.Comm) -> Any:
             if isinstance(e, UsageError | StorageError):  # usually every rank has it: rank 0 says it once, and ends the job
                 if comm.rank != 0:
                     time.sleep(3.0)  # a rank alone with it still gets to say it
-                print(f"flipes: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+                print_error(e)
                 comm.abort(2 if isinstance(e, UsageError) else 1)
             dist.abort_on_exception(comm)
         raise
