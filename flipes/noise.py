@@ -125,6 +125,57 @@ class SlotNoise:
         """σ·ε_b per member, ``(n, out_channels)``."""
         return None if self.bias_r is None else self.bias_r * self.r
 
+    def out_slice(self, start: int, stop: int) -> SlotNoise:
+        """The noise of output channels ``start:stop``: member ``n``'s perturbation restricted to those
+        rows of the weight (a packed projection, e.g. attention's q, k and v, used one part at a time)."""
+        part = slice(start, stop)
+        factors = None if self.factors is None else (self.factors[0][:, part], self.factors[1])
+        return SlotNoise(
+            eps=None if self.eps is None else self.eps[:, part],
+            s=self.s,
+            r=self.r[:, part],
+            bias_r=None if self.bias_r is None else self.bias_r[:, part],
+            mirrored=self.mirrored,
+            factors=factors,
+            bias_eps=None if self.bias_eps is None else self.bias_eps[:, part],
+        )
+
+
+@dataclass
+class DenseNoise:
+    """Independent per-member noise of one parameter with no Flipout form (a norm's scale, a bare
+    ``nn.Parameter``): member ``n`` uses ``θ + delta[n]``. ``delta`` includes σ; with ``mirrored``,
+    row ``2k+1`` is ``-delta[2k]``.
+
+    Shape:
+        - delta: ``(n, *param.shape)``
+    """
+
+    delta: Tensor
+    mirrored: bool
+
+    @property
+    def size(self) -> int:
+        return self.delta.shape[0]
+
+
+def sample_dense(
+    *, seed: int, generation: int, slot: int, groups: range, group_size: int, param: Tensor, sigma: float, mirrored: bool
+) -> DenseNoise:
+    """Per-member Gaussian noise ``σε_n`` of ``param``'s shape, keyed like a Flipout slot by
+    ``(seed, generation, group, slot)``: one generator per group draws its distinct members' rows."""
+    distinct = group_size // 2 if mirrored else group_size
+    rows = []
+    for g in groups:
+        gen = generator(param.device, stream_seed(seed, generation, g, slot))
+        rows.append(
+            torch.empty(distinct, *param.shape, dtype=param.dtype, device=param.device).normal_(0.0, sigma, generator=gen)
+        )
+    delta = _cat(rows)
+    if mirrored:  # twins interleaved: row 2k+1 = -row 2k
+        delta = torch.stack((delta, -delta), dim=1).flatten(0, 1)
+    return DenseNoise(delta, mirrored)
+
 
 def sample_slot(
     *,

@@ -48,7 +48,7 @@ from flipes.config import TrainConfig, resolve_target, resume_dir, validate
 from flipes.errors import StorageError, UsageError
 from flipes.es import FlipES, Population
 from flipes.nn import flipout
-from flipes.nn.convert import flipout_layers
+from flipes.nn.convert import flipout_layers, parameter_report
 from flipes.rl import MLPPolicy, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
 from flipes.rl.envs import EnvError, print_note
 
@@ -320,13 +320,13 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
     """The FlipES of the run, after checking that the model has something to evolve and that the
     noise rank is below the rank any of its weights can have."""
     layers = flipout_layers(model)
-    if not layers:
+    if not parameter_report(model).evolved:
         raise UsageError(
             "--model",
-            "the model has no layer flipes can perturb (Linear, Conv, LSTM, ...)",
-            "build it from torch.nn layers that flipes.flipout converts",
+            "the model has no parameter flipes can perturb",
+            "build it from torch.nn layers and return flipes.flipout(model)",
         )
-    if config.noise_rank:
+    if config.noise_rank and layers:
         useful = max(min(pw.weight.shape[0], pw.weight[0].numel()) for layer in layers for pw in layer.perturbed_weights())
         if config.noise_rank > useful:
             raise UsageError(

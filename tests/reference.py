@@ -6,8 +6,9 @@ Written independently of flipes' own gradient code: index arithmetic, not block_
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+import flipes
 from flipes.noise import SlotNoise
 
 
@@ -34,3 +35,25 @@ def centered_ranks_distinct(f: Tensor) -> Tensor:
     """Centered ranks for distinct values, the textbook way (argsort of argsort)."""
     ranks = f.argsort().argsort().to(f.dtype)
     return ranks / (len(f) - 1) - 0.5
+
+
+def member_perturbations(es: flipes.FlipES, model: nn.Module) -> dict[str, Tensor]:
+    """Inside a population: ``(N, *shape)`` perturbations ``σu_n`` of every evolved parameter, by name."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    out: dict[str, Tensor] = {}
+    for layer in es.layers:
+        for pw, noise in zip(layer.perturbed_weights(), layer.noise, strict=True):
+            if pw.weight.requires_grad:
+                out[names[id(pw.weight)]] = member_deltas(noise, tuple(pw.weight.shape), pw.conv_groups)
+            if noise.bias is not None:
+                out[names[id(pw.bias)]] = noise.bias
+    for (_, _, p), noise in zip(es.dense_slots, es._noise[1], strict=True):
+        out[names[id(p)]] = noise.delta
+    return out
+
+
+def member_parameters(es: flipes.FlipES, model: nn.Module) -> list[dict[str, Tensor]]:
+    """Inside a population: every member's explicit parameters ``θ + σu_n``, by name (frozen ones left out)."""
+    params = dict(model.named_parameters())
+    deltas = member_perturbations(es, model)
+    return [{name: params[name] + d[n] for name, d in deltas.items()} for n in range(len(es.members))]

@@ -243,7 +243,7 @@ def test_nested_populations_and_a_second_flipes_on_one_model_are_errors() -> Non
     FlipES made again (the notebook cell run twice) takes the model over and works."""
     model = flipes.flipout(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)))
     es = flipes.FlipES(model, popsize=4)
-    with es.population(), pytest.raises(RuntimeError, match="population\\(\\) inside a population: 2 Flipout layer"):
+    with es.population(), pytest.raises(RuntimeError, match="population\\(\\) inside a population: 2 layer"):
         with es.population():
             pass
     newer = flipes.FlipES(model, popsize=4)

@@ -143,7 +143,7 @@ def test_flipout_converts_sharing_parameters_and_is_exact_outside_a_population()
     assert converted is net
     assert isinstance(net.conv, FlipoutConv2d) and isinstance(net.body[1], FlipoutLinear)
     assert isinstance(net.cell, FlipoutLSTMCell) and isinstance(net.gru, FlipoutGRUCell)
-    assert type(net.norm) is nn.LayerNorm
+    assert isinstance(net.norm, nn.LayerNorm) and isinstance(net.norm, flipes.nn.PerMember)  # dense per-member noise
     for name, p in net.named_parameters():
         assert p is params[name], name
     assert torch.equal(net(x), before)
@@ -155,8 +155,8 @@ def test_flipout_converts_sharing_parameters_and_is_exact_outside_a_population()
     assert torch.equal(layer(x), bare(x))
 
 
-def test_flipout_without_convertible_layers_is_an_error() -> None:
-    with pytest.raises(ValueError, match="no layer to convert"):
+def test_flipout_without_trainable_parameters_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no trainable parameter"):
         flipes.flipout(nn.Sequential(nn.ReLU()))
 
 

@@ -7,6 +7,7 @@ et al., 2017 (arXiv:1703.03864).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import weakref
@@ -19,11 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from flipes.dist import Comm, SerialComm, split_groups
-from flipes.es.gradient import weighted_perturbation
+from flipes.es.gradient import weighted_dense, weighted_perturbation
 from flipes.es.population import Population
 from flipes.es.shaping import centered_ranks
-from flipes.nn.convert import flipout_layers
-from flipes.noise import SlotNoise, sample_slot, sign_table
+from flipes.nn.base import PerturbedWeight
+from flipes.nn.convert import ParameterReport, flipout_layers, parameter_report, per_member_modules
+from flipes.noise import DenseNoise, SlotNoise, sample_dense, sample_slot, sign_table
 
 Shaping = Callable[[Tensor], Tensor]
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -47,7 +49,9 @@ class FlipES:
 
         ĝ = 1/(Nσ) Σ_n F̂_n u_n,
 
-    then steps the optimizer. Only the weights and biases of Flipout layers are evolved.
+    then steps the optimizer. Every trainable parameter is evolved: Flipout weights and biases, and
+    the dense per-member parameters of ``flipes.flipout`` (norms, bare parameters); parameters with
+    ``requires_grad=False`` stay frozen. ``report()`` lists which is which.
 
     Args:
         model: a model with Flipout layers (see ``flipes.flipout``).
@@ -134,19 +138,71 @@ class FlipES:
         self.members = range(self.local_groups.start * group_size, self.local_groups.stop * group_size)
 
         self.layers = flipout_layers(model)
-        if not self.layers:
-            raise ValueError("FlipES: the model has no Flipout layer; convert it with flipes.flipout(model)")
-        self.slots = [(layer, pw) for layer in self.layers for pw in layer.perturbed_weights()]
+        self.dense_modules = per_member_modules(model)
+        unhandled = [row for row in parameter_report(model).rows if row.how == "unhandled"]
+        if unhandled:
+            shown = ", ".join(f"{r.name} ({r.module})" for r in unhandled[:5]) + (", ..." if len(unhandled) > 5 else "")
+            raise ValueError(
+                f"FlipES: {len(unhandled)} trainable parameter(s) would not be evolved, no Flipout layer or per-member "
+                f"module perturbs them: {shown}; convert the model with flipes.flipout(model), which evolves every "
+                "parameter it can and names any it cannot, or freeze them with requires_grad_(False)"
+            )
+        self.slots, self._slot_index = self._flipout_slots()
+        self.dense_slots = self._dense_slots()
         self.params: list[nn.Parameter] = []
-        for _, pw in self.slots:
-            for p in (pw.weight, pw.bias):
-                if p is not None and all(p is not q for q in self.params):
-                    self.params.append(p)
+        candidates = [p for pw in self.slots for p in (pw.weight, pw.bias)] + [p for _, _, p in self.dense_slots]
+        for p in candidates:
+            if p is not None and p.requires_grad and all(p is not q for q in self.params):
+                self.params.append(p)
+        if not self.params:
+            raise ValueError(
+                "FlipES: the model has no trainable parameter to evolve; convert it with flipes.flipout(model) "
+                "(parameters with requires_grad=False stay frozen)"
+            )
         self.optimizer = optimizer(self.params) if optimizer else default_optimizer(self.params, lr)
-        for layer in self.layers:  # the newest FlipES of a model owns its layers (a notebook cell run again)
-            layer.__dict__["_flipes_owner"] = weakref.ref(self)
+        for module in [*self.layers, *self.dense_modules]:  # the newest FlipES of a model owns its layers
+            module.__dict__["_flipes_owner"] = weakref.ref(self)
         self.generation = 0
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
+
+    def _flipout_slots(self) -> tuple[list[PerturbedWeight], dict[tuple[int, int], int]]:
+        """Each perturbed weight once (a weight tied between layers is ONE sample per member), and the
+        slot of every (layer, weight) pair."""
+        slots: list[PerturbedWeight] = []
+        index: dict[tuple[int, int], int] = {}
+        by_weight: dict[int, int] = {}
+        for layer in self.layers:
+            for j, pw in enumerate(layer.perturbed_weights()):
+                i = by_weight.setdefault(id(pw.weight), len(slots))
+                if i == len(slots):
+                    slots.append(pw)
+                elif (pw.bias, pw.in_channels, pw.out_channels, pw.conv_groups) != (
+                    slots[i].bias,
+                    slots[i].in_channels,
+                    slots[i].out_channels,
+                    slots[i].conv_groups,
+                ):
+                    raise ValueError(
+                        f"FlipES: {type(layer).__name__} shares a weight of shape {tuple(pw.weight.shape)} with another "
+                        "layer that uses it with another bias or layout; tied weights need one (out, in) layout and bias"
+                    )
+                elif pw.fixed_rows != slots[i].fixed_rows:  # e.g. a tied embedding's padding row: never perturbed
+                    slots[i] = dataclasses.replace(slots[i], fixed_rows=tuple(sorted({*pw.fixed_rows, *slots[i].fixed_rows})))
+                index[(id(layer), j)] = i
+        return slots, index
+
+    def _dense_slots(self) -> list[tuple[nn.Module, str, nn.Parameter]]:
+        """``(module, name, parameter)`` of every trainable parameter with dense per-member noise."""
+        slots = []
+        for layer in self.layers:
+            slots += [(layer, name, p) for name, p in layer.dense_parameters().items() if p.requires_grad]
+        for module in self.dense_modules:
+            slots += [(module, name, p) for name, p in module.named_parameters(remove_duplicate=False) if p.requires_grad]
+        return slots
+
+    def report(self) -> ParameterReport:
+        """What a population does with each parameter of the model: Flipout, low-rank, dense, frozen."""
+        return parameter_report(self.model, self.noise_rank)
 
     def sigma_at(self, generation: int) -> float:
         sigma = float(self._sigma(generation) if callable(self._sigma) else self._sigma)
@@ -158,35 +214,54 @@ class FlipES:
     def num_params(self) -> int:
         return sum(p.numel() for p in self.params)
 
-    def _sample(self, groups: range | None = None) -> list[SlotNoise]:
-        """The noise of ``groups`` (default: this process's groups) for the current generation."""
+    def _sample(self, groups: range | None = None) -> tuple[list[SlotNoise], list[DenseNoise]]:
+        """The noise of ``groups`` (default: this process's groups) for the current generation: one
+        ``SlotNoise`` per Flipout slot (keys 0, 1, ...), then one ``DenseNoise`` per dense parameter."""
         groups = self.local_groups if groups is None else groups
         sigma = self.sigma_at(self.generation)
+        group_size = self.popsize // self.groups
         tables: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         noise = []
-        for i, (_, pw) in enumerate(self.slots):
+        for i, pw in enumerate(self.slots):
             w = pw.weight.detach()
             key = (w.dtype, w.device)
             if key not in tables:
                 tables[key] = sign_table(w.dtype, w.device)
-            noise.append(
-                sample_slot(
-                    seed=self.seed,
-                    generation=self.generation,
-                    slot=i,
-                    groups=groups,
-                    group_size=self.popsize // self.groups,
-                    weight=w,
-                    in_channels=pw.in_channels,
-                    out_channels=pw.out_channels,
-                    has_bias=pw.bias is not None,
-                    sigma=sigma,
-                    mirrored=self.mirrored,
-                    table=tables[key],
-                    rank=self.noise_rank,
-                )
+            nz = sample_slot(
+                seed=self.seed,
+                generation=self.generation,
+                slot=i,
+                groups=groups,
+                group_size=group_size,
+                weight=w,
+                in_channels=pw.in_channels,
+                out_channels=pw.out_channels,
+                has_bias=pw.bias is not None and pw.bias.requires_grad,
+                sigma=sigma,
+                mirrored=self.mirrored,
+                table=tables[key],
+                rank=self.noise_rank,
             )
-        return noise
+            rows = list(pw.fixed_rows) if pw.weight.requires_grad else slice(None)  # a frozen weight: all rows
+            if nz.factors is None:
+                nz.eps[:, rows] = 0
+            else:
+                nz.factors[0][:, rows] = 0
+            noise.append(nz)
+        dense = [
+            sample_dense(
+                seed=self.seed,
+                generation=self.generation,
+                slot=len(self.slots) + i,
+                groups=groups,
+                group_size=group_size,
+                param=p.detach(),
+                sigma=sigma,
+                mirrored=self.mirrored,
+            )
+            for i, (_, _, p) in enumerate(self.dense_slots)
+        ]
+        return noise, dense
 
     @contextmanager
     def population(self) -> Iterator[Population]:
@@ -197,7 +272,7 @@ class FlipES:
         """
         owners = {
             id(o)
-            for o in (layer.__dict__.get("_flipes_owner", lambda: None)() for layer in self.layers)
+            for o in (m.__dict__.get("_flipes_owner", lambda: None)() for m in [*self.layers, *self.dense_modules])
             if o is not None and o is not self
         }
         if owners:
@@ -205,18 +280,26 @@ class FlipES:
                 "population() of a FlipES whose model has a newer FlipES: one FlipES per model (two would each "
                 "perturb the same layers); use the newer one, or make a new FlipES after `del`-ing the other"
             )
-        busy = [layer for layer in self.layers if layer.noise is not None]
+        modules = [*self.layers, *self.dense_modules]
+        busy = [m for m in modules if getattr(m, "noise", None) is not None or m.member_noise is not None]
         if busy:
             raise RuntimeError(
-                f"population() inside a population: {len(busy)} Flipout layer(s) of this model are already evaluating one "
+                f"population() inside a population: {len(busy)} layer(s) of this model are already evaluating one "
                 "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
             )
+        fastpath = torch.backends.mha.get_fastpath_enabled()
         with torch.no_grad():
             if self._noise is None:
                 self._noise = self._sample()
-            noise = iter(self._noise)
+            slot_noise, dense_noise = self._noise
             for layer in self.layers:
-                layer.noise = tuple(next(noise) for _ in layer.perturbed_weights())
+                layer.noise = tuple(slot_noise[self._slot_index[(id(layer), j)]] for j in range(len(layer.perturbed_weights())))
+            for (module, name, _), nz in zip(self.dense_slots, dense_noise, strict=True):
+                if module.member_noise is None:
+                    module.member_noise = {}
+                module.member_noise[name] = nz.delta
+            # torch's fused transformer kernels read the mean weights directly, past the Flipout layers
+            torch.backends.mha.set_fastpath_enabled(False)
             try:
                 yield Population(
                     size=len(self.members),
@@ -227,8 +310,11 @@ class FlipES:
                     groups=self.local_groups,
                 )
             finally:
+                torch.backends.mha.set_fastpath_enabled(fastpath)
                 for layer in self.layers:
                     layer.noise = None
+                for module in modules:
+                    module.member_noise = None
 
     def _check_fitness(self, fitness: Tensor | np.ndarray | Iterable[float]) -> Tensor:
         if self._noise is None:
@@ -280,15 +366,21 @@ class FlipES:
             raise ValueError("the shaping function must map fitness (N,) to finite weights (N,)")
         sigma = self.sigma_at(self.generation)
         everyone = self.comm_mode == "seeds" and self.comm.size > 1
-        noises = self._sample(range(self.groups)) if everyone else self._noise
+        slot_noise, dense_noise = self._sample(range(self.groups)) if everyone else self._noise
         coeff = shaped if everyone else shaped[self.members.start : self.members.stop]
 
         grads: dict[int, Tensor] = {}
-        for (_, pw), noise in zip(self.slots, noises, strict=True):
+
+        def add(p: nn.Parameter | None, g: Tensor | None) -> None:
+            if p is not None and g is not None and p.requires_grad:
+                grads[id(p)] = grads[id(p)] + g if id(p) in grads else g
+
+        for pw, noise in zip(self.slots, slot_noise, strict=True):
             parts = weighted_perturbation(pw, noise, coeff.to(noise.s.device, noise.s.dtype))
             for p, g in zip((pw.weight, pw.bias), parts, strict=True):
-                if g is not None:
-                    grads[id(p)] = grads[id(p)] + g if id(p) in grads else g
+                add(p, g)
+        for (_, _, p), noise in zip(self.dense_slots, dense_noise, strict=True):
+            add(p, weighted_dense(noise, coeff.to(noise.delta.device)))
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])
         if not everyone:
             flat = self.comm.allreduce_sum_(flat)

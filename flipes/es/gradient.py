@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from flipes.nn.base import PerturbedWeight
-from flipes.noise import SlotNoise
+from flipes.noise import DenseNoise, SlotNoise
 
 
 def distinct_rows(noise: SlotNoise, coeff: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
@@ -47,3 +47,11 @@ def weighted_perturbation(pw: PerturbedWeight, noise: SlotNoise, coeff: Tensor) 
     weight = (m[0] * eps[0]) if g == 1 else (m * eps).sum(0)
     bias = None if bias_r is None else (rc * bias_r).sum(0)  # Σ c_n r_n ∘ (σε_b,n ∘ r_n)
     return weight, bias
+
+
+def weighted_dense(noise: DenseNoise, coeff: Tensor) -> Tensor:
+    """``Σ_n c_n σε_n`` of a dense per-member parameter (mirrored twins enter once, as ``c_2k - c_2k+1``),
+    accumulated in float32 at least."""
+    delta, c = (noise.delta[0::2], coeff[0::2] - coeff[1::2]) if noise.mirrored else (noise.delta, coeff)
+    wide = torch.promote_types(delta.dtype, torch.float32)
+    return torch.tensordot(c.to(wide), delta.to(wide), dims=1)

@@ -1,11 +1,14 @@
 """Flipout layers: torch.nn layers whose weights are perturbed per member of an ES population,
 or per example in backprop training with an attached noise model (``variational``)."""
 
+from flipes.nn.attention import FlipoutMultiheadAttention
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
-from flipes.nn.conv import FlipoutConv2d
-from flipes.nn.convert import flipout, flipout_layers
+from flipes.nn.conv import FlipoutConv1d, FlipoutConv2d, FlipoutConv3d
+from flipes.nn.convert import ParameterReport, ParameterRow, flipout, flipout_layers, parameter_report, per_member_modules
+from flipes.nn.dense import PerMember
+from flipes.nn.embedding import FlipoutEmbedding
 from flipes.nn.linear import FlipoutLinear
-from flipes.nn.recurrent import FlipoutGRUCell, FlipoutLSTM, FlipoutLSTMCell
+from flipes.nn.recurrent import FlipoutGRU, FlipoutGRUCell, FlipoutLSTM, FlipoutLSTMCell, FlipoutRNN, FlipoutRNNCell
 from flipes.nn.variational import (
     DropConnect,
     GaussianPosterior,
@@ -20,15 +23,25 @@ from flipes.nn.variational import (
 
 __all__ = [
     "DropConnect",
+    "FlipoutConv1d",
     "FlipoutConv2d",
+    "FlipoutConv3d",
+    "FlipoutEmbedding",
+    "FlipoutGRU",
     "FlipoutGRUCell",
     "FlipoutLSTM",
     "FlipoutLSTMCell",
     "FlipoutLinear",
     "FlipoutMixin",
+    "FlipoutMultiheadAttention",
+    "FlipoutRNN",
+    "FlipoutRNNCell",
     "GaussianPosterior",
     "MultiplicativeGaussian",
     "NoiseDraw",
+    "ParameterReport",
+    "ParameterRow",
+    "PerMember",
     "PerturbedWeight",
     "WeightNoise",
     "attach_noise",
@@ -36,5 +49,7 @@ __all__ = [
     "flipout",
     "flipout_layers",
     "kl_divergence",
+    "parameter_report",
+    "per_member_modules",
     "sample_weights",
 ]

@@ -22,6 +22,7 @@ class PerturbedWeight:
     in_channels: int
     out_channels: int
     conv_groups: int = 1
+    fixed_rows: tuple[int, ...] = ()  # output rows never perturbed (an embedding's padding row)
 
 
 class FlipoutMixin:
@@ -37,9 +38,15 @@ class FlipoutMixin:
     """
 
     noise: tuple[SlotNoise, ...] | None = None
+    member_noise: dict[str, Tensor] | None = None  # dense per-member noise of dense_parameters()
 
     def perturbed_weights(self) -> list[PerturbedWeight]:
         raise NotImplementedError
+
+    def dense_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters of this layer outside ``perturbed_weights()`` that it perturbs per member
+        with dense noise (``member_noise[name]``, ``(N, *shape)``), e.g. attention's ``bias_k``."""
+        return {}
 
     def kl(self) -> Tensor:
         """KL(q ‖ p) of the attached posterior (0 without one): this layer's term of the ELBO."""

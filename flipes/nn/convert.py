@@ -1,28 +1,80 @@
-"""``flipout(module)``: turn the Linear/Conv2d/LSTM/LSTMCell/GRUCell layers of any model into Flipout ones."""
+"""``flipout(module)``: give every trainable parameter of any torch model a per-member perturbation.
+
+Layers with a Flipout form (Linear and its subclasses that keep its forward, Conv1d/2d/3d,
+Embedding, MultiheadAttention, LSTM/GRU/RNN and their cells) become Flipout layers sharing the
+same Parameter objects. Every other trainable parameter is perturbed per member with dense noise
+by the module that owns it (``flipes.nn.dense``), if that module has no Flipout layer below it.
+Parameters with ``requires_grad=False`` stay frozen; anything else is an error naming it.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
 from torch import nn
 
+from flipes.nn.attention import FlipoutMultiheadAttention
 from flipes.nn.base import FlipoutMixin
-from flipes.nn.conv import FlipoutConv2d
+from flipes.nn.conv import FlipoutConv1d, FlipoutConv2d, FlipoutConv3d
+from flipes.nn.dense import PerMember, to_per_member
+from flipes.nn.embedding import FlipoutEmbedding, check_embedding_supported
 from flipes.nn.linear import FlipoutLinear
-from flipes.nn.recurrent import FlipoutGRUCell, FlipoutLSTM, FlipoutLSTMCell, check_lstm_supported
+from flipes.nn.recurrent import (
+    FlipoutGRU,
+    FlipoutGRUCell,
+    FlipoutLSTM,
+    FlipoutLSTMCell,
+    FlipoutRNN,
+    FlipoutRNNCell,
+    check_rnn_supported,
+)
 
 _FLIPOUT_OF: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: FlipoutLinear,
+    nn.Conv1d: FlipoutConv1d,
     nn.Conv2d: FlipoutConv2d,
+    nn.Conv3d: FlipoutConv3d,
+    nn.Embedding: FlipoutEmbedding,
+    nn.MultiheadAttention: FlipoutMultiheadAttention,
     nn.LSTM: FlipoutLSTM,
+    nn.GRU: FlipoutGRU,
+    nn.RNN: FlipoutRNN,
     nn.LSTMCell: FlipoutLSTMCell,
     nn.GRUCell: FlipoutGRUCell,
+    nn.RNNCell: FlipoutRNNCell,
 }
 
 
-def _convert_layer(layer: nn.Module) -> nn.Module:
+@functools.cache  # one Flipout subclass per user subclass
+def _flipout_subclass(flip: type[nn.Module], cls: type[nn.Module]) -> type[nn.Module]:
+    return type(f"Flipout{cls.__name__}", (flip, cls), {"__module__": cls.__module__})
+
+
+def flipout_class(cls: type[nn.Module]) -> type[nn.Module] | None:
+    """The Flipout class for layers of type ``cls``, or ``None``. A subclass of a supported layer
+    that keeps its parent's ``forward`` (e.g. attention's ``NonDynamicallyQuantizableLinear``)
+    computes what the parent does, so it gets a Flipout subclass of itself; one with its own
+    forward does not (flipes cannot know what it computes)."""
+    if cls in _FLIPOUT_OF:
+        return _FLIPOUT_OF[cls]
+    if issubclass(cls, (FlipoutMixin, PerMember)):
+        return None
+    for base, flip in _FLIPOUT_OF.items():
+        if issubclass(cls, base) and cls.forward is base.forward:
+            return _flipout_subclass(flip, cls)
+    return None
+
+
+def _convert_layer(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
     """A Flipout layer holding the very same Parameter objects (and hooks, flags) as ``layer``."""
-    if isinstance(layer, nn.LSTM):
-        check_lstm_supported(layer)
-    new = _FLIPOUT_OF[type(layer)].__new__(_FLIPOUT_OF[type(layer)])
+    if isinstance(layer, nn.RNNBase):
+        check_rnn_supported(layer)
+    if isinstance(layer, nn.Embedding):
+        check_embedding_supported(layer)
+    new = cls.__new__(cls)
     new.__dict__ = layer.__dict__.copy()  # same _parameters entries: the same Parameter objects
     for name in ("_parameters", "_buffers", "_modules"):
         setattr(new, name, getattr(layer, name).copy())
@@ -31,39 +83,102 @@ def _convert_layer(layer: nn.Module) -> nn.Module:
     return new
 
 
-def flipout(module: nn.Module) -> nn.Module:
-    """Convert ``module``'s ``nn.Linear``, ``nn.Conv2d``, ``nn.LSTM``, ``nn.LSTMCell`` and ``nn.GRUCell``
-    layers (exact types; subclasses with their own forward are left alone) into Flipout layers.
+def _trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
 
-    The conversion is in place and returns ``module``, or the new layer if ``module`` itself is
-    one of those types. Converted layers share their ``Parameter`` objects with the originals, so
-    optimizers, weight tying and state dicts keep working; outside a population they compute
-    exactly what the originals did.
+
+def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
+    """Make every trainable parameter of ``module`` evolvable per member of an ES population.
+
+    - Layers with a Flipout form become Flipout layers (``flipes.nn``): ``nn.Linear`` (and
+      subclasses that keep its forward), ``nn.Conv1d/2d/3d``, ``nn.Embedding``,
+      ``nn.MultiheadAttention``, ``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells.
+    - A module that owns other trainable parameters (LayerNorm, RMSNorm, BatchNorm, a bare
+      ``nn.Parameter``, a layer flipes has no Flipout form for) and has no Flipout layer below it
+      is evaluated per member with dense noise on them (``flipes.nn.dense``).
+    - Parameters with ``requires_grad=False`` stay frozen, and so do those named in ``frozen``
+      (parameter names as in ``named_parameters()``, or module names for all their parameters):
+      ``flipout`` sets their ``requires_grad`` to ``False``.
+
+    The conversion is in place and returns ``module`` (or the new layer if ``module`` itself is a
+    convertible layer). Converted layers share their ``Parameter`` objects with the originals, so
+    optimizers, weight tying and state dicts keep working, and outside a population they compute
+    exactly what the originals did. ``flipes.nn.parameter_report(model)`` lists what happens to
+    every parameter.
 
     Raises:
-        ValueError: if the model has no layer that can be converted, or has a bidirectional or
-            projected ``nn.LSTM`` (not supported).
+        ValueError: a trainable parameter that cannot be perturbed per member (held directly by a
+            module that also holds Flipout layers), an unknown name in ``frozen``, a model with no
+            trainable parameter, or a layer option with no Flipout form (bidirectional or projected
+            recurrent layers, ``Embedding(max_norm=...)``) on a trainable layer.
     """
-    if type(module) in _FLIPOUT_OF:
-        return _convert_layer(module)
-    found = isinstance(module, FlipoutMixin)
+    _freeze(module, frozen)
+    cls = flipout_class(type(module))
+    if cls is not None and _trainable(module):
+        module = _convert_layer(module, cls)
     converted: dict[int, nn.Module] = {}  # a layer used twice (or aliased) becomes ONE Flipout layer
-    for parent in list(module.modules()):
-        for name, child in list(parent._modules.items()):  # with repeats, unlike named_children()
-            if type(child) in _FLIPOUT_OF:
-                if id(child) not in converted:
-                    converted[id(child)] = _convert_layer(child)
-                setattr(parent, name, converted[id(child)])
-                found = True
-            elif isinstance(child, FlipoutMixin):
-                found = True
-    if not found:
-        kinds = ", ".join(t.__name__ for t in _FLIPOUT_OF)
+    _convert_children(module, converted)
+    _make_dense(module)
+    unhandled = [row for row in parameter_report(module).rows if row.how == "unhandled"]
+    if unhandled:
+        raise ValueError(unhandled_message(unhandled))
+    if not any(p.requires_grad for p in module.parameters()):
         raise ValueError(
-            f"flipout(): {type(module).__name__} has no layer to convert; flipes perturbs {kinds} "
-            "(or build the model from flipes.nn layers)"
+            f"flipout(): {type(module).__name__} has no trainable parameter to evolve; give it a layer with parameters "
+            "(e.g. torch.nn.Linear), or set requires_grad=True on those to evolve"
         )
     return module
+
+
+def _convert_children(parent: nn.Module, converted: dict[int, nn.Module]) -> None:
+    if isinstance(parent, (FlipoutMixin, PerMember)):  # its submodules are its own business
+        return
+    for name, child in list(parent._modules.items()):  # with repeats, unlike named_children()
+        if child is None:
+            continue
+        if id(child) in converted:
+            setattr(parent, name, converted[id(child)])
+            continue
+        cls = flipout_class(type(child))
+        if cls is not None and _trainable(child):  # a frozen layer stays as it is
+            converted[id(child)] = _convert_layer(child, cls)
+            setattr(parent, name, converted[id(child)])
+        else:
+            _convert_children(child, converted)
+
+
+def _has_flipout(module: nn.Module) -> bool:
+    return any(isinstance(m, FlipoutMixin) for m in module.modules())
+
+
+def _make_dense(module: nn.Module) -> None:
+    """Top-down: the first module on each path that directly owns a trainable parameter nobody
+    perturbs, and has no Flipout layer below it, becomes a ``PerMember`` module (for its subtree)."""
+    if isinstance(module, (FlipoutMixin, PerMember)):
+        return
+    own = [p for p in module._parameters.values() if p is not None and p.requires_grad]
+    if own and not _has_flipout(module):
+        to_per_member(module)
+        return
+    for child in module._modules.values():
+        if child is not None:
+            _make_dense(child)
+
+
+def _freeze(module: nn.Module, names: Iterable[str]) -> None:
+    names = [names] if isinstance(names, str) else list(names)
+    params = dict(module.named_parameters(remove_duplicate=False))
+    modules = {name for name, _ in module.named_modules(remove_duplicate=False) if name}
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"flipout(frozen=...): names of parameters or modules, got {type(name).__name__}")
+        hits = [p for pname, p in params.items() if pname == name or pname.startswith(name + ".")]
+        if not hits:
+            close = difflib.get_close_matches(name, [*params, *modules], n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"flipout(frozen=...): {name!r} is no parameter or module of {type(module).__name__}{hint}")
+        for p in hits:
+            p.requires_grad_(False)
 
 
 def flipout_layers(module: nn.Module) -> list[FlipoutMixin]:
@@ -71,4 +186,102 @@ def flipout_layers(module: nn.Module) -> list[FlipoutMixin]:
     return [m for m in module.modules() if isinstance(m, FlipoutMixin)]
 
 
-__all__ = ["flipout", "flipout_layers"]
+def per_member_modules(module: nn.Module) -> list[nn.Module]:
+    """The ``PerMember`` (dense-noise) modules of ``module`` in ``module.modules()`` order."""
+    return [m for m in module.modules() if isinstance(m, PerMember)]
+
+
+@dataclass(frozen=True)
+class ParameterRow:
+    """What happens to one parameter in a population.
+
+    ``how``: ``"flipout"`` (a Flipout weight or bias), ``"low-rank"`` (a Flipout weight with
+    low-rank noise), ``"dense"`` (independent per-member noise), ``"frozen"``
+    (``requires_grad=False``), ``"backprop noise"`` (the scale of a backprop noise model, never
+    evolved) or ``"unhandled"`` (an error: nothing would perturb it).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    how: str
+    module: str
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """``parameter_report(model)``: one row per parameter; ``str()`` is a table with totals."""
+
+    rows: list[ParameterRow]
+
+    def count(self, *how: str) -> int:
+        return sum(r.numel for r in self.rows if r.how in how)
+
+    @property
+    def evolved(self) -> int:
+        return self.count("flipout", "low-rank", "dense")
+
+    def __str__(self) -> str:
+        width = max([len(r.name) for r in self.rows] + [9])
+        lines = [f"{'parameter':<{width}}  {'shape':<16} {'how':<15} module"]
+        lines += [f"{r.name:<{width}}  {tuple(r.shape)!s:<16} {r.how:<15} {r.module}" for r in self.rows]
+        total = sum(r.numel for r in self.rows)
+        parts = ", ".join(
+            f"{h} {self.count(h):,}"
+            for h in ("flipout", "low-rank", "dense", "frozen", "backprop noise", "unhandled")
+            if self.count(h)
+        )
+        lines.append(f"evolved {self.evolved:,} of {total:,} parameters ({parts})")
+        return "\n".join(lines)
+
+
+def parameter_report(model: nn.Module, noise_rank: int | None = None) -> ParameterReport:
+    """What a population does with every parameter of ``model`` (``noise_rank``: FlipES's, which
+    makes Flipout weights ``"low-rank"``; biases stay ``"flipout"``)."""
+    how: dict[int, tuple[str, str]] = {}
+    for m in model.modules():
+        if isinstance(m, FlipoutMixin):
+            kind = type(m).__name__
+            noise_model = m._modules.get("backprop_noise")
+            for p in [] if noise_model is None else noise_model.parameters():
+                how.setdefault(id(p), ("backprop noise", kind))
+            for pw in m.perturbed_weights():
+                how.setdefault(id(pw.weight), ("flipout" if noise_rank is None else "low-rank", kind))
+                if pw.bias is not None:
+                    how.setdefault(id(pw.bias), ("flipout", kind))
+            for p in m.dense_parameters().values():
+                how.setdefault(id(p), ("dense", kind))
+        elif isinstance(m, PerMember):
+            for p in m.parameters():
+                how.setdefault(id(p), ("dense", type(m).__name__))
+    owners = dict(_owners(model))
+    rows = []
+    for name, p in model.named_parameters():
+        kind, module = how.get(id(p), ("unhandled", owners[name]))
+        rows.append(ParameterRow(name, tuple(p.shape), "frozen" if not p.requires_grad else kind, module))
+    return ParameterReport(rows)
+
+
+def _owners(model: nn.Module) -> Iterator[tuple[str, str]]:
+    for mname, m in model.named_modules():
+        for pname in m._parameters:
+            yield (f"{mname}.{pname}" if mname else pname), type(m).__name__
+
+
+def unhandled_message(rows: list[ParameterRow]) -> str:
+    shown = ", ".join(f"{r.name} (held by {r.module})" for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    return (
+        f"{len(rows)} trainable parameter(s) would not be evolved: {shown}. They are held directly by a module that also "
+        "holds Flipout layers, so flipes has no per-member forward for them. Move each into a small submodule of its own "
+        "(flipes.flipout then perturbs it per member), or freeze it: flipes.flipout(model, frozen=[name, ...]) or "
+        "param.requires_grad_(False)"
+    )
+
+
+__all__ = ["ParameterReport", "ParameterRow", "flipout", "flipout_layers", "parameter_report", "per_member_modules"]

@@ -20,19 +20,22 @@ from torch import Tensor
 from flipes.noise import SlotNoise
 
 
-def check_members(layer: str, x: Tensor, noise: SlotNoise) -> None:
-    if x.dim() < 2 or x.shape[0] != noise.size:
+def check_members(layer: str, x: Tensor, members: int, min_dim: int = 2) -> None:
+    """Inputs are members first: ``(N, ...)``, or ``(N·k, ...)`` with k examples per member, member-major."""
+    if x.dim() < min_dim or x.shape[0] == 0 or x.shape[0] % members:
         raise ValueError(
-            f"{layer}: input of shape {tuple(x.shape)} inside a population of {noise.size} members; "
-            f"inputs must be members first, (members, ..., features) with members == {noise.size}"
+            f"{layer}: input of shape {tuple(x.shape)} inside a population of {members} members; "
+            f"inputs must be members first: (members, ..., features) with members == {members}, "
+            f"or k examples per member, member-major ({members}·k, ..., features)"
         )
 
 
 def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNoise, layer: str = "FlipoutLinear") -> Tensor:
-    """``x``: ``(N, *B, in)`` -> ``(N, *B, out)``, member ``n`` through its own perturbed weights."""
-    check_members(layer, x, noise)
+    """``x``: ``(N, *B, in)`` -> ``(N, *B, out)``, member ``n`` through its own perturbed weights
+    (or ``(N·k, *B, in)``: k examples per member, member-major)."""
+    check_members(layer, x, noise.size)
     n, g = noise.size, noise.groups
-    if x.dim() == 2:  # one example per member (the rollout case): 2-D GEMMs, bias noise folded in
+    if x.dim() == 2 and x.shape[0] == n:  # one example per member (the rollout case): 2-D GEMMs, bias noise folded in
         xs = torch.mul(x, noise.s, out=noise.scratch(x))
         if g == 1 and noise.factors is not None:  # ((x∘s) Bᵀ) Aᵀ, the group's bias noise as one more rank
             a, b = noise.factors[0][0], noise.factors[1][0]
@@ -89,7 +92,7 @@ def flipout_conv(
     any padding mode. Low-rank noise (``σε = A B``) runs as ``conv(x ∘ s, B)`` into r channels and a
     1×1 mixing by ``A``; with channel groups it is materialized (a rank-r kernel is not grouped).
     """
-    check_members(layer, x, noise)
+    check_members(layer, x, noise.size, spatial_dims + 2)
     n, g = noise.size, noise.groups
     lead = x.shape[: x.dim() - spatial_dims - 1]
     flat = x.reshape(-1, *x.shape[len(lead) :])  # (N*B, C, *spatial)

@@ -121,7 +121,124 @@ class FlipoutGRUCell(FlipoutMixin, nn.GRUCell):
         return (1 - z) * n + z * h
 
 
-class FlipoutLSTM(FlipoutMixin, nn.LSTM):
+class FlipoutRNNCell(FlipoutMixin, nn.RNNCell):
+    r"""A ``torch.nn.RNNCell`` (tanh or relu) with Flipout on ``weight_ih`` and ``weight_hh``.
+
+    Args: as ``nn.RNNCell``.
+
+    Shape:
+        - Outside a population: as ``nn.RNNCell``.
+        - Inside a population of N members: input ``(N, *B, input_size)``, ``hx``
+          ``(N, *B, hidden_size)`` (zeros if omitted) -> ``h'``.
+    """
+
+    def perturbed_weights(self) -> list[PerturbedWeight]:
+        return [
+            PerturbedWeight(self.weight_ih, self.bias_ih, self.input_size, self.hidden_size),
+            PerturbedWeight(self.weight_hh, self.bias_hh, self.hidden_size, self.hidden_size),
+        ]
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        noise, unbatched = _cell_noise(self, input)
+        if noise is None:
+            return super().forward(input, hx)
+        if unbatched:
+            return self.forward(input.unsqueeze(0), None if hx is None else hx.unsqueeze(0)).squeeze(0)
+        h = _zeros_like_hidden(input, self.hidden_size) if hx is None else hx
+        name = type(self).__name__
+        pre = flipout_linear(input, self.weight_ih, self.bias_ih, noise[0], name)
+        pre = pre + flipout_linear(h, self.weight_hh, self.bias_hh, noise[1], name)
+        return torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)
+
+
+class _FlipoutRNNBase(FlipoutMixin):
+    """The sequence loop shared by ``FlipoutLSTM``, ``FlipoutGRU`` and ``FlipoutRNN``: one weight
+    sample per sequence, the input projection of all steps in one Flipout GEMM per layer."""
+
+    gates: int  # rows of weight_ih per hidden unit: 4 (LSTM), 3 (GRU), 1 (RNN)
+    num_layers: int
+    hidden_size: int
+    input_size: int
+    bias: bool
+    batch_first: bool
+    dropout: float
+
+    def perturbed_weights(self) -> list[PerturbedWeight]:
+        pws = []
+        for k in range(self.num_layers):
+            fin = self.input_size if k == 0 else self.hidden_size
+            for kind, size in (("ih", fin), ("hh", self.hidden_size)):
+                bias = getattr(self, f"bias_{kind}_l{k}") if self.bias else None
+                pws.append(PerturbedWeight(getattr(self, f"weight_{kind}_l{k}"), bias, size, self.gates * self.hidden_size))
+        return pws
+
+    def _step(self, gx: Tensor, gh: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The new state from this step's input and hidden projections (biases and noise included)."""
+        raise NotImplementedError
+
+    def forward(self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, Tensor] | None = None) -> tuple:
+        noise = self.noise
+        if noise is None:  # backprop noise (drawn here for a padded batch; packed input: the error below)
+            packed = isinstance(input, PackedSequence)
+            batch = 1 if packed or input.dim() == 2 else input.shape[0 if self.batch_first else 1]
+            noise = backprop_noise(self, batch)
+        if noise is None:
+            return super().forward(input, hx)  # type: ignore[misc]
+        if isinstance(input, PackedSequence):
+            raise TypeError(f"{type(self).__name__}: PackedSequence input is not supported with weight noise; pad the batch")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: expected 2-D or 3-D input, got {input.dim()}-D")
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(0) if unbatched else (input if self.batch_first else input.transpose(0, 1))  # (B, T, in)
+        state = None if hx is None else (tuple(hx) if isinstance(hx, tuple) else (hx,))
+        if state is not None and unbatched:
+            state = tuple(t.unsqueeze(1) for t in state)
+        out, last = self._noisy_forward(x.contiguous(), state, noise)
+        if unbatched:
+            out, last = out.squeeze(0), tuple(t.squeeze(1) for t in last)
+        out = out if unbatched or self.batch_first else out.transpose(0, 1).contiguous()  # as torch.nn
+        return out, (last if len(last) > 1 else last[0])
+
+    def _noisy_forward(
+        self, x: Tensor, hx: tuple[Tensor, ...] | None, noise: tuple[SlotNoise, ...]
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``x`` batch-major ``(B, T, in)``; every batch entry runs through its member's weights."""
+        batch, steps, hidden = x.shape[0], x.shape[1], self.hidden_size
+        members = noise[0].size
+        if batch % members:
+            raise ValueError(
+                f"{type(self).__name__}: batch of {batch} sequences with noise for {members} members; "
+                f"the batch must be the members, or k sequences per member (a multiple of {members}, member-major)"
+            )
+        k = batch // members
+        if hx is None:
+            zeros = x.new_zeros(self.num_layers, batch, hidden)
+            hx = (zeros, zeros) if self.gates == 4 else (zeros,)
+        name, pws = type(self).__name__, self.perturbed_weights()
+        last: list[list[Tensor]] = [[] for _ in hx]
+        for layer in range(self.num_layers):
+            ih, hh = pws[2 * layer], pws[2 * layer + 1]
+            n_ih, n_hh = noise[2 * layer], noise[2 * layer + 1]
+            # the input projection of all steps at once, members first: (N, k·T, in)
+            xm = x.view(members, k * steps, x.shape[-1])
+            gx = flipout_linear(xm, ih.weight, ih.bias, n_ih, name).view(batch, steps, -1)
+            state = tuple(t[layer] for t in hx)
+            outs = []
+            for t in range(steps):
+                h = state[0]
+                hm = h if k == 1 else h.reshape(members, k, hidden)
+                gh = flipout_linear(hm, hh.weight, hh.bias, n_hh, name).view(batch, -1)
+                state = self._step(gx[:, t], gh, state)
+                outs.append(state[0])
+            x = torch.stack(outs, dim=1)
+            for acc, t in zip(last, state, strict=True):
+                acc.append(t)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, tuple(torch.stack(acc) for acc in last)
+
+
+class FlipoutLSTM(_FlipoutRNNBase, nn.LSTM):
     r"""A ``torch.nn.LSTM`` with Flipout on every layer's ``weight_ih_l{k}`` and ``weight_hh_l{k}``.
 
     Each sequence (batch entry) has ONE weight sample for all its time steps. Outside an ES
@@ -147,6 +264,8 @@ class FlipoutLSTM(FlipoutMixin, nn.LSTM):
         ...     out, (h, c) = lstm(torch.randn(pop.size, 10, 8))   # (16, 10, 32)
     """
 
+    gates = 4
+
     def __init__(
         self,
         input_size: int,
@@ -161,83 +280,101 @@ class FlipoutLSTM(FlipoutMixin, nn.LSTM):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device, dtype)
-        check_lstm_supported(self)
+        check_rnn_supported(self)
 
-    def perturbed_weights(self) -> list[PerturbedWeight]:
-        pws = []
-        for k in range(self.num_layers):
-            fin = self.input_size if k == 0 else self.hidden_size
-            for kind, size in (("ih", fin), ("hh", self.hidden_size)):
-                bias = getattr(self, f"bias_{kind}_l{k}") if self.bias else None
-                pws.append(PerturbedWeight(getattr(self, f"weight_{kind}_l{k}"), bias, size, 4 * self.hidden_size))
-        return pws
-
-    def forward(
-        self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
-        noise = self.noise
-        if noise is None:  # backprop noise (drawn here for a padded batch; packed input: the error below)
-            packed = isinstance(input, PackedSequence)
-            batch = 1 if packed or input.dim() == 2 else input.shape[0 if self.batch_first else 1]
-            noise = backprop_noise(self, batch)
-        if noise is None:
-            return super().forward(input, hx)
-        if isinstance(input, PackedSequence):
-            raise TypeError(f"{type(self).__name__}: PackedSequence input is not supported with weight noise; pad the batch")
-        if input.dim() not in (2, 3):
-            raise ValueError(f"{type(self).__name__}: expected 2-D or 3-D input, got {input.dim()}-D")
-        unbatched = input.dim() == 2
-        x = input.unsqueeze(0) if unbatched else (input if self.batch_first else input.transpose(0, 1))  # (B, T, in)
-        if hx is not None and unbatched:
-            hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-        out, h_n, c_n = self._noisy_forward(x.contiguous(), hx, noise)
-        if unbatched:
-            return out.squeeze(0), (h_n.squeeze(1), c_n.squeeze(1))
-        return (out if self.batch_first else out.transpose(0, 1).contiguous()), (h_n, c_n)  # as nn.LSTM
-
-    def _noisy_forward(
-        self, x: Tensor, hx: tuple[Tensor, Tensor] | None, noise: tuple[SlotNoise, ...]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``x`` batch-major ``(B, T, in)``; every batch entry runs through its member's weights."""
-        batch, steps, hidden = x.shape[0], x.shape[1], self.hidden_size
-        members = noise[0].size
-        if batch % members:
-            raise ValueError(
-                f"{type(self).__name__}: batch of {batch} sequences with noise for {members} members; "
-                f"the batch must be the members, or k sequences per member (a multiple of {members}, member-major)"
-            )
-        k = batch // members
-        if hx is None:
-            zeros = x.new_zeros(self.num_layers, batch, hidden)
-            hx = (zeros, zeros)
-        name, pws = type(self).__name__, self.perturbed_weights()
-        h_last, c_last = [], []
-        for layer in range(self.num_layers):
-            ih, hh = pws[2 * layer], pws[2 * layer + 1]
-            n_ih, n_hh = noise[2 * layer], noise[2 * layer + 1]
-            # the input projection of all steps at once, members first: (N, k·T, in)
-            xm = x.view(members, k * steps, x.shape[-1])
-            gx = flipout_linear(xm, ih.weight, ih.bias, n_ih, name).view(batch, steps, -1)
-            h, c = hx[0][layer], hx[1][layer]
-            outs = []
-            for t in range(steps):
-                hm = h if k == 1 else h.reshape(members, k, hidden)
-                gates = gx[:, t] + flipout_linear(hm, hh.weight, hh.bias, n_hh, name).view(batch, -1)
-                h, c = _lstm_update(gates, c)
-                outs.append(h)
-            x = torch.stack(outs, dim=1)
-            h_last.append(h)
-            c_last.append(c)
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
-        return x, torch.stack(h_last), torch.stack(c_last)
+    def _step(self, gx: Tensor, gh: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return _lstm_update(gx + gh, state[1])
 
 
-def check_lstm_supported(lstm: nn.LSTM) -> None:
-    """Raise a clear error for the ``nn.LSTM`` options Flipout does not handle here."""
-    if lstm.bidirectional or lstm.proj_size:
+class FlipoutGRU(_FlipoutRNNBase, nn.GRU):
+    r"""A ``torch.nn.GRU`` with Flipout on every layer's ``weight_ih_l{k}`` and ``weight_hh_l{k}``.
+
+    As ``FlipoutLSTM``: one weight sample per sequence, members are the batch dimension (``N`` or
+    ``N·k`` member-major), exactly ``nn.GRU`` outside noise.
+
+    Args: as ``nn.GRU``; ``bidirectional=True`` is not supported.
+
+    Shape: as ``nn.GRU``.
+    """
+
+    gates = 3
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device=device, dtype=dtype
+        )
+        check_rnn_supported(self)
+
+    def _step(self, gx: Tensor, gh: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        (h,) = state
+        gi, gh = gx.chunk(3, dim=-1), gh.chunk(3, dim=-1)
+        r = torch.sigmoid(gi[0] + gh[0])
+        z = torch.sigmoid(gi[1] + gh[1])
+        n = torch.tanh(gi[2] + r * gh[2])
+        return ((1 - z) * n + z * h,)
+
+
+class FlipoutRNN(_FlipoutRNNBase, nn.RNN):
+    r"""A ``torch.nn.RNN`` (tanh or relu) with Flipout on every layer's ``weight_ih_l{k}`` and ``weight_hh_l{k}``.
+
+    As ``FlipoutLSTM``: one weight sample per sequence, members are the batch dimension (``N`` or
+    ``N·k`` member-major), exactly ``nn.RNN`` outside noise.
+
+    Args: as ``nn.RNN``; ``bidirectional=True`` is not supported.
+
+    Shape: as ``nn.RNN``.
+    """
+
+    gates = 1
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            nonlinearity,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device=device,
+            dtype=dtype,
+        )
+        check_rnn_supported(self)
+
+    def _step(self, gx: Tensor, gh: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return (torch.tanh(gx + gh) if self.nonlinearity == "tanh" else torch.relu(gx + gh),)
+
+
+def check_rnn_supported(rnn: nn.RNNBase) -> None:
+    """Raise a clear error for the ``nn.LSTM``/``nn.GRU``/``nn.RNN`` options Flipout does not handle here."""
+    proj = getattr(rnn, "proj_size", 0)
+    if rnn.bidirectional or proj:
         raise ValueError(
-            f"FlipoutLSTM supports unidirectional LSTMs without projections; got bidirectional={lstm.bidirectional}, "
-            f"proj_size={lstm.proj_size} (build the reverse direction from a second FlipoutLSTM on the reversed "
-            "sequence, or use FlipoutLSTMCell)"
+            f"Flipout{type(rnn).__name__.removeprefix('Flipout')} supports unidirectional layers without projections; got "
+            f"bidirectional={rnn.bidirectional}, proj_size={proj} (build the reverse direction from a second layer on the "
+            "reversed sequence, or use the cell)"
         )

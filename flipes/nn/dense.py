@@ -1,0 +1,129 @@
+"""Per-member ("dense") perturbations of parameters that have no Flipout form.
+
+A norm's scale and shift, a bare ``nn.Parameter`` a module adds or multiplies, any layer flipes has
+no two-GEMM form for: member ``n`` of a population uses ``θ + σε_n`` with ``ε_n ~ N(0, I)`` drawn
+independently per member (Salimans et al., 2017, arXiv:1703.03864), ``N × numel`` random numbers a
+generation — cheap for the elementwise parameters this is meant for.
+
+``flipes.flipout`` turns a module that owns such parameters, and has no Flipout layer below it,
+into a ``PerMember`` module: the same object with a subclass of its own class, so its state dict,
+``isinstance`` checks and outside-population forward are unchanged. Inside a population it runs
+its own forward once for all members through ``torch.func.vmap``, each member with its own
+parameters. Inputs are members first, ``(N, ...)`` or ``(N·k, ...)`` member-major, as for every
+Flipout layer; any other argument is shared by all members.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+
+class PerMember:
+    """Mixin of modules evaluated with dense per-member noise on all their trainable parameters.
+
+    ``member_noise`` maps parameter names (as in ``named_parameters()``) to ``(N, *shape)``
+    perturbations; ``None`` outside a population, where the module is exactly its parent class.
+    """
+
+    member_noise: dict[str, Tensor] | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.member_noise is None:
+            return super().forward(*args, **kwargs)  # type: ignore[misc]
+        return per_member_forward(self, self.member_noise, args, kwargs)  # type: ignore[arg-type]
+
+
+@functools.cache  # one subclass per class, so converted modules of a type share a type
+def per_member_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """``PerMember`` + ``cls``: named ``PerMember<cls>``, in ``cls``'s module for readable reprs."""
+    return type(f"PerMember{cls.__name__}", (PerMember, cls), {"__module__": cls.__module__})
+
+
+def to_per_member(module: nn.Module) -> nn.Module:
+    """Make ``module`` a ``PerMember`` module in place (its class is swapped for the subclass)."""
+    if not isinstance(module, PerMember):
+        module.__class__ = per_member_class(type(module))
+    return module
+
+
+def _members_of(noise: dict[str, Tensor]) -> int:
+    return next(iter(noise.values())).shape[0]
+
+
+def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, kwargs: dict) -> Any:
+    """``module``'s own forward, member ``n`` with parameters ``θ + noise[name][n]``, inputs split by member."""
+    n = _members_of(noise)
+    params = dict(module.named_parameters(remove_duplicate=False))
+    member_params = {name: params[name].detach() + delta for name, delta in noise.items()}
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    dims = [0 if _is_member(leaf, n) else None for leaf in leaves]
+    per = {leaf.shape[0] // n for leaf, d in zip(leaves, dims, strict=True) if d == 0}  # examples per member
+    if len(per) != 1:
+        raise ValueError(
+            f"{type(module).__name__}: inside a population of {n} members, inputs must be members first, "
+            f"(members, ...) or (members·k, ...) member-major, all with the same k; got shapes "
+            f"{[tuple(leaf.shape) for leaf in leaves if isinstance(leaf, Tensor)]}"
+        )
+    (k,) = per
+    split = [leaf.unflatten(0, (n, k)) if d == 0 and k > 1 else leaf for leaf, d in zip(leaves, dims, strict=True)]
+    base = super(PerMember, module).forward  # type: ignore[misc]
+
+    def one_member(p: dict[str, Tensor], flat: list[Any]) -> Any:
+        a, kw = pytree.tree_unflatten(flat, spec)
+        with _parameters(module, p), _batch_stats_only(module):
+            return base(*a, **kw)
+
+    try:
+        out = torch.func.vmap(one_member, in_dims=(0, dims))(member_params, split)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); list its "
+            "parameters in flipes.flipout(model, frozen=[...]) or write a Flipout layer for it"
+        ) from e
+    if k == 1:
+        return out
+    return pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) else t, out)
+
+
+def _is_member(x: Any, n: int) -> bool:
+    return isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] > 0 and x.shape[0] % n == 0
+
+
+@contextmanager
+def _parameters(module: nn.Module, values: dict[str, Tensor]) -> Iterator[None]:
+    """Temporarily replace named parameters by (batched) tensors, the way ``functional_call`` does,
+    without calling the module again (its forward is the one running)."""
+    saved = []
+    try:
+        for name, value in values.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            saved.append((owner, leaf, owner._parameters[leaf]))
+            owner._parameters[leaf] = value  # type: ignore[assignment]
+        yield
+    finally:
+        for owner, leaf, param in reversed(saved):
+            owner._parameters[leaf] = param
+
+
+@contextmanager
+def _batch_stats_only(module: nn.Module) -> Iterator[None]:
+    """BatchNorm in training mode normalizes each member's examples by their own statistics and
+    leaves the running statistics alone: one member's batch must not move the mean network's."""
+    norms = [
+        m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True

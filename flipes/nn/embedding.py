@@ -1,0 +1,85 @@
+"""Flipout embedding (Wen et al., ICLR 2018, arXiv:1803.04386), derived from the linear layer.
+
+A lookup of token ``t`` is the one-hot row ``e_t`` times the table ``W`` (V × d). Member ``n``'s
+table is ``W̄ + σε ∘ (r_n s_nᵀ)`` with ``r_n ∈ {±1}^V`` (one sign per token) and ``s_n ∈ {±1}^d``, so
+
+    emb_n(t) = e_t W_n = W̄[t] + σ ε[t] · r_n[t] ∘ s_n
+
+two lookups and a gather of ``r_n`` at the tokens, whatever N. Low rank ``σε = A B``: a lookup of
+``A``'s rows (r wide) and one thin GEMM. The padding row (``padding_idx``) is never perturbed, as
+torch never updates it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flipes.nn.base import FlipoutMixin, PerturbedWeight
+from flipes.nn.functional import check_members
+from flipes.noise import SlotNoise
+
+
+def flipout_embedding(idx: Tensor, weight: Tensor, noise: SlotNoise, padding_idx: int | None, layer: str) -> Tensor:
+    """``idx``: ``(N, *B)`` or ``(N·k, *B)`` token ids -> ``(*idx.shape, d)``, member ``n`` through its own table."""
+    check_members(layer, idx, noise.size, 1)
+    n, g = noise.size, noise.groups
+    vocab, dim = weight.shape
+    flat = idx.reshape(n, -1)  # (N, M): member-major
+    if g > 1:  # member n looks up its group's ε: offset the ids into the stacked (G·V) table
+        group_of = torch.arange(n, device=idx.device) // (n // g)
+        flat_g = flat + (group_of * vocab).unsqueeze(1)
+    else:
+        flat_g = flat
+    if noise.factors is None:
+        pert = F.embedding(flat_g, noise.eps.reshape(g * vocab, dim))  # (N, M, d)
+    else:
+        a, b = noise.factors  # (G, V, r), (G, r, d)
+        t = F.embedding(flat_g, a.reshape(g * vocab, -1))  # (N, M, r)
+        pert = torch.matmul(t.view(g, -1, t.shape[-1]), b).view(n, flat.shape[1], dim)
+    pert = pert * noise.r.gather(1, flat).unsqueeze(-1) * noise.s.unsqueeze(1)
+    out = F.embedding(idx, weight, padding_idx)
+    return out + pert.view(out.shape)
+
+
+class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
+    r"""A ``torch.nn.Embedding`` whose table is perturbed per member inside an ES population.
+
+    Member :math:`n` looks up :math:`\bar W[t] + \sigma\,\varepsilon[t]\, r_n[t]\, s_n`: one sign per
+    token and one per embedding dimension, the Flipout form of a one-hot linear layer. Outside a
+    population it is exactly ``nn.Embedding``.
+
+    Args: as ``nn.Embedding``; ``max_norm`` (which renormalizes rows of the table in place) is not
+    supported.
+
+    Shape:
+        - Outside a population: as ``nn.Embedding``.
+        - Inside a population of N members: ``(N, *B) -> (N, *B, embedding_dim)`` (or ``N·k`` rows,
+          member-major).
+
+    Examples::
+
+        >>> emb = FlipoutEmbedding(100, 16)
+        >>> es = flipes.FlipES(emb, popsize=8, sigma=0.1)
+        >>> with es.population() as pop:
+        ...     h = emb(torch.randint(100, (pop.size, 12)))   # (8, 12, 16)
+    """
+
+    def perturbed_weights(self) -> list[PerturbedWeight]:
+        fixed = () if self.padding_idx is None else (self.padding_idx,)
+        return [PerturbedWeight(self.weight, None, self.embedding_dim, self.num_embeddings, fixed_rows=fixed)]
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.noise is None:
+            return super().forward(input)
+        check_embedding_supported(self)
+        return flipout_embedding(input, self.weight, self.noise[0], self.padding_idx, type(self).__name__)
+
+
+def check_embedding_supported(emb: nn.Embedding) -> None:
+    if emb.max_norm is not None:
+        raise ValueError(
+            f"{type(emb).__name__}(max_norm={emb.max_norm}) renormalizes rows of the table in place, which has no "
+            "per-member form; build the embedding without max_norm (or freeze it: flipes.flipout(model, frozen=[...]))"
+        )

@@ -1,0 +1,340 @@
+"""Every layer kind of ``flipes.flipout``: each member's output equals the plain torch module run with
+that member's explicit parameters, and ``tell``'s gradient equals the materialized estimator.
+
+The reference is generic: the original (unconverted) module under ``torch.func.functional_call``
+with member ``n``'s parameters, built from the sampled noise by index arithmetic (tests/reference.py)
+for Flipout weights and as ``θ + δ_n`` for dense ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from reference import centered_ranks_distinct, member_parameters
+from torch import Tensor, nn
+from torch.func import functional_call
+
+import flipes
+from flipes.nn import FlipoutMultiheadAttention, PerMember
+
+DT = torch.float64
+TOL = 1e-10
+N = 8
+SETTINGS = [(False, 1, None), (True, 2, None), (True, 1, 2), (False, 4, 1)]  # (mirrored, groups, noise_rank)
+
+
+def check_members(
+    make: Callable[[], nn.Module],
+    inputs: Callable[[], tuple],
+    member_inputs: Callable[[tuple, int], tuple],
+    member_output: Callable[[object, int], object],
+    mirrored: bool,
+    groups: int,
+    rank: int | None,
+    seed: int = 0,
+) -> None:
+    """Population outputs of ``flipout(make())`` against the original module with member n's parameters."""
+    torch.manual_seed(seed)
+    original = make().to(DT)
+    model = flipes.flipout(copy.deepcopy(original))
+    es = flipes.FlipES(model, popsize=N, sigma=0.3, seed=seed, groups=groups, mirrored=mirrored, noise_rank=rank)
+    args = inputs()
+    with es.population():
+        out = model(*args)
+        params = member_parameters(es, model)
+    for n in range(N):
+        with torch.no_grad():
+            expect = functional_call(original, params[n], member_inputs(args, n))
+        got = member_output(out, n)
+        for g, e in zip(*(o if isinstance(o, tuple) else (o,) for o in (got, expect)), strict=True):
+            if e is None:
+                assert g is None
+            else:
+                torch.testing.assert_close(g, e, atol=TOL, rtol=0)
+    assert all(m.member_noise is None for m in [*es.layers, *es.dense_modules])
+    torch.testing.assert_close(model(*member_inputs(args, 0)), original(*member_inputs(args, 0)), atol=0, rtol=0)
+
+
+def rows(k: int, members: int | None = None) -> Callable[[tuple, int], tuple]:
+    """Member n's inputs: rows n·k ... n·k + k - 1 of the first ``members`` tensors (all by default;
+    the rest are shared, e.g. masks); k = 0: row n without a batch dim."""
+
+    def pick(args: tuple, n: int) -> tuple:
+        cut = len(args) if members is None else members
+        part = [(a[n] if k == 0 else a[n * k : (n + 1) * k]) if isinstance(a, Tensor) else a for a in args[:cut]]
+        return (*part, *args[cut:])
+
+    return pick
+
+
+def out_rows(k: int) -> Callable[[object, int], object]:
+    def pick(out: object, n: int) -> object:
+        if isinstance(out, tuple):
+            return tuple(pick(o, n) for o in out)
+        if out is None:
+            return None
+        return out[n] if k == 0 else out[n * k : (n + 1) * k]
+
+    return pick
+
+
+def randn(*shape: int) -> Tensor:
+    return torch.randn(*shape, dtype=DT)
+
+
+class PlainLinear(nn.Linear):
+    """A Linear subclass that keeps nn.Linear's forward."""
+
+
+class Scale(nn.Module):
+    """A bare parameter used elementwise (a module flipes has no Flipout form for)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.randn(d))
+        self.shift = nn.Parameter(torch.randn(1, d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gain + self.shift
+
+
+# (name, make, inputs, member_inputs, member_output)
+CASES = [
+    (
+        "conv1d",
+        lambda: nn.Conv1d(4, 6, 3, padding=2, dilation=2, groups=2, padding_mode="circular"),
+        lambda: (randn(N, 2, 4, 11),),
+        rows(0),
+        out_rows(0),
+    ),
+    ("conv1d-k", lambda: nn.Conv1d(3, 5, 4, stride=2), lambda: (randn(3 * N, 3, 12),), rows(3), out_rows(3)),
+    ("conv3d", lambda: nn.Conv3d(2, 4, (2, 3, 3), padding=1), lambda: (randn(N, 2, 2, 5, 4, 4),), rows(0), out_rows(0)),
+    ("linear-subclass", lambda: PlainLinear(7, 5), lambda: (randn(N, 3, 7),), rows(0), out_rows(0)),
+    ("embedding", lambda: nn.Embedding(13, 6, padding_idx=2), lambda: (torch.randint(13, (N, 9)),), rows(0), out_rows(0)),
+    ("embedding-k", lambda: nn.Embedding(10, 4), lambda: (torch.randint(10, (2 * N, 3, 5)),), rows(2), out_rows(2)),
+    (
+        "mha-self-masks",
+        lambda: nn.MultiheadAttention(12, 3, batch_first=True),
+        lambda: (
+            (x := randn(2 * N, 5, 12)),
+            x,
+            x,
+            (torch.rand(2 * N, 5) < 0.3) & (torch.arange(5) > 0),  # key_padding_mask (True = ignore); key 0 always seen
+            True,  # need_weights
+            torch.ones(5, 5, dtype=torch.bool).triu(1),  # causal attn_mask
+        ),
+        rows(2, 4),
+        out_rows(2),
+    ),
+    (
+        "mha-cross-kv-dims",
+        lambda: nn.MultiheadAttention(8, 2, kdim=5, vdim=3, add_bias_kv=True, add_zero_attn=True),
+        lambda: (randn(4, N, 8), randn(6, N, 5), randn(6, N, 3)),
+        lambda args, n: tuple(a[:, n : n + 1] for a in args),
+        lambda out, n: (out[0][:, n : n + 1], out[1][n : n + 1]),
+    ),
+    (
+        "mha-packed-cross-no-bias",
+        lambda: nn.MultiheadAttention(8, 4, bias=False, batch_first=True),
+        lambda: (randn(N, 3, 8), (kv := randn(N, 6, 8)), kv, None, False),
+        rows(1),
+        out_rows(1),
+    ),
+    (
+        "encoder-layer",
+        lambda: nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=True).eval(),
+        lambda: (randn(3 * N, 6, 16), nn.Transformer.generate_square_subsequent_mask(6, dtype=DT), None, True),
+        rows(3, 1),
+        out_rows(3),
+    ),
+    (
+        "gru",
+        lambda: nn.GRU(4, 6, num_layers=2, batch_first=True),
+        lambda: (randn(2 * N, 7, 4),),
+        rows(2),
+        lambda out, n: (out[0][2 * n : 2 * n + 2], out[1][:, 2 * n : 2 * n + 2]),  # h_n is (layers, batch, hidden)
+    ),
+    (
+        "rnn-relu",
+        lambda: nn.RNN(3, 5, nonlinearity="relu"),
+        lambda: (randn(6, N, 3), randn(1, N, 5)),
+        lambda args, n: (args[0][:, n : n + 1], args[1][:, n : n + 1]),
+        lambda out, n: (out[0][:, n : n + 1], out[1][:, n : n + 1]),
+    ),
+    ("rnn-cell", lambda: nn.RNNCell(4, 5), lambda: (randn(N, 2, 4), randn(N, 2, 5)), rows(0), out_rows(0)),
+    ("layernorm", lambda: nn.LayerNorm(6), lambda: (randn(N, 3, 6),), rows(0), out_rows(0)),
+    ("rmsnorm", lambda: nn.RMSNorm(6), lambda: (randn(2 * N, 6),), rows(2), out_rows(2)),
+    ("groupnorm", lambda: nn.GroupNorm(2, 4), lambda: (randn(2 * N, 4, 5),), rows(2), out_rows(2)),
+    ("batchnorm-train", lambda: nn.BatchNorm1d(4), lambda: (randn(5 * N, 4),), rows(5), out_rows(5)),
+    ("batchnorm-eval", lambda: nn.BatchNorm2d(3).eval(), lambda: (randn(N, 2, 3, 2, 2),), rows(0), out_rows(0)),
+    ("bare-parameter", lambda: Scale(5), lambda: (randn(N, 4, 5),), rows(0), out_rows(0)),
+]
+
+
+@pytest.mark.parametrize("mirrored,groups,rank", SETTINGS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_members_equal_the_plain_module_with_their_explicit_parameters(
+    case: tuple, mirrored: bool, groups: int, rank: int | None
+) -> None:
+    _, make, inputs, member_inputs, member_output = case
+    check_members(make, inputs, member_inputs, member_output, mirrored, groups, rank)
+
+
+def test_batchnorm_in_a_population_leaves_the_running_statistics_alone() -> None:
+    bn = flipes.flipout(nn.BatchNorm1d(3))
+    es = flipes.FlipES(bn, popsize=4, sigma=0.1)
+    with es.population():
+        bn(torch.randn(8, 3))
+    assert torch.equal(bn.running_mean, torch.zeros(3)) and int(bn.num_batches_tracked) == 0
+    bn(torch.randn(8, 3))  # outside: as nn.BatchNorm1d
+    assert int(bn.num_batches_tracked) == 1
+
+
+class EveryKind(nn.Module):
+    """Embedding, Conv1d, LayerNorm, MultiheadAttention, GRU, RNN, a bare parameter and Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.rnn = nn.RNN(8, 6, batch_first=True)
+        self.scale = Scale(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = self.emb(tokens)
+        h = self.norm(h + self.conv(h.transpose(1, 2)).transpose(1, 2))
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        h, _ = self.rnn(self.gru(h)[0])
+        return self.head(torch.tanh(self.scale(h))).mean(1)
+
+
+@pytest.mark.parametrize("mirrored,groups,rank", SETTINGS)
+def test_a_model_of_every_kind_is_exact_and_its_gradient_is_the_materialized_estimator(
+    mirrored: bool, groups: int, rank: int | None
+) -> None:
+    check_members(EveryKind, lambda: (torch.randint(11, (N, 6)),), rows(1), out_rows(1), mirrored, groups, rank)
+    torch.manual_seed(1)
+    model = flipes.flipout(EveryKind().to(DT))
+    sigma = 0.05
+    es = flipes.FlipES(
+        model, popsize=N, sigma=sigma, seed=3, groups=groups, mirrored=mirrored, noise_rank=rank,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+    )  # fmt: skip
+    with es.population():
+        params = member_parameters(es, model)
+    fitness = torch.randn(N, dtype=DT)
+    es.tell(fitness)
+    f_hat = centered_ranks_distinct(fitness)
+    assert len(params[0]) == len(list(model.parameters()))  # every parameter has a per-member value
+    for name, p in model.named_parameters():
+        delta = torch.stack([params[n][name] - p for n in range(N)])  # σu_n
+        expect = -(f_hat.view(-1, *(1,) * p.dim()) * delta).sum(0) / (N * sigma**2)
+        torch.testing.assert_close(p.grad, expect, atol=1e-12, rtol=1e-9, msg=name)
+
+
+class PositionalModel(nn.Module):
+    """A bare parameter held beside Flipout layers: nothing could perturb it per member."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(5, 4))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x + self.pos)
+
+
+def test_a_parameter_nothing_can_perturb_is_an_error_naming_it_unless_frozen() -> None:
+    with pytest.raises(ValueError, match=r"would not be evolved: pos \(held by PositionalModel\).*frozen=\["):
+        flipes.flipout(PositionalModel())
+    model = flipes.flipout(PositionalModel(), frozen=["pos"])
+    assert not model.pos.requires_grad
+    report = flipes.nn.parameter_report(model)
+    assert {r.name: r.how for r in report.rows} == {"pos": "frozen", "fc.weight": "flipout", "fc.bias": "flipout"}
+    with pytest.raises(ValueError, match=r"'fc.wieght' is no parameter or module of PositionalModel; did you mean 'fc.weight'"):
+        flipes.flipout(PositionalModel(), frozen=["pos", "fc.wieght"])
+    plain = PositionalModel()  # built by hand: FlipES checks too
+    plain.fc = flipes.nn.FlipoutLinear(4, 2)
+    with pytest.raises(ValueError, match=r"FlipES: 1 trainable parameter\(s\) would not be evolved.*: pos \(PositionalModel\)"):
+        flipes.FlipES(plain, popsize=4)
+
+
+def test_frozen_parameters_stay_frozen_and_unperturbed() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+    model[0].weight.requires_grad_(False)  # frozen by the user
+    flipes.flipout(model, frozen=["1.bias", "2.weight"])  # a module's parameter and a Flipout weight
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    es = flipes.FlipES(model, popsize=8, sigma=0.5, lr=0.1)
+    how = {r.name: r.how for r in es.report().rows}
+    assert how == {"0.weight": "frozen", "1.weight": "dense", "1.bias": "frozen", "2.weight": "frozen", "2.bias": "flipout"}
+    assert {id(p) for p in es.params} == {id(model[1].weight), id(model[2].bias)}
+    tokens = torch.randint(10, (8, 6))
+    with es.population():
+        out = model(tokens)
+        params = member_parameters(es, model)
+    assert set(params[0]) == {"1.weight", "2.bias"}
+    for n in range(8):  # each member: the frozen parameters at their values, the others perturbed
+        expect = functional_call(model, params[n], (tokens[n],))
+        torch.testing.assert_close(out[n], expect, atol=1e-5, rtol=1e-5)
+    es.tell(torch.randn(8))
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) == (how[name] == "frozen"), name
+
+
+def test_nested_populations_and_two_flipes_on_one_model_are_errors_for_every_kind() -> None:
+    model = flipes.flipout(nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4)))
+    es = flipes.FlipES(model, popsize=4)
+    with es.population(), pytest.raises(RuntimeError, match="population\\(\\) inside a population"):
+        with es.population():
+            pass
+    only_norm = flipes.flipout(nn.LayerNorm(4))  # a model of dense parameters only
+    first = flipes.FlipES(only_norm, popsize=4)
+    second = flipes.FlipES(only_norm, popsize=4)
+    with pytest.raises(RuntimeError, match="has a newer FlipES"):
+        with first.population():
+            pass
+    with second.population() as pop:
+        assert only_norm(torch.randn(pop.size, 4)).shape == (4, 4)
+
+
+def test_layer_options_without_a_flipout_form_are_refused_naming_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"max_norm.*without max_norm"):
+        flipes.flipout(nn.Sequential(nn.Embedding(5, 3, max_norm=1.0)))
+    with pytest.raises(ValueError, match="unidirectional"):
+        flipes.flipout(nn.GRU(3, 4, bidirectional=True))
+    frozen_gru = nn.GRU(3, 4, bidirectional=True).requires_grad_(False)  # frozen: left as it is
+    model = flipes.flipout(nn.ModuleDict({"gru": frozen_gru, "head": nn.Linear(8, 2)}))
+    assert type(model["gru"]) is nn.GRU
+
+
+def test_dense_inputs_must_hold_the_members_first() -> None:
+    norm = flipes.flipout(nn.LayerNorm(4))
+    es = flipes.FlipES(norm, popsize=4)
+    with es.population(), pytest.raises(ValueError, match=r"inputs must be members first"):
+        norm(torch.randn(3, 4))
+
+
+def test_a_linear_subclass_with_its_own_forward_is_evolved_densely_not_silently_frozen() -> None:
+    class Odd(nn.Linear):
+        def forward(self, x: Tensor) -> Tensor:
+            return super().forward(x) * 2
+
+    model = flipes.flipout(nn.Sequential(Odd(3, 2)))
+    assert isinstance(model[0], PerMember)
+    assert all(r.how == "dense" for r in flipes.nn.parameter_report(model).rows)
+    check_members(lambda: nn.Sequential(Odd(3, 2)), lambda: (randn(N, 3),), rows(0), out_rows(0), True, 1, None)
+
+
+def test_attention_converts_as_one_layer_with_its_output_projection() -> None:
+    model = flipes.flipout(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True))
+    assert isinstance(model.self_attn, FlipoutMultiheadAttention)
+    assert type(model.self_attn.out_proj).__name__ == "NonDynamicallyQuantizableLinear"  # its slot is the attention's
+    assert flipes.nn.parameter_report(model).evolved == sum(p.numel() for p in model.parameters())
