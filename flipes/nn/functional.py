@@ -60,12 +60,36 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
             torch.addcmul(bias, out, noise.r, out=out)
         return out.addmm_(x, weight.T)
     xb = x.reshape(n, -1, x.shape[-1])  # (N, B, in)
+    if noise.factors is not None:  # low rank: the signs go into per-member factors, not into the (N, B, in) input
+        b_n, a_n = _member_factors(noise)
+        t = torch.bmm(xb, b_n.mT)  # (N, B, r): x_n (s_n ∘ B_g)ᵀ
+        if noise.bias_eps is not None:
+            t = torch.cat((t, t.new_ones(*t.shape[:2], 1)), 2)
+        out = F.linear(xb, weight, bias).baddbmm_(t, a_n.mT)  # + t (r_n ∘ A_g)ᵀ, accumulated in place
+        return out.reshape(*x.shape[:-1], out.shape[-1])
     xs = xb * noise.s.unsqueeze(1)
     pert = _grouped_product(xs.reshape(g, -1, xs.shape[-1]), noise).view(n, xb.shape[1], -1)
     if noise.bias_r is not None:
         pert += noise.bias_r.unsqueeze(1)
     out = F.linear(xb, weight, bias).addcmul_(pert, noise.r.unsqueeze(1))
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _member_factors(noise: SlotNoise) -> tuple[Tensor, Tensor]:
+    """Low-rank factors with member ``n``'s signs folded in: ``s_n ∘ B_g`` ``(N, r, in)`` and ``r_n ∘ A_g``
+    ``(N, out, r)`` (one more column ``r_n ∘ σε_b,g`` with bias noise). O(N·r·(in + out)): far less
+    than signing the ``(N, B, in)`` input and the ``(N, B, out)`` perturbation."""
+    a, b = noise.factors
+    n, g = noise.size, noise.groups
+
+    def per_member(t: Tensor) -> Tensor:
+        return t.expand(n, *t.shape[1:]) if g == 1 else t.repeat_interleave(n // g, dim=0)
+
+    b_n = per_member(b) * noise.s.unsqueeze(1)
+    a_n = per_member(a) * noise.r.unsqueeze(2)
+    if noise.bias_eps is not None:
+        a_n = torch.cat((a_n, (per_member(noise.bias_eps) * noise.r).unsqueeze(2)), 2)
+    return b_n, a_n
 
 
 def _grouped_product(xs: Tensor, noise: SlotNoise) -> Tensor:
