@@ -44,7 +44,8 @@ def member_perturbations(es: flipes.FlipES, model: nn.Module) -> dict[str, Tenso
     for layer in es.layers:
         for pw, noise in zip(layer.perturbed_weights(), layer.noise, strict=True):
             if pw.weight.requires_grad:
-                out[names[id(pw.weight)]] = member_deltas(noise, tuple(pw.weight.shape), pw.conv_groups)
+                deltas = member_deltas(noise, tuple(pw.layout.shape), pw.conv_groups)
+                out[names[id(pw.weight)]] = deltas.transpose(1, 2) if pw.transposed else deltas
             if noise.bias is not None:
                 out[names[id(pw.bias)]] = noise.bias
     for (_, _, p), noise in zip(es.dense_slots, es._noise[1], strict=True):

@@ -114,6 +114,13 @@ CASES = [
     ("conv3d", lambda: nn.Conv3d(2, 4, (2, 3, 3), padding=1), lambda: (randn(N, 2, 2, 5, 4, 4),), rows(0), out_rows(0)),
     ("linear-subclass", lambda: PlainLinear(7, 5), lambda: (randn(N, 3, 7),), rows(0), out_rows(0)),
     ("embedding", lambda: nn.Embedding(13, 6, padding_idx=2), lambda: (torch.randint(13, (N, 9)),), rows(0), out_rows(0)),
+    (  # ids shared by all members (position ids): each member looks them up in its own table
+        "embedding-shared-ids",
+        lambda: nn.Embedding(9, 4),
+        lambda: (torch.randint(9, (1, 5)),),
+        lambda args, n: args,
+        lambda out, n: out[n : n + 1],
+    ),
     ("embedding-k", lambda: nn.Embedding(10, 4), lambda: (torch.randint(10, (2 * N, 3, 5)),), rows(2), out_rows(2)),
     (
         "mha-self-masks",

@@ -42,6 +42,14 @@ def qwen2(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
     return transformers.Qwen2ForCausalLM(cfg).to(dtype).eval()
 
 
+def gpt2(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
+    """A 2-layer GPT-2: transformers' Conv1D projections (weights stored (in, out)), LayerNorms,
+    learned positions, the head tied to the token embedding."""
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, attn_implementation="eager")
+    return transformers.GPT2LMHeadModel(cfg).to(dtype).eval()
+
+
 def batch(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Token ids ``(n, T)`` and an attention mask with right padding of 0-3 tokens per row (left padding
     makes rows that attend to nothing, which HF turns into NaN in float64, also without flipes)."""
@@ -53,7 +61,9 @@ def batch(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: llama(attn="eager"), lambda: llama(attn="sdpa"), qwen2], ids=["llama-eager", "llama-sdpa", "qwen2-tied"]
+    "make",
+    [lambda: llama(attn="eager"), lambda: llama(attn="sdpa"), qwen2, gpt2],
+    ids=["llama-eager", "llama-sdpa", "qwen2-tied", "gpt2-conv1d"],
 )
 @pytest.mark.parametrize("rank", [None, 2])
 def test_every_member_of_a_causal_lm_is_the_plain_model_with_its_parameters(make: object, rank: int | None) -> None:
@@ -68,7 +78,7 @@ def test_every_member_of_a_causal_lm_is_the_plain_model_with_its_parameters(make
         logits = model(input_ids=ids, attention_mask=mask).logits
         params = member_parameters(es, model)
     if getattr(original.config, "tie_word_embeddings", False):
-        assert model.lm_head.weight is model.model.embed_tokens.weight
+        assert model.lm_head.weight is model.get_input_embeddings().weight
         assert len(es.slots) == len({id(pw.weight) for pw in es.slots})  # the tied table is ONE perturbation
     for m in range(n):
         with torch.no_grad():

@@ -40,6 +40,11 @@ def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Opti
         return torch.optim.Adam(params, lr=lr)
 
 
+def _layout(pw: PerturbedWeight) -> tuple:
+    """What two layers sharing a weight must agree on to share its perturbation."""
+    return (id(pw.bias), pw.in_channels, pw.out_channels, pw.conv_groups, pw.transposed)
+
+
 class FlipES:
     r"""Evolution strategies over the Flipout layers of ``model``.
 
@@ -176,12 +181,7 @@ class FlipES:
                 i = by_weight.setdefault(id(pw.weight), len(slots))
                 if i == len(slots):
                     slots.append(pw)
-                elif (pw.bias, pw.in_channels, pw.out_channels, pw.conv_groups) != (
-                    slots[i].bias,
-                    slots[i].in_channels,
-                    slots[i].out_channels,
-                    slots[i].conv_groups,
-                ):
+                elif _layout(pw) != _layout(slots[i]):
                     raise ValueError(
                         f"FlipES: {type(layer).__name__} shares a weight of shape {tuple(pw.weight.shape)} with another "
                         "layer that uses it with another bias or layout; tied weights need one (out, in) layout and bias"
@@ -223,7 +223,7 @@ class FlipES:
         tables: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         noise = []
         for i, pw in enumerate(self.slots):
-            w = pw.weight.detach()
+            w = pw.layout.detach()
             key = (w.dtype, w.device)
             if key not in tables:
                 tables[key] = sign_table(w.dtype, w.device)
@@ -377,8 +377,9 @@ class FlipES:
 
         for pw, noise in zip(self.slots, slot_noise, strict=True):
             parts = weighted_perturbation(pw, noise, coeff.to(noise.s.device, noise.s.dtype))
-            for p, g in zip((pw.weight, pw.bias), parts, strict=True):
-                add(p, g)
+            weight_grad, bias_grad = parts
+            add(pw.weight, weight_grad.T if pw.transposed else weight_grad)
+            add(pw.bias, bias_grad)
         for (_, _, p), noise in zip(self.dense_slots, dense_noise, strict=True):
             add(p, weighted_dense(noise, coeff.to(noise.delta.device)))
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])

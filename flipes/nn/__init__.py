@@ -7,7 +7,7 @@ from flipes.nn.conv import FlipoutConv1d, FlipoutConv2d, FlipoutConv3d
 from flipes.nn.convert import ParameterReport, ParameterRow, flipout, flipout_layers, parameter_report, per_member_modules
 from flipes.nn.dense import PerMember
 from flipes.nn.embedding import FlipoutEmbedding
-from flipes.nn.linear import FlipoutLinear
+from flipes.nn.linear import FlipoutConv1D, FlipoutLinear
 from flipes.nn.recurrent import FlipoutGRU, FlipoutGRUCell, FlipoutLSTM, FlipoutLSTMCell, FlipoutRNN, FlipoutRNNCell
 from flipes.nn.variational import (
     DropConnect,
@@ -23,6 +23,7 @@ from flipes.nn.variational import (
 
 __all__ = [
     "DropConnect",
+    "FlipoutConv1D",
     "FlipoutConv1d",
     "FlipoutConv2d",
     "FlipoutConv3d",

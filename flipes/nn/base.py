@@ -23,6 +23,12 @@ class PerturbedWeight:
     out_channels: int
     conv_groups: int = 1
     fixed_rows: tuple[int, ...] = ()  # output rows never perturbed (an embedding's padding row)
+    transposed: bool = False  # the parameter is stored (in, out), as transformers' Conv1D: noise is laid out for its .T
+
+    @property
+    def layout(self) -> Tensor:
+        """The weight as ``(out, in, *kernel)``: a view of the parameter (transposed if stored ``(in, out)``)."""
+        return self.weight.T if self.transposed else self.weight
 
 
 class FlipoutMixin:

@@ -1,7 +1,7 @@
 """``flipout(module)``: give every trainable parameter of any torch model a per-member perturbation.
 
 Layers with a Flipout form (Linear and its subclasses that keep its forward, Conv1d/2d/3d,
-Embedding, MultiheadAttention, LSTM/GRU/RNN and their cells) become Flipout layers sharing the
+Embedding, MultiheadAttention, LSTM/GRU/RNN and their cells, transformers' Conv1D) become Flipout layers sharing the
 same Parameter objects. Every other trainable parameter is perturbed per member with dense noise
 by the module that owns it (``flipes.nn.dense``), if that module has no Flipout layer below it.
 Parameters with ``requires_grad=False`` stay frozen; anything else is an error naming it.
@@ -21,7 +21,7 @@ from flipes.nn.base import FlipoutMixin
 from flipes.nn.conv import FlipoutConv1d, FlipoutConv2d, FlipoutConv3d
 from flipes.nn.dense import PerMember, to_per_member
 from flipes.nn.embedding import FlipoutEmbedding, check_embedding_supported
-from flipes.nn.linear import FlipoutLinear
+from flipes.nn.linear import FlipoutConv1D, FlipoutLinear
 from flipes.nn.recurrent import (
     FlipoutGRU,
     FlipoutGRUCell,
@@ -62,6 +62,8 @@ def flipout_class(cls: type[nn.Module]) -> type[nn.Module] | None:
         return _FLIPOUT_OF[cls]
     if issubclass(cls, (FlipoutMixin, PerMember)):
         return None
+    if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers."):  # GPT-2's (in, out) linear
+        return _flipout_subclass(FlipoutConv1D, cls)
     for base, flip in _FLIPOUT_OF.items():
         if issubclass(cls, base) and cls.forward is base.forward:
             return _flipout_subclass(flip, cls)
@@ -92,7 +94,8 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
 
     - Layers with a Flipout form become Flipout layers (``flipes.nn``): ``nn.Linear`` (and
       subclasses that keep its forward), ``nn.Conv1d/2d/3d``, ``nn.Embedding``,
-      ``nn.MultiheadAttention``, ``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells.
+      ``nn.MultiheadAttention``, ``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells, and
+      ``transformers``' ``Conv1D`` (GPT-2).
     - A module that owns other trainable parameters (LayerNorm, RMSNorm, BatchNorm, a bare
       ``nn.Parameter``, a layer flipes has no Flipout form for) and has no Flipout layer below it
       is evaluated per member with dense noise on them (``flipes.nn.dense``).

@@ -22,7 +22,10 @@ from flipes.noise import SlotNoise
 
 
 def flipout_embedding(idx: Tensor, weight: Tensor, noise: SlotNoise, padding_idx: int | None, layer: str) -> Tensor:
-    """``idx``: ``(N, *B)`` or ``(N·k, *B)`` token ids -> ``(*idx.shape, d)``, member ``n`` through its own table."""
+    """``idx``: ``(N, *B)`` or ``(N·k, *B)`` token ids -> ``(*idx.shape, d)``, member ``n`` through its own table.
+    Ids shared by every member, ``(1, *B)`` (position ids), are looked up in every member's table: ``(N, *B, d)``."""
+    if idx.dim() > 0 and idx.shape[0] == 1:
+        idx = idx.expand(noise.size, *idx.shape[1:])
     check_members(layer, idx, noise.size, 1)
     n, g = noise.size, noise.groups
     vocab, dim = weight.shape
@@ -56,7 +59,7 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
     Shape:
         - Outside a population: as ``nn.Embedding``.
         - Inside a population of N members: ``(N, *B) -> (N, *B, embedding_dim)`` (or ``N·k`` rows,
-          member-major).
+          member-major); ids shared by all members, ``(1, *B)`` (e.g. position ids), give ``(N, *B, d)``.
 
     Examples::
 

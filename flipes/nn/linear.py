@@ -51,3 +51,23 @@ class FlipoutLinear(FlipoutMixin, nn.Linear):
         if unbatched:
             return flipout_linear(input.unsqueeze(0), self.weight, self.bias, noise[0], name).squeeze(0)
         return flipout_linear(input, self.weight, self.bias, noise[0], name)
+
+
+class FlipoutConv1D(FlipoutMixin):
+    r"""The Flipout form of ``transformers``' ``Conv1D`` (GPT-2's projections): a linear layer whose
+    weight is stored ``(in, out)``, ``y = x W + b``. Mixed into a subclass of that class by
+    ``flipes.flipout``; the noise is laid out for ``Wᵀ`` (``PerturbedWeight.transposed``).
+
+    Shape: as ``FlipoutLinear``.
+    """
+
+    weight: nn.Parameter
+    bias: nn.Parameter
+
+    def perturbed_weights(self) -> list[PerturbedWeight]:
+        return [PerturbedWeight(self.weight, self.bias, self.weight.shape[0], self.weight.shape[1], transposed=True)]
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.noise is None:
+            return super().forward(input)  # type: ignore[misc]
+        return flipout_linear(input, self.weight.T, self.bias, self.noise[0], type(self).__name__)
