@@ -100,6 +100,15 @@ class Note(Callback):
         print_note(self.text)
 
 
+class ModelNote(Callback):
+    """What a ``--model``'s parameters get: the last line of ``es.report()`` (flipout, dense, frozen)."""
+
+    def on_train_start(self, state: Any) -> None:
+        from flipes.rl.envs import print_note
+
+        print_note(f"--model {state.config.model}: " + str(state.es.report()).splitlines()[-1])
+
+
 def train_command(argv: Sequence[str] | None = None) -> int:
     """``flipes train``: exit status 0, or 130 when interrupted (Ctrl-C, SIGTERM)."""
     from flipes import dist
@@ -117,6 +126,8 @@ def train_command(argv: Sequence[str] | None = None) -> int:
         if preset and config.progress and not config.resume:
             used = ", ".join(f"{k} {v}" for k, v in preset.items() if getattr(config, k) == v)
             notes.append(Note(f"per-env defaults of {config.env} (flipes.rl.presets): {used}; flags and --config override them"))
+        if config.model and config.progress:
+            notes.append(ModelNote())
         result = train(config, comm=comm, callbacks=notes)
         return 130 if result.reason == "interrupted" else 0
 

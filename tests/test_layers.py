@@ -345,3 +345,16 @@ def test_attention_converts_as_one_layer_with_its_output_projection() -> None:
     assert isinstance(model.self_attn, FlipoutMultiheadAttention)
     assert type(model.self_attn.out_proj).__name__ == "NonDynamicallyQuantizableLinear"  # its slot is the attention's
     assert flipes.nn.parameter_report(model).evolved == sum(p.numel() for p in model.parameters())
+
+
+def test_a_groups_noise_does_not_depend_on_which_groups_are_sampled_with_it() -> None:
+    """What makes results independent of the process count: each process samples its own groups."""
+    model = flipes.flipout(EveryKind())
+    es = flipes.FlipES(model, popsize=16, groups=4, noise_rank=2)
+    slots, dense = es._sample(range(4))
+    part_slots, part_dense = es._sample(range(2, 4))
+    for full, part in zip(slots, part_slots, strict=True):
+        assert torch.equal(full.s[8:], part.s) and torch.equal(full.r[8:], part.r)
+        assert torch.equal(full.factors[0][2:], part.factors[0]) and torch.equal(full.factors[1][2:], part.factors[1])
+    for full, part in zip(dense, part_dense, strict=True):
+        assert torch.equal(full.delta[8:], part.delta)
