@@ -87,6 +87,7 @@ def tail(text: str, lines: int = 15) -> str:
 def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
     tests = [
         "tests/test_exactness.py",
+        "tests/test_layers.py",
         "tests/test_es.py::test_tell_gradient_equals_materialized_estimator",
         "tests/test_envs.py",
     ]

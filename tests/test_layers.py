@@ -36,13 +36,14 @@ def check_members(
     groups: int,
     rank: int | None,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> None:
     """Population outputs of ``flipout(make())`` against the original module with member n's parameters."""
     torch.manual_seed(seed)
-    original = make().to(DT)
+    original = make().to(device, DT)
     model = flipes.flipout(copy.deepcopy(original))
     es = flipes.FlipES(model, popsize=N, sigma=0.3, seed=seed, groups=groups, mirrored=mirrored, noise_rank=rank)
-    args = inputs()
+    args = tuple(a.to(device) if isinstance(a, Tensor) else a for a in inputs())
     with es.population():
         out = model(*args)
         params = member_parameters(es, model)
@@ -185,10 +186,10 @@ CASES = [
 @pytest.mark.parametrize("mirrored,groups,rank", SETTINGS)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_members_equal_the_plain_module_with_their_explicit_parameters(
-    case: tuple, mirrored: bool, groups: int, rank: int | None
+    case: tuple, mirrored: bool, groups: int, rank: int | None, device: torch.device
 ) -> None:
     _, make, inputs, member_inputs, member_output = case
-    check_members(make, inputs, member_inputs, member_output, mirrored, groups, rank)
+    check_members(make, inputs, member_inputs, member_output, mirrored, groups, rank, device=device)
 
 
 def test_batchnorm_in_a_population_leaves_the_running_statistics_alone() -> None:
@@ -225,11 +226,11 @@ class EveryKind(nn.Module):
 
 @pytest.mark.parametrize("mirrored,groups,rank", SETTINGS)
 def test_a_model_of_every_kind_is_exact_and_its_gradient_is_the_materialized_estimator(
-    mirrored: bool, groups: int, rank: int | None
+    mirrored: bool, groups: int, rank: int | None, device: torch.device
 ) -> None:
-    check_members(EveryKind, lambda: (torch.randint(11, (N, 6)),), rows(1), out_rows(1), mirrored, groups, rank)
+    check_members(EveryKind, lambda: (torch.randint(11, (N, 6)),), rows(1), out_rows(1), mirrored, groups, rank, device=device)
     torch.manual_seed(1)
-    model = flipes.flipout(EveryKind().to(DT))
+    model = flipes.flipout(EveryKind().to(device, DT))
     sigma = 0.05
     es = flipes.FlipES(
         model, popsize=N, sigma=sigma, seed=3, groups=groups, mirrored=mirrored, noise_rank=rank,
@@ -237,7 +238,7 @@ def test_a_model_of_every_kind_is_exact_and_its_gradient_is_the_materialized_est
     )  # fmt: skip
     with es.population():
         params = member_parameters(es, model)
-    fitness = torch.randn(N, dtype=DT)
+    fitness = torch.randn(N, dtype=DT, device=device)
     es.tell(fitness)
     f_hat = centered_ranks_distinct(fitness)
     assert len(params[0]) == len(list(model.parameters()))  # every parameter has a per-member value
