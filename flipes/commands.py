@@ -101,12 +101,18 @@ class Note(Callback):
 
 
 class ModelNote(Callback):
-    """What a ``--model``'s parameters get: the last line of ``es.report()`` (flipout, dense, frozen)."""
+    """What a ``--model``'s parameters get: the last line of ``es.report()`` (flipout, dense, frozen),
+    after the first generation (a mistake in the fitness stays a one-line error)."""
 
-    def on_train_start(self, state: Any) -> None:
+    def __init__(self) -> None:
+        self.shown = False
+
+    def on_generation(self, state: Any, row: dict[str, Any]) -> None:
         from flipes.rl.envs import print_note
 
-        print_note(f"--model {state.config.model}: " + str(state.es.report()).splitlines()[-1])
+        if not self.shown:
+            self.shown = True
+            print_note(f"--model {state.config.model}: " + str(state.es.report()).splitlines()[-1])
 
 
 def train_command(argv: Sequence[str] | None = None) -> int:
