@@ -35,3 +35,31 @@ def z_score(fitness: Tensor) -> Tensor:
 def raw(fitness: Tensor) -> Tensor:
     """No shaping: the plain Monte-Carlo estimator of ``∇ E[F(θ + σu)]``."""
     return fitness.clone()
+
+
+def ars(fitness: Tensor, top: int | None = None) -> Tensor:
+    """Augmented Random Search weights (Mania, Guy & Recht, NeurIPS 2018, arXiv:1803.07055, V1-t/V2-t).
+
+    Mirrored pairs ``(2k, 2k+1)`` hold the returns ``r+`` and ``r-`` of direction ``k``. The ``top``
+    directions by ``max(r+, r-)`` (all if ``None``) get ``w_2k = -w_2k+1 = N (r+ - r-) / (2 b σ_R)``,
+    the others 0, with ``σ_R`` the standard deviation of the ``2b`` returns used. FlipES's gradient
+    then is ``Σ_top (r+ - r-) u_k / (b σ_R σ)``, so SGD with ``lr = α·σ`` takes exactly ARS's step
+    ``α / (b σ_R) Σ_top (r+ - r-) δ_k``. Use with ``mirrored=True``:
+    ``FlipES(..., shaping=functools.partial(ars, top=b))``.
+    """
+    n = fitness.numel()
+    if n % 2:
+        raise ValueError(f"ars shaping pairs mirrored members (2k, 2k+1); got {n} fitness values (odd): use mirrored=True")
+    pairs = n // 2
+    b = pairs if top is None else top
+    if not 1 <= b <= pairs:
+        raise ValueError(f"ars shaping: top must be 1 ... {pairs} (the number of mirrored pairs), got {top}")
+    plus, minus = fitness[0::2], fitness[1::2]
+    keep = torch.maximum(plus, minus).topk(b).indices
+    used = torch.cat((plus[keep], minus[keep]))
+    sigma_r = used.std(unbiased=False)
+    weights = torch.zeros_like(fitness)
+    if sigma_r > 0:
+        w = n * (plus[keep] - minus[keep]) / (2 * b * sigma_r)
+        weights[2 * keep], weights[2 * keep + 1] = w, -w
+    return weights

@@ -1,0 +1,79 @@
+"""Optimizers for ES updates.
+
+ClipUp: Toklu, Liskowski, Mańdziuk, Gomez & Schmidhuber, "ClipUp: A Simple and Powerful Optimizer
+for Distribution-based Policy Evolution", PPSN 2020 (arXiv:2008.02387).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+
+class ClipUp(torch.optim.Optimizer):
+    r"""Normalized gradient steps with heavy-ball momentum and a speed limit (ClipUp).
+
+    For each parameter group, seen as one vector ``θ`` with gradient ``g`` (``.grad``, the gradient of
+    the loss, as ``flipes.FlipES.tell`` writes it):
+
+        v ← momentum · v + lr · g / ‖g‖
+        v ← v · min(1, max_speed / ‖v‖)
+        θ ← θ − v
+
+    so no step is longer than ``max_speed``, whatever the scale of the fitness or of σ. The paper
+    recommends ``lr = max_speed / 2`` and ``momentum = 0.9``. A zero gradient adds nothing to ``v``.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: length of the normalized gradient step added to the velocity (the paper's α).
+        momentum: decay of the velocity, in [0, 1).
+        max_speed: the largest step, > 0; default ``2 · lr``.
+
+    Examples::
+
+        >>> es = flipes.FlipES(model, popsize=256, optimizer=lambda p: ClipUp(p, lr=0.075, max_speed=0.15))
+    """
+
+    def __init__(
+        self, params: Iterable[Tensor] | Iterable[dict], lr: float, momentum: float = 0.9, max_speed: float | None = None
+    ) -> None:
+        max_speed = 2 * lr if max_speed is None else max_speed
+        if not lr > 0:
+            raise ValueError(f"ClipUp: lr must be > 0, got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"ClipUp: momentum must be in [0, 1), got {momentum}")
+        if not max_speed > 0:
+            raise ValueError(f"ClipUp: max_speed must be > 0, got {max_speed}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "max_speed": max_speed})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad.float() for p in params]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            scale = torch.where(norm > 0, group["lr"] / norm, torch.zeros_like(norm))
+            velocities = []
+            for p, g in zip(params, grads, strict=True):
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(
+                        p, dtype=torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+                    )
+                v = state["velocity"]
+                v.mul_(group["momentum"]).add_(g.to(v.dtype) * scale.to(v.dtype))
+                velocities.append(v)
+            speed = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v.float()) for v in velocities]))
+            clip = torch.clamp(group["max_speed"] / speed.clamp_min(torch.finfo(torch.float32).tiny), max=1.0)
+            for p, v in zip(params, velocities, strict=True):
+                v.mul_(clip.to(v.dtype))
+                p.sub_(v.to(p.dtype))
+        return loss

@@ -1,0 +1,110 @@
+"""ClipUp: the hand-computed update, the speed limit, and use as a FlipES optimizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import flipes
+from flipes.optim import ClipUp
+
+
+def test_clipup_matches_a_hand_computed_update() -> None:
+    a = nn.Parameter(torch.tensor([1.0, 2.0]))
+    b = nn.Parameter(torch.tensor([[3.0]]))
+    opt = ClipUp([a, b], lr=0.1, momentum=0.5, max_speed=0.15)
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([[4.0]])  # ‖g‖ = 5
+    opt.step()
+    # v = 0.1 · g/5 = (0.06, 0, 0.08), ‖v‖ = 0.1 ≤ 0.15: θ -= v
+    torch.testing.assert_close(a.detach(), torch.tensor([0.94, 2.0]))
+    torch.testing.assert_close(b.detach(), torch.tensor([[2.92]]))
+    a.grad, b.grad = torch.tensor([0.0, 1.0]), torch.tensor([[0.0]])  # ‖g‖ = 1
+    opt.step()
+    # v = 0.5 · (0.06, 0, 0.08) + 0.1 · (0, 1, 0) = (0.03, 0.1, 0.04); ‖v‖ = 0.1122 ≤ 0.15
+    torch.testing.assert_close(a.detach(), torch.tensor([0.91, 1.9]))
+    torch.testing.assert_close(b.detach(), torch.tensor([[2.88]]))
+    a.grad, b.grad = torch.tensor([0.0, 1.0]), torch.tensor([[0.0]])
+    opt.step()
+    # v = 0.5 · (0.03, 0.1, 0.04) + (0, 0.1, 0) = (0.015, 0.15, 0.02); ‖v‖ = 0.15207 > 0.15: clipped to 0.15
+    v = torch.tensor([0.015, 0.15, 0.02])
+    v = v * 0.15 / v.norm()
+    torch.testing.assert_close(a.detach(), torch.tensor([0.91, 1.9]) - v[:2])
+    torch.testing.assert_close(b.detach(), torch.tensor([[2.88]]) - v[2])
+
+
+def test_clipup_never_steps_farther_than_max_speed() -> None:
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(50))
+    opt = ClipUp([p], lr=0.3, momentum=0.95, max_speed=0.4)
+    for _ in range(200):
+        before = p.detach().clone()
+        p.grad = torch.randn(50) * 10 ** torch.empty(()).uniform_(-6, 6)  # any scale
+        opt.step()
+        assert (p.detach() - before).norm() <= 0.4 * (1 + 1e-6)
+    p.grad = torch.zeros(50)  # a zero gradient: the velocity only decays
+    before = p.detach().clone()
+    opt.step()
+    assert torch.isfinite(p).all() and (p.detach() - before).norm() <= 0.4 * (1 + 1e-6)
+
+
+def test_clipup_options_are_checked() -> None:
+    p = [nn.Parameter(torch.zeros(2))]
+    for kw in (dict(lr=0.0), dict(lr=0.1, momentum=1.0), dict(lr=0.1, max_speed=-1.0)):
+        with pytest.raises(ValueError, match="ClipUp: "):
+            ClipUp(p, **kw)
+    assert ClipUp(p, lr=0.1).param_groups[0]["max_speed"] == pytest.approx(0.2)  # the paper's max_speed = 2·lr
+
+
+def test_flipes_with_clipup_solves_a_linear_regression() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(3, 5)
+    model = flipes.flipout(nn.Linear(5, 3, bias=False))
+    es = flipes.FlipES(model, popsize=64, sigma=0.05, optimizer=lambda p: ClipUp(p, lr=0.05, max_speed=0.1))
+    x = torch.randn(64, 20, 5)
+    for _ in range(300):
+        with es.population() as pop:
+            loss = ((model(x[: pop.size]) - x[: pop.size] @ teacher.T) ** 2).mean((1, 2))
+        es.tell(-loss)
+    assert (model.weight - teacher).norm() < 0.1 * teacher.norm()
+
+
+@pytest.mark.parametrize("top", [None, 3])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_ars_weights_give_the_papers_update(top: int | None, groups: int) -> None:
+    """θ += α/(b σ_R) Σ_top-b (r+ - r-) δ_k (Mania et al., 2018), computed directly from the materialized
+    directions, equals a FlipES step with ars shaping and SGD at lr = α·ν."""
+    from reference import member_perturbations
+
+    torch.manual_seed(0)
+    n, nu, alpha = 16, 0.03, 0.02
+    policy = flipes.flipout(nn.Linear(4, 2, dtype=torch.float64))  # ARS's linear policy
+    es = flipes.FlipES(
+        policy, popsize=n, sigma=nu, groups=groups, mirrored=True,
+        shaping=lambda f: flipes.shaping.ars(f, top=top), optimizer=lambda p: torch.optim.SGD(p, lr=alpha * nu),
+    )  # fmt: skip
+    with es.population():
+        deltas = member_perturbations(es, policy)  # ν δ_n per parameter
+    returns = torch.randn(n, dtype=torch.float64)
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    es.tell(returns)
+
+    r_plus, r_minus = returns[0::2].tolist(), returns[1::2].tolist()
+    b = n // 2 if top is None else top
+    order = sorted(range(n // 2), key=lambda k: -max(r_plus[k], r_minus[k]))[:b]
+    used = [r_plus[k] for k in order] + [r_minus[k] for k in order]
+    mean = sum(used) / len(used)
+    sigma_r = (sum((r - mean) ** 2 for r in used) / len(used)) ** 0.5
+    for name, p in policy.named_parameters():
+        delta = deltas[name] / nu  # δ_n; member 2k+1 is -δ_2k
+        assert torch.equal(delta[1::2], -delta[0::2])
+        step = sum((r_plus[k] - r_minus[k]) * delta[2 * k] for k in order) * alpha / (b * sigma_r)
+        torch.testing.assert_close(p.detach(), before[name] + step, atol=1e-12, rtol=1e-10)
+
+
+def test_ars_shaping_needs_mirrored_pairs() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        flipes.shaping.ars(torch.randn(5))
+    with pytest.raises(ValueError, match=r"top must be 1 \.\.\. 3"):
+        flipes.shaping.ars(torch.randn(6), top=4)
+    assert torch.equal(flipes.shaping.ars(torch.ones(6)), torch.zeros(6))  # no spread, no step
