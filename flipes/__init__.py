@@ -4,7 +4,7 @@ One batched forward pass evaluates a whole population, every member with its own
 pseudo-independent weight perturbation (Wen et al., ICLR 2018, arXiv:1803.04386).
 """
 
-from flipes import dist, nn, noise
+from flipes import dist, nn, noise, optim
 from flipes.callbacks import Callback
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
@@ -26,6 +26,7 @@ __all__ = [
     "load_policy",
     "nn",
     "noise",
+    "optim",
     "shaping",
     "train",
 ]
