@@ -23,6 +23,7 @@ from flipes.dist import Comm, SerialComm, split_groups
 from flipes.es.gradient import weighted_dense, weighted_perturbation
 from flipes.es.population import Population
 from flipes.es.shaping import centered_ranks
+from flipes.es.sigma import dense_norms, log_sigma_gradient, slot_norms
 from flipes.nn.base import PerturbedWeight
 from flipes.nn.convert import ParameterReport, flipout_layers, parameter_report, per_member_modules
 from flipes.noise import DenseNoise, SlotNoise, sample_dense, sample_slot, sign_table
@@ -86,6 +87,12 @@ class FlipES:
             (for fitness linear in θ exactly), at a higher variance for small ``r``. Biases then
             get one noise vector ``σε_b`` per group, sign-flipped per member (``σε_b ∘ r_n``) like
             the weights, instead of independent noise per member.
+        sigma_lr: 0 (default) keeps σ fixed (or on its schedule). ``η > 0`` adapts one σ per layer (a
+            Flipout layer's weight and bias) and per dense parameter, starting from ``sigma``, by
+            natural-gradient ascent on log σ: ``log σ += η · Σ_n F̂_n (‖z_n‖² - d) / (2dN)``, unbiased
+            under Flipout (``flipes.es.sigma``). Under Flipout a layer's weights learn σ only from the
+            variation between ε groups: use ``groups ≥ 8``. Needs full-rank noise. ``stats["sigma"]``
+            is then the mean σ over the evolved parameters; σ is part of ``state_dict()``.
 
     Examples::
 
@@ -113,6 +120,7 @@ class FlipES:
         comm: Comm | None = None,
         comm_mode: str = "allreduce",
         noise_rank: int | None = None,
+        sigma_lr: float = 0.0,
     ) -> None:
         if popsize < 1 or groups < 1 or popsize % groups:
             raise ValueError(f"popsize={popsize} must be a positive multiple of groups={groups}")
@@ -129,6 +137,18 @@ class FlipES:
             if noise_rank < 1:
                 raise ValueError(f"noise_rank must be None (full-rank noise) or an integer >= 1, got {noise_rank!r}")
         self.noise_rank = noise_rank
+        if not (
+            isinstance(sigma_lr, (int, float)) and not isinstance(sigma_lr, bool) and math.isfinite(sigma_lr) and sigma_lr >= 0
+        ):
+            raise ValueError(f"sigma_lr must be a finite number >= 0 (0 keeps σ fixed), got {sigma_lr!r}")
+        self.sigma_lr = float(sigma_lr)
+        if self.sigma_lr > 0 and callable(sigma):
+            raise ValueError("sigma_lr > 0 adapts σ from its starting value: give sigma as a number, not a schedule")
+        if self.sigma_lr > 0 and noise_rank is not None:
+            raise ValueError(
+                "sigma_lr > 0 needs full-rank noise (noise_rank=None): the score of σ is the Gaussian one, and "
+                "low-rank ε is not Gaussian"
+            )
         self.model = model
         self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, seed, mirrored
         self.shaping, self.weight_decay = shaping, weight_decay
@@ -165,6 +185,17 @@ class FlipES:
                 "(parameters with requires_grad=False stay frozen)"
             )
         self.optimizer = optimizer(self.params) if optimizer else default_optimizer(self.params, lr)
+        # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
+        self.log_sigma: Tensor | None = None
+        if self.sigma_lr > 0:
+            self.log_sigma = torch.full(
+                (len(self.slots) + len(self.dense_slots),), math.log(self.sigma_at(0)), dtype=torch.float64
+            )
+        self._slot_numel = [
+            (pw.weight.numel() if pw.weight.requires_grad else 0)
+            + (pw.bias.numel() if pw.bias is not None and pw.bias.requires_grad else 0)
+            for pw in self.slots
+        ] + [p.numel() for _, _, p in self.dense_slots]
         for module in [*self.layers, *self.dense_modules]:  # the newest FlipES of a model owns its layers
             module.__dict__["_flipes_owner"] = weakref.ref(self)
         self.generation = 0
@@ -210,6 +241,19 @@ class FlipES:
             raise ValueError(f"sigma must be a finite number > 0, got {sigma} at generation {generation}")
         return sigma
 
+    def sigmas(self) -> list[float]:
+        """σ of every Flipout slot, then of every dense parameter, in the current generation."""
+        if self.log_sigma is None:
+            return [self.sigma_at(self.generation)] * len(self._slot_numel)
+        return self.log_sigma.exp().tolist()
+
+    def mean_sigma(self) -> float:
+        """σ averaged over the evolved parameters (weighted by their number)."""
+        sigmas, counts = self.sigmas(), self._slot_numel
+        if self.log_sigma is None or not sum(counts):
+            return self.sigma_at(self.generation)
+        return sum(s * c for s, c in zip(sigmas, counts, strict=True)) / sum(counts)
+
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.params)
@@ -218,7 +262,7 @@ class FlipES:
         """The noise of ``groups`` (default: this process's groups) for the current generation: one
         ``SlotNoise`` per Flipout slot (keys 0, 1, ...), then one ``DenseNoise`` per dense parameter."""
         groups = self.local_groups if groups is None else groups
-        sigma = self.sigma_at(self.generation)
+        sigmas = self.sigmas()
         group_size = self.popsize // self.groups
         tables: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         noise = []
@@ -237,7 +281,7 @@ class FlipES:
                 in_channels=pw.in_channels,
                 out_channels=pw.out_channels,
                 has_bias=pw.bias is not None and pw.bias.requires_grad,
-                sigma=sigma,
+                sigma=sigmas[i],
                 mirrored=self.mirrored,
                 table=tables[key],
                 rank=self.noise_rank,
@@ -256,7 +300,7 @@ class FlipES:
                 groups=groups,
                 group_size=group_size,
                 param=p.detach(),
-                sigma=sigma,
+                sigma=sigmas[len(self.slots) + i],
                 mirrored=self.mirrored,
             )
             for i, (_, _, p) in enumerate(self.dense_slots)
@@ -305,7 +349,7 @@ class FlipES:
                     size=len(self.members),
                     popsize=self.popsize,
                     generation=self.generation,
-                    sigma=self.sigma_at(self.generation),
+                    sigma=self.mean_sigma(),
                     members=self.members,
                     groups=self.local_groups,
                 )
@@ -365,6 +409,7 @@ class FlipES:
         if shaped.shape != full.shape or not torch.isfinite(shaped).all():
             raise ValueError("the shaping function must map fitness (N,) to finite weights (N,)")
         sigma = self.sigma_at(self.generation)
+        sigmas, adaptive = self.sigmas(), self.log_sigma is not None
         everyone = self.comm_mode == "seeds" and self.comm.size > 1
         slot_noise, dense_noise = self._sample(range(self.groups)) if everyone else self._noise
         coeff = shaped if everyone else shaped[self.members.start : self.members.stop]
@@ -375,17 +420,30 @@ class FlipES:
             if p is not None and g is not None and p.requires_grad:
                 grads[id(p)] = grads[id(p)] + g if id(p) in grads else g
 
-        for pw, noise in zip(self.slots, slot_noise, strict=True):
-            parts = weighted_perturbation(pw, noise, coeff.to(noise.s.device, noise.s.dtype))
-            weight_grad, bias_grad = parts
+        log_sigma_grad: list[Tensor] = []
+        for i, (pw, noise) in enumerate(zip(self.slots, slot_noise, strict=True)):
+            weight_grad, bias_grad = weighted_perturbation(pw, noise, coeff.to(noise.s.device, noise.s.dtype))
+            if adaptive:  # each slot has its own σ: Σ F̂ (σ_i u) / σ_i² here, / N below
+                weight_grad, bias_grad = (None if g is None else g / sigmas[i] ** 2 for g in (weight_grad, bias_grad))
+                log_sigma_grad.append(log_sigma_gradient(*slot_norms(pw, noise, sigmas[i]), coeff))
             add(pw.weight, weight_grad.T if pw.transposed else weight_grad)
             add(pw.bias, bias_grad)
-        for (_, _, p), noise in zip(self.dense_slots, dense_noise, strict=True):
-            add(p, weighted_dense(noise, coeff.to(noise.delta.device)))
+        for i, ((_, _, p), noise) in enumerate(zip(self.dense_slots, dense_noise, strict=True), start=len(self.slots)):
+            g = weighted_dense(noise, coeff.to(noise.delta.device))
+            if adaptive:
+                g = g / sigmas[i] ** 2
+                log_sigma_grad.append(log_sigma_gradient(*dense_norms(noise, sigmas[i]), coeff))
+            add(p, g)
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])
+        sigma_grad = torch.stack([g.cpu() for g in log_sigma_grad]) if adaptive else None
         if not everyone:
             flat = self.comm.allreduce_sum_(flat)
-        flat.mul_(-1.0 / (self.popsize * sigma * sigma))  # -ĝ: Σ F̂ (σu) / (Nσ²), negated for the loss -J
+            if sigma_grad is not None:
+                sigma_grad = self.comm.allreduce_sum_(sigma_grad)
+        if adaptive:
+            flat.mul_(-1.0 / self.popsize)
+        else:
+            flat.mul_(-1.0 / (self.popsize * sigma * sigma))  # -ĝ: Σ F̂ (σu) / (Nσ²), negated for the loss -J
 
         before = torch.cat([p.detach().flatten() for p in self.params])
         for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
@@ -394,6 +452,9 @@ class FlipES:
         self.optimizer.step()
         after = torch.cat([p.detach().flatten() for p in self.params])
         grad_norm, delta, norm = torch.stack([flat.norm(), (after - before).norm(), after.norm()]).tolist()  # one sync
+        mean_sigma = self.mean_sigma()
+        if sigma_grad is not None:  # natural-gradient ascent on log σ (flipes.es.sigma)
+            self.log_sigma += self.sigma_lr * sigma_grad.to(torch.float64) / self.popsize
 
         stats = {
             "generation": float(self.generation),
@@ -403,7 +464,7 @@ class FlipES:
             "fitness_std": full.std(unbiased=False).item(),
             "grad_norm": grad_norm,
             "update_ratio": delta / norm if norm > 0 else float("inf"),
-            "sigma": sigma,
+            "sigma": mean_sigma,
         }
         self.generation += 1
         self._noise = None
@@ -422,17 +483,21 @@ class FlipES:
             "seed": self.seed,
             "mirrored": self.mirrored,
             "noise_rank": self.noise_rank,
+            "sigma_lr": self.sigma_lr,
         }
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit for bit: the noise is a pure function of
         (seed, generation), so no random state is stored. Tensors are references: save at once."""
-        return {
+        state = {
             "generation": self.generation,
             "config": self._config(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
         }
+        if self.log_sigma is not None:
+            state["log_sigma"] = self.log_sigma
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"generation", "config", "model", "optimizer"} - set(state)
@@ -441,11 +506,18 @@ class FlipES:
         saved = dict(state["config"])
         if "rank" in saved:  # states saved before the option was called noise_rank
             saved["noise_rank"] = saved.pop("rank")
+        saved.setdefault("sigma_lr", 0.0)  # states saved before adaptive σ existed
         diff = {k: (v, saved.get(k)) for k, v in self._config().items() if saved.get(k) != v}
         if diff:
             shown = ", ".join(f"{k}: saved {s!r}, now {c!r}" for k, (c, s) in diff.items())
             raise ValueError(f"state was saved by a FlipES with another configuration ({shown}); use the same settings to resume")
+        if self.log_sigma is not None:
+            saved_sigma = state.get("log_sigma")
+            if saved_sigma is None or saved_sigma.shape != self.log_sigma.shape:
+                raise ValueError("state has no adaptive σ of this model's layers (log_sigma); resume with the same model")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.log_sigma is not None:
+            self.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
         self.generation = int(state["generation"])
         self._noise = None
