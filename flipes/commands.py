@@ -73,17 +73,18 @@ class PlotConfig:
 
 
 def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    """``flipes train``'s options: defaults < the env's preset row < the resumed run's options
-    (``--resume DIR``) < ``--config`` file < flags."""
+    """``flipes train``'s options: defaults < the env's preset row < the ``--algo`` row < the resumed
+    run's options (``--resume DIR``) < ``--config`` file < flags."""
     from flipes.config import default_run_dir, saved_options
-    from flipes.rl.presets import preset_for
+    from flipes.rl.presets import algo_preset, preset_for
 
     def layers(values: dict[str, Any]) -> dict[str, Any]:
         resume = values["resume"]
         if resume == "auto":
             resume = str(default_run_dir(values["out"], values["env"]))
         saved = saved_options(resume) if resume else {}
-        return {**preset_for(saved.get("env", values["env"])), **saved}
+        algo = algo_preset(saved.get("algo", values["algo"]))
+        return {**preset_for(saved.get("env", values["env"])), **algo, **saved}
 
     return parse_config(TrainConfig, argv, TRAIN_HELP, presets=layers, prog="flipes train")
 

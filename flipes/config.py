@@ -42,6 +42,14 @@ class TrainConfig:
     """Antithetic pairs: member 2k+1 is the negative of member 2k (needs an even popsize per group)."""
     noise_rank: int = 0
     """Rank of each group's ε: 0 is full rank; r >= 1 draws ε = A Bᵀ/√r, a cheaper population forward."""
+    algo: Literal["openai-es", "pgpe", "ars"] = "openai-es"
+    """The search: openai-es (centered ranks, Adam, fixed σ); pgpe (adds --sigma-lr 0.2 --groups 8 and
+    ClipUp with max speed 2·lr: σ adapts per layer); ars (top --ars-top mirrored directions scaled by the
+    reward std, SGD at lr·σ; a linear policy, lr 0.02, σ 0.03). Flags override what each sets."""
+    sigma_lr: float = 0.0
+    """Learning rate of log σ, one σ per layer adapted by its natural gradient; 0 keeps σ fixed."""
+    ars_top: int = 0
+    """ARS: mirrored directions kept per generation, the best by max(r+, r-); 0 keeps all."""
     episodes: int = 1
     """Episodes per member and generation (its fitness is their mean return)."""
     reward_shift: float = 0.0
@@ -100,7 +108,7 @@ class TrainConfig:
     def for_env(cls, env: Any = _UNSET, **overrides: Any) -> TrainConfig:
         """Defaults < the env's row of ``flipes.rl.presets`` < the options of the run being resumed
         (``resume=``) < ``overrides``, all checked strictly."""
-        from flipes.rl.presets import preset_for
+        from flipes.rl.presets import algo_preset, preset_for
 
         if env is not _UNSET:
             overrides["env"] = env
@@ -110,7 +118,8 @@ class TrainConfig:
         saved = saved_options(resume) if resume else {}
         name = overrides.get("env", saved.get("env", cls.env))
         preset = preset_for(name) if isinstance(name, str) else {}
-        values = {**preset, **saved, **overrides}
+        algo = overrides.get("algo", saved.get("algo", cls.algo))
+        values = {**preset, **algo_preset(algo), **saved, **overrides}
         return cls(**check_options(cls, values, "flipes.train"))
 
     def replace(self, **overrides: Any) -> TrainConfig:
@@ -200,6 +209,19 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"use {cores} or fewer (0: this process's share)",
         )
     finite("--sigma", config.sigma, 0, strict=True, fix="σ is the perturbation scale, e.g. --sigma 0.05")
+    finite("--sigma-lr", config.sigma_lr, 0, fix="0 keeps σ fixed; e.g. --sigma-lr 0.2 adapts it")
+    if config.sigma_lr > 0 and config.noise_rank:
+        raise UsageError("--sigma-lr", "adaptive σ needs full-rank noise (its score is the Gaussian one)", "use --noise-rank 0")
+    if config.ars_top < 0 or config.ars_top > config.popsize // 2:
+        raise UsageError(
+            "--ars-top",
+            f"{config.ars_top} of {config.popsize // 2} mirrored pairs",
+            f"use 1 ... {config.popsize // 2}, or 0 for all",
+        )
+    if config.algo == "ars" and not config.mirrored:
+        raise UsageError(
+            "--mirrored", "ARS compares the returns of mirrored pairs (r+, r-)", "leave --mirrored on with --algo ars"
+        )
     finite("--lr", config.lr, 0, strict=True, fix="e.g. --lr 0.05")
     finite("--reward-shift", config.reward_shift, fix="e.g. --reward-shift 1 removes an alive bonus of 1 per step")
     finite("--max-seconds", config.max_seconds, 0, allow_inf=True, fix="0 means no limit")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -46,9 +47,10 @@ from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint,
 from flipes.cli import load_callable, print_error
 from flipes.config import TrainConfig, resolve_target, resume_dir, validate
 from flipes.errors import StorageError, UsageError
-from flipes.es import FlipES, Population
+from flipes.es import FlipES, Population, shaping
 from flipes.nn import flipout
 from flipes.nn.convert import flipout_layers, parameter_report
+from flipes.optim import ClipUp
 from flipes.rl import MLPPolicy, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
 from flipes.rl.envs import EnvError, print_note
 
@@ -334,6 +336,7 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
                 f"{config.noise_rank} exceeds the largest rank this model's noise can have ({useful})",
                 f"use --noise-rank 1 ... {useful}, or 0 for full-rank noise",
             )
+    shaping, optimizer = search_rule(config)
     return FlipES(
         model,
         popsize=config.popsize,
@@ -342,10 +345,23 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
         seed=config.seed,
         groups=config.groups,
         mirrored=config.mirrored,
+        shaping=shaping,
+        optimizer=optimizer,
         comm=comm,
         comm_mode=config.comm,
         noise_rank=config.noise_rank or None,
+        sigma_lr=config.sigma_lr,
     )
+
+
+def search_rule(config: TrainConfig) -> tuple[Callable[[Tensor], Tensor], Callable[[list], torch.optim.Optimizer] | None]:
+    """``--algo``'s fitness shaping and optimizer (``None``: FlipES's Adam at ``--lr``)."""
+    if config.algo == "pgpe":
+        return shaping.centered_ranks, lambda params: ClipUp(params, lr=config.lr, momentum=0.9, max_speed=2 * config.lr)
+    if config.algo == "ars":  # SGD at lr·σ: a FlipES step is then ARS's α/(b σ_R) Σ (r+ - r-) δ (flipes.shaping.ars)
+        top = config.ars_top or None
+        return functools.partial(shaping.ars, top=top), lambda params: torch.optim.SGD(params, lr=config.lr * config.sigma)
+    return shaping.centered_ranks, None
 
 
 def build_fitness(config: TrainConfig, env: gym.vector.VectorEnv | None, model: nn.Module) -> Fitness:
@@ -635,6 +651,7 @@ def run_loop(
             "fitness_std": stats["fitness_std"],
             "grad_norm": stats["grad_norm"],
             "update_ratio": stats["update_ratio"],
+            "sigma": stats["sigma"],
             "seconds": 0.0,
             "timesteps": steps,
             "steps_per_second": (steps - before) / (time.perf_counter() - t0),

@@ -127,14 +127,19 @@ def test_checkpoints_are_atomic_and_a_broken_one_leaves_the_previous(tmp_path: P
         load_checkpoint(tmp_path / "foreign.pt")
 
 
-def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
-    """4 generations, then a resume to 6, give the parameters (hash per generation) of 6 in one go."""
-    kw = {**FAST_KW, "popsize": 16, "eval_episodes": 5, "seed": 3}
+@pytest.mark.parametrize("algo", ["openai-es", "pgpe", "ars"])
+def test_resume_continues_bit_for_bit(tmp_path: Path, algo: str) -> None:
+    """4 generations, then a resume to 6, give the parameters (hash per generation) of 6 in one go,
+    for each search rule (pgpe: adaptive σ and ClipUp's velocity are part of the state)."""
+    kw = {**FAST_KW, "popsize": 16, "eval_episodes": 5, "seed": 3, "algo": algo}
     full = flipes.train(**kw, generations=6, out=str(tmp_path / "full"))
     flipes.train(**kw, generations=4, out=str(tmp_path / "part"))
     rest = flipes.train(**kw, generations=6, resume=str(tmp_path / "part"))
     assert rest.run_dir == tmp_path / "part" and [r["generation"] for r in rest.metrics] == [4, 5]
     assert [r["params_sha256"] for r in metrics(tmp_path / "part")] == [r["params_sha256"] for r in full.metrics]
+    assert [r["sigma"] for r in metrics(tmp_path / "part")] == [r["sigma"] for r in full.metrics]
+    if algo == "pgpe":
+        assert len({r["sigma"] for r in full.metrics}) == 6  # σ moves every generation
     rows = full.metrics
     assert all(k in r for r in rows for k in ("fitness_mean", "fitness_max", "seconds", "timesteps", "params_sha256"))
     assert all("eval_return" in r and r["eval_seconds"] > 0 and r["eval_steps"] > 0 for r in rows[::2])
@@ -259,3 +264,29 @@ def test_resume_takes_the_saved_options(tmp_path: Path) -> None:
     assert [r["generation"] for r in flipes.train(config).metrics] == [2]
     assert [r["generation"] for r in flipes.train(resume=str(run), generations=4).metrics] == [3]
     assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]
+
+
+def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) -> None:
+    pgpe = TrainConfig.for_env("flipes/CartPole-v1", algo="pgpe")
+    assert (pgpe.sigma_lr, pgpe.groups, pgpe.popsize) == (0.2, 8, preset_for("CartPole-v1")["popsize"])
+    assert TrainConfig.for_env("flipes/CartPole-v1", algo="pgpe", groups=4).groups == 4
+    ars = parse_train_config(["--algo", "ars", "--lr", "0.3"])
+    assert (ars.hidden, ars.lr, ars.sigma) == ([], 0.3, 0.03)
+    es = flipes.training.build_es(pgpe, flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
+    assert isinstance(es.optimizer, flipes.optim.ClipUp) and es.sigma_lr == 0.2
+
+
+def test_pgpe_and_ars_solve_cartpole(tmp_path: Path) -> None:
+    """Seed 0: PGPE (adaptive σ, ClipUp) with the CartPole row, and ARS's linear policy at α = 0.3,
+    reach gymnasium's threshold (475 over 100 episodes of the center policy) within 60 generations."""
+    for algo, extra in (("pgpe", {}), ("ars", {"lr": 0.3})):
+        result = flipes.train(
+            env="flipes/CartPole-v1",
+            algo=algo,
+            generations=60,
+            out=str(tmp_path / algo),
+            tensorboard=False,
+            progress=False,
+            **extra,
+        )
+        assert result.reason.startswith("solved"), (algo, result.reason, result.metrics[-1].get("eval_return"))

@@ -64,3 +64,21 @@ def preset_for(env_id: str) -> dict[str, Any]:
     """The training defaults of ``env_id`` (a copy; empty for envs without a row)."""
     row = PRESETS.get(base_id(env_id), {})
     return {k: list(v) if isinstance(v, list) else v for k, v in row.items()}
+
+
+# What each search algorithm sets on top of an env's row (flags override it). pgpe: σ adapts per layer
+# (flipes.es.sigma) from the variation between 8 ε groups (every preset popsize is a multiple of 16),
+# with ClipUp. ars: Mania et al. (2018)'s linear policy, step size α = 0.02 and ν = σ = 0.03.
+ALGOS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
+    {
+        "openai-es": MappingProxyType({}),
+        "pgpe": MappingProxyType({"sigma_lr": 0.2, "groups": 8}),
+        "ars": MappingProxyType({"hidden": [], "lr": 0.02, "sigma": 0.03}),
+    }
+)
+
+
+def algo_preset(algo: str) -> dict[str, Any]:
+    """The options ``algo`` sets (a copy; empty for an unknown name, which validation reports)."""
+    row = ALGOS.get(algo, {})
+    return {k: list(v) if isinstance(v, list) else v for k, v in row.items()}
