@@ -406,3 +406,13 @@ def test_lstm_with_noise_refuses_packed_input_and_returns_a_contiguous_output() 
     assert out.is_contiguous() and out.shape == (5, 2, 4)
     lstm.eval()  # no noise in eval mode: plain nn.LSTM, which takes packed input
     lstm(packed)
+
+
+def test_attaching_noise_to_layers_that_would_ignore_it_is_an_error() -> None:
+    """Embedding and attention sample no backprop noise: attaching some would leave it unused while
+    its KL term entered the loss."""
+    model = flipes.flipout(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2)))
+    with pytest.raises(ValueError, match="no backprop-noise forward in FlipoutEmbedding"):
+        attach_noise(model, GaussianPosterior)
+    attach_noise(model[1], GaussianPosterior)  # the Linear alone
+    assert float(flipes.nn.kl_divergence(model)) > 0

@@ -45,6 +45,7 @@ class FlipoutMixin:
 
     noise: tuple[SlotNoise, ...] | None = None
     member_noise: dict[str, Tensor] | None = None  # dense per-member noise of dense_parameters()
+    has_backprop_noise: bool = False  # its forward samples an attached backprop noise model
 
     def perturbed_weights(self) -> list[PerturbedWeight]:
         raise NotImplementedError

@@ -18,6 +18,7 @@ class _FlipoutConvNd(FlipoutMixin):
     """The population and backprop-noise forward shared by Conv1d/2d/3d (``spatial_dims`` of them)."""
 
     spatial_dims: int
+    has_backprop_noise = True
 
     def perturbed_weights(self) -> list[PerturbedWeight]:
         return [PerturbedWeight(self.weight, self.bias, self.in_channels, self.out_channels, self.groups)]

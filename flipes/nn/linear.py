@@ -37,6 +37,8 @@ class FlipoutLinear(FlipoutMixin, nn.Linear):
         ...     y = layer(torch.randn(pop.size, 5, 20))   # (8, 5, 30)
     """
 
+    has_backprop_noise = True
+
     def perturbed_weights(self) -> list[PerturbedWeight]:
         return [PerturbedWeight(self.weight, self.bias, self.in_features, self.out_features)]
 

@@ -63,6 +63,8 @@ class FlipoutLSTMCell(FlipoutMixin, nn.LSTMCell):
         ...         h, c = cell(x_t, (h, c))
     """
 
+    has_backprop_noise = True
+
     def perturbed_weights(self) -> list[PerturbedWeight]:
         return [
             PerturbedWeight(self.weight_ih, self.bias_ih, self.input_size, 4 * self.hidden_size),
@@ -99,6 +101,8 @@ class FlipoutGRUCell(FlipoutMixin, nn.GRUCell):
           ``(N, *B, hidden_size)`` (zeros if omitted) -> ``h'``.
     """
 
+    has_backprop_noise = True
+
     def perturbed_weights(self) -> list[PerturbedWeight]:
         return [
             PerturbedWeight(self.weight_ih, self.bias_ih, self.input_size, 3 * self.hidden_size),
@@ -132,6 +136,8 @@ class FlipoutRNNCell(FlipoutMixin, nn.RNNCell):
           ``(N, *B, hidden_size)`` (zeros if omitted) -> ``h'``.
     """
 
+    has_backprop_noise = True
+
     def perturbed_weights(self) -> list[PerturbedWeight]:
         return [
             PerturbedWeight(self.weight_ih, self.bias_ih, self.input_size, self.hidden_size),
@@ -155,6 +161,7 @@ class _FlipoutRNNBase(FlipoutMixin):
     """The sequence loop shared by ``FlipoutLSTM``, ``FlipoutGRU`` and ``FlipoutRNN``: one weight
     sample per sequence, the input projection of all steps in one Flipout GEMM per layer."""
 
+    has_backprop_noise = True
     gates: int  # rows of weight_ih per hidden unit: 4 (LSTM), 3 (GRU), 1 (RNN)
     num_layers: int
     hidden_size: int

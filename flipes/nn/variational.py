@@ -326,6 +326,12 @@ def attach_noise(model: nn.Module, noise: NoiseFactory | None) -> nn.Module:
     layers = [m for m in model.modules() if isinstance(m, FlipoutMixin)]
     if not layers:
         raise ValueError(f"attach_noise(): {type(model).__name__} has no Flipout layer; convert it with flipes.flipout(model)")
+    unsupported = sorted({type(m).__name__ for m in layers if not m.has_backprop_noise})
+    if unsupported and noise is not None:  # their forward would ignore the noise, and the KL term would lie
+        raise ValueError(
+            f"attach_noise(): no backprop-noise forward in {', '.join(unsupported)} (perturbed in ES populations only); "
+            "attach the noise to a submodule of Linear, Conv and recurrent Flipout layers instead"
+        )
     for layer in layers:
         if noise is None:
             layer._modules.pop("backprop_noise", None)
