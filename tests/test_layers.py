@@ -397,3 +397,24 @@ def test_every_parameter_is_evolved_and_the_es_gradient_points_along_backprop(ma
     cos = F.cosine_similarity(es_grad, backprop, dim=0).item()
     expected = (n / 2 / (n / 2 + len(backprop))) ** 0.5
     assert cos > 0.6 * expected, (cos, expected)
+
+
+def test_converted_models_pickle_and_copy_with_their_runtime_classes() -> None:
+    """torch.save of a whole model and deepcopy work for the classes flipout makes at runtime (a Flipout
+    subclass of attention's output Linear, PerMember norms)."""
+    import io
+    import pickle
+
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(PlainLinear(4, 4), nn.LayerNorm(4)))
+    x = torch.randn(3, 4)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(clone[0]) is type(model[0]) and type(clone[1]) is type(model[1])
+        assert torch.equal(clone(x), model(x))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    es = flipes.FlipES(loaded, popsize=4)
+    with es.population() as pop:
+        assert loaded(torch.randn(pop.size, 4)).shape == (4, 4)

@@ -50,7 +50,15 @@ _FLIPOUT_OF: dict[type[nn.Module], type[nn.Module]] = {
 
 @functools.cache  # one Flipout subclass per user subclass
 def _flipout_subclass(flip: type[nn.Module], cls: type[nn.Module]) -> type[nn.Module]:
-    return type(f"Flipout{cls.__name__}", (flip, cls), {"__module__": cls.__module__})
+    def reduce(self: nn.Module, protocol: int) -> tuple:  # made at runtime: pickle how to make it again
+        return _new_flipout_subclass, (flip, cls), self.__getstate__()
+
+    return type(f"Flipout{cls.__name__}", (flip, cls), {"__module__": cls.__module__, "__reduce_ex__": reduce})
+
+
+def _new_flipout_subclass(flip: type[nn.Module], cls: type[nn.Module]) -> nn.Module:
+    new = _flipout_subclass(flip, cls)
+    return new.__new__(new)
 
 
 def flipout_class(cls: type[nn.Module]) -> type[nn.Module] | None:

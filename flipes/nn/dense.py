@@ -35,6 +35,9 @@ class PerMember:
 
     member_noise: dict[str, Tensor] | None = None
 
+    def __reduce_ex__(self, protocol: int) -> tuple:  # the class is made at runtime: pickle how to make it
+        return _new_per_member, (type(self).__bases__[-1],), self.__getstate__()  # type: ignore[attr-defined]
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.member_noise is None:
             return super().forward(*args, **kwargs)  # type: ignore[misc]
@@ -45,6 +48,11 @@ class PerMember:
 def per_member_class(cls: type[nn.Module]) -> type[nn.Module]:
     """``PerMember`` + ``cls``: named ``PerMember<cls>``, in ``cls``'s module for readable reprs."""
     return type(f"PerMember{cls.__name__}", (PerMember, cls), {"__module__": cls.__module__})
+
+
+def _new_per_member(cls: type[nn.Module]) -> nn.Module:
+    new = per_member_class(cls)
+    return new.__new__(new)
 
 
 def to_per_member(module: nn.Module) -> nn.Module:
