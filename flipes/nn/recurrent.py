@@ -31,6 +31,13 @@ def _lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+def _gru_update(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
+    """``h'`` from the input and hidden projections ``(*, 3H)`` (biases included) in torch's order r, z, n."""
+    (ir, iz, inn), (hr, hz, hn) = gi.chunk(3, dim=-1), gh.chunk(3, dim=-1)
+    r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+    return (1 - z) * torch.tanh(inn + r * hn) + z * h
+
+
 def _cell_noise(cell: FlipoutMixin, input: Tensor) -> tuple[tuple[SlotNoise, ...] | None, bool]:
     """(noise, unbatched): ES noise if a population is active, else backprop noise held by
     ``fixed_noise`` (per sequence), else ``None``."""
@@ -117,12 +124,8 @@ class FlipoutGRUCell(FlipoutMixin, nn.GRUCell):
             return self.forward(input.unsqueeze(0), None if hx is None else hx.unsqueeze(0)).squeeze(0)
         h = _zeros_like_hidden(input, self.hidden_size) if hx is None else hx
         name = type(self).__name__
-        gi = flipout_linear(input, self.weight_ih, self.bias_ih, noise[0], name).chunk(3, dim=-1)
-        gh = flipout_linear(h, self.weight_hh, self.bias_hh, noise[1], name).chunk(3, dim=-1)
-        r = torch.sigmoid(gi[0] + gh[0])
-        z = torch.sigmoid(gi[1] + gh[1])
-        n = torch.tanh(gi[2] + r * gh[2])
-        return (1 - z) * n + z * h
+        gi = flipout_linear(input, self.weight_ih, self.bias_ih, noise[0], name)
+        return _gru_update(gi, flipout_linear(h, self.weight_hh, self.bias_hh, noise[1], name), h)
 
 
 class FlipoutRNNCell(FlipoutMixin, nn.RNNCell):
@@ -324,12 +327,7 @@ class FlipoutGRU(_FlipoutRNNBase, nn.GRU):
         check_rnn_supported(self)
 
     def _step(self, gx: Tensor, gh: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        (h,) = state
-        gi, gh = gx.chunk(3, dim=-1), gh.chunk(3, dim=-1)
-        r = torch.sigmoid(gi[0] + gh[0])
-        z = torch.sigmoid(gi[1] + gh[1])
-        n = torch.tanh(gi[2] + r * gh[2])
-        return ((1 - z) * n + z * h,)
+        return (_gru_update(gx, gh, state[0]),)
 
 
 class FlipoutRNN(_FlipoutRNNBase, nn.RNN):
