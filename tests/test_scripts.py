@@ -47,3 +47,92 @@ def test_bench_mujoco_quick_reads_the_runs_it_starts(tmp_path: Path) -> None:
     out = run("scripts/bench_mujoco.py", "--quick", "true", "--out", str(tmp_path), timeout=300).stdout
     assert "| HalfCheetah-v5 seed |" in out and "| Hopper-v5 |" in out
     assert (tmp_path / "threshold-s0" / "metrics.jsonl").exists()
+
+
+def test_bench_transformer_quick_times_every_variant_and_measures_memory(tmp_path: Path) -> None:
+    """The transformer-block benchmark times every variant (or marks vmap skipped for memory),
+    checks that Flipout perturbs the block, and measures peak memory in fresh processes."""
+    # d=32 block: 8,544 parameters, so N=8's copies (0.27 MB) fit under the cap and N=16's (0.55 MB) do not
+    out = run("scripts/bench_transformer.py", "--quick", "--mem-cap-gb", "0.0004", "--out", str(tmp_path), timeout=300).stdout
+    result = json.loads((tmp_path / "bench_transformer_quick.json").read_text())
+    assert result["command"].startswith("PYTHONPATH=. python scripts/bench_transformer.py --quick")
+    assert result["machine"]["torch"] and result["machine"]["threads"] >= 1 and result["machine"]["platform"]
+    assert [r["n"] for r in result["speed"]] == [8, 16]
+    for r in result["speed"]:
+        rows = {row["variant"]: row for row in r["rows"]}
+        assert set(rows) == {"plain", "plain (python)", "flipout", "low-rank r=1", "low-rank r=4", "vmap"}
+        for name, row in rows.items():
+            if "skipped" in row:
+                assert name == "vmap" and row["skipped"].startswith("skipped (memory)")
+            else:
+                assert row["tokens_per_s"] > 0 and row["ms"] > 0 and row["path"]
+        assert ("skipped" in rows["vmap"]) == (r["n"] == 16)  # the cap decides, nothing else
+        assert rows["plain (python)"]["path"] == "python"
+        for name in ("flipout", "low-rank r=1", "low-rank r=4"):
+            assert r["checks"][name]["member_spread"] > 0  # the perturbation reached the outputs
+            assert 0 < rows[name]["perturbed_params"] <= r["params"]
+            assert r["sample_ms"][name] > 0
+    memory = {(row["n"], row["variant"]): row for row in result["memory"]}
+    assert set(memory) == {(8, "plain"), (8, "flipout"), (8, "low-rank r=4")}
+    for (n, _), row in memory.items():
+        assert row["peak_rss_gb"] >= row["rss_before_gb"] > 0 and row["seconds"] > 0
+        assert row["copies_gb"] == pytest.approx(n * row["params"] * 4 / 1e9)
+    markdown = (tmp_path / "bench_transformer_quick.md").read_text()
+    assert "skipped (memory)" in markdown and "N weight copies GB" in markdown and "low-rank r=4" in markdown
+    assert "| 8 | low-rank r=1 |" in out and "| 16 | vmap |" in out  # the tables are printed too
+
+
+def test_es_finetune_quick_writes_a_row_per_method(tmp_path: Path) -> None:
+    """The LM fine-tuning script pretrains, fine-tunes by FlipES and by backprop from the same
+    checkpoint, and writes a row per method with exact matches in [0, 1]."""
+    out = run("scripts/es_finetune.py", "--quick", "--out", str(tmp_path), timeout=120).stdout
+    rows = json.loads((tmp_path / "es_finetune_quick.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["pretrained", "ES", "backprop"]  # --quick: one seed
+    for r in rows:
+        assert 0 <= r["em_before"] <= 1 and 0 <= r["em_after"] <= 1 and r["seconds"] > 0 and r["machine"]
+    pretrained, es, backprop = rows
+    assert es["em_before"] == backprop["em_before"] == pretrained["em_after"]  # the same starting point
+    assert es["members_per_s"] > 0 and es["detail"]["curve"][-1]["heldout_em"] == es["em_after"]
+    assert backprop["seconds"] >= es["seconds"]  # the baseline gets ES's wall time
+    md = (tmp_path / "es_finetune_quick.md").read_text()
+    assert all(f"| {m} |" in md for m in ("pretrained", "ES", "backprop")) and "| ES |" in out
+
+
+def test_es_finetune_one_forward_scores_greedy_exact_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ES fitness scores greedy decoding's exact match with one teacher-forced forward: the same
+    verdict, problem by problem, on a partly trained model (right on some problems, wrong on others)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import es_finetune as ft
+    import torch
+
+    args = ft.Args(digits=2, d_model=32, ff=64, layers=1, pretrain_lr=3e-3, pretrain_batch=64, pretrain_max_steps=600)
+    task = ft.make_task(2, train_size=2000, test_size=300, data_seed=0)
+    assert not set(map(tuple, task.train.tolist())) & set(map(tuple, task.test.tolist()))  # disjoint problem sets
+    model = ft.make_model(task, args, seed=0)
+    ft.pretrain(model, task, args, seed=0)
+    greedy = (ft.greedy_decode(model, task.test[:, : task.prompt_len], task.answer_len) == task.test[:, task.prompt_len :]).all(1)
+    exact, _ = ft.forced_scores(model, task.test, task)
+    assert 0 < greedy.float().mean() < 1  # some right, some wrong: the comparison is not vacuous
+    assert torch.equal(exact.bool(), greedy)
+
+
+def test_es_finetune_under_mpiexec_matches_one_process(tmp_path: Path) -> None:
+    """Under mpiexec -n 2 with --comm seeds, each rank evaluates its groups and the ES run is the
+    one-process run: the same population fitness and held-out exact match at every evaluation."""
+    import os
+    import subprocess
+    import sys
+
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    assert mpiexec.exists(), f"no mpiexec beside {sys.executable}: install the dev extras (they bring mpich)"
+    run("scripts/es_finetune.py", "--quick", "--out", str(tmp_path / "one"), timeout=120)
+    script = ["scripts/es_finetune.py", "--quick", "--comm", "seeds", "--out", str(tmp_path / "two")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(
+        [str(mpiexec), "-n", "2", sys.executable, *script], cwd=ROOT, env=env, capture_output=True, timeout=120, check=True
+    )
+    one, two = (json.loads((tmp_path / d / "es_finetune_quick.json").read_text()) for d in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    (es1,), (es2,) = ([r for r in result["rows"] if r["method"] == "ES"] for result in (one, two))
+    keys = ("generation", "fitness_mean", "heldout_em")
+    assert [[c[k] for k in keys] for c in es1["detail"]["curve"]] == [[c[k] for k in keys] for c in es2["detail"]["curve"]]
