@@ -33,6 +33,33 @@ def test_bench_solve_quick(tmp_path: Path) -> None:
     assert "| flipes" in out and "flipes/CartPole-v1" in out
 
 
+def test_bench_algos_quick_runs_every_flipes_search_rule_on_every_task(tmp_path: Path) -> None:
+    """The search-rule benchmark trains each flipes variant on each task, each with the options its
+    --algo row sets, and reports finite evaluations within the budget."""
+    import math
+
+    out = tmp_path / "runs"
+    run("scripts/bench_algos.py", "--quick", "--no-evotorch", "--out", str(out), "--json", str(tmp_path / "a.json"),
+        "--markdown", str(tmp_path / "a.md"), timeout=300)  # fmt: skip
+    results = json.loads((tmp_path / "a.json").read_text())["results"]
+    rules = ("openai-es", "adaptive-sigma", "pgpe", "ars")
+    tasks = ("pendulum", "halfcheetah", "digits")
+    by = {(r["task"], r["method"]): r for r in results}
+    assert sorted(by) == sorted((t, m) for t in tasks for m in rules) and len(results) == 12  # one seed each
+    for r in results:
+        assert r["generations"] >= 1 and r["train_s"] >= r["budget_s"] and r["evals"], r
+        assert all(math.isfinite(x) for e in r["evals"] for x in e), r["evals"]
+        assert r["evals"][-1][3] == r["generations"]  # the final value is the last generation's
+    for t in tasks:
+        assert by[(t, "openai-es")]["settings"]["sigma_lr"] == 0 and by[(t, "openai-es")]["settings"]["algo"] == "openai-es"
+        assert by[(t, "adaptive-sigma")]["settings"] | {"sigma_lr": 0.2, "groups": 8} == by[(t, "adaptive-sigma")]["settings"]
+        assert by[(t, "pgpe")]["settings"]["algo"] == "pgpe" and by[(t, "pgpe")]["settings"]["sigma_lr"] == 0.2
+        assert by[(t, "ars")]["settings"]["sigma"] == 0.03 and by[(t, "ars")]["sigma_end"] == 0.03  # fixed σ
+    assert by[("pendulum", "ars")]["settings"]["hidden"] == []  # ARS's linear policy
+    table = (tmp_path / "a.md").read_text()
+    assert all(f"| {t} | {m} | 0 |" in table for t in tasks for m in rules)
+
+
 def test_bench_rollout_quick_measures_every_engine(tmp_path: Path) -> None:
     """The engine benchmark runs every engine with the policy in the loop and writes its rates."""
     run("scripts/bench_rollout.py", "--quick", "true", "--json", str(tmp_path / "r.json"), timeout=300)
