@@ -287,10 +287,8 @@ class FlipES:
                 rank=self.noise_rank,
             )
             rows = list(pw.fixed_rows) if pw.weight.requires_grad else slice(None)  # a frozen weight: all rows
-            if nz.factors is None:
-                nz.eps[:, rows] = 0
-            else:
-                nz.factors[0][:, rows] = 0
+            if rows:  # most weights have no fixed row: no indexing op on the sampling path
+                (nz.eps if nz.factors is None else nz.factors[0])[:, rows] = 0
             noise.append(nz)
         dense = [
             sample_dense(
