@@ -89,8 +89,9 @@ class FlipES:
             the weights, instead of independent noise per member.
         sigma_lr: 0 (default) keeps σ fixed (or on its schedule). ``η > 0`` adapts one σ per layer (a
             Flipout layer's weight and bias) and per dense parameter, starting from ``sigma``, by
-            natural-gradient ascent on log σ: ``log σ += η · Σ_n F̂_n (‖z_n‖² - d) / (2dN)``, unbiased
-            under Flipout (``flipes.es.sigma``). Under Flipout a layer's weights learn σ only from the
+            ascent on log σ along the natural gradient standardized per layer:
+            ``log σ += η · Σ_n F̂_n (‖z_n‖² - d) / (√(2d) N)``, unbiased under Flipout, so η means the
+            same for layers of any size (``flipes.es.sigma``). Under Flipout a layer's weights learn σ only from the
             variation between ε groups: use ``groups ≥ 8``. Needs full-rank noise. ``stats["sigma"]``
             is then the mean σ over the evolved parameters; σ is part of ``state_dict()``.
 
@@ -451,7 +452,7 @@ class FlipES:
         after = torch.cat([p.detach().flatten() for p in self.params])
         grad_norm, delta, norm = torch.stack([flat.norm(), (after - before).norm(), after.norm()]).tolist()  # one sync
         mean_sigma = self.mean_sigma()
-        if sigma_grad is not None:  # natural-gradient ascent on log σ (flipes.es.sigma)
+        if sigma_grad is not None:  # ascent on log σ along the standardized natural gradient (flipes.es.sigma)
             self.log_sigma += self.sigma_lr * sigma_grad.to(torch.float64) / self.popsize
 
         stats = {
