@@ -44,10 +44,15 @@ class TrainConfig:
     """Rank of each group's ε: 0 is full rank; r >= 1 draws ε = A Bᵀ/√r, a cheaper population forward."""
     algo: Literal["openai-es", "pgpe", "ars"] = "openai-es"
     """The search: openai-es (centered ranks, Adam, fixed σ); pgpe (adds --sigma-lr 0.2 --groups 8 and
-    ClipUp with max speed 2·lr: σ adapts per layer); ars (top --ars-top mirrored directions scaled by the
+    ClipUp, see --max-speed: σ adapts per layer); ars (top --ars-top mirrored directions scaled by the
     reward std, SGD at lr·σ; a linear policy, lr 0.02, σ 0.03). Flags override what each sets."""
     sigma_lr: float = 0.0
-    """Learning rate of log σ, one σ per layer adapted by its natural gradient; 0 keeps σ fixed."""
+    """Learning rate of log σ, one σ per layer adapted along its natural gradient (standardized per layer,
+    flipes.es.sigma); 0 keeps σ fixed."""
+    max_speed: float = 0.0
+    """ClipUp's largest step, the length of the whole update (--algo pgpe); its step size is half of it.
+    0: lr·√D/2 for D evolved parameters, half the length of Adam's first step at --lr (ClipUp keeps its
+    speed where Adam's steps shrink with the gradient's signal)."""
     ars_top: int = 0
     """ARS: mirrored directions kept per generation, the best by max(r+, r-); 0 keeps all."""
     episodes: int = 1
@@ -212,6 +217,7 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     finite("--sigma-lr", config.sigma_lr, 0, fix="0 keeps σ fixed; e.g. --sigma-lr 0.2 adapts it")
     if config.sigma_lr > 0 and config.noise_rank:
         raise UsageError("--sigma-lr", "adaptive σ needs full-rank noise (its score is the Gaussian one)", "use --noise-rank 0")
+    finite("--max-speed", config.max_speed, 0, fix="0 derives it from --lr; e.g. --max-speed 0.15")
     if config.ars_top < 0 or config.ars_top > config.popsize // 2:
         raise UsageError(
             "--ars-top",

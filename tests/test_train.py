@@ -4,6 +4,7 @@ metrics, callbacks, stop rules, resume, checkpoints and signals."""
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -274,6 +275,10 @@ def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) 
     assert (ars.hidden, ars.lr, ars.sigma) == ([], 0.3, 0.03)
     es = flipes.training.build_es(pgpe, flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
     assert isinstance(es.optimizer, flipes.optim.ClipUp) and es.sigma_lr == 0.2
+    group = es.optimizer.param_groups[0]  # max speed lr·√D/2 for D = 10 parameters, step size half of it
+    assert group["max_speed"] == pytest.approx(pgpe.lr * math.sqrt(10) / 2) and group["lr"] == group["max_speed"] / 2
+    fast = flipes.training.build_es(pgpe.replace(max_speed=0.3), flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
+    assert (fast.optimizer.param_groups[0]["max_speed"], fast.optimizer.param_groups[0]["lr"]) == (0.3, 0.15)
 
 
 def test_pgpe_and_ars_solve_cartpole(tmp_path: Path) -> None:
