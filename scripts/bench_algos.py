@@ -9,10 +9,13 @@ Methods (the ``--methods`` names):
 - flipes, one ``flipes.train`` each, in this process, with the task's row below the algorithm's row
   (``TrainConfig.for_env(env, algo=...)``, as ``flipes train --env ENV --algo ALGO`` with no other flag):
   ``openai-es`` (centered ranks, Adam, fixed σ); ``adaptive-sigma`` (the same with ``sigma_lr=0.2, groups=8``:
-  σ per layer, Adam kept); ``pgpe`` (``algo="pgpe"``: adaptive σ as above plus ClipUp with max speed 2·lr,
-  lr the task row's); ``ars`` (``algo="ars"``: linear policy, top-all mirrored pairs ÷ reward std, SGD at
-  α·σ with α 0.02, σ 0.03; on digits the model stays the MLP, only σ, lr and the rule change). Not run unless
-  named: ``fixed-sigma-8-groups`` (openai-es with ``groups=8``), adaptive-sigma's noise with σ fixed, a control.
+  σ per layer, Adam kept); ``pgpe`` (``algo="pgpe"``: adaptive σ as above plus ClipUp with max speed
+  lr·√D/2 for D parameters, lr the task row's, step size half the max speed); ``ars`` (``algo="ars"``:
+  linear policy, top-all mirrored pairs ÷ reward std, SGD at α·σ with α 0.02, σ 0.03; on digits the
+  model stays the MLP, only σ, lr and the rule change); ``fixed-sigma-x10`` and ``adaptive-sigma-x10``:
+  openai-es and adaptive-sigma started at 10× the row's σ, where adaptive σ should help (σ chosen
+  wrong). Not run unless named: ``fixed-sigma-8-groups`` (openai-es with ``groups=8``), adaptive-sigma's
+  noise with σ fixed, a control.
 - ``evotorch-pgpe`` and ``evotorch-snes``: EvoTorch 0.6.1 in ``--evotorch-python`` (``.venv-bench``, built by
   ``make bench-solve``), one subprocess per run (its ``ray.init`` and actor start-up are outside the clock).
   Settings: EvoTorch's own examples, see ``evotorch_settings``. EvoTorch has no SNES example for RL: there
@@ -69,12 +72,17 @@ from flipes.rl.presets import algo_preset
 ROOT = Path(__file__).resolve().parents[1]
 
 Task = Literal["pendulum", "halfcheetah", "digits"]
-Method = Literal["openai-es", "adaptive-sigma", "pgpe", "ars", "evotorch-pgpe", "evotorch-snes", "fixed-sigma-8-groups"]
+Method = Literal[
+    "openai-es", "adaptive-sigma", "pgpe", "ars", "fixed-sigma-x10", "adaptive-sigma-x10", "evotorch-pgpe", "evotorch-snes",
+    "fixed-sigma-8-groups",
+]  # fmt: skip
 FLIPES: dict[str, tuple[str, dict[str, Any]]] = {  # method -> (algo, options on top of its row)
     "openai-es": ("openai-es", {}),
     "adaptive-sigma": ("openai-es", {"sigma_lr": 0.2, "groups": 8}),
     "pgpe": ("pgpe", {}),
     "ars": ("ars", {}),
+    "fixed-sigma-x10": ("openai-es", {"sigma_scale": 10.0}),  # σ started wrong: 10x the row's
+    "adaptive-sigma-x10": ("openai-es", {"sigma_lr": 0.2, "groups": 8, "sigma_scale": 10.0}),
     "fixed-sigma-8-groups": ("openai-es", {"groups": 8}),  # a control, not run by default: adaptive-sigma's noise, σ fixed
 }
 # digits.py's settings, the task's row (no env, so no preset): evaluated every generation (360 test images)
@@ -88,9 +96,12 @@ class Args:
     tasks: list[Task] = field(default_factory=lambda: ["pendulum", "halfcheetah", "digits"])
     """Tasks to run, in this order."""
     methods: list[Method] = field(
-        default_factory=lambda: ["openai-es", "adaptive-sigma", "pgpe", "ars", "evotorch-pgpe", "evotorch-snes"]
+        default_factory=lambda: [
+            *("openai-es", "adaptive-sigma", "pgpe", "ars", "fixed-sigma-x10", "adaptive-sigma-x10"),
+            *("evotorch-pgpe", "evotorch-snes"),
+        ]
     )
-    """Methods to run on every task (flipes' four, then EvoTorch's two)."""
+    """Methods to run on every task (flipes' four, σ started 10x too large fixed and adapted, then EvoTorch's two)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds of every (task, method)."""
     pendulum_seconds: float = 30.0
@@ -141,6 +152,15 @@ class TrainClock(flipes.Callback):
 def flipes_config(task: str, method: str, seed: int, out: Path, quick: bool, args: Args) -> flipes.TrainConfig:
     """The task's row < the algorithm's row < the method's options, as ``flipes train`` builds it."""
     algo, extra = FLIPES[method]
+    extra = dict(extra)
+    scale = extra.pop("sigma_scale", 1.0)
+    config = _flipes_config(task, algo, extra, seed, out, quick, args)
+    return config.replace(sigma=config.sigma * scale) if scale != 1.0 else config
+
+
+def _flipes_config(
+    task: str, algo: str, extra: dict[str, Any], seed: int, out: Path, quick: bool, args: Args
+) -> flipes.TrainConfig:
     common = {"seed": seed, "out": str(out), "target": None, "tensorboard": False, "progress": False, "overwrite": True}
     if task == "digits":  # no env row: digits.py's settings, then the algorithm's row over them
         base = {"env": "none", "model": "digits:make_model", "fitness": "digits:fitness", **DIGITS}

@@ -42,10 +42,10 @@ def test_bench_algos_quick_runs_every_flipes_search_rule_on_every_task(tmp_path:
     run("scripts/bench_algos.py", "--quick", "--no-evotorch", "--out", str(out), "--json", str(tmp_path / "a.json"),
         "--markdown", str(tmp_path / "a.md"), timeout=300)  # fmt: skip
     results = json.loads((tmp_path / "a.json").read_text())["results"]
-    rules = ("openai-es", "adaptive-sigma", "pgpe", "ars")
+    rules = ("openai-es", "adaptive-sigma", "pgpe", "ars", "fixed-sigma-x10", "adaptive-sigma-x10")
     tasks = ("pendulum", "halfcheetah", "digits")
     by = {(r["task"], r["method"]): r for r in results}
-    assert sorted(by) == sorted((t, m) for t in tasks for m in rules) and len(results) == 12  # one seed each
+    assert sorted(by) == sorted((t, m) for t in tasks for m in rules) and len(results) == 18  # one seed each
     for r in results:
         assert r["generations"] >= 1 and r["train_s"] >= r["budget_s"] and r["evals"], r
         assert all(math.isfinite(x) for e in r["evals"] for x in e), r["evals"]
@@ -55,6 +55,10 @@ def test_bench_algos_quick_runs_every_flipes_search_rule_on_every_task(tmp_path:
         assert by[(t, "adaptive-sigma")]["settings"] | {"sigma_lr": 0.2, "groups": 8} == by[(t, "adaptive-sigma")]["settings"]
         assert by[(t, "pgpe")]["settings"]["algo"] == "pgpe" and by[(t, "pgpe")]["settings"]["sigma_lr"] == 0.2
         assert by[(t, "ars")]["settings"]["sigma"] == 0.03 and by[(t, "ars")]["sigma_end"] == 0.03  # fixed σ
+        row_sigma = by[(t, "openai-es")]["settings"]["sigma"]
+        for m in ("fixed-sigma-x10", "adaptive-sigma-x10"):  # σ started 10x the row's
+            assert by[(t, m)]["sigma_start"] == pytest.approx(10 * row_sigma), (t, m)
+        assert by[(t, "adaptive-sigma-x10")]["settings"]["sigma_lr"] == 0.2
     assert by[("pendulum", "ars")]["settings"]["hidden"] == []  # ARS's linear policy
     table = (tmp_path / "a.md").read_text()
     assert all(f"| {t} | {m} | 0 |" in table for t in tasks for m in rules)
