@@ -116,3 +116,21 @@ def test_a_user_mistake_under_mpi_is_one_line_and_ends_the_job(tmp_path: Path) -
     assert ours == ["flipes: error: --groups: 1 group(s) cannot be shared by 2 processes; use --groups 2 or a multiple of it "
                     "(dividing --popsize 64)"], r.stderr  # fmt: skip
     assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode", ["seeds", "allreduce"])
+def test_adaptive_sigma_does_not_depend_on_the_process_count(tmp_path: Path, mode: str) -> None:
+    """--algo pgpe (σ per layer adapted, ClipUp): 2 processes end with the σ's and parameters of one,
+    bitwise in seeds mode, to rounding with allreduce's per-rank partial sums."""
+    runs = {}
+    for k in (1, 2):
+        runs[k] = tmp_path / f"n{k}"
+        mpirun(k, "--env", "flipes/CartPole-v1", *COMMON, "--algo", "pgpe", "--generations", "4", "--comm", mode,
+               "--out", str(runs[k]))  # fmt: skip
+    sigmas = {k: load_checkpoint(run)["es"]["log_sigma"] for k, run in runs.items()}
+    assert not torch.equal(sigmas[1], torch.full_like(sigmas[1], sigmas[1][0].item()))  # σ moved, per layer
+    if mode == "seeds":
+        assert torch.equal(sigmas[2], sigmas[1]) and last(runs[2])["params_sha256"] == last(runs[1])["params_sha256"]
+    else:
+        torch.testing.assert_close(sigmas[2], sigmas[1], rtol=1e-9, atol=1e-12)
+        assert (params(runs[2]) - params(runs[1])).norm() / params(runs[1]).norm() < 1e-6
