@@ -3,6 +3,8 @@
 An env module supplies the physics as pure functions of batched tensors (``dynamics``, reward,
 termination, observation) and the initial-state range; :class:`TorchVectorEnv` adds the rest once:
 device and dtype, seeding, action checks, the time limit, NEXT_STEP autoreset and ``reset_mask``.
+An env whose state lives elsewhere (MuJoCo Warp's arrays, ``envs/warp/``) replaces the three methods
+that move the state (``_advance``, ``_replace_rows``, ``_observation``) and keeps the rest.
 :class:`SingleEnv` shows one copy as a numpy ``gymnasium.Env``, for ``gymnasium.make`` and
 ``gymnasium.utils.env_checker.check_env``.
 """
@@ -184,9 +186,9 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             mask = self._check_mask(mask)
             if self._state is None:
                 raise RuntimeError("reset with a reset_mask needs a full reset() first: the other envs have no state yet")
-            self._state = self._restart(self._state, mask, seeds=seeds)
+            self._restart(mask, seeds=seeds)
             self._autoreset &= ~mask
-        return self._observe(self._state), {}
+        return self._observation(), {}
 
     def step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
         if self.num_threads is None:
@@ -202,39 +204,56 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         if self._state is None:
             raise RuntimeError(f"{type(self).__name__}: call reset() (or set .state) before step()")
         action = self._check_actions(actions)
-        state = self._state
-        next_state = self.dynamics(state, action)
-        reward, terminated = self._reward_terminated(state, action, next_state)
+        reward, terminated = self._advance(action)
         self._elapsed += 1
         # NEXT_STEP: envs that ended last step start over now instead: fresh state, reward 0, not
         # terminated, elapsed 0 (so not truncated below either)
-        next_state = self._restart(next_state, self._autoreset, reward, terminated)
+        self._restart(self._autoreset, reward, terminated)
         if self.max_episode_steps is None:
             truncated = torch.zeros_like(terminated)
         else:
             truncated = self._elapsed >= self.max_episode_steps
-        self._state = next_state
         self._autoreset = terminated | truncated
-        return self._observe(next_state), reward, terminated, truncated, {}
+        return self._observation(), reward, terminated, truncated, {}
+
+    # -- how the state moves: the pure functions above by default; envs whose state lives
+    # elsewhere (MuJoCo Warp's arrays, envs/warp/) replace these three -----------------------
+
+    def _advance(self, action: Tensor) -> tuple[Tensor, Tensor]:
+        """Steps every env: the next state replaces the current one; returns the transitions' rewards
+        ``(N,)`` float32 and terminations ``(N,)`` bool."""
+        state = self._state
+        self._state = self.dynamics(state, action)
+        return self._reward_terminated(state, action, self._state)
+
+    def _replace_rows(self, rows: Tensor, fresh: Tensor) -> None:
+        """The envs ``rows`` start over from ``fresh`` states: ``rows`` holds indices and ``fresh`` one
+        state per index, or ``rows`` is a bool ``(N,)`` mask and ``fresh`` holds a state for every env."""
+        if rows.dtype == torch.bool:
+            self._state = torch.where(rows[:, None], fresh, self._state)
+        else:
+            self._state.index_copy_(0, rows, fresh)
+
+    def _observation(self) -> Tensor:
+        """The observations of the current states, ``(N, obs_dim)`` float32."""
+        return self._observe(self._state)
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _restart(self, state: Tensor, mask: Tensor, *zeroed: Tensor, seeds: Tensor | None = None) -> Tensor:
-        """``state`` with the rows of ``mask`` drawn afresh (with their ``seeds``, if given), their
-        elapsed set to 0 and their entries of each ``zeroed`` tensor set to 0 / False (in place
-        where it can)."""
+    def _restart(self, mask: Tensor, *zeroed: Tensor, seeds: Tensor | None = None) -> None:
+        """The envs of ``mask`` start over from states drawn afresh (with their ``seeds``, if given),
+        with elapsed 0 and their entries of each ``zeroed`` tensor set to 0 / False."""
         if self.device.type == "cpu":  # reading the mask costs no sync here, and drawing few rows is cheap
             rows = mask.nonzero().squeeze(1)
             if rows.numel():
-                fresh = self._sample(rows.numel(), None if seeds is None else seeds[rows])
-                state.index_copy_(0, rows, fresh)
+                self._replace_rows(rows, self._sample(rows.numel(), None if seeds is None else seeds[rows]))
                 for t in (self._elapsed, *zeroed):
                     t.index_fill_(0, rows, 0)
-            return state
+            return
         # on an accelerator: draw every row and select, so that a step never waits for the device
         for t in (self._elapsed, *zeroed):
             t.masked_fill_(mask, 0)
-        return torch.where(mask[:, None], self._sample(self.num_envs, seeds), state)
+        self._replace_rows(mask, self._sample(self.num_envs, seeds))
 
     def _seeds(self, seed: int | list[int] | np.ndarray | Tensor | None) -> Tensor | None:
         """Each env's seed as an ``(N,)`` int64 tensor on ``device``, by gymnasium's convention."""
@@ -262,7 +281,8 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         return mask
 
     def _check_actions(self, actions: Tensor | np.ndarray) -> Tensor:
-        """Validated actions as a ``(N,)`` tensor on ``device``: integer (Discrete) or ``dtype`` (Box)."""
+        """Validated actions on ``device``: ``(N,)`` integers (Discrete), ``(N,)`` ``dtype`` (one-number Box)
+        or ``(N, *action_shape)`` ``dtype`` (other Box)."""
         a = torch.as_tensor(actions, device=self.device)
         n, space, name = self.num_envs, self.single_action_space, type(self).__name__
         if self._discrete:
@@ -281,7 +301,7 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"{name}.step takes one action per env, a tensor of shape {shape}{alt}; got shape {tuple(a.shape)}")
         if a.dtype.is_complex or a.dtype == torch.bool:
             raise ValueError(f"{name}.step takes real-valued actions of shape {shape}; got dtype {a.dtype}")
-        return a.reshape(n).to(self.dtype)
+        return (a.reshape(n) if space.shape == (1,) else a).to(self.dtype)  # one-number actions as (N,)
 
 
 class SingleEnv(gym.Env[np.ndarray, Any]):

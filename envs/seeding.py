@@ -1,4 +1,4 @@
-"""Per-env seeded uniforms: SplitMix64 (Steele, Lea & Flood, OOPSLA 2014) in torch int64 arithmetic.
+"""Per-env seeded uniforms and normals: SplitMix64 (Steele, Lea & Flood, OOPSLA 2014) in torch int64 arithmetic.
 
 ``reset(seed=[s_0, ..., s_{N-1}])`` must give env ``i`` an initial state that depends on ``s_i``
 alone (not on N, nor on which other envs share the batch), so that a population split across
@@ -8,6 +8,8 @@ numbers everywhere.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -39,3 +41,11 @@ def splitmix64(seeds: Tensor, n: int) -> Tensor:
 def uniform(seeds: Tensor, n: int, dtype: torch.dtype = torch.float64) -> Tensor:
     """``(N,) int64 -> (N, n)``: uniforms in [0, 1) from the top 53 bits of each SplitMix64 output."""
     return (_shr(splitmix64(seeds, n), 11).double() * 2.0**-53).to(dtype)
+
+
+def normal(seeds: Tensor, n: int, skip: int = 0, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``(N,) int64 -> (N, n)``: standard normals, the Box–Muller transform (Box & Muller, 1958) of
+    SplitMix64 outputs ``skip + 1 ... skip + 2n`` (``skip``: outputs already used for uniforms)."""
+    u = uniform(seeds, skip + 2 * n)[:, skip:]
+    radius = torch.log1p(-u[:, :n]).mul_(-2.0).sqrt_()  # 1 - u in (0, 1]: the log is finite
+    return radius.mul_(torch.cos(u[:, n:] * (2 * math.pi))).to(dtype)
