@@ -1,7 +1,10 @@
-"""Batched torch versions of gymnasium's classic-control envs, registered as ``flipes/<id>``.
+"""Batched torch versions of gymnasium's envs, registered as ``flipes/<id>``.
 
-Each env is one pure dynamics function of batched tensors, wrapped as a gymnasium ``VectorEnv``
-that steps all copies at once on the CPU or a GPU, and tested step for step against gymnasium.
+Classic control (CartPole, Acrobot, Pendulum, MountainCarContinuous): each env is one pure
+dynamics function of batched tensors, wrapped as a gymnasium ``VectorEnv`` that steps all copies
+at once on the CPU or a GPU, and tested step for step against gymnasium. MuJoCo (HalfCheetah,
+Hopper, Walker2d, Ant, Humanoid, v5): gymnasium's models stepped on MuJoCo Warp (``envs/warp/``,
+``pip install 'flipes[warp]'``), which is imported only when one of them is made.
 
     import envs  # registers the ids (gymnasium >= 1.0 loads no plugins by itself)
     env = gymnasium.make_vec("flipes/CartPole-v1", num_envs=4096, device="cuda")
@@ -39,6 +42,12 @@ _SPECS: dict[str, tuple[str, int, float | None]] = {
     "flipes/Acrobot-v1": ("envs.acrobot:Acrobot", 500, -100.0),
     "flipes/Pendulum-v1": ("envs.pendulum:Pendulum", 200, None),
     "flipes/MountainCarContinuous-v0": ("envs.mountain_car:MountainCarContinuous", 999, 90.0),
+    # MuJoCo on MuJoCo Warp: string entry points, so that warp and mujoco_warp load only when one is made
+    "flipes/HalfCheetah-v5": ("envs.warp.half_cheetah:HalfCheetah", 1000, 4800.0),
+    "flipes/Hopper-v5": ("envs.warp.hopper:Hopper", 1000, 3800.0),
+    "flipes/Walker2d-v5": ("envs.warp.walker2d:Walker2d", 1000, None),
+    "flipes/Ant-v5": ("envs.warp.ant:Ant", 1000, 6000.0),
+    "flipes/Humanoid-v5": ("envs.warp.humanoid:Humanoid", 1000, None),
 }
 
 

@@ -127,6 +127,8 @@ def make_vector_env(
 
         try:
             return gym.make_vec(env_id, num_envs=num_envs, device=device, **kwargs)
+        except gym.error.DependencyNotInstalled as e:  # the MuJoCo ids without MuJoCo Warp: the message says what to install
+            raise EnvError(f"{env_id!r}: {e}") from e
         except gym.error.Error as e:
             raise EnvError(f"unknown env id {env_id!r}; flipes has {_flipes_ids()}") from e
     backend, name = split_env_id(env_id)

@@ -1,0 +1,185 @@
+"""What gymnasium's v5 MuJoCo locomotion envs share, on MuJoCo Warp: :class:`LocomotionVectorEnv`.
+
+gymnasium's ``MujocoEnv`` (``gymnasium/envs/mujoco/mujoco_env.py``) for N envs at once: the model
+from gymnasium's own XML, ``frame_skip`` physics steps per env step, the reset noise around
+``qpos0`` (uniform, or normal for the velocities where the env says so), ``dt``, and the forward
+velocity as the change of a position over ``dt`` (each body module says which position). A body
+module (``half_cheetah.py``, ...) adds its observation, reward and termination as torch functions of
+the physics' tensors. Everything else (seeding, action checks, the time limit, NEXT_STEP autoreset,
+``reset_mask``) is :class:`envs.base.TorchVectorEnv`'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor
+
+from envs import seeding
+from envs.base import Device, SingleEnv, TorchVectorEnv
+from envs.warp.physics import WarpPhysics
+
+
+class LocomotionVectorEnv(TorchVectorEnv):
+    r"""``num_envs`` copies of a gymnasium v5 MuJoCo env, stepped on MuJoCo Warp on ``device``.
+
+    Physics and observations are float32 (MuJoCo Warp's precision; gymnasium's MuJoCo runs in
+    float64). A reset is gymnasium's: ``mj_resetData`` (controls, warm start and contact forces
+    zeroed), the noisy ``qpos``/``qvel``, then ``mj_forward``.
+
+    Args:
+        num_envs: N.
+        max_episode_steps: 1000 for the v5 envs.
+        device: ``"cpu"`` steps on Warp's CPU backend, ``"cuda"`` on the GPU.
+        xml_file, frame_skip, reset_noise_scale: as gymnasium's env takes them.
+        normal_velocity_noise: the initial ``qvel`` is ``reset_noise_scale`` times a standard normal
+            (HalfCheetah, Ant) instead of uniform in ``±reset_noise_scale`` (the others).
+        dtype: must be ``torch.float32``, MuJoCo Warp's precision.
+        capture: replay the physics as a recorded graph (see :class:`~envs.warp.physics.WarpPhysics`).
+        num_threads: see :class:`~envs.base.TorchVectorEnv`.
+
+    Attributes:
+        physics: the :class:`~envs.warp.physics.WarpPhysics` (MuJoCo Warp's model and data).
+        state: ``(N, nq + nv)`` = [qpos, qvel], a copy; assigning it sets every env's qpos and qvel
+            and runs ``mj_forward``, as gymnasium's ``set_state`` (after ``mj_resetData``).
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        max_episode_steps: int | None,
+        device: Device,
+        xml_file: str,
+        frame_skip: int,
+        reset_noise_scale: float,
+        normal_velocity_noise: bool,
+        dtype: torch.dtype = torch.float32,
+        capture: bool = True,
+        num_threads: int | None = 1,
+        render_mode: str | None = None,
+    ) -> None:
+        if dtype != torch.float32:
+            raise ValueError(f"MuJoCo Warp computes in float32; dtype must be torch.float32, got {dtype}")
+        if render_mode is not None:
+            raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        self.physics = WarpPhysics(xml_file, num_envs, frame_skip, device, capture)
+        model = self.physics.mj_model
+        self.nq, self.nv = model.nq, model.nv
+        self.state_dim = model.nq + model.nv
+        self.reset_noise_scale = reset_noise_scale
+        self.normal_velocity_noise = normal_velocity_noise
+        self._init_state = np.concatenate([model.qpos0, np.zeros(model.nv)])  # gymnasium's init_qpos, init_qvel
+        self._obs: Tensor | None = None
+        self._pos: Tensor | None = None  # the position whose change over a step is the forward velocity
+        low, high = model.actuator_ctrlrange.astype(np.float32).T  # gymnasium's action space
+        obs_dim = self._observe_physics().shape[1]
+        obs_space = spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float32)
+        action_space = spaces.Box(low, high, dtype=np.float32)
+        super().__init__(num_envs, max_episode_steps, device, torch.float32, obs_space, action_space, num_threads)
+
+    @property
+    def dt(self) -> float:
+        """Seconds per env step, gymnasium's ``MujocoEnv.dt``."""
+        return self.physics.dt
+
+    # -- what a body module supplies ---------------------------------------------------------
+
+    def _position(self) -> Tensor:
+        """``(N, k)`` float32: the position whose change over ``dt`` is the velocity rewarded."""
+        raise NotImplementedError
+
+    def _observe_physics(self) -> Tensor:
+        """``(N, obs_dim)`` float32 observations of the physics' current data (a new tensor)."""
+        raise NotImplementedError
+
+    def _reward_healthy(self, velocity: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """Rewards ``(N,)`` and terminations ``(N,)`` bool after a step, given the velocity
+        ``(N, k)`` of :meth:`_position` and the actions ``(N, nu)``."""
+        raise NotImplementedError
+
+    # -- TorchVectorEnv's hooks --------------------------------------------------------------
+
+    def _initial_range(self, options: dict[str, Any] | None) -> tuple[list[float], list[float]]:
+        # gymnasium's MuJoCo envs ignore reset options
+        s = self.reset_noise_scale
+        return (self._init_state - s).tolist(), (self._init_state + s).tolist()
+
+    def _sample(self, n: int, seeds: Tensor | None = None) -> Tensor:
+        state = super()._sample(n, seeds)  # uniform in init ± scale, as gymnasium draws qpos
+        if self.normal_velocity_noise:
+            if seeds is None:
+                z = torch.randn(n, self.nv, generator=self._generator, device=self.device, dtype=self.dtype)
+            else:  # SplitMix64 outputs after the state_dim uniforms above
+                z = seeding.normal(seeds, self.nv, skip=self.state_dim, dtype=self.dtype)
+            state[:, self.nq :] = z * self.reset_noise_scale  # init_qvel is 0
+        return state
+
+    def _advance(self, action: Tensor) -> tuple[Tensor, Tensor]:
+        physics = self.physics
+        physics.ctrl.copy_(action)  # MuJoCo clamps it to ctrlrange itself; the control cost takes it as given
+        before = self._pos
+        physics.step()
+        self._pos = self._position()
+        self._obs = self._observe_physics()  # now: a reset below recomputes the data of every env
+        reward, terminated = self._reward_healthy((self._pos - before) / physics.dt, action)
+        self._state = torch.cat((physics.qpos, physics.qvel), 1)
+        return reward.float(), terminated
+
+    def _replace_rows(self, rows: Tensor, fresh: Tensor) -> None:
+        p = self.physics
+        qpos, qvel = fresh.split((self.nq, self.nv), 1)
+        if rows.dtype == torch.bool:  # every env drawn, kept where the mask is False: no host sync
+            p.qpos.copy_(torch.where(rows[:, None], qpos, p.qpos))
+            p.qvel.copy_(torch.where(rows[:, None], qvel, p.qvel))
+            for t in (p.ctrl, p.qacc_warmstart, p.cfrc_ext):  # mj_resetData's zeros that the next step reads
+                t.masked_fill_(rows.view(-1, *[1] * (t.dim() - 1)), 0.0)
+        else:
+            p.qpos.index_copy_(0, rows, qpos)
+            p.qvel.index_copy_(0, rows, qvel)
+            for t in (p.ctrl, p.qacc_warmstart, p.cfrc_ext):
+                t.index_fill_(0, rows, 0.0)
+        # derived quantities follow, as set_state's mj_forward makes them (for every world: MuJoCo Warp
+        # has no per-world forward; the others' observations were taken before, and their next step
+        # recomputes everything from qpos, qvel and ctrl anyway)
+        p.forward()
+        obs, pos = self._observe_physics(), self._position()
+        if self._obs is None or self._pos is None:
+            self._obs, self._pos = obs, pos
+        elif rows.dtype == torch.bool:
+            self._obs = torch.where(rows[:, None], obs, self._obs)  # out of place: the last step returned it
+            self._pos = torch.where(rows[:, None], pos, self._pos)
+        else:
+            self._obs = self._obs.index_copy(0, rows, obs[rows])
+            self._pos = self._pos.index_copy(0, rows, pos[rows])
+        self._state = torch.cat((p.qpos, p.qvel), 1)
+
+    def _observation(self) -> Tensor:
+        assert self._obs is not None
+        return self._obs
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> Tensor | None:
+        return self._state
+
+    @state.setter
+    def state(self, value: Tensor | np.ndarray) -> None:
+        value = torch.as_tensor(value, device=self.device, dtype=self.dtype)
+        if value.shape != (self.num_envs, self.state_dim):
+            raise ValueError(f"state must have shape ({self.num_envs}, {self.state_dim}), got {tuple(value.shape)}")
+        self._obs = self._pos = None
+        self._replace_rows(torch.arange(self.num_envs, device=self.device), value)
+        self._autoreset.zero_()
+
+
+class LocomotionEnv(SingleEnv):
+    """One env of a :class:`LocomotionVectorEnv` as a numpy ``gymnasium.Env`` (float32, like the physics)."""
+
+    def __init__(self, render_mode: str | None = None, device: Device = "cpu", **kwargs: Any) -> None:
+        super().__init__(render_mode, device, torch.float32, **kwargs)
