@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: setup train test lint benchmark bench-solve bench-rollout bench-mujoco gpu-check
+.PHONY: setup train test lint benchmark bench-solve bench-rollout bench-mujoco bench-warp gpu-check
 setup: $(BIN)/.installed
 
 train: setup
@@ -47,6 +47,10 @@ bench-rollout: setup
 bench-mujoco: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python scripts/bench_mujoco.py --json scripts/results/bench_mujoco.json \
 		--markdown scripts/results/bench_mujoco.md $(ARGS)
+
+# Env steps/s of flipes' MuJoCo envs on MuJoCo Warp beside EnvPool and gymnasium (scripts/bench_warp.py, ~10 min)
+bench-warp: setup
+	$(BIN)/python scripts/bench_warp.py --json scripts/results/bench_warp.json --markdown scripts/results/bench_warp.md $(ARGS)
 
 # The prepared check for a lent GPU (scripts/gpu_check.py): correctness, then speed, <= 8 minutes.
 gpu-check: setup

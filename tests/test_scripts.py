@@ -73,6 +73,17 @@ def test_bench_rollout_quick_measures_every_engine(tmp_path: Path) -> None:
     assert all(rate > 0 for rate in row["rates"].values())
 
 
+def test_bench_warp_quick_times_every_engine(tmp_path: Path) -> None:
+    """The MuJoCo Warp benchmark steps flipes' env, EnvPool and gymnasium side by side and writes
+    their rates and the machine's load."""
+    pytest.importorskip("mujoco_warp", reason="pip install 'flipes[warp]'")
+    run("scripts/bench_warp.py", "--quick", "true", "--json", str(tmp_path / "w.json"), timeout=300)
+    result = json.loads((tmp_path / "w.json").read_text())
+    (row,) = result["results"]
+    assert row["env"] == "HalfCheetah-v5" and set(row["rates"]) == {"flipes", "envpool-1", "envpool-2", "gymnasium-sync"}
+    assert all(rate > 0 for rate in row["rates"].values()) and len(result["meta"]["load_after"]) == 3
+
+
 def test_bench_mujoco_quick_reads_the_runs_it_starts(tmp_path: Path) -> None:
     """The MuJoCo benchmark starts train.py as a user does and tabulates its evaluations."""
     out = run("scripts/bench_mujoco.py", "--quick", "true", "--out", str(tmp_path), timeout=300).stdout
