@@ -16,7 +16,9 @@ Steps, each with its own time limit, in this order (the checks of correctness co
    0.18 s per update at FC-512 (Wen et al., 2018, Fig. 5, on a Tesla P100).
 4. ``cartpole``: rollout steps/s of a Flipout population on ``flipes/CartPole-v1`` at N = 16,384
    and 65,536, and ``train.py``'s time to solve it on the device.
-5. ``mujoco_warp``: the MuJoCo Warp envs' steps/s, once they exist (skipped until then).
+5. ``mujoco_warp``: flipes/HalfCheetah-v5 and flipes/Humanoid-v5 on MuJoCo Warp, env steps/s at
+   N = 4,096 and 16,384; ``train.py`` on flipes/HalfCheetah-v5 (popsize 1,024) for 120 s: the time
+   to a center return of 5,000, or the best return in that time.
 6. ``mpi``: ``mpiexec -n 2`` with both ranks on the device, ``--comm seeds``: the parameters after
    every generation equal a one-process run's, hash for hash.
 
@@ -90,6 +92,7 @@ def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
         "tests/test_layers.py",
         "tests/test_es.py::test_tell_gradient_equals_materialized_estimator",
         "tests/test_envs.py",
+        "tests/test_warp_envs.py",  # its stays_on_the_device test: MuJoCo Warp's CUDA graphs against the CPU
     ]
     select = "members_equal or gradient or every_transition or stays_on_the_device"
     if args.quick:
@@ -177,27 +180,51 @@ def step_cartpole(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
 
 
 def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
-    import gymnasium as gym
-
-    import envs  # noqa: F401  registers the flipes/ ids
-
-    if "flipes/HalfCheetah-v5" not in gym.registry:
-        return None, "skipped: the MuJoCo Warp envs (flipes/HalfCheetah-v5, ...) are not built yet", {"skipped": True}
+    """Env steps/s of flipes/HalfCheetah-v5 and flipes/Humanoid-v5 (the lightest and the heaviest
+    body) with zero actions, and train.py on flipes/HalfCheetah-v5 for at most 120 s of its clock:
+    the time to a center return of 5,000, or the best return reached."""
     from flipes.rl import make_vector_env
 
-    rates = {}
-    for n in [16] if args.quick else [4096, 16384]:
-        env = make_vector_env("flipes/HalfCheetah-v5", n, args.device)
-        env.reset(seed=0)
-        actions = torch.zeros(n, *env.single_action_space.shape, device=args.device)
-        env.step(actions)  # compiles
-        t0, steps = time.perf_counter(), 20 if args.quick else 200
-        for _ in range(steps):
-            env.step(actions)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        rates[n] = n * steps / (time.perf_counter() - t0)
-    return None, ", ".join(f"N={n:,}: {v / 1e3:.0f} k steps/s" for n, v in rates.items()), {"steps_per_second": rates}
+    rates: dict[str, dict[int, float]] = {}
+    bodies = ["HalfCheetah-v5"] if args.quick else ["HalfCheetah-v5", "Humanoid-v5"]
+    for body in bodies:
+        rates[body] = {}
+        for n in [16] if args.quick else [4096, 16384]:
+            env = make_vector_env(f"flipes/{body}", n, args.device)
+            env.reset(seed=0)
+            actions = torch.zeros(n, *env.single_action_space.shape, device=args.device)
+            env.step(actions)  # compiles (or loads the cached kernels) and records the graph
+            t0, steps = time.perf_counter(), 20 if args.quick else 200
+            for _ in range(steps):
+                env.step(actions)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            rates[body][n] = n * steps / (time.perf_counter() - t0)
+            del env
+    out, target = tmp / "halfcheetah-run", 5000.0
+    budget = (
+        ["--popsize", "16", "--generations", "2", "--eval-episodes", "1"]
+        if args.quick
+        else ["--popsize", "1024", "--max-seconds", "120"]
+    )
+    r = run([sys.executable, "scripts/train.py", "--env", "flipes/HalfCheetah-v5", "--device", args.device, "--out", str(out),
+             "--tensorboard", "false", "--target", str(target), *budget], 240)  # fmt: skip
+    shown = "; ".join(
+        f"{body} " + ", ".join(f"N={n:,}: {v / 1e3:.0f} k" for n, v in by_n.items()) for body, by_n in rates.items()
+    )
+    if r.returncode != 0:
+        return False, tail(r.stdout + r.stderr), {"steps_per_second": rates}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [row for row in rows if "eval_return" in row]
+    reached = [row for row in evals if row["eval_return"] >= target]
+    best = max(row["eval_return"] for row in evals)
+    verdict = (
+        f"{target:,.0f} reached in {reached[0]['seconds']:.0f} s (generation {reached[0]['generation']})"
+        if reached
+        else f"{target:,.0f} not reached in {rows[-1]['seconds']:.0f} s (best {best:,.0f})"
+    )
+    data = {"steps_per_second": rates, "seconds_to_5000": reached[0]["seconds"] if reached else None, "best_return": best}
+    return None, f"env steps/s: {shown}; train.py HalfCheetah popsize {budget[1]}: {verdict}", data
 
 
 def step_mpi(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
