@@ -139,12 +139,17 @@ class TorchVectorEnv(gym.vector.VectorEnv):
 
     @state.setter
     def state(self, value: Tensor | np.ndarray) -> None:
-        value = torch.as_tensor(value, device=self.device, dtype=self.dtype)
-        if value.shape != (self.num_envs, self.state_dim):
-            raise ValueError(f"state must have shape ({self.num_envs}, {self.state_dim}), got {tuple(value.shape)}")
+        value = self._checked_state(value)
         # stored column-major: the dynamics reads whole state components, which are then contiguous
         self._state = torch.empty(self.state_dim, self.num_envs, device=self.device, dtype=self.dtype).copy_(value.T).T
         self._autoreset.zero_()
+
+    def _checked_state(self, value: Tensor | np.ndarray) -> Tensor:
+        """``value`` on ``device`` in ``dtype``, if it holds one state per env."""
+        value = torch.as_tensor(value, device=self.device, dtype=self.dtype)
+        if value.shape != (self.num_envs, self.state_dim):
+            raise ValueError(f"state must have shape ({self.num_envs}, {self.state_dim}), got {tuple(value.shape)}")
+        return value
 
     @property
     def elapsed(self) -> Tensor:

@@ -170,9 +170,7 @@ class LocomotionVectorEnv(TorchVectorEnv):
 
     @state.setter
     def state(self, value: Tensor | np.ndarray) -> None:
-        value = torch.as_tensor(value, device=self.device, dtype=self.dtype)
-        if value.shape != (self.num_envs, self.state_dim):
-            raise ValueError(f"state must have shape ({self.num_envs}, {self.state_dim}), got {tuple(value.shape)}")
+        value = self._checked_state(value)
         self._obs = self._pos = None
         self._replace_rows(torch.arange(self.num_envs, device=self.device), value)
         self._autoreset.zero_()
