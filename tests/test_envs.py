@@ -393,6 +393,8 @@ def test_bad_actions_raise_a_helpful_value_error() -> None:
         pendulum.step(torch.zeros(3, 1))
     with pytest.raises(RuntimeError, match="reset"):
         envs.CartPoleVectorEnv(num_envs=2).step(torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"state must have shape \(4, 4\), got \(4, 3\)"):
+        cartpole.state = torch.zeros(4, 3)
 
 
 def test_state_assignment_is_checked_and_copied() -> None:

@@ -429,6 +429,19 @@ def test_missing_mujoco_warp_names_the_extra_to_install(monkeypatch: pytest.Monk
         make_vector_env("flipes/Ant-v5", 2)
 
 
+def test_bad_actions_and_states_raise_a_value_error_naming_the_shape(make) -> None:
+    """Actions and states of the wrong shape are refused with the shape expected; nothing reaches
+    MuJoCo Warp's arrays."""
+    env = make("HalfCheetah-v5", 4)
+    env.reset(seed=0)
+    before = env.state.clone()
+    with pytest.raises(ValueError, match=r"shape \(4, 6\).*got shape \(4, 5\)"):
+        env.step(torch.zeros(4, 5))
+    with pytest.raises(ValueError, match=r"state must have shape \(4, 18\), got \(4, 17\)"):
+        env.state = torch.zeros(4, 17)
+    assert torch.equal(env.state, before)
+
+
 def test_warp_env_stays_on_the_device_and_matches_the_cpu(make, device: torch.device) -> None:
     """On ``device`` (FLIPES_TEST_DEVICE; scripts/gpu_check.py runs this on CUDA): every returned
     tensor is there, and single steps from the CPU env's states agree with the CPU's physics within
