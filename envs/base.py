@@ -287,8 +287,9 @@ class TorchVectorEnv(gym.vector.VectorEnv):
 
     def _check_actions(self, actions: Tensor | np.ndarray) -> Tensor:
         """Validated actions on ``device``: ``(N,)`` integers (Discrete), ``(N,)`` ``dtype`` (one-number Box)
-        or ``(N, *action_shape)`` ``dtype`` (other Box)."""
-        a = torch.as_tensor(actions, device=self.device)
+        or ``(N, *action_shape)`` ``dtype`` (other Box). Discrete actions already on an accelerator are
+        not range-checked: reading them would make every step wait for the device."""
+        a = torch.as_tensor(actions)
         n, space, name = self.num_envs, self.single_action_space, type(self).__name__
         if self._discrete:
             expected = f"a tensor of shape ({n},) of integers in [0, {space.n})"
@@ -296,17 +297,18 @@ class TorchVectorEnv(gym.vector.VectorEnv):
                 raise ValueError(f"{name}.step takes one action per env, {expected}; got shape {tuple(a.shape)}")
             if a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
                 raise ValueError(f"{name}.step takes integer actions, {expected}; got dtype {a.dtype}")
-            lo, hi = (int(v) for v in a.aminmax())
-            if lo < 0 or hi >= space.n:
-                raise ValueError(f"{name}.step takes {expected}; got actions from {lo} to {hi}")
-            return a
+            if a.device.type == "cpu":
+                lo, hi = (int(v) for v in a.aminmax())
+                if lo < 0 or hi >= space.n:
+                    raise ValueError(f"{name}.step takes {expected}; got actions from {lo} to {hi}")
+            return a.to(self.device)
         shape = (n, *space.shape)
         if a.shape != shape and not (space.shape == (1,) and a.shape == (n,)):
             alt = f" or ({n},)" if space.shape == (1,) else ""
             raise ValueError(f"{name}.step takes one action per env, a tensor of shape {shape}{alt}; got shape {tuple(a.shape)}")
         if a.dtype.is_complex or a.dtype == torch.bool:
             raise ValueError(f"{name}.step takes real-valued actions of shape {shape}; got dtype {a.dtype}")
-        return (a.reshape(n) if space.shape == (1,) else a).to(self.dtype)  # one-number actions as (N,)
+        return (a.reshape(n) if space.shape == (1,) else a).to(self.device, self.dtype)  # one-number actions as (N,)
 
 
 class SingleEnv(gym.Env[np.ndarray, Any]):
