@@ -75,19 +75,30 @@ def load(data, snap: dict[str, np.ndarray], i: int) -> None:
         getattr(data, k)[:] = snap[k][i]
 
 
-# Ant rarely ends an episode: once more with a narrower healthy range (0.6-1 m), given to both envs
-STEP_CODE_CASES = [*[(i, {}) for i in IDS], ("Ant-v5", {"healthy_z_range": (0.6, 1.0)})]
+# Ant rarely ends an episode: once more with a narrower healthy range (0.6-1 m), given to both envs;
+# and gymnasium's other keyword options, given to both envs
+STEP_CODE_CASES = [
+    *[(i, {}) for i in IDS],
+    ("Ant-v5", {"healthy_z_range": (0.6, 1.0)}),
+    ("Hopper-v5", {"terminate_when_unhealthy": False, "exclude_current_positions_from_observation": False}),
+    ("Humanoid-v5", {"include_cinert_in_observation": False, "include_cfrc_ext_in_observation": False,
+                     "forward_reward_weight": 2.0, "healthy_reward": 1.0}),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("gym_id", "kwargs"), STEP_CODE_CASES, ids=[*IDS, "Ant-v5-narrow"])
+@pytest.mark.parametrize(
+    ("gym_id", "kwargs"), STEP_CODE_CASES, ids=[*IDS, "Ant-v5-narrow", "Hopper-v5-options", "Humanoid-v5-options"]
+)
 def test_gymnasium_step_code_on_warp_physics_gives_the_same_transitions(make, gym_id: str, kwargs: dict) -> None:
     """Observations, rewards, terminations, truncations and autoresets are gymnasium's own ``step``
-    and ``reset`` code applied to MuJoCo Warp's data: for each env, gymnasium's env is loaded with
-    what MuJoCo Warp held before the step (stale kinematics included: gymnasium reads ``xpos`` and
-    ``xipos`` as ``mj_step`` leaves them, from the last physics step's start) and its simulation
-    is replaced by MuJoCo Warp's result. Exact up to float32 rounding, checked to 10x what was
-    measured: observations equal, rewards within 1.1e-6 (ours add in float32); reset observations
-    against MuJoCo C's ``mj_forward`` of the same state within 1.4e-6 (Humanoid's cinert, cvel)."""
+    and ``reset`` code applied to MuJoCo Warp's data, with the default options and with others given
+    to both envs (no termination, x observed, observation parts left out, reward weights): for each
+    env, gymnasium's env is loaded with what MuJoCo Warp held before the step (stale kinematics
+    included: gymnasium reads ``xpos`` and ``xipos`` as ``mj_step`` leaves them, from the last physics
+    step's start) and its simulation is replaced by MuJoCo Warp's result. Exact up to float32
+    rounding, checked to 10x what was measured: observations equal, rewards within 1.1e-6 (ours add
+    in float32); reset observations against MuJoCo C's ``mj_forward`` of the same state within 1.4e-6
+    (Humanoid's cinert, cvel)."""
     n, steps, limit = 8, 40, 25
     env = make(gym_id, n, max_episode_steps=limit, **kwargs)
     physics = env.physics
@@ -142,7 +153,9 @@ def test_gymnasium_step_code_on_warp_physics_gives_the_same_transitions(make, gy
     finally:
         del physics.step
     assert counts["compared"] >= 200 and counts["resets"] >= 8, counts  # HalfCheetah: all by truncation
-    if gym_id != "HalfCheetah-v5":  # HalfCheetah never terminates
+    if gym_id == "HalfCheetah-v5" or not kwargs.get("terminate_when_unhealthy", True):  # never terminate
+        assert counts["terminated"] == 0, counts
+    else:
         assert counts["terminated"] >= (3 if gym_id == "Ant-v5" and not kwargs else 8), counts
 
 
