@@ -217,7 +217,7 @@ def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [row for row in rows if "eval_return" in row]
     reached = [row for row in evals if row["eval_return"] >= target]
-    best = max(row["eval_return"] for row in evals)
+    best = max((row["eval_return"] for row in evals), default=math.nan)  # nan: no evaluation in the time
     verdict = (
         f"{target:,.0f} reached in {reached[0]['seconds']:.0f} s (generation {reached[0]['generation']})"
         if reached

@@ -455,6 +455,17 @@ def test_bad_actions_and_states_raise_a_value_error_naming_the_shape(make) -> No
     assert torch.equal(env.state, before)
 
 
+def test_a_cuda_device_without_an_index_means_torchs_current_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warp finds CUDA devices by index (``cuda_devices[None]`` fails): ``"cuda"`` becomes torch's
+    current CUDA device; other devices stay as given."""
+    from envs.warp.physics import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert resolve_device("cuda") == torch.device("cuda", 3)
+    assert resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
 def test_warp_env_stays_on_the_device_and_matches_the_cpu(make, device: torch.device) -> None:
     """On ``device`` (FLIPES_TEST_DEVICE; scripts/gpu_check.py runs this on CUDA): every returned
     tensor is there, and single steps from the CPU env's states agree with the CPU's physics within

@@ -80,7 +80,7 @@ class LocomotionVectorEnv(TorchVectorEnv):
         obs_dim = self._observe_physics().shape[1]
         obs_space = spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float32)
         action_space = spaces.Box(low, high, dtype=np.float32)
-        super().__init__(num_envs, max_episode_steps, device, torch.float32, obs_space, action_space, num_threads)
+        super().__init__(num_envs, max_episode_steps, self.physics.device, torch.float32, obs_space, action_space, num_threads)
 
     @property
     def dt(self) -> float:

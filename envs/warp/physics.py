@@ -44,6 +44,15 @@ def model_path(xml_file: str) -> str:
     return path
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` with its index: Warp finds a CUDA device by index, and ``"cuda"`` has none (torch's
+    current CUDA device then)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class WarpPhysics:
     """``num_worlds`` copies of one MuJoCo model on MuJoCo Warp, with torch views of its state.
 
@@ -69,7 +78,7 @@ class WarpPhysics:
             # Humanoid's XML asks for PGS, which MuJoCo Warp lacks; Newton solves the same convex problem
             self.mj_model.opt.solver = mujoco.mjtSolver.mjSOL_NEWTON
         self.frame_skip = frame_skip
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         log_level, wp.config.log_level = wp.config.log_level, max(wp.config.log_level, wp.LOG_WARNING)
         try:  # as MuJoCo Warp's own tools: no line per kernel module loaded (some 60 per process)
             self._setup(num_worlds, capture)
