@@ -316,11 +316,13 @@ STATS = {"HalfCheetah-v5": (64, 200), "Hopper-v5": (128, 1000), "Walker2d-v5": (
 def test_random_policy_returns_and_lengths_match_gymnasiums(make, gym_id: str) -> None:
     """Uniform random actions from each env's own initial-state distribution: mean episode return
     and mean episode length agree with gymnasium's by Welch's two-sample z < 4 (false-alarm rate
-    6e-5 per statistic under the CLT; seeds fixed). Measured z: -1.4 to 1.2. Ant too: its
+    6e-5 per statistic under the CLT; seeds fixed). Measured z: -1.4 to 1.2. No world overflowed
+    MuJoCo Warp's per-world contact and constraint buffers (its sticky ``overflow`` flags). Ant too: its
     friction-frame deviation does not show at this power."""
     episodes, horizon = STATS[gym_id]
     env = make(gym_id, episodes, max_episode_steps=horizon)
     ours = warp_returns(env, seed=0)
+    assert not env.physics.data.overflow.numpy().any()  # MuJoCo Warp's contact and constraint buffers sufficed
     theirs = gymnasium_returns(gym_id, episodes, horizon, seed=1000)
     for a, b, what in zip(ours, theirs, ("return", "length"), strict=True):
         if what == "length" and b.std() == 0:  # every episode ran to the horizon
