@@ -183,9 +183,20 @@ def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     """Env steps/s of flipes/HalfCheetah-v5 and flipes/Humanoid-v5 (the lightest and the heaviest
     body) with zero actions, and train.py on flipes/HalfCheetah-v5 for at most 120 s of its clock:
     the time to a center return of 5,000, or the best return reached."""
+    try:
+        import mujoco_warp  # noqa: F401
+        import warp as wp
+    except ImportError as e:
+        return None, f"skipped: MuJoCo Warp is not installed ({e}; pip install 'flipes[warp]')", {"skipped": True}
+    if args.device.startswith("cuda"):
+        wp.init()
+        if wp.get_cuda_device_count() == 0:  # e.g. a driver older than the CUDA that warp-lang was built for
+            why = f"Warp {wp.__version__} sees no CUDA device (driver {wp.get_cuda_driver_version()})"
+            return None, f"skipped: {why}", {"skipped": True}
     from flipes.rl import make_vector_env
 
     rates: dict[str, dict[int, float]] = {}
+    captured: dict[str, bool] = {}
     bodies = ["HalfCheetah-v5"] if args.quick else ["HalfCheetah-v5", "Humanoid-v5"]
     for body in bodies:
         rates[body] = {}
@@ -194,6 +205,9 @@ def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
             env.reset(seed=0)
             actions = torch.zeros(n, *env.single_action_space.shape, device=args.device)
             env.step(actions)  # compiles (or loads the cached kernels) and records the graph
+            captured[body] = env.unwrapped.physics.captured
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             t0, steps = time.perf_counter(), 20 if args.quick else 200
             for _ in range(steps):
                 env.step(actions)
@@ -223,8 +237,10 @@ def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
         if reached
         else f"{target:,.0f} not reached in {rows[-1]['seconds']:.0f} s (best {best:,.0f})"
     )
-    data = {"steps_per_second": rates, "seconds_to_5000": reached[0]["seconds"] if reached else None, "best_return": best}
-    return None, f"env steps/s: {shown}; train.py HalfCheetah popsize {budget[1]}: {verdict}", data
+    data = {"steps_per_second": rates, "graph_captured": captured, "seconds_to_5000": reached[0]["seconds"] if reached else None,
+            "best_return": best}  # fmt: skip
+    graphs = "" if all(captured.values()) else f" (NOT captured, launched kernel by kernel: {captured})"
+    return None, f"env steps/s: {shown}{graphs}; train.py HalfCheetah popsize {budget[1]}: {verdict}", data
 
 
 def step_mpi(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
@@ -298,7 +314,16 @@ def main(args: Args) -> int:
             results.append(Step(name, ok, time.perf_counter() - t0, summary, data))
             mark = {True: "PASS", False: "FAIL", None: "----"}[ok]
             print(f"[{mark}] {name} ({results[-1].seconds:.0f} s): {summary}", flush=True)
+            write_report(args, info, results, time.perf_counter() - started)  # a run cut short keeps its steps
     total = time.perf_counter() - started
+    failed = write_report(args, info, results, total)
+    verdict = f"FAILED: {failed}" if failed else "no failures"
+    print(f"wrote {Path(args.out).with_suffix('.json')} and .md; {total:.0f} s; {verdict}")
+    return 1 if failed else 0
+
+
+def write_report(args: Args, info: dict[str, Any], results: list[Step], total: float) -> list[str]:
+    """Writes OUT.json and OUT.md with the steps run so far; returns the names of the failed ones."""
     failed = [r.name for r in results if r.ok is False]
     md = [f"# gpu_check on {info['device_name']}", "",
           f"`python scripts/gpu_check.py --device {args.device}{' --quick' if args.quick else ''}`, {total:.0f} s; "
@@ -313,8 +338,7 @@ def main(args: Args) -> int:
                "steps": [dataclasses.asdict(r) for r in results]}  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and .md; {total:.0f} s; " + (f"FAILED: {failed}" if failed else "no failures"))
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":

@@ -86,7 +86,12 @@ class WarpPhysics:
             wp.config.log_level = log_level
 
     def _setup(self, num_worlds: int, capture: bool) -> None:
-        self.wp_device = wp.get_device("cpu") if self.device.type == "cpu" else wp.device_from_torch(self.device)
+        if self.device.type == "cuda" and wp.get_cuda_device_count() == 0:  # starts Warp's runtime
+            raise RuntimeError(
+                f"MuJoCo Warp: torch sees {self.device} but Warp {wp.__version__} sees no CUDA device (driver "
+                f"{wp.get_cuda_driver_version()}): install a warp-lang built for this driver's CUDA, or use device='cpu'"
+            )
+        self.wp_device = wp.get_device(str(self.device))  # "cpu" or "cuda:k"
         with wp.ScopedDevice(self.wp_device):
             self.model = mjw.put_model(self.mj_model)
             self.data = mjw.make_data(self.mj_model, nworld=num_worlds)
@@ -109,6 +114,12 @@ class WarpPhysics:
             except Exception as e:  # any failure to record leaves the uncaptured path, which always works
                 warnings.warn(f"MuJoCo Warp: graph capture failed ({e}); stepping launch by launch", stacklevel=3)
                 self._step_graph = self._forward_graph = None
+
+    @property
+    def captured(self) -> bool:
+        """Whether :meth:`step` replays a recorded graph (else it launches kernel by kernel, and on a GPU
+        MuJoCo Warp's solver loop then waits on the host every iteration)."""
+        return self._step_graph is not None
 
     @property
     def dt(self) -> float:
