@@ -139,10 +139,13 @@ class TorchVectorEnv(gym.vector.VectorEnv):
 
     @state.setter
     def state(self, value: Tensor | np.ndarray) -> None:
-        value = self._checked_state(value)
+        self._set_state(self._checked_state(value))
+        self._autoreset.zero_()
+
+    def _set_state(self, value: Tensor) -> None:
+        """Every env's state becomes its row of ``value`` (checked: ``(N, state_dim)`` on ``device``)."""
         # stored column-major: the dynamics reads whole state components, which are then contiguous
         self._state = torch.empty(self.state_dim, self.num_envs, device=self.device, dtype=self.dtype).copy_(value.T).T
-        self._autoreset.zero_()
 
     def _checked_state(self, value: Tensor | np.ndarray) -> Tensor:
         """``value`` on ``device`` in ``dtype``, if it holds one state per env."""

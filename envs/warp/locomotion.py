@@ -162,18 +162,9 @@ class LocomotionVectorEnv(TorchVectorEnv):
         assert self._obs is not None
         return self._obs
 
-    # -- state ------------------------------------------------------------------------------
-
-    @property
-    def state(self) -> Tensor | None:
-        return self._state
-
-    @state.setter
-    def state(self, value: Tensor | np.ndarray) -> None:
-        value = self._checked_state(value)
+    def _set_state(self, value: Tensor) -> None:
         self._obs = self._pos = None
         self._replace_rows(torch.arange(self.num_envs, device=self.device), value)
-        self._autoreset.zero_()
 
 
 class LocomotionEnv(SingleEnv):
