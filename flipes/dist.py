@@ -210,7 +210,8 @@ class Watchdog:
             if self.rank == 0:
                 self._drain()
                 missing = [r for r, k in self.arrived.items() if k < step]
-                who = f"rank(s) {', '.join(map(str, missing))} did not arrive" if missing else "every rank arrived"
+                # all arrived: one stopped or died inside the collective, which rank 0 cannot tell apart
+                who = f"rank(s) {', '.join(map(str, missing))} did not arrive" if missing else "every rank entered it"
             else:
                 who = "rank 0 did not answer"
             print(f"flipes: error: --mpi-timeout: rank {self.rank} waited {limit:.0f} s in {name} #{step}: {who} "
