@@ -206,13 +206,13 @@ def test_auto_backend_falls_back_with_one_note_and_wrong_ids_say_what_to_do(monk
 
 
 def test_a_short_es_run_on_halfcheetah_through_envpool_raises_the_center_return(tmp_path) -> None:
-    """Ten generations of 64 members (640 k EnvPool steps) raise the center policy's return on
-    5 evaluation episodes from about 0 to several hundred (seed 0: -8 -> 1,078)."""
+    """Six generations of 64 members (384 k EnvPool steps) raise the center policy's return on
+    5 evaluation episodes by more than 300 (measured: seed 0 -8 -> 604, seed 1 95 -> 874)."""
     pytest.importorskip("envpool")
     import flipes
 
-    rows = flipes.train(env="envpool:HalfCheetah-v5", popsize=64, sigma=0.03, lr=0.04, generations=10, eval_every=9, seed=0,
+    rows = flipes.train(env="envpool:HalfCheetah-v5", popsize=64, sigma=0.03, lr=0.04, generations=6, eval_every=5, seed=0,
                         target=None, tensorboard=False, progress=False, out=str(tmp_path / "run")).metrics  # fmt: skip
     evals = {r["generation"]: r["eval_return"] for r in rows if "eval_return" in r}
-    assert set(evals) == {0, 9}
-    assert evals[9] > evals[0] + 300, evals
+    assert set(evals) == {0, 5}
+    assert evals[5] > evals[0] + 300, evals
