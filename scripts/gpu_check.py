@@ -1,7 +1,7 @@
 """One prepared command that checks flipes on a GPU: correctness first, then speed, in <= 8 minutes.
 
     python scripts/gpu_check.py                          # cuda:0; writes scripts/results/gpu_check.{json,md}
-    python scripts/gpu_check.py --device cpu --quick true   # the same code paths on the CPU at tiny sizes (~35 s)
+    python scripts/gpu_check.py --device cpu --quick true   # the same code paths on the CPU at tiny sizes (~45 s)
     make gpu-check
 
 Steps, each with its own time limit, in this order (the checks of correctness come first):
