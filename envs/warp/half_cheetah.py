@@ -43,9 +43,6 @@ class HalfCheetahVectorEnv(LocomotionVectorEnv):
         self.exclude_current_positions_from_observation = exclude_current_positions_from_observation
         super().__init__(num_envs, max_episode_steps, device, xml_file, frame_skip, reset_noise_scale, True, **kwargs)
 
-    def _position(self) -> Tensor:
-        return self.physics.qpos[:, :1].clone()
-
     def _observe_physics(self) -> Tensor:
         skip = int(self.exclude_current_positions_from_observation)
         return torch.cat((self.physics.qpos[:, skip:], self.physics.qvel), 1)

@@ -15,11 +15,17 @@ from torch import Tensor
 
 from envs.base import Device
 from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
+from envs.warp.physics import WarpPhysics
 
 
 def inside(x: Tensor, bounds: tuple[float, float]) -> Tensor:
     """``low < x < high``, strict as gymnasium's; NaN is outside."""
     return (x > bounds[0]) & (x < bounds[1])
+
+
+def planar_observation(physics: WarpPhysics, exclude_x: bool) -> Tensor:
+    """Hopper's and Walker2d's observation: ``qpos`` (without x when ``exclude_x``), ``qvel`` clipped to ±10."""
+    return torch.cat((physics.qpos[:, int(exclude_x) :], physics.qvel.clamp(-10.0, 10.0)), 1)
 
 
 class HopperVectorEnv(LocomotionVectorEnv):
@@ -59,12 +65,8 @@ class HopperVectorEnv(LocomotionVectorEnv):
         self.exclude_current_positions_from_observation = exclude_current_positions_from_observation
         super().__init__(num_envs, max_episode_steps, device, xml_file, frame_skip, reset_noise_scale, False, **kwargs)
 
-    def _position(self) -> Tensor:
-        return self.physics.qpos[:, :1].clone()
-
     def _observe_physics(self) -> Tensor:
-        skip = int(self.exclude_current_positions_from_observation)
-        return torch.cat((self.physics.qpos[:, skip:], self.physics.qvel.clamp(-10.0, 10.0)), 1)
+        return planar_observation(self.physics, self.exclude_current_positions_from_observation)
 
     def _healthy(self) -> Tensor:
         qpos, qvel = self.physics.qpos, self.physics.qvel

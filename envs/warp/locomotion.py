@@ -90,8 +90,9 @@ class LocomotionVectorEnv(TorchVectorEnv):
     # -- what a body module supplies ---------------------------------------------------------
 
     def _position(self) -> Tensor:
-        """``(N, k)`` float32: the position whose change over ``dt`` is the velocity rewarded."""
-        raise NotImplementedError
+        """``(N, k)`` float32: the position whose change over ``dt`` is the velocity rewarded; by
+        default the root's x, ``qpos[0]`` (HalfCheetah, Hopper, Walker2d)."""
+        return self.physics.qpos[:, :1].clone()
 
     def _observe_physics(self) -> Tensor:
         """``(N, obs_dim)`` float32 observations of the physics' current data (a new tensor)."""

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from envs.base import Device
-from envs.warp.hopper import inside
+from envs.warp.hopper import inside, planar_observation
 from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
 
 
@@ -53,12 +52,8 @@ class Walker2dVectorEnv(LocomotionVectorEnv):
         self.exclude_current_positions_from_observation = exclude_current_positions_from_observation
         super().__init__(num_envs, max_episode_steps, device, xml_file, frame_skip, reset_noise_scale, False, **kwargs)
 
-    def _position(self) -> Tensor:
-        return self.physics.qpos[:, :1].clone()
-
     def _observe_physics(self) -> Tensor:
-        skip = int(self.exclude_current_positions_from_observation)
-        return torch.cat((self.physics.qpos[:, skip:], self.physics.qvel.clamp(-10.0, 10.0)), 1)
+        return planar_observation(self.physics, self.exclude_current_positions_from_observation)
 
     def _reward_healthy(self, velocity: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         qpos = self.physics.qpos
