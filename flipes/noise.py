@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -124,6 +124,11 @@ class SlotNoise:
     def bias(self) -> Tensor | None:
         """σ·ε_b per member, ``(n, out_channels)``."""
         return None if self.bias_r is None else self.bias_r * self.r
+
+    def with_bias(self, delta: Tensor | None) -> SlotNoise:
+        """This noise with member ``n``'s bias perturbation ``delta[n]`` (``(n, out_channels)``, or none):
+        for a layer that shares the weight but not its bias."""
+        return replace(self, bias_r=None if delta is None else delta * self.r, bias_eps=None)
 
     def out_slice(self, start: int, stop: int) -> SlotNoise:
         """The noise of output channels ``start:stop``: member ``n``'s perturbation restricted to those

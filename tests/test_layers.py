@@ -103,6 +103,56 @@ class Scale(nn.Module):
         return x * self.gain + self.shift
 
 
+class TiedLM(nn.Module):
+    """An embedding tied to a Linear head that has a bias of its own (PyTorch's word_language_model, BERT's MLM head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 6)
+        self.head = nn.Linear(6, 11)
+        self.head.weight = self.emb.weight
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.emb(tokens)))
+
+
+class TiedNorms(nn.Module):
+    """Two LayerNorms sharing their scale, around a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.fc, self.b = nn.LayerNorm(4), nn.Linear(4, 4), nn.LayerNorm(4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.fc(self.a(x)))
+
+
+class SharedBias(nn.Module):
+    """Two Linears with their own weights and one bias, which a bare-parameter module also adds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.bias = self.a.bias
+        self.shift = Shift(self.a.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.shift(self.b(torch.tanh(self.a(x))))
+
+
+class Shift(nn.Module):
+    def __init__(self, bias: nn.Parameter) -> None:
+        super().__init__()
+        self.bias = bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias
+
+
+TIED = [TiedLM, TiedNorms, SharedBias]
+
+
 # (name, make, inputs, member_inputs, member_output)
 CASES = [
     (
@@ -180,6 +230,23 @@ CASES = [
     ("batchnorm-train", lambda: nn.BatchNorm1d(4), lambda: (randn(5 * N, 4),), rows(5), out_rows(5)),
     ("batchnorm-eval", lambda: nn.BatchNorm2d(3).eval(), lambda: (randn(N, 2, 3, 2, 2),), rows(0), out_rows(0)),
     ("bare-parameter", lambda: Scale(5), lambda: (randn(N, 4, 5),), rows(0), out_rows(0)),
+    (
+        "batchnorm-no-affine-train",
+        lambda: nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, affine=False)),
+        lambda: (randn(5 * N, 4),),
+        rows(5),
+        out_rows(5),
+    ),
+    (
+        "instancenorm-tracked-train",
+        lambda: nn.Sequential(nn.Conv1d(3, 4, 1), nn.InstanceNorm1d(4, affine=True, track_running_stats=True)),
+        lambda: (randn(2 * N, 3, 5),),
+        rows(2),
+        out_rows(2),
+    ),
+    ("tied-embedding-head-bias", TiedLM, lambda: (torch.randint(11, (N, 5)),), rows(0), out_rows(0)),
+    ("tied-norms", TiedNorms, lambda: (randn(N, 3, 4),), rows(0), out_rows(0)),
+    ("shared-bias", SharedBias, lambda: (randn(2 * N, 4),), rows(2), out_rows(2)),
 ]
 
 
@@ -192,14 +259,32 @@ def test_members_equal_the_plain_module_with_their_explicit_parameters(
     check_members(make, inputs, member_inputs, member_output, mirrored, groups, rank, device=device)
 
 
-def test_batchnorm_in_a_population_leaves_the_running_statistics_alone() -> None:
-    bn = flipes.flipout(nn.BatchNorm1d(3))
-    es = flipes.FlipES(bn, popsize=4, sigma=0.1)
+NORMS = {
+    "affine": (lambda: nn.BatchNorm1d(3), (8, 3)),
+    "no-affine": (lambda: nn.BatchNorm1d(3, affine=False), (8, 3)),
+    "frozen-affine": (lambda: nn.BatchNorm1d(3).requires_grad_(False), (8, 3)),
+    "instancenorm": (lambda: nn.InstanceNorm1d(3, track_running_stats=True), (8, 3, 5)),
+}
+
+
+@pytest.mark.parametrize("kind", NORMS)
+def test_norms_in_a_population_leave_the_running_statistics_alone(kind: str) -> None:
+    """With or without evolved parameters, a norm in a population moves no running statistic, and a
+    member's output does not depend on the other members' inputs."""
+    make, shape = NORMS[kind]
+    torch.manual_seed(0)
+    norm = make()
+    model = flipes.flipout(nn.Sequential(nn.Conv1d(3, 3, 1) if len(shape) == 3 else nn.Linear(3, 3), norm))
+    es = flipes.FlipES(model, popsize=4, sigma=0.1)
+    x = torch.randn(*shape)
+    other = x.clone()
+    other[2:] += 100  # the examples of members 1, 2 and 3
     with es.population():
-        bn(torch.randn(8, 3))
-    assert torch.equal(bn.running_mean, torch.zeros(3)) and int(bn.num_batches_tracked) == 0
-    bn(torch.randn(8, 3))  # outside: as nn.BatchNorm1d
-    assert int(bn.num_batches_tracked) == 1
+        y, y_other = model(x), model(other)
+    assert torch.equal(y[:2], y_other[:2])
+    assert torch.equal(norm.running_mean, torch.zeros(3)) and int(norm.num_batches_tracked) == 0
+    norm(torch.randn(*shape))  # outside a population: as torch's
+    assert not torch.equal(norm.running_mean, torch.zeros(3))
 
 
 class EveryKind(nn.Module):
@@ -229,8 +314,24 @@ def test_a_model_of_every_kind_is_exact_and_its_gradient_is_the_materialized_est
     mirrored: bool, groups: int, rank: int | None, device: torch.device
 ) -> None:
     check_members(EveryKind, lambda: (torch.randint(11, (N, 6)),), rows(1), out_rows(1), mirrored, groups, rank, device=device)
+    check_gradient(EveryKind, mirrored, groups, rank, device)
+
+
+@pytest.mark.parametrize("mirrored,groups,rank", SETTINGS)
+@pytest.mark.parametrize("make", TIED, ids=[m.__name__ for m in TIED])
+def test_a_tied_parameter_has_one_perturbation_and_one_gradient(
+    make: Callable[[], nn.Module], mirrored: bool, groups: int, rank: int | None, device: torch.device
+) -> None:
+    """A parameter used by several modules (a weight with different biases, a shared bias, tied norm
+    scales) gets one gradient, that of its one per-member perturbation; the members' outputs with it
+    are checked in test_members_equal_the_plain_module_with_their_explicit_parameters."""
+    check_gradient(make, mirrored, groups, rank, device)
+
+
+def check_gradient(make: Callable[[], nn.Module], mirrored: bool, groups: int, rank: int | None, device: torch.device) -> None:
+    """``tell``'s ``.grad`` of every parameter equals ``-Σ_n F̂_n σu_n / (Nσ²)`` with the members' explicit parameters."""
     torch.manual_seed(1)
-    model = flipes.flipout(EveryKind().to(device, DT))
+    model = flipes.flipout(make().to(device, DT))
     sigma = 0.05
     es = flipes.FlipES(
         model, popsize=N, sigma=sigma, seed=3, groups=groups, mirrored=mirrored, noise_rank=rank,
@@ -418,3 +519,35 @@ def test_converted_models_pickle_and_copy_with_their_runtime_classes() -> None:
     es = flipes.FlipES(loaded, popsize=4)
     with es.population() as pop:
         assert loaded(torch.randn(pop.size, 4)).shape == (4, 4)
+    es.tell(torch.randn(4))
+    # once evolved, too: the model saves whole, and a copy has no FlipES of its own until given one
+    for clone in (copy.deepcopy(loaded), pickle.loads(pickle.dumps(loaded))):
+        assert torch.equal(clone(x), loaded(x))
+        es2 = flipes.FlipES(clone, popsize=4)
+        with es2.population() as pop:
+            assert clone(torch.randn(pop.size, 4)).shape == (4, 4)
+    with es.population() as pop:  # the original's FlipES still owns the original
+        assert loaded(torch.randn(pop.size, 4)).shape == (4, 4)
+
+
+def test_a_parametrized_layer_is_evolved_per_member_through_its_parametrization() -> None:
+    """weight_norm's Linear computes its weight from two parameters: those get dense per-member noise, and
+    each member equals the plain layer with its explicit parameters."""
+    with pytest.warns(UserWarning, match="performance drop"):  # torch has no vmap rule for _weight_norm yet
+        check_members(
+            lambda: nn.utils.parametrizations.weight_norm(nn.Linear(4, 3)),
+            lambda: (randn(N, 2, 4),),
+            rows(0),
+            out_rows(0),
+            mirrored=True,
+            groups=2,
+            rank=None,
+        )
+
+
+def test_a_flipout_weight_also_used_as_a_plain_parameter_is_refused() -> None:
+    """A Linear's weight that a bare-parameter module also uses would get two perturbations per member."""
+    model = nn.Sequential(nn.Linear(4, 4), Shift(nn.Parameter(torch.zeros(4))))
+    model[1].bias = model[0].weight
+    with pytest.raises(ValueError, match="one parameter needs one perturbation per member"):
+        flipes.FlipES(flipes.flipout(model), popsize=4)

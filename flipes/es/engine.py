@@ -26,6 +26,7 @@ from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, log_sigma_gradient, slot_norms
 from flipes.nn.base import PerturbedWeight
 from flipes.nn.convert import ParameterReport, flipout_layers, parameter_report, per_member_modules
+from flipes.nn.dense import PerMember
 from flipes.noise import DenseNoise, SlotNoise, sample_dense, sample_slot, sign_table
 
 Shaping = Callable[[Tensor], Tensor]
@@ -42,8 +43,9 @@ def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Opti
 
 
 def _layout(pw: PerturbedWeight) -> tuple:
-    """What two layers sharing a weight must agree on to share its perturbation."""
-    return (id(pw.bias), pw.in_channels, pw.out_channels, pw.conv_groups, pw.transposed)
+    """What two layers sharing a weight must agree on to share its perturbation (their biases may
+    differ: a bias the weight's noise does not carry gets dense noise of its own)."""
+    return (pw.in_channels, pw.out_channels, pw.conv_groups, pw.transposed)
 
 
 class FlipES:
@@ -174,7 +176,7 @@ class FlipES:
                 "parameter it can and names any it cannot, or freeze them with requires_grad_(False)"
             )
         self.slots, self._slot_index = self._flipout_slots()
-        self.dense_slots = self._dense_slots()
+        self.dense_slots, self._dense_uses, self._bias_of = self._dense_slots()
         self.params: list[nn.Parameter] = []
         candidates = [p for pw in self.slots for p in (pw.weight, pw.bias)] + [p for _, _, p in self.dense_slots]
         for p in candidates:
@@ -204,33 +206,73 @@ class FlipES:
 
     def _flipout_slots(self) -> tuple[list[PerturbedWeight], dict[tuple[int, int], int]]:
         """Each perturbed weight once (a weight tied between layers is ONE sample per member), and the
-        slot of every (layer, weight) pair."""
+        slot of every (layer, weight) pair. A slot's noise carries a bias only if that bias is used with
+        no other weight and has no dense use; any other bias gets dense noise (``_dense_slots``)."""
+        uses = [(layer, j, pw) for layer in self.layers for j, pw in enumerate(layer.perturbed_weights())]
+        dense = {id(p): m for m in self._dense_owners() for p in _dense_params(m)}
+        weights_of: dict[int, set[int]] = {}
+        for _, _, pw in uses:
+            if pw.bias is not None:
+                weights_of.setdefault(id(pw.bias), set()).add(id(pw.weight))
         slots: list[PerturbedWeight] = []
         index: dict[tuple[int, int], int] = {}
         by_weight: dict[int, int] = {}
-        for layer in self.layers:
-            for j, pw in enumerate(layer.perturbed_weights()):
-                i = by_weight.setdefault(id(pw.weight), len(slots))
-                if i == len(slots):
-                    slots.append(pw)
-                elif _layout(pw) != _layout(slots[i]):
-                    raise ValueError(
-                        f"FlipES: {type(layer).__name__} shares a weight of shape {tuple(pw.weight.shape)} with another "
-                        "layer that uses it with another bias or layout; tied weights need one (out, in) layout and bias"
-                    )
-                elif pw.fixed_rows != slots[i].fixed_rows:  # e.g. a tied embedding's padding row: never perturbed
-                    slots[i] = dataclasses.replace(slots[i], fixed_rows=tuple(sorted({*pw.fixed_rows, *slots[i].fixed_rows})))
-                index[(id(layer), j)] = i
+        for layer, j, pw in uses:
+            if id(pw.weight) in dense:
+                raise ValueError(
+                    f"FlipES: a weight of shape {tuple(pw.weight.shape)} is used by {type(layer).__name__} and, as a plain "
+                    f"parameter, by {type(dense[id(pw.weight)]).__name__}: one parameter needs one perturbation per member; "
+                    "use it only through the layer, or freeze it (requires_grad_(False))"
+                )
+            i = by_weight.setdefault(id(pw.weight), len(slots))
+            if i == len(slots):
+                own = pw.bias is not None and weights_of[id(pw.bias)] == {id(pw.weight)} and id(pw.bias) not in dense
+                slots.append(pw if own or pw.bias is None else dataclasses.replace(pw, bias=None))
+            elif _layout(pw) != _layout(slots[i]):
+                raise ValueError(
+                    f"FlipES: {type(layer).__name__} shares a weight of shape {tuple(pw.weight.shape)} with another "
+                    "layer that uses it with another layout; tied weights need one (out, in) layout"
+                )
+            elif pw.fixed_rows != slots[i].fixed_rows:  # e.g. a tied embedding's padding row: never perturbed
+                slots[i] = dataclasses.replace(slots[i], fixed_rows=tuple(sorted({*pw.fixed_rows, *slots[i].fixed_rows})))
+            index[(id(layer), j)] = i
         return slots, index
 
-    def _dense_slots(self) -> list[tuple[nn.Module, str, nn.Parameter]]:
-        """``(module, name, parameter)`` of every trainable parameter with dense per-member noise."""
-        slots = []
+    def _dense_owners(self) -> list[nn.Module]:
+        return [*self.layers, *self.dense_modules]
+
+    def _dense_slots(
+        self,
+    ) -> tuple[list[tuple[nn.Module, str, nn.Parameter]], list[list[tuple[nn.Module, str]]], dict[tuple[int, int], int | None]]:
+        """``(module, name, parameter)`` of every trainable parameter with dense per-member noise, each
+        parameter once (a parameter tied between modules is ONE sample per member); every
+        ``(module, name)`` that uses it; and the dense slot of each (layer, weight) pair whose bias its
+        weight's noise does not carry (a weight tied to layers with other biases)."""
+        slots: list[tuple[nn.Module, str, nn.Parameter]] = []
+        uses: list[list[tuple[nn.Module, str]]] = []
+        where: dict[int, int] = {}
+
+        def use(module: nn.Module, name: str, p: nn.Parameter) -> int:
+            k = where.setdefault(id(p), len(slots))
+            if k == len(slots):
+                slots.append((module, name, p))
+                uses.append([])
+            uses[k].append((module, name))
+            return k
+
+        for module in self._dense_owners():
+            for name, p in _dense_params(module, named=True):
+                use(module, name, p)
+        bias_of: dict[tuple[int, int], int | None] = {}  # None: this layer adds no bias noise (none, or frozen)
         for layer in self.layers:
-            slots += [(layer, name, p) for name, p in layer.dense_parameters().items() if p.requires_grad]
-        for module in self.dense_modules:
-            slots += [(module, name, p) for name, p in module.named_parameters(remove_duplicate=False) if p.requires_grad]
-        return slots
+            for j, pw in enumerate(layer.perturbed_weights()):
+                if pw.bias is self.slots[self._slot_index[(id(layer), j)]].bias:
+                    continue
+                if pw.bias is None or not pw.bias.requires_grad:
+                    bias_of[(id(layer), j)] = None
+                else:  # "": no member_noise entry, the layer reads it from its weight's noise
+                    bias_of[(id(layer), j)] = where[id(pw.bias)] if id(pw.bias) in where else use(layer, "", pw.bias)
+        return slots, uses, bias_of
 
     def report(self) -> ParameterReport:
         """What a population does with each parameter of the model: Flipout, low-rank, dense, frozen."""
@@ -335,12 +377,17 @@ class FlipES:
             if self._noise is None:
                 self._noise = self._sample()
             slot_noise, dense_noise = self._noise
+            for module in self.dense_modules:  # also those with no evolved parameter (a BatchNorm's batch statistics)
+                module.member_noise, module.members = {}, len(self.members)
             for layer in self.layers:
-                layer.noise = tuple(slot_noise[self._slot_index[(id(layer), j)]] for j in range(len(layer.perturbed_weights())))
-            for (module, name, _), nz in zip(self.dense_slots, dense_noise, strict=True):
-                if module.member_noise is None:
-                    module.member_noise = {}
-                module.member_noise[name] = nz.delta
+                weights = range(len(layer.perturbed_weights()))
+                layer.noise = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in weights)
+            for uses, nz in zip(self._dense_uses, dense_noise, strict=True):
+                for module, name in uses:
+                    if name:
+                        if module.member_noise is None:
+                            module.member_noise = {}
+                        module.member_noise[name] = nz.delta
             # torch's fused transformer kernels read the mean weights directly, past the Flipout layers
             torch.backends.mha.set_fastpath_enabled(False)
             try:
@@ -358,6 +405,15 @@ class FlipES:
                     layer.noise = None
                 for module in modules:
                     module.member_noise = None
+
+    def _layer_noise(self, layer: nn.Module, j: int, slot_noise: list[SlotNoise], dense_noise: list[DenseNoise]) -> SlotNoise:
+        """The noise of ``layer``'s ``j``-th weight: its slot's, with the bias perturbation of this layer's bias."""
+        key = (id(layer), j)
+        noise = slot_noise[self._slot_index[key]]
+        if key not in self._bias_of:  # the usual case: the slot's own bias
+            return noise
+        k = self._bias_of[key]
+        return noise.with_bias(None if k is None else dense_noise[k].delta)
 
     def _check_fitness(self, fitness: Tensor | np.ndarray | Iterable[float]) -> Tensor:
         if self._noise is None:
@@ -520,3 +576,13 @@ class FlipES:
             self.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
         self.generation = int(state["generation"])
         self._noise = None
+
+
+def _dense_params(module: nn.Module, named: bool = False) -> list[Any]:
+    """The trainable parameters ``module`` perturbs with dense noise (``(name, p)`` pairs if ``named``)."""
+    if isinstance(module, PerMember):
+        items = list(module.named_parameters(remove_duplicate=False))
+    else:
+        items = list(module.dense_parameters().items())
+    items = [(name, p) for name, p in items if p.requires_grad]
+    return items if named else [p for _, p in items]

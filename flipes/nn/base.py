@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from flipes.nn.dense import without_owner
 from flipes.noise import SlotNoise
 
 
@@ -46,6 +47,9 @@ class FlipoutMixin:
     noise: tuple[SlotNoise, ...] | None = None
     member_noise: dict[str, Tensor] | None = None  # dense per-member noise of dense_parameters()
     has_backprop_noise: bool = False  # its forward samples an attached backprop noise model
+
+    def __getstate__(self) -> dict:
+        return without_owner(super().__getstate__())  # type: ignore[misc]
 
     def perturbed_weights(self) -> list[PerturbedWeight]:
         raise NotImplementedError

@@ -19,7 +19,7 @@ from torch import nn
 from flipes.nn.attention import FlipoutMultiheadAttention
 from flipes.nn.base import FlipoutMixin
 from flipes.nn.conv import FlipoutConv1d, FlipoutConv2d, FlipoutConv3d
-from flipes.nn.dense import PerMember, to_per_member
+from flipes.nn.dense import PerMember, needs_member_batches, to_per_member
 from flipes.nn.embedding import FlipoutEmbedding, check_embedding_supported
 from flipes.nn.linear import FlipoutConv1D, FlipoutLinear
 from flipes.nn.recurrent import (
@@ -65,10 +65,11 @@ def flipout_class(cls: type[nn.Module]) -> type[nn.Module] | None:
     """The Flipout class for layers of type ``cls``, or ``None``. A subclass of a supported layer
     that keeps its parent's ``forward`` (e.g. attention's ``NonDynamicallyQuantizableLinear``)
     computes what the parent does, so it gets a Flipout subclass of itself; one with its own
-    forward does not (flipes cannot know what it computes)."""
+    forward does not (flipes cannot know what it computes), nor does a parametrized layer
+    (``torch.nn.utils.parametrize``: its weight is computed); those get dense per-member noise."""
     if cls in _FLIPOUT_OF:
         return _FLIPOUT_OF[cls]
-    if issubclass(cls, (FlipoutMixin, PerMember)):
+    if issubclass(cls, (FlipoutMixin, PerMember)) or cls.__module__ == "torch.nn.utils.parametrize":
         return None
     if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers."):  # GPT-2's (in, out) linear
         return _flipout_subclass(FlipoutConv1D, cls)
@@ -164,11 +165,12 @@ def _has_flipout(module: nn.Module) -> bool:
 
 def _make_dense(module: nn.Module) -> None:
     """Top-down: the first module on each path that directly owns a trainable parameter nobody
-    perturbs, and has no Flipout layer below it, becomes a ``PerMember`` module (for its subtree)."""
+    perturbs, and has no Flipout layer below it, becomes a ``PerMember`` module (for its subtree);
+    so does a BatchNorm without one (its batch statistics must be each member's own)."""
     if isinstance(module, (FlipoutMixin, PerMember)):
         return
     own = [p for p in module._parameters.values() if p is not None and p.requires_grad]
-    if own and not _has_flipout(module):
+    if (own or needs_member_batches(module)) and not _has_flipout(module):
         to_per_member(module)
         return
     for child in module._modules.values():

@@ -30,13 +30,19 @@ class PerMember:
     """Mixin of modules evaluated with dense per-member noise on all their trainable parameters.
 
     ``member_noise`` maps parameter names (as in ``named_parameters()``) to ``(N, *shape)``
-    perturbations; ``None`` outside a population, where the module is exactly its parent class.
+    perturbations of the ``members`` (N) of a population; ``None`` outside one, where the module is
+    exactly its parent class. A module with no evolved parameter (a BatchNorm without affine
+    parameters) has an empty ``member_noise``: it still runs per member, on each member's batch.
     """
 
     member_noise: dict[str, Tensor] | None = None
+    members: int = 0
 
     def __reduce_ex__(self, protocol: int) -> tuple:  # the class is made at runtime: pickle how to make it
         return _new_per_member, (type(self).__bases__[-1],), self.__getstate__()  # type: ignore[attr-defined]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return without_owner(super().__getstate__())  # type: ignore[misc]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.member_noise is None:
@@ -62,14 +68,27 @@ def to_per_member(module: nn.Module) -> nn.Module:
     return module
 
 
-def _members_of(noise: dict[str, Tensor]) -> int:
-    return next(iter(noise.values())).shape[0]
+def without_owner(state: dict[str, Any]) -> dict[str, Any]:
+    """A module's pickled state without the reference to the FlipES that evaluates it (a weak
+    reference: it cannot be pickled, and a copy of the model has no FlipES yet)."""
+    if "_flipes_owner" in state:
+        state = {k: v for k, v in state.items() if k != "_flipes_owner"}
+    return state
+
+
+def needs_member_batches(module: nn.Module) -> bool:
+    """Whether ``module`` must see each member's examples on their own even with no evolved
+    parameter: a BatchNorm's batch statistics, or any norm's running statistics, would mix members."""
+    norms = nn.modules.batchnorm
+    return isinstance(module, norms._BatchNorm) or (
+        isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats
+    )
 
 
 def _norm_forward(module: nn.Module, noise: dict[str, Tensor], x: Tensor) -> Tensor:
     """LayerNorm / RMSNorm without vmap: normalize once, then one broadcast multiply-add with each
     member's scale and shift (vmap's generic rule costs ~2x more here)."""
-    n, shape = _members_of(noise), tuple(module.normalized_shape)
+    n, shape = module.members, tuple(module.normalized_shape)
     if not _is_member(x, n):
         raise ValueError(
             f"{type(module).__name__}: input of shape {tuple(x.shape)} inside a population of {n} members; inputs must be "
@@ -98,7 +117,9 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     """``module``'s own forward, member ``n`` with parameters ``θ + noise[name][n]``, inputs split by member."""
     if type(module).__bases__[-1] in (nn.LayerNorm, nn.RMSNorm) and len(args) == 1 and not kwargs:
         return _norm_forward(module, noise, args[0])
-    n = _members_of(noise)
+    if not noise and not module.training:  # running statistics only: the same map for every member
+        return super(PerMember, module).forward(*args, **kwargs)  # type: ignore[misc]
+    n = module.members
     params = dict(module.named_parameters(remove_duplicate=False))
     member_params = {name: params[name].detach() + delta for name, delta in noise.items()}
     leaves, spec = pytree.tree_flatten((args, kwargs))
@@ -155,14 +176,17 @@ def _parameters(module: nn.Module, values: dict[str, Tensor]) -> Iterator[None]:
 @contextmanager
 def _batch_stats_only(module: nn.Module) -> Iterator[None]:
     """BatchNorm in training mode normalizes each member's examples by their own statistics and
-    leaves the running statistics alone: one member's batch must not move the mean network's."""
-    norms = [
-        m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
-    ]
+    leaves the running statistics alone: one member's batch must not move the mean network's (nor
+    may an InstanceNorm's running statistics)."""
+    norms = [m for m in module.modules() if needs_member_batches(m) and m.training and m.track_running_stats]
+    saved = [(m, m.running_mean, m.running_var) for m in norms]
     for m in norms:
-        m.track_running_stats = False
+        m.track_running_stats = False  # BatchNorm: batch statistics, no update
+        if isinstance(m, nn.modules.instancenorm._InstanceNorm):  # it updates whatever running buffers it has
+            m.running_mean = m.running_var = None
     try:
         yield
     finally:
-        for m in norms:
+        for m, mean, var in saved:
             m.track_running_stats = True
+            m.running_mean, m.running_var = mean, var

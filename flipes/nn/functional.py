@@ -44,6 +44,8 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
                 t = torch.cat((t, t.new_ones(n, 1)), 1)
                 a = torch.cat((a, noise.bias_eps.T), 1)
             out = t @ a.T
+            if noise.bias_eps is None and noise.bias_r is not None:  # a bias of its own beside a tied weight
+                out += noise.bias_r
         elif g == 1:
             last = noise.eps[0].T
             out = xs @ last if noise.bias_r is None else torch.addmm(noise.bias_r, xs, last)
@@ -66,6 +68,8 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
         if noise.bias_eps is not None:
             t = torch.cat((t, t.new_ones(*t.shape[:2], 1)), 2)
         out = F.linear(xb, weight, bias).baddbmm_(t, a_n.mT)  # + t (r_n ∘ A_g)ᵀ, accumulated in place
+        if noise.bias_eps is None and noise.bias_r is not None:  # a bias of its own beside a tied weight
+            out += noise.bias.unsqueeze(1)
         return out.reshape(*x.shape[:-1], out.shape[-1])
     xs = xb * noise.s.unsqueeze(1)
     pert = _grouped_product(xs.reshape(g, -1, xs.shape[-1]), noise).view(n, xb.shape[1], -1)
