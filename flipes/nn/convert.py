@@ -116,7 +116,9 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
     convertible layer). Converted layers share their ``Parameter`` objects with the originals, so
     optimizers, weight tying and state dicts keep working, and outside a population they compute
     exactly what the originals did. ``flipes.nn.parameter_report(model)`` lists what happens to
-    every parameter.
+    every parameter. A tied parameter is one perturbation per member wherever a layer or module
+    uses it; a Flipout layer's weight read directly by other code (``F.linear(x, layer.weight)``)
+    is the mean weight there: call the layer instead.
 
     Raises:
         ValueError: a trainable parameter that cannot be perturbed per member (held directly by a
