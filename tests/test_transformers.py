@@ -50,6 +50,16 @@ def gpt2(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
     return transformers.GPT2LMHeadModel(cfg).to(dtype).eval()
 
 
+def bert(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
+    """A 2-layer BERT masked LM: bidirectional, its decoder tied to the token embedding with a bias of its own."""
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=32, attn_implementation="eager",
+    )  # fmt: skip
+    return transformers.BertForMaskedLM(cfg).to(dtype).eval()
+
+
 def batch(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Token ids ``(n, T)`` and an attention mask with right padding of 0-3 tokens per row (left padding
     makes rows that attend to nothing, which HF turns into NaN in float64, also without flipes)."""
@@ -62,11 +72,11 @@ def batch(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: llama(attn="eager"), lambda: llama(attn="sdpa"), qwen2, gpt2],
-    ids=["llama-eager", "llama-sdpa", "qwen2-tied", "gpt2-conv1d"],
+    [lambda: llama(attn="eager"), lambda: llama(attn="sdpa"), qwen2, gpt2, bert],
+    ids=["llama-eager", "llama-sdpa", "qwen2-tied", "gpt2-conv1d", "bert-tied-with-bias"],
 )
 @pytest.mark.parametrize("rank", [None, 2])
-def test_every_member_of_a_causal_lm_is_the_plain_model_with_its_parameters(make: object, rank: int | None) -> None:
+def test_every_member_of_a_language_model_is_the_plain_model_with_its_parameters(make: object, rank: int | None) -> None:
     original = make()
     model = flipes.flipout(copy.deepcopy(original))
     n = 8
@@ -78,7 +88,7 @@ def test_every_member_of_a_causal_lm_is_the_plain_model_with_its_parameters(make
         logits = model(input_ids=ids, attention_mask=mask).logits
         params = member_parameters(es, model)
     if getattr(original.config, "tie_word_embeddings", False):
-        assert model.lm_head.weight is model.get_input_embeddings().weight
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
         assert len(es.slots) == len({id(pw.weight) for pw in es.slots})  # the tied table is ONE perturbation
     for m in range(n):
         with torch.no_grad():
