@@ -55,6 +55,22 @@ def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str) -> 
     assert last(runs[2])["bytes_sent"] > 0
 
 
+def test_a_continuous_policy_gets_the_same_bits_from_one_group_per_rank_as_from_one_process(tmp_path: Path) -> None:
+    """Seeds mode on Pendulum (continuous actions feed every rounding back into the episode, and the
+    observation normalizer spreads it): 2 processes holding one ε group each log the fitness,
+    evaluation and parameters of one process holding both, bit for bit, every generation."""
+    rows = {}
+    for k in (1, 2):
+        run = tmp_path / f"n{k}"
+        mpirun(k, "--env", "flipes/Pendulum-v1", "--popsize", "64", "--groups", "2", "--generations", "5",
+               "--comm", "seeds", "--eval-every", "1", "--eval-episodes", "5", "--target", "none",
+               "--tensorboard", "false", "--out", str(run))  # fmt: skip
+        rows[k] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    keys = ("fitness_mean", "fitness_max", "eval_return", "params_sha256")
+    assert len(rows[1]) == 5
+    assert [[r[key] for key in keys] for r in rows[2]] == [[r[key] for key in keys] for r in rows[1]]
+
+
 def test_a_failing_rank_ends_the_job_promptly(tmp_path: Path) -> None:
     (tmp_path / "crash_fitness.py").write_text(
         "import os, torch\n"

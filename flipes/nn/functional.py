@@ -34,25 +34,10 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
     """``x``: ``(N, *B, in)`` -> ``(N, *B, out)``, member ``n`` through its own perturbed weights
     (or ``(N·k, *B, in)``: k examples per member, member-major)."""
     check_members(layer, x, noise.size)
-    n, g = noise.size, noise.groups
+    n = noise.size
     if x.dim() == 2 and x.shape[0] == n:  # one example per member (the rollout case): 2-D GEMMs, bias noise folded in
         xs = torch.mul(x, noise.s, out=noise.scratch(x))
-        if g == 1 and noise.factors is not None:  # ((x∘s) Bᵀ) Aᵀ, the group's bias noise as one more rank
-            a, b = noise.factors[0][0], noise.factors[1][0]
-            t = xs @ b.T
-            if noise.bias_eps is not None:
-                t = torch.cat((t, t.new_ones(n, 1)), 1)
-                a = torch.cat((a, noise.bias_eps.T), 1)
-            out = t @ a.T
-            if noise.bias_eps is None and noise.bias_r is not None:  # a bias of its own beside a tied weight
-                out += noise.bias_r
-        elif g == 1:
-            last = noise.eps[0].T
-            out = xs @ last if noise.bias_r is None else torch.addmm(noise.bias_r, xs, last)
-        else:
-            out = _grouped_product(xs.reshape(g, n // g, -1), noise).view(n, -1)
-            if noise.bias_r is not None:
-                out += noise.bias_r
+        out = _grouped_product(xs, noise, with_bias=True)
         # out = pert ∘ r + b̄, then the mean GEMM accumulates into it: no second N×out tensor
         if bias is None:
             out.mul_(noise.r)
@@ -72,7 +57,7 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
             out += noise.bias.unsqueeze(1)
         return out.reshape(*x.shape[:-1], out.shape[-1])
     xs = xb * noise.s.unsqueeze(1)
-    pert = _grouped_product(xs.reshape(g, -1, xs.shape[-1]), noise).view(n, xb.shape[1], -1)
+    pert = _grouped_product(xs.reshape(-1, xs.shape[-1]), noise).view(n, xb.shape[1], -1)
     if noise.bias_r is not None:
         pert += noise.bias_r.unsqueeze(1)
     out = F.linear(xb, weight, bias).addcmul_(pert, noise.r.unsqueeze(1))
@@ -96,12 +81,39 @@ def _member_factors(noise: SlotNoise) -> tuple[Tensor, Tensor]:
     return b_n, a_n
 
 
-def _grouped_product(xs: Tensor, noise: SlotNoise) -> Tensor:
-    """``(G, M, in) -> (G, M, out)``: each group's rows times its σεᵀ (in two thin GEMMs if low-rank)."""
-    if noise.factors is None:
-        return torch.matmul(xs, noise.eps.mT)
-    a, b = noise.factors
-    return torch.matmul(torch.matmul(xs, b.mT), a.mT)
+def _grouped_product(xs: Tensor, noise: SlotNoise, with_bias: bool = False) -> Tensor:
+    """``(rows, in) -> (rows, out)``, rows member-major: each group's rows times its σεᵀ (two thin
+    GEMMs if low-rank); ``with_bias``: plus each member's bias noise (folded into the GEMM).
+
+    One 2-D product per group, never one batched over the groups a process holds: batched and
+    single products round differently, and a group must give the same bits on any process count.
+    """
+    g = noise.groups
+    m = xs.shape[0] // g
+    low_rank = noise.factors is not None
+    width = (noise.factors[0] if low_rank else noise.eps).shape[1]
+    # written in place group by group; under autograd (backprop noise) out= is not allowed: concatenated
+    out = None if torch.is_grad_enabled() else xs.new_empty(xs.shape[0], width)
+    parts = []
+    for i in range(g):
+        rows = slice(i * m, (i + 1) * m)
+        into = None if out is None else out[rows]
+        if low_rank:  # ((x∘s) Bᵀ) Aᵀ, the group's bias noise as one more rank
+            a, t = noise.factors[0][i], xs[rows] @ noise.factors[1][i].T
+            if with_bias and noise.bias_eps is not None:
+                t = torch.cat((t, t.new_ones(m, 1)), 1)
+                a = torch.cat((a, noise.bias_eps[i : i + 1].T), 1)
+            part = torch.mm(t, a.T, out=into)
+            if with_bias and noise.bias_eps is None and noise.bias_r is not None:  # a bias of its own beside a tied weight
+                part = part.add_(noise.bias_r[rows]) if into is not None else part + noise.bias_r[rows]
+        elif with_bias and noise.bias_r is not None:
+            part = torch.addmm(noise.bias_r[rows], xs[rows], noise.eps[i].T, out=into)
+        else:
+            part = torch.mm(xs[rows], noise.eps[i].T, out=into)
+        parts.append(part)
+    if out is not None:
+        return out
+    return parts[0] if g == 1 else torch.cat(parts)
 
 
 def flipout_conv(
