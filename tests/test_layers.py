@@ -244,6 +244,29 @@ CASES = [
         rows(2),
         out_rows(2),
     ),
+    # one example per member, (N, ...): norms with no unbatched form see each member's as a batch of one
+    (
+        "groupnorm-one-per-member",
+        lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)),
+        lambda: (randn(N, 3, 7, 7),),
+        rows(1),
+        out_rows(1),
+    ),
+    (
+        "batchnorm2d-one-per-member",
+        lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)),
+        lambda: (randn(N, 3, 6, 6),),
+        rows(1),
+        out_rows(1),
+    ),
+    (
+        "batchnorm1d-one-per-member",
+        lambda: nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)).eval(),
+        lambda: (randn(N, 4),),
+        rows(1),
+        out_rows(1),
+    ),
+    ("prelu-one-per-member", lambda: nn.Sequential(nn.Linear(4, 6), nn.PReLU(6)), lambda: (randn(N, 4),), rows(1), out_rows(1)),
     ("tied-embedding-head-bias", TiedLM, lambda: (torch.randint(11, (N, 5)),), rows(0), out_rows(0)),
     ("tied-norms", TiedNorms, lambda: (randn(N, 3, 4),), rows(0), out_rows(0)),
     ("shared-bias", SharedBias, lambda: (randn(2 * N, 4),), rows(2), out_rows(2)),
@@ -423,6 +446,17 @@ def test_layer_options_without_a_flipout_form_are_refused_naming_the_fix() -> No
     frozen_gru = nn.GRU(3, 4, bidirectional=True).requires_grad_(False)  # frozen: left as it is
     model = flipes.flipout(nn.ModuleDict({"gru": frozen_gru, "head": nn.Linear(8, 2)}))
     assert type(model["gru"]) is nn.GRU
+
+
+def test_a_norm_input_that_reads_as_one_example_or_as_several_is_an_error_naming_both_layouts() -> None:
+    """GroupNorm(4) given (N, 4, 4, 4): one 4x4 image of 4 channels, or 4 examples of (4, 4), per member?"""
+    model = flipes.flipout(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)))
+    es = flipes.FlipES(model, popsize=4)
+    with es.population(), pytest.raises(ValueError, match=r"\(members, 1, 4, 4, 4\).*\(members·B, 4, 4\)"):
+        model(torch.randn(4, 3, 6, 6))
+    with es.population():
+        one = model(torch.randn(4, 1, 3, 6, 6))  # the Conv2d passes the example dim through
+    assert one.shape == (4, 1, 4, 4, 4)
 
 
 def test_dense_inputs_must_hold_the_members_first() -> None:

@@ -132,7 +132,9 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
             f"{[tuple(leaf.shape) for leaf in leaves if isinstance(leaf, Tensor)]}"
         )
     (k,) = per
-    split = [leaf.unflatten(0, (n, k)) if d == 0 and k > 1 else leaf for leaf, d in zip(leaves, dims, strict=True)]
+    members = [leaf for leaf, d in zip(leaves, dims, strict=True) if d == 0]
+    batch = k > 1 or any(needs_batch_dim(module, leaf.shape[1:]) for leaf in members)  # else each member's x[n]
+    split = [leaf.unflatten(0, (n, k)) if d == 0 and batch else leaf for leaf, d in zip(leaves, dims, strict=True)]
     base = super(PerMember, module).forward  # type: ignore[misc]
 
     def one_member(p: dict[str, Tensor], flat: list[Any]) -> Any:
@@ -147,9 +149,51 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
             f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); list its "
             "parameters in flipes.flipout(model, frozen=[...]) or write a Flipout layer for it"
         ) from e
-    if k == 1:
+    if not batch:
         return out
     return pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) else t, out)
+
+
+def needs_batch_dim(module: nn.Module, shape: torch.Size) -> bool:
+    """Whether one member's input of ``shape`` (a population input without its member dim) is ONE
+    example that ``module`` must see with a batch dim of 1: torch's BatchNorm, GroupNorm and PReLU read
+    channels at dim 1 and have no unbatched form. ``(C, ...)`` with ``C`` their channels is one example;
+    ``(B, C, ...)``, B examples.
+
+    Raises:
+        ValueError: where both read (``(C, C, ...)``), naming the two layouts that say which.
+    """
+    if isinstance(module, nn.GroupNorm):
+        channels = module.num_channels
+    elif isinstance(module, nn.PReLU) and module.num_parameters > 1:
+        channels = module.num_parameters
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        channels = module.num_features
+        if not _accepts(module, len(shape)):
+            return _accepts(module, len(shape) + 1)
+        if not _accepts(module, len(shape) + 1):
+            return False
+    else:
+        return False
+    if len(shape) < 2 or shape[1] != channels:
+        return len(shape) > 0 and shape[0] == channels
+    if shape[0] == channels:
+        one, each = ", ".join(map(str, shape)), ", ".join(map(str, shape[1:]))
+        raise ValueError(
+            f"{type(module).__name__}({channels}): a member's input of shape {tuple(shape)} reads as one example or as "
+            f"{channels} examples; inside a population pass one example per member as (members, 1, {one}), "
+            f"or B examples per member as (members·B, {each})"
+        )
+    return False
+
+
+def _accepts(norm: nn.Module, dims: int) -> bool:
+    """Whether a BatchNorm takes inputs of ``dims`` dimensions."""
+    try:
+        norm._check_input_dim(torch.empty((1,) * dims, device="meta"))  # type: ignore[operator]
+    except ValueError:
+        return False
+    return True
 
 
 def _is_member(x: Any, n: int) -> bool:
