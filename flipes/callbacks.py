@@ -131,7 +131,8 @@ class ProgressPrinter(Callback):
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
         if self.progress is not None:
-            self.progress.message(f"{reason}; generation {state.es.generation}, run directory {state.run_dir}")
+            why = f"all {state.config.generations} generations trained" if reason == "generations" else reason
+            self.progress.message(f"{why}; {state.es.generation} generations in all, run directory {state.run_dir}")
 
 
 class TensorBoardLogger(Callback):

@@ -517,9 +517,20 @@ def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
     """
     held = [name for name in RUN_FILES if (run_dir / name).exists()]
     resuming_here = bool(config.resume) and resume_dir(config.resume).resolve() == run_dir.resolve()
-    if held and not resuming_here and not config.overwrite:
+    if held and not resuming_here and not config.overwrite and not unstarted(run_dir):
         fix = f"continue it with --resume {run_dir}, train into another --out, or pass --overwrite to replace it"
         raise UsageError("--out", f"{str(run_dir)!r} holds a run ({', '.join(held)})", fix)
+
+
+def unstarted(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what a run writes before its first generation ends (its starting
+    checkpoint, config.json, an empty metrics.jsonl): a run that failed at once, e.g. on a fitness
+    function being debugged. Such a directory is taken over without ``--overwrite``: it holds nothing
+    that the seed does not give again."""
+    metrics = run_dir / "metrics.jsonl"
+    if any((run_dir / name).exists() for name in ("previous.pt", "best.pt", "curves.png")):
+        return False
+    return not metrics.exists() or metrics.stat().st_size == 0
 
 
 class RunDirLock:
@@ -569,7 +580,7 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
         ) from None
     try:
         check_run_dir(run_dir, config)  # again under the lock: another process may have started meanwhile
-        if config.overwrite and not config.resume:
+        if not config.resume and (config.overwrite or unstarted(run_dir)):
             for name in RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
             for name in ("tensorboard", "wandb"):
@@ -634,6 +645,9 @@ def run_loop(
     config, es, comm, model = state.config, state.es, state.comm, state.model
     obs_norm = getattr(model, "obs_norm", None)
     start = time.perf_counter() - state.seconds
+    if state.resumed and state.target is not None and state.best >= state.target:  # e.g. a requeue with --resume auto
+        before = f"eval_return {state.best:.2f} >= {state.target:g} before this resume"
+        return f"solved: {before} (--target none or a higher one trains on)"
     steps = int(comm.allreduce_sum_(torch.tensor([float(getattr(fitness, "timesteps", 0))], dtype=torch.float64)).item())
     while es.generation < config.generations:
         gen = es.generation

@@ -44,6 +44,24 @@ def test_a_run_directory_is_never_overwritten_implicitly(tmp_path: Path) -> None
     assert (not (run / "previous.pt").exists() and not (run / "best.pt").exists()) or load_checkpoint(run / "best.pt")
 
 
+def test_a_run_that_failed_before_its_first_generation_is_taken_over_by_the_next_command(tmp_path: Path) -> None:
+    """A run that fails at once (a plug-in being debugged) leaves only its starting state; the next
+    command into that directory trains there as into a new one (nothing of the failed run is resumed)."""
+
+    class Broken(flipes.Callback):
+        def on_train_start(self, state: object) -> None:
+            raise RuntimeError("not yet")
+
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="not yet"):
+        flipes.train(**FAST_KW, generations=2, out=str(run), callbacks=[Broken()])
+    assert (run / "checkpoint.pt").exists() and metrics(run) == []
+    again = flipes.train(**FAST_KW, generations=2, seed=1, out=str(run))
+    fresh = flipes.train(**FAST_KW, generations=2, seed=1, out=str(tmp_path / "fresh"))
+    assert [r["params_sha256"] for r in again.metrics] == [r["params_sha256"] for r in fresh.metrics]
+    assert load_checkpoint(run)["config"]["seed"] == 1
+
+
 def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:
     """While one process trains into a directory, a second one (here: a resume) is refused at once."""
     run = tmp_path / "run"

@@ -75,6 +75,10 @@ def test_registered_reward_threshold_stops_training_and_target_none_does_not(tmp
     assert len(solved.metrics) < solved.config.generations
 
     auto = flipes.train(env="flipes/CartPole-v1", seed=0, out=str(tmp_path / "auto"), tensorboard=False, progress=False)
+    before = (tmp_path / "auto" / "metrics.jsonl").read_bytes(), (tmp_path / "auto" / "checkpoint.pt").read_bytes()
+    again = flipes.train(env="flipes/CartPole-v1", out=str(tmp_path / "auto"), resume="auto", progress=False)  # a requeue
+    assert again.reason.startswith("solved") and "before this resume" in again.reason and again.metrics == []
+    assert before == ((tmp_path / "auto" / "metrics.jsonl").read_bytes(), (tmp_path / "auto" / "checkpoint.pt").read_bytes())
     n = len(auto.metrics) + 4
     free = flipes.train(env="flipes/CartPole-v1", seed=0, target=None, generations=n, out=str(tmp_path / "none"), progress=False)
     assert free.reason == "generations" and len(free.metrics) == n
