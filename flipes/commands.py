@@ -12,6 +12,7 @@ exits with status 2; ``flipes COMMAND --help`` describes every option.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -155,6 +156,12 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
             raise UsageError("--render", f"{render}: writes .gif or .mp4 files", "e.g. --render policy.gif")
         if not render.parent.is_dir():
             raise UsageError("--render", f"{render}: no directory {str(render.parent)!r}", "create it first, or write elsewhere")
+        if render.suffix == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:  # before the evaluation runs
+            raise UsageError(
+                "--render", f"{render}: MP4 needs imageio with ffmpeg", "pip install imageio imageio-ffmpeg, or write a .gif"
+            )
+        if args.max_frames < 1:
+            raise UsageError("--max-frames", f"must be at least 1, got {args.max_frames}", "e.g. --max-frames 500")
     check_device(args.device)
     env_id = run_config(args.run)["env"]
     if str(env_id).lower() == "none":
@@ -200,7 +207,7 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
     frames = [env.render()]
     device = next(policy.parameters()).device
     with torch.no_grad():
-        for _ in range(max_frames):
+        for _ in range(max_frames - 1):  # the reset's frame is the first
             action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0]
             obs, _, terminated, truncated, _ = env.step(action.cpu().numpy())
             frames.append(env.render())

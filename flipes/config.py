@@ -202,6 +202,12 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     big = [h for h in config.hidden if h > 2**16]
     if big:
         raise UsageError("--hidden", f"widths {big} are beyond any use (at most {2**16:,})", "is it a typo?")
+    if config.resume and config.overwrite:
+        raise UsageError(
+            "--overwrite",
+            "with --resume: a resumed run continues its directory",
+            "drop --overwrite to continue the run, or --resume to start over",
+        )
     cores = os.cpu_count() or 1
     if config.threads > cores:
         raise UsageError(

@@ -172,6 +172,7 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--hidden", "1000000", "1000000"], "--hidden"),
     (["train", "--threads", "100000"], "--threads"),
     (["train", "--target", "-inf"], "--target"),
+    (["train", "--resume", "auto", "--overwrite"], "--overwrite"),
     (["train", "--env", "ALE/Pong-v5"], "--env"),
     (["train", "--env", "envpool:CartPol-v1"], "--env"),
     (["train", "--env", "Pendulum-v1", "--noise-rank", "1000"], "--noise-rank"),
