@@ -156,7 +156,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
             raise UsageError("--render", f"{render}: writes .gif or .mp4 files", "e.g. --render policy.gif")
         if not render.parent.is_dir():
             raise UsageError("--render", f"{render}: no directory {str(render.parent)!r}", "create it first, or write elsewhere")
-        if render.suffix == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:  # before the evaluation runs
+        if render.suffix == ".mp4" and not any(importlib.util.find_spec(m) for m in ("imageio_ffmpeg", "av")):  # checked first
             raise UsageError(
                 "--render", f"{render}: MP4 needs imageio with ffmpeg", "pip install imageio imageio-ffmpeg, or write a .gif"
             )

@@ -527,10 +527,15 @@ def unstarted(run_dir: Path) -> bool:
     checkpoint, config.json, an empty metrics.jsonl): a run that failed at once, e.g. on a fitness
     function being debugged. Such a directory is taken over without ``--overwrite``: it holds nothing
     that the seed does not give again."""
-    metrics = run_dir / "metrics.jsonl"
+    metrics, checkpoint = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
     if any((run_dir / name).exists() for name in ("previous.pt", "best.pt", "curves.png")):
         return False
-    return not metrics.exists() or metrics.stat().st_size == 0
+    if metrics.exists() and metrics.stat().st_size > 0:
+        return False
+    try:  # a copied or resumed run may have no rows here and still hold trained parameters
+        return not checkpoint.exists() or load_checkpoint(checkpoint)["es"]["generation"] == 0
+    except (CheckpointError, KeyError, TypeError):
+        return False
 
 
 class RunDirLock:

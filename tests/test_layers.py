@@ -267,6 +267,13 @@ CASES = [
         out_rows(1),
     ),
     ("prelu-one-per-member", lambda: nn.Sequential(nn.Linear(4, 6), nn.PReLU(6)), lambda: (randn(N, 4),), rows(1), out_rows(1)),
+    (
+        "batchnorm-batch-stats-eval",  # no running statistics: batch statistics in eval mode too
+        lambda: nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, affine=False, track_running_stats=False)).eval(),
+        lambda: (randn(5 * N, 4),),
+        rows(5),
+        out_rows(5),
+    ),
     ("tied-embedding-head-bias", TiedLM, lambda: (torch.randint(11, (N, 5)),), rows(0), out_rows(0)),
     ("tied-norms", TiedNorms, lambda: (randn(N, 3, 4),), rows(0), out_rows(0)),
     ("shared-bias", SharedBias, lambda: (randn(2 * N, 4),), rows(2), out_rows(2)),
@@ -577,6 +584,26 @@ def test_a_parametrized_layer_is_evolved_per_member_through_its_parametrization(
             groups=2,
             rank=None,
         )
+
+
+def test_norm_misuses_are_errors_that_say_what_to_do() -> None:
+    """A lazy norm not yet initialized cannot be converted; a BatchNorm training on one example per
+    member has no batch statistics (torch's own message would not say why)."""
+    with pytest.raises(ValueError, match="not initialized yet; run the model once"):
+        flipes.flipout(nn.Sequential(nn.Linear(3, 8), nn.LazyBatchNorm1d(affine=False)))
+    model = flipes.flipout(nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8)))
+    es = flipes.FlipES(model, popsize=4)
+    with es.population(), pytest.raises(ValueError, match=r"one example per member has none; call model.eval\(\)"):
+        model(torch.randn(4, 3))
+    with es.population():
+        assert model.eval()(torch.randn(4, 3)).shape == (4, 8)
+
+
+def test_the_report_lists_a_bias_with_dense_noise_as_dense() -> None:
+    """A bias shared by two Linears (and a bare-parameter module) gets dense noise: es.report() says so."""
+    es = flipes.FlipES(flipes.flipout(SharedBias()), popsize=4)
+    rows = {r.name: r.how for r in es.report().rows}
+    assert rows == {"a.weight": "flipout", "a.bias": "dense", "b.weight": "flipout"}
 
 
 def test_a_flipout_weight_also_used_as_a_plain_parameter_is_refused() -> None:

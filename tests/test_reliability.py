@@ -60,6 +60,12 @@ def test_a_run_that_failed_before_its_first_generation_is_taken_over_by_the_next
     fresh = flipes.train(**FAST_KW, generations=2, seed=1, out=str(tmp_path / "fresh"))
     assert [r["params_sha256"] for r in again.metrics] == [r["params_sha256"] for r in fresh.metrics]
     assert load_checkpoint(run)["config"]["seed"] == 1
+    copied = tmp_path / "copied"  # trained parameters without their metrics (a moved run) are still a run
+    copied.mkdir()
+    for name in ("checkpoint.pt", "config.json"):
+        (copied / name).write_bytes((tmp_path / "fresh" / name).read_bytes())
+    with pytest.raises(flipes.UsageError, match="holds a run"):
+        flipes.train(**FAST_KW, generations=2, out=str(copied))
 
 
 def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:

@@ -275,8 +275,12 @@ class FlipES:
         return slots, uses, bias_of
 
     def report(self) -> ParameterReport:
-        """What a population does with each parameter of the model: Flipout, low-rank, dense, frozen."""
-        return parameter_report(self.model, self.noise_rank)
+        """What a population does with each parameter of the model: Flipout, low-rank, dense, frozen
+        (a shared bias that its weights' Flipout noise does not carry: dense)."""
+        dense = {id(p) for _, _, p in self.dense_slots}
+        names = {name for name, p in self.model.named_parameters() if id(p) in dense}
+        rows = parameter_report(self.model, self.noise_rank).rows
+        return ParameterReport([dataclasses.replace(r, how="dense") if r.name in names else r for r in rows])
 
     def sigma_at(self, generation: int) -> float:
         sigma = float(self._sigma(generation) if callable(self._sigma) else self._sigma)

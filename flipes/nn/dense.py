@@ -78,7 +78,16 @@ def without_owner(state: dict[str, Any]) -> dict[str, Any]:
 
 def needs_member_batches(module: nn.Module) -> bool:
     """Whether ``module`` must see each member's examples on their own even with no evolved
-    parameter: a BatchNorm's batch statistics, or any norm's running statistics, would mix members."""
+    parameter: a BatchNorm's batch statistics, or any norm's running statistics, would mix members.
+
+    Raises:
+        ValueError: for a lazy norm not yet initialized (it changes its class at its first call).
+    """
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        raise ValueError(
+            f"flipout(): {type(module).__name__} is not initialized yet; run the model once on an example input "
+            "before flipes.flipout(model)"
+        )
     norms = nn.modules.batchnorm
     return isinstance(module, norms._BatchNorm) or (
         isinstance(module, nn.modules.instancenorm._InstanceNorm) and module.track_running_stats
@@ -117,8 +126,8 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     """``module``'s own forward, member ``n`` with parameters ``θ + noise[name][n]``, inputs split by member."""
     if type(module).__bases__[-1] in (nn.LayerNorm, nn.RMSNorm) and len(args) == 1 and not kwargs:
         return _norm_forward(module, noise, args[0])
-    if not noise and not module.training:  # running statistics only: the same map for every member
-        return super(PerMember, module).forward(*args, **kwargs)  # type: ignore[misc]
+    if not noise and not module.training and getattr(module, "running_mean", None) is not None:
+        return super(PerMember, module).forward(*args, **kwargs)  # type: ignore[misc]  # running statistics: one map for all
     n = module.members
     params = dict(module.named_parameters(remove_duplicate=False))
     member_params = {name: params[name].detach() + delta for name, delta in noise.items()}
@@ -134,6 +143,13 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     (k,) = per
     members = [leaf for leaf, d in zip(leaves, dims, strict=True) if d == 0]
     batch = k > 1 or any(needs_batch_dim(module, leaf.shape[1:]) for leaf in members)  # else each member's x[n]
+    lone = [leaf for leaf in members if leaf.shape[2:].numel() == 1]  # one value per channel and member
+    if batch and k == 1 and lone and isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+        raise ValueError(
+            f"{type(module).__name__} in training mode normalizes each member's batch by its own statistics, and one "
+            "example per member has none; call model.eval() for rollouts (running statistics), or give each member "
+            "k > 1 examples, (members·k, ...)"
+        )
     split = [leaf.unflatten(0, (n, k)) if d == 0 and batch else leaf for leaf, d in zip(leaves, dims, strict=True)]
     base = super(PerMember, module).forward  # type: ignore[misc]
 

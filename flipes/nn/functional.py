@@ -86,14 +86,15 @@ def _grouped_product(xs: Tensor, noise: SlotNoise, with_bias: bool = False) -> T
     GEMMs if low-rank); ``with_bias``: plus each member's bias noise (folded into the GEMM).
 
     One 2-D product per group, never one batched over the groups a process holds: batched and
-    single products round differently, and a group must give the same bits on any process count.
+    single products round differently (also a batch of one), and a group must give the same bits on
+    any process count. The price is a GEMM call per group: keep G modest on a GPU.
     """
     g = noise.groups
     m = xs.shape[0] // g
     low_rank = noise.factors is not None
-    width = (noise.factors[0] if low_rank else noise.eps).shape[1]
+    own_bias = with_bias and noise.bias_eps is None and noise.bias_r is not None  # full rank, or beside a tied weight
     # written in place group by group; under autograd (backprop noise) out= is not allowed: concatenated
-    out = None if torch.is_grad_enabled() else xs.new_empty(xs.shape[0], width)
+    out = None if torch.is_grad_enabled() else xs.new_empty(xs.shape[0], (noise.factors[0] if low_rank else noise.eps).shape[1])
     parts = []
     for i in range(g):
         rows = slice(i * m, (i + 1) * m)
@@ -103,17 +104,15 @@ def _grouped_product(xs: Tensor, noise: SlotNoise, with_bias: bool = False) -> T
             if with_bias and noise.bias_eps is not None:
                 t = torch.cat((t, t.new_ones(m, 1)), 1)
                 a = torch.cat((a, noise.bias_eps[i : i + 1].T), 1)
-            part = torch.mm(t, a.T, out=into)
-            if with_bias and noise.bias_eps is None and noise.bias_r is not None:  # a bias of its own beside a tied weight
-                part = part.add_(noise.bias_r[rows]) if into is not None else part + noise.bias_r[rows]
-        elif with_bias and noise.bias_r is not None:
-            part = torch.addmm(noise.bias_r[rows], xs[rows], noise.eps[i].T, out=into)
+            parts.append(torch.mm(t, a.T, out=into))
+        elif own_bias:
+            parts.append(torch.addmm(noise.bias_r[rows], xs[rows], noise.eps[i].T, out=into))
         else:
-            part = torch.mm(xs[rows], noise.eps[i].T, out=into)
-        parts.append(part)
-    if out is not None:
-        return out
-    return parts[0] if g == 1 else torch.cat(parts)
+            parts.append(torch.mm(xs[rows], noise.eps[i].T, out=into))
+    result = out if out is not None else parts[0] if g == 1 else torch.cat(parts)
+    if low_rank and own_bias:
+        result = result.add_(noise.bias_r) if out is not None else result + noise.bias_r
+    return result
 
 
 def flipout_conv(
