@@ -246,23 +246,22 @@ class FlipES:
     ) -> tuple[list[tuple[nn.Module, str, nn.Parameter]], list[list[tuple[nn.Module, str]]], dict[tuple[int, int], int | None]]:
         """``(module, name, parameter)`` of every trainable parameter with dense per-member noise, each
         parameter once (a parameter tied between modules is ONE sample per member); every
-        ``(module, name)`` that uses it; and the dense slot of each (layer, weight) pair whose bias its
+        ``(module, name)`` that reads it from ``member_noise``; and the dense slot of each (layer, weight) pair whose bias its
         weight's noise does not carry (a weight tied to layers with other biases)."""
         slots: list[tuple[nn.Module, str, nn.Parameter]] = []
         uses: list[list[tuple[nn.Module, str]]] = []
         where: dict[int, int] = {}
 
-        def use(module: nn.Module, name: str, p: nn.Parameter) -> int:
+        def slot(module: nn.Module, name: str, p: nn.Parameter) -> int:
             k = where.setdefault(id(p), len(slots))
             if k == len(slots):
                 slots.append((module, name, p))
                 uses.append([])
-            uses[k].append((module, name))
             return k
 
         for module in self._dense_owners():
             for name, p in _dense_params(module, named=True):
-                use(module, name, p)
+                uses[slot(module, name, p)].append((module, name))
         bias_of: dict[tuple[int, int], int | None] = {}  # None: this layer adds no bias noise (none, or frozen)
         for layer in self.layers:
             for j, pw in enumerate(layer.perturbed_weights()):
@@ -270,8 +269,8 @@ class FlipES:
                     continue
                 if pw.bias is None or not pw.bias.requires_grad:
                     bias_of[(id(layer), j)] = None
-                else:  # "": no member_noise entry, the layer reads it from its weight's noise
-                    bias_of[(id(layer), j)] = where[id(pw.bias)] if id(pw.bias) in where else use(layer, "", pw.bias)
+                else:  # read through the weight's noise (SlotNoise.with_bias), not member_noise
+                    bias_of[(id(layer), j)] = slot(layer, "bias", pw.bias)
         return slots, uses, bias_of
 
     def report(self) -> ParameterReport:
@@ -388,10 +387,9 @@ class FlipES:
                 layer.noise = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in weights)
             for uses, nz in zip(self._dense_uses, dense_noise, strict=True):
                 for module, name in uses:
-                    if name:
-                        if module.member_noise is None:
-                            module.member_noise = {}
-                        module.member_noise[name] = nz.delta
+                    if module.member_noise is None:
+                        module.member_noise = {}
+                    module.member_noise[name] = nz.delta
             # torch's fused transformer kernels read the mean weights directly, past the Flipout layers
             torch.backends.mha.set_fastpath_enabled(False)
             try:
