@@ -21,15 +21,17 @@ def run_script(
 ) -> subprocess.CompletedProcess:
     """``python ARGS...`` from the repository root (``args[0]`` a script path or ``-m``), output captured."""
     path = os.pathsep.join(str(p) for p in (ROOT, *extra_path))
-    return subprocess.run(
+    r = subprocess.run(
         [sys.executable, *map(str, args)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": path, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
-        check=check,
     )
+    if check and r.returncode != 0:  # with its output: CalledProcessError would show only the command
+        raise AssertionError(f"{' '.join(map(str, args))} exited {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    return r
 
 
 def metrics(run_dir: Path) -> list[dict]:
