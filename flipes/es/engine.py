@@ -23,7 +23,7 @@ from flipes.dist import Comm, SerialComm, split_groups
 from flipes.es.gradient import weighted_dense, weighted_perturbation
 from flipes.es.population import Population
 from flipes.es.shaping import centered_ranks
-from flipes.es.sigma import dense_norms, log_sigma_gradient, slot_norms
+from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.nn.base import PerturbedWeight
 from flipes.nn.convert import ParameterReport, flipout_layers, parameter_report, per_member_modules
 from flipes.nn.dense import PerMember
@@ -92,7 +92,8 @@ class FlipES:
         sigma_lr: 0 (default) keeps σ fixed (or on its schedule). ``η > 0`` adapts one σ per layer (a
             Flipout layer's weight and bias) and per dense parameter, starting from ``sigma``, by
             ascent on log σ along the natural gradient standardized per layer:
-            ``log σ += η · Σ_n F̂_n (‖z_n‖² - d) / (√(2d) N)``, unbiased under Flipout, so η means the
+            ``log σ += η · Σ_n c_n (‖z_n‖² - d) / (√(2d) N)``, ``c_n`` the shaped fitness less the mean of
+            the members whose noise is independent of n's (unbiased under Flipout), so η means the
             same for layers of any size (``flipes.es.sigma``). Under Flipout a layer's weights learn σ only from the
             variation between ε groups: use ``groups ≥ 8``. Needs full-rank noise. ``stats["sigma"]``
             is then the mean σ over the evolved parameters; σ is part of ``state_dict()``.
@@ -469,7 +470,11 @@ class FlipES:
         sigmas, adaptive = self.sigmas(), self.log_sigma is not None
         everyone = self.comm_mode == "seeds" and self.comm.size > 1
         slot_noise, dense_noise = self._sample(range(self.groups)) if everyone else self._noise
-        coeff = shaped if everyone else shaped[self.members.start : self.members.stop]
+        mine = slice(None) if everyone else slice(self.members.start, self.members.stop)
+        coeff = shaped[mine]
+        if adaptive:  # baselines independent of each member's σ-score (flipes.es.sigma)
+            by_group = leave_out(shaped.double(), self.popsize // self.groups)[mine]
+            by_member = leave_out(shaped.double(), 2 if self.mirrored else 1)[mine]
 
         grads: dict[int, Tensor] = {}
 
@@ -482,14 +487,15 @@ class FlipES:
             weight_grad, bias_grad = weighted_perturbation(pw, noise, coeff.to(noise.s.device, noise.s.dtype))
             if adaptive:  # each slot has its own σ: Σ F̂ (σ_i u) / σ_i² here, / N below
                 weight_grad, bias_grad = (None if g is None else g / sigmas[i] ** 2 for g in (weight_grad, bias_grad))
-                log_sigma_grad.append(log_sigma_gradient(*slot_norms(pw, noise, sigmas[i]), coeff))
+                (weight_norms, d_weight), (bias_norms, d_bias) = slot_norms(pw, noise, sigmas[i])
+                log_sigma_grad.append(log_sigma_gradient((weight_norms, d_weight, by_group), (bias_norms, d_bias, by_member)))
             add(pw.weight, weight_grad.T if pw.transposed else weight_grad)
             add(pw.bias, bias_grad)
         for i, ((_, _, p), noise) in enumerate(zip(self.dense_slots, dense_noise, strict=True), start=len(self.slots)):
             g = weighted_dense(noise, coeff.to(noise.delta.device))
             if adaptive:
                 g = g / sigmas[i] ** 2
-                log_sigma_grad.append(log_sigma_gradient(*dense_norms(noise, sigmas[i]), coeff))
+                log_sigma_grad.append(log_sigma_gradient((*dense_norms(noise, sigmas[i]), by_member)))
             add(p, g)
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])
         sigma_grad = torch.stack([g.cpu() for g in log_sigma_grad]) if adaptive else None
