@@ -6,7 +6,10 @@ for Distribution-based Policy Evolution", PPSN 2020 (arXiv:2008.02387).
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -58,22 +61,38 @@ class ClipUp(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad.float() for p in params]
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            # at least float32 (half-precision parameters keep a float32 velocity), float64 for float64
+            dtypes = [_state_dtype(p) for p in params]
+            acc = functools.reduce(torch.promote_types, dtypes)
+            grads = [p.grad.to(dtype) for p, dtype in zip(params, dtypes, strict=True)]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(acc) for g in grads]))
             scale = torch.where(norm > 0, group["lr"] / norm, torch.zeros_like(norm))
             velocities = []
             for p, g in zip(params, grads, strict=True):
                 state = self.state[p]
                 if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(
-                        p, dtype=torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-                    )
+                    state["velocity"] = torch.zeros_like(p, dtype=g.dtype)
                 v = state["velocity"]
                 v.mul_(group["momentum"]).add_(g.to(v.dtype) * scale.to(v.dtype))
                 velocities.append(v)
-            speed = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v.float()) for v in velocities]))
-            clip = torch.clamp(group["max_speed"] / speed.clamp_min(torch.finfo(torch.float32).tiny), max=1.0)
+            speed = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v).to(acc) for v in velocities]))
+            clip = torch.clamp(group["max_speed"] / speed.clamp_min(torch.finfo(acc).tiny), max=1.0)
             for p, v in zip(params, velocities, strict=True):
                 v.mul_(clip.to(v.dtype))
                 p.sub_(v.to(p.dtype))
         return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch casts floating-point state to its parameter's dtype, which would round the float32 velocity
+        # of half-precision parameters: put the saved velocity back, only moved to the parameter's device
+        super().load_state_dict(state_dict)
+        saved = itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
+        for i, p in zip(saved, params, strict=True):
+            v = state_dict["state"].get(i, {}).get("velocity")
+            if v is not None:
+                self.state[p]["velocity"] = v.to(device=p.device, dtype=_state_dtype(p))
+
+
+def _state_dtype(p: Tensor) -> torch.dtype:
+    return torch.promote_types(p.dtype, torch.float32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -46,6 +48,64 @@ def test_clipup_never_steps_farther_than_max_speed() -> None:
     before = p.detach().clone()
     opt.step()
     assert torch.isfinite(p).all() and (p.detach() - before).norm() <= 0.4 * (1 + 1e-6)
+
+
+def test_clipup_follows_a_float64_hand_computed_trajectory_for_float64_parameters() -> None:
+    """Float64 parameters take float64 steps: over several steps, of gradients of any scale, a zero one, and
+    steps the speed limit clips, each group (one vector) follows v <- m v + lr g/|g|, v <- v min(1, max_speed/|v|),
+    theta <- theta - v computed by hand in float64, to float64 rounding."""
+    gen = torch.Generator().manual_seed(0)
+    groups = [[torch.linspace(-1, 1, 7, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)],
+              [torch.linspace(0, 2, 5, dtype=torch.float64)]]  # fmt: skip
+    params = [[nn.Parameter(t.clone()) for t in g] for g in groups]
+    lr, momentum, max_speed = 0.05, 0.9, 0.08
+    opt = ClipUp([{"params": ps} for ps in params], lr=lr, momentum=momentum, max_speed=max_speed)
+    theta = [torch.cat([t.flatten() for t in g]) for g in groups]
+    v = [torch.zeros_like(t) for t in theta]
+    for k in range(12):
+        grads = [torch.randn(t.shape, dtype=torch.float64, generator=gen) * 10.0 ** (k % 5 - 2) for t in theta]
+        if k == 4:
+            grads = [torch.zeros_like(g) for g in grads]  # a zero gradient adds nothing
+        for i, (ps, g) in enumerate(zip(params, grads, strict=True)):
+            for p, gp in zip(ps, g.split([p.numel() for p in ps]), strict=True):
+                p.grad = gp.reshape(p.shape).clone()
+            norm = g.norm().item()
+            v[i] = momentum * v[i] + (lr * g / norm if norm > 0 else 0 * g)
+            v[i] = v[i] * min(1.0, max_speed / v[i].norm().item())
+            theta[i] = theta[i] - v[i]
+        opt.step()
+        for ps, t in zip(params, theta, strict=True):
+            torch.testing.assert_close(torch.cat([p.detach().flatten() for p in ps]), t, rtol=0, atol=1e-15)
+    assert all(opt.state[p]["velocity"].dtype == torch.float64 for ps in params for p in ps)
+
+
+def test_clipup_resumes_half_precision_parameters_bit_for_bit() -> None:
+    """The float32 velocity of bfloat16 parameters survives a state_dict round trip as float32, so an
+    interrupted and resumed run equals an uninterrupted one bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(2, 16, generator=gen).to(torch.bfloat16) for _ in range(10)]
+
+    def steps(params: list[nn.Parameter], opt: ClipUp, grads: list[torch.Tensor]) -> None:
+        for g in grads:
+            for p, gp in zip(params, g, strict=True):
+                p.grad = gp.clone()
+            opt.step()
+
+    a = [nn.Parameter((torch.randn(16, generator=gen) * 0.01).to(torch.bfloat16)) for _ in range(2)]
+    opt_a = ClipUp(a, lr=0.01, momentum=0.9)
+    steps(a, opt_a, grads[:3])
+    buffer = io.BytesIO()
+    torch.save(opt_a.state_dict(), buffer)
+    b = [nn.Parameter(p.detach().clone()) for p in a]
+    opt_b = ClipUp(b, lr=0.01, momentum=0.9)
+    buffer.seek(0)
+    opt_b.load_state_dict(torch.load(buffer))
+    assert all(opt_b.state[p]["velocity"].dtype == torch.float32 for p in b)
+    steps(a, opt_a, grads[3:])
+    steps(b, opt_b, grads[3:])
+    for p, q in zip(a, b, strict=True):
+        assert torch.equal(p, q) and q.dtype == torch.bfloat16
+        assert torch.equal(opt_a.state[p]["velocity"], opt_b.state[q]["velocity"])
 
 
 def test_clipup_options_are_checked() -> None:

@@ -86,6 +86,30 @@ def test_running_norm_matches_the_statistics_of_all_data_and_is_frozen_until_upd
     assert torch.equal(restored(x), norm(x))
 
 
+def test_running_norm_keeps_float64_statistics_when_the_policy_is_cast() -> None:
+    """Casting the policy (.to(torch.bfloat16)) leaves the statistics float64 and bit for bit unchanged, and the
+    normalizer then works on, and returns, bfloat16; a device move (.to("cpu")) changes nothing."""
+    gen = torch.Generator().manual_seed(0)
+    policy = torch.nn.Sequential(RunningNorm(3), torch.nn.Linear(3, 2))
+    norm = policy[0]
+    for _ in range(3):
+        norm.record(torch.randn(1, 1001, 3, generator=gen) * 3 + 7)
+        norm.update()
+    stats = {k: t.clone() for k, t in norm.named_buffers()}
+    x = torch.randn(4, 3, generator=gen) * 3 + 7
+    expect = norm(x.double())
+    assert policy.to("cpu") is policy and all(torch.equal(t, stats[k]) for k, t in norm.named_buffers())
+    policy.to(torch.bfloat16)
+    assert policy[1].weight.dtype == torch.bfloat16
+    for k, t in norm.named_buffers():
+        assert t.dtype == torch.float64 and torch.equal(t, stats[k]), k
+    assert norm.count.item() == 3003
+    y = norm(x.to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, expect.to(torch.bfloat16), rtol=0.02, atol=0.02)
+    assert policy(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_policy_actions_respect_the_spaces() -> None:
     obs_space = gym.spaces.Box(-1, 1, (5,), np.float32)
     box = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))

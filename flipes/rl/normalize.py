@@ -9,6 +9,8 @@ buffers of the policy: saved with it, applied at evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -78,6 +80,19 @@ class RunningNorm(nn.Module):
             self.var.copy_(m2 / total)
             self.count.copy_(total)
             self._scale = None
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RunningNorm:
+        # The float64 statistics follow device moves but not casts (policy.to(torch.bfloat16) would round a
+        # count of 3000 to 3008). Where fn keeps them float64 (.to(device), .cuda(), to_empty, ...) its result
+        # stands; where it casts, the cast result has already lost bits, so redo it from the float64 originals
+        # as a move to the device fn chose.
+        stats = {k: self._buffers[k] for k in ("mean", "var", "count")}
+        super()._apply(fn, recurse)
+        for k, t in stats.items():
+            applied = self._buffers[k]
+            if applied.dtype != torch.float64:
+                self._buffers[k] = t.to(device=applied.device)
+        return self
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         self._scale = None
