@@ -422,8 +422,16 @@ def load_callable(spec: str, option: str) -> Callable[..., Any]:
         if e.name is None or not module_name.startswith(e.name):
             raise  # the module exists and fails to import something itself: its own traceback
         raise UsageError(option, f"cannot import {module_name!r} ({e})", "is it on PYTHONPATH (or in this directory)?") from None
-    fn = getattr(module, attr, None)
+    fn: Any = module
+    for part in attr.split("."):  # a qualname: Class.method
+        fn = getattr(fn, part, None)
     if fn is None:
+        if module_name == "__main__" or "<" in attr:  # recorded from an object given to flipes.train
+            raise UsageError(
+                option,
+                f"{spec} was a Python object given to flipes.train and cannot be imported by name",
+                f"give it again ({option.lstrip('-')}=... of flipes.train or flipes.load_policy), or define it in a module",
+            )
         raise UsageError(option, f"module {module_name!r} has no function {attr!r}", "check the name after the colon")
     if not callable(fn):
         raise UsageError(option, f"{module_name}.{attr} is a {type(fn).__name__}, not a function", "name a function or class")

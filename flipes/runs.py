@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,9 @@ import torch
 from torch import nn
 
 from flipes.checkpoint import CheckpointError, load_checkpoint
-from flipes.cli import load_callable
 from flipes.errors import UsageError
 from flipes.nn import flipout
+from flipes.plugins import Plugins, name_of
 from flipes.rl import MLPPolicy, episode_seed, make_vector_env, run_episodes
 from flipes.rl.envs import EnvError
 
@@ -40,6 +41,13 @@ def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:
         UsageError: anything else.
     """
     run_dir = Path(run_dir)
+    if checkpoint == "best" and not (run_dir / "best.pt").exists() and (run_dir / "checkpoint.pt").exists():
+        raise UsageError(
+            "--checkpoint",
+            f"{str(run_dir)!r} has no best.pt: no evaluation of its center policy has been written "
+            "(a custom fitness without evaluate(), or none finished yet)",
+            "use --checkpoint latest",
+        )
     if checkpoint in ("latest", "best"):
         return run_dir / ("best.pt" if checkpoint == "best" else "checkpoint.pt")
     path = Path(checkpoint)
@@ -53,7 +61,11 @@ def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:
 
 
 def load_policy(
-    run_dir: str | Path, checkpoint: str = "latest", device: str | torch.device = "cpu", env: gym.vector.VectorEnv | None = None
+    run_dir: str | Path,
+    checkpoint: str = "latest",
+    device: str | torch.device = "cpu",
+    env: gym.vector.VectorEnv | None = None,
+    model: Callable[..., nn.Module] | nn.Module | None = None,
 ) -> nn.Module:
     """The center policy (mean network) of a run, in eval mode, observation normalization included.
 
@@ -63,6 +75,8 @@ def load_policy(
         device: where the policy lives.
         env: a vector env of the run's env id, for the spaces of an MLP policy (or the argument of
             ``--model``); made here with one copy when not given.
+        model: the run's model as given to :func:`flipes.train` (a function ``env -> nn.Module`` or
+            a module); by default the run's ``--model`` is imported by name, or an MLP policy built.
 
     Raises:
         UsageError: not a run directory, a missing or broken checkpoint (naming the one to use instead).
@@ -81,8 +95,8 @@ def load_policy(
         except EnvError as e:
             raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
     try:
-        if config.get("model"):
-            model = load_callable(config["model"], "--model")(env)
+        if model is not None or config.get("model"):
+            model = Plugins(model=model).model_factory(config.get("model") or name_of(model))(env)
         else:
             assert env is not None
             model = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=config["hidden"])

@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,13 +43,14 @@ from flipes.callbacks import (
     write_atomic,
 )
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_sha256
-from flipes.cli import load_callable, print_error
+from flipes.cli import print_error
 from flipes.config import TrainConfig, resolve_target, resume_dir, validate
 from flipes.errors import StorageError, UsageError
 from flipes.es import FlipES, Population, shaping
 from flipes.nn import flipout
 from flipes.nn.convert import flipout_layers, parameter_report
 from flipes.optim import ClipUp
+from flipes.plugins import Plugins
 from flipes.rl import MLPPolicy, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
 from flipes.rl.envs import EnvError, print_note
 
@@ -112,6 +112,7 @@ class TrainResult:
         reason: why training ended: ``generations``, ``solved: ...``, ``stopped after ...``,
             ``stopped by a callback`` or ``interrupted`` (Ctrl-C/SIGTERM; the command exits 130).
         config: the options the run used.
+        best: the best ``eval_return`` of the run (over resumes), None where nothing was evaluated.
     """
 
     model: nn.Module
@@ -120,6 +121,12 @@ class TrainResult:
     run_dir: Path
     reason: str
     config: TrainConfig
+    best: float | None = None
+
+    @property
+    def eval_return(self) -> float | None:
+        """The last evaluation's ``eval_return`` in this call's rows (None where there was none)."""
+        return next((row["eval_return"] for row in reversed(self.metrics) if "eval_return" in row), None)
 
 
 class StopRequest:
@@ -160,10 +167,14 @@ def train(
         config: the options; ``None``: :meth:`TrainConfig.for_env` of ``overrides`` (the env's
             per-env defaults under them).
         comm: communicator between processes; default: ``flipes.dist.world()`` (MPI under mpiexec).
-        callbacks: called on rank 0 after the standard ones (JSONL, checkpoints, progress line,
-            TensorBoard and W&B as the config asks).
+        callbacks: called on rank 0 beside the standard ones (JSONL, checkpoints, progress line,
+            TensorBoard and W&B as the config asks): ``on_generation`` before them, so what a
+            callback adds to the row reaches every sink; ``on_train_start``/``on_train_end`` after.
         **overrides: options replacing those of ``config`` (checked strictly: ``generations=3.7``
-            is an error).
+            is an error). ``fitness=``, ``model=`` and ``evaluate=`` also take Python objects: a
+            function ``fitness(model, pop) -> Tensor``, a function ``model(env) -> nn.Module`` or a
+            module, a function ``evaluate(model) -> float`` (only with such a fitness). The run
+            records their ``module:qualname``; give them again to resume it.
 
     Returns:
         :class:`TrainResult`.
@@ -175,8 +186,10 @@ def train(
     Examples::
 
         >>> result = flipes.train(env="flipes/CartPole-v1", seed=0, out="runs/cp")
-        >>> result.metrics[-1]["eval_return"], result.reason
+        >>> result.eval_return, result.reason
+        >>> flipes.train(env="none", model=make_model, fitness=my_fitness, out="runs/mine")
     """
+    plugins = Plugins.take(overrides)
     config = TrainConfig.for_env(**overrides) if config is None else config.replace(**overrides)
     comm = comm if comm is not None else dist.world()
     validate(config, comm.size)
@@ -185,26 +198,28 @@ def train(
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, comm, list(callbacks))
+        return _train(config, comm, list(callbacks), plugins)
     finally:
         torch.set_num_threads(threads_before)  # the caller's process as it was
 
 
-def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback]) -> TrainResult:
+def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins) -> TrainResult:
     if isinstance(comm, dist.MPIComm):
         comm.start_watchdog(config.mpi_timeout)  # from the first exchange on: a stopped rank cannot hang the job
         try:
-            return _train_watched(config, comm, callbacks)
+            return _train_watched(config, comm, callbacks, plugins)
         finally:
             comm.start_watchdog(0)
-    return _train_watched(config, comm, callbacks)
+    return _train_watched(config, comm, callbacks, plugins)
 
 
-def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback]) -> TrainResult:
+def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins) -> TrainResult:
     lead = comm.rank == 0
     device = config.device
     if device == "cuda" and comm.size > 1:  # rank -> a GPU of its node, shared if too few
         device = f"cuda:{comm.local_rank % torch.cuda.device_count()}"
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))  # no stray context on GPU 0 from code that says only "cuda"
     run_dir = config.run_dir()
     if lead:
         check_run_dir(run_dir, config)  # before anything is built or written
@@ -215,14 +230,14 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
         cleanup.callback(_close, env)
         with torch.random.fork_rng(devices=[]):  # the initial parameters: a function of the seed alone
             torch.manual_seed(config.seed)
-            model = build_model(config, env)
+            model = build_model(config, env, plugins)
             try:
                 model = flipout(model).to(device)
             except ValueError as e:
                 raise UsageError("--model", str(e)) from None
         es = build_es(config, model, comm)
-        fitness = build_fitness(config, env, model)
-        evaluator = build_evaluator(config, device, comm, env)
+        fitness = build_fitness(config, env, model, plugins)
+        evaluator = build_evaluator(config, device, comm, env, plugins)
         cleanup.callback(_close, getattr(evaluator, "env", None))
         state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
         if config.resume:
@@ -233,16 +248,18 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
             raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off")
         if lead:
             cleanup.callback(prepare_run_dir(run_dir, config, state.checkpoint_state()).release)
-        handlers = standard_callbacks(config, run_dir) + callbacks if lead else []  # TensorBoard writes: after the lock
+        standard = standard_callbacks(config, run_dir) if lead else []  # TensorBoard writes: after the lock
+        users = callbacks if lead else []
         for text in notes if lead and config.progress else []:
             print_note(text)
         with StopRequest() as stop:  # signals wait until the final checkpoint is written, too
-            for cb in handlers:
+            for cb in standard + users:  # the run directory is complete when the user's callbacks start
                 cb.on_train_start(state)
-            reason = run_loop(state, fitness, evaluator, handlers, stop)
-            for cb in handlers:
+            reason = run_loop(state, fitness, evaluator, users + standard, stop)  # what theirs add reaches the sinks
+            for cb in standard + users:
                 cb.on_train_end(state, reason)
-    return TrainResult(model, es, state.metrics, run_dir, reason, config)
+    best = state.best if math.isfinite(state.best) else None
+    return TrainResult(model, es, state.metrics, run_dir, reason, config, best)
 
 
 def _close(env: gym.vector.VectorEnv | None) -> None:
@@ -298,10 +315,10 @@ def build_env(
         raise UsageError("--env", str(e)) from None
 
 
-def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None) -> nn.Module:
+def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: Plugins | None = None) -> nn.Module:
     """``--model``'s module, else an :class:`MLPPolicy` for the env's spaces."""
     if config.model:
-        model = load_callable(config.model, "--model")(env)
+        model = (plugins or Plugins()).model_factory(config.model)(env)
         if not isinstance(model, nn.Module):
             raise UsageError(
                 "--model",
@@ -377,10 +394,12 @@ def clipup(params: list[Tensor], max_speed: float, lr: float) -> ClipUp:
     return ClipUp(params, lr=speed / 2, momentum=0.9, max_speed=speed)
 
 
-def build_fitness(config: TrainConfig, env: gym.vector.VectorEnv | None, model: nn.Module) -> Fitness:
+def build_fitness(
+    config: TrainConfig, env: gym.vector.VectorEnv | None, model: nn.Module, plugins: Plugins | None = None
+) -> Fitness:
     """``--fitness``'s function (its outputs checked), else a :class:`RolloutFitness` on the env."""
     if config.fitness:
-        return CheckedFitness(load_callable(config.fitness, "--fitness"), config.fitness)
+        return CheckedFitness((plugins or Plugins()).fitness_fn(config.fitness), config.fitness)
     assert env is not None
     return RolloutFitness(env, config.episodes, config.seed, getattr(model, "obs_norm", None), reward_shift=config.reward_shift)
 
@@ -435,8 +454,9 @@ class Evaluator:
     def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
         episodes = run_episodes(self.env, model, obs=reset_episodes(self.env, self.seed, "eval", generation))
         returns = episodes.returns
-        std = returns.std().item() if len(returns) > 1 else 0.0
-        return {"eval_return": returns.mean().item(), "eval_std": std, "eval_steps": episodes.steps}
+        std = returns.std() if len(returns) > 1 else torch.zeros((), dtype=returns.dtype, device=returns.device)
+        mean, std = torch.stack((returns.mean(), std)).tolist()  # one copy to the host
+        return {"eval_return": mean, "eval_std": std, "eval_steps": episodes.steps}
 
 
 @dataclass
@@ -459,17 +479,15 @@ class UserEvaluator:
 
 
 def build_evaluator(
-    config: TrainConfig, device: str, comm: dist.Comm, env: gym.vector.VectorEnv | None
+    config: TrainConfig, device: str, comm: dist.Comm, env: gym.vector.VectorEnv | None, plugins: Plugins | None = None
 ) -> Callable[..., dict] | None:
     """Rank 0's evaluation of the center policy: ``--eval-episodes`` episodes on its own vector env,
-    or the ``evaluate`` function beside a ``--fitness``; None where there is none."""
+    or the ``evaluate`` function beside a ``--fitness`` (or given with it); None where there is none."""
     if comm.rank != 0:
         return None
     if config.fitness:
-        load_callable(config.fitness, "--fitness")  # the module the user named, where evaluate() sits beside it
-        module = sys.modules[config.fitness.partition(":")[0]]
-        fn = getattr(module, "evaluate", None)
-        return UserEvaluator(fn) if callable(fn) else None
+        fn = (plugins or Plugins()).evaluate_fn(config.fitness)
+        return None if fn is None else UserEvaluator(fn)
     if env is None:
         return None
     threads = min(config.env_threads or available_cores(comm.local_size), config.eval_episodes)
@@ -533,7 +551,7 @@ def unstarted(run_dir: Path) -> bool:
     if metrics.exists() and metrics.stat().st_size > 0:
         return False
     try:  # a copied or resumed run may have no rows here and still hold trained parameters
-        return not checkpoint.exists() or load_checkpoint(checkpoint)["es"]["generation"] == 0
+        return not checkpoint.exists() or load_checkpoint(checkpoint, map_location="cpu")["es"]["generation"] == 0
     except (CheckpointError, KeyError, TypeError):
         return False
 
@@ -659,6 +677,8 @@ def run_loop(
         bytes_before, t0 = comm.bytes_sent, time.perf_counter()
         with es.population() as pop:
             values = fitness(model, pop)
+        if isinstance(fitness, RolloutFitness):
+            values = values.cpu()  # once: tell reads the fitness on the host anyway
         if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
             problem = f"generation {gen}: the population's returns are not finite (the actions or the env overflowed)"
             raise UsageError("--sigma", problem, "lower --sigma or --lr, or check the env")
@@ -692,8 +712,11 @@ def run_loop(
         }
         if comm.size > 1 and (gen + 1) % config.check_every == 0:
             dist.check_identical(comm, list(model.state_dict().values()), "parameters")
-        evaluate = gen % config.eval_every == 0 or gen == config.generations - 1
         interrupted = comm.allreduce_sum_(torch.tensor([float(stop.requested)])).item() > 0  # a signal may reach one rank only
+        time_up = 0 < config.max_seconds <= time.perf_counter() - start
+        # the last generation is evaluated when the budget or --max-seconds ends the run (a signal's
+        # checkpoint does not wait for it, and a callback's stop comes after the row)
+        evaluate = gen % config.eval_every == 0 or gen == config.generations - 1 or time_up
         decided: dict[str, Any] = {}
         if comm.rank == 0:
             if evaluate:

@@ -191,6 +191,103 @@ def test_plugged_in_fitness_and_model(tmp_path: Path, monkeypatch: pytest.Monkey
     assert result.metrics == metrics(tmp_path / "ok")
 
 
+QUADRATIC_MODULE = """
+import torch
+
+def make_model(env):
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+
+def fitness(model, pop):
+    return -(model(torch.ones(pop.size, 3)) - 0.5).square().sum(1)
+
+def evaluate(model):
+    return -(model(torch.ones(1, 3)) - 0.5).square().sum().item()
+"""
+
+
+def test_python_objects_plug_in_like_their_names_and_resume_needs_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``flipes.train(fitness=fn, model=fn, evaluate=fn)`` with Python objects trains exactly as the same
+    functions named module:function (every row's parameter hash and eval_return equal); resuming with
+    the objects given again continues bit for bit, and without them is one error that says to give them."""
+    (tmp_path / "quadratic.py").write_text(QUADRATIC_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import quadratic
+
+    kw = {"env": "none", "popsize": 8, "tensorboard": False, "progress": False}
+    by_name = flipes.train(
+        model="quadratic:make_model", fitness="quadratic:fitness", generations=6, out=str(tmp_path / "a"), **kw
+    )
+
+    def make_model(env):  # a local function: not importable by its recorded name
+        return quadratic.make_model(env)
+
+    objects = dict(model=make_model, fitness=quadratic.fitness, evaluate=quadratic.evaluate)
+    first = flipes.train(**objects, generations=3, out=str(tmp_path / "b"), **kw)
+    assert first.config.model.endswith("make_model") and "<locals>" in first.config.model
+    with pytest.raises(flipes.UsageError, match="give it again"):
+        flipes.train(resume=str(tmp_path / "b"), generations=6, progress=False)
+    rest = flipes.train(**objects, resume=str(tmp_path / "b"), generations=6, progress=False)
+    rows = first.metrics + rest.metrics
+    key = [(r["params_sha256"], r.get("eval_return")) for r in by_name.metrics]
+    assert [(r["params_sha256"], r.get("eval_return")) for r in rows] == key and key[-1][1] is not None
+    assert rest.eval_return == by_name.eval_return == by_name.metrics[-1]["eval_return"]
+    policy = flipes.load_policy(tmp_path / "b", model=make_model)
+    assert torch.equal(policy[0].weight, rest.model[0].weight)
+
+
+def test_plug_ins_with_the_wrong_signature_are_one_line_errors(tmp_path: Path) -> None:
+    """A fitness, model or evaluate function that cannot take the arguments flipes passes is refused
+    before training, naming it and the signature to use; evaluate= needs a fitness function."""
+    model = lambda env: torch.nn.Linear(3, 1)  # noqa: E731
+    fitness = lambda model, pop: torch.zeros(pop.size)  # noqa: E731
+    kw = {"env": "none", "popsize": 8, "generations": 1, "progress": False, "tensorboard": False}
+    cases = [
+        (
+            dict(model=model, fitness=lambda model, pop, generation: 0),
+            r"--fitness: .* takes other arguments .*fitness\(model, pop\)",
+        ),
+        (dict(model=lambda: None, fitness=fitness), r"--model: .* takes other arguments .*model\(env\)"),
+        (dict(model=model, fitness=fitness, evaluate=lambda: 1.0), r"evaluate: .* takes other arguments .*evaluate\(model\)"),
+        (dict(model=model, fitness=3), "--fitness: int is neither a function nor module:function"),
+        (dict(env="CartPole-v1", evaluate=lambda model: 1.0), "evaluate: is given without a fitness function"),
+    ]
+    for i, (given, message) in enumerate(cases):
+        with pytest.raises(flipes.UsageError, match=message):
+            flipes.train(**{**kw, **given, "out": str(tmp_path / str(i))})
+
+
+def test_rows_a_callback_adds_reach_metrics_jsonl(tmp_path: Path) -> None:
+    """What a user callback adds to a row in on_generation is in every row of metrics.jsonl."""
+
+    class AddMetric(Callback):
+        def on_generation(self, state, row) -> None:
+            row["twice_the_generation"] = 2 * row["generation"]
+
+    flipes.train(**FAST_KW, generations=3, out=str(tmp_path), callbacks=[AddMetric()])
+    assert [row["twice_the_generation"] for row in metrics(tmp_path)] == [0, 2, 4]
+
+
+def test_a_run_ended_by_max_seconds_evaluates_its_last_generation(tmp_path: Path) -> None:
+    """--max-seconds ends a run with an evaluation of its last generation even between the
+    --eval-every ones, so ``result.eval_return`` is that generation's; ``best`` is the run's best."""
+    flipes.train(**FAST_KW, generations=2, eval_every=1000, out=str(tmp_path))
+    result = flipes.train(resume=str(tmp_path), generations=50, max_seconds=1e-6, progress=False)  # at once: at generation 2
+    assert result.reason.startswith("stopped after") and [r["generation"] for r in result.metrics] == [2]
+    rows = metrics(tmp_path)
+    assert result.eval_return == rows[-1]["eval_return"] and result.best == max(r["eval_return"] for r in rows)
+
+
+def test_best_checkpoint_of_a_run_without_evaluation_names_latest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that never evaluated (a custom fitness without evaluate()) has no best.pt: asking for it
+    says so and names --checkpoint latest."""
+    (tmp_path / "arange.py").write_text("import torch\ndef fitness(model, pop):\n    return torch.arange(pop.size) * 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 1), fitness="arange:fitness", popsize=8, generations=2,
+                 out=str(tmp_path / "run"), progress=False, tensorboard=False)  # fmt: skip
+    with pytest.raises(flipes.UsageError, match=r"no best\.pt.*use --checkpoint latest"):
+        flipes.load_policy(tmp_path / "run", checkpoint="best", model=lambda env: torch.nn.Linear(3, 1))
+
+
 def test_user_code_exceptions_keep_their_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An exception raised inside a user's fitness propagates unchanged, not as a UsageError."""
     (tmp_path / "raising.py").write_text(

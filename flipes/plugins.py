@@ -1,0 +1,113 @@
+"""User code plugged into a run: a fitness, a model, an evaluation, named ``module:function`` (the
+command line, config files) or given to :func:`flipes.train` as Python objects.
+
+A run directory records the name (``module:qualname``) either way, so a resume can check that the
+same code is plugged in; code given as an object must be given again to resume or load the run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from flipes.cli import load_callable
+from flipes.errors import UsageError
+
+OPTION = {"fitness": "--fitness", "model": "--model", "evaluate": "evaluate"}
+CALL = {
+    "fitness": ("fitness(model, pop) -> Tensor[pop.size]", 2),
+    "model": ("model(env) -> nn.Module (env is None with env='none')", 1),
+    "evaluate": ("evaluate(model) -> float", 1),
+}
+
+
+def name_of(obj: Any) -> str:
+    """``module:qualname`` of a function or class (of an instance's class for a module or other callable)."""
+    target = obj if inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj) else type(obj)
+    target = getattr(target, "func", target)  # functools.partial
+    module = getattr(target, "__module__", None) or "?"
+    return f"{module}:{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+def check_call(fn: Callable[..., Any], kind: str, what: str) -> None:
+    """Raise a UsageError when ``fn`` cannot be called the way flipes calls a ``kind`` plug-in."""
+    how, count = CALL[kind]
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: let the call say it
+        return
+    try:
+        signature.bind(*([None] * count))
+    except TypeError as e:
+        raise UsageError(OPTION[kind], f"{what} takes other arguments ({e})", f"define it as {how}") from None
+
+
+@dataclass(frozen=True)
+class Plugins:
+    """The Python objects given to :func:`flipes.train` in place of ``module:function`` names."""
+
+    fitness: Callable[..., Any] | None = None
+    model: Callable[..., Any] | nn.Module | None = None
+    evaluate: Callable[..., Any] | None = None
+
+    @classmethod
+    def take(cls, overrides: dict[str, Any]) -> Plugins:
+        """Take the objects out of ``overrides`` (``fitness=``, ``model=``, ``evaluate=``), leaving their
+        names in ``overrides`` for the config."""
+        found: dict[str, Any] = {}
+        for key in ("fitness", "model"):
+            value = overrides.get(key)
+            if value is not None and not isinstance(value, str):
+                if not callable(value):
+                    raise UsageError(
+                        OPTION[key],
+                        f"{type(value).__name__} is neither a function nor module:function",
+                        f"pass a function {CALL[key][0]}, or its module:function",
+                    )
+                found[key] = value
+                overrides[key] = name_of(value)
+        if "evaluate" in overrides:
+            value = overrides.pop("evaluate")
+            if value is not None:
+                if not callable(value):
+                    raise UsageError(
+                        "evaluate", f"{type(value).__name__} is not a function", f"pass a function {CALL['evaluate'][0]}"
+                    )
+                if "fitness" not in found:
+                    raise UsageError(
+                        "evaluate", "is given without a fitness function", "give fitness=your_function with it"
+                    )  # an env's runs are evaluated by their own episodes
+                found["evaluate"] = value
+        return cls(**found)
+
+    def fitness_fn(self, spec: str) -> Callable[..., Any]:
+        """The fitness function: the object given, else ``spec`` imported; its signature checked."""
+        fn = self.fitness if self.fitness is not None else load_callable(spec, "--fitness")
+        check_call(fn, "fitness", spec)
+        return fn
+
+    def model_factory(self, spec: str) -> Callable[..., Any]:
+        """``env -> nn.Module``: a module given as such is returned as it is."""
+        given = self.model
+        if isinstance(given, nn.Module):
+            return lambda env: given
+        fn = given if given is not None else load_callable(spec, "--model")
+        check_call(fn, "model", spec)
+        return fn
+
+    def evaluate_fn(self, spec: str) -> Callable[..., Any] | None:
+        """``evaluate(model)``: the object given; else the ``evaluate`` beside an imported fitness; else None."""
+        if self.evaluate is not None or self.fitness is not None:
+            fn = self.evaluate
+        else:
+            load_callable(spec, "--fitness")  # the module the user named, where evaluate() sits beside it
+            fn = getattr(sys.modules[spec.partition(":")[0]], "evaluate", None)
+            fn = fn if callable(fn) else None
+        if fn is not None:
+            check_call(fn, "evaluate", f"{spec.partition(':')[0]}:evaluate" if self.evaluate is None else name_of(fn))
+        return fn
