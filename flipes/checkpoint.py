@@ -118,6 +118,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
 def tensors_sha256(tensors: Iterable[Tensor]) -> str:
     """SHA-256 of the tensors' bytes, in order: equal exactly when every value is bitwise equal."""
     h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16 too
+    flat = [t.detach().contiguous().reshape(-1).view(torch.uint8) for t in tensors]  # any dtype, bf16 too
+    if flat and flat[0].device.type != "cpu" and all(t.device == flat[0].device for t in flat):
+        flat = [torch.cat(flat).cpu()]  # one copy to the host, not one per tensor (each a sync on a GPU)
+    for t in flat:
+        h.update(t.cpu().numpy().tobytes())
     return h.hexdigest()

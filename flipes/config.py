@@ -230,6 +230,10 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"{config.ars_top} of {config.popsize // 2} mirrored pairs",
             f"use 1 ... {config.popsize // 2}, or 0 for all",
         )
+    if config.algo == "ars" and config.sigma_lr > 0:  # its step is α·σ₀ over the current σ: σ₀/σ times ARS's
+        raise UsageError(
+            "--sigma-lr", "ARS steps at a fixed σ (its step size is lr·σ)", "use --sigma-lr 0 with --algo ars, or --algo pgpe"
+        )
     if config.algo == "ars" and not config.mirrored:
         raise UsageError(
             "--mirrored", "ARS compares the returns of mirrored pairs (r+, r-)", "leave --mirrored on with --algo ars"

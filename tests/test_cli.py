@@ -139,6 +139,7 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--algo", "cma-es"], "--algo"),
     (["train", "--sigma-lr", "-0.1"], "--sigma-lr"),
     (["train", "--sigma-lr", "0.1", "--noise-rank", "2"], "--sigma-lr"),
+    (["train", "--algo", "ars", "--sigma-lr", "0.2"], "--sigma-lr"),
     (["train", "--algo", "pgpe", "--max-speed", "-0.5"], "--max-speed"),
     (["train", "--ars-top", "33"], "--ars-top"),
     (["train", "--algo", "ars", "--mirrored", "false"], "--mirrored"),
