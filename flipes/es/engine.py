@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import operator
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +43,26 @@ def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Opti
         return torch.optim.Adam(params, lr=lr)
 
 
+def _integer(name: str, value: Any) -> int:
+    """``value`` as an ``int``: any integer type (numpy's too), but not a bool, float or string, which
+    ``int()`` would silently truncate or parse."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}); pass {name}=int(...)")
+
+
+def _nonnegative(name: str, value: Any) -> float:
+    """``value`` as a ``float``, checked to be a finite real number >= 0 (numpy's too, not a bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _layout(pw: PerturbedWeight) -> tuple:
     """What two layers sharing a weight must agree on to share its perturbation (their biases may
     differ: a bias the weight's noise does not carry gets dense noise of its own)."""
@@ -59,21 +80,29 @@ class FlipES:
 
     then steps the optimizer. Every trainable parameter is evolved: Flipout weights and biases, and
     the dense per-member parameters of ``flipes.flipout`` (norms, bare parameters); parameters with
-    ``requires_grad=False`` stay frozen. ``report()`` lists which is which.
+    ``requires_grad=False`` stay frozen. ``report()`` lists which is which. The evolved set is fixed
+    when the FlipES is built: changing a parameter's ``requires_grad`` afterwards is an error at the
+    next ``population()`` or ``tell``; build a new FlipES for the model instead.
 
     Args:
         model: a model with Flipout layers (see ``flipes.flipout``).
-        popsize: members per generation, ``N`` (all processes together).
+        popsize: members per generation, ``N`` (all processes together); an integer (numpy's too).
         sigma: perturbation scale σ > 0, or a function ``generation -> σ`` (a schedule).
-        lr: learning rate of the default Adam optimizer.
-        seed: keys all noise, with the generation, group and slot.
+        lr: learning rate (finite, >= 0) of the optimizer FlipES builds: the default Adam, or the
+            ``torch.optim.Optimizer`` class given as ``optimizer``. Unused with an optimizer factory,
+            which sets its own.
+        seed: any integer (not a float); keys all noise, with the generation, group and slot.
         groups: number of ε groups; members are split into ``groups`` contiguous blocks, each with
             its own ε (signs are per member in any case). More groups: less correlation between
             members, more sampling work; ``groups=popsize, mirrored=False`` is fully independent ES.
         mirrored: antithetic pairs (member ``2k+1`` is ``-u_{2k}``); needs an even group size.
         shaping: ``fitness (N,) -> weights (N,)``, e.g. ``flipes.shaping.centered_ranks``.
-        weight_decay: L2 coefficient added to the loss gradient (``+ wd·θ``).
-        optimizer: ``params -> torch.optim.Optimizer``; default ``Adam(params, lr)`` (fused if available).
+        weight_decay: L2 coefficient (>= 0) added to the loss gradient (``+ wd·θ``).
+        optimizer: a factory ``params -> torch.optim.Optimizer`` that builds its optimizer over exactly
+            the ``params`` it is given (the evolved ones, ``es.params``), with its own settings, e.g.
+            ``lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9)``; or an optimizer class,
+            built as ``cls(params, lr=lr)``. Not an optimizer instance (it would hold other
+            parameters). Default: ``Adam(params, lr)`` (fused if available).
         comm: communicator between processes (``flipes.dist``); default: this process alone.
             Each process evaluates a contiguous block of groups (``groups >= processes``).
         comm_mode: ``"allreduce"``: each process computes the gradient of its own members and the
@@ -126,6 +155,17 @@ class FlipES:
         noise_rank: int | None = None,
         sigma_lr: float = 0.0,
     ) -> None:
+        # checked up front: a wrong type would otherwise fail far from here, or be truncated silently
+        popsize, seed, groups = _integer("popsize", popsize), _integer("seed", seed), _integer("groups", groups)
+        if not isinstance(mirrored, (bool, np.bool_)):
+            raise TypeError(f"mirrored must be True or False, got {mirrored!r} ({type(mirrored).__name__})")
+        mirrored = bool(mirrored)
+        if not callable(shaping):
+            raise TypeError(
+                f"shaping must be a function fitness (N,) -> weights (N,), e.g. flipes.shaping.centered_ranks, "
+                f"got {shaping!r} ({type(shaping).__name__})"
+            )
+        lr, weight_decay = _nonnegative("lr", lr), _nonnegative("weight_decay", weight_decay)
         if popsize < 1 or groups < 1 or popsize % groups:
             raise ValueError(f"popsize={popsize} must be a positive multiple of groups={groups}")
         if mirrored and (popsize // groups) % 2:
@@ -188,7 +228,9 @@ class FlipES:
                 "FlipES: the model has no trainable parameter to evolve; convert it with flipes.flipout(model) "
                 "(parameters with requires_grad=False stay frozen)"
             )
-        self.optimizer = optimizer(self.params) if optimizer else default_optimizer(self.params, lr)
+        # what was trainable when the evolved set was fixed: a flag changed later is an error (_check_requires_grad)
+        self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        self.optimizer = self._build_optimizer(optimizer, lr)
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None
         if self.sigma_lr > 0:
@@ -204,6 +246,64 @@ class FlipES:
             module.__dict__["_flipes_owner"] = weakref.ref(self)
         self.generation = 0
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
+
+    def _build_optimizer(
+        self, optimizer: OptimizerFactory | type[torch.optim.Optimizer] | None, lr: float
+    ) -> torch.optim.Optimizer:
+        """The optimizer over exactly ``self.params``: tell writes every evolved parameter's ``.grad``, so
+        one left out would never move, and one of another module would step on a stale ``.grad``."""
+        if optimizer is None:
+            return default_optimizer(self.params, lr)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            cls = type(optimizer)
+            where = "torch.optim" if getattr(torch.optim, cls.__name__, None) is cls else cls.__module__
+            raise TypeError(
+                f"optimizer must be a function params -> torch.optim.Optimizer, got an instance of {cls.__name__}; FlipES "
+                f"builds it over the parameters it evolves: pass optimizer=lambda params: {where}.{cls.__name__}(params, lr=...)"
+            )
+        if not callable(optimizer):
+            raise TypeError(
+                f"optimizer must be a function params -> torch.optim.Optimizer, e.g. lambda params: torch.optim.SGD(params, "
+                f"lr=0.1), got {optimizer!r} ({type(optimizer).__name__})"
+            )
+        if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+            built = optimizer(self.params, lr=lr)  # a class: at FlipES's lr, not the class's own default
+        else:
+            built = optimizer(self.params)
+        if not isinstance(built, torch.optim.Optimizer):
+            raise TypeError(f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer")
+        held = [p for group in built.param_groups for p in group["params"]]
+        evolved, ids = {id(p) for p in self.params}, {id(p) for p in held}
+        missing = [p for p in self.params if id(p) not in ids]
+        others = [p for p in held if id(p) not in evolved]
+        if missing or others:
+            raise ValueError(
+                "the optimizer factory must build its optimizer over exactly the parameters it is given (es.params): "
+                + "; ".join(
+                    f"{what} {len(ps)}: {self._names(ps)}" for what, ps in (("it leaves out", missing), ("it adds", others)) if ps
+                )
+                + "; build it from them, e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
+            )
+        return built
+
+    def _names(self, params: list[Tensor], shown: int = 5) -> str:
+        """``params`` by their names in the model (a parameter of another module: its shape)."""
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        out = [names.get(id(p), f"a parameter of shape {tuple(p.shape)} not in the model") for p in params[:shown]]
+        return ", ".join(out) + (", ..." if len(params) > shown else "")
+
+    def _check_requires_grad(self) -> None:
+        """Raise if a parameter's ``requires_grad`` changed since construction: the evolved set, its
+        noise slots and the optimizer were fixed then, so an unfrozen parameter would be perturbed but
+        never updated, and a frozen one would break ``tell``. Python flags only: runs every generation."""
+        changed = [p for p, flag in self._requires_grad if p.requires_grad != flag]
+        if changed:
+            raise ValueError(
+                f"requires_grad of {self._names(changed)} changed after this FlipES was built (it evolves the parameters "
+                "trainable then); set it back, or build a new FlipES for the model: the model keeps its weights, the "
+                "optimizer starts afresh (load_state_dict of the old FlipES's state fails: its optimizer holds other "
+                "parameters)"
+            )
 
     def _flipout_slots(self) -> tuple[list[PerturbedWeight], dict[tuple[int, int], int]]:
         """Each perturbed weight once (a weight tied between layers is ONE sample per member), and the
@@ -277,6 +377,7 @@ class FlipES:
     def report(self) -> ParameterReport:
         """What a population does with each parameter of the model: Flipout, low-rank, dense, frozen
         (a shared bias that its weights' Flipout noise does not carry: dense)."""
+        self._check_requires_grad()  # the rows read the flags live: they would describe another evolved set
         dense = {id(p) for _, _, p in self.dense_slots}
         names = {name for name, p in self.model.named_parameters() if id(p) in dense}
         rows = parameter_report(self.model, self.noise_rank).rows
@@ -369,6 +470,7 @@ class FlipES:
                 "population() of a FlipES whose model has a newer FlipES: one FlipES per model (two would each "
                 "perturb the same layers); use the newer one, or make a new FlipES after `del`-ing the other"
             )
+        self._check_requires_grad()
         modules = [*self.layers, *self.dense_modules]
         busy = [m for m in modules if getattr(m, "noise", None) is not None or m.member_noise is not None]
         if busy:
@@ -448,6 +550,7 @@ class FlipES:
             )
         return f
 
+    @torch.inference_mode(False)  # an optimizer state made inside inference_mode could not be updated outside it
     @torch.no_grad()
     def tell(self, fitness: Tensor | np.ndarray | Iterable[float]) -> dict[str, float]:
         """Update the mean parameters from the fitness of this process's members.
@@ -461,6 +564,7 @@ class FlipES:
 
         A rejected fitness raises before anything changes.
         """
+        self._check_requires_grad()
         local = self._check_fitness(fitness)
         full = self.comm.allgather_tensor(local)
         shaped = self.shaping(full)

@@ -1,0 +1,129 @@
+"""FlipES's arguments, its optimizer and the evolved set: misuse is a clear error, not a silent no-op."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import flipes
+from flipes.es.population import Population
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return flipes.flipout(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)))
+
+
+def fitness(model: nn.Module, pop: Population) -> torch.Tensor:
+    return -(model(torch.ones(pop.size, 4)) - 1).square().sum(1)
+
+
+def test_changing_requires_grad_after_construction_is_an_error_naming_the_parameters() -> None:
+    """The evolved set is fixed when a FlipES is built: unfreezing a part later would perturb it per
+    member but never update it, and freezing one would break tell. Both raise a ValueError naming the
+    parameters at the next population, tell or report; restoring the flags, or a new FlipES, works."""
+    model = mlp()
+    model[0].requires_grad_(False)
+    es = flipes.FlipES(model, popsize=8, seed=0)
+    es.step(fitness)
+    model[0].requires_grad_(True)  # unfreezing
+    with pytest.raises(ValueError, match=r"requires_grad of 0\.weight, 0\.bias changed after this FlipES was built"):
+        es.step(fitness)
+    with pytest.raises(ValueError, match="build a new FlipES"):
+        es.report()
+    encoder = model[0].weight.detach().clone()
+    es = flipes.FlipES(model, popsize=8, seed=0)  # a new one evolves the unfrozen part
+    es.step(fitness)
+    assert not torch.equal(encoder, model[0].weight)
+
+    with es.population() as pop:
+        f = fitness(model, pop)
+    model[2].weight.requires_grad_(False)  # freezing between population and tell
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"requires_grad of 2\.weight changed"):
+        es.tell(f)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    model[2].weight.requires_grad_(True)  # set back: the same generation is accepted
+    assert es.tell(f)["generation"] == 1.0
+
+
+def test_the_optimizer_is_built_over_exactly_the_evolved_parameters_at_its_lr() -> None:
+    """An optimizer class runs at FlipES's lr (not the class's default); an optimizer instance, or a
+    factory whose optimizer leaves out evolved parameters or holds others, is an error saying how to
+    write the factory."""
+    es = flipes.FlipES(mlp(), popsize=8, lr=0.5, optimizer=torch.optim.Adam)
+    assert type(es.optimizer) is torch.optim.Adam and [g["lr"] for g in es.optimizer.param_groups] == [0.5]
+    es = flipes.FlipES(mlp(), popsize=8, optimizer=lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9))
+    assert [g["lr"] for g in es.optimizer.param_groups] == [0.2]
+
+    model = mlp()
+    with pytest.raises(TypeError, match=r"got an instance of SGD.*optimizer=lambda params: torch\.optim\.SGD\(params"):
+        flipes.FlipES(model, popsize=8, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    stray = nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"exactly the parameters it is given.*it adds 1: a parameter of shape \(3,\)"):
+        flipes.FlipES(mlp(), popsize=8, optimizer=lambda p: torch.optim.SGD([*p, stray], lr=0.1))
+    with pytest.raises(ValueError, match=r"it leaves out 4: 0\.weight, 0\.bias, 2\.weight, 2\.bias"):
+        flipes.FlipES(mlp(), popsize=8, optimizer=lambda p: torch.optim.SGD([stray], lr=0.1))
+    with pytest.raises(ValueError, match=r"it leaves out 1: 2\.bias"):
+        flipes.FlipES(mlp(), popsize=8, optimizer=lambda p: torch.optim.SGD(p[:-1], lr=0.1))
+    with pytest.raises(TypeError, match=r"returned list, not a torch\.optim\.Optimizer"):
+        flipes.FlipES(mlp(), popsize=8, optimizer=lambda p: list(p))
+    with pytest.raises(TypeError, match="optimizer must be a function"):
+        flipes.FlipES(mlp(), popsize=8, optimizer="adam")
+
+
+BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
+    ({"popsize": 8.0}, TypeError, r"popsize must be an integer, got 8\.0 \(float\)"),
+    ({"popsize": "8"}, TypeError, r"popsize must be an integer, got '8' \(str\)"),
+    ({"popsize": True}, TypeError, "popsize must be an integer"),
+    ({"seed": 1.5}, TypeError, r"seed must be an integer, got 1\.5"),
+    ({"seed": None}, TypeError, "seed must be an integer, got None"),
+    ({"groups": 2.0}, TypeError, "groups must be an integer"),
+    ({"weight_decay": -1}, ValueError, "weight_decay must be a finite number >= 0, got -1"),
+    ({"weight_decay": "0.1"}, TypeError, "weight_decay must be a number"),
+    ({"lr": float("nan")}, ValueError, "lr must be a finite number >= 0, got nan"),
+    ({"lr": -0.1}, ValueError, "lr must be a finite number >= 0"),
+    ({"shaping": "centered_ranks"}, TypeError, "shaping must be a function fitness"),
+    ({"mirrored": "False"}, TypeError, "mirrored must be True or False"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,match", BAD_ARGUMENTS, ids=[repr(kw)[1:-1] for kw, _, _ in BAD_ARGUMENTS])
+def test_bad_constructor_arguments_are_rejected_up_front_naming_the_argument(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    """A wrong type or range is an error at construction naming the argument, never truncated
+    (seed 1.5 is not seed 1) or failing later inside tell."""
+    with pytest.raises(error, match=match):
+        flipes.FlipES(mlp(), **{"popsize": 8, **kwargs})
+
+
+def test_numpy_integers_are_accepted_and_act_as_python_ints() -> None:
+    """popsize, seed and groups may be numpy integers (a config read from arrays): the run is bitwise
+    that of the same Python ints."""
+    runs = []
+    for kind in (int, np.int64):
+        model = mlp()
+        es = flipes.FlipES(model, popsize=kind(8), seed=kind(3), groups=kind(2))
+        assert all(type(v) is int for v in (es.popsize, es.seed, es.groups))
+        es.step(fitness)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(p, q) for p, q in zip(*runs, strict=True))
+
+
+def test_tell_inside_inference_mode_leaves_an_optimizer_that_steps_outside_it() -> None:
+    """A generation run inside torch.inference_mode() updates as one outside it (bitwise), and the
+    optimizer's state stays usable by later generations outside inference mode."""
+    runs = []
+    for inside in (False, True):
+        model = mlp()
+        es = flipes.FlipES(model, popsize=8, seed=0)
+        with torch.inference_mode(inside):
+            es.step(fitness)
+        es.step(fitness)  # Adam updates its state in place: it must not be an inference tensor
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(p, q) for p, q in zip(*runs, strict=True))
