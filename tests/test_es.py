@@ -168,6 +168,8 @@ def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
         es.tell(torch.zeros(8))
     with es.population() as pop, pytest.raises(ValueError, match="members first"):
         model(torch.zeros(pop.size - 1, 6))
+    with es.population() as pop, pytest.raises(ValueError, match=r"has 18 features, the layer takes 6.*start_dim=2"):
+        model(torch.zeros(pop.size, 3, 6).flatten(1))  # examples flattened into the features
     before = params(model)
     for bad, match in [
         (torch.tensor([0.0, 1, float("nan"), 3, 4, 5, float("inf"), 7]), r"2 member\(s\) is not finite \(2=nan, 6=inf\)"),

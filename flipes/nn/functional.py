@@ -35,6 +35,12 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
     (or ``(N·k, *B, in)``: k examples per member, member-major)."""
     check_members(layer, x, noise.size)
     n = noise.size
+    if x.shape[-1] != weight.shape[-1]:
+        raise ValueError(
+            f"{layer}: input of shape {tuple(x.shape)} has {x.shape[-1]} features, the layer takes {weight.shape[-1]}; "
+            f"inside a population inputs are members first: with k examples per member as (members, k, ...), "
+            f"flatten only the features (nn.Flatten(start_dim=2)), or pass them as ({n}·k, ...)"
+        )
     if x.dim() == 2 and x.shape[0] == n:  # one example per member (the rollout case): 2-D GEMMs, bias noise folded in
         xs = torch.mul(x, noise.s, out=noise.scratch(x))
         out = _grouped_product(xs, noise, with_bias=True)
