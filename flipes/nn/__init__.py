@@ -20,6 +20,7 @@ from flipes.nn.variational import (
     kl_divergence,
     sample_weights,
 )
+from flipes.nn.vector import Vector
 
 __all__ = [
     "DropConnect",
@@ -44,6 +45,7 @@ __all__ = [
     "ParameterRow",
     "PerMember",
     "PerturbedWeight",
+    "Vector",
     "WeightNoise",
     "attach_noise",
     "fixed_noise",

@@ -294,7 +294,8 @@ def unhandled_message(rows: list[ParameterRow]) -> str:
     return (
         f"{len(rows)} trainable parameter(s) would not be evolved: {shown}. They are held directly by a module that also "
         "holds Flipout layers, so flipes has no per-member forward for them. Move each into a small submodule of its own "
-        "(flipes.flipout then perturbs it per member), or freeze it: flipes.flipout(model, frozen=[name, ...]) or "
+        "(flipes.flipout then perturbs it per member), e.g. self.log_std = flipes.nn.Vector(init) used as "
+        "self.log_std(): (members, ...) inside a population; or freeze it: flipes.flipout(model, frozen=[name, ...]) or "
         "param.requires_grad_(False)"
     )
 

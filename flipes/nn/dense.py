@@ -10,7 +10,8 @@ into a ``PerMember`` module: the same object with a subclass of its own class, s
 ``isinstance`` checks and outside-population forward are unchanged. Inside a population it runs
 its own forward once for all members through ``torch.func.vmap``, each member with its own
 parameters. Inputs are members first, ``(N, ...)`` or ``(N·k, ...)`` member-major, as for every
-Flipout layer; any other argument is shared by all members.
+Flipout layer; any other argument is shared by all members. Called with no tensor at all, it
+returns every member's output, members first.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     leaves, spec = pytree.tree_flatten((args, kwargs))
     dims = [0 if _is_member(leaf, n) else None for leaf in leaves]
     per = {leaf.shape[0] // n for leaf, d in zip(leaves, dims, strict=True) if d == 0}  # examples per member
+    if member_params and not any(isinstance(leaf, Tensor) for leaf in leaves):
+        per = {1}  # no inputs (flipes.nn.Vector): each member's output of its own parameters, stacked
     if len(per) != 1:
         raise ValueError(
             f"{type(module).__name__}: inside a population of {n} members, inputs must be members first, "

@@ -1,0 +1,51 @@
+"""A bare tensor of parameters as a module: black-box search over ``x ∈ R^d`` with ES (Salimans et
+al., 2017, arXiv:1703.03864), and per-member values of a parameter that a module uses directly
+(a Gaussian policy's log-std beside its Flipout layers)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Vector(nn.Module):
+    """A parameter tensor whose forward returns it: inside a population, every member's value.
+
+    ``flipes.flipout`` gives it dense per-member noise, so inside a population ``vec()`` is the
+    ``(N, *shape)`` stack of ``θ + σε_n``; outside one it is ``θ`` itself. Plain ES on a vector is
+    the population of its values: ``f(vec())`` per member, ``es.tell``.
+
+    Args:
+        init: the starting value (copied), or a size: zeros of that shape.
+        device, dtype: as for ``torch.zeros`` (with a size), or to convert ``init`` to.
+
+    Shape:
+        - Outside a population: ``() -> shape``.
+        - Inside a population of N members: ``() -> (N, *shape)``.
+
+    Examples::
+
+        >>> x = flipes.flipout(flipes.nn.Vector(torch.full((100,), 3.0)))
+        >>> es = flipes.FlipES(x, popsize=64, sigma=0.1, lr=0.05)
+        >>> with es.population():
+        ...     fitness = -x().square().sum(1)     # (64,): one value per member
+        >>> es.tell(fitness)
+    """
+
+    def __init__(
+        self, init: Tensor | int | tuple[int, ...], *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        if isinstance(init, Tensor):
+            value = init.detach().to(device=device, dtype=dtype, copy=True)
+        else:
+            value = torch.zeros(init, device=device, dtype=dtype)
+        if not value.is_floating_point():
+            raise TypeError(f"Vector: a {value.dtype} tensor cannot be evolved; give floating-point values, e.g. init.float()")
+        self.value = nn.Parameter(value)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.value.shape)}, dtype={self.value.dtype}"
+
+    def forward(self) -> Tensor:
+        return self.value

@@ -1,0 +1,75 @@
+"""``flipes.nn.Vector``: a parameter tensor evolved as it is (black-box ES on a vector), and per-member
+values of a parameter a module uses directly beside its Flipout layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import member_parameters
+from torch import nn
+from torch.func import functional_call
+
+import flipes
+
+DT = torch.float64
+
+
+def test_a_vector_returns_each_members_value_inside_a_population_and_its_own_outside() -> None:
+    """Inside a population ``vec()`` is row by row the member's explicit parameters θ + σε_n (mirrored
+    twins opposite); outside it is θ, the same tensor as the parameter."""
+    vec = flipes.flipout(flipes.nn.Vector(torch.linspace(-1, 1, 5, dtype=DT)))
+    es = flipes.FlipES(vec, popsize=8, sigma=0.3, seed=4)
+    with es.population() as pop:
+        values = vec()
+        expect = torch.stack([m["value"] for m in member_parameters(es, vec)])
+    assert values.shape == (pop.size, 5) and torch.equal(values, expect)
+    assert torch.equal(values[0] + values[1], 2 * vec.value.detach())  # θ + σε and θ - σε
+    assert vec() is vec.value
+
+
+def test_es_on_a_vector_minimizes_a_100_dimensional_sphere() -> None:
+    """Black-box ES on f(x) = ‖x‖² in 100 dimensions from x = 3·1 (f = 900): the center's f falls
+    below 0.01 in 300 generations (0.0011 measured; seed 0, popsize 128, σ 0.1, Adam at 0.05)."""
+    x = flipes.flipout(flipes.nn.Vector(torch.full((100,), 3.0)))
+    es = flipes.FlipES(x, popsize=128, sigma=0.1, lr=0.05, seed=0)
+    for _ in range(300):
+        with es.population():
+            fitness = -x().square().sum(1)
+        es.tell(fitness)
+    with torch.no_grad():
+        assert x().square().sum().item() < 0.01
+
+
+class GaussianPolicy(nn.Module):
+    """A mean network and a log standard deviation of its own, used directly in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 4, dtype=DT), nn.Tanh(), nn.Linear(4, 2, dtype=DT))
+        self.log_std = flipes.nn.Vector(torch.tensor([-0.5, 0.2], dtype=DT))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.net(obs), self.log_std().exp().expand(*obs.shape[:-1], 2)), -1)
+
+
+def test_a_vector_beside_flipout_layers_is_one_more_parameter_per_member() -> None:
+    """A policy's log-std as a Vector beside Flipout layers: every member's output equals a plain copy
+    of the policy run with that member's explicit parameters (mean network and log-std alike)."""
+    torch.manual_seed(0)
+    policy = flipes.flipout(GaussianPolicy())
+    plain = GaussianPolicy()
+    es = flipes.FlipES(policy, popsize=6, sigma=0.2, seed=1)
+    obs = torch.randn(6, 3, dtype=DT)
+    with es.population():
+        out = policy(obs)
+        members = member_parameters(es, policy)
+    for n, params in enumerate(members):
+        expect = functional_call(plain, params, (obs[n],))
+        torch.testing.assert_close(out[n], expect, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(out[0, 2:], out[2, 2:])  # the log-std differs per member
+
+
+def test_a_vector_of_integers_is_refused() -> None:
+    """Integer values cannot be perturbed: a Vector of them is an error naming the fix."""
+    with pytest.raises(TypeError, match="floating-point"):
+        flipes.nn.Vector(torch.arange(3))
