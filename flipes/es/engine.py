@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from flipes.dist import Comm, SerialComm, split_groups
+from flipes.es import members
 from flipes.es.gradient import weighted_dense, weighted_perturbation
 from flipes.es.population import Population
 from flipes.es.shaping import centered_ranks
@@ -642,6 +643,40 @@ class FlipES:
         with self.population() as pop:
             fitness = fitness_fn(self.model, pop)
         return self.tell(fitness)
+
+    def member_parameters(self, index: int) -> dict[str, Tensor]:
+        """Member ``index``'s explicit parameters ``θ̄ + σu_index`` in the current generation: every
+        parameter of the model by name as in ``model.named_parameters()`` (frozen ones: their values),
+        new detached tensors in each parameter's dtype and device, unchanged by later updates.
+
+        ``index`` is a global member index, ``0 <= index < popsize`` (``pop.members`` holds this
+        process's); a member another process evaluates is computed from the seeds. Callable once the
+        generation's ``population()`` was entered, inside it and after it, until ``tell`` moves the mean.
+        """
+        return members.member_parameters(self, self._member_index(index))
+
+    def member_state_dict(self, index: int) -> dict[str, Any]:
+        """``model.state_dict()`` with member ``index``'s parameters (see ``member_parameters``) and the
+        buffers as they are, copied: ``plain_model.load_state_dict(es.member_state_dict(i))`` gives a
+        plain torch model that computes what member ``i`` computes in the population."""
+        return members.member_state_dict(self, self._member_index(index))
+
+    def _member_index(self, index: int) -> int:
+        index = _integer("index", index)
+        if not 0 <= index < self.popsize:
+            raise IndexError(f"member index {index} is out of range: members are 0 .. popsize - 1 = {self.popsize - 1}")
+        if self._noise is None:
+            when = (
+                "before the first population"
+                if self.generation == 0
+                else f"after tell() ended generation {self.generation - 1} (its mean has moved on)"
+            )
+            raise RuntimeError(
+                f"no member to build {when}: call it inside `with es.population()`, or after that block and before "
+                "es.tell(), for the generation being evaluated"
+            )
+        self._check_requires_grad()
+        return index
 
     def _config(self) -> dict[str, Any]:  # what a checkpoint must agree on (not the process count)
         return {

@@ -1,0 +1,99 @@
+"""One member's explicit parameters ``θ̄ + σu_n``: a plain set of weights for member ``n`` of a generation.
+
+``σu_n`` is the ES weighted sum ``Σ_m c_m σu_m`` of ``flipes.es.gradient`` with one-hot coefficients
+``c = e_n``, taken over the rows of member ``n`` alone (and its mirrored twin, which shares its
+signs). Every entry is a noise value times ±1, plus zeros: exactly ``σε_g ∘ (r_n ⊗ s_n)`` (full-rank
+noise; low-rank ``σε_g`` is the product ``A_g B_g``), the bias noise and the dense noise the
+population applies to member ``n``, at each slot's own σ. The noise of a member in a group this
+process does not evaluate is sampled again from ``(seed, generation, group, slot)``: what the
+process that evaluates it holds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from flipes.es.gradient import weighted_dense, weighted_perturbation
+from flipes.noise import DenseNoise, SlotNoise
+
+if TYPE_CHECKING:
+    from flipes.es.engine import FlipES
+
+
+def _rows(noise: SlotNoise, group: int, rows: slice) -> SlotNoise:
+    """``noise`` of one ε group (an index into ``noise``'s groups) and of member rows ``rows`` only."""
+    one = slice(group, group + 1)
+    return SlotNoise(
+        eps=None if noise.eps is None else noise.eps[one],
+        s=noise.s[rows],
+        r=noise.r[rows],
+        bias_r=None if noise.bias_r is None else noise.bias_r[rows],
+        mirrored=noise.mirrored,
+        factors=None if noise.factors is None else (noise.factors[0][one], noise.factors[1][one]),
+        bias_eps=None if noise.bias_eps is None else noise.bias_eps[one],
+    )
+
+
+def member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
+    """``σu`` of global member ``index`` for every evolved parameter, keyed by ``id(parameter)``, in
+    each parameter's dtype. Needs the current generation's noise (``es.population()`` entered)."""
+    group_size = es.popsize // es.groups
+    group = index // group_size
+    if group in es.local_groups:  # the noise the population holds
+        slot_noise, dense_noise = es._noise
+        first = es.local_groups.start
+    else:  # another process's group: a pure function of (seed, generation, group, slot)
+        slot_noise, dense_noise = es._sample(range(group, group + 1))
+        first = group
+    row = index - first * group_size  # the member's row in the noise
+    start = row - row % 2 if es.mirrored else row
+    rows = slice(start, start + (2 if es.mirrored else 1))
+
+    def one_hot(like: Tensor) -> Tensor:
+        c = torch.zeros(rows.stop - rows.start, dtype=like.dtype, device=like.device)
+        c[row - start] = 1
+        return c
+
+    deltas: dict[int, Tensor] = {}
+
+    def add(p: Tensor | None, d: Tensor | None) -> None:  # as tell does: a parameter once, summed if it recurs
+        if p is not None and d is not None and p.requires_grad:
+            d = d.to(p.dtype)
+            deltas[id(p)] = deltas[id(p)] + d if id(p) in deltas else d
+
+    for pw, noise in zip(es.slots, slot_noise, strict=True):
+        weight, bias = weighted_perturbation(pw, _rows(noise, group - first, rows), one_hot(noise.s))
+        add(pw.weight, weight.T if pw.transposed else weight)
+        add(pw.bias, bias)
+    for (_, _, p), noise in zip(es.dense_slots, dense_noise, strict=True):
+        add(p, weighted_dense(DenseNoise(noise.delta[rows], noise.mirrored), one_hot(noise.delta)))
+    return deltas
+
+
+def member_parameters(es: FlipES, index: int) -> dict[str, Tensor]:
+    """Every parameter of ``es.model`` by name (``named_parameters()``): ``θ̄ + σu_index`` where
+    evolved, the plain value where frozen; new detached tensors (later updates do not change them)."""
+    deltas = member_deltas(es, index)
+    with torch.no_grad():
+        return {
+            name: p.detach() + deltas[id(p)] if id(p) in deltas else p.detach().clone() for name, p in es.model.named_parameters()
+        }
+
+
+def member_state_dict(es: FlipES, index: int) -> dict[str, Any]:
+    """``es.model.state_dict()`` with member ``index``'s parameters in place of the mean ones (a tied
+    parameter under each of its names), every tensor a copy."""
+    deltas = member_deltas(es, index)
+    params = {name: p for name, p in es.model.named_parameters(remove_duplicate=False)}
+    state = es.model.state_dict()
+    with torch.no_grad():
+        for key, value in state.items():
+            p = params.get(key)
+            if p is not None and id(p) in deltas:
+                state[key] = p.detach() + deltas[id(p)]
+            elif isinstance(value, Tensor):
+                state[key] = value.clone()
+    return state
