@@ -195,6 +195,7 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
     import numpy as np
     import torch
 
+    from flipes.rl import stepper
     from flipes.rl.envs import base_id
 
     try:
@@ -206,9 +207,10 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
     obs, _ = env.reset(seed=seed)
     frames = [env.render()]
     device = next(policy.parameters()).device
+    act = stepper(policy)  # a recurrent policy carries its state through the episode
     with torch.no_grad():
         for _ in range(max_frames - 1):  # the reset's frame is the first
-            action = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0]
+            action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0]
             obs, _, terminated, truncated, _ = env.step(action.cpu().numpy())
             frames.append(env.render())
             if terminated or truncated:

@@ -60,7 +60,11 @@ class TrainConfig:
     reward_shift: float = 0.0
     """Subtracted from every step's reward in the fitness (an alive bonus); reported returns keep it."""
     hidden: list[int] = field(default_factory=lambda: [32, 32])
-    """Hidden layer widths of the MLP policy (--hidden with no width: a linear policy)."""
+    """Hidden layer widths of the MLP policy (--hidden with no width: a linear policy); of the GRU
+    policy, its encoder's widths and then the GRU's hidden size (the last width)."""
+    policy: Literal["mlp", "gru"] = "mlp"
+    """The policy built for the env: mlp (memoryless), or gru (a Flipout GRU cell after an MLP
+    encoder: memory within an episode, for partially observed envs)."""
     eval_every: int = 2
     """Evaluate the center (mean) policy every this many generations, and at the last one."""
     eval_episodes: int = 100
@@ -230,6 +234,10 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"{config.ars_top} of {config.popsize // 2} mirrored pairs",
             f"use 1 ... {config.popsize // 2}, or 0 for all",
         )
+    if config.policy != "mlp" and config.model:
+        raise UsageError("--policy", f"{config.policy} is built for an env, and --model builds the model", "drop one of them")
+    if config.policy == "gru" and not config.hidden:
+        raise UsageError("--hidden", "the GRU policy needs at least one width (its hidden size)", "e.g. --hidden 64 64")
     if config.algo == "ars" and config.sigma_lr > 0:  # its step is α·σ₀ over the current σ: σ₀/σ times ARS's
         raise UsageError(
             "--sigma-lr", "ARS steps at a fixed σ (its step size is lr·σ)", "use --sigma-lr 0 with --algo ars, or --algo pgpe"

@@ -15,7 +15,7 @@ from flipes.checkpoint import CheckpointError, load_checkpoint
 from flipes.errors import UsageError
 from flipes.nn import flipout
 from flipes.plugins import Plugins, name_of
-from flipes.rl import MLPPolicy, episode_seed, make_vector_env, run_episodes
+from flipes.rl import POLICIES, episode_seed, make_vector_env, run_episodes
 from flipes.rl.envs import EnvError
 
 
@@ -99,7 +99,8 @@ def load_policy(
             model = Plugins(model=model).model_factory(config.get("model") or name_of(model))(env)
         else:
             assert env is not None
-            model = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=config["hidden"])
+            kind = POLICIES[config.get("policy", "mlp")]
+            model = kind(env.single_observation_space, env.single_action_space, hidden=config["hidden"])
     finally:
         if own and env is not None:
             env.close()

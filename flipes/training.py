@@ -51,7 +51,7 @@ from flipes.nn import flipout
 from flipes.nn.convert import flipout_layers, parameter_report
 from flipes.optim import ClipUp
 from flipes.plugins import Plugins
-from flipes.rl import MLPPolicy, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
+from flipes.rl import POLICIES, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
 from flipes.rl.envs import EnvError, print_note
 
 # options a resumed run must share with its checkpoint (the others may change, e.g. generations)
@@ -65,6 +65,7 @@ RESUME_KEYS = (
     "sigma",
     "lr",
     "hidden",
+    "policy",
     "episodes",
     "reward_shift",
     "fitness",
@@ -316,7 +317,7 @@ def build_env(
 
 
 def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: Plugins | None = None) -> nn.Module:
-    """``--model``'s module, else an :class:`MLPPolicy` for the env's spaces."""
+    """``--model``'s module, else ``--policy``'s policy (an :class:`MLPPolicy`) for the env's spaces."""
     if config.model:
         model = (plugins or Plugins()).model_factory(config.model)(env)
         if not isinstance(model, nn.Module):
@@ -328,7 +329,7 @@ def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: 
         return model
     assert env is not None
     try:
-        return MLPPolicy(env.single_observation_space, env.single_action_space, hidden=config.hidden)
+        return POLICIES[config.policy](env.single_observation_space, env.single_action_space, hidden=config.hidden)
     except ValueError as e:
         raise UsageError(
             "--env", f"{config.env}: {e}", "or pass --model module:function that builds a policy for these spaces"
@@ -509,6 +510,7 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     saved.setdefault("noise_rank", saved.pop("rank", 0) or 0)  # runs saved before the option's rename
     saved.setdefault("reward_shift", 0.0)
     saved.setdefault("mirrored", True)
+    saved.setdefault("policy", "mlp")  # runs saved before recurrent policies
     changed = {k: (saved.get(k), getattr(state.config, k)) for k in RESUME_KEYS if saved.get(k) != getattr(state.config, k)}
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())

@@ -1,4 +1,4 @@
-"""MLP policies of Flipout layers for Box and Discrete action spaces."""
+"""Policies of Flipout layers for Box and Discrete action spaces."""
 
 from __future__ import annotations
 
@@ -13,7 +13,71 @@ from flipes.nn import FlipoutLinear
 from flipes.rl.normalize import RunningNorm
 
 
-class MLPPolicy(nn.Module):
+class SpacePolicy(nn.Module):
+    """What every flipes policy does with the env's spaces: observations flattened, cast to the
+    policy's dtype and normalized (``self.obs_norm``); outputs ``z`` of ``action_dim`` mapped to
+    actions: the argmax for ``Discrete``, ``tanh`` squashed into the bounds for ``Box`` (unbounded
+    dimensions are left linear).
+
+    Args:
+        observation_space: a ``Box`` of observations (flattened).
+        action_space: ``Discrete`` or ``Box``.
+        normalize: keep running observation statistics (``self.obs_norm``).
+    """
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise ValueError(
+                f"{name} needs a Box observation space, got {observation_space}; "
+                "flatten it (gymnasium.wrappers.FlattenObservation) or write a policy from flipes.nn layers"
+            )
+        if isinstance(action_space, gym.spaces.Discrete):
+            self.action_dim, self.discrete, self.action_shape = int(action_space.n), True, ()
+            self.action_start = int(action_space.start)
+        elif isinstance(action_space, gym.spaces.Box):
+            self.action_dim, self.discrete, self.action_shape = math.prod(action_space.shape), False, tuple(action_space.shape)
+            low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
+            high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
+            self.register_buffer("bounded", torch.isfinite(low) & torch.isfinite(high))
+            self.register_buffer("center", torch.where(self.bounded, (low + high) / 2, 0.0))
+            self.register_buffer("scale", torch.where(self.bounded, (high - low) / 2, 1.0))
+        else:
+            raise ValueError(
+                f"{name} handles Discrete and Box action spaces, got {type(action_space).__name__}; "
+                "write your own policy module from flipes.nn layers for this space"
+            )
+        self.obs_shape = tuple(observation_space.shape)
+        self.obs_dim = math.prod(self.obs_shape)
+        self.obs_norm = RunningNorm(self.obs_dim) if normalize else None
+
+    def observe(self, obs: Tensor, dtype: torch.dtype) -> Tensor:
+        """``(*, *obs_shape) -> (*, obs_dim)`` in ``dtype`` (e.g. from MuJoCo's float64), normalized."""
+        obs = obs.to(dtype)
+        if len(self.obs_shape) != 1:
+            obs = obs.flatten(-len(self.obs_shape))
+        return self.obs_norm(obs) if self.obs_norm is not None else obs
+
+    def action(self, z: Tensor) -> Tensor:
+        """``(*, action_dim)`` outputs -> ``(*,)`` (Discrete) or ``(*, *action_shape)`` (Box) actions."""
+        if self.discrete:
+            return z.argmax(-1) + self.action_start
+        z = torch.where(self.bounded, torch.tanh(z), z) * self.scale + self.center
+        return z.view(*z.shape[:-1], *self.action_shape)
+
+
+def mlp(sizes: Sequence[int], activation: type[nn.Module], last: bool = False) -> nn.Sequential:
+    """Flipout Linear layers of these widths, ``activation`` between them (and after the last if ``last``)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(FlipoutLinear(sizes[i], sizes[i + 1]))
+        if last or i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class MLPPolicy(SpacePolicy):
     r"""Deterministic policy: normalized observation -> Flipout MLP -> action.
 
     Discrete actions are the argmax of the logits; Box actions are ``tanh`` squashed into the
@@ -39,45 +103,8 @@ class MLPPolicy(nn.Module):
         activation: type[nn.Module] = nn.Tanh,
         normalize: bool = True,
     ) -> None:
-        super().__init__()
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise ValueError(
-                f"MLPPolicy needs a Box observation space, got {observation_space}; "
-                "flatten it (gymnasium.wrappers.FlattenObservation) or write a policy from flipes.nn layers"
-            )
-        if isinstance(action_space, gym.spaces.Discrete):
-            out, self.discrete, self.action_shape = int(action_space.n), True, ()
-            self.action_start = int(action_space.start)
-        elif isinstance(action_space, gym.spaces.Box):
-            out, self.discrete, self.action_shape = math.prod(action_space.shape), False, tuple(action_space.shape)
-            low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
-            high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
-            self.register_buffer("bounded", torch.isfinite(low) & torch.isfinite(high))
-            self.register_buffer("center", torch.where(self.bounded, (low + high) / 2, 0.0))
-            self.register_buffer("scale", torch.where(self.bounded, (high - low) / 2, 1.0))
-        else:
-            raise ValueError(
-                f"MLPPolicy handles Discrete and Box action spaces, got {type(action_space).__name__}; "
-                "write your own policy module from flipes.nn layers for this space"
-            )
-        self.obs_shape = tuple(observation_space.shape)
-        obs_dim = math.prod(self.obs_shape)
-        self.obs_norm = RunningNorm(obs_dim) if normalize else None
-        sizes = [obs_dim, *hidden, out]
-        layers: list[nn.Module] = []
-        for i in range(len(sizes) - 1):
-            layers.append(FlipoutLinear(sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                layers.append(activation())
-        self.net = nn.Sequential(*layers)
+        super().__init__(observation_space, action_space, normalize)
+        self.net = mlp([self.obs_dim, *hidden, self.action_dim], activation)
 
     def forward(self, obs: Tensor) -> Tensor:
-        obs = obs.to(self.net[0].weight.dtype)  # e.g. MuJoCo's float64 observations
-        if len(self.obs_shape) != 1:
-            obs = obs.flatten(-len(self.obs_shape))
-        x = self.obs_norm(obs) if self.obs_norm is not None else obs
-        z = self.net(x)
-        if self.discrete:
-            return z.argmax(-1) + self.action_start
-        z = torch.where(self.bounded, torch.tanh(z), z) * self.scale + self.center
-        return z.view(*z.shape[:-1], *self.action_shape)
+        return self.action(self.net(self.observe(obs, self.net[0].weight.dtype)))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from flipes.es.population import Population
 from flipes.rl.normalize import RunningNorm
+from flipes.rl.recurrent import RecurrentPolicy, stepper
 
 
 def episode_seed(seed: int, generation: int, stream: str) -> int:
@@ -80,11 +81,15 @@ def run_episodes(
     (envs with ``send``/``recv``, as :class:`EnvPoolVectorEnv`). ``act`` is then called on the
     whole batch with half of it stale, so it must compute each row from that row alone, as a
     memoryless policy does (an MLP, not a recurrent policy). The results are the same.
+    A :class:`~flipes.rl.RecurrentPolicy` as ``act`` carries its state from step to step.
     """
     if obs is None:
         obs, _ = env.reset(seed=seed)
     if pipeline:
+        if isinstance(act, RecurrentPolicy):
+            raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
         return _run_pipelined(env, act, obs, record, max_steps, members)
+    act = stepper(act)
     device = obs.device
     n = env.num_envs
     returns = torch.zeros(n, dtype=torch.float64, device=device)
@@ -221,8 +226,10 @@ class RolloutFitness:
                 f"make it with num_envs={n * k}"
             )
 
+        step = stepper(model)  # a recurrent policy's state lives for this rollout
+
         def act(obs: Tensor) -> Tensor:  # (n·k, d) -> members first (n, k, d) -> (n·k, ...)
-            return model(obs.view(n, k, *obs.shape[1:])).flatten(0, 1)
+            return step(obs.view(n, k, *obs.shape[1:])).flatten(0, 1)
 
         # env i of member m, episode k is the global env m·K + k with m the GLOBAL member index, so a
         # member's episodes do not depend on how the population is split across processes

@@ -1,0 +1,92 @@
+"""Policies with memory in flipes' rollouts: ``forward(obs, state) -> (action, state)``.
+
+Flipout's recurrent layers keep a member's signs for the whole episode (Wen et al., ICLR 2018,
+arXiv:1803.04386): one weight sample per member and episode, as ES needs. A rollout runs one
+episode in every env and masks the envs that finished, so a policy's state starts at ``None``
+with the episodes and is never reset within a rollout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import gymnasium as gym
+from torch import Tensor, nn
+
+from flipes.nn import FlipoutGRUCell, FlipoutLinear
+from flipes.rl.policy import MLPPolicy, SpacePolicy, mlp
+
+
+class RecurrentPolicy(nn.Module):
+    """Base class of policies with memory: ``forward(obs, state) -> (action, state)``, ``state`` is
+    ``None`` at the first step of the episodes and whatever the previous step returned after it.
+
+    flipes' rollouts (``RolloutFitness``, evaluation, ``flipes evaluate``) carry the state of a
+    ``RecurrentPolicy`` from step to step; a plain module is called as ``model(obs)``. Inside a
+    population, ``obs`` is members first, as for any model.
+    """
+
+    def forward(self, obs: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+
+def stepper(policy: Callable[..., Any]) -> Callable[[Tensor], Tensor]:
+    """``act(obs) -> action`` for one batch of episodes: ``policy`` itself, or for a
+    :class:`RecurrentPolicy` a function carrying its state from call to call, from ``None``."""
+    if not isinstance(policy, RecurrentPolicy):
+        return policy
+    state: Any = None
+
+    def act(obs: Tensor) -> Tensor:
+        nonlocal state
+        action, state = policy(obs, state)
+        return action
+
+    return act
+
+
+class GRUPolicy(SpacePolicy, RecurrentPolicy):
+    r"""Deterministic policy with memory: normalized observation -> Flipout MLP encoder -> Flipout
+    GRU cell -> Flipout linear head -> action (as :class:`~flipes.rl.MLPPolicy`'s).
+
+    Args:
+        observation_space: a ``Box`` of observations (flattened).
+        action_space: ``Discrete`` or ``Box``.
+        hidden: widths of the encoder's layers, then the GRU's hidden size (the last width):
+            ``(64, 64)`` is ``Linear(obs, 64) -> tanh -> GRUCell(64, 64) -> Linear(64, actions)``;
+            one width is a GRU on the observations.
+        activation: the encoder's nonlinearity.
+        normalize: keep running observation statistics (``self.obs_norm``).
+
+    Shape:
+        ``(*, obs_dim), state -> (action, state)`` with ``state`` ``(*, hidden[-1])`` (``None`` at
+        the first step); inside a population ``*`` starts with the members.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden: Sequence[int] = (64, 64),
+        activation: type[nn.Module] = nn.Tanh,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__(observation_space, action_space, normalize)
+        if not hidden:
+            raise ValueError("GRUPolicy needs at least one width in hidden: the GRU's hidden size")
+        sizes = [self.obs_dim, *hidden[:-1]]
+        self.encoder = mlp(sizes, activation, last=True)
+        self.cell = FlipoutGRUCell(sizes[-1], hidden[-1])
+        self.head = FlipoutLinear(hidden[-1], self.action_dim)
+
+    def forward(self, obs: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = self.encoder(self.observe(obs, self.head.weight.dtype))
+        rows = x.reshape(-1, x.shape[-1])  # the cell takes (batch, features): members first stay first
+        h = self.cell(rows, None if state is None else state.reshape(rows.shape[0], -1)).view(*x.shape[:-1], -1)
+        return self.action(self.head(h)), h
+
+
+POLICIES: MappingProxyType[str, type[SpacePolicy]] = MappingProxyType({"mlp": MLPPolicy, "gru": GRUPolicy})
+"""The policies ``flipes train --policy`` builds for an env, by name."""
