@@ -182,8 +182,9 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         """
         seeds = self._seeds(seed)
         super().reset(seed=seed if isinstance(seed, int) else None)
-        if seeds is not None:
+        if seeds is not None:  # on the host: reading a sum off a GPU would wait for it at every reset
             self._generator.manual_seed(int(seeding.mix64(seeds).sum()) % 2**63)
+            seeds = seeds.to(self.device)
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
         self._set_initial_range(options)
@@ -264,12 +265,12 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         self._replace_rows(mask, self._sample(self.num_envs, seeds))
 
     def _seeds(self, seed: int | list[int] | np.ndarray | Tensor | None) -> Tensor | None:
-        """Each env's seed as an ``(N,)`` int64 tensor on ``device``, by gymnasium's convention."""
+        """Each env's seed as an ``(N,)`` int64 tensor on the host, by gymnasium's convention."""
         if seed is None:
             return None
         if isinstance(seed, int | np.integer):
-            return int(seed) + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
-        seeds = torch.as_tensor(seed, device=self.device)
+            return int(seed) + torch.arange(self.num_envs, dtype=torch.int64)
+        seeds = torch.as_tensor(seed, device="cpu")
         if seeds.shape != (self.num_envs,) or seeds.dtype.is_floating_point or seeds.dtype == torch.bool:
             raise ValueError(
                 f"seed must be an int, None or {self.num_envs} ints (one per env), got {type(seed).__name__} "

@@ -582,6 +582,14 @@ class FlipES:
             by_member = leave_out(shaped.double(), 2 if self.mirrored else 1)[mine]
 
         grads: dict[int, Tensor] = {}
+        copies: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+        def on(t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+            """``t`` on ``like``'s device: copied from the host once per device and dtype, not once per slot."""
+            key = (id(t), like.device, dtype or t.dtype)
+            if key not in copies:
+                copies[key] = t.to(like.device, dtype or t.dtype)
+            return copies[key]
 
         def add(p: nn.Parameter | None, g: Tensor | None) -> None:
             if p is not None and g is not None and p.requires_grad:
@@ -589,21 +597,24 @@ class FlipES:
 
         log_sigma_grad: list[Tensor] = []
         for i, (pw, noise) in enumerate(zip(self.slots, slot_noise, strict=True)):
-            weight_grad, bias_grad = weighted_perturbation(pw, noise, coeff.to(noise.s.device, noise.s.dtype))
+            weight_grad, bias_grad = weighted_perturbation(pw, noise, on(coeff, noise.s, noise.s.dtype))
             if adaptive:  # each slot has its own σ: Σ F̂ (σ_i u) / σ_i² here, / N below
                 weight_grad, bias_grad = (None if g is None else g / sigmas[i] ** 2 for g in (weight_grad, bias_grad))
                 (weight_norms, d_weight), (bias_norms, d_bias) = slot_norms(pw, noise, sigmas[i])
-                log_sigma_grad.append(log_sigma_gradient((weight_norms, d_weight, by_group), (bias_norms, d_bias, by_member)))
+                weight_part = (weight_norms, d_weight, on(by_group, weight_norms))
+                bias_part = (bias_norms, d_bias, on(by_member, bias_norms))
+                log_sigma_grad.append(log_sigma_gradient(weight_part, bias_part))
             add(pw.weight, weight_grad.T if pw.transposed else weight_grad)
             add(pw.bias, bias_grad)
         for i, ((_, _, p), noise) in enumerate(zip(self.dense_slots, dense_noise, strict=True), start=len(self.slots)):
-            g = weighted_dense(noise, coeff.to(noise.delta.device))
+            g = weighted_dense(noise, on(coeff, noise.delta))
             if adaptive:
                 g = g / sigmas[i] ** 2
-                log_sigma_grad.append(log_sigma_gradient((*dense_norms(noise, sigmas[i]), by_member)))
+                norms, d = dense_norms(noise, sigmas[i])
+                log_sigma_grad.append(log_sigma_gradient((norms, d, on(by_member, norms))))
             add(p, g)
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])
-        sigma_grad = torch.stack([g.cpu() for g in log_sigma_grad]) if adaptive else None
+        sigma_grad = torch.stack([g.to(log_sigma_grad[0].device) for g in log_sigma_grad]).cpu() if adaptive else None
         if not everyone:
             flat = self.comm.allreduce_sum_(flat)
             if sigma_grad is not None:
