@@ -93,10 +93,12 @@ def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
         "tests/test_es.py::test_tell_gradient_equals_materialized_estimator",
         "tests/test_envs.py",
         "tests/test_warp_envs.py",  # its stays_on_the_device test: MuJoCo Warp's CUDA graphs against the CPU
+        "tests/test_members.py",
+        "tests/test_recurrent_policy.py",
     ]
-    select = "members_equal or gradient or every_transition or stays_on_the_device"
+    select = "members_equal or gradient or every_transition or stays_on_the_device or bit_for_bit or run_alone"
     if args.quick:
-        select = "(linear_members and trial0) or gradient or every_transition"
+        select = "(linear_members and trial0) or gradient or every_transition or run_alone"
     r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", select], 300,
             {"FLIPES_TEST_DEVICE": args.device})  # fmt: skip
     counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", r.stdout))

@@ -19,15 +19,17 @@ import flipes
 from flipes.rl import GRUPolicy, MLPPolicy, RolloutFitness, make_vector_env, run_episodes
 
 
-def test_each_members_return_is_its_own_weights_run_alone_with_its_state() -> None:
+def test_each_members_return_is_its_own_weights_run_alone_with_its_state(device: torch.device) -> None:
     """A GRU policy's population rollout on flipes/CartPole-v1 (float64): every member's return equals
     a plain copy of the policy, loaded with that member's explicit parameters, stepped alone on the
     same episode with its state carried from step to step."""
     torch.manual_seed(0)
     n, seed = 8, 3
-    env = make_vector_env("flipes/CartPole-v1", n)
-    policy = flipes.flipout(GRUPolicy(env.single_observation_space, env.single_action_space, hidden=(8, 6)).double())
-    plain = GRUPolicy(env.single_observation_space, env.single_action_space, hidden=(8, 6)).double()
+    env = make_vector_env("flipes/CartPole-v1", n, device)
+    policy = flipes.flipout(
+        GRUPolicy(env.single_observation_space, env.single_action_space, hidden=(8, 6)).to(device, torch.float64)
+    )
+    plain = GRUPolicy(env.single_observation_space, env.single_action_space, hidden=(8, 6)).to(device, torch.float64)
     plain.load_state_dict(policy.state_dict())
     es = flipes.FlipES(policy, popsize=n, sigma=0.5, seed=1, groups=2)
     fitness = RolloutFitness(env, seed=seed)
@@ -35,7 +37,7 @@ def test_each_members_return_is_its_own_weights_run_alone_with_its_state() -> No
         returns = fitness(policy, pop)
         members = member_parameters(es, policy)
         obs0 = flipes.rl.reset_episodes(env, seed, "population", pop.generation)
-    one = make_vector_env("flipes/CartPole-v1", 1)
+    one = make_vector_env("flipes/CartPole-v1", 1, device)
     for m, params in enumerate(members):
         state = None
 
