@@ -261,3 +261,23 @@ def test_nested_populations_and_a_second_flipes_on_one_model_are_errors() -> Non
     del newer
     es = flipes.FlipES(model, popsize=4)  # the last one made owns the model
     es.step(lambda m, pop: m(torch.ones(pop.size, 3))[:, 0])
+
+
+def test_population_generator_depends_on_seed_generation_and_stream_alone() -> None:
+    """``pop.generator()`` draws the same numbers for the same (seed, generation, stream), on another
+    FlipES too (another process, a resume), and other numbers when any of the three changes."""
+
+    def draws(seed: int, generations: int, stream: str = "fitness") -> torch.Tensor:
+        es = flipes.FlipES(mlp(0), popsize=4, sigma=0.1, seed=seed)
+        for _ in range(generations):
+            with es.population():
+                pass
+            es.tell(torch.arange(4.0))
+        with es.population() as pop:
+            assert (pop.seed, pop.generation) == (seed, generations)
+            return torch.randperm(1000, generator=pop.generator(stream))
+
+    first = draws(0, 1)
+    assert torch.equal(first, draws(0, 1))
+    for other in (draws(1, 1), draws(0, 2), draws(0, 1, "minibatch")):
+        assert not torch.equal(first, other)

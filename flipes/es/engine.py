@@ -504,6 +504,7 @@ class FlipES:
                     sigma=self.mean_sigma(),
                     members=self.members,
                     groups=self.local_groups,
+                    seed=self.seed,
                 )
             finally:
                 torch.backends.mha.set_fastpath_enabled(fastpath)
