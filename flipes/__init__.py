@@ -6,11 +6,12 @@ pseudo-independent weight perturbation (Wen et al., ICLR 2018, arXiv:1803.04386)
 
 from flipes import dist, nn, noise, optim
 from flipes.callbacks import Callback
+from flipes.checkpoint import load_checkpoint
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
 from flipes.es import FlipES, Population, shaping
 from flipes.nn import flipout, kl_divergence
-from flipes.runs import load_policy
+from flipes.runs import evaluate_policy, load_policy
 from flipes.training import TrainResult, train
 
 __all__ = [
@@ -21,8 +22,10 @@ __all__ = [
     "TrainResult",
     "UsageError",
     "dist",
+    "evaluate_policy",
     "flipout",
     "kl_divergence",
+    "load_checkpoint",
     "load_policy",
     "nn",
     "noise",

@@ -25,8 +25,19 @@ class Callback:
     """Hooks into :func:`flipes.train`; override any of them.
 
     ``on_generation`` gets each metrics row after the update (and after the evaluation, where there
-    was one); return ``True`` to stop training after this generation (on every rank).
+    was one); return ``True`` to stop training after this generation (on every rank). A callback
+    with state of its own (a hall of fame, a schedule) returns it from ``state_dict``: it is saved in
+    every checkpoint and given back to ``load_state_dict`` when the run is resumed with the same
+    callbacks (matched by position and class).
     """
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """What to save in each checkpoint: tensors, numbers, strings, None, and lists, tuples and
+        dicts of them (checkpoints load without unpickling code); None (the default) saves nothing."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what ``state_dict`` returned when the checkpoint being resumed was written."""
 
     def on_train_start(self, state: TrainState) -> None:
         """Called once, after the model is built and a resumed run is restored."""

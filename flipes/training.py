@@ -89,16 +89,50 @@ class TrainState:
     seconds: float = 0.0  # wall time of training, over resumes
     timesteps: int = 0  # env steps of all ranks, over resumes
     metrics: list[dict[str, Any]] = field(default_factory=list)  # rows of this call
+    callbacks: list[Callback] = field(default_factory=list)  # the user's, whose state_dict() is saved
+    saved_callbacks: dict[str, Any] = field(default_factory=dict)  # their states in the resumed checkpoint
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation) and the run's counters."""
+        """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation), the run's counters
+        and the user's callbacks' states."""
+        saved = {}
+        for key, cb in callback_keys(self.callbacks):
+            value = cb.state_dict()
+            if value is not None:
+                check_saveable(value, f"{key}.state_dict()")
+                saved[key] = value
         return {
             "es": self.es.state_dict(),
             "timesteps": self.timesteps,
             "seconds": self.seconds,
             "best": self.best,
             "config": dataclasses.asdict(self.config),
+            **({"callbacks": saved} if saved else {}),
         }
+
+
+def callback_keys(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
+    """Each callback's key in a checkpoint: its position and class, ``"0:HallOfFame"``."""
+    return [(f"{i}:{type(cb).__qualname__}", cb) for i, cb in enumerate(callbacks)]
+
+
+def check_saveable(value: Any, where: str) -> None:
+    """Raise a UsageError for what a checkpoint cannot hold (it loads with ``weights_only``)."""
+    if isinstance(value, Tensor | int | float | bool | str | type(None)):
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_saveable(item, where)
+        return
+    if isinstance(value, dict) and all(isinstance(k, str | int) for k in value):
+        for item in value.values():
+            check_saveable(item, where)
+        return
+    raise UsageError(
+        "callbacks",
+        f"{where} holds a {type(value).__name__}, which a checkpoint cannot hold",
+        "return tensors, numbers, strings, None, and lists, tuples and dicts of them (e.g. torch.as_tensor(array))",
+    )
 
 
 @dataclass
@@ -251,6 +285,10 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
             cleanup.callback(prepare_run_dir(run_dir, config, state.checkpoint_state()).release)
         standard = standard_callbacks(config, run_dir) if lead else []  # TensorBoard writes: after the lock
         users = callbacks if lead else []
+        state.callbacks = users
+        for key, cb in callback_keys(users):  # a resumed run's callbacks take their saved state back
+            if key in state.saved_callbacks:
+                cb.load_state_dict(state.saved_callbacks[key])
         for text in notes if lead and config.progress else []:
             print_note(text)
         with StopRequest() as stop:  # signals wait until the final checkpoint is written, too
@@ -521,6 +559,7 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
         fix = f"resume an earlier checkpoint, e.g. --resume {other}" if other.exists() else "retrain with a lower --lr"
         raise UsageError("--resume", f"{path} holds non-finite parameters (NaN or inf)", fix)
     state.seconds, state.best, state.resumed = saved_state["seconds"], saved_state["best"], True
+    state.saved_callbacks = saved_state.get("callbacks", {})
     state.timesteps = saved_state["timesteps"]
     if isinstance(fitness, RolloutFitness):
         fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import FAST, FAST_KW, ROOT, metrics, run_script
@@ -254,6 +255,40 @@ def test_plug_ins_with_the_wrong_signature_are_one_line_errors(tmp_path: Path) -
     for i, (given, message) in enumerate(cases):
         with pytest.raises(flipes.UsageError, match=message):
             flipes.train(**{**kw, **given, "out": str(tmp_path / str(i))})
+
+
+class HallOfFame(Callback):
+    """Keeps every generation's fitness_max, and saves it with the checkpoints."""
+
+    def __init__(self) -> None:
+        self.best: list[float] = []
+
+    def on_generation(self, state, row) -> None:
+        self.best.append(row["fitness_max"])
+
+    def state_dict(self) -> dict:
+        return {"best": torch.tensor(self.best, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"].tolist()
+
+
+def test_a_callbacks_state_is_saved_with_the_checkpoint_and_given_back_on_resume(tmp_path: Path) -> None:
+    """A callback's state_dict() rides in every checkpoint: resumed with the same callbacks, it
+    continues as if the run had never stopped; state a checkpoint cannot hold is a one-line error."""
+    whole = HallOfFame()
+    flipes.train(**FAST_KW, generations=5, out=str(tmp_path / "whole"), callbacks=[whole])
+    first, rest = HallOfFame(), HallOfFame()
+    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(tmp_path / "split"), callbacks=[first])
+    flipes.train(resume=str(tmp_path / "split"), generations=5, progress=False, callbacks=[rest])
+    assert len(whole.best) == 5 and rest.best == whole.best
+
+    class Unsaveable(Callback):
+        def state_dict(self) -> dict:
+            return {"array": np.zeros(3)}
+
+    with pytest.raises(flipes.UsageError, match=r"callbacks: 0:.*Unsaveable\.state_dict\(\) holds a ndarray"):
+        flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "bad"), callbacks=[Unsaveable()])
 
 
 def test_rows_a_callback_adds_reach_metrics_jsonl(tmp_path: Path) -> None:
