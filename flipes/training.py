@@ -741,6 +741,7 @@ def run_loop(
             "generation": gen,
             "fitness_mean": stats["fitness_mean"],
             "fitness_max": stats["fitness_max"],
+            "fitness_min": stats["fitness_min"],
             "fitness_std": stats["fitness_std"],
             "grad_norm": stats["grad_norm"],
             "update_ratio": stats["update_ratio"],

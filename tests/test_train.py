@@ -282,6 +282,7 @@ def test_a_callbacks_state_is_saved_with_the_checkpoint_and_given_back_on_resume
     flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(tmp_path / "split"), callbacks=[first])
     flipes.train(resume=str(tmp_path / "split"), generations=5, progress=False, callbacks=[rest])
     assert len(whole.best) == 5 and rest.best == whole.best
+    assert all(r["fitness_min"] <= r["fitness_mean"] <= r["fitness_max"] for r in metrics(tmp_path / "whole"))
 
     class Unsaveable(Callback):
         def state_dict(self) -> dict:
