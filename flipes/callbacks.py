@@ -13,6 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+import numpy as np
+import torch
+
 from flipes.checkpoint import save_checkpoint
 from flipes.errors import StorageError, UsageError
 from flipes.progress import Progress
@@ -100,6 +103,32 @@ class JSONLLogger(Callback):
     def on_train_end(self, state: TrainState, reason: str) -> None:
         if self.file is not None:
             self.file.close()
+
+
+class PlainRow(Callback):
+    """Between the user's callbacks and the sinks: what they added to a row becomes plain values
+    (numpy scalars and one-element tensors as numbers), or one error naming the entry."""
+
+    def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            row[key] = plain(value, key)
+
+
+def plain(value: Any, key: str) -> Any:
+    """``value`` as JSON's types: numbers, strings, None, lists and dicts of them."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [plain(v, key) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: plain(v, key) for k, v in value.items()}
+    raise UsageError(
+        "callbacks",
+        f"row[{key!r}] is a {type(value).__name__}, which metrics.jsonl cannot hold",
+        "add numbers, strings, or lists and dicts of them (a tensor of one value: .item())",
+    )
 
 
 def json_safe(row: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ same code is plugged in; code given as an object must be given again to resume o
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from collections.abc import Callable
@@ -27,11 +28,15 @@ CALL = {
 
 
 def name_of(obj: Any) -> str:
-    """``module:qualname`` of a function or class (of an instance's class for a module or other callable)."""
-    target = obj if inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj) else type(obj)
-    target = getattr(target, "func", target)  # functools.partial
-    module = getattr(target, "__module__", None) or "?"
-    return f"{module}:{getattr(target, '__qualname__', type(target).__name__)}"
+    """``module:qualname`` of a function or class; anything else (a module or other instance, a bound
+    method, a ``functools.partial``) gets a name in angle brackets, which no import can load back."""
+    if inspect.isfunction(obj) or inspect.isclass(obj):
+        return f"{obj.__module__}:{obj.__qualname__}"
+    if isinstance(obj, functools.partial):
+        return f"{name_of(obj.func)}<partial>"
+    if inspect.ismethod(obj):
+        return f"{obj.__module__}:<bound method {obj.__qualname__}>"
+    return f"{type(obj).__module__}:<{type(obj).__qualname__} object>"
 
 
 def check_call(fn: Callable[..., Any], kind: str, what: str) -> None:
@@ -75,15 +80,15 @@ class Plugins:
             value = overrides.pop("evaluate")
             if value is not None:
                 if not callable(value):
-                    raise UsageError(
-                        "evaluate", f"{type(value).__name__} is not a function", f"pass a function {CALL['evaluate'][0]}"
-                    )
-                if "fitness" not in found:
-                    raise UsageError(
-                        "evaluate", "is given without a fitness function", "give fitness=your_function with it"
-                    )  # an env's runs are evaluated by their own episodes
+                    how = CALL["evaluate"][0]
+                    raise UsageError("evaluate", f"{type(value).__name__} is not a function", f"pass a function {how}")
                 found["evaluate"] = value
         return cls(**found)
+
+    def check(self, fitness: str) -> None:
+        """An ``evaluate`` needs a custom fitness: an env's runs are evaluated by their own episodes."""
+        if self.evaluate is not None and not fitness:
+            raise UsageError("evaluate", "is given without a custom fitness", "give fitness= with it, or leave evaluate out")
 
     def fitness_fn(self, spec: str) -> Callable[..., Any]:
         """The fitness function: the object given, else ``spec`` imported; its signature checked."""

@@ -37,6 +37,7 @@ from flipes.callbacks import (
     Checkpointer,
     CurvePlotter,
     JSONLLogger,
+    PlainRow,
     ProgressPrinter,
     TensorBoardLogger,
     WandbLogger,
@@ -224,8 +225,13 @@ def train(
         >>> result.eval_return, result.reason
         >>> flipes.train(env="none", model=make_model, fitness=my_fitness, out="runs/mine")
     """
+    if config is not None:  # TrainConfig(fitness=fn): objects in a config are taken like those given here
+        objects = {k: getattr(config, k) for k in ("fitness", "model") if not isinstance(getattr(config, k), str)}
+        config = dataclasses.replace(config, **dict.fromkeys(objects, ""))
+        overrides = {**objects, **overrides}
     plugins = Plugins.take(overrides)
     config = TrainConfig.for_env(**overrides) if config is None else config.replace(**overrides)
+    plugins.check(config.fitness)
     comm = comm if comm is not None else dist.world()
     validate(config, comm.size)
     config = config.resolve_auto_resume()
@@ -253,7 +259,7 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
     device = config.device
     if device == "cuda" and comm.size > 1:  # rank -> a GPU of its node, shared if too few
         device = f"cuda:{comm.local_rank % torch.cuda.device_count()}"
-    if torch.device(device).type == "cuda":
+    if torch.device(device).type == "cuda" and torch.device(device).index is not None:
         torch.cuda.set_device(torch.device(device))  # no stray context on GPU 0 from code that says only "cuda"
     run_dir = config.run_dir()
     if lead:
@@ -294,7 +300,8 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
         with StopRequest() as stop:  # signals wait until the final checkpoint is written, too
             for cb in standard + users:  # the run directory is complete when the user's callbacks start
                 cb.on_train_start(state)
-            reason = run_loop(state, fitness, evaluator, users + standard, stop)  # what theirs add reaches the sinks
+            # what the user's callbacks add to a row reaches the sinks, as plain JSON values
+            reason = run_loop(state, fitness, evaluator, [*users, PlainRow(), *standard], stop)
             for cb in standard + users:
                 cb.on_train_end(state, reason)
     best = state.best if math.isfinite(state.best) else None
@@ -688,12 +695,17 @@ def evaluate_center(state: TrainState, evaluator: Callable[..., dict] | None, ge
     return {**result, "eval_seconds": time.perf_counter() - t0}
 
 
-def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked: bool) -> str | None:
-    """Why to stop after this row, or None to go on."""
+# row entries each rank measures for itself; rank 0 sends the others
+RANK_ROW = ("steps_per_second", "bytes_sent")
+
+
+def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked: bool, time_up: bool) -> str | None:
+    """Why to stop after this row, or None to go on; ``time_up``: ``--max-seconds`` had passed when
+    the generation's evaluation was decided (so a run it ends was evaluated last)."""
     target = state.target
     if target is not None and row.get("eval_return", -math.inf) >= target:
         return f"solved: eval_return {row['eval_return']:.2f} >= {target:g}"
-    if 0 < state.config.max_seconds <= row["seconds"]:
+    if time_up:
         return f"stopped after {row['seconds']:.0f} s (--max-seconds)"
     if asked:
         return "stopped by a callback"
@@ -771,14 +783,15 @@ def run_loop(
             for cb in callbacks:
                 asked = bool(cb.on_generation(state, row)) or asked
             decided = {
-                "reason": stop_reason(state, row, interrupted, asked),
-                "row": {k: row[k] for k in row if k.startswith("eval_") or k == "seconds"},
+                "reason": stop_reason(state, row, interrupted, asked, time_up),
+                "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys
+                "best": state.best,
             }
         if comm.size > 1:
             decided = comm.bcast(decided)  # all ranks log the same row and stop alike
             if comm.rank != 0:
                 row.update(decided["row"])
-                state.seconds, state.timesteps = row["seconds"], steps
+                state.seconds, state.timesteps, state.best = row["seconds"], steps, decided["best"]
                 state.metrics.append(row)
         if decided["reason"] is not None:
             return decided["reason"]

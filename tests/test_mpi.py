@@ -150,3 +150,32 @@ def test_adaptive_sigma_does_not_depend_on_the_process_count(tmp_path: Path, mod
     else:
         torch.testing.assert_close(sigmas[2], sigmas[1], rtol=1e-9, atol=1e-12)
         assert (params(runs[2]) - params(runs[1])).norm() / params(runs[1]).norm() < 1e-6
+
+
+RANK_ROWS = """
+import json, sys
+import flipes
+
+class AddKey(flipes.Callback):
+    def on_generation(self, state, row):
+        row["twice"] = 2 * row["generation"]
+
+out = sys.argv[1]
+result = flipes.train(env="flipes/CartPole-v1", popsize=8, groups=2, generations=3, eval_episodes=3, target=None,
+                      tensorboard=False, progress=False, out=out + "/run", callbacks=[AddKey()])
+rank = result.es.comm.rank
+rows = [{k: v for k, v in r.items() if k not in ("steps_per_second", "bytes_sent")} for r in result.metrics]
+json.dump({"rows": rows, "best": result.best, "eval_return": result.eval_return}, open(f"{out}/rank{rank}.json", "w"))
+"""
+
+
+def test_every_rank_returns_rank_0s_rows_and_best(tmp_path: Path) -> None:
+    """Under mpiexec every rank's TrainResult holds rank 0's rows (its evaluation and what its
+    callbacks added, which only rank 0 runs) and its best; only the per-rank timings differ."""
+    (tmp_path / "rows.py").write_text(RANK_ROWS)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "rows.py"), str(tmp_path)]
+    subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [row["twice"] for row in ranks[0]["rows"]] == [0, 2, 4] and ranks[0]["best"] is not None
+    assert ranks[1] == ranks[0]

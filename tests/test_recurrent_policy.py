@@ -121,3 +121,13 @@ def test_gru_policy_from_the_command_line_solves_cartpole_and_evaluates(tmp_path
     assert returns.mean() >= 475, returns.mean()
     with pytest.raises(flipes.UsageError, match="--policy: saved 'gru', now 'mlp'"):
         flipes.train(resume=str(tmp_path), policy="mlp", target=None, generations=len(metrics(tmp_path)) + 1, progress=False)
+
+
+def test_a_recurrent_policy_is_never_pipelined() -> None:
+    """Pipelined rollouts hand the policy half-stale batches: asking for one with a recurrent policy
+    is an error, not a silent wrong rollout."""
+    env = make_vector_env("flipes/CartPole-v1", 4)
+    policy = flipes.flipout(GRUPolicy(env.single_observation_space, env.single_action_space, hidden=(4,)))
+    es = flipes.FlipES(policy, popsize=4)
+    with es.population() as pop, pytest.raises(ValueError, match="recurrent policy needs pipeline=False"):
+        RolloutFitness(env, pipeline=True)(policy, pop)

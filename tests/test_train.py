@@ -236,6 +236,55 @@ def test_python_objects_plug_in_like_their_names_and_resume_needs_them(tmp_path:
     assert torch.equal(policy[0].weight, rest.model[0].weight)
 
 
+def test_objects_without_an_importable_name_say_to_give_them_again(tmp_path: Path) -> None:
+    """A module instance, a functools.partial or a bound method given to flipes.train is recorded under a
+    name no import loads back, so loading the run without it says to give it again (it does not load
+    some other object of that name); a module given as such is the one trained; objects set in a
+    TrainConfig are taken like those given to flipes.train."""
+    import functools
+
+    class Zeros:
+        def fitness(self, model, pop):
+            return -model(torch.ones(pop.size, 3)).square().sum(1)
+
+    def fitness(model, pop, scale=1.0):
+        return -scale * model(torch.ones(pop.size, 3)).square().sum(1)
+
+    kw = {"env": "none", "popsize": 8, "generations": 2, "progress": False, "tensorboard": False}
+    net = torch.nn.Linear(3, 1)
+    cases = {"module": dict(model=net, fitness=fitness), "partial": dict(model=lambda env: torch.nn.Linear(3, 1),
+             fitness=functools.partial(fitness, scale=2.0)), "method": dict(model=lambda env: torch.nn.Linear(3, 1),
+             fitness=Zeros().fitness)}  # fmt: skip
+    recorded = {"module": ("model", ":<Linear object>"), "partial": ("fitness", ".fitness<partial>"),
+                "method": ("fitness", ":<bound method")}  # fmt: skip
+    for name, objects in cases.items():
+        result = flipes.train(**kw, **objects, out=str(tmp_path / name))
+        key, part = recorded[name]
+        assert part in getattr(result.config, key), getattr(result.config, key)
+        with pytest.raises(flipes.UsageError, match="give it again"):
+            flipes.train(resume=str(tmp_path / name), generations=3, progress=False)
+    assert flipes.load_policy(tmp_path / "module", model=torch.nn.Linear(3, 1)).weight.equal(net.weight)  # trained in place
+    config = flipes.TrainConfig(env="none", model=lambda env: torch.nn.Linear(3, 1), fitness=fitness, popsize=8, generations=1)
+    assert flipes.train(config, out=str(tmp_path / "config"), progress=False, tensorboard=False).reason == "generations"
+
+
+def test_what_callbacks_add_to_rows_is_logged_as_plain_numbers_or_named(tmp_path: Path) -> None:
+    """numpy scalars and one-element tensors a callback adds to a row are logged as numbers; a value
+    metrics.jsonl cannot hold is a one-line error naming the entry."""
+
+    class Add(Callback):
+        def __init__(self, value) -> None:
+            self.value = value
+
+        def on_generation(self, state, row) -> None:
+            row["numpy"], row["tensor"], row["other"] = np.float32(0.5), torch.tensor(2.0), self.value
+
+    flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "ok"), callbacks=[Add([1, "a"])])
+    assert [(r["numpy"], r["tensor"], r["other"]) for r in metrics(tmp_path / "ok")] == [(0.5, 2.0, [1, "a"])] * 2
+    with pytest.raises(flipes.UsageError, match=r"callbacks: row\['other'\] is a object"):
+        flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "bad"), callbacks=[Add(object())])
+
+
 def test_plug_ins_with_the_wrong_signature_are_one_line_errors(tmp_path: Path) -> None:
     """A fitness, model or evaluate function that cannot take the arguments flipes passes is refused
     before training, naming it and the signature to use; evaluate= needs a fitness function."""
@@ -250,7 +299,7 @@ def test_plug_ins_with_the_wrong_signature_are_one_line_errors(tmp_path: Path) -
         (dict(model=lambda: None, fitness=fitness), r"--model: .* takes other arguments .*model\(env\)"),
         (dict(model=model, fitness=fitness, evaluate=lambda: 1.0), r"evaluate: .* takes other arguments .*evaluate\(model\)"),
         (dict(model=model, fitness=3), "--fitness: int is neither a function nor module:function"),
-        (dict(env="CartPole-v1", evaluate=lambda model: 1.0), "evaluate: is given without a fitness function"),
+        (dict(env="CartPole-v1", evaluate=lambda model: 1.0), "evaluate: is given without a custom fitness"),
     ]
     for i, (given, message) in enumerate(cases):
         with pytest.raises(flipes.UsageError, match=message):

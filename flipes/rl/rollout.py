@@ -237,6 +237,8 @@ class RolloutFitness:
         # member's episodes do not depend on how the population is split across processes
         obs = reset_episodes(self.env, self.seed, "population", pop.generation, first=pop.members.start * k)
         pipeline = self.pipeline if self.pipeline is not None else can_pipeline(self.env, model)
+        if pipeline and isinstance(model, RecurrentPolicy):
+            raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
         ep = run_episodes(self.env, act, record=self.obs_norm, members=n, obs=obs, pipeline=pipeline)
         self.timesteps += ep.steps
         returns = ep.returns if not self.reward_shift else ep.returns - self.reward_shift * ep.lengths
