@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from reference import member_parameters
+from test_layers import Scale  # bare parameters used elementwise: dense per-member noise
 from torch import Tensor, nn
 
 import flipes
@@ -33,18 +34,6 @@ SETTINGS = [
 
 def ids(setting: dict) -> str:
     return "-".join(f"{k}={v}" for k, v in setting.items())
-
-
-class Scale(nn.Module):
-    """Bare parameters used elementwise: dense per-member noise."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.gain = nn.Parameter(torch.randn(d))
-        self.shift = nn.Parameter(torch.randn(1, d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gain + self.shift
 
 
 class Zoo(nn.Module):
