@@ -178,3 +178,24 @@ def test_es_finetune_under_mpiexec_matches_one_process(tmp_path: Path) -> None:
     (es1,), (es2,) = ([r for r in result["rows"] if r["method"] == "ES"] for result in (one, two))
     keys = ("generation", "fitness_mean", "heldout_em")
     assert [[c[k] for k in keys] for c in es1["detail"]["curve"]] == [[c[k] for k in keys] for c in es2["detail"]["curve"]]
+
+
+def test_bench_memory_quick_trains_mlp_and_gru_on_full_and_hidden_observations(tmp_path: Path) -> None:
+    """The memory benchmark trains both policies on CartPole and Pendulum, fully observed and with the
+    velocities hidden by its column wrapper, and writes a table row and finite returns for each."""
+    import math
+
+    out = run("scripts/bench_memory.py", "--quick", "true", "--out", str(tmp_path)).stdout
+    for env, seen in (("CartPole-v1", "hidden: x, θ (no ẋ, θ̇)"), ("Pendulum-v1", "hidden: cos θ, sin θ (no θ̇)")):
+        for policy in ("mlp", "gru"):
+            assert f"| flipes/{env} | {seen} | {policy} |" in out
+    result = json.loads((tmp_path / "bench_memory_quick.json").read_text())
+    rows = result["results"]
+    assert {(r["name"], r["observation"], r["policy"]) for r in rows} == {
+        (e, o, p) for e in ("cartpole", "pendulum") for o in ("full", "hidden") for p in ("mlp", "gru")
+    } and len(rows) == 8  # --quick: one seed
+    for r in rows:
+        assert r["generations"] == 2 and r["env_steps"] > 0 and r["evals"], r
+        assert all(math.isfinite(x) for x in (r["final"], r["best"], r["wall_s"])) and r["best"] >= r["final"], r
+    assert result["meta"]["command"] and result["meta"]["date"] and result["meta"]["machine"]
+    assert "| flipes/Pendulum-v1 | full: cos θ, sin θ, θ̇ | gru |" in (tmp_path / "bench_memory_quick.md").read_text()
