@@ -78,6 +78,8 @@ class Plugins:
                 overrides[key] = name_of(value)
         if "evaluate" in overrides:
             value = overrides.pop("evaluate")
+            if isinstance(value, str):  # module:function, imported now (a run records no evaluate)
+                value = load_callable(value, "evaluate")
             if value is not None:
                 if not callable(value):
                     how = CALL["evaluate"][0]

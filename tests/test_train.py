@@ -234,6 +234,8 @@ def test_python_objects_plug_in_like_their_names_and_resume_needs_them(tmp_path:
     assert rest.eval_return == by_name.eval_return == by_name.metrics[-1]["eval_return"]
     policy = flipes.load_policy(tmp_path / "b", model=make_model)
     assert torch.equal(policy[0].weight, rest.model[0].weight)
+    named = flipes.train(**objects | {"evaluate": "quadratic:evaluate"}, generations=1, out=str(tmp_path / "c"), **kw)
+    assert named.eval_return == by_name.metrics[0]["eval_return"]  # evaluate= by name too
 
 
 def test_objects_without_an_importable_name_say_to_give_them_again(tmp_path: Path) -> None:
