@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from flipes.dist import Comm, SerialComm, split_groups
 from flipes.es import members
-from flipes.es.gradient import weighted_dense, weighted_perturbation
+from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
 from flipes.es.population import Population
 from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
@@ -592,10 +592,6 @@ class FlipES:
                 copies[key] = t.to(like.device, dtype or t.dtype)
             return copies[key]
 
-        def add(p: nn.Parameter | None, g: Tensor | None) -> None:
-            if p is not None and g is not None and p.requires_grad:
-                grads[id(p)] = grads[id(p)] + g if id(p) in grads else g
-
         log_sigma_grad: list[Tensor] = []
         for i, (pw, noise) in enumerate(zip(self.slots, slot_noise, strict=True)):
             weight_grad, bias_grad = weighted_perturbation(pw, noise, on(coeff, noise.s, noise.s.dtype))
@@ -605,15 +601,15 @@ class FlipES:
                 weight_part = (weight_norms, d_weight, on(by_group, weight_norms))
                 bias_part = (bias_norms, d_bias, on(by_member, bias_norms))
                 log_sigma_grad.append(log_sigma_gradient(weight_part, bias_part))
-            add(pw.weight, weight_grad.T if pw.transposed else weight_grad)
-            add(pw.bias, bias_grad)
+            accumulate(grads, pw.weight, weight_grad.T if pw.transposed else weight_grad)
+            accumulate(grads, pw.bias, bias_grad)
         for i, ((_, _, p), noise) in enumerate(zip(self.dense_slots, dense_noise, strict=True), start=len(self.slots)):
             g = weighted_dense(noise, on(coeff, noise.delta))
             if adaptive:
                 g = g / sigmas[i] ** 2
                 norms, d = dense_norms(noise, sigmas[i])
                 log_sigma_grad.append(log_sigma_gradient((norms, d, on(by_member, norms))))
-            add(p, g)
+            accumulate(grads, p, g)
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])
         sigma_grad = torch.stack([g.to(log_sigma_grad[0].device) for g in log_sigma_grad]).cpu() if adaptive else None
         if not everyone:

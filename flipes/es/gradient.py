@@ -55,3 +55,10 @@ def weighted_dense(noise: DenseNoise, coeff: Tensor) -> Tensor:
     delta, c = (noise.delta[0::2], coeff[0::2] - coeff[1::2]) if noise.mirrored else (noise.delta, coeff)
     wide = torch.promote_types(delta.dtype, torch.float32)
     return torch.tensordot(c.to(wide), delta.to(wide), dims=1)
+
+
+def accumulate(sums: dict[int, Tensor], p: Tensor | None, g: Tensor | None) -> None:
+    """Add ``g`` to the sum of parameter ``p`` (keyed by ``id``): a parameter several slots use (tied
+    weights, a shared bias) gets one sum; a missing part or a frozen parameter adds nothing."""
+    if p is not None and g is not None and p.requires_grad:
+        sums[id(p)] = sums[id(p)] + g if id(p) in sums else g

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from flipes.es.gradient import weighted_dense, weighted_perturbation
+from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
 from flipes.noise import DenseNoise, SlotNoise
 
 if TYPE_CHECKING:
@@ -59,10 +59,8 @@ def member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
 
     deltas: dict[int, Tensor] = {}
 
-    def add(p: Tensor | None, d: Tensor | None) -> None:  # as tell does: a parameter once, summed if it recurs
-        if p is not None and d is not None and p.requires_grad:
-            d = d.to(p.dtype)
-            deltas[id(p)] = deltas[id(p)] + d if id(p) in deltas else d
+    def add(p: Tensor | None, d: Tensor | None) -> None:  # as tell does, in the parameter's dtype
+        accumulate(deltas, p, None if p is None or d is None else d.to(p.dtype))
 
     for pw, noise in zip(es.slots, slot_noise, strict=True):
         weight, bias = weighted_perturbation(pw, _rows(noise, group - first, rows), one_hot(noise.s))
