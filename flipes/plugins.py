@@ -39,6 +39,19 @@ def name_of(obj: Any) -> str:
     return f"{type(obj).__module__}:<{type(obj).__qualname__} object>"
 
 
+def same_code(saved: Any, now: Any) -> bool:
+    """Whether a run's recorded plug-in name and the one given now name the same code: equal, or the
+    same function where one side was recorded from a script run as ``__main__`` (``python train.py``
+    records ``__main__:make_model``; resuming from another script that imports it gives
+    ``train:make_model``)."""
+    if saved == now:
+        return True
+    if not (isinstance(saved, str) and isinstance(now, str)):
+        return False
+    (saved_module, _, saved_name), (now_module, _, now_name) = saved.partition(":"), now.partition(":")
+    return saved_name == now_name and "<" not in saved_name and "__main__" in (saved_module, now_module)
+
+
 def check_call(fn: Callable[..., Any], kind: str, what: str) -> None:
     """Raise a UsageError when ``fn`` cannot be called the way flipes calls a ``kind`` plug-in."""
     how, count = CALL[kind]

@@ -51,7 +51,7 @@ from flipes.es import FlipES, Population, shaping
 from flipes.nn import flipout
 from flipes.nn.convert import flipout_layers, parameter_report
 from flipes.optim import ClipUp
-from flipes.plugins import Plugins
+from flipes.plugins import Plugins, same_code
 from flipes.rl import POLICIES, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
 from flipes.rl.envs import EnvError, print_note
 
@@ -556,7 +556,12 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     saved.setdefault("reward_shift", 0.0)
     saved.setdefault("mirrored", True)
     saved.setdefault("policy", "mlp")  # runs saved before recurrent policies
-    changed = {k: (saved.get(k), getattr(state.config, k)) for k in RESUME_KEYS if saved.get(k) != getattr(state.config, k)}
+    changed = {
+        k: (saved.get(k), getattr(state.config, k))
+        for k in RESUME_KEYS
+        if saved.get(k) != getattr(state.config, k)
+        and not (k in ("fitness", "model") and same_code(saved.get(k), getattr(state.config, k)))
+    }
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
         raise UsageError("--resume", f"the run was trained with other options ({shown})", "pass the saved ones to continue it")

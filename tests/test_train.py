@@ -238,6 +238,38 @@ def test_python_objects_plug_in_like_their_names_and_resume_needs_them(tmp_path:
     assert named.eval_return == by_name.metrics[0]["eval_return"]  # evaluate= by name too
 
 
+def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python quadscript.py`` records its functions as ``__main__:...``; another program that imports
+    that script and gives the same functions continues the run bit for bit (and records their
+    importable names), while a function of another name is still refused."""
+    script = QUADRATIC_MODULE + (
+        "\ndef other_model(env):\n    return make_model(env)\n\nif __name__ == '__main__':\n    import flipes, sys\n"
+        "    flipes.train(model=make_model, fitness=fitness, env='none', popsize=8, generations=3, out=sys.argv[1],"
+        " progress=False, tensorboard=False)\n"
+    )
+    (tmp_path / "quadscript.py").write_text(script)
+    subprocess.run([sys.executable, "quadscript.py", str(tmp_path / "b")], cwd=tmp_path, check=True, timeout=120)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["model"] == "__main__:make_model"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import quadscript
+
+    kw = {"env": "none", "popsize": 8, "tensorboard": False, "progress": False}
+    by_name = flipes.train(
+        model="quadscript:make_model", fitness="quadscript:fitness", generations=6, out=str(tmp_path / "a"), **kw
+    )
+    with pytest.raises(flipes.UsageError, match="--model: saved '__main__:make_model', now 'quadscript:other_model'"):
+        flipes.train(
+            model=quadscript.other_model, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False
+        )
+    rest = flipes.train(
+        model=quadscript.make_model, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False
+    )
+    assert [r["params_sha256"] for r in metrics(tmp_path / "b")] == [r["params_sha256"] for r in by_name.metrics]
+    assert rest.config.model == "quadscript:make_model" == json.loads((tmp_path / "b" / "config.json").read_text())["model"]
+
+
 def test_objects_without_an_importable_name_say_to_give_them_again(tmp_path: Path) -> None:
     """A module instance, a functools.partial or a bound method given to flipes.train is recorded under a
     name no import loads back, so loading the run without it says to give it again (it does not load
