@@ -164,8 +164,8 @@ def default_run_dir(out: str, env: str) -> Path:
 
 def saved_options(resume: str) -> dict[str, Any]:
     """The options a run was trained with (its ``config.json``), to continue it with: all but
-    ``resume``, ``out`` and ``overwrite``. Empty where there is no readable config.json (the checkpoint then
-    decides)."""
+    ``resume``, ``out``, ``overwrite`` and ``progress`` (how this invocation prints). Empty where there is
+    no readable config.json (the checkpoint then decides)."""
     config = resume_dir(resume) / "config.json"
     try:
         saved = json.loads(config.read_text())
@@ -173,7 +173,7 @@ def saved_options(resume: str) -> dict[str, Any]:
         return {}
     if "rank" in saved and "noise_rank" not in saved:  # runs saved before the option's rename
         saved["noise_rank"] = saved.pop("rank") or 0
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "overwrite"}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "overwrite", "progress"}
     return {k: v for k, v in saved.items() if k in names}
 
 

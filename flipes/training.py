@@ -729,6 +729,11 @@ def run_loop(
     if state.resumed and state.target is not None and state.best >= state.target:  # e.g. a requeue with --resume auto
         before = f"eval_return {state.best:.2f} >= {state.target:g} before this resume"
         return f"solved: {before} (--target none or a higher one trains on)"
+    if es.generation > config.generations:  # e.g. --generations 10 meant as "10 more"
+        return (
+            f"nothing trained: the run is at generation {es.generation}, past --generations {config.generations}, "
+            "which counts all generations, not more of them (raise it to train on)"
+        )
     steps = int(comm.allreduce_sum_(torch.tensor([float(getattr(fitness, "timesteps", 0))], dtype=torch.float64)).item())
     while es.generation < config.generations:
         gen = es.generation

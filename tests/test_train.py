@@ -485,6 +485,9 @@ def test_resume_takes_the_saved_options(tmp_path: Path) -> None:
     assert [r["generation"] for r in flipes.train(config).metrics] == [2]
     assert [r["generation"] for r in flipes.train(resume=str(run), generations=4).metrics] == [3]
     assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]
+    assert parse_train_config(["--resume", str(run)]).progress  # how a run printed is not one of its options
+    fewer = flipes.train(resume=str(run), generations=2)  # a total, not "2 more": nothing to train, said so
+    assert fewer.metrics == [] and fewer.reason.startswith("nothing trained: the run is at generation 4, past --generations 2")
 
 
 def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) -> None:
