@@ -8,7 +8,7 @@ from flipes import dist, nn, noise, optim
 from flipes.callbacks import Callback
 from flipes.checkpoint import load_checkpoint
 from flipes.config import TrainConfig
-from flipes.errors import UsageError
+from flipes.errors import EqualFitnessWarning, UsageError
 from flipes.es import FlipES, Population, shaping
 from flipes.nn import flipout, kl_divergence
 from flipes.runs import evaluate_policy, load_policy
@@ -16,6 +16,7 @@ from flipes.training import TrainResult, train
 
 __all__ = [
     "Callback",
+    "EqualFitnessWarning",
     "FlipES",
     "Population",
     "TrainConfig",

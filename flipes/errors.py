@@ -21,3 +21,10 @@ class UsageError(ValueError):
 class StorageError(RuntimeError):
     """A file of a run cannot be written (a full disk, no permission): the command line prints it as
     one line naming the file and what is still good, and exits with status 1."""
+
+
+class EqualFitnessWarning(UserWarning):
+    """Every member of a generation had the same fitness, so its ES gradient was zero: the model was
+    likely evaluated outside ``with es.population()`` (every member is then the mean network), or σ
+    is too small for the fitness to tell members apart. Warned once per FlipES; a sparse reward may
+    tie a population legitimately (``warnings.simplefilter("ignore", EqualFitnessWarning)``)."""

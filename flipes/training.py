@@ -20,6 +20,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from flipes.callbacks import (
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_sha256
 from flipes.cli import print_error
 from flipes.config import TrainConfig, resolve_target, resume_dir, validate
-from flipes.errors import StorageError, UsageError
+from flipes.errors import EqualFitnessWarning, StorageError, UsageError
 from flipes.es import FlipES, Population, shaping
 from flipes.nn import flipout
 from flipes.nn.convert import flipout_layers, parameter_report
@@ -745,7 +746,10 @@ def run_loop(
         if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
             problem = f"generation {gen}: the population's returns are not finite (the actions or the env overflowed)"
             raise UsageError("--sigma", problem, "lower --sigma or --lr, or check the env")
-        stats = es.tell(values)
+        with warnings.catch_warnings():
+            if isinstance(fitness, RolloutFitness):  # evaluated inside the population: a tie is the task's
+                warnings.simplefilter("ignore", EqualFitnessWarning)
+            stats = es.tell(values)
         if not (math.isfinite(stats["grad_norm"]) and math.isfinite(stats["update_ratio"])):
             problem = f"generation {gen}: the update made the parameters non-finite (grad_norm {stats['grad_norm']})"
             raise UsageError("--lr", problem, "lower --lr or --sigma; the last checkpoint holds the parameters before it")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -127,3 +128,25 @@ def test_tell_inside_inference_mode_leaves_an_optimizer_that_steps_outside_it() 
         es.step(fitness)  # Adam updates its state in place: it must not be an inference tensor
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(p, q) for p, q in zip(*runs, strict=True))
+
+
+def test_a_population_with_one_fitness_value_is_warned_about_once() -> None:
+    """Fitness computed outside ``es.population()`` (every member is then the mean network) makes all
+    members equal and the gradient zero: tell warns once, at the caller's line, naming the likely
+    cause; fitness computed inside it warns nothing."""
+    model = mlp()
+    es = flipes.FlipES(model, popsize=8, seed=0)
+    with pytest.warns(
+        UserWarning, match=r"generation 0: all 8 members have the same fitness .* inside `with es.population\(\)`"
+    ) as seen:
+        for _ in range(3):
+            with es.population() as pop:
+                pass
+            stats = es.tell(fitness(model, pop))
+            assert stats["grad_norm"] == 0.0 and stats["fitness_std"] == 0.0
+    assert len(seen) == 1 and seen[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        other = flipes.FlipES(mlp(), popsize=8, seed=0)
+        for _ in range(3):
+            other.step(fitness)

@@ -145,6 +145,7 @@ def test_sigma_ten_times_too_large_shrinks_and_beats_fixed_sigma() -> None:
     assert loss < 0.1 * fixed_loss, (loss, fixed_loss)
 
 
+@pytest.mark.filterwarnings("ignore:generation 0. all .* same fitness")  # equal on purpose
 def test_sigma_does_not_drift_without_a_signal() -> None:
     """Equal fitness: σ does not move at all. Fitness independent of the parameters (pure noise): the
     increments of log σ are symmetric (a reversed ranking is as likely), so their sum S after T steps

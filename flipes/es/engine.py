@@ -11,6 +11,7 @@ import dataclasses
 import math
 import numbers
 import operator
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from flipes.dist import Comm, SerialComm, split_groups
+from flipes.errors import EqualFitnessWarning
 from flipes.es import members
 from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
 from flipes.es.population import Population
@@ -247,6 +249,7 @@ class FlipES:
             module.__dict__["_flipes_owner"] = weakref.ref(self)
         self.generation = 0
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
+        self._told_equal = False  # warned once that a whole population had one fitness value
 
     def _build_optimizer(
         self, optimizer: OptimizerFactory | type[torch.optim.Optimizer] | None, lr: float
@@ -642,6 +645,17 @@ class FlipES:
             "update_ratio": delta / norm if norm > 0 else float("inf"),
             "sigma": mean_sigma,
         }
+        if stats["fitness_max"] == stats["fitness_min"] and not self._told_equal:
+            self._told_equal = True  # once: a sparse reward may tie a whole population for a while
+            if self.comm.rank == 0:
+                warnings.warn(
+                    f"generation {self.generation}: all {self.popsize} members have the same fitness "
+                    f"({stats['fitness_max']:g}), so the ES gradient is zero. If that is unexpected: is the model "
+                    "called inside `with es.population()`? (outside it every member is the mean network) "
+                    "Or is sigma too small for the fitness to tell members apart?",
+                    EqualFitnessWarning,
+                    stacklevel=4,  # the caller of tell, past its two decorators
+                )
         self.generation += 1
         self._noise = None
         return stats
