@@ -140,6 +140,22 @@ def test_bad_input_gives_errors_that_say_what_to_do() -> None:
         make_vector_env("flipes/NoSuch-v0", 2)
 
 
+@pytest.mark.parametrize("env_id", ["flipes/CartPole-v1", "gymnasium:CartPole-v1", "flipes/Pendulum-v1"])
+def test_a_model_returning_other_than_actions_is_one_error_naming_the_expected_shape(env_id: str) -> None:
+    """A model that returns logits for a Discrete space, or actions of another shape for a Box space,
+    is stopped at the first step by a UsageError naming what the env takes and what to return, on
+    every engine (not an assertion deep in the env)."""
+    env = make_vector_env(env_id, 6)
+    discrete = isinstance(env.single_action_space, gym.spaces.Discrete)
+    wrong = (lambda o: torch.zeros(6, 2)) if discrete else (lambda o: torch.zeros(6))
+    expect = r"\(6, 2\) for 6 envs of Discrete\(2\), which take \(6,\); .*argmax" if discrete else r"\(6,\) .* take \(6, 1\)"
+    with pytest.raises(flipes.UsageError, match=r"--model: the model returned torch.float32 actions of shape " + expect):
+        run_episodes(env, wrong, seed=0)
+    if discrete:  # float actions of the right shape: still not integer actions
+        with pytest.raises(flipes.UsageError, match="integer action"):
+            run_episodes(env, lambda o: torch.zeros(6), seed=0)
+
+
 @pytest.mark.parametrize("env_id", ["gymnasium:CartPole-v1", "CartPole-v1"])
 def test_gymnasium_ids_give_torch_tensors_on_every_engine(env_id: str) -> None:
     """gymnasium's own CartPole through the numpy adapter, and the plain id (EnvPool's when installed)."""
@@ -164,3 +180,21 @@ def test_reward_shift_lowers_each_members_fitness_by_shift_times_its_steps() -> 
         f0, f1 = plain(policy, pop), shifted(policy, pop)
     torch.testing.assert_close(f0, torch.tensor([(3 + 14) / 2, (0.5 + 5) / 2], dtype=torch.float64))
     torch.testing.assert_close(f1, f0 - 0.25 * torch.tensor([(3 + 7) / 2, (1 + 5) / 2], dtype=torch.float64))
+
+
+def test_a_user_policy_holding_obs_norm_gets_the_statistics_of_every_population_step(tmp_path) -> None:
+    """A user's model with a ``RunningNorm`` as ``self.obs_norm`` has it fed by flipes.train's rollouts:
+    after training, its count is exactly the population's env steps (the logged timesteps)."""
+
+    class Policy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.obs_norm, self.net = RunningNorm(4), torch.nn.Linear(4, 2)
+
+        def forward(self, obs: torch.Tensor) -> torch.Tensor:
+            return self.net(self.obs_norm(obs)).argmax(-1)
+
+    result = flipes.train(env="flipes/CartPole-v1", model=lambda env: Policy(), popsize=8, generations=3, target=None,
+                          out=str(tmp_path / "run"), progress=False, tensorboard=False)  # fmt: skip
+    steps = result.metrics[-1]["timesteps"]
+    assert steps > 0 and result.model.obs_norm.count.item() == steps

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flipes.errors import UsageError
 from flipes.es.population import Population
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.recurrent import RecurrentPolicy, stepper
@@ -50,6 +51,23 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
         base = episode_seed(seed, generation, stream) + first
         obs, _ = env.reset(seed=[base + i for i in range(n)])
     return obs
+
+
+def check_actions(actions: Tensor, space: gym.Space, n: int) -> None:
+    """Raise a UsageError unless ``actions`` fit ``n`` envs of action space ``space``: ``(n,)``
+    integers for ``Discrete``, ``(n, *shape)`` for ``Box`` (other spaces are left to the env)."""
+    got = tuple(actions.shape)
+    if isinstance(space, gym.spaces.Discrete):
+        expect, fix = (n,), "return one integer action per env, e.g. logits.argmax(-1), not logits or probabilities"
+        wrong = got != expect or actions.dtype.is_floating_point
+    elif isinstance(space, gym.spaces.Box):
+        expect, fix = (n, *space.shape), f"return {space.shape} actions per env (the model's last dimension)"
+        wrong = got != expect
+    else:
+        return
+    if wrong:
+        problem = f"the model returned {actions.dtype} actions of shape {got} for {n} envs of {space}, which take {expect}"
+        raise UsageError("--model", problem, fix)
 
 
 @dataclass
@@ -105,7 +123,10 @@ def run_episodes(
         if record is not None:
             m = members or n
             record.record(obs.view(m, n // m, -1), alive.view(m, n // m))
-        obs, reward, terminated, truncated, _ = env.step(act(obs))
+        actions = act(obs)
+        if t == 0:
+            check_actions(actions, env.single_action_space, n)
+        obs, reward, terminated, truncated, _ = env.step(actions)
         t += 1
         returns += torch.as_tensor(reward, device=device).double() * alive
         lengths += alive
