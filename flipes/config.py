@@ -46,6 +46,13 @@ class TrainConfig:
     """The search: openai-es (centered ranks, Adam, fixed σ); pgpe (adds --sigma-lr 0.2 --groups 8 and
     ClipUp, see --max-speed: σ adapts per layer); ars (top --ars-top mirrored directions scaled by the
     reward std, SGD at lr·σ; a linear policy, lr 0.02, σ 0.03). Flags override what each sets."""
+    shaping: Literal["auto", "centered-ranks", "z-score", "raw"] = "auto"
+    """Fitness shaping, the weight of each member in the ES gradient: auto is the search's own (centered
+    ranks; ARS's with --algo ars); centered-ranks (ranks scaled to [-0.5, 0.5]: invariant to monotone
+    transforms of the fitness, robust to outliers); z-score ((F - mean) / std); raw (F itself)."""
+    weight_decay: float = 0.0
+    """L2 pull of the mean parameters towards 0: weight_decay·θ is added to each step's loss gradient -ĝ
+    (OpenAI's ES starter's l2coeff 0.005 is weight_decay 0.005/σ here: its gradient omits the 1/σ)."""
     sigma_lr: float = 0.0
     """Learning rate of log σ, one σ per layer adapted along its natural gradient (standardized per layer,
     flipes.es.sigma); 0 keeps σ fixed."""
@@ -247,6 +254,11 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             "--mirrored", "ARS compares the returns of mirrored pairs (r+, r-)", "leave --mirrored on with --algo ars"
         )
     finite("--lr", config.lr, 0, strict=True, fix="e.g. --lr 0.05")
+    finite("--weight-decay", config.weight_decay, 0, fix="0 is none; e.g. --weight-decay 0.005")
+    if config.algo == "ars" and config.shaping != "auto":
+        raise UsageError(
+            "--shaping", f"{config.shaping} with --algo ars, whose step is its own weighting of mirrored pairs", "drop --shaping"
+        )
     finite("--reward-shift", config.reward_shift, fix="e.g. --reward-shift 1 removes an alive bonus of 1 per step")
     finite("--max-seconds", config.max_seconds, 0, allow_inf=True, fix="0 means no limit")
     finite("--mpi-timeout", config.mpi_timeout, 0, allow_inf=True, fix="0 means wait forever")

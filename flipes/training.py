@@ -66,6 +66,8 @@ RESUME_KEYS = (
     "seed",
     "sigma",
     "lr",
+    "shaping",
+    "weight_decay",
     "hidden",
     "policy",
     "episodes",
@@ -410,6 +412,7 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
         groups=config.groups,
         mirrored=config.mirrored,
         shaping=shaping,
+        weight_decay=config.weight_decay,
         optimizer=optimizer,
         comm=comm,
         comm_mode=config.comm,
@@ -419,13 +422,22 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
 
 
 def search_rule(config: TrainConfig) -> tuple[Callable[[Tensor], Tensor], Callable[[list], torch.optim.Optimizer] | None]:
-    """``--algo``'s fitness shaping and optimizer (``None``: FlipES's Adam at ``--lr``)."""
-    if config.algo == "pgpe":
-        return shaping.centered_ranks, functools.partial(clipup, max_speed=config.max_speed, lr=config.lr)
+    """``--algo``'s fitness shaping (or ``--shaping``'s) and optimizer (``None``: FlipES's Adam at ``--lr``)."""
     if config.algo == "ars":  # SGD at lr·σ: a FlipES step is then ARS's α/(b σ_R) Σ (r+ - r-) δ (flipes.shaping.ars)
         top = config.ars_top or None
         return functools.partial(shaping.ars, top=top), lambda params: torch.optim.SGD(params, lr=config.lr * config.sigma)
-    return shaping.centered_ranks, None
+    shape = SHAPINGS[config.shaping]
+    if config.algo == "pgpe":
+        return shape, functools.partial(clipup, max_speed=config.max_speed, lr=config.lr)
+    return shape, None
+
+
+SHAPINGS = {
+    "auto": shaping.centered_ranks,
+    "centered-ranks": shaping.centered_ranks,
+    "z-score": shaping.z_score,
+    "raw": shaping.raw,
+}
 
 
 def clipup(params: list[Tensor], max_speed: float, lr: float) -> ClipUp:
@@ -557,6 +569,8 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     saved.setdefault("reward_shift", 0.0)
     saved.setdefault("mirrored", True)
     saved.setdefault("policy", "mlp")  # runs saved before recurrent policies
+    saved.setdefault("shaping", "auto")  # and before --shaping, --weight-decay
+    saved.setdefault("weight_decay", 0.0)
     changed = {
         k: (saved.get(k), getattr(state.config, k))
         for k in RESUME_KEYS

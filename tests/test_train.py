@@ -504,6 +504,35 @@ def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) 
     assert (fast.optimizer.param_groups[0]["max_speed"], fast.optimizer.param_groups[0]["lr"]) == (0.3, 0.15)
 
 
+def test_shaping_and_weight_decay_reach_the_es_and_a_resume_must_keep_them(tmp_path: Path) -> None:
+    """--shaping picks the shaping function (auto: the search's own; refused with ARS's own weighting),
+    --weight-decay is FlipES's: a generation of flipes.train steps exactly as FlipES.tell with the
+    same shaped fitness and decay, and resuming with another value of either is refused."""
+    serial = flipes.dist.SerialComm()
+    config = TrainConfig.for_env("flipes/CartPole-v1", shaping="z-score", weight_decay=0.5)
+    es = flipes.training.build_es(config, flipes.flipout(torch.nn.Linear(4, 2)), serial)
+    assert es.shaping is flipes.shaping.z_score and es.weight_decay == 0.5
+    auto = flipes.training.build_es(config.replace(shaping="auto", algo="pgpe"), flipes.flipout(torch.nn.Linear(4, 2)), serial)
+    assert auto.shaping is flipes.shaping.centered_ranks and auto.weight_decay == 0.5
+    with pytest.raises(flipes.UsageError, match="--shaping: raw with --algo ars"):
+        flipes.train(algo="ars", shaping="raw", **FAST_KW, out=str(tmp_path / "ars"))
+    with pytest.raises(flipes.UsageError, match="--weight-decay: must be a finite number >= 0"):
+        flipes.train(weight_decay=-1.0, **FAST_KW, out=str(tmp_path / "neg"))
+    kw = {**FAST_KW, "shaping": "raw", "weight_decay": 0.5, "generations": 1, "hidden": [3], "eval_every": 100}
+    run = flipes.train(**kw, out=str(tmp_path / "run"))
+    c = run.config  # the same initial weights and rollout fitness, by hand
+    torch.manual_seed(c.seed)
+    policy = flipes.flipout(flipes.training.build_model(c, make_vector_env(c.env, 1)))
+    hand = flipes.FlipES(policy, popsize=c.popsize, sigma=c.sigma, lr=c.lr, groups=c.groups, shaping=flipes.shaping.raw,
+                         weight_decay=0.5)  # fmt: skip
+    envs = make_vector_env(c.env, c.popsize * c.episodes)
+    hand.step(flipes.rl.RolloutFitness(envs, c.episodes, seed=c.seed, obs_norm=policy.obs_norm))
+    assert all(torch.equal(p, q) for p, q in zip(policy.parameters(), run.model.parameters(), strict=True))
+    for changed in ({"weight_decay": 0.1}, {"shaping": "z-score"}):
+        with pytest.raises(flipes.UsageError, match="the run was trained with other options"):
+            flipes.train(**{**kw, **changed, "generations": 2}, resume=str(tmp_path / "run"))
+
+
 def test_pgpe_and_ars_solve_cartpole(tmp_path: Path) -> None:
     """Seed 0: PGPE (adaptive σ, ClipUp) with the CartPole row, and ARS's linear policy at α = 0.3,
     reach gymnasium's threshold (475 over 100 episodes of the center policy) within 60 generations."""
