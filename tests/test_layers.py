@@ -195,6 +195,13 @@ CASES = [
         lambda args, n: tuple(a[:, n : n + 1] for a in args),
         lambda out, n: (out[0][:, n : n + 1], out[1][n : n + 1]),
     ),
+    (  # k = 2 sequences per member, member-major: bias_k, bias_v and in_proj_bias are member n's for rows 2n, 2n + 1
+        "mha-cross-kv-dims-k",
+        lambda: nn.MultiheadAttention(8, 2, kdim=5, vdim=3, add_bias_kv=True, batch_first=True),
+        lambda: (randn(2 * N, 4, 8), randn(2 * N, 6, 5), randn(2 * N, 6, 3)),
+        rows(2),
+        out_rows(2),
+    ),
     (
         "mha-packed-cross-no-bias",
         lambda: nn.MultiheadAttention(8, 4, bias=False, batch_first=True),

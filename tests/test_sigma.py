@@ -36,13 +36,15 @@ def baseline_free(f_hat: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     return torch.stack([f_hat[n] - f_hat[block != block[n]].mean() for n in range(len(f_hat))])
 
 
-@pytest.mark.parametrize("mirrored,groups", [(True, 1), (True, 4), (False, 8)])
-def test_sigma_and_parameter_updates_equal_their_explicit_formulas(mirrored: bool, groups: int) -> None:
+@pytest.mark.parametrize("mirrored,groups,shaped", [(True, 1, True), (True, 4, True), (False, 8, True), (False, 1, False)])
+def test_sigma_and_parameter_updates_equal_their_explicit_formulas(mirrored: bool, groups: int, shaped: bool) -> None:
+    """Each part (weight, bias, dense parameter) enters with its own ``d_part``: with raw fitness and one
+    group the coefficients do not sum to zero, so ``‖z‖² - d_part`` and ``‖z‖² - d`` differ."""
     model = small_model()
     n, eta, sigma = 16, 0.3, 0.2
     es = flipes.FlipES(
         model, popsize=n, sigma=sigma, groups=groups, mirrored=mirrored, sigma_lr=eta,
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.0), **({} if shaped else {"shaping": raw}),
     )  # fmt: skip
     es.log_sigma += torch.tensor([0.1, -0.2, 0.3])  # a different σ per slot
     sigmas = es.sigmas()
@@ -51,7 +53,7 @@ def test_sigma_and_parameter_updates_equal_their_explicit_formulas(mirrored: boo
     fitness = torch.randn(n, dtype=DT)
     before = es.log_sigma.clone()
     es.tell(fitness)
-    f_hat = centered_ranks_distinct(fitness)
+    f_hat = centered_ranks_distinct(fitness) if shaped else fitness
     group = torch.arange(n) // (n // groups)
     pair = torch.arange(n) // 2 if mirrored else torch.arange(n)
     by_group = baseline_free(f_hat, group) if groups > 1 else f_hat  # one group: no other members
@@ -72,6 +74,45 @@ def test_sigma_and_parameter_updates_equal_their_explicit_formulas(mirrored: boo
             torch.testing.assert_close(params[name].grad, grad, atol=1e-12, rtol=1e-9)
     with torch.no_grad():
         assert es.report().evolved == sum(p.numel() for p in model.parameters())
+
+
+def test_the_padding_row_of_an_embedding_is_not_counted_in_d() -> None:
+    """An embedding's padding row is never perturbed, so its weight has d = (V - 1)·dim evolved entries:
+    log σ moves by η Σ_n c_n (‖z_n‖² - d) / (√(2d) N), c from the other groups' members."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Embedding(10, 3, padding_idx=4, dtype=DT))
+    n, eta, sigma, groups = 16, 0.3, 0.2, 4
+    es = flipes.FlipES(model, popsize=n, sigma=sigma, groups=groups, sigma_lr=eta, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    with es.population():
+        delta = member_perturbations(es, model)["weight"]
+    assert torch.equal(delta[:, 4], torch.zeros_like(delta[:, 4]))
+    fitness = torch.randn(n, dtype=DT)
+    before = es.log_sigma.clone()
+    es.tell(fitness)
+    c = baseline_free(centered_ranks_distinct(fitness), torch.arange(n) // (n // groups))
+    d = 9 * 3
+    z2 = delta.flatten(1).square().sum(1) / sigma**2
+    expect = eta * (c * (z2 - d)).sum() / (math.sqrt(2 * d) * n)
+    torch.testing.assert_close(es.log_sigma - before, expect.view(1), atol=1e-12, rtol=1e-9)
+
+
+def test_each_parameter_is_perturbed_at_the_sigma_of_its_own_slot() -> None:
+    """With a different σ_i per slot (two Flipout layers, a LayerNorm's two dense parameters), the
+    perturbations of slot i have mean square σ_i² per entry: Σ_n ‖σ_i u_n‖² / (N d σ_i²) is within 0.4
+    of 1. Its sampling std is at most √(2/384) ≈ 0.072 (the LayerNorm's 24 entries × 16 members), so
+    the bound is ≥ 5.5 standard deviations (false alarm < 1e-7 per parameter); a slot drawn at
+    another slot's σ is off by a factor e^0.5 or more. Fixed seed."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(16, 24, dtype=DT), nn.LayerNorm(24, dtype=DT), nn.Linear(24, 8, dtype=DT)))
+    es = flipes.FlipES(model, popsize=16, sigma=0.1, groups=4, mirrored=False, sigma_lr=0.1, seed=3)
+    es.log_sigma += torch.tensor([0.75, -0.75, 0.25, -0.25], dtype=DT)
+    sigmas = es.sigmas()
+    with es.population():
+        deltas = member_perturbations(es, model)
+    for i, names in enumerate(slot_names(es, model)):
+        for name in names:
+            ratio = deltas[name].square().mean() / sigmas[i] ** 2
+            assert abs(ratio.item() - 1) < 0.4, (name, sigmas[i], ratio.item())
 
 
 def centered(fitness: torch.Tensor) -> torch.Tensor:

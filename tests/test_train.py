@@ -152,6 +152,15 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, algo: str) -> None:
     assert rows[-1]["timesteps"] > rows[0]["timesteps"] > 0
 
 
+def test_a_resume_into_another_directory_starts_it_with_the_saved_counters(tmp_path: Path) -> None:
+    """Resumed into a new --out with no generation left to run, the new directory's checkpoint is the
+    saved state, its env-step count included (a resume of it would otherwise count from 0)."""
+    flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "a"))
+    flipes.train(**FAST_KW, generations=2, resume=str(tmp_path / "a"), out=str(tmp_path / "b"))
+    saved, copy = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert copy["es"]["generation"] == 2 and copy["timesteps"] == saved["timesteps"] > 0
+
+
 def test_resume_refuses_other_options_and_broken_checkpoints(tmp_path: Path) -> None:
     """A resume with other training options, or from a broken checkpoint, is a UsageError naming
     the difference or the previous checkpoint; rows past the checkpoint resumed are dropped."""
