@@ -212,7 +212,7 @@ def test_sigma_schedule_is_used_per_generation() -> None:
 def test_a_sigma_schedule_samples_and_divides_by_each_generations_sigma() -> None:
     """Generation g of a schedule draws its noise at σ_g (the sample std of 1200 weight entries is within
     15% of σ_g: 7 standard deviations, false alarm ~1e-12; fixed seed) and its gradient is
-    -Σ F̂_n u_n / (Nσ_g), u_n = σ_g u_n / σ_g materialized from that noise."""
+    -Σ F̂_n δ_n / (Nσ_g²), with each member's perturbation δ_n = σ_g u_n materialized from that noise."""
     torch.manual_seed(0)
     model, n = FlipoutLinear(40, 30, dtype=DT), 8
     es = flipes.FlipES(model, popsize=n, sigma=lambda g: 0.1 * 3.0**g, seed=2, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
@@ -257,6 +257,25 @@ def test_bfloat16_and_mixed_precision_models_step_with_grads_in_each_parameters_
         expect = -(f_hat.view(-1, 1, 1) * delta).sum(0) / (n * sigma * sigma)
         assert layer.weight.grad.dtype == layer.weight.dtype
         torch.testing.assert_close(layer.weight.grad.to(DT), expect, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bfloat16_layers_gradient_is_the_exact_sum_rounded_once() -> None:
+    """A bfloat16 layer's gradient sums N members' weighted perturbations in float32, shaped fitness
+    included: each entry is the float64 estimator from the same (bfloat16) noise up to the final
+    rounding to bfloat16 (half an ulp, at most 2^-8 relative) and float32's own rounding (2^-16 of
+    the largest entry bounds it with room). Weights rounded to bfloat16 before the sum miss by up to
+    2^-9 of each term, which cancellation turns into far more than 2^-8 of a small entry."""
+    torch.manual_seed(0)
+    layer, n, sigma = FlipoutLinear(64, 48, dtype=torch.bfloat16), 512, 0.1
+    es = flipes.FlipES(layer, popsize=n, sigma=sigma, seed=4, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    with es.population():
+        noise = layer.noise[0]
+    fitness = torch.randn(n, dtype=DT)
+    es.tell(fitness)
+    delta = member_deltas(noise, tuple(layer.weight.shape)).to(DT)
+    expect = -(centered_ranks_distinct(fitness).view(-1, 1, 1) * delta).sum(0) / (n * sigma * sigma)
+    error = (layer.weight.grad.to(DT) - expect).abs()
+    assert (error <= 2**-8 * expect.abs() + 2**-16 * expect.abs().max()).all(), (error / expect.abs()).max()
 
 
 def test_nested_populations_and_a_second_flipes_on_one_model_are_errors() -> None:

@@ -597,7 +597,9 @@ class FlipES:
 
         log_sigma_grad: list[Tensor] = []
         for i, (pw, noise) in enumerate(zip(self.slots, slot_noise, strict=True)):
-            weight_grad, bias_grad = weighted_perturbation(pw, noise, on(coeff, noise.s, noise.s.dtype))
+            weight_grad, bias_grad = weighted_perturbation(
+                pw, noise, on(coeff, noise.s, torch.promote_types(noise.s.dtype, torch.float32))
+            )
             if adaptive:  # each slot has its own σ: Σ F̂ (σ_i u) / σ_i² here, / N below
                 weight_grad, bias_grad = (None if g is None else g / sigmas[i] ** 2 for g in (weight_grad, bias_grad))
                 (weight_norms, d_weight), (bias_norms, d_bias) = slot_norms(pw, noise, sigmas[i])
