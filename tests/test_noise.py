@@ -67,10 +67,17 @@ def test_one_weight_entry_across_generations_is_standard_normal() -> None:
 
 
 def test_mirrored_pairs_are_exact_negatives() -> None:
+    """Flipout weights, their biases and dense per-member parameters (a LayerNorm's) alike."""
     noise, u = sample(groups=4, mirrored=True)
     assert torch.equal(u[1::2], -u[0::2])
     assert torch.equal(noise.bias[1::2], -noise.bias[0::2])
     assert not torch.equal(u[0], u[2])  # distinct pairs differ
+    norm = flipes.flipout(torch.nn.LayerNorm(6))
+    es = flipes.FlipES(norm, popsize=16, sigma=SIGMA, groups=4)
+    with es.population():
+        deltas = [norm.member_noise[name] for name in ("weight", "bias")]
+    for delta in deltas:
+        assert delta.shape == (16, 6) and torch.equal(delta[1::2], -delta[0::2]) and not torch.equal(delta[0], delta[2])
 
 
 def test_signs_are_fair_and_distinct_per_member() -> None:
