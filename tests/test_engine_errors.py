@@ -150,3 +150,19 @@ def test_a_population_with_one_fitness_value_is_warned_about_once() -> None:
         other = flipes.FlipES(mlp(), popsize=8, seed=0)
         for _ in range(3):
             other.step(fitness)
+
+
+def test_fitness_for_the_whole_population_on_one_of_two_processes_names_pop_size() -> None:
+    """Under MPI a process evaluates pop.size members, not es.popsize: fitness of es.popsize values is
+    refused before any exchange, saying which size the inputs take."""
+
+    class OneOfTwo:  # process 0 of 2; tell must raise before it calls any collective
+        rank, size, local_rank, local_size, bytes_sent = 0, 2, 0, 1, 0
+
+    es = flipes.FlipES(mlp(), popsize=8, groups=2, comm=OneOfTwo())
+    with es.population() as pop:
+        assert pop.size == 4
+    with pytest.raises(
+        ValueError, match=r"shape \(8,\), but this process evaluates 4 members.*pop.size \(4 here\), not es.popsize"
+    ):
+        es.tell(torch.zeros(8))

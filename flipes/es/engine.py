@@ -542,9 +542,11 @@ class FlipES:
         f = f.to("cpu", torch.float64)
         n = len(self.members)
         if f.shape != (n,):
+            whole = f.shape == (self.popsize,) and self.popsize != n
             raise ValueError(
                 f"fitness has shape {tuple(f.shape)}, but this process evaluates {n} members: "
                 f"return one value per member, a Tensor of shape ({n},)"
+                + (f"; inputs are sized by pop.size ({n} here), not es.popsize ({self.popsize}, all processes)" if whole else "")
             )
         bad = (~torch.isfinite(f)).nonzero().flatten()
         if len(bad):
