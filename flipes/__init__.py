@@ -10,6 +10,7 @@ from flipes.checkpoint import load_checkpoint
 from flipes.config import TrainConfig
 from flipes.errors import EqualFitnessWarning, UsageError
 from flipes.es import FlipES, Population, shaping
+from flipes.export import export_policy
 from flipes.nn import flipout, kl_divergence
 from flipes.runs import evaluate_policy, load_policy
 from flipes.training import TrainResult, train
@@ -24,6 +25,7 @@ __all__ = [
     "UsageError",
     "dist",
     "evaluate_policy",
+    "export_policy",
     "flipout",
     "kl_divergence",
     "load_checkpoint",

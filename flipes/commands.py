@@ -1,9 +1,11 @@
-"""The ``flipes`` command: ``flipes train``, ``flipes evaluate``, ``flipes plot`` (also ``python -m flipes``).
+"""The ``flipes`` command: ``flipes train``, ``flipes evaluate``, ``flipes export``, ``flipes plot`` (also
+``python -m flipes``).
 
     flipes train --env flipes/CartPole-v1 --popsize 64 --seed 0 --out runs/cartpole
     flipes train --config my_run.toml --seed 3          # flags override the file
     flipes train --resume runs/cartpole --generations 200
     flipes evaluate runs/cartpole --checkpoint best --episodes 20 --render cartpole.gif
+    flipes export runs/cartpole                         # runs/cartpole/policy.pt2, for torch alone
     flipes plot runs/cartpole runs/cartpole-seed1 --x timesteps
 
 A mistake in the options prints one line, ``flipes: error: <option>: <what>; <what to do>``, and
@@ -59,6 +61,18 @@ class EvaluateConfig:
     """Longest recording, in frames."""
     device: str = "cpu"
     """Torch device of the policy and of flipes/ envs."""
+
+
+@dataclass
+class ExportConfig:
+    """Options of ``flipes export``."""
+
+    run: str = field(metadata=POSITIONAL)
+    """Run directory written by flipes train (on an env)."""
+    checkpoint: str = "latest"
+    """Which parameters: latest (checkpoint.pt), best (best.pt) or a checkpoint file."""
+    out: str = ""
+    """The .pt2 file to write (default: RUN/policy.pt2)."""
 
 
 @dataclass
@@ -234,6 +248,29 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
     return len(frames)
 
 
+def export_command(argv: Sequence[str] | None = None) -> Path:
+    """``flipes export``: the center policy as a torch.export program; prints and returns its path."""
+    from flipes.export import export_policy
+
+    args = parse_config(ExportConfig, argv, EXPORT_HELP, prog="flipes export")
+    path = export_policy(args.run, args.out or None, args.checkpoint)
+    print(f"wrote {path}: torch.export.load({str(path)!r}).module() maps observations to actions, without flipes")
+    return path
+
+
+EXPORT_HELP = """The center policy of a run as one torch.export program (.pt2), deployable with torch alone.
+
+    flipes export runs/cartpole                        # runs/cartpole/policy.pt2
+    flipes export runs/cartpole --checkpoint best --out cartpole.pt2
+
+    policy = torch.export.load("runs/cartpole/policy.pt2").module()   # no flipes import
+    actions = policy(obs)             # obs (batch, *obs_shape), any batch; GRU: policy(obs, state)
+
+The program holds the mean network with its observation normalization and gives the same actions as
+flipes evaluate's policy, bit for bit (checked before it is written).
+"""
+
+
 def plot_command(argv: Sequence[str] | None = None) -> Path:
     """``flipes plot``: learning curves of run directories to a PNG; prints and returns its path."""
     from flipes.plotting import plot_runs
@@ -270,6 +307,7 @@ policy's eval_return, against generation, timesteps or seconds.
 COMMANDS: dict[str, tuple[Callable[[Sequence[str] | None], Any], str]] = {
     "train": (train_command, "train a policy or model with FlipES"),
     "evaluate": (evaluate_command, "evaluate a run's center policy (and record a video)"),
+    "export": (export_command, "a run's center policy as a torch.export program, for torch alone"),
     "plot": (plot_command, "plot the learning curves of runs"),
 }
 
@@ -278,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flipes`` console command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        lines = ["usage: flipes {train,evaluate,plot} [options]   (flipes COMMAND --help for its options)", ""]
+        lines = ["usage: flipes {train,evaluate,export,plot} [options]   (flipes COMMAND --help for its options)", ""]
         lines += [f"  {name:9s} {text}" for name, (_, text) in COMMANDS.items()]
         print("\n".join(lines))
         return 0 if argv else 2

@@ -41,6 +41,10 @@ class RunningNorm(nn.Module):
         return f"{self.size}, clip={self.clip}"
 
     def forward(self, x: Tensor) -> Tensor:
+        if getattr(torch.compiler, "is_compiling", bool)():  # torch.export / torch.compile: no host read, no cache
+            scale = torch.stack((self.mean, (self.var + self.eps).rsqrt())).to(x.dtype)
+            normalized = ((x - scale[0]) * scale[1]).clamp(-self.clip, self.clip)
+            return torch.where(self.count == 0, x, normalized)
         if self._scale is None or self._scale.dtype != x.dtype or self._scale.device != x.device:
             # reading `count` waits for the device: once per update, not at every step of a rollout
             self._identity = self.count.item() == 0

@@ -1,0 +1,126 @@
+"""A run's center policy as one ``torch.export`` program, to deploy with torch alone.
+
+    flipes export runs/cartpole                       # writes runs/cartpole/policy.pt2
+    policy = torch.export.load("runs/cartpole/policy.pt2").module()     # no flipes import needed
+    actions = policy(obs)                             # (batch, *obs_shape) -> actions of the batch
+
+The program holds the mean network and its observation normalization (the statistics baked in),
+and maps observations to the env's actions exactly as :func:`flipes.load_policy`'s policy does
+(argmax for Discrete spaces, tanh into the bounds for Box); a recurrent policy's program takes and
+returns its state: ``actions, state = policy(obs, state)``, ``state`` zeros at an episode's start.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from flipes.errors import UsageError
+from flipes.rl import make_vector_env
+from flipes.rl.envs import EnvError
+from flipes.rl.recurrent import GRUPolicy, RecurrentPolicy
+from flipes.runs import load_policy, run_config
+
+
+class _FromZeros(nn.Module):
+    """A GRU policy with its state as a tensor input (zeros at an episode's start), which a traced
+    program needs in place of ``None``."""
+
+    def __init__(self, policy: GRUPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        return self.policy(obs, state)
+
+
+def export_policy(
+    run_dir: str | Path,
+    path: str | Path | None = None,
+    checkpoint: str = "latest",
+    model: Callable[..., nn.Module] | nn.Module | None = None,
+) -> Path:
+    """Write the center policy of ``run_dir`` as a ``torch.export`` program (``.pt2``) and return its path.
+
+    Args:
+        run_dir: a directory written by ``flipes train`` / :func:`flipes.train` on an env.
+        path: the file to write; ``RUN_DIR/policy.pt2`` by default.
+        checkpoint: ``latest``, ``best`` or a checkpoint file of the run.
+        model: the run's model, where it was given to :func:`flipes.train` as a Python object.
+
+    The batch dimension is dynamic. Before writing, the program is run on a batch of the env's
+    observations and must give the policy's actions bit for bit.
+
+    Raises:
+        UsageError: a run without an env (its inputs are unknown), a recurrent policy other than
+            :class:`~flipes.rl.GRUPolicy` (its state's shape is unknown), a policy torch cannot
+            export, or a path that cannot be written.
+    """
+    run_dir = Path(run_dir)
+    env_id = str(run_config(run_dir).get("env", "none"))
+    if env_id.lower() == "none":
+        raise UsageError(
+            str(run_dir),
+            "was trained on a custom fitness (--env none): there are no observations to trace",
+            "use torch.export.export(model, (example_input,)) on flipes.load_policy(...)",
+        )
+    out = Path(path) if path is not None else run_dir / "policy.pt2"
+    if out.suffix != ".pt2":
+        raise UsageError("--out", f"{out}: torch.export programs are .pt2 files", "e.g. --out policy.pt2")
+    try:
+        env = make_vector_env(env_id, 3, "cpu", note=None)
+    except EnvError as e:
+        raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
+    try:
+        obs, _ = env.reset(seed=0)
+    finally:
+        env.close()
+    policy = load_policy(run_dir, checkpoint, "cpu", model=model)
+    batch = torch.export.Dim("batch", min=1)
+    if isinstance(policy, GRUPolicy):
+        module: nn.Module = _FromZeros(policy)
+        args: tuple[Tensor, ...] = (obs, torch.zeros(obs.shape[0], policy.cell.hidden_size, dtype=policy.head.weight.dtype))
+        shapes: tuple[dict[int, torch.export.Dim], ...] = ({0: batch}, {0: batch})
+    elif isinstance(policy, RecurrentPolicy):
+        raise UsageError(
+            str(run_dir),
+            f"{type(policy).__name__} is a recurrent policy whose state flipes cannot shape",
+            "export it with torch.export yourself",
+        )
+    else:
+        module, args, shapes = policy, (obs,), ({0: batch},)
+    try:
+        program = torch.export.export(module, args, dynamic_shapes=shapes)
+    except Exception as e:  # torch's own reasons, many kinds: one line with the first of its lines
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UsageError(
+            str(run_dir), f"torch.export cannot trace its policy ({first})", "see torch.export's documentation"
+        ) from None
+    with torch.no_grad():
+        expect, got = module(*args), program.module()(*args)
+    if not all(torch.equal(a, b) for a, b in zip(_tensors(expect), _tensors(got), strict=True)):
+        raise RuntimeError(
+            f"the exported program of {run_dir} gives other actions than its policy: a flipes bug, please report it"
+        )
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    tmp = out.with_name(out.name + ".tmp")
+    try:  # all at once: a reader sees the old program or the new one
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UsageError("--out", f"cannot write {out} ({e.strerror or e})", "choose a path you can write") from None
+    return out
+
+
+def _tensors(value: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return value if isinstance(value, tuple) else (value,)

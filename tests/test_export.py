@@ -1,0 +1,79 @@
+"""A run's center policy exported with torch.export runs without flipes and gives the policy's actions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import FAST_KW
+
+import flipes
+from flipes.commands import main
+
+LOAD_WITHOUT_FLIPES = """
+import sys
+sys.modules["flipes"] = None  # any import of flipes fails: the program needs torch alone
+import torch
+program = torch.export.load(sys.argv[1]).module()
+inputs = torch.load(sys.argv[2])
+torch.save([program(*args) for args in inputs], sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize(
+    "env,policy", [("flipes/CartPole-v1", "mlp"), ("flipes/Pendulum-v1", "mlp"), ("flipes/CartPole-v1", "gru")]
+)
+def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str, policy: str, tmp_path: Path) -> None:
+    """``flipes export DIR`` writes DIR/policy.pt2; loaded in a process where flipes cannot be imported,
+    it maps batches of 1 and 7 observations (normalized by the run's statistics) to exactly the actions
+    of ``flipes.load_policy``'s policy: argmax for Discrete, tanh into the bounds for Box; a GRU
+    policy's program takes and returns its state, zeros at the start."""
+    run = tmp_path / "run"
+    flipes.train(**{**FAST_KW, "env": env}, policy=policy, hidden=[8, 8], generations=2, out=str(run))
+    assert main(["export", str(run)]) == 0 and (run / "policy.pt2").is_file()
+    reference = flipes.load_policy(run)
+    assert reference.obs_norm.count.item() > 0  # the statistics in the program are real ones
+    gen = torch.Generator().manual_seed(0)
+    obs = [3 * torch.randn(b, reference.obs_dim, generator=gen) for b in (1, 7)]
+    if policy == "gru":  # two steps from a zero state: the second takes the first's state
+        first = reference(obs[1], torch.zeros(7, 8))
+        inputs = [(obs[1], torch.zeros(7, 8)), (obs[1], first[1])]
+        expect = [first, reference(obs[1], first[1])]
+    else:
+        inputs, expect = [(o,) for o in obs], [reference(o) for o in obs]
+    torch.save(inputs, tmp_path / "inputs.pt")
+    cmd = [
+        sys.executable,
+        "-c",
+        LOAD_WITHOUT_FLIPES,
+        str(run / "policy.pt2"),
+        str(tmp_path / "inputs.pt"),
+        str(tmp_path / "out.pt"),
+    ]
+    subprocess.run(cmd, check=True, timeout=120, cwd=tmp_path)
+    got = torch.load(tmp_path / "out.pt")
+    for g, e in zip(got, expect, strict=True):
+        for a, b in zip(*((x if isinstance(x, tuple) else (x,)) for x in (g, e)), strict=True):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_export_refuses_what_it_cannot_trace_or_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run without an env, a path that is not .pt2 and an unwritable path are one-line errors."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    with pytest.raises(flipes.UsageError, match=r"--out: .*policy.pt: torch.export programs are .pt2 files"):
+        flipes.export_policy(run, tmp_path / "policy.pt")
+    with pytest.raises(flipes.UsageError, match="--out: cannot write"):
+        flipes.export_policy(run, tmp_path / "missing" / "policy.pt2")
+    (tmp_path / "fitness.py").write_text(
+        "import torch\ndef model(env):\n    return torch.nn.Linear(2, 1)\n"
+        "def fitness(model, pop):\n    return -model(torch.ones(pop.size, 2)).square().sum(1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    flipes.train(env="none", model="fitness:model", fitness="fitness:fitness", popsize=8, generations=1,
+                 out=str(tmp_path / "custom"), progress=False, tensorboard=False)  # fmt: skip
+    with pytest.raises(flipes.UsageError, match=r"custom fitness \(--env none\): there are no observations to trace"):
+        flipes.export_policy(tmp_path / "custom")
