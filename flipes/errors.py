@@ -1,6 +1,12 @@
-"""The one exception type for user mistakes: options, config files, env ids, plug-ins."""
+"""What flipes tells its user about mistakes: options, config files, env ids, plug-ins, a fitness."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_FLIPES = str(Path(__file__).resolve().parent) + "/"
+_TORCH_WRAPPERS = ("torch/utils/_contextlib.py", "torch\\utils\\_contextlib.py")  # no_grad & co. as decorators
 
 
 class UsageError(ValueError):
@@ -28,3 +34,19 @@ class EqualFitnessWarning(UserWarning):
     likely evaluated outside ``with es.population()`` (every member is then the mean network), or σ
     is too small for the fitness to tell members apart. Warned once per FlipES; a sparse reward may
     tie a population legitimately (``warnings.simplefilter("ignore", EqualFitnessWarning)``)."""
+
+
+def caller_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel of the user's code that led to the caller: the first frame
+    outside flipes and torch's decorator wrappers (a warning then points at the user's line, whether
+    they called ``tell``, ``step`` or ``flipes.train``)."""
+    frame, level = sys._getframe(1), 1  # level 1: the function calling warnings.warn
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith("<"):  # python -c, exec, a notebook cell: the user's
+            return level
+        name = str(Path(name).resolve())
+        if not name.startswith(_FLIPES) and not name.endswith(_TORCH_WRAPPERS):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1

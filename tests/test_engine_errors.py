@@ -132,21 +132,30 @@ def test_tell_inside_inference_mode_leaves_an_optimizer_that_steps_outside_it() 
 
 def test_a_population_with_one_fitness_value_is_warned_about_once() -> None:
     """Fitness computed outside ``es.population()`` (every member is then the mean network) makes all
-    members equal and the gradient zero: tell warns once, at the caller's line, naming the likely
-    cause; fitness computed inside it warns nothing."""
+    members equal and the gradient zero: tell warns once, at the user's line (through ``tell`` or
+    ``step``), naming the likely cause; with warnings as errors the generation is still complete
+    (stepped once, on to the next noise); fitness computed inside the population warns nothing."""
     model = mlp()
     es = flipes.FlipES(model, popsize=8, seed=0)
-    with pytest.warns(
-        UserWarning, match=r"generation 0: all 8 members have the same fitness .* inside `with es.population\(\)`"
-    ) as seen:
+    expect = r"generation 0: all 8 members have the same fitness .* inside `with es.population\(\)`"
+    with pytest.warns(flipes.EqualFitnessWarning, match=expect) as seen:
         for _ in range(3):
             with es.population() as pop:
                 pass
             stats = es.tell(fitness(model, pop))
             assert stats["grad_norm"] == 0.0 and stats["fitness_std"] == 0.0
     assert len(seen) == 1 and seen[0].filename == __file__
+    stepped = flipes.FlipES(mlp(), popsize=8, seed=0)
+    with pytest.warns(flipes.EqualFitnessWarning) as seen:
+        stepped.step(lambda model, pop: torch.zeros(pop.size))
+    assert seen[0].filename == __file__
+    strict = flipes.FlipES(mlp(), popsize=8, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        with pytest.raises(flipes.EqualFitnessWarning):
+            strict.step(lambda model, pop: torch.zeros(pop.size))
+        assert strict.generation == 1
+        strict.step(fitness)  # the next generation runs normally, with its own noise
         other = flipes.FlipES(mlp(), popsize=8, seed=0)
         for _ in range(3):
             other.step(fitness)

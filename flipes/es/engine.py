@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from flipes.dist import Comm, SerialComm, split_groups
-from flipes.errors import EqualFitnessWarning
+from flipes.errors import EqualFitnessWarning, caller_stacklevel
 from flipes.es import members
 from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
 from flipes.es.population import Population
@@ -649,19 +649,20 @@ class FlipES:
             "update_ratio": delta / norm if norm > 0 else float("inf"),
             "sigma": mean_sigma,
         }
+        self.generation += 1
+        self._noise = None
         if stats["fitness_max"] == stats["fitness_min"] and not self._told_equal:
-            self._told_equal = True  # once: a sparse reward may tie a whole population for a while
+            # once, and last: the generation is complete even where warnings are errors (-W error)
+            self._told_equal = True  # a sparse reward may tie a whole population for a while
             if self.comm.rank == 0:
                 warnings.warn(
-                    f"generation {self.generation}: all {self.popsize} members have the same fitness "
+                    f"generation {self.generation - 1}: all {self.popsize} members have the same fitness "
                     f"({stats['fitness_max']:g}), so the ES gradient is zero. If that is unexpected: is the model "
                     "called inside `with es.population()`? (outside it every member is the mean network) "
                     "Or is sigma too small for the fitness to tell members apart?",
                     EqualFitnessWarning,
-                    stacklevel=4,  # the caller of tell, past its two decorators
+                    stacklevel=caller_stacklevel(),
                 )
-        self.generation += 1
-        self._noise = None
         return stats
 
     def step(self, fitness_fn: Callable[[nn.Module, Population], Tensor]) -> dict[str, float]:
