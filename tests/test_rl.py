@@ -140,20 +140,33 @@ def test_bad_input_gives_errors_that_say_what_to_do() -> None:
         make_vector_env("flipes/NoSuch-v0", 2)
 
 
-@pytest.mark.parametrize("env_id", ["flipes/CartPole-v1", "gymnasium:CartPole-v1", "flipes/Pendulum-v1"])
-def test_a_model_returning_other_than_actions_is_one_error_naming_the_expected_shape(env_id: str) -> None:
+@pytest.mark.parametrize(
+    "env_id,pipeline",
+    [
+        ("flipes/CartPole-v1", False),
+        ("gymnasium:CartPole-v1", False),
+        ("envpool:CartPole-v1", True),
+        ("flipes/Pendulum-v1", False),
+    ],
+)
+def test_a_model_returning_other_than_actions_is_one_error_naming_the_expected_shape(env_id: str, pipeline: bool) -> None:
     """A model that returns logits for a Discrete space, or actions of another shape for a Box space,
     is stopped at the first step by a UsageError naming what the env takes and what to return, on
-    every engine (not an assertion deep in the env)."""
+    every engine and in pipelined rollouts (not an assertion deep in the env); float actions for a
+    Discrete space are refused too, and (unpipelined) numpy actions of the right kind are taken as before."""
+    if env_id.startswith("envpool:"):
+        pytest.importorskip("envpool")
     env = make_vector_env(env_id, 6)
     discrete = isinstance(env.single_action_space, gym.spaces.Discrete)
     wrong = (lambda o: torch.zeros(6, 2)) if discrete else (lambda o: torch.zeros(6))
     expect = r"\(6, 2\) for 6 envs of Discrete\(2\), which take \(6,\); .*argmax" if discrete else r"\(6,\) .* take \(6, 1\)"
-    with pytest.raises(flipes.UsageError, match=r"--model: the model returned torch.float32 actions of shape " + expect):
-        run_episodes(env, wrong, seed=0)
-    if discrete:  # float actions of the right shape: still not integer actions
-        with pytest.raises(flipes.UsageError, match="integer action"):
-            run_episodes(env, lambda o: torch.zeros(6), seed=0)
+    with pytest.raises(flipes.UsageError, match=r"--model: the model returned actions of shape " + expect):
+        run_episodes(env, wrong, seed=0, pipeline=pipeline)
+    if discrete:
+        with pytest.raises(flipes.UsageError, match=r"torch.float32 actions for 6 envs of Discrete\(2\), which take integers"):
+            run_episodes(env, lambda o: torch.zeros(6), seed=0, pipeline=pipeline)
+        lean = (lambda o: (o[:, 2] > 0).long()) if pipeline else (lambda o: (o[:, 2] > 0).long().numpy())
+        assert (run_episodes(env, lean, seed=1, pipeline=pipeline).lengths > 20).all()  # numpy actions unpipelined
 
 
 @pytest.mark.parametrize("env_id", ["gymnasium:CartPole-v1", "CartPole-v1"])

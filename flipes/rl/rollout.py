@@ -53,21 +53,24 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
     return obs
 
 
-def check_actions(actions: Tensor, space: gym.Space, n: int) -> None:
-    """Raise a UsageError unless ``actions`` fit ``n`` envs of action space ``space``: ``(n,)``
-    integers for ``Discrete``, ``(n, *shape)`` for ``Box`` (other spaces are left to the env)."""
+def check_actions(actions: Any, space: gym.Space, n: int) -> None:
+    """Raise a UsageError unless ``actions`` (a tensor or array) fit ``n`` envs of action space
+    ``space``: ``(n,)`` integers for ``Discrete``, ``(n, *shape)`` for ``Box`` (other spaces are left
+    to the env)."""
+    actions = torch.as_tensor(actions)
     got = tuple(actions.shape)
     if isinstance(space, gym.spaces.Discrete):
-        expect, fix = (n,), "return one integer action per env, e.g. logits.argmax(-1), not logits or probabilities"
-        wrong = got != expect or actions.dtype.is_floating_point
+        expect, how = (n,), "return one integer action per env, e.g. logits.argmax(-1), not logits or probabilities"
+        if got == expect and actions.dtype.is_floating_point:
+            problem = f"the model returned {actions.dtype} actions for {n} envs of {space}, which take integers"
+            raise UsageError("--model", problem, how)
     elif isinstance(space, gym.spaces.Box):
-        expect, fix = (n, *space.shape), f"return {space.shape} actions per env (the model's last dimension)"
-        wrong = got != expect
+        expect, how = (n, *space.shape), f"return {space.shape} actions per env (the model's last dimension)"
     else:
         return
-    if wrong:
-        problem = f"the model returned {actions.dtype} actions of shape {got} for {n} envs of {space}, which take {expect}"
-        raise UsageError("--model", problem, fix)
+    if got != expect:
+        problem = f"the model returned actions of shape {got} for {n} envs of {space}, which take {expect}"
+        raise UsageError("--model", problem, how)
 
 
 @dataclass
@@ -163,7 +166,9 @@ def _run_pipelined(
         return np.flatnonzero(alive[halves[h]]) + halves[h].start
 
     observe(slice(0, n))
-    actions = act(torch.from_numpy(state).to(device)).cpu().numpy()
+    first = act(torch.from_numpy(state).to(device))
+    check_actions(first, env.single_action_space, n)
+    actions = first.cpu().numpy()
     ready = [True, True]  # the half's rows of `actions` answer its current observations
     flight: int | None = None
     while True:
