@@ -397,6 +397,17 @@ def run(main: Callable[[T], R], cls: type[T], description: str | None = None, ar
         report_usage_error(e)
 
 
+def main_module() -> str:
+    """The module name of the running script: ``pkg.script`` for ``python -m pkg.script``, ``script``
+    for ``python script.py``, empty in an interactive session."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return spec.name
+    file = getattr(main, "__file__", None)
+    return Path(file).stem if file else ""
+
+
 def load_callable(spec: str, option: str) -> Callable[..., Any]:
     """``"package.module:function"`` -> the function, with errors that say what is wrong.
 
@@ -414,6 +425,16 @@ def load_callable(spec: str, option: str) -> Callable[..., Any]:
             f"{module_name!r} is a file path, not a module name",
             f"put its directory on PYTHONPATH (or run from it) and pass {option} {name}:{attr}",
         )
+    given_again = UsageError(  # for a name recorded from an object given to flipes.train
+        option,
+        f"{spec} was a Python object given to flipes.train and cannot be imported by name",
+        f"give it again ({option.lstrip('-')}=... of flipes.train, flipes.load_policy or flipes.export_policy), "
+        "or define it in a module",
+    )
+    if module_name.startswith("__main__["):  # a function of a script: found only while that script runs
+        if module_name != f"__main__[{main_module()}]":
+            raise given_again
+        module_name = "__main__"
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: modules in the working directory are found
     try:
@@ -426,12 +447,8 @@ def load_callable(spec: str, option: str) -> Callable[..., Any]:
     for part in attr.split("."):  # a qualname: Class.method
         fn = getattr(fn, part, None)
     if fn is None:
-        if module_name == "__main__" or "<" in attr:  # recorded from an object given to flipes.train
-            raise UsageError(
-                option,
-                f"{spec} was a Python object given to flipes.train and cannot be imported by name",
-                f"give it again ({option.lstrip('-')}=... of flipes.train or flipes.load_policy), or define it in a module",
-            )
+        if module_name == "__main__" or "<" in attr:
+            raise given_again
         raise UsageError(option, f"module {module_name!r} has no function {attr!r}", "check the name after the colon")
     if not callable(fn):
         raise UsageError(option, f"{module_name}.{attr} is a {type(fn).__name__}, not a function", "name a function or class")

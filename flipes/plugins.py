@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from flipes.cli import load_callable
+from flipes.cli import load_callable, main_module
 from flipes.errors import UsageError
 
 OPTION = {"fitness": "--fitness", "model": "--model", "evaluate": "evaluate"}
@@ -28,10 +28,14 @@ CALL = {
 
 
 def name_of(obj: Any) -> str:
-    """``module:qualname`` of a function or class; anything else (a module or other instance, a bound
-    method, a ``functools.partial``) gets a name in angle brackets, which no import can load back."""
+    """``module:qualname`` of a function or class, ``__main__[script]:qualname`` for one of the running
+    script; anything else (a module or other instance, a bound method, a ``functools.partial``) gets a
+    name in angle brackets, which no import can load back."""
     if inspect.isfunction(obj) or inspect.isclass(obj):
-        return f"{obj.__module__}:{obj.__qualname__}"
+        module = obj.__module__
+        if module == "__main__" and main_module():
+            module = f"__main__[{main_module()}]"
+        return f"{module}:{obj.__qualname__}"
     if isinstance(obj, functools.partial):
         return f"{name_of(obj.func)}<partial>"
     if inspect.ismethod(obj):
@@ -41,15 +45,19 @@ def name_of(obj: Any) -> str:
 
 def same_code(saved: Any, now: Any) -> bool:
     """Whether a run's recorded plug-in name and the one given now name the same code: equal, or the
-    same function where one side was recorded from a script run as ``__main__`` (``python train.py``
-    records ``__main__:make_model``; resuming from another script that imports it gives
-    ``train:make_model``)."""
+    same function of the same script once run as the main module and once imported
+    (``python train.py`` records ``__main__[train]:make_model``; another program that imports train
+    gives ``train:make_model``)."""
     if saved == now:
         return True
     if not (isinstance(saved, str) and isinstance(now, str)):
         return False
     (saved_module, _, saved_name), (now_module, _, now_name) = saved.partition(":"), now.partition(":")
-    return saved_name == now_name and "<" not in saved_name and "__main__" in (saved_module, now_module)
+
+    def script(module: str) -> str:
+        return module[len("__main__[") : -1] if module.startswith("__main__[") and module.endswith("]") else module
+
+    return saved_name == now_name and "<" not in saved_name and script(saved_module) == script(now_module)
 
 
 def check_call(fn: Callable[..., Any], kind: str, what: str) -> None:
@@ -126,7 +134,8 @@ class Plugins:
             fn = self.evaluate
         else:
             load_callable(spec, "--fitness")  # the module the user named, where evaluate() sits beside it
-            fn = getattr(sys.modules[spec.partition(":")[0]], "evaluate", None)
+            module = spec.partition(":")[0]
+            fn = getattr(sys.modules["__main__" if module.startswith("__main__[") else module], "evaluate", None)
             fn = fn if callable(fn) else None
         if fn is not None:
             check_call(fn, "evaluate", f"{spec.partition(':')[0]}:evaluate" if self.evaluate is None else name_of(fn))

@@ -250,33 +250,41 @@ def test_python_objects_plug_in_like_their_names_and_resume_needs_them(tmp_path:
 def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``python quadscript.py`` records its functions as ``__main__:...``; another program that imports
-    that script and gives the same functions continues the run bit for bit (and records their
-    importable names), while a function of another name is still refused."""
+    """``python quadscript.py`` records its functions as ``__main__[quadscript]:...``; another program
+    that imports that script and gives the same functions continues the run bit for bit (recording
+    their importable names), the script run again continues it without giving them, and a function
+    of another name, or of the same name in another module, is refused."""
     script = QUADRATIC_MODULE + (
         "\ndef other_model(env):\n    return make_model(env)\n\nif __name__ == '__main__':\n    import flipes, sys\n"
-        "    flipes.train(model=make_model, fitness=fitness, env='none', popsize=8, generations=3, out=sys.argv[1],"
+        "    given = {'model': make_model, 'fitness': fitness} if sys.argv[3] == 'new' else {'resume': sys.argv[1]}\n"
+        "    flipes.train(**given, env='none', popsize=8, generations=int(sys.argv[2]), out=sys.argv[1],"
         " progress=False, tensorboard=False)\n"
     )
     (tmp_path / "quadscript.py").write_text(script)
-    subprocess.run([sys.executable, "quadscript.py", str(tmp_path / "b")], cwd=tmp_path, check=True, timeout=120)
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["model"] == "__main__:make_model"
+    (tmp_path / "othertask.py").write_text(QUADRATIC_MODULE)
+    run = [sys.executable, "quadscript.py", str(tmp_path / "b")]
+    subprocess.run([*run, "3", "new"], cwd=tmp_path, check=True, timeout=120)
+    subprocess.run([*run, "4", "resume"], cwd=tmp_path, check=True, timeout=120)  # the script finds its own
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["model"] == "__main__[quadscript]:make_model"
     monkeypatch.syspath_prepend(str(tmp_path))
+    import othertask
     import quadscript
 
     kw = {"env": "none", "popsize": 8, "tensorboard": False, "progress": False}
     by_name = flipes.train(
-        model="quadscript:make_model", fitness="quadscript:fitness", generations=6, out=str(tmp_path / "a"), **kw
+        model="quadscript:make_model", fitness="quadscript:fitness", generations=8, out=str(tmp_path / "a"), **kw
     )
-    with pytest.raises(flipes.UsageError, match="--model: saved '__main__:make_model', now 'quadscript:other_model'"):
-        flipes.train(
-            model=quadscript.other_model, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False
-        )
+    for other, named in ((quadscript.other_model, "quadscript:other_model"), (othertask.make_model, "othertask:make_model")):
+        with pytest.raises(flipes.UsageError, match=rf"--model: saved '__main__\[quadscript\]:make_model', now '{named}'"):
+            flipes.train(model=other, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False)
+    with pytest.raises(flipes.UsageError, match="give it again"):  # here, quadscript is not the running script
+        flipes.train(resume=str(tmp_path / "b"), generations=6, progress=False)
     rest = flipes.train(
         model=quadscript.make_model, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False
     )
-    assert [r["params_sha256"] for r in metrics(tmp_path / "b")] == [r["params_sha256"] for r in by_name.metrics]
     assert rest.config.model == "quadscript:make_model" == json.loads((tmp_path / "b" / "config.json").read_text())["model"]
+    subprocess.run([*run, "8", "resume"], cwd=tmp_path, check=True, timeout=120)  # names quadscript:... now
+    assert [r["params_sha256"] for r in metrics(tmp_path / "b")] == [r["params_sha256"] for r in by_name.metrics]
 
 
 def test_objects_without_an_importable_name_say_to_give_them_again(tmp_path: Path) -> None:
