@@ -95,6 +95,7 @@ class TrainState:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # rows of this call
     callbacks: list[Callback] = field(default_factory=list)  # the user's, whose state_dict() is saved
     saved_callbacks: dict[str, Any] = field(default_factory=dict)  # their states in the resumed checkpoint
+    asked_generations: int | None = None  # a resume's --generations below the run's own, which is kept
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation), the run's counters
@@ -286,6 +287,9 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
         state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
         if config.resume:
             restore(state, config.resume, device, fitness)
+            if es.generation > config.generations:  # a total, not "more": the run keeps its own on disk
+                state.asked_generations = config.generations
+                config = state.config = config.replace(generations=es.generation)
         if comm.size > 1:
             agree(comm, config, state)  # before anything is written
         if lead and config.wandb and importlib.util.find_spec("wandb") is None:
@@ -571,12 +575,8 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     saved.setdefault("policy", "mlp")  # runs saved before recurrent policies
     saved.setdefault("shaping", "auto")  # and before --shaping, --weight-decay
     saved.setdefault("weight_decay", 0.0)
-    changed = {
-        k: (saved.get(k), getattr(state.config, k))
-        for k in RESUME_KEYS
-        if saved.get(k) != getattr(state.config, k)
-        and not (k in ("fitness", "model") and same_code(saved.get(k), getattr(state.config, k)))
-    }
+    now = dataclasses.asdict(state.config)
+    changed = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if not same_option(k, saved, now)}
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
         raise UsageError("--resume", f"the run was trained with other options ({shown})", "pass the saved ones to continue it")
@@ -590,6 +590,18 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     state.timesteps = saved_state["timesteps"]
     if isinstance(fitness, RolloutFitness):
         fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once
+
+
+def same_option(key: str, saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a resumed run's option ``key`` means what it was trained with: equal values, the same
+    plug-in code under another name (:func:`flipes.plugins.same_code`), or the same shaping rule."""
+    if saved.get(key) == now[key]:
+        return True
+    if key in ("fitness", "model"):
+        return same_code(saved.get(key), now[key])
+    if key == "shaping":
+        return SHAPINGS[saved.get(key, "auto")] is SHAPINGS[now[key]]
+    return False
 
 
 RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
@@ -672,7 +684,7 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
     try:
         check_run_dir(run_dir, config)  # again under the lock: another process may have started meanwhile
         if not config.resume and (config.overwrite or unstarted(run_dir)):
-            for name in RUN_FILES:
+            for name in (*RUN_FILES, "policy.pt2"):  # and what flipes export wrote from the old run
                 (run_dir / name).unlink(missing_ok=True)
             for name in ("tensorboard", "wandb"):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
@@ -744,9 +756,9 @@ def run_loop(
     if state.resumed and state.target is not None and state.best >= state.target:  # e.g. a requeue with --resume auto
         before = f"eval_return {state.best:.2f} >= {state.target:g} before this resume"
         return f"solved: {before} (--target none or a higher one trains on)"
-    if es.generation > config.generations:  # e.g. --generations 10 meant as "10 more"
+    if state.asked_generations is not None:  # e.g. --generations 10 meant as "10 more"
         return (
-            f"nothing trained: the run is at generation {es.generation}, past --generations {config.generations}, "
+            f"nothing trained: the run is at generation {es.generation}, past --generations {state.asked_generations}, "
             "which counts all generations, not more of them (raise it to train on)"
         )
     steps = int(comm.allreduce_sum_(torch.tensor([float(getattr(fitness, "timesteps", 0))], dtype=torch.float64)).item())

@@ -505,6 +505,8 @@ def test_resume_takes_the_saved_options(tmp_path: Path) -> None:
     assert parse_train_config(["--resume", str(run)]).progress  # how a run printed is not one of its options
     fewer = flipes.train(resume=str(run), generations=2)  # a total, not "2 more": nothing to train, said so
     assert fewer.metrics == [] and fewer.reason.startswith("nothing trained: the run is at generation 4, past --generations 2")
+    assert parse_train_config(["--resume", str(run)]).generations == 4  # the run's own budget stays on disk
+    assert load_checkpoint(run)["config"]["generations"] == 4
 
 
 def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) -> None:
@@ -548,6 +550,10 @@ def test_shaping_and_weight_decay_reach_the_es_and_a_resume_must_keep_them(tmp_p
     for changed in ({"weight_decay": 0.1}, {"shaping": "z-score"}):
         with pytest.raises(flipes.UsageError, match="the run was trained with other options"):
             flipes.train(**{**kw, **changed, "generations": 2}, resume=str(tmp_path / "run"))
+    auto = {**kw, "shaping": "auto", "weight_decay": 0.0}  # auto is centered ranks here: the same rule by name
+    flipes.train(**auto, out=str(tmp_path / "auto"))
+    named = flipes.train(**{**auto, "shaping": "centered-ranks", "generations": 2}, resume=str(tmp_path / "auto"))
+    assert [r["generation"] for r in named.metrics] == [1]
 
 
 def test_pgpe_and_ars_solve_cartpole(tmp_path: Path) -> None:
