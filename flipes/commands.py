@@ -250,11 +250,12 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
 
 def export_command(argv: Sequence[str] | None = None) -> Path:
     """``flipes export``: the center policy as a torch.export program; prints and returns its path."""
-    from flipes.export import export_policy
+    from flipes.export import export_policy, input_dtype
 
     args = parse_config(ExportConfig, argv, EXPORT_HELP, prog="flipes export")
     path = export_policy(args.run, args.out or None, args.checkpoint)
-    print(f"wrote {path}: torch.export.load({str(path)!r}).module() maps observations to actions, without flipes")
+    dtype = str(input_dtype(path)).removeprefix("torch.")
+    print(f"wrote {path}: torch.export.load({str(path)!r}).module() maps {dtype} observations (batch first) to actions")
     return path
 
 
@@ -267,7 +268,9 @@ EXPORT_HELP = """The center policy of a run as one torch.export program (.pt2), 
     actions = policy(obs)             # obs (batch, *obs_shape), any batch; GRU: policy(obs, state)
 
 The program holds the mean network with its observation normalization and gives the same actions as
-flipes evaluate's policy, bit for bit (checked before it is written).
+flipes evaluate's policy, bit for bit (checked before it is written). It takes observations of the
+env's dtype (float32 for flipes/ and classic-control envs, float64 for gymnasium's MuJoCo envs; the
+line it prints names it): cast others to it.
 """
 
 

@@ -27,9 +27,9 @@ from flipes.rl.recurrent import GRUPolicy, RecurrentPolicy
 from flipes.runs import load_policy, run_config
 
 
-class _FromZeros(nn.Module):
-    """A GRU policy with its state as a tensor input (zeros at an episode's start), which a traced
-    program needs in place of ``None``."""
+class _StateAsInput(nn.Module):
+    """A GRU policy whose state is always a tensor input (zeros at an episode's start, where the policy
+    itself takes ``None``): a traced program has one signature."""
 
     def __init__(self, policy: GRUPolicy) -> None:
         super().__init__()
@@ -83,7 +83,7 @@ def export_policy(
     policy = load_policy(run_dir, checkpoint, "cpu", model=model)
     batch = torch.export.Dim("batch", min=1)
     if isinstance(policy, GRUPolicy):
-        module: nn.Module = _FromZeros(policy)
+        module: nn.Module = _StateAsInput(policy)
         args: tuple[Tensor, ...] = (obs, torch.zeros(obs.shape[0], policy.cell.hidden_size, dtype=policy.head.weight.dtype))
         shapes: tuple[dict[int, torch.export.Dim], ...] = ({0: batch}, {0: batch})
     elif isinstance(policy, RecurrentPolicy):
@@ -96,17 +96,24 @@ def export_policy(
         module, args, shapes = policy, (obs,), ({0: batch},)
     try:
         program = torch.export.export(module, args, dynamic_shapes=shapes)
-    except Exception as e:  # torch's own reasons, many kinds: one line with the first of its lines
+    except Exception as e:  # torch's reasons are many kinds of exception: one line with the first of its lines
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UsageError(
-            str(run_dir), f"torch.export cannot trace its policy ({first})", "see torch.export's documentation"
+            str(run_dir),
+            f"torch.export cannot trace its policy ({first})",
+            "a policy of your own must trace without data-dependent Python branches (torch.export's documentation)",
         ) from None
+    # the program must act as the policy: on the reset's observations, on one of them, and on wide
+    # ones that reach the normalization's clip
+    wide = 10 * torch.randn(7, *obs.shape[1:], generator=torch.Generator().manual_seed(0)).to(obs.dtype)
+    checks = [args, tuple(a[:1] for a in args), (wide, *(torch.zeros(7, *a.shape[1:], dtype=a.dtype) for a in args[1:]))]
     with torch.no_grad():
-        expect, got = module(*args), program.module()(*args)
-    if not all(torch.equal(a, b) for a, b in zip(_tensors(expect), _tensors(got), strict=True)):
-        raise RuntimeError(
-            f"the exported program of {run_dir} gives other actions than its policy: a flipes bug, please report it"
-        )
+        for inputs in checks:
+            expect, got = module(*inputs), program.module()(*inputs)
+            if not all(torch.equal(a, b) for a, b in zip(_tensors(expect), _tensors(got), strict=True)):
+                raise RuntimeError(
+                    f"the exported program of {run_dir} acts otherwise than its policy: a flipes bug, please report it"
+                )
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     tmp = out.with_name(out.name + ".tmp")
@@ -120,6 +127,14 @@ def export_policy(
         tmp.unlink(missing_ok=True)
         raise UsageError("--out", f"cannot write {out} ({e.strerror or e})", "choose a path you can write") from None
     return out
+
+
+def input_dtype(path: str | Path) -> torch.dtype:
+    """The dtype of the observations the program at ``path`` takes: the env's (float32 for flipes/ and
+    classic-control envs, float64 for gymnasium's MuJoCo envs); cast others to it."""
+    program = torch.export.load(str(path))
+    first = next(spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT")
+    return next(node.meta["val"].dtype for node in program.graph.nodes if node.name == first)
 
 
 def _tensors(value: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:

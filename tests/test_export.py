@@ -61,9 +61,13 @@ def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str,
 
 
 def test_export_refuses_what_it_cannot_trace_or_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run without an env, a path that is not .pt2 and an unwritable path are one-line errors."""
+    """A run without an env, a path that is not .pt2 and an unwritable path are one-line errors; a run
+    directory trained again with --overwrite loses the old run's program."""
     run = tmp_path / "run"
     flipes.train(**FAST_KW, generations=1, out=str(run))
+    assert main(["export", str(run)]) == 0 and (run / "policy.pt2").is_file()
+    flipes.train(**FAST_KW, generations=1, out=str(run), overwrite=True)
+    assert not (run / "policy.pt2").exists()  # --overwrite takes the old run's program away too
     with pytest.raises(flipes.UsageError, match=r"--out: .*policy.pt: torch.export programs are .pt2 files"):
         flipes.export_policy(run, tmp_path / "policy.pt")
     with pytest.raises(flipes.UsageError, match="--out: cannot write"):

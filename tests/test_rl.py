@@ -86,6 +86,20 @@ def test_running_norm_matches_the_statistics_of_all_data_and_is_frozen_until_upd
     assert torch.equal(restored(x), norm(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_running_norm_traced_by_torch_export_is_its_eager_self(dtype: torch.dtype) -> None:
+    """Traced (torch.export, as ``flipes export`` does), the normalization gives the eager outputs bit
+    for bit, before any statistics (the identity) and after (values past the clip included)."""
+    norm = RunningNorm(3)
+    x = 20 * torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    for _ in range(2):
+        program = torch.export.export(norm, (x,)).module()
+        assert torch.equal(program(x), norm(x)) and program(x).dtype == dtype
+        norm.record(torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(2)))
+        norm.update()
+    assert norm(x).abs().max() == 5.0 and not torch.equal(norm(x), x)
+
+
 def test_running_norm_keeps_float64_statistics_when_the_policy_is_cast() -> None:
     """Casting the policy (.to(torch.bfloat16)) leaves the statistics float64 and bit for bit unchanged, and the
     normalizer then works on, and returns, bfloat16; a device move (.to("cpu")) changes nothing."""

@@ -15,6 +15,12 @@ import torch
 from torch import Tensor, nn
 
 
+def _compiling() -> bool:
+    """Inside torch.compile or torch.export tracing (torch >= 2.3; older torch traces the eager path)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
 class RunningNorm(nn.Module):
     """``(x - mean) / std`` with the mean and variance of all observations recorded so far.
 
@@ -41,17 +47,20 @@ class RunningNorm(nn.Module):
         return f"{self.size}, clip={self.clip}"
 
     def forward(self, x: Tensor) -> Tensor:
-        if getattr(torch.compiler, "is_compiling", bool)():  # torch.export / torch.compile: no host read, no cache
-            scale = torch.stack((self.mean, (self.var + self.eps).rsqrt())).to(x.dtype)
-            normalized = ((x - scale[0]) * scale[1]).clamp(-self.clip, self.clip)
-            return torch.where(self.count == 0, x, normalized)
+        if _compiling():  # torch.export / torch.compile: no host read, nothing cached; the same numbers
+            return torch.where(self.count == 0, x, self._normalize(x, self._stats(x.dtype)))
         if self._scale is None or self._scale.dtype != x.dtype or self._scale.device != x.device:
             # reading `count` waits for the device: once per update, not at every step of a rollout
             self._identity = self.count.item() == 0
-            self._scale = torch.stack((self.mean, (self.var + self.eps).rsqrt())).to(x.dtype)
-        if self._identity:
-            return x
-        return ((x - self._scale[0]) * self._scale[1]).clamp_(-self.clip, self.clip)
+            self._scale = self._stats(x.dtype)
+        return x if self._identity else self._normalize(x, self._scale)
+
+    def _stats(self, dtype: torch.dtype) -> Tensor:
+        """``(mean, 1/std)`` in ``dtype``."""
+        return torch.stack((self.mean, (self.var + self.eps).rsqrt())).to(dtype)
+
+    def _normalize(self, x: Tensor, scale: Tensor) -> Tensor:
+        return ((x - scale[0]) * scale[1]).clamp_(-self.clip, self.clip)
 
     @torch.no_grad()
     def record(self, x: Tensor, mask: Tensor | None = None) -> None:
