@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import importlib.util
-import json
 import math
-import os
-import shutil
 import signal
 import threading
 import time
@@ -42,19 +38,19 @@ from flipes.callbacks import (
     ProgressPrinter,
     TensorBoardLogger,
     WandbLogger,
-    write_atomic,
 )
-from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_sha256
+from flipes.checkpoint import CheckpointError, load_checkpoint, tensors_sha256
 from flipes.cli import print_error
-from flipes.config import TrainConfig, resolve_target, resume_dir, validate
+from flipes.config import TrainConfig, resolve_target, validate
 from flipes.errors import EqualFitnessWarning, StorageError, UsageError
-from flipes.es import FlipES, Population, shaping
+from flipes.es import FlipES, Population
 from flipes.nn import flipout
 from flipes.nn.convert import flipout_layers, parameter_report
-from flipes.optim import ClipUp
 from flipes.plugins import Plugins, same_code
 from flipes.rl import POLICIES, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
 from flipes.rl.envs import EnvError, print_note
+from flipes.rundir import check_run_dir, prepare_run_dir
+from flipes.search import SHAPINGS, search_rule
 
 # options a resumed run must share with its checkpoint (the others may change, e.g. generations)
 RESUME_KEYS = (
@@ -425,38 +421,6 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
     )
 
 
-def search_rule(config: TrainConfig) -> tuple[Callable[[Tensor], Tensor], Callable[[list], torch.optim.Optimizer] | None]:
-    """``--algo``'s fitness shaping (or ``--shaping``'s) and optimizer (``None``: FlipES's Adam at ``--lr``)."""
-    if config.algo == "ars":  # SGD at lr·σ: a FlipES step is then ARS's α/(b σ_R) Σ (r+ - r-) δ (flipes.shaping.ars)
-        top = config.ars_top or None
-        return functools.partial(shaping.ars, top=top), lambda params: torch.optim.SGD(params, lr=config.lr * config.sigma)
-    shape = SHAPINGS[config.shaping]
-    if config.algo == "pgpe":
-        return shape, functools.partial(clipup, max_speed=config.max_speed, lr=config.lr)
-    return shape, None
-
-
-SHAPINGS = {
-    "auto": shaping.centered_ranks,
-    "centered-ranks": shaping.centered_ranks,
-    "z-score": shaping.z_score,
-    "raw": shaping.raw,
-}
-
-
-def clipup(params: list[Tensor], max_speed: float, lr: float) -> ClipUp:
-    """ClipUp at ``max_speed``, step size half of it, momentum 0.9 (the paper's recommended ratios).
-
-    ``max_speed`` 0 is ``lr·√D/2`` for D parameters: half of Adam's first step at ``lr`` (each parameter
-    moves ``lr``), because ClipUp keeps its speed where Adam's steps shrink once the gradient is mostly
-    noise. Probed on Pendulum, digits and HalfCheetah (2 seeds, bench_algos budgets): ``lr·√D`` reached
-    the thresholds in 0/2, 0/2 runs; ``lr·√D/4`` 0/2, 2/2, 1/2; ``lr·√D/2`` 1/2, 2/2, 2/2. A task's row
-    sets ``lr`` for Adam, where ``lr`` alone was ClipUp's speed before: far too slow for thousands of
-    parameters (the length of the whole update, not per parameter)."""
-    speed = max_speed or 0.5 * lr * math.sqrt(sum(p.numel() for p in params))
-    return ClipUp(params, lr=speed / 2, momentum=0.9, max_speed=speed)
-
-
 def build_fitness(
     config: TrainConfig, env: gym.vector.VectorEnv | None, model: nn.Module, plugins: Plugins | None = None
 ) -> Fitness:
@@ -602,99 +566,6 @@ def same_option(key: str, saved: dict[str, Any], now: dict[str, Any]) -> bool:
     if key == "shaping":
         return SHAPINGS[saved.get(key, "auto")] is SHAPINGS[now[key]]
     return False
-
-
-RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
-
-
-def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
-    """Refuse to train into a directory that holds another run, unless resuming it or ``--overwrite``.
-
-    Raises:
-        UsageError: naming what the directory holds and the three ways on.
-    """
-    held = [name for name in RUN_FILES if (run_dir / name).exists()]
-    resuming_here = bool(config.resume) and resume_dir(config.resume).resolve() == run_dir.resolve()
-    if held and not resuming_here and not config.overwrite and not unstarted(run_dir):
-        fix = f"continue it with --resume {run_dir}, train into another --out, or pass --overwrite to replace it"
-        raise UsageError("--out", f"{str(run_dir)!r} holds a run ({', '.join(held)})", fix)
-
-
-def unstarted(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds only what a run writes before its first generation ends (its starting
-    checkpoint, config.json, an empty metrics.jsonl): a run that failed at once, e.g. on a fitness
-    function being debugged. Such a directory is taken over without ``--overwrite``: it holds nothing
-    that the seed does not give again."""
-    metrics, checkpoint = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
-    if any((run_dir / name).exists() for name in ("previous.pt", "best.pt", "curves.png")):
-        return False
-    if metrics.exists() and metrics.stat().st_size > 0:
-        return False
-    try:  # a copied or resumed run may have no rows here and still hold trained parameters
-        return not checkpoint.exists() or load_checkpoint(checkpoint, map_location="cpu")["es"]["generation"] == 0
-    except (CheckpointError, KeyError, TypeError):
-        return False
-
-
-class RunDirLock:
-    """An exclusive lock on a run directory (``fcntl.flock`` on ``<run>/.lock``), held while a process
-    trains into it; the OS releases it when the process ends, however it ends."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.file = open(run_dir / ".lock", "a+")
-        try:
-            import fcntl
-        except ImportError:  # Windows: no locking
-            return
-        try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise UsageError(
-                "--out", f"{str(run_dir)!r} is in use by {holder}", "wait for it to end, or train into another --out"
-            ) from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"flipes pid {os.getpid()}")
-        self.file.flush()
-
-    def release(self) -> None:
-        self.file.close()
-
-
-def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | None = None) -> RunDirLock:
-    """Create and lock the run directory, clear it for ``--overwrite``, write the starting state
-    ``start`` as its first checkpoint (where it has none: from then on ``--resume DIR`` always
-    finds one), then ``config.json`` (atomically).
-
-    Raises:
-        UsageError: the directory cannot be created or written, is in use, or holds another run.
-    """
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunDirLock(run_dir)
-    except OSError as e:
-        raise UsageError(
-            "--out",
-            f"cannot write the run directory {str(run_dir)!r} ({e.strerror or e})",
-            "choose a directory you can write, e.g. --out runs/mine",
-        ) from None
-    try:
-        check_run_dir(run_dir, config)  # again under the lock: another process may have started meanwhile
-        if not config.resume and (config.overwrite or unstarted(run_dir)):
-            for name in (*RUN_FILES, "policy.pt2"):  # and what flipes export wrote from the old run
-                (run_dir / name).unlink(missing_ok=True)
-            for name in ("tensorboard", "wandb"):
-                shutil.rmtree(run_dir / name, ignore_errors=True)
-        if start is not None and not (run_dir / "checkpoint.pt").exists():
-            save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)
-        write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
-    except BaseException:
-        lock.release()
-        raise
-    return lock
 
 
 def standard_callbacks(config: TrainConfig, run_dir: Path) -> list[Callback]:

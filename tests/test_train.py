@@ -527,6 +527,11 @@ def test_shaping_and_weight_decay_reach_the_es_and_a_resume_must_keep_them(tmp_p
     """--shaping picks the shaping function (auto: the search's own; refused with ARS's own weighting),
     --weight-decay is FlipES's: a generation of flipes.train steps exactly as FlipES.tell with the
     same shaped fitness and decay, and resuming with another value of either is refused."""
+    import typing
+
+    from flipes.search import SHAPINGS
+
+    assert set(SHAPINGS) == set(typing.get_args(typing.get_type_hints(TrainConfig)["shaping"]))  # every choice has a rule
     serial = flipes.dist.SerialComm()
     config = TrainConfig.for_env("flipes/CartPole-v1", shaping="z-score", weight_decay=0.5)
     es = flipes.training.build_es(config, flipes.flipout(torch.nn.Linear(4, 2)), serial)

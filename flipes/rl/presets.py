@@ -68,7 +68,7 @@ def preset_for(env_id: str) -> dict[str, Any]:
 
 # What each search algorithm sets on top of an env's row (flags override it). pgpe: σ adapts per layer
 # (flipes.es.sigma) from the variation between 8 ε groups (every preset popsize is a multiple of 16),
-# with ClipUp at max speed lr·√D/2 (flipes.training.clipup). ars: Mania et al. (2018)'s linear policy,
+# with ClipUp at max speed lr·√D/2 (flipes.search.clipup). ars: Mania et al. (2018)'s linear policy,
 # step size α = 0.02 and ν = σ = 0.03.
 ALGOS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
     {

@@ -1,0 +1,108 @@
+"""The run directory: never overwritten implicitly, locked while a process trains into it, and
+complete (a starting checkpoint and config.json) before the first generation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from flipes.callbacks import write_atomic
+from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from flipes.config import TrainConfig, resume_dir
+from flipes.errors import UsageError
+
+RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
+
+
+def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to train into a directory that holds another run, unless resuming it or ``--overwrite``.
+
+    Raises:
+        UsageError: naming what the directory holds and the three ways on.
+    """
+    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+    resuming_here = bool(config.resume) and resume_dir(config.resume).resolve() == run_dir.resolve()
+    if held and not resuming_here and not config.overwrite and not unstarted(run_dir):
+        fix = f"continue it with --resume {run_dir}, train into another --out, or pass --overwrite to replace it"
+        raise UsageError("--out", f"{str(run_dir)!r} holds a run ({', '.join(held)})", fix)
+
+
+def unstarted(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what a run writes before its first generation ends (its starting
+    checkpoint, config.json, an empty metrics.jsonl): a run that failed at once, e.g. on a fitness
+    function being debugged. Such a directory is taken over without ``--overwrite``: it holds nothing
+    that the seed does not give again."""
+    metrics, checkpoint = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
+    if any((run_dir / name).exists() for name in ("previous.pt", "best.pt", "curves.png")):
+        return False
+    if metrics.exists() and metrics.stat().st_size > 0:
+        return False
+    try:  # a copied or resumed run may have no rows here and still hold trained parameters
+        return not checkpoint.exists() or load_checkpoint(checkpoint, map_location="cpu")["es"]["generation"] == 0
+    except (CheckpointError, KeyError, TypeError):
+        return False
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory (``fcntl.flock`` on ``<run>/.lock``), held while a process
+    trains into it; the OS releases it when the process ends, however it ends."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.file = open(run_dir / ".lock", "a+")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no locking
+            return
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise UsageError(
+                "--out", f"{str(run_dir)!r} is in use by {holder}", "wait for it to end, or train into another --out"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"flipes pid {os.getpid()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | None = None) -> RunDirLock:
+    """Create and lock the run directory, clear it for ``--overwrite``, write the starting state
+    ``start`` as its first checkpoint (where it has none: from then on ``--resume DIR`` always
+    finds one), then ``config.json`` (atomically).
+
+    Raises:
+        UsageError: the directory cannot be created or written, is in use, or holds another run.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunDirLock(run_dir)
+    except OSError as e:
+        raise UsageError(
+            "--out",
+            f"cannot write the run directory {str(run_dir)!r} ({e.strerror or e})",
+            "choose a directory you can write, e.g. --out runs/mine",
+        ) from None
+    try:
+        check_run_dir(run_dir, config)  # again under the lock: another process may have started meanwhile
+        if not config.resume and (config.overwrite or unstarted(run_dir)):
+            for name in (*RUN_FILES, "policy.pt2"):  # and what flipes export wrote from the old run
+                (run_dir / name).unlink(missing_ok=True)
+            for name in ("tensorboard", "wandb"):
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+        if start is not None and not (run_dir / "checkpoint.pt").exists():
+            save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)
+        write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
