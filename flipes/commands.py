@@ -52,7 +52,8 @@ class EvaluateConfig:
     episodes: int = 100
     """Episodes to evaluate the center policy on."""
     checkpoint: str = "latest"
-    """Which parameters: latest (checkpoint.pt), best (best.pt) or a checkpoint file."""
+    """Which parameters: latest (checkpoint.pt), best (best.pt: the best evaluated center), best-member (the
+    fittest member of any generation, kept with --track-best) or a checkpoint file."""
     seed: int = 12345
     """Seeds the evaluation episodes."""
     render: str = ""
@@ -70,7 +71,8 @@ class ExportConfig:
     run: str = field(metadata=POSITIONAL)
     """Run directory written by flipes train (on an env)."""
     checkpoint: str = "latest"
-    """Which parameters: latest (checkpoint.pt), best (best.pt) or a checkpoint file."""
+    """Which parameters: latest (checkpoint.pt), best (best.pt: the best evaluated center), best-member (the
+    fittest member of any generation, kept with --track-best) or a checkpoint file."""
     out: str = ""
     """The .pt2 file to write (default: RUN/policy.pt2)."""
 

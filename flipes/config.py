@@ -53,6 +53,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     """L2 pull of the mean parameters towards 0: weight_decay·θ is added to each step's loss gradient -ĝ
     (OpenAI's ES starter's l2coeff 0.005 is weight_decay 0.005/σ here: its gradient omits the 1/σ)."""
+    track_best: bool = False
+    """Keep the best member of any generation (highest fitness) in the checkpoints, to evaluate or
+    export with --checkpoint best-member; with noisy fitness (episodes, minibatches) its fitness is
+    optimistic: evaluate it again."""
     sigma_lr: float = 0.0
     """Learning rate of log σ, one σ per layer adapted along its natural gradient (standardized per layer,
     flipes.es.sigma); 0 keeps σ fixed."""

@@ -50,7 +50,7 @@ def export_policy(
     Args:
         run_dir: a directory written by ``flipes train`` / :func:`flipes.train` on an env.
         path: the file to write; ``RUN_DIR/policy.pt2`` by default.
-        checkpoint: ``latest``, ``best`` or a checkpoint file of the run.
+        checkpoint: ``latest``, ``best``, ``best-member`` or a checkpoint file of the run.
         model: the run's model, where it was given to :func:`flipes.train` as a Python object.
 
     The batch dimension is dynamic. Before writing, the program is run on a batch of the env's

@@ -35,7 +35,7 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:
-    """``latest`` -> checkpoint.pt, ``best`` -> best.pt, else a checkpoint file path.
+    """``latest`` and ``best-member`` -> checkpoint.pt, ``best`` -> best.pt, else a checkpoint file path.
 
     Raises:
         UsageError: anything else.
@@ -48,15 +48,15 @@ def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:
             "(a custom fitness without evaluate(), or none finished yet)",
             "use --checkpoint latest",
         )
-    if checkpoint in ("latest", "best"):
+    if checkpoint in ("latest", "best", "best-member"):
         return run_dir / ("best.pt" if checkpoint == "best" else "checkpoint.pt")
     path = Path(checkpoint)
     if path.suffix == ".pt" and path.is_file():
         return path
     raise UsageError(
         "--checkpoint",
-        f"{checkpoint!r} is neither latest, best nor a checkpoint file",
-        "use latest, best or a path to a .pt file",
+        f"{checkpoint!r} is neither latest, best, best-member nor a checkpoint file",
+        "use latest, best, best-member or a path to a .pt file",
     )
 
 
@@ -71,7 +71,8 @@ def load_policy(
 
     Args:
         run_dir: a directory written by ``flipes train`` / :func:`flipes.train`.
-        checkpoint: ``latest`` (checkpoint.pt), ``best`` (best.pt) or a checkpoint file.
+        checkpoint: ``latest`` (checkpoint.pt), ``best`` (best.pt), ``best-member`` (the fittest
+            member of any generation, kept by ``--track-best``) or a checkpoint file.
         device: where the policy lives.
         env: a vector env of the run's env id, for the spaces of an MLP policy (or the argument of
             ``--model``); made here with one copy when not given.
@@ -105,8 +106,13 @@ def load_policy(
         if own and env is not None:
             env.close()
     model = flipout(model).to(device)
+    weights = state["es"]["model"]
+    if checkpoint == "best-member":
+        if "best" not in state["es"]:
+            raise UsageError("--checkpoint", f"{run_dir} kept no best member", "train it with --track-best")
+        weights = state["es"]["best"]["state_dict"]
     try:
-        model.load_state_dict(state["es"]["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({str(e).splitlines()[-1].strip()[:120]})"
         raise UsageError("--checkpoint", problem, "pass a checkpoint written by this run") from None

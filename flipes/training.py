@@ -418,6 +418,7 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
         comm_mode=config.comm,
         noise_rank=config.noise_rank or None,
         sigma_lr=config.sigma_lr,
+        track_best=config.track_best,
     )
 
 

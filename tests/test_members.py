@@ -248,3 +248,43 @@ def test_wrong_calls_are_errors_that_name_the_fix() -> None:
     es.tell(fitness)
     with pytest.raises(RuntimeError, match=r"after tell\(\) ended generation 0 .* before es.tell\(\)"):
         es.member_state_dict(0)
+
+
+def test_track_best_keeps_the_fittest_member_of_all_generations_and_resumes_with_it() -> None:
+    """With ``track_best``, ``es.best`` is after every tell the member of highest fitness over all
+    generations so far (the earliest on ties): its fitness, generation, index and exactly the state
+    dict ``member_state_dict`` gave for it in its generation; ``state_dict()`` carries it, so a
+    resumed FlipES continues with it, and one that does not track it has none."""
+    target = torch.linspace(-1, 1, 6, dtype=DT)
+
+    def make() -> flipes.FlipES:
+        torch.manual_seed(0)
+        model = flipes.flipout(nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6)).to(DT))
+        return flipes.FlipES(model, popsize=N, sigma=0.3, lr=0.05, groups=2, track_best=True)
+
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=DT)
+    es, expect = make(), None
+    for generation in range(8):
+        with es.population() as pop:
+            fitness = -(es.model(x.expand(pop.size, *x.shape)) - target).square().mean((1, 2))
+            i = int(fitness.argmax())
+            if expect is None or fitness[i] > expect[0]:
+                expect = (fitness[i].item(), generation, i, es.member_state_dict(i))
+        es.tell(fitness)
+        best = es.best
+        assert (best.fitness, best.generation, best.index) == expect[:3]
+        assert best.state_dict.keys() == expect[3].keys()
+        assert all(torch.equal(best.state_dict[k], expect[3][k]) for k in best.state_dict)
+        if generation == 3:
+            saved = copy.deepcopy(es.state_dict())
+    assert expect[1] > 0  # a later generation beat the first
+    resumed = make()
+    resumed.load_state_dict(saved)
+    for _ in range(4):
+        resumed.step(lambda model, pop: -(model(x.expand(pop.size, *x.shape)) - target).square().mean((1, 2)))
+    assert (resumed.best.fitness, resumed.best.generation, resumed.best.index) == (best.fitness, best.generation, best.index)
+    untracked = flipes.FlipES(flipes.flipout(nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6)).to(DT)), popsize=N, groups=2)
+    untracked.load_state_dict(saved)
+    assert untracked.best is None and "best" not in untracked.state_dict()
+    with pytest.raises(TypeError, match="track_best must be True or False"):
+        flipes.FlipES(untracked.model, popsize=N, track_best="yes")

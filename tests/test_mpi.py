@@ -58,17 +58,22 @@ def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str) -> 
 def test_a_continuous_policy_gets_the_same_bits_from_one_group_per_rank_as_from_one_process(tmp_path: Path) -> None:
     """Seeds mode on Pendulum (continuous actions feed every rounding back into the episode, and the
     observation normalizer spreads it): 2 processes holding one ε group each log the fitness,
-    evaluation and parameters of one process holding both, bit for bit, every generation."""
-    rows = {}
+    evaluation and parameters of one process holding both, bit for bit, every generation, and keep
+    the same best member (--track-best), whichever process evaluated it."""
+    rows, best = {}, {}
     for k in (1, 2):
         run = tmp_path / f"n{k}"
         mpirun(k, "--env", "flipes/Pendulum-v1", "--popsize", "64", "--groups", "2", "--generations", "5",
                "--comm", "seeds", "--eval-every", "1", "--eval-episodes", "5", "--target", "none",
-               "--tensorboard", "false", "--out", str(run))  # fmt: skip
+               "--tensorboard", "false", "--track-best", "--out", str(run))  # fmt: skip
         rows[k] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        best[k] = load_checkpoint(run)["es"]["best"]
     keys = ("fitness_mean", "fitness_max", "eval_return", "params_sha256")
     assert len(rows[1]) == 5
     assert [[r[key] for key in keys] for r in rows[2]] == [[r[key] for key in keys] for r in rows[1]]
+    assert best[1]["fitness"] == best[2]["fitness"] == max(r["fitness_max"] for r in rows[1])
+    assert (best[1]["generation"], best[1]["index"]) == (best[2]["generation"], best[2]["index"])
+    assert all(torch.equal(v, best[2]["state_dict"][key]) for key, v in best[1]["state_dict"].items())
 
 
 def test_a_failing_rank_ends_the_job_promptly(tmp_path: Path) -> None:

@@ -287,6 +287,25 @@ def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functio
     assert [r["params_sha256"] for r in metrics(tmp_path / "b")] == [r["params_sha256"] for r in by_name.metrics]
 
 
+def test_track_best_keeps_the_fittest_member_for_evaluate_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--track-best`` keeps the fittest member of all generations in the checkpoint: its fitness is
+    the largest fitness_max logged, ``load_policy(checkpoint="best-member")`` loads exactly its state
+    dict, and a run without it says how to get one."""
+    (tmp_path / "quadratic.py").write_text(QUADRATIC_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kw = {"env": "none", "model": "quadratic:make_model", "fitness": "quadratic:fitness", "popsize": 8, "generations": 6}
+    result = flipes.train(**kw, track_best=True, out=str(tmp_path / "a"), progress=False, tensorboard=False)
+    best = result.es.best
+    assert best.fitness == max(r["fitness_max"] for r in result.metrics)
+    assert result.metrics[best.generation]["fitness_max"] == best.fitness
+    policy = flipes.load_policy(tmp_path / "a", checkpoint="best-member")
+    assert all(torch.equal(v, best.state_dict[k]) for k, v in policy.state_dict().items())
+    assert not torch.equal(policy[0].weight, result.model[0].weight)  # a member, not the center
+    flipes.train(**kw, out=str(tmp_path / "b"), progress=False, tensorboard=False)
+    with pytest.raises(flipes.UsageError, match=r"--checkpoint: .* kept no best member; train it with --track-best"):
+        flipes.load_policy(tmp_path / "b", checkpoint="best-member")
+
+
 def test_objects_without_an_importable_name_say_to_give_them_again(tmp_path: Path) -> None:
     """A module instance, a functools.partial or a bound method given to flipes.train is recorded under a
     name no import loads back, so loading the run without it says to give it again (it does not load

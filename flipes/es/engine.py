@@ -25,6 +25,7 @@ from flipes.dist import Comm, SerialComm, split_groups
 from flipes.errors import EqualFitnessWarning, caller_stacklevel
 from flipes.es import members
 from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
+from flipes.es.members import BestMember
 from flipes.es.population import Population
 from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
@@ -129,6 +130,10 @@ class FlipES:
             same for layers of any size (``flipes.es.sigma``). Under Flipout a layer's weights learn σ only from the
             variation between ε groups: use ``groups ≥ 8``. Needs full-rank noise. ``stats["sigma"]``
             is then the mean σ over the evolved parameters; σ is part of ``state_dict()``.
+        track_best: keep ``es.best``, the member of highest fitness over all generations so far
+            (:class:`~flipes.es.members.BestMember`: its fitness, generation, index and state dict,
+            buffers included); part of ``state_dict()``. Costs one member's weights per
+            generation that beats it. Noisy fitness (episodes, minibatches) makes its fitness optimistic.
 
     Examples::
 
@@ -157,12 +162,17 @@ class FlipES:
         comm_mode: str = "allreduce",
         noise_rank: int | None = None,
         sigma_lr: float = 0.0,
+        track_best: bool = False,
     ) -> None:
         # checked up front: a wrong type would otherwise fail far from here, or be truncated silently
         popsize, seed, groups = _integer("popsize", popsize), _integer("seed", seed), _integer("groups", groups)
         if not isinstance(mirrored, (bool, np.bool_)):
             raise TypeError(f"mirrored must be True or False, got {mirrored!r} ({type(mirrored).__name__})")
         mirrored = bool(mirrored)
+        if not isinstance(track_best, (bool, np.bool_)):
+            raise TypeError(f"track_best must be True or False, got {track_best!r} ({type(track_best).__name__})")
+        self.track_best = bool(track_best)
+        self.best: BestMember | None = None  # with track_best: the fittest member of any generation so far
         if not callable(shaping):
             raise TypeError(
                 f"shaping must be a function fitness (N,) -> weights (N,), e.g. flipes.shaping.centered_ranks, "
@@ -628,6 +638,11 @@ class FlipES:
         else:
             flat.mul_(-1.0 / (self.popsize * sigma * sigma))  # -ĝ: Σ F̂ (σu) / (Nσ²), negated for the loss -J
 
+        if self.track_best:  # before the mean moves: the member as it was evaluated
+            best = int(full.argmax())
+            if self.best is None or full[best].item() > self.best.fitness:
+                state = members.member_state_dict(self, best)
+                self.best = BestMember(full[best].item(), self.generation, best, state)
         before = torch.cat([p.detach().flatten() for p in self.params])
         for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
             g = g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
@@ -726,6 +741,8 @@ class FlipES:
         }
         if self.log_sigma is not None:
             state["log_sigma"] = self.log_sigma
+        if self.best is not None:
+            state["best"] = {f.name: getattr(self.best, f.name) for f in dataclasses.fields(self.best)}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -750,6 +767,8 @@ class FlipES:
             self.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
         self.generation = int(state["generation"])
         self._noise = None
+        best = state.get("best") if self.track_best else None  # a run may start or stop keeping it on resume
+        self.best = None if best is None else BestMember(**best)
 
 
 def _dense_params(module: nn.Module, named: bool = False) -> list[Any]:

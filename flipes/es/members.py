@@ -11,6 +11,7 @@ process that evaluates it holds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,6 +22,24 @@ from flipes.noise import DenseNoise, SlotNoise
 
 if TYPE_CHECKING:
     from flipes.es.engine import FlipES
+
+
+@dataclass
+class BestMember:
+    """The fittest member of any generation so far (``FlipES(track_best=True)``, ``es.best``).
+
+    Attributes:
+        fitness: its fitness as told (the whole population's maximum in its generation).
+        generation: the generation it was evaluated in.
+        index: its global member index in that generation.
+        state_dict: ``model.state_dict()`` as it evaluated: its parameters ``θ̄ + σu``, the buffers
+            then; ``plain_model.load_state_dict(es.best.state_dict)`` runs it.
+    """
+
+    fitness: float
+    generation: int
+    index: int
+    state_dict: dict[str, Any]
 
 
 def _rows(noise: SlotNoise, group: int, rows: slice) -> SlotNoise:
