@@ -252,12 +252,19 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
 
 def export_command(argv: Sequence[str] | None = None) -> Path:
     """``flipes export``: the center policy as a torch.export program; prints and returns its path."""
-    from flipes.export import export_policy, input_dtype
+    from flipes.export import export_policy, program_inputs
 
     args = parse_config(ExportConfig, argv, EXPORT_HELP, prog="flipes export")
     path = export_policy(args.run, args.out or None, args.checkpoint)
-    dtype = str(input_dtype(path)).removeprefix("torch.")
-    print(f"wrote {path}: torch.export.load({str(path)!r}).module() maps {dtype} observations (batch first) to actions")
+    shown = [
+        f"{str(dtype).removeprefix('torch.')} (batch, {', '.join(map(str, shape))})" for dtype, shape in program_inputs(path)
+    ]
+    call = f"torch.export.load({str(path)!r}).module()"
+    if len(shown) == 1:
+        print(f"wrote {path}: {call}(obs) maps observations {shown[0]} to actions")
+    else:
+        state = f"state {shown[1]}, zeros at an episode's start"
+        print(f"wrote {path}: {call}(obs, state) -> (actions, state), observations {shown[0]}, {state}")
     return path
 
 
@@ -267,12 +274,13 @@ EXPORT_HELP = """The center policy of a run as one torch.export program (.pt2), 
     flipes export runs/cartpole --checkpoint best --out cartpole.pt2
 
     policy = torch.export.load("runs/cartpole/policy.pt2").module()   # no flipes import
-    actions = policy(obs)             # obs (batch, *obs_shape), any batch; GRU: policy(obs, state)
+    actions = policy(obs)             # obs (batch, *obs_shape), any batch
+    actions, state = policy(obs, state)   # a GRU policy: state zeros (batch, hidden) at an episode's start
 
 The program holds the mean network with its observation normalization and gives the same actions as
 flipes evaluate's policy, bit for bit (checked before it is written). It takes observations of the
 env's dtype (float32 for flipes/ and classic-control envs, float64 for gymnasium's MuJoCo envs; the
-line it prints names it): cast others to it.
+line it prints names it, and a GRU state's shape): cast others to it.
 """
 
 

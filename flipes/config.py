@@ -32,7 +32,8 @@ class TrainConfig:
     sigma: float = 0.1
     """Perturbation scale σ of every parameter."""
     lr: float = 0.05
-    """Learning rate of Adam on the ES gradient."""
+    """Adam's learning rate on the ES gradient (openai-es); with --algo pgpe it sets ClipUp's speed
+    (lr·√D/2, see --max-speed), with --algo ars SGD's step lr·σ."""
     seed: int = 0
     """Keys all noise and episodes: the same seed gives the same parameters."""
     groups: int = 1
@@ -48,11 +49,12 @@ class TrainConfig:
     reward std, SGD at lr·σ; a linear policy, lr 0.02, σ 0.03). Flags override what each sets."""
     shaping: Literal["auto", "centered-ranks", "z-score", "raw"] = "auto"
     """Fitness shaping, the weight of each member in the ES gradient: auto is the search's own (centered
-    ranks; ARS's with --algo ars); centered-ranks (ranks scaled to [-0.5, 0.5]: invariant to monotone
+    ranks; ARS's with --algo ars, which refuses the others); centered-ranks (ranks scaled to [-0.5, 0.5]: invariant to monotone
     transforms of the fitness, robust to outliers); z-score ((F - mean) / std); raw (F itself)."""
     weight_decay: float = 0.0
     """L2 pull of the mean parameters towards 0: weight_decay·θ is added to each step's loss gradient -ĝ
-    (OpenAI's ES starter's l2coeff 0.005 is weight_decay 0.005/σ here: its gradient omits the 1/σ)."""
+    (OpenAI's ES starter's l2coeff 0.005 is weight_decay 0.005/σ here, its gradient omitting the 1/σ:
+    the same steps with Adam at its stepsize)."""
     track_best: bool = False
     """Keep the best member of any generation (highest fitness) in the checkpoints, to evaluate or
     export with --checkpoint best-member; with noisy fitness (episodes, minibatches) its fitness is

@@ -129,12 +129,14 @@ def export_policy(
     return out
 
 
-def input_dtype(path: str | Path) -> torch.dtype:
-    """The dtype of the observations the program at ``path`` takes: the env's (float32 for flipes/ and
-    classic-control envs, float64 for gymnasium's MuJoCo envs); cast others to it."""
+def program_inputs(path: str | Path) -> list[tuple[torch.dtype, tuple[int, ...]]]:
+    """The dtype and per-row shape of each input of the program at ``path``: the observations (in the
+    env's dtype: float32 for flipes/ and classic-control envs, float64 for gymnasium's MuJoCo envs;
+    cast others to it), then a GRU policy's state."""
     program = torch.export.load(str(path))
-    first = next(spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT")
-    return next(node.meta["val"].dtype for node in program.graph.nodes if node.name == first)
+    names = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    values = {node.name: node.meta["val"] for node in program.graph.nodes if node.op == "placeholder"}
+    return [(values[name].dtype, tuple(int(d) for d in values[name].shape[1:])) for name in names]
 
 
 def _tensors(value: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:

@@ -34,7 +34,9 @@ def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str,
     run = tmp_path / "run"
     flipes.train(**{**FAST_KW, "env": env}, policy=policy, hidden=[8, 8], generations=2, out=str(run))
     assert main(["export", str(run)]) == 0 and (run / "policy.pt2").is_file()
+    declared = flipes.export.program_inputs(run / "policy.pt2")
     reference = flipes.load_policy(run)
+    assert declared == [(torch.float32, (reference.obs_dim,))] + ([(torch.float32, (8,))] if policy == "gru" else [])
     assert reference.obs_norm.count.item() > 0  # the statistics in the program are real ones
     gen = torch.Generator().manual_seed(0)
     obs = [3 * torch.randn(b, reference.obs_dim, generator=gen) for b in (1, 7)]
