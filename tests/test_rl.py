@@ -225,3 +225,28 @@ def test_a_user_policy_holding_obs_norm_gets_the_statistics_of_every_population_
                           out=str(tmp_path / "run"), progress=False, tensorboard=False)  # fmt: skip
     steps = result.metrics[-1]["timesteps"]
     assert steps > 0 and result.model.obs_norm.count.item() == steps
+
+
+def test_an_own_loop_that_never_merges_obs_norm_is_warned_once() -> None:
+    """RolloutFitness records observations into the policy's normalizer; a loop that calls the next
+    generation without obs_norm.update() gets one warning at its own line (the statistics would
+    never move), and a loop that merges after every tell gets none."""
+    import warnings
+
+    for merge in (True, False):
+        env = make_vector_env("flipes/CartPole-v1", 8)
+        torch.manual_seed(0)
+        policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(4,)))
+        es = flipes.FlipES(policy, popsize=8, seed=0)
+        fitness = RolloutFitness(env, seed=0, obs_norm=policy.obs_norm)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                es.step(fitness)
+                if merge:
+                    policy.obs_norm.update()
+        told = [w for w in seen if "obs_norm still holds" in str(w.message)]
+        assert len(told) == (0 if merge else 1), [str(w.message) for w in seen]
+        if not merge:
+            assert "generation 0 unmerged" in str(told[0].message) and told[0].filename == __file__
+            assert policy.obs_norm.count.item() == 0

@@ -9,6 +9,7 @@ the rollout stops once every episode is done.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flipes.errors import UsageError
+from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.population import Population
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.recurrent import RecurrentPolicy, stepper
@@ -245,6 +246,8 @@ class RolloutFitness:
         self.env, self.episodes, self.seed, self.obs_norm, self.pipeline = env, episodes, seed, obs_norm, pipeline
         self.reward_shift = reward_shift
         self.timesteps = 0
+        self._recorded: int | None = None  # the generation whose observations obs_norm last recorded
+        self._warned = False
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
         n, k = pop.size, self.episodes
@@ -254,6 +257,14 @@ class RolloutFitness:
                 f"make it with num_envs={n * k}"
             )
 
+        pending = self.obs_norm is not None and self.obs_norm.pending is not None
+        if pending and self._recorded is not None and self._recorded != pop.generation and not self._warned:
+            self._warned = True  # an own loop that forgot the merge: the statistics would never move
+            warnings.warn(
+                f"obs_norm still holds the observations of generation {self._recorded} unmerged: call "
+                "obs_norm.update() after es.tell() (flipes.train does), or the normalization never learns",
+                stacklevel=caller_stacklevel(),
+            )
         step = stepper(model)  # a recurrent policy's state lives for this rollout
 
         def act(obs: Tensor) -> Tensor:  # (n·k, d) -> members first (n, k, d) -> (n·k, ...)
@@ -267,5 +278,6 @@ class RolloutFitness:
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
         ep = run_episodes(self.env, act, record=self.obs_norm, members=n, obs=obs, pipeline=pipeline)
         self.timesteps += ep.steps
+        self._recorded = pop.generation if self.obs_norm is not None else None
         returns = ep.returns if not self.reward_shift else ep.returns - self.reward_shift * ep.lengths
         return returns.view(n, k).mean(1)
