@@ -53,8 +53,9 @@ def export_policy(
         checkpoint: ``latest``, ``best``, ``best-member`` or a checkpoint file of the run.
         model: the run's model, where it was given to :func:`flipes.train` as a Python object.
 
-    The batch dimension is dynamic. Before writing, the program is run on a batch of the env's
-    observations and must give the policy's actions bit for bit.
+    The batch dimension is dynamic; the observations' dtype is the env's (:func:`program_inputs`).
+    Before writing, the program must give the policy's actions bit for bit on the env's reset
+    observations, on one of them, and on wide ones that reach the normalization's clip.
 
     Raises:
         UsageError: a run without an env (its inputs are unknown), a recurrent policy other than
