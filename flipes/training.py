@@ -535,11 +535,9 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
         raise UsageError("--resume", str(e), fix) from None
     saved = dict(saved_state["config"])
     saved.setdefault("noise_rank", saved.pop("rank", 0) or 0)  # runs saved before the option's rename
-    saved.setdefault("reward_shift", 0.0)
-    saved.setdefault("mirrored", True)
-    saved.setdefault("policy", "mlp")  # runs saved before recurrent policies
-    saved.setdefault("shaping", "auto")  # and before --shaping, --weight-decay
-    saved.setdefault("weight_decay", 0.0)
+    for f in dataclasses.fields(TrainConfig):  # runs saved before an option existed ran with its default
+        if f.name in RESUME_KEYS and f.name not in saved and f.default is not dataclasses.MISSING:
+            saved[f.name] = f.default
     now = dataclasses.asdict(state.config)
     changed = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if not same_option(k, saved, now)}
     if changed:

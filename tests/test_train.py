@@ -161,6 +161,25 @@ def test_a_resume_into_another_directory_starts_it_with_the_saved_counters(tmp_p
     assert copy["es"]["generation"] == 2 and copy["timesteps"] == saved["timesteps"] > 0
 
 
+def test_a_run_saved_before_newer_options_existed_resumes_with_their_defaults(tmp_path: Path) -> None:
+    """A checkpoint and config.json without the options added since (reward_shift, mirrored, policy,
+    shaping, weight_decay; noise_rank under its old name rank) resume as runs of their defaults: the
+    resumed rows equal an uninterrupted run's, bit for bit."""
+    kw = {**FAST_KW, "hidden": [4]}
+    whole = flipes.train(**kw, generations=3, out=str(tmp_path / "whole"))
+    flipes.train(**kw, generations=2, out=str(tmp_path / "old"))
+    newer = ("reward_shift", "mirrored", "policy", "shaping", "weight_decay", "noise_rank")
+    for path in (tmp_path / "old" / "checkpoint.pt", tmp_path / "old" / "previous.pt"):
+        state = load_checkpoint(path)
+        state["config"] = {k: v for k, v in state["config"].items() if k not in newer} | {"rank": None}
+        save_checkpoint(state, path, keep_previous=False)
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    (tmp_path / "old" / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in newer}))
+    rest = flipes.train(resume=str(tmp_path / "old"), generations=3, progress=False)
+    assert [r["params_sha256"] for r in metrics(tmp_path / "old")] == [r["params_sha256"] for r in whole.metrics]
+    assert (rest.config.shaping, rest.config.weight_decay, rest.config.policy, rest.config.noise_rank) == ("auto", 0.0, "mlp", 0)
+
+
 def test_resume_refuses_other_options_and_broken_checkpoints(tmp_path: Path) -> None:
     """A resume with other training options, or from a broken checkpoint, is a UsageError naming
     the difference or the previous checkpoint; rows past the checkpoint resumed are dropped."""
