@@ -230,23 +230,27 @@ def test_a_user_policy_holding_obs_norm_gets_the_statistics_of_every_population_
 def test_an_own_loop_that_never_merges_obs_norm_is_warned_once() -> None:
     """RolloutFitness records observations into the policy's normalizer; a loop that calls the next
     generation without obs_norm.update() gets one warning at its own line (the statistics would
-    never move), and a loop that merges after every tell gets none."""
+    never move); a loop that merges after every tell gets none, also with two fitness objects
+    recording into one normalizer in the same generation."""
     import warnings
 
-    for merge in (True, False):
+    for mode in ("merge", "forget", "two"):
         env = make_vector_env("flipes/CartPole-v1", 8)
         torch.manual_seed(0)
         policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(4,)))
         es = flipes.FlipES(policy, popsize=8, seed=0)
         fitness = RolloutFitness(env, seed=0, obs_norm=policy.obs_norm)
+        if mode == "two":
+            other = RolloutFitness(make_vector_env("flipes/CartPole-v1", 8), seed=1, obs_norm=policy.obs_norm)
+            fitness = (lambda first, second: lambda model, pop: first(model, pop) + second(model, pop))(fitness, other)
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             for _ in range(3):
                 es.step(fitness)
-                if merge:
+                if mode != "forget":
                     policy.obs_norm.update()
         told = [w for w in seen if "obs_norm still holds" in str(w.message)]
-        assert len(told) == (0 if merge else 1), [str(w.message) for w in seen]
-        if not merge:
+        assert len(told) == (1 if mode == "forget" else 0), (mode, [str(w.message) for w in seen])
+        if mode == "forget":
             assert "generation 0 unmerged" in str(told[0].message) and told[0].filename == __file__
             assert policy.obs_norm.count.item() == 0

@@ -40,6 +40,7 @@ class RunningNorm(nn.Module):
         self.register_buffer("var", torch.ones(size, dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.pending: Tensor | None = None  # (members, 1 + 2·size): [count, Σx, Σx²] of this generation
+        self.pending_generation: int | None = None  # the generation they belong to, where a rollout said so
         self._scale: Tensor | None = None  # (mean, 1/std) in the input dtype, cached until update()
         self._identity = True  # no statistics yet: the input passes unchanged
 
@@ -77,7 +78,7 @@ class RunningNorm(nn.Module):
         """Merge the pending per-member sums (or ``pending``: every process's rows, gathered in
         member order) into the statistics, and clear them."""
         rows = self.pending if pending is None else pending
-        self.pending = None
+        self.pending, self.pending_generation = None, None
         if rows is None:
             return
         p = rows.to(self.mean.device, torch.float64).sum(0)

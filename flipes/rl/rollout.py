@@ -246,8 +246,7 @@ class RolloutFitness:
         self.env, self.episodes, self.seed, self.obs_norm, self.pipeline = env, episodes, seed, obs_norm, pipeline
         self.reward_shift = reward_shift
         self.timesteps = 0
-        self._recorded: int | None = None  # the generation whose observations obs_norm last recorded
-        self._warned = False
+        self._warned = False  # about an obs_norm left unmerged, once
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
         n, k = pop.size, self.episodes
@@ -257,11 +256,12 @@ class RolloutFitness:
                 f"make it with num_envs={n * k}"
             )
 
-        pending = self.obs_norm is not None and self.obs_norm.pending is not None
-        if pending and self._recorded is not None and self._recorded != pop.generation and not self._warned:
+        norm = self.obs_norm
+        earlier = None if norm is None or norm.pending is None else norm.pending_generation
+        if earlier is not None and earlier != pop.generation and not self._warned:
             self._warned = True  # an own loop that forgot the merge: the statistics would never move
             warnings.warn(
-                f"obs_norm still holds the observations of generation {self._recorded} unmerged: call "
+                f"obs_norm still holds the observations of generation {earlier} unmerged: call "
                 "obs_norm.update() after es.tell() (flipes.train does), or the normalization never learns",
                 stacklevel=caller_stacklevel(),
             )
@@ -278,6 +278,7 @@ class RolloutFitness:
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
         ep = run_episodes(self.env, act, record=self.obs_norm, members=n, obs=obs, pipeline=pipeline)
         self.timesteps += ep.steps
-        self._recorded = pop.generation if self.obs_norm is not None else None
+        if norm is not None:
+            norm.pending_generation = pop.generation
         returns = ep.returns if not self.reward_shift else ep.returns - self.reward_shift * ep.lengths
         return returns.view(n, k).mean(1)
