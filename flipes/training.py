@@ -71,6 +71,8 @@ RESUME_KEYS = (
     "fitness",
     "model",
 )
+# resume keys added after the first checkpoints were written: a run that lacks one ran with its default
+LATER_KEYS = ("mirrored", "reward_shift", "policy", "shaping", "weight_decay")
 Fitness = Callable[[nn.Module, Population], Tensor]
 
 
@@ -535,9 +537,12 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
         raise UsageError("--resume", str(e), fix) from None
     saved = dict(saved_state["config"])
     saved.setdefault("noise_rank", saved.pop("rank", 0) or 0)  # runs saved before the option's rename
-    for f in dataclasses.fields(TrainConfig):  # runs saved before an option existed ran with its default
-        if f.name in RESUME_KEYS and f.name not in saved and f.default is not dataclasses.MISSING:
-            saved[f.name] = f.default
+    lacking = [k for k in RESUME_KEYS if k not in saved and k not in LATER_KEYS]
+    if lacking:
+        raise UsageError("--resume", f"{path}'s config lacks {', '.join(lacking)}", "resume a checkpoint flipes train wrote")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for key in LATER_KEYS:  # runs saved before an option existed ran with its default
+        saved.setdefault(key, defaults[key])
     now = dataclasses.asdict(state.config)
     changed = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if not same_option(k, saved, now)}
     if changed:

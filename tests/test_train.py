@@ -178,6 +178,11 @@ def test_a_run_saved_before_newer_options_existed_resumes_with_their_defaults(tm
     rest = flipes.train(resume=str(tmp_path / "old"), generations=3, progress=False)
     assert [r["params_sha256"] for r in metrics(tmp_path / "old")] == [r["params_sha256"] for r in whole.metrics]
     assert (rest.config.shaping, rest.config.weight_decay, rest.config.policy, rest.config.noise_rank) == ("auto", 0.0, "mlp", 0)
+    state = load_checkpoint(tmp_path / "old")  # an option every run has, missing: a damaged file, said so
+    state["config"].pop("env")
+    save_checkpoint(state, tmp_path / "old" / "checkpoint.pt")
+    with pytest.raises(flipes.UsageError, match=r"--resume: .*'s config lacks env; resume a checkpoint flipes train wrote"):
+        flipes.train(resume=str(tmp_path / "old" / "checkpoint.pt"), env="flipes/CartPole-v1", generations=4, progress=False)
 
 
 def test_resume_refuses_other_options_and_broken_checkpoints(tmp_path: Path) -> None:
