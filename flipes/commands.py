@@ -186,7 +186,8 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     policy = load_policy(args.run, args.checkpoint, args.device)
     returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device)
     mean, std = returns.mean().item(), returns.std().item() if len(returns) > 1 else 0.0
-    print(f"{env_id}: center policy return {mean:.2f} ± {std:.2f} over {args.episodes} episodes ({args.checkpoint} checkpoint)")
+    what = "best member" if args.checkpoint == "best-member" else "center policy"
+    print(f"{env_id}: {what} return {mean:.2f} ± {std:.2f} over {args.episodes} episodes ({args.checkpoint} checkpoint)")
     if args.render:
         n = record(policy, env_id, Path(args.render), args.seed, args.max_frames)
         print(f"wrote {args.render} ({n} frames)")
@@ -251,7 +252,7 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
 
 
 def export_command(argv: Sequence[str] | None = None) -> Path:
-    """``flipes export``: the center policy as a torch.export program; prints and returns its path."""
+    """``flipes export``: a run's policy as a torch.export program; prints and returns its path."""
     from flipes.export import export_policy, program_inputs
 
     args = parse_config(ExportConfig, argv, EXPORT_HELP, prog="flipes export")
@@ -268,7 +269,8 @@ def export_command(argv: Sequence[str] | None = None) -> Path:
     return path
 
 
-EXPORT_HELP = """The center policy of a run as one torch.export program (.pt2), deployable with torch alone.
+EXPORT_HELP = """A run's policy (its center, or --checkpoint best-member) as one torch.export program (.pt2),
+deployable with torch alone.
 
     flipes export runs/cartpole                        # runs/cartpole/policy.pt2
     flipes export runs/cartpole --checkpoint best --out cartpole.pt2
@@ -320,7 +322,7 @@ policy's eval_return, against generation, timesteps or seconds.
 COMMANDS: dict[str, tuple[Callable[[Sequence[str] | None], Any], str]] = {
     "train": (train_command, "train a policy or model with FlipES"),
     "evaluate": (evaluate_command, "evaluate a run's center policy (and record a video)"),
-    "export": (export_command, "a run's center policy as a torch.export program, for torch alone"),
+    "export": (export_command, "a run's policy as a torch.export program, for torch alone"),
     "plot": (plot_command, "plot the learning curves of runs"),
 }
 

@@ -131,7 +131,7 @@ def export_policy(
 
 
 def program_inputs(path: str | Path) -> list[tuple[torch.dtype, tuple[int, ...]]]:
-    """The dtype and per-row shape of each input of the program at ``path``: the observations (in the
+    """The dtype and per-row shape of each input of a program ``flipes export`` wrote: the observations (in the
     env's dtype: float32 for flipes/ and classic-control envs, float64 for gymnasium's MuJoCo envs;
     cast others to it), then a GRU policy's state."""
     program = torch.export.load(str(path))

@@ -86,7 +86,7 @@ def load_policy(
     try:
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
     except CheckpointError as e:
-        fix = "" if "; " in str(e) else "pass --checkpoint latest, best or a checkpoint file of this run"
+        fix = "" if "; " in str(e) else "pass --checkpoint latest, best, best-member or a checkpoint file of this run"
         raise UsageError("--checkpoint", str(e), fix) from None
     env_id = str(config.get("env", "none"))
     own = env is None and env_id.lower() != "none"
@@ -109,6 +109,8 @@ def load_policy(
     weights = state["es"]["model"]
     if checkpoint == "best-member":
         if "best" not in state["es"]:
+            if state.get("config", {}).get("track_best"):
+                raise UsageError("--checkpoint", f"{run_dir} has no best member yet: no generation was checkpointed", "train on")
             raise UsageError("--checkpoint", f"{run_dir} kept no best member", "train it with --track-best")
         weights = state["es"]["best"]["state_dict"]
     try:

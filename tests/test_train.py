@@ -329,6 +329,14 @@ def test_track_best_keeps_the_fittest_member_for_evaluate_and_export(tmp_path: P
     with pytest.raises(flipes.UsageError, match=r"--checkpoint: .* kept no best member; train it with --track-best"):
         flipes.load_policy(tmp_path / "b", checkpoint="best-member")
 
+    def failing(model, pop):
+        raise RuntimeError("a fitness being debugged")
+
+    with pytest.raises(RuntimeError, match="being debugged"):  # leaves the starting checkpoint
+        flipes.train(**{**kw, "fitness": failing}, track_best=True, out=str(tmp_path / "c"), progress=False, tensorboard=False)
+    with pytest.raises(flipes.UsageError, match=r"has no best member yet: no generation was checkpointed; train on"):
+        flipes.load_policy(tmp_path / "c", checkpoint="best-member")
+
 
 def test_objects_without_an_importable_name_say_to_give_them_again(tmp_path: Path) -> None:
     """A module instance, a functools.partial or a bound method given to flipes.train is recorded under a

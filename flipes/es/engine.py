@@ -641,8 +641,7 @@ class FlipES:
         if self.track_best:  # before the mean moves: the member as it was evaluated
             best = int(full.argmax())
             if self.best is None or full[best].item() > self.best.fitness:
-                state = members.member_state_dict(self, best)
-                self.best = BestMember(full[best].item(), self.generation, best, state)
+                self.best = BestMember(full[best].item(), self.generation, best, members.member_state_dict(self, best))
         before = torch.cat([p.detach().flatten() for p in self.params])
         for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
             g = g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
@@ -768,7 +767,7 @@ class FlipES:
         self.generation = int(state["generation"])
         self._noise = None
         best = state.get("best") if self.track_best else None  # a run may start or stop keeping it on resume
-        self.best = None if best is None else BestMember(**best)
+        self.best = None if best is None else BestMember(best["fitness"], best["generation"], best["index"], best["state_dict"])
 
 
 def _dense_params(module: nn.Module, named: bool = False) -> list[Any]:

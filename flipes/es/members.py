@@ -32,14 +32,17 @@ class BestMember:
         fitness: its fitness as told (the whole population's maximum in its generation).
         generation: the generation it was evaluated in.
         index: its global member index in that generation.
-        state_dict: ``model.state_dict()`` as it evaluated: its parameters ``θ̄ + σu``, the buffers
-            then; ``plain_model.load_state_dict(es.best.state_dict)`` runs it.
+        state_dict: ``model.state_dict()`` as it evaluated, on the CPU: its parameters ``θ̄ + σu``,
+            the buffers then; ``plain_model.load_state_dict(es.best.state_dict)`` runs it.
     """
 
     fitness: float
     generation: int
     index: int
     state_dict: dict[str, Any]
+
+    def __post_init__(self) -> None:  # on the CPU: no second copy of a large model on its GPU
+        self.state_dict = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in self.state_dict.items()}
 
 
 def _rows(noise: SlotNoise, group: int, rows: slice) -> SlotNoise:
