@@ -57,8 +57,8 @@ class TrainConfig:
     the same steps with Adam at its stepsize)."""
     track_best: bool = False
     """Keep the best member of any generation (highest fitness) in the checkpoints, to evaluate or
-    export with --checkpoint best-member; with noisy fitness (episodes, minibatches) its fitness is
-    optimistic: evaluate it again."""
+    export with --checkpoint best-member (rows log best_member_fitness); with noisy fitness (episodes,
+    minibatches) its fitness is optimistic: evaluate it again."""
     sigma_lr: float = 0.0
     """Learning rate of log σ, one σ per layer adapted along its natural gradient (standardized per layer,
     flipes.es.sigma); 0 keeps σ fixed."""

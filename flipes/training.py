@@ -679,6 +679,8 @@ def run_loop(
             "bytes_sent": comm.bytes_sent - bytes_before,
             "params_sha256": tensors_sha256(model.parameters()),
         }
+        if es.best is not None:  # --track-best: the running maximum, and the member it came from
+            row["best_member_fitness"], row["best_member_generation"] = es.best.fitness, es.best.generation
         if comm.size > 1 and (gen + 1) % config.check_every == 0:
             dist.check_identical(comm, list(model.state_dict().values()), "parameters")
         interrupted = comm.allreduce_sum_(torch.tensor([float(stop.requested)])).item() > 0  # a signal may reach one rank only

@@ -321,6 +321,9 @@ def test_track_best_keeps_the_fittest_member_for_evaluate_and_export(tmp_path: P
     result = flipes.train(**kw, track_best=True, out=str(tmp_path / "a"), progress=False, tensorboard=False)
     best = result.es.best
     assert best.fitness == max(r["fitness_max"] for r in result.metrics)
+    running = [max(r["fitness_max"] for r in result.metrics[: i + 1]) for i in range(len(result.metrics))]
+    assert [r["best_member_fitness"] for r in metrics(tmp_path / "a")] == running  # logged every generation
+    assert metrics(tmp_path / "a")[-1]["best_member_generation"] == best.generation
     assert result.metrics[best.generation]["fitness_max"] == best.fitness
     policy = flipes.load_policy(tmp_path / "a", checkpoint="best-member")
     assert all(torch.equal(v, best.state_dict[k]) for k, v in policy.state_dict().items())
