@@ -17,7 +17,8 @@ def read_metrics(run: str | Path) -> list[dict]:
 
 
 def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") -> Path:
-    """Population fitness (mean, max) and center-policy ``eval_return`` against ``x``
+    """Population fitness (mean, max, and the best member's with ``--track-best``) and center-policy
+    ``eval_return`` against ``x``
     (``generation``, ``timesteps`` or ``seconds``), one color per run, to a PNG at ``out``."""
     import matplotlib
 
@@ -30,6 +31,9 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
         xs = [r[x] for r in rows]
         (line,) = axes[0].plot(xs, [r["fitness_mean"] for r in rows], label=f"{run.name} mean")
         axes[0].plot(xs, [r["fitness_max"] for r in rows], ls=":", color=line.get_color(), label=f"{run.name} max")
+        kept = [(r[x], r["best_member_fitness"]) for r in rows if "best_member_fitness" in r]  # --track-best
+        if kept:
+            axes[0].plot(*zip(*kept, strict=True), ls="--", color=line.get_color(), label=f"{run.name} best member")
         evals = [(r[x], r["eval_return"]) for r in rows if "eval_return" in r]
         if evals:
             axes[1].plot(*zip(*evals, strict=True), marker=".", color=line.get_color(), label=run.name)
