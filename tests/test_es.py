@@ -320,3 +320,27 @@ def test_population_generator_depends_on_seed_generation_and_stream_alone() -> N
     assert torch.equal(first, draws(0, 1))
     for other in (draws(1, 1), draws(0, 2), draws(0, 1, "minibatch")):
         assert not torch.equal(first, other)
+
+
+def test_tell_stats_are_the_fitness_moments_gradient_norm_and_update_ratio() -> None:
+    """``tell``'s stats against their definitions, computed here from the fitness, the ``.grad`` it
+    wrote (-ĝ) and the parameters before and after the optimizer step: fitness mean/max/min and
+    population std, ‖ĝ‖, ‖Δθ‖/‖θ_after‖, σ and the generation just finished."""
+    torch.manual_seed(0)
+    model = mlp(0).double()
+    es = flipes.FlipES(model, popsize=16, sigma=0.07, lr=0.01, seed=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.3))
+    for generation in range(2):
+        before = torch.cat([p.detach().flatten().clone() for p in es.params])
+        with es.population():
+            pass
+        f = torch.randn(16, dtype=DT)
+        stats = es.tell(f)
+        after = torch.cat([p.detach().flatten() for p in es.params])
+        grad = torch.cat([p.grad.flatten() for p in es.params])
+        torch.testing.assert_close(after, before - 0.3 * grad, atol=1e-15, rtol=0)  # the step the stats describe
+        assert stats["generation"] == generation and stats["sigma"] == 0.07
+        assert (stats["fitness_max"], stats["fitness_min"]) == (f.max().item(), f.min().item())
+        assert stats["fitness_mean"] == pytest.approx(f.mean().item(), rel=1e-14, abs=1e-15)
+        assert stats["fitness_std"] == pytest.approx(f.std(unbiased=False).item(), rel=1e-12)
+        assert stats["grad_norm"] == pytest.approx(grad.norm().item(), rel=1e-12)
+        assert stats["update_ratio"] == pytest.approx(((after - before).norm() / after.norm()).item(), rel=1e-12)

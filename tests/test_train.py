@@ -629,3 +629,65 @@ def test_pgpe_and_ars_solve_cartpole(tmp_path: Path) -> None:
             **extra,
         )
         assert result.reason.startswith("solved"), (algo, result.reason, result.metrics[-1].get("eval_return"))
+
+
+def test_params_sha256_is_the_hash_of_the_mean_parameters_after_each_update(tmp_path: Path) -> None:
+    """Every resume, MPI and kill test compares params_sha256 lists: this anchors the field to the
+    parameters. The last row's hash is tensors_sha256 of the returned (mean) model, the checkpoint
+    of generation g holds parameters whose hash is row g - 1's, and every generation's hash differs
+    from the previous one's (each update moves the mean)."""
+    from flipes.checkpoint import tensors_sha256
+
+    result = flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(tmp_path))
+    rows = result.metrics
+    assert rows[-1]["params_sha256"] == tensors_sha256(result.model.parameters())
+    previous = load_checkpoint(tmp_path / "previous.pt")  # generation 2's state: after row 1's update
+    assert previous["es"]["generation"] == 2
+    names = [name for name, _ in result.model.named_parameters()]
+    assert rows[1]["params_sha256"] == tensors_sha256(previous["es"]["model"][name] for name in names)
+    hashes = [r["params_sha256"] for r in rows]
+    assert len(set(hashes)) == len(hashes), hashes
+
+
+def test_evaluate_command_reports_the_mean_and_std_of_the_chosen_checkpoint(tmp_path: Path) -> None:
+    """``flipes evaluate DIR --checkpoint C`` returns (and prints) the mean and std of exactly the returns
+    that evaluate_policy gives for load_policy(DIR, C) at the same seed, for latest and best alike."""
+    from flipes.commands import evaluate_command
+    from flipes.runs import evaluate_policy
+
+    kw = {**FAST_KW, "env": "flipes/Pendulum-v1"}  # returns that vary by episode: mean, max and std differ
+    flipes.train(**kw, generations=4, eval_every=1, seed=1, out=str(tmp_path))
+    assert load_checkpoint(tmp_path / "best.pt")["es"]["generation"] == 1  # seed 1: best and latest are other policies
+    assert load_checkpoint(tmp_path)["es"]["generation"] == 4
+    for which in ("latest", "best"):
+        returns = evaluate_policy(flipes.load_policy(tmp_path, which), "flipes/Pendulum-v1", 7, seed=5)
+        mean, std = evaluate_command([str(tmp_path), "--episodes", "7", "--seed", "5", "--checkpoint", which])
+        assert (mean, std) == (returns.mean().item(), returns.std().item()), which
+
+
+def test_plot_draws_each_runs_curves_against_the_chosen_x(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """plot_runs draws, for every run, its fitness_mean and fitness_max (and best_member_fitness of a
+    --track-best run) against the chosen x column, and its eval_return on the second axes: the lines'
+    labels and data are read back from the figure before it is closed."""
+    import matplotlib.pyplot as plt
+
+    from flipes.plotting import plot_runs
+
+    flipes.train(**FAST_KW, generations=2, eval_every=1, out=str(tmp_path / "a"))
+    flipes.train(**FAST_KW, generations=3, eval_every=1, track_best=True, out=str(tmp_path / "b"))
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "c.png", x="timesteps")
+    (fig,) = figures
+    fitness, evals = ({line.get_label(): line for line in ax.get_lines()} for ax in fig.axes)
+    assert set(fitness) == {"a mean", "a max", "b mean", "b max", "b best member"}
+    assert set(evals) == {"a", "b"}
+    for name in ("a", "b"):
+        rows = metrics(tmp_path / name)
+        xs = [r["timesteps"] for r in rows]
+        assert list(fitness[f"{name} mean"].get_xdata()) == xs
+        assert list(fitness[f"{name} mean"].get_ydata()) == [r["fitness_mean"] for r in rows]
+        assert list(fitness[f"{name} max"].get_ydata()) == [r["fitness_max"] for r in rows]
+        assert list(evals[name].get_ydata()) == [r["eval_return"] for r in rows if "eval_return" in r]
+    assert list(fitness["b best member"].get_ydata()) == [r["best_member_fitness"] for r in metrics(tmp_path / "b")]
