@@ -691,3 +691,21 @@ def test_plot_draws_each_runs_curves_against_the_chosen_x(tmp_path: Path, monkey
         assert list(fitness[f"{name} max"].get_ydata()) == [r["fitness_max"] for r in rows]
         assert list(evals[name].get_ydata()) == [r["eval_return"] for r in rows if "eval_return" in r]
     assert list(fitness["b best member"].get_ydata()) == [r["best_member_fitness"] for r in metrics(tmp_path / "b")]
+
+
+def test_tensorboard_scalars_are_the_rows_of_every_generation_across_a_resume(tmp_path: Path) -> None:
+    """With tensorboard installed, <run>/tensorboard holds every numeric column of metrics.jsonl as a
+    scalar at step = generation (float32, as TensorBoard stores them), each generation once, also when
+    the run is resumed (the resumed process appends an event file of its own)."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    kw = {**FAST_KW, "tensorboard": True, "eval_every": 2, "out": str(tmp_path)}
+    flipes.train(**kw, generations=2)
+    flipes.train(**kw, generations=4, resume=str(tmp_path))
+    events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    rows = metrics(tmp_path)
+    assert [r["generation"] for r in rows] == [0, 1, 2, 3]
+    for key in ("fitness_mean", "fitness_max", "timesteps", "eval_return", "seconds"):
+        expected = [(r["generation"], np.float32(r[key])) for r in rows if key in r]
+        assert [(e.step, np.float32(e.value)) for e in events.Scalars(key)] == expected, key
+    assert "generation" not in events.Tags()["scalars"]
