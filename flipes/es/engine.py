@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import operator
 import warnings
 import weakref
@@ -24,14 +23,14 @@ from torch import Tensor, nn
 from flipes.dist import Comm, SerialComm, split_groups
 from flipes.errors import EqualFitnessWarning, caller_stacklevel
 from flipes.es import members
+from flipes.es.checks import check_fitness, integer, nonnegative
 from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
 from flipes.es.members import BestMember
 from flipes.es.population import Population
 from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
-from flipes.nn.base import PerturbedWeight
+from flipes.es.slots import dense_slots, flipout_slots
 from flipes.nn.convert import ParameterReport, flipout_layers, parameter_report, per_member_modules
-from flipes.nn.dense import PerMember
 from flipes.noise import DenseNoise, SlotNoise, sample_dense, sample_slot, sign_table
 
 Shaping = Callable[[Tensor], Tensor]
@@ -45,32 +44,6 @@ def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Opti
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.Adam(params, lr=lr)
-
-
-def _integer(name: str, value: Any) -> int:
-    """``value`` as an ``int``: any integer type (numpy's too), but not a bool, float or string, which
-    ``int()`` would silently truncate or parse."""
-    if not isinstance(value, (bool, np.bool_)):
-        try:
-            return operator.index(value)
-        except TypeError:
-            pass
-    raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}); pass {name}=int(...)")
-
-
-def _nonnegative(name: str, value: Any) -> float:
-    """``value`` as a ``float``, checked to be a finite real number >= 0 (numpy's too, not a bool)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _layout(pw: PerturbedWeight) -> tuple:
-    """What two layers sharing a weight must agree on to share its perturbation (their biases may
-    differ: a bias the weight's noise does not carry gets dense noise of its own)."""
-    return (pw.in_channels, pw.out_channels, pw.conv_groups, pw.transposed)
 
 
 class FlipES:
@@ -165,7 +138,7 @@ class FlipES:
         track_best: bool = False,
     ) -> None:
         # checked up front: a wrong type would otherwise fail far from here, or be truncated silently
-        popsize, seed, groups = _integer("popsize", popsize), _integer("seed", seed), _integer("groups", groups)
+        popsize, seed, groups = integer("popsize", popsize), integer("seed", seed), integer("groups", groups)
         if not isinstance(mirrored, (bool, np.bool_)):
             raise TypeError(f"mirrored must be True or False, got {mirrored!r} ({type(mirrored).__name__})")
         mirrored = bool(mirrored)
@@ -178,7 +151,7 @@ class FlipES:
                 f"shaping must be a function fitness (N,) -> weights (N,), e.g. flipes.shaping.centered_ranks, "
                 f"got {shaping!r} ({type(shaping).__name__})"
             )
-        lr, weight_decay = _nonnegative("lr", lr), _nonnegative("weight_decay", weight_decay)
+        lr, weight_decay = nonnegative("lr", lr), nonnegative("weight_decay", weight_decay)
         if popsize < 1 or groups < 1 or popsize % groups:
             raise ValueError(f"popsize={popsize} must be a positive multiple of groups={groups}")
         if mirrored and (popsize // groups) % 2:
@@ -229,8 +202,10 @@ class FlipES:
                 f"module perturbs them: {shown}; convert the model with flipes.flipout(model), which evolves every "
                 "parameter it can and names any it cannot, or freeze them with requires_grad_(False)"
             )
-        self.slots, self._slot_index = self._flipout_slots()
-        self.dense_slots, self._dense_uses, self._bias_of = self._dense_slots()
+        self.slots, self._slot_index = flipout_slots(self.layers, [*self.layers, *self.dense_modules])
+        self.dense_slots, self._dense_uses, self._bias_of = dense_slots(
+            self.layers, [*self.layers, *self.dense_modules], self.slots, self._slot_index
+        )
         self.params: list[nn.Parameter] = []
         candidates = [p for pw in self.slots for p in (pw.weight, pw.bias)] + [p for _, _, p in self.dense_slots]
         for p in candidates:
@@ -285,7 +260,10 @@ class FlipES:
         else:
             built = optimizer(self.params)
         if not isinstance(built, torch.optim.Optimizer):
-            raise TypeError(f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer")
+            raise TypeError(
+                f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer; return the optimizer "
+                "it builds, e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
+            )
         held = [p for group in built.param_groups for p in group["params"]]
         evolved, ids = {id(p) for p in self.params}, {id(p) for p in held}
         missing = [p for p in self.params if id(p) not in ids]
@@ -318,75 +296,6 @@ class FlipES:
                 "optimizer starts afresh (load_state_dict of the old FlipES's state fails: its optimizer holds other "
                 "parameters)"
             )
-
-    def _flipout_slots(self) -> tuple[list[PerturbedWeight], dict[tuple[int, int], int]]:
-        """Each perturbed weight once (a weight tied between layers is ONE sample per member), and the
-        slot of every (layer, weight) pair. A slot's noise carries a bias only if that bias is used with
-        no other weight and has no dense use; any other bias gets dense noise (``_dense_slots``)."""
-        uses = [(layer, j, pw) for layer in self.layers for j, pw in enumerate(layer.perturbed_weights())]
-        dense = {id(p): m for m in self._dense_owners() for p in _dense_params(m)}
-        weights_of: dict[int, set[int]] = {}
-        for _, _, pw in uses:
-            if pw.bias is not None:
-                weights_of.setdefault(id(pw.bias), set()).add(id(pw.weight))
-        slots: list[PerturbedWeight] = []
-        index: dict[tuple[int, int], int] = {}
-        by_weight: dict[int, int] = {}
-        for layer, j, pw in uses:
-            if id(pw.weight) in dense:
-                raise ValueError(
-                    f"FlipES: a weight of shape {tuple(pw.weight.shape)} is used by {type(layer).__name__} and, as a plain "
-                    f"parameter, by {type(dense[id(pw.weight)]).__name__}: one parameter needs one perturbation per member; "
-                    "use it only through the layer, or freeze it (requires_grad_(False))"
-                )
-            i = by_weight.setdefault(id(pw.weight), len(slots))
-            if i == len(slots):
-                own = pw.bias is not None and weights_of[id(pw.bias)] == {id(pw.weight)} and id(pw.bias) not in dense
-                slots.append(pw if own or pw.bias is None else dataclasses.replace(pw, bias=None))
-            elif _layout(pw) != _layout(slots[i]):
-                raise ValueError(
-                    f"FlipES: {type(layer).__name__} shares a weight of shape {tuple(pw.weight.shape)} with another "
-                    "layer that uses it with another layout; tied weights need one (out, in) layout"
-                )
-            elif pw.fixed_rows != slots[i].fixed_rows:  # e.g. a tied embedding's padding row: never perturbed
-                slots[i] = dataclasses.replace(slots[i], fixed_rows=tuple(sorted({*pw.fixed_rows, *slots[i].fixed_rows})))
-            index[(id(layer), j)] = i
-        return slots, index
-
-    def _dense_owners(self) -> list[nn.Module]:
-        return [*self.layers, *self.dense_modules]
-
-    def _dense_slots(
-        self,
-    ) -> tuple[list[tuple[nn.Module, str, nn.Parameter]], list[list[tuple[nn.Module, str]]], dict[tuple[int, int], int | None]]:
-        """``(module, name, parameter)`` of every trainable parameter with dense per-member noise, each
-        parameter once (a parameter tied between modules is ONE sample per member); every
-        ``(module, name)`` that reads it from ``member_noise``; and the dense slot of each (layer, weight) pair whose bias its
-        weight's noise does not carry (a weight tied to layers with other biases)."""
-        slots: list[tuple[nn.Module, str, nn.Parameter]] = []
-        uses: list[list[tuple[nn.Module, str]]] = []
-        where: dict[int, int] = {}
-
-        def slot(module: nn.Module, name: str, p: nn.Parameter) -> int:
-            k = where.setdefault(id(p), len(slots))
-            if k == len(slots):
-                slots.append((module, name, p))
-                uses.append([])
-            return k
-
-        for module in self._dense_owners():
-            for name, p in _dense_params(module, named=True):
-                uses[slot(module, name, p)].append((module, name))
-        bias_of: dict[tuple[int, int], int | None] = {}  # None: this layer adds no bias noise (none, or frozen)
-        for layer in self.layers:
-            for j, pw in enumerate(layer.perturbed_weights()):
-                if pw.bias is self.slots[self._slot_index[(id(layer), j)]].bias:
-                    continue
-                if pw.bias is None or not pw.bias.requires_grad:
-                    bias_of[(id(layer), j)] = None
-                else:  # read through the weight's noise (SlotNoise.with_bias), not member_noise
-                    bias_of[(id(layer), j)] = slot(layer, "bias", pw.bias)
-        return slots, uses, bias_of
 
     def report(self) -> ParameterReport:
         """What a population does with each parameter of the model: Flipout, low-rank, dense, frozen
@@ -535,38 +444,6 @@ class FlipES:
         k = self._bias_of[key]
         return noise.with_bias(None if k is None else dense_noise[k].delta)
 
-    def _check_fitness(self, fitness: Tensor | np.ndarray | Iterable[float]) -> Tensor:
-        if self._noise is None:
-            raise RuntimeError(
-                f"tell() before any population of generation {self.generation}: evaluate `with es.population()` first"
-            )
-        try:
-            f = torch.as_tensor(fitness).detach()
-        except (TypeError, RuntimeError, ValueError):
-            f = None
-        if f is None or f.dtype.is_complex or f.dtype == torch.bool:
-            raise TypeError(
-                f"fitness must be real numbers, one per member (a Tensor, array or list), got {type(fitness).__name__}"
-                + (f" of {f.dtype}" if f is not None else "")
-            )
-        f = f.to("cpu", torch.float64)
-        n = len(self.members)
-        if f.shape != (n,):
-            whole = f.shape == (self.popsize,) and self.popsize != n
-            raise ValueError(
-                f"fitness has shape {tuple(f.shape)}, but this process evaluates {n} members: "
-                f"return one value per member, a Tensor of shape ({n},)"
-                + (f"; inputs are sized by pop.size ({n} here), not es.popsize ({self.popsize}, all processes)" if whole else "")
-            )
-        bad = (~torch.isfinite(f)).nonzero().flatten()
-        if len(bad):
-            shown = ", ".join(f"{self.members[i]}={f[i].item()}" for i in bad[:5].tolist())
-            raise ValueError(
-                f"fitness of {len(bad)} member(s) is not finite ({shown}{', ...' if len(bad) > 5 else ''}); "
-                "the fitness function must return finite values (clip or penalize instead of returning nan/inf)"
-            )
-        return f
-
     @torch.inference_mode(False)  # an optimizer state made inside inference_mode could not be updated outside it
     @torch.no_grad()
     def tell(self, fitness: Tensor | np.ndarray | Iterable[float]) -> dict[str, float]:
@@ -582,7 +459,11 @@ class FlipES:
         A rejected fitness raises before anything changes.
         """
         self._check_requires_grad()
-        local = self._check_fitness(fitness)
+        if self._noise is None:
+            raise RuntimeError(
+                f"tell() before any population of generation {self.generation}: evaluate `with es.population()` first"
+            )
+        local = check_fitness(fitness, self.members, self.popsize)
         full = self.comm.allgather_tensor(local)
         shaped = self.shaping(full)
         if shaped.shape != full.shape or not torch.isfinite(shaped).all():
@@ -703,7 +584,7 @@ class FlipES:
         return members.member_state_dict(self, self._member_index(index))
 
     def _member_index(self, index: int) -> int:
-        index = _integer("index", index)
+        index = integer("index", index)
         if not 0 <= index < self.popsize:
             raise IndexError(f"member index {index} is out of range: members are 0 .. popsize - 1 = {self.popsize - 1}")
         if self._noise is None:
@@ -747,7 +628,10 @@ class FlipES:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"generation", "config", "model", "optimizer"} - set(state)
         if missing:
-            raise ValueError(f"not a FlipES state dict: missing {sorted(missing)}")
+            raise ValueError(
+                f"not a FlipES state dict: missing {sorted(missing)}; pass what es.state_dict() returned (in a flipes "
+                "checkpoint: flipes.load_checkpoint(DIR)['es'])"
+            )
         saved = dict(state["config"])
         if "rank" in saved:  # states saved before the option was called noise_rank
             saved["noise_rank"] = saved.pop("rank")
@@ -768,13 +652,3 @@ class FlipES:
         self._noise = None
         best = state.get("best") if self.track_best else None  # a run may start or stop keeping it on resume
         self.best = None if best is None else BestMember(best["fitness"], best["generation"], best["index"], best["state_dict"])
-
-
-def _dense_params(module: nn.Module, named: bool = False) -> list[Any]:
-    """The trainable parameters ``module`` perturbs with dense noise (``(name, p)`` pairs if ``named``)."""
-    if isinstance(module, PerMember):
-        items = list(module.named_parameters(remove_duplicate=False))
-    else:
-        items = list(module.dense_parameters().items())
-    items = [(name, p) for name, p in items if p.requires_grad]
-    return items if named else [p for _, p in items]

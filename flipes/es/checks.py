@@ -1,0 +1,68 @@
+"""Checks of what a user hands FlipES: option values and each generation's fitness.
+
+Each raises at the call that was wrong, naming the problem and the fix, before anything changes.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def integer(name: str, value: Any) -> int:
+    """``value`` as an ``int``: any integer type (numpy's too), but not a bool, float or string, which
+    ``int()`` would silently truncate or parse."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}); pass {name}=int(...)")
+
+
+def nonnegative(name: str, value: Any) -> float:
+    """``value`` as a ``float``, checked to be a finite real number >= 0 (numpy's too, not a bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range, popsize: int) -> Tensor:
+    """``fitness`` of this process's ``members`` (global indices) as a float64 CPU tensor of shape
+    ``(len(members),)``, checked to be finite real numbers; ``popsize`` (all processes) names the
+    likely mistake of sizing it by ``es.popsize`` on one of several processes."""
+    try:
+        f = torch.as_tensor(fitness).detach()
+    except (TypeError, RuntimeError, ValueError):
+        f = None
+    if f is None or f.dtype.is_complex or f.dtype == torch.bool:
+        raise TypeError(
+            f"fitness must be real numbers, one per member (a Tensor, array or list), got {type(fitness).__name__}"
+            + (f" of {f.dtype}" if f is not None else "")
+        )
+    f = f.to("cpu", torch.float64)
+    n = len(members)
+    if f.shape != (n,):
+        whole = f.shape == (popsize,) and popsize != n
+        raise ValueError(
+            f"fitness has shape {tuple(f.shape)}, but this process evaluates {n} members: "
+            f"return one value per member, a Tensor of shape ({n},)"
+            + (f"; inputs are sized by pop.size ({n} here), not es.popsize ({popsize}, all processes)" if whole else "")
+        )
+    bad = (~torch.isfinite(f)).nonzero().flatten()
+    if len(bad):
+        shown = ", ".join(f"{members[i]}={f[i].item()}" for i in bad[:5].tolist())
+        raise ValueError(
+            f"fitness of {len(bad)} member(s) is not finite ({shown}{', ...' if len(bad) > 5 else ''}); "
+            "the fitness function must return finite values (clip or penalize instead of returning nan/inf)"
+        )
+    return f
