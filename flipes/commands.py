@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from flipes.callbacks import Callback
 from flipes.cli import POSITIONAL, parse_config, print_error, report_usage_error
 from flipes.config import TrainConfig
 from flipes.errors import StorageError, UsageError
+
+if TYPE_CHECKING:
+    from flipes.dist import Comm
 
 TRAIN_HELP = """Train a policy (or any model, with --fitness) with FlipES.
 
@@ -133,12 +137,29 @@ class ModelNote(Callback):
             print_note(f"--model {state.config.model}: " + str(state.es.report()).splitlines()[-1])
 
 
+def main_guard(fn: Callable[[], Any], comm: Comm) -> Any:
+    """Run ``fn`` so that a failure on one MPI rank ends the whole job with its error (not a hang)."""
+    from flipes import dist
+
+    try:
+        return fn()
+    except BaseException as e:
+        if comm.size > 1 and not (isinstance(e, SystemExit) and e.code in (0, None, 130)):
+            if isinstance(e, UsageError | StorageError):  # usually every rank has it: rank 0 says it once, and ends the job
+                if comm.rank != 0:
+                    time.sleep(3.0)  # a rank alone with it still gets to say it
+                print_error(e)
+                comm.abort(2 if isinstance(e, UsageError) else 1)
+            dist.abort_on_exception(comm)
+        raise
+
+
 def train_command(argv: Sequence[str] | None = None) -> int:
     """``flipes train``: exit status 0, or 130 when interrupted (Ctrl-C, SIGTERM)."""
     from flipes import dist
     from flipes.config import validate
     from flipes.rl.presets import preset_for
-    from flipes.training import main_guard, train
+    from flipes.training import train
 
     comm = dist.world()
 

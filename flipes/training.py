@@ -1,10 +1,10 @@
 """Training as a library function: ``flipes.train(config, callbacks=...)``, the loop of ``flipes train``.
 
 The loop is Salimans et al.'s ES (2017, arXiv:1703.03864) over FlipES's Flipout population (Wen et
-al., ICLR 2018, arXiv:1803.04386), built from small steps: :func:`build_env`, :func:`build_model`,
-:func:`build_fitness`, :func:`restore`, :func:`evaluate_center`, :func:`stop_reason`. Rows go to
-callbacks (``flipes.callbacks``); under MPI every rank runs the loop on its block of groups and
-rank 0 alone evaluates and runs the callbacks.
+al., ICLR 2018, arXiv:1803.04386), built from small steps: what the config builds
+(:mod:`flipes.builders`), a resumed run's state (:mod:`flipes.resume`), :func:`evaluate_center`,
+:func:`stop_reason`. Rows go to callbacks (``flipes.callbacks``); under MPI every rank runs the loop
+on its block of groups and rank 0 alone evaluates and runs the callbacks.
 """
 
 from __future__ import annotations
@@ -24,56 +24,22 @@ from types import FrameType
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from flipes import dist
-from flipes.callbacks import (
-    Callback,
-    Checkpointer,
-    CurvePlotter,
-    JSONLLogger,
-    PlainRow,
-    ProgressPrinter,
-    TensorBoardLogger,
-    WandbLogger,
-)
-from flipes.checkpoint import CheckpointError, load_checkpoint, tensors_sha256
-from flipes.cli import print_error
+from flipes.builders import Fitness, build_env, build_es, build_evaluator, build_fitness, build_model, standard_callbacks
+from flipes.callbacks import Callback, PlainRow
+from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_target, validate
-from flipes.errors import EqualFitnessWarning, StorageError, UsageError
-from flipes.es import FlipES, Population
+from flipes.errors import EqualFitnessWarning, UsageError
+from flipes.es import FlipES
 from flipes.nn import flipout
-from flipes.nn.convert import flipout_layers, parameter_report
-from flipes.plugins import Plugins, same_code
-from flipes.rl import POLICIES, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
-from flipes.rl.envs import EnvError, print_note
+from flipes.plugins import Plugins
+from flipes.resume import agree, restore
+from flipes.rl import RolloutFitness
+from flipes.rl.envs import print_note
 from flipes.rundir import check_run_dir, prepare_run_dir
-from flipes.search import SHAPINGS, search_rule
-
-# options a resumed run must share with its checkpoint (the others may change, e.g. generations)
-RESUME_KEYS = (
-    "env",
-    "popsize",
-    "groups",
-    "mirrored",
-    "noise_rank",
-    "seed",
-    "sigma",
-    "lr",
-    "shaping",
-    "weight_decay",
-    "hidden",
-    "policy",
-    "episodes",
-    "reward_shift",
-    "fitness",
-    "model",
-)
-# resume keys added after the first checkpoints were written: a run that lacks one ran with its default
-LATER_KEYS = ("mirrored", "reward_shift", "policy", "shaping", "weight_decay")
-Fitness = Callable[[nn.Module, Population], Tensor]
 
 
 @dataclass
@@ -318,281 +284,6 @@ def _close(env: gym.vector.VectorEnv | None) -> None:
         env.close()
 
 
-# options each rank may set for itself; all others must agree across ranks
-RANK_LOCAL = ("device", "threads", "env_threads", "progress", "tensorboard", "wandb", "wandb_project", "out", "resume",
-              "overwrite")  # fmt: skip
-
-
-def agree(comm: dist.Comm, config: TrainConfig, state: TrainState) -> None:
-    """Every rank starts from the same options, generation and parameters, or the job stops at once.
-
-    Raises:
-        UsageError: on every rank, naming what differs and on which ranks.
-    """
-    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in RANK_LOCAL}
-    mine = (options, state.es.generation, tensors_sha256(state.model.state_dict().values()))
-    everyone = comm.allgather_object(mine)
-    ref = everyone[0]
-    differ = sorted({k for opts, _, _ in everyone for k in opts if opts[k] != ref[0][k]})
-    if differ:
-        shown = "; ".join(f"--{k.replace('_', '-')}: " + ", ".join(f"rank {r} {o[k]!r}" for r, (o, _, _) in enumerate(everyone))
-                          for k in differ)  # fmt: skip
-        raise UsageError(
-            "mpiexec", f"the ranks were started with other options ({shown})", "start every rank with the same command"
-        )
-    if len({g for _, g, _ in everyone}) > 1:
-        shown = ", ".join(f"rank {r} at {g}" for r, (_, g, _) in enumerate(everyone))
-        raise UsageError(
-            "--resume", f"the ranks start at other generations ({shown})", "resume every rank from the same checkpoint"
-        )
-    if len({h for _, _, h in everyone}) > 1:
-        shown = ", ".join(f"rank {r} {h[:12]}" for r, (_, _, h) in enumerate(everyone))
-        raise UsageError(
-            "--resume", f"the ranks start from other parameters ({shown})", "resume every rank from the same checkpoint"
-        )
-
-
-def build_env(
-    config: TrainConfig, comm: dist.Comm, device: str, note: Callable[[str], None] | None
-) -> gym.vector.VectorEnv | None:
-    """The population's vector env: ``members × episodes`` copies for this process's members (None with ``--env none``)."""
-    if config.env.strip().lower() == "none":
-        return None
-    members = len(dist.split_groups(config.groups, comm.rank, comm.size)) * (config.popsize // config.groups)
-    threads = config.env_threads or available_cores(comm.local_size)
-    try:
-        return make_vector_env(config.env, members * config.episodes, device, threads=threads, note=note)
-    except EnvError as e:
-        raise UsageError("--env", str(e)) from None
-
-
-def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: Plugins | None = None) -> nn.Module:
-    """``--model``'s module, else ``--policy``'s policy (an :class:`MLPPolicy`) for the env's spaces."""
-    if config.model:
-        model = (plugins or Plugins()).model_factory(config.model)(env)
-        if not isinstance(model, nn.Module):
-            raise UsageError(
-                "--model",
-                f"{config.model} returned {type(model).__name__}, not a torch.nn.Module",
-                "return the model, e.g. torch.nn.Sequential(...)",
-            )
-        return model
-    assert env is not None
-    try:
-        return POLICIES[config.policy](env.single_observation_space, env.single_action_space, hidden=config.hidden)
-    except ValueError as e:
-        raise UsageError(
-            "--env", f"{config.env}: {e}", "or pass --model module:function that builds a policy for these spaces"
-        ) from None
-
-
-def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
-    """The FlipES of the run, after checking that the model has something to evolve and that the
-    noise rank is below the rank any of its weights can have."""
-    layers = flipout_layers(model)
-    if not parameter_report(model).evolved:
-        raise UsageError(
-            "--model",
-            "the model has no parameter flipes can perturb",
-            "build it from torch.nn layers and return flipes.flipout(model)",
-        )
-    if config.noise_rank and layers:
-        useful = max(min(pw.weight.shape[0], pw.weight[0].numel()) for layer in layers for pw in layer.perturbed_weights())
-        if config.noise_rank > useful:
-            raise UsageError(
-                "--noise-rank",
-                f"{config.noise_rank} exceeds the largest rank this model's noise can have ({useful})",
-                f"use --noise-rank 1 ... {useful}, or 0 for full-rank noise",
-            )
-    shaping, optimizer = search_rule(config)
-    return FlipES(
-        model,
-        popsize=config.popsize,
-        sigma=config.sigma,
-        lr=config.lr,
-        seed=config.seed,
-        groups=config.groups,
-        mirrored=config.mirrored,
-        shaping=shaping,
-        weight_decay=config.weight_decay,
-        optimizer=optimizer,
-        comm=comm,
-        comm_mode=config.comm,
-        noise_rank=config.noise_rank or None,
-        sigma_lr=config.sigma_lr,
-        track_best=config.track_best,
-    )
-
-
-def build_fitness(
-    config: TrainConfig, env: gym.vector.VectorEnv | None, model: nn.Module, plugins: Plugins | None = None
-) -> Fitness:
-    """``--fitness``'s function (its outputs checked), else a :class:`RolloutFitness` on the env."""
-    if config.fitness:
-        return CheckedFitness((plugins or Plugins()).fitness_fn(config.fitness), config.fitness)
-    assert env is not None
-    return RolloutFitness(env, config.episodes, config.seed, getattr(model, "obs_norm", None), reward_shift=config.reward_shift)
-
-
-class CheckedFitness:
-    """A user's fitness function whose return value is checked: one real, finite number per member.
-    A wrong value is a :class:`UsageError` naming the function (its own exceptions propagate)."""
-
-    def __init__(self, fn: Fitness, spec: str) -> None:
-        self.fn, self.spec = fn, spec
-
-    def __call__(self, model: nn.Module, pop: Population) -> Tensor:
-        value = self.fn(model, pop)
-        what = f"{self.spec} returned"
-        fix = f"return a Tensor of {pop.size} finite real numbers, one per member (higher is better)"
-        if isinstance(value, Tensor):
-            f = value
-        elif isinstance(value, np.ndarray | list | tuple):
-            try:
-                f = torch.as_tensor(np.asarray(value))
-            except (TypeError, ValueError, RuntimeError):
-                raise UsageError("--fitness", f"{what} a {type(value).__name__} that is not numbers", fix) from None
-        else:
-            raise UsageError("--fitness", f"{what} {type(value).__name__} {_short(value)}", fix)
-        if f.dtype.is_complex or not (
-            f.dtype.is_floating_point or f.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-        ):
-            raise UsageError("--fitness", f"{what} values of dtype {f.dtype}", fix)
-        if f.shape != (pop.size,):
-            raise UsageError("--fitness", f"{what} shape {tuple(f.shape)} for a population of {pop.size} members", fix)
-        bad = (~torch.isfinite(f.double())).nonzero().flatten().tolist()
-        if bad:
-            shown = ", ".join(f"member {pop.members[i]}: {f[i].item()}" for i in bad[:3])
-            raise UsageError(
-                "--fitness", f"{what} {len(bad)} non-finite value(s) ({shown})", "clip or penalize instead of returning nan/inf"
-            )
-        return f
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-@dataclass
-class Evaluator:
-    """The center policy's mean return over ``episodes`` fresh episodes (rank 0's own env)."""
-
-    env: gym.vector.VectorEnv
-    seed: int
-
-    def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
-        episodes = run_episodes(self.env, model, obs=reset_episodes(self.env, self.seed, "eval", generation))
-        returns = episodes.returns
-        std = returns.std() if len(returns) > 1 else torch.zeros((), dtype=returns.dtype, device=returns.device)
-        mean, std = torch.stack((returns.mean(), std)).tolist()  # one copy to the host
-        return {"eval_return": mean, "eval_std": std, "eval_steps": episodes.steps}
-
-
-@dataclass
-class UserEvaluator:
-    """``evaluate(model) -> float`` found beside a ``--fitness`` function."""
-
-    fn: Callable[[nn.Module], float]
-    env: None = None
-
-    def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
-        value = self.fn(model)
-        fix = "return one finite float (the eval_return)"
-        if (isinstance(value, Tensor) and value.numel() == 1) or (isinstance(value, np.ndarray) and value.size == 1):
-            value = value.item()
-        if not isinstance(value, int | float | np.number) or isinstance(value, bool):
-            raise UsageError("--fitness", f"evaluate() beside it returned {type(value).__name__} {_short(value)}", fix)
-        if not math.isfinite(float(value)):
-            raise UsageError("--fitness", f"evaluate() beside it returned {value}", fix)
-        return {"eval_return": float(value)}
-
-
-def build_evaluator(
-    config: TrainConfig, device: str, comm: dist.Comm, env: gym.vector.VectorEnv | None, plugins: Plugins | None = None
-) -> Callable[..., dict] | None:
-    """Rank 0's evaluation of the center policy: ``--eval-episodes`` episodes on its own vector env,
-    or the ``evaluate`` function beside a ``--fitness`` (or given with it); None where there is none."""
-    if comm.rank != 0:
-        return None
-    if config.fitness:
-        fn = (plugins or Plugins()).evaluate_fn(config.fitness)
-        return None if fn is None else UserEvaluator(fn)
-    if env is None:
-        return None
-    threads = min(config.env_threads or available_cores(comm.local_size), config.eval_episodes)
-    return Evaluator(make_vector_env(config.env, config.eval_episodes, device, threads=threads, note=None), config.seed)
-
-
-def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None:
-    """Continue the run saved at ``path`` (a run directory or checkpoint file), bit for bit.
-
-    Raises:
-        UsageError: no readable checkpoint there, or the run was trained with other options.
-    """
-    try:
-        saved_state = load_checkpoint(path, map_location=device)
-    except CheckpointError as e:
-        fix = "" if "; " in str(e) else "pass a run directory or checkpoint file written by flipes train"
-        raise UsageError("--resume", str(e), fix) from None
-    saved = dict(saved_state["config"])
-    saved.setdefault("noise_rank", saved.pop("rank", 0) or 0)  # runs saved before the option's rename
-    lacking = [k for k in RESUME_KEYS if k not in saved and k not in LATER_KEYS]
-    if lacking:
-        raise UsageError("--resume", f"{path}'s config lacks {', '.join(lacking)}", "resume a checkpoint flipes train wrote")
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    for key in LATER_KEYS:  # runs saved before an option existed ran with its default
-        saved.setdefault(key, defaults[key])
-    now = dataclasses.asdict(state.config)
-    changed = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if not same_option(k, saved, now)}
-    if changed:
-        shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
-        raise UsageError("--resume", f"the run was trained with other options ({shown})", "pass the saved ones to continue it")
-    state.es.load_state_dict(saved_state["es"])
-    if not all(torch.isfinite(p).all() for p in state.model.parameters()):
-        other = Path(path) / "previous.pt" if Path(path).is_dir() else Path(path).with_name("previous.pt")
-        fix = f"resume an earlier checkpoint, e.g. --resume {other}" if other.exists() else "retrain with a lower --lr"
-        raise UsageError("--resume", f"{path} holds non-finite parameters (NaN or inf)", fix)
-    state.seconds, state.best, state.resumed = saved_state["seconds"], saved_state["best"], True
-    state.saved_callbacks = saved_state.get("callbacks", {})
-    state.timesteps = saved_state["timesteps"]
-    if isinstance(fitness, RolloutFitness):
-        fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once
-
-
-def same_option(key: str, saved: dict[str, Any], now: dict[str, Any]) -> bool:
-    """Whether a resumed run's option ``key`` means what it was trained with: equal values, the same
-    plug-in code under another name (:func:`flipes.plugins.same_code`), or the same shaping rule."""
-    if saved.get(key) == now[key]:
-        return True
-    if key in ("fitness", "model"):
-        return same_code(saved.get(key), now[key])
-    if key == "shaping":
-        return SHAPINGS[saved.get(key, "auto")] is SHAPINGS[now[key]]
-    return False
-
-
-def standard_callbacks(config: TrainConfig, run_dir: Path) -> list[Callback]:
-    """The sinks a config asks for: JSONL and checkpoints always; a progress line, TensorBoard (when
-    installed), W&B and curves.png as configured."""
-    out: list[Callback] = [JSONLLogger(run_dir / "metrics.jsonl"), Checkpointer(run_dir, config.checkpoint_every)]
-    if config.tensorboard:
-        try:
-            out.append(TensorBoardLogger(run_dir / "tensorboard"))
-        except ImportError:  # tensorboard is optional: on when it is there
-            pass
-    if config.wandb:
-        try:
-            out.append(WandbLogger(config.wandb_project))
-        except ImportError:
-            raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off") from None
-    if config.progress:
-        out.append(ProgressPrinter())
-    x = "generation" if config.fitness else "timesteps"
-    out.append(CurvePlotter(run_dir / "curves.png", x))
-    return out
-
-
 def evaluate_center(state: TrainState, evaluator: Callable[..., dict] | None, generation: int) -> dict[str, float]:
     """The center policy's evaluation at ``generation``, on rank 0 (empty where there is none)."""
     if evaluator is None:
@@ -713,18 +404,3 @@ def run_loop(
         if decided["reason"] is not None:
             return decided["reason"]
     return "generations"
-
-
-def main_guard(fn: Callable[[], Any], comm: dist.Comm) -> Any:
-    """Run ``fn`` so that a failure on one MPI rank ends the whole job with its error (not a hang)."""
-    try:
-        return fn()
-    except BaseException as e:
-        if comm.size > 1 and not (isinstance(e, SystemExit) and e.code in (0, None, 130)):
-            if isinstance(e, UsageError | StorageError):  # usually every rank has it: rank 0 says it once, and ends the job
-                if comm.rank != 0:
-                    time.sleep(3.0)  # a rank alone with it still gets to say it
-                print_error(e)
-                comm.abort(2 if isinstance(e, UsageError) else 1)
-            dist.abort_on_exception(comm)
-        raise

@@ -569,11 +569,11 @@ def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) 
     assert TrainConfig.for_env("flipes/CartPole-v1", algo="pgpe", groups=4).groups == 4
     ars = parse_train_config(["--algo", "ars", "--lr", "0.3"])
     assert (ars.hidden, ars.lr, ars.sigma) == ([], 0.3, 0.03)
-    es = flipes.training.build_es(pgpe, flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
+    es = flipes.builders.build_es(pgpe, flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
     assert isinstance(es.optimizer, flipes.optim.ClipUp) and es.sigma_lr == 0.2
     group = es.optimizer.param_groups[0]  # max speed lr·√D/2 for D = 10 parameters, step size half of it
     assert group["max_speed"] == pytest.approx(pgpe.lr * math.sqrt(10) / 2) and group["lr"] == group["max_speed"] / 2
-    fast = flipes.training.build_es(pgpe.replace(max_speed=0.3), flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
+    fast = flipes.builders.build_es(pgpe.replace(max_speed=0.3), flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
     assert (fast.optimizer.param_groups[0]["max_speed"], fast.optimizer.param_groups[0]["lr"]) == (0.3, 0.15)
 
 
@@ -588,9 +588,9 @@ def test_shaping_and_weight_decay_reach_the_es_and_a_resume_must_keep_them(tmp_p
     assert set(SHAPINGS) == set(typing.get_args(typing.get_type_hints(TrainConfig)["shaping"]))  # every choice has a rule
     serial = flipes.dist.SerialComm()
     config = TrainConfig.for_env("flipes/CartPole-v1", shaping="z-score", weight_decay=0.5)
-    es = flipes.training.build_es(config, flipes.flipout(torch.nn.Linear(4, 2)), serial)
+    es = flipes.builders.build_es(config, flipes.flipout(torch.nn.Linear(4, 2)), serial)
     assert es.shaping is flipes.shaping.z_score and es.weight_decay == 0.5
-    auto = flipes.training.build_es(config.replace(shaping="auto", algo="pgpe"), flipes.flipout(torch.nn.Linear(4, 2)), serial)
+    auto = flipes.builders.build_es(config.replace(shaping="auto", algo="pgpe"), flipes.flipout(torch.nn.Linear(4, 2)), serial)
     assert auto.shaping is flipes.shaping.centered_ranks and auto.weight_decay == 0.5
     with pytest.raises(flipes.UsageError, match="--shaping: raw with --algo ars"):
         flipes.train(algo="ars", shaping="raw", **FAST_KW, out=str(tmp_path / "ars"))
@@ -600,7 +600,7 @@ def test_shaping_and_weight_decay_reach_the_es_and_a_resume_must_keep_them(tmp_p
     run = flipes.train(**kw, out=str(tmp_path / "run"))
     c = run.config  # the same initial weights and rollout fitness, by hand
     torch.manual_seed(c.seed)
-    policy = flipes.flipout(flipes.training.build_model(c, make_vector_env(c.env, 1)))
+    policy = flipes.flipout(flipes.builders.build_model(c, make_vector_env(c.env, 1)))
     hand = flipes.FlipES(policy, popsize=c.popsize, sigma=c.sigma, lr=c.lr, groups=c.groups, shaping=flipes.shaping.raw,
                          weight_decay=0.5)  # fmt: skip
     envs = make_vector_env(c.env, c.popsize * c.episodes)

@@ -1,0 +1,222 @@
+"""What a :class:`~flipes.config.TrainConfig` builds for :func:`flipes.train`: the population's vector
+env, the model, the FlipES, the fitness, rank 0's evaluation of the center policy and the standard
+callbacks. Each turns a mistake in the options into a :class:`~flipes.errors.UsageError`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from flipes import dist
+from flipes.callbacks import Callback, Checkpointer, CurvePlotter, JSONLLogger, ProgressPrinter, TensorBoardLogger, WandbLogger
+from flipes.config import TrainConfig
+from flipes.errors import UsageError
+from flipes.es import FlipES, Population
+from flipes.nn.convert import flipout_layers, parameter_report
+from flipes.plugins import Plugins
+from flipes.rl import POLICIES, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
+from flipes.rl.envs import EnvError
+from flipes.search import search_rule
+
+Fitness = Callable[[nn.Module, Population], Tensor]
+
+
+def build_env(
+    config: TrainConfig, comm: dist.Comm, device: str, note: Callable[[str], None] | None
+) -> gym.vector.VectorEnv | None:
+    """The population's vector env: ``members × episodes`` copies for this process's members (None with ``--env none``)."""
+    if config.env.strip().lower() == "none":
+        return None
+    members = len(dist.split_groups(config.groups, comm.rank, comm.size)) * (config.popsize // config.groups)
+    threads = config.env_threads or available_cores(comm.local_size)
+    try:
+        return make_vector_env(config.env, members * config.episodes, device, threads=threads, note=note)
+    except EnvError as e:
+        raise UsageError("--env", str(e)) from None
+
+
+def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: Plugins | None = None) -> nn.Module:
+    """``--model``'s module, else ``--policy``'s policy (an :class:`MLPPolicy`) for the env's spaces."""
+    if config.model:
+        model = (plugins or Plugins()).model_factory(config.model)(env)
+        if not isinstance(model, nn.Module):
+            raise UsageError(
+                "--model",
+                f"{config.model} returned {type(model).__name__}, not a torch.nn.Module",
+                "return the model, e.g. torch.nn.Sequential(...)",
+            )
+        return model
+    assert env is not None
+    try:
+        return POLICIES[config.policy](env.single_observation_space, env.single_action_space, hidden=config.hidden)
+    except ValueError as e:
+        raise UsageError(
+            "--env", f"{config.env}: {e}", "or pass --model module:function that builds a policy for these spaces"
+        ) from None
+
+
+def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
+    """The FlipES of the run, after checking that the model has something to evolve and that the
+    noise rank is below the rank any of its weights can have."""
+    layers = flipout_layers(model)
+    if not parameter_report(model).evolved:
+        raise UsageError(
+            "--model",
+            "the model has no parameter flipes can perturb",
+            "build it from torch.nn layers and return flipes.flipout(model)",
+        )
+    if config.noise_rank and layers:
+        useful = max(min(pw.weight.shape[0], pw.weight[0].numel()) for layer in layers for pw in layer.perturbed_weights())
+        if config.noise_rank > useful:
+            raise UsageError(
+                "--noise-rank",
+                f"{config.noise_rank} exceeds the largest rank this model's noise can have ({useful})",
+                f"use --noise-rank 1 ... {useful}, or 0 for full-rank noise",
+            )
+    shaping, optimizer = search_rule(config)
+    return FlipES(
+        model,
+        popsize=config.popsize,
+        sigma=config.sigma,
+        lr=config.lr,
+        seed=config.seed,
+        groups=config.groups,
+        mirrored=config.mirrored,
+        shaping=shaping,
+        weight_decay=config.weight_decay,
+        optimizer=optimizer,
+        comm=comm,
+        comm_mode=config.comm,
+        noise_rank=config.noise_rank or None,
+        sigma_lr=config.sigma_lr,
+        track_best=config.track_best,
+    )
+
+
+def build_fitness(
+    config: TrainConfig, env: gym.vector.VectorEnv | None, model: nn.Module, plugins: Plugins | None = None
+) -> Fitness:
+    """``--fitness``'s function (its outputs checked), else a :class:`RolloutFitness` on the env."""
+    if config.fitness:
+        return CheckedFitness((plugins or Plugins()).fitness_fn(config.fitness), config.fitness)
+    assert env is not None
+    return RolloutFitness(env, config.episodes, config.seed, getattr(model, "obs_norm", None), reward_shift=config.reward_shift)
+
+
+class CheckedFitness:
+    """A user's fitness function whose return value is checked: one real, finite number per member.
+    A wrong value is a :class:`UsageError` naming the function (its own exceptions propagate)."""
+
+    def __init__(self, fn: Fitness, spec: str) -> None:
+        self.fn, self.spec = fn, spec
+
+    def __call__(self, model: nn.Module, pop: Population) -> Tensor:
+        value = self.fn(model, pop)
+        what = f"{self.spec} returned"
+        fix = f"return a Tensor of {pop.size} finite real numbers, one per member (higher is better)"
+        if isinstance(value, Tensor):
+            f = value
+        elif isinstance(value, np.ndarray | list | tuple):
+            try:
+                f = torch.as_tensor(np.asarray(value))
+            except (TypeError, ValueError, RuntimeError):
+                raise UsageError("--fitness", f"{what} a {type(value).__name__} that is not numbers", fix) from None
+        else:
+            raise UsageError("--fitness", f"{what} {type(value).__name__} {_short(value)}", fix)
+        if f.dtype.is_complex or not (
+            f.dtype.is_floating_point or f.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+        ):
+            raise UsageError("--fitness", f"{what} values of dtype {f.dtype}", fix)
+        if f.shape != (pop.size,):
+            raise UsageError("--fitness", f"{what} shape {tuple(f.shape)} for a population of {pop.size} members", fix)
+        bad = (~torch.isfinite(f.double())).nonzero().flatten().tolist()
+        if bad:
+            shown = ", ".join(f"member {pop.members[i]}: {f[i].item()}" for i in bad[:3])
+            raise UsageError(
+                "--fitness", f"{what} {len(bad)} non-finite value(s) ({shown})", "clip or penalize instead of returning nan/inf"
+            )
+        return f
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass
+class Evaluator:
+    """The center policy's mean return over ``episodes`` fresh episodes (rank 0's own env)."""
+
+    env: gym.vector.VectorEnv
+    seed: int
+
+    def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
+        episodes = run_episodes(self.env, model, obs=reset_episodes(self.env, self.seed, "eval", generation))
+        returns = episodes.returns
+        std = returns.std() if len(returns) > 1 else torch.zeros((), dtype=returns.dtype, device=returns.device)
+        mean, std = torch.stack((returns.mean(), std)).tolist()  # one copy to the host
+        return {"eval_return": mean, "eval_std": std, "eval_steps": episodes.steps}
+
+
+@dataclass
+class UserEvaluator:
+    """``evaluate(model) -> float`` found beside a ``--fitness`` function."""
+
+    fn: Callable[[nn.Module], float]
+    env: None = None
+
+    def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
+        value = self.fn(model)
+        fix = "return one finite float (the eval_return)"
+        if (isinstance(value, Tensor) and value.numel() == 1) or (isinstance(value, np.ndarray) and value.size == 1):
+            value = value.item()
+        if not isinstance(value, int | float | np.number) or isinstance(value, bool):
+            raise UsageError("--fitness", f"evaluate() beside it returned {type(value).__name__} {_short(value)}", fix)
+        if not math.isfinite(float(value)):
+            raise UsageError("--fitness", f"evaluate() beside it returned {value}", fix)
+        return {"eval_return": float(value)}
+
+
+def build_evaluator(
+    config: TrainConfig, device: str, comm: dist.Comm, env: gym.vector.VectorEnv | None, plugins: Plugins | None = None
+) -> Callable[..., dict] | None:
+    """Rank 0's evaluation of the center policy: ``--eval-episodes`` episodes on its own vector env,
+    or the ``evaluate`` function beside a ``--fitness`` (or given with it); None where there is none."""
+    if comm.rank != 0:
+        return None
+    if config.fitness:
+        fn = (plugins or Plugins()).evaluate_fn(config.fitness)
+        return None if fn is None else UserEvaluator(fn)
+    if env is None:
+        return None
+    threads = min(config.env_threads or available_cores(comm.local_size), config.eval_episodes)
+    return Evaluator(make_vector_env(config.env, config.eval_episodes, device, threads=threads, note=None), config.seed)
+
+
+def standard_callbacks(config: TrainConfig, run_dir: Path) -> list[Callback]:
+    """The sinks a config asks for: JSONL and checkpoints always; a progress line, TensorBoard (when
+    installed), W&B and curves.png as configured."""
+    out: list[Callback] = [JSONLLogger(run_dir / "metrics.jsonl"), Checkpointer(run_dir, config.checkpoint_every)]
+    if config.tensorboard:
+        try:
+            out.append(TensorBoardLogger(run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional: on when it is there
+            pass
+    if config.wandb:
+        try:
+            out.append(WandbLogger(config.wandb_project))
+        except ImportError:
+            raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off") from None
+    if config.progress:
+        out.append(ProgressPrinter())
+    x = "generation" if config.fitness else "timesteps"
+    out.append(CurvePlotter(run_dir / "curves.png", x))
+    return out

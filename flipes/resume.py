@@ -1,0 +1,126 @@
+"""Resuming a run: the options a checkpoint fixes, restoring its state bit for bit, and the check
+that all MPI ranks start alike."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from flipes import dist
+from flipes.checkpoint import CheckpointError, load_checkpoint, tensors_sha256
+from flipes.config import TrainConfig
+from flipes.errors import UsageError
+from flipes.plugins import same_code
+from flipes.rl import RolloutFitness
+from flipes.search import SHAPINGS
+
+if TYPE_CHECKING:
+    from flipes.builders import Fitness
+    from flipes.training import TrainState
+
+# options a resumed run must share with its checkpoint (the others may change, e.g. generations)
+RESUME_KEYS = (
+    "env",
+    "popsize",
+    "groups",
+    "mirrored",
+    "noise_rank",
+    "seed",
+    "sigma",
+    "lr",
+    "shaping",
+    "weight_decay",
+    "hidden",
+    "policy",
+    "episodes",
+    "reward_shift",
+    "fitness",
+    "model",
+)
+# resume keys added after the first checkpoints were written: a run that lacks one ran with its default
+LATER_KEYS = ("mirrored", "reward_shift", "policy", "shaping", "weight_decay")
+
+
+# options each rank may set for itself; all others must agree across ranks
+RANK_LOCAL = ("device", "threads", "env_threads", "progress", "tensorboard", "wandb", "wandb_project", "out", "resume",
+              "overwrite")  # fmt: skip
+
+
+def agree(comm: dist.Comm, config: TrainConfig, state: TrainState) -> None:
+    """Every rank starts from the same options, generation and parameters, or the job stops at once.
+
+    Raises:
+        UsageError: on every rank, naming what differs and on which ranks.
+    """
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in RANK_LOCAL}
+    mine = (options, state.es.generation, tensors_sha256(state.model.state_dict().values()))
+    everyone = comm.allgather_object(mine)
+    ref = everyone[0]
+    differ = sorted({k for opts, _, _ in everyone for k in opts if opts[k] != ref[0][k]})
+    if differ:
+        shown = "; ".join(f"--{k.replace('_', '-')}: " + ", ".join(f"rank {r} {o[k]!r}" for r, (o, _, _) in enumerate(everyone))
+                          for k in differ)  # fmt: skip
+        raise UsageError(
+            "mpiexec", f"the ranks were started with other options ({shown})", "start every rank with the same command"
+        )
+    if len({g for _, g, _ in everyone}) > 1:
+        shown = ", ".join(f"rank {r} at {g}" for r, (_, g, _) in enumerate(everyone))
+        raise UsageError(
+            "--resume", f"the ranks start at other generations ({shown})", "resume every rank from the same checkpoint"
+        )
+    if len({h for _, _, h in everyone}) > 1:
+        shown = ", ".join(f"rank {r} {h[:12]}" for r, (_, _, h) in enumerate(everyone))
+        raise UsageError(
+            "--resume", f"the ranks start from other parameters ({shown})", "resume every rank from the same checkpoint"
+        )
+
+
+def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None:
+    """Continue the run saved at ``path`` (a run directory or checkpoint file), bit for bit.
+
+    Raises:
+        UsageError: no readable checkpoint there, or the run was trained with other options.
+    """
+    try:
+        saved_state = load_checkpoint(path, map_location=device)
+    except CheckpointError as e:
+        fix = "" if "; " in str(e) else "pass a run directory or checkpoint file written by flipes train"
+        raise UsageError("--resume", str(e), fix) from None
+    saved = dict(saved_state["config"])
+    saved.setdefault("noise_rank", saved.pop("rank", 0) or 0)  # runs saved before the option's rename
+    lacking = [k for k in RESUME_KEYS if k not in saved and k not in LATER_KEYS]
+    if lacking:
+        raise UsageError("--resume", f"{path}'s config lacks {', '.join(lacking)}", "resume a checkpoint flipes train wrote")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for key in LATER_KEYS:  # runs saved before an option existed ran with its default
+        saved.setdefault(key, defaults[key])
+    now = dataclasses.asdict(state.config)
+    changed = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if not same_option(k, saved, now)}
+    if changed:
+        shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        raise UsageError("--resume", f"the run was trained with other options ({shown})", "pass the saved ones to continue it")
+    state.es.load_state_dict(saved_state["es"])
+    if not all(torch.isfinite(p).all() for p in state.model.parameters()):
+        other = Path(path) / "previous.pt" if Path(path).is_dir() else Path(path).with_name("previous.pt")
+        fix = f"resume an earlier checkpoint, e.g. --resume {other}" if other.exists() else "retrain with a lower --lr"
+        raise UsageError("--resume", f"{path} holds non-finite parameters (NaN or inf)", fix)
+    state.seconds, state.best, state.resumed = saved_state["seconds"], saved_state["best"], True
+    state.saved_callbacks = saved_state.get("callbacks", {})
+    state.timesteps = saved_state["timesteps"]
+    if isinstance(fitness, RolloutFitness):
+        fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once
+
+
+def same_option(key: str, saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a resumed run's option ``key`` means what it was trained with: equal values, the same
+    plug-in code under another name (:func:`flipes.plugins.same_code`), or the same shaping rule."""
+    if saved.get(key) == now[key]:
+        return True
+    if key in ("fitness", "model"):
+        return same_code(saved.get(key), now[key])
+    if key == "shaping":
+        return SHAPINGS[saved.get(key, "auto")] is SHAPINGS[now[key]]
+    return False
