@@ -111,6 +111,9 @@ class AcrobotVectorEnv(TorchVectorEnv):
         super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(3), num_threads)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
+        """``(N, 4) [θ₁, θ₂, θ̇₁, θ̇₂], (N,) actions in {0, 1, 2} -> (N, 4)``: the module's pure :func:`dynamics`, the one
+        transition function of this env (and its single-env form), which tests/test_envs.py checks
+        against gymnasium's ``AcrobotEnv`` transition for transition."""
         return dynamics(state, action)
 
     def _reward_terminated(self, state: Tensor, action: Tensor, next_state: Tensor) -> tuple[Tensor, Tensor]:

@@ -91,6 +91,9 @@ class CartPoleVectorEnv(TorchVectorEnv):
         super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(2), num_threads)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
+        """``(N, 4) [x, ẋ, θ, θ̇], (N,) actions in {0, 1} -> (N, 4)``: the module's pure :func:`dynamics`, the one
+        transition function of this env (and its single-env form), which tests/test_envs.py checks
+        against gymnasium's ``CartPoleEnv`` transition for transition."""
         return dynamics(state, action)
 
     def _reward_terminated(self, state: Tensor, action: Tensor, next_state: Tensor) -> tuple[Tensor, Tensor]:

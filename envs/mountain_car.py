@@ -73,6 +73,9 @@ class MountainCarContinuousVectorEnv(TorchVectorEnv):
         super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
+        """``(N, 2) [position, velocity], (N,) forces -> (N, 2)``: the module's pure :func:`dynamics`, the one
+        transition function of this env (and its single-env form), which tests/test_envs.py checks
+        against gymnasium's ``Continuous_MountainCarEnv`` transition for transition."""
         return dynamics(state, action)
 
     def _reward_terminated(self, state: Tensor, action: Tensor, next_state: Tensor) -> tuple[Tensor, Tensor]:

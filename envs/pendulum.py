@@ -77,6 +77,9 @@ class PendulumVectorEnv(TorchVectorEnv):
         super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
+        """``(N, 2) [θ, θ̇], (N,) torques -> (N, 2)``: the module's pure :func:`dynamics` with this env's gravity ``g``, the one
+        transition function of this env (and its single-env form), which tests/test_envs.py checks
+        against gymnasium's ``PendulumEnv`` transition for transition."""
         return dynamics(state, action, self.g)
 
     def _reward_terminated(self, state: Tensor, action: Tensor, next_state: Tensor) -> tuple[Tensor, Tensor]:

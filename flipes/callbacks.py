@@ -132,6 +132,8 @@ def plain(value: Any, key: str) -> Any:
 
 
 def json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with every non-finite float value (NaN, ±inf) replaced by ``None``, which JSON can hold
+    (as ``null``); a shallow copy, other values as they are."""
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from flipes.callbacks import Callback
@@ -340,12 +341,14 @@ Each run's metrics.jsonl gives fitness mean and max (population) and, where eval
 policy's eval_return, against generation, timesteps or seconds.
 """
 
-COMMANDS: dict[str, tuple[Callable[[Sequence[str] | None], Any], str]] = {
-    "train": (train_command, "train a policy or model with FlipES"),
-    "evaluate": (evaluate_command, "evaluate a run's center policy (and record a video)"),
-    "export": (export_command, "a run's policy as a torch.export program, for torch alone"),
-    "plot": (plot_command, "plot the learning curves of runs"),
-}
+COMMANDS: MappingProxyType[str, tuple[Callable[[Sequence[str] | None], Any], str]] = MappingProxyType(
+    {
+        "train": (train_command, "train a policy or model with FlipES"),
+        "evaluate": (evaluate_command, "evaluate a run's center policy (and record a video)"),
+        "export": (export_command, "a run's policy as a torch.export program, for torch alone"),
+        "plot": (plot_command, "plot the learning curves of runs"),
+    }
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

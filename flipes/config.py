@@ -8,6 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from flipes.cli import check_options, finite, option_name
@@ -191,7 +192,9 @@ def saved_options(resume: str) -> dict[str, Any]:
 
 
 # upper bounds past which a value is a typo, not a plan (and would exhaust memory or overflow)
-LIMITS = {"popsize": 2**24, "eval_episodes": 2**20, "episodes": 2**16, "seed": 2**32 - 1}
+LIMITS: MappingProxyType[str, int] = MappingProxyType(
+    {"popsize": 2**24, "eval_episodes": 2**20, "episodes": 2**16, "seed": 2**32 - 1}
+)
 
 _AT_LEAST_ONE = ("popsize", "generations", "groups", "episodes", "eval_every", "eval_episodes", "checkpoint_every", "check_every")
 

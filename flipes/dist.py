@@ -63,18 +63,23 @@ class SerialComm:
     bytes_sent = 0
 
     def allgather_tensor(self, x: Tensor) -> Tensor:
+        """``x`` itself: the one rank holds every row."""
         return x
 
     def allreduce_sum_(self, x: Tensor) -> Tensor:
+        """``x`` itself, unchanged: the sum over one rank."""
         return x
 
     def bcast(self, obj: Any) -> Any:
+        """``obj`` itself: this process is rank 0."""
         return obj
 
     def allgather_object(self, obj: Any) -> list[Any]:
+        """``[obj]``: the one rank's object."""
         return [obj]
 
     def abort(self, code: int = 1) -> None:
+        """End the process with exit status ``code`` (``SystemExit``)."""
         sys.exit(code)
 
 
@@ -119,6 +124,9 @@ class MPIComm:
         return self._watchdog.collective(name) if self._watchdog is not None else contextlib.nullcontext()
 
     def allgather_tensor(self, x: Tensor) -> Tensor:
+        """Every rank's ``x`` concatenated along dim 0 in rank order, on ``x``'s device; the ranks may
+        hold different numbers of rows but the same trailing shape and dtype. Travels through host
+        memory (numpy, ``Allgatherv``); adds ``x``'s bytes to ``bytes_sent``."""
         local = np.ascontiguousarray(x.detach().cpu().numpy())
         with self._watch("allgather"):
             counts = self.comm.allgather(local.shape[0])
@@ -129,6 +137,9 @@ class MPIComm:
         return torch.from_numpy(out).to(x.device)
 
     def allreduce_sum_(self, x: Tensor) -> Tensor:
+        """Sum ``x`` over ranks in place and return it. float32 and float64 are summed in their own
+        dtype, other dtypes (bfloat16, which numpy and MPI lack) in float32 and rounded back once.
+        Travels through host memory; adds the buffer's bytes to ``bytes_sent``."""
         wide = x.dtype in (torch.float32, torch.float64)  # numpy/MPI have no bfloat16: sum those in float32
         buf = np.ascontiguousarray((x if wide else x.float()).detach().cpu().numpy())
         with self._watch("allreduce"):
@@ -137,10 +148,12 @@ class MPIComm:
         return x.copy_(torch.from_numpy(buf))
 
     def bcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` (pickled) on every rank; the other ranks' ``obj`` is ignored."""
         with self._watch("bcast"):
             return self.comm.bcast(obj, root=0)
 
     def allgather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order."""
         with self._watch("allgather"):
             return self.comm.allgather(obj)
 
@@ -180,6 +193,9 @@ class Watchdog:
 
     @contextlib.contextmanager
     def collective(self, name: str) -> Iterator[None]:
+        """Time the block as collective ``name`` (the next in this rank's count): the arrival note goes
+        to rank 0 (rank 0 reads the notes waiting for it), and the thread aborts the job if the block
+        outlasts the timeout."""
         self.step += 1
         if self.rank == 0:
             self._drain()
@@ -220,6 +236,7 @@ class Watchdog:
             self.mpi.abort(3)
 
     def stop(self) -> None:
+        """End the watching: the thread exits at its next wake-up (within half a second) and aborts nothing after."""
         self.running = False
 
 

@@ -26,6 +26,8 @@ def stream_seed(seed: int, generation: int, group: int, slot: int) -> int:
 
 
 def generator(device: torch.device, seed: int) -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed`` (a :func:`stream_seed`). CPU and
+    CUDA generators give different numbers for one seed, so streams are reproducible per device type."""
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen

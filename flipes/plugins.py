@@ -12,6 +12,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
@@ -19,12 +20,14 @@ from torch import nn
 from flipes.cli import load_callable, main_module
 from flipes.errors import UsageError
 
-OPTION = {"fitness": "--fitness", "model": "--model", "evaluate": "evaluate"}
-CALL = {
-    "fitness": ("fitness(model, pop) -> Tensor[pop.size]", 2),
-    "model": ("model(env) -> nn.Module (env is None with env='none')", 1),
-    "evaluate": ("evaluate(model) -> float", 1),
-}
+OPTION: MappingProxyType[str, str] = MappingProxyType({"fitness": "--fitness", "model": "--model", "evaluate": "evaluate"})
+CALL: MappingProxyType[str, tuple[str, int]] = MappingProxyType(
+    {
+        "fitness": ("fitness(model, pop) -> Tensor[pop.size]", 2),
+        "model": ("model(env) -> nn.Module (env is None with env='none')", 1),
+        "evaluate": ("evaluate(model) -> float", 1),
+    }
+)
 
 
 def name_of(obj: Any) -> str:

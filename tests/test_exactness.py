@@ -29,6 +29,10 @@ def rand_shape(gen: torch.Generator, lo: int, hi: int) -> int:
 def test_linear_members_equal_explicit_weights(
     mirrored: bool, groups: int, trial: int, rank: int | None, device: torch.device
 ) -> None:
+    """Random layer sizes, with and without a bias, every (mirrored, groups) setting, full or rank-2 noise: member n's
+    output for (N, in), (N, B, in) and (N, 2, B, in) inputs equals ``F.linear`` with W̄ + δ_n and b̄ + δb_n
+    materialized from the population's noise, to 1e-10 absolute (float64); outside a population the layer is exactly
+    the mean ``F.linear``."""
     gen = torch.Generator().manual_seed(100 + trial)
     fin, fout, batch = rand_shape(gen, 1, 40), rand_shape(gen, 1, 40), rand_shape(gen, 1, 4)
     torch.manual_seed(trial)
@@ -61,6 +65,9 @@ def test_linear_members_equal_explicit_weights(
 def test_conv2d_members_equal_explicit_weights(
     mirrored: bool, groups: int, conv_kw: dict, rank: int | None, device: torch.device
 ) -> None:
+    """With padding, stride, channel groups, dilation, reflect and circular padding: member n's output equals a plain
+    convolution with its own kernel W̄ + δ_n and bias, to 1e-10 absolute; the signs have shapes (N, in_channels) and
+    (N, out_channels), so δ_n is one kernel for all positions."""
     torch.manual_seed(groups)
     cin, cout = 4, 6
     conv = FlipoutConv2d(cin, cout, dtype=DT, device=device, **conv_kw)
@@ -95,6 +102,8 @@ def run_sequence(cell: nn.Module, xs: torch.Tensor, lstm: bool) -> list[torch.Te
 def test_recurrent_cell_members_equal_explicit_weights_over_a_sequence(
     mirrored: bool, groups: int, kind: str, rank: int | None, device: torch.device
 ) -> None:
+    """LSTM and GRU cells over 9 steps: member n's hidden state at every step equals torch's own cell with member n's
+    weights and biases held fixed over the sequence, to 1e-10 absolute."""
     torch.manual_seed(3)
     lstm = kind == "lstm"
     cls, ref_cls = (FlipoutLSTMCell, nn.LSTMCell) if lstm else (FlipoutGRUCell, nn.GRUCell)
@@ -120,6 +129,10 @@ def test_recurrent_cell_members_equal_explicit_weights_over_a_sequence(
 
 
 def test_flipout_converts_sharing_parameters_and_is_exact_outside_a_population() -> None:
+    """``flipes.flipout`` converts a model in place (returning it): conv, linear, LSTM and GRU cells become Flipout
+    layers and a LayerNorm gets per-member dense noise; every parameter is the same tensor object as before and the
+    output outside a population equals the original's bit for bit; a bare nn.Linear becomes a FlipoutLinear that
+    shares its weight and bias and gives its outputs."""
     torch.manual_seed(0)
 
     class Net(nn.Module):
@@ -156,11 +169,15 @@ def test_flipout_converts_sharing_parameters_and_is_exact_outside_a_population()
 
 
 def test_flipout_without_trainable_parameters_is_an_error() -> None:
+    """Converting a model without a trainable parameter raises a ValueError saying so."""
     with pytest.raises(ValueError, match="no trainable parameter"):
         flipes.flipout(nn.Sequential(nn.ReLU()))
 
 
 def test_a_reused_or_aliased_layer_becomes_one_flipout_layer() -> None:
+    """A Linear used twice in a Sequential and aliased under another attribute becomes one FlipoutLinear object in all
+    three places and one ES slot: each member uses the same W̄ + δ_n at both uses, its output equal to the explicit
+    two-layer computation within 1e-6 (float32)."""
     lin = nn.Linear(3, 3)
     net = nn.Sequential(lin, nn.Tanh(), lin)
     holder = nn.Module()

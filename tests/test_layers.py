@@ -292,6 +292,9 @@ CASES = [
 def test_members_equal_the_plain_module_with_their_explicit_parameters(
     case: tuple, mirrored: bool, groups: int, rank: int | None, device: torch.device
 ) -> None:
+    """For every case (module kinds, layouts, tied and shared parameters) and setting: each member's outputs equal the
+    original module under ``functional_call`` with member n's explicit parameters, to 1e-10 absolute (float64); after
+    the population no member noise is left and the model's output equals the original's exactly."""
     _, make, inputs, member_inputs, member_output = case
     check_members(make, inputs, member_inputs, member_output, mirrored, groups, rank, device=device)
 
@@ -350,6 +353,9 @@ class EveryKind(nn.Module):
 def test_a_model_of_every_kind_is_exact_and_its_gradient_is_the_materialized_estimator(
     mirrored: bool, groups: int, rank: int | None, device: torch.device
 ) -> None:
+    """A model of every kind (embedding, conv, norm, attention, GRU, RNN, bare parameter, linear): each member equals
+    the original module with its explicit parameters to 1e-10, and tell's ``.grad`` of every parameter equals -Σ_n
+    F̂_n σu_n / (Nσ²) from those parameters, to 1e-12 absolute + 1e-9 relative."""
     check_members(EveryKind, lambda: (torch.randint(11, (N, 6)),), rows(1), out_rows(1), mirrored, groups, rank, device=device)
     check_gradient(EveryKind, mirrored, groups, rank, device)
 
@@ -399,6 +405,10 @@ class PositionalModel(nn.Module):
 
 
 def test_a_parameter_nothing_can_perturb_is_an_error_naming_it_unless_frozen() -> None:
+    """A bare parameter beside Flipout layers makes ``flipout`` raise a ValueError naming it, its holder and the
+    ``frozen=[...]`` fix; frozen, it stops requiring grad and is reported frozen; a misspelled frozen name is a
+    ValueError suggesting the closest parameter; a model built by hand with such a parameter makes FlipES raise the
+    same kind of error."""
     with pytest.raises(ValueError, match=r"would not be evolved: pos \(held by PositionalModel\).*frozen=\["):
         flipes.flipout(PositionalModel())
     model = flipes.flipout(PositionalModel(), frozen=["pos"])
@@ -414,6 +424,10 @@ def test_a_parameter_nothing_can_perturb_is_an_error_naming_it_unless_frozen() -
 
 
 def test_frozen_parameters_stay_frozen_and_unperturbed() -> None:
+    """Parameters frozen by the user (requires_grad False) or by ``frozen=`` (a module's parameter, a Flipout weight)
+    are reported frozen, are not among the ES parameters and get no per-member value: each member's output equals the
+    model with only the other parameters perturbed (within 1e-5, float32), and after tell exactly the frozen
+    parameters are unchanged."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 3))
     model[0].weight.requires_grad_(False)  # frozen by the user
@@ -437,6 +451,9 @@ def test_frozen_parameters_stay_frozen_and_unperturbed() -> None:
 
 
 def test_nested_populations_and_two_flipes_on_one_model_are_errors_for_every_kind() -> None:
+    """A population inside a population of an Embedding (Flipout) and a LayerNorm (dense) is a RuntimeError, and so is
+    using a FlipES after a newer one was made for a model of dense parameters only (a LayerNorm), which then works
+    with the newer one (linear layers: test_es)."""
     model = flipes.flipout(nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4)))
     es = flipes.FlipES(model, popsize=4)
     with es.population(), pytest.raises(RuntimeError, match="population\\(\\) inside a population"):
@@ -453,6 +470,8 @@ def test_nested_populations_and_two_flipes_on_one_model_are_errors_for_every_kin
 
 
 def test_layer_options_without_a_flipout_form_are_refused_naming_the_fix() -> None:
+    """An Embedding with max_norm is a ValueError naming the option and the fix (without max_norm), a bidirectional
+    GRU a ValueError naming unidirectional layers; a frozen bidirectional GRU is left as a plain nn.GRU."""
     with pytest.raises(ValueError, match=r"max_norm.*without max_norm"):
         flipes.flipout(nn.Sequential(nn.Embedding(5, 3, max_norm=1.0)))
     with pytest.raises(ValueError, match="unidirectional"):
@@ -474,6 +493,8 @@ def test_a_norm_input_that_reads_as_one_example_or_as_several_is_an_error_naming
 
 
 def test_dense_inputs_must_hold_the_members_first() -> None:
+    """A dense per-member module (LayerNorm) given 3 rows in a population of 4 raises a ValueError saying inputs must
+    be members first."""
     norm = flipes.flipout(nn.LayerNorm(4))
     es = flipes.FlipES(norm, popsize=4)
     with es.population(), pytest.raises(ValueError, match=r"inputs must be members first"):
@@ -481,6 +502,10 @@ def test_dense_inputs_must_hold_the_members_first() -> None:
 
 
 def test_a_linear_subclass_with_its_own_forward_is_evolved_densely_not_silently_frozen() -> None:
+    """An nn.Linear subclass that overrides forward is not turned into a FlipoutLinear (which would skip its forward)
+    but evolved densely per member: all its parameters reported dense, and each member equal to the subclass with its
+    explicit parameters, to 1e-10."""
+
     class Odd(nn.Linear):
         def forward(self, x: Tensor) -> Tensor:
             return super().forward(x) * 2
@@ -492,6 +517,9 @@ def test_a_linear_subclass_with_its_own_forward_is_evolved_densely_not_silently_
 
 
 def test_attention_converts_as_one_layer_with_its_output_projection() -> None:
+    """A TransformerEncoderLayer's self-attention becomes one FlipoutMultiheadAttention whose output projection stays
+    the plain NonDynamicallyQuantizableLinear (its slot is the attention's), and every parameter of the layer is
+    evolved."""
     model = flipes.flipout(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True))
     assert isinstance(model.self_attn, FlipoutMultiheadAttention)
     assert type(model.self_attn.out_proj).__name__ == "NonDynamicallyQuantizableLinear"  # its slot is the attention's

@@ -29,6 +29,9 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_variance(out: Path) -> None:
+    """scripts/repro_variance.py --tiny writes its PNG, Markdown table and JSON, with N = 1 ... 16, a positive finite
+    variance per N for (at least) shared, Flipout and independent perturbations of each net, finite slopes, and
+    Flipout's log-log slope below -0.5 even at this size."""
     r = run_repro("repro_variance", out)
     assert r["ns"] == [1, 2, 4, 8, 16]
     for net in r["nets"].values():
@@ -40,6 +43,9 @@ def test_variance(out: Path) -> None:
 
 
 def test_learning(out: Path) -> None:
+    """scripts/repro_learning.py --tiny writes its PNG, Markdown table and JSON, whose summary holds FlipES N=64,
+    independent ES N=64 and backprop, each with a mean in [0, 100] and a finite time per generation, and a finite
+    FlipES - independent difference at N = 64."""
     r = run_repro("repro_learning", out)
     assert {"FlipES N=64", "independent ES N=64", "backprop"} <= set(r["summary"])
     for s in r["summary"].values():
@@ -48,6 +54,9 @@ def test_learning(out: Path) -> None:
 
 
 def test_timing(out: Path) -> None:
+    """scripts/repro_timing.py --tiny writes its PNG, Markdown table and JSON, with positive finite Flipout and
+    classic times in every fc and conv row, and positive finite throughputs for (at least) the plain and Flipout
+    low-rank variants."""
     r = run_repro("repro_timing", out)
     for kind in ("fc", "conv"):
         for row in r[kind]:

@@ -41,6 +41,10 @@ class Countdown(gym.vector.VectorEnv):
 
 
 def test_finished_episodes_collect_nothing_and_episodes_average_per_member() -> None:
+    """``run_episodes`` on envs that autoreset and keep paying: each env's return and length are exactly its first
+    episode's, steps their sum, and it stops after the longest episode (9 steps); RolloutFitness with 2 episodes per
+    member (member m owns envs 2m and 2m + 1) returns each member's mean return and counts the timesteps; an env count
+    other than members × episodes is a ValueError naming both."""
     lengths = [3, 7, 1, 5, 2, 9]  # 3 members × 2 episodes
     env = Countdown(lengths, [1.0, 2.0, 0.5, 1.0, 3.0, 1.0])
     ep = run_episodes(env, lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64), seed=0)
@@ -64,6 +68,10 @@ def test_finished_episodes_collect_nothing_and_episodes_average_per_member() -> 
 
 
 def test_running_norm_matches_the_statistics_of_all_data_and_is_frozen_until_update() -> None:
+    """RunningNorm is the identity before any statistics and its output does not change while a generation records;
+    after 4 masked batches and updates its mean, population variance and count equal those of all unmasked data
+    (within assert_close's float64 defaults), it returns (x - mean)/√(var + 1e-8) clipped to ±5, and a state dict
+    round trip gives the same outputs bit for bit."""
     gen = torch.Generator().manual_seed(0)
     norm = RunningNorm(4)
     batches = [torch.randn(50, 3, 4, generator=gen) * torch.tensor([1.0, 2, 3, 4]) + 5 for _ in range(4)]
@@ -125,6 +133,9 @@ def test_running_norm_keeps_float64_statistics_when_the_policy_is_cast() -> None
 
 
 def test_policy_actions_respect_the_spaces() -> None:
+    """MLPPolicy with a saturated output keeps Box actions within each dimension's bounds and comes within 0.1 of both
+    ends of [-2, 2], from float64 observations; Discrete(3, start=1) actions are int64 in {1, 2, 3}; in a population
+    (members, episodes, obs) inputs give (members, episodes) actions."""
     obs_space = gym.spaces.Box(-1, 1, (5,), np.float32)
     box = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))
     torch.manual_seed(0)
@@ -143,6 +154,9 @@ def test_policy_actions_respect_the_spaces() -> None:
 
 
 def test_bad_input_gives_errors_that_say_what_to_do() -> None:
+    """MLPPolicy with a MultiDiscrete action space is a ValueError naming the supported spaces, with a Discrete
+    observation space one saying it needs a Box; an unknown gymnasium id is a ValueError naming the id and
+    gymnasium.pprint_registry, an unknown flipes/ id one naming the id."""
     obs_space = gym.spaces.Box(-1, 1, (5,), np.float32)
     with pytest.raises(ValueError, match="Discrete and Box action spaces, got MultiDiscrete"):
         MLPPolicy(obs_space, gym.spaces.MultiDiscrete([2, 3]))

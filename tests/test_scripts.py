@@ -11,6 +11,8 @@ from helpers import run_script as run
 
 
 def test_benchmark_quick_prints_the_table(tmp_path: Path) -> None:
+    """scripts/benchmark.py --quick prints the table (the 17-64-64-6 network at N = 64, the (b)/(a) ratio) and writes
+    a JSON file with results and machine information."""
     out = run("scripts/benchmark.py", "--quick", "--json", str(tmp_path / "b.json")).stdout
     assert "| 17-64-64-6 | 64 |" in out and "(b)/(a)" in out
     rows = json.loads((tmp_path / "b.json").read_text())
@@ -29,6 +31,8 @@ def test_digits_fitness_plugs_into_train(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_bench_solve_quick(tmp_path: Path) -> None:
+    """scripts/bench_solve.py --quick --no-gym-check runs and prints a flipes row for flipes/CartPole-v1 (the row's
+    numbers are not checked)."""
     out = run("scripts/bench_solve.py", "--quick", "--no-gym-check", "--out", str(tmp_path)).stdout
     assert "| flipes" in out and "flipes/CartPole-v1" in out
 

@@ -564,6 +564,10 @@ def test_resume_takes_the_saved_options(tmp_path: Path) -> None:
 
 
 def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) -> None:
+    """--algo pgpe sets sigma_lr 0.2 and 8 groups on top of the env's row (popsize kept), which an explicit groups
+    overrides; --algo ars sets a linear policy and σ 0.03, and --lr overrides its lr; pgpe's FlipES uses ClipUp with
+    max_speed = lr·√D/2 (D = 10 parameters) and half of that as its step size, or max_speed 0.3 and step size 0.15
+    when max_speed is given."""
     pgpe = TrainConfig.for_env("flipes/CartPole-v1", algo="pgpe")
     assert (pgpe.sigma_lr, pgpe.groups, pgpe.popsize) == (0.2, 8, preset_for("CartPole-v1")["popsize"])
     assert TrainConfig.for_env("flipes/CartPole-v1", algo="pgpe", groups=4).groups == 4

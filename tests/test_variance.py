@@ -86,6 +86,10 @@ def slope(ns: list[int], vs: list[float]) -> float:
 
 
 def test_flipout_variance_falls_like_one_over_n_and_shared_levels_off() -> None:
+    """Total variance of the gradient estimate over 150 draws for N = 8 ... 512: Flipout's log-log slope is within
+    [-1.2, -0.8] (1/N); one shared perturbation's variance at N = 512 is above half of N = 64's (1/N would be an
+    eighth) and more than 10 times Flipout's; at N = 256 Flipout's is below 1.5 times that of independent
+    perturbations."""
     flip = [total_variance(es_estimates(n, groups=1)) for n in SIZES]
     shared = [total_variance(shared_estimates(n)) for n in SIZES]
     s_flip = slope(SIZES, flip)

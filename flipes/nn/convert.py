@@ -13,6 +13,7 @@ import difflib
 import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from torch import nn
 
@@ -32,20 +33,22 @@ from flipes.nn.recurrent import (
     check_rnn_supported,
 )
 
-_FLIPOUT_OF: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Linear: FlipoutLinear,
-    nn.Conv1d: FlipoutConv1d,
-    nn.Conv2d: FlipoutConv2d,
-    nn.Conv3d: FlipoutConv3d,
-    nn.Embedding: FlipoutEmbedding,
-    nn.MultiheadAttention: FlipoutMultiheadAttention,
-    nn.LSTM: FlipoutLSTM,
-    nn.GRU: FlipoutGRU,
-    nn.RNN: FlipoutRNN,
-    nn.LSTMCell: FlipoutLSTMCell,
-    nn.GRUCell: FlipoutGRUCell,
-    nn.RNNCell: FlipoutRNNCell,
-}
+_FLIPOUT_OF: MappingProxyType[type[nn.Module], type[nn.Module]] = MappingProxyType(
+    {
+        nn.Linear: FlipoutLinear,
+        nn.Conv1d: FlipoutConv1d,
+        nn.Conv2d: FlipoutConv2d,
+        nn.Conv3d: FlipoutConv3d,
+        nn.Embedding: FlipoutEmbedding,
+        nn.MultiheadAttention: FlipoutMultiheadAttention,
+        nn.LSTM: FlipoutLSTM,
+        nn.GRU: FlipoutGRU,
+        nn.RNN: FlipoutRNN,
+        nn.LSTMCell: FlipoutLSTMCell,
+        nn.GRUCell: FlipoutGRUCell,
+        nn.RNNCell: FlipoutRNNCell,
+    }
+)
 
 
 @functools.cache  # one Flipout subclass per user subclass

@@ -59,8 +59,17 @@ class FlipoutConv1D(FlipoutMixin):
     r"""The Flipout form of ``transformers``' ``Conv1D`` (GPT-2's projections): a linear layer whose
     weight is stored ``(in, out)``, ``y = x W + b``. Mixed into a subclass of that class by
     ``flipes.flipout``; the noise is laid out for ``Wᵀ`` (``PerturbedWeight.transposed``).
+    Outside a population it is exactly ``transformers``' ``Conv1D``.
 
-    Shape: as ``FlipoutLinear``.
+    Args:
+        nf: output features, as for ``transformers.pytorch_utils.Conv1D(nf, nx)``: ``weight``
+            ``(nx, nf)``, ``bias`` ``(nf,)`` (``flipes.flipout`` converts a ``Conv1D``, keeping its parameters)
+        nx: input features
+
+    Shape:
+        - Outside a population: as ``Conv1D``, ``(*, nx) -> (*, nf)``.
+        - Inside a population of N members: ``(N, *B, nx) -> (N, *B, nf)``; the first dimension
+          indexes members, ``*B`` are examples of each member (as ``FlipoutLinear``).
     """
 
     weight: nn.Parameter

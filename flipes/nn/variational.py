@@ -63,6 +63,7 @@ class NoiseDraw:
 
     @property
     def size(self) -> int:
+        """``n``, the number of examples the draw is for."""
         return self.s.shape[0]
 
 
@@ -87,6 +88,8 @@ class WeightNoise(nn.Module):
         self.flipout = flipout
 
     def standard(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        """Independent standard draws of ``shape`` in ``like``'s dtype and device, from torch's global
+        generator: N(0, 1) here; subclasses may draw another distribution symmetric about 0."""
         return torch.randn(tuple(shape), dtype=like.dtype, device=like.device)
 
     def draw(self, pw: PerturbedWeight, n: int) -> NoiseDraw:
@@ -158,24 +161,32 @@ class GaussianPosterior(WeightNoise):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Set every ``ρ`` entry to ``softplus⁻¹(init_sigma)``, so that every ``σ`` is ``init_sigma``."""
         with torch.no_grad():
             for rho in (self.weight_rho, self.bias_rho):
                 if rho is not None:
                     rho.fill_(_inverse_softplus(self.init_sigma))
 
     def weight_sigma(self) -> Tensor:
+        """``σ = softplus(weight_rho)``, the posterior standard deviation of every weight entry (weight-shaped)."""
         return F.softplus(self.weight_rho)
 
     def bias_sigma(self) -> Tensor | None:
+        """``softplus(bias_rho)``, the posterior standard deviation of every bias entry; ``None`` without a bias."""
         return None if self.bias_rho is None else F.softplus(self.bias_rho)
 
     def perturbation(self, pw: PerturbedWeight, z: Tensor) -> Tensor:
+        """``ΔŴ = σ ∘ z``: differentiable in ``ρ`` (the reparameterization trick)."""
         return self.weight_sigma() * z
 
     def bias_perturbation(self, pw: PerturbedWeight, z_bias: Tensor) -> Tensor:
+        """``σ_b ∘ z_bias`` for every example, ``(n, out_channels)``."""
         return self.bias_sigma() * z_bias
 
     def kl(self, pw: PerturbedWeight) -> Tensor:
+        """``KL(q ‖ N(0, prior_sigma²))`` summed over the weight's and the bias's entries, in closed form:
+        ``Σ log(σ_p/σ) + (σ² + μ²)/(2σ_p²) - 1/2`` with ``μ`` the layer's ``weight``/``bias`` (a 0-dim
+        tensor, differentiable in ``μ`` and ``ρ``)."""
         total = _gaussian_kl(pw.weight, self.weight_sigma(), self.prior_sigma)
         if pw.bias is not None and self.bias_rho is not None:
             total = total + _gaussian_kl(pw.bias, self.bias_sigma(), self.prior_sigma)
@@ -208,9 +219,11 @@ class MultiplicativeGaussian(WeightNoise):
         self.alpha = float(alpha)
 
     def perturbation(self, pw: PerturbedWeight, z: Tensor) -> Tensor:
+        """``ΔŴ = √α W̄ ∘ z``: differentiable in the mean weight ``W̄``."""
         return math.sqrt(self.alpha) * pw.weight * z
 
     def bias_perturbation(self, pw: PerturbedWeight, z_bias: Tensor) -> Tensor:
+        """``√α b̄ ∘ z_bias`` for every example, ``(n, out_channels)``."""
         return math.sqrt(self.alpha) * pw.bias * z_bias
 
     def extra_repr(self) -> str:
@@ -244,12 +257,15 @@ class DropConnect(WeightNoise):
         self.p = 0.5
 
     def standard(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        """Independent fair ±1 draws (``ξ``) of ``shape`` in ``like``'s dtype and device."""
         return rademacher_like(shape, like)
 
     def perturbation(self, pw: PerturbedWeight, z: Tensor) -> Tensor:
+        """``ΔŴ = W̄ ∘ ξ``: each entry of ``W̄ + ΔŴ`` is ``0`` or ``2W̄`` (a mask at p = 0.5)."""
         return pw.weight * z
 
     def bias_perturbation(self, pw: PerturbedWeight, z_bias: Tensor) -> Tensor:
+        """``b̄ ∘ ξ_b`` for every example, ``(n, out_channels)``: each bias entry dropped or doubled."""
         return pw.bias * z_bias
 
     def extra_repr(self) -> str:
@@ -258,7 +274,18 @@ class DropConnect(WeightNoise):
 
 class LayerNoise(nn.Module):
     """The backprop noise of one Flipout layer: one ``WeightNoise`` per perturbed weight, plus the
-    state of ``fixed_noise`` / ``sample_weights`` blocks. Attached as ``layer.backprop_noise``."""
+    state of ``fixed_noise`` / ``sample_weights`` blocks. Attached as ``layer.backprop_noise`` by
+    :func:`attach_noise`, which is how it is normally made.
+
+    Args:
+        slots: one noise model per entry of the layer's ``perturbed_weights()``, in that order
+
+    Shape:
+        :meth:`sample` returns one ``SlotNoise`` per slot for ``n`` examples, every example a member
+        of a single group: ``eps`` ``(1, *weight.shape)`` (ΔŴ), ``s`` ``(n, in_channels)``, ``r``
+        ``(n, out_channels)`` (±1 per example; all +1 with ``flipout=False``) and ``bias_r``
+        ``(n, out_channels)`` or ``None``.
+    """
 
     def __init__(self, slots: Sequence[WeightNoise]) -> None:
         super().__init__()
@@ -268,6 +295,14 @@ class LayerNoise(nn.Module):
         self.sample_in_eval = False  # inside sample_weights()
 
     def sample(self, pws: Sequence[PerturbedWeight], n: int, layer: str) -> tuple[SlotNoise, ...]:
+        """The noise of one forward pass over ``n`` examples, one ``SlotNoise`` per weight of ``pws``
+        (the layer's ``perturbed_weights()``): a fresh draw, or inside ``fixed_noise`` the block's first
+        draw, kept for the block.
+
+        Raises:
+            ValueError: inside ``fixed_noise``, when ``n`` differs from the held draw's (``layer``
+                names the layer in the message).
+        """
         if self.held is not None:
             draws = self.held
             if draws[0].size != n:
@@ -282,6 +317,7 @@ class LayerNoise(nn.Module):
         return tuple(m.slot_noise(pw, d) for m, pw, d in zip(self.slots, pws, draws, strict=True))
 
     def kl(self, pws: Sequence[PerturbedWeight]) -> Tensor:
+        """The layer's KL term: the sum of its slots' ``kl`` over the weights ``pws`` (0 for fixed-rate noise)."""
         return sum((m.kl(pw) for m, pw in zip(self.slots, pws, strict=True)), pws[0].weight.new_zeros(()))
 
 

@@ -26,9 +26,21 @@ class RecurrentPolicy(nn.Module):
     flipes' rollouts (``RolloutFitness``, evaluation, ``flipes evaluate``) carry the state of a
     ``RecurrentPolicy`` from step to step; a plain module is called as ``model(obs)``. Inside a
     population, ``obs`` is members first, as for any model.
+
+    Args:
+        none here: a subclass takes what it needs (:class:`GRUPolicy`: the spaces and the widths).
+
+    Shape:
+        - obs: ``(*, obs_dim)``, one row per env; in a population ``(N, K, obs_dim)``, the ``K``
+          episodes of each of the ``N`` members, members first (``RolloutFitness``)
+        - action: ``(*)`` integers for a ``Discrete`` space, ``(*, *action_shape)`` for a ``Box``
+        - state: anything the subclass keeps per env (a tensor, a tuple of them); ``None`` at the
+          first step, then the ``state`` the previous call returned, for the same rows
     """
 
     def forward(self, obs: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """One step of every env: ``(action, next state)`` from ``obs`` and the previous step's ``state``
+        (``None`` at an episode batch's first step). A subclass defines it."""
         raise NotImplementedError
 
 

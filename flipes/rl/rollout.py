@@ -76,9 +76,19 @@ def check_actions(actions: Any, space: gym.Space, n: int) -> None:
 
 @dataclass
 class Episodes:
-    returns: Tensor  # (num_envs,) total reward of each env's first episode
-    lengths: Tensor  # (num_envs,) its steps
-    steps: int  # env interactions of these episodes (the sum of their lengths)
+    """What :func:`run_episodes` returns: one episode per env, its first since the reset, cut at
+    ``max_steps``. Nothing an env does after its episode ends counts, though it may auto-reset and
+    keep stepping until the longest episode is over.
+
+    Attributes:
+        returns: ``(num_envs,)`` float64, each episode's total reward.
+        lengths: ``(num_envs,)`` int64, each episode's steps.
+        steps: env interactions of these episodes, the sum of ``lengths``.
+    """
+
+    returns: Tensor
+    lengths: Tensor
+    steps: int
 
 
 @torch.no_grad()
