@@ -63,9 +63,10 @@ class FieldType:
     is_list: bool = False
 
     def describe(self) -> str:
-        parts = (
-            [{int: "an integer", float: "a number", str: "a string", bool: "true or false"}[self.scalar]] if self.scalar else []
-        )
+        """What a value must be, in words: "an integer", "a list of integers", "'auto' or none"."""
+        one_of = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+        many = {int: "integers", float: "numbers", str: "strings", bool: "true or false values"}
+        parts = [(many if self.is_list else one_of)[self.scalar]] if self.scalar else []
         parts += [repr(c) for c in self.choices]
         parts += ["none"] if self.optional else []
         one = " or ".join(parts)
@@ -138,13 +139,13 @@ def check_value(name: str, value: Any, ft: FieldType) -> Any:
     """
     if ft.is_list:
         if not isinstance(value, list | tuple):
-            raise TypeError(f"{name} = {value!r} is not a list; expected {ft.describe()}")
+            raise TypeError(f"{name} = {value!r} is not {ft.describe()}")
         item = dataclasses.replace(ft, is_list=False)
         return [check_value(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
     if value is None or (ft.optional and ft.scalar is not str and isinstance(value, str) and value.lower() == "none"):
         if ft.optional:
             return None
-        raise TypeError(f"{name} = none is not allowed; expected {ft.describe()}")
+        raise TypeError(f"{name} = none is not {ft.describe()}")
     if any(value == c and type(value) is type(c) for c in ft.choices):
         return value
     s = ft.scalar
@@ -157,6 +158,43 @@ def check_value(name: str, value: Any, ft: FieldType) -> Any:
     if s is str and isinstance(value, str | os.PathLike):
         return os.fspath(value)
     raise TypeError(f"{name} = {value!r} is not {ft.describe()}")
+
+
+def example_value(value: Any, ft: FieldType) -> Any:
+    """A value of the field's type to suggest in place of ``value``: ``value`` itself where it is one,
+    converted where the intent is plain (``"64"`` -> 64 and 3.7 -> 4 for an integer, 32 -> [32] for a
+    list, 1 -> True for a flag, 3 -> "3" for a string), else the first choice or a typical value."""
+    if ft.is_list:
+        item = dataclasses.replace(ft, is_list=False)
+        return [example_value(v, item) for v in (value if isinstance(value, list | tuple) else [value])]
+    try:
+        return check_value("value", value, ft)
+    except TypeError:
+        pass
+    s = ft.scalar
+    if isinstance(value, str) and s is not str:
+        try:
+            return parse_text(value.strip(), ft)
+        except ValueError:
+            pass
+    if s is bool and isinstance(value, numbers.Real) and value in (0, 1):
+        return bool(value)
+    if s is int and isinstance(value, numbers.Real) and math.isfinite(value):
+        return round(value)
+    if s is float and isinstance(value, bool | np.bool_):
+        return float(value)
+    if s is str and value is not None:
+        return str(value)
+    if ft.choices:
+        return ft.choices[0]
+    return {int: 1, float: 0.1, bool: True, str: "name"}[s] if s else None
+
+
+def _written(value: Any, config_file: bool) -> str:
+    """``value`` as a user writes it: TOML/JSON in a config file (``"none"`` for None), Python otherwise."""
+    if not config_file:
+        return repr(value)
+    return '"none"' if value is None else json.dumps(value, ensure_ascii=False)
 
 
 @functools.cache
@@ -194,6 +232,7 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def option_name(name: str) -> str:
+    """The command-line flag of a field: ``eval_episodes`` -> ``--eval-episodes``."""
     return f"--{name.replace('_', '-')}"
 
 
@@ -244,7 +283,8 @@ def check_options(cls: type, values: Mapping[str, Any], source: str) -> dict[str
         try:
             out[key] = check_value(key, value, field_type(hints[key]))
         except TypeError as e:
-            raise UsageError(source, str(e), f"write {key} as {field_type(hints[key]).describe()}") from None
+            example = _written(example_value(value, field_type(hints[key])), source.startswith("--config"))
+            raise UsageError(source, str(e), f"write e.g. {key} = {example}") from None
     return out
 
 

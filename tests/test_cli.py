@@ -249,22 +249,23 @@ def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.Capture
 
 
 CONFIG_TYPE_ERRORS = [
-    ("generations = 3.7\n", "generations = 3.7 is not an integer"),
-    ('popsize = "64"\n', "popsize = '64' is not an integer"),
-    ('lr = "fast"\n', "lr = 'fast' is not a number"),
-    ("hidden = 32\n", "hidden = 32 is not a list"),
-    ("hidden = [32.5]\n", "hidden[0] = 32.5 is not an integer"),
-    ("tensorboard = 1\n", "tensorboard = 1 is not true or false"),
-    ('comm = "gossip"\n', "comm = 'gossip' is not 'allreduce' or 'seeds'"),
-    ('target = "never"\n', "target = 'never' is not a number or 'auto' or none"),
-    ("seed = true\n", "seed = True is not an integer"),
+    ("generations = 3.7\n", "generations = 3.7 is not an integer; write e.g. generations = 4"),
+    ('popsize = "64"\n', "popsize = '64' is not an integer; write e.g. popsize = 64"),
+    ('lr = "fast"\n', "lr = 'fast' is not a number; write e.g. lr = 0.1"),
+    ("hidden = 32\n", "hidden = 32 is not a list of integers; write e.g. hidden = [32]"),
+    ("hidden = [32.5]\n", "hidden[0] = 32.5 is not an integer; write e.g. hidden = [32]"),
+    ("tensorboard = 1\n", "tensorboard = 1 is not true or false; write e.g. tensorboard = true"),
+    ('comm = "gossip"\n', "comm = 'gossip' is not 'allreduce' or 'seeds'; write e.g. comm = \"allreduce\""),
+    ('target = "never"\n', "target = 'never' is not a number or 'auto' or none; write e.g. target = \"auto\""),
+    ("seed = true\n", "seed = True is not an integer; write e.g. seed = 1"),
     ("popsiz = 8\n", "unknown option 'popsiz'; did you mean popsize?"),
 ]
 
 
 @pytest.mark.parametrize(("text", "message"), CONFIG_TYPE_ERRORS)
 def test_config_file_type_errors_are_refused(text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """A value of the wrong type in a config file is refused before anything runs, naming the key."""
+    """A value of the wrong type in a config file is refused before anything runs, naming the key and
+    a value of the right type to write instead (the given one converted where the intent is plain)."""
     cfg = tmp_path / "run.toml"
     cfg.write_text(text)
     with pytest.raises(SystemExit) as exit_info:
@@ -280,7 +281,8 @@ def test_json_config_and_library_overrides_are_typed_too(tmp_path: Path) -> None
     cfg.write_text('{"generations": 2.5}')
     with pytest.raises(flipes.UsageError, match=r"generations = 2.5 is not an integer"):
         parse_config(TrainConfig, ["--config", str(cfg)])
-    with pytest.raises(flipes.UsageError, match=r"^flipes.train: generations = 3.7 is not an integer"):
+    fix = r"write e.g. generations = 4$"
+    with pytest.raises(flipes.UsageError, match=rf"^flipes.train: generations = 3.7 is not an integer; {fix}"):
         flipes.train(generations=3.7)
     with pytest.raises(flipes.UsageError, match=r"^--lr: must be a finite number > 0, got inf"):
         flipes.train(lr=float("inf"), out=str(tmp_path / "x"))

@@ -216,3 +216,17 @@ def test_a_short_es_run_on_halfcheetah_through_envpool_raises_the_center_return(
     evals = {r["generation"]: r["eval_return"] for r in rows if "eval_return" in r}
     assert set(evals) == {0, 5}
     assert evals[5] > evals[0] + 300, evals
+
+
+def test_envpool_reset_with_the_wrong_number_of_seeds_says_how_to_seed() -> None:
+    """EnvPoolVectorEnv.reset(seed=[...]) with a seed count other than num_envs raises a ValueError naming both
+    counts and the two ways to seed (one seed per env, or one int for all)."""
+    pytest.importorskip("envpool")
+    env = EnvPoolVectorEnv("CartPole-v1", num_envs=3)
+    try:
+        with pytest.raises(ValueError, match=r"got 2 seeds for 3 envs; pass one seed per env \(3 ints\), or .*one int s"):
+            env.reset(seed=[1, 2])
+        obs, _ = env.reset(seed=[1, 2, 3])
+        assert obs.shape[0] == 3
+    finally:
+        env.close()

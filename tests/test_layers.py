@@ -501,6 +501,29 @@ def test_dense_inputs_must_hold_the_members_first() -> None:
         norm(torch.randn(3, 4))
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attention_inputs_that_are_not_3d_name_the_layout_and_the_reshape_that_fixes_them(batch_first: bool) -> None:
+    """Inside a population, FlipoutMultiheadAttention refuses a 2-D or 4-D query with the layout it needs for the
+    batch_first setting, and the reshape the message suggests gives an input that runs."""
+    attn = flipes.flipout(nn.MultiheadAttention(8, 2, batch_first=batch_first))
+    es = flipes.FlipES(attn, popsize=4)
+    tokens = torch.randn(4, 8)  # one token per member
+    layout = r"\(N·k, L, E\)" if batch_first else r"\(L, N·k, E\)"
+    with es.population():
+        fix = rf"x\.unsqueeze\({int(batch_first)}\)"
+        with pytest.raises(ValueError, match=rf"got 2-D of shape \(4, 8\); reshape them to {layout}.*{fix}"):
+            attn(tokens, tokens, tokens)
+        x = tokens.unsqueeze(int(batch_first))
+        out, _ = attn(x, x, x)
+        assert out.shape == x.shape
+        if batch_first:
+            seqs = torch.randn(4, 2, 3, 8)  # (N, k, L, E)
+            with pytest.raises(ValueError, match=r"got 4-D of shape \(4, 2, 3, 8\).*x\.flatten\(0, 1\)"):
+                attn(seqs, seqs, seqs)
+            flat = seqs.flatten(0, 1)
+            assert attn(flat, flat, flat)[0].shape == (8, 3, 8)
+
+
 def test_a_linear_subclass_with_its_own_forward_is_evolved_densely_not_silently_frozen() -> None:
     """An nn.Linear subclass that overrides forward is not turned into a FlipoutLinear (which would skip its forward)
     but evolved densely per member: all its parameters reported dense, and each member equal to the subclass with its

@@ -83,7 +83,14 @@ class FlipoutMultiheadAttention(FlipoutMixin, nn.MultiheadAttention):
         if self.noise is None:
             return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
         if query.dim() != 3:
-            raise ValueError(f"{type(self).__name__}: inside a population inputs are batched (3-D), got {query.dim()}-D")
+            bf = self.batch_first
+            example = {2: f"x.unsqueeze({int(bf)}) for one token per member", 4: "x.flatten(0, 1) for (N, k, L, E)" if bf else ""}
+            raise ValueError(
+                f"{type(self).__name__}: inside a population inputs are batched (3-D), got {query.dim()}-D of shape "
+                f"{tuple(query.shape)}; reshape them to {'(N·k, L, E)' if bf else '(L, N·k, E)'} (batch_first={bf}): "
+                "the batch dimension holds the N members' k ≥ 1 sequences each, member-major"
+                + (f" (e.g. {example[query.dim()]})" if example.get(query.dim()) else "")
+            )
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint (as nn.MultiheadAttention)")
         if not self.batch_first:  # members are the batch: work batch-first

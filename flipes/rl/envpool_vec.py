@@ -106,7 +106,10 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
 
         seeds = tuple(int(s) % SEED_MODULUS for s in seeds)
         if len(seeds) != self.num_envs:
-            raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+            raise ValueError(
+                f"got {len(seeds)} seeds for {self.num_envs} envs; pass one seed per env ({self.num_envs} ints), "
+                "or to reset(seed=s) one int s, which seeds env i with s + i"
+            )
         if self._pool is not None:
             self._pool.close()
         with warnings.catch_warnings():
