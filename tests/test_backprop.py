@@ -20,10 +20,13 @@ from torch.distributions import Normal, kl_divergence
 import flipes
 from flipes.nn import (
     DropConnect,
+    FlipoutConv1d,
     FlipoutConv2d,
+    FlipoutGRU,
     FlipoutLinear,
     FlipoutLSTM,
     FlipoutLSTMCell,
+    FlipoutRNNCell,
     GaussianPosterior,
     MultiplicativeGaussian,
     PerturbedWeight,
@@ -219,6 +222,92 @@ def test_lstm_cell_needs_fixed_noise_and_keeps_its_draw_across_steps() -> None:
     assert layer_noise(cell).held is None and held[0].s.shape == (2, 3)
     cell.eval()
     assert torch.equal(cell(xs[0])[0], plain.__class__.forward(cell, xs[0])[0])  # eval: the mean cell
+
+
+def test_lstm_cell_gradients_equal_explicit_weights_fixed_over_the_sequence() -> None:
+    """Backprop through a cell run step by step inside ``fixed_noise``: the gradients of every parameter
+    (means and posterior scales) are those of each example's explicit weights, through the hidden path too."""
+    torch.manual_seed(5)
+    cell = FlipoutLSTMCell(3, 4, dtype=DT)
+    attach_noise(cell, NOISES["gaussian"])
+    randomize_rho(cell, 6)
+    plain = nn.LSTMCell(3, 4, dtype=DT)
+    params = list(cell.parameters())
+    xs = torch.randn(5, 2, 3, dtype=DT)
+    coeff = torch.randn(2, 2, 4, dtype=DT)
+    with fixed_noise(cell):
+        state = None
+        for x in xs:
+            state = cell(x, state)
+        got = grads((state[0] * coeff[0]).sum() + (state[1] * coeff[1]).sum(), params)
+        loss = torch.zeros((), dtype=DT)
+        for n in range(2):
+            (w_ih, b_ih), (w_hh, b_hh) = explicit(cell, 0, n), explicit(cell, 1, n)
+            weights = {"weight_ih": w_ih, "bias_ih": b_ih, "weight_hh": w_hh, "bias_hh": b_hh}
+            ref = None
+            for x in xs:
+                ref = torch.func.functional_call(plain, weights, (x[n], ref))
+            loss = loss + (ref[0] * coeff[0][n]).sum() + (ref[1] * coeff[1][n]).sum()
+        expect = grads(loss, params)
+    for g, e in zip(got, expect, strict=True):
+        torch.testing.assert_close(g, e, atol=TOL, rtol=0)
+
+
+def test_an_unbatched_input_gets_the_weights_of_a_batch_of_one() -> None:
+    """With a noise model attached and training, an input without its batch dim (and its state, if given)
+    gives what the batch of one gives with the same random draw: same shape, same values."""
+    torch.manual_seed(7)
+    # (layer, unbatched args, batch dim of each arg and of each output, inside fixed_noise)
+    cases = [
+        (FlipoutLinear(5, 3, dtype=DT), (torch.randn(5, dtype=DT),), (0,), (0,)),
+        (FlipoutConv1d(2, 3, 3, dtype=DT), (torch.randn(2, 7, dtype=DT),), (0,), (0,)),
+        (FlipoutRNNCell(4, 5, dtype=DT), (torch.randn(4, dtype=DT), torch.randn(5, dtype=DT)), (0, 0), (0,)),
+        (  # time-major: (T, in) and h0 (layers, hidden) -> out (T, hidden), h (layers, hidden)
+            FlipoutGRU(4, 5, num_layers=2, dtype=DT),
+            (torch.randn(6, 4, dtype=DT), torch.randn(2, 5, dtype=DT)),
+            (1, 1),
+            (1, 1),
+        ),
+    ]
+    for layer, args, arg_dims, out_dims in cases:
+        attach_noise(layer, NOISES["gaussian"])
+        outs = []
+        for batched in (False, True):
+            torch.manual_seed(8)
+            call = tuple(a.unsqueeze(d) for a, d in zip(args, arg_dims, strict=True)) if batched else args
+            with fixed_noise(layer):
+                out = layer(*call)
+            out = out if isinstance(out, tuple) else (out,)
+            outs.append(tuple(o.squeeze(d) for o, d in zip(out, out_dims, strict=True)) if batched else out)
+        for got, expect in zip(*outs, strict=True):
+            torch.testing.assert_close(got, expect, atol=TOL, rtol=0, msg=type(layer).__name__)
+        layer.eval()
+        mean = layer(*args)
+        assert not torch.allclose(outs[0][0], mean if isinstance(mean, Tensor) else mean[0])  # the noise was applied
+
+
+@pytest.mark.parametrize("kind", ["gaussian-shared", "multiplicative", "dropconnect"])
+def test_without_flipout_signs_the_whole_batch_shares_one_weight_sample(kind: str) -> None:
+    """``flipout=False``: one weight and bias sample for every example of the batch (equal inputs give
+    equal outputs), a new one at each call."""
+    torch.manual_seed(9)
+    layer = FlipoutLinear(6, 4, dtype=DT)
+    make = functools.partial(NOISES[kind], flipout=False) if kind != "gaussian-shared" else NOISES[kind]
+    attach_noise(layer, make)
+    x = torch.randn(1, 6, dtype=DT).expand(5, 6)
+    first, second = layer(x), layer(x)
+    assert torch.equal(first, first[:1].expand(5, 4)) and torch.equal(second, second[:1].expand(5, 4))
+    assert not torch.allclose(first, second) and not torch.allclose(first, F.linear(x, layer.weight, layer.bias))
+
+
+def test_a_posterior_starts_at_init_sigma_and_shows_its_settings() -> None:
+    """σ = softplus(ρ) of every weight and bias entry starts at ``init_sigma``; the repr names the settings."""
+    layer = FlipoutLinear(3, 2, dtype=DT)
+    attach_noise(layer, functools.partial(GaussianPosterior, init_sigma=0.2, prior_sigma=0.5))
+    post = layer_noise(layer).slots[0]
+    torch.testing.assert_close(post.weight_sigma(), torch.full((2, 3), 0.2, dtype=DT), atol=1e-12, rtol=0)
+    torch.testing.assert_close(post.bias_sigma(), torch.full((2,), 0.2, dtype=DT), atol=1e-12, rtol=0)
+    assert "GaussianPosterior(prior_sigma=0.5, init_sigma=0.2, flipout=True)" in repr(layer)
 
 
 def test_fresh_noise_every_call_mean_network_in_eval_and_sampling_on_request() -> None:

@@ -77,6 +77,8 @@ def test_every_transition_matches_gymnasium(case: Case, device: torch.device) ->
 
     ours: dict[str, list] = {"obs": [], "reward": [], "terminated": [], "truncated": []}
     theirs: dict[str, list] = {k: [] for k in ours}
+    our_states: list[torch.Tensor] = []  # the full state too (Acrobot's angles wrapped to [-π, π] as gymnasium's)
+    their_states: list[np.ndarray] = []
     reset_steps = 0
     ended = torch.zeros(n, dtype=torch.bool)
     for _ in range(steps):
@@ -84,6 +86,7 @@ def test_every_transition_matches_gymnasium(case: Case, device: torch.device) ->
         obs, reward, terminated, truncated = (t.cpu() for t in env.step(actions.to(device))[:4])
         for k, v in zip(ours, (obs, reward, terminated, truncated), strict=True):
             ours[k].append(v[~ended])
+        our_states.append(env.state.cpu()[~ended])
         for i in torch.nonzero(~ended).flatten().tolist():
             ref.unwrapped.state = state[i].numpy().copy()
             ref.unwrapped.steps_beyond_terminated = None  # CartPole's own end-of-episode bookkeeping
@@ -91,6 +94,7 @@ def test_every_transition_matches_gymnasium(case: Case, device: torch.device) ->
             result = ref.step(actions[i].numpy() if actions.dim() > 1 else int(actions[i]))
             for k, v in zip(theirs, result[:4], strict=True):
                 theirs[k].append(v)
+            their_states.append(np.asarray(ref.unwrapped.state, dtype=np.float64))
         reset_steps += int(ended.sum())
         ended = terminated | truncated
 
@@ -102,9 +106,27 @@ def test_every_transition_matches_gymnasium(case: Case, device: torch.device) ->
     np.testing.assert_allclose(ours_["reward"], theirs_["reward"], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(ours_["terminated"], theirs_["terminated"])
     np.testing.assert_array_equal(ours_["truncated"], theirs_["truncated"])
+    np.testing.assert_allclose(torch.cat(our_states).double().numpy(), np.stack(their_states), rtol=1e-5, atol=1e-5)
     assert theirs_["terminated"].sum() >= case.min_terminations
     assert theirs_["truncated"].sum() >= 40
     assert reset_steps >= 50  # autoresets happened in between, and the envs carried on from them
+
+
+def test_cartpole_sutton_barto_reward_matches_gymnasium() -> None:
+    """``sutton_barto_reward=True``: reward 0 per step and -1 on the step that terminates, as gymnasium's."""
+    states = np.array([[0.0, 0.0, 0.2, 1.0], [0.0, 0.0, 0.0, 0.0], [2.39, 1.0, 0.0, 0.0]])
+    env = gym.make_vec("flipes/CartPole-v1", num_envs=3, sutton_barto_reward=True)
+    env.reset(seed=0)
+    env.state = torch.tensor(states)
+    _, reward, terminated, _, _ = env.step(torch.tensor([1, 0, 1]))
+    ref = gym.make("CartPole-v1", sutton_barto_reward=True, disable_env_checker=True)
+    ref.reset(seed=0)
+    expect = []
+    for state, action in zip(states, (1, 0, 1), strict=True):
+        ref.unwrapped.state, ref.unwrapped.steps_beyond_terminated = state.copy(), None
+        expect.append(ref.step(action)[1:3])
+    assert [(r, t) for r, t in zip(reward.tolist(), terminated.tolist(), strict=True)] == expect
+    assert terminated.tolist() == [True, False, True]
 
 
 def test_autoreset_matches_gymnasium_cartpole_vector_env() -> None:

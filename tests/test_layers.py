@@ -153,6 +153,13 @@ class Shift(nn.Module):
 TIED = [TiedLM, TiedNorms, SharedBias]
 
 
+def frozen(module: nn.Module, *names: str) -> nn.Module:
+    """``module`` with the named parameters frozen (``requires_grad=False``)."""
+    for name in names:
+        getattr(module, name).requires_grad_(False)
+    return module
+
+
 # (name, make, inputs, member_inputs, member_output)
 CASES = [
     (
@@ -202,6 +209,27 @@ CASES = [
         rows(2),
         out_rows(2),
     ),
+    (  # in eval mode dropout is off, and per-head weights (average_attn_weights=False) are each member's own
+        "mha-eval-dropout-per-head-weights",
+        lambda: nn.MultiheadAttention(12, 3, dropout=0.5, batch_first=True).eval(),
+        lambda: ((x := randn(N, 5, 12)), x, x, None, True, None, False),
+        rows(1, 3),
+        out_rows(1),
+    ),
+    (  # query is key, value another tensor: not self-attention
+        "mha-shared-query-key",
+        lambda: nn.MultiheadAttention(12, 3, batch_first=True),
+        lambda: ((x := randn(N, 5, 12)), x, randn(N, 5, 12)),
+        rows(1),
+        out_rows(1),
+    ),
+    (  # frozen bias_k, bias_v and in_proj_bias: every member adds their values
+        "mha-frozen-dense-biases",
+        lambda: frozen(nn.MultiheadAttention(8, 2, kdim=5, vdim=3, add_bias_kv=True), "bias_k", "bias_v", "in_proj_bias"),
+        lambda: (randn(4, N, 8), randn(6, N, 5), randn(6, N, 3)),
+        lambda args, n: tuple(a[:, n : n + 1] for a in args),
+        lambda out, n: (out[0][:, n : n + 1], out[1][n : n + 1]),
+    ),
     (
         "mha-packed-cross-no-bias",
         lambda: nn.MultiheadAttention(8, 4, bias=False, batch_first=True),
@@ -231,6 +259,14 @@ CASES = [
         lambda out, n: (out[0][:, n : n + 1], out[1][:, n : n + 1]),
     ),
     ("rnn-cell", lambda: nn.RNNCell(4, 5), lambda: (randn(N, 2, 4), randn(N, 2, 5)), rows(0), out_rows(0)),
+    ("rnn-cell-relu", lambda: nn.RNNCell(4, 5, nonlinearity="relu"), lambda: (randn(N, 4), randn(N, 5)), rows(0), out_rows(0)),
+    (  # eval mode: no dropout between the layers
+        "gru-dropout-eval",
+        lambda: nn.GRU(4, 6, num_layers=2, dropout=0.5, batch_first=True).eval(),
+        lambda: (randn(N, 5, 4),),
+        rows(1),
+        lambda out, n: (out[0][n : n + 1], out[1][:, n : n + 1]),
+    ),
     ("layernorm", lambda: nn.LayerNorm(6), lambda: (randn(N, 3, 6),), rows(0), out_rows(0)),
     ("rmsnorm", lambda: nn.RMSNorm(6), lambda: (randn(2 * N, 6),), rows(2), out_rows(2)),
     ("groupnorm", lambda: nn.GroupNorm(2, 4), lambda: (randn(2 * N, 4, 5),), rows(2), out_rows(2)),
@@ -282,6 +318,7 @@ CASES = [
         out_rows(5),
     ),
     ("tied-embedding-head-bias", TiedLM, lambda: (torch.randint(11, (N, 5)),), rows(0), out_rows(0)),
+    ("tied-embedding-head-bias-one-token", TiedLM, lambda: (torch.randint(11, (N,)),), rows(0), out_rows(0)),
     ("tied-norms", TiedNorms, lambda: (randn(N, 3, 4),), rows(0), out_rows(0)),
     ("shared-bias", SharedBias, lambda: (randn(2 * N, 4),), rows(2), out_rows(2)),
 ]
@@ -670,3 +707,51 @@ def test_a_flipout_weight_also_used_as_a_plain_parameter_is_refused() -> None:
     model[1].bias = model[0].weight
     with pytest.raises(ValueError, match="one parameter needs one perturbation per member"):
         flipes.FlipES(flipes.flipout(model), popsize=4)
+
+
+@pytest.mark.parametrize("rank", [None, 2])
+def test_an_embeddings_padding_row_is_never_perturbed_nor_updated(rank: int | None) -> None:
+    """As torch never updates an embedding's padding row, every member looks it up at its mean value and
+    ``tell`` leaves it unchanged (the other rows move)."""
+    torch.manual_seed(0)
+    emb = flipes.flipout(nn.Embedding(10, 4, padding_idx=3))
+    before = emb.weight.detach().clone()
+    es = flipes.FlipES(emb, popsize=8, sigma=0.5, lr=0.1, groups=2, noise_rank=rank)
+    with es.population() as pop:
+        out = emb(torch.full((pop.size, 5), 3))
+        other = emb(torch.full((pop.size, 5), 4))
+    assert torch.equal(out, before[3].expand(8, 5, 4))
+    assert not torch.equal(other, before[4].expand(8, 5, 4))
+    es.tell(torch.randn(8))
+    assert torch.equal(emb.weight[3], before[3]) and not torch.equal(emb.weight[4], before[4])
+
+
+def test_frozen_names_match_whole_names_not_prefixes() -> None:
+    """``frozen=["fc1"]`` freezes the parameters of module ``fc1``, not those of ``fc10``; a single string
+    is one name."""
+    model = flipes.flipout(nn.ModuleDict({"fc1": nn.Linear(2, 2), "fc10": nn.Linear(2, 2)}), frozen=["fc1"])
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == {
+        "fc1.weight": False, "fc1.bias": False, "fc10.weight": True, "fc10.bias": True,
+    }  # fmt: skip
+    model = flipes.flipout(nn.ModuleDict({"fc1": nn.Linear(2, 2), "fc10": nn.Linear(2, 2)}), frozen="fc1.weight")
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == ["fc1.weight"]
+
+
+@pytest.mark.parametrize(
+    "layer,x",
+    [
+        (lambda: nn.Linear(5, 3), lambda: randn(12, 5)),  # one example per member would be 8 rows
+        (lambda: nn.Linear(5, 3), lambda: randn(12, 2, 5)),
+        (lambda: nn.Conv1d(2, 3, 3), lambda: randn(12, 2, 6)),
+        (lambda: nn.Embedding(10, 3), lambda: torch.randint(10, (12, 4))),
+    ],
+    ids=["linear-2d", "linear-3d", "conv1d", "embedding"],
+)
+def test_flipout_layer_inputs_that_are_not_members_first_are_errors_naming_the_members(
+    layer: Callable[[], nn.Module], x: Callable[[], Tensor]
+) -> None:
+    """12 rows for 8 members are neither one row per member nor k rows each: a ValueError that says so."""
+    model = flipes.flipout(layer().to(DT))
+    es = flipes.FlipES(model, popsize=8)
+    with es.population(), pytest.raises(ValueError, match=r"population of 8 members.*members first"):
+        model(x())

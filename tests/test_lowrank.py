@@ -120,3 +120,14 @@ def test_numpy_integer_ranks_are_accepted() -> None:
     import numpy as np
 
     assert flipes.FlipES(FlipoutLinear(3, 2), popsize=4, noise_rank=np.int64(2)).noise_rank == 2
+
+
+def test_the_report_calls_flipout_weights_low_rank_and_their_biases_flipout() -> None:
+    """With ``noise_rank`` the Flipout weights are ``"low-rank"`` in ``es.report()``; biases keep their
+    per-member noise (``"flipout"``) and norms their dense noise."""
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)))
+    es = flipes.FlipES(model, popsize=4, noise_rank=2)
+    rows = {r.name: r.how for r in es.report().rows}
+    assert rows == {"0.weight": "low-rank", "0.bias": "flipout", "1.weight": "dense", "1.bias": "dense"}
+    full = {r.name: r.how for r in flipes.FlipES(model, popsize=4).report().rows}
+    assert full == {**rows, "0.weight": "flipout"}

@@ -13,7 +13,7 @@ import torch
 from reference import member_deltas
 
 import flipes
-from flipes.noise import rademacher, sample_slot, sign_table
+from flipes.noise import rademacher, sample_dense, sample_slot, sign_table, stream_seed
 
 SIGMA = 0.05
 
@@ -114,6 +114,20 @@ def test_groups_are_independent() -> None:
     assert abs(rho) < 4.5 / math.sqrt(n)  # generations too
 
 
+def test_dense_noise_of_each_group_is_its_own() -> None:
+    """Dense per-member noise (a norm's scale) is keyed by group like Flipout noise: the groups' rows are
+    uncorrelated, and a group's rows do not depend on which other groups are sampled with it."""
+    kw = dict(seed=3, generation=7, slot=2, group_size=64, param=torch.empty(50), sigma=1.0, mirrored=False)
+    full = sample_dense(groups=range(4), **kw).delta  # (256, 50)
+    assert torch.equal(sample_dense(groups=range(2, 3), **kw).delta, full[128:192])
+    groups = full.view(4, -1)
+    n = groups.shape[1]
+    for g in range(4):
+        for h in range(g + 1, 4):
+            rho = torch.corrcoef(groups[[g, h]])[0, 1].item()
+            assert abs(rho) < 4.5 / math.sqrt(n), (g, h, rho)  # per pair false alarm < 1e-5
+
+
 def test_noise_is_a_pure_function_of_seed_generation_group_and_slot() -> None:
     """``sample_slot`` for group 2 alone returns exactly group 2's ε and members 8-11's signs and bias noise from
     sampling all four groups; sampling again gives identical tensors; another seed, generation or slot gives another ε
@@ -130,3 +144,12 @@ def test_noise_is_a_pure_function_of_seed_generation_group_and_slot() -> None:
     for change in (dict(seed=4), dict(generation=8), dict(slot=2)):
         other = sample_slot(groups=range(0, 4), mirrored=True, **{**kw, **change})
         assert not torch.equal(other.eps, full.eps) and not torch.equal(other.s, full.s), change
+
+
+def test_keys_whose_digits_run_together_are_distinct_streams() -> None:
+    """Each field of the key ``(seed, generation, group, slot)`` is its own: seed 1 at generation 12 is
+    not seed 11 at generation 2, and group 1's slot 23 is not group 12's slot 3 (two layers sharing ε)."""
+    pairs = [((1, 12, 0, 0), (11, 2, 0, 0)), ((0, 0, 1, 23), (0, 0, 12, 3)), ((0, 3, 4, 0), (0, 34, 0, 0))]
+    for a, b in pairs:
+        assert stream_seed(*a) != stream_seed(*b), (a, b)
+    assert all(0 <= stream_seed(*a) < 2**63 for a, _ in pairs)  # a valid generator seed

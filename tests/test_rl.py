@@ -9,14 +9,15 @@ import torch
 
 import flipes
 from flipes.rl import MLPPolicy, RolloutFitness, RunningNorm, make_vector_env, run_episodes
+from flipes.rl.rollout import episode_seed
 
 
 class Countdown(gym.vector.VectorEnv):
     """Env i ends after ``lengths[i]`` steps and pays ``reward_scale[i]`` per step; after the end it
     auto-resets (NEXT_STEP) and keeps paying, so any leak of post-episode reward shows up."""
 
-    def __init__(self, lengths: list[int], scale: list[float]) -> None:
-        self.num_envs = len(lengths)
+    def __init__(self, lengths: list[int], scale: list[float], truncate: bool = False) -> None:
+        self.num_envs, self.truncate = len(lengths), truncate  # truncate: episodes end truncated, not terminated
         self.lengths, self.scale = torch.tensor(lengths), torch.tensor(scale, dtype=torch.float64)
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
         self.single_action_space = gym.spaces.Discrete(2)
@@ -37,7 +38,8 @@ class Countdown(gym.vector.VectorEnv):
         reward = self.scale * (1 + actions.double())  # action 1 doubles the reward
         obs = self._obs()
         self.t[done] = 0  # auto-reset: the next episode pays too, and must be masked
-        return obs, reward, done, torch.zeros_like(done), {}
+        none = torch.zeros_like(done)
+        return (obs, reward, none, done, {}) if self.truncate else (obs, reward, done, none, {})
 
 
 def test_finished_episodes_collect_nothing_and_episodes_average_per_member() -> None:
@@ -67,6 +69,34 @@ def test_finished_episodes_collect_nothing_and_episodes_average_per_member() -> 
         RolloutFitness(Countdown(lengths, [1.0] * 6), episodes=3)(policy, pop)
 
 
+def test_a_truncated_episode_ends_like_a_terminated_one_and_max_steps_caps_every_episode() -> None:
+    """An env that ends episodes by truncation (a time limit of its own) ends them there too: no reward
+    after it; ``max_steps`` stops every episode after that many steps, its return counted up to there."""
+    lengths, scale = [3, 7, 1, 5, 2, 9], [1.0, 2.0, 0.5, 1.0, 3.0, 1.0]
+    zeros = lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64)  # noqa: E731
+    ep = run_episodes(Countdown(lengths, scale, truncate=True), zeros, seed=0, max_steps=20)  # 20: a bound past the ends
+    assert ep.returns.tolist() == [3.0, 14.0, 0.5, 5.0, 6.0, 9.0] and ep.lengths.tolist() == lengths
+    env = Countdown(lengths, scale)
+    ep = run_episodes(env, zeros, seed=0, max_steps=4)
+    assert ep.lengths.tolist() == [3, 4, 1, 4, 2, 4] and ep.steps == 18 and len(env.seen_actions) == 4
+    assert ep.returns.tolist() == [3.0, 8.0, 0.5, 4.0, 6.0, 4.0]
+
+
+def test_a_rollout_records_each_members_observations_of_unfinished_episodes() -> None:
+    """``record``: every observation an episode acts on, until it ends, goes into its member's pending row
+    (members own consecutive envs); none after the end (the auto-reset episode)."""
+    lengths = [3, 7, 1, 5, 2, 9]  # 3 members × 2 episodes
+    norm = RunningNorm(3)
+    run_episodes(Countdown(lengths, [1.0] * 6), lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64), seed=0,
+                 record=norm, members=3)  # fmt: skip
+    counts = norm.pending[:, 0]
+    assert counts.tolist() == [10.0, 6.0, 11.0]
+    t_sums = [sum(range(a)) + sum(range(b)) for a, b in zip(lengths[0::2], lengths[1::2], strict=True)]
+    assert norm.pending[:, 1].tolist() == t_sums  # feature 0 is the step t = 0 .. length - 1
+    norm.update()
+    assert norm.count.item() == sum(lengths)
+
+
 def test_running_norm_matches_the_statistics_of_all_data_and_is_frozen_until_update() -> None:
     """RunningNorm is the identity before any statistics and its output does not change while a generation records;
     after 4 masked batches and updates its mean, population variance and count equal those of all unmasked data
@@ -92,6 +122,39 @@ def test_running_norm_matches_the_statistics_of_all_data_and_is_frozen_until_upd
     restored = RunningNorm(4)
     restored.load_state_dict(norm.state_dict())  # saved with the policy
     assert torch.equal(restored(x), norm(x))
+
+
+def test_running_norm_passes_inputs_unchanged_until_it_has_data_and_maps_a_constant_feature_to_zero() -> None:
+    """Before any statistics the input passes as it is (no clipping either); a feature that never varied
+    (variance 0) normalizes to 0, finite, thanks to the variance floor."""
+    norm = RunningNorm(2)
+    x = torch.tensor([[100.0, -7.0], [3.0, 0.5]])
+    assert torch.equal(norm(x), x)
+    norm.record(torch.stack((torch.full((1, 10), 4.0), torch.arange(10.0).view(1, 10)), -1))
+    norm.update()
+    y = norm(torch.tensor([[4.0, 4.5]]))
+    assert torch.equal(y, torch.zeros(1, 2))
+
+
+def test_running_norm_loaded_with_other_statistics_applies_them_at_once() -> None:
+    """``load_state_dict`` into a normalizer already in use (its scale cached) normalizes with the loaded
+    statistics from the next call on."""
+    used, other = RunningNorm(2), RunningNorm(2)
+    used.record(torch.randn(1, 50, 2, generator=torch.Generator().manual_seed(0)))
+    used.update()
+    other.record(torch.randn(1, 50, 2, generator=torch.Generator().manual_seed(1)) * 3 + 2)
+    other.update()
+    x = torch.randn(4, 2)
+    used(x)  # caches its own scale
+    used.load_state_dict(other.state_dict())
+    assert torch.equal(used(x), other(x))
+
+
+def test_episode_seeds_differ_across_generations_and_streams() -> None:
+    """Each generation and each stream resets its episodes from its own seed (32 bits: no collision among
+    these 2,000)."""
+    seeds = {episode_seed(0, g, stream) for g in range(1000) for stream in ("population", "eval")}
+    assert len(seeds) == 2000
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
