@@ -40,9 +40,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     path = Path(path)
     buf = io.BytesIO()
     torch.save(state, buf)
-    payload = buf.getvalue()
+    payload = buf.getbuffer()  # the serialized bytes in place: no copy of a checkpoint that may be GBs
     wrapped = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-               "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}  # fmt: skip
+               "payload": torch.frombuffer(payload, dtype=torch.uint8)}  # fmt: skip
     tmp = path.with_name(path.name + ".tmp")
     previous = path.with_name("previous.pt")
     try:
@@ -122,5 +122,5 @@ def tensors_sha256(tensors: Iterable[Tensor]) -> str:
     if flat and flat[0].device.type != "cpu" and all(t.device == flat[0].device for t in flat):
         flat = [torch.cat(flat).cpu()]  # one copy to the host, not one per tensor (each a sync on a GPU)
     for t in flat:
-        h.update(t.cpu().numpy().tobytes())
+        h.update(t.cpu().numpy())  # the buffer itself: tobytes() would copy every byte first
     return h.hexdigest()

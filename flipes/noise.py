@@ -115,6 +115,17 @@ class SlotNoise:
             self.workspace[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
         return self.workspace[key]
 
+    def eps_t(self, group: int) -> Tensor:
+        """``eps[group].T``, ``(in, out)``: a view made once per generation (each forward would
+        otherwise pay a select and a transpose per layer; ~2 µs on a CPU)."""
+        if torch.is_grad_enabled():  # backprop noise: a fresh view in each graph
+            return self.eps[group].T
+        key = ("eps_t", group)
+        view = self.workspace.get(key)
+        if view is None:
+            view = self.workspace[key] = self.eps[group].T
+        return view
+
     def dense_eps(self) -> Tensor:
         """σε of every group, ``(G, *weight.shape)`` (materialized from the factors if low-rank)."""
         if self.factors is None:

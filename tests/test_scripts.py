@@ -77,6 +77,19 @@ def test_bench_rollout_quick_measures_every_engine(tmp_path: Path) -> None:
     assert all(rate > 0 for rate in row["rates"].values())
 
 
+def test_bench_ab_quick_trains_both_trees_to_the_same_parameters(tmp_path: Path) -> None:
+    """The A/B benchmark against HEAD imports flipes from the exported commit and from the working tree, and
+    reports both trainings' parameters equal (they are the same code when the tree is clean; a tree that
+    changes the arithmetic fails this test, as the benchmark itself would); a bad revision is named."""
+    run("scripts/bench_ab.py", "--base", "HEAD", "--quick", "true", "--json", str(tmp_path / "ab.json"), timeout=120)
+    result = json.loads((tmp_path / "ab.json").read_text())
+    (row,) = result["results"]
+    assert row["env"] == "flipes/CartPole-v1" and row["same_params"] and row["base_s"] > 0 and row["this_s"] > 0
+    assert len(result["base"]) == 40
+    bad = run("scripts/bench_ab.py", "--base", "no-such-rev", "--quick", "true", check=False)
+    assert bad.returncode != 0 and "--base 'no-such-rev' is not a commit" in bad.stderr
+
+
 def test_bench_warp_quick_times_every_engine(tmp_path: Path) -> None:
     """The MuJoCo Warp benchmark steps flipes' env, EnvPool and gymnasium side by side and writes
     their rates and the machine's load."""

@@ -52,6 +52,16 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
         else:
             torch.addcmul(bias, out, noise.r, out=out)
         return out.addmm_(x, weight.T)
+    if noise.groups == 1 and noise.factors is None and x.numel() == n * x.shape[-1] and not torch.is_grad_enabled():
+        # one example per member as (N, 1, in) (RolloutFitness's (members, episodes, obs)): the same
+        # arithmetic as below, op for op, on 2-D views with no per-group slicing (half the ops of
+        # a small layer, whose cost is the per-op overhead)
+        x2 = x.reshape(n, x.shape[-1])
+        pert = torch.mm(torch.mul(x2, noise.s, out=noise.scratch(x2)), noise.eps_t(0))
+        if noise.bias_r is not None:
+            pert += noise.bias_r
+        out = F.linear(x2, weight, bias).addcmul_(pert, noise.r)
+        return out.view(*x.shape[:-1], out.shape[-1])
     xb = x.reshape(n, -1, x.shape[-1])  # (N, B, in)
     if noise.factors is not None:  # low rank: the signs go into per-member factors, not into the (N, B, in) input
         b_n, a_n = _member_factors(noise)
@@ -99,6 +109,8 @@ def _grouped_product(xs: Tensor, noise: SlotNoise, with_bias: bool = False) -> T
     m = xs.shape[0] // g
     low_rank = noise.factors is not None
     own_bias = with_bias and noise.bias_eps is None and noise.bias_r is not None  # full rank, or beside a tied weight
+    if g == 1 and not low_rank:  # one group: the same product with no slicing (each slice or select costs ~1 µs)
+        return torch.addmm(noise.bias_r, xs, noise.eps_t(0)) if own_bias else torch.mm(xs, noise.eps_t(0))
     # written in place group by group; under autograd (backprop noise) out= is not allowed: concatenated
     out = None if torch.is_grad_enabled() else xs.new_empty(xs.shape[0], (noise.factors[0] if low_rank else noise.eps).shape[1])
     parts = []

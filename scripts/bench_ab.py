@@ -1,0 +1,144 @@
+"""The working tree against an earlier commit, side by side: wall time of the same training runs.
+
+    python scripts/bench_ab.py --base 07726d8                  # CartPole and Pendulum, 5 rounds
+    python scripts/bench_ab.py --base HEAD --quick true        # smoke test, a few seconds
+
+The commit is exported with ``git archive`` into a temporary folder; each run is a fresh Python
+process that imports flipes (and ``envs``) from one of the two trees and times ``flipes.train``
+(imports excluded) with the env's preset defaults, ``--generations`` generations and no early stop,
+one torch thread. Rounds alternate the two trees (A, B, A, B, ...), so that a noisy machine's drift
+falls on both, and the median per tree is reported with the ratio this/base. Both trees must train
+to the same parameters bit for bit (the SHA-256 of the last generation): a speed-up that changes
+the arithmetic is reported as ``differs`` and the script exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flipes.cli import run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = """
+import contextlib, io, json, sys, time
+import torch
+torch.set_num_threads(1)
+import flipes
+kw = json.loads(sys.argv[1])
+t0 = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()):
+    result = flipes.train(**kw)
+seconds = time.perf_counter() - t0
+print(json.dumps({"file": flipes.__file__, "seconds": seconds, "generations": len(result.metrics),
+                  "sha": result.metrics[-1]["params_sha256"]}))
+"""
+
+
+@dataclass
+class Args:
+    base: str = "HEAD"
+    """Git revision to compare the working tree against."""
+    envs: list[str] = field(default_factory=lambda: ["flipes/CartPole-v1", "flipes/Pendulum-v1"])
+    """Env ids to train on (each with its preset defaults)."""
+    generations: int = 20
+    """Generations per run (no early stop at the target)."""
+    eval_every: int = 0
+    """Evaluate the center policy every this many generations (0: the env's preset)."""
+    rounds: int = 5
+    """Runs per tree and env, alternating trees; the median is reported."""
+    seed: int = 0
+    """Training seed, the same for both trees."""
+    quick: bool = False
+    """Smoke test: the first env, 2 generations, 1 round."""
+    json: str = ""
+    """Write the results here too."""
+    markdown: str = ""
+    """Write the table here too."""
+
+
+def export(rev: str, into: Path) -> str:
+    """Extract ``rev``'s tracked files into ``into``; returns the full commit hash."""
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True, text=True)
+    if commit.returncode != 0:
+        raise SystemExit(f"bench_ab: --base {rev!r} is not a commit of {ROOT} ({commit.stderr.strip()}); pass e.g. --base HEAD~1")
+    archive = into / "base.tar"
+    subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), commit.stdout.strip()], cwd=ROOT, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "tree", filter="data")
+    return commit.stdout.strip()
+
+
+def train_once(tree: Path, kw: dict[str, Any], out: Path) -> dict[str, Any]:
+    """One run in a fresh process importing flipes from ``tree``."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps({**kw, "out": str(out)})], cwd=out.parent,
+                          env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_ab: a run in {tree} failed:\n{proc.stderr[-3000:]}")
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not Path(row["file"]).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"bench_ab: the run imported flipes from {row['file']}, not from {tree}")
+    return row
+
+
+def main(args: Args) -> list[dict[str, Any]]:
+    envs, generations, rounds = args.envs, args.generations, args.rounds
+    if args.quick:
+        envs, generations, rounds = envs[:1], 2, 1
+    load_before = os.getloadavg()[0]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="flipes-ab-") as tmp:
+        tmp_path = Path(tmp)
+        commit = export(args.base, tmp_path)
+        trees = {"base": tmp_path / "tree", "this": ROOT}
+        for e, env_id in enumerate(envs):
+            kw = {"env": env_id, "generations": generations, "seed": args.seed, "target": None, "progress": False}
+            if args.eval_every:
+                kw["eval_every"] = args.eval_every
+            times: dict[str, list[float]] = {"base": [], "this": []}
+            shas: dict[str, set[str]] = {"base": set(), "this": set()}
+            for r in range(rounds):
+                for name in ("base", "this") if r % 2 == 0 else ("this", "base"):
+                    row = train_once(trees[name], kw, tmp_path / f"run-{e}-{name}-{r}")
+                    times[name].append(row["seconds"])
+                    shas[name].add(row["sha"])
+            base_s, this_s = statistics.median(times["base"]), statistics.median(times["this"])
+            same = len(shas["base"] | shas["this"]) == 1
+            results.append({"env": env_id, "generations": generations, "rounds": rounds, "base_s": base_s, "this_s": this_s,
+                            "ratio": this_s / base_s, "same_params": same, "times": times})  # fmt: skip
+            print(f"{env_id}: base {base_s:.3f} s, this {this_s:.3f} s, ratio {this_s / base_s:.2f}x, "
+                  f"{'same parameters' if same else 'PARAMETERS DIFFER'}", flush=True)  # fmt: skip
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1-min load {load_before:.2f} before"
+    lines = [
+        f"Working tree vs {args.base} ({commit[:10]}): median wall s of `flipes.train` ({generations} generations, "
+        f"evaluation every {args.eval_every or 'preset'}, {rounds} alternating rounds, 1 torch thread); {machine}.",
+        "",
+        "| env | base s | this s | this/base | same parameters |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        same = "yes" if r["same_params"] else "differs"
+        lines.append(f"| {r['env']} | {r['base_s']:.3f} | {r['this_s']:.3f} | {r['ratio']:.2f}x | {same} |")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"base": commit, "load_before": load_before, "results": results}, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
+    if not all(r["same_params"] for r in results):
+        raise SystemExit(1)
+    return results
+
+
+if __name__ == "__main__":
+    run(main, Args, description=__doc__)
