@@ -119,10 +119,11 @@ def main(args: Args) -> list[dict[str, Any]]:
                             "ratio": this_s / base_s, "same_params": same, "times": times})  # fmt: skip
             print(f"{env_id}: base {base_s:.3f} s, this {this_s:.3f} s, ratio {this_s / base_s:.2f}x, "
                   f"{'same parameters' if same else 'PARAMETERS DIFFER'}", flush=True)  # fmt: skip
+    evaluations = f"evaluation every {args.eval_every}" if args.eval_every else "preset evaluations"
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1-min load {load_before:.2f} before"
     lines = [
         f"Working tree vs {args.base} ({commit[:10]}): median wall s of `flipes.train` ({generations} generations, "
-        f"evaluation every {args.eval_every or 'preset'}, {rounds} alternating rounds, 1 torch thread); {machine}.",
+        f"{evaluations}, {rounds} alternating rounds, 1 torch thread); {machine}.",
         "",
         "| env | base s | this s | this/base | same parameters |",
         "|---|---|---|---|---|",
