@@ -161,7 +161,7 @@ class StopRequest:
 def train(
     config: TrainConfig | None = None,
     *,
-    comm: dist.Comm | None = None,
+    comm: dist.Comm | str | None = None,
     callbacks: Iterable[Callback] = (),
     **overrides: Any,
 ) -> TrainResult:
@@ -171,6 +171,7 @@ def train(
         config: the options; ``None``: :meth:`TrainConfig.for_env` of ``overrides`` (the env's
             per-env defaults under them).
         comm: communicator between processes; default: ``flipes.dist.world()`` (MPI under mpiexec).
+            A string is the option ``comm`` (``"allreduce"`` or ``"seeds"``), as ``--comm`` is.
         callbacks: called on rank 0 beside the standard ones (JSONL, checkpoints, progress line,
             TensorBoard and W&B as the config asks): ``on_generation`` before them, so what a
             callback adds to the row reaches every sink; ``on_train_start``/``on_train_end`` after.
@@ -193,6 +194,8 @@ def train(
         >>> result.eval_return, result.reason
         >>> flipes.train(env="none", model=make_model, fitness=my_fitness, out="runs/mine")
     """
+    if isinstance(comm, str):  # train(comm="seeds"): the option of that name, not a communicator
+        overrides, comm = {**overrides, "comm": comm}, None
     if config is not None:  # TrainConfig(fitness=fn): objects in a config are taken like those given here
         objects = {k: getattr(config, k) for k in ("fitness", "model") if not isinstance(getattr(config, k), str)}
         config = dataclasses.replace(config, **dict.fromkeys(objects, ""))

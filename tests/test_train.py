@@ -713,3 +713,14 @@ def test_tensorboard_scalars_are_the_rows_of_every_generation_across_a_resume(tm
         expected = [(r["generation"], np.float32(r[key])) for r in rows if key in r]
         assert [(e.step, np.float32(e.value)) for e in events.Scalars(key)] == expected, key
     assert "generation" not in events.Tags()["scalars"]
+
+
+def test_the_comm_option_can_be_given_to_train_by_its_name(tmp_path: Path) -> None:
+    """``flipes.train(comm="seeds")`` sets the option ``comm`` (the keyword is shared with the communicator
+    argument): the run records it, and a string that is no mode is refused as ``--comm`` would be."""
+    result = flipes.train(**FAST_KW, generations=1, comm="seeds", out=str(tmp_path / "seeds"))
+    assert result.config.comm == "seeds"
+    assert json.loads((tmp_path / "seeds" / "config.json").read_text())["comm"] == "seeds"
+    with pytest.raises(flipes.UsageError, match=r"comm = 'gossip' is not 'allreduce' or 'seeds'"):
+        flipes.train(**FAST_KW, generations=1, comm="gossip", out=str(tmp_path / "gossip"))
+    assert not (tmp_path / "gossip").exists()
