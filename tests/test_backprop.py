@@ -100,6 +100,17 @@ def explicit(layer: nn.Module, i: int, n: int, draws: list[NoiseDraw] | None = N
     return w, b
 
 
+def explicit_cell_run(cell: nn.Module, plain: nn.Module, xs: Tensor, n: int) -> tuple[Tensor, ...]:
+    """The plain cell run over the sequence ``xs`` (steps, examples, in) for example ``n`` alone, with
+    example ``n``'s explicit weights (held by ``fixed_noise``) at every step: its final state."""
+    (w_ih, b_ih), (w_hh, b_hh) = explicit(cell, 0, n), explicit(cell, 1, n)
+    weights = {"weight_ih": w_ih, "bias_ih": b_ih, "weight_hh": w_hh, "bias_hh": b_hh}
+    state = None
+    for x in xs:
+        state = torch.func.functional_call(plain, weights, (x[n], state))
+    return state
+
+
 def grads(loss: Tensor, params: list[Tensor]) -> list[Tensor]:
     return list(torch.autograd.grad(loss, params))
 
@@ -213,11 +224,7 @@ def test_lstm_cell_needs_fixed_noise_and_keeps_its_draw_across_steps() -> None:
             state = cell(x, state)
         held = layer_noise(cell).held
         for n in range(2):
-            (w_ih, b_ih), (w_hh, b_hh) = explicit(cell, 0, n), explicit(cell, 1, n)
-            weights = {"weight_ih": w_ih, "bias_ih": b_ih, "weight_hh": w_hh, "bias_hh": b_hh}
-            ref = None
-            for x in xs:
-                ref = torch.func.functional_call(plain, weights, (x[n], ref))
+            ref = explicit_cell_run(cell, plain, xs, n)
             torch.testing.assert_close(state[0][n], ref[0], atol=TOL, rtol=0)
     assert layer_noise(cell).held is None and held[0].s.shape == (2, 3)
     cell.eval()
@@ -242,11 +249,7 @@ def test_lstm_cell_gradients_equal_explicit_weights_fixed_over_the_sequence() ->
         got = grads((state[0] * coeff[0]).sum() + (state[1] * coeff[1]).sum(), params)
         loss = torch.zeros((), dtype=DT)
         for n in range(2):
-            (w_ih, b_ih), (w_hh, b_hh) = explicit(cell, 0, n), explicit(cell, 1, n)
-            weights = {"weight_ih": w_ih, "bias_ih": b_ih, "weight_hh": w_hh, "bias_hh": b_hh}
-            ref = None
-            for x in xs:
-                ref = torch.func.functional_call(plain, weights, (x[n], ref))
+            ref = explicit_cell_run(cell, plain, xs, n)
             loss = loss + (ref[0] * coeff[0][n]).sum() + (ref[1] * coeff[1][n]).sum()
         expect = grads(loss, params)
     for g, e in zip(got, expect, strict=True):
