@@ -82,6 +82,19 @@ def test_a_truncated_episode_ends_like_a_terminated_one_and_max_steps_caps_every
     assert ep.returns.tolist() == [3.0, 8.0, 0.5, 4.0, 6.0, 4.0]
 
 
+def test_a_rollout_stops_at_the_envs_own_step_limit_also_through_gymnasium_wrappers() -> None:
+    """Without ``max_steps`` a rollout runs at most the env's ``max_episode_steps`` steps, read through any
+    gymnasium vector wrapper (``unwrapped``), so that it never steps past the limit (a GPU rollout checks for
+    finished episodes only every 16 steps)."""
+    zeros = lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64)  # noqa: E731
+    env = Countdown([100, 100], [1.0, 1.0])  # episodes that would run 100 steps
+    env.max_episode_steps = 6
+    wrapped = gym.vector.VectorWrapper(env)  # as any wrapper of a torch vector env
+    assert not hasattr(wrapped, "max_episode_steps")  # the wrapper does not forward it
+    ep = run_episodes(wrapped, zeros, seed=0)
+    assert ep.lengths.tolist() == [6, 6] and len(env.seen_actions) == 6
+
+
 def test_a_rollout_records_each_members_observations_of_unfinished_episodes() -> None:
     """``record``: every observation an episode acts on, until it ends, goes into its member's pending row
     (members own consecutive envs); none after the end (the auto-reset episode)."""

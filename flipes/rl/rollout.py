@@ -123,7 +123,7 @@ def run_episodes(
         return _run_pipelined(env, act, obs, record, max_steps, members)
     act = stepper(act)
     if max_steps is None:  # an env that truncates itself: no steps past its limit (a GPU checks every 16)
-        max_steps = getattr(env, "max_episode_steps", None)
+        max_steps = getattr(getattr(env, "unwrapped", env), "max_episode_steps", None)  # through gymnasium wrappers
     device = obs.device
     n = env.num_envs
     returns = torch.zeros(n, dtype=torch.float64, device=device)
