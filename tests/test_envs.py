@@ -475,9 +475,9 @@ def test_state_assignment_is_checked_and_copied() -> None:
 
 
 def test_dynamics_are_pure_functions() -> None:
-    """Each env's ``dynamics(state, action)`` leaves its input state unchanged, returns a new state of the same shape
-    that differs from it, and returns the same values again for the same input (``state.contiguous()`` is the same
-    contiguous tensor here, so other memory layouts are not exercised)."""
+    """Each env's ``dynamics(state, action)`` leaves its input state unchanged and returns a new tensor of the same
+    shape that differs from it; the same values in another memory layout (column-major, as the envs store their state,
+    or a strided view of a wider tensor) give the same result bit for bit."""
     from envs import acrobot, cartpole, mountain_car, pendulum
 
     gen = torch.Generator().manual_seed(0)
@@ -485,16 +485,24 @@ def test_dynamics_are_pure_functions() -> None:
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=gen, dtype=torch.float64) - 0.5
 
+    n = 37  # not a multiple of a SIMD width: vectorized loops and their scalar tails both run
     for module, state, action in [
-        (cartpole, rand(5, 4), torch.tensor([0, 1, 1, 0, 1])),
-        (acrobot, rand(5, 4), torch.tensor([0, 1, 2, 0, 1])),
-        (pendulum, rand(5, 2), rand(5)),
-        (mountain_car, rand(5, 2), rand(5)),
+        (cartpole, rand(n, 4), torch.randint(0, 2, (n,), generator=gen)),
+        (acrobot, rand(n, 4), torch.randint(0, 3, (n,), generator=gen)),
+        (pendulum, rand(n, 2), rand(n)),
+        (mountain_car, rand(n, 2), rand(n)),
     ]:
         before = state.clone()
         nxt = module.dynamics(state, action)
         assert torch.equal(state, before) and nxt.shape == state.shape and not torch.equal(nxt, state)
-        assert torch.equal(module.dynamics(state.contiguous(), action), nxt)  # any memory layout
+        assert nxt.data_ptr() != state.data_ptr()
+        d = state.shape[1]
+        column_major = torch.empty(d, n, dtype=state.dtype).copy_(state.T).T
+        strided = torch.cat([state, rand(n, 3)], 1)[:, :d]  # rows 3 elements apart
+        for other in (column_major, strided):
+            assert torch.equal(other, state) and other.stride() != state.stride()
+            assert torch.equal(module.dynamics(other, action), nxt), (module.__name__, other.stride())
+            assert torch.equal(other, state)
 
 
 def test_registration_is_idempotent_and_make_vec_takes_kwargs() -> None:
