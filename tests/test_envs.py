@@ -281,12 +281,13 @@ def test_each_env_is_seeded_by_its_own_seed(case: Case) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
 def test_initial_states_are_uniform_over_gymnasiums_ranges(case: Case) -> None:
-    """After a reset, the 4096 envs' initial states lie within gymnasium's initial ranges and reach within 1% of both
-    ends of every dimension (only the support is checked, not the distribution over it); Acrobot's are float32 values,
-    as gymnasium keeps them."""
+    """The initial states of 4096 envs, drawn from the per-env reset seeds and then from the env's own generator (an
+    unseeded reset, as autoresets draw), are uniform over gymnasium's initial box: inside it, every component reaching
+    within 1% of both ends with its empirical CDF within the DKW bound of the uniform one, and every pair of components
+    uncorrelated (a Hoeffding bound on the mean product of the centered uniforms); family-wise false alarm < 2e-6.
+    Acrobot's are float32 values, as gymnasium keeps them."""
     n = 4096
     env = gym.make_vec(case.flipes_id, num_envs=n)
-    env.reset(seed=0)
     ranges = {
         "CartPole-v1": ([-0.05] * 4, [0.05] * 4),
         "Acrobot-v1": ([-0.1] * 4, [0.1] * 4),
@@ -294,12 +295,30 @@ def test_initial_states_are_uniform_over_gymnasiums_ranges(case: Case) -> None:
         "MountainCarContinuous-v0": ([-0.6, 0.0], [-0.4, 0.0]),
     }
     low, high = (torch.tensor(v, dtype=torch.float64) for v in ranges[case.gym_id])
-    s = env.state
-    assert ((s >= low) & (s <= high)).all()
-    width = (high - low).clamp(min=1e-12)
-    assert ((s.amin(0) - low) / width < 0.01).all() and ((high - s.amax(0)) / width < 0.01).all()  # the whole range
-    if case.gym_id == "Acrobot-v1":  # gymnasium keeps Acrobot's initial state in float32
-        assert torch.equal(s, s.float().double())
+    if case.gym_id == "Acrobot-v1":  # float32 states: a draw within 2e-9 of ±0.1 rounds to float32(±0.1), just outside
+        low, high = low.float().double(), high.float().double()
+    varies = high > low  # MountainCar's velocity starts at exactly 0
+    k = int(varies.sum())
+    alpha = 1e-6 / (2 * (k + k * (k - 1) // 2))  # Bonferroni: 2 draws × (k CDFs + k(k - 1)/2 pairs)
+    # DKW with Massart's constant, P(sup |F_n - F| > e) <= 2 exp(-2 n e²); 1e-6 more for Acrobot's float32 rounding
+    # (< 4e-8 of a width, the ends included)
+    dkw = math.sqrt(math.log(2 / alpha) / (2 * n)) + 1e-6
+    hoeffding = math.sqrt(math.log(2 / alpha) / (8 * n))  # a product of centered uniforms lies in [-1/4, 1/4]
+    ecdf = torch.arange(1, n + 1, dtype=torch.float64)[:, None] / n
+    for seed in (0, None):  # the per-env seeds 0..4095, then the generator they seeded
+        env.reset(seed=seed)
+        s = env.state
+        assert ((s >= low) & (s <= high)).all() and (s[:, ~varies] == low[~varies]).all()
+        u = ((s - low) / (high - low))[:, varies]  # uniform on [0, 1] if the states are
+        assert (u.amin(0) < 0.01).all() and (u.amax(0) > 0.99).all()  # false alarm 2k · 0.99^4096 < 1e-16
+        x = u.sort(0).values
+        ks = torch.maximum(ecdf - x, x - (ecdf - 1 / n)).amax(0)
+        assert (ks < dkw).all(), (seed, ks, dkw)
+        c = u - 0.5
+        products = [(c[:, i] * c[:, j]).mean().item() for i in range(k) for j in range(i + 1, k)]
+        assert all(abs(p) < hoeffding for p in products), (seed, products, hoeffding)
+        if case.gym_id == "Acrobot-v1":  # gymnasium keeps Acrobot's initial state in float32
+            assert torch.equal(s, s.float().double())
 
 
 def test_reset_mask_resets_only_masked_envs() -> None:
