@@ -9,6 +9,7 @@ for Flipout weights and as ``θ + δ_n`` for dense ones.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 
 import pytest
@@ -487,23 +488,40 @@ def test_frozen_parameters_stay_frozen_and_unperturbed() -> None:
         assert torch.equal(p, before[name]) == (how[name] == "frozen"), name
 
 
-def test_nested_populations_and_two_flipes_on_one_model_are_errors_for_every_kind() -> None:
-    """A population inside a population of an Embedding (Flipout) and a LayerNorm (dense) is a RuntimeError, and so is
-    using a FlipES after a newer one was made for a model of dense parameters only (a LayerNorm), which then works
-    with the newer one (linear layers: test_es)."""
-    model = flipes.flipout(nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4)))
-    es = flipes.FlipES(model, popsize=4)
-    with es.population(), pytest.raises(RuntimeError, match="population\\(\\) inside a population"):
+NESTED = (
+    "population() inside a population: {} layer(s) of this model are already evaluating one (a nested es.population(), "
+    "or another FlipES on the same layers); leave the outer `with` first"
+)
+NEWER = (
+    "population() of a FlipES whose model has a newer FlipES: one FlipES per model (two would each perturb the same "
+    "layers); use the newer one, or make a new FlipES after `del`-ing the other"
+)
+
+
+@pytest.mark.parametrize("kind", ["flipout", "dense", "both"])
+def test_nested_populations_and_two_flipes_on_one_model_are_errors_for_every_kind(kind: str) -> None:
+    """For a model of a Flipout layer (Embedding), of dense parameters (LayerNorm) and of both: a population inside a
+    population is a RuntimeError counting the busy layers and naming the fix, after which the outer population still
+    evaluates its perturbed members as before; using a FlipES after a newer one was made for the model is a
+    RuntimeError naming the fix, and the newer one evaluates perturbed members (linear layers: test_es)."""
+    layers = {"flipout": [nn.Embedding(10, 4)], "dense": [nn.LayerNorm(4)], "both": [nn.Embedding(10, 4), nn.LayerNorm(4)]}
+    model, busy = flipes.flipout(nn.Sequential(*layers[kind])), len(layers[kind])
+    one = torch.randint(10, (1, 6)) if kind != "dense" else torch.randn(1, 6, 4)
+    x = one.expand(4, *one.shape[1:])  # every member sees the same input: outputs differ by the perturbations alone
+    es = flipes.FlipES(model, popsize=4, sigma=0.5)
+    with es.population():
+        before = model(x)
+        with pytest.raises(RuntimeError, match="^" + re.escape(NESTED.format(busy)) + "$"):
+            with es.population():
+                pass
+        assert torch.equal(model(x), before) and not torch.equal(before[0], before[1])  # the members, perturbed
+    newer = flipes.FlipES(model, popsize=4, sigma=0.5)
+    with pytest.raises(RuntimeError, match="^" + re.escape(NEWER) + "$"):
         with es.population():
             pass
-    only_norm = flipes.flipout(nn.LayerNorm(4))  # a model of dense parameters only
-    first = flipes.FlipES(only_norm, popsize=4)
-    second = flipes.FlipES(only_norm, popsize=4)
-    with pytest.raises(RuntimeError, match="has a newer FlipES"):
-        with first.population():
-            pass
-    with second.population() as pop:
-        assert only_norm(torch.randn(pop.size, 4)).shape == (4, 4)
+    with newer.population():
+        out = model(x)
+    assert out.shape == before.shape and not torch.equal(out[0], out[1])
 
 
 def test_layer_options_without_a_flipout_form_are_refused_naming_the_fix() -> None:
