@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -229,18 +231,42 @@ def test_policy_actions_respect_the_spaces() -> None:
         assert discrete(torch.randn(pop.size, 7, 5)).shape == (4, 7)  # members first, then episodes
 
 
+FLIPES_IDS = (
+    "flipes/Acrobot-v1, flipes/Ant-v5, flipes/CartPole-v1, flipes/HalfCheetah-v5, flipes/Hopper-v5, flipes/Humanoid-v5, "
+    "flipes/MountainCarContinuous-v0, flipes/Pendulum-v1, flipes/Walker2d-v5"
+)
+
+
+def whole(message: str) -> str:
+    """A pattern that matches exactly ``message``."""
+    return "^" + re.escape(message) + "$"
+
+
 def test_bad_input_gives_errors_that_say_what_to_do() -> None:
-    """MLPPolicy with a MultiDiscrete action space is a ValueError naming the supported spaces, with a Discrete
-    observation space one saying it needs a Box; an unknown gymnasium id is a ValueError naming the id and
-    gymnasium.pprint_registry, an unknown flipes/ id one naming the id."""
+    """Each is a ValueError whose whole message names the problem and the fix: MLPPolicy with a MultiDiscrete action
+    space (the supported spaces; write a policy from flipes.nn layers), with a Discrete observation space (flatten it
+    with FlattenObservation, or write a policy); an unknown gymnasium id (every flipes id, gymnasium.pprint_registry,
+    the MuJoCo extra, envpool.list_all_envs) and an unknown flipes/ id (every flipes id)."""
     obs_space = gym.spaces.Box(-1, 1, (5,), np.float32)
-    with pytest.raises(ValueError, match="Discrete and Box action spaces, got MultiDiscrete"):
+    action = (
+        "MLPPolicy handles Discrete and Box action spaces, got MultiDiscrete; write your own policy module from flipes.nn "
+        "layers for this space"
+    )
+    with pytest.raises(ValueError, match=whole(action)):
         MLPPolicy(obs_space, gym.spaces.MultiDiscrete([2, 3]))
-    with pytest.raises(ValueError, match="needs a Box observation space"):
+    observation = (
+        "MLPPolicy needs a Box observation space, got Discrete(4); flatten it (gymnasium.wrappers.FlattenObservation) "
+        "or write a policy from flipes.nn layers"
+    )
+    with pytest.raises(ValueError, match=whole(observation)):
         MLPPolicy(gym.spaces.Discrete(4), gym.spaces.Discrete(2))
-    with pytest.raises(ValueError, match=r"unknown env id 'NoSuchEnv-v0'.*gymnasium.pprint_registry"):
+    fix = (
+        f"; use a flipes id ({FLIPES_IDS}), a registered gymnasium id (gymnasium.pprint_registry() lists them; MuJoCo ids "
+        "need pip install 'flipes[mujoco]') or an EnvPool id (envpool.list_all_envs())"
+    )
+    with pytest.raises(ValueError, match=r"^unknown env id 'NoSuchEnv-v0' \(.+\)" + re.escape(fix) + "$"):  # (gymnasium's words)
         make_vector_env("NoSuchEnv-v0", 2)
-    with pytest.raises(ValueError, match="unknown env id 'flipes/NoSuch-v0'"):
+    with pytest.raises(ValueError, match=whole(f"unknown env id 'flipes/NoSuch-v0'; flipes has {FLIPES_IDS}")):
         make_vector_env("flipes/NoSuch-v0", 2)
 
 
