@@ -84,6 +84,45 @@ def test_a_truncated_episode_ends_like_a_terminated_one_and_max_steps_caps_every
     assert ep.returns.tolist() == [3.0, 8.0, 0.5, 4.0, 6.0, 4.0]
 
 
+class AsyncCountdown(Countdown):
+    """Countdown with EnvPool's asynchronous steps (``send``/``recv``, as :class:`EnvPoolVectorEnv`): the envs ``ids``
+    step while the caller computes other actions; an env whose episode ended is not stepped again, and sending it is a
+    ValueError, as EnvPool refuses it."""
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[override]
+        self.done = torch.zeros(self.num_envs, dtype=torch.bool)
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        return super().reset(seed=seed, options=options)
+
+    def send(self, actions: np.ndarray, ids: np.ndarray) -> None:
+        ids_t = torch.as_tensor(ids)
+        if self.done[ids_t].any():
+            raise ValueError("send() got finished envs; reset them first")
+        self.batch = ids_t, torch.as_tensor(actions)[ids_t]
+
+    def recv(self) -> tuple[np.ndarray, ...]:
+        ids, actions = self.batch
+        self.t[ids] += 1
+        ended = self.t[ids] >= self.lengths[ids]
+        self.done[ids] = ended
+        reward = self.scale[ids] * (1 + actions.double())
+        none = torch.zeros_like(ended)
+        terminated, truncated = (none, ended) if self.truncate else (ended, none)
+        return tuple(x.numpy() for x in (ids, self._obs()[ids], reward, terminated, truncated))
+
+
+def test_a_pipelined_rollout_ends_episodes_where_the_serial_one_does() -> None:
+    """Stepping half of the envs while the policy computes the other half's actions (``pipeline=True``) ends each episode
+    at its truncation by the env, never stepping it again, and stops every episode after ``max_steps`` steps: the
+    returns and lengths are exactly those of the serial rollout."""
+    lengths, scale = [3, 7, 1, 5, 2, 9], [1.0, 2.0, 0.5, 1.0, 3.0, 1.0]
+    zeros = lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64)  # noqa: E731
+    ep = run_episodes(AsyncCountdown(lengths, scale, truncate=True), zeros, seed=0, pipeline=True)
+    assert ep.returns.tolist() == [3.0, 14.0, 0.5, 5.0, 6.0, 9.0] and ep.lengths.tolist() == lengths and ep.steps == 27
+    ep = run_episodes(AsyncCountdown(lengths, scale), zeros, seed=0, max_steps=4, pipeline=True)
+    assert ep.returns.tolist() == [3.0, 8.0, 0.5, 4.0, 6.0, 4.0] and ep.lengths.tolist() == [3, 4, 1, 4, 2, 4] and ep.steps == 18
+
+
 def test_a_rollout_stops_at_the_envs_own_step_limit_also_through_gymnasium_wrappers() -> None:
     """Without ``max_steps`` a rollout runs at most the env's ``max_episode_steps`` steps, read through any
     gymnasium vector wrapper (``unwrapped``), so that it never steps past the limit (a GPU rollout checks for
