@@ -38,13 +38,15 @@ def params(run: Path) -> torch.Tensor:
 
 @pytest.mark.parametrize("mode", ["seeds", "allreduce"])
 def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str) -> None:
-    """5 generations of CartPole training under 1, 2 and 3 processes count the same timesteps; with ``--comm seeds``
-    the parameters are bit-identical (params_sha256), with ``--comm allreduce`` equal to a relative norm of 1e-6
-    (per-rank partial sums change the summation order); the 2-process run sent bytes."""
+    """5 generations of CartPole training, 2 episodes per member, under 1, 2 and 3 processes count the same timesteps;
+    with ``--comm seeds`` the parameters are bit-identical (params_sha256), with ``--comm allreduce`` equal to a
+    relative norm of 1e-6 (per-rank partial sums change the summation order); the 2-process run sent bytes."""
+    # --episodes 2: each process plays its members' episodes, numbered from its first member's first episode
+    args = ["--env", "flipes/CartPole-v1", *COMMON, "--episodes", "2", "--generations", "5", "--comm", mode]
     runs = {}
     for k in (1, 2, 3):
         runs[k] = tmp_path / f"n{k}"
-        mpirun(k, "--env", "flipes/CartPole-v1", *COMMON, "--generations", "5", "--comm", mode, "--out", str(runs[k]))
+        mpirun(k, *args, "--out", str(runs[k]))
     one = last(runs[1])
     assert one["generation"] == 4 and one["timesteps"] > 0
     for k in (2, 3):

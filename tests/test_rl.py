@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import gymnasium as gym
@@ -121,6 +122,30 @@ def test_a_pipelined_rollout_ends_episodes_where_the_serial_one_does() -> None:
     assert ep.returns.tolist() == [3.0, 14.0, 0.5, 5.0, 6.0, 9.0] and ep.lengths.tolist() == lengths and ep.steps == 27
     ep = run_episodes(AsyncCountdown(lengths, scale), zeros, seed=0, max_steps=4, pipeline=True)
     assert ep.returns.tolist() == [3.0, 8.0, 0.5, 4.0, 6.0, 4.0] and ep.lengths.tolist() == [3, 4, 1, 4, 2, 4] and ep.steps == 18
+
+
+class SecondOfTwo:
+    """Process 1 of 2, for the member split alone: a rollout calls no collective."""
+
+    rank, size, local_rank, local_size, bytes_sent = 1, 2, 0, 1, 0
+
+
+def test_a_process_share_of_the_population_plays_its_members_own_episodes() -> None:
+    """With 2 episodes per member, process 1 of 2 (members 4..7 of 8) gives each of its members exactly the fitness
+    one process evaluating all 8 gives it: member m's episodes are the global envs 2m and 2m + 1 on any process
+    (Pendulum: every initial state changes a return)."""
+    torch.manual_seed(0)
+    initial = MLPPolicy(gym.spaces.Box(-8, 8, (3,), np.float32), gym.spaces.Box(-2, 2, (1,), np.float32), hidden=(4,))
+    fitness = []
+    for comm, members in ((None, 8), (SecondOfTwo(), 4)):
+        policy = flipes.flipout(copy.deepcopy(initial))
+        es = flipes.FlipES(policy, popsize=8, sigma=0.5, groups=2, seed=3, comm=comm)
+        env = make_vector_env("flipes/Pendulum-v1", members * 2, max_episode_steps=20)  # short episodes: quick
+        rollout = RolloutFitness(env, episodes=2, seed=5)
+        with es.population() as pop:
+            fitness.append(rollout(policy, pop))
+    assert pop.members == range(4, 8) and len(set(fitness[0].tolist())) == 8
+    assert torch.equal(fitness[1], fitness[0][4:])
 
 
 def test_a_rollout_stops_at_the_envs_own_step_limit_also_through_gymnasium_wrappers() -> None:
