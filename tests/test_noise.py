@@ -99,19 +99,30 @@ def test_signs_are_fair_and_distinct_per_member() -> None:
     assert (agree < 1).all() and abs(agree.mean().item() - 0.5) < 5 * 0.5 / math.sqrt(64 * 15)
 
 
-def test_groups_are_independent() -> None:
-    """The correlation of any two of 4 groups' ε, and of group 0's ε in generations 0 and 1, is below 4.5/√n (false
-    alarm < 1e-5 per pair): uncorrelated, which is what is checked of independence."""
-    noise, _ = sample(groups=4, mirrored=True)
-    eps = noise.eps.flatten(1) / SIGMA
-    n = eps.shape[1]
-    for g in range(4):
-        for h in range(g + 1, 4):
-            rho = torch.corrcoef(torch.stack([eps[g], eps[h]]))[0, 1].item()
-            assert abs(rho) < 4.5 / math.sqrt(n), (g, h, rho)  # per pair false alarm < 1e-5
-    other, _ = sample(groups=4, mirrored=True, generation=1)
-    rho = torch.corrcoef(torch.stack([eps[0], other.eps[0].flatten() / SIGMA]))[0, 1].item()
-    assert abs(rho) < 4.5 / math.sqrt(n)  # generations too
+def test_groups_and_generations_draw_unrelated_noise() -> None:
+    """The 8 noise streams of 4 groups × generations 0 and 1 (64 members, mirrored) are pairwise unrelated: the
+    correlation of two streams' Gaussian draws (ε and the distinct members' bias noise, n = 9216) is below 5/√n, and
+    their distinct members' signs (s and r, m = 1536) agree in a fraction within Hoeffding's bound of 1/2. Family-wise
+    false alarm < 5e-5 over the 28 pairs: uncorrelated, and no two streams alike (a key mixing the group into the
+    generation would make group 1 of generation 0 group 0 of generation 1)."""
+    streams = []
+    for generation in (0, 1):
+        noise, _ = sample(groups=4, mirrored=True, generation=generation, popsize=64)
+        for g in range(4):
+            distinct = slice(16 * g, 16 * (g + 1), 2)  # one of each mirrored pair of group g's 16 members
+            gauss = torch.cat([noise.eps[g].flatten(), noise.bias[distinct].flatten()]) / SIGMA
+            signs = torch.cat([noise.s[distinct].flatten(), noise.r[distinct].flatten()])
+            streams.append((gauss.double(), signs.double()))
+    n, m = len(streams[0][0]), len(streams[0][1])
+    alpha = 1e-6  # per pair and check; 28 pairs × 2 checks
+    # √n·ρ of independent normals is ~N(0, 1) (√(n-2)·ρ/√(1-ρ²) is Student's t, 9214 d.o.f.): P(|ρ| > 5/√n) < 6e-7
+    rho_bound = 5 / math.sqrt(n)
+    agree_bound = math.sqrt(math.log(2 / alpha) / (2 * m))  # Hoeffding: m independent fair coin flips
+    for a in range(len(streams)):
+        for b in range(a + 1, len(streams)):
+            rho = torch.corrcoef(torch.stack([streams[a][0], streams[b][0]]))[0, 1].item()
+            agree = (streams[a][1] == streams[b][1]).double().mean().item()
+            assert abs(rho) < rho_bound and abs(agree - 0.5) < agree_bound, (divmod(a, 4), divmod(b, 4), rho, agree)
 
 
 def test_dense_noise_of_each_group_is_its_own() -> None:
