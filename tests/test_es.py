@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -70,18 +71,24 @@ def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int
 
 
 def test_weight_decay_adds_l2_gradient() -> None:
-    """From the same initial layer and fitness, ``weight_decay=0.1`` adds exactly 0.1·W to the weight's ``.grad``
-    (within assert_close's float64 defaults); the bias is not checked."""
+    """From the same model, noise and fitness, ``weight_decay=0.1`` makes every evolved parameter's ``.grad`` (a Flipout
+    weight and bias, a LayerNorm's dense-noise scale) exactly the ES gradient without it plus 0.1·θ; a frozen parameter
+    (the LayerNorm's shift) gets no gradient and keeps its value."""
     torch.manual_seed(0)
-    layer = FlipoutLinear(3, 2, dtype=DT)
+    initial = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2)).to(DT)
+    with torch.no_grad():
+        initial[1].bias.fill_(0.3)
     runs = []
     for wd in (0.0, 0.1):
-        model = FlipoutLinear(3, 2, dtype=DT)
-        model.load_state_dict(layer.state_dict())
+        model = flipes.flipout(copy.deepcopy(initial), frozen=["1.bias"])
         es = flipes.FlipES(model, popsize=4, sigma=0.1, weight_decay=wd, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
         es.step(lambda m, pop: torch.arange(pop.size, dtype=DT))
-        runs.append(model)
-    torch.testing.assert_close(runs[1].weight.grad - runs[0].weight.grad, 0.1 * layer.weight)
+        runs.append(dict(model.named_parameters()))
+    plain, decayed = runs
+    for name in ("0.weight", "0.bias", "1.weight"):
+        assert plain[name].grad.abs().min() > 0, name  # a gradient to add to
+        assert torch.equal(decayed[name].grad, plain[name].grad + 0.1 * initial.get_parameter(name)), name
+    assert decayed["1.bias"].grad is None and torch.equal(decayed["1.bias"], initial[1].bias)
 
 
 def test_shaping_functions() -> None:
