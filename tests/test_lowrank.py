@@ -6,6 +6,7 @@ Exactness and the gradient against materialized weights run in test_exactness / 
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -123,10 +124,27 @@ def test_population_forwards_under_inference_mode_and_no_grad_mix_within_a_gener
 
 
 def test_numpy_integer_ranks_are_accepted() -> None:
-    """A numpy integer rank (np.int64(2)) is accepted and compares equal to 2."""
+    """A numpy integer rank (np.int64(2)) is stored as the Python int 2, samples exactly the noise of noise_rank=2
+    (rank-2 factors), and its state dict reads back with ``torch.load(weights_only=True)``, as checkpoints are read,
+    into a FlipES made with noise_rank=2."""
     import numpy as np
 
-    assert flipes.FlipES(FlipoutLinear(3, 2), popsize=4, noise_rank=np.int64(2)).noise_rank == 2
+    noises, states = [], []
+    for rank in (np.int64(2), 2):
+        torch.manual_seed(0)
+        layer = FlipoutLinear(5, 4)
+        es = flipes.FlipES(layer, popsize=4, seed=1, noise_rank=rank)
+        assert type(es.noise_rank) is int and es.noise_rank == 2
+        with es.population():
+            noises.append(layer.noise[0])
+        buffer = io.BytesIO()
+        torch.save(es.state_dict(), buffer)
+        states.append(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    a, b = noises
+    assert a.rank == 2 and a.factors[0].shape == (1, 4, 2)
+    pairs = [*zip(a.factors, b.factors, strict=True), (a.s, b.s), (a.r, b.r), (a.bias_r, b.bias_r)]
+    assert all(torch.equal(x, y) for x, y in pairs)
+    es.load_state_dict(states[0])  # the last FlipES: noise_rank=2
 
 
 def test_the_report_calls_flipout_weights_low_rank_and_their_biases_flipout() -> None:
