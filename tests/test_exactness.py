@@ -168,6 +168,22 @@ def test_flipout_converts_sharing_parameters_and_is_exact_outside_a_population()
     assert torch.equal(layer(x), bare(x))
 
 
+def test_a_converted_layer_shares_the_originals_parameters_but_not_its_containers() -> None:
+    """The Flipout layer that ``flipes.flipout`` makes of a layer holds the original's very Parameter objects in
+    containers of its own: a noise model attached to it (a submodule with parameters), a buffer and a parameter
+    registered on it leave the original nn.Linear (which a caller may still hold) with its weight and bias alone."""
+    bare = nn.Linear(3, 2)
+    model = flipes.flipout(nn.Sequential(bare, nn.Tanh()))
+    layer = model[0]
+    assert isinstance(layer, FlipoutLinear) and layer is not bare
+    assert layer.weight is bare.weight and layer.bias is bare.bias
+    flipes.nn.attach_noise(model, flipes.nn.GaussianPosterior)
+    layer.register_buffer("extra", torch.zeros(1))
+    layer.register_parameter("more", nn.Parameter(torch.zeros(1)))
+    assert {"backprop_noise.slots.0.weight_rho", "extra", "more"} <= set(layer.state_dict())
+    assert list(bare.state_dict()) == ["weight", "bias"] and list(bare.children()) == []
+
+
 def test_flipout_without_trainable_parameters_is_an_error() -> None:
     """Converting a model without a trainable parameter raises a ValueError saying so."""
     with pytest.raises(ValueError, match="no trainable parameter"):
