@@ -632,6 +632,42 @@ def test_a_groups_noise_does_not_depend_on_which_groups_are_sampled_with_it() ->
         assert torch.equal(full.delta[8:], part.delta)
 
 
+class ProcessOf(flipes.dist.SerialComm):
+    """Process ``rank`` of ``size`` for the group split alone (a population calls no collective)."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        self.rank, self.size = rank, size
+
+
+@pytest.mark.parametrize(
+    "dtype,frozen_weight", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True), (torch.float64, True)]
+)
+def test_one_example_per_member_gives_the_same_bits_on_any_process_count(dtype: torch.dtype, frozen_weight: bool) -> None:
+    """With G groups fixed, a member's output does not depend on how many groups its process holds: a
+    process of one group gives bit for bit the rows of one process holding both, for (N, 1, in) inputs
+    contiguous, column-major or expanded (a layer's bf16 bias, or a frozen weight, changes how torch
+    multiplies a non-contiguous batch, so a 2-D shortcut for one group would round otherwise)."""
+    torch.manual_seed(0)
+    n, groups = 64, 2
+    whole = flipes.flipout(nn.Linear(5, 16).to(dtype))
+    whole.weight.requires_grad_(not frozen_weight)  # the bias still evolves: the weight keeps its (zero) noise slot
+    inputs = {
+        "contiguous": torch.randn(n, 1, 5, dtype=dtype),
+        "column-major": torch.randn(5, n, dtype=dtype).T.unsqueeze(1),
+        "expanded": torch.randn(n, 1, 1, dtype=dtype).expand(n, 1, 5),
+    }
+    es = flipes.FlipES(whole, popsize=n, groups=groups, mirrored=True, seed=3)
+    with es.population():
+        expected = {name: whole(x) for name, x in inputs.items()}
+    for rank in range(groups):
+        part = copy.deepcopy(whole)
+        es_part = flipes.FlipES(part, popsize=n, groups=groups, mirrored=True, seed=3, comm=ProcessOf(rank, groups))
+        rows = slice(es_part.members.start, es_part.members.stop)
+        with es_part.population():
+            for name, x in inputs.items():
+                assert torch.equal(part(x[rows]), expected[name][rows]), (name, rank)
+
+
 def encoder_layer() -> nn.Module:
     return nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=True)
 

@@ -52,10 +52,13 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
         else:
             torch.addcmul(bias, out, noise.r, out=out)
         return out.addmm_(x, weight.T)
-    if noise.groups == 1 and noise.factors is None and x.numel() == n * x.shape[-1] and not torch.is_grad_enabled():
+    one_each = x.numel() == n * x.shape[-1] and x.is_contiguous()
+    if one_each and noise.groups == 1 and noise.factors is None and not torch.is_grad_enabled():
         # one example per member as (N, 1, in) (RolloutFitness's (members, episodes, obs)): the same
         # arithmetic as below, op for op, on 2-D views with no per-group slicing (half the ops of
-        # a small layer, whose cost is the per-op overhead)
+        # a small layer, whose cost is the per-op overhead). Contiguous only: torch multiplies a
+        # non-contiguous (N, 1, in) batch otherwise than its 2-D view (unfused bias, no folding for a
+        # weight without grad), and a process of one group must round as a process of several does
         x2 = x.reshape(n, x.shape[-1])
         pert = torch.mm(torch.mul(x2, noise.s, out=noise.scratch(x2)), noise.eps_t(0))
         if noise.bias_r is not None:
