@@ -105,7 +105,8 @@ def main(args: Args) -> list[dict[str, Any]]:
         commit = export(args.base, tmp_path)
         trees = {"base": tmp_path / "tree", "this": ROOT}
         for e, env_id in enumerate(envs):
-            kw = {"env": env_id, "generations": generations, "seed": args.seed, "target": None, "progress": False, "algo": args.algo}
+            kw = {"env": env_id, "generations": generations, "seed": args.seed, "target": None, "progress": False}
+            kw["algo"] = args.algo
             if args.eval_every:
                 kw["eval_every"] = args.eval_every
             times: dict[str, list[float]] = {"base": [], "this": []}
@@ -121,7 +122,9 @@ def main(args: Args) -> list[dict[str, Any]]:
                             "ratio": this_s / base_s, "same_params": same, "times": times})  # fmt: skip
             print(f"{env_id}: base {base_s:.3f} s, this {this_s:.3f} s, ratio {this_s / base_s:.2f}x, "
                   f"{'same parameters' if same else 'PARAMETERS DIFFER'}", flush=True)  # fmt: skip
-    evaluations = ("" if args.algo == "openai-es" else f"--algo {args.algo}, ") + (f"evaluation every {args.eval_every}" if args.eval_every else "preset evaluations")
+    evaluations = f"evaluation every {args.eval_every}" if args.eval_every else "preset evaluations"
+    if args.algo != "openai-es":
+        evaluations = f"--algo {args.algo}, {evaluations}"
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1-min load {load_before:.2f} before"
     lines = [
         f"Working tree vs {args.base} ({commit[:10]}): median wall s of `flipes.train` ({generations} generations, "
