@@ -668,6 +668,29 @@ def test_one_example_per_member_gives_the_same_bits_on_any_process_count(dtype: 
                 assert torch.equal(part(x[rows]), expected[name][rows]), (name, rank)
 
 
+@pytest.mark.parametrize("shape", ["(N, in)", "(N, 1, in)", "(N, 2, in)"])
+@pytest.mark.parametrize("rank", [None, 2])
+def test_a_wide_layers_members_give_the_same_bits_on_any_process_count(shape: str, rank: int | None) -> None:
+    """With 8 groups fixed, every member's output of a 376-input layer (Humanoid's observation) is bit for bit the
+    same on 1, 2 or 8 processes, for one or two examples per member, full and low rank. A CPU BLAS may round a
+    row of the mean product differently beside other rows (MKL does at this width), so the layer multiplies
+    group by group; one product over all of a process's rows made 8 processes differ from 1."""
+    torch.manual_seed(0)
+    n, groups = 64, 8
+    whole = flipes.flipout(nn.Linear(376, 256))
+    x = {"(N, in)": torch.randn(n, 376), "(N, 1, in)": torch.randn(n, 1, 376), "(N, 2, in)": torch.randn(n, 2, 376)}[shape]
+    es = flipes.FlipES(whole, popsize=n, groups=groups, seed=3, noise_rank=rank)
+    with es.population():
+        expected = whole(x)
+    for size in (2, 8):
+        for rank_of in range(size):
+            part = copy.deepcopy(whole)
+            es_part = flipes.FlipES(part, popsize=n, groups=groups, seed=3, noise_rank=rank, comm=ProcessOf(rank_of, size))
+            rows = slice(es_part.members.start, es_part.members.stop)
+            with es_part.population():
+                assert torch.equal(part(x[rows]), expected[rows]), (size, rank_of)
+
+
 def encoder_layer() -> nn.Module:
     return nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=True)
 

@@ -51,7 +51,14 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
             out.mul_(noise.r).add_(bias)
         else:
             torch.addcmul(bias, out, noise.r, out=out)
-        return out.addmm_(x, weight.T)
+        if noise.groups == 1:
+            return out.addmm_(x, weight.T)
+        if torch.is_grad_enabled():
+            return out + _mean_product(x, weight, None, noise.groups)
+        m = n // noise.groups
+        for i in range(noise.groups):  # group by group, in place (see _mean_product)
+            out[i * m : (i + 1) * m].addmm_(x[i * m : (i + 1) * m], weight.T)
+        return out
     one_each = x.numel() == n * x.shape[-1] and x.is_contiguous()
     if one_each and noise.groups == 1 and noise.factors is None and not torch.is_grad_enabled():
         # one example per member as (N, 1, in) (RolloutFitness's (members, episodes, obs)): the same
@@ -71,7 +78,7 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
         t = torch.bmm(xb, b_n.mT)  # (N, B, r): x_n (s_n ∘ B_g)ᵀ
         if noise.bias_eps is not None:
             t = torch.cat((t, t.new_ones(*t.shape[:2], 1)), 2)
-        out = F.linear(xb, weight, bias).baddbmm_(t, a_n.mT)  # + t (r_n ∘ A_g)ᵀ, accumulated in place
+        out = _mean_product(xb, weight, bias, noise.groups).baddbmm_(t, a_n.mT)  # + t (r_n ∘ A_g)ᵀ, in place
         if noise.bias_eps is None and noise.bias_r is not None:  # a bias of its own beside a tied weight
             out += noise.bias.unsqueeze(1)
         return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -79,8 +86,33 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
     pert = _grouped_product(xs.reshape(-1, xs.shape[-1]), noise).view(n, xb.shape[1], -1)
     if noise.bias_r is not None:
         pert += noise.bias_r.unsqueeze(1)
-    out = F.linear(xb, weight, bias).addcmul_(pert, noise.r.unsqueeze(1))
+    out = _mean_product(xb, weight, bias, noise.groups).addcmul_(pert, noise.r.unsqueeze(1))
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _mean_product(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+    """``F.linear(x, weight, bias)`` of the mean weight, one call per group of rows (``x`` member-major).
+
+    A CPU BLAS may round a row of a product differently with other rows beside it (MKL does, from
+    ~128 input features at a few dozen rows), so one product over all the groups a process holds
+    would make a member's bits depend on the process count; per group, a process of one group and a
+    process of all of them make the same calls on the same rows.
+    """
+    if groups == 1:
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() or not x.is_contiguous():
+        return torch.cat([F.linear(rows, weight, bias) for rows in x.chunk(groups)])
+    # as F.linear computes a contiguous batch (one addmm on its 2-D view), written in place group by group
+    x2 = x.view(-1, x.shape[-1])
+    out = x2.new_empty(x2.shape[0], weight.shape[0])
+    m = x2.shape[0] // groups
+    for i in range(groups):
+        rows = slice(i * m, (i + 1) * m)
+        if bias is None:
+            torch.mm(x2[rows], weight.T, out=out[rows])
+        else:
+            torch.addmm(bias, x2[rows], weight.T, out=out[rows])
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def _member_factors(noise: SlotNoise) -> tuple[Tensor, Tensor]:
