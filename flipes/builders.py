@@ -174,7 +174,8 @@ class UserEvaluator:
     env: None = None
 
     def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
-        value = self.fn(model)
+        with torch.no_grad():  # as the fitness and the env evaluation run: no graph, no requires_grad warning
+            value = self.fn(model)
         fix = "return one finite float (the eval_return)"
         if (isinstance(value, Tensor) and value.numel() == 1) or (isinstance(value, np.ndarray) and value.size == 1):
             value = value.item()

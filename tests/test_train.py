@@ -225,6 +225,25 @@ def test_plugged_in_fitness_and_model(tmp_path: Path, monkeypatch: pytest.Monkey
     assert result.metrics == metrics(tmp_path / "ok")
 
 
+def test_a_user_evaluate_runs_without_autograd_like_the_fitness(tmp_path: Path) -> None:
+    """``evaluate=`` is called under ``torch.no_grad()``, as the fitness and the env evaluation are: its
+    forward builds no graph, and ``float(loss)`` of it gives no requires_grad warning."""
+    grad = {}
+
+    def fitness(model, pop):
+        grad["fitness"] = torch.is_grad_enabled()
+        return -model(torch.ones(pop.size, 3)).square().sum(1)
+
+    def evaluate(model):
+        out = model(torch.ones(1, 3))
+        grad["evaluate"], grad["graph"] = torch.is_grad_enabled(), out.grad_fn is not None
+        return float(out.sum())
+
+    flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 2), fitness=fitness, evaluate=evaluate, popsize=8,
+                 generations=1, out=str(tmp_path), tensorboard=False, progress=False)  # fmt: skip
+    assert grad == {"fitness": False, "evaluate": False, "graph": False}
+
+
 QUADRATIC_MODULE = """
 import torch
 
