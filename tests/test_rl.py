@@ -363,6 +363,33 @@ def test_a_model_returning_other_than_actions_is_one_error_naming_the_expected_s
         assert (run_episodes(env, lean, seed=1, pipeline=pipeline).lengths > 20).all()  # numpy actions unpipelined
 
 
+@pytest.mark.parametrize("env_id", ["flipes/CartPole-v1", "flipes/Pendulum-v1"])
+def test_a_wrong_action_shape_in_training_is_named_in_the_models_own_members_first_shape(env_id: str) -> None:
+    """In training the model sees observations (members, episodes, ...): a wrong action shape is named
+    as the model returned it, beside the (members, episodes, ...) shape the env takes, and actions
+    flattened to one row per env (what a flat shape in the message would suggest) are one such error,
+    not an IndexError from deep in the rollout."""
+
+    class Wrong(torch.nn.Module):
+        def __init__(self, out) -> None:
+            super().__init__()
+            self.layer, self.out = torch.nn.Linear(env.single_observation_space.shape[0], 1), out
+
+        def forward(self, obs):
+            return self.out(obs) + 0 * self.layer(obs).sum()
+
+    env = make_vector_env(env_id, 6)
+    discrete = isinstance(env.single_action_space, gym.spaces.Discrete)
+    logits = (lambda o: torch.zeros(*o.shape[:2], 2)) if discrete else (lambda o: torch.zeros(*o.shape[:2]))
+    take = r"Discrete\(2\), which take \(3, 2\)" if discrete else r"Box\(.*\), which take \(3, 2, 1\)"
+    for out, got in [(logits, r"\(3, 2, 2\)" if discrete else r"\(3, 2\)"), (lambda o: torch.zeros(6).long(), r"\(6,\)")]:
+        model = flipes.flipout(Wrong(out))
+        es = flipes.FlipES(model, popsize=3, mirrored=False, sigma=0.1)
+        expect = rf"actions of shape {got} for 3 members × 2 episodes of {take}"
+        with es.population() as pop, pytest.raises(flipes.UsageError, match=expect):
+            RolloutFitness(env, episodes=2)(model, pop)
+
+
 @pytest.mark.parametrize("env_id", ["gymnasium:CartPole-v1", "CartPole-v1"])
 def test_gymnasium_ids_give_torch_tensors_on_every_engine(env_id: str) -> None:
     """gymnasium's own CartPole through the numpy adapter, and the plain id (EnvPool's when installed)."""

@@ -54,23 +54,24 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
     return obs
 
 
-def check_actions(actions: Any, space: gym.Space, n: int) -> None:
+def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> None:
     """Raise a UsageError unless ``actions`` (a tensor or array) fit ``n`` envs of action space
     ``space``: ``(n,)`` integers for ``Discrete``, ``(n, *shape)`` for ``Box`` (other spaces are left
-    to the env)."""
+    to the env). ``n`` may be ``(members, episodes)``, the batch a model sees in training."""
     actions = torch.as_tensor(actions)
-    got = tuple(actions.shape)
+    got, batch = tuple(actions.shape), (n,) if isinstance(n, int) else tuple(n)
+    envs = f"{n} envs" if isinstance(n, int) else f"{batch[0]} members × {batch[1]} episodes"
     if isinstance(space, gym.spaces.Discrete):
-        expect, how = (n,), "return one integer action per env, e.g. logits.argmax(-1), not logits or probabilities"
+        expect, how = batch, "return one integer action per env, e.g. logits.argmax(-1), not logits or probabilities"
         if got == expect and actions.dtype.is_floating_point:
-            problem = f"the model returned {actions.dtype} actions for {n} envs of {space}, which take integers"
+            problem = f"the model returned {actions.dtype} actions for {envs} of {space}, which take integers"
             raise UsageError("--model", problem, how)
     elif isinstance(space, gym.spaces.Box):
-        expect, how = (n, *space.shape), f"return {space.shape} actions per env (the model's last dimension)"
+        expect, how = (*batch, *space.shape), f"return {space.shape} actions per env (the model's last dimension)"
     else:
         return
     if got != expect:
-        problem = f"the model returned actions of shape {got} for {n} envs of {space}, which take {expect}"
+        problem = f"the model returned actions of shape {got} for {envs} of {space}, which take {expect}"
         raise UsageError("--model", problem, how)
 
 
@@ -276,9 +277,15 @@ class RolloutFitness:
                 stacklevel=caller_stacklevel(),
             )
         step = stepper(model)  # a recurrent policy's state lives for this rollout
+        checked = False
 
         def act(obs: Tensor) -> Tensor:  # (n·k, d) -> members first (n, k, d) -> (n·k, ...)
-            return step(obs.view(n, k, *obs.shape[1:])).flatten(0, 1)
+            nonlocal checked
+            actions = step(obs.view(n, k, *obs.shape[1:]))
+            if not checked:  # named in the model's own shape, before flattening can hide or break it
+                check_actions(actions, self.env.single_action_space, (n, k))
+                checked = True
+            return actions.flatten(0, 1)
 
         # env i of member m, episode k is the global env m·K + k with m the GLOBAL member index, so a
         # member's episodes do not depend on how the population is split across processes
