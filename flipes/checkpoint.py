@@ -94,25 +94,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    previous = path.with_name("previous.pt")
-    hint = f"; the previous checkpoint {previous} can be resumed instead" if previous.exists() and previous != path else ""
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}{hint}")
+        raise CheckpointError(f"no checkpoint at {path}{_previous_hint(path)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         first = (str(e).strip().splitlines() or [""])[0][:100]  # torch's messages run to many lines
-        raise CheckpointError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {first}){hint}") from e
+        problem = f"{path} is truncated or not a checkpoint ({type(e).__name__}: {first})"
+        raise CheckpointError(problem + _previous_hint(path)) from e
     if isinstance(state, dict) and state.get("format") == FORMAT:
         payload = state["payload"].numpy().tobytes()
         if hashlib.sha256(payload).hexdigest() != state["sha256"]:
-            raise CheckpointError(f"{path} is corrupted: its content does not match its SHA-256{hint}")
+            raise CheckpointError(f"{path} is corrupted: its content does not match its SHA-256{_previous_hint(path)}")
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     elif map_location is not None:  # written before checkpoints carried a hash
         state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or "es" not in state:
-        raise CheckpointError(f"{path} is not a flipes training checkpoint (no 'es' state){hint}")
+        raise CheckpointError(f"{path} is not a flipes training checkpoint (no 'es' state){_previous_hint(path)}")
     return state
+
+
+def _previous_hint(path: Path) -> str:
+    """The error's pointer to ``previous.pt`` beside ``path``: offered only where it loads (read in
+    full, but only on the way to an error), else said to be damaged too."""
+    previous = path.with_name("previous.pt")
+    if previous == path or not previous.exists():
+        return ""
+    try:
+        load_checkpoint(previous)
+    except CheckpointError:
+        return f"; the previous checkpoint {previous} is damaged too: start the run again with --overwrite"
+    return f"; the previous checkpoint {previous} can be resumed instead"
 
 
 def tensors_sha256(tensors: Iterable[Tensor]) -> str:

@@ -118,7 +118,7 @@ def test_per_env_defaults_sit_under_config_files_and_flags(tmp_path: Path) -> No
 
 def test_checkpoints_are_atomic_and_a_broken_one_leaves_the_previous(tmp_path: Path) -> None:
     """A checkpoint replaces the last one whole, keeps it as previous.pt, and a truncated or
-    foreign file is an error that names previous.pt."""
+    foreign file is an error that names previous.pt where that one loads, and says so where it is broken too."""
     path = tmp_path / "checkpoint.pt"
     save_checkpoint({"es": {"generation": 1}}, path)
     save_checkpoint({"es": {"generation": 2}}, path)
@@ -131,6 +131,10 @@ def test_checkpoints_are_atomic_and_a_broken_one_leaves_the_previous(tmp_path: P
     torch.save({"something": "else"}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a flipes training checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
+    previous = tmp_path / "previous.pt"
+    previous.write_bytes(previous.read_bytes()[:-8])  # previous.pt broken too: not offered as the way out
+    with pytest.raises(CheckpointError, match=r"truncated.*previous.pt is damaged too: start the run again with --overwrite$"):
+        load_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("algo", ["openai-es", "pgpe", "ars"])
