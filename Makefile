@@ -40,7 +40,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	touch $@
 
 bench-solve: $(BENCH_VENV)/.installed
-	$(BENCH_VENV)/bin/python scripts/bench_solve.py --json runs/bench_solve.json $(ARGS)
+	$(BENCH_VENV)/bin/python scripts/bench_solve.py --json scripts/results/bench_solve.json $(ARGS)
 
 # Rollout steps/s per env engine (scripts/bench_rollout.py), and MuJoCo training beside EvoTorch
 # (scripts/bench_mujoco.py, ~90 min); results go to scripts/results/.

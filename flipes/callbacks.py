@@ -173,7 +173,10 @@ class ProgressPrinter(Callback):
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
         if self.progress is not None:
-            why = f"all {state.config.generations} generations trained" if reason == "generations" else reason
+            total = state.config.generations
+            why = reason
+            if reason == "generations":
+                why = f"all {total} generations trained" if total != 1 else "the 1 generation trained"
             self.progress.message(f"{why}; {state.es.generation} generations in all, run directory {state.run_dir}")
 
 

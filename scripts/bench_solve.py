@@ -1,6 +1,6 @@
 """Time to solve: wall seconds and env steps until the center policy is "solved", flipes vs EvoTorch.
 
-    python scripts/bench_solve.py --json runs/bench_solve.json          # the whole benchmark
+    python scripts/bench_solve.py --json scripts/results/bench_solve.json          # the whole benchmark
     python scripts/bench_solve.py --quick                                 # smoke test, a few seconds
     python scripts/bench_solve.py --envs flipes/Pendulum-v1 --seeds 0 1 2 3 4 --no-evotorch
 
