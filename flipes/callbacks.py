@@ -177,7 +177,8 @@ class ProgressPrinter(Callback):
             why = reason
             if reason == "generations":
                 why = f"all {total} generations trained" if total != 1 else "the 1 generation trained"
-            self.progress.message(f"{why}; {state.es.generation} generations in all, run directory {state.run_dir}")
+            done = state.es.generation
+            self.progress.message(f"{why}; {done} generation{'s' if done != 1 else ''} in all, run directory {state.run_dir}")
 
 
 class TensorBoardLogger(Callback):

@@ -155,11 +155,25 @@ def main_guard(fn: Callable[[], Any], comm: Comm) -> Any:
         raise
 
 
+def preset_lines(config: TrainConfig) -> list[str]:
+    """What the presets set in ``config`` (values no flag or file changed), one line each: the env's
+    row, then the ``--algo`` row over it; ``hidden`` only where a built-in policy is used (not --model)."""
+    from flipes.rl.presets import algo_preset, preset_for
+
+    algo = algo_preset(config.algo)
+    env_row = {k: v for k, v in preset_for(config.env).items() if k not in algo and (not config.model or k != "hidden")}
+    lines = []
+    for row, what in ((env_row, f"per-env defaults of {config.env}"), (algo, f"--algo {config.algo} sets")):
+        used = ", ".join(f"{k} {v}" for k, v in row.items() if getattr(config, k) == v)
+        if used:
+            lines.append(f"{what} (flipes.rl.presets): {used}; flags and --config override them")
+    return lines
+
+
 def train_command(argv: Sequence[str] | None = None) -> int:
     """``flipes train``: exit status 0, or 130 when interrupted (Ctrl-C, SIGTERM)."""
     from flipes import dist
     from flipes.config import validate
-    from flipes.rl.presets import preset_for
     from flipes.training import train
 
     comm = dist.world()
@@ -167,11 +181,9 @@ def train_command(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         config = parse_train_config(argv)
         validate(config, comm.size)  # before any note: a mistake is one line
-        preset = preset_for(config.env)
         notes = []
-        if preset and config.progress and not config.resume:
-            used = ", ".join(f"{k} {v}" for k, v in preset.items() if getattr(config, k) == v)
-            notes.append(Note(f"per-env defaults of {config.env} (flipes.rl.presets): {used}; flags and --config override them"))
+        if config.progress and not config.resume:
+            notes += [Note(line) for line in preset_lines(config)]
         if config.model and config.progress:
             notes.append(ModelNote())
         result = train(config, comm=comm, callbacks=notes)

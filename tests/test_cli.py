@@ -306,3 +306,18 @@ def test_plot_reads_a_run_whose_last_line_is_torn(runs: dict[str, Path], tmp_pat
     """A metrics.jsonl cut mid-line (a crash during a write) still plots: the torn line is skipped."""
     assert main(["plot", str(runs["torn"]), "--out", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_preset_notes_name_what_the_env_and_algo_rows_set_and_no_flag_changed() -> None:
+    """The start-of-run notes list the env row's values a flag did not change, then what ``--algo`` sets over it
+    (ARS's σ, lr and linear policy are not shown as the env's); ``hidden`` is left out with ``--model``, where no
+    built-in policy is made."""
+    from flipes.commands import parse_train_config, preset_lines
+
+    env, algo = preset_lines(parse_train_config(["--env", "flipes/CartPole-v1", "--algo", "ars", "--popsize", "32"]))
+    assert env == "per-env defaults of flipes/CartPole-v1 (flipes.rl.presets): episodes 1, eval_every 2, eval_episodes 100, " \
+        "generations 300; flags and --config override them"  # fmt: skip
+    assert algo.startswith("--algo ars sets (flipes.rl.presets): hidden [], lr 0.02, sigma 0.03;")
+    (env,) = preset_lines(parse_train_config(["--env", "flipes/CartPole-v1", "--model", "user_mod:make_model"]))
+    assert "sigma 0.1, lr 0.05, episodes 1" in env and "hidden" not in env
+    assert preset_lines(parse_train_config(["--env", "none", "--fitness", "user_mod:ok", "--model", "user_mod:make_model"])) == []
