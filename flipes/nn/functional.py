@@ -53,11 +53,12 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
             torch.addcmul(bias, out, noise.r, out=out)
         if noise.groups == 1:
             return out.addmm_(x, weight.T)
-        if torch.is_grad_enabled():
-            return out + _mean_product(x, weight, None, noise.groups)
         m = n // noise.groups
-        for i in range(noise.groups):  # group by group, in place (see _mean_product)
-            out[i * m : (i + 1) * m].addmm_(x[i * m : (i + 1) * m], weight.T)
+        groups = [slice(i * m, (i + 1) * m) for i in range(noise.groups)]  # group by group: see _mean_product
+        if torch.is_grad_enabled():  # the same sums out of place, for autograd
+            return torch.cat([torch.addmm(out[rows], x[rows], weight.T) for rows in groups])
+        for rows in groups:
+            out[rows].addmm_(x[rows], weight.T)
         return out
     one_each = x.numel() == n * x.shape[-1] and x.is_contiguous()
     if one_each and noise.groups == 1 and noise.factors is None and not torch.is_grad_enabled():
