@@ -41,7 +41,10 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
             f"inside a population inputs are members first: with k examples per member as (members, k, ...), "
             f"flatten only the features (nn.Flatten(start_dim=2)), or pass them as ({n}·k, ...)"
         )
-    if x.dim() == 2 and x.shape[0] == n:  # one example per member (the rollout case): 2-D GEMMs, bias noise folded in
+    if x.shape[0] == n and all(d == 1 for d in x.shape[1:-1]):
+        # one example per member, (N, in) or (N, 1, in) (RolloutFitness's (members, episodes, obs)): 2-D GEMMs,
+        # bias noise folded in; chosen by the input's shape alone, so every process count takes this path
+        shape, x = x.shape, x.reshape(n, x.shape[-1])
         xs = torch.mul(x, noise.s, out=noise.scratch(x))
         out = _grouped_product(xs, noise, with_bias=True)
         # out = pert ∘ r + b̄, then the mean GEMM accumulates into it: no second N×out tensor
@@ -52,27 +55,14 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
         else:
             torch.addcmul(bias, out, noise.r, out=out)
         if noise.groups == 1:
-            return out.addmm_(x, weight.T)
+            return out.addmm_(x, weight.T).view(*shape[:-1], -1)
         m = n // noise.groups
         groups = [slice(i * m, (i + 1) * m) for i in range(noise.groups)]  # group by group: see _mean_product
         if torch.is_grad_enabled():  # the same sums out of place, for autograd
-            return torch.cat([torch.addmm(out[rows], x[rows], weight.T) for rows in groups])
+            return torch.cat([torch.addmm(out[rows], x[rows], weight.T) for rows in groups]).view(*shape[:-1], -1)
         for rows in groups:
             out[rows].addmm_(x[rows], weight.T)
-        return out
-    one_each = x.numel() == n * x.shape[-1] and x.is_contiguous()
-    if one_each and noise.groups == 1 and noise.factors is None and not torch.is_grad_enabled():
-        # one example per member as (N, 1, in) (RolloutFitness's (members, episodes, obs)): the same
-        # arithmetic as below, op for op, on 2-D views with no per-group slicing (half the ops of
-        # a small layer, whose cost is the per-op overhead). Contiguous only: torch multiplies a
-        # non-contiguous (N, 1, in) batch otherwise than its 2-D view (unfused bias, no folding for a
-        # weight without grad), and a process of one group must round as a process of several does
-        x2 = x.reshape(n, x.shape[-1])
-        pert = torch.mm(torch.mul(x2, noise.s, out=noise.scratch(x2)), noise.eps_t(0))
-        if noise.bias_r is not None:
-            pert += noise.bias_r
-        out = F.linear(x2, weight, bias).addcmul_(pert, noise.r)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return out.view(*shape[:-1], -1)
     xb = x.reshape(n, -1, x.shape[-1])  # (N, B, in)
     if noise.factors is not None:  # low rank: the signs go into per-member factors, not into the (N, B, in) input
         b_n, a_n = _member_factors(noise)
