@@ -126,7 +126,7 @@ class CheckedFitness:
             f = value
         elif isinstance(value, np.ndarray | list | tuple):
             try:
-                f = torch.as_tensor(np.asarray(value))
+                f = torch.as_tensor(np.asarray(value), device="cpu")
             except (TypeError, ValueError, RuntimeError):
                 raise UsageError("--fitness", f"{what} a {type(value).__name__} that is not numbers", fix) from None
         else:

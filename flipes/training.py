@@ -315,6 +315,11 @@ def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked
     return None
 
 
+def _summed(comm: dist.Comm, value: float) -> float:
+    """``value`` summed over the ranks: a number of the host, so a CPU tensor whatever the run's device."""
+    return comm.allreduce_sum_(torch.tensor([float(value)], dtype=torch.float64, device="cpu")).item()
+
+
 def run_loop(
     state: TrainState, fitness: Fitness, evaluator: Callable[..., dict] | None, callbacks: list[Callback], stop: StopRequest
 ) -> str:
@@ -330,7 +335,7 @@ def run_loop(
             f"nothing trained: the run is at generation {es.generation}, past --generations {state.asked_generations}, "
             "which counts all generations, not more of them (raise it to train on)"
         )
-    steps = int(comm.allreduce_sum_(torch.tensor([float(getattr(fitness, "timesteps", 0))], dtype=torch.float64)).item())
+    steps = int(_summed(comm, getattr(fitness, "timesteps", 0)))
     while es.generation < config.generations:
         gen = es.generation
         bytes_before, t0 = comm.bytes_sent, time.perf_counter()
@@ -354,10 +359,7 @@ def run_loop(
             pending = obs_norm.pending
             obs_norm.update(comm.allgather_tensor(pending.view(len(es.local_groups), -1, pending.shape[1]).sum(1)))
         # env steps of all ranks (each rank counts its own members' episodes)
-        before, steps = (
-            steps,
-            int(comm.allreduce_sum_(torch.tensor([getattr(fitness, "timesteps", 0)], dtype=torch.float64)).item()),
-        )
+        before, steps = steps, int(_summed(comm, getattr(fitness, "timesteps", 0)))
         row: dict[str, Any] = {
             "generation": gen,
             "fitness_mean": stats["fitness_mean"],
@@ -377,7 +379,7 @@ def run_loop(
             row["best_member_fitness"], row["best_member_generation"] = es.best.fitness, es.best.generation
         if comm.size > 1 and (gen + 1) % config.check_every == 0:
             dist.check_identical(comm, list(model.state_dict().values()), "parameters")
-        interrupted = comm.allreduce_sum_(torch.tensor([float(stop.requested)])).item() > 0  # a signal may reach one rank only
+        interrupted = _summed(comm, stop.requested) > 0  # a signal may reach one rank only
         time_up = 0 < config.max_seconds <= time.perf_counter() - start
         # the last generation is evaluated when the budget or --max-seconds ends the run (a signal's
         # checkpoint does not wait for it, and a callback's stop comes after the row)

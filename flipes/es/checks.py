@@ -40,8 +40,8 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
     """``fitness`` of this process's ``members`` (global indices) as a float64 CPU tensor of shape
     ``(len(members),)``, checked to be finite real numbers; ``popsize`` (all processes) names the
     likely mistake of sizing it by ``es.popsize`` on one of several processes."""
-    try:
-        f = torch.as_tensor(fitness).detach()
+    try:  # a tensor stays where it is until the one copy below; numbers and arrays are read on the host
+        f = fitness.detach() if isinstance(fitness, Tensor) else torch.as_tensor(fitness, device="cpu")
     except (TypeError, RuntimeError, ValueError):
         f = None
     if f is None or f.dtype.is_complex or f.dtype == torch.bool:

@@ -222,8 +222,8 @@ class FlipES:
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None
         if self.sigma_lr > 0:
-            self.log_sigma = torch.full(
-                (len(self.slots) + len(self.dense_slots),), math.log(self.sigma_at(0)), dtype=torch.float64
+            self.log_sigma = torch.full(  # on the host, as load_state_dict keeps it: read by sigmas() every generation
+                (len(self.slots) + len(self.dense_slots),), math.log(self.sigma_at(0)), dtype=torch.float64, device="cpu"
             )
         self._slot_numel = [
             (pw.weight.numel() if pw.weight.requires_grad else 0)
