@@ -269,7 +269,7 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         if seed is None:
             return None
         if isinstance(seed, int | np.integer):
-            return int(seed) + torch.arange(self.num_envs, dtype=torch.int64)
+            return int(seed) + torch.arange(self.num_envs, dtype=torch.int64, device="cpu")
         seeds = torch.as_tensor(seed, device="cpu")
         if seeds.shape != (self.num_envs,) or seeds.dtype.is_floating_point or seeds.dtype == torch.bool:
             raise ValueError(
@@ -293,7 +293,8 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         """Validated actions on ``device``: ``(N,)`` integers (Discrete), ``(N,)`` ``dtype`` (one-number Box)
         or ``(N, *action_shape)`` ``dtype`` (other Box). Discrete actions already on an accelerator are
         not range-checked: reading them would make every step wait for the device."""
-        a = torch.as_tensor(actions)
+        # a tensor stays on its device (an accelerator's actions are not read back); arrays are read on the host
+        a = actions if isinstance(actions, Tensor) else torch.as_tensor(actions, device="cpu")
         n, space, name = self.num_envs, self.single_action_space, type(self).__name__
         if self._discrete:
             expected = f"a tensor of shape ({n},) of integers in [0, {space.n})"
@@ -347,7 +348,7 @@ class SingleEnv(gym.Env[np.ndarray, Any]):
 
     @state.setter
     def state(self, value: np.ndarray) -> None:
-        self.vector.state = torch.as_tensor(np.asarray(value))[None]
+        self.vector.state = torch.as_tensor(np.asarray(value), device="cpu")[None]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
@@ -355,6 +356,6 @@ class SingleEnv(gym.Env[np.ndarray, Any]):
         return obs[0].cpu().numpy(), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, _, info = self.vector.step(torch.as_tensor(np.asarray(action))[None])
+        obs, reward, terminated, _, info = self.vector.step(torch.as_tensor(np.asarray(action), device="cpu")[None])
         self.vector._autoreset.zero_()  # a single env continues past the end instead
         return obs[0].cpu().numpy(), float(reward[0]), bool(terminated[0]), False, info

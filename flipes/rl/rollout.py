@@ -58,7 +58,7 @@ def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> N
     """Raise a UsageError unless ``actions`` (a tensor or array) fit ``n`` envs of action space
     ``space``: ``(n,)`` integers for ``Discrete``, ``(n, *shape)`` for ``Box`` (other spaces are left
     to the env). ``n`` may be ``(members, episodes)``, the batch a model sees in training."""
-    actions = torch.as_tensor(actions)
+    actions = actions if isinstance(actions, Tensor) else torch.as_tensor(actions, device="cpu")  # only shape and dtype are read
     got, batch = tuple(actions.shape), (n,) if isinstance(n, int) else tuple(n)
     envs = f"{n} envs" if isinstance(n, int) else f"{batch[0]} members × {batch[1]} episodes"
     if isinstance(space, gym.spaces.Discrete):
