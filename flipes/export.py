@@ -85,7 +85,8 @@ def export_policy(
     batch = torch.export.Dim("batch", min=1)
     if isinstance(policy, GRUPolicy):
         module: nn.Module = _StateAsInput(policy)
-        args: tuple[Tensor, ...] = (obs, torch.zeros(obs.shape[0], policy.cell.hidden_size, dtype=policy.head.weight.dtype))
+        state = torch.zeros(obs.shape[0], policy.cell.hidden_size, dtype=policy.head.weight.dtype, device=obs.device)
+        args: tuple[Tensor, ...] = (obs, state)
         shapes: tuple[dict[int, torch.export.Dim], ...] = ({0: batch}, {0: batch})
     elif isinstance(policy, RecurrentPolicy):
         raise UsageError(
@@ -106,8 +107,10 @@ def export_policy(
         ) from None
     # the program must act as the policy: on the reset's observations, on one of them, and on wide
     # ones that reach the normalization's clip
-    wide = 10 * torch.randn(7, *obs.shape[1:], generator=torch.Generator().manual_seed(0)).to(obs.dtype)
-    checks = [args, tuple(a[:1] for a in args), (wide, *(torch.zeros(7, *a.shape[1:], dtype=a.dtype) for a in args[1:]))]
+    gen = torch.Generator(obs.device).manual_seed(0)
+    wide = 10 * torch.randn(7, *obs.shape[1:], generator=gen, device=obs.device).to(obs.dtype)
+    zeros = tuple(torch.zeros(7, *a.shape[1:], dtype=a.dtype, device=a.device) for a in args[1:])
+    checks = [args, tuple(a[:1] for a in args), (wide, *zeros)]
     with torch.no_grad():
         for inputs in checks:
             expect, got = module(*inputs), program.module()(*inputs)
