@@ -747,3 +747,57 @@ def test_the_comm_option_can_be_given_to_train_by_its_name(tmp_path: Path) -> No
     with pytest.raises(flipes.UsageError, match=r"comm = 'gossip' is not 'allreduce' or 'seeds'"):
         flipes.train(**FAST_KW, generations=1, comm="gossip", out=str(tmp_path / "gossip"))
     assert not (tmp_path / "gossip").exists()
+
+
+class _MixedModel(torch.nn.Module):
+    """Token ids through every kind of layer flipes perturbs: embedding, conv, norm and a Vector (dense
+    noise), attention, LSTM, batch norm, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.emb, self.conv, self.norm = nn.Embedding(11, 8, padding_idx=0), nn.Conv1d(8, 8, 3, padding=1), nn.LayerNorm(8)
+        self.gain = flipes.nn.Vector(torch.ones(8))
+        self.attn, self.lstm = nn.MultiheadAttention(8, 2, batch_first=True), nn.LSTM(8, 8, batch_first=True)
+        self.bn, self.head = nn.BatchNorm1d(8), nn.Linear(8, 2)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.conv(self.emb(idx).transpose(1, 2)).transpose(1, 2)
+        gain = self.gain()
+        h = self.norm(h) * (gain.unsqueeze(1) if gain.dim() == 2 else gain)
+        h, _ = self.lstm(self.attn(h, h, h, need_weights=False)[0])
+        return self.head(self.bn(h[:, -1]))
+
+
+def test_every_tensor_a_run_makes_is_on_its_device(tmp_path: Path) -> None:
+    """Every tensor that training generations (adaptive σ, ClipUp, observation normalization, evaluation,
+    best member, checkpoints), a resume and FlipES steps on a mixed model (low-rank and dense noise, a
+    fitness list, member weights) make is on the run's device: under the meta default device, with the
+    device given as "cpu", a torch factory called without device= makes a meta tensor, which fails where
+    it meets the run's tensors (on a GPU: a device mismatch, or a copy from the host on every call).
+    The models alone are built on the host, as flipes.train builds them before moving them."""
+
+    def policy(env):
+        with torch.device("cpu"):
+            return flipes.rl.GRUPolicy(env.single_observation_space, env.single_action_space, hidden=[8])
+
+    kw = dict(env="flipes/Pendulum-v1", algo="pgpe", popsize=16, eval_every=1, eval_episodes=2, track_best=True,
+              target=None, model=policy, device="cpu", checkpoint_every=1, tensorboard=False, progress=False)  # fmt: skip
+    with torch.device("cpu"):
+        torch.manual_seed(0)
+        model, tokens = flipes.flipout(_MixedModel()).eval(), torch.randint(1, 11, (8, 5))
+    torch.set_default_device("meta")
+    try:
+        assert torch.empty(1).is_meta  # the check is in force
+        flipes.train(**kw, generations=2, out=str(tmp_path))
+        resumed = flipes.train(**kw, generations=3, resume=str(tmp_path))
+        es = flipes.FlipES(model, popsize=8, groups=2, noise_rank=2, track_best=True)
+        for fitness in (lambda out: out[:, 0], lambda out: out[:, 1].tolist()):
+            with es.population():
+                out = model(tokens)
+            es.member_state_dict(3)
+            es.tell(fitness(out))
+    finally:
+        torch.set_default_device(None)
+    assert [r["generation"] for r in metrics(tmp_path)] == [0, 1, 2] and "eval_return" in resumed.metrics[-1]
+    assert es.generation == 2 and es.best is not None
