@@ -121,7 +121,7 @@ def _previous_hint(path: Path) -> str:
     if previous == path or not previous.exists():
         return ""
     try:
-        load_checkpoint(previous)
+        load_checkpoint(previous, map_location="cpu")  # a GPU run's tensors: not onto the GPU, nor an error without one
     except CheckpointError:
         return f"; the previous checkpoint {previous} is damaged too: start the run again with --overwrite"
     return f"; the previous checkpoint {previous} can be resumed instead"
