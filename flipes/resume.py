@@ -39,9 +39,13 @@ RESUME_KEYS = (
     "reward_shift",
     "fitness",
     "model",
+    "algo",  # the optimizer (Adam, ClipUp, SGD): another one cannot take the saved optimizer state
+    "sigma_lr",
+    "max_speed",
+    "ars_top",
 )
 # resume keys added after the first checkpoints were written: a run that lacks one ran with its default
-LATER_KEYS = ("mirrored", "reward_shift", "policy", "shaping", "weight_decay")
+LATER_KEYS = ("mirrored", "reward_shift", "policy", "shaping", "weight_decay", "algo", "sigma_lr", "max_speed", "ars_top")
 
 
 # options each rank may set for itself; all others must agree across ranks
