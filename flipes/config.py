@@ -87,7 +87,8 @@ class TrainConfig:
     """Stop once eval_return reaches this; auto: the env's preset target or gymnasium's registered
     reward_threshold; none: never stop early."""
     max_seconds: float = 0.0
-    """Stop after this much wall time (0: no limit)."""
+    """Stop after this much wall time of this invocation (0: no limit); a resume gets it afresh, so it can
+    be a cluster job's time limit with --resume auto (--generations is the run's whole budget)."""
     device: str = "cpu"
     """Torch device of the model and of flipes/ envs: cpu, cuda, cuda:N, mps."""
     out: str = ""

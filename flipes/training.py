@@ -300,14 +300,14 @@ def evaluate_center(state: TrainState, evaluator: Callable[..., dict] | None, ge
 RANK_ROW = ("steps_per_second", "bytes_sent")
 
 
-def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked: bool, time_up: bool) -> str | None:
-    """Why to stop after this row, or None to go on; ``time_up``: ``--max-seconds`` had passed when
-    the generation's evaluation was decided (so a run it ends was evaluated last)."""
+def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked: bool, time_up: float) -> str | None:
+    """Why to stop after this row, or None to go on; ``time_up``: this call's seconds once ``--max-seconds``
+    had passed when the generation's evaluation was decided (so a run it ends was evaluated last), else 0."""
     target = state.target
     if target is not None and row.get("eval_return", -math.inf) >= target:
         return f"solved: eval_return {row['eval_return']:.2f} >= {target:g}"
     if time_up:
-        return f"stopped after {row['seconds']:.0f} s (--max-seconds)"
+        return f"stopped after {time_up:.0f} s of this call (--max-seconds {state.config.max_seconds:g})"
     if asked:
         return "stopped by a callback"
     if interrupted:
@@ -326,7 +326,8 @@ def run_loop(
     """Generations until the budget, the target, the time limit, a callback or a signal; returns why it stopped."""
     config, es, comm, model = state.config, state.es, state.comm, state.model
     obs_norm = getattr(model, "obs_norm", None)
-    start = time.perf_counter() - state.seconds
+    start = time.perf_counter() - state.seconds  # the run's wall time counts over resumes (row["seconds"])
+    began = time.perf_counter()  # --max-seconds is this call's: a requeued job gets its time limit afresh
     if state.resumed and state.target is not None and state.best >= state.target:  # e.g. a requeue with --resume auto
         before = f"eval_return {state.best:.2f} >= {state.target:g} before this resume"
         return f"solved: {before} (--target none or a higher one trains on)"
@@ -380,7 +381,8 @@ def run_loop(
         if comm.size > 1 and (gen + 1) % config.check_every == 0:
             dist.check_identical(comm, list(model.state_dict().values()), "parameters")
         interrupted = _summed(comm, stop.requested) > 0  # a signal may reach one rank only
-        time_up = 0 < config.max_seconds <= time.perf_counter() - start
+        elapsed = time.perf_counter() - began
+        time_up = elapsed if 0 < config.max_seconds <= elapsed else 0.0
         # the last generation is evaluated when the budget or --max-seconds ends the run (a signal's
         # checkpoint does not wait for it, and a callback's stop comes after the row)
         evaluate = gen % config.eval_every == 0 or gen == config.generations - 1 or time_up

@@ -507,6 +507,19 @@ def test_a_run_ended_by_max_seconds_evaluates_its_last_generation(tmp_path: Path
     assert result.eval_return == rows[-1]["eval_return"] and result.best == max(r["eval_return"] for r in rows)
 
 
+def test_max_seconds_counts_the_wall_time_of_this_call_not_of_the_run(tmp_path: Path) -> None:
+    """--max-seconds is a per-invocation limit (a cluster job's, with --resume auto): a run that has already
+    trained for longer than it is resumed for all its generations, where counting the run's earlier seconds
+    stopped every requeue after one generation; the rows' seconds still count over resumes."""
+    flipes.train(**FAST_KW, generations=2, eval_every=1000, out=str(tmp_path))
+    state = load_checkpoint(tmp_path)
+    state["seconds"] = 1e6  # as if the earlier jobs had trained for 11 days
+    save_checkpoint(state, tmp_path / "checkpoint.pt")
+    result = flipes.train(resume=str(tmp_path), generations=4, max_seconds=600.0, progress=False)
+    assert result.reason == "generations" and [r["generation"] for r in result.metrics] == [2, 3]
+    assert all(r["seconds"] > 1e6 for r in result.metrics)
+
+
 def test_best_checkpoint_of_a_run_without_evaluation_names_latest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that never evaluated (a custom fitness without evaluate()) has no best.pt: asking for it
     says so and names --checkpoint latest."""
