@@ -347,7 +347,9 @@ def test_a_model_returning_other_than_actions_is_one_error_naming_the_expected_s
     """A model that returns logits for a Discrete space, or actions of another shape for a Box space,
     is stopped at the first step by a UsageError naming what the env takes and what to return, on
     every engine and in pipelined rollouts (not an assertion deep in the env); float actions for a
-    Discrete space are refused too, and (unpipelined) numpy actions of the right kind are taken as before."""
+    Discrete space are refused too, and so are integers out of its range at the first step (a head of
+    another width: one line, not the env's traceback), and (unpipelined) numpy actions of the right kind
+    are taken as before."""
     if env_id.startswith("envpool:"):
         pytest.importorskip("envpool")
     env = make_vector_env(env_id, 6)
@@ -359,6 +361,8 @@ def test_a_model_returning_other_than_actions_is_one_error_naming_the_expected_s
     if discrete:
         with pytest.raises(flipes.UsageError, match=r"torch.float32 actions for 6 envs of Discrete\(2\), which take integers"):
             run_episodes(env, lambda o: torch.zeros(6), seed=0, pipeline=pipeline)
+        with pytest.raises(flipes.UsageError, match=r"actions from 0 to 2 for 6 envs of Discrete\(2\), which take 0 \.\.\. 1; "):
+            run_episodes(env, lambda o: torch.arange(6) % 3, seed=0, pipeline=pipeline)  # a head of 3 outputs
         lean = (lambda o: (o[:, 2] > 0).long()) if pipeline else (lambda o: (o[:, 2] > 0).long().numpy())
         assert (run_episodes(env, lean, seed=1, pipeline=pipeline).lengths > 20).all()  # numpy actions unpipelined
 

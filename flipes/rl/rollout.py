@@ -66,6 +66,13 @@ def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> N
         if got == expect and actions.dtype.is_floating_point:
             problem = f"the model returned {actions.dtype} actions for {envs} of {space}, which take integers"
             raise UsageError("--model", problem, how)
+        if got == expect and actions.numel():  # once per rollout: a head of another width, not the env's traceback
+            first = int(space.start)
+            lo, hi = (int(v) for v in actions.aminmax())
+            if lo < first or hi >= first + space.n:
+                take = f"{first} ... {first + space.n - 1}"
+                problem = f"the model returned actions from {lo} to {hi} for {envs} of {space}, which take {take}"
+                raise UsageError("--model", problem, f"give the model {space.n} outputs and return their argmax(-1)")
     elif isinstance(space, gym.spaces.Box):
         expect, how = (*batch, *space.shape), f"return {space.shape} actions per env (the model's last dimension)"
     else:
