@@ -184,6 +184,28 @@ def test_loading_a_state_of_another_configuration_is_an_error() -> None:
         es.load_state_dict({"model": {}})
 
 
+def test_loading_a_state_saved_with_another_optimizer_is_an_error_that_changes_nothing() -> None:
+    """A state saved with ClipUp, loaded into a FlipES with Adam (and back), is a ValueError naming both
+    optimizers, raised before anything is loaded (torch took the other optimizer's settings and failed
+    with a KeyError, 'step' or later 'momentum', after the model's weights had been replaced); the same
+    optimizer loads, and a state saved before the optimizer was recorded still loads."""
+    clipup = flipes.FlipES(mlp(0), popsize=8, seed=1, optimizer=lambda p: flipes.optim.ClipUp(p, lr=0.05, max_speed=0.1))
+    clipup.step(fitness)
+    adam = flipes.FlipES(mlp(1), popsize=8, seed=1)
+    adam.step(fitness)
+    before = [p.clone() for p in params(adam.model)]
+    with pytest.raises(ValueError, match=r"optimizer flipes\.optim\.ClipUp, this FlipES has torch\.optim\.adam\.Adam"):
+        adam.load_state_dict(clipup.state_dict())
+    assert all(torch.equal(p, q) for p, q in zip(params(adam.model), before, strict=True)) and adam.generation == 1
+    with pytest.raises(ValueError, match=r"saved with the optimizer torch\.optim\.adam\.Adam, this FlipES has flipes"):
+        clipup.load_state_dict(adam.state_dict())
+    same = flipes.FlipES(mlp(2), popsize=8, seed=1)
+    same.load_state_dict(adam.state_dict())
+    older = {k: v for k, v in adam.state_dict().items() if k != "optimizer_class"}
+    flipes.FlipES(mlp(2), popsize=8, seed=1).load_state_dict(older)
+    assert same.generation == 1 and all(torch.equal(p, q) for p, q in zip(params(same.model), before, strict=True))
+
+
 def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
     """tell before any population is a RuntimeError; inputs without the members first, or with the examples flattened
     into the features (naming ``start_dim=2``), are ValueErrors; non-finite fitness (naming the members and values),

@@ -46,6 +46,11 @@ def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Opti
         return torch.optim.Adam(params, lr=lr)
 
 
+def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """``module.Class`` of an optimizer, as a state dict records it."""
+    return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
+
+
 class FlipES:
     r"""Evolution strategies over the Flipout layers of ``model``.
 
@@ -618,6 +623,7 @@ class FlipES:
             "config": self._config(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "optimizer_class": optimizer_name(self.optimizer),  # what load_state_dict can take it into
         }
         if self.log_sigma is not None:
             state["log_sigma"] = self.log_sigma
@@ -644,6 +650,12 @@ class FlipES:
             saved_sigma = state.get("log_sigma")
             if saved_sigma is None or saved_sigma.shape != self.log_sigma.shape:
                 raise ValueError("state has no adaptive σ of this model's layers (log_sigma); resume with the same model")
+        saved_optimizer, optimizer = state.get("optimizer_class"), optimizer_name(self.optimizer)
+        if saved_optimizer is not None and saved_optimizer != optimizer:  # torch would load it and fail later (KeyError)
+            raise ValueError(
+                f"state was saved with the optimizer {saved_optimizer}, this FlipES has {optimizer}; build it with the "
+                "optimizer the state was saved with to resume"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.log_sigma is not None:
