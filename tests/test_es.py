@@ -206,6 +206,16 @@ def test_loading_a_state_saved_with_another_optimizer_is_an_error_that_changes_n
     assert same.generation == 1 and all(torch.equal(p, q) for p, q in zip(params(same.model), before, strict=True))
 
 
+def test_a_second_tell_in_one_generation_says_that_tell_already_ended_it() -> None:
+    """tell() twice after one population is a RuntimeError that names the generation the first tell ended."""
+    es = flipes.FlipES(mlp(0), popsize=8, seed=1)
+    with es.population():
+        pass
+    es.tell(torch.arange(8.0))
+    with pytest.raises(RuntimeError, match=r"generation 1 \(tell\(\) already ended generation 0\).*then one tell"):
+        es.tell(torch.arange(8.0))
+
+
 def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
     """tell before any population is a RuntimeError; inputs without the members first, or with the examples flattened
     into the features (naming ``start_dim=2``), are ValueErrors; non-finite fitness (naming the members and values),

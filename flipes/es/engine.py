@@ -465,8 +465,10 @@ class FlipES:
         """
         self._check_requires_grad()
         if self._noise is None:
+            told = f" (tell() already ended generation {self.generation - 1})" if self.generation else ""
             raise RuntimeError(
-                f"tell() before any population of generation {self.generation}: evaluate `with es.population()` first"
+                f"tell() before any population of generation {self.generation}{told}: evaluate `with es.population()` "
+                "first; each generation is one population, then one tell()"
             )
         local = check_fitness(fitness, self.members, self.popsize)
         full = self.comm.allgather_tensor(local)
