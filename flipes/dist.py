@@ -110,6 +110,8 @@ class MPIComm:
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         self.bytes_sent = 0
         self._watchdog: Watchdog | None = None
+        if self.size > 1:
+            abort_on_uncaught_exception(self)
 
     def start_watchdog(self, timeout: float) -> None:
         """End the job, naming the rank(s) that did not arrive, when this rank waits more than
@@ -251,6 +253,24 @@ def world() -> SerialComm | MPIComm:
 def _launched_by_mpi() -> bool:
     markers = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
     return any(k in os.environ for k in markers)
+
+
+def abort_on_uncaught_exception(comm: Comm) -> None:
+    """Make an exception that nothing catches end the whole job, after its traceback, as ``python -m
+    mpi4py`` does: a script calling ``flipes.train`` under mpiexec whose fitness raised on one rank
+    otherwise left the others waiting in a collective until ``--mpi-timeout`` (300 s). Caught
+    exceptions are untouched. Installed once per process."""
+    previous = sys.excepthook
+    if getattr(previous, "flipes_aborts", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        print(f"[rank {comm.rank}] failed:", file=sys.stderr)
+        previous(kind, value, tb)
+        comm.abort(1)
+
+    hook.flipes_aborts = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def abort_on_exception(comm: Comm) -> None:

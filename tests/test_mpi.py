@@ -112,6 +112,37 @@ def test_a_failing_rank_ends_the_job_promptly(tmp_path: Path) -> None:
     assert "boom on a rank" in r.stderr and "[rank 1] failed" in r.stderr
 
 
+RAISING_SCRIPT = """
+import sys, torch, flipes
+
+def fitness(model, pop):
+    if pop.members.start > 0 and pop.generation == 2:
+        raise RuntimeError("boom in a script")
+    return torch.arange(pop.size, dtype=torch.float32)
+
+try:
+    flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 2), fitness="nothere:fitness", out=sys.argv[1])
+except flipes.UsageError:
+    pass  # caught on every rank: the job goes on
+flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 2), fitness=fitness, popsize=8, groups=2,
+             generations=100000, out=sys.argv[1], progress=False, tensorboard=False)
+"""
+
+
+def test_a_script_whose_fitness_raises_on_one_rank_ends_the_job_promptly(tmp_path: Path) -> None:
+    """``mpiexec -n 2 python script.py`` calling flipes.train, with a fitness that raises on rank 1 at generation 2,
+    ends within 30 s with a nonzero status, '[rank 1] failed' and the traceback, instead of leaving rank 0 in
+    a collective until --mpi-timeout (300 s); an exception the script catches is left alone."""
+    (tmp_path / "script.py").write_text(RAISING_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "script.py"), str(tmp_path / "run")]
+    start = time.monotonic()
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    assert r.returncode != 0 and time.monotonic() - start < 30, r.stderr[-2000:]
+    assert "[rank 1] failed" in r.stderr and "RuntimeError: boom in a script" in r.stderr
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["generation"] == 0
+
+
 def test_resume_at_another_process_count_continues(tmp_path: Path) -> None:
     """3 generations on 2 processes resumed for 2 more on 3 processes log, generation by generation, the same
     params_sha256 as 5 generations on 1 process."""
