@@ -409,3 +409,34 @@ def test_tell_stats_are_the_fitness_moments_gradient_norm_and_update_ratio() -> 
         assert stats["fitness_std"] == pytest.approx(f.std(unbiased=False).item(), rel=1e-12)
         assert stats["grad_norm"] == pytest.approx(grad.norm().item(), rel=1e-12)
         assert stats["update_ratio"] == pytest.approx(((after - before).norm() / after.norm()).item(), rel=1e-12)
+
+
+def test_a_model_moved_to_another_dtype_after_a_tell_is_named_and_the_fix_works() -> None:
+    """model.double() before the first tell works; after one (Adam's moments exist in float32) the next tell is a
+    RuntimeError naming the parameter, both dtypes and the fix, not torch's 'expected scalar type Double but found
+    Float'; nothing changed at the refused tell, and the fix it names (a new FlipES for the moved model, loading
+    the old one's state) continues with the optimizer's state in float64."""
+
+    def fitness64(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
+        x = torch.randn(pop.size, 6, generator=pop.generator(), dtype=next(model.parameters()).dtype)
+        return -model(x).square().sum(-1)
+
+    early = mlp(0)
+    es = flipes.FlipES(early, popsize=8, seed=1)
+    early.double()
+    es.step(fitness64)
+    assert next(early.parameters()).dtype == torch.float64
+    model = mlp(0)
+    es = flipes.FlipES(model, popsize=8, seed=1)
+    es.step(fitness64)
+    model.double()
+    with es.population() as pop:
+        values = fitness64(model, pop)
+    before = [p.clone() for p in params(model)]
+    with pytest.raises(RuntimeError, match=r"0\.weight moved to torch\.float64 on cpu after .*\(torch\.float32 on cpu\); .*"):
+        es.tell(values)
+    assert es.generation == 1 and all(torch.equal(p, q) for p, q in zip(params(model), before, strict=True))
+    moved = flipes.FlipES(model, popsize=8, seed=1)
+    moved.load_state_dict(es.state_dict())
+    moved.step(fitness64)
+    assert moved.generation == 2 and all(s["exp_avg"].dtype == torch.float64 for s in moved.optimizer.state.values())

@@ -240,6 +240,7 @@ class FlipES:
         self.generation = 0
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
         self._told_equal = False  # warned once that a whole population had one fitness value
+        self._placement: list[tuple[torch.dtype, torch.device]] | None = None  # the parameters' at the last step
 
     def _build_optimizer(
         self, optimizer: OptimizerFactory | type[torch.optim.Optimizer] | None, lr: float
@@ -301,6 +302,21 @@ class FlipES:
                 "optimizer starts afresh (load_state_dict of the old FlipES's state fails: its optimizer holds other "
                 "parameters)"
             )
+
+    def _check_optimizer_placement(self) -> None:
+        """Raise if the model moved to another dtype or device since the last ``tell`` stepped the optimizer
+        (which then holds state, Adam's moments, made for the old placement): torch's step fails with
+        "expected scalar type Double but found Float" or a device mismatch. Before the first ``tell`` a move
+        is fine: the state is made from the parameters then."""
+        if self._placement is None or not self.optimizer.state:
+            return
+        for p, (dtype, device) in zip(self.params, self._placement, strict=True):
+            if (p.dtype, p.device) != (dtype, device):
+                raise RuntimeError(
+                    f"{self._names([p])} moved to {p.dtype} on {p.device} after the optimizer's state was made "
+                    f"({dtype} on {device}); move the model before the first tell(), or build a new FlipES for the "
+                    "moved model and load this one's state_dict() into it (torch casts the optimizer's state)"
+                )
 
     def report(self) -> ParameterReport:
         """What a population does with each parameter of the model: Flipout, low-rank, dense, frozen
@@ -464,6 +480,7 @@ class FlipES:
         A rejected fitness raises before anything changes.
         """
         self._check_requires_grad()
+        self._check_optimizer_placement()
         if self._noise is None:
             told = f" (tell() already ended generation {self.generation - 1})" if self.generation else ""
             raise RuntimeError(
@@ -535,6 +552,7 @@ class FlipES:
             g = g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
             p.grad = g + self.weight_decay * p if self.weight_decay else g
         self.optimizer.step()
+        self._placement = [(p.dtype, p.device) for p in self.params]  # where the optimizer's state now lives
         after = torch.cat([p.detach().flatten() for p in self.params])
         grad_norm, delta, norm = torch.stack([flat.norm(), (after - before).norm(), after.norm()]).tolist()  # one sync
         mean_sigma = self.mean_sigma()
@@ -660,6 +678,7 @@ class FlipES:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._placement = [(p.dtype, p.device) for p in self.params]  # torch cast the state to them
         if self.log_sigma is not None:
             self.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
         self.generation = int(state["generation"])
