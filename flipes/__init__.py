@@ -8,7 +8,7 @@ from flipes import dist, nn, noise, optim
 from flipes.callbacks import Callback
 from flipes.checkpoint import load_checkpoint
 from flipes.config import TrainConfig
-from flipes.errors import EqualFitnessWarning, UsageError
+from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, UsageError
 from flipes.es import FlipES, Population, shaping
 from flipes.export import export_policy
 from flipes.nn import flipout, kl_divergence
@@ -19,6 +19,7 @@ __all__ = [
     "Callback",
     "EqualFitnessWarning",
     "FlipES",
+    "OutsidePopulationWarning",
     "Population",
     "TrainConfig",
     "TrainResult",

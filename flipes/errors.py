@@ -36,6 +36,13 @@ class EqualFitnessWarning(UserWarning):
     tie a population legitimately (``warnings.simplefilter("ignore", EqualFitnessWarning)``)."""
 
 
+class OutsidePopulationWarning(UserWarning):
+    """No layer of the model ran inside a generation's ``with es.population()`` (and no member was built
+    with ``es.member_parameters``/``member_state_dict``), yet the members' fitness differed: it was computed
+    outside the block, where every member is the mean network, so the ES gradient is noise (inputs that
+    differ per row make the fitness differ). Warned once per FlipES."""
+
+
 def caller_stacklevel() -> int:
     """``warnings.warn``'s stacklevel of the user's code that led to the caller: the first frame
     outside flipes and torch's decorator wrappers (a warning then points at the user's line, whether

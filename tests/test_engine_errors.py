@@ -161,6 +161,36 @@ def test_a_population_with_one_fitness_value_is_warned_about_once() -> None:
             other.step(fitness)
 
 
+def test_fitness_computed_outside_the_population_from_rows_that_differ_is_warned_about_once() -> None:
+    """A custom loop that runs the model after its ``with es.population()`` block on inputs that differ per row
+    (an own env's observations) gets fitness that differs between members, so EqualFitnessWarning cannot see it,
+    yet every member was the mean network: tell warns once (OutsidePopulationWarning, at the user's line), last,
+    so that with warnings as errors the generation is complete. The model called inside the block, or members
+    built with es.member_parameters, warn nothing; an equal fitness gets only EqualFitnessWarning."""
+    model = mlp()
+    es = flipes.FlipES(model, popsize=8, seed=0)
+    with pytest.warns(flipes.OutsidePopulationWarning, match=r"generation 0: the model ran no forward inside") as seen:
+        for _ in range(3):
+            with es.population() as pop:
+                pass
+            es.tell(-model(torch.randn(pop.size, 4)).square().sum(1))  # dedented by mistake
+    assert len(seen) == 1 and seen[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            flipes.FlipES(mlp(), popsize=8, seed=0).step(fitness)
+        built = flipes.FlipES(mlp(), popsize=8, seed=0)
+        with built.population() as pop:
+            values = torch.stack([-sum(p.square().sum() for p in built.member_parameters(i).values()) for i in pop.members])
+        built.tell(values)
+        strict = flipes.FlipES(mlp(), popsize=8, seed=0)
+        with pytest.raises(flipes.OutsidePopulationWarning):
+            strict.step(lambda model, pop: torch.arange(pop.size, dtype=torch.float32))
+        assert strict.generation == 1
+        with pytest.raises(flipes.EqualFitnessWarning):
+            flipes.FlipES(mlp(), popsize=8, seed=0).step(lambda model, pop: torch.zeros(pop.size))
+
+
 def test_fitness_for_the_whole_population_on_one_of_two_processes_names_pop_size() -> None:
     """Under MPI a process evaluates pop.size members, not es.popsize: fitness of es.popsize values is
     refused before any exchange, saying which size the inputs take."""

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from flipes.dist import Comm, SerialComm, split_groups
-from flipes.errors import EqualFitnessWarning, caller_stacklevel
+from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
 from flipes.es.checks import check_fitness, integer, nonnegative
 from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
@@ -241,6 +241,8 @@ class FlipES:
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
         self._told_equal = False  # warned once that a whole population had one fitness value
         self._placement: list[tuple[torch.dtype, torch.device]] | None = None  # the parameters' at the last step
+        self._evaluated = False  # a layer ran inside this generation's population, or a member was built
+        self._told_outside = False  # warned once that the model did not run inside a population
 
     def _build_optimizer(
         self, optimizer: OptimizerFactory | type[torch.optim.Optimizer] | None, lr: float
@@ -423,6 +425,15 @@ class FlipES:
                 "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
             )
         fastpath = torch.backends.mha.get_fastpath_enabled()
+        # whether the model runs in here at all (tell warns if not): the first forward removes every hook
+        hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+        def ran(module: nn.Module, args: Any) -> None:
+            self._evaluated = True
+            for hook in hooks:
+                hook.remove()
+
+        hooks.extend(m.register_forward_pre_hook(ran) for m in modules)
         with torch.no_grad():
             if self._noise is None:
                 self._noise = self._sample()
@@ -451,6 +462,8 @@ class FlipES:
                 )
             finally:
                 torch.backends.mha.set_fastpath_enabled(fastpath)
+                for hook in hooks:
+                    hook.remove()
                 for layer in self.layers:
                     layer.noise = None
                 for module in modules:
@@ -571,7 +584,19 @@ class FlipES:
         }
         self.generation += 1
         self._noise = None
-        if stats["fitness_max"] == stats["fitness_min"] and not self._told_equal:
+        evaluated, self._evaluated = self._evaluated, False
+        equal = stats["fitness_max"] == stats["fitness_min"]
+        if not evaluated and not equal and not self._told_outside:
+            # once, and last, as below; the members' fitness differs by the inputs alone
+            self._told_outside = True
+            warnings.warn(
+                f"generation {self.generation - 1}: the model ran no forward inside `with es.population()`, so its "
+                "fitness did not come from the members (outside the block every member is the mean network) and the "
+                "ES gradient is noise; call the model inside the block (or build members with es.member_parameters)",
+                OutsidePopulationWarning,
+                stacklevel=caller_stacklevel(),
+            )
+        if equal and not self._told_equal:
             # once, and last: the generation is complete even where warnings are errors (-W error)
             self._told_equal = True  # a sparse reward may tie a whole population for a while
             if self.comm.rank == 0:
@@ -623,6 +648,7 @@ class FlipES:
                 "es.tell(), for the generation being evaluated"
             )
         self._check_requires_grad()
+        self._evaluated = True  # a member evaluated by the user's own code
         return index
 
     def _config(self) -> dict[str, Any]:  # what a checkpoint must agree on (not the process count)
