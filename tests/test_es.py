@@ -218,7 +218,8 @@ def test_a_second_tell_in_one_generation_says_that_tell_already_ended_it() -> No
 
 def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
     """tell before any population is a RuntimeError; inputs without the members first, or with the examples flattened
-    into the features (naming ``start_dim=2``), are ValueErrors; non-finite fitness (naming the members and values),
+    into the features (naming ``start_dim=2``), or of another feature count (naming in_features, not flattening), are
+    ValueErrors; non-finite fitness (naming the members and values),
     too few values or a (N, 1) shape are ValueErrors that leave the parameters and generation unchanged, after which a
     good fitness is taken. An odd number of members per group with mirroring, σ that is not > 0 (also from a schedule,
     naming the generation), a popsize not divisible by groups and a model without Flipout layers are ValueErrors."""
@@ -230,6 +231,8 @@ def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
         model(torch.zeros(pop.size - 1, 6))
     with es.population() as pop, pytest.raises(ValueError, match=r"has 18 features, the layer takes 6.*start_dim=2"):
         model(torch.zeros(pop.size, 3, 6).flatten(1))  # examples flattened into the features
+    with es.population() as pop, pytest.raises(ValueError, match=r"has 4 features, the layer takes 6; give it in_features=4"):
+        model(torch.zeros(pop.size, 1, 4))  # another input size (an env's observations): no hint about flattening
     before = params(model)
     for bad, match in [
         (torch.tensor([0.0, 1, float("nan"), 3, 4, 5, float("inf"), 7]), r"2 member\(s\) is not finite \(2=nan, 6=inf\)"),

@@ -36,10 +36,14 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
     check_members(layer, x, noise.size)
     n = noise.size
     if x.shape[-1] != weight.shape[-1]:
-        raise ValueError(
-            f"{layer}: input of shape {tuple(x.shape)} has {x.shape[-1]} features, the layer takes {weight.shape[-1]}; "
+        fix = (
             f"inside a population inputs are members first: with k examples per member as (members, k, ...), "
             f"flatten only the features (nn.Flatten(start_dim=2)), or pass them as ({n}·k, ...)"
+            if x.shape[-1] % weight.shape[-1] == 0  # examples flattened into the features
+            else f"give it in_features={x.shape[-1]} (an env's observation size, say), or feed it {weight.shape[-1]}"
+        )
+        raise ValueError(
+            f"{layer}: input of shape {tuple(x.shape)} has {x.shape[-1]} features, the layer takes {weight.shape[-1]}; {fix}"
         )
     if x.shape[0] == n and all(d == 1 for d in x.shape[1:-1]):
         # one example per member, (N, in) or (N, 1, in) (RolloutFitness's (members, episodes, obs)): 2-D GEMMs,
