@@ -100,7 +100,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         first = (str(e).strip().splitlines() or [""])[0][:100]  # torch's messages run to many lines
-        problem = f"{path} is truncated or not a checkpoint ({type(e).__name__}: {first})"
+        why = f"{type(e).__name__}: {first}" if first else ("empty file" if path.stat().st_size == 0 else type(e).__name__)
+        problem = f"{path} is truncated or not a checkpoint ({why})"
         raise CheckpointError(problem + _previous_hint(path)) from e
     if isinstance(state, dict) and state.get("format") == FORMAT:
         payload = state["payload"].numpy().tobytes()

@@ -137,6 +137,15 @@ def test_checkpoints_are_atomic_and_a_broken_one_leaves_the_previous(tmp_path: P
         load_checkpoint(tmp_path)
 
 
+def test_an_empty_checkpoint_is_named_as_such(tmp_path: Path) -> None:
+    """A checkpoint emptied by a full disk or a cut copy says 'empty file', not torch's empty 'EOFError: '."""
+    save_checkpoint({"es": {"generation": 1}}, tmp_path / "checkpoint.pt")
+    save_checkpoint({"es": {"generation": 2}}, tmp_path / "checkpoint.pt")
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt is truncated or not a checkpoint \(empty file\); .*previous.pt"):
+        load_checkpoint(tmp_path)
+
+
 @pytest.mark.parametrize("algo", ["openai-es", "pgpe", "ars"])
 def test_resume_continues_bit_for_bit(tmp_path: Path, algo: str) -> None:
     """4 generations, then a resume to 6, give the parameters (hash per generation) of 6 in one go,
