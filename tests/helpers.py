@@ -9,7 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# a fitness the test makes up (to check the update's arithmetic) rather than reads from the model's forward,
+# which flipes.OutsidePopulationWarning is there to catch in users' code
+MADE_UP_FITNESS = pytest.mark.filterwarnings("ignore::flipes.OutsidePopulationWarning")
 # a tiny CartPole training: 8 members, 3-episode evaluations, never solved, no TensorBoard, no progress line
 FAST = ["--env", "CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--target", "none", "--tensorboard", "false",
         "--progress", "false"]  # fmt: skip

@@ -44,7 +44,7 @@ def nan(model, pop):
     return f
 
 def ok(model, pop):
-    return torch.arange(pop.size, dtype=torch.float32)
+    return model(torch.ones(pop.size, 3))[:, 0]
 
 def no_layers(env):
     return torch.nn.Sequential(torch.nn.ReLU())

@@ -7,6 +7,7 @@ import io
 
 import pytest
 import torch
+from helpers import MADE_UP_FITNESS
 from reference import centered_ranks_distinct, member_deltas
 from torch import nn
 
@@ -27,6 +28,7 @@ class Mixed(nn.Module):
         self.cell = FlipoutLSTMCell(5, 3, dtype=DT)
 
 
+@MADE_UP_FITNESS
 @pytest.mark.parametrize("rank", [None, 1, 3])
 @pytest.mark.parametrize("mirrored,groups", [(False, 1), (True, 1), (True, 4), (False, 16)])
 def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int, rank: int | None, device: torch.device) -> None:
@@ -70,6 +72,7 @@ def test_tell_gradient_equals_materialized_estimator(mirrored: bool, groups: int
         torch.testing.assert_close(p.grad, expect(delta), atol=1e-12, rtol=1e-10)
 
 
+@MADE_UP_FITNESS
 def test_weight_decay_adds_l2_gradient() -> None:
     """From the same model, noise and fitness, ``weight_decay=0.1`` makes every evolved parameter's ``.grad`` (a Flipout
     weight and bias, a LayerNorm's dense-noise scale) exactly the ES gradient without it plus 0.1·θ; a frozen parameter
@@ -206,6 +209,7 @@ def test_loading_a_state_saved_with_another_optimizer_is_an_error_that_changes_n
     assert same.generation == 1 and all(torch.equal(p, q) for p, q in zip(params(same.model), before, strict=True))
 
 
+@MADE_UP_FITNESS
 def test_a_second_tell_in_one_generation_says_that_tell_already_ended_it() -> None:
     """tell() twice after one population is a RuntimeError that names the generation the first tell ended."""
     es = flipes.FlipES(mlp(0), popsize=8, seed=1)
@@ -274,6 +278,7 @@ def test_sigma_schedule_is_used_per_generation() -> None:
         assert pop.sigma == 0.0125 and pop.generation == 3 and pop.size == 8
 
 
+@MADE_UP_FITNESS
 def test_a_sigma_schedule_samples_and_divides_by_each_generations_sigma() -> None:
     """Generation g of a schedule draws its noise at σ_g (the sample std of 1200 weight entries is within
     15% of σ_g: 7 standard deviations, false alarm ~1e-12; fixed seed) and its gradient is
@@ -294,6 +299,7 @@ def test_a_sigma_schedule_samples_and_divides_by_each_generations_sigma() -> Non
             torch.testing.assert_close(p.grad, expect, atol=1e-12, rtol=1e-10)
 
 
+@MADE_UP_FITNESS
 def test_bfloat16_and_mixed_precision_models_step_with_grads_in_each_parameters_dtype() -> None:
     """A bfloat16 model takes a step (its parameters change) with bfloat16 grads; in a model of a float32 and a
     float64 layer each weight's grad has its parameter's dtype and equals the materialized estimator -Σ F̂_n δ_n /
@@ -327,6 +333,7 @@ def test_bfloat16_and_mixed_precision_models_step_with_grads_in_each_parameters_
         torch.testing.assert_close(layer.weight.grad.to(DT), expect, atol=1e-5, rtol=1e-5)
 
 
+@MADE_UP_FITNESS
 def test_a_bfloat16_layers_gradient_is_the_exact_sum_rounded_once() -> None:
     """A bfloat16 layer's gradient sums N members' weighted perturbations in float32, shaped fitness
     included: each entry is the float64 estimator from the same (bfloat16) noise up to the final
@@ -370,6 +377,7 @@ def test_nested_populations_and_a_second_flipes_on_one_model_are_errors() -> Non
     es.step(lambda m, pop: m(torch.ones(pop.size, 3))[:, 0])
 
 
+@MADE_UP_FITNESS
 def test_population_generator_depends_on_seed_generation_and_stream_alone() -> None:
     """``pop.generator()`` draws the same numbers for the same (seed, generation, stream), on another
     FlipES too (another process, a resume), and other numbers when any of the three changes."""
@@ -390,6 +398,7 @@ def test_population_generator_depends_on_seed_generation_and_stream_alone() -> N
         assert not torch.equal(first, other)
 
 
+@MADE_UP_FITNESS
 def test_tell_stats_are_the_fitness_moments_gradient_norm_and_update_ratio() -> None:
     """``tell``'s stats against their definitions, computed here from the fitness, the ``.grad`` it
     wrote (-ĝ) and the parameters before and after the optimizer step: fitness mean/max/min and

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import MADE_UP_FITNESS
 from reference import centered_ranks_distinct, member_parameters
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -387,6 +388,7 @@ class EveryKind(nn.Module):
         return self.head(torch.tanh(self.scale(h))).mean(1)
 
 
+@MADE_UP_FITNESS
 @pytest.mark.parametrize("mirrored,groups,rank", SETTINGS)
 def test_a_model_of_every_kind_is_exact_and_its_gradient_is_the_materialized_estimator(
     mirrored: bool, groups: int, rank: int | None, device: torch.device
@@ -398,6 +400,7 @@ def test_a_model_of_every_kind_is_exact_and_its_gradient_is_the_materialized_est
     check_gradient(EveryKind, mirrored, groups, rank, device)
 
 
+@MADE_UP_FITNESS
 @pytest.mark.parametrize("mirrored,groups,rank", SETTINGS)
 @pytest.mark.parametrize("make", TIED, ids=[m.__name__ for m in TIED])
 def test_a_tied_parameter_has_one_perturbation_and_one_gradient(

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from helpers import MADE_UP_FITNESS
 from torch import nn
 
 import flipes
@@ -18,6 +19,7 @@ from flipes.es.shaping import raw
 from flipes.nn import FlipoutConv2d, FlipoutLinear
 
 
+@MADE_UP_FITNESS
 def test_group_noise_has_rank_r_and_unit_variance_entries() -> None:
     """With ``noise_rank=r`` (1 and 4) no dense ε is stored, each group's ε = A Bᵀ/√r has matrix rank exactly r,
     and its entries have mean 0 and second moment 1.
@@ -55,6 +57,7 @@ def test_conv_low_rank_factors_are_a_kernel_per_rank_channel() -> None:
     assert a.shape == (1, 5, 2) and b.shape == (1, 2, 3, 3, 3)
 
 
+@MADE_UP_FITNESS
 @pytest.mark.parametrize("rank", [None, 1, 4])
 def test_es_gradient_is_unbiased_for_a_linear_fitness(rank: int | None) -> None:
     """For F(θ) = c·θ and raw fitness, E[ĝ] = E[(c·u) u] = E[u uᵀ] c = c exactly, at any rank

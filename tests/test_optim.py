@@ -6,6 +6,7 @@ import io
 
 import pytest
 import torch
+from helpers import MADE_UP_FITNESS
 from torch import nn
 
 import flipes
@@ -142,6 +143,7 @@ def test_flipes_with_clipup_solves_a_linear_regression() -> None:
     assert (model.weight - teacher).norm() < 0.1 * teacher.norm()
 
 
+@MADE_UP_FITNESS
 @pytest.mark.parametrize("top", [None, 3])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_ars_weights_give_the_papers_update(top: int | None, groups: int) -> None:

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from helpers import MADE_UP_FITNESS
 from reference import centered_ranks_distinct, member_perturbations
 from torch import nn
 
@@ -36,6 +37,7 @@ def baseline_free(f_hat: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     return torch.stack([f_hat[n] - f_hat[block != block[n]].mean() for n in range(len(f_hat))])
 
 
+@MADE_UP_FITNESS
 @pytest.mark.parametrize("mirrored,groups,shaped", [(True, 1, True), (True, 4, True), (False, 8, True), (False, 1, False)])
 def test_sigma_and_parameter_updates_equal_their_explicit_formulas(mirrored: bool, groups: int, shaped: bool) -> None:
     """Each part (weight, bias, dense parameter) enters with its own ``d_part``: with raw fitness and one
@@ -76,6 +78,7 @@ def test_sigma_and_parameter_updates_equal_their_explicit_formulas(mirrored: boo
         assert es.report().evolved == sum(p.numel() for p in model.parameters())
 
 
+@MADE_UP_FITNESS
 def test_the_padding_row_of_an_embedding_is_not_counted_in_d() -> None:
     """An embedding's padding row is never perturbed, so its weight has d = (V - 1)·dim evolved entries:
     log σ moves by η Σ_n c_n (‖z_n‖² - d) / (√(2d) N), c from the other groups' members."""
@@ -119,6 +122,7 @@ def centered(fitness: torch.Tensor) -> torch.Tensor:
     return fitness - fitness.mean()
 
 
+@MADE_UP_FITNESS
 @pytest.mark.parametrize("shaping,groups", [(raw, 32), (centered, 4)])
 def test_the_log_sigma_gradient_is_unbiased_against_the_analytic_derivative(shaping, groups: int) -> None:
     """For F(θ) = -‖θ‖² at θ = 0, E[ĝ_σ] = ∂/∂log σ E[F] / √(2d) = -σ²√(2d) for every layer, with raw
@@ -186,6 +190,7 @@ def test_sigma_ten_times_too_large_shrinks_and_beats_fixed_sigma() -> None:
     assert loss < 0.1 * fixed_loss, (loss, fixed_loss)
 
 
+@MADE_UP_FITNESS
 @pytest.mark.filterwarnings("ignore:generation 0. all .* same fitness")  # equal on purpose
 def test_sigma_does_not_drift_without_a_signal() -> None:
     """Equal fitness: σ does not move at all. Fitness independent of the parameters (pure noise): the

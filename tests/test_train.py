@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, FAST_KW, ROOT, metrics, run_script
+from helpers import FAST, FAST_KW, MADE_UP_FITNESS, ROOT, metrics, run_script
 
 import flipes
 from flipes.callbacks import Callback
@@ -245,6 +245,7 @@ def evaluate(model):
 """
 
 
+@MADE_UP_FITNESS
 def test_plugged_in_fitness_and_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--fitness and --model plug user functions in; evaluate() beside the fitness gives eval_return."""
     (tmp_path / "user_fitness.py").write_text(FITNESS_MODULE)
@@ -529,6 +530,7 @@ def test_max_seconds_counts_the_wall_time_of_this_call_not_of_the_run(tmp_path: 
     assert all(r["seconds"] > 1e6 for r in result.metrics)
 
 
+@MADE_UP_FITNESS
 def test_best_checkpoint_of_a_run_without_evaluation_names_latest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that never evaluated (a custom fitness without evaluate()) has no best.pt: asking for it
     says so and names --checkpoint latest."""

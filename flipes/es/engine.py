@@ -589,13 +589,14 @@ class FlipES:
         if not evaluated and not equal and not self._told_outside:
             # once, and last, as below; the members' fitness differs by the inputs alone
             self._told_outside = True
-            warnings.warn(
-                f"generation {self.generation - 1}: the model ran no forward inside `with es.population()`, so its "
-                "fitness did not come from the members (outside the block every member is the mean network) and the "
-                "ES gradient is noise; call the model inside the block (or build members with es.member_parameters)",
-                OutsidePopulationWarning,
-                stacklevel=caller_stacklevel(),
-            )
+            if self.comm.rank == 0:
+                warnings.warn(
+                    f"generation {self.generation - 1}: the model ran no forward inside `with es.population()`, so its "
+                    "fitness did not come from the members (outside the block every member is the mean network) and the "
+                    "ES gradient is noise; call the model inside the block (or build members with es.member_parameters)",
+                    OutsidePopulationWarning,
+                    stacklevel=caller_stacklevel(),
+                )
         if equal and not self._told_equal:
             # once, and last: the generation is complete even where warnings are errors (-W error)
             self._told_equal = True  # a sparse reward may tie a whole population for a while
