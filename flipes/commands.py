@@ -15,6 +15,7 @@ exits with status 2; ``flipes COMMAND --help`` describes every option.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from flipes.callbacks import Callback
+from flipes.callbacks import Callback, read_jsonl
 from flipes.cli import POSITIONAL, parse_config, print_error, report_usage_error
 from flipes.config import TrainConfig
 from flipes.errors import StorageError, UsageError
@@ -330,6 +331,11 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
     for run in args.runs:
         if not (Path(run) / "metrics.jsonl").is_file():
             raise UsageError(run, "is not a run directory (no metrics.jsonl)", "pass directories written by flipes train")
+        lines, torn = read_jsonl(Path(run) / "metrics.jsonl")
+        if torn:  # a crash mid-write; the curves show the complete rows
+            print(f"flipes plot: {run}: skipped {torn} incomplete line(s) of metrics.jsonl", file=sys.stderr)
+        if args.x == "timesteps" and lines and all(json.loads(line).get("timesteps", 0) == 0 for line in lines):
+            raise UsageError("--x", f"{run} took no env steps (a run with --env none)", "plot it with --x generation or seconds")
     out = Path(args.out) if args.out else (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise UsageError("--out", f"{out}: writes .png, .svg or .pdf files", "e.g. --out curves.png")

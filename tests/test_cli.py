@@ -190,6 +190,7 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["evaluate", "{cartpole}", "--render", "{tmp}/no_dir/x.gif"], "--render"),
     (["evaluate", "{cartpole}", "--render", "{tmp}/x.avi"], "--render"),
     (["plot", "{cartpole}", "--x", "steps"], "--x"),
+    (["plot", "{custom}", "--x", "timesteps"], "--x"),
     (["plot", "{tmp}"], "{tmp}"),
     (["plot", "{cartpole}", "--out", "{tmp}/curves.txt"], "--out"),
     (["plot", "{cartpole}", "--out", "{tmp}/a_file/curves.png"], "--out"),
@@ -302,9 +303,12 @@ def test_the_console_command_prints_one_line_and_no_traceback() -> None:
     assert "--noise-rank INT" in h.stdout and "Rank of each group" in h.stdout
 
 
-def test_plot_reads_a_run_whose_last_line_is_torn(runs: dict[str, Path], tmp_path: Path) -> None:
-    """A metrics.jsonl cut mid-line (a crash during a write) still plots: the torn line is skipped."""
+def test_plot_reads_a_run_whose_last_line_is_torn(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A metrics.jsonl cut mid-line (a crash during a write) still plots: the torn line is skipped, and said to be."""
     assert main(["plot", str(runs["torn"]), "--out", str(tmp_path / "c.png")]) == 0
+    assert capsys.readouterr().err == f"flipes plot: {runs['torn']}: skipped 1 incomplete line(s) of metrics.jsonl\n"
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
