@@ -398,6 +398,20 @@ def test_population_generator_depends_on_seed_generation_and_stream_alone() -> N
         assert not torch.equal(first, other)
 
 
+def test_a_pass_fail_fitness_is_refused_naming_float() -> None:
+    """An exact-match fitness of True/False per member (a bool tensor or list) is a TypeError that names
+    ``fitness.float()``; its 0/1 values as numbers are taken."""
+    model = mlp(0)
+    es = flipes.FlipES(model, popsize=8, sigma=0.1)
+    with es.population() as pop:
+        passed = model(torch.randn(pop.size, 6))[:, 0] > 0
+    for bad in (passed, passed.tolist()):
+        with pytest.raises(TypeError, match=r"of torch.bool; .*fitness.float\(\)"):
+            es.tell(bad)
+    es.tell(passed.float())
+    assert es.generation == 1
+
+
 @MADE_UP_FITNESS
 def test_tell_stats_are_the_fitness_moments_gradient_norm_and_update_ratio() -> None:
     """``tell``'s stats against their definitions, computed here from the fitness, the ``.grad`` it

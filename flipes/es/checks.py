@@ -48,6 +48,11 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
         raise TypeError(
             f"fitness must be real numbers, one per member (a Tensor, array or list), got {type(fitness).__name__}"
             + (f" of {f.dtype}" if f is not None else "")
+            + (
+                "; score a pass/fail per member as numbers: fitness.float() (True: 1)"
+                if f is not None and f.dtype == torch.bool
+                else ""
+            )
         )
     f = f.to("cpu", torch.float64)
     n = len(members)
