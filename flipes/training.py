@@ -278,6 +278,8 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
             reason = run_loop(state, fitness, evaluator, [*users, PlainRow(), *standard], stop)
             for cb in standard + users:
                 cb.on_train_end(state, reason)
+    if comm.size > 1:  # every rank returns once rank 0 has written the run directory: the script may read it next
+        comm.bcast(None)
     best = state.best if math.isfinite(state.best) else None
     return TrainResult(model, es, state.metrics, run_dir, reason, config, best)
 

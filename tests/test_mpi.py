@@ -224,3 +224,31 @@ def test_every_rank_returns_rank_0s_rows_and_best(tmp_path: Path) -> None:
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [row["twice"] for row in ranks[0]["rows"]] == [0, 2, 4] and ranks[0]["best"] is not None
     assert ranks[1] == ranks[0]
+
+
+READ_BACK = """
+import json, sys, time
+import torch, flipes
+
+class SlowEnd(flipes.Callback):  # rank 0 alone runs callbacks: its last writes take their time
+    def on_train_end(self, state, reason):
+        time.sleep(1.0)
+
+result = flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 2), popsize=8, groups=2, generations=3,
+                      fitness=lambda model, pop: model(torch.ones(pop.size, 3))[:, 0], out=sys.argv[1] + "/run",
+                      progress=False, tensorboard=False, callbacks=[SlowEnd()])
+saved = flipes.load_checkpoint(sys.argv[1] + "/run")["es"]
+json.dump({"generation": saved["generation"]}, open(f"{sys.argv[1]}/rank{result.es.comm.rank}.json", "w"))
+"""
+
+
+def test_every_rank_returns_once_the_run_directory_is_written(tmp_path: Path) -> None:
+    """Under mpiexec, flipes.train returns on no rank before rank 0 has written the final checkpoint (and run its
+    callbacks' on_train_end): a script that reads the run right after, on every rank, reads its last generation
+    (rank 1 once read generation 0's checkpoint, while rank 0 was still writing)."""
+    (tmp_path / "read_back.py").write_text(READ_BACK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "read_back.py"), str(tmp_path)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [json.loads((tmp_path / f"rank{k}.json").read_text())["generation"] for k in (0, 1)] == [3, 3]
