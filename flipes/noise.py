@@ -126,6 +126,29 @@ class SlotNoise:
             view = self.workspace[key] = self.eps[group].T
         return view
 
+    def to(self, dtype: torch.dtype) -> SlotNoise:
+        """This noise in ``dtype`` (an enclosing ``torch.autocast`` runs the layer in it): made once per
+        generation and dtype, fresh under autograd (backprop noise may be a function of learnt σ)."""
+        key = ("to", dtype, torch.is_inference_mode_enabled())
+        cast = None if torch.is_grad_enabled() else self.workspace.get(key)
+        if cast is None:
+
+            def conv(t: Tensor | None) -> Tensor | None:
+                return None if t is None else t.to(dtype)
+
+            cast = SlotNoise(
+                eps=conv(self.eps),
+                s=conv(self.s),
+                r=conv(self.r),
+                bias_r=conv(self.bias_r),
+                mirrored=self.mirrored,
+                factors=None if self.factors is None else (conv(self.factors[0]), conv(self.factors[1])),
+                bias_eps=conv(self.bias_eps),
+            )
+            if not torch.is_grad_enabled():
+                self.workspace[key] = cast
+        return cast
+
     def dense_eps(self) -> Tensor:
         """σε of every group, ``(G, *weight.shape)`` (materialized from the factors if low-rank)."""
         if self.factors is None:

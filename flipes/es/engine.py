@@ -31,6 +31,7 @@ from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.es.slots import dense_slots, flipout_slots
 from flipes.nn.convert import ParameterReport, flipout_layers, parameter_report, per_member_modules
+from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise, sample_dense, sample_slot, sign_table
 
 Shaping = Callable[[Tensor], Tensor]
@@ -490,8 +491,13 @@ class FlipES:
             ``fitness_mean/max/min/std``, ``grad_norm`` (‖ĝ‖), ``update_ratio``
             (‖Δθ‖/‖θ‖), ``sigma`` and ``generation`` (the generation just finished).
 
-        A rejected fitness raises before anything changes.
+        A rejected fitness raises before anything changes. Inside a ``torch.autocast`` region the update
+        still runs in the parameters' dtype.
         """
+        with without_autocast(self.params[0].device):
+            return self._tell(fitness)
+
+    def _tell(self, fitness: Tensor | np.ndarray | Iterable[float]) -> dict[str, float]:
         self._check_requires_grad()
         self._check_optimizer_placement()
         if self._noise is None:

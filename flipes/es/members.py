@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
+from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise
 
 if TYPE_CHECKING:
@@ -62,6 +63,11 @@ def _rows(noise: SlotNoise, group: int, rows: slice) -> SlotNoise:
 def member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
     """``σu`` of global member ``index`` for every evolved parameter, keyed by ``id(parameter)``, in
     each parameter's dtype. Needs the current generation's noise (``es.population()`` entered)."""
+    with without_autocast(es.params[0].device):
+        return _member_deltas(es, index)
+
+
+def _member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
     group_size = es.popsize // es.groups
     group = index // group_size
     if group in es.local_groups:  # the noise the population holds

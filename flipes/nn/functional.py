@@ -11,6 +11,7 @@ O(N·in·out), so the population costs little more than the plain batch.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -30,10 +31,41 @@ def check_members(layer: str, x: Tensor, members: int, min_dim: int = 2) -> None
         )
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype an enclosing ``torch.autocast`` on ``device_type`` runs linear layers in, or ``None``."""
+    if _DEVICE_AUTOCAST:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if device_type == "cpu":  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if device_type == "cuda" and torch.is_autocast_enabled() else None
+
+
+_DEVICE_AUTOCAST = hasattr(torch, "get_autocast_dtype")  # the per-device autocast queries of torch >= 2.4
+
+
+def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Leaves an enclosing ``torch.autocast`` on ``device``'s type: for the ES sums over parameters (the
+    gradient, a member's parameters), which must not round like a half-precision forward pass."""
+    return torch.autocast(device.type, enabled=False) if autocast_dtype(device.type) else contextlib.nullcontext()
+
+
 def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNoise, layer: str = "FlipoutLinear") -> Tensor:
     """``x``: ``(N, *B, in)`` -> ``(N, *B, out)``, member ``n`` through its own perturbed weights
-    (or ``(N·k, *B, in)``: k examples per member, member-major)."""
+    (or ``(N·k, *B, in)``: k examples per member, member-major).
+
+    Under ``torch.autocast`` it computes in the autocast dtype, as ``nn.Linear`` does there (float64
+    stays float64): the input, mean weights and noise are cast first, since the in-place sums below
+    would otherwise meet a half-precision product and a float32 buffer."""
     check_members(layer, x, noise.size)
+    dtype = autocast_dtype(x.device.type)
+    if dtype is None or weight.dtype == torch.float64:
+        return _flipout_linear(x, weight, bias, noise, layer)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.to(dtype) if x.is_floating_point() and x.dtype != torch.float64 else x
+        return _flipout_linear(x, weight.to(dtype), None if bias is None else bias.to(dtype), noise.to(dtype), layer)
+
+
+def _flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNoise, layer: str) -> Tensor:
     n = noise.size
     if x.shape[-1] != weight.shape[-1]:
         fix = (
