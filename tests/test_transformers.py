@@ -5,6 +5,7 @@ masks included), the ES gradient along the backprop gradient, and bf16 models.""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -101,6 +102,31 @@ def test_every_member_of_a_language_model_is_the_plain_model_with_its_parameters
             ).logits
         seen = mask[m].bool()  # padded positions attend to nothing: their logits are not compared
         torch.testing.assert_close(logits[m, seen], expect[0, seen], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("make", [gpt2, bert])
+def test_several_sequences_per_member_need_position_ids_for_every_row_and_the_error_names_them(make: object) -> None:
+    """GPT-2 and BERT make their own position ids ``(1, T)``, which a population looks up once per member: with
+    k = 3 sequences per member the model fails on the shapes, and the error names the ids to pass; with them
+    every member's 3 rows equal the plain model with its explicit parameters (1e-10, float64)."""
+    original = make()
+    model = flipes.flipout(copy.deepcopy(original))
+    n, k = 8, 3
+    es = flipes.FlipES(model, popsize=n, sigma=0.05, groups=2)
+    ids, mask = batch(n * k)
+    with pytest.raises(RuntimeError, match=re.escape(f"position_ids=torch.arange({T}).expand({n * k}, {T})")):
+        with es.population():
+            model(input_ids=ids, attention_mask=mask)
+    positions = torch.arange(T).expand(n * k, T)
+    with es.population():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        params = member_parameters(es, model)
+    for m in range(n):
+        rows = slice(m * k, (m + 1) * k)
+        with torch.no_grad():
+            expect = functional_call(original, params[m], (), {"input_ids": ids[rows], "attention_mask": mask[rows]}).logits
+        seen = mask[rows].bool()
+        torch.testing.assert_close(logits[rows][seen], expect[seen], atol=1e-10, rtol=0)
 
 
 def lm_fitness(model: nn.Module, ids: Tensor, members: int) -> Tensor:

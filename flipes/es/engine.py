@@ -31,6 +31,7 @@ from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.es.slots import dense_slots, flipout_slots
 from flipes.nn.convert import ParameterReport, flipout_layers, parameter_report, per_member_modules
+from flipes.nn.embedding import shared_ids_fix
 from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise, sample_dense, sample_slot, sign_table
 
@@ -461,12 +462,18 @@ class FlipES:
                     groups=self.local_groups,
                     seed=self.seed,
                 )
+            except RuntimeError as error:
+                shared = [layer.shared_ids for layer in self.layers if getattr(layer, "shared_ids", None)]
+                if shared and "must match the size" in str(error):
+                    raise RuntimeError(f"{error}\n{shared_ids_fix(shared[0], len(self.members), str(error))}") from error
+                raise
             finally:
                 torch.backends.mha.set_fastpath_enabled(fastpath)
                 for hook in hooks:
                     hook.remove()
                 for layer in self.layers:
                     layer.noise = None
+                    layer.__dict__.pop("shared_ids", None)
                 for module in modules:
                     module.member_noise = None
 

@@ -12,6 +12,8 @@ torch never updates it.
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,6 +79,8 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
         if self.noise is None:
             return super().forward(input)
         check_embedding_supported(self)
+        if input.dim() > 1 and input.shape[0] == 1 and self.noise[0].size > 1:  # for the hint of shared_ids_fix
+            self.shared_ids = tuple(input.shape)
         return flipout_embedding(input, self.weight, self.noise[0], self.padding_idx, type(self).__name__)
 
 
@@ -86,3 +90,18 @@ def check_embedding_supported(emb: nn.Embedding) -> None:
             f"{type(emb).__name__}(max_norm={emb.max_norm}) renormalizes rows of the table in place, which has no "
             "per-member form; build the embedding without max_norm (or freeze it: flipes.flipout(model, frozen=[...]))"
         )
+
+
+def shared_ids_fix(shape: tuple[int, ...], members: int, error: str) -> str:
+    """What to do when ids shared by every member, ``shape`` ``(1, *B)``, gave one lookup per member
+    and met inputs with several examples per member (a Hugging Face model's default position ids)."""
+    sizes = [int(v) for v in re.findall(r"\((\d+)\)", error)]
+    rows = next((v for v in sizes if v != members and v % members == 0), None)
+    rows_text = str(rows) if rows else f"{members}·k"
+    tail = ", ".join(str(d) for d in shape[1:])
+    arange = f"torch.arange({shape[-1]}).expand({rows_text}, {tail})" if len(shape) == 2 else f"ids.expand({rows_text}, {tail})"
+    return (
+        f"flipes: an embedding looked up ids shared by every member, shape {shape} (position ids a model made itself), "
+        f"which gives one lookup per member ({members} rows), while the other inputs have {rows_text} rows "
+        f"(several examples per member); pass those ids for every row, e.g. position_ids={arange}"
+    )
