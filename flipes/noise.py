@@ -115,6 +115,24 @@ class SlotNoise:
             self.workspace[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
         return self.workspace[key]
 
+    def scratch_blocks(self, tag: str, columns: int, like: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """A ``(size, columns)`` buffer in ``like``'s dtype and device for this generation's forward passes
+        (not under autograd), and each group's rows of it: views made once, not on every call."""
+        key = ("blocks", tag, columns, like.dtype, like.device, torch.is_inference_mode_enabled())
+        entry = self.workspace.get(key)
+        if entry is None:
+            buffer = torch.empty(self.size, columns, dtype=like.dtype, device=like.device)
+            entry = self.workspace[key] = (buffer, list(buffer.chunk(self.groups)))
+        return entry
+
+    def row_blocks(self, name: str) -> list[Tensor]:
+        """Each group's rows of the member tensor ``name`` (``"s"``, ``"r"``, ``"bias_r"``), sliced once."""
+        key = ("rows", name, torch.is_inference_mode_enabled())
+        views = self.workspace.get(key)
+        if views is None:
+            views = self.workspace[key] = list(getattr(self, name).chunk(self.groups))
+        return views
+
     def eps_t(self, group: int) -> Tensor:
         """``eps[group].T``, ``(in, out)``: a view made once per generation (each forward would
         otherwise pay a select and a transpose per layer; ~2 µs on a CPU)."""
@@ -164,7 +182,7 @@ class SlotNoise:
     def with_bias(self, delta: Tensor | None) -> SlotNoise:
         """This noise with member ``n``'s bias perturbation ``delta[n]`` (``(n, out_channels)``, or none):
         for a layer that shares the weight but not its bias."""
-        return replace(self, bias_r=None if delta is None else delta * self.r, bias_eps=None)
+        return replace(self, bias_r=None if delta is None else delta * self.r, bias_eps=None, workspace={})
 
     def out_slice(self, start: int, stop: int) -> SlotNoise:
         """The noise of output channels ``start:stop``: member ``n``'s perturbation restricted to those

@@ -1,4 +1,4 @@
-"""What several test files share: running flipes' commands and scripts, reading run directories."""
+"""What several test files share: running flipes' commands and scripts, reading run directories, test models."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
+from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +44,15 @@ def run_script(
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+class TiedLinears(nn.Module):
+    """Two square Linear layers sharing one weight, each with a bias of its own (16 features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.second.weight = self.first.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(torch.tanh(self.first(x)))

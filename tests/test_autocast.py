@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import TiedLinears
 from reference import member_parameters
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -37,6 +38,7 @@ CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = [
     ("lstm", lambda: nn.LSTM(8, 16, batch_first=True), (1, 5, 8)),
     ("gru-two-layers", lambda: nn.GRU(8, 16, num_layers=2, batch_first=True), (1, 5, 8)),
     ("conv", lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(1), nn.Linear(144, 3)), (1, 3, 8, 8)),
+    ("tied-weight-own-biases", TiedLinears, (1, 16)),
     ("attention", lambda: nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), (1, 5, 16)),
 ]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import MADE_UP_FITNESS
+from helpers import MADE_UP_FITNESS, TiedLinears
 from reference import centered_ranks_distinct, member_parameters
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -321,6 +321,8 @@ CASES = [
     ),
     ("tied-embedding-head-bias", TiedLM, lambda: (torch.randint(11, (N, 5)),), rows(0), out_rows(0)),
     ("tied-embedding-head-bias-one-token", TiedLM, lambda: (torch.randint(11, (N,)),), rows(0), out_rows(0)),
+    ("tied-weight-own-biases", TiedLinears, lambda: (randn(N, 16),), rows(0), out_rows(0)),
+    ("tied-weight-own-biases-batch", TiedLinears, lambda: (randn(N, 3, 16),), rows(0), out_rows(0)),
     ("tied-norms", TiedNorms, lambda: (randn(N, 3, 4),), rows(0), out_rows(0)),
     ("shared-bias", SharedBias, lambda: (randn(2 * N, 4),), rows(2), out_rows(2)),
 ]
@@ -671,6 +673,38 @@ def test_one_example_per_member_gives_the_same_bits_on_any_process_count(dtype: 
                 assert torch.equal(part(x[rows]), expected[name][rows]), (name, rank)
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("groups,mirrored", [(1, False), (4, False), (4, True)])
+def test_without_autograd_a_population_gives_the_bits_of_its_autograd_forward(mode: str, groups: int, mirrored: bool) -> None:
+    """A population runs without autograd (also under ``inference_mode``), where the layers reuse buffers for
+    the whole generation (and views of each group's rows of them): an MLP with and without biases and a GRU
+    cell stepped 3 times give bit for bit the outputs of the same population forward made for autograd, and
+    an output already returned stays as it was after the layers' later calls."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 32, bias=False), nn.Tanh(), nn.Linear(32, 3))
+    model = flipes.flipout(nn.ModuleDict({"mlp": mlp, "cell": nn.GRUCell(6, 16)}))
+    es = flipes.FlipES(model, popsize=N * 2, sigma=0.3, seed=1, groups=groups, mirrored=mirrored)
+    xs = [torch.randn(N * 2, 6) for _ in range(3)]
+
+    def run() -> list[Tensor]:
+        outs, h = [], None
+        for x in xs:
+            h = model["cell"](x, h)
+            outs += [model["mlp"](x), h]
+        return outs
+
+    with es.population():
+        with torch.enable_grad():  # population() itself runs its block without autograd
+            expected = run()
+        with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+            got = run()
+            kept = [t.clone() for t in got]
+            run()  # the buffers are written again
+    for i, (g, e, k) in enumerate(zip(got, expected, kept, strict=True)):
+        assert torch.equal(g, e), i
+        assert torch.equal(g, k), i
+
+
 @pytest.mark.parametrize("shape", ["(N, in)", "(N, 1, in)", "(N, 2, in)"])
 @pytest.mark.parametrize("rank", [None, 2])
 def test_a_wide_layers_members_give_the_same_bits_on_any_process_count(shape: str, rank: int | None) -> None:
@@ -685,6 +719,8 @@ def test_a_wide_layers_members_give_the_same_bits_on_any_process_count(shape: st
     es = flipes.FlipES(whole, popsize=n, groups=groups, seed=3, noise_rank=rank)
     with es.population():
         expected = whole(x)
+        with torch.enable_grad():  # the forward made for autograd (no buffers kept)
+            assert torch.equal(whole(x), expected)
     for size in (2, 8):
         for rank_of in range(size):
             part = copy.deepcopy(whole)
@@ -692,6 +728,8 @@ def test_a_wide_layers_members_give_the_same_bits_on_any_process_count(shape: st
             rows = slice(es_part.members.start, es_part.members.stop)
             with es_part.population():
                 assert torch.equal(part(x[rows]), expected[rows]), (size, rank_of)
+                with torch.enable_grad():
+                    assert torch.equal(part(x[rows]), expected[rows]), (size, rank_of)
 
 
 def encoder_layer() -> nn.Module:
