@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -38,6 +39,7 @@ def baseline_free(f_hat: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
 
 
 @MADE_UP_FITNESS
+@pytest.mark.filterwarnings("ignore:sigma_lr > 0 with groups=1")  # the formula holds for one group too
 @pytest.mark.parametrize("mirrored,groups,shaped", [(True, 1, True), (True, 4, True), (False, 8, True), (False, 1, False)])
 def test_sigma_and_parameter_updates_equal_their_explicit_formulas(mirrored: bool, groups: int, shaped: bool) -> None:
     """Each part (weight, bias, dense parameter) enters with its own ``d_part``: with raw fitness and one
@@ -251,6 +253,17 @@ def test_resume_with_adaptive_sigma_is_exact() -> None:
     fixed = flipes.FlipES(small_model(), popsize=16, sigma=0.2, groups=4)
     with pytest.raises(ValueError, match=r"sigma_lr: saved 0\.0, now 0\.4"):
         make()[0].load_state_dict(fixed.state_dict())
+
+
+def test_adaptive_sigma_with_one_group_warns_where_flipout_weights_cannot_inform_it() -> None:
+    """sigma_lr > 0 with one ε group warns (naming groups >= 8) when a Flipout layer's weights are evolved, whose
+    σ-score is then the same for every member; not with 8 groups, nor for a model of dense parameters only."""
+    with pytest.warns(UserWarning, match="groups >= 8"):
+        flipes.FlipES(small_model(), popsize=16, sigma_lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flipes.FlipES(small_model(), popsize=16, sigma_lr=0.1, groups=8)
+        flipes.FlipES(flipes.flipout(flipes.nn.Vector(torch.zeros(5))), popsize=16, sigma_lr=0.1)
 
 
 def test_sigma_lr_options_are_checked() -> None:

@@ -223,6 +223,13 @@ class FlipES:
                 "FlipES: the model has no trainable parameter to evolve; convert it with flipes.flipout(model) "
                 "(parameters with requires_grad=False stay frozen)"
             )
+        if self.sigma_lr > 0 and groups == 1 and self.comm.rank == 0 and any(pw.weight.requires_grad for pw in self.slots):
+            warnings.warn(
+                "sigma_lr > 0 with groups=1: every member of a Flipout layer has the same ‖ε‖², so the layer's weights "
+                "tell its σ nothing and it follows the biases alone; use groups >= 8 (as --algo pgpe does)",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
         # what was trainable when the evolved set was fixed: a flag changed later is an error (_check_requires_grad)
         self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         self.optimizer = self._build_optimizer(optimizer, lr)
