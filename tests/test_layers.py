@@ -599,6 +599,24 @@ def test_attention_inputs_that_are_not_3d_name_the_layout_and_the_reshape_that_f
             assert attn(flat, flat, flat)[0].shape == (8, 3, 8)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.TransformerEncoderLayer(16, 2, 32),
+        lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32), 2, enable_nested_tensor=False),
+        lambda: nn.TransformerDecoderLayer(16, 2, 32),
+    ],
+    ids=["encoder-layer", "encoder", "decoder-layer"],
+)
+def test_sequence_first_transformer_blocks_are_refused_naming_batch_first(make: Callable[[], nn.Module]) -> None:
+    """torch's transformer blocks built sequence-first would feed (T, N, E) to their Linear layers and norms,
+    which a population reads as T members (silently wrong where T == N): FlipES refuses them, naming the block
+    and batch_first=True; the batch-first block is accepted."""
+    with pytest.raises(ValueError, match=r"sequence-first \(batch_first=False\).*build it with batch_first=True"):
+        flipes.FlipES(flipes.flipout(make()), popsize=8)
+    flipes.FlipES(flipes.flipout(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)), popsize=8)
+
+
 def test_a_linear_subclass_with_its_own_forward_is_evolved_densely_not_silently_frozen() -> None:
     """An nn.Linear subclass that overrides forward is not turned into a FlipoutLinear (which would skip its forward)
     but evolved densely per member: all its parameters reported dense, and each member equal to the subclass with its

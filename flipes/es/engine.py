@@ -30,7 +30,7 @@ from flipes.es.population import Population
 from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.es.slots import dense_slots, flipout_slots
-from flipes.nn.convert import ParameterReport, flipout_layers, parameter_report, per_member_modules
+from flipes.nn.convert import ParameterReport, check_members_first, flipout_layers, parameter_report, per_member_modules
 from flipes.nn.embedding import shared_ids_fix
 from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise, sample_dense, sample_slot, sign_table
@@ -201,6 +201,7 @@ class FlipES:
 
         self.layers = flipout_layers(model)
         self.dense_modules = per_member_modules(model)
+        check_members_first(model)
         unhandled = [row for row in parameter_report(model).rows if row.how == "unhandled"]
         if unhandled:
             shown = ", ".join(f"{r.name} ({r.module})" for r in unhandled[:5]) + (", ..." if len(unhandled) > 5 else "")

@@ -204,6 +204,18 @@ def flipout_layers(module: nn.Module) -> list[FlipoutMixin]:
     return [m for m in module.modules() if isinstance(m, FlipoutMixin)]
 
 
+def check_members_first(module: nn.Module) -> None:
+    """Refuse torch's sequence-first transformer blocks: their feed-forward layers and norms get ``(T, N, E)``,
+    which a population reads as T members (and, where T == N, would perturb them by time step silently)."""
+    for name, m in module.named_modules():
+        if isinstance(m, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer) and not m.self_attn.batch_first:
+            raise ValueError(
+                f"FlipES: {type(m).__name__} {name or '(the model)'!r} is sequence-first (batch_first=False): inside "
+                "a population its Linear layers and norms take the members in dim 0, so a (T, N, E) input would be "
+                "read as T members; build it with batch_first=True and pass (N, T, E)"
+            )
+
+
 def per_member_modules(module: nn.Module) -> list[nn.Module]:
     """The ``PerMember`` (dense-noise) modules of ``module`` in ``module.modules()`` order."""
     return [m for m in module.modules() if isinstance(m, PerMember)]
