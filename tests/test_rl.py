@@ -438,6 +438,24 @@ def test_a_user_policy_holding_obs_norm_gets_the_statistics_of_every_population_
     assert steps > 0 and result.model.obs_norm.count.item() == steps
 
 
+def test_rollout_fitness_records_into_the_policys_own_obs_norm_by_default() -> None:
+    """RolloutFitness made without obs_norm records the population's observations into the model's
+    ``obs_norm``: after a generation and ``obs_norm.update()`` its count is the env steps taken (as with
+    obs_norm passed explicitly), so an own loop's normalization learns."""
+    counts = []
+    for explicit in (False, True):
+        env = make_vector_env("flipes/CartPole-v1", 8)
+        torch.manual_seed(0)
+        policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(4,)))
+        es = flipes.FlipES(policy, popsize=8, seed=0)
+        fitness = RolloutFitness(env, seed=0, obs_norm=policy.obs_norm if explicit else None)
+        es.step(fitness)
+        policy.obs_norm.update()
+        assert policy.obs_norm.count.item() == fitness.timesteps > 0
+        counts.append((policy.obs_norm.count.item(), policy.obs_norm.mean.clone()))
+    assert counts[0][0] == counts[1][0] and torch.equal(counts[0][1], counts[1][1])
+
+
 def test_an_own_loop_that_never_merges_obs_norm_is_warned_once() -> None:
     """RolloutFitness records observations into the policy's normalizer; a loop that calls the next
     generation without obs_norm.update() gets one warning at its own line (the statistics would

@@ -239,8 +239,9 @@ class RolloutFitness:
             (``flipes.rl.make_vector_env``).
         episodes: episodes per member, K.
         seed: with the generation, seeds the episodes' resets.
-        obs_norm: the policy's ``RunningNorm``; observations of the population are recorded into
-            it (its statistics stay frozen until ``obs_norm.update()``, called after ``tell``).
+        obs_norm: the ``RunningNorm`` the population's observations are recorded into (its statistics
+            stay frozen until ``obs_norm.update()``, called after ``tell``); by default the model's
+            ``obs_norm`` where it holds one (``MLPPolicy``, ``GRUPolicy``, a policy of your own).
         pipeline: overlap env steps with the policy forward (:func:`run_episodes`); ``None``
             turns it on where it is safe and helps: an env with ``send``/``recv`` (EnvPool) and a
             memoryless :class:`~flipes.rl.MLPPolicy`.
@@ -275,6 +276,8 @@ class RolloutFitness:
             )
 
         norm = self.obs_norm
+        if norm is None and isinstance(getattr(model, "obs_norm", None), RunningNorm):
+            norm = model.obs_norm  # left out, the normalization would never learn, silently
         earlier = None if norm is None or norm.pending is None else norm.pending_generation
         if earlier is not None and earlier != pop.generation and not self._warned:
             self._warned = True  # an own loop that forgot the merge: the statistics would never move
@@ -300,7 +303,7 @@ class RolloutFitness:
         pipeline = self.pipeline if self.pipeline is not None else can_pipeline(self.env, model)
         if pipeline and isinstance(model, RecurrentPolicy):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
-        ep = run_episodes(self.env, act, record=self.obs_norm, members=n, obs=obs, pipeline=pipeline)
+        ep = run_episodes(self.env, act, record=norm, members=n, obs=obs, pipeline=pipeline)
         self.timesteps += ep.steps
         if norm is not None:
             norm.pending_generation = pop.generation
