@@ -250,6 +250,18 @@ def world() -> SerialComm | MPIComm:
     return comm if comm.size > 1 else SerialComm()
 
 
+def launched_world() -> tuple[int, int]:
+    """``(rank, size)`` of this process among those mpiexec started, read from the environment MPICH,
+    Intel MPI and Open MPI set (``(0, 1)`` where none is set): known without initializing MPI."""
+    for rank_key, size_key in (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
+        if size_key in os.environ:
+            try:
+                return int(os.environ.get(rank_key, "0")), int(os.environ[size_key])
+            except ValueError:
+                continue
+    return 0, 1
+
+
 def _launched_by_mpi() -> bool:
     markers = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
     return any(k in os.environ for k in markers)

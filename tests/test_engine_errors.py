@@ -205,3 +205,28 @@ def test_fitness_for_the_whole_population_on_one_of_two_processes_names_pop_size
         ValueError, match=r"shape \(8,\), but this process evaluates 4 members.*pop.size \(4 here\), not es.popsize"
     ):
         es.tell(torch.zeros(8))
+
+
+@pytest.mark.parametrize("launcher", [("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")])
+def test_a_flipes_without_comm_under_mpiexec_warns_that_every_process_runs_everything(
+    monkeypatch: pytest.MonkeyPatch, launcher: tuple[str, str]
+) -> None:
+    """In a process that MPICH or Open MPI started as rank 0 of 2, a FlipES given no comm warns that every process
+    evaluates the whole population, naming comm=flipes.dist.world(); rank 1 stays quiet (one warning per job),
+    and so do a FlipES given a comm and a process mpiexec did not start."""
+    rank_key, size_key = launcher
+
+    def made(**kw: Any) -> list[str]:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            flipes.FlipES(mlp(), popsize=8, **kw)
+        return [str(w.message) for w in seen]
+
+    assert made() == []
+    monkeypatch.setenv(size_key, "2")
+    monkeypatch.setenv(rank_key, "0")
+    (message,) = made()
+    assert "one of 2 processes started by mpiexec" in message and "comm=flipes.dist.world()" in message
+    assert made(comm=flipes.dist.SerialComm()) == []
+    monkeypatch.setenv(rank_key, "1")
+    assert made() == []

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flipes.dist import Comm, SerialComm, split_groups
+from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
 from flipes.es.checks import check_fitness, integer, nonnegative
@@ -194,6 +194,16 @@ class FlipES:
         if comm_mode not in ("allreduce", "seeds"):
             raise ValueError(f"comm_mode must be 'allreduce' or 'seeds', got {comm_mode!r}")
         self.comm: Comm = comm if comm is not None else SerialComm()
+        launched_rank, launched_size = launched_world()
+        if comm is None and launched_size > 1 and launched_rank == 0:
+            warnings.warn(
+                f"FlipES got no comm in one of {launched_size} processes started by mpiexec: each process evaluates all "
+                f"{popsize} members, the same run {launched_size} times; pass comm=flipes.dist.world() with groups a "
+                f"multiple of {launched_size} to split them (as flipes.train does), or comm=flipes.dist.SerialComm() "
+                "for independent runs on purpose",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
         self.comm_mode = comm_mode
         self.local_groups = split_groups(groups, self.comm.rank, self.comm.size)
         group_size = popsize // groups
