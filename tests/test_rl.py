@@ -348,8 +348,8 @@ def test_a_model_returning_other_than_actions_is_one_error_naming_the_expected_s
     is stopped at the first step by a UsageError naming what the env takes and what to return, on
     every engine and in pipelined rollouts (not an assertion deep in the env); float actions for a
     Discrete space are refused too, and so are integers out of its range at the first step (a head of
-    another width: one line, not the env's traceback), and (unpipelined) numpy actions of the right kind
-    are taken as before."""
+    another width: one line, not the env's traceback), a tuple of actions and a state names RecurrentPolicy,
+    and (unpipelined) numpy actions of the right kind are taken as before."""
     if env_id.startswith("envpool:"):
         pytest.importorskip("envpool")
     env = make_vector_env(env_id, 6)
@@ -363,6 +363,9 @@ def test_a_model_returning_other_than_actions_is_one_error_naming_the_expected_s
             run_episodes(env, lambda o: torch.zeros(6), seed=0, pipeline=pipeline)
         with pytest.raises(flipes.UsageError, match=r"actions from 0 to 2 for 6 envs of Discrete\(2\), which take 0 \.\.\. 1; "):
             run_episodes(env, lambda o: torch.arange(6) % 3, seed=0, pipeline=pipeline)  # a head of 3 outputs
+    with pytest.raises(flipes.UsageError, match=r"returned a tuple of 2 \(actions and a state\?\).*RecurrentPolicy"):
+        run_episodes(env, lambda o: (wrong(o), (torch.zeros(6, 4), torch.zeros(6, 4))), seed=0, pipeline=pipeline)
+    if discrete:
         lean = (lambda o: (o[:, 2] > 0).long()) if pipeline else (lambda o: (o[:, 2] > 0).long().numpy())
         assert (run_episodes(env, lean, seed=1, pipeline=pipeline).lengths > 20).all()  # numpy actions unpipelined
 

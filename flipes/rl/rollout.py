@@ -58,6 +58,17 @@ def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> N
     """Raise a UsageError unless ``actions`` (a tensor or array) fit ``n`` envs of action space
     ``space``: ``(n,)`` integers for ``Discrete``, ``(n, *shape)`` for ``Box`` (other spaces are left
     to the env). ``n`` may be ``(members, episodes)``, the batch a model sees in training."""
+    if isinstance(actions, tuple | list) and any(isinstance(a, Tensor | tuple | list) for a in actions):
+        problem = (
+            f"the model returned a {type(actions).__name__} of {len(actions)} (actions and a state?), not a tensor of actions"
+        )
+
+        raise UsageError(
+            "--model",
+            problem,
+            "a policy with memory subclasses flipes.rl.RecurrentPolicy (forward(obs, state) -> (actions, state), state None "
+            "at an episode's start), so that rollouts carry its state; a memoryless one returns the actions only",
+        )
     actions = actions if isinstance(actions, Tensor) else torch.as_tensor(actions, device="cpu")  # only shape and dtype are read
     got, batch = tuple(actions.shape), (n,) if isinstance(n, int) else tuple(n)
     envs = f"{n} envs" if isinstance(n, int) else f"{batch[0]} members × {batch[1]} episodes"
