@@ -200,6 +200,17 @@ LIMITS: MappingProxyType[str, int] = MappingProxyType(
 _AT_LEAST_ONE = ("popsize", "generations", "groups", "episodes", "eval_every", "eval_episodes", "checkpoint_every", "check_every")
 
 
+def _groups_fix(popsize: int, processes: int, mirrored: bool) -> str:
+    """The --groups values that work: dividing --popsize, at least one per process, and with mirrored
+    sampling an even number of members each; or, where none does, the --popsize to choose."""
+    fits = [g for g in range(processes, popsize + 1) if popsize % g == 0 and not (mirrored and (popsize // g) % 2)]
+    if fits:
+        return f"use --groups {fits[0]}" if len(fits) == 1 else f"use one of --groups {fits}"
+    step = 2 * processes if mirrored else processes
+    need = f"a multiple of {step}" + (" (an even group for every process)" if mirrored else " (a group for every process)")
+    return f"no --groups fits --popsize {popsize}: use a --popsize that is {need}, e.g. {max(step, popsize // step * step)}"
+
+
 def validate(config: TrainConfig, processes: int = 1) -> None:
     """Check what can be checked before anything is built (``processes``: of the MPI job).
 
@@ -281,21 +292,20 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"layer widths must be at least 1, got {config.hidden}",
             "e.g. --hidden 64 64; --hidden with no width is a linear policy",
         )
+    by_preset = " (--algo pgpe sets --groups 8)" if config.algo == "pgpe" and config.groups == 8 else ""
     if config.popsize % config.groups:
-        divisors = [d for d in range(1, config.popsize + 1) if config.popsize % d == 0]
-        raise UsageError("--groups", f"{config.groups} does not divide --popsize {config.popsize}", f"use one of {divisors}")
+        fix = _groups_fix(config.popsize, processes, config.mirrored)
+        raise UsageError("--groups", f"{config.groups}{by_preset} does not divide --popsize {config.popsize}", fix)
     if config.groups < processes:
-        raise UsageError(
-            "--groups",
-            f"{config.groups} group(s) cannot be shared by {processes} processes",
-            f"use --groups {processes} or a multiple of it (dividing --popsize {config.popsize})",
-        )
+        fix = _groups_fix(config.popsize, processes, config.mirrored)
+        raise UsageError("--groups", f"{config.groups} group(s) cannot be shared by {processes} processes", fix)
     per_group = config.popsize // config.groups
     if config.mirrored and per_group % 2:
+        fix = _groups_fix(config.popsize, processes, config.mirrored)
         raise UsageError(
             "--popsize",
-            f"mirrored sampling pairs members, but each of the {config.groups} group(s) has {per_group} (odd)",
-            "use an even popsize per group, or --mirrored false",
+            f"mirrored sampling pairs members, but each of the {config.groups} group(s){by_preset} has {per_group} (odd)",
+            f"{fix}, or --mirrored false",
         )
     if config.env.strip().lower() == "none":
         if not config.fitness:

@@ -237,12 +237,19 @@ def test_user_mistakes_are_one_line_errors_naming_the_option(
 
 
 def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Env typos list the flipes ids, a missing extra names what to install, a bad option suggests the right one."""
+    """Env typos list the flipes ids, a missing extra names what to install, a bad option suggests the right one,
+    and a --groups that cannot work lists only the values that do (dividing --popsize into even groups)."""
     for argv, expected in [
         (["train", "--env", "flipes/CartPol-v1"], "flipes/CartPole-v1"),
         (["train", "--popsiz", "8"], "did you mean --popsize"),
         (["train", "--noise-rank", "33"], "--noise-rank 1 ... 32"),
-        (["train", "--groups", "3"], "use one of [1, 2, 4, 8, 16, 32, 64]"),
+        (["train", "--groups", "3"], "3 does not divide --popsize 64; use one of --groups [1, 2, 4, 8, 16, 32]"),  # 64: odd
+        (
+            ["train", "--algo", "pgpe", "--popsize", "20"],
+            "8 (--algo pgpe sets --groups 8) does not divide --popsize 20; use one of --groups [1, 2, 5, 10]",
+        ),
+        (["train", "--popsize", "20", "--groups", "4"], "has 5 (odd); use one of --groups [1, 2, 5, 10], or --mirrored false"),
+        (["train", "--popsize", "9"], "no --groups fits --popsize 9: use a --popsize that is a multiple of 2"),
     ] + ([(["train", "--env", "gymnasium:BipedalWalker-v3"], "box2d")] if importlib.util.find_spec("Box2D") is None else []):
         with pytest.raises(SystemExit):
             main([*argv, "--out", str(tmp_path / "out"), "--progress", "false"])
