@@ -101,12 +101,14 @@ def member_parameters(model: nn.Module, n: int) -> list[torch.Tensor]:
 
 
 def test_rank_must_be_a_positive_integer_and_is_part_of_the_configuration() -> None:
-    """``noise_rank`` 0, -1, 1.5 and True are ValueErrors; a state dict saved with rank 2 is refused by a full-rank
-    FlipES, naming the saved and the current rank."""
+    """``noise_rank`` -1, 1.5 and True are ValueErrors naming the value given; 0 is full rank, as the command
+    line's --noise-rank 0; a state dict saved with rank 2 is refused by a full-rank FlipES, naming the saved and the
+    current rank."""
     layer = FlipoutLinear(3, 2)
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="rank must be None"):
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"rank must be None or 0 .*, got {bad!r}$"):
             flipes.FlipES(layer, popsize=4, noise_rank=bad)
+    assert flipes.FlipES(layer, popsize=4, noise_rank=0).noise_rank is None
     state = flipes.FlipES(layer, popsize=4, noise_rank=2).state_dict()
     with pytest.raises(ValueError, match="rank: saved 2, now None"):
         flipes.FlipES(layer, popsize=4).load_state_dict(state)

@@ -94,7 +94,7 @@ class FlipES:
             ``"seeds"``: every process rebuilds all groups' noise from the seeds and computes the
             whole gradient itself, so only the N fitness values cross the network, and the result
             is bitwise that of one process.
-        noise_rank: ``None`` (default): full-rank ε. An integer ``r``: each group's ε of every Flipout
+        noise_rank: ``None`` (default) or 0: full-rank ε. An integer ``r >= 1``: each group's ε of every Flipout
             weight is ``A Bᵀ/√r`` with Gaussian ``A`` (out × r) and ``B`` ((in·kernel) × r), still
             sign-flipped per member (EGGROLL-style low-rank perturbations; Sarkar et al., 2025).
             The population forward then costs O(N·r·(in + out)) per layer instead of O(N·in·out);
@@ -168,11 +168,12 @@ class FlipES:
             )
         if noise_rank is not None:
             try:  # any integer type (numpy's too), not bools or floats
-                noise_rank = operator.index(noise_rank) if not isinstance(noise_rank, bool) else -1
+                rank = operator.index(noise_rank) if not isinstance(noise_rank, bool) else -1
             except TypeError:
-                noise_rank = -1
-            if noise_rank < 1:
-                raise ValueError(f"noise_rank must be None (full-rank noise) or an integer >= 1, got {noise_rank!r}")
+                rank = -1
+            if rank < 0:
+                raise ValueError(f"noise_rank must be None or 0 (full-rank noise) or an integer >= 1, got {noise_rank!r}")
+            noise_rank = rank or None  # 0: full rank, as --noise-rank 0
         self.noise_rank = noise_rank
         if not (
             isinstance(sigma_lr, (int, float)) and not isinstance(sigma_lr, bool) and math.isfinite(sigma_lr) and sigma_lr >= 0
