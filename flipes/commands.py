@@ -18,6 +18,7 @@ import importlib.util
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,11 +141,14 @@ class ModelNote(Callback):
 
 
 def main_guard(fn: Callable[[], Any], comm: Comm) -> Any:
-    """Run ``fn`` so that a failure on one MPI rank ends the whole job with its error (not a hang)."""
+    """Run ``fn`` so that a failure on one MPI rank ends the whole job with its error (not a hang), its
+    warnings about the command's own run shown as one ``flipes: warning:`` line each."""
     from flipes import dist
 
     try:
-        return fn()
+        with warnings.catch_warnings():  # restores the process's showwarning after the command
+            warnings.showwarning = _command_warning(warnings.showwarning)
+            return fn()
     except BaseException as e:
         if comm.size > 1 and not (isinstance(e, SystemExit) and e.code in (0, None, 130)):
             if isinstance(e, UsageError | StorageError):  # usually every rank has it: rank 0 says it once, and ends the job
@@ -154,6 +158,23 @@ def main_guard(fn: Callable[[], Any], comm: Comm) -> Any:
                 comm.abort(2 if isinstance(e, UsageError) else 1)
             dist.abort_on_exception(comm)
         raise
+
+
+def _command_warning(show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` for a command: a warning that points at the command itself (flipes' entry
+    point or script: flipes warns at its caller's line, and here the caller is the command) is one line
+    without the file and source line; one from a user's module keeps the usual form."""
+    entry = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    package = Path(__file__).resolve().parent
+
+    def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+        where = None if filename.startswith("<") else Path(filename).resolve()  # <frozen runpy>: python -m flipes
+        if where is None or where == entry or where.is_relative_to(package):
+            print(f"flipes: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, *rest)
+
+    return showwarning
 
 
 def preset_lines(config: TrainConfig) -> list[str]:

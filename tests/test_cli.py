@@ -332,3 +332,31 @@ def test_the_preset_notes_name_what_the_env_and_algo_rows_set_and_no_flag_change
     (env,) = preset_lines(parse_train_config(["--env", "flipes/CartPole-v1", "--model", "user_mod:make_model"]))
     assert "sigma 0.1, lr 0.05, episodes 1" in env and "hidden" not in env
     assert preset_lines(parse_train_config(["--env", "none", "--fitness", "user_mod:ok", "--model", "user_mod:make_model"])) == []
+
+
+CONSTANT_FITNESS = """
+import warnings
+import torch
+
+def fitness(model, pop):
+    model(torch.zeros(pop.size, 3))
+    warnings.warn("a warning of the user's own")
+    return torch.zeros(pop.size)
+
+def make_model(env):
+    return torch.nn.Linear(3, 1)
+"""
+
+
+@pytest.mark.parametrize("entry", [("-m", "flipes", "train"), ("scripts/train.py",)], ids=["python-m-flipes", "script"])
+def test_a_commands_own_warnings_are_one_line_and_a_users_keep_their_place(tmp_path: Path, entry: tuple[str, ...]) -> None:
+    """A warning flipes gives about the command's run (all members equal) is one ``flipes: warning:`` line, not a
+    header pointing at flipes' entry point; a warning from the user's fitness module keeps its file and line."""
+    (tmp_path / "constfit.py").write_text(CONSTANT_FITNESS)
+    r = run_script(*entry, "--env", "none", "--model", "constfit:make_model", "--fitness", "constfit:fitness",
+                   "--popsize", "8", "--generations", "1", "--out", tmp_path / "run", "--tensorboard", "false",
+                   "--progress", "false", extra_path=[tmp_path])  # fmt: skip
+    lines = r.stderr.splitlines()
+    assert [x for x in lines if x.startswith("flipes: warning: generation 0: all 8 members have the same fitness")], r.stderr
+    assert "EqualFitnessWarning" not in r.stderr and "sys.exit" not in r.stderr, r.stderr
+    assert any(x.startswith(str(tmp_path / "constfit.py")) and "UserWarning: a warning of the user's own" in x for x in lines)
