@@ -13,7 +13,7 @@ from typing import Any
 from flipes.callbacks import write_atomic
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from flipes.config import TrainConfig, resume_dir
-from flipes.errors import UsageError
+from flipes.errors import StorageError, UsageError
 
 RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
 
@@ -45,6 +45,38 @@ def unstarted(run_dir: Path) -> bool:
         return not checkpoint.exists() or load_checkpoint(checkpoint, map_location="cpu")["es"]["generation"] == 0
     except (CheckpointError, KeyError, TypeError):
         return False
+
+
+def carry_history(source: Path, run_dir: Path, start: dict[str, Any]) -> None:
+    """A run resumed into another directory takes its history along: ``metrics.jsonl`` (trimmed to the
+    resumed generation when training starts, as a resume in place is) and ``best.pt`` where it is the
+    best of the resumed state (not one evaluated after the checkpoint that was resumed)."""
+    if source.resolve() == run_dir.resolve():
+        return
+    metrics = source / "metrics.jsonl"
+    if metrics.exists() and not (run_dir / "metrics.jsonl").exists():
+        _copy_atomic(metrics, run_dir / "metrics.jsonl")
+    best = source / "best.pt"
+    if start.get("best") is None or not best.exists() or (run_dir / "best.pt").exists():
+        return
+    try:
+        same = load_checkpoint(best, map_location="cpu").get("best") == start["best"]
+    except CheckpointError:  # a damaged best.pt stays behind: the next improvement writes a new one
+        return
+    if same:
+        _copy_atomic(best, run_dir / "best.pt")
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot copy {source} to {target} ({e.strerror or e})") from None
 
 
 class RunDirLock:
@@ -101,6 +133,8 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
                 shutil.rmtree(run_dir / name, ignore_errors=True)
         if start is not None and not (run_dir / "checkpoint.pt").exists():
             save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)
+            if config.resume:
+                carry_history(resume_dir(config.resume), run_dir, start)
         write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
     except BaseException:
         lock.release()

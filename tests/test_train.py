@@ -174,6 +174,29 @@ def test_a_resume_into_another_directory_starts_it_with_the_saved_counters(tmp_p
     assert copy["es"]["generation"] == 2 and copy["timesteps"] == saved["timesteps"] > 0
 
 
+def test_a_resume_into_another_directory_takes_the_runs_history_along(tmp_path: Path) -> None:
+    """Resumed into a new --out, a run keeps its history there: metrics.jsonl holds the earlier rows, then the new
+    ones (those of one run trained in one directory), and best.pt is the earlier run's best, so `flipes evaluate
+    --checkpoint best` works on the new directory; resumed from a run's previous.pt, the rows stop at its
+    generation and a best.pt evaluated after it stays behind."""
+    kw = {**FAST_KW, "popsize": 16, "eval_episodes": 5, "seed": 3, "eval_every": 1, "checkpoint_every": 1}
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    flipes.train(**kw, generations=4, out=str(a))
+    full = flipes.train(**kw, generations=6, out=str(tmp_path / "full"))
+    flipes.train(**kw, generations=4, resume=str(a), out=str(b))  # nothing left to train: only the copy
+    assert metrics(b) == metrics(a) and (b / "best.pt").read_bytes() == (a / "best.pt").read_bytes()
+    flipes.train(**kw, generations=6, resume=str(b))
+    assert [r["params_sha256"] for r in metrics(b)] == [r["params_sha256"] for r in full.metrics]
+    assert load_checkpoint(b / "best.pt")["best"] == max(r["eval_return"] for r in full.metrics)
+    assert flipes.load_policy(b, checkpoint="best") is not None
+
+    previous = load_checkpoint(a / "previous.pt")
+    generation = previous["es"]["generation"]
+    flipes.train(**kw, generations=generation, resume=str(a / "previous.pt"), out=str(c))
+    assert [r["generation"] for r in metrics(c)] == list(range(generation))
+    assert (c / "best.pt").exists() == (load_checkpoint(a / "best.pt")["best"] == previous["best"])
+
+
 def test_a_run_saved_before_newer_options_existed_resumes_with_their_defaults(tmp_path: Path) -> None:
     """A checkpoint and config.json without the options added since (reward_shift, mirrored, policy,
     shaping, weight_decay; noise_rank under its old name rank) resume as runs of their defaults: the
