@@ -200,6 +200,12 @@ def train(
         objects = {k: getattr(config, k) for k in ("fitness", "model") if not isinstance(getattr(config, k), str)}
         config = dataclasses.replace(config, **dict.fromkeys(objects, ""))
         overrides = {**objects, **overrides}
+    callbacks = list(callbacks)
+    for cb in callbacks:  # here, not at the first generation's hook
+        if isinstance(cb, type) or not isinstance(cb, Callback):
+            name = cb.__name__ if isinstance(cb, type) else type(cb).__name__
+            fix = f"pass an instance, callbacks=[{name}()]" if isinstance(cb, type) else "subclass flipes.callbacks.Callback"
+            raise UsageError("callbacks", f"{name} is {'a class' if isinstance(cb, type) else 'not a Callback'}", fix)
     plugins = Plugins.take(overrides)
     config = TrainConfig.for_env(**overrides) if config is None else config.replace(**overrides)
     plugins.check(config.fitness)
@@ -210,7 +216,7 @@ def train(
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, comm, list(callbacks), plugins)
+        return _train(config, comm, callbacks, plugins)
     finally:
         torch.set_num_threads(threads_before)  # the caller's process as it was
 

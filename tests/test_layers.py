@@ -906,3 +906,21 @@ def test_flipout_layer_inputs_that_are_not_members_first_are_errors_naming_the_m
     es = flipes.FlipES(model, popsize=8)
     with es.population(), pytest.raises(ValueError, match=r"population of 8 members.*members first"):
         model(x())
+
+
+@pytest.mark.parametrize(
+    "conv,x,hint",
+    [
+        (lambda: nn.Conv2d(3, 4, 3), lambda: randn(N, 8, 8, 3), r"\(members, \.\.\., C, H, W\).*x\.movedim\(-1, -3\)"),
+        (lambda: nn.Conv1d(3, 4, 3), lambda: randn(N, 2, 5, 6), r"has 5 channels in dim 2, the layer takes 3: .*C, L\)"),
+        (lambda: nn.Conv3d(2, 4, 3), lambda: randn(N, 5, 5, 5, 2), r"\(members, \.\.\., C, D, H, W\).*x\.movedim\(-1, -4\)"),
+    ],
+    ids=["conv2d-channels-last", "conv1d-wrong-channels", "conv3d-channels-last"],
+)
+def test_a_conv_input_with_its_channels_elsewhere_is_an_error_naming_the_layout(conv: Callable, x: Callable, hint: str) -> None:
+    """A convolution fed channels last (or another channel count) in a population names its input's channel count
+    and the layout (members, ..., C, *space), with movedim for channels-last input, instead of a size clash."""
+    model = flipes.flipout(conv().to(DT))
+    es = flipes.FlipES(model, popsize=N)
+    with es.population(), pytest.raises(ValueError, match=hint):
+        model(x())

@@ -174,6 +174,20 @@ def test_a_resume_into_another_directory_starts_it_with_the_saved_counters(tmp_p
     assert copy["es"]["generation"] == 2 and copy["timesteps"] == saved["timesteps"] > 0
 
 
+def test_a_callback_class_or_another_object_is_refused_before_training(tmp_path: Path) -> None:
+    """``callbacks=[Stop]`` (the class) is a UsageError naming ``Stop()``, an object that is no Callback one naming
+    the base class, both before anything is written (not a TypeError at the first hook)."""
+
+    class Stop(Callback):
+        pass
+
+    with pytest.raises(flipes.UsageError, match=r"callbacks: Stop is a class; pass an instance, callbacks=\[Stop\(\)\]"):
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), callbacks=[Stop])
+    with pytest.raises(flipes.UsageError, match=r"callbacks: dict is not a Callback; subclass flipes.callbacks.Callback"):
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), callbacks=[{}])
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_resume_into_another_directory_takes_the_runs_history_along(tmp_path: Path) -> None:
     """Resumed into a new --out, a run keeps its history there: metrics.jsonl holds the earlier rows, then the new
     ones (those of one run trained in one directory), and best.pt is the earlier run's best, so `flipes evaluate

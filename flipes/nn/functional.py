@@ -241,6 +241,14 @@ def flipout_conv(
     """
     check_members(layer, x, noise.size, spatial_dims + 2)
     n, g = noise.size, noise.groups
+    channels = noise.s.shape[1]
+    if x.shape[-spatial_dims - 1] != channels:  # before the sign flip fails on a bare size clash
+        raise ValueError(
+            f"{layer}: input of shape {tuple(x.shape)} has {x.shape[-spatial_dims - 1]} channels in dim "
+            f"{x.dim() - spatial_dims - 1}, the layer takes {channels}: inputs are (members, ..., C, "
+            f"{('L', 'H, W', 'D, H, W')[spatial_dims - 1]}), channels before space"
+            + (f" (channels last: x.movedim(-1, {-spatial_dims - 1}))" if x.shape[-1] == channels else "")
+        )
     lead = x.shape[: x.dim() - spatial_dims - 1]
     flat = x.reshape(-1, *x.shape[len(lead) :])  # (N*B, C, *spatial)
     per = flat.shape[0] // n  # examples per member
