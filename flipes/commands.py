@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import time
 import warnings
@@ -271,6 +272,10 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
     from flipes.rl import stepper
     from flipes.rl.envs import base_id
 
+    headless = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if headless:  # offscreen rendering needs no window: pygame's dummy driver, MuJoCo's EGL (read at the first render)
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         env = gym.make(base_id(env_id), render_mode="rgb_array")  # gymnasium's own env, without an engine prefix
     except gym.error.DependencyNotInstalled as e:
@@ -278,7 +283,17 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
             "--render", f"rendering {env_id} needs packages that are not installed ({e})", "pip install 'flipes[render]'"
         ) from None
     obs, _ = env.reset(seed=seed)
-    frames = [env.render()]
+    try:
+        frames = [env.render()]
+    except Exception as e:  # MuJoCo's FatalError, or an AttributeError of a viewer that found no OpenGL
+        if "GL" not in f"{type(e).__name__} {e}" and "opengl" not in str(e).lower():
+            raise
+        gl = os.environ.get("MUJOCO_GL", "(unset)")
+        raise UsageError(
+            "--render",
+            f"rendering {env_id} found no OpenGL context (MUJOCO_GL={gl}, {'no display' if headless else 'a display'}: {e})",
+            "set MUJOCO_GL=egl (an NVIDIA driver or Mesa's libEGL) or MUJOCO_GL=osmesa (Mesa's software renderer)",
+        ) from None
     device = next(policy.parameters()).device
     act = stepper(policy)  # a recurrent policy carries its state through the episode
     with torch.no_grad():

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_script
+from helpers import ROOT, run_script
 
 import flipes
 from flipes.cli import build_parser, field_docs, parse_config
@@ -360,3 +362,44 @@ def test_a_commands_own_warnings_are_one_line_and_a_users_keep_their_place(tmp_p
     assert [x for x in lines if x.startswith("flipes: warning: generation 0: all 8 members have the same fitness")], r.stderr
     assert "EqualFitnessWarning" not in r.stderr and "sys.exit" not in r.stderr, r.stderr
     assert any(x.startswith(str(tmp_path / "constfit.py")) and "UserWarning: a warning of the user's own" in x for x in lines)
+
+
+RENDER_HALFCHEETAH = """
+import sys
+from pathlib import Path
+import gymnasium as gym
+from flipes.commands import record
+from flipes.errors import UsageError
+from flipes.rl import MLPPolicy
+
+env = gym.make("HalfCheetah-v5")
+policy = MLPPolicy(env.observation_space, env.action_space, hidden=(4,))
+try:
+    print("frames", record(policy, "HalfCheetah-v5", Path(sys.argv[1]), 0, 3))
+except UsageError as e:
+    print("usage error:", e)
+"""
+
+
+@pytest.mark.parametrize("gl", ["", "glfw"], ids=["MUJOCO_GL-unset", "MUJOCO_GL-glfw"])
+def test_rendering_mujoco_without_a_display_uses_egl_or_says_how(tmp_path: Path, gl: str) -> None:
+    """On a machine with no display, ``--render`` of a MuJoCo env picks MuJoCo's EGL backend itself (unless
+    MUJOCO_GL says otherwise) and writes the GIF; a backend that needs a display is one error naming
+    MUJOCO_GL=egl and osmesa, not mujoco's FatalError."""
+    pytest.importorskip("mujoco")
+    pytest.importorskip("PIL")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL")}
+    if gl:
+        env["MUJOCO_GL"] = gl
+    gif = tmp_path / "hc.gif"
+    r = subprocess.run([sys.executable, "-c", RENDER_HALFCHEETAH, str(gif)], env={**env, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    if gl:
+        assert "usage error: --render: rendering HalfCheetah-v5 found no OpenGL context" in r.stdout, r.stdout + r.stderr
+        assert "MUJOCO_GL=egl" in r.stdout and "MUJOCO_GL=osmesa" in r.stdout
+    elif "found no OpenGL context" in r.stdout:  # no EGL on this machine either: still the one-line error
+        pytest.skip("no EGL here: " + r.stdout.strip())
+    else:
+        assert "frames 3" in r.stdout, r.stdout + r.stderr
+        assert gif.read_bytes()[:6] == b"GIF89a"
