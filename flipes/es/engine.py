@@ -635,9 +635,9 @@ class FlipES:
             if self.comm.rank == 0:
                 warnings.warn(
                     f"generation {self.generation - 1}: all {self.popsize} members have the same fitness "
-                    f"({stats['fitness_max']:g}), so the ES gradient is zero. If that is unexpected: is the model "
-                    "called inside `with es.population()`? (outside it every member is the mean network) "
-                    "Or is sigma too small for the fitness to tell members apart?",
+                    f"({stats['fitness_max']:g}), so the ES gradient is zero. If that is unexpected: does the fitness "
+                    "come from the model's outputs inside `with es.population()` (outside it every member is the mean "
+                    "network)? Or is sigma too small for the fitness to tell members apart?",
                     EqualFitnessWarning,
                     stacklevel=caller_stacklevel(),
                 )
