@@ -95,8 +95,9 @@ def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
         "tests/test_warp_envs.py",  # its stays_on_the_device test: MuJoCo Warp's CUDA graphs against the CPU
         "tests/test_members.py",
         "tests/test_recurrent_policy.py",
+        "tests/test_autocast.py",  # bfloat16 autocast on the GPU against the plain module's
     ]
-    select = "members_equal or gradient or every_transition or stays_on_the_device or bit_for_bit or run_alone"
+    select = "members_equal or gradient or every_transition or stays_on_the_device or bit_for_bit or run_alone or under_autocast"
     if args.quick:
         select = "(linear_members and trial0) or gradient or every_transition or run_alone"
     r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", select], 300,
