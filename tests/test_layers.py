@@ -817,6 +817,28 @@ def test_converted_models_pickle_and_copy_with_their_runtime_classes() -> None:
         assert loaded(torch.randn(pop.size, 4)).shape == (4, 4)
 
 
+@pytest.mark.parametrize("ran", [False, True], ids=["before-the-forward", "after-the-forward"])
+def test_a_copy_made_inside_a_population_is_the_mean_network(ran: bool) -> None:
+    """deepcopy and pickle of a model of every kind taken inside ``es.population()`` (before or after its
+    forward) give the mean network: outputs equal the original's outside the block, any batch size, no
+    population hook left, and a FlipES of its own evaluates it."""
+    import pickle
+
+    torch.manual_seed(0)
+    model = flipes.flipout(EveryKind())
+    tokens = torch.randint(11, (N, 6))
+    es = flipes.FlipES(model, popsize=N, groups=2)
+    with es.population():
+        if ran:
+            model(tokens)
+        clones = [copy.deepcopy(model), pickle.loads(pickle.dumps(model))]
+    for clone in clones:
+        assert torch.equal(clone(tokens), model(tokens)) and clone(tokens[:3]).shape == (3, 3)
+        assert not any(m._forward_pre_hooks for m in clone.modules())
+        with flipes.FlipES(clone, popsize=N, groups=2).population():
+            assert clone(tokens).shape == (N, 3)
+
+
 def test_a_parametrized_layer_is_evolved_per_member_through_its_parametrization() -> None:
     """weight_norm's Linear computes its weight from two parameters: those get dense per-member noise, and
     each member equals the plain layer with its explicit parameters."""

@@ -454,6 +454,8 @@ class FlipES:
             for hook in hooks:
                 hook.remove()
 
+        ran.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
+
         hooks.extend(m.register_forward_pre_hook(ran) for m in modules)
         with torch.no_grad():
             if self._noise is None:

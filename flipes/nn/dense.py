@@ -69,11 +69,19 @@ def to_per_member(module: nn.Module) -> nn.Module:
     return module
 
 
+# what a population sets on a module for its duration: a copy (pickle, deepcopy) taken inside one is outside it
+_POPULATION_STATE = ("_flipes_owner", "noise", "member_noise", "members", "shared_ids")
+
+
 def without_owner(state: dict[str, Any]) -> dict[str, Any]:
     """A module's pickled state without the reference to the FlipES that evaluates it (a weak
-    reference: it cannot be pickled, and a copy of the model has no FlipES yet)."""
-    if "_flipes_owner" in state:
-        state = {k: v for k, v in state.items() if k != "_flipes_owner"}
+    reference: it cannot be pickled, and a copy of the model has no FlipES yet), nor what a running
+    population set on it (its noise, its hook that notes the model ran): a copy made inside
+    ``es.population()`` is the mean network, as the original is once the block ends."""
+    state = {k: v for k, v in state.items() if k not in _POPULATION_STATE}
+    hooks = state.get("_forward_pre_hooks")
+    if hooks and any(getattr(h, "flipes_population", False) for h in hooks.values()):
+        state["_forward_pre_hooks"] = type(hooks)((k, h) for k, h in hooks.items() if not getattr(h, "flipes_population", False))
     return state
 
 
