@@ -320,7 +320,7 @@ CASES = [
         out_rows(5),
     ),
     ("tied-embedding-head-bias", TiedLM, lambda: (torch.randint(11, (N, 5)),), rows(0), out_rows(0)),
-    ("tied-embedding-head-bias-one-token", TiedLM, lambda: (torch.randint(11, (N,)),), rows(0), out_rows(0)),
+    ("tied-embedding-head-bias-one-token", TiedLM, lambda: (torch.randint(11, (N, 1)),), rows(0), out_rows(0)),
     ("tied-weight-own-biases", TiedLinears, lambda: (randn(N, 16),), rows(0), out_rows(0)),
     ("tied-weight-own-biases-batch", TiedLinears, lambda: (randn(N, 3, 16),), rows(0), out_rows(0)),
     ("tied-norms", TiedNorms, lambda: (randn(N, 3, 4),), rows(0), out_rows(0)),
@@ -946,3 +946,35 @@ def test_a_conv_input_with_its_channels_elsewhere_is_an_error_naming_the_layout(
     es = flipes.FlipES(model, popsize=N)
     with es.population(), pytest.raises(ValueError, match=hint):
         model(x())
+
+
+class TinyGPT(nn.Module):
+    """nanoGPT's embeddings: positions looked up as 1-D ``torch.arange(T)``, shared by the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte, self.wpe, self.head = nn.Embedding(20, 8), nn.Embedding(16, 8), nn.Linear(8, 20)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.head(self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device)))
+
+
+@pytest.mark.parametrize("tokens", [4, 6, 16], ids=["T=4", "T=6", "T=16"])
+def test_shared_1d_position_ids_are_looked_up_by_every_member_and_length_n_is_refused(tokens: int) -> None:
+    """A model that looks up 1-D positions ``torch.arange(T)`` shared by its batch (nanoGPT): every member's
+    logits equal the plain model with its parameters (1e-10, float64) for T = 4, 6 and 16 with 8 members,
+    whether or not T divides into members; with T = 8 = N the 1-D ids could be one token per member, and the
+    error names both layouts."""
+    torch.manual_seed(0)
+    original = TinyGPT().to(DT)
+    model = flipes.flipout(copy.deepcopy(original))
+    es = flipes.FlipES(model, popsize=N, seed=1, groups=2)
+    idx = torch.randint(20, (N, tokens))
+    with es.population():
+        logits = model(idx)
+        params = member_parameters(es, model)
+    for n in range(N):
+        expect = functional_call(original, params[n], (idx[n : n + 1],))
+        torch.testing.assert_close(logits[n : n + 1], expect, atol=1e-10, rtol=0)
+    with es.population(), pytest.raises(ValueError, match=rf"1-D ids of length {N} .*pass \({N}, 1\) .*or \(1, {N}\)"):
+        model(torch.randint(20, (N, N)))

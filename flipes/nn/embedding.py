@@ -25,9 +25,19 @@ from flipes.noise import SlotNoise
 
 def flipout_embedding(idx: Tensor, weight: Tensor, noise: SlotNoise, padding_idx: int | None, layer: str) -> Tensor:
     """``idx``: ``(N, *B)`` or ``(N·k, *B)`` token ids -> ``(*idx.shape, d)``, member ``n`` through its own table.
-    Ids shared by every member, ``(1, *B)`` (position ids), are looked up in every member's table: ``(N, *B, d)``."""
+    Ids shared by every member, ``(1, *B)`` (position ids) or 1-D (nanoGPT's ``wpe(torch.arange(T))``),
+    are looked up in every member's table: ``(N, *B, d)``. 1-D ids of length N could be either, and are
+    refused: one token per member is ``(N, 1)``."""
     if idx.dim() > 0 and idx.shape[0] == 1:
         idx = idx.expand(noise.size, *idx.shape[1:])
+    elif idx.dim() == 1:
+        if idx.shape[0] == noise.size:
+            raise ValueError(
+                f"{layer}: 1-D ids of length {noise.size} inside a population of {noise.size} members read as one token "
+                f"per member or as ids every member shares (positions): pass ({noise.size}, 1) for one token per member, "
+                f"or (1, {noise.size}) for shared ids (torch.arange(T)[None])"
+            )
+        idx = idx.expand(noise.size, idx.shape[0])
     check_members(layer, idx, noise.size, 1)
     n, g = noise.size, noise.groups
     vocab, dim = weight.shape
@@ -61,7 +71,8 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
     Shape:
         - Outside a population: as ``nn.Embedding``.
         - Inside a population of N members: ``(N, *B) -> (N, *B, embedding_dim)`` (or ``N·k`` rows,
-          member-major); ids shared by all members, ``(1, *B)`` (e.g. position ids), give ``(N, *B, d)``.
+          member-major); ids shared by all members, ``(1, *B)`` or 1-D ``(T,)`` (e.g. position ids), give
+          ``(N, *B, d)``; 1-D ids of length N are refused as ambiguous (one per member is ``(N, 1)``).
 
     Examples::
 
@@ -79,8 +90,9 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
         if self.noise is None:
             return super().forward(input)
         check_embedding_supported(self)
-        if input.dim() > 1 and input.shape[0] == 1 and self.noise[0].size > 1:  # for the hint of shared_ids_fix
-            self.shared_ids = tuple(input.shape)
+        n = self.noise[0].size
+        if (input.dim() > 1 and input.shape[0] == 1 and n > 1) or (input.dim() == 1 and input.shape[0] != n):
+            self.shared_ids = tuple(input.shape)  # for the hint of shared_ids_fix
         return flipout_embedding(input, self.weight, self.noise[0], self.padding_idx, type(self).__name__)
 
 
@@ -93,15 +105,17 @@ def check_embedding_supported(emb: nn.Embedding) -> None:
 
 
 def shared_ids_fix(shape: tuple[int, ...], members: int, error: str) -> str:
-    """What to do when ids shared by every member, ``shape`` ``(1, *B)``, gave one lookup per member
-    and met inputs with several examples per member (a Hugging Face model's default position ids)."""
+    """What to do when ids shared by every member, ``shape`` ``(1, *B)`` or ``(T,)``, gave one lookup per
+    member and met inputs with several examples per member (position ids a model made itself)."""
     sizes = [int(v) for v in re.findall(r"\((\d+)\)", error)]
     rows = next((v for v in sizes if v != members and v % members == 0), None)
     rows_text = str(rows) if rows else f"{members}·k"
-    tail = ", ".join(str(d) for d in shape[1:])
-    arange = f"torch.arange({shape[-1]}).expand({rows_text}, {tail})" if len(shape) == 2 else f"ids.expand({rows_text}, {tail})"
+    per_row = shape[1:] if len(shape) > 1 else shape  # (1, T) or (T,): the ids of one row
+    tail = ", ".join(str(d) for d in per_row)
+    ids = f"torch.arange({per_row[0]}).expand({rows_text}, {tail})" if len(per_row) == 1 else f"ids.expand({rows_text}, {tail})"
     return (
         f"flipes: an embedding looked up ids shared by every member, shape {shape} (position ids a model made itself), "
         f"which gives one lookup per member ({members} rows), while the other inputs have {rows_text} rows "
-        f"(several examples per member); pass those ids for every row, e.g. position_ids={arange}"
+        f"(several examples per member); pass those ids for every row, e.g. position_ids={ids} to a Hugging Face "
+        "model, or the same in a model of your own"
     )
