@@ -8,6 +8,7 @@ import io
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from helpers import MADE_UP_FITNESS
@@ -267,11 +268,14 @@ def test_adaptive_sigma_with_one_group_warns_where_flipout_weights_cannot_inform
 
 
 def test_sigma_lr_options_are_checked() -> None:
-    """A negative sigma_lr, sigma_lr with a σ schedule and sigma_lr with low-rank noise each raise a ValueError naming
-    the problem."""
+    """A negative sigma_lr (a bool: TypeError), sigma_lr with a σ schedule and sigma_lr with low-rank noise each raise
+    a ValueError naming the problem; numpy's float32 is a number like a float."""
     model = small_model()
     with pytest.raises(ValueError, match="sigma_lr must be a finite number >= 0"):
         flipes.FlipES(model, popsize=8, sigma_lr=-0.1)
+    with pytest.raises(TypeError, match="sigma_lr must be a number, got True"):
+        flipes.FlipES(model, popsize=8, sigma_lr=True)
+    assert flipes.FlipES(model, popsize=16, groups=8, sigma_lr=np.float32(0.25)).sigma_lr == 0.25  # numpy's floats too
     with pytest.raises(ValueError, match="not a schedule"):
         flipes.FlipES(model, popsize=8, sigma=lambda g: 0.1, sigma_lr=0.1)
     with pytest.raises(ValueError, match="needs full-rank noise"):

@@ -73,3 +73,16 @@ def test_a_vector_of_integers_is_refused() -> None:
     """Integer values cannot be perturbed: a Vector of them is an error naming the fix."""
     with pytest.raises(TypeError, match="floating-point"):
         flipes.nn.Vector(torch.arange(3))
+
+
+def test_a_list_or_array_is_the_starting_value_and_an_int_or_tuple_a_size() -> None:
+    """An x0 given as a list (of ints too) or a numpy array is the starting value in torch's default float dtype
+    (or ``dtype``), as evosax and EvoTorch take it; an int or a tuple is a size of zeros."""
+    import numpy as np
+
+    cases = [([1, 2, 3], [1.0, 2.0, 3.0]), (np.array([2.0, 3.0]), [2.0, 3.0]), ([[1, 2], [3, 4]], [[1.0, 2.0], [3.0, 4.0]])]
+    for init, expect in cases:
+        value = flipes.nn.Vector(init).value
+        assert value.dtype == torch.get_default_dtype() and value.tolist() == expect, init
+    assert flipes.nn.Vector([1, 2], dtype=torch.float64).value.dtype == torch.float64
+    assert flipes.nn.Vector(4).value.tolist() == [0.0] * 4 and flipes.nn.Vector((2, 3)).value.shape == (2, 3)

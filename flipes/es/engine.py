@@ -175,11 +175,7 @@ class FlipES:
                 raise ValueError(f"noise_rank must be None or 0 (full-rank noise) or an integer >= 1, got {noise_rank!r}")
             noise_rank = rank or None  # 0: full rank, as --noise-rank 0
         self.noise_rank = noise_rank
-        if not (
-            isinstance(sigma_lr, (int, float)) and not isinstance(sigma_lr, bool) and math.isfinite(sigma_lr) and sigma_lr >= 0
-        ):
-            raise ValueError(f"sigma_lr must be a finite number >= 0 (0 keeps σ fixed), got {sigma_lr!r}")
-        self.sigma_lr = float(sigma_lr)
+        self.sigma_lr = nonnegative("sigma_lr", sigma_lr)  # numpy's float32 too; 0 keeps σ fixed
         if self.sigma_lr > 0 and callable(sigma):
             raise ValueError("sigma_lr > 0 adapts σ from its starting value: give sigma as a number, not a schedule")
         if self.sigma_lr > 0 and noise_rank is not None:
@@ -199,8 +195,8 @@ class FlipES:
         if comm is None and launched_size > 1 and launched_rank == 0:
             warnings.warn(
                 f"FlipES got no comm in one of {launched_size} processes started by mpiexec: each process evaluates all "
-                f"{popsize} members, the same run {launched_size} times; pass comm=flipes.dist.world() with groups a "
-                f"multiple of {launched_size} to split them (as flipes.train does), or comm=flipes.dist.SerialComm() "
+                f"{popsize} members, the same run {launched_size} times; pass comm=flipes.dist.world() with groups >= "
+                f"{launched_size} to split them (as flipes.train does), or comm=flipes.dist.SerialComm() "
                 "for independent runs on purpose",
                 UserWarning,
                 stacklevel=caller_stacklevel(),

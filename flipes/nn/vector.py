@@ -4,6 +4,9 @@ al., 2017, arXiv:1703.03864), and per-member values of a parameter that a module
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -16,7 +19,8 @@ class Vector(nn.Module):
     the population of its values: ``f(vec())`` per member, ``es.tell``.
 
     Args:
-        init: the starting value (copied), or a size: zeros of that shape.
+        init: the starting value (copied): a floating-point tensor, or a list or numpy array (in
+            ``dtype``, else torch's default float dtype); or a size (an int or tuple): zeros of that shape.
         device, dtype: as for ``torch.zeros`` (with a size), or to convert ``init`` to.
 
     Shape:
@@ -33,13 +37,20 @@ class Vector(nn.Module):
     """
 
     def __init__(
-        self, init: Tensor | int | tuple[int, ...], *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        self,
+        init: Tensor | Sequence[float] | np.ndarray | int | tuple[int, ...],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if isinstance(init, Tensor):
             value = init.detach().to(device=device, dtype=dtype, copy=True)
-        else:
+        elif isinstance(init, int | tuple | torch.Size):  # a size
             value = torch.zeros(init, device=device, dtype=dtype)
+        else:  # a value as evosax's and EvoTorch's x0: a list or an array, of integers too
+            value = torch.as_tensor(np.asarray(init, dtype=np.float64 if dtype is None else None))
+            value = value.to(device=device, dtype=dtype or torch.get_default_dtype(), copy=True)
         if not value.is_floating_point():
             raise TypeError(f"Vector: a {value.dtype} tensor cannot be evolved; give floating-point values, e.g. init.float()")
         self.value = nn.Parameter(value)
