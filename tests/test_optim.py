@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import pytest
@@ -179,9 +180,15 @@ def test_ars_weights_give_the_papers_update(top: int | None, groups: int) -> Non
 
 def test_ars_shaping_needs_mirrored_pairs() -> None:
     """ARS shaping of an odd number of fitness values raises a ValueError saying so, ``top`` beyond the number of
-    pairs one naming the range 1 ... 3; equal fitness values shape to zeros (no step)."""
+    pairs one naming the range 1 ... 3; equal fitness values shape to zeros (no step); FlipES refuses it (also as
+    a functools.partial) with mirrored=False, whose pairs are unrelated members."""
     with pytest.raises(ValueError, match="odd"):
         flipes.shaping.ars(torch.randn(5))
     with pytest.raises(ValueError, match=r"top must be 1 \.\.\. 3"):
         flipes.shaping.ars(torch.randn(6), top=4)
     assert torch.equal(flipes.shaping.ars(torch.ones(6)), torch.zeros(6))  # no spread, no step
+    model = flipes.flipout(nn.Linear(3, 2))
+    for shaping in (flipes.shaping.ars, functools.partial(flipes.shaping.ars, top=2)):
+        with pytest.raises(ValueError, match=r"mirrored pairs .* use mirrored=True"):
+            flipes.FlipES(model, popsize=8, mirrored=False, shaping=shaping)
+        flipes.FlipES(model, popsize=8, shaping=shaping)  # mirrored, the default

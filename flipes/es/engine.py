@@ -27,6 +27,7 @@ from flipes.es.checks import check_fitness, integer, nonnegative
 from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
 from flipes.es.members import BestMember
 from flipes.es.population import Population
+from flipes.es.shaping import ars as shaping_ars
 from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.es.slots import dense_slots, flipout_slots
@@ -185,6 +186,11 @@ class FlipES:
             )
         self.model = model
         self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, seed, mirrored
+        if getattr(shaping, "func", shaping) is shaping_ars and not mirrored:  # functools.partial(ars, top=b) too
+            raise ValueError(
+                "shaping=flipes.shaping.ars compares the returns of mirrored pairs (2k, 2k+1): with mirrored=False they "
+                "are unrelated members; use mirrored=True"
+            )
         self.shaping, self.weight_decay = shaping, weight_decay
         self._sigma = sigma
         self.sigma_at(0)  # validate now, not at the first generation
