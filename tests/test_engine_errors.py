@@ -230,3 +230,23 @@ def test_a_flipes_without_comm_under_mpiexec_warns_that_every_process_runs_every
     assert made(comm=flipes.dist.SerialComm()) == []
     monkeypatch.setenv(rank_key, "1")
     assert made() == []
+
+
+def test_a_forward_after_tell_inside_the_same_population_is_an_error() -> None:
+    """tell() inside ``with es.population()`` ends the generation: a later forward in the same block (which would run
+    the told generation's noise around the moved mean) is a RuntimeError naming a new block, for Flipout and dense
+    layers alike; the next block and the mean network outside work as usual."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)))
+    es = flipes.FlipES(model, popsize=8)
+    x = torch.randn(8, 4)
+    with es.population():
+        es.tell(model(x).sum(1))
+        with pytest.raises(RuntimeError, match=r"a forward after tell\(\) inside the same .*generation 1 in a new"):
+            model(x)
+        with pytest.raises(RuntimeError, match=r"LayerNorm.*a forward after tell\(\)"):
+            model[1](torch.randn(8, 8))
+    with es.population():
+        fitness = model(x).sum(1)
+    es.tell(fitness)
+    assert model(x[:3]).shape == (3, 2) and es.generation == 2

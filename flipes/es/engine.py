@@ -265,6 +265,8 @@ class FlipES:
         self._told_equal = False  # warned once that a whole population had one fitness value
         self._placement: list[tuple[torch.dtype, torch.device]] | None = None  # the parameters' at the last step
         self._evaluated = False  # a layer ran inside this generation's population, or a member was built
+        self._inside: list[nn.Module] | None = None  # the modules of a population being evaluated
+        self._stale_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._told_outside = False  # warned once that the model did not run inside a population
 
     def _build_optimizer(
@@ -475,6 +477,7 @@ class FlipES:
                     module.member_noise[name] = nz.delta
             # torch's fused transformer kernels read the mean weights directly, past the Flipout layers
             torch.backends.mha.set_fastpath_enabled(False)
+            self._inside = modules  # a tell() inside the block makes its later forwards errors (_refuse_stale)
             try:
                 yield Population(
                     size=len(self.members),
@@ -492,8 +495,9 @@ class FlipES:
                 raise
             finally:
                 torch.backends.mha.set_fastpath_enabled(fastpath)
-                for hook in hooks:
+                for hook in [*hooks, *self._stale_hooks]:
                     hook.remove()
+                self._inside, self._stale_hooks = None, []
                 for layer in self.layers:
                     layer.noise = None
                     layer.__dict__.pop("shared_ids", None)
@@ -620,6 +624,7 @@ class FlipES:
         }
         self.generation += 1
         self._noise = None
+        self._refuse_stale()
         evaluated, self._evaluated = self._evaluated, False
         equal = stats["fitness_max"] == stats["fitness_min"]
         if not evaluated and not equal and not self._told_outside:
@@ -646,6 +651,23 @@ class FlipES:
                     stacklevel=caller_stacklevel(),
                 )
         return stats
+
+    def _refuse_stale(self) -> None:
+        """After a tell() inside ``with es.population()``, a forward in the same block would run the told
+        generation's noise around the new mean: make it an error until the block ends."""
+        if self._inside is None:
+            return
+        told = self.generation - 1
+
+        def stale(module: nn.Module, args: Any) -> None:
+            raise RuntimeError(
+                f"{type(module).__name__}: a forward after tell() inside the same `with es.population()`: its members are "
+                f"generation {told}'s noise around the mean tell() moved; end the block after tell(), and evaluate "
+                f"generation {told + 1} in a new `with es.population()`"
+            )
+
+        stale.flipes_population = True  # type: ignore[attr-defined]  # left out of copies
+        self._stale_hooks = [m.register_forward_pre_hook(stale) for m in self._inside]
 
     def step(self, fitness_fn: Callable[[nn.Module, Population], Tensor]) -> dict[str, float]:
         """One generation: ``fitness_fn(model, pop)`` inside ``population()``, then ``tell``."""
