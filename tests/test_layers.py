@@ -978,3 +978,31 @@ def test_shared_1d_position_ids_are_looked_up_by_every_member_and_length_n_is_re
         torch.testing.assert_close(logits[n : n + 1], expect, atol=1e-10, rtol=0)
     with es.population(), pytest.raises(ValueError, match=rf"1-D ids of length {N} .*pass \({N}, 1\) .*or \(1, {N}\)"):
         model(torch.randint(20, (N, N)))
+
+
+class ScaleDrop(nn.Module):
+    """A learnt scale then dropout: a module flipes runs per member under vmap, random in training mode."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(x * self.gamma, 0.5, self.training)
+
+
+def test_a_dense_module_with_dropout_runs_in_training_mode_with_a_mask_per_member() -> None:
+    """A module with dense noise that calls dropout runs in a population in training mode, each member drawing
+    its own mask (members with equal inputs differ in where the zeros are, about half of them), and in eval mode
+    is deterministic."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(3, 64), ScaleDrop(64)))
+    es = flipes.FlipES(model, popsize=N)
+    with es.population():
+        y = model(torch.ones(N, 3))
+    zeros = y == 0
+    assert 0.35 < zeros.float().mean().item() < 0.65  # p = 0.5 over 512 entries: 0.5 ± 0.15 is > 6 sd
+    assert len({tuple(row.tolist()) for row in zeros}) == N  # a mask per member
+    model.eval()
+    with es.population():
+        assert torch.equal(model(torch.ones(N, 3)), model(torch.ones(N, 3)))

@@ -170,7 +170,7 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
             return base(*a, **kw)
 
     try:
-        out = torch.func.vmap(one_member, in_dims=(0, dims))(member_params, split)
+        out = torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)  # dropout: own masks
     except RuntimeError as e:
         raise RuntimeError(
             f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); list its "
