@@ -171,7 +171,9 @@ def _command_warning(show: Callable[..., None]) -> Callable[..., None]:
     def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
         where = None if filename.startswith("<") else Path(filename).resolve()  # <frozen runpy>: python -m flipes
         if where is None or where == entry or where.is_relative_to(package):
-            print(f"flipes: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+            ours = category is UserWarning or category.__module__.startswith("flipes")
+            kind = "" if ours else f"{category.__name__}: "  # torch's or gymnasium's, raised where flipes called them
+            print(f"flipes: warning: {kind}{' '.join(str(message).split())}", file=sys.stderr, flush=True)
         else:
             show(message, category, filename, lineno, *rest)
 
@@ -272,7 +274,7 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
     from flipes.rl import stepper
     from flipes.rl.envs import base_id
 
-    headless = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     if headless:  # offscreen rendering needs no window: pygame's dummy driver, MuJoCo's EGL (read at the first render)
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         os.environ.setdefault("MUJOCO_GL", "egl")

@@ -292,7 +292,7 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"layer widths must be at least 1, got {config.hidden}",
             "e.g. --hidden 64 64; --hidden with no width is a linear policy",
         )
-    by_preset = " (--algo pgpe sets --groups 8)" if config.algo == "pgpe" and config.groups == 8 else ""
+    by_preset = " (--algo pgpe's preset unless given)" if config.algo == "pgpe" and config.groups == 8 else ""
     if config.popsize % config.groups:
         fix = _groups_fix(config.popsize, processes, config.mirrored)
         raise UsageError("--groups", f"{config.groups}{by_preset} does not divide --popsize {config.popsize}", fix)

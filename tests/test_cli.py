@@ -248,7 +248,7 @@ def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.Capture
         (["train", "--groups", "3"], "3 does not divide --popsize 64; use one of --groups [1, 2, 4, 8, 16, 32]"),  # 64: odd
         (
             ["train", "--algo", "pgpe", "--popsize", "20"],
-            "8 (--algo pgpe sets --groups 8) does not divide --popsize 20; use one of --groups [1, 2, 5, 10]",
+            "8 (--algo pgpe's preset unless given) does not divide --popsize 20; use one of --groups [1, 2, 5, 10]",
         ),
         (["train", "--popsize", "20", "--groups", "4"], "has 5 (odd); use one of --groups [1, 2, 5, 10], or --mirrored false"),
         (["train", "--popsize", "9"], "no --groups fits --popsize 9: use a --popsize that is a multiple of 2"),

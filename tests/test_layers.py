@@ -959,12 +959,12 @@ class TinyGPT(nn.Module):
         return self.head(self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device)))
 
 
-@pytest.mark.parametrize("tokens", [4, 6, 16], ids=["T=4", "T=6", "T=16"])
-def test_shared_1d_position_ids_are_looked_up_by_every_member_and_length_n_is_refused(tokens: int) -> None:
-    """A model that looks up 1-D positions ``torch.arange(T)`` shared by its batch (nanoGPT): every member's
-    logits equal the plain model with its parameters (1e-10, float64) for T = 4, 6 and 16 with 8 members,
-    whether or not T divides into members; with T = 8 = N the 1-D ids could be one token per member, and the
-    error names both layouts."""
+@pytest.mark.parametrize("tokens", [5, 6, 12], ids=["T=5", "T=6", "T=12"])
+def test_shared_1d_position_ids_are_looked_up_by_every_member_and_a_multiple_of_n_is_refused(tokens: int) -> None:
+    """A model that looks up 1-D positions ``torch.arange(T)`` shared by its batch (nanoGPT): with 8 members and T
+    no multiple of 8 every member's logits equal the plain model with its parameters (1e-10, float64); 1-D ids of
+    length 8 or 16 could also be 1 or 2 tokens per member, and the error names both layouts (before, 16 ids were
+    silently read as 2 per member)."""
     torch.manual_seed(0)
     original = TinyGPT().to(DT)
     model = flipes.flipout(copy.deepcopy(original))
@@ -976,8 +976,11 @@ def test_shared_1d_position_ids_are_looked_up_by_every_member_and_length_n_is_re
     for n in range(N):
         expect = functional_call(original, params[n], (idx[n : n + 1],))
         torch.testing.assert_close(logits[n : n + 1], expect, atol=1e-10, rtol=0)
-    with es.population(), pytest.raises(ValueError, match=rf"1-D ids of length {N} .*pass \({N}, 1\) .*or \(1, {N}\)"):
-        model(torch.randint(20, (N, N)))
+    for length, k in ((N, 1), (2 * N, 2)):
+        with es.population(), pytest.raises(ValueError, match=rf"length {length} .*pass \({N}, {k}\) .*or \(1, {length}\)"):
+            model(torch.randint(20, (N, length)))
+        with es.population(), pytest.raises(ValueError, match=rf"length {length} .*pass \({N}, {k}\)"):
+            model.wte(torch.randint(20, (length,)))  # k tokens per member, flattened: as ambiguous
 
 
 class ScaleDrop(nn.Module):
@@ -1006,3 +1009,46 @@ def test_a_dense_module_with_dropout_runs_in_training_mode_with_a_mask_per_membe
     model.eval()
     with es.population():
         assert torch.equal(model(torch.ones(N, 3)), model(torch.ones(N, 3)))
+
+
+class OwnNoise(nn.Module):
+    """A module of a user's with attributes of its own named ``noise`` and ``members``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(4))
+        self.noise, self.members = 0.5, 3
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale * self.noise * self.members
+
+
+def test_a_modules_own_noise_and_members_attributes_survive_populations_and_copies() -> None:
+    """A module whose own attributes are named ``noise`` and ``members`` (flipes' words too) runs per member in a
+    population (not taken for a layer already in one), keeps both through it, and copies of the model made
+    outside and inside the block keep them and equal the original."""
+    import pickle
+
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 4), OwnNoise()))
+    x = torch.randn(N, 4)
+    es = flipes.FlipES(model, popsize=N)
+    with es.population():
+        assert model(x).shape == (N, 4)
+        inside = copy.deepcopy(model)
+    for clone in (inside, copy.deepcopy(model), pickle.loads(pickle.dumps(model)), model):
+        assert (clone[1].noise, clone[1].members) == (0.5, 3)
+        assert torch.equal(clone(x), model(x))
+
+
+def test_the_shared_ids_hint_is_given_only_for_n_lookups_meeting_a_multiple_of_n_rows() -> None:
+    """The position-ids hint joins a size clash of the N shared lookups with k·N rows (naming the ids for those
+    rows), and no other error: a clash with a size that is no multiple of N is the user's own mistake."""
+    from flipes.nn.embedding import shared_ids_fix
+
+    clash = "The size of tensor a ({}) must match the size of tensor b ({}) at non-singleton dimension 0"
+    assert "position_ids=torch.arange(7).expand(24, 7)" in shared_ids_fix((1, 7), 8, clash.format(24, 8))
+    assert "torch.arange(7).expand(16, 7)" in shared_ids_fix((7,), 8, clash.format(8, 16))
+    assert shared_ids_fix((1, 7), 8, clash.format(8, 5)) is None
+    assert shared_ids_fix((1, 7), 8, clash.format(8, 8)) is None
+    assert shared_ids_fix((1, 7), 8, "mat1 and mat2 shapes cannot be multiplied") is None

@@ -204,11 +204,12 @@ def test_a_resume_into_another_directory_takes_the_runs_history_along(tmp_path: 
     assert load_checkpoint(b / "best.pt")["best"] == max(r["eval_return"] for r in full.metrics)
     assert flipes.load_policy(b, checkpoint="best") is not None
 
-    previous = load_checkpoint(a / "previous.pt")
-    generation = previous["es"]["generation"]
-    flipes.train(**kw, generations=generation, resume=str(a / "previous.pt"), out=str(c))
-    assert [r["generation"] for r in metrics(c)] == list(range(generation))
-    assert (c / "best.pt").exists() == (load_checkpoint(a / "best.pt")["best"] == previous["best"])
+    d = tmp_path / "d"  # 3 generations: previous.pt (generation 2) is worse than the best.pt of generation 2's evaluation
+    flipes.train(**kw, generations=3, out=str(d))
+    previous = load_checkpoint(d / "previous.pt")
+    assert previous["es"]["generation"] == 2 and previous["best"] < load_checkpoint(d / "best.pt")["best"]  # seed 3
+    flipes.train(**kw, generations=2, resume=str(d / "previous.pt"), out=str(c))
+    assert metrics(c) == metrics(d)[:2] and not (c / "best.pt").exists()
 
 
 def test_a_run_saved_before_newer_options_existed_resumes_with_their_defaults(tmp_path: Path) -> None:

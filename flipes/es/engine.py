@@ -443,7 +443,7 @@ class FlipES:
             )
         self._check_requires_grad()
         modules = [*self.layers, *self.dense_modules]
-        busy = [m for m in modules if getattr(m, "noise", None) is not None or m.member_noise is not None]
+        busy = [m for m in self.layers if m.noise is not None] + [m for m in self.dense_modules if m.member_noise is not None]
         if busy:
             raise RuntimeError(
                 f"population() inside a population: {len(busy)} layer(s) of this model are already evaluating one "
@@ -466,7 +466,7 @@ class FlipES:
                 self._noise = self._sample()
             slot_noise, dense_noise = self._noise
             for module in self.dense_modules:  # also those with no evolved parameter (a BatchNorm's batch statistics)
-                module.member_noise, module.members = {}, len(self.members)
+                module.member_noise, module.flipes_members = {}, len(self.members)
             for layer in self.layers:
                 weights = range(len(layer.perturbed_weights()))
                 layer.noise = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in weights)
@@ -489,9 +489,10 @@ class FlipES:
                     seed=self.seed,
                 )
             except RuntimeError as error:
-                shared = [layer.shared_ids for layer in self.layers if getattr(layer, "shared_ids", None)]
-                if shared and "must match the size" in str(error):
-                    raise RuntimeError(f"{error}\n{shared_ids_fix(shared[0], len(self.members), str(error))}") from error
+                shared = [layer._flipes_shared_ids for layer in self.layers if getattr(layer, "_flipes_shared_ids", None)]
+                fix = shared_ids_fix(shared[0], len(self.members), str(error)) if shared else None
+                if fix is not None and type(error) is RuntimeError:
+                    raise RuntimeError(f"{error}\n{fix}") from error
                 raise
             finally:
                 torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -500,7 +501,7 @@ class FlipES:
                 self._inside, self._stale_hooks = None, []
                 for layer in self.layers:
                     layer.noise = None
-                    layer.__dict__.pop("shared_ids", None)
+                    layer.__dict__.pop("_flipes_shared_ids", None)
                 for module in modules:
                     module.member_noise = None
 

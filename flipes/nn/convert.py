@@ -205,10 +205,12 @@ def flipout_layers(module: nn.Module) -> list[FlipoutMixin]:
 
 
 def check_members_first(module: nn.Module) -> None:
-    """Refuse torch's sequence-first transformer blocks: their feed-forward layers and norms get ``(T, N, E)``,
-    which a population reads as T members (and, where T == N, would perturb them by time step silently)."""
+    """Refuse torch's sequence-first transformer blocks with evolved parameters: their feed-forward layers and
+    norms get ``(T, N, E)``, which a population reads as T members (and, where T == N, would perturb them by
+    time step silently). A frozen one runs as plain torch."""
     for name, m in module.named_modules():
-        if isinstance(m, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer) and not m.self_attn.batch_first:
+        sequence_first = isinstance(m, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer) and not m.self_attn.batch_first
+        if sequence_first and any(p.requires_grad for p in m.parameters()):  # a frozen block sees a shared context
             raise ValueError(
                 f"FlipES: {type(m).__name__} {name or '(the model)'!r} is sequence-first (batch_first=False): inside "
                 "a population its Linear layers and norms take the members in dim 0, so a (T, N, E) input would be "

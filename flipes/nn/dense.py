@@ -26,18 +26,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from flipes.noise import SlotNoise
+
 
 class PerMember:
     """Mixin of modules evaluated with dense per-member noise on all their trainable parameters.
 
     ``member_noise`` maps parameter names (as in ``named_parameters()``) to ``(N, *shape)``
-    perturbations of the ``members`` (N) of a population; ``None`` outside one, where the module is
+    perturbations of the ``flipes_members`` (N) of a population; ``None`` outside one, where the module is
     exactly its parent class. A module with no evolved parameter (a BatchNorm without affine
     parameters) has an empty ``member_noise``: it still runs per member, on each member's batch.
     """
 
     member_noise: dict[str, Tensor] | None = None
-    members: int = 0
+    flipes_members: int = 0  # the population size while one is evaluated (not "members": a module may have its own)
 
     def __reduce_ex__(self, protocol: int) -> tuple:  # the class is made at runtime: pickle how to make it
         return _new_per_member, (type(self).__bases__[-1],), self.__getstate__()  # type: ignore[attr-defined]
@@ -69,16 +71,17 @@ def to_per_member(module: nn.Module) -> nn.Module:
     return module
 
 
-# what a population sets on a module for its duration: a copy (pickle, deepcopy) taken inside one is outside it
-_POPULATION_STATE = ("_flipes_owner", "noise", "member_noise", "members", "shared_ids")
-
-
 def without_owner(state: dict[str, Any]) -> dict[str, Any]:
     """A module's pickled state without the reference to the FlipES that evaluates it (a weak
     reference: it cannot be pickled, and a copy of the model has no FlipES yet), nor what a running
-    population set on it (its noise, its hook that notes the model ran): a copy made inside
-    ``es.population()`` is the mean network, as the original is once the block ends."""
-    state = {k: v for k, v in state.items() if k not in _POPULATION_STATE}
+    population set on it (its noise, its hooks): a copy made inside ``es.population()`` is the mean
+    network, as the original is once the block ends. A module's own attributes are kept."""
+    state = {k: v for k, v in state.items() if k not in ("_flipes_owner", "_flipes_shared_ids")}
+    noise = state.get("noise")
+    if isinstance(noise, tuple) and noise and all(isinstance(n, SlotNoise) for n in noise):  # a Flipout layer's
+        state["noise"] = None
+    if state.get("member_noise") is not None:
+        state["member_noise"] = None
     hooks = state.get("_forward_pre_hooks")
     if hooks and any(getattr(h, "flipes_population", False) for h in hooks.values()):
         state["_forward_pre_hooks"] = type(hooks)((k, h) for k, h in hooks.items() if not getattr(h, "flipes_population", False))
@@ -106,7 +109,7 @@ def needs_member_batches(module: nn.Module) -> bool:
 def _norm_forward(module: nn.Module, noise: dict[str, Tensor], x: Tensor) -> Tensor:
     """LayerNorm / RMSNorm without vmap: normalize once, then one broadcast multiply-add with each
     member's scale and shift (vmap's generic rule costs ~2x more here)."""
-    n, shape = module.members, tuple(module.normalized_shape)
+    n, shape = module.flipes_members, tuple(module.normalized_shape)
     if not _is_member(x, n):
         raise ValueError(
             f"{type(module).__name__}: input of shape {tuple(x.shape)} inside a population of {n} members; inputs must be "
@@ -137,7 +140,7 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         return _norm_forward(module, noise, args[0])
     if not noise and not module.training and getattr(module, "running_mean", None) is not None:
         return super(PerMember, module).forward(*args, **kwargs)  # type: ignore[misc]  # running statistics: one map for all
-    n = module.members
+    n = module.flipes_members
     params = dict(module.named_parameters(remove_duplicate=False))
     member_params = {name: params[name].detach() + delta for name, delta in noise.items()}
     leaves, spec = pytree.tree_flatten((args, kwargs))

@@ -25,19 +25,21 @@ from flipes.noise import SlotNoise
 
 def flipout_embedding(idx: Tensor, weight: Tensor, noise: SlotNoise, padding_idx: int | None, layer: str) -> Tensor:
     """``idx``: ``(N, *B)`` or ``(N·k, *B)`` token ids -> ``(*idx.shape, d)``, member ``n`` through its own table.
-    Ids shared by every member, ``(1, *B)`` (position ids) or 1-D (nanoGPT's ``wpe(torch.arange(T))``),
-    are looked up in every member's table: ``(N, *B, d)``. 1-D ids of length N could be either, and are
-    refused: one token per member is ``(N, 1)``."""
+    Ids shared by every member, ``(1, *B)`` (position ids), or 1-D ids whose length is no multiple of N
+    (nanoGPT's ``wpe(torch.arange(T))``), are looked up in every member's table: ``(N, *B, d)``. 1-D ids
+    of a length that is a multiple of N could be either and are refused, naming both layouts."""
     if idx.dim() > 0 and idx.shape[0] == 1:
         idx = idx.expand(noise.size, *idx.shape[1:])
     elif idx.dim() == 1:
-        if idx.shape[0] == noise.size:
+        n, length = noise.size, idx.shape[0]
+        if length % n == 0:
+            k = length // n
             raise ValueError(
-                f"{layer}: 1-D ids of length {noise.size} inside a population of {noise.size} members read as one token "
-                f"per member or as ids every member shares (positions): pass ({noise.size}, 1) for one token per member, "
-                f"or (1, {noise.size}) for shared ids (torch.arange(T)[None])"
+                f"{layer}: 1-D ids of length {length} inside a population of {n} members read as {k} token(s) per "
+                f"member or as ids every member shares (positions): pass ({n}, {k}) for tokens per member, or "
+                f"(1, {length}) for shared ids (torch.arange(T)[None])"
             )
-        idx = idx.expand(noise.size, idx.shape[0])
+        idx = idx.expand(n, length)
     check_members(layer, idx, noise.size, 1)
     n, g = noise.size, noise.groups
     vocab, dim = weight.shape
@@ -71,8 +73,9 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
     Shape:
         - Outside a population: as ``nn.Embedding``.
         - Inside a population of N members: ``(N, *B) -> (N, *B, embedding_dim)`` (or ``N·k`` rows,
-          member-major); ids shared by all members, ``(1, *B)`` or 1-D ``(T,)`` (e.g. position ids), give
-          ``(N, *B, d)``; 1-D ids of length N are refused as ambiguous (one per member is ``(N, 1)``).
+          member-major); ids shared by all members, ``(1, *B)`` or 1-D ``(T,)`` with T no multiple of N
+          (e.g. position ids), give ``(N, *B, d)``; 1-D ids whose length is a multiple of N are refused as
+          ambiguous (per member: ``(N, k)``; shared: ``(1, T)``).
 
     Examples::
 
@@ -91,8 +94,8 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
             return super().forward(input)
         check_embedding_supported(self)
         n = self.noise[0].size
-        if (input.dim() > 1 and input.shape[0] == 1 and n > 1) or (input.dim() == 1 and input.shape[0] != n):
-            self.shared_ids = tuple(input.shape)  # for the hint of shared_ids_fix
+        if (input.dim() > 1 and input.shape[0] == 1 and n > 1) or (input.dim() == 1 and input.shape[0] % n):
+            self._flipes_shared_ids = tuple(input.shape)  # for the hint of shared_ids_fix
         return flipout_embedding(input, self.weight, self.noise[0], self.padding_idx, type(self).__name__)
 
 
@@ -104,18 +107,23 @@ def check_embedding_supported(emb: nn.Embedding) -> None:
         )
 
 
-def shared_ids_fix(shape: tuple[int, ...], members: int, error: str) -> str:
+def shared_ids_fix(shape: tuple[int, ...], members: int, error: str) -> str | None:
     """What to do when ids shared by every member, ``shape`` ``(1, *B)`` or ``(T,)``, gave one lookup per
-    member and met inputs with several examples per member (position ids a model made itself)."""
-    sizes = [int(v) for v in re.findall(r"\((\d+)\)", error)]
-    rows = next((v for v in sizes if v != members and v % members == 0), None)
-    rows_text = str(rows) if rows else f"{members}·k"
+    member and met inputs with several examples per member (position ids a model made itself); ``None``
+    where ``error`` is no clash of the N lookups with a multiple of N rows (another mistake)."""
+    match = re.search(r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\)", error)
+    if match is None:
+        return None
+    a, b = int(match.group(1)), int(match.group(2))
+    rows = a if b == members else b if a == members else None
+    if rows is None or rows <= members or rows % members:
+        return None
     per_row = shape[1:] if len(shape) > 1 else shape  # (1, T) or (T,): the ids of one row
     tail = ", ".join(str(d) for d in per_row)
-    ids = f"torch.arange({per_row[0]}).expand({rows_text}, {tail})" if len(per_row) == 1 else f"ids.expand({rows_text}, {tail})"
+    ids = f"torch.arange({per_row[0]}).expand({rows}, {tail})" if len(per_row) == 1 else f"ids.expand({rows}, {tail})"
     return (
         f"flipes: an embedding looked up ids shared by every member, shape {shape} (position ids a model made itself), "
-        f"which gives one lookup per member ({members} rows), while the other inputs have {rows_text} rows "
+        f"which gives one lookup per member ({members} rows), while the other inputs have {rows} rows "
         f"(several examples per member); pass those ids for every row, e.g. position_ids={ids} to a Hugging Face "
         "model, or the same in a model of your own"
     )

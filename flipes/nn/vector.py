@@ -4,6 +4,7 @@ al., 2017, arXiv:1703.03864), and per-member values of a parameter that a module
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,7 +47,7 @@ class Vector(nn.Module):
         super().__init__()
         if isinstance(init, Tensor):
             value = init.detach().to(device=device, dtype=dtype, copy=True)
-        elif isinstance(init, int | tuple | torch.Size):  # a size
+        elif isinstance(init, numbers.Integral | tuple | torch.Size) and not isinstance(init, bool):  # a size (numpy's ints too)
             value = torch.zeros(init, device=device, dtype=dtype)
         else:  # a value as evosax's and EvoTorch's x0: a list or an array, of integers too
             value = torch.as_tensor(np.asarray(init, dtype=np.float64 if dtype is None else None))

@@ -58,7 +58,13 @@ def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> N
     """Raise a UsageError unless ``actions`` (a tensor or array) fit ``n`` envs of action space
     ``space``: ``(n,)`` integers for ``Discrete``, ``(n, *shape)`` for ``Box`` (other spaces are left
     to the env). ``n`` may be ``(members, episodes)``, the batch a model sees in training."""
-    if isinstance(actions, tuple | list) and any(isinstance(a, Tensor | tuple | list) for a in actions):
+    got_batch = (n,) if isinstance(n, int) else tuple(n)
+    if (  # (actions, state): what a policy with memory returns
+        isinstance(actions, tuple)
+        and len(actions) == 2
+        and isinstance(actions[0], Tensor)
+        and tuple(actions[0].shape[: len(got_batch)]) == got_batch
+    ):
         problem = (
             f"the model returned a {type(actions).__name__} of {len(actions)} (actions and a state?), not a tensor of actions"
         )
