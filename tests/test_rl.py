@@ -368,6 +368,8 @@ def test_a_model_returning_other_than_actions_is_one_error_naming_the_expected_s
     if discrete:
         lean = (lambda o: (o[:, 2] > 0).long()) if pipeline else (lambda o: (o[:, 2] > 0).long().numpy())
         assert (run_episodes(env, lean, seed=1, pipeline=pipeline).lengths > 20).all()  # numpy actions unpipelined
+        if not pipeline:  # a list of per-env 0-d tensors is actions, not (actions, state)
+            assert (run_episodes(env, lambda o: [(x[2] > 0).long() for x in o], seed=1).lengths > 20).all()
 
 
 @pytest.mark.parametrize("env_id", ["flipes/CartPole-v1", "flipes/Pendulum-v1"])
