@@ -16,7 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from flipes import dist
-from flipes.callbacks import Callback, Checkpointer, CurvePlotter, JSONLLogger, ProgressPrinter, TensorBoardLogger, WandbLogger
+from flipes.callbacks import (
+    Callback,
+    Checkpointer,
+    CurvePlotter,
+    JSONLLogger,
+    OutcomePrinter,
+    ProgressPrinter,
+    TensorBoardLogger,
+    WandbLogger,
+)
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
 from flipes.es import FlipES, Population
@@ -216,8 +225,7 @@ def standard_callbacks(config: TrainConfig, run_dir: Path) -> list[Callback]:
             out.append(WandbLogger(config.wandb_project))
         except ImportError:
             raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off") from None
-    if config.progress:
-        out.append(ProgressPrinter())
+    out.append(ProgressPrinter() if config.progress else OutcomePrinter())  # how the run ended: said either way
     x = "generation" if config.fitness else "timesteps"
     out.append(CurvePlotter(run_dir / "curves.png", x))
     return out

@@ -173,12 +173,27 @@ class ProgressPrinter(Callback):
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
         if self.progress is not None:
-            total = state.config.generations
-            why = reason
-            if reason == "generations":
-                why = f"all {total} generations trained" if total != 1 else "the 1 generation trained"
-            done = state.es.generation
-            self.progress.message(f"{why}; {done} generation{'s' if done != 1 else ''} in all, run directory {state.run_dir}")
+            self.progress.message(outcome(state, reason))
+
+
+class OutcomePrinter(Callback):
+    """Only the line that says how training ended (``--progress false``: a batch log's last line)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+
+    def on_train_end(self, state: TrainState, reason: str) -> None:
+        print(outcome(state, reason), file=self.stream or sys.stdout, flush=True)
+
+
+def outcome(state: TrainState, reason: str) -> str:
+    """Why training ended, how many generations the run has, and where it is."""
+    total = state.config.generations
+    why = reason
+    if reason == "generations":
+        why = f"all {total} generations trained" if total != 1 else "the 1 generation trained"
+    done = state.es.generation
+    return f"{why}; {done} generation{'s' if done != 1 else ''} in all, run directory {state.run_dir}"
 
 
 class TensorBoardLogger(Callback):

@@ -126,6 +126,16 @@ class Note(Callback):
         print_note(self.text)
 
 
+class ResumeNote(Callback):
+    """Where a resumed run continues: its directory and generation."""
+
+    def on_train_start(self, state: Any) -> None:
+        from flipes.rl.envs import print_note
+
+        if state.resumed:
+            print_note(f"resumed {state.config.resume} at generation {state.es.generation}")
+
+
 class ModelNote(Callback):
     """What a ``--model``'s parameters get: the last line of ``es.report()`` (flipout, dense, frozen),
     after the first generation (a mistake in the fitness stays a one-line error)."""
@@ -206,9 +216,11 @@ def train_command(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         config = parse_train_config(argv)
         validate(config, comm.size)  # before any note: a mistake is one line
-        notes = []
-        if config.progress and not config.resume:
+        notes: list[Callback] = []
+        if config.progress and not config.resolve_auto_resume().resume:  # a first start, also by --resume auto
             notes += [Note(line) for line in preset_lines(config)]
+        if config.progress:
+            notes.append(ResumeNote())
         if config.model and config.progress:
             notes.append(ModelNote())
         result = train(config, comm=comm, callbacks=notes)

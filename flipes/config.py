@@ -108,7 +108,8 @@ class TrainConfig:
     checkpoint_every: int = 10
     """Write checkpoint.pt every this many generations (and on Ctrl-C/SIGTERM and at the end)."""
     progress: bool = True
-    """Print a progress line per generation and notes about engines and presets."""
+    """Print a progress line per generation and notes about engines and presets (false: only the line that says
+    how training ended)."""
     tensorboard: bool = True
     """Write TensorBoard scalars to <out>/tensorboard when the tensorboard package is installed."""
     wandb: bool = False
@@ -265,7 +266,8 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     if config.policy != "mlp" and config.model:
         raise UsageError("--policy", f"{config.policy} is built for an env, and --model builds the model", "drop one of them")
     if config.policy == "gru" and not config.hidden:
-        raise UsageError("--hidden", "the GRU policy needs at least one width (its hidden size)", "e.g. --hidden 64 64")
+        by_ars = " (--algo ars sets none: its linear policy, unless --hidden is given)" if config.algo == "ars" else ""
+        raise UsageError("--hidden", f"the GRU policy needs at least one width (its hidden size){by_ars}", "e.g. --hidden 64 64")
     if config.algo == "ars" and config.sigma_lr > 0:  # its step is α·σ₀ over the current σ: σ₀/σ times ARS's
         raise UsageError(
             "--sigma-lr", "ARS steps at a fixed σ (its step size is lr·σ)", "use --sigma-lr 0 with --algo ars, or --algo pgpe"

@@ -81,7 +81,7 @@ def export_policy(
         obs, _ = env.reset(seed=0)
     finally:
         env.close()
-    policy = load_policy(run_dir, checkpoint, "cpu", model=model)
+    policy = load_policy(run_dir, checkpoint, "cpu", model=model).requires_grad_(False)  # actions without a graph
     batch = torch.export.Dim("batch", min=1)
     if isinstance(policy, GRUPolicy):
         module: nn.Module = _StateAsInput(policy)

@@ -403,3 +403,22 @@ def test_rendering_mujoco_without_a_display_uses_egl_or_says_how(tmp_path: Path,
     else:
         assert "frames 3" in r.stdout, r.stdout + r.stderr
         assert gif.read_bytes()[:6] == b"GIF89a"
+
+
+def test_resume_auto_notes_a_first_start_and_a_resume_and_progress_false_keeps_the_outcome(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--resume auto`` starting a run says which per-env defaults it used (as a plain start does); resuming says
+    where and at which generation; ``--progress false`` prints no generation lines but still how training ended."""
+    run = ["train", "--env", "CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--tensorboard", "false",
+           "--target", "none", "--out", str(tmp_path / "run"), "--resume", "auto"]  # fmt: skip
+    assert main([*run, "--generations", "1"]) == 0
+    first = capsys.readouterr()
+    assert "per-env defaults of CartPole-v1" in first.err and "resumed" not in first.err
+    assert main([*run, "--generations", "2"]) == 0
+    second = capsys.readouterr()
+    assert f"resumed {tmp_path / 'run'} at generation 1" in second.err and "per-env defaults" not in second.err
+    assert main([*run, "--generations", "3", "--progress", "false"]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.out.splitlines() == [f"all 3 generations trained; 3 generations in all, run directory {tmp_path / 'run'}"]
+    assert quiet.err == ""

@@ -19,7 +19,10 @@ sys.modules["flipes"] = None  # any import of flipes fails: the program needs to
 import torch
 program = torch.export.load(sys.argv[1]).module()
 inputs = torch.load(sys.argv[2])
-torch.save([program(*args) for args in inputs], sys.argv[3])
+outs = [program(*args) for args in inputs]
+torch.save(outs, sys.argv[3])
+tensors = [t for out in outs for t in (out if isinstance(out, tuple) else (out,))]
+print("requires grad:", any(t.requires_grad for t in tensors), [t.numpy().shape for t in tensors])  # numpy as is
 """
 
 
@@ -30,7 +33,8 @@ def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str,
     """``flipes export DIR`` writes DIR/policy.pt2; loaded in a process where flipes cannot be imported,
     it maps batches of 1 and 7 observations (normalized by the run's statistics) to exactly the actions
     of ``flipes.load_policy``'s policy: argmax for Discrete, tanh into the bounds for Box; a GRU
-    policy's program takes and returns its state, zeros at the start."""
+    policy's program takes and returns its state, zeros at the start; the actions need no torch.no_grad()
+    (no autograd graph: .numpy() works on them as returned)."""
     run = tmp_path / "run"
     flipes.train(**{**FAST_KW, "env": env}, policy=policy, hidden=[8, 8], generations=2, out=str(run))
     assert main(["export", str(run)]) == 0 and (run / "policy.pt2").is_file()
@@ -40,6 +44,7 @@ def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str,
     assert reference.obs_norm.count.item() > 0  # the statistics in the program are real ones
     gen = torch.Generator().manual_seed(0)
     obs = [3 * torch.randn(b, reference.obs_dim, generator=gen) for b in (1, 7)]
+    reference.requires_grad_(False)  # its state as an input with no graph, as a deployment passes it
     if policy == "gru":  # two steps from a zero state: the second takes the first's state
         first = reference(obs[1], torch.zeros(7, 8))
         inputs = [(obs[1], torch.zeros(7, 8)), (obs[1], first[1])]
@@ -55,7 +60,8 @@ def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str,
         str(tmp_path / "inputs.pt"),
         str(tmp_path / "out.pt"),
     ]
-    subprocess.run(cmd, check=True, timeout=120, cwd=tmp_path)
+    r = subprocess.run(cmd, check=True, timeout=120, cwd=tmp_path, capture_output=True, text=True)
+    assert "requires grad: False" in r.stdout, r.stdout + r.stderr
     got = torch.load(tmp_path / "out.pt")
     for g, e in zip(got, expect, strict=True):
         for a, b in zip(*((x if isinstance(x, tuple) else (x,)) for x in (g, e)), strict=True):
