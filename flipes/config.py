@@ -72,7 +72,8 @@ class TrainConfig:
     episodes: int = 1
     """Episodes per member and generation (its fitness is their mean return)."""
     reward_shift: float = 0.0
-    """Subtracted from every step's reward in the fitness (an alive bonus); reported returns keep it."""
+    """Subtracted from every step's reward in the fitness (an alive bonus): fitness_* columns are shifted, while
+    eval_return and return_mean (the population's mean episode return, a column only with a shift) keep it."""
     hidden: list[int] = field(default_factory=lambda: [32, 32])
     """Hidden layer widths of the MLP policy (--hidden with no width: a linear policy); of the GRU
     policy, its encoder's widths and then the GRU's hidden size (the last width)."""

@@ -384,6 +384,9 @@ def run_loop(
             "bytes_sent": comm.bytes_sent - bytes_before,
             "params_sha256": tensors_sha256(model.parameters()),
         }
+        if config.reward_shift and isinstance(fitness, RolloutFitness) and fitness.last_returns is not None:
+            # the fitness is shifted: the population's plain mean return beside it (OpenAI ES's EpRewMean)
+            row["return_mean"] = _summed(comm, fitness.last_returns.sum().item()) / config.popsize
         if es.best is not None:  # --track-best: the running maximum, and the member it came from
             row["best_member_fitness"], row["best_member_generation"] = es.best.fitness, es.best.generation
         if comm.size > 1 and (gen + 1) % config.check_every == 0:

@@ -174,6 +174,16 @@ def test_a_resume_into_another_directory_starts_it_with_the_saved_counters(tmp_p
     assert copy["es"]["generation"] == 2 and copy["timesteps"] == saved["timesteps"] > 0
 
 
+def test_a_shifted_fitness_is_logged_beside_the_populations_plain_return(tmp_path: Path) -> None:
+    """With reward_shift s on Pendulum (every episode 200 steps), each row's return_mean is the population's mean
+    unshifted return: fitness_mean + 200·s; without a shift the row has no such column."""
+    kw = {**FAST_KW, "env": "flipes/Pendulum-v1", "generations": 2}
+    rows = flipes.train(**kw, reward_shift=1.5, out=str(tmp_path / "shifted")).metrics
+    for row in rows:
+        assert row["return_mean"] == pytest.approx(row["fitness_mean"] + 200 * 1.5, abs=1e-9)
+    assert all("return_mean" not in row for row in flipes.train(**kw, out=str(tmp_path / "plain")).metrics)
+
+
 def test_a_callback_class_or_another_object_is_refused_before_training(tmp_path: Path) -> None:
     """``callbacks=[Stop]`` (the class) is a UsageError naming ``Stop()``, an object that is no Callback one naming
     the base class, both before anything is written (not a TypeError at the first hook)."""

@@ -268,6 +268,7 @@ class RolloutFitness:
 
     Attributes:
         timesteps: env steps used so far.
+        last_returns: ``(pop.size,)``, each member's mean return of the latest call, without ``reward_shift``.
     """
 
     def __init__(
@@ -282,6 +283,7 @@ class RolloutFitness:
         self.env, self.episodes, self.seed, self.obs_norm, self.pipeline = env, episodes, seed, obs_norm, pipeline
         self.reward_shift = reward_shift
         self.timesteps = 0
+        self.last_returns: Tensor | None = None
         self._warned = False  # about an obs_norm left unmerged, once
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
@@ -324,5 +326,6 @@ class RolloutFitness:
         self.timesteps += ep.steps
         if norm is not None:
             norm.pending_generation = pop.generation
+        self.last_returns = ep.returns.view(n, k).mean(1)  # each member's unshifted mean return, for the logs
         returns = ep.returns if not self.reward_shift else ep.returns - self.reward_shift * ep.lengths
         return returns.view(n, k).mean(1)
