@@ -527,3 +527,15 @@ def test_es_raises_the_center_return_on_half_cheetah() -> None:
     finally:
         torch.set_num_threads(threads)
     assert after > before + 50, (before, after)
+
+
+def test_loading_half_cheetah_says_nothing_of_gymnasiums_deprecated_settotalmass(capfd: pytest.CaptureFixture) -> None:
+    """gymnasium's half_cheetah.xml makes MuJoCo print a deprecation note at every load (twice a command); the
+    Warp physics loads it without that line on stdout or stderr, and without a warning."""
+    from envs.warp.physics import WarpPhysics
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WarpPhysics("half_cheetah.xml", 2, 5, "cpu", capture=False)
+    out, err = capfd.readouterr()
+    assert "settotalmass" not in out + err

@@ -13,9 +13,10 @@ itself (measured here: 6.4 ms of launches per ``mj_step`` at any N, 1.2 ms repla
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import gymnasium as gym
 import torch
@@ -53,6 +54,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+@contextlib.contextmanager
+def _without_settotalmass_note() -> Iterator[None]:
+    """Loads gymnasium's half_cheetah.xml without MuJoCo's note that its ``settotalmass`` is deprecated
+    (printed at every load, twice a command: a note about gymnasium's file, not the user's run); any
+    other MuJoCo warning is a Python warning."""
+    previous = mujoco.get_mju_user_warning()
+
+    def note(message: str) -> None:
+        if "settotalmass" not in message:
+            warnings.warn(f"MuJoCo: {message}", stacklevel=2)
+
+    mujoco.set_mju_user_warning(note)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 class WarpPhysics:
     """``num_worlds`` copies of one MuJoCo model on MuJoCo Warp, with torch views of its state.
 
@@ -73,7 +92,8 @@ class WarpPhysics:
     """
 
     def __init__(self, xml_file: str, num_worlds: int, frame_skip: int, device: str | torch.device, capture: bool = True) -> None:
-        self.mj_model = mujoco.MjModel.from_xml_path(model_path(xml_file))
+        with _without_settotalmass_note():
+            self.mj_model = mujoco.MjModel.from_xml_path(model_path(xml_file))
         if self.mj_model.opt.solver == mujoco.mjtSolver.mjSOL_PGS:
             # Humanoid's XML asks for PGS, which MuJoCo Warp lacks; Newton solves the same convex problem
             self.mj_model.opt.solver = mujoco.mjtSolver.mjSOL_NEWTON
