@@ -79,6 +79,31 @@ def _copy_atomic(source: Path, target: Path) -> None:
         raise StorageError(f"cannot copy {source} to {target} ({e.strerror or e})") from None
 
 
+def check_not_in_use(run_dir: Path) -> None:
+    """Refuse a run directory another process holds locked, without taking the lock: a resume checks it
+    before reading the run, which a process that started it an instant ago may not have finished writing.
+
+    Raises:
+        UsageError: naming the process that holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no locking
+        return
+    try:
+        file = open(run_dir / ".lock")
+    except OSError:  # no lock file: no process has trained into it yet
+        return
+    with file:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            holder = file.read().strip() or "another process"
+            raise UsageError(
+                "--out", f"{str(run_dir)!r} is in use by {holder}", "wait for it to end, or train into another --out"
+            ) from None
+
+
 class RunDirLock:
     """An exclusive lock on a run directory (``fcntl.flock`` on ``<run>/.lock``), held while a process
     trains into it; the OS releases it when the process ends, however it ends."""

@@ -31,7 +31,7 @@ from flipes import dist
 from flipes.builders import Fitness, build_env, build_es, build_evaluator, build_fitness, build_model, standard_callbacks
 from flipes.callbacks import Callback, PlainRow
 from flipes.checkpoint import tensors_sha256
-from flipes.config import TrainConfig, resolve_target, validate
+from flipes.config import TrainConfig, resolve_target, resume_dir, validate
 from flipes.errors import EqualFitnessWarning, UsageError
 from flipes.es import FlipES
 from flipes.nn import flipout
@@ -39,7 +39,7 @@ from flipes.plugins import Plugins
 from flipes.resume import agree, restore
 from flipes.rl import RolloutFitness
 from flipes.rl.envs import print_note
-from flipes.rundir import check_run_dir, prepare_run_dir
+from flipes.rundir import check_not_in_use, check_run_dir, prepare_run_dir
 
 
 @dataclass
@@ -241,6 +241,8 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
     run_dir = config.run_dir()
     if lead:
         check_run_dir(run_dir, config)  # before anything is built or written
+        if config.resume:  # a run its process is still writing is "in use", not a run of other options
+            check_not_in_use(resume_dir(config.resume))
     notes: list[str] = []  # said once everything is built: a mistake found while building stays one line
 
     with contextlib.ExitStack() as cleanup:  # envs and the lock are let go however this ends (a failed check too)
