@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from flipes.callbacks import write_atomic
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -98,10 +98,14 @@ def check_not_in_use(run_dir: Path) -> None:
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            holder = file.read().strip() or "another process"
-            raise UsageError(
-                "--out", f"{str(run_dir)!r} is in use by {holder}", "wait for it to end, or train into another --out"
-            ) from None
+            raise _in_use(run_dir, file) from None
+
+
+def _in_use(run_dir: Path, lock_file: IO[str]) -> UsageError:
+    """The error for a run directory whose lock another process holds, naming it (the lock file's text)."""
+    lock_file.seek(0)
+    holder = lock_file.read().strip() or "another process"
+    return UsageError("--out", f"{str(run_dir)!r} is in use by {holder}", "wait for it to end, or train into another --out")
 
 
 class RunDirLock:
@@ -117,12 +121,9 @@ class RunDirLock:
         try:
             fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
+            error = _in_use(run_dir, self.file)
             self.file.close()
-            raise UsageError(
-                "--out", f"{str(run_dir)!r} is in use by {holder}", "wait for it to end, or train into another --out"
-            ) from None
+            raise error from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"flipes pid {os.getpid()}")
