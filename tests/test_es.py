@@ -466,3 +466,38 @@ def test_a_model_moved_to_another_dtype_after_a_tell_is_named_and_the_fix_works(
     moved.load_state_dict(es.state_dict())
     moved.step(fitness64)
     assert moved.generation == 2 and all(s["exp_avg"].dtype == torch.float64 for s in moved.optimizer.state.values())
+
+
+@pytest.mark.parametrize("shaping", [centered_ranks, z_score, flipes.shaping.ars])
+def test_minimizing_a_loss_steps_exactly_as_maximizing_its_negation(shaping) -> None:
+    """``maximize=False`` takes a loss: every generation's parameters are bit-identical to those of a
+    FlipES told the negated loss; the returned statistics and ``es.best`` (the lowest loss, its generation
+    and member) are of the loss as told; the option is part of the state dict's configuration."""
+
+    def loss(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
+        return -fitness(model, pop)
+
+    def make(maximize: bool) -> flipes.FlipES:
+        options = {"shaping": shaping, "track_best": True, "maximize": maximize}
+        return flipes.FlipES(mlp(0), popsize=16, sigma=0.1, lr=0.05, groups=2, **options)
+
+    low, high = make(False), make(True)
+    lowest = None
+    for generation in range(5):
+        with low.population() as pop:
+            values = loss(low.model, pop)
+        with high.population() as pop:
+            negated = fitness(high.model, pop)
+        assert torch.equal(values, -negated)
+        i = int(values.argmin())
+        if lowest is None or values[i] < lowest[0]:
+            lowest = (values[i].item(), generation, i)
+        stats = low.tell(values)
+        high.tell(negated)
+        assert all(torch.equal(a, b) for a, b in zip(low.model.parameters(), high.model.parameters(), strict=True))
+        assert (stats["fitness_mean"], stats["fitness_min"]) == (values.double().mean().item(), values.min().item())
+        assert (low.best.fitness, low.best.generation, low.best.index) == lowest
+    with pytest.raises(ValueError, match="maximize: saved False, now True"):
+        make(True).load_state_dict(low.state_dict())
+    with pytest.raises(TypeError, match="maximize must be True or False"):
+        flipes.FlipES(mlp(0), popsize=16, maximize="min")

@@ -115,6 +115,9 @@ class FlipES:
             (:class:`~flipes.es.members.BestMember`: its fitness, generation, index and state dict,
             buffers included); part of ``state_dict()``. Costs one member's weights per
             generation that beats it. Noisy fitness (episodes, minibatches) makes its fitness optimistic.
+        maximize: ``True`` (default): higher fitness is better. ``False``: ``tell`` takes a loss to
+            minimize (``shaping`` is applied to its negation; ``es.best`` is the lowest); the fitness
+            statistics ``tell`` returns are of the values as told. Part of ``state_dict()``'s configuration.
 
     Examples::
 
@@ -144,6 +147,7 @@ class FlipES:
         noise_rank: int | None = None,
         sigma_lr: float = 0.0,
         track_best: bool = False,
+        maximize: bool = True,
     ) -> None:
         # checked up front: a wrong type would otherwise fail far from here, or be truncated silently
         popsize, seed, groups = integer("popsize", popsize), integer("seed", seed), integer("groups", groups)
@@ -153,6 +157,9 @@ class FlipES:
         if not isinstance(track_best, (bool, np.bool_)):
             raise TypeError(f"track_best must be True or False, got {track_best!r} ({type(track_best).__name__})")
         self.track_best = bool(track_best)
+        if not isinstance(maximize, (bool, np.bool_)):
+            raise TypeError(f"maximize must be True or False, got {maximize!r} ({type(maximize).__name__})")
+        self.maximize = bool(maximize)
         self.best: BestMember | None = None  # with track_best: the fittest member of any generation so far
         if not callable(shaping):
             raise TypeError(
@@ -520,7 +527,8 @@ class FlipES:
         """Update the mean parameters from the fitness of this process's members.
 
         Args:
-            fitness: ``(pop.size,)``, higher is better, in the members' input order.
+            fitness: ``(pop.size,)``, higher is better (lower with ``maximize=False``), in the members'
+                input order.
 
         Returns:
             ``fitness_mean/max/min/std``, ``grad_norm`` (‖ĝ‖), ``update_ratio``
@@ -543,7 +551,7 @@ class FlipES:
             )
         local = check_fitness(fitness, self.members, self.popsize)
         full = self.comm.allgather_tensor(local)
-        shaped = self.shaping(full)
+        shaped = self.shaping(full if self.maximize else -full)  # weights for ascent either way
         if shaped.shape != full.shape or not torch.isfinite(shaped).all():
             raise ValueError("the shaping function must map fitness (N,) to finite weights (N,)")
         sigma = self.sigma_at(self.generation)
@@ -598,8 +606,9 @@ class FlipES:
             flat.mul_(-1.0 / (self.popsize * sigma * sigma))  # -ĝ: Σ F̂ (σu) / (Nσ²), negated for the loss -J
 
         if self.track_best:  # before the mean moves: the member as it was evaluated
-            best = int(full.argmax())
-            if self.best is None or full[best].item() > self.best.fitness:
+            best = int(full.argmax() if self.maximize else full.argmin())
+            better = (lambda a, b: a > b) if self.maximize else (lambda a, b: a < b)
+            if self.best is None or better(full[best].item(), self.best.fitness):
                 self.best = BestMember(full[best].item(), self.generation, best, members.member_state_dict(self, best))
         before = torch.cat([p.detach().flatten() for p in self.params])
         for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
@@ -719,6 +728,7 @@ class FlipES:
             "mirrored": self.mirrored,
             "noise_rank": self.noise_rank,
             "sigma_lr": self.sigma_lr,
+            "maximize": self.maximize,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -748,6 +758,7 @@ class FlipES:
         if "rank" in saved:  # states saved before the option was called noise_rank
             saved["noise_rank"] = saved.pop("rank")
         saved.setdefault("sigma_lr", 0.0)  # states saved before adaptive σ existed
+        saved.setdefault("maximize", True)  # states saved before minimizing existed
         diff = {k: (v, saved.get(k)) for k, v in self._config().items() if saved.get(k) != v}
         if diff:
             shown = ", ".join(f"{k}: saved {s!r}, now {c!r}" for k, (c, s) in diff.items())

@@ -27,10 +27,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class BestMember:
-    """The fittest member of any generation so far (``FlipES(track_best=True)``, ``es.best``).
+    """The fittest member of any generation so far (``FlipES(track_best=True)``, ``es.best``): of the
+    highest fitness, or of the lowest with ``maximize=False``.
 
     Attributes:
-        fitness: its fitness as told (the whole population's maximum in its generation).
+        fitness: its fitness as told (the whole population's maximum in its generation, or minimum).
         generation: the generation it was evaluated in.
         index: its global member index in that generation.
         state_dict: ``model.state_dict()`` as it evaluated, on the CPU: its parameters ``θ̄ + σu``,
