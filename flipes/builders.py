@@ -72,7 +72,7 @@ def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: 
         ) from None
 
 
-def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
+def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm, plugins: Plugins | None = None) -> FlipES:
     """The FlipES of the run, after checking that the model has something to evolve and that the
     noise rank is below the rank any of its weights can have."""
     layers = flipout_layers(model)
@@ -90,7 +90,7 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm) -> FlipES:
                 f"{config.noise_rank} exceeds the largest rank this model's noise can have ({useful})",
                 f"use --noise-rank 1 ... {useful}, or 0 for full-rank noise",
             )
-    shaping, optimizer = search_rule(config)
+    shaping, optimizer = search_rule(config, plugins)
     return FlipES(
         model,
         popsize=config.popsize,

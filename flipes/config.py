@@ -9,12 +9,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from flipes.cli import check_options, finite, option_name
 from flipes.errors import UsageError
 
 _UNSET: Any = object()
+ShapingName = Literal["auto", "centered-ranks", "z-score", "raw"]
+SHAPING_NAMES: tuple[str, ...] = get_args(ShapingName)  # the shapings --shaping names (else module:function)
 
 
 @dataclass
@@ -48,10 +50,11 @@ class TrainConfig:
     """The search: openai-es (centered ranks, Adam, fixed σ); pgpe (adds --sigma-lr 0.2 --groups 8 and
     ClipUp, see --max-speed: σ adapts per layer); ars (top --ars-top mirrored directions scaled by the
     reward std, SGD at lr·σ; a linear policy, lr 0.02, σ 0.03). Flags override what each sets."""
-    shaping: Literal["auto", "centered-ranks", "z-score", "raw"] = "auto"
+    shaping: ShapingName | str = "auto"
     """Fitness shaping, the weight of each member in the ES gradient: auto is the search's own (centered
     ranks; ARS's with --algo ars, which refuses the others); centered-ranks (ranks scaled to [-0.5, 0.5]: invariant to monotone
-    transforms of the fitness, robust to outliers); z-score ((F - mean) / std); raw (F itself)."""
+    transforms of the fitness, robust to outliers); z-score ((F - mean) / std); raw (F itself); or a custom
+    one, module:function, called as FN(fitness (N,)) -> weights (N,)."""
     weight_decay: float = 0.0
     """L2 pull of the mean parameters towards 0: weight_decay·θ is added to each step's loss gradient -ĝ
     (OpenAI's ES starter's l2coeff 0.005 is weight_decay 0.005/σ here, its gradient omitting the 1/σ:
@@ -106,6 +109,10 @@ class TrainConfig:
     evaluate(model) -> float beside it gives eval_return."""
     model: str = ""
     """A custom model, module:function, called as FN(env) (None with --env none) -> nn.Module."""
+    optimizer: str = ""
+    """A custom optimizer in place of --algo's (Adam, ClipUp, SGD), module:function, called as
+    FN(params) -> torch.optim.Optimizer over exactly those parameters with its own settings; or a
+    torch.optim class (e.g. torch.optim.sgd:SGD), built at --lr."""
     checkpoint_every: int = 10
     """Write checkpoint.pt every this many generations (and on Ctrl-C/SIGTERM and at the end)."""
     progress: bool = True
@@ -279,6 +286,12 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         )
     finite("--lr", config.lr, 0, strict=True, fix="e.g. --lr 0.05")
     finite("--weight-decay", config.weight_decay, 0, fix="0 is none; e.g. --weight-decay 0.005")
+    if config.shaping not in SHAPING_NAMES and ":" not in config.shaping:
+        raise UsageError(
+            "--shaping",
+            f"{config.shaping!r} is none of {', '.join(SHAPING_NAMES)} and not module:function",
+            "e.g. --shaping centered-ranks",
+        )
     if config.algo == "ars" and config.shaping != "auto":
         raise UsageError(
             "--shaping", f"{config.shaping} with --algo ars, whose step is its own weighting of mirrored pairs", "drop --shaping"

@@ -15,19 +15,26 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+import torch
 from torch import nn
 
 from flipes.cli import load_callable, main_module
 from flipes.errors import UsageError
 
-OPTION: MappingProxyType[str, str] = MappingProxyType({"fitness": "--fitness", "model": "--model", "evaluate": "evaluate"})
+OPTION: MappingProxyType[str, str] = MappingProxyType(
+    {"fitness": "--fitness", "model": "--model", "evaluate": "evaluate", "optimizer": "--optimizer", "shaping": "--shaping"}
+)
 CALL: MappingProxyType[str, tuple[str, int]] = MappingProxyType(
     {
         "fitness": ("fitness(model, pop) -> Tensor[pop.size]", 2),
         "model": ("model(env) -> nn.Module (env is None with env='none')", 1),
         "evaluate": ("evaluate(model) -> float", 1),
+        "optimizer": ("optimizer(params) -> torch.optim.Optimizer", 1),
+        "shaping": ("shaping(fitness) -> Tensor of weights, one per member", 1),
     }
 )
+# plug-ins given as objects or module:function names (evaluate is never recorded: see Plugins.take)
+NAMED = ("fitness", "model", "optimizer", "shaping")
 
 
 def name_of(obj: Any) -> str:
@@ -83,14 +90,24 @@ class Plugins:
     fitness: Callable[..., Any] | None = None
     model: Callable[..., Any] | nn.Module | None = None
     evaluate: Callable[..., Any] | None = None
+    optimizer: Callable[..., Any] | None = None
+    shaping: Callable[..., Any] | None = None
 
     @classmethod
     def take(cls, overrides: dict[str, Any]) -> Plugins:
-        """Take the objects out of ``overrides`` (``fitness=``, ``model=``, ``evaluate=``), leaving their
-        names in ``overrides`` for the config."""
+        """Take the objects out of ``overrides`` (``fitness=``, ``model=``, ``evaluate=``, ``optimizer=``,
+        ``shaping=``), leaving their names in ``overrides`` for the config (flipes' own shaping functions
+        by the names ``--shaping`` gives them)."""
+        from flipes.search import SHAPINGS
+
         found: dict[str, Any] = {}
-        for key in ("fitness", "model"):
+        for key in NAMED:
             value = overrides.get(key)
+            if key == "shaping" and value is not None and not isinstance(value, str):
+                own = [name for name, fn in SHAPINGS.items() if fn is value and name != "auto"]
+                if own:  # shaping=flipes.shaping.z_score is --shaping z-score
+                    overrides[key] = own[0]
+                    continue
             if value is not None and not isinstance(value, str):
                 if not callable(value):
                     raise UsageError(
@@ -115,6 +132,19 @@ class Plugins:
         """An ``evaluate`` needs a custom fitness: an env's runs are evaluated by their own episodes."""
         if self.evaluate is not None and not fitness:
             raise UsageError("evaluate", "is given without a custom fitness", "give fitness= with it, or leave evaluate out")
+
+    def optimizer_fn(self, spec: str) -> Callable[..., Any]:
+        """The optimizer factory (or ``torch.optim`` class): the object given, else ``spec`` imported."""
+        fn = self.optimizer if self.optimizer is not None else load_callable(spec, "--optimizer")
+        if not (isinstance(fn, type) and issubclass(fn, torch.optim.Optimizer)):  # a class is built as cls(params, lr=lr)
+            check_call(fn, "optimizer", spec)
+        return fn
+
+    def shaping_fn(self, spec: str) -> Callable[..., Any]:
+        """The shaping function: the object given, else ``spec`` imported; its signature checked."""
+        fn = self.shaping if self.shaping is not None else load_callable(spec, "--shaping")
+        check_call(fn, "shaping", spec)
+        return fn
 
     def fitness_fn(self, spec: str) -> Callable[..., Any]:
         """The fitness function: the object given, else ``spec`` imported; its signature checked."""

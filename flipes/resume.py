@@ -43,9 +43,21 @@ RESUME_KEYS = (
     "sigma_lr",
     "max_speed",
     "ars_top",
+    "optimizer",
 )
 # resume keys added after the first checkpoints were written: a run that lacks one ran with its default
-LATER_KEYS = ("mirrored", "reward_shift", "policy", "shaping", "weight_decay", "algo", "sigma_lr", "max_speed", "ars_top")
+LATER_KEYS = (
+    "mirrored",
+    "reward_shift",
+    "policy",
+    "shaping",
+    "weight_decay",
+    "algo",
+    "sigma_lr",
+    "max_speed",
+    "ars_top",
+    "optimizer",
+)
 
 
 # options each rank may set for itself; all others must agree across ranks
@@ -123,8 +135,11 @@ def same_option(key: str, saved: dict[str, Any], now: dict[str, Any]) -> bool:
     plug-in code under another name (:func:`flipes.plugins.same_code`), or the same shaping rule."""
     if saved.get(key) == now[key]:
         return True
-    if key in ("fitness", "model"):
+    if key in ("fitness", "model", "optimizer"):
         return same_code(saved.get(key), now[key])
     if key == "shaping":
-        return SHAPINGS[saved.get(key, "auto")] is SHAPINGS[now[key]]
+        saved_rule, rule = saved.get(key, "auto"), now[key]
+        if saved_rule in SHAPINGS and rule in SHAPINGS:
+            return SHAPINGS[saved_rule] is SHAPINGS[rule]
+        return same_code(saved_rule, rule)
     return False

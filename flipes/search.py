@@ -17,17 +17,25 @@ from torch import Tensor
 from flipes.config import TrainConfig
 from flipes.es import shaping
 from flipes.optim import ClipUp
+from flipes.plugins import Plugins
 
 
-def search_rule(config: TrainConfig) -> tuple[Callable[[Tensor], Tensor], Callable[[list], torch.optim.Optimizer] | None]:
-    """``--algo``'s fitness shaping (or ``--shaping``'s) and optimizer (``None``: FlipES's Adam at ``--lr``)."""
+def search_rule(
+    config: TrainConfig, plugins: Plugins | None = None
+) -> tuple[Callable[[Tensor], Tensor], Callable[[list], torch.optim.Optimizer] | type[torch.optim.Optimizer] | None]:
+    """``--algo``'s fitness shaping (or ``--shaping``'s) and optimizer (``None``: FlipES's Adam at ``--lr``);
+    ``--optimizer`` replaces the optimizer of any of them."""
+    plugins = plugins or Plugins()
     if config.algo == "ars":  # SGD at lr·σ: a FlipES step is then ARS's α/(b σ_R) Σ (r+ - r-) δ (flipes.shaping.ars)
         top = config.ars_top or None
-        return functools.partial(shaping.ars, top=top), lambda params: torch.optim.SGD(params, lr=config.lr * config.sigma)
-    shape = SHAPINGS[config.shaping]
-    if config.algo == "pgpe":
-        return shape, functools.partial(clipup, max_speed=config.max_speed, lr=config.lr)
-    return shape, None
+        shape: Callable[[Tensor], Tensor] = functools.partial(shaping.ars, top=top)
+        optimizer: Callable[[list], torch.optim.Optimizer] | None = functools.partial(
+            torch.optim.SGD, lr=config.lr * config.sigma
+        )
+    else:
+        shape = SHAPINGS[config.shaping] if config.shaping in SHAPINGS else plugins.shaping_fn(config.shaping)
+        optimizer = functools.partial(clipup, max_speed=config.max_speed, lr=config.lr) if config.algo == "pgpe" else None
+    return shape, plugins.optimizer_fn(config.optimizer) if config.optimizer else optimizer
 
 
 SHAPINGS = {

@@ -35,7 +35,7 @@ from flipes.config import TrainConfig, resolve_target, resume_dir, validate
 from flipes.errors import EqualFitnessWarning, UsageError
 from flipes.es import FlipES
 from flipes.nn import flipout
-from flipes.plugins import Plugins
+from flipes.plugins import NAMED, Plugins
 from flipes.resume import agree, restore
 from flipes.rl import RolloutFitness
 from flipes.rl.envs import print_note
@@ -176,9 +176,11 @@ def train(
             TensorBoard and W&B as the config asks): ``on_generation`` before them, so what a
             callback adds to the row reaches every sink; ``on_train_start``/``on_train_end`` after.
         **overrides: options replacing those of ``config`` (checked strictly: ``generations=3.7``
-            is an error). ``fitness=``, ``model=`` and ``evaluate=`` also take Python objects: a
-            function ``fitness(model, pop) -> Tensor``, a function ``model(env) -> nn.Module`` or a
-            module, a function ``evaluate(model) -> float`` (only with such a fitness). The run
+            is an error). ``fitness=``, ``model=``, ``evaluate=``, ``optimizer=`` and ``shaping=`` also
+            take Python objects: a function ``fitness(model, pop) -> Tensor``, a function
+            ``model(env) -> nn.Module`` or a module, a function ``evaluate(model) -> float`` (only with
+            such a fitness), a function ``optimizer(params) -> torch.optim.Optimizer`` or a
+            ``torch.optim`` class (built at ``lr``), a function ``shaping(fitness) -> weights``. The run
             records their ``module:qualname``; give them again to resume it.
 
     Returns:
@@ -197,7 +199,7 @@ def train(
     if isinstance(comm, str):  # train(comm="seeds"): the option of that name, not a communicator
         overrides, comm = {**overrides, "comm": comm}, None
     if config is not None:  # TrainConfig(fitness=fn): objects in a config are taken like those given here
-        objects = {k: getattr(config, k) for k in ("fitness", "model") if not isinstance(getattr(config, k), str)}
+        objects = {k: getattr(config, k) for k in NAMED if not isinstance(getattr(config, k), str)}
         config = dataclasses.replace(config, **dict.fromkeys(objects, ""))
         overrides = {**objects, **overrides}
     callbacks = list(callbacks)
@@ -255,7 +257,7 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
                 model = flipout(model).to(device)
             except ValueError as e:
                 raise UsageError("--model", str(e)) from None
-        es = build_es(config, model, comm)
+        es = build_es(config, model, comm, plugins)
         fitness = build_fitness(config, env, model, plugins)
         evaluator = build_evaluator(config, device, comm, env, plugins)
         cleanup.callback(_close, getattr(evaluator, "env", None))
