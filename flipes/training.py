@@ -300,11 +300,19 @@ def _close(env: gym.vector.VectorEnv | None) -> None:
 
 
 def evaluate_center(state: TrainState, evaluator: Callable[..., dict] | None, generation: int) -> dict[str, float]:
-    """The center policy's evaluation at ``generation``, on rank 0 (empty where there is none)."""
+    """The center policy's evaluation at ``generation``, on rank 0 (empty where there is none), in eval
+    mode as ``load_policy`` gives it (no dropout): ``best.pt`` and ``--target`` judge the model that is
+    deployed. Each module's mode is set back afterwards (the fitness runs in the model's own)."""
     if evaluator is None:
         return {}
     t0 = time.perf_counter()
-    result = evaluator(state.model, generation)
+    modes = [(m, m.training) for m in state.model.modules()]
+    state.model.eval()
+    try:
+        result = evaluator(state.model, generation)
+    finally:
+        for module, training in modes:
+            module.training = training
     return {**result, "eval_seconds": time.perf_counter() - t0}
 
 

@@ -280,6 +280,32 @@ def test_resume_refuses_another_search_rule_and_leaves_the_run_resumable(tmp_pat
     assert [r["generation"] for r in flipes.train(**kw, generations=2, resume=str(run)).metrics] == [1]
 
 
+def test_the_center_is_evaluated_in_eval_mode_and_each_modules_mode_is_set_back(tmp_path: Path) -> None:
+    """The evaluation that picks best.pt and meets --target sees the model in eval mode, as load_policy
+    returns it (dropout off: two forwards agree); the fitness runs in the model's own mode, and after
+    each evaluation every module has its mode back (one the user put in eval mode stays there)."""
+    seen = {"fitness": set(), "evaluate": set(), "agree": set()}
+
+    def make_model(env):
+        model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1), torch.nn.Dropout(0.5))
+        model[3].eval()  # the user's own choice for one module
+        return model
+
+    def fitness(model, pop):
+        seen["fitness"].add((model.training, model[1].training, model[3].training))
+        return -model(torch.ones(pop.size, 3)).square().sum(1)
+
+    def evaluate(model):
+        seen["evaluate"].add(any(m.training for m in model.modules()))
+        x = torch.ones(64, 3)
+        seen["agree"].add(torch.equal(model(x), model(x)))
+        return -model(x[:1]).square().sum().item()
+
+    flipes.train(env="none", model=make_model, fitness=fitness, evaluate=evaluate, popsize=8, generations=4, eval_every=1,
+                 out=str(tmp_path), tensorboard=False, progress=False)  # fmt: skip
+    assert seen == {"fitness": {(True, True, False)}, "evaluate": {False}, "agree": {True}}
+
+
 FITNESS_MODULE = """
 import torch
 

@@ -28,6 +28,9 @@ from torch.utils import _pytree as pytree
 
 from flipes.noise import SlotNoise
 
+# the norms whose per-member forward is written out here (nn.RMSNorm exists from torch 2.4)
+NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+
 
 class PerMember:
     """Mixin of modules evaluated with dense per-member noise on all their trainable parameters.
@@ -136,7 +139,7 @@ def _norm_forward(module: nn.Module, noise: dict[str, Tensor], x: Tensor) -> Ten
 
 def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, kwargs: dict) -> Any:
     """``module``'s own forward, member ``n`` with parameters ``θ + noise[name][n]``, inputs split by member."""
-    if type(module).__bases__[-1] in (nn.LayerNorm, nn.RMSNorm) and len(args) == 1 and not kwargs:
+    if type(module).__bases__[-1] in NORMS and len(args) == 1 and not kwargs:
         return _norm_forward(module, noise, args[0])
     if not noise and not module.training and getattr(module, "running_mean", None) is not None:
         return super(PerMember, module).forward(*args, **kwargs)  # type: ignore[misc]  # running statistics: one map for all
