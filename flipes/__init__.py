@@ -12,7 +12,7 @@ from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, UsageEr
 from flipes.es import FlipES, Population, shaping
 from flipes.export import export_policy
 from flipes.nn import flipout, kl_divergence
-from flipes.runs import evaluate_policy, load_policy
+from flipes.runs import evaluate_policy, load_policy, read_metrics
 from flipes.training import TrainResult, train
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "nn",
     "noise",
     "optim",
+    "read_metrics",
     "shaping",
     "train",
 ]

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from flipes.callbacks import read_jsonl_lines
-
-
-def read_metrics(run: str | Path) -> list[dict]:
-    """The rows of a run's metrics.jsonl (a torn last line, from a crash mid-write, is skipped)."""
-    path = Path(run) / "metrics.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{run}: no metrics.jsonl; pass a run directory written by flipes train")
-    return [json.loads(line) for line in read_jsonl_lines(path)]
+from flipes.runs import read_metrics
 
 
 def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") -> Path:

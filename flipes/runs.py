@@ -11,12 +11,26 @@ import gymnasium as gym
 import torch
 from torch import nn
 
+from flipes.callbacks import read_jsonl_lines
 from flipes.checkpoint import CheckpointError, load_checkpoint
 from flipes.errors import UsageError
 from flipes.nn import flipout
 from flipes.plugins import Plugins, name_of
 from flipes.rl import POLICIES, episode_seed, make_vector_env, run_episodes
 from flipes.rl.envs import EnvError
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl``, every generation since it started, across resumes (a torn
+    last line, from a crash mid-write, is skipped); ``TrainResult.metrics`` holds one call's rows.
+
+    Raises:
+        FileNotFoundError: no metrics.jsonl in ``run``.
+    """
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{run}: no metrics.jsonl; pass a run directory written by flipes train")
+    return [json.loads(line) for line in read_jsonl_lines(path)]
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any]:

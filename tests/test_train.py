@@ -415,7 +415,8 @@ def test_an_optimizer_and_a_shaping_of_ones_own_train_as_by_hand_and_resume(
     optimizer factory and shaping function (bit-identical parameters after every generation); the same
     functions by module:function name (``--optimizer``, ``--shaping``) train identically; a resume continues
     bit for bit, with the names from the run or the objects given again, and refuses another optimizer;
-    flipes' own shaping functions are recorded by their ``--shaping`` names; a torch.optim class is built at ``lr``."""
+    flipes' own shaping functions are recorded by their ``--shaping`` names; a torch.optim class is built at ``lr``;
+    ``flipes.read_metrics`` gives the rows of both calls."""
     for name, text in (("quadratic", QUADRATIC_MODULE), ("search_rules", SEARCH_MODULE)):
         (tmp_path / f"{name}.py").write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -444,6 +445,7 @@ def test_an_optimizer_and_a_shaping_of_ones_own_train_as_by_hand_and_resume(
     first = flipes.train(**names, generations=3, out=str(tmp_path / "names"), **kw)
     rest = flipes.train(resume=str(tmp_path / "names"), generations=6, progress=False)  # the run's names
     assert [r["params_sha256"] for r in first.metrics + rest.metrics] == hashes
+    assert flipes.read_metrics(tmp_path / "names") == first.metrics + rest.metrics  # the run's rows across the resume
     with pytest.raises(flipes.UsageError, match=r"--optimizer: saved 'search_rules:sgd', now 'torch.optim.adam:Adam'"):
         flipes.train(resume=str(tmp_path / "names"), optimizer=torch.optim.Adam, generations=7, progress=False)
 
