@@ -336,7 +336,9 @@ def test_members_equal_the_plain_module_with_their_explicit_parameters(
     """For every case (module kinds, layouts, tied and shared parameters) and setting: each member's outputs equal the
     original module under ``functional_call`` with member n's explicit parameters, to 1e-10 absolute (float64); after
     the population no member noise is left and the model's output equals the original's exactly."""
-    _, make, inputs, member_inputs, member_output = case
+    name, make, inputs, member_inputs, member_output = case
+    if name == "rmsnorm" and not hasattr(nn, "RMSNorm"):
+        pytest.skip("nn.RMSNorm is torch >= 2.4")
     check_members(make, inputs, member_inputs, member_output, mirrored, groups, rank, device=device)
 
 

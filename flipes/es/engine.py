@@ -456,7 +456,8 @@ class FlipES:
                 f"population() inside a population: {len(busy)} layer(s) of this model are already evaluating one "
                 "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
             )
-        fastpath = torch.backends.mha.get_fastpath_enabled()
+        switch = getattr(torch.backends, "mha", None)  # torch >= 2.3; before it see flipes.nn.attention
+        fastpath = switch.get_fastpath_enabled() if switch is not None else None
         # whether the model runs in here at all (tell warns if not): the first forward removes every hook
         hooks: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -483,7 +484,13 @@ class FlipES:
                         module.member_noise = {}
                     module.member_noise[name] = nz.delta
             # torch's fused transformer kernels read the mean weights directly, past the Flipout layers
-            torch.backends.mha.set_fastpath_enabled(False)
+            if switch is not None:
+                switch.set_fastpath_enabled(False)
+            # torch < 2.3 has no switch: its encoder layers take the fast path only with this flag set
+            legacy = [] if switch is not None else [m for m in self.model.modules() if isinstance(m, nn.TransformerEncoderLayer)]
+            relu_or_gelu = [m.__dict__.get("activation_relu_or_gelu") for m in legacy]
+            for module in legacy:
+                module.activation_relu_or_gelu = False
             self._inside = modules  # a tell() inside the block makes its later forwards errors (_refuse_stale)
             try:
                 yield Population(
@@ -502,7 +509,10 @@ class FlipES:
                     raise RuntimeError(f"{error}\n{fix}") from error
                 raise
             finally:
-                torch.backends.mha.set_fastpath_enabled(fastpath)
+                if switch is not None:
+                    switch.set_fastpath_enabled(fastpath)
+                for module, flag in zip(legacy, relu_or_gelu, strict=True):
+                    module.activation_relu_or_gelu = flag
                 for hook in [*hooks, *self._stale_hooks]:
                     hook.remove()
                 self._inside, self._stale_hooks = None, []
