@@ -189,12 +189,22 @@ def default_run_dir(out: str, env: str) -> Path:
 def saved_options(resume: str) -> dict[str, Any]:
     """The options a run was trained with (its ``config.json``), to continue it with: all but
     ``resume``, ``out``, ``overwrite`` and ``progress`` (how this invocation prints). Empty where there is
-    no readable config.json (the checkpoint then decides)."""
+    no readable config.json nor checkpoint (the resume then says what is wrong); the checkpoint's
+    options where config.json is missing or damaged."""
     config = resume_dir(resume) / "config.json"
     try:
         saved = json.loads(config.read_text())
     except (OSError, ValueError):
-        return {}
+        saved = None
+    if not isinstance(saved, dict):
+        from flipes.checkpoint import CheckpointError, load_checkpoint
+
+        try:  # the checkpoint records the options too
+            saved = load_checkpoint(resume, map_location="cpu").get("config")
+        except (CheckpointError, OSError):
+            return {}
+        if not isinstance(saved, dict):
+            return {}
     if "rank" in saved and "noise_rank" not in saved:  # runs saved before the option's rename
         saved["noise_rank"] = saved.pop("rank") or 0
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "overwrite", "progress"}

@@ -37,6 +37,8 @@ def unstarted(run_dir: Path) -> bool:
     function being debugged. Such a directory is taken over without ``--overwrite``: it holds nothing
     that the seed does not give again."""
     metrics, checkpoint = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
+    if not checkpoint.exists() and not (run_dir / "previous.pt").exists() and _branch_of(run_dir):
+        return True  # a branch whose setup was cut short: its metrics and best.pt are copies of its source's
     if any((run_dir / name).exists() for name in ("previous.pt", "best.pt", "curves.png")):
         return False
     if metrics.exists() and metrics.stat().st_size > 0:
@@ -45,6 +47,16 @@ def unstarted(run_dir: Path) -> bool:
         return not checkpoint.exists() or load_checkpoint(checkpoint, map_location="cpu")["es"]["generation"] == 0
     except (CheckpointError, KeyError, TypeError):
         return False
+
+
+def _branch_of(run_dir: Path) -> bool:
+    """Whether ``run_dir``'s config.json records a run resumed from another directory."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    resume = saved.get("resume") if isinstance(saved, dict) else None
+    return isinstance(resume, str) and bool(resume) and resume_dir(resume).resolve() != run_dir.resolve()
 
 
 def carry_history(source: Path, run_dir: Path, start: dict[str, Any]) -> None:
@@ -134,9 +146,10 @@ class RunDirLock:
 
 
 def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | None = None) -> RunDirLock:
-    """Create and lock the run directory, clear it for ``--overwrite``, write the starting state
-    ``start`` as its first checkpoint (where it has none: from then on ``--resume DIR`` always
-    finds one), then ``config.json`` (atomically).
+    """Create and lock the run directory, clear it for ``--overwrite``, write ``config.json``, then (where
+    it has no checkpoint) a branch's history and the starting state ``start`` as its first checkpoint,
+    last: a directory with a checkpoint holds a whole run, which ``--resume DIR`` continues; one cut
+    short before it is taken over by the same command (:func:`unstarted`). All writes are atomic.
 
     Raises:
         UsageError: the directory cannot be created or written, is in use, or holds another run.
@@ -157,11 +170,11 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
                 (run_dir / name).unlink(missing_ok=True)
             for name in ("tensorboard", "wandb"):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
-        if start is not None and not (run_dir / "checkpoint.pt").exists():
-            save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)
-            if config.resume:
-                carry_history(resume_dir(config.resume), run_dir, start)
         write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+        if start is not None and not (run_dir / "checkpoint.pt").exists():
+            if config.resume:  # a branch: the history first, so a setup cut short is taken over (unstarted)
+                carry_history(resume_dir(config.resume), run_dir, start)
+            save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)  # last: the run is whole
     except BaseException:
         lock.release()
         raise

@@ -6,7 +6,8 @@ check what a crash there leaves on disk. Usage (a subprocess)::
 Points: ``metrics-rewrite`` (SIGKILL before metrics.jsonl is replaced by its rewrite),
 ``between-renames`` (SIGKILL after previous.pt took the old checkpoint, before the new one is
 renamed into checkpoint.pt), ``final-save`` (SIGTERM to itself as the final checkpoint is renamed
-into place, then go on: the signal must wait until the writing is done).
+into place, then go on: the signal must wait until the writing is done), ``replace-K`` (SIGKILL before
+the process's K-th file is renamed into place: K = 1, 2, ... walks through a run directory's setup).
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from pathlib import Path
 
 def install(point: str, generations: int) -> None:
     real_replace = os.replace
+    calls = [0]
 
     def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         src_name, dst_name = Path(src).name, Path(dst).name
+        calls[0] += 1
+        if point == f"replace-{calls[0]}":
+            os.kill(os.getpid(), signal.SIGKILL)
         if point == "metrics-rewrite" and dst_name == "metrics.jsonl":
             os.kill(os.getpid(), signal.SIGKILL)
         if point == "between-renames" and dst_name == "checkpoint.pt" and (Path(dst).parent / "previous.pt").exists():

@@ -118,6 +118,31 @@ def test_a_kill_at_any_write_leaves_a_run_that_resumes_bit_for_bit(point: str, t
     assert [r["params_sha256"] for r in metrics(run)] == uninterrupted(tmp_path, 6)
 
 
+def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_completes(tmp_path: Path) -> None:
+    """SIGKILL before each file a new run or a branch (--resume A --out B) renames into place while its
+    directory is set up (config.json, the carried metrics.jsonl and best.pt, the first checkpoint):
+    running the same command again completes the run, with the parameters of an uninterrupted one and,
+    for the branch, A's rows before its own. A run directory whose config.json was lost resumes with the
+    options its checkpoint records."""
+    source = tmp_path / "a"
+    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(source))
+    expect = uninterrupted(tmp_path, 6)
+    cli = [*FAST, "--generations", "6", "--checkpoint-every", "1"]
+    for k in (1, 2, 3):
+        fresh, branch = tmp_path / f"new{k}", tmp_path / f"branch{k}"
+        r = run_script("tests/killpoints.py", f"replace-{k}", *cli, "--out", fresh, check=False)
+        assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+        run_script("scripts/train.py", *cli, "--out", fresh)
+        assert [r["params_sha256"] for r in metrics(fresh)] == expect, k
+        r = run_script("tests/killpoints.py", f"replace-{k}", *cli, "--resume", source, "--out", branch, check=False)
+        assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+        run_script("scripts/train.py", *cli, "--resume", source, "--out", branch)
+        assert [r["params_sha256"] for r in metrics(branch)] == expect, k
+    (tmp_path / "new1" / "config.json").unlink()
+    run_script("scripts/train.py", "--resume", tmp_path / "new1", "--generations", "7")
+    assert [r["generation"] for r in metrics(tmp_path / "new1")] == list(range(7))
+
+
 def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
     """SIGTERM arriving while the final checkpoint is renamed into place lets the write finish: the
     checkpoint is the final generation's and nothing is left half-done."""
