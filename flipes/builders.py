@@ -5,7 +5,7 @@ callbacks. Each turns a mistake in the options into a :class:`~flipes.errors.Usa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,22 +177,52 @@ class Evaluator:
 
 @dataclass
 class UserEvaluator:
-    """``evaluate(model) -> float`` found beside a ``--fitness`` function."""
+    """``evaluate(model)`` given with (or found beside) a custom fitness: a number, the ``eval_return``,
+    or a dict of numbers with an ``eval_return`` among them, the others logged beside it (accuracy, loss)."""
 
-    fn: Callable[[nn.Module], float]
+    fn: Callable[[nn.Module], Any]
+    beside: bool = False  # found beside a --fitness module (errors name that option), not given as evaluate=
     env: None = None
 
     def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
         with torch.no_grad():  # as the fitness and the env evaluation run: no graph, no requires_grad warning
             value = self.fn(model)
-        fix = "return one finite float (the eval_return)"
-        if (isinstance(value, Tensor) and value.numel() == 1) or (isinstance(value, np.ndarray) and value.size == 1):
-            value = value.item()
-        if not isinstance(value, int | float | np.number) or isinstance(value, bool):
-            raise UsageError("--fitness", f"evaluate() beside it returned {type(value).__name__} {_short(value)}", fix)
-        if not math.isfinite(float(value)):
-            raise UsageError("--fitness", f"evaluate() beside it returned {value}", fix)
-        return {"eval_return": float(value)}
+        fix = 'return one finite number, or a dict of numbers with an "eval_return" (best.pt and --target use it)'
+        option, it = ("--fitness", "evaluate() beside it ") if self.beside else ("evaluate", "")
+        if isinstance(value, Mapping):
+            if "eval_return" not in value:
+                raise UsageError(option, f"{it}returned a dict without an eval_return (keys {sorted(map(str, value))})", fix)
+            clash = sorted(k for k in value if k in ROW_KEYS)
+            if clash:
+                raise UsageError(option, f"{it}returned {', '.join(clash)}, which the row has already", "rename them")
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                raise UsageError(option, f"{it}returned a dict with keys that are not strings: {bad[:3]}", fix)
+            out = {k: _number(value[k], option, f"{it}returned {k!r} as", fix) for k in value}
+        else:
+            out = {"eval_return": _number(value, option, f"{it}returned", fix)}
+        if not math.isfinite(out["eval_return"]):
+            raise UsageError(option, f"{it}returned eval_return {out['eval_return']}", fix)
+        return out
+
+
+# what a row holds before the evaluation: an evaluate() dict may not replace these
+ROW_KEYS = frozenset(
+    {
+        "generation", "fitness_mean", "fitness_max", "fitness_min", "fitness_std", "grad_norm", "update_ratio", "sigma",
+        "seconds", "timesteps", "steps_per_second", "bytes_sent", "params_sha256", "return_mean", "best_member_fitness",
+        "best_member_generation", "eval_seconds",
+    }
+)  # fmt: skip
+
+
+def _number(value: Any, option: str, what: str, fix: str) -> float:
+    """``value`` as a float: a Python or numpy number, or a one-element tensor or array (not a bool)."""
+    if (isinstance(value, Tensor) and value.numel() == 1) or (isinstance(value, np.ndarray) and value.size == 1):
+        value = value.item()
+    if not isinstance(value, int | float | np.number) or isinstance(value, bool | np.bool_):
+        raise UsageError(option, f"{what} {type(value).__name__} {_short(value)}", fix)
+    return float(value)
 
 
 def build_evaluator(
@@ -204,7 +234,7 @@ def build_evaluator(
         return None
     if config.fitness:
         fn = (plugins or Plugins()).evaluate_fn(config.fitness)
-        return None if fn is None else UserEvaluator(fn)
+        return None if fn is None else UserEvaluator(fn, beside=plugins is None or plugins.evaluate is None)
     if env is None:
         return None
     threads = min(config.env_threads or available_cores(comm.local_size), config.eval_episodes)

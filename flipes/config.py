@@ -106,7 +106,7 @@ class TrainConfig:
     such a directory is refused."""
     fitness: str = ""
     """A custom fitness, module:function, called as FN(model, pop) -> Tensor[pop.size]; an
-    evaluate(model) -> float beside it gives eval_return."""
+    evaluate(model) -> float (or a dict of numbers with an eval_return) beside it gives eval_return."""
     model: str = ""
     """A custom model, module:function, called as FN(env) (None with --env none) -> nn.Module."""
     optimizer: str = ""

@@ -28,7 +28,7 @@ CALL: MappingProxyType[str, tuple[str, int]] = MappingProxyType(
     {
         "fitness": ("fitness(model, pop) -> Tensor[pop.size]", 2),
         "model": ("model(env) -> nn.Module (env is None with env='none')", 1),
-        "evaluate": ("evaluate(model) -> float", 1),
+        "evaluate": ("evaluate(model) -> float or {'eval_return': float, ...}", 1),
         "optimizer": ("optimizer(params) -> torch.optim.Optimizer", 1),
         "shaping": ("shaping(fitness) -> Tensor of weights, one per member", 1),
     }

@@ -178,7 +178,8 @@ def train(
         **overrides: options replacing those of ``config`` (checked strictly: ``generations=3.7``
             is an error). ``fitness=``, ``model=``, ``evaluate=``, ``optimizer=`` and ``shaping=`` also
             take Python objects: a function ``fitness(model, pop) -> Tensor``, a function
-            ``model(env) -> nn.Module`` or a module, a function ``evaluate(model) -> float`` (only with
+            ``model(env) -> nn.Module`` or a module, a function ``evaluate(model) -> float`` (or a dict of
+            numbers with an ``eval_return``; only with
             such a fitness), a function ``optimizer(params) -> torch.optim.Optimizer`` or a
             ``torch.optim`` class (built at ``lr``), a function ``shaping(fitness) -> weights``. The run
             records their ``module:qualname``; give them again to resume it.

@@ -306,6 +306,38 @@ def test_the_center_is_evaluated_in_eval_mode_and_each_modules_mode_is_set_back(
     assert seen == {"fitness": {(True, True, False)}, "evaluate": {False}, "agree": {True}}
 
 
+def test_evaluate_may_return_named_numbers_logged_beside_eval_return(tmp_path: Path) -> None:
+    """An ``evaluate`` returning a dict logs every entry in the evaluated rows (metrics.jsonl too), its
+    ``eval_return`` deciding best.pt and --target as a plain number does; a dict without eval_return, with
+    a key the row already has, or with a value that is not a number is a one-line error naming it."""
+    calls = []
+
+    def fitness(model, pop):
+        return -(model(torch.ones(pop.size, 3)) - 0.5).square().sum(1)
+
+    def evaluate(model):
+        loss = (model(torch.ones(1, 3)) - 0.5).square().sum().item()
+        calls.append(loss)
+        return {"eval_return": -loss, "loss": loss, "accuracy": np.float32(0.25), "calls": torch.tensor(len(calls))}
+
+    kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), fitness=fitness, popsize=8, generations=4, eval_every=1,
+              tensorboard=False, progress=False)  # fmt: skip
+    run = flipes.train(**kw, evaluate=evaluate, out=str(tmp_path / "run"))
+    rows = metrics(tmp_path / "run")
+    assert [(r["eval_return"], r["loss"], r["accuracy"], r["calls"]) for r in rows] == [
+        (-x, x, 0.25, float(i + 1)) for i, x in enumerate(calls)
+    ]
+    assert run.eval_return == max(-x for x in calls)
+    for returned, message in (
+        ({"loss": 1.0}, r"evaluate: returned a dict without an eval_return \(keys \['loss'\]\)"),
+        ({"eval_return": 1.0, "sigma": 2.0}, "evaluate: returned sigma, which the row has already"),
+        ({"eval_return": 1.0, "note": "ok"}, "evaluate: returned 'note' as str 'ok'"),
+        ({"eval_return": float("nan")}, "evaluate: returned eval_return nan"),
+    ):
+        with pytest.raises(flipes.UsageError, match=message):
+            flipes.train(**kw, evaluate=lambda model, r=returned: r, out=str(tmp_path / "bad"), overwrite=True)
+
+
 FITNESS_MODULE = """
 import torch
 
