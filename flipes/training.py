@@ -265,6 +265,12 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
         state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
         if config.resume:
             restore(state, config.resume, device, fitness)
+            unchecked = [f"{k} {getattr(config, k)}" for k in NAMED if "<lambda>" in getattr(config, k)]
+            if unchecked:  # recorded as module:<lambda>: any lambda of that script has the same name
+                notes.append(
+                    f"resumed with {', '.join(unchecked)}: one lambda cannot be told from another, so the resume cannot "
+                    "check that it is the code the run was trained with (a named function can be checked)"
+                )
             if es.generation > config.generations:  # a total, not "more": the run keeps its own on disk
                 state.asked_generations = config.generations
                 config = state.config = config.replace(generations=es.generation)

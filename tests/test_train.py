@@ -338,6 +338,18 @@ def test_evaluate_may_return_named_numbers_logged_beside_eval_return(tmp_path: P
             flipes.train(**kw, evaluate=lambda model, r=returned: r, out=str(tmp_path / "bad"), overwrite=True)
 
 
+def test_a_resume_given_a_lambda_says_that_it_cannot_check_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every lambda is recorded under one name, so a resume cannot tell the run's lambda from another:
+    it says so (naming the option) where a named function is checked silently."""
+    kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), popsize=8, tensorboard=False, eval_every=100)
+    flipes.train(**kw, fitness=lambda model, pop: -model(torch.ones(pop.size, 3)).square().sum(1), generations=1,
+                 out=str(tmp_path), progress=False)  # fmt: skip
+    capsys.readouterr()
+    flipes.train(**kw, fitness=lambda model, pop: model(torch.ones(pop.size, 3)).sum(1), generations=2, resume=str(tmp_path))
+    err = capsys.readouterr().err
+    assert "resumed with fitness " in err and "model " in err and "one lambda cannot be told from another" in err
+
+
 FITNESS_MODULE = """
 import torch
 
