@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from flipes.checkpoint import tensors_sha256
+from flipes.errors import UsageError
 
 
 class Comm(Protocol):
@@ -96,13 +97,7 @@ class MPIComm:
     """
 
     def __init__(self, comm: Any = None) -> None:
-        try:
-            from mpi4py import MPI
-        except ImportError as e:
-            raise RuntimeError(
-                "running under MPI needs mpi4py and an MPI runtime: pip install 'flipes[mpi]' mpich "
-                "(or build mpi4py against your cluster's MPI); without mpiexec, run as one process"
-            ) from e
+        MPI = _import_mpi()
         self._mpi = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
@@ -243,11 +238,32 @@ class Watchdog:
 
 
 def world() -> SerialComm | MPIComm:
-    """An ``MPIComm`` when this process was started by mpiexec with more than one rank, else serial."""
+    """An ``MPIComm`` when this process was started by mpiexec with more than one rank, else serial.
+
+    Raises:
+        UsageError: under mpiexec without mpi4py. Rank 0 raises it at once; the others 3 s later, as
+            a rank alone with it (rank 0's exit ends the job first where it has it too)."""
     if "mpi4py" not in sys.modules and not _launched_by_mpi():
         return SerialComm()
-    comm = MPIComm()
+    try:
+        comm = MPIComm()
+    except UsageError:
+        if launched_world()[0] > 0:
+            time.sleep(3.0)
+        raise
     return comm if comm.size > 1 else SerialComm()
+
+
+def _import_mpi() -> Any:
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise UsageError(
+            "mpiexec",
+            f"running under MPI needs mpi4py and an MPI runtime ({type(e).__name__}: {e})",
+            "pip install 'flipes[mpi]' mpich (or build mpi4py against your cluster's MPI); without mpiexec, run as one process",
+        ) from None
+    return MPI
 
 
 def launched_world() -> tuple[int, int]:

@@ -253,3 +253,23 @@ def test_every_rank_returns_once_the_run_directory_is_written(tmp_path: Path) ->
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert [json.loads((tmp_path / f"rank{k}.json").read_text())["generation"] for k in (0, 1)] == [3, 3]
+
+
+TRAIN_RANK = [sys.executable, "scripts/train.py", "--env", "flipes/CartPole-v1", "--popsize", "8", "--groups", "2"]
+
+
+def test_mpiexec_without_mpi4py_is_one_line_per_rank_and_status_2(tmp_path: Path) -> None:
+    """Under mpiexec -n 2 with mpi4py not importable, flipes train ends with status 2 and the one line
+    'flipes: error: mpiexec: running under MPI needs mpi4py ...' (rank 0's first; MPICH's launcher lets the other rank
+    say it too, Open MPI's ends the job at rank 0's exit), without a traceback."""
+    (tmp_path / "mpi4py").mkdir()
+    (tmp_path / "mpi4py" / "__init__.py").write_text("raise ImportError('No module named mpi4py')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(tmp_path), str(ROOT)))}
+    cmd = [str(MPIEXEC), "-n", "2", *TRAIN_RANK, "--out", str(tmp_path / "run")]
+    start = time.monotonic()
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and time.monotonic() - start < 25, r.stderr[-2000:]
+    lines = r.stderr.splitlines()
+    assert 1 <= len(lines) <= 2, r.stderr
+    assert all(line.startswith("flipes: error: mpiexec: running under MPI needs mpi4py") for line in lines), r.stderr
+    assert "pip install 'flipes[mpi]' mpich" in lines[0] and not (tmp_path / "run").exists()
