@@ -241,12 +241,16 @@ def world() -> SerialComm | MPIComm:
     """An ``MPIComm`` when this process was started by mpiexec with more than one rank, else serial.
 
     Raises:
-        UsageError: under mpiexec without mpi4py. Rank 0 raises it at once; the others 3 s later, as
-            a rank alone with it (rank 0's exit ends the job first where it has it too)."""
+        UsageError: under mpiexec without mpi4py, or with a launcher of another MPI than mpi4py's
+            (every process would train alone). Rank 0 raises it at once; the others 3 s later, as a
+            rank alone with it (rank 0's exit ends the job first where it has it too)."""
     if "mpi4py" not in sys.modules and not _launched_by_mpi():
         return SerialComm()
     try:
         comm = MPIComm()
+        launched_size = launched_world()[1]
+        if comm.size == 1 and launched_size > 1:
+            raise _mismatched_launcher(comm, launched_size)
     except UsageError:
         if launched_world()[0] > 0:
             time.sleep(3.0)
@@ -264,6 +268,20 @@ def _import_mpi() -> Any:
             "pip install 'flipes[mpi]' mpich (or build mpi4py against your cluster's MPI); without mpiexec, run as one process",
         ) from None
     return MPI
+
+
+def _mismatched_launcher(comm: MPIComm, launched: int) -> UsageError:
+    """The error of a process that its launcher counts among ``launched`` but whose MPI sees alone."""
+    key = next(k for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE") if k in os.environ)
+    launcher = "Open MPI's mpiexec/mpirun" if key.startswith("OMPI") else "an MPICH-style (Hydra/PMI) launcher, or srun"
+    library = comm._mpi.Get_library_version().strip().splitlines()[0].strip()
+    return UsageError(
+        "mpiexec",
+        f"{key}={launched}: {launcher} started {launched} processes, but mpi4py's MPI ({library}) sees each as a job "
+        "of one: mpi4py was built against another MPI than this launcher's, and every process would train alone",
+        "start the job with the mpiexec of mpi4py's MPI (pip's mpich puts it beside python), or rebuild mpi4py against "
+        "this launcher's MPI (pip install --force-reinstall --no-cache-dir --no-binary mpi4py mpi4py)",
+    )
 
 
 def launched_world() -> tuple[int, int]:

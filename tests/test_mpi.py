@@ -273,3 +273,18 @@ def test_mpiexec_without_mpi4py_is_one_line_per_rank_and_status_2(tmp_path: Path
     assert 1 <= len(lines) <= 2, r.stderr
     assert all(line.startswith("flipes: error: mpiexec: running under MPI needs mpi4py") for line in lines), r.stderr
     assert "pip install 'flipes[mpi]' mpich" in lines[0] and not (tmp_path / "run").exists()
+
+
+def test_a_launcher_of_another_mpi_is_named_instead_of_training_alone(tmp_path: Path) -> None:
+    """A process that Open MPI's launcher counts as one of 2 (OMPI_COMM_WORLD_SIZE=2) while mpi4py's MPI (MPICH) sees
+    a job of one ends with status 2 and one line naming the cause (mpi4py built against another MPI) and the fix,
+    before anything is written (each such process trained alone; a second one then failed as 'in use')."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "HYDI_", "MPI_"))}
+    env.update(PYTHONPATH=str(ROOT), OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_RANK="0")
+    r = subprocess.run([*TRAIN_RANK, "--out", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 2, r.stderr[-2000:]
+    ours = [line for line in r.stderr.splitlines() if line.startswith("flipes:")]
+    assert len(ours) == 1 and ours[0].startswith("flipes: error: mpiexec: OMPI_COMM_WORLD_SIZE=2: Open MPI's"), r.stderr
+    assert "mpi4py was built against another MPI than this launcher's" in ours[0] and "rebuild mpi4py" in ours[0]
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
