@@ -211,10 +211,18 @@ def train_command(argv: Sequence[str] | None = None) -> int:
     from flipes.config import validate
     from flipes.training import train
 
-    comm = dist.world()
+    try:  # before MPI starts, which waits for the other ranks up to the run's --mpi-timeout (--help: no MPI)
+        with warnings.catch_warnings():
+            warnings.showwarning = _command_warning(warnings.showwarning)
+            parsed: TrainConfig | Exception = parse_train_config(argv)
+    except Exception as e:  # said under main_guard once the ranks have met: once per job
+        parsed = e
+    comm = dist.world(parsed.mpi_timeout if isinstance(parsed, TrainConfig) else TrainConfig.mpi_timeout)
 
     def run() -> int:
-        config = parse_train_config(argv)
+        if isinstance(parsed, Exception):
+            raise parsed
+        config = parsed
         validate(config, comm.size)  # before any note: a mistake is one line
         notes: list[Callback] = []
         if config.progress and not config.resolve_auto_resume().resume:  # a first start, also by --resume auto

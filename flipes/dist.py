@@ -8,6 +8,7 @@ fitness scores (N floats) and either the gradient (``allreduce``) or nothing mor
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import threading
@@ -96,17 +97,44 @@ class MPIComm:
         bytes_sent: payload bytes this process has contributed to collectives so far.
     """
 
-    def __init__(self, comm: Any = None) -> None:
-        MPI = _import_mpi()
+    def __init__(self, comm: Any = None, timeout: float = 300.0) -> None:
+        MPI = _import_mpi(timeout if _launched_by_mpi() else 0)
         self._mpi = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        self.local_rank, self.local_size = 0, 1
         self.bytes_sent = 0
         self._watchdog: Watchdog | None = None
-        if self.size > 1:
+        if self.size > 1:  # before the first collective: a rank failing while the others start ends the job
             abort_on_uncaught_exception(self)
+        with self.startup(timeout, "MPI_Comm_split_type"):
+            node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+
+    @contextlib.contextmanager
+    def startup(self, timeout: float, what: str) -> Iterator[None]:
+        """End the job with one line when the block (a collective before the watchdog runs: the ranks
+        meeting for the first time) outlasts ``timeout`` seconds (rank 0; the others 10 s later, so that
+        rank 0 speaks first): a rank that failed, stopped or exited before it joined leaves the others
+        there. 0 (or inf) waits forever."""
+        if self.size == 1 or not 0 < timeout < math.inf:
+            yield
+            return
+        limit = timeout if self.rank == 0 else timeout + 10
+        done = threading.Event()
+
+        def watch() -> None:
+            if not done.wait(limit):
+                print(f"flipes: error: --mpi-timeout: rank {self.rank} waited {limit:.0f} s for the other ranks to start "
+                      f"({what}): a rank failed, stopped or exited before it joined (its own lines above say why), or "
+                      "runs other code; start every rank alike, or raise --mpi-timeout", file=sys.stderr, flush=True)  # fmt: skip
+                self.abort(3)
+
+        threading.Thread(target=watch, name="flipes-mpi-startup", daemon=True).start()
+        try:
+            yield
+        finally:
+            done.set()
 
     def start_watchdog(self, timeout: float) -> None:
         """End the job, naming the rank(s) that did not arrive, when this rank waits more than
@@ -178,7 +206,8 @@ class Watchdog:
 
     def __init__(self, comm: MPIComm, timeout: float) -> None:
         self.mpi, self.rank, self.size, self.timeout = comm, comm.rank, comm.size, timeout
-        self.notes = comm.comm.Dup()
+        with comm.startup(timeout, "MPI_Comm_dup, the start of training"):
+            self.notes = comm.comm.Dup()
         self.step = 0
         self.arrived = dict.fromkeys(range(1, self.size), 0)
         self.lock = threading.Lock()
@@ -237,8 +266,9 @@ class Watchdog:
         self.running = False
 
 
-def world() -> SerialComm | MPIComm:
-    """An ``MPIComm`` when this process was started by mpiexec with more than one rank, else serial.
+def world(timeout: float = 300.0) -> SerialComm | MPIComm:
+    """An ``MPIComm`` when this process was started by mpiexec with more than one rank, else serial;
+    ``timeout``: the seconds a rank waits for the others to start (``--mpi-timeout``, 0: forever).
 
     Raises:
         UsageError: under mpiexec without mpi4py, or with a launcher of another MPI than mpi4py's
@@ -247,7 +277,7 @@ def world() -> SerialComm | MPIComm:
     if "mpi4py" not in sys.modules and not _launched_by_mpi():
         return SerialComm()
     try:
-        comm = MPIComm()
+        comm = MPIComm(timeout=timeout)
         launched_size = launched_world()[1]
         if comm.size == 1 and launched_size > 1:
             raise _mismatched_launcher(comm, launched_size)
@@ -258,7 +288,38 @@ def world() -> SerialComm | MPIComm:
     return comm if comm.size > 1 else SerialComm()
 
 
-def _import_mpi() -> Any:
+# Watches MPI_Init from another process: it holds the GIL, so no thread of this one runs until it returns.
+# Ends this process (SIGTERM, then SIGKILL) unless told, by its stdin closing, that MPI_Init returned.
+_INIT_WATCH = """
+import os, select, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the rank's to take
+pid, limit, rank = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], limit)[0]:
+    sys.stderr.write(f"flipes: error: --mpi-timeout: rank {rank} waited {limit:.0f} s for the other ranks to start (MPI_Init): "
+                     "a rank failed or exited before it started MPI, or runs other code; start every rank alike, or "
+                     "raise --mpi-timeout\\n")
+    sys.stderr.flush()
+    os.kill(pid, signal.SIGTERM)
+    if not select.select([sys.stdin], [], [], 5)[0]:  # its end of the pipe closes as it ends
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+"""
+
+
+def _import_mpi(timeout: float = 0) -> Any:
+    """mpi4py's ``MPI`` module; its import (MPI_Init, where every rank meets) is bounded by ``timeout``
+    seconds (rank 0; the others 10 s more) where this import starts MPI."""
+    watch = None
+    if "mpi4py.MPI" not in sys.modules and os.name == "posix" and 0 < timeout < math.inf:
+        import subprocess
+
+        rank = launched_world()[0]
+        limit = timeout if rank == 0 else timeout + 10
+        cmd = [sys.executable, "-I", "-S", "-c", _INIT_WATCH, str(os.getpid()), str(limit), str(rank)]
+        with contextlib.suppress(OSError):  # no python to start (a frozen app): MPI_Init goes unwatched
+            watch = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
         from mpi4py import MPI
     except ImportError as e:
@@ -267,6 +328,10 @@ def _import_mpi() -> Any:
             f"running under MPI needs mpi4py and an MPI runtime ({type(e).__name__}: {e})",
             "pip install 'flipes[mpi]' mpich (or build mpi4py against your cluster's MPI); without mpiexec, run as one process",
         ) from None
+    finally:
+        if watch is not None:
+            watch.stdin.close()  # type: ignore[union-attr]
+            watch.wait()
     return MPI
 
 

@@ -212,7 +212,7 @@ def train(
     plugins = Plugins.take(overrides)
     config = TrainConfig.for_env(**overrides) if config is None else config.replace(**overrides)
     plugins.check(config.fitness)
-    comm = comm if comm is not None else dist.world()
+    comm = comm if comm is not None else dist.world(config.mpi_timeout)  # its startup is bounded by it too
     validate(config, comm.size)
     config = config.resolve_auto_resume()
     threads_before = torch.get_num_threads()

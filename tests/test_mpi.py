@@ -255,7 +255,62 @@ def test_every_rank_returns_once_the_run_directory_is_written(tmp_path: Path) ->
     assert [json.loads((tmp_path / f"rank{k}.json").read_text())["generation"] for k in (0, 1)] == [3, 3]
 
 
+def mpmd(rank0: list[str], rank1: list[str], timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
+    """``mpiexec -n 1 RANK0 : -n 1 RANK1``: the job and its seconds."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.monotonic()
+    cmd = [str(MPIEXEC), "-n", "1", *rank0, ":", "-n", "1", *rank1]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return r, time.monotonic() - start
+
+
 TRAIN_RANK = [sys.executable, "scripts/train.py", "--env", "flipes/CartPole-v1", "--popsize", "8", "--groups", "2"]
+
+
+def test_a_rank_that_exits_right_after_mpi_init_ends_the_job_after_mpi_timeout(tmp_path: Path) -> None:
+    """A peer that starts MPI and exits (status 1, MPI finalized: the launcher waits on) while rank 0 meets the ranks
+    in its first collective (MPI_Comm_split_type, before the watchdog runs) ends the job after --mpi-timeout 4 s, not
+    never: a nonzero status, rank 0's line saying it waited for the other ranks to start, nothing written."""
+    peer = [sys.executable, "-c", "import sys, mpi4py.MPI; sys.exit(1)"]
+    r, seconds = mpmd([*TRAIN_RANK, "--mpi-timeout", "4", "--out", str(tmp_path / "run")], peer)
+    assert r.returncode != 0 and seconds < 25, r.stderr[-2000:]
+    assert "flipes: error: --mpi-timeout: rank 0 waited 4 s for the other ranks to start (MPI_Comm_split_type)" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_that_never_starts_mpi_ends_the_job_after_mpi_timeout(tmp_path: Path) -> None:
+    """A peer that never calls MPI leaves rank 0 in MPI_Init (which holds the GIL: no thread of rank 0 runs): a helper
+    process ends rank 0 after --mpi-timeout 4 s, and the launcher the job, with a nonzero status and rank 0's line
+    saying it waited in MPI_Init, instead of a hang."""
+    peer = [sys.executable, "-c", "import time; time.sleep(120)"]
+    r, seconds = mpmd([*TRAIN_RANK, "--mpi-timeout", "4", "--out", str(tmp_path / "run")], peer)
+    assert r.returncode != 0 and seconds < 25, r.stderr[-2000:]
+    assert "flipes: error: --mpi-timeout: rank 0 waited 4 s for the other ranks to start (MPI_Init)" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+
+
+INTERRUPTED_START = """
+from mpi4py import MPI
+from flipes import dist
+
+class Interrupted:  # COMM_WORLD, whose first collective a Ctrl-C interrupts on this rank
+    def __getattr__(self, name):
+        return getattr(MPI.COMM_WORLD, name)
+
+    def Split_type(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+dist.MPIComm(Interrupted())
+"""
+
+
+def test_an_exception_while_the_ranks_start_ends_the_job_at_once(tmp_path: Path) -> None:
+    """A rank interrupted in MPIComm's first collective ends the job at once with its traceback and '[rank 1] failed'
+    (the abort-on-exception hook is installed before any collective), well before --mpi-timeout 60 s."""
+    r, seconds = mpmd([*TRAIN_RANK, "--mpi-timeout", "60", "--out", str(tmp_path / "run")],
+                      [sys.executable, "-c", INTERRUPTED_START])  # fmt: skip
+    assert r.returncode != 0 and seconds < 25, r.stderr[-2000:]
+    assert "[rank 1] failed" in r.stderr and "KeyboardInterrupt" in r.stderr
 
 
 def test_mpiexec_without_mpi4py_is_one_line_per_rank_and_status_2(tmp_path: Path) -> None:
@@ -288,3 +343,10 @@ def test_a_launcher_of_another_mpi_is_named_instead_of_training_alone(tmp_path: 
     assert len(ours) == 1 and ours[0].startswith("flipes: error: mpiexec: OMPI_COMM_WORLD_SIZE=2: Open MPI's"), r.stderr
     assert "mpi4py was built against another MPI than this launcher's" in ours[0] and "rebuild mpi4py" in ours[0]
     assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_help_under_mpiexec_is_printed_and_exits_0() -> None:
+    """--help under mpiexec -n 2 still prints the options on every rank and exits 0 (it is read before MPI starts)."""
+    r = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "scripts/train.py", "--help"], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.count("--mpi-timeout") >= 2, r.stderr[-2000:]
