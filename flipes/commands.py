@@ -161,7 +161,9 @@ def main_guard(fn: Callable[[], Any], comm: Comm) -> Any:
             warnings.showwarning = _command_warning(warnings.showwarning)
             return fn()
     except BaseException as e:
-        if comm.size > 1 and not (isinstance(e, SystemExit) and e.code in (0, None, 130)):
+        if comm.size > 1:  # the options were parsed before: a sys.exit here is one rank's (training's own are ended there)
+            if isinstance(e, SystemExit):
+                dist.abort_on_exit(comm, e, "during flipes train")
             if isinstance(e, UsageError | StorageError):  # usually every rank has it: rank 0 says it once, and ends the job
                 if comm.rank != 0:
                     time.sleep(3.0)  # a rank alone with it still gets to say it

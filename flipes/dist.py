@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import torch
@@ -191,6 +191,8 @@ class MPIComm:
         os._exit(code)  # MPI_Abort may return before the launcher ends this process: never run on
 
 
+_PACKAGE = os.path.dirname(os.path.realpath(__file__)) + os.sep
+_TORCH = os.path.dirname(os.path.realpath(torch.__file__)) + os.sep
 _ARRIVAL = 7301  # message tag of the watchdog's arrival notes
 
 
@@ -382,6 +384,26 @@ def abort_on_uncaught_exception(comm: Comm) -> None:
 
     hook.flipes_aborts = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def abort_on_exit(comm: Comm, e: SystemExit, when: str = "during training") -> NoReturn:
+    """End the whole job when code on this rank called ``sys.exit`` (any status, 0 included) while the
+    ranks train together: the others would wait for it in a collective until ``--mpi-timeout``. Prints
+    one line naming the rank, the call and where it was made; the job's status is the call's, or 1."""
+    code = e.code
+    call = "sys.exit()" if code is None else f"sys.exit({code!r})"
+    where = ""
+    frames = [f for f, _ in traceback.walk_tb(e.__traceback__)]
+    for frame in reversed(frames):  # the innermost frame outside flipes and torch: the user's code
+        name = os.path.realpath(frame.f_code.co_filename)
+        if not name.startswith((_PACKAGE, _TORCH)):
+            where = f" in {frame.f_code.co_name}() at {os.path.basename(name)}:{frame.f_lineno}"
+            break
+    print(f"flipes: error: rank {comm.rank}: {call} was called{where} {when}, while the other ranks "
+          "train on: ending the job (raise an exception to stop on an error; a callback's on_generation returning "
+          "True stops every rank alike)", file=sys.stderr, flush=True)  # fmt: skip
+    comm.abort(code if isinstance(code, int) and 0 < code < 256 else 1)
+    raise e  # a Comm whose abort returned: this rank exits as asked
 
 
 def abort_on_exception(comm: Comm) -> None:

@@ -227,11 +227,15 @@ def train(
 def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins) -> TrainResult:
     if isinstance(comm, dist.MPIComm):
         comm.start_watchdog(config.mpi_timeout)  # from the first exchange on: a stopped rank cannot hang the job
-        try:
-            return _train_watched(config, comm, callbacks, plugins)
-        finally:
+    try:
+        return _train_watched(config, comm, callbacks, plugins)
+    except SystemExit as e:  # sys.exit in a fitness or callback on one rank: the others must not wait for it
+        if comm.size > 1:
+            dist.abort_on_exit(comm, e)
+        raise
+    finally:
+        if isinstance(comm, dist.MPIComm):
             comm.start_watchdog(0)
-    return _train_watched(config, comm, callbacks, plugins)
 
 
 def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins) -> TrainResult:

@@ -255,6 +255,27 @@ def test_every_rank_returns_once_the_run_directory_is_written(tmp_path: Path) ->
     assert [json.loads((tmp_path / f"rank{k}.json").read_text())["generation"] for k in (0, 1)] == [3, 3]
 
 
+@pytest.mark.parametrize("call", ["sys.exit(0)", "sys.exit()", "sys.exit(130)"])
+def test_sys_exit_in_the_fitness_on_one_rank_ends_the_job_promptly(tmp_path: Path, call: str) -> None:
+    """A fitness that calls sys.exit on rank 1 at generation 2, with a status that also means "done" or "interrupted"
+    (0, None, 130), ends the 2-process job within 30 s (not after --mpi-timeout's 300 s, naming a rank that "did not
+    arrive") with a nonzero status and one line naming rank 1, the call and the function that made it."""
+    (tmp_path / "exit_fitness.py").write_text(
+        "import sys, torch\n"
+        "def make_model(env):\n    return torch.nn.Sequential(torch.nn.Linear(3, 2))\n"
+        "def fitness(model, pop):\n"
+        f"    if pop.members.start > 0 and pop.generation == 2:\n        {call}\n"
+        "    return torch.arange(pop.size, dtype=torch.float32)\n"
+    )
+    args = ["--env", "none", "--model", "exit_fitness:make_model", "--fitness", "exit_fitness:fitness", "--popsize", "8"]
+    start = time.monotonic()
+    r = mpirun(2, *args, "--groups", "2", "--generations", "100000", "--out", str(tmp_path / "run"),
+               extra_path=str(tmp_path), check=False, timeout=90)  # fmt: skip
+    assert r.returncode != 0 and time.monotonic() - start < 30, r.stderr[-2000:]
+    assert f"flipes: error: rank 1: {call} was called in fitness() at exit_fitness.py:6 during training" in r.stderr, r.stderr
+    assert "did not arrive" not in r.stderr
+
+
 def mpmd(rank0: list[str], rank1: list[str], timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
     """``mpiexec -n 1 RANK0 : -n 1 RANK1``: the job and its seconds."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
