@@ -27,7 +27,27 @@ FORMAT = "flipes-checkpoint/2"  # {"format", "sha256", "payload": uint8 tensor o
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read or written, with what to do about it."""
+    """A checkpoint file that cannot be read, with what to do about it.
+
+    ``problem`` says what is wrong with the file; ``previous`` is the ``previous.pt`` beside it where
+    there is one, ``previous_loads`` whether it loads. ``str(e)`` offers it to ``--resume``;
+    :meth:`message` words the offer for another option (``--checkpoint`` of evaluate and export).
+    """
+
+    def __init__(self, problem: str, previous: Path | None = None, previous_loads: bool = False) -> None:
+        self.problem, self.previous, self.previous_loads = problem, previous, previous_loads
+        super().__init__(self.message())
+
+    def message(self, option: str = "--resume") -> str:
+        """The error, its way on given as a value of ``option``."""
+        if self.previous is None:
+            return self.problem
+        if not self.previous_loads:
+            return f"{self.problem}; the previous checkpoint {self.previous} is damaged too: start the run again with --overwrite"
+        if option == "--resume":
+            return f"{self.problem}; the previous checkpoint {self.previous} can be resumed instead: continue from it with " \
+                   f"--resume {self.previous}"  # fmt: skip
+        return f"{self.problem}; the previous checkpoint {self.previous} can be used instead: pass {option} {self.previous}"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = True) -> Path:
@@ -69,6 +89,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     return path
 
 
+def clip(text: str, limit: int = 100) -> str:
+    """``text`` cut to at most about ``limit`` characters at a word boundary, with "..." where it was cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,;:(") + " ..."
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -87,45 +115,85 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     """Read a checkpoint written by ``save_checkpoint`` (a file, or a run directory's ``checkpoint.pt``).
 
     Raises:
-        CheckpointError: the file is missing, truncated, corrupted (content hash) or not a flipes
-            checkpoint; the message names the previous checkpoint to resume from instead, where
-            there is one.
+        CheckpointError: the file is missing, truncated, corrupted (content hash), not a flipes
+            checkpoint or lacks part of one (each entry the run needs is checked); the message names
+            the previous checkpoint to resume from instead, where there is one.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}{_previous_hint(path)}")
+        raise _error(f"no checkpoint at {path}", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        first = (str(e).strip().splitlines() or [""])[0][:100]  # torch's messages run to many lines
+        first = clip((str(e).strip().splitlines() or [""])[0])  # torch's messages run to many lines
         why = f"{type(e).__name__}: {first}" if first else ("empty file" if path.stat().st_size == 0 else type(e).__name__)
-        problem = f"{path} is truncated or not a checkpoint ({why})"
-        raise CheckpointError(problem + _previous_hint(path)) from e
+        raise _error(f"{path} is truncated or not a checkpoint ({why})", path) from e
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        payload = state["payload"].numpy().tobytes()
-        if hashlib.sha256(payload).hexdigest() != state["sha256"]:
-            raise CheckpointError(f"{path} is corrupted: its content does not match its SHA-256{_previous_hint(path)}")
-        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+        payload, digest = state.get("payload"), state.get("sha256")
+        if not isinstance(digest, str):
+            raise _error(f"{path} is damaged: its {FORMAT} header has no SHA-256 (sha256)", path)
+        if not isinstance(payload, Tensor) or payload.dtype != torch.uint8 or payload.dim() != 1:
+            raise _error(f"{path} is damaged: its payload is of type {_kind(payload)}, not the checkpoint's bytes", path)
+        data = payload.numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise _error(f"{path} is corrupted: its content does not match its SHA-256", path)
+        try:
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except Exception as e:
+            first = clip((str(e).strip().splitlines() or [""])[0])
+            raise _error(f"{path} is damaged: its payload does not load ({type(e).__name__}: {first})", path) from e
     elif map_location is not None:  # written before checkpoints carried a hash
         state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or "es" not in state:
-        raise CheckpointError(f"{path} is not a flipes training checkpoint (no 'es' state){_previous_hint(path)}")
+        raise _error(f"{path} is not a flipes training checkpoint (no 'es' state)", path)
+    missing = structure_problem(state)
+    if missing:
+        raise _error(f"{path} is not a whole flipes checkpoint: {missing}", path)
     return state
 
 
-def _previous_hint(path: Path) -> str:
-    """The error's pointer to ``previous.pt`` beside ``path``: offered only where it loads (read in
-    full, but only on the way to an error), else said to be damaged too."""
+# what flipes reads of a checkpoint: the entries a resume and load_policy take, and their types
+_ENTRIES = {"es": dict, "config": dict, "timesteps": int, "seconds": (int, float), "best": (int, float)}
+_ES_ENTRIES = {"generation": int, "config": dict, "model": dict, "optimizer": dict}
+
+
+def structure_problem(state: dict[str, Any]) -> str:
+    """What a loaded checkpoint lacks of the entries flipes reads, or has of another type (``""``: nothing)."""
+    for prefix, entries, holder in (("", _ENTRIES, state), ("es.", _ES_ENTRIES, state.get("es"))):
+        if not isinstance(holder, dict):  # the first pass has said so for "es"
+            break
+        for key, kind in entries.items():
+            if key not in holder:
+                return f"it has no {prefix}{key} entry"
+            value = holder[key]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                expected = kind.__name__ if isinstance(kind, type) else "number"
+                return f"its {prefix}{key} entry is of type {_kind(value)}, not {expected}"
+    if state["es"]["generation"] < 0:
+        return f"its es.generation entry is negative ({state['es']['generation']})"
+    odd = [k for k, v in state["es"]["model"].items() if not isinstance(v, Tensor)]
+    if odd:
+        return f"its es.model entry holds {_kind(state['es']['model'][odd[0]])} {odd[0]!r}, not a tensor"
+    return ""
+
+
+def _kind(value: Any) -> str:
+    return f"Tensor ({str(value.dtype).removeprefix('torch.')})" if isinstance(value, Tensor) else type(value).__name__
+
+
+def _error(problem: str, path: Path) -> CheckpointError:
+    """A CheckpointError for ``path`` that points at ``previous.pt`` beside it: offered only where it
+    loads (read in full, but only on the way to an error), else said to be damaged too."""
     previous = path.with_name("previous.pt")
     if previous == path or not previous.exists():
-        return ""
+        return CheckpointError(problem)
     try:
         load_checkpoint(previous, map_location="cpu")  # a GPU run's tensors: not onto the GPU, nor an error without one
     except CheckpointError:
-        return f"; the previous checkpoint {previous} is damaged too: start the run again with --overwrite"
-    return f"; the previous checkpoint {previous} can be resumed instead"
+        return CheckpointError(problem, previous, previous_loads=False)
+    return CheckpointError(problem, previous, previous_loads=True)
 
 
 def tensors_sha256(tensors: Iterable[Tensor]) -> str:

@@ -102,9 +102,9 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     """
     try:
         saved_state = load_checkpoint(path, map_location=device)
-    except CheckpointError as e:
-        fix = "" if "; " in str(e) else "pass a run directory or checkpoint file written by flipes train"
-        raise UsageError("--resume", str(e), fix) from None
+    except CheckpointError as e:  # a damaged file, or one that lacks an entry read below: one line, naming previous.pt
+        fix = "" if e.previous else "pass a run directory or checkpoint file written by flipes train"
+        raise UsageError("--resume", e.message("--resume"), fix) from None
     saved = dict(saved_state["config"])
     saved.setdefault("noise_rank", saved.pop("rank", 0) or 0)  # runs saved before the option's rename
     lacking = [k for k in RESUME_KEYS if k not in saved and k not in LATER_KEYS]

@@ -100,8 +100,8 @@ def load_policy(
     try:
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
     except CheckpointError as e:
-        fix = "" if "; " in str(e) else "pass --checkpoint latest, best, best-member or a checkpoint file of this run"
-        raise UsageError("--checkpoint", str(e), fix) from None
+        fix = "" if e.previous else "pass --checkpoint latest, best, best-member or a checkpoint file of this run"
+        raise UsageError("--checkpoint", e.message("--checkpoint"), fix) from None
     env_id = str(config.get("env", "none"))
     own = env is None and env_id.lower() != "none"
     if own:

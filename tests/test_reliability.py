@@ -363,3 +363,64 @@ def test_resume_auto_starts_a_run_and_continues_it(tmp_path: Path) -> None:
     again = flipes.train(**FAST_KW, generations=4, out=str(run), resume="auto")
     assert [r["generation"] for r in again.metrics] == [2, 3] and len(metrics(run)) == 4
     assert [r["params_sha256"] for r in metrics(run)] == uninterrupted(tmp_path, 4)
+
+
+def error_line(capsys: pytest.CaptureFixture, *argv: str | Path) -> str:
+    """The one stderr line of a flipes command that must end with exit status 2."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    return err[0]
+
+
+def test_a_checkpoint_damaged_inside_is_one_line_naming_it_and_the_resume_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A checkpoint in flipes' format whose inside is damaged (no SHA-256, a payload that is not bytes,
+    a state without its config, an ES state that is not a dict) is refused by --resume with one line
+    naming the file, what it lacks and the command that continues from previous.pt; that command works."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(run))
+    ck, previous = run / "checkpoint.pt", run / "previous.pt"
+    good = load_checkpoint(ck)
+    damaged = {
+        "header has no SHA-256": (lambda: torch.save({"format": "flipes-checkpoint/2", "payload": torch.zeros(3).byte()}, ck),
+                                  "is damaged: its flipes-checkpoint/2 header has no SHA-256 (sha256)"),
+        "payload a string": (lambda: torch.save({"format": "flipes-checkpoint/2", "sha256": "x", "payload": "abc"}, ck),
+                             "is damaged: its payload is of type str, not the checkpoint's bytes"),
+        "no config": (lambda: save_checkpoint({k: v for k, v in good.items() if k != "config"}, ck, keep_previous=False),
+                      "is not a whole flipes checkpoint: it has no config entry"),
+        "es not a dict": (lambda: save_checkpoint({**good, "es": 5}, ck, keep_previous=False),
+                          "is not a whole flipes checkpoint: its es entry is of type int, not dict"),
+    }  # fmt: skip
+    for damage, problem in damaged.values():
+        damage()
+        line = error_line(capsys, "train", "--resume", run, "--generations", "4")
+        assert line == (f"flipes: error: --resume: {ck} {problem}; the previous checkpoint {previous} can be resumed "
+                        f"instead: continue from it with --resume {previous}")  # fmt: skip
+        with pytest.raises(CheckpointError, match=f"^{ck} {problem}".replace("(", r"\(").replace(")", r"\)")):
+            load_checkpoint(run)
+    assert main(["train", "--resume", str(previous), "--generations", "4"]) == 0  # the command the line gives
+    assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3] and load_checkpoint(run)["es"]["generation"] == 4
+
+
+def test_evaluate_and_export_name_previous_pt_as_their_checkpoint_option(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A damaged checkpoint.pt makes evaluate and export say, in one line, to pass --checkpoint
+    previous.pt (the option they take), with torch's reason cut at a word boundary; evaluating
+    previous.pt then works."""
+    from flipes.checkpoint import clip
+
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, checkpoint_every=1, out=str(run))
+    ck, previous = run / "checkpoint.pt", run / "previous.pt"
+    ck.write_bytes(ck.read_bytes()[:5000])
+    for command in (["evaluate", run, "--episodes", "1"], ["export", run, "--out", tmp_path / "p.pt2"]):
+        line = error_line(capsys, *command)
+        assert line.startswith(f"flipes: error: --checkpoint: {ck} is truncated or not a checkpoint (")
+        assert line.endswith(f"); the previous checkpoint {previous} can be used instead: pass --checkpoint {previous}")
+    assert main(["evaluate", str(run), "--episodes", "1", "--checkpoint", str(previous)]) == 0
+    message = "PytorchStreamReader failed locating file data/0: file not found. This is an internal error, please report it"
+    assert clip(message) == message[: message.index(" report")] + " ..."  # "..., please ...": whole words
+    assert clip("short") == "short" and len(clip("x" * 300)) <= 104

@@ -116,12 +116,18 @@ def test_per_env_defaults_sit_under_config_files_and_flags(tmp_path: Path) -> No
     assert TrainConfig.for_env("HalfCheetah-v5", popsize=32).sigma == 0.03  # the library layers them alike
 
 
+def state_at(generation: int) -> dict:
+    """The least a checkpoint holds: every entry flipes reads of one, at ``generation``."""
+    es = {"generation": generation, "config": {}, "model": {}, "optimizer": {}}
+    return {"es": es, "config": {}, "timesteps": 0, "seconds": 0.0, "best": float("-inf")}
+
+
 def test_checkpoints_are_atomic_and_a_broken_one_leaves_the_previous(tmp_path: Path) -> None:
     """A checkpoint replaces the last one whole, keeps it as previous.pt, and a truncated or
     foreign file is an error that names previous.pt where that one loads, and says so where it is broken too."""
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"es": {"generation": 1}}, path)
-    save_checkpoint({"es": {"generation": 2}}, path)
+    save_checkpoint(state_at(1), path)
+    save_checkpoint(state_at(2), path)
     assert load_checkpoint(tmp_path)["es"]["generation"] == 2
     assert load_checkpoint(tmp_path / "previous.pt")["es"]["generation"] == 1
     path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk or a cut copy
@@ -139,8 +145,8 @@ def test_checkpoints_are_atomic_and_a_broken_one_leaves_the_previous(tmp_path: P
 
 def test_an_empty_checkpoint_is_named_as_such(tmp_path: Path) -> None:
     """A checkpoint emptied by a full disk or a cut copy says 'empty file', not torch's empty 'EOFError: '."""
-    save_checkpoint({"es": {"generation": 1}}, tmp_path / "checkpoint.pt")
-    save_checkpoint({"es": {"generation": 2}}, tmp_path / "checkpoint.pt")
+    save_checkpoint(state_at(1), tmp_path / "checkpoint.pt")
+    save_checkpoint(state_at(2), tmp_path / "checkpoint.pt")
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"checkpoint.pt is truncated or not a checkpoint \(empty file\); .*previous.pt"):
         load_checkpoint(tmp_path)
