@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from flipes.checkpoint import save_checkpoint
-from flipes.errors import StorageError, UsageError
+from flipes.errors import StorageError, UsageError, os_reason
 from flipes.progress import Progress
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {path} ({e.strerror or e}); it is unchanged") from None
+        raise StorageError(f"cannot write {path} ({os_reason(e)}); it is unchanged") from None
 
 
 class JSONLLogger(Callback):
@@ -97,7 +97,7 @@ class JSONLLogger(Callback):
             self.file.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
             self.file.flush()
         except OSError as e:
-            raise StorageError(f"cannot write {self.path} ({e.strerror or e}); the last good checkpoint is "
+            raise StorageError(f"cannot write {self.path} ({os_reason(e)}); the last good checkpoint is "
                                f"{self.path.parent / 'checkpoint.pt'}") from None  # fmt: skip
 
     def on_train_end(self, state: TrainState, reason: str) -> None:

@@ -16,12 +16,12 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor
 
-from flipes.errors import StorageError
+from flipes.errors import StorageError, os_reason
 
 FORMAT = "flipes-checkpoint/2"  # {"format", "sha256", "payload": uint8 tensor of torch.save(state)}
 
@@ -55,7 +55,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
 
     Raises:
         StorageError: the file cannot be written (a full disk, no permission); the message names
-            the checkpoint that is still good. Nothing at ``path`` has changed then.
+            the checkpoint that is still good (the run's ``checkpoint.pt``, which ``--resume`` reads,
+            where there is one). Nothing at ``path`` has changed then.
     """
     path = Path(path)
     buf = io.BytesIO()
@@ -65,9 +66,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
                "payload": torch.frombuffer(payload, dtype=torch.uint8)}  # fmt: skip
     tmp = path.with_name(path.name + ".tmp")
     previous = path.with_name("previous.pt")
+    file = None
     try:
         with open(tmp, "wb") as f:
-            torch.save(wrapped, f)
+            file = _Writes(f)
+            torch.save(wrapped, file)  # streamed: no second copy in memory
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and path.exists():
@@ -80,13 +83,44 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             os.replace(link, previous)
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
         _fsync_dir(path.parent)
-    except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError ("unexpected pos")
+    except (OSError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)
-        good = path if path.exists() else previous if previous.exists() else None
-        why = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else " ".join(str(e).split())[:100]
-        still = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
-        raise StorageError(f"cannot write {path} ({why}); {still}") from None
+        # torch turns a write's OSError into a RuntimeError ("unexpected pos 832 vs 726"): the OSError says why
+        error = file.error if file is not None and file.error is not None else e
+        why = os_reason(error) if isinstance(error, OSError) else clip(" ".join(str(error).split()))
+        raise StorageError(f"cannot write {path} ({why}); {_still_good(path)}") from None
     return path
+
+
+class _Writes:
+    """A file for ``torch.save`` that keeps the OSError of a failed write, which torch reports as a
+    RuntimeError of its own (a full disk would read "[enforce fail at inline_container.cc] unexpected pos")."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+
+def _still_good(path: Path) -> str:
+    """What a failed write of ``path`` leaves to continue from: the run's ``checkpoint.pt`` (what
+    ``--resume DIR`` reads) where it exists, else ``previous.pt``, else ``path`` as it was."""
+    for good in (path.with_name("checkpoint.pt"), path.with_name("previous.pt"), path):
+        if good.is_file():
+            return f"the last good checkpoint is {good}"
+    return "no checkpoint was written yet"
 
 
 def clip(text: str, limit: int = 100) -> str:

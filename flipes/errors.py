@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -57,3 +58,13 @@ def caller_stacklevel() -> int:
             return level
         frame, level = frame.f_back, level + 1
     return 1
+
+
+def os_reason(e: OSError) -> str:
+    """Why a file operation failed, in words: a full disk said plainly (``disk full: No space left on device``)."""
+    text = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+        return f"disk full: {text}"
+    if e.errno == errno.EDQUOT:
+        return f"disk quota exceeded: {text}"
+    return text

@@ -13,7 +13,7 @@ from typing import IO, Any
 from flipes.callbacks import write_atomic
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from flipes.config import TrainConfig, resume_dir
-from flipes.errors import StorageError, UsageError
+from flipes.errors import StorageError, UsageError, os_reason
 
 RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
 
@@ -88,7 +88,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
         os.replace(tmp, target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot copy {source} to {target} ({e.strerror or e})") from None
+        raise StorageError(f"cannot copy {source} to {target} ({os_reason(e)})") from None
 
 
 def check_not_in_use(run_dir: Path) -> None:

@@ -424,3 +424,50 @@ def test_evaluate_and_export_name_previous_pt_as_their_checkpoint_option(tmp_pat
     message = "PytorchStreamReader failed locating file data/0: file not found. This is an internal error, please report it"
     assert clip(message) == message[: message.index(" report")] + " ..."  # "..., please ...": whole words
     assert clip("short") == "short" and len(clip("x" * 300)) <= 104
+
+
+def test_a_full_disk_while_best_pt_is_written_names_checkpoint_pt_and_says_disk_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A disk that fills up while best.pt is written (mid-file, which torch itself reports as
+    "unexpected pos") is one line saying "disk full" and naming the run's checkpoint.pt, which --resume
+    reads; the resumed run ends with the parameters of an uninterrupted one."""
+    import flipes.checkpoint as checkpoint
+
+    class FullDisk:  # a file that takes its first bytes, then finds no space left
+        def __init__(self, file) -> None:
+            self.file, self.written = file, 0
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.file.close()
+
+        def write(self, data) -> int:
+            self.written += len(data)
+            if self.written > 200:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.file.write(data)
+
+        def flush(self) -> None:
+            self.file.flush()
+
+        def fileno(self) -> int:
+            return self.file.fileno()
+
+    def full_open(file, mode="r", *args, **kwargs):
+        opened = open(file, mode, *args, **kwargs)
+        return FullDisk(opened) if Path(file).name == "best.pt.tmp" else opened
+
+    monkeypatch.setattr(checkpoint, "open", full_open, raising=False)
+    run = tmp_path / "run"
+    status = main(["train", *FAST, "--generations", "6", "--checkpoint-every", "1", "--out", str(run), "--eval-every", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1, err
+    assert err[0] == (f"flipes: error: cannot write {run / 'best.pt'} (disk full: No space left on device); "
+                      f"the last good checkpoint is {run / 'checkpoint.pt'}")  # fmt: skip
+    assert not (run / "best.pt").exists() and not list(run.glob("*.tmp"))
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--generations", "6"]) == 0
+    assert [r["params_sha256"] for r in metrics(run)] == uninterrupted(tmp_path, 6)
