@@ -84,7 +84,7 @@ class JSONLLogger(Callback):
         if state.resumed and self.path.exists():
             lines, dropped = read_jsonl(self.path)
             if dropped:
-                print(f"flipes: {self.path}: dropped {dropped} torn or blank line(s) (a crash mid-write)", file=sys.stderr)
+                print(f"flipes: {self.path}: {dropped_note(dropped)}", file=sys.stderr)
             kept = [line for line in lines if json.loads(line)["generation"] < state.es.generation]
             write_atomic(self.path, "".join(line + "\n" for line in kept))
         else:
@@ -138,17 +138,34 @@ def json_safe(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_jsonl(path: Path) -> tuple[list[str], int]:
-    """The complete lines of a metrics file, and how many torn or blank lines (a crash mid-write) were skipped."""
+    """The rows of a metrics file, and how many lines were skipped: torn or blank ones (a crash
+    mid-write), and any that is not a row (a JSON object with an integer ``generation``).
+
+    Raises:
+        UsageError: the file cannot be read (a directory in its place, no permission).
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        what = "is a directory, not a metrics file" if path.is_dir() else f"cannot be read ({e.strerror or e})"
+        raise UsageError(str(path), what, f"move it out of the way (mv {path} {path}.bak)") from None
     out, dropped = [], 0
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         try:
-            if isinstance(json.loads(line), dict):
-                out.append(line)
-                continue
+            row = json.loads(line)
         except json.JSONDecodeError:
-            pass
-        dropped += 1
+            row = None
+        generation = row.get("generation") if isinstance(row, dict) else None
+        if isinstance(generation, int) and not isinstance(generation, bool):
+            out.append(line)
+        else:
+            dropped += 1
     return out, dropped
+
+
+def dropped_note(dropped: int) -> str:
+    """What a reader of ``metrics.jsonl`` says of the lines :func:`read_jsonl` skipped."""
+    return f"dropped {dropped} torn, blank or malformed line(s) (a crash mid-write, or not a metrics row)"
 
 
 def read_jsonl_lines(path: Path) -> list[str]:

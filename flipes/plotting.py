@@ -19,15 +19,15 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for run in map(Path, runs):
         rows = read_metrics(run)
-        xs = [r[x] for r in rows]
-        (line,) = axes[0].plot(xs, [r["fitness_mean"] for r in rows], label=f"{run.name} mean")
-        axes[0].plot(xs, [r["fitness_max"] for r in rows], ls=":", color=line.get_color(), label=f"{run.name} max")
-        kept = [(r[x], r["best_member_fitness"]) for r in rows if "best_member_fitness" in r]  # --track-best
-        if kept:
-            axes[0].plot(*zip(*kept, strict=True), ls="--", color=line.get_color(), label=f"{run.name} best member")
-        evals = [(r[x], r["eval_return"]) for r in rows if "eval_return" in r]
-        if evals:
-            axes[1].plot(*zip(*evals, strict=True), marker=".", color=line.get_color(), label=run.name)
+        mean, top = _series(rows, x, "fitness_mean"), _series(rows, x, "fitness_max")
+        (line,) = axes[0].plot(*mean, label=f"{run.name} mean")
+        axes[0].plot(*top, ls=":", color=line.get_color(), label=f"{run.name} max")
+        kept = _series(rows, x, "best_member_fitness")  # --track-best
+        if kept[0]:
+            axes[0].plot(*kept, ls="--", color=line.get_color(), label=f"{run.name} best member")
+        evals = _series(rows, x, "eval_return")
+        if evals[0]:
+            axes[1].plot(*evals, marker=".", color=line.get_color(), label=run.name)
     axes[0].set(title="population fitness", xlabel=x, ylabel="fitness")
     axes[1].set(title="center policy (eval_return)", xlabel=x, ylabel="mean return")
     for ax in axes:
@@ -39,3 +39,14 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _series(rows: list[dict], x: str, y: str) -> tuple[list, list]:
+    """The (x, y) points of the rows that hold both as numbers (``null``, a non-finite value, as a gap);
+    a row edited by hand or written by other code may lack either."""
+    points = [(r[x], r[y]) for r in rows if _number(r.get(x)) and r.get(x) is not None and y in r and _number(r[y])]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _number(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))

@@ -26,6 +26,12 @@ def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
     """
     held = [name for name in RUN_FILES if (run_dir / name).exists()]
     resuming_here = bool(config.resume) and resume_dir(config.resume).resolve() == run_dir.resolve()
+    for name in held:  # a directory (or a device) under a run file's name: neither read nor replaced
+        path = run_dir / name
+        if not path.is_file() and not (resuming_here and name in ("checkpoint.pt", "previous.pt")):  # load_checkpoint says it
+            what = "a directory" if path.is_dir() else "not a regular file"
+            raise UsageError("--resume" if resuming_here else "--out", f"{path} is {what}, not the run's {name}",
+                             f"move it out of the way (mv {path} {path}.bak)")  # fmt: skip
     if held and not resuming_here and not config.overwrite and not unstarted(run_dir):
         fix = f"continue it with --resume {run_dir}, train into another --out, or pass --overwrite to replace it"
         raise UsageError("--out", f"{str(run_dir)!r} holds a run ({', '.join(held)})", fix)

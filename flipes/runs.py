@@ -43,9 +43,13 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(str(run_dir), "is not a run directory (no config.json)", "pass a directory written by flipes train")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(str(path), f"is not valid JSON ({e})", "restore it from the checkpoint's config, or retrain") from None
+    if not isinstance(config, dict):
+        problem = f"holds a JSON {type(config).__name__}, not the object of options flipes train writes"
+        raise UsageError(str(path), problem, "restore it from the checkpoint's config, or retrain")
+    return config
 
 
 def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:

@@ -161,7 +161,7 @@ def test_torn_and_blank_metrics_lines_are_dropped_with_a_note(tmp_path: Path, ca
         f.write('\n{"generation": 2, "fitness_mea')
     capsys.readouterr()
     flipes.train(resume=str(run), generations=3)
-    assert "dropped 2 torn or blank line(s)" in capsys.readouterr().err
+    assert "dropped 2 torn, blank or malformed line(s)" in capsys.readouterr().err
     assert [r["generation"] for r in metrics(run)] == [0, 1, 2]
 
 
@@ -471,3 +471,59 @@ def test_a_full_disk_while_best_pt_is_written_names_checkpoint_pt_and_says_disk_
     monkeypatch.undo()
     assert main(["train", "--resume", str(run), "--generations", "6"]) == 0
     assert [r["params_sha256"] for r in metrics(run)] == uninterrupted(tmp_path, 6)
+
+
+def test_a_config_json_that_is_not_an_object_resumes_from_the_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """config.json holding valid JSON that is not an object ([1, 2]) does not block a resume, which takes
+    the options the checkpoint records (not the env's defaults); evaluate says in one line what is wrong."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, out=str(run))
+    (run / "config.json").write_text("[1, 2]")
+    line = error_line(capsys, "evaluate", run, "--episodes", "1")
+    assert line == (f"flipes: error: {run}/config.json: holds a JSON list, not the object of options flipes train writes; "
+                    "restore it from the checkpoint's config, or retrain")  # fmt: skip
+    assert main(["train", "--resume", str(run), "--generations", "3"]) == 0
+    assert load_checkpoint(run)["config"]["popsize"] == 8 and [r["generation"] for r in metrics(run)] == [0, 1, 2]
+    assert json.loads((run / "config.json").read_text())["popsize"] == 8  # written again, whole
+
+
+def test_metrics_lines_that_are_not_rows_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Lines of metrics.jsonl that are JSON but not rows (no generation, a generation that is not an
+    integer, not an object) are dropped by a resume with the note torn lines get, and skipped by
+    read_metrics; a row lacking fitness_max still plots."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, out=str(run))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"foo": 1}\n{"generation": "x"}\n{"generation": true}\n[1]\n')
+    assert [r["generation"] for r in flipes.read_metrics(run)] == [0, 1]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--generations", "3"]) == 0
+    err = capsys.readouterr().err
+    assert f"flipes: {run}/metrics.jsonl: dropped 4 torn, blank or malformed line(s)" in err and "Traceback" not in err
+    assert [r["generation"] for r in metrics(run)] == [0, 1, 2]
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"generation": 3, "fitness_mean": "high"}\n')  # edited by hand: no fitness_max, a mean that is no number
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_directory_in_place_of_metrics_jsonl_is_one_line_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A directory where metrics.jsonl belongs stops a resume before anything is written, in one line
+    naming it and how to move it aside; read_metrics says the same. Once moved, the run resumes."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, out=str(run))
+    rows = run / "metrics.jsonl"
+    rows.rename(run / "rows")
+    rows.mkdir()
+    before = files(run)
+    line = error_line(capsys, "train", "--resume", run, "--generations", "3")
+    assert line == f"flipes: error: --resume: {rows} is a directory, not the run's metrics.jsonl; move it out of the way " \
+                   f"(mv {rows} {rows}.bak)"  # fmt: skip
+    assert files(run) == before
+    with pytest.raises(flipes.UsageError, match=f"^{rows}: is a directory, not a metrics file; move it out of the way"):
+        flipes.read_metrics(run)
+    rows.rmdir()
+    (run / "rows").rename(rows)
+    assert main(["train", "--resume", str(run), "--generations", "3"]) == 0 and len(metrics(run)) == 3
