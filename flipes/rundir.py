@@ -98,8 +98,9 @@ def _copy_atomic(source: Path, target: Path) -> None:
 
 
 def check_not_in_use(run_dir: Path) -> None:
-    """Refuse a run directory another process holds locked, without taking the lock: a resume checks it
-    before reading the run, which a process that started it an instant ago may not have finished writing.
+    """Refuse to resume a run directory another process holds locked, without taking the lock: a resume
+    checks it before reading the run, which a process that started it an instant ago may not have
+    finished writing. The option named is ``--resume`` (the run read; for a branch ``--out`` is another).
 
     Raises:
         UsageError: naming the process that holds it.
@@ -116,14 +117,16 @@ def check_not_in_use(run_dir: Path) -> None:
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            raise _in_use(run_dir, file) from None
+            raise _in_use(run_dir, file, "--resume") from None
 
 
-def _in_use(run_dir: Path, lock_file: IO[str]) -> UsageError:
-    """The error for a run directory whose lock another process holds, naming it (the lock file's text)."""
+def _in_use(run_dir: Path, lock_file: IO[str], option: str = "--out") -> UsageError:
+    """The error for a run directory whose lock another process holds, naming it (the lock file's text):
+    as ``--out``, the directory trained into, or as ``--resume``, the run read."""
     lock_file.seek(0)
     holder = lock_file.read().strip() or "another process"
-    return UsageError("--out", f"{str(run_dir)!r} is in use by {holder}", "wait for it to end, or train into another --out")
+    fix = "wait for it to end, then resume it" if option == "--resume" else "wait for it to end, or train into another --out"
+    return UsageError(option, f"{str(run_dir)!r} is in use by {holder}", fix)
 
 
 class RunDirLock:

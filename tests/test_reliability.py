@@ -69,7 +69,8 @@ def test_a_run_that_failed_before_its_first_generation_is_taken_over_by_the_next
 
 
 def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:
-    """While one process trains into a directory, a second one (here: a resume) is refused at once."""
+    """While one process trains into a directory, a second one (here: a resume, and a branch into
+    another --out) is refused at once, naming --resume, the option that points at the live run."""
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "scripts/train.py", *FAST, "--generations", "100000", "--out", str(run)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -78,9 +79,12 @@ def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:
         while time.time() < deadline and not (run / "checkpoint.pt").exists():
             time.sleep(0.1)
         t0 = time.monotonic()
-        with pytest.raises(flipes.UsageError, match=rf"--out: '{run}' is in use by flipes pid {proc.pid}"):
+        in_use = rf"^--resume: '{run}' is in use by flipes pid {proc.pid}; wait for it to end, then resume it$"
+        with pytest.raises(flipes.UsageError, match=in_use):
             flipes.train(resume=str(run), generations=100001)
-        assert time.monotonic() - t0 < 10
+        with pytest.raises(flipes.UsageError, match=in_use):
+            flipes.train(resume=str(run), out=str(tmp_path / "branch"), generations=100001)
+        assert time.monotonic() - t0 < 20 and not (tmp_path / "branch").exists()
     finally:
         proc.terminate()
         proc.wait(timeout=60)
