@@ -207,10 +207,7 @@ def structure_problem(state: dict[str, Any]) -> str:
                 return f"its {prefix}{key} entry is of type {_kind(value)}, not {expected}"
     if state["es"]["generation"] < 0:
         return f"its es.generation entry is negative ({state['es']['generation']})"
-    odd = [k for k, v in state["es"]["model"].items() if not isinstance(v, Tensor)]
-    if odd:
-        return f"its es.model entry holds {_kind(state['es']['model'][odd[0]])} {odd[0]!r}, not a tensor"
-    return ""
+    return ""  # es.model's values are the model's to judge: a module's extra state need not be a tensor
 
 
 def _kind(value: Any) -> str:
