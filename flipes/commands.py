@@ -447,6 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     fn = COMMANDS[argv[0]][0]
     try:
         status = fn(argv[1:])
+    except KeyboardInterrupt:  # a second Ctrl-C in training (the first one stops after the generation), or any in the others
+        after = "; the run's last checkpoint stays: --resume continues from it" if argv[0] == "train" else ""
+        print(f"flipes: interrupted: {argv[0]} stopped at once{after}", file=sys.stderr, flush=True)
+        return 130
     except UsageError as e:
         report_usage_error(e)
     except StorageError as e:  # a full disk or lost permission while training: what is still good, in one line

@@ -778,6 +778,50 @@ def test_sigterm_during_training_leaves_a_loadable_checkpoint(tmp_path: Path) ->
     assert state["es"]["generation"] == len(rows.read_text().splitlines()) >= 3  # every generation logged is in it
 
 
+SLOW_FITNESS = """
+import time, torch
+
+def make_model(env):
+    return torch.nn.Linear(3, 1)
+
+def fitness(model, pop):
+    time.sleep(0.5)
+    return -model(torch.ones(pop.size, 3)).square().sum(1)
+"""
+
+
+def test_a_second_ctrl_c_stops_training_at_once_in_one_line_keeping_the_last_checkpoint(tmp_path: Path) -> None:
+    """Two Ctrl-Cs within one generation: the first asks for a stop after it, the second stops at once.
+    The command exits 130 with one line that says so (no traceback), and the run resumes from its last
+    checkpoint."""
+    (tmp_path / "slow.py").write_text(SLOW_FITNESS)
+    run = tmp_path / "run"
+    args = ["--env", "none", "--model", "slow:make_model", "--fitness", "slow:fitness", "--popsize", "8",
+            "--tensorboard", "false", "--out", str(run)]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts/train.py"), *args, "--generations", "1000"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    rows = run / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not rows.exists() or not rows.read_text().strip()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "flipes: interrupted: train stopped at once" in err, err
+    generation = load_checkpoint(run)["es"]["generation"]
+    resume = [sys.executable, str(ROOT / "scripts/train.py"), "--resume", str(run), "--generations", str(generation + 1)]
+    r = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(run)["es"]["generation"] == generation + 1
+
+
 def test_evaluate_and_plot_commands_on_a_tiny_run(tmp_path: Path) -> None:
     """scripts/evaluate.py rebuilds the policy and renders a GIF; scripts/plot.py draws two runs
     into one PNG."""
