@@ -15,6 +15,7 @@ from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from flipes.config import TrainConfig, resume_dir
 from flipes.errors import StorageError, UsageError, os_reason
 
+SETUP = ".setup"  # present while prepare_run_dir sets a new run up (before its first checkpoint)
 RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
 
 
@@ -43,8 +44,8 @@ def unstarted(run_dir: Path) -> bool:
     function being debugged. Such a directory is taken over without ``--overwrite``: it holds nothing
     that the seed does not give again."""
     metrics, checkpoint = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
-    if not checkpoint.exists() and not (run_dir / "previous.pt").exists() and _branch_of(run_dir):
-        return True  # a branch whose setup was cut short: its metrics and best.pt are copies of its source's
+    if not checkpoint.exists() and (run_dir / SETUP).exists():
+        return True  # a setup cut short (prepare_run_dir): a branch's metrics and best.pt are copies of its source's
     if any((run_dir / name).exists() for name in ("previous.pt", "best.pt", "curves.png")):
         return False
     if metrics.exists() and metrics.stat().st_size > 0:
@@ -53,16 +54,6 @@ def unstarted(run_dir: Path) -> bool:
         return not checkpoint.exists() or load_checkpoint(checkpoint, map_location="cpu")["es"]["generation"] == 0
     except (CheckpointError, KeyError, TypeError):
         return False
-
-
-def _branch_of(run_dir: Path) -> bool:
-    """Whether ``run_dir``'s config.json records a run resumed from another directory."""
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    resume = saved.get("resume") if isinstance(saved, dict) else None
-    return isinstance(resume, str) and bool(resume) and resume_dir(resume).resolve() != run_dir.resolve()
 
 
 def carry_history(source: Path, run_dir: Path, start: dict[str, Any]) -> None:
@@ -179,11 +170,18 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
                 (run_dir / name).unlink(missing_ok=True)
             for name in ("tensorboard", "wandb"):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
+        first = start is not None and not (run_dir / "checkpoint.pt").exists()
+        if first:  # marked until its checkpoint is written: a setup cut short is taken over (unstarted)
+            if (run_dir / SETUP).exists():  # such a one's copies may be of another source, or an older state of it
+                for name in ("metrics.jsonl", "best.pt"):
+                    (run_dir / name).unlink(missing_ok=True)
+            (run_dir / SETUP).touch()
         write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
-        if start is not None and not (run_dir / "checkpoint.pt").exists():
-            if config.resume:  # a branch: the history first, so a setup cut short is taken over (unstarted)
+        if first:
+            if config.resume:  # a branch: its history, then its first checkpoint
                 carry_history(resume_dir(config.resume), run_dir, start)
             save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)  # last: the run is whole
+            (run_dir / SETUP).unlink()
     except BaseException:
         lock.release()
         raise

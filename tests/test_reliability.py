@@ -126,8 +126,9 @@ def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_comp
     """SIGKILL before each file a new run or a branch (--resume A --out B) renames into place while its
     directory is set up (config.json, the carried metrics.jsonl and best.pt, the first checkpoint):
     running the same command again completes the run, with the parameters of an uninterrupted one and,
-    for the branch, A's rows before its own. A run directory whose config.json was lost resumes with the
-    options its checkpoint records."""
+    for the branch, A's rows before its own; set up from another source instead, the branch holds that
+    source's rows alone. A run directory whose config.json was lost resumes with the options its
+    checkpoint records; one that lost both checkpoints is refused as a run, not taken over."""
     source = tmp_path / "a"
     flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(source))
     expect = uninterrupted(tmp_path, 6)
@@ -145,6 +146,19 @@ def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_comp
     (tmp_path / "new1" / "config.json").unlink()
     run_script("scripts/train.py", "--resume", tmp_path / "new1", "--generations", "7")
     assert [r["generation"] for r in metrics(tmp_path / "new1")] == list(range(7))
+    # a branch cut short, then set up from another source: that source's rows, none of the first one's
+    other, branch = tmp_path / "other", tmp_path / "switched"
+    flipes.train(**FAST_KW, seed=1, generations=3, checkpoint_every=1, out=str(other))
+    r = run_script("tests/killpoints.py", "replace-3", *cli, "--resume", source, "--out", branch, check=False)
+    assert r.returncode == -signal.SIGKILL and (branch / "metrics.jsonl").exists(), r.stderr[-2000:]
+    run_script("scripts/train.py", *cli, "--resume", other, "--out", branch)
+    rows = [r["params_sha256"] for r in metrics(branch)]
+    assert len(rows) == 6 and rows[:3] == [r["params_sha256"] for r in metrics(other)]
+    # a whole run that lost both checkpoints is not taken for a setup cut short: refused without --overwrite
+    for name in ("checkpoint.pt", "previous.pt"):
+        (branch / name).unlink()
+    r = run_script("scripts/train.py", *cli, "--out", branch, check=False)
+    assert r.returncode == 2 and "holds a run" in r.stderr, r.stderr[-2000:]
 
 
 def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
