@@ -342,6 +342,59 @@ def test_members_equal_the_plain_module_with_their_explicit_parameters(
     check_members(make, inputs, member_inputs, member_output, mirrored, groups, rank, device=device)
 
 
+def padded(rows: int, length: int) -> Tensor:
+    """A left-aligned key padding mask (True = padding at the end), every row at least half real."""
+    lengths = torch.randint(length // 2, length + 1, (rows,))
+    return torch.arange(length) >= lengths[:, None]
+
+
+@pytest.mark.parametrize(
+    "make,inputs",
+    [
+        (
+            lambda: nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True).eval(),
+            lambda: (randn(3 * N, 6, 16), None, padded(3 * N, 6)),
+        ),
+        (
+            lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True), 2).eval(),
+            lambda: (randn(3 * N, 6, 16), None, padded(3 * N, 6)),
+        ),
+    ],
+    ids=["encoder-layer", "encoder-nested"],
+)
+def test_without_torchs_fast_path_switch_eval_transformer_members_are_still_their_own(
+    make: Callable[[], nn.Module], inputs: Callable[[], tuple], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where torch has no switch for its fused transformer kernels (torch < 2.3; forced here), an eval-mode
+    TransformerEncoderLayer's fast path and a TransformerEncoder's nested-tensor path (a padding mask) would
+    read the mean weights: each member still equals the plain block with its own parameters, and the flags
+    that turned those paths off are back afterwards. (Under torch 2.13 the flipout'd layer alone does not
+    take its fast path, so the nested case is the one that fails without the flags; torch 2.2.2's layer
+    did, caught by test_members_equal_the_plain_module_with_their_explicit_parameters there.)"""
+    monkeypatch.setattr(flipes.nn.attention, "mha_switch", lambda: None)
+    torch.manual_seed(0)
+    original = make().to(DT)
+    block = flipes.flipout(copy.deepcopy(original))
+    es = flipes.FlipES(block, popsize=N, sigma=0.3, groups=2)
+
+    def flags() -> dict:
+        names = ("activation_relu_or_gelu", "use_nested_tensor")
+        return {(id(m), k): v for m in block.modules() for k, v in vars(m).items() if k in names}
+
+    before = flags()
+    x, mask, pad = inputs()
+    with es.population():
+        out = block(x, mask, pad)
+        params = member_parameters(es, block)
+    assert flags() == before and any(before.values())  # back, and the paths were on: the test sees them taken
+    for n in range(N):
+        rows_n = slice(3 * n, 3 * n + 3)
+        with torch.no_grad():  # the plain block may take its fast path: the same numbers at the real positions
+            expect = functional_call(original, params[n], (x[rows_n], mask, pad[rows_n]))
+        real = ~pad[rows_n]  # what padded positions hold differs between torch's paths
+        torch.testing.assert_close(out[rows_n][real], expect[real], atol=TOL, rtol=0)
+
+
 NORMS = {
     "affine": (lambda: nn.BatchNorm1d(3), (8, 3)),
     "no-affine": (lambda: nn.BatchNorm1d(3, affine=False), (8, 3)),

@@ -31,6 +31,7 @@ from flipes.es.shaping import ars as shaping_ars
 from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.es.slots import dense_slots, flipout_slots
+from flipes.nn.attention import fused_transformers_off
 from flipes.nn.convert import ParameterReport, check_members_first, flipout_layers, parameter_report, per_member_modules
 from flipes.nn.embedding import shared_ids_fix
 from flipes.nn.functional import without_autocast
@@ -456,8 +457,6 @@ class FlipES:
                 f"population() inside a population: {len(busy)} layer(s) of this model are already evaluating one "
                 "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
             )
-        switch = getattr(torch.backends, "mha", None)  # torch >= 2.3; before it see flipes.nn.attention
-        fastpath = switch.get_fastpath_enabled() if switch is not None else None
         # whether the model runs in here at all (tell warns if not): the first forward removes every hook
         hooks: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -483,14 +482,7 @@ class FlipES:
                     if module.member_noise is None:
                         module.member_noise = {}
                     module.member_noise[name] = nz.delta
-            # torch's fused transformer kernels read the mean weights directly, past the Flipout layers
-            if switch is not None:
-                switch.set_fastpath_enabled(False)
-            # torch < 2.3 has no switch: its encoder layers take the fast path only with this flag set
-            legacy = [] if switch is not None else [m for m in self.model.modules() if isinstance(m, nn.TransformerEncoderLayer)]
-            relu_or_gelu = [m.__dict__.get("activation_relu_or_gelu") for m in legacy]
-            for module in legacy:
-                module.activation_relu_or_gelu = False
+            restore_fused = fused_transformers_off(self.model)  # they read the mean weights, past the Flipout layers
             self._inside = modules  # a tell() inside the block makes its later forwards errors (_refuse_stale)
             try:
                 yield Population(
@@ -509,10 +501,7 @@ class FlipES:
                     raise RuntimeError(f"{error}\n{fix}") from error
                 raise
             finally:
-                if switch is not None:
-                    switch.set_fastpath_enabled(fastpath)
-                for module, flag in zip(legacy, relu_or_gelu, strict=True):
-                    module.activation_relu_or_gelu = flag
+                restore_fused()
                 for hook in [*hooks, *self._stale_hooks]:
                     hook.remove()
                 self._inside, self._stale_hooks = None, []

@@ -11,6 +11,8 @@ batched over the members, who are the batch dimension.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -180,3 +182,32 @@ class FlipoutMultiheadAttention(FlipoutMixin, nn.MultiheadAttention):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         out = out.transpose(1, 2).reshape(batch, tgt_len, e)
         return flipout_linear(out, self.out_proj.weight, self.out_proj.bias, self.noise[-1], type(self).__name__), weights
+
+
+def mha_switch() -> Any:
+    """``torch.backends.mha``, the switch of torch's fused transformer kernels (torch >= 2.3), or None."""
+    return getattr(torch.backends, "mha", None)
+
+
+def fused_transformers_off(model: nn.Module) -> Callable[[], None]:
+    """Turn torch's fused transformer kernels off for ``model``, which read a layer's mean weights
+    directly, past its Flipout perturbation; returns the function that turns them back on. torch >= 2.3
+    has a global switch; before it, an ``nn.TransformerEncoderLayer`` takes its fast path only with
+    ``activation_relu_or_gelu`` set and an ``nn.TransformerEncoder`` its nested-tensor path only with
+    ``use_nested_tensor`` set, so those flags are cleared instead."""
+    switch = mha_switch()
+    if switch is not None:
+        before = switch.get_fastpath_enabled()
+        switch.set_fastpath_enabled(False)
+        return lambda: switch.set_fastpath_enabled(before)
+    flags = [(m, "activation_relu_or_gelu") for m in model.modules() if isinstance(m, nn.TransformerEncoderLayer)]
+    flags += [(m, "use_nested_tensor") for m in model.modules() if isinstance(m, nn.TransformerEncoder)]
+    saved = [(m, name, getattr(m, name, False)) for m, name in flags]
+    for m, name in flags:
+        setattr(m, name, False)
+
+    def restore() -> None:
+        for m, name, value in saved:
+            setattr(m, name, value)
+
+    return restore
