@@ -312,6 +312,35 @@ def test_the_center_is_evaluated_in_eval_mode_and_each_modules_mode_is_set_back(
     assert seen == {"fitness": {(True, True, False)}, "evaluate": {False}, "agree": {True}}
 
 
+def test_a_batch_norm_without_running_statistics_is_evaluated_by_batch_statistics(tmp_path: Path) -> None:
+    """A population leaves running statistics alone, so the evaluation normalizes a BatchNorm whose running
+    statistics were never updated by the batch's statistics (training mode) without updating them, where
+    eval mode would use the initial ones; one whose statistics were filled before training is evaluated
+    in eval mode; afterwards every BatchNorm is as it was."""
+    seen = set()
+
+    def make_model(env):
+        filled = torch.nn.BatchNorm1d(4)
+        filled(torch.randn(16, 4) * 3 + 1)  # running statistics of its own
+        return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), filled)
+
+    def fitness(model, pop):
+        return (
+            -model(torch.randn(pop.size * 4, 3, generator=torch.Generator().manual_seed(0))).square().mean(1).view(-1, 4).sum(1)
+        )
+
+    def evaluate(model):
+        seen.add((model.training, model[1].training, model[2].training))
+        return -model(torch.randn(8, 3)).square().mean().item()
+
+    run = flipes.train(env="none", model=make_model, fitness=fitness, evaluate=evaluate, popsize=8, generations=3,
+                       eval_every=1, out=str(tmp_path), tensorboard=False, progress=False)  # fmt: skip
+    assert seen == {(False, True, False)}
+    fresh = run.model[1]
+    assert fresh.training and fresh.track_running_stats and int(fresh.num_batches_tracked) == 0  # left as it was
+    assert torch.equal(fresh.running_mean, torch.zeros(4)) and torch.equal(fresh.running_var, torch.ones(4))
+
+
 def test_evaluate_may_return_named_numbers_logged_beside_eval_return(tmp_path: Path) -> None:
     """An ``evaluate`` returning a dict logs every entry in the evaluated rows (metrics.jsonl too), its
     ``eval_return`` deciding best.pt and --target as a plain number does; a dict without eval_return, with
