@@ -134,8 +134,9 @@ class TrainConfig:
     """Under MPI: verify every this many generations that all ranks hold identical parameters."""
     mpi_timeout: float = 300.0
     """Under MPI: end the job, naming the rank(s) that did not arrive, when a rank waits longer than
-    this many seconds for the others in one exchange (0: wait forever). Keep it above the slowest
-    generation's rollout plus rank 0's evaluation and checkpoint."""
+    this many seconds for the others in one exchange, or for them to start (MPI's start and each
+    train() call's first exchange; 0: wait forever). Keep it above the slowest generation's rollout
+    plus rank 0's evaluation and checkpoint, and above any work a script does on one rank before train()."""
 
     @classmethod
     def for_env(cls, env: Any = _UNSET, **overrides: Any) -> TrainConfig:

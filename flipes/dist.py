@@ -393,11 +393,11 @@ def abort_on_exit(comm: Comm, e: SystemExit, when: str = "during training") -> N
     code = e.code
     call = "sys.exit()" if code is None else f"sys.exit({code!r})"
     where = ""
-    frames = [f for f, _ in traceback.walk_tb(e.__traceback__)]
-    for frame in reversed(frames):  # the innermost frame outside flipes and torch: the user's code
+    frames = list(traceback.walk_tb(e.__traceback__))  # with the line each frame raised at (f_lineno moves on in a finally)
+    for frame, line in reversed(frames):  # the innermost frame outside flipes and torch: the user's code
         name = os.path.realpath(frame.f_code.co_filename)
         if not name.startswith((_PACKAGE, _TORCH)):
-            where = f" in {frame.f_code.co_name}() at {os.path.basename(name)}:{frame.f_lineno}"
+            where = f" in {frame.f_code.co_name}() at {os.path.basename(name)}:{line}"
             break
     print(f"flipes: error: rank {comm.rank}: {call} was called{where} {when}, while the other ranks "
           "train on: ending the job (raise an exception to stop on an error; a callback's on_generation returning "

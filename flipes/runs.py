@@ -21,11 +21,13 @@ from flipes.rl.envs import EnvError
 
 
 def read_metrics(run: str | Path) -> list[dict]:
-    """The rows of a run's ``metrics.jsonl``, every generation since it started, across resumes (a torn
-    last line, from a crash mid-write, is skipped); ``TrainResult.metrics`` holds one call's rows.
+    """The rows of a run's ``metrics.jsonl``, every generation since it started, across resumes (lines
+    that are not rows, such as a torn last line from a crash mid-write, are skipped);
+    ``TrainResult.metrics`` holds one call's rows.
 
     Raises:
         FileNotFoundError: no metrics.jsonl in ``run``.
+        UsageError: it cannot be read (a directory in its place, no permission).
     """
     path = Path(run) / "metrics.jsonl"
     if not path.exists():

@@ -362,7 +362,12 @@ def test_evaluate_may_return_named_numbers_logged_beside_eval_return(tmp_path: P
     assert [(r["eval_return"], r["loss"], r["accuracy"], r["calls"]) for r in rows] == [
         (-x, x, 0.25, float(i + 1)) for i, x in enumerate(calls)
     ]
-    assert run.eval_return == max(-x for x in calls)
+    best = max(-x for x in calls)
+    assert run.best == best and load_checkpoint(tmp_path / "run" / "best.pt")["best"] == best
+    target = rows[1]["eval_return"]  # the same run again, stopped by --target on the dict's eval_return
+    first = next(i for i, r in enumerate(rows) if r["eval_return"] >= target)
+    solved = flipes.train(**kw, evaluate=evaluate, target=target, out=str(tmp_path / "target"))
+    assert solved.reason.startswith("solved") and len(solved.metrics) == first + 1
     for returned, message in (
         ({"loss": 1.0}, r"evaluate: returned a dict without an eval_return \(keys \['loss'\]\)"),
         ({"eval_return": 1.0, "sigma": 2.0}, "evaluate: returned sigma, which the row has already"),
@@ -383,6 +388,19 @@ def test_a_resume_given_a_lambda_says_that_it_cannot_check_it(tmp_path: Path, ca
     flipes.train(**kw, fitness=lambda model, pop: model(torch.ones(pop.size, 3)).sum(1), generations=2, resume=str(tmp_path))
     err = capsys.readouterr().err
     assert "resumed with fitness " in err and "model " in err and "one lambda cannot be told from another" in err
+    named = dict(env="none", model=linear_model, fitness=negative_square, popsize=8, tensorboard=False, eval_every=100)
+    flipes.train(**named, generations=1, out=str(tmp_path / "named"), progress=False)
+    capsys.readouterr()
+    flipes.train(**named, generations=2, resume=str(tmp_path / "named"))
+    assert "cannot be told" not in capsys.readouterr().err
+
+
+def linear_model(env):
+    return torch.nn.Linear(3, 1)
+
+
+def negative_square(model, pop):
+    return -model(torch.ones(pop.size, 3)).square().sum(1)
 
 
 FITNESS_MODULE = """
@@ -525,6 +543,9 @@ def test_an_optimizer_and_a_shaping_of_ones_own_train_as_by_hand_and_resume(
     rest = flipes.train(resume=str(tmp_path / "names"), generations=6, progress=False)  # the run's names
     assert [r["params_sha256"] for r in first.metrics + rest.metrics] == hashes
     assert flipes.read_metrics(tmp_path / "names") == first.metrics + rest.metrics  # the run's rows across the resume
+    first = flipes.train(**objects, generations=3, out=str(tmp_path / "again"), **kw)
+    rest = flipes.train(**objects, resume=str(tmp_path / "again"), generations=6, progress=False)  # the objects again
+    assert [r["params_sha256"] for r in first.metrics + rest.metrics] == hashes
     with pytest.raises(flipes.UsageError, match=r"--optimizer: saved 'search_rules:sgd', now 'torch.optim.adam:Adam'"):
         flipes.train(resume=str(tmp_path / "names"), optimizer=torch.optim.Adam, generations=7, progress=False)
 

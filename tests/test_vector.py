@@ -45,14 +45,14 @@ def test_es_on_a_vector_minimizes_a_100_dimensional_sphere() -> None:
 def test_a_large_adaptive_sigma_escapes_rastrigins_local_minima_where_a_small_one_sticks() -> None:
     """Rastrigin in 10 dimensions from x = 3·1 (f = 90, the global minimum 0 at x = 0), 1,000
     generations, popsize 256, Adam at 0.05, seed 0: σ = 0.1 stays in the nearest local minimum
-    (f > 80; 89.6 measured), σ = 2 with sigma_lr = 0.2 reaches f < 0.5 (0.059 measured, σ shrinking
-    to 3e-4) as the README's tuning advice says."""
+    (f > 80; 89.6 measured), σ = 2 gets below 5 (1.19 measured), and with sigma_lr = 0.2 below 0.5
+    (0.059 measured, σ shrinking to 3e-4), as the README's tuning advice says."""
 
     def rastrigin(x: torch.Tensor) -> torch.Tensor:
         return 10 * x.shape[-1] + (x * x - 10 * torch.cos(2 * math.pi * x)).sum(-1)
 
     found = []
-    for sigma, sigma_lr in ((0.1, 0.0), (2.0, 0.2)):
+    for sigma, sigma_lr in ((0.1, 0.0), (2.0, 0.0), (2.0, 0.2)):
         x = flipes.flipout(flipes.nn.Vector(torch.full((10,), 3.0)))
         es = flipes.FlipES(x, popsize=256, sigma=sigma, lr=0.05, seed=0, sigma_lr=sigma_lr, maximize=False)
         for _ in range(1000):
@@ -60,7 +60,7 @@ def test_a_large_adaptive_sigma_escapes_rastrigins_local_minima_where_a_small_on
                 loss = rastrigin(x())
             es.tell(loss)
         found.append(rastrigin(x().detach()).item())
-    assert found[0] > 80 and found[1] < 0.5, found
+    assert found[0] > 80 and found[1] < 5 and found[2] < 0.5, found
 
 
 class GaussianPolicy(nn.Module):
