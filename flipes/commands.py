@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import runpy
 import sys
 import time
 import warnings
@@ -179,10 +180,11 @@ def _command_warning(show: Callable[..., None]) -> Callable[..., None]:
     without the file and source line; one from a user's module keeps the usual form."""
     entry = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
     package = Path(__file__).resolve().parent
+    runpy_file = Path(runpy.__file__).resolve()
 
     def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
         where = None if filename.startswith("<") else Path(filename).resolve()  # <frozen runpy>: python -m flipes
-        if where is None or where == entry or where.is_relative_to(package):
+        if where is None or where in (entry, runpy_file) or where.is_relative_to(package):  # runpy.py: so on 3.10
             ours = category is UserWarning or category.__module__.startswith("flipes")
             kind = "" if ours else f"{category.__name__}: "  # torch's or gymnasium's, raised where flipes called them
             print(f"flipes: warning: {kind}{' '.join(str(message).split())}", file=sys.stderr, flush=True)

@@ -56,3 +56,7 @@ class TiedLinears(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.second(torch.tanh(self.first(x)))
+
+
+# TOML config files are read with tomllib (Python >= 3.11); on 3.10 flipes says to use JSON instead
+NEEDS_TOMLLIB = pytest.mark.skipif(sys.version_info < (3, 11), reason="TOML config files need Python >= 3.11 (tomllib)")

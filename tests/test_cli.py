@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_script
+from helpers import NEEDS_TOMLLIB, ROOT, run_script
 
 import flipes
 from flipes.cli import build_parser, field_docs, parse_config
@@ -272,6 +272,7 @@ CONFIG_TYPE_ERRORS = [
 ]
 
 
+@NEEDS_TOMLLIB
 @pytest.mark.parametrize(("text", "message"), CONFIG_TYPE_ERRORS)
 def test_config_file_type_errors_are_refused(text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A value of the wrong type in a config file is refused before anything runs, naming the key and

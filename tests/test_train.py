@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, FAST_KW, MADE_UP_FITNESS, ROOT, metrics, run_script
+from helpers import FAST, FAST_KW, MADE_UP_FITNESS, NEEDS_TOMLLIB, ROOT, metrics, run_script
 
 import flipes
 from flipes.callbacks import Callback
@@ -87,6 +87,7 @@ def test_registered_reward_threshold_stops_training_and_target_none_does_not(tmp
     assert [r["params_sha256"] for r in free.metrics[: len(auto.metrics)]] == [r["params_sha256"] for r in auto.metrics]
 
 
+@NEEDS_TOMLLIB
 def test_config_file_sets_options_and_flags_override_it(tmp_path: Path) -> None:
     """A TOML file sets options, flags override it, and the resolved options land in config.json."""
     cfg = tmp_path / "run.toml"
@@ -98,6 +99,7 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path: Path) -> None:
     assert (resolved["popsize"], resolved["hidden"], resolved["sigma"], resolved["generations"]) == (12, [8], 0.3, 2)
 
 
+@NEEDS_TOMLLIB
 def test_per_env_defaults_sit_under_config_files_and_flags(tmp_path: Path) -> None:
     """An env's preset row fills the options nobody set; a config file and flags override it, an
     engine prefix keeps the row, and an env without a row keeps the TrainConfig defaults."""
