@@ -265,8 +265,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def check_options(cls: type, values: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """``values`` by field name, each checked against ``cls``'s annotation (see :func:`check_value`).
+def check_options(cls: type, values: Mapping[str, Any], source: str, also: Sequence[str] = ()) -> dict[str, Any]:
+    """``values`` by field name, each checked against ``cls``'s annotation (see :func:`check_value`);
+    ``also``: names the caller takes besides the fields, offered for a misspelt one.
 
     Raises:
         UsageError: an unknown name (with the closest valid ones) or a value of the wrong type;
@@ -277,8 +278,8 @@ def check_options(cls: type, values: Mapping[str, Any], source: str) -> dict[str
     out = {}
     for key, value in values.items():
         if key not in hints or key not in names:
-            close = difflib.get_close_matches(key, names, n=3)
-            fix = f"did you mean {', '.join(close)}?" if close else f"valid options: {', '.join(names)}"
+            close = difflib.get_close_matches(key, [*names, *also], n=3)
+            fix = f"did you mean {', '.join(close)}?" if close else f"valid options: {', '.join([*names, *also])}"
             raise UsageError(source, f"unknown option {key!r}", fix)
         try:
             out[key] = check_value(key, value, field_type(hints[key]))

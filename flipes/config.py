@@ -15,6 +15,7 @@ from flipes.cli import check_options, finite, option_name
 from flipes.errors import UsageError
 
 _UNSET: Any = object()
+TRAIN_ONLY = ("evaluate",)  # flipes.train's keyword that is no option of a run (it is never recorded)
 ShapingName = Literal["auto", "centered-ranks", "z-score", "raw"]
 SHAPING_NAMES: tuple[str, ...] = get_args(ShapingName)  # the shapings --shaping names (else module:function)
 
@@ -154,11 +155,11 @@ class TrainConfig:
         preset = preset_for(name) if isinstance(name, str) else {}
         algo = overrides.get("algo", saved.get("algo", cls.algo))
         values = {**preset, **algo_preset(algo), **saved, **overrides}
-        return cls(**check_options(cls, values, "flipes.train"))
+        return cls(**check_options(cls, values, "flipes.train", also=TRAIN_ONLY))
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """A copy with ``overrides`` (checked strictly)."""
-        return dataclasses.replace(self, **check_options(type(self), overrides, "flipes.train"))
+        return dataclasses.replace(self, **check_options(type(self), overrides, "flipes.train", also=TRAIN_ONLY))
 
     def run_dir(self) -> Path:
         """Where the run is written: ``out``, else the ``resume`` directory, else ``runs/<env name>``."""

@@ -287,7 +287,8 @@ def test_config_file_type_errors_are_refused(text: str, message: str, tmp_path: 
 
 
 def test_json_config_and_library_overrides_are_typed_too(tmp_path: Path) -> None:
-    """JSON config files and ``flipes.train(**overrides)`` go through the same strict checks."""
+    """JSON config files and ``flipes.train(**overrides)`` go through the same strict checks; a misspelt
+    keyword of flipes.train is offered its closest names, ``evaluate`` among them."""
     cfg = tmp_path / "run.json"
     cfg.write_text('{"generations": 2.5}')
     with pytest.raises(flipes.UsageError, match=r"generations = 2.5 is not an integer"):
@@ -297,6 +298,8 @@ def test_json_config_and_library_overrides_are_typed_too(tmp_path: Path) -> None
         flipes.train(generations=3.7)
     with pytest.raises(flipes.UsageError, match=r"^--lr: must be a finite number > 0, got inf"):
         flipes.train(lr=float("inf"), out=str(tmp_path / "x"))
+    with pytest.raises(flipes.UsageError, match=r"^flipes.train: unknown option 'evaluation'; did you mean evaluate\?$"):
+        flipes.train(evaluation=lambda model: 1.0)  # a keyword of flipes.train besides the options
 
 
 def test_the_console_command_prints_one_line_and_no_traceback() -> None:
