@@ -125,6 +125,9 @@ class RunDirLock:
     trains into it; the OS releases it when the process ends, however it ends."""
 
     def __init__(self, run_dir: Path) -> None:
+        lock = run_dir / ".lock"
+        if lock.is_dir():  # open() would say only "Is a directory", read as an unwritable run directory
+            raise UsageError("--out", f"{str(lock)!r} is a directory, where flipes keeps its lock file", f"rmdir {lock}")
         self.file = open(run_dir / ".lock", "a+")
         try:
             import fcntl

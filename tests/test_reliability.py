@@ -90,6 +90,15 @@ def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:
         proc.wait(timeout=60)
 
 
+def test_a_directory_in_place_of_the_lock_file_is_named(tmp_path: Path) -> None:
+    """A directory where the run keeps its lock file is one error naming it and the command that removes
+    it, not a claim that the run directory cannot be written; nothing else is written."""
+    (tmp_path / "run" / ".lock").mkdir(parents=True)
+    with pytest.raises(flipes.UsageError, match=r"^--out: '.*\.lock' is a directory, where flipes keeps its lock file; rmdir "):
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "run"))
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".lock"]
+
+
 def test_nothing_is_written_before_the_options_are_checked(tmp_path: Path) -> None:
     """A refused resume (other options) leaves config.json as it was, and a mistyped --resume path
     creates nothing."""
