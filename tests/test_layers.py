@@ -348,6 +348,7 @@ def padded(rows: int, length: int) -> Tensor:
     return torch.arange(length) >= lengths[:, None]
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")  # the plain reference's nested path
 @pytest.mark.parametrize(
     "make,inputs",
     [
