@@ -809,20 +809,25 @@ def test_wandb_offline_writes_the_run_with_every_row(tmp_path: Path, monkeypatch
     assert b"CartPole-v1" in data  # the run's config
 
 
+def train_in_background(args: list[str], cwd: Path) -> subprocess.Popen:
+    """scripts/train.py with ``args``, running in its own process (stdout and stderr captured)."""
+    command = [sys.executable, str(ROOT / "scripts/train.py"), *args]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rows(run: Path, count: int, timeout: float = 60) -> Path:
+    """Wait until ``run``'s metrics.jsonl holds ``count`` rows (at most ``timeout`` s); its path."""
+    rows, deadline = run / "metrics.jsonl", time.time() + timeout
+    while time.time() < deadline and (not rows.exists() or len(rows.read_text().splitlines()) < count):
+        time.sleep(0.05)
+    return rows
+
+
 def test_sigterm_during_training_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     """scripts/train.py stopped by SIGTERM exits 130 with every logged generation in the checkpoint."""
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "scripts/train.py", *FAST, "--generations", "100000", "--checkpoint-every", "1000", "--out", str(run)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    rows = run / "metrics.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and (not rows.exists() or len(rows.read_text().splitlines()) < 3):
-        time.sleep(0.1)
+    proc = train_in_background([*FAST, "--generations", "100000", "--checkpoint-every", "1000", "--out", str(run)], ROOT)
+    rows = wait_for_rows(run, 3)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -850,17 +855,8 @@ def test_a_second_ctrl_c_stops_training_at_once_in_one_line_keeping_the_last_che
     run = tmp_path / "run"
     args = ["--env", "none", "--model", "slow:make_model", "--fitness", "slow:fitness", "--popsize", "8",
             "--tensorboard", "false", "--out", str(run)]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts/train.py"), *args, "--generations", "1000"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    rows = run / "metrics.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and (not rows.exists() or not rows.read_text().strip()):
-        time.sleep(0.05)
+    proc = train_in_background([*args, "--generations", "1000"], tmp_path)
+    wait_for_rows(run, 1)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
