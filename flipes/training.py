@@ -263,6 +263,13 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
             except ValueError as e:
                 raise UsageError("--model", str(e)) from None
         es = build_es(config, model, comm, plugins)
+        dropout = [name for name, m in model.named_modules() if isinstance(m, _Dropout) and m.p > 0 and m.training]
+        if dropout:  # the evaluation turns it off; the fitness runs the model as it is
+            notes.append(
+                f"{config.model or 'the model'} has dropout in training mode ({', '.join(dropout[:3])}"
+                f"{', ...' if len(dropout) > 3 else ''}): it adds noise of its own to every member's fitness; "
+                "return model.eval() from the model function unless that is meant"
+            )
         fitness = build_fitness(config, env, model, plugins)
         evaluator = build_evaluator(config, device, comm, env, plugins)
         cleanup.callback(_close, getattr(evaluator, "env", None))
@@ -334,6 +341,9 @@ def evaluate_center(state: TrainState, evaluator: Callable[..., dict] | None, ge
         for module, training in modes:
             module.training = training
     return {**result, "eval_seconds": time.perf_counter() - t0}
+
+
+_Dropout = torch.nn.modules.dropout._DropoutNd  # Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout
 
 
 def _unfilled_batch_norm(module: torch.nn.Module) -> bool:
