@@ -192,9 +192,6 @@ class UserEvaluator:
         if isinstance(value, Mapping):
             if "eval_return" not in value:
                 raise UsageError(option, f"{it}returned a dict without an eval_return (keys {sorted(map(str, value))})", fix)
-            clash = sorted(k for k in value if k in ROW_KEYS)
-            if clash:
-                raise UsageError(option, f"{it}returned {', '.join(clash)}, which the row has already", "rename them")
             bad = [k for k in value if not isinstance(k, str)]
             if bad:
                 raise UsageError(option, f"{it}returned a dict with keys that are not strings: {bad[:3]}", fix)
@@ -204,16 +201,6 @@ class UserEvaluator:
         if not math.isfinite(out["eval_return"]):
             raise UsageError(option, f"{it}returned eval_return {out['eval_return']}", fix)
         return out
-
-
-# what a row holds before the evaluation: an evaluate() dict may not replace these
-ROW_KEYS = frozenset(
-    {
-        "generation", "fitness_mean", "fitness_max", "fitness_min", "fitness_std", "grad_norm", "update_ratio", "sigma",
-        "seconds", "timesteps", "steps_per_second", "bytes_sent", "params_sha256", "return_mean", "best_member_fitness",
-        "best_member_generation", "eval_seconds",
-    }
-)  # fmt: skip
 
 
 def _number(value: Any, option: str, what: str, fix: str) -> float:

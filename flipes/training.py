@@ -448,7 +448,11 @@ def run_loop(
         decided: dict[str, Any] = {}
         if comm.rank == 0:
             if evaluate:
-                row.update(evaluate_center(state, evaluator, gen))
+                evaluated = evaluate_center(state, evaluator, gen)
+                clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row
+                if clash:
+                    raise UsageError("evaluate", f"returned {', '.join(clash)}, which the row has already", "rename them")
+                row.update(evaluated)
             row["seconds"] = time.perf_counter() - start  # with this generation's evaluation
             state.seconds, state.timesteps = row["seconds"], steps
             state.best = max(state.best, row.get("eval_return", -math.inf))
