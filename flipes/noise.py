@@ -184,6 +184,20 @@ class SlotNoise:
         for a layer that shares the weight but not its bias."""
         return replace(self, bias_r=None if delta is None else delta * self.r, bias_eps=None, workspace={})
 
+    def rows(self, groups: slice, rows: slice) -> SlotNoise:
+        """The noise of member rows ``rows`` alone, which lie in groups ``groups`` (indices into this noise's
+        groups): the same perturbation of each of those members, with their groups' ε."""
+        factors = None if self.factors is None else (self.factors[0][groups], self.factors[1][groups])
+        return SlotNoise(
+            eps=None if self.eps is None else self.eps[groups],
+            s=self.s[rows],
+            r=self.r[rows],
+            bias_r=None if self.bias_r is None else self.bias_r[rows],
+            mirrored=self.mirrored,
+            factors=factors,
+            bias_eps=None if self.bias_eps is None else self.bias_eps[groups],
+        )
+
     def out_slice(self, start: int, stop: int) -> SlotNoise:
         """The noise of output channels ``start:stop``: member ``n``'s perturbation restricted to those
         rows of the weight (a packed projection, e.g. attention's q, k and v, used one part at a time)."""
@@ -216,6 +230,10 @@ class DenseNoise:
     @property
     def size(self) -> int:
         return self.delta.shape[0]
+
+    def rows(self, rows: slice) -> DenseNoise:
+        """The noise of member rows ``rows`` alone."""
+        return DenseNoise(self.delta[rows], self.mirrored)
 
 
 def sample_dense(

@@ -13,7 +13,7 @@ import operator
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,10 @@ from flipes.noise import DenseNoise, SlotNoise, sample_dense, sample_slot, sign_
 
 Shaping = Callable[[Tensor], Tensor]
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+def _part_of_part(start: int, stop: int) -> AbstractContextManager[Population]:
+    raise RuntimeError("part.part(): a part of a part; take every part of the whole population (`pop.part` or `pop.split`)")
 
 
 def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -274,6 +278,7 @@ class FlipES:
         self._placement: list[tuple[torch.dtype, torch.device]] | None = None  # the parameters' at the last step
         self._evaluated = False  # a layer ran inside this generation's population, or a member was built
         self._inside: list[nn.Module] | None = None  # the modules of a population being evaluated
+        self._in_part = False  # a Population.part() is being evaluated
         self._stale_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._told_outside = False  # warned once that the model did not run inside a population
 
@@ -471,17 +476,8 @@ class FlipES:
         with torch.no_grad():
             if self._noise is None:
                 self._noise = self._sample()
-            slot_noise, dense_noise = self._noise
-            for module in self.dense_modules:  # also those with no evolved parameter (a BatchNorm's batch statistics)
-                module.member_noise, module.flipes_members = {}, len(self.members)
-            for layer in self.layers:
-                weights = range(len(layer.perturbed_weights()))
-                layer.noise = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in weights)
-            for uses, nz in zip(self._dense_uses, dense_noise, strict=True):
-                for module, name in uses:
-                    if module.member_noise is None:
-                        module.member_noise = {}
-                    module.member_noise[name] = nz.delta
+            noise = self._noise
+            self._install(*noise, len(self.members))
             restore_fused = fused_transformers_off(self.model)  # they read the mean weights, past the Flipout layers
             self._inside = modules  # a tell() inside the block makes its later forwards errors (_refuse_stale)
             try:
@@ -493,6 +489,7 @@ class FlipES:
                     members=self.members,
                     groups=self.local_groups,
                     seed=self.seed,
+                    enter_part=lambda start, stop: self._part(noise, start, stop),
                 )
             except RuntimeError as error:
                 shared = [layer._flipes_shared_ids for layer in self.layers if getattr(layer, "_flipes_shared_ids", None)]
@@ -504,12 +501,73 @@ class FlipES:
                 restore_fused()
                 for hook in [*hooks, *self._stale_hooks]:
                     hook.remove()
-                self._inside, self._stale_hooks = None, []
+                self._inside, self._stale_hooks, self._in_part = None, [], False
                 for layer in self.layers:
                     layer.noise = None
                     layer.__dict__.pop("_flipes_shared_ids", None)
                 for module in modules:
                     module.member_noise = None
+
+    def _install(self, slot_noise: list[SlotNoise], dense_noise: list[DenseNoise], size: int) -> None:
+        """Point every Flipout layer and dense-noise module at this noise of ``size`` members."""
+        for module in self.dense_modules:  # also those with no evolved parameter (a BatchNorm's batch statistics)
+            module.member_noise, module.flipes_members = {}, size
+        for layer in self.layers:
+            weights = range(len(layer.perturbed_weights()))
+            layer.noise = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in weights)
+        for uses, nz in zip(self._dense_uses, dense_noise, strict=True):
+            for module, name in uses:
+                if module.member_noise is None:
+                    module.member_noise = {}
+                module.member_noise[name] = nz.delta
+
+    def _part(self, noise: tuple[list[SlotNoise], list[DenseNoise]], start: int, stop: int) -> AbstractContextManager[Population]:
+        """Inside, the layers evaluate local members ``start:stop`` alone (``Population.part``); checked
+        when called, so a wrong part is an error even before its ``with``."""
+        self._check_part(noise)
+        n, local = len(self.members), len(self.local_groups)
+        size = n // local  # members per ε group
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n):
+            raise ValueError(f"a part is local members start:stop with 0 <= start < stop <= {n}, got {start!r}:{stop!r}")
+        first, last = start // size, (stop - 1) // size
+        if first != last and (start % size or stop % size):
+            raise ValueError(
+                f"part {start}:{stop} straddles ε groups of {size} members: a part lies within one group or is whole "
+                f"groups (start and stop multiples of {size}); pop.split(k) makes such parts"
+            )
+        return self._narrow(noise, slice(first, last + 1), slice(start, stop))
+
+    def _check_part(self, noise: tuple[list[SlotNoise], list[DenseNoise]]) -> None:
+        if self._noise is not noise or self._inside is None:
+            raise RuntimeError(
+                "a part of a population that has ended: tell() (or the end of its `with` block) came first; "
+                "evaluate every part inside `with es.population() as pop:`, then tell"
+            )
+        if self._in_part:
+            raise RuntimeError("pop.part() inside another part: leave the part's `with` block (or split loop) first")
+
+    @contextmanager
+    def _narrow(self, noise: tuple[list[SlotNoise], list[DenseNoise]], groups: slice, rows: slice) -> Iterator[Population]:
+        self._check_part(noise)  # again: the part may be entered later than made
+        slot_noise, dense_noise = noise
+        size = rows.stop - rows.start
+        self._install([nz.rows(groups, rows) for nz in slot_noise], [nz.rows(rows) for nz in dense_noise], size)
+        self._in_part = True
+        try:
+            yield Population(
+                size=size,
+                popsize=self.popsize,
+                generation=self.generation,
+                sigma=self.mean_sigma(),
+                members=self.members[rows],
+                groups=self.local_groups[groups],
+                seed=self.seed,
+                enter_part=_part_of_part,
+            )
+        finally:
+            self._in_part = False
+            if self._noise is noise and self._inside is not None:  # still in the population: all its members again
+                self._install(*noise, len(self.members))
 
     def _layer_noise(self, layer: nn.Module, j: int, slot_noise: list[SlotNoise], dense_noise: list[DenseNoise]) -> SlotNoise:
         """The noise of ``layer``'s ``j``-th weight: its slot's, with the bias perturbation of this layer's bias."""

@@ -19,7 +19,6 @@ from torch import Tensor
 
 from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
 from flipes.nn.functional import without_autocast
-from flipes.noise import DenseNoise, SlotNoise
 
 if TYPE_CHECKING:
     from flipes.es.engine import FlipES
@@ -45,20 +44,6 @@ class BestMember:
 
     def __post_init__(self) -> None:  # on the CPU: no second copy of a large model on its GPU
         self.state_dict = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in self.state_dict.items()}
-
-
-def _rows(noise: SlotNoise, group: int, rows: slice) -> SlotNoise:
-    """``noise`` of one ε group (an index into ``noise``'s groups) and of member rows ``rows`` only."""
-    one = slice(group, group + 1)
-    return SlotNoise(
-        eps=None if noise.eps is None else noise.eps[one],
-        s=noise.s[rows],
-        r=noise.r[rows],
-        bias_r=None if noise.bias_r is None else noise.bias_r[rows],
-        mirrored=noise.mirrored,
-        factors=None if noise.factors is None else (noise.factors[0][one], noise.factors[1][one]),
-        bias_eps=None if noise.bias_eps is None else noise.bias_eps[one],
-    )
 
 
 def member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
@@ -92,11 +77,11 @@ def _member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
         accumulate(deltas, p, None if p is None or d is None else d.to(p.dtype))
 
     for pw, noise in zip(es.slots, slot_noise, strict=True):
-        weight, bias = weighted_perturbation(pw, _rows(noise, group - first, rows), one_hot(noise.s))
+        weight, bias = weighted_perturbation(pw, noise.rows(slice(group - first, group - first + 1), rows), one_hot(noise.s))
         add(pw.weight, weight.T if pw.transposed else weight)
         add(pw.bias, bias)
     for (_, _, p), noise in zip(es.dense_slots, dense_noise, strict=True):
-        add(p, weighted_dense(DenseNoise(noise.delta[rows], noise.mirrored), one_hot(noise.delta)))
+        add(p, weighted_dense(noise.rows(rows), one_hot(noise.delta)))
     return deltas
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +22,13 @@ class Population:
         members: global indices of the local members, in input order.
         groups: global indices of the ε groups the local members belong to.
         seed: the FlipES's seed (with ``generation``, it seeds :meth:`generator`).
+
+    A population too large for one forward pass (activations of N members × a batch) is evaluated in
+    parts, each its own smaller population of the same members' perturbations::
+
+        with es.population() as pop:
+            fitness = torch.cat([my_fitness(model, part) for part in pop.split(1024)])
+        es.tell(fitness)
     """
 
     size: int
@@ -29,6 +38,8 @@ class Population:
     members: range
     groups: range
     seed: int = 0
+    enter_part: Callable[[int, int], AbstractContextManager[Population]] | None = field(default=None, repr=False, compare=False)
+    """Set by ``FlipES.population()``: how :meth:`part` narrows the layers to some members."""
 
     def generator(self, stream: str = "fitness", device: torch.device | str = "cpu") -> torch.Generator:
         """A ``torch.Generator`` for this generation's fitness (minibatches, episode seeds), seeded by
@@ -36,3 +47,40 @@ class Population:
         every run seed (``manual_seed(pop.generation)`` would give every seed the same draws)."""
         digest = hashlib.blake2b(f"flipes/population/{self.seed}/{self.generation}/{stream}".encode(), digest_size=8)
         return torch.Generator(device=device).manual_seed(int.from_bytes(digest.digest(), "little") % 2**63)
+
+    def part(self, start: int, stop: int) -> AbstractContextManager[Population]:
+        """Inside ``with pop.part(start, stop) as part:``, the model evaluates this population's members
+        ``start:stop`` (local input order) alone: inputs are ``part.size`` members first, and each member
+        has exactly the perturbation it has in the whole population. ``part.members`` are their global
+        indices. A part lies within one ε group or is whole groups; :meth:`split` makes such parts.
+
+        Raises:
+            RuntimeError: outside ``es.population()``, after ``tell``, or inside another part.
+            ValueError: ``start:stop`` empty, out of range, or straddling ε groups.
+        """
+        if self.enter_part is None:
+            raise RuntimeError(
+                "pop.part(): this Population was not made by FlipES.population(); take parts of the `pop` of "
+                "`with es.population() as pop:`"
+            )
+        return self.enter_part(start, stop)
+
+    def split(self, size: int) -> Iterator[Population]:
+        """This population in consecutive parts of at most ``size`` members (:meth:`part`), each entered
+        while the loop body runs: ``torch.cat([f(model, part) for part in pop.split(size)])`` is the
+        fitness of all members in order. A part never straddles ε groups: with groups of ``m`` members,
+        ``size < m`` splits each group (the last piece of a group may be smaller) and ``size >= m``
+        takes ``size // m`` whole groups at a time."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"pop.split(size): size must be a positive integer (members per part), got {size!r}")
+        group = self.size // max(len(self.groups), 1)
+        bounds: list[tuple[int, int]] = []
+        if size >= group:
+            step = size // group * group
+            bounds = [(a, min(a + step, self.size)) for a in range(0, self.size, step)]
+        else:
+            for g in range(0, self.size, group):
+                bounds += [(a, min(a + size, g + group)) for a in range(g, g + group, size)]
+        for start, stop in bounds:
+            with self.part(start, stop) as part:
+                yield part
