@@ -45,6 +45,8 @@ def build_env(
     if config.env.strip().lower() == "none":
         return None
     members = len(dist.split_groups(config.groups, comm.rank, comm.size)) * (config.popsize // config.groups)
+    if 0 < config.members_per_pass < members:  # one part's envs: RolloutFitness rolls the parts out in turn
+        members = config.members_per_pass
     threads = config.env_threads or available_cores(comm.local_size)
     try:
         return make_vector_env(config.env, members * config.episodes, device, threads=threads, note=note)
@@ -115,19 +117,25 @@ def build_fitness(
 ) -> Fitness:
     """``--fitness``'s function (its outputs checked), else a :class:`RolloutFitness` on the env."""
     if config.fitness:
-        return CheckedFitness((plugins or Plugins()).fitness_fn(config.fitness), config.fitness)
+        return CheckedFitness((plugins or Plugins()).fitness_fn(config.fitness), config.fitness, config.members_per_pass)
     assert env is not None
     return RolloutFitness(env, config.episodes, config.seed, getattr(model, "obs_norm", None), reward_shift=config.reward_shift)
 
 
 class CheckedFitness:
     """A user's fitness function whose return value is checked: one real, finite number per member.
-    A wrong value is a :class:`UsageError` naming the function (its own exceptions propagate)."""
+    A wrong value is a :class:`UsageError` naming the function (its own exceptions propagate). With
+    ``per_pass`` members fewer than the population's, it is called on each part of ``pop.split(per_pass)``."""
 
-    def __init__(self, fn: Fitness, spec: str) -> None:
-        self.fn, self.spec = fn, spec
+    def __init__(self, fn: Fitness, spec: str, per_pass: int = 0) -> None:
+        self.fn, self.spec, self.per_pass = fn, spec, per_pass
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
+        if 0 < self.per_pass < pop.size:
+            return torch.cat([self._checked(model, part) for part in pop.split(self.per_pass)])
+        return self._checked(model, pop)
+
+    def _checked(self, model: nn.Module, pop: Population) -> Tensor:
         value = self.fn(model, pop)
         what = f"{self.spec} returned"
         fix = f"return a Tensor of {pop.size} finite real numbers, one per member (higher is better)"

@@ -129,6 +129,13 @@ class TrainConfig:
     """Torch CPU threads per process (0: torch's default); small rollout ops run best on one."""
     env_threads: int = 0
     """EnvPool threads or gymnasium worker processes per process (0: this process's share of the cores)."""
+    members_per_pass: int = 0
+    """Members evaluated per forward pass (0: all of this process's members at once). Fewer evaluates
+    the population in parts of this many, one after another (``pop.split``): for a model whose
+    activations over the whole population do not fit memory; the env then holds members-per-pass ×
+    episodes copies. A divisor of an ε group's members (popsize / groups) or a multiple of them. Each
+    member has the perturbation and episodes it has in one pass; its fitness differs at most by the
+    rounding of a forward pass over fewer rows (float32 CartPole: the same bits)."""
     comm: Literal["allreduce", "seeds"] = "allreduce"
     """Under MPI: allreduce sums gradients; seeds exchanges only fitness values and rebuilds all noise."""
     check_every: int = 10
@@ -335,6 +342,7 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"mirrored sampling pairs members, but each of the {config.groups} group(s){by_preset} has {per_group} (odd)",
             f"{fix}, or --mirrored false",
         )
+    _check_members_per_pass(config, per_group, processes)
     if config.env.strip().lower() == "none":
         if not config.fitness:
             raise UsageError(
@@ -345,6 +353,28 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     elif not config.env.strip():
         raise UsageError("--env", "is empty", "pass an env id, e.g. --env flipes/CartPole-v1")
     check_device(config.device)
+
+
+def _check_members_per_pass(config: TrainConfig, per_group: int, processes: int) -> None:
+    """Parts of exactly --members-per-pass members on every process: a divisor of a group, or whole
+    groups dividing each process's block (an env holds a fixed number of copies)."""
+    size = config.members_per_pass
+    if size < 0:
+        raise UsageError("--members-per-pass", f"must be 0 or positive, got {size}", "0 evaluates all members in one pass")
+    blocks = [(r + 1) * config.groups // processes - r * config.groups // processes for r in range(processes)]
+    split = [b for b in blocks if size < b * per_group]  # the processes that evaluate in more than one pass
+    if not size or not split:
+        return
+    if per_group % size == 0 or (size % per_group == 0 and all(b % (size // per_group) == 0 for b in split)):
+        return
+    whole = [j * per_group for j in range(1, max(blocks) + 1) if all(b % j == 0 or j >= b for b in blocks)]
+    fits = sorted({d for d in range(1, per_group + 1) if per_group % d == 0} | set(whole))
+    where = f"each process's {blocks[0] * per_group} members" if len(set(blocks)) == 1 else "the processes' members"
+    raise UsageError(
+        "--members-per-pass",
+        f"{size} does not split {where} into equal parts within groups of {per_group} (--popsize / --groups)",
+        f"use one of {fits}, or 0 for one pass",
+    )
 
 
 def check_device(name: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import metrics
 
 from flipes.checkpoint import load_checkpoint
 
@@ -58,6 +59,19 @@ def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str) -> 
             diff = (params(runs[k]) - params(runs[1])).norm() / params(runs[1]).norm()
             assert diff < 1e-6, (k, diff.item())
     assert last(runs[2])["bytes_sent"] > 0
+
+
+def test_processes_evaluating_in_parts_get_the_bits_of_one_process_in_one_pass(tmp_path: Path) -> None:
+    """Seeds mode, CartPole, 2 episodes per member: 2 processes each rolling their 12 members out in
+    parts of 2 (--members-per-pass) log every row's fitness, timesteps and parameters of one process
+    evaluating its 24 members at once."""
+    args = ["--env", "flipes/CartPole-v1", *COMMON, "--episodes", "2", "--generations", "3", "--comm", "seeds"]
+    mpirun(1, *args, "--out", str(tmp_path / "one"))
+    mpirun(2, *args, "--members-per-pass", "2", "--out", str(tmp_path / "parts"))
+    keys = ("fitness_mean", "fitness_max", "timesteps", "params_sha256")
+    rows = {run: metrics(tmp_path / run) for run in ("one", "parts")}
+    assert len(rows["one"]) == 3 and rows["one"][-1]["timesteps"] > 0
+    assert [[r[k] for k in keys] for r in rows["parts"]] == [[r[k] for k in keys] for r in rows["one"]]
 
 
 def test_a_continuous_policy_gets_the_same_bits_from_one_group_per_rank_as_from_one_process(tmp_path: Path) -> None:

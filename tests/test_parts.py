@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,3 +189,83 @@ def test_a_split_left_early_gives_the_whole_population_back() -> None:
     es.tell(torch.randn(8))
     with es.population() as pop:
         assert [p.size for p in pop.split(3)] == [3, 3, 2]
+
+
+def _rows(result: flipes.TrainResult) -> list[tuple]:
+    return [(r["params_sha256"], r["fitness_mean"], r["timesteps"], r.get("eval_return")) for r in result.metrics]
+
+
+def test_training_in_parts_gives_the_run_of_one_pass(tmp_path: Path) -> None:
+    """CartPole, 2 episodes per member, observation normalization on: with --members-per-pass 3 (an env
+    of 3 × 2 copies rolled out 16 times a generation) every row's parameter hash, fitness, timesteps and
+    evaluation equal those of one pass (float32 discrete control: the same bits)."""
+    kw = dict(env="flipes/CartPole-v1", popsize=48, groups=2, episodes=2, generations=4, eval_every=2, eval_episodes=4)
+    kw |= dict(target=None, tensorboard=False, progress=False)
+    whole = flipes.train(out=str(tmp_path / "whole"), **kw)
+    parts = flipes.train(out=str(tmp_path / "parts"), members_per_pass=3, **kw)
+    assert _rows(parts) == _rows(whole) and whole.metrics[-1]["timesteps"] > 0
+    assert parts.model.obs_norm.count.item() == whole.model.obs_norm.count.item() > 0
+
+
+def test_a_fitness_of_ones_own_is_called_on_each_part(tmp_path: Path) -> None:
+    """``members_per_pass`` calls a plugged-in fitness once per part, each with that part's members, and
+    trains as one pass does; a wrong value in a part is a one-line error naming the part's size."""
+    seen: list[range] = []
+
+    def fitness(model: nn.Module, pop: flipes.Population) -> Tensor:
+        seen.append(pop.members)
+        x = torch.tensor([[0.1, -0.2, 0.3]]).expand(pop.size, 3)  # every member sees the same input
+        return -(model(x) - 0.5).square().sum(1)
+
+    def make_model(env: object) -> nn.Module:
+        torch.manual_seed(0)
+        return flipes.flipout(nn.Linear(3, 2))
+
+    kw = dict(env="none", model=make_model, fitness=fitness, popsize=16, groups=2, generations=3)
+    kw |= dict(tensorboard=False, progress=False)
+    whole = flipes.train(out=str(tmp_path / "whole"), **kw)
+    assert seen == [range(16)] * 3
+    seen.clear()
+    parts = flipes.train(out=str(tmp_path / "parts"), members_per_pass=4, **kw)
+    assert seen == [range(0, 4), range(4, 8), range(8, 12), range(12, 16)] * 3
+    assert [r["params_sha256"] for r in parts.metrics] == [r["params_sha256"] for r in whole.metrics]
+
+    def short(model: nn.Module, pop: flipes.Population) -> Tensor:
+        return torch.zeros(pop.size + 1)
+
+    with pytest.raises(flipes.UsageError, match=r"--fitness: .* shape \(5,\) for a population of 4 members"):
+        flipes.train(out=str(tmp_path / "short"), **kw | {"fitness": short, "members_per_pass": 4})
+
+
+def test_a_rollout_fitness_given_an_env_of_one_part_rolls_the_parts_out_in_turn() -> None:
+    """``RolloutFitness`` on an env of ``part × episodes`` copies returns every member's returns as one
+    env of the whole population does, and an env that fits neither is an error naming both sizes."""
+    torch.manual_seed(0)
+    env_whole = flipes.rl.make_vector_env("flipes/CartPole-v1", 8 * 2)
+    env_part = flipes.rl.make_vector_env("flipes/CartPole-v1", 2 * 2)
+    policy = flipes.rl.MLPPolicy(env_whole.single_observation_space, env_whole.single_action_space, hidden=[8])
+    es = flipes.FlipES(policy, popsize=8, sigma=0.5, seed=1)
+    with es.population() as pop:
+        whole = flipes.rl.RolloutFitness(env_whole, episodes=2, seed=3)(policy, pop)
+        pending = policy.obs_norm.pending.clone()
+        policy.obs_norm.pending = None
+        by_parts = flipes.rl.RolloutFitness(env_part, episodes=2, seed=3)(policy, pop)
+        assert torch.equal(by_parts, whole) and torch.equal(policy.obs_norm.pending, pending)
+        with pytest.raises(ValueError, match=r"6 copies .* 8 × 2; make it with num_envs=16, or with parts × 2"):
+            flipes.rl.RolloutFitness(flipes.rl.make_vector_env("flipes/CartPole-v1", 6), episodes=2)(policy, pop)
+
+
+def test_members_per_pass_that_cannot_split_evenly_is_refused_with_the_sizes_that_can() -> None:
+    """--members-per-pass must split each process's members into equal parts within ε groups: the
+    error lists the sizes that do (divisors of a group, whole groups dividing every process's block)."""
+    ok = dict(popsize=48, groups=4)  # groups of 12
+    for good in (0, 3, 12, 24, 48, 100):
+        flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=good))
+    with pytest.raises(flipes.UsageError, match=r"--members-per-pass: 8 .* groups of 12.*one of \[1, 2, 3, 4, 6, 12, 24, 48\]"):
+        flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=8))
+    flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=24), processes=3)  # blocks of 1, 1, 2 groups: one pass
+    uneven = flipes.TrainConfig(popsize=40, groups=5, members_per_pass=16)  # 2 processes of 2 and 3 groups of 8
+    with pytest.raises(flipes.UsageError, match=r"16 does not split the processes' members .* one of \[1, 2, 4, 8, 24\]"):
+        flipes.config.validate(uneven, processes=2)
+    with pytest.raises(flipes.UsageError, match="must be 0 or positive"):
+        flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=-1))

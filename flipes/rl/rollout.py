@@ -253,7 +253,9 @@ class RolloutFitness:
 
     Args:
         env: a vector env with ``pop.size * episodes`` envs, torch in and out
-            (``flipes.rl.make_vector_env``).
+            (``flipes.rl.make_vector_env``); or with ``part * episodes`` envs, to roll the population out
+            in parts of ``part`` members one after another (``pop.split(part)``: a population whose
+            model or envs do not fit memory at once), each member's episodes the same as in one pass.
         episodes: episodes per member, K.
         seed: with the generation, seeds the episodes' resets.
         obs_norm: the ``RunningNorm`` the population's observations are recorded into (its statistics
@@ -288,10 +290,12 @@ class RolloutFitness:
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
         n, k = pop.size, self.episodes
-        if self.env.num_envs != n * k:
+        per_pass, left = divmod(self.env.num_envs, k)
+        if left or not per_pass or n % per_pass or not _parts_fit(pop, per_pass):
             raise ValueError(
                 f"the env has {self.env.num_envs} copies but the population needs members × episodes = {n} × {k}; "
-                f"make it with num_envs={n * k}"
+                f"make it with num_envs={n * k}, or with parts × {k} for a population evaluated in parts of members "
+                f"(a part: a divisor of an ε group's {n // len(pop.groups)} members, or whole groups; pop.split)"
             )
 
         norm = self.obs_norm
@@ -305,6 +309,27 @@ class RolloutFitness:
                 "obs_norm.update() after es.tell() (flipes.train does), or the normalization never learns",
                 stacklevel=caller_stacklevel(),
             )
+        if per_pass == n:
+            returns, self.last_returns = self._rollout(model, pop, norm)
+            return returns
+        # in parts: the env holds one part; each member's episodes and recorded observations are those of one pass
+        before = None if norm is None else norm.pending
+        parts, recorded = [], []
+        for part in pop.split(per_pass):
+            if norm is not None:
+                norm.pending = None
+            parts.append(self._rollout(model, part, norm))
+            if norm is not None:
+                recorded.append(norm.pending)
+        if norm is not None:
+            rows = torch.cat(recorded)
+            norm.pending = rows if before is None else before + rows
+        self.last_returns = torch.cat([unshifted for _, unshifted in parts])
+        return torch.cat([returns for returns, _ in parts])
+
+    def _rollout(self, model: nn.Module, pop: Population, norm: RunningNorm | None) -> tuple[Tensor, Tensor]:
+        """The fitness of ``pop``'s members, and their mean returns without ``reward_shift``."""
+        n, k = pop.size, self.episodes
         step = stepper(model)  # a recurrent policy's state lives for this rollout
         checked = False
 
@@ -326,6 +351,12 @@ class RolloutFitness:
         self.timesteps += ep.steps
         if norm is not None:
             norm.pending_generation = pop.generation
-        self.last_returns = ep.returns.view(n, k).mean(1)  # each member's unshifted mean return, for the logs
+        unshifted = ep.returns.view(n, k).mean(1)  # each member's mean return, for the logs
         returns = ep.returns if not self.reward_shift else ep.returns - self.reward_shift * ep.lengths
-        return returns.view(n, k).mean(1)
+        return returns.view(n, k).mean(1), unshifted
+
+
+def _parts_fit(pop: Population, size: int) -> bool:
+    """Whether ``pop.split(size)`` makes parts of exactly ``size`` members (an env holds a fixed number)."""
+    group = pop.size // max(len(pop.groups), 1)
+    return size == pop.size or (group % size == 0 if size <= group else size % group == 0)
