@@ -19,6 +19,15 @@ import torch
 from torch import Tensor
 
 
+def compiling() -> bool:
+    """Inside ``torch.compile`` (or ``torch.export``) tracing: the per-generation workspace of
+    :class:`SlotNoise` is then left alone, since its key reads ``torch.is_inference_mode_enabled()``,
+    which Dynamo cannot trace (a graph break in every layer), and a compiled graph plans its own
+    buffers. torch < 2.3 has no ``torch.compiler.is_compiling``: it traces the eager path."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
 def stream_seed(seed: int, generation: int, group: int, slot: int) -> int:
     """A 63-bit generator seed derived from the full key (blake2b: keys never collide in practice)."""
     msg = b"flipes/v1/" + b"/".join(str(int(v)).encode() for v in (seed, generation, group, slot))
@@ -105,9 +114,10 @@ class SlotNoise:
 
     def scratch(self, like: Tensor) -> Tensor | None:
         """A buffer shaped like ``like``, reused for this generation's forward passes, or ``None``
-        under autograd (which may keep intermediates alive). Fresh multi-MB tensors on every call
-        cost page faults on CPU: up to a third of a low-rank population forward."""
-        if torch.is_grad_enabled():
+        under autograd (which may keep intermediates alive) or ``torch.compile`` (see :func:`compiling`).
+        Fresh multi-MB tensors on every call cost page faults on CPU: up to a third of a low-rank
+        population forward."""
+        if torch.is_grad_enabled() or compiling():
             return None
         # an inference tensor cannot be written outside inference mode (nor a normal one reused in it)
         key = (like.shape, like.dtype, like.device, torch.is_inference_mode_enabled())
@@ -118,6 +128,9 @@ class SlotNoise:
     def scratch_blocks(self, tag: str, columns: int, like: Tensor) -> tuple[Tensor, list[Tensor]]:
         """A ``(size, columns)`` buffer in ``like``'s dtype and device for this generation's forward passes
         (not under autograd), and each group's rows of it: views made once, not on every call."""
+        if compiling():  # fresh: the compiled graph plans its own buffers
+            buffer = torch.empty(self.size, columns, dtype=like.dtype, device=like.device)
+            return buffer, list(buffer.chunk(self.groups))
         key = ("blocks", tag, columns, like.dtype, like.device, torch.is_inference_mode_enabled())
         entry = self.workspace.get(key)
         if entry is None:
@@ -127,6 +140,8 @@ class SlotNoise:
 
     def row_blocks(self, name: str) -> list[Tensor]:
         """Each group's rows of the member tensor ``name`` (``"s"``, ``"r"``, ``"bias_r"``), sliced once."""
+        if compiling():
+            return list(getattr(self, name).chunk(self.groups))
         key = ("rows", name, torch.is_inference_mode_enabled())
         views = self.workspace.get(key)
         if views is None:
@@ -136,7 +151,7 @@ class SlotNoise:
     def eps_t(self, group: int) -> Tensor:
         """``eps[group].T``, ``(in, out)``: a view made once per generation (each forward would
         otherwise pay a select and a transpose per layer; ~2 µs on a CPU)."""
-        if torch.is_grad_enabled():  # backprop noise: a fresh view in each graph
+        if torch.is_grad_enabled() or compiling():  # backprop noise: a fresh view in each graph
             return self.eps[group].T
         key = ("eps_t", group)
         view = self.workspace.get(key)
@@ -147,8 +162,9 @@ class SlotNoise:
     def to(self, dtype: torch.dtype) -> SlotNoise:
         """This noise in ``dtype`` (an enclosing ``torch.autocast`` runs the layer in it): made once per
         generation and dtype, fresh under autograd (backprop noise may be a function of learnt σ)."""
-        key = ("to", dtype, torch.is_inference_mode_enabled())
-        cast = None if torch.is_grad_enabled() else self.workspace.get(key)
+        reuse = not torch.is_grad_enabled() and not compiling()  # nor under torch.compile (see compiling())
+        key = ("to", dtype, torch.is_inference_mode_enabled()) if reuse else ()
+        cast = self.workspace.get(key) if reuse else None
         if cast is None:
 
             def conv(t: Tensor | None) -> Tensor | None:
@@ -163,7 +179,7 @@ class SlotNoise:
                 factors=None if self.factors is None else (conv(self.factors[0]), conv(self.factors[1])),
                 bias_eps=conv(self.bias_eps),
             )
-            if not torch.is_grad_enabled():
+            if reuse:
                 self.workspace[key] = cast
         return cast
 

@@ -1,0 +1,73 @@
+"""``torch.compile`` of a converted model: a population forward traces as one graph (no graph break in the
+layers) and computes what the eager population computes, generation after generation without recompiling."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import flipes
+
+N = 8
+DT = torch.float64
+needs_is_compiling = pytest.mark.skipif(
+    not hasattr(torch.compiler, "is_compiling"), reason="torch < 2.3 has no torch.compiler.is_compiling"
+)
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(1), nn.Linear(4 * 4 * 4, 6), nn.Tanh(), nn.Linear(6, 3)
+    ).to(DT)
+
+
+def eager_then_compiled(compiled: nn.Module, model: nn.Module, es: flipes.FlipES, x: torch.Tensor) -> list[tuple]:
+    """(eager, compiled) outputs of three generations; the eager call comes first (it removes the
+    population's hooks, which Dynamo cannot trace: a graph break of es.population() itself)."""
+    outs = []
+    for _ in range(3):
+        with es.population():
+            eager = model(x)
+            outs.append((eager, compiled(x)))
+        es.tell(eager.sum(1))
+    return outs
+
+
+@needs_is_compiling
+@pytest.mark.parametrize("options", [{}, {"groups": 2}, {"noise_rank": 2}, {"groups": 2, "noise_rank": 2, "mirrored": True}])
+def test_a_population_forward_compiles_to_one_graph_with_the_eager_bits(options: dict) -> None:
+    """fullgraph=True: the layers read no state Dynamo cannot trace (the per-generation workspace keyed by
+    inference mode broke the graph in every layer); the same operations give the same bits."""
+    torch._dynamo.reset()
+    model = flipes.flipout(cnn())
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, lr=0.01, seed=0, **options)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.randn(N, 3, 8, 8, dtype=DT)
+    for eager, out in eager_then_compiled(compiled, model, es, x):
+        assert torch.equal(out, eager)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), model(x))  # outside a population: the mean network
+
+
+@needs_is_compiling
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="inductor needs a C compiler")
+def test_inductor_compiles_a_cnn_population_once_for_all_generations() -> None:
+    """With the graph breaks, each conv layer's forward was its own frame, recompiled with dynamic sizes
+    for the second layer, and inductor failed there (``ValueRangeError: Invalid ranges``)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = flipes.flipout(cnn())
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, lr=0.01, seed=0)
+    compiled = torch.compile(model)
+    x = torch.randn(N, 3, 8, 8, dtype=DT)
+    outs = eager_then_compiled(compiled, model, es, x)
+    for eager, out in outs:
+        torch.testing.assert_close(out, eager, rtol=0, atol=1e-12)  # float64; inductor may sum in another order
+    assert outs[1][0].sub(outs[0][0]).abs().max() > 1e-3  # new noise each generation, and the compiled graph follows it
+    assert counters["frames"]["total"] == 1 and not counters["graph_break"]
