@@ -94,6 +94,33 @@ def test_weight_decay_adds_l2_gradient() -> None:
     assert decayed["1.bias"].grad is None and torch.equal(decayed["1.bias"], initial[1].bias)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_a_channels_last_conv_steps_as_the_contiguous_one(weight_decay: float) -> None:
+    """``model.to(memory_format=torch.channels_last)``: the same outputs and, generation after generation, the same
+    parameters as the contiguous model (float64, bit for bit) under the default fused Adam, which pairs a parameter's
+    and its grad's memory element by element: a contiguous ``.grad`` on a channels_last weight moved each entry by
+    another entry's step (off by up to 2·lr after one generation), silently."""
+    torch.manual_seed(0)
+    initial = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(1), nn.Linear(16, 2)).to(DT)
+    x = torch.randn(8, 3, 6, 6, dtype=DT)
+    runs = []
+    for channels_last in (False, True):
+        model = flipes.flipout(copy.deepcopy(initial))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            assert not model[0].weight.is_contiguous()
+        es = flipes.FlipES(model, popsize=8, sigma=0.1, lr=0.01, seed=0, weight_decay=weight_decay)
+        inputs = x.to(memory_format=torch.channels_last) if channels_last else x
+        params = []
+        for _ in range(3):
+            es.step(lambda m, pop, inputs=inputs: m(inputs).sum(1))
+            assert all(p.grad.stride() == p.stride() for p in model.parameters())
+            params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        runs.append(params)
+    for contiguous, channels_last in zip(*runs, strict=True):
+        assert torch.equal(channels_last, contiguous)
+
+
 def test_shaping_functions() -> None:
     """``centered_ranks`` maps fitness to rank/(N - 1) - 1/2 with ties sharing their mean rank (all equal: zeros);
     ``z_score`` has mean 0 and population std 1 within 1e-6 (constant input: exactly zeros); ``raw`` is the identity."""

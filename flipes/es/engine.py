@@ -670,6 +670,8 @@ class FlipES:
         before = torch.cat([p.detach().flatten() for p in self.params])
         for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
             g = g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
+            if g.stride() != p.stride():  # a channels_last weight: as autograd does, the grad takes the parameter's
+                g = torch.empty_like(p, dtype=p.dtype).copy_(g)  # layout (torch's fused Adam pairs their memory)
             p.grad = g + self.weight_decay * p if self.weight_decay else g
         self.optimizer.step()
         self._placement = [(p.dtype, p.device) for p in self.params]  # where the optimizer's state now lives
