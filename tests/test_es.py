@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from helpers import MADE_UP_FITNESS
+from helpers import MADE_UP_FITNESS, TiedLinears
 from reference import centered_ranks_distinct, member_deltas
 from torch import nn
 
@@ -119,6 +119,40 @@ def test_a_channels_last_conv_steps_as_the_contiguous_one(weight_decay: float) -
         runs.append(params)
     for contiguous, channels_last in zip(*runs, strict=True):
         assert torch.equal(channels_last, contiguous)
+
+
+def test_a_copied_or_unpickled_flipes_continues_as_the_original_on_its_own_model() -> None:
+    """``copy.deepcopy(es)`` and ``pickle.loads(pickle.dumps(es))`` (a snapshot of a run in memory), also taken inside a
+    population: two more generations end on exactly the original's parameters, and the copies step their own model.
+    Their layers' slots were keyed by ``id(layer)`` of the original's layers: ``KeyError`` at the next population."""
+    import pickle
+
+    torch.manual_seed(0)
+
+    model = flipes.flipout(nn.Sequential(TiedLinears(), nn.LayerNorm(16)).to(DT))  # a shared weight, biases of their own
+    es = flipes.FlipES(model, popsize=8, sigma=0.1, lr=0.01, seed=0, groups=2)
+    x = torch.randn(8, 16, dtype=DT)
+
+    def fitness(m: nn.Module, pop: flipes.Population) -> torch.Tensor:
+        return m(x).sum(1)
+
+    es.step(fitness)
+    copies = [copy.deepcopy(es), pickle.loads(pickle.dumps(es))]
+    with es.population():
+        copies.append(copy.deepcopy(es))
+        es.model(x)
+    start = [p.detach().clone() for p in es.params]
+    for other in copies:
+        assert other.model is not es.model
+        for _ in range(2):
+            other.step(fitness)
+        assert all(torch.equal(p, q) for p, q in zip(es.params, start, strict=True))  # the original's model untouched
+    for _ in range(2):
+        es.step(fitness)
+    for other in copies:
+        assert other.generation == es.generation == 3
+        assert all(torch.equal(p, q) for p, q in zip(other.params, es.params, strict=True))
+        assert any(not torch.equal(p, q) for p, q in zip(other.params, start, strict=True))
 
 
 def test_shaping_functions() -> None:

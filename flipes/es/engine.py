@@ -282,6 +282,23 @@ class FlipES:
         self._stale_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._told_outside = False  # warned once that the model did not run inside a population
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For ``copy.deepcopy`` and pickle: the layers' slots keyed by position, not by ``id`` (a copy's layers
+        are other objects), and no population in progress (a copy of the model is the mean network)."""
+        state = self.__dict__.copy()
+        position = {id(layer): i for i, layer in enumerate(self.layers)}
+        for name in ("_slot_index", "_bias_of"):
+            state[name] = {(position[key], j): v for (key, j), v in state[name].items()}
+        state["_inside"], state["_stale_hooks"] = None, []
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for name in ("_slot_index", "_bias_of"):
+            setattr(self, name, {(id(self.layers[i]), j): v for (i, j), v in state[name].items()})
+        for module in [*self.layers, *self.dense_modules]:  # the copy owns its copy of the layers
+            module.__dict__["_flipes_owner"] = weakref.ref(self)
+
     def _build_optimizer(
         self, optimizer: OptimizerFactory | type[torch.optim.Optimizer] | None, lr: float
     ) -> torch.optim.Optimizer:
