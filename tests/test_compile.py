@@ -4,6 +4,7 @@ layers) and computes what the eager population computes, generation after genera
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -71,3 +72,22 @@ def test_inductor_compiles_a_cnn_population_once_for_all_generations() -> None:
         torch.testing.assert_close(out, eager, rtol=0, atol=1e-12)  # float64; inductor may sum in another order
     assert outs[1][0].sub(outs[0][0]).abs().max() > 1e-3  # new noise each generation, and the compiled graph follows it
     assert counters["frames"]["total"] == 1 and not counters["graph_break"]
+
+
+@needs_is_compiling
+def test_a_generation_may_begin_with_a_fullgraph_compiled_forward() -> None:
+    """With fullgraph=True the compiled model may be a generation's first forward (the population's
+    hooks noting that the model ran are left for later instead of removed inside the graph): tell sees
+    that it ran, and the outputs equal the eager ones, generation after generation."""
+    torch._dynamo.reset()
+    model = flipes.flipout(cnn())
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, lr=0.01, seed=0)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.randn(N, 3, 8, 8, dtype=DT)
+    for _ in range(3):
+        with es.population():
+            out = compiled(x)
+            assert torch.equal(out, model(x))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", flipes.OutsidePopulationWarning)
+            es.tell(out.sum(1))

@@ -35,7 +35,7 @@ from flipes.nn.attention import fused_transformers_off
 from flipes.nn.convert import ParameterReport, check_members_first, flipout_layers, parameter_report, per_member_modules
 from flipes.nn.embedding import shared_ids_fix
 from flipes.nn.functional import without_autocast
-from flipes.noise import DenseNoise, SlotNoise, sample_dense, sample_slot, sign_table
+from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, sign_table
 
 Shaping = Callable[[Tensor], Tensor]
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -289,7 +289,7 @@ class FlipES:
         position = {id(layer): i for i, layer in enumerate(self.layers)}
         for name in ("_slot_index", "_bias_of"):
             state[name] = {(position[key], j): v for (key, j), v in state[name].items()}
-        state["_inside"], state["_stale_hooks"] = None, []
+        state["_inside"], state["_stale_hooks"], state["_in_part"] = None, [], False
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -484,6 +484,8 @@ class FlipES:
 
         def ran(module: nn.Module, args: Any) -> None:
             self._evaluated = True
+            if compiling():  # Dynamo cannot trace a RemovableHandle: the hooks stay until an eager forward, or the end
+                return
             for hook in hooks:
                 hook.remove()
 
