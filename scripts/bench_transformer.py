@@ -28,7 +28,8 @@ block with member 0's weights.
 Part 2, memory. A stack of --mem-blocks such blocks (12 × d=256: ~9.5 M parameters, nothing else),
 --mem-seq-len tokens per member, one population forward per fresh subprocess per (variant, N): the
 resident set before the forward and its peak after (``VmHWM``; ``ru_maxrss`` off Linux), beside
-what N explicit weight copies alone would take (N × params × 4 bytes).
+what N explicit weight copies alone would take (N × params × 4 bytes). "parts of P": the full-rank
+population evaluated P members at a time (``pop.split(P)``), as a population too large for memory is.
 
     PYTHONPATH=. python scripts/bench_transformer.py [--threads 2] [--popsizes 256 1024 4096]
     PYTHONPATH=. python scripts/bench_transformer.py --quick        # smoke test, tiny sizes, < 30 s
@@ -108,6 +109,8 @@ class Args:
     """Tokens per member's sequence in the memory table (short, so that N = 4096 runs on 2 cores)."""
     mem_rank: int = 4
     """Noise rank of the memory table's low-rank variant."""
+    mem_part: int = 512
+    """Members per pass of the memory table's full-rank Flipout in parts (``pop.split``; 0: no such column)."""
     threads: int = 0
     """Torch CPU threads, here and in the memory subprocesses (0: torch's default)."""
     seed: int = 0
@@ -131,7 +134,7 @@ def prepare(args: Args) -> Args:
             raise UsageError(option_name(name), f"must be even (mirrored pairs), got {getattr(args, name)}")
     for name, low in (("d_model", 1), ("nhead", 1), ("dim_feedforward", 1), ("seq_len", 1), ("rounds", 1),
                       ("min_rounds", 1), ("warmup_rounds", 0), ("mem_blocks", 1), ("mem_seq_len", 1),
-                      ("mem_rank", 1), ("threads", 0)):  # fmt: skip
+                      ("mem_rank", 1), ("mem_part", 0), ("threads", 0)):  # fmt: skip
         if getattr(args, name) < low:
             raise UsageError(option_name(name), f"must be at least {low}, got {getattr(args, name)}")
     if args.d_model % args.nhead:
@@ -142,6 +145,7 @@ def prepare(args: Args) -> Args:
         args = dataclasses.replace(
             args, popsizes=[8, 16], d_model=32, nhead=2, dim_feedforward=64, seq_len=4, rounds=3, warmup_rounds=0,
             min_rounds=1, block_seconds=0.002, min_seconds=0.0, mem_popsizes=[8], mem_blocks=2, mem_seq_len=4,
+            mem_part=min(args.mem_part, 4),
         )  # fmt: skip
     return args
 
@@ -353,8 +357,10 @@ def memory_child(args: Args, variant: str, n: int) -> dict[str, Any]:
                            noise_rank=args.mem_rank if variant.startswith("low-rank") else None)  # fmt: skip
 
         def run_forward() -> Tensor:
-            with es.population():  # the generation's noise is sampled here, on entry: counted
-                return model(x)
+            with es.population() as pop:  # the generation's noise is sampled here, on entry: counted
+                if not variant.startswith("parts"):
+                    return model(x)
+                return torch.cat([model(x[part.members.start : part.members.stop]) for part in pop.split(args.mem_part)])
 
     before, _ = memory_bytes()
     start = time.perf_counter()
@@ -368,10 +374,12 @@ def memory_child(args: Args, variant: str, n: int) -> dict[str, Any]:
 
 def memory_table(args: Args) -> list[dict[str, Any]]:
     """Each (N, variant) in a fresh spawned process: the peak is a high-water mark per process."""
-    variants = ["plain", "flipout", f"low-rank r={args.mem_rank}"]
+    variants = ["plain", "flipout", f"low-rank r={args.mem_rank}"] + ([f"parts of {args.mem_part}"] if args.mem_part else [])
     rows = []
     for n in args.mem_popsizes:
         for variant in variants:
+            if variant.startswith("parts") and n <= args.mem_part:
+                continue  # one part: the flipout cell
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 row = pool.submit(memory_child, args, variant, n).result()
             print(f"  memory N={n} {variant}: peak {row['peak_rss_gb']:.2f} GB, {row['seconds']:.1f} s", flush=True)
@@ -436,8 +444,8 @@ def memory_markdown(rows: list[dict[str, Any]], args: Args, ram: float | None) -
         copies = by[variants[0]]["copies_gb"]
         fits = "" if ram is None else (" (fits in RAM)" if copies < ram else " (> this machine's RAM)")
         copies_text = (f"{copies:,.1f}" if copies >= 1 else f"{copies:.3g}") + fits
-        out.append([f"{n:,}", *[f"{by[v]['peak_rss_gb']:.2f}" for v in variants],
-                    *[f"{by[v]['seconds']:.1f}" for v in variants], copies_text])  # fmt: skip
+        out.append([f"{n:,}", *[f"{by[v]['peak_rss_gb']:.2f}" if v in by else "(one pass)" for v in variants],
+                    *[f"{by[v]['seconds']:.1f}" if v in by else "" for v in variants], copies_text])  # fmt: skip
     params = rows[0]["params"]
     ram_text = f"{ram:.0f} GB" if ram else "unknown"
     return "\n".join([
