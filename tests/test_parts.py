@@ -52,19 +52,21 @@ MODELS: list[tuple[str, Callable[[], nn.Module], Callable[[int], Tensor]]] = [
 ]
 
 
+@pytest.mark.parametrize("hold_noise", [True, False], ids=["held", "per-part"])
 @pytest.mark.parametrize("setting", [SETTINGS[1], SETTINGS[3], SETTINGS[4], SETTINGS[6]], ids=ids)
 @pytest.mark.parametrize("name,make,inputs", MODELS, ids=[m[0] for m in MODELS])
 def test_every_part_computes_its_members_outputs(
-    name: str, make: Callable[[], nn.Module], inputs: Callable[[int], Tensor], setting: dict
+    name: str, make: Callable[[], nn.Module], inputs: Callable[[int], Tensor], setting: dict, hold_noise: bool
 ) -> None:
     """In parts of 1, 2, 3 and 4 members (mirrored twins split, several ε groups, low-rank ε, one σ per
     slot), row j of a part is the output of a plain copy of the model loaded with member
     ``part.members[j]``'s parameters (float64, within 1e-11), and after the parts the layers evaluate
-    the whole population again, as before."""
+    the whole population again, as before; with the noise held for the generation or sampled per part
+    (``member_state_dict`` then samples each member's group afresh: an independent reference)."""
     torch.manual_seed(1)
     original = make().to(DT)
     model = flipes.flipout(copy.deepcopy(original))
-    es = make_es(model, setting)
+    es = make_es(model, setting, hold_noise=hold_noise)
     x = inputs(N)
     per = x.shape[0] // N  # examples per member
     plain = copy.deepcopy(original)
@@ -269,3 +271,63 @@ def test_members_per_pass_that_cannot_split_evenly_is_refused_with_the_sizes_tha
         flipes.config.validate(uneven, processes=2)
     with pytest.raises(flipes.UsageError, match="must be 0 or positive"):
         flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=-1))
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=ids)
+def test_noise_sampled_per_part_trains_as_noise_held_for_the_generation(setting: dict) -> None:
+    """Three generations in parts of 2 and of one group, FlipES(hold_noise=False) against the default:
+    the first generation's fitness bit for bit (the same members), parameters and σ within 1e-12 (tell
+    sums the groups block by block: rounding alone), and the same best member (--track-best), its
+    parameters within 1e-12."""
+    torch.manual_seed(0)
+    original = flipes.flipout(MLP().to(DT))
+    x = torch.randn(N, 5, dtype=DT)
+    for size in (2, N // setting["groups"]):
+        runs = []
+        for hold in (True, False):
+            model = copy.deepcopy(original)
+            es = make_es(model, setting, hold_noise=hold, lr=0.05, track_best=True)
+            told = []
+            for _ in range(3):
+                with es.population() as pop:
+                    fitness = torch.cat([model(x[p.members.start : p.members.stop]).sum(1) for p in pop.split(size)])
+                told.append(fitness)
+                es.tell(fitness)
+            sigma = None if es.log_sigma is None else es.log_sigma.clone()
+            runs.append((torch.stack(told), nn.utils.parameters_to_vector(model.parameters()), sigma, es.best))
+        (f0, p0, s0, b0), (f1, p1, s1, b1) = runs
+        assert torch.equal(f0[0], f1[0])  # the same members; later generations move by rounding apart
+        torch.testing.assert_close(f1, f0, atol=1e-11, rtol=0)
+        assert (p0 - p1).abs().max() <= 1e-12 * p0.abs().max() and not torch.equal(p0, original[0].weight.flatten())
+        assert s0 is None or (s0 - s1).abs().max() <= 1e-12
+        assert (b0.generation, b0.index) == (b1.generation, b1.index) and abs(b0.fitness - b1.fitness) <= 1e-11
+        for key, value in b0.state_dict.items():
+            torch.testing.assert_close(b1.state_dict[key], value, atol=1e-12, rtol=0)
+
+
+def test_noise_sampled_per_part_holds_one_parts_groups_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hold_noise=False samples a part's groups when it is entered, keeps them while the next parts lie
+    in the same groups, and tell samples the groups again a part's worth at a time; a forward of the
+    whole population samples all groups at once."""
+    model = flipes.flipout(MLP().to(DT))
+    es = flipes.FlipES(model, popsize=16, sigma=0.1, groups=4, hold_noise=False)  # groups of 4
+    drawn: list[range] = []
+    sample = es._sample
+    monkeypatch.setattr(es, "_sample", lambda groups=None: drawn.append(groups) or sample(groups))
+    x = torch.randn(16, 5, dtype=DT)
+    with es.population() as pop:
+        assert drawn == []  # nothing before a part
+        for part in pop.split(2):  # two parts per group: each group drawn once
+            model(x[part.members.start : part.members.stop])
+            assert es._noise.groups == part.groups and model[0].noise[0].s.shape[0] == 2
+        assert drawn == [range(g, g + 1) for g in range(4)]
+    es.tell(torch.randn(16))
+    assert drawn[4:] == [range(g, g + 1) for g in range(4)]  # one group at a time: the largest part's
+    drawn.clear()
+    with es.population() as pop:
+        for part in pop.split(8):
+            model(x[part.members.start : part.members.stop])
+        model(x)  # the whole population: every group at once
+        assert model[0].noise[0].s.shape[0] == 16
+    es.tell(torch.randn(16))
+    assert drawn == [range(0, 2), range(2, 4), range(0, 4), range(0, 4)]

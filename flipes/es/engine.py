@@ -41,6 +41,30 @@ Shaping = Callable[[Tensor], Tensor]
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
+HeldNoise = tuple[list[SlotNoise], list[DenseNoise]]
+
+
+class Deferred:
+    """The noise of a generation of a ``FlipES(hold_noise=False)``: sampled for a part's ε groups when the
+    part is entered (all local groups for a forward outside any part), the latest block kept while parts
+    stay inside it (parts within one group), and sampled again by ``tell``, ``block`` groups at a time
+    (those of the largest part)."""
+
+    def __init__(self) -> None:
+        self.groups = range(0)  # global groups of the block held
+        self.noise: HeldNoise | None = None
+        self.block = 0
+        self.whole = False  # the layers hold every local member's noise (a forward outside any part)
+
+    def held(self, es: FlipES, groups: range) -> HeldNoise:
+        """The noise of a block that holds ``groups`` (global), sampled unless the block held has them."""
+        self.block = max(self.block, len(groups))
+        if self.noise is None or groups.start < self.groups.start or groups.stop > self.groups.stop:
+            self.noise = None  # freed before the next block is drawn
+            self.noise, self.groups = es._sample(groups), groups
+        return self.noise
+
+
 def _part_of_part(start: int, stop: int) -> AbstractContextManager[Population]:
     raise RuntimeError("part.part(): a part of a part; take every part of the whole population (`pop.part` or `pop.split`)")
 
@@ -123,6 +147,15 @@ class FlipES:
         maximize: ``True`` (default): higher fitness is better. ``False``: ``tell`` takes a loss to
             minimize (``shaping`` is applied to its negation; ``es.best`` is the lowest); the fitness
             statistics ``tell`` returns are of the values as told. Part of ``state_dict()``'s configuration.
+        hold_noise: ``True`` (default): the generation's noise of every local member (ε, and the
+            per-member signs and bias noise, O(N·(in + out)) per layer) is sampled on entering
+            ``population()`` and held until ``tell``. ``False``: for a population evaluated in parts
+            (``pop.split``): each part's ε groups are sampled when the part is entered (kept while the next
+            parts lie in the same groups), and ``tell`` samples the groups again, a part's worth at a time:
+            the memory of one part's noise instead of all N members', for twice the sampling. Use many
+            groups (``popsize / groups`` at most the part size): a part inside one group holds that group's
+            noise. The members are the same; ``tell``'s sums differ by rounding alone. A forward of the
+            whole population samples all of it, as with ``True``.
 
     Examples::
 
@@ -153,6 +186,7 @@ class FlipES:
         sigma_lr: float = 0.0,
         track_best: bool = False,
         maximize: bool = True,
+        hold_noise: bool = True,
     ) -> None:
         # checked up front: a wrong type would otherwise fail far from here, or be truncated silently
         popsize, seed, groups = integer("popsize", popsize), integer("seed", seed), integer("groups", groups)
@@ -165,6 +199,9 @@ class FlipES:
         if not isinstance(maximize, (bool, np.bool_)):
             raise TypeError(f"maximize must be True or False, got {maximize!r} ({type(maximize).__name__})")
         self.maximize = bool(maximize)
+        if not isinstance(hold_noise, (bool, np.bool_)):
+            raise TypeError(f"hold_noise must be True or False, got {hold_noise!r} ({type(hold_noise).__name__})")
+        self.hold_noise = bool(hold_noise)
         self.best: BestMember | None = None  # with track_best: the fittest member of any generation so far
         if not callable(shaping):
             raise TypeError(
@@ -494,9 +531,13 @@ class FlipES:
         hooks.extend(m.register_forward_pre_hook(ran) for m in modules)
         with torch.no_grad():
             if self._noise is None:
-                self._noise = self._sample()
+                self._noise = self._sample() if self.hold_noise else Deferred()
             noise = self._noise
-            self._install(*noise, len(self.members))
+            on_demand: list[torch.utils.hooks.RemovableHandle] = []
+            if isinstance(noise, Deferred):  # sampled per part; a forward of the whole population samples it all
+                on_demand = [m.register_forward_pre_hook(self._whole_on_demand) for m in modules]
+            else:
+                self._install(*noise, len(self.members))
             restore_fused = fused_transformers_off(self.model)  # they read the mean weights, past the Flipout layers
             self._inside = modules  # a tell() inside the block makes its later forwards errors (_refuse_stale)
             try:
@@ -518,14 +559,25 @@ class FlipES:
                 raise
             finally:
                 restore_fused()
-                for hook in [*hooks, *self._stale_hooks]:
+                for hook in [*hooks, *on_demand, *self._stale_hooks]:
                     hook.remove()
                 self._inside, self._stale_hooks, self._in_part = None, [], False
-                for layer in self.layers:
-                    layer.noise = None
-                    layer.__dict__.pop("_flipes_shared_ids", None)
-                for module in modules:
-                    module.member_noise = None
+                self._uninstall()
+
+    def _whole_on_demand(self, module: nn.Module, args: Any) -> None:
+        """``hold_noise=False``: a forward of the whole population (not a part) samples every local group."""
+        noise = self._noise
+        if self._in_part or not isinstance(noise, Deferred) or noise.whole:
+            return
+        self._install(*noise.held(self, self.local_groups), len(self.members))
+        noise.whole = True
+
+    def _uninstall(self) -> None:
+        for layer in self.layers:
+            layer.noise = None
+            layer.__dict__.pop("_flipes_shared_ids", None)
+        for module in [*self.layers, *self.dense_modules]:
+            module.member_noise = None
 
     def _install(self, slot_noise: list[SlotNoise], dense_noise: list[DenseNoise], size: int) -> None:
         """Point every Flipout layer and dense-noise module at this noise of ``size`` members."""
@@ -540,7 +592,7 @@ class FlipES:
                     module.member_noise = {}
                 module.member_noise[name] = nz.delta
 
-    def _part(self, noise: tuple[list[SlotNoise], list[DenseNoise]], start: int, stop: int) -> AbstractContextManager[Population]:
+    def _part(self, noise: HeldNoise | Deferred, start: int, stop: int) -> AbstractContextManager[Population]:
         """Inside, the layers evaluate local members ``start:stop`` alone (``Population.part``); checked
         when called, so a wrong part is an error even before its ``with``."""
         self._check_part(noise)
@@ -556,7 +608,7 @@ class FlipES:
             )
         return self._narrow(noise, slice(first, last + 1), slice(start, stop))
 
-    def _check_part(self, noise: tuple[list[SlotNoise], list[DenseNoise]]) -> None:
+    def _check_part(self, noise: HeldNoise | Deferred) -> None:
         if self._noise is not noise or self._inside is None:
             raise RuntimeError(
                 "a part of a population that has ended: tell() (or the end of its `with` block) came first; "
@@ -566,11 +618,20 @@ class FlipES:
             raise RuntimeError("pop.part() inside another part: leave the part's `with` block (or split loop) first")
 
     @contextmanager
-    def _narrow(self, noise: tuple[list[SlotNoise], list[DenseNoise]], groups: slice, rows: slice) -> Iterator[Population]:
+    def _narrow(self, noise: HeldNoise | Deferred, groups: slice, rows: slice) -> Iterator[Population]:
         self._check_part(noise)  # again: the part may be entered later than made
-        slot_noise, dense_noise = noise
         size = rows.stop - rows.start
-        self._install([nz.rows(groups, rows) for nz in slot_noise], [nz.rows(rows) for nz in dense_noise], size)
+        if isinstance(noise, Deferred):  # this part's groups, sampled now unless the block held has them
+            noise.whole = False
+            first = self.local_groups.start
+            held = noise.held(self, range(first + groups.start, first + groups.stop))
+            at = noise.groups.start - first  # the held block's first group, as a local index
+            per = len(self.members) // len(self.local_groups)
+            in_held = slice(groups.start - at, groups.stop - at), slice(rows.start - at * per, rows.stop - at * per)
+        else:
+            held, in_held = noise, (groups, rows)
+        slot_noise, dense_noise = held
+        self._install([nz.rows(*in_held) for nz in slot_noise], [nz.rows(in_held[1]) for nz in dense_noise], size)
         self._in_part = True
         try:
             yield Population(
@@ -585,7 +646,9 @@ class FlipES:
             )
         finally:
             self._in_part = False
-            if self._noise is noise and self._inside is not None:  # still in the population: all its members again
+            if isinstance(noise, Deferred) or self._noise is not noise or self._inside is None:
+                self._uninstall()
+            else:  # still in the population: all its members again
                 self._install(*noise, len(self.members))
 
     def _layer_noise(self, layer: nn.Module, j: int, slot_noise: list[SlotNoise], dense_noise: list[DenseNoise]) -> SlotNoise:
@@ -633,45 +696,34 @@ class FlipES:
         sigma = self.sigma_at(self.generation)
         sigmas, adaptive = self.sigmas(), self.log_sigma is not None
         everyone = self.comm_mode == "seeds" and self.comm.size > 1
-        slot_noise, dense_noise = self._sample(range(self.groups)) if everyone else self._noise
         mine = slice(None) if everyone else slice(self.members.start, self.members.stop)
         coeff = shaped[mine]
+        by_group = by_member = None
         if adaptive:  # baselines independent of each member's σ-score (flipes.es.sigma)
             by_group = leave_out(shaped.double(), self.popsize // self.groups)[mine]
             by_member = leave_out(shaped.double(), 2 if self.mirrored else 1)[mine]
-
+        groups = range(self.groups) if everyone else self.local_groups
+        noise = self._noise
+        if isinstance(noise, Deferred):  # sampled again, a block of groups at a time (the largest part's)
+            noise.noise = None
+            step = max(noise.block, 1)
+            blocks = [range(g, min(g + step, groups.stop)) for g in range(groups.start, groups.stop, step)]
+        else:
+            blocks = [groups]
+        per = self.popsize // self.groups
         grads: dict[int, Tensor] = {}
-        copies: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
-
-        def on(t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-            """``t`` on ``like``'s device: copied from the host once per device and dtype, not once per slot."""
-            key = (id(t), like.device, dtype or t.dtype)
-            if key not in copies:
-                copies[key] = t.to(like.device, dtype or t.dtype)
-            return copies[key]
-
-        log_sigma_grad: list[Tensor] = []
-        for i, (pw, noise) in enumerate(zip(self.slots, slot_noise, strict=True)):
-            weight_grad, bias_grad = weighted_perturbation(
-                pw, noise, on(coeff, noise.s, torch.promote_types(noise.s.dtype, torch.float32))
+        sigma_sums: list[Tensor] = []
+        for block in blocks:
+            held = noise if isinstance(noise, tuple) and not everyone else self._sample(block)
+            rows = slice((block.start - groups.start) * per, (block.stop - groups.start) * per)
+            sums = self._block_gradient(
+                held, sigmas, coeff[rows], *(None if b is None else b[rows] for b in (by_group, by_member))
             )
-            if adaptive:  # each slot has its own σ: Σ F̂ (σ_i u) / σ_i² here, / N below
-                weight_grad, bias_grad = (None if g is None else g / sigmas[i] ** 2 for g in (weight_grad, bias_grad))
-                (weight_norms, d_weight), (bias_norms, d_bias) = slot_norms(pw, noise, sigmas[i])
-                weight_part = (weight_norms, d_weight, on(by_group, weight_norms))
-                bias_part = (bias_norms, d_bias, on(by_member, bias_norms))
-                log_sigma_grad.append(log_sigma_gradient(weight_part, bias_part))
-            accumulate(grads, pw.weight, weight_grad.T if pw.transposed else weight_grad)
-            accumulate(grads, pw.bias, bias_grad)
-        for i, ((_, _, p), noise) in enumerate(zip(self.dense_slots, dense_noise, strict=True), start=len(self.slots)):
-            g = weighted_dense(noise, on(coeff, noise.delta))
-            if adaptive:
-                g = g / sigmas[i] ** 2
-                norms, d = dense_norms(noise, sigmas[i])
-                log_sigma_grad.append(log_sigma_gradient((norms, d, on(by_member, norms))))
-            accumulate(grads, p, g)
+            for p, g in sums[0].items():
+                grads[p] = grads[p] + g if p in grads else g
+            sigma_sums = sums[1] if not sigma_sums else [a + b for a, b in zip(sigma_sums, sums[1], strict=True)]
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])
-        sigma_grad = torch.stack([g.to(log_sigma_grad[0].device) for g in log_sigma_grad]).cpu() if adaptive else None
+        sigma_grad = torch.stack([g.to(sigma_sums[0].device) for g in sigma_sums]).cpu() if adaptive else None
         if not everyone:
             flat = self.comm.allreduce_sum_(flat)
             if sigma_grad is not None:
@@ -739,6 +791,45 @@ class FlipES:
                     stacklevel=caller_stacklevel(),
                 )
         return stats
+
+    def _block_gradient(
+        self, noise: HeldNoise, sigmas: list[float], coeff: Tensor, by_group: Tensor | None, by_member: Tensor | None
+    ) -> tuple[dict[int, Tensor], list[Tensor]]:
+        """``Σ_n c_n σu_n`` over the members of ``noise`` (keyed by ``id`` of each parameter; ``/ σ²`` per slot
+        with adaptive σ), and with adaptive σ each slot's log-σ score summed over those members."""
+        slot_noise, dense_noise = noise
+        adaptive = by_group is not None
+        grads: dict[int, Tensor] = {}
+        copies: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+        def on(t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+            """``t`` on ``like``'s device: copied from the host once per device and dtype, not once per slot."""
+            key = (id(t), like.device, dtype or t.dtype)
+            if key not in copies:
+                copies[key] = t.to(like.device, dtype or t.dtype)
+            return copies[key]
+
+        log_sigma_grad: list[Tensor] = []
+        for i, (pw, nz) in enumerate(zip(self.slots, slot_noise, strict=True)):
+            weight_grad, bias_grad = weighted_perturbation(
+                pw, nz, on(coeff, nz.s, torch.promote_types(nz.s.dtype, torch.float32))
+            )
+            if adaptive:  # each slot has its own σ: Σ F̂ (σ_i u) / σ_i² here, / N below
+                weight_grad, bias_grad = (None if g is None else g / sigmas[i] ** 2 for g in (weight_grad, bias_grad))
+                (weight_norms, d_weight), (bias_norms, d_bias) = slot_norms(pw, nz, sigmas[i])
+                weight_part = (weight_norms, d_weight, on(by_group, weight_norms))
+                bias_part = (bias_norms, d_bias, on(by_member, bias_norms))
+                log_sigma_grad.append(log_sigma_gradient(weight_part, bias_part))
+            accumulate(grads, pw.weight, weight_grad.T if pw.transposed else weight_grad)
+            accumulate(grads, pw.bias, bias_grad)
+        for i, ((_, _, p), nz) in enumerate(zip(self.dense_slots, dense_noise, strict=True), start=len(self.slots)):
+            g = weighted_dense(nz, on(coeff, nz.delta))
+            if adaptive:
+                g = g / sigmas[i] ** 2
+                norms, d = dense_norms(nz, sigmas[i])
+                log_sigma_grad.append(log_sigma_gradient((norms, d, on(by_member, norms))))
+            accumulate(grads, p, g)
+        return grads, log_sigma_grad
 
     def _refuse_stale(self) -> None:
         """After a tell() inside ``with es.population()``, a forward in the same block would run the told

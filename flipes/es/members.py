@@ -56,10 +56,10 @@ def member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
 def _member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
     group_size = es.popsize // es.groups
     group = index // group_size
-    if group in es.local_groups:  # the noise the population holds
+    if group in es.local_groups and isinstance(es._noise, tuple):  # the noise the population holds
         slot_noise, dense_noise = es._noise
         first = es.local_groups.start
-    else:  # another process's group: a pure function of (seed, generation, group, slot)
+    else:  # another process's group, or noise sampled per part: a pure function of (seed, generation, group, slot)
         slot_noise, dense_noise = es._sample(range(group, group + 1))
         first = group
     row = index - first * group_size  # the member's row in the noise
