@@ -109,6 +109,7 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm, plugins: Pl
         noise_rank=config.noise_rank or None,
         sigma_lr=config.sigma_lr,
         track_best=config.track_best,
+        hold_noise=config.hold_noise,
     )
 
 

@@ -136,6 +136,12 @@ class TrainConfig:
     episodes copies. A divisor of an ε group's members (popsize / groups) or a multiple of them. Each
     member has the perturbation and episodes it has in one pass; its fitness differs at most by the
     rounding of a forward pass over fewer rows (float32 CartPole: the same bits)."""
+    hold_noise: bool = True
+    """With --members-per-pass: false samples each part's noise when the part is evaluated, and again in
+    the update, instead of holding every member's noise for the generation (FlipES(hold_noise=False)):
+    memory for one part's noise, for twice the sampling. Use at least popsize / members-per-pass
+    --groups (a part inside one group holds that group's noise). The members are the same; the
+    update differs by rounding."""
     comm: Literal["allreduce", "seeds"] = "allreduce"
     """Under MPI: allreduce sums gradients; seeds exchanges only fitness values and rebuilds all noise."""
     check_every: int = 10
@@ -361,6 +367,12 @@ def _check_members_per_pass(config: TrainConfig, per_group: int, processes: int)
     size = config.members_per_pass
     if size < 0:
         raise UsageError("--members-per-pass", f"must be 0 or positive, got {size}", "0 evaluates all members in one pass")
+    if not config.hold_noise and not size:
+        raise UsageError(
+            "--hold-noise",
+            "false samples the noise part by part, and the members are evaluated in one pass",
+            f"add --members-per-pass (with --groups {config.groups}: a divisor of {per_group} or a multiple of it)",
+        )
     blocks = [(r + 1) * config.groups // processes - r * config.groups // processes for r in range(processes)]
     split = [b for b in blocks if size < b * per_group]  # the processes that evaluate in more than one pass
     if not size or not split:

@@ -64,14 +64,19 @@ def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str) -> 
 def test_processes_evaluating_in_parts_get_the_bits_of_one_process_in_one_pass(tmp_path: Path) -> None:
     """Seeds mode, CartPole, 2 episodes per member: 2 processes each rolling their 12 members out in
     parts of 2 (--members-per-pass) log every row's fitness, timesteps and parameters of one process
-    evaluating its 24 members at once."""
+    evaluating its 24 members at once; with the noise sampled part by part (--hold-noise false), 2
+    processes log the rows of 1 process doing the same, bit for bit (the same blocks of groups)."""
     args = ["--env", "flipes/CartPole-v1", *COMMON, "--episodes", "2", "--generations", "3", "--comm", "seeds"]
+    per_part = ["--members-per-pass", "2", "--hold-noise", "false"]
     mpirun(1, *args, "--out", str(tmp_path / "one"))
     mpirun(2, *args, "--members-per-pass", "2", "--out", str(tmp_path / "parts"))
+    mpirun(1, *args, *per_part, "--out", str(tmp_path / "one-per-part"))
+    mpirun(2, *args, *per_part, "--out", str(tmp_path / "two-per-part"))
     keys = ("fitness_mean", "fitness_max", "timesteps", "params_sha256")
-    rows = {run: metrics(tmp_path / run) for run in ("one", "parts")}
-    assert len(rows["one"]) == 3 and rows["one"][-1]["timesteps"] > 0
-    assert [[r[k] for k in keys] for r in rows["parts"]] == [[r[k] for k in keys] for r in rows["one"]]
+    rows = {run.name: [[r[k] for k in keys] for r in metrics(run)] for run in tmp_path.iterdir()}
+    assert len(rows["one"]) == 3 and rows["one"][-1][2] > 0
+    assert rows["parts"] == rows["one"]
+    assert rows["two-per-part"] == rows["one-per-part"] and rows["one-per-part"][0][:3] == rows["one"][0][:3]
 
 
 def test_a_continuous_policy_gets_the_same_bits_from_one_group_per_rank_as_from_one_process(tmp_path: Path) -> None:

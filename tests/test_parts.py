@@ -331,3 +331,18 @@ def test_noise_sampled_per_part_holds_one_parts_groups_at_a_time(monkeypatch: py
         assert model[0].noise[0].s.shape[0] == 16
     es.tell(torch.randn(16))
     assert drawn == [range(0, 2), range(2, 4), range(0, 4), range(0, 4)]
+
+
+def test_training_with_noise_sampled_per_part_evaluates_the_same_members(tmp_path: Path) -> None:
+    """--hold-noise false with --members-per-pass 4 (12 groups of 4): CartPole logs the fitness,
+    timesteps and evaluations of the run that holds the noise (float32 discrete control), and ends on
+    its parameters to rounding; without --members-per-pass it is refused, saying what to add."""
+    kw = dict(env="flipes/CartPole-v1", popsize=48, groups=12, episodes=2, generations=4, eval_every=2, eval_episodes=4)
+    kw |= dict(target=None, tensorboard=False, progress=False, members_per_pass=4)
+    held = flipes.train(out=str(tmp_path / "held"), **kw)
+    per_part = flipes.train(out=str(tmp_path / "per-part"), hold_noise=False, **kw)
+    assert [r[1:] for r in _rows(per_part)] == [r[1:] for r in _rows(held)]
+    a, b = (nn.utils.parameters_to_vector(r.model.parameters()) for r in (held, per_part))
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max() and a.abs().max() > 0
+    with pytest.raises(flipes.UsageError, match=r"--hold-noise: .* add --members-per-pass \(with --groups 12: a divisor of 4"):
+        flipes.train(out=str(tmp_path / "refused"), **kw | {"hold_noise": False, "members_per_pass": 0})

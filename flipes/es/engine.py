@@ -707,6 +707,8 @@ class FlipES:
         if isinstance(noise, Deferred):  # sampled again, a block of groups at a time (the largest part's)
             noise.noise = None
             step = max(noise.block, 1)
+            if everyone:  # every process sums all groups itself: in the same blocks, for the same bits
+                step = max(self.comm.allgather_object(step))
             blocks = [range(g, min(g + step, groups.stop)) for g in range(groups.start, groups.stop, step)]
         else:
             blocks = [groups]
