@@ -56,7 +56,12 @@ MODELS: list[tuple[str, Callable[[], nn.Module], Callable[[int], Tensor]]] = [
 @pytest.mark.parametrize("setting", [SETTINGS[1], SETTINGS[3], SETTINGS[4], SETTINGS[6]], ids=ids)
 @pytest.mark.parametrize("name,make,inputs", MODELS, ids=[m[0] for m in MODELS])
 def test_every_part_computes_its_members_outputs(
-    name: str, make: Callable[[], nn.Module], inputs: Callable[[int], Tensor], setting: dict, hold_noise: bool
+    name: str,
+    make: Callable[[], nn.Module],
+    inputs: Callable[[int], Tensor],
+    setting: dict,
+    hold_noise: bool,
+    device: torch.device,
 ) -> None:
     """In parts of 1, 2, 3 and 4 members (mirrored twins split, several ε groups, low-rank ε, one σ per
     slot), row j of a part is the output of a plain copy of the model loaded with member
@@ -64,10 +69,10 @@ def test_every_part_computes_its_members_outputs(
     the whole population again, as before; with the noise held for the generation or sampled per part
     (``member_state_dict`` then samples each member's group afresh: an independent reference)."""
     torch.manual_seed(1)
-    original = make().to(DT)
+    original = make().to(device, DT)
     model = flipes.flipout(copy.deepcopy(original))
     es = make_es(model, setting, hold_noise=hold_noise)
-    x = inputs(N)
+    x = inputs(N).to(device)
     per = x.shape[0] // N  # examples per member
     plain = copy.deepcopy(original)
     with es.population() as pop:
