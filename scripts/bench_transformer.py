@@ -29,7 +29,8 @@ Part 2, memory. A stack of --mem-blocks such blocks (12 × d=256: ~9.5 M paramet
 --mem-seq-len tokens per member, one population forward per fresh subprocess per (variant, N): the
 resident set before the forward and its peak after (``VmHWM``; ``ru_maxrss`` off Linux), beside
 what N explicit weight copies alone would take (N × params × 4 bytes). "parts of P": the full-rank
-population evaluated P members at a time (``pop.split(P)``), as a population too large for memory is.
+population evaluated P members at a time (``pop.split(P)``), as a population too large for memory is;
+"noise per part": also with N / P ε groups and ``hold_noise=False``, each part's noise sampled in turn.
 
     PYTHONPATH=. python scripts/bench_transformer.py [--threads 2] [--popsizes 256 1024 4096]
     PYTHONPATH=. python scripts/bench_transformer.py --quick        # smoke test, tiny sizes, < 30 s
@@ -353,8 +354,10 @@ def memory_child(args: Args, variant: str, n: int) -> dict[str, Any]:
         run_forward = torch.no_grad()(lambda: model(x))
     else:
         model = flipes.flipout(model)
+        per_part = variant.startswith("parts") and "noise" in variant  # each part's groups' noise, sampled in turn
         es = flipes.FlipES(model, popsize=n, sigma=args.sigma, seed=args.seed,
-                           noise_rank=args.mem_rank if variant.startswith("low-rank") else None)  # fmt: skip
+                           noise_rank=args.mem_rank if variant.startswith("low-rank") else None,
+                           groups=n // args.mem_part if per_part else 1, hold_noise=not per_part)  # fmt: skip
 
         def run_forward() -> Tensor:
             with es.population() as pop:  # the generation's noise is sampled here, on entry: counted
@@ -374,7 +377,8 @@ def memory_child(args: Args, variant: str, n: int) -> dict[str, Any]:
 
 def memory_table(args: Args) -> list[dict[str, Any]]:
     """Each (N, variant) in a fresh spawned process: the peak is a high-water mark per process."""
-    variants = ["plain", "flipout", f"low-rank r={args.mem_rank}"] + ([f"parts of {args.mem_part}"] if args.mem_part else [])
+    parts = [f"parts of {args.mem_part}", f"parts of {args.mem_part}, noise per part"] if args.mem_part else []
+    variants = ["plain", "flipout", f"low-rank r={args.mem_rank}", *parts]
     rows = []
     for n in args.mem_popsizes:
         for variant in variants:
