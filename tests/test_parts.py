@@ -9,6 +9,7 @@ explicit reference of tests/test_members.py.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -351,3 +352,90 @@ def test_training_with_noise_sampled_per_part_evaluates_the_same_members(tmp_pat
     assert (a - b).abs().max() <= 1e-5 * a.abs().max() and a.abs().max() > 0
     with pytest.raises(flipes.UsageError, match=r"--hold-noise: .* add --members-per-pass \(with --groups 12: a divisor of 4"):
         flipes.train(out=str(tmp_path / "refused"), **kw | {"hold_noise": False, "members_per_pass": 0})
+
+
+@pytest.mark.parametrize("hold_noise", [True, False], ids=["held", "per-part"])
+def test_a_part_left_open_and_closed_in_a_later_population_leaves_that_population_alone(hold_noise: bool) -> None:
+    """A split generator left suspended in a part outlives its population; closed (collected) inside the next
+    generation's population, it used to uninstall that population's noise: every member then ran as the mean
+    network, silently. Now the members' outputs stay those of a plain copy loaded with each member's parameters."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Linear(3, 2).to(DT))
+    es = flipes.FlipES(model, popsize=8, sigma=0.5, groups=4, hold_noise=hold_noise)
+    x = torch.randn(8, 3, dtype=DT)
+    with es.population() as pop:
+        left_open = pop.split(2)
+        assert next(left_open).size == 2 and model(x[:2]).shape == (2, 2)
+    es.tell(torch.arange(8.0))
+    plain = nn.Linear(3, 2).to(DT)
+    with es.population() as pop:
+        first = model(x).clone()
+        del left_open  # closes the old generation's part
+        out = model(x)
+        with pop.part(2, 4):
+            part = model(x[2:4])
+    for member in range(8):
+        plain.load_state_dict(es.member_state_dict(member))
+        with torch.no_grad():
+            torch.testing.assert_close(out[member], plain(x[member]), atol=1e-12, rtol=0)
+    assert torch.equal(out, first) and torch.equal(part, out[2:4])
+
+
+def test_copies_made_during_a_population_with_noise_sampled_per_part_are_the_mean_network_and_its_members() -> None:
+    """hold_noise=False: a deep copy of the model made inside ``es.population()`` is the mean network (it kept the
+    population's sampling hook, and its first forward perturbed it for good), and a deep copy of the FlipES made
+    after a whole-population forward evaluates the same members as the original (it evaluated the mean network)."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT))
+    es = flipes.FlipES(model, popsize=8, sigma=0.5, groups=4, hold_noise=False)
+    x = torch.randn(8, 3, dtype=DT)
+    with torch.no_grad():
+        mean = model(x)
+    with es.population() as pop:
+        members = model(x)
+        model_copy, es_copy = copy.deepcopy(model), copy.deepcopy(es)
+        with pop.part(0, 2):
+            assert torch.equal(model(x[:2]), members[:2])
+    with torch.no_grad():
+        assert torch.equal(model_copy(x), mean) and torch.equal(model_copy(x), mean)
+    with es_copy.population() as pop:
+        assert torch.equal(es_copy.model(x), members)
+        assert torch.equal(torch.cat([es_copy.model(x[p.members.start : p.members.stop]) for p in pop.split(2)]), members)
+    assert es.tell(members.sum(1))["grad_norm"] == es_copy.tell(members.sum(1))["grad_norm"]
+
+
+def test_part_bounds_of_numpy_and_torch_integer_types_are_taken_and_a_bool_is_not() -> None:
+    """``np.array_split``'s bounds (numpy integers) and 0-d integer tensors are integers, as everywhere else in
+    FlipES; a bool or float is an error naming the range."""
+    np = pytest.importorskip("numpy")
+    model = flipes.flipout(nn.Linear(3, 2))
+    es = flipes.FlipES(model, popsize=8, sigma=0.1, groups=2)
+    with es.population() as pop:
+        with pop.part(np.int64(4), torch.tensor(8)) as part:
+            assert part.members == range(4, 8) and type(part.size) is int
+        assert [p.members for p in pop.split(np.int64(2))] == [range(a, a + 2) for a in range(0, 8, 2)]
+        for start, stop in ((True, 2), (0, 2.0)):
+            with pytest.raises(ValueError, match=r"integers, 0 <= start < stop <= 8"):
+                pop.part(start, stop)
+
+
+@pytest.mark.parametrize("hold_noise", [True, False], ids=["held", "per-part"])
+def test_ids_shared_by_every_member_of_a_part_get_the_hint_with_the_parts_rows(hold_noise: bool) -> None:
+    """Position ids a model makes itself, ``(1, T)``, with 3 sequences per member: inside a part the error names
+    the ids for the part's rows (it compared the clash with the whole population's size and gave no hint)."""
+
+    class Positions(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(10, 4), nn.Embedding(5, 4)
+
+        def forward(self, ids: Tensor) -> Tensor:
+            return self.tok(ids) + self.pos(torch.arange(ids.shape[1])[None])
+
+    model = flipes.flipout(Positions())
+    es = flipes.FlipES(model, popsize=8, sigma=0.1, groups=2, hold_noise=hold_noise)
+    hint = re.escape("position_ids=torch.arange(5).expand(6, 5)")
+    with pytest.raises(RuntimeError, match=hint), es.population() as pop, pop.part(0, 2):
+        model(torch.randint(0, 10, (6, 5)))
+    with pytest.raises(RuntimeError, match=hint), es.population() as pop:
+        torch.cat([model(torch.randint(0, 10, (p.size * 3, 5))) for p in pop.split(2)])

@@ -16,14 +16,23 @@ import torch
 from torch import Tensor
 
 
+def as_index(value: Any) -> int | None:
+    """``value`` as an ``int`` where it is of an integer type (numpy's, a 0-d integer tensor), else ``None``:
+    not a bool, float or string, which ``int()`` would silently truncate or parse."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def integer(name: str, value: Any) -> int:
     """``value`` as an ``int``: any integer type (numpy's too), but not a bool, float or string, which
     ``int()`` would silently truncate or parse."""
-    if not isinstance(value, (bool, np.bool_)):
-        try:
-            return operator.index(value)
-        except TypeError:
-            pass
+    index = as_index(value)
+    if index is not None:
+        return index
     raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}); pass {name}=int(...)")
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
-from flipes.es.checks import check_fitness, integer, nonnegative
+from flipes.es.checks import as_index, check_fitness, integer, nonnegative
 from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
 from flipes.es.members import BestMember
 from flipes.es.population import Population
@@ -327,6 +327,9 @@ class FlipES:
         for name in ("_slot_index", "_bias_of"):
             state[name] = {(position[key], j): v for (key, j), v in state[name].items()}
         state["_inside"], state["_stale_hooks"], state["_in_part"] = None, [], False
+        if isinstance(self._noise, Deferred):  # nothing sampled nor installed yet in the copy's layers
+            state["_noise"] = Deferred()
+            state["_noise"].block = self._noise.block
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -535,7 +538,12 @@ class FlipES:
             noise = self._noise
             on_demand: list[torch.utils.hooks.RemovableHandle] = []
             if isinstance(noise, Deferred):  # sampled per part; a forward of the whole population samples it all
-                on_demand = [m.register_forward_pre_hook(self._whole_on_demand) for m in modules]
+
+                def whole(module: nn.Module, args: Any) -> None:
+                    self._whole_on_demand()
+
+                whole.flipes_population = True  # type: ignore[attr-defined]  # a copy of the model is the mean network
+                on_demand = [m.register_forward_pre_hook(whole) for m in modules]
             else:
                 self._install(*noise, len(self.members))
             restore_fused = fused_transformers_off(self.model)  # they read the mean weights, past the Flipout layers
@@ -552,10 +560,7 @@ class FlipES:
                     enter_part=lambda start, stop: self._part(noise, start, stop),
                 )
             except RuntimeError as error:
-                shared = [layer._flipes_shared_ids for layer in self.layers if getattr(layer, "_flipes_shared_ids", None)]
-                fix = shared_ids_fix(shared[0], len(self.members), str(error)) if shared else None
-                if fix is not None and type(error) is RuntimeError:
-                    raise RuntimeError(f"{error}\n{fix}") from error
+                self._raise_with_shared_ids_fix(error)
                 raise
             finally:
                 restore_fused()
@@ -564,7 +569,15 @@ class FlipES:
                 self._inside, self._stale_hooks, self._in_part = None, [], False
                 self._uninstall()
 
-    def _whole_on_demand(self, module: nn.Module, args: Any) -> None:
+    def _raise_with_shared_ids_fix(self, error: RuntimeError) -> None:
+        """Raise ``error`` with the fix for ids shared by every member of a population or part, where it is that clash."""
+        shared = [layer._flipes_shared_ids for layer in self.layers if getattr(layer, "_flipes_shared_ids", None)]
+        for shape, size in shared:  # (the ids' shape, the members of the population or part that looked them up)
+            fix = shared_ids_fix(shape, size, str(error))
+            if fix is not None and type(error) is RuntimeError:
+                raise RuntimeError(f"{error}\n{fix}") from error
+
+    def _whole_on_demand(self) -> None:
         """``hold_noise=False``: a forward of the whole population (not a part) samples every local group."""
         noise = self._noise
         if self._in_part or not isinstance(noise, Deferred) or noise.whole:
@@ -572,10 +585,11 @@ class FlipES:
         self._install(*noise.held(self, self.local_groups), len(self.members))
         noise.whole = True
 
-    def _uninstall(self) -> None:
+    def _uninstall(self, forget_shared_ids: bool = True) -> None:
         for layer in self.layers:
             layer.noise = None
-            layer.__dict__.pop("_flipes_shared_ids", None)
+            if forget_shared_ids:
+                layer.__dict__.pop("_flipes_shared_ids", None)
         for module in [*self.layers, *self.dense_modules]:
             module.member_noise = None
 
@@ -598,8 +612,10 @@ class FlipES:
         self._check_part(noise)
         n, local = len(self.members), len(self.local_groups)
         size = n // local  # members per ε group
-        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n):
-            raise ValueError(f"a part is local members start:stop with 0 <= start < stop <= {n}, got {start!r}:{stop!r}")
+        a, b = as_index(start), as_index(stop)  # numpy's integers too (np.array_split's bounds), not a bool or float
+        if a is None or b is None or not 0 <= a < b <= n:
+            raise ValueError(f"a part is local members start:stop: integers, 0 <= start < stop <= {n}; got {start!r}:{stop!r}")
+        start, stop = a, b
         first, last = start // size, (stop - 1) // size
         if first != last and (start % size or stop % size):
             raise ValueError(
@@ -620,6 +636,7 @@ class FlipES:
     @contextmanager
     def _narrow(self, noise: HeldNoise | Deferred, groups: slice, rows: slice) -> Iterator[Population]:
         self._check_part(noise)  # again: the part may be entered later than made
+        inside = self._inside  # this population's: a part closed after it ended must leave later ones alone
         size = rows.stop - rows.start
         if isinstance(noise, Deferred):  # this part's groups, sampled now unless the block held has them
             noise.whole = False
@@ -645,11 +662,14 @@ class FlipES:
                 enter_part=_part_of_part,
             )
         finally:
-            self._in_part = False
-            if isinstance(noise, Deferred) or self._noise is not noise or self._inside is None:
-                self._uninstall()
-            else:  # still in the population: all its members again
-                self._install(*noise, len(self.members))
+            # else its population ended with this part open (a split generator left suspended and closed later):
+            # that population's end uninstalled the part, and the layers may be evaluating another population now
+            if self._inside is inside:
+                self._in_part = False
+                if isinstance(noise, Deferred) or self._noise is not noise:
+                    self._uninstall(forget_shared_ids=False)  # kept for the population's error hint
+                else:  # still in the population: all its members again
+                    self._install(*noise, len(self.members))
 
     def _layer_noise(self, layer: nn.Module, j: int, slot_noise: list[SlotNoise], dense_noise: list[DenseNoise]) -> SlotNoise:
         """The noise of ``layer``'s ``j``-th weight: its slot's, with the bias perturbation of this layer's bias."""

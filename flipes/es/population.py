@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flipes.es.checks import as_index
+
 
 @dataclass(frozen=True)
 class Population:
@@ -71,8 +73,10 @@ class Population:
         fitness of all members in order. A part never straddles ε groups: with groups of ``m`` members,
         ``size < m`` splits each group (the last piece of a group may be smaller) and ``size >= m``
         takes ``size // m`` whole groups at a time."""
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        index = as_index(size)  # numpy's integers too, not a bool or float
+        if index is None or index < 1:
             raise ValueError(f"pop.split(size): size must be a positive integer (members per part), got {size!r}")
+        size = index
         group = self.size // max(len(self.groups), 1)
         bounds: list[tuple[int, int]] = []
         if size >= group:

@@ -95,7 +95,7 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
         check_embedding_supported(self)
         n = self.noise[0].size
         if (input.dim() > 1 and input.shape[0] == 1 and n > 1) or (input.dim() == 1 and input.shape[0] % n):
-            self._flipes_shared_ids = tuple(input.shape)  # for the hint of shared_ids_fix
+            self._flipes_shared_ids = (tuple(input.shape), n)  # for the hint of shared_ids_fix, with the members looking up
         return flipout_embedding(input, self.weight, self.noise[0], self.padding_idx, type(self).__name__)
 
 
