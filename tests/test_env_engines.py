@@ -149,6 +149,30 @@ def test_envpool_streams_fast_forward_like_consecutive_generations() -> None:
     assert torch.equal(reset_episodes(fresh, 1, "population", 1), first[1])  # going back recreates the pool
 
 
+def test_envpool_streams_in_turn_keep_a_pool_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A population rolled out in parts (one env of a part's size, its seed sets in turn): each part's
+    pool is made once and advances one episode per generation, as one pool of the whole population
+    does, with the same observations; pools past MAX_PARKED are closed, the longest parked first."""
+    pytest.importorskip("envpool")
+    from flipes.rl import envpool_vec
+
+    whole = EnvPoolVectorEnv("Hopper-v5", 8, threads=2)
+    part = EnvPoolVectorEnv("Hopper-v5", 2, threads=2)
+    made = []
+    make_pool = part._make_pool
+    monkeypatch.setattr(part, "_make_pool", lambda seeds: made.append(seeds) or make_pool(seeds))
+    for g in range(5):
+        want = reset_episodes(whole, 1, "population", g)
+        got = [reset_episodes(part, 1, "population", g, first=first) for first in range(0, 8, 2)]
+        assert torch.equal(torch.cat(got), want), g
+    assert len(made) == 4 and len(set(made)) == 4  # one per part, not one per part and generation
+    monkeypatch.setattr(envpool_vec, "MAX_PARKED", 2)
+    reset_episodes(part, 1, "population", 5, first=0)  # parks the last part's, takes the first's: 3 parked, 1 closed
+    assert len(part._parked) == 2 and len(made) == 4
+    part.close()
+    assert not part._parked and part._pool is None
+
+
 def test_pipelined_rollout_equals_the_serial_one() -> None:
     """Stepping half of the envs while the policy computes the other half's actions changes
     nothing: the same returns, lengths and observation statistics, bit for bit."""

@@ -47,6 +47,9 @@ def _gymnasium_dtypes(space: gym.Space) -> gym.Space:
     return space
 
 
+MAX_PARKED = 64  # pools kept for other seed sets (parts of a population), each with its own threads
+
+
 class EnvPoolVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` copies of an EnvPool task, stepped on ``threads`` C++ threads.
 
@@ -85,6 +88,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         self._pool: Any = None
         self._seeds: tuple[int, ...] = ()
         self._episode = -1  # episode of the streams the envs are in (-1: not reset since the pool was made)
+        self._parked: dict[tuple[int, ...], tuple[Any, int]] = {}  # other seed sets' pools and episodes (parts)
         with warnings.catch_warnings():  # its spaces are built float64 and cast: gymnasium warns on every make
             warnings.simplefilter("ignore", UserWarning)
             probe = envpool.make(env_id, env_type="gymnasium", num_envs=1, **kwargs)  # the spaces; the pool comes at reset
@@ -163,9 +167,20 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         """Reset env ``i`` to episode ``episode`` (counted from 0) of the stream seeded ``seeds[i]``.
 
         Consecutive episodes cost one reset; skipped ones one reset each (fast-forward, e.g. after
-        resuming a run); going back, or other seeds, recreate the pool first.
+        resuming a run); going back, or new seeds, recreate the pool first. Seed sets used in turn (a
+        population rolled out in parts, ``pop.split``) each keep a pool of their own, parked while the
+        others run, so every one of them advances one reset per generation; rebuilt and fast-forwarded
+        from episode 0, the parts would cost more resets every generation.
         """
         seeds = tuple(int(s) % SEED_MODULUS for s in seeds)
+        if self._pool is not None and seeds != self._seeds:  # another seed set: park this one's pool
+            self._parked[self._seeds] = (self._pool, self._episode)
+            self._pool = None
+            if seeds in self._parked:
+                self._pool, self._episode = self._parked.pop(seeds)
+                self._seeds = seeds
+            while len(self._parked) > MAX_PARKED:  # the longest parked go (seeds that keep changing would pile up)
+                self._parked.pop(next(iter(self._parked)))[0].close()
         if self._pool is None or seeds != self._seeds or episode <= self._episode:
             self._make_pool(seeds)
         while self._episode < episode - 1:
@@ -225,6 +240,9 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
 
     def close(self, **kwargs: Any) -> None:
+        for pool, _ in self._parked.values():
+            pool.close()
+        self._parked.clear()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
