@@ -375,6 +375,13 @@ def _check_members_per_pass(config: TrainConfig, per_group: int, processes: int)
         )
     blocks = [(r + 1) * config.groups // processes - r * config.groups // processes for r in range(processes)]
     split = [b for b in blocks if size < b * per_group]  # the processes that evaluate in more than one pass
+    if size and not split and not config.hold_noise:
+        raise UsageError(
+            "--hold-noise",
+            f"false with --members-per-pass {size}, which holds each process's {max(blocks) * per_group} members in one "
+            "pass: the noise would be sampled twice for nothing",
+            f"use a smaller --members-per-pass (a divisor of {per_group} or a multiple of it), or drop --hold-noise",
+        )
     if not size or not split:
         return
     if per_group % size == 0 or (size % per_group == 0 and all(b % (size // per_group) == 0 for b in split)):

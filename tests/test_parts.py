@@ -265,7 +265,8 @@ def test_a_rollout_fitness_given_an_env_of_one_part_rolls_the_parts_out_in_turn(
 
 def test_members_per_pass_that_cannot_split_evenly_is_refused_with_the_sizes_that_can() -> None:
     """--members-per-pass must split each process's members into equal parts within ε groups: the
-    error lists the sizes that do (divisors of a group, whole groups dividing every process's block)."""
+    error lists the sizes that do (divisors of a group, whole groups dividing every process's block);
+    --hold-noise false with a single pass is refused too (its noise would be sampled twice for nothing)."""
     ok = dict(popsize=48, groups=4)  # groups of 12
     for good in (0, 3, 12, 24, 48, 100):
         flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=good))
@@ -277,6 +278,9 @@ def test_members_per_pass_that_cannot_split_evenly_is_refused_with_the_sizes_tha
         flipes.config.validate(uneven, processes=2)
     with pytest.raises(flipes.UsageError, match="must be 0 or positive"):
         flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=-1))
+    with pytest.raises(flipes.UsageError, match=r"--hold-noise: false with --members-per-pass 48, which holds .* 48 members"):
+        flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=48, hold_noise=False))
+    flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=12, hold_noise=False))
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=ids)
