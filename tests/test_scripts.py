@@ -110,7 +110,8 @@ def test_bench_mujoco_quick_reads_the_runs_it_starts(tmp_path: Path) -> None:
 
 def test_bench_transformer_quick_times_every_variant_and_measures_memory(tmp_path: Path) -> None:
     """The transformer-block benchmark times every variant (or marks vmap skipped for memory),
-    checks that Flipout perturbs the block, and measures peak memory in fresh processes."""
+    checks that Flipout perturbs the block, and measures peak memory in fresh processes, a population
+    in parts (noise held or sampled per part) among them."""
     # d=32 block: 8,544 parameters, so N=8's copies (0.27 MB) fit under the cap and N=16's (0.55 MB) do not
     out = run("scripts/bench_transformer.py", "--quick", "--mem-cap-gb", "0.0004", "--out", str(tmp_path), timeout=300).stdout
     result = json.loads((tmp_path / "bench_transformer_quick.json").read_text())
@@ -132,7 +133,8 @@ def test_bench_transformer_quick_times_every_variant_and_measures_memory(tmp_pat
             assert 0 < rows[name]["perturbed_params"] <= r["params"]
             assert r["sample_ms"][name] > 0
     memory = {(row["n"], row["variant"]): row for row in result["memory"]}
-    assert set(memory) == {(8, "plain"), (8, "flipout"), (8, "low-rank r=4")}
+    parts = {(8, "parts of 4"), (8, "parts of 4, noise per part")}  # --quick: N = 8 in parts of 4 (2 groups)
+    assert set(memory) == {(8, "plain"), (8, "flipout"), (8, "low-rank r=4")} | parts
     for (n, _), row in memory.items():
         assert row["peak_rss_gb"] >= row["rss_before_gb"] > 0 and row["seconds"] > 0
         assert row["copies_gb"] == pytest.approx(n * row["params"] * 4 / 1e9)
