@@ -9,6 +9,7 @@ explicit reference of tests/test_members.py.
 from __future__ import annotations
 
 import copy
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -443,3 +444,16 @@ def test_ids_shared_by_every_member_of_a_part_get_the_hint_with_the_parts_rows(h
         model(torch.randint(0, 10, (6, 5)))
     with pytest.raises(RuntimeError, match=hint), es.population() as pop:
         torch.cat([model(torch.randint(0, 10, (p.size * 3, 5))) for p in pop.split(2)])
+
+
+def test_a_population_pickles_for_a_worker_process_without_its_parts() -> None:
+    """A Population pickles (a fitness may send it to worker processes) with every field but the way
+    back into this process's layers: the copy is equal, and its part() says where parts come from."""
+    es = flipes.FlipES(flipes.flipout(nn.Linear(3, 2)), popsize=8, sigma=0.1, groups=2)
+    with es.population() as pop:
+        copy_ = pickle.loads(pickle.dumps(pop))
+        assert copy_ == pop and copy_.members == pop.members and copy_.enter_part is None
+        with pytest.raises(RuntimeError, match=r"not made by FlipES\.population"):
+            copy_.part(0, 4)
+        with pop.part(0, 4) as part:
+            assert pickle.loads(pickle.dumps(part)) == part

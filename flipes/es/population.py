@@ -43,6 +43,13 @@ class Population:
     enter_part: Callable[[int, int], AbstractContextManager[Population]] | None = field(default=None, repr=False, compare=False)
     """Set by ``FlipES.population()``: how :meth:`part` narrows the layers to some members."""
 
+    def __getstate__(self) -> dict:
+        """Pickled (sent to a worker process) without the way back into this process's layers."""
+        return {**self.__dict__, "enter_part": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     def generator(self, stream: str = "fitness", device: torch.device | str = "cpu") -> torch.Generator:
         """A ``torch.Generator`` for this generation's fitness (minibatches, episode seeds), seeded by
         ``(seed, generation, stream)`` alone: the same on every process and on a resume, another for
