@@ -140,8 +140,8 @@ class TrainConfig:
     """With --members-per-pass: false samples each part's noise when the part is evaluated, and again in
     the update, instead of holding every member's noise for the generation (FlipES(hold_noise=False)):
     memory for one part's noise, for twice the sampling. Use at least popsize / members-per-pass
-    --groups (a part inside one group holds that group's noise). The members are the same; the
-    update differs by rounding."""
+    --groups (a part inside one group holds that group's noise; one group per process is refused). The
+    members are the same; the update differs by rounding."""
     comm: Literal["allreduce", "seeds"] = "allreduce"
     """Under MPI: allreduce sums gradients; seeds exchanges only fitness values and rebuilds all noise."""
     check_every: int = 10
@@ -385,6 +385,14 @@ def _check_members_per_pass(config: TrainConfig, per_group: int, processes: int)
     if not size or not split:
         return
     if per_group % size == 0 or (size % per_group == 0 and all(b % (size // per_group) == 0 for b in split)):
+        if not config.hold_noise and max(blocks) == 1:  # a part within a process's one group holds all of its noise
+            raise UsageError(
+                "--hold-noise",
+                f"false with --groups {config.groups}: each process's parts lie in its one ε group of {per_group} members, "
+                "whose noise is held whole: the noise would be sampled twice for nothing",
+                f"use --groups of at least --popsize / --members-per-pass = {-(-config.popsize // size)} (each part then "
+                "holds its own groups' noise), or drop --hold-noise",
+            )
         return
     whole = [j * per_group for j in range(1, max(blocks) + 1) if all(b % j == 0 or j >= b for b in blocks)]
     fits = sorted({d for d in range(1, per_group + 1) if per_group % d == 0} | set(whole))

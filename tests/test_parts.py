@@ -267,7 +267,8 @@ def test_a_rollout_fitness_given_an_env_of_one_part_rolls_the_parts_out_in_turn(
 def test_members_per_pass_that_cannot_split_evenly_is_refused_with_the_sizes_that_can() -> None:
     """--members-per-pass must split each process's members into equal parts within ε groups: the
     error lists the sizes that do (divisors of a group, whole groups dividing every process's block);
-    --hold-noise false with a single pass is refused too (its noise would be sampled twice for nothing)."""
+    --hold-noise false with a single pass, or with one group per process (its parts hold that group's noise),
+    is refused too (the noise would be sampled twice for nothing)."""
     ok = dict(popsize=48, groups=4)  # groups of 12
     for good in (0, 3, 12, 24, 48, 100):
         flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=good))
@@ -282,6 +283,12 @@ def test_members_per_pass_that_cannot_split_evenly_is_refused_with_the_sizes_tha
     with pytest.raises(flipes.UsageError, match=r"--hold-noise: false with --members-per-pass 48, which holds .* 48 members"):
         flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=48, hold_noise=False))
     flipes.config.validate(flipes.TrainConfig(**ok, members_per_pass=12, hold_noise=False))
+    one_group = dict(popsize=48, groups=1, members_per_pass=4, hold_noise=False)  # every part inside the one group
+    with pytest.raises(flipes.UsageError, match=r"--hold-noise: false with --groups 1: .* twice for nothing; .* = 12"):
+        flipes.config.validate(flipes.TrainConfig(**one_group))
+    with pytest.raises(flipes.UsageError, match=r"--groups 2: each process's parts lie in its one ε group of 24"):
+        flipes.config.validate(flipes.TrainConfig(**one_group | {"groups": 2}), processes=2)
+    flipes.config.validate(flipes.TrainConfig(**one_group | {"groups": 2}))  # one process, 2 groups: a group at a time
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=ids)
