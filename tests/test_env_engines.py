@@ -152,7 +152,8 @@ def test_envpool_streams_fast_forward_like_consecutive_generations() -> None:
 def test_envpool_streams_in_turn_keep_a_pool_each(monkeypatch: pytest.MonkeyPatch) -> None:
     """A population rolled out in parts (one env of a part's size, its seed sets in turn): each part's
     pool is made once and advances one episode per generation, as one pool of the whole population
-    does, with the same observations; pools past MAX_PARKED are closed, the longest parked first."""
+    does, with the same observations; pools past MAX_PARKED are closed, the longest parked first, with a
+    warning that says what that costs."""
     pytest.importorskip("envpool")
     from flipes.rl import envpool_vec
 
@@ -167,7 +168,8 @@ def test_envpool_streams_in_turn_keep_a_pool_each(monkeypatch: pytest.MonkeyPatc
         assert torch.equal(torch.cat(got), want), g
     assert len(made) == 4 and len(set(made)) == 4  # one per part, not one per part and generation
     monkeypatch.setattr(envpool_vec, "MAX_PARKED", 2)
-    reset_episodes(part, 1, "population", 5, first=0)  # parks the last part's, takes the first's: 3 parked, 1 closed
+    with pytest.warns(UserWarning, match=r"more than 3 seed sets in turn .*\(a larger --members-per-pass\)"):
+        reset_episodes(part, 1, "population", 5, first=0)  # parks the last part's, takes the first's: 3 parked, 1 closed
     assert len(part._parked) == 2 and len(made) == 4
     part.close()
     assert not part._parked and part._pool is None

@@ -89,6 +89,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         self._seeds: tuple[int, ...] = ()
         self._episode = -1  # episode of the streams the envs are in (-1: not reset since the pool was made)
         self._parked: dict[tuple[int, ...], tuple[Any, int]] = {}  # other seed sets' pools and episodes (parts)
+        self._warned_evict = False
         with warnings.catch_warnings():  # its spaces are built float64 and cast: gymnasium warns on every make
             warnings.simplefilter("ignore", UserWarning)
             probe = envpool.make(env_id, env_type="gymnasium", num_envs=1, **kwargs)  # the spaces; the pool comes at reset
@@ -170,7 +171,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         resuming a run); going back, or new seeds, recreate the pool first. Seed sets used in turn (a
         population rolled out in parts, ``pop.split``) each keep a pool of their own, parked while the
         others run, so every one of them advances one reset per generation; rebuilt and fast-forwarded
-        from episode 0, the parts would cost more resets every generation.
+        from episode 0, the parts would cost more resets every generation (as they do past
+        ``MAX_PARKED`` + 1 seed sets: a warning says so, once).
         """
         seeds = tuple(int(s) % SEED_MODULUS for s in seeds)
         if self._pool is not None and seeds != self._seeds:  # another seed set: park this one's pool
@@ -181,6 +183,14 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
                 self._seeds = seeds
             while len(self._parked) > MAX_PARKED:  # the longest parked go (seeds that keep changing would pile up)
                 self._parked.pop(next(iter(self._parked)))[0].close()
+                if not self._warned_evict:
+                    self._warned_evict = True
+                    warnings.warn(
+                        f"EnvPool: more than {MAX_PARKED + 1} seed sets in turn (parts of a population): their pools "
+                        "are rebuilt and fast-forwarded every generation, at a cost that grows with the generation; "
+                        "use fewer parts (a larger --members-per-pass)",
+                        stacklevel=2,
+                    )
         if self._pool is None or seeds != self._seeds or episode <= self._episode:
             self._make_pool(seeds)
         while self._episode < episode - 1:
