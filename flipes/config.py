@@ -139,9 +139,9 @@ class TrainConfig:
     hold_noise: bool = True
     """With --members-per-pass: false samples each part's noise when the part is evaluated, and again in
     the update, instead of holding every member's noise for the generation (FlipES(hold_noise=False)):
-    memory for one part's noise, for twice the sampling. Use at least popsize / members-per-pass
-    --groups (a part inside one group holds that group's noise; one group per process is refused). The
-    members are the same; the update differs by rounding."""
+    memory for one part's noise, for twice the sampling. Use --groups of at least popsize /
+    members-per-pass (a part inside one group holds that group's noise; one group per process is
+    refused). At the same --groups the members are the same; the update differs by rounding."""
     comm: Literal["allreduce", "seeds"] = "allreduce"
     """Under MPI: allreduce sums gradients; seeds exchanges only fitness values and rebuilds all noise."""
     check_every: int = 10

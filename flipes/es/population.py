@@ -69,8 +69,8 @@ class Population:
         """
         if self.enter_part is None:
             raise RuntimeError(
-                "pop.part(): this Population was not made by FlipES.population(); take parts of the `pop` of "
-                "`with es.population() as pop:`"
+                "pop.part(): this Population has no way into the layers (not made by FlipES.population(), or a "
+                "pickled copy of one); take parts of the `pop` of `with es.population() as pop:`"
             )
         return self.enter_part(start, stop)
 
