@@ -295,7 +295,7 @@ class RolloutFitness:
             raise ValueError(
                 f"the env has {self.env.num_envs} copies but the population needs members × episodes = {n} × {k}; "
                 f"make it with num_envs={n * k}, or with parts × {k} for a population evaluated in parts of members "
-                f"(a part: a divisor of an ε group's {n // len(pop.groups)} members, or whole groups; pop.split)"
+                f"(a part: a divisor of an ε group's {n // max(len(pop.groups), 1)} members, or whole groups; pop.split)"
             )
 
         norm = self.obs_norm
