@@ -17,6 +17,7 @@ LOAD_WITHOUT_FLIPES = """
 import sys
 sys.modules["flipes"] = None  # any import of flipes fails: the program needs torch alone
 import torch
+torch.set_num_threads(int(sys.argv[4]))  # as the reference's: a GEMM's rounding may depend on the thread count
 program = torch.export.load(sys.argv[1]).module()
 inputs = torch.load(sys.argv[2])
 outs = [program(*args) for args in inputs]
@@ -32,7 +33,7 @@ print("requires grad:", any(t.requires_grad for t in tensors), [t.numpy().shape 
 def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str, policy: str, tmp_path: Path) -> None:
     """``flipes export DIR`` writes DIR/policy.pt2; loaded in a process where flipes cannot be imported,
     it maps batches of 1 and 7 observations (normalized by the run's statistics) to exactly the actions
-    of ``flipes.load_policy``'s policy: argmax for Discrete, tanh into the bounds for Box; a GRU
+    of ``flipes.load_policy``'s policy at the same thread count: argmax for Discrete, tanh into the bounds for Box; a GRU
     policy's program takes and returns its state, zeros at the start; the actions need no torch.no_grad()
     (no autograd graph: .numpy() works on them as returned)."""
     run = tmp_path / "run"
@@ -59,6 +60,7 @@ def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str,
         str(run / "policy.pt2"),
         str(tmp_path / "inputs.pt"),
         str(tmp_path / "out.pt"),
+        str(torch.get_num_threads()),
     ]
     r = subprocess.run(cmd, check=True, timeout=120, cwd=tmp_path, capture_output=True, text=True)
     assert "requires grad: False" in r.stdout, r.stdout + r.stderr
