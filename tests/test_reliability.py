@@ -131,39 +131,45 @@ def test_a_kill_at_any_write_leaves_a_run_that_resumes_bit_for_bit(point: str, t
     assert [r["params_sha256"] for r in metrics(run)] == uninterrupted(tmp_path, 6)
 
 
-def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_completes(tmp_path: Path) -> None:
-    """SIGKILL before each file a new run or a branch (--resume A --out B) renames into place while its
-    directory is set up (config.json, the carried metrics.jsonl and best.pt, the first checkpoint):
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_completes(k: int, tmp_path: Path) -> None:
+    """SIGKILL before the k-th file a new run or a branch (--resume A --out B) renames into place while
+    its directory is set up (config.json, the carried metrics.jsonl and best.pt, the first checkpoint):
     running the same command again completes the run, with the parameters of an uninterrupted one and,
-    for the branch, A's rows before its own; set up from another source instead, the branch holds that
-    source's rows alone. A run directory whose config.json was lost resumes with the options its
-    checkpoint records; one that lost both checkpoints is refused as a run, not taken over."""
+    for the branch, A's rows before its own. A run directory whose config.json was lost resumes with the
+    options its checkpoint records."""
     source = tmp_path / "a"
     flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(source))
     expect = uninterrupted(tmp_path, 6)
     cli = [*FAST, "--generations", "6", "--checkpoint-every", "1"]
-    for k in (1, 2, 3):
-        fresh, branch = tmp_path / f"new{k}", tmp_path / f"branch{k}"
-        r = run_script("tests/killpoints.py", f"replace-{k}", *cli, "--out", fresh, check=False)
-        assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-        run_script("scripts/train.py", *cli, "--out", fresh)
-        assert [r["params_sha256"] for r in metrics(fresh)] == expect, k
-        r = run_script("tests/killpoints.py", f"replace-{k}", *cli, "--resume", source, "--out", branch, check=False)
-        assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-        run_script("scripts/train.py", *cli, "--resume", source, "--out", branch)
-        assert [r["params_sha256"] for r in metrics(branch)] == expect, k
-    (tmp_path / "new1" / "config.json").unlink()
-    run_script("scripts/train.py", "--resume", tmp_path / "new1", "--generations", "7")
-    assert [r["generation"] for r in metrics(tmp_path / "new1")] == list(range(7))
-    # a branch cut short, then set up from another source: that source's rows, none of the first one's
-    other, branch = tmp_path / "other", tmp_path / "switched"
+    fresh, branch = tmp_path / "new", tmp_path / "branch"
+    r = run_script("tests/killpoints.py", f"replace-{k}", *cli, "--out", fresh, check=False)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    run_script("scripts/train.py", *cli, "--out", fresh)
+    assert [r["params_sha256"] for r in metrics(fresh)] == expect
+    r = run_script("tests/killpoints.py", f"replace-{k}", *cli, "--resume", source, "--out", branch, check=False)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    run_script("scripts/train.py", *cli, "--resume", source, "--out", branch)
+    assert [r["params_sha256"] for r in metrics(branch)] == expect
+    if k == 1:
+        (fresh / "config.json").unlink()
+        run_script("scripts/train.py", "--resume", fresh, "--generations", "7")
+        assert [r["generation"] for r in metrics(fresh)] == list(range(7))
+
+
+def test_a_branch_cut_short_then_set_up_from_another_source_holds_that_sources_rows(tmp_path: Path) -> None:
+    """A branch killed while its directory is set up, then set up again from another source, holds that
+    source's rows alone, none of the first one's; a whole run that lost both checkpoints is refused as a
+    run (without --overwrite), not taken over as a setup cut short."""
+    source, other, branch = tmp_path / "a", tmp_path / "other", tmp_path / "switched"
+    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(source))
     flipes.train(**FAST_KW, seed=1, generations=3, checkpoint_every=1, out=str(other))
+    cli = [*FAST, "--generations", "6", "--checkpoint-every", "1"]
     r = run_script("tests/killpoints.py", "replace-3", *cli, "--resume", source, "--out", branch, check=False)
     assert r.returncode == -signal.SIGKILL and (branch / "metrics.jsonl").exists(), r.stderr[-2000:]
     run_script("scripts/train.py", *cli, "--resume", other, "--out", branch)
     rows = [r["params_sha256"] for r in metrics(branch)]
     assert len(rows) == 6 and rows[:3] == [r["params_sha256"] for r in metrics(other)]
-    # a whole run that lost both checkpoints is not taken for a setup cut short: refused without --overwrite
     for name in ("checkpoint.pt", "previous.pt"):
         (branch / name).unlink()
     r = run_script("scripts/train.py", *cli, "--out", branch, check=False)
