@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from flipes.errors import UsageError
+from flipes.nn.convert import uncompiled
 from flipes.rl import make_vector_env
 from flipes.rl.envs import EnvError
 from flipes.rl.recurrent import GRUPolicy, RecurrentPolicy
@@ -81,7 +82,7 @@ def export_policy(
         obs, _ = env.reset(seed=0)
     finally:
         env.close()
-    policy = load_policy(run_dir, checkpoint, "cpu", model=model).requires_grad_(False)  # actions without a graph
+    policy = uncompiled(load_policy(run_dir, checkpoint, "cpu", model=model)).requires_grad_(False)  # actions without a graph
     batch = torch.export.Dim("batch", min=1)
     if isinstance(policy, GRUPolicy):
         module: nn.Module = _StateAsInput(policy)

@@ -20,6 +20,7 @@ from torch import nn
 
 from flipes.cli import load_callable, main_module
 from flipes.errors import UsageError
+from flipes.nn.convert import uncompiled
 
 OPTION: MappingProxyType[str, str] = MappingProxyType(
     {"fitness": "--fitness", "model": "--model", "evaluate": "evaluate", "optimizer": "--optimizer", "shaping": "--shaping"}
@@ -41,6 +42,8 @@ def name_of(obj: Any) -> str:
     """``module:qualname`` of a function or class, ``__main__[script]:qualname`` for one of the running
     script; anything else (a module or other instance, a bound method, a ``functools.partial``) gets a
     name in angle brackets, which no import can load back."""
+    if isinstance(obj, nn.Module):
+        obj = uncompiled(obj)  # torch.compile(net) is net's code
     if inspect.isfunction(obj) or inspect.isclass(obj):
         module = obj.__module__
         if module == "__main__" and main_module():

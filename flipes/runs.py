@@ -14,7 +14,7 @@ from torch import nn
 from flipes.callbacks import read_jsonl_lines
 from flipes.checkpoint import CheckpointError, load_checkpoint
 from flipes.errors import UsageError
-from flipes.nn import flipout
+from flipes.nn import flipout, uncompiled
 from flipes.plugins import Plugins, name_of
 from flipes.rl import POLICIES, episode_seed, make_vector_env, run_episodes
 from flipes.rl.envs import EnvError
@@ -134,7 +134,7 @@ def load_policy(
             raise UsageError("--checkpoint", f"{run_dir} kept no best member", "train it with --track-best")
         weights = state["es"]["best"]["state_dict"]
     try:
-        model.load_state_dict(weights)
+        uncompiled(model).load_state_dict(weights)  # torch.compile(net) given: net's keys
     except RuntimeError as e:
         problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({str(e).splitlines()[-1].strip()[:120]})"
         raise UsageError("--checkpoint", problem, "pass a checkpoint written by this run") from None

@@ -3,8 +3,10 @@ layers) and computes what the eager population computes, generation after genera
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +93,48 @@ def test_a_generation_may_begin_with_a_fullgraph_compiled_forward() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", flipes.OutsidePopulationWarning)
             es.tell(out.sum(1))
+
+
+class ArgmaxPolicy(nn.Module):
+    """A CartPole policy of the user's own: logits' argmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.body(obs).argmax(-1)
+
+
+def test_a_run_of_a_compiled_model_is_the_run_of_the_model_itself(tmp_path: Path) -> None:
+    """``flipes.train(model=torch.compile(net))`` records net's name and state-dict keys (no ``_orig_mod.``),
+    and trains net's parameters bit for bit as ``model=net`` does (backend="eager"); its run resumes with
+    the plain net to the same parameters, ``load_policy(model=net)`` loads it, and a FlipES of the compiled
+    model gives ``member_state_dict``s that a plain net loads."""
+    from tests.helpers import FAST_KW, metrics
+
+    def model(compiled: bool) -> nn.Module:
+        torch.manual_seed(0)  # the same initial parameters
+        net = ArgmaxPolicy()
+        return torch.compile(net, backend="eager") if compiled else net
+
+    kw = {**FAST_KW, "generations": 3, "checkpoint_every": 1}
+    plain = [r["params_sha256"] for r in flipes.train(**kw, model=model(False), out=str(tmp_path / "plain")).metrics]
+    run = tmp_path / "compiled"
+    flipes.train(**{**kw, "generations": 2}, model=model(True), out=str(run))
+    assert json.loads((run / "config.json").read_text())["model"] == f"{__name__}:<ArgmaxPolicy object>"
+    saved = flipes.load_checkpoint(run)["es"]["model"]
+    assert list(saved) == list(ArgmaxPolicy().state_dict())
+    flipes.train(resume=str(run), generations=3, model=model(False))
+    assert [r["params_sha256"] for r in metrics(run)] == plain
+    loaded, saved = flipes.load_policy(run, model=ArgmaxPolicy()).state_dict(), flipes.load_checkpoint(run)["es"]["model"]
+    assert list(loaded) == list(saved) and all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+    compiled = flipes.flipout(model(True))
+    es = flipes.FlipES(compiled, popsize=4, sigma=0.1, lr=0.1, seed=0)
+    x = torch.randn(4, 4)
+    with es.population():
+        logits = flipes.nn.uncompiled(compiled).body(x)
+    member = ArgmaxPolicy()
+    member.load_state_dict(es.member_state_dict(2))
+    assert torch.allclose(member.body(x[2]), logits[2], atol=1e-6)

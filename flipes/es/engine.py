@@ -32,7 +32,14 @@ from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.es.slots import dense_slots, flipout_slots
 from flipes.nn.attention import fused_transformers_off
-from flipes.nn.convert import ParameterReport, check_members_first, flipout_layers, parameter_report, per_member_modules
+from flipes.nn.convert import (
+    ParameterReport,
+    check_members_first,
+    flipout_layers,
+    parameter_report,
+    per_member_modules,
+    uncompiled,
+)
 from flipes.nn.embedding import shared_ids_fix
 from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, sign_table
@@ -99,7 +106,8 @@ class FlipES:
     next ``population()`` or ``tell``; build a new FlipES for the model instead.
 
     Args:
-        model: a model with Flipout layers (see ``flipes.flipout``).
+        model: a model with Flipout layers (see ``flipes.flipout``), or ``torch.compile`` of one: names and
+            state dicts are then the model's own (no ``_orig_mod.``), and ``step`` calls the compiled one.
         popsize: members per generation, ``N`` (all processes together); an integer (numpy's too).
         sigma: perturbation scale σ > 0, or a function ``generation -> σ`` (a schedule).
         lr: learning rate (finite, >= 0) of the optimizer FlipES builds: the default Adam, or the
@@ -233,7 +241,8 @@ class FlipES:
                 "sigma_lr > 0 needs full-rank noise (noise_rank=None): the score of σ is the Gaussian one, and "
                 "low-rank ε is not Gaussian"
             )
-        self.model = model
+        self.model = model  # what step() calls: torch.compile(net) stays compiled
+        model = self._module = uncompiled(model)  # names and state dicts: net's own, without "_orig_mod."
         self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, seed, mirrored
         if getattr(shaping, "func", shaping) is shaping_ars and not mirrored:  # functools.partial(ars, top=b) too
             raise ValueError(
@@ -383,7 +392,7 @@ class FlipES:
 
     def _names(self, params: list[Tensor], shown: int = 5) -> str:
         """``params`` by their names in the model (a parameter of another module: its shape)."""
-        names = {id(p): name for name, p in self.model.named_parameters()}
+        names = {id(p): name for name, p in self._module.named_parameters()}
         out = [names.get(id(p), f"a parameter of shape {tuple(p.shape)} not in the model") for p in params[:shown]]
         return ", ".join(out) + (", ..." if len(params) > shown else "")
 
@@ -420,8 +429,8 @@ class FlipES:
         (a shared bias that its weights' Flipout noise does not carry: dense)."""
         self._check_requires_grad()  # the rows read the flags live: they would describe another evolved set
         dense = {id(p) for _, _, p in self.dense_slots}
-        names = {name for name, p in self.model.named_parameters() if id(p) in dense}
-        rows = parameter_report(self.model, self.noise_rank).rows
+        names = {name for name, p in self._module.named_parameters() if id(p) in dense}
+        rows = parameter_report(self._module, self.noise_rank).rows
         return ParameterReport([dataclasses.replace(r, how="dense") if r.name in names else r for r in rows])
 
     def sigma_at(self, generation: int) -> float:
@@ -546,7 +555,7 @@ class FlipES:
                 on_demand = [m.register_forward_pre_hook(whole) for m in modules]
             else:
                 self._install(*noise, len(self.members))
-            restore_fused = fused_transformers_off(self.model)  # they read the mean weights, past the Flipout layers
+            restore_fused = fused_transformers_off(self._module)  # they read the mean weights, past the Flipout layers
             self._inside = modules  # a tell() inside the block makes its later forwards errors (_refuse_stale)
             try:
                 yield Population(
@@ -928,7 +937,7 @@ class FlipES:
         state = {
             "generation": self.generation,
             "config": self._config(),
-            "model": self.model.state_dict(),
+            "model": self._module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "optimizer_class": optimizer_name(self.optimizer),  # what load_state_dict can take it into
         }
@@ -964,7 +973,7 @@ class FlipES:
                 f"state was saved with the optimizer {saved_optimizer}, this FlipES has {optimizer}; build it with the "
                 "optimizer the state was saved with to resume"
             )
-        self.model.load_state_dict(state["model"])
+        self._module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._placement = [(p.dtype, p.device) for p in self.params]  # torch cast the state to them
         if self.log_sigma is not None:

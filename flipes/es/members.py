@@ -91,7 +91,8 @@ def member_parameters(es: FlipES, index: int) -> dict[str, Tensor]:
     deltas = member_deltas(es, index)
     with torch.no_grad():
         return {
-            name: p.detach() + deltas[id(p)] if id(p) in deltas else p.detach().clone() for name, p in es.model.named_parameters()
+            name: p.detach() + deltas[id(p)] if id(p) in deltas else p.detach().clone()
+            for name, p in es._module.named_parameters()
         }
 
 
@@ -99,8 +100,8 @@ def member_state_dict(es: FlipES, index: int) -> dict[str, Any]:
     """``es.model.state_dict()`` with member ``index``'s parameters in place of the mean ones (a tied
     parameter under each of its names), every tensor a copy."""
     deltas = member_deltas(es, index)
-    params = {name: p for name, p in es.model.named_parameters(remove_duplicate=False)}
-    state = es.model.state_dict()
+    params = {name: p for name, p in es._module.named_parameters(remove_duplicate=False)}
+    state = es._module.state_dict()
     with torch.no_grad():
         for key, value in state.items():
             p = params.get(key)

@@ -4,7 +4,15 @@ or per example in backprop training with an attached noise model (``variational`
 from flipes.nn.attention import FlipoutMultiheadAttention
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.conv import FlipoutConv1d, FlipoutConv2d, FlipoutConv3d
-from flipes.nn.convert import ParameterReport, ParameterRow, flipout, flipout_layers, parameter_report, per_member_modules
+from flipes.nn.convert import (
+    ParameterReport,
+    ParameterRow,
+    flipout,
+    flipout_layers,
+    parameter_report,
+    per_member_modules,
+    uncompiled,
+)
 from flipes.nn.dense import PerMember
 from flipes.nn.embedding import FlipoutEmbedding
 from flipes.nn.linear import FlipoutConv1D, FlipoutLinear
@@ -55,4 +63,5 @@ __all__ = [
     "parameter_report",
     "per_member_modules",
     "sample_weights",
+    "uncompiled",
 ]

@@ -97,6 +97,13 @@ def _convert_layer(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
     return new
 
 
+def uncompiled(module: nn.Module) -> nn.Module:
+    """The module ``torch.compile(module)`` wraps (its ``_orig_mod``), else ``module``: its parameter
+    names and state dict are the model's own, without the wrapper's ``_orig_mod.`` prefix."""
+    inner = getattr(module, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) and type(module).__name__ == "OptimizedModule" else module
+
+
 def _trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
