@@ -138,3 +138,28 @@ def test_a_run_of_a_compiled_model_is_the_run_of_the_model_itself(tmp_path: Path
     member = ArgmaxPolicy()
     member.load_state_dict(es.member_state_dict(2))
     assert torch.allclose(member.body(x[2]), logits[2], atol=1e-6)
+
+
+def test_a_compiled_recurrent_policy_rolls_out_with_its_state(tmp_path: Path) -> None:
+    """``flipes.train(model=torch.compile(GRUPolicy(...)))`` rolls the policy out carrying its state, as the plain
+    policy does: every row's parameters, fitness and evaluation equal those of the plain policy's run (in parts
+    with noise sampled per part too); the wrapper hid that it is a RecurrentPolicy, and the run stopped with an
+    error asking to subclass it."""
+    from tests.helpers import FAST_KW
+
+    def make(compiled: bool):
+        def model(env: object) -> nn.Module:
+            torch.manual_seed(0)
+            net = flipes.rl.GRUPolicy(env.single_observation_space, env.single_action_space, hidden=[8])
+            return torch.compile(net, backend="eager") if compiled else net
+
+        return model
+
+    def rows(result: flipes.TrainResult) -> list[tuple]:
+        return [(r["params_sha256"], r["fitness_mean"], r.get("eval_return")) for r in result.metrics]
+
+    kw = {**FAST_KW, "groups": 4, "generations": 2, "eval_every": 1}
+    for parts in ({}, {"members_per_pass": 2, "hold_noise": False}):
+        plain = flipes.train(**kw, **parts, model=make(False), out=str(tmp_path / f"plain{len(parts)}"))
+        compiled = flipes.train(**kw, **parts, model=make(True), out=str(tmp_path / f"compiled{len(parts)}"))
+        assert rows(compiled) == rows(plain) and plain.metrics[-1]["eval_return"] is not None

@@ -15,7 +15,7 @@ from typing import Any
 import gymnasium as gym
 from torch import Tensor, nn
 
-from flipes.nn import FlipoutGRUCell, FlipoutLinear
+from flipes.nn import FlipoutGRUCell, FlipoutLinear, uncompiled
 from flipes.rl.policy import MLPPolicy, SpacePolicy, mlp
 
 
@@ -44,10 +44,16 @@ class RecurrentPolicy(nn.Module):
         raise NotImplementedError
 
 
+def is_recurrent(policy: Any) -> bool:
+    """Whether ``policy`` is a :class:`RecurrentPolicy`, or ``torch.compile`` of one (the wrapper is no subclass)."""
+    return isinstance(uncompiled(policy) if isinstance(policy, nn.Module) else policy, RecurrentPolicy)
+
+
 def stepper(policy: Callable[..., Any]) -> Callable[[Tensor], Tensor]:
     """``act(obs) -> action`` for one batch of episodes: ``policy`` itself, or for a
-    :class:`RecurrentPolicy` a function carrying its state from call to call, from ``None``."""
-    if not isinstance(policy, RecurrentPolicy):
+    :class:`RecurrentPolicy` (``torch.compile`` of one too) a function carrying its state from call to
+    call, from ``None``."""
+    if not is_recurrent(policy):
         return policy
     state: Any = None
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.population import Population
 from flipes.rl.normalize import RunningNorm
-from flipes.rl.recurrent import RecurrentPolicy, stepper
+from flipes.rl.recurrent import is_recurrent, stepper
 
 
 def episode_seed(seed: int, generation: int, stream: str) -> int:
@@ -143,7 +143,7 @@ def run_episodes(
     if obs is None:
         obs, _ = env.reset(seed=seed)
     if pipeline:
-        if isinstance(act, RecurrentPolicy):
+        if is_recurrent(act):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
         return _run_pipelined(env, act, obs, record, max_steps, members)
     act = stepper(act)
@@ -345,7 +345,7 @@ class RolloutFitness:
         # member's episodes do not depend on how the population is split across processes
         obs = reset_episodes(self.env, self.seed, "population", pop.generation, first=pop.members.start * k)
         pipeline = self.pipeline if self.pipeline is not None else can_pipeline(self.env, model)
-        if pipeline and isinstance(model, RecurrentPolicy):
+        if pipeline and is_recurrent(model):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
         ep = run_episodes(self.env, act, record=norm, members=n, obs=obs, pipeline=pipeline)
         self.timesteps += ep.steps
