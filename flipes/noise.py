@@ -99,6 +99,11 @@ class SlotNoise:
     bias_eps: Tensor | None = None
     workspace: dict[tuple, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
+    def __getstate__(self) -> dict:
+        """Copied and pickled without the workspace, a cache of views into buffers: pickle copies each view on its
+        own, so a copy's forward would write a group's rows of a buffer and read the unshared buffer."""
+        return {**self.__dict__, "workspace": {}}
+
     @property
     def size(self) -> int:
         return self.s.shape[0]

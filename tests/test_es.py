@@ -155,6 +155,28 @@ def test_a_copied_or_unpickled_flipes_continues_as_the_original_on_its_own_model
         assert any(not torch.equal(p, q) for p, q in zip(other.params, start, strict=True))
 
 
+@pytest.mark.parametrize("groups", [1, 4])
+def test_a_flipes_pickled_after_a_forward_in_a_population_evaluates_the_same_members(groups: int) -> None:
+    """``pickle.loads(pickle.dumps(es))`` taken inside a population after the model ran (its layers' buffers for the
+    generation made): the copy's model computes every member's outputs bit for bit as the original's, on every call,
+    and its tell ends on the same parameters. Pickle copies each view of a tensor on its own, so buffers the layers
+    kept with views into them came back unshared: the copy's members ran on stale buffers, silently."""
+    import pickle
+
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).to(DT))
+    es = flipes.FlipES(model, popsize=8, sigma=0.3, seed=0, groups=groups)
+    x = torch.randn(8, 3, dtype=DT)
+    with es.population():
+        members = model(x)
+        other = pickle.loads(pickle.dumps(es))
+    with other.population():
+        assert torch.equal(other.model(x), members) and torch.equal(other.model(x), members)
+    es.tell(members.sum(1))
+    other.tell(members.sum(1))
+    assert all(torch.equal(p, q) for p, q in zip(other.params, es.params, strict=True))
+
+
 def test_shaping_functions() -> None:
     """``centered_ranks`` maps fitness to rank/(N - 1) - 1/2 with ties sharing their mean rank (all equal: zeros);
     ``z_score`` has mean 0 and population std 1 within 1e-6 (constant input: exactly zeros); ``raw`` is the identity."""
