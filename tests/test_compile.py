@@ -3,6 +3,7 @@ layers) and computes what the eager population computes, generation after genera
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import warnings
@@ -163,3 +164,26 @@ def test_a_compiled_recurrent_policy_rolls_out_with_its_state(tmp_path: Path) ->
         plain = flipes.train(**kw, **parts, model=make(False), out=str(tmp_path / f"plain{len(parts)}"))
         compiled = flipes.train(**kw, **parts, model=make(True), out=str(tmp_path / f"compiled{len(parts)}"))
         assert rows(compiled) == rows(plain) and plain.metrics[-1]["eval_return"] is not None
+
+
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_a_compiled_layer_converts_to_the_layer_its_wrapper_calls(where: str) -> None:
+    """``flipes.flipout(torch.compile(nn.Linear(...)))``, or a compiled Linear inside a Sequential: inside a population
+    the compiled wrapper computes each member's outputs as the eager Flipout layer does (backend="eager": bit for
+    bit), not the mean network's. The conversion replaced the wrapper's ``_orig_mod`` while its forward still called
+    the old ``nn.Linear``: every member ran as the mean, silently (ES then follows noise)."""
+    torch.manual_seed(0)
+    plain = nn.Linear(4, 3).to(DT)
+    compiled = torch.compile(copy.deepcopy(plain), backend="eager")
+    model = flipes.flipout(compiled if where == "top" else nn.Sequential(compiled, nn.Tanh()))
+    reference = flipes.flipout(copy.deepcopy(plain) if where == "top" else nn.Sequential(copy.deepcopy(plain), nn.Tanh()))
+    es = flipes.FlipES(model, popsize=N, sigma=0.5, seed=1)
+    es_reference = flipes.FlipES(reference, popsize=N, sigma=0.5, seed=1)
+    x = torch.randn(N, 4, dtype=DT)
+    with es.population():
+        members = model(x)
+    with es_reference.population():
+        want = reference(x)
+    with torch.no_grad():
+        mean = model(x)
+    assert torch.equal(members, want) and not torch.equal(members, mean)

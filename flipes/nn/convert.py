@@ -161,14 +161,20 @@ def _convert_children(parent: nn.Module, converted: dict[int, nn.Module]) -> Non
         if child is None:
             continue
         if id(child) in converted:
-            setattr(parent, name, converted[id(child)])
+            _replace(parent, name, converted[id(child)])
             continue
         cls = flipout_class(type(child))
         if cls is not None and _trainable(child):  # a frozen layer stays as it is
             converted[id(child)] = _convert_layer(child, cls)
-            setattr(parent, name, converted[id(child)])
+            _replace(parent, name, converted[id(child)])
         else:
             _convert_children(child, converted)
+
+
+def _replace(parent: nn.Module, name: str, child: nn.Module) -> None:
+    setattr(parent, name, child)
+    if uncompiled(parent) is not parent:  # torch.compile(layer): its forward must call the new layer, not the old one
+        parent._initialize()
 
 
 def _has_flipout(module: nn.Module) -> bool:
