@@ -187,3 +187,16 @@ def test_a_compiled_layer_converts_to_the_layer_its_wrapper_calls(where: str) ->
     with torch.no_grad():
         mean = model(x)
     assert torch.equal(members, want) and not torch.equal(members, mean)
+
+
+def test_a_compiled_models_parameters_are_named_as_the_models_own() -> None:
+    """``flipes.flipout(torch.compile(net), frozen=[...])`` takes net's parameter names, and
+    ``flipes.nn.parameter_report`` of the compiled model lists them, as ``es.report()`` and the state dicts do (no
+    ``_orig_mod.``); the frozen names were refused with a hint to the wrapper's name."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 2))
+    plain_rows = flipes.nn.parameter_report(flipes.flipout(copy.deepcopy(net), frozen=["0.weight", "1"])).rows
+    compiled = flipes.flipout(torch.compile(net, backend="eager"), frozen=["0.weight", "1"])
+    assert flipes.nn.parameter_report(compiled).rows == plain_rows
+    assert [r.how for r in plain_rows] == ["frozen", "flipout", "frozen", "frozen", "flipout", "flipout"]
+    assert flipes.FlipES(compiled, popsize=N).report().rows == plain_rows

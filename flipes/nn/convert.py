@@ -136,7 +136,7 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
             trainable parameter, or a layer option with no Flipout form (bidirectional or projected
             recurrent layers, ``Embedding(max_norm=...)``) on a trainable layer.
     """
-    _freeze(module, frozen)
+    _freeze(uncompiled(module), frozen)  # torch.compile(net): net's names, as its state dict's
     cls = flipout_class(type(module))
     if cls is not None and _trainable(module):
         module = _convert_layer(module, cls)
@@ -288,7 +288,9 @@ class ParameterReport:
 
 def parameter_report(model: nn.Module, noise_rank: int | None = None) -> ParameterReport:
     """What a population does with every parameter of ``model`` (``noise_rank``: FlipES's, which
-    makes Flipout weights ``"low-rank"``; biases stay ``"flipout"``)."""
+    makes Flipout weights ``"low-rank"``; biases stay ``"flipout"``). Of ``torch.compile(net)``: net's
+    parameters, by their names in net (no ``_orig_mod.``)."""
+    model = uncompiled(model)
     how: dict[int, tuple[str, str]] = {}
     for m in model.modules():
         if isinstance(m, FlipoutMixin):
