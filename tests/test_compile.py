@@ -200,3 +200,22 @@ def test_a_compiled_models_parameters_are_named_as_the_models_own() -> None:
     assert flipes.nn.parameter_report(compiled).rows == plain_rows
     assert [r.how for r in plain_rows] == ["frozen", "flipout", "frozen", "frozen", "flipout", "flipout"]
     assert flipes.FlipES(compiled, popsize=N).report().rows == plain_rows
+
+
+def test_a_compiled_mlp_policy_is_pipelined_as_the_policy_itself() -> None:
+    """EnvPool pipelines the rollouts of ``torch.compile(MLPPolicy(...))`` as of the plain policy: the wrapper is no
+    MLPPolicy subclass, so a compiled policy lost the overlap of env steps and forwards (same returns, slower)."""
+    import gymnasium as gym
+
+    from flipes.rl.rollout import PIPELINE_MIN_ENVS, can_pipeline
+
+    class PoolLike:  # what can_pipeline reads of an EnvPool vector env
+        num_envs = PIPELINE_MIN_ENVS
+
+        def send(self) -> None: ...
+
+        def recv(self) -> None: ...
+
+    box = gym.spaces.Box(-1.0, 1.0, (3,))
+    policy = flipes.rl.MLPPolicy(box, gym.spaces.Discrete(2), hidden=[4])
+    assert can_pipeline(PoolLike(), policy) and can_pipeline(PoolLike(), torch.compile(policy, backend="eager"))

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.population import Population
+from flipes.nn import uncompiled
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.recurrent import is_recurrent, stepper
 
@@ -245,7 +246,8 @@ def can_pipeline(env: gym.vector.VectorEnv, model: nn.Module) -> bool:
     are at least ``PIPELINE_MIN_ENVS`` envs."""
     from flipes.rl.policy import MLPPolicy
 
-    return hasattr(env, "send") and hasattr(env, "recv") and isinstance(model, MLPPolicy) and env.num_envs >= PIPELINE_MIN_ENVS
+    memoryless = isinstance(uncompiled(model), MLPPolicy)  # torch.compile(policy) too
+    return hasattr(env, "send") and hasattr(env, "recv") and memoryless and env.num_envs >= PIPELINE_MIN_ENVS
 
 
 class RolloutFitness:
