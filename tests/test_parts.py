@@ -464,3 +464,25 @@ def test_a_population_pickles_for_a_worker_process_without_its_parts() -> None:
             copy_.part(0, 4)
         with pop.part(0, 4) as part:
             assert pickle.loads(pickle.dumps(part)) == part
+
+
+@pytest.mark.parametrize("hold_noise", [True, False], ids=["held", "per-part"])
+def test_a_population_entered_twice_in_a_generation_evaluates_the_same_members_twice(hold_noise: bool) -> None:
+    """``es.population()`` entered again in the same generation: a whole-population forward (and parts) in the second
+    block computes the members of the first, bit for bit, not the mean network. With noise sampled per part, the first
+    block's whole forward left the noise marked as installed when the block's end had removed it: the second block's
+    forward ran every member as the mean network, silently."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT))
+    es = flipes.FlipES(model, popsize=N, sigma=0.5, groups=4, hold_noise=hold_noise)
+    x = torch.randn(N, 3, dtype=DT)
+    with es.population():
+        first = model(x)
+    with es.population() as pop:
+        again = model(x)
+        parts = torch.cat([model(x[p.members.start : p.members.stop]) for p in pop.split(2)])
+        after_parts = model(x)
+    with torch.no_grad():
+        assert not torch.equal(first, model(x))  # the members, not the mean network
+    assert torch.equal(again, first) and torch.equal(after_parts, first)
+    torch.testing.assert_close(parts, first, atol=1e-12, rtol=0)

@@ -577,6 +577,8 @@ class FlipES:
                     hook.remove()
                 self._inside, self._stale_hooks, self._in_part = None, [], False
                 self._uninstall()
+                if isinstance(noise, Deferred):  # uninstalled: a whole forward in a later block of the generation installs it
+                    noise.whole = False
 
     def _raise_with_shared_ids_fix(self, error: RuntimeError) -> None:
         """Raise ``error`` with the fix for ids shared by every member of a population or part, where it is that clash."""
