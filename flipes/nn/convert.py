@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import torch
 from torch import nn
 
 from flipes.nn.attention import FlipoutMultiheadAttention
@@ -174,7 +175,14 @@ def _convert_children(parent: nn.Module, converted: dict[int, nn.Module]) -> Non
 def _replace(parent: nn.Module, name: str, child: nn.Module) -> None:
     setattr(parent, name, child)
     if uncompiled(parent) is not parent:  # torch.compile(layer): its forward must call the new layer, not the old one
-        parent._initialize()
+        rebuild = getattr(parent, "_initialize", None)  # torch's own (2.13 has it); else the wrapper would run the old layer
+        if rebuild is None:
+            raise ValueError(
+                f"flipout: cannot convert the {type(child).__name__} inside torch.compile(...) with this torch "
+                f"{torch.__version__}: its compiled forward would keep calling the old layer; convert first, "
+                "torch.compile(flipes.flipout(model))"
+            )
+        rebuild()
 
 
 def _has_flipout(module: nn.Module) -> bool:
