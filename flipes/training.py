@@ -34,7 +34,7 @@ from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_target, resume_dir, validate
 from flipes.errors import EqualFitnessWarning, UsageError
 from flipes.es import FlipES
-from flipes.nn import flipout
+from flipes.nn import flipout, uncompiled
 from flipes.plugins import NAMED, Plugins
 from flipes.resume import agree, restore
 from flipes.rl import RolloutFitness
@@ -263,7 +263,7 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
             except ValueError as e:
                 raise UsageError("--model", str(e)) from None
         es = build_es(config, model, comm, plugins)
-        dropout = [name for name, m in model.named_modules() if isinstance(m, _Dropout) and m.p > 0 and m.training]
+        dropout = [name for name, m in uncompiled(model).named_modules() if isinstance(m, _Dropout) and m.p > 0 and m.training]
         if dropout:  # the evaluation turns it off; the fitness runs the model as it is
             notes.append(
                 f"{config.model or 'the model'} has dropout in training mode ({', '.join(dropout[:3])}"

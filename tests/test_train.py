@@ -316,21 +316,22 @@ def test_the_center_is_evaluated_in_eval_mode_and_each_modules_mode_is_set_back(
 
 def test_dropout_in_training_mode_is_noted_before_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A model with active dropout gets a note naming its dropout modules (they add noise of their own to
-    every member's fitness) and the fix; the same model in eval mode, or with p = 0, trains without it."""
+    every member's fitness) and the fix, by their names in the model under torch.compile too; the same model
+    in eval mode, or with p = 0, trains without it."""
 
     def fitness(model, pop):
         return -model(torch.ones(pop.size, 3)).square().sum(1)
 
-    def make(p: float, train: bool):
-        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(p), torch.nn.Linear(4, 1))
-        return lambda env: net.train(train)
+    def make(p: float, train: bool, compiled: bool = False):
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(p), torch.nn.Linear(4, 1)).train(train)
+        return lambda env: torch.compile(net, backend="eager") if compiled else net
 
     kw = dict(env="none", fitness=fitness, popsize=8, generations=1, tensorboard=False, eval_every=100)
-    for i, (p, train) in enumerate(((0.3, True), (0.3, False), (0.0, True))):
-        flipes.train(**kw, model=make(p, train), out=str(tmp_path / str(i)))
+    for i, args in enumerate(((0.3, True), (0.3, False), (0.0, True), (0.3, True, True))):
+        flipes.train(**kw, model=make(*args), out=str(tmp_path / str(i)))
         err = capsys.readouterr().err
         noted = "has dropout in training mode (1): it adds noise of its own to every member's fitness; return model.eval()"
-        assert (noted in err) == (i == 0), err
+        assert (noted in err) == (i in (0, 3)), err  # torch.compile(net): net's module names
 
 
 def test_a_batch_norm_without_running_statistics_is_evaluated_by_batch_statistics(tmp_path: Path) -> None:

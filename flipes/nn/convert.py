@@ -149,8 +149,8 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
         raise ValueError(unhandled_message(unhandled))
     if not any(p.requires_grad for p in module.parameters()):
         raise ValueError(
-            f"flipout(): {type(module).__name__} has no trainable parameter to evolve; give it a layer with parameters "
-            "(e.g. torch.nn.Linear), or set requires_grad=True on those to evolve"
+            f"flipout(): {type(uncompiled(module)).__name__} has no trainable parameter to evolve; give it a layer with "
+            "parameters (e.g. torch.nn.Linear), or set requires_grad=True on those to evolve"
         )
     return module
 
