@@ -232,6 +232,45 @@ def test_a_flipes_without_comm_under_mpiexec_warns_that_every_process_runs_every
     assert made() == []
 
 
+class RankZeroOfTwo(flipes.dist.SerialComm):
+    """Rank 0 of 2 whose peer evaluated the same fitness and holds the parameters of ``other`` (a digest, or
+    None for this rank's own); counts the object allgathers."""
+
+    rank, size = 0, 2
+
+    def __init__(self, other: str | None = None) -> None:
+        self.other, self.object_calls = other, 0
+
+    def allgather_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x])
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        self.object_calls += 1
+        return [obj, obj if self.other is None else self.other]
+
+
+def test_processes_holding_different_parameters_are_an_error_at_the_first_tell() -> None:
+    """A FlipES split over processes whose models were initialized differently (no common seed) refuses its
+    first tell with a RuntimeError naming the ranks and the fix, before any parameter moves, instead of each
+    process silently stepping its own center; processes that agree are compared once, and again after a load."""
+    model = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    es = flipes.FlipES(model, popsize=8, groups=2, seed=0, comm=RankZeroOfTwo(other="f" * 64))
+    with es.population() as pop:
+        f = fitness(model, pop)
+    with pytest.raises(RuntimeError, match=r"different parameters \(rank 0 \w{12}, rank 1 f{12}\).*torch.manual_seed"):
+        es.tell(f)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    comm = RankZeroOfTwo()
+    es = flipes.FlipES(mlp(), popsize=8, groups=2, seed=0, comm=comm)
+    for _ in range(2):
+        es.step(fitness)
+    assert comm.object_calls == 1
+    es.load_state_dict(es.state_dict())
+    es.step(fitness)
+    assert comm.object_calls == 2
+
+
 def test_a_forward_after_tell_inside_the_same_population_is_an_error() -> None:
     """tell() inside ``with es.population()`` ends the generation: a later forward in the same block (which would run
     the told generation's noise around the moved mean) is a RuntimeError naming a new block, for Flipout and dense

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flipes.checkpoint import tensors_sha256
 from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
@@ -327,6 +328,7 @@ class FlipES:
         self._in_part = False  # a Population.part() is being evaluated
         self._stale_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._told_outside = False  # warned once that the model did not run inside a population
+        self._ranks_agree = False  # every process was found to hold the same parameters (checked at the first tell)
 
     def __getstate__(self) -> dict[str, Any]:
         """For ``copy.deepcopy`` and pickle: the layers' slots keyed by position, not by ``id`` (a copy's layers
@@ -343,6 +345,7 @@ class FlipES:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_ranks_agree", False)  # pickled before the ranks' check existed
         for name in ("_slot_index", "_bias_of"):
             setattr(self, name, {(id(self.layers[i]), j): v for (i, j), v in state[name].items()})
         for module in [*self.layers, *self.dense_modules]:  # the copy owns its copy of the layers
@@ -720,6 +723,7 @@ class FlipES:
                 "first; each generation is one population, then one tell()"
             )
         local = check_fitness(fitness, self.members, self.popsize)
+        self._check_ranks_agree()
         full = self.comm.allgather_tensor(local)
         shaped = self.shaping(full if self.maximize else -full)  # weights for ascent either way
         if shaped.shape != full.shape or not torch.isfinite(shaped).all():
@@ -949,6 +953,21 @@ class FlipES:
             state["best"] = {f.name: getattr(self.best, f.name) for f in dataclasses.fields(self.best)}
         return state
 
+    def _check_ranks_agree(self) -> None:
+        """Raise on every process when they hold different parameters (once, and again after a load): each
+        would step its own center with the others' fitness, a silently broken run."""
+        if self._ranks_agree or self.comm.size == 1:
+            return
+        digests = self.comm.allgather_object(tensors_sha256(self.params))
+        if len(set(digests)) > 1:
+            shown = ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
+            raise RuntimeError(
+                f"FlipES: the processes hold different parameters ({shown}), so each would step its own center with the "
+                "others' fitness; build the model alike on every rank (torch.manual_seed(s) before creating it, or load "
+                "one state dict on every rank) before the first tell()"
+            )
+        self._ranks_agree = True
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"generation", "config", "model", "optimizer"} - set(state)
         if missing:
@@ -982,5 +1001,6 @@ class FlipES:
             self.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
         self.generation = int(state["generation"])
         self._noise = None
+        self._ranks_agree = False  # a state loaded on some ranks only is checked at the next tell
         best = state.get("best") if self.track_best else None  # a run may start or stop keeping it on resume
         self.best = None if best is None else BestMember(best["fitness"], best["generation"], best["index"], best["state_dict"])
