@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -289,3 +290,13 @@ def test_a_forward_after_tell_inside_the_same_population_is_an_error() -> None:
         fitness = model(x).sum(1)
     es.tell(fitness)
     assert model(x[:3]).shape == (3, 2) and es.generation == 2
+
+
+@pytest.mark.parametrize("given", [lambda x: x.square().sum(), torch.zeros(3)], ids=["function", "tensor"])
+def test_flipout_and_flipes_of_something_not_a_module_name_the_vector_way(given: Any) -> None:
+    """flipout() and FlipES() given a plain function or tensor (evosax/EvoTorch habits: a function to optimize, a
+    parameter vector) raise a TypeError saying they take an nn.Module and naming flipes.nn.Vector, instead of an
+    AttributeError from deep inside."""
+    for call, where in ((lambda: flipes.flipout(given), "flipout()"), (lambda: flipes.FlipES(given, popsize=8), "FlipES")):
+        with pytest.raises(TypeError, match=rf"{re.escape(where)}.* takes a torch.nn.Module, got a .*flipes.nn.Vector"):
+            call()

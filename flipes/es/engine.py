@@ -36,6 +36,7 @@ from flipes.nn.attention import fused_transformers_off
 from flipes.nn.convert import (
     ParameterReport,
     check_members_first,
+    check_module,
     flipout_layers,
     parameter_report,
     per_member_modules,
@@ -198,6 +199,7 @@ class FlipES:
         hold_noise: bool = True,
     ) -> None:
         # checked up front: a wrong type would otherwise fail far from here, or be truncated silently
+        check_module(model, "FlipES(model, ...)")
         popsize, seed, groups = integer("popsize", popsize), integer("seed", seed), integer("groups", groups)
         if not isinstance(mirrored, (bool, np.bool_)):
             raise TypeError(f"mirrored must be True or False, got {mirrored!r} ({type(mirrored).__name__})")

@@ -109,6 +109,17 @@ def _trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+def check_module(obj: object, where: str) -> None:
+    """Raise a TypeError naming what ``where`` takes when ``obj`` is no ``nn.Module`` (a function, a tensor)."""
+    if isinstance(obj, nn.Module):
+        return
+    got = f"a {type(obj).__name__}" if not isinstance(obj, torch.Tensor) else f"a Tensor of shape {tuple(obj.shape)}"
+    raise TypeError(
+        f"{where} takes a torch.nn.Module, got {got}; to search over a plain tensor, evolve "
+        "flipes.flipout(flipes.nn.Vector(init)) and compute f(x()) in your fitness (README: Black-box search over a vector)"
+    )
+
+
 def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
     """Make every trainable parameter of ``module`` evolvable per member of an ES population.
 
@@ -137,6 +148,7 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
             trainable parameter, or a layer option with no Flipout form (bidirectional or projected
             recurrent layers, ``Embedding(max_norm=...)``) on a trainable layer.
     """
+    check_module(module, "flipout()")
     _freeze(uncompiled(module), frozen)  # torch.compile(net): net's names, as its state dict's
     cls = flipout_class(type(module))
     if cls is not None and _trainable(module):
