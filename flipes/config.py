@@ -288,7 +288,13 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     finite("--sigma", config.sigma, 0, strict=True, fix="σ is the perturbation scale, e.g. --sigma 0.05")
     finite("--sigma-lr", config.sigma_lr, 0, fix="0 keeps σ fixed; e.g. --sigma-lr 0.2 adapts it")
     if config.sigma_lr > 0 and config.noise_rank:
-        raise UsageError("--sigma-lr", "adaptive σ needs full-rank noise (its score is the Gaussian one)", "use --noise-rank 0")
+        by_preset = ", --algo pgpe's preset unless given" if config.algo == "pgpe" and config.sigma_lr == 0.2 else ""
+        raise UsageError(
+            "--sigma-lr",
+            f"adaptive σ ({config.sigma_lr:g}{by_preset}) needs full-rank noise (its score is the Gaussian one), "
+            f"not --noise-rank {config.noise_rank}",
+            "use --noise-rank 0, or --sigma-lr 0 to keep σ fixed",
+        )
     finite("--max-speed", config.max_speed, 0, fix="0 derives it from --lr; e.g. --max-speed 0.15")
     if config.ars_top < 0 or config.ars_top > config.popsize // 2:
         raise UsageError(

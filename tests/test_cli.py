@@ -240,7 +240,8 @@ def test_user_mistakes_are_one_line_errors_naming_the_option(
 
 def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Env typos list the flipes ids, a missing extra names what to install, a bad option suggests the right one,
-    and a --groups that cannot work lists only the values that do (dividing --popsize into even groups)."""
+    a --groups that cannot work lists only the values that do (dividing --popsize into even groups), and an option
+    refused for a value --algo set names that preset and the fix of either option."""
     for argv, expected in [
         (["train", "--env", "flipes/CartPol-v1"], "flipes/CartPole-v1"),
         (["train", "--popsiz", "8"], "did you mean --popsize"),
@@ -249,6 +250,11 @@ def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.Capture
         (
             ["train", "--algo", "pgpe", "--popsize", "20"],
             "8 (--algo pgpe's preset unless given) does not divide --popsize 20; use one of --groups [1, 2, 5, 10]",
+        ),
+        (
+            ["train", "--algo", "pgpe", "--noise-rank", "2"],
+            "--sigma-lr: adaptive σ (0.2, --algo pgpe's preset unless given) needs full-rank noise (its score is the "
+            "Gaussian one), not --noise-rank 2; use --noise-rank 0, or --sigma-lr 0 to keep σ fixed",
         ),
         (["train", "--popsize", "20", "--groups", "4"], "has 5 (odd); use one of --groups [1, 2, 5, 10], or --mirrored false"),
         (["train", "--popsize", "9"], "no --groups fits --popsize 9: use a --popsize that is a multiple of 2"),
