@@ -300,3 +300,15 @@ def test_flipout_and_flipes_of_something_not_a_module_name_the_vector_way(given:
     for call, where in ((lambda: flipes.flipout(given), "flipout()"), (lambda: flipes.FlipES(given, popsize=8), "FlipES")):
         with pytest.raises(TypeError, match=rf"{re.escape(where)}.* takes a torch.nn.Module, got a .*flipes.nn.Vector"):
             call()
+
+
+def test_a_population_read_without_with_names_the_with_form() -> None:
+    """``pop = es.population(); pop.size`` (an ask()-style habit) raises an AttributeError that shows
+    ``with es.population() as pop:``, instead of naming a contextlib class; the ``with`` form works as before."""
+    es = flipes.FlipES(mlp(), popsize=8, seed=0)
+    for name in ("size", "split"):
+        with pytest.raises(AttributeError, match=rf"`with es.population\(\) as pop:` and use pop.{name} inside it"):
+            getattr(es.population(), name)
+    with es.population() as pop:
+        f = fitness(es.model, pop)
+    assert pop.size == 8 and es.tell(f)["generation"] == 0

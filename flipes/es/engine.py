@@ -92,6 +92,29 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
 
 
+class PopulationBlock(AbstractContextManager):
+    """What ``es.population()`` returns: a ``with`` block whose ``as`` target is the :class:`Population`.
+    Reading a population's attribute from the block itself (``pop = es.population(); pop.size``) is an
+    error that shows the ``with`` form."""
+
+    def __init__(self, block: AbstractContextManager[Population]) -> None:
+        self._block = block
+
+    def __enter__(self) -> Population:
+        return self._block.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._block.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"es.population() is a `with` block, not the population: write `with es.population() as pop:` and use "
+            f"pop.{name} inside it (then es.tell(fitness) after it)"
+        )
+
+
 class FlipES:
     r"""Evolution strategies over the Flipout layers of ``model``.
 
@@ -508,13 +531,17 @@ class FlipES:
         ]
         return noise, dense
 
-    @contextmanager
-    def population(self) -> Iterator[Population]:
+    def population(self) -> PopulationBlock:
         """Inside, every Flipout layer evaluates the local members (inputs are members first).
 
         The noise is sampled on first entry in a generation and kept until ``tell``, so entering
-        twice in one generation evaluates the same members. Autograd is off inside.
+        twice in one generation evaluates the same members. Autograd is off inside. A ``with`` block:
+        ``with es.population() as pop:`` gives the :class:`Population`.
         """
+        return PopulationBlock(self._population())
+
+    @contextmanager
+    def _population(self) -> Iterator[Population]:
         owners = {
             id(o)
             for o in (m.__dict__.get("_flipes_owner", lambda: None)() for m in [*self.layers, *self.dense_modules])
