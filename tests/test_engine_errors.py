@@ -50,7 +50,7 @@ def test_changing_requires_grad_after_construction_is_an_error_naming_the_parame
         es.tell(f)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
     model[2].weight.requires_grad_(True)  # set back: the same generation is accepted
-    assert es.tell(f)["generation"] == 1.0
+    assert es.tell(f)["generation"] == 1
 
 
 def test_the_optimizer_is_built_over_exactly_the_evolved_parameters_at_its_lr() -> None:
@@ -312,3 +312,23 @@ def test_a_population_read_without_with_names_the_with_form() -> None:
     with es.population() as pop:
         f = fitness(es.model, pop)
     assert pop.size == 8 and es.tell(f)["generation"] == 0
+
+
+def test_a_flipes_repr_shows_its_settings_and_tell_counts_generations_in_ints() -> None:
+    """``repr(es)`` names the population size, groups, σ, noise rank, optimizer, mirroring, generation and
+    the number of evolved parameters (here 4·8+8+8·2+2 = 58); ``tell`` and ``step`` report the generation
+    just finished as an int, as ``pop.generation``."""
+    es = flipes.FlipES(mlp(), popsize=16, sigma=0.05, lr=0.01, seed=0, groups=4, noise_rank=1)
+    text = "popsize=16, groups=4, sigma=0.05, noise_rank=1, optimizer=Adam, mirrored=True, generation={}, params=58"
+    assert repr(es) == f"FlipES({text.format(0)})"
+    stats = es.step(fitness)
+    assert type(stats["generation"]) is int and stats["generation"] == 0 and repr(es) == f"FlipES({text.format(1)})"
+
+
+def test_step_with_a_fitness_of_other_arguments_names_the_signature_it_needs() -> None:
+    """``es.step(fn)`` with ``fn`` not callable as ``fn(model, pop)`` is a TypeError naming that form, before
+    any population is entered (the generation is unchanged and a right step runs)."""
+    es = flipes.FlipES(mlp(), popsize=8, sigma=0.1, lr=0.01, seed=0)
+    with pytest.raises(TypeError, match=re.escape("define it as fitness_fn(model, pop) -> Tensor[pop.size]")):
+        es.step(lambda model: model(torch.ones(8, 4)).sum(1))
+    assert es.generation == 0 and es.step(fitness)["generation"] == 0

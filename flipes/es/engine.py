@@ -8,6 +8,7 @@ et al., 2017 (arXiv:1703.03864).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import operator
 import warnings
@@ -354,6 +355,23 @@ class FlipES:
         self._stale_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._told_outside = False  # warned once that the model did not run inside a population
         self._ranks_agree = False  # every process was found to hold the same parameters (checked at the first tell)
+
+    def __repr__(self) -> str:
+        sigma = f"{self.mean_sigma():.4g}" + (" (adaptive)" if self.log_sigma is not None else "")
+        parts = [
+            f"popsize={self.popsize}",
+            f"groups={self.groups}",
+            f"sigma={sigma}",
+            f"optimizer={type(self.optimizer).__name__}",
+            f"mirrored={self.mirrored}",
+            f"generation={self.generation}",
+            f"params={sum(p.numel() for p in self.params):,}",
+        ]
+        if self.noise_rank is not None:
+            parts.insert(3, f"noise_rank={self.noise_rank}")
+        if self.comm.size > 1:
+            parts.append(f"process {self.comm.rank} of {self.comm.size}: members {self.members.start}..{self.members.stop - 1}")
+        return f"FlipES({', '.join(parts)})"
 
     def __getstate__(self) -> dict[str, Any]:
         """For ``copy.deepcopy`` and pickle: the layers' slots keyed by position, not by ``id`` (a copy's layers
@@ -819,7 +837,7 @@ class FlipES:
             self.log_sigma += self.sigma_lr * sigma_grad.to(torch.float64) / self.popsize
 
         stats = {
-            "generation": float(self.generation),
+            "generation": self.generation,  # an int, as pop.generation
             "fitness_mean": full.mean().item(),
             "fitness_max": full.max().item(),
             "fitness_min": full.min().item(),
@@ -916,6 +934,15 @@ class FlipES:
 
     def step(self, fitness_fn: Callable[[nn.Module, Population], Tensor]) -> dict[str, float]:
         """One generation: ``fitness_fn(model, pop)`` inside ``population()``, then ``tell``."""
+        try:
+            inspect.signature(fitness_fn).bind(None, None)
+        except TypeError as e:
+            raise TypeError(
+                f"es.step(fitness_fn): fitness_fn takes other arguments ({e}); define it as fitness_fn(model, pop) -> "
+                "Tensor[pop.size], one fitness per member of pop"
+            ) from None
+        except ValueError:  # a builtin without a signature: let the call say it
+            pass
         with self.population() as pop:
             fitness = fitness_fn(self.model, pop)
         return self.tell(fitness)
