@@ -117,7 +117,13 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     changed = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if not same_option(k, saved, now)}
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
-        raise UsageError("--resume", f"the run was trained with other options ({shown})", "pass the saved ones to continue it")
+        fix = "pass the saved ones to continue it"
+        if any(isinstance(a, str) and "<" in a.partition(":")[2] for a, _ in changed.values()):
+            fix += (
+                " (code recorded in angle brackets, a lambda, a local function or an object, is known by its module and "
+                "name alone: give it again from the same script, or from an importable module:function in a new run)"
+            )
+        raise UsageError("--resume", f"the run was trained with other options ({shown})", fix)
     state.es.load_state_dict(saved_state["es"])
     if not all(torch.isfinite(p).all() for p in state.model.parameters()):
         other = Path(path) / "previous.pt" if Path(path).is_dir() else Path(path).with_name("previous.pt")

@@ -402,7 +402,8 @@ def test_evaluate_may_return_named_numbers_logged_beside_eval_return(tmp_path: P
 
 def test_a_resume_given_a_lambda_says_that_it_cannot_check_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Every lambda is recorded under one name, so a resume cannot tell the run's lambda from another:
-    it says so (naming the option) where a named function is checked silently."""
+    it says so (naming the option) where a named function is checked silently; a resume given other code
+    in place of a lambda is refused with how such code is matched (module and name alone)."""
     kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), popsize=8, tensorboard=False, eval_every=100)
     flipes.train(**kw, fitness=lambda model, pop: -model(torch.ones(pop.size, 3)).square().sum(1), generations=1,
                  out=str(tmp_path), progress=False)  # fmt: skip
@@ -410,6 +411,13 @@ def test_a_resume_given_a_lambda_says_that_it_cannot_check_it(tmp_path: Path, ca
     flipes.train(**kw, fitness=lambda model, pop: model(torch.ones(pop.size, 3)).sum(1), generations=2, resume=str(tmp_path))
     err = capsys.readouterr().err
     assert "resumed with fitness " in err and "model " in err and "one lambda cannot be told from another" in err
+
+    def other_model(env):
+        return torch.nn.Linear(3, 1)
+
+    with pytest.raises(flipes.UsageError, match="a lambda, a local function or an object, is known by its module and name"):
+        flipes.train(**{**kw, "model": other_model}, fitness=lambda model, pop: model(torch.ones(pop.size, 3)).sum(1),
+                     generations=3, resume=str(tmp_path))  # fmt: skip
     named = dict(env="none", model=linear_model, fitness=negative_square, popsize=8, tensorboard=False, eval_every=100)
     flipes.train(**named, generations=1, out=str(tmp_path / "named"), progress=False)
     capsys.readouterr()
