@@ -24,8 +24,10 @@ def compiling() -> bool:
     :class:`SlotNoise` is then left alone, since its key reads ``torch.is_inference_mode_enabled()``,
     which Dynamo cannot trace (a graph break in every layer), and a compiled graph plans its own
     buffers. torch < 2.3 has no ``torch.compiler.is_compiling``: it traces the eager path."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling and is_compiling())
+    return _is_compiling is not None and bool(_is_compiling())
+
+
+_is_compiling = getattr(torch.compiler, "is_compiling", None)  # looked up once: compiling() runs in every layer call
 
 
 def stream_seed(seed: int, generation: int, group: int, slot: int) -> int:

@@ -12,6 +12,7 @@ O(N·in·out), so the population costs little more than the plain batch.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 
 import torch
@@ -41,6 +42,8 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 _DEVICE_AUTOCAST = hasattr(torch, "get_autocast_dtype")  # the per-device autocast queries of torch >= 2.4
+# whether any torch.autocast is on, in one call (private in torch; without it, every layer call asks per device)
+_any_autocast: Callable[[], bool] = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 
 
 def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -57,6 +60,8 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
     stays float64): the input, mean weights and noise are cast first, since the in-place sums below
     would otherwise meet a half-precision product and a float32 buffer."""
     check_members(layer, x, noise.size)
+    if not _any_autocast():  # the usual case, without asking for the input's device (~0.3 µs a layer call)
+        return _flipout_linear(x, weight, bias, noise, layer)
     dtype = autocast_dtype(x.device.type)
     if dtype is None or weight.dtype == torch.float64:
         return _flipout_linear(x, weight, bias, noise, layer)
@@ -66,34 +71,45 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
 
 
 def _flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNoise, layer: str) -> Tensor:
-    n = noise.size
-    if x.shape[-1] != weight.shape[-1]:
+    n = noise.s.shape[0]  # noise.size
+    shape = x.shape
+    if shape[-1] != weight.shape[-1]:
         fix = (
             f"inside a population inputs are members first: with k examples per member as (members, k, ...), "
             f"flatten only the features (nn.Flatten(start_dim=2)), or pass them as ({n}·k, ...)"
-            if x.shape[-1] % weight.shape[-1] == 0  # examples flattened into the features
-            else f"give it in_features={x.shape[-1]} (an env's observation size, say), or feed it {weight.shape[-1]}"
+            if shape[-1] % weight.shape[-1] == 0  # examples flattened into the features
+            else f"give it in_features={shape[-1]} (an env's observation size, say), or feed it {weight.shape[-1]}"
         )
         raise ValueError(
-            f"{layer}: input of shape {tuple(x.shape)} has {x.shape[-1]} features, the layer takes {weight.shape[-1]}; {fix}"
+            f"{layer}: input of shape {tuple(shape)} has {shape[-1]} features, the layer takes {weight.shape[-1]}; {fix}"
         )
-    if x.shape[0] == n and all(d == 1 for d in x.shape[1:-1]):
+    if shape[0] == n and (len(shape) == 2 or math.prod(shape[1:-1]) == 1):
         # one example per member, (N, in) or (N, 1, in) (RolloutFitness's (members, episodes, obs)): 2-D GEMMs,
-        # bias noise folded in; chosen by the input's shape alone, so every process count takes this path
-        shape, x = x.shape, x.reshape(n, x.shape[-1])
-        if noise.groups > 1 and noise.factors is None and x.is_contiguous() and not torch.is_grad_enabled():
-            return _one_per_member_by_group(x, weight, bias, noise).view(*shape[:-1], -1)
+        # bias noise folded in; chosen by the input's shape alone, so every process count takes this path.
+        # A policy calls it at every step of a rollout: its Python is kept to the few lookups it needs
+        flat = len(shape) == 2
+        x = x if flat else x.reshape(n, shape[-1])
+        grad = torch.is_grad_enabled()
+        one_group = noise.factors is None and noise.eps.shape[0] == 1  # full rank, G = 1: the usual case
+        if not one_group and noise.factors is None and not grad and x.is_contiguous():  # full rank, G > 1
+            out = _one_per_member_by_group(x, weight, bias, noise)
+            return out if flat else out.view(*shape[:-1], -1)
         xs = torch.mul(x, noise.s, out=noise.scratch(x))
-        out = _grouped_product(xs, noise, with_bias=True)
+        if one_group:  # _grouped_product's product of one group, with the bias noise folded in
+            own_bias = noise.bias_eps is None and noise.bias_r is not None
+            out = torch.addmm(noise.bias_r, xs, noise.eps_t(0)) if own_bias else torch.mm(xs, noise.eps_t(0))
+        else:
+            out = _grouped_product(xs, noise, with_bias=True)
         # out = pert ∘ r + b̄, then the mean GEMM accumulates into it: no second N×out tensor
         if bias is None:
             out.mul_(noise.r)
-        elif torch.is_grad_enabled():
+        elif grad:
             out.mul_(noise.r).add_(bias)
         else:
             torch.addcmul(bias, out, noise.r, out=out)
-        if noise.groups == 1:
-            return out.addmm_(x, weight.T).view(*shape[:-1], -1)
+        if one_group or noise.groups == 1:
+            out.addmm_(x, weight.T)
+            return out if flat else out.view(*shape[:-1], -1)
         m = n // noise.groups
         groups = [slice(i * m, (i + 1) * m) for i in range(noise.groups)]  # group by group: see _mean_product
         if torch.is_grad_enabled():  # the same sums out of place, for autograd
