@@ -52,6 +52,20 @@ def sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.cat((signs, -signs))
 
 
+_SIGN_TABLES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def shared_sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """:func:`sign_table`, made once per dtype and device and shared (nobody writes it): building it
+    takes eight small ops, which every generation would otherwise pay again."""
+    key = (dtype, torch.device(device))
+    table = _SIGN_TABLES.get(key)
+    if table is None:
+        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable in and out of inference mode
+            table = _SIGN_TABLES[key] = sign_table(dtype, key[1])
+    return table
+
+
 def random_bytes(numel: int, gen: torch.Generator, device: torch.device) -> Tensor:
     """``numel`` uniform random bytes, 8 per 64-bit draw."""
     words = torch.empty((numel + 7) // 8, dtype=torch.int64, device=device)
@@ -304,7 +318,7 @@ def sample_slot(
     ``table`` is ``sign_table(weight.dtype, weight.device)``, passed in to share it across slots.
     """
     dtype, device = weight.dtype, weight.device
-    table = sign_table(dtype, device) if table is None else table
+    table = shared_sign_table(dtype, device) if table is None else table
     distinct = group_size // 2 if mirrored else group_size
     s_bytes, r_bytes = (in_channels + 7) // 8, (out_channels + 7) // 8  # each row starts on a byte
     eps, idx, bias = [], [], []
@@ -323,13 +337,13 @@ def sample_slot(
     rows = _cat(idx).int()
     s_rows, r_rows = rows[:, :s_bytes], rows[:, s_bytes:]
     if mirrored:  # twin rows: the same s bytes; the r bytes looked up in the negated half of the table
-        s_rows = s_rows.repeat_interleave(2, dim=0)
+        s_rows = torch.stack((s_rows, s_rows), dim=1).flatten(0, 1)  # repeat_interleave(2, 0), a few µs cheaper
         r_rows = torch.stack((r_rows, r_rows + 256), dim=1).flatten(0, 1)
     s, r = _unpack(table, s_rows, in_channels), _unpack(table, r_rows, out_channels)
     bias_r = None
     if has_bias and rank is None:
         bias_r = _cat(bias) * (r[0::2] if mirrored else r)
-        bias_r = bias_r.repeat_interleave(2, dim=0) if mirrored else bias_r  # (-b)(-r) = b r
+        bias_r = torch.stack((bias_r, bias_r), dim=1).flatten(0, 1) if mirrored else bias_r  # (-b)(-r) = b r; twins adjacent
     if rank is None:
         return SlotNoise(_stack(eps), s, r, bias_r, mirrored)
     bias_eps = None

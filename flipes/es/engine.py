@@ -45,7 +45,7 @@ from flipes.nn.convert import (
 )
 from flipes.nn.embedding import shared_ids_fix
 from flipes.nn.functional import without_autocast
-from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, sign_table
+from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
 
 Shaping = Callable[[Tensor], Tensor]
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -508,13 +508,9 @@ class FlipES:
         groups = self.local_groups if groups is None else groups
         sigmas = self.sigmas()
         group_size = self.popsize // self.groups
-        tables: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         noise = []
         for i, pw in enumerate(self.slots):
             w = pw.layout.detach()
-            key = (w.dtype, w.device)
-            if key not in tables:
-                tables[key] = sign_table(w.dtype, w.device)
             nz = sample_slot(
                 seed=self.seed,
                 generation=self.generation,
@@ -527,7 +523,7 @@ class FlipES:
                 has_bias=pw.bias is not None and pw.bias.requires_grad,
                 sigma=sigmas[i],
                 mirrored=self.mirrored,
-                table=tables[key],
+                table=shared_sign_table(w.dtype, w.device),
                 rank=self.noise_rank,
             )
             rows = list(pw.fixed_rows) if pw.weight.requires_grad else slice(None)  # a frozen weight: all rows
