@@ -17,8 +17,10 @@ from torch import Tensor, nn
 
 def _compiling() -> bool:
     """Inside torch.compile or torch.export tracing (torch >= 2.3; older torch traces the eager path)."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling and is_compiling())
+    return _is_compiling is not None and bool(_is_compiling())
+
+
+_is_compiling = getattr(torch.compiler, "is_compiling", None)  # looked up once: forward runs at every rollout step
 
 
 class RunningNorm(nn.Module):
@@ -32,6 +34,8 @@ class RunningNorm(nn.Module):
     Shape:
         ``(*, size) -> (*, size)``.
     """
+
+    _rows: tuple[Tensor, Tensor] | None = None  # _scale's two rows, selected once (two ops fewer per step)
 
     def __init__(self, size: int, clip: float = 5.0, eps: float = 1e-8) -> None:
         super().__init__()
@@ -50,11 +54,15 @@ class RunningNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if _compiling():  # torch.export / torch.compile: no host read, nothing cached; the same numbers
             return torch.where(self.count == 0, x, self._normalize(x, self._stats(x.dtype)))
-        if self._scale is None or self._scale.dtype != x.dtype or self._scale.device != x.device:
+        if self._rows is None or self._scale is None or self._scale.dtype != x.dtype or self._scale.device != x.device:
             # reading `count` waits for the device: once per update, not at every step of a rollout
             self._identity = self.count.item() == 0
             self._scale = self._stats(x.dtype)
-        return x if self._identity else self._normalize(x, self._scale)
+            self._rows = (self._scale[0], self._scale[1])
+        if self._identity:
+            return x
+        mean, inv_std = self._rows
+        return ((x - mean) * inv_std).clamp_(-self.clip, self.clip)  # _normalize, with the rows at hand
 
     def _stats(self, dtype: torch.dtype) -> Tensor:
         """``(mean, 1/std)`` in ``dtype``."""

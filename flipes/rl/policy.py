@@ -61,8 +61,8 @@ class SpacePolicy(nn.Module):
 
     def action(self, z: Tensor) -> Tensor:
         """``(*, action_dim)`` outputs -> ``(*,)`` (Discrete) or ``(*, *action_shape)`` (Box) actions."""
-        if self.discrete:
-            return z.argmax(-1) + self.action_start
+        if self.discrete:  # actions from 0 (most envs): no op to add the start
+            return z.argmax(-1) + self.action_start if self.action_start else z.argmax(-1)
         z = torch.where(self.bounded, torch.tanh(z), z) * self.scale + self.center
         return z.view(*z.shape[:-1], *self.action_shape)
 
