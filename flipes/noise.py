@@ -335,15 +335,13 @@ def sample_slot(
             rows = distinct if rank is None else 1
             bias.append(torch.empty(rows, out_channels, dtype=dtype, device=device).normal_(0.0, sigma, generator=gen))
     rows = _cat(idx).int()
-    s_rows, r_rows = rows[:, :s_bytes], rows[:, s_bytes:]
-    if mirrored:  # twin rows: the same s bytes; the r bytes looked up in the negated half of the table
-        s_rows = torch.stack((s_rows, s_rows), dim=1).flatten(0, 1)  # repeat_interleave(2, 0), a few µs cheaper
-        r_rows = torch.stack((r_rows, r_rows + 256), dim=1).flatten(0, 1)
-    s, r = _unpack(table, s_rows, in_channels), _unpack(table, r_rows, out_channels)
+    s, r = _unpack(table, rows[:, :s_bytes], in_channels), _unpack(table, rows[:, s_bytes:], out_channels)
     bias_r = None
     if has_bias and rank is None:
-        bias_r = _cat(bias) * (r[0::2] if mirrored else r)
-        bias_r = torch.stack((bias_r, bias_r), dim=1).flatten(0, 1) if mirrored else bias_r  # (-b)(-r) = b r; twins adjacent
+        bias_r = _cat(bias) * r
+        bias_r = _twins(bias_r, bias_r) if mirrored else bias_r  # (-b)(-r) = b r
+    if mirrored:  # twin rows: the same s, the negated r (±1, exactly what the table's negated half holds)
+        s, r = _twins(s, s), _twins(r, r.neg())  # unpacked once per pair: a gather costs more than a copy
     if rank is None:
         return SlotNoise(_stack(eps), s, r, bias_r, mirrored)
     bias_eps = None
@@ -358,6 +356,11 @@ def _unpack(table: Tensor, rows: Tensor, width: int) -> Tensor:
     """Byte rows ``(n, bytes)`` -> contiguous signs ``(n, width)`` (the forward's elementwise ops
     run ~1.5× faster on contiguous operands, and it runs many times per sample)."""
     return table.index_select(0, rows.flatten()).view(rows.shape[0], -1)[:, :width].contiguous()
+
+
+def _twins(a: Tensor, b: Tensor) -> Tensor:
+    """Rows ``a[0], b[0], a[1], b[1], ...``: mirrored twins adjacent (cheaper than ``repeat_interleave(2, 0)``)."""
+    return torch.stack((a, b), dim=1).flatten(0, 1)
 
 
 def _stack(parts: list[Tensor]) -> Tensor:
