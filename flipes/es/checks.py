@@ -72,8 +72,8 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
             f"return one value per member, a Tensor of shape ({n},)"
             + (f"; inputs are sized by pop.size ({n} here), not es.popsize ({popsize}, all processes)" if whole else "")
         )
-    bad = (~torch.isfinite(f)).nonzero().flatten()
-    if len(bad):
+    if not torch.isfinite(f).all():  # the usual case in two ops; the members named only when some are not
+        bad = (~torch.isfinite(f)).nonzero().flatten()
         shown = ", ".join(f"{members[i]}={f[i].item()}" for i in bad[:5].tolist())
         raise ValueError(
             f"fitness of {len(bad)} member(s) is not finite ({shown}{', ...' if len(bad) > 5 else ''}); "

@@ -26,7 +26,7 @@ from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
 from flipes.es.checks import as_index, check_fitness, integer, nonnegative
-from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
+from flipes.es.gradient import accumulate, paired, weighted_dense, weighted_perturbation
 from flipes.es.members import BestMember
 from flipes.es.population import Population
 from flipes.es.shaping import ars as shaping_ars
@@ -889,11 +889,21 @@ class FlipES:
                 copies[key] = t.to(like.device, dtype or t.dtype)
             return copies[key]
 
+        pairs: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+        def paired_on(c: Tensor) -> Tensor | None:
+            """Mirrored: ``c``'s pair coefficients, made once for every slot on its device and dtype."""
+            if not self.mirrored:
+                return None
+            key = (id(c), c.device, c.dtype)
+            if key not in pairs:
+                pairs[key] = paired(c)
+            return pairs[key]
+
         log_sigma_grad: list[Tensor] = []
         for i, (pw, nz) in enumerate(zip(self.slots, slot_noise, strict=True)):
-            weight_grad, bias_grad = weighted_perturbation(
-                pw, nz, on(coeff, nz.s, torch.promote_types(nz.s.dtype, torch.float32))
-            )
+            c = on(coeff, nz.s, torch.promote_types(nz.s.dtype, torch.float32))
+            weight_grad, bias_grad = weighted_perturbation(pw, nz, c, paired_on(c))
             if adaptive:  # each slot has its own σ: Σ F̂ (σ_i u) / σ_i² here, / N below
                 weight_grad, bias_grad = (None if g is None else g / sigmas[i] ** 2 for g in (weight_grad, bias_grad))
                 (weight_norms, d_weight), (bias_norms, d_bias) = slot_norms(pw, nz, sigmas[i])

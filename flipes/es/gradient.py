@@ -14,13 +14,19 @@ from flipes.nn.base import PerturbedWeight
 from flipes.noise import DenseNoise, SlotNoise
 
 
-def distinct_rows(noise: SlotNoise, coeff: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """``(s, r, bias_r, c)`` with each mirrored pair entering once as ``c_2k - c_2k+1``: twins share
-    ``s`` and ``bias_r`` and negate ``r``, so this halves the work of the gradient."""
+def paired(coeff: Tensor) -> Tensor:
+    """``c_2k - c_2k+1``: the coefficient of each mirrored pair, entering the sums once."""
+    return coeff[0::2] - coeff[1::2]
+
+
+def distinct_rows(noise: SlotNoise, coeff: Tensor, pairs: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """``(s, r, bias_r, c)`` with each mirrored pair entering once as ``c_2k - c_2k+1`` (``pairs``, where the
+    caller made it once for several slots): twins share ``s`` and ``bias_r`` and negate ``r``, so this halves
+    the work of the gradient."""
     if not noise.mirrored:
         return noise.s, noise.r, noise.bias_r, coeff
     bias_r = None if noise.bias_r is None else noise.bias_r[0::2]
-    return noise.s[0::2], noise.r[0::2], bias_r, coeff[0::2] - coeff[1::2]
+    return noise.s[0::2], noise.r[0::2], bias_r, paired(coeff) if pairs is None else pairs
 
 
 def block_diagonal(m: Tensor, conv_groups: int) -> Tensor:
@@ -32,9 +38,11 @@ def block_diagonal(m: Tensor, conv_groups: int) -> Tensor:
     return torch.diagonal(blocks, dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(g, out, inp // conv_groups)
 
 
-def weighted_perturbation(pw: PerturbedWeight, noise: SlotNoise, coeff: Tensor) -> tuple[Tensor, Tensor | None]:
-    """``(Σ_n c_n σu_n, Σ_n c_n σε_b,n)`` over the local members of one slot."""
-    s, r, bias_r, c = distinct_rows(noise, coeff)
+def weighted_perturbation(
+    pw: PerturbedWeight, noise: SlotNoise, coeff: Tensor, pairs: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """``(Σ_n c_n σu_n, Σ_n c_n σε_b,n)`` over the local members of one slot (``pairs``: ``paired(coeff)``, if made)."""
+    s, r, bias_r, c = distinct_rows(noise, coeff, pairs)
     if s.dtype in (torch.float16, torch.bfloat16):  # a sum over N members: accumulate in float32
         s, r, c = s.float(), r.float(), c.float()
         bias_r = None if bias_r is None else bias_r.float()

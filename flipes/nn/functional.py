@@ -49,6 +49,8 @@ _any_autocast: Callable[[], bool] = getattr(torch._C, "_is_any_autocast_enabled"
 def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """Leaves an enclosing ``torch.autocast`` on ``device``'s type: for the ES sums over parameters (the
     gradient, a member's parameters), which must not round like a half-precision forward pass."""
+    if not _any_autocast():
+        return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False) if autocast_dtype(device.type) else contextlib.nullcontext()
 
 
