@@ -309,6 +309,7 @@ class FlipES:
                 "parameter it can and names any it cannot, or freeze them with requires_grad_(False)"
             )
         self.slots, self._slot_index = flipout_slots(self.layers, [*self.layers, *self.dense_modules])
+        self._weight_counts = [len(layer.perturbed_weights()) for layer in self.layers]  # fixed, as the slots are
         self.dense_slots, self._dense_uses, self._bias_of = dense_slots(
             self.layers, [*self.layers, *self.dense_modules], self.slots, self._slot_index
         )
@@ -389,6 +390,8 @@ class FlipES:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_ranks_agree", False)  # pickled before the ranks' check existed
+        if "_weight_counts" not in state:  # pickled before it was kept
+            self._weight_counts = [len(layer.perturbed_weights()) for layer in self.layers]
         for name in ("_slot_index", "_bias_of"):
             setattr(self, name, {(id(self.layers[i]), j): v for (i, j), v in state[name].items()})
         for module in [*self.layers, *self.dense_modules]:  # the copy owns its copy of the layers
@@ -654,9 +657,8 @@ class FlipES:
         """Point every Flipout layer and dense-noise module at this noise of ``size`` members."""
         for module in self.dense_modules:  # also those with no evolved parameter (a BatchNorm's batch statistics)
             module.member_noise, module.flipes_members = {}, size
-        for layer in self.layers:
-            weights = range(len(layer.perturbed_weights()))
-            layer.noise = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in weights)
+        for layer, weights in zip(self.layers, self._weight_counts, strict=True):  # not perturbed_weights() anew
+            layer.noise = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in range(weights))
         for uses, nz in zip(self._dense_uses, dense_noise, strict=True):
             for module, name in uses:
                 if module.member_noise is None:
