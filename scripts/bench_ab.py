@@ -5,8 +5,9 @@
 
 The commit is exported with ``git archive`` into a temporary folder; each run is a fresh Python
 process that imports flipes (and ``envs``) from one of the two trees and times ``flipes.train``
-(imports excluded) with the env's preset defaults, ``--generations`` generations and no early stop,
-one torch thread. Rounds alternate the two trees (A, B, A, B, ...), so that a noisy machine's drift
+(imports excluded, also torch._dynamo, matplotlib and TensorBoard, which a run would import on first
+use: ~2 s of every run) with the env's preset defaults, ``--generations`` generations and no early
+stop, one torch thread. Rounds alternate the two trees (A, B, A, B, ...), so that a noisy machine's drift
 falls on both, and the median per tree is reported with the ratio this/base. Both trees must train
 to the same parameters bit for bit (the SHA-256 of the last generation): a speed-up that changes
 the arithmetic is reported as ``differs`` and the script exits non-zero.
@@ -35,6 +36,10 @@ import contextlib, io, json, sys, time
 import torch
 torch.set_num_threads(1)
 import flipes
+import torch._dynamo  # imported by torch's optimizers on first use (~1.3 s): outside the clock, as the rest
+for optional in ("matplotlib.pyplot", "torch.utils.tensorboard"):  # curves.png and TensorBoard, when installed
+    with contextlib.suppress(ImportError):
+        __import__(optional)
 kw = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 with contextlib.redirect_stdout(io.StringIO()):
