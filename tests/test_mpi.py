@@ -162,6 +162,47 @@ def test_a_script_whose_fitness_raises_on_one_rank_ends_the_job_promptly(tmp_pat
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["generation"] == 0
 
 
+LOAD_ON_ONE_RANK_SCRIPT = """
+import sys, torch, flipes
+
+comm = flipes.dist.world()
+out = open(f"{sys.argv[1]}/rank{comm.rank}.txt", "w")
+torch.manual_seed(0)
+model = flipes.flipout(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)))
+es = flipes.FlipES(model, popsize=8, groups=2, seed=0, comm=comm)
+fitness = lambda model, pop: model(torch.ones(pop.size, 3)).squeeze(-1)
+es.step(fitness)
+if comm.rank == 0:
+    es.load_state_dict(es.state_dict())  # the state it holds: the ranks still agree
+stats = es.step(fitness)
+print(stats["generation"], repr(stats["fitness_mean"]), file=out, flush=True)
+if comm.rank == 1:
+    state = es.state_dict()
+    state["model"] = {k: v + 1 for k, v in state["model"].items()}
+    es.load_state_dict(state)
+with es.population() as pop:
+    f = fitness(model, pop)
+try:
+    es.tell(f)
+except RuntimeError as e:
+    print(str(e).split(" (")[0], file=out, flush=True)
+"""
+
+
+def test_a_state_loaded_on_one_rank_is_compared_at_the_next_tell_on_every_rank(tmp_path: Path) -> None:
+    """Under ``mpiexec -n 2``, a FlipES whose state is loaded on one rank alone compares parameters on both
+    ranks at the next tell: the same state trains on (equal stats on both), another is refused on both with
+    the ranks' parameters named (the loading rank alone comparing met the other's fitness exchange: a
+    TypeError from garbled counts, or a hang)."""
+    (tmp_path / "script.py").write_text(LOAD_ON_ONE_RANK_SCRIPT)
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "script.py"), str(tmp_path)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [(tmp_path / f"rank{k}.txt").read_text().splitlines() for k in (0, 1)]
+    assert lines[0] == lines[1] and len(lines[0]) == 2, lines  # both trained on alike, then both refused
+    assert lines[0][0].startswith("1 ") and lines[0][1] == "FlipES: the processes hold different parameters"
+
+
 def test_resume_at_another_process_count_continues(tmp_path: Path) -> None:
     """3 generations on 2 processes resumed for 2 more on 3 processes log, generation by generation, the same
     params_sha256 as 5 generations on 1 process."""

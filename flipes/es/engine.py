@@ -768,8 +768,7 @@ class FlipES:
                 "first; each generation is one population, then one tell()"
             )
         local = check_fitness(fitness, self.members, self.popsize)
-        self._check_ranks_agree()
-        full = self.comm.allgather_tensor(local)
+        full = self._gather_fitness(local)
         shaped = self.shaping(full if self.maximize else -full)  # weights for ascent either way
         if shaped.shape != full.shape or not torch.isfinite(shaped).all():
             raise ValueError("the shaping function must map fitness (N,) to finite weights (N,)")
@@ -1017,11 +1016,22 @@ class FlipES:
             state["best"] = {f.name: getattr(self.best, f.name) for f in dataclasses.fields(self.best)}
         return state
 
+    def _gather_fitness(self, local: Tensor) -> Tensor:
+        """Every process's fitness, in member order. With several processes each adds a column saying whether
+        it has yet to compare its parameters (built, or loaded since): every process sees every flag in the
+        same rows, so all of them compare together or none does, even where only some loaded a state (a
+        comparison on those alone would meet the others' fitness exchange: garbled errors or a hang)."""
+        if self.comm.size == 1:
+            return self.comm.allgather_tensor(local)
+        rows = self.comm.allgather_tensor(torch.stack((local, torch.full_like(local, float(not self._ranks_agree))), 1))
+        if rows[:, 1].any():
+            self._check_ranks_agree()
+        return rows[:, 0].contiguous()
+
     def _check_ranks_agree(self) -> None:
-        """Raise on every process when they hold different parameters (once, and again after a load): each
-        would step its own center with the others' fitness, a silently broken run."""
-        if self._ranks_agree or self.comm.size == 1:
-            return
+        """Raise on every process when they hold different parameters (at the first tell, and again after a
+        load on any of them): each would step its own center with the others' fitness, a silently broken
+        run. Called on every process alike (:meth:`_gather_fitness`)."""
         digests = self.comm.allgather_object(tensors_sha256(self.params))
         if len(set(digests)) > 1:
             shown = ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
@@ -1065,6 +1075,6 @@ class FlipES:
             self.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
         self.generation = int(state["generation"])
         self._noise = None
-        self._ranks_agree = False  # a state loaded on some ranks only is checked at the next tell
+        self._ranks_agree = False  # compared at the next tell, on every rank even where only some loaded
         best = state.get("best") if self.track_best else None  # a run may start or stop keeping it on resume
         self.best = None if best is None else BestMember(best["fitness"], best["generation"], best["index"], best["state_dict"])
