@@ -142,3 +142,28 @@ def test_backprop_noise_trains_under_autocast() -> None:
     low.float().square().mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.skipif(not hasattr(torch, "get_autocast_dtype"), reason="torch < 2.4 has no per-device autocast queries")
+def test_autocast_on_mps_is_seen_where_mps_can_hold_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a machine with MPS, a float16 autocast on MPS is left for tell's sums (``without_autocast``) and seen by
+    the Flipout linear layer's check: torch's one-call autocast query leaves MPS out, which skipped both (tell
+    summed in float16; the layer met a half-precision product with float32 buffers)."""
+    import importlib
+
+    import flipes.nn.functional as functional
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    importlib.reload(functional)  # its autocast query is chosen once, at import, by the devices torch has
+    try:
+        was = torch.is_autocast_enabled("mps")
+        torch.set_autocast_enabled("mps", True)
+        try:
+            assert functional._any_autocast()
+            assert isinstance(functional.without_autocast(torch.device("mps")), torch.autocast)
+        finally:
+            torch.set_autocast_enabled("mps", was)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(functional)
+    assert not functional._any_autocast()

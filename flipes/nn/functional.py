@@ -42,8 +42,21 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 _DEVICE_AUTOCAST = hasattr(torch, "get_autocast_dtype")  # the per-device autocast queries of torch >= 2.4
-# whether any torch.autocast is on, in one call (private in torch; without it, every layer call asks per device)
-_any_autocast: Callable[[], bool] = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+
+
+def _autocast_query(mps: bool) -> Callable[[], bool]:
+    """Whether any torch.autocast is on, in one call (private in torch; without it, every layer call asks per
+    device). torch's one call leaves out MPS (2.13 does): where MPS can hold tensors (``mps``), it is asked too,
+    else a float16 autocast on MPS went unseen (a half-precision product met float32 buffers; tell summed in it)."""
+    query = getattr(torch._C, "_is_any_autocast_enabled", None)
+    if query is None:
+        return lambda: True
+    if mps and _DEVICE_AUTOCAST:
+        return lambda: query() or torch.is_autocast_enabled("mps")
+    return query
+
+
+_any_autocast = _autocast_query(mps=torch.backends.mps.is_available())
 
 
 def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
