@@ -331,4 +331,6 @@ def test_step_with_a_fitness_of_other_arguments_names_the_signature_it_needs() -
     es = flipes.FlipES(mlp(), popsize=8, sigma=0.1, lr=0.01, seed=0)
     with pytest.raises(TypeError, match=re.escape("define it as fitness_fn(model, pop) -> Tensor[pop.size]")):
         es.step(lambda model: model(torch.ones(8, 4)).sum(1))
+    with pytest.raises(TypeError, match="got Tensor, not a function fitness_fn"):
+        es.step(torch.ones(8))
     assert es.generation == 0 and es.step(fitness)["generation"] == 0

@@ -941,6 +941,8 @@ class FlipES:
 
     def step(self, fitness_fn: Callable[[nn.Module, Population], Tensor]) -> dict[str, float]:
         """One generation: ``fitness_fn(model, pop)`` inside ``population()``, then ``tell``."""
+        if not callable(fitness_fn):
+            raise TypeError(f"es.step(fitness_fn): got {type(fitness_fn).__name__}, not a function fitness_fn(model, pop)")
         try:
             inspect.signature(fitness_fn).bind(None, None)
         except TypeError as e:
