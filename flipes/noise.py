@@ -11,6 +11,7 @@ groups exist. Streams are reproducible per device type (CPU and CUDA generators 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field, replace
@@ -52,18 +53,16 @@ def sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.cat((signs, -signs))
 
 
-_SIGN_TABLES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-
-
 def shared_sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
     """:func:`sign_table`, made once per dtype and device and shared (nobody writes it): building it
     takes eight small ops, which every generation would otherwise pay again."""
-    key = (dtype, torch.device(device))
-    table = _SIGN_TABLES.get(key)
-    if table is None:
-        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable in and out of inference mode
-            table = _SIGN_TABLES[key] = sign_table(dtype, key[1])
-    return table
+    return _cached_sign_table(dtype, torch.device(device))
+
+
+@functools.cache
+def _cached_sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable in and out of inference mode
+        return sign_table(dtype, device)
 
 
 def random_bytes(numel: int, gen: torch.Generator, device: torch.device) -> Tensor:
