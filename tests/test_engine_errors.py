@@ -314,6 +314,22 @@ def test_a_population_read_without_with_names_the_with_form() -> None:
     assert pop.size == 8 and es.tell(f)["generation"] == 0
 
 
+def test_a_population_block_entered_twice_says_to_call_population_again() -> None:
+    """Entering one ``es.population()`` object a second time raises a RuntimeError that says to write
+    ``with es.population() as pop:`` again, instead of contextlib's AttributeError; a fresh block in the same
+    generation evaluates the same members."""
+    es = flipes.FlipES(mlp(), popsize=8, seed=0)
+    block = es.population()
+    with block as pop:
+        first = fitness(es.model, pop)
+    with pytest.raises(RuntimeError, match=r"entered before: .*`with es.population\(\) as pop:` again"):
+        with block:
+            pass
+    with es.population() as pop:
+        assert torch.equal(fitness(es.model, pop), first)
+    assert es.tell(first)["generation"] == 0
+
+
 def test_a_flipes_repr_shows_its_settings_and_tell_counts_generations_in_ints() -> None:
     """``repr(es)`` names the population size, groups, σ, noise rank, optimizer, mirroring, generation and
     the number of evolved parameters (here 4·8+8+8·2+2 = 58); ``tell`` and ``step`` report the generation

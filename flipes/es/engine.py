@@ -96,12 +96,20 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
 class PopulationBlock(AbstractContextManager):
     """What ``es.population()`` returns: a ``with`` block whose ``as`` target is the :class:`Population`.
     Reading a population's attribute from the block itself (``pop = es.population(); pop.size``) is an
-    error that shows the ``with`` form."""
+    error that shows the ``with`` form; so is entering one block twice (each ``with`` calls
+    ``es.population()`` anew)."""
 
     def __init__(self, block: AbstractContextManager[Population]) -> None:
         self._block = block
+        self._entered = False
 
     def __enter__(self) -> Population:
+        if self._entered:
+            raise RuntimeError(
+                "this es.population() block was entered before: a block is entered once; write `with es.population() "
+                "as pop:` again for another pass (it evaluates the same members until es.tell)"
+            )
+        self._entered = True
         return self._block.__enter__()
 
     def __exit__(self, *exc: Any) -> bool | None:
