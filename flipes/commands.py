@@ -107,7 +107,7 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
     def layers(values: dict[str, Any]) -> dict[str, Any]:
         resume = values["resume"]
         if resume == "auto":
-            resume = str(default_run_dir(values["out"], values["env"]))
+            resume = str(default_run_dir(values["out"], values["env"], values["fitness"]))
         saved = saved_options(resume) if resume else {}
         algo = algo_preset(saved.get("algo", values["algo"]))
         return {**preset_for(saved.get("env", values["env"])), **algo, **saved}

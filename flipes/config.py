@@ -97,8 +97,8 @@ class TrainConfig:
     device: str = "cpu"
     """Torch device of the model and of flipes/ envs: cpu, cuda, cuda:N, mps."""
     out: str = ""
-    """Run directory for config.json, metrics.jsonl and checkpoints (default: runs/<env name>, or the
-    --resume directory)."""
+    """Run directory for config.json, metrics.jsonl and checkpoints (default: runs/<env name>, with --env
+    none runs/<fitness function name>, or the --resume directory)."""
     resume: str = ""
     """Run directory (or checkpoint file) to continue from, bit for bit, with the options it was
     trained with; auto: --out if it holds a run, else start it (one command for a start and every requeue)."""
@@ -162,7 +162,7 @@ class TrainConfig:
             overrides["env"] = env
         resume = overrides.get("resume")
         if resume == "auto":
-            resume = str(default_run_dir(overrides.get("out", ""), overrides.get("env", cls.env)))
+            resume = str(default_run_dir(overrides.get("out", ""), overrides.get("env", cls.env), overrides.get("fitness", "")))
         saved = saved_options(resume) if resume else {}
         name = overrides.get("env", saved.get("env", cls.env))
         preset = preset_for(name) if isinstance(name, str) else {}
@@ -175,10 +175,11 @@ class TrainConfig:
         return dataclasses.replace(self, **check_options(type(self), overrides, "flipes.train", also=TRAIN_ONLY))
 
     def run_dir(self) -> Path:
-        """Where the run is written: ``out``, else the ``resume`` directory, else ``runs/<env name>``."""
+        """Where the run is written: ``out``, else the ``resume`` directory, else ``runs/<env name>``
+        (``runs/<fitness function name>`` without an env)."""
         if self.resume and self.resume != "auto" and not self.out:
             return resume_dir(self.resume)
-        return default_run_dir(self.out, self.env)
+        return default_run_dir(self.out, self.env, self.fitness)
 
     def resolve_auto_resume(self) -> TrainConfig:
         """``resume="auto"`` made concrete: the run directory if it holds a checkpoint, else no resume."""
@@ -194,11 +195,17 @@ def resume_dir(resume: str) -> Path:
     return path.parent if path.suffix == ".pt" else path
 
 
-def default_run_dir(out: str, env: str) -> Path:
-    """``out``, or ``runs/<env name>`` where it is empty."""
+def default_run_dir(out: str, env: str, fitness: Any = "") -> Path:
+    """``out``, or where it is empty ``runs/<env name>``; with ``env="none"``, ``runs/<fitness function
+    name>`` (``mod:fn`` or a function's ``__name__``), so that runs of different objectives do not meet in
+    one directory; ``runs/none`` where the fitness has no name (a lambda, or none given)."""
     if out:
         return Path(out)
-    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", env.split("/")[-1].split(":")[-1])
+    name = env.split("/")[-1].split(":")[-1]
+    if env.lower() == "none":
+        given = fitness.rsplit(":", 1)[-1] if isinstance(fitness, str) else getattr(fitness, "__name__", "")
+        name = given if given.isidentifier() else name
+    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def saved_options(resume: str) -> dict[str, Any]:

@@ -432,3 +432,29 @@ def test_resume_auto_notes_a_first_start_and_a_resume_and_progress_false_keeps_t
     quiet = capsys.readouterr()
     assert quiet.out.splitlines() == [f"all 3 generations trained; 3 generations in all, run directory {tmp_path / 'run'}"]
     assert quiet.err == ""
+
+
+def test_custom_fitness_runs_default_to_a_directory_named_after_the_fitness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Without ``--out``, an ``--env none`` run is written to ``runs/<fitness function name>`` (from ``mod:fn``
+    or a function's ``__name__``; ``runs/none`` for a lambda), so runs of two objectives do not meet in one
+    directory; ``--resume auto`` finds the same directory; env runs keep ``runs/<env name>``."""
+    assert TrainConfig(env="none", fitness="pkg.objectives:sphere").run_dir() == Path("runs/sphere")
+    assert TrainConfig(env="none", fitness="objectives.py:rastrigin").run_dir() == Path("runs/rastrigin")
+
+    def ackley(model: object, pop: object) -> None:
+        return None
+
+    assert TrainConfig(env="none", fitness=ackley).run_dir() == Path("runs/ackley")
+    assert TrainConfig(env="none", fitness=lambda model, pop: pop).run_dir() == Path("runs/none")
+    assert TrainConfig(env="flipes/CartPole-v1", fitness="m:f").run_dir() == Path("runs/CartPole-v1")
+    _user_module(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "user_mod:ok", "--popsize", "8",
+            "--tensorboard", "false", "--resume", "auto"]  # fmt: skip
+    assert main([*argv, "--generations", "1"]) == 0
+    assert main([*argv, "--generations", "2"]) == 0
+    assert f"resumed {Path('runs/ok')} at generation 1" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ok"]
