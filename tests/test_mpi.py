@@ -315,6 +315,50 @@ def test_every_rank_returns_once_the_run_directory_is_written(tmp_path: Path) ->
     assert [json.loads((tmp_path / f"rank{k}.json").read_text())["generation"] for k in (0, 1)] == [3, 3]
 
 
+OWN_LOOP_OBS_NORM = """
+import hashlib, json, sys, warnings
+import torch, flipes
+from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env
+
+comm = flipes.dist.world()
+torch.manual_seed(0)
+env = make_vector_env("flipes/CartPole-v1", 8 // comm.size)
+policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(8,)))
+es = flipes.FlipES(policy, popsize=8, groups=2, sigma=0.1, seed=0, comm=comm, comm_mode="seeds")
+fitness = RolloutFitness(env, seed=0)
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    for _ in range(3):
+        es.step(fitness)
+        policy.obs_norm.update(comm=es.comm) if sys.argv[2] == "comm" else policy.obs_norm.update()
+norm = policy.obs_norm
+state = b"".join(t.detach().numpy().tobytes() for t in (*policy.parameters(), norm.mean, norm.var, norm.count))
+json.dump({"state": hashlib.sha256(state).hexdigest(), "count": norm.count.item(),
+           "warned": sum("obs_norm.update(comm=es.comm)" in str(w.message) for w in seen)},
+          open(f"{sys.argv[1]}/{sys.argv[2]}{comm.size}.{comm.rank}.json", "w"))
+"""
+
+
+def test_an_own_loop_merges_obs_norm_across_ranks_as_one_process(tmp_path: Path) -> None:
+    """A loop of one's own split across 2 ranks (FlipES comm=, comm_mode="seeds") whose policy holds a RunningNorm
+    ends with the parameters and observation statistics of one process, bit for bit, when it merges them with
+    ``obs_norm.update(comm=es.comm)``; a plain ``update()`` there merges each rank's share alone, so the ranks would
+    normalize differently (they end on other statistics): it warns on every rank, every generation (and a one-process
+    loop is not warned)."""
+    (tmp_path / "loop.py").write_text(OWN_LOOP_OBS_NORM)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for k, how in ((1, "plain"), (2, "comm"), (2, "plain")):
+        cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "loop.py"), str(tmp_path), how]
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+    one = json.loads((tmp_path / "plain1.0.json").read_text())
+    merged = [json.loads((tmp_path / f"comm2.{rank}.json").read_text()) for rank in (0, 1)]
+    alone = [json.loads((tmp_path / f"plain2.{rank}.json").read_text()) for rank in (0, 1)]
+    assert one["warned"] == 0 and one["count"] > 0
+    assert merged == [one, one]
+    assert [a["warned"] for a in alone] == [3, 3] and alone[0]["state"] != alone[1]["state"]  # what it warns of
+
+
 @pytest.mark.parametrize("call", ["sys.exit(0)", "sys.exit()", "sys.exit(130)"])
 def test_sys_exit_in_the_fitness_on_one_rank_ends_the_job_promptly(tmp_path: Path, call: str) -> None:
     """A fitness that calls sys.exit on rank 1 at generation 2, with a status that also means "done" or "interrupted"

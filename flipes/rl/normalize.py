@@ -9,10 +9,17 @@ buffers of the policy: saved with it, applied at evaluation.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+from flipes.errors import caller_stacklevel
+
+if TYPE_CHECKING:
+    from flipes.dist import Comm
 
 
 def _compiling() -> bool:
@@ -36,6 +43,7 @@ class RunningNorm(nn.Module):
     """
 
     _rows: tuple[Tensor, Tensor] | None = None  # _scale's two rows, selected once (two ops fewer per step)
+    pending_members = pending_popsize = 0  # set in __init__; here too for a norm unpickled from before they existed
 
     def __init__(self, size: int, clip: float = 5.0, eps: float = 1e-8) -> None:
         super().__init__()
@@ -45,6 +53,9 @@ class RunningNorm(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.pending: Tensor | None = None  # (members, 1 + 2·size): [count, Σx, Σx²] of this generation
         self.pending_generation: int | None = None  # the generation they belong to, where a rollout said so
+        # members whose observations rollouts recorded in pending, and the popsize of their population:
+        # fewer is a process's share under MPI, which merged alone would give each process other statistics
+        self.pending_members, self.pending_popsize = 0, 0
         self._scale: Tensor | None = None  # (mean, 1/std) in the input dtype, cached until update()
         self._identity = True  # no statistics yet: the input passes unchanged
 
@@ -82,11 +93,27 @@ class RunningNorm(nn.Module):
         self.pending = sums if self.pending is None else self.pending + sums
 
     @torch.no_grad()
-    def update(self, pending: Tensor | None = None) -> None:
+    def update(self, pending: Tensor | None = None, comm: Comm | None = None) -> None:
         """Merge the pending per-member sums (or ``pending``: every process's rows, gathered in
-        member order) into the statistics, and clear them."""
+        member order) into the statistics, and clear them.
+
+        ``comm``: in a loop of your own split across processes (``FlipES(..., comm=)``), each process
+        records only its members' observations; ``update(comm=es.comm)``, called on every process (a
+        collective), gathers every process's rows first, so that all merge the statistics of one process.
+        Merging a share of the population without it warns: each process would normalize differently."""
+        if pending is None and comm is not None and comm.size > 1:
+            local = self.pending if self.pending is not None else self.mean.new_zeros((0, 1 + 2 * self.size))
+            pending = comm.allgather_tensor(local.to(torch.float64))
+        elif pending is None and self.pending is not None and self.pending_members < self.pending_popsize:
+            warnings.warn(
+                f"obs_norm.update() merges the observations of {self.pending_members} of the population's "
+                f"{self.pending_popsize} members (this process's share under MPI): each process would normalize by "
+                "statistics of its own; call obs_norm.update(comm=es.comm) on every process",
+                stacklevel=caller_stacklevel(),
+            )
         rows = self.pending if pending is None else pending
         self.pending, self.pending_generation = None, None
+        self.pending_members, self.pending_popsize = 0, 0
         if rows is None:
             return
         p = rows.to(self.mean.device, torch.float64).sum(0)

@@ -353,6 +353,8 @@ class RolloutFitness:
         self.timesteps += ep.steps
         if norm is not None:
             norm.pending_generation = pop.generation
+            norm.pending_members += n
+            norm.pending_popsize = pop.popsize
         unshifted = ep.returns.view(n, k).mean(1)  # each member's mean return, for the logs
         returns = ep.returns if not self.reward_shift else ep.returns - self.reward_shift * ep.lengths
         return returns.view(n, k).mean(1), unshifted
