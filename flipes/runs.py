@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,8 @@ def load_policy(
         env: a vector env of the run's env id, for the spaces of an MLP policy (or the argument of
             ``--model``); made here with one copy when not given.
         model: the run's model as given to :func:`flipes.train` (a function ``env -> nn.Module`` or
-            a module); by default the run's ``--model`` is imported by name, or an MLP policy built.
+            a module: a copy of it is loaded, the module itself is left as it was); by default the run's
+            ``--model`` is imported by name, or an MLP policy built.
 
     Raises:
         UsageError: not a run directory, a missing or broken checkpoint (naming the one to use instead).
@@ -116,6 +118,8 @@ def load_policy(
         except EnvError as e:
             raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
     try:
+        if isinstance(model, nn.Module):  # loaded in place, it would change the caller's model (a later
+            model = copy.deepcopy(model)  # load of another checkpoint, export's requires_grad_(False)) under them
         if model is not None or config.get("model"):
             model = Plugins(model=model).model_factory(config.get("model") or name_of(model))(env)
         else:

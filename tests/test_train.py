@@ -691,6 +691,39 @@ def test_objects_without_an_importable_name_say_to_give_them_again(tmp_path: Pat
     assert flipes.train(config, out=str(tmp_path / "config"), progress=False, tensorboard=False).reason == "generations"
 
 
+class ArgmaxPolicy(torch.nn.Module):
+    """A CartPole policy of the user's own: logits' argmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.body(obs).argmax(-1)
+
+
+def test_loading_a_run_of_a_module_given_as_such_leaves_that_module_alone(tmp_path: Path) -> None:
+    """``load_policy(run, model=net)`` and ``export_policy(run, model=net)`` for a run trained with ``model=net`` load
+    a copy: ``latest`` and ``best`` are two modules holding their own checkpoint's weights, and ``net`` keeps its
+    parameters, their ``requires_grad`` and its training mode, so the same ``net`` resumes the run (export froze it
+    in place, and the resume was refused as a model with "no trainable parameter")."""
+    torch.manual_seed(0)
+    net = ArgmaxPolicy()
+    kw = {**FAST_KW, "env": "flipes/CartPole-v1", "eval_every": 1, "checkpoint_every": 1}
+    flipes.train(**kw, model=net, generations=4, out=str(tmp_path / "run"))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    latest = flipes.load_policy(tmp_path / "run", model=net)
+    best = flipes.load_policy(tmp_path / "run", checkpoint="best", model=net)
+    flipes.export_policy(tmp_path / "run", model=net)
+    assert latest is not net and best is not net and latest is not best
+    for policy, checkpoint in ((latest, "checkpoint.pt"), (best, "best.pt")):
+        saved = load_checkpoint(tmp_path / "run" / checkpoint)["es"]["model"]
+        assert all(torch.equal(policy.state_dict()[k], v) for k, v in saved.items())
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+    assert flipes.train(resume=str(tmp_path / "run"), generations=5, model=net, progress=False).metrics[-1]["generation"] == 4
+
+
 def test_what_callbacks_add_to_rows_is_logged_as_plain_numbers_or_named(tmp_path: Path) -> None:
     """numpy scalars and one-element tensors a callback adds to a row are logged as numbers; a value
     metrics.jsonl cannot hold is a one-line error naming the entry."""
