@@ -294,9 +294,17 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
         standard = standard_callbacks(config, run_dir) if lead else []  # TensorBoard writes: after the lock
         users = callbacks if lead else []
         state.callbacks = users
-        for key, cb in callback_keys(users):  # a resumed run's callbacks take their saved state back
+        keys = callback_keys(users)
+        for key, cb in keys:  # a resumed run's callbacks take their saved state back
             if key in state.saved_callbacks:
                 cb.load_state_dict(state.saved_callbacks[key])
+        unclaimed = sorted(set(state.saved_callbacks) - {key for key, _ in keys}) if lead else []
+        if unclaimed:  # said, not refused: a resume may drop a callback on purpose
+            notes.append(
+                f"the checkpoint holds the state of callback(s) {', '.join(unclaimed)} (position:class), which no callback "
+                f"of this call takes ({', '.join(k for k, _ in keys) or 'none given'}): it is not restored, and the next "
+                "checkpoint drops it; pass the same callbacks in the same order to keep it"
+            )
         for text in notes if lead and config.progress else []:
             print_note(text)
         with StopRequest() as stop:  # signals wait until the final checkpoint is written, too

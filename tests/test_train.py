@@ -797,6 +797,25 @@ def test_a_callbacks_state_is_saved_with_the_checkpoint_and_given_back_on_resume
         flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "bad"), callbacks=[Unsaveable()])
 
 
+def test_a_resume_without_a_saved_callback_says_its_state_is_dropped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A resume whose callbacks do not take a state the checkpoint holds (the callback left out, or at another
+    position) prints a note naming that state's key and the given callbacks' keys; a resume with the same
+    callbacks prints none and continues the state."""
+    flipes.train(**FAST_KW, generations=2, checkpoint_every=1, out=str(tmp_path / "run"), callbacks=[HallOfFame()])
+    capsys.readouterr()
+
+    class Before(Callback):
+        pass
+
+    for given, keys in (([], "none given"), ([Before(), HallOfFame()], f"0:{Before.__qualname__}, 1:HallOfFame")):
+        flipes.train(resume=str(tmp_path / "run"), generations=2, callbacks=given)
+        err = capsys.readouterr().err
+        assert f"callback(s) 0:HallOfFame (position:class), which no callback of this call takes ({keys})" in err, err
+    again = HallOfFame()
+    flipes.train(resume=str(tmp_path / "run"), generations=3, callbacks=[again])
+    assert "no callback of this call takes" not in capsys.readouterr().err and len(again.best) == 3
+
+
 def test_rows_a_callback_adds_reach_metrics_jsonl(tmp_path: Path) -> None:
     """What a user callback adds to a row in on_generation is in every row of metrics.jsonl."""
 
