@@ -186,6 +186,33 @@ def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
     assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]
 
 
+def test_a_ctrl_c_to_the_whole_process_group_stops_a_run_with_env_workers_after_its_generation(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches every process of its group, the env's worker processes too: the run still
+    stops after its generation with a checkpoint of it (status 130, its outcome line, no traceback), as without
+    workers, since only the training process takes it."""
+    run = tmp_path / "run"
+    argv = [*FAST, "--env", "gymnasium-async:CartPole-v1", "--env-threads", "2", "--generations", "10000",
+            "--checkpoint-every", "1000", "--out", str(run)]  # fmt: skip
+    p = subprocess.Popen([sys.executable, "-m", "flipes", "train", *argv], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and p.poll() is None:
+            if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, p.communicate()[1][-2000:]
+        os.killpg(p.pid, signal.SIGINT)  # the whole process group, as a terminal signals it
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 130 and "Traceback" not in err and "interrupted;" in out, (p.returncode, out[-1000:], err[-3000:])
+    rows = metrics(run)
+    assert load_checkpoint(run)["es"]["generation"] == len(rows) >= 2
+
+
 def test_torn_and_blank_metrics_lines_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A resume drops a blank line and a torn last line of metrics.jsonl, says so, and continues."""
     run = tmp_path / "run"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +54,17 @@ class EnvBlock(gym.Env):
         self.env.close()
 
 
+def _worker_block(parent: int, env_id: str, size: int, offset: int, kwargs: dict[str, Any]) -> EnvBlock:
+    """An :class:`EnvBlock` made in its worker process, which leaves Ctrl-C to the process that started it
+    (``parent``): a terminal's Ctrl-C reaches every process of its group, and a worker ended by it would fail the
+    step under way instead of letting training stop after its generation with a checkpoint. SIGTERM still ends a
+    worker: multiprocessing stops the workers of an env left open at exit with it (ignored, the exit would hang).
+    gymnasium also makes one block in the parent itself, for the spaces: signals are left as they are there."""
+    if os.getpid() != parent:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return EnvBlock(env_id, size, offset, kwargs)
+
+
 class WorkerVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` copies of a gymnasium id in ``workers`` processes (gymnasium's ``AsyncVectorEnv``
     with shared memory), equal blocks of ``num_envs / workers`` envs each.
@@ -72,7 +85,7 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"{workers} workers cannot share {num_envs} envs equally; pick a divisor of {num_envs}")
         self.num_envs, self.workers, self.device = num_envs, workers, torch.device(device)
         size = num_envs // workers
-        fns = [functools.partial(EnvBlock, env_id, size, k * size, kwargs) for k in range(workers)]
+        fns = [functools.partial(_worker_block, os.getpid(), env_id, size, k * size, kwargs) for k in range(workers)]
         # forkserver: forking this process itself fails with ENOMEM once it holds large envs (seen at
         # N = 1024 MuJoCo envs), and spawn re-imports everything per worker
         context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
