@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 import torch
 
-from flipes.checkpoint import save_checkpoint
+from flipes.checkpoint import discard, save_checkpoint
 from flipes.errors import StorageError, UsageError, os_reason
 from flipes.progress import Progress
 
@@ -67,7 +67,7 @@ def write_atomic(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise StorageError(f"cannot write {path} ({os_reason(e)}); it is unchanged") from None
 
 
@@ -308,3 +308,7 @@ class CurvePlotter(Callback):
             plot_runs([state.run_dir], self.path, self.x)
         except ImportError:
             print("flipes: no curves.png: matplotlib is not installed; pip install 'flipes[plot]'", file=sys.stderr)
+        except OSError as e:  # the checkpoints are written: flipes plot draws the curves later
+            raise StorageError(f"cannot write {self.path} ({os_reason(e)}); the run's checkpoints are whole (the last "
+                               f"good one is {state.run_dir / 'checkpoint.pt'}): flipes plot {state.run_dir} draws the "
+                               "curves once it can be written") from None  # fmt: skip

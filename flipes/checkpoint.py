@@ -84,7 +84,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
         _fsync_dir(path.parent)
     except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         # torch turns a write's OSError into a RuntimeError ("unexpected pos 832 vs 726"): the OSError says why
         error = file.error if file is not None and file.error is not None else e
         why = os_reason(error) if isinstance(error, OSError) else clip(" ".join(str(error).split()))
@@ -112,6 +112,15 @@ class _Writes:
         except OSError as e:
             self.error = e
             raise
+
+
+def discard(path: Path) -> None:
+    """Remove ``path`` where it can be: a temporary file left by a failed write. On a read-only file system
+    even a missing file's unlink fails (EROFS), which must not replace the error that says why the write failed."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _still_good(path: Path) -> str:

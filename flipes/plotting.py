@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from flipes.checkpoint import discard
 from flipes.runs import read_metrics
 
 
 def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") -> Path:
     """Population fitness (mean, max, and the best member's with ``--track-best``) and center-policy
     ``eval_return`` against ``x``
-    (``generation``, ``timesteps`` or ``seconds``), one color per run, to a PNG at ``out``."""
+    (``generation``, ``timesteps`` or ``seconds``), one color per run, to a PNG at ``out`` (or SVG, PDF by
+    its suffix), replaced all at once: a failed write (a full disk) leaves the file that was there.
+
+    Raises:
+        OSError: ``out`` cannot be written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
@@ -35,9 +42,16 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".").lower() or "png")
+        os.replace(tmp, out)
+    except BaseException:
+        discard(tmp)
+        raise
+    finally:
+        plt.close(fig)
     return out
 
 

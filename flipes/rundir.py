@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from flipes.callbacks import write_atomic
-from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from flipes.checkpoint import CheckpointError, discard, load_checkpoint, save_checkpoint
 from flipes.config import TrainConfig, resume_dir
 from flipes.errors import StorageError, UsageError, os_reason
 
@@ -84,7 +84,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise StorageError(f"cannot copy {source} to {target} ({os_reason(e)})") from None
 
 

@@ -293,6 +293,32 @@ def test_a_full_disk_is_one_line_naming_the_last_good_checkpoint(
     assert good == str(run / "checkpoint.pt") and load_checkpoint(good)["es"]["generation"] >= 1
 
 
+def test_a_full_disk_while_curves_png_is_drawn_is_one_line_and_keeps_the_old_curves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The disk filling up while curves.png is drawn at the end of training is one line (status 1) naming it,
+    the last good checkpoint (of the final generation) and flipes plot, and leaves the curves.png that was
+    there whole and no temporary file."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, out=str(run))
+    before = (run / "curves.png").read_bytes()
+
+    def savefig(self: Figure, fname: object, **kwargs: object) -> None:  # half a file, then a full disk
+        Path(str(fname)).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    status = main(["train", "--resume", str(run), "--generations", "3", "--progress", "false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith(f"flipes: error: cannot write {run / 'curves.png'} (disk full: ") and f"flipes plot {run}" in err[0]
+    assert f"the last good one is {run / 'checkpoint.pt'}" in err[0] and load_checkpoint(run)["es"]["generation"] == 3
+    assert (run / "curves.png").read_bytes() == before and not list(run.glob("*.tmp"))
+
+
 @pytest.mark.slow
 def test_many_random_kills_resume_to_the_uninterrupted_parameters(tmp_path: Path) -> None:
     """Killed with SIGKILL at random moments of its training (after a new generation was logged, at a
