@@ -28,9 +28,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from flipes.callbacks import Callback, read_jsonl
+from flipes.checkpoint import discard
 from flipes.cli import POSITIONAL, parse_config, print_error, report_usage_error
 from flipes.config import TrainConfig
-from flipes.errors import StorageError, UsageError
+from flipes.errors import StorageError, UsageError, os_reason
 
 if TYPE_CHECKING:
     from flipes.dist import Comm
@@ -331,20 +332,29 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
                 break
     fps = env.metadata.get("render_fps", 30)
     env.close()
-    if path.suffix == ".gif":
-        from PIL import Image
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # the suffix says the format; replaced all at once
+    try:
+        if path.suffix == ".gif":
+            from PIL import Image
 
-        images = [Image.fromarray(np.asarray(f)) for f in frames]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    else:
-        try:
-            import imageio.v2 as imageio
+            images = [Image.fromarray(np.asarray(f)) for f in frames]
+            images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        else:
+            try:
+                import imageio.v2 as imageio
 
-            imageio.mimwrite(path, frames, fps=fps)
-        except (ImportError, ValueError) as e:
-            raise UsageError(
-                "--render", f"{path}: MP4 needs imageio with ffmpeg ({e})", "pip install imageio imageio-ffmpeg, or write a .gif"
-            ) from None
+                imageio.mimwrite(tmp, frames, fps=fps)
+            except (ImportError, ValueError) as e:
+                raise UsageError(
+                    "--render",
+                    f"{path}: MP4 needs imageio with ffmpeg ({e})",
+                    "pip install imageio imageio-ffmpeg, or write a .gif",
+                ) from None
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only directory: the file that was there stays
+        raise UsageError("--render", f"cannot write {path} ({os_reason(e)})", "choose a path you can write") from None
+    finally:
+        discard(tmp)
     return len(frames)
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from flipes.errors import UsageError
+from flipes.checkpoint import discard
+from flipes.errors import UsageError, os_reason
 from flipes.nn.convert import uncompiled
 from flipes.rl import make_vector_env
 from flipes.rl.envs import EnvError
@@ -129,8 +130,8 @@ def export_policy(
             os.fsync(f.fileno())
         os.replace(tmp, out)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UsageError("--out", f"cannot write {out} ({e.strerror or e})", "choose a path you can write") from None
+        discard(tmp)
+        raise UsageError("--out", f"cannot write {out} ({os_reason(e)})", "choose a path you can write") from None
     return out
 
 

@@ -512,6 +512,45 @@ def test_evaluate_and_export_name_previous_pt_as_their_checkpoint_option(tmp_pat
     assert clip("short") == "short" and len(clip("x" * 300)) <= 104
 
 
+def test_export_and_render_that_cannot_be_written_are_one_line_and_leave_the_file_that_was_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """flipes export's program and flipes evaluate's --render video on a full disk, or on a read-only file
+    system (where removing the temporary file fails too), are one line each (status 2) naming the file, the
+    reason and what to do; the file that was there stays whole, and a full disk leaves no temporary file."""
+    pytest.importorskip("pygame")  # CartPole's rendering
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    program, video = run / "policy.pt2", tmp_path / "policy.gif"
+    assert main(["export", str(run)]) == 0
+    video.write_bytes(b"the old video")
+    before = {program: program.read_bytes(), video: video.read_bytes()}
+    render = ["evaluate", run, "--episodes", "1", "--render", video, "--max-frames", "3"]
+    real_replace = os.replace
+
+    def replace(src: object, dst: object) -> None:  # the new file is written, then its rename finds no space
+        if Path(str(dst)) in before:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    for argv, option, path in ((["export", run], "--out", program), (render, "--render", video)):
+        line = error_line(capsys, *argv)
+        reason = "disk full: No space left on device"
+        assert line == f"flipes: error: {option}: cannot write {path} ({reason}); choose a path you can write"
+        assert path.read_bytes() == before[path] and not list(path.parent.glob("*.tmp*"))
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(os, "replace", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    for argv, option, path in ((["export", run], "--out", program), (render, "--render", video)):
+        line = error_line(capsys, *argv)
+        assert line == f"flipes: error: {option}: cannot write {path} (Read-only file system); choose a path you can write"
+        assert path.read_bytes() == before[path]
+
+
 def test_a_full_disk_while_best_pt_is_written_names_checkpoint_pt_and_says_disk_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
