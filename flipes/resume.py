@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flipes import dist
-from flipes.checkpoint import CheckpointError, load_checkpoint, tensors_sha256
+from flipes.checkpoint import CheckpointError, clip, load_checkpoint, tensors_sha256
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
 from flipes.plugins import same_code
@@ -124,7 +124,16 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
                 "name alone: give it again from the same script, or from an importable module:function in a new run)"
             )
         raise UsageError("--resume", f"the run was trained with other options ({shown})", fix)
-    state.es.load_state_dict(saved_state["es"])
+    try:
+        state.es.load_state_dict(saved_state["es"])
+    except (RuntimeError, ValueError) as e:  # the --model or --optimizer code changed since: torch's size mismatch & co.
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        detail = clip(lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0], 160)
+        raise UsageError(
+            "--resume",
+            f"{path} does not fit the model and optimizer built now ({detail})",
+            "resume with the code the run was trained with (its --model, --optimizer), or train it anew into another --out",
+        ) from None
     if not all(torch.isfinite(p).all() for p in state.model.parameters()):
         other = Path(path) / "previous.pt" if Path(path).is_dir() else Path(path).with_name("previous.pt")
         fix = f"resume an earlier checkpoint, e.g. --resume {other}" if other.exists() else "retrain with a lower --lr"

@@ -512,6 +512,29 @@ def test_evaluate_and_export_name_previous_pt_as_their_checkpoint_option(tmp_pat
     assert clip("short") == "short" and len(clip("x" * 300)) <= 104
 
 
+def test_a_resume_whose_model_code_changed_since_is_one_line_naming_the_mismatch(tmp_path: Path) -> None:
+    """A run resumed with its model code changed since (a layer's width) is refused as a mistake in one line
+    naming the checkpoint, the first mismatch and what to do, instead of torch's multi-line RuntimeError."""
+    width = {"hidden": 8}
+
+    def make_model(env: None) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(4, width["hidden"]), torch.nn.Tanh(), torch.nn.Linear(width["hidden"], 1))
+
+    def fitness(model: torch.nn.Module, pop: object) -> torch.Tensor:
+        return -((model(torch.ones(pop.size, 4)).squeeze(-1) - 1) ** 2)
+
+    run = tmp_path / "run"
+    flipes.train(env="none", model=make_model, fitness=fitness, popsize=8, generations=2, out=str(run), tensorboard=False,
+                 progress=False)  # fmt: skip
+    width["hidden"] = 9
+    with pytest.raises(flipes.UsageError) as e:
+        flipes.train(resume=str(run), model=make_model, fitness=fitness, generations=3, progress=False)
+    message = str(e.value)
+    assert message.startswith(f"--resume: {run} does not fit the model and optimizer built now (size mismatch for 0.weight: ")
+    assert "--model" in message.split("; ")[-1] and "\n" not in message
+    assert load_checkpoint(run)["es"]["generation"] == 2
+
+
 def test_export_and_render_that_cannot_be_written_are_one_line_and_leave_the_file_that_was_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
