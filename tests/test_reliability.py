@@ -535,6 +535,19 @@ def test_a_resume_whose_model_code_changed_since_is_one_line_naming_the_mismatch
     assert load_checkpoint(run)["es"]["generation"] == 2
 
 
+def test_a_run_on_device_cpu_0_resumes_evaluates_and_exports_bit_for_bit(tmp_path: Path) -> None:
+    """--device cpu:0 (a CPU device torch takes) trains a run that resumes, evaluates and exports like one on cpu,
+    with the same parameters, instead of its checkpoints being called damaged (torch.load cannot map to cpu:0)."""
+    run, plain = tmp_path / "run", tmp_path / "plain"
+    flipes.train(**FAST_KW, generations=2, device="cpu:0", out=str(run))
+    flipes.train(resume=str(run), generations=3, device="cpu:0")
+    flipes.train(**FAST_KW, generations=3, out=str(plain))
+    assert metrics(run)[-1]["params_sha256"] == metrics(plain)[-1]["params_sha256"]
+    ours, theirs = flipes.load_policy(run, device="cpu:0").state_dict(), flipes.load_policy(plain).state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(ours.values(), theirs.values(), strict=True))
+    assert main(["export", str(run)]) == 0 and (run / "policy.pt2").exists()
+
+
 def test_export_and_render_that_cannot_be_written_are_one_line_and_leave_the_file_that_was_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
