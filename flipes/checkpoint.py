@@ -227,9 +227,11 @@ def _kind(value: Any) -> str:
 
 def _error(problem: str, path: Path) -> CheckpointError:
     """A CheckpointError for ``path`` that points at ``previous.pt`` beside it: offered only where it
-    loads (read in full, but only on the way to an error), else said to be damaged too."""
+    loads (read in full, but only on the way to an error), else said to be damaged too. A file that is no
+    checkpoint by its name (config.json, metrics.jsonl given by mistake) points at none: the way on is the
+    run's own checkpoint, not the older one."""
     previous = path.with_name("previous.pt")
-    if previous == path or not previous.exists():
+    if previous == path or path.suffix != ".pt" or not previous.exists():
         return CheckpointError(problem)
     try:
         load_checkpoint(previous, map_location="cpu")  # a GPU run's tensors: not onto the GPU, nor an error without one

@@ -548,6 +548,19 @@ def test_a_run_on_device_cpu_0_resumes_evaluates_and_exports_bit_for_bit(tmp_pat
     assert main(["export", str(run)]) == 0 and (run / "policy.pt2").exists()
 
 
+def test_resuming_a_run_file_that_is_no_checkpoint_points_at_the_run_not_at_previous_pt(tmp_path: Path) -> None:
+    """--resume RUN/config.json (or metrics.jsonl: not checkpoints by their names) is refused saying to pass a run
+    directory or checkpoint file, not offering previous.pt, which holds an older state than the run's checkpoint."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, checkpoint_every=1, out=str(run))
+    for name in ("config.json", "metrics.jsonl"):
+        with pytest.raises(flipes.UsageError) as e:
+            flipes.train(resume=str(run / name), generations=3, progress=False)
+        assert str(e.value).startswith(f"--resume: {run / name} is truncated or not a checkpoint (")
+        assert str(e.value).endswith("; pass a run directory or checkpoint file written by flipes train")
+    assert load_checkpoint(run)["es"]["generation"] == 2
+
+
 def test_export_and_render_that_cannot_be_written_are_one_line_and_leave_the_file_that_was_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
