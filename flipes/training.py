@@ -404,8 +404,17 @@ def run_loop(
     while es.generation < config.generations:
         gen = es.generation
         bytes_before, t0 = comm.bytes_sent, time.perf_counter()
-        with es.population() as pop:
-            values = fitness(model, pop)
+        try:
+            with es.population() as pop:
+                values = fitness(model, pop)
+        except Exception as e:
+            if not stop.requested or comm.size > 1:  # several ranks: all must leave together, so the error ends the job
+                raise
+            # a signal to the whole process group (Slurm's SIGTERM, a terminal's) also ended the env's worker
+            # processes: the generation is cut short, and the checkpoint holds every whole one before it
+            print_note(f"generation {gen} was cut short after the stop signal ({type(e).__name__}: the signal ended its env "
+                       f"workers too); the checkpoint holds the {gen} whole generation(s) before it")  # fmt: skip
+            return "interrupted"
         if isinstance(fitness, RolloutFitness):
             values = values.cpu()  # once: tell reads the fitness on the host anyway
         if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
@@ -456,7 +465,14 @@ def run_loop(
         decided: dict[str, Any] = {}
         if comm.rank == 0:
             if evaluate:
-                evaluated = evaluate_center(state, evaluator, gen)
+                try:
+                    evaluated = evaluate_center(state, evaluator, gen)
+                except Exception as e:
+                    if not stop.requested or comm.size > 1:
+                        raise
+                    print_note(f"the evaluation of generation {gen} was cut short after the stop signal ({type(e).__name__}: "
+                               "the signal ended its env workers too); its row has no eval_return")  # fmt: skip
+                    evaluated = {}
                 clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row
                 if clash:
                     raise UsageError("evaluate", f"returned {', '.join(clash)}, which the row has already", "rename them")

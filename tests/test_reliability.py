@@ -186,10 +186,15 @@ def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
     assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]
 
 
-def test_a_ctrl_c_to_the_whole_process_group_stops_a_run_with_env_workers_after_its_generation(tmp_path: Path) -> None:
-    """A terminal's Ctrl-C reaches every process of its group, the env's worker processes too: the run still
-    stops after its generation with a checkpoint of it (status 130, its outcome line, no traceback), as without
-    workers, since only the training process takes it."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_whole_process_group_stops_a_run_with_env_workers_and_keeps_its_generations(
+    tmp_path: Path, signum: int
+) -> None:
+    """A terminal's Ctrl-C, or Slurm's SIGTERM, reaches every process of the group, the env's worker processes
+    too: the run stops with status 130, its outcome line, no traceback, and a checkpoint of every generation in
+    metrics.jsonl. Ctrl-C is left to the training process, which finishes its generation; SIGTERM ends the
+    workers (multiprocessing ends them with it), so the generation under way is cut short, said in a note. The
+    run then resumes to the parameters of one never stopped."""
     run = tmp_path / "run"
     argv = [*FAST, "--env", "gymnasium-async:CartPole-v1", "--env-threads", "2", "--generations", "10000",
             "--checkpoint-every", "1000", "--out", str(run)]  # fmt: skip
@@ -202,7 +207,7 @@ def test_a_ctrl_c_to_the_whole_process_group_stops_a_run_with_env_workers_after_
                 break
             time.sleep(0.1)
         assert p.poll() is None, p.communicate()[1][-2000:]
-        os.killpg(p.pid, signal.SIGINT)  # the whole process group, as a terminal signals it
+        os.killpg(p.pid, signum)  # the whole process group, as a terminal or a batch system signals it
         out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
@@ -211,6 +216,14 @@ def test_a_ctrl_c_to_the_whole_process_group_stops_a_run_with_env_workers_after_
     assert p.returncode == 130 and "Traceback" not in err and "interrupted;" in out, (p.returncode, out[-1000:], err[-3000:])
     rows = metrics(run)
     assert load_checkpoint(run)["es"]["generation"] == len(rows) >= 2
+    assert ("was cut short after the stop signal" in err) == (signum == signal.SIGTERM), err[-2000:]
+    # what was kept resumes bit for bit: one more generation, as a run never stopped has it
+    more = len(rows) + 1
+    flipes.train(resume=str(run), generations=more, progress=False)
+    whole = flipes.train(
+        **{**FAST_KW, "env": "gymnasium-async:CartPole-v1"}, env_threads=2, generations=more, out=str(tmp_path / "whole")
+    )
+    assert [r["params_sha256"] for r in metrics(run)] == [r["params_sha256"] for r in whole.metrics]
 
 
 def test_torn_and_blank_metrics_lines_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

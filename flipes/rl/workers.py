@@ -13,6 +13,7 @@ import functools
 import multiprocessing
 import os
 import signal
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,7 +121,23 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         )
 
     def close(self, **kwargs: Any) -> None:
-        self.env.close(**kwargs)
+        """Close the workers; where one has ended already (a SIGTERM to the whole process group, as Slurm sends,
+        ends them too) gymnasium's close fails on its pipe: the others are then ended and every one joined."""
+        try:
+            with warnings.catch_warnings():  # a step cut short by an error or signal: said where it happened
+                warnings.filterwarnings("ignore", message=".*while waiting for a pending call")
+                self.env.close(**kwargs)
+        except (EOFError, OSError):
+            env = self.env
+            for process in env.processes:
+                if process.is_alive():
+                    process.terminate()
+            for pipe in env.parent_pipes:
+                if pipe is not None:
+                    pipe.close()
+            for process in env.processes:
+                process.join()
+            env.closed = True  # else its __del__ would try again
 
     def __repr__(self) -> str:
         return f"WorkerVectorEnv(num_envs={self.num_envs}, workers={self.workers})"
