@@ -110,6 +110,8 @@ def load_policy(
     except CheckpointError as e:
         fix = "" if e.previous else "pass --checkpoint latest, best, best-member or a checkpoint file of this run"
         raise UsageError("--checkpoint", e.message("--checkpoint"), fix) from None
+    saved = state.get("config")  # the options its weights were trained with, over config.json (edited, or older)
+    config = {**config, **saved} if isinstance(saved, dict) else config
     env_id = str(config.get("env", "none"))
     own = env is None and env_id.lower() != "none"
     if own:

@@ -714,3 +714,19 @@ def test_a_directory_in_place_of_metrics_jsonl_is_one_line_and_changes_nothing(
     rows.rmdir()
     (run / "rows").rename(rows)
     assert main(["train", "--resume", str(run), "--generations", "3"]) == 0 and len(metrics(run)) == 3
+
+
+def test_evaluate_and_export_take_the_options_from_the_checkpoint_over_an_edited_config_json(tmp_path: Path) -> None:
+    """A config.json that lost an option (hand-edited, or written by an older flipes) or names an unknown policy
+    still evaluates and exports: the policy is built from the options in the checkpoint, and gives the same
+    weights and the same evaluation as with the intact file."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, hidden=[5], out=str(run))
+    intact = flipes.load_policy(run).state_dict()
+    assert main(["evaluate", str(run), "--episodes", "3"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    del config["hidden"]
+    (run / "config.json").write_text(json.dumps({**config, "policy": "no-such-policy"}))
+    edited = flipes.load_policy(run).state_dict()
+    assert edited.keys() == intact.keys() and all(torch.equal(edited[k], intact[k]) for k in intact)
+    assert main(["evaluate", str(run), "--episodes", "3"]) == 0 and main(["export", str(run)]) == 0
