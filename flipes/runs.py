@@ -111,7 +111,11 @@ def load_policy(
         fix = "" if e.previous else "pass --checkpoint latest, best, best-member or a checkpoint file of this run"
         raise UsageError("--checkpoint", e.message("--checkpoint"), fix) from None
     saved = state.get("config")  # the options its weights were trained with, over config.json (edited, or older)
-    config = {**config, **saved} if isinstance(saved, dict) else config
+    if isinstance(saved, dict):
+        if str(saved.get("env", "none")) != str(config.get("env", "none")):
+            problem = f"{checkpoint} was trained on {saved.get('env')}, {run_dir} on {config.get('env')}"
+            raise UsageError("--checkpoint", problem, "pass a checkpoint written by this run")
+        config = {**config, **saved}
     env_id = str(config.get("env", "none"))
     own = env is None and env_id.lower() != "none"
     if own:
