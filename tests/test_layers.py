@@ -312,6 +312,20 @@ CASES = [
         out_rows(1),
     ),
     ("prelu-one-per-member", lambda: nn.Sequential(nn.Linear(4, 6), nn.PReLU(6)), lambda: (randn(N, 4),), rows(1), out_rows(1)),
+    (  # one bag of ids per member, (N, L): each member's is 1-D, which EmbeddingBag reads as one bag only with a batch dim
+        "embedding-bag-one-per-member",
+        lambda: nn.Sequential(nn.EmbeddingBag(11, 4, mode="max"), nn.Linear(4, 3)),
+        lambda: (torch.randint(11, (N, 5)),),
+        rows(1),
+        out_rows(1),
+    ),
+    (
+        "embedding-bag-bags",
+        lambda: nn.EmbeddingBag(11, 4, padding_idx=0),
+        lambda: (torch.randint(11, (3 * N, 5)),),
+        rows(3),
+        out_rows(3),
+    ),
     (
         "batchnorm-batch-stats-eval",  # no running statistics: batch statistics in eval mode too
         lambda: nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, affine=False, track_running_stats=False)).eval(),
@@ -621,6 +635,20 @@ def test_a_norm_input_that_reads_as_one_example_or_as_several_is_an_error_naming
     with es.population():
         one = model(torch.randn(4, 1, 3, 6, 6))  # the Conv2d passes the example dim through
     assert one.shape == (4, 1, 4, 4, 4)
+
+
+def test_embedding_bag_offsets_in_a_population_are_an_error_naming_the_2d_layout() -> None:
+    """EmbeddingBag with 1-D ids and offsets packs all members' bags into one sequence: inside a population that is a
+    ValueError naming the 2-D layout (also where the lengths are multiples of N and would split), not bags cut by member;
+    the same bags as 2-D ids run, and per_sample_weights with them."""
+    bag = flipes.flipout(nn.EmbeddingBag(10, 3, mode="sum"))
+    es = flipes.FlipES(bag, popsize=4)
+    ids = torch.randint(10, (8,))
+    with es.population():
+        for offsets in (torch.arange(0, 8, 2), torch.zeros(8, dtype=torch.long)):
+            with pytest.raises(ValueError, match=r"bags are rows of 2-D ids, \(members, L\) or \(members·k, L\)"):
+                bag(ids, offsets)
+        assert bag(ids.view(4, 2), per_sample_weights=torch.rand(4, 2)).shape == (4, 3)
 
 
 def test_dense_inputs_must_hold_the_members_first() -> None:

@@ -144,6 +144,13 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     if not noise and not module.training and getattr(module, "running_mean", None) is not None:
         return super(PerMember, module).forward(*args, **kwargs)  # type: ignore[misc]  # running statistics: one map for all
     n = module.flipes_members
+    offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
+    if isinstance(module, nn.EmbeddingBag) and offsets is not None:
+        raise ValueError(
+            f"{type(module).__name__}: inside a population bags are rows of 2-D ids, (members, L) or (members·k, L) "
+            "member-major (pad shorter bags with padding_idx); 1-D ids with offsets pack every member's bags into one "
+            "sequence, which cannot be split by member"
+        )
     params = dict(module.named_parameters(remove_duplicate=False))
     member_params = {name: params[name].detach() + delta for name, delta in noise.items()}
     leaves, spec = pytree.tree_flatten((args, kwargs))
@@ -191,11 +198,13 @@ def needs_batch_dim(module: nn.Module, shape: torch.Size) -> bool:
     """Whether one member's input of ``shape`` (a population input without its member dim) is ONE
     example that ``module`` must see with a batch dim of 1: torch's BatchNorm, GroupNorm and PReLU read
     channels at dim 1 and have no unbatched form. ``(C, ...)`` with ``C`` their channels is one example;
-    ``(B, C, ...)``, B examples.
+    ``(B, C, ...)``, B examples. An EmbeddingBag's 1-D ids ``(L,)`` are one bag (1-D ids need offsets there).
 
     Raises:
         ValueError: where both read (``(C, C, ...)``), naming the two layouts that say which.
     """
+    if isinstance(module, nn.EmbeddingBag):
+        return len(shape) == 1
     if isinstance(module, nn.GroupNorm):
         channels = module.num_channels
     elif isinstance(module, nn.PReLU) and module.num_parameters > 1:
