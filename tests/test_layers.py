@@ -938,6 +938,31 @@ def test_a_parametrized_layer_is_evolved_per_member_through_its_parametrization(
         )
 
 
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
+@pytest.mark.parametrize("hook", ["weight_norm", "spectral_norm"])
+@pytest.mark.parametrize("layer", ["flipout", "dense"])
+def test_hook_based_weight_norm_is_refused_naming_the_module_and_parametrizations(hook: str, layer: str) -> None:
+    """torch.nn.utils.weight_norm / spectral_norm (the old hook-based ones) compute the weight from the mean parameters
+    before the forward, so every member of a dense module ran the mean weight (identical outputs, with a bias-free
+    Bilinear) while tell wrote an ES gradient for weight_g / weight_v: flipout refuses such a trainable module, on a
+    Linear or a Bilinear, naming its path and both fixes; frozen by that name, it converts and runs as plain torch."""
+    apply = getattr(nn.utils, hook)
+    inner = apply(nn.Linear(3, 2)) if layer == "flipout" else apply(nn.Bilinear(3, 3, 2, bias=False))
+    message = (
+        f"flipout(): 'body.0' ({type(inner).__name__}) has torch.nn.utils.{hook} applied: its hook computes 'weight' from "
+        f"the mean parameters before each call, so no member would run its own; apply "
+        f"torch.nn.utils.parametrizations.{hook} instead (flipes perturbs its parameters per member), or freeze it: "
+        "flipes.flipout(model, frozen=['body.0'])"
+    )
+    model = nn.ModuleDict({"body": nn.Sequential(inner), "head": nn.Linear(2, 2)})
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        flipes.flipout(model)
+    with pytest.raises(ValueError, match=re.escape("flipout(): the model (")):
+        flipes.flipout(inner)
+    model = flipes.flipout(model, frozen=["body.0"])
+    assert type(model["body"][0]) is type(inner) and isinstance(model["head"], flipes.nn.FlipoutLinear)
+
+
 def test_norm_misuses_are_errors_that_say_what_to_do() -> None:
     """A lazy norm not yet initialized cannot be converted; a BatchNorm training on one example per
     member has no batch statistics (torch's own message would not say why)."""

@@ -147,10 +147,12 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
         ValueError: a trainable parameter that cannot be perturbed per member (held directly by a
             module that also holds Flipout layers), an unknown name in ``frozen``, a model with no
             trainable parameter, or a layer option with no Flipout form (bidirectional or projected
-            recurrent layers, ``Embedding(max_norm=...)``) on a trainable layer.
+            recurrent layers, ``Embedding(max_norm=...)``) on a trainable layer, or a trainable module with
+            the hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` (use ``parametrizations``'s).
     """
     check_module(module, "flipout()")
     _freeze(uncompiled(module), frozen)  # torch.compile(net): net's names, as its state dict's
+    _check_weight_hooks(uncompiled(module))
     cls = flipout_class(type(module))
     if cls is not None and _trainable(module):
         module = _convert_layer(module, cls)
@@ -166,6 +168,29 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
             "parameters (e.g. torch.nn.Linear), or set requires_grad=True on those to evolve"
         )
     return module
+
+
+# torch.nn.utils' old hook-based reparametrizations: a forward pre-hook sets the weight from other parameters
+_WEIGHT_HOOKS = {"WeightNorm": "weight_norm", "SpectralNorm": "spectral_norm"}
+
+
+def _check_weight_hooks(model: nn.Module) -> None:
+    """Refuse trainable modules with ``torch.nn.utils.weight_norm`` / ``spectral_norm`` applied: their hook computes
+    the weight from the mean parameters before the forward, so every member would run the mean weight (a Flipout
+    layer would perturb a stale copy of it) while ``tell`` writes an ES gradient for parameters no member used."""
+    for name, m in model.named_modules():
+        for hook in m._forward_pre_hooks.values():
+            fn = _WEIGHT_HOOKS.get(type(hook).__name__)
+            if fn is None or not type(hook).__module__.startswith("torch.nn.utils") or not _trainable(m):
+                continue
+            where = repr(name) if name else "the model"
+            freeze = f"flipes.flipout(model, frozen=[{name!r}])" if name else "model.requires_grad_(False)"
+            raise ValueError(
+                f"flipout(): {where} ({type(m).__name__}) has torch.nn.utils.{fn} applied: its hook "
+                f"computes {hook.name!r} from the mean parameters before each call, so no member would run its own; "
+                f"apply torch.nn.utils.parametrizations.{fn} instead (flipes perturbs its parameters per member), or "
+                f"freeze it: {freeze}"
+            )
 
 
 def _convert_children(parent: nn.Module, converted: dict[int, nn.Module]) -> None:
