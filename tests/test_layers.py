@@ -600,26 +600,30 @@ def test_nested_populations_and_two_flipes_on_one_model_are_errors_for_every_kin
 
 
 def test_layer_options_without_a_flipout_form_are_refused_naming_the_fix() -> None:
-    """A trainable Embedding with max_norm is a ValueError naming the option and both fixes (build it without max_norm,
-    or freeze it), and freezing it works: it stays a plain nn.Embedding; a bidirectional GRU and an LSTM with proj_size
-    are ValueErrors naming the options and the fixes (a second layer on the reversed sequence, or the cell), and the
-    cell converts; a frozen bidirectional GRU is left as a plain nn.GRU."""
+    """A trainable Embedding with max_norm is a ValueError naming the module's path in the model, the option and both
+    fixes (build it without max_norm, or freeze it), and freezing it works: it stays a plain nn.Embedding; a
+    bidirectional GRU and an LSTM with proj_size are ValueErrors naming the options and the fixes (a second layer on
+    the reversed sequence, the cell, or freezing it), and the cell converts; a frozen bidirectional GRU is left as a
+    plain nn.GRU."""
     max_norm = (
         "Embedding(max_norm=1.0) renormalizes rows of the table in place, which has no per-member form; build the "
         "embedding without max_norm (or freeze it: flipes.flipout(model, frozen=[...]))"
     )
-    with pytest.raises(ValueError, match="^" + re.escape(max_norm) + "$"):
+    with pytest.raises(ValueError, match="^" + re.escape("flipout(): '0': " + max_norm) + "$"):
         flipes.flipout(nn.Sequential(nn.Embedding(5, 3, max_norm=1.0), nn.Linear(3, 2)))
+    with pytest.raises(ValueError, match="^" + re.escape(max_norm) + "$"):  # the model itself: no path to name
+        flipes.flipout(nn.Embedding(5, 3, max_norm=1.0))
     model = flipes.flipout(nn.Sequential(nn.Embedding(5, 3, max_norm=1.0), nn.Linear(3, 2)), frozen=["0"])
     assert type(model[0]) is nn.Embedding and isinstance(model[1], flipes.nn.FlipoutLinear)
     rnn = (
         "Flipout{} supports unidirectional layers without projections; got bidirectional={}, proj_size={} (build the "
-        "reverse direction from a second layer on the reversed sequence, or use the cell)"
+        "reverse direction from a second layer on the reversed sequence, or use the cell; or freeze it: "
+        "flipes.flipout(model, frozen=[...]))"
     )
     with pytest.raises(ValueError, match="^" + re.escape(rnn.format("GRU", True, 0)) + "$"):
         flipes.flipout(nn.GRU(3, 4, bidirectional=True))
-    with pytest.raises(ValueError, match="^" + re.escape(rnn.format("LSTM", False, 2)) + "$"):
-        flipes.flipout(nn.Sequential(nn.LSTM(3, 4, proj_size=2)))
+    with pytest.raises(ValueError, match="^" + re.escape("flipout(): 'encoder.0': " + rnn.format("LSTM", False, 2)) + "$"):
+        flipes.flipout(nn.ModuleDict({"encoder": nn.Sequential(nn.LSTM(3, 4, proj_size=2))}))
     assert isinstance(flipes.flipout(nn.GRUCell(3, 4)), flipes.nn.FlipoutGRUCell)
     frozen_gru = nn.GRU(3, 4, bidirectional=True).requires_grad_(False)  # frozen: left as it is
     model = flipes.flipout(nn.ModuleDict({"gru": frozen_gru, "head": nn.Linear(8, 2)}))

@@ -83,12 +83,18 @@ def flipout_class(cls: type[nn.Module]) -> type[nn.Module] | None:
     return None
 
 
-def _convert_layer(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
-    """A Flipout layer holding the very same Parameter objects (and hooks, flags) as ``layer``."""
-    if isinstance(layer, nn.RNNBase):
-        check_rnn_supported(layer)
-    if isinstance(layer, nn.Embedding):
-        check_embedding_supported(layer)
+def _convert_layer(layer: nn.Module, cls: type[nn.Module], path: str = "") -> nn.Module:
+    """A Flipout layer holding the very same Parameter objects (and hooks, flags) as ``layer``, the module
+    ``path`` of the model (named in the error for an option without a Flipout form)."""
+    try:
+        if isinstance(layer, nn.RNNBase):
+            check_rnn_supported(layer)
+        if isinstance(layer, nn.Embedding):
+            check_embedding_supported(layer)
+    except ValueError as e:
+        if not path:
+            raise
+        raise ValueError(f"flipout(): {path!r}: {e}") from None
     new = cls.__new__(cls)
     new.__dict__ = layer.__dict__.copy()  # same _parameters entries: the same Parameter objects
     for name in ("_parameters", "_buffers", "_modules"):
@@ -193,7 +199,7 @@ def _check_weight_hooks(model: nn.Module) -> None:
             )
 
 
-def _convert_children(parent: nn.Module, converted: dict[int, nn.Module]) -> None:
+def _convert_children(parent: nn.Module, converted: dict[int, nn.Module], prefix: str = "") -> None:
     if isinstance(parent, (FlipoutMixin, PerMember)):  # its submodules are its own business
         return
     for name, child in list(parent._modules.items()):  # with repeats, unlike named_children()
@@ -204,10 +210,10 @@ def _convert_children(parent: nn.Module, converted: dict[int, nn.Module]) -> Non
             continue
         cls = flipout_class(type(child))
         if cls is not None and _trainable(child):  # a frozen layer stays as it is
-            converted[id(child)] = _convert_layer(child, cls)
+            converted[id(child)] = _convert_layer(child, cls, prefix + name)
             _replace(parent, name, converted[id(child)])
         else:
-            _convert_children(child, converted)
+            _convert_children(child, converted, f"{prefix}{name}.")
 
 
 def _replace(parent: nn.Module, name: str, child: nn.Module) -> None:

@@ -381,5 +381,5 @@ def check_rnn_supported(rnn: nn.RNNBase) -> None:
         raise ValueError(
             f"Flipout{type(rnn).__name__.removeprefix('Flipout')} supports unidirectional layers without projections; got "
             f"bidirectional={rnn.bidirectional}, proj_size={proj} (build the reverse direction from a second layer on the "
-            "reversed sequence, or use the cell)"
+            "reversed sequence, or use the cell; or freeze it: flipes.flipout(model, frozen=[...]))"
         )
