@@ -655,6 +655,30 @@ def test_embedding_bag_offsets_in_a_population_are_an_error_naming_the_2d_layout
         assert bag(ids.view(4, 2), per_sample_weights=torch.rand(4, 2)).shape == (4, 3)
 
 
+class ScaledNorm(nn.Module):
+    """A bare scale before a BatchNorm1d child: one dense module whose forward needs a batch dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(4))
+        self.norm = nn.BatchNorm1d(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x * self.scale)
+
+
+def test_a_dense_module_that_needs_a_batch_dim_names_the_one_example_layout() -> None:
+    """A dense module whose forward needs a batch dim (a BatchNorm1d child), given one example per member as (N, 4), runs
+    on each member's (4,): the error it raises names that shape and the (members, 1, ...) layout, and with that layout
+    each member equals the plain module with its explicit parameters."""
+    model = flipes.flipout(ScaledNorm().eval())
+    es = flipes.FlipES(model, popsize=4)
+    hint = re.escape("without the member dim, (4,)") + r".*\(members, 1, \.\.\.\)"
+    with es.population(), pytest.raises(ValueError, match=hint):
+        model(torch.randn(4, 4))
+    check_members(lambda: ScaledNorm().eval(), lambda: (randn(N, 1, 4),), rows(0), out_rows(0), True, 2, None)
+
+
 def test_dense_inputs_must_hold_the_members_first() -> None:
     """A dense per-member module (LayerNorm) given 3 rows in a population of 4 raises a ValueError saying inputs must
     be members first."""
