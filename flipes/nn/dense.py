@@ -144,8 +144,7 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     if not noise and not module.training and getattr(module, "running_mean", None) is not None:
         return super(PerMember, module).forward(*args, **kwargs)  # type: ignore[misc]  # running statistics: one map for all
     n = module.flipes_members
-    offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
-    if isinstance(module, nn.EmbeddingBag) and offsets is not None:
+    if isinstance(module, nn.EmbeddingBag) and (args[1] if len(args) > 1 else kwargs.get("offsets")) is not None:
         raise ValueError(
             f"{type(module).__name__}: inside a population bags are rows of 2-D ids, (members, L) or (members·k, L) "
             "member-major (pad shorter bags with padding_idx); 1-D ids with offsets pack every member's bags into one "
@@ -182,24 +181,26 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         with _parameters(module, p), _batch_stats_only(module):
             return base(*a, **kw)
 
-    unbatched = ""  # each member's input is its own row, without a batch dim: say so, where the forward needed one
-    if not batch:
+    def unbatched() -> str:  # each member's input is its own row, without a batch dim: said where the forward needed one
+        if batch:
+            return ""
         shapes = ", ".join(str(tuple(leaf.shape[1:])) for leaf in members)
-        unbatched = (
+        return (
             f"; it ran on each member's input without the member dim, {shapes}: where it needs a batch dim, pass one "
             "example per member as (members, 1, ...)"
         )
+
     try:
         out = torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)  # dropout: own masks
     except RuntimeError as e:
         raise RuntimeError(
-            f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}){unbatched}; list its "
+            f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}){unbatched()}; list its "
             "parameters in flipes.flipout(model, frozen=[...]) or write a Flipout layer for it"
         ) from e
     except ValueError as e:
-        if not unbatched:
+        if batch:
             raise
-        raise ValueError(f"{type(module).__name__}: its forward, run per member, raised: {e}{unbatched}") from e
+        raise ValueError(f"{type(module).__name__}: its forward, run per member, raised: {e}{unbatched()}") from e
     if not batch:
         return out
     return pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) else t, out)
