@@ -407,13 +407,14 @@ def run_loop(
         try:
             with es.population() as pop:
                 values = fitness(model, pop)
-        except Exception as e:
+        except (EOFError, OSError) as e:  # what a worker process's pipe raises once the worker has ended
             if not stop.requested or comm.size > 1:  # several ranks: all must leave together, so the error ends the job
                 raise
-            # a signal to the whole process group (Slurm's SIGTERM, a terminal's) also ended the env's worker
-            # processes: the generation is cut short, and the checkpoint holds every whole one before it
-            print_note(f"generation {gen} was cut short after the stop signal ({type(e).__name__}: the signal ended its env "
-                       f"workers too); the checkpoint holds the {gen} whole generation(s) before it")  # fmt: skip
+            # a signal to the whole process group (Slurm's SIGTERM) also ended the env's worker processes: the
+            # generation is cut short, and the checkpoint holds every whole one before it
+            print_note(f"generation {gen} was cut short after the stop signal ({type(e).__name__}: a signal to the whole "
+                       f"process group ends the env's worker processes too); the checkpoint holds the {gen} whole "
+                       "generation(s) before it")  # fmt: skip
             return "interrupted"
         if isinstance(fitness, RolloutFitness):
             values = values.cpu()  # once: tell reads the fitness on the host anyway
@@ -467,11 +468,12 @@ def run_loop(
             if evaluate:
                 try:
                     evaluated = evaluate_center(state, evaluator, gen)
-                except Exception as e:
+                except (EOFError, OSError) as e:  # as the generation's, above
                     if not stop.requested or comm.size > 1:
                         raise
                     print_note(f"the evaluation of generation {gen} was cut short after the stop signal ({type(e).__name__}: "
-                               "the signal ended its env workers too); its row has no eval_return")  # fmt: skip
+                               "a signal to the whole process group ends the env's worker processes too); its row has no "
+                               "eval_return")  # fmt: skip
                     evaluated = {}
                 clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row
                 if clash:
