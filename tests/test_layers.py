@@ -991,6 +991,27 @@ def test_hook_based_weight_norm_is_refused_naming_the_module_and_parametrization
     assert type(model["body"][0]) is type(inner) and isinstance(model["head"], flipes.nn.FlipoutLinear)
 
 
+def test_spectral_norm_in_training_mode_names_eval_and_runs_per_member_in_eval_mode() -> None:
+    """A module with torch.nn.utils.parametrizations.spectral_norm in training mode runs its power iteration, an
+    in-place update vmap cannot batch: the error says to call model.eval(); in eval mode each member's output is
+    the plain module's with that member's parameters."""
+    torch.manual_seed(0)
+    inner = nn.utils.parametrizations.spectral_norm(nn.Bilinear(3, 3, 2).double())
+    model = flipes.flipout(nn.ModuleDict({"b": inner}))
+    es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with es.population(), pytest.raises(RuntimeError, match=r"spectral_norm updates its power-iteration vectors in "
+                                                            r"training mode: call model\.eval\(\)"):  # fmt: skip
+        model["b"](x, x)
+    model.eval()
+    with es.population() as pop:
+        out = model["b"](x, x)
+    for n in range(pop.size):
+        plain = copy.deepcopy(inner).eval()
+        plain.load_state_dict({k.removeprefix("b."): v for k, v in es.member_state_dict(n).items()})
+        torch.testing.assert_close(out[n], plain(x[n : n + 1], x[n : n + 1])[0], rtol=0, atol=1e-12)
+
+
 def test_norm_misuses_are_errors_that_say_what_to_do() -> None:
     """A lazy norm not yet initialized cannot be converted; a BatchNorm training on one example per
     member has no batch statistics (torch's own message would not say why)."""

@@ -194,8 +194,8 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         out = torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)  # dropout: own masks
     except RuntimeError as e:
         raise RuntimeError(
-            f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}){unbatched()}; list its "
-            "parameters in flipes.flipout(model, frozen=[...]) or write a Flipout layer for it"
+            f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); {_power_iteration(module)}"
+            "list its parameters in flipes.flipout(model, frozen=[...]) or write a Flipout layer for it"
         ) from e
     except ValueError as e:
         if batch:
@@ -204,6 +204,17 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     if not batch:
         return out
     return pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) else t, out)
+
+
+def _power_iteration(module: nn.Module) -> str:
+    """The hint for a module whose ``parametrizations.spectral_norm`` runs its power iteration (training mode), an
+    in-place update that vmap cannot batch; empty for any other."""
+    parametrizations = getattr(module, "parametrizations", None)
+    if not module.training or parametrizations is None:
+        return ""
+    if not any(type(p).__name__ == "_SpectralNorm" for plist in parametrizations.values() for p in plist):
+        return ""
+    return "its spectral_norm updates its power-iteration vectors in training mode: call model.eval() (they then stay), or "
 
 
 def needs_batch_dim(module: nn.Module, shape: torch.Size) -> bool:
