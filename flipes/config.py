@@ -214,6 +214,7 @@ def saved_options(resume: str) -> dict[str, Any]:
     no readable config.json nor checkpoint (the resume then says what is wrong); the checkpoint's
     options where config.json is missing or damaged."""
     config = resume_dir(resume) / "config.json"
+    source = str(config)
     try:
         saved = json.loads(config.read_text())
     except (OSError, ValueError):
@@ -227,10 +228,20 @@ def saved_options(resume: str) -> dict[str, Any]:
             return {}
         if not isinstance(saved, dict):
             return {}
+        source = f"{resume} (the options in its checkpoint)"
     if "rank" in saved and "noise_rank" not in saved:  # runs saved before the option's rename
         saved["noise_rank"] = saved.pop("rank") or 0
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "overwrite", "progress"}
-    return {k: v for k, v in saved.items() if k in names}
+    kept = {k: v for k, v in saved.items() if k in names}
+    try:  # checked here, so that a hand-edited value is named in its file, not as a flag nobody passed
+        check_options(TrainConfig, kept, source)
+    except UsageError as e:
+        raise UsageError(
+            source,
+            f"the resumed run's option {e.problem}",
+            "restore the value the run was trained with (its checkpoint.pt holds it)",
+        ) from None
+    return kept
 
 
 # upper bounds past which a value is a typo, not a plan (and would exhaust memory or overflow)

@@ -730,3 +730,21 @@ def test_evaluate_and_export_take_the_options_from_the_checkpoint_over_an_edited
     edited = flipes.load_policy(run).state_dict()
     assert edited.keys() == intact.keys() and all(torch.equal(edited[k], intact[k]) for k in intact)
     assert main(["evaluate", str(run), "--episodes", "3"]) == 0 and main(["export", str(run)]) == 0
+
+
+def test_a_hand_edited_config_json_value_is_named_in_that_file_not_as_a_flag(tmp_path: Path) -> None:
+    """A resume whose config.json holds a value of the wrong type (edited by hand) is refused naming that file and
+    the option as written there, not a --flag the user never passed, and saying where the trained value is kept;
+    the run is unchanged and resumes once the value is restored."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    good = (run / "config.json").read_text()
+    (run / "config.json").write_text(json.dumps({**json.loads(good), "popsize": "abc"}))
+    with pytest.raises(flipes.UsageError) as e:
+        flipes.train(resume=str(run), generations=2, progress=False)
+    assert str(e.value) == (
+        f"{run / 'config.json'}: the resumed run's option popsize = 'abc' is not an integer; restore the value the run "
+        "was trained with (its checkpoint.pt holds it)"
+    )
+    (run / "config.json").write_text(good)
+    assert flipes.train(resume=str(run), generations=2, progress=False).metrics[-1]["generation"] == 1
