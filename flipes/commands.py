@@ -245,7 +245,7 @@ def train_command(argv: Sequence[str] | None = None) -> int:
 def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     """``flipes evaluate``: prints the center policy's mean ± std return; returns them."""
     from flipes.config import check_device
-    from flipes.runs import evaluate_policy, load_policy, run_config
+    from flipes.runs import evaluate_policy, load_policy, run_env
 
     args = parse_config(EvaluateConfig, argv, evaluate_help(), prog="flipes evaluate")
     if args.episodes < 1:
@@ -263,7 +263,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
         if args.max_frames < 1:
             raise UsageError("--max-frames", f"must be at least 1, got {args.max_frames}", "e.g. --max-frames 500")
     check_device(args.device)
-    env_id = run_config(args.run)["env"]
+    env_id = run_env(args.run)
     if str(env_id).lower() == "none":
         raise UsageError(args.run, "was trained on a custom fitness (--env none): there is no env to evaluate it on",
                          "use the evaluate() beside your fitness function")  # fmt: skip

@@ -26,7 +26,7 @@ from flipes.nn.convert import uncompiled
 from flipes.rl import make_vector_env
 from flipes.rl.envs import EnvError
 from flipes.rl.recurrent import GRUPolicy, RecurrentPolicy
-from flipes.runs import load_policy, run_config
+from flipes.runs import load_policy, run_env
 
 
 class _StateAsInput(nn.Module):
@@ -65,7 +65,7 @@ def export_policy(
             export, or a path that cannot be written.
     """
     run_dir = Path(run_dir)
-    env_id = str(run_config(run_dir).get("env", "none"))
+    env_id = run_env(run_dir)
     if env_id.lower() == "none":
         raise UsageError(
             str(run_dir),

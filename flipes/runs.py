@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from torch import nn
 
 from flipes.callbacks import read_jsonl_lines
 from flipes.checkpoint import CheckpointError, load_checkpoint
-from flipes.errors import UsageError
+from flipes.errors import UsageError, caller_stacklevel
 from flipes.nn import flipout, uncompiled
 from flipes.plugins import Plugins, name_of
 from flipes.rl import POLICIES, episode_seed, make_vector_env, run_episodes
@@ -53,6 +54,25 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
         problem = f"holds a JSON {type(config).__name__}, not the object of options flipes train writes"
         raise UsageError(str(path), problem, "restore it from the checkpoint's config, or retrain")
     return config
+
+
+def run_env(run_dir: str | Path) -> str:
+    """The env id a run was trained on (``"none"`` for a custom fitness), from its ``config.json`` (or its
+    checkpoint's options, where config.json lost it).
+
+    Raises:
+        UsageError: not a run directory, or a config.json without an env (damaged, or edited by hand).
+    """
+    env = run_config(run_dir).get("env")
+    if not isinstance(env, str):  # config.json lost it (edited by hand): the checkpoint records it too
+        try:
+            env = load_checkpoint(checkpoint_path(run_dir), map_location="cpu").get("config", {}).get("env")
+        except CheckpointError:
+            env = None
+    if not isinstance(env, str):
+        path = Path(run_dir) / "config.json"
+        raise UsageError(str(path), "names no env, nor does its checkpoint", "restore the run's env id in config.json")
+    return env
 
 
 def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:
@@ -110,12 +130,13 @@ def load_policy(
     except CheckpointError as e:
         fix = "" if e.previous else "pass --checkpoint latest, best, best-member or a checkpoint file of this run"
         raise UsageError("--checkpoint", e.message("--checkpoint"), fix) from None
-    saved = state.get("config")  # the options its weights were trained with, over config.json (edited, or older)
+    saved = state.get("config")  # the options the weights were trained with: they fill what config.json lacks
     if isinstance(saved, dict):
-        if str(saved.get("env", "none")) != str(config.get("env", "none")):
-            problem = f"{checkpoint} was trained on {saved.get('env')}, {run_dir} on {config.get('env')}"
+        ours, theirs = config.get("env"), saved.get("env")
+        if ours is not None and theirs is not None and str(ours) != str(theirs):
+            problem = f"{checkpoint} was trained on {theirs}, {run_dir} on {ours}"
             raise UsageError("--checkpoint", problem, "pass a checkpoint written by this run")
-        config = {**config, **saved}
+        config = {**saved, **config}  # config.json first, as a resume reads it (an edited --model name is kept)
     env_id = str(config.get("env", "none"))
     own = env is None and env_id.lower() != "none"
     if own:
@@ -125,12 +146,24 @@ def load_policy(
             raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
     try:
         if isinstance(model, nn.Module):  # loaded in place, it would change the caller's model (a later
-            model = copy.deepcopy(model)  # load of another checkpoint, export's requires_grad_(False)) under them
+            try:  # load of another checkpoint, export's requires_grad_(False)) under them
+                model = copy.deepcopy(model)
+            except Exception as e:  # a module holding a lock, a file, an env: loaded in place, as said
+                warnings.warn(
+                    f"load_policy(model=...): the module cannot be copied ({type(e).__name__}: {e}); the checkpoint is "
+                    "loaded into it in place",
+                    stacklevel=caller_stacklevel(),
+                )
         if model is not None or config.get("model"):
             model = Plugins(model=model).model_factory(config.get("model") or name_of(model))(env)
         else:
             assert env is not None
-            kind = POLICIES[config.get("policy", "mlp")]
+            name = config.get("policy", "mlp")
+            if name not in POLICIES:
+                problem = f"names policy {name!r}, none of {', '.join(POLICIES)}"
+                fix = "restore the run's value (its checkpoint.pt holds the options it was trained with)"
+                raise UsageError(str(Path(run_dir) / "config.json"), problem, fix)
+            kind = POLICIES[name]
             model = kind(env.single_observation_space, env.single_action_space, hidden=config["hidden"])
     finally:
         if own and env is not None:

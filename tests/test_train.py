@@ -8,6 +8,7 @@ import math
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -722,6 +723,23 @@ def test_loading_a_run_of_a_module_given_as_such_leaves_that_module_alone(tmp_pa
     assert net.training and all(p.requires_grad for p in net.parameters())
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
     assert flipes.train(resume=str(tmp_path / "run"), generations=5, model=net, progress=False).metrics[-1]["generation"] == 4
+
+
+def test_loading_a_run_into_a_module_that_cannot_be_copied_loads_it_in_place_with_a_warning(tmp_path: Path) -> None:
+    """``load_policy(run, model=net)`` where ``net`` cannot be deep-copied (it holds a lock) warns that the checkpoint
+    is loaded into ``net`` itself, and returns ``net`` holding the checkpoint's weights."""
+    torch.manual_seed(0)
+    net = ArgmaxPolicy()
+    flipes.train(**{**FAST_KW, "env": "flipes/CartPole-v1"}, model=net, generations=2, out=str(tmp_path / "run"))
+    net.lock = threading.Lock()
+    with torch.no_grad():
+        next(net.parameters()).zero_()
+    with pytest.warns(
+        UserWarning, match=r"the module cannot be copied \(TypeError: .*lock.*\); the checkpoint is loaded into it"
+    ):
+        policy = flipes.load_policy(tmp_path / "run", model=net)
+    saved = load_checkpoint(tmp_path / "run")["es"]["model"]
+    assert policy is net and all(torch.equal(net.state_dict()[k], v) for k, v in saved.items())
 
 
 def test_what_callbacks_add_to_rows_is_logged_as_plain_numbers_or_named(tmp_path: Path) -> None:
