@@ -165,7 +165,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    if map_location is not None and torch.device(map_location).type == "cpu":
+    if isinstance(map_location, str | torch.device) and str(map_location).startswith("cpu:"):
         map_location = "cpu"  # torch.load cannot restore to "cpu:0", a device --device and torch take elsewhere
     if not path.exists():
         raise _error(f"no checkpoint at {path}", path)

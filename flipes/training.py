@@ -407,7 +407,7 @@ def run_loop(
         try:
             with es.population() as pop:
                 values = fitness(model, pop)
-        except (EOFError, OSError) as e:  # what a worker process's pipe raises once the worker has ended
+        except (EOFError, BrokenPipeError, ConnectionResetError) as e:  # a worker process's pipe, once the worker ended
             if not stop.requested or comm.size > 1:  # several ranks: all must leave together, so the error ends the job
                 raise
             # a signal to the whole process group (Slurm's SIGTERM) also ended the env's worker processes: the
@@ -468,7 +468,7 @@ def run_loop(
             if evaluate:
                 try:
                     evaluated = evaluate_center(state, evaluator, gen)
-                except (EOFError, OSError) as e:  # as the generation's, above
+                except (EOFError, BrokenPipeError, ConnectionResetError) as e:  # as the generation's, above
                     if not stop.requested or comm.size > 1:
                         raise
                     print_note(f"the evaluation of generation {gen} was cut short after the stop signal ({type(e).__name__}: "
