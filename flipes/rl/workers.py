@@ -121,8 +121,10 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         )
 
     def close(self, **kwargs: Any) -> None:
-        """Close the workers; where one has ended already (a SIGTERM to the whole process group, as Slurm sends,
-        ends them too) gymnasium's close fails on its pipe: the others are then ended and every one joined."""
+        """Close the workers. Where they have ended already (a SIGTERM to the whole process group, as Slurm sends,
+        ends them too), gymnasium's close fails on a pipe: any still alive are then ended and every one joined. A
+        worker that died alone while the others still step is not handled here: gymnasium's wait for the step under
+        way reads the live workers' pipes first."""
         try:
             with warnings.catch_warnings():  # a step cut short by an error or signal: said where it happened
                 warnings.filterwarnings("ignore", message=".*while waiting for a pending call")
