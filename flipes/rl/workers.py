@@ -122,9 +122,9 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
 
     def close(self, **kwargs: Any) -> None:
         """Close the workers. Where they have ended already (a SIGTERM to the whole process group, as Slurm sends,
-        ends them too), gymnasium's close fails on a pipe: any still alive are then ended and every one joined. A
-        worker that died alone while the others still step is not handled here: gymnasium's wait for the step under
-        way reads the live workers' pipes first."""
+        ends them too), gymnasium's close fails on a pipe: any still alive are then ended and every one joined. Not
+        handled: one worker that died alone while the others live and had answered the step under way (gymnasium's
+        close then waits on their pipes for an answer already read)."""
         try:
             with warnings.catch_warnings():  # a step cut short by an error or signal: said where it happened
                 warnings.filterwarnings("ignore", message=".*while waiting for a pending call")
