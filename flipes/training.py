@@ -379,6 +379,21 @@ def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked
     return None
 
 
+# what an env worker process's pipe raises once the worker has ended
+_WORKER_ENDED = (EOFError, BrokenPipeError, ConnectionResetError)
+
+
+def _cut_short(e: BaseException, stop: StopRequest, comm: dist.Comm, what: str, kept: str) -> bool:
+    """After a stop signal to the whole process group (Slurm's SIGTERM), which also ends the env's worker processes,
+    say that ``what`` was cut short by ``e`` and what is ``kept``, and return True; False (the caller re-raises) without
+    a signal, or with several ranks, which must leave the loop together (the error ends the job)."""
+    if not stop.requested or comm.size > 1:
+        return False
+    print_note(f"{what} was cut short after the stop signal ({type(e).__name__}: a signal to the whole process group ends "
+               f"the env's worker processes too); {kept}")  # fmt: skip
+    return True
+
+
 def _summed(comm: dist.Comm, value: float) -> float:
     """``value`` summed over the ranks: a number of the host, so a CPU tensor whatever the run's device."""
     return comm.allreduce_sum_(torch.tensor([float(value)], dtype=torch.float64, device="cpu")).item()
@@ -407,14 +422,11 @@ def run_loop(
         try:
             with es.population() as pop:
                 values = fitness(model, pop)
-        except (EOFError, BrokenPipeError, ConnectionResetError) as e:  # a worker process's pipe, once the worker ended
-            if not stop.requested or comm.size > 1:  # several ranks: all must leave together, so the error ends the job
+        except _WORKER_ENDED as e:
+            if not _cut_short(
+                e, stop, comm, f"generation {gen}", f"the checkpoint holds the {gen} whole generation(s) before it"
+            ):
                 raise
-            # a signal to the whole process group (Slurm's SIGTERM) also ended the env's worker processes: the
-            # generation is cut short, and the checkpoint holds every whole one before it
-            print_note(f"generation {gen} was cut short after the stop signal ({type(e).__name__}: a signal to the whole "
-                       f"process group ends the env's worker processes too); the checkpoint holds the {gen} whole "
-                       "generation(s) before it")  # fmt: skip
             return "interrupted"
         if isinstance(fitness, RolloutFitness):
             values = values.cpu()  # once: tell reads the fitness on the host anyway
@@ -468,12 +480,9 @@ def run_loop(
             if evaluate:
                 try:
                     evaluated = evaluate_center(state, evaluator, gen)
-                except (EOFError, BrokenPipeError, ConnectionResetError) as e:  # as the generation's, above
-                    if not stop.requested or comm.size > 1:
+                except _WORKER_ENDED as e:
+                    if not _cut_short(e, stop, comm, f"the evaluation of generation {gen}", "its row has no eval_return"):
                         raise
-                    print_note(f"the evaluation of generation {gen} was cut short after the stop signal ({type(e).__name__}: "
-                               "a signal to the whole process group ends the env's worker processes too); its row has no "
-                               "eval_return")  # fmt: skip
                     evaluated = {}
                 clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row
                 if clash:
