@@ -116,12 +116,13 @@ def test_clipup_resumes_half_precision_parameters_bit_for_bit() -> None:
 
 
 def test_clipup_options_are_checked() -> None:
-    """lr ≤ 0, momentum ≥ 1 and a negative max_speed each raise a ValueError naming that option and its value;
+    """lr ≤ 0, momentum ≥ 1 and max_speed ≤ 0 each raise a ValueError naming that option and its value;
     max_speed defaults to 2·lr, as in the paper."""
     p = [nn.Parameter(torch.zeros(2))]
     for kw, match in (
         (dict(lr=0.0), r"ClipUp: lr must be > 0, got 0\.0"),
         (dict(lr=0.1, momentum=1.0), r"ClipUp: momentum must be in \[0, 1\), got 1\.0"),
+        (dict(lr=0.1, max_speed=0.0), r"ClipUp: max_speed must be > 0, got 0\.0"),
         (dict(lr=0.1, max_speed=-1.0), r"ClipUp: max_speed must be > 0, got -1\.0"),
     ):
         with pytest.raises(ValueError, match=match):
