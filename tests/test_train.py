@@ -1008,8 +1008,8 @@ def test_resume_takes_the_saved_options(tmp_path: Path) -> None:
 def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) -> None:
     """--algo pgpe sets sigma_lr 0.2 and 8 groups on top of the env's row (popsize kept), which an explicit groups
     overrides; --algo ars sets a linear policy and σ 0.03, and --lr overrides its lr; pgpe's FlipES uses ClipUp with
-    max_speed = lr·√D/2 (D = 10 parameters) and half of that as its step size, or max_speed 0.3 and step size 0.15
-    when max_speed is given."""
+    max_speed = lr·√D/2 (D = 10 parameters), half of that as its step size and momentum 0.9, or max_speed 0.3 and step
+    size 0.15 when max_speed is given; ars's shaping keeps the --ars-top best directions (0: all of them)."""
     pgpe = TrainConfig.for_env("flipes/CartPole-v1", algo="pgpe")
     assert (pgpe.sigma_lr, pgpe.groups, pgpe.popsize) == (0.2, 8, preset_for("CartPole-v1")["popsize"])
     assert TrainConfig.for_env("flipes/CartPole-v1", algo="pgpe", groups=4).groups == 4
@@ -1019,8 +1019,14 @@ def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) 
     assert isinstance(es.optimizer, flipes.optim.ClipUp) and es.sigma_lr == 0.2
     group = es.optimizer.param_groups[0]  # max speed lr·√D/2 for D = 10 parameters, step size half of it
     assert group["max_speed"] == pytest.approx(pgpe.lr * math.sqrt(10) / 2) and group["lr"] == group["max_speed"] / 2
+    assert group["momentum"] == 0.9
     fast = flipes.builders.build_es(pgpe.replace(max_speed=0.3), flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
     assert (fast.optimizer.param_groups[0]["max_speed"], fast.optimizer.param_groups[0]["lr"]) == (0.3, 0.15)
+    f = torch.randn(ars.popsize, generator=torch.Generator().manual_seed(0))
+    for top, expect in ((2, flipes.shaping.ars(f, top=2)), (0, flipes.shaping.ars(f))):
+        es = flipes.builders.build_es(ars.replace(ars_top=top), flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
+        assert torch.equal(es.shaping(f), expect), top
+    assert not torch.equal(flipes.shaping.ars(f, top=2), flipes.shaping.ars(f))
 
 
 def test_shaping_and_weight_decay_reach_the_es_and_a_resume_must_keep_them(tmp_path: Path) -> None:
