@@ -205,7 +205,8 @@ def test_running_norm_matches_the_statistics_of_all_data_and_is_frozen_until_upd
 
 def test_running_norm_passes_inputs_unchanged_until_it_has_data_and_maps_a_constant_feature_to_zero() -> None:
     """Before any statistics the input passes as it is (no clipping either); a feature that never varied
-    (variance 0) normalizes to 0, finite, thanks to the variance floor."""
+    (variance 0) normalizes to 0, finite, thanks to the variance floor; its merged variance is exactly 0 also where
+    float64 rounding makes E[x²] - E[x]² negative (0.1 three times: -1.7e-18)."""
     norm = RunningNorm(2)
     x = torch.tensor([[100.0, -7.0], [3.0, 0.5]])
     assert torch.equal(norm(x), x)
@@ -213,6 +214,10 @@ def test_running_norm_passes_inputs_unchanged_until_it_has_data_and_maps_a_const
     norm.update()
     y = norm(torch.tensor([[4.0, 4.5]]))
     assert torch.equal(y, torch.zeros(1, 2))
+    rounded = RunningNorm(1)
+    rounded.record(torch.full((1, 3, 1), 0.1, dtype=torch.float64))  # a float64 observation, as MuJoCo's
+    rounded.update()
+    assert rounded.var.item() == 0.0
 
 
 def test_running_norm_loaded_with_other_statistics_applies_them_at_once() -> None:
@@ -293,6 +298,18 @@ def test_policy_actions_respect_the_spaces() -> None:
     es = flipes.FlipES(discrete, popsize=4)
     with es.population() as pop:
         assert discrete(torch.randn(pop.size, 7, 5)).shape == (4, 7)  # members first, then episodes
+
+
+def test_policy_leaves_unbounded_box_dimensions_linear() -> None:
+    """A Box dimension with finite bounds gets ``tanh`` scaled into them, an unbounded one the network's output
+    itself, bit for bit."""
+    box = gym.spaces.Box(np.array([-3.0, -np.inf], np.float32), np.array([1.0, np.inf], np.float32))
+    torch.manual_seed(0)
+    policy = MLPPolicy(gym.spaces.Box(-1, 1, (4,), np.float32), box, hidden=(), normalize=False)
+    obs = 3 * torch.randn(50, 4)
+    z = policy.net(obs)
+    a = policy(obs)
+    assert torch.equal(a[:, 0], torch.tanh(z[:, 0]) * 2 - 1) and torch.equal(a[:, 1], z[:, 1])
 
 
 FLIPES_IDS = (
