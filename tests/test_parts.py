@@ -248,7 +248,8 @@ def test_a_fitness_of_ones_own_is_called_on_each_part(tmp_path: Path) -> None:
 
 def test_a_rollout_fitness_given_an_env_of_one_part_rolls_the_parts_out_in_turn() -> None:
     """``RolloutFitness`` on an env of ``part × episodes`` copies returns every member's returns as one
-    env of the whole population does, and an env that fits neither is an error naming both sizes."""
+    env of the whole population does and records the same observations, added to those already pending;
+    an env that fits neither, or whose parts would straddle ε groups, is an error naming the sizes."""
     torch.manual_seed(0)
     env_whole = flipes.rl.make_vector_env("flipes/CartPole-v1", 8 * 2)
     env_part = flipes.rl.make_vector_env("flipes/CartPole-v1", 2 * 2)
@@ -260,8 +261,13 @@ def test_a_rollout_fitness_given_an_env_of_one_part_rolls_the_parts_out_in_turn(
         policy.obs_norm.pending = None
         by_parts = flipes.rl.RolloutFitness(env_part, episodes=2, seed=3)(policy, pop)
         assert torch.equal(by_parts, whole) and torch.equal(policy.obs_norm.pending, pending)
+        flipes.rl.RolloutFitness(env_part, episodes=2, seed=3)(policy, pop)  # a second fitness of the generation
+        assert torch.equal(policy.obs_norm.pending, 2 * pending)
         with pytest.raises(ValueError, match=r"6 copies .* 8 × 2; make it with num_envs=16, or with parts × 2"):
             flipes.rl.RolloutFitness(flipes.rl.make_vector_env("flipes/CartPole-v1", 6), episodes=2)(policy, pop)
+    grouped = flipes.FlipES(policy, popsize=12, sigma=0.5, seed=1, groups=2)  # ε groups of 6: parts of 4 would straddle them
+    with grouped.population() as pop, pytest.raises(ValueError, match=r"8 copies .* 12 × 2; .* an ε group's 6 members"):
+        flipes.rl.RolloutFitness(flipes.rl.make_vector_env("flipes/CartPole-v1", 4 * 2), episodes=2)(policy, pop)
 
 
 def test_members_per_pass_that_cannot_split_evenly_is_refused_with_the_sizes_that_can() -> None:
