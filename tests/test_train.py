@@ -184,9 +184,9 @@ def test_a_resume_into_another_directory_starts_it_with_the_saved_counters(tmp_p
 
 
 def test_a_shifted_fitness_is_logged_beside_the_populations_plain_return(tmp_path: Path) -> None:
-    """With reward_shift s on Pendulum (every episode 200 steps), each row's return_mean is the population's mean
-    unshifted return: fitness_mean + 200·s; without a shift the row has no such column."""
-    kw = {**FAST_KW, "env": "flipes/Pendulum-v1", "generations": 2}
+    """With reward_shift s on Pendulum (every episode 200 steps, 2 per member), each row's return_mean is the
+    population's mean unshifted return: fitness_mean + 200·s; without a shift the row has no such column."""
+    kw = {**FAST_KW, "env": "flipes/Pendulum-v1", "generations": 2, "episodes": 2}
     rows = flipes.train(**kw, reward_shift=1.5, out=str(tmp_path / "shifted")).metrics
     for row in rows:
         assert row["return_mean"] == pytest.approx(row["fitness_mean"] + 200 * 1.5, abs=1e-9)
