@@ -275,13 +275,16 @@ def test_resume_refuses_other_options_and_broken_checkpoints(tmp_path: Path) -> 
 def test_resume_refuses_another_search_rule_and_leaves_the_run_resumable(tmp_path: Path) -> None:
     """--algo, --sigma-lr, --max-speed and --ars-top change the optimizer or the step, so a resume with
     another value is refused like --sigma (another --algo used to load Adam's state into ClipUp or SGD,
-    crash with a KeyError and leave that algo in config.json, so that every later resume crashed too);
-    the run's config.json is untouched and the plain resume continues it."""
+    crash with a KeyError and leave that algo in config.json, so that every later resume crashed too), and
+    so is one with another value of each other option that fixes the run (the env, population, noise, model
+    and fitness options of RESUME_KEYS); the run's config.json is untouched and the plain resume continues it."""
     run = tmp_path / "run"
     kw = {**FAST_KW, "hidden": [4], "eval_every": 100}
     flipes.train(**kw, generations=1, out=str(run))
     config = (run / "config.json").read_text()
-    for changed in ({"algo": "pgpe"}, {"algo": "ars"}, {"sigma_lr": 0.2}, {"max_speed": 0.5}, {"ars_top": 2}):
+    others = ({"env": "flipes/CartPole-v1"}, {"popsize": 16}, {"groups": 2}, {"mirrored": False}, {"noise_rank": 1},
+              {"seed": 1}, {"lr": 0.5}, {"hidden": [5]}, {"policy": "gru"}, {"episodes": 2}, {"reward_shift": 1.0})  # fmt: skip
+    for changed in ({"algo": "pgpe"}, {"algo": "ars"}, {"sigma_lr": 0.2}, {"max_speed": 0.5}, {"ars_top": 2}, *others):
         option = "--" + next(iter(changed)).replace("_", "-")
         with pytest.raises(flipes.UsageError, match=rf"--resume: the run was trained with other options \({option}: "):
             flipes.train(**{**kw, **changed}, generations=2, resume=str(run))
