@@ -312,6 +312,29 @@ def test_policy_leaves_unbounded_box_dimensions_linear() -> None:
     assert torch.equal(a[:, 0], torch.tanh(z[:, 0]) * 2 - 1) and torch.equal(a[:, 1], z[:, 1])
 
 
+def test_rollouts_are_pipelined_only_for_memoryless_policies_on_enough_async_envs() -> None:
+    """``can_pipeline`` holds for an env with ``send``/``recv`` of at least ``PIPELINE_MIN_ENVS`` copies and an
+    MLPPolicy; one env fewer, an env without ``send``/``recv``, or a GRUPolicy (its state needs every row each
+    step) is not pipelined."""
+    from flipes.rl import GRUPolicy
+    from flipes.rl.rollout import PIPELINE_MIN_ENVS, can_pipeline
+
+    class PoolLike:  # what can_pipeline reads of an EnvPool vector env
+        def __init__(self, num_envs: int) -> None:
+            self.num_envs = num_envs
+
+        def send(self) -> None: ...
+
+        def recv(self) -> None: ...
+
+    obs, act = gym.spaces.Box(-1.0, 1.0, (3,)), gym.spaces.Discrete(2)
+    mlp, gru = MLPPolicy(obs, act, hidden=[4]), GRUPolicy(obs, act, hidden=[4])
+    assert can_pipeline(PoolLike(PIPELINE_MIN_ENVS), mlp)
+    assert not can_pipeline(PoolLike(PIPELINE_MIN_ENVS - 1), mlp)
+    assert not can_pipeline(Countdown([1] * PIPELINE_MIN_ENVS, [1.0] * PIPELINE_MIN_ENVS), mlp)
+    assert not can_pipeline(PoolLike(PIPELINE_MIN_ENVS), gru)
+
+
 FLIPES_IDS = (
     "flipes/Acrobot-v1, flipes/Ant-v5, flipes/CartPole-v1, flipes/HalfCheetah-v5, flipes/Hopper-v5, flipes/Humanoid-v5, "
     "flipes/MountainCarContinuous-v0, flipes/Pendulum-v1, flipes/Walker2d-v5"
