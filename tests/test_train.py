@@ -146,6 +146,26 @@ def test_checkpoints_are_atomic_and_a_broken_one_leaves_the_previous(tmp_path: P
         load_checkpoint(tmp_path)
 
 
+def test_writing_best_pt_leaves_previous_pt_the_checkpoint_before_the_latest(tmp_path: Path) -> None:
+    """With checkpoint_every 3 and an evaluation every generation, previous.pt holds, after every generation, the
+    checkpoint.pt that the latest checkpoint replaced (generation 0, then 3), though best.pt is rewritten in between
+    (eval_return rises at generations 2, 3 and 4)."""
+
+    class PreviousPt(Callback):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int | None, float]] = []
+
+        def on_generation(self, state, row) -> None:  # before the Checkpointer: what the last generation left
+            previous = state.run_dir / "previous.pt"
+            self.seen.append((load_checkpoint(previous)["es"]["generation"] if previous.exists() else None, row["eval_return"]))
+
+    watch = PreviousPt()
+    flipes.train(**FAST_KW, generations=8, eval_every=1, checkpoint_every=3, seed=1, out=str(tmp_path), callbacks=[watch])
+    evals = [e for _, e in watch.seen]
+    assert evals[1] < evals[2] < evals[3] < evals[4]  # best.pt written at generations 2, 3 and 4
+    assert [g for g, _ in watch.seen] == [None] * 3 + [0] * 3 + [3] * 2
+
+
 def test_an_empty_checkpoint_is_named_as_such(tmp_path: Path) -> None:
     """A checkpoint emptied by a full disk or a cut copy says 'empty file', not torch's empty 'EOFError: '."""
     save_checkpoint(state_at(1), tmp_path / "checkpoint.pt")
