@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import flipes
 from flipes.cli import build_parser, field_docs, parse_config
 from flipes.commands import EvaluateConfig, PlotConfig, main
 from flipes.config import TrainConfig
+from flipes.progress import Progress
 
 USER_MODULE = """
 import torch
@@ -425,6 +428,7 @@ def test_resume_auto_notes_a_first_start_and_a_resume_and_progress_false_keeps_t
     assert main([*run, "--generations", "1"]) == 0
     first = capsys.readouterr()
     assert "per-env defaults of CartPole-v1" in first.err and "resumed" not in first.err
+    assert first.out.splitlines()[-1] == f"the 1 generation trained; 1 generation in all, run directory {tmp_path / 'run'}"
     assert main([*run, "--generations", "2"]) == 0
     second = capsys.readouterr()
     assert f"resumed {tmp_path / 'run'} at generation 1" in second.err and "per-env defaults" not in second.err
@@ -458,3 +462,41 @@ def test_custom_fitness_runs_default_to_a_directory_named_after_the_fitness(
     assert main([*argv, "--generations", "2"]) == 0
     assert f"resumed {Path('runs/ok')} at generation 1" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ok"]
+
+
+def test_the_progress_line_is_printed_every_kth_generation_when_piped_and_rewritten_in_place_on_a_terminal() -> None:
+    """Piped, ``Progress`` writes a line for every ``every``-th generation and the last one, each holding the
+    generation, fitness mean and max, the evaluation where the row has one, the steps where there are any and the
+    seconds, then an ETA; on a terminal every generation rewrites one line in place (carriage return, clear), and
+    ``message`` ends it before its own line."""
+    rows = [{"generation": g, "fitness_mean": g + 0.5, "fitness_max": 2.0 * g, "seconds": 1.0 * g, "timesteps": 100 * g,
+             "steps_per_second": 1000.0} | ({"eval_return": 10.0 * g} if g % 2 == 0 else {}) for g in range(6)]  # fmt: skip
+    piped = io.StringIO()
+    progress = Progress(6, piped, every=2)
+    for row in rows:
+        progress.update(row)
+    progress.message("done")
+    eta = r"  eta (\d+:\d\d:\d\d|\?)"
+    expect = [
+        "gen     0/6  fitness      0.500 (max 0.000)  eval      0.000      0.0s",
+        "gen     2/6  fitness      2.500 (max 4.000)  eval     20.000         200 steps (1,000/s)      2.0s",
+        "gen     4/6  fitness      4.500 (max 8.000)  eval     40.000         400 steps (1,000/s)      4.0s",
+        "gen     5/6  fitness      5.500 (max 10.000)         500 steps (1,000/s)      5.0s",
+    ]
+    lines = piped.getvalue().splitlines()
+    assert len(lines) == 5 and lines[-1] == "done"
+    for line, start in zip(lines, expect, strict=False):
+        assert re.fullmatch(re.escape(start) + eta, line), (line, start)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    live = Terminal()
+    progress = Progress(6, live, every=2)
+    for row in rows:
+        progress.update(row)
+    progress.message("done")
+    first, *shown = live.getvalue().split("\r\033[K")
+    assert first == "" and len(shown) == 6 and all("\n" not in line for line in shown[:-1])
+    assert shown[-1].endswith("\ndone\n") and re.fullmatch(re.escape(expect[-1]) + eta, shown[-1].removesuffix("\ndone\n"))
