@@ -766,8 +766,8 @@ def test_loading_a_run_into_a_module_that_cannot_be_copied_loads_it_in_place_wit
 
 
 def test_what_callbacks_add_to_rows_is_logged_as_plain_numbers_or_named(tmp_path: Path) -> None:
-    """numpy scalars and one-element tensors a callback adds to a row are logged as numbers; a value
-    metrics.jsonl cannot hold is a one-line error naming the entry."""
+    """numpy scalars and one-element tensors a callback adds to a row are logged as numbers, also inside lists
+    and dicts; a value metrics.jsonl cannot hold is a one-line error naming the entry."""
 
     class Add(Callback):
         def __init__(self, value) -> None:
@@ -776,8 +776,8 @@ def test_what_callbacks_add_to_rows_is_logged_as_plain_numbers_or_named(tmp_path
         def on_generation(self, state, row) -> None:
             row["numpy"], row["tensor"], row["other"] = np.float32(0.5), torch.tensor(2.0), self.value
 
-    flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "ok"), callbacks=[Add([1, "a"])])
-    assert [(r["numpy"], r["tensor"], r["other"]) for r in metrics(tmp_path / "ok")] == [(0.5, 2.0, [1, "a"])] * 2
+    flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "ok"), callbacks=[Add([np.int64(1), "a", {"t": torch.tensor(3)}])])
+    assert [(r["numpy"], r["tensor"], r["other"]) for r in metrics(tmp_path / "ok")] == [(0.5, 2.0, [1, "a", {"t": 3}])] * 2
     with pytest.raises(flipes.UsageError, match=r"callbacks: row\['other'\] is a object"):
         flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "bad"), callbacks=[Add(object())])
 
