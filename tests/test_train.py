@@ -1142,13 +1142,22 @@ def test_evaluate_command_reports_the_mean_and_std_of_the_chosen_checkpoint(tmp_
 def test_plot_draws_each_runs_curves_against_the_chosen_x(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """plot_runs draws, for every run, its fitness_mean and fitness_max (and best_member_fitness of a
     --track-best run) against the chosen x column, and its eval_return on the second axes: the lines'
-    labels and data are read back from the figure before it is closed."""
+    labels and data are read back from the figure before it is closed. Rows edited by hand are drawn where they
+    hold both as numbers, a null y (a non-finite value) kept as a gap; a row without x or with a null x, or with a
+    string or a bool as y, is left out of that line."""
     import matplotlib.pyplot as plt
 
     from flipes.plotting import plot_runs
 
     flipes.train(**FAST_KW, generations=2, eval_every=1, out=str(tmp_path / "a"))
     flipes.train(**FAST_KW, generations=3, eval_every=1, track_best=True, out=str(tmp_path / "b"))
+    trained = metrics(tmp_path / "a")
+    edited = [{"generation": 2, "timesteps": 999, "fitness_mean": None, "fitness_max": 3.0},
+              {"generation": 3, "fitness_mean": 1.0, "fitness_max": 4.0},
+              {"generation": 3, "timesteps": None, "fitness_mean": 1.0, "fitness_max": 4.0},
+              {"generation": 4, "timesteps": 1001, "fitness_mean": "high", "fitness_max": True}]  # fmt: skip
+    with open(tmp_path / "a" / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps(row) + "\n" for row in edited)
     figures = []
     close = plt.close
     monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
@@ -1157,12 +1166,13 @@ def test_plot_draws_each_runs_curves_against_the_chosen_x(tmp_path: Path, monkey
     fitness, evals = ({line.get_label(): line for line in ax.get_lines()} for ax in fig.axes)
     assert set(fitness) == {"a mean", "a max", "b mean", "b max", "b best member"}
     assert set(evals) == {"a", "b"}
-    for name in ("a", "b"):
-        rows = metrics(tmp_path / name)
+    for name, rows in (("a", trained), ("b", metrics(tmp_path / "b"))):
         xs = [r["timesteps"] for r in rows]
-        assert list(fitness[f"{name} mean"].get_xdata()) == xs
-        assert list(fitness[f"{name} mean"].get_ydata()) == [r["fitness_mean"] for r in rows]
-        assert list(fitness[f"{name} max"].get_ydata()) == [r["fitness_max"] for r in rows]
+        extra = name == "a"  # the edited rows: a gap in the mean at 999, a max of 3 there
+        assert list(fitness[f"{name} mean"].get_xdata()) == xs + [999] * extra
+        assert list(fitness[f"{name} mean"].get_ydata()) == [r["fitness_mean"] for r in rows] + [None] * extra
+        assert list(fitness[f"{name} max"].get_xdata()) == xs + [999] * extra
+        assert list(fitness[f"{name} max"].get_ydata()) == [r["fitness_max"] for r in rows] + [3.0] * extra
         assert list(evals[name].get_ydata()) == [r["eval_return"] for r in rows if "eval_return" in r]
     assert list(fitness["b best member"].get_ydata()) == [r["best_member_fitness"] for r in metrics(tmp_path / "b")]
 
