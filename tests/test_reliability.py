@@ -481,8 +481,9 @@ def test_a_checkpoint_damaged_inside_is_one_line_naming_it_and_the_resume_comman
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A checkpoint in flipes' format whose inside is damaged (no SHA-256, a payload that is not bytes,
-    a state without its config, an ES state that is not a dict) is refused by --resume with one line
-    naming the file, what it lacks and the command that continues from previous.pt; that command works."""
+    a state without its config, an ES state that is not a dict, a bool for a count, a negative generation) is
+    refused by --resume with one line naming the file, what it lacks and the command that continues from
+    previous.pt; that command works."""
     run = tmp_path / "run"
     flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(run))
     ck, previous = run / "checkpoint.pt", run / "previous.pt"
@@ -496,6 +497,11 @@ def test_a_checkpoint_damaged_inside_is_one_line_naming_it_and_the_resume_comman
                       "is not a whole flipes checkpoint: it has no config entry"),
         "es not a dict": (lambda: save_checkpoint({**good, "es": 5}, ck, keep_previous=False),
                           "is not a whole flipes checkpoint: its es entry is of type int, not dict"),
+        "timesteps a bool": (lambda: save_checkpoint({**good, "timesteps": True}, ck, keep_previous=False),
+                             "is not a whole flipes checkpoint: its timesteps entry is of type bool, not int"),
+        "negative generation": (lambda: save_checkpoint({**good, "es": {**good["es"], "generation": -1}}, ck,
+                                                        keep_previous=False),
+                                "is not a whole flipes checkpoint: its es.generation entry is negative (-1)"),
     }  # fmt: skip
     for damage, problem in damaged.values():
         damage()
@@ -725,7 +731,7 @@ def test_a_config_json_that_lost_options_is_filled_from_the_checkpoint_and_a_for
     """evaluate, export and load_policy read config.json first and fill what it lacks (hand-edited, or written by
     an older flipes: here env and hidden) from the checkpoint's options, giving the same weights and evaluation as
     the intact file; an unknown policy name in it is a one-line error naming the file; a checkpoint of another run
-    of the same env with other layer sizes is still refused as another model's."""
+    of the same env with other layer sizes is still refused as another model's, and one of another env as such."""
     run, other = tmp_path / "run", tmp_path / "other"
     flipes.train(**FAST_KW, generations=2, hidden=[5], out=str(run))
     flipes.train(**FAST_KW, generations=1, hidden=[6], out=str(other))
@@ -746,6 +752,12 @@ def test_a_config_json_that_lost_options_is_filled_from_the_checkpoint_and_a_for
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(flipes.UsageError, match=r"^--checkpoint: .* holds parameters of another model than"):
         flipes.load_policy(run, checkpoint=str(other / "checkpoint.pt"))
+    foreign = load_checkpoint(other)
+    foreign["config"]["env"] = "flipes/Pendulum-v1"
+    save_checkpoint(foreign, tmp_path / "foreign.pt", keep_previous=False)
+    trained_on = rf"^--checkpoint: .*foreign.pt was trained on flipes/Pendulum-v1, {re.escape(str(run))} on CartPole-v1; "
+    with pytest.raises(flipes.UsageError, match=trained_on + "pass a checkpoint written by this run$"):
+        flipes.load_policy(run, checkpoint=str(tmp_path / "foreign.pt"))
 
 
 def test_a_hand_edited_config_json_value_is_named_in_that_file_not_as_a_flag(tmp_path: Path) -> None:
