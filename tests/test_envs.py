@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -479,6 +480,37 @@ def test_bad_actions_raise_a_helpful_value_error() -> None:
         envs.CartPoleVectorEnv(num_envs=2).step(torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"state must have shape \(4, 4\), got \(4, 3\)"):
         cartpole.state = torch.zeros(4, 3)
+
+
+def test_bad_env_options_raise_errors_naming_the_option_and_the_value() -> None:
+    """Each of these is an error whose whole message names the option, what it takes and the value given: no envs,
+    a time limit of 0, a half-precision dtype, a ``reset_mask`` before any full reset or of floats, Box actions of
+    bools, an ``elapsed`` of another length, a render mode."""
+    cases = [
+        (lambda: envs.CartPoleVectorEnv(num_envs=0), ValueError, "num_envs must be at least 1, got 0"),
+        (lambda: envs.CartPoleVectorEnv(num_envs=2, max_episode_steps=0), ValueError,
+         "max_episode_steps must be at least 1 (or None), got 0"),
+        (lambda: envs.CartPoleVectorEnv(num_envs=2, dtype=torch.float16), ValueError,
+         "dtype must be torch.float32 or torch.float64, got torch.float16"),
+        (lambda: envs.CartPoleVectorEnv(num_envs=2).reset(options={"reset_mask": torch.tensor([True, False])}), RuntimeError,
+         "reset with a reset_mask needs a full reset() first: the other envs have no state yet"),
+        (lambda: setattr(envs.CartPoleVectorEnv(num_envs=2), "elapsed", torch.zeros(3)), ValueError,
+         "elapsed must be one int or have shape (2,), got shape (3,)"),
+        (lambda: envs.CartPoleEnv(render_mode="human"), ValueError,
+         "CartPoleEnv does not render; render_mode must be None, got 'human'"),
+    ]  # fmt: skip
+    for make, error, message in cases:
+        with pytest.raises(error, match="^" + re.escape(message) + "$"):
+            make()
+    pendulum, cartpole = envs.PendulumVectorEnv(num_envs=2), envs.CartPoleVectorEnv(num_envs=2)
+    pendulum.reset(seed=0)
+    cartpole.reset(seed=0)
+    bools = "PendulumVectorEnv.step takes real-valued actions of shape (2, 1); got dtype torch.bool"
+    with pytest.raises(ValueError, match="^" + re.escape(bools) + "$"):
+        pendulum.step(torch.ones(2, 1, dtype=torch.bool))
+    floats = "options['reset_mask'] must be a bool tensor or array of shape (2,), got dtype torch.float32 and shape (2,)"
+    with pytest.raises(ValueError, match="^" + re.escape(floats) + "$"):
+        cartpole.reset(options={"reset_mask": torch.ones(2)})
 
 
 def test_state_assignment_is_checked_and_copied() -> None:
