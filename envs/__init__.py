@@ -14,6 +14,8 @@ Hopper, Walker2d, Ant, Humanoid, v5): gymnasium's models stepped on MuJoCo Warp 
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import gymnasium as gym
 
 from envs.acrobot import AcrobotEnv, AcrobotVectorEnv
@@ -37,18 +39,20 @@ __all__ = [
 ]
 
 # id -> (module:class prefix, max_episode_steps, reward_threshold), as gymnasium registers the originals
-_SPECS: dict[str, tuple[str, int, float | None]] = {
-    "flipes/CartPole-v1": ("envs.cartpole:CartPole", 500, 475.0),
-    "flipes/Acrobot-v1": ("envs.acrobot:Acrobot", 500, -100.0),
-    "flipes/Pendulum-v1": ("envs.pendulum:Pendulum", 200, None),
-    "flipes/MountainCarContinuous-v0": ("envs.mountain_car:MountainCarContinuous", 999, 90.0),
-    # MuJoCo on MuJoCo Warp: string entry points, so that warp and mujoco_warp load only when one is made
-    "flipes/HalfCheetah-v5": ("envs.warp.half_cheetah:HalfCheetah", 1000, 4800.0),
-    "flipes/Hopper-v5": ("envs.warp.hopper:Hopper", 1000, 3800.0),
-    "flipes/Walker2d-v5": ("envs.warp.walker2d:Walker2d", 1000, None),
-    "flipes/Ant-v5": ("envs.warp.ant:Ant", 1000, 6000.0),
-    "flipes/Humanoid-v5": ("envs.warp.humanoid:Humanoid", 1000, None),
-}
+_SPECS: MappingProxyType[str, tuple[str, int, float | None]] = MappingProxyType(
+    {
+        "flipes/CartPole-v1": ("envs.cartpole:CartPole", 500, 475.0),
+        "flipes/Acrobot-v1": ("envs.acrobot:Acrobot", 500, -100.0),
+        "flipes/Pendulum-v1": ("envs.pendulum:Pendulum", 200, None),
+        "flipes/MountainCarContinuous-v0": ("envs.mountain_car:MountainCarContinuous", 999, 90.0),
+        # MuJoCo on MuJoCo Warp: string entry points, so that warp and mujoco_warp load only when one is made
+        "flipes/HalfCheetah-v5": ("envs.warp.half_cheetah:HalfCheetah", 1000, 4800.0),
+        "flipes/Hopper-v5": ("envs.warp.hopper:Hopper", 1000, 3800.0),
+        "flipes/Walker2d-v5": ("envs.warp.walker2d:Walker2d", 1000, None),
+        "flipes/Ant-v5": ("envs.warp.ant:Ant", 1000, 6000.0),
+        "flipes/Humanoid-v5": ("envs.warp.humanoid:Humanoid", 1000, None),
+    }
+)
 
 
 def register_envs() -> None:

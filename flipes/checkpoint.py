@@ -16,6 +16,7 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO, Any
 
 import torch
@@ -200,8 +201,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
 
 
 # what flipes reads of a checkpoint: the entries a resume and load_policy take, and their types
-_ENTRIES = {"es": dict, "config": dict, "timesteps": int, "seconds": (int, float), "best": (int, float)}
-_ES_ENTRIES = {"generation": int, "config": dict, "model": dict, "optimizer": dict}
+_ENTRIES = MappingProxyType({"es": dict, "config": dict, "timesteps": int, "seconds": (int, float), "best": (int, float)})
+_ES_ENTRIES = MappingProxyType({"generation": int, "config": dict, "model": dict, "optimizer": dict})
 
 
 def structure_problem(state: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from types import MappingProxyType
 
 import torch
 from torch import Tensor
@@ -38,12 +39,14 @@ def search_rule(
     return shape, plugins.optimizer_fn(config.optimizer) if config.optimizer else optimizer
 
 
-SHAPINGS = {
-    "auto": shaping.centered_ranks,
-    "centered-ranks": shaping.centered_ranks,
-    "z-score": shaping.z_score,
-    "raw": shaping.raw,
-}
+SHAPINGS: MappingProxyType[str, Callable[[Tensor], Tensor]] = MappingProxyType(
+    {
+        "auto": shaping.centered_ranks,
+        "centered-ranks": shaping.centered_ranks,
+        "z-score": shaping.z_score,
+        "raw": shaping.raw,
+    }
+)
 
 
 def clipup(params: list[Tensor], max_speed: float, lr: float) -> ClipUp:

@@ -177,7 +177,7 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
 
 
 # torch.nn.utils' old hook-based reparametrizations: a forward pre-hook sets the weight from other parameters
-_WEIGHT_HOOKS = {"WeightNorm": "weight_norm", "SpectralNorm": "spectral_norm"}
+_WEIGHT_HOOKS = MappingProxyType({"WeightNorm": "weight_norm", "SpectralNorm": "spectral_norm"})
 
 
 def _check_weight_hooks(model: nn.Module) -> None:

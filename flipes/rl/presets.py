@@ -19,7 +19,9 @@ from typing import Any
 
 from flipes.rl.envs import base_id
 
-_CLASSIC = {"popsize": 64, "sigma": 0.1, "lr": 0.05, "hidden": [32, 32], "episodes": 1, "eval_every": 2, "eval_episodes": 100}
+_CLASSIC = MappingProxyType(
+    {"popsize": 64, "sigma": 0.1, "lr": 0.05, "hidden": [32, 32], "episodes": 1, "eval_every": 2, "eval_episodes": 100}
+)
 
 
 def _mujoco(popsize: int, sigma: float, lr: float, generations: int, **extra: Any) -> dict[str, Any]:
