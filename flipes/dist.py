@@ -2,7 +2,8 @@
 
 This is the only module of flipes that imports mpi4py, and only when an ``MPIComm`` is made. The
 noise of every member is a pure function of (seed, generation, group, slot), so workers exchange
-fitness scores (N floats) and either the gradient (``allreduce``) or nothing more (``seeds``).
+fitness scores (N floats) and either the gradient (``allreduce``) or nothing more (``seeds``, the
+shared-seed scheme of Salimans et al., 2017, arXiv:1703.03864).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Counter-keyed sampling of Flipout noise: ε, sign bits and bias noise.
 
 Wen et al., "Flipout: Efficient Pseudo-Independent Weight Perturbations on Mini-Batches",
-ICLR 2018 (arXiv:1803.04386).
+ICLR 2018 (arXiv:1803.04386). Low-rank ε (``A Bᵀ/√r``) is the perturbation of EGGROLL: Sarkar et al.,
+"Evolution Strategies at the Hyperscale", 2025 (arXiv:2511.16652).
 
 Every random tensor of a generation is a pure function of ``(seed, generation, group, slot)``:
 a fresh generator is keyed by a hash of that tuple. Nothing needs to be stored beyond

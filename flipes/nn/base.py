@@ -1,4 +1,8 @@
-"""What every Flipout layer shares: its perturbed weights ("slots") and the noise slot."""
+"""What every Flipout layer shares: its perturbed weights ("slots") and the noise slot.
+
+Wen et al., "Flipout: Efficient Pseudo-Independent Weight Perturbations on Mini-Batches", ICLR 2018
+(arXiv:1803.04386).
+"""
 
 from __future__ import annotations
 
