@@ -335,6 +335,24 @@ def test_rollouts_are_pipelined_only_for_memoryless_policies_on_enough_async_env
     assert not can_pipeline(PoolLike(PIPELINE_MIN_ENVS), gru)
 
 
+def test_available_cores_shares_the_affinity_among_a_nodes_ranks_unless_the_launcher_bound_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a machine of 8 cores, a process that may use all of them gets 8 // ranks (at least 1); one bound to 3 cores
+    by its launcher gets those 3 whatever the rank count; without sched_getaffinity (macOS) the machine's cores count."""
+    import os
+
+    from flipes.rl import available_cores
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [available_cores(k) for k in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert [available_cores(k) for k in (1, 4)] == [3, 3]
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert [available_cores(k) for k in (1, 2)] == [8, 4]
+
+
 FLIPES_IDS = (
     "flipes/Acrobot-v1, flipes/Ant-v5, flipes/CartPole-v1, flipes/HalfCheetah-v5, flipes/Hopper-v5, flipes/Humanoid-v5, "
     "flipes/MountainCarContinuous-v0, flipes/Pendulum-v1, flipes/Walker2d-v5"
