@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +93,59 @@ def test_export_refuses_what_it_cannot_trace_or_write(tmp_path: Path, monkeypatc
                  out=str(tmp_path / "custom"), progress=False, tensorboard=False)  # fmt: skip
     with pytest.raises(flipes.UsageError, match=r"custom fitness \(--env none\): there are no observations to trace"):
         flipes.export_policy(tmp_path / "custom")
+
+
+class _Memory(flipes.rl.RecurrentPolicy):
+    """A recurrent policy of one's own: its state's shape is its own business."""
+
+    def __init__(self, env: object) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(4, 2)
+
+    def forward(self, obs: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.net(obs).argmax(-1), state
+
+
+class _Branchy(torch.nn.Module):
+    """A policy whose Python branch reads its output's values: torch.export cannot trace it."""
+
+    def __init__(self, env: object) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(4, 2)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self.net(obs)
+        return out.argmax(-1) if out.sum() > 0 else out.argmin(-1)
+
+
+def test_export_refuses_policies_it_cannot_shape_or_trace_and_a_program_that_acts_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recurrent policy other than GRUPolicy (its state's shape unknown) and a policy with a data-dependent branch are
+    UsageErrors naming the run, the problem and what to do, and write nothing; a traced program that acts otherwise
+    than the policy on the checked observations (here: torch.export made to trace a copy with the head negated) is a
+    RuntimeError calling it a flipes bug, and writes nothing either."""
+    for cls, problem in (
+        (_Memory, "_Memory is a recurrent policy whose state flipes cannot shape; export it with torch.export yourself"),
+        (_Branchy, r"torch.export cannot trace its policy \(.*\); a policy of your own must trace without data-dependent"),
+    ):
+        run = tmp_path / cls.__name__
+        flipes.train(**FAST_KW, generations=1, model=cls, out=str(run))
+        with pytest.raises(flipes.UsageError, match=f"^{re.escape(str(run))}: {problem}"):
+            flipes.export_policy(run, model=cls)
+        assert not (run / "policy.pt2").exists()
+    run = tmp_path / "mlp"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    export = torch.export.export
+
+    def negated(module: torch.nn.Module, args: tuple, **kwargs: object) -> torch.export.ExportedProgram:
+        other = copy.deepcopy(module)
+        with torch.no_grad():
+            other.net[-1].weight.neg_()
+            other.net[-1].bias.neg_()  # the other action wherever the logits differ
+        return export(other, args, **kwargs)
+
+    monkeypatch.setattr(torch.export, "export", negated)
+    with pytest.raises(RuntimeError, match=f"^the exported program of {re.escape(str(run))} acts otherwise than its policy"):
+        flipes.export_policy(run)
+    assert not (run / "policy.pt2").exists()
