@@ -170,8 +170,8 @@ def test_a_compiled_recurrent_policy_rolls_out_with_its_state(tmp_path: Path) ->
 def test_a_compiled_layer_converts_to_the_layer_its_wrapper_calls(where: str) -> None:
     """``flipes.flipout(torch.compile(nn.Linear(...)))``, or a compiled Linear inside a Sequential: inside a population
     the compiled wrapper computes each member's outputs as the eager Flipout layer does (backend="eager": bit for
-    bit), not the mean network's. The conversion replaced the wrapper's ``_orig_mod`` while its forward still called
-    the old ``nn.Linear``: every member ran as the mean, silently (ES then follows noise)."""
+    bit), not the mean network's (a wrapper whose forward still called the replaced ``nn.Linear`` would run every
+    member as the mean, silently, and ES would follow noise)."""
     torch.manual_seed(0)
     plain = nn.Linear(4, 3).to(DT)
     compiled = torch.compile(copy.deepcopy(plain), backend="eager")

@@ -98,8 +98,8 @@ def test_weight_decay_adds_l2_gradient() -> None:
 def test_a_channels_last_conv_steps_as_the_contiguous_one(weight_decay: float) -> None:
     """``model.to(memory_format=torch.channels_last)``: the same outputs and, generation after generation, the same
     parameters as the contiguous model (float64, bit for bit) under the default fused Adam, which pairs a parameter's
-    and its grad's memory element by element: a contiguous ``.grad`` on a channels_last weight moved each entry by
-    another entry's step (off by up to 2·lr after one generation), silently."""
+    and its grad's memory element by element (a contiguous ``.grad`` on a channels_last weight would move each entry
+    by another entry's step, off by up to 2·lr after one generation, silently)."""
     torch.manual_seed(0)
     initial = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(1), nn.Linear(16, 2)).to(DT)
     x = torch.randn(8, 3, 6, 6, dtype=DT)
@@ -159,8 +159,8 @@ def test_a_copied_or_unpickled_flipes_continues_as_the_original_on_its_own_model
 def test_a_flipes_pickled_after_a_forward_in_a_population_evaluates_the_same_members(groups: int) -> None:
     """``pickle.loads(pickle.dumps(es))`` taken inside a population after the model ran (its layers' buffers for the
     generation made): the copy's model computes every member's outputs bit for bit as the original's, on every call,
-    and its tell ends on the same parameters. Pickle copies each view of a tensor on its own, so buffers the layers
-    kept with views into them came back unshared: the copy's members ran on stale buffers, silently."""
+    and its tell ends on the same parameters. Pickle copies each view of a tensor on its own: buffers the layers keep
+    with views into them must come back shared, or the copy's members run on stale buffers, silently."""
     import pickle
 
     torch.manual_seed(0)
@@ -273,8 +273,8 @@ def test_loading_a_state_of_another_configuration_is_an_error() -> None:
 
 def test_loading_a_state_saved_with_another_optimizer_is_an_error_that_changes_nothing() -> None:
     """A state saved with ClipUp, loaded into a FlipES with Adam (and back), is a ValueError naming both
-    optimizers, raised before anything is loaded (torch took the other optimizer's settings and failed
-    with a KeyError, 'step' or later 'momentum', after the model's weights had been replaced); the same
+    optimizers, raised before anything is loaded (torch would take the other optimizer's settings and fail
+    with a KeyError, 'step' or later 'momentum', after the model's weights were replaced); the same
     optimizer loads, and a state saved before the optimizer was recorded still loads."""
     clipup = flipes.FlipES(mlp(0), popsize=8, seed=1, optimizer=lambda p: flipes.optim.ClipUp(p, lr=0.05, max_speed=0.1))
     clipup.step(fitness)

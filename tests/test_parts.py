@@ -375,8 +375,8 @@ def test_training_with_noise_sampled_per_part_evaluates_the_same_members(tmp_pat
 @pytest.mark.parametrize("hold_noise", [True, False], ids=["held", "per-part"])
 def test_a_part_left_open_and_closed_in_a_later_population_leaves_that_population_alone(hold_noise: bool) -> None:
     """A split generator left suspended in a part outlives its population; closed (collected) inside the next
-    generation's population, it used to uninstall that population's noise: every member then ran as the mean
-    network, silently. Now the members' outputs stay those of a plain copy loaded with each member's parameters."""
+    generation's population, it leaves that population's noise installed: the members' outputs stay those of a plain
+    copy loaded with each member's parameters (uninstalled, every member would run as the mean network, silently)."""
     torch.manual_seed(0)
     model = flipes.flipout(nn.Linear(3, 2).to(DT))
     es = flipes.FlipES(model, popsize=8, sigma=0.5, groups=4, hold_noise=hold_noise)
@@ -475,9 +475,9 @@ def test_a_population_pickles_for_a_worker_process_without_its_parts() -> None:
 @pytest.mark.parametrize("hold_noise", [True, False], ids=["held", "per-part"])
 def test_a_population_entered_twice_in_a_generation_evaluates_the_same_members_twice(hold_noise: bool) -> None:
     """``es.population()`` entered again in the same generation: a whole-population forward (and parts) in the second
-    block computes the members of the first, bit for bit, not the mean network. With noise sampled per part, the first
-    block's whole forward left the noise marked as installed when the block's end had removed it: the second block's
-    forward ran every member as the mean network, silently."""
+    block computes the members of the first, bit for bit, not the mean network; with noise sampled per part too,
+    where the first block's end removes the noise its whole forward installed (noise still marked installed would run
+    every member of the second block as the mean network, silently)."""
     torch.manual_seed(0)
     model = flipes.flipout(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT))
     es = flipes.FlipES(model, popsize=N, sigma=0.5, groups=4, hold_noise=hold_noise)

@@ -294,10 +294,10 @@ def test_resume_refuses_other_options_and_broken_checkpoints(tmp_path: Path) -> 
 @pytest.mark.filterwarnings("ignore:sigma_lr > 0 with groups=1")  # the refused resume builds its FlipES first
 def test_resume_refuses_another_search_rule_and_leaves_the_run_resumable(tmp_path: Path) -> None:
     """--algo, --sigma-lr, --max-speed and --ars-top change the optimizer or the step, so a resume with
-    another value is refused like --sigma (another --algo used to load Adam's state into ClipUp or SGD,
-    crash with a KeyError and leave that algo in config.json, so that every later resume crashed too), and
-    so is one with another value of each other option that fixes the run (the env, population, noise, model
-    and fitness options of RESUME_KEYS); the run's config.json is untouched and the plain resume continues it."""
+    another value is refused like --sigma (Adam's saved state does not fit ClipUp or SGD), and so is one with
+    another value of each other option that fixes the run (the env, population, noise, model and fitness
+    options of RESUME_KEYS); a refused resume leaves the run's config.json untouched (another algo written there
+    would break every later resume) and the plain resume continues it."""
     run = tmp_path / "run"
     kw = {**FAST_KW, "hidden": [4], "eval_every": 100}
     flipes.train(**kw, generations=1, out=str(run))
