@@ -1,4 +1,4 @@
-"""Policies of Flipout layers for Box and Discrete action spaces."""
+"""Policies of Flipout layers for Box, Discrete, MultiDiscrete and MultiBinary action spaces."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from flipes.rl.normalize import RunningNorm
 class SpacePolicy(nn.Module):
     """What every flipes policy does with the env's spaces: observations flattened, cast to the
     policy's dtype and normalized (``self.obs_norm``); outputs ``z`` of ``action_dim`` mapped to
-    actions: the argmax for ``Discrete``, ``tanh`` squashed into the bounds for ``Box`` (unbounded
-    dimensions are left linear).
+    actions: the argmax for ``Discrete``, one argmax per component for ``MultiDiscrete`` (``action_dim``
+    is the sum of its ``nvec``), ``z > 0`` for ``MultiBinary``, ``tanh`` squashed into the bounds for
+    ``Box`` (unbounded dimensions are left linear).
 
     Args:
         observation_space: a ``Box`` of observations (flattened).
-        action_space: ``Discrete`` or ``Box``.
+        action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
         normalize: keep running observation statistics (``self.obs_norm``).
     """
 
@@ -33,9 +34,24 @@ class SpacePolicy(nn.Module):
                 f"{name} needs a Box observation space, got {observation_space}; "
                 "flatten it (gymnasium.wrappers.FlattenObservation) or write a policy from flipes.nn layers"
             )
+        self.kind = type(action_space).__name__
         if isinstance(action_space, gym.spaces.Discrete):
             self.action_dim, self.discrete, self.action_shape = int(action_space.n), True, ()
             self.action_start = int(action_space.start)
+        elif isinstance(action_space, gym.spaces.MultiDiscrete):
+            self.discrete, self.action_shape = False, tuple(action_space.shape)
+            nvec = torch.as_tensor(action_space.nvec, dtype=torch.int64).flatten()
+            self.action_dim, widest = int(nvec.sum()), int(nvec.max())
+            # component i's logits are z[..., first[i] : first[i] + nvec[i]]: gathered into a padded
+            # (components, widest) table, the padding -inf, one argmax serves components of any widths
+            first = torch.cumsum(nvec, 0) - nvec
+            slot = torch.arange(widest)
+            self.register_buffer("logit_index", (first[:, None] + slot).clamp(max=self.action_dim - 1))
+            self.register_buffer("logit_pad", slot >= nvec[:, None])
+            self.register_buffer("action_starts", torch.as_tensor(action_space.start, dtype=torch.int64).flatten())
+        elif isinstance(action_space, gym.spaces.MultiBinary):
+            self.discrete, self.action_shape = False, tuple(action_space.shape)
+            self.action_dim = math.prod(self.action_shape)
         elif isinstance(action_space, gym.spaces.Box):
             self.action_dim, self.discrete, self.action_shape = math.prod(action_space.shape), False, tuple(action_space.shape)
             low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
@@ -45,7 +61,7 @@ class SpacePolicy(nn.Module):
             self.register_buffer("scale", torch.where(self.bounded, (high - low) / 2, 1.0))
         else:
             raise ValueError(
-                f"{name} handles Discrete and Box action spaces, got {type(action_space).__name__}; "
+                f"{name} handles Discrete, MultiDiscrete, MultiBinary and Box action spaces, got {type(action_space).__name__}; "
                 "write your own policy module from flipes.nn layers for this space"
             )
         self.obs_shape = tuple(observation_space.shape)
@@ -60,9 +76,14 @@ class SpacePolicy(nn.Module):
         return self.obs_norm(obs) if self.obs_norm is not None else obs
 
     def action(self, z: Tensor) -> Tensor:
-        """``(*, action_dim)`` outputs -> ``(*,)`` (Discrete) or ``(*, *action_shape)`` (Box) actions."""
+        """``(*, action_dim)`` outputs -> ``(*,)`` (Discrete) or ``(*, *action_shape)`` (the others) actions."""
         if self.discrete:  # actions from 0 (most envs): no op to add the start
             return z.argmax(-1) + self.action_start if self.action_start else z.argmax(-1)
+        if self.kind == "MultiDiscrete":
+            a = z[..., self.logit_index].masked_fill(self.logit_pad, -math.inf).argmax(-1) + self.action_starts
+            return a.view(*z.shape[:-1], *self.action_shape)
+        if self.kind == "MultiBinary":  # gymnasium's dtype for it
+            return (z > 0).to(torch.int8).view(*z.shape[:-1], *self.action_shape)
         z = torch.where(self.bounded, torch.tanh(z), z) * self.scale + self.center
         return z.view(*z.shape[:-1], *self.action_shape)
 
@@ -80,18 +101,19 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module], last: bool = False) -
 class MLPPolicy(SpacePolicy):
     r"""Deterministic policy: normalized observation -> Flipout MLP -> action.
 
-    Discrete actions are the argmax of the logits; Box actions are ``tanh`` squashed into the
-    bounds (unbounded dimensions are left linear).
+    Discrete actions are the argmax of the logits (MultiDiscrete: one argmax per component, MultiBinary:
+    the signs of the outputs); Box actions are ``tanh`` squashed into the bounds (unbounded dimensions
+    are left linear).
 
     Args:
         observation_space: a ``Box`` of observations (flattened).
-        action_space: ``Discrete`` or ``Box``.
+        action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
         hidden: widths of the hidden layers.
         activation: the hidden nonlinearity.
         normalize: keep running observation statistics (``self.obs_norm``).
 
     Shape:
-        ``(*, obs_dim) -> (*,)`` (Discrete) or ``(*, *action_shape)`` (Box); inside a population
+        ``(*, obs_dim) -> (*,)`` (Discrete) or ``(*, *action_shape)`` (the others); inside a population
         ``*`` starts with the members.
     """
 

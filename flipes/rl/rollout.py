@@ -57,8 +57,9 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
 
 def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> None:
     """Raise a UsageError unless ``actions`` (a tensor or array) fit ``n`` envs of action space
-    ``space``: ``(n,)`` integers for ``Discrete``, ``(n, *shape)`` for ``Box`` (other spaces are left
-    to the env). ``n`` may be ``(members, episodes)``, the batch a model sees in training."""
+    ``space``: ``(n,)`` integers for ``Discrete``, ``(n, *shape)`` for ``Box``, integers of ``(n, *shape)``
+    in range for ``MultiDiscrete`` and ``MultiBinary`` (other spaces are left to the env). ``n`` may be
+    ``(members, episodes)``, the batch a model sees in training."""
     got_batch = (n,) if isinstance(n, int) else tuple(n)
     if (  # (actions, state): what a policy with memory returns
         isinstance(actions, tuple)
@@ -91,6 +92,27 @@ def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> N
                 take = f"{first} ... {first + space.n - 1}"
                 problem = f"the model returned actions from {lo} to {hi} for {envs} of {space}, which take {take}"
                 raise UsageError("--model", problem, f"give the model {space.n} outputs and return their argmax(-1)")
+    elif isinstance(space, gym.spaces.MultiDiscrete | gym.spaces.MultiBinary):
+        expect = (*batch, *space.shape)
+        multi = isinstance(space, gym.spaces.MultiDiscrete)
+        how = (
+            f"return {space.shape} integers per env, each the argmax(-1) of its component's logits"
+            if multi
+            else f"return {space.shape} zeros and ones per env, e.g. (logits > 0).to(torch.int8)"
+        )
+        if got == expect and actions.dtype.is_floating_point:
+            problem = f"the model returned {actions.dtype} actions for {envs} of {space}, which take integers"
+            raise UsageError("--model", problem, how)
+        if got == expect and actions.numel():  # once per rollout, as for Discrete
+            lo = torch.as_tensor(space.start if multi else 0, device=actions.device)
+            hi = lo + torch.as_tensor(space.nvec if multi else 2, device=actions.device)
+            wrong = (actions < lo) | (actions >= hi)
+            if bool(wrong.any()):
+                at = tuple(int(i) for i in wrong.nonzero()[0])
+                value, index = int(actions[at]), at[len(batch) :]
+                take = f"{int(lo.expand(space.shape)[index])} ... {int(hi.expand(space.shape)[index]) - 1}"
+                problem = f"the model returned {value} at action index {index} for {envs} of {space}, which takes {take} there"
+                raise UsageError("--model", problem, how)
     elif isinstance(space, gym.spaces.Box):
         expect, how = (*batch, *space.shape), f"return {space.shape} actions per env (the model's last dimension)"
     else:
