@@ -298,6 +298,7 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
 
     from flipes.rl import stepper
     from flipes.rl.envs import base_id
+    from flipes.rl.spaces import flat_observation_space
 
     headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     if headless:  # offscreen rendering needs no window: pygame's dummy driver, MuJoCo's EGL (read at the first render)
@@ -309,9 +310,18 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
         raise UsageError(
             "--render", f"rendering {env_id} needs packages that are not installed ({e})", "pip install 'flipes[render]'"
         ) from None
+    except (TypeError, gym.error.Error) as e:  # an env of one's own: no render_mode argument, or a vector env only
+        problem = f"gymnasium.make({base_id(env_id)!r}, render_mode='rgb_array') failed ({' '.join(str(e).split())[:200]})"
+        fix = "register the env with an entry_point whose env takes render_mode and returns rgb_array frames from render()"
+        raise UsageError("--render", problem, fix) from None
+    if flat_observation_space(env.observation_space) is not None:  # as every engine flattens them for the policy
+        env = gym.wrappers.FlattenObservation(env)
     obs, _ = env.reset(seed=seed)
     try:
         frames = [env.render()]
+        if not isinstance(frames[0], np.ndarray):
+            problem = f"{base_id(env_id)}'s render() returned {type(frames[0]).__name__} in render_mode 'rgb_array'"
+            raise UsageError("--render", problem, "return the frame as an (height, width, 3) uint8 array")
     except Exception as e:  # MuJoCo's FatalError, or an AttributeError of a viewer that found no OpenGL
         if "GL" not in f"{type(e).__name__} {e}" and "opengl" not in str(e).lower():
             raise

@@ -203,6 +203,15 @@ def train(
         objects = {k: getattr(config, k) for k in NAMED if not isinstance(getattr(config, k), str)}
         config = dataclasses.replace(config, **dict.fromkeys(objects, ""))
         overrides = {**objects, **overrides}
+    env = overrides.get("env", "")
+    if isinstance(env, type | gym.Env | gym.vector.VectorEnv) or callable(env):  # the run records an id it can make again
+        what = f"the class {env.__name__}" if isinstance(env, type) else f"a {type(env).__name__}"
+        fix = (
+            "register it in a module of yours, gymnasium.register('mine/Name-v0', entry_point=... or vector_entry_point=...), "
+            "and pass env='module:mine/Name-v0'; or roll a vector env out yourself: env='none', "
+            "fitness=flipes.rl.RolloutFitness(vector_env, episodes)"
+        )
+        raise UsageError("env", f"is {what}, not an env id", fix)
     callbacks = list(callbacks)
     for cb in callbacks:  # here, not at the first generation's hook
         if isinstance(cb, type) or not isinstance(cb, Callback):

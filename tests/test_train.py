@@ -227,6 +227,21 @@ def test_a_callback_class_or_another_object_is_refused_before_training(tmp_path:
     assert not (tmp_path / "a").exists()
 
 
+def test_an_env_class_or_object_is_refused_with_how_to_register_it(tmp_path: Path) -> None:
+    """``env=`` given a vector env class, a vector env or a factory instead of an id is a UsageError saying how to
+    register it under an id of one's own (or roll it out with RolloutFitness), before anything is written."""
+    fix = r"not an env id; register it in a module of yours, gymnasium.register\('mine/Name-v0', .*RolloutFitness"
+    env = make_vector_env("flipes/CartPole-v1", 2)
+    for given, what in [
+        (type(env), f"the class {type(env).__name__}"),
+        (env, f"a {type(env).__name__}"),
+        (lambda: 0, "a function"),
+    ]:
+        with pytest.raises(flipes.UsageError, match=f"^env: is {what}, {fix}"):
+            flipes.train(**{**FAST_KW, "env": given}, generations=1, out=str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_resume_into_another_directory_takes_the_runs_history_along(tmp_path: Path) -> None:
     """Resumed into a new --out, a run keeps its history there: metrics.jsonl holds the earlier rows, then the new
     ones (those of one run trained in one directory), and best.pt is the earlier run's best, so `flipes evaluate

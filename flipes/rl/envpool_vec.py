@@ -28,6 +28,8 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
+from flipes.rl.spaces import flat_observation_space, flatten_observations
+
 SEED_MODULUS = 2**31  # EnvPool takes int32 seeds; flipes' seeds are reduced modulo 2**31
 
 
@@ -64,6 +66,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
 
     Observations, rewards and flags come back as torch tensors (``torch.from_numpy`` of fresh
     arrays on the CPU, so earlier results are never overwritten); actions may be tensors or arrays.
+    Dict observations (dm_control's tasks) come back flattened into one Box (:mod:`flipes.rl.spaces`;
+    ``source_observation_space`` keeps EnvPool's).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.DISABLED, "render_modes": []}
@@ -93,7 +97,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         with warnings.catch_warnings():  # its spaces are built float64 and cast: gymnasium warns on every make
             warnings.simplefilter("ignore", UserWarning)
             probe = envpool.make(env_id, env_type="gymnasium", num_envs=1, **kwargs)  # the spaces; the pool comes at reset
-            self.single_observation_space = probe.observation_space
+            self.source_observation_space = probe.observation_space
+            self.single_observation_space = flat_observation_space(probe.observation_space) or probe.observation_space
             self.single_action_space = _gymnasium_dtypes(probe.action_space)
             probe.close()
         if seeds is not None:
@@ -150,12 +155,14 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         if mask is not None:
             ids = np.flatnonzero(np.asarray(mask if not isinstance(mask, Tensor) else mask.cpu().numpy(), dtype=bool))
             obs, info = self._pool.reset(env_id=ids.astype(np.int32))
+            obs = self._flat(obs)
             full = self._obs.copy() if self._obs is not None else np.zeros((self.num_envs, *obs.shape[1:]), obs.dtype)
             full[info["env_id"]] = obs
             self._done[ids] = False
             self._terminated[ids] = self._truncated[ids] = False
         else:
             obs, info = self._pool.reset()
+            obs = self._flat(obs)
             full = np.empty_like(obs)
             full[info["env_id"]] = obs  # in env order, whichever thread finished first
             self._episode += 1
@@ -239,11 +246,16 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         if self._obs is None:
             raise RuntimeError("call reset() before recv()")
         o, r, term, trunc, info = self._pool.recv(reset=False, return_info=True)
+        o = self._flat(o)
         ids = info["env_id"]  # EnvPool's threads may return the envs in any order
         self._obs[ids] = o
         self._terminated[ids], self._truncated[ids] = term, trunc
         self._done[ids] = term | trunc
         return ids, o, r, term, trunc
+
+    def _flat(self, obs: Any) -> np.ndarray:
+        """Dict observations (dm_control's) as one array, as :attr:`single_observation_space` says."""
+        return flatten_observations(self.source_observation_space, obs) if isinstance(obs, dict | tuple) else obs
 
     def _tensor(self, x: np.ndarray) -> Tensor:
         t = torch.from_numpy(x)  # no copy on the CPU

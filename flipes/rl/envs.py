@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from flipes.rl.envpool_vec import EnvPoolVectorEnv, envpool_ids
+from flipes.rl.spaces import STRUCTURED, SpaceError, flat_observation_space, flatten_observations, layout
 from flipes.rl.workers import WorkerVectorEnv
 
 BACKENDS = ("envpool", "gymnasium", "gymnasium-sync", "gymnasium-async")
@@ -47,26 +49,63 @@ _HEAVY_ENTRY_POINTS = ("gymnasium.envs.mujoco", "gymnasium.envs.box2d")
 
 
 class NumpyToTorch(gym.vector.VectorWrapper):
-    """A numpy vector env seen through torch: actions in, observations, rewards and flags out.
+    """A vector env seen through torch: actions in, observations, rewards and flags out as tensors.
 
-    (gymnasium's own wrapper needs the extra ``array_api_compat`` package for the same 20 lines.)
+    An env that speaks numpy (gymnasium's) gets numpy actions; one that already speaks torch (its
+    ``reset`` returned tensors: a batched env of your own) gets the actions as tensors, and its
+    tensors pass through. Dict and Tuple observations come out flattened into one Box
+    (:mod:`flipes.rl.spaces`; ``source_observation_space`` keeps the env's own).
+    (gymnasium's own wrapper needs the extra ``array_api_compat`` package for numpy alone.)
+
+    Args:
+        env: a gymnasium ``VectorEnv``.
+        device: where the returned tensors live; ``None``: numpy arrays on the CPU, an env's
+            tensors where they are.
+        speaks_torch: whether ``env`` takes tensor actions; ``None``: learnt at each ``reset``.
     """
 
-    def __init__(self, env: gym.vector.VectorEnv, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, env: gym.vector.VectorEnv, device: str | torch.device | None = "cpu", speaks_torch: bool | None = None
+    ) -> None:
         super().__init__(env)
-        self.device = torch.device(device)
+        self.device = None if device is None else torch.device(device)
+        self.speaks_torch = speaks_torch
+        self.source_observation_space = env.single_observation_space
+        flat = flat_observation_space(env.single_observation_space)
+        if flat is not None:
+            self.single_observation_space = flat
+            self.observation_space = gym.vector.utils.batch_space(flat, env.num_envs)
 
     def _torch(self, x: Any) -> Tensor:
+        if isinstance(x, Tensor):
+            return x if self.device is None else x.to(self.device)
         return torch.as_tensor(np.asarray(x), device=self.device)
+
+    def observations(self, obs: Any) -> Tensor:
+        """The env's observations as this wrapper returns them: a tensor, Dict and Tuple ones flattened."""
+        if isinstance(self.source_observation_space, STRUCTURED):
+            obs = flatten_observations(self.source_observation_space, obs)
+        return self._torch(obs)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None) -> tuple[Tensor, dict]:
         obs, info = self.env.reset(seed=seed, options=options)
-        return self._torch(obs), info
+        self.speaks_torch = holds_tensors(obs)
+        return self.observations(obs), info
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
-        a = actions.detach().cpu().numpy() if isinstance(actions, Tensor) else np.asarray(actions)
+        if self.speaks_torch:
+            a = torch.as_tensor(actions)
+        else:
+            a = actions.detach().cpu().numpy() if isinstance(actions, Tensor) else np.asarray(actions)
         obs, reward, terminated, truncated, info = self.env.step(a)
-        return self._torch(obs), self._torch(reward), self._torch(terminated), self._torch(truncated), info
+        return self.observations(obs), self._torch(reward), self._torch(terminated), self._torch(truncated), info
+
+
+def holds_tensors(obs: Any) -> bool:
+    """Whether observations (a Dict or Tuple one by its first entry) are torch tensors, not numpy arrays."""
+    while isinstance(obs, dict | tuple | list):
+        obs = next(iter(obs.values())) if isinstance(obs, dict) else obs[0]
+    return isinstance(obs, Tensor)
 
 
 def available_cores(ranks_on_node: int = 1) -> int:
@@ -118,9 +157,28 @@ def make_vector_env(
         device: where observations, rewards and flags are returned (CPU engines copy to it).
         threads: EnvPool threads or gymnasium worker processes; 0 takes every core this process
             may use (:func:`available_cores`).
-        note: receives one line when the engine falls back to a slower one (``None``: silent).
+        note: receives one line when the engine falls back to a slower one, and one when Dict or
+            Tuple observations are flattened into a Box (``None``: silent).
         **kwargs: passed to the engine's constructor (``gymnasium.make_vec`` or ``envpool.make``).
+
+    An id registered with a ``vector_entry_point`` and no ``entry_point`` (a batched env of your own,
+    numpy or torch) is made by it, given ``device=`` where its constructor takes one. Dict and Tuple
+    observations come out flattened into one Box on every engine (:mod:`flipes.rl.spaces`).
     """
+    try:
+        env = _engine_env(env_id, num_envs, device, threads, note, **kwargs)
+    except SpaceError as e:
+        raise EnvError(f"{env_id!r}: {e}") from None
+    source = getattr(env, "source_observation_space", None)
+    if isinstance(source, STRUCTURED) and note is not None:
+        what = f"{base_id(env_id)}'s {type(source).__name__} observations are flattened into one Box"
+        note(f"{what} of {env.single_observation_space.shape[0]} ({layout(source)})")
+    return env
+
+
+def _engine_env(
+    env_id: str, num_envs: int, device: str | torch.device, threads: int, note: Callable[[str], None] | None, **kwargs: Any
+) -> gym.vector.VectorEnv:
     if env_id.startswith(("flipes/", "envs:flipes/")):
         env_id = env_id.removeprefix("envs:")
         import envs  # noqa: F401  registers the flipes/ ids with gymnasium
@@ -149,6 +207,11 @@ def make_vector_env(
                 other += f"; or use gymnasium:{name}"
             raise EnvError(f"EnvPool has no env {name!r}; {other}")
     spec = _gymnasium_spec(name, env_id)
+    if spec.entry_point is None and spec.vector_entry_point is not None:  # a batched env of its own, e.g. in torch
+        if backend in ("gymnasium-sync", "gymnasium-async"):
+            problem = f"{name} has a vector_entry_point only, no entry_point to make one env per copy"
+            raise EnvError(f"{env_id!r}: {problem}; use {name}")
+        return NumpyToTorch(_own_vector_env(spec, name, num_envs, device, kwargs), device=device)
     mode = backend.removeprefix("gymnasium-") if backend.startswith("gymnasium-") else None
     if mode is None:
         heavy = isinstance(spec.entry_point, str) and spec.entry_point.startswith(_HEAVY_ENTRY_POINTS)
@@ -167,6 +230,22 @@ def make_vector_env(
         return NumpyToTorch(gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync", **kwargs), device=device)
     except gym.error.DependencyNotInstalled as e:
         raise EnvError(f"{name!r} needs packages that are not installed; {_install_hint(spec, e)}") from e
+
+
+def _own_vector_env(
+    spec: gym.envs.registration.EnvSpec, name: str, num_envs: int, device: str | torch.device, kwargs: dict[str, Any]
+) -> gym.vector.VectorEnv:
+    """The env of an id registered with a ``vector_entry_point`` only, given ``device=`` where it takes one."""
+    creator = spec.vector_entry_point
+    creator = creator if callable(creator) else gym.envs.registration.load_env_creator(creator)
+    try:
+        params = inspect.signature(creator).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C type: no signature to read
+        params = ()  # type: ignore[assignment]
+    takes = any(p.name == "device" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    if takes and "device" not in kwargs and "device" not in spec.kwargs:
+        kwargs = {**kwargs, "device": device}
+    return gym.make_vec(name, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
 
 
 def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:

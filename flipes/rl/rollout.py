@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.population import Population
 from flipes.nn import uncompiled
+from flipes.rl.envs import NumpyToTorch, holds_tensors
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.recurrent import is_recurrent, stepper
 
@@ -39,7 +40,9 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
     ``(seed, stream, generation, first + i)``, whichever process runs it:
 
     - engines seeded at reset (flipes' envs, gymnasium's): env ``i`` is reset with gymnasium's
-      convention, seed ``episode_seed(seed, generation, stream) + first + i``;
+      convention, seed ``episode_seed(seed, generation, stream) + first + i`` (one int seed is passed,
+      which gymnasium's vector envs spread so; a vector env of your own with one generator for all
+      its envs takes it too, but then a member's episodes depend on how the population is split);
     - engines seeded once at creation (EnvPool, :meth:`EnvPoolVectorEnv.reset_streams`): env ``i``
       owns the stream seeded ``episode_seed(seed, 0, stream) + first + i`` (mod 2**31) and plays
       its episode number ``generation``.
@@ -50,8 +53,7 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
         base = episode_seed(seed, 0, stream) + first
         obs, _ = reset_streams([base + i for i in range(n)], generation)
     else:
-        base = episode_seed(seed, generation, stream) + first
-        obs, _ = env.reset(seed=[base + i for i in range(n)])
+        obs, _ = env.reset(seed=episode_seed(seed, generation, stream) + first)
     return obs
 
 
@@ -165,6 +167,9 @@ def run_episodes(
     """
     if obs is None:
         obs, _ = env.reset(seed=seed)
+    if not isinstance(obs, Tensor):  # a numpy vector env (gymnasium.make_vec), or Dict observations: through torch
+        env = NumpyToTorch(env, device=None, speaks_torch=holds_tensors(obs))
+        obs = env.observations(obs)
     if pipeline:
         if is_recurrent(act):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")

@@ -23,6 +23,8 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
+from flipes.rl.spaces import flat_observation_space, flatten_observations
+
 
 class EnvBlock(gym.Env):
     """``size`` copies of ``env_id`` (envs ``offset .. offset+size-1`` of the whole vector env)
@@ -78,7 +80,8 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         **kwargs: passed to ``gymnasium.make_vec`` in each worker.
 
     Seeding follows gymnasium: ``reset(seed=s)`` seeds env ``i`` with ``s + i`` (or ``s[i]``), so
-    its episodes are those of ``SyncVectorEnv`` with the same seeds.
+    its episodes are those of ``SyncVectorEnv`` with the same seeds. Dict and Tuple observations come
+    back flattened into one Box (:mod:`flipes.rl.spaces`; ``source_observation_space`` keeps the env's).
     """
 
     def __init__(self, env_id: str, num_envs: int, workers: int, device: str | torch.device = "cpu", **kwargs: Any) -> None:
@@ -90,16 +93,21 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         # forkserver: forking this process itself fails with ENOMEM once it holds large envs (seen at
         # N = 1024 MuJoCo envs), and spawn re-imports everything per worker
         context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        self.env = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context=context)
         single = gym.make_vec(env_id, num_envs=1, vectorization_mode="sync", **kwargs)
-        self.single_observation_space, self.single_action_space = single.single_observation_space, single.single_action_space
+        self.source_observation_space, self.single_action_space = single.single_observation_space, single.single_action_space
         single.close()
+        # before the workers start: a space that cannot be flattened must not leave them behind
+        self.single_observation_space = flat_observation_space(self.source_observation_space) or self.source_observation_space
+        self.env = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context=context)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
         self.spec = None
 
-    def _flat(self, x: np.ndarray) -> Tensor:
+    def _flat(self, x: Any) -> Tensor:
+        """``(workers, envs per worker, ...)`` -> ``(num_envs, ...)``; Dict and Tuple observations flattened."""
+        if isinstance(x, dict | tuple):
+            x = flatten_observations(self.source_observation_space, x, batch_dims=2)
         return torch.from_numpy(np.ascontiguousarray(x).reshape(self.num_envs, *x.shape[2:])).to(self.device)
 
     def reset(self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None) -> tuple[Tensor, dict]:

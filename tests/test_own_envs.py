@@ -1,0 +1,199 @@
+"""Envs a user brings: ids registered with a vector entry point only, gymnasium vector envs made by
+hand, Dict and Tuple observations (flattened on every engine, in rendering too)."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import flipes
+from flipes.commands import record
+from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env, run_episodes
+from flipes.rl.envs import EnvError
+from flipes.rl.rollout import episode_seed
+
+
+class Signs(gym.vector.VectorEnv):
+    """A batched torch env: one-step episodes of 3 uniform numbers, MultiBinary(3) actions paid one per entry equal to
+    ``x > 0``. Records the device it was made for and the type of the actions it was given."""
+
+    def __init__(self, num_envs: int, device: str | torch.device = "cpu") -> None:
+        self.num_envs, self.device = num_envs, torch.device(device)
+        self.single_observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+        self.single_action_space = gym.spaces.MultiBinary(3)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self.metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
+        self.gen, self.action_types = torch.Generator(), []
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[override]
+        self.gen.manual_seed(seed)  # one int: gymnasium's convention for a vector env
+        self.x = 2 * torch.rand(self.num_envs, 3, generator=self.gen, device=self.device) - 1
+        return self.x.clone(), {}
+
+    def step(self, actions):  # type: ignore[override]
+        self.action_types.append(type(actions))
+        reward = (actions.long() == (self.x > 0).long()).sum(1).double()
+        done = torch.ones(self.num_envs, dtype=torch.bool)
+        return self.x.clone(), reward, done, torch.zeros_like(done), {}
+
+
+class Goal(gym.Env):
+    """A numpy env with nested Dict observations (a (2, 2) Box, a Tuple of a MultiBinary and a Box) and Box actions."""
+
+    observation_space = gym.spaces.Dict(
+        {
+            "position": gym.spaces.Box(-5, 5, (2, 2), np.float32),
+            "goal": gym.spaces.Tuple((gym.spaces.MultiBinary(2), gym.spaces.Box(-5, 5, (3,), np.float64))),
+        }
+    )
+    action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[override]
+        super().reset(seed=seed)
+        self.p = self.np_random.uniform(-2, 2, (2, 2)).astype(np.float32)
+        self.g = self.np_random.uniform(-2, 2, 3)
+        self.t = 0
+        return self._obs(), {}
+
+    def _obs(self) -> dict:
+        return {"position": self.p.copy(), "goal": ((self.g[:2] > 0).astype(np.int8), self.g.copy())}
+
+    def step(self, action):  # type: ignore[override]
+        self.p = self.p + 0.1 * np.asarray(action, np.float32)
+        self.t += 1
+        return self._obs(), -float(np.abs(self.p[0] - self.g[:2]).sum()), False, self.t >= 5, {}
+
+    def render(self):  # type: ignore[override]
+        return np.zeros((8, 8, 3), np.uint8)
+
+
+class NoRender(Goal):
+    def __init__(self) -> None:  # no render_mode argument, as many envs of one's own
+        pass
+
+
+gym.register("owntest/Signs-v0", vector_entry_point=Signs)
+gym.register("owntest/Goal-v0", entry_point=Goal)
+gym.register("owntest/NoRender-v0", entry_point=NoRender)
+gym.register("owntest/CartPoleVec-v0", vector_entry_point="gymnasium.envs.classic_control.cartpole:CartPoleVectorEnv")
+gym.register("owntest/DiscreteEntry-v0", entry_point=lambda: gym.wrappers.TransformObservation(
+    Goal(), lambda o: {"position": o["position"], "n": 1}, gym.spaces.Dict(
+        {"position": Goal.observation_space["position"], "n": gym.spaces.Discrete(3)})))  # fmt: skip
+
+
+def test_an_id_registered_with_a_vector_entry_point_only_is_made_by_it() -> None:
+    """An id with a vector_entry_point and no entry_point is made by that entry point (not refused by gymnasium's
+    SyncVectorEnv): a torch env is given the device and gets tensor actions, and its observations are those of the class
+    itself; gymnasium's numpy CartPoleVectorEnv under an id of one's own (a reset takes one int seed) rolls out; the
+    sync and async prefixes, which make one env per copy, are refused naming the id to use."""
+    env = make_vector_env("owntest/Signs-v0", 5, device="cpu")
+    assert env.unwrapped.device == torch.device("cpu") and isinstance(env.unwrapped, Signs)
+    obs, _ = env.reset(seed=7)
+    assert torch.equal(obs, Signs(5).reset(seed=7)[0])
+    env.step(torch.zeros(5, 3, dtype=torch.int8))
+    assert env.unwrapped.action_types == [torch.Tensor]
+    cartpole = make_vector_env("owntest/CartPoleVec-v0", 4)
+    ep = run_episodes(cartpole, lambda o: (o[:, 2] > 0).long(), seed=1)  # the lean-following controller
+    assert (ep.lengths > 20).all() and torch.equal(ep.returns, ep.lengths.double())
+    expect = "'gymnasium-sync:owntest/Signs-v0': owntest/Signs-v0 has a vector_entry_point only, no entry_point to make one "
+    with pytest.raises(EnvError, match="^" + re.escape(expect + "env per copy; use owntest/Signs-v0") + "$"):
+        make_vector_env("gymnasium-sync:owntest/Signs-v0", 2)
+
+
+def test_flipes_train_learns_on_a_batched_torch_env_registered_under_ones_own_id(tmp_path) -> None:
+    """flipes.train on an id registered with only a vector_entry_point (a torch env of one's own, MultiBinary actions):
+    the center policy's mean return over 100 fresh episodes rises from chance (1.5 of 3) above 2.7."""
+    result = flipes.train(
+        env="owntest/Signs-v0", popsize=64, generations=60, sigma=0.2, lr=0.1, hidden=[16], episodes=4, eval_every=60,
+        eval_episodes=100, target=None, out=str(tmp_path / "run"), progress=False, tensorboard=False,
+    )  # fmt: skip
+    assert result.eval_return > 2.7
+
+
+def test_each_members_return_on_a_numpy_vector_env_of_ones_own_is_that_of_its_explicit_weights() -> None:
+    """RolloutFitness given a gymnasium SyncVectorEnv made by hand (numpy in and out) rolls it out through torch: each
+    member's mean return over its 2 episodes equals that of its own weights (member_state_dict in a plain copy) run
+    alone on a fresh SyncVectorEnv reset with the member's seeds; run_episodes takes such an env too."""
+    torch.manual_seed(0)
+    space = gym.make_vec("CartPole-v1", num_envs=1).single_observation_space
+    plain = MLPPolicy(space, gym.spaces.Discrete(2), hidden=(8,)).double()
+    policy = copy.deepcopy(plain)
+    es = flipes.FlipES(policy, popsize=4, sigma=0.5, seed=3)
+    env = gym.make_vec("CartPole-v1", num_envs=8, vectorization_mode="sync")
+    with es.population() as pop:
+        returns = RolloutFitness(env, episodes=2, seed=5)(policy, pop)
+        base = episode_seed(5, pop.generation, "population")
+        for m in range(4):
+            member = copy.deepcopy(plain)
+            member.load_state_dict(es.member_state_dict(m))
+            alone = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
+            assert run_episodes(alone, member, seed=base + 2 * m).returns.mean() == returns[m]
+    assert len(set(returns.tolist())) > 1
+
+
+@pytest.mark.parametrize("engine", ["gymnasium-sync", "gymnasium-async"])
+def test_dict_and_tuple_observations_are_flattened_as_gymnasium_flattens_one_env(engine: str) -> None:
+    """Nested Dict observations (a (2, 2) Box, a Tuple of MultiBinary and float64 Box) come out of the sync and worker
+    engines as one float64 Box, every row equal to gymnasium.spaces.flatten of that env alone, after a reset and a step;
+    the note names each entry's columns; a Discrete entry is refused naming it and FlattenObservation."""
+    notes: list[str] = []
+    env = make_vector_env(f"{engine}:test_own_envs:owntest/Goal-v0", 4, threads=2, note=notes.append)  # workers import it
+    try:
+        assert env.single_observation_space == gym.spaces.flatten_space(Goal.observation_space)
+        assert notes == [
+            "test_own_envs:owntest/Goal-v0's Dict observations are flattened into one Box of 9 "
+            "(goal[0] 0:2, goal[1] 2:5, position 5:9)"
+        ]
+        obs, _ = env.reset(seed=10)
+        actions = torch.linspace(-1, 1, 8).view(4, 2)
+        after = env.step(actions)[0]
+        for i in range(4):
+            one = Goal()
+            first = gym.spaces.flatten(Goal.observation_space, one.reset(seed=10 + i)[0])
+            second = gym.spaces.flatten(Goal.observation_space, one.step(actions[i].numpy())[0])
+            assert (
+                obs.dtype == torch.float64 and np.array_equal(obs[i].numpy(), first) and np.array_equal(after[i].numpy(), second)
+            )
+    finally:
+        env.close()
+    with pytest.raises(EnvError, match=r"entry 'n' is Discrete\(3\); .*gymnasium.wrappers.FlattenObservation"):
+        make_vector_env(f"{engine}:test_own_envs:owntest/DiscreteEntry-v0", 2)
+
+
+def test_envpools_dm_control_dict_observations_are_its_entries_side_by_side() -> None:
+    """EnvPool's dm_control tasks observe a Dict: through flipes each row is its position and velocity entries side by
+    side, as a pool of the same seeds gives them, after a reset and after steps."""
+    envpool = pytest.importorskip("envpool")
+    env = make_vector_env("envpool:CheetahRun-v1", 3, threads=1)
+    raw = envpool.make("CheetahRun-v1", env_type="gymnasium", num_envs=3, batch_size=3, num_threads=1, seed=[4, 5, 6])
+    assert env.single_observation_space.shape == (17,)
+    obs, _ = env.reset(seed=4)
+    o, _ = raw.reset()
+    assert np.array_equal(obs.numpy(), np.concatenate([o["position"], o["velocity"]], 1))
+    for _ in range(3):
+        obs = env.step(torch.full((3, 6), 0.5))[0]
+        o = raw.step(np.full((3, 6), 0.5, np.float32))[0]
+    assert np.array_equal(obs.numpy(), np.concatenate([o["position"], o["velocity"]], 1))
+    env.close()
+
+
+def test_a_policy_trained_on_dict_observations_renders_on_the_flattened_env(tmp_path) -> None:
+    """flipes.train's MLP policy on a Dict-observation env, then --render's recorder: the episode plays on gymnasium's
+    env with its observations flattened as in training (5 steps: 6 frames); an env whose constructor takes no
+    render_mode is one UsageError saying what the env needs, not gymnasium's TypeError."""
+    result = flipes.train(env="owntest/Goal-v0", popsize=8, generations=1, out=str(tmp_path / "goal"), progress=False,
+                          tensorboard=False, target=None)  # fmt: skip
+    policy = flipes.load_policy(result.run_dir)
+    assert record(policy, "owntest/Goal-v0", tmp_path / "goal.gif", seed=0, max_frames=100) == 6
+    with pytest.raises(flipes.UsageError, match=r"^--render: gymnasium.make\('owntest/NoRender-v0', .*takes render_mode"):
+        record(policy, "owntest/NoRender-v0", tmp_path / "no.gif", seed=0, max_frames=100)
