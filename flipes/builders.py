@@ -120,7 +120,14 @@ def build_fitness(
     if config.fitness:
         return CheckedFitness((plugins or Plugins()).fitness_fn(config.fitness), config.fitness, config.members_per_pass)
     assert env is not None
-    return RolloutFitness(env, config.episodes, config.seed, getattr(model, "obs_norm", None), reward_shift=config.reward_shift)
+    return RolloutFitness(
+        env,
+        config.episodes,
+        config.seed,
+        getattr(model, "obs_norm", None),
+        reward_shift=config.reward_shift,
+        max_steps=config.max_episode_steps or None,
+    )
 
 
 class CheckedFitness:
@@ -175,9 +182,11 @@ class Evaluator:
 
     env: gym.vector.VectorEnv
     seed: int
+    max_steps: int | None = None
 
     def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
-        episodes = run_episodes(self.env, model, obs=reset_episodes(self.env, self.seed, "eval", generation))
+        obs = reset_episodes(self.env, self.seed, "eval", generation)
+        episodes = run_episodes(self.env, model, obs=obs, max_steps=self.max_steps)
         returns = episodes.returns
         std = returns.std() if len(returns) > 1 else torch.zeros((), dtype=returns.dtype, device=returns.device)
         mean, std = torch.stack((returns.mean(), std)).tolist()  # one copy to the host
@@ -234,7 +243,8 @@ def build_evaluator(
     if env is None:
         return None
     threads = min(config.env_threads or available_cores(comm.local_size), config.eval_episodes)
-    return Evaluator(make_vector_env(config.env, config.eval_episodes, device, threads=threads, note=None), config.seed)
+    env = make_vector_env(config.env, config.eval_episodes, device, threads=threads, note=None)
+    return Evaluator(env, config.seed, config.max_episode_steps or None)
 
 
 def standard_callbacks(config: TrainConfig, run_dir: Path) -> list[Callback]:

@@ -245,7 +245,7 @@ def train_command(argv: Sequence[str] | None = None) -> int:
 def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     """``flipes evaluate``: prints the center policy's mean ± std return; returns them."""
     from flipes.config import check_device
-    from flipes.runs import evaluate_policy, load_policy, run_env
+    from flipes.runs import evaluate_policy, load_policy, run_config, run_env
 
     args = parse_config(EvaluateConfig, argv, evaluate_help(), prog="flipes evaluate")
     if args.episodes < 1:
@@ -268,7 +268,8 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
         raise UsageError(args.run, "was trained on a custom fitness (--env none): there is no env to evaluate it on",
                          "use the evaluate() beside your fitness function")  # fmt: skip
     policy = load_policy(args.run, args.checkpoint, args.device)
-    returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device)
+    cut = run_config(args.run).get("max_episode_steps") or None  # the run's own cut, for envs without a time limit
+    returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device, max_steps=cut)
     mean, std = returns.mean().item(), returns.std().item() if len(returns) > 1 else 0.0
     what = "best member" if args.checkpoint == "best-member" else "center policy"
     print(f"{env_id}: {what} return {mean:.2f} ± {std:.2f} over {args.episodes} episodes ({args.checkpoint} checkpoint)")
@@ -375,7 +376,7 @@ def export_command(argv: Sequence[str] | None = None) -> Path:
     args = parse_config(ExportConfig, argv, EXPORT_HELP, prog="flipes export")
     path = export_policy(args.run, args.out or None, args.checkpoint)
     shown = [
-        f"{str(dtype).removeprefix('torch.')} (batch, {', '.join(map(str, shape))})" for dtype, shape in program_inputs(path)
+        f"{str(dtype).removeprefix('torch.')} (batch{''.join(f', {d}' for d in shape)})" for dtype, shape in program_inputs(path)
     ]
     call = f"torch.export.load({str(path)!r}).module()"
     if len(shown) == 1:

@@ -78,6 +78,10 @@ class TrainConfig:
     reward_shift: float = 0.0
     """Subtracted from every step's reward in the fitness (an alive bonus): fitness_* columns are shifted, while
     eval_return and return_mean (the population's mean episode return, a column only with a shift) keep it."""
+    max_episode_steps: int = 0
+    """Cut every episode, in training and evaluation, after this many steps (0: the env's own time limit).
+    For envs that register none (CliffWalking-v1, an env of your own without truncation), whose rollouts
+    otherwise last until every episode has ended by itself."""
     hidden: list[int] = field(default_factory=lambda: [32, 32])
     """Hidden layer widths of the MLP policy (--hidden with no width: a linear policy); of the GRU
     policy, its encoder's widths and then the GRU's hidden size (the last width)."""
@@ -275,8 +279,13 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         if getattr(config, name) < 1:
             opt = option_name(name)
             raise UsageError(opt, f"must be at least 1, got {getattr(config, name)}", f"e.g. {opt} {defaults[name]}")
-    meanings = {"threads": "torch's default", "env_threads": "this process's share of the cores", "noise_rank": "full-rank noise"}
-    for name in ("threads", "env_threads", "noise_rank", "seed"):
+    meanings = {
+        "threads": "torch's default",
+        "env_threads": "this process's share of the cores",
+        "noise_rank": "full-rank noise",
+        "max_episode_steps": "the env's own time limit",
+    }
+    for name in ("threads", "env_threads", "noise_rank", "seed", "max_episode_steps"):
         if getattr(config, name) < 0:
             fix = f"0 means {meanings[name]}" if name in meanings else "any integer >= 0 is a seed"
             raise UsageError(option_name(name), f"must be 0 or positive, got {getattr(config, name)}", fix)

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -81,6 +82,7 @@ def export_policy(
         raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
     try:
         obs, _ = env.reset(seed=0)
+        space = env.single_observation_space
     finally:
         env.close()
     policy = uncompiled(load_policy(run_dir, checkpoint, "cpu", model=model)).requires_grad_(False)  # actions without a graph
@@ -108,9 +110,13 @@ def export_policy(
             "a policy of your own must trace without data-dependent Python branches (torch.export's documentation)",
         ) from None
     # the program must act as the policy: on the reset's observations, on one of them, and on wide
-    # ones that reach the normalization's clip
+    # ones that reach the normalization's clip (integer ones, a state index or pixels: anywhere in the space)
     gen = torch.Generator(obs.device).manual_seed(0)
-    wide = 10 * torch.randn(7, *obs.shape[1:], generator=gen, device=obs.device).to(obs.dtype)
+    if obs.dtype.is_floating_point:
+        wide = 10 * torch.randn(7, *obs.shape[1:], generator=gen, device=obs.device).to(obs.dtype)
+    else:
+        space.seed(0)
+        wide = torch.as_tensor(np.stack([space.sample() for _ in range(7)]), device=obs.device).to(obs.dtype)
     zeros = tuple(torch.zeros(7, *a.shape[1:], dtype=a.dtype, device=a.device) for a in args[1:])
     checks = [args, tuple(a[:1] for a in args), (wide, *zeros)]
     with torch.no_grad():

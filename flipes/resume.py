@@ -37,6 +37,7 @@ RESUME_KEYS = (
     "policy",
     "episodes",
     "reward_shift",
+    "max_episode_steps",
     "fitness",
     "model",
     "algo",  # the optimizer (Adam, ClipUp, SGD): another one cannot take the saved optimizer state
@@ -49,6 +50,7 @@ RESUME_KEYS = (
 LATER_KEYS = (
     "mirrored",
     "reward_shift",
+    "max_episode_steps",
     "policy",
     "shaping",
     "weight_decay",

@@ -185,14 +185,20 @@ def load_policy(
 
 
 def evaluate_policy(
-    policy: nn.Module, env_id: str, episodes: int = 100, seed: int = 12345, device: str | torch.device = "cpu"
+    policy: nn.Module,
+    env_id: str,
+    episodes: int = 100,
+    seed: int = 12345,
+    device: str | torch.device = "cpu",
+    max_steps: int | None = None,
 ) -> torch.Tensor:
-    """Returns of ``episodes`` episodes of ``policy`` on ``env_id`` (one vector env, fixed seeds)."""
+    """Returns of ``episodes`` episodes of ``policy`` on ``env_id`` (one vector env, fixed seeds), each cut
+    after ``max_steps`` steps (``None``: the env's own time limit)."""
     try:
         env = make_vector_env(env_id, episodes, device, note=None)
     except EnvError as e:
         raise UsageError("--env", str(e)) from None
     try:
-        return run_episodes(env, policy, episode_seed(seed, 0, "evaluate")).returns
+        return run_episodes(env, policy, episode_seed(seed, 0, "evaluate"), max_steps=max_steps).returns
     finally:
         env.close()

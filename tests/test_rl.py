@@ -455,7 +455,7 @@ def whole(message: str) -> str:
 
 def test_bad_input_gives_errors_that_say_what_to_do() -> None:
     """Each is a ValueError whose whole message names the problem and the fix: MLPPolicy with a Tuple action
-    space (the supported spaces; write a policy from flipes.nn layers), with a Discrete observation space (flatten it
+    space (the supported spaces; write a policy from flipes.nn layers), with a MultiDiscrete observation space (flatten it
     with FlattenObservation, or write a policy); an unknown gymnasium id (every flipes id, gymnasium.pprint_registry,
     the MuJoCo extra, envpool.list_all_envs) and an unknown flipes/ id (every flipes id)."""
     obs_space = gym.spaces.Box(-1, 1, (5,), np.float32)
@@ -466,11 +466,11 @@ def test_bad_input_gives_errors_that_say_what_to_do() -> None:
     with pytest.raises(ValueError, match=whole(action)):
         MLPPolicy(obs_space, gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(3))))
     observation = (
-        "MLPPolicy needs a Box observation space, got Discrete(4); flatten it (gymnasium.wrappers.FlattenObservation) "
-        "or write a policy from flipes.nn layers"
+        "MLPPolicy needs a Box or Discrete observation space, got MultiDiscrete([2 3]); flatten it "
+        "(gymnasium.wrappers.FlattenObservation) or write a policy from flipes.nn layers"
     )
     with pytest.raises(ValueError, match=whole(observation)):
-        MLPPolicy(gym.spaces.Discrete(4), gym.spaces.Discrete(2))
+        MLPPolicy(gym.spaces.MultiDiscrete([2, 3]), gym.spaces.Discrete(2))
     fix = (
         f"; use a flipes id ({FLIPES_IDS}), a registered gymnasium id (gymnasium.pprint_registry() lists them; MuJoCo ids "
         "need pip install 'flipes[mujoco]') or an EnvPool id (envpool.list_all_envs())"

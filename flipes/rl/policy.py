@@ -18,10 +18,10 @@ class SpacePolicy(nn.Module):
     policy's dtype and normalized (``self.obs_norm``); outputs ``z`` of ``action_dim`` mapped to
     actions: the argmax for ``Discrete``, one argmax per component for ``MultiDiscrete`` (``action_dim``
     is the sum of its ``nvec``), ``z > 0`` for ``MultiBinary``, ``tanh`` squashed into the bounds for
-    ``Box`` (unbounded dimensions are left linear).
+    ``Box`` (unbounded dimensions are left linear). ``Discrete`` observations are one-hot (not normalized).
 
     Args:
-        observation_space: a ``Box`` of observations (flattened).
+        observation_space: a ``Box`` of observations (flattened) or ``Discrete`` ones (one-hot).
         action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
         normalize: keep running observation statistics (``self.obs_norm``).
     """
@@ -29,9 +29,9 @@ class SpacePolicy(nn.Module):
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
         super().__init__()
         name = type(self).__name__
-        if not isinstance(observation_space, gym.spaces.Box):
+        if not isinstance(observation_space, gym.spaces.Box | gym.spaces.Discrete):
             raise ValueError(
-                f"{name} needs a Box observation space, got {observation_space}; "
+                f"{name} needs a Box or Discrete observation space, got {observation_space}; "
                 "flatten it (gymnasium.wrappers.FlattenObservation) or write a policy from flipes.nn layers"
             )
         self.kind = type(action_space).__name__
@@ -66,10 +66,17 @@ class SpacePolicy(nn.Module):
             )
         self.obs_shape = tuple(observation_space.shape)
         self.obs_dim = math.prod(self.obs_shape)
+        self.obs_start: int | None = None
+        if isinstance(observation_space, gym.spaces.Discrete):  # a state index (Taxi, FrozenLake): one-hot
+            self.obs_dim, self.obs_start = int(observation_space.n), int(observation_space.start)
+            normalize = False  # one-hot rows need no statistics, and rollouts record the raw indices
         self.obs_norm = RunningNorm(self.obs_dim) if normalize else None
 
     def observe(self, obs: Tensor, dtype: torch.dtype) -> Tensor:
-        """``(*, *obs_shape) -> (*, obs_dim)`` in ``dtype`` (e.g. from MuJoCo's float64), normalized."""
+        """``(*, *obs_shape) -> (*, obs_dim)`` in ``dtype`` (e.g. from MuJoCo's float64), normalized;
+        Discrete observations ``(*,)`` one-hot."""
+        if self.obs_start is not None:
+            return nn.functional.one_hot(obs.long() - self.obs_start, self.obs_dim).to(dtype)
         obs = obs.to(dtype)
         if len(self.obs_shape) != 1:
             obs = obs.flatten(-len(self.obs_shape))
@@ -106,11 +113,11 @@ class MLPPolicy(SpacePolicy):
     are left linear).
 
     Args:
-        observation_space: a ``Box`` of observations (flattened).
+        observation_space: a ``Box`` of observations (flattened) or ``Discrete`` ones (one-hot).
         action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
         hidden: widths of the hidden layers.
         activation: the hidden nonlinearity.
-        normalize: keep running observation statistics (``self.obs_norm``).
+        normalize: keep running observation statistics (``self.obs_norm``; never for Discrete ones).
 
     Shape:
         ``(*, obs_dim) -> (*,)`` (Discrete) or ``(*, *action_shape)`` (the others); inside a population

@@ -141,6 +141,9 @@ class Episodes:
     steps: int
 
 
+LONG_EPISODE = 100_000  # steps after which an episode of an env without a time limit is warned about
+
+
 @torch.no_grad()
 def run_episodes(
     env: gym.vector.VectorEnv,
@@ -186,6 +189,7 @@ def run_episodes(
     # steps of finished episodes are masked), so the host keeps queueing work
     check_every = 1 if device.type == "cpu" else 16
     t = 0
+    long = LONG_EPISODE if max_steps is None else None  # no limit at all: say so once episodes run this long
     while max_steps is None or t < max_steps:
         if record is not None:
             m = members or n
@@ -200,6 +204,12 @@ def run_episodes(
         alive &= ~(torch.as_tensor(terminated, device=device) | torch.as_tensor(truncated, device=device))
         if t % check_every == 0 and not alive.any():
             break
+        if t == long:
+            warnings.warn(
+                f"{int(alive.sum())} of {n} episodes are still running after {t:,} steps: if the env has no time limit, "
+                "cut them with max_steps= (flipes train --max-episode-steps N)",
+                stacklevel=caller_stacklevel(),
+            )
     return Episodes(returns, lengths, int(lengths.sum()))
 
 
@@ -296,6 +306,7 @@ class RolloutFitness:
         reward_shift: subtracted from every step's reward in the fitness (not in reported
             returns): a locomotion env's alive bonus, which otherwise makes standing still a
             strong local optimum (Mania et al., 2018, arXiv:1803.07055, ARS's "shift").
+        max_steps: cut every episode after this many steps (``None``: the env's own time limit).
 
     Attributes:
         timesteps: env steps used so far.
@@ -310,9 +321,10 @@ class RolloutFitness:
         obs_norm: RunningNorm | None = None,
         pipeline: bool | None = None,
         reward_shift: float = 0.0,
+        max_steps: int | None = None,
     ) -> None:
         self.env, self.episodes, self.seed, self.obs_norm, self.pipeline = env, episodes, seed, obs_norm, pipeline
-        self.reward_shift = reward_shift
+        self.reward_shift, self.max_steps = reward_shift, max_steps
         self.timesteps = 0
         self.last_returns: Tensor | None = None
         self._warned = False  # about an obs_norm left unmerged, once
@@ -376,7 +388,7 @@ class RolloutFitness:
         pipeline = self.pipeline if self.pipeline is not None else can_pipeline(self.env, model)
         if pipeline and is_recurrent(model):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
-        ep = run_episodes(self.env, act, record=norm, members=n, obs=obs, pipeline=pipeline)
+        ep = run_episodes(self.env, act, record=norm, members=n, obs=obs, pipeline=pipeline, max_steps=self.max_steps)
         self.timesteps += ep.steps
         if norm is not None:
             norm.pending_generation = pop.generation
