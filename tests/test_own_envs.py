@@ -274,3 +274,15 @@ def test_max_episode_steps_cuts_the_episodes_of_an_env_without_a_time_limit(tmp_
     monkeypatch.setattr(rollout, "LONG_EPISODE", 50)
     with pytest.warns(UserWarning, match=r"^2 of 2 episodes are still running after 50 steps: .*--max-episode-steps N"):
         assert run_episodes(Parity(2, length=60), lambda o: o % 2, seed=0).lengths.tolist() == [60, 60]
+
+
+def test_a_single_env_given_where_a_vector_env_is_needed_says_how_to_make_one() -> None:
+    """RolloutFitness and run_episodes given one gymnasium.Env (or an id) instead of a vector env raise a TypeError
+    naming what they got and the three ways to make a vector env, not an AttributeError on num_envs."""
+    fix = r"; make one with flipes.rl.make_vector_env\(id, n\), gymnasium.make_vec\(id, num_envs=n\) or gymnasium.vector"
+    with pytest.raises(
+        TypeError, match=r"^RolloutFitness steps a vector env of many copies, got a single gymnasium.Env .*" + fix
+    ):
+        RolloutFitness(Goal())
+    with pytest.raises(TypeError, match=r"^run_episodes steps a vector env of many copies, got a str \('CartPole-v1'\)" + fix):
+        run_episodes("CartPole-v1", lambda o: o)

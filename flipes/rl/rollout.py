@@ -141,6 +141,16 @@ class Episodes:
     steps: int
 
 
+def check_vector_env(env: Any, who: str) -> None:
+    """Raise a TypeError naming the fix unless ``env`` is a vector env (a single ``gymnasium.Env`` is a common slip)."""
+    if not isinstance(env, gym.vector.VectorEnv) and not hasattr(env, "num_envs"):
+        kind = "a single gymnasium.Env" if isinstance(env, gym.Env) else f"a {type(env).__name__}"
+        raise TypeError(
+            f"{who} steps a vector env of many copies, got {kind} ({env!r:.80}); make one with "
+            "flipes.rl.make_vector_env(id, n), gymnasium.make_vec(id, num_envs=n) or gymnasium.vector.SyncVectorEnv([MyEnv] * n)"
+        )
+
+
 LONG_EPISODE = 100_000  # steps after which an episode of an env without a time limit is warned about
 
 
@@ -168,6 +178,7 @@ def run_episodes(
     memoryless policy does (an MLP, not a recurrent policy). The results are the same.
     A :class:`~flipes.rl.RecurrentPolicy` as ``act`` carries its state from step to step.
     """
+    check_vector_env(env, "run_episodes")
     if obs is None:
         obs, _ = env.reset(seed=seed)
     if not isinstance(obs, Tensor):  # a numpy vector env (gymnasium.make_vec), or Dict observations: through torch
@@ -323,6 +334,7 @@ class RolloutFitness:
         reward_shift: float = 0.0,
         max_steps: int | None = None,
     ) -> None:
+        check_vector_env(env, "RolloutFitness")
         self.env, self.episodes, self.seed, self.obs_norm, self.pipeline = env, episodes, seed, obs_norm, pipeline
         self.reward_shift, self.max_steps = reward_shift, max_steps
         self.timesteps = 0
