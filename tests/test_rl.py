@@ -353,6 +353,18 @@ def test_available_cores_shares_the_affinity_among_a_nodes_ranks_unless_the_laun
     assert [available_cores(k) for k in (1, 2)] == [8, 4]
 
 
+def test_box_dimensions_bounded_on_one_side_stay_linear_within_and_clip_at_the_bound() -> None:
+    """A Box action space with dimensions bounded below only, above only and not at all: each dimension's action is
+    the policy's output itself where that lies within the bounds and the bound beyond it (the unbounded one is never
+    changed); a policy's state dict has the keys of one written before (the bounds are the space's, not saved)."""
+    box = gym.spaces.Box(np.array([0.0, -np.inf, -np.inf], np.float32), np.array([np.inf, 2.0, np.inf], np.float32))
+    policy = MLPPolicy(gym.spaces.Box(-1, 1, (4,), np.float32), box, hidden=(), normalize=False)
+    z = 5 * torch.randn(500, 3)
+    expect = torch.stack([z[:, 0].clamp(min=0), z[:, 1].clamp(max=2), z[:, 2]], 1)
+    assert torch.equal(policy.action(z), expect) and (z[:, :2] < 0).any() and (z[:, 1] > 2).any()
+    assert set(policy.state_dict()) == {"bounded", "center", "scale", "net.0.weight", "net.0.bias"}
+
+
 class Quadrants(gym.vector.VectorEnv):
     """One-step episodes of 3 uniform numbers x; action ``a`` of ``space`` pays the number of its entries equal to
     ``target(x)``: MultiDiscrete([3, 3, 3]) the tercile of each x (start 0), MultiBinary(3) whether x > 0."""

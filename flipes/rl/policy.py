@@ -18,7 +18,8 @@ class SpacePolicy(nn.Module):
     policy's dtype and normalized (``self.obs_norm``); outputs ``z`` of ``action_dim`` mapped to
     actions: the argmax for ``Discrete``, one argmax per component for ``MultiDiscrete`` (``action_dim``
     is the sum of its ``nvec``), ``z > 0`` for ``MultiBinary``, ``tanh`` squashed into the bounds for
-    ``Box`` (unbounded dimensions are left linear). ``Discrete`` observations are one-hot (not normalized).
+    ``Box`` (unbounded dimensions are left linear, clipped at a bound on one side). ``Discrete``
+    observations are one-hot (not normalized).
 
     Args:
         observation_space: a ``Box`` of observations (flattened) or ``Discrete`` ones (one-hot).
@@ -59,6 +60,11 @@ class SpacePolicy(nn.Module):
             self.register_buffer("bounded", torch.isfinite(low) & torch.isfinite(high))
             self.register_buffer("center", torch.where(self.bounded, (low + high) / 2, 0.0))
             self.register_buffer("scale", torch.where(self.bounded, (high - low) / 2, 1.0))
+            # a dimension bounded on one side only stays linear, clipped at its bound; not saved (checkpoints
+            # written before it lack them, and they are the space's)
+            self.half_bounded = bool((torch.isfinite(low) ^ torch.isfinite(high)).any())
+            self.register_buffer("low", low, persistent=False)
+            self.register_buffer("high", high, persistent=False)
         else:
             raise ValueError(
                 f"{name} handles Discrete, MultiDiscrete, MultiBinary and Box action spaces, got {type(action_space).__name__}; "
@@ -92,6 +98,8 @@ class SpacePolicy(nn.Module):
         if self.kind == "MultiBinary":  # gymnasium's dtype for it
             return (z > 0).to(torch.int8).view(*z.shape[:-1], *self.action_shape)
         z = torch.where(self.bounded, torch.tanh(z), z) * self.scale + self.center
+        if self.half_bounded:
+            z = torch.maximum(torch.minimum(z, self.high.to(z.dtype)), self.low.to(z.dtype))
         return z.view(*z.shape[:-1], *self.action_shape)
 
 
@@ -110,7 +118,7 @@ class MLPPolicy(SpacePolicy):
 
     Discrete actions are the argmax of the logits (MultiDiscrete: one argmax per component, MultiBinary:
     the signs of the outputs); Box actions are ``tanh`` squashed into the bounds (unbounded dimensions
-    are left linear).
+    are left linear, clipped at a bound on one side).
 
     Args:
         observation_space: a ``Box`` of observations (flattened) or ``Discrete`` ones (one-hot).
