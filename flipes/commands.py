@@ -320,9 +320,6 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
     obs, _ = env.reset(seed=seed)
     try:
         frames = [env.render()]
-        if not isinstance(frames[0], np.ndarray):
-            problem = f"{base_id(env_id)}'s render() returned {type(frames[0]).__name__} in render_mode 'rgb_array'"
-            raise UsageError("--render", problem, "return the frame as an (height, width, 3) uint8 array")
     except Exception as e:  # MuJoCo's FatalError, or an AttributeError of a viewer that found no OpenGL
         if "GL" not in f"{type(e).__name__} {e}" and "opengl" not in str(e).lower():
             raise
@@ -332,6 +329,9 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
             f"rendering {env_id} found no OpenGL context (MUJOCO_GL={gl}, {'no display' if headless else 'a display'}: {e})",
             "set MUJOCO_GL=egl (an NVIDIA driver or Mesa's libEGL) or MUJOCO_GL=osmesa (Mesa's software renderer)",
         ) from None
+    if not isinstance(frames[0], np.ndarray):
+        problem = f"{base_id(env_id)}'s render() returned {type(frames[0]).__name__} in render_mode 'rgb_array'"
+        raise UsageError("--render", problem, "return the frame as an (height, width, 3) uint8 array")
     device = next(policy.parameters()).device
     act = stepper(policy)  # a recurrent policy carries its state through the episode
     with torch.no_grad():

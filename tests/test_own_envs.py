@@ -77,6 +77,11 @@ class Goal(gym.Env):
         return np.zeros((8, 8, 3), np.uint8)
 
 
+class NoFrames(Goal):
+    def render(self):  # type: ignore[override]  # render_mode taken, no frame given
+        return None
+
+
 class NoRender(Goal):
     def __init__(self) -> None:  # no render_mode argument, as many envs of one's own
         pass
@@ -116,6 +121,7 @@ gym.register("owntest/Parity-v0", vector_entry_point=Parity)
 gym.register("owntest/Endless-v0", vector_entry_point=Parity, kwargs={"length": None})
 gym.register("owntest/Goal-v0", entry_point=Goal)
 gym.register("owntest/NoRender-v0", entry_point=NoRender)
+gym.register("owntest/NoFrames-v0", entry_point=NoFrames)
 gym.register("owntest/CartPoleVec-v0", vector_entry_point="gymnasium.envs.classic_control.cartpole:CartPoleVectorEnv")
 gym.register("owntest/DiscreteEntry-v0", entry_point=lambda: gym.wrappers.TransformObservation(
     Goal(), lambda o: {"position": o["position"], "n": 1}, gym.spaces.Dict(
@@ -218,16 +224,19 @@ def test_envpools_dm_control_dict_observations_are_its_entries_side_by_side() ->
     env.close()
 
 
+@pytest.mark.filterwarnings("ignore:.*RGB-array rendering should return")  # gymnasium's, before ours
 def test_a_policy_trained_on_dict_observations_renders_on_the_flattened_env(tmp_path) -> None:
     """flipes.train's MLP policy on a Dict-observation env, then --render's recorder: the episode plays on gymnasium's
     env with its observations flattened as in training (5 steps: 6 frames); an env whose constructor takes no
-    render_mode is one UsageError saying what the env needs, not gymnasium's TypeError."""
+    render_mode, or whose render() returns no frame, is one UsageError saying what the env needs, not a TypeError."""
     result = flipes.train(env="owntest/Goal-v0", popsize=8, generations=1, out=str(tmp_path / "goal"), progress=False,
                           tensorboard=False, target=None)  # fmt: skip
     policy = flipes.load_policy(result.run_dir)
     assert record(policy, "owntest/Goal-v0", tmp_path / "goal.gif", seed=0, max_frames=100) == 6
     with pytest.raises(flipes.UsageError, match=r"^--render: gymnasium.make\('owntest/NoRender-v0', .*takes render_mode"):
         record(policy, "owntest/NoRender-v0", tmp_path / "no.gif", seed=0, max_frames=100)
+    with pytest.raises(flipes.UsageError, match=r"^--render: owntest/NoFrames-v0's render\(\) returned NoneType .*uint8 array$"):
+        record(policy, "owntest/NoFrames-v0", tmp_path / "no.gif", seed=0, max_frames=100)
 
 
 def test_discrete_observations_are_one_hot_for_each_member_and_learnt_and_exported(tmp_path) -> None:
