@@ -135,6 +135,7 @@ def test_an_id_registered_with_a_vector_entry_point_only_is_made_by_it() -> None
     sync and async prefixes, which make one env per copy, are refused naming the id to use."""
     env = make_vector_env("owntest/Signs-v0", 5, device="cpu")
     assert env.unwrapped.device == torch.device("cpu") and isinstance(env.unwrapped, Signs)
+    assert make_vector_env("owntest/Signs-v0", 2, device="meta").unwrapped.device == torch.device("meta")  # not its default
     obs, _ = env.reset(seed=7)
     assert torch.equal(obs, Signs(5).reset(seed=7)[0])
     env.step(torch.zeros(5, 3, dtype=torch.int8))
@@ -270,14 +271,23 @@ def test_discrete_observations_are_one_hot_for_each_member_and_learnt_and_export
 
 def test_max_episode_steps_cuts_the_episodes_of_an_env_without_a_time_limit(tmp_path, monkeypatch) -> None:
     """An env whose episodes never end trains with max_episode_steps=7: every generation counts popsize × 7 steps,
-    every evaluation eval_episodes × 7, `flipes evaluate` cuts its episodes as the run did, and a resume with another
-    cut is refused; without a cut, a rollout still running after LONG_EPISODE steps is warned about once."""
+    every evaluation eval_episodes × 7, `flipes evaluate` cuts each of its episodes at 7 steps as the run did, and a
+    resume with another cut is refused; without a cut, a rollout still running after LONG_EPISODE steps is warned about once."""
     kw = {"env": "owntest/Endless-v0", "popsize": 8, "eval_episodes": 3, "eval_every": 1, "target": None, "progress": False,
           "tensorboard": False, "out": str(tmp_path / "endless")}  # fmt: skip
     rows = flipes.train(**kw, generations=2, max_episode_steps=7).metrics
     assert [r["timesteps"] for r in rows] == [56, 112] and all(r["eval_steps"] == 21 for r in rows)
+    evaluated: list[torch.Tensor] = []
+    real = flipes.runs.run_episodes
+
+    def spy(*args, **kwargs):  # the episodes flipes evaluate plays
+        episodes = real(*args, **kwargs)
+        evaluated.append(episodes.lengths)
+        return episodes
+
+    monkeypatch.setattr(flipes.runs, "run_episodes", spy)
     mean, _ = evaluate_command([kw["out"], "--episodes", "5"])
-    assert 0 <= mean <= 7
+    assert 0 <= mean <= 7 and evaluated[0].tolist() == [7] * 5
     with pytest.raises(flipes.UsageError, match=r"--max-episode-steps: saved 7, now 9"):
         flipes.train(**kw, generations=3, max_episode_steps=9, resume=kw["out"])
     monkeypatch.setattr(rollout, "LONG_EPISODE", 50)
