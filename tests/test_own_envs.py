@@ -305,3 +305,17 @@ def test_a_single_env_given_where_a_vector_env_is_needed_says_how_to_make_one() 
         RolloutFitness(Goal())
     with pytest.raises(TypeError, match=r"^run_episodes steps a vector env of many copies, got a str \('CartPole-v1'\)" + fix):
         run_episodes("CartPole-v1", lambda o: o)
+
+
+def test_a_numpy_vector_env_rolls_out_on_the_host_whatever_the_default_device() -> None:
+    """run_episodes on a gymnasium SyncVectorEnv made by hand (numpy) sees its observations as CPU tensors, as the
+    default torch device says nothing about where numpy data lives: under the meta default device the episodes of the
+    lean-following controller are those played without it."""
+    env = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")
+    expect = run_episodes(env, lambda o: (o[:, 2] > 0).long(), seed=4).lengths
+    torch.set_default_device("meta")
+    try:
+        got = run_episodes(env, lambda o: (o[:, 2] > 0).long(), seed=4).lengths
+    finally:
+        torch.set_default_device(None)
+    assert got.device == torch.device("cpu") and torch.equal(got, expect) and (expect > 20).all()

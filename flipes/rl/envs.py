@@ -79,7 +79,7 @@ class NumpyToTorch(gym.vector.VectorWrapper):
     def _torch(self, x: Any) -> Tensor:
         if isinstance(x, Tensor):
             return x if self.device is None else x.to(self.device)
-        return torch.as_tensor(np.asarray(x), device=self.device)
+        return torch.as_tensor(np.asarray(x), device=self.device or "cpu")  # not the default device: numpy data is on the host
 
     def observations(self, obs: Any) -> Tensor:
         """The env's observations as this wrapper returns them: a tensor, Dict and Tuple ones flattened."""
