@@ -319,3 +319,19 @@ def test_a_numpy_vector_env_rolls_out_on_the_host_whatever_the_default_device() 
     finally:
         torch.set_default_device(None)
     assert got.device == torch.device("cpu") and torch.equal(got, expect) and (expect > 20).all()
+
+
+gym.register("owntest/SignsLimited-v0", vector_entry_point=Signs, max_episode_steps=50)
+
+
+def test_a_vector_entry_point_that_refuses_its_arguments_is_an_env_error_naming_them(tmp_path) -> None:
+    """An id registered with a time limit passes max_episode_steps= to its vector_entry_point (gymnasium's rule): a
+    constructor without it is an EnvError naming the id, the TypeError and every argument it is given, and
+    flipes.train says so in one UsageError, not a traceback."""
+    given = r"its constructor is given num_envs, device, max_episode_steps: take each of them \(or \*\*kwargs\)$"
+    failed = r"^owntest/SignsLimited-v0's vector_entry_point failed \(.*'max_episode_steps'\); "
+    with pytest.raises(EnvError, match=failed + given):
+        make_vector_env("owntest/SignsLimited-v0", 2)
+    with pytest.raises(flipes.UsageError, match=given):
+        flipes.train(env="owntest/SignsLimited-v0", popsize=4, generations=1, progress=False, tensorboard=False,
+                     out=str(tmp_path))  # fmt: skip

@@ -245,7 +245,14 @@ def _own_vector_env(
     takes = any(p.name == "device" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     if takes and "device" not in kwargs and "device" not in spec.kwargs:
         kwargs = {**kwargs, "device": device}
-    return gym.make_vec(name, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    try:
+        return gym.make_vec(name, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    except TypeError as e:  # its constructor's arguments: gymnasium adds max_episode_steps= where the id registers one
+        limit = ["max_episode_steps"] if spec.max_episode_steps is not None else []
+        given = ", ".join(dict.fromkeys(["num_envs", *spec.kwargs, *kwargs, *limit]))
+        raise EnvError(
+            f"{name}'s vector_entry_point failed ({e}); its constructor is given {given}: take each of them (or **kwargs)"
+        ) from e
 
 
 def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:
