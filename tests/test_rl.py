@@ -454,6 +454,29 @@ def test_multi_discrete_and_multi_binary_actions_out_of_the_space_are_one_error(
             run_episodes(Quadrants(4, space), lambda o, bad=bad: bad, seed=0)
 
 
+def test_policies_map_outputs_of_subclassed_multi_discrete_and_multi_binary_spaces_as_of_the_spaces_themselves() -> None:
+    """MLPPolicy and GRUPolicy built on a subclass of MultiDiscrete or MultiBinary (a library's own space type) give,
+    with the same weights, the actions they give on the space itself."""
+    from flipes.rl import GRUPolicy
+
+    class OwnNvec(gym.spaces.MultiDiscrete):
+        pass
+
+    class OwnBits(gym.spaces.MultiBinary):
+        pass
+
+    obs_space, obs = gym.spaces.Box(-1, 1, (3,), np.float32), torch.randn(20, 3)
+    for cls in (MLPPolicy, GRUPolicy):
+        for space, own in ((gym.spaces.MultiDiscrete([3, 2], start=[1, 0]), OwnNvec([3, 2], start=[1, 0])),
+                           (gym.spaces.MultiBinary(4), OwnBits(4))):  # fmt: skip
+            torch.manual_seed(0)
+            plain, sub = cls(obs_space, space, hidden=(5,), normalize=False), cls(obs_space, own, hidden=(5,), normalize=False)
+            sub.load_state_dict(plain.state_dict())
+            a, b = plain(obs), sub(obs)
+            a, b = (a[0], b[0]) if cls is GRUPolicy else (a, b)
+            assert torch.equal(a, b) and a.shape == (20, *space.shape)
+
+
 FLIPES_IDS = (
     "flipes/Acrobot-v1, flipes/Ant-v5, flipes/CartPole-v1, flipes/HalfCheetah-v5, flipes/Hopper-v5, flipes/Humanoid-v5, "
     "flipes/MountainCarContinuous-v0, flipes/Pendulum-v1, flipes/Walker2d-v5"

@@ -35,7 +35,9 @@ class SpacePolicy(nn.Module):
                 f"{name} needs a Box or Discrete observation space, got {observation_space}; "
                 "flatten it (gymnasium.wrappers.FlattenObservation) or write a policy from flipes.nn layers"
             )
-        self.kind = type(action_space).__name__
+        kinds = (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary, gym.spaces.Box)
+        # the space's kind, also for a subclass of one (whose own name would send it down another branch)
+        self.kind = next((k.__name__ for k in kinds if isinstance(action_space, k)), type(action_space).__name__)
         if isinstance(action_space, gym.spaces.Discrete):
             self.action_dim, self.discrete, self.action_shape = int(action_space.n), True, ()
             self.action_start = int(action_space.start)
