@@ -71,7 +71,7 @@ class GRUPolicy(SpacePolicy, RecurrentPolicy):
 
     Args:
         observation_space: a ``Box`` of observations (flattened) or ``Discrete`` ones (one-hot).
-        action_space: ``Discrete`` or ``Box``.
+        action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
         hidden: widths of the encoder's layers, then the GRU's hidden size (the last width):
             ``(64, 64)`` is ``Linear(obs, 64) -> tanh -> GRUCell(64, 64) -> Linear(64, actions)``;
             one width is a GRU on the observations.
