@@ -203,7 +203,7 @@ def train(
         objects = {k: getattr(config, k) for k in NAMED if not isinstance(getattr(config, k), str)}
         config = dataclasses.replace(config, **dict.fromkeys(objects, ""))
         overrides = {**objects, **overrides}
-    env = overrides.get("env", "")
+    env = overrides.get("env", config.env if config is not None else "")  # given here or in a TrainConfig
     if isinstance(env, type | gym.Env | gym.vector.VectorEnv) or callable(env):  # the run records an id it can make again
         what = f"the class {env.__name__}" if isinstance(env, type) else f"a {type(env).__name__}"
         fix = (

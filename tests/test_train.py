@@ -228,8 +228,9 @@ def test_a_callback_class_or_another_object_is_refused_before_training(tmp_path:
 
 
 def test_an_env_class_or_object_is_refused_with_how_to_register_it(tmp_path: Path) -> None:
-    """``env=`` given a vector env class, a vector env or a factory instead of an id is a UsageError saying how to
-    register it under an id of one's own (or roll it out with RolloutFitness), before anything is written."""
+    """``env=`` (or a TrainConfig's env) given a vector env class, a vector env or a factory instead of an id is a
+    UsageError saying how to register it under an id of one's own (or roll it out with RolloutFitness), before
+    anything is written."""
     fix = r"not an env id; register it in a module of yours, gymnasium.register\('mine/Name-v0', .*RolloutFitness"
     env = make_vector_env("flipes/CartPole-v1", 2)
     for given, what in [
@@ -239,6 +240,8 @@ def test_an_env_class_or_object_is_refused_with_how_to_register_it(tmp_path: Pat
     ]:
         with pytest.raises(flipes.UsageError, match=f"^env: is {what}, {fix}"):
             flipes.train(**{**FAST_KW, "env": given}, generations=1, out=str(tmp_path / "a"))
+        with pytest.raises(flipes.UsageError, match=f"^env: is {what}, {fix}"):  # in a TrainConfig
+            flipes.train(TrainConfig(env=given, generations=1, out=str(tmp_path / "a"), progress=False, tensorboard=False))
     assert not (tmp_path / "a").exists()
 
 
