@@ -72,8 +72,9 @@ class CueRecall(gym.vector.VectorEnv):
         last = torch.full_like(shown, float(self.t == self.length - 1))
         return torch.stack((shown, last), 1)
 
-    def reset(self, *, seed: list[int] | None = None, options: dict | None = None) -> tuple[Tensor, dict]:
-        self.cue = torch.tensor([1 - 2 * (s % 2) for s in seed])  # a balanced mix of cues
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[Tensor, dict]:
+        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed  # gymnasium's convention
+        self.cue = torch.tensor([1 - 2 * (s % 2) for s in seeds])  # a balanced mix of cues
         self.t = 0
         return self._obs(), {}
 
