@@ -300,6 +300,17 @@ def test_policy_actions_respect_the_spaces() -> None:
         assert discrete(torch.randn(pop.size, 7, 5)).shape == (4, 7)  # members first, then episodes
 
 
+def test_a_scalar_box_observation_is_one_feature_of_each_row() -> None:
+    """A Box observation of shape ``()`` (one number per env) is one input feature: a batch of 50 observations gives
+    50 actions, the argmax of the network applied to the observations as a column."""
+    torch.manual_seed(0)
+    policy = MLPPolicy(gym.spaces.Box(-1, 1, (), np.float32), gym.spaces.Discrete(3), hidden=(8,), normalize=False)
+    obs = torch.randn(50)
+    actions = policy(obs)
+    assert actions.shape == (50,) and len(set(actions.tolist())) > 1
+    assert torch.equal(actions, policy.net(obs[:, None]).argmax(-1))
+
+
 def test_policy_leaves_unbounded_box_dimensions_linear() -> None:
     """A Box dimension with finite bounds gets ``tanh`` scaled into them, an unbounded one the network's output
     itself, bit for bit."""

@@ -86,7 +86,9 @@ class SpacePolicy(nn.Module):
         if self.obs_start is not None:
             return nn.functional.one_hot(obs.long() - self.obs_start, self.obs_dim).to(dtype)
         obs = obs.to(dtype)
-        if len(self.obs_shape) != 1:
+        if not self.obs_shape:  # a scalar Box: one feature
+            obs = obs.unsqueeze(-1)
+        elif len(self.obs_shape) != 1:
             obs = obs.flatten(-len(self.obs_shape))
         return self.obs_norm(obs) if self.obs_norm is not None else obs
 
