@@ -274,7 +274,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     what = "best member" if args.checkpoint == "best-member" else "center policy"
     print(f"{env_id}: {what} return {mean:.2f} ± {std:.2f} over {args.episodes} episodes ({args.checkpoint} checkpoint)")
     if args.render:
-        n = record(policy, env_id, Path(args.render), args.seed, args.max_frames)
+        n = record(policy, env_id, Path(args.render), args.seed, args.max_frames, cut)
         print(f"wrote {args.render} ({n} frames)")
     return mean, std
 
@@ -291,8 +291,10 @@ normalization included. --render plays one episode in gymnasium's own implementa
 """
 
 
-def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> int:
-    """One episode of ``policy`` in gymnasium's own ``env_id``, rendered to a GIF or MP4; returns the frames."""
+def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max_steps: int | None = None) -> int:
+    """One episode of ``policy`` in gymnasium's own ``env_id`` (cut after ``max_steps`` steps), rendered to a GIF or MP4;
+    returns the frames. The policy sees observations in the env's dtype and the env gets actions as its space holds them
+    (a Discrete action as a Python int, which toy-text envs index their tables with)."""
     import gymnasium as gym
     import numpy as np
     import torch
@@ -334,10 +336,13 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int) -> 
         raise UsageError("--render", problem, "return the frame as an (height, width, 3) uint8 array")
     device = next(policy.parameters()).device
     act = stepper(policy)  # a recurrent policy carries its state through the episode
+    space = env.action_space
+    steps = max_frames - 1 if max_steps is None else min(max_frames - 1, max_steps)  # the reset's frame is the first
     with torch.no_grad():
-        for _ in range(max_frames - 1):  # the reset's frame is the first
-            action = act(torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0]
-            obs, _, terminated, truncated, _ = env.step(action.cpu().numpy())
+        for _ in range(steps):
+            action = act(torch.as_tensor(np.asarray(obs), device=device)[None])[0].cpu().numpy()  # as the rollouts feed it
+            action = int(action) if isinstance(space, gym.spaces.Discrete) else action.astype(space.dtype, copy=False)
+            obs, _, terminated, truncated, _ = env.step(action)
             frames.append(env.render())
             if terminated or truncated:
                 break

@@ -335,3 +335,19 @@ def test_a_vector_entry_point_that_refuses_its_arguments_is_an_env_error_naming_
     with pytest.raises(flipes.UsageError, match=given):
         flipes.train(env="owntest/SignsLimited-v0", popsize=4, generations=1, progress=False, tensorboard=False,
                      out=str(tmp_path))  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:.*RGB-array rendering should return")
+def test_render_steps_toy_text_envs_with_int_actions_and_stops_at_the_episode_cut(tmp_path) -> None:
+    """--render's recorder on CliffWalking (Discrete observations, Discrete actions indexing the env's transition table,
+    no time limit): the episode plays with the policy's actions as ints, and ends after ``max_steps`` steps (one frame
+    more, the reset's) when it has not ended by itself, else after ``max_frames - 1``."""
+    pytest.importorskip("pygame")
+    env = gym.make("CliffWalking-v1")
+    torch.manual_seed(0)
+    policy = MLPPolicy(env.observation_space, env.action_space, hidden=(4,)).eval()
+    with torch.no_grad():
+        policy.net[-1].bias.copy_(torch.tensor([1.0, 0, 0, 0]))  # always up: at the top row it stays, never ending
+        policy.net[-1].weight.zero_()
+    assert record(policy, "CliffWalking-v1", tmp_path / "cw.gif", seed=0, max_frames=30, max_steps=7) == 8
+    assert record(policy, "CliffWalking-v1", tmp_path / "cw.gif", seed=0, max_frames=5) == 5
