@@ -301,7 +301,7 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max
 
     from flipes.rl import stepper
     from flipes.rl.envs import base_id
-    from flipes.rl.spaces import flat_observation_space
+    from flipes.rl.spaces import SpaceError, flat_observation_space
 
     headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     if headless:  # offscreen rendering needs no window: pygame's dummy driver, MuJoCo's EGL (read at the first render)
@@ -317,7 +317,13 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max
         problem = f"gymnasium.make({base_id(env_id)!r}, render_mode='rgb_array') failed ({' '.join(str(e).split())[:200]})"
         fix = "register the env with an entry_point whose env takes render_mode and returns rgb_array frames from render()"
         raise UsageError("--render", problem, fix) from None
-    if flat_observation_space(env.observation_space) is not None:  # as every engine flattens them for the policy
+    try:
+        flat = flat_observation_space(env.observation_space)
+    except SpaceError:  # the policy was trained on an engine's own variant (EnvPool's Blackjack: a Box; gymnasium's: a Tuple)
+        env.close()
+        problem = f"gymnasium's {base_id(env_id)} gives {env.observation_space} observations, which flipes cannot flatten"
+        raise UsageError("--render", problem, "evaluate without --render") from None
+    if flat is not None:  # as every engine flattens them for the policy
         env = gym.wrappers.FlattenObservation(env)
     obs, _ = env.reset(seed=seed)
     try:

@@ -351,3 +351,13 @@ def test_render_steps_toy_text_envs_with_int_actions_and_stops_at_the_episode_cu
         policy.net[-1].weight.zero_()
     assert record(policy, "CliffWalking-v1", tmp_path / "cw.gif", seed=0, max_frames=30, max_steps=7) == 8
     assert record(policy, "CliffWalking-v1", tmp_path / "cw.gif", seed=0, max_frames=5) == 5
+
+
+def test_render_refuses_an_env_whose_observations_cannot_be_flattened_in_one_line(tmp_path) -> None:
+    """A policy trained where Blackjack's observations are a Box (EnvPool's), rendered on gymnasium's Blackjack (a Tuple
+    of Discrete): one UsageError naming the space and the way on, and no file written."""
+    pytest.importorskip("pygame")
+    policy = MLPPolicy(gym.spaces.Box(0, 31, (3,), np.int32), gym.spaces.Discrete(2), hidden=(4,)).eval()
+    with pytest.raises(flipes.UsageError, match=r"^--render: gymnasium's Blackjack-v1 gives Tuple\(Discrete.*without --render$"):
+        record(policy, "Blackjack-v1", tmp_path / "bj.gif", seed=0, max_frames=10)
+    assert not list(tmp_path.iterdir())
