@@ -313,6 +313,11 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max
         raise UsageError(
             "--render", f"rendering {env_id} needs packages that are not installed ({e})", "pip install 'flipes[render]'"
         ) from None
+    except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as e:  # an engine's own id, e.g. EnvPool's Taxi-v3
+        problem = f"gymnasium has no env {base_id(env_id)!r} to render ({' '.join(str(e).split())[:200]})"
+        raise UsageError(
+            "--render", problem, "evaluate without --render (EnvPool's ids render only where gymnasium has them)"
+        ) from None
     except (TypeError, gym.error.Error) as e:  # an env of one's own: no render_mode argument, or a vector env only
         problem = f"gymnasium.make({base_id(env_id)!r}, render_mode='rgb_array') failed ({' '.join(str(e).split())[:200]})"
         fix = "register the env with an entry_point whose env takes render_mode and returns rgb_array frames from render()"

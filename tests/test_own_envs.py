@@ -361,3 +361,14 @@ def test_render_refuses_an_env_whose_observations_cannot_be_flattened_in_one_lin
     with pytest.raises(flipes.UsageError, match=r"^--render: gymnasium's Blackjack-v1 gives Tuple\(Discrete.*without --render$"):
         record(policy, "Blackjack-v1", tmp_path / "bj.gif", seed=0, max_frames=10)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore:.*Taxi-v3 is out of date")  # gymnasium's own, beside the error
+def test_render_of_an_id_gymnasium_does_not_have_says_so_in_one_line(tmp_path) -> None:
+    """An id only an engine has (EnvPool's Taxi-v3; gymnasium 1.x has Taxi-v4) or no one has, given to --render's
+    recorder: one UsageError saying gymnasium has no such env and to evaluate without --render, and no file written."""
+    policy = MLPPolicy(gym.spaces.Discrete(500), gym.spaces.Discrete(6), hidden=(4,)).eval()
+    for env_id in ("envpool:Taxi-v3", "NoSuchEnv-v0"):
+        with pytest.raises(flipes.UsageError, match=r"^--render: gymnasium has no env '.*' to render \(.*without --render"):
+            record(policy, env_id, tmp_path / "taxi.gif", seed=0, max_frames=10)
+    assert not list(tmp_path.iterdir())
