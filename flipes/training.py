@@ -199,6 +199,10 @@ def train(
     """
     if isinstance(comm, str):  # train(comm="seeds"): the option of that name, not a communicator
         overrides, comm = {**overrides, "comm": comm}, None
+    if config is not None and not isinstance(config, TrainConfig):  # a dict, a file name, a sketch's `...`
+        what = "Ellipsis (...)" if config is Ellipsis else f"a {type(config).__name__}"
+        fix = "pass options as keywords, flipes.train(env=..., popsize=...), or a flipes.TrainConfig"
+        raise UsageError("config", f"is {what}, not a flipes.TrainConfig", fix)
     if config is not None:  # TrainConfig(fitness=fn): objects in a config are taken like those given here
         objects = {k: getattr(config, k) for k in NAMED if not isinstance(getattr(config, k), str)}
         config = dataclasses.replace(config, **dict.fromkeys(objects, ""))

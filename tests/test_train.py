@@ -227,6 +227,17 @@ def test_a_callback_class_or_another_object_is_refused_before_training(tmp_path:
     assert not (tmp_path / "a").exists()
 
 
+def test_a_config_that_is_no_train_config_is_refused_in_one_line(tmp_path: Path) -> None:
+    """``flipes.train(config)`` given something other than a TrainConfig (a dict of options, a file name, the
+    ``...`` of a sketch copied as written) is a UsageError naming what it got and how to pass options, before
+    anything is written (not an AttributeError from inside ``train``)."""
+    fix = r", not a flipes.TrainConfig; pass options as keywords, flipes.train\(env=\.\.\., popsize=\.\.\.\), or a flipes.Train"
+    for given, what in [({"env": "flipes/CartPole-v1"}, "a dict"), ("run.toml", "a str"), (..., r"Ellipsis \(\.\.\.\)")]:
+        with pytest.raises(flipes.UsageError, match=f"^config: is {what}{fix}"):
+            flipes.train(given, generations=1, out=str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
+
+
 def test_an_env_class_or_object_is_refused_with_how_to_register_it(tmp_path: Path) -> None:
     """``env=`` (or a TrainConfig's env) given a vector env class, a vector env or a factory instead of an id is a
     UsageError saying how to register it under an id of one's own (or roll it out with RolloutFitness), before
