@@ -1,0 +1,187 @@
+"""README.md's Python blocks run as written, and what their comments say they print is what they print.
+
+Every ```python block of the README is found by :func:`readme_blocks` and must have a row in ``BLOCKS`` (keyed by
+its first line): a new block without one fails here rather than going unchecked. A row gives the smallest honest
+stand-ins for the names the README leaves to the user (``my_fitness``, ``data``, ``MyNet``, ...), the block whose
+names a fragment continues, and any substitution that keeps a block fast; a substitution whose text is gone from
+the README fails too, so none can silently stop applying. Each block runs in a few seconds at the sizes written,
+but one: the sketch's HalfCheetah run (up to 600 s) is cut to one generation here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import ROOT
+from torch import nn
+
+import flipes
+
+
+def readme_blocks() -> list[tuple[int, str]]:
+    """(line number, dedented source) of every ```python block in README.md, indented ones (in lists) included."""
+    lines, blocks, i = (ROOT / "README.md").read_text().splitlines(), [], 0
+    while i < len(lines):
+        if re.fullmatch(r"\s*```python\s*", lines[i]):
+            j = i + 1
+            while not re.fullmatch(r"\s*```\s*", lines[j]):
+                j += 1
+            blocks.append((i + 2, textwrap.dedent("\n".join(lines[i + 1 : j]))))
+            i = j
+        i += 1
+    return blocks
+
+
+# -- stand-ins for what the README leaves to its reader ---------------------------------------------------------
+
+
+def my_fitness(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
+    """A fitness for the API section's 4-in, 2-out MLP: minus each member's squared error to 1 on its own inputs."""
+    x = torch.randn(pop.size, 4, generator=pop.generator("inputs"))
+    return -(model(x) - 1).square().sum(-1)
+
+
+class MyNet(nn.Sequential):
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(4, 3))
+
+
+def sketch_names() -> dict[str, Any]:
+    """'Training from Python': ``data``, ``loss_per_member``, ``MyNet`` and ``accuracy`` are the reader's code."""
+    return {
+        "data": torch.randn(8, 4, generator=torch.Generator().manual_seed(0)),
+        "loss_per_member": lambda out: out.square().mean(dim=(1, 2)),
+        "MyNet": MyNet,
+        "accuracy": lambda model: 0.5,
+    }
+
+
+def digits_names() -> dict[str, Any]:
+    """'Fitness functions': ``data()`` of scripts/digits.py (its x, y first), here 300 random 8x8 images."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(300, 64, generator=g), torch.randint(0, 10, (300,), generator=g)
+    return {"data": lambda: (x, y, None, None), "torch": torch, "F": torch.nn.functional}
+
+
+def backprop_names() -> dict[str, Any]:
+    """'Flipout for backprop': a minibatch ``x, y`` of 64-feature inputs, the training set's size, inputs to predict."""
+    g = torch.Generator().manual_seed(0)
+    return {
+        "x": torch.randn(32, 64, generator=g),
+        "y": torch.randint(0, 10, (32,), generator=g),
+        "num_train": 1000,
+        "x_test": torch.randn(5, 64, generator=g),
+    }
+
+
+def halfcheetah_stand_in() -> str:
+    """The id the sketch's HalfCheetah line trains on: HalfCheetah-v5 where an engine for it is installed
+    (EnvPool or gymnasium's MuJoCo envs), else flipes/Pendulum-v1 (no extra), so the rest of the block still runs."""
+    have = any(importlib.util.find_spec(m) for m in ("envpool", "mujoco"))
+    return "HalfCheetah-v5" if have else "flipes/Pendulum-v1"
+
+
+# first line of a block -> how it runs: names given beforehand ("names"), the block whose namespace it continues
+# ("after", a copy of it), substitutions (old text, new text), and whether it writes run directories ("runs")
+BLOCKS: dict[str, dict[str, Any]] = {
+    "import torch, flipes": {  # Training from Python
+        "names": sketch_names,
+        "runs": True,
+        "subs": [
+            (  # train for up to 600 s (its row's 2,000 generations): one generation, short episodes, here
+                'flipes.TrainConfig.for_env("HalfCheetah-v5", popsize=64)',
+                'flipes.TrainConfig.for_env("{id}", popsize=64, generations=1, eval_episodes=1, max_episode_steps=50)',
+            )
+        ],
+    },
+    "import torch, flipes\nfrom torch import nn": {"names": lambda: {"my_fitness": my_fitness}},  # The API
+    "x = flipes.flipout(flipes.nn.Vector(torch.full((100,), 3.0)))": {"after": "api"},  # black-box search
+    "with es.population() as pop:\n    fitness = my_fitness(model, pop)\nelite": {"after": "api"},  # one member
+    "def fitness(model, pop, batch=256):": {"names": digits_names},  # scripts/digits.py's fitness
+    "with es.population() as pop:\n    fitness = torch.cat(": {"after": "api"},  # a population in parts
+    "import functools, torch, flipes": {"names": backprop_names},  # Flipout for backprop
+}
+
+
+def row_of(source: str) -> dict[str, Any]:
+    """The BLOCKS row of a block: the longest key the block starts with."""
+    keys = [k for k in BLOCKS if source.startswith(k)]
+    assert keys, f"README block starting {source.splitlines()[0]!r} has no row in tests/test_readme.py's BLOCKS: add one"
+    return BLOCKS[max(keys, key=len)]
+
+
+def run(source: str, names: dict[str, Any], label: str) -> dict[str, Any]:
+    ns = {"__name__": f"readme_{label}", **names}
+    exec(compile(source, f"README.md:{label}", "exec"), ns)
+    return ns
+
+
+def test_every_python_block_of_the_readme_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ```python block of README.md runs without an error or a warning, with only the stand-ins and
+    substitutions of ``BLOCKS``, in the order and context the README gives it (fragments continue the API
+    section's namespace); then what its comments state holds: ``print(es)`` shows the line the README prints,
+    ``tell``'s stats have the keys its comment lists, the vector search ends below 0.01, a callback's extra
+    column reaches metrics.jsonl, and the digits fitness is scripts/digits.py's, line for line."""
+    monkeypatch.chdir(tmp_path)  # the sketch writes runs/cp, runs/mine, ...
+    blocks = readme_blocks()
+    assert len(blocks) >= 7
+    spaces: dict[str, dict[str, Any]] = {}
+    for line, source in blocks:
+        row, label = row_of(source), f"{line}"
+        for old, new in row.get("subs", []):
+            assert old in source, f"README.md:{line}: the substitution's text {old!r} is gone; update BLOCKS"
+            source = source.replace(old, new.format(id=halfcheetah_stand_in()))
+        names = dict(spaces[row["after"]]) if "after" in row else row.get("names", dict)()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ns = run(source, names, label)
+        ours = [w for w in caught if w.filename.startswith(("README.md", str(ROOT / "flipes"), str(ROOT / "envs")))]
+        assert not ours, f"README.md:{line} warns as written: {[str(w.message) for w in ours]}"
+        if source.startswith("import torch, flipes\nfrom torch import nn"):
+            spaces["api"] = ns
+            check_api_block(source, ns)
+        elif source.startswith("import torch, flipes"):
+            check_sketch(ns)
+        elif source.startswith("x = flipes.flipout(flipes.nn.Vector"):
+            assert ns["x"]().square().sum().item() < 0.01  # "(tested: < 0.01)"
+        elif source.startswith("def fitness(model, pop, batch=256):"):
+            check_digits_fitness(source, ns)
+
+
+def check_api_block(source: str, ns: dict[str, Any]) -> None:
+    printed = re.search(r"^# (FlipES\(.*\))$", source, re.M)
+    assert printed and repr(ns["es"]) == printed.group(1)
+    listed = re.search(r"stats = es.tell\(fitness\)\s+# (.*)$", source, re.M).group(1)
+    keys = set()
+    for item in listed.split(", "):
+        first, *more = item.split()[0].split("/")
+        keys.add(first)
+        keys.update(first.rsplit("_", 1)[0] + "_" + m for m in more)  # fitness_mean/max: fitness_max
+    assert set(ns["stats"]) == keys, (sorted(ns["stats"]), sorted(keys))
+    assert isinstance(ns["stats"]["generation"], int)
+
+
+def check_sketch(ns: dict[str, Any]) -> None:
+    assert ns["result"].reason.startswith("solved")
+    assert not ns["policy"].training  # "the center policy, eval mode"
+    hc = flipes.read_metrics(ns["config"].run_dir())
+    assert all(row["sigma_x100"] == pytest.approx(100 * row["sigma"]) for row in hc)  # "reaches metrics.jsonl"
+
+
+def check_digits_fitness(source: str, ns: dict[str, Any]) -> None:
+    script = (ROOT / "scripts" / "digits.py").read_text()
+    for line in source.splitlines()[1:]:  # the def line carries type hints in the script
+        code = line.split("#")[0].strip()
+        assert code in script, f"README's digits fitness line {code!r} is not in scripts/digits.py"
+    model = flipes.flipout(nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)))
+    es = flipes.FlipES(model, popsize=16, seed=0)
+    with es.population() as pop:
+        fitness = ns["fitness"](model, pop)
+    assert fitness.shape == (16,) and bool(fitness.isfinite().all())
