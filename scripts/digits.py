@@ -47,7 +47,13 @@ class Args:
 @functools.cache  # the data set is read once and never changed
 def data(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(x_train, y_train, x_test, y_test)``; pixels scaled to [0, 1]."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError as e:  # the extra the README names; another missing module is scikit-learn's own
+        if (e.name or "").partition(".")[0] != "sklearn":
+            raise
+        missing = "the data set needs scikit-learn, which is not installed"
+        raise flipes.UsageError("digits", missing, "pip install 'flipes[examples]'") from None
 
     digits = load_digits()
     x = torch.tensor(digits.data, dtype=torch.float32) / 16

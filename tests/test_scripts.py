@@ -30,6 +30,17 @@ def test_digits_fitness_plugs_into_train(tmp_path: Path, monkeypatch: pytest.Mon
     assert rows[0]["eval_return"] < 40 < rows[-1]["eval_return"]  # test accuracy (%) climbs from chance
 
 
+def test_digits_without_scikit_learn_names_the_extra_in_one_line() -> None:
+    """Without scikit-learn, scripts/digits.py (and every script reading its data set) says in one line which extra
+    to install, ``pip install 'flipes[examples]'`` as the README promises, and exits with status 2: no traceback."""
+    block = "import sys, runpy; sys.modules['sklearn'] = None; sys.argv = ['digits.py', '--generations', '1']; "
+    r = run("-c", block + "runpy.run_path('scripts/digits.py', run_name='__main__')", extra_path=[ROOT / "scripts"], check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == (
+        "flipes: error: digits: the data set needs scikit-learn, which is not installed; pip install 'flipes[examples]'"
+    )
+
+
 def test_bench_solve_quick(tmp_path: Path) -> None:
     """scripts/bench_solve.py --quick --no-gym-check runs and prints a flipes row for flipes/CartPole-v1 (the row's
     numbers are not checked)."""
