@@ -301,6 +301,7 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max
 
     from flipes.rl import stepper
     from flipes.rl.envs import base_id
+    from flipes.rl.mujoco_log import mujoco_warnings_once
     from flipes.rl.spaces import SpaceError, flat_observation_space
 
     headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
@@ -308,7 +309,8 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         os.environ.setdefault("MUJOCO_GL", "egl")
     try:
-        env = gym.make(base_id(env_id), render_mode="rgb_array")  # gymnasium's own env, without an engine prefix
+        with mujoco_warnings_once(load=True):  # no MUJOCO_LOG.TXT left in the user's directory
+            env = gym.make(base_id(env_id), render_mode="rgb_array")  # gymnasium's own env, without an engine prefix
     except gym.error.DependencyNotInstalled as e:
         raise UsageError(
             "--render", f"rendering {env_id} needs packages that are not installed ({e})", "pip install 'flipes[render]'"

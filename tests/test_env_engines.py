@@ -4,12 +4,17 @@ AsyncVectorEnv workers, each against gymnasium's own MuJoCo envs."""
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
+import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 from flipes.rl import EnvPoolVectorEnv, make_vector_env, reset_episodes, run_episodes
 from flipes.rl import envs as engine
@@ -259,3 +264,57 @@ def test_envpool_reset_with_the_wrong_number_of_seeds_says_how_to_seed() -> None
         assert obs.shape[0] == 3
     finally:
         env.close()
+
+
+def test_halfcheetah_copies_print_no_mujoco_note_and_leave_no_log_file(tmp_path) -> None:
+    """gymnasium's HalfCheetah XML makes MuJoCo warn about a deprecated attribute at every load; N copies, in this
+    process or in worker processes, print none of it and write no MUJOCO_LOG.TXT into the working directory."""
+    code = (
+        "from flipes.rl import make_vector_env\n"
+        "for backend in ('gymnasium-sync', 'gymnasium-async'):\n"
+        "    make_vector_env(f'{backend}:HalfCheetah-v5', 4, threads=2, note=None).close()\n"
+        "print('made')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "made" and "MuJoCo" not in r.stderr and "settotalmass" not in r.stderr, (r.stdout, r.stderr)
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_mujoco_warnings_inside_the_block_are_warned_once_and_the_handler_put_back() -> None:
+    """Each distinct MuJoCo warning given inside ``mujoco_warnings_once`` is one MujocoWarning when the block ends
+    (none with ``report=False``), and the handler installed before the block is installed again after it."""
+    import mujoco
+
+    from flipes.rl.mujoco_log import MujocoWarning, mujoco_warnings_once
+
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><body><geom size='1'/><joint/></body></worldbody></mujoco>")
+
+    def unstable_steps(copies: int) -> None:  # each fresh MjData warns once about its NaN position
+        for _ in range(copies):
+            data = mujoco.MjData(model)
+            data.qpos[0] = float("nan")
+            mujoco.mj_step(model, data)
+
+    before: list[str] = []
+    mujoco.set_mju_user_warning(before.append)
+    try:
+        with pytest.warns(MujocoWarning) as caught, mujoco_warnings_once() as seen:
+            unstable_steps(3)
+        assert len(seen) == 1 and len(caught) == 1 and str(caught[0].message).startswith("MuJoCo: Nan, Inf or huge value in QPOS")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with mujoco_warnings_once(report=False) as dropped:
+                unstable_steps(2)
+        assert len(dropped) == 1 and not before
+        unstable_steps(1)  # after the blocks: the handler from before gets it
+        assert len(before) == 1 and mujoco.get_mju_user_warning() == before.append
+    finally:
+        mujoco.set_mju_user_warning(None)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from flipes.rl.envpool_vec import EnvPoolVectorEnv, envpool_ids
+from flipes.rl.mujoco_log import mujoco_warnings_once, uses_mujoco
 from flipes.rl.spaces import STRUCTURED, SpaceError, flat_observation_space, flatten_observations, layout
 from flipes.rl.workers import WorkerVectorEnv
 
@@ -225,9 +226,10 @@ def _engine_env(
         hint = "; pip install 'flipes[envpool]' for its C++ threads" if not envpool_ids() else ""
         note(f"{name} steps in {engine}: {why}{hint}")
     try:
-        if mode == "async":
-            return WorkerVectorEnv(name, num_envs, workers, device=device, **kwargs)
-        return NumpyToTorch(gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync", **kwargs), device=device)
+        with mujoco_warnings_once(load=uses_mujoco(spec.entry_point)):  # once, not once per copy
+            if mode == "async":
+                return WorkerVectorEnv(name, num_envs, workers, device=device, **kwargs)
+            return NumpyToTorch(gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync", **kwargs), device=device)
     except gym.error.DependencyNotInstalled as e:
         raise EnvError(f"{name!r} needs packages that are not installed; {_install_hint(spec, e)}") from e
 

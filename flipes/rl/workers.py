@@ -23,6 +23,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
+from flipes.rl.mujoco_log import mujoco_warnings_once
 from flipes.rl.spaces import flat_observation_space, flatten_observations
 
 
@@ -63,9 +64,13 @@ def _worker_block(parent: int, env_id: str, size: int, offset: int, kwargs: dict
     step under way instead of letting training stop after its generation with a checkpoint. SIGTERM still ends a
     worker: multiprocessing stops the workers of an env left open at exit with it (ignored, the exit would hang).
     gymnasium also makes one block in the parent itself, for the spaces: signals are left as they are there."""
-    if os.getpid() != parent:
+    worker = os.getpid() != parent
+    if worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return EnvBlock(env_id, size, offset, kwargs)
+    # MuJoCo's compiler warnings: the parent reports them once (its own copy), a worker drops its block's (workers
+    # run the heavy envs only, MuJoCo's and Box2D's: importing MuJoCo where installed costs little beside them)
+    with mujoco_warnings_once(report=not worker, load=True):
+        return EnvBlock(env_id, size, offset, kwargs)
 
 
 class WorkerVectorEnv(gym.vector.VectorEnv):
