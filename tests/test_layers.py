@@ -105,6 +105,19 @@ class Scale(nn.Module):
         return x * self.gain + self.shift
 
 
+class ListScales(nn.Module):
+    """Bare parameters in an ``nn.ParameterList`` and an ``nn.ParameterDict`` (containers without a forward), read
+    by this module's own forward."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.gains = nn.ParameterList([nn.Parameter(torch.randn(d)) for _ in range(2)])
+        self.shifts = nn.ParameterDict({"a": nn.Parameter(torch.randn(d))})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gains[0] * self.gains[1] + self.shifts["a"]
+
+
 class TiedLM(nn.Module):
     """An embedding tied to a Linear head that has a bias of its own (PyTorch's word_language_model, BERT's MLM head)."""
 
@@ -275,6 +288,13 @@ CASES = [
     ("batchnorm-train", lambda: nn.BatchNorm1d(4), lambda: (randn(5 * N, 4),), rows(5), out_rows(5)),
     ("batchnorm-eval", lambda: nn.BatchNorm2d(3).eval(), lambda: (randn(N, 2, 3, 2, 2),), rows(0), out_rows(0)),
     ("bare-parameter", lambda: Scale(5), lambda: (randn(N, 4, 5),), rows(0), out_rows(0)),
+    (
+        "parameter-containers",
+        lambda: nn.Sequential(nn.Linear(4, 5), ListScales(5)),
+        lambda: (randn(N, 2, 4),),
+        rows(0),
+        out_rows(0),
+    ),
     (
         "batchnorm-no-affine-train",
         lambda: nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, affine=False)),
@@ -534,6 +554,31 @@ def test_a_parameter_nothing_can_perturb_is_an_error_naming_it_unless_frozen() -
     plain.fc = flipes.nn.FlipoutLinear(4, 2)
     with pytest.raises(ValueError, match=r"FlipES: 1 trainable parameter\(s\) would not be evolved.*: pos \(PositionalModel\)"):
         flipes.FlipES(plain, popsize=4)
+
+
+class ListBeside(nn.Module):
+    """A ParameterList beside a Linear layer: its parameters are read by this module's forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.offsets = nn.ParameterList([nn.Parameter(torch.randn(4))])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x + self.offsets[0])
+
+
+def test_parameters_in_a_container_are_evolved_by_the_module_that_reads_them() -> None:
+    """Parameters in an ``nn.ParameterList``/``ParameterDict`` are dense parameters of the module that holds the
+    container (which reads them in its forward), never of the container, which is never called; beside Flipout
+    layers they are an error naming them, as a bare parameter there is."""
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 5), ListScales(5)))
+    assert isinstance(model[1], PerMember) and not isinstance(model[1].gains, PerMember)
+    assert {r.name: r.module for r in flipes.nn.parameter_report(model).rows if r.how == "dense"} == dict.fromkeys(
+        ["1.gains.0", "1.gains.1", "1.shifts.a"], "PerMemberListScales"
+    )
+    with pytest.raises(ValueError, match=r"would not be evolved: offsets\.0 \(held by ParameterList\).*frozen=\["):
+        flipes.flipout(ListBeside())
 
 
 def test_frozen_parameters_stay_frozen_and_unperturbed() -> None:

@@ -233,14 +233,31 @@ def _has_flipout(module: nn.Module) -> bool:
     return any(isinstance(m, FlipoutMixin) for m in module.modules())
 
 
+def _no_forward(module: nn.Module) -> bool:
+    """Whether ``module`` has no forward of its own (``nn.ParameterList``/``ParameterDict``, a bare ``nn.Module``
+    holding parameters): it is never called, so its parameters are read by the module above it."""
+    return type(module).forward is nn.Module.forward
+
+
+def _own_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
+    """The trainable parameters ``module``'s own forward reads as plain tensors: those it holds, and those of its
+    children without a forward (``self.scales = nn.ParameterList(...)``, read as ``self.scales[i]``)."""
+    yield from (p for p in module._parameters.values() if p is not None and p.requires_grad)
+    for child in module._modules.values():
+        if child is not None and _no_forward(child):
+            yield from _own_parameters(child)
+
+
 def _make_dense(module: nn.Module) -> None:
-    """Top-down: the first module on each path that directly owns a trainable parameter nobody
-    perturbs, and has no Flipout layer below it, becomes a ``PerMember`` module (for its subtree);
-    so does a BatchNorm without one (its batch statistics must be each member's own)."""
+    """Top-down: the first module on each path that owns a trainable parameter nobody perturbs
+    (itself or through a child without a forward, such as a ``ParameterList``), and has no Flipout
+    layer below it, becomes a ``PerMember`` module (for its subtree); so does a BatchNorm without one
+    (its batch statistics must be each member's own). A module without a forward never becomes one:
+    nothing calls it, so per-member parameters installed on it would never be read."""
     if isinstance(module, (FlipoutMixin, PerMember)):
         return
-    own = [p for p in module._parameters.values() if p is not None and p.requires_grad]
-    if (own or needs_member_batches(module)) and not _has_flipout(module):
+    own = next(_own_parameters(module), None) is not None
+    if (own or needs_member_batches(module)) and not _has_flipout(module) and not _no_forward(module):
         to_per_member(module)
         return
     for child in module._modules.values():
