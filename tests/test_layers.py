@@ -789,6 +789,25 @@ def test_a_linear_subclass_with_its_own_forward_is_evolved_densely_not_silently_
     check_members(lambda: nn.Sequential(Odd(3, 2)), lambda: (randn(N, 3),), rows(0), out_rows(0), True, 1, None)
 
 
+class StandardizedConv(nn.Conv2d):
+    """A Conv2d subclass that keeps nn.Conv2d's forward but standardizes its kernel in ``_conv_forward``."""
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        mean, std = weight.mean((1, 2, 3), keepdim=True), weight.std((1, 2, 3), keepdim=True)
+        return super()._conv_forward(input, (weight - mean) / std, bias)
+
+
+def test_a_conv_subclass_with_its_own_conv_forward_is_evolved_densely_through_it() -> None:
+    """A conv subclass that overrides ``_conv_forward`` (weight standardization) computes something a Flipout conv
+    would not: it is evolved densely, and each member equals the subclass with its explicit parameters, to 1e-10."""
+    model = flipes.flipout(nn.Sequential(StandardizedConv(3, 4, 3)))
+    assert isinstance(model[0], PerMember)
+    assert all(r.how == "dense" for r in flipes.nn.parameter_report(model).rows)
+    for mirrored, groups, rank in SETTINGS[:2]:
+        make, x = lambda: StandardizedConv(3, 4, 3), lambda: (randn(N, 3, 5, 5),)
+        check_members(make, x, rows(1), out_rows(1), mirrored, groups, rank)
+
+
 def test_attention_converts_as_one_layer_with_its_output_projection() -> None:
     """A TransformerEncoderLayer's self-attention becomes one FlipoutMultiheadAttention whose output projection stays
     the plain NonDynamicallyQuantizableLinear (its slot is the attention's), and every parameter of the layer is

@@ -69,8 +69,9 @@ def flipout_class(cls: type[nn.Module]) -> type[nn.Module] | None:
     """The Flipout class for layers of type ``cls``, or ``None``. A subclass of a supported layer
     that keeps its parent's ``forward`` (e.g. attention's ``NonDynamicallyQuantizableLinear``)
     computes what the parent does, so it gets a Flipout subclass of itself; one with its own
-    forward does not (flipes cannot know what it computes), nor does a parametrized layer
-    (``torch.nn.utils.parametrize``: its weight is computed); those get dense per-member noise."""
+    forward (or a conv with its own ``_conv_forward``) does not (flipes cannot know what it computes),
+    nor does a parametrized layer (``torch.nn.utils.parametrize``: its weight is computed); those get
+    dense per-member noise."""
     if cls in _FLIPOUT_OF:
         return _FLIPOUT_OF[cls]
     if issubclass(cls, (FlipoutMixin, PerMember)) or cls.__module__ == "torch.nn.utils.parametrize":
@@ -78,9 +79,14 @@ def flipout_class(cls: type[nn.Module]) -> type[nn.Module] | None:
     if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers."):  # GPT-2's (in, out) linear
         return _flipout_subclass(FlipoutConv1D, cls)
     for base, flip in _FLIPOUT_OF.items():
-        if issubclass(cls, base) and cls.forward is base.forward:
+        if issubclass(cls, base) and all(getattr(cls, m, None) is getattr(base, m, None) for m in _COMPUTED_BY):
             return _flipout_subclass(flip, cls)
     return None
+
+
+# what a supported layer's forward computes through: a subclass overriding any (a weight-standardized conv's
+# _conv_forward) computes something a Flipout forward would not
+_COMPUTED_BY = ("forward", "_conv_forward")
 
 
 def _convert_layer(layer: nn.Module, cls: type[nn.Module], path: str = "") -> nn.Module:
