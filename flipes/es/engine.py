@@ -340,6 +340,7 @@ class FlipES:
             )
         # what was trainable when the evolved set was fixed: a flag changed later is an error (_check_requires_grad)
         self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        self._held = dict(model.named_parameters(remove_duplicate=False))  # the Parameter objects evolved: _check_held
         self.optimizer = self._build_optimizer(optimizer, lr)
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None
@@ -457,6 +458,7 @@ class FlipES:
         """Raise if a parameter's ``requires_grad`` changed since construction: the evolved set, its
         noise slots and the optimizer were fixed then, so an unfrozen parameter would be perturbed but
         never updated, and a frozen one would break ``tell``. Python flags only: runs every generation."""
+        self._check_held()
         changed = [p for p, flag in self._requires_grad if p.requires_grad != flag]
         if changed:
             raise ValueError(
@@ -465,6 +467,22 @@ class FlipES:
                 "optimizer starts afresh (load_state_dict of the old FlipES's state fails: its optimizer holds other "
                 "parameters)"
             )
+
+    def _check_held(self) -> None:
+        """Raise if the model holds other Parameter objects than at construction (an attribute assigned a new
+        ``nn.Parameter``, ``load_state_dict(..., assign=True)``, weights tied anew): the slots, noise and optimizer
+        hold the old ones, so members would run the new values while ``tell`` stepped the old, and nothing trained."""
+        now = dict(self._module.named_parameters(remove_duplicate=False))
+        if now.keys() == self._held.keys() and all(now[k] is p for k, p in self._held.items()):
+            return
+        names = [k for k in {**self._held, **now} if now.get(k) is not self._held.get(k)]
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ValueError(
+            f"FlipES: the model's parameter(s) {shown} are other Parameter objects than when this FlipES was built "
+            "(a new nn.Parameter assigned, load_state_dict(..., assign=True), weights tied anew): it perturbs and steps "
+            "the ones it was built with, so the new ones would never train; copy values in place instead "
+            "(load_state_dict without assign, or param.data.copy_(value)), or build a new FlipES for the model"
+        )
 
     def _check_optimizer_placement(self) -> None:
         """Raise if the model moved to another dtype or device since the last ``tell`` stepped the optimizer
