@@ -19,6 +19,7 @@ from helpers import MADE_UP_FITNESS, TiedLinears
 from reference import centered_ranks_distinct, member_parameters
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.utils import prune
 
 import flipes
 from flipes.nn import FlipoutMultiheadAttention, PerMember
@@ -1053,6 +1054,27 @@ def test_hook_based_weight_norm_is_refused_naming_the_module_and_parametrization
         flipes.flipout(inner)
     model = flipes.flipout(model, frozen=["body.0"])
     assert type(model["body"][0]) is type(inner) and isinstance(model["head"], flipes.nn.FlipoutLinear)
+
+
+@pytest.mark.parametrize("layer", ["flipout", "dense"])
+def test_a_pruned_module_is_refused_naming_prune_remove(layer: str) -> None:
+    """torch.nn.utils.prune computes the weight from the mean ``weight_orig`` and its mask in a forward pre-hook, which
+    no member's perturbation reaches: flipout refuses such a trainable module (a Linear, or a LayerNorm that would be
+    dense), naming its path, ``prune.remove`` and the freeze; after ``prune.remove`` it converts."""
+    inner = nn.Linear(3, 2) if layer == "flipout" else nn.LayerNorm(2)
+    prune.l1_unstructured(inner, "weight", 0.5)
+    model = nn.ModuleDict({"body": nn.Sequential(inner), "head": nn.Linear(2, 2)})
+    message = (
+        f"flipout(): 'body.0' ({type(inner).__name__}) has torch.nn.utils.prune applied: its hook computes 'weight' from "
+        "the mean 'weight_orig' and the mask before each call, so no member would run its own; make the pruning permanent "
+        "first, torch.nn.utils.prune.remove(module, 'weight') (the pruned entries are then evolved too), or freeze it: "
+        "flipes.flipout(model, frozen=['body.0'])"
+    )
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        flipes.flipout(model)
+    prune.remove(inner, "weight")
+    report = flipes.nn.parameter_report(flipes.flipout(model))
+    assert {r.how for r in report.rows} == {"flipout" if layer == "flipout" else "dense", "flipout"}
 
 
 def test_spectral_norm_in_training_mode_names_eval_and_runs_per_member_in_eval_mode() -> None:

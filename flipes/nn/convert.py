@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from flipes.nn.attention import FlipoutMultiheadAttention
 from flipes.nn.base import FlipoutMixin
@@ -160,7 +161,8 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
             module that also holds Flipout layers), an unknown name in ``frozen``, a model with no
             trainable parameter, or a layer option with no Flipout form (bidirectional or projected
             recurrent layers, ``Embedding(max_norm=...)``) on a trainable layer, or a trainable module with
-            the hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` (use ``parametrizations``'s).
+            the hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` (use ``parametrizations``'s) or
+            ``torch.nn.utils.prune`` (``prune.remove`` it first).
     """
     check_module(module, "flipout()")
     _freeze(uncompiled(module), frozen)  # torch.compile(net): net's names, as its state dict's
@@ -187,16 +189,23 @@ _WEIGHT_HOOKS = MappingProxyType({"WeightNorm": "weight_norm", "SpectralNorm": "
 
 
 def _check_weight_hooks(model: nn.Module) -> None:
-    """Refuse trainable modules with ``torch.nn.utils.weight_norm`` / ``spectral_norm`` applied: their hook computes
-    the weight from the mean parameters before the forward, so every member would run the mean weight (a Flipout
+    """Refuse trainable modules with ``torch.nn.utils.weight_norm`` / ``spectral_norm`` / ``prune`` applied: their hook
+    computes the weight from the mean parameters before the forward, so every member would run the mean weight (a Flipout
     layer would perturb a stale copy of it) while ``tell`` writes an ES gradient for parameters no member used."""
     for name, m in model.named_modules():
         for hook in m._forward_pre_hooks.values():
+            where = repr(name) if name else "the model"
+            freeze = f"flipes.flipout(model, frozen=[{name!r}])" if name else "model.requires_grad_(False)"
+            if isinstance(hook, prune.BasePruningMethod) and _trainable(m):
+                raise ValueError(
+                    f"flipout(): {where} ({type(m).__name__}) has torch.nn.utils.prune applied: its hook computes "
+                    f"{hook._tensor_name!r} from the mean {hook._tensor_name + '_orig'!r} and the mask before each call, so "
+                    f"no member would run its own; make the pruning permanent first, torch.nn.utils.prune.remove(module, "
+                    f"{hook._tensor_name!r}) (the pruned entries are then evolved too), or freeze it: {freeze}"
+                )
             fn = _WEIGHT_HOOKS.get(type(hook).__name__)
             if fn is None or not type(hook).__module__.startswith("torch.nn.utils") or not _trainable(m):
                 continue
-            where = repr(name) if name else "the model"
-            freeze = f"flipes.flipout(model, frozen=[{name!r}])" if name else "model.requires_grad_(False)"
             raise ValueError(
                 f"flipout(): {where} ({type(m).__name__}) has torch.nn.utils.{fn} applied: its hook "
                 f"computes {hook.name!r} from the mean parameters before each call, so no member would run its own; "
