@@ -119,6 +119,30 @@ class ListScales(nn.Module):
         return x * self.gains[0] * self.gains[1] + self.shifts["a"]
 
 
+class NormGain(nn.Module):
+    """A norm and a gain of its own: a dense module with a dense module below it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4)
+        self.gain = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x) * self.gain
+
+
+class NormCalledOutside(nn.Module):
+    """A dense module's norm also called directly, from outside that module's forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.block = nn.Linear(3, 4), NormGain()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        return self.block(h) + self.block.norm(2 * h)
+
+
 class TiedLM(nn.Module):
     """An embedding tied to a Linear head that has a bias of its own (PyTorch's word_language_model, BERT's MLM head)."""
 
@@ -289,6 +313,8 @@ CASES = [
     ("batchnorm-train", lambda: nn.BatchNorm1d(4), lambda: (randn(5 * N, 4),), rows(5), out_rows(5)),
     ("batchnorm-eval", lambda: nn.BatchNorm2d(3).eval(), lambda: (randn(N, 2, 3, 2, 2),), rows(0), out_rows(0)),
     ("bare-parameter", lambda: Scale(5), lambda: (randn(N, 4, 5),), rows(0), out_rows(0)),
+    # N rows per member: the norm's input inside the block, one member's, must not be read as N members
+    ("norm-inside-dense-called-outside", NormCalledOutside, lambda: (randn(N * N, 3),), rows(N), out_rows(N)),
     (
         "parameter-containers",
         lambda: nn.Sequential(nn.Linear(4, 5), ListScales(5)),

@@ -263,17 +263,28 @@ def _own_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
             yield from _own_parameters(child)
 
 
+def _dense_owner(module: nn.Module) -> bool:
+    """Whether ``module`` runs per member for itself: it reads trainable parameters in its own forward, or is a norm
+    whose batch statistics must be each member's own; a module without a forward never (nothing calls it)."""
+    owns = next(_own_parameters(module), None) is not None or needs_member_batches(module)
+    return owns and not _no_forward(module)
+
+
 def _make_dense(module: nn.Module) -> None:
     """Top-down: the first module on each path that owns a trainable parameter nobody perturbs
     (itself or through a child without a forward, such as a ``ParameterList``), and has no Flipout
     layer below it, becomes a ``PerMember`` module (for its subtree); so does a BatchNorm without one
     (its batch statistics must be each member's own). A module without a forward never becomes one:
-    nothing calls it, so per-member parameters installed on it would never be read."""
+    nothing calls it, so per-member parameters installed on it would never be read. The owners below it
+    become ``PerMember`` modules too: inside its per-member forward they run as their plain class, and
+    called from elsewhere (``self.block.norm(x)``, or a module shared with another part of the model)
+    they run per member themselves."""
     if isinstance(module, (FlipoutMixin, PerMember)):
         return
-    own = next(_own_parameters(module), None) is not None
-    if (own or needs_member_batches(module)) and not _has_flipout(module) and not _no_forward(module):
-        to_per_member(module)
+    if _dense_owner(module) and not _has_flipout(module):
+        for m in module.modules():  # and each owner below: one may also be called from outside this forward
+            if m is module or (_dense_owner(m) and type(m).__module__ != "torch.nn.utils.parametrize"):
+                to_per_member(m)
         return
     for child in module._modules.values():
         if child is not None:

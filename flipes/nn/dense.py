@@ -51,9 +51,14 @@ class PerMember:
         return without_owner(super().__getstate__())  # type: ignore[misc]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.member_noise is None:
+        if self.member_noise is None or _one_member[0]:  # inside another's per-member forward: its parameters are swapped in
             return super().forward(*args, **kwargs)  # type: ignore[misc]
         return per_member_forward(self, self.member_noise, args, kwargs)  # type: ignore[arg-type]
+
+
+# > 0 while a PerMember module runs one member's forward under vmap: a PerMember module below it (one shared with
+# another part of the model) then runs as its plain class, on the member's swapped-in parameters
+_one_member = [0]
 
 
 @functools.cache  # one subclass per class, so converted modules of a type share a type
@@ -178,8 +183,12 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
 
     def one_member(p: dict[str, Tensor], flat: list[Any]) -> Any:
         a, kw = pytree.tree_unflatten(flat, spec)
-        with _parameters(module, p), _batch_stats_only(module):
-            return base(*a, **kw)
+        _one_member[0] += 1
+        try:
+            with _parameters(module, p), _batch_stats_only(module):
+                return base(*a, **kw)
+        finally:
+            _one_member[0] -= 1
 
     def unbatched() -> str:  # each member's input is its own row, without a batch dim: said where the forward needed one
         if batch:
