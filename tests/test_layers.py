@@ -190,7 +190,39 @@ class Shift(nn.Module):
         return x + self.bias
 
 
-TIED = [TiedLM, TiedNorms, SharedBias]
+class ScaledEmbedding(nn.Embedding):
+    """An embedding with a forward of its own (Gemma's and BART's scaled word embeddings): dense noise."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return super().forward(input) * 3.0
+
+
+class ScaledTiedLM(nn.Module):
+    """A scaled embedding (dense) tied to a Linear head (Flipout) with a padding row: Gemma's layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = ScaledEmbedding(11, 6, padding_idx=0)
+        self.head = nn.Linear(6, 11, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.emb(tokens)))
+
+
+class WeightAsShift(nn.Module):
+    """A Linear's weight also added by a bare-parameter module (dense) as a (4, 4) shift."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.shift = nn.Linear(4, 4), Shift(nn.Parameter(torch.zeros(4)))
+        self.shift.bias = self.fc.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.shift(self.fc(x))
+
+
+TIED = [TiedLM, TiedNorms, SharedBias, ScaledTiedLM, WeightAsShift]
 
 
 def frozen(module: nn.Module, *names: str) -> nn.Module:
@@ -385,6 +417,8 @@ CASES = [
     ("tied-weight-own-biases", TiedLinears, lambda: (randn(N, 16),), rows(0), out_rows(0)),
     ("tied-weight-own-biases-batch", TiedLinears, lambda: (randn(N, 3, 16),), rows(0), out_rows(0)),
     ("tied-norms", TiedNorms, lambda: (randn(N, 3, 4),), rows(0), out_rows(0)),
+    ("tied-dense-embedding-flipout-head", ScaledTiedLM, lambda: (torch.randint(11, (N, 5)),), rows(0), out_rows(0)),
+    ("flipout-weight-read-densely", WeightAsShift, lambda: (randn(N, 4, 4),), rows(0), out_rows(0)),
     ("shared-bias", SharedBias, lambda: (randn(2 * N, 4),), rows(2), out_rows(2)),
 ]
 
@@ -1144,12 +1178,19 @@ def test_the_report_lists_a_bias_with_dense_noise_as_dense() -> None:
     assert rows == {"a.weight": "flipout", "a.bias": "dense", "b.weight": "flipout"}
 
 
-def test_a_flipout_weight_also_used_as_a_plain_parameter_is_refused() -> None:
-    """A Linear's weight that a bare-parameter module also uses would get two perturbations per member."""
-    model = nn.Sequential(nn.Linear(4, 4), Shift(nn.Parameter(torch.zeros(4))))
-    model[1].bias = model[0].weight
-    with pytest.raises(ValueError, match="one parameter needs one perturbation per member"):
-        flipes.FlipES(flipes.flipout(model), popsize=4)
+def test_a_flipout_weight_also_read_by_a_dense_module_is_reported_flipout_and_runs_in_parts() -> None:
+    """A Flipout weight that a dense module also reads (a scaled embedding tied to its head) is one Flipout slot,
+    reported as such; evaluated in parts of 2 members, each member's logits are those of the whole population."""
+    torch.manual_seed(0)
+    model = flipes.flipout(ScaledTiedLM().to(DT))
+    assert isinstance(model.emb, PerMember) and isinstance(model.head, flipes.nn.FlipoutLinear)
+    assert [(r.name, r.how) for r in flipes.nn.parameter_report(model).rows] == [("emb.weight", "flipout")]
+    es = flipes.FlipES(model, popsize=N, sigma=0.3, seed=1, groups=2, hold_noise=False)
+    tokens = torch.randint(11, (N, 5))
+    with es.population() as pop:
+        whole = model(tokens)
+        parts = torch.cat([model(tokens[part.members.start : part.members.stop]) for part in pop.split(2)])
+    assert torch.equal(parts, whole)
 
 
 @pytest.mark.parametrize("rank", [None, 2])

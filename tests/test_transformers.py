@@ -61,6 +61,18 @@ def bert(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
     return transformers.BertForMaskedLM(cfg).to(dtype).eval()
 
 
+def gemma(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
+    """A 2-layer Gemma: its scaled word embedding (an nn.Embedding subclass with a forward of its own, evolved
+    densely) tied to the head (a Flipout layer), with a padding row."""
+    torch.manual_seed(seed)
+    cfg = transformers.GemmaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=32, tie_word_embeddings=True, pad_token_id=0,
+        attn_implementation="eager",
+    )  # fmt: skip
+    return transformers.GemmaForCausalLM(cfg).to(dtype).eval()
+
+
 def batch(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Token ids ``(n, T)`` and an attention mask with right padding of 0-3 tokens per row (left padding
     makes rows that attend to nothing, which HF turns into NaN in float64, also without flipes)."""
@@ -73,15 +85,16 @@ def batch(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: llama(attn="eager"), lambda: llama(attn="sdpa"), qwen2, gpt2, bert],
-    ids=["llama-eager", "llama-sdpa", "qwen2-tied", "gpt2-conv1d", "bert-tied-with-bias"],
+    [lambda: llama(attn="eager"), lambda: llama(attn="sdpa"), qwen2, gpt2, bert, gemma],
+    ids=["llama-eager", "llama-sdpa", "qwen2-tied", "gpt2-conv1d", "bert-tied-with-bias", "gemma-tied-scaled-embedding"],
 )
 @pytest.mark.parametrize("rank", [None, 2])
 def test_every_member_of_a_language_model_is_the_plain_model_with_its_parameters(make: object, rank: int | None) -> None:
-    """Llama (eager and SDPA attention), Qwen2 with a tied head, GPT-2's Conv1D and BERT with a tied decoder, full or
-    rank-2 noise: every parameter is evolved, a tied head is the embedding's tensor and one slot, and each member's
-    logits at unpadded positions equal the original model under ``functional_call`` with that member's parameters and
-    the attention mask, to 1e-10 absolute (float64)."""
+    """Llama (eager and SDPA attention), Qwen2 with a tied head, GPT-2's Conv1D, BERT with a tied decoder and Gemma
+    with its scaled embedding (dense) tied to the head (Flipout), full or rank-2 noise: every parameter is evolved, a
+    tied head is the embedding's tensor and one slot, and each member's logits at unpadded positions equal the
+    original model under ``functional_call`` with that member's parameters and the attention mask, to 1e-10
+    absolute (float64)."""
     original = make()
     model = flipes.flipout(copy.deepcopy(original))
     n = 8

@@ -318,7 +318,7 @@ class FlipES:
             )
         self.slots, self._slot_index = flipout_slots(self.layers, [*self.layers, *self.dense_modules])
         self._weight_counts = [len(layer.perturbed_weights()) for layer in self.layers]  # fixed, as the slots are
-        self.dense_slots, self._dense_uses, self._bias_of = dense_slots(
+        self.dense_slots, self._dense_uses, self._bias_of, self._weight_uses = dense_slots(
             self.layers, [*self.layers, *self.dense_modules], self.slots, self._slot_index
         )
         self.params: list[nn.Parameter] = []
@@ -690,6 +690,15 @@ class FlipES:
                 if module.member_noise is None:
                     module.member_noise = {}
                 module.member_noise[name] = nz.delta
+        deltas: dict[int, Tensor] = {}  # a Flipout weight a dense module reads: each member's σu_n, once per slot
+        for module, name, i in self._weight_uses:
+            if i not in deltas:
+                pw = self.slots[i]
+                delta = slot_noise[i].member_deltas(pw.conv_groups)
+                deltas[i] = delta.transpose(1, 2) if pw.transposed else delta
+            if module.member_noise is None:
+                module.member_noise = {}
+            module.member_noise[name] = deltas[i]
 
     def _part(self, noise: HeldNoise | Deferred, start: int, stop: int) -> AbstractContextManager[Population]:
         """Inside, the layers evaluate local members ``start:stop`` alone (``Population.part``); checked

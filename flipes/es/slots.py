@@ -3,7 +3,8 @@
 A slot is one sample per member. A Flipout weight is one slot however many layers use it (tied
 weights are one parameter, so one perturbation); its bias rides on the weight's noise when only
 that weight uses it. Every other trainable parameter a population perturbs (norms, bare
-parameters, a bias shared between weights) gets a dense slot: explicit per-member noise.
+parameters, a bias shared between weights) gets a dense slot: explicit per-member noise. A dense
+module that also reads a Flipout weight reads that weight's slot, materialized per member.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flipes.nn.base import PerturbedWeight
 from flipes.nn.dense import PerMember
 
 DenseSlot = tuple[nn.Module, str, nn.Parameter]  # (module, name, parameter): its first reader
+WeightUse = tuple[nn.Module, str, int]  # (dense module, parameter name, Flipout slot): a Flipout weight read as a parameter
 
 
 def dense_params(module: nn.Module, named: bool = False) -> list[Any]:
@@ -38,8 +40,9 @@ def layout(pw: PerturbedWeight) -> tuple:
 def flipout_slots(
     layers: list[nn.Module], dense_owners: list[nn.Module]
 ) -> tuple[list[PerturbedWeight], dict[tuple[int, int], int]]:
-    """Each perturbed weight of ``layers`` once (a weight tied between layers is ONE sample per
-    member), and the slot of every (id(layer), weight index) pair. A slot's noise carries a bias only
+    """Each perturbed weight of ``layers`` once (a weight tied between layers, or also read as a plain
+    parameter by a dense module, is ONE sample per member), and the slot of every (id(layer), weight index)
+    pair. A slot's noise carries a bias only
     if that bias is used with no other weight and has no dense use in ``dense_owners``; any other bias
     gets dense noise (:func:`dense_slots`)."""
     uses = [(layer, j, pw) for layer in layers for j, pw in enumerate(layer.perturbed_weights())]
@@ -52,12 +55,6 @@ def flipout_slots(
     index: dict[tuple[int, int], int] = {}
     by_weight: dict[int, int] = {}
     for layer, j, pw in uses:
-        if id(pw.weight) in dense:
-            raise ValueError(
-                f"FlipES: a weight of shape {tuple(pw.weight.shape)} is used by {type(layer).__name__} and, as a plain "
-                f"parameter, by {type(dense[id(pw.weight)]).__name__}: one parameter needs one perturbation per member; "
-                "use it only through the layer, or freeze it (requires_grad_(False))"
-            )
         i = by_weight.setdefault(id(pw.weight), len(slots))
         if i == len(slots):
             own = pw.bias is not None and weights_of[id(pw.bias)] == {id(pw.weight)} and id(pw.bias) not in dense
@@ -78,15 +75,19 @@ def dense_slots(
     dense_owners: list[nn.Module],
     slots: list[PerturbedWeight],
     slot_index: dict[tuple[int, int], int],
-) -> tuple[list[DenseSlot], list[list[tuple[nn.Module, str]]], dict[tuple[int, int], int | None]]:
+) -> tuple[list[DenseSlot], list[list[tuple[nn.Module, str]]], dict[tuple[int, int], int | None], list[WeightUse]]:
     """``(module, name, parameter)`` of every trainable parameter with dense per-member noise, each
     parameter once (a parameter tied between modules is ONE sample per member); every
-    ``(module, name)`` that reads it from ``member_noise``; and the dense slot of each (layer, weight)
-    pair whose bias its weight's noise does not carry (a weight tied to layers with other biases).
+    ``(module, name)`` that reads it from ``member_noise``; the dense slot of each (layer, weight)
+    pair whose bias its weight's noise does not carry (a weight tied to layers with other biases); and
+    every ``(module, name, slot)`` where a dense module reads a Flipout weight (Gemma's scaled embedding
+    tied to its head): it reads that slot's perturbation, materialized per member.
     ``slots`` and ``slot_index`` are :func:`flipout_slots`' answer for the same modules."""
     found: list[DenseSlot] = []
     uses: list[list[tuple[nn.Module, str]]] = []
     where: dict[int, int] = {}
+    flipout_slot = {id(pw.weight): i for i, pw in enumerate(slots) if pw.weight.requires_grad}
+    weight_uses: list[WeightUse] = []
 
     def slot(module: nn.Module, name: str, p: nn.Parameter) -> int:
         k = where.setdefault(id(p), len(found))
@@ -97,7 +98,10 @@ def dense_slots(
 
     for module in dense_owners:
         for name, p in dense_params(module, named=True):
-            uses[slot(module, name, p)].append((module, name))
+            if id(p) in flipout_slot:
+                weight_uses.append((module, name, flipout_slot[id(p)]))
+            else:
+                uses[slot(module, name, p)].append((module, name))
     bias_of: dict[tuple[int, int], int | None] = {}  # None: this layer adds no bias noise (none, or frozen)
     for layer in layers:
         for j, pw in enumerate(layer.perturbed_weights()):
@@ -107,4 +111,4 @@ def dense_slots(
                 bias_of[(id(layer), j)] = None
             else:  # read through the weight's noise (SlotNoise.with_bias), not member_noise
                 bias_of[(id(layer), j)] = slot(layer, "bias", pw.bias)
-    return found, uses, bias_of
+    return found, uses, bias_of, weight_uses

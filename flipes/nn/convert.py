@@ -387,7 +387,7 @@ def parameter_report(model: nn.Module, noise_rank: int | None = None) -> Paramet
     parameters, by their names in net (no ``_orig_mod.``)."""
     model = uncompiled(model)
     how: dict[int, tuple[str, str]] = {}
-    for m in model.modules():
+    for m in sorted(model.modules(), key=lambda m: not isinstance(m, FlipoutMixin)):  # a weight also read densely: flipout
         if isinstance(m, FlipoutMixin):
             kind = type(m).__name__
             noise_model = m._modules.get("backprop_noise")
