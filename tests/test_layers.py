@@ -773,16 +773,49 @@ class ScaledNorm(nn.Module):
         return self.norm(x * self.scale)
 
 
-def test_a_dense_module_that_needs_a_batch_dim_names_the_one_example_layout() -> None:
-    """A dense module whose forward needs a batch dim (a BatchNorm1d child), given one example per member as (N, 4), runs
-    on each member's (4,): the error it raises names that shape and the (members, 1, ...) layout, and with that layout
-    each member equals the plain module with its explicit parameters."""
-    model = flipes.flipout(ScaledNorm().eval())
+class Sequences(nn.Module):
+    """A bare scale on inputs that must be 3-D, (batch, time, features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"expected (batch, time, features), got {tuple(x.shape)}")
+        return x * self.scale
+
+
+class Positions(nn.Module):
+    """Learned positions for (batch, time, features) inputs, returned without a batch dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"expected (batch, time, features), got {tuple(x.shape)}")
+        return self.table[: x.shape[1]]
+
+
+def test_a_dense_module_that_needs_a_batch_dim_runs_each_member_as_a_batch_of_one() -> None:
+    """A dense module whose forward needs a batch dim (a BatchNorm1d child, a Hugging Face module reading
+    ``input.shape[:2]``), given one example per member as (N, 4), fails on each member's (4,) and runs on its (1, 4):
+    each member equals the plain module on ``x[n:n+1]`` with its explicit parameters; not where an output of that batch
+    of one has no batch dim. One that fails both ways raises an error naming the shape it got and the
+    (members, 1, ...) layout, with which it runs."""
+    check_members(lambda: ScaledNorm().eval(), lambda: (randn(N, 4),), rows(1), out_rows(1), True, 2, None)
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 4), Positions()))
+    hint = re.escape("without the member dim, (3, 4)")
+    with flipes.FlipES(model, popsize=4).population(), pytest.raises(ValueError, match=hint):
+        model(torch.randn(4, 3, 4))  # its batch of one would give (3, 4) a member: no batch dim to take away
+    model = flipes.flipout(Sequences())
     es = flipes.FlipES(model, popsize=4)
     hint = re.escape("without the member dim, (4,)") + r".*\(members, 1, \.\.\.\)"
     with es.population(), pytest.raises(ValueError, match=hint):
         model(torch.randn(4, 4))
-    check_members(lambda: ScaledNorm().eval(), lambda: (randn(N, 1, 4),), rows(0), out_rows(0), True, 2, None)
+    check_members(Sequences, lambda: (randn(N, 1, 4),), rows(1), out_rows(1), True, 2, None)
 
 
 def test_dense_inputs_must_hold_the_members_first() -> None:

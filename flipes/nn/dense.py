@@ -178,7 +178,6 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
             "example per member has none; call model.eval() for rollouts (running statistics), or give each member "
             "k > 1 examples, (members·k, ...)"
         )
-    split = [leaf.unflatten(0, (n, k)) if d == 0 and batch else leaf for leaf, d in zip(leaves, dims, strict=True)]
     base = super(PerMember, module).forward  # type: ignore[misc]
 
     def one_member(p: dict[str, Tensor], flat: list[Any]) -> Any:
@@ -199,8 +198,24 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
             "example per member as (members, 1, ...)"
         )
 
+    def run(batched: bool) -> Any:  # batched: each member's k rows as a batch, (k, ...); else its one row, x[n]
+        split = [leaf.unflatten(0, (n, k)) if d == 0 and batched else leaf for leaf, d in zip(leaves, dims, strict=True)]
+        return torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)  # own dropout masks
+
     try:
-        out = torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)  # dropout: own masks
+        try:
+            out = run(batch)
+        except (RuntimeError, ValueError):
+            if batch:
+                raise
+            try:  # a forward written for batches only (a Hugging Face module reading input.shape[:2]): a batch of one
+                out = run(True)
+                # kept only where every output has that batch dim of one: else flattening it away would merge dims
+                batch = all(t.dim() > 1 and t.shape[1] == 1 for t in pytree.tree_leaves(out) if isinstance(t, Tensor))
+            except Exception:
+                pass
+            if not batch:
+                raise
     except RuntimeError as e:
         raise RuntimeError(
             f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); {_power_iteration(module)}"
