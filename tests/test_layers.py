@@ -818,6 +818,23 @@ def test_a_dense_module_that_needs_a_batch_dim_runs_each_member_as_a_batch_of_on
     check_members(Sequences, lambda: (randn(N, 1, 4),), rows(1), out_rows(1), True, 2, None)
 
 
+class MeanSquare(nn.Module):
+    """A loss with a learned target: one value per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.target = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.target).square().mean()
+
+
+def test_a_dense_module_reducing_each_members_batch_gives_one_value_per_member() -> None:
+    """A dense module that reduces its batch to one value (a loss), given k = 3 examples per member, returns (N,):
+    member n's value is the plain module's on its rows, with its explicit parameters."""
+    check_members(MeanSquare, lambda: (randn(3 * N, 4),), rows(3), lambda out, n: out[n], False, 2, None)
+
+
 def test_dense_inputs_must_hold_the_members_first() -> None:
     """A dense per-member module (LayerNorm) given 3 rows in a population of 4 raises a ValueError saying inputs must
     be members first."""

@@ -11,7 +11,7 @@ into a ``PerMember`` module: the same object with a subclass of its own class, s
 its own forward once for all members through ``torch.func.vmap``, each member with its own
 parameters. Inputs are members first, ``(N, ...)`` or ``(N·k, ...)`` member-major, as for every
 Flipout layer; any other argument is shared by all members. Called with no tensor at all, it
-returns every member's output, members first.
+returns every member's output, members first; an output of one value per member's batch (a loss), ``(N,)``.
 """
 
 from __future__ import annotations
@@ -227,7 +227,8 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         raise ValueError(f"{type(module).__name__}: its forward, run per member, raised: {e}{unbatched()}") from e
     if not batch:
         return out
-    return pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) else t, out)
+    # (N, k, ...) -> member-major (N·k, ...); a value per member and batch (a loss, a reduction) stays (N,)
+    return pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) and t.dim() > 1 else t, out)
 
 
 def _power_iteration(module: nn.Module) -> str:
