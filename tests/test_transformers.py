@@ -142,6 +142,29 @@ def test_several_sequences_per_member_need_position_ids_for_every_row_and_the_er
         torch.testing.assert_close(logits[rows][seen], expect[seen], atol=1e-10, rtol=0)
 
 
+def test_a_t5_relative_position_table_is_refused_naming_the_freeze_and_frozen_the_members_are_exact() -> None:
+    """T5 looks up its relative-position bias with (T, T) buckets every member shares, which a population would read as
+    members (silently where T is a multiple of N): flipout refuses it naming the frozen=[...] list that fixes it;
+    with it, at T = 8 and N = 8, each member of the encoder equals the plain model with its explicit parameters."""
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4)
+    original = transformers.T5EncoderModel(cfg).to(torch.float64).eval()
+    name = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias"
+    with pytest.raises(ValueError, match=re.escape(f"freeze them: flipes.flipout(model, frozen=[{name!r}])")):
+        flipes.flipout(copy.deepcopy(original))
+    model = flipes.flipout(copy.deepcopy(original), frozen=[name])
+    n = 8
+    es = flipes.FlipES(model, popsize=n, sigma=0.05, groups=2)
+    ids = torch.randint(VOCAB, (n, 8))
+    with es.population():
+        out = model(input_ids=ids).last_hidden_state
+        params = member_parameters(es, model)
+    for m in range(n):
+        with torch.no_grad():
+            expect = functional_call(original, params[m], (), {"input_ids": ids[m : m + 1]}).last_hidden_state
+        torch.testing.assert_close(out[m : m + 1], expect, atol=1e-10, rtol=0)
+
+
 def lm_fitness(model: nn.Module, ids: Tensor, members: int) -> Tensor:
     """Minus each member's next-token cross-entropy on the same batch ``ids`` (B, T)."""
     b = ids.shape[0]

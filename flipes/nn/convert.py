@@ -162,11 +162,13 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
             trainable parameter, or a layer option with no Flipout form (bidirectional or projected
             recurrent layers, ``Embedding(max_norm=...)``) on a trainable layer, or a trainable module with
             the hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` (use ``parametrizations``'s) or
-            ``torch.nn.utils.prune`` (``prune.remove`` it first).
+            ``torch.nn.utils.prune`` (``prune.remove`` it first), or a trainable T5-style ``relative_attention_bias``
+            (freeze it).
     """
     check_module(module, "flipout()")
     _freeze(uncompiled(module), frozen)  # torch.compile(net): net's names, as its state dict's
     _check_weight_hooks(uncompiled(module))
+    _check_shared_id_tables(uncompiled(module))
     cls = flipout_class(type(module))
     if cls is not None and _trainable(module):
         module = _convert_layer(module, cls)
@@ -212,6 +214,30 @@ def _check_weight_hooks(model: nn.Module) -> None:
                 f"apply torch.nn.utils.parametrizations.{fn} instead (flipes perturbs its parameters per member), or "
                 f"freeze it: {freeze}"
             )
+
+
+# embeddings Hugging Face's T5 family (T5, mT5, UMT5, LongT5, Switch, Pix2Struct, UDOP, Pop2Piano) and MPNet look up
+# with (T, T) relative-position buckets that every member shares, then permute as (T, T, heads)
+_SHARED_ID_TABLES = ("relative_attention_bias", "global_relative_attention_bias")
+
+
+def _check_shared_id_tables(model: nn.Module) -> None:
+    """Refuse trainable relative-position bias tables looked up with ids every member shares, ``(T, T)`` buckets: a
+    population reads their first dim as members (an error where T is no multiple of N, silently wrong where it is),
+    and each member's own lookup would not fit the ``(T, T, heads)`` the model permutes."""
+    names = [
+        f"{name}.{attr}" if name else attr
+        for name, m in model.named_modules()
+        for attr in _SHARED_ID_TABLES
+        if isinstance(m._modules.get(attr), nn.Embedding) and m._modules[attr].weight.requires_grad
+    ]
+    if names:
+        shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(
+            f"flipout(): {len(names)} relative-position bias table(s) ({shown}) are looked up with (T, T) position "
+            "buckets every member shares, which a population would read as members (silently wrong where T is a "
+            f"multiple of the members); freeze them: flipes.flipout(model, frozen={names!r})"
+        )
 
 
 def _convert_children(parent: nn.Module, converted: dict[int, nn.Module], prefix: str = "") -> None:
