@@ -473,9 +473,9 @@ class FlipES:
         ``nn.Parameter``, ``load_state_dict(..., assign=True)``, weights tied anew): the slots, noise and optimizer
         hold the old ones, so members would run the new values while ``tell`` stepped the old, and nothing trained."""
         now = dict(self._module.named_parameters(remove_duplicate=False))
-        if now.keys() == self._held.keys() and all(now[k] is p for k, p in self._held.items()):
+        names = [k for k, p in self._held.items() if now.get(k) is not p]  # new ones (a backprop noise model's ρ) aside
+        if not names:
             return
-        names = [k for k in {**self._held, **now} if now.get(k) is not self._held.get(k)]
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise ValueError(
             f"FlipES: the model's parameter(s) {shown} are other Parameter objects than when this FlipES was built "
