@@ -1187,6 +1187,29 @@ def test_a_pruned_module_is_refused_naming_prune_remove(layer: str) -> None:
     assert {r.how for r in report.rows} == {"flipout" if layer == "flipout" else "dense", "flipout"}
 
 
+class MovingAverage(nn.Module):
+    """A gain and a moving average of its inputs, updated in place in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.randn(4))
+        self.register_buffer("average", torch.zeros(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            self.average.mul_(0.9).add_(0.1 * x.mean(0))
+        return x * self.gain - self.average
+
+
+def test_a_dense_buffer_update_in_training_mode_names_eval_and_runs_per_member_in_eval_mode() -> None:
+    """A dense module updating a buffer in place (a moving average) cannot take every member's update: in training
+    mode the error names that and model.eval(); in eval mode each member equals the module with its parameters."""
+    model = flipes.flipout(MovingAverage())
+    with flipes.FlipES(model, popsize=4).population(), pytest.raises(RuntimeError, match=r"writes in place .*model\.eval\(\)"):
+        model(torch.randn(8, 4))
+    check_members(lambda: MovingAverage().eval(), lambda: (randn(2 * N, 4),), rows(2), out_rows(2), True, 2, None)
+
+
 def test_spectral_norm_in_training_mode_names_eval_and_runs_per_member_in_eval_mode() -> None:
     """A module with torch.nn.utils.parametrizations.spectral_norm in training mode runs its power iteration, an
     in-place update vmap cannot batch: the error says to call model.eval(); in eval mode each member's output is

@@ -218,7 +218,8 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
                 raise
     except RuntimeError as e:
         raise RuntimeError(
-            f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); {_power_iteration(module)}"
+            f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); "
+            f"{_power_iteration(module) or _shared_write(module, e)}"
             "list its parameters in flipes.flipout(model, frozen=[...]) or write a Flipout layer for it"
         ) from e
     except ValueError as e:
@@ -229,6 +230,18 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         return out
     # (N, k, ...) -> member-major (N·k, ...); a value per member and batch (a loss, a reduction) stays (N,)
     return pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) and t.dim() > 1 else t, out)
+
+
+def _shared_write(module: nn.Module, error: Exception) -> str:
+    """The hint for a forward that writes in place into a tensor all members share (a buffer it updates, such as an
+    exponential moving average): one tensor cannot take every member's update; empty for any other error."""
+    if "doesn't match the broadcast shape" not in str(error) or next(module.buffers(), None) is None:
+        return ""
+    return (
+        "its forward writes in place into a tensor every member shares (a buffer it updates, such as a moving "
+        "average), which cannot take each member's update: skip that update inside a population (call model.eval() "
+        "where it updates only in training mode), or "
+    )
 
 
 def _power_iteration(module: nn.Module) -> str:
