@@ -1266,19 +1266,29 @@ def test_a_flipout_weight_also_read_by_a_dense_module_is_reported_flipout_and_ru
     assert torch.equal(parts, whole)
 
 
+@pytest.mark.parametrize("kind", ["flipout", "dense", "dense-tied-to-a-flipout-head"])
 @pytest.mark.parametrize("rank", [None, 2])
-def test_an_embeddings_padding_row_is_never_perturbed_nor_updated(rank: int | None) -> None:
+def test_an_embeddings_padding_row_is_never_perturbed_nor_updated(rank: int | None, kind: str) -> None:
     """As torch never updates an embedding's padding row, every member looks it up at its mean value and
-    ``tell`` leaves it unchanged (the other rows move)."""
+    ``tell`` leaves it unchanged (the other rows move): a Flipout embedding, one with a forward of its own (dense),
+    and such a dense one tied to a Flipout head, whose row of the padding token stays fixed too."""
     torch.manual_seed(0)
-    emb = flipes.flipout(nn.Embedding(10, 4, padding_idx=3))
+    scale = 1.0 if kind == "flipout" else 3.0  # ScaledEmbedding's lookups are 3x the table's rows
+    emb = nn.Embedding(10, 4, padding_idx=3) if kind == "flipout" else ScaledEmbedding(10, 4, padding_idx=3)
+    model = nn.ModuleList([emb, nn.Linear(4, 10, bias=False)])
+    if kind == "dense-tied-to-a-flipout-head":
+        model[1].weight = emb.weight
+    emb, head = flipes.flipout(model)
     before = emb.weight.detach().clone()
-    es = flipes.FlipES(emb, popsize=8, sigma=0.5, lr=0.1, groups=2, noise_rank=rank)
+    es = flipes.FlipES(model, popsize=8, sigma=0.5, lr=0.1, groups=2, noise_rank=rank)
     with es.population() as pop:
         out = emb(torch.full((pop.size, 5), 3))
         other = emb(torch.full((pop.size, 5), 4))
-    assert torch.equal(out, before[3].expand(8, 5, 4))
-    assert not torch.equal(other, before[4].expand(8, 5, 4))
+        logits = head(torch.ones(pop.size, 4))
+    assert torch.equal(out, scale * before[3].expand(8, 5, 4))
+    assert not torch.equal(other, scale * before[4].expand(8, 5, 4))
+    if kind == "dense-tied-to-a-flipout-head":
+        assert torch.equal(logits[:, 3], logits[:1, 3].expand(8)) and not torch.equal(logits[:, 4], logits[:1, 4].expand(8))
     es.tell(torch.randn(8))
     assert torch.equal(emb.weight[3], before[3]) and not torch.equal(emb.weight[4], before[4])
 

@@ -32,7 +32,7 @@ from flipes.es.population import Population
 from flipes.es.shaping import ars as shaping_ars
 from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
-from flipes.es.slots import dense_slots, flipout_slots
+from flipes.es.slots import dense_slots, flipout_slots, padding_rows
 from flipes.nn.attention import fused_transformers_off
 from flipes.nn.convert import (
     ParameterReport,
@@ -321,6 +321,7 @@ class FlipES:
         self.dense_slots, self._dense_uses, self._bias_of, self._weight_uses = dense_slots(
             self.layers, [*self.layers, *self.dense_modules], self.slots, self._slot_index
         )
+        self._dense_fixed_rows = [sorted({r for m, name in uses for r in padding_rows(m, name)}) for uses in self._dense_uses]
         self.params: list[nn.Parameter] = []
         candidates = [p for pw in self.slots for p in (pw.weight, pw.bias)] + [p for _, _, p in self.dense_slots]
         for p in candidates:
@@ -572,6 +573,9 @@ class FlipES:
             )
             for i, (_, _, p) in enumerate(self.dense_slots)
         ]
+        for nz, rows in zip(dense, self._dense_fixed_rows, strict=True):
+            if rows:  # a dense embedding's padding row: never perturbed, as torch never updates it
+                nz.delta[:, list(rows)] = 0
         return noise, dense
 
     def population(self) -> PopulationBlock:

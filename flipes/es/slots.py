@@ -67,7 +67,22 @@ def flipout_slots(
         elif pw.fixed_rows != slots[i].fixed_rows:  # e.g. a tied embedding's padding row: never perturbed
             slots[i] = dataclasses.replace(slots[i], fixed_rows=tuple(sorted({*pw.fixed_rows, *slots[i].fixed_rows})))
         index[(id(layer), j)] = i
+    for m in dense_owners:  # a dense embedding reading a Flipout weight (Gemma's): its padding row stays fixed too
+        for name, p in dense_params(m, named=True):
+            rows = padding_rows(m, name)
+            if rows and id(p) in by_weight and not set(rows) <= set(slots[by_weight[id(p)]].fixed_rows):
+                i = by_weight[id(p)]
+                slots[i] = dataclasses.replace(slots[i], fixed_rows=tuple(sorted({*rows, *slots[i].fixed_rows})))
     return slots, index
+
+
+def padding_rows(module: nn.Module, name: str) -> tuple[int, ...]:
+    """Rows of ``module``'s parameter ``name`` that torch never updates, and a population never perturbs: the
+    padding row of an embedding's table (an ``nn.Embedding`` subclass with its own forward is a dense module)."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    is_table = isinstance(owner, nn.Embedding | nn.EmbeddingBag) and leaf == "weight"
+    return (owner.padding_idx,) if is_table and owner.padding_idx is not None else ()
 
 
 def dense_slots(
