@@ -802,14 +802,14 @@ class Positions(nn.Module):
 def test_a_dense_module_that_needs_a_batch_dim_runs_each_member_as_a_batch_of_one() -> None:
     """A dense module whose forward needs a batch dim (a BatchNorm1d child, a Hugging Face module reading
     ``input.shape[:2]``), given one example per member as (N, 4), fails on each member's (4,) and runs on its (1, 4):
-    each member equals the plain module on ``x[n:n+1]`` with its explicit parameters; not where an output of that batch
-    of one has no batch dim. One that fails both ways raises an error naming the shape it got and the
+    each member equals the plain module on ``x[n:n+1]`` with its explicit parameters (an output without a batch dim,
+    learned positions, members first). One that fails both ways raises an error naming the shape it got and the
     (members, 1, ...) layout, with which it runs."""
     check_members(lambda: ScaledNorm().eval(), lambda: (randn(N, 4),), rows(1), out_rows(1), True, 2, None)
-    model = flipes.flipout(nn.Sequential(nn.Linear(4, 4), Positions()))
-    hint = re.escape("without the member dim, (3, 4)")
-    with flipes.FlipES(model, popsize=4).population(), pytest.raises(ValueError, match=hint):
-        model(torch.randn(4, 3, 4))  # its batch of one would give (3, 4) a member: no batch dim to take away
+    # an output without a batch dim, (T, E) whatever the batch: each member's, members first (N, T, E)
+    check_members(
+        lambda: nn.Sequential(nn.Linear(4, 4), Positions()), lambda: (randn(N, 3, 4),), rows(1), out_rows(0), True, 2, None
+    )
     model = flipes.flipout(Sequences())
     es = flipes.FlipES(model, popsize=4)
     hint = re.escape("without the member dim, (4,)") + r".*\(members, 1, \.\.\.\)"

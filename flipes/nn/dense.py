@@ -205,17 +205,16 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     try:
         try:
             out = run(batch)
-        except (RuntimeError, ValueError):
+        except (RuntimeError, ValueError) as e:
             if batch:
                 raise
             try:  # a forward written for batches only (a Hugging Face module reading input.shape[:2]): a batch of one
                 out = run(True)
-                # kept only where every output has that batch dim of one: else flattening it away would merge dims
-                batch = all(t.dim() > 1 and t.shape[1] == 1 for t in pytree.tree_leaves(out) if isinstance(t, Tensor))
             except Exception:
-                pass
-            if not batch:
-                raise
+                raise e from None
+            # its batch dim of one taken away: (N, 1, ...) -> (N, ...); an output without one (learned positions
+            # (T, E), whatever the batch) is already each member's, members first
+            return pytree.tree_map(lambda t: t.squeeze(1) if isinstance(t, Tensor) and t.shape[1:2] == (1,) else t, out)
     except RuntimeError as e:
         raise RuntimeError(
             f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); "
