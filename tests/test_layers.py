@@ -835,6 +835,42 @@ def test_a_dense_module_reducing_each_members_batch_gives_one_value_per_member()
     check_members(MeanSquare, lambda: (randn(3 * N, 4),), rows(3), lambda out, n: out[n], False, 2, None)
 
 
+class RelativeBias(nn.Module):
+    """A learned attention bias, (1, heads, L, L), computed from no input (Swin's and BEiT's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(2, 3, 3))
+
+    def forward(self) -> Tensor:
+        return self.table.unsqueeze(0)
+
+
+class BiasedAttention(nn.Module):
+    """Two-head attention over (B, 3, 4) inputs with a relative bias added to its scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.bias = nn.Linear(4, 4), RelativeBias()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.proj(x).view(x.shape[0], 3, 2, 2).transpose(1, 2)
+        return F.scaled_dot_product_attention(h, h, h, attn_mask=self.bias()).transpose(1, 2).flatten(2)
+
+
+def test_a_dense_module_of_no_input_that_the_model_cannot_use_per_member_is_named_with_the_freeze() -> None:
+    """A dense module called with no tensor input returns every member's value, (N, ...): a model that adds it to
+    its batch's attention scores fails on the shapes, and the error names the module and the frozen=[...] fix; with
+    it frozen each member equals the plain model with its explicit parameters."""
+    model = flipes.flipout(BiasedAttention())
+    fix = re.escape("freeze it, flipes.flipout(model, frozen=['bias'])")
+    with pytest.raises(RuntimeError, match=r"'bias' ran with no tensor input.*" + fix):
+        with flipes.FlipES(model, popsize=4).population():
+            model(torch.randn(4, 3, 4))
+    make = lambda: frozen(BiasedAttention(), "bias")  # noqa: E731
+    check_members(make, lambda: (randn(2 * N, 3, 4),), rows(2), out_rows(2), True, 2, None)
+
+
 def test_dense_inputs_must_hold_the_members_first() -> None:
     """A dense per-member module (LayerNorm) given 3 rows in a population of 4 raises a ValueError saying inputs must
     be members first."""

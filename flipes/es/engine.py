@@ -43,8 +43,10 @@ from flipes.nn.convert import (
     per_member_modules,
     uncompiled,
 )
+from flipes.nn.dense import no_input_fix
 from flipes.nn.embedding import shared_ids_fix
 from flipes.nn.functional import without_autocast
+from flipes.nn.vector import Vector
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
 
 Shaping = Callable[[Tensor], Tensor]
@@ -666,6 +668,11 @@ class FlipES:
             fix = shared_ids_fix(shape, size, str(error))
             if fix is not None and type(error) is RuntimeError:
                 raise RuntimeError(f"{error}\n{fix}") from error
+        ran = {type(m) for m in self.dense_modules if m.__dict__.get("_flipes_no_input") and not isinstance(m, Vector)}
+        names = [name for name, m in self._module.named_modules() if type(m) in ran]  # the one that failed, and its kind
+        fix = no_input_fix(names, error) if names else None
+        if fix is not None:
+            raise RuntimeError(f"{error}\n{fix}") from error
 
     def _whole_on_demand(self) -> None:
         """``hold_noise=False``: a forward of the whole population (not a part) samples every local group."""
@@ -680,6 +687,9 @@ class FlipES:
             layer.noise = None
             if forget_shared_ids:
                 layer.__dict__.pop("_flipes_shared_ids", None)
+        if forget_shared_ids:
+            for module in self.dense_modules:
+                module.__dict__.pop("_flipes_no_input", None)
         for module in [*self.layers, *self.dense_modules]:
             module.member_noise = None
 

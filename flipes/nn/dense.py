@@ -17,6 +17,7 @@ returns every member's output, members first; an output of one value per member'
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -84,7 +85,7 @@ def without_owner(state: dict[str, Any]) -> dict[str, Any]:
     reference: it cannot be pickled, and a copy of the model has no FlipES yet), nor what a running
     population set on it (its noise, its hooks): a copy made inside ``es.population()`` is the mean
     network, as the original is once the block ends. A module's own attributes are kept."""
-    state = {k: v for k, v in state.items() if k not in ("_flipes_owner", "_flipes_shared_ids")}
+    state = {k: v for k, v in state.items() if k not in ("_flipes_owner", "_flipes_shared_ids", "_flipes_no_input")}
     noise = state.get("noise")
     if isinstance(noise, tuple) and noise and all(isinstance(n, SlotNoise) for n in noise):  # a Flipout layer's
         state["noise"] = None
@@ -162,6 +163,7 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     per = {leaf.shape[0] // n for leaf, d in zip(leaves, dims, strict=True) if d == 0}  # examples per member
     if member_params and not any(isinstance(leaf, Tensor) for leaf in leaves):
         per = {1}  # no inputs (flipes.nn.Vector): each member's output of its own parameters, stacked
+        module._flipes_no_input = True  # for the hint of FlipES where a model cannot use that (no_input_fix)
     if len(per) != 1:
         raise ValueError(
             f"{type(module).__name__}: inside a population of {n} members, inputs must be members first, "
@@ -240,6 +242,19 @@ def _shared_write(module: nn.Module, error: Exception) -> str:
         "its forward writes in place into a tensor every member shares (a buffer it updates, such as a moving "
         "average), which cannot take each member's update: skip that update inside a population (call model.eval() "
         "where it updates only in training mode), or "
+    )
+
+
+def no_input_fix(names: list[str], error: RuntimeError) -> str | None:
+    """What to do when dense modules ``names``, called with no tensor input, gave every member's value, ``(N, ...)``,
+    and the model then failed on shapes (combining it with rows of another batch); ``None`` for any other error."""
+    if type(error) is not RuntimeError or not re.search(r"match|broadcast|shape|size", str(error)):
+        return None
+    return (
+        f"flipes: {', '.join(repr(n) for n in names)} ran with no tensor input, so each returned every member's value, "
+        "members first (members, ...); a model that combines it with rows of its batch (a relative-position bias "
+        "added to attention scores, as Swin's and BEiT's) cannot use it per member: freeze it, "
+        f"flipes.flipout(model, frozen={names!r})"
     )
 
 
