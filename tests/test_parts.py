@@ -95,6 +95,39 @@ def test_every_part_computes_its_members_outputs(
         assert torch.equal(model(x), whole)
 
 
+class MaskedGain(nn.Module):
+    """A gain applied under a mask every member shares, ``(1, T)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return x * self.gain * mask[..., None]
+
+
+class MaskedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.gain = nn.Linear(4, 4), MaskedGain()
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.gain(self.fc(x), mask)
+
+
+def test_a_tensor_every_member_shares_stays_shared_in_parts_of_one_member() -> None:
+    """A dense module given k = 2 rows per member and a (1, T) mask every member shares computes, in parts of one
+    member (where (1, T) could also read as that member's one row), exactly what the whole population does."""
+    torch.manual_seed(0)
+    model = flipes.flipout(MaskedNet().to(DT))
+    es = flipes.FlipES(model, popsize=4, sigma=0.3, seed=1)
+    x, mask = torch.randn(8, 5, 4, dtype=DT), (torch.arange(5) < 3).to(DT)[None]
+    with es.population() as pop:
+        whole = model(x, mask)
+        parts = torch.cat([model(x[2 * part.members.start : 2 * part.members.stop], mask) for part in pop.split(1)])
+    assert torch.equal(parts, whole)
+
+
 def test_split_never_straddles_a_group() -> None:
     """Parts hold at most ``size`` members: pieces of one ε group when ``size`` is smaller than a group
     (the last piece of each group smaller), else as many whole groups as fit."""

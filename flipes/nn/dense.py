@@ -160,6 +160,10 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     member_params = {name: params[name].detach() + delta for name, delta in noise.items()}
     leaves, spec = pytree.tree_flatten((args, kwargs))
     dims = [0 if _is_member(leaf, n) else None for leaf in leaves]
+    if n == 1 and len({leaf.shape[0] for leaf, d in zip(leaves, dims, strict=True) if d == 0} - {1}) == 1:
+        # a part of one member: a (1, ...) tensor beside its k > 1 rows is one shared by every member (a mask), as it
+        # is in the whole population, where 1 is no multiple of the members
+        dims = [None if d == 0 and leaf.shape[0] == 1 else d for leaf, d in zip(leaves, dims, strict=True)]
     per = {leaf.shape[0] // n for leaf, d in zip(leaves, dims, strict=True) if d == 0}  # examples per member
     if member_params and not any(isinstance(leaf, Tensor) for leaf in leaves):
         per = {1}  # no inputs (flipes.nn.Vector): each member's output of its own parameters, stacked
