@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_layers import TinyGPT
 from test_members import CNN, MLP, SETTINGS, FakeComm, LSTMNet, ids, make_es
 from torch import Tensor, nn
 
@@ -126,6 +127,22 @@ def test_a_tensor_every_member_shares_stays_shared_in_parts_of_one_member() -> N
         whole = model(x, mask)
         parts = torch.cat([model(x[2 * part.members.start : 2 * part.members.stop], mask) for part in pop.split(1)])
     assert torch.equal(parts, whole)
+
+
+def test_1d_position_ids_shared_in_the_population_are_shared_in_its_parts() -> None:
+    """nanoGPT's ``wpe(torch.arange(T))`` with T = 6 and 4 members reads as positions every member shares; in parts of
+    1 and 2 members (of which 6 is a multiple) it still does: the parts compute exactly the whole population's logits.
+    With T = 8, which the whole population refuses as ambiguous, its parts refuse it too."""
+    torch.manual_seed(0)
+    model = flipes.flipout(TinyGPT())
+    es = flipes.FlipES(model, popsize=4, sigma=0.3, seed=1)
+    ids = torch.randint(20, (4, 6))
+    with es.population() as pop:
+        whole = model(ids)
+        for size in (1, 2):
+            assert torch.equal(torch.cat([model(ids[part.members.start : part.members.stop]) for part in pop.split(size)]), whole)
+        with pop.part(0, 2), pytest.raises(ValueError, match="1-D ids of length 8 inside a population of 2 members"):
+            model(torch.randint(20, (2, 8)))
 
 
 def test_split_never_straddles_a_group() -> None:

@@ -699,6 +699,7 @@ class FlipES:
             module.member_noise, module.flipes_members = {}, size
         for layer, weights in zip(self.layers, self._weight_counts, strict=True):  # not perturbed_weights() anew
             layer.noise = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in range(weights))
+            layer.flipes_population = len(self.members)
         for uses, nz in zip(self._dense_uses, dense_noise, strict=True):
             for module, name in uses:
                 if module.member_noise is None:

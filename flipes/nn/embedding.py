@@ -23,16 +23,20 @@ from flipes.nn.functional import check_members
 from flipes.noise import SlotNoise
 
 
-def flipout_embedding(idx: Tensor, weight: Tensor, noise: SlotNoise, padding_idx: int | None, layer: str) -> Tensor:
+def flipout_embedding(
+    idx: Tensor, weight: Tensor, noise: SlotNoise, padding_idx: int | None, layer: str, population: int | None = None
+) -> Tensor:
     """``idx``: ``(N, *B)`` or ``(N·k, *B)`` token ids -> ``(*idx.shape, d)``, member ``n`` through its own table.
     Ids shared by every member, ``(1, *B)`` (position ids), or 1-D ids whose length is no multiple of N
     (nanoGPT's ``wpe(torch.arange(T))``), are looked up in every member's table: ``(N, *B, d)``. 1-D ids
-    of a length that is a multiple of N could be either and are refused, naming both layouts."""
+    of a length that is a multiple of N could be either and are refused, naming both layouts. In a part of
+    a population, N is the part's members and ``population`` the whole one's: 1-D ids the whole population
+    reads as shared are shared in every part too."""
     if idx.dim() > 0 and idx.shape[0] == 1:
         idx = idx.expand(noise.size, *idx.shape[1:])
     elif idx.dim() == 1:
         n, length = noise.size, idx.shape[0]
-        if length % n == 0:
+        if length % n == 0 and length % (population or n) == 0:
             k = length // n
             raise ValueError(
                 f"{layer}: 1-D ids of length {length} inside a population of {n} members read as {k} token(s) per "
@@ -93,10 +97,10 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
         if self.noise is None:
             return super().forward(input)
         check_embedding_supported(self)
-        n = self.noise[0].size
-        if (input.dim() > 1 and input.shape[0] == 1 and n > 1) or (input.dim() == 1 and input.shape[0] % n):
+        n, population = self.noise[0].size, self.flipes_population or self.noise[0].size
+        if (input.dim() > 1 and input.shape[0] == 1 and n > 1) or (input.dim() == 1 and input.shape[0] % population):
             self._flipes_shared_ids = (tuple(input.shape), n)  # for the hint of shared_ids_fix, with the members looking up
-        return flipout_embedding(input, self.weight, self.noise[0], self.padding_idx, type(self).__name__)
+        return flipout_embedding(input, self.weight, self.noise[0], self.padding_idx, type(self).__name__, population)
 
 
 def check_embedding_supported(emb: nn.Embedding) -> None:
