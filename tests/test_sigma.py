@@ -82,20 +82,33 @@ def test_sigma_and_parameter_updates_equal_their_explicit_formulas(mirrored: boo
 
 
 @MADE_UP_FITNESS
-def test_the_padding_row_of_an_embedding_is_not_counted_in_d() -> None:
+class ScaledEmbedding(nn.Embedding):
+    """An embedding with a forward of its own: evolved with dense noise."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return super().forward(input) * 2.0
+
+
+@MADE_UP_FITNESS
+@pytest.mark.parametrize("kind", ["flipout", "dense"])
+def test_the_padding_row_of_an_embedding_is_not_counted_in_d(kind: str) -> None:
     """An embedding's padding row is never perturbed, so its weight has d = (V - 1)·dim evolved entries:
-    log σ moves by η Σ_n c_n (‖z_n‖² - d) / (√(2d) N), c from the other groups' members."""
+    log σ moves by η Σ_n c_n (‖z_n‖² - d) / (√(2d) N), c from the other groups' members (a Flipout embedding) or
+    from the other mirrored pairs (a dense one); raw fitness, so the c do not sum to zero and d counts."""
     torch.manual_seed(0)
-    model = flipes.flipout(nn.Embedding(10, 3, padding_idx=4, dtype=DT))
+    model = flipes.flipout((nn.Embedding if kind == "flipout" else ScaledEmbedding)(10, 3, padding_idx=4, dtype=DT))
     n, eta, sigma, groups = 16, 0.3, 0.2, 4
-    es = flipes.FlipES(model, popsize=n, sigma=sigma, groups=groups, sigma_lr=eta, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    es = flipes.FlipES(
+        model, popsize=n, sigma=sigma, groups=groups, sigma_lr=eta, shaping=raw, optimizer=lambda p: torch.optim.SGD(p, lr=0.0)
+    )
     with es.population():
         delta = member_perturbations(es, model)["weight"]
     assert torch.equal(delta[:, 4], torch.zeros_like(delta[:, 4]))
     fitness = torch.randn(n, dtype=DT)
     before = es.log_sigma.clone()
     es.tell(fitness)
-    c = baseline_free(centered_ranks_distinct(fitness), torch.arange(n) // (n // groups))
+    block = torch.arange(n) // (n // groups) if kind == "flipout" else torch.arange(n) // 2
+    c = baseline_free(fitness, block)
     d = 9 * 3
     z2 = delta.flatten(1).square().sum(1) / sigma**2
     expect = eta * (c * (z2 - d)).sum() / (math.sqrt(2 * d) * n)

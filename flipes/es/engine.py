@@ -967,7 +967,7 @@ class FlipES:
             g = weighted_dense(nz, on(coeff, nz.delta))
             if adaptive:
                 g = g / sigmas[i] ** 2
-                norms, d = dense_norms(nz, sigmas[i])
+                norms, d = dense_norms(nz, sigmas[i], len(self._dense_fixed_rows[i - len(self.slots)]))
                 log_sigma_grad.append(log_sigma_gradient((norms, d, on(by_member, norms))))
             accumulate(grads, p, g)
         return grads, log_sigma_grad
