@@ -415,14 +415,15 @@ def abort_on_exception(comm: Comm) -> None:
     comm.abort(1)
 
 
-def check_identical(comm: Comm, tensors: list[Tensor], what: str = "parameters") -> str:
-    """Hash ``tensors`` on every rank; raise on all ranks if any differs. Returns the hash."""
+def check_identical(comm: Comm, tensors: list[Tensor], what: str = "parameters", hint: str = "") -> str:
+    """Hash ``tensors`` on every rank; raise on all ranks if any differs (``hint``: a likely cause, appended).
+    Returns the hash."""
     digest = tensors_sha256(tensors)
     if comm.size > 1:
         digests = comm.allgather_object(digest)
         if len(set(digests)) > 1:
             ranks = ", ".join(f"rank {r}: {d[:12]}" for r, d in enumerate(digests))
-            raise RuntimeError(f"ranks hold different {what} ({ranks}); every rank must run the same code, seed and data")
+            raise RuntimeError(f"ranks hold different {what} ({ranks}); every rank must run the same code, seed and data{hint}")
     return digest
 
 

@@ -323,6 +323,8 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
         with StopRequest() as stop:  # signals wait until the final checkpoint is written, too
             for cb in standard + users:  # the run directory is complete when the user's callbacks start
                 cb.on_train_start(state)
+            if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
+                set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
             # what the user's callbacks add to a row reaches the sinks, as plain JSON values
             reason = run_loop(state, fitness, evaluator, [*users, PlainRow(), *standard], stop)
             for cb in standard + users:
@@ -373,8 +375,30 @@ def _unfilled_batch_norm(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.modules.batchnorm._NormBase) and tracked is not None and int(tracked) == 0
 
 
+# why ranks may part in flipes.train although every rank runs the same script
+CALLBACKS_RANK_0 = (
+    "; callbacks run on rank 0 alone: one that changes the model or the FlipES (other than the optimizer's settings, "
+    "such as an lr, which reach every rank) changes rank 0's alone"
+)
+
 # row entries each rank measures for itself; rank 0 sends the others
 RANK_ROW = ("steps_per_second", "bytes_sent")
+
+
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each param group's settings (lr, betas, ...) without its parameters: what a callback may change."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict[str, Any]]) -> None:
+    """Give ``optimizer`` rank 0's :func:`optimizer_settings`: callbacks run on rank 0 alone, so an lr schedule
+    of one would otherwise step rank 0's parameters alone (a tensor setting is written in place, as torch holds it)."""
+    for group, saved in zip(optimizer.param_groups, settings, strict=True):
+        for key, value in saved.items():
+            if isinstance(group.get(key), Tensor) and isinstance(value, Tensor):
+                group[key].copy_(value)
+            else:
+                group[key] = value
 
 
 def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked: bool, time_up: float) -> str | None:
@@ -481,7 +505,7 @@ def run_loop(
         if es.best is not None:  # --track-best: the running maximum, and the member it came from
             row["best_member_fitness"], row["best_member_generation"] = es.best.fitness, es.best.generation
         if comm.size > 1 and (gen + 1) % config.check_every == 0:
-            dist.check_identical(comm, list(model.state_dict().values()), "parameters")
+            dist.check_identical(comm, list(model.state_dict().values()), "parameters", hint=CALLBACKS_RANK_0)
         interrupted = _summed(comm, stop.requested) > 0  # a signal may reach one rank only
         elapsed = time.perf_counter() - began
         time_up = elapsed if 0 < config.max_seconds <= elapsed else 0.0
@@ -512,10 +536,12 @@ def run_loop(
                 "reason": stop_reason(state, row, interrupted, asked, time_up),
                 "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys
                 "best": state.best,
+                "optimizer": optimizer_settings(es.optimizer) if comm.size > 1 else None,
             }
         if comm.size > 1:
             decided = comm.bcast(decided)  # all ranks log the same row and stop alike
             if comm.rank != 0:
+                set_optimizer_settings(es.optimizer, decided["optimizer"])  # a callback's lr schedule: on every rank
                 row.update(decided["row"])
                 state.seconds, state.timesteps, state.best = row["seconds"], steps, decided["best"]
                 state.metrics.append(row)

@@ -287,6 +287,43 @@ def test_every_rank_returns_rank_0s_rows_and_best(tmp_path: Path) -> None:
     assert ranks[1] == ranks[0]
 
 
+LR_SCHEDULE = """
+import json, sys
+import torch, flipes
+
+class HalveLR(flipes.Callback):  # a schedule held by a callback, which rank 0 alone runs
+    def on_train_start(self, state):
+        state.es.optimizer.param_groups[0]["lr"] = 0.2
+
+    def on_generation(self, state, row):
+        for group in state.es.optimizer.param_groups:
+            group["lr"] *= 0.5
+
+result = flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 2), popsize=8, groups=2, generations=4, lr=0.1,
+                      fitness=lambda model, pop: model(torch.ones(pop.size, 3))[:, 0], out=sys.argv[1] + "/run",
+                      comm="seeds", check_every=2, progress=False, tensorboard=False, callbacks=[HalveLR()])
+json.dump({"params": result.metrics[-1]["params_sha256"], "lr": result.es.optimizer.param_groups[0]["lr"]},
+          open(f"{sys.argv[1]}/rank{result.es.comm.rank}.json", "w"))
+"""
+
+
+def test_a_callbacks_lr_schedule_reaches_every_rank(tmp_path: Path) -> None:
+    """A callback that changes the optimizer's lr (rank 0 alone runs callbacks) changes it on every rank: 2
+    processes end with the lr of one process, 0.2 (set by its on_train_start) / 2⁴, and its parameters bit for bit
+    (--comm seeds), where rank 1 would otherwise step at the first lr and the ranks' parameter check would end the job."""
+    (tmp_path / "lr.py").write_text(LR_SCHEDULE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for k in (1, 2):
+        out = tmp_path / f"n{k}"
+        out.mkdir()
+        cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "lr.py"), str(out)]
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+    one = json.loads((tmp_path / "n1" / "rank0.json").read_text())
+    assert one["lr"] == 0.2 / 2**4
+    assert [json.loads((tmp_path / "n2" / f"rank{rank}.json").read_text()) for rank in (0, 1)] == [one, one]
+
+
 READ_BACK = """
 import json, sys, time
 import torch, flipes
