@@ -265,6 +265,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+# how other ES libraries ask to minimize: training maximizes its fitness, and says how to minimize instead
+MINIMIZE = ("maximize", "minimize", "objective_sense", "maximise", "minimise")
+MINIMIZE_FIX = (
+    "training maximizes the fitness: return minus the loss from the fitness function (FlipES(..., maximize=False) "
+    "takes a loss in a loop of your own)"
+)
+
+
 def check_options(cls: type, values: Mapping[str, Any], source: str, also: Sequence[str] = ()) -> dict[str, Any]:
     """``values`` by field name, each checked against ``cls``'s annotation (see :func:`check_value`);
     ``also``: names the caller takes besides the fields, offered for a misspelt one.
@@ -280,6 +288,8 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
         if key not in hints or key not in names:
             close = difflib.get_close_matches(key, [*names, *also], n=3)
             fix = f"did you mean {', '.join(close)}?" if close else f"valid options: {', '.join([*names, *also])}"
+            if key in MINIMIZE and cls.__name__ == "TrainConfig":  # EvoTorch's and evosax's way to minimize
+                fix = MINIMIZE_FIX
             raise UsageError(source, f"unknown option {key!r}", fix)
         try:
             out[key] = check_value(key, value, field_type(hints[key]))
@@ -308,6 +318,8 @@ class _Parser(argparse.ArgumentParser):
             flags = [f for a in self._actions for f in a.option_strings if f.startswith("--")]
             close = difflib.get_close_matches(word.split("=")[0], flags, n=3)
             fix = f"did you mean {', '.join(close)}?" if close else f"{self.prog} --help lists the options"
+            if self.prog.endswith("train") and word.split("=")[0].lstrip("-").replace("-", "_") in MINIMIZE:
+                fix = MINIMIZE_FIX
             raise UsageError(word, "unknown option", fix)
         raise UsageError(self.prog, message, f"{self.prog} --help describes the options")
 

@@ -311,6 +311,26 @@ def test_json_config_and_library_overrides_are_typed_too(tmp_path: Path) -> None
         flipes.train(evaluation=lambda model: 1.0)  # a keyword of flipes.train besides the options
 
 
+MINIMIZE_FIX = (
+    "training maximizes the fitness: return minus the loss from the fitness function (FlipES(..., maximize=False) "
+    "takes a loss in a loop of your own)"
+)
+
+
+@pytest.mark.parametrize("key", ["maximize", "objective_sense"])
+def test_asking_training_to_minimize_says_how(key: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``maximize=False`` (FlipES's and EvoTorch's switch, ``objective_sense``) given to training, as a keyword of
+    flipes.train or a flag, is refused with how to minimize there: return minus the loss; nothing is written."""
+    with pytest.raises(flipes.UsageError) as error:
+        flipes.train(env="none", out=str(tmp_path / "out"), **{key: False})
+    assert str(error.value) == f"flipes.train: unknown option {key!r}; {MINIMIZE_FIX}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", f"--{key.replace('_', '-')}", "false", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"flipes: error: --{key.replace('_', '-')}: unknown option; {MINIMIZE_FIX}\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_console_command_prints_one_line_and_no_traceback() -> None:
     """The installed ``flipes`` command (python -m flipes where it is not on PATH) reports a bad
     option as one line on stderr with exit status 2."""
