@@ -20,8 +20,8 @@ class Vector(nn.Module):
     the population of its values: ``f(vec())`` per member, ``es.tell``.
 
     Args:
-        init: the starting value (copied): a floating-point tensor, or a list or numpy array (in
-            ``dtype``, else torch's default float dtype); or a size (an int or tuple): zeros of that shape.
+        init: the starting value (copied): a floating-point tensor, or a list, tuple of floats or numpy array
+            (in ``dtype``, else torch's default float dtype); or a size (an int or tuple of ints): zeros of that shape.
         device, dtype: as for ``torch.zeros`` (with a size), or to convert ``init`` to.
 
     Shape:
@@ -47,7 +47,7 @@ class Vector(nn.Module):
         super().__init__()
         if isinstance(init, Tensor):
             value = init.detach().to(device=device, dtype=dtype, copy=True)
-        elif isinstance(init, numbers.Integral | tuple | torch.Size) and not isinstance(init, bool):  # a size (numpy's ints too)
+        elif _is_size(init):  # a size (numpy's ints too)
             value = torch.zeros(init, device=device, dtype=dtype)
         else:  # a value as evosax's and EvoTorch's x0: a list or an array, of integers too
             value = torch.as_tensor(np.asarray(init, dtype=np.float64 if dtype is None else None))
@@ -61,3 +61,14 @@ class Vector(nn.Module):
 
     def forward(self) -> Tensor:
         return self.value
+
+
+def _is_size(init: object) -> bool:
+    """Whether ``init`` is a shape (an int, or a tuple of ints) rather than a value: ``(0.5, 1.5)`` is an x0."""
+    if isinstance(init, tuple | torch.Size):
+        return all(_is_int(v) for v in init)
+    return _is_int(init)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
