@@ -482,6 +482,16 @@ def test_population_generator_depends_on_seed_generation_and_stream_alone() -> N
         assert not torch.equal(first, other)
 
 
+def test_per_member_draws_indexed_by_the_members_are_those_of_one_pass() -> None:
+    """Draws of one value per member made as the README says, ``torch.randn(pop.popsize, generator=g)[pop.members]``,
+    give each member in a part (or on a process) the value it has in the whole population."""
+    es = flipes.FlipES(mlp(0), popsize=8, sigma=0.1, groups=2)
+    with es.population() as pop:
+        whole = torch.randn(pop.popsize, generator=pop.generator())[pop.members]
+        parts = torch.cat([torch.randn(p.popsize, generator=p.generator())[p.members] for p in pop.split(3)])
+    assert whole.shape == (8,) and torch.equal(parts, whole)
+
+
 def test_a_pass_fail_fitness_is_refused_naming_float() -> None:
     """An exact-match fitness of True/False per member (a bool tensor or list) is a TypeError that names
     ``fitness.float()``; its 0/1 values as numbers are taken."""
