@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -189,6 +190,40 @@ def test_shaping_functions() -> None:
     torch.testing.assert_close(z_score(f), torch.tensor([0.0, -4.0, 0.0, 7.0, -3.0]) / 14.8**0.5)
     assert torch.equal(z_score(torch.ones(3)), torch.zeros(3))
     assert torch.equal(raw(f), f)
+
+
+def test_a_shaping_function_may_return_an_array_and_a_wrong_return_is_named() -> None:
+    """A shaping function returning numpy ranks (as ``scipy.stats.rankdata`` does) or a list steps exactly as the
+    same weights returned as a tensor; None, booleans or a wrong shape are one error naming what it returned, before
+    anything changes."""
+
+    def ranks(f: torch.Tensor) -> torch.Tensor:
+        return f.argsort().argsort().double() - 3.5
+
+    def run(shaping: Callable[[torch.Tensor], object]) -> list[torch.Tensor]:
+        model = mlp(0)
+        es = flipes.FlipES(model, popsize=8, sigma=0.1, seed=0, shaping=shaping)
+        with es.population() as pop:
+            fitness = model(torch.ones(pop.size, 6))[:, 0]
+        es.tell(fitness)
+        return [p.detach().clone() for p in es.params]
+
+    reference = run(ranks)
+    for shaping in (lambda f: ranks(f).numpy(), lambda f: ranks(f).tolist()):
+        assert all(torch.equal(p, q) for p, q in zip(run(shaping), reference, strict=True))
+    for bad, error, message in (
+        (lambda f: None, TypeError, "must return weights \\(N,\\) as a Tensor or array of numbers, got NoneType$"),
+        (lambda f: f > 0, TypeError, "got Tensor of torch.bool$"),
+        (lambda f: f[:, None], ValueError, "to finite weights of that shape, got shape \\(8, 1\\)$"),
+    ):
+        model = mlp(0)
+        before = [p.detach().clone() for p in model.parameters()]
+        es = flipes.FlipES(model, popsize=8, sigma=0.1, seed=0, shaping=bad)
+        with es.population() as pop:
+            fitness = model(torch.ones(pop.size, 6))[:, 0]
+        with pytest.raises(error, match=message):
+            es.tell(fitness)
+        assert es.generation == 0 and all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
 
 
 def test_learns_a_linear_teacher() -> None:

@@ -80,3 +80,22 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
             "the fitness function must return finite values (clip or penalize instead of returning nan/inf)"
         )
     return f
+
+
+def check_weights(weights: Any, fitness: Tensor) -> Tensor:
+    """What a shaping function returned for ``fitness`` (N,), as a tensor of N finite weights: a tensor as it
+    is, an array or list (``scipy.stats.rankdata``'s ranks, say) in ``fitness``'s dtype and device."""
+    if isinstance(weights, np.ndarray | list | tuple):
+        try:
+            weights = torch.as_tensor(np.asarray(weights, dtype=np.float64), dtype=fitness.dtype, device=fitness.device)
+        except (TypeError, ValueError):
+            pass  # not numbers: named below
+    if not isinstance(weights, Tensor) or not (weights.is_floating_point() or weights.dtype in (torch.int32, torch.int64)):
+        shown = type(weights).__name__ + (f" of {weights.dtype}" if isinstance(weights, Tensor | np.ndarray) else "")
+        raise TypeError(f"the shaping function must return weights (N,) as a Tensor or array of numbers, got {shown}")
+    if weights.shape != fitness.shape or not torch.isfinite(weights).all():
+        raise ValueError(
+            f"the shaping function must map fitness {tuple(fitness.shape)} to finite weights of that shape, "
+            f"got shape {tuple(weights.shape)}" + ("" if weights.shape != fitness.shape else " with non-finite values")
+        )
+    return weights

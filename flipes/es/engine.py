@@ -25,7 +25,7 @@ from flipes.checkpoint import tensors_sha256
 from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
-from flipes.es.checks import as_index, check_fitness, integer, nonnegative
+from flipes.es.checks import as_index, check_fitness, check_weights, integer, nonnegative
 from flipes.es.gradient import accumulate, paired, weighted_dense, weighted_perturbation
 from flipes.es.members import BestMember
 from flipes.es.population import Population
@@ -154,7 +154,8 @@ class FlipES:
             its own ε (signs are per member in any case). More groups: less correlation between
             members, more sampling work; ``groups=popsize, mirrored=False`` is fully independent ES.
         mirrored: antithetic pairs (member ``2k+1`` is ``-u_{2k}``); needs an even group size.
-        shaping: ``fitness (N,) -> weights (N,)``, e.g. ``flipes.shaping.centered_ranks``.
+        shaping: ``fitness (N,) -> weights (N,)``, e.g. ``flipes.shaping.centered_ranks``: it gets a float64 tensor
+            and may return a tensor, a numpy array or a list.
         weight_decay: L2 coefficient (>= 0) added to the loss gradient (``+ wd·θ``).
         optimizer: a factory ``params -> torch.optim.Optimizer`` that builds its optimizer over exactly
             the ``params`` it is given (the evolved ones, ``es.params``), with its own settings, e.g.
@@ -819,9 +820,7 @@ class FlipES:
             )
         local = check_fitness(fitness, self.members, self.popsize)
         full = self._gather_fitness(local)
-        shaped = self.shaping(full if self.maximize else -full)  # weights for ascent either way
-        if shaped.shape != full.shape or not torch.isfinite(shaped).all():
-            raise ValueError("the shaping function must map fitness (N,) to finite weights (N,)")
+        shaped = check_weights(self.shaping(full if self.maximize else -full), full)  # weights for ascent either way
         sigma = self.sigma_at(self.generation)
         sigmas, adaptive = self.sigmas(), self.log_sigma is not None
         everyone = self.comm_mode == "seeds" and self.comm.size > 1
