@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from collections.abc import Callable
 
 import pytest
@@ -224,6 +225,33 @@ def test_a_shaping_function_may_return_an_array_and_a_wrong_return_is_named() ->
         with pytest.raises(error, match=message):
             es.tell(fitness)
         assert es.generation == 0 and all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+
+
+def test_non_finite_fitness_from_non_finite_parameters_names_them_and_the_step_size() -> None:
+    """After an update that overflowed the parameters (SGD at lr 1e38), the members' NaN fitness is refused naming
+    the model's non-finite parameters and lr, not the fitness function; NaN fitness of finite parameters keeps the
+    advice to clip (and pickles as it is)."""
+    import pickle
+
+    from flipes.es.checks import NonFiniteFitness
+
+    model = mlp(0)
+    es = flipes.FlipES(model, popsize=8, sigma=0.1, optimizer=lambda p: torch.optim.SGD(p, lr=1e38), shaping=flipes.shaping.raw)
+    with es.population() as pop:
+        fitness = 1e10 * model(100 * torch.ones(pop.size, 6))[:, 0]
+    assert not math.isfinite(es.tell(fitness)["update_ratio"])
+    with es.population() as pop:
+        fitness = model(torch.ones(pop.size, 6))[:, 0]
+    message = r"^fitness of 8 member\(s\) is not finite \(0=nan, .*\): 4 evolved parameter\(s\) of the model are not finite "
+    with pytest.raises(ValueError, match=message + r"\(0.weight, 0.bias, 2.weight, 2.bias\), .*; lower lr or sigma"):
+        es.tell(fitness)
+    assert es.generation == 1
+    es = flipes.FlipES(mlp(0), popsize=8, sigma=0.1)
+    with es.population():
+        pass
+    with pytest.raises(NonFiniteFitness, match=r"^fitness of 1 member\(s\) is not finite \(3=inf\); .*clip") as error:
+        es.tell(torch.zeros(8).index_fill(0, torch.tensor([3]), math.inf))
+    assert str(pickle.loads(pickle.dumps(error.value))) == str(error.value)
 
 
 def test_learns_a_linear_teacher() -> None:

@@ -45,6 +45,19 @@ def nonnegative(name: str, value: Any) -> float:
     return float(value)
 
 
+class NonFiniteFitness(ValueError):
+    """A fitness with NaN or inf values (:func:`check_fitness`); ``what`` says which, without the fix."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}; the fitness function must return finite values (clip or penalize instead of returning nan/inf)"
+        )
+        self.what = what
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # pickled (to another process) with its own argument
+        return type(self), (self.what,)
+
+
 def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range, popsize: int) -> Tensor:
     """``fitness`` of this process's ``members`` (global indices) as a float64 CPU tensor of shape
     ``(len(members),)``, checked to be finite real numbers; ``popsize`` (all processes) names the
@@ -75,10 +88,7 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
     if not torch.isfinite(f).all():  # the usual case in two ops; the members named only when some are not
         bad = (~torch.isfinite(f)).nonzero().flatten()
         shown = ", ".join(f"{members[i]}={f[i].item()}" for i in bad[:5].tolist())
-        raise ValueError(
-            f"fitness of {len(bad)} member(s) is not finite ({shown}{', ...' if len(bad) > 5 else ''}); "
-            "the fitness function must return finite values (clip or penalize instead of returning nan/inf)"
-        )
+        raise NonFiniteFitness(f"fitness of {len(bad)} member(s) is not finite ({shown}{', ...' if len(bad) > 5 else ''})")
     return f
 
 

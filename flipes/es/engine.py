@@ -25,7 +25,7 @@ from flipes.checkpoint import tensors_sha256
 from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
-from flipes.es.checks import as_index, check_fitness, check_weights, integer, nonnegative
+from flipes.es.checks import NonFiniteFitness, as_index, check_fitness, check_weights, integer, nonnegative
 from flipes.es.gradient import accumulate, paired, weighted_dense, weighted_perturbation
 from flipes.es.members import BestMember
 from flipes.es.population import Population
@@ -818,7 +818,11 @@ class FlipES:
                 f"tell() before any population of generation {self.generation}{told}: evaluate `with es.population()` "
                 "first; each generation is one population, then one tell()"
             )
-        local = check_fitness(fitness, self.members, self.popsize)
+        try:
+            local = check_fitness(fitness, self.members, self.popsize)
+        except NonFiniteFitness as error:  # the fitness function may be fine and the members broken
+            self._raise_if_parameters_not_finite(error)
+            raise
         full = self._gather_fitness(local)
         shaped = check_weights(self.shaping(full if self.maximize else -full), full)  # weights for ascent either way
         sigma = self.sigma_at(self.generation)
@@ -921,6 +925,17 @@ class FlipES:
                     stacklevel=caller_stacklevel(),
                 )
         return stats
+
+    def _raise_if_parameters_not_finite(self, error: NonFiniteFitness) -> None:
+        """Raise naming the parameters where evolved ones are NaN or inf: the members' fitness is then not finite
+        whatever the fitness function does, so ``error`` (which tells it to clip) would point at the wrong code."""
+        broken = [p for p in self.params if not torch.isfinite(p).all()]
+        if broken:
+            raise ValueError(
+                f"{error.what}: {len(broken)} evolved parameter(s) of the model are not finite ({self._names(broken)}), "
+                "after an update that overflowed (its tell() returned a non-finite update_ratio) or a load of such a state; "
+                "lower lr or sigma and start again from finite parameters"
+            ) from None
 
     def _block_gradient(
         self, noise: HeldNoise, sigmas: list[float], coeff: Tensor, by_group: Tensor | None, by_member: Tensor | None
