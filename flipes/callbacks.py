@@ -28,7 +28,8 @@ class Callback:
     """Hooks into :func:`flipes.train`; override any of them.
 
     ``on_generation`` gets each metrics row after the update (and after the evaluation, where there
-    was one); return ``True`` to stop training after this generation (on every rank). A callback
+    was one); return ``True`` to stop training after this generation (on every rank), nothing (or
+    ``False``) to go on: any other value, such as the row, is an error. A callback
     with state of its own (a hall of fame, a schedule) returns it from ``state_dict``: it is saved in
     every checkpoint and given back to ``load_state_dict`` when the run is resumed with the same
     callbacks (matched by position and class).

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -401,6 +402,22 @@ def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict
                 group[key] = value
 
 
+def stop_asked(callback: Callback, answer: Any) -> bool:
+    """Whether ``callback``'s ``on_generation`` asked to stop: True, or False or None to go on. Anything else is
+    refused, as a returned row (the way of other loggers) is truthy and would stop the run after one generation."""
+    if (
+        answer is None
+        or isinstance(answer, bool | np.bool_)
+        or (isinstance(answer, Tensor) and answer.dtype == torch.bool and answer.numel() == 1)
+    ):
+        return bool(answer)
+    raise UsageError(
+        "callbacks",
+        f"{type(callback).__name__}.on_generation returned a {type(answer).__name__}, not True (stop), False or None",
+        "return True to stop training, nothing to go on (what it sets in the row is logged as it is)",
+    )
+
+
 def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked: bool, time_up: float) -> str | None:
     """Why to stop after this row, or None to go on; ``time_up``: this call's seconds once ``--max-seconds``
     had passed when the generation's evaluation was decided (so a run it ends was evaluated last), else 0."""
@@ -531,7 +548,7 @@ def run_loop(
             state.metrics.append(row)
             asked = False
             for cb in callbacks:
-                asked = bool(cb.on_generation(state, row)) or asked
+                asked = stop_asked(cb, cb.on_generation(state, row)) or asked
             decided = {
                 "reason": stop_reason(state, row, interrupted, asked, time_up),
                 "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys

@@ -66,6 +66,28 @@ def test_callbacks_see_every_row_and_can_stop_training(tmp_path: Path) -> None:
     assert result.reason == "stopped by a callback" and load_checkpoint(tmp_path)["es"]["generation"] == 4
 
 
+def test_a_callback_returning_other_than_a_stop_flag_is_refused_not_taken_as_stop(tmp_path: Path) -> None:
+    """``on_generation`` returning the row (as other loggers' hooks do) would read as True and stop after one
+    generation: it is refused in one line naming the callback and what to return; a numpy or 0-d torch bool
+    answer is a stop flag like True and False."""
+
+    class ReturnsRow(Callback):
+        def on_generation(self, state, row):
+            row["double"] = 2 * row["fitness_mean"]
+            return row
+
+    expected = r"^callbacks: ReturnsRow.on_generation returned a dict, not True \(stop\), False or None; return True to stop"
+    with pytest.raises(flipes.UsageError, match=expected):
+        flipes.train(**FAST_KW, generations=5, out=str(tmp_path / "row"), callbacks=[ReturnsRow()])
+
+    class Flags(Callback):
+        def on_generation(self, state, row):
+            return np.bool_(False) if row["generation"] == 0 else torch.tensor(row["generation"] == 2)
+
+    result = flipes.train(**FAST_KW, generations=5, out=str(tmp_path / "flags"), callbacks=[Flags()])
+    assert result.reason == "stopped by a callback" and [r["generation"] for r in result.metrics] == [0, 1, 2]
+
+
 def test_registered_reward_threshold_stops_training_and_target_none_does_not(tmp_path: Path) -> None:
     """With no target given, InvertedPendulum-v5 stops at gymnasium's registered reward_threshold
     (950; the env's preset row sets none), and CartPole runs every generation with --target none
