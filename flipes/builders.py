@@ -138,6 +138,18 @@ class CheckedFitness:
     def __init__(self, fn: Fitness, spec: str, per_pass: int = 0) -> None:
         self.fn, self.spec, self.per_pass = fn, spec, per_pass
 
+    @property
+    def timesteps(self) -> int:
+        """The env steps the function counts in a ``timesteps`` attribute of its own (a ``RolloutFitness`` given as
+        the fitness, rolling out a vector env of one's own), for the rows; 0 where it counts none."""
+        steps = getattr(self.fn, "timesteps", 0)
+        return steps if isinstance(steps, int) else 0
+
+    @timesteps.setter
+    def timesteps(self, value: int) -> None:  # a resume restores the count
+        if isinstance(getattr(self.fn, "timesteps", None), int):
+            self.fn.timesteps = value
+
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
         if 0 < self.per_pass < pop.size:
             return torch.cat([self._checked(model, part) for part in pop.split(self.per_pass)])

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flipes import dist
+from flipes.builders import CheckedFitness
 from flipes.checkpoint import CheckpointError, clip, load_checkpoint, tensors_sha256
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
@@ -143,7 +144,7 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     state.seconds, state.best, state.resumed = saved_state["seconds"], saved_state["best"], True
     state.saved_callbacks = saved_state.get("callbacks", {})
     state.timesteps = saved_state["timesteps"]
-    if isinstance(fitness, RolloutFitness):
+    if isinstance(fitness, RolloutFitness | CheckedFitness):  # a plugged-in one takes it where it counts steps
         fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once
 
 

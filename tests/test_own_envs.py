@@ -179,6 +179,33 @@ def test_each_members_return_on_a_numpy_vector_env_of_ones_own_is_that_of_its_ex
     assert len(set(returns.tolist())) > 1
 
 
+def test_a_rollout_fitness_given_to_train_counts_its_env_steps_in_the_rows_and_over_a_resume(tmp_path) -> None:
+    """flipes.train(env="none", fitness=RolloutFitness(a vector env of one's own)), the README's way for an env object,
+    logs the env steps that fitness counts: each row's timesteps is its count after that generation (not 0), and a run
+    resumed after 2 of 4 generations logs the timesteps of the uninterrupted run."""
+    env = gym.make_vec("CartPole-v1", num_envs=8, vectorization_mode="sync")
+
+    def run(out: str, generations: int, resume: str = "") -> tuple[list[int], list[int]]:
+        fitness, counts = RolloutFitness(env, seed=0), []
+
+        class Count(flipes.Callback):
+            def on_generation(self, state, row) -> None:
+                counts.append(fitness.timesteps)
+
+        result = flipes.train(
+            env="none", model=lambda _: MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(8,)),
+            fitness=fitness, popsize=8, generations=generations, out=out, resume=resume, progress=False,
+            tensorboard=False, callbacks=[Count()],
+        )  # fmt: skip
+        return [row["timesteps"] for row in result.metrics], counts
+
+    whole, counts = run(str(tmp_path / "whole"), 4)
+    assert whole == counts and 0 < whole[0] < whole[1] < whole[2] < whole[3]
+    first, _ = run(str(tmp_path / "part"), 2)
+    rest, _ = run(str(tmp_path / "part"), 4, resume=str(tmp_path / "part"))
+    assert first + rest == whole
+
+
 @pytest.mark.parametrize("engine", ["gymnasium-sync", "gymnasium-async"])
 def test_dict_and_tuple_observations_are_flattened_as_gymnasium_flattens_one_env(engine: str) -> None:
     """Nested Dict observations (a (2, 2) Box, a Tuple of MultiBinary and float64 Box) come out of the sync and worker
