@@ -254,6 +254,33 @@ def test_non_finite_fitness_from_non_finite_parameters_names_them_and_the_step_s
     assert str(pickle.loads(pickle.dumps(error.value))) == str(error.value)
 
 
+def test_a_shaping_that_works_in_place_changes_neither_the_stats_nor_the_callers_fitness() -> None:
+    """A shaping function that centers in place (``f -= f.mean()``, numpy's idiom) steps exactly as the same
+    arithmetic out of place (``z_score``), and leaves the stats, ``es.best`` and the caller's float64 fitness
+    (a tensor, or a numpy array, which torch would share) as told."""
+
+    def in_place(f: torch.Tensor) -> torch.Tensor:
+        std = f.std(unbiased=False)
+        f -= f.mean()
+        return f.div_(std)
+
+    def run(shaping: Callable[[torch.Tensor], torch.Tensor], as_numpy: bool) -> tuple:
+        model = mlp(0).double()
+        es = flipes.FlipES(model, popsize=8, sigma=0.1, seed=0, shaping=shaping, track_best=True)
+        with es.population() as pop:
+            fitness = model(torch.ones(pop.size, 6, dtype=DT))[:, 0]
+        told = fitness.numpy() if as_numpy else fitness
+        kept = fitness.clone()
+        stats = es.tell(told)
+        assert torch.equal(fitness, kept)  # the caller's values, as they were
+        return stats, es.best.fitness, [p.detach().clone() for p in es.params]
+
+    for as_numpy in (False, True):
+        (stats, best, params), (ref_stats, ref_best, ref_params) = run(in_place, as_numpy), run(z_score, as_numpy)
+        assert stats == ref_stats and best == ref_best and stats["fitness_max"] == best
+        assert all(torch.equal(p, q) for p, q in zip(params, ref_params, strict=True))
+
+
 def test_learns_a_linear_teacher() -> None:
     """ES (64 members, σ = 0.02, lr decayed by a torch scheduler) on a linear student of a linear teacher: after 300
     generations the mean squared error is below 1e-5 of its initial value, and weight and bias are within 2e-3 of the

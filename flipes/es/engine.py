@@ -824,7 +824,9 @@ class FlipES:
             self._raise_if_parameters_not_finite(error)
             raise
         full = self._gather_fitness(local)
-        shaped = check_weights(self.shaping(full if self.maximize else -full), full)  # weights for ascent either way
+        # weights for ascent either way, from a copy: a shaping that works in place (f -= f.mean()) would otherwise
+        # change the stats and es.best read from `full` below, and the caller's own float64 tensor or array
+        shaped = check_weights(self.shaping(full.clone() if self.maximize else -full), full)
         sigma = self.sigma_at(self.generation)
         sigmas, adaptive = self.sigmas(), self.log_sigma is not None
         everyone = self.comm_mode == "seeds" and self.comm.size > 1
