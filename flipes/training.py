@@ -387,8 +387,16 @@ RANK_ROW = ("steps_per_second", "bytes_sent")
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    """Each param group's settings (lr, betas, ...) without its parameters: what a callback may change."""
-    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    """Each param group's settings (lr, betas, ...) without its parameters: what a callback may change. Only plain
+    values (numbers, flags, text, tuples of numbers, tensors): an optimizer of another library may keep a function
+    in a group, which cannot be pickled to the other ranks."""
+    return [{k: v for k, v in group.items() if k != "params" and _plain_setting(v)} for group in optimizer.param_groups]
+
+
+def _plain_setting(value: Any) -> bool:
+    if isinstance(value, tuple | list):
+        return all(isinstance(v, int | float | bool) for v in value)
+    return value is None or isinstance(value, int | float | bool | str | Tensor)
 
 
 def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict[str, Any]]) -> None:

@@ -88,6 +88,29 @@ def test_a_callback_returning_other_than_a_stop_flag_is_refused_not_taken_as_sto
     assert result.reason == "stopped by a callback" and [r["generation"] for r in result.metrics] == [0, 1, 2]
 
 
+def test_the_optimizer_settings_sent_to_other_ranks_are_plain_values_that_set_an_optimizer_alike() -> None:
+    """What rank 0 sends of its optimizer after the callbacks (flipes.training.optimizer_settings) pickles even where a
+    group holds a function (another library's optimizer), which stays out, and sets another optimizer's lr, betas
+    and a tensor lr (written in place) to rank 0's."""
+    import pickle
+
+    from flipes.training import optimizer_settings, set_optimizer_settings
+
+    def adam(lr: float | torch.Tensor) -> torch.optim.Optimizer:
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=lr)
+        optimizer.param_groups[0]["schedule"] = lambda step: 0.5**step
+        return optimizer
+
+    rank0, other = adam(torch.tensor(0.1)), adam(torch.tensor(0.2))
+    rank0.param_groups[0]["betas"] = (0.8, 0.99)
+    tensor_lr = other.param_groups[0]["lr"]
+    sent = pickle.loads(pickle.dumps(optimizer_settings(rank0)))
+    assert "schedule" not in sent[0] and "params" not in sent[0]
+    set_optimizer_settings(other, sent)
+    assert other.param_groups[0]["lr"] is tensor_lr and tensor_lr.item() == pytest.approx(0.1)
+    assert other.param_groups[0]["betas"] == (0.8, 0.99) and callable(other.param_groups[0]["schedule"])
+
+
 def test_registered_reward_threshold_stops_training_and_target_none_does_not(tmp_path: Path) -> None:
     """With no target given, InvertedPendulum-v5 stops at gymnasium's registered reward_threshold
     (950; the env's preset row sets none), and CartPole runs every generation with --target none
