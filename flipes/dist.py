@@ -81,6 +81,9 @@ class SerialComm:
         """``[obj]``: the one rank's object."""
         return [obj]
 
+    def start_watchdog(self, timeout: float) -> None:
+        """Nothing: one process waits for no other (``MPIComm.start_watchdog``, so one script runs under both)."""
+
     def abort(self, code: int = 1) -> None:
         """End the process with exit status ``code`` (``SystemExit``)."""
         sys.exit(code)

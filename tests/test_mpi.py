@@ -347,7 +347,8 @@ print(f"rank {comm.rank} stopped at {es.generation}", flush=True)
 def test_an_own_loop_whose_ranks_stop_apart_ends_by_the_watchdog_and_a_shared_stop_ends_alike(tmp_path: Path) -> None:
     """An own loop under mpiexec -n 2 whose rank 1 stops at generation 3 and rank 0 at 5 leaves rank 0 waiting in
     tell: with ``comm.start_watchdog(4)`` the job ends within seconds, naming rank 1 (status 3). Rank 0's decision
-    shared by ``comm.bcast`` stops both ranks at its generation, 5."""
+    shared by ``comm.bcast`` stops both ranks at its generation, 5; the same script runs in one process (python
+    alone, where the watchdog is nothing)."""
     (tmp_path / "stop.py").write_text(OWN_LOOP_STOP)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "stop.py")]
@@ -356,6 +357,8 @@ def test_an_own_loop_whose_ranks_stop_apart_ends_by_the_watchdog_and_a_shared_st
     r = subprocess.run([*cmd, "shared"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(re.findall(r"rank (\d) stopped at (\d+)", r.stdout)) == [("0", "5"), ("1", "5")], r.stdout  # lines interleave
+    alone = subprocess.run([sys.executable, str(tmp_path / "stop.py"), "shared"], env=env, capture_output=True, text=True)
+    assert alone.returncode == 0 and alone.stdout == "rank 0 stopped at 5\n", alone.stderr[-2000:]  # the same script, one process
 
 
 READ_BACK = """
