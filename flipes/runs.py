@@ -193,12 +193,17 @@ def evaluate_policy(
     max_steps: int | None = None,
 ) -> torch.Tensor:
     """Returns of ``episodes`` episodes of ``policy`` on ``env_id`` (one vector env, fixed seeds), each cut
-    after ``max_steps`` steps (``None``: the env's own time limit)."""
+    after ``max_steps`` steps (``None``: the env's own time limit). The policy runs in eval mode, as
+    :func:`load_policy` returns it (no dropout); each module's mode is set back afterwards."""
     try:
         env = make_vector_env(env_id, episodes, device, note=None)
     except EnvError as e:
         raise UsageError("--env", str(e)) from None
+    modes = [(m, m.training) for m in policy.modules()]
+    policy.eval()
     try:
         return run_episodes(env, policy, episode_seed(seed, 0, "evaluate"), max_steps=max_steps).returns
     finally:
+        for module, training in modes:
+            module.training = training
         env.close()

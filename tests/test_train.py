@@ -1332,3 +1332,25 @@ def test_every_tensor_a_run_makes_is_on_its_device(tmp_path: Path) -> None:
         torch.set_default_device(None)
     assert [r["generation"] for r in metrics(tmp_path)] == [0, 1, 2] and "eval_return" in resumed.metrics[-1]
     assert es.generation == 2 and es.best is not None
+
+
+def test_evaluate_policy_runs_the_policy_in_eval_mode_and_sets_each_module_back() -> None:
+    """evaluate_policy judges a policy as load_policy deploys it: dropout off, so a policy left in training
+    mode returns exactly what the same policy in eval mode does; each module's own mode is restored afterwards."""
+    from flipes.runs import evaluate_policy
+
+    class Dropping(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop, self.kept = torch.nn.Dropout(0.5), torch.nn.Identity()
+
+        def forward(self, obs: torch.Tensor) -> torch.Tensor:  # CartPole: push toward the side the pole leans to
+            return (self.kept(self.drop(obs))[:, 2] > 0).long()
+
+    policy = Dropping()
+    policy.kept.eval()  # a mode of the user's own, to be kept
+    torch.manual_seed(0)
+    trained_mode = evaluate_policy(policy, "flipes/CartPole-v1", 20, seed=3)
+    assert policy.training and policy.drop.training and not policy.kept.training
+    expected = evaluate_policy(Dropping().eval(), "flipes/CartPole-v1", 20, seed=3)
+    assert torch.equal(trained_mode, expected) and len(set(expected.tolist())) > 1
