@@ -33,7 +33,7 @@ from flipes.nn.convert import flipout_layers, parameter_report
 from flipes.plugins import Plugins
 from flipes.rl import POLICIES, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
 from flipes.rl.envs import EnvError
-from flipes.search import search_rule
+from flipes.search import search_rule, sigma_schedule
 
 Fitness = Callable[[nn.Module, Population], Tensor]
 
@@ -96,7 +96,7 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm, plugins: Pl
     return FlipES(
         model,
         popsize=config.popsize,
-        sigma=config.sigma,
+        sigma=sigma_schedule(config),
         lr=config.lr,
         seed=config.seed,
         groups=config.groups,

@@ -34,7 +34,14 @@ class TrainConfig:
     generations: int = 100
     """Generations to train (a resumed run continues up to this count)."""
     sigma: float = 0.1
-    """Perturbation scale σ of every parameter."""
+    """Perturbation scale σ of every parameter (with --sigma-decay, of generation 0)."""
+    sigma_decay: float = 1.0
+    """σ's factor per generation, d in (0, 1]: generation g perturbs at max(σ·d^g, --sigma-min), a function of g
+    alone, so a resume continues the schedule bit for bit (evosax's OpenES sigma_decay); 1 keeps σ fixed.
+    Refused with adaptive σ (--sigma-lr > 0, e.g. --algo pgpe's: add --sigma-lr 0) and with --algo ars."""
+    sigma_min: float = 0.0
+    """The floor of --sigma-decay's schedule (evosax's sigma_limit): σ decays to it and stays there; 0: none.
+    At most --sigma."""
     lr: float = 0.05
     """Adam's learning rate on the ES gradient (openai-es); with --algo pgpe it sets ClipUp's speed
     (lr·√D/2, see --max-speed), with --algo ars SGD's step lr·σ."""
@@ -322,6 +329,7 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"not --noise-rank {config.noise_rank}",
             "use --noise-rank 0, or --sigma-lr 0 to keep σ fixed",
         )
+    _check_sigma_schedule(config)
     finite("--max-speed", config.max_speed, 0, fix="0 derives it from --lr; e.g. --max-speed 0.15")
     if config.ars_top < 0 or config.ars_top > config.popsize // 2:
         raise UsageError(
@@ -392,6 +400,56 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     elif not config.env.strip():
         raise UsageError("--env", "is empty", "pass an env id, e.g. --env flipes/CartPole-v1")
     check_device(config.device)
+
+
+SIGMA_VANISHES = 1e-12  # a decayed σ below it perturbs no float32 weight above 1e-5 (and 1/σ² nears float32's range)
+
+
+def _check_sigma_schedule(config: TrainConfig) -> None:
+    """--sigma-decay and --sigma-min: a decay in (0, 1], a floor in [0, --sigma], each with the rule it belongs to."""
+    from flipes.search import SigmaDecay
+
+    decay, floor, sigma = config.sigma_decay, config.sigma_min, config.sigma
+    fix = "σ·d^g at generation g: e.g. --sigma-decay 0.999; 1 keeps σ fixed"
+    finite("--sigma-decay", decay, 0, strict=True, fix=fix)
+    if decay > 1:
+        raise UsageError("--sigma-decay", f"must be at most 1, got {decay!r} (σ would grow each generation)", fix)
+    finite("--sigma-min", floor, 0, fix="0 is no floor; e.g. --sigma-min 0.01")
+    if floor > sigma:
+        raise UsageError(
+            "--sigma-min",
+            f"{floor:g} is above --sigma {sigma:g}, where σ starts",
+            f"use a floor below it, e.g. --sigma-min {sigma / 10:g}",
+        )
+    if floor > 0 and decay == 1:
+        adapted = f", or adapted by --sigma-lr {config.sigma_lr:g}" if config.sigma_lr > 0 else ""
+        raise UsageError(
+            "--sigma-min",
+            f"{floor:g} floors --sigma-decay's schedule, and --sigma-decay is 1 (σ fixed{adapted})",
+            "add --sigma-decay d < 1, e.g. --sigma-decay 0.999, or drop --sigma-min",
+        )
+    if decay == 1:
+        return
+    if config.sigma_lr > 0:
+        by_preset = ", --algo pgpe's preset unless given" if config.algo == "pgpe" and config.sigma_lr == 0.2 else ""
+        raise UsageError(
+            "--sigma-decay",
+            f"{decay:g} schedules σ, and --sigma-lr ({config.sigma_lr:g}{by_preset}) adapts it: one rule sets σ",
+            "add --sigma-lr 0 to schedule σ (--algo pgpe keeps ClipUp), or drop --sigma-decay to adapt it",
+        )
+    if config.algo == "ars":  # its step is α·σ₀ over the current σ, as with --sigma-lr
+        raise UsageError(
+            "--sigma-decay",
+            "ARS steps at a fixed σ (its step size is lr·σ)",
+            "drop --sigma-decay with --algo ars, or use --algo openai-es",
+        )
+    last = SigmaDecay(sigma, decay, floor)(config.generations - 1)
+    if last < SIGMA_VANISHES:
+        raise UsageError(
+            "--sigma-decay",
+            f"{decay:g} takes σ to {last:.3g} by generation {config.generations - 1}, too small to perturb float32 weights",
+            f"set a floor, e.g. --sigma-min {sigma / 100:g}, or a decay closer to 1",
+        )
 
 
 def _check_members_per_pass(config: TrainConfig, per_group: int, processes: int) -> None:

@@ -31,6 +31,8 @@ RESUME_KEYS = (
     "noise_rank",
     "seed",
     "sigma",
+    "sigma_decay",  # σ's schedule: σ of every generation, so the noise a resume draws
+    "sigma_min",
     "lr",
     "shaping",
     "weight_decay",
@@ -60,6 +62,8 @@ LATER_KEYS = (
     "max_speed",
     "ars_top",
     "optimizer",
+    "sigma_decay",
+    "sigma_min",
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
@@ -60,3 +61,27 @@ def clipup(params: list[Tensor], max_speed: float, lr: float) -> ClipUp:
     parameters (the length of the whole update, not per parameter)."""
     speed = max_speed or 0.5 * lr * math.sqrt(sum(p.numel() for p in params))
     return ClipUp(params, lr=speed / 2, momentum=0.9, max_speed=speed)
+
+
+@dataclass(frozen=True)
+class SigmaDecay:
+    """σ of generation ``g``: ``max(sigma·decay^g, min)``, a schedule for ``FlipES(sigma=...)``, and what
+    ``--sigma-decay`` / ``--sigma-min`` build. A function of the generation alone (evosax's OpenES
+    ``sigma_decay`` and ``sigma_limit``, with no state of its own): a resumed run, or every MPI rank, computes
+    the same σ bit for bit. A dataclass rather than a closure, so a FlipES holding it pickles and deep-copies.
+
+    >>> SigmaDecay(0.1, 0.5, 0.02)(2)  # 0.1·0.5² = 0.025
+    0.025
+    """
+
+    sigma: float
+    decay: float = 1.0
+    min: float = 0.0
+
+    def __call__(self, generation: int) -> float:
+        return max(self.sigma * self.decay**generation, self.min)
+
+
+def sigma_schedule(config: TrainConfig) -> float | SigmaDecay:
+    """``--sigma`` as FlipES takes it: the number itself where σ is fixed (``--sigma-decay 1``), else its schedule."""
+    return config.sigma if config.sigma_decay == 1 else SigmaDecay(config.sigma, config.sigma_decay, config.sigma_min)

@@ -183,7 +183,9 @@ def train(
             numbers with an ``eval_return``; only with
             such a fitness), a function ``optimizer(params) -> torch.optim.Optimizer`` or a
             ``torch.optim`` class (built at ``lr``), a function ``shaping(fitness) -> weights``. The run
-            records their ``module:qualname``; give them again to resume it.
+            records their ``module:qualname``; give them again to resume it. ``sigma=`` also takes a
+            :class:`flipes.search.SigmaDecay` (read as ``sigma``, ``sigma_decay``, ``sigma_min``), not another
+            function of the generation (see :func:`_sigma_schedule`).
 
     Returns:
         :class:`TrainResult`.
@@ -208,6 +210,7 @@ def train(
         objects = {k: getattr(config, k) for k in NAMED if not isinstance(getattr(config, k), str)}
         config = dataclasses.replace(config, **dict.fromkeys(objects, ""))
         overrides = {**objects, **overrides}
+    overrides, config = _sigma_schedule(overrides, config)
     env = overrides.get("env", config.env if config is not None else "")  # given here or in a TrainConfig
     if isinstance(env, type | gym.Env | gym.vector.VectorEnv) or callable(env):  # the run records an id it can make again
         what = f"the class {env.__name__}" if isinstance(env, type) else f"a {type(env).__name__}"
@@ -236,6 +239,32 @@ def train(
         return _train(config, comm, callbacks, plugins)
     finally:
         torch.set_num_threads(threads_before)  # the caller's process as it was
+
+
+def _sigma_schedule(overrides: dict[str, Any], config: TrainConfig | None) -> tuple[dict[str, Any], TrainConfig | None]:
+    """``sigma=SigmaDecay(s, d, m)`` (given here or in a TrainConfig) as the options ``sigma=s, sigma_decay=d,
+    sigma_min=m``. Any other function of the generation is refused: a run records its options as numbers and
+    names, a resume and every MPI rank compare them, and a function's name says nothing of its values (every
+    lambda is ``<lambda>``); σ is also a number that other options are read against (ARS's step lr·σ,
+    ``sigma_min``). The decay with its floor covers evosax's and OpenAI's schedules; another one runs as
+    ``FlipES(sigma=fn)`` in a loop of one's own."""
+    from flipes.plugins import name_of
+    from flipes.search import SigmaDecay
+
+    sigma = overrides.get("sigma", config.sigma if config is not None else None)
+    if isinstance(sigma, SigmaDecay):
+        beside = overrides if "sigma" in overrides else {k: getattr(config, k) for k in ("sigma_decay", "sigma_min")}
+        given = [k for k, default in (("sigma_decay", 1.0), ("sigma_min", 0.0)) if beside.get(k, default) != default]
+        if given:
+            raise UsageError("sigma", f"a SigmaDecay with {' and '.join(given)} beside it", "give the schedule one way")
+        return {**overrides, "sigma": sigma.sigma, "sigma_decay": sigma.decay, "sigma_min": sigma.min}, config
+    if callable(sigma):
+        raise UsageError(
+            "sigma",
+            f"is a function ({name_of(sigma)}), and a run takes σ as a number, whose schedule it records",
+            "pass sigma_decay=d and sigma_min=m for max(σ·d^g, m), or step FlipES(model, sigma=fn) in a loop of your own",
+        )
+    return overrides, config
 
 
 def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins) -> TrainResult:

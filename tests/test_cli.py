@@ -145,6 +145,16 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--sigma-lr", "-0.1"], "--sigma-lr"),
     (["train", "--sigma-lr", "0.1", "--noise-rank", "2"], "--sigma-lr"),
     (["train", "--algo", "ars", "--sigma-lr", "0.2"], "--sigma-lr"),
+    (["train", "--sigma-decay", "0"], "--sigma-decay"),
+    (["train", "--sigma-decay", "1.01"], "--sigma-decay"),
+    (["train", "--sigma-decay", "nan"], "--sigma-decay"),
+    (["train", "--sigma-decay", "0.9", "--sigma-lr", "0.1"], "--sigma-decay"),
+    (["train", "--algo", "ars", "--sigma-decay", "0.9"], "--sigma-decay"),
+    (["train", "--sigma-decay", "1e-12"], "--sigma-decay"),  # σ 1e-13 at the last generation (1)
+    (["train", "--sigma-decay", "0.9", "--sigma-min", "-0.01"], "--sigma-min"),
+    (["train", "--sigma-decay", "0.9", "--sigma-min", "nan"], "--sigma-min"),
+    (["train", "--sigma-decay", "0.9", "--sigma-min", "0.2"], "--sigma-min"),
+    (["train", "--sigma-min", "0.01"], "--sigma-min"),
     (["train", "--algo", "pgpe", "--max-speed", "-0.5"], "--max-speed"),
     (["train", "--ars-top", "33"], "--ars-top"),
     (["train", "--algo", "ars", "--mirrored", "false"], "--mirrored"),
@@ -259,6 +269,13 @@ def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.Capture
             "--sigma-lr: adaptive σ (0.2, --algo pgpe's preset unless given) needs full-rank noise (its score is the "
             "Gaussian one), not --noise-rank 2; use --noise-rank 0, or --sigma-lr 0 to keep σ fixed",
         ),
+        (
+            ["train", "--algo", "pgpe", "--sigma-decay", "0.99"],
+            "--sigma-decay: 0.99 schedules σ, and --sigma-lr (0.2, --algo pgpe's preset unless given) adapts it: one rule "
+            "sets σ; add --sigma-lr 0 to schedule σ (--algo pgpe keeps ClipUp), or drop --sigma-decay to adapt it",
+        ),
+        (["train", "--sigma-decay", "0.9", "--sigma-min", "0.2"], "--sigma-min: 0.2 is above --sigma 0.1, where σ starts"),
+        (["train", "--sigma-decay", "0.5", "--generations", "100"], "set a floor, e.g. --sigma-min 0.001"),
         (["train", "--popsize", "20", "--groups", "4"], "has 5 (odd); use one of --groups [1, 2, 5, 10], or --mirrored false"),
         (["train", "--popsize", "9"], "no --groups fits --popsize 9: use a --popsize that is a multiple of 2"),
     ] + ([(["train", "--env", "gymnasium:BipedalWalker-v3"], "box2d")] if importlib.util.find_spec("Box2D") is None else []):

@@ -239,6 +239,72 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, algo: str) -> None:
     assert rows[-1]["timesteps"] > rows[0]["timesteps"] > 0
 
 
+def mirrored_halves(records: list[torch.Tensor]):
+    """A fitness recording, per generation, half the difference of each mirrored pair's outputs at input 0:
+    σ_g·e_k of a Linear(1, 1)'s bias (e_k: the pair's noise, a function of the seed and generation alone)."""
+
+    def fitness(model, pop):
+        out = model(torch.zeros(pop.size, 1, dtype=torch.float64)).squeeze(1)
+        records.append((out[0::2] - out[1::2]) / 2)
+        return -out.square()
+
+    return fitness
+
+
+def test_a_decaying_sigma_perturbs_generation_g_at_sigma_times_decay_to_the_g_floored_at_sigma_min(tmp_path: Path) -> None:
+    """--sigma-decay 0.5 --sigma-min 0.02 from σ 0.1: the rows' sigma of generation g is exactly max(0.1·0.5^g, 0.02),
+    the noise each generation perturbs with is that σ (the mirrored half-differences of a float64 bias are σ_g/0.1
+    times those of a fixed-σ run of the same seed, to 1e-9), and sigma=SigmaDecay(0.1, 0.5, 0.02) is the same run."""
+    from flipes.search import SigmaDecay
+
+    def model(env):
+        return torch.nn.Linear(1, 1).double()
+
+    kw = {"env": "none", "model": model, "popsize": 8, "generations": 6, "tensorboard": False, "progress": False}
+    fixed, decayed = [], []
+    flipes.train(**kw, fitness=mirrored_halves(fixed), out=str(tmp_path / "fixed"))
+    rows = flipes.train(**kw, fitness=mirrored_halves(decayed), sigma_decay=0.5, sigma_min=0.02, out=str(tmp_path / "d")).metrics
+    expected = [max(0.1 * 0.5**g, 0.02) for g in range(6)]
+    assert [r["sigma"] for r in rows] == expected and expected[2:] == [0.025, 0.02, 0.02, 0.02]
+    for g, (a, b) in enumerate(zip(decayed, fixed, strict=True)):
+        torch.testing.assert_close(a, b * (expected[g] / 0.1), rtol=1e-9, atol=0)
+    again = flipes.train(**kw, fitness=mirrored_halves([]), sigma=SigmaDecay(0.1, 0.5, 0.02), out=str(tmp_path / "object"))
+    assert (again.config.sigma, again.config.sigma_decay, again.config.sigma_min) == (0.1, 0.5, 0.02)
+    assert [r["params_sha256"] for r in again.metrics] == [r["params_sha256"] for r in rows]
+
+
+def test_a_run_on_a_sigma_schedule_resumes_bit_for_bit_and_refuses_another_schedule(tmp_path: Path) -> None:
+    """4 generations on --sigma-decay 0.7 --sigma-min 0.03, then a resume to 7, log the σ and parameters (hash per
+    generation) of 7 in one go, the floor reached on the way; a resume with another decay or floor is refused."""
+    kw = {**FAST_KW, "hidden": [4], "eval_every": 100, "sigma_decay": 0.7, "sigma_min": 0.03}
+    full = flipes.train(**kw, generations=7, out=str(tmp_path / "full"))
+    flipes.train(**kw, generations=4, out=str(tmp_path / "part"))
+    for changed in ({"sigma_decay": 0.8}, {"sigma_min": 0.02}):
+        option = "--" + next(iter(changed)).replace("_", "-")
+        with pytest.raises(flipes.UsageError, match=rf"--resume: the run was trained with other options \({option}: saved "):
+            flipes.train(**{**kw, **changed}, generations=7, resume=str(tmp_path / "part"))
+    flipes.train(**kw, generations=7, resume=str(tmp_path / "part"))
+    rows = metrics(tmp_path / "part")
+    assert [r["params_sha256"] for r in rows] == [r["params_sha256"] for r in full.metrics]
+    assert [r["sigma"] for r in rows] == [r["sigma"] for r in full.metrics] == [max(0.1 * 0.7**g, 0.03) for g in range(7)]
+    assert rows[-1]["sigma"] == 0.03 < rows[3]["sigma"]
+
+
+def test_a_sigma_function_is_refused_naming_the_decay_options(tmp_path: Path) -> None:
+    """flipes.train(sigma=fn), given as a keyword or in a TrainConfig, is one UsageError naming sigma_decay and
+    sigma_min (and FlipES for other schedules); a SigmaDecay with sigma_decay beside it is refused too."""
+    from flipes.search import SigmaDecay
+
+    for given in ({"sigma": lambda g: 0.1}, {"config": TrainConfig(sigma=lambda g: 0.1)}):  # type: ignore[arg-type]
+        with pytest.raises(
+            flipes.UsageError, match=r"^sigma: is a function \(.*<lambda>\).*; pass sigma_decay=d and sigma_min=m"
+        ):
+            flipes.train(**FAST_KW, **given, out=str(tmp_path / "run"))
+    with pytest.raises(flipes.UsageError, match=r"^sigma: a SigmaDecay with sigma_decay beside it; give the schedule one way"):
+        flipes.train(**FAST_KW, sigma=SigmaDecay(0.1, 0.9), sigma_decay=0.9, out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_resume_into_another_directory_starts_it_with_the_saved_counters(tmp_path: Path) -> None:
     """Resumed into a new --out with no generation left to run, the new directory's checkpoint is the
     saved state, its env-step count included (a resume of it would otherwise count from 0)."""
@@ -327,12 +393,12 @@ def test_a_resume_into_another_directory_takes_the_runs_history_along(tmp_path: 
 
 def test_a_run_saved_before_newer_options_existed_resumes_with_their_defaults(tmp_path: Path) -> None:
     """A checkpoint and config.json without the options added since (reward_shift, mirrored, policy,
-    shaping, weight_decay; noise_rank under its old name rank) resume as runs of their defaults: the
+    shaping, weight_decay, sigma_decay, sigma_min; noise_rank under its old name rank) resume as runs of their defaults: the
     resumed rows equal an uninterrupted run's, bit for bit."""
     kw = {**FAST_KW, "hidden": [4]}
     whole = flipes.train(**kw, generations=3, out=str(tmp_path / "whole"))
     flipes.train(**kw, generations=2, out=str(tmp_path / "old"))
-    newer = ("reward_shift", "mirrored", "policy", "shaping", "weight_decay", "noise_rank")
+    newer = ("reward_shift", "mirrored", "policy", "shaping", "weight_decay", "noise_rank", "sigma_decay", "sigma_min")
     for path in (tmp_path / "old" / "checkpoint.pt", tmp_path / "old" / "previous.pt"):
         state = load_checkpoint(path)
         state["config"] = {k: v for k, v in state["config"].items() if k not in newer} | {"rank": None}
@@ -342,6 +408,7 @@ def test_a_run_saved_before_newer_options_existed_resumes_with_their_defaults(tm
     rest = flipes.train(resume=str(tmp_path / "old"), generations=3, progress=False)
     assert [r["params_sha256"] for r in metrics(tmp_path / "old")] == [r["params_sha256"] for r in whole.metrics]
     assert (rest.config.shaping, rest.config.weight_decay, rest.config.policy, rest.config.noise_rank) == ("auto", 0.0, "mlp", 0)
+    assert (rest.config.sigma_decay, rest.config.sigma_min) == (1.0, 0.0)
     state = load_checkpoint(tmp_path / "old")  # an option every run has, missing: a damaged file, said so
     state["config"].pop("env")
     save_checkpoint(state, tmp_path / "old" / "checkpoint.pt")
@@ -378,7 +445,8 @@ def test_resume_refuses_another_search_rule_and_leaves_the_run_resumable(tmp_pat
     config = (run / "config.json").read_text()
     others = ({"env": "flipes/CartPole-v1"}, {"popsize": 16}, {"groups": 2}, {"mirrored": False}, {"noise_rank": 1},
               {"seed": 1}, {"lr": 0.5}, {"hidden": [5]}, {"policy": "gru"}, {"episodes": 2}, {"reward_shift": 1.0})  # fmt: skip
-    for changed in ({"algo": "pgpe"}, {"algo": "ars"}, {"sigma_lr": 0.2}, {"max_speed": 0.5}, {"ars_top": 2}, *others):
+    rules = ({"algo": "pgpe"}, {"algo": "ars"}, {"sigma_lr": 0.2}, {"max_speed": 0.5}, {"ars_top": 2}, {"sigma_decay": 0.9})
+    for changed in (*rules, *others):
         option = "--" + next(iter(changed)).replace("_", "-")
         with pytest.raises(flipes.UsageError, match=rf"--resume: the run was trained with other options \({option}: "):
             flipes.train(**{**kw, **changed}, generations=2, resume=str(run))
