@@ -15,7 +15,9 @@ import pytest
 import torch
 from helpers import metrics
 
+import flipes
 from flipes.checkpoint import load_checkpoint
+from flipes.commands import parse_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
@@ -257,6 +259,18 @@ def test_adaptive_sigma_does_not_depend_on_the_process_count(tmp_path: Path, mod
     else:
         torch.testing.assert_close(sigmas[2], sigmas[1], rtol=1e-9, atol=1e-12)
         assert (params(runs[2]) - params(runs[1])).norm() / params(runs[1]).norm() < 1e-6
+
+
+def test_a_sigma_schedule_gives_two_processes_the_bits_of_one(tmp_path: Path) -> None:
+    """--sigma-decay 0.6 --sigma-min 0.04 --comm seeds: 2 processes under mpiexec log the σ (decayed, then floored)
+    and the parameters of one process (in this one) in every row, bit for bit: σ is a function of the generation,
+    which every rank shares."""
+    args = ["--env", "flipes/CartPole-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--sigma-decay", "0.6",
+            "--sigma-min", "0.04"]  # fmt: skip
+    mpirun(2, *args, "--progress", "false", "--out", str(tmp_path / "two"))
+    one = flipes.train(config=parse_train_config([*args, "--progress", "false", "--out", str(tmp_path / "one")]))
+    rows = {k: [(r["sigma"], r["params_sha256"]) for r in metrics(tmp_path / k)] for k in ("one", "two")}
+    assert rows["two"] == rows["one"] and [s for s, _ in rows["one"]] == [0.1, 0.06, 0.04] and len(one.metrics) == 3
 
 
 RANK_ROWS = """
