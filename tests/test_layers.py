@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -435,6 +436,49 @@ def test_members_equal_the_plain_module_with_their_explicit_parameters(
     if name == "rmsnorm" and not hasattr(nn, "RMSNorm"):
         pytest.skip("nn.RMSNorm is torch >= 2.4")
     check_members(make, inputs, member_inputs, member_output, mirrored, groups, rank, device=device)
+
+
+class Blocking(nn.Module):
+    """A gain whose forward waits for ``release`` after setting ``entered``: a long op of another thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(3, dtype=DT))
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.entered.set()
+        self.release.wait(10)
+        return x * self.gain
+
+
+def test_a_population_evaluated_while_another_thread_runs_a_dense_forward_stays_per_member() -> None:
+    """Two models, each with its FlipES, in two threads: while one thread is inside a dense module's per-member
+    forward, the other thread's population (a dense norm called alone and inside a dense block) gives exactly the
+    outputs it gives with no other thread running."""
+    torch.manual_seed(0)
+    blocking = flipes.flipout(Blocking())
+    es_a = flipes.FlipES(blocking, popsize=4, sigma=0.1, seed=0)
+    model = flipes.flipout(NormCalledOutside().to(DT))
+    es_b = flipes.FlipES(model, popsize=N, sigma=0.3, seed=1)
+    x = randn(N, 3)
+    with es_b.population():
+        alone = model(x)
+
+    def other() -> None:
+        with es_a.population() as pop:
+            blocking(torch.ones(pop.size, 3, dtype=DT))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        assert blocking.entered.wait(10)
+        with es_b.population():
+            meanwhile = model(x)
+    finally:
+        blocking.release.set()
+        thread.join()
+    assert torch.equal(meanwhile, alone)
 
 
 def padded(rows: int, length: int) -> Tensor:

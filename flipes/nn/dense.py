@@ -52,14 +52,9 @@ class PerMember:
         return without_owner(super().__getstate__())  # type: ignore[misc]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.member_noise is None or _one_member[0]:  # inside another's per-member forward: its parameters are swapped in
+        if self.member_noise is None:
             return super().forward(*args, **kwargs)  # type: ignore[misc]
         return per_member_forward(self, self.member_noise, args, kwargs)  # type: ignore[arg-type]
-
-
-# > 0 while a PerMember module runs one member's forward under vmap: a PerMember module below it (one shared with
-# another part of the model) then runs as its plain class, on the member's swapped-in parameters
-_one_member = [0]
 
 
 @functools.cache  # one subclass per class, so converted modules of a type share a type
@@ -188,12 +183,8 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
 
     def one_member(p: dict[str, Tensor], flat: list[Any]) -> Any:
         a, kw = pytree.tree_unflatten(flat, spec)
-        _one_member[0] += 1
-        try:
-            with _parameters(module, p), _batch_stats_only(module):
-                return base(*a, **kw)
-        finally:
-            _one_member[0] -= 1
+        with _parameters(module, p), _batch_stats_only(module), _plain_below(module):
+            return base(*a, **kw)
 
     def unbatched() -> str:  # each member's input is its own row, without a batch dim: said where the forward needed one
         if batch:
@@ -235,6 +226,22 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         return out
     # (N, k, ...) -> member-major (N·k, ...); a value per member and batch (a loss, a reduction) stays (N,)
     return pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) and t.dim() > 1 else t, out)
+
+
+@contextmanager
+def _plain_below(module: nn.Module) -> Iterator[None]:
+    """Inside: the ``PerMember`` modules below ``module`` (its norm, also called from elsewhere) run as their plain
+    class, on the member's parameters ``module``'s forward swapped in. Kept on the modules, not in a global flag,
+    so that another model's population evaluated in another thread meanwhile stays per member."""
+    below = [m for m in module.modules() if m is not module and isinstance(m, PerMember) and m.member_noise is not None]
+    noise = [m.member_noise for m in below]
+    for m in below:
+        m.member_noise = None
+    try:
+        yield
+    finally:
+        for m, held in zip(below, noise, strict=True):
+            m.member_noise = held
 
 
 def _shared_write(module: nn.Module, error: Exception) -> str:
