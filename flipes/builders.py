@@ -140,14 +140,13 @@ class CheckedFitness:
 
     @property
     def timesteps(self) -> int:
-        """The env steps the function counts in a ``timesteps`` attribute of its own (a ``RolloutFitness`` given as
-        the fitness, rolling out a vector env of one's own), for the rows; 0 where it counts none."""
-        steps = getattr(self.fn, "timesteps", 0)
-        return steps if isinstance(steps, int) else 0
+        """The env steps a ``RolloutFitness`` given as the fitness (rolling out a vector env of one's own) counted, for
+        the rows; 0 for any other function, whose own ``timesteps`` (a horizon, say) is its business."""
+        return self.fn.timesteps if isinstance(self.fn, RolloutFitness) else 0
 
     @timesteps.setter
     def timesteps(self, value: int) -> None:  # a resume restores the count
-        if isinstance(getattr(self.fn, "timesteps", None), int):
+        if isinstance(self.fn, RolloutFitness):
             self.fn.timesteps = value
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:

@@ -206,6 +206,29 @@ def test_a_rollout_fitness_given_to_train_counts_its_env_steps_in_the_rows_and_o
     assert first + rest == whole
 
 
+def test_a_fitness_with_a_timesteps_setting_of_its_own_logs_no_env_steps_and_keeps_it_over_a_resume(tmp_path) -> None:
+    """A plugged-in fitness object that is no RolloutFitness keeps its own integer ``timesteps`` (here a horizon):
+    the rows log 0 env steps, and a resume leaves that attribute as the object was given."""
+
+    class Horizon:
+        def __init__(self, timesteps: int) -> None:
+            self.timesteps = timesteps
+
+        def __call__(self, model: torch.nn.Module, pop: flipes.Population) -> torch.Tensor:
+            return model(torch.full((pop.size, 3), self.timesteps / 50.0))[:, 0]
+
+    def run(fitness: Horizon, generations: int, resume: str = "") -> list[int]:
+        result = flipes.train(
+            env="none", model=lambda _: torch.nn.Linear(3, 2), fitness=fitness, popsize=8, generations=generations,
+            out=str(tmp_path / "run"), resume=resume, progress=False, tensorboard=False,
+        )  # fmt: skip
+        return [row["timesteps"] for row in result.metrics]
+
+    first, resumed = Horizon(50), Horizon(30)
+    assert run(first, 2) == [0, 0] and first.timesteps == 50
+    assert run(resumed, 3, resume=str(tmp_path / "run")) == [0] and resumed.timesteps == 30
+
+
 @pytest.mark.parametrize("engine", ["gymnasium-sync", "gymnasium-async"])
 def test_dict_and_tuple_observations_are_flattened_as_gymnasium_flattens_one_env(engine: str) -> None:
     """Nested Dict observations (a (2, 2) Box, a Tuple of MultiBinary and float64 Box) come out of the sync and worker
