@@ -29,7 +29,8 @@ class Callback:
 
     ``on_generation`` gets each metrics row after the update (and after the evaluation, where there
     was one); return ``True`` to stop training after this generation (on every rank), nothing (or
-    ``False``) to go on: any other value, such as the row, is an error. A callback
+    ``False``) to go on; an integer flag counts as ``bool`` reads it, any other value (such as the row)
+    is an error. A callback
     with state of its own (a hall of fame, a schedule) returns it from ``state_dict``: it is saved in
     every checkpoint and given back to ``load_state_dict`` when the run is resumed with the same
     callbacks (matched by position and class).

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import math
+import numbers
 import signal
 import threading
 import time
@@ -440,13 +441,11 @@ def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict
 
 
 def stop_asked(callback: Callback, answer: Any) -> bool:
-    """Whether ``callback``'s ``on_generation`` asked to stop: True, or False or None to go on. Anything else is
-    refused, as a returned row (the way of other loggers) is truthy and would stop the run after one generation."""
-    if (
-        answer is None
-        or isinstance(answer, bool | np.bool_)
-        or (isinstance(answer, Tensor) and answer.dtype == torch.bool and answer.numel() == 1)
-    ):
+    """Whether ``callback``'s ``on_generation`` asked to stop: a flag read as ``bool`` does (True or a nonzero integer
+    stops; False, 0 or None goes on). Anything else is refused, as a returned row (the way of other loggers) is truthy
+    and would stop the run after one generation."""
+    flag = isinstance(answer, Tensor) and answer.numel() == 1 and not answer.is_floating_point() and not answer.is_complex()
+    if answer is None or flag or isinstance(answer, numbers.Integral | np.bool_):  # Integral: bool and numpy ints too
         return bool(answer)
     raise UsageError(
         "callbacks",

@@ -69,7 +69,7 @@ def test_callbacks_see_every_row_and_can_stop_training(tmp_path: Path) -> None:
 def test_a_callback_returning_other_than_a_stop_flag_is_refused_not_taken_as_stop(tmp_path: Path) -> None:
     """``on_generation`` returning the row (as other loggers' hooks do) would read as True and stop after one
     generation: it is refused in one line naming the callback and what to return; a numpy or 0-d torch bool
-    answer is a stop flag like True and False."""
+    answer is a stop flag like True and False, and so is an integer (0 goes on, 1 stops)."""
 
     class ReturnsRow(Callback):
         def on_generation(self, state, row):
@@ -86,6 +86,13 @@ def test_a_callback_returning_other_than_a_stop_flag_is_refused_not_taken_as_sto
 
     result = flipes.train(**FAST_KW, generations=5, out=str(tmp_path / "flags"), callbacks=[Flags()])
     assert result.reason == "stopped by a callback" and [r["generation"] for r in result.metrics] == [0, 1, 2]
+
+    class Counts(Callback):  # an integer flag, as bool() reads it
+        def on_generation(self, state, row):
+            return int(row["generation"] == 1)
+
+    result = flipes.train(**FAST_KW, generations=5, out=str(tmp_path / "ints"), callbacks=[Counts()])
+    assert result.reason == "stopped by a callback" and [r["generation"] for r in result.metrics] == [0, 1]
 
 
 def test_the_optimizer_settings_sent_to_other_ranks_are_plain_values_that_set_an_optimizer_alike() -> None:
