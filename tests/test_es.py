@@ -652,20 +652,22 @@ def test_a_model_moved_to_another_dtype_after_a_tell_is_named_and_the_fix_works(
     assert moved.generation == 2 and all(s["exp_avg"].dtype == torch.float64 for s in moved.optimizer.state.values())
 
 
-@pytest.mark.parametrize("how", ["attribute", "load_state_dict"])
+@pytest.mark.parametrize("how", ["attribute", "load_state_dict", "module"])
 def test_parameters_replaced_after_the_flipes_was_built_are_named_and_copying_values_in_place_works(how: str) -> None:
-    """A model whose Parameter objects were replaced after FlipES was built (a new ``nn.Parameter`` assigned, or
-    ``load_state_dict(..., assign=True)``) would run the new values while ``tell`` steps the old ones: population()
-    and tell() raise a ValueError naming the parameters and the in-place fix; loading the same values in place
-    (the fix) evaluates and updates them."""
+    """A model whose Parameter objects were replaced after FlipES was built (a new ``nn.Parameter`` assigned,
+    ``load_state_dict(..., assign=True)``, a layer replaced) would run the new values while ``tell`` steps the old
+    ones: population() and tell() raise a ValueError naming the parameters and the in-place fix; loading the same
+    values in place (the fix) evaluates and updates them."""
     model = mlp(0)
     es = flipes.FlipES(model, popsize=8, seed=1)
     state = {k: v.clone() + 1 for k, v in model.state_dict().items()}
     if how == "attribute":
         model[0].weight = nn.Parameter(state["0.weight"])
+    elif how == "module":
+        model[2] = flipes.flipout(nn.Linear(16, 3))
     else:
         model.load_state_dict(state, assign=True)
-    names = r"0\.weight" if how == "attribute" else r"0\.weight, 0\.bias, 2\.weight, 2\.bias"
+    names = {"attribute": r"0\.weight", "module": r"2\.weight, 2\.bias"}.get(how, r"0\.weight, 0\.bias, 2\.weight, 2\.bias")
     with pytest.raises(ValueError, match=rf"parameter\(s\) {names} are other Parameter objects .*load_state_dict without assign"):
         with es.population():
             pass

@@ -345,6 +345,14 @@ class FlipES:
         # what was trainable when the evolved set was fixed: a flag changed later is an error (_check_requires_grad)
         self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         self._held = dict(model.named_parameters(remove_duplicate=False))  # the Parameter objects evolved: _check_held
+        # where the model holds them: each module's own dicts, looked up every generation instead of walking the names
+        self._held_in = [
+            (slots, key, obj)
+            for m in model.modules()
+            for slots in (m._parameters, m._modules)
+            for key, obj in slots.items()
+            if obj is not None
+        ]
         self.optimizer = self._build_optimizer(optimizer, lr)
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None
@@ -475,7 +483,10 @@ class FlipES:
     def _check_held(self) -> None:
         """Raise if the model holds other Parameter objects than at construction (an attribute assigned a new
         ``nn.Parameter``, ``load_state_dict(..., assign=True)``, weights tied anew): the slots, noise and optimizer
-        hold the old ones, so members would run the new values while ``tell`` stepped the old, and nothing trained."""
+        hold the old ones, so members would run the new values while ``tell`` stepped the old, and nothing trained.
+        Runs every generation: one dict lookup per parameter and module, the names walked only when one changed."""
+        if all(slots.get(key) is obj for slots, key, obj in self._held_in):
+            return
         now = dict(self._module.named_parameters(remove_duplicate=False))
         names = [k for k, p in self._held.items() if now.get(k) is not p]  # new ones (a backprop noise model's ρ) aside
         if not names:
