@@ -81,7 +81,6 @@ def test_sigma_and_parameter_updates_equal_their_explicit_formulas(mirrored: boo
         assert es.report().evolved == sum(p.numel() for p in model.parameters())
 
 
-@MADE_UP_FITNESS
 class ScaledEmbedding(nn.Embedding):
     """An embedding with a forward of its own: evolved with dense noise."""
 
