@@ -367,6 +367,8 @@ class FlipES:
         ] + [p.numel() for _, _, p in self.dense_slots]
         for module in [*self.layers, *self.dense_modules]:  # the newest FlipES of a model owns its layers
             module.__dict__["_flipes_owner"] = weakref.ref(self)
+        for layer in self.layers:  # fixed, as the members are: set with the ownership, not in every _install
+            layer.flipes_population = len(self.members)
         self.generation = 0
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
         self._told_equal = False  # warned once that a whole population had one fitness value
@@ -711,7 +713,6 @@ class FlipES:
             module.member_noise, module.flipes_members = {}, size
         for layer, weights in zip(self.layers, self._weight_counts, strict=True):  # not perturbed_weights() anew
             layer.noise = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in range(weights))
-            layer.flipes_population = len(self.members)
         for uses, nz in zip(self._dense_uses, dense_noise, strict=True):
             for module, name in uses:
                 if module.member_noise is None:

@@ -49,7 +49,7 @@ class FlipoutMixin:
     """
 
     noise: tuple[SlotNoise, ...] | None = None
-    flipes_population: int = 0  # the members of the whole local population being evaluated (a part's noise has fewer)
+    flipes_population: int = 0  # the local members of the FlipES that owns the layer (a part's noise has fewer)
     member_noise: dict[str, Tensor] | None = None  # dense per-member noise of dense_parameters()
     has_backprop_noise: bool = False  # its forward samples an attached backprop noise model
 
