@@ -132,7 +132,8 @@ def test_a_tensor_every_member_shares_stays_shared_in_parts_of_one_member() -> N
 def test_1d_position_ids_shared_in_the_population_are_shared_in_its_parts() -> None:
     """nanoGPT's ``wpe(torch.arange(T))`` with T = 6 and 4 members reads as positions every member shares; in parts of
     1 and 2 members (of which 6 is a multiple) it still does: the parts compute exactly the whole population's logits.
-    With T = 8, which the whole population refuses as ambiguous, its parts refuse it too."""
+    With T = 8, which the whole population refuses as ambiguous, its parts refuse it too, of 2 members (a divisor of
+    8) or of 3 (none)."""
     torch.manual_seed(0)
     model = flipes.flipout(TinyGPT())
     es = flipes.FlipES(model, popsize=4, sigma=0.3, seed=1)
@@ -141,8 +142,10 @@ def test_1d_position_ids_shared_in_the_population_are_shared_in_its_parts() -> N
         whole = model(ids)
         for size in (1, 2):
             assert torch.equal(torch.cat([model(ids[part.members.start : part.members.stop]) for part in pop.split(size)]), whole)
-        with pop.part(0, 2), pytest.raises(ValueError, match="1-D ids of length 8 inside a population of 2 members"):
-            model(torch.randint(20, (2, 8)))
+        for stop in (2, 3):
+            refused = rf"length 8 inside a population of 4 members \(a part of {stop} here\)"
+            with pop.part(0, stop), pytest.raises(ValueError, match=refused):
+                model(torch.randint(20, (stop, 8)))
 
 
 def test_split_never_straddles_a_group() -> None:

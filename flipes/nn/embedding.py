@@ -30,18 +30,19 @@ def flipout_embedding(
     Ids shared by every member, ``(1, *B)`` (position ids), or 1-D ids whose length is no multiple of N
     (nanoGPT's ``wpe(torch.arange(T))``), are looked up in every member's table: ``(N, *B, d)``. 1-D ids
     of a length that is a multiple of N could be either and are refused, naming both layouts. In a part of
-    a population, N is the part's members and ``population`` the whole one's: 1-D ids the whole population
-    reads as shared are shared in every part too."""
+    a population, N is the part's members and ``population`` the whole one's: a part reads 1-D ids as the
+    whole population does (shared, or refused), whatever its own size."""
     if idx.dim() > 0 and idx.shape[0] == 1:
         idx = idx.expand(noise.size, *idx.shape[1:])
     elif idx.dim() == 1:
         n, length = noise.size, idx.shape[0]
-        if length % n == 0 and length % (population or n) == 0:
-            k = length // n
+        if length % (population or n) == 0:
+            k = f"{length // n}" if length % n == 0 else "k"
             raise ValueError(
-                f"{layer}: 1-D ids of length {length} inside a population of {n} members read as {k} token(s) per "
-                f"member or as ids every member shares (positions): pass ({n}, {k}) for tokens per member, or "
-                f"(1, {length}) for shared ids (torch.arange(T)[None])"
+                f"{layer}: 1-D ids of length {length} inside a population of {population or n} members"
+                + (f" (a part of {n} here)" if population and population != n else "")
+                + f" read as tokens per member or as ids every member shares (positions): pass ({n}, {k}) for {k} "
+                f"token(s) per member, or (1, {length}) for shared ids (torch.arange(T)[None])"
             )
         idx = idx.expand(n, length)
     check_members(layer, idx, noise.size, 1)
