@@ -233,6 +233,9 @@ def _plain_below(module: nn.Module) -> Iterator[None]:
     """Inside: the ``PerMember`` modules below ``module`` (its norm, also called from elsewhere) run as their plain
     class, on the member's parameters ``module``'s forward swapped in. Kept on the modules, not in a global flag,
     so that another model's population evaluated in another thread meanwhile stays per member."""
+    if not module._modules:  # a leaf (most dense modules: a norm, a bare parameter): nothing below
+        yield
+        return
     below = [m for m in module.modules() if m is not module and isinstance(m, PerMember) and m.member_noise is not None]
     noise = [m.member_noise for m in below]
     for m in below:
