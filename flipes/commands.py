@@ -301,7 +301,7 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max
 
     from flipes.rl import stepper
     from flipes.rl.envs import base_id
-    from flipes.rl.mujoco_log import mujoco_warnings_once
+    from flipes.rl.mujoco_log import makes_mujoco, mujoco_warnings_once
     from flipes.rl.spaces import SpaceError, flat_observation_space
 
     headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
@@ -309,7 +309,7 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         os.environ.setdefault("MUJOCO_GL", "egl")
     try:
-        with mujoco_warnings_once(load=True):  # no MUJOCO_LOG.TXT left in the user's directory
+        with mujoco_warnings_once(load=makes_mujoco(base_id(env_id))):  # no MUJOCO_LOG.TXT left in the user's directory
             env = gym.make(base_id(env_id), render_mode="rgb_array")  # gymnasium's own env, without an engine prefix
     except gym.error.DependencyNotInstalled as e:
         raise UsageError(

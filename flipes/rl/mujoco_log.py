@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import gymnasium as gym
+
 
 class MujocoWarning(UserWarning):
     """A warning MuJoCo gave while an env's model was compiled (e.g. a deprecated XML attribute)."""
@@ -25,6 +27,12 @@ class MujocoWarning(UserWarning):
 def uses_mujoco(entry_point: Any) -> bool:
     """Whether a registered entry point is one of gymnasium's MuJoCo envs."""
     return isinstance(entry_point, str) and entry_point.startswith("gymnasium.envs.mujoco")
+
+
+def makes_mujoco(env_id: str) -> bool:
+    """Whether ``env_id``, registered with gymnasium in this process, is one of its MuJoCo envs (any other id: no)."""
+    spec = gym.registry.get(env_id)
+    return spec is not None and uses_mujoco(spec.entry_point)
 
 
 @contextlib.contextmanager
@@ -40,8 +48,10 @@ def mujoco_warnings_once(report: bool = True, load: bool = False) -> Iterator[li
     seen: list[str] = []
     mujoco = sys.modules.get("mujoco")
     if mujoco is None and load:
-        with contextlib.suppress(ImportError):
+        try:
             import mujoco
+        except Exception:  # not installed, or failing to import (MUJOCO_GL names a missing backend): the env says so
+            mujoco = None
     setter = getattr(mujoco, "set_mju_user_warning", None)
     if setter is None:  # no MuJoCo, or a MuJoCo without the hook
         yield seen

@@ -23,7 +23,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
-from flipes.rl.mujoco_log import mujoco_warnings_once
+from flipes.rl.mujoco_log import makes_mujoco, mujoco_warnings_once
 from flipes.rl.spaces import flat_observation_space, flatten_observations
 
 
@@ -58,18 +58,19 @@ class EnvBlock(gym.Env):
         self.env.close()
 
 
-def _worker_block(parent: int, env_id: str, size: int, offset: int, kwargs: dict[str, Any]) -> EnvBlock:
+def _worker_block(parent: int, env_id: str, size: int, offset: int, kwargs: dict[str, Any], mujoco: bool = False) -> EnvBlock:
     """An :class:`EnvBlock` made in its worker process, which leaves Ctrl-C to the process that started it
     (``parent``): a terminal's Ctrl-C reaches every process of its group, and a worker ended by it would fail the
     step under way instead of letting training stop after its generation with a checkpoint. SIGTERM still ends a
     worker: multiprocessing stops the workers of an env left open at exit with it (ignored, the exit would hang).
-    gymnasium also makes one block in the parent itself, for the spaces: signals are left as they are there."""
+    gymnasium also makes one block in the parent itself, for the spaces: signals are left as they are there.
+    ``mujoco``: the env is one of gymnasium's MuJoCo envs (MuJoCo is imported first, to collect its warnings)."""
     worker = os.getpid() != parent
     if worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # MuJoCo's compiler warnings: the parent reports them once (its own copy), a worker drops its block's (workers
-    # run the heavy envs only, MuJoCo's and Box2D's: importing MuJoCo where installed costs little beside them)
-    with mujoco_warnings_once(report=not worker, load=True):
+    # MuJoCo's compiler warnings: the parent reports them once (its own copy), a worker drops its block's; MuJoCo
+    # is imported for its envs only (a Box2D worker need not import it, nor fail where MUJOCO_GL names no backend)
+    with mujoco_warnings_once(report=not worker, load=mujoco):
         return EnvBlock(env_id, size, offset, kwargs)
 
 
@@ -94,7 +95,8 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"{workers} workers cannot share {num_envs} envs equally; pick a divisor of {num_envs}")
         self.num_envs, self.workers, self.device = num_envs, workers, torch.device(device)
         size = num_envs // workers
-        fns = [functools.partial(_worker_block, os.getpid(), env_id, size, k * size, kwargs) for k in range(workers)]
+        mujoco = makes_mujoco(env_id)
+        fns = [functools.partial(_worker_block, os.getpid(), env_id, size, k * size, kwargs, mujoco) for k in range(workers)]
         # forkserver: forking this process itself fails with ENOMEM once it holds large envs (seen at
         # N = 1024 MuJoCo envs), and spawn re-imports everything per worker
         context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
