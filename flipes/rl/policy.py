@@ -27,6 +27,8 @@ class SpacePolicy(nn.Module):
         normalize: keep running observation statistics (``self.obs_norm``).
     """
 
+    all_bounded = False  # set in __init__ for a Box; here for a policy unpickled from before it existed (the where path)
+
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
         super().__init__()
         name = type(self).__name__
@@ -65,6 +67,8 @@ class SpacePolicy(nn.Module):
             # a dimension bounded on one side only stays linear, clipped at its bound; not saved (checkpoints
             # written before it lack them, and they are the space's)
             self.half_bounded = bool((torch.isfinite(low) ^ torch.isfinite(high)).any())
+            # every dimension bounded (MuJoCo's, most envs'): tanh alone, the same numbers without a where per step
+            self.all_bounded = bool(self.bounded.all())
             self.register_buffer("low", low, persistent=False)
             self.register_buffer("high", high, persistent=False)
         else:
@@ -101,7 +105,8 @@ class SpacePolicy(nn.Module):
             return a.view(*z.shape[:-1], *self.action_shape)
         if self.kind == "MultiBinary":  # gymnasium's dtype for it
             return (z > 0).to(torch.int8).view(*z.shape[:-1], *self.action_shape)
-        z = torch.where(self.bounded, torch.tanh(z), z) * self.scale + self.center
+        squashed = torch.tanh(z) if self.all_bounded else torch.where(self.bounded, torch.tanh(z), z)
+        z = squashed * self.scale + self.center
         if self.half_bounded:
             z = torch.maximum(torch.minimum(z, self.high.to(z.dtype)), self.low.to(z.dtype))
         return z.view(*z.shape[:-1], *self.action_shape)
