@@ -238,12 +238,15 @@ def _run_pipelined(
     returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
     alive = np.ones(n, dtype=bool)
     steps = [0, 0]
+    # tensors sharing state's and mask's memory, made once: each step only writes into the arrays
+    observed, mask = torch.from_numpy(state), np.zeros(n, dtype=bool)
+    masked = torch.from_numpy(mask).view(m, -1)
 
     def observe(rows: slice) -> None:
         if record is not None:
-            mask = np.zeros(n, dtype=bool)
+            mask[:] = False
             mask[rows] = alive[rows]
-            record.record(torch.from_numpy(state).to(device).view(m, n // m, -1), torch.from_numpy(mask).to(device).view(m, -1))
+            record.record(observed.to(device).view(m, n // m, -1), masked.to(device))
 
     def live(h: int) -> np.ndarray:
         if max_steps is not None and steps[h] >= max_steps:
@@ -251,7 +254,7 @@ def _run_pipelined(
         return np.flatnonzero(alive[halves[h]]) + halves[h].start
 
     observe(slice(0, n))
-    first = act(torch.from_numpy(state).to(device))
+    first = act(observed.to(device))
     check_actions(first, env.single_action_space, n)
     actions = first.cpu().numpy()
     ready = [True, True]  # the half's rows of `actions` answer its current observations
@@ -259,15 +262,14 @@ def _run_pipelined(
     while True:
         if flight is None:
             for h in (0, 1):
-                ids = live(h)
-                if ready[h] and len(ids):
+                if ready[h] and len(ids := live(h)):
                     env.send(actions, ids)
                     flight, ready[h] = h, False
                     steps[h] += 1
                     break
         todo = [h for h in (0, 1) if h != flight and not ready[h] and len(live(h))]
         if todo:  # overlaps the half in flight
-            fresh = act(torch.from_numpy(state).to(device)).cpu().numpy()
+            fresh = act(observed.to(device)).cpu().numpy()
             for h in todo:
                 actions[halves[h]] = fresh[halves[h]]
                 ready[h] = True
