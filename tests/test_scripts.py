@@ -101,6 +101,16 @@ def test_bench_ab_quick_trains_both_trees_to_the_same_parameters(tmp_path: Path)
     assert bad.returncode != 0 and "--base 'no-such-rev' is not a commit" in bad.stderr
 
 
+def test_profile_rollout_quick_splits_a_step_into_sections(tmp_path: Path) -> None:
+    """The rollout profile times a generation of a torch env serially and splits it into sections that add up."""
+    run("scripts/profile_rollout.py", "--quick", "true", "--json", str(tmp_path / "p.json"), timeout=120)
+    result = json.loads((tmp_path / "p.json").read_text())["results"]
+    assert set(result) == {"serial"}  # a torch env has no send/recv to pipeline with
+    row = result["serial"]
+    assert all(row[k] > 0 for k in ("env", "policy", "of it Flipout MLP", "record", "total"))
+    assert row["env"] + row["policy"] + row["record"] + row["rest"] == pytest.approx(row["total"])
+
+
 def test_bench_warp_quick_times_every_engine(tmp_path: Path) -> None:
     """The MuJoCo Warp benchmark steps flipes' env, EnvPool and gymnasium side by side and writes
     their rates and the machine's load."""
