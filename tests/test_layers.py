@@ -862,6 +862,30 @@ def test_a_dense_module_that_needs_a_batch_dim_runs_each_member_as_a_batch_of_on
     check_members(Sequences, lambda: (randn(N, 1, 4),), rows(1), out_rows(1), True, 2, None)
 
 
+class CountedPositions(Positions):
+    """Positions that count their forward's calls (vmap runs a forward once for all members)."""
+
+    calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        CountedPositions.calls += 1  # on this class: flipout makes the module an instance of a subclass
+        return super().forward(x)
+
+
+def test_a_dense_module_found_to_need_a_batch_dim_runs_as_a_batch_of_one_at_once_on_later_calls() -> None:
+    """After its first call fails on each member's row and runs on its batch of one, a dense module that needs a
+    batch dim is run as a batch of one at once: one forward per later call instead of a failing one first, with
+    outputs equal to the first call's."""
+    model = flipes.flipout(CountedPositions())
+    es = flipes.FlipES(model, popsize=4, seed=0)
+    x = torch.randn(4, 3, 4)
+    with es.population():
+        first = model(x)
+        assert CountedPositions.calls == 2  # the member's row, (3, 4), then its batch of one, (1, 3, 4)
+        again = model(x)
+    assert CountedPositions.calls == 3 and torch.equal(first, again) and first.shape == (4, 3, 4)
+
+
 class MeanSquare(nn.Module):
     """A loss with a learned target: one value per batch."""
 

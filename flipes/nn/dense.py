@@ -199,16 +199,24 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         split = [leaf.unflatten(0, (n, k)) if d == 0 and batched else leaf for leaf, d in zip(leaves, dims, strict=True)]
         return torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)  # own dropout masks
 
+    # a forward written for batches only (a Hugging Face module reading input.shape[:2]) runs each member's one row
+    # as a batch of one; known after its first failure, so later calls do not fail (and trace) first again
+    batched_only = not batch and module.__dict__.get("_flipes_batched_only", False)
     try:
-        try:
-            out = run(batch)
-        except (RuntimeError, ValueError) as e:
-            if batch:
-                raise
-            try:  # a forward written for batches only (a Hugging Face module reading input.shape[:2]): a batch of one
-                out = run(True)
-            except Exception:
-                raise e from None
+        if batched_only:
+            out = run(True)
+        else:
+            try:
+                out = run(batch)
+            except (RuntimeError, ValueError) as e:
+                if batch:
+                    raise
+                try:
+                    out = run(True)
+                except Exception:
+                    raise e from None
+                module._flipes_batched_only = batched_only = True
+        if batched_only:
             # its batch dim of one taken away: (N, 1, ...) -> (N, ...); an output without one (learned positions
             # (T, E), whatever the batch) is already each member's, members first
             return pytree.tree_map(lambda t: t.squeeze(1) if isinstance(t, Tensor) and t.shape[1:2] == (1,) else t, out)
