@@ -254,7 +254,9 @@ def _sigma_schedule(overrides: dict[str, Any], config: TrainConfig | None) -> tu
 
     sigma = overrides.get("sigma", config.sigma if config is not None else None)
     if isinstance(sigma, SigmaDecay):
-        beside = overrides if "sigma" in overrides else {k: getattr(config, k) for k in ("sigma_decay", "sigma_min")}
+        # a SigmaDecay in the config meets that config's options and those given here, which would replace them
+        in_config = {} if "sigma" in overrides else {k: getattr(config, k) for k in ("sigma_decay", "sigma_min")}
+        beside = {**in_config, **overrides}
         given = [k for k, default in (("sigma_decay", 1.0), ("sigma_min", 0.0)) if beside.get(k, default) != default]
         if given:
             raise UsageError("sigma", f"a SigmaDecay with {' and '.join(given)} beside it", "give the schedule one way")

@@ -299,7 +299,8 @@ def test_a_run_on_a_sigma_schedule_resumes_bit_for_bit_and_refuses_another_sched
 
 def test_a_sigma_function_is_refused_naming_the_decay_options(tmp_path: Path) -> None:
     """flipes.train(sigma=fn), given as a keyword or in a TrainConfig, is one UsageError naming sigma_decay and
-    sigma_min (and FlipES for other schedules); a SigmaDecay with sigma_decay beside it is refused too."""
+    sigma_min (and FlipES for other schedules); a SigmaDecay with sigma_decay or sigma_min beside it, given as a
+    keyword or in a TrainConfig with the SigmaDecay, is refused too."""
     from flipes.search import SigmaDecay
 
     for given in ({"sigma": lambda g: 0.1}, {"config": TrainConfig(sigma=lambda g: 0.1)}):  # type: ignore[arg-type]
@@ -307,8 +308,11 @@ def test_a_sigma_function_is_refused_naming_the_decay_options(tmp_path: Path) ->
             flipes.UsageError, match=r"^sigma: is a function \(.*<lambda>\).*; pass sigma_decay=d and sigma_min=m"
         ):
             flipes.train(**FAST_KW, **given, out=str(tmp_path / "run"))
-    with pytest.raises(flipes.UsageError, match=r"^sigma: a SigmaDecay with sigma_decay beside it; give the schedule one way"):
-        flipes.train(**FAST_KW, sigma=SigmaDecay(0.1, 0.9), sigma_decay=0.9, out=str(tmp_path / "run"))
+    in_config = TrainConfig(sigma=SigmaDecay(0.1, 0.9))  # type: ignore[arg-type]
+    only_min = {"config": in_config, "sigma_decay": 1.0, "sigma_min": 0.01}
+    for given in ({"sigma": SigmaDecay(0.1, 0.9)}, {"config": in_config}, only_min):
+        with pytest.raises(flipes.UsageError, match=r"^sigma: a SigmaDecay with sigma_(decay|min) beside it; give the schedule"):
+            flipes.train(**FAST_KW, **{"sigma_decay": 0.5, **given}, out=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
