@@ -423,10 +423,12 @@ def _check_sigma_schedule(config: TrainConfig) -> None:
         )
     if floor > 0 and decay == 1:
         adapted = f", or adapted by --sigma-lr {config.sigma_lr:g}" if config.sigma_lr > 0 else ""
+        # a decay alone is refused beside adaptive σ: name the --sigma-lr 0 it needs too
+        unadapt = "--sigma-lr 0 " if config.sigma_lr > 0 else ""
         raise UsageError(
             "--sigma-min",
             f"{floor:g} floors --sigma-decay's schedule, and --sigma-decay is 1 (σ fixed{adapted})",
-            "add --sigma-decay d < 1, e.g. --sigma-decay 0.999, or drop --sigma-min",
+            f"add {unadapt}--sigma-decay d < 1, e.g. {unadapt}--sigma-decay 0.999, or drop --sigma-min",
         )
     if decay == 1:
         return
