@@ -102,13 +102,14 @@ def test_bench_ab_quick_trains_both_trees_to_the_same_parameters(tmp_path: Path)
 
 
 def test_profile_rollout_quick_splits_a_step_into_sections(tmp_path: Path) -> None:
-    """The rollout profile times a generation of a torch env serially and splits it into sections that add up."""
+    """The rollout profile times a generation of a torch env serially and splits it into disjoint sections: each
+    timed, none inside another (what is left of the total, ``rest``, is neither negative nor all of it)."""
     run("scripts/profile_rollout.py", "--quick", "true", "--json", str(tmp_path / "p.json"), timeout=120)
     result = json.loads((tmp_path / "p.json").read_text())["results"]
     assert set(result) == {"serial"}  # a torch env has no send/recv to pipeline with
     row = result["serial"]
     assert all(row[k] > 0 for k in ("env", "policy", "of it Flipout MLP", "record", "total"))
-    assert row["env"] + row["policy"] + row["record"] + row["rest"] == pytest.approx(row["total"])
+    assert 0 < row["rest"] < row["total"] and row["of it Flipout MLP"] < row["policy"]
 
 
 def test_bench_warp_quick_times_every_engine(tmp_path: Path) -> None:
