@@ -415,12 +415,7 @@ def _check_sigma_schedule(config: TrainConfig) -> None:
     if decay > 1:
         raise UsageError("--sigma-decay", f"must be at most 1, got {decay!r} (σ would grow each generation)", fix)
     finite("--sigma-min", floor, 0, fix="0 is no floor; e.g. --sigma-min 0.01")
-    if floor > sigma:
-        raise UsageError(
-            "--sigma-min",
-            f"{floor:g} is above --sigma {sigma:g}, where σ starts",
-            f"use a floor below it, e.g. --sigma-min {sigma / 10:g}",
-        )
+    # without a decay first: a floor below --sigma would be refused then too
     if floor > 0 and decay == 1:
         adapted = f", or adapted by --sigma-lr {config.sigma_lr:g}" if config.sigma_lr > 0 else ""
         # a decay alone is refused beside adaptive σ: name the --sigma-lr 0 it needs too
@@ -429,6 +424,12 @@ def _check_sigma_schedule(config: TrainConfig) -> None:
             "--sigma-min",
             f"{floor:g} floors --sigma-decay's schedule, and --sigma-decay is 1 (σ fixed{adapted})",
             f"add {unadapt}--sigma-decay d < 1, e.g. {unadapt}--sigma-decay 0.999, or drop --sigma-min",
+        )
+    if floor > sigma:
+        raise UsageError(
+            "--sigma-min",
+            f"{floor:g} is above --sigma {sigma:g}, where σ starts",
+            f"use a floor below it, e.g. --sigma-min {sigma / 10:g}",
         )
     if decay == 1:
         return
