@@ -418,13 +418,13 @@ def _check_sigma_schedule(config: TrainConfig) -> None:
     # without a decay first: a floor below --sigma would be refused then too
     if floor > 0 and decay == 1:
         adapted = f", or adapted by --sigma-lr {config.sigma_lr:g}" if config.sigma_lr > 0 else ""
-        # a decay alone is refused beside adaptive σ: name the --sigma-lr 0 it needs too
+        # a decay alone is refused beside adaptive σ and with ARS: name what it needs too, or no decay
         unadapt = "--sigma-lr 0 " if config.sigma_lr > 0 else ""
-        raise UsageError(
-            "--sigma-min",
-            f"{floor:g} floors --sigma-decay's schedule, and --sigma-decay is 1 (σ fixed{adapted})",
-            f"add {unadapt}--sigma-decay d < 1, e.g. {unadapt}--sigma-decay 0.999, or drop --sigma-min",
-        )
+        fix = f"add {unadapt}--sigma-decay d < 1, e.g. {unadapt}--sigma-decay 0.999, or drop --sigma-min"
+        if config.algo == "ars":
+            fix = "drop --sigma-min (ARS steps at a fixed σ), or use --algo openai-es with --sigma-decay d < 1"
+        why = f"{floor:g} floors --sigma-decay's schedule, and --sigma-decay is 1 (σ fixed{adapted})"
+        raise UsageError("--sigma-min", why, fix)
     if floor > sigma:
         raise UsageError(
             "--sigma-min",
