@@ -41,7 +41,7 @@ class TrainConfig:
     Refused with adaptive σ (--sigma-lr > 0, e.g. --algo pgpe's: add --sigma-lr 0) and with --algo ars."""
     sigma_min: float = 0.0
     """The floor of --sigma-decay's schedule (evosax's sigma_limit): σ decays to it and stays there; 0: none.
-    At most --sigma."""
+    At most --sigma, and only with --sigma-decay < 1 (a fixed or adapted σ has no floor)."""
     lr: float = 0.05
     """Adam's learning rate on the ES gradient (openai-es); with --algo pgpe it sets ClipUp's speed
     (lr·√D/2, see --max-speed), with --algo ars SGD's step lr·σ."""
