@@ -194,7 +194,9 @@ def evaluate_policy(
 ) -> torch.Tensor:
     """Returns of ``episodes`` episodes of ``policy`` on ``env_id`` (one vector env, fixed seeds), each cut
     after ``max_steps`` steps (``None``: the env's own time limit). The policy runs in eval mode, as
-    :func:`load_policy` returns it (no dropout); each module's mode is set back afterwards."""
+    :func:`load_policy` returns it (no dropout); each module's mode is set back afterwards. As deployed, a
+    BatchNorm whose running statistics were never filled uses its initial ones, where a run's ``eval_return``
+    used each batch's: the returns differ until they are filled (``torch.optim.swa_utils.update_bn``)."""
     try:
         env = make_vector_env(env_id, episodes, device, note=None)
     except EnvError as e:
