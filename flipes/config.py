@@ -451,7 +451,7 @@ def _check_sigma_schedule(config: TrainConfig) -> None:
         raise UsageError(
             "--sigma-decay",
             f"{decay:g} takes σ to {last:.3g} by generation {config.generations - 1}, too small to perturb float32 weights",
-            f"set a floor, e.g. --sigma-min {sigma / 100:g}, or a decay closer to 1",
+            f"{'raise the floor' if floor else 'set a floor'}, e.g. --sigma-min {sigma / 100:g}, or a decay closer to 1",
         )
 
 

@@ -283,6 +283,7 @@ def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.Capture
         (["train", "--sigma-min", "0.2"], "--sigma-min: 0.2 floors --sigma-decay's schedule, and --sigma-decay is 1"),
         (["train", "--algo", "ars", "--sigma-min", "0.01"], "(σ fixed); drop --sigma-min (ARS steps at a fixed σ), or use"),
         (["train", "--sigma-decay", "0.5", "--generations", "100"], "set a floor, e.g. --sigma-min 0.001"),
+        (["train", "--sigma-decay", "0.5", "--sigma-min", "1e-14", "--generations", "100"], "raise the floor, e.g."),
         (["train", "--popsize", "20", "--groups", "4"], "has 5 (odd); use one of --groups [1, 2, 5, 10], or --mirrored false"),
         (["train", "--popsize", "9"], "no --groups fits --popsize 9: use a --popsize that is a multiple of 2"),
     ] + ([(["train", "--env", "gymnasium:BipedalWalker-v3"], "box2d")] if importlib.util.find_spec("Box2D") is None else []):
