@@ -685,16 +685,16 @@ def test_an_own_loop_that_never_merges_obs_norm_is_warned_once() -> None:
             assert policy.obs_norm.count.item() == 0
 
 
-def test_box_actions_of_a_policy_pickled_without_the_all_bounded_flag_equal_a_new_policys() -> None:
-    """A Box policy unpickled from a checkpoint written before ``all_bounded`` existed (no such attribute) acts, bit
-    for bit (-0, NaN and ±inf outputs included), as one built now: on a space bounded in every dimension (tanh alone)
-    and on one with an unbounded dimension (tanh only where bounded)."""
+def test_box_actions_of_a_policy_pickled_without_the_bound_flags_equal_a_new_policys() -> None:
+    """A Box policy unpickled from a checkpoint written before ``all_bounded`` and ``half_bounded`` existed (no such
+    attributes) acts, bit for bit (-0, NaN and ±inf outputs included), as one built now: on a space bounded in every
+    dimension (tanh alone) and on one with an unbounded dimension (tanh only where bounded)."""
     special = torch.tensor([0.0, -0.0, math.nan, math.inf, -math.inf, 1e-30, -30.0, 0.5])
     for low, high in (([-2.0, -1.0], [3.0, 1.0]), ([-2.0, -np.inf], [3.0, np.inf])):
         box = gym.spaces.Box(np.array(low, np.float32), np.array(high, np.float32))
         policy = MLPPolicy(gym.spaces.Box(-1, 1, (4,), np.float32), box, hidden=(), normalize=False).double()
         old = pickle.loads(pickle.dumps(policy))
-        del old.__dict__["all_bounded"]
+        del old.__dict__["all_bounded"], old.__dict__["half_bounded"]
         z = torch.stack([special, special.flip(0)], 1).double()
         assert policy.all_bounded == bool(np.isfinite(high).all())
         assert torch.equal(old.action(z).view(torch.int64), policy.action(z).view(torch.int64))

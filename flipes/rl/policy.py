@@ -27,7 +27,10 @@ class SpacePolicy(nn.Module):
         normalize: keep running observation statistics (``self.obs_norm``).
     """
 
-    all_bounded = False  # set in __init__ for a Box; here for a policy unpickled from before it existed (the where path)
+    # set in __init__ for a Box; here for a policy unpickled from before they existed: the where path, and no
+    # one-sided clip (a space of that time could not ask for one)
+    all_bounded = False
+    half_bounded = False
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
         super().__init__()
