@@ -211,17 +211,6 @@ class SlotNoise:
         a, b = self.factors
         return torch.bmm(a, b.flatten(2)).view(a.shape[0], a.shape[1], *b.shape[2:])
 
-    def member_deltas(self, conv_groups: int = 1) -> Tensor:
-        """σu_n of every member, ``(n, *weight.shape)``: ``σε_g[o, i, ...] r_n[o] s_n[c(o, i)]`` materialized
-        (``c(o, i)`` the input channel of entry ``(o, i)`` with ``conv_groups``), for a module that reads the
-        weight as a plain parameter; ``n × numel`` values."""
-        eps = self.dense_eps()
-        out, in_g = eps.shape[1], eps.shape[2]
-        o = torch.arange(out, device=eps.device)[:, None]
-        channel = (o // (out // conv_groups)) * in_g + torch.arange(in_g, device=eps.device)[None, :]
-        signs = (self.r[:, :, None] * self.s[:, channel]).view(self.size, out, in_g, *(1,) * (eps.dim() - 3))
-        return eps.repeat_interleave(self.size // self.groups, dim=0) * signs
-
     @property
     def bias(self) -> Tensor | None:
         """σ·ε_b per member, ``(n, out_channels)``."""

@@ -26,7 +26,7 @@ from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, as_index, check_fitness, check_weights, integer, nonnegative
-from flipes.es.gradient import accumulate, paired, weighted_dense, weighted_perturbation
+from flipes.es.gradient import accumulate, member_perturbations, paired, weighted_dense, weighted_perturbation
 from flipes.es.members import BestMember
 from flipes.es.population import Population
 from flipes.es.shaping import ars as shaping_ars
@@ -722,7 +722,7 @@ class FlipES:
         for module, name, i in self._weight_uses:
             if i not in deltas:
                 pw = self.slots[i]
-                delta = slot_noise[i].member_deltas(pw.conv_groups)
+                delta = member_perturbations(slot_noise[i], pw.conv_groups)
                 deltas[i] = delta.transpose(1, 2) if pw.transposed else delta
             if module.member_noise is None:
                 module.member_noise = {}

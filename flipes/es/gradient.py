@@ -38,6 +38,16 @@ def block_diagonal(m: Tensor, conv_groups: int) -> Tensor:
     return torch.diagonal(blocks, dim1=1, dim2=3).permute(0, 3, 1, 2).reshape(g, out, inp // conv_groups)
 
 
+def member_perturbations(noise: SlotNoise, conv_groups: int) -> Tensor:
+    """σu_n of every member, ``(n, *weight.shape)``: ``σε_g ∘ r_n s_nᵀ`` materialized (a grouped conv's entries taken
+    as :func:`block_diagonal` takes them), for a dense module that reads a Flipout weight as a plain parameter;
+    ``n × numel`` values."""
+    eps = noise.dense_eps()
+    signs = block_diagonal(noise.r[:, :, None] * noise.s[:, None, :], conv_groups)
+    signs = signs.view(*signs.shape, *(1,) * (eps.dim() - 3))  # over a conv's kernel
+    return eps.repeat_interleave(noise.size // noise.groups, dim=0) * signs
+
+
 def weighted_perturbation(
     pw: PerturbedWeight, noise: SlotNoise, coeff: Tensor, pairs: Tensor | None = None
 ) -> tuple[Tensor, Tensor | None]:
