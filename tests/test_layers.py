@@ -1370,6 +1370,35 @@ def test_a_flipout_weight_also_read_by_a_dense_module_is_reported_flipout_and_ru
     assert torch.equal(parts, whole)
 
 
+def test_a_flipout_weight_read_by_a_dense_module_is_materialized_only_for_the_members_evaluated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each member's copy of a Flipout weight that a dense module reads (N × numel values, what parts exist to
+    bound) is made once per population or part actually run, for that part's members: never for the whole
+    population around its parts, where nothing reads it."""
+    built: list[int] = []
+    make = flipes.es.gradient.member_perturbations
+
+    def counted(noise, conv_groups):  # type: ignore[no-untyped-def]
+        built.append(noise.size)
+        return make(noise, conv_groups)
+
+    monkeypatch.setattr(flipes.es.gradient, "member_perturbations", counted)
+    torch.manual_seed(0)
+    model = flipes.flipout(ScaledTiedLM().to(DT))
+    es = flipes.FlipES(model, popsize=N, sigma=0.3, seed=1, groups=2, hold_noise=False)
+    tokens = torch.randint(11, (N, 5))
+    with es.population() as pop:
+        for part in pop.split(2):
+            model(tokens[part.members.start : part.members.stop])
+            model(tokens[part.members.start : part.members.stop])  # read twice: made once
+    assert built == [2] * (N // 2)  # parts of 2 members
+    es.tell(torch.randn(N, dtype=DT))
+    with es.population():
+        model(tokens)
+    assert built == [2] * (N // 2) + [N]
+
+
 @pytest.mark.parametrize("kind", ["flipout", "dense", "dense-tied-to-a-flipout-head"])
 @pytest.mark.parametrize("rank", [None, 2])
 def test_an_embeddings_padding_row_is_never_perturbed_nor_updated(rank: int | None, kind: str) -> None:

@@ -26,7 +26,7 @@ from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, as_index, check_fitness, check_weights, integer, nonnegative
-from flipes.es.gradient import accumulate, member_perturbations, paired, weighted_dense, weighted_perturbation
+from flipes.es.gradient import MemberPerturbations, accumulate, paired, weighted_dense, weighted_perturbation
 from flipes.es.members import BestMember
 from flipes.es.population import Population
 from flipes.es.shaping import ars as shaping_ars
@@ -718,12 +718,13 @@ class FlipES:
                 if module.member_noise is None:
                     module.member_noise = {}
                 module.member_noise[name] = nz.delta
-        deltas: dict[int, Tensor] = {}  # a Flipout weight a dense module reads: each member's σu_n, once per slot
+        # a Flipout weight a dense module reads: each member's σu_n (size × numel), one per slot and built at the first
+        # read, not here: the whole population's is installed around its parts, where only the parts' are read
+        deltas: dict[int, MemberPerturbations] = {}
         for module, name, i in self._weight_uses:
             if i not in deltas:
                 pw = self.slots[i]
-                delta = member_perturbations(slot_noise[i], pw.conv_groups)
-                deltas[i] = delta.transpose(1, 2) if pw.transposed else delta
+                deltas[i] = MemberPerturbations(slot_noise[i], pw.conv_groups, pw.transposed)
             if module.member_noise is None:
                 module.member_noise = {}
             module.member_noise[name] = deltas[i]

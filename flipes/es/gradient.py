@@ -48,6 +48,23 @@ def member_perturbations(noise: SlotNoise, conv_groups: int) -> Tensor:
     return eps.repeat_interleave(noise.size // noise.groups, dim=0) * signs
 
 
+class MemberPerturbations:
+    """:func:`member_perturbations` of one slot, made at the first call and kept: a dense module reading a Flipout
+    weight gets this in its ``member_noise`` (``transposed``: a transposed conv's weight, stored (in, out, ...))."""
+
+    __slots__ = ("_conv_groups", "_noise", "_transposed", "_value")
+
+    def __init__(self, noise: SlotNoise, conv_groups: int, transposed: bool) -> None:
+        self._noise, self._conv_groups, self._transposed = noise, conv_groups, transposed
+        self._value: Tensor | None = None
+
+    def __call__(self) -> Tensor:
+        if self._value is None:
+            delta = member_perturbations(self._noise, self._conv_groups)
+            self._value = delta.transpose(1, 2) if self._transposed else delta
+        return self._value
+
+
 def weighted_perturbation(
     pw: PerturbedWeight, noise: SlotNoise, coeff: Tensor, pairs: Tensor | None = None
 ) -> tuple[Tensor, Tensor | None]:

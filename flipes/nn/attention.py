@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
+from flipes.nn.dense import resolved
 from flipes.nn.functional import check_members, flipout_linear
 
 
@@ -108,6 +109,7 @@ class FlipoutMultiheadAttention(FlipoutMixin, nn.MultiheadAttention):
         noise = None if self.member_noise is None else self.member_noise.get(name)
         if noise is None:  # frozen
             return param.expand(batch, *param.shape)
+        noise = resolved(noise)  # a Flipout weight's, made at its first read
         return (param + noise).repeat_interleave(batch // noise.shape[0], dim=0)
 
     def _projections(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:

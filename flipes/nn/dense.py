@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,12 +37,13 @@ class PerMember:
     """Mixin of modules evaluated with dense per-member noise on all their trainable parameters.
 
     ``member_noise`` maps parameter names (as in ``named_parameters()``) to ``(N, *shape)``
-    perturbations of the ``flipes_members`` (N) of a population; ``None`` outside one, where the module is
+    perturbations of the ``flipes_members`` (N) of a population, or to a function making them at the first read
+    (a Flipout weight this module also reads); ``None`` outside one, where the module is
     exactly its parent class. A module with no evolved parameter (a BatchNorm without affine
     parameters) has an empty ``member_noise``: it still runs per member, on each member's batch.
     """
 
-    member_noise: dict[str, Tensor] | None = None
+    member_noise: dict[str, Tensor | Callable[[], Tensor]] | None = None
     flipes_members: int = 0  # the population size while one is evaluated (not "members": a module may have its own)
 
     def __reduce_ex__(self, protocol: int) -> tuple:  # the class is made at runtime: pickle how to make it
@@ -92,6 +93,11 @@ def without_owner(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def resolved(delta: Tensor | Callable[[], Tensor]) -> Tensor:
+    """A ``member_noise`` value as a tensor (made now where it is built at its first read)."""
+    return delta if isinstance(delta, Tensor) else delta()
+
+
 def needs_member_batches(module: nn.Module) -> bool:
     """Whether ``module`` must see each member's examples on their own even with no evolved
     parameter: a BatchNorm's batch statistics, or any norm's running statistics, would mix members.
@@ -127,7 +133,7 @@ def _norm_forward(module: nn.Module, noise: dict[str, Tensor], x: Tensor) -> Ten
 
     def member(name: str) -> Tensor | None:
         p = getattr(module, name, None)
-        return p if name not in noise else (p + noise[name]).unsqueeze(1)
+        return p if name not in noise else (p + resolved(noise[name])).unsqueeze(1)
 
     weight, bias = member("weight"), member("bias")
     if weight is not None and bias is not None:
@@ -152,7 +158,7 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
             "sequence, which cannot be split by member"
         )
     params = dict(module.named_parameters(remove_duplicate=False))
-    member_params = {name: params[name].detach() + delta for name, delta in noise.items()}
+    member_params = {name: params[name].detach() + resolved(delta) for name, delta in noise.items()}
     leaves, spec = pytree.tree_flatten((args, kwargs))
     dims = [0 if _is_member(leaf, n) else None for leaf in leaves]
     if n == 1 and len({leaf.shape[0] for leaf, d in zip(leaves, dims, strict=True) if d == 0} - {1}) == 1:
