@@ -31,7 +31,7 @@ from flipes.callbacks import Callback, read_jsonl
 from flipes.checkpoint import discard
 from flipes.cli import POSITIONAL, parse_config, print_error, report_usage_error
 from flipes.config import TrainConfig
-from flipes.errors import StorageError, UsageError, os_reason
+from flipes.errors import StorageError, UsageError, WorkerEndedError, os_reason
 
 if TYPE_CHECKING:
     from flipes.dist import Comm
@@ -166,8 +166,8 @@ def main_guard(fn: Callable[[], Any], comm: Comm) -> Any:
         if comm.size > 1:  # the options were parsed before: a sys.exit here is one rank's (training's own are ended there)
             if isinstance(e, SystemExit):
                 dist.abort_on_exit(comm, e, "during flipes train")
-            if isinstance(e, UsageError | StorageError):  # usually every rank has it: rank 0 says it once, and ends the job
-                if comm.rank != 0:
+            if isinstance(e, UsageError | StorageError | WorkerEndedError):  # usually every rank has it: rank 0 says it
+                if comm.rank != 0:  # once, and ends the job
                     time.sleep(3.0)  # a rank alone with it still gets to say it
                 print_error(e)
                 comm.abort(2 if isinstance(e, UsageError) else 1)
@@ -494,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except UsageError as e:
         report_usage_error(e)
-    except StorageError as e:  # a full disk or lost permission while training: what is still good, in one line
+    except (StorageError, WorkerEndedError) as e:  # a full disk, lost permission, a killed env worker: what is still good
         print_error(e)
         return 1
     return status if isinstance(status, int) else 0

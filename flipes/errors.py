@@ -30,6 +30,17 @@ class StorageError(RuntimeError):
     one line naming the file and what is still good, and exits with status 1."""
 
 
+class EnvWorkerError(RuntimeError):
+    """An env stepped in a worker process raised: the message names the worker and the env's error, and the
+    exception's cause holds the worker's traceback (it is the user's env: the command line shows both)."""
+
+
+class WorkerEndedError(EnvWorkerError):
+    """An env worker process ended during a call (killed by the kernel's out-of-memory killer, a signal, a crash in
+    the env's C code): the command line prints it as one line naming the worker and what is still good, and exits
+    with status 1."""
+
+
 class EqualFitnessWarning(UserWarning):
     """Every member of a generation had the same fitness, so its ES gradient was zero: the model was
     likely evaluated outside ``with es.population()`` (every member is then the mean network), or σ

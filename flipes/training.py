@@ -31,10 +31,10 @@ from torch import Tensor, nn
 
 from flipes import dist
 from flipes.builders import Fitness, build_env, build_es, build_evaluator, build_fitness, build_model, standard_callbacks
-from flipes.callbacks import Callback, PlainRow
+from flipes.callbacks import Callback, Checkpointer, PlainRow
 from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_target, resume_dir, validate
-from flipes.errors import EqualFitnessWarning, UsageError
+from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError
 from flipes.es import FlipES
 from flipes.nn import flipout, uncompiled
 from flipes.plugins import NAMED, Plugins
@@ -139,10 +139,12 @@ class StopRequest:
     """Inside ``with StopRequest() as stop``, Ctrl-C / SIGTERM ask the loop to stop after the
     current generation (and checkpoint); a second Ctrl-C stops at once. The handlers that were
     installed before are restored on exit. Off the main thread (where Python allows no signal
-    handlers) it does nothing."""
+    handlers) it does nothing. ``kept()`` says what a run that stops at once keeps: ``last()``, its last
+    checkpoint, and ``--resume resume``."""
 
-    def __init__(self) -> None:
+    def __init__(self, last: Callable[[], str] = lambda: "the last checkpoint", resume: str = "") -> None:
         self.requested = False
+        self.last, self.resume = last, resume
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -158,6 +160,10 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+
+    def kept(self) -> str:
+        """What a run stopped at once keeps: its last checkpoint, and the way on from it."""
+        return f"{self.last()} stays" + (f": --resume {self.resume} continues from it" if self.resume else "")
 
 
 def train(
@@ -353,7 +359,14 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
             )
         for text in notes if lead and config.progress else []:
             print_note(text)
-        with StopRequest() as stop:  # signals wait until the final checkpoint is written, too
+        checkpointer = next((cb for cb in standard if isinstance(cb, Checkpointer)), None)
+
+        def last() -> str:  # rank 0's checkpoints (the other ranks write none)
+            at = checkpointer.saved_at if checkpointer is not None else -1
+            return f"the last checkpoint (generation {at})" if at >= 0 else "the last checkpoint"
+
+        # a first signal waits until the final checkpoint is written, too
+        with StopRequest(last=last, resume=str(run_dir)) as stop:
             for cb in standard + users:  # the run directory is complete when the user's callbacks start
                 cb.on_train_start(state)
             if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
@@ -471,8 +484,8 @@ def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked
     return None
 
 
-# what an env worker process's pipe raises once the worker has ended
-_WORKER_ENDED = (EOFError, BrokenPipeError, ConnectionResetError)
+# what an env worker process's end raises (flipes.rl.workers says which; a pipe of another vector env: a bare error)
+_WORKER_ENDED = (WorkerEndedError, EOFError, BrokenPipeError, ConnectionResetError)
 
 
 def _cut_short(e: BaseException, stop: StopRequest, comm: dist.Comm, what: str, kept: str) -> bool:
@@ -518,6 +531,8 @@ def run_loop(
             if not _cut_short(
                 e, stop, comm, f"generation {gen}", f"the checkpoint holds the {gen} whole generation(s) before it"
             ):
+                if isinstance(e, WorkerEndedError):  # one line: which worker, how, and what the run keeps
+                    raise WorkerEndedError(f"generation {gen}: {e}; {stop.kept()}") from None
                 raise
             return "interrupted"
         if isinstance(fitness, RolloutFitness):
@@ -574,6 +589,8 @@ def run_loop(
                     evaluated = evaluate_center(state, evaluator, gen)
                 except _WORKER_ENDED as e:
                     if not _cut_short(e, stop, comm, f"the evaluation of generation {gen}", "its row has no eval_return"):
+                        if isinstance(e, WorkerEndedError):
+                            raise WorkerEndedError(f"the evaluation of generation {gen}: {e}; {stop.kept()}") from None
                         raise
                     evaluated = {}
                 clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row

@@ -229,6 +229,67 @@ def test_a_signal_to_the_whole_process_group_stops_a_run_with_env_workers_and_ke
     assert [r["params_sha256"] for r in metrics(run)] == [r["params_sha256"] for r in whole.metrics]
 
 
+DOOMED_ENV = """
+import multiprocessing, os, signal
+import gymnasium as gym
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+class Doomed(CartPoleEnv):
+    # CartPole whose copies in the second env worker process end it at their DOOMED_AT-th step, mid-step: SIGKILL (the
+    # kernel's out-of-memory killer's signal), or an error (DOOMED=raise) whose source line holds a '%'
+    steps = 0
+
+    def step(self, action):
+        Doomed.steps += 1
+        if Doomed.steps == int(os.environ["DOOMED_AT"]) and multiprocessing.current_process().name.endswith("-1"):
+            if os.environ.get("DOOMED") == "raise":
+                raise RuntimeError("the simulator diverged at step %d" % Doomed.steps)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(action)
+
+gym.register("doomed/Doomed-v0", entry_point=Doomed, max_episode_steps=500)
+"""
+
+
+def train_doomed(tmp_path: Path, doomed: str, at: int) -> subprocess.CompletedProcess:
+    """``flipes train`` on Doomed-v0 in 2 env worker processes (the second one failing at its ``at``-th env step)."""
+    (tmp_path / "doomed.py").write_text(DOOMED_ENV)
+    argv = [*FAST, "--env", "gymnasium-async:doomed:doomed/Doomed-v0", "--env-threads", "2", "--generations", "10000",
+            "--checkpoint-every", "1", "--out", str(tmp_path / "run")]  # fmt: skip
+    return run_script("-m", "flipes", "train", *argv, extra_path=[tmp_path], check=False, timeout=60,
+                      env={"DOOMED": doomed, "DOOMED_AT": str(at)})  # fmt: skip
+
+
+def test_an_env_worker_killed_mid_step_ends_training_at_once_in_one_line_naming_it_and_the_checkpoint_kept(
+    tmp_path: Path,
+) -> None:
+    """An env worker process killed in the middle of a step (SIGKILL, as the out-of-memory killer sends) while the other
+    one answers ends `flipes train` at once (closing the env does not wait on the answered pipe forever) with status 1
+    and one line naming the worker, its pid, the signal, and the last checkpoint with its generation, which loads and
+    is the one --resume continues from."""
+    r = train_doomed(tmp_path, "kill", 300)  # a few generations in (every env copy-step counts)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "Traceback" not in r.stderr, (r.returncode, r.stderr[-3000:])
+    run = re.escape(str(tmp_path / "run"))
+    match = re.fullmatch(r"flipes: error: generation (\d+): env worker 2 of 2 \(pid \d+\) was killed by SIGKILL \(the kernel's "
+                         r"out-of-memory killer sends it: see dmesg\) during a (step|reset) of its envs; the last checkpoint "
+                         rf"\(generation (\d+)\) stays: --resume {run} continues from it", err[0])  # fmt: skip
+    assert match, err[0]
+    assert load_checkpoint(tmp_path / "run")["es"]["generation"] == int(match[3]) == int(match[1]) >= 1
+
+
+def test_an_env_that_raises_in_a_worker_process_reaches_the_user_with_its_message_and_traceback(tmp_path: Path) -> None:
+    """An env raising in step inside an env worker process (its source line holding a '%', which gymnasium's own report
+    of a worker's error formats, failing with a TypeError of its own) ends `flipes train` with the env's error: the
+    worker's traceback down to the env's line, then an EnvWorkerError naming the worker and the env's message."""
+    r = train_doomed(tmp_path, "raise", 20)
+    assert r.returncode == 1 and "TypeError" not in r.stderr, r.stderr[-3000:]
+    assert 'raise RuntimeError("the simulator diverged at step %d" % Doomed.steps)' in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"flipes\.errors\.EnvWorkerError: an env of worker 2 of 2 \(pid \d+\) raised in step: "
+                        r"RuntimeError: the simulator diverged at step 20", last), last  # fmt: skip
+
+
 def test_torn_and_blank_metrics_lines_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A resume drops a blank line and a torn last line of metrics.jsonl, says so, and continues."""
     run = tmp_path / "run"

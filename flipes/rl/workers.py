@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import multiprocessing.connection
 import os
+import select
 import signal
-import warnings
-from collections.abc import Sequence
-from typing import Any
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -23,13 +25,22 @@ import torch
 from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
+from flipes.errors import EnvWorkerError, WorkerEndedError
 from flipes.rl.mujoco_log import makes_mujoco, mujoco_warnings_once
 from flipes.rl.spaces import flat_observation_space, flatten_observations
+
+T = TypeVar("T")
+
+# the info keys in which a block returns the error its envs raised: the summary line, and the worker's traceback
+ERROR, TRACEBACK = "flipes_error", "flipes_traceback"
 
 
 class EnvBlock(gym.Env):
     """``size`` copies of ``env_id`` (envs ``offset .. offset+size-1`` of the whole vector env)
-    as one gymnasium env; it never ends itself (its copies autoreset on their next step, NEXT_STEP)."""
+    as one gymnasium env; it never ends itself (its copies autoreset on their next step, NEXT_STEP).
+    An error its envs raise in ``reset`` or ``step`` is returned in the info (:data:`ERROR`, :data:`TRACEBACK`)
+    for :class:`WorkerVectorEnv` to raise: gymnasium's own report of a worker's error formats the traceback
+    with ``%``, and fails with a TypeError of its own, the env's error lost, where the traceback holds a ``%``."""
 
     def __init__(self, env_id: str, size: int, offset: int, kwargs: dict[str, Any]) -> None:
         self.env = gym.make_vec(env_id, num_envs=size, vectorization_mode="sync", **kwargs)
@@ -41,18 +52,34 @@ class EnvBlock(gym.Env):
             truncated=gym.spaces.MultiBinary(size),
         )
         self.action_space = self.env.action_space
+        self.last: dict[str, Any] | None = None  # what a call that raised returns beside its error
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         seeds = (options or {}).get("seeds")
         block_seeds = None if seeds is None else list(seeds[self.offset : self.offset + self.size])
-        obs, _ = self.env.reset(seed=block_seeds if block_seeds is not None else seed)
+        try:
+            obs, _ = self.env.reset(seed=block_seeds if block_seeds is not None else seed)
+        except Exception as e:
+            return self._failed(e)
         zero = np.zeros(self.size, dtype=np.int8)
-        return {"obs": obs, "reward": np.zeros(self.size), "terminated": zero, "truncated": zero}, {}
+        self.last = {"obs": obs, "reward": np.zeros(self.size), "terminated": zero, "truncated": zero}
+        return self.last, {}
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
-        obs, reward, terminated, truncated, _ = self.env.step(action)
-        out = {"obs": obs, "reward": reward, "terminated": terminated.astype(np.int8), "truncated": truncated.astype(np.int8)}
-        return out, 0.0, False, False, {}
+        try:
+            obs, reward, terminated, truncated, _ = self.env.step(action)
+        except Exception as e:
+            obs, info = self._failed(e)
+            return obs, 0.0, False, False, info
+        flags = {"terminated": terminated.astype(np.int8), "truncated": truncated.astype(np.int8)}
+        self.last = {"obs": obs, "reward": reward, **flags}
+        return self.last, 0.0, False, False, {}
+
+    def _failed(self, e: Exception) -> tuple[dict, dict]:
+        """The observation (any of the right shape: the parent raises) and info of a call that raised ``e``."""
+        obs = self.last if self.last is not None else self.observation_space.sample()
+        summary = "".join(traceback.format_exception_only(type(e), e)).strip()
+        return obs, {ERROR: summary, TRACEBACK: "".join(traceback.format_exception(type(e), e, e.__traceback__))}
 
     def close(self) -> None:
         self.env.close()
@@ -74,6 +101,13 @@ def _worker_block(parent: int, env_id: str, size: int, offset: int, kwargs: dict
         return EnvBlock(env_id, size, offset, kwargs)
 
 
+class RemoteTraceback(Exception):
+    """The traceback of an error raised in a worker process, shown as the cause of the error raised here."""
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
+
+
 class WorkerVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` copies of a gymnasium id in ``workers`` processes (gymnasium's ``AsyncVectorEnv``
     with shared memory), equal blocks of ``num_envs / workers`` envs each.
@@ -88,6 +122,11 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
     Seeding follows gymnasium: ``reset(seed=s)`` seeds env ``i`` with ``s + i`` (or ``s[i]``), so
     its episodes are those of ``SyncVectorEnv`` with the same seeds. Dict and Tuple observations come
     back flattened into one Box (:mod:`flipes.rl.spaces`; ``source_observation_space`` keeps the env's).
+
+    Failures: an env that raises in ``reset`` or ``step`` raises :class:`~flipes.errors.EnvWorkerError` here,
+    naming the worker and the env's error, with the worker's traceback as its cause; a worker process that
+    ends during a call (killed, crashed) raises :class:`~flipes.errors.WorkerEndedError` naming it and how it
+    ended, at once; ``close`` then returns promptly.
     """
 
     def __init__(self, env_id: str, num_envs: int, workers: int, device: str | torch.device = "cpu", **kwargs: Any) -> None:
@@ -110,6 +149,11 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
         self.spec = None
+        self.pending = False  # a call sent to the workers whose answers were not read (cut short)
+        self.poll = select.poll() if hasattr(select, "poll") else None  # the workers' pipes and ends (see _await)
+        fds = [pipe.fileno() for pipe in self.env.parent_pipes] + [process.sentinel for process in self.env.processes]
+        for fd in fds if self.poll is not None else []:
+            self.poll.register(fd, select.POLLIN)
 
     def _flat(self, x: Any) -> Tensor:
         """``(workers, envs per worker, ...)`` -> ``(num_envs, ...)``; Dict and Tuple observations flattened."""
@@ -121,12 +165,15 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         if seed is not None:
             seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int | np.integer) else [int(s) for s in seed]
             options = {**(options or {}), "seeds": seeds}
-        obs, _ = self.env.reset(options=options)
+        obs, infos = self._answers("reset", functools.partial(self.env.reset_async, options=options), self.env.reset_wait)
+        self._raise_env_error(infos, "reset")
         return self._flat(obs["obs"]), {}
 
     def step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
         a = actions.detach().cpu().numpy() if isinstance(actions, Tensor) else np.asarray(actions)
-        obs, _, _, _, _ = self.env.step(a.reshape(self.workers, self.num_envs // self.workers, *a.shape[1:]))
+        blocks = a.reshape(self.workers, self.num_envs // self.workers, *a.shape[1:])
+        obs, _, _, _, infos = self._answers("step", functools.partial(self.env.step_async, blocks), self.env.step_wait)
+        self._raise_env_error(infos, "step")
         return (
             self._flat(obs["obs"]),
             self._flat(obs["reward"]),
@@ -135,26 +182,109 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
             {},
         )
 
-    def close(self, **kwargs: Any) -> None:
-        """Close the workers. Where they have ended already (a SIGTERM to the whole process group, as Slurm sends,
-        ends them too), gymnasium's close fails on a pipe: any still alive are then ended and every one joined. Not
-        handled: one worker that died alone while the others live and had answered the step under way (gymnasium's
-        close then waits on their pipes for an answer already read)."""
+    def _answers(self, call: str, send: Callable[[], None], wait: Callable[[], T]) -> T:
+        """``send`` the call (gymnasium's ``*_async``), then its ``wait`` once every worker has answered; a worker that
+        ended instead raises WorkerEndedError naming it: gymnasium would fail on its pipe with a bare BrokenPipeError
+        or EOFError, or, where a live worker's answer had been read first, wait on that pipe forever (closing, too)."""
+        env = self.env
+        ends = {process.sentinel: k for k, process in enumerate(env.processes)}
+        self.pending = True  # until the answers are read: close() then ends the workers rather than wait for them
         try:
-            with warnings.catch_warnings():  # a step cut short by an error or signal: said where it happened
-                warnings.filterwarnings("ignore", message=".*while waiting for a pending call")
-                self.env.close(**kwargs)
-        except (EOFError, OSError):
-            env = self.env
-            for process in env.processes:
-                if process.is_alive():
-                    process.terminate()
-            for pipe in env.parent_pipes:
-                if pipe is not None:
-                    pipe.close()
-            for process in env.processes:
+            send()
+        except OSError:  # a worker that ended while idle: its pipe is closed
+            self._raise_ended(ends, call)
+            raise
+        self._await(ends, call)
+        try:
+            answers = wait()
+        except (EOFError, OSError):  # the pipe of a worker ending is ready (closed) before its end is known
+            self._raise_ended(ends, call)
+            raise
+        self.pending = False
+        return answers
+
+    def _await(self, ends: dict[int, int], call: str) -> None:
+        """Return once every worker's pipe is readable (its answer, or its end: gymnasium's wait then fails on it), or
+        raise WorkerEndedError for a worker found ended. poll(2) on the pipes and ends registered once (a step of a
+        fast env costs about 1% more than gymnasium's plain wait, where multiprocessing's wait cost 3%)."""
+        if self.poll is None:  # no poll(2) (Windows)
+            waiting = list(self.env.parent_pipes)
+            while waiting:
+                ready = multiprocessing.connection.wait([*waiting, *ends])
+                ended = [ends[r] for r in ready if isinstance(r, int) and r in ends]
+                if ended:
+                    raise self._ended(ended[0], call)
+                waiting = [pipe for pipe in waiting if pipe not in ready]
+            return
+        pipes = [pipe.fileno() for pipe in self.env.parent_pipes]
+        waiting = len(pipes)
+        try:
+            while waiting:
+                for fd, _ in self.poll.poll():
+                    if fd in ends:
+                        raise self._ended(ends[fd], call)
+                    self.poll.unregister(fd)  # answered: it stays readable
+                    waiting -= 1
+        finally:
+            for fd in pipes:
+                self.poll.register(fd, select.POLLIN)
+
+    def _raise_ended(self, ends: dict[int, int], call: str) -> None:
+        """After a pipe failed during ``call``: raise the error of the first worker found ended within 10 s (its end
+        follows its pipe's closing), or return (the caller raises the pipe's own error)."""
+        ended = multiprocessing.connection.wait(list(ends), timeout=10)
+        if ended:
+            raise self._ended(ends[ended[0]], call) from None  # type: ignore[index]
+
+    def _ended(self, k: int, call: str) -> WorkerEndedError:
+        """The error of worker ``k``, which ended during ``call``."""
+        process = self.env.processes[k]
+        process.join(timeout=5)  # its exit status
+        code = process.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            oom = " (the kernel's out-of-memory killer sends it: see dmesg)" if -code == signal.SIGKILL else ""
+            how = f"was killed by {name}{oom}"
+        else:
+            how = "ended" if code is None else f"exited with status {code}"
+        return WorkerEndedError(f"env worker {k + 1} of {self.workers} (pid {process.pid}) {how} during a {call} of its envs")
+
+    def _raise_env_error(self, infos: dict[str, Any], call: str) -> None:
+        """Raise EnvWorkerError for the first block whose envs raised in ``call``, with the worker's traceback as its cause."""
+        if ERROR not in infos:
+            return
+        k = int(np.flatnonzero(infos[f"_{ERROR}"])[0])
+        pid = self.env.processes[k].pid
+        raise EnvWorkerError(
+            f"an env of worker {k + 1} of {self.workers} (pid {pid}) raised in {call}: {infos[ERROR][k]}"
+        ) from RemoteTraceback(infos[TRACEBACK][k])
+
+    def close(self, **kwargs: Any) -> None:
+        """Close the workers: gymnasium's close where every worker is idle and alive; else (a call cut short by an
+        error, a signal, or a worker that ended: a SIGTERM to the whole process group, as Slurm sends, ends them
+        too) the live ones are ended, and every one joined, without waiting on their pipes (gymnasium's close would
+        wait for the answers to the call under way, some read already, forever)."""
+        env = self.env
+        if env.closed:
+            return
+        if not self.pending and all(process.is_alive() for process in env.processes):
+            try:
+                env.close(**kwargs)
+                return
+            except (EOFError, OSError):  # one ended since
+                pass
+        for process in env.processes:
+            if process.is_alive():
+                process.terminate()
+        for pipe in env.parent_pipes:
+            if pipe is not None:
+                pipe.close()
+        for process in env.processes:
+            process.join(timeout=10)
+            if process.is_alive():  # an env's code that handles SIGTERM itself
+                process.kill()
                 process.join()
-            env.closed = True  # else its __del__ would try again
+        env.closed = True  # else its __del__ would try again
 
     def __repr__(self) -> str:
         return f"WorkerVectorEnv(num_envs={self.num_envs}, workers={self.workers})"
