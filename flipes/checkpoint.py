@@ -90,6 +90,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
         error = file.error if file is not None and file.error is not None else e
         why = os_reason(error) if isinstance(error, OSError) else clip(" ".join(str(error).split()))
         raise StorageError(f"cannot write {path} ({why}); {_still_good(path)}") from None
+    except BaseException:  # a second Ctrl-C or SIGTERM stops at once: no temporary file is left behind
+        discard(tmp)
+        discard(previous.with_name(previous.name + ".tmp"))
+        raise
     return path
 
 

@@ -187,6 +187,30 @@ def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
     assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("at", [1, 2], ids=["previous-pt", "checkpoint-pt"])
+def test_a_checkpoint_write_stopped_at_once_leaves_the_old_checkpoint_and_no_temporary_file(
+    at: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt (a second Ctrl-C or SIGTERM stops training at once) at either rename of a checkpoint write
+    (previous.pt's, checkpoint.pt's) leaves checkpoint.pt as it was and no temporary file."""
+    import flipes.checkpoint as checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"generation": 1}, path)
+    before, real_replace, calls = path.read_bytes(), os.replace, [0]
+
+    def replace(src: Path, dst: Path) -> None:
+        calls[0] += 1
+        if calls[0] == at:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"generation": 2}, path)
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp")), sorted(p.name for p in tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_whole_process_group_stops_a_run_with_env_workers_and_keeps_its_generations(
     tmp_path: Path, signum: int
