@@ -166,11 +166,14 @@ def main_guard(fn: Callable[[], Any], comm: Comm) -> Any:
         if comm.size > 1:  # the options were parsed before: a sys.exit here is one rank's (training's own are ended there)
             if isinstance(e, SystemExit):
                 dist.abort_on_exit(comm, e, "during flipes train")
-            if isinstance(e, UsageError | StorageError | WorkerEndedError):  # usually every rank has it: rank 0 says it
-                if comm.rank != 0:  # once, and ends the job
+            if isinstance(e, UsageError | StorageError | WorkerEndedError | KeyboardInterrupt):
+                if comm.rank != 0:  # usually every rank has it: rank 0 says it once, and ends the job
                     time.sleep(3.0)  # a rank alone with it still gets to say it
-                print_error(e)
-                comm.abort(2 if isinstance(e, UsageError) else 1)
+                if isinstance(e, KeyboardInterrupt):  # a second signal forwarded by mpiexec, or one rank's
+                    print(interrupted_line("train", e), file=sys.stderr, flush=True)
+                else:
+                    print_error(e)
+                comm.abort(2 if isinstance(e, UsageError) else 130 if isinstance(e, KeyboardInterrupt) else 1)
             dist.abort_on_exception(comm)
         raise
 
@@ -488,9 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fn = COMMANDS[argv[0]][0]
     try:
         status = fn(argv[1:])
-    except KeyboardInterrupt:  # a second Ctrl-C in training (the first one stops after the generation), or any in the others
-        after = "; the run's last checkpoint stays: --resume continues from it" if argv[0] == "train" else ""
-        print(f"flipes: interrupted: {argv[0]} stopped at once{after}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM in training (the first one stops after the generation),
+        print(interrupted_line(argv[0], e), file=sys.stderr, flush=True)  # or a Ctrl-C in the other commands
         return 130
     except UsageError as e:
         report_usage_error(e)
@@ -498,6 +500,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error(e)
         return 1
     return status if isinstance(status, int) else 0
+
+
+def interrupted_line(command: str, e: KeyboardInterrupt) -> str:
+    """The one line of a command stopped at once by ``e``: in training, which signal and what the run keeps."""
+    from flipes.training import Interrupted
+
+    if isinstance(e, Interrupted):
+        return f"flipes: interrupted: {command} stopped at once by {e.why}; {e.kept}"
+    after = "; the run's last checkpoint stays: --resume continues from it" if command == "train" else ""
+    return f"flipes: interrupted: {command} stopped at once{after}"
 
 
 def script(command: str) -> None:

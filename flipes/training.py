@@ -14,7 +14,9 @@ import dataclasses
 import importlib.util
 import math
 import numbers
+import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -135,16 +137,32 @@ class TrainResult:
         return next((row["eval_return"] for row in reversed(self.metrics) if "eval_return" in row), None)
 
 
-class StopRequest:
-    """Inside ``with StopRequest() as stop``, Ctrl-C / SIGTERM ask the loop to stop after the
-    current generation (and checkpoint); a second Ctrl-C stops at once. The handlers that were
-    installed before are restored on exit. Off the main thread (where Python allows no signal
-    handlers) it does nothing. ``kept()`` says what a run that stops at once keeps: ``last()``, its last
-    checkpoint, and ``--resume resume``."""
+class Interrupted(KeyboardInterrupt):
+    """Training stopped at once by a second Ctrl-C or SIGTERM; ``why`` names it, ``kept`` says what the run keeps
+    (the command line prints both in one line and exits 130)."""
 
-    def __init__(self, last: Callable[[], str] = lambda: "the last checkpoint", resume: str = "") -> None:
+    def __init__(self, why: str, kept: str) -> None:
+        self.why, self.kept = why, kept
+        super().__init__(f"{why}; {kept}")
+
+
+# a SIGTERM again within this many seconds of the first is the same request: a batch system signals every process of
+# a job, and a launcher (mpiexec, srun) forwards its own SIGTERM to the ranks as well
+REPEAT_SECONDS = 2.0
+
+
+class StopRequest:
+    """Inside ``with StopRequest() as stop``, Ctrl-C / SIGTERM ask the loop to stop after the current generation
+    (and checkpoint), said at once in one line where ``say``; a second one stops at once: it raises
+    :class:`Interrupted` (a KeyboardInterrupt) naming it and ``kept()``, what the run keeps, so that a generation that
+    never ends (a hung env, a fitness stuck in a loop) cannot make a process ignore every later SIGTERM. A SIGTERM
+    within ``REPEAT_SECONDS`` of the first one is a copy of it, not a second one. The handlers that were installed
+    before are restored on exit. Off the main thread (where Python allows no signal handlers) it does nothing."""
+
+    def __init__(self, say: bool = True, last: Callable[[], str] = lambda: "the last checkpoint", resume: str = "") -> None:
         self.requested = False
-        self.last, self.resume = last, resume
+        self.say, self.last, self.resume = say, last, resume
+        self._first: tuple[int, float] | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -157,9 +175,21 @@ class StopRequest:
             signal.signal(s, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        now = time.monotonic()
+        if self._first is not None:
+            if self._first[0] == signum == signal.SIGTERM and now - self._first[1] < REPEAT_SECONDS:
+                return
+            raise Interrupted(f"a second {name}", self.kept())
+        self._first, self.requested = (signum, now), True
+        if self.say:
+            text = f"flipes: {name}: stopping after the generation under way, with a checkpoint; another Ctrl-C or " \
+                   f"SIGTERM stops at once, keeping {self.last()}"  # fmt: skip
+            try:  # sys.stderr: a notebook's too
+                print(text, file=sys.stderr, flush=True)
+            except (RuntimeError, OSError, ValueError):  # this handler cut into the main thread's own write to it
+                with contextlib.suppress(OSError):
+                    os.write(2, (text + "\n").encode(errors="replace"))
 
     def kept(self) -> str:
         """What a run stopped at once keeps: its last checkpoint, and the way on from it."""
@@ -366,7 +396,7 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
             return f"the last checkpoint (generation {at})" if at >= 0 else "the last checkpoint"
 
         # a first signal waits until the final checkpoint is written, too
-        with StopRequest(last=last, resume=str(run_dir)) as stop:
+        with StopRequest(say=lead, last=last, resume=str(run_dir)) as stop:
             for cb in standard + users:  # the run directory is complete when the user's callbacks start
                 cb.on_train_start(state)
             if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank

@@ -60,3 +60,20 @@ class TiedLinears(nn.Module):
 
 # TOML config files are read with tomllib (Python >= 3.11); on 3.10 flipes says to use JSON instead
 NEEDS_TOMLLIB = pytest.mark.skipif(sys.version_info < (3, 11), reason="TOML config files need Python >= 3.11 (tomllib)")
+
+# a --fitness module whose generations 0 and 1 take 0.3 s and whose generation 2 never ends (a hung simulator)
+ENDLESS_FITNESS = """
+import time, torch
+
+def make_model(env):
+    return torch.nn.Linear(3, 1)
+
+calls = [0]
+
+def fitness(model, pop):
+    calls[0] += 1
+    while calls[0] > 2:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return -model(torch.ones(pop.size, 3)).square().sum(1)
+"""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, FAST_KW, MADE_UP_FITNESS, NEEDS_TOMLLIB, ROOT, metrics, run_script
+from helpers import ENDLESS_FITNESS, FAST, FAST_KW, MADE_UP_FITNESS, NEEDS_TOMLLIB, ROOT, metrics, run_script
 
 import flipes
 from flipes.callbacks import Callback
@@ -1142,6 +1142,56 @@ def test_a_second_ctrl_c_stops_training_at_once_in_one_line_keeping_the_last_che
     r = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(run)["es"]["generation"] == generation + 1
+
+
+def test_a_second_sigterm_ends_a_generation_that_never_ends_in_one_line_keeping_the_last_checkpoint(tmp_path: Path) -> None:
+    """A generation that never ends, then SIGTERM: the first says at once that training stops after the generation and
+    that another signal stops at once; a second SIGTERM (later than REPEAT_SECONDS) ends the command with status 130
+    and one line naming it and the last checkpoint with its generation, which loads (before, it sat forever)."""
+    from flipes.training import REPEAT_SECONDS
+
+    (tmp_path / "endless.py").write_text(ENDLESS_FITNESS)
+    run = tmp_path / "run"
+    args = ["--env", "none", "--model", "endless:make_model", "--fitness", "endless:fitness", "--popsize", "8",
+            "--tensorboard", "false", "--progress", "false", "--checkpoint-every", "1", "--out", str(run)]  # fmt: skip
+    proc = train_in_background([*args, "--generations", "1000"], tmp_path)
+    try:
+        wait_for_rows(run, 2)
+        time.sleep(0.5)  # generation 1's checkpoint is written after its row; generation 2 never ends
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(REPEAT_SECONDS + 0.5)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    lines = err.strip().splitlines()
+    first = "flipes: SIGTERM: stopping after the generation under way, with a checkpoint; another Ctrl-C or SIGTERM stops "
+    assert proc.returncode == 130 and len(lines) == 2, err
+    assert lines[0] == first + "at once, keeping the last checkpoint (generation 2)", err
+    assert lines[1] == f"flipes: interrupted: train stopped at once by a second SIGTERM; the last checkpoint (generation 2) " \
+                       f"stays: --resume {run} continues from it", err  # fmt: skip
+    assert load_checkpoint(run)["es"]["generation"] == 2
+
+
+def test_sigterm_twice_at_once_as_a_batch_system_and_its_launcher_send_it_stops_after_the_generation(tmp_path: Path) -> None:
+    """Two SIGTERMs a moment apart (Slurm signals every process of a job, and mpiexec or srun forwards its own copy to
+    the ranks) are one request: training stops after the generation under way, with a checkpoint of every generation
+    logged, status 130, and the outcome line."""
+    (tmp_path / "slow.py").write_text(SLOW_FITNESS)
+    run = tmp_path / "run"
+    args = ["--env", "none", "--model", "slow:make_model", "--fitness", "slow:fitness", "--popsize", "8",
+            "--tensorboard", "false", "--progress", "false", "--checkpoint-every", "1000", "--out", str(run)]  # fmt: skip
+    proc = train_in_background([*args, "--generations", "1000"], tmp_path)
+    rows = wait_for_rows(run, 1)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted;" in out and "stopped at once" not in err, (out, err)
+    assert load_checkpoint(run)["es"]["generation"] == len(rows.read_text().splitlines()) >= 1
 
 
 def test_evaluate_and_plot_commands_on_a_tiny_run(tmp_path: Path) -> None:
