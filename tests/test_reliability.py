@@ -314,6 +314,28 @@ def test_an_env_that_raises_in_a_worker_process_reaches_the_user_with_its_messag
                         r"RuntimeError: the simulator diverged at step 20", last), last  # fmt: skip
 
 
+def test_env_workers_of_a_killed_training_process_end_quietly(tmp_path: Path) -> None:
+    """The training process killed (SIGKILL: the out-of-memory killer picks the largest process) leaves no env worker
+    process behind (its stderr closes: every process holding it has ended) and no worker traceback (each printed a
+    ConnectionResetError and a BrokenPipeError over its pipe to the dead process)."""
+    run = tmp_path / "run"
+    argv = [*FAST, "--env", "gymnasium-async:CartPole-v1", "--env-threads", "2", "--generations", "10000", "--out", str(run)]
+    p = subprocess.Popen([sys.executable, "-m", "flipes", "train", *argv], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and p.poll() is None and not (run / "metrics.jsonl").exists():
+            time.sleep(0.05)
+        time.sleep(0.3)  # in a generation's steps
+        p.kill()
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == -signal.SIGKILL and "Traceback" not in err, err[-3000:]
+
+
 def test_torn_and_blank_metrics_lines_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A resume drops a blank line and a torn last line of metrics.jsonl, says so, and continues."""
     run = tmp_path / "run"

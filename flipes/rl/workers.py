@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
+from gymnasium.vector.async_vector_env import _async_worker
 from torch import Tensor
 
 from flipes.errors import EnvWorkerError, WorkerEndedError
@@ -101,6 +102,16 @@ def _worker_block(parent: int, env_id: str, size: int, offset: int, kwargs: dict
         return EnvBlock(env_id, size, offset, kwargs)
 
 
+def _worker(*args: Any) -> None:
+    """gymnasium's worker loop (its arguments as they are, whatever gymnasium's version), ending quietly where the
+    process it serves is gone (killed: the out-of-memory killer's SIGKILL, a rank ended by mpiexec): its pipe fails,
+    and each worker printed a traceback of a ConnectionResetError and a BrokenPipeError over the process's own end."""
+    try:
+        _async_worker(*args)
+    except (EOFError, ConnectionResetError, BrokenPipeError):
+        pass
+
+
 class RemoteTraceback(Exception):
     """The traceback of an error raised in a worker process, shown as the cause of the error raised here."""
 
@@ -144,7 +155,7 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         single.close()
         # before the workers start: a space that cannot be flattened must not leave them behind
         self.single_observation_space = flat_observation_space(self.source_observation_space) or self.source_observation_space
-        self.env = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context=context)
+        self.env = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context=context, worker=_worker)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
