@@ -314,6 +314,42 @@ def test_an_env_that_raises_in_a_worker_process_reaches_the_user_with_its_messag
                         r"RuntimeError: the simulator diverged at step 20", last), last  # fmt: skip
 
 
+STOPPED_WORKER = """
+import os, signal, threading
+import numpy as np
+from flipes.errors import WorkerEndedError
+from flipes.rl.workers import WorkerVectorEnv
+
+if __name__ == "__main__":
+    for wait in ("poll", "multiprocessing"):
+        env = WorkerVectorEnv("CartPole-v1", 4, 2)
+        if wait == "multiprocessing":
+            env.poll = None  # the wait where there is no poll(2) (Windows)
+        env.reset(seed=0)
+        victim = env.env.processes[1]
+        os.kill(victim.pid, signal.SIGSTOP)  # the step reaches it, worker 1 answers, then it dies without answering
+        threading.Timer(0.5, os.kill, (victim.pid, signal.SIGKILL)).start()
+        try:
+            env.step(np.zeros(4, dtype=np.int64))
+        except WorkerEndedError as e:
+            print(e)
+        env.close()
+        print(sum(p.is_alive() for p in env.env.processes), "alive")
+"""
+
+
+def test_a_worker_that_dies_while_the_other_has_answered_is_named_and_close_returns(tmp_path: Path) -> None:
+    """WorkerVectorEnv: worker 2 of 2 dying in the middle of a step that worker 1 has answered raises WorkerEndedError
+    naming it, its pid and SIGKILL, and close() returns with no worker left (gymnasium's close waited on worker 1's
+    pipe for an answer already read, forever), with poll(2)'s wait and with multiprocessing's."""
+    (tmp_path / "stopped.py").write_text(STOPPED_WORKER)
+    said = run_script(tmp_path / "stopped.py", timeout=60).stdout.splitlines()
+    assert len(said) == 4 and said[1] == said[3] == "0 alive", said
+    for line in said[0], said[2]:
+        assert re.fullmatch(r"env worker 2 of 2 \(pid \d+\) was killed by SIGKILL \(the kernel's out-of-memory killer sends "
+                            r"it: see dmesg\) during a step of its envs", line), line  # fmt: skip
+
+
 def test_env_workers_of_a_killed_training_process_end_quietly(tmp_path: Path) -> None:
     """The training process killed (SIGKILL: the out-of-memory killer picks the largest process) leaves no env worker
     process behind (its stderr closes: every process holding it has ended) and no worker traceback (each printed a
