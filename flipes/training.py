@@ -230,6 +230,11 @@ def train(
     Raises:
         UsageError: a mistake in the options, env id, plug-ins or run directory (the command line
             prints it as one line). Exceptions raised by user code propagate unchanged.
+        StorageError: a file of the run cannot be written (a full disk); it names the last good checkpoint.
+        WorkerEndedError: an env worker process died (the out-of-memory killer); it names the worker and
+            the last checkpoint (an env raising in a worker: EnvWorkerError, its traceback as the cause).
+        Interrupted: a second Ctrl-C or SIGTERM (a KeyboardInterrupt) stopped training at once; the first one
+            returns with ``reason`` ``interrupted`` after the generation under way.
 
     Examples::
 
