@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,17 +114,47 @@ def test_nothing_is_written_before_the_options_are_checked(tmp_path: Path) -> No
     assert files(run) == before and not (tmp_path / "rnu").exists() and not (tmp_path / "new").exists()
 
 
+_UNINTERRUPTED: dict[int, list[str]] = {}
+
+
 def uninterrupted(tmp_path: Path, generations: int) -> list[str]:
-    return [r["params_sha256"] for r in flipes.train(**FAST_KW, generations=generations, out=str(tmp_path / "reference")).metrics]
+    """params_sha256 per generation of a FAST run never stopped; trained once per process and generation count
+    (the training is deterministic: the resumed runs compared with it check exactly that)."""
+    if generations not in _UNINTERRUPTED:
+        run = flipes.train(**FAST_KW, generations=generations, out=str(tmp_path / "reference"))
+        _UNINTERRUPTED[generations] = [r["params_sha256"] for r in run.metrics]
+    return list(_UNINTERRUPTED[generations])
+
+
+@pytest.fixture(scope="module")
+def three_generations(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FAST run of 3 generations with a checkpoint each, trained once per module; copy it before use."""
+    run = tmp_path_factory.mktemp("three") / "run"
+    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(run))
+    return run
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns(".lock"))
+    return to
+
+
+def train_command(capsys: pytest.CaptureFixture, *argv: str | Path) -> tuple[int, str]:
+    """``flipes train ARGV`` in this process (the command scripts/train.py runs): its exit status and stderr."""
+    capsys.readouterr()
+    try:
+        status = main(["train", *map(str, argv)])
+    except SystemExit as e:  # a usage error: one line, status 2
+        status = e.code
+    return status, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("point", ["metrics-rewrite", "between-renames"])
-def test_a_kill_at_any_write_leaves_a_run_that_resumes_bit_for_bit(point: str, tmp_path: Path) -> None:
+def test_a_kill_at_any_write_leaves_a_run_that_resumes_bit_for_bit(point: str, tmp_path: Path, three_generations: Path) -> None:
     """SIGKILL while metrics.jsonl is rewritten, or between the renames of a checkpoint save, leaves
     complete files under their names; the same --resume command then finishes the run with the
     parameters of an uninterrupted one."""
-    run = tmp_path / "run"
-    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(run))
+    run = copy_run(three_generations, tmp_path / "run")
     r = run_script("tests/killpoints.py", point, "--resume", run, "--generations", "6", "--checkpoint-every", "1", check=False)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert load_checkpoint(run)["es"]["generation"] >= 3  # complete, under the name --resume reads
@@ -133,48 +164,52 @@ def test_a_kill_at_any_write_leaves_a_run_that_resumes_bit_for_bit(point: str, t
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_completes(k: int, tmp_path: Path) -> None:
+def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_completes(
+    k: int, tmp_path: Path, three_generations: Path, capsys: pytest.CaptureFixture
+) -> None:
     """SIGKILL before the k-th file a new run or a branch (--resume A --out B) renames into place while
     its directory is set up (config.json, the carried metrics.jsonl and best.pt, the first checkpoint):
     running the same command again completes the run, with the parameters of an uninterrupted one and,
     for the branch, A's rows before its own. A run directory whose config.json was lost resumes with the
-    options its checkpoint records."""
-    source = tmp_path / "a"
-    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(source))
+    options its checkpoint records. (The killed commands run in a subprocess; the commands run again run
+    in this one, as ``flipes train``'s main.)"""
+    source = copy_run(three_generations, tmp_path / "a")
     expect = uninterrupted(tmp_path, 6)
     cli = [*FAST, "--generations", "6", "--checkpoint-every", "1"]
     fresh, branch = tmp_path / "new", tmp_path / "branch"
     r = run_script("tests/killpoints.py", f"replace-{k}", *cli, "--out", fresh, check=False)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-    run_script("scripts/train.py", *cli, "--out", fresh)
+    assert train_command(capsys, *cli, "--out", fresh)[0] == 0
     assert [r["params_sha256"] for r in metrics(fresh)] == expect
     r = run_script("tests/killpoints.py", f"replace-{k}", *cli, "--resume", source, "--out", branch, check=False)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-    run_script("scripts/train.py", *cli, "--resume", source, "--out", branch)
+    assert train_command(capsys, *cli, "--resume", source, "--out", branch)[0] == 0
     assert [r["params_sha256"] for r in metrics(branch)] == expect
     if k == 1:
         (fresh / "config.json").unlink()
-        run_script("scripts/train.py", "--resume", fresh, "--generations", "7")
+        assert train_command(capsys, "--resume", fresh, "--generations", "7")[0] == 0
         assert [r["generation"] for r in metrics(fresh)] == list(range(7))
 
 
-def test_a_branch_cut_short_then_set_up_from_another_source_holds_that_sources_rows(tmp_path: Path) -> None:
+def test_a_branch_cut_short_then_set_up_from_another_source_holds_that_sources_rows(
+    tmp_path: Path, three_generations: Path, capsys: pytest.CaptureFixture
+) -> None:
     """A branch killed while its directory is set up, then set up again from another source, holds that
     source's rows alone, none of the first one's; a whole run that lost both checkpoints is refused as a
-    run (without --overwrite), not taken over as a setup cut short."""
-    source, other, branch = tmp_path / "a", tmp_path / "other", tmp_path / "switched"
-    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(source))
+    run (without --overwrite), not taken over as a setup cut short. (The killed command runs in a
+    subprocess, the others in this one, as ``flipes train``'s main.)"""
+    source, other, branch = copy_run(three_generations, tmp_path / "a"), tmp_path / "other", tmp_path / "switched"
     flipes.train(**FAST_KW, seed=1, generations=3, checkpoint_every=1, out=str(other))
     cli = [*FAST, "--generations", "6", "--checkpoint-every", "1"]
     r = run_script("tests/killpoints.py", "replace-3", *cli, "--resume", source, "--out", branch, check=False)
     assert r.returncode == -signal.SIGKILL and (branch / "metrics.jsonl").exists(), r.stderr[-2000:]
-    run_script("scripts/train.py", *cli, "--resume", other, "--out", branch)
+    assert train_command(capsys, *cli, "--resume", other, "--out", branch)[0] == 0
     rows = [r["params_sha256"] for r in metrics(branch)]
     assert len(rows) == 6 and rows[:3] == [r["params_sha256"] for r in metrics(other)]
     for name in ("checkpoint.pt", "previous.pt"):
         (branch / name).unlink()
-    r = run_script("scripts/train.py", *cli, "--out", branch, check=False)
-    assert r.returncode == 2 and "holds a run" in r.stderr, r.stderr[-2000:]
+    status, err = train_command(capsys, *cli, "--out", branch)
+    assert status == 2 and "holds a run" in err, err[-2000:]
 
 
 def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
@@ -479,21 +514,21 @@ def test_a_full_disk_while_curves_png_is_drawn_is_one_line_and_keeps_the_old_cur
 
 
 @pytest.mark.slow
-def test_many_random_kills_resume_to_the_uninterrupted_parameters(tmp_path: Path) -> None:
+def test_many_random_kills_resume_to_the_uninterrupted_parameters(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Killed with SIGKILL at random moments of its training (after a new generation was logged, at a
     random delay of up to half a second) and started again by the identical command (--resume
     auto) each time, a run ends with the parameters (hash per generation) of an uninterrupted run.
-    FLIPES_CHAOS_KILLS sets the number of kills (5 here; 60 is the long run)."""
+    FLIPES_CHAOS_KILLS sets the number of kills (5 here; 60 is the long run). The killed commands run
+    in subprocesses; the last one, left to finish, runs in this process (``flipes train``'s main)."""
     kills_wanted, rng = int(os.environ.get("FLIPES_CHAOS_KILLS", "5")), random.Random(0)
     gens = 4 * kills_wanted + 4  # every kill comes after at least one new generation (measured: 1-4)
     run = tmp_path / "run"
-    cmd = [sys.executable, "scripts/train.py", *FAST, "--generations", str(gens), "--checkpoint-every", "3", "--out", str(run),
-           "--eval-every", "7", "--resume", "auto"]  # fmt: skip
+    argv = [*FAST, "--generations", str(gens), "--checkpoint-every", "3", "--out", str(run), "--eval-every", "7",
+            "--resume", "auto"]  # fmt: skip
     rows = run / "metrics.jsonl"
-    for kills in range(kills_wanted + 1):
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills == kills_wanted:
-            break
+    for _ in range(kills_wanted):
+        proc = subprocess.Popen([sys.executable, "scripts/train.py", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)  # fmt: skip
         logged = len(rows.read_text().splitlines()) if rows.exists() else 0
         while proc.poll() is None and (len(rows.read_text().splitlines()) if rows.exists() else 0) <= logged:
             time.sleep(0.01)
@@ -501,7 +536,8 @@ def test_many_random_kills_resume_to_the_uninterrupted_parameters(tmp_path: Path
         assert proc.poll() is None, "the run ended before it was killed: give it more generations"
         proc.kill()
         proc.wait()
-    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    status, err = train_command(capsys, *argv)
+    assert status == 0, err[-2000:]
     assert load_checkpoint(run)["es"]["generation"] == gens
     assert [r["params_sha256"] for r in metrics(run)] == uninterrupted(tmp_path, gens)
 
