@@ -41,16 +41,31 @@ def params(run: Path) -> torch.Tensor:
     return torch.cat([v.double().flatten() for v in model.values() if v.is_floating_point()])
 
 
+# --episodes 2: each process plays its members' episodes, numbered from its first member's first episode
+CARTPOLE = ["--env", "flipes/CartPole-v1", *COMMON, "--episodes", "2"]
+
+
+@pytest.fixture(scope="module")
+def one_process_seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of ``CARTPOLE --generations 5 --comm seeds`` under ``mpiexec -n 1``: the one-process
+    reference of several tests below, run once per module (read it, never write to it)."""
+    run = tmp_path_factory.mktemp("one_process_seeds") / "n1"
+    mpirun(1, *CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(run))
+    return run
+
+
 @pytest.mark.parametrize("mode", ["seeds", "allreduce"])
-def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str) -> None:
+def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> None:
     """5 generations of CartPole training, 2 episodes per member, under 1, 2 and 3 processes count the same timesteps;
     with ``--comm seeds`` the parameters are bit-identical (params_sha256), with ``--comm allreduce`` equal to a
     relative norm of 1e-6 (per-rank partial sums change the summation order); the 2-process run sent bytes."""
-    # --episodes 2: each process plays its members' episodes, numbered from its first member's first episode
-    args = ["--env", "flipes/CartPole-v1", *COMMON, "--episodes", "2", "--generations", "5", "--comm", mode]
+    args = [*CARTPOLE, "--generations", "5", "--comm", mode]
     runs = {}
     for k in (1, 2, 3):
         runs[k] = tmp_path / f"n{k}"
+        if k == 1 and mode == "seeds":  # the same command as the shared one-process run
+            runs[k] = request.getfixturevalue("one_process_seeds")
+            continue
         mpirun(k, *args, "--out", str(runs[k]))
     one = last(runs[1])
     assert one["generation"] == 4 and one["timesteps"] > 0
@@ -65,19 +80,21 @@ def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str) -> 
     assert last(runs[2])["bytes_sent"] > 0
 
 
-def test_processes_evaluating_in_parts_get_the_bits_of_one_process_in_one_pass(tmp_path: Path) -> None:
-    """Seeds mode, CartPole, 2 episodes per member: 2 processes each rolling their 12 members out in
+def test_processes_evaluating_in_parts_get_the_bits_of_one_process_in_one_pass(tmp_path: Path, one_process_seeds: Path) -> None:
+    """Seeds mode, CartPole, 2 episodes per member, 3 generations: 2 processes each rolling their 12 members out in
     parts of 2 (--members-per-pass) log every row's fitness, timesteps and parameters of one process
-    evaluating its 24 members at once; with the noise sampled part by part (--hold-noise false), 2
-    processes log the rows of 1 process doing the same, bit for bit (the same blocks of groups)."""
-    args = ["--env", "flipes/CartPole-v1", *COMMON, "--episodes", "2", "--generations", "3", "--comm", "seeds"]
+    evaluating its 24 members at once (the first 3 rows of its 5-generation run: a row does not depend on the
+    generations still to come, and --eval-every 2 evaluates generations 0 and 2 in both); with the noise sampled
+    part by part (--hold-noise false), 2 processes log the rows of 1 process doing the same, bit for bit (the same
+    blocks of groups)."""
+    args = [*CARTPOLE, "--generations", "3", "--comm", "seeds"]
     per_part = ["--members-per-pass", "2", "--hold-noise", "false"]
-    mpirun(1, *args, "--out", str(tmp_path / "one"))
     mpirun(2, *args, "--members-per-pass", "2", "--out", str(tmp_path / "parts"))
     mpirun(1, *args, *per_part, "--out", str(tmp_path / "one-per-part"))
     mpirun(2, *args, *per_part, "--out", str(tmp_path / "two-per-part"))
     keys = ("fitness_mean", "fitness_max", "timesteps", "params_sha256")
     rows = {run.name: [[r[k] for k in keys] for r in metrics(run)] for run in tmp_path.iterdir()}
+    rows["one"] = [[r[k] for k in keys] for r in metrics(one_process_seeds)][:3]  # args with --generations 5
     assert len(rows["one"]) == 3 and rows["one"][-1][2] > 0
     assert rows["parts"] == rows["one"]
     assert rows["two-per-part"] == rows["one-per-part"] and rows["one-per-part"][0][:3] == rows["one"][0][:3]
@@ -241,26 +258,12 @@ def test_a_state_loaded_on_one_rank_is_compared_at_the_next_tell_on_every_rank(t
     assert lines[0][0].startswith("1 ") and lines[0][1] == "FlipES: the processes hold different parameters"
 
 
-def test_resume_at_another_process_count_continues(tmp_path: Path) -> None:
+def test_resume_at_another_process_count_continues(tmp_path: Path, one_process_seeds: Path) -> None:
     """3 generations on 2 processes resumed for 2 more on 3 processes log, generation by generation, the same
-    params_sha256 as 5 generations on 1 process."""
-    full, part = tmp_path / "full", tmp_path / "part"
-    mpirun(1, "--env", "flipes/CartPole-v1", *COMMON, "--generations", "5", "--comm", "seeds", "--out", str(full))
-    mpirun(2, "--env", "flipes/CartPole-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--out", str(part))
-    mpirun(
-        3,
-        "--env",
-        "flipes/CartPole-v1",
-        *COMMON,
-        "--generations",
-        "5",
-        "--comm",
-        "seeds",
-        "--out",
-        str(part),
-        "--resume",
-        str(part),
-    )
+    params_sha256 as 5 generations on 1 process (CartPole, 2 episodes per member)."""
+    full, part = one_process_seeds, tmp_path / "part"
+    mpirun(2, *CARTPOLE, "--generations", "3", "--comm", "seeds", "--out", str(part))
+    mpirun(3, *CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(part), "--resume", str(part))
     hashes = [json.loads(line)["params_sha256"] for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert hashes == [json.loads(line)["params_sha256"] for line in (full / "metrics.jsonl").read_text().splitlines()]
 
