@@ -165,10 +165,17 @@ def test_bench_transformer_quick_times_every_variant_and_measures_memory(tmp_pat
     assert "| 8 | low-rank r=1 |" in out and "| 16 | vmap |" in out  # the tables are printed too
 
 
-def test_es_finetune_quick_writes_a_row_per_method(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def es_finetune_quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``scripts/es_finetune.py --quick`` in one process, run once per module: its --out directory and stdout."""
+    out = tmp_path_factory.mktemp("es_finetune_one")
+    return out, run("scripts/es_finetune.py", "--quick", "--out", str(out), timeout=120).stdout
+
+
+def test_es_finetune_quick_writes_a_row_per_method(es_finetune_quick: tuple[Path, str]) -> None:
     """The LM fine-tuning script pretrains, fine-tunes by FlipES and by backprop from the same
     checkpoint, and writes a row per method with exact matches in [0, 1]."""
-    out = run("scripts/es_finetune.py", "--quick", "--out", str(tmp_path), timeout=120).stdout
+    tmp_path, out = es_finetune_quick
     rows = json.loads((tmp_path / "es_finetune_quick.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["pretrained", "ES", "backprop"]  # --quick: one seed
     for r in rows:
@@ -199,7 +206,7 @@ def test_es_finetune_one_forward_scores_greedy_exact_match(monkeypatch: pytest.M
     assert torch.equal(exact.bool(), greedy)
 
 
-def test_es_finetune_under_mpiexec_matches_one_process(tmp_path: Path) -> None:
+def test_es_finetune_under_mpiexec_matches_one_process(tmp_path: Path, es_finetune_quick: tuple[Path, str]) -> None:
     """Under mpiexec -n 2 with --comm seeds, each rank evaluates its groups and the ES run is the
     one-process run: the same population fitness and held-out exact match at every evaluation."""
     import os
@@ -208,13 +215,12 @@ def test_es_finetune_under_mpiexec_matches_one_process(tmp_path: Path) -> None:
 
     mpiexec = Path(sys.executable).parent / "mpiexec"
     assert mpiexec.exists(), f"no mpiexec beside {sys.executable}: install the dev extras (they bring mpich)"
-    run("scripts/es_finetune.py", "--quick", "--out", str(tmp_path / "one"), timeout=120)
     script = ["scripts/es_finetune.py", "--quick", "--comm", "seeds", "--out", str(tmp_path / "two")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(
         [str(mpiexec), "-n", "2", sys.executable, *script], cwd=ROOT, env=env, capture_output=True, timeout=120, check=True
     )
-    one, two = (json.loads((tmp_path / d / "es_finetune_quick.json").read_text()) for d in ("one", "two"))
+    one, two = (json.loads((d / "es_finetune_quick.json").read_text()) for d in (es_finetune_quick[0], tmp_path / "two"))
     assert (one["processes"], two["processes"]) == (1, 2)
     (es1,), (es2,) = ([r for r in result["rows"] if r["method"] == "ES"] for result in (one, two))
     keys = ("generation", "fitness_mean", "heldout_em")
