@@ -3,6 +3,7 @@ AsyncVectorEnv workers, each against gymnasium's own MuJoCo envs."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -40,12 +41,16 @@ def random_policy(space: gym.spaces.Box, seed: int):
     return act
 
 
+@functools.cache
 def reference_episodes(env_id: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Returns and lengths of n random-policy episodes on gymnasium's own vector env."""
+    """Returns and lengths of n random-policy episodes on gymnasium's own vector env, read-only. Played once per
+    process: every backend's test compares with the same episodes (fixed seeds: one sample, as before the cache)."""
     env = make_vector_env(f"gymnasium-sync:{env_id}", n)
     ep = run_episodes(env, random_policy(env.single_action_space, seed + 1), seed=seed)
     env.close()
-    return ep.returns.numpy(), ep.lengths.numpy().astype(float)
+    returns, lengths = ep.returns.numpy(), ep.lengths.numpy().astype(float)
+    returns.flags.writeable = lengths.flags.writeable = False
+    return returns, lengths
 
 
 def welch_z(a: np.ndarray, b: np.ndarray) -> float:
