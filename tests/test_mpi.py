@@ -18,7 +18,7 @@ from helpers import ENDLESS_FITNESS, metrics
 
 import flipes
 from flipes.checkpoint import load_checkpoint
-from flipes.commands import parse_train_config
+from flipes.commands import main, parse_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
@@ -30,6 +30,15 @@ def mpirun(k: int, *args: str, extra_path: str = "", check: bool = True, timeout
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), extra_path) if p)}
     cmd = [str(MPIEXEC), "-n", str(k), sys.executable, "scripts/train.py", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def train_on(k: int, *args: str) -> None:
+    """``train.py ARGS`` on k processes: under ``mpiexec -n k`` for k > 1; for k = 1 in this process, which is the
+    training ``mpiexec -n 1`` runs (flipes.dist.world() is serial for a world of one rank) without a launch."""
+    if k == 1:
+        assert main(["train", *args, "--progress", "false"]) == 0
+    else:
+        mpirun(k, *args)
 
 
 def last(run: Path) -> dict:
@@ -47,10 +56,10 @@ CARTPOLE = ["--env", "flipes/CartPole-v1", *COMMON, "--episodes", "2"]
 
 @pytest.fixture(scope="module")
 def one_process_seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run directory of ``CARTPOLE --generations 5 --comm seeds`` under ``mpiexec -n 1``: the one-process
+    """The run directory of ``CARTPOLE --generations 5 --comm seeds`` on one process (this one): the one-process
     reference of several tests below, run once per module (read it, never write to it)."""
     run = tmp_path_factory.mktemp("one_process_seeds") / "n1"
-    mpirun(1, *CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(run))
+    train_on(1, *CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(run))
     return run
 
 
@@ -66,7 +75,7 @@ def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, req
         if k == 1 and mode == "seeds":  # the same command as the shared one-process run
             runs[k] = request.getfixturevalue("one_process_seeds")
             continue
-        mpirun(k, *args, "--out", str(runs[k]))
+        train_on(k, *args, "--out", str(runs[k]))
     one = last(runs[1])
     assert one["generation"] == 4 and one["timesteps"] > 0
     for k in (2, 3):
@@ -90,7 +99,7 @@ def test_processes_evaluating_in_parts_get_the_bits_of_one_process_in_one_pass(t
     args = [*CARTPOLE, "--generations", "3", "--comm", "seeds"]
     per_part = ["--members-per-pass", "2", "--hold-noise", "false"]
     mpirun(2, *args, "--members-per-pass", "2", "--out", str(tmp_path / "parts"))
-    mpirun(1, *args, *per_part, "--out", str(tmp_path / "one-per-part"))
+    train_on(1, *args, *per_part, "--out", str(tmp_path / "one-per-part"))
     mpirun(2, *args, *per_part, "--out", str(tmp_path / "two-per-part"))
     keys = ("fitness_mean", "fitness_max", "timesteps", "params_sha256")
     rows = {run.name: [[r[k] for k in keys] for r in metrics(run)] for run in tmp_path.iterdir()}
@@ -108,9 +117,9 @@ def test_a_continuous_policy_gets_the_same_bits_from_one_group_per_rank_as_from_
     rows, best = {}, {}
     for k in (1, 2):
         run = tmp_path / f"n{k}"
-        mpirun(k, "--env", "flipes/Pendulum-v1", "--popsize", "64", "--groups", "2", "--generations", "5",
-               "--comm", "seeds", "--eval-every", "1", "--eval-episodes", "5", "--target", "none",
-               "--tensorboard", "false", "--track-best", "--out", str(run))  # fmt: skip
+        train_on(k, "--env", "flipes/Pendulum-v1", "--popsize", "64", "--groups", "2", "--generations", "5",
+                 "--comm", "seeds", "--eval-every", "1", "--eval-episodes", "5", "--target", "none",
+                 "--tensorboard", "false", "--track-best", "--out", str(run))  # fmt: skip
         rows[k] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         best[k] = load_checkpoint(run)["es"]["best"]
     keys = ("fitness_mean", "fitness_max", "eval_return", "params_sha256")
@@ -288,8 +297,8 @@ def test_adaptive_sigma_does_not_depend_on_the_process_count(tmp_path: Path, mod
     runs = {}
     for k in (1, 2):
         runs[k] = tmp_path / f"n{k}"
-        mpirun(k, "--env", "flipes/CartPole-v1", *COMMON, "--algo", "pgpe", "--generations", "4", "--comm", mode,
-               "--out", str(runs[k]))  # fmt: skip
+        train_on(k, "--env", "flipes/CartPole-v1", *COMMON, "--algo", "pgpe", "--generations", "4", "--comm", mode,
+                 "--out", str(runs[k]))  # fmt: skip
     sigmas = {k: load_checkpoint(run)["es"]["log_sigma"] for k, run in runs.items()}
     assert not torch.equal(sigmas[1], torch.full_like(sigmas[1], sigmas[1][0].item()))  # σ moved, per layer
     if mode == "seeds":
