@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock  # a dependency of torch
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +42,24 @@ def run_script(
     if check and r.returncode != 0:  # with its output: CalledProcessError would show only the command
         raise AssertionError(f"{' '.join(map(str, args))} exited {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
     return r
+
+
+def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """The directory ``make(directory)`` fills once per test session, shared by every pytest-xdist worker: the first
+    worker that asks makes it while the others wait for it (pytest-xdist's documented pattern; a module-scoped fixture
+    runs once per worker, and worksteal may hand a module's tests to both). Read it, never write to it. Where
+    ``make`` raises, nothing is kept and the next test that asks runs it again (and fails alike)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above each worker's own
+    out, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            make(out)
+            done.touch()
+    return out
 
 
 def metrics(run_dir: Path) -> list[dict]:

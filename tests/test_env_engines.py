@@ -3,19 +3,19 @@ AsyncVectorEnv workers, each against gymnasium's own MuJoCo envs."""
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, once_per_session
 
 from flipes.rl import EnvPoolVectorEnv, make_vector_env, reset_episodes, run_episodes
 from flipes.rl import envs as engine
@@ -41,16 +41,20 @@ def random_policy(space: gym.spaces.Box, seed: int):
     return act
 
 
-@functools.cache
-def reference_episodes(env_id: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Returns and lengths of n random-policy episodes on gymnasium's own vector env, read-only. Played once per
-    process: every backend's test compares with the same episodes (fixed seeds: one sample, as before the cache)."""
-    env = make_vector_env(f"gymnasium-sync:{env_id}", n)
-    ep = run_episodes(env, random_policy(env.single_action_space, seed + 1), seed=seed)
-    env.close()
-    returns, lengths = ep.returns.numpy(), ep.lengths.numpy().astype(float)
-    returns.flags.writeable = lengths.flags.writeable = False
-    return returns, lengths
+def reference_episodes(tmp_path_factory: pytest.TempPathFactory, env_id: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and lengths of n random-policy episodes on gymnasium's own vector env. Played once per test session
+    (saved exactly, as .npy): every backend's test compares with the same episodes (fixed seeds: the one sample each
+    test compared with before they were shared)."""
+
+    def make(out: Path) -> None:
+        env = make_vector_env(f"gymnasium-sync:{env_id}", n)
+        ep = run_episodes(env, random_policy(env.single_action_space, seed + 1), seed=seed)
+        env.close()
+        np.save(out / "returns.npy", ep.returns.numpy())
+        np.save(out / "lengths.npy", ep.lengths.numpy().astype(float))
+
+    out = once_per_session(tmp_path_factory, f"reference-{env_id}-{n}-{seed}", make)
+    return np.load(out / "returns.npy"), np.load(out / "lengths.npy")
 
 
 def welch_z(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,7 +78,7 @@ KS_CRIT = math.sqrt(-math.log(ALPHA / 2) / 2) * math.sqrt(2 / EPISODES)  # asymp
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("env_id", IDS)
-def test_spaces_and_random_returns_match_gymnasium(backend: str, env_id: str) -> None:
+def test_spaces_and_random_returns_match_gymnasium(backend: str, env_id: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Same spaces as gymnasium's env; random-policy returns and episode lengths are equal in
     mean (Welch z) and distribution (two-sample KS) to gymnasium's, at the stated rate."""
     needs(backend)
@@ -85,7 +89,7 @@ def test_spaces_and_random_returns_match_gymnasium(backend: str, env_id: str) ->
     ep = run_episodes(env, random_policy(env.single_action_space, 7), seed=10_000)
     env.close()
     returns, lengths = ep.returns.numpy(), ep.lengths.numpy().astype(float)
-    ref_returns, ref_lengths = reference_episodes(env_id, EPISODES, seed=20_000)
+    ref_returns, ref_lengths = reference_episodes(tmp_path_factory, env_id, EPISODES, seed=20_000)
     assert ep.steps == int(lengths.sum())
     for name, a, b in (("returns", returns, ref_returns), ("lengths", lengths, ref_lengths)):
         assert welch_z(a, b) < Z_CRIT, (name, a.mean(), b.mean())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ENDLESS_FITNESS, metrics
+from helpers import ENDLESS_FITNESS, metrics, once_per_session
 
 import flipes
 from flipes.checkpoint import load_checkpoint
@@ -54,13 +54,15 @@ def params(run: Path) -> torch.Tensor:
 CARTPOLE = ["--env", "flipes/CartPole-v1", *COMMON, "--episodes", "2"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def one_process_seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run directory of ``CARTPOLE --generations 5 --comm seeds`` on one process (this one): the one-process
-    reference of several tests below, run once per module (read it, never write to it)."""
-    run = tmp_path_factory.mktemp("one_process_seeds") / "n1"
-    train_on(1, *CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(run))
-    return run
+    """The run directory of ``CARTPOLE --generations 5 --comm seeds`` on one process (a test's): the one-process
+    reference of several tests below, run once per session (read it, never write to it)."""
+
+    def make(out: Path) -> None:
+        train_on(1, *CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(out / "n1"))
+
+    return once_per_session(tmp_path_factory, "one_process_seeds", make) / "n1"
 
 
 @pytest.mark.parametrize("mode", ["seeds", "allreduce"])

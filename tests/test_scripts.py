@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, once_per_session
 from helpers import run_script as run
 
 
@@ -165,11 +165,15 @@ def test_bench_transformer_quick_times_every_variant_and_measures_memory(tmp_pat
     assert "| 8 | low-rank r=1 |" in out and "| 16 | vmap |" in out  # the tables are printed too
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def es_finetune_quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """``scripts/es_finetune.py --quick`` in one process, run once per module: its --out directory and stdout."""
-    out = tmp_path_factory.mktemp("es_finetune_one")
-    return out, run("scripts/es_finetune.py", "--quick", "--out", str(out), timeout=120).stdout
+    """``scripts/es_finetune.py --quick`` in one process, run once per session: its --out directory and stdout."""
+
+    def make(out: Path) -> None:
+        (out / "stdout.txt").write_text(run("scripts/es_finetune.py", "--quick", "--out", str(out), timeout=120).stdout)
+
+    out = once_per_session(tmp_path_factory, "es_finetune_quick", make)
+    return out, (out / "stdout.txt").read_text()
 
 
 def test_es_finetune_quick_writes_a_row_per_method(es_finetune_quick: tuple[Path, str]) -> None:
