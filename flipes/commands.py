@@ -100,18 +100,30 @@ class PlotConfig:
 
 
 def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    """``flipes train``'s options: defaults < the env's preset row < the ``--algo`` row < the resumed
-    run's options (``--resume DIR``) < ``--config`` file < flags."""
+    """``flipes train``'s options: defaults < the env's preset row < the ``--algo`` row < the row's own options
+    for that search < the resumed run's options (``--resume DIR``) < ``--config`` file < flags. The search is
+    ``--algo``'s (flag, file or resumed run), else the one the env's row names, else openai-es."""
+    from flipes.cli import _Parser, read_config_file
     from flipes.config import default_run_dir, saved_options
-    from flipes.rl.presets import algo_preset, preset_for
+    from flipes.rl.presets import algo_preset, preset_for, row_algo
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # values["algo"] is TrainConfig's default when nobody set it: only a flag or the file says it was chosen
+    pre = _Parser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--algo")
+    known, _ = pre.parse_known_args(argv)
+    chosen = known.algo is not None or (known.config is not None and "algo" in read_config_file(known.config))
 
     def layers(values: dict[str, Any]) -> dict[str, Any]:
         resume = values["resume"]
         if resume == "auto":
             resume = str(default_run_dir(values["out"], values["env"], values["fitness"]))
         saved = saved_options(resume) if resume else {}
-        algo = algo_preset(saved.get("algo", values["algo"]))
-        return {**preset_for(saved.get("env", values["env"])), **algo, **saved}
+        env_id = saved.get("env", values["env"])
+        env_id = env_id if isinstance(env_id, str) else ""
+        algo = saved.get("algo", values["algo"] if chosen else row_algo(env_id))
+        return {**preset_for(env_id, algo), **algo_preset(algo, env_id), **saved}
 
     return parse_config(TrainConfig, argv, TRAIN_HELP, presets=layers, prog="flipes train")
 
@@ -203,8 +215,10 @@ def preset_lines(config: TrainConfig) -> list[str]:
     row, then the ``--algo`` row over it; ``hidden`` only where a built-in policy is used (not --model)."""
     from flipes.rl.presets import algo_preset, preset_for
 
-    algo = algo_preset(config.algo)
-    env_row = {k: v for k, v in preset_for(config.env).items() if k not in algo and (not config.model or k != "hidden")}
+    algo = algo_preset(config.algo, config.env)
+    env_row = {
+        k: v for k, v in preset_for(config.env, config.algo).items() if k not in algo and (not config.model or k != "hidden")
+    }
     lines = []
     for row, what in ((env_row, f"per-env defaults of {config.env}"), (algo, f"--algo {config.algo} sets")):
         used = ", ".join(f"{k} {v}" for k, v in row.items() if getattr(config, k) == v)

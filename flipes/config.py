@@ -57,7 +57,8 @@ class TrainConfig:
     algo: Literal["openai-es", "pgpe", "ars"] = "openai-es"
     """The search: openai-es (centered ranks, Adam, fixed σ); pgpe (adds --sigma-lr 0.2 --groups 8 and
     ClipUp, see --max-speed: σ adapts per layer); ars (top --ars-top mirrored directions scaled by the
-    reward std, SGD at lr·σ; a linear policy, lr 0.02, σ 0.03). Flags override what each sets."""
+    reward std, SGD at lr·σ; a linear policy, lr 0.02, σ 0.03). Flags override what each sets. Without it, the
+    search the env's preset row names (Hopper-v5: ars, at that row's ARS options), else openai-es."""
     shaping: ShapingName | str = "auto"
     """Fitness shaping, the weight of each member in the ES gradient: auto is the search's own (centered
     ranks; ARS's with --algo ars, which refuses the others); centered-ranks (ranks scaled to [-0.5, 0.5]: invariant to monotone
@@ -165,9 +166,10 @@ class TrainConfig:
 
     @classmethod
     def for_env(cls, env: Any = _UNSET, **overrides: Any) -> TrainConfig:
-        """Defaults < the env's row of ``flipes.rl.presets`` < the options of the run being resumed
-        (``resume=``) < ``overrides``, all checked strictly."""
-        from flipes.rl.presets import algo_preset, preset_for
+        """Defaults < the env's row of ``flipes.rl.presets`` (with its ``algo``'s layers, the row's own search
+        unless ``algo=`` names another) < the options of the run being resumed (``resume=``) < ``overrides``,
+        all checked strictly."""
+        from flipes.rl.presets import algo_preset, preset_for, row_algo
 
         if env is not _UNSET:
             overrides["env"] = env
@@ -176,9 +178,9 @@ class TrainConfig:
             resume = str(default_run_dir(overrides.get("out", ""), overrides.get("env", cls.env), overrides.get("fitness", "")))
         saved = saved_options(resume) if resume else {}
         name = overrides.get("env", saved.get("env", cls.env))
-        preset = preset_for(name) if isinstance(name, str) else {}
-        algo = overrides.get("algo", saved.get("algo", cls.algo))
-        values = {**preset, **algo_preset(algo), **saved, **overrides}
+        env_id = name if isinstance(name, str) else ""
+        algo = overrides.get("algo", saved.get("algo", row_algo(env_id)))  # a row may name its search
+        values = {**preset_for(env_id, algo), **algo_preset(algo, env_id), **saved, **overrides}
         return cls(**check_options(cls, values, "flipes.train", also=TRAIN_ONLY))
 
     def replace(self, **overrides: Any) -> TrainConfig:

@@ -161,9 +161,9 @@ def test_per_env_defaults_sit_under_config_files_and_flags(tmp_path: Path) -> No
     b = parse_train_config(["--env", "envpool:HalfCheetah-v5", "--popsize", "32"])
     assert (b.popsize, b.sigma) == (32, 0.03)
     cfg = tmp_path / "run.toml"
-    cfg.write_text('env = "Hopper-v5"\nlr = 0.5\n')
+    cfg.write_text('env = "Humanoid-v5"\nlr = 0.5\n')
     c = parse_train_config(["--config", str(cfg)])
-    assert (c.lr, c.reward_shift, c.popsize) == (0.5, 1.0, 128)
+    assert (c.lr, c.reward_shift, c.popsize) == (0.5, 5.0, 256)
     assert parse_train_config(["--config", str(cfg), "--env", "Pendulum-v1"]).target == -200.0  # the flag's env picks the row
     plain = TrainConfig()
     d = parse_train_config(["--env", "MountainCar-v0"])
@@ -1253,6 +1253,44 @@ def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) 
         es = flipes.builders.build_es(ars.replace(ars_top=top), flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
         assert torch.equal(es.shaping(f), expect), top
     assert not torch.equal(flipes.shaping.ars(f, top=2), flipes.shaping.ars(f))
+
+
+@NEEDS_TOMLLIB
+def test_an_env_row_names_its_search_and_an_explicit_algo_picks_another(tmp_path: Path) -> None:
+    """Hopper's row trains with ARS at the row's own ARS options (over --algo ars's, which other envs get) unless
+    --algo names another search, by flag, config file or the resumed run: openai-es then gets the row's shared
+    options (its OpenAI-ES row, a 64-64 MLP) and pgpe those with PGPE's layer; the notes say which row set what."""
+    from flipes.commands import preset_lines
+
+    ars = {"popsize": 16, "ars_top": 4, "lr": 0.01, "sigma": 0.025, "hidden": [], "reward_shift": 1.0, "eval_every": 10}
+    for config in (
+        parse_train_config(["--env", "Hopper-v5"]),
+        parse_train_config(["--env", "envpool:Hopper-v5", "--algo", "ars"]),
+        TrainConfig.for_env("Hopper-v5"),
+        TrainConfig.for_env("Hopper-v5", algo="ars"),
+    ):
+        assert config.algo == "ars" and {k: getattr(config, k) for k in ars} == ars
+    es = {"popsize": 128, "sigma": 0.02, "lr": 0.02, "hidden": [64, 64], "ars_top": 0, "reward_shift": 1.0, "eval_every": 2}
+    (tmp_path / "es.toml").write_text('env = "Hopper-v5"\nalgo = "openai-es"\n')
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"env": "Hopper-v5", "algo": "openai-es"}))
+    for config in (
+        parse_train_config(["--env", "Hopper-v5", "--algo", "openai-es"]),
+        parse_train_config(["--env", "Hopper-v5", "--algo=openai-es"]),
+        parse_train_config(["--config", str(tmp_path / "es.toml")]),
+        parse_train_config(["--resume", str(tmp_path / "run")]),
+        TrainConfig.for_env("Hopper-v5", algo="openai-es"),
+    ):
+        assert config.algo == "openai-es" and {k: getattr(config, k) for k in es} == es
+    pgpe = parse_train_config(["--env", "Hopper-v5", "--algo", "pgpe"])
+    assert (pgpe.popsize, pgpe.sigma, pgpe.sigma_lr, pgpe.groups, pgpe.hidden) == (128, 0.02, 0.2, 8, [64, 64])
+    cheetah = parse_train_config(["--env", "HalfCheetah-v5", "--algo", "ars"])
+    assert (cheetah.popsize, cheetah.lr, cheetah.sigma, cheetah.hidden, cheetah.ars_top) == (128, 0.02, 0.03, [], 0)
+    assert parse_train_config(["--env", "Hopper-v5", "--sigma", "0.05"]).sigma == 0.05  # flags still win
+    env, algo = preset_lines(parse_train_config(["--env", "Hopper-v5", "--popsize", "32"]))
+    assert env == "per-env defaults of Hopper-v5 (flipes.rl.presets): sigma 0.025, lr 0.01, episodes 1, eval_every 10, " \
+        "eval_episodes 5, generations 2000, reward_shift 1.0, algo ars, ars_top 4; flags and --config override them"  # fmt: skip
+    assert algo == "--algo ars sets (flipes.rl.presets): hidden []; flags and --config override them"
 
 
 def test_shaping_and_weight_decay_reach_the_es_and_a_resume_must_keep_them(tmp_path: Path) -> None:
