@@ -58,7 +58,7 @@ class TrainConfig:
     """The search: openai-es (centered ranks, Adam, fixed σ); pgpe (adds --sigma-lr 0.2 --groups 8 and
     ClipUp, see --max-speed: σ adapts per layer); ars (top --ars-top mirrored directions scaled by the
     reward std, SGD at lr·σ; a linear policy, lr 0.02, σ 0.03). Flags override what each sets. Without it, the
-    search the env's preset row names (Hopper-v5: ars, at that row's ARS options), else openai-es."""
+    search the env's preset row names (Hopper-v5, Walker2d-v5: ars, at that row's ARS options), else openai-es."""
     shaping: ShapingName | str = "auto"
     """Fitness shaping, the weight of each member in the ES gradient: auto is the search's own (centered
     ranks; ARS's with --algo ars, which refuses the others); centered-ranks (ranks scaled to [-0.5, 0.5]: invariant to monotone

@@ -1257,7 +1257,7 @@ def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) 
 
 @NEEDS_TOMLLIB
 def test_an_env_row_names_its_search_and_an_explicit_algo_picks_another(tmp_path: Path) -> None:
-    """Hopper's row trains with ARS at the row's own ARS options (over --algo ars's, which other envs get) unless
+    """Hopper's row (and Walker2d's) trains with ARS at the row's own ARS options (over --algo ars's, which other envs get) unless
     --algo names another search, by flag, config file or the resumed run: openai-es then gets the row's shared
     options (its OpenAI-ES row, a 64-64 MLP) and pgpe those with PGPE's layer; the notes say which row set what."""
     from flipes.commands import preset_lines
@@ -1282,6 +1282,9 @@ def test_an_env_row_names_its_search_and_an_explicit_algo_picks_another(tmp_path
         TrainConfig.for_env("Hopper-v5", algo="openai-es"),
     ):
         assert config.algo == "openai-es" and {k: getattr(config, k) for k in es} == es
+    w = parse_train_config(["--env", "Walker2d-v5"])
+    assert (w.algo, w.popsize, w.ars_top, w.lr, w.sigma, w.hidden) == ("ars", 32, 8, 0.025, 0.02, [])
+    assert TrainConfig.for_env("Walker2d-v5", algo="openai-es").hidden == [64, 64]
     pgpe = parse_train_config(["--env", "Hopper-v5", "--algo", "pgpe"])
     assert (pgpe.popsize, pgpe.sigma, pgpe.sigma_lr, pgpe.groups, pgpe.hidden) == (128, 0.02, 0.2, 8, [64, 64])
     cheetah = parse_train_config(["--env", "HalfCheetah-v5", "--algo", "ars"])
