@@ -586,7 +586,8 @@ def test_a_stopped_mpi_rank_ends_the_job_naming_it(tmp_path: Path) -> None:
     (after it announced its arrival), saying that every rank entered it."""
     run = tmp_path / "run"
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "scripts/train.py", *FAST, "--popsize", "8", "--groups", "2",
-           "--generations", "100000", "--mpi-timeout", "3", "--out", str(run)]  # fmt: skip
+           "--generations", "100000", "--mpi-timeout", "5", "--out", str(run)]  # fmt: skip
+    # 5 s, not less: on loaded cores a rank merely starved that long ends the job before the test stops one
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
@@ -594,14 +595,14 @@ def test_a_stopped_mpi_rank_ends_the_job_naming_it(tmp_path: Path) -> None:
             time.sleep(0.2)
         time.sleep(1.0)
         rank1 = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _rank_of(pid, str(run)) == "1"]
-        assert len(rank1) == 1, rank1
+        assert len(rank1) == 1, (rank1, proc.poll() is None or proc.communicate()[1][-2000:])
         os.kill(rank1[0], signal.SIGSTOP)
         t0 = time.monotonic()
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0 and time.monotonic() - t0 < 30
         ours = [line for line in err.splitlines() if line.startswith("flipes:")]
         named = ("rank(s) 1 did not arrive", "every rank entered it (stopped, dead")
-        assert any("rank 0 waited 3 s" in line and any(n in line for n in named) for line in ours), err[-2000:]
+        assert any("rank 0 waited 5 s" in line and any(n in line for n in named) for line in ours), err[-2000:]
     finally:
         for pid in [p for p in map(int, filter(str.isdigit, os.listdir("/proc"))) if _rank_of(p, str(run)) is not None]:
             try:
