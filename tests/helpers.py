@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -60,6 +62,27 @@ def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, make: 
             make(out)
             done.touch()
     return out
+
+
+def sigterm_twice(proc: subprocess.Popen, rows: Path, generations: int) -> str:
+    """Once ``rows`` holds ``generations`` lines (and the checkpoint after the last is written), SIGTERM ``proc``, check
+    that it still runs past the window in which a repeat counts as the same signal, SIGTERM it again; its stderr."""
+    from flipes.training import REPEAT_SECONDS
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not rows.exists() or len(rows.read_text().splitlines()) < generations):
+            time.sleep(0.05)
+        time.sleep(0.5)  # the generation's checkpoint is written after its row
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(REPEAT_SECONDS + 0.5)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def metrics(run_dir: Path) -> list[dict]:

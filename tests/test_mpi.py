@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ENDLESS_FITNESS, metrics, once_per_session
+from helpers import ENDLESS_FITNESS, metrics, once_per_session, sigterm_twice
 
 import flipes
 from flipes.checkpoint import load_checkpoint
@@ -225,8 +224,6 @@ def test_a_second_sigterm_to_mpiexec_ends_a_generation_that_never_ends_in_one_li
     """Under mpiexec -n 2, a generation that never ends, then SIGTERM to mpiexec (which forwards it to every rank) twice,
     REPEAT_SECONDS apart: the job ends with status 130 and one flipes line naming the second SIGTERM and the last
     checkpoint (no traceback per rank), which loads (before, the job sat forever)."""
-    from flipes.training import REPEAT_SECONDS
-
     (tmp_path / "endless.py").write_text(ENDLESS_FITNESS)
     run = tmp_path / "run"
     args = ["--env", "none", "--model", "endless:make_model", "--fitness", "endless:fitness", "--popsize", "8", "--groups",
@@ -234,20 +231,7 @@ def test_a_second_sigterm_to_mpiexec_ends_a_generation_that_never_ends_in_one_li
     env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(tmp_path)))}
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "scripts/train.py", *args, "--out", str(run)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        rows, deadline = run / "metrics.jsonl", time.monotonic() + 60
-        while time.monotonic() < deadline and (not rows.exists() or len(rows.read_text().splitlines()) < 2):
-            time.sleep(0.05)
-        time.sleep(0.5)  # generation 1's checkpoint is written after its row; generation 2 never ends
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(REPEAT_SECONDS + 0.5)
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    err = sigterm_twice(proc, run / "metrics.jsonl", 2)  # generation 2 never ends
     ours = [line for line in err.splitlines() if line.startswith("flipes: interrupted")]
     said = f"flipes: interrupted: train stopped at once by a second SIGTERM; the last checkpoint (generation 2) stays: " \
            f"--resume {run} continues from it"  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ENDLESS_FITNESS, FAST, FAST_KW, MADE_UP_FITNESS, NEEDS_TOMLLIB, ROOT, metrics, run_script
+from helpers import ENDLESS_FITNESS, FAST, FAST_KW, MADE_UP_FITNESS, NEEDS_TOMLLIB, ROOT, metrics, run_script, sigterm_twice
 
 import flipes
 from flipes.callbacks import Callback
@@ -1148,25 +1148,12 @@ def test_a_second_sigterm_ends_a_generation_that_never_ends_in_one_line_keeping_
     """A generation that never ends, then SIGTERM: the first says at once that training stops after the generation and
     that another signal stops at once; a second SIGTERM (later than REPEAT_SECONDS) ends the command with status 130
     and one line naming it and the last checkpoint with its generation, which loads (before, it sat forever)."""
-    from flipes.training import REPEAT_SECONDS
-
     (tmp_path / "endless.py").write_text(ENDLESS_FITNESS)
     run = tmp_path / "run"
     args = ["--env", "none", "--model", "endless:make_model", "--fitness", "endless:fitness", "--popsize", "8",
             "--tensorboard", "false", "--progress", "false", "--checkpoint-every", "1", "--out", str(run)]  # fmt: skip
     proc = train_in_background([*args, "--generations", "1000"], tmp_path)
-    try:
-        wait_for_rows(run, 2)
-        time.sleep(0.5)  # generation 1's checkpoint is written after its row; generation 2 never ends
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(REPEAT_SECONDS + 0.5)
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    err = sigterm_twice(proc, run / "metrics.jsonl", 2)  # generation 2 never ends
     lines = err.strip().splitlines()
     first = "flipes: SIGTERM: stopping after the generation under way, with a checkpoint; another Ctrl-C or SIGTERM stops "
     assert proc.returncode == 130 and len(lines) == 2, err
