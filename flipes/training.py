@@ -526,8 +526,12 @@ _WORKER_ENDED = (WorkerEndedError, EOFError, BrokenPipeError, ConnectionResetErr
 def _cut_short(e: BaseException, stop: StopRequest, comm: dist.Comm, what: str, kept: str) -> bool:
     """After a stop signal to the whole process group (Slurm's SIGTERM), which also ends the env's worker processes,
     say that ``what`` was cut short by ``e`` and what is ``kept``, and return True; False (the caller re-raises) without
-    a signal, or with several ranks, which must leave the loop together (the error ends the job)."""
+    a signal, or with several ranks, which must leave the loop together (the error ends the job). A worker that ended
+    without a signal (the out-of-memory killer) is raised here, in one line saying also ``what`` and the run's last
+    checkpoint."""
     if not stop.requested or comm.size > 1:
+        if isinstance(e, WorkerEndedError):
+            raise WorkerEndedError(f"{what}: {e}; {stop.kept()}") from None
         return False
     print_note(f"{what} was cut short after the stop signal ({type(e).__name__}: a signal to the whole process group ends "
                f"the env's worker processes too); {kept}")  # fmt: skip
@@ -566,8 +570,6 @@ def run_loop(
             if not _cut_short(
                 e, stop, comm, f"generation {gen}", f"the checkpoint holds the {gen} whole generation(s) before it"
             ):
-                if isinstance(e, WorkerEndedError):  # one line: which worker, how, and what the run keeps
-                    raise WorkerEndedError(f"generation {gen}: {e}; {stop.kept()}") from None
                 raise
             return "interrupted"
         if isinstance(fitness, RolloutFitness):
@@ -624,8 +626,6 @@ def run_loop(
                     evaluated = evaluate_center(state, evaluator, gen)
                 except _WORKER_ENDED as e:
                     if not _cut_short(e, stop, comm, f"the evaluation of generation {gen}", "its row has no eval_return"):
-                        if isinstance(e, WorkerEndedError):
-                            raise WorkerEndedError(f"the evaluation of generation {gen}: {e}; {stop.kept()}") from None
                         raise
                     evaluated = {}
                 clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row

@@ -53,7 +53,6 @@ class EnvBlock(gym.Env):
             truncated=gym.spaces.MultiBinary(size),
         )
         self.action_space = self.env.action_space
-        self.last: dict[str, Any] | None = None  # what a call that raised returns beside its error
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         seeds = (options or {}).get("seeds")
@@ -63,8 +62,7 @@ class EnvBlock(gym.Env):
         except Exception as e:
             return self._failed(e)
         zero = np.zeros(self.size, dtype=np.int8)
-        self.last = {"obs": obs, "reward": np.zeros(self.size), "terminated": zero, "truncated": zero}
-        return self.last, {}
+        return {"obs": obs, "reward": np.zeros(self.size), "terminated": zero, "truncated": zero}, {}
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         try:
@@ -73,12 +71,11 @@ class EnvBlock(gym.Env):
             obs, info = self._failed(e)
             return obs, 0.0, False, False, info
         flags = {"terminated": terminated.astype(np.int8), "truncated": truncated.astype(np.int8)}
-        self.last = {"obs": obs, "reward": reward, **flags}
-        return self.last, 0.0, False, False, {}
+        return {"obs": obs, "reward": reward, **flags}, 0.0, False, False, {}
 
     def _failed(self, e: Exception) -> tuple[dict, dict]:
         """The observation (any of the right shape: the parent raises) and info of a call that raised ``e``."""
-        obs = self.last if self.last is not None else self.observation_space.sample()
+        obs = self.observation_space.sample()  # any of the right shape: the parent raises, reading none of it
         summary = "".join(traceback.format_exception_only(type(e), e)).strip()
         return obs, {ERROR: summary, TRACEBACK: "".join(traceback.format_exception(type(e), e, e.__traceback__))}
 
