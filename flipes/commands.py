@@ -105,7 +105,7 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
     ``--algo``'s (flag, file or resumed run), else the one the env's row names, else openai-es."""
     from flipes.cli import _Parser, read_config_file
     from flipes.config import default_run_dir, saved_options
-    from flipes.rl.presets import algo_preset, preset_for, row_algo
+    from flipes.rl.presets import defaults, row_algo
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # values["algo"] is TrainConfig's default when nobody set it: only a flag or the file says it was chosen
@@ -123,7 +123,7 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
         env_id = saved.get("env", values["env"])
         env_id = env_id if isinstance(env_id, str) else ""
         algo = saved.get("algo", values["algo"] if chosen else row_algo(env_id))
-        return {**preset_for(env_id, algo), **algo_preset(algo, env_id), **saved}
+        return {**defaults(env_id, algo), **saved}
 
     return parse_config(TrainConfig, argv, TRAIN_HELP, presets=layers, prog="flipes train")
 

@@ -169,7 +169,7 @@ class TrainConfig:
         """Defaults < the env's row of ``flipes.rl.presets`` (with its ``algo``'s layers, the row's own search
         unless ``algo=`` names another) < the options of the run being resumed (``resume=``) < ``overrides``,
         all checked strictly."""
-        from flipes.rl.presets import algo_preset, preset_for, row_algo
+        from flipes.rl.presets import defaults, row_algo
 
         if env is not _UNSET:
             overrides["env"] = env
@@ -180,7 +180,7 @@ class TrainConfig:
         name = overrides.get("env", saved.get("env", cls.env))
         env_id = name if isinstance(name, str) else ""
         algo = overrides.get("algo", saved.get("algo", row_algo(env_id)))  # a row may name its search
-        values = {**preset_for(env_id, algo), **algo_preset(algo, env_id), **saved, **overrides}
+        values = {**defaults(env_id, algo), **saved, **overrides}
         return cls(**check_options(cls, values, "flipes.train", also=TRAIN_ONLY))
 
     def replace(self, **overrides: Any) -> TrainConfig:

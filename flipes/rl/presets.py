@@ -124,3 +124,10 @@ def algo_preset(algo: str, env_id: str = "") -> dict[str, Any]:
     **algo_preset(algo, env_id)}`` is every layer of the presets."""
     own = PRESETS.get(base_id(env_id), {}).get(algo, {}) if env_id and algo in ALGOS else {}
     return _copy({k: v for k, v in ALGOS.get(algo, {}).items() if k not in own})
+
+
+def defaults(env_id: str, algo: str | None = None) -> dict[str, Any]:
+    """Every preset layer of ``env_id`` trained with ``algo`` (None: the row's search), low to high: the row's shared
+    options, ``ALGOS[algo]``, the row's own options for that search."""
+    algo = algo or row_algo(env_id)
+    return {**preset_for(env_id, algo), **algo_preset(algo, env_id)}
