@@ -338,12 +338,17 @@ def _converter(name: str, ft: FieldType) -> Callable[[str], Any]:
 
 
 def build_parser(
-    cls: type, description: str | None = None, prog: str | None = None, defaults: Mapping[str, Any] = {}
+    cls: type,
+    description: str | None = None,
+    prog: str | None = None,
+    defaults: Mapping[str, Any] = {},
+    add_help: bool = True,
 ) -> argparse.ArgumentParser:
-    """The argparse parser of ``cls``: ``--config`` plus one option per field, help from its docstring."""
+    """The argparse parser of ``cls``: ``--config`` plus one option per field, help from its docstring
+    (which shows ``defaults`` where they replace a field's own)."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=add_help)
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON file of options; flags override it")
     for f in dataclasses.fields(cls):
         ft = field_type(hints[f.name])
@@ -416,16 +421,18 @@ def parse_config(
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     from_file = check_options(cls, read_config_file(known.config), f"--config {known.config}") if known.config else {}
-    parser = build_parser(cls, description, prog, from_file)
-    values = vars(parser.parse_args(argv))
+    defaults = from_file
     if presets is not None:
-        preset = dict(presets(values))
+        # the presets depend on the options: read them first (any --help waits), so that --help shows
+        # the defaults that apply to this command line, e.g. the row of its --env
+        first, _ = build_parser(cls, description, prog, from_file, add_help=False).parse_known_args(argv)
+        preset = dict(presets(vars(first)))
         fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(preset) - fields)
         if unknown:
             raise ValueError(f"presets name unknown option(s) {unknown}; valid: {sorted(fields)}")
-        parser.set_defaults(**{k: v for k, v in preset.items() if k not in from_file})
-        values = vars(parser.parse_args(argv))
+        defaults = {**preset, **from_file}
+    values = vars(build_parser(cls, description, prog, defaults).parse_args(argv))
     values.pop("config")
     return cls(**values)
 

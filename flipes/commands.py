@@ -48,7 +48,8 @@ With an env, the population runs --episodes episodes per member in ONE vector en
 per step for all members; every --eval-every generations the center (mean) policy is evaluated on
 --eval-episodes episodes, and training stops once that mean reaches --target (by default the env's
 registered reward_threshold). A known env id brings its own defaults (flipes.rl.presets); a config
-file and flags override them. The run directory holds config.json, metrics.jsonl (one JSON object
+file and flags override them, and --help shows the defaults of the command line it ends
+(flipes train --env Hopper-v5 --help: that env's row). The run directory holds config.json, metrics.jsonl (one JSON object
 per generation), checkpoint.pt (latest; previous.pt is the one it replaced), best.pt and curves.png.
 """
 
@@ -123,7 +124,7 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
         env_id = saved.get("env", values["env"])
         env_id = env_id if isinstance(env_id, str) else ""
         algo = saved.get("algo", values["algo"] if chosen else row_algo(env_id))
-        return {**defaults(env_id, algo), **saved}
+        return {**defaults(env_id, algo), **saved, "algo": algo}  # --help shows the search that applies
 
     return parse_config(TrainConfig, argv, TRAIN_HELP, presets=layers, prog="flipes train")
 

@@ -394,6 +394,43 @@ def test_the_preset_notes_name_what_the_env_and_algo_rows_set_and_no_flag_change
     assert preset_lines(parse_train_config(["--env", "none", "--fitness", "user_mod:ok", "--model", "user_mod:make_model"])) == []
 
 
+def _shown_defaults(argv: list[str], capsys: pytest.CaptureFixture) -> dict[str, str]:
+    """``flipes train ARGV --help``'s ``(default: ...)`` of each long option."""
+    from flipes.commands import parse_train_config
+
+    with pytest.raises(SystemExit) as stop:
+        parse_train_config([*argv, "--help"])
+    assert stop.value.code == 0
+    entries: list[str] = []
+    for line in capsys.readouterr().out.splitlines():
+        if re.match(r"  (-\w, )?--", line):  # an option's first line; its help's lines are indented further
+            entries.append("")
+        if entries:
+            entries[-1] += " " + line.strip()
+    shown = (re.search(r"(--[a-z-]+).*\(default: ([^;)]*)[;)]\s*$", entry) for entry in entries)
+    return dict(m.groups() for m in shown if m)
+
+
+def test_help_shows_the_defaults_that_apply_to_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--help`` shows each option's value as this command line would set it: the env's preset row (with the search
+    that row names, or ``--algo``'s), a ``--config`` file's values over it; the dataclass defaults where nothing else
+    applies."""
+    from flipes.commands import parse_train_config
+
+    plain = _shown_defaults([], capsys)
+    assert (plain["--popsize"], plain["--generations"], plain["--algo"]) == ("64", "300", "openai-es")
+    hopper = _shown_defaults(["--env", "Hopper-v5"], capsys)
+    assert (hopper["--popsize"], hopper["--algo"], hopper["--ars-top"], hopper["--sigma"]) == ("16", "ars", "4", "0.025")
+    es = _shown_defaults(["--env", "Hopper-v5", "--algo", "openai-es"], capsys)
+    assert (es["--popsize"], es["--algo"], es["--sigma"], es["--hidden"]) == ("128", "openai-es", "0.02", "64 64")
+    (tmp_path / "run.toml").write_text('env = "Hopper-v5"\npopsize = 48\n')
+    file = _shown_defaults(["--config", str(tmp_path / "run.toml")], capsys)
+    assert (file["--env"], file["--popsize"], file["--algo"]) == ("Hopper-v5", "48", "ars")
+    for argv, shown in (([], plain), (["--env", "Hopper-v5"], hopper), (["--config", str(tmp_path / "run.toml")], file)):
+        config = parse_train_config(argv)
+        assert all(shown[f"--{k.replace('_', '-')}"] == str(getattr(config, k)) for k in ("popsize", "generations", "algo"))
+
+
 CONSTANT_FITNESS = """
 import warnings
 import torch
