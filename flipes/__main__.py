@@ -1,4 +1,4 @@
-"""``python -m flipes train|evaluate|plot``: the ``flipes`` command."""
+"""``python -m flipes train|evaluate|export|plot``: the ``flipes`` command."""
 
 import sys
 

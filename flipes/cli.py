@@ -15,7 +15,7 @@ flags, and one-line errors (:class:`flipes.errors.UsageError`). Supported annota
 
 (Why not tyro: its errors are multi-line panels, a config file under the flags and per-env
 defaults under the file would be ours anyway, and it brings rich, typeguard, shtab and
-docstring-parser for what is ~300 lines here.)
+docstring-parser for what is ~500 lines here.)
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""User code plugged into a run: a fitness, a model, an evaluation, named ``module:function`` (the
-command line, config files) or given to :func:`flipes.train` as Python objects.
+"""User code plugged into a run: a fitness, a model, an evaluation, an optimizer, a fitness shaping, named
+``module:function`` (the command line, config files) or given to :func:`flipes.train` as Python objects.
 
-A run directory records the name (``module:qualname``) either way, so a resume can check that the
-same code is plugged in; code given as an object must be given again to resume or load the run.
+A run directory records the name (``module:qualname``) of each but the evaluation either way, so a resume can
+check that the same code is plugged in; code given as an object must be given again to resume or load the run.
 """
 
 from __future__ import annotations
