@@ -355,7 +355,9 @@ def build_parser(
         default = defaults.get(f.name, _default(f))
         doc = docs.get(f.name, "")
         shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, list) else default
-        if default is dataclasses.MISSING or default in ("", []):
+        if default == [] and _default(f) != []:  # a preset's or a file's empty list, e.g. a row's linear policy
+            text = f"{doc} (default: no values)"
+        elif default is dataclasses.MISSING or default in ("", []):
             text = doc  # required, or no value: nothing to show
         elif ft.scalar is bool and not ft.is_list:
             off = "--no-" + f.name.replace("_", "-")

@@ -421,6 +421,7 @@ def test_help_shows_the_defaults_that_apply_to_the_command_line(tmp_path: Path, 
     assert (plain["--popsize"], plain["--generations"], plain["--algo"]) == ("64", "300", "openai-es")
     hopper = _shown_defaults(["--env", "Hopper-v5"], capsys)
     assert (hopper["--popsize"], hopper["--algo"], hopper["--ars-top"], hopper["--sigma"]) == ("16", "ars", "4", "0.025")
+    assert (plain["--hidden"], hopper["--hidden"]) == ("32 32", "no values")  # the row's linear policy
     es = _shown_defaults(["--env", "Hopper-v5", "--algo", "openai-es"], capsys)
     assert (es["--popsize"], es["--algo"], es["--sigma"], es["--hidden"]) == ("128", "openai-es", "0.02", "64 64")
     (tmp_path / "run.toml").write_text('env = "Hopper-v5"\npopsize = 48\n')
