@@ -47,10 +47,11 @@ TRAIN_HELP = """Train a policy (or any model, with --fitness) with FlipES.
 With an env, the population runs --episodes episodes per member in ONE vector env, one Flipout pass
 per step for all members; every --eval-every generations the center (mean) policy is evaluated on
 --eval-episodes episodes, and training stops once that mean reaches --target (by default the env's
-registered reward_threshold, or its preset row's target). A known env id brings its own defaults (flipes.rl.presets); a config
-file and flags override them, and --help shows the defaults of the command line it ends
-(flipes train --env Hopper-v5 --help: that env's row). The run directory holds config.json, metrics.jsonl (one JSON object
-per generation), checkpoint.pt (latest; previous.pt is the one it replaced), best.pt and curves.png.
+registered reward_threshold, or its preset row's target). A known env id brings its own defaults
+(flipes.rl.presets); a config file and flags override them, and --help shows the defaults of the
+command line it ends (flipes train --env Hopper-v5 --help: that env's row). The run directory holds
+config.json, metrics.jsonl (one JSON object per generation), checkpoint.pt (latest; previous.pt is
+the one it replaced), best.pt and curves.png.
 """
 
 
