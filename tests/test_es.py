@@ -596,6 +596,20 @@ def test_a_pass_fail_fitness_is_refused_naming_float() -> None:
     assert es.generation == 1
 
 
+def test_a_list_of_the_parts_fitness_tensors_is_refused_naming_torch_cat() -> None:
+    """The parts' fitness tensors handed to ``tell`` as a list, uncatenated (``[f(part) for part in pop.split(k)]``),
+    is a TypeError naming their shapes and ``torch.cat``, and changes nothing; the catenated tensor is taken."""
+    model = mlp(0)
+    es = flipes.FlipES(model, popsize=8, sigma=0.1)
+    with es.population() as pop:
+        parts = [model(torch.randn(part.size, 6))[:, 0] for part in pop.split(4)]
+    with pytest.raises(TypeError, match=r"got list of 2 tensors, shapes \(4,\), \(4,\); .*torch.cat\(fitness\)$"):
+        es.tell(parts)
+    assert es.generation == 0
+    es.tell(torch.cat(parts))
+    assert es.generation == 1
+
+
 @MADE_UP_FITNESS
 def test_tell_stats_are_the_fitness_moments_gradient_norm_and_update_ratio() -> None:
     """``tell``'s stats against their definitions, computed here from the fitness, the ``.grad`` it

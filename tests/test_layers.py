@@ -645,8 +645,8 @@ class PositionalModel(nn.Module):
 def test_a_parameter_nothing_can_perturb_is_an_error_naming_it_unless_frozen() -> None:
     """A bare parameter beside Flipout layers makes ``flipout`` raise a ValueError naming it, its holder and the
     ``frozen=[...]`` fix; frozen, it stops requiring grad and is reported frozen; a misspelled frozen name is a
-    ValueError suggesting the closest parameter; a model built by hand with such a parameter makes FlipES raise the
-    same kind of error."""
+    ValueError suggesting the closest parameter (or, with none close, naming the model's modules); a model built by
+    hand with such a parameter makes FlipES raise the same kind of error."""
     with pytest.raises(ValueError, match=r"would not be evolved: pos \(held by PositionalModel\).*frozen=\["):
         flipes.flipout(PositionalModel())
     model = flipes.flipout(PositionalModel(), frozen=["pos"])
@@ -655,6 +655,8 @@ def test_a_parameter_nothing_can_perturb_is_an_error_naming_it_unless_frozen() -
     assert {r.name: r.how for r in report.rows} == {"pos": "frozen", "fc.weight": "flipout", "fc.bias": "flipout"}
     with pytest.raises(ValueError, match=r"'fc.wieght' is no parameter or module of PositionalModel; did you mean 'fc.weight'"):
         flipes.flipout(PositionalModel(), frozen=["pos", "fc.wieght"])
+    with pytest.raises(ValueError, match=r"'layer0' is no parameter or module of Sequential; .*modules\(\), e.g. '0', '1'$"):
+        flipes.flipout(nn.Sequential(nn.Linear(4, 2), nn.Linear(2, 1)), frozen=["layer0"])  # nothing close: the names
     plain = PositionalModel()  # built by hand: FlipES checks too
     plain.fc = flipes.nn.FlipoutLinear(4, 2)
     with pytest.raises(ValueError, match=r"FlipES: 1 trainable parameter\(s\) would not be evolved.*: pos \(PositionalModel\)"):

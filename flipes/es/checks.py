@@ -67,9 +67,16 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
     except (TypeError, RuntimeError, ValueError):
         f = None
     if f is None or f.dtype.is_complex or f.dtype == torch.bool:
+        parts = isinstance(fitness, list | tuple) and any(isinstance(x, Tensor) and x.dim() > 0 for x in fitness)
         raise TypeError(
             f"fitness must be real numbers, one per member (a Tensor, array or list), got {type(fitness).__name__}"
             + (f" of {f.dtype}" if f is not None else "")
+            + (
+                f" of {len(fitness)} tensors, shapes {', '.join(str(tuple(x.shape)) for x in fitness[:3])}"
+                f"{', ...' if len(fitness) > 3 else ''}; join the parts' fitness into one: torch.cat(fitness)"
+                if parts
+                else ""
+            )
             + (
                 "; score a pass/fail per member as numbers: fitness.float() (True: 1)"
                 if f is not None and f.dtype == torch.bool

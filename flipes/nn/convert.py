@@ -327,7 +327,14 @@ def _freeze(module: nn.Module, names: Iterable[str]) -> None:
         hits = [p for pname, p in params.items() if pname == name or pname.startswith(name + ".")]
         if not hits:
             close = difflib.get_close_matches(name, [*params, *modules], n=3)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            top = [n for n in module._modules if module._modules[n] is not None][:8]  # where a name starts
+            hint = (
+                f"; did you mean {', '.join(repr(c) for c in close)}?"
+                if close
+                else f"; names are those of named_parameters() or named_modules(), e.g. {', '.join(map(repr, top))}"
+                if top
+                else f"; its parameters are {', '.join(map(repr, list(params)[:8]))}"
+            )
             raise ValueError(f"flipout(frozen=...): {name!r} is no parameter or module of {type(module).__name__}{hint}")
         for p in hits:
             p.requires_grad_(False)
