@@ -262,6 +262,14 @@ def train(
             "fitness=flipes.rl.RolloutFitness(vector_env, episodes)"
         )
         raise UsageError("env", f"is {what}, not an env id", fix)
+    if isinstance(callbacks, Callback | type) or not isinstance(callbacks, Iterable):  # one given bare: list() would say little
+        name = callbacks.__name__ if isinstance(callbacks, type) else type(callbacks).__name__
+        what, fix = (
+            ("the class", f"callbacks=[{name}()]")
+            if isinstance(callbacks, type)
+            else ("a" + "n" * (name[0] in "AEIOUaeiou"), "callbacks=[callback]")
+        )
+        raise UsageError("callbacks", f"is {what} {name}, not a list of callbacks", f"pass a list, {fix}")
     callbacks = list(callbacks)
     for cb in callbacks:  # here, not at the first generation's hook
         if isinstance(cb, type) or not isinstance(cb, Callback):

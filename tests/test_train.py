@@ -337,7 +337,8 @@ def test_a_shifted_fitness_is_logged_beside_the_populations_plain_return(tmp_pat
 
 def test_a_callback_class_or_another_object_is_refused_before_training(tmp_path: Path) -> None:
     """``callbacks=[Stop]`` (the class) is a UsageError naming ``Stop()``, an object that is no Callback one naming
-    the base class, both before anything is written (not a TypeError at the first hook)."""
+    the base class, one callback (or its class, or a number) not in a list one saying to pass a list, all before anything
+    is written (not a TypeError at the first hook, nor Python's "object is not iterable")."""
 
     class Stop(Callback):
         pass
@@ -346,6 +347,14 @@ def test_a_callback_class_or_another_object_is_refused_before_training(tmp_path:
         flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), callbacks=[Stop])
     with pytest.raises(flipes.UsageError, match=r"callbacks: dict is not a Callback; subclass flipes.callbacks.Callback"):
         flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), callbacks=[{}])
+    with pytest.raises(
+        flipes.UsageError, match=r"^callbacks: is a Stop, not a list of callbacks; pass a list, callbacks=\[callback\]$"
+    ):
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), callbacks=Stop())  # one, given bare
+    with pytest.raises(flipes.UsageError, match=r"^callbacks: is the class Stop, not a list of callbacks; .*=\[Stop\(\)\]$"):
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), callbacks=Stop)
+    with pytest.raises(flipes.UsageError, match=r"^callbacks: is an int, not a list"):
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), callbacks=3)
     assert not (tmp_path / "a").exists()
 
 
