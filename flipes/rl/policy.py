@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -87,9 +88,12 @@ class SpacePolicy(nn.Module):
             normalize = False  # one-hot rows need no statistics, and rollouts record the raw indices
         self.obs_norm = RunningNorm(self.obs_dim) if normalize else None
 
-    def observe(self, obs: Tensor, dtype: torch.dtype) -> Tensor:
+    def observe(self, obs: Tensor | np.ndarray, dtype: torch.dtype) -> Tensor:
         """``(*, *obs_shape) -> (*, obs_dim)`` in ``dtype`` (e.g. from MuJoCo's float64), normalized;
-        Discrete observations ``(*,)`` one-hot."""
+        Discrete observations ``(*,)`` one-hot. A numpy array (or a number) is taken as a tensor on the
+        policy's device: what a gymnasium env of one's own returns, ``policy(env.reset()[0])``."""
+        if not isinstance(obs, Tensor):
+            obs = torch.as_tensor(np.asarray(obs), device=next(self.parameters()).device)
         if self.obs_start is not None:
             return nn.functional.one_hot(obs.long() - self.obs_start, self.obs_dim).to(dtype)
         obs = obs.to(dtype)
@@ -141,7 +145,7 @@ class MLPPolicy(SpacePolicy):
 
     Shape:
         ``(*, obs_dim) -> (*,)`` (Discrete) or ``(*, *action_shape)`` (the others); inside a population
-        ``*`` starts with the members.
+        ``*`` starts with the members. Observations are tensors, or numpy arrays as a gymnasium env returns them.
     """
 
     def __init__(
