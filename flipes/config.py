@@ -92,7 +92,8 @@ class TrainConfig:
     otherwise last until every episode has ended by itself."""
     hidden: list[int] = field(default_factory=lambda: [32, 32])
     """Hidden layer widths of the MLP policy (--hidden with no width: a linear policy); of the GRU
-    policy, its encoder's widths and then the GRU's hidden size (the last width)."""
+    policy, its encoder's widths and then the GRU's hidden size (the last width). Not for a --model of one's
+    own (refused there; its config.json keeps the default)."""
     policy: Literal["mlp", "gru"] = "mlp"
     """The policy built for the env: mlp (memoryless), or gru (a Flipout GRU cell after an MLP
     encoder: memory within an episode, for partially observed envs)."""
@@ -341,6 +342,16 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         )
     if config.policy != "mlp" and config.model:
         raise UsageError("--policy", f"{config.policy} is built for an env, and --model builds the model", "drop one of them")
+    if config.model and not config.resume:  # widths size flipes' policy: a model of one's own would train as it is
+        from flipes.rl.presets import defaults as preset
+
+        env_id = config.env if isinstance(config.env, str) else ""
+        if list(config.hidden) != list(preset(env_id, config.algo).get("hidden", TrainConfig().hidden)):
+            raise UsageError(
+                "--hidden",
+                f"{config.hidden} sizes the policy flipes builds for an env, and --model builds the model",
+                "drop --hidden and size the model in its own code",
+            )
     if config.policy == "gru" and not config.hidden:
         by_ars = " (--algo ars sets none: its linear policy, unless --hidden is given)" if config.algo == "ars" else ""
         raise UsageError("--hidden", f"the GRU policy needs at least one width (its hidden size){by_ars}", "e.g. --hidden 64 64")

@@ -965,6 +965,30 @@ def test_plug_ins_with_the_wrong_signature_are_one_line_errors(tmp_path: Path) -
             flipes.train(**{**kw, **given, "out": str(tmp_path / str(i))})
 
 
+def test_hidden_widths_beside_a_model_of_ones_own_are_refused_not_recorded(tmp_path: Path) -> None:
+    """``hidden=`` sizes the policy flipes builds; given beside ``model=`` (which it would not change) it is a UsageError
+    naming both, before anything is written, by the command too; the widths a preset sets (ARS's none) are no
+    mistake, and the run trains."""
+    from flipes.commands import parse_train_config
+
+    kw = {
+        "env": "none",
+        "model": lambda env: torch.nn.Linear(3, 1),
+        "fitness": lambda model, pop: model(torch.ones(pop.size, 3))[:, 0],
+    }
+    kw |= {"popsize": 8, "generations": 1, "progress": False, "tensorboard": False}
+    with pytest.raises(
+        flipes.UsageError, match=r"^hidden: \[4\] sizes the policy flipes builds .*model builds the model; drop hidden"
+    ):
+        flipes.train(**kw, hidden=[4], out=str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
+    config = parse_train_config(["--env", "none", "--model", "m:f", "--fitness", "m:g", "--hidden", "4"])
+    with pytest.raises(flipes.UsageError, match=r"^--hidden: \[4\] sizes the policy .*--model builds the model; drop --hidden"):
+        flipes.config.validate(config)
+    for algo in ("openai-es", "ars"):  # the widths of the preset: [32, 32], and ARS's linear policy []
+        assert flipes.train(**kw, algo=algo, out=str(tmp_path / algo)).reason == "generations"
+
+
 class HallOfFame(Callback):
     """Keeps every generation's fitness_max, and saves it with the checkpoints."""
 
