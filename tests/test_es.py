@@ -582,6 +582,25 @@ def test_per_member_draws_indexed_by_the_members_are_those_of_one_pass() -> None
     assert whole.shape == (8,) and torch.equal(parts, whole)
 
 
+def test_an_earlier_generations_pop_refuses_to_draw_inside_a_later_population() -> None:
+    """``pop.generator()`` of a generation's ``pop`` (or one of its parts) kept and called inside the next generation's
+    population is a RuntimeError naming the stale generation and the fix, where it would repeat the old minibatch;
+    after ``tell`` outside any population it still gives that generation's draws, as does the current ``pop``."""
+    model = mlp(0)
+    es = flipes.FlipES(model, popsize=8, sigma=0.1, groups=2)
+    with es.population() as old:
+        first = torch.randn(3, generator=old.generator())
+        fitness = model(torch.randn(old.size, 6))[:, 0]
+        part = next(iter(old.split(4)))
+    es.tell(fitness)
+    assert torch.equal(torch.randn(3, generator=old.generator()), first)  # outside: that generation's draws, for a log
+    with es.population() as pop:
+        for stale in (old, part):
+            with pytest.raises(RuntimeError, match=r"^pop.generator\(\) of generation 0, inside a later .*as pop:`$"):
+                stale.generator()
+        assert not torch.equal(torch.randn(3, generator=pop.generator()), first) and pop.generation == 1
+
+
 def test_a_pass_fail_fitness_is_refused_naming_float() -> None:
     """An exact-match fitness of True/False per member (a bool tensor or list) is a TypeError that names
     ``fitness.float()``; its 0/1 values as numbers are taken."""

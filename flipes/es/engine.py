@@ -662,6 +662,7 @@ class FlipES:
                     groups=self.local_groups,
                     seed=self.seed,
                     enter_part=lambda start, stop: self._part(noise, start, stop),
+                    superseded=lambda g=self.generation: self._inside is not None and self.generation != g,
                 )
             except RuntimeError as error:
                 self._raise_with_shared_ids_fix(error)
@@ -783,6 +784,7 @@ class FlipES:
                 groups=self.local_groups[groups],
                 seed=self.seed,
                 enter_part=_part_of_part,
+                superseded=lambda g=self.generation: self._inside is not None and self.generation != g,
             )
         finally:
             # else its population ended with this part open (a split generator left suspended and closed later):

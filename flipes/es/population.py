@@ -42,10 +42,12 @@ class Population:
     seed: int = 0
     enter_part: Callable[[int, int], AbstractContextManager[Population]] | None = field(default=None, repr=False, compare=False)
     """Set by ``FlipES.population()``: how :meth:`part` narrows the layers to some members."""
+    superseded: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    """Set by ``FlipES.population()``: whether a later generation's population is being evaluated now."""
 
     def __getstate__(self) -> dict:
         """Pickled (sent to a worker process) without the way back into this process's layers."""
-        return {**self.__dict__, "enter_part": None}
+        return {**self.__dict__, "enter_part": None, "superseded": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -53,7 +55,17 @@ class Population:
     def generator(self, stream: str = "fitness", device: torch.device | str = "cpu") -> torch.Generator:
         """A ``torch.Generator`` for this generation's fitness (minibatches, episode seeds), seeded by
         ``(seed, generation, stream)`` alone: the same on every process and on a resume, another for
-        every run seed (``manual_seed(pop.generation)`` would give every seed the same draws)."""
+        every run seed (``manual_seed(pop.generation)`` would give every seed the same draws).
+
+        Raises:
+            RuntimeError: called on an earlier generation's ``pop`` inside a later generation's population
+                (its draws would repeat that generation's).
+        """
+        if self.superseded is not None and self.superseded():
+            raise RuntimeError(
+                f"pop.generator() of generation {self.generation}, inside a later generation's population: its draws "
+                "would be that old generation's again; use the `pop` of this generation's `with es.population() as pop:`"
+            )
         digest = hashlib.blake2b(f"flipes/population/{self.seed}/{self.generation}/{stream}".encode(), digest_size=8)
         return torch.Generator(device=device).manual_seed(int.from_bytes(digest.digest(), "little") % 2**63)
 
