@@ -336,6 +336,27 @@ def test_policies_take_a_gymnasium_envs_numpy_observations_as_the_same_tensors()
     assert int(taxi(np.int64(7))) == int(taxi(torch.tensor(7)))
 
 
+def test_a_model_of_another_float_dtype_than_the_envs_observations_is_one_error_naming_the_cast() -> None:
+    """A model of one's own whose parameters are float64 given flipes/CartPole-v1's float32 observations (as float32
+    layers get MuJoCo's float64) stops at the first step with a UsageError naming both dtypes and the cast, not
+    torch's bare 'mat1 and mat2' error; a plain function's dtype clash, and another error of the model's own, propagate
+    as they are."""
+    env = make_vector_env("flipes/CartPole-v1", 8)
+    model = flipes.flipout(torch.nn.Linear(4, 2).double())
+    es = flipes.FlipES(model, popsize=8)
+    said = r"^--model: the model's float64 parameters got the env's float32 observations \(torch: .*dtype.*\); "
+    with es.population() as pop, pytest.raises(flipes.UsageError, match=said + r"cast them .*obs.to\(torch.float64\)"):
+        RolloutFitness(env)(model, pop)
+    with es.population() as pop, pytest.raises(RuntimeError, match=r"^mat1 and mat2 must have the same dtype"):
+        RolloutFitness(env)(lambda obs: model(obs).argmax(-1), pop)  # a function: no parameters to name, torch's words
+
+    def broken(obs: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the model's own dtype trouble")
+
+    with es.population() as pop, pytest.raises(RuntimeError, match=r"^the model's own dtype trouble$"):
+        RolloutFitness(env)(broken, pop)
+
+
 def test_policy_leaves_unbounded_box_dimensions_linear() -> None:
     """A Box dimension with finite bounds gets ``tanh`` scaled into them, an unbounded one the network's output
     itself, bit for bit."""

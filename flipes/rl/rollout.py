@@ -57,6 +57,23 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
     return obs
 
 
+def _dtype_error(error: RuntimeError, model: nn.Module, obs: Tensor) -> UsageError | None:
+    """torch's dtype clash in a model's first step, where it is the env's observations meeting parameters of
+    another float dtype (float64 from MuJoCo into float32 layers), as the mistake it is; else None."""
+    params = model.parameters() if isinstance(model, nn.Module) else ()  # a plain function: no dtype to name
+    dtypes = {p.dtype for p in params if p.is_floating_point()}
+    if "dtype" not in str(error) or len(dtypes) != 1 or not obs.is_floating_point() or obs.dtype in dtypes:
+        return None
+    (dtype,) = dtypes
+    name = str(dtype).removeprefix("torch.")
+    return UsageError(
+        "--model",
+        f"the model's {name} parameters got the env's {str(obs.dtype).removeprefix('torch.')} observations "
+        f"(torch: {str(error).splitlines()[0]})",
+        f"cast them in its forward, obs.to({dtype}), as flipes' own policies do",
+    )
+
+
 def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> None:
     """Raise a UsageError unless ``actions`` (a tensor or array) fit ``n`` envs of action space
     ``space``: ``(n,)`` integers for ``Discrete``, ``(n, *shape)`` for ``Box``, integers of ``(n, *shape)``
@@ -390,10 +407,17 @@ class RolloutFitness:
 
         def act(obs: Tensor) -> Tensor:  # (n·k, d) -> members first (n, k, d) -> (n·k, ...)
             nonlocal checked
-            actions = step(obs.view(n, k, *obs.shape[1:]))
-            if not checked:  # named in the model's own shape, before flattening can hide or break it
-                check_actions(actions, self.env.single_action_space, (n, k))
-                checked = True
+            if checked:
+                return step(obs.view(n, k, *obs.shape[1:])).flatten(0, 1)
+            try:
+                actions = step(obs.view(n, k, *obs.shape[1:]))
+            except RuntimeError as e:  # the first step: a model of one's own given the env's dtype, say so
+                said = _dtype_error(e, model, obs)
+                if said is None:
+                    raise
+                raise said from None
+            check_actions(actions, self.env.single_action_space, (n, k))  # in the model's own shape, before flattening
+            checked = True
             return actions.flatten(0, 1)
 
         # env i of member m, episode k is the global env m·K + k with m the GLOBAL member index, so a
