@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import numbers
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -184,6 +185,7 @@ def load_policy(
     return model.eval()
 
 
+@keyword_errors(lambda: {"env": str, "episodes": int}, renamed={"env": "env_id"})  # said to a caller in Python
 def evaluate_policy(
     policy: nn.Module,
     env_id: str,
@@ -197,6 +199,9 @@ def evaluate_policy(
     :func:`load_policy` returns it (no dropout); each module's mode is set back afterwards. As deployed, a
     BatchNorm whose running statistics were never filled uses its initial ones, where a run's ``eval_return``
     used each batch's: the returns differ until they are filled (``torch.optim.swa_utils.update_bn``)."""
+    if isinstance(episodes, bool) or not isinstance(episodes, numbers.Integral) or episodes < 1:  # not EnvPool's assert
+        raise UsageError("--episodes", f"must be an integer of at least 1, got {episodes!r}", "e.g. --episodes 100")
+    episodes = int(episodes)  # numpy's too
     try:
         env = make_vector_env(env_id, episodes, device, note=None)
     except EnvError as e:

@@ -1524,6 +1524,26 @@ def test_every_tensor_a_run_makes_is_on_its_device(tmp_path: Path) -> None:
     assert es.generation == 2 and es.best is not None
 
 
+def test_evaluate_policy_refuses_no_episodes_and_a_bad_env_id_naming_its_own_keywords() -> None:
+    """``evaluate_policy`` given 0 (or 2.5) episodes is a UsageError naming ``episodes=`` (not EnvPool's bare
+    AssertionError), an unknown id one naming ``env_id``; numpy's integers are counts."""
+    from flipes.runs import evaluate_policy
+
+    class Left(torch.nn.Module):
+        def forward(self, obs: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(obs), dtype=torch.long)
+
+    policy = Left()
+    for episodes in (0, 2.5, True):
+        with pytest.raises(
+            flipes.UsageError, match=rf"^episodes: must be an integer of at least 1, got {episodes!r}; e.g. episodes=100$"
+        ):
+            evaluate_policy(policy, "CartPole-v1", episodes)
+    with pytest.raises(flipes.UsageError, match=r"^env_id: unknown env id 'CartPol-v1'"):
+        evaluate_policy(policy, "CartPol-v1", 2)
+    assert evaluate_policy(policy, "flipes/CartPole-v1", np.int64(3)).shape == (3,)
+
+
 def test_evaluate_policy_runs_the_policy_in_eval_mode_and_sets_each_module_back() -> None:
     """evaluate_policy judges a policy as load_policy deploys it: dropout off, so a policy left in training
     mode returns exactly what the same policy in eval mode does; each module's own mode is restored afterwards."""
