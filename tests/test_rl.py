@@ -357,6 +357,18 @@ def test_a_model_of_another_float_dtype_than_the_envs_observations_is_one_error_
         RolloutFitness(env)(broken, pop)
 
 
+def test_rollout_fitness_refuses_fewer_than_one_episode_per_member_when_made() -> None:
+    """``RolloutFitness(env, episodes=0)`` (or a negative or fractional count) is refused when it is made, naming
+    the option, instead of a ZeroDivisionError at the first generation; numpy's integers are counts."""
+    env = make_vector_env("flipes/CartPole-v1", 8)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=rf"^RolloutFitness: episodes is the episodes per member, at least 1, got {bad}$"):
+            RolloutFitness(env, episodes=bad)
+    with pytest.raises(TypeError, match=r"^episodes must be an integer, got 1.5"):
+        RolloutFitness(env, episodes=1.5)
+    assert RolloutFitness(env, episodes=np.int64(2)).episodes == 2
+
+
 def test_policy_leaves_unbounded_box_dimensions_linear() -> None:
     """A Box dimension with finite bounds gets ``tanh`` scaled into them, an unbounded one the network's output
     itself, bit for bit."""

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from flipes.errors import UsageError, caller_stacklevel
+from flipes.es.checks import integer
 from flipes.es.population import Population
 from flipes.nn import uncompiled
 from flipes.rl.envs import NumpyToTorch, holds_tensors
@@ -354,6 +355,9 @@ class RolloutFitness:
         max_steps: int | None = None,
     ) -> None:
         check_vector_env(env, "RolloutFitness")
+        episodes = integer("episodes", episodes)
+        if episodes < 1:  # else a ZeroDivisionError at the first call
+            raise ValueError(f"RolloutFitness: episodes is the episodes per member, at least 1, got {episodes}")
         self.env, self.episodes, self.seed, self.obs_norm, self.pipeline = env, episodes, seed, obs_norm, pipeline
         self.reward_shift, self.max_steps = reward_shift, max_steps
         self.timesteps = 0
