@@ -185,7 +185,6 @@ def load_policy(
     return model.eval()
 
 
-@keyword_errors(lambda: {"env": str, "episodes": int}, renamed={"env": "env_id"})  # said to a caller in Python
 def evaluate_policy(
     policy: nn.Module,
     env_id: str,

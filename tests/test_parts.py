@@ -132,8 +132,8 @@ def test_a_tensor_every_member_shares_stays_shared_in_parts_of_one_member() -> N
 def test_1d_position_ids_shared_in_the_population_are_shared_in_its_parts() -> None:
     """nanoGPT's ``wpe(torch.arange(T))`` with T = 6 and 4 members reads as positions every member shares; in parts of
     1 and 2 members (of which 6 is a multiple) it still does: the parts compute the whole population's logits (to
-    1e-12, float64). With T = 8, which the whole population refuses as ambiguous, its parts refuse it too, of 2 members (a divisor of
-    8) or of 3 (none)."""
+    1e-12, float64). With T = 8, which the whole population refuses as ambiguous, its parts refuse it too, of 2
+    members (a divisor of 8) or of 3 (none)."""
     torch.manual_seed(0)
     model = flipes.flipout(TinyGPT().to(DT))
     es = flipes.FlipES(model, popsize=4, sigma=0.3, seed=1)

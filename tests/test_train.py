@@ -977,9 +977,7 @@ def test_hidden_widths_beside_a_model_of_ones_own_are_refused_not_recorded(tmp_p
         "fitness": lambda model, pop: model(torch.ones(pop.size, 3))[:, 0],
     }
     kw |= {"popsize": 8, "generations": 1, "progress": False, "tensorboard": False}
-    with pytest.raises(
-        flipes.UsageError, match=r"^hidden: \[4\] sizes the policy flipes builds .*model builds the model; drop hidden"
-    ):
+    with pytest.raises(flipes.UsageError, match=r"^--hidden: \[4\] sizes the policy flipes builds .*--model builds the model"):
         flipes.train(**kw, hidden=[4], out=str(tmp_path / "a"))
     assert not (tmp_path / "a").exists()
     config = parse_train_config(["--env", "none", "--model", "m:f", "--fitness", "m:g", "--hidden", "4"])
@@ -1525,8 +1523,8 @@ def test_every_tensor_a_run_makes_is_on_its_device(tmp_path: Path) -> None:
 
 
 def test_evaluate_policy_refuses_no_episodes_and_a_bad_env_id_naming_its_own_keywords() -> None:
-    """``evaluate_policy`` given 0 (or 2.5) episodes is a UsageError naming ``episodes=`` (not EnvPool's bare
-    AssertionError), an unknown id one naming ``env_id``; numpy's integers are counts."""
+    """``evaluate_policy`` given 0 (or 2.5) episodes is a UsageError naming the episodes (not EnvPool's bare
+    AssertionError), an unknown id one naming the env; numpy's integers are counts."""
     from flipes.runs import evaluate_policy
 
     class Left(torch.nn.Module):
@@ -1536,10 +1534,10 @@ def test_evaluate_policy_refuses_no_episodes_and_a_bad_env_id_naming_its_own_key
     policy = Left()
     for episodes in (0, 2.5, True):
         with pytest.raises(
-            flipes.UsageError, match=rf"^episodes: must be an integer of at least 1, got {episodes!r}; e.g. episodes=100$"
+            flipes.UsageError, match=rf"^--episodes: must be an integer of at least 1, got {episodes!r}; e.g. --episodes 100$"
         ):
             evaluate_policy(policy, "CartPole-v1", episodes)
-    with pytest.raises(flipes.UsageError, match=r"^env_id: unknown env id 'CartPol-v1'"):
+    with pytest.raises(flipes.UsageError, match=r"^--env: unknown env id 'CartPol-v1'"):
         evaluate_policy(policy, "CartPol-v1", 2)
     assert evaluate_policy(policy, "flipes/CartPole-v1", np.int64(3)).shape == (3,)
 
