@@ -76,7 +76,13 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
                 "ars": {"popsize": 32, "ars_top": 8, "lr": 0.025, "sigma": 0.02, "eval_every": 5, "generations": 3000},
             },
             # Ant keeps no shift: with it, falling at once (fitness ~0) beats standing (minus the control
-            # cost), and seed 0's center went from 940 to -34 within 10 min as the population learned to fall
+            # cost), and seed 0's center went from 940 to -34 within 10 min as the population learned to fall.
+            # Tried against this row (2026-12-05, README "Ant-v5: rows tried"), center return at 3 M env steps, seeds
+            # 0/1/2: this row 813/800/749 (mean 787); ARS at the paper's Ant row (60 directions, top 20, α 0.015,
+            # ν 0.025, no shift) 737/928/626 (mean 764): behind in the mean, ahead on seed 1 only (it still learns to
+            # stand at 3 M, then rises: at 6 M 1,115/1,259/675, mean 1,016, against 867/798/1,152, mean 939).
+            # Seed 0 only: that row with the shift fell at once (12 at 2 M); Walker2d's ARS options went below 0
+            # (-255 at 2 M: the linear policy's action costs outweigh the alive bonus); --algo pgpe fell (275 at 3 M).
             "Ant-v5": _mujoco(128, 0.02, 0.02, 3000),
             "Humanoid-v5": _mujoco(256, 0.02, 0.02, 5000, reward_shift=5.0),
             "Swimmer-v5": _mujoco(64, 0.05, 0.05, 1000),
