@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import numbers
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 from flipes.callbacks import read_jsonl_lines
 from flipes.checkpoint import CheckpointError, load_checkpoint
 from flipes.errors import UsageError, caller_stacklevel
+from flipes.es.checks import as_index
 from flipes.nn import flipout, uncompiled
 from flipes.plugins import Plugins, name_of
 from flipes.rl import POLICIES, episode_seed, make_vector_env, run_episodes
@@ -198,9 +198,10 @@ def evaluate_policy(
     :func:`load_policy` returns it (no dropout); each module's mode is set back afterwards. As deployed, a
     BatchNorm whose running statistics were never filled uses its initial ones, where a run's ``eval_return``
     used each batch's: the returns differ until they are filled (``torch.optim.swa_utils.update_bn``)."""
-    if isinstance(episodes, bool) or not isinstance(episodes, numbers.Integral) or episodes < 1:  # not EnvPool's assert
+    count = as_index(episodes)  # numpy's integers too
+    if count is None or count < 1:  # not EnvPool's bare assert
         raise UsageError("--episodes", f"must be an integer of at least 1, got {episodes!r}", "e.g. --episodes 100")
-    episodes = int(episodes)  # numpy's too
+    episodes = count
     try:
         env = make_vector_env(env_id, episodes, device, note=None)
     except EnvError as e:

@@ -1522,7 +1522,7 @@ def test_every_tensor_a_run_makes_is_on_its_device(tmp_path: Path) -> None:
     assert es.generation == 2 and es.best is not None
 
 
-def test_evaluate_policy_refuses_no_episodes_and_a_bad_env_id_naming_its_own_keywords() -> None:
+def test_evaluate_policy_refuses_no_episodes_and_a_bad_env_id_in_one_line() -> None:
     """``evaluate_policy`` given 0 (or 2.5) episodes is a UsageError naming the episodes (not EnvPool's bare
     AssertionError), an unknown id one naming the env; numpy's integers are counts."""
     from flipes.runs import evaluate_policy

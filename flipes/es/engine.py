@@ -662,7 +662,7 @@ class FlipES:
                     groups=self.local_groups,
                     seed=self.seed,
                     enter_part=lambda start, stop: self._part(noise, start, stop),
-                    superseded=lambda g=self.generation: self._inside is not None and self.generation != g,
+                    superseded=self._superseded_check(),
                 )
             except RuntimeError as error:
                 self._raise_with_shared_ids_fix(error)
@@ -675,6 +675,11 @@ class FlipES:
                 self._uninstall()
                 if isinstance(noise, Deferred):  # uninstalled: a whole forward in a later block of the generation installs it
                     noise.whole = False
+
+    def _superseded_check(self) -> Callable[[], bool]:
+        """For a Population of this generation: whether a later generation's population is open now."""
+        generation = self.generation
+        return lambda: self._inside is not None and self.generation != generation
 
     def _raise_with_shared_ids_fix(self, error: RuntimeError) -> None:
         """Raise ``error`` with the fix for ids shared by every member of a population or part, where it is that clash."""
@@ -784,7 +789,7 @@ class FlipES:
                 groups=self.local_groups[groups],
                 seed=self.seed,
                 enter_part=_part_of_part,
-                superseded=lambda g=self.generation: self._inside is not None and self.generation != g,
+                superseded=self._superseded_check(),
             )
         finally:
             # else its population ended with this part open (a split generator left suspended and closed later):

@@ -328,13 +328,12 @@ def _freeze(module: nn.Module, names: Iterable[str]) -> None:
         if not hits:
             close = difflib.get_close_matches(name, [*params, *modules], n=3)
             top = [n for n in module._modules if module._modules[n] is not None][:8]  # where a name starts
-            hint = (
-                f"; did you mean {', '.join(repr(c) for c in close)}?"
-                if close
-                else f"; names are those of named_parameters() or named_modules(), e.g. {', '.join(map(repr, top))}"
-                if top
-                else f"; its parameters are {', '.join(map(repr, list(params)[:8]))}"
-            )
+            if close:
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?"
+            elif top:
+                hint = f"; names are those of named_parameters() or named_modules(), e.g. {', '.join(map(repr, top))}"
+            else:
+                hint = f"; its parameters are {', '.join(map(repr, list(params)[:8]))}"
             raise ValueError(f"flipout(frozen=...): {name!r} is no parameter or module of {type(module).__name__}{hint}")
         for p in hits:
             p.requires_grad_(False)
