@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from helpers import ROOT
@@ -54,8 +55,14 @@ class MyNet(nn.Sequential):
 
 
 def sketch_names() -> dict[str, Any]:
-    """'Training from Python': ``data``, ``loss_per_member``, ``MyNet`` and ``accuracy`` are the reader's code."""
+    """'Training from Python': ``data``, ``loss_per_member``, ``MyNet``, ``accuracy`` and a gymnasium ``env`` with its
+    first ``obs`` are the reader's code."""
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1")
     return {
+        "env": env,
+        "obs": env.reset(seed=0)[0],
         "data": torch.randn(8, 4, generator=torch.Generator().manual_seed(0)),
         "loss_per_member": lambda out: out.square().mean(dim=(1, 2)),
         "MyNet": MyNet,
@@ -171,6 +178,7 @@ def check_api_block(source: str, ns: dict[str, Any]) -> None:
 def check_sketch(ns: dict[str, Any]) -> None:
     assert ns["result"].reason.startswith("solved")
     assert not ns["policy"].training  # "the center policy, eval mode"
+    assert isinstance(ns["policy"](ns["obs"]), np.integer)  # "numpy obs in, numpy action out"
     hc = flipes.read_metrics(ns["config"].run_dir())
     assert all(row["sigma_x100"] == pytest.approx(100 * row["sigma"]) for row in hc)  # "reaches metrics.jsonl"
 

@@ -313,9 +313,11 @@ def test_a_scalar_box_observation_is_one_feature_of_each_row() -> None:
     assert torch.equal(actions, policy.net(obs[:, None]).argmax(-1))
 
 
-def test_policies_take_a_gymnasium_envs_numpy_observations_as_the_same_tensors() -> None:
+def test_policies_take_a_gymnasium_envs_numpy_observations_and_give_actions_it_steps_with() -> None:
     """A numpy observation straight from a gymnasium env (one, or a batch; float64 from MuJoCo, int64 from Taxi) gives
-    an MLP and a GRU policy exactly the actions (and GRU state) of the same values as a tensor, not an AttributeError."""
+    an MLP and a GRU policy the actions (and GRU state) of the same values as a tensor, as a numpy array of the action
+    space's dtype (one Discrete action a numpy integer), so ``env.step(policy(obs))`` runs: a CartPole episode of the
+    numpy loop takes the actions of the tensor loop, step for step."""
     from flipes.rl import GRUPolicy
 
     torch.manual_seed(0)
@@ -325,15 +327,29 @@ def test_policies_take_a_gymnasium_envs_numpy_observations_as_the_same_tensors()
     for make in (MLPPolicy, GRUPolicy):
         policy = make(env.observation_space, env.action_space, hidden=(8, 8)).eval()
         for obs in (one, batch):
-            if make is MLPPolicy:
-                assert torch.equal(policy(obs), policy(torch.as_tensor(obs)))
-            else:
-                got, want = policy(obs), policy(torch.as_tensor(obs))
-                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+            got, want = policy(obs), policy(torch.as_tensor(obs))
+            if make is GRUPolicy:
+                assert torch.equal(got[1], want[1])
+                got, want = got[0], want[0]
+            assert isinstance(got, np.ndarray | np.integer) and got.dtype == np.int64 and np.shape(got) == want.shape
+            assert np.array_equal(got, want.numpy())
+    policy = MLPPolicy(env.observation_space, env.action_space, hidden=(8,)).eval()
+    obs, steps, done = env.reset(seed=1)[0], 0, False
+    while not done:
+        action = policy(obs)
+        assert action == int(policy(torch.as_tensor(obs)))
+        obs, _, terminated, truncated, _ = env.step(action)
+        steps, done = steps + 1, terminated or truncated
+    assert steps > 1
+    box = gym.spaces.Box(-2, 2, (3,), np.float32)
+    pendulum = MLPPolicy(gym.spaces.Box(-1, 1, (5,), np.float64), box, hidden=(4,)).double().eval()
+    x = np.random.default_rng(0).normal(size=(2, 5))
+    assert pendulum(x).dtype == np.float32 and box.contains(pendulum(x)[0])
+    assert np.array_equal(pendulum(x), pendulum(torch.as_tensor(x)).detach().float().numpy())
     taxi = MLPPolicy(gym.spaces.Discrete(500), gym.spaces.Discrete(6), hidden=(4,)).eval()
     states = np.array([3, 499, 0])
-    assert torch.equal(taxi(states), taxi(torch.as_tensor(states)))
-    assert int(taxi(np.int64(7))) == int(taxi(torch.tensor(7)))
+    assert np.array_equal(taxi(states), taxi(torch.as_tensor(states)).numpy())
+    assert taxi(np.int64(7)) == int(taxi(torch.tensor(7)))
 
 
 def test_a_model_of_another_float_dtype_than_the_envs_observations_is_one_error_naming_the_cast() -> None:

@@ -32,6 +32,7 @@ class SpacePolicy(nn.Module):
     # one-sided clip (a space of that time could not ask for one)
     all_bounded = False
     half_bounded = False
+    action_dtype: np.dtype | None = None  # and no cast of numpy actions
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
         super().__init__()
@@ -80,6 +81,7 @@ class SpacePolicy(nn.Module):
                 f"{name} handles Discrete, MultiDiscrete, MultiBinary and Box action spaces, got {type(action_space).__name__}; "
                 "write your own policy module from flipes.nn layers for this space"
             )
+        self.action_dtype = np.dtype(action_space.dtype) if action_space.dtype is not None else None
         self.obs_shape = tuple(observation_space.shape)
         self.obs_dim = math.prod(self.obs_shape)
         self.obs_start: int | None = None
@@ -102,6 +104,16 @@ class SpacePolicy(nn.Module):
         elif len(self.obs_shape) != 1:
             obs = obs.flatten(-len(self.obs_shape))
         return self.obs_norm(obs) if self.obs_norm is not None else obs
+
+    def as_given(self, actions: Tensor, obs: Tensor | np.ndarray) -> Tensor | np.ndarray:
+        """``actions`` as the observations came: a tensor for a tensor; for a numpy array (or a number) a numpy
+        array of the action space's dtype (one observation's ``Discrete`` action a numpy integer), what the
+        gymnasium env that gave the observation takes, ``env.step(policy(obs))``."""
+        if isinstance(obs, Tensor):
+            return actions
+        out = actions.detach().cpu().numpy()
+        out = out.astype(self.action_dtype, copy=False) if self.action_dtype is not None else out
+        return out[()] if out.ndim == 0 else out
 
     def action(self, z: Tensor) -> Tensor:
         """``(*, action_dim)`` outputs -> ``(*,)`` (Discrete) or ``(*, *action_shape)`` (the others) actions."""
@@ -145,7 +157,8 @@ class MLPPolicy(SpacePolicy):
 
     Shape:
         ``(*, obs_dim) -> (*,)`` (Discrete) or ``(*, *action_shape)`` (the others); inside a population
-        ``*`` starts with the members. Observations are tensors, or numpy arrays as a gymnasium env returns them.
+        ``*`` starts with the members. Observations are tensors, or numpy arrays as a gymnasium env returns
+        them, whose actions are then numpy arrays the env takes: ``env.step(policy(obs))``.
     """
 
     def __init__(
@@ -159,5 +172,5 @@ class MLPPolicy(SpacePolicy):
         super().__init__(observation_space, action_space, normalize)
         self.net = mlp([self.obs_dim, *hidden, self.action_dim], activation)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.action(self.net(self.observe(obs, self.net[0].weight.dtype)))
+    def forward(self, obs: Tensor | np.ndarray) -> Tensor | np.ndarray:
+        return self.as_given(self.action(self.net(self.observe(obs, self.net[0].weight.dtype))), obs)

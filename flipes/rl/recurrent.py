@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from torch import Tensor, nn
 
 from flipes.nn import FlipoutGRUCell, FlipoutLinear, uncompiled
@@ -80,7 +81,8 @@ class GRUPolicy(SpacePolicy, RecurrentPolicy):
 
     Shape:
         ``(*, obs_dim), state -> (action, state)`` with ``state`` ``(*, hidden[-1])`` (``None`` at
-        the first step); inside a population ``*`` starts with the members.
+        the first step); inside a population ``*`` starts with the members. Numpy observations give numpy
+        actions (the state stays a tensor).
     """
 
     def __init__(
@@ -99,11 +101,11 @@ class GRUPolicy(SpacePolicy, RecurrentPolicy):
         self.cell = FlipoutGRUCell(sizes[-1], hidden[-1])
         self.head = FlipoutLinear(hidden[-1], self.action_dim)
 
-    def forward(self, obs: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, obs: Tensor | np.ndarray, state: Tensor | None = None) -> tuple[Tensor | np.ndarray, Tensor]:
         x = self.encoder(self.observe(obs, self.head.weight.dtype))
         rows = x.reshape(-1, x.shape[-1])  # the cell takes (batch, features): members first stay first
         h = self.cell(rows, None if state is None else state.reshape(rows.shape[0], -1)).view(*x.shape[:-1], -1)
-        return self.action(self.head(h)), h
+        return self.as_given(self.action(self.head(h)), obs), h
 
 
 POLICIES: MappingProxyType[str, type[SpacePolicy]] = MappingProxyType({"mlp": MLPPolicy, "gru": GRUPolicy})
