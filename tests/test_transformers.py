@@ -165,6 +165,62 @@ def test_a_t5_relative_position_table_is_refused_naming_the_freeze_and_frozen_th
         torch.testing.assert_close(out[m : m + 1], expect, atol=1e-10, rtol=0)
 
 
+def bart(seed: int = 0) -> nn.Module:
+    """A 1+1-layer BART: learned positions, an nn.Embedding subclass with a forward of its own (evolved densely),
+    which the decoder calls with 1-D positions ``(T,)`` every row shares."""
+    torch.manual_seed(seed)
+    cfg = transformers.BartConfig(
+        vocab_size=VOCAB, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
+    )  # fmt: skip
+    return transformers.BartForConditionalGeneration(cfg).to(torch.float64).eval()
+
+
+def seq2seq_members(original: nn.Module, model: nn.Module, es: flipes.FlipES, n: int, k: int, decoder_len: int) -> None:
+    """Each member's k rows of decoder logits equal the plain model with its explicit parameters (1e-10, float64)."""
+    ids, mask = batch(n * k)
+    dec = torch.randint(1, VOCAB, (n * k, decoder_len), generator=torch.Generator().manual_seed(1))
+    dec_mask = torch.ones_like(dec)
+    dec_mask[::3, -1] = 0  # every third row one token shorter (right padding)
+    kwargs = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec, "decoder_attention_mask": dec_mask}
+    with es.population():
+        logits = model(**kwargs).logits
+        params = member_parameters(es, model)
+    for m in range(n):
+        rows = slice(m * k, (m + 1) * k)
+        with torch.no_grad():
+            expect = functional_call(original, params[m], (), {key: v[rows] for key, v in kwargs.items()}).logits
+        seen = dec_mask[rows].bool()
+        torch.testing.assert_close(logits[rows][seen], expect[seen], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_dense_position_embedding_given_positions_every_row_shares_gives_each_member_its_own(k: int) -> None:
+    """BART's decoder looks up its learned positions (a dense module) with 1-D positions (T,) and adds the (1, T, E)
+    result to its (B, T, E) rows: each member's positions come from its own table, a batch of one broadcast over its
+    k rows, and every member's logits equal the plain model with its explicit parameters (T = 6 with N = 8)."""
+    original = bart()
+    model = flipes.flipout(copy.deepcopy(original))
+    n = 8
+    es = flipes.FlipES(model, popsize=n, sigma=0.2, groups=2, mirrored=True)
+    assert es.report().evolved == sum(p.numel() for p in model.parameters())
+    seq2seq_members(original, model, es, n, k, decoder_len=6)
+
+
+def test_1d_positions_as_long_as_the_rows_are_refused_naming_the_freeze_and_frozen_the_members_are_exact() -> None:
+    """Where the decoder's 1-D positions (T,) are as many as its rows (T = N = 8) they read as positions every member
+    shares or as one id per row (each member's position n: silently wrong); the population refuses them naming the
+    frozen=[...] that fixes it, and with the positions frozen every member equals the plain model with its parameters."""
+    original = bart()
+    n = 8
+    model = flipes.flipout(copy.deepcopy(original))
+    fix = re.escape("flipes.flipout(model, frozen=['model.decoder.embed_positions'])")
+    with pytest.raises(ValueError, match=rf"1-D tensor of length 8 beside rows of shapes \(8, 8\).*{fix}"):
+        seq2seq_members(original, model, flipes.FlipES(model, popsize=n, sigma=0.2), n, 1, decoder_len=8)
+    model = flipes.flipout(copy.deepcopy(original), frozen=["model.decoder.embed_positions"])
+    seq2seq_members(original, model, flipes.FlipES(model, popsize=n, sigma=0.2), n, 1, decoder_len=8)
+
+
 def lm_fitness(model: nn.Module, ids: Tensor, members: int) -> Tensor:
     """Minus each member's next-token cross-entropy on the same batch ``ids`` (B, T)."""
     b = ids.shape[0]

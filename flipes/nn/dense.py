@@ -10,8 +10,10 @@ into a ``PerMember`` module: the same object with a subclass of its own class, s
 ``isinstance`` checks and outside-population forward are unchanged. Inside a population it runs
 its own forward once for all members through ``torch.func.vmap``, each member with its own
 parameters. Inputs are members first, ``(N, ...)`` or ``(N·k, ...)`` member-major, as for every
-Flipout layer; any other argument is shared by all members. Called with no tensor at all, it
-returns every member's output, members first; an output of one value per member's batch (a loss), ``(N,)``.
+Flipout layer; any other argument is shared by all members, and so are 1-D positions along the rows (as long as
+their dim 1; refused where that is also their count). Called with no member input at all, it returns every member's
+output, members first; an output of one value per member's batch (a loss), ``(N,)``. A Hugging Face module runs each
+member's rows as a batch, and an output of one row beside a member's k rows is broadcast over them, as it is unbatched.
 """
 
 from __future__ import annotations
@@ -165,9 +167,10 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         # a part of one member: a (1, ...) tensor beside its k > 1 rows is one shared by every member (a mask), as it
         # is in the whole population, where 1 is no multiple of the members
         dims = [None if d == 0 and leaf.shape[0] == 1 else d for leaf, d in zip(leaves, dims, strict=True)]
+    dims = _positions_shared(module, leaves, dims)
     per = {leaf.shape[0] // n for leaf, d in zip(leaves, dims, strict=True) if d == 0}  # examples per member
-    if member_params and not any(isinstance(leaf, Tensor) for leaf in leaves):
-        per = {1}  # no inputs (flipes.nn.Vector): each member's output of its own parameters, stacked
+    if member_params and not per:
+        per = {1}  # no member input (flipes.nn.Vector, or shared ones only): each member's output, stacked
         module._flipes_no_input = True  # for the hint of FlipES where a model cannot use that (no_input_fix)
     if len(per) != 1:
         raise ValueError(
@@ -205,9 +208,10 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         split = [leaf.unflatten(0, (n, k)) if d == 0 and batched else leaf for leaf, d in zip(leaves, dims, strict=True)]
         return torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)  # own dropout masks
 
-    # a forward written for batches only (a Hugging Face module reading input.shape[:2]) runs each member's one row
-    # as a batch of one; known after its first failure, so later calls do not fail (and trace) first again
-    batched_only = not batch and module.__dict__.get("_flipes_batched_only", False)
+    # a forward written for batches only runs each member's one row as a batch of one: a Hugging Face module's (batch
+    # first by convention; unbatched, one given shared positions would return them as a batch of one more); another's
+    # known after its first failure (reading input.shape[:2]), so later calls do not fail (and trace) first again
+    batched_only = not batch and (_batch_first(module) or module.__dict__.get("_flipes_batched_only", False))
     try:
         if batched_only:
             out = run(True)
@@ -238,8 +242,17 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         raise ValueError(f"{type(module).__name__}: its forward, run per member, raised: {e}{unbatched()}") from e
     if not batch:
         return out
-    # (N, k, ...) -> member-major (N·k, ...); a value per member and batch (a loss, a reduction) stays (N,)
-    return pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) and t.dim() > 1 else t, out)
+
+    broadcast = _batch_first(module) and k > 1
+
+    def rows(t: Any) -> Any:  # (N, k, ...) -> member-major (N·k, ...); a value per member and batch (a loss) stays (N,)
+        if not isinstance(t, Tensor) or t.dim() < 2:
+            return t
+        if broadcast and t.shape[1] == 1:  # a batch of one beside the member's k rows (positions): broadcast over them
+            t = t.expand(n, k, *t.shape[2:])
+        return t.flatten(0, 1)
+
+    return pytree.tree_map(rows, out)
 
 
 @contextmanager
@@ -339,6 +352,43 @@ def _accepts(norm: nn.Module, dims: int) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _batch_first(module: nn.Module) -> bool:
+    """Whether ``module``'s class is a Hugging Face one: written for batches, ``(B, ...)``, whatever its input."""
+    return type(module).__bases__[-1].__module__.startswith("transformers.")
+
+
+def _positions_shared(module: nn.Module, leaves: list[Any], dims: list[int | None]) -> list[int | None]:
+    """``dims`` with 1-D tensors that read as positions along the members' rows (a length that is the rows' dim 1) shared
+    by every member, as a plain model broadcasts them over its batch; one whose length is also the rows' count could be
+    one value per row as well, and is refused naming both readings (silently wrong either way otherwise)."""
+    rows = [leaf for leaf, d in zip(leaves, dims, strict=True) if d == 0 and leaf.dim() > 1]
+    out = list(dims)
+    for i, (leaf, d) in enumerate(zip(leaves, dims, strict=True)):
+        if d != 0 or leaf.dim() != 1 or not any(leaf.shape[0] == r.shape[1] for r in rows):
+            continue
+        if any(leaf.shape[0] == r.shape[0] for r in rows):
+            shapes = ", ".join(str(tuple(r.shape)) for r in rows)
+            raise ValueError(
+                f"{type(module).__name__}: inside a population of {module.flipes_members} members it got a 1-D tensor of "
+                f"length {leaf.shape[0]} beside rows of shapes {shapes}: it reads as positions along the rows, shared by "
+                "every member, or as one value per row; use a sequence length other than the number of rows, or freeze "
+                f"the module: flipes.flipout(model, frozen=[{_name_in_model(module) or 'its name'!r}])"
+            )
+        out[i] = None
+    return out
+
+
+def _name_in_model(module: nn.Module) -> str | None:
+    """``module``'s name in the model of the FlipES evaluating it (for an error's ``frozen=`` hint), else ``None``."""
+    owner = module.__dict__.get("_flipes_owner")
+    es = owner() if owner is not None else None
+    if es is None:
+        return None
+    from flipes.nn.convert import uncompiled  # (convert imports this module)
+
+    return next((name for name, m in uncompiled(es._module).named_modules() if m is module), None)
 
 
 def _is_member(x: Any, n: int) -> bool:
