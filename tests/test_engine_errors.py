@@ -350,3 +350,40 @@ def test_step_with_a_fitness_of_other_arguments_names_the_signature_it_needs() -
     with pytest.raises(TypeError, match="got Tensor, not a function fitness_fn"):
         es.step(torch.ones(8))
     assert es.generation == 0 and es.step(fitness)["generation"] == 0
+
+
+class ReadsTheWeight(nn.Module):
+    """A head whose weight its parent reads as a plain tensor, ``x @ head.weight.T``, instead of calling it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.body(x)) @ self.head.weight.T + self.head.bias
+
+
+def test_a_flipout_layer_read_directly_and_never_called_is_an_error_naming_the_freeze() -> None:
+    """A model that reads a Flipout layer's parameters as plain tensors and never calls the layer runs the mean weight in
+    every member, silently: the population raises naming the layer and the frozen=[...] that fixes it; with it frozen
+    every member is the plain model with its explicit parameters. flipes' own reads (``perturbed_weights()``, as in
+    ``member_parameters``) inside a population are no such read."""
+    from reference import member_parameters
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    es = flipes.FlipES(flipes.flipout(ReadsTheWeight()), popsize=8, sigma=0.1)
+    x = torch.randn(8, 4)
+    error = r"never called them \('head'\).*every member ran their mean weights.*" + re.escape("frozen=['head']")
+    with pytest.raises(ValueError, match=error):
+        with es.population():
+            es._module(x)
+    with es.population():
+        member_parameters(es, es._module)  # flipes reading every layer's weight: no error
+    model = flipes.flipout(ReadsTheWeight(), frozen=["head"])
+    es = flipes.FlipES(model, popsize=8, sigma=0.1)
+    with es.population():
+        out = model(x)
+        params = member_parameters(es, model)
+    for n in range(8):
+        torch.testing.assert_close(out[n], functional_call(model, params[n], (x[n],)))

@@ -221,6 +221,34 @@ def test_1d_positions_as_long_as_the_rows_are_refused_naming_the_freeze_and_froz
     seq2seq_members(original, model, flipes.FlipES(model, popsize=n, sigma=0.2), n, 1, decoder_len=8)
 
 
+def test_mamba_reading_its_conv_and_time_step_weights_directly_is_refused_and_exact_with_them_frozen() -> None:
+    """Mamba's mixer reads its conv1d and dt_proj weights as plain tensors and never calls those layers, so every member
+    would run their mean weights (silently wrong logits): with its A_log and D frozen (which flipout asks for) the
+    population refuses naming the layers to freeze; with them frozen too each member equals the plain model with its
+    explicit parameters (1e-10, float64)."""
+    torch.manual_seed(0)
+    cfg = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, state_size=4, expand=2, conv_kernel=4)
+    original = transformers.MambaForCausalLM(cfg).to(torch.float64).eval()
+    mixer = "backbone.layers.0.mixer"
+    n = 8
+    ids, _ = batch(n)
+    model = flipes.flipout(copy.deepcopy(original), frozen=[f"{mixer}.A_log", f"{mixer}.D"])
+    es = flipes.FlipES(model, popsize=n, sigma=0.2, groups=2, mirrored=True)
+    with pytest.raises(ValueError, match=re.escape(f"frozen={[f'{mixer}.conv1d', f'{mixer}.dt_proj']!r}")):
+        with es.population():
+            model(input_ids=ids)
+    frozen = [f"{mixer}.{name}" for name in ("A_log", "D", "conv1d", "dt_proj")]
+    model = flipes.flipout(copy.deepcopy(original), frozen=frozen)
+    es = flipes.FlipES(model, popsize=n, sigma=0.2, groups=2, mirrored=True)
+    with es.population():
+        logits = model(input_ids=ids).logits
+        params = member_parameters(es, model)
+    for m in range(n):
+        with torch.no_grad():
+            expect = functional_call(original, params[m], (), {"input_ids": ids[m : m + 1]}).logits
+        torch.testing.assert_close(logits[m : m + 1], expect, atol=1e-10, rtol=0)
+
+
 def lm_fitness(model: nn.Module, ids: Tensor, members: int) -> Tensor:
     """Minus each member's next-token cross-entropy on the same batch ``ids`` (B, T)."""
     b = ids.shape[0]

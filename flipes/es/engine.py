@@ -623,7 +623,8 @@ class FlipES:
                 f"population() inside a population: {len(busy)} layer(s) of this model are already evaluating one "
                 "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
             )
-        # whether the model runs in here at all (tell warns if not): the first forward removes every hook
+        # whether the model runs in here at all (tell warns if not): the first forward removes every hook, and from
+        # then on notes the reads of Flipout layers' parameters (before it, they are the user's, as member_parameters)
         hooks: list[torch.utils.hooks.RemovableHandle] = []
 
         def ran(module: nn.Module, args: Any) -> None:
@@ -632,6 +633,8 @@ class FlipES:
                 return
             for hook in hooks:
                 hook.remove()
+            for layer in self.layers:
+                layer.__dict__["_flipes_reads"] = set()
 
         ran.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
 
@@ -651,6 +654,7 @@ class FlipES:
             else:
                 self._install(*noise, len(self.members))
             restore_fused = fused_transformers_off(self._module)  # they read the mean weights, past the Flipout layers
+            noting = self._note_direct_reads()
             self._inside = modules  # a tell() inside the block makes its later forwards errors (_refuse_stale)
             try:
                 yield Population(
@@ -664,17 +668,52 @@ class FlipES:
                     enter_part=lambda start, stop: self._part(noise, start, stop),
                     superseded=self._superseded_check(),
                 )
+                self._refuse_direct_reads()
             except RuntimeError as error:
                 self._raise_with_shared_ids_fix(error)
                 raise
             finally:
                 restore_fused()
-                for hook in [*hooks, *on_demand, *self._stale_hooks]:
+                for layer in self.layers:
+                    layer.__dict__.pop("_flipes_reads", None)
+                for hook in [*hooks, *on_demand, *noting, *self._stale_hooks]:
                     hook.remove()
                 self._inside, self._stale_hooks, self._in_part = None, [], False
                 self._uninstall()
                 if isinstance(noise, Deferred):  # uninstalled: a whole forward in a later block of the generation installs it
                     noise.whole = False
+
+    def _note_direct_reads(self) -> list[torch.utils.hooks.RemovableHandle]:
+        """The hooks, to remove at the end, that end the noting of each Flipout layer's parameter reads at its first call:
+        from the model's first forward in a population (``_population``) until then, reads by other code are noted
+        (``FlipoutMixin.__getattr__``; flipes' own, ``perturbed_weights()``, are not) for ``_refuse_direct_reads``."""
+
+        def called(layer: nn.Module, args: Any) -> None:
+            layer.__dict__.pop("_flipes_reads", None)
+
+        called.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
+        return [layer.register_forward_pre_hook(called) for layer in self.layers]
+
+    def _refuse_direct_reads(self) -> None:
+        """Raise where the model read an evolved parameter of a Flipout layer it never called (``x @ layer.weight``, or a
+        function given the layer): every member ran its mean, not its own, and nothing else would show it."""
+        called = [layer for layer in self.layers if "_flipes_reads" not in layer.__dict__]
+        used = {id(p) for layer in called for p in layer._parameters.values()}  # a tied one: perturbed where called
+        read = {
+            id(layer)
+            for layer in self.layers
+            for name in layer.__dict__.pop("_flipes_reads", None) or ()
+            if layer._parameters[name].requires_grad and id(layer._parameters[name]) not in used
+        }
+        if not read:
+            return
+        names = [name for name, m in self._module.named_modules() if id(m) in read]
+        raise ValueError(
+            f"FlipES: the model read the parameters of {len(names)} Flipout layer(s) directly and never called them "
+            f"({', '.join(map(repr, names[:4]))}{', ...' if len(names) > 4 else ''}), as x @ layer.weight or a function "
+            "given the layer: every member ran their mean weights, not its own; freeze them, "
+            f"flipes.flipout(model, frozen={names!r}), or call the layers instead"
+        )
 
     def _superseded_check(self) -> Callable[[], bool]:
         """For a Population of this generation: whether a later generation's population is open now."""

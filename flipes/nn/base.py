@@ -6,7 +6,10 @@ Wen et al., "Flipout: Efficient Pseudo-Independent Weight Perturbations on Mini-
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -36,6 +39,21 @@ class PerturbedWeight:
         return self.weight.T if self.transposed else self.weight
 
 
+def _unnoted(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of a Flipout layer with its reads of the layer's parameters not noted (``FlipoutMixin.__getattr__``)."""
+
+    @functools.wraps(method)
+    def unnoted(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        reads = self.__dict__.pop("_flipes_reads", None)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if reads is not None:
+                self.__dict__["_flipes_reads"] = reads
+
+    return unnoted
+
+
 class FlipoutMixin:
     """Base of the Flipout layers.
 
@@ -53,8 +71,23 @@ class FlipoutMixin:
     member_noise: dict[str, Tensor] | None = None  # dense per-member noise of dense_parameters()
     has_backprop_noise: bool = False  # its forward samples an attached backprop noise model
 
+    @_unnoted  # a recurrent layer's reads its weights (to refresh its flat list): a copy's, not the model's
     def __getstate__(self) -> dict:
         return without_owner(super().__getstate__())  # type: ignore[misc]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("perturbed_weights", "dense_parameters"):  # flipes' own reads of the parameters: never noted
+            if name in cls.__dict__:
+                setattr(cls, name, _unnoted(cls.__dict__[name]))
+
+    def __getattr__(self, name: str) -> Any:
+        # in a population, until the layer is first called: its parameters read by other code (x @ layer.weight) are
+        # noted, for FlipES's error where it is never called (every member would run the mean weight, silently)
+        reads = self.__dict__.get("_flipes_reads")
+        if reads is not None and name in self.__dict__["_parameters"]:
+            reads.add(name)
+        return super().__getattr__(name)  # type: ignore[misc]
 
     def perturbed_weights(self) -> list[PerturbedWeight]:
         raise NotImplementedError

@@ -154,7 +154,8 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
     exactly what the originals did. ``flipes.nn.parameter_report(model)`` lists what happens to
     every parameter. A tied parameter is one perturbation per member wherever a layer or module
     uses it; a Flipout layer's weight read directly by other code (``F.linear(x, layer.weight)``)
-    is the mean weight there: call the layer instead.
+    is the mean weight there: call the layer instead (a population whose model reads the parameters of
+    a layer it never calls raises, naming the layers to freeze).
 
     Raises:
         ValueError: a trainable parameter that cannot be perturbed per member (held directly by a

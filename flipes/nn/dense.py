@@ -83,15 +83,17 @@ def without_owner(state: dict[str, Any]) -> dict[str, Any]:
     reference: it cannot be pickled, and a copy of the model has no FlipES yet), nor what a running
     population set on it (its noise, its hooks): a copy made inside ``es.population()`` is the mean
     network, as the original is once the block ends. A module's own attributes are kept."""
-    state = {k: v for k, v in state.items() if k not in ("_flipes_owner", "_flipes_shared_ids", "_flipes_no_input")}
+    dropped = ("_flipes_owner", "_flipes_shared_ids", "_flipes_no_input", "_flipes_reads")
+    state = {k: v for k, v in state.items() if k not in dropped}
     noise = state.get("noise")
     if isinstance(noise, tuple) and noise and all(isinstance(n, SlotNoise) for n in noise):  # a Flipout layer's
         state["noise"] = None
     if state.get("member_noise") is not None:
         state["member_noise"] = None
-    hooks = state.get("_forward_pre_hooks")
-    if hooks and any(getattr(h, "flipes_population", False) for h in hooks.values()):
-        state["_forward_pre_hooks"] = type(hooks)((k, h) for k, h in hooks.items() if not getattr(h, "flipes_population", False))
+    for kind in ("_forward_pre_hooks", "_forward_hooks"):
+        hooks = state.get(kind)
+        if hooks and any(getattr(h, "flipes_population", False) for h in hooks.values()):
+            state[kind] = type(hooks)((k, h) for k, h in hooks.items() if not getattr(h, "flipes_population", False))
     return state
 
 
@@ -384,11 +386,7 @@ def _name_in_model(module: nn.Module) -> str | None:
     """``module``'s name in the model of the FlipES evaluating it (for an error's ``frozen=`` hint), else ``None``."""
     owner = module.__dict__.get("_flipes_owner")
     es = owner() if owner is not None else None
-    if es is None:
-        return None
-    from flipes.nn.convert import uncompiled  # (convert imports this module)
-
-    return next((name for name, m in uncompiled(es._module).named_modules() if m is module), None)
+    return None if es is None else next((name for name, m in es._module.named_modules() if m is module), None)
 
 
 def _is_member(x: Any, n: int) -> bool:
