@@ -249,6 +249,35 @@ def test_mamba_reading_its_conv_and_time_step_weights_directly_is_refused_and_ex
         torch.testing.assert_close(logits[m : m + 1], expect, atol=1e-10, rtol=0)
 
 
+def test_mixture_of_experts_refuses_eager_experts_naming_batched_mm_and_is_exact_with_it() -> None:
+    """Mixtral's experts (3-D expert tensors, evolved densely) with the eager implementation loop over the experts their
+    tokens hit, which cannot run per member: the error names set_experts_implementation("batched_mm"); with it each
+    member's routing and experts are its own and its logits equal the plain model with its explicit parameters."""
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2, attn_implementation="eager",
+    )  # fmt: skip
+    original = transformers.MixtralForCausalLM(cfg).to(torch.float64).eval()
+    original.set_experts_implementation("eager")
+    n = 8
+    ids, mask = batch(n)
+    model = flipes.flipout(copy.deepcopy(original))
+    es = flipes.FlipES(model, popsize=n, sigma=0.2, groups=2, mirrored=True)
+    with pytest.raises(RuntimeError, match=re.escape('model.set_experts_implementation("batched_mm")')):
+        with es.population():
+            model(input_ids=ids, attention_mask=mask)
+    model.set_experts_implementation("batched_mm")
+    with es.population():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        params = member_parameters(es, model)
+    for m in range(n):
+        with torch.no_grad():
+            expect = functional_call(original, params[m], (), {"input_ids": ids[m : m + 1], "attention_mask": mask[m : m + 1]})
+        seen = mask[m].bool()
+        torch.testing.assert_close(logits[m, seen], expect.logits[0, seen], atol=1e-10, rtol=0)
+
+
 def lm_fitness(model: nn.Module, ids: Tensor, members: int) -> Tensor:
     """Minus each member's next-token cross-entropy on the same batch ``ids`` (B, T)."""
     b = ids.shape[0]

@@ -235,7 +235,7 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     except RuntimeError as e:
         raise RuntimeError(
             f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); "
-            f"{_power_iteration(module) or _shared_write(module, e)}"
+            f"{_power_iteration(module) or _shared_write(module, e) or _experts_implementation(module)}"
             "list its parameters in flipes.flipout(model, frozen=[...]) or write a Flipout layer for it"
         ) from e
     except ValueError as e:
@@ -298,6 +298,19 @@ def no_input_fix(names: list[str], error: RuntimeError) -> str | None:
         "members first (members, ...); a model that combines it with rows of its batch (a relative-position bias "
         "added to attention scores, as Swin's and BEiT's) cannot use it per member: freeze it, "
         f"flipes.flipout(model, frozen={names!r})"
+    )
+
+
+def _experts_implementation(module: nn.Module) -> str:
+    """The hint for a Hugging Face mixture-of-experts module whose experts implementation failed per member ("eager"
+    loops over the experts its tokens hit, a shape vmap cannot batch; "grouped_mm" has kernels for some dtypes only):
+    "batched_mm" gathers each token's experts' weights, which runs per member; empty for any other module."""
+    implementation = getattr(getattr(module, "config", None), "_experts_implementation", None)
+    if not isinstance(implementation, str) or implementation == "batched_mm":
+        return ""
+    return (
+        f"its experts implementation {implementation!r} cannot run per member, 'batched_mm' can: call "
+        'model.set_experts_implementation("batched_mm") before the population, or '
     )
 
 
