@@ -278,6 +278,36 @@ def test_mixture_of_experts_refuses_eager_experts_naming_batched_mm_and_is_exact
         torch.testing.assert_close(logits[m, seen], expect.logits[0, seen], atol=1e-10, rtol=0)
 
 
+def test_a_vision_model_with_several_images_per_member_names_the_position_embedding_to_freeze() -> None:
+    """CLIP's vision tower looks its patch positions up with a (1, P) buffer, one lookup per member, and takes no
+    position ids: with k = 2 images per member the error names that embedding to freeze (beside its class embedding,
+    which flipout asks for), and frozen each member's 2 images equal the plain model with its parameters (1e-10)."""
+    torch.manual_seed(0)
+    cfg = transformers.CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=8, patch_size=4
+    )
+    original = transformers.CLIPVisionModel(cfg).to(torch.float64).eval()
+    n, k = 8, 2
+    pixels = torch.randn(n * k, 3, 8, 8, dtype=torch.float64)
+    model = flipes.flipout(copy.deepcopy(original), frozen=["embeddings.class_embedding"])
+    es = flipes.FlipES(model, popsize=n, sigma=0.2)
+    fix = re.escape("freeze the embedding: flipes.flipout(model, frozen=['embeddings.position_embedding'])")
+    with pytest.raises(RuntimeError, match=fix):
+        with es.population():
+            model(pixel_values=pixels)
+    frozen = ["embeddings.class_embedding", "embeddings.position_embedding"]
+    model = flipes.flipout(copy.deepcopy(original), frozen=frozen)
+    es = flipes.FlipES(model, popsize=n, sigma=0.2)
+    with es.population():
+        out = model(pixel_values=pixels).last_hidden_state
+        params = member_parameters(es, model)
+    for m in range(n):
+        rows = slice(m * k, (m + 1) * k)
+        with torch.no_grad():
+            expect = functional_call(original, params[m], (), {"pixel_values": pixels[rows]}).last_hidden_state
+        torch.testing.assert_close(out[rows], expect, atol=1e-10, rtol=0)
+
+
 def lm_fitness(model: nn.Module, ids: Tensor, members: int) -> Tensor:
     """Minus each member's next-token cross-entropy on the same batch ``ids`` (B, T)."""
     b = ids.shape[0]

@@ -722,9 +722,10 @@ class FlipES:
 
     def _raise_with_shared_ids_fix(self, error: RuntimeError) -> None:
         """Raise ``error`` with the fix for ids shared by every member of a population or part, where it is that clash."""
-        shared = [layer._flipes_shared_ids for layer in self.layers if getattr(layer, "_flipes_shared_ids", None)]
-        for shape, size in shared:  # (the ids' shape, the members of the population or part that looked them up)
-            fix = shared_ids_fix(shape, size, str(error))
+        names = {id(m): name for name, m in self._module.named_modules()}
+        shared = [(layer, layer._flipes_shared_ids) for layer in self.layers if getattr(layer, "_flipes_shared_ids", None)]
+        for layer, (shape, size) in shared:  # the ids' shape, the members of the population or part that looked them up
+            fix = shared_ids_fix(shape, size, str(error), names.get(id(layer)))
             if fix is not None and type(error) is RuntimeError:
                 raise RuntimeError(f"{error}\n{fix}") from error
         ran = {type(m) for m in self.dense_modules if m.__dict__.get("_flipes_no_input") and not isinstance(m, Vector)}

@@ -112,10 +112,11 @@ def check_embedding_supported(emb: nn.Embedding) -> None:
         )
 
 
-def shared_ids_fix(shape: tuple[int, ...], members: int, error: str) -> str | None:
+def shared_ids_fix(shape: tuple[int, ...], members: int, error: str, name: str | None = None) -> str | None:
     """What to do when ids shared by every member, ``shape`` ``(1, *B)`` or ``(T,)``, gave one lookup per
-    member and met inputs with several examples per member (position ids a model made itself); ``None``
-    where ``error`` is no clash of the N lookups with a multiple of N rows (another mistake)."""
+    member and met inputs with several examples per member (position ids a model made itself) in the embedding
+    ``name`` of the model; ``None`` where ``error`` is no clash of the N lookups with a multiple of N rows (another
+    mistake)."""
     match = re.search(r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\)", error)
     if match is None:
         return None
@@ -131,4 +132,10 @@ def shared_ids_fix(shape: tuple[int, ...], members: int, error: str) -> str | No
         f"which gives one lookup per member ({members} rows), while the other inputs have {rows} rows "
         f"(several examples per member); pass those ids for every row, e.g. position_ids={ids} to a Hugging Face "
         "model, or the same in a model of your own"
+        + (
+            f"; where the model takes no such ids (a vision model's patch positions), freeze the embedding: "
+            f"flipes.flipout(model, frozen=[{name!r}])"
+            if name
+            else ""
+        )
     )
