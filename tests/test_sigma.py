@@ -114,6 +114,36 @@ def test_the_padding_row_of_an_embedding_is_not_counted_in_d(kind: str) -> None:
     torch.testing.assert_close(es.log_sigma - before, expect.view(1), atol=1e-12, rtol=1e-9)
 
 
+class Offset(nn.Module):
+    """A 0-dim bare parameter (a learned temperature or offset) added to every entry: dense noise, d = 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.tensor(0.5, dtype=DT))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.offset
+
+
+@MADE_UP_FITNESS
+def test_a_zero_dim_parameter_adapts_its_sigma_with_d_one() -> None:
+    """A 0-dim parameter (perturbations of shape (N,)) has d = 1: log σ moves by η Σ_n c_n (z_n² - 1) / (√2 N), c
+    from the other mirrored pairs' members, and its ``.grad`` is -Σ F_n σu_n / (Nσ²) (raw fitness)."""
+    model = flipes.flipout(Offset())
+    n, eta, sigma = 8, 0.3, 0.2
+    es = flipes.FlipES(model, popsize=n, sigma=sigma, sigma_lr=eta, shaping=raw, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    with es.population():
+        delta = member_perturbations(es, model)["offset"]
+    assert delta.shape == (n,)
+    fitness = torch.randn(n, dtype=DT)
+    before = es.log_sigma.clone()
+    es.tell(fitness)
+    c = baseline_free(fitness, torch.arange(n) // 2)
+    expect = eta * (c * ((delta / sigma).square() - 1)).sum() / (math.sqrt(2) * n)
+    torch.testing.assert_close(es.log_sigma - before, expect.view(1), atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(model.offset.grad, -(fitness * delta).sum() / (n * sigma**2), atol=1e-12, rtol=1e-9)
+
+
 def test_each_parameter_is_perturbed_at_the_sigma_of_its_own_slot() -> None:
     """With a different σ_i per slot (two Flipout layers, a LayerNorm's two dense parameters), the
     perturbations of slot i have mean square σ_i² per entry: Σ_n ‖σ_i u_n‖² / (N d σ_i²) is within 0.4

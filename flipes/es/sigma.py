@@ -84,7 +84,7 @@ def slot_norms(pw: PerturbedWeight, noise: SlotNoise, sigma: float) -> tuple[tup
 def dense_norms(noise: DenseNoise, sigma: float, fixed_rows: int = 0) -> tuple[Tensor, int]:
     """``(‖z_n‖² per member, d)`` of a dense parameter: independent per member; ``fixed_rows`` of its rows (an
     embedding's padding row) get no noise and are not counted."""
-    delta = noise.delta.double().flatten(1)
+    delta = noise.delta.double().reshape(len(noise.delta), -1)  # a 0-dim parameter's (N,) too
     rows = noise.delta.shape[1] if noise.delta.dim() > 1 else 1
     return delta.square().sum(1) / sigma**2, delta.shape[1] - fixed_rows * (delta.shape[1] // rows)
 
