@@ -1247,6 +1247,37 @@ def test_a_parametrized_layer_is_evolved_per_member_through_its_parametrization(
         )
 
 
+class Doubled(nn.Module):
+    """A parametrization: the tensor is twice the parameter it holds (as orthogonal or weight_norm compute theirs)."""
+
+    def forward(self, w: Tensor) -> Tensor:
+        return 2 * w
+
+
+def parametrized(layer: nn.Module, name: str) -> nn.Module:
+    return nn.utils.parametrize.register_parametrization(layer, name, Doubled())
+
+
+PARAMETRIZED = [  # (name, make, inputs, k: rows per member)
+    ("embedding", lambda: parametrized(nn.Embedding(7, 3), "weight"), lambda: (torch.randint(7, (N, 4)),), 0),
+    ("linear-frozen-bias", lambda: frozen(parametrized(nn.Linear(4, 3), "weight"), "bias"), lambda: (randn(N, 2, 4),), 0),
+    ("conv-frozen-weight", lambda: frozen(parametrized(nn.Conv1d(2, 3, 3), "bias"), "weight"), lambda: (randn(2 * N, 2, 5),), 2),
+]
+
+
+@pytest.mark.parametrize("mirrored,groups,rank", SETTINGS)
+@pytest.mark.parametrize("case", PARAMETRIZED, ids=[c[0] for c in PARAMETRIZED])
+def test_a_layer_whose_trainable_parameters_are_all_parametrized_runs_each_member_through_them(
+    case: tuple, mirrored: bool, groups: int, rank: int | None
+) -> None:
+    """A parametrized Embedding, a Linear with a parametrized weight and a frozen bias, a Conv1d with a frozen weight and
+    a parametrized bias: the layer holds no trainable tensor of its own but reads the parametrization's in its forward,
+    so the layer runs per member (not the parametrization, whose every member's value would reach one F.embedding or
+    F.linear): each member equals the plain layer with its explicit parameters."""
+    _, make, inputs, k = case
+    check_members(make, inputs, rows(k), out_rows(k), mirrored, groups, rank)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
 @pytest.mark.parametrize("hook", ["weight_norm", "spectral_norm"])
 @pytest.mark.parametrize("layer", ["flipout", "dense"])

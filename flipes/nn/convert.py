@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize, prune
 
 from flipes.nn.attention import FlipoutMultiheadAttention
 from flipes.nn.base import FlipoutMixin
@@ -283,10 +283,11 @@ def _no_forward(module: nn.Module) -> bool:
 
 def _own_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     """The trainable parameters ``module``'s own forward reads as plain tensors: those it holds, and those of its
-    children without a forward (``self.scales = nn.ParameterList(...)``, read as ``self.scales[i]``)."""
+    children without a forward (``self.scales = nn.ParameterList(...)``, read as ``self.scales[i]``) or that compute
+    one of its parameters (``parametrize``'s lists, called when the forward reads ``self.weight``)."""
     yield from (p for p in module._parameters.values() if p is not None and p.requires_grad)
     for child in module._modules.values():
-        if child is not None and _no_forward(child):
+        if child is not None and (_no_forward(child) or isinstance(child, parametrize.ParametrizationList)):
             yield from _own_parameters(child)
 
 
