@@ -905,6 +905,32 @@ def test_a_dense_module_reducing_each_members_batch_gives_one_value_per_member()
     check_members(MeanSquare, lambda: (randn(3 * N, 4),), rows(3), lambda out, n: out[n], False, 2, None)
 
 
+class SetPool(nn.Module):
+    """A gain, then the mean over the batch: one feature vector per set of examples (a permutation-invariant encoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x * self.gain).mean(0)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_a_dense_module_pooling_each_members_batch_gives_one_vector_per_member(k: int) -> None:
+    """A dense module that pools its batch of k examples into one (4,) vector returns (N, 4), members first (not the N
+    vectors run together as (N·4,)): member n's row is the plain module's on its k rows, with its explicit parameters."""
+    check_members(
+        lambda: nn.Sequential(nn.Linear(3, 4), SetPool()),
+        lambda: (randn(k * N, 3),),
+        rows(k),
+        lambda out, n: out[n],
+        False,
+        2,
+        None,
+    )
+
+
 class RelativeBias(nn.Module):
     """A learned attention bias, (1, heads, L, L), computed from no input (Swin's and BEiT's)."""
 

@@ -12,8 +12,9 @@ its own forward once for all members through ``torch.func.vmap``, each member wi
 parameters. Inputs are members first, ``(N, ...)`` or ``(N·k, ...)`` member-major, as for every
 Flipout layer; any other argument is shared by all members, and so are 1-D positions along the rows (as long as
 their dim 1; refused where that is also their count). Called with no member input at all, it returns every member's
-output, members first; an output of one value per member's batch (a loss), ``(N,)``. A Hugging Face module runs each
-member's rows as a batch, and an output of one row beside a member's k rows is broadcast over them, as it is unbatched.
+output, members first; an output reduced over each member's batch (a loss, a pooled feature vector), ``(N, ...)``. A
+Hugging Face module runs each member's rows as a batch, and an output of one row beside a member's k rows is broadcast
+over them, as it is unbatched.
 """
 
 from __future__ import annotations
@@ -247,12 +248,14 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
 
     broadcast = _batch_first(module) and k > 1
 
-    def rows(t: Any) -> Any:  # (N, k, ...) -> member-major (N·k, ...); a value per member and batch (a loss) stays (N,)
+    def rows(t: Any) -> Any:
+        # (N, k, ...) -> member-major (N·k, ...); an output without the k rows, reduced over each member's batch (a loss,
+        # a pooled feature vector), stays members first: (N,), (N, E)
         if not isinstance(t, Tensor) or t.dim() < 2:
             return t
         if broadcast and t.shape[1] == 1:  # a batch of one beside the member's k rows (positions): broadcast over them
             t = t.expand(n, k, *t.shape[2:])
-        return t.flatten(0, 1)
+        return t.flatten(0, 1) if t.shape[1] == k else t
 
     return pytree.tree_map(rows, out)
 
