@@ -223,6 +223,22 @@ class WeightAsShift(nn.Module):
         return self.shift(self.fc(x))
 
 
+class Doubled(nn.Module):
+    """A parametrization: the tensor is twice the parameter it holds (as orthogonal or weight_norm compute theirs)."""
+
+    def forward(self, w: Tensor) -> Tensor:
+        return 2 * w
+
+
+def parametrized(layer: nn.Module, name: str) -> nn.Module:
+    return nn.utils.parametrize.register_parametrization(layer, name, Doubled())
+
+
+def parametrized_out_proj(attention: nn.MultiheadAttention) -> nn.MultiheadAttention:
+    parametrized(attention.out_proj, "weight")
+    return attention
+
+
 TIED = [TiedLM, TiedNorms, SharedBias, ScaledTiedLM, WeightAsShift]
 
 
@@ -302,6 +318,13 @@ CASES = [
         lambda: (randn(4, N, 8), randn(6, N, 5), randn(6, N, 3)),
         lambda args, n: tuple(a[:, n : n + 1] for a in args),
         lambda out, n: (out[0][:, n : n + 1], out[1][n : n + 1]),
+    ),
+    (  # a parametrized out_proj: attention runs per member with dense noise (its Flipout form would read the weight)
+        "mha-parametrized-out-proj",
+        lambda: parametrized_out_proj(nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True)),
+        lambda: ((x := randn(2 * N, 3, 8)), x, x),
+        rows(2),
+        out_rows(2),
     ),
     (
         "mha-packed-cross-no-bias",
@@ -1271,17 +1294,6 @@ def test_a_parametrized_layer_is_evolved_per_member_through_its_parametrization(
             groups=2,
             rank=None,
         )
-
-
-class Doubled(nn.Module):
-    """A parametrization: the tensor is twice the parameter it holds (as orthogonal or weight_norm compute theirs)."""
-
-    def forward(self, w: Tensor) -> Tensor:
-        return 2 * w
-
-
-def parametrized(layer: nn.Module, name: str) -> nn.Module:
-    return nn.utils.parametrize.register_parametrization(layer, name, Doubled())
 
 
 PARAMETRIZED = [  # (name, make, inputs, k: rows per member)

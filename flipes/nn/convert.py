@@ -123,6 +123,13 @@ def _trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+def _convertible(layer: nn.Module) -> bool:
+    """Whether a layer with a Flipout form becomes a Flipout layer: a frozen one stays as it is, and one with a
+    parametrized submodule (MultiheadAttention's ``out_proj`` under ``parametrize``), whose Flipout form would read the
+    computed weight as a plain tensor, gets dense noise on the parametrization's parameters instead."""
+    return _trainable(layer) and not any(parametrize.is_parametrized(m) for m in layer.modules() if m is not layer)
+
+
 def check_module(obj: object, where: str) -> None:
     """Raise a TypeError naming what ``where`` takes when ``obj`` is no ``nn.Module`` (a function, a tensor)."""
     if isinstance(obj, nn.Module):
@@ -171,7 +178,7 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
     _check_weight_hooks(uncompiled(module))
     _check_shared_id_tables(uncompiled(module))
     cls = flipout_class(type(module))
-    if cls is not None and _trainable(module):
+    if cls is not None and _convertible(module):
         module = _convert_layer(module, cls)
     converted: dict[int, nn.Module] = {}  # a layer used twice (or aliased) becomes ONE Flipout layer
     _convert_children(module, converted)
@@ -251,7 +258,7 @@ def _convert_children(parent: nn.Module, converted: dict[int, nn.Module], prefix
             _replace(parent, name, converted[id(child)])
             continue
         cls = flipout_class(type(child))
-        if cls is not None and _trainable(child):  # a frozen layer stays as it is
+        if cls is not None and _convertible(child):
             converted[id(child)] = _convert_layer(child, cls, prefix + name)
             _replace(parent, name, converted[id(child)])
         else:
