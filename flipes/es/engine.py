@@ -688,11 +688,16 @@ class FlipES:
         from the model's first forward in a population (``_population``) until then, reads by other code are noted
         (``FlipoutMixin.__getattr__``; flipes' own, ``perturbed_weights()``, are not) for ``_refuse_direct_reads``."""
 
+        handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
+
         def called(layer: nn.Module, args: Any) -> None:
             layer.__dict__.pop("_flipes_reads", None)
+            if not compiling():  # gone after its first call: a module with hooks runs torch's slower call path
+                handles[id(layer)].remove()
 
         called.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
-        return [layer.register_forward_pre_hook(called) for layer in self.layers]
+        handles.update((id(layer), layer.register_forward_pre_hook(called)) for layer in self.layers)
+        return list(handles.values())
 
     def _refuse_direct_reads(self) -> None:
         """Raise where the model read an evolved parameter of a Flipout layer it never called (``x @ layer.weight``, or a

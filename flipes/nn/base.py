@@ -80,14 +80,19 @@ class FlipoutMixin:
         for name in ("perturbed_weights", "dense_parameters"):  # flipes' own reads of the parameters: never noted
             if name in cls.__dict__:
                 setattr(cls, name, _unnoted(cls.__dict__[name]))
+        # the __getattr__ after this one (nn.Module's, unless a class between has its own), called directly: a super()
+        # call would cost as much again as the lookup, at every read of a parameter in every forward
+        after = cls.__mro__[cls.__mro__.index(FlipoutMixin) + 1 :]
+        later = next((k.__dict__["__getattr__"] for k in after if "__getattr__" in k.__dict__), None)
+        if later is not None:  # None: a base such as _FlipoutConvNd, not yet an nn.Module
+            cls._flipes_getattr = staticmethod(later)
 
     def __getattr__(self, name: str) -> Any:
         # in a population, until the layer is first called: its parameters read by other code (x @ layer.weight) are
         # noted, for FlipES's error where it is never called (every member would run the mean weight, silently)
-        reads = self.__dict__.get("_flipes_reads")
-        if reads is not None and name in self.__dict__["_parameters"]:
-            reads.add(name)
-        return super().__getattr__(name)  # type: ignore[misc]
+        if "_flipes_reads" in self.__dict__ and name in self._parameters:
+            self.__dict__["_flipes_reads"].add(name)
+        return self._flipes_getattr(self, name)
 
     def perturbed_weights(self) -> list[PerturbedWeight]:
         raise NotImplementedError
