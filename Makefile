@@ -30,7 +30,7 @@ lint: setup
 benchmark: setup
 	$(BIN)/python scripts/benchmark.py $(ARGS)
 
-# Time to solve, flipes vs EvoTorch (scripts/bench_solve.py). EvoTorch (with ray, pandas, matplotlib)
+# Time to solve, flipes vs EvoTorch and evosax (scripts/bench_solve.py). EvoTorch (with ray, pandas, matplotlib)
 # is not a dependency of flipes: it goes into its own venv so that .venv and the tests stay clean.
 BENCH_VENV ?= .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml
@@ -39,8 +39,18 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/pip install -q -e '.[mujoco]' evotorch==0.6.1
 	touch $@
 
-bench-solve: $(BENCH_VENV)/.installed
-	$(BENCH_VENV)/bin/python scripts/bench_solve.py --json scripts/results/bench_solve.json $(ARGS)
+# evosax's CartPole beside them needs JAX, evosax and gymnax: their own venv too (CPU wheels). bench_solve.py runs
+# it as a subprocess of that venv's python, so flipes never imports JAX. gymnax 1.0.1 imports six without
+# declaring it.
+JAX_VENV ?= .venv-jax
+$(JAX_VENV)/.installed:
+	$(PYTHON) -m venv $(JAX_VENV)
+	$(JAX_VENV)/bin/pip install -q "jax[cpu]==0.10.2" evosax==0.3.2 gymnax==1.0.1 six
+	touch $@
+
+bench-solve: $(BENCH_VENV)/.installed $(JAX_VENV)/.installed
+	$(BENCH_VENV)/bin/python scripts/bench_solve.py --json scripts/results/bench_solve.json \
+		--evosax-python $(JAX_VENV)/bin/python $(ARGS)
 
 # Rollout steps/s per env engine (scripts/bench_rollout.py), and MuJoCo training beside EvoTorch
 # (scripts/bench_mujoco.py, ~90 min); results go to scripts/results/.

@@ -1,8 +1,9 @@
-"""Time to solve: wall seconds and env steps until the center policy is "solved", flipes vs EvoTorch.
+"""Time to solve: wall seconds and env steps until the center policy is "solved", flipes vs EvoTorch and evosax.
 
     python scripts/bench_solve.py --json scripts/results/bench_solve.json          # the whole benchmark
-    python scripts/bench_solve.py --quick                                 # smoke test, a few seconds
+    python scripts/bench_solve.py --quick                                 # smoke test, a few seconds (+20 with evosax)
     python scripts/bench_solve.py --envs flipes/Pendulum-v1 --seeds 0 1 2 3 4 --no-evotorch
+    python scripts/bench_solve.py --envs flipes/CartPole-v1 --evosax-python .venv-jax/bin/python
 
 flipes: ``flipes.train(TrainConfig.for_env(env, ...))`` runs in this process with the per-env
 defaults of ``flipes.rl.presets``; it stops once the center (mean) policy's mean return over
@@ -17,12 +18,21 @@ ClipUp on ``VecGymNE("CartPole-v1")`` with the settings of EvoTorch's own CartPo
 (EvoTorch's usual check); whenever that passes, also on 100 episodes (flipes' criterion). Both
 times include all evaluations done until then.
 
+evosax (only if a Python with JAX, evosax and gymnax is found: this one, else ``.venv-jax``, which ``make
+bench-solve`` builds): evosax's OpenAI-ES with an MLP on gymnax's jitted, vmapped CartPole-v1, with the settings of
+evosax's own OpenAI-ES CartPole example (see scripts/bench_solve_evosax.py). It runs in a subprocess of that
+Python, one per seed, so that flipes never imports JAX. Its center is tested as EvoTorch's (10 episodes every
+generation, 100 when they pass). Its ``wall s`` starts just before the first generation and excludes JIT
+compilation, which is compiled ahead of time before it and shown as ``JIT s``; ``wall+JIT s`` is the total with it
+(for flipes and EvoTorch, which compile nothing, the same as ``wall s``). JAX's import and start-up are not counted.
+
 Columns: ``wall s`` is the wall time of the training loop until solving was detected (flipes: the
 ``seconds`` of the solving generation's metrics row, which include that generation's evaluation;
 EvoTorch: from just before the first ``searcher.step()``, so ray actor start-up is in it,
 ``ray.init`` is not); ``setup s`` is the rest of the call (building envs, policy and problem;
 flipes' final checkpoint and curves.png). ``env steps`` are training interactions; the evaluation
-episodes' steps are counted apart (``eval_steps`` in the JSON).
+episodes' steps are counted apart (``eval_steps`` in the JSON). Threads: flipes ``--threads`` (1) torch thread;
+EvoTorch ``--evotorch-actors`` ray actors (max: one per CPU); JAX its default (XLA's CPU client, every core).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -83,12 +94,20 @@ class Args:
     """Most generations of one EvoTorch run."""
     evotorch_actors: int | Literal["max"] = "max"
     """num_actors of VecGymNE, as in EvoTorch's example (max: one per CPU)."""
+    evosax: bool = True
+    """Run evosax's OpenAI-ES on gymnax's CartPole-v1 beside flipes (if a Python with it is found)."""
+    evosax_python: str = ""
+    """Python with jax, evosax and gymnax (empty: this one if it has them, else .venv-jax/bin/python)."""
+    evosax_generations: int = 300
+    """Most generations of one evosax run."""
+    evosax_episode_length: int = 200
+    """Most steps of evosax's training episodes (its example's 200; its tests always run to CartPole-v1's 500)."""
     threads: int = 1
     """Torch threads of flipes (its --threads; 0: torch's default) and of the evaluations here."""
     gym_check: bool = True
     """Also evaluate flipes' final center policy on gymnasium's own env (not timed)."""
     quick: bool = False
-    """Smoke test: flipes on the first env and seed, a tiny budget, no EvoTorch."""
+    """Smoke test: flipes on the first env and seed, a tiny budget, no EvoTorch; evosax too if found."""
     out: str = "runs/bench_solve"
     """Directory the flipes run directories go under."""
     json: str = ""
@@ -295,48 +314,102 @@ def run_evotorch(seed: int, args: Args) -> list[dict[str, Any]]:
     return rows
 
 
+EVOSAX_SCRIPT = Path(__file__).with_name("bench_solve_evosax.py")
+EVOSAX_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-jax" / "bin" / "python"
+JAX_MODULES = ("jax", "evosax", "gymnax")
+
+
+def find_evosax_python(args: Args) -> str | None:
+    """The Python that runs the evosax part: --evosax-python, else this one if it has JAX, evosax and gymnax,
+    else .venv-jax's (None: none has them)."""
+    if not args.evosax_python and all(importlib.util.find_spec(m) is not None for m in JAX_MODULES):
+        return sys.executable
+    python = args.evosax_python or str(EVOSAX_VENV_PYTHON)
+    check = f"import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in {JAX_MODULES!r}))"
+    found = Path(python).exists() and subprocess.run([python, "-c", check], capture_output=True).returncode == 0
+    if args.evosax_python and not found:
+        modules = ", ".join(JAX_MODULES)
+        raise UsageError("--evosax-python", f"{python} cannot import {modules}", "`make bench-solve` builds .venv-jax")
+    return python if found else None
+
+
+def run_evosax(seed: int, python: str, args: Args) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """evosax's OpenAI-ES on gymnax's CartPole-v1 in a subprocess of ``python`` (scripts/bench_solve_evosax.py):
+    one row per criterion (10 and 100 episodes), and the versions and settings it ran with."""
+    settings: dict[str, Any] = {
+        "seed": seed,
+        "generations": args.evosax_generations,
+        "episode_length": args.evosax_episode_length,
+        "max_seconds": args.max_seconds,
+    }
+    if args.quick:  # a tiny population, two generations: the path runs, nothing is solved
+        settings.update(population=16, rollouts=2, generations=2, max_seconds=20.0)
+    t0 = time.perf_counter()
+    # stderr (its progress, or its error) goes straight to ours; the last stdout line is its JSON
+    done = subprocess.run([python, str(EVOSAX_SCRIPT), json.dumps(settings)], stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the evosax run of seed {seed} failed (exit status {done.returncode}): see its error above")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    process_s = time.perf_counter() - t0  # the whole subprocess: Python and JAX start-up, setup, JIT, training
+    return [{**row, "process_s": process_s} for row in out["rows"]], out["meta"]
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| env | method | criterion | seed | solved | wall s | eval s | setup s | env steps | generations "
-        "| final eval mean±std | gymnasium check |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| env | method | criterion | seed | solved | wall s | JIT s | wall+JIT s | eval s | setup s | env steps "
+        "| generations | final eval mean±std | gymnasium check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         check = r.get("gym_check")
+        jit = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
         lines.append(
             f"| {r['env']} | {r['method']} | {r['criterion']} | {r['seed']} | {'yes' if r['solved'] else 'no'} "
-            f"| {r['wall_s']:.1f} | {r['eval_s']:.1f} | {r['setup_s']:.1f} | {r['env_steps']:,} | {r['generations']} "
+            f"| {r['wall_s']:.1f} | {jit} | {r.get('wall_jit_s', r['wall_s']):.1f} | {r['eval_s']:.1f} | {r['setup_s']:.1f} "
+            f"| {r['env_steps']:,} | {r['generations']} "
             f"| {r['eval_mean']:.1f} ± {r['eval_std']:.1f} | {f'{check[0]:.1f} ± {check[1]:.1f}' if check else '-'} |"
         )
     return "\n".join(lines)
 
 
 def summary(results: list[dict[str, Any]]) -> list[str]:
-    """Median time to solve per (env, method, criterion); the flipes/EvoTorch ratio on CartPole."""
+    """Median time to solve per (env, method, criterion); the flipes/EvoTorch and flipes/evosax ratios on CartPole."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["env"], r["method"], r["criterion"]), []).append(r)
-    lines, medians = [], {}  # (env name, method, criterion) -> median wall s (inf unless every seed solved)
+    # (env name, method, criterion) -> median wall s without and with JIT (inf unless every seed solved)
+    lines, medians = [], {}
     for (env, method, criterion), rs in groups.items():
         solved = [r for r in rs if r["solved"]]
         line = f"{env} {method} ({criterion}): solved {len(solved)}/{len(rs)}"
         if solved:
             wall = statistics.median(r["wall_s"] for r in solved)
-            medians[(env.split("/")[-1], method, criterion)] = wall if len(solved) == len(rs) else float("inf")
+            wall_jit = statistics.median(r.get("wall_jit_s", r["wall_s"]) for r in solved)
+            every = len(solved) == len(rs)
+            medians[(env.split("/")[-1], method, criterion)] = (wall, wall_jit) if every else (float("inf"), float("inf"))
             line += (
-                f", median {wall:.1f} s (of which evaluation {statistics.median(r['eval_s'] for r in solved):.1f} s), "
-                f"{statistics.median(r['env_steps'] for r in solved):,.0f} env steps"
+                f", median {wall:.1f} s (of which evaluation {statistics.median(r['eval_s'] for r in solved):.1f} s"
+                + (f"; {wall_jit:.1f} s with JIT compilation" if any("wall_jit_s" in r for r in solved) else "")
+                + f"), {statistics.median(r['env_steps'] for r in solved):,.0f} env steps"
             )
         lines.append(line)
-    flipes_s = medians.get(("CartPole-v1", "flipes", "100 ep"))
+    flipes_s = medians.get(("CartPole-v1", "flipes", "100 ep"), (0.0, 0.0))[0]
     for criterion in ("10 ep", "100 ep"):
-        evo_s = medians.get(("CartPole-v1", "evotorch PGPE", criterion))
+        evo_s = medians.get(("CartPole-v1", "evotorch PGPE", criterion), (0.0, 0.0))[0]
         if flipes_s and evo_s:
             ratio = flipes_s / evo_s
             verdict = f"; target <= 0.33x {'met' if ratio <= 1 / 3 else 'NOT met'}" if criterion == "10 ep" else ""
             lines.append(
                 f"CartPole: flipes (100-episode test) median {flipes_s:.1f} s = {ratio:.2f}x EvoTorch's "
                 f"({criterion} test) {evo_s:.1f} s{verdict}"
+            )
+    for criterion in ("10 ep", "100 ep"):
+        evosax_s, evosax_jit_s = medians.get(("CartPole-v1", "evosax OpenAI-ES", criterion), (0.0, 0.0))
+        if flipes_s and evosax_s:
+            lines.append(
+                f"CartPole: flipes (100-episode test) median {flipes_s:.1f} s = {flipes_s / evosax_s:.2f}x evosax's "
+                f"({criterion} test) {evosax_s:.1f} s without JIT compilation, {flipes_s / evosax_jit_s:.2f}x its "
+                f"{evosax_jit_s:.1f} s with it"
             )
     return lines
 
@@ -358,6 +431,11 @@ def main(args: Args) -> list[dict[str, Any]]:
     if use_evotorch and importlib.util.find_spec("evotorch") is None:
         print("EvoTorch is not installed: skipping its rows (`make bench-solve` builds .venv-bench with it)")
         use_evotorch = False
+    evosax_python = find_evosax_python(args) if args.evosax else None
+    if args.evosax and evosax_python is None:
+        print(f"evosax is not found (no {', '.join(JAX_MODULES)} here or in .venv-jax): skipping its rows "
+              "(`make bench-solve` builds .venv-jax with it)")  # fmt: skip
+    evosax_meta: dict[str, Any] | None = None
     ray_init_s = None
     if use_evotorch:
         import ray
@@ -380,6 +458,10 @@ def main(args: Args) -> list[dict[str, Any]]:
             if use_evotorch and name == "CartPole-v1":
                 print(f"=== EvoTorch PGPE CartPole-v1 seed {seed}", flush=True)
                 results.extend(run_evotorch(seed, args))
+            if evosax_python and name == "CartPole-v1":
+                print(f"=== evosax OpenAI-ES gymnax/CartPole-v1 seed {seed} ({evosax_python})", flush=True)
+                rows, evosax_meta = run_evosax(seed, evosax_python, args)
+                results.extend(rows)
     load_end = os.getloadavg()
 
     print()
@@ -397,6 +479,8 @@ def main(args: Args) -> list[dict[str, Any]]:
             "cpu_count": os.cpu_count(),
             "machine": platform.processor() or platform.machine(),
             "ray_init_s": ray_init_s,
+            "evosax_python": evosax_python,
+            "evosax": evosax_meta,
             "load_before": load_start,
             "load_after": load_end,
         }

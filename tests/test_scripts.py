@@ -43,9 +43,18 @@ def test_digits_without_scikit_learn_names_the_extra_in_one_line() -> None:
 
 def test_bench_solve_quick(tmp_path: Path) -> None:
     """scripts/bench_solve.py --quick --no-gym-check runs and prints a flipes row for flipes/CartPole-v1 (the row's
-    numbers are not checked)."""
+    numbers are not checked), and evosax's rows where a Python with JAX, evosax and gymnax is found (.venv-jax),
+    else says it skips them."""
     out = run("scripts/bench_solve.py", "--quick", "--no-gym-check", "--out", str(tmp_path)).stdout
     assert "| flipes" in out and "flipes/CartPole-v1" in out
+    evosax_rows = "| gymnax/CartPole-v1 | evosax OpenAI-ES | 10 ep | 0 |" in out
+    assert evosax_rows != ("evosax is not found" in out), out
+
+
+def test_bench_solve_refuses_an_evosax_python_without_jax() -> None:
+    """--evosax-python naming a Python that cannot import JAX, evosax or gymnax is refused in one line, before any run."""
+    r = run("scripts/bench_solve.py", "--quick", "--evosax-python", "/nonexistent/python", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--evosax-python" in r.stderr, r.stderr
 
 
 def test_bench_algos_quick_runs_every_flipes_search_rule_on_every_task(tmp_path: Path) -> None:
