@@ -100,8 +100,8 @@ class Args:
     """Python with jax, evosax and gymnax (empty: this one if it has them, else .venv-jax/bin/python)."""
     evosax_generations: int = 300
     """Most generations of one evosax run."""
-    evosax_episode_length: int = 200
-    """Most steps of evosax's training episodes (its example's 200; its tests always run to CartPole-v1's 500)."""
+    evosax_episode_length: int = 500
+    """Most steps of evosax's training episodes (CartPole-v1's 500; its example's 200 can stall below 475)."""
     threads: int = 1
     """Torch threads of flipes (its --threads; 0: torch's default) and of the evaluations here."""
     gym_check: bool = True
