@@ -189,6 +189,7 @@ def run(s: Settings) -> dict[str, Any]:
         **{name: version(name) for name in ("jax", "jaxlib", "evosax", "gymnax", "flax", "optax")},
         "devices": [str(d) for d in jax.devices()],
         "cpu_count": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS"),  # None: XLA's default threads (its CPU client uses every core)
         "num_parameters": int(es.num_dims),
         "settings": dataclasses.asdict(s),
     }
