@@ -1,7 +1,7 @@
 """Time to solve: wall seconds and env steps until the center policy is "solved", flipes vs EvoTorch and evosax.
 
     python scripts/bench_solve.py --json scripts/results/bench_solve.json          # the whole benchmark
-    python scripts/bench_solve.py --quick                                 # smoke test, a few seconds (+20 with evosax)
+    python scripts/bench_solve.py --quick                                 # smoke test, a few seconds (~15 more with evosax)
     python scripts/bench_solve.py --envs flipes/Pendulum-v1 --seeds 0 1 2 3 4 --no-evotorch
     python scripts/bench_solve.py --envs flipes/CartPole-v1 --evosax-python .venv-jax/bin/python
 
