@@ -147,17 +147,39 @@ class SlotNoise:
         return self.workspace[key]
 
     def scratch_blocks(self, tag: str, columns: int, like: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """A ``(size, columns)`` buffer in ``like``'s dtype and device for this generation's forward passes
-        (not under autograd), and each group's rows of it: views made once, not on every call."""
-        if compiling():  # fresh: the compiled graph plans its own buffers
-            buffer = torch.empty(self.size, columns, dtype=like.dtype, device=like.device)
-            return buffer, list(buffer.chunk(self.groups))
-        key = ("blocks", tag, columns, like.dtype, like.device, torch.is_inference_mode_enabled())
-        entry = self.workspace.get(key)
+        """A ``(groups, size / groups, columns)`` buffer in ``like``'s dtype and device for this generation's
+        forward passes (not under autograd), and each group's block of it: views made once, not on every call.
+        Every block starts on a 64-byte boundary: a CPU BLAS rounds a product by its first operand's address
+        (MKL by its address mod 16 bytes), so a group's rows must sit at one alignment whatever groups the
+        process holds beside them. Where the blocks need padding between them the buffer is ``(groups, size /
+        groups, columns)`` and not contiguous; else ``(size, columns)``."""
+        reuse = not compiling()  # compiling: fresh, the compiled graph plans its own buffers
+        key = ("blocks", tag, columns, like.dtype, like.device, torch.is_inference_mode_enabled()) if reuse else ()
+        entry = self.workspace.get(key) if reuse else None
         if entry is None:
-            buffer = torch.empty(self.size, columns, dtype=like.dtype, device=like.device)
-            entry = self.workspace[key] = (buffer, list(buffer.chunk(self.groups)))
+            g, m, size = self.groups, self.size // self.groups, like.element_size()
+            # a block's elements, padded to whole 64 bytes (not in a graph: no addresses there, nor non-contiguous out=)
+            per = -(-m * columns * size // 64) * 64 // size if reuse else m * columns
+            if per == m * columns:  # no padding: the usual (size, columns) buffer, its blocks row views
+                buffer = torch.empty(self.size, columns, dtype=like.dtype, device=like.device)
+                entry = (buffer, list(buffer.chunk(g)))
+            else:  # (groups, m, columns), not contiguous: what is done to it whole is done to (groups, m, ·) views
+                buffer = torch.empty(g, per, dtype=like.dtype, device=like.device)[:, : m * columns].view(g, m, columns)
+                entry = (buffer, list(buffer.unbind()))
+            if reuse:
+                self.workspace[key] = entry
         return entry
+
+    def grouped(self, name: str) -> Tensor:
+        """The member tensor ``name`` (``"s"``, ``"r"``) as ``(groups, size / groups, ·)``, viewed once (for
+        padded :meth:`scratch_blocks`)."""
+        if compiling():
+            return getattr(self, name).view(self.groups, self.size // self.groups, -1)
+        key = ("grouped", name, torch.is_inference_mode_enabled())
+        view = self.workspace.get(key)
+        if view is None:
+            view = self.workspace[key] = getattr(self, name).view(self.groups, self.size // self.groups, -1)
+        return view
 
     def row_blocks(self, name: str) -> list[Tensor]:
         """Each group's rows of the member tensor ``name`` (``"s"``, ``"r"``, ``"bias_r"``), sliced once."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flipes.noise import SlotNoise
+from flipes.noise import SlotNoise, compiling
 
 
 def check_members(layer: str, x: Tensor, members: int, min_dim: int = 2) -> None:
@@ -65,6 +65,15 @@ def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if not _any_autocast():
         return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False) if autocast_dtype(device.type) else contextlib.nullcontext()
+
+
+def _aligned(rows: Tensor) -> Tensor:
+    """A group's rows as a GEMM's first operand: a copy where they do not start on a 64-byte boundary. A CPU BLAS
+    rounds a product by that operand's address (MKL by its address mod 16 bytes), and where a group's rows start
+    depends on the groups a process holds beside them: the same rows must give the same bits on any process count."""
+    if compiling():  # no addresses in a graph: the compiled program plans its own buffers
+        return rows
+    return rows if rows.data_ptr() % 64 == 0 else rows.clone(memory_format=torch.contiguous_format)
 
 
 def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNoise, layer: str = "FlipoutLinear") -> Tensor:
@@ -123,14 +132,14 @@ def _flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotN
         else:
             torch.addcmul(bias, out, noise.r, out=out)
         if one_group or noise.groups == 1:
-            out.addmm_(x, weight.T)
+            out.addmm_(_aligned(x), weight.T)
             return out if flat else out.view(*shape[:-1], -1)
         m = n // noise.groups
         groups = [slice(i * m, (i + 1) * m) for i in range(noise.groups)]  # group by group: see _mean_product
         if torch.is_grad_enabled():  # the same sums out of place, for autograd
-            return torch.cat([torch.addmm(out[rows], x[rows], weight.T) for rows in groups]).view(*shape[:-1], -1)
+            return torch.cat([torch.addmm(out[rows], _aligned(x[rows]), weight.T) for rows in groups]).view(*shape[:-1], -1)
         for rows in groups:
-            out[rows].addmm_(x[rows], weight.T)
+            out[rows].addmm_(_aligned(x[rows]), weight.T)
         return out.view(*shape[:-1], -1)
     xb = x.reshape(n, -1, x.shape[-1])  # (N, B, in)
     if noise.factors is not None:  # low rank: the signs go into per-member factors, not into the (N, B, in) input
@@ -155,25 +164,29 @@ def _one_per_member_by_group(x: Tensor, weight: Tensor, bias: Tensor | None, noi
     products of the general path (each group's rows by themselves, see ``_grouped_product``), made on row
     views of buffers that live for the generation. Slicing G groups' rows of five tensors on every call
     cost pgpe's 8 groups a fifth of a small policy's rollout (~50 µs a layer call on a CPU)."""
+    g, n = noise.groups, x.shape[0]
     xc, x_rows = noise.scratch_blocks("x", x.shape[1], x)
-    xc.copy_(x)  # the input's rows as views made once: a copy of N×in costs less than G slices
+    padded = xc.dim() == 3  # blocks padded to 64-byte boundaries (see scratch_blocks): whole ops on (G, m, ·) views
+    xc.copy_(x.view(xc.shape) if padded else x)  # the input's rows as views made once: a copy of N×in costs less than G slices
     xs, xs_rows = noise.scratch_blocks("xs", x.shape[1], x)
-    torch.mul(x, noise.s, out=xs)
+    torch.mul(xc, noise.grouped("s") if padded else noise.s, out=xs)
     out, out_rows = noise.scratch_blocks("out", weight.shape[0], x)
     bias_rows = None if noise.bias_r is None else noise.row_blocks("bias_r")
-    for i in range(noise.groups):  # σε x∘s + the bias noise, into each group's rows
+    for i in range(g):  # σε x∘s + the bias noise, into each group's rows
         if bias_rows is None:
             torch.mm(xs_rows[i], noise.eps_t(i), out=out_rows[i])
         else:
             torch.addmm(bias_rows[i], xs_rows[i], noise.eps_t(i), out=out_rows[i])
+    r = noise.grouped("r") if out.dim() == 3 else noise.r
     if bias is None:
-        out.mul_(noise.r)
+        out.mul_(r)
     else:
-        torch.addcmul(bias, out, noise.r, out=out)
+        torch.addcmul(bias, out, r, out=out)
     weight_t = weight.T
-    for i in range(noise.groups):
+    for i in range(g):
         out_rows[i].addmm_(x_rows[i], weight_t)
-    return out.clone()  # the buffer serves the layer's next call
+    # a copy: the buffer serves the layer's next call
+    return out.clone(memory_format=torch.contiguous_format).view(n, -1) if out.dim() == 3 else out.clone()
 
 
 def _mean_product(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
@@ -185,9 +198,9 @@ def _mean_product(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -
     process of all of them make the same calls on the same rows.
     """
     if groups == 1:
-        return F.linear(x, weight, bias)
+        return F.linear(_aligned(x), weight, bias)
     if torch.is_grad_enabled() or not x.is_contiguous():
-        return torch.cat([F.linear(rows, weight, bias) for rows in x.chunk(groups)])
+        return torch.cat([F.linear(_aligned(rows), weight, bias) for rows in x.chunk(groups)])
     # as F.linear computes a contiguous batch (one addmm on its 2-D view), written in place group by group
     x2 = x.view(-1, x.shape[-1])
     out = x2.new_empty(x2.shape[0], weight.shape[0])
@@ -195,9 +208,9 @@ def _mean_product(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -
     for i in range(groups):
         rows = slice(i * m, (i + 1) * m)
         if bias is None:
-            torch.mm(x2[rows], weight.T, out=out[rows])
+            torch.mm(_aligned(x2[rows]), weight.T, out=out[rows])
         else:
-            torch.addmm(bias, x2[rows], weight.T, out=out[rows])
+            torch.addmm(bias, _aligned(x2[rows]), weight.T, out=out[rows])
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -239,15 +252,15 @@ def _grouped_product(xs: Tensor, noise: SlotNoise, with_bias: bool = False) -> T
         rows = slice(i * m, (i + 1) * m)
         into = None if out is None else out[rows]
         if low_rank:  # ((x∘s) Bᵀ) Aᵀ, the group's bias noise as one more rank
-            a, t = noise.factors[0][i], xs[rows] @ noise.factors[1][i].T
+            a, t = noise.factors[0][i], _aligned(xs[rows]) @ noise.factors[1][i].T
             if with_bias and noise.bias_eps is not None:
                 t = torch.cat((t, t.new_ones(m, 1)), 1)
                 a = torch.cat((a, noise.bias_eps[i : i + 1].T), 1)
             parts.append(torch.mm(t, a.T, out=into))
         elif own_bias:
-            parts.append(torch.addmm(noise.bias_r[rows], xs[rows], noise.eps[i].T, out=into))
+            parts.append(torch.addmm(noise.bias_r[rows], _aligned(xs[rows]), noise.eps[i].T, out=into))
         else:
-            parts.append(torch.mm(xs[rows], noise.eps[i].T, out=into))
+            parts.append(torch.mm(_aligned(xs[rows]), noise.eps[i].T, out=into))
     result = out if out is not None else parts[0] if g == 1 else torch.cat(parts)
     if low_rank and own_bias:
         result = result.add_(noise.bias_r) if out is not None else result + noise.bias_r
