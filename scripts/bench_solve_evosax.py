@@ -49,18 +49,32 @@ from typing import Any
 
 @dataclass
 class Settings:
+    """One seed's run; the defaults are the example's (see the module docstring)."""
+
     seed: int = 0
+    """Seeds the initial key: the strategy's samples, the episodes and the sampled actions."""
     population: int = 100
+    """Members per generation (antithetic pairs)."""
     lr: float = 0.1
+    """Adam's learning rate on the mean."""
     adam_b1: float = 0.99
+    """Adam's beta1 (evosax v0.1.6's default)."""
     sigma: float = 0.03
+    """The perturbations' standard deviation, constant."""
     hidden: tuple[int, ...] = (64, 64)
+    """The MLP's hidden widths (ReLU)."""
     rollouts: int = 16
+    """Episodes per member; its fitness is their mean return."""
     episode_length: int = 500
+    """Steps of a training episode (the example's 200; CartPole-v1's limit 500 here, see the docstring)."""
     criteria: tuple[int, ...] = (10, 100)
+    """Evaluation episodes of the center's tests, each run once the one before it passes."""
     target: float = 475.0
+    """Mean return that counts as solved (CartPole-v1's reward threshold)."""
     generations: int = 300
+    """At most this many generations."""
     max_seconds: float = 600.0
+    """At most this many seconds of the timed loop."""
 
 
 def log(message: str) -> None:
