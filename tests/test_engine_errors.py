@@ -387,3 +387,24 @@ def test_a_flipout_layer_read_directly_and_never_called_is_an_error_naming_the_f
         params = member_parameters(es, model)
     for n in range(8):
         torch.testing.assert_close(out[n], functional_call(model, params[n], (x[n],)))
+
+
+class ReadsABiaslessHead(nn.Module):
+    """A bias-less head its parent reads as plain tensors, guarding the bias as ``head.bias is None``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(4, 8), nn.Linear(8, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.body(x)) @ self.head.weight.T
+        return h if self.head.bias is None else h + self.head.bias
+
+
+def test_a_direct_read_of_a_layers_absent_bias_still_gives_the_error_naming_the_freeze() -> None:
+    """``layer.bias is None`` on a bias-less Flipout layer reads a parameter slot holding None: the population still ends
+    in the ValueError naming the layer to freeze, not an AttributeError on None's ``requires_grad``."""
+    es = flipes.FlipES(flipes.flipout(ReadsABiaslessHead()), popsize=8, sigma=0.1)
+    with pytest.raises(ValueError, match=r"never called them \('head'\).*" + re.escape("frozen=['head']")):
+        with es.population():
+            es._module(torch.randn(8, 4))

@@ -707,8 +707,8 @@ class FlipES:
         read = {
             id(layer)
             for layer in self.layers
-            for name in layer.__dict__.pop("_flipes_reads", None) or ()
-            if layer._parameters[name].requires_grad and id(layer._parameters[name]) not in used
+            for p in map(layer._parameters.get, layer.__dict__.pop("_flipes_reads", None) or ())
+            if p is not None and p.requires_grad and id(p) not in used  # None: no bias, read as `layer.bias is None`
         }
         if not read:
             return
