@@ -504,6 +504,17 @@ def test_a_population_evaluated_while_another_thread_runs_a_dense_forward_stays_
     assert torch.equal(meanwhile, alone)
 
 
+def test_a_dense_modules_batch_that_is_no_multiple_of_the_members_is_refused_not_shared() -> None:
+    """7 rows for 8 members (a batch one short) are no members-first input: the dense module refuses them naming the
+    rule, as before shared 1-D positions could make "no member input" mean every member's output of the same rows,
+    which gave a plausible (8, 7, 2) result through the Flipout layer after it."""
+    model = flipes.flipout(nn.Sequential(Scale(4), nn.Linear(4, 2)))
+    es = flipes.FlipES(model, popsize=8, sigma=0.1)
+    with pytest.raises(ValueError, match=r"inputs must be members first.*got shapes \[\(7, 4\)\]"):
+        with es.population():
+            model(torch.randn(7, 4))
+
+
 def padded(rows: int, length: int) -> Tensor:
     """A left-aligned key padding mask (True = padding at the end), every row at least half real."""
     lengths = torch.randint(length // 2, length + 1, (rows,))

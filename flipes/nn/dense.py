@@ -172,8 +172,10 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         dims = [None if d == 0 and leaf.shape[0] == 1 else d for leaf, d in zip(leaves, dims, strict=True)]
     dims = _positions_shared(module, leaves, dims)
     per = {leaf.shape[0] // n for leaf, d in zip(leaves, dims, strict=True) if d == 0}  # examples per member
-    if member_params and not per:
-        per = {1}  # no member input (flipes.nn.Vector, or shared ones only): each member's output, stacked
+    if member_params and not per and all(leaf.dim() < 2 for leaf in leaves if isinstance(leaf, Tensor)):
+        # no member input (flipes.nn.Vector, or shared 1-D positions only): each member's output, stacked; a batch of
+        # rows that is no multiple of the members (7 rows for 8) is the error below, not an input shared by every member
+        per = {1}
         module._flipes_no_input = True  # for the hint of FlipES where a model cannot use that (no_input_fix)
     if len(per) != 1:
         raise ValueError(
