@@ -147,8 +147,8 @@ class SlotNoise:
         return self.workspace[key]
 
     def scratch_blocks(self, tag: str, columns: int, like: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """A ``(groups, size / groups, columns)`` buffer in ``like``'s dtype and device for this generation's
-        forward passes (not under autograd), and each group's block of it: views made once, not on every call.
+        """A buffer of ``size`` rows of ``columns`` in ``like``'s dtype and device for this generation's forward
+        passes (not under autograd), and each group's block of rows: views made once, not on every call.
         Every block starts on a 64-byte boundary: a CPU BLAS rounds a product by its first operand's address
         (MKL by its address mod 16 bytes), so a group's rows must sit at one alignment whatever groups the
         process holds beside them. Where the blocks need padding between them the buffer is ``(groups, size /

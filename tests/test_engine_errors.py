@@ -408,3 +408,39 @@ def test_a_direct_read_of_a_layers_absent_bias_still_gives_the_error_naming_the_
     with pytest.raises(ValueError, match=r"never called them \('head'\).*" + re.escape("frozen=['head']")):
         with es.population():
             es._module(torch.randn(8, 4))
+
+
+class TwoHeads(nn.Module):
+    """A body and two heads, of which a population's forward calls one (``head``) through ``layer.forward``, which
+    runs no hooks, and leaves the other (``spare``) alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head, self.spare = nn.Linear(4, 8), nn.Linear(8, 2), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.forward(torch.tanh(self.body(x)))
+
+
+def test_a_layers_own_reads_are_no_direct_reads_printing_the_model_or_calling_its_forward() -> None:
+    """A layer run as ``layer.forward(x)`` (no hooks) reads its parameters itself, as ``print(model)`` does a layer the
+    population never called (``extra_repr`` reads the bias): neither is a direct read, so the population ends without
+    the error, and every member is the plain model with its explicit parameters; a read of the uncalled layer by other
+    code still is one."""
+    from reference import member_parameters
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    model = flipes.flipout(TwoHeads())
+    es = flipes.FlipES(model, popsize=8, sigma=0.1)
+    x = torch.randn(8, 4)
+    with es.population():
+        out = model(x)
+        assert "spare" in repr(model)
+        params = member_parameters(es, model)
+    for n in range(8):
+        torch.testing.assert_close(out[n], functional_call(model, params[n], (x[n],)))
+    with pytest.raises(ValueError, match=r"never called them \('spare'\)"):
+        with es.population():
+            model(x)
+            model.spare.weight.sum()

@@ -623,8 +623,8 @@ class FlipES:
                 f"population() inside a population: {len(busy)} layer(s) of this model are already evaluating one "
                 "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
             )
-        # whether the model runs in here at all (tell warns if not): the first forward removes every hook, and from
-        # then on notes the reads of Flipout layers' parameters (before it, they are the user's, as member_parameters)
+        # whether the model runs in here at all (tell warns if not): the first call of a layer or dense module removes
+        # every hook, and from then on notes the reads of Flipout layers' parameters (before it, they are the user's)
         hooks: list[torch.utils.hooks.RemovableHandle] = []
 
         def ran(module: nn.Module, args: Any) -> None:
@@ -685,8 +685,8 @@ class FlipES:
 
     def _note_direct_reads(self) -> list[torch.utils.hooks.RemovableHandle]:
         """The hooks, to remove at the end, that end the noting of each Flipout layer's parameter reads at its first call:
-        from the model's first forward in a population (``_population``) until then, reads by other code are noted
-        (``FlipoutMixin.__getattr__``; flipes' own, ``perturbed_weights()``, are not) for ``_refuse_direct_reads``."""
+        from the first call of any Flipout layer or dense module in a population (``_population``) until then, reads
+        by other code than the layer's own methods are noted (``FlipoutMixin.__getattr__``) for ``_refuse_direct_reads``."""
 
         handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
 

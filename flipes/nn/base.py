@@ -6,7 +6,7 @@ Wen et al., "Flipout: Efficient Pseudo-Independent Weight Perturbations on Mini-
 
 from __future__ import annotations
 
-import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,21 +39,6 @@ class PerturbedWeight:
         return self.weight.T if self.transposed else self.weight
 
 
-def _unnoted(method: Callable[..., Any]) -> Callable[..., Any]:
-    """``method`` of a Flipout layer with its reads of the layer's parameters not noted (``FlipoutMixin.__getattr__``)."""
-
-    @functools.wraps(method)
-    def unnoted(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        reads = self.__dict__.pop("_flipes_reads", None)
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            if reads is not None:
-                self.__dict__["_flipes_reads"] = reads
-
-    return unnoted
-
-
 class FlipoutMixin:
     """Base of the Flipout layers.
 
@@ -71,15 +56,13 @@ class FlipoutMixin:
     member_noise: dict[str, Tensor] | None = None  # dense per-member noise of dense_parameters()
     has_backprop_noise: bool = False  # its forward samples an attached backprop noise model
 
-    @_unnoted  # a recurrent layer's reads its weights (to refresh its flat list): a copy's, not the model's
+    _flipes_getattr: Callable[[nn.Module, str], Any]  # the next class's __getattr__, set per class (__init_subclass__)
+
     def __getstate__(self) -> dict:
         return without_owner(super().__getstate__())  # type: ignore[misc]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name in ("perturbed_weights", "dense_parameters"):  # flipes' own reads of the parameters: never noted
-            if name in cls.__dict__:
-                setattr(cls, name, _unnoted(cls.__dict__[name]))
         # the __getattr__ after this one (nn.Module's, unless a class between has its own), called directly: a super()
         # call would cost as much again as the lookup, at every read of a parameter in every forward
         after = cls.__mro__[cls.__mro__.index(FlipoutMixin) + 1 :]
@@ -89,8 +72,10 @@ class FlipoutMixin:
 
     def __getattr__(self, name: str) -> Any:
         # in a population, until the layer is first called: its parameters read by other code (x @ layer.weight) are
-        # noted, for FlipES's error where it is never called (every member would run the mean weight, silently)
-        if "_flipes_reads" in self.__dict__ and name in self._parameters:
+        # noted, for FlipES's error where it is never called (every member would run the mean weight, silently). Not the
+        # layer's own reads (its forward called as layer.forward(x), its repr, flipes' perturbed_weights()): only then
+        # is the caller's frame looked at
+        if "_flipes_reads" in self.__dict__ and name in self._parameters and sys._getframe(1).f_locals.get("self") is not self:
             self.__dict__["_flipes_reads"].add(name)
         return self._flipes_getattr(self, name)
 

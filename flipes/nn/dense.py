@@ -375,7 +375,8 @@ def _accepts(norm: nn.Module, dims: int) -> bool:
 
 
 def _batch_first(module: nn.Module) -> bool:
-    """Whether ``module``'s class is a Hugging Face one: written for batches, ``(B, ...)``, whatever its input."""
+    """Whether ``module``'s class (the one converted, not a subclass of it in another package) is defined in
+    transformers: written for batches, ``(B, ...)``, whatever its input."""
     return type(module).__bases__[-1].__module__.startswith("transformers.")
 
 
