@@ -316,8 +316,8 @@ def test_a_scalar_box_observation_is_one_feature_of_each_row() -> None:
 def test_policies_take_a_gymnasium_envs_numpy_observations_and_give_actions_it_steps_with() -> None:
     """A numpy observation straight from a gymnasium env (one, or a batch; float64 from MuJoCo, int64 from Taxi) gives
     an MLP and a GRU policy the actions (and GRU state) of the same values as a tensor, as a numpy array of the action
-    space's dtype (one Discrete action a numpy integer), so ``env.step(policy(obs))`` runs: a CartPole episode of the
-    numpy loop takes the actions of the tensor loop, step for step."""
+    space's dtype (one Discrete action a numpy integer; an integer Box's rounded), so ``env.step(policy(obs))`` runs:
+    a CartPole episode of the numpy loop takes the actions of the tensor loop, step for step."""
     from flipes.rl import GRUPolicy
 
     torch.manual_seed(0)
@@ -346,6 +346,9 @@ def test_policies_take_a_gymnasium_envs_numpy_observations_and_give_actions_it_s
     x = np.random.default_rng(0).normal(size=(2, 5))
     assert pendulum(x).dtype == np.float32 and box.contains(pendulum(x)[0])
     assert np.array_equal(pendulum(x), pendulum(torch.as_tensor(x)).detach().float().numpy())
+    ints = MLPPolicy(gym.spaces.Box(-1, 1, (5,), np.float64), gym.spaces.Box(-3, 3, (2,), np.int64), hidden=(4,)).double()
+    got = ints(x)
+    assert got.dtype == np.int64 and np.array_equal(got, np.rint(ints(torch.as_tensor(x)).detach().numpy()))
     taxi = MLPPolicy(gym.spaces.Discrete(500), gym.spaces.Discrete(6), hidden=(4,)).eval()
     states = np.array([3, 499, 0])
     assert np.array_equal(taxi(states), taxi(torch.as_tensor(states)).numpy())

@@ -112,7 +112,10 @@ class SpacePolicy(nn.Module):
         if isinstance(obs, Tensor):
             return actions
         out = actions.detach().cpu().numpy()
-        out = out.astype(self.action_dtype, copy=False) if self.action_dtype is not None else out
+        if self.action_dtype is not None:
+            if self.action_dtype.kind in "iu" and out.dtype.kind == "f":  # an integer Box: rounded, not truncated to 0
+                out = np.rint(out)
+            out = out.astype(self.action_dtype, copy=False)
         return out[()] if out.ndim == 0 else out
 
     def action(self, z: Tensor) -> Tensor:
