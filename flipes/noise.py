@@ -193,14 +193,26 @@ class SlotNoise:
 
     def eps_t(self, group: int) -> Tensor:
         """``eps[group].T``, ``(in, out)``: a view made once per generation (each forward would
-        otherwise pay a select and a transpose per layer; ~2 µs on a CPU)."""
+        otherwise pay a select and a transpose per layer; ~2 µs on a CPU), from a 64-byte boundary
+        (see :func:`_from_boundary`)."""
         if torch.is_grad_enabled() or compiling():  # backprop noise: a fresh view in each graph
-            return self.eps[group].T
+            return _from_boundary(self.eps[group]).T
         key = ("eps_t", group)
         view = self.workspace.get(key)
         if view is None:
-            view = self.workspace[key] = self.eps[group].T
+            view = self.workspace[key] = _from_boundary(self.eps[group]).T
         return view
+
+    def factor(self, which: int, group: int) -> Tensor:
+        """``factors[which][group]`` (0: ``a``, 1: ``b``) from a 64-byte boundary, made once per generation (see
+        :func:`_from_boundary`)."""
+        if torch.is_grad_enabled() or compiling():
+            return _from_boundary(self.factors[which][group])
+        key = ("factor", which, group)
+        block = self.workspace.get(key)
+        if block is None:
+            block = self.workspace[key] = _from_boundary(self.factors[which][group])
+        return block
 
     def to(self, dtype: torch.dtype) -> SlotNoise:
         """This noise in ``dtype`` (an enclosing ``torch.autocast`` runs the layer in it): made once per
@@ -372,6 +384,17 @@ def sample_slot(
         bias_r = bias_eps.expand(len(s), -1) if len(bias) == 1 else bias_eps.repeat_interleave(group_size, dim=0)
     factors = (_stack([a for a, _ in eps]), _stack([b for _, b in eps]))
     return SlotNoise(None, s, r, bias_r, mirrored, factors=factors, bias_eps=bias_eps)
+
+
+def _from_boundary(block: Tensor) -> Tensor:
+    """A group's ε (or factor) ``block``, copied where it does not start on a 64-byte boundary (not in a graph: no
+    addresses there). It starts ``group`` blocks into the stack of the groups a process holds, so its address depends
+    on the process count, and a CPU BLAS rounds a product of one output column (a matrix-vector product: a weight of
+    one output, rank-1 factors) by that second operand's address too (MKL from ~9 inputs, by its address mod 16
+    bytes): from a 64-byte boundary a group's product has the same bits on any process count."""
+    if compiling() or block.data_ptr() % 64 == 0:
+        return block
+    return block.clone(memory_format=torch.contiguous_format)
 
 
 def _unpack(table: Tensor, rows: Tensor, width: int) -> Tensor:

@@ -1178,6 +1178,41 @@ def test_groups_of_rows_off_a_16_byte_boundary_give_the_same_bits_on_any_process
                     assert torch.equal(part(mine).detach(), want_grad[rows]), (process, k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("out,rank", [(1, None), (2, 1), (6, None)])
+@pytest.mark.parametrize("groups,processes", [(2, 2), (4, 2)])
+def test_a_groups_noise_off_a_16_byte_boundary_gives_the_same_bits_on_any_process_count(
+    dtype: torch.dtype, out: int, rank: int | None, groups: int, processes: int
+) -> None:
+    """A group's ε starts a group's worth of elements into the stack of the groups a process holds (ε of an 11-input,
+    1-output layer: 44 float32 bytes; rank-1 factors alike), and a CPU BLAS (MKL) rounds a product of one output
+    column by that operand's address: each process still gives bit for bit the rows of one process holding every
+    group, with one and with 2 examples per member, with and without autograd."""
+    torch.manual_seed(0)
+    n = groups * 3
+    whole = flipes.flipout(nn.Linear(11, out).to(dtype))
+    inputs = [torch.randn(n, 11, dtype=dtype), torch.randn(n * 2, 11, dtype=dtype)]
+    es = flipes.FlipES(whole, popsize=n, groups=groups, seed=3, noise_rank=rank, mirrored=False)
+    with es.population():
+        expected = [whole(x) for x in inputs]
+        with torch.enable_grad():
+            expected_grad = [whole(x).detach() for x in inputs]
+    for process in range(processes):
+        part = copy.deepcopy(whole)
+        es_part = flipes.FlipES(
+            part, popsize=n, groups=groups, seed=3, noise_rank=rank, mirrored=False, comm=ProcessOf(process, processes)
+        )
+        members = es_part.members
+        with es_part.population():
+            for x, want, want_grad in zip(inputs, expected, expected_grad, strict=True):
+                k = len(x) // n
+                rows = slice(members.start * k, members.stop * k)
+                mine = x[rows].clone()
+                assert torch.equal(part(mine), want[rows]), (process, k)
+                with torch.enable_grad():
+                    assert torch.equal(part(mine).detach(), want_grad[rows]), (process, k)
+
+
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 @pytest.mark.parametrize("groups,mirrored", [(1, False), (4, False), (4, True)])
 def test_without_autograd_a_population_gives_the_bits_of_its_autograd_forward(mode: str, groups: int, mirrored: bool) -> None:

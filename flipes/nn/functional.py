@@ -252,15 +252,15 @@ def _grouped_product(xs: Tensor, noise: SlotNoise, with_bias: bool = False) -> T
         rows = slice(i * m, (i + 1) * m)
         into = None if out is None else out[rows]
         if low_rank:  # ((x∘s) Bᵀ) Aᵀ, the group's bias noise as one more rank
-            a, t = noise.factors[0][i], _aligned(xs[rows]) @ noise.factors[1][i].T
+            a, t = noise.factor(0, i), _aligned(xs[rows]) @ noise.factor(1, i).T
             if with_bias and noise.bias_eps is not None:
                 t = torch.cat((t, t.new_ones(m, 1)), 1)
                 a = torch.cat((a, noise.bias_eps[i : i + 1].T), 1)
             parts.append(torch.mm(t, a.T, out=into))
         elif own_bias:
-            parts.append(torch.addmm(noise.bias_r[rows], _aligned(xs[rows]), noise.eps[i].T, out=into))
+            parts.append(torch.addmm(noise.bias_r[rows], _aligned(xs[rows]), noise.eps_t(i), out=into))
         else:
-            parts.append(torch.mm(_aligned(xs[rows]), noise.eps[i].T, out=into))
+            parts.append(torch.mm(_aligned(xs[rows]), noise.eps_t(i), out=into))
     result = out if out is not None else parts[0] if g == 1 else torch.cat(parts)
     if low_rank and own_bias:
         result = result.add_(noise.bias_r) if out is not None else result + noise.bias_r
