@@ -144,10 +144,15 @@ def _flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotN
     xb = x.reshape(n, -1, x.shape[-1])  # (N, B, in)
     if noise.factors is not None:  # low rank: the signs go into per-member factors, not into the (N, B, in) input
         b_n, a_n = _member_factors(noise)
-        t = torch.bmm(xb, b_n.mT)  # (N, B, r): x_n (s_n ∘ B_g)ᵀ
-        if noise.bias_eps is not None:
-            t = torch.cat((t, t.new_ones(*t.shape[:2], 1)), 2)
-        out = _mean_product(xb, weight, bias, noise.groups).baddbmm_(t, a_n.mT)  # + t (r_n ∘ A_g)ᵀ, in place
+        out = _mean_product(xb, weight, bias, noise.groups)
+        m = n // noise.groups
+        # group by group, each group's operands from a 64-byte boundary: a batched product rounds a member by where
+        # its block lies (see _aligned), which a batch over all of a process's groups ties to the process count
+        for rows in [slice(i * m, (i + 1) * m) for i in range(noise.groups)] if noise.groups > 1 else [slice(None)]:
+            t = torch.bmm(_aligned(xb[rows]), _aligned(b_n[rows]).mT)  # (m, B, r): x_n (s_n ∘ B_g)ᵀ
+            if noise.bias_eps is not None:
+                t = torch.cat((t, t.new_ones(*t.shape[:2], 1)), 2)
+            out[rows].baddbmm_(t, _aligned(a_n[rows]).mT)  # + t (r_n ∘ A_g)ᵀ, in place
         if noise.bias_eps is None and noise.bias_r is not None:  # a bias of its own beside a tied weight
             out += noise.bias.unsqueeze(1)
         return out.reshape(*x.shape[:-1], out.shape[-1])
