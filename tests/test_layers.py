@@ -1243,6 +1243,29 @@ def test_low_rank_noise_on_several_examples_per_member_gives_the_same_bits_on_an
                 assert torch.equal(part(x[rows].clone()).detach(), expected_grad[rows]), process
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("make", [lambda: nn.GRUCell(3, 5), lambda: nn.GRU(3, 5, batch_first=True)], ids=["cell", "sequence"])
+def test_a_gru_gives_the_same_bits_on_any_process_count(make: Callable[[], nn.Module], dtype: torch.dtype) -> None:
+    """A GRU's gates (a sigmoid, which torch's CPU kernel rounds otherwise in the last few elements of a contiguous
+    tensor) give each member the same bits whatever the number of members beside it: 2 processes of 4 groups of
+    3 members give bit for bit the rows of one process holding every group, cell and sequence module alike."""
+    torch.manual_seed(0)
+    n, groups, processes = 12, 4, 2
+    whole = flipes.flipout(make().to(dtype))
+    cell = isinstance(whole, nn.GRUCell)
+    x = torch.randn(n, 3, dtype=dtype) if cell else torch.randn(n, 4, 3, dtype=dtype)
+    es = flipes.FlipES(whole, popsize=n, groups=groups, seed=3, mirrored=False)
+    with es.population():
+        expected = whole(x) if cell else whole(x)[0]
+    for process in range(processes):
+        part = copy.deepcopy(whole)
+        es_part = flipes.FlipES(part, popsize=n, groups=groups, seed=3, mirrored=False, comm=ProcessOf(process, processes))
+        rows = slice(es_part.members.start, es_part.members.stop)
+        with es_part.population():
+            got = part(x[rows].clone()) if cell else part(x[rows].clone())[0]
+        assert torch.equal(got, expected[rows]), process
+
+
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 @pytest.mark.parametrize("groups,mirrored", [(1, False), (4, False), (4, True)])
 def test_without_autograd_a_population_gives_the_bits_of_its_autograd_forward(mode: str, groups: int, mirrored: bool) -> None:

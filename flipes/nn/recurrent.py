@@ -32,10 +32,14 @@ def _lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _gru_update(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
-    """``h'`` from the input and hidden projections ``(*, 3H)`` (biases included) in torch's order r, z, n."""
-    (ir, iz, inn), (hr, hz, hn) = gi.chunk(3, dim=-1), gh.chunk(3, dim=-1)
-    r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-    return (1 - z) * torch.tanh(inn + r * hn) + z * h
+    """``h'`` from the input and hidden projections ``(*, 3H)`` (biases included) in torch's order r, z, n.
+
+    The gates' sigmoid runs on a view of each row's first 2H sums, row by row: on a whole contiguous tensor torch's
+    CPU sigmoid computes its last few elements by a scalar path that rounds otherwise, so an element's bits would
+    depend on how many rows (members: the process count) the tensor holds (as the LSTM's gates, chunks, never do)."""
+    hidden = gi.shape[-1] // 3
+    r, z = torch.sigmoid((gi + gh)[..., : 2 * hidden]).chunk(2, dim=-1)
+    return (1 - z) * torch.tanh(gi[..., 2 * hidden :] + r * gh[..., 2 * hidden :]) + z * h
 
 
 def _cell_noise(cell: FlipoutMixin, input: Tensor) -> tuple[tuple[SlotNoise, ...] | None, bool]:
