@@ -1266,6 +1266,29 @@ def test_a_gru_gives_the_same_bits_on_any_process_count(make: Callable[[], nn.Mo
         assert torch.equal(got, expected[rows]), process
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_attention_between_sequences_gives_the_same_bits_on_any_process_count(dtype: torch.dtype, need_weights: bool) -> None:
+    """The attention itself (softmax(q kᵀ) v, no parameters) is batched over the members, and torch's CPU kernel
+    rounds a batch entry by where its block lies (heads of 5 dimensions attending to 4 keys): run group by group from
+    a 64-byte boundary, 2 processes of 2 groups of 3 give bit for bit the rows (and weights) of one process."""
+    torch.manual_seed(0)
+    n, groups = 6, 2
+    whole = flipes.flipout(nn.MultiheadAttention(5, 1, batch_first=True).to(dtype))
+    query, memory = torch.randn(n, 3, 5, dtype=dtype), torch.randn(n, 4, 5, dtype=dtype)
+    es = flipes.FlipES(whole, popsize=n, groups=groups, seed=3, mirrored=False)
+    with es.population():
+        expected, expected_weights = whole(query, memory, memory, need_weights=need_weights)
+    for process in range(groups):
+        part = copy.deepcopy(whole)
+        es_part = flipes.FlipES(part, popsize=n, groups=groups, seed=3, mirrored=False, comm=ProcessOf(process, groups))
+        rows = slice(es_part.members.start, es_part.members.stop)
+        with es_part.population():
+            got, weights = part(query[rows].clone(), memory[rows].clone(), memory[rows].clone(), need_weights=need_weights)
+        assert torch.equal(got, expected[rows]), process
+        assert (weights is None) if not need_weights else torch.equal(weights, expected_weights[rows]), process
+
+
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 @pytest.mark.parametrize("groups,mirrored", [(1, False), (4, False), (4, True)])
 def test_without_autograd_a_population_gives_the_bits_of_its_autograd_forward(mode: str, groups: int, mirrored: bool) -> None:

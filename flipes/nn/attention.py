@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.dense import resolved
 from flipes.nn.functional import check_members, flipout_linear
+from flipes.noise import compiling
 
 
 def _float_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -168,22 +169,38 @@ class FlipoutMultiheadAttention(FlipoutMixin, nn.MultiheadAttention):
             pad = pad.view(batch, 1, 1, -1)
             mask = pad if mask is None else mask + pad
         dropout = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            scores = torch.matmul(q * math.sqrt(1.0 / head_dim), k.transpose(-2, -1))
-            if mask is not None:
-                scores = scores + mask
-            attn = torch.softmax(scores, dim=-1)
-            if dropout > 0.0:
-                attn = F.dropout(attn, p=dropout)
-            out = torch.matmul(attn, v)
-            weights = attn.mean(dim=1) if average_attn_weights else attn
-        else:
-            if mask is not None:
-                mask = mask.expand(batch, heads, tgt_len, k.shape[2])
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        if not need_weights and mask is not None:
+            mask = mask.expand(batch, heads, tgt_len, k.shape[2])
+        # group by group, each group's q, k, v contiguous from a 64-byte boundary: a CPU kernel rounds a batch entry by
+        # where its block lies, which one batch over all of a process's groups would tie to the process count
+        outs, weights = [], []
+        per = batch // self.noise[0].groups
+        for start in range(0, batch, per):
+            rows = slice(start, start + per)
+            qg, kg, vg = (_block(t[rows]) for t in (q, k, v))
+            mg = None if mask is None else mask[rows] if mask.shape[0] == batch else mask
+            if need_weights:
+                scores = torch.matmul(qg * math.sqrt(1.0 / head_dim), kg.transpose(-2, -1))
+                if mg is not None:
+                    scores = scores + mg
+                attn = torch.softmax(scores, dim=-1)
+                if dropout > 0.0:
+                    attn = F.dropout(attn, p=dropout)
+                outs.append(torch.matmul(attn, vg))
+                weights.append(attn.mean(dim=1) if average_attn_weights else attn)
+            else:
+                outs.append(F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mg, dropout_p=dropout, is_causal=causal))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        weights = None if not weights else weights[0] if len(weights) == 1 else torch.cat(weights)
         out = out.transpose(1, 2).reshape(batch, tgt_len, e)
         return flipout_linear(out, self.out_proj.weight, self.out_proj.bias, self.noise[-1], type(self).__name__), weights
+
+
+def _block(t: Tensor) -> Tensor:
+    """``t`` contiguous from a 64-byte boundary: as is where it is, else a copy (as is in a graph: no addresses)."""
+    if compiling() or (t.is_contiguous() and t.data_ptr() % 64 == 0):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def mha_switch() -> Any:
