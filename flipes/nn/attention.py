@@ -197,8 +197,9 @@ class FlipoutMultiheadAttention(FlipoutMixin, nn.MultiheadAttention):
 
 
 def _block(t: Tensor) -> Tensor:
-    """``t`` contiguous from a 64-byte boundary: as is where it is, else a copy (as is in a graph: no addresses)."""
-    if compiling() or (t.is_contiguous() and t.data_ptr() % 64 == 0):
+    """A group's ``t`` from a 64-byte boundary: as is where it starts on one (a view: its strides are those of the
+    same group's rows on any process count), else a contiguous copy (as is in a graph: no addresses)."""
+    if compiling() or t.data_ptr() % 64 == 0:
         return t
     return t.clone(memory_format=torch.contiguous_format)
 
