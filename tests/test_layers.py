@@ -12,6 +12,7 @@ import copy
 import re
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -1144,6 +1145,32 @@ def test_one_example_per_member_gives_the_same_bits_on_any_process_count(dtype: 
                 assert torch.equal(part(x[rows]), expected[name][rows]), (name, rank)
 
 
+def assert_rows_of_any_process(
+    whole: nn.Module, inputs: list[Tensor], n: int, groups: int, processes: int, **options: Any
+) -> None:
+    """Each of ``processes`` processes (``ProcessOf``), holding its share of the ``groups``, gives bit for bit the rows
+    of one process holding every group, for each input (``(n·k, ...)`` member-major; a process given its own rows as a
+    fresh tensor, as its env gives them), without and with autograd."""
+    es = flipes.FlipES(whole, popsize=n, groups=groups, seed=3, mirrored=False, **options)
+    with es.population():
+        expected = [whole(x) for x in inputs]
+        with torch.enable_grad():
+            expected_grad = [whole(x).detach() for x in inputs]
+    for process in range(processes):
+        part = copy.deepcopy(whole)
+        comm = ProcessOf(process, processes)
+        es_part = flipes.FlipES(part, popsize=n, groups=groups, seed=3, mirrored=False, comm=comm, **options)
+        members = es_part.members
+        with es_part.population():
+            for x, want, want_grad in zip(inputs, expected, expected_grad, strict=True):
+                k = len(x) // n
+                rows = slice(members.start * k, members.stop * k)
+                mine = x[rows].clone()
+                assert torch.equal(part(mine), want[rows]), (process, k)
+                with torch.enable_grad():
+                    assert torch.equal(part(mine).detach(), want_grad[rows]), (process, k)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rank", [None, 2])
 @pytest.mark.parametrize("n,groups,processes", [(6, 2, 2), (6, 3, 3), (12, 4, 2)])
@@ -1157,25 +1184,7 @@ def test_groups_of_rows_off_a_16_byte_boundary_give_the_same_bits_on_any_process
     torch.manual_seed(0)
     whole = flipes.flipout(nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).to(dtype))
     inputs = [torch.randn(n, 5, dtype=dtype), torch.randn(n * 2, 5, dtype=dtype)]
-    es = flipes.FlipES(whole, popsize=n, groups=groups, seed=3, noise_rank=rank, mirrored=False)
-    with es.population():
-        expected = [whole(x) for x in inputs]
-        with torch.enable_grad():
-            expected_grad = [whole(x).detach() for x in inputs]
-    for process in range(processes):
-        part = copy.deepcopy(whole)
-        es_part = flipes.FlipES(
-            part, popsize=n, groups=groups, seed=3, noise_rank=rank, mirrored=False, comm=ProcessOf(process, processes)
-        )
-        members = es_part.members
-        with es_part.population():
-            for x, want, want_grad in zip(inputs, expected, expected_grad, strict=True):
-                k = len(x) // n
-                rows = slice(members.start * k, members.stop * k)
-                mine = x[rows].clone()  # a process's own input, as its env gives it
-                assert torch.equal(part(mine), want[rows]), (process, k)
-                with torch.enable_grad():
-                    assert torch.equal(part(mine).detach(), want_grad[rows]), (process, k)
+    assert_rows_of_any_process(whole, inputs, n, groups, processes, noise_rank=rank)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -1192,25 +1201,7 @@ def test_a_groups_noise_off_a_16_byte_boundary_gives_the_same_bits_on_any_proces
     n = groups * 3
     whole = flipes.flipout(nn.Linear(11, out).to(dtype))
     inputs = [torch.randn(n, 11, dtype=dtype), torch.randn(n * 2, 11, dtype=dtype)]
-    es = flipes.FlipES(whole, popsize=n, groups=groups, seed=3, noise_rank=rank, mirrored=False)
-    with es.population():
-        expected = [whole(x) for x in inputs]
-        with torch.enable_grad():
-            expected_grad = [whole(x).detach() for x in inputs]
-    for process in range(processes):
-        part = copy.deepcopy(whole)
-        es_part = flipes.FlipES(
-            part, popsize=n, groups=groups, seed=3, noise_rank=rank, mirrored=False, comm=ProcessOf(process, processes)
-        )
-        members = es_part.members
-        with es_part.population():
-            for x, want, want_grad in zip(inputs, expected, expected_grad, strict=True):
-                k = len(x) // n
-                rows = slice(members.start * k, members.stop * k)
-                mine = x[rows].clone()
-                assert torch.equal(part(mine), want[rows]), (process, k)
-                with torch.enable_grad():
-                    assert torch.equal(part(mine).detach(), want_grad[rows]), (process, k)
+    assert_rows_of_any_process(whole, inputs, n, groups, processes, noise_rank=rank)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -1225,22 +1216,7 @@ def test_low_rank_noise_on_several_examples_per_member_gives_the_same_bits_on_an
     torch.manual_seed(0)
     n = 15 if groups == 3 else 8
     whole = flipes.flipout(nn.Linear(17, 36).to(dtype))
-    x = torch.randn(n * 3, 3, 17, dtype=dtype)
-    es = flipes.FlipES(whole, popsize=n, groups=groups, seed=3, noise_rank=4, mirrored=False)
-    with es.population():
-        expected = whole(x)
-        with torch.enable_grad():
-            expected_grad = whole(x).detach()
-    for process in range(processes):
-        part = copy.deepcopy(whole)
-        es_part = flipes.FlipES(
-            part, popsize=n, groups=groups, seed=3, noise_rank=4, mirrored=False, comm=ProcessOf(process, processes)
-        )
-        rows = slice(es_part.members.start * 3, es_part.members.stop * 3)
-        with es_part.population():
-            assert torch.equal(part(x[rows].clone()), expected[rows]), process
-            with torch.enable_grad():
-                assert torch.equal(part(x[rows].clone()).detach(), expected_grad[rows]), process
+    assert_rows_of_any_process(whole, [torch.randn(n * 3, 3, 17, dtype=dtype)], n, groups, processes, noise_rank=4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
