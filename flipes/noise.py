@@ -194,24 +194,24 @@ class SlotNoise:
     def eps_t(self, group: int) -> Tensor:
         """``eps[group].T``, ``(in, out)``: a view made once per generation (each forward would
         otherwise pay a select and a transpose per layer; ~2 µs on a CPU), from a 64-byte boundary
-        (see :func:`_from_boundary`)."""
+        (see :func:`from_boundary`)."""
         if torch.is_grad_enabled() or compiling():  # backprop noise: a fresh view in each graph
-            return _from_boundary(self.eps[group]).T
+            return from_boundary(self.eps[group]).T
         key = ("eps_t", group)
         view = self.workspace.get(key)
         if view is None:
-            view = self.workspace[key] = _from_boundary(self.eps[group]).T
+            view = self.workspace[key] = from_boundary(self.eps[group]).T
         return view
 
     def factor(self, which: int, group: int) -> Tensor:
         """``factors[which][group]`` (0: ``a``, 1: ``b``) from a 64-byte boundary, made once per generation (see
-        :func:`_from_boundary`)."""
+        :func:`from_boundary`)."""
         if torch.is_grad_enabled() or compiling():
-            return _from_boundary(self.factors[which][group])
+            return from_boundary(self.factors[which][group])
         key = ("factor", which, group)
         block = self.workspace.get(key)
         if block is None:
-            block = self.workspace[key] = _from_boundary(self.factors[which][group])
+            block = self.workspace[key] = from_boundary(self.factors[which][group])
         return block
 
     def to(self, dtype: torch.dtype) -> SlotNoise:
@@ -386,15 +386,15 @@ def sample_slot(
     return SlotNoise(None, s, r, bias_r, mirrored, factors=factors, bias_eps=bias_eps)
 
 
-def _from_boundary(block: Tensor) -> Tensor:
-    """A group's ε (or factor) ``block``, copied where it does not start on a 64-byte boundary (not in a graph: no
-    addresses there). It starts ``group`` blocks into the stack of the groups a process holds, so its address depends
-    on the process count, and a CPU BLAS rounds a product of one output column (a matrix-vector product: a weight of
-    one output, rank-1 factors) by that second operand's address too (MKL from ~9 inputs, by its address mod 16
-    bytes): from a 64-byte boundary a group's product has the same bits on any process count."""
-    if compiling() or block.data_ptr() % 64 == 0:
-        return block
-    return block.clone(memory_format=torch.contiguous_format)
+def from_boundary(t: Tensor) -> Tensor:
+    """``t`` where it starts on a 64-byte boundary (a view keeps its strides), else a contiguous copy, which does; as
+    it is in a graph (no addresses there). A CPU BLAS rounds a product by where its operands start (MKL by the
+    address mod 16 bytes: a GEMM's first operand, a matrix-vector product's second, a batched product's blocks, the
+    CPU attention kernel's), and where a group's rows, its ε or factors start depends on the groups a process holds
+    beside it: from a 64-byte boundary a group's products give the same bits on any process count."""
+    if compiling() or t.data_ptr() % 64 == 0:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def _unpack(table: Tensor, rows: Tensor, width: int) -> Tensor:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.dense import resolved
 from flipes.nn.functional import check_members, flipout_linear
-from flipes.noise import compiling
+from flipes.noise import from_boundary
 
 
 def _float_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -171,13 +171,13 @@ class FlipoutMultiheadAttention(FlipoutMixin, nn.MultiheadAttention):
         dropout = self.dropout if self.training else 0.0
         if not need_weights and mask is not None:
             mask = mask.expand(batch, heads, tgt_len, k.shape[2])
-        # group by group, each group's q, k, v contiguous from a 64-byte boundary: a CPU kernel rounds a batch entry by
+        # group by group, each group's q, k, v from a 64-byte boundary (from_boundary): a CPU kernel rounds a batch entry by
         # where its block lies, which one batch over all of a process's groups would tie to the process count
         outs, weights = [], []
         per = batch // self.noise[0].groups
         for start in range(0, batch, per):
             rows = slice(start, start + per)
-            qg, kg, vg = (_block(t[rows]) for t in (q, k, v))
+            qg, kg, vg = (from_boundary(t[rows]) for t in (q, k, v))
             mg = None if mask is None else mask[rows] if mask.shape[0] == batch else mask
             if need_weights:
                 scores = torch.matmul(qg * math.sqrt(1.0 / head_dim), kg.transpose(-2, -1))
@@ -194,14 +194,6 @@ class FlipoutMultiheadAttention(FlipoutMixin, nn.MultiheadAttention):
         weights = None if not weights else weights[0] if len(weights) == 1 else torch.cat(weights)
         out = out.transpose(1, 2).reshape(batch, tgt_len, e)
         return flipout_linear(out, self.out_proj.weight, self.out_proj.bias, self.noise[-1], type(self).__name__), weights
-
-
-def _block(t: Tensor) -> Tensor:
-    """A group's ``t`` from a 64-byte boundary: as is where it starts on one (a view: its strides are those of the
-    same group's rows on any process count), else a contiguous copy (as is in a graph: no addresses)."""
-    if compiling() or t.data_ptr() % 64 == 0:
-        return t
-    return t.clone(memory_format=torch.contiguous_format)
 
 
 def mha_switch() -> Any:

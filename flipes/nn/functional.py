@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flipes.noise import SlotNoise, compiling
+from flipes.noise import SlotNoise, from_boundary
 
 
 def check_members(layer: str, x: Tensor, members: int, min_dim: int = 2) -> None:
@@ -65,15 +65,6 @@ def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if not _any_autocast():
         return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False) if autocast_dtype(device.type) else contextlib.nullcontext()
-
-
-def _aligned(rows: Tensor) -> Tensor:
-    """A group's rows as a GEMM's first operand: a copy where they do not start on a 64-byte boundary. A CPU BLAS
-    rounds a product by that operand's address (MKL by its address mod 16 bytes), and where a group's rows start
-    depends on the groups a process holds beside them: the same rows must give the same bits on any process count."""
-    if compiling():  # no addresses in a graph: the compiled program plans its own buffers
-        return rows
-    return rows if rows.data_ptr() % 64 == 0 else rows.clone(memory_format=torch.contiguous_format)
 
 
 def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNoise, layer: str = "FlipoutLinear") -> Tensor:
@@ -132,14 +123,14 @@ def _flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotN
         else:
             torch.addcmul(bias, out, noise.r, out=out)
         if one_group or noise.groups == 1:
-            out.addmm_(_aligned(x), weight.T)
+            out.addmm_(from_boundary(x), weight.T)
             return out if flat else out.view(*shape[:-1], -1)
         m = n // noise.groups
         groups = [slice(i * m, (i + 1) * m) for i in range(noise.groups)]  # group by group: see _mean_product
         if torch.is_grad_enabled():  # the same sums out of place, for autograd
-            return torch.cat([torch.addmm(out[rows], _aligned(x[rows]), weight.T) for rows in groups]).view(*shape[:-1], -1)
+            return torch.cat([torch.addmm(out[rows], from_boundary(x[rows]), weight.T) for rows in groups]).view(*shape[:-1], -1)
         for rows in groups:
-            out[rows].addmm_(_aligned(x[rows]), weight.T)
+            out[rows].addmm_(from_boundary(x[rows]), weight.T)
         return out.view(*shape[:-1], -1)
     xb = x.reshape(n, -1, x.shape[-1])  # (N, B, in)
     if noise.factors is not None:  # low rank: the signs go into per-member factors, not into the (N, B, in) input
@@ -147,12 +138,12 @@ def _flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotN
         out = _mean_product(xb, weight, bias, noise.groups)
         m = n // noise.groups
         # group by group, each group's operands from a 64-byte boundary: a batched product rounds a member by where
-        # its block lies (see _aligned), which a batch over all of a process's groups ties to the process count
+        # its block lies (see from_boundary), which a batch over all of a process's groups ties to the process count
         for rows in [slice(i * m, (i + 1) * m) for i in range(noise.groups)] if noise.groups > 1 else [slice(None)]:
-            t = torch.bmm(_aligned(xb[rows]), _aligned(b_n[rows]).mT)  # (m, B, r): x_n (s_n ∘ B_g)ᵀ
+            t = torch.bmm(from_boundary(xb[rows]), from_boundary(b_n[rows]).mT)  # (m, B, r): x_n (s_n ∘ B_g)ᵀ
             if noise.bias_eps is not None:
                 t = torch.cat((t, t.new_ones(*t.shape[:2], 1)), 2)
-            out[rows].baddbmm_(t, _aligned(a_n[rows]).mT)  # + t (r_n ∘ A_g)ᵀ, in place
+            out[rows].baddbmm_(t, from_boundary(a_n[rows]).mT)  # + t (r_n ∘ A_g)ᵀ, in place
         if noise.bias_eps is None and noise.bias_r is not None:  # a bias of its own beside a tied weight
             out += noise.bias.unsqueeze(1)
         return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -203,9 +194,9 @@ def _mean_product(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -
     process of all of them make the same calls on the same rows.
     """
     if groups == 1:
-        return F.linear(_aligned(x), weight, bias)
+        return F.linear(from_boundary(x), weight, bias)
     if torch.is_grad_enabled() or not x.is_contiguous():
-        return torch.cat([F.linear(_aligned(rows), weight, bias) for rows in x.chunk(groups)])
+        return torch.cat([F.linear(from_boundary(rows), weight, bias) for rows in x.chunk(groups)])
     # as F.linear computes a contiguous batch (one addmm on its 2-D view), written in place group by group
     x2 = x.view(-1, x.shape[-1])
     out = x2.new_empty(x2.shape[0], weight.shape[0])
@@ -213,9 +204,9 @@ def _mean_product(x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -
     for i in range(groups):
         rows = slice(i * m, (i + 1) * m)
         if bias is None:
-            torch.mm(_aligned(x2[rows]), weight.T, out=out[rows])
+            torch.mm(from_boundary(x2[rows]), weight.T, out=out[rows])
         else:
-            torch.addmm(bias, _aligned(x2[rows]), weight.T, out=out[rows])
+            torch.addmm(bias, from_boundary(x2[rows]), weight.T, out=out[rows])
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -257,15 +248,15 @@ def _grouped_product(xs: Tensor, noise: SlotNoise, with_bias: bool = False) -> T
         rows = slice(i * m, (i + 1) * m)
         into = None if out is None else out[rows]
         if low_rank:  # ((x∘s) Bᵀ) Aᵀ, the group's bias noise as one more rank
-            a, t = noise.factor(0, i), _aligned(xs[rows]) @ noise.factor(1, i).T
+            a, t = noise.factor(0, i), from_boundary(xs[rows]) @ noise.factor(1, i).T
             if with_bias and noise.bias_eps is not None:
                 t = torch.cat((t, t.new_ones(m, 1)), 1)
                 a = torch.cat((a, noise.bias_eps[i : i + 1].T), 1)
             parts.append(torch.mm(t, a.T, out=into))
         elif own_bias:
-            parts.append(torch.addmm(noise.bias_r[rows], _aligned(xs[rows]), noise.eps_t(i), out=into))
+            parts.append(torch.addmm(noise.bias_r[rows], from_boundary(xs[rows]), noise.eps_t(i), out=into))
         else:
-            parts.append(torch.mm(_aligned(xs[rows]), noise.eps_t(i), out=into))
+            parts.append(torch.mm(from_boundary(xs[rows]), noise.eps_t(i), out=into))
     result = out if out is not None else parts[0] if g == 1 else torch.cat(parts)
     if low_rank and own_bias:
         result = result.add_(noise.bias_r) if out is not None else result + noise.bias_r
