@@ -444,3 +444,23 @@ def test_a_layers_own_reads_are_no_direct_reads_printing_the_model_or_calling_it
         with es.population():
             model(x)
             model.spare.weight.sum()
+
+
+class ReadsBeforeAnyCall(nn.Module):
+    """A linear map read as plain tensors before any layer runs, then a layer called: ``body(x @ head.weight.T)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head, self.body = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x @ self.head.weight.T + self.head.bias)
+
+
+def test_a_direct_read_before_any_layer_runs_is_an_error_in_the_first_forward() -> None:
+    """A read of a never-called layer's weight that comes before any Flipout layer runs is noted from the population's
+    start: one forward (a supervised fitness) is enough for the error naming the freeze."""
+    es = flipes.FlipES(flipes.flipout(ReadsBeforeAnyCall()), popsize=8, sigma=0.1)
+    with pytest.raises(ValueError, match=r"never called them \('head'\).*" + re.escape("frozen=['head']")):
+        with es.population():
+            es._module(torch.randn(8, 4))

@@ -624,7 +624,7 @@ class FlipES:
                 "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
             )
         # whether the model runs in here at all (tell warns if not): the first call of a layer or dense module removes
-        # every hook, and from then on notes the reads of Flipout layers' parameters (before it, they are the user's)
+        # every hook
         hooks: list[torch.utils.hooks.RemovableHandle] = []
 
         def ran(module: nn.Module, args: Any) -> None:
@@ -633,8 +633,6 @@ class FlipES:
                 return
             for hook in hooks:
                 hook.remove()
-            for layer in self.layers:
-                layer.__dict__["_flipes_reads"] = set()
 
         ran.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
 
@@ -684,10 +682,11 @@ class FlipES:
                     noise.whole = False
 
     def _note_direct_reads(self) -> list[torch.utils.hooks.RemovableHandle]:
-        """The hooks, to remove at the end, that end the noting of each Flipout layer's parameter reads at its first call:
-        from the first call of any Flipout layer or dense module in a population (``_population``) until then, reads
-        by other code than the layer's own methods are noted (``FlipoutMixin.__getattr__``) for ``_refuse_direct_reads``."""
-
+        """Start noting each Flipout layer's parameter reads, and return the hooks, to remove at the end, that end it at
+        the layer's first call: from the population's start until then, reads by other code than the layer's own methods
+        are noted (``FlipoutMixin.__getattr__``; not while compiling) for ``_refuse_direct_reads``."""
+        for layer in self.layers:
+            layer.__dict__["_flipes_reads"] = set()
         handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
 
         def called(layer: nn.Module, args: Any) -> None:

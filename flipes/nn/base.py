@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from flipes.nn.dense import without_owner
-from flipes.noise import SlotNoise
+from flipes.noise import SlotNoise, compiling
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,13 @@ class FlipoutMixin:
         # in a population, until the layer is first called: its parameters read by other code (x @ layer.weight) are
         # noted, for FlipES's error where it is never called (every member would run the mean weight, silently). Not the
         # layer's own reads (its forward called as layer.forward(x), its repr, flipes' perturbed_weights()): only then
-        # is the caller's frame looked at
-        if "_flipes_reads" in self.__dict__ and name in self._parameters and sys._getframe(1).f_locals.get("self") is not self:
+        # is the caller's frame looked at; nor in a graph being compiled (Dynamo traces no frames)
+        if (
+            "_flipes_reads" in self.__dict__
+            and name in self._parameters
+            and not compiling()
+            and sys._getframe(1).f_locals.get("self") is not self
+        ):
             self.__dict__["_flipes_reads"].add(name)
         return self._flipes_getattr(self, name)
 
