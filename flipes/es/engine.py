@@ -700,8 +700,12 @@ class FlipES:
 
     def _refuse_direct_reads(self) -> None:
         """Raise where the model read an evolved parameter of a Flipout layer it never called (``x @ layer.weight``, or a
-        function given the layer): every member ran its mean, not its own, and nothing else would show it."""
+        function given the layer): every member ran its mean, not its own, and nothing else would show it. Not where
+        no Flipout layer ran at all: members built from the noise by hand read every weight so (``tell`` warns where a
+        fitness came from no member)."""
         called = [layer for layer in self.layers if "_flipes_reads" not in layer.__dict__]
+        if not called:
+            return
         used = {id(p) for layer in called for p in layer._parameters.values()}  # a tied one: perturbed where called
         read = {
             id(layer)
