@@ -710,7 +710,7 @@ class FlipES:
         read = {
             id(layer)
             for layer in self.layers
-            for p in map(layer._parameters.get, layer.__dict__.pop("_flipes_reads", None) or ())
+            for p in map(layer._parameters.get, layer.__dict__.get("_flipes_reads", ()))  # the block's end clears them
             if p is not None and p.requires_grad and id(p) not in used  # None: no bias, read as `layer.bias is None`
         }
         if not read:
