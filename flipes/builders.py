@@ -26,7 +26,7 @@ from flipes.callbacks import (
     TensorBoardLogger,
     WandbLogger,
 )
-from flipes.config import TrainConfig
+from flipes.config import TrainConfig, resolve_groups
 from flipes.errors import UsageError
 from flipes.es import FlipES, Population
 from flipes.nn.convert import flipout_layers, parameter_report
@@ -44,6 +44,7 @@ def build_env(
     """The population's vector env: ``members × episodes`` copies for this process's members (None with ``--env none``)."""
     if config.env.strip().lower() == "none":
         return None
+    config, _ = resolve_groups(config, comm.size)  # groups=0: the count train() takes
     members = len(dist.split_groups(config.groups, comm.rank, comm.size)) * (config.popsize // config.groups)
     if 0 < config.members_per_pass < members:  # one part's envs: RolloutFitness rolls the parts out in turn
         members = config.members_per_pass
@@ -93,6 +94,7 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm, plugins: Pl
                 f"use --noise-rank 1 ... {useful}, or 0 for full-rank noise",
             )
     shaping, optimizer = search_rule(config, plugins)
+    config, _ = resolve_groups(config, comm.size)  # groups=0: the count train() takes
     return FlipES(
         model,
         popsize=config.popsize,

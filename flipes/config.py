@@ -47,9 +47,11 @@ class TrainConfig:
     (lr·√D/2, see --max-speed), with --algo ars SGD's step lr·σ."""
     seed: int = 0
     """Keys all noise and episodes: the same seed gives the same parameters."""
-    groups: int = 1
+    groups: int = 0
     """ε groups: members split into this many blocks, each with its own ε; must divide popsize and,
-    under MPI, be at least the number of processes."""
+    under MPI, be at least the number of processes. 0: one on one process; under MPI the fewest that
+    give every process as many groups (else the fewest that give each one), said in a note: pass a
+    number for a run whose result must not depend on the process count."""
     mirrored: bool = True
     """Antithetic pairs: member 2k+1 is the negative of member 2k (needs an even popsize per group)."""
     noise_rank: int = 0
@@ -263,18 +265,50 @@ LIMITS: MappingProxyType[str, int] = MappingProxyType(
     {"popsize": 2**24, "eval_episodes": 2**20, "episodes": 2**16, "seed": 2**32 - 1}
 )
 
-_AT_LEAST_ONE = ("popsize", "generations", "groups", "episodes", "eval_every", "eval_episodes", "checkpoint_every", "check_every")
+_AT_LEAST_ONE = ("popsize", "generations", "episodes", "eval_every", "eval_episodes", "checkpoint_every", "check_every")
+
+
+def _group_counts(popsize: int, processes: int, mirrored: bool) -> list[int]:
+    """The --groups values that work: dividing --popsize, at least one per process, and with mirrored
+    sampling an even number of members each."""
+    return [g for g in range(processes, popsize + 1) if popsize % g == 0 and not (mirrored and (popsize // g) % 2)]
 
 
 def _groups_fix(popsize: int, processes: int, mirrored: bool) -> str:
-    """The --groups values that work: dividing --popsize, at least one per process, and with mirrored
-    sampling an even number of members each; or, where none does, the --popsize to choose."""
-    fits = [g for g in range(processes, popsize + 1) if popsize % g == 0 and not (mirrored and (popsize // g) % 2)]
+    """The --groups values that work (:func:`_group_counts`); or, where none does, the --popsize to choose."""
+    fits = _group_counts(popsize, processes, mirrored)
     if fits:
         return f"use --groups {fits[0]}" if len(fits) == 1 else f"use one of --groups {fits}"
     step = 2 * processes if mirrored else processes
     need = f"a multiple of {step}" + (" (an even group for every process)" if mirrored else " (a group for every process)")
     return f"no --groups fits --popsize {popsize}: use a --popsize that is {need}, e.g. {max(step, popsize // step * step)}"
+
+
+def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig, str]:
+    """``groups=0`` made a number for ``processes``, and the note that says so under MPI ("" where none is due).
+
+    One process gets one group. Under MPI each process evaluates whole ε groups, so the fewest counts that
+    work: first one that gives every process as many groups (no process waits for another with more
+    members), else the fewest that give each process one. The run records the number, so a resume keeps it
+    on any process count.
+
+    Raises:
+        UsageError: no count fits --popsize on ``processes`` processes, naming the --popsize to choose.
+    """
+    if config.groups != 0 or config.popsize < 1:  # a bad popsize is validate's to name
+        return config, ""
+    if processes == 1:
+        return dataclasses.replace(config, groups=1), ""
+    fits = _group_counts(config.popsize, processes, config.mirrored)
+    if not fits:
+        fix = _groups_fix(config.popsize, processes, config.mirrored)
+        raise UsageError("--groups", f"0 (the default) finds no count for {processes} processes", fix)
+    groups = next((g for g in fits if g % processes == 0), fits[0])
+    note = (
+        f"--groups {groups}: each of the {processes} processes evaluates whole ε groups (--groups 0, the default, takes "
+        "the fewest); pass --groups for a run whose result does not depend on the process count"
+    )
+    return dataclasses.replace(config, groups=groups), note
 
 
 def validate(config: TrainConfig, processes: int = 1) -> None:
@@ -285,6 +319,9 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     """
     check_options(TrainConfig, dataclasses.asdict(config), "flipes.train")  # types, when built by hand
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    if config.groups < 0:
+        raise UsageError("--groups", f"must be at least 0, got {config.groups}", "0 takes the fewest that fit, e.g. --groups 8")
+    config, _ = resolve_groups(config, processes)
     for name in _AT_LEAST_ONE:
         if getattr(config, name) < 1:
             opt = option_name(name)

@@ -35,7 +35,7 @@ from flipes import dist
 from flipes.builders import Fitness, build_env, build_es, build_evaluator, build_fitness, build_model, standard_callbacks
 from flipes.callbacks import Callback, Checkpointer, PlainRow
 from flipes.checkpoint import tensors_sha256
-from flipes.config import TrainConfig, resolve_target, resume_dir, validate
+from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_dir, validate
 from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError
 from flipes.es import FlipES
 from flipes.nn import flipout, uncompiled
@@ -281,12 +281,13 @@ def train(
     plugins.check(config.fitness)
     comm = comm if comm is not None else dist.world(config.mpi_timeout)  # its startup is bounded by it too
     validate(config, comm.size)
+    config, groups_note = resolve_groups(config, comm.size)  # the number the run records
     config = config.resolve_auto_resume()
     threads_before = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, comm, callbacks, plugins)
+        return _train(config, comm, callbacks, plugins, [groups_note] if groups_note else [])
     finally:
         torch.set_num_threads(threads_before)  # the caller's process as it was
 
@@ -319,11 +320,11 @@ def _sigma_schedule(overrides: dict[str, Any], config: TrainConfig | None) -> tu
     return overrides, config
 
 
-def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins) -> TrainResult:
+def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins, notes: list[str]) -> TrainResult:
     if isinstance(comm, dist.MPIComm):
         comm.start_watchdog(config.mpi_timeout)  # from the first exchange on: a stopped rank cannot hang the job
     try:
-        return _train_watched(config, comm, callbacks, plugins)
+        return _train_watched(config, comm, callbacks, plugins, notes)
     except SystemExit as e:  # sys.exit in a fitness or callback on one rank: the others must not wait for it
         if comm.size > 1:
             dist.abort_on_exit(comm, e)
@@ -333,7 +334,9 @@ def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plug
             comm.start_watchdog(0)
 
 
-def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins) -> TrainResult:
+def _train_watched(
+    config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins, notes: list[str]
+) -> TrainResult:
     lead = comm.rank == 0
     device = config.device
     if device == "cuda" and comm.size > 1:  # rank -> a GPU of its node, shared if too few
@@ -345,7 +348,7 @@ def _train_watched(config: TrainConfig, comm: dist.Comm, callbacks: list[Callbac
         check_run_dir(run_dir, config)  # before anything is built or written
         if config.resume:  # a run its process is still writing is "in use", not a run of other options
             check_not_in_use(resume_dir(config.resume))
-    notes: list[str] = []  # said once everything is built: a mistake found while building stays one line
+    notes = list(notes)  # said once everything is built: a mistake found while building stays one line
 
     with contextlib.ExitStack() as cleanup:  # envs and the lock are let go however this ends (a failed check too)
         env = build_env(config, comm, device, notes.append)

@@ -292,6 +292,38 @@ def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.Capture
         assert expected in capsys.readouterr().err, argv
 
 
+def test_the_default_group_count_gives_every_process_whole_groups_and_a_given_one_is_kept() -> None:
+    """--groups 0 (the default) is one group on one process; on P processes the fewest groups that give every
+    process as many, else the fewest that give each one, each group an even number of members when mirrored;
+    a count given is kept (and refused where it cannot work), and where no count fits the error names a --popsize."""
+    from flipes.config import resolve_groups, validate
+
+    cases = [  # (popsize, mirrored, processes) -> groups
+        ((64, True, 1), 1),
+        ((64, True, 2), 2),
+        ((48, True, 3), 3),
+        ((64, True, 3), 4),  # 3 and 6 do not divide 64; no multiple of 3 does with even groups
+        ((64, True, 5), 8),
+        ((24, True, 4), 4),
+        ((10, False, 3), 5),
+    ]
+    for (popsize, mirrored, processes), groups in cases:
+        config = TrainConfig(popsize=popsize, mirrored=mirrored)
+        resolved, note = resolve_groups(config, processes)
+        assert resolved == dataclasses.replace(config, groups=groups), (popsize, mirrored, processes)
+        assert (note == "") == (processes == 1) and (processes == 1 or note.startswith(f"--groups {groups}: each of")), note
+        validate(config, processes)  # the default passes where the count it takes does
+    given = TrainConfig(popsize=64, groups=1)
+    assert resolve_groups(given, 2) == (given, "")
+    with pytest.raises(flipes.UsageError, match="1 group\\(s\\) cannot be shared by 2 processes"):
+        validate(given, 2)
+    none_fits = r"0 \(the default\) finds no count for 4 processes; no --groups fits --popsize 6"
+    with pytest.raises(flipes.UsageError, match=none_fits):
+        validate(TrainConfig(popsize=6), 4)
+    with pytest.raises(flipes.UsageError, match="--groups: must be at least 0, got -1"):
+        validate(TrainConfig(groups=-1))
+
+
 CONFIG_TYPE_ERRORS = [
     ("generations = 3.7\n", "generations = 3.7 is not an integer; write e.g. generations = 4"),
     ('popsize = "64"\n', "popsize = '64' is not an integer; write e.g. popsize = 64"),

@@ -276,6 +276,23 @@ def test_a_user_mistake_under_mpi_is_one_line_and_ends_the_job(tmp_path: Path) -
     assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
 
 
+def test_without_groups_two_processes_take_two_and_the_run_keeps_them_on_one(tmp_path: Path) -> None:
+    """Under mpiexec without --groups, training takes one ε group per process, says so in one note and records
+    it: a resume on one process continues with those groups, on the parameters of a one-process run given them."""
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    args = ["--env", "flipes/CartPole-v1", "--popsize", "16", "--eval-episodes", "5", "--target", "none", "--seed", "4"]
+    r = mpirun(2, *args, "--generations", "2", "--comm", "seeds", "--tensorboard", "false", "--out", str(run))
+    notes = [line for line in r.stderr.splitlines() if line.startswith("flipes: --groups")]
+    assert notes == [
+        "flipes: --groups 2: each of the 2 processes evaluates whole ε groups (--groups 0, the default, takes the "
+        "fewest); pass --groups for a run whose result does not depend on the process count"
+    ], r.stderr
+    assert json.loads((run / "config.json").read_text())["groups"] == 2
+    train_on(1, "--resume", str(run), "--generations", "3")
+    train_on(1, *args, "--generations", "3", "--comm", "seeds", "--groups", "2", "--tensorboard", "false", "--out", str(ref))
+    assert last(run)["generation"] == 2 and torch.equal(params(run), params(ref))
+
+
 @pytest.mark.parametrize("mode", ["seeds", "allreduce"])
 def test_adaptive_sigma_does_not_depend_on_the_process_count(tmp_path: Path, mode: str) -> None:
     """--algo pgpe (σ per layer adapted, ClipUp): 2 processes end with the σ's and parameters of one,
