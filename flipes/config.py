@@ -49,9 +49,10 @@ class TrainConfig:
     """Keys all noise and episodes: the same seed gives the same parameters."""
     groups: int = 0
     """ε groups: members split into this many blocks, each with its own ε; must divide popsize and,
-    under MPI, be at least the number of processes. 0: one on one process; under MPI the fewest that
-    give every process as many groups (else the fewest that give each one), said in a note: pass a
-    number for a run whose result must not depend on the process count."""
+    under MPI, be at least the number of processes. 0: the fewest that work, said in a note where not
+    one: under MPI the fewest that give every process as many groups (else the fewest that give each
+    one), more where --members-per-pass needs them: pass a number for a run whose result must not
+    depend on the process count."""
     mirrored: bool = True
     """Antithetic pairs: member 2k+1 is the negative of member 2k (needs an even popsize per group)."""
     noise_rank: int = 0
@@ -285,28 +286,43 @@ def _groups_fix(popsize: int, processes: int, mirrored: bool) -> str:
 
 
 def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig, str]:
-    """``groups=0`` made a number for ``processes``, and the note that says so under MPI ("" where none is due).
+    """``groups=0`` made a number for ``processes``, and the note that says so ("" where one group runs on one process).
 
-    One process gets one group. Under MPI each process evaluates whole ε groups, so the fewest counts that
-    work: first one that gives every process as many groups (no process waits for another with more
-    members), else the fewest that give each process one. The run records the number, so a resume keeps it
-    on any process count.
+    Each process evaluates whole ε groups, so the fewest counts that work with the other options: one on one
+    process; under MPI first one that gives every process as many groups (no process waits for another with
+    more members), else the fewest that give each process one; more where --members-per-pass asks for them
+    (--hold-noise false samples a part's groups alone). The run records the number, so a resume keeps it on
+    any process count.
 
     Raises:
         UsageError: no count fits --popsize on ``processes`` processes, naming the --popsize to choose.
     """
     if config.groups != 0 or config.popsize < 1:  # a bad popsize is validate's to name
         return config, ""
-    if processes == 1:
-        return dataclasses.replace(config, groups=1), ""
     fits = _group_counts(config.popsize, processes, config.mirrored)
     if not fits:
+        if processes == 1:  # an odd popsize with mirrored sampling: validate names it
+            return dataclasses.replace(config, groups=1), ""
         fix = _groups_fix(config.popsize, processes, config.mirrored)
         raise UsageError("--groups", f"0 (the default) finds no count for {processes} processes", fix)
-    groups = next((g for g in fits if g % processes == 0), fits[0])
+    order = sorted(fits, key=lambda g: (g % processes != 0, g))
+    for groups in order:
+        try:
+            _check_members_per_pass(dataclasses.replace(config, groups=groups), config.popsize // groups, processes)
+        except UsageError:
+            continue
+        break
+    else:
+        groups = order[0]  # validate names what is wrong with the parts
+    if groups == 1:
+        return dataclasses.replace(config, groups=1), ""
+    why = [f"each of the {processes} processes evaluates whole ε groups"] if processes > 1 else []
+    if groups != order[0]:
+        parts = f"--members-per-pass {config.members_per_pass}" + (" with --hold-noise false" * (not config.hold_noise))
+        why.append(f"{parts} needs parts of whole groups")
     note = (
-        f"--groups {groups}: each of the {processes} processes evaluates whole ε groups (--groups 0, the default, takes "
-        "the fewest); pass --groups for a run whose result does not depend on the process count"
+        f"--groups {groups}: {', and '.join(why)} (--groups 0, the default, takes the fewest that work); pass --groups for "
+        "a run whose members do not depend on the process count or the parts"
     )
     return dataclasses.replace(config, groups=groups), note
 

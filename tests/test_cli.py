@@ -295,7 +295,8 @@ def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.Capture
 def test_the_default_group_count_gives_every_process_whole_groups_and_a_given_one_is_kept() -> None:
     """--groups 0 (the default) is one group on one process; on P processes the fewest groups that give every
     process as many, else the fewest that give each one, each group an even number of members when mirrored;
-    a count given is kept (and refused where it cannot work), and where no count fits the error names a --popsize."""
+    more where --members-per-pass parts sample their own groups' noise; a count given is kept (and refused where it
+    cannot work), and where no count fits the error names a --popsize."""
     from flipes.config import resolve_groups, validate
 
     cases = [  # (popsize, mirrored, processes) -> groups
@@ -313,6 +314,12 @@ def test_the_default_group_count_gives_every_process_whole_groups_and_a_given_on
         assert resolved == dataclasses.replace(config, groups=groups), (popsize, mirrored, processes)
         assert (note == "") == (processes == 1) and (processes == 1 or note.startswith(f"--groups {groups}: each of")), note
         validate(config, processes)  # the default passes where the count it takes does
+    parts = TrainConfig(popsize=64, members_per_pass=16, hold_noise=False)  # parts that sample their own groups' noise
+    resolved, note = resolve_groups(parts, 1)
+    assert resolved.groups == 2 and note.startswith("--groups 2: --members-per-pass 16 with --hold-noise false needs")
+    validate(parts)
+    with pytest.raises(flipes.UsageError, match="--hold-noise: false with --groups 1"):
+        validate(dataclasses.replace(parts, groups=1))
     given = TrainConfig(popsize=64, groups=1)
     assert resolve_groups(given, 2) == (given, "")
     with pytest.raises(flipes.UsageError, match="1 group\\(s\\) cannot be shared by 2 processes"):

@@ -285,7 +285,7 @@ def test_without_groups_two_processes_take_two_and_the_run_keeps_them_on_one(tmp
     notes = [line for line in r.stderr.splitlines() if line.startswith("flipes: --groups")]
     assert notes == [
         "flipes: --groups 2: each of the 2 processes evaluates whole ε groups (--groups 0, the default, takes the "
-        "fewest); pass --groups for a run whose result does not depend on the process count"
+        "fewest that work); pass --groups for a run whose members do not depend on the process count or the parts"
     ], r.stderr
     assert json.loads((run / "config.json").read_text())["groups"] == 2
     train_on(1, "--resume", str(run), "--generations", "3")
