@@ -217,7 +217,7 @@ def run_flipes(task: str, method: str, seed: int, budget: float, args: Args) -> 
         "sigma_end": rows[-1]["sigma"],
         "sigma_layers_end": result.es.sigmas(),  # per Flipout layer (then dense parameter)
         "evals": evals,
-        "settings": {k: v for k, v in dataclasses.asdict(config).items() if k in SHOWN},
+        "settings": {k: v for k, v in dataclasses.asdict(result.config).items() if k in SHOWN},
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
     }

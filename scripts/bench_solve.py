@@ -181,7 +181,7 @@ def run_flipes(env_id: str, seed: int, overrides: dict[str, Any], args: Args) ->
         "eval_mean": last.get("eval_return", float("nan")),
         "eval_std": last.get("eval_std", float("nan")),
         "best_eval": max((r["eval_return"] for r in evals), default=float("nan")),
-        "settings": dataclasses.asdict(config),
+        "settings": dataclasses.asdict(result.config),
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }
