@@ -103,6 +103,10 @@ class JSONLLogger(Callback):
                                f"{self.path.parent / 'checkpoint.pt'}") from None  # fmt: skip
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file (again: a no-op); also where training ended by an exception, before ``on_train_end``."""
         if self.file is not None:
             self.file.close()
 
@@ -229,6 +233,10 @@ class TensorBoardLogger(Callback):
                 self.writer.add_scalar(key, value, row["generation"])
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the writer (again: a no-op); also where training ended by an exception, before ``on_train_end``."""
         self.writer.close()
 
 

@@ -390,6 +390,9 @@ def _train_watched(
         if lead:
             cleanup.callback(prepare_run_dir(run_dir, config, state.checkpoint_state()).release)
         standard = standard_callbacks(config, run_dir) if lead else []  # TensorBoard writes: after the lock
+        for sink in standard:  # files closed however this ends (an exception skips on_train_end), before the lock goes
+            if callable(close := getattr(sink, "close", None)):
+                cleanup.callback(close)
         users = callbacks if lead else []
         state.callbacks = users
         keys = callback_keys(users)

@@ -1562,3 +1562,40 @@ def test_evaluate_policy_runs_the_policy_in_eval_mode_and_sets_each_module_back(
     assert policy.training and policy.drop.training and not policy.kept.training
     expected = evaluate_policy(Dropping().eval(), "flipes/CartPole-v1", 20, seed=3)
     assert torch.equal(trained_mode, expected) and len(set(expected.tolist())) > 1
+
+
+def _open_files_under(directory: Path) -> list[str]:
+    """The files under ``directory`` that this process holds open (Linux: /proc/self/fd)."""
+    fds = Path("/proc/self/fd")
+    held = []
+    for fd in fds.iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        if target.startswith(str(directory)):
+            held.append(target)
+    return held
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the process's open files from /proc")
+@pytest.mark.parametrize("tensorboard", [False, True])
+def test_a_run_that_raises_leaves_no_file_of_its_directory_open(tmp_path: Path, tensorboard: bool) -> None:
+    """A fitness that raises in the second generation ends flipes.train with its own exception, and the run's
+    metrics.jsonl (and TensorBoard's event file) are closed by then, not left open until garbage collection."""
+    if tensorboard:
+        pytest.importorskip("tensorboard")
+
+    def fitness(model: torch.nn.Module, pop: flipes.Population) -> torch.Tensor:
+        if pop.generation == 1:
+            raise RuntimeError("a bug in the fitness")
+        return model(torch.ones(pop.size, 4)).sum(-1)
+
+    with pytest.raises(RuntimeError, match="a bug in the fitness"):
+        try:
+            flipes.train(env="none", fitness=fitness, model=lambda env: torch.nn.Linear(4, 2), popsize=8, generations=3,
+                         out=str(tmp_path), tensorboard=tensorboard, progress=False)  # fmt: skip
+        except RuntimeError:
+            assert _open_files_under(tmp_path) == []  # while the traceback still holds every frame
+            raise
+    assert [json.loads(line)["generation"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0]
