@@ -422,3 +422,52 @@ def test_render_of_an_id_gymnasium_does_not_have_says_so_in_one_line(tmp_path) -
         with pytest.raises(flipes.UsageError, match=r"^--render: gymnasium has no env '.*' to render \(.*without --render"):
             record(policy, env_id, tmp_path / "taxi.gif", seed=0, max_frames=10)
     assert not list(tmp_path.iterdir())
+
+
+class Sloppy(Signs):
+    """Signs whose ``step`` or ``reset`` returns what a hurried env author writes (``mistake`` names it)."""
+
+    def __init__(self, num_envs: int, mistake: str = "") -> None:
+        super().__init__(num_envs)
+        self.mistake = mistake
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[override]
+        obs, info = super().reset(seed=seed, options=options)
+        return obs if self.mistake == "obs only" else (obs, info)
+
+    def step(self, actions):  # type: ignore[override]
+        obs, reward, terminated, truncated, info = super().step(actions)
+        if self.mistake == "reward column":
+            return obs, reward[:, None], terminated, truncated, info
+        if self.mistake == "float flags":
+            return obs, reward, terminated.float(), truncated.float(), info
+        if self.mistake == "done":
+            return obs, reward, terminated | truncated, info
+        return obs, reward, terminated, truncated, info
+
+
+MISTAKES = ("reward column", "float flags", "done", "obs only")
+for _mistake in ("", *MISTAKES):
+    gym.register(f"owntest/Sloppy{_mistake.title().replace(' ', '')}-v0", vector_entry_point=Sloppy, kwargs={"mistake": _mistake})
+
+
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [
+        ("reward column", "Sloppy.step() returned rewards of shape (6, 1) for 6 envs; return one per env, shape (6,)"),
+        ("float flags", "Sloppy.step() returned terminated as a Tensor of shape (6,) and dtype float32 for 6 envs; return one"),
+        ("done", "Sloppy.step() returned a tuple of 4, not gymnasium's (observations, rewards, terminated, truncated, infos)"),
+        ("obs only", "Sloppy.reset() returned a Tensor of shape (6, 3) and dtype float32, not gymnasium's (observations, info)"),
+    ],
+)
+def test_an_own_env_returning_other_than_gymnasiums_api_is_one_error_naming_the_value(
+    tmp_path, mistake: str, message: str
+) -> None:
+    """A batched env of one's own whose reset or step returns other than gymnasium's vector API (rewards as a column,
+    float flags, the old API's 4-tuple, observations without info) stops training at its first step with a UsageError
+    naming the env, the value and the shape it should have, not a torch error deep in the rollout; the same env
+    returning the right values trains."""
+    kw = {"popsize": 6, "generations": 1, "eval_episodes": 2, "progress": False, "tensorboard": False}
+    with pytest.raises(flipes.UsageError, match="^" + re.escape("--env: " + message)):
+        flipes.train(env=f"owntest/Sloppy{mistake.title().replace(' ', '')}-v0", out=str(tmp_path / "bad"), **kw)
+    assert flipes.train(env="owntest/Sloppy-v0", out=str(tmp_path / "good"), **kw).reason == "generations"

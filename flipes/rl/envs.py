@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flipes.errors import UsageError
 from flipes.rl.envpool_vec import EnvPoolVectorEnv, envpool_ids
 from flipes.rl.mujoco_log import mujoco_warnings_once, uses_mujoco
 from flipes.rl.spaces import STRUCTURED, SpaceError, flat_observation_space, flatten_observations, layout
@@ -47,6 +48,56 @@ class EnvError(ValueError):
 
 # gymnasium packages whose steps cost enough (a physics engine) that worker processes beat one loop
 _HEAVY_ENTRY_POINTS = ("gymnasium.envs.mujoco", "gymnasium.envs.box2d")
+
+
+def _described(x: Any) -> str:
+    """A value an env returned, as an error names it: its type, and its shape and dtype where it has them."""
+    if isinstance(x, tuple | list):
+        return f"a {type(x).__name__} of {len(x)}"
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+        return f"a {type(x).__name__}"
+    return f"a {type(x).__name__} of shape {tuple(shape)} and dtype {str(dtype).removeprefix('torch.')}"
+
+
+def reset_observations(out: Any, env: Any) -> Any:
+    """The observations of what a vector env's ``reset`` returned, ``(observations, info)``; a UsageError
+    naming gymnasium's API where it returned something else (the observations alone: gym's old API)."""
+    if isinstance(out, tuple | list) and len(out) == 2:
+        return out[0]
+    name = f"{type(getattr(env, 'unwrapped', env)).__name__}.reset()"  # the user's env, not a wrapper of flipes
+    raise UsageError(
+        "--env", f"{name} returned {_described(out)}, not gymnasium's (observations, info)", "return obs, {} from reset"
+    )
+
+
+def check_step(out: Any, env: Any, outputs_only: bool = False) -> None:
+    """Raise a UsageError naming the fix unless ``out``, what a vector env of ``env.num_envs`` copies returned from
+    ``step``, is gymnasium's ``(observations, rewards, terminated, truncated, infos)``: rewards of shape
+    ``(num_envs,)``, the two flags booleans of that shape. ``outputs_only``: their number alone."""
+    name = f"{type(getattr(env, 'unwrapped', env)).__name__}.step()"  # the user's env, not a wrapper of flipes
+    if not isinstance(out, tuple | list) or len(out) != 5:
+        raise UsageError(
+            "--env",
+            f"{name} returned {_described(out)}, not gymnasium's (observations, rewards, terminated, truncated, infos)",
+            "return those five (the old API's done is terminated | truncated: truncated marks a time limit)",
+        )
+    if outputs_only:
+        return
+    n = env.num_envs
+    _, reward, terminated, truncated, _ = out
+    shape = tuple(getattr(reward, "shape", np.shape(reward)))
+    if shape != (n,):
+        raise UsageError("--env", f"{name} returned rewards of shape {shape} for {n} envs", f"return one per env, shape ({n},)")
+    for what, flags in (("terminated", terminated), ("truncated", truncated)):
+        flags = flags if isinstance(flags, Tensor) else np.asarray(flags)
+        boolean = flags.dtype == torch.bool if isinstance(flags, Tensor) else flags.dtype == np.bool_
+        if tuple(flags.shape) != (n,) or not boolean:
+            raise UsageError(
+                "--env",
+                f"{name} returned {what} as {_described(flags)} for {n} envs",
+                f"return one bool per env, shape ({n},) (e.g. done > 0.5, or done.bool())",
+            )
 
 
 class NumpyToTorch(gym.vector.VectorWrapper):
@@ -89,7 +140,8 @@ class NumpyToTorch(gym.vector.VectorWrapper):
         return self._torch(obs)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None) -> tuple[Tensor, dict]:
-        obs, info = self.env.reset(seed=seed, options=options)
+        out = self.env.reset(seed=seed, options=options)
+        obs, info = reset_observations(out, self.env), out[1]
         self.speaks_torch = holds_tensors(obs)
         return self.observations(obs), info
 
@@ -98,7 +150,9 @@ class NumpyToTorch(gym.vector.VectorWrapper):
             a = torch.as_tensor(actions)
         else:
             a = actions.detach().cpu().numpy() if isinstance(actions, Tensor) else np.asarray(actions)
-        obs, reward, terminated, truncated, info = self.env.step(a)
+        out = self.env.step(a)
+        check_step(out, self.env, outputs_only=True)  # the rest is checked where the rollout reads it
+        obs, reward, terminated, truncated, info = out
         return self.observations(obs), self._torch(reward), self._torch(terminated), self._torch(truncated), info
 
 

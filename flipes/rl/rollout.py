@@ -23,7 +23,7 @@ from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.checks import integer
 from flipes.es.population import Population
 from flipes.nn import uncompiled
-from flipes.rl.envs import NumpyToTorch, holds_tensors
+from flipes.rl.envs import NumpyToTorch, check_step, holds_tensors, reset_observations
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.recurrent import is_recurrent, stepper
 
@@ -54,7 +54,7 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
         base = episode_seed(seed, 0, stream) + first
         obs, _ = reset_streams([base + i for i in range(n)], generation)
     else:
-        obs, _ = env.reset(seed=episode_seed(seed, generation, stream) + first)
+        obs = reset_observations(env.reset(seed=episode_seed(seed, generation, stream) + first), env)
     return obs
 
 
@@ -198,7 +198,7 @@ def run_episodes(
     """
     check_vector_env(env, "run_episodes")
     if obs is None:
-        obs, _ = env.reset(seed=seed)
+        obs = reset_observations(env.reset(seed=seed), env)
     if not isinstance(obs, Tensor):  # a numpy vector env (gymnasium.make_vec), or Dict observations: through torch
         env = NumpyToTorch(env, device=None, speaks_torch=holds_tensors(obs))
         obs = env.observations(obs)
@@ -226,7 +226,10 @@ def run_episodes(
         actions = act(obs)
         if t == 0:
             check_actions(actions, env.single_action_space, n)
-        obs, reward, terminated, truncated, _ = env.step(actions)
+        out = env.step(actions)
+        if t == 0:  # once per rollout, as the actions: a user's env whose outputs torch would misread or refuse later
+            check_step(out, env)
+        obs, reward, terminated, truncated, _ = out
         t += 1
         returns += torch.as_tensor(reward, device=device).double() * alive
         lengths += alive
