@@ -604,6 +604,16 @@ def test_bad_input_gives_errors_that_say_what_to_do() -> None:
         make_vector_env("flipes/NoSuch-v0", 2)
 
 
+@pytest.mark.parametrize("typed", ["flipes/CartPol-v1", "flipes/Cartpole-v1", "flipes/CartPole-v0", "flipes/pendulum-v1"])
+def test_a_flipes_id_with_a_typo_is_refused_naming_the_id_meant(typed: str) -> None:
+    """A flipes id typed with a letter missing, another case or another version is refused with the one flipes id
+    it is closest to, before the list of them all."""
+    meant = "flipes/Pendulum-v1" if "endulum" in typed else "flipes/CartPole-v1"
+    expect = f"unknown env id {typed!r}; did you mean {meant}? flipes has {FLIPES_IDS}"
+    with pytest.raises(ValueError, match=whole(expect)):
+        make_vector_env(typed, 2)
+
+
 @pytest.mark.parametrize(
     "env_id,pipeline",
     [

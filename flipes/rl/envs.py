@@ -243,7 +243,7 @@ def _engine_env(
         except gym.error.DependencyNotInstalled as e:  # the MuJoCo ids without MuJoCo Warp: the message says what to install
             raise EnvError(f"{env_id!r}: {e}") from e
         except gym.error.Error as e:
-            raise EnvError(f"unknown env id {env_id!r}; flipes has {_flipes_ids()}") from e
+            raise EnvError(f"unknown env id {env_id!r}; {_did_you_mean(env_id)}flipes has {_flipes_ids()}") from e
     backend, name = split_env_id(env_id)
     threads = threads or available_cores()
     if backend in ("auto", "envpool"):
@@ -343,6 +343,13 @@ def _install_hint(spec: gym.envs.registration.EnvSpec, error: Exception) -> str:
 
 def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
+
+
+def _did_you_mean(env_id: str) -> str:
+    """``did you mean flipes/CartPole-v1? `` for a flipes id typed with a typo or another case; empty where none is close."""
+    ids = {k.lower(): k for k in gym.registry if k.startswith("flipes/")}
+    close = difflib.get_close_matches(env_id.lower(), sorted(ids), n=1, cutoff=0.8)
+    return f"did you mean {ids[close[0]]}? " if close else ""
 
 
 def _flipes_ids() -> str:
