@@ -272,6 +272,35 @@ MINIMIZE_FIX = (
     "takes a loss in a loop of your own)"
 )
 
+# other ES libraries' names for training options: (whose, flipes' option, what else to know); README's "Coming from" table
+FOREIGN = {
+    "noise_stdev": ("OpenAI's ES starter", "sigma", ""),
+    "stepsize": ("OpenAI's ES starter", "lr", " (its Adam)"),
+    "l2coeff": ("OpenAI's ES starter", "weight_decay", ", at c/σ for its l2coeff c (with Adam at {lr} = its stepsize)"),
+    "episodes_per_batch": ("OpenAI's ES starter", "popsize", " (members; the episodes per member are {episodes})"),
+    "return_proc_mode": ("OpenAI's ES starter", "shaping", " (centered-ranks, the default, z-score or raw)"),
+    "stdev_init": ("EvoTorch's", "sigma", ""),
+    "init_stdev": ("EvoJAX's", "sigma", ""),
+    "center_learning_rate": ("EvoTorch's and EvoJAX's", "lr", " (their ClipUp at c is {algo}=pgpe with {max_speed}=2c)"),
+    "stdev_learning_rate": ("EvoTorch's and EvoJAX's", "sigma_lr", " (one σ per layer)"),
+    "symmetric": ("EvoTorch's", "mirrored", ""),
+    "ranking_method": ("EvoTorch's", "shaping", ""),
+    "sigma_init": ("evosax's", "sigma", ""),
+    "sigma_limit": ("evosax's", "sigma_min", ""),
+    "max_iter": ("EvoJAX's", "generations", " (a total: a resume trains up to it)"),
+}
+
+
+def foreign_fix(key: str, flags: bool) -> str | None:
+    """What flipes calls an option another ES library calls ``key`` (as a flag, or as a keyword and config key),
+    or None where ``key`` is no such name."""
+    if key not in FOREIGN:
+        return None
+    who, ours, note = FOREIGN[key]
+    name = (lambda k: "--" + k.replace("_", "-")) if flags else (lambda k: k)
+    who = who if who.endswith("'s") else f"{who}'s"
+    return f"{who} {key} is {name(ours)} here{note.format(**{k: name(k) for k in ('lr', 'episodes', 'algo', 'max_speed')})}"
+
 
 def check_options(cls: type, values: Mapping[str, Any], source: str, also: Sequence[str] = ()) -> dict[str, Any]:
     """``values`` by field name, each checked against ``cls``'s annotation (see :func:`check_value`);
@@ -290,6 +319,8 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
             fix = f"did you mean {', '.join(close)}?" if close else f"valid options: {', '.join([*names, *also])}"
             if key in MINIMIZE and cls.__name__ == "TrainConfig":  # EvoTorch's and evosax's way to minimize
                 fix = MINIMIZE_FIX
+            if cls.__name__ == "TrainConfig" and (foreign := foreign_fix(key, flags=False)):  # not the closest spelling
+                fix = foreign
             raise UsageError(source, f"unknown option {key!r}", fix)
         try:
             out[key] = check_value(key, value, field_type(hints[key]))
@@ -318,8 +349,11 @@ class _Parser(argparse.ArgumentParser):
             flags = [f for a in self._actions for f in a.option_strings if f.startswith("--")]
             close = difflib.get_close_matches(word.split("=")[0], flags, n=3)
             fix = f"did you mean {', '.join(close)}?" if close else f"{self.prog} --help lists the options"
-            if self.prog.endswith("train") and word.split("=")[0].lstrip("-").replace("-", "_") in MINIMIZE:
+            key = word.split("=")[0].lstrip("-").replace("-", "_")
+            if self.prog.endswith("train") and key in MINIMIZE:
                 fix = MINIMIZE_FIX
+            if self.prog.endswith("train") and (foreign := foreign_fix(key, flags=True)):
+                fix = foreign
             raise UsageError(word, "unknown option", fix)
         raise UsageError(self.prog, message, f"{self.prog} --help describes the options")
 

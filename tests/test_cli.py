@@ -622,3 +622,32 @@ def test_the_progress_line_is_printed_every_kth_generation_when_piped_and_rewrit
     first, *shown = live.getvalue().split("\r\033[K")
     assert first == "" and len(shown) == 6 and all("\n" not in line for line in shown[:-1])
     assert shown[-1].endswith("\ndone\n") and re.fullmatch(re.escape(expect[-1]) + eta, shown[-1].removesuffix("\ndone\n"))
+
+
+@pytest.mark.parametrize(
+    ("key", "flag_fix", "keyword_fix"),
+    [
+        ("noise_stdev", "OpenAI's ES starter's noise_stdev is --sigma here", "OpenAI's ES starter's noise_stdev is sigma here"),
+        (
+            "l2coeff",
+            "OpenAI's ES starter's l2coeff is --weight-decay here, at c/σ for its l2coeff c (with Adam at --lr = its stepsize)",
+            "OpenAI's ES starter's l2coeff is weight_decay here, at c/σ for its l2coeff c (with Adam at lr = its stepsize)",
+        ),
+        ("stdev_init", "EvoTorch's stdev_init is --sigma here", "EvoTorch's stdev_init is sigma here"),
+        ("sigma_limit", "evosax's sigma_limit is --sigma-min here", "evosax's sigma_limit is sigma_min here"),
+    ],
+)
+def test_another_libraries_name_for_an_option_is_refused_naming_flipes_own(
+    key: str, flag_fix: str, keyword_fix: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An option spelt as OpenAI's ES starter, EvoTorch or evosax spell it (``--noise-stdev``, ``l2coeff=``) is refused
+    naming the flipes option that means it, as a flag and as a keyword of flipes.train, not the option whose spelling is
+    closest (``--noise-rank`` for ``--noise-stdev``); nothing is written."""
+    with pytest.raises(flipes.UsageError) as error:
+        flipes.train(env="none", out=str(tmp_path / "out"), **{key: 0.01})
+    assert str(error.value) == f"flipes.train: unknown option {key!r}; {keyword_fix}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", f"--{key.replace('_', '-')}", "0.01", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"flipes: error: --{key.replace('_', '-')}: unknown option; {flag_fix}\n"
+    assert not (tmp_path / "out").exists()
