@@ -288,12 +288,18 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
                          "use the evaluate() beside your fitness function")  # fmt: skip
     policy = load_policy(args.run, args.checkpoint, args.device)
     cut = run_config(args.run).get("max_episode_steps") or None  # the run's own cut, for envs without a time limit
-    returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device, max_steps=cut)
+    shown = render_env(env_id) if args.render else None  # an env that cannot render says so before the episodes
+    try:
+        returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device, max_steps=cut)
+    except BaseException:
+        if shown is not None:
+            shown.close()
+        raise
     mean, std = returns.mean().item(), returns.std().item() if len(returns) > 1 else 0.0
     what = "best member" if args.checkpoint == "best-member" else "center policy"
     print(f"{env_id}: {what} return {mean:.2f} ± {std:.2f} over {args.episodes} episodes ({args.checkpoint} checkpoint)")
     if args.render:
-        n = record(policy, env_id, Path(args.render), args.seed, args.max_frames, cut)
+        n = record(policy, env_id, Path(args.render), args.seed, args.max_frames, cut, env=shown)
         print(f"wrote {args.render} ({n} frames)")
     return mean, std
 
@@ -310,47 +316,22 @@ normalization included. --render plays one episode in gymnasium's own implementa
 """
 
 
-def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max_steps: int | None = None) -> int:
+def record(
+    policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max_steps: int | None = None, env: Any = None
+) -> int:
     """One episode of ``policy`` in gymnasium's own ``env_id`` (cut after ``max_steps`` steps), rendered to a GIF or MP4;
     returns the frames. The policy sees observations in the env's dtype and the env gets actions as its space holds them
-    (a Discrete action as a Python int, which toy-text envs index their tables with)."""
+    (a Discrete action as a Python int, which toy-text envs index their tables with). ``env``: the env
+    :func:`render_env` made for ``env_id`` (made here when None); closed here."""
     import gymnasium as gym
     import numpy as np
     import torch
 
     from flipes.rl import stepper
     from flipes.rl.envs import base_id
-    from flipes.rl.mujoco_log import makes_mujoco, mujoco_warnings_once
-    from flipes.rl.spaces import SpaceError, flat_observation_space
 
+    env = render_env(env_id) if env is None else env
     headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    if headless:  # offscreen rendering needs no window: pygame's dummy driver, MuJoCo's EGL (read at the first render)
-        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-        os.environ.setdefault("MUJOCO_GL", "egl")
-    try:
-        with mujoco_warnings_once(load=makes_mujoco(base_id(env_id))):  # no MUJOCO_LOG.TXT left in the user's directory
-            env = gym.make(base_id(env_id), render_mode="rgb_array")  # gymnasium's own env, without an engine prefix
-    except gym.error.DependencyNotInstalled as e:
-        raise UsageError(
-            "--render", f"rendering {env_id} needs packages that are not installed ({e})", "pip install 'flipes[render]'"
-        ) from None
-    except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as e:  # an engine's own id, e.g. EnvPool's Taxi-v3
-        problem = f"gymnasium has no env {base_id(env_id)!r} to render ({' '.join(str(e).split())[:200]})"
-        raise UsageError(
-            "--render", problem, "evaluate without --render (EnvPool's ids render only where gymnasium has them)"
-        ) from None
-    except (TypeError, gym.error.Error) as e:  # an env of one's own: no render_mode argument, or a vector env only
-        problem = f"gymnasium.make({base_id(env_id)!r}, render_mode='rgb_array') failed ({' '.join(str(e).split())[:200]})"
-        fix = "register the env with an entry_point whose env takes render_mode and returns rgb_array frames from render()"
-        raise UsageError("--render", problem, fix) from None
-    try:
-        flat = flat_observation_space(env.observation_space)
-    except SpaceError:  # the policy was trained on an engine's own variant (EnvPool's Blackjack: a Box; gymnasium's: a Tuple)
-        env.close()
-        problem = f"gymnasium's {base_id(env_id)} gives {env.observation_space} observations, which flipes cannot flatten"
-        raise UsageError("--render", problem, "evaluate without --render") from None
-    if flat is not None:  # as every engine flattens them for the policy
-        env = gym.wrappers.FlattenObservation(env)
     obs, _ = env.reset(seed=seed)
     try:
         frames = [env.render()]
@@ -404,6 +385,46 @@ def record(policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max
     finally:
         discard(tmp)
     return len(frames)
+
+
+def render_env(env_id: str) -> Any:
+    """gymnasium's own ``env_id`` made to render rgb_array frames, its Dict or Tuple observations flattened as every
+    engine flattens them; a UsageError saying what is missing where it cannot be made (checked before any episode)."""
+    import gymnasium as gym
+
+    from flipes.rl.envs import base_id
+    from flipes.rl.mujoco_log import makes_mujoco, mujoco_warnings_once
+    from flipes.rl.spaces import SpaceError, flat_observation_space
+
+    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if headless:  # offscreen rendering needs no window: pygame's dummy driver, MuJoCo's EGL (read at the first render)
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        with mujoco_warnings_once(load=makes_mujoco(base_id(env_id))):  # no MUJOCO_LOG.TXT left in the user's directory
+            env = gym.make(base_id(env_id), render_mode="rgb_array")  # gymnasium's own env, without an engine prefix
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(
+            "--render", f"rendering {env_id} needs packages that are not installed ({e})", "pip install 'flipes[render]'"
+        ) from None
+    except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv) as e:  # an engine's own id, e.g. EnvPool's Taxi-v3
+        problem = f"gymnasium has no env {base_id(env_id)!r} to render ({' '.join(str(e).split())[:200]})"
+        raise UsageError(
+            "--render", problem, "evaluate without --render (EnvPool's ids render only where gymnasium has them)"
+        ) from None
+    except (TypeError, gym.error.Error) as e:  # an env of one's own: no render_mode argument, or a vector env only
+        problem = f"gymnasium.make({base_id(env_id)!r}, render_mode='rgb_array') failed ({' '.join(str(e).split())[:200]})"
+        fix = "register the env with an entry_point whose env takes render_mode and returns rgb_array frames from render()"
+        raise UsageError("--render", problem, fix) from None
+    try:
+        flat = flat_observation_space(env.observation_space)
+    except SpaceError:  # the policy was trained on an engine's own variant (EnvPool's Blackjack: a Box; gymnasium's: a Tuple)
+        env.close()
+        problem = f"gymnasium's {base_id(env_id)} gives {env.observation_space} observations, which flipes cannot flatten"
+        raise UsageError("--render", problem, "evaluate without --render") from None
+    if flat is not None:  # as every engine flattens them for the policy
+        env = gym.wrappers.FlattenObservation(env)
+    return env
 
 
 def export_command(argv: Sequence[str] | None = None) -> Path:

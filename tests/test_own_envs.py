@@ -471,3 +471,18 @@ def test_an_own_env_returning_other_than_gymnasiums_api_is_one_error_naming_the_
     with pytest.raises(flipes.UsageError, match="^" + re.escape("--env: " + message)):
         flipes.train(env=f"owntest/Sloppy{mistake.title().replace(' ', '')}-v0", out=str(tmp_path / "bad"), **kw)
     assert flipes.train(env="owntest/Sloppy-v0", out=str(tmp_path / "good"), **kw).reason == "generations"
+
+
+def test_evaluate_with_render_of_an_env_that_cannot_render_refuses_before_its_episodes(tmp_path, capsys) -> None:
+    """``flipes evaluate --render`` on a run of an env that gymnasium cannot make to render (a batched env of one's own,
+    registered with a vector_entry_point only) is one UsageError saying what the env needs before any episode is
+    evaluated: no return is printed first, and no file written; without --render the same run evaluates."""
+    run = tmp_path / "signs"
+    flipes.train(env="owntest/Signs-v0", popsize=8, generations=1, out=str(run), progress=False, tensorboard=False)
+    capsys.readouterr()
+    with pytest.raises(flipes.UsageError, match=r"^--render: gymnasium.make\('owntest/Signs-v0', .*takes render_mode"):
+        evaluate_command([str(run), "--episodes", "3", "--render", str(tmp_path / "signs.gif")])
+    assert capsys.readouterr().out == ""
+    assert not (tmp_path / "signs.gif").exists()
+    evaluate_command([str(run), "--episodes", "3"])
+    assert "center policy return" in capsys.readouterr().out
