@@ -6,7 +6,7 @@ pseudo-independent weight perturbation (Wen et al., ICLR 2018, arXiv:1803.04386)
 
 from flipes import dist, nn, noise, optim
 from flipes.callbacks import Callback
-from flipes.checkpoint import load_checkpoint
+from flipes.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from flipes.config import TrainConfig
 from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, UsageError
 from flipes.es import FlipES, Population, shaping
@@ -34,7 +34,9 @@ __all__ = [
     "nn",
     "noise",
     "optim",
+    "read_checkpoint",
     "read_metrics",
+    "save_checkpoint",
     "shaping",
     "train",
 ]

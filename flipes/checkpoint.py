@@ -31,28 +31,44 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, with what to do about it.
 
     ``problem`` says what is wrong with the file; ``previous`` is the ``previous.pt`` beside it where
-    there is one, ``previous_loads`` whether it loads. ``str(e)`` offers it to ``--resume``;
-    :meth:`message` words the offer for another option (``--checkpoint`` of evaluate and export).
+    there is one, ``previous_loads`` whether it loads. ``str(e)`` offers it to ``option`` (``--resume`` for a
+    run's checkpoint, ``""`` for one read by :func:`read_checkpoint`); :meth:`message` words the offer for
+    another option (``--checkpoint`` of evaluate and export).
     """
 
-    def __init__(self, problem: str, previous: Path | None = None, previous_loads: bool = False) -> None:
-        self.problem, self.previous, self.previous_loads = problem, previous, previous_loads
+    def __init__(
+        self, problem: str, previous: Path | None = None, previous_loads: bool = False, option: str = "--resume"
+    ) -> None:
+        self.problem, self.previous, self.previous_loads, self.option = problem, previous, previous_loads, option
         super().__init__(self.message())
 
-    def message(self, option: str = "--resume") -> str:
-        """The error, its way on given as a value of ``option``."""
+    def message(self, option: str | None = None) -> str:
+        """The error, its way on given as a value of ``option`` (default: the one it was raised for)."""
+        option = self.option if option is None else option
         if self.previous is None:
             return self.problem
         if not self.previous_loads:
-            return f"{self.problem}; the previous checkpoint {self.previous} is damaged too: start the run again with --overwrite"
+            again = "start the run again with --overwrite" if option else "start again"
+            return f"{self.problem}; the previous checkpoint {self.previous} is damaged too: {again}"
         if option == "--resume":
             return f"{self.problem}; the previous checkpoint {self.previous} can be resumed instead: continue from it with " \
                    f"--resume {self.previous}"  # fmt: skip
+        if not option:
+            return f"{self.problem}; the previous checkpoint {self.previous} reads: flipes.read_checkpoint('{self.previous}')"
         return f"{self.problem}; the previous checkpoint {self.previous} can be used instead: pass {option} {self.previous}"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = True) -> Path:
     """Write ``state`` to ``path`` atomically; the file it replaces becomes ``previous.pt`` beside it.
+
+    ``state`` is anything ``torch.load(weights_only=True)`` reads back (tensors, numbers, strings, lists and
+    dicts of them: ``es.state_dict()``); it is stored with a SHA-256 of its bytes, which :func:`read_checkpoint`
+    checks. A kill at any instant leaves ``path`` whole, the old file or the new one.
+
+    Examples::
+
+        >>> flipes.save_checkpoint({"es": es.state_dict(), "best": best}, "ckpt/checkpoint.pt")
+        >>> es.load_state_dict(flipes.read_checkpoint("ckpt/checkpoint.pt")["es"])
 
     Raises:
         StorageError: the file cannot be written (a full disk, no permission); the message names
@@ -160,7 +176,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = None) -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint`` (a file, or a run directory's ``checkpoint.pt``).
+    """Read a run's checkpoint, written by ``flipes train`` (a file, or a run directory's ``checkpoint.pt``).
 
     Raises:
         CheckpointError: the file is missing, truncated, corrupted (content hash), not a flipes
@@ -170,37 +186,61 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    if isinstance(map_location, str | torch.device) and str(map_location).startswith("cpu:"):
-        map_location = "cpu"  # torch.load cannot restore to "cpu:0", a device --device and torch take elsewhere
-    if not path.exists():
-        raise _error(f"no checkpoint at {path}", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        first = clip((str(e).strip().splitlines() or [""])[0])  # torch's messages run to many lines
-        why = f"{type(e).__name__}: {first}" if first else ("empty file" if path.stat().st_size == 0 else type(e).__name__)
-        raise _error(f"{path} is truncated or not a checkpoint ({why})", path) from e
-    if isinstance(state, dict) and state.get("format") == FORMAT:
-        payload, digest = state.get("payload"), state.get("sha256")
-        if not isinstance(digest, str):
-            raise _error(f"{path} is damaged: its {FORMAT} header has no SHA-256 (sha256)", path)
-        if not isinstance(payload, Tensor) or payload.dtype != torch.uint8 or payload.dim() != 1:
-            raise _error(f"{path} is damaged: its payload is of type {_kind(payload)}, not the checkpoint's bytes", path)
-        data = payload.numpy().tobytes()
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise _error(f"{path} is corrupted: its content does not match its SHA-256", path)
-        try:
-            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        except Exception as e:
-            first = clip((str(e).strip().splitlines() or [""])[0])
-            raise _error(f"{path} is damaged: its payload does not load ({type(e).__name__}: {first})", path) from e
-    elif map_location is not None:  # written before checkpoints carried a hash
-        state = torch.load(path, map_location=map_location, weights_only=True)
+    state = _read(path, map_location, "--resume")
     if not isinstance(state, dict) or "es" not in state:
         raise _error(f"{path} is not a flipes training checkpoint (no 'es' state)", path)
     missing = structure_problem(state)
     if missing:
         raise _error(f"{path} is not a whole flipes checkpoint: {missing}", path)
+    return state
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device | None = None) -> dict[str, Any]:
+    """What :func:`save_checkpoint` wrote to ``path`` (a loop of one's own), its SHA-256 checked.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, corrupted (content hash) or not written by
+            :func:`save_checkpoint`; the message offers the ``previous.pt`` beside it where that one reads.
+    """
+    path = Path(path)
+    state = _read(path, map_location, "")
+    if not isinstance(state, dict):
+        raise _error(f"{path} holds a {type(state).__name__}, not the dict save_checkpoint writes", path, "")
+    return state
+
+
+def _read(path: Path, map_location: str | torch.device | None, option: str) -> Any:
+    """The state in a checkpoint file, its hash checked (files written before checkpoints carried one load as
+    they are); errors offer ``previous.pt`` to ``option``."""
+    if isinstance(map_location, str | torch.device) and str(map_location).startswith("cpu:"):
+        map_location = "cpu"  # torch.load cannot restore to "cpu:0", a device --device and torch take elsewhere
+    if not path.exists():  # one's own loop's name mistyped: previous.pt beside it is another file's
+        missing = f"no checkpoint at {path}"
+        raise _error(missing, path, option) if option else CheckpointError(missing, option="")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        first = clip((str(e).strip().splitlines() or [""])[0])  # torch's messages run to many lines
+        why = f"{type(e).__name__}: {first}" if first else ("empty file" if path.stat().st_size == 0 else type(e).__name__)
+        raise _error(f"{path} is truncated or not a checkpoint ({why})", path, option) from e
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        payload, digest = state.get("payload"), state.get("sha256")
+        if not isinstance(digest, str):
+            raise _error(f"{path} is damaged: its {FORMAT} header has no SHA-256 (sha256)", path, option)
+        if not isinstance(payload, Tensor) or payload.dtype != torch.uint8 or payload.dim() != 1:
+            raise _error(f"{path} is damaged: its payload is of type {_kind(payload)}, not the checkpoint's bytes", path, option)
+        data = payload.numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise _error(f"{path} is corrupted: its content does not match its SHA-256", path, option)
+        try:
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except Exception as e:
+            first = clip((str(e).strip().splitlines() or [""])[0])
+            raise _error(f"{path} is damaged: its payload does not load ({type(e).__name__}: {first})", path, option) from e
+    elif not option:  # a file of torch.save: no hash to check, so not one of save_checkpoint's
+        raise CheckpointError(f"{path} was not written by flipes.save_checkpoint (no {FORMAT} header)", option="")
+    elif map_location is not None:  # written before checkpoints carried a hash
+        state = torch.load(path, map_location=map_location, weights_only=True)
     return state
 
 
@@ -230,19 +270,19 @@ def _kind(value: Any) -> str:
     return f"Tensor ({str(value.dtype).removeprefix('torch.')})" if isinstance(value, Tensor) else type(value).__name__
 
 
-def _error(problem: str, path: Path) -> CheckpointError:
+def _error(problem: str, path: Path, option: str = "--resume") -> CheckpointError:
     """A CheckpointError for ``path`` that points at ``previous.pt`` beside it: offered only where it
     loads (read in full, but only on the way to an error), else said to be damaged too. A file that is no
     checkpoint by its name (config.json, metrics.jsonl given by mistake) points at none: the way on is the
     run's own checkpoint, not the older one."""
     previous = path.with_name("previous.pt")
     if previous == path or path.suffix != ".pt" or not previous.exists():
-        return CheckpointError(problem)
-    try:
-        load_checkpoint(previous, map_location="cpu")  # a GPU run's tensors: not onto the GPU, nor an error without one
+        return CheckpointError(problem, option=option)
+    try:  # a GPU run's tensors: not onto the GPU, nor an error without one
+        (load_checkpoint if option else read_checkpoint)(previous, map_location="cpu")
     except CheckpointError:
-        return CheckpointError(problem, previous, previous_loads=False)
-    return CheckpointError(problem, previous, previous_loads=True)
+        return CheckpointError(problem, previous, previous_loads=False, option=option)
+    return CheckpointError(problem, previous, previous_loads=True, option=option)
 
 
 def tensors_sha256(tensors: Iterable[Tensor]) -> str:

@@ -763,6 +763,52 @@ def test_resuming_a_run_file_that_is_no_checkpoint_points_at_the_run_not_at_prev
     assert load_checkpoint(run)["es"]["generation"] == 2
 
 
+def test_an_own_loops_checkpoint_continues_bit_for_bit_and_a_damaged_one_offers_the_previous(tmp_path: Path) -> None:
+    """flipes.save_checkpoint of an own loop's es.state_dict() each generation, read back by flipes.read_checkpoint
+    into a new FlipES, continues on the parameters of an uninterrupted loop; a damaged file is refused naming the
+    previous.pt that reads (one generation older), a file torch.save wrote and a missing one are refused naming
+    no other file, and a run's checkpoint reads too."""
+
+    def loop(es: flipes.FlipES, generations: int, save: Path | None = None) -> None:
+        while es.generation < generations:
+            with es.population() as pop:
+                fitness = -((es.model(torch.ones(pop.size, 3)) - 1) ** 2).sum(1)
+            es.tell(fitness)
+            if save is not None:
+                flipes.save_checkpoint({"es": es.state_dict(), "note": "mine"}, save)
+
+    def make() -> flipes.FlipES:
+        torch.manual_seed(0)
+        return flipes.FlipES(flipes.flipout(torch.nn.Linear(3, 2)), popsize=8, sigma=0.1, lr=0.1, seed=3)
+
+    whole, part, path = make(), make(), tmp_path / "ckpt" / "checkpoint.pt"
+    path.parent.mkdir()
+    loop(whole, 5)
+    loop(part, 3, save=path)
+    resumed = make()
+    resumed.load_state_dict(flipes.read_checkpoint(path)["es"])
+    loop(resumed, 5)
+    reference = whole.model.state_dict()
+    assert all(torch.equal(value, reference[name]) for name, value in resumed.model.state_dict().items())
+    assert flipes.read_checkpoint(path.with_name("previous.pt"))["es"]["generation"] == 2
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte inside the payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as e:
+        flipes.read_checkpoint(path)
+    previous = path.with_name("previous.pt")
+    assert str(e.value).endswith(f"; the previous checkpoint {previous} reads: flipes.read_checkpoint('{previous}')")
+    torch.save({"es": whole.state_dict()}, tmp_path / "ckpt" / "plain.pt")
+    with pytest.raises(CheckpointError, match=r"plain.pt was not written by flipes.save_checkpoint \(no .* header\)$"):
+        flipes.read_checkpoint(tmp_path / "ckpt" / "plain.pt")
+    with pytest.raises(CheckpointError, match=r"^no checkpoint at .*typo.pt$"):
+        flipes.read_checkpoint(tmp_path / "ckpt" / "typo.pt")
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    assert flipes.read_checkpoint(run / "checkpoint.pt")["es"]["generation"] == 1
+
+
 def test_export_and_render_that_cannot_be_written_are_one_line_and_leave_the_file_that_was_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
