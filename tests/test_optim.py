@@ -193,3 +193,15 @@ def test_ars_shaping_needs_mirrored_pairs() -> None:
         with pytest.raises(ValueError, match=r"mirrored pairs .* use mirrored=True"):
             flipes.FlipES(model, popsize=8, mirrored=False, shaping=shaping)
         flipes.FlipES(model, popsize=8, shaping=shaping)  # mirrored, the default
+
+
+def test_ars_keeps_the_directions_whose_better_return_is_highest() -> None:
+    """ARS ranks direction k by max(r+, r-) (Mania et al., 2018, V1-t): with returns (r+, r-) = (1, 5), (2, 0), (3, 2.5)
+    and top 2 it keeps directions 0 and 2 (best 5 and 3), though direction 1 has the higher r+ than direction 0;
+    σ_R is the population std of the 4 returns kept, and the weights are ±N (r+ - r-) / (2 b σ_R), hand-computed."""
+    f = torch.tensor([1.0, 5.0, 2.0, 0.0, 3.0, 2.5], dtype=torch.float64)
+    # kept returns 1, 5, 3, 2.5: mean 2.875, squared deviations 3.515625 + 4.515625 + 0.015625 + 0.140625 = 8.1875
+    sigma_r = (8.1875 / 4) ** 0.5
+    w0, w2 = 6 * (1 - 5) / (2 * 2 * sigma_r), 6 * (3 - 2.5) / (2 * 2 * sigma_r)
+    expect = torch.tensor([w0, -w0, 0.0, 0.0, w2, -w2], dtype=torch.float64)
+    torch.testing.assert_close(flipes.shaping.ars(f, top=2), expect, atol=1e-15, rtol=1e-14)
