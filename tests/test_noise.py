@@ -164,3 +164,22 @@ def test_keys_whose_digits_run_together_are_distinct_streams() -> None:
     for a, b in pairs:
         assert stream_seed(*a) != stream_seed(*b), (a, b)
     assert all(0 <= stream_seed(*a) < 2**63 for a, _ in pairs)  # a valid generator seed
+
+
+def test_output_signs_are_drawn_apart_from_input_signs() -> None:
+    """Within a member the output signs r_n are independent of the input signs s_n: over 64 members (one group, not
+    mirrored) of a 64 → 128 layer, s_n[i] agrees with r_n[i] and with r_n[64 + i] (i < 64) in fractions within
+    Hoeffding's bound of 1/2 (m = 4096 each, false alarm 1e-6 each); and the sign r_n[o] s_n[i] of every weight entry,
+    averaged over the 64 members, is within Hoeffding's bound of 0 (family-wise false alarm 1e-6 over the 8192
+    entries): no entry is perturbed alike in every member of a group."""
+    noise, _ = sample(groups=1, mirrored=False, popsize=64)
+    s, r = noise.s.double(), noise.r.double()
+    m = s.numel()
+    agree_bound = math.sqrt(math.log(2 / 1e-6) / (2 * m))
+    for half in (r[:, :64], r[:, 64:]):
+        agree = (s == half).double().mean().item()
+        assert abs(agree - 0.5) < agree_bound, agree
+    entry_mean = (r[:, :, None] * s[:, None, :]).mean(0)  # (128, 64): each entry's sign over the members
+    # a mean of 64 fair ±1: P(|mean| >= t) <= 2 exp(-64 t² / 2); t for 1e-6 / 8192 per entry
+    t = math.sqrt(2 * math.log(2 * 8192 / 1e-6) / 64)
+    assert entry_mean.abs().max().item() < t
