@@ -322,3 +322,21 @@ def test_sigma_lr_options_are_checked() -> None:
         flipes.FlipES(model, popsize=8, sigma=lambda g: 0.1, sigma_lr=0.1)
     with pytest.raises(ValueError, match="needs full-rank noise"):
         flipes.FlipES(model, popsize=8, sigma_lr=0.1, noise_rank=2)
+
+
+@MADE_UP_FITNESS
+def test_the_reported_sigma_is_the_mean_over_evolved_entries() -> None:
+    """With σ set apart per slot, ``pop.sigma`` and the ``sigma`` that ``tell`` returns are the σ of the generation
+    averaged over the evolved entries: (24 σ_0 + 4 σ_1 + 4 σ_2) / 32 for a 6 → 4 Flipout weight (its bias frozen, not
+    counted) and a LayerNorm's scale and shift (4 entries each), to float64 rounding."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(6, 4, dtype=DT), nn.LayerNorm(4, dtype=DT)), frozen=["0.bias"])
+    es = flipes.FlipES(model, popsize=8, sigma=0.2, groups=4, sigma_lr=0.3)
+    es.log_sigma += torch.tensor([0.1, -0.7, 0.9], dtype=DT)
+    s0, s1, s2 = es.sigmas()
+    expect = (24 * s0 + 4 * s1 + 4 * s2) / 32
+    with es.population() as pop:
+        assert math.isclose(pop.sigma, expect, rel_tol=1e-12), (pop.sigma, expect)
+    stats = es.tell(torch.randn(8, dtype=DT))
+    assert math.isclose(stats["sigma"], expect, rel_tol=1e-12), (stats["sigma"], expect)
+    assert es.sigmas() != [s0, s1, s2]  # σ moved after the step reported the generation's
