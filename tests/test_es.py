@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -746,3 +748,89 @@ def test_minimizing_a_loss_steps_exactly_as_maximizing_its_negation(shaping) -> 
         make(True).load_state_dict(low.state_dict())
     with pytest.raises(TypeError, match="maximize must be True or False"):
         flipes.FlipES(mlp(0), popsize=16, maximize="min")
+
+
+class ThreadComm:
+    """Process ``rank`` of ``len(boxes)`` processes played by threads of this one: every collective puts this rank's
+    part in its box and reads all boxes between two waits at a shared barrier (the ``flipes.dist.Comm`` protocol)."""
+
+    local_rank, local_size, bytes_sent = 0, 1, 0
+
+    def __init__(self, rank: int, boxes: list, barrier: threading.Barrier) -> None:
+        self.rank, self.size, self.boxes, self.barrier = rank, len(boxes), boxes, barrier
+
+    def _exchange(self, part: object) -> list:
+        self.boxes[self.rank] = part
+        self.barrier.wait()
+        parts = list(self.boxes)
+        self.barrier.wait()
+        return parts
+
+    def allgather_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self._exchange(x.clone()))
+
+    def allreduce_sum_(self, x: torch.Tensor) -> torch.Tensor:
+        parts = self._exchange(x.clone())
+        return x.copy_(functools.reduce(torch.add, parts))
+
+    def bcast(self, obj: object) -> object:
+        return self._exchange(obj)[0]
+
+    def allgather_object(self, obj: object) -> list:
+        return self._exchange(obj)
+
+    def abort(self, code: int = 1) -> None:
+        self.barrier.abort()
+        raise SystemExit(code)
+
+
+@pytest.mark.parametrize("sigma_lr", [0.0, 0.2])
+@pytest.mark.parametrize("comm_mode", ["allreduce", "seeds"])
+def test_processes_sharing_the_groups_step_as_one_process(comm_mode: str, sigma_lr: float) -> None:
+    """Three processes (threads exchanging through the Comm protocol), each evaluating its block of 2 of 6 ε groups
+    (24 mirrored members), end 3 generations of SGD with the parameters and the adaptive log σ of one process holding
+    every group: to float64 rounding (1e-12 relative) where each process's sums over its own members are added up
+    (``allreduce``), bit for bit where each sums all groups from the seeds (``seeds``); divided by the whole population."""
+    torch.manual_seed(0)
+    initial = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3), nn.LayerNorm(3)).to(DT)
+    x, target = torch.randn(24, 5, dtype=DT), torch.randn(3, dtype=DT)
+
+    def run(comm: object | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        model = flipes.flipout(copy.deepcopy(initial))
+        es = flipes.FlipES(
+            model, popsize=24, sigma=0.1, groups=6, seed=2, sigma_lr=sigma_lr, comm=comm, comm_mode=comm_mode,
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+        )  # fmt: skip
+        for _ in range(3):
+            with es.population() as pop:
+                fitness = -(model(x[pop.members.start : pop.members.stop]) - target).square().sum(1)
+            es.tell(fitness)
+        return [p.detach().clone() for p in model.parameters()], es.log_sigma
+
+    expected = run()
+    assert all(not torch.equal(a, b) for a, b in zip(expected[0], initial.parameters(), strict=True))  # it moved
+    boxes: list = [None] * 3
+    barrier = threading.Barrier(3, timeout=60)
+    results: list = [None] * 3
+
+    def process(rank: int) -> None:
+        try:
+            results[rank] = run(ThreadComm(rank, boxes, barrier))
+        except BaseException as error:  # the others stop waiting for this one
+            barrier.abort()
+            results[rank] = error
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for rank, result in enumerate(results):
+        if isinstance(result, BaseException):
+            raise AssertionError(f"process {rank} failed") from result
+        params, log_sigma = result
+        tolerance = {"rtol": 0, "atol": 0} if comm_mode == "seeds" else {"rtol": 1e-12, "atol": 1e-14}
+        for got, want in zip(params, expected[0], strict=True):
+            torch.testing.assert_close(got, want, **tolerance)
+        if sigma_lr:
+            torch.testing.assert_close(log_sigma, expected[1], **tolerance)
