@@ -165,7 +165,21 @@ def test_ars_weights_give_the_papers_update(top: int | None, groups: int) -> Non
     returns = torch.randn(n, dtype=torch.float64)
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
     es.tell(returns)
+    assert_ars_step(policy, before, deltas, returns, alpha, nu, top)
 
+
+def assert_ars_step(
+    policy: nn.Module,
+    before: dict[str, torch.Tensor],
+    deltas: dict[str, torch.Tensor],
+    returns: torch.Tensor,
+    alpha: float,
+    nu: float,
+    top: int | None,
+) -> None:
+    """``policy``'s parameters are ``before`` plus ARS's step α/(b σ_R) Σ_top-b (r+ - r-) δ_k, computed from the
+    materialized perturbations ``deltas`` (ν δ_n per parameter) to float64 rounding."""
+    n = len(returns)
     r_plus, r_minus = returns[0::2].tolist(), returns[1::2].tolist()
     b = n // 2 if top is None else top
     order = sorted(range(n // 2), key=lambda k: -max(r_plus[k], r_minus[k]))[:b]
@@ -177,6 +191,29 @@ def test_ars_weights_give_the_papers_update(top: int | None, groups: int) -> Non
         assert torch.equal(delta[1::2], -delta[0::2])
         step = sum((r_plus[k] - r_minus[k]) * delta[2 * k] for k in order) * alpha / (b * sigma_r)
         torch.testing.assert_close(p.detach(), before[name] + step, atol=1e-12, rtol=1e-10)
+
+
+@MADE_UP_FITNESS
+def test_the_ars_search_rule_takes_the_papers_step() -> None:
+    """``--algo ars`` (its shaping and optimizer as ``flipes.train`` builds them) at --lr α = 0.02, --sigma ν = 0.05
+    and --ars-top 3 moves a linear policy by ARS's α/(b σ_R) Σ_top-b (r+ - r-) δ_k (Mania et al., 2018), computed from
+    the materialized directions, to float64 rounding: a step in units of the directions δ, not of the perturbations νδ."""
+    from reference import member_perturbations
+
+    from flipes.builders import build_es
+    from flipes.commands import parse_train_config
+
+    torch.manual_seed(0)
+    alpha, nu = 0.02, 0.05
+    config = parse_train_config(["--algo", "ars", "--lr", str(alpha), "--sigma", str(nu), "--ars-top", "3", "--popsize", "16"])
+    policy = flipes.flipout(nn.Linear(4, 2, dtype=torch.float64))
+    es = build_es(config, policy, flipes.dist.SerialComm())
+    with es.population():
+        deltas = member_perturbations(es, policy)
+    returns = torch.randn(16, dtype=torch.float64)
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    es.tell(returns)
+    assert_ars_step(policy, before, deltas, returns, alpha, nu, 3)
 
 
 def test_ars_shaping_needs_mirrored_pairs() -> None:
