@@ -1273,6 +1273,21 @@ def test_algo_presets_set_their_options_and_flags_override_them(tmp_path: Path) 
     assert not torch.equal(flipes.shaping.ars(f, top=2), flipes.shaping.ars(f))
 
 
+def test_the_default_shaping_of_openai_es_and_pgpe_is_centered_ranks() -> None:
+    """With --shaping auto (the default), openai-es and pgpe weight members by their centered ranks: rank/(N - 1) - 1/2
+    of 16 distinct fitness values, computed by argsort; the same for a monotone transform of the fitness (exp), as
+    Salimans et al. (2017) rank them. A z-score or the raw fitness would change under it."""
+    from reference import centered_ranks_distinct
+
+    f = torch.randn(16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for algo in ("openai-es", "pgpe"):
+        config = parse_train_config(["--algo", algo, "--popsize", "16", "--groups", "8"])
+        assert config.shaping == "auto"
+        es = flipes.builders.build_es(config, flipes.flipout(torch.nn.Linear(4, 2)), flipes.dist.SerialComm())
+        for fitness in (f, f.exp()):
+            torch.testing.assert_close(es.shaping(fitness.clone()), centered_ranks_distinct(f), rtol=0, atol=1e-15)
+
+
 @NEEDS_TOMLLIB
 def test_an_env_row_names_its_search_and_an_explicit_algo_picks_another(tmp_path: Path) -> None:
     """Hopper's row (and Walker2d's) trains with ARS at the row's own ARS options (over --algo ars's, which other envs get) unless
