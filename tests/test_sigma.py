@@ -340,3 +340,27 @@ def test_the_reported_sigma_is_the_mean_over_evolved_entries() -> None:
     stats = es.tell(torch.randn(8, dtype=DT))
     assert math.isclose(stats["sigma"], expect, rel_tol=1e-12), (stats["sigma"], expect)
     assert es.sigmas() != [s0, s1, s2]  # σ moved after the step reported the generation's
+
+
+@MADE_UP_FITNESS
+def test_a_layer_with_a_frozen_weight_adapts_the_sigma_of_its_bias_alone() -> None:
+    """A Flipout layer whose weight is frozen and whose bias (3 entries) evolves: its log σ moves by
+    η Σ_n c_n (‖z_n‖² - 3) / (√6 N), c the centered ranks less the mean over the other mirrored pairs (the frozen
+    weight adds no entries, neither to the score nor to d), and the reported σ weighs the slot by those 3 entries:
+    (28 σ_0 + 3 σ_1) / 31 beside a 6 → 4 layer that evolves all of its 28; to float64 rounding."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(6, 4, dtype=DT), nn.Tanh(), nn.Linear(4, 3, dtype=DT)), frozen=["2.weight"])
+    n, eta = 16, 0.3
+    es = flipes.FlipES(model, popsize=n, sigma=0.2, groups=4, sigma_lr=eta, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    es.log_sigma += torch.tensor([0.1, -0.2], dtype=DT)
+    s0, s1 = es.sigmas()
+    with es.population():
+        deltas = member_perturbations(es, model)
+    fitness = torch.randn(n, dtype=DT)
+    before = es.log_sigma.clone()
+    stats = es.tell(fitness)
+    c = baseline_free(centered_ranks_distinct(fitness), torch.arange(n) // 2)
+    z2 = deltas["2.bias"].square().sum(1) / s1**2
+    expect = eta * (c * (z2 - 3)).sum() / (math.sqrt(2 * 3) * n)
+    torch.testing.assert_close(es.log_sigma[1] - before[1], expect, atol=1e-12, rtol=1e-9)
+    assert math.isclose(stats["sigma"], (28 * s0 + 3 * s1) / 31, rel_tol=1e-12)
