@@ -117,7 +117,7 @@ def test_clipup_resumes_half_precision_parameters_bit_for_bit() -> None:
 
 def test_clipup_options_are_checked() -> None:
     """lr ≤ 0, momentum ≥ 1 and max_speed ≤ 0 each raise a ValueError naming that option and its value;
-    max_speed defaults to 2·lr, as in the paper."""
+    max_speed defaults to 2·lr and momentum to 0.9, as the paper recommends."""
     p = [nn.Parameter(torch.zeros(2))]
     for kw, match in (
         (dict(lr=0.0), r"ClipUp: lr must be > 0, got 0\.0"),
@@ -127,7 +127,8 @@ def test_clipup_options_are_checked() -> None:
     ):
         with pytest.raises(ValueError, match=match):
             ClipUp(p, **kw)
-    assert ClipUp(p, lr=0.1).param_groups[0]["max_speed"] == pytest.approx(0.2)  # the paper's max_speed = 2·lr
+    defaults = ClipUp(p, lr=0.1).param_groups[0]
+    assert defaults["max_speed"] == pytest.approx(0.2) and defaults["momentum"] == 0.9  # the paper's 2·lr and 0.9
 
 
 def test_flipes_with_clipup_solves_a_linear_regression() -> None:
