@@ -47,11 +47,9 @@ def generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(512, 8)``: row ``b`` holds the 8 signs of byte value ``b`` (bit set -> +1) in the compute
-    dtype; row ``256 + b`` holds their negation (for antithetic twins)."""
+    """``(256, 8)``: row ``b`` holds the 8 signs of byte value ``b`` (bit set -> +1) in the compute dtype."""
     bits = (torch.arange(256, device=device)[:, None] >> torch.arange(8, device=device)) & 1
-    signs = (bits * 2 - 1).to(dtype)
-    return torch.cat((signs, -signs))
+    return (bits * 2 - 1).to(dtype)
 
 
 def shared_sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -347,8 +345,8 @@ def sample_slot(
     factors ``A`` (out, r) then ``B`` (r, in, *kernel), Gaussian, ``ε = A B / √r``), the sign bytes,
     the bias noise (per member; with ``rank``, one ``ε_b`` per group, sign-flipped by ``r_n``).
     With ``mirrored``, member ``2k+1`` of a group reuses ``s_{2k}``, takes ``r = -r_{2k}`` and the
-    negated bias noise, so its perturbation is exactly ``-u_{2k}``: the twins' signs come
-    out of the same gather (the negated half of the table), not from extra copies.
+    negated bias noise, so its perturbation is exactly ``-u_{2k}``: a pair draws the random bytes of one
+    member.
     ``table`` is ``sign_table(weight.dtype, weight.device)``, passed in to share it across slots.
     """
     dtype, device = weight.dtype, weight.device
