@@ -130,6 +130,42 @@ def test_cartpole_sutton_barto_reward_matches_gymnasium() -> None:
     assert terminated.tolist() == [True, False, True]
 
 
+@pytest.mark.parametrize(
+    ("gym_id", "kwargs", "states", "actions"),
+    [
+        ("Pendulum-v1", {"g": 3.0}, [[0.5, 0.0], [2.0, -1.0], [-1.0, 7.9]], [[1.0], [-2.5], [0.3]]),
+        # the car reaches the flag at 0.45 slower and faster than the goal velocity of 0.02
+        ("MountainCarContinuous-v0", {"goal_velocity": 0.02}, [[0.44, 0.015], [0.44, 0.03], [0.0, 0.0]], [[0.0], [0.0], [1.0]]),
+    ],
+)
+def test_make_vec_options_of_the_env_give_gymnasiums_transitions_with_the_same_options(
+    gym_id: str, kwargs: dict, states: list, actions: list
+) -> None:
+    """An env's own option passed to ``make_vec`` (Pendulum's gravity ``g``, MountainCarContinuous's ``goal_velocity``)
+    changes the transition as the same option does in gymnasium's env: from each state and action, state, observation
+    and reward within 1e-5 and ``terminated`` exactly, and different from the defaults' transition."""
+    env = gym.make_vec(f"flipes/{gym_id}", num_envs=len(states), **kwargs)
+    default = gym.make_vec(f"flipes/{gym_id}", num_envs=len(states))
+    results = []
+    for e in (env, default):
+        e.reset(seed=0)
+        e.state = torch.tensor(states, dtype=torch.float64)
+        obs, reward, terminated = e.step(torch.tensor(actions))[:3]
+        results.append((e.state.clone(), obs, reward, terminated))
+    ref = gym.make(gym_id, disable_env_checker=True, **kwargs)
+    ref.reset(seed=0)
+    for i, (state, action) in enumerate(zip(states, actions, strict=True)):
+        ref.unwrapped.state = np.array(state)
+        obs, reward, terminated = ref.step(np.array(action, dtype=np.float32))[:3]
+        ours_state, ours_obs, ours_reward, ours_terminated = (t[i] for t in results[0])
+        np.testing.assert_allclose(ours_state.numpy(), np.asarray(ref.unwrapped.state, dtype=np.float64), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ours_obs.numpy(), obs, rtol=1e-5, atol=1e-5)
+        assert float(ours_reward) == pytest.approx(float(reward), rel=1e-5, abs=1e-5)
+        assert bool(ours_terminated) == bool(terminated)
+    ours, defaults = results
+    assert not (torch.equal(ours[0], defaults[0]) and torch.equal(ours[2], defaults[2]) and torch.equal(ours[3], defaults[3]))
+
+
 def test_autoreset_matches_gymnasium_cartpole_vector_env() -> None:
     """NEXT_STEP as gymnasium's own CartPoleVectorEnv does it: both step from our state each time."""
     n = 64
