@@ -218,6 +218,30 @@ def test_writing_best_pt_leaves_previous_pt_the_checkpoint_before_the_latest(tmp
     assert [g for g, _ in watch.seen] == [None] * 3 + [0] * 3 + [3] * 2
 
 
+def test_best_pt_is_kept_over_a_resume_whose_evaluations_stay_below_the_saved_best(tmp_path: Path) -> None:
+    """A resumed run replaces best.pt only with an eval_return above the best the run had before the resume: evaluations
+    3, 1, then 2 and 2.5 after the resume leave best.pt the checkpoint taken after generation 0 (es.generation 1, best 3);
+    a 4 after a second resume replaces it."""
+    returns = [3.0, 1.0, 2.0, 2.5, 4.0]
+
+    def fitness(model, pop):
+        return -(model(torch.ones(pop.size, 3)) - 0.5).square().sum(1)
+
+    def evaluate(model):
+        return returns.pop(0)
+
+    kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), fitness=fitness, evaluate=evaluate, popsize=8, eval_every=1,
+              tensorboard=False, progress=False, out=str(tmp_path))  # fmt: skip
+    flipes.train(**kw, generations=2)
+    flipes.train(**kw, generations=4, resume=str(tmp_path))
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert (best["es"]["generation"], best["best"]) == (1, 3.0)
+    assert [r["eval_return"] for r in metrics(tmp_path)] == [3.0, 1.0, 2.0, 2.5]
+    flipes.train(**kw, generations=5, resume=str(tmp_path))
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert (best["es"]["generation"], best["best"]) == (5, 4.0) and not returns
+
+
 def test_an_empty_checkpoint_is_named_as_such(tmp_path: Path) -> None:
     """A checkpoint emptied by a full disk or a cut copy says 'empty file', not torch's empty 'EOFError: '."""
     save_checkpoint(state_at(1), tmp_path / "checkpoint.pt")
