@@ -68,8 +68,11 @@ def one_process_seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> None:
     """5 generations of CartPole training, 2 episodes per member, under 1, 2 and 3 processes count the same timesteps;
     with ``--comm seeds`` the parameters are bit-identical (params_sha256), with ``--comm allreduce`` equal to a
-    relative norm of 1e-6 (per-rank partial sums change the summation order); the 2-process run sent bytes."""
-    args = [*CARTPOLE, "--generations", "5", "--comm", mode]
+    relative norm of 1e-6 (per-rank partial sums change the summation order); the 2-process run sent bytes. The
+    allreduce runs shift the reward: each row's return_mean is the whole population's mean return, which on CartPole
+    (reward 1 per step) is the generation's env steps over popsize × episodes, whatever the process count."""
+    shift = ["--reward-shift", "0.5"] if mode == "allreduce" else []  # the seeds runs share the one-process reference
+    args = [*CARTPOLE, "--generations", "5", "--comm", mode, *shift]
     runs = {}
     for k in (1, 2, 3):
         runs[k] = tmp_path / f"n{k}"
@@ -88,6 +91,12 @@ def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, req
             diff = (params(runs[k]) - params(runs[1])).norm() / params(runs[1]).norm()
             assert diff < 1e-6, (k, diff.item())
     assert last(runs[2])["bytes_sent"] > 0
+    if shift:
+        for k, run in runs.items():
+            rows = metrics(run)
+            before = [0] + [r["timesteps"] for r in rows[:-1]]
+            steps = [r["timesteps"] - b for b, r in zip(before, rows, strict=True)]
+            assert [r["return_mean"] for r in rows] == [s / (24 * 2) for s in steps], k
 
 
 def test_processes_evaluating_in_parts_get_the_bits_of_one_process_in_one_pass(tmp_path: Path, one_process_seeds: Path) -> None:
@@ -255,12 +264,13 @@ def test_a_state_loaded_on_one_rank_is_compared_at_the_next_tell_on_every_rank(t
 
 def test_resume_at_another_process_count_continues(tmp_path: Path, one_process_seeds: Path) -> None:
     """3 generations on 2 processes resumed for 2 more on 3 processes log, generation by generation, the same
-    params_sha256 as 5 generations on 1 process (CartPole, 2 episodes per member)."""
+    params_sha256 and timesteps as 5 generations on 1 process (CartPole, 2 episodes per member)."""
     full, part = one_process_seeds, tmp_path / "part"
     mpirun(2, *CARTPOLE, "--generations", "3", "--comm", "seeds", "--out", str(part))
     mpirun(3, *CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(part), "--resume", str(part))
     hashes = [json.loads(line)["params_sha256"] for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert hashes == [json.loads(line)["params_sha256"] for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["timesteps"] for r in metrics(part)] == [r["timesteps"] for r in metrics(full)]  # counted once over the resume
 
 
 def test_a_user_mistake_under_mpi_is_one_line_and_ends_the_job(tmp_path: Path) -> None:
