@@ -164,6 +164,26 @@ def test_envpool_streams_fast_forward_like_consecutive_generations() -> None:
     assert torch.equal(reset_episodes(fresh, 1, "population", 1), first[1])  # going back recreates the pool
 
 
+def test_envpool_envs_reset_by_a_mask_play_a_new_episode_and_the_others_stay_ended() -> None:
+    """``reset(options={"reset_mask": m})`` starts a new episode in the masked envs alone: once every Hopper has ended,
+    the masked ones start standing (torso height 1.25 within Hopper's reset noise of 0.005) and step again (a nonzero
+    reward, a new observation, no end flag), the others keep their last observation, a reward of 0 and their end flag."""
+    pytest.importorskip("envpool")
+    env = EnvPoolVectorEnv("Hopper-v5", 4, threads=2)
+    env.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    while not env.done.all():  # random Hopper falls (or is cut at 1000 steps)
+        env.step(2 * torch.rand(4, 3, generator=gen) - 1)
+    mask = torch.tensor([True, False, True, False])
+    start = env.reset(options={"reset_mask": mask})[0]
+    obs, reward, terminated, truncated, _ = env.step(torch.zeros(4, 3))
+    assert ((start[mask, 0] - 1.25).abs() < 0.01).all()
+    assert (reward[mask] != 0).all() and not (terminated | truncated)[mask].any() and (obs[mask] != start[mask]).any(1).all()
+    assert (reward[~mask] == 0).all() and (terminated | truncated)[~mask].all() and torch.equal(obs[~mask], start[~mask])
+    assert env.done.tolist() == [False, True, False, True]
+    env.close()
+
+
 def test_envpool_streams_in_turn_keep_a_pool_each(monkeypatch: pytest.MonkeyPatch) -> None:
     """A population rolled out in parts (one env of a part's size, its seed sets in turn): each part's
     pool is made once and advances one episode per generation, as one pool of the whole population
