@@ -118,7 +118,8 @@ class Parity(gym.vector.VectorEnv):
 
 gym.register("owntest/Signs-v0", vector_entry_point=Signs)
 gym.register("owntest/Parity-v0", vector_entry_point=Parity)
-gym.register("owntest/Endless-v0", vector_entry_point=Parity, kwargs={"length": None})
+# far longer episodes than the cut, and no time limit: an episode the cut missed ends the test, not runs forever
+gym.register("owntest/Endless-v0", vector_entry_point=Parity, kwargs={"length": 1000})
 gym.register("owntest/Goal-v0", entry_point=Goal)
 gym.register("owntest/NoRender-v0", entry_point=NoRender)
 gym.register("owntest/NoFrames-v0", entry_point=NoFrames)
@@ -320,9 +321,10 @@ def test_discrete_observations_are_one_hot_for_each_member_and_learnt_and_export
 
 
 def test_max_episode_steps_cuts_the_episodes_of_an_env_without_a_time_limit(tmp_path, monkeypatch) -> None:
-    """An env whose episodes never end trains with max_episode_steps=7: every generation counts popsize × 7 steps,
-    every evaluation eval_episodes × 7, `flipes evaluate` cuts each of its episodes at 7 steps as the run did, and a
-    resume with another cut is refused; without a cut, a rollout still running after LONG_EPISODE steps is warned about once."""
+    """An env whose episodes run 1000 steps, with no time limit, trains with max_episode_steps=7: every generation
+    counts popsize × 7 steps, every evaluation eval_episodes × 7, `flipes evaluate` cuts each of its episodes at 7 steps
+    as the run did, and a resume with another cut is refused; without a cut, a rollout still running after LONG_EPISODE
+    steps is warned about once."""
     kw = {"env": "owntest/Endless-v0", "popsize": 8, "eval_episodes": 3, "eval_every": 1, "target": None, "progress": False,
           "tensorboard": False, "out": str(tmp_path / "endless")}  # fmt: skip
     rows = flipes.train(**kw, generations=2, max_episode_steps=7).metrics
