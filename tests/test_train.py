@@ -1440,6 +1440,27 @@ def test_evaluate_command_reports_the_mean_and_std_of_the_chosen_checkpoint(tmp_
         assert (mean, std) == (returns.mean().item(), returns.std().item()), which
 
 
+def test_a_runs_evaluation_is_the_mean_and_sample_std_of_the_centers_returns_on_its_generations_episodes() -> None:
+    """eval_return, eval_std and eval_steps of generation g are the mean, the sample standard deviation (n - 1, as
+    ``flipes evaluate`` prints it) and the summed lengths of the center policy's episodes reset from (seed, "eval", g),
+    computed here with Python's statistics module; generation g + 1 plays other episodes."""
+    import statistics
+
+    from flipes.builders import Evaluator
+    from flipes.rl import MLPPolicy, reset_episodes
+
+    env = make_vector_env("flipes/Pendulum-v1", 5)
+    torch.manual_seed(0)
+    policy = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(4,))
+    got = Evaluator(env, seed=3)(policy, 2)
+    episodes = run_episodes(env, policy, obs=reset_episodes(env, 3, "eval", 2))
+    returns = episodes.returns.tolist()
+    assert got["eval_return"] == pytest.approx(statistics.fmean(returns), rel=1e-12)
+    assert got["eval_std"] == pytest.approx(statistics.stdev(returns), rel=1e-12) and got["eval_std"] > 0
+    assert got["eval_steps"] == 5 * 200
+    assert Evaluator(env, seed=3)(policy, 3)["eval_return"] != got["eval_return"]
+
+
 def test_plot_draws_each_runs_curves_against_the_chosen_x(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """plot_runs draws, for every run, its fitness_mean and fitness_max (and best_member_fitness of a
     --track-best run) against the chosen x column, and its eval_return on the second axes: the lines'
