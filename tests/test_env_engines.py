@@ -184,6 +184,25 @@ def test_envpool_envs_reset_by_a_mask_play_a_new_episode_and_the_others_stay_end
     env.close()
 
 
+def test_reset_episodes_seeds_each_global_env_by_the_documented_rule() -> None:
+    """Env i of a batch starting at global env ``first`` plays, for (seed, stream, generation): on an engine seeded at
+    reset, the episode of ``reset(seed=episode_seed(seed, generation, stream) + first)``; on EnvPool, episode number
+    ``generation`` of the stream seeded ``episode_seed(seed, 0, stream) + first + i``, made here by hand."""
+    from flipes.rl import episode_seed
+
+    cartpole, by_hand = make_vector_env("flipes/CartPole-v1", 5), make_vector_env("flipes/CartPole-v1", 5)
+    expect = by_hand.reset(seed=episode_seed(7, 3, "population") + 4)[0]
+    assert torch.equal(reset_episodes(cartpole, 7, "population", 3, first=4), expect)
+    pytest.importorskip("envpool")
+    env = EnvPoolVectorEnv("Hopper-v5", 3, threads=2)
+    streams = EnvPoolVectorEnv("Hopper-v5", 3, threads=2, seeds=[episode_seed(7, 0, "eval") + 4 + i for i in range(3)])
+    for _ in range(3):  # episodes 0, 1, 2 of each stream
+        expect = streams.reset()[0]
+    assert torch.equal(reset_episodes(env, 7, "eval", 2, first=4), expect)
+    env.close()
+    streams.close()
+
+
 def test_envpool_streams_in_turn_keep_a_pool_each(monkeypatch: pytest.MonkeyPatch) -> None:
     """A population rolled out in parts (one env of a part's size, its seed sets in turn): each part's
     pool is made once and advances one episode per generation, as one pool of the whole population
