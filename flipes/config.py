@@ -292,13 +292,18 @@ def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig
     process; under MPI first one that gives every process as many groups (no process waits for another with
     more members), else the fewest that give each process one; more where --members-per-pass asks for them
     (--hold-noise false samples a part's groups alone). The run records the number, so a resume keeps it on
-    any process count.
+    any process count: a resumed run's ``groups=0`` is the count it recorded.
 
     Raises:
         UsageError: no count fits --popsize on ``processes`` processes, naming the --popsize to choose.
     """
     if config.groups != 0 or config.popsize < 1:  # a bad popsize is validate's to name
         return config, ""
+    if config.resume:  # a TrainConfig (or --groups 0) that leaves the count to the run being resumed
+        where = config.resolve_auto_resume().resume
+        saved = saved_options(where).get("groups") if where else None
+        if isinstance(saved, int) and saved > 0:
+            return dataclasses.replace(config, groups=saved), ""
     fits = _group_counts(config.popsize, processes, config.mirrored)
     if not fits:
         if processes == 1:  # an odd popsize with mirrored sampling: validate names it
