@@ -451,7 +451,9 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         raise UsageError("--groups", f"{config.groups}{by_preset} does not divide --popsize {config.popsize}", fix)
     if config.groups < processes:
         fix = _groups_fix(config.popsize, processes, config.mirrored)
-        raise UsageError("--groups", f"{config.groups} group(s) cannot be shared by {processes} processes", fix)
+        if config.resume:  # a resume keeps the run's count: another one is refused as another run's
+            fix = f"resume the run on at most {config.groups} process(es) (a run keeps its --groups; {fix} for a new run)"
+        raise UsageError("--groups", f"{config.groups} group(s){by_preset} cannot be shared by {processes} processes", fix)
     per_group = config.popsize // config.groups
     if config.mirrored and per_group % 2:
         fix = _groups_fix(config.popsize, processes, config.mirrored)

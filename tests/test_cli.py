@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import NEEDS_TOMLLIB, ROOT, run_script
+from helpers import FAST_KW, NEEDS_TOMLLIB, ROOT, run_script
 
 import flipes
 from flipes.cli import build_parser, field_docs, parse_config
@@ -651,3 +651,25 @@ def test_another_libraries_name_for_an_option_is_refused_naming_flipes_own(
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"flipes: error: --{key.replace('_', '-')}: unknown option; {flag_fix}\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_too_few_groups_for_the_processes_names_a_fix_that_works_for_a_resume_and_for_a_preset(tmp_path: Path) -> None:
+    """A resumed run keeps its group count (another one is refused as another run's), so a resume on more processes
+    than the run has groups is told to use fewer processes, not another --groups; --algo pgpe's 8 groups on 16
+    processes are named as the preset's, and a new run is told the counts that work."""
+    from flipes.config import validate
+
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, groups=1, generations=1, out=str(run))
+    resumed = TrainConfig.for_env(resume=str(run))
+    with pytest.raises(flipes.UsageError) as error:
+        validate(resumed, 2)
+    assert str(error.value) == (
+        "--groups: 1 group(s) cannot be shared by 2 processes; resume the run on at most 1 process(es) (a run keeps its "
+        "--groups; use one of --groups [2, 4] for a new run)"
+    )
+    with pytest.raises(flipes.UsageError) as error:
+        validate(TrainConfig.for_env("flipes/CartPole-v1", algo="pgpe", popsize=64), 16)
+    assert str(error.value) == (
+        "--groups: 8 group(s) (--algo pgpe's preset unless given) cannot be shared by 16 processes; use one of --groups [16, 32]"
+    )
