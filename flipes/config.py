@@ -155,9 +155,9 @@ class TrainConfig:
     hold_noise: bool = True
     """With --members-per-pass: false samples each part's noise when the part is evaluated, and again in
     the update, instead of holding every member's noise for the generation (FlipES(hold_noise=False)):
-    memory for one part's noise, for twice the sampling. Use --groups of at least popsize /
-    members-per-pass (a part inside one group holds that group's noise; one group per process is
-    refused). At the same --groups the members are the same; the update differs by rounding."""
+    memory for one part's noise, for twice the sampling. --groups of at least popsize / members-per-pass
+    (the default 0 takes them where such parts fit; a part inside one group holds that group's noise; one
+    group per process is refused). At the same --groups the members are the same; the update differs by rounding."""
     comm: Literal["allreduce", "seeds"] = "allreduce"
     """Under MPI: allreduce sums gradients; seeds exchanges only fitness values and rebuilds all noise."""
     check_every: int = 10
@@ -291,7 +291,8 @@ def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig
     Each process evaluates whole ε groups, so the fewest counts that work with the other options: one on one
     process; under MPI first one that gives every process as many groups (no process waits for another with
     more members), else the fewest that give each process one; more where --members-per-pass asks for them
-    (--hold-noise false samples a part's groups alone). The run records the number, so a resume keeps it on
+    (--hold-noise false samples a part's groups alone: parts of whole groups, at least --popsize / --members-per-pass
+    groups, where such parts fit). The run records the number, so a resume keeps it on
     any process count: a resumed run's ``groups=0`` is the count it recorded.
 
     Raises:
@@ -310,7 +311,10 @@ def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig
             return dataclasses.replace(config, groups=1), ""
         fix = _groups_fix(config.popsize, processes, config.mirrored)
         raise UsageError("--groups", f"0 (the default) finds no count for {processes} processes", fix)
-    order = sorted(fits, key=lambda g: (g % processes != 0, g))
+    fewest = min(fits, key=lambda g: (g % processes != 0, g))
+    size = config.members_per_pass
+    whole = size > 0 and not config.hold_noise  # parts that sample their own groups' noise: parts of whole groups first
+    order = sorted(fits, key=lambda g: (whole and config.popsize // g > size, g % processes != 0, g))
     for groups in order:
         try:
             _check_members_per_pass(dataclasses.replace(config, groups=groups), config.popsize // groups, processes)
@@ -318,11 +322,11 @@ def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig
             continue
         break
     else:
-        groups = order[0]  # validate names what is wrong with the parts
+        groups = fewest  # validate names what is wrong with the parts
     if groups == 1:
         return dataclasses.replace(config, groups=1), ""
     why = [f"each of the {processes} processes evaluates whole ε groups"] if processes > 1 else []
-    if groups != order[0]:
+    if groups != fewest:
         parts = f"--members-per-pass {config.members_per_pass}" + (" with --hold-noise false" * (not config.hold_noise))
         why.append(f"{parts} needs parts of whole groups")
     note = (

@@ -316,7 +316,7 @@ def test_the_default_group_count_gives_every_process_whole_groups_and_a_given_on
         validate(config, processes)  # the default passes where the count it takes does
     parts = TrainConfig(popsize=64, members_per_pass=16, hold_noise=False)  # parts that sample their own groups' noise
     resolved, note = resolve_groups(parts, 1)
-    assert resolved.groups == 2 and note.startswith("--groups 2: --members-per-pass 16 with --hold-noise false needs")
+    assert resolved.groups == 4 and note.startswith("--groups 4: --members-per-pass 16 with --hold-noise false needs")
     validate(parts)
     with pytest.raises(flipes.UsageError, match="--hold-noise: false with --groups 1"):
         validate(dataclasses.replace(parts, groups=1))
@@ -329,6 +329,29 @@ def test_the_default_group_count_gives_every_process_whole_groups_and_a_given_on
         validate(TrainConfig(popsize=6), 4)
     with pytest.raises(flipes.UsageError, match="--groups: must be at least 0, got -1"):
         validate(TrainConfig(groups=-1))
+
+
+@pytest.mark.parametrize(("popsize", "size", "processes"), [(64, 16, 1), (64, 16, 2), (16, 2, 1), (64, 8, 3), (48, 12, 3)])
+def test_the_default_group_count_gives_parts_that_sample_their_own_noise_whole_groups(
+    popsize: int, size: int, processes: int
+) -> None:
+    """With --members-per-pass and --hold-noise false, --groups 0 takes the fewest groups that make every part whole
+    groups (at least --popsize / --members-per-pass of them, as --hold-noise asks), so a part samples its own groups'
+    noise alone rather than the whole of a larger group it lies in; the count passes validation and the note names the
+    parts as the reason."""
+    from flipes.config import _group_counts, resolve_groups, validate
+
+    config = TrainConfig(popsize=popsize, members_per_pass=size, hold_noise=False)
+    resolved, note = resolve_groups(config, processes)
+    groups = resolved.groups
+    assert popsize // groups <= size and size % (popsize // groups) == 0, groups
+    assert groups >= popsize // size
+    validate(resolved, processes)
+    smaller = [g for g in _group_counts(popsize, processes, True) if g < groups and popsize // g <= size]
+    for g in smaller:  # any fewer whole-group counts do not split the processes' members into equal parts
+        with pytest.raises(flipes.UsageError):
+            validate(dataclasses.replace(config, groups=g), processes)
+    assert f"--members-per-pass {size} with --hold-noise false needs parts of whole groups" in note, note
 
 
 CONFIG_TYPE_ERRORS = [
