@@ -59,7 +59,8 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = True) -> Path:
-    """Write ``state`` to ``path`` atomically; the file it replaces becomes ``previous.pt`` beside it.
+    """Write ``state`` to ``path`` atomically; the file it replaces becomes its previous one beside it
+    (:func:`previous_path`: ``previous.pt`` for ``checkpoint.pt``, ``NAME.previous.pt`` for ``NAME.pt``).
 
     ``state`` is anything ``torch.load(weights_only=True)`` reads back (tensors, numbers, strings, lists and
     dicts of them: ``es.state_dict()``); it is stored with a SHA-256 of its bytes, which :func:`read_checkpoint`
@@ -82,7 +83,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     wrapped = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
                "payload": torch.frombuffer(payload, dtype=torch.uint8)}  # fmt: skip
     tmp = path.with_name(path.name + ".tmp")
-    previous = path.with_name("previous.pt")
+    previous = previous_path(path)
     file = None
     try:
         with open(tmp, "wb") as f:
@@ -111,6 +112,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
         discard(previous.with_name(previous.name + ".tmp"))
         raise
     return path
+
+
+def previous_path(path: Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the file that ``path`` replaced: a run's ``checkpoint.pt`` keeps
+    ``previous.pt`` (what ``--resume`` offers), any other file one of its own (``best.pt``: ``best.previous.pt``), so
+    that two files saved in one directory do not replace each other's previous one."""
+    if path.name == "checkpoint.pt":
+        return path.with_name("previous.pt")
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
 
 
 class _Writes:
@@ -200,7 +210,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device | None = 
 
     Raises:
         CheckpointError: the file is missing, truncated, corrupted (content hash) or not written by
-            :func:`save_checkpoint`; the message offers the ``previous.pt`` beside it where that one reads.
+            :func:`save_checkpoint`; the message offers the file's previous one beside it (:func:`previous_path`)
+            where that one reads.
     """
     path = Path(path)
     state = _read(path, map_location, "")
@@ -214,7 +225,7 @@ def _read(path: Path, map_location: str | torch.device | None, option: str) -> A
     they are); errors offer ``previous.pt`` to ``option``."""
     if isinstance(map_location, str | torch.device) and str(map_location).startswith("cpu:"):
         map_location = "cpu"  # torch.load cannot restore to "cpu:0", a device --device and torch take elsewhere
-    if not path.exists():  # one's own loop's name mistyped: previous.pt beside it is another file's
+    if not path.exists():  # one's own loop's name mistyped: a previous file beside it is another file's
         missing = f"no checkpoint at {path}"
         raise _error(missing, path, option) if option else CheckpointError(missing, option="")
     try:
@@ -274,9 +285,10 @@ def _error(problem: str, path: Path, option: str = "--resume") -> CheckpointErro
     """A CheckpointError for ``path`` that points at ``previous.pt`` beside it: offered only where it
     loads (read in full, but only on the way to an error), else said to be damaged too. A file that is no
     checkpoint by its name (config.json, metrics.jsonl given by mistake) points at none: the way on is the
-    run's own checkpoint, not the older one."""
-    previous = path.with_name("previous.pt")
-    if previous == path or path.suffix != ".pt" or not previous.exists():
+    run's own checkpoint, not the older one. A file of :func:`read_checkpoint` (``option`` ``""``) points at its own
+    previous one (:func:`previous_path`), not at another file's."""
+    previous = path.with_name("previous.pt") if option else previous_path(path)
+    if previous == path or (option and path.suffix != ".pt") or not previous.exists():
         return CheckpointError(problem, option=option)
     try:  # a GPU run's tensors: not onto the GPU, nor an error without one
         (load_checkpoint if option else read_checkpoint)(previous, map_location="cpu")

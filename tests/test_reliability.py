@@ -1002,3 +1002,24 @@ def test_a_hand_edited_config_json_value_is_named_in_that_file_not_as_a_flag(tmp
     )
     (run / "config.json").write_text(good)
     assert flipes.train(resume=str(run), generations=2, progress=False).metrics[-1]["generation"] == 1
+
+
+def test_two_files_saved_in_one_directory_keep_their_own_previous_ones(tmp_path: Path) -> None:
+    """flipes.save_checkpoint of two files in one directory (a loop's last.pt and best.pt) keeps each file's replaced
+    version beside it as its own previous one, so neither save removes the other's; a damaged last.pt is refused
+    naming last.pt's previous version, which reads back as that file's older state, not the other file's."""
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    for generation in (1, 2):
+        flipes.save_checkpoint({"file": "last", "generation": generation}, last)
+        flipes.save_checkpoint({"file": "best", "generation": generation}, best)
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte inside the payload
+    last.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as e:
+        flipes.read_checkpoint(last)
+    assert e.value.previous is not None and e.value.previous_loads
+    assert flipes.read_checkpoint(e.value.previous) == {"file": "last", "generation": 1}
+    assert str(e.value).endswith(f"reads: flipes.read_checkpoint('{e.value.previous}')")
+    assert flipes.read_checkpoint(best) == {"file": "best", "generation": 2}
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.name not in ("last.pt", "best.pt"))
+    assert len(kept) == 2 and all(flipes.read_checkpoint(tmp_path / name)["generation"] == 1 for name in kept)
