@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -272,7 +273,8 @@ _AT_LEAST_ONE = ("popsize", "generations", "episodes", "eval_every", "eval_episo
 def _group_counts(popsize: int, processes: int, mirrored: bool) -> list[int]:
     """The --groups values that work: dividing --popsize, at least one per process, and with mirrored
     sampling an even number of members each."""
-    return [g for g in range(processes, popsize + 1) if popsize % g == 0 and not (mirrored and (popsize // g) % 2)]
+    divisors = {d for i in range(1, math.isqrt(popsize) + 1) if popsize % i == 0 for d in (i, popsize // i)}  # not O(popsize)
+    return sorted(g for g in divisors if g >= processes and not (mirrored and (popsize // g) % 2))
 
 
 def _groups_fix(popsize: int, processes: int, mirrored: bool) -> str:
@@ -298,7 +300,7 @@ def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig
     Raises:
         UsageError: no count fits --popsize on ``processes`` processes, naming the --popsize to choose.
     """
-    if config.groups != 0 or config.popsize < 1:  # a bad popsize is validate's to name
+    if config.groups != 0 or not 1 <= config.popsize <= LIMITS["popsize"]:  # a bad popsize is validate's to name
         return config, ""
     if config.resume:  # a TrainConfig (or --groups 0) that leaves the count to the run being resumed
         where = config.resolve_auto_resume().resume
