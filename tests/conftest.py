@@ -1,6 +1,11 @@
+import faulthandler
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 import torch
@@ -11,6 +16,33 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one pytest-xdist worker per core: torch's own threads on top would only contend
     # (the suite took 353 s with them and 308 s without, on 2 cores). Subprocesses keep their own settings.
     torch.set_num_threads(1)
+
+
+# far above any test's time on a busy 2-core machine (the slowest take ~2 min there), far below CI's 90 minutes
+TEST_LIMIT_S = 600
+
+
+def _too_long(signum: int, frame: FrameType | None) -> None:
+    pytest.fail(f"still running after {TEST_LIMIT_S} s (tests/conftest.py TEST_LIMIT_S): a hang?")
+
+
+@pytest.fixture(autouse=True)
+def hang_guard() -> Iterator[None]:
+    """A test still running after ``TEST_LIMIT_S`` fails with the traceback of where it was (SIGALRM; Python code
+    only), instead of stalling the suite until CI's limit; one stuck in C code a minute later ends its process with
+    every thread's traceback (under pytest-xdist the worker is replaced and the test reported as crashed)."""
+    if threading.current_thread() is not threading.main_thread():  # no signal handlers off the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _too_long)
+    signal.alarm(TEST_LIMIT_S)
+    faulthandler.dump_traceback_later(TEST_LIMIT_S + 60, exit=True)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture
