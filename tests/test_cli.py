@@ -408,13 +408,20 @@ MINIMIZE_FIX = (
 def test_asking_training_to_minimize_says_how(key: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``maximize=False`` (FlipES's and EvoTorch's switch, ``objective_sense``) given to training, as a keyword of
     flipes.train or a flag, is refused with how to minimize there: return minus the loss; nothing is written."""
+    assert_unknown_option(key, False, MINIMIZE_FIX, MINIMIZE_FIX, tmp_path, capsys)
+
+
+def assert_unknown_option(
+    key: str, value: object, keyword_fix: str, flag_fix: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``key=value`` to flipes.train and ``--key value`` to flipes train are refused with these fixes; nothing is written."""
     with pytest.raises(flipes.UsageError) as error:
-        flipes.train(env="none", out=str(tmp_path / "out"), **{key: False})
-    assert str(error.value) == f"flipes.train: unknown option {key!r}; {MINIMIZE_FIX}"
+        flipes.train(env="none", out=str(tmp_path / "out"), **{key: value})
+    assert str(error.value) == f"flipes.train: unknown option {key!r}; {keyword_fix}"
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", f"--{key.replace('_', '-')}", "false", "--out", str(tmp_path / "out")])
+        main(["train", f"--{key.replace('_', '-')}", str(value).lower(), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == f"flipes: error: --{key.replace('_', '-')}: unknown option; {MINIMIZE_FIX}\n"
+    assert capsys.readouterr().err == f"flipes: error: --{key.replace('_', '-')}: unknown option; {flag_fix}\n"
     assert not (tmp_path / "out").exists()
 
 
@@ -666,14 +673,7 @@ def test_another_libraries_name_for_an_option_is_refused_naming_flipes_own(
     """An option spelt as OpenAI's ES starter, EvoTorch or evosax spell it (``--noise-stdev``, ``l2coeff=``) is refused
     naming the flipes option that means it, as a flag and as a keyword of flipes.train, not the option whose spelling is
     closest (``--noise-rank`` for ``--noise-stdev``); nothing is written."""
-    with pytest.raises(flipes.UsageError) as error:
-        flipes.train(env="none", out=str(tmp_path / "out"), **{key: 0.01})
-    assert str(error.value) == f"flipes.train: unknown option {key!r}; {keyword_fix}"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", f"--{key.replace('_', '-')}", "0.01", "--out", str(tmp_path / "out")])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err == f"flipes: error: --{key.replace('_', '-')}: unknown option; {flag_fix}\n"
-    assert not (tmp_path / "out").exists()
+    assert_unknown_option(key, 0.01, keyword_fix, flag_fix, tmp_path, capsys)
 
 
 def test_too_few_groups_for_the_processes_names_a_fix_that_works_for_a_resume_and_for_a_preset(tmp_path: Path) -> None:
