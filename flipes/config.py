@@ -26,6 +26,11 @@ class TrainConfig:
     """Options of one ES training run. Defaults < the env's row in ``flipes.rl.presets`` (see
     :meth:`for_env`) < a config file < flags."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> TrainConfig:
+        # the dataclass's TypeError names a misspelt or foreign keyword, but not the option meant
+        check_options(cls, {k: v for k, v in kwargs.items() if k not in cls.__dataclass_fields__}, "flipes.TrainConfig")
+        return super().__new__(cls)
+
     env: str = "flipes/CartPole-v1"
     """Environment id: flipes/ID (batched torch envs), any gymnasium id (EnvPool's engine when
     installed; prefixes envpool:, gymnasium:, gymnasium-sync:, gymnasium-async: pick one), or none

@@ -414,10 +414,14 @@ def test_asking_training_to_minimize_says_how(key: str, tmp_path: Path, capsys: 
 def assert_unknown_option(
     key: str, value: object, keyword_fix: str, flag_fix: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """``key=value`` to flipes.train and ``--key value`` to flipes train are refused with these fixes; nothing is written."""
+    """``key=value`` to flipes.train and TrainConfig and ``--key value`` to flipes train are refused with these fixes;
+    nothing is written."""
     with pytest.raises(flipes.UsageError) as error:
         flipes.train(env="none", out=str(tmp_path / "out"), **{key: value})
     assert str(error.value) == f"flipes.train: unknown option {key!r}; {keyword_fix}"
+    with pytest.raises(flipes.UsageError) as error:
+        TrainConfig(env="none", out=str(tmp_path / "out"), **{key: value})
+    assert str(error.value) == f"flipes.TrainConfig: unknown option {key!r}; {keyword_fix}"
     with pytest.raises(SystemExit) as exit_info:
         main(["train", f"--{key.replace('_', '-')}", str(value).lower(), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
