@@ -6,9 +6,9 @@ pseudo-independent weight perturbation (Wen et al., ICLR 2018, arXiv:1803.04386)
 
 from flipes import dist, nn, noise, optim
 from flipes.callbacks import Callback
-from flipes.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from flipes.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from flipes.config import TrainConfig
-from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, UsageError
+from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, StorageError, UsageError
 from flipes.es import FlipES, Population, shaping
 from flipes.export import export_policy
 from flipes.nn import flipout, kl_divergence
@@ -17,10 +17,12 @@ from flipes.training import TrainResult, train
 
 __all__ = [
     "Callback",
+    "CheckpointError",
     "EqualFitnessWarning",
     "FlipES",
     "OutsidePopulationWarning",
     "Population",
+    "StorageError",
     "TrainConfig",
     "TrainResult",
     "UsageError",

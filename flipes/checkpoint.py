@@ -155,9 +155,11 @@ def discard(path: Path) -> None:
 
 
 def _still_good(path: Path) -> str:
-    """What a failed write of ``path`` leaves to continue from: the run's ``checkpoint.pt`` (what
-    ``--resume DIR`` reads) where it exists, else ``previous.pt``, else ``path`` as it was."""
-    for good in (path.with_name("checkpoint.pt"), path.with_name("previous.pt"), path):
+    """What a failed write of ``path`` leaves to continue from: for a run's ``checkpoint.pt`` or ``best.pt``, its
+    ``checkpoint.pt`` (what ``--resume DIR`` reads) where it exists, else ``previous.pt``; else (and for a file of
+    one's own loop, which is not the run's) ``path`` as it was."""
+    run = (path.with_name("checkpoint.pt"), path.with_name("previous.pt")) if path.name in ("checkpoint.pt", "best.pt") else ()
+    for good in (*run, path):
         if good.is_file():
             return f"the last good checkpoint is {good}"
     return "no checkpoint was written yet"

@@ -1028,3 +1028,35 @@ def test_two_files_saved_in_one_directory_keep_their_own_previous_ones(tmp_path:
     assert flipes.read_checkpoint(best) == {"file": "best", "generation": 2}
     kept = sorted(p.name for p in tmp_path.iterdir() if p.name not in ("last.pt", "best.pt"))
     assert len(kept) == 2 and all(flipes.read_checkpoint(tmp_path / name)["generation"] == 1 for name in kept)
+
+
+def test_a_failed_save_of_an_own_file_names_that_file_not_a_runs_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save of one's own last.pt that finds the disk full names last.pt, unchanged, as the good file (not a
+    checkpoint.pt beside it, another file), or says none was written yet; a run's best.pt names the run's
+    checkpoint.pt, which --resume reads."""
+    (tmp_path / "checkpoint.pt").write_bytes(b"another file")
+    last, real_replace = tmp_path / "last.pt", os.replace
+
+    def full(src: object, dst: object) -> None:
+        if str(dst).endswith(".pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    reason = "disk full: No space left on device"
+    for path, good in (
+        (last, "no checkpoint was written yet"),
+        (tmp_path / "best.pt", f"the last good checkpoint is {tmp_path / 'checkpoint.pt'}"),
+    ):
+        with pytest.raises(flipes.StorageError) as e:
+            flipes.save_checkpoint({"generation": 1}, path)
+        assert str(e.value) == f"cannot write {path} ({reason}); {good}"
+    monkeypatch.setattr(os, "replace", real_replace)
+    flipes.save_checkpoint({"generation": 1}, last)
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(flipes.StorageError) as e:
+        flipes.save_checkpoint({"generation": 2}, last)
+    assert str(e.value) == f"cannot write {last} ({reason}); the last good checkpoint is {last}"
+    assert flipes.read_checkpoint(last) == {"generation": 1}
