@@ -275,6 +275,9 @@ LIMITS: MappingProxyType[str, int] = MappingProxyType(
 _AT_LEAST_ONE = ("popsize", "generations", "episodes", "eval_every", "eval_episodes", "checkpoint_every", "check_every")
 
 
+ADAPTIVE_GROUPS = 8  # ε groups adaptive σ wants at the least (flipes.es.sigma: a weight's σ sees G samples a generation)
+
+
 def _group_counts(popsize: int, processes: int, mirrored: bool) -> list[int]:
     """The --groups values that work: dividing --popsize, at least one per process, and with mirrored
     sampling an even number of members each."""
@@ -299,8 +302,9 @@ def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig
     process; under MPI first one that gives every process as many groups (no process waits for another with
     more members), else the fewest that give each process one; more where --members-per-pass asks for them
     (--hold-noise false samples a part's groups alone: parts of whole groups, at least --popsize / --members-per-pass
-    groups, where such parts fit). The run records the number, so a resume keeps it on
-    any process count: a resumed run's ``groups=0`` is the count it recorded.
+    groups, where such parts fit), and at least 8 with adaptive σ (--sigma-lr > 0: a Flipout weight's σ learns
+    from the variation between groups alone; fewer where --popsize has no such count). The run records the number,
+    so a resume keeps it on any process count: a resumed run's ``groups=0`` is the count it recorded.
 
     Raises:
         UsageError: no count fits --popsize on ``processes`` processes, naming the --popsize to choose.
@@ -318,10 +322,12 @@ def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig
             return dataclasses.replace(config, groups=1), ""
         fix = _groups_fix(config.popsize, processes, config.mirrored)
         raise UsageError("--groups", f"0 (the default) finds no count for {processes} processes", fix)
-    fewest = min(fits, key=lambda g: (g % processes != 0, g))
+    # adaptive σ learns a Flipout weight's σ from the variation between ε groups alone: at least ADAPTIVE_GROUPS
+    floor = min(ADAPTIVE_GROUPS, max(fits)) if config.sigma_lr > 0 else 1
+    fewest = min(fits, key=lambda g: (g < floor, g % processes != 0, g))
     size = config.members_per_pass
     whole = size > 0 and not config.hold_noise  # parts that sample their own groups' noise: parts of whole groups first
-    order = sorted(fits, key=lambda g: (whole and config.popsize // g > size, g % processes != 0, g))
+    order = sorted(fits, key=lambda g: (whole and config.popsize // g > size, g < floor, g % processes != 0, g))
     for groups in order:
         try:
             _check_members_per_pass(dataclasses.replace(config, groups=groups), config.popsize // groups, processes)
@@ -333,6 +339,9 @@ def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig
     if groups == 1:
         return dataclasses.replace(config, groups=1), ""
     why = [f"each of the {processes} processes evaluates whole ε groups"] if processes > 1 else []
+    if floor > 1 and groups >= floor > min(fits, key=lambda g: (g % processes != 0, g)):
+        why.append(f"--sigma-lr {config.sigma_lr:g} learns a Flipout weight's σ from the variation between groups alone "
+                   f"(at least {ADAPTIVE_GROUPS} where --popsize allows)")  # fmt: skip
     if groups != fewest:
         parts = f"--members-per-pass {config.members_per_pass}" + (" with --hold-noise false" * (not config.hold_noise))
         why.append(f"{parts} needs parts of whole groups")

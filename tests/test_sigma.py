@@ -11,11 +11,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import MADE_UP_FITNESS
+from helpers import FAST_KW, MADE_UP_FITNESS
 from reference import centered_ranks_distinct, member_perturbations
 from torch import nn
 
 import flipes
+from flipes.config import resolve_groups
 from flipes.es.shaping import raw
 
 DT = torch.float64
@@ -307,6 +308,23 @@ def test_adaptive_sigma_with_one_group_warns_where_flipout_weights_cannot_inform
         warnings.simplefilter("error")
         flipes.FlipES(small_model(), popsize=16, sigma_lr=0.1, groups=8)
         flipes.FlipES(flipes.flipout(flipes.nn.Vector(torch.zeros(5))), popsize=16, sigma_lr=0.1)
+
+
+def test_training_with_adaptive_sigma_and_no_groups_takes_eight_and_every_sigma_learns(tmp_path) -> None:
+    """flipes.train with sigma_lr > 0 and the default groups=0 takes 8 ε groups (said in one note, recorded in
+    config.json) rather than the one group it takes with a fixed σ, which would keep every Flipout weight's σ exactly
+    where it started; after two generations every σ (weights, biases) has moved, without the one-group warning;
+    where --popsize has no 8 groups it takes the most it has."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = flipes.train(**{**FAST_KW, "popsize": 32}, sigma_lr=0.2, generations=2, out=str(tmp_path / "run"))
+    assert result.config.groups == 8 and result.es.groups == 8
+    assert '"groups": 8' in (tmp_path / "run" / "config.json").read_text()
+    assert all(s != 0.05 for s in result.es.sigmas()), result.es.sigmas()  # FAST_KW's CartPole row: σ 0.05
+    fixed, note = resolve_groups(flipes.TrainConfig(popsize=32), 1)
+    assert (fixed.groups, note) == (1, "")
+    few, note = resolve_groups(flipes.TrainConfig(popsize=8, sigma_lr=0.2), 1)  # mirrored: 4 groups of 2 at most
+    assert few.groups == 4 and note.startswith("--groups 4: --sigma-lr 0.2 learns a Flipout weight's σ from the variation")
 
 
 def test_sigma_lr_options_are_checked() -> None:
