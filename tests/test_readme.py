@@ -193,3 +193,27 @@ def check_digits_fitness(source: str, ns: dict[str, Any]) -> None:
     with es.population() as pop:
         fitness = ns["fitness"](model, pop)
     assert fitness.shape == (16,) and bool(fitness.isfinite().all())
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation other than ``-`` and ``_`` dropped (letters
+    of any script kept, such as σ), spaces as ``-``."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_within_the_readme_leads_to_one_of_its_headings() -> None:
+    """Each ``](#anchor)`` link of README.md names the anchor of a heading in it (GitHub's rule), so a renamed
+    section cannot leave a link that goes nowhere."""
+    text = (ROOT / "README.md").read_text()
+    prose = re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.M | re.S)  # a code block's "# comment" is no heading
+    headings = [line.lstrip("#") for line in prose.splitlines() if re.match(r"#{1,6} ", line)]
+    assert "Quick start" in [h.strip() for h in headings] and not any(h.startswith(" outside a population") for h in headings)
+    anchors = set()
+    for heading in headings:  # a repeated heading's anchor gets -1, -2, ...
+        anchor, n = github_anchor(heading), 0
+        while (anchor if n == 0 else f"{anchor}-{n}") in anchors:
+            n += 1
+        anchors.add(anchor if n == 0 else f"{anchor}-{n}")
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert len(links) >= 10 and github_anchor("The `flipes` command") == "the-flipes-command"
+    assert [link for link in links if link not in anchors] == []
