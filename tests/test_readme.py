@@ -202,8 +202,9 @@ def github_anchor(heading: str) -> str:
 
 
 def test_every_link_within_the_readme_leads_to_one_of_its_headings() -> None:
-    """Each ``](#anchor)`` link of README.md names the anchor of a heading in it (GitHub's rule), so a renamed
-    section cannot leave a link that goes nowhere."""
+    """Each ``](#anchor)`` link of README.md names the anchor of a heading in it (GitHub's rule), and each link to a
+    file (a result's plot, DEVELOPERS.md) names a file of the repository, so a renamed section or file cannot leave a
+    link that goes nowhere."""
     text = (ROOT / "README.md").read_text()
     prose = re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.M | re.S)  # a code block's "# comment" is no heading
     headings = [line.lstrip("#") for line in prose.splitlines() if re.match(r"#{1,6} ", line)]
@@ -217,3 +218,5 @@ def test_every_link_within_the_readme_leads_to_one_of_its_headings() -> None:
     links = re.findall(r"\]\(#([^)]+)\)", text)
     assert len(links) >= 10 and github_anchor("The `flipes` command") == "the-flipes-command"
     assert [link for link in links if link not in anchors] == []
+    files = re.findall(r"\]\(((?!#|https?:)[^)]+)\)", text)  # the images and files it links to
+    assert len(files) >= 5 and [f for f in files if not (ROOT / f).is_file()] == []
