@@ -38,6 +38,7 @@ from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_dir, validate
 from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError
 from flipes.es import FlipES
+from flipes.es.engine import optimizer_settings
 from flipes.nn import flipout, uncompiled
 from flipes.plugins import NAMED, Plugins
 from flipes.resume import agree, restore
@@ -478,19 +479,6 @@ CALLBACKS_RANK_0 = (
 
 # row entries each rank measures for itself; rank 0 sends the others
 RANK_ROW = ("steps_per_second", "bytes_sent")
-
-
-def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    """Each param group's settings (lr, betas, ...) without its parameters: what a callback may change. Only plain
-    values (numbers, flags, text, tuples of numbers, tensors): an optimizer of another library may keep a function
-    in a group, which cannot be pickled to the other ranks."""
-    return [{k: v for k, v in group.items() if k != "params" and _plain_setting(v)} for group in optimizer.param_groups]
-
-
-def _plain_setting(value: Any) -> bool:
-    if isinstance(value, tuple | list):
-        return all(isinstance(v, int | float | bool) for v in value)
-    return value is None or isinstance(value, int | float | bool | str | Tensor)
 
 
 def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict[str, Any]]) -> None:

@@ -235,19 +235,20 @@ def test_a_flipes_without_comm_under_mpiexec_warns_that_every_process_runs_every
 
 class RankZeroOfTwo(flipes.dist.SerialComm):
     """Rank 0 of 2 whose peer evaluated the same fitness and holds the parameters of ``other`` (a digest, or
-    None for this rank's own); counts the object allgathers."""
+    None for this rank's own) and this rank's FlipES settings updated by ``settings``; counts the object allgathers."""
 
     rank, size = 0, 2
 
-    def __init__(self, other: str | None = None) -> None:
-        self.other, self.object_calls = other, 0
+    def __init__(self, other: str | None = None, settings: dict[str, Any] | None = None) -> None:
+        self.other, self.settings, self.object_calls = other, settings or {}, 0
 
     def allgather_tensor(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x])
 
     def allgather_object(self, obj: Any) -> list[Any]:
         self.object_calls += 1
-        return [obj, obj if self.other is None else self.other]
+        settings, digest = obj
+        return [obj, ({**settings, **self.settings}, digest if self.other is None else self.other)]
 
 
 def test_processes_holding_different_parameters_are_an_error_at_the_first_tell() -> None:
@@ -270,6 +271,29 @@ def test_processes_holding_different_parameters_are_an_error_at_the_first_tell()
     es.load_state_dict(es.state_dict())
     es.step(fitness)
     assert comm.object_calls == 2
+
+
+@pytest.mark.parametrize(
+    ("peer", "named"),
+    [
+        ({"seed": 1}, r"seed: rank 0 0, rank 1 1"),
+        ({"generation": 3}, r"generation: rank 0 0, rank 1 3"),
+        ({"sigma": 0.2, "comm_mode": "seeds"}, r"sigma: rank 0 0\.1, rank 1 0\.2; comm_mode: rank 0 'allreduce', rank 1 'seeds'"),
+    ],
+    ids=["seed", "generation", "sigma-and-comm-mode"],
+)
+def test_processes_built_with_other_settings_are_an_error_at_the_first_tell(peer: dict[str, Any], named: str) -> None:
+    """A FlipES split over processes whose settings differ (a seed per rank: other noise and pop.generator() draws on
+    each, so the shared step goes wrong silently although the parameters agree at first) refuses its first tell with a
+    RuntimeError naming each differing setting with every rank's value, before any parameter moves."""
+    model = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    es = flipes.FlipES(model, popsize=8, groups=2, seed=0, sigma=0.1, comm=RankZeroOfTwo(settings=peer))
+    with es.population() as pop:
+        f = fitness(model, pop)
+    with pytest.raises(RuntimeError, match=rf"other settings \({named}\).*one seed for all of them"):
+        es.tell(f)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_a_forward_after_tell_inside_the_same_population_is_an_error() -> None:

@@ -81,6 +81,20 @@ def _part_of_part(start: int, stop: int) -> AbstractContextManager[Population]:
     raise RuntimeError("part.part(): a part of a part; take every part of the whole population (`pop.part` or `pop.split`)")
 
 
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each param group's settings (lr, betas, ...) without its parameters: what a callback may change. Only plain
+    values (numbers, flags, text, tuples of numbers, tensors): an optimizer of another library may keep a function
+    in a group, which cannot be pickled to the other ranks (and whose text, its address, differs between them where
+    the ranks compare their settings at the first tell)."""
+    return [{k: v for k, v in group.items() if k != "params" and _plain_setting(v)} for group in optimizer.param_groups]
+
+
+def _plain_setting(value: Any) -> bool:
+    if isinstance(value, tuple | list):
+        return all(isinstance(v, int | float | bool) for v in value)
+    return value is None or isinstance(value, int | float | bool | str | Tensor)
+
+
 def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """Adam, fused into one kernel where torch has one for these parameters (a few × fewer ops
     per step, which matters when a generation is short)."""
@@ -1167,11 +1181,36 @@ class FlipES:
             self._check_ranks_agree()
         return torch.cat([piece[:-1] for piece in pieces])
 
+    def _rank_settings(self) -> dict[str, Any]:
+        """What every process of a run must share beside the parameters (compared by :meth:`_check_ranks_agree`)."""
+        return {
+            **self._config(),
+            "generation": self.generation,
+            "sigma": self.mean_sigma(),
+            "comm_mode": self.comm_mode,
+            "weight_decay": self.weight_decay,
+            "optimizer": f"{optimizer_name(self.optimizer)} {optimizer_settings(self.optimizer)}",
+        }
+
     def _check_ranks_agree(self) -> None:
         """Raise on every process when they hold different parameters (at the first tell, and again after a
         load on any of them): each would step its own center with the others' fitness, a silently broken
-        run. Called on every process alike (:meth:`_gather_fitness`)."""
-        digests = self.comm.allgather_object(tensors_sha256(self.params))
+        run. The settings that make a generation's noise, minibatches and step are compared too (a seed per
+        rank would give every rank its own noise and ``pop.generator()`` draws). Called on every process alike
+        (:meth:`_gather_fitness`)."""
+        settings = self._rank_settings()
+        views = self.comm.allgather_object((settings, tensors_sha256(self.params)))
+        differ = [k for k in settings if len({repr(view[0].get(k)) for view in views}) > 1]
+        if differ:
+            shown = "; ".join(
+                f"{k}: " + ", ".join(f"rank {r} {view[0].get(k)!r}" for r, view in enumerate(views)) for k in differ
+            )
+            raise RuntimeError(
+                f"FlipES: the processes were built with other settings ({shown}), so their noise, pop.generator() "
+                "draws or steps would differ and the run would go wrong silently; build the FlipES alike on every rank "
+                "(the ranks already evaluate different members: one seed for all of them)"
+            )
+        digests = [view[1] for view in views]
         if len(set(digests)) > 1:
             shown = ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
             raise RuntimeError(
