@@ -216,8 +216,10 @@ def test_wrong_parts_are_errors_that_name_the_fix() -> None:
                 pop.part(start, stop)
         with pop.part(4, 8) as part:
             assert part.size == 4 and model(x[4:]).shape == (4, 2)
-            with pytest.raises(RuntimeError, match="a part of a part"):
+            with pytest.raises(RuntimeError, match=r"a part of a part; this pop is already members 4\.\.7 .*members_per_pass"):
                 part.part(0, 2)
+            with pytest.raises(RuntimeError, match=r"a part of a part; .* one instance per member"):
+                next(part.split(1))
             with pytest.raises(RuntimeError, match="inside another part"), pop.part(0, 2):
                 pass
             with pytest.raises(ValueError, match="population of 4 members"):

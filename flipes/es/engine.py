@@ -77,8 +77,20 @@ class Deferred:
         return self.noise
 
 
-def _part_of_part(start: int, stop: int) -> AbstractContextManager[Population]:
-    raise RuntimeError("part.part(): a part of a part; take every part of the whole population (`pop.part` or `pop.split`)")
+def _part_of_part(members: range) -> Callable[[int, int], AbstractContextManager[Population]]:
+    """``enter_part`` of a part: a fitness that splits the ``pop`` it is given meets this where ``flipes.train``'s
+    ``members_per_pass`` already gave it a part."""
+
+    def refuse(start: int, stop: int) -> AbstractContextManager[Population]:
+        raise RuntimeError(
+            f"part.part() or part.split(): a part of a part; this pop is already members {members.start}..{members.stop - 1} "
+            "of the population (a part of pop.split(), or flipes.train's members_per_pass calling the fitness once per "
+            "part): evaluate its pop.size members in one pass (for a simulator that is not vectorized: one instance per "
+            "member, the model called once per step on their (pop.size, ...) observations), or take every part of the "
+            "whole population (`pop.part` or `pop.split`)"
+        )
+
+    return refuse
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
@@ -850,7 +862,7 @@ class FlipES:
                 members=self.members[rows],
                 groups=self.local_groups[groups],
                 seed=self.seed,
-                enter_part=_part_of_part,
+                enter_part=_part_of_part(self.members[rows]),
                 superseded=self._superseded_check(),
             )
         finally:
