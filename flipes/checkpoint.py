@@ -106,6 +106,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
         # torch turns a write's OSError into a RuntimeError ("unexpected pos 832 vs 726"): the OSError says why
         error = file.error if file is not None and file.error is not None else e
         why = os_reason(error) if isinstance(error, OSError) else clip(" ".join(str(error).split()))
+        if isinstance(error, FileNotFoundError) and path.parent.is_dir():  # a temporary file was renamed under us
+            why += (
+                f"; a file of this save was moved away while it was written: another process saving {path.name} at the "
+                "same time? Under mpiexec, save on rank 0 alone (`if es.comm.rank == 0:`)"
+            )
         raise StorageError(f"cannot write {path} ({why}); {_still_good(path)}") from None
     except BaseException:  # a second Ctrl-C or SIGTERM stops at once: no temporary file is left behind
         discard(tmp)

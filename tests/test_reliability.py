@@ -246,6 +246,31 @@ def test_a_checkpoint_write_stopped_at_once_leaves_the_old_checkpoint_and_no_tem
     assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp")), sorted(p.name for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("at", [1, 2], ids=["previous-pt", "checkpoint-pt"])
+def test_a_checkpoint_whose_temporary_file_another_writer_took_names_that_writer_and_keeps_the_old_one(
+    at: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes saving one path at once (every MPI rank of an own loop) rename each other's temporary file away: the
+    one that finds its file gone raises a StorageError saying another process saved the same file and to save on rank 0
+    alone (not a bare 'No such file or directory' in an existing directory), and checkpoint.pt stays the old one."""
+    import flipes.checkpoint as checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"generation": 1}, path)
+    before, real_replace, calls = path.read_bytes(), os.replace, [0]
+
+    def replace(src: Path, dst: Path) -> None:
+        calls[0] += 1
+        if calls[0] == at:
+            real_replace(src, tmp_path / "taken")  # the other writer's rename got there first
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    with pytest.raises(StorageError, match=r"No such file .*another process saving checkpoint\.pt .*es\.comm\.rank == 0"):
+        save_checkpoint({"generation": 2}, path)
+    assert path.read_bytes() == before
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_whole_process_group_stops_a_run_with_env_workers_and_keeps_its_generations(
     tmp_path: Path, signum: int
