@@ -296,6 +296,19 @@ def test_processes_built_with_other_settings_are_an_error_at_the_first_tell(peer
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+def test_the_settings_ranks_compare_hold_a_tensor_setting_by_value_not_by_device() -> None:
+    """The settings compared across ranks read an optimizer's tensor setting (an ``lr`` tensor, on ``cuda:<rank>`` on each
+    rank) as its value: a tensor lr of 0.5 compares equal to the float 0.5, and no text of a tensor (its device) is in them."""
+
+    def settings(lr: float | torch.Tensor) -> dict[str, Any]:
+        es = flipes.FlipES(mlp(), popsize=8, optimizer=lambda p: torch.optim.SGD(p, lr=lr))
+        return es._rank_settings()
+
+    tensor, number = settings(torch.tensor(0.5)), settings(0.5)
+    assert tensor == number and "tensor(" not in repr(tensor) and "'lr': 0.5" in tensor["optimizer"]
+    assert settings(0.25) != number
+
+
 def test_a_forward_after_tell_inside_the_same_population_is_an_error() -> None:
     """tell() inside ``with es.population()`` ends the generation: a later forward in the same block (which would run
     the told generation's noise around the moved mean) is a RuntimeError naming a new block, for Flipout and dense

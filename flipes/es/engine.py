@@ -107,6 +107,11 @@ def _plain_setting(value: Any) -> bool:
     return value is None or isinstance(value, int | float | bool | str | Tensor)
 
 
+def _values(settings: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer's settings as plain values: a tensor ``lr`` prints its device, ``cuda:<rank>`` on each rank."""
+    return {k: v.tolist() if isinstance(v, Tensor) else v for k, v in settings.items()}
+
+
 def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """Adam, fused into one kernel where torch has one for these parameters (a few × fewer ops
     per step, which matters when a generation is short)."""
@@ -1201,7 +1206,7 @@ class FlipES:
             "sigma": self.mean_sigma(),
             "comm_mode": self.comm_mode,
             "weight_decay": self.weight_decay,
-            "optimizer": f"{optimizer_name(self.optimizer)} {optimizer_settings(self.optimizer)}",
+            "optimizer": f"{optimizer_name(self.optimizer)} {[_values(group) for group in optimizer_settings(self.optimizer)]}",
         }
 
     def _check_ranks_agree(self) -> None:
