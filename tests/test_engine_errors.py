@@ -235,15 +235,16 @@ def test_a_flipes_without_comm_under_mpiexec_warns_that_every_process_runs_every
 
 class RankZeroOfTwo(flipes.dist.SerialComm):
     """Rank 0 of 2 whose peer evaluated the same fitness and holds the parameters of ``other`` (a digest, or
-    None for this rank's own) and this rank's FlipES settings updated by ``settings``; counts the object allgathers."""
+    None for this rank's own) and this rank's FlipES settings updated by ``settings``, sending ``more_rows`` more fitness
+    values than this rank's; counts the object allgathers."""
 
     rank, size = 0, 2
 
-    def __init__(self, other: str | None = None, settings: dict[str, Any] | None = None) -> None:
-        self.other, self.settings, self.object_calls = other, settings or {}, 0
+    def __init__(self, other: str | None = None, settings: dict[str, Any] | None = None, more_rows: int = 0) -> None:
+        self.other, self.settings, self.more_rows, self.object_calls = other, settings or {}, more_rows, 0
 
     def allgather_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, x])
+        return torch.cat([x, x, x.new_zeros(self.more_rows)])  # more rows: the peer evaluates more members
 
     def allgather_object(self, obj: Any) -> list[Any]:
         self.object_calls += 1
@@ -292,6 +293,20 @@ def test_processes_built_with_other_settings_are_an_error_at_the_first_tell(peer
     with es.population() as pop:
         f = fitness(model, pop)
     with pytest.raises(RuntimeError, match=rf"other settings \({named}\).*one seed for all of them"):
+        es.tell(f)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_processes_built_with_another_popsize_are_an_error_naming_it_at_the_first_tell() -> None:
+    """A process whose peer was built with another popsize (more members than this one's settings give it) refuses the
+    tell with a RuntimeError naming the values sent, this process's popsize and groups and the fix, not torch's split
+    error, before any parameter moves."""
+    model = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    es = flipes.FlipES(model, popsize=8, groups=2, comm=RankZeroOfTwo(settings={"popsize": 16}, more_rows=4))
+    with es.population() as pop:
+        f = fitness(model, pop)
+    with pytest.raises(RuntimeError, match=r"sent 12 fitness values .*\(popsize 8, groups 2, 2 processes\) make 8: .*alike"):
         es.tell(f)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 

@@ -1193,6 +1193,12 @@ class FlipES:
         rows = self.comm.allgather_tensor(torch.cat((local, local.new_full((1,), float(not self._ranks_agree)))))
         group_size = self.popsize // self.groups
         counts = [len(split_groups(self.groups, r, self.comm.size)) * group_size + 1 for r in range(self.comm.size)]
+        if rows.shape[0] != sum(counts):  # another rank's popsize or groups give it other members (ended by the job's abort)
+            raise RuntimeError(
+                f"FlipES: the processes sent {rows.shape[0] - self.comm.size} fitness values in all, where this one's "
+                f"settings (popsize {self.popsize}, groups {self.groups}, {self.comm.size} processes) make {self.popsize}: "
+                "they were built with another popsize or groups; build the FlipES alike on every rank"
+            )
         pieces = rows.split(counts)
         if any(piece[-1] != 0 for piece in pieces):
             self._check_ranks_agree()
