@@ -363,6 +363,7 @@ def _train_watched(
                 raise UsageError("--model", str(e)) from None
         es = build_es(config, model, comm, plugins)
         dropout = [name for name, m in uncompiled(model).named_modules() if isinstance(m, _Dropout) and m.p > 0 and m.training]
+        es._told_dropout = True  # this note, not FlipES's warning, says it here
         if dropout:  # the evaluation turns it off; the fitness runs the model as it is
             notes.append(
                 f"{config.model or 'the model'} has dropout in training mode ({', '.join(dropout[:3])}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -516,3 +517,38 @@ def test_a_direct_read_before_any_layer_runs_is_an_error_in_the_first_forward() 
     with pytest.raises(ValueError, match=r"never called them \('head'\).*" + re.escape("frozen=['head']")):
         with es.population():
             es._module(torch.randn(8, 4))
+
+
+def test_dropout_in_training_mode_warns_once_at_the_users_line_and_eval_mode_does_not() -> None:
+    """A model with dropout in training mode (how every module starts) warns once, at the user's line, naming the module
+    and model.eval(): each member's fitness would carry dropout noise of its own. Eval mode, p = 0 and flipes.train
+    (which notes it instead) do not warn."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Tanh(), nn.Linear(8, 2)))
+    es = flipes.FlipES(model, popsize=8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            es.step(fitness)
+    assert [str(w.message)[:72] for w in seen] == ["FlipES: the model has dropout in training mode (1 (Dropout)): it adds no"]
+    assert seen[0].filename == __file__ and "model.eval()" in str(seen[0].message)
+    for quiet in (lambda: model.eval(), lambda: setattr(model[1], "p", 0.0)):
+        model.train()
+        quiet()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            flipes.FlipES(model, popsize=8).step(fitness)
+
+
+def test_training_notes_dropout_in_training_mode_without_a_second_warning(tmp_path: Path) -> None:
+    """flipes.train with a model in training mode with dropout says so once, in its note, and FlipES adds no warning."""
+
+    def model_fn(env: Any) -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+
+    def fit(model: nn.Module, pop: Population) -> torch.Tensor:
+        return -model(torch.ones(pop.size, 4))[:, 0].square()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flipes.train(env="none", model=model_fn, fitness=fit, popsize=8, generations=1, out=tmp_path / "run", progress=False)

@@ -410,6 +410,7 @@ class FlipES:
         self._stale_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._told_outside = False  # warned once that the model did not run inside a population
         self._ranks_agree = False  # every process was found to hold the same parameters (checked at the first tell)
+        self._told_dropout = False  # warned once of dropout in training mode (flipes.train notes it instead)
 
     def __repr__(self) -> str:
         sigma = f"{self.mean_sigma():.4g}" + (" (adaptive)" if self.log_sigma is not None else "")
@@ -444,6 +445,7 @@ class FlipES:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_ranks_agree", False)  # pickled before the ranks' check existed
+        self.__dict__.setdefault("_told_dropout", True)  # pickled before the dropout warning existed: its run went on
         if "_weight_counts" not in state:  # pickled before it was kept
             self._weight_counts = [len(layer.perturbed_weights()) for layer in self.layers]
         for name in ("_slot_index", "_bias_of"):
@@ -632,7 +634,29 @@ class FlipES:
         twice in one generation evaluates the same members. Autograd is off inside. A ``with`` block:
         ``with es.population() as pop:`` gives the :class:`Population`.
         """
+        self._warn_dropout()
         return PopulationBlock(self._population())
+
+    def _warn_dropout(self) -> None:
+        """Warn once (rank 0) where the model has dropout in training mode: a module starts in it (a Hugging Face model
+        built from a config too), and each member's fitness would carry noise of its own that ES reads as signal."""
+        if self._told_dropout or self.comm.rank != 0:
+            return
+        self._told_dropout = True
+        dropout = [
+            f"{name or 'the model'} ({type(m).__name__})"
+            for name, m in self._module.named_modules()
+            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
+        ]
+        if dropout:
+            shown = ", ".join(dropout[:3]) + (", ..." if len(dropout) > 3 else "")
+            warnings.warn(
+                f"FlipES: the model has dropout in training mode ({shown}): "
+                "it adds noise of its own to every member's fitness; call model.eval() before the population unless "
+                "that is meant",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
 
     @contextmanager
     def _population(self) -> Iterator[Population]:
