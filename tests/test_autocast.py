@@ -98,6 +98,25 @@ def test_a_population_under_autocast_runs_linear_layers_in_the_autocast_dtype() 
     assert 0 < error < ATOL
 
 
+def test_a_float64_population_under_autocast_stays_float64_as_nn_linear_does() -> None:
+    """Autocast leaves float64 alone: inside ``torch.autocast(bfloat16)`` a float64 population returns float64, bit
+    for bit its outputs outside autocast (one example per member and several), as the plain float64 ``nn.Linear``
+    returns its own float64 outputs there; a layer that cast it to bfloat16 would be off by ~1e-2."""
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    model = flipes.flipout(copy.deepcopy(original))
+    es = flipes.FlipES(model, popsize=N, sigma=0.3, seed=0)
+    with torch.autocast("cpu", dtype=HALF):
+        plain = original(torch.randn(3, 8, dtype=torch.float64))
+    assert plain.dtype == torch.float64
+    for x in (torch.randn(N, 8, dtype=torch.float64), torch.randn(N, 3, 8, dtype=torch.float64)):
+        with es.population():
+            with torch.autocast("cpu", dtype=HALF):
+                low = model(x)
+            exact = model(x)
+        assert low.dtype == torch.float64 and torch.equal(low, exact)
+
+
 def train_and_build(autocast: bool, rank: int | None, sigma_lr: float) -> tuple[Tensor, dict[str, Tensor]]:
     torch.manual_seed(0)
     model = flipes.flipout(nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)))
