@@ -117,3 +117,18 @@ def test_a_tuple_of_floats_is_the_starting_value_and_a_tuple_of_ints_a_size() ->
     assert flipes.nn.Vector((0.5, 1.5)).value.tolist() == [0.5, 1.5]
     assert flipes.nn.Vector((1, 2.5)).value.tolist() == [1.0, 2.5]
     assert flipes.nn.Vector((2, 3)).value.tolist() == [[0.0] * 3] * 2 and flipes.nn.Vector(()).value.tolist() == 0.0
+
+
+def test_a_tensor_start_is_copied_a_size_is_made_on_its_device_and_the_repr_names_shape_and_dtype() -> None:
+    """``Vector(t)`` holds a copy of ``t``: evolving it leaves the caller's tensor alone, and writing the tensor
+    leaves the parameter alone. ``Vector(size, device=...)`` makes its zeros on that device (the meta device here,
+    which needs no accelerator), and the repr names the shape and dtype."""
+    start = torch.zeros(3, dtype=DT)
+    vec = flipes.nn.Vector(start)
+    with torch.no_grad():
+        vec.value.add_(1.0)
+    assert start.tolist() == [0.0] * 3
+    start.fill_(5.0)
+    assert vec.value.tolist() == [1.0] * 3
+    assert flipes.nn.Vector((2, 3), device="meta").value.device.type == "meta"
+    assert "Vector(shape=(3,), dtype=torch.float64)" in repr(vec)
