@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,6 +130,21 @@ def test_recurrent_cell_members_equal_explicit_weights_over_a_sequence(
             torch.testing.assert_close(outs[t][n], ref_outs[t], atol=TOL, rtol=0)
 
 
+def test_recurrent_dropout_in_training_mode_falls_between_layers_only() -> None:
+    """As in nn.GRU, dropout in training mode falls on every layer's outputs but the last's: inside a population the
+    sequence output's last step is bit for bit the last layer's final hidden state, and the dropout between the
+    layers does act (two calls on the same input differ; fixed seed, 120 dropout draws)."""
+    torch.manual_seed(0)
+    gru = flipes.flipout(nn.GRU(4, 6, num_layers=2, dropout=0.5, batch_first=True))
+    es = flipes.FlipES(gru, popsize=4, sigma=0.1, seed=0)
+    x = torch.randn(4, 5, 4)
+    with es.population():
+        out, h = gru(x)
+        again, _ = gru(x)
+    assert torch.equal(out[:, -1], h[-1])
+    assert not torch.equal(out, again)
+
+
 def test_flipout_converts_sharing_parameters_and_is_exact_outside_a_population() -> None:
     """``flipes.flipout`` converts a model in place (returning it): conv, linear, LSTM and GRU cells become Flipout
     layers and a LayerNorm gets per-member dense noise; every parameter is the same tensor object as before and the
@@ -182,6 +199,22 @@ def test_a_converted_layer_shares_the_originals_parameters_but_not_its_container
     layer.register_parameter("more", nn.Parameter(torch.zeros(1)))
     assert {"backprop_noise.slots.0.weight_rho", "extra", "more"} <= set(layer.state_dict())
     assert list(bare.state_dict()) == ["weight", "bias"] and list(bare.children()) == []
+
+
+def test_a_converted_recurrent_layer_has_its_own_list_of_weights_for_the_fused_kernel() -> None:
+    """An LSTM's fused forward reads its weights from a list (``_flat_weights``) that assigning a parameter updates in
+    place: the converted layer gets a list of its own, so a weight assigned to it is the one its plain forward uses,
+    and the original nn.LSTM (which a caller may still hold) keeps computing with its own weights."""
+    torch.manual_seed(0)
+    bare = nn.LSTM(3, 4, batch_first=True)
+    x = torch.randn(2, 5, 3)
+    before = bare(x)[0]
+    layer = flipes.flipout(nn.Sequential(bare))[0]
+    layer.weight_hh_l0 = nn.Parameter(torch.zeros_like(bare.weight_hh_l0))
+    torch.testing.assert_close(bare(x)[0], before, atol=0, rtol=0)
+    plain = copy.deepcopy(bare)
+    plain.weight_hh_l0 = nn.Parameter(torch.zeros_like(bare.weight_hh_l0))
+    torch.testing.assert_close(layer(x)[0], plain(x)[0], atol=0, rtol=0)
 
 
 def test_flipout_without_trainable_parameters_is_an_error() -> None:
