@@ -257,31 +257,43 @@ def test_lstm_cell_gradients_equal_explicit_weights_fixed_over_the_sequence() ->
 
 
 def test_an_unbatched_input_gets_the_weights_of_a_batch_of_one() -> None:
-    """With a noise model attached and training, an input without its batch dim (and its state, if given)
-    gives what the batch of one gives with the same random draw: same shape, same values."""
+    """With a noise model attached and training, an input without its batch dim (and its state, if given: an LSTM's
+    (h, c) too) gives what the batch of one gives with the same random draw: same shape, same values."""
     torch.manual_seed(7)
-    # (layer, unbatched args, batch dim of each arg and of each output, inside fixed_noise)
+
+    def randn(*shape: int) -> Tensor:
+        return torch.randn(*shape, dtype=DT)
+
+    # (layer, unbatched args, batch dim of each arg and of each output, inside fixed_noise); a pair is (h, c)
     cases = [
-        (FlipoutLinear(5, 3, dtype=DT), (torch.randn(5, dtype=DT),), (0,), (0,)),
-        (FlipoutConv1d(2, 3, 3, dtype=DT), (torch.randn(2, 7, dtype=DT),), (0,), (0,)),
-        (FlipoutRNNCell(4, 5, dtype=DT), (torch.randn(4, dtype=DT), torch.randn(5, dtype=DT)), (0, 0), (0,)),
+        (FlipoutLinear(5, 3, dtype=DT), (randn(5),), (0,), (0,)),
+        (FlipoutConv1d(2, 3, 3, dtype=DT), (randn(2, 7),), (0,), (0,)),
+        (FlipoutRNNCell(4, 5, dtype=DT), (randn(4), randn(5)), (0, 0), (0,)),
+        (FlipoutLSTMCell(4, 5, dtype=DT), (randn(4), (randn(5), randn(5))), (0, 0), (0, 0)),
         (  # time-major: (T, in) and h0 (layers, hidden) -> out (T, hidden), h (layers, hidden)
             FlipoutGRU(4, 5, num_layers=2, dtype=DT),
-            (torch.randn(6, 4, dtype=DT), torch.randn(2, 5, dtype=DT)),
+            (randn(6, 4), randn(2, 5)),
             (1, 1),
             (1, 1),
         ),
+        (FlipoutLSTM(4, 5, num_layers=2, dtype=DT), (randn(6, 4), (randn(2, 5), randn(2, 5))), (1, 1), (1, 1)),
     ]
+
+    def batch_of_one(a: object, d: int, squeeze: bool = False) -> object:
+        if isinstance(a, tuple):
+            return tuple(batch_of_one(t, d, squeeze) for t in a)
+        return a.squeeze(d) if squeeze else a.unsqueeze(d)  # type: ignore[union-attr]
+
     for layer, args, arg_dims, out_dims in cases:
         attach_noise(layer, NOISES["gaussian"])
         outs = []
         for batched in (False, True):
             torch.manual_seed(8)
-            call = tuple(a.unsqueeze(d) for a, d in zip(args, arg_dims, strict=True)) if batched else args
+            call = tuple(batch_of_one(a, d) for a, d in zip(args, arg_dims, strict=True)) if batched else args
             with fixed_noise(layer):
                 out = layer(*call)
             out = out if isinstance(out, tuple) else (out,)
-            outs.append(tuple(o.squeeze(d) for o, d in zip(out, out_dims, strict=True)) if batched else out)
+            outs.append(tuple(batch_of_one(o, d, squeeze=True) for o, d in zip(out, out_dims, strict=True)) if batched else out)
         for got, expect in zip(*outs, strict=True):
             torch.testing.assert_close(got, expect, atol=TOL, rtol=0, msg=type(layer).__name__)
         layer.eval()
@@ -303,6 +315,25 @@ def test_without_flipout_signs_the_whole_batch_shares_one_weight_sample(kind: st
     assert not torch.allclose(first, second) and not torch.allclose(first, F.linear(x, layer.weight, layer.bias))
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "dropconnect"])
+def test_a_flipout_draw_gives_each_example_fair_signs_of_its_own_and_its_own_bias_draw(kind: str) -> None:
+    """With flipout signs, a draw for n examples holds ±1 signs ``s`` (n, in) and ``r`` (n, out) and a bias draw
+    (n, out), all drawn per example: over 4000 examples each sign column's mean is within 5/√4000 of 0 (a fair ±1;
+    false alarm < 1e-6 per column) and each bias column's standard deviation across examples is within [0.9, 1.1]
+    (N(0, 1) or ±1 draws; 0 if one draw were shared by the batch)."""
+    torch.manual_seed(12)
+    layer = FlipoutLinear(3, 2, dtype=DT)
+    attach_noise(layer, NOISES[kind])
+    n = 4000
+    draw = layer_noise(layer).slots[0].draw(layer.perturbed_weights()[0], n)
+    for signs in (draw.s, draw.r):
+        assert set(signs.unique().tolist()) == {-1.0, 1.0}
+        assert signs.mean(0).abs().max().item() < 5 / math.sqrt(n)
+    assert draw.z_bias.shape == (n, 2)
+    std = draw.z_bias.std(0)
+    assert ((std > 0.9) & (std < 1.1)).all(), std
+
+
 def test_a_posterior_starts_at_init_sigma_and_shows_its_settings() -> None:
     """σ = softplus(ρ) of every weight and bias entry starts at ``init_sigma``; the repr names the settings."""
     layer = FlipoutLinear(3, 2, dtype=DT)
@@ -311,6 +342,17 @@ def test_a_posterior_starts_at_init_sigma_and_shows_its_settings() -> None:
     torch.testing.assert_close(post.weight_sigma(), torch.full((2, 3), 0.2, dtype=DT), atol=1e-12, rtol=0)
     torch.testing.assert_close(post.bias_sigma(), torch.full((2,), 0.2, dtype=DT), atol=1e-12, rtol=0)
     assert "GaussianPosterior(prior_sigma=0.5, init_sigma=0.2, flipout=True)" in repr(layer)
+
+
+def test_fixed_rate_noise_models_show_their_settings() -> None:
+    """The repr of a layer with multiplicative Gaussian noise or DropConnect names the rate and the flipout flag."""
+    for noise, shown in (
+        (functools.partial(MultiplicativeGaussian, alpha=0.3, flipout=False), "MultiplicativeGaussian(alpha=0.3, flipout=False)"),
+        (DropConnect, "DropConnect(p=0.5, flipout=True)"),
+    ):
+        layer = FlipoutLinear(3, 2)
+        attach_noise(layer, noise)
+        assert shown in repr(layer)
 
 
 def test_fresh_noise_every_call_mean_network_in_eval_and_sampling_on_request() -> None:
@@ -374,6 +416,21 @@ def test_kl_matches_torch_distributions() -> None:
     torch.testing.assert_close(model[0].kl() + model[2].kl(), expect, atol=1e-12, rtol=1e-12)
     attach_noise(model, DropConnect)
     assert flipes.kl_divergence(model).item() == 0.0  # fixed-rate noise: no learnable posterior
+
+
+def test_the_kl_of_a_layer_with_several_weights_sums_each_weights_posterior() -> None:
+    """A recurrent layer perturbs several weights (``weight_ih``, ``weight_hh`` per layer, each with its bias) and
+    has a posterior for each: its ``kl()`` is Σ KL(N(μ, softplus(ρ)²) ‖ N(0, 0.7²)) over every entry of all of them,
+    each with its own μ and ρ (torch.distributions, to 1e-12, float64)."""
+    torch.manual_seed(13)
+    for layer in (FlipoutLSTMCell(3, 2, dtype=DT), FlipoutLSTM(3, 2, num_layers=2, dtype=DT)):
+        attach_noise(layer, functools.partial(GaussianPosterior, prior_sigma=0.7))
+        randomize_rho(layer, 14)
+        expect = torch.zeros((), dtype=DT)
+        for pw, post in zip(layer.perturbed_weights(), layer_noise(layer).slots, strict=True):
+            for mu, rho in ((pw.weight, post.weight_rho), (pw.bias, post.bias_rho)):
+                expect += kl_divergence(Normal(mu, F.softplus(rho)), Normal(torch.zeros_like(mu), 0.7)).sum()
+        torch.testing.assert_close(layer.kl(), expect, atol=1e-12, rtol=1e-12)
 
 
 def test_noise_models_and_lstm_refuse_what_they_cannot_do() -> None:
