@@ -250,6 +250,16 @@ def frozen(module: nn.Module, *names: str) -> nn.Module:
     return module
 
 
+def random_biases(module: nn.Module) -> nn.Module:
+    """``module`` with every bias drawn from N(0, 1): torch starts attention's in_proj_bias and out_proj.bias at zero,
+    where a forward that left out a mean bias would pass."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "bias" in name.rpartition(".")[2]:
+                p.normal_()
+    return module
+
+
 # (name, make, inputs, member_inputs, member_output)
 CASES = [
     (
@@ -273,7 +283,7 @@ CASES = [
     ("embedding-k", lambda: nn.Embedding(10, 4), lambda: (torch.randint(10, (2 * N, 3, 5)),), rows(2), out_rows(2)),
     (
         "mha-self-masks",
-        lambda: nn.MultiheadAttention(12, 3, batch_first=True),
+        lambda: random_biases(nn.MultiheadAttention(12, 3, batch_first=True)),
         lambda: (
             (x := randn(2 * N, 5, 12)),
             x,
@@ -287,7 +297,7 @@ CASES = [
     ),
     (
         "mha-cross-kv-dims",
-        lambda: nn.MultiheadAttention(8, 2, kdim=5, vdim=3, add_bias_kv=True, add_zero_attn=True),
+        lambda: random_biases(nn.MultiheadAttention(8, 2, kdim=5, vdim=3, add_bias_kv=True, add_zero_attn=True)),
         lambda: (randn(4, N, 8), randn(6, N, 5), randn(6, N, 3)),
         lambda args, n: tuple(a[:, n : n + 1] for a in args),
         lambda out, n: (out[0][:, n : n + 1], out[1][n : n + 1]),
@@ -308,7 +318,7 @@ CASES = [
     ),
     (  # query is key, value another tensor: not self-attention
         "mha-shared-query-key",
-        lambda: nn.MultiheadAttention(12, 3, batch_first=True),
+        lambda: random_biases(nn.MultiheadAttention(12, 3, batch_first=True)),
         lambda: ((x := randn(N, 5, 12)), x, randn(N, 5, 12)),
         rows(1),
         out_rows(1),
@@ -460,6 +470,26 @@ def test_members_equal_the_plain_module_with_their_explicit_parameters(
     if name == "rmsnorm" and not hasattr(nn, "RMSNorm"):
         pytest.skip("nn.RMSNorm is torch >= 2.4")
     check_members(make, inputs, member_inputs, member_output, mirrored, groups, rank, device=device)
+
+
+@pytest.mark.parametrize("k", [0, 2])
+@pytest.mark.parametrize("mirrored,groups,rank", SETTINGS)
+def test_transformers_conv1d_members_with_mean_biases_equal_their_explicit_parameters(
+    mirrored: bool, groups: int, rank: int | None, k: int, device: torch.device
+) -> None:
+    """transformers' Conv1D (GPT-2's projections, weight stored (in, out)) with nonzero mean biases, one example per
+    member and k per member: each member's output equals the plain Conv1D stack with member n's explicit parameters
+    (to 1e-10, float64). Conv1D starts its biases at zero, where a forward that left out the mean bias would pass."""
+    conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D
+
+    def make() -> nn.Module:
+        model = nn.Sequential(conv1d(5, 4), nn.Tanh(), conv1d(3, 5))
+        for layer in (model[0], model[2]):
+            nn.init.normal_(layer.bias)
+        return model
+
+    shape = (N, 4) if k == 0 else (k * N, 4)
+    check_members(make, lambda: (randn(*shape),), rows(k), out_rows(k), mirrored, groups, rank, device=device)
 
 
 class Blocking(nn.Module):
@@ -1032,6 +1062,19 @@ def test_attention_inputs_that_are_not_3d_name_the_layout_and_the_reshape_that_f
                 attn(seqs, seqs, seqs)
             flat = seqs.flatten(0, 1)
             assert attn(flat, flat, flat)[0].shape == (8, 3, 8)
+
+
+def test_attention_is_causal_without_a_mask_is_refused_in_a_population_as_torch_refuses_it() -> None:
+    """``is_causal=True`` is a hint about ``attn_mask``, not a mask: without one, nn.MultiheadAttention raises a
+    RuntimeError asking for it, and so does its Flipout form inside a population (it would otherwise attend to every
+    key, future ones included)."""
+    attn = flipes.flipout(nn.MultiheadAttention(8, 2, batch_first=True))
+    es = flipes.FlipES(attn, popsize=4)
+    x = torch.randn(4, 3, 8)
+    with pytest.raises(RuntimeError, match="Need attn_mask"):
+        attn(x, x, x, need_weights=False, is_causal=True)
+    with es.population(), pytest.raises(RuntimeError, match="Need attn_mask"):
+        attn(x, x, x, need_weights=False, is_causal=True)
 
 
 @pytest.mark.parametrize(
