@@ -224,6 +224,17 @@ class WeightAsShift(nn.Module):
         return self.shift(self.fc(x))
 
 
+class LearnedPositions(nn.Module):
+    """A table of position vectors added to the rows at 1-D positions (BART's learned positions): (B, T, d), (T,)."""
+
+    def __init__(self, length: int, d: int) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(length, d))
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        return x + self.table[positions]
+
+
 class Doubled(nn.Module):
     """A parametrization: the tensor is twice the parameter it holds (as orthogonal or weight_norm compute theirs)."""
 
@@ -381,6 +392,14 @@ CASES = [
     ("batchnorm-train", lambda: nn.BatchNorm1d(4), lambda: (randn(5 * N, 4),), rows(5), out_rows(5)),
     ("batchnorm-eval", lambda: nn.BatchNorm2d(3).eval(), lambda: (randn(N, 2, 3, 2, 2),), rows(0), out_rows(0)),
     ("bare-parameter", lambda: Scale(5), lambda: (randn(N, 4, 5),), rows(0), out_rows(0)),
+    # 1-D positions along the rows (T = N, a multiple of the members, not the rows' count 2N): shared by every member
+    (
+        "positions-1d-shared",
+        lambda: LearnedPositions(N, 3),
+        lambda: (randn(2 * N, N, 3), torch.arange(N)),
+        rows(2, 1),
+        out_rows(2),
+    ),
     # N rows per member: the norm's input inside the block, one member's, must not be read as N members
     ("norm-inside-dense-called-outside", NormCalledOutside, lambda: (randn(N * N, 3),), rows(N), out_rows(N)),
     (
