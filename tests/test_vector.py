@@ -113,10 +113,11 @@ def test_a_list_or_array_is_the_starting_value_and_an_int_or_tuple_a_size() -> N
 
 def test_a_tuple_of_floats_is_the_starting_value_and_a_tuple_of_ints_a_size() -> None:
     """A tuple is a size only where every entry is an integer: ``(0.5, 1.5)`` and ``(1, 2.5)`` are starting values
-    (as a list of them is), ``(2, 3)`` and ``()`` are shapes of zeros."""
+    (as a list of them is), ``(2, 3)`` and ``()`` are shapes of zeros; booleans are values, not sizes."""
     assert flipes.nn.Vector((0.5, 1.5)).value.tolist() == [0.5, 1.5]
     assert flipes.nn.Vector((1, 2.5)).value.tolist() == [1.0, 2.5]
     assert flipes.nn.Vector((2, 3)).value.tolist() == [[0.0] * 3] * 2 and flipes.nn.Vector(()).value.tolist() == 0.0
+    assert flipes.nn.Vector((True, False)).value.tolist() == [1.0, 0.0]
 
 
 def test_a_tensor_start_is_copied_a_size_is_made_on_its_device_and_the_repr_names_shape_and_dtype() -> None:
