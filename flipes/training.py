@@ -364,6 +364,7 @@ def _train_watched(
         es = build_es(config, model, comm, plugins)
         dropout = [name for name, m in uncompiled(model).named_modules() if isinstance(m, _Dropout) and m.p > 0 and m.training]
         es._told_dropout = True  # this note, not FlipES's warning, says it here
+        es._train_fitness = True  # the user wrote a fitness, not the population block: the warnings speak of it
         if dropout:  # the evaluation turns it off; the fitness runs the model as it is
             notes.append(
                 f"{config.model or 'the model'} has dropout in training mode ({', '.join(dropout[:3])}"

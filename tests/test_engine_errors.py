@@ -193,6 +193,36 @@ def test_fitness_computed_outside_the_population_from_rows_that_differ_is_warned
             flipes.FlipES(mlp(), popsize=8, seed=0).step(lambda model, pop: torch.zeros(pop.size))
 
 
+def test_a_train_fitness_that_runs_a_copy_of_its_model_is_told_to_call_that_model(tmp_path: Path) -> None:
+    """flipes.train runs the population block itself, so a fitness that evaluates a deepcopy of the model it is given
+    (the mean network for every member) is warned of in the fitness's terms, not told to move code inside a
+    ``with es.population()`` it never wrote: a fitness of equal values asks whether it comes from the outputs of the
+    model it is given; one that differs by its inputs alone (OutsidePopulationWarning) is told to call that model."""
+    import copy
+
+    x = torch.randn(16, 4)
+
+    def on_a_copy(model: nn.Module, pop: Population) -> torch.Tensor:
+        return -copy.deepcopy(model)(x.expand(pop.size, 16, 4)).square().mean((1, 2))
+
+    def by_inputs(model: nn.Module, pop: Population) -> torch.Tensor:
+        copy.deepcopy(model)(x)
+        return torch.arange(pop.size, dtype=torch.float32)
+
+    kw = {"env": "none", "model": lambda env: mlp(), "popsize": 8, "generations": 1, "progress": False}
+    with pytest.warns(flipes.EqualFitnessWarning) as seen:
+        flipes.train(fitness=on_a_copy, out=str(tmp_path / "a"), **kw)
+    assert "does the fitness come from the outputs of the model it is given (a copy of it is the mean network" in str(
+        seen[0].message
+    ) and "es.population" not in str(seen[0].message)
+    with pytest.warns(flipes.OutsidePopulationWarning) as seen:
+        flipes.train(fitness=by_inputs, out=str(tmp_path / "b"), **kw)
+    message = str(seen[0].message)
+    assert message.startswith("generation 0: the fitness ran no forward of the model it is given") and message.endswith(
+        "call that model itself"
+    )
+
+
 def test_fitness_for_the_whole_population_on_one_of_two_processes_names_pop_size() -> None:
     """Under MPI a process evaluates pop.size members, not es.popsize: fitness of es.popsize values is
     refused before any exchange, saying which size the inputs take."""

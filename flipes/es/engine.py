@@ -93,6 +93,21 @@ def _part_of_part(members: range) -> Callable[[int, int], AbstractContextManager
     return refuse
 
 
+# what OutsidePopulationWarning and EqualFitnessWarning ask of a loop of one's own, and of flipes.train's fitness
+OUTSIDE_LOOP = (
+    "the model ran no forward inside `with es.population()`, so its fitness did not come from the members (outside the "
+    "block every member is the mean network) and the ES gradient is noise; call the model inside the block (or build "
+    "members with es.member_parameters)"
+)
+OUTSIDE_TRAIN = (
+    "the fitness ran no forward of the model it is given (a copy of it, or another module, is the mean network for "
+    "every member), so its values did not come from the members and the ES gradient is noise; call that model itself"
+)
+
+EQUAL_LOOP = "the model's outputs inside `with es.population()` (outside it every member is the mean network)"
+EQUAL_TRAIN = "the outputs of the model it is given (a copy of it is the mean network for every member)"
+
+
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     """Each param group's settings (lr, betas, ...) without its parameters: what a callback may change. Only plain
     values (numbers, flags, text, tuples of numbers, tensors): an optimizer of another library may keep a function
@@ -409,6 +424,7 @@ class FlipES:
         self._in_part = False  # a Population.part() is being evaluated
         self._stale_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._told_outside = False  # warned once that the model did not run inside a population
+        self._train_fitness = False  # flipes.train holds the block: the warnings speak of the fitness it was given
         self._ranks_agree = False  # every process was found to hold the same parameters (checked at the first tell)
         self._told_dropout = False  # warned once of dropout in training mode (flipes.train notes it instead)
 
@@ -445,6 +461,7 @@ class FlipES:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_ranks_agree", False)  # pickled before the ranks' check existed
+        self.__dict__.setdefault("_train_fitness", False)
         self.__dict__.setdefault("_told_dropout", True)  # pickled before the dropout warning existed: its run went on
         if "_weight_counts" not in state:  # pickled before it was kept
             self._weight_counts = [len(layer.perturbed_weights()) for layer in self.layers]
@@ -1031,9 +1048,7 @@ class FlipES:
             self._told_outside = True
             if self.comm.rank == 0:
                 warnings.warn(
-                    f"generation {self.generation - 1}: the model ran no forward inside `with es.population()`, so its "
-                    "fitness did not come from the members (outside the block every member is the mean network) and the "
-                    "ES gradient is noise; call the model inside the block (or build members with es.member_parameters)",
+                    f"generation {self.generation - 1}: {OUTSIDE_TRAIN if self._train_fitness else OUTSIDE_LOOP}",
                     OutsidePopulationWarning,
                     stacklevel=caller_stacklevel(),
                 )
@@ -1044,8 +1059,8 @@ class FlipES:
                 warnings.warn(
                     f"generation {self.generation - 1}: all {self.popsize} members have the same fitness "
                     f"({stats['fitness_max']:g}), so the ES gradient is zero. If that is unexpected: does the fitness "
-                    "come from the model's outputs inside `with es.population()` (outside it every member is the mean "
-                    "network)? Or is sigma too small for the fitness to tell members apart?",
+                    f"come from {EQUAL_TRAIN if self._train_fitness else EQUAL_LOOP}? Or is sigma too small for the "
+                    "fitness to tell members apart?",
                     EqualFitnessWarning,
                     stacklevel=caller_stacklevel(),
                 )
