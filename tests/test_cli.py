@@ -680,6 +680,25 @@ def test_another_libraries_name_for_an_option_is_refused_naming_flipes_own(
     assert_unknown_option(key, 0.01, keyword_fix, flag_fix, tmp_path, capsys)
 
 
+def test_a_dataclass_subclass_of_trainconfig_with_a_local_type_builds_and_copies() -> None:
+    """A dataclass subclass of TrainConfig whose extra field is annotated with a type local to a function (a string under
+    ``from __future__ import annotations``, which typing cannot resolve) builds, takes dataclasses.replace and still
+    refuses a misspelt option naming the one meant."""
+
+    class Schedule:
+        pass
+
+    @dataclasses.dataclass
+    class Extended(TrainConfig):
+        schedule: Schedule | None = None
+
+    config = Extended(popsize=16, schedule=Schedule())
+    assert config.popsize == 16 and isinstance(config.schedule, Schedule)
+    assert dataclasses.replace(config, popsize=32).popsize == 32
+    with pytest.raises(flipes.UsageError, match=r"unknown option 'popsiz'; did you mean popsize"):
+        TrainConfig(popsiz=16)
+
+
 def test_too_few_groups_for_the_processes_names_a_fix_that_works_for_a_resume_and_for_a_preset(tmp_path: Path) -> None:
     """A resumed run keeps its group count (another one is refused as another run's), so a resume on more processes
     than the run has groups is told to use fewer processes, not another --groups; --algo pgpe's 8 groups on 16
