@@ -1267,10 +1267,15 @@ class FlipES:
             shown = "; ".join(
                 f"{k}: " + ", ".join(f"rank {r} {view[0].get(k)!r}" for r, view in enumerate(views)) for k in differ
             )
+            fix = (  # a state loaded on some ranks alone moves their generation (and σ, optimizer, parameters)
+                "load the same state on every rank (es.load_state_dict on each), not on some alone"
+                if "generation" in differ
+                else "build the FlipES alike on every rank (the ranks already evaluate different members: one seed for "
+                "all of them)"
+            )
             raise RuntimeError(
-                f"FlipES: the processes were built with other settings ({shown}), so their noise, pop.generator() "
-                "draws or steps would differ and the run would go wrong silently; build the FlipES alike on every rank "
-                "(the ranks already evaluate different members: one seed for all of them)"
+                f"FlipES: the processes hold other settings ({shown}), so their noise, pop.generator() draws or steps "
+                f"would differ and the run would go wrong silently; {fix}"
             )
         digests = [view[1] for view in views]
         if len(set(digests)) > 1:
