@@ -333,6 +333,31 @@ def test_processes_built_with_other_settings_are_an_error_at_the_first_tell(peer
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+class RankZeroOfSix(flipes.dist.SerialComm):
+    """Rank 0 of 6 whose peers evaluated the same fitness and hold the same parameters, rank r built with seed r."""
+
+    rank, size = 0, 6
+
+    def allgather_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(self.size)
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        settings, digest = obj
+        return [obj] + [({**settings, "seed": r}, digest) for r in range(1, self.size)]
+
+
+def test_a_setting_that_differs_on_many_ranks_names_rank_0_and_three_others() -> None:
+    """The error for a seed per rank of a 6-rank job names rank 0's seed, three other ranks' and how many ranks differ,
+    not every rank's (a large job's error stays one short line)."""
+    model = mlp()
+    es = flipes.FlipES(model, popsize=12, groups=6, seed=0, comm=RankZeroOfSix())
+    with es.population() as pop:
+        f = fitness(model, pop)
+    with pytest.raises(RuntimeError) as error:
+        es.tell(f)
+    assert "(seed: rank 0 0, rank 1 1, rank 2 2, rank 3 3, ... (5 ranks differ from rank 0)), so" in str(error.value)
+
+
 def test_processes_built_with_another_popsize_are_an_error_naming_it_at_the_first_tell() -> None:
     """A process whose peer was built with another popsize (more members than this one's settings give it) refuses the
     tell with a RuntimeError naming the values sent, this process's popsize and groups and the fix, not torch's split

@@ -127,6 +127,13 @@ def _values(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v.tolist() if isinstance(v, Tensor) else v for k, v in settings.items()}
 
 
+def _ranks_values(values: list[Any]) -> str:
+    """Rank 0's value and up to 3 ranks' that differ from it: a setting per rank of a large job stays one short line."""
+    others = [r for r, v in enumerate(values) if repr(v) != repr(values[0])]
+    shown = ", ".join(f"rank {r} {values[r]!r}" for r in [0, *others[:3]])
+    return shown + (f", ... ({len(others)} ranks differ from rank 0)" if len(others) > 3 else "")
+
+
 def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """Adam, fused into one kernel where torch has one for these parameters (a few × fewer ops
     per step, which matters when a generation is short)."""
@@ -1264,9 +1271,7 @@ class FlipES:
         views = self.comm.allgather_object((settings, tensors_sha256(self.params)))
         differ = [k for k in settings if len({repr(view[0].get(k)) for view in views}) > 1]
         if differ:
-            shown = "; ".join(
-                f"{k}: " + ", ".join(f"rank {r} {view[0].get(k)!r}" for r, view in enumerate(views)) for k in differ
-            )
+            shown = "; ".join(f"{k}: {_ranks_values([view[0].get(k) for view in views])}" for k in differ)
             fix = (  # a state loaded on some ranks alone moves their generation (and σ, optimizer, parameters)
                 "load the same state on every rank (es.load_state_dict on each), not on some alone"
                 if "generation" in differ
