@@ -600,6 +600,30 @@ def test_dropout_in_training_mode_warns_once_at_the_users_line_and_eval_mode_doe
             flipes.FlipES(model, popsize=8).step(fitness)
 
 
+def test_dropout_warning_reads_the_mode_the_fitness_ran_the_model_in() -> None:
+    """The dropout warning judges the mode a population block ends in: a model in training mode whose fitness calls
+    model.eval() itself does not warn; one in eval mode whose fitness calls model.train() warns, at the block's line."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Tanh(), nn.Linear(8, 2)))
+
+    def run(mode: str) -> list[warnings.WarningMessage]:
+        es = flipes.FlipES(model, popsize=8)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with es.population() as pop:
+                getattr(model, mode)()
+                f = fitness(model, pop)
+            es.tell(f)
+        return seen
+
+    model.train()
+    assert run("eval") == []
+    model.eval()
+    seen = run("train")
+    assert [str(w.message)[:48] for w in seen] == ["FlipES: the model has dropout in training mode ("]
+    assert seen[0].filename == __file__
+
+
 def test_training_notes_dropout_in_training_mode_without_a_second_warning(tmp_path: Path) -> None:
     """flipes.train with a model in training mode with dropout says so once, in its note, and FlipES adds no warning."""
 

@@ -154,8 +154,8 @@ class PopulationBlock(AbstractContextManager):
     error that shows the ``with`` form; so is entering one block twice (each ``with`` calls
     ``es.population()`` anew)."""
 
-    def __init__(self, block: AbstractContextManager[Population]) -> None:
-        self._block = block
+    def __init__(self, block: AbstractContextManager[Population], ended: Callable[[], None] = lambda: None) -> None:
+        self._block, self._ended = block, ended  # ended: called after a block that raised nothing
         self._entered = False
 
     def __enter__(self) -> Population:
@@ -168,7 +168,10 @@ class PopulationBlock(AbstractContextManager):
         return self._block.__enter__()
 
     def __exit__(self, *exc: Any) -> bool | None:
-        return self._block.__exit__(*exc)
+        suppressed = self._block.__exit__(*exc)
+        if exc[0] is None:
+            self._ended()
+        return suppressed
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -658,12 +661,12 @@ class FlipES:
         twice in one generation evaluates the same members. Autograd is off inside. A ``with`` block:
         ``with es.population() as pop:`` gives the :class:`Population`.
         """
-        self._warn_dropout()
-        return PopulationBlock(self._population())
+        return PopulationBlock(self._population(), self._warn_dropout)
 
     def _warn_dropout(self) -> None:
-        """Warn once (rank 0) where the model has dropout in training mode: a module starts in it (a Hugging Face model
-        built from a config too), and each member's fitness would carry noise of its own that ES reads as signal."""
+        """Warn once (rank 0) where the model has dropout in training mode at the end of the first population block: a
+        module starts in it (a Hugging Face model built from a config too), and each member's fitness would carry noise
+        of its own that ES reads as signal. Read at the end, not the start: a fitness may call model.eval() itself."""
         if self._told_dropout or self.comm.rank != 0:
             return
         self._told_dropout = True
