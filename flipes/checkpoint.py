@@ -223,8 +223,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     path = Path(path)
     if path.is_dir():  # torch.load would say only "Is a directory", read as a damaged file
         files = sorted(p.name for p in path.glob("*.pt"))[:5]
-        hint = f": pass one of its files ({', '.join(files)})" if files else " holding no .pt file"
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file{hint}", option="")
+        hint = f"pass one of its files ({', '.join(files)})" if files else "it holds no .pt file: pass one save_checkpoint wrote"
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file: {hint}", option="")
     state = _read(path, map_location, "")
     if not isinstance(state, dict):
         raise _error(f"{path} holds a {type(state).__name__}, not the dict save_checkpoint writes", path, "")

@@ -792,7 +792,7 @@ def test_an_own_loops_checkpoint_continues_bit_for_bit_and_a_damaged_one_offers_
     """flipes.save_checkpoint of an own loop's es.state_dict() each generation, read back by flipes.read_checkpoint
     into a new FlipES, continues on the parameters of an uninterrupted loop; a damaged file is refused naming the
     previous.pt that reads (one generation older), a file torch.save wrote and a missing one are refused naming
-    no other file, a directory naming the files in it, and a run's checkpoint reads too."""
+    no other file, a directory naming the files in it (or that it holds none), and a run's checkpoint reads too."""
 
     def loop(es: flipes.FlipES, generations: int, save: Path | None = None) -> None:
         while es.generation < generations:
@@ -834,6 +834,12 @@ def test_an_own_loops_checkpoint_continues_bit_for_bit_and_a_damaged_one_offers_
         match=r"ckpt is a directory, not a checkpoint file: pass one of its files \(checkpoint.pt, plain.pt, previous.pt\)$",
     ):
         flipes.read_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError) as error:
+        flipes.read_checkpoint(tmp_path / "empty")
+    assert str(error.value) == f"{tmp_path / 'empty'} is a directory, not a checkpoint file: it holds no .pt file: pass one " + (
+        "save_checkpoint wrote"
+    )
     run = tmp_path / "run"
     flipes.train(**FAST_KW, generations=1, out=str(run))
     assert flipes.read_checkpoint(run / "checkpoint.pt")["es"]["generation"] == 1
