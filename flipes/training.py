@@ -39,7 +39,8 @@ from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_di
 from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError
 from flipes.es import FlipES
 from flipes.es.engine import optimizer_settings
-from flipes.nn import flipout, uncompiled
+from flipes.nn import flipout
+from flipes.nn.convert import training_dropout
 from flipes.plugins import NAMED, Plugins
 from flipes.resume import agree, restore
 from flipes.rl import RolloutFitness
@@ -362,7 +363,7 @@ def _train_watched(
             except ValueError as e:
                 raise UsageError("--model", str(e)) from None
         es = build_es(config, model, comm, plugins)
-        dropout = [name for name, m in uncompiled(model).named_modules() if isinstance(m, _Dropout) and m.p > 0 and m.training]
+        dropout = training_dropout(model)
         es._told_dropout = True  # this note, not FlipES's warning, says it here
         es._train_fitness = True  # the user wrote a fitness, not the population block: the warnings speak of it
         if dropout:  # the evaluation turns it off; the fitness runs the model as it is
@@ -462,9 +463,6 @@ def evaluate_center(state: TrainState, evaluator: Callable[..., dict] | None, ge
         for module, training in modes:
             module.training = training
     return {**result, "eval_seconds": time.perf_counter() - t0}
-
-
-_Dropout = torch.nn.modules.dropout._DropoutNd  # Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout
 
 
 def _unfilled_batch_norm(module: torch.nn.Module) -> bool:

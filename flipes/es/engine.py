@@ -41,6 +41,7 @@ from flipes.nn.convert import (
     flipout_layers,
     parameter_report,
     per_member_modules,
+    training_dropout,
     uncompiled,
 )
 from flipes.nn.dense import no_input_fix
@@ -670,11 +671,8 @@ class FlipES:
         if self._told_dropout or self.comm.rank != 0:
             return
         self._told_dropout = True
-        dropout = [
-            f"{name or 'the model'} ({type(m).__name__})"
-            for name, m in self._module.named_modules()
-            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
-        ]
+        modules = dict(uncompiled(self._module).named_modules())
+        dropout = [f"{name or 'the model'} ({type(modules[name]).__name__})" for name in training_dropout(self._module)]
         if dropout:
             shown = ", ".join(dropout[:3]) + (", ..." if len(dropout) > 3 else "")
             warnings.warn(

@@ -119,6 +119,13 @@ def uncompiled(module: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) and type(module).__name__ == "OptimizedModule" else module
 
 
+def training_dropout(module: nn.Module) -> list[str]:
+    """The names of ``module``'s dropout modules in training mode with p > 0 ("" for the module itself): each adds
+    noise of its own to every member's fitness, which ES reads as signal."""
+    dropout = nn.modules.dropout._DropoutNd  # Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout
+    return [name for name, m in uncompiled(module).named_modules() if isinstance(m, dropout) and m.p > 0 and m.training]
+
+
 def _trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
