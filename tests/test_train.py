@@ -97,8 +97,8 @@ def test_a_callback_returning_other_than_a_stop_flag_is_refused_not_taken_as_sto
 
 def test_the_optimizer_settings_sent_to_other_ranks_are_plain_values_that_set_an_optimizer_alike() -> None:
     """What rank 0 sends of its optimizer after the callbacks (flipes.training.optimizer_settings) pickles even where a
-    group holds a function (another library's optimizer), which stays out, and sets another optimizer's lr, betas
-    and a tensor lr (written in place) to rank 0's."""
+    group holds a function (another library's optimizer), which stays out, holds a tensor lr as a copy on the CPU, and
+    sets another optimizer's lr, betas and a tensor lr (written in place) to rank 0's."""
     import pickle
 
     from flipes.training import optimizer_settings, set_optimizer_settings
@@ -111,6 +111,8 @@ def test_the_optimizer_settings_sent_to_other_ranks_are_plain_values_that_set_an
     rank0, other = adam(torch.tensor(0.1)), adam(torch.tensor(0.2))
     rank0.param_groups[0]["betas"] = (0.8, 0.99)
     tensor_lr = other.param_groups[0]["lr"]
+    kept = optimizer_settings(rank0)[0]["lr"]  # a copy on the CPU: a cuda:0 tensor would reach every rank's GPU 0
+    assert kept is not rank0.param_groups[0]["lr"] and kept.device.type == "cpu" and kept.item() == pytest.approx(0.1)
     sent = pickle.loads(pickle.dumps(optimizer_settings(rank0)))
     assert "schedule" not in sent[0] and "params" not in sent[0]
     set_optimizer_settings(other, sent)

@@ -113,8 +113,16 @@ def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]
     """Each param group's settings (lr, betas, ...) without its parameters: what a callback may change. Only plain
     values (numbers, flags, text, tuples of numbers, tensors): an optimizer of another library may keep a function
     in a group, which cannot be pickled to the other ranks (and whose text, its address, differs between them where
-    the ranks compare their settings at the first tell)."""
-    return [{k: v for k, v in group.items() if k != "params" and _plain_setting(v)} for group in optimizer.param_groups]
+    the ranks compare their settings at the first tell). A tensor comes as a copy on the CPU: one on ``cuda:0`` sent to
+    the other ranks would open a CUDA context on GPU 0 in each of them."""
+    return [
+        {
+            k: v.detach().cpu().clone() if isinstance(v, Tensor) else v
+            for k, v in group.items()
+            if k != "params" and _plain_setting(v)
+        }
+        for group in optimizer.param_groups
+    ]
 
 
 def _plain_setting(value: Any) -> bool:
