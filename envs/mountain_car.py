@@ -1,9 +1,10 @@
 """MountainCarContinuous-v0 in batched torch: gymnasium's ``Continuous_MountainCarEnv``, step for step.
 
 Same constants, force clipped to [-1, 1], velocity clipped to ±0.07, position to [-1.2, 0.6] (the
-left wall stops the car), termination at position ≥ 0.45 with velocity ≥ ``goal_velocity``,
-reward 100 on termination minus 0.1 a² (of the unclipped action), initial position uniform in
-[-0.6, -0.4] at rest. Like gymnasium, the state is rounded to float32 after every step.
+left wall stops the car), termination at position ≥ 0.45 with velocity ≥ ``goal_velocity`` (both
+compared in float32, as gymnasium does), reward 100 on termination minus 0.1 a² (of the unclipped
+action), initial position uniform in [-0.6, -0.4] at rest. Like gymnasium, the state is rounded to
+float32 after every step.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ class MountainCarContinuousVectorEnv(TorchVectorEnv):
         return dynamics(state, action)
 
     def _reward_terminated(self, state: Tensor, action: Tensor, next_state: Tensor) -> tuple[Tensor, Tensor]:
-        done = (next_state[:, 0] >= GOAL_POSITION) & (next_state[:, 1] >= self.goal_velocity)
+        # gymnasium (NumPy >= 2) steps in float32 and compares with the goal in float32, where 0.45 is 0.449999988:
+        # compared in float64, a car landing on float32(0.45) would miss the goal (and its 100) that gymnasium's reaches
+        position, velocity = next_state.float().unbind(1)
+        done = (position >= GOAL_POSITION) & (velocity >= self.goal_velocity)
         return (100.0 * done - 0.1 * action.double().square()).float(), done
 
     def _observe(self, state: Tensor) -> Tensor:

@@ -113,6 +113,32 @@ def test_every_transition_matches_gymnasium(case: Case, device: torch.device) ->
     assert reset_steps >= 50  # autoresets happened in between, and the envs carried on from them
 
 
+@pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) < "2.0.0", reason="NumPy 1 promotes gymnasium's step to float64")
+def test_mountain_car_reaches_the_goal_at_gymnasiums_float32_threshold() -> None:
+    """gymnasium (NumPy >= 2) steps MountainCarContinuous in float32 and compares the float32 position with the goal
+    0.45 in float32, so a car landing on float32(0.45) = 0.449999988 reaches it; from states that land on float32(0.45)
+    and on its two neighbours, terminations and rewards equal gymnasium's: the goal and 100 on the first two."""
+    p0 = np.float32(0.44)
+    push = 0.0025 * math.cos(3 * float(p0))  # force 0: the velocity changes by -0.0025 cos(3 p0)
+    goal32 = np.float32(0.45)
+    targets = [goal32, np.nextafter(goal32, np.float32(1)), np.nextafter(goal32, np.float32(0))]
+    starts = [np.array([p0, np.float32(float(t) - float(p0) + push)], dtype=np.float32) for t in targets]
+    ref = gym.make("MountainCarContinuous-v0").unwrapped
+    ref.reset(seed=0)
+    theirs, landed = [], []
+    for s in starts:
+        ref.state = s.copy()
+        _, reward, terminated, _, _ = ref.step(np.zeros(1, dtype=np.float32))
+        theirs.append((terminated, reward))
+        landed.append(ref.state[0])
+    assert landed == targets  # the states land where meant
+    env = envs.MountainCarContinuousVectorEnv(num_envs=len(starts))
+    env.reset(seed=0)
+    env.state = torch.from_numpy(np.stack(starts)).double()
+    _, reward, terminated, _, _ = env.step(torch.zeros(len(starts), 1))
+    assert list(zip(terminated.tolist(), reward.tolist(), strict=True)) == theirs == [(True, 100.0), (True, 100.0), (False, 0.0)]
+
+
 def test_cartpole_sutton_barto_reward_matches_gymnasium() -> None:
     """``sutton_barto_reward=True``: reward 0 per step and -1 on the step that terminates, as gymnasium's."""
     states = np.array([[0.0, 0.0, 0.2, 1.0], [0.0, 0.0, 0.0, 0.0], [2.39, 1.0, 0.0, 0.0]])
