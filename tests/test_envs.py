@@ -113,6 +113,48 @@ def test_every_transition_matches_gymnasium(case: Case, device: torch.device) ->
     assert reset_steps >= 50  # autoresets happened in between, and the envs carried on from them
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_spaces_are_gymnasiums(case: Case) -> None:
+    """The vector env's and the single env's observation and action spaces equal gymnasium's own env's: shape, dtype
+    and every bound."""
+    ref = gym.make(case.gym_id)
+    vec, single = gym.make_vec(case.flipes_id, num_envs=2), gym.make(case.flipes_id)
+    for ours in (vec.single_observation_space, single.observation_space):
+        assert ours == ref.observation_space, (ours, ref.observation_space)
+    for ours in (vec.single_action_space, single.action_space):
+        assert ours == ref.action_space, (ours, ref.action_space)
+
+
+def test_every_id_registers_gymnasiums_time_limit_and_reward_threshold() -> None:
+    """Each flipes/ id, MuJoCo ones included, registers the ``max_episode_steps`` and ``reward_threshold`` of
+    gymnasium's id of the same name (what ``flipes train`` stops at), and its vector env truncates at that limit."""
+    for flipes_id in envs._SPECS:
+        ours, theirs = gym.spec(flipes_id), gym.spec(flipes_id.removeprefix("flipes/"))
+        assert (ours.max_episode_steps, ours.reward_threshold) == (theirs.max_episode_steps, theirs.reward_threshold), flipes_id
+    for case in CASES:
+        assert gym.make_vec(case.flipes_id, num_envs=1).max_episode_steps == gym.spec(case.gym_id).max_episode_steps
+
+
+def test_cartpole_terminates_strictly_beyond_its_thresholds_as_gymnasium() -> None:
+    """A cart exactly at x = ±2.4 or a pole exactly at ±12°, at rest (the Euler step keeps x and θ where they are), is
+    not terminated, and one float64 beyond is, as gymnasium's strict comparisons decide."""
+    x, th = envs.cartpole.X_THRESHOLD, envs.cartpole.THETA_THRESHOLD
+    on = [[x, 0, 0, 0], [-x, 0, 0, 0], [0, 0, th, 0], [0, 0, -th, 0]]
+    beyond = [[np.nextafter(v, math.copysign(math.inf, v)) if v else 0.0 for v in s] for s in on]
+    states = np.array(on + beyond, dtype=np.float64)
+    env = envs.CartPoleVectorEnv(num_envs=len(states))
+    env.reset(seed=0)
+    env.state = torch.from_numpy(states)
+    terminated = env.step(torch.ones(len(states), dtype=torch.int64))[2].tolist()
+    ref = gym.make("CartPole-v1").unwrapped
+    ref.reset(seed=0)
+    theirs = []
+    for s in states:
+        ref.state, ref.steps_beyond_terminated = s.copy(), None
+        theirs.append(ref.step(1)[2])
+    assert terminated == theirs == [False] * 4 + [True] * 4
+
+
 @pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) < "2.0.0", reason="NumPy 1 promotes gymnasium's step to float64")
 def test_mountain_car_reaches_the_goal_at_gymnasiums_float32_threshold() -> None:
     """gymnasium (NumPy >= 2) steps MountainCarContinuous in float32 and compares the float32 position with the goal
@@ -244,6 +286,27 @@ def test_next_step_autoreset_by_hand() -> None:
     assert (obs[1].abs() <= 0.05).all()
 
 
+def test_a_full_reset_starts_every_episode_afresh() -> None:
+    """``reset()`` after some steps zeroes every env's step count: the episodes are truncated after exactly the time
+    limit's steps from the reset, not from the start of the previous episodes; and a seeded reset puts env i at
+    ``low + (high - low) · u`` with ``u = seeding.uniform(seed + i)`` (within 1e-15), gymnasium's initial range
+    (±0.05)."""
+    env = envs.CartPoleVectorEnv(num_envs=3, max_episode_steps=5)
+    env.reset(seed=0)
+    rest = torch.zeros(3, 4, dtype=torch.float64)
+    for _ in range(3):
+        env.state = rest  # far from termination
+        env.step(torch.ones(3, dtype=torch.int64))
+    env.reset(seed=10)
+    assert env.elapsed.tolist() == [0, 0, 0]
+    torch.testing.assert_close(env.state, -0.05 + 0.1 * seeding.uniform(torch.arange(10, 13), 4), rtol=0, atol=1e-15)
+    truncated = []
+    for _ in range(5):
+        env.state = rest
+        truncated.append(env.step(torch.ones(3, dtype=torch.int64))[3].all().item())
+    assert truncated == [False] * 4 + [True]
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
 def test_check_env_passes_on_the_single_env(case: Case) -> None:
     """gymnasium's check_env passes on the single (unwrapped) env, with its warnings about non-determinism, mismatched
@@ -324,6 +387,36 @@ def test_seeded_normals_are_standard_normal_and_independent_of_the_uniforms_befo
     both = torch.cat([seeding.uniform(seeds, 4), z], 1)
     assert torch.corrcoef(both.T).sub(torch.eye(7, dtype=torch.float64)).abs().max() < 0.02
     assert torch.equal(seeding.normal(seeds[5:9], 3, skip=4), z[5:9])  # each row from its own seed
+
+
+def test_seeded_uniforms_are_the_top_53_bits_of_splitmix64() -> None:
+    """``seeding.uniform`` is the top 53 bits of each published SplitMix64 output times 2⁻⁵³, bit for bit: the initial
+    states that seeds give are fixed by that rule, on every device and in every version."""
+    seeds = [0, 1, 42, 2**63 - 1, -5]
+    expect = [[(v >> 11) * 2.0**-53 for v in splitmix64_reference(s % 2**64, 3)] for s in seeds]
+    assert seeding.uniform(torch.tensor(seeds), 3).tolist() == expect
+
+
+def test_seeded_normals_are_box_muller_of_the_splitmix64_outputs_after_skip() -> None:
+    """``seeding.normal(seeds, n, skip)`` is the Box–Muller transform of SplitMix64 outputs ``skip + 1 … skip + n``
+    (radii) and ``skip + n + 1 … skip + 2n`` (angles), within 1e-12: never of the outputs the ``skip`` uniforms before
+    them used, which would tie MuJoCo's initial velocities to its initial positions."""
+    seeds, n, skip = [0, 7, 2**62 + 3, -9], 3, 4
+    expect = []
+    for s in seeds:
+        u = [(v >> 11) * 2.0**-53 for v in splitmix64_reference(s % 2**64, skip + 2 * n)][skip:]
+        expect.append([math.sqrt(-2 * math.log1p(-u[i])) * math.cos(2 * math.pi * u[n + i]) for i in range(n)])
+    got = seeding.normal(torch.tensor(seeds), n, skip=skip)
+    torch.testing.assert_close(got, torch.tensor(expect, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_the_draws_after_a_seeded_reset_depend_on_every_seed() -> None:
+    """After ``reset(seed=[...])`` the unseeded draws (later resets and autoresets) come from a generator seeded from
+    all the seeds: two seed lists that differ in their last entry only give other draws."""
+    a, b = envs.CartPoleVectorEnv(num_envs=4), envs.CartPoleVectorEnv(num_envs=4)
+    a.reset(seed=[1, 2, 3, 4])
+    b.reset(seed=[1, 2, 3, 5])
+    assert not torch.equal(a.reset()[0], b.reset()[0])
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
@@ -616,6 +709,19 @@ def test_dynamics_are_pure_functions() -> None:
             assert torch.equal(other, state) and other.stride() != state.stride()
             assert torch.equal(module.dynamics(other, action), nxt), (module.__name__, other.stride())
             assert torch.equal(other, state)
+
+
+def test_a_step_restores_torchs_thread_count() -> None:
+    """``num_threads=1`` holds only during ``step()``: torch's own thread count is the caller's again after it."""
+    env = envs.PendulumVectorEnv(num_envs=2, num_threads=1)
+    env.reset(seed=0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        env.step(torch.zeros(2, 1))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_registration_is_idempotent_and_make_vec_takes_kwargs() -> None:
