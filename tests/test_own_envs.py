@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import OrderedDict
 
 import gymnasium as gym
 import numpy as np
@@ -16,6 +17,7 @@ from flipes.commands import evaluate_command, record
 from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env, rollout, run_episodes
 from flipes.rl.envs import EnvError
 from flipes.rl.rollout import episode_seed
+from flipes.rl.spaces import flatten_observations, layout
 
 
 class Signs(gym.vector.VectorEnv):
@@ -257,6 +259,29 @@ def test_dict_and_tuple_observations_are_flattened_as_gymnasium_flattens_one_env
         env.close()
     with pytest.raises(EnvError, match=r"entry 'n' is Discrete\(3\); .*gymnasium.wrappers.FlattenObservation"):
         make_vector_env(f"{engine}:test_own_envs:owntest/DiscreteEntry-v0", 2)
+
+
+def test_a_batch_of_dict_observations_flattens_as_gymnasium_flattens_each_in_the_dicts_own_key_order() -> None:
+    """A Dict space built from an OrderedDict keeps its keys unsorted (gymnasium sorts only a plain dict's); a batch
+    of its observations, numpy or torch, with one or two batch dimensions, flattens into exactly the rows
+    ``gymnasium.spaces.flatten`` gives each observation alone, in the flattened space's dtype, and ``layout`` names the
+    columns in that order."""
+    box = gym.spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
+    space = gym.spaces.Dict(OrderedDict([("z", box), ("a", gym.spaces.Tuple((gym.spaces.MultiBinary(3), box)))]))
+    assert list(space.spaces) == ["z", "a"]
+    space.seed(0)
+    batch = [space.sample() for _ in range(4)]
+    expect = np.stack([gym.spaces.flatten(space, b) for b in batch])
+    stacked = {"z": np.stack([b["z"] for b in batch]), "a": tuple(np.stack([b["a"][i] for b in batch]) for i in range(2))}
+    flat = flatten_observations(space, stacked)
+    assert flat.dtype == expect.dtype and np.array_equal(flat, expect)
+    tensors = {"z": torch.from_numpy(stacked["z"]), "a": tuple(torch.from_numpy(x) for x in stacked["a"])}
+    assert torch.equal(flatten_observations(space, tensors), torch.from_numpy(expect))
+    two = {"z": stacked["z"].reshape(2, 2, 2), "a": tuple(x.reshape(2, 2, -1) for x in stacked["a"])}
+    assert np.array_equal(flatten_observations(space, two, batch_dims=2), expect.reshape(2, 2, -1))
+    two_t = {"z": torch.from_numpy(two["z"]), "a": tuple(torch.from_numpy(x) for x in two["a"])}
+    assert torch.equal(flatten_observations(space, two_t, batch_dims=2), torch.from_numpy(expect).view(2, 2, -1))
+    assert layout(space) == "z 0:2, a[0] 2:5, a[1] 5:7"
 
 
 def test_envpools_dm_control_dict_observations_are_its_entries_side_by_side() -> None:

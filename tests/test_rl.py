@@ -302,6 +302,27 @@ def test_policy_actions_respect_the_spaces() -> None:
         assert discrete(torch.randn(pop.size, 7, 5)).shape == (4, 7)  # members first, then episodes
 
 
+def test_a_policy_acts_on_observations_flattened_and_normalized_once_by_its_statistics() -> None:
+    """An MLPPolicy over (2, 3) Box observations with recorded statistics maps (members, episodes, 2, 3) inputs to the
+    actions of a float64 reference: each observation flattened to 6 features, normalized once by the statistics,
+    ``(x - mean) / √(var + 1e-8)`` clipped to ±5 (some inputs are far beyond it), the network applied, ``tanh``
+    scaled into the action bounds [-1, 3] (within 1e-5)."""
+    gen = torch.Generator().manual_seed(0)
+    policy = MLPPolicy(
+        gym.spaces.Box(-np.inf, np.inf, (2, 3), np.float32), gym.spaces.Box(-1.0, 3.0, (2,), np.float32), hidden=(8,)
+    )
+    seen = torch.randn(1, 200, 2, 3, generator=gen) * 3 + 2
+    policy.obs_norm.record(seen)
+    policy.obs_norm.update()
+    obs = torch.randn(4, 5, 2, 3, generator=gen) * 20
+    data = seen.reshape(-1, 6).double()
+    z = ((obs.reshape(4, 5, 6).double() - data.mean(0)) / (data.var(0, unbiased=False) + 1e-8).sqrt()).clamp(-5, 5)
+    assert (z.abs() == 5).any() and (z.abs() < 5).any()
+    with torch.no_grad():
+        expect = 1.0 + 2.0 * torch.tanh(policy.net(z.float()))
+        torch.testing.assert_close(policy(obs), expect, rtol=1e-5, atol=1e-5)
+
+
 def test_a_scalar_box_observation_is_one_feature_of_each_row() -> None:
     """A Box observation of shape ``()`` (one number per env) is one input feature: a batch of 50 observations gives
     50 actions, the argmax of the network applied to the observations as a column."""
