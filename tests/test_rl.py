@@ -222,6 +222,16 @@ def test_running_norm_passes_inputs_unchanged_until_it_has_data_and_maps_a_const
     assert rounded.var.item() == 0.0
 
 
+def test_running_norm_normalizes_from_its_first_recorded_observation() -> None:
+    """One recorded observation is statistics already (mean that observation, variance 0): it normalizes to 0 and any
+    other input to ±5 (the clip), instead of passing unchanged as before any statistics."""
+    norm = RunningNorm(2)
+    norm.record(torch.tensor([[[1.0, -2.0]]]))
+    norm.update()
+    assert norm.count.item() == 1
+    assert torch.equal(norm(torch.tensor([[1.0, -2.0], [1.5, -3.0]])), torch.tensor([[0.0, 0.0], [5.0, -5.0]]))
+
+
 def test_running_norm_loaded_with_other_statistics_applies_them_at_once() -> None:
     """``load_state_dict`` into a normalizer already in use (its scale cached) normalizes with the loaded
     statistics from the next call on."""

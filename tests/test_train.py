@@ -155,6 +155,25 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path: Path) -> None:
 
 
 @NEEDS_TOMLLIB
+def test_the_preset_rows_are_what_the_readme_says_they_are() -> None:
+    """README's "Per-env defaults" holds for the rows as each trains (its own search): MuJoCo rows evaluate 5 episodes
+    every 2 generations, InvertedPendulum-v5 every generation, Hopper-v5 every 10 and Walker2d-v5 every 5 with ARS at
+    popsizes 16 and 32; their OpenAI-ES rows are 64-64 MLPs at popsize 128; Pendulum-v1 stops at -200."""
+    from flipes.rl.presets import defaults
+
+    every = {"HalfCheetah-v5": 2, "Hopper-v5": 10, "Walker2d-v5": 5, "Ant-v5": 2, "Humanoid-v5": 2, "Swimmer-v5": 2,
+             "InvertedPendulum-v5": 1}  # fmt: skip
+    for env_id, generations in every.items():
+        row = defaults(env_id)
+        assert (row["eval_episodes"], row["eval_every"]) == (5, generations), env_id
+    assert (defaults("Hopper-v5")["algo"], defaults("Hopper-v5")["popsize"]) == ("ars", 16)
+    assert (defaults("Walker2d-v5")["algo"], defaults("Walker2d-v5")["popsize"]) == ("ars", 32)
+    for env_id in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5"):
+        row = defaults(env_id, "openai-es")
+        assert (row["hidden"], row["popsize"]) == ([64, 64], 128), env_id
+    assert preset_for("flipes/Pendulum-v1")["target"] == -200.0
+
+
 def test_per_env_defaults_sit_under_config_files_and_flags(tmp_path: Path) -> None:
     """An env's preset row fills the options nobody set; a config file and flags override it, an
     engine prefix keeps the row, and an env without a row keeps the TrainConfig defaults."""
