@@ -133,3 +133,28 @@ def test_a_recurrent_policy_is_never_pipelined() -> None:
     es = flipes.FlipES(policy, popsize=4)
     with es.population() as pop, pytest.raises(ValueError, match="recurrent policy needs pipeline=False"):
         RolloutFitness(env, pipeline=True)(policy, pop)
+
+
+def test_a_gru_policy_is_its_documented_layers_and_is_recognised_when_compiled() -> None:
+    """Outside a population, ``GRUPolicy(hidden=(16, 8))`` is ``Linear(obs, 16) -> tanh -> GRUCell(16, 8) -> Linear(8,
+    actions)`` then tanh into the bounds: over 3 steps its actions and states equal torch.nn's layers holding its
+    weights (within 1e-6), each step taking the state the previous returned; ``torch.compile`` of it is still a
+    recurrent policy (its state carried), of an MLPPolicy not."""
+    from flipes.rl.recurrent import is_recurrent
+
+    torch.manual_seed(0)
+    box = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    policy = GRUPolicy(box, gym.spaces.Box(-1.0, 1.0, (2,), np.float32), hidden=(16, 8), normalize=False)
+    encoder, head = torch.nn.Linear(4, 16), torch.nn.Linear(8, 2)
+    cell = torch.nn.GRUCell(16, 8)
+    encoder.load_state_dict(policy.encoder[0].state_dict())
+    cell.load_state_dict(policy.cell.state_dict())
+    head.load_state_dict(policy.head.state_dict())
+    state, h = None, torch.zeros(5, 8)
+    with torch.no_grad():
+        for obs in torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(1)):
+            action, state = policy(obs, state)
+            h = cell(torch.tanh(encoder(obs)), h)
+            torch.testing.assert_close(state, h, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(action, torch.tanh(head(h)), rtol=1e-6, atol=1e-6)
+    assert is_recurrent(torch.compile(policy)) and not is_recurrent(torch.compile(MLPPolicy(box, gym.spaces.Discrete(2))))
