@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import subprocess
 import sys
@@ -124,7 +125,8 @@ def test_export_refuses_policies_it_cannot_shape_or_trace_and_a_program_that_act
     """A recurrent policy other than GRUPolicy (its state's shape unknown) and a policy with a data-dependent branch are
     UsageErrors naming the run, the problem and what to do, and write nothing; a traced program that acts otherwise
     than the policy on the checked observations (here: torch.export made to trace a copy with the head negated) is a
-    RuntimeError calling it a flipes bug, and writes nothing either."""
+    RuntimeError calling it a flipes bug, and writes nothing either; so is one that acts otherwise only beyond the
+    normalization's clip (a copy that does not clip), which the wide observations of the check reach."""
     for cls, problem in (
         (_Memory, "_Memory is a recurrent policy whose state flipes cannot shape; export it with torch.export yourself"),
         (_Branchy, r"torch.export cannot trace its policy \(.*\); a policy of your own must trace without data-dependent"),
@@ -145,7 +147,13 @@ def test_export_refuses_policies_it_cannot_shape_or_trace_and_a_program_that_act
             other.net[-1].bias.neg_()  # the other action wherever the logits differ
         return export(other, args, **kwargs)
 
-    monkeypatch.setattr(torch.export, "export", negated)
-    with pytest.raises(RuntimeError, match=f"^the exported program of {re.escape(str(run))} acts otherwise than its policy"):
-        flipes.export_policy(run)
-    assert not (run / "policy.pt2").exists()
+    def unclipped(module: torch.nn.Module, args: tuple, **kwargs: object) -> torch.export.ExportedProgram:
+        other = copy.deepcopy(module)
+        other.obs_norm.clip = math.inf  # acts as the policy wherever the normalized observations lie within ±5
+        return export(other, args, **kwargs)
+
+    for wrong in (negated, unclipped):  # the second differs only on observations beyond the reset's
+        monkeypatch.setattr(torch.export, "export", wrong)
+        with pytest.raises(RuntimeError, match=f"^the exported program of {re.escape(str(run))} acts otherwise than its policy"):
+            flipes.export_policy(run)
+        assert not (run / "policy.pt2").exists()
