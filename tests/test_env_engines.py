@@ -164,6 +164,20 @@ def test_envpool_streams_fast_forward_like_consecutive_generations() -> None:
     assert torch.equal(reset_episodes(fresh, 1, "population", 1), first[1])  # going back recreates the pool
 
 
+def test_envpool_streams_replay_an_episode_asked_again_and_take_seeds_modulo_2_31() -> None:
+    """``reset_streams(seeds, e)`` asked again for the episode the envs are in plays that episode again (a new pool,
+    fast-forwarded), not the next one; seeds are reduced modulo 2³¹ (EnvPool's int32): s + 2³¹ is seed s, s + 2³⁰ is
+    another."""
+    pytest.importorskip("envpool")
+    env = EnvPoolVectorEnv("Hopper-v5", 2, threads=1)
+    first = env.reset_streams([3, 4], 1)[0].clone()
+    assert torch.equal(env.reset_streams([3, 4], 1)[0], first)
+    assert not torch.equal(env.reset_streams([3, 4], 2)[0], first)
+    assert torch.equal(env.reset_streams([3 + 2**31, 4 + 2**31], 1)[0], first)
+    assert not torch.equal(env.reset_streams([3 + 2**30, 4 + 2**30], 1)[0], first)
+    env.close()
+
+
 def test_envpool_envs_reset_by_a_mask_play_a_new_episode_and_the_others_stay_ended() -> None:
     """``reset(options={"reset_mask": m})`` starts a new episode in the masked envs alone: once every Hopper has ended,
     the masked ones start standing (torso height 1.25 within Hopper's reset noise of 0.005) and step again (a nonzero
