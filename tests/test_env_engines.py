@@ -178,6 +178,72 @@ def test_envpool_streams_replay_an_episode_asked_again_and_take_seeds_modulo_2_3
     env.close()
 
 
+def test_envpool_envs_truncated_by_the_time_limit_stay_ended_until_reset() -> None:
+    """EnvPool envs truncated at ``max_episode_steps`` (CartPole, 4 steps) are not stepped again: they keep their last
+    observation, a reward of 0 and truncated=True; a masked reset starts env 0 alone, whose flags clear and which steps
+    (reward 1), while the others stay as they were."""
+    pytest.importorskip("envpool")
+    env = EnvPoolVectorEnv("CartPole-v1", 3, threads=1, max_episode_steps=4)
+    env.reset(seed=0)
+    actions = torch.tensor([0, 1, 0])
+    for _ in range(4):
+        obs, reward, terminated, truncated, _ = env.step(actions)
+    assert truncated.all() and not terminated.any() and (reward == 1).all()
+    last = obs.clone()
+    obs, reward, terminated, truncated, _ = env.step(actions)
+    assert torch.equal(obs, last) and (reward == 0).all() and truncated.all() and not terminated.any()
+    env.reset(options={"reset_mask": np.array([True, False, False])})
+    obs, reward, terminated, truncated, _ = env.step(actions)
+    assert reward.tolist() == [1.0, 0.0, 0.0] and truncated.tolist() == [False, True, True] and not terminated.any()
+    assert torch.equal(obs[1:], last[1:])
+    env.close()
+
+
+class _Reversed:
+    """An EnvPool pool that returns each batch's envs in reverse order, as its threads may (finishing in any order)."""
+
+    def __init__(self, pool: object) -> None:
+        self.pool = pool
+
+    def reset(self, **kwargs: object) -> tuple:
+        obs, info = self.pool.reset(**kwargs)
+        return obs[::-1].copy(), {**info, "env_id": info["env_id"][::-1].copy()}
+
+    def send(self, *args: object) -> None:
+        self.pool.send(*args)
+
+    def recv(self, **kwargs: object) -> tuple:
+        *rows, info = self.pool.recv(**kwargs)
+        return (*(x[::-1].copy() for x in rows), {**info, "env_id": info["env_id"][::-1].copy()})
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def test_envpool_rows_follow_the_env_ids_whatever_order_the_pool_returns_them_in() -> None:
+    """EnvPool's threads may return a batch's envs in any order: with a pool that returns them reversed, the
+    observations, rewards and flags of Pendulums reset, stepped to their time limit, two of them reset by a mask and
+    stepped on without the third, are those of the plain pool."""
+    pytest.importorskip("envpool")
+    results = []
+    for reverse in (False, True):
+        env = EnvPoolVectorEnv("Pendulum-v1", 3, threads=1, max_episode_steps=3)
+        env._make_pool([5, 6, 7])
+        if reverse:
+            env._pool = _Reversed(env._pool)
+        out = [env.reset()[0]]
+        actions = torch.tensor([[-1.0], [0.5], [2.0]])
+        for _ in range(3):
+            out += env.step(actions)[:4]
+        out.append(env.reset(options={"reset_mask": np.array([True, False, True])})[0])
+        out += env.step(actions)[:4]
+        results.append(out)
+        env.close()
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    rewards = results[0][-3]
+    assert rewards[1] == 0 and len({rewards[0].item(), rewards[2].item()}) == 2  # env 1 ended; the others differ
+
+
 def test_envpool_envs_reset_by_a_mask_play_a_new_episode_and_the_others_stay_ended() -> None:
     """``reset(options={"reset_mask": m})`` starts a new episode in the masked envs alone: once every Hopper has ended,
     the masked ones start standing (torso height 1.25 within Hopper's reset noise of 0.005) and step again (a nonzero
