@@ -402,6 +402,21 @@ def test_time_limit_and_autoreset_follow_next_step(make) -> None:
     assert env.step(actions)[1].ne(0).all()  # and the episode goes on from there
 
 
+@pytest.mark.parametrize("gym_id", IDS)
+def test_every_option_of_gymnasiums_env_is_taken_with_gymnasiums_default(gym_id: str) -> None:
+    """Each Warp env takes every keyword option of gymnasium's v5 env (its camera's aside: nothing renders) with
+    gymnasium's default: the healthy ranges, cost weights, frame skip and reset noise the env runs with by default."""
+    import inspect
+
+    from gymnasium.envs.registration import load_env_creator
+
+    ours = inspect.signature(load_env_creator(gym.spec(f"flipes/{gym_id}").vector_entry_point)).parameters
+    theirs = inspect.signature(load_env_creator(gym.spec(gym_id).entry_point)).parameters
+    options = [k for k in theirs if k not in ("self", "default_camera_config", "kwargs")]
+    assert len(options) >= 6 and all(k in ours for k in options), [k for k in options if k not in ours]
+    assert {k: ours[k].default for k in options} == {k: theirs[k].default for k in options}
+
+
 def test_single_env_passes_gymnasiums_check_env() -> None:
     """``gymnasium.make`` gives one env as a numpy ``gymnasium.Env`` that ``check_env`` accepts."""
     env = gym.make("flipes/Hopper-v5")
