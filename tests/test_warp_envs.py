@@ -417,6 +417,23 @@ def test_every_option_of_gymnasiums_env_is_taken_with_gymnasiums_default(gym_id:
     assert {k: ours[k].default for k in options} == {k: theirs[k].default for k in options}
 
 
+def test_healthy_ranges_are_strict_as_gymnasiums() -> None:
+    """Hopper's, Walker2d's and Humanoid's healthy ranges are open intervals, as gymnasium's ``low < x < high``: a value
+    exactly on a bound is unhealthy, one float32 inside is healthy; NaN is unhealthy."""
+    from envs.warp.hopper import inside
+
+    x = torch.tensor(
+        [
+            0.7,
+            2.0,
+            float(np.nextafter(np.float32(0.7), np.float32(1))),
+            float(np.nextafter(np.float32(2), np.float32(0))),
+            math.nan,
+        ]
+    )
+    assert inside(x, (0.7, 2.0)).tolist() == [False, False, True, True, False]
+
+
 def test_single_env_passes_gymnasiums_check_env() -> None:
     """``gymnasium.make`` gives one env as a numpy ``gymnasium.Env`` that ``check_env`` accepts."""
     env = gym.make("flipes/Hopper-v5")
