@@ -372,6 +372,21 @@ def test_seeds_reproduce_and_each_env_follows_its_own(make, gym_id: str) -> None
         torch.testing.assert_close(a[3:5], b, rtol=0, atol=0)
 
 
+def test_seeded_reset_noise_is_the_documented_function_of_each_envs_seed(make) -> None:
+    """HalfCheetah reset with seed s puts env i at ``qpos0 ± 0.1`` by ``seeding.uniform(s + i)``'s first nq + nv
+    outputs and ``qvel = 0.1 · seeding.normal(s + i, nv, skip=nq + nv)`` (within 1e-6, float32): the velocities come
+    from the SplitMix64 outputs after the positions', never from the same ones."""
+    from envs import seeding
+
+    env = make("HalfCheetah-v5", 3)
+    env.reset(seed=4)
+    nq, nv, seeds = env.nq, env.nv, torch.arange(4, 7)
+    qpos0 = torch.as_tensor(env.physics.mj_model.qpos0, dtype=torch.float64)
+    qpos = qpos0 - 0.1 + 0.2 * seeding.uniform(seeds, nq + nv)[:, :nq]
+    qvel = 0.1 * seeding.normal(seeds, nv, skip=nq + nv)
+    torch.testing.assert_close(env.state.double(), torch.cat((qpos, qvel), 1), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("gym_id", ["HalfCheetah-v5", "Hopper-v5"])
 def test_replayed_graph_steps_exactly_as_launch_by_launch(gym_id: str) -> None:
     """The physics recorded once and replayed (``warp.ScopedCapture``) gives bit-identical results to
