@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -222,25 +223,36 @@ def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
     assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]
 
 
+def checkpoint_renamed_with(
+    at: int, before_rename: Callable[[Path], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, bytes]:
+    """A checkpoint.pt saved once (its path and bytes), and the renames of later saves patched to call
+    ``before_rename(source)`` first at the ``at``-th of them (1: previous.pt's, 2: checkpoint.pt's)."""
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"generation": 1}, path)
+    real_replace, calls = os.replace, [0]
+
+    def replace(src: Path, dst: Path) -> None:
+        calls[0] += 1
+        if calls[0] == at:
+            before_rename(src)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return path, path.read_bytes()
+
+
 @pytest.mark.parametrize("at", [1, 2], ids=["previous-pt", "checkpoint-pt"])
 def test_a_checkpoint_write_stopped_at_once_leaves_the_old_checkpoint_and_no_temporary_file(
     at: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A KeyboardInterrupt (a second Ctrl-C or SIGTERM stops training at once) at either rename of a checkpoint write
     (previous.pt's, checkpoint.pt's) leaves checkpoint.pt as it was and no temporary file."""
-    import flipes.checkpoint as checkpoint
 
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"generation": 1}, path)
-    before, real_replace, calls = path.read_bytes(), os.replace, [0]
+    def stop(src: Path) -> None:
+        raise KeyboardInterrupt
 
-    def replace(src: Path, dst: Path) -> None:
-        calls[0] += 1
-        if calls[0] == at:
-            raise KeyboardInterrupt
-        real_replace(src, dst)
-
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    path, before = checkpoint_renamed_with(at, stop, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint({"generation": 2}, path)
     assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp")), sorted(p.name for p in tmp_path.iterdir())
@@ -253,19 +265,8 @@ def test_a_checkpoint_whose_temporary_file_another_writer_took_names_that_writer
     """Two processes saving one path at once (every MPI rank of an own loop) rename each other's temporary file away: the
     one that finds its file gone raises a StorageError saying another process saved the same file and to save on rank 0
     alone (not a bare 'No such file or directory' in an existing directory), and checkpoint.pt stays the old one."""
-    import flipes.checkpoint as checkpoint
-
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"generation": 1}, path)
-    before, real_replace, calls = path.read_bytes(), os.replace, [0]
-
-    def replace(src: Path, dst: Path) -> None:
-        calls[0] += 1
-        if calls[0] == at:
-            real_replace(src, tmp_path / "taken")  # the other writer's rename got there first
-        real_replace(src, dst)
-
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    taken = tmp_path / "taken"  # the other writer's rename got there first
+    path, before = checkpoint_renamed_with(at, lambda src: os.rename(src, taken), tmp_path, monkeypatch)
     with pytest.raises(StorageError, match=r"No such file .*another process saving checkpoint\.pt .*es\.comm\.rank == 0"):
         save_checkpoint({"generation": 2}, path)
     assert path.read_bytes() == before
