@@ -180,8 +180,8 @@ def read_jsonl_lines(path: Path) -> list[str]:
 
 
 class ProgressPrinter(Callback):
-    """A status line per generation (live on a terminal, every ``eval_every``-th when piped), and the
-    reason training ended."""
+    """A status line per generation (live on a terminal; piped, every ``eval_every``-th and the one training
+    ended at), and the reason training ended."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream

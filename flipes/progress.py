@@ -11,7 +11,9 @@ class Progress:
     """Prints one status line per generation.
 
     On a terminal the line is rewritten in place (with an ETA); when the output is a pipe or a
-    file, every ``every``-th generation gets a line of its own, so logs stay readable.
+    file, every ``every``-th generation gets a line of its own, so logs stay readable, and
+    :meth:`message` first writes the latest generation's line if it had none (a run stopped between
+    two such lines by Ctrl-C, ``--max-seconds`` or a callback ends its log at the generation it stopped at).
 
     Args:
         total: generations planned.
@@ -25,6 +27,7 @@ class Progress:
         self.live = self.stream.isatty()
         self.start = time.perf_counter()
         self.first_gen: int | None = None
+        self.unwritten: str | None = None  # piped: the latest generation's line, when it was skipped
 
     def update(self, row: dict) -> None:
         gen = row["generation"]
@@ -44,10 +47,16 @@ class Progress:
             self.stream.write("\r\033[K" + line)
         elif gen % self.every == 0 or gen + 1 >= self.total:
             self.stream.write(line + "\n")
+            self.unwritten = None
+        else:
+            self.unwritten = line
         self.stream.flush()
 
     def message(self, text: str) -> None:
-        """A line of its own (ends a live line first)."""
+        """A line of its own (ends a live line first; piped, writes the latest generation's line first if it had none)."""
+        if self.unwritten is not None:
+            self.stream.write(self.unwritten + "\n")
+            self.unwritten = None
         self.stream.write(("\n" if self.live else "") + text + "\n")
         self.stream.flush()
 

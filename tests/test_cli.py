@@ -658,6 +658,28 @@ def test_the_progress_line_is_printed_every_kth_generation_when_piped_and_rewrit
     assert shown[-1].endswith("\ndone\n") and re.fullmatch(re.escape(expect[-1]) + eta, shown[-1].removesuffix("\ndone\n"))
 
 
+def test_a_piped_log_shows_the_generation_a_run_stopped_at_between_two_kth_lines() -> None:
+    """Piped with ``every=3``, a run stopped after generation 4 of 10 (Ctrl-C, ``--max-seconds``, a callback) writes
+    generation 4's line before the line saying how it ended, so the log's last generation is the one the run holds;
+    that line is written once, and not at all when the stop falls on a k-th generation."""
+    rows = [{"generation": g, "fitness_mean": float(g), "fitness_max": float(g), "seconds": 1.0 * g} for g in range(7)]
+    piped = io.StringIO()
+    progress = Progress(10, piped, every=3)
+    for row in rows[:5]:
+        progress.update(row)
+    progress.message("interrupted")
+    progress.message("again")
+    assert [line.split("  fitness")[0] for line in piped.getvalue().splitlines()] == [
+        "gen     0/10", "gen     3/10", "gen     4/10", "interrupted", "again"]  # fmt: skip
+    on_k = io.StringIO()
+    progress = Progress(10, on_k, every=3)
+    for row in rows:
+        progress.update(row)
+    progress.message("interrupted")
+    assert [line.split("  fitness")[0] for line in on_k.getvalue().splitlines()] == [
+        "gen     0/10", "gen     3/10", "gen     6/10", "interrupted"]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("key", "flag_fix", "keyword_fix"),
     [
