@@ -210,13 +210,17 @@ class OutcomePrinter(Callback):
 
 
 def outcome(state: TrainState, reason: str) -> str:
-    """Why training ended, how many generations the run has, and where it is."""
+    """Why training ended, how many generations the run has, and where it is (and, for a run cut short by a
+    signal or ``--max-seconds``, the ``--resume`` that continues it)."""
     total = state.config.generations
     why = reason
     if reason == "generations":
         why = f"all {total} generations trained" if total != 1 else "the 1 generation trained"
     done = state.es.generation
-    return f"{why}; {done} generation{'s' if done != 1 else ''} in all, run directory {state.run_dir}"
+    line = f"{why}; {done} generation{'s' if done != 1 else ''} in all, run directory {state.run_dir}"
+    if reason == "interrupted" or reason.startswith("stopped after"):  # cut short with a checkpoint: say how to go on
+        line += f"; --resume {state.run_dir} continues it"
+    return line
 
 
 class TensorBoardLogger(Callback):

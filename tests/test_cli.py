@@ -594,6 +594,22 @@ def test_resume_auto_notes_a_first_start_and_a_resume_and_progress_false_keeps_t
     assert quiet.err == ""
 
 
+def test_a_run_cut_short_by_max_seconds_names_the_resume_that_continues_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run that ``--max-seconds`` ends (as Ctrl-C does, with a checkpoint) ends its output with the ``--resume DIR``
+    that continues it, and that flag, given as printed, trains the next generation; a run that trained its whole budget
+    names no resume."""
+    out = tmp_path / "run"
+    run = ["train", "--env", "CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--tensorboard", "false",
+           "--target", "none", "--progress", "false"]  # fmt: skip
+    assert main([*run, "--out", str(out), "--generations", "5", "--max-seconds", "1e-9"]) == 0  # stops after generation 0
+    cut = capsys.readouterr().out.splitlines()
+    assert cut == [f"stopped after 0 s of this call (--max-seconds 1e-09); 1 generation in all, run directory {out}; "
+                   f"--resume {out} continues it"]  # fmt: skip
+    resume = cut[0].split("; ")[-1].removesuffix(" continues it").split()  # ["--resume", DIR]
+    assert main([*run, *resume, "--generations", "2", "--max-seconds", "0"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"all 2 generations trained; 2 generations in all, run directory {out}"]
+
+
 def test_custom_fitness_runs_default_to_a_directory_named_after_the_fitness(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
