@@ -19,6 +19,7 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
         OSError: ``out`` cannot be written.
     """
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
@@ -38,6 +39,8 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
     axes[0].set(title="population fitness", xlabel=x, ylabel="fitness")
     axes[1].set(title="center policy (eval_return)", xlabel=x, ylabel="mean return")
     for ax in axes:
+        if x == "timesteps":  # 100k, 1.5M: six-digit counts written out run into each other on a half-width axes
+            ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

@@ -3,6 +3,7 @@ metrics, callbacks, stop rules, resume, checkpoints and signals."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -1518,6 +1519,35 @@ def test_plot_draws_each_runs_curves_against_the_chosen_x(tmp_path: Path, monkey
         assert list(fitness[f"{name} max"].get_ydata()) == [r["fitness_max"] for r in rows] + [3.0] * extra
         assert list(evals[name].get_ydata()) == [r["eval_return"] for r in rows if "eval_return" in r]
     assert list(fitness["b best member"].get_ydata()) == [r["best_member_fitness"] for r in metrics(tmp_path / "b")]
+
+
+@pytest.mark.parametrize("last", [192_000, 3_000_000, 45_000_000])
+def test_plot_tick_labels_of_timesteps_do_not_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, last: int) -> None:
+    """Against timesteps (six to eight digits), the drawn x tick labels of both axes lie apart: no two labels' boxes
+    on the rendered figure intersect, and each label is at most five characters (200k, 1.5M, 40M)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from flipes.plotting import plot_runs
+
+    (tmp_path / "run").mkdir()
+    rows = [{"generation": g, "timesteps": last * (g + 1) // 30, "fitness_mean": -g, "fitness_max": g, "eval_return": g}
+            for g in range(30)]  # fmt: skip
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    plot_runs([tmp_path / "run"], tmp_path / "c.png", x="timesteps")
+    (fig,) = figures
+    canvas = FigureCanvasAgg(fig)  # closing the figure detached it from pyplot's canvas
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        labels = [t for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+        assert len(labels) >= 3 and all(len(t.get_text()) <= 5 for t in labels), [t.get_text() for t in labels]
+        boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+        assert all(a.x1 < b.x0 for a, b in itertools.pairwise(boxes)), [t.get_text() for t in labels]
 
 
 def test_tensorboard_scalars_are_the_rows_of_every_generation_across_a_resume(tmp_path: Path) -> None:
