@@ -161,9 +161,12 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = RunDirLock(run_dir)
     except OSError as e:
+        # a file in the way gives "File exists" or "Not a directory": name that file instead
+        file = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{str(file)!r} is a file, not a directory" if file is not None else e.strerror or str(e)
         raise UsageError(
             "--out",
-            f"cannot write the run directory {str(run_dir)!r} ({e.strerror or e})",
+            f"cannot write the run directory {str(run_dir)!r} ({why})",
             "choose a directory you can write, e.g. --out runs/mine",
         ) from None
     try:

@@ -610,6 +610,25 @@ def test_a_run_cut_short_by_max_seconds_names_the_resume_that_continues_it(tmp_p
     assert capsys.readouterr().out.splitlines() == [f"all 2 generations trained; 2 generations in all, run directory {out}"]
 
 
+@pytest.mark.parametrize("below", ["", "run"])
+def test_an_out_that_is_a_file_or_lies_under_one_names_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, below: str
+) -> None:
+    """``--out`` naming a file, or a directory under a file, is refused with exit status 2 in one line naming the file
+    in the way (not the OS's bare "File exists" or "Not a directory"), and the file is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    Path("a_file").write_text("notes")
+    out = str(Path("a_file", below)) if below else "a_file"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--env", "CartPole-v1", "--popsize", "8", "--generations", "1", "--out", out])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"flipes: error: --out: cannot write the run directory {out!r} ('a_file' is a file, not a directory); "
+        "choose a directory you can write, e.g. --out runs/mine\n"
+    )
+    assert Path("a_file").read_text() == "notes"
+
+
 def test_custom_fitness_runs_default_to_a_directory_named_after_the_fitness(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
