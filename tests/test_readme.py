@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
+from helpers import FAST_KW, ROOT
 from torch import nn
 
 import flipes
@@ -220,3 +220,14 @@ def test_every_link_within_the_readme_leads_to_one_of_its_headings() -> None:
     assert [link for link in links if link not in anchors] == []
     files = re.findall(r"\]\(((?!#|https?:)[^)]+)\)", text)  # the images and files it links to
     assert len(files) >= 5 and [f for f in files if not (ROOT / f).is_file()] == []
+
+
+def test_the_readmes_metrics_table_names_every_column_a_run_writes(tmp_path: Path) -> None:
+    """The columns README.md's ``metrics.jsonl`` table lists are exactly the keys of the rows a run writes with every
+    optional column on (an env, evaluations, ``--reward-shift``, ``--track-best``): none undocumented, none stale."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| column | what it is |") :].split("\n\n", 1)[0]
+    documented = {name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split(" | ")[0])}
+    flipes.train(**FAST_KW, generations=2, eval_every=1, reward_shift=1.0, track_best=True, out=str(tmp_path))
+    written = {key for row in flipes.read_metrics(tmp_path) for key in row}
+    assert documented == written
