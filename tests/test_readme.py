@@ -10,6 +10,7 @@ but one: the sketch's HalfCheetah run (up to 600 s) is cut to one generation her
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 import textwrap
@@ -231,3 +232,17 @@ def test_the_readmes_metrics_table_names_every_column_a_run_writes(tmp_path: Pat
     flipes.train(**FAST_KW, generations=2, eval_every=1, reward_shift=1.0, track_best=True, out=str(tmp_path))
     written = {key for row in flipes.read_metrics(tmp_path) for key in row}
     assert documented == written
+
+
+def test_the_readme_lists_the_options_a_resume_may_change() -> None:
+    """The options README.md says a resume may change are exactly the TrainConfig fields a resume does not compare
+    with the checkpoint (``flipes.resume.RESUME_KEYS``), less ``--out``, ``--resume``, ``--overwrite`` and
+    ``--progress``, which say where and how rather than what the run is."""
+    from flipes.config import TrainConfig
+    from flipes.resume import RESUME_KEYS
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    listed = text[text.index("these may change, and `config.json` then records") :].split(")", 1)[0]
+    flags = set(re.findall(r"`--([\w-]+)`", listed))
+    free = {f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_KEYS}
+    assert flags == free - {"out", "resume", "overwrite", "progress"}
