@@ -13,7 +13,8 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
     """Population fitness (mean, max, and the best member's with ``--track-best``) and center-policy
     ``eval_return`` against ``x``
     (``generation``, ``timesteps`` or ``seconds``), one color per run, to a PNG at ``out`` (or SVG, PDF by
-    its suffix), replaced all at once: a failed write (a full disk) leaves the file that was there.
+    its suffix), replaced all at once: a failed write (a full disk) leaves the file that was there. Each run is
+    labelled by the end of its path that tells it from the others (:func:`run_labels`).
 
     Raises:
         OSError: ``out`` cannot be written.
@@ -25,17 +26,18 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for run in map(Path, runs):
+    runs = [Path(run) for run in runs]
+    for run, name in zip(runs, run_labels(runs), strict=True):
         rows = read_metrics(run)
         mean, top = _series(rows, x, "fitness_mean"), _series(rows, x, "fitness_max")
-        (line,) = axes[0].plot(*mean, label=f"{run.name} mean")
-        axes[0].plot(*top, ls=":", color=line.get_color(), label=f"{run.name} max")
+        (line,) = axes[0].plot(*mean, label=f"{name} mean")
+        axes[0].plot(*top, ls=":", color=line.get_color(), label=f"{name} max")
         kept = _series(rows, x, "best_member_fitness")  # --track-best
         if kept[0]:
-            axes[0].plot(*kept, ls="--", color=line.get_color(), label=f"{run.name} best member")
+            axes[0].plot(*kept, ls="--", color=line.get_color(), label=f"{name} best member")
         evals = _series(rows, x, "eval_return")
         if evals[0]:
-            axes[1].plot(*evals, marker=".", color=line.get_color(), label=run.name)
+            axes[1].plot(*evals, marker=".", color=line.get_color(), label=name)
     axes[0].set(title="population fitness", xlabel=x, ylabel="fitness")
     axes[1].set(title="center policy (eval_return)", xlabel=x, ylabel="mean return")
     for ax in axes:
@@ -56,6 +58,18 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
     finally:
         plt.close(fig)
     return out
+
+
+def run_labels(runs: list[Path]) -> list[str]:
+    """Each run's legend label: the fewest trailing parts of its path, as many for every run, that tell the runs apart
+    (``CartPole-v1``, or ``seed0/CartPole-v1`` beside ``seed1/CartPole-v1``: runs in the default ``runs/<env name>``
+    of several directories share their name); the whole path where no suffix does."""
+    parts = [run.absolute().parts for run in runs]
+    for k in range(1, max(map(len, parts), default=0) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(run) for run in runs]
 
 
 def _series(rows: list[dict], x: str, y: str) -> tuple[list, list]:

@@ -1521,6 +1521,31 @@ def test_plot_draws_each_runs_curves_against_the_chosen_x(tmp_path: Path, monkey
     assert list(fitness["b best member"].get_ydata()) == [r["best_member_fitness"] for r in metrics(tmp_path / "b")]
 
 
+def test_plot_labels_runs_of_one_name_by_the_directories_that_tell_them_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs in directories of one name (the default ``runs/<env name>`` under two parents) get legend labels that
+    differ, the fewest trailing path parts (as many for every run) that tell them apart; runs of different names keep
+    just their names."""
+    import matplotlib.pyplot as plt
+
+    from flipes.plotting import plot_runs, run_labels
+
+    assert run_labels([Path("a/s0/CartPole-v1"), Path("a/s1/CartPole-v1")]) == ["s0/CartPole-v1", "s1/CartPole-v1"]
+    assert run_labels([Path("x/runs/cp"), Path("y/runs/cp"), Path("y/runs/pend")]) == ["x/runs/cp", "y/runs/cp", "y/runs/pend"]
+    assert run_labels([Path("runs/cp"), Path("runs/pend")]) == ["cp", "pend"]
+    row = {"generation": 0, "timesteps": 10, "fitness_mean": 1.0, "fitness_max": 2.0, "eval_return": 3.0}
+    for seed in ("s0", "s1"):
+        (tmp_path / seed / "CartPole-v1").mkdir(parents=True)
+        (tmp_path / seed / "CartPole-v1" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    plot_runs([tmp_path / "s0" / "CartPole-v1", tmp_path / "s1" / "CartPole-v1"], tmp_path / "c.png")
+    (fig,) = figures
+    assert [line.get_label() for line in fig.axes[1].get_lines()] == ["s0/CartPole-v1", "s1/CartPole-v1"]
+
+
 @pytest.mark.parametrize("last", [192_000, 3_000_000, 45_000_000])
 def test_plot_tick_labels_of_timesteps_do_not_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, last: int) -> None:
     """Against timesteps (six to eight digits), the drawn x tick labels of both axes lie apart: no two labels' boxes
