@@ -261,6 +261,19 @@ def train_command(argv: Sequence[str] | None = None) -> int:
     return main_guard(run, comm)
 
 
+def checkpoint_origin(run: str, checkpoint: str) -> str:
+    """Which file ``--checkpoint`` read and the generation its weights are of, numbered as metrics.jsonl's rows:
+    ``runs/cp/best.pt, after generation 12`` (``best`` may be far behind ``latest``)."""
+    from flipes.checkpoint import load_checkpoint
+    from flipes.runs import checkpoint_path
+
+    path = checkpoint_path(run, checkpoint)
+    es = load_checkpoint(path, map_location="cpu")["es"]  # load_policy has read it already: no error is left here
+    if checkpoint == "best-member":
+        return f"{path}, its best member, from generation {es['best']['generation']}"
+    return f"{path}, after generation {es['generation'] - 1}" if es["generation"] else f"{path}, before any generation"
+
+
 def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     """``flipes evaluate``: prints the center policy's mean ± std return; returns them."""
     from flipes.config import check_device
@@ -297,7 +310,8 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
         raise
     mean, std = returns.mean().item(), returns.std().item() if len(returns) > 1 else 0.0
     what = "best member" if args.checkpoint == "best-member" else "center policy"
-    print(f"{env_id}: {what} return {mean:.2f} ± {std:.2f} over {args.episodes} episodes ({args.checkpoint} checkpoint)")
+    episodes = f"{args.episodes} episode{'s' if args.episodes != 1 else ''}"
+    print(f"{env_id}: {what} return {mean:.2f} ± {std:.2f} over {episodes} ({checkpoint_origin(args.run, args.checkpoint)})")
     if args.render:
         n = record(policy, env_id, Path(args.render), args.seed, args.max_frames, cut, env=shown)
         print(f"wrote {args.render} ({n} frames)")

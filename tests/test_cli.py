@@ -629,6 +629,27 @@ def test_an_out_that_is_a_file_or_lies_under_one_names_that_file(
     assert Path("a_file").read_text() == "notes"
 
 
+def test_evaluate_names_the_checkpoint_file_and_the_generation_it_holds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``flipes evaluate`` ends its line with the file it read and the generation of its weights, numbered as the rows
+    of metrics.jsonl: latest is checkpoint.pt after the last generation, best is best.pt after the first generation of
+    the highest eval_return, best-member names the generation its member was evaluated in; one episode is singular."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=4, eval_every=1, track_best=True, out=str(run))
+    rows = flipes.read_metrics(run)
+    best = max(rows, key=lambda r: r["eval_return"])["generation"]  # max() keeps the first of equal ones, as best.pt
+    member = rows[-1]["best_member_generation"]
+    capsys.readouterr()
+    said = {}
+    for checkpoint in ("latest", "best", "best-member"):
+        assert main(["evaluate", str(run), "--episodes", "1", "--checkpoint", checkpoint]) == 0
+        said[checkpoint] = capsys.readouterr().out.strip().split(" over ", 1)[1]
+    assert said == {
+        "latest": f"1 episode ({run / 'checkpoint.pt'}, after generation 3)",
+        "best": f"1 episode ({run / 'best.pt'}, after generation {best})",
+        "best-member": f"1 episode ({run / 'checkpoint.pt'}, its best member, from generation {member})",
+    }
+
+
 def test_custom_fitness_runs_default_to_a_directory_named_after_the_fitness(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
