@@ -1,0 +1,60 @@
+"""Run management without training: which directory a run is written to and resumed from, which options a resume
+takes from the run, the bounds of the options, and how a run's files are read back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from flipes.cli import option_name
+from flipes.commands import parse_train_config
+from flipes.config import LIMITS, TrainConfig, validate
+from flipes.errors import UsageError
+
+
+def _saved_run(run_dir: Path, **options: object) -> Path:
+    """A run directory holding only the config.json a run with ``options`` writes (what a resume reads first)."""
+    run_dir.mkdir(parents=True)
+    config = dataclasses.asdict(TrainConfig(**options))  # type: ignore[arg-type]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    return run_dir
+
+
+def test_resume_auto_resumes_only_a_directory_that_holds_a_checkpoint(tmp_path: Path) -> None:
+    """``resume="auto"`` continues ``out`` once it holds checkpoint.pt; a directory whose setup stopped after
+    config.json (before its first checkpoint) or an empty one is started, not resumed."""
+    here = tmp_path / "run"
+    assert TrainConfig(out=str(here), resume="auto").resolve_auto_resume() == TrainConfig(out=str(here), resume="")
+    _saved_run(here)
+    assert TrainConfig(out=str(here), resume="auto").resolve_auto_resume().resume == ""
+    (here / "checkpoint.pt").write_bytes(b"")
+    assert TrainConfig(out=str(here), resume="auto").resolve_auto_resume().resume == str(here)
+
+
+def test_a_resume_takes_the_runs_options_but_not_how_or_where_the_last_invocation_wrote(tmp_path: Path) -> None:
+    """``--resume DIR`` takes the options recorded in DIR/config.json, except ``out`` (a run copied elsewhere is
+    continued where it now is, not in the directory it was first written to), ``progress`` (how this invocation
+    prints), ``overwrite`` and ``resume``; flags still win over the recorded options."""
+    moved = _saved_run(tmp_path / "copy", out=str(tmp_path / "original"), progress=False, popsize=16, seed=7)
+    for config in (parse_train_config(["--resume", str(moved)]), TrainConfig.for_env(resume=str(moved))):
+        assert (config.popsize, config.seed) == (16, 7)
+        assert config.progress is True
+        assert config.out == ""
+        assert config.run_dir() == moved
+    assert parse_train_config(["--resume", str(moved), "--seed", "3"]).seed == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "limit"), [("popsize", 2**24), ("eval_episodes", 2**20), ("episodes", 2**16), ("seed", 2**32 - 1)]
+)
+def test_each_limited_option_takes_its_limit_and_refuses_one_more(name: str, limit: int) -> None:
+    """The bounds past which a value is a typo are inclusive: the limit itself passes ``validate``, one more is
+    refused naming the option (a seed is at most the largest 32-bit unsigned integer)."""
+    assert set(LIMITS) == {"popsize", "eval_episodes", "episodes", "seed"}
+    validate(TrainConfig(**{name: limit}))
+    with pytest.raises(UsageError) as e:
+        validate(TrainConfig(**{name: limit + 1}))
+    assert (e.value.option, e.value.problem) == (option_name(name), f"{limit + 1} is beyond any use (at most {limit:,})")
