@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,27 @@ def test_each_limited_option_takes_its_limit_and_refuses_one_more(name: str, lim
     with pytest.raises(UsageError) as e:
         validate(TrainConfig(**{name: limit + 1}))
     assert (e.value.option, e.value.problem) == (option_name(name), f"{limit + 1} is beyond any use (at most {limit:,})")
+
+
+@pytest.mark.parametrize(
+    "name", ["popsize", "generations", "episodes", "eval_every", "eval_episodes", "checkpoint_every", "check_every"]
+)
+def test_counts_of_at_least_one_take_one_and_refuse_zero(name: str) -> None:
+    """Every count of generations, members or episodes is at least 1 (--checkpoint-every 0 would divide by zero,
+    --eval-every 0 never evaluate): 1 passes ``validate``, 0 is refused naming the option."""
+    validate(TrainConfig(**{name: 1}, mirrored=False))
+    with pytest.raises(UsageError) as e:
+        validate(TrainConfig(**{name: 0}))
+    assert (e.value.option, e.value.problem) == (option_name(name), "must be at least 1, got 0")
+
+
+def test_thread_and_width_bounds_are_inclusive() -> None:
+    """--threads up to the machine's cores, --env-threads up to four times them (worker processes wait on their
+    envs), --hidden widths up to 2**16: each bound passes ``validate``, one more is refused naming the option."""
+    cores = os.cpu_count() or 1
+    for name, bound in (("threads", cores), ("env_threads", 4 * cores), ("hidden", [2**16])):
+        validate(TrainConfig(**{name: bound}))
+        over = [bound[0] + 1] if isinstance(bound, list) else bound + 1
+        with pytest.raises(UsageError) as e:
+            validate(TrainConfig(**{name: over}))
+        assert e.value.option == option_name(name)
