@@ -12,7 +12,7 @@ import pytest
 
 from flipes.cli import option_name
 from flipes.commands import parse_train_config
-from flipes.config import LIMITS, TrainConfig, validate
+from flipes.config import LIMITS, TrainConfig, resolve_groups, resolve_target, validate
 from flipes.errors import UsageError
 
 
@@ -83,3 +83,53 @@ def test_thread_and_width_bounds_are_inclusive() -> None:
         with pytest.raises(UsageError) as e:
             validate(TrainConfig(**{name: over}))
         assert e.value.option == option_name(name)
+
+
+def test_ars_top_takes_every_mirrored_pair_and_no_more() -> None:
+    """--ars-top counts mirrored pairs: popsize / 2 of them (all kept, as 0 does) passes, one more is refused."""
+    validate(TrainConfig(algo="ars", popsize=8, ars_top=4))
+    with pytest.raises(UsageError) as e:
+        validate(TrainConfig(algo="ars", popsize=8, ars_top=5))
+    assert (e.value.option, e.value.problem) == ("--ars-top", "5 of 4 mirrored pairs")
+
+
+def test_sigma_min_may_equal_sigma_and_not_exceed_it() -> None:
+    """--sigma-min is at most --sigma: a floor at σ itself passes (σ stays where it starts), one above is refused."""
+    validate(TrainConfig(sigma=0.1, sigma_decay=0.99, sigma_min=0.1))
+    with pytest.raises(UsageError) as e:
+        validate(TrainConfig(sigma=0.1, sigma_decay=0.99, sigma_min=0.2))
+    assert e.value.option == "--sigma-min" and "above --sigma" in e.value.problem
+
+
+def test_adaptive_sigma_takes_at_least_eight_groups_where_popsize_has_them() -> None:
+    """With --sigma-lr > 0 the default --groups 0 takes at least 8 groups (σ learns from the variation between
+    groups), the largest count below 8 where --popsize has none that large; under MPI the count that gives every
+    process as many groups comes first, and the note gives both reasons and no other."""
+    cases = [(64, 1, 8), (12, 1, 6), (96, 3, 12)]
+    for popsize, processes, groups in cases:
+        config, note = resolve_groups(TrainConfig(popsize=popsize, sigma_lr=0.2), processes)
+        assert config.groups == groups
+        assert note.startswith(f"--groups {groups}: ") and "--sigma-lr 0.2 learns" in note
+        assert ("each of the 3 processes" in note) == (processes == 3) and "--members-per-pass" not in note
+    assert resolve_groups(TrainConfig(popsize=64), 1)[0].groups == 1
+
+
+def test_a_resume_keeps_the_group_count_its_run_recorded_even_one(tmp_path: Path) -> None:
+    """A resumed run's --groups 0 is the count it recorded, 1 included: a one-group run resumed on 2 processes is
+    refused as such (a count chosen anew would be another run's)."""
+    run = _saved_run(tmp_path / "run", popsize=8, groups=1)
+    resumed = TrainConfig(popsize=8, resume=str(run))
+    assert resolve_groups(resumed, 2) == (dataclasses.replace(resumed, groups=1), "")
+    with pytest.raises(UsageError) as e:
+        validate(resumed, 2)
+    assert e.value.option == "--groups" and "resume the run on at most 1 process(es)" in e.value.fix
+
+
+def test_a_target_is_its_number_the_envs_for_auto_and_none_for_none() -> None:
+    """--target: a number (zero and negative returns included) stops there; auto is the preset row's target where it
+    has one (Pendulum-v1: -200, gymnasium registers none), else gymnasium's reward_threshold; none never stops."""
+    assert resolve_target(TrainConfig(target=-150.0)) == -150.0
+    assert resolve_target(TrainConfig(target=0.0)) == 0.0
+    assert resolve_target(TrainConfig(env="Pendulum-v1")) == -200.0
+    assert resolve_target(TrainConfig(env="CartPole-v1")) == 475.0
+    assert resolve_target(TrainConfig(env="CartPole-v1", target=None)) is None
