@@ -12,7 +12,7 @@ import pytest
 
 from flipes.cli import option_name
 from flipes.commands import parse_train_config
-from flipes.config import LIMITS, TrainConfig, resolve_groups, resolve_target, validate
+from flipes.config import LIMITS, TrainConfig, resolve_groups, resolve_target, saved_options, validate
 from flipes.errors import UsageError
 
 
@@ -133,3 +133,48 @@ def test_a_target_is_its_number_the_envs_for_auto_and_none_for_none() -> None:
     assert resolve_target(TrainConfig(env="Pendulum-v1")) == -200.0
     assert resolve_target(TrainConfig(env="CartPole-v1")) == 475.0
     assert resolve_target(TrainConfig(env="CartPole-v1", target=None)) is None
+
+
+def test_env_none_needs_both_a_fitness_and_a_model() -> None:
+    """--env none has nothing to roll out: it is refused without --fitness, and without --model, naming which."""
+    with pytest.raises(UsageError, match="none needs a custom fitness"):
+        validate(TrainConfig(env="none", model="m:make"))
+    with pytest.raises(UsageError, match="none needs a custom model"):
+        validate(TrainConfig(env="none", fitness="m:fit"))
+
+
+def test_a_run_recorded_with_the_old_rank_option_resumes_with_its_noise_rank(tmp_path: Path) -> None:
+    """Runs saved before --rank was renamed --noise-rank record ``rank``: a resume reads it as their noise rank (an
+    absent or null rank is full rank, 0)."""
+    run = _saved_run(tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    del config["noise_rank"]
+    for rank, noise_rank in ((4, 4), (None, 0)):
+        (run / "config.json").write_text(json.dumps({**config, "rank": rank}))
+        assert saved_options(str(run))["noise_rank"] == noise_rank
+        assert parse_train_config(["--resume", str(run)]).noise_rank == noise_rank
+
+
+@pytest.mark.parametrize(("word", "value"), [*((w, True) for w in ("1", "true", "yes", "on", "TRUE")),
+                                             *((w, False) for w in ("0", "false", "no", "off", "Off"))])  # fmt: skip
+def test_a_flag_reads_every_spelling_of_true_and_false(word: str, value: bool) -> None:
+    """A boolean flag takes 1/true/yes/on and 0/false/no/off in any case (``--mirrored`` alone is true)."""
+    assert parse_train_config(["--mirrored", word]).mirrored is value
+
+
+@pytest.mark.parametrize("word", ["", "2", "maybe"])
+def test_a_flag_refuses_words_that_are_not_true_or_false(word: str) -> None:
+    """An empty value (``--mirrored=``) or any other word is refused naming the flag, not read as false."""
+    with pytest.raises(UsageError) as e:
+        parse_train_config([f"--mirrored={word}"])
+    assert e.value.option == "--mirrored" and f"expected true or false, got {word!r}" in e.value.problem
+
+
+def test_a_number_option_refuses_a_bool_from_python_or_a_config_file(tmp_path: Path) -> None:
+    """A float option given True (Python) or true (a JSON config file) is refused, not read as 1.0."""
+    with pytest.raises(UsageError, match="sigma = True is not a number"):
+        TrainConfig.for_env(sigma=True)
+    cfg = tmp_path / "run.json"
+    cfg.write_text('{"lr": true}')
+    with pytest.raises(UsageError, match="lr = True is not a number"):
+        parse_train_config(["--config", str(cfg)])
