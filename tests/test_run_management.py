@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flipes.cli import option_name
+from flipes.cli import build_parser, option_name
 from flipes.commands import parse_train_config
 from flipes.config import LIMITS, TrainConfig, resolve_groups, resolve_target, saved_options, validate
 from flipes.errors import UsageError
@@ -178,3 +178,47 @@ def test_a_number_option_refuses_a_bool_from_python_or_a_config_file(tmp_path: P
     cfg.write_text('{"lr": true}')
     with pytest.raises(UsageError, match="lr = True is not a number"):
         parse_train_config(["--config", str(cfg)])
+
+
+FOREIGN_NAMES = {
+    "noise_stdev": "sigma",
+    "stepsize": "lr",
+    "l2coeff": "weight_decay",
+    "episodes_per_batch": "popsize",
+    "return_proc_mode": "shaping",
+    "stdev_init": "sigma",
+    "init_stdev": "sigma",
+    "center_learning_rate": "lr",
+    "stdev_learning_rate": "sigma_lr",
+    "symmetric": "mirrored",
+    "ranking_method": "shaping",
+    "sigma_init": "sigma",
+    "sigma_limit": "sigma_min",
+    "max_iter": "generations",
+}
+
+
+@pytest.mark.parametrize(("key", "ours"), sorted(FOREIGN_NAMES.items()))
+def test_every_other_libraries_name_is_refused_naming_the_flipes_option(key: str, ours: str) -> None:
+    """The names OpenAI's ES starter, EvoTorch, EvoJAX and evosax give these options (README's "Coming from" table)
+    are refused as keywords and as flags, naming the flipes option that means the same."""
+    with pytest.raises(UsageError) as e:
+        TrainConfig(**{key: 1})
+    assert f" {key} is {ours} here" in e.value.fix
+    with pytest.raises(UsageError) as e:
+        parse_train_config([f"--{key.replace('_', '-')}", "1"])
+    assert f" {key} is {option_name(ours)} here" in e.value.fix
+
+
+def test_config_file_keys_may_be_spelt_with_dashes_as_the_flags_are(tmp_path: Path) -> None:
+    """A config file's keys take ``-`` as the flags do (``eval-every``) or ``_`` as the fields do."""
+    cfg = tmp_path / "run.json"
+    cfg.write_text('{"eval-every": 3, "checkpoint_every": 4}')
+    config = parse_train_config(["--config", str(cfg)])
+    assert (config.eval_every, config.checkpoint_every) == (3, 4)
+
+
+def test_help_shows_a_flags_default_as_it_is_typed() -> None:
+    """--help shows a boolean's default as a user types it (true/false) and how to turn it off."""
+    text = " ".join(build_parser(TrainConfig).format_help().split())
+    assert "(default: true; --no-mirrored for false)" in text and "(default: false; --no-track-best for false)" in text
