@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import FAST_KW
 
 from flipes.cli import build_parser, option_name
-from flipes.commands import parse_train_config
+from flipes.commands import evaluate_command, main, parse_train_config, plot_command
 from flipes.config import LIMITS, TrainConfig, resolve_groups, resolve_target, saved_options, validate
 from flipes.errors import UsageError
 
@@ -222,3 +223,69 @@ def test_help_shows_a_flags_default_as_it_is_typed() -> None:
     """--help shows a boolean's default as a user types it (true/false) and how to turn it off."""
     text = " ".join(build_parser(TrainConfig).format_help().split())
     assert "(default: true; --no-mirrored for false)" in text and "(default: false; --no-track-best for false)" in text
+
+
+def test_none_is_read_in_any_case_for_an_option_that_takes_none() -> None:
+    """``--target none``, ``None`` and ``NONE`` all mean no target (a number or auto otherwise)."""
+    for word in ("none", "None", "NONE"):
+        assert parse_train_config(["--target", word]).target is None
+    assert parse_train_config(["--target", "-5"]).target == -5.0
+
+
+def test_main_without_a_command_prints_the_commands_and_fails(capsys: pytest.CaptureFixture) -> None:
+    """``flipes`` alone lists the commands and exits with status 2 (a script calling it without a command is wrong);
+    ``flipes --help`` lists them and succeeds."""
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("usage: flipes {train,evaluate,export,plot}") and out.count(out[0]) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--episodes", "0"], "flipes: error: --episodes: must be at least 1, got 0"),
+        (["--render", "x.gif", "--max-frames", "0"], "flipes: error: --max-frames: must be at least 1, got 0"),
+    ],
+)
+def test_evaluate_refuses_no_episodes_or_frames_before_reading_the_run(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flipes evaluate`` checks its own options first: --episodes 0 and --max-frames 0 are refused (exit status 2)
+    naming the option, even for a directory that holds no run."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(tmp_path / "missing"), *extra])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith(message)
+
+
+def _rows(run: Path, fitness: list[float]) -> Path:
+    """A run directory whose metrics.jsonl holds one row per fitness value (what flipes plot reads)."""
+    run.mkdir()
+    rows = [{"generation": g, "fitness_mean": f, "fitness_max": f + 1, "timesteps": 10 * (g + 1)} for g, f in enumerate(fitness)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return run
+
+
+def test_plot_writes_one_runs_curves_into_it_and_several_runs_curves_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --out, ``flipes plot RUN`` writes RUN/curves.png, and ``flipes plot A B`` writes ./curves.png (neither
+    run's directory holds the other's curves)."""
+    pytest.importorskip("matplotlib")
+    a, b = _rows(tmp_path / "a", [1.0, 2.0]), _rows(tmp_path / "b", [0.5, 3.0])
+    monkeypatch.chdir(tmp_path)
+    assert plot_command([str(a)]) == a / "curves.png"
+    assert plot_command([str(a), str(b)]) == Path("curves.png")
+    assert (tmp_path / "curves.png").is_file() and not (b / "curves.png").exists()
+
+
+def test_evaluate_says_whether_it_evaluated_the_center_or_the_best_member(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``flipes evaluate --checkpoint best-member`` says it evaluated the best member, latest the center policy."""
+    import flipes
+
+    flipes.train(**FAST_KW, generations=1, track_best=True, out=str(tmp_path / "run"))
+    capsys.readouterr()
+    for which, what in (("best-member", "best member"), ("latest", "center policy")):
+        evaluate_command([str(tmp_path / "run"), "--episodes", "2", "--checkpoint", which])
+        assert capsys.readouterr().out.startswith(f"CartPole-v1: {what} return "), which
