@@ -4,8 +4,11 @@ takes from the run, the bounds of the options, and how a run's files are read ba
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import math
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from flipes.cli import build_parser, option_name
 from flipes.commands import evaluate_command, main, parse_train_config, plot_command
 from flipes.config import LIMITS, TrainConfig, resolve_groups, resolve_target, saved_options, validate
 from flipes.errors import UsageError
+from flipes.progress import Progress
 
 
 def _saved_run(run_dir: Path, **options: object) -> Path:
@@ -289,3 +293,103 @@ def test_evaluate_says_whether_it_evaluated_the_center_or_the_best_member(tmp_pa
     for which, what in (("best-member", "best member"), ("latest", "center policy")):
         evaluate_command([str(tmp_path / "run"), "--episodes", "2", "--checkpoint", which])
         assert capsys.readouterr().out.startswith(f"CartPole-v1: {what} return "), which
+
+
+class _Stub:
+    """The parts of a TrainState that the checkpoint and logging callbacks read: a generation counter and a state."""
+
+    def __init__(self, run_dir: Path, generation: int = 0) -> None:
+        self.run_dir, self.best, self.resumed = run_dir, -math.inf, False
+        self.es = types.SimpleNamespace(generation=generation)
+        self.config = TrainConfig()
+
+    def checkpoint_state(self) -> dict[str, object]:
+        return {"generation": self.es.generation}
+
+
+def test_the_checkpointer_saves_every_nth_generation_the_best_on_improvement_and_at_the_end(tmp_path: Path) -> None:
+    """checkpoint.pt is written after generations that are multiples of ``every`` and at the end where the last one
+    was not written (or checkpoint.pt is gone); best.pt only for an eval_return above every earlier one (a tie or a
+    row without one writes nothing)."""
+    from flipes.callbacks import Checkpointer
+    from flipes.checkpoint import read_checkpoint
+
+    state = _Stub(tmp_path)
+    saver = Checkpointer(tmp_path, every=3)
+    saver.on_train_start(state)  # type: ignore[arg-type]
+    saved, best = [], []
+    for generation, value in enumerate([1.0, None, 1.0, 0.5, 2.0, 2.0, None], start=1):
+        state.es.generation = generation
+        saver.on_generation(state, {"generation": generation - 1} | ({} if value is None else {"eval_return": value}))  # type: ignore[arg-type]
+        saved.append(read_checkpoint(tmp_path / "checkpoint.pt")["generation"] if (tmp_path / "checkpoint.pt").exists() else None)
+        best.append(read_checkpoint(tmp_path / "best.pt")["generation"])
+    assert saved == [None, None, 3, 3, 3, 6, 6] and best == [1, 1, 1, 1, 5, 5, 5]
+    saver.on_train_end(state, "generations")  # type: ignore[arg-type]
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["generation"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint.pt", "previous.pt"]  # best.pt keeps none
+    (tmp_path / "checkpoint.pt").unlink()
+    saver.on_train_end(state, "generations")  # type: ignore[arg-type]
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["generation"] == 7
+
+
+def test_wandb_gets_each_rows_numbers_at_its_generation_and_an_interruption_as_exit_code_130(tmp_path: Path) -> None:
+    """WandbLogger logs a row's numbers but not its generation, which is the step; a run ended by an interruption
+    finishes with exit code 130 (W&B shows it as failed), any other end with 0."""
+    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    from flipes.callbacks import WandbLogger
+
+    calls: list[tuple] = []
+    for reason, code in (("interrupted", 130), ("generations", 0), ("target", 0)):
+        logger = WandbLogger()
+        logger.run = types.SimpleNamespace(
+            log=lambda values, step: calls.append((values, step)),
+            finish=lambda exit_code: calls.append(("finish", exit_code)),
+            summary={},
+        )
+        logger.on_generation(_Stub(tmp_path), {"generation": 4, "fitness_mean": 1.5, "env": "x", "timesteps": 80})  # type: ignore[arg-type]
+        logger.on_train_end(_Stub(tmp_path), reason)  # type: ignore[arg-type]
+        assert calls == [({"fitness_mean": 1.5, "timesteps": 80}, 4), ("finish", code)] and logger.run.summary == {
+            "reason": reason
+        }
+        calls.clear()
+
+
+def test_the_eta_is_the_generations_left_at_the_rate_of_this_invocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ETA is (generations left after this one) / (generations done since this invocation started per second):
+    a run of 10 at 10 s a generation shows 1:30 after generation 0, and a run resumed at generation 5 shows 0:40
+    after generation 5 (the 5 before it were another invocation's)."""
+    import flipes.progress
+
+    for first, expect in ((0, "0:01:30"), (5, "0:00:40")):
+        clock = types.SimpleNamespace(perf_counter=iter([0.0, 10.0]).__next__)  # start, then the update
+        monkeypatch.setattr(flipes.progress, "time", clock)
+        stream = io.StringIO()
+        Progress(10, stream).update({"generation": first, "fitness_mean": 0.0, "fitness_max": 0.0, "seconds": 10.0})
+        assert stream.getvalue().endswith(f"eta {expect}\n"), stream.getvalue()
+
+
+def test_the_progress_printer_prints_every_eval_every_th_generation_when_piped(tmp_path: Path) -> None:
+    """Piped, the progress line of a run is printed for generations that are multiples of --eval-every and the last."""
+    from flipes.callbacks import ProgressPrinter
+
+    state = _Stub(tmp_path)
+    state.config = TrainConfig(generations=7, eval_every=3)
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream)
+    printer.on_train_start(state)  # type: ignore[arg-type]
+    for generation in range(7):
+        printer.on_generation(state, {"generation": generation, "fitness_mean": 0.0, "fitness_max": 0.0, "seconds": 1.0})  # type: ignore[arg-type]
+    assert [int(line.split()[1].split("/")[0]) for line in stream.getvalue().splitlines()] == [0, 3, 6]
+
+
+def test_curves_are_drawn_against_timesteps_for_an_env_and_generations_for_a_fitness(tmp_path: Path) -> None:
+    """curves.png of an env run has env steps on its x axis; a custom fitness (no env steps) has generations."""
+    from flipes.builders import standard_callbacks
+    from flipes.callbacks import CurvePlotter
+
+    for config, x in (
+        (TrainConfig(tensorboard=False), "timesteps"),
+        (TrainConfig(env="none", fitness="m:f", tensorboard=False), "generation"),
+    ):
+        (plotter,) = [c for c in standard_callbacks(config, tmp_path) if isinstance(c, CurvePlotter)]
+        assert (plotter.x, plotter.path) == (x, tmp_path / "curves.png")
