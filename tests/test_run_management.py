@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import FAST_KW
 
 from flipes.cli import build_parser, option_name
@@ -284,15 +285,35 @@ def test_plot_writes_one_runs_curves_into_it_and_several_runs_curves_here(
     assert (tmp_path / "curves.png").is_file() and not (b / "curves.png").exists()
 
 
-def test_evaluate_says_whether_it_evaluated_the_center_or_the_best_member(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """``flipes evaluate --checkpoint best-member`` says it evaluated the best member, latest the center policy."""
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CartPole run of 2 generations, evaluated each, keeping its best member (seed 1: best.pt is generation 1's)."""
     import flipes
 
-    flipes.train(**FAST_KW, generations=1, track_best=True, out=str(tmp_path / "run"))
-    capsys.readouterr()
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    flipes.train(**FAST_KW, generations=2, eval_every=1, track_best=True, seed=1, out=str(out))
+    return out
+
+
+def test_evaluate_says_whether_it_evaluated_the_center_or_the_best_member(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
+    """``flipes evaluate --checkpoint best-member`` says it evaluated the best member, latest the center policy."""
     for which, what in (("best-member", "best member"), ("latest", "center policy")):
-        evaluate_command([str(tmp_path / "run"), "--episodes", "2", "--checkpoint", which])
+        evaluate_command([str(tiny_run), "--episodes", "2", "--checkpoint", which])
         assert capsys.readouterr().out.startswith(f"CartPole-v1: {what} return "), which
+
+
+def test_load_policy_returns_the_chosen_checkpoints_center_in_eval_mode(tiny_run: Path) -> None:
+    """load_policy gives the center of best.pt for ``best`` and of checkpoint.pt for ``latest``, every module in eval
+    mode (dropout and batch norm as deployed)."""
+    import flipes
+    from flipes.checkpoint import load_checkpoint
+
+    assert (load_checkpoint(tiny_run / "best.pt")["es"]["generation"], load_checkpoint(tiny_run)["es"]["generation"]) == (1, 2)
+    for which, file in (("best", "best.pt"), ("latest", "checkpoint.pt")):
+        policy = flipes.load_policy(tiny_run, which)
+        assert not any(m.training for m in policy.modules())
+        saved = load_checkpoint(tiny_run / file)["es"]["model"]
+        assert all(torch.equal(v, saved[k]) for k, v in policy.state_dict().items()), which
 
 
 class _Stub:
@@ -356,15 +377,15 @@ def test_wandb_gets_each_rows_numbers_at_its_generation_and_an_interruption_as_e
 
 def test_the_eta_is_the_generations_left_at_the_rate_of_this_invocation(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ETA is (generations left after this one) / (generations done since this invocation started per second):
-    a run of 10 at 10 s a generation shows 1:30 after generation 0, and a run resumed at generation 5 shows 0:40
-    after generation 5 (the 5 before it were another invocation's)."""
+    a run of 10 at 10 s a generation shows 1:30 after generation 0, one of 1000 2:46:30, and a run resumed at
+    generation 5 shows 0:40 after generation 5 (the 5 before it were another invocation's)."""
     import flipes.progress
 
-    for first, expect in ((0, "0:01:30"), (5, "0:00:40")):
+    for total, first, expect in ((10, 0, "0:01:30"), (1000, 0, "2:46:30"), (10, 5, "0:00:40")):
         clock = types.SimpleNamespace(perf_counter=iter([0.0, 10.0]).__next__)  # start, then the update
         monkeypatch.setattr(flipes.progress, "time", clock)
         stream = io.StringIO()
-        Progress(10, stream).update({"generation": first, "fitness_mean": 0.0, "fitness_max": 0.0, "seconds": 10.0})
+        Progress(total, stream).update({"generation": first, "fitness_mean": 0.0, "fitness_max": 0.0, "seconds": 10.0})
         assert stream.getvalue().endswith(f"eta {expect}\n"), stream.getvalue()
 
 
