@@ -414,3 +414,43 @@ def test_curves_are_drawn_against_timesteps_for_an_env_and_generations_for_a_fit
     ):
         (plotter,) = [c for c in standard_callbacks(config, tmp_path) if isinstance(c, CurvePlotter)]
         assert (plotter.x, plotter.path) == (x, tmp_path / "curves.png")
+
+
+def test_evaluate_policy_cuts_every_episode_after_max_steps(tiny_run: Path) -> None:
+    """evaluate_policy(max_steps=3) ends each CartPole episode after 3 steps (a reward of 1 each: returns of exactly 3;
+    no pole falls that fast), where the env's own limit lets them run longer."""
+    import flipes
+    from flipes.runs import evaluate_policy
+
+    policy = flipes.load_policy(tiny_run)
+    assert evaluate_policy(policy, "CartPole-v1", 4, max_steps=3).tolist() == [3.0] * 4
+    assert evaluate_policy(policy, "CartPole-v1", 4).max().item() > 3.0
+
+
+def test_only_a_run_that_ended_before_its_first_generation_counts_as_unstarted(tmp_path: Path, tiny_run: Path) -> None:
+    """A directory is taken over without --overwrite only while it holds what a run writes before its first generation
+    ends: a generation-0 checkpoint, config.json and an empty metrics.jsonl. A metrics row, a checkpoint past
+    generation 0, or a previous.pt, best.pt or curves.png (even alone) mark a run that trained."""
+    from flipes.checkpoint import read_checkpoint, save_checkpoint
+    from flipes.rundir import unstarted
+
+    state = read_checkpoint(tiny_run / "checkpoint.pt")
+
+    def run(name: str, generation: int | None = 0, **files: str) -> Path:
+        here = tmp_path / name
+        here.mkdir()
+        (here / "config.json").write_text("{}")
+        (here / "metrics.jsonl").write_text(files.pop("metrics", ""))
+        if generation is not None:
+            save_checkpoint({**state, "es": {**state["es"], "generation": generation}}, here / "checkpoint.pt")
+        for file, text in files.items():
+            (here / file.replace("_", ".")).write_text(text)
+        return here
+
+    assert unstarted(run("fresh"))
+    assert unstarted(run("no_checkpoint", None))
+    assert not unstarted(run("one_row", metrics='{"generation": 0}\n'))
+    assert not unstarted(run("trained", 1))
+    for name in ("previous_pt", "best_pt", "curves_png"):
+        assert not unstarted(run(name, **{name: "x"})), name
+        assert not unstarted(run(f"{name}_alone", None, **{name: "x"})), name
