@@ -454,3 +454,20 @@ def test_only_a_run_that_ended_before_its_first_generation_counts_as_unstarted(t
     for name in ("previous_pt", "best_pt", "curves_png"):
         assert not unstarted(run(name, **{name: "x"})), name
         assert not unstarted(run(f"{name}_alone", None, **{name: "x"})), name
+
+
+def test_overwrite_clears_the_runs_files_and_logs_and_keeps_others(tmp_path: Path) -> None:
+    """--overwrite deletes what the old run wrote (checkpoints, metrics, curves, export's policy.pt2, TensorBoard and
+    W&B logs) before the new run writes its config.json; a file of the user's stays."""
+    from flipes.rundir import prepare_run_dir
+
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "wandb").mkdir()
+    (run / "tensorboard" / "events").write_text("x")
+    old = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "curves.png", "policy.pt2", "notes.txt")
+    for name in old:
+        (run / name).write_text("x")
+    prepare_run_dir(run, TrainConfig(out=str(run), overwrite=True)).release()
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "notes.txt"]
+    assert json.loads((run / "config.json").read_text())["overwrite"] is True
