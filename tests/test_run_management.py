@@ -471,3 +471,50 @@ def test_overwrite_clears_the_runs_files_and_logs_and_keeps_others(tmp_path: Pat
     prepare_run_dir(run, TrainConfig(out=str(run), overwrite=True)).release()
     assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "notes.txt"]
     assert json.loads((run / "config.json").read_text())["overwrite"] is True
+
+
+def test_plot_writes_the_format_its_suffix_names(tmp_path: Path) -> None:
+    """``flipes plot --out curves.svg`` writes SVG (XML), .pdf a PDF, .png a PNG: the format follows the suffix."""
+    pytest.importorskip("matplotlib")
+    run = _rows(tmp_path / "a", [1.0, 2.0])
+    for suffix, start in ((".svg", b"<?xml"), (".pdf", b"%PDF"), (".png", b"\x89PNG")):
+        out = plot_command([str(run), "--out", str(tmp_path / f"curves{suffix}")])
+        assert out.read_bytes().startswith(start), suffix
+
+
+def test_code_known_only_by_an_angle_bracket_name_is_never_the_same_code() -> None:
+    """A script's function is the same code run as the main module or imported (``__main__[train]:f`` and ``train:f``);
+    a lambda or local function (``<lambda>``, ``f.<locals>.g``) is not known by its name, so two never match."""
+    from flipes.plugins import same_code
+
+    assert same_code("__main__[train]:make_model", "train:make_model")
+    assert not same_code("__main__[train]:make_model", "other:make_model")
+    assert not same_code("__main__[train]:<lambda>", "train:<lambda>")
+    assert not same_code("__main__[train]:f.<locals>.g", "train:f.<locals>.g")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), {"eval_return": float("inf")}])
+def test_an_evaluate_returning_a_non_finite_return_is_refused(value: object) -> None:
+    """A user's evaluate() must give a finite eval_return (best.pt and --target compare it): inf, -inf and NaN are
+    refused naming evaluate."""
+    from flipes.builders import UserEvaluator
+
+    with pytest.raises(UsageError) as e:
+        UserEvaluator(lambda model: value)(torch.nn.Linear(1, 1), 0)
+    assert e.value.option == "evaluate" and "returned eval_return" in e.value.problem
+
+
+def test_the_evaluation_env_gets_no_more_threads_than_episodes_and_the_runs_step_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The center's evaluation env runs --eval-episodes copies on at most that many threads (or worker processes),
+    however many --env-threads are given, and its episodes are cut at --max-episode-steps as training's are (0: the
+    env's own limit)."""
+    import flipes.builders
+
+    made: list[dict] = []
+    monkeypatch.setattr(flipes.builders, "make_vector_env", lambda env, n, device, **kw: made.append({"n": n, **kw}))
+    comm = types.SimpleNamespace(rank=0, local_size=1)
+    for env_threads, threads, cut in ((8, 3, 5), (2, 2, 0)):
+        config = TrainConfig(eval_episodes=3, env_threads=env_threads, max_episode_steps=cut)
+        evaluator = flipes.builders.build_evaluator(config, "cpu", comm, env=object())  # type: ignore[arg-type]
+        assert made.pop() == {"n": 3, "threads": threads, "note": None}
+        assert evaluator.max_steps == (cut or None)  # type: ignore[union-attr]
