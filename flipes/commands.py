@@ -261,14 +261,12 @@ def train_command(argv: Sequence[str] | None = None) -> int:
     return main_guard(run, comm)
 
 
-def checkpoint_origin(run: str, checkpoint: str) -> str:
-    """Which file ``--checkpoint`` read and the generation its weights are of, numbered as metrics.jsonl's rows:
-    ``runs/cp/best.pt, after generation 12`` (``best`` may be far behind ``latest``)."""
-    from flipes.checkpoint import load_checkpoint
+def checkpoint_origin(run: str, checkpoint: str, state: dict[str, Any]) -> str:
+    """Which file ``--checkpoint`` read (its ``state``) and the generation its weights are of, numbered as
+    metrics.jsonl's rows: ``runs/cp/best.pt, after generation 12`` (``best`` may be far behind ``latest``)."""
     from flipes.runs import checkpoint_path
 
-    path = checkpoint_path(run, checkpoint)
-    es = load_checkpoint(path, map_location="cpu")["es"]  # load_policy has read it already: no error is left here
+    path, es = checkpoint_path(run, checkpoint), state["es"]
     if checkpoint == "best-member":
         return f"{path}, its best member, from generation {es['best']['generation']}"
     return f"{path}, after generation {es['generation'] - 1}" if es["generation"] else f"{path}, before any generation"
@@ -277,7 +275,7 @@ def checkpoint_origin(run: str, checkpoint: str) -> str:
 def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     """``flipes evaluate``: prints the center policy's mean ± std return; returns them."""
     from flipes.config import check_device
-    from flipes.runs import evaluate_policy, load_policy, run_config, run_env
+    from flipes.runs import evaluate_policy, policy_and_state, run_config, run_env
 
     args = parse_config(EvaluateConfig, argv, evaluate_help(), prog="flipes evaluate")
     if args.episodes < 1:
@@ -299,7 +297,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     if str(env_id).lower() == "none":
         raise UsageError(args.run, "was trained on a custom fitness (--env none): there is no env to evaluate it on",
                          "use the evaluate() beside your fitness function")  # fmt: skip
-    policy = load_policy(args.run, args.checkpoint, args.device)
+    policy, state = policy_and_state(args.run, args.checkpoint, args.device)
     cut = run_config(args.run).get("max_episode_steps") or None  # the run's own cut, for envs without a time limit
     shown = render_env(env_id) if args.render else None  # an env that cannot render says so before the episodes
     try:
@@ -311,7 +309,8 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     mean, std = returns.mean().item(), returns.std().item() if len(returns) > 1 else 0.0
     what = "best member" if args.checkpoint == "best-member" else "center policy"
     episodes = f"{args.episodes} episode{'s' if args.episodes != 1 else ''}"
-    print(f"{env_id}: {what} return {mean:.2f} ± {std:.2f} over {episodes} ({checkpoint_origin(args.run, args.checkpoint)})")
+    origin = checkpoint_origin(args.run, args.checkpoint, state)
+    print(f"{env_id}: {what} return {mean:.2f} ± {std:.2f} over {episodes} ({origin})")
     if args.render:
         n = record(policy, env_id, Path(args.render), args.seed, args.max_frames, cut, env=shown)
         print(f"wrote {args.render} ({n} frames)")

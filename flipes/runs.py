@@ -125,6 +125,18 @@ def load_policy(
     Raises:
         UsageError: not a run directory, a missing or broken checkpoint (naming the one to use instead).
     """
+    return policy_and_state(run_dir, checkpoint, device, env, model)[0]
+
+
+def policy_and_state(
+    run_dir: str | Path,
+    checkpoint: str = "latest",
+    device: str | torch.device = "cpu",
+    env: gym.vector.VectorEnv | None = None,
+    model: Callable[..., nn.Module] | nn.Module | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_policy`'s policy and the checkpoint state it was read from (``flipes evaluate`` names the
+    generation: read once, as a checkpoint may be GBs)."""
     config = run_config(run_dir)
     try:
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
@@ -182,7 +194,7 @@ def load_policy(
     except RuntimeError as e:
         problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({str(e).splitlines()[-1].strip()[:120]})"
         raise UsageError("--checkpoint", problem, "pass a checkpoint written by this run") from None
-    return model.eval()
+    return model.eval(), state
 
 
 def evaluate_policy(
