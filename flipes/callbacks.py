@@ -244,11 +244,16 @@ class TensorBoardLogger(Callback):
         self.writer.close()
 
 
+WANDB_ID = "wandb/flipes-run-id"  # in the run directory: the W&B run a resume of it continues
+
+
 class WandbLogger(Callback):
     """Rows to Weights & Biases (``pip install 'flipes[wandb]'``), the run's config as its config.
 
     Files go under ``<run>/wandb``; ``WANDB_MODE=offline`` (or ``mode="offline"``) needs no account
-    and no network (``wandb sync`` uploads later).
+    and no network (``wandb sync`` uploads later). The W&B run's id is kept in ``<run>/wandb/flipes-run-id``:
+    a resume of the run in its own directory logs into the same W&B run (``resume="allow"``), its steps going on
+    from the generation resumed; a branch (``--resume A --out B``) starts a W&B run of its own.
     """
 
     def __init__(self, project: str = "flipes", mode: str | None = None, **init_kwargs: Any) -> None:
@@ -256,6 +261,7 @@ class WandbLogger(Callback):
 
         self.wandb, self.project, self.mode, self.init_kwargs = wandb, project, mode, init_kwargs
         self.run: Any = None
+        self.first_step = 0  # steps below the W&B run's own next step were logged before a crash: W&B drops them
 
     def on_train_start(self, state: TrainState) -> None:
         try:
@@ -263,18 +269,38 @@ class WandbLogger(Callback):
         except self.wandb.errors.Error as e:
             raise UsageError("--wandb", f"Weights & Biases did not start ({' '.join(str(e).split())[:160]})",
                              "run `wandb login`, or set WANDB_MODE=offline") from None  # fmt: skip
+        self.first_step = self.run.step if self.run.resumed else 0
+        (state.run_dir / WANDB_ID).parent.mkdir(exist_ok=True)
+        write_atomic(state.run_dir / WANDB_ID, self.run.id)
 
     def _init(self, state: TrainState) -> Any:
+        same = self._resumed_id(state)
+        kwargs = {"id": same, "resume": "allow"} if same and "id" not in self.init_kwargs else {}
         return self.wandb.init(
             project=self.project,
             dir=str(state.run_dir),
             config=asdict(state.config),
             name=state.run_dir.name,
             mode=self.mode,
+            **kwargs,
             **self.init_kwargs,
         )
 
+    @staticmethod
+    def _resumed_id(state: TrainState) -> str:
+        """The id of the W&B run a run resumed in its own directory logged into ("" for a new run, or a branch)."""
+        from flipes.config import resume_dir
+
+        if not state.resumed or resume_dir(state.config.resume).resolve() != state.run_dir.resolve():
+            return ""
+        try:
+            return (state.run_dir / WANDB_ID).read_text().strip()
+        except OSError:  # trained without --wandb until now, or the file was removed
+            return ""
+
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
+        if row["generation"] < self.first_step:  # a resume after a crash: the W&B run has these rows, bit for bit
+            return
         self.run.log({k: v for k, v in row.items() if isinstance(v, int | float) and k != "generation"}, step=row["generation"])
 
     def on_train_end(self, state: TrainState, reason: str) -> None:

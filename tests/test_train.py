@@ -1160,6 +1160,51 @@ def test_wandb_offline_writes_the_run_with_every_row(tmp_path: Path, monkeypatch
     assert b"CartPole-v1" in data  # the run's config
 
 
+def wandb_history_steps(record: Path) -> list[int]:
+    """The steps of the history rows in a W&B run file (a LevelDB-style log of protobuf records: a 7-byte file header,
+    then in 32 KiB blocks records of a 7-byte header, crc32, length and type 1 full, 2 first, 3 middle or 4 last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, chunk, steps = record.read_bytes(), 7, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:
+            break
+        chunk, pos = chunk + data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(chunk)
+            chunk = b""
+            if rec.WhichOneof("record_type") == "history":
+                steps.append(rec.history.step.num)
+    return steps
+
+
+def test_a_resumed_run_logs_into_its_own_wandb_run_at_the_steps_it_goes_on_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--resume DIR with --wandb continues the W&B run DIR recorded (its id in DIR/wandb/flipes-run-id), logging the
+    generations after the resumed one at their own steps; a branch (--resume A --out B) gets a W&B run of its own."""
+    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run, branch = tmp_path / "run", tmp_path / "branch"
+    flipes.train(**FAST_KW, generations=2, out=str(run), wandb=True, wandb_project="flipes-test")
+    flipes.train(resume=str(run), generations=4)  # the run's own options: --wandb among them
+    run_id = (run / "wandb/flipes-run-id").read_text()
+    records = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert [r.stem for r in records] == [f"run-{run_id}"] * 2  # its directory: offline-run-<time>-<id>[-1]
+    assert [wandb_history_steps(r) for r in records] == [[0, 1], [2, 3]]
+    flipes.train(resume=str(run), out=str(branch), generations=5)
+    assert (branch / "wandb/flipes-run-id").read_text() not in ("", run_id)
+
+
 def train_in_background(args: list[str], cwd: Path) -> subprocess.Popen:
     """scripts/train.py with ``args``, running in its own process (stdout and stderr captured)."""
     command = [sys.executable, str(ROOT / "scripts/train.py"), *args]
