@@ -51,6 +51,8 @@ _SCALARS = (bool, int, float, str)
 
 # field metadata of an option given without a flag: ``run: str = field(metadata=POSITIONAL)``
 POSITIONAL = types.MappingProxyType({"positional": True})
+# field metadata of a list option: what its empty list means, shown in --help where it is the default
+EMPTY = "empty"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,15 +373,27 @@ def _converter(name: str, ft: FieldType) -> Callable[[str], Any]:
     return convert
 
 
+def _shown(value: Any) -> str:
+    """An option's value as --help writes it: ``none``, ``true``, list items separated by spaces."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return " ".join(map(_shown, value)) if isinstance(value, list) else str(value)
+
+
 def build_parser(
     cls: type,
     description: str | None = None,
     prog: str | None = None,
     defaults: Mapping[str, Any] = {},
     add_help: bool = True,
+    given: Mapping[str, Any] = {},
 ) -> argparse.ArgumentParser:
     """The argparse parser of ``cls``: ``--config`` plus one option per field, help from its docstring
-    (which shows ``defaults`` where they replace a field's own)."""
+    (which shows ``defaults`` where they replace a field's own, and beside the default the value ``given`` on the
+    command line, e.g. the ``--env`` whose preset row the other defaults are). A list field whose metadata has
+    :data:`EMPTY` says what its empty list means where that is the default."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=add_help)
@@ -388,16 +402,17 @@ def build_parser(
         ft = field_type(hints[f.name])
         default = defaults.get(f.name, _default(f))
         doc = docs.get(f.name, "")
-        shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, list) else default
-        if default == [] and _default(f) != []:  # a preset's or a file's empty list, e.g. a row's linear policy
-            text = f"{doc} (default: no values)"
+        empty = f.metadata.get(EMPTY, "no values")
+        here = f"given: {_shown(given[f.name]) or empty}" if f.name in given else ""
+        if default == [] and (EMPTY in f.metadata or _default(f) != []):  # e.g. a preset row's linear policy
+            text = f"{doc} (default: {empty}{here and '; '}{here})"
         elif default is dataclasses.MISSING or default in ("", []):
-            text = doc  # required, or no value: nothing to show
+            text = f"{doc} ({here})" if here else doc  # required, or no value: no default to show
         elif ft.scalar is bool and not ft.is_list:
             off = "--no-" + f.name.replace("_", "-")
-            text = f"{doc} (default: {str(default).lower()}; {off} for false)"
+            text = f"{doc} (default: {_shown(default)}; {off} for false{here and '; '}{here})"
         else:
-            text = f"{doc} (default: {shown})"
+            text = f"{doc} (default: {_shown(default)}{here and '; '}{here})"
         metavar = {int: "INT", float: "FLOAT", str: "STR", bool: "BOOL", None: ""}[ft.scalar]
         if ft.choices or ft.optional:
             metavar = (
@@ -457,18 +472,22 @@ def parse_config(
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     from_file = check_options(cls, read_config_file(known.config), f"--config {known.config}") if known.config else {}
-    defaults = from_file
+    defaults, given = from_file, {}
     if presets is not None:
         # the presets depend on the options: read them first (any --help waits), so that --help shows
         # the defaults that apply to this command line, e.g. the row of its --env
         first, _ = build_parser(cls, description, prog, from_file, add_help=False).parse_known_args(argv)
         preset = dict(presets(vars(first)))
-        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(preset) - fields)
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(preset) - set(fields))
         if unknown:
             raise ValueError(f"presets name unknown option(s) {unknown}; valid: {sorted(fields)}")
         defaults = {**preset, **from_file}
-    values = vars(build_parser(cls, description, prog, defaults).parse_args(argv))
+        if "-h" in argv or "--help" in argv:  # beside each default, what the command line gives instead
+            shown = {k: defaults.get(k, _default(f)) for k, f in fields.items()}
+            flags = {k: v for k, v in vars(first).items() if k in fields and v != from_file.get(k, _default(fields[k]))}
+            given = {k: v for k, v in flags.items() if v != shown[k]}
+    values = vars(build_parser(cls, description, prog, defaults, given=given).parse_args(argv))
     values.pop("config")
     return cls(**values)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-from flipes.cli import check_options, finite, option_name
+from flipes.cli import EMPTY, check_options, finite, option_name
 from flipes.errors import UsageError
 
 _UNSET: Any = object()
@@ -102,7 +102,7 @@ class TrainConfig:
     """Cut every episode, in training and evaluation, after this many steps (0: the env's own time limit).
     For envs that register none (CliffWalking-v1, an env of your own without truncation), whose rollouts
     otherwise last until every episode has ended by itself."""
-    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    hidden: list[int] = field(default_factory=lambda: [32, 32], metadata={EMPTY: "no widths: a linear policy"})
     """Hidden layer widths of the MLP policy (--hidden with no width: a linear policy); of the GRU
     policy, its encoder's widths and then the GRU's hidden size (the last width). Not for a --model of one's
     own (refused there; its config.json keeps the default)."""

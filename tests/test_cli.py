@@ -467,8 +467,8 @@ def test_the_preset_notes_name_what_the_env_and_algo_rows_set_and_no_flag_change
     assert preset_lines(parse_train_config(["--env", "none", "--fitness", "user_mod:ok", "--model", "user_mod:make_model"])) == []
 
 
-def _shown_defaults(argv: list[str], capsys: pytest.CaptureFixture) -> dict[str, str]:
-    """``flipes train ARGV --help``'s ``(default: ...)`` of each long option."""
+def _help_entries(argv: list[str], capsys: pytest.CaptureFixture) -> list[str]:
+    """``flipes train ARGV --help``'s entry of each option, on one line."""
     from flipes.commands import parse_train_config
 
     with pytest.raises(SystemExit) as stop:
@@ -480,8 +480,27 @@ def _shown_defaults(argv: list[str], capsys: pytest.CaptureFixture) -> dict[str,
             entries.append("")
         if entries:
             entries[-1] += " " + line.strip()
-    shown = (re.search(r"(--[a-z-]+).*\(default: ([^;)]*)[;)]\s*$", entry) for entry in entries)
+    return entries
+
+
+def _shown_defaults(argv: list[str], capsys: pytest.CaptureFixture) -> dict[str, str]:
+    """``flipes train ARGV --help``'s ``(default: ...)`` of each long option."""
+    shown = (re.search(r"(--[a-z-]+).*\(default: ([^;)]*)[;)].*$", entry) for entry in _help_entries(argv, capsys))
     return dict(m.groups() for m in shown if m)
+
+
+def test_help_names_the_value_the_command_line_gives_beside_each_default(capsys: pytest.CaptureFixture) -> None:
+    """An option given on the command line shows its value beside the default (--env Hopper-v5, whose preset row the
+    other defaults are, on the --env line itself); one it does not give shows the default alone; an empty --hidden,
+    given or a preset row's, reads as the linear policy it is."""
+    hopper = {e.split()[0]: e for e in _help_entries(["--env", "Hopper-v5", "--popsize", "8", "--no-mirrored"], capsys)}
+    assert hopper["--env"].endswith("(default: flipes/CartPole-v1; given: Hopper-v5)"), hopper["--env"]
+    assert hopper["--popsize"].endswith("(default: 16; given: 8)") and hopper["--sigma"].endswith("(default: 0.025)")
+    assert hopper["--mirrored"].endswith("(default: true; --no-mirrored for false; given: false)")
+    assert hopper["--hidden"].endswith("(default: no widths: a linear policy)")  # ARS's row
+    linear = {e.split()[0]: e for e in _help_entries(["--hidden"], capsys)}
+    assert linear["--hidden"].endswith("(default: 32 32; given: no widths: a linear policy)")
+    assert linear["--env"].endswith("(default: flipes/CartPole-v1)")
 
 
 def test_help_shows_the_defaults_that_apply_to_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -494,7 +513,7 @@ def test_help_shows_the_defaults_that_apply_to_the_command_line(tmp_path: Path, 
     assert (plain["--popsize"], plain["--generations"], plain["--algo"]) == ("64", "300", "openai-es")
     hopper = _shown_defaults(["--env", "Hopper-v5"], capsys)
     assert (hopper["--popsize"], hopper["--algo"], hopper["--ars-top"], hopper["--sigma"]) == ("16", "ars", "4", "0.025")
-    assert (plain["--hidden"], hopper["--hidden"]) == ("32 32", "no values")  # the row's linear policy
+    assert (plain["--hidden"], hopper["--hidden"]) == ("32 32", "no widths: a linear policy")  # the row's
     es = _shown_defaults(["--env", "Hopper-v5", "--algo", "openai-es"], capsys)
     assert (es["--popsize"], es["--algo"], es["--sigma"], es["--hidden"]) == ("128", "openai-es", "0.02", "64 64")
     (tmp_path / "run.toml").write_text('env = "Hopper-v5"\npopsize = 48\n')
