@@ -38,6 +38,28 @@ from flipes.search import search_rule, sigma_schedule
 Fitness = Callable[[nn.Module, Population], Tensor]
 
 
+def import_plugins(config: TrainConfig, plugins: Plugins | None = None) -> None:
+    """Import the code the options name (--model, --fitness and the evaluate() beside it, --optimizer, --shaping) and
+    check how each can be called, without calling it: a name that does not import is a mistake to fix whatever
+    else is wrong, so a run names it before looking at its run directory.
+
+    Raises:
+        UsageError: naming the option, what cannot be imported or called, and what to do.
+    """
+    from flipes.search import SHAPINGS
+
+    plugins = plugins or Plugins()
+    if config.model:
+        plugins.model_factory(config.model)
+    if config.fitness:
+        plugins.fitness_fn(config.fitness)
+        plugins.evaluate_fn(config.fitness)
+    if config.optimizer:
+        plugins.optimizer_fn(config.optimizer)
+    if config.algo != "ars" and config.shaping not in SHAPINGS:  # ARS weighs its pairs itself (validate refuses one)
+        plugins.shaping_fn(config.shaping)
+
+
 def build_env(
     config: TrainConfig, comm: dist.Comm, device: str, note: Callable[[str], None] | None
 ) -> gym.vector.VectorEnv | None:

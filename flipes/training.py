@@ -32,7 +32,16 @@ import torch
 from torch import Tensor, nn
 
 from flipes import dist
-from flipes.builders import Fitness, build_env, build_es, build_evaluator, build_fitness, build_model, standard_callbacks
+from flipes.builders import (
+    Fitness,
+    build_env,
+    build_es,
+    build_evaluator,
+    build_fitness,
+    build_model,
+    import_plugins,
+    standard_callbacks,
+)
 from flipes.callbacks import Callback, Checkpointer, PlainRow
 from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_dir, validate
@@ -346,15 +355,19 @@ def _train_watched(
     if torch.device(device).type == "cuda" and torch.device(device).index is not None:
         torch.cuda.set_device(torch.device(device))  # no stray context on GPU 0 from code that says only "cuda"
     run_dir = config.run_dir()
-    if lead:
-        check_run_dir(run_dir, config)  # before anything is built or written
-        if config.resume:  # a run its process is still writing is "in use", not a run of other options
-            check_not_in_use(resume_dir(config.resume))
+    if lead and config.resume:  # a run its process is still writing is "in use", not a run of other options
+        check_not_in_use(resume_dir(config.resume))
+    # what must be fixed whatever the run directory holds is named before it: the code named, the packages, the env
+    import_plugins(config, plugins)
+    if lead and config.wandb and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off")
     notes = list(notes)  # said once everything is built: a mistake found while building stays one line
 
     with contextlib.ExitStack() as cleanup:  # envs and the lock are let go however this ends (a failed check too)
         env = build_env(config, comm, device, notes.append)
         cleanup.callback(_close, env)
+        if lead:  # before the model is built (a --model may load for minutes) and anything is written
+            check_run_dir(run_dir, config)
         with torch.random.fork_rng(devices=[]):  # the initial parameters: a function of the seed alone
             torch.manual_seed(config.seed)
             model = build_model(config, env, plugins)
@@ -389,8 +402,6 @@ def _train_watched(
                 config = state.config = config.replace(generations=es.generation)
         if comm.size > 1:
             agree(comm, config, state)  # before anything is written
-        if lead and config.wandb and importlib.util.find_spec("wandb") is None:
-            raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off")
         if lead:
             cleanup.callback(prepare_run_dir(run_dir, config, state.checkpoint_state()).release)
         standard = standard_callbacks(config, run_dir) if lead else []  # TensorBoard writes: after the lock

@@ -467,6 +467,35 @@ def test_the_preset_notes_name_what_the_env_and_algo_rows_set_and_no_flag_change
     assert preset_lines(parse_train_config(["--env", "none", "--fitness", "user_mod:ok", "--model", "user_mod:make_model"])) == []
 
 
+def test_a_mistake_in_the_command_is_named_before_a_run_directory_that_holds_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training into a directory that holds a run, a command that is wrong anyway names that first: an env id typo
+    (with the id meant), a --model or --fitness that does not import, a --config file that is not there; the
+    run directory is named where the command is otherwise right."""
+    _user_module(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "config.json").write_text("{}")
+    (held / "metrics.jsonl").write_text('{"generation": 0}\n')
+    custom = ["--env", "none", "--popsize", "8", "--out", str(held)]
+    for argv, start in (
+        (
+            ["--env", "flipes/CartPol-v1", "--out", str(held)],
+            "--env: unknown env id 'flipes/CartPol-v1'; did you mean flipes/CartPole-v1?",
+        ),
+        ([*custom, "--model", "no_such_mod:make_model", "--fitness", "user_mod:ok"], "--model: cannot import 'no_such_mod'"),
+        ([*custom, "--model", "user_mod:make_model", "--fitness", "user_mod:no_such_fn"], "--fitness: module 'user_mod' has no"),
+        (["--config", str(tmp_path / "missing.toml"), "--out", str(held)], "--config"),
+        ([*custom, "--model", "user_mod:make_model", "--fitness", "user_mod:ok"], f"--out: {str(held)!r} holds a run"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", *argv, "--tensorboard", "false"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith(f"flipes: error: {start}"), (argv, err)
+
+
 def _help_entries(argv: list[str], capsys: pytest.CaptureFixture) -> list[str]:
     """``flipes train ARGV --help``'s entry of each option, on one line."""
     from flipes.commands import parse_train_config
