@@ -168,11 +168,19 @@ class StopRequest:
     :class:`Interrupted` (a KeyboardInterrupt) naming it and ``kept()``, what the run keeps, so that a generation that
     never ends (a hung env, a fitness stuck in a loop) cannot make a process ignore every later SIGTERM. A SIGTERM
     within ``REPEAT_SECONDS`` of the first one is a copy of it, not a second one. The handlers that were installed
-    before are restored on exit. Off the main thread (where Python allows no signal handlers) it does nothing."""
+    before are restored on exit. Off the main thread (where Python allows no signal handlers) it does nothing.
 
-    def __init__(self, say: bool = True, last: Callable[[], str] = lambda: "the last checkpoint", resume: str = "") -> None:
+    While ``setting_up`` says what a stop keeps (envs and the model being built, before the run directory is
+    written), the first signal stops at once too: there is nothing of the run to keep yet, and a model may take
+    minutes to load. Once it is cleared (the run directory being written), a signal waits for the directory to be
+    whole, and the loop stops before its first generation (:func:`run_loop`)."""
+
+    def __init__(
+        self, say: bool = True, last: Callable[[], str] = lambda: "the last checkpoint", resume: str = "", setting_up: str = ""
+    ) -> None:
         self.requested = False
-        self.say, self.last, self.resume = say, last, resume
+        self.say, self.last, self.resume, self.setting_up = say, last, resume, setting_up
+        self.running = False  # a generation may be under way (the loop has started)
         self._first: tuple[int, float] | None = None
         self._previous: dict[int, Any] = {}
 
@@ -193,9 +201,11 @@ class StopRequest:
                 return
             raise Interrupted(f"a second {name}", self.kept())
         self._first, self.requested = (signum, now), True
+        if self.setting_up:
+            raise Interrupted(f"{name} while the run was set up", self.setting_up)
         if self.say:
-            text = f"flipes: {name}: stopping after the generation under way, with a checkpoint; another Ctrl-C or " \
-                   f"SIGTERM stops at once, keeping {self.last()}"  # fmt: skip
+            when = "after the generation under way, with a checkpoint" if self.running else "before the first generation"
+            text = f"flipes: {name}: stopping {when}; another Ctrl-C or SIGTERM stops at once, keeping {self.last()}"
             try:  # sys.stderr: a notebook's too
                 print(text, file=sys.stderr, flush=True)
             except (RuntimeError, OSError, ValueError):  # this handler cut into the main thread's own write to it
@@ -245,7 +255,8 @@ def train(
         WorkerEndedError: an env worker process died (the out-of-memory killer); it names the worker and
             the last checkpoint (an env raising in a worker: EnvWorkerError, its traceback as the cause).
         Interrupted: a second Ctrl-C or SIGTERM (a KeyboardInterrupt) stopped training at once; the first one
-            returns with ``reason`` ``interrupted`` after the generation under way.
+            returns with ``reason`` ``interrupted`` after the generation under way (before the first one where it came
+            while the run directory was written), or raises this at once while envs and the model are built.
 
     Examples::
 
@@ -355,6 +366,25 @@ def _train_watched(
     if torch.device(device).type == "cuda" and torch.device(device).index is not None:
         torch.cuda.set_device(torch.device(device))  # no stray context on GPU 0 from code that says only "cuda"
     run_dir = config.run_dir()
+    in_place = bool(config.resume) and resume_dir(config.resume).resolve() == run_dir.resolve()
+    # a signal while envs and the model are built stops at once (it raises Interrupted): nothing is written before
+    untouched = f"{run_dir} is as it was: --resume {config.resume} continues it" if in_place else \
+                f"nothing was written to {run_dir}: the same command starts the run"  # fmt: skip
+    with StopRequest(say=lead, resume=str(run_dir), setting_up=untouched) as stop:
+        return _set_up_and_run(config, comm, callbacks, plugins, notes, device, run_dir, stop)
+
+
+def _set_up_and_run(
+    config: TrainConfig,
+    comm: dist.Comm,
+    callbacks: list[Callback],
+    plugins: Plugins,
+    notes: list[str],
+    device: str,
+    run_dir: Path,
+    stop: StopRequest,
+) -> TrainResult:
+    lead = comm.rank == 0
     if lead and config.resume:  # a run its process is still writing is "in use", not a run of other options
         check_not_in_use(resume_dir(config.resume))
     # what must be fixed whatever the run directory holds is named before it: the code named, the packages, the env
@@ -402,6 +432,7 @@ def _train_watched(
                 config = state.config = config.replace(generations=es.generation)
         if comm.size > 1:
             agree(comm, config, state)  # before anything is written
+        stop.setting_up = ""  # from here a signal waits for the run directory to be whole
         if lead:
             cleanup.callback(prepare_run_dir(run_dir, config, state.checkpoint_state()).release)
         standard = standard_callbacks(config, run_dir) if lead else []  # TensorBoard writes: after the lock
@@ -429,16 +460,15 @@ def _train_watched(
             at = checkpointer.saved_at if checkpointer is not None else -1
             return f"the last checkpoint (generation {at})" if at >= 0 else "the last checkpoint"
 
-        # a first signal waits until the final checkpoint is written, too
-        with StopRequest(say=lead, last=last, resume=str(run_dir)) as stop:
-            for cb in standard + users:  # the run directory is complete when the user's callbacks start
-                cb.on_train_start(state)
-            if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
-                set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
-            # what the user's callbacks add to a row reaches the sinks, as plain JSON values
-            reason = run_loop(state, fitness, evaluator, [*users, PlainRow(), *standard], stop)
-            for cb in standard + users:
-                cb.on_train_end(state, reason)
+        stop.last = last  # a first signal waits until the final checkpoint is written, too
+        for cb in standard + users:  # the run directory is complete when the user's callbacks start
+            cb.on_train_start(state)
+        if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
+            set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
+        # what the user's callbacks add to a row reaches the sinks, as plain JSON values
+        reason = run_loop(state, fitness, evaluator, [*users, PlainRow(), *standard], stop)
+        for cb in standard + users:
+            cb.on_train_end(state, reason)
     if comm.size > 1:  # every rank returns once rank 0 has written the run directory: the script may read it next
         comm.bcast(None)
     best = state.best if math.isfinite(state.best) else None
@@ -573,6 +603,9 @@ def run_loop(
             "which counts all generations, not more of them (raise it to train on)"
         )
     steps = int(_summed(comm, getattr(fitness, "timesteps", 0)))
+    if _summed(comm, stop.requested) > 0:  # a signal while the run directory was written: no generation begins
+        return "interrupted"
+    stop.running = True
     while es.generation < config.generations:
         gen = es.generation
         bytes_before, t0 = comm.bytes_sent, time.perf_counter()

@@ -7,7 +7,9 @@ Points: ``metrics-rewrite`` (SIGKILL before metrics.jsonl is replaced by its rew
 ``between-renames`` (SIGKILL after previous.pt took the old checkpoint, before the new one is
 renamed into checkpoint.pt), ``final-save`` (SIGTERM to itself as the final checkpoint is renamed
 into place, then go on: the signal must wait until the writing is done), ``replace-K`` (SIGKILL before
-the process's K-th file is renamed into place: K = 1, 2, ... walks through a run directory's setup).
+the process's K-th file is renamed into place: K = 1, 2, ... walks through a run directory's setup),
+``setup-sigterm`` (SIGTERM to itself as its first file, a new run directory's config.json, is renamed
+into place, then go on: the setup must end whole).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def install(point: str, generations: int) -> None:
         calls[0] += 1
         if point == f"replace-{calls[0]}":
             os.kill(os.getpid(), signal.SIGKILL)
+        if point == "setup-sigterm" and calls[0] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
         if point == "metrics-rewrite" and dst_name == "metrics.jsonl":
             os.kill(os.getpid(), signal.SIGKILL)
         if point == "between-renames" and dst_name == "checkpoint.pt" and (Path(dst).parent / "previous.pt").exists():

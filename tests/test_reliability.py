@@ -223,6 +223,66 @@ def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
     assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]
 
 
+SLOW_MODEL = """
+import os, pathlib, time, torch
+
+def make_model(env):
+    if os.environ.get("SLOW_MODEL_MARK"):  # says it is building, then takes its time
+        pathlib.Path(os.environ["SLOW_MODEL_MARK"]).touch()
+        time.sleep(60)
+    return torch.nn.Linear(3, 1)
+
+def fitness(model, pop):
+    return -model(torch.ones(pop.size, 3)).square().sum(1)
+"""
+
+
+def test_a_signal_while_the_run_is_set_up_stops_at_once_and_writes_nothing(tmp_path: Path) -> None:
+    """SIGTERM while the model is built (a --model that loads for a minute) ends the command at once with status 130
+    and one line saying nothing was written and that the same command starts the run, and no run directory exists;
+    Ctrl-C while a resume builds it leaves the run as it was (its files byte for byte) and names the --resume."""
+    (tmp_path / "slowmodel.py").write_text(SLOW_MODEL)
+    mark = tmp_path / "building"
+    args = ["--env", "none", "--model", "slowmodel:make_model", "--fitness", "slowmodel:fitness", "--popsize", "8",
+            "--tensorboard", "false", "--progress", "false"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]), "SLOW_MODEL_MARK": str(mark)}
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "flipes", "train", *args, "--generations", "1", "--out", str(run)], cwd=tmp_path,
+                   env={k: v for k, v in env.items() if k != "SLOW_MODEL_MARK"}, check=True, capture_output=True)  # fmt: skip
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    fresh = tmp_path / "fresh"
+    for argv, sig, line in (
+        ([*args, "--out", str(fresh)], signal.SIGTERM,
+         f"SIGTERM while the run was set up; nothing was written to {fresh}: the same command starts the run"),
+        (["--resume", str(run), "--generations", "2"], signal.SIGINT,
+         f"Ctrl-C while the run was set up; {run} is as it was: --resume {run} continues it"),
+    ):  # fmt: skip
+        mark.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "flipes", "train", *argv], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not mark.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and err == f"flipes: interrupted: train stopped at once by {line}\n", err
+    assert not fresh.exists()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_signal_while_the_run_directory_is_written_leaves_it_whole_and_trains_nothing(tmp_path: Path) -> None:
+    """SIGTERM as a new run's config.json is written lets the setup finish: the directory holds the starting
+    checkpoint (generation 0) and no row, the command exits 130 naming the --resume that continues it, and that
+    resume trains the run."""
+    run = tmp_path / "run"
+    r = run_script("tests/killpoints.py", "setup-sigterm", *FAST, "--generations", "2", "--out", run, check=False)
+    assert r.returncode == 130 and "stopping before the first generation" in r.stderr, r.stderr[-2000:]
+    assert r.stdout.strip() == f"interrupted; 0 generations in all, run directory {run}; --resume {run} continues it"
+    assert load_checkpoint(run)["es"]["generation"] == 0 and metrics(run) == [] and not list(run.glob("*.tmp"))
+    flipes.train(resume=str(run))
+    assert [row["generation"] for row in metrics(run)] == [0, 1]
+
+
 def checkpoint_renamed_with(
     at: int, before_rename: Callable[[Path], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, bytes]:
