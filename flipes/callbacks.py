@@ -188,7 +188,8 @@ class ProgressPrinter(Callback):
         self.progress: Progress | None = None
 
     def on_train_start(self, state: TrainState) -> None:
-        self.progress = Progress(state.config.generations, self.stream or sys.stdout, every=state.config.eval_every)
+        evaluates = True if not state.config.fitness else None  # an env's run: its center every --eval-every generations
+        self.progress = Progress(state.config.generations, self.stream or sys.stdout, state.config.eval_every, evaluates)
 
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
         assert self.progress is not None

@@ -6,28 +6,46 @@ import sys
 import time
 from typing import TextIO
 
+# each column of the line: its template, and the width its value is padded to at the least (widths only grow in a run)
+COLUMNS: dict[str, tuple[str, int]] = {
+    "gen": ("gen {}", 5),
+    "fitness": ("fitness {}", 10),
+    "max": ("max {}", 10),
+    "eval": ("eval {}", 10),
+    "steps": ("{} steps", 11),
+    "rate": ("{}/s", 7),
+    "seconds": ("{}s", 7),
+    "eta": ("eta {}", 7),
+}
+
 
 class Progress:
-    """Prints one status line per generation.
+    """Prints one status line per generation, its columns at the same place on every line of a run.
 
     On a terminal the line is rewritten in place (with an ETA); when the output is a pipe or a
     file, every ``every``-th generation gets a line of its own, so logs stay readable, and
     :meth:`message` first writes the latest generation's line if it had none (a run stopped between
     two such lines by Ctrl-C, ``--max-seconds`` or a callback ends its log at the generation it stopped at).
+    A column a row lacks (``eval`` between evaluations) is left blank once a line has shown it, and each value is
+    padded to the widest one yet, so a column moves at most once, for a value wider than any before it.
 
     Args:
         total: generations planned.
         stream: where to write (``sys.stdout`` by default).
         every: with plain lines, print every ``every`` generations (and the last one).
+        evaluates: whether rows have an eval_return every ``every`` generations (its column is kept from the start);
+            None: from the first row that has one.
     """
 
-    def __init__(self, total: int, stream: TextIO | None = None, every: int = 1) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None, every: int = 1, evaluates: bool | None = None) -> None:
         self.total, self.every = total, every
         self.stream = stream if stream is not None else sys.stdout
         self.live = self.stream.isatty()
         self.start = time.perf_counter()
         self.first_gen: int | None = None
         self.unwritten: str | None = None  # piped: the latest generation's line, when it was skipped
+        self.widths = {key: width for key, (_, width) in COLUMNS.items()}
+        self.shown = {"gen", "fitness", "max", "seconds", "eta"} | ({"eval"} if evaluates else set())
 
     def update(self, row: dict) -> None:
         gen = row["generation"]
@@ -36,13 +54,19 @@ class Progress:
         done = gen + 1 - self.first_gen
         rate = done / max(time.perf_counter() - self.start, 1e-9)
         eta = (self.total - gen - 1) / rate if rate > 0 else float("inf")
-        parts = [f"gen {gen:5d}/{self.total}", f"fitness {row['fitness_mean']:10.3f} (max {row['fitness_max']:.3f})"]
+        values = {
+            "gen": f"{gen}/{self.total}".rjust(len(str(self.total)) * 2 + 1),
+            "fitness": f"{row['fitness_mean']:.3f}",
+            "max": f"{row['fitness_max']:.3f}",
+            "seconds": f"{row['seconds']:.1f}",
+            "eta": _clock(eta),
+        }
         if "eval_return" in row:
-            parts.append(f"eval {row['eval_return']:10.3f}")
+            values["eval"] = f"{row['eval_return']:.3f}"
         if row.get("timesteps"):
-            parts.append(f"{row['timesteps']:>10d} steps ({row.get('steps_per_second', 0):,.0f}/s)")
-        parts.append(f"{row['seconds']:7.1f}s  eta {_clock(eta)}")
-        line = "  ".join(parts)
+            values["steps"], values["rate"] = f"{row['timesteps']:,d}", f"{row.get('steps_per_second', 0):,.0f}"
+        self.shown |= set(values)
+        line = "  ".join(self._cell(key, values.get(key)) for key in COLUMNS if key in self.shown)
         if self.live:
             self.stream.write("\r\033[K" + line)
         elif gen % self.every == 0 or gen + 1 >= self.total:
@@ -51,6 +75,14 @@ class Progress:
         else:
             self.unwritten = line
         self.stream.flush()
+
+    def _cell(self, key: str, value: str | None) -> str:
+        """A column's text, its value right-aligned to the widest yet; blank, as wide, where the row has none."""
+        template, _ = COLUMNS[key]
+        if value is None:
+            return " " * len(template.format(" " * self.widths[key]))
+        self.widths[key] = max(self.widths[key], len(value))
+        return template.format(value.rjust(self.widths[key]))
 
     def message(self, text: str) -> None:
         """A line of its own (ends a live line first; piped, writes the latest generation's line first if it had none)."""

@@ -736,12 +736,12 @@ def test_the_progress_line_is_printed_every_kth_generation_when_piped_and_rewrit
     for row in rows:
         progress.update(row)
     progress.message("done")
-    eta = r"  eta (\d+:\d\d:\d\d|\?)"
+    eta = r"  eta +(\d+:\d\d:\d\d|\?)"
     expect = [
-        "gen     0/6  fitness      0.500 (max 0.000)  eval      0.000      0.0s",
-        "gen     2/6  fitness      2.500 (max 4.000)  eval     20.000         200 steps (1,000/s)      2.0s",
-        "gen     4/6  fitness      4.500 (max 8.000)  eval     40.000         400 steps (1,000/s)      4.0s",
-        "gen     5/6  fitness      5.500 (max 10.000)         500 steps (1,000/s)      5.0s",
+        "gen   0/6  fitness      0.500  max      0.000  eval      0.000      0.0s",
+        "gen   2/6  fitness      2.500  max      4.000  eval     20.000          200 steps    1,000/s      2.0s",
+        "gen   4/6  fitness      4.500  max      8.000  eval     40.000          400 steps    1,000/s      4.0s",
+        "gen   5/6  fitness      5.500  max     10.000                           500 steps    1,000/s      5.0s",
     ]
     lines = piped.getvalue().splitlines()
     assert len(lines) == 5 and lines[-1] == "done"
@@ -762,6 +762,37 @@ def test_the_progress_line_is_printed_every_kth_generation_when_piped_and_rewrit
     assert shown[-1].endswith("\ndone\n") and re.fullmatch(re.escape(expect[-1]) + eta, shown[-1].removesuffix("\ndone\n"))
 
 
+def test_the_progress_lines_of_a_run_keep_their_columns_in_place() -> None:
+    """Every line of a run, piped or live, has each column at the same offset and the same length, whatever the
+    values' magnitudes, with a blank evaluation between evaluations (where the run evaluates, also before its first
+    one, as a resumed run's first line); a value wider than any before widens its column for the lines after it."""
+    rows = [{"generation": g, "fitness_mean": (-7.5) ** g, "fitness_max": 3.0**g, "seconds": 1.5**g, "timesteps": 10**g,
+             "steps_per_second": 7.0**g} | ({"eval_return": -(5.0**g)} if g % 2 == 0 else {}) for g in range(1, 8)]  # fmt: skip
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream in (io.StringIO(), Terminal()):
+        progress = Progress(100, stream, every=1, evaluates=True)
+        for row in rows:
+            progress.update(row)
+        lines = [line for line in re.split(r"\r\x1b\[K|\n", stream.getvalue()) if line]
+        assert len(lines) == 7 and "eval" not in lines[0], lines  # generation 1: before the first evaluation
+        labels = ("fitness ", "max ", "eval ", " steps", "/s ", "s  eta ")
+        columns = [[line.find(label) for label in labels] for line in lines]
+        evaluated = [c for c, row in zip(columns[:6], rows, strict=False) if "eval_return" in row]
+        assert evaluated and all(c == evaluated[0] for c in evaluated), lines
+        assert all(c[:2] + c[3:] == evaluated[0][:2] + evaluated[0][3:] for c in columns[:6]), lines
+        assert len({len(line) for line in lines[:6]}) == 1 and columns[6] != columns[5], lines
+    widened = io.StringIO()
+    progress = Progress(10, widened)
+    for mean in (1.0, 1.0e7, 2.0, -3.0):
+        progress.update({"generation": 0, "fitness_mean": mean, "fitness_max": 0.0, "seconds": 0.0})
+    first, *after = widened.getvalue().splitlines()
+    assert len(first) < len(after[0]) and len({len(line) for line in after}) == 1, widened.getvalue()
+
+
 def test_a_piped_log_shows_the_generation_a_run_stopped_at_between_two_kth_lines() -> None:
     """Piped with ``every=3``, a run stopped after generation 4 of 10 (Ctrl-C, ``--max-seconds``, a callback) writes
     generation 4's line before the line saying how it ended, so the log's last generation is the one the run holds;
@@ -774,14 +805,14 @@ def test_a_piped_log_shows_the_generation_a_run_stopped_at_between_two_kth_lines
     progress.message("interrupted")
     progress.message("again")
     assert [line.split("  fitness")[0] for line in piped.getvalue().splitlines()] == [
-        "gen     0/10", "gen     3/10", "gen     4/10", "interrupted", "again"]  # fmt: skip
+        "gen  0/10", "gen  3/10", "gen  4/10", "interrupted", "again"]  # fmt: skip
     on_k = io.StringIO()
     progress = Progress(10, on_k, every=3)
     for row in rows:
         progress.update(row)
     progress.message("interrupted")
     assert [line.split("  fitness")[0] for line in on_k.getvalue().splitlines()] == [
-        "gen     0/10", "gen     3/10", "gen     6/10", "interrupted"]  # fmt: skip
+        "gen  0/10", "gen  3/10", "gen  6/10", "interrupted"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
