@@ -268,8 +268,11 @@ class WandbLogger(Callback):
         try:
             self.run = self._init(state)
         except self.wandb.errors.Error as e:
-            raise UsageError("--wandb", f"Weights & Biases did not start ({' '.join(str(e).split())[:160]})",
-                             "run `wandb login`, or set WANDB_MODE=offline") from None  # fmt: skip
+            raise UsageError(
+                "--wandb",
+                f"Weights & Biases did not start ({' '.join(str(e).split())[:160]})",
+                "run `wandb login`, set WANDB_MODE=offline, or pass --no-wandb (a resumed run keeps its --wandb)",
+            ) from None
         self.first_step = self.run.step if self.run.resumed else 0
         (state.run_dir / WANDB_ID).parent.mkdir(exist_ok=True)
         write_atomic(state.run_dir / WANDB_ID, self.run.id)

@@ -375,6 +375,23 @@ def test_wandb_gets_each_rows_numbers_at_its_generation_and_an_interruption_as_e
         calls.clear()
 
 
+def test_wandb_failing_to_start_is_one_error_naming_each_way_on(tmp_path: Path) -> None:
+    """W&B refusing to start (no API key) is a UsageError on --wandb that names its message and the three ways on,
+    --no-wandb among them: a resumed run keeps the --wandb it was trained with, so leaving the flag out is not one."""
+    wandb = pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    from flipes.callbacks import WandbLogger
+
+    def refuse(**kwargs: object) -> None:
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    logger = WandbLogger()
+    logger.wandb = types.SimpleNamespace(init=refuse, errors=wandb.errors)
+    with pytest.raises(UsageError) as e:
+        logger.on_train_start(_Stub(tmp_path))  # type: ignore[arg-type]
+    assert e.value.option == "--wandb" and "No API key configured" in e.value.problem
+    assert all(way in e.value.fix for way in ("wandb login", "WANDB_MODE=offline", "--no-wandb")), e.value.fix
+
+
 def test_the_eta_is_the_generations_left_at_the_rate_of_this_invocation(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ETA is (generations left after this one) / (generations done since this invocation started per second):
     a run of 10 at 10 s a generation shows 1:30 after generation 0, one of 1000 2:46:30, and a run resumed at
