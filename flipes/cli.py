@@ -484,9 +484,10 @@ def parse_config(
             raise ValueError(f"presets name unknown option(s) {unknown}; valid: {sorted(fields)}")
         defaults = {**preset, **from_file}
         if "-h" in argv or "--help" in argv:  # beside each default, what the command line gives instead
+            unset = object()  # the default of every option in this parse: what differs from it was given
+            flags, _ = build_parser(cls, description, prog, dict.fromkeys(fields, unset), add_help=False).parse_known_args(argv)
             shown = {k: defaults.get(k, _default(f)) for k, f in fields.items()}
-            flags = {k: v for k, v in vars(first).items() if k in fields and v != from_file.get(k, _default(fields[k]))}
-            given = {k: v for k, v in flags.items() if v != shown[k]}
+            given = {k: v for k, v in vars(flags).items() if k in fields and v is not unset and v != shown[k]}
     values = vars(build_parser(cls, description, prog, defaults, given=given).parse_args(argv))
     values.pop("config")
     return cls(**values)

@@ -104,7 +104,8 @@ class PlotConfig:
 def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """``flipes train``'s options: defaults < the env's preset row < the ``--algo`` row < the row's own options
     for that search < the resumed run's options (``--resume DIR``) < ``--config`` file < flags. The search is
-    ``--algo``'s (flag, file or resumed run), else the one the env's row names, else openai-es."""
+    ``--algo``'s (flag, file or resumed run), else the one the env's row names, else openai-es; ``--help`` shows the
+    latter as ``--algo``'s default, and an ``--algo`` flag beside it."""
     from flipes.cli import _Parser, read_config_file
     from flipes.config import default_run_dir, saved_options
     from flipes.rl.presets import defaults, row_algo
@@ -124,8 +125,9 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
         saved = saved_options(resume) if resume else {}
         env_id = saved.get("env", values["env"])
         env_id = env_id if isinstance(env_id, str) else ""
-        algo = saved.get("algo", values["algo"] if chosen else row_algo(env_id))
-        return {**defaults(env_id, algo), **saved, "algo": algo}  # --help shows the search that applies
+        unchosen = saved.get("algo", row_algo(env_id))  # the search without --algo: --help shows it as the default
+        algo = saved.get("algo", values["algo"] if chosen else unchosen)
+        return {**defaults(env_id, algo), **saved, "algo": unchosen}  # the chosen search's row; a flag or file sets algo
 
     return parse_config(TrainConfig, argv, TRAIN_HELP, presets=layers, prog="flipes train")
 

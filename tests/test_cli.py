@@ -520,10 +520,14 @@ def _shown_defaults(argv: list[str], capsys: pytest.CaptureFixture) -> dict[str,
 
 def test_help_names_the_value_the_command_line_gives_beside_each_default(capsys: pytest.CaptureFixture) -> None:
     """An option given on the command line shows its value beside the default (--env Hopper-v5, whose preset row the
-    other defaults are, on the --env line itself); one it does not give shows the default alone; an empty --hidden,
-    given or a preset row's, reads as the linear policy it is."""
+    other defaults are, on the --env line itself; --algo openai-es beside the row's own search, also where it is the
+    dataclass default); one it does not give shows the default alone; an empty --hidden, given or a preset row's,
+    reads as the linear policy it is."""
     hopper = {e.split()[0]: e for e in _help_entries(["--env", "Hopper-v5", "--popsize", "8", "--no-mirrored"], capsys)}
     assert hopper["--env"].endswith("(default: flipes/CartPole-v1; given: Hopper-v5)"), hopper["--env"]
+    assert hopper["--algo"].endswith("(default: ars)")
+    es = {e.split()[0]: e for e in _help_entries(["--env", "Hopper-v5", "--algo", "openai-es"], capsys)}
+    assert es["--algo"].endswith("(default: ars; given: openai-es)") and es["--popsize"].endswith("(default: 128)")
     assert hopper["--popsize"].endswith("(default: 16; given: 8)") and hopper["--sigma"].endswith("(default: 0.025)")
     assert hopper["--mirrored"].endswith("(default: true; --no-mirrored for false; given: false)")
     assert hopper["--hidden"].endswith("(default: no widths: a linear policy)")  # ARS's row
@@ -544,7 +548,7 @@ def test_help_shows_the_defaults_that_apply_to_the_command_line(tmp_path: Path, 
     assert (hopper["--popsize"], hopper["--algo"], hopper["--ars-top"], hopper["--sigma"]) == ("16", "ars", "4", "0.025")
     assert (plain["--hidden"], hopper["--hidden"]) == ("32 32", "no widths: a linear policy")  # the row's
     es = _shown_defaults(["--env", "Hopper-v5", "--algo", "openai-es"], capsys)
-    assert (es["--popsize"], es["--algo"], es["--sigma"], es["--hidden"]) == ("128", "openai-es", "0.02", "64 64")
+    assert (es["--popsize"], es["--algo"], es["--sigma"], es["--hidden"]) == ("128", "ars", "0.02", "64 64")  # given: openai-es
     (tmp_path / "run.toml").write_text('env = "Hopper-v5"\npopsize = 48\n')
     file = _shown_defaults(["--config", str(tmp_path / "run.toml")], capsys)
     assert (file["--env"], file["--popsize"], file["--algo"]) == ("Hopper-v5", "48", "ars")
