@@ -225,7 +225,8 @@ def preset_lines(config: TrainConfig) -> list[str]:
     }
     lines = []
     for row, what in ((env_row, f"per-env defaults of {config.env}"), (algo, f"--algo {config.algo} sets")):
-        used = ", ".join(f"{k} {v}" for k, v in row.items() if getattr(config, k) == v)
+        used = ", ".join(f"{k} {v}" + " (a linear policy)" * (k == "hidden" and v == []) for k, v in row.items()
+                         if getattr(config, k) == v)  # fmt: skip
         if used:
             lines.append(f"{what} (flipes.rl.presets): {used}; flags and --config override them")
     return lines

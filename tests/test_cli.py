@@ -461,7 +461,7 @@ def test_the_preset_notes_name_what_the_env_and_algo_rows_set_and_no_flag_change
     env, algo = preset_lines(parse_train_config(["--env", "flipes/CartPole-v1", "--algo", "ars", "--popsize", "32"]))
     assert env == "per-env defaults of flipes/CartPole-v1 (flipes.rl.presets): episodes 1, eval_every 2, eval_episodes 100, " \
         "generations 300; flags and --config override them"  # fmt: skip
-    assert algo.startswith("--algo ars sets (flipes.rl.presets): hidden [], lr 0.02, sigma 0.03;")
+    assert algo.startswith("--algo ars sets (flipes.rl.presets): hidden [] (a linear policy), lr 0.02, sigma 0.03;")
     (env,) = preset_lines(parse_train_config(["--env", "flipes/CartPole-v1", "--model", "user_mod:make_model"]))
     assert "sigma 0.1, lr 0.05, episodes 1" in env and "hidden" not in env
     assert preset_lines(parse_train_config(["--env", "none", "--fitness", "user_mod:ok", "--model", "user_mod:make_model"])) == []

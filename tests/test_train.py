@@ -1417,7 +1417,7 @@ def test_an_env_row_names_its_search_and_an_explicit_algo_picks_another(tmp_path
     env, algo = preset_lines(parse_train_config(["--env", "Hopper-v5", "--popsize", "32"]))
     assert env == "per-env defaults of Hopper-v5 (flipes.rl.presets): sigma 0.025, lr 0.01, episodes 1, eval_every 10, " \
         "eval_episodes 5, generations 2000, reward_shift 1.0, algo ars, ars_top 4; flags and --config override them"  # fmt: skip
-    assert algo == "--algo ars sets (flipes.rl.presets): hidden []; flags and --config override them"
+    assert algo == "--algo ars sets (flipes.rl.presets): hidden [] (a linear policy); flags and --config override them"
 
 
 def test_shaping_and_weight_decay_reach_the_es_and_a_resume_must_keep_them(tmp_path: Path) -> None:
