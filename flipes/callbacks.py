@@ -279,7 +279,8 @@ class WandbLogger(Callback):
 
     def _init(self, state: TrainState) -> Any:
         same = self._resumed_id(state)
-        kwargs = {"id": same, "resume": "allow"} if same and "id" not in self.init_kwargs else {}
+        own = {"id", "resume", "resume_from", "fork_from"} & set(self.init_kwargs)  # the caller's say over W&B's run
+        kwargs = {"id": same, "resume": "allow"} if same and not own else {}
         return self.wandb.init(
             project=self.project,
             dir=str(state.run_dir),
