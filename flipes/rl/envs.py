@@ -146,8 +146,8 @@ class NumpyToTorch(gym.vector.VectorWrapper):
         return self.observations(obs), info
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
-        if self.speaks_torch:
-            a = torch.as_tensor(actions)
+        if self.speaks_torch:  # a tensor as it is; anything else from the host (torch.as_tensor alone: the default device)
+            a = actions if isinstance(actions, Tensor) else torch.as_tensor(np.asarray(actions), device="cpu")
         else:
             a = actions.detach().cpu().numpy() if isinstance(actions, Tensor) else np.asarray(actions)
         out = self.env.step(a)
