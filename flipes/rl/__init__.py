@@ -3,13 +3,14 @@
 from flipes.rl.envpool_vec import EnvPoolVectorEnv
 from flipes.rl.envs import EnvError, available_cores, make_vector_env, split_env_id
 from flipes.rl.normalize import RunningNorm
-from flipes.rl.policy import MLPPolicy, SpacePolicy
+from flipes.rl.policy import CNNPolicy, MLPPolicy, SpacePolicy
 from flipes.rl.recurrent import POLICIES, GRUPolicy, RecurrentPolicy, stepper
 from flipes.rl.rollout import Episodes, RolloutFitness, episode_seed, reset_episodes, run_episodes
 from flipes.rl.workers import WorkerVectorEnv
 
 __all__ = [
     "POLICIES",
+    "CNNPolicy",
     "EnvError",
     "EnvPoolVectorEnv",
     "Episodes",

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flipes.nn import FlipoutLinear
+from flipes.nn import FlipoutConv2d, FlipoutLinear
 from flipes.rl.normalize import RunningNorm
 
 
@@ -177,3 +177,112 @@ class MLPPolicy(SpacePolicy):
 
     def forward(self, obs: Tensor | np.ndarray) -> Tensor | np.ndarray:
         return self.as_given(self.action(self.net(self.observe(obs, self.net[0].weight.dtype))), obs)
+
+
+NATURE_TORSO: tuple[tuple[int, int, int], ...] = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+"""The Nature-DQN convolutions (Mnih et al. 2015), ``(out_channels, kernel, stride)`` each, no padding."""
+
+
+def torso_min_size(torso: Sequence[tuple[int, int, int]] = NATURE_TORSO) -> int:
+    """The smallest image side these unpadded convolutions leave at least one pixel of (36 for the Nature torso)."""
+    side = 1
+    for _, kernel, stride in reversed(torso):
+        side = (side - 1) * stride + kernel
+    return side
+
+
+def _conv_out(side: int, torso: Sequence[tuple[int, int, int]]) -> int:
+    for _, kernel, stride in torso:
+        side = (side - kernel) // stride + 1
+    return side
+
+
+class CNNPolicy(SpacePolicy):
+    r"""Deterministic policy for image observations: pixels -> the Nature-DQN torso of Flipout convolutions
+    (32 8x8 stride 4, 64 4x4 stride 2, 64 3x3 stride 1, ReLU after each) -> Flipout fully connected layers of
+    ``hidden`` widths (ReLU) -> action, mapped as :class:`MLPPolicy`'s (argmax for Discrete, tanh into a Box's
+    bounds). Inside an ES population every member convolves with its own kernels, all in one batched pass.
+
+    ``uint8`` observations are scaled by 1/255 into [0, 1]; others are taken as they are. Pixels get no
+    running normalization (``obs_norm`` is ``None``): per-pixel statistics, frozen per generation, would
+    mostly divide near-constant background pixels by tiny deviations.
+
+    Args:
+        observation_space: a ``Box`` of rank 3: ``(C, H, W)`` (EnvPool's Atari ids, ``(4, 84, 84)`` frame
+            stacks) or ``(H, W, C)`` (gymnasium's ALE); both sides at least :func:`torso_min_size` (36).
+        action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
+        hidden: widths of the fully connected layers after the torso (the Nature DQN's ``(512,)``); empty:
+            the torso's features straight into the action layer.
+        activation: the nonlinearity after every convolution and hidden layer.
+        channels_last: whether the channels are the last dim; ``None`` guesses: last where the last side is at
+            most 4 and the first is larger (``(210, 160, 3)``), else first (``(4, 84, 84)``).
+
+    Shape:
+        ``(*, *obs_shape) -> (*,)`` (Discrete) or ``(*, *action_shape)`` (the others); inside a population
+        ``*`` starts with the members, ``(N, K, C, H, W)`` for ``K`` episodes each, and in an evaluation it is
+        ``(K, C, H, W)``. Numpy observations give numpy actions, as :class:`MLPPolicy`'s.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden: Sequence[int] = (512,),
+        activation: type[nn.Module] = nn.ReLU,
+        channels_last: bool | None = None,
+    ) -> None:
+        super().__init__(observation_space, action_space, normalize=False)
+        shape = self.obs_shape
+        if not isinstance(observation_space, gym.spaces.Box) or len(shape) != 3:
+            raise ValueError(
+                f"CNNPolicy needs image observations, a Box of shape (C, H, W) or (H, W, C), got {observation_space}; "
+                "use --policy mlp (or gru) for vector observations"
+            )
+        if channels_last is None:
+            channels_last = shape[2] <= 4 < shape[0]
+        self.channels_last = channels_last
+        channels, height, width = (shape[2], shape[0], shape[1]) if channels_last else shape
+        least = torso_min_size()
+        if min(height, width) < least:
+            raise ValueError(
+                f"CNNPolicy's Nature-DQN torso (8x8 stride 4, 4x4 stride 2, 3x3 stride 1, unpadded) needs images of at least "
+                f"{least}x{least} pixels, got {height}x{width} (observations {shape}, channels "
+                f"{'last' if channels_last else 'first'}); resize them (gymnasium.wrappers.ResizeObservation), or write a "
+                "policy with smaller kernels from flipes.nn layers (--model)"
+            )
+        self.pixel_scale = 1 / 255 if observation_space.dtype == np.uint8 else 1.0
+        layers: list[nn.Module] = []
+        for out, kernel, stride in NATURE_TORSO:
+            layers += [FlipoutConv2d(channels, out, kernel, stride), activation()]
+            channels = out
+        self.torso = nn.Sequential(*layers)
+        features = channels * _conv_out(height, NATURE_TORSO) * _conv_out(width, NATURE_TORSO)
+        self.fc = mlp([features, *hidden, self.action_dim], activation)
+        # orthogonal weights of gain √2 and zero biases, as the Atari CNNs of CleanRL and Stable-Baselines3, keep a few
+        # pixels' signal through the ReLUs (torch's default biases drown it: every image then gets the same action, and
+        # every member the same fitness); the action layer at gain 1, not their 0.01: its outputs feed an argmax, and
+        # logits that small are swamped by Adam's first steps on the biases
+        layers = [m for m in self.modules() if isinstance(m, FlipoutConv2d | FlipoutLinear)]
+        for layer in layers:
+            nn.init.orthogonal_(layer.weight, math.sqrt(2) if layer is not layers[-1] else 1.0)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, obs: Tensor | np.ndarray) -> Tensor | np.ndarray:
+        first = self.torso[0]
+        x = obs if isinstance(obs, Tensor) else torch.as_tensor(np.asarray(obs), device=first.weight.device)
+        if x.dim() < 3 or tuple(x.shape[-3:]) != self.obs_shape:
+            raise ValueError(
+                f"CNNPolicy takes observations of shape (..., {', '.join(map(str, self.obs_shape))}), its observation "
+                f"space's, got {tuple(x.shape)}; pass a batch of images as the env returns them"
+            )
+        lead = x.shape[:-3]
+        x = x.to(first.weight.dtype)
+        if self.pixel_scale != 1.0:
+            x = x * self.pixel_scale
+        if self.channels_last:
+            x = x.movedim(-1, -3)
+        # Flipout convolutions take (members, *batch, C, H, W) in a population, nn.Conv2d (batch, C, H, W) outside one
+        population = first.noise is not None and len(lead) > 0
+        rows = x.reshape(lead[0], -1, *x.shape[-3:]) if population else x.reshape(-1, *x.shape[-3:])
+        z = self.fc(self.torso(rows).flatten(-3))
+        return self.as_given(self.action(z.reshape(*lead, z.shape[-1])), obs)

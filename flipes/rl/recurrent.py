@@ -17,7 +17,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from flipes.nn import FlipoutGRUCell, FlipoutLinear, uncompiled
-from flipes.rl.policy import MLPPolicy, SpacePolicy, mlp
+from flipes.rl.policy import CNNPolicy, MLPPolicy, SpacePolicy, mlp
 
 
 class RecurrentPolicy(nn.Module):
@@ -108,5 +108,5 @@ class GRUPolicy(SpacePolicy, RecurrentPolicy):
         return self.as_given(self.action(self.head(h)), obs), h
 
 
-POLICIES: MappingProxyType[str, type[SpacePolicy]] = MappingProxyType({"mlp": MLPPolicy, "gru": GRUPolicy})
+POLICIES: MappingProxyType[str, type[SpacePolicy]] = MappingProxyType({"mlp": MLPPolicy, "gru": GRUPolicy, "cnn": CNNPolicy})
 """The policies ``flipes train --policy`` builds for an env, by name."""
