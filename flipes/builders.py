@@ -92,9 +92,25 @@ def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: 
     try:
         return POLICIES[config.policy](env.single_observation_space, env.single_action_space, hidden=config.hidden)
     except ValueError as e:
+        option = "--policy" if config.policy == "cnn" else "--env"  # the CNN refuses the observations, not the env
         raise UsageError(
-            "--env", f"{config.env}: {e}", "or pass --model module:function that builds a policy for these spaces"
+            option, f"{config.env}: {e}", "or pass --model module:function that builds a policy for these spaces"
         ) from None
+
+
+def image_note(config: TrainConfig, env: gym.vector.VectorEnv | None) -> str:
+    """The note for an MLP or GRU policy built for image observations (a Box of rank 3): they flatten the pixels, and
+    ``--policy cnn`` is what such observations are trained with; "" otherwise."""
+    if env is None or config.model or config.policy == "cnn":
+        return ""
+    space = env.single_observation_space
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 3:
+        return ""
+    return (
+        f"{config.env} gives images {space.shape} ({space.dtype}): the {config.policy} policy takes their "
+        f"{math.prod(space.shape):,} pixels flattened, each normalized by its running statistics; --policy cnn trains "
+        "the Nature-DQN CNN on them"
+    )
 
 
 def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm, plugins: Plugins | None = None) -> FlipES:

@@ -108,15 +108,18 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
     latter as ``--algo``'s default, and an ``--algo`` flag beside it."""
     from flipes.cli import _Parser, read_config_file
     from flipes.config import default_run_dir, saved_options
-    from flipes.rl.presets import defaults, row_algo
+    from flipes.rl.presets import defaults, policy_preset, row_algo, row_policy
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # values["algo"] is TrainConfig's default when nobody set it: only a flag or the file says it was chosen
     pre = _Parser(add_help=False)
     pre.add_argument("--config")
     pre.add_argument("--algo")
+    pre.add_argument("--policy")
     known, _ = pre.parse_known_args(argv)
-    chosen = known.algo is not None or (known.config is not None and "algo" in read_config_file(known.config))
+    in_file = read_config_file(known.config) if known.config is not None else {}
+    chosen = known.algo is not None or "algo" in in_file
+    chosen_policy = known.policy is not None or "policy" in in_file
 
     def layers(values: dict[str, Any]) -> dict[str, Any]:
         resume = values["resume"]
@@ -125,9 +128,12 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
         saved = saved_options(resume) if resume else {}
         env_id = saved.get("env", values["env"])
         env_id = env_id if isinstance(env_id, str) else ""
-        unchosen = saved.get("algo", row_algo(env_id))  # the search without --algo: --help shows it as the default
+        unchosen = saved.get("algo", row_algo(env_id))  # without --algo / --policy: --help shows them as the defaults
         algo = saved.get("algo", values["algo"] if chosen else unchosen)
-        return {**defaults(env_id, algo), **saved, "algo": unchosen}  # the chosen search's row; a flag or file sets algo
+        row_pol = saved.get("policy", row_policy(env_id))
+        policy = saved.get("policy", values["policy"] if chosen_policy else row_pol)
+        # the chosen search's and policy's rows; a flag or file sets algo and policy themselves
+        return {**defaults(env_id, algo), **policy_preset(policy, env_id), **saved, "algo": unchosen, "policy": row_pol}
 
     return parse_config(TrainConfig, argv, TRAIN_HELP, presets=layers, prog="flipes train")
 
@@ -217,14 +223,18 @@ def _command_warning(show: Callable[..., None]) -> Callable[..., None]:
 def preset_lines(config: TrainConfig) -> list[str]:
     """What the presets set in ``config`` (values no flag or file changed), one line each: the env's
     row, then the ``--algo`` row over it; ``hidden`` only where a built-in policy is used (not --model)."""
-    from flipes.rl.presets import algo_preset, preset_for
+    from flipes.rl.presets import algo_preset, policy_preset, preset_for
 
     algo = algo_preset(config.algo, config.env)
+    policy = {} if config.model else policy_preset(config.policy, config.env)
     env_row = {
-        k: v for k, v in preset_for(config.env, config.algo).items() if k not in algo and (not config.model or k != "hidden")
+        k: v
+        for k, v in preset_for(config.env, config.algo).items()
+        if k not in algo and k not in policy and (not config.model or k not in ("hidden", "policy"))
     }
     lines = []
-    for row, what in ((env_row, f"per-env defaults of {config.env}"), (algo, f"--algo {config.algo} sets")):
+    rows = ((env_row, f"per-env defaults of {config.env}"), (algo, f"--algo {config.algo} sets"))
+    for row, what in (*rows, (policy, f"--policy {config.policy} sets")):
         used = ", ".join(f"{k} {v}" + " (a linear policy)" * (k == "hidden" and v == []) for k, v in row.items()
                          if getattr(config, k) == v)  # fmt: skip
         if used:

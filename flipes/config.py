@@ -104,11 +104,15 @@ class TrainConfig:
     otherwise last until every episode has ended by itself."""
     hidden: list[int] = field(default_factory=lambda: [32, 32], metadata={EMPTY: "no widths: a linear policy"})
     """Hidden layer widths of the MLP policy (--hidden with no width: a linear policy); of the GRU
-    policy, its encoder's widths and then the GRU's hidden size (the last width). Not for a --model of one's
-    own (refused there; its config.json keeps the default)."""
-    policy: Literal["mlp", "gru"] = "mlp"
-    """The policy built for the env: mlp (memoryless), or gru (a Flipout GRU cell after an MLP
-    encoder: memory within an episode, for partially observed envs)."""
+    policy, its encoder's widths and then the GRU's hidden size (the last width); of the CNN policy, the fully
+    connected layers between its convolutions and the action layer (--policy cnn sets 512, the Nature DQN's). Not
+    for a --model of one's own (refused there; its config.json keeps the default)."""
+    policy: Literal["mlp", "gru", "cnn"] = "mlp"
+    """The policy built for the env: mlp (memoryless), gru (a Flipout GRU cell after an MLP
+    encoder: memory within an episode, for partially observed envs), or cnn (for image observations, (C, H, W)
+    or (H, W, C), at least 36x36: the Nature-DQN convolutions, then --hidden, pixels scaled to [0, 1], no
+    observation normalization). Without it, the policy the env's preset row names (EnvPool's Atari ids, e.g.
+    Pong-v5: cnn), else mlp."""
     eval_every: int = 2
     """Evaluate the center (mean) policy every this many generations, and at the last one."""
     eval_episodes: int = 100
@@ -182,7 +186,7 @@ class TrainConfig:
         """Defaults < the env's row of ``flipes.rl.presets`` (with its ``algo``'s layers, the row's own search
         unless ``algo=`` names another) < the options of the run being resumed (``resume=``) < ``overrides``,
         all checked strictly."""
-        from flipes.rl.presets import defaults, row_algo
+        from flipes.rl.presets import defaults, policy_preset, row_algo, row_policy
 
         if env is not _UNSET:
             overrides["env"] = env
@@ -193,7 +197,8 @@ class TrainConfig:
         name = overrides.get("env", saved.get("env", cls.env))
         env_id = name if isinstance(name, str) else ""
         algo = overrides.get("algo", saved.get("algo", row_algo(env_id)))  # a row may name its search
-        values = {**defaults(env_id, algo), **saved, **overrides}
+        policy = overrides.get("policy", saved.get("policy", row_policy(env_id)))  # a row may name its policy
+        values = {**defaults(env_id, algo), **policy_preset(policy, env_id), **saved, **overrides}
         return cls(**check_options(cls, values, "flipes.train", also=TRAIN_ONLY))
 
     def replace(self, **overrides: Any) -> TrainConfig:
@@ -421,12 +426,15 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"{config.ars_top} of {config.popsize // 2} mirrored pairs",
             f"use 1 ... {config.popsize // 2}, or 0 for all",
         )
-    if config.policy != "mlp" and config.model:
-        raise UsageError("--policy", f"{config.policy} is built for an env, and --model builds the model", "drop one of them")
+    env_id = config.env if isinstance(config.env, str) else ""
+    if config.model:
+        from flipes.rl.presets import row_policy
+
+        if config.policy not in ("mlp", row_policy(env_id)):  # the row's own policy is not asked for: --model replaces it
+            raise UsageError("--policy", f"{config.policy} is built for an env, and --model builds the model", "drop one of them")
     if config.model and not config.resume:  # widths size flipes' policy: a model of one's own would train as it is
         from flipes.rl.presets import defaults as preset
 
-        env_id = config.env if isinstance(config.env, str) else ""
         if list(config.hidden) != list(preset(env_id, config.algo).get("hidden", TrainConfig().hidden)):
             raise UsageError(
                 "--hidden",

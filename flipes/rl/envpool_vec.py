@@ -42,6 +42,16 @@ def envpool_ids() -> frozenset[str]:
     return frozenset(envpool.list_all_envs())
 
 
+def envpool_atari(name: str) -> bool:
+    """Whether ``name`` is one of EnvPool's Atari ids (``Pong-v5``; False without EnvPool)."""
+    try:
+        from envpool.registration import registry
+    except ImportError:
+        return False
+    spec = getattr(registry, "specs", {}).get(name)  # (import path, spec class, options) in EnvPool 0.8 - 1.2
+    return isinstance(spec, tuple) and bool(spec) and spec[0] == "envpool.atari"
+
+
 def _gymnasium_dtypes(space: gym.Space) -> gym.Space:
     """EnvPool declares MuJoCo actions as float64 where gymnasium declares float32: use gymnasium's."""
     if isinstance(space, gym.spaces.Box) and space.dtype == np.float64:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from flipes.rl.envpool_vec import envpool_atari
 from flipes.rl.envs import base_id
 
 _CLASSIC = MappingProxyType(
@@ -92,20 +93,60 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
 )
 
 
+# EnvPool's Atari ids (Pong-v5, Breakout-v5, ...: (4, 84, 84) uint8 stacks of grey 84x84 frames, frame skip 4, 27,000 steps
+# at most): the Nature-DQN CNN (OpenAI's ES paper's policy for Atari), without running observation normalization. σ and lr
+# are untuned guesses on the scale of OpenAI-ES Atari configs (Uber AI's deep-neuroevolution: σ 0.005, Adam 0.01, with
+# thousands of episodes a generation); on 2 CPU cores a generation of 64 Pong episodes takes minutes (README "Atari").
+# Evaluations are few and far apart: one Pong episode is about a thousand CNN steps.
+_ATARI = {"policy": "cnn", "hidden": [512], "popsize": 64, "sigma": 0.02, "lr": 0.01, "episodes": 1, "eval_every": 10,
+          "eval_episodes": 5, "generations": 1000}  # fmt: skip
+ATARI: MappingProxyType[str, Any] = MappingProxyType(_ATARI)
+
+
+def env_row(env_id: str) -> Mapping[str, Any]:
+    """``env_id``'s row: its own in :data:`PRESETS`, else :data:`ATARI` for EnvPool's Atari ids, else none (empty)."""
+    name = base_id(env_id)
+    row = PRESETS.get(name)
+    if row is not None:
+        return row
+    return ATARI if envpool_atari(name) else MappingProxyType({})
+
+
+# The fully connected widths a policy takes where the env's row was written for another kind of policy: the CNN's are
+# the Nature DQN's 512; an MLP or GRU on a CNN row (EnvPool's Atari ids) gets TrainConfig's 32-32. The MLP and the GRU
+# share a row's widths (--policy gru on a MuJoCo row keeps its 64-64).
+POLICY_HIDDEN: MappingProxyType[str, tuple[int, ...]] = MappingProxyType({"cnn": (512,)})
+
+
+def row_policy(env_id: str) -> str:
+    """The policy ``env_id``'s row trains unless ``--policy`` names another (mlp where it names none)."""
+    return env_row(env_id).get("policy", "mlp")
+
+
+def policy_preset(policy: str, env_id: str = "") -> dict[str, Any]:
+    """What ``policy`` sets over ``env_id``'s row: ``hidden`` where the row's widths were set for a CNN and ``policy``
+    is not one, or the other way round (``--policy cnn``: [512]); nothing otherwise."""
+    if "cnn" not in (policy, row_policy(env_id)) or policy == row_policy(env_id):
+        return {}
+    from flipes.config import TrainConfig
+
+    return {"hidden": list(POLICY_HIDDEN.get(policy, TrainConfig().hidden))}
+
+
 def _copy(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, list) else v for k, v in row.items()}
 
 
 def row_algo(env_id: str) -> str:
     """The search ``env_id``'s row trains with unless ``--algo`` names another (openai-es where it names none)."""
-    return PRESETS.get(base_id(env_id), {}).get("algo", "openai-es")
+    return env_row(env_id).get("algo", "openai-es")
 
 
 def preset_for(env_id: str, algo: str | None = None) -> dict[str, Any]:
     """The training defaults of ``env_id`` (a copy; empty for envs without a row) with the search ``algo`` (None:
     :func:`row_algo`): the row's shared options (``algo`` among them where the row names one), and the row's own
     options for that search over them. :func:`algo_preset` layers between the two."""
-    row = PRESETS.get(base_id(env_id), {})
+    row = env_row(env_id)
     algo = algo or row_algo(env_id)
     shared = {k: v for k, v in row.items() if k not in ALGOS}
     return _copy({**shared, **(row.get(algo, {}) if algo in ALGOS else {})})
@@ -128,7 +169,7 @@ def algo_preset(algo: str, env_id: str = "") -> dict[str, Any]:
     """The options ``algo`` sets (a copy; empty for an unknown name, which validation reports), less those that
     ``env_id``'s row sets for that search (tuned for the env, they win): ``{**preset_for(env_id, algo),
     **algo_preset(algo, env_id)}`` is every layer of the presets."""
-    own = PRESETS.get(base_id(env_id), {}).get(algo, {}) if env_id and algo in ALGOS else {}
+    own = env_row(env_id).get(algo, {}) if env_id and algo in ALGOS else {}
     return _copy({k: v for k, v in ALGOS.get(algo, {}).items() if k not in own})
 
 
