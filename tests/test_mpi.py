@@ -140,6 +140,20 @@ def test_a_continuous_policy_gets_the_same_bits_from_one_group_per_rank_as_from_
     assert all(torch.equal(v, best[2]["state_dict"][key]) for key, v in best[1]["state_dict"].items())
 
 
+def test_the_cnn_policy_gets_the_same_bits_on_two_processes_as_on_one(tmp_path: Path) -> None:
+    """Seeds mode, the CNN policy on an image env of the tests (tests/image_env.py, imported by every rank): 2
+    processes log the fitness, evaluation and parameters of one process, bit for bit, every generation."""
+    args = ["--env", "image_env:cnntest/BrightSpot-v0", "--policy", "cnn", "--hidden", "16", "--popsize", "16",
+            "--groups", "2", "--episodes", "2", "--generations", "2", "--comm", "seeds", "--eval-every", "1",
+            "--eval-episodes", "8", "--target", "none", "--tensorboard", "false"]  # fmt: skip
+    assert main(["train", *args, "--progress", "false", "--out", str(tmp_path / "n1")]) == 0
+    mpirun(2, *args, "--out", str(tmp_path / "n2"), extra_path=str(ROOT / "tests"))
+    keys = ("fitness_mean", "fitness_max", "eval_return", "params_sha256")
+    rows = {k: [[r[key] for key in keys] for r in metrics(tmp_path / f"n{k}")] for k in (1, 2)}
+    assert len(rows[1]) == 2 and rows[2] == rows[1]
+    assert json.loads((tmp_path / "n2" / "config.json").read_text())["policy"] == "cnn"
+
+
 def test_a_failing_rank_ends_the_job_promptly(tmp_path: Path) -> None:
     """A fitness that raises on rank 1 at generation 2 ends the whole 2-process job with a nonzero exit status within
     30 s (of a 100,000-generation budget), stderr holding the exception's message and '[rank 1] failed'."""
