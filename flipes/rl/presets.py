@@ -95,8 +95,8 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
 
 # EnvPool's Atari ids (Pong-v5, Breakout-v5, ...: (4, 84, 84) uint8 stacks of grey 84x84 frames, frame skip 4, 27,000 steps
 # at most): the Nature-DQN CNN (OpenAI's ES paper's policy for Atari), without running observation normalization. σ and lr
-# are untuned guesses on the scale of OpenAI-ES Atari configs (Uber AI's deep-neuroevolution: σ 0.005, Adam 0.01, with
-# thousands of episodes a generation); on 2 CPU cores a generation of 64 Pong episodes took 42-176 s (README "Atari").
+# are untuned guesses (Adam at 0.01 as OpenAI's ES starter; its runs had thousands of episodes a generation, not 64); on
+# 2 CPU cores a generation of 64 Pong episodes took 42-176 s (README "Atari").
 # Evaluations are few and far apart: one Pong episode is about a thousand CNN steps. On Pong every member of generation 0
 # lost 21-0 (seed 0): the ES step stays zero until one returns a ball (no virtual batch normalization; README "Atari").
 _ATARI = {"policy": "cnn", "hidden": [512], "popsize": 64, "sigma": 0.02, "lr": 0.01, "episodes": 1, "eval_every": 10,
