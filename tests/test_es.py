@@ -7,6 +7,7 @@ import functools
 import io
 import math
 import threading
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -853,3 +854,55 @@ def test_processes_sharing_the_groups_step_as_one_process(comm_mode: str, sigma_
             torch.testing.assert_close(got, want, **tolerance)
         if sigma_lr:
             torch.testing.assert_close(log_sigma, expected[1], **tolerance)
+
+
+@pytest.mark.parametrize("hold_noise", [True, False])
+def test_tell_frees_the_noise_and_the_last_gradient_before_it_needs_memory_of_its_own(hold_noise: bool) -> None:
+    """Each of these is a copy of the parameters, which for an LLM is gigabytes: ``tell`` drops the previous
+    generation's gradient (``p.grad``) before it computes the new one, and the generation's noise (a copy of every
+    Flipout weight per ε group) and its per-parameter sums before the optimizer steps, also while the loop's ``pop``
+    is still referenced. Checked by weak references (CPython frees a tensor at its last reference): none of them is
+    alive at those two points, and the parameters end as a plain SGD run's (bit for bit: only lifetimes changed)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    seen: dict[str, list[bool]] = {"old grad at the gradient": [], "noise at the step": []}
+    refs: dict[str, list[weakref.ref]] = {"grad": [], "noise": []}
+
+    class Checked(torch.optim.SGD):
+        def step(self, closure: Callable | None = None) -> None:
+            seen["noise at the step"] += [r() is not None for r in refs["noise"]]
+            return super().step(closure)
+
+    def fitness(x: torch.Tensor) -> torch.Tensor:
+        return -model(x).square().mean((1, 2))
+
+    def run(check: bool) -> list[torch.Tensor]:
+        nonlocal model
+        model = flipes.flipout(copy.deepcopy(net))
+        es = flipes.FlipES(model, popsize=8, sigma=0.1, seed=3, groups=4, hold_noise=hold_noise,
+                           optimizer=lambda p: (Checked if check else torch.optim.SGD)(p, lr=0.05, momentum=0.9))  # fmt: skip
+        block_gradient = es._block_gradient
+
+        def watched(*args: object) -> object:
+            seen["old grad at the gradient"] += [r() is not None for r in refs["grad"]]
+            refs["grad"].clear()
+            noise = args[0]
+            refs["noise"][:] = [weakref.ref(t) for nz in noise[0] for t in (nz.eps, nz.s, nz.r) if t is not None]
+            return block_gradient(*args)
+
+        if check:
+            es._block_gradient = watched
+        x = torch.randn(8, 5, 6, generator=torch.Generator().manual_seed(1))
+        for _ in range(3):
+            with es.population() as pop:
+                f = torch.cat([fitness(x[list(part.members)]) for part in pop.split(2)])
+            es.tell(f)
+            refs["grad"][:] = [weakref.ref(p.grad) for p in model.parameters()]
+        return [p.detach().clone() for p in model.parameters()]
+
+    model: nn.Module = net
+    checked, reference = run(check=True), run(check=False)
+    assert seen["old grad at the gradient"] and not any(seen["old grad at the gradient"])
+    assert seen["noise at the step"] and not any(seen["noise at the step"])
+    for a, b in zip(checked, reference, strict=True):
+        assert torch.equal(a, b)

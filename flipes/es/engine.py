@@ -436,6 +436,7 @@ class FlipES:
             layer.flipes_population = len(self.members)
         self.generation = 0
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
+        self._noise_serial = 0  # counts the noises sampled: what a Population's parts check theirs by
         self._told_equal = False  # warned once that a whole population had one fitness value
         self._placement: list[tuple[torch.dtype, torch.device]] | None = None  # the parameters' at the last step
         self._evaluated = False  # a layer ran inside this generation's population, or a member was built
@@ -482,6 +483,7 @@ class FlipES:
         self.__dict__.setdefault("_ranks_agree", False)  # pickled before the ranks' check existed
         self.__dict__.setdefault("_train_fitness", False)
         self.__dict__.setdefault("_told_dropout", True)  # pickled before the dropout warning existed: its run went on
+        self.__dict__.setdefault("_noise_serial", 0)
         if "_weight_counts" not in state:  # pickled before it was kept
             self._weight_counts = [len(layer.perturbed_weights()) for layer in self.layers]
         for name in ("_slot_index", "_bias_of"):
@@ -728,7 +730,8 @@ class FlipES:
         with torch.no_grad():
             if self._noise is None:
                 self._noise = self._sample() if self.hold_noise else Deferred()
-            noise = self._noise
+                self._noise_serial += 1
+            noise, serial = self._noise, self._noise_serial
             on_demand: list[torch.utils.hooks.RemovableHandle] = []
             if isinstance(noise, Deferred):  # sampled per part; a forward of the whole population samples it all
 
@@ -751,7 +754,9 @@ class FlipES:
                     members=self.members,
                     groups=self.local_groups,
                     seed=self.seed,
-                    enter_part=lambda start, stop: self._part(noise, start, stop),
+                    # by its serial, not the noise: a `pop` kept after tell() (a loop's variable) must not keep a
+                    # copy of every Flipout weight per group alive
+                    enter_part=lambda start, stop: self._part(self._noise if self._noise_serial == serial else None, start, stop),
                     superseded=self._superseded_check(),
                 )
                 self._refuse_direct_reads()
@@ -871,7 +876,7 @@ class FlipES:
                 module.member_noise = {}
             module.member_noise[name] = deltas[i]
 
-    def _part(self, noise: HeldNoise | Deferred, start: int, stop: int) -> AbstractContextManager[Population]:
+    def _part(self, noise: HeldNoise | Deferred | None, start: int, stop: int) -> AbstractContextManager[Population]:
         """Inside, the layers evaluate local members ``start:stop`` alone (``Population.part``); checked
         when called, so a wrong part is an error even before its ``with``."""
         self._check_part(noise)
@@ -889,8 +894,8 @@ class FlipES:
             )
         return self._narrow(noise, slice(first, last + 1), slice(start, stop))
 
-    def _check_part(self, noise: HeldNoise | Deferred) -> None:
-        if self._noise is not noise or self._inside is None:
+    def _check_part(self, noise: HeldNoise | Deferred | None) -> None:
+        if noise is None or self._noise is not noise or self._inside is None:
             raise RuntimeError(
                 "a part of a population that has ended: tell() (or the end of its `with` block) came first; "
                 "evaluate every part inside `with es.population() as pop:`, then tell"
@@ -993,6 +998,8 @@ class FlipES:
             by_group = leave_out(shaped.double(), self.popsize // self.groups)[mine]
             by_member = leave_out(shaped.double(), 2 if self.mirrored else 1)[mine]
         groups = range(self.groups) if everyone else self.local_groups
+        for p in self.params:  # the last generation's gradient (one copy of the parameters), replaced below anyway
+            p.grad = None
         noise = self._noise
         if isinstance(noise, Deferred):  # sampled again, a block of groups at a time (the largest part's)
             noise.noise = None
@@ -1015,6 +1022,7 @@ class FlipES:
                 grads[p] = grads[p] + g if p in grads else g
             sigma_sums = sums[1] if not sigma_sums else [a + b for a, b in zip(sigma_sums, sums[1], strict=True)]
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])
+        del grads, sums, held  # a copy of the parameters each (and the held noise): not kept beside flat, before, after
         sigma_grad = torch.stack([g.to(sigma_sums[0].device) for g in sigma_sums]).cpu() if adaptive else None
         if not everyone:
             flat = self.comm.allreduce_sum_(flat)
@@ -1030,6 +1038,8 @@ class FlipES:
             better = (lambda a, b: a > b) if self.maximize else (lambda a, b: a < b)
             if self.best is None or better(full[best].item(), self.best.fitness):
                 self.best = BestMember(full[best].item(), self.generation, best, members.member_state_dict(self, best))
+        # the generation's noise (with full rank a copy of every Flipout weight per group) is not needed for the step
+        noise = self._noise = None
         before = torch.cat([p.detach().flatten() for p in self.params])
         for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
             g = g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
@@ -1039,7 +1049,8 @@ class FlipES:
         self.optimizer.step()
         self._placement = [(p.dtype, p.device) for p in self.params]  # where the optimizer's state now lives
         after = torch.cat([p.detach().flatten() for p in self.params])
-        grad_norm, delta, norm = torch.stack([flat.norm(), (after - before).norm(), after.norm()]).tolist()  # one sync
+        # ‖before − after‖ = ‖after − before‖ bit for bit (IEEE subtraction is antisymmetric), in place: no fourth copy
+        grad_norm, delta, norm = torch.stack([flat.norm(), before.sub_(after).norm(), after.norm()]).tolist()  # one sync
         mean_sigma = self.mean_sigma()
         if sigma_grad is not None:  # ascent on log σ along the standardized natural gradient (flipes.es.sigma)
             self.log_sigma += self.sigma_lr * sigma_grad.to(torch.float64) / self.popsize
