@@ -636,3 +636,14 @@ def test_training_notes_dropout_in_training_mode_without_a_second_warning(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         flipes.train(env="none", model=model_fn, fitness=fit, popsize=8, generations=1, out=tmp_path / "run", progress=False)
+
+
+def test_a_loss_averaged_over_the_whole_batch_is_refused_naming_the_per_member_reduction() -> None:
+    """A Hugging Face model given ``labels=`` returns ``.loss``, the mean over every row of every member: one number,
+    which the error names as such (with where to find the per-member form) rather than only the expected shape."""
+    model = mlp()
+    es = flipes.FlipES(model, popsize=8)
+    with es.population() as pop:
+        loss = model(torch.randn(pop.size, 4)).square().mean()  # over all members' rows
+    with pytest.raises(ValueError, match=r"shape \(\), but this process evaluates 8 members.*Hugging Face model's \.loss"):
+        es.tell(-loss)

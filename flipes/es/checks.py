@@ -91,6 +91,13 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
             f"fitness has shape {tuple(f.shape)}, but this process evaluates {n} members: "
             f"return one value per member, a Tensor of shape ({n},)"
             + (f"; inputs are sized by pop.size ({n} here), not es.popsize ({popsize}, all processes)" if whole else "")
+            + (
+                "; a loss averaged over every row (a Hugging Face model's .loss given labels=) is one number for all "
+                "members: reduce each member's own rows of the logits, as in README's 'Fine-tuning a Hugging Face "
+                "language model'"
+                if f.dim() == 0 and n > 1
+                else ""
+            )
         )
     if not torch.isfinite(f).all():  # the usual case in two ops; the members named only when some are not
         bad = (~torch.isfinite(f)).nonzero().flatten()
