@@ -361,3 +361,32 @@ def test_a_bf16_model_runs_a_population_and_its_gradient_is_the_estimator_to_bf1
         assert p.grad.dtype == torch.bfloat16
         err = (p.grad.double() - expect).norm() / expect.norm()
         assert err < 1e-2, (name, err.item())  # bf16 rounding of the result only (2^-8 relative)
+
+
+@pytest.mark.parametrize("make", [llama, qwen2, gpt2], ids=["llama", "qwen2-tied", "gpt2"])
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_generate_with_kv_cache_decodes_each_members_rows_as_the_plain_model_with_its_weights(make: object, cache: str) -> None:
+    """``model.generate`` inside a population (greedy, the KV cache on, dynamic or static) with k = 2 left-padded
+    prompts per member, member-major: each member's generated tokens equal the plain model's ``generate`` of its own
+    2 rows after loading ``es.member_state_dict(i)`` (float64; σ large enough that the members decode differently)."""
+    original = make()
+    model = flipes.flipout(copy.deepcopy(original))
+    n, k = 4, 2
+    es = flipes.FlipES(model, popsize=n, sigma=0.5, groups=2, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, VOCAB, (n * k, 5), generator=gen)
+    mask = (torch.arange(5) >= torch.tensor([0, 2, 1, 0, 0, 0, 3, 0])[:, None]).long()  # left padding, as generate wants
+    ids = ids.masked_fill(mask == 0, 0)
+    # eos_token_id=None: a plain model given one member's rows stops when they end, where the population goes on
+    settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    if cache == "static":
+        settings["cache_implementation"] = "static"
+    with es.population():
+        tokens = model.generate(ids, attention_mask=mask, **settings)
+        states = [es.member_state_dict(m) for m in range(n)]
+    assert len({tuple(tokens[m * k : (m + 1) * k, 5:].flatten().tolist()) for m in range(n)}) == n  # members differ
+    for m, state in enumerate(states):
+        plain = copy.deepcopy(original)
+        plain.load_state_dict(state)
+        rows = slice(m * k, (m + 1) * k)
+        assert torch.equal(tokens[rows], plain.generate(ids[rows], attention_mask=mask[rows], **settings)), m
