@@ -906,3 +906,26 @@ def test_tell_frees_the_noise_and_the_last_gradient_before_it_needs_memory_of_it
     assert seen["noise at the step"] and not any(seen["noise at the step"])
     for a, b in zip(checked, reference, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("groups", [1, 6])
+def test_sgd_at_lr_alpha_times_sigma_with_z_scores_takes_the_step_of_es_at_scale(groups: int) -> None:
+    """README's mapping from Qiu et al. (2025, ES fine-tuning of LLMs), whose step is θ ← θ + α/N Σ_n z_n ε_n (z the
+    z-scored rewards, ε_n = (θ_n − θ)/σ member n's standard-normal noise, no 1/σ): FlipES with ``shaping=z_score``,
+    ``mirrored=False`` and SGD at ``lr = α·σ`` takes exactly that step, to 1e-12 in float64, with one ε group (Flipout)
+    and with one per member (independent noise, as the paper)."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 2)).double())
+    n, sigma, alpha = 6, 1e-3, 5e-4
+    es = flipes.FlipES(model, popsize=n, sigma=sigma, groups=groups, mirrored=False, shaping=z_score, seed=4,
+                       optimizer=lambda params: torch.optim.SGD(params, lr=alpha * sigma))  # fmt: skip
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with es.population():
+        members = [es.member_parameters(i) for i in range(n)]
+    reward = torch.randn(n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    es.tell(reward)
+    z = (reward - reward.mean()) / reward.std(unbiased=False)
+    for name, p in model.named_parameters():
+        eps = [(members[i][name] - before[name]) / sigma for i in range(n)]
+        expect = before[name] + alpha / n * sum(z[i] * eps[i] for i in range(n))
+        torch.testing.assert_close(p.detach(), expect, atol=1e-12, rtol=0)

@@ -97,7 +97,8 @@ def halfcheetah_stand_in() -> str:
 
 
 # first line of a block -> how it runs: names given beforehand ("names"), the block whose namespace it continues
-# ("after", a copy of it), substitutions (old text, new text), and whether it writes run directories ("runs")
+# ("after", a copy of it), substitutions (old text, new text), whether it writes run directories ("runs"), and the
+# optional package it needs ("needs": the block is left out where that extra is not installed)
 BLOCKS: dict[str, dict[str, Any]] = {
     "import torch, flipes": {  # Training from Python
         "names": sketch_names,
@@ -115,6 +116,7 @@ BLOCKS: dict[str, dict[str, Any]] = {
     "def fitness(model, pop, batch=256):": {"names": digits_names},  # scripts/digits.py's fitness
     "with es.population() as pop:\n    fitness = torch.cat(": {"after": "api"},  # a population in parts
     "import functools, torch, flipes": {"names": backprop_names},  # Flipout for backprop
+    "import torch, transformers, flipes": {"needs": "transformers"},  # Fine-tuning a Hugging Face language model
 }
 
 
@@ -143,6 +145,8 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path: Path, monkey
     spaces: dict[str, dict[str, Any]] = {}
     for line, source in blocks:
         row, label = row_of(source), f"{line}"
+        if "needs" in row and importlib.util.find_spec(row["needs"]) is None:  # an extra this install lacks
+            continue
         for old, new in row.get("subs", []):
             assert old in source, f"README.md:{line}: the substitution's text {old!r} is gone; update BLOCKS"
             source = source.replace(old, new.format(id=halfcheetah_stand_in()))
@@ -161,6 +165,8 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path: Path, monkey
             assert ns["x"]().square().sum().item() < 0.01  # "(tested: < 0.01)"
         elif source.startswith("def fitness(model, pop, batch=256):"):
             check_digits_fitness(source, ns)
+        elif source.startswith("import torch, transformers, flipes"):
+            assert ns["es"].generation == 3 and ns["fitness"].shape == (30,) and ns["stats"]["fitness_std"] > 0
 
 
 def check_api_block(source: str, ns: dict[str, Any]) -> None:

@@ -1190,7 +1190,10 @@ class FlipES:
     def member_parameters(self, index: int) -> dict[str, Tensor]:
         """Member ``index``'s explicit parameters ``θ̄ + σu_index`` in the current generation: every
         parameter of the model by name as in ``model.named_parameters()`` (frozen ones: their values),
-        new detached tensors in each parameter's dtype and device, unchanged by later updates.
+        new detached tensors in each parameter's dtype and device, unchanged by later updates. A tied
+        parameter appears once, under its first name (an LLM's embedding, not its head): to load a member
+        into a model, ``member_state_dict`` has it under every name (``{**state_dict(), **member_parameters(i)}``
+        would keep the mean head). ``torch.func.functional_call(model, es.member_parameters(i), ...)`` ties it.
 
         ``index`` is a global member index, ``0 <= index < popsize`` (``pop.members`` holds this
         process's); a member another process evaluates is computed from the seeds. Callable once the
