@@ -859,18 +859,20 @@ def test_processes_sharing_the_groups_step_as_one_process(comm_mode: str, sigma_
 @pytest.mark.parametrize("hold_noise", [True, False])
 def test_tell_frees_the_noise_and_the_last_gradient_before_it_needs_memory_of_its_own(hold_noise: bool) -> None:
     """Each of these is a copy of the parameters, which for an LLM is gigabytes: ``tell`` drops the previous
-    generation's gradient (``p.grad``) before it computes the new one, and the generation's noise (a copy of every
-    Flipout weight per ε group) and its per-parameter sums before the optimizer steps, also while the loop's ``pop``
-    is still referenced. Checked by weak references (CPython frees a tensor at its last reference): none of them is
-    alive at those two points, and the parameters end as a plain SGD run's (bit for bit: only lifetimes changed)."""
+    generation's gradient (``p.grad``) before it computes the new one, with ``hold_noise=False`` each block's noise
+    before it samples the next, and the generation's noise (a copy of every Flipout weight per ε group) and its
+    per-parameter sums before the optimizer steps, also while the loop's ``pop`` is still referenced. Checked by weak
+    references (CPython frees a tensor at its last reference): none of them is alive at those points, and the
+    parameters end as a plain SGD run's (bit for bit: only lifetimes changed)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3))
-    seen: dict[str, list[bool]] = {"old grad at the gradient": [], "noise at the step": []}
+    seen: dict[str, list[bool]] = {"old grad at the gradient": [], "noise at the step": [], "last block's noise": []}
     refs: dict[str, list[weakref.ref]] = {"grad": [], "noise": []}
 
     class Checked(torch.optim.SGD):
         def step(self, closure: Callable | None = None) -> None:
             seen["noise at the step"] += [r() is not None for r in refs["noise"]]
+            refs["noise"].clear()
             return super().step(closure)
 
     def fitness(x: torch.Tensor) -> torch.Tensor:
@@ -890,8 +892,14 @@ def test_tell_frees_the_noise_and_the_last_gradient_before_it_needs_memory_of_it
             refs["noise"][:] = [weakref.ref(t) for nz in noise[0] for t in (nz.eps, nz.s, nz.r) if t is not None]
             return block_gradient(*args)
 
+        sample = es._sample
+
+        def sampling(*args: object) -> object:  # in tell with hold_noise=False: the next of 4 blocks
+            seen["last block's noise"] += [r() is not None for r in refs["noise"]]
+            return sample(*args)
+
         if check:
-            es._block_gradient = watched
+            es._block_gradient, es._sample = watched, sampling
         x = torch.randn(8, 5, 6, generator=torch.Generator().manual_seed(1))
         for _ in range(3):
             with es.population() as pop:
@@ -904,6 +912,7 @@ def test_tell_frees_the_noise_and_the_last_gradient_before_it_needs_memory_of_it
     checked, reference = run(check=True), run(check=False)
     assert seen["old grad at the gradient"] and not any(seen["old grad at the gradient"])
     assert seen["noise at the step"] and not any(seen["noise at the step"])
+    assert bool(seen["last block's noise"]) != hold_noise and not any(seen["last block's noise"])
     for a, b in zip(checked, reference, strict=True):
         assert torch.equal(a, b)
 

@@ -1021,8 +1021,10 @@ class FlipES:
             for p, g in sums[0].items():
                 grads[p] = grads[p] + g if p in grads else g
             sigma_sums = sums[1] if not sigma_sums else [a + b for a, b in zip(sigma_sums, sums[1], strict=True)]
+            # a block's noise and sums (a copy of the parameters each) are not kept while the next block is sampled
+            held = sums = None
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])
-        del grads, sums, held  # a copy of the parameters each (and the held noise): not kept beside flat, before, after
+        del grads  # a copy of the parameters: not kept beside flat, before and after
         sigma_grad = torch.stack([g.to(sigma_sums[0].device) for g in sigma_sums]).cpu() if adaptive else None
         if not everyone:
             flat = self.comm.allreduce_sum_(flat)
