@@ -390,3 +390,15 @@ def test_generate_with_kv_cache_decodes_each_members_rows_as_the_plain_model_wit
         plain.load_state_dict(state)
         rows = slice(m * k, (m + 1) * k)
         assert torch.equal(tokens[rows], plain.generate(ids[rows], attention_mask=mask[rows], **settings)), m
+
+
+def test_the_parameter_report_names_a_tied_head_beside_the_embedding_it_shares() -> None:
+    """Qwen2 with ``tie_word_embeddings``: ``named_parameters()`` lists the tied table once, so the report had no word of
+    ``lm_head.weight``; its row now carries the other name (``tied``, and "(also lm_head.weight)" in the table), the
+    totals count the table once, and an untied Llama's rows name nothing."""
+    report = flipes.nn.parameter_report(flipes.flipout(qwen2()))
+    rows = {row.name: row for row in report.rows}
+    assert rows["model.embed_tokens.weight"].tied == ("lm_head.weight",) and "lm_head.weight" not in rows
+    assert "(also lm_head.weight)" in str(report).splitlines()[1 + list(rows).index("model.embed_tokens.weight")]
+    assert report.evolved == sum(row.numel for row in report.rows)
+    assert not any(row.tied for row in flipes.nn.parameter_report(flipes.flipout(llama())).rows)

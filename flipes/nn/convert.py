@@ -386,13 +386,16 @@ class ParameterRow:
     ``how``: ``"flipout"`` (a Flipout weight or bias), ``"low-rank"`` (a Flipout weight with
     low-rank noise), ``"dense"`` (independent per-member noise), ``"frozen"``
     (``requires_grad=False``), ``"backprop noise"`` (the scale of a backprop noise model, never
-    evolved) or ``"unhandled"`` (an error: nothing would perturb it).
+    evolved) or ``"unhandled"`` (an error: nothing would perturb it). ``tied``: the parameter's other names (a
+    head tied to the token embedding: ``("lm_head.weight",)``), which share its perturbation and are not rows of
+    their own.
     """
 
     name: str
     shape: tuple[int, ...]
     how: str
     module: str
+    tied: tuple[str, ...] = ()
 
     @property
     def numel(self) -> int:
@@ -418,7 +421,9 @@ class ParameterReport:
     def __str__(self) -> str:
         width = max([len(r.name) for r in self.rows] + [9])
         lines = [f"{'parameter':<{width}}  {'shape':<16} {'how':<15} module"]
-        lines += [f"{r.name:<{width}}  {tuple(r.shape)!s:<16} {r.how:<15} {r.module}" for r in self.rows]
+        for r in self.rows:
+            also = f" (also {', '.join(r.tied)})" if r.tied else ""
+            lines.append(f"{r.name:<{width}}  {tuple(r.shape)!s:<16} {r.how:<15} {r.module}{also}")
         total = sum(r.numel for r in self.rows)
         parts = ", ".join(
             f"{h} {self.count(h):,}"
@@ -451,10 +456,14 @@ def parameter_report(model: nn.Module, noise_rank: int | None = None) -> Paramet
             for p in m.parameters():
                 how.setdefault(id(p), ("dense", type(m).__name__))
     owners = dict(_owners(model))
+    names: dict[int, list[str]] = {}  # every name of each parameter: named_parameters() lists a tied one once
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
     rows = []
     for name, p in model.named_parameters():
         kind, module = how.get(id(p), ("unhandled", owners[name]))
-        rows.append(ParameterRow(name, tuple(p.shape), "frozen" if not p.requires_grad else kind, module))
+        tied = tuple(n for n in names[id(p)] if n != name)
+        rows.append(ParameterRow(name, tuple(p.shape), "frozen" if not p.requires_grad else kind, module, tied))
     return ParameterReport(rows)
 
 
