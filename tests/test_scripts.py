@@ -240,6 +240,41 @@ def test_es_finetune_under_mpiexec_matches_one_process(tmp_path: Path, es_finetu
     assert [[c[k] for k in keys] for c in es1["detail"]["curve"]] == [[c[k] for k in keys] for c in es2["detail"]["curve"]]
 
 
+def test_bench_hf_lm_quick_times_forward_and_generate_and_measures_the_memory_of_each_noise_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Hugging Face LM benchmark checks that each Flipout model is the plain one outside a population and perturbs
+    it inside, and times forward and generate for every variant beside plain inference; its memory child (run here
+    in this process: a fresh process per row costs seconds of imports each) measures the forward's and tell's peak for
+    held, low-rank and per-part noise."""
+    pytest.importorskip("transformers")
+    args = ("--quick", "--threads", "1", "--memory", "false", "--out", str(tmp_path))
+    out = run("scripts/bench_hf_lm.py", *args, timeout=300).stdout
+    result = json.loads((tmp_path / "bench_hf_lm_quick.json").read_text())
+    assert result["command"].startswith("PYTHONPATH=. python scripts/bench_hf_lm.py --quick")
+    assert result["machine"]["transformers"] and [r["n"] for r in result["speed"]] == [4, 8]
+    for r in result["speed"]:
+        cells = {(row["what"], row["variant"]): row for row in r["rows"]}
+        variants = {"plain", "flipout", "low-rank r=1", "low-rank r=4"}
+        assert set(cells) == {(what, v) for what in ("forward", "generate") for v in variants}
+        assert all(row["ms"] > 0 and row["vs_plain"] > 0 for row in cells.values())
+        assert all(c["outside_max_abs_diff"] == 0 and c["member_spread"] > 0 for c in r["checks"].values())
+    assert "| 8 | generate | low-rank r=4 |" in out
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import bench_hf_lm as bench
+
+    quick = bench.prepare(bench.Args(quick=True))
+    memory = [bench.memory_child(quick, variant) for variant in bench.MEMORY_VARIANTS]
+    assert [row["variant"] for row in memory] == [
+        "plain",
+        "flipout",
+        "low-rank",
+        "one group per member, parts of 1, noise per part",
+    ]
+    assert all(row["tell_peak_gb"] >= row["forward_peak_gb"] >= row["built_gb"] > 0 for row in memory)
+    assert "tell peak GB" in bench.memory_markdown(memory, quick)
+
+
 def test_bench_memory_quick_trains_mlp_and_gru_on_full_and_hidden_observations(tmp_path: Path) -> None:
     """The memory benchmark trains both policies on CartPole and Pendulum, fully observed and with the
     velocities hidden by its column wrapper, and writes a table row and finite returns for each."""
