@@ -402,3 +402,43 @@ def test_the_parameter_report_names_a_tied_head_beside_the_embedding_it_shares()
     assert "(also lm_head.weight)" in str(report).splitlines()[1 + list(rows).index("model.embed_tokens.weight")]
     assert report.evolved == sum(row.numel for row in report.rows)
     assert not any(row.tied for row in flipes.nn.parameter_report(flipes.flipout(llama())).rows)
+
+
+def greedy_with_cache(model: nn.Module, ids: Tensor, steps: int, positions: bool = False) -> Tensor:
+    """``steps`` greedy tokens after ``ids``, a hand-written loop over the KV cache; ``positions``: pass every row's
+    position ids, the cache's length on (what a population with several rows per member needs for GPT-2)."""
+    rows, t = ids.shape
+    out = model(input_ids=ids, use_cache=True, **({"position_ids": torch.arange(t).expand(rows, t)} if positions else {}))
+    tokens = [out.logits[:, -1].argmax(-1, keepdim=True)]
+    for _ in range(steps - 1):
+        cache = out.past_key_values
+        past = cache.get_seq_length()
+        step = {"position_ids": torch.arange(past, past + 1).expand(rows, 1)} if positions else {}
+        out = model(input_ids=tokens[-1], past_key_values=cache, use_cache=True, **step)
+        tokens.append(out.logits[:, -1].argmax(-1, keepdim=True))
+    return torch.cat(tokens, 1)
+
+
+def test_a_cached_decoding_step_without_positions_is_refused_with_the_positions_it_needs_not_zero() -> None:
+    """GPT-2, 2 prompts of 5 tokens per member, a hand-written greedy loop over the KV cache: at the first cached step
+    the model makes position ids ``(1, 1)`` holding 5, which a population cannot give 8 rows. The error used to say
+    ``torch.arange(1).expand(8, 1)``, position 0, which runs and decodes wrongly; it now names ``arange(5, 6)`` and the
+    cache's length, and the loop that passes those positions decodes each member's rows as the plain model with its
+    weights (float64)."""
+    original = gpt2()
+    model = flipes.flipout(copy.deepcopy(original))
+    n, k = 4, 2
+    es = flipes.FlipES(model, popsize=n, sigma=0.5, groups=2, seed=1)
+    ids = torch.randint(1, VOCAB, (n * k, 5), generator=torch.Generator().manual_seed(2))
+    with pytest.raises(RuntimeError, match=r"position_ids=torch\.arange\(5, 6\)\.expand\(8, 1\).*get_seq_length\(\)"):
+        with torch.no_grad(), es.population():
+            out = model(input_ids=ids, use_cache=True, position_ids=torch.arange(5).expand(n * k, 5))  # the prompt's given
+            model(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)  # not
+    with torch.no_grad():
+        with es.population():
+            tokens = greedy_with_cache(model, ids, 4, positions=True)
+            states = [es.member_state_dict(m) for m in range(n)]
+        for m, state in enumerate(states):
+            plain = copy.deepcopy(original)
+            plain.load_state_dict(state)
+            assert torch.equal(tokens[m * k : (m + 1) * k], greedy_with_cache(plain, ids[m * k : (m + 1) * k], 4)), m

@@ -45,7 +45,7 @@ from flipes.nn.convert import (
     uncompiled,
 )
 from flipes.nn.dense import no_input_fix
-from flipes.nn.embedding import shared_ids_fix
+from flipes.nn.embedding import first_position, shared_ids_fix
 from flipes.nn.functional import without_autocast
 from flipes.nn.vector import Vector
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
@@ -825,8 +825,8 @@ class FlipES:
         """Raise ``error`` with the fix for ids shared by every member of a population or part, where it is that clash."""
         names = {id(m): name for name, m in self._module.named_modules()}
         shared = [(layer, layer._flipes_shared_ids) for layer in self.layers if getattr(layer, "_flipes_shared_ids", None)]
-        for layer, (shape, size) in shared:  # the ids' shape, the members of the population or part that looked them up
-            fix = shared_ids_fix(shape, size, str(error), names.get(id(layer)))
+        for layer, (shape, size, ids) in shared:  # the ids' shape, the members of the population or part that looked them up
+            fix = shared_ids_fix(shape, size, str(error), names.get(id(layer)), first_position(ids))
             if fix is not None and type(error) is RuntimeError:
                 raise RuntimeError(f"{error}\n{fix}") from error
         ran = {type(m) for m in self.dense_modules if m.__dict__.get("_flipes_no_input") and not isinstance(m, Vector)}

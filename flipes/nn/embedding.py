@@ -100,7 +100,8 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
         check_embedding_supported(self)
         n, population = self.noise[0].size, self.flipes_population or self.noise[0].size
         if (input.dim() > 1 and input.shape[0] == 1 and n > 1) or (input.dim() == 1 and input.shape[0] % population):
-            self._flipes_shared_ids = (tuple(input.shape), n)  # for the hint of shared_ids_fix, with the members looking up
+            # for the hint of shared_ids_fix: the members looking up, and the ids (their values read only for an error)
+            self._flipes_shared_ids = (tuple(input.shape), n, input)
         return flipout_embedding(input, self.weight, self.noise[0], self.padding_idx, type(self).__name__, population)
 
 
@@ -112,11 +113,24 @@ def check_embedding_supported(emb: nn.Embedding) -> None:
         )
 
 
-def shared_ids_fix(shape: tuple[int, ...], members: int, error: str, name: str | None = None) -> str | None:
+def first_position(ids: Tensor) -> int | None:
+    """``ids[..., 0]`` where one row of shared ids ``(1, T)`` or ``(T,)`` counts up by one from it (positions), else
+    ``None``."""
+    row = ids.flatten()
+    if ids.dim() > 2 or (ids.dim() == 2 and ids.shape[0] != 1) or row.numel() == 0 or ids.is_floating_point():
+        return None
+    start = int(row[0])
+    return start if torch.equal(row, torch.arange(start, start + row.numel(), device=row.device, dtype=row.dtype)) else None
+
+
+def shared_ids_fix(
+    shape: tuple[int, ...], members: int, error: str, name: str | None = None, start: int | None = 0
+) -> str | None:
     """What to do when ids shared by every member, ``shape`` ``(1, *B)`` or ``(T,)``, gave one lookup per
     member and met inputs with several examples per member (position ids a model made itself) in the embedding
     ``name`` of the model; ``None`` where ``error`` is no clash of the N lookups with a multiple of N rows (another
-    mistake)."""
+    mistake). ``start``: the first of those ids where they count up by one (a decoding step after a KV cache of
+    ``start`` tokens), ``None`` where they do not."""
     match = re.search(r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\)", error)
     if match is None:
         return None
@@ -126,12 +140,21 @@ def shared_ids_fix(shape: tuple[int, ...], members: int, error: str, name: str |
         return None
     per_row = shape[1:] if len(shape) > 1 else shape  # (1, T) or (T,): the ids of one row
     tail = ", ".join(str(d) for d in per_row)
-    ids = f"torch.arange({per_row[0]}).expand({rows}, {tail})" if len(per_row) == 1 else f"ids.expand({rows}, {tail})"
+    if len(per_row) > 1 or start is None:
+        ids = f"ids.expand({rows}, {tail})"
+    else:  # the values the model made: after a KV cache they start at its length, not at 0
+        ids = f"torch.arange({f'{start}, {start + per_row[0]}' if start else per_row[0]}).expand({rows}, {tail})"
+    cached = (
+        f" (these start at {start}: with a KV cache positions continue from its length, so each decoding step passes "
+        f"its own, torch.arange(past, past + {per_row[0]}) with past = past_key_values.get_seq_length())"
+        if start
+        else ""
+    )
     return (
         f"flipes: an embedding looked up ids shared by every member, shape {shape} (position ids a model made itself), "
         f"which gives one lookup per member ({members} rows), while the other inputs have {rows} rows "
         f"(several examples per member); pass those ids for every row, e.g. position_ids={ids} to a Hugging Face "
-        "model, or the same in a model of your own"
+        f"model{cached}, or the same in a model of your own"
         + (
             f"; where the model takes no such ids (a vision model's patch positions), freeze the embedding: "
             f"flipes.flipout(model, frozen=[{name!r}])"
