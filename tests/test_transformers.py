@@ -5,6 +5,7 @@ masks included), the ES gradient along the backprop gradient, and bf16 models.""
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 
 import pytest
@@ -408,13 +409,15 @@ def greedy_with_cache(model: nn.Module, ids: Tensor, steps: int, positions: bool
     """``steps`` greedy tokens after ``ids``, a hand-written loop over the KV cache; ``positions``: pass every row's
     position ids, the cache's length on (what a population with several rows per member needs for GPT-2)."""
     rows, t = ids.shape
+    # transformers 5.25 names it `cache` and warns at `past_key_values`, which earlier versions take
+    key = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
     out = model(input_ids=ids, use_cache=True, **({"position_ids": torch.arange(t).expand(rows, t)} if positions else {}))
     tokens = [out.logits[:, -1].argmax(-1, keepdim=True)]
     for _ in range(steps - 1):
-        cache = out.past_key_values
+        cache = out[key]
         past = cache.get_seq_length()
         step = {"position_ids": torch.arange(past, past + 1).expand(rows, 1)} if positions else {}
-        out = model(input_ids=tokens[-1], past_key_values=cache, use_cache=True, **step)
+        out = model(input_ids=tokens[-1], use_cache=True, **{key: cache}, **step)
         tokens.append(out.logits[:, -1].argmax(-1, keepdim=True))
     return torch.cat(tokens, 1)
 
@@ -430,10 +433,11 @@ def test_a_cached_decoding_step_without_positions_is_refused_with_the_positions_
     n, k = 4, 2
     es = flipes.FlipES(model, popsize=n, sigma=0.5, groups=2, seed=1)
     ids = torch.randint(1, VOCAB, (n * k, 5), generator=torch.Generator().manual_seed(2))
-    with pytest.raises(RuntimeError, match=r"position_ids=torch\.arange\(5, 6\)\.expand\(8, 1\).*get_seq_length\(\)"):
+    key = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    with pytest.raises(RuntimeError, match=r"position_ids=torch\.arange\(5, 6\)\.expand\(8, 1\).*cache.s get_seq_length\(\)"):
         with torch.no_grad(), es.population():
             out = model(input_ids=ids, use_cache=True, position_ids=torch.arange(5).expand(n * k, 5))  # the prompt's given
-            model(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)  # not
+            model(input_ids=out.logits[:, -1:].argmax(-1), **{key: out[key]}, use_cache=True)  # not
     with torch.no_grad():
         with es.population():
             tokens = greedy_with_cache(model, ids, 4, positions=True)

@@ -146,7 +146,7 @@ def shared_ids_fix(
         ids = f"torch.arange({f'{start}, {start + per_row[0]}' if start else per_row[0]}).expand({rows}, {tail})"
     cached = (
         f" (these start at {start}: with a KV cache positions continue from its length, so each decoding step passes "
-        f"its own, torch.arange(past, past + {per_row[0]}) with past = past_key_values.get_seq_length())"
+        f"its own, torch.arange(past, past + {per_row[0]}) with past = the cache's get_seq_length())"
         if start
         else ""
     )
