@@ -1050,9 +1050,14 @@ class FlipES:
             p.grad = g + self.weight_decay * p if self.weight_decay else g
         self.optimizer.step()
         self._placement = [(p.dtype, p.device) for p in self.params]  # where the optimizer's state now lives
-        after = torch.cat([p.detach().flatten() for p in self.params])
-        # ‖before − after‖ = ‖after − before‖ bit for bit (IEEE subtraction is antisymmetric), in place: no fourth copy
-        grad_norm, delta, norm = torch.stack([flat.norm(), before.sub_(after).norm(), after.norm()]).tolist()  # one sync
+        # no flat copy of the parameters after the step (for an LLM gigabytes): ‖before − after‖ in place in `before`,
+        # bit for bit ‖after − before‖ of one (IEEE subtraction is antisymmetric), ‖after‖ from each parameter's norm
+        offset = 0
+        for p in self.params:
+            before[offset : offset + p.numel()].sub_(p.detach().flatten())
+            offset += p.numel()
+        norm = torch.stack([torch.linalg.vector_norm(p.detach(), dtype=before.dtype) for p in self.params]).norm()
+        grad_norm, delta, norm = torch.stack([flat.norm(), before.norm(), norm]).tolist()  # one sync
         mean_sigma = self.mean_sigma()
         if sigma_grad is not None:  # ascent on log σ along the standardized natural gradient (flipes.es.sigma)
             self.log_sigma += self.sigma_lr * sigma_grad.to(torch.float64) / self.popsize
