@@ -998,6 +998,11 @@ class FlipES:
             by_group = leave_out(shaped.double(), self.popsize // self.groups)[mine]
             by_member = leave_out(shaped.double(), 2 if self.mirrored else 1)[mine]
         groups = range(self.groups) if everyone else self.local_groups
+        if self.track_best:  # from the noise, before it is dropped below
+            best = int(full.argmax() if self.maximize else full.argmin())
+            better = (lambda a, b: a > b) if self.maximize else (lambda a, b: a < b)
+            if self.best is None or better(full[best].item(), self.best.fitness):
+                self.best = BestMember(full[best].item(), self.generation, best, members.member_state_dict(self, best))
         for p in self.params:  # the last generation's gradient (one copy of the parameters), replaced below anyway
             p.grad = None
         noise = self._noise
@@ -1023,6 +1028,8 @@ class FlipES:
             sigma_sums = sums[1] if not sigma_sums else [a + b for a, b in zip(sigma_sums, sums[1], strict=True)]
             # a block's noise and sums (a copy of the parameters each) are not kept while the next block is sampled
             held = sums = None
+        # the generation's noise (with full rank a copy of every Flipout weight per group) is not needed beside flat
+        noise = self._noise = None
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])
         del grads  # a copy of the parameters: not kept beside flat, before and after
         sigma_grad = torch.stack([g.to(sigma_sums[0].device) for g in sigma_sums]).cpu() if adaptive else None
@@ -1035,13 +1042,6 @@ class FlipES:
         else:
             flat.mul_(-1.0 / (self.popsize * sigma * sigma))  # -ĝ: Σ F̂ (σu) / (Nσ²), negated for the loss -J
 
-        if self.track_best:  # before the mean moves: the member as it was evaluated
-            best = int(full.argmax() if self.maximize else full.argmin())
-            better = (lambda a, b: a > b) if self.maximize else (lambda a, b: a < b)
-            if self.best is None or better(full[best].item(), self.best.fitness):
-                self.best = BestMember(full[best].item(), self.generation, best, members.member_state_dict(self, best))
-        # the generation's noise (with full rank a copy of every Flipout weight per group) is not needed for the step
-        noise = self._noise = None
         before = torch.cat([p.detach().flatten() for p in self.params])
         for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
             g = g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
