@@ -1074,7 +1074,7 @@ def test_a_config_json_that_lost_options_is_filled_from_the_checkpoint_and_a_for
     assert main(["export", str(run)]) == 0
     (run / "config.json").write_text(json.dumps({**config, "policy": "no-such-policy"}))
     with pytest.raises(flipes.UsageError, match=rf"^{re.escape(str(run / 'config.json'))}: names policy 'no-such-policy', "
-                                                r"none of mlp, gru; restore the run's value"):  # fmt: skip
+                                                r"none of mlp, gru, cnn; restore the run's value"):  # fmt: skip
         flipes.load_policy(run)
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(flipes.UsageError, match=r"^--checkpoint: .* holds parameters of another model than"):
