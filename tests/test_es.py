@@ -938,3 +938,39 @@ def test_sgd_at_lr_alpha_times_sigma_with_z_scores_takes_the_step_of_es_at_scale
         eps = [(members[i][name] - before[name]) / sigma for i in range(n)]
         expect = before[name] + alpha / n * sum(z[i] * eps[i] for i in range(n))
         torch.testing.assert_close(p.detach(), expect, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("hold_noise", [True, False])
+def test_a_tell_that_raised_after_freeing_the_noise_can_be_called_again(hold_noise: bool) -> None:
+    """A tell interrupted after it freed the generation's noise and before the optimizer stepped (a Ctrl-C, an
+    out-of-memory error in the step's allocations) left the parameters and the generation as they were; calling
+    tell again with the same fitness draws the noise again from the seeds and ends with the parameters of a run
+    never interrupted, bit for bit (as when tell still held the noise), instead of saying no population was
+    evaluated."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    x = torch.randn(8, 5, 6, generator=torch.Generator().manual_seed(1))
+
+    def run(interrupt: bool) -> list[torch.Tensor]:
+        model = flipes.flipout(copy.deepcopy(net))
+        es = flipes.FlipES(model, popsize=8, sigma=0.1, seed=3, groups=4, hold_noise=hold_noise, lr=0.05)
+        for gen in range(3):
+            with es.population() as pop:
+                f = torch.cat([-model(x[list(part.members)]).square().mean((1, 2)) for part in pop.split(2)])
+            if interrupt and gen == 1:
+                step = es.optimizer.step
+
+                def stopped(*args: object, **kwargs: object) -> None:
+                    raise KeyboardInterrupt
+
+                es.optimizer.step = stopped  # type: ignore[method-assign]
+                with pytest.raises(KeyboardInterrupt):
+                    es.tell(f)
+                es.optimizer.step = step  # type: ignore[method-assign]
+                assert es.generation == 1
+            es.tell(f)
+        assert es.generation == 3
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(run(interrupt=True), run(interrupt=False), strict=True):
+        assert torch.equal(a, b)

@@ -437,6 +437,9 @@ class FlipES:
         self.generation = 0
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
         self._noise_serial = 0  # counts the noises sampled: what a Population's parts check theirs by
+        # (generation, Deferred.block) of a tell that raised after it freed the noise, before the step: drawn again by a
+        # tell of that generation (the noise is a function of the seed and the generation)
+        self._freed: tuple[int, int] | None = None
         self._told_equal = False  # warned once that a whole population had one fitness value
         self._placement: list[tuple[torch.dtype, torch.device]] | None = None  # the parameters' at the last step
         self._evaluated = False  # a layer ran inside this generation's population, or a member was built
@@ -484,6 +487,7 @@ class FlipES:
         self.__dict__.setdefault("_train_fitness", False)
         self.__dict__.setdefault("_told_dropout", True)  # pickled before the dropout warning existed: its run went on
         self.__dict__.setdefault("_noise_serial", 0)
+        self.__dict__.setdefault("_freed", None)
         if "_weight_counts" not in state:  # pickled before it was kept
             self._weight_counts = [len(layer.perturbed_weights()) for layer in self.layers]
         for name in ("_slot_index", "_bias_of"):
@@ -730,7 +734,7 @@ class FlipES:
         with torch.no_grad():
             if self._noise is None:
                 self._noise = self._sample() if self.hold_noise else Deferred()
-                self._noise_serial += 1
+                self._noise_serial, self._freed = self._noise_serial + 1, None
             noise, serial = self._noise, self._noise_serial
             on_demand: list[torch.utils.hooks.RemovableHandle] = []
             if isinstance(noise, Deferred):  # sampled per part; a forward of the whole population samples it all
@@ -964,8 +968,10 @@ class FlipES:
             ``fitness_mean/max/min/std``, ``grad_norm`` (‖ĝ‖), ``update_ratio``
             (‖Δθ‖/‖θ‖), ``sigma`` and ``generation`` (the generation just finished).
 
-        A rejected fitness raises before anything changes. Inside a ``torch.autocast`` region the update
-        still runs in the parameters' dtype.
+        A rejected fitness raises before anything changes. A tell that raises midway (an interrupt, out of
+        memory) before the optimizer steps leaves the parameters and the generation as they were (``.grad``: ``None``
+        or this generation's gradient): call it again with the same fitness. Inside a ``torch.autocast`` region the
+        update still runs in the parameters' dtype.
         """
         with without_autocast(self.params[0].device):
             return self._tell(fitness)
@@ -973,6 +979,13 @@ class FlipES:
     def _tell(self, fitness: Tensor | np.ndarray | Iterable[float]) -> dict[str, float]:
         self._check_requires_grad()
         self._check_optimizer_placement()
+        if self._noise is None and self._freed is not None and self._freed[0] == self.generation:
+            # a tell of this generation raised after it freed the noise (an interrupt, out of memory) and before the
+            # step: drawn again from the seeds, it is the noise the members were evaluated with, bit for bit
+            self._noise = self._sample() if self.hold_noise else Deferred()
+            if isinstance(self._noise, Deferred):
+                self._noise.block = self._freed[1]  # tell's blocks as before: the same bits
+            self._noise_serial, self._freed = self._noise_serial + 1, None
         if self._noise is None:
             told = f" (tell() already ended generation {self.generation - 1})" if self.generation else ""
             raise RuntimeError(
@@ -1028,7 +1041,9 @@ class FlipES:
             sigma_sums = sums[1] if not sigma_sums else [a + b for a, b in zip(sigma_sums, sums[1], strict=True)]
             # a block's noise and sums (a copy of the parameters each) are not kept while the next block is sampled
             held = sums = None
-        # the generation's noise (with full rank a copy of every Flipout weight per group) is not needed beside flat
+        # the generation's noise (with full rank a copy of every Flipout weight per group) is not needed beside flat; a
+        # tell that raises before the step draws it again
+        self._freed = (self.generation, noise.block if isinstance(noise, Deferred) else 0)
         noise = self._noise = None
         flat = torch.cat([grads[id(p)].flatten() for p in self.params])
         del grads  # a copy of the parameters: not kept beside flat, before and after
@@ -1049,7 +1064,14 @@ class FlipES:
                 g = torch.empty_like(p, dtype=p.dtype).copy_(g)  # layout (torch's fused Adam pairs their memory)
             p.grad = g + self.weight_decay * p if self.weight_decay else g
         self.optimizer.step()
+        # the step is taken: the generation ends here, whatever raises below (an interrupt at the sync of the norms),
+        # so that no later tell or population steps with this generation's noise again
         self._placement = [(p.dtype, p.device) for p in self.params]  # where the optimizer's state now lives
+        mean_sigma = self.mean_sigma()
+        if sigma_grad is not None:  # ascent on log σ along the standardized natural gradient (flipes.es.sigma)
+            self.log_sigma += self.sigma_lr * sigma_grad.to(torch.float64) / self.popsize
+        generation, self.generation, self._freed = self.generation, self.generation + 1, None
+        self._refuse_stale()
         # no flat copy of the parameters after the step (for an LLM gigabytes): ‖before − after‖ in place in `before`,
         # bit for bit ‖after − before‖ of one (IEEE subtraction is antisymmetric), ‖after‖ from each parameter's norm
         offset = 0
@@ -1058,12 +1080,9 @@ class FlipES:
             offset += p.numel()
         norm = torch.stack([torch.linalg.vector_norm(p.detach(), dtype=before.dtype) for p in self.params]).norm()
         grad_norm, delta, norm = torch.stack([flat.norm(), before.norm(), norm]).tolist()  # one sync
-        mean_sigma = self.mean_sigma()
-        if sigma_grad is not None:  # ascent on log σ along the standardized natural gradient (flipes.es.sigma)
-            self.log_sigma += self.sigma_lr * sigma_grad.to(torch.float64) / self.popsize
 
         stats = {
-            "generation": self.generation,  # an int, as pop.generation
+            "generation": generation,  # an int, as pop.generation
             "fitness_mean": full.mean().item(),
             "fitness_max": full.max().item(),
             "fitness_min": full.min().item(),
@@ -1072,9 +1091,6 @@ class FlipES:
             "update_ratio": delta / norm if norm > 0 else float("inf"),
             "sigma": mean_sigma,
         }
-        self.generation += 1
-        self._noise = None
-        self._refuse_stale()
         evaluated, self._evaluated = self._evaluated, False
         equal = stats["fitness_max"] == stats["fitness_min"]
         if not evaluated and not equal and not self._told_outside:
@@ -1354,7 +1370,7 @@ class FlipES:
         if self.log_sigma is not None:
             self.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
         self.generation = int(state["generation"])
-        self._noise = None
+        self._noise, self._freed = None, None
         self._ranks_agree = False  # compared at the next tell, on every rank even where only some loaded
         best = state.get("best") if self.track_best else None  # a run may start or stop keeping it on resume
         self.best = None if best is None else BestMember(best["fitness"], best["generation"], best["index"], best["state_dict"])
