@@ -434,8 +434,11 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             raise UsageError("--policy", f"{config.policy} is built for an env, and --model builds the model", "drop one of them")
     if config.model and not config.resume:  # widths size flipes' policy: a model of one's own would train as it is
         from flipes.rl.presets import defaults as preset
+        from flipes.rl.presets import policy_preset
 
-        if list(config.hidden) != list(preset(env_id, config.algo).get("hidden", TrainConfig().hidden)):
+        # the widths the presets give this policy (--policy mlp on an Atari id: the MLP's, not the row's CNN's)
+        widths = {**preset(env_id, config.algo), **policy_preset(config.policy, env_id)}.get("hidden", TrainConfig().hidden)
+        if list(config.hidden) != list(widths):
             raise UsageError(
                 "--hidden",
                 f"{config.hidden} sizes the policy flipes builds for an env, and --model builds the model",

@@ -20,6 +20,7 @@ from torch import Tensor
 import flipes
 from flipes.checkpoint import load_checkpoint
 from flipes.config import TrainConfig, validate
+from flipes.errors import UsageError
 from flipes.rl import CNNPolicy, make_vector_env
 from flipes.rl.envpool_vec import envpool_ids
 from flipes.rl.policy import NATURE_TORSO, torso_min_size
@@ -167,6 +168,20 @@ def test_atari_ids_get_the_cnn_row_and_cnn_widths_follow_the_policy() -> None:
     assert TrainConfig.for_env("image_env:cnntest/BrightSpot-v0", policy="cnn").hidden == [512]
     assert TrainConfig.for_env("flipes/CartPole-v1").policy == "mlp"
     validate(TrainConfig.for_env("Pong-v5", model="mine:policy"))  # a model of one's own replaces the row's CNN
+
+
+def test_policy_mlp_beside_a_model_on_an_atari_id_names_no_hidden_never_given() -> None:
+    """--policy mlp beside --model on an Atari id (whose row's CNN the model replaces) is accepted, as --policy mlp
+    beside --model is on every other env: the MLP's 32-32 that --policy mlp sets over the row's 512 is a preset's, not a
+    --hidden given, so no UsageError names --hidden; a --hidden given there is still refused."""
+    if "Pong-v5" not in envpool_ids():
+        pytest.skip("EnvPool is not installed")
+    from flipes.commands import parse_train_config
+
+    validate(parse_train_config(["--env", "Pong-v5", "--model", "mine:policy", "--policy", "mlp"]))
+    validate(TrainConfig.for_env("Pong-v5", model="mine:policy", policy="mlp"))
+    with pytest.raises(UsageError, match=r"^--hidden: \[64\] sizes the policy"):
+        validate(parse_train_config(["--env", "Pong-v5", "--model", "mine:policy", "--policy", "mlp", "--hidden", "64"]))
 
 
 def test_pong_trains_a_generation_with_the_cnn_and_evaluates_loads_and_exports(tmp_path: Path, capsys) -> None:
