@@ -262,6 +262,8 @@ def saved_options(resume: str) -> dict[str, Any]:
         source = f"{resume} (the options in its checkpoint)"
     if "rank" in saved and "noise_rank" not in saved:  # runs saved before the option's rename
         saved["noise_rank"] = saved.pop("rank") or 0
+    if "policy" not in saved:  # runs saved before --policy existed trained the MLP (not an Atari row's CNN)
+        saved["policy"] = "mlp"
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "overwrite", "progress"}
     kept = {k: v for k, v in saved.items() if k in names}
     try:  # checked here, so that a hand-edited value is named in its file, not as a flag nobody passed

@@ -184,6 +184,24 @@ def test_policy_mlp_beside_a_model_on_an_atari_id_names_no_hidden_never_given() 
         validate(parse_train_config(["--env", "Pong-v5", "--model", "mine:policy", "--policy", "mlp", "--hidden", "64"]))
 
 
+def test_a_run_saved_before_policy_existed_resumes_with_the_mlp_it_trained(tmp_path: Path) -> None:
+    """A run directory whose config.json has no ``policy`` (written before --policy existed, when every run trained the
+    MLP) resumes with the MLP, by the command and by TrainConfig.for_env, not with the CNN of the Atari row its env
+    has now (whose weights its checkpoint does not hold)."""
+    if "Pong-v5" not in envpool_ids():
+        pytest.skip("EnvPool is not installed")
+    from dataclasses import asdict
+
+    from flipes.commands import parse_train_config
+
+    run = tmp_path / "old-pong"
+    run.mkdir()
+    saved = {k: v for k, v in asdict(TrainConfig(env="Pong-v5", out=str(run))).items() if k != "policy"}
+    (run / "config.json").write_text(json.dumps(saved))
+    for config in (parse_train_config(["--resume", str(run)]), TrainConfig.for_env(resume=str(run))):
+        assert (config.policy, config.hidden) == ("mlp", [32, 32])
+
+
 def test_pong_trains_a_generation_with_the_cnn_and_evaluates_loads_and_exports(tmp_path: Path, capsys) -> None:
     """Through EnvPool: ``flipes train --env Pong-v5`` (popsize 4, episodes cut at 30 steps) trains the CNN of the
     Atari row and records it in config.json; ``flipes evaluate`` runs it, ``flipes.load_policy`` gives a CNNPolicy
