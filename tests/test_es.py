@@ -946,7 +946,7 @@ def test_a_tell_that_raised_after_freeing_the_noise_can_be_called_again(hold_noi
     out-of-memory error in the step's allocations) left the parameters and the generation as they were; calling
     tell again with the same fitness draws the noise again from the seeds and ends with the parameters of a run
     never interrupted, bit for bit (as when tell still held the noise), instead of saying no population was
-    evaluated."""
+    evaluated; es.member_parameters still builds the members evaluated."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3))
     x = torch.randn(8, 5, 6, generator=torch.Generator().manual_seed(1))
@@ -964,10 +964,13 @@ def test_a_tell_that_raised_after_freeing_the_noise_can_be_called_again(hold_noi
                     raise KeyboardInterrupt
 
                 es.optimizer.step = stopped  # type: ignore[method-assign]
+                member = es.member_parameters(5)
                 with pytest.raises(KeyboardInterrupt):
                     es.tell(f)
                 es.optimizer.step = step  # type: ignore[method-assign]
                 assert es.generation == 1
+                for name, value in es.member_parameters(5).items():  # the member evaluated, still
+                    assert torch.equal(value, member[name]), name
             es.tell(f)
         assert es.generation == 3
         return [p.detach().clone() for p in model.parameters()]

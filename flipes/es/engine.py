@@ -979,13 +979,7 @@ class FlipES:
     def _tell(self, fitness: Tensor | np.ndarray | Iterable[float]) -> dict[str, float]:
         self._check_requires_grad()
         self._check_optimizer_placement()
-        if self._noise is None and self._freed is not None and self._freed[0] == self.generation:
-            # a tell of this generation raised after it freed the noise (an interrupt, out of memory) and before the
-            # step: drawn again from the seeds, it is the noise the members were evaluated with, bit for bit
-            self._noise = self._sample() if self.hold_noise else Deferred()
-            if isinstance(self._noise, Deferred):
-                self._noise.block = self._freed[1]  # tell's blocks as before: the same bits
-            self._noise_serial, self._freed = self._noise_serial + 1, None
+        self._redraw_freed()
         if self._noise is None:
             told = f" (tell() already ended generation {self.generation - 1})" if self.generation else ""
             raise RuntimeError(
@@ -1116,6 +1110,17 @@ class FlipES:
                 )
         return stats
 
+    def _redraw_freed(self) -> None:
+        """Where a tell of this generation raised after it freed the noise (an interrupt, out of memory) and before the
+        step, the noise again: drawn from the seeds, it is the one the members were evaluated with, bit for bit."""
+        if self._noise is not None or self._freed is None or self._freed[0] != self.generation:
+            return
+        with torch.no_grad():
+            self._noise = self._sample() if self.hold_noise else Deferred()
+        if isinstance(self._noise, Deferred):
+            self._noise.block = self._freed[1]  # tell's blocks as before: the same bits
+        self._noise_serial, self._freed = self._noise_serial + 1, None
+
     def _raise_if_parameters_not_finite(self, error: NonFiniteFitness) -> None:
         """Raise naming the parameters where evolved ones are NaN or inf: the members' fitness is then not finite
         whatever the fitness function does, so ``error`` (which tells it to clip) would point at the wrong code."""
@@ -1234,6 +1239,7 @@ class FlipES:
         index = integer("index", index)
         if not 0 <= index < self.popsize:
             raise IndexError(f"member index {index} is out of range: members are 0 .. popsize - 1 = {self.popsize - 1}")
+        self._redraw_freed()
         if self._noise is None:
             when = (
                 "before the first population"
