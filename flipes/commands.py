@@ -234,9 +234,10 @@ def preset_lines(config: TrainConfig) -> list[str]:
     }
     lines = []
     rows = ((env_row, f"per-env defaults of {config.env}"), (algo, f"--algo {config.algo} sets"))
+    # no widths: the MLP is linear; the CNN keeps its convolutions, which feed the action layer (ARS's [] on an Atari row)
+    empty = " (a linear policy)" if config.policy != "cnn" else " (the CNN's convolutions straight into the action layer)"
     for row, what in (*rows, (policy, f"--policy {config.policy} sets")):
-        used = ", ".join(f"{k} {v}" + " (a linear policy)" * (k == "hidden" and v == []) for k, v in row.items()
-                         if getattr(config, k) == v)  # fmt: skip
+        used = ", ".join(f"{k} {v}" + empty * (k == "hidden" and v == []) for k, v in row.items() if getattr(config, k) == v)
         if used:
             lines.append(f"{what} (flipes.rl.presets): {used}; flags and --config override them")
     return lines

@@ -102,7 +102,10 @@ class TrainConfig:
     """Cut every episode, in training and evaluation, after this many steps (0: the env's own time limit).
     For envs that register none (CliffWalking-v1, an env of your own without truncation), whose rollouts
     otherwise last until every episode has ended by itself."""
-    hidden: list[int] = field(default_factory=lambda: [32, 32], metadata={EMPTY: "no widths: a linear policy"})
+    hidden: list[int] = field(
+        default_factory=lambda: [32, 32],
+        metadata={EMPTY: "no widths: a linear policy, or the CNN's convolutions straight into the action layer"},
+    )
     """Hidden layer widths of the MLP policy (--hidden with no width: a linear policy); of the GRU
     policy, its encoder's widths and then the GRU's hidden size (the last width); of the CNN policy, the fully
     connected layers between its convolutions and the action layer (--policy cnn sets 512, the Nature DQN's). Not

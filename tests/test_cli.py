@@ -496,6 +496,9 @@ def test_a_mistake_in_the_command_is_named_before_a_run_directory_that_holds_a_r
         assert stop.value.code == 2 and err.startswith(f"flipes: error: {start}"), (argv, err)
 
 
+NO_WIDTHS = "no widths: a linear policy, or the CNN's convolutions straight into the action layer"  # --hidden's empty list
+
+
 def _help_entries(argv: list[str], capsys: pytest.CaptureFixture) -> list[str]:
     """``flipes train ARGV --help``'s entry of each option, on one line."""
     from flipes.commands import parse_train_config
@@ -530,9 +533,9 @@ def test_help_names_the_value_the_command_line_gives_beside_each_default(capsys:
     assert es["--algo"].endswith("(default: ars; given: openai-es)") and es["--popsize"].endswith("(default: 128)")
     assert hopper["--popsize"].endswith("(default: 16; given: 8)") and hopper["--sigma"].endswith("(default: 0.025)")
     assert hopper["--mirrored"].endswith("(default: true; --no-mirrored for false; given: false)")
-    assert hopper["--hidden"].endswith("(default: no widths: a linear policy)")  # ARS's row
+    assert hopper["--hidden"].endswith(f"(default: {NO_WIDTHS})")  # ARS's row
     linear = {e.split()[0]: e for e in _help_entries(["--hidden"], capsys)}
-    assert linear["--hidden"].endswith("(default: 32 32; given: no widths: a linear policy)")
+    assert linear["--hidden"].endswith(f"(default: 32 32; given: {NO_WIDTHS})")
     assert linear["--env"].endswith("(default: flipes/CartPole-v1)")
 
 
@@ -546,7 +549,7 @@ def test_help_shows_the_defaults_that_apply_to_the_command_line(tmp_path: Path, 
     assert (plain["--popsize"], plain["--generations"], plain["--algo"]) == ("64", "300", "openai-es")
     hopper = _shown_defaults(["--env", "Hopper-v5"], capsys)
     assert (hopper["--popsize"], hopper["--algo"], hopper["--ars-top"], hopper["--sigma"]) == ("16", "ars", "4", "0.025")
-    assert (plain["--hidden"], hopper["--hidden"]) == ("32 32", "no widths: a linear policy")  # the row's
+    assert (plain["--hidden"], hopper["--hidden"]) == ("32 32", NO_WIDTHS)  # the row's
     es = _shown_defaults(["--env", "Hopper-v5", "--algo", "openai-es"], capsys)
     assert (es["--popsize"], es["--algo"], es["--sigma"], es["--hidden"]) == ("128", "ars", "0.02", "64 64")  # given: openai-es
     (tmp_path / "run.toml").write_text('env = "Hopper-v5"\npopsize = 48\n')

@@ -202,6 +202,24 @@ def test_a_run_saved_before_policy_existed_resumes_with_the_mlp_it_trained(tmp_p
         assert (config.policy, config.hidden) == ("mlp", [32, 32])
 
 
+def test_ars_on_an_atari_id_is_not_said_to_train_a_linear_policy() -> None:
+    """--algo ars on an Atari id keeps the row's CNN and takes ARS's empty --hidden: the convolutions feed the action
+    layer, which is no linear policy; the start-of-run note says so instead of ARS's "(a linear policy)" of the MLP,
+    which it still says on a vector env."""
+    if "Pong-v5" not in envpool_ids():
+        pytest.skip("EnvPool is not installed")
+    from flipes.commands import parse_train_config, preset_lines
+
+    config = parse_train_config(["--env", "Pong-v5", "--algo", "ars"])
+    assert (config.policy, config.hidden) == ("cnn", [])
+    (algo,) = [line for line in preset_lines(config) if line.startswith("--algo ars")]
+    assert "hidden [] (the CNN's convolutions straight into the action layer)" in algo and "linear" not in algo, algo
+    (algo,) = [
+        line for line in preset_lines(parse_train_config(["--env", "flipes/CartPole-v1", "--algo", "ars"])) if "ars" in line
+    ]
+    assert "hidden [] (a linear policy)" in algo
+
+
 def test_pong_trains_a_generation_with_the_cnn_and_evaluates_loads_and_exports(tmp_path: Path, capsys) -> None:
     """Through EnvPool: ``flipes train --env Pong-v5`` (popsize 4, episodes cut at 30 steps) trains the CNN of the
     Atari row and records it in config.json; ``flipes evaluate`` runs it, ``flipes.load_policy`` gives a CNNPolicy
