@@ -397,8 +397,8 @@ def _set_up_and_run(
     with contextlib.ExitStack() as cleanup:  # envs and the lock are let go however this ends (a failed check too)
         env = build_env(config, comm, device, notes.append)
         cleanup.callback(_close, env)
-        if image_note(config, env):
-            notes.append(image_note(config, env))
+        if note := image_note(config, env):
+            notes.append(note)
         if lead:  # before the model is built (a --model may load for minutes) and anything is written
             check_run_dir(run_dir, config)
         with torch.random.fork_rng(devices=[]):  # the initial parameters: a function of the seed alone
