@@ -31,7 +31,16 @@ from flipes.errors import UsageError
 from flipes.es import FlipES, Population
 from flipes.nn.convert import flipout_layers, parameter_report
 from flipes.plugins import Plugins
-from flipes.rl import POLICIES, RolloutFitness, available_cores, make_vector_env, reset_episodes, run_episodes
+from flipes.rl import (
+    POLICIES,
+    CNNPolicy,
+    RolloutFitness,
+    available_cores,
+    make_vector_env,
+    reference_observations,
+    reset_episodes,
+    run_episodes,
+)
 from flipes.rl.envs import EnvError
 from flipes.search import search_rule, sigma_schedule
 
@@ -78,7 +87,7 @@ def build_env(
 
 
 def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: Plugins | None = None) -> nn.Module:
-    """``--model``'s module, else ``--policy``'s policy (an :class:`MLPPolicy`) for the env's spaces."""
+    """``--model``'s module, else ``--policy``'s policy for the env's spaces (a CNN fitted to frames of random play)."""
     if config.model:
         model = (plugins or Plugins()).model_factory(config.model)(env)
         if not isinstance(model, nn.Module):
@@ -90,12 +99,27 @@ def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: 
         return model
     assert env is not None
     try:
-        return POLICIES[config.policy](env.single_observation_space, env.single_action_space, hidden=config.hidden)
+        policy = POLICIES[config.policy](env.single_observation_space, env.single_action_space, hidden=config.hidden)
     except ValueError as e:
         option = "--policy" if config.policy == "cnn" else "--env"  # the CNN refuses the observations, not the env
         raise UsageError(
             option, f"{config.env}: {e}", "or pass --model module:function that builds a policy for these spaces"
         ) from None
+    if isinstance(policy, CNNPolicy):
+        # at the orthogonal init the CNN's actions hardly depend on the frame (every Pong member lost 21-0 and the
+        # first ES steps were zero): its layers are fitted to frames of random play. An env of its own, seeded alike on
+        # every process (MPI ranks build the same parameters), so the run's envs and episodes are untouched
+        reference = make_vector_env(config.env, REFERENCE_ENVS, "cpu", threads=1, note=None)
+        try:
+            policy.init_from_data(reference_observations(reference, config.seed, REFERENCE_STEPS))
+        finally:
+            reference.close()
+    return policy
+
+
+REFERENCE_ENVS, REFERENCE_STEPS = 8, 64
+"""The CNN's data-dependent initialization: 8 envs' resets and 64 steps of random actions, 520 observations (Pong:
+about 490 distinct frames, 0.7 s here)."""
 
 
 def image_note(config: TrainConfig, env: gym.vector.VectorEnv | None) -> str:

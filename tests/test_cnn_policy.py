@@ -21,7 +21,8 @@ import flipes
 from flipes.checkpoint import load_checkpoint
 from flipes.config import TrainConfig, validate
 from flipes.errors import UsageError
-from flipes.rl import CNNPolicy, make_vector_env
+from flipes.nn import FlipoutConv2d, FlipoutLinear
+from flipes.rl import CNNPolicy, make_vector_env, reference_observations
 from flipes.rl.envpool_vec import envpool_ids
 from flipes.rl.policy import NATURE_TORSO, torso_min_size
 
@@ -72,6 +73,55 @@ def test_each_members_actions_are_its_explicit_weights_through_plain_torch(chann
     torch.testing.assert_close(policy(images[0]), 2 * torch.tanh(plain_cnn(mean, as_plain[0])), rtol=1e-12, atol=1e-12)
     one = policy(images[0, 0].numpy())
     assert isinstance(one, np.ndarray) and one.dtype == np.float32 and one.shape == (3,)
+
+
+def test_the_data_dependent_init_gives_every_layer_standard_pre_activations_on_its_reference_batch() -> None:
+    """After ``init_from_data`` on the reference batch of BrightSpot (``reference_observations``: 8 envs' resets and
+    4 steps, seed 0; float64), every output channel of every layer, the action layer included, has pre-activations
+    of mean 0 (within 1e-9) and standard deviation 1 (within 1e-9) over that batch (and, for a convolution, its
+    positions); the batch is the same when drawn again (every MPI process builds the same parameters)."""
+    env = make_vector_env("image_env:cnntest/BrightSpot-v0", 8, note=None)
+    frames = reference_observations(env, 0, 4)
+    assert frames.shape == (40, 1, 36, 36) and torch.equal(frames, reference_observations(env, 0, 4))
+    torch.manual_seed(0)
+    policy = CNNPolicy(env.single_observation_space, env.single_action_space, hidden=(16,)).double()
+    policy.init_from_data(frames)
+    x = policy.pixels(frames)
+    for module in (*policy.torso, torch.nn.Flatten(), *policy.fc):
+        if isinstance(module, FlipoutConv2d | FlipoutLinear):
+            y = module(x).detach()
+            dims = (0, 2, 3) if y.dim() == 4 else (0,)
+            torch.testing.assert_close(y.mean(dims), torch.zeros(y.shape[1], dtype=y.dtype), rtol=0, atol=1e-9)
+            torch.testing.assert_close(y.std(dims), torch.ones(y.shape[1], dtype=y.dtype), rtol=0, atol=1e-9)
+        x = module(x)
+
+
+def test_on_pong_frames_the_initialized_cnn_takes_every_action_and_members_differ() -> None:
+    """The CNN the Atari row builds (``flipes.builders.build_model``, seed 0) is fitted to 520 Pong frames of random
+    play: there its argmax takes each of the 6 actions on at least 5% of the frames (at the orthogonal init alone
+    it took one action on 83% of them and three never), and in a population of 8 (σ 0.02, the row's) members' actions
+    differ from the mean network's on at least 1% of the frames each."""
+    if "Pong-v5" not in envpool_ids():
+        pytest.skip("EnvPool is not installed")
+    from flipes.builders import REFERENCE_ENVS, REFERENCE_STEPS, build_model
+
+    config = TrainConfig.for_env("Pong-v5")
+    env = make_vector_env("Pong-v5", REFERENCE_ENVS, threads=1, note=None)
+    try:
+        frames = reference_observations(env, 0, REFERENCE_STEPS)
+        torch.manual_seed(0)
+        policy = flipes.flipout(build_model(config, env))
+    finally:
+        env.close()
+    assert frames.shape == (520, 4, 84, 84)
+    with torch.no_grad():
+        mean = policy(frames)
+        share = torch.bincount(mean, minlength=6) / len(frames)
+        assert share.min() >= 0.05, share
+        es = flipes.FlipES(policy, popsize=8, sigma=config.sigma, seed=0)
+        with es.population():
+            members = policy(frames.expand(8, *frames.shape))
+    assert ((members != mean).double().mean(1) >= 0.01).all(), (members != mean).double().mean(1)
 
 
 def test_training_the_cnn_learns_where_the_bright_spot_is_and_loads_it_back(tmp_path: Path) -> None:

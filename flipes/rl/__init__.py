@@ -5,7 +5,7 @@ from flipes.rl.envs import EnvError, available_cores, make_vector_env, split_env
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.policy import CNNPolicy, MLPPolicy, SpacePolicy
 from flipes.rl.recurrent import POLICIES, GRUPolicy, RecurrentPolicy, stepper
-from flipes.rl.rollout import Episodes, RolloutFitness, episode_seed, reset_episodes, run_episodes
+from flipes.rl.rollout import Episodes, RolloutFitness, episode_seed, reference_observations, reset_episodes, run_episodes
 from flipes.rl.workers import WorkerVectorEnv
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "available_cores",
     "episode_seed",
     "make_vector_env",
+    "reference_observations",
     "reset_episodes",
     "run_episodes",
     "split_env_id",

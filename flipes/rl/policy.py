@@ -267,7 +267,8 @@ class CNNPolicy(SpacePolicy):
             nn.init.orthogonal_(layer.weight, math.sqrt(2) if layer is not layers[-1] else 1.0)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, obs: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    def pixels(self, obs: Tensor | np.ndarray) -> Tensor:
+        """``(*, *obs_shape)`` observations -> ``(*, C, H, W)`` images in the parameters' dtype, scaled (uint8 by 1/255)."""
         first = self.torso[0]
         x = obs if isinstance(obs, Tensor) else torch.as_tensor(np.asarray(obs), device=first.weight.device)
         if x.dim() < 3 or tuple(x.shape[-3:]) != self.obs_shape:
@@ -275,12 +276,44 @@ class CNNPolicy(SpacePolicy):
                 f"CNNPolicy takes observations of shape (..., {', '.join(map(str, self.obs_shape))}), its observation "
                 f"space's, got {tuple(x.shape)}; pass a batch of images as the env returns them"
             )
-        lead = x.shape[:-3]
         x = x.to(first.weight.dtype)
         if self.pixel_scale != 1.0:
             x = x * self.pixel_scale
-        if self.channels_last:
-            x = x.movedim(-1, -3)
+        return x.movedim(-1, -3) if self.channels_last else x
+
+    @torch.no_grad()
+    def init_from_data(self, obs: Tensor | np.ndarray, eps: float = 1e-6) -> None:
+        """Data-dependent initialization (the weight-normalization init of Salimans & Kingma 2016, "Weight
+        Normalization", sec. 3; LSUV, Mishkin & Matas 2016): layer by layer, from the first, each output channel's
+        weights and bias are rescaled and shifted so that its pre-activations on ``obs`` (a reference batch of
+        observations, ``(B, *obs_shape)``) have mean 0 and standard deviation 1 over the batch (and the image's
+        positions for a convolution). The action layer too: every action's logit then varies from frame to frame
+        about a common level, so the argmax follows the image instead of one logit's constant lead.
+
+        Why: Atari frames are mostly constant background, and at the orthogonal init the CNN's logits barely move
+        between frames (Pong: a spread of 0.017 against a lead of 0.021), so every member plays one action and
+        every member of a generation has the same fitness (OpenAI's ES paper, Salimans et al. 2017, used virtual
+        batch normalization for that). Done once, before training: it is only parameters, so checkpoints, resume,
+        export and MPI (given the same ``obs`` on every process) need nothing of their own. A channel whose
+        pre-activations vary by ``eps`` or less on the batch (dead, or blind to it) keeps its scale and is only
+        shifted to mean 0.
+        """
+        x = self.pixels(obs)
+        x = x.reshape(-1, *x.shape[-3:])
+        for module in (*self.torso, nn.Flatten(), *self.fc):
+            if isinstance(module, FlipoutConv2d | FlipoutLinear):
+                y = module(x)
+                dims = (0, 2, 3) if y.dim() == 4 else (0,)  # per channel: over the batch and the positions
+                mean, std = y.mean(dims), y.std(dims)
+                scale = torch.where(std > eps, 1 / std, torch.ones_like(std))
+                module.weight.mul_(scale.view(-1, *[1] * (module.weight.dim() - 1)))
+                module.bias.sub_(mean).mul_(scale)
+            x = module(x)
+
+    def forward(self, obs: Tensor | np.ndarray) -> Tensor | np.ndarray:
+        first = self.torso[0]
+        lead = (obs.shape if isinstance(obs, Tensor) else np.shape(obs))[:-3]
+        x = self.pixels(obs)
         # Flipout convolutions take (members, *batch, C, H, W) in a population, nn.Conv2d (batch, C, H, W) outside one
         population = first.noise is not None and len(lead) > 0
         rows = x.reshape(lead[0], -1, *x.shape[-3:]) if population else x.reshape(-1, *x.shape[-3:])

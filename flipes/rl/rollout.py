@@ -58,6 +58,23 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
     return obs
 
 
+def reference_observations(env: gym.vector.VectorEnv, seed: int, steps: int) -> Tensor:
+    """``(steps + 1) * env.num_envs`` observations, ``(B, *obs_shape)``: the resets of stream ``"reference"``
+    (:func:`reset_episodes`, generation 0) and ``steps`` steps of random actions (the action space seeded with
+    ``seed``, one draw per env per step). A pure function of ``(seed, env's id and size, steps)``: every MPI process
+    that makes the same env gets the same batch. For a data-dependent initialization
+    (:meth:`flipes.rl.CNNPolicy.init_from_data`); an env whose episodes end within ``steps`` gives its last or next
+    observations, as its engine does."""
+    space = env.single_action_space
+    space.seed(seed)
+    obs = reset_episodes(env, seed, "reference", 0)
+    batch = [obs]
+    for _ in range(steps):
+        actions = torch.as_tensor(np.stack([space.sample() for _ in range(env.num_envs)]), device=obs.device)
+        batch.append(env.step(actions)[0])
+    return torch.cat(batch)
+
+
 def _dtype_error(error: RuntimeError, model: nn.Module, obs: Tensor) -> UsageError | None:
     """torch's dtype clash in a model's first step, where it is the env's observations meeting parameters of
     another float dtype (float64 from MuJoCo into float32 layers), as the mistake it is; else None."""
