@@ -99,8 +99,8 @@ def test_the_data_dependent_init_gives_every_layer_standard_pre_activations_on_i
 def test_on_pong_frames_the_initialized_cnn_takes_every_action_and_members_differ() -> None:
     """The CNN the Atari row builds (``flipes.builders.build_model``, seed 0) is fitted to 520 Pong frames of random
     play: there its argmax takes each of the 6 actions on at least 5% of the frames (at the orthogonal init alone
-    it took one action on 83% of them and three never), and in a population of 8 (σ 0.02, the row's) members' actions
-    differ from the mean network's on at least 1% of the frames each."""
+    it took one action on 83% of them and three never), and in a population of 8 (σ 0.02, the row's) each member's
+    actions differ from the mean network's on at least 30% of the frames (67-75% measured)."""
     if "Pong-v5" not in envpool_ids():
         pytest.skip("EnvPool is not installed")
     from flipes.builders import REFERENCE_ENVS, REFERENCE_STEPS, build_model
@@ -121,7 +121,7 @@ def test_on_pong_frames_the_initialized_cnn_takes_every_action_and_members_diffe
         es = flipes.FlipES(policy, popsize=8, sigma=config.sigma, seed=0)
         with es.population():
             members = policy(frames.expand(8, *frames.shape))
-    assert ((members != mean).double().mean(1) >= 0.01).all(), (members != mean).double().mean(1)
+    assert ((members != mean).double().mean(1) >= 0.3).all(), (members != mean).double().mean(1)
 
 
 def test_training_the_cnn_learns_where_the_bright_spot_is_and_loads_it_back(tmp_path: Path) -> None:

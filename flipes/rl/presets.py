@@ -97,8 +97,9 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
 # at most): the Nature-DQN CNN (OpenAI's ES paper's policy for Atari), without running observation normalization. σ and lr
 # are untuned guesses (Adam at 0.01 as OpenAI's ES starter; its runs had thousands of episodes a generation, not 64); on
 # 2 CPU cores a generation of 64 Pong episodes took 42-176 s (README "Atari").
-# Evaluations are few and far apart: one Pong episode is about a thousand CNN steps. On Pong every member of generation 0
-# lost 21-0 (seed 0): the ES step stays zero until one returns a ball (no virtual batch normalization; README "Atari").
+# Evaluations are few and far apart: one Pong episode is about a thousand CNN steps. With the CNN's orthogonal init alone
+# every member of Pong's generation 0 lost 21-0 (seed 0) and the ES step was zero; fitted to frames of random play
+# (CNNPolicy.init_from_data, in build_model) the members differ from generation 0 (README "Atari").
 _ATARI = {"policy": "cnn", "hidden": [512], "popsize": 64, "sigma": 0.02, "lr": 0.01, "episodes": 1, "eval_every": 10,
           "eval_episodes": 5, "generations": 1000}  # fmt: skip
 ATARI: MappingProxyType[str, Any] = MappingProxyType(_ATARI)
