@@ -100,7 +100,7 @@ def test_on_pong_frames_the_initialized_cnn_takes_every_action_and_members_diffe
     """The CNN the Atari row builds (``flipes.builders.build_model``, seed 0) is fitted to 520 Pong frames of random
     play: there its argmax takes each of the 6 actions on at least 5% of the frames (at the orthogonal init alone
     it took one action on 83% of them and three never), and in a population of 8 (σ 0.02, the row's) each member's
-    actions differ from the mean network's on at least 30% of the frames (67-75% measured)."""
+    actions differ from the mean network's on at least 30% of every 4th frame (67-75% of all 520 measured)."""
     if "Pong-v5" not in envpool_ids():
         pytest.skip("EnvPool is not installed")
     from flipes.builders import REFERENCE_ENVS, REFERENCE_STEPS, build_model
@@ -120,8 +120,9 @@ def test_on_pong_frames_the_initialized_cnn_takes_every_action_and_members_diffe
         assert share.min() >= 0.05, share
         es = flipes.FlipES(policy, popsize=8, sigma=config.sigma, seed=0)
         with es.population():
-            members = policy(frames.expand(8, *frames.shape))
-    assert ((members != mean).double().mean(1) >= 0.3).all(), (members != mean).double().mean(1)
+            members = policy(frames[::4].expand(8, 130, *frames.shape[1:]))  # every 4th frame: a quarter of the cost
+    differ = (members != mean[::4]).double().mean(1)
+    assert (differ >= 0.3).all(), differ
 
 
 def test_training_the_cnn_learns_where_the_bright_spot_is_and_loads_it_back(tmp_path: Path) -> None:
