@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import gymnasium
 import pytest
 import torch
 from filelock import FileLock  # a dependency of torch
@@ -26,6 +27,16 @@ MADE_UP_FITNESS = pytest.mark.filterwarnings("ignore::flipes.OutsidePopulationWa
 FAST = ["--env", "CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--target", "none", "--tensorboard", "false",
         "--progress", "false"]  # fmt: skip
 FAST_KW = {"env": "CartPole-v1", "popsize": 8, "eval_episodes": 3, "target": None, "tensorboard": False, "progress": False}
+
+
+def reference_env(env_id: str, **kwargs: object) -> gymnasium.Env:
+    """``gymnasium.make(env_id, **kwargs)``, a reference to compare with, with MuJoCo's compile notes dropped: MuJoCo
+    would append each (``half_cheetah.xml``'s deprecated ``settotalmass``) to ``MUJOCO_LOG.TXT`` in the working
+    directory, the repository, as flipes' own env making does not (tested in test_env_engines)."""
+    from flipes.rl.mujoco_log import makes_mujoco, mujoco_warnings_once
+
+    with mujoco_warnings_once(report=False, load=makes_mujoco(env_id)):
+        return gymnasium.make(env_id, **kwargs)
 
 
 def run_script(

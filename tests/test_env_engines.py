@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, once_per_session
+from helpers import ROOT, once_per_session, reference_env
 
 from flipes.rl import EnvPoolVectorEnv, make_vector_env, reset_episodes, run_episodes
 from flipes.rl import envs as engine
@@ -82,7 +82,7 @@ def test_spaces_and_random_returns_match_gymnasium(backend: str, env_id: str, tm
     """Same spaces as gymnasium's env; random-policy returns and episode lengths are equal in
     mean (Welch z) and distribution (two-sample KS) to gymnasium's, at the stated rate."""
     needs(backend)
-    single = gym.make(env_id)
+    single = reference_env(env_id)
     env = make_vector_env(f"{backend}:{env_id}", EPISODES, threads=2)
     assert env.single_observation_space == single.observation_space
     assert env.single_action_space == single.action_space
@@ -131,8 +131,8 @@ def test_rollouts_are_deterministic_and_independent_of_the_split(backend: str, e
     split over two vector envs (as over two processes)."""
     needs(backend)
     weight = torch.randn(
-        gym.make(env_id).observation_space.shape[0],
-        gym.make(env_id).action_space.shape[0],
+        reference_env(env_id).observation_space.shape[0],
+        reference_env(env_id).action_space.shape[0],
         generator=torch.Generator().manual_seed(0),
     )
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from helpers import reference_env
 
 import envs  # noqa: F401  registers the flipes/ ids
 from flipes.rl import EnvError, make_vector_env
@@ -102,7 +103,7 @@ def test_gymnasium_step_code_on_warp_physics_gives_the_same_transitions(make, gy
     n, steps, limit = 8, 40, 25
     env = make(gym_id, n, max_episode_steps=limit, **kwargs)
     physics = env.physics
-    ref = gym.make(gym_id, **kwargs).unwrapped
+    ref = reference_env(gym_id, **kwargs).unwrapped
     data = ref.data
     posts: dict[str, dict[str, np.ndarray]] = {}
     real_step = physics.step
@@ -259,7 +260,7 @@ def test_warp_physics_matches_mujoco_c_within_measured_tolerances(make, gym_id: 
     agree wherever the state is not within that tolerance of a bound (measured: everywhere)."""
     kwargs = {"xml_file": elliptic_ant_xml(tmp_path)} if gym_id == "Ant-v5" else {}
     env = gym.make_vec(f"flipes/{gym_id}", num_envs=16, **kwargs)
-    ref = gym.make(gym_id, **kwargs).unwrapped
+    ref = reference_env(gym_id, **kwargs).unwrapped
     err = physics_errors(env, ref, gym_id, steps=24, seed=1)
     obs_tol, reward_tol = PHYSICS_TOL[gym_id]
     outside = (err["obs"] > obs_tol) | (err["reward"] > reward_tol)
@@ -275,7 +276,7 @@ def test_warp_physics_matches_mujoco_c_within_measured_tolerances(make, gym_id: 
 
 
 def gymnasium_returns(gym_id: str, episodes: int, horizon: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    env = gym.make(gym_id, max_episode_steps=horizon)
+    env = reference_env(gym_id, max_episode_steps=horizon)
     env.action_space.seed(seed)
     returns, lengths = [], []
     for k in range(episodes):
