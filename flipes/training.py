@@ -207,11 +207,15 @@ class StopRequest:
         if self.say:
             when = "after the generation under way, with a checkpoint" if self.running else "before the first generation"
             text = f"flipes: {name}: stopping {when}; another Ctrl-C or SIGTERM stops at once, keeping {self.last()}"
-            try:  # sys.stderr: a notebook's too
-                print(text, file=sys.stderr, flush=True)
-            except (RuntimeError, OSError, ValueError):  # this handler cut into the main thread's own write to it
-                with contextlib.suppress(OSError):
-                    os.write(2, (text + "\n").encode(errors="replace"))
+            self._say(text)
+
+    @staticmethod
+    def _say(text: str) -> None:
+        try:  # sys.stderr: a notebook's too
+            print(text, file=sys.stderr, flush=True)
+        except (RuntimeError, OSError, ValueError):  # this handler cut into the main thread's own write to it
+            with contextlib.suppress(OSError):
+                os.write(2, (text + "\n").encode(errors="replace"))
 
     def kept(self) -> str:
         """What a run stopped at once keeps: its last checkpoint, and the way on from it."""
@@ -375,6 +379,33 @@ def _train_watched(
         return _set_up_and_run(config, comm, callbacks, plugins, notes, device, run_dir, stop)
 
 
+def on_rank_0(comm: dist.Comm, check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 and raise its error on every rank: rank 0 alone failing would leave the others waiting
+    for it in the next collective until ``--mpi-timeout`` (a script that catches the error goes on on every rank alike).
+    The others raise rank 0's UsageError as it is, another error as a RuntimeError naming it; rank 0 its own."""
+    error: Exception | None = None
+    if comm.rank == 0:
+        try:
+            check()
+        except Exception as e:
+            if comm.size == 1:
+                raise
+            error = e
+    if comm.size == 1:
+        return
+    # a UsageError pickles badly (its message alone comes back as the option): its parts travel
+    shared = comm.bcast(
+        None if error is None else
+        (error.option, error.problem, error.fix) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
+    )  # fmt: skip
+    if error is not None:
+        raise error
+    if isinstance(shared, tuple):
+        raise UsageError(*shared)
+    if shared is not None:
+        raise RuntimeError(f"rank 0 failed while the run was set up ({shared}); its own lines say more")
+
+
 def _set_up_and_run(
     config: TrainConfig,
     comm: dist.Comm,
@@ -386,12 +417,20 @@ def _set_up_and_run(
     stop: StopRequest,
 ) -> TrainResult:
     lead = comm.rank == 0
-    if lead and config.resume:  # a run its process is still writing is "in use", not a run of other options
-        check_not_in_use(resume_dir(config.resume))
+    # checks of rank 0 alone end every rank alike; their conditions are inside, as --resume and --wandb may differ by rank
+
+    def not_in_use() -> None:  # a run its process is still writing is "in use", not a run of other options
+        if config.resume:
+            check_not_in_use(resume_dir(config.resume))
+
+    def wandb_installed() -> None:
+        if config.wandb and importlib.util.find_spec("wandb") is None:
+            raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off")
+
+    on_rank_0(comm, not_in_use)
     # what must be fixed whatever the run directory holds is named before it: the code named, the packages, the env
     import_plugins(config, plugins)
-    if lead and config.wandb and importlib.util.find_spec("wandb") is None:
-        raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off")
+    on_rank_0(comm, wandb_installed)
     notes = list(notes)  # said once everything is built: a mistake found while building stays one line
 
     with contextlib.ExitStack() as cleanup:  # envs and the lock are let go however this ends (a failed check too)
@@ -399,8 +438,8 @@ def _set_up_and_run(
         cleanup.callback(_close, env)
         if note := image_note(config, env):
             notes.append(note)
-        if lead:  # before the model is built (a --model may load for minutes) and anything is written
-            check_run_dir(run_dir, config)
+        # before the model is built (a --model may load for minutes) and anything is written
+        on_rank_0(comm, lambda: check_run_dir(run_dir, config))
         with torch.random.fork_rng(devices=[]):  # the initial parameters: a function of the seed alone
             torch.manual_seed(config.seed)
             model = build_model(config, env, plugins)

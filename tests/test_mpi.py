@@ -216,6 +216,37 @@ def test_a_script_whose_fitness_raises_on_one_rank_ends_the_job_promptly(tmp_pat
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["generation"] == 0
 
 
+HELD_RUN_SCRIPT = """
+import sys, time, torch, flipes
+
+comm = flipes.dist.world()
+kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 2), fitness=lambda model, pop: torch.ones(pop.size), popsize=8,
+          groups=2, generations=1, out=sys.argv[1], progress=False, tensorboard=False, mpi_timeout=60)
+if comm.rank == 0:
+    flipes.train(comm=flipes.dist.SerialComm(), **kw)  # a run in the directory
+comm.bcast(None)
+start = time.monotonic()
+try:
+    flipes.train(comm=comm, **kw)
+except flipes.UsageError as e:
+    with open(f"{sys.argv[1]}.rank{comm.rank}", "w") as out:  # a file each: mpiexec may interleave their lines
+        print(f"after {time.monotonic() - start:.0f} s: {e.problem}", file=out)
+"""
+
+
+def test_a_run_directory_that_holds_a_run_is_every_ranks_error_in_a_script(tmp_path: Path) -> None:
+    """``mpiexec -n 2 python script.py`` training into a directory that holds a run, which rank 0 alone checks, raises the
+    UsageError on both ranks within seconds, so a script that catches it goes on alike on both (before, rank 1 waited for
+    rank 0 until --mpi-timeout)."""
+    (tmp_path / "script.py").write_text(HELD_RUN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "script.py"), str(tmp_path / "run")]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    said = [(tmp_path / f"run.rank{k}").read_text() for k in (0, 1)]
+    assert all(int(line.split()[1]) < 30 and f"{tmp_path / 'run'}' holds a run" in line for line in said), said
+
+
 LOAD_ON_ONE_RANK_SCRIPT = """
 import sys, torch, flipes
 

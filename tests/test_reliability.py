@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -285,6 +285,46 @@ def test_a_signal_while_the_run_directory_is_written_leaves_it_whole_and_trains_
     assert load_checkpoint(run)["es"]["generation"] == 0 and metrics(run) == [] and not list(run.glob("*.tmp"))
     flipes.train(resume=str(run))
     assert [row["generation"] for row in metrics(run)] == [0, 1]
+
+
+class RankOfTwo(flipes.dist.SerialComm):
+    """Rank ``rank`` of a job of 2 whose other rank does what this one does; ``bcast`` records what it was given and
+    returns rank 0's object: on rank 1 the next of ``from_rank_0``, once they are used up its own."""
+
+    size = 2
+
+    def __init__(self, rank: int, from_rank_0: Sequence[object] = ()) -> None:
+        self.rank, self.from_rank_0, self.sent = rank, list(from_rank_0), []
+
+    def bcast(self, obj: object) -> object:
+        self.sent.append(obj)
+        return self.from_rank_0.pop(0) if self.rank == 1 and self.from_rank_0 else obj
+
+
+LINEAR_KW = {"env": "none", "model": lambda env: torch.nn.Linear(3, 1), "popsize": 8, "groups": 2, "generations": 2,
+             "fitness": lambda model, pop: -model(torch.ones(pop.size, 3)).square().sum(1), "progress": False,
+             "tensorboard": False}  # fmt: skip
+
+
+def test_a_mistake_rank_0_alone_checks_is_raised_on_every_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run directory holding a run (or --wandb without its package), which rank 0 alone checks before the ranks agree,
+    is sent to the others and raised there too, the same UsageError: before, rank 1 waited for rank 0 in agree() until
+    --mpi-timeout (300 s) when a script caught rank 0's error. Rank 0 raises its own error and sends its parts."""
+    run = tmp_path / "run"
+    flipes.train(**{**LINEAR_KW, "generations": 1}, out=str(run))
+    comm = RankOfTwo(0)
+    with pytest.raises(flipes.UsageError, match="holds a run") as raised:
+        flipes.train(**LINEAR_KW, comm=comm, out=str(run))
+    error = raised.value
+    assert comm.sent == [None, None, (error.option, error.problem, error.fix)]  # in use?, --wandb?, the run directory
+    with pytest.raises(flipes.UsageError) as on_rank_1:
+        flipes.train(**LINEAR_KW, comm=RankOfTwo(1, from_rank_0=comm.sent), out=str(run))
+    assert str(on_rank_1.value) == str(error)
+    monkeypatch.setattr(flipes.training.importlib.util, "find_spec", lambda name: None)
+    comm = RankOfTwo(0)
+    with pytest.raises(flipes.UsageError, match="--wandb: needs the wandb package"):
+        flipes.train(**LINEAR_KW, comm=comm, wandb=True, out=str(tmp_path / "other"))
+    assert comm.sent[1][0] == "--wandb" and not (tmp_path / "other").exists()
 
 
 def checkpoint_renamed_with(
