@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -173,8 +173,8 @@ class StopRequest:
 
     While ``setting_up`` says what a stop keeps (envs and the model being built, before the run directory is
     written), the first signal stops at once too: there is nothing of the run to keep yet, and a model may take
-    minutes to load. Once it is cleared (the run directory being written), a signal waits for the directory to be
-    whole, and the loop stops before its first generation (:func:`run_loop`)."""
+    minutes to load. Once it is cleared (as the MPI ranks meet, before rank 0 writes the run directory), a signal waits
+    for the directory to be whole, and the loop stops before its first generation (:func:`run_loop`)."""
 
     def __init__(
         self, say: bool = True, last: Callable[[], str] = lambda: "the last checkpoint", resume: str = "", setting_up: str = ""
@@ -182,6 +182,7 @@ class StopRequest:
         self.requested = False
         self.say, self.last, self.resume, self.setting_up = say, last, resume, setting_up
         self.running = False  # a generation may be under way (the loop has started)
+        self._holding, self._held = False, ""  # a note kept back (holding_note) until it is known to hold
         self._first: tuple[int, float] | None = None
         self._previous: dict[int, Any] = {}
 
@@ -207,7 +208,23 @@ class StopRequest:
         if self.say:
             when = "after the generation under way, with a checkpoint" if self.running else "before the first generation"
             text = f"flipes: {name}: stopping {when}; another Ctrl-C or SIGTERM stops at once, keeping {self.last()}"
+            if self._holding:
+                self._held = text
+                return
             self._say(text)
+
+    @contextlib.contextmanager
+    def holding_note(self) -> Iterator[None]:
+        """Inside, a first signal's note is kept back, and said on leaving normally: the ranks are agreeing, and another
+        rank still setting up may end the job at once, with its own line, instead."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._held:
+            self._say(self._held)
+            self._held = ""
 
     @staticmethod
     def _say(text: str) -> None:
@@ -472,9 +489,13 @@ def _set_up_and_run(
             if es.generation > config.generations:  # a total, not "more": the run keeps its own on disk
                 state.asked_generations = config.generations
                 config = state.config = config.replace(generations=es.generation)
-        if comm.size > 1:
-            agree(comm, config, state)  # before anything is written
-        stop.setting_up = ""  # from here a signal waits for the run directory to be whole
+        # from here a signal waits for the run directory to be whole. Cleared before the ranks agree: rank 0 writes once
+        # every rank has entered agree(), so no rank still stops at once (leaving the job) while rank 0 writes; rank 0's
+        # note waits for agree() too, as a rank still setting up may yet end the job at once with its own line
+        with stop.holding_note():
+            stop.setting_up = ""
+            if comm.size > 1:
+                agree(comm, config, state)  # before anything is written
         if lead:
             cleanup.callback(prepare_run_dir(run_dir, config, state.checkpoint_state()).release)
         standard = standard_callbacks(config, run_dir) if lead else []  # TensorBoard writes: after the lock

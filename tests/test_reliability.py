@@ -306,6 +306,36 @@ LINEAR_KW = {"env": "none", "model": lambda env: torch.nn.Linear(3, 1), "popsize
              "tensorboard": False}  # fmt: skip
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_signal_to_every_rank_as_they_agree_lets_rank_0_write_the_run_directory_whole(
+    rank: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A SIGTERM reaching a rank inside agree() (mpiexec forwards it to every rank; rank 0 writes the run directory once
+    every rank is in agree()) no longer stops that rank at once: rank 1 stopping at once ended the job while rank 0 wrote
+    the directory, with a line saying nothing was written. Each rank returns 'interrupted' before the first generation,
+    rank 0 with its directory whole (generation 0); rank 0's note is said after agree(), not inside it, as a rank still
+    setting up may end the job at once with its own line instead."""
+
+    def agree(comm: object, config: object, state: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here
+        assert "stopping" not in capsys.readouterr().err
+
+    monkeypatch.setattr(flipes.training, "agree", agree)
+    run = tmp_path / "run"
+    try:
+        result = flipes.train(**LINEAR_KW, comm=RankOfTwo(rank), out=str(run))
+    except flipes.training.Interrupted as e:  # a KeyboardInterrupt: it would end the test session
+        pytest.fail(f"stopped at once: {e}")
+    assert result.reason == "interrupted"
+    err = capsys.readouterr().err
+    if rank == 0:
+        assert load_checkpoint(run)["es"]["generation"] == 0 and metrics(run) == []
+        assert err.count("flipes: SIGTERM: stopping before the first generation") == 1, err
+    else:
+        assert not (run / "checkpoint.pt").exists() and "stopping" not in err
+
+
 def test_a_mistake_rank_0_alone_checks_is_raised_on_every_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run directory holding a run (or --wandb without its package), which rank 0 alone checks before the ranks agree,
     is sent to the others and raised there too, the same UsageError: before, rank 1 waited for rank 0 in agree() until
