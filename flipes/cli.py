@@ -403,7 +403,11 @@ def build_parser(
         default = defaults.get(f.name, _default(f))
         doc = docs.get(f.name, "")
         empty = f.metadata.get(EMPTY, "no values")
-        here = f"given: {_shown(given[f.name]) or empty}" if f.name in given else ""
+        if f.name in given:  # an empty list reads as what it means; an empty string as what was typed
+            value = given[f.name]
+            here = f"given: {_shown(value) or (empty if isinstance(value, list) else repr(value))}"
+        else:
+            here = ""
         if default == [] and (EMPTY in f.metadata or _default(f) != []):  # e.g. a preset row's linear policy
             text = f"{doc} (default: {empty}{here and '; '}{here})"
         elif default is dataclasses.MISSING or default in ("", []):

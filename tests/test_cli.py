@@ -539,6 +539,15 @@ def test_help_names_the_value_the_command_line_gives_beside_each_default(capsys:
     assert linear["--env"].endswith("(default: flipes/CartPole-v1)")
 
 
+def test_help_shows_an_empty_string_given_as_itself(capsys: pytest.CaptureFixture) -> None:
+    """A string option given empty on the command line (``--device ''``) shows ``given: ''`` beside its default, not
+    ``given: no values``, the wording of an empty list; an empty list option keeps what its empty list means."""
+    entries = {e.split()[0]: e for e in _help_entries(["--device", "", "--wandb-project", "", "--hidden"], capsys)}
+    assert entries["--device"].endswith("(default: cpu; given: '')"), entries["--device"]
+    assert entries["--wandb-project"].endswith("(default: flipes; given: '')"), entries["--wandb-project"]
+    assert entries["--hidden"].endswith(f"(default: 32 32; given: {NO_WIDTHS})")
+
+
 def test_help_shows_the_defaults_that_apply_to_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``--help`` shows each option's value as this command line would set it: the env's preset row (with the search
     that row names, or ``--algo``'s), a ``--config`` file's values over it; the dataclass defaults where nothing else
