@@ -550,3 +550,28 @@ def test_a_population_entered_twice_in_a_generation_evaluates_the_same_members_t
         assert not torch.equal(first, model(x))  # the members, not the mean network
     assert torch.equal(again, first) and torch.equal(after_parts, first)
     torch.testing.assert_close(parts, first, atol=1e-12, rtol=0)
+
+
+def test_tell_builds_the_best_member_after_the_old_gradient_and_the_last_parts_noise_are_freed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With track_best and hold_noise=False, tell copies the best member while neither the last generation's .grad
+    (a copy of the parameters) nor the last part's noise block is held, so the copy does not add to tell's peak memory;
+    the member is the one member_state_dict gives for the fittest index."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)))
+    es = flipes.FlipES(model, popsize=N, groups=4, sigma=0.1, seed=1, track_best=True, hold_noise=False)
+    real = flipes.es.members.member_state_dict
+    held: list[tuple[bool, bool]] = []
+
+    def member_state_dict(es_: flipes.FlipES, index: int) -> dict:
+        held.append((any(p.grad is not None for p in es_.params), es_._noise.noise is not None))
+        return real(es_, index)
+
+    monkeypatch.setattr(flipes.es.members, "member_state_dict", member_state_dict)
+    x = torch.randn(N, 5)
+    for generation in range(2):
+        with es.population() as pop:
+            fitness = torch.cat([model(x[p.members.start : p.members.stop]).sum(-1) for p in pop.split(2)])
+        es.tell(fitness * (generation + 1))  # the second generation's best is fitter: built again
+    assert held == [(False, False), (False, False)]

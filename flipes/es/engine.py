@@ -1005,11 +1005,6 @@ class FlipES:
             by_group = leave_out(shaped.double(), self.popsize // self.groups)[mine]
             by_member = leave_out(shaped.double(), 2 if self.mirrored else 1)[mine]
         groups = range(self.groups) if everyone else self.local_groups
-        if self.track_best:  # from the noise, before it is dropped below
-            best = int(full.argmax() if self.maximize else full.argmin())
-            better = (lambda a, b: a > b) if self.maximize else (lambda a, b: a < b)
-            if self.best is None or better(full[best].item(), self.best.fitness):
-                self.best = BestMember(full[best].item(), self.generation, best, members.member_state_dict(self, best))
         for p in self.params:  # the last generation's gradient (one copy of the parameters), replaced below anyway
             p.grad = None
         noise = self._noise
@@ -1021,6 +1016,11 @@ class FlipES:
             blocks = [range(g, min(g + step, groups.stop)) for g in range(groups.start, groups.stop, step)]
         else:
             blocks = [groups]
+        if self.track_best:  # from the noise, before it is dropped below; after the old .grad and a part's block went
+            best = int(full.argmax() if self.maximize else full.argmin())
+            better = (lambda a, b: a > b) if self.maximize else (lambda a, b: a < b)
+            if self.best is None or better(full[best].item(), self.best.fitness):
+                self.best = BestMember(full[best].item(), self.generation, best, members.member_state_dict(self, best))
         per = self.popsize // self.groups
         grads: dict[int, Tensor] = {}
         sigma_sums: list[Tensor] = []
