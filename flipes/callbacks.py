@@ -246,6 +246,8 @@ class TensorBoardLogger(Callback):
 
 
 WANDB_ID = "wandb/flipes-run-id"  # in the run directory: the W&B run a resume of it continues
+# beside it, the steps logged into that W&B run, one a line: offline, W&B knows no step of a run it resumes
+WANDB_STEPS = "wandb/flipes-run-steps"
 
 
 class WandbLogger(Callback):
@@ -254,7 +256,10 @@ class WandbLogger(Callback):
     Files go under ``<run>/wandb``; ``WANDB_MODE=offline`` (or ``mode="offline"``) needs no account
     and no network (``wandb sync`` uploads later). The W&B run's id is kept in ``<run>/wandb/flipes-run-id``:
     a resume of the run in its own directory logs into the same W&B run (``resume="allow"``), its steps going on
-    from the generation resumed; a branch (``--resume A --out B``) starts a W&B run of its own.
+    from the generation resumed; a branch (``--resume A --out B``) starts a W&B run of its own. Steps the W&B run
+    already has (logged before a crash, after the checkpoint resumed) are not logged again, said in a note: W&B's
+    steps only increase. Online W&B says which it has; offline (where W&B knows none), ``<run>/wandb/flipes-run-steps``,
+    appended a line per row, does.
     """
 
     def __init__(self, project: str = "flipes", mode: str | None = None, **init_kwargs: Any) -> None:
@@ -263,6 +268,7 @@ class WandbLogger(Callback):
         self.wandb, self.project, self.mode, self.init_kwargs = wandb, project, mode, init_kwargs
         self.run: Any = None
         self.first_step = 0  # steps below the W&B run's own next step were logged before a crash: W&B drops them
+        self.steps: TextIO | None = None  # WANDB_STEPS, appended to
 
     def on_train_start(self, state: TrainState) -> None:
         try:
@@ -273,9 +279,31 @@ class WandbLogger(Callback):
                 f"Weights & Biases did not start ({' '.join(str(e).split())[:160]})",
                 "run `wandb login`, set WANDB_MODE=offline, or pass --no-wandb (a resumed run keeps its --wandb)",
             ) from None
-        self.first_step = self.run.step if self.run.resumed else 0
+        same = self.run.id == self._resumed_id(state)  # the W&B run this run directory logged into before
+        self.first_step = max(self.run.step if self.run.resumed else 0, self._logged_next(state) if same else 0)
+        if self.first_step > state.es.generation:
+            from flipes.rl.envs import print_note
+
+            print_note(
+                f"W&B run {self.run.id} has steps up to {self.first_step - 1} already (logged before the run stopped, "
+                f"after its checkpoint of generation {state.es.generation}): generations {state.es.generation} to "
+                f"{self.first_step - 1} are not logged to it again (W&B's steps only increase); metrics.jsonl has them"
+            )
         (state.run_dir / WANDB_ID).parent.mkdir(exist_ok=True)
         write_atomic(state.run_dir / WANDB_ID, self.run.id)
+        try:  # a new W&B run starts its list afresh
+            self.steps = open(state.run_dir / WANDB_STEPS, "a" if same else "w")
+        except OSError as e:
+            raise StorageError(f"cannot write {state.run_dir / WANDB_STEPS} ({os_reason(e)})") from None
+
+    @staticmethod
+    def _logged_next(state: TrainState) -> int:
+        """The step after the last one ``WANDB_STEPS`` lists (0 where none: a torn last line is not one)."""
+        try:
+            lines = (state.run_dir / WANDB_STEPS).read_text().split("\n")[:-1]  # the part after the last newline: torn
+        except OSError:
+            return 0
+        return max((int(line) + 1 for line in lines if line.strip().isdigit()), default=0)
 
     def _init(self, state: TrainState) -> Any:
         same = self._resumed_id(state)
@@ -307,8 +335,21 @@ class WandbLogger(Callback):
         if row["generation"] < self.first_step:  # a resume after a crash: the W&B run has these rows, bit for bit
             return
         self.run.log({k: v for k, v in row.items() if isinstance(v, int | float) and k != "generation"}, step=row["generation"])
+        if self.steps is not None:
+            try:
+                self.steps.write(f"{row['generation']}\n")
+                self.steps.flush()  # a crash of this process keeps it: a resume skips this row
+            except OSError as e:
+                raise StorageError(f"cannot write {state.run_dir / WANDB_STEPS} ({os_reason(e)})") from None
+
+    def close(self) -> None:
+        """Close the list of steps (training calls it however it ends)."""
+        if self.steps is not None:
+            self.steps.close()
+            self.steps = None
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
+        self.close()
         if self.run is not None:
             self.run.summary["reason"] = reason
             self.run.finish(exit_code=130 if reason == "interrupted" else 0)

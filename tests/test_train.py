@@ -1205,6 +1205,28 @@ def test_a_resumed_run_logs_into_its_own_wandb_run_at_the_steps_it_goes_on_from(
     assert (branch / "wandb/flipes-run-id").read_text() not in ("", run_id)
 
 
+def test_an_offline_wandb_run_resumed_behind_its_last_row_logs_no_step_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Offline (where W&B knows no step of a run it resumes), a resume in place from a checkpoint behind the W&B run's
+    last row (previous.pt here; after a crash, the checkpoint before the rows logged since) logs only the steps after
+    those it has, as online W&B would take them, and says so in a note; before, steps 2 and 3 went into the W&B run
+    twice. A torn last line of the list of steps (a crash mid-write) is not taken for a step."""
+    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=4, checkpoint_every=2, out=str(run), wandb=True, wandb_project="flipes-test")
+    assert load_checkpoint(run / "previous.pt")["es"]["generation"] == 2
+    with open(run / "wandb/flipes-run-steps", "a") as f:
+        f.write("9")  # torn: no newline
+    capsys.readouterr()
+    flipes.train(resume=str(run / "previous.pt"), out=str(run), generations=6)
+    assert "generations 2 to 3 are not logged to it again" in capsys.readouterr().err
+    records = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert [wandb_history_steps(r) for r in records] == [[0, 1, 2, 3], [4, 5]]
+
+
 def train_in_background(args: list[str], cwd: Path) -> subprocess.Popen:
     """scripts/train.py with ``args``, running in its own process (stdout and stderr captured)."""
     command = [sys.executable, str(ROOT / "scripts/train.py"), *args]
