@@ -6,6 +6,11 @@
     flipout  inside an ES population of N members, each with its own perturbed kernels (noise sampled once)
     lowrank  the same with rank --rank noise (FlipES(noise_rank=...), --noise-rank): the perturbation's
              convolutions go into r channels, then a 1x1 mixing
+    vmap     per-member weights, as EvoTorch evaluates a population: each member's full parameter set
+             materialized (es.member_parameters(i), flipout's members; not timed) and the same CNN run on them
+             through torch.func.vmap over functional_call; skipped ("skipped") where the N weight copies would
+             exceed --mem-cap-gb (the CNN's 1.7 M parameters: 1.7 GB at N = 256). Checked once, untimed, to give
+             flipout's logits for a few members to float32 tolerance: the same computation.
 
 interleaved round-robin as scripts/benchmark.py times its variants (median ms per call).
 
@@ -41,6 +46,7 @@ from pathlib import Path
 import torch
 from benchmark import machine, measure
 from torch import Tensor, nn
+from torch.func import functional_call, vmap
 
 import flipes
 from flipes.cli import option_name, run
@@ -67,6 +73,8 @@ class Args:
     """Noise rank of a third variant of (1), --noise-rank's low-rank Flipout; 0 leaves it out."""
     sigma: float = 0.02
     """Perturbation scale (the Atari row's)."""
+    mem_cap_gb: float = 4.0
+    """Skip the vmap variant of (1) when its N per-member weight copies would exceed this many GB (0: always)."""
     rounds: int = 10
     """Round-robin rounds of (1)."""
     warmup_rounds: int = 1
@@ -94,6 +102,8 @@ def prepare(args: Args) -> Args:
             raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}")
     if not 0 <= args.rank <= 32:  # the first convolution's 32 output channels bound any rank
         raise UsageError("--rank", f"must be 0 ... 32, got {args.rank}", "e.g. --rank 4, or 0 to leave it out")
+    if not args.mem_cap_gb >= 0:  # also NaN
+        raise UsageError("--mem-cap-gb", f"must be at least 0, got {args.mem_cap_gb}", "e.g. --mem-cap-gb 4, or 0 to skip vmap")
     if not args.popsizes or min(args.popsizes) < 1:
         raise UsageError("--popsizes", f"must be at least 1 each, got {args.popsizes}", "e.g. --popsizes 64 256")
     if ENV not in envpool_ids():
@@ -105,12 +115,42 @@ def prepare(args: Args) -> Args:
     return args
 
 
+class Logits(nn.Module):
+    """The CNN's action logits (its outputs before the argmax): what the vmap check compares."""
+
+    def __init__(self, policy: CNNPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: Tensor) -> Tensor:
+        p = self.policy
+        return p.fc(p.torso(p.pixels(obs)).flatten(-3))
+
+
+def per_member(es: flipes.FlipES, model: CNNPolicy, members: Tensor, population: CNNPolicy) -> Callable[[], Tensor]:
+    """(1)'s vmap variant: the N members' explicit weights stacked (not timed), run through vmap over functional_call
+    of ``model`` (outside any population); checked once against ``population``'s Flipout logits for a few members."""
+    n = es.popsize
+    weights = {k: torch.empty(n, *v.shape, dtype=v.dtype) for k, v in es.member_parameters(0).items()}
+    for i in range(n):  # filled member by member: no second copy of all N
+        for k, v in es.member_parameters(i).items():
+            weights[k][i] = v
+    call = vmap(lambda w, x: functional_call(model, w, (x,)))
+
+    few = sorted({0, 1, n // 2, n - 1})
+    logits = vmap(lambda w, x: functional_call(Logits(model), {f"policy.{k}": v for k, v in w.items()}, (x,)))
+    got = logits({k: v[few] for k, v in weights.items()}, members[few])
+    torch.testing.assert_close(got, Logits(population)(members)[few], rtol=1e-4, atol=1e-5)
+    return lambda: call(weights, members)
+
+
 def forward(n: int, args: Args, space: object, actions: object) -> dict:
-    """(1): the CNN's forward over N frame stacks, plain and as an ES population, interleaved."""
+    """(1): the CNN's forward over N frame stacks, plain, as an ES population and with per-member weights, interleaved."""
     torch.manual_seed(args.seed)
     policy = flipes.flipout(CNNPolicy(space, actions))
     plain = copy.deepcopy(policy)  # in no population: exactly nn.Conv2d and nn.Linear, the mean weights for all N
     lowrank = copy.deepcopy(policy)
+    functional = copy.deepcopy(policy)  # in no population either: vmap's module, its parameters given per call
     es = flipes.FlipES(policy, popsize=n, sigma=args.sigma, seed=args.seed)
     variants = {"plain": lambda: plain(frames), "flipout": lambda: policy(members)}
     blocks = [es.population()]  # entered once, as in a rollout: the noise is sampled once
@@ -120,12 +160,17 @@ def forward(n: int, args: Args, space: object, actions: object) -> dict:
         blocks.append(es_low.population())
     frames = torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8)
     members = frames.view(n, 1, 4, 84, 84)  # one episode per member, members first
+    weights_gb = n * sum(p.numel() * p.element_size() for p in policy.parameters()) / 1e9
     with torch.no_grad(), contextlib.ExitStack() as stack:
         for block in blocks:
             stack.enter_context(block)
+        if weights_gb <= args.mem_cap_gb:  # the same members' weights as flipout's, in the same generation
+            variants["vmap"] = per_member(es, functional, members, policy)
         results = measure(variants, args, lambda: None)
-    ratios = {f"{k}/plain": v["ms"] / results["plain"]["ms"] for k, v in results.items() if k != "plain"}
-    return {"n": n, "variants": results, **ratios}
+    ratios = {f"{k}/plain": v["ms"] / results["plain"]["ms"] for k, v in results.items() if k not in ("plain", "vmap")}
+    vmap_ms = results["vmap"]["ms"] if "vmap" in results else None
+    ratios["vmap/flipout"] = vmap_ms / results["flipout"]["ms"] if vmap_ms is not None else None
+    return {"n": n, "member_weights_gb": weights_gb, "variants": results, **ratios}
 
 
 class Constant(nn.Module):
@@ -180,13 +225,16 @@ def main(args: Args) -> None:
     env.close()
 
     rows = [forward(n, args, env.single_observation_space, env.single_action_space) for n in args.popsizes]
-    print("(1) CNN forward over N frame stacks (4, 84, 84), median ms per call")
-    low = f" | low rank r={args.rank} ms | low rank/plain" if args.rank else ""
-    print(f"| N | plain ms | flipout ms | flipout/plain{low} |\n|---|---|---|---|{'---|---|' if args.rank else ''}")
+    print(f"(1) CNN forward over N frame stacks (4, 84, 84), median ms per call; vmap's weights capped at {args.mem_cap_gb:g} GB")
+    cols = ["N", "plain ms", "flipout ms", "flipout/plain"]
+    cols += [f"low rank r={args.rank} ms", "low rank/plain"] if args.rank else []
+    cols += ["vmap ms", "vmap/flipout"]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in rows:
-        v = row["variants"]
+        v, vm = row["variants"], row["vmap/flipout"]
         cells = [str(row["n"]), f"{v['plain']['ms']:.1f}", f"{v['flipout']['ms']:.1f}", f"{row['flipout/plain']:.2f}x"]
         cells += [f"{v['lowrank']['ms']:.1f}", f"{row['lowrank/plain']:.2f}x"] if args.rank else []
+        cells += [f"{v['vmap']['ms']:.1f}", f"{vm:.2f}x"] if vm is not None else ["skipped", "skipped"]
         print("| " + " | ".join(cells) + " |")
 
     runners = {kind: generation_runner(kind, args, args.max_steps) for kind in ("cnn", "mlp", "env")}
