@@ -19,6 +19,18 @@ def test_benchmark_quick_prints_the_table(tmp_path: Path) -> None:
     assert rows["results"] and rows["machine"]  # raw numbers written
 
 
+def test_bench_atari_quick_times_vmap_beside_flipout(tmp_path: Path) -> None:
+    """scripts/bench_atari.py --quick times the CNN's per-member-weights variant (vmap) after checking it gives
+    Flipout's logits, reports vmap / Flipout, and reports the variant as skipped under --mem-cap-gb 0."""
+    pytest.importorskip("envpool", reason="pip install 'flipes[envpool]' (Linux)")
+    out = run("scripts/bench_atari.py", "--quick", "true", "--json", str(tmp_path / "a.json")).stdout
+    assert "vmap/flipout" in out
+    (row,) = json.loads((tmp_path / "a.json").read_text())["forward"]
+    assert row["n"] == 8 and row["vmap/flipout"] > 0 and "vmap" in row["variants"]
+    out = run("scripts/bench_atari.py", "--quick", "true", "--rank", "0", "--mem-cap-gb", "0").stdout
+    assert "| 8 |" in out and "| skipped | skipped |" in out
+
+
 def test_digits_fitness_plugs_into_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """scripts/digits.py's supervised fitness and model train through flipes.train: test accuracy climbs from chance."""
     import flipes
