@@ -57,7 +57,7 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
             # reward_shift: the alive bonus, left out of the fitness (ARS's shift; standing still is a local
             # optimum). Hopper, seed 0: 1,386 after 1.4 M steps with it, 540 after 1.7 M without.
             # Hopper trains with ARS (Mania et al. 2018's Hopper row: 8 directions, top 4, α 0.01, ν 0.025; linear
-            # policy). Center return, seeds 0/1/2, at 2 M and 3 M env steps (2026-12-05, README "MuJoCo training"):
+            # policy). Center return, seeds 0/1/2, at 2 M and 3 M env steps (2026-12-05, BENCHMARKS.md "MuJoCo training"):
             # this row 2,374/2,517/3,064 and 2,964/2,558/3,141; the OpenAI-ES options above (--algo openai-es, the
             # row until then) 1,440/2,457/1,512 and 1,416/2,757/2,845: ahead on every seed at 2 M, on 2 of 3 at 3 M.
             # At 6 M (seeds 0/1): 3,140/2,646 against 1,459/3,394; seed 1's OpenAI-ES run passes ARS from ~4 M on.
@@ -78,7 +78,7 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
             },
             # Ant keeps no shift: with it, falling at once (fitness ~0) beats standing (minus the control
             # cost), and seed 0's center went from 940 to -34 within 10 min as the population learned to fall.
-            # Tried against this row (2026-12-05, README "Ant-v5: rows tried"), center return at 3 M env steps, seeds
+            # Tried against this row (2026-12-05, BENCHMARKS.md "Ant-v5: rows tried"), center return at 3 M env steps, seeds
             # 0/1/2: this row 813/800/749 (mean 787); ARS at the paper's Ant row (60 directions, top 20, α 0.015,
             # ν 0.025, no shift) 737/928/626 (mean 764): behind in the mean, ahead on seed 1 only (it still learns to
             # stand at 3 M, then rises: at 6 M 1,115/1,259/675, mean 1,016, against 867/798/1,152, mean 939).
@@ -96,11 +96,11 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
 # EnvPool's Atari ids (Pong-v5, Breakout-v5, ...: (4, 84, 84) uint8 stacks of grey 84x84 frames, frame skip 4, 27,000 steps
 # at most): the Nature-DQN CNN (OpenAI's ES paper's policy for Atari), without running observation normalization. σ and lr
 # are untuned guesses (Adam at 0.01 as OpenAI's ES starter; its runs had thousands of episodes a generation, not 64); on
-# 2 CPU cores a generation of 64 Pong episodes took 25 s on quiet cores, 42-176 s on loaded ones (README "Atari");
+# 2 CPU cores a generation of 64 Pong episodes took 25 s on quiet cores, 42-176 s on loaded ones (BENCHMARKS.md "Atari");
 # cut at 400 steps (--max-episode-steps 400) the population's fitness rose over 57 generations, seed 0.
 # Evaluations are few and far apart: one Pong episode is about a thousand CNN steps. With the CNN's orthogonal init alone
 # every member of Pong's generation 0 lost 21-0 (seed 0) and the ES step was zero; fitted to frames of random play
-# (CNNPolicy.init_from_data, in build_model) the members differ from generation 0 (README "Atari").
+# (CNNPolicy.init_from_data, in build_model) the members differ from generation 0 (BENCHMARKS.md "Atari").
 _ATARI = {"policy": "cnn", "hidden": [512], "popsize": 64, "sigma": 0.02, "lr": 0.01, "episodes": 1, "eval_every": 10,
           "eval_episodes": 5, "generations": 1000}  # fmt: skip
 ATARI: MappingProxyType[str, Any] = MappingProxyType(_ATARI)
