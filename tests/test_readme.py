@@ -27,9 +27,10 @@ from torch import nn
 import flipes
 
 
-def readme_blocks() -> list[tuple[int, str]]:
-    """(line number, dedented source) of every ```python block in README.md, indented ones (in lists) included."""
-    lines, blocks, i = (ROOT / "README.md").read_text().splitlines(), [], 0
+def readme_blocks(name: str = "README.md") -> list[tuple[int, str]]:
+    """(line number, dedented source) of every ```python block in the Markdown file ``name`` (README.md unless
+    given), indented ones (in lists) included."""
+    lines, blocks, i = (ROOT / name).read_text().splitlines(), [], 0
     while i < len(lines):
         if re.fullmatch(r"\s*```python\s*", lines[i]):
             j = i + 1
@@ -208,25 +209,71 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_every_link_within_the_readme_leads_to_one_of_its_headings() -> None:
-    """Each ``](#anchor)`` link of README.md names the anchor of a heading in it (GitHub's rule), and each link to a
-    file (a result's plot, DEVELOPERS.md) names a file of the repository, so a renamed section or file cannot leave a
-    link that goes nowhere."""
-    text = (ROOT / "README.md").read_text()
-    prose = re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.M | re.S)  # a code block's "# comment" is no heading
-    headings = [line.lstrip("#") for line in prose.splitlines() if re.match(r"#{1,6} ", line)]
-    assert "Quick start" in [h.strip() for h in headings] and not any(h.startswith(" outside a population") for h in headings)
-    anchors = set()
-    for heading in headings:  # a repeated heading's anchor gets -1, -2, ...
+DOCS = ("README.md", "BENCHMARKS.md", "DEVELOPERS.md")  # the Markdown files that link to each other's sections
+
+
+def headings(name: str) -> list[str]:
+    """The text of each heading of the Markdown file ``name``, in order; a code block's ``# comment`` is no heading."""
+    prose = re.sub(r"^\s*```.*?^\s*```", "", (ROOT / name).read_text(), flags=re.M | re.S)
+    return [line.lstrip("#") for line in prose.splitlines() if re.match(r"#{1,6} ", line)]
+
+
+def heading_anchors(name: str) -> set[str]:
+    """The anchors GitHub gives the headings of the Markdown file ``name``: a repeated heading's gets -1, -2, ..."""
+    anchors: set[str] = set()
+    for heading in headings(name):
         anchor, n = github_anchor(heading), 0
         while (anchor if n == 0 else f"{anchor}-{n}") in anchors:
             n += 1
         anchors.add(anchor if n == 0 else f"{anchor}-{n}")
+    return anchors
+
+
+def test_every_link_within_the_readme_leads_to_one_of_its_headings() -> None:
+    """Each ``](#anchor)`` link of README.md names the anchor of a heading in it (GitHub's rule), and each link to a
+    file (a result's plot, DEVELOPERS.md, BENCHMARKS.md) names a file of the repository, so a renamed section or file
+    cannot leave a link that goes nowhere."""
+    text = (ROOT / "README.md").read_text()
+    names = [h.strip() for h in headings("README.md")]
+    assert "Quick start" in names and not any(h.startswith("outside a population") for h in names)
     links = re.findall(r"\]\(#([^)]+)\)", text)
     assert len(links) >= 10 and github_anchor("The `flipes` command") == "the-flipes-command"
-    assert [link for link in links if link not in anchors] == []
-    files = re.findall(r"\]\(((?!#|https?:)[^)]+)\)", text)  # the images and files it links to
-    assert len(files) >= 5 and [f for f in files if not (ROOT / f.split("#")[0]).is_file()] == []
+    assert [link for link in links if link not in heading_anchors("README.md")] == []
+    files = re.findall(r"\]\(((?!#|https?:)[^)#]+)(?:#[^)]*)?\)", text)  # the images and files it links to
+    assert len(files) >= 5 and [f for f in files if not (ROOT / f).is_file()] == []
+
+
+@pytest.mark.parametrize("source", DOCS)
+def test_every_link_between_the_docs_leads_to_a_heading_of_its_target(source: str) -> None:
+    """Each link from one of README.md, BENCHMARKS.md and DEVELOPERS.md to a section of one of them, ``](#anchor)``
+    within the file or ``](OTHER.md#anchor)`` into another, names the anchor of a heading of the file it leads to
+    (GitHub's rule), and each link to a file names a file of the repository: a section moved from one file to
+    another (the benchmark tables went from the README to BENCHMARKS.md), or renamed, cannot leave a link behind
+    that goes nowhere. The README and BENCHMARKS.md link to each other in both directions, DEVELOPERS.md to both."""
+    text = (ROOT / source).read_text()
+    links = [(source, a) for a in re.findall(r"\]\(#([^)]+)\)", text)]
+    cross = re.findall(r"\]\((" + "|".join(map(re.escape, DOCS)) + r")#([^)]+)\)", text)
+    broken = [f"{target}#{anchor}" for target, anchor in links + cross if anchor not in heading_anchors(target)]
+    assert broken == [], f"{source} links to anchors that no heading of their file has"
+    least = {
+        "README.md": {"BENCHMARKS.md": 10},
+        "BENCHMARKS.md": {"README.md": 3},
+        "DEVELOPERS.md": {"README.md": 2, "BENCHMARKS.md": 1},
+    }
+    for target, n in least[source].items():  # each direction is exercised, not only allowed
+        assert sum(t == target for t, _ in cross) >= n, (source, target)
+    files = re.findall(r"\]\(((?!#|https?:)[^)#]+)(?:#[^)]*)?\)", text)
+    assert [f for f in files if not (ROOT / f).is_file()] == []
+
+
+def test_benchmarks_md_holds_no_python_block() -> None:
+    """BENCHMARKS.md records measurements with the commands that reproduce them (inline, mostly shell), and no
+    ```python block, so none of it is run here: its commands take minutes to hours, and their scripts run at small
+    sizes in their own tests (``--quick``, ``--tiny``). A Python block added there would run nowhere (``BLOCKS``
+    covers the README's alone): this fails first, so that it goes to the README with a ``BLOCKS`` row, or gets a
+    runner. DEVELOPERS.md holds none either."""
+    assert readme_blocks("BENCHMARKS.md") == []
+    assert readme_blocks("DEVELOPERS.md") == []
 
 
 def test_the_readmes_metrics_table_names_every_column_a_run_writes(tmp_path: Path) -> None:
