@@ -417,6 +417,7 @@ def build_parser(
             text = f"{doc} (default: {_shown(default)}; {off} for false{here and '; '}{here})"
         else:
             text = f"{doc} (default: {_shown(default)}{here and '; '}{here})"
+        text = text.replace("%", "%%")  # argparse %-formats help texts: a "95%" in a docstring or value stays as written
         metavar = {int: "INT", float: "FLOAT", str: "STR", bool: "BOOL", None: ""}[ft.scalar]
         if ft.choices or ft.optional:
             metavar = (

@@ -78,6 +78,23 @@ def test_every_option_of_every_command_has_help_text(cls: type) -> None:
         assert docs[f.name].split()[0] in text, f.name
 
 
+def test_help_shows_percent_signs_of_docstrings_and_given_values_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """A field docstring and a given value holding "%" (which argparse reads as a format) appear verbatim in --help."""
+    from flipes.commands import parse_train_config
+
+    @dataclasses.dataclass
+    class Options:
+        level: str = "low"
+        """Band of 95% of the runs."""
+
+    with pytest.raises(SystemExit) as e:
+        parse_config(Options, ["--help"])
+    assert e.value.code == 0 and "Band of 95% of the runs. (default: low)" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit) as e:
+        parse_train_config(["--out", "runs/50%", "--help"])
+    assert e.value.code == 0 and "(given: runs/50%)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_flags_are_typed_strictly_and_bools_read_three_ways() -> None:
     """Ints refuse 3.7, bools take --x, --x false and --no-x, lists take several values, and
     Literal or None options take only their words."""
