@@ -99,6 +99,16 @@ class PlotConfig:
     """The x axis."""
     out: str = ""
     """The PNG to write (default: RUN/curves.png for one run, curves.png for several)."""
+    group: Literal["none", "config", "parent"] = "none"
+    """Draw the seeds of each setting as one mean curve with a band, one color per setting: config (runs whose
+    config.json agree on every option but --seed and those a resume may change, such as --generations), parent (runs in
+    one directory, e.g. runs/p64/seed0 runs/p64/seed1), none (one line per run, with fitness max)."""
+    band: Literal["ci95", "se", "minmax", "none"] = "ci95"
+    """With --group: the shaded band around each setting's mean over seeds: ci95 (Student's t 95% interval of the mean),
+    se (mean ± standard error), minmax (the lowest and highest seed), none."""
+    csv: str = ""
+    """With --group: also write the aggregated curves to this CSV file (group, metric, x, seeds, mean, se, ci95_low,
+    ci95_high, min, max), to redraw the figure elsewhere."""
 
 
 def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -490,8 +500,9 @@ line it prints names it, and a GRU state's shape): cast others to it.
 
 
 def plot_command(argv: Sequence[str] | None = None) -> Path:
-    """``flipes plot``: learning curves of run directories to a PNG; prints and returns its path."""
-    from flipes.plotting import plot_runs
+    """``flipes plot``: learning curves of run directories to a PNG; prints and returns its path (with ``--group``, first
+    a line per group: its final eval_return, mean ± standard error over seeds)."""
+    from flipes.plotting import aggregate_groups, group_runs, plot_groups, plot_runs, summary, write_csv
 
     args = parse_config(PlotConfig, argv, PLOT_HELP, prog="flipes plot")
     if not args.runs:
@@ -509,12 +520,35 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
         raise UsageError("--out", f"{out}: writes .png, .svg or .pdf files", "e.g. --out curves.png")
     if not out.parent.is_dir() and out.parent.exists():
         raise UsageError("--out", f"{out}: {str(out.parent)!r} is not a directory", "write elsewhere")
+    if args.csv and args.group == "none":
+        raise UsageError("--csv", "writes the curves of groups of seeds", "add --group config (or --group parent)")
+    if args.csv and not Path(args.csv).parent.is_dir():
+        raise UsageError("--csv", f"{args.csv}: {str(Path(args.csv).parent)!r} is not a directory", "write elsewhere")
+    if args.group == "none":
+        try:
+            path = plot_runs(args.runs, out, args.x)
+        except ImportError:
+            raise UsageError("flipes plot", "needs matplotlib", "pip install 'flipes[plot]'") from None
+        except OSError as e:
+            raise UsageError("--out", f"cannot write {out} ({e.strerror or e})", "choose a path you can write") from None
+        print(path)
+        return path
+    groups = group_runs(args.runs, args.group)
+    if all(len(group.runs) == 1 for group in groups):  # likely a mistaken grouping: say so, draw anyway
+        print(f"flipes plot: --group {args.group}: no two runs are seeds of one setting", file=sys.stderr)
+    aggregates = aggregate_groups(groups, args.x)
     try:
-        path = plot_runs(args.runs, out, args.x)
+        path = plot_groups(groups, aggregates, out, args.x, args.band)
     except ImportError:
         raise UsageError("flipes plot", "needs matplotlib", "pip install 'flipes[plot]'") from None
     except OSError as e:
         raise UsageError("--out", f"cannot write {out} ({e.strerror or e})", "choose a path you can write") from None
+    if args.csv:
+        try:
+            write_csv(groups, aggregates, args.csv, args.x)
+        except OSError as e:
+            raise UsageError("--csv", f"cannot write {args.csv} ({e.strerror or e})", "choose a path you can write") from None
+    print("\n".join(summary(group, metrics, args.x) for group, metrics in zip(groups, aggregates, strict=True)))
     print(path)
     return path
 
@@ -525,6 +559,14 @@ PLOT_HELP = """Learning curves of one or more run directories to a PNG.
 
 Each run's metrics.jsonl gives fitness mean and max (population) and, where evaluated, the center
 policy's eval_return, against generation, timesteps or seconds.
+
+    flipes plot runs/p64/seed* runs/p256/seed* --group config --csv curves.csv
+
+draws the seeds of each setting as their mean with a 95% t-interval band, one color per setting, labelled by
+the options that tell the settings apart (popsize=64, popsize=256). Seeds log at different x (timesteps,
+evaluations every k generations): at each x any seed has, every seed counts with its latest value at or before
+it (step-wise), and a curve spans only the x where every seed of its setting has data, so each point is the mean
+of all of them. A line per setting gives its final eval_return, mean ± standard error over seeds.
 """
 
 COMMANDS: MappingProxyType[str, tuple[Callable[[Sequence[str] | None], Any], str]] = MappingProxyType(
