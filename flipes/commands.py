@@ -7,6 +7,7 @@
     flipes evaluate runs/cartpole --checkpoint best --episodes 20 --render cartpole.gif
     flipes export runs/cartpole                         # runs/cartpole/policy.pt2, for torch alone
     flipes plot runs/cartpole runs/cartpole-seed1 --x timesteps
+    flipes plot runs/p64/seed* runs/p256/seed* --group config    # each setting's mean over seeds, with a band
 
 A mistake in the options prints one line, ``flipes: error: <option>: <what>; <what to do>``, and
 exits with status 2; ``flipes COMMAND --help`` describes every option.
@@ -502,7 +503,7 @@ line it prints names it, and a GRU state's shape): cast others to it.
 def plot_command(argv: Sequence[str] | None = None) -> Path:
     """``flipes plot``: learning curves of run directories to a PNG; prints and returns its path (with ``--group``, first
     a line per group: its final eval_return, mean ± standard error over seeds)."""
-    from flipes.plotting import aggregate_groups, group_runs, plot_groups, plot_runs, summary, write_csv
+    from flipes.plotting import aggregate_groups, group_runs, plot_groups, plot_runs, seeds_hint, summary, write_csv
 
     args = parse_config(PlotConfig, argv, PLOT_HELP, prog="flipes plot")
     if not args.runs:
@@ -531,6 +532,9 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
             raise UsageError("flipes plot", "needs matplotlib", "pip install 'flipes[plot]'") from None
         except OSError as e:
             raise UsageError("--out", f"cannot write {out} ({e.strerror or e})", "choose a path you can write") from None
+        hint = seeds_hint(args.runs)
+        if hint:
+            print(hint, file=sys.stderr)
         print(path)
         return path
     groups = group_runs(args.runs, args.group)

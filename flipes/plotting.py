@@ -187,6 +187,21 @@ def group_runs(runs: Sequence[str | Path], by: str) -> list[Group]:
     return [Group(label, tuple(group)) for label, group in zip(labels, members.values(), strict=True)]
 
 
+def seeds_hint(runs: Sequence[str | Path]) -> str:
+    """For a plot of one line per run: a line suggesting ``--group config`` where some runs are seeds of one setting by
+    their config.json; empty where none are, or some run has no readable config.json."""
+    try:
+        groups = group_runs(runs, "config")
+    except UsageError:  # runs without config.json, a seed twice: nothing to suggest
+        return ""
+    merged = [group for group in groups if len(group.runs) > 1]
+    if not merged:
+        return ""
+    seeds = sum(len(group.runs) for group in merged)
+    settings = f"{len(merged)} setting{'s' * (len(merged) > 1)}"
+    return f"flipes plot: {seeds} runs are seeds of {settings}: --group config draws each setting's mean with a band"
+
+
 def _setting(run: Path, required: bool) -> dict | None:
     """The options of ``run`` that decide its results (seed among them), from its config.json; None where it has none
     and ``required`` is false."""
@@ -247,8 +262,9 @@ def aggregate(curves: Sequence[tuple[Sequence[float], Sequence[float | None]]]) 
         return Aggregate(n=n, ends=ends, **columns)
     start, end = max(p[0][0] for p in points), min(ends)
     t = t_quantile(0.975, n - 1) if n > 1 else math.nan
+    xs = [[x for x, _ in p] for p in points]
     for x in sorted({x for p in points for x, _ in p if start <= x <= end}):
-        values = [_float(p[bisect.bisect_right([q[0] for q in p], x) - 1][1]) for p in points]
+        values = [_float(p[bisect.bisect_right(at, x) - 1][1]) for p, at in zip(points, xs, strict=True)]
         mean = math.fsum(values) / n
         se = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
         gap = math.isnan(mean)  # a NaN among the values: min and max would depend on its place

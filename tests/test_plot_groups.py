@@ -149,6 +149,26 @@ def test_a_group_of_one_run_has_no_spread(tmp_path: Path, capsys: pytest.Capture
     assert captured.err == "flipes plot: --group config: no two runs are seeds of one setting\n"
 
 
+def test_one_line_per_run_suggests_grouping_where_runs_are_seeds_of_a_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --group, a plot of runs that their config.json show to be seeds of settings says how many and suggests
+    --group config on stderr; runs of distinct settings, or without config.json, plot without a word."""
+    runs = _settings(tmp_path / "runs")
+    out = str(tmp_path / "c.png")
+    assert main(["plot", *map(str, runs), "--out", out]) == 0
+    expected = "flipes plot: 5 runs are seeds of 2 settings: --group config draws each setting's mean with a band\n"
+    assert capsys.readouterr().err == expected
+    assert main(["plot", str(runs[0]), str(runs[2]), "--out", out]) == 0
+    assert (
+        capsys.readouterr().err
+        == "flipes plot: 2 runs are seeds of 1 setting: --group config draws each setting's mean with a band\n"
+    )
+    for quiet in ([runs[0], runs[1]], _settings(tmp_path / "bare", configs=False)):
+        assert main(["plot", *map(str, quiet), "--out", out]) == 0
+        assert capsys.readouterr().err == ""
+
+
 # each case's error, after "flipes: error: "
 REFUSALS = {
     "no_metrics": "{empty}: is not a run directory (no metrics.jsonl); pass directories written by flipes train",
