@@ -503,7 +503,8 @@ line it prints names it, and a GRU state's shape): cast others to it.
 def plot_command(argv: Sequence[str] | None = None) -> Path:
     """``flipes plot``: learning curves of run directories to a PNG; prints and returns its path (with ``--group``, first
     a line per group: its final eval_return, mean ± standard error over seeds)."""
-    from flipes.plotting import aggregate_groups, group_runs, plot_groups, plot_runs, seeds_hint, summary, write_csv
+    from flipes.plotting import plot_groups, plot_runs
+    from flipes.seeds import aggregate_groups, group_runs, seeds_hint, summary, write_csv
 
     args = parse_config(PlotConfig, argv, PLOT_HELP, prog="flipes plot")
     if not args.runs:

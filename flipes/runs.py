@@ -226,3 +226,26 @@ def evaluate_policy(
         for module, training in modes:
             module.training = training
         env.close()
+
+
+def run_labels(runs: list[Path]) -> list[str]:
+    """Each run's legend label: the fewest trailing parts of its path, as many for every run, that tell the runs apart
+    (``CartPole-v1``, or ``seed0/CartPole-v1`` beside ``seed1/CartPole-v1``: runs in the default ``runs/<env name>``
+    of several directories share their name); the whole path where no suffix does."""
+    parts = [run.absolute().parts for run in runs]
+    for k in range(1, max(map(len, parts), default=0) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(run) for run in runs]
+
+
+def series(rows: list[dict], x: str, y: str) -> tuple[list, list]:
+    """The (x, y) points of the rows that hold both as numbers (``null``, a non-finite value, as a gap);
+    a row edited by hand or written by other code may lack either."""
+    points = [(r[x], r[y]) for r in rows if _number(r.get(x)) and r.get(x) is not None and y in r and _number(r[y])]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _number(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flipes.commands import main
-from flipes.plotting import t_quantile
+from flipes.seeds import t_quantile
 
 # Student's t 97.5% quantiles (scipy.stats.t.ppf(0.975, df)): the 95% interval's half-width is t·s/√n
 T975 = {1: 12.706204736174694, 2: 4.302652729749462}

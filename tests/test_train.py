@@ -1596,7 +1596,8 @@ def test_plot_labels_runs_of_one_name_by_the_directories_that_tell_them_apart(
     just their names."""
     import matplotlib.pyplot as plt
 
-    from flipes.plotting import plot_runs, run_labels
+    from flipes.plotting import plot_runs
+    from flipes.runs import run_labels
 
     assert run_labels([Path("a/s0/CartPole-v1"), Path("a/s1/CartPole-v1")]) == ["s0/CartPole-v1", "s1/CartPole-v1"]
     assert run_labels([Path("x/runs/cp"), Path("y/runs/cp"), Path("y/runs/pend")]) == ["x/runs/cp", "y/runs/cp", "y/runs/pend"]
