@@ -524,6 +524,8 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
         raise UsageError("--out", f"{out}: {str(out.parent)!r} is not a directory", "write elsewhere")
     if args.csv and args.group == "none":
         raise UsageError("--csv", "writes the curves of groups of seeds", "add --group config (or --group parent)")
+    if args.band != "ci95" and args.group == "none":  # a band is drawn around groups' means only
+        raise UsageError("--band", "shades the band around the mean of groups of seeds", "add --group config (or --group parent)")
     if args.csv and not Path(args.csv).parent.is_dir():
         raise UsageError("--csv", f"{args.csv}: {str(Path(args.csv).parent)!r} is not a directory", "write elsewhere")
     if args.group == "none":

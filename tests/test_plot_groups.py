@@ -178,13 +178,14 @@ REFUSALS = {
     "use --group config, or keep each setting's seeds in a directory of its own",
     "twice": "{r0}/../r0: given twice (also as {r0}); pass each run once",
     "csv_alone": "--csv: writes the curves of groups of seeds; add --group config (or --group parent)",
+    "band_alone": "--band: shades the band around the mean of groups of seeds; add --group config (or --group parent)",
 }
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_runs_that_cannot_be_grouped_are_one_line_errors(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A directory without metrics, a run without config.json grouped by config, the same seed twice in a setting, a
-    directory holding two settings grouped by directory, a run given twice, and --csv without --group are refused with
+    directory holding two settings grouped by directory, a run given twice, and --csv or a --band without --group are refused with
     one line naming the run or option and what to do, exit status 2."""
     runs = _settings(tmp_path / "runs")
     empty, bare, copy = tmp_path / "empty", tmp_path / "bare", tmp_path / "copy"
@@ -199,6 +200,7 @@ def test_runs_that_cannot_be_grouped_are_one_line_errors(case: str, tmp_path: Pa
         "mixed_dir": [r0, r1, "--group", "parent"],
         "twice": [r0, r0 / ".." / r0.name, "--group", "config"],
         "csv_alone": [r0, "--csv", tmp_path / "c.csv"],
+        "band_alone": [r0, "--band", "minmax"],
     }[case]
     with pytest.raises(SystemExit) as e:
         main(["plot", *map(str, argv), "--out", str(tmp_path / "c.png")])
