@@ -11,7 +11,8 @@ and gets ``--popsize N`` with that help text, values checked strictly by the ann
 rejects ``3.7``, for flags and config files alike), ``--config FILE`` (TOML or JSON) under the
 flags, and one-line errors (:class:`flipes.errors.UsageError`). Supported annotations: ``int``,
 ``float``, ``str``, ``bool`` (``--x``, ``--x false``, ``--no-x``), ``list[...]`` of those,
-``Literal[...]`` and unions with ``None`` (``none`` on the command line) or a ``Literal``.
+``Literal[...]`` and unions with ``None`` (``none`` on the command line) or a ``Literal``, and
+``dict[str, Any]`` (a JSON object on the command line, ``--x '{"a": 1}'``; a table in a config file).
 
 (Why not tyro: its errors are multi-line panels, a config file under the flags and per-env
 defaults under the file would be ours anyway, and it brings rich, typeguard, shtab and
@@ -57,15 +58,19 @@ EMPTY = "empty"
 
 @dataclasses.dataclass(frozen=True)
 class FieldType:
-    """What a field annotation allows: one scalar type and/or literal choices, maybe None, maybe a list."""
+    """What a field annotation allows: one scalar type and/or literal choices, maybe None, maybe a list; or a
+    mapping of names to JSON values (``dict[str, Any]``)."""
 
     scalar: type | None
     choices: tuple[Any, ...] = ()
     optional: bool = False
     is_list: bool = False
+    mapping: bool = False
 
     def describe(self) -> str:
         """What a value must be, in words: "an integer", "a list of integers", "'auto' or none"."""
+        if self.mapping:
+            return 'an object of names to values, e.g. {"continuous": true}'
         one_of = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
         many = {int: "integers", float: "numbers", str: "strings", bool: "true or false values"}
         parts = [(many if self.is_list else one_of)[self.scalar]] if self.scalar else []
@@ -78,6 +83,10 @@ class FieldType:
 def field_type(annotation: Any) -> FieldType:
     """Read a field annotation (after ``typing.get_type_hints``) into a :class:`FieldType`."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is dict:
+        if args and args[0] is not str:
+            raise TypeError(f"flipes.cli cannot parse options of type {annotation!r} (its keys must be str)")
+        return FieldType(None, mapping=True)
     if origin is list:
         inner = field_type(args[0])
         return dataclasses.replace(inner, is_list=True)
@@ -116,7 +125,19 @@ def _parse_scalar(text: str, scalar: type) -> Any:
 
 
 def parse_text(text: str, ft: FieldType) -> Any:
-    """A command-line word as the field's type (for list fields: one item)."""
+    """A command-line word as the field's type (for list fields: one item; for a mapping: a JSON object)."""
+    if ft.mapping:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            fix = """JSON: "double-quoted" names, true, false, null; in a shell, quote the whole object: '{"a": true}'"""
+            raise ValueError(f"{text!r} is not JSON ({e}; {fix})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object such as '{{\"continuous\": true}}', got {text!r}")
+        try:
+            return check_value("the object", value, ft)
+        except TypeError as e:  # NaN, which Python's json reads
+            raise ValueError(str(e)) from None
     if ft.optional and text.lower() == "none":
         return None
     for choice in ft.choices:
@@ -139,6 +160,10 @@ def check_value(name: str, value: Any, ft: FieldType) -> Any:
     Raises:
         TypeError: naming ``name``, the value and the type expected.
     """
+    if ft.mapping:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{name} = {value!r} is not {ft.describe()}")
+        return _json_value(name, value)
     if ft.is_list:
         if not isinstance(value, list | tuple):
             raise TypeError(f"{name} = {value!r} is not {ft.describe()}")
@@ -162,10 +187,41 @@ def check_value(name: str, value: Any, ft: FieldType) -> Any:
     raise TypeError(f"{name} = {value!r} is not {ft.describe()}")
 
 
+def _json_value(name: str, value: Any) -> Any:
+    """``value`` as plain JSON data (a run records it in config.json and its checkpoint, and a resume compares it):
+    dicts with string keys, lists (from tuples too), strings, finite numbers, booleans and None.
+
+    Raises:
+        TypeError: naming the entry of ``name`` that is none of those.
+    """
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise TypeError(f"{name} = {value!r} is not a finite number (JSON has no NaN or inf)")
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [_json_value(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"{name} has a key {bad[0]!r} that is not a string")
+        return {k: _json_value(f"{name}[{k!r}]", v) for k, v in value.items()}
+    raise TypeError(
+        f"{name} = {value!r} is of type {type(value).__name__}, not a JSON value (a string, number, bool, list or object)"
+    )
+
+
 def example_value(value: Any, ft: FieldType) -> Any:
     """A value of the field's type to suggest in place of ``value``: ``value`` itself where it is one,
     converted where the intent is plain (``"64"`` -> 64 and 3.7 -> 4 for an integer, 32 -> [32] for a
     list, 1 -> True for a flag, 3 -> "3" for a string), else the first choice or a typical value."""
+    if ft.mapping:
+        return {"name": 1}
     if ft.is_list:
         item = dataclasses.replace(ft, is_list=False)
         return [example_value(v, item) for v in (value if isinstance(value, list | tuple) else [value])]
@@ -379,6 +435,8 @@ def _shown(value: Any) -> str:
         return "none"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, dict):
+        return json.dumps(value)
     return " ".join(map(_shown, value)) if isinstance(value, list) else str(value)
 
 
@@ -410,7 +468,7 @@ def build_parser(
             here = ""
         if default == [] and (EMPTY in f.metadata or _default(f) != []):  # e.g. a preset row's linear policy
             text = f"{doc} (default: {empty}{here and '; '}{here})"
-        elif default is dataclasses.MISSING or default in ("", []):
+        elif default is dataclasses.MISSING or default in ("", [], {}):
             text = f"{doc} ({here})" if here else doc  # required, or no value: no default to show
         elif ft.scalar is bool and not ft.is_list:
             off = "--no-" + f.name.replace("_", "-")
@@ -418,7 +476,7 @@ def build_parser(
         else:
             text = f"{doc} (default: {_shown(default)}{here and '; '}{here})"
         text = text.replace("%", "%%")  # argparse %-formats help texts: a "95%" in a docstring or value stays as written
-        metavar = {int: "INT", float: "FLOAT", str: "STR", bool: "BOOL", None: ""}[ft.scalar]
+        metavar = "JSON" if ft.mapping else {int: "INT", float: "FLOAT", str: "STR", bool: "BOOL", None: ""}[ft.scalar]
         if ft.choices or ft.optional:
             metavar = (
                 "{" + ",".join([*map(str, ft.choices), *([metavar] if metavar else []), *(["none"] if ft.optional else [])]) + "}"
