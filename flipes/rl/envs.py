@@ -22,9 +22,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import gymnasium as gym
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flipes.checkpoint import clip
 from flipes.errors import UsageError
 from flipes.rl.envpool_vec import EnvPoolVectorEnv, envpool_ids
 from flipes.rl.mujoco_log import mujoco_warnings_once, uses_mujoco
@@ -44,6 +47,133 @@ BACKENDS = ("envpool", "gymnasium", "gymnasium-sync", "gymnasium-async")
 class EnvError(ValueError):
     """An env id that no engine here can make: unknown, or its packages are not installed. The
     message says what to install or which id to use."""
+
+
+class EnvOptionError(EnvError):
+    """A constructor option of an env (``make_vector_env``'s ``**kwargs``, ``--env-kwargs``) that the env does not
+    take, that flipes sets itself, or whose value the env refused; the message names the env, its engine and the
+    option, and the options it takes where they are known."""
+
+
+# constructor options that flipes sets itself on every engine, and what sets them: a user's value would clash with it
+OWN_OPTIONS = MappingProxyType(
+    {
+        "num_envs": "the copies: --popsize x --episodes, --eval-episodes",
+        "seed": "every episode's seed comes from --seed",
+        "device": "where flipes/ envs run: --device",
+        "render_mode": "flipes evaluate --render sets it",
+        "max_episode_steps": "--max-episode-steps cuts every episode of the run",
+        "vectorization_mode": "gymnasium.make_vec's own: the --env prefix picks it (gymnasium-sync:, gymnasium-async:)",
+        "vector_kwargs": "gymnasium.make_vec's own",
+        "wrappers": "gymnasium.make_vec's own: wrap the env in a registered env of your own",
+        "env_id": "the env: --env",
+        "threads": "--env-threads",
+        "note": "make_vector_env's own",
+    }
+)
+# EnvPool's too: its pool's size, threads and seeds
+_ENVPOOL_OWN = MappingProxyType(
+    {
+        "batch_size": OWN_OPTIONS["num_envs"],
+        "num_threads": "EnvPool's threads: --env-threads",
+        "thread_affinity_offset": "EnvPool's threads: --env-threads",
+        "env_seed": OWN_OPTIONS["seed"],
+        "env_type": "EnvPool's API: gymnasium's",
+        "max_num_players": "EnvPool's multi-player envs, which flipes does not step",
+        "gym_reset_return_info": "EnvPool's API: gymnasium's",
+        "base_path": "EnvPool's assets, which it finds itself",
+        "reward_threshold": "EnvPool's record of the solved level: --target says where flipes stops",
+    }
+)
+
+
+def constructor_options(creator: Any) -> frozenset[str] | None:
+    """The keyword options an env's creator (a class or function) takes, following ``**kwargs`` up the classes that
+    pass them on (gymnasium's MuJoCo envs to ``MujocoEnv``); None where they cannot be known (a ``**kwargs`` of a
+    function, a builtin)."""
+    if isinstance(creator, type):
+        inits = [k.__dict__["__init__"] for k in creator.__mro__ if "__init__" in k.__dict__ and k is not object]
+    else:
+        inits = [creator]
+    names: set[str] = set()
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for init in inits:
+        try:
+            params = list(inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):  # a builtin or C type: no signature to read
+            return None
+        names |= {p.name for p in params if p.kind in keyword and p.name not in ("self", "cls")}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return frozenset(names)
+    return None
+
+
+def check_env_options(
+    name: str, engine: str, kwargs: Mapping[str, Any], takes: frozenset[str] | None, own: Mapping[str, str] = OWN_OPTIONS
+) -> None:
+    """Raise an :class:`EnvOptionError` for an option of ``kwargs`` that flipes sets itself (``own``: what sets it), or
+    that ``name``'s constructor on ``engine`` does not take (``takes``, None where unknown: the env then says)."""
+    for key in kwargs:
+        if key in own:
+            raise EnvOptionError(f"{name}: option {key!r} is flipes' own ({own[key]}); leave it out of the env's options")
+    if (error := _unknown_option(name, engine, kwargs, takes, own)) is not None:
+        raise error
+
+
+def _unknown_option(
+    name: str, engine: str, kwargs: Mapping[str, Any], takes: frozenset[str] | None, own: Mapping[str, str]
+) -> EnvOptionError | None:
+    """The error naming the first option of ``kwargs`` that ``takes`` lacks (and the options it has), or None."""
+    unknown = [key for key in kwargs if takes is not None and key not in takes]
+    if not unknown or takes is None:
+        return None
+    valid = sorted(takes - set(own))
+    close = difflib.get_close_matches(unknown[0], valid, n=3)
+    guess = f"did you mean {', '.join(close)}? " if close else ""
+    return EnvOptionError(f"{name} ({engine}) takes no option {unknown[0]!r}; {guess}its options: {', '.join(valid) or 'none'}")
+
+
+def _gymnasium_refusal(name: str, kwargs: Mapping[str, Any], envpool: EnvOptionError) -> EnvOptionError | None:
+    """Where gymnasium has no env ``name`` taking every option of ``kwargs``, the error naming both engines' refusals
+    (``envpool``: EnvPool's); None where it has, as far as its signature tells (where its module cannot be loaded here,
+    making it names the package to install)."""
+    try:
+        spec = _gymnasium_spec(name, name)
+    except EnvError:
+        return envpool
+    takes = _creator_options(spec.entry_point) if spec.entry_point is not None else None
+    refused = _unknown_option(name, "gymnasium", kwargs, takes, OWN_OPTIONS)
+    return None if refused is None else EnvOptionError(f"{envpool}; and {refused}")
+
+
+def gymnasium_entry_options(name: str) -> frozenset[str] | None:
+    """The constructor options of gymnasium's single env of ``name`` (its ``entry_point``), None where unknown."""
+    try:
+        spec = gym.spec(name)
+    except gym.error.Error:
+        return None
+    return None if spec.entry_point is None else _creator_options(spec.entry_point)
+
+
+def _creator_options(entry_point: Any) -> frozenset[str] | None:
+    """:func:`constructor_options` of a gymnasium entry point (a ``module:Name`` string or a callable); None where it
+    cannot be loaded here (a missing package: making the env says so)."""
+    try:
+        creator = entry_point if callable(entry_point) else gym.envs.registration.load_env_creator(entry_point)
+    except Exception:  # DependencyNotInstalled, an ImportError of the user's module: the make names it
+        return None
+    return constructor_options(creator)
+
+
+def _envpool_options(name: str) -> frozenset[str] | None:
+    """The config keys of EnvPool's ``name`` (its ``envpool.make`` options); None where EnvPool does not tell them."""
+    try:
+        from envpool.registration import registry
+
+        keys = registry.make_spec(name)._config_keys
+    except Exception:  # another EnvPool version's internals: envpool.make names an unknown option itself
+        return None
+    return frozenset(keys)
 
 
 # gymnasium packages whose steps cost enough (a physics engine) that worker processes beat one loop
@@ -214,7 +344,10 @@ def make_vector_env(
             may use (:func:`available_cores`).
         note: receives one line when the engine falls back to a slower one, and one when Dict or
             Tuple observations are flattened into a Box (``None``: silent).
-        **kwargs: passed to the engine's constructor (``gymnasium.make_vec`` or ``envpool.make``).
+        **kwargs: the env's constructor options, passed to the engine that makes it (``gymnasium.make_vec``, so the
+            env class of the id's ``entry_point`` or ``vector_entry_point``; ``envpool.make``). An option the env does
+            not take, or one flipes sets itself (``num_envs``, ``seed``, ``device``, ``render_mode``,
+            ``max_episode_steps``; EnvPool's threads and batch), raises an :class:`EnvOptionError` naming it.
 
     An id registered with a ``vector_entry_point`` and no ``entry_point`` (a batched env of your own,
     numpy or torch) is made by it, given ``device=`` where its constructor takes one. Dict and Tuple
@@ -224,6 +357,16 @@ def make_vector_env(
         env = _engine_env(env_id, num_envs, device, threads, note, **kwargs)
     except SpaceError as e:
         raise EnvError(f"{env_id!r}: {e}") from None
+    except (EnvError, UsageError):
+        raise
+    except (TypeError, ValueError, AssertionError, LookupError) as e:  # how engines refuse an option's value
+        if not kwargs:
+            raise
+        detail = " ".join(f"{type(e).__name__}: {e}".split())
+        raise EnvOptionError(
+            f"{base_id(env_id)} failed with the options {json.dumps(kwargs, default=repr)} ({clip(detail, 300)}); "
+            "fix their values (the env's own error is in parentheses)"
+        ) from e
     source = getattr(env, "source_observation_space", None)
     if isinstance(source, STRUCTURED) and note is not None:
         what = f"{base_id(env_id)}'s {type(source).__name__} observations are flattened into one Box"
@@ -238,6 +381,8 @@ def _engine_env(
         env_id = env_id.removeprefix("envs:")
         import envs  # noqa: F401  registers the flipes/ ids with gymnasium
 
+        if kwargs and env_id in gym.registry:
+            check_env_options(env_id, "flipes' torch env", kwargs, _creator_options(gym.spec(env_id).vector_entry_point))
         try:
             return gym.make_vec(env_id, num_envs=num_envs, device=device, **kwargs)
         except gym.error.DependencyNotInstalled as e:  # the MuJoCo ids without MuJoCo Warp: the message says what to install
@@ -246,10 +391,25 @@ def _engine_env(
             raise EnvError(f"unknown env id {env_id!r}; {_did_you_mean(env_id)}flipes has {_flipes_ids()}") from e
     backend, name = split_env_id(env_id)
     threads = threads or available_cores()
+    why = ""  # why the auto engine steps an id of EnvPool's in gymnasium
     if backend in ("auto", "envpool"):
         ids = envpool_ids()
         if name in ids:
-            return EnvPoolVectorEnv(name, num_envs, threads=threads, device=device, **kwargs)
+            own = {**OWN_OPTIONS, **_ENVPOOL_OWN}
+            check_env_options(name, "EnvPool", kwargs, None, own)
+            refused = _unknown_option(name, "EnvPool", kwargs, _envpool_options(name), own)
+            if refused is None:
+                return EnvPoolVectorEnv(name, num_envs, threads=threads, device=device, **kwargs)
+            # EnvPool's env takes other options than gymnasium's (LunarLander's continuous is an id of its own there):
+            # the auto engine takes gymnasium's env where it takes them
+            if backend == "envpool":
+                raise refused
+            if (both := _gymnasium_refusal(name, kwargs, refused)) is not None:
+                raise both
+            key = next(k for k in kwargs if k not in (_envpool_options(name) or ()))
+            stem, _, version = name.rpartition("-")
+            other = f"{stem}Continuous-{version}" if key == "continuous" else ""
+            why = f"EnvPool's {name} takes no option {key!r}" + (f" ({other} is EnvPool's continuous one)" * (other in ids))
         if backend == "envpool":
             if not ids:
                 raise EnvError(
@@ -266,16 +426,20 @@ def _engine_env(
         if backend in ("gymnasium-sync", "gymnasium-async"):
             problem = f"{name} has a vector_entry_point only, no entry_point to make one env per copy"
             raise EnvError(f"{env_id!r}: {problem}; use {name}")
+        if kwargs:
+            check_env_options(name, "its vector_entry_point", kwargs, _creator_options(spec.vector_entry_point))
         return NumpyToTorch(_own_vector_env(spec, name, num_envs, device, kwargs), device=device)
     mode = backend.removeprefix("gymnasium-") if backend.startswith("gymnasium-") else None
     if mode is None:
         heavy = isinstance(spec.entry_point, str) and spec.entry_point.startswith(_HEAVY_ENTRY_POINTS)
         mode = "async" if heavy and threads > 1 and num_envs >= 2 * threads else "sync"
+    if kwargs:  # gymnasium makes each copy by its entry_point, with the id's registered kwargs under these
+        check_env_options(name, "gymnasium", kwargs, _creator_options(spec.entry_point))
     workers = _largest_divisor(num_envs, threads)
     if mode == "async" and workers < 2 and backend == "auto":
         mode = "sync"
     if backend == "auto" and note is not None:
-        why = "EnvPool is not installed" if not envpool_ids() else "EnvPool has no such env"
+        why = why or ("EnvPool is not installed" if not envpool_ids() else "EnvPool has no such env")
         engine = f"{workers} worker processes (gymnasium AsyncVectorEnv)" if mode == "async" else "gymnasium's SyncVectorEnv"
         hint = "; pip install 'flipes[envpool]' for its C++ threads" if not envpool_ids() else ""
         note(f"{name} steps in {engine}: {why}{hint}")
@@ -285,7 +449,8 @@ def _engine_env(
                 return WorkerVectorEnv(name, num_envs, workers, device=device, **kwargs)
             return NumpyToTorch(gym.make_vec(name, num_envs=num_envs, vectorization_mode="sync", **kwargs), device=device)
     except gym.error.DependencyNotInstalled as e:
-        raise EnvError(f"{name!r} needs packages that are not installed; {_install_hint(spec, e)}") from e
+        refused = why if why.startswith("EnvPool's") else ""  # EnvPool has the id, not with these options
+        raise EnvError(f"{name!r} needs packages that are not installed; {_install_hint(spec, e, refused)}") from e
 
 
 def _own_vector_env(
@@ -332,10 +497,13 @@ def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:
         ) from e
 
 
-def _install_hint(spec: gym.envs.registration.EnvSpec, error: Exception) -> str:
+def _install_hint(spec: gym.envs.registration.EnvSpec, error: Exception, envpool_refused: str = "") -> str:
+    """What to install for gymnasium's env of ``spec``; ``envpool_refused``: why EnvPool's env of the id is not it."""
     entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
     if entry.startswith("gymnasium.envs.mujoco"):
         return "pip install 'flipes[mujoco]'"
+    if entry.startswith("gymnasium.envs.box2d") and envpool_refused:
+        return f"pip install swig 'gymnasium[box2d]' ({envpool_refused})"
     if entry.startswith("gymnasium.envs.box2d"):
         return "pip install swig 'gymnasium[box2d]' (or pip install 'flipes[envpool]' and drop the gymnasium: prefix)"
     return f"{' '.join(str(error).split())}"
