@@ -41,7 +41,7 @@ from flipes.rl import (
     reset_episodes,
     run_episodes,
 )
-from flipes.rl.envs import EnvError
+from flipes.rl.envs import EnvError, EnvOptionError
 from flipes.search import search_rule, sigma_schedule
 
 Fitness = Callable[[nn.Module, Population], Tensor]
@@ -81,7 +81,9 @@ def build_env(
         members = config.members_per_pass
     threads = config.env_threads or available_cores(comm.local_size)
     try:
-        return make_vector_env(config.env, members * config.episodes, device, threads=threads, note=note)
+        return make_vector_env(config.env, members * config.episodes, device, threads=threads, note=note, **config.env_kwargs)
+    except EnvOptionError as e:
+        raise UsageError("--env-kwargs", str(e)) from None
     except EnvError as e:
         raise UsageError("--env", str(e)) from None
 
@@ -109,7 +111,7 @@ def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: 
         # at the orthogonal init the CNN's actions hardly depend on the frame (every Pong member lost 21-0 and the
         # first ES steps were zero): its layers are fitted to frames of random play. An env of its own, seeded alike on
         # every process (MPI ranks build the same parameters), so the run's envs and episodes are untouched
-        reference = make_vector_env(config.env, REFERENCE_ENVS, "cpu", threads=1, note=None)
+        reference = make_vector_env(config.env, REFERENCE_ENVS, "cpu", threads=1, note=None, **config.env_kwargs)
         try:
             policy.init_from_data(reference_observations(reference, config.seed, REFERENCE_STEPS))
         finally:
@@ -318,7 +320,7 @@ def build_evaluator(
     if env is None:
         return None
     threads = min(config.env_threads or available_cores(comm.local_size), config.eval_episodes)
-    env = make_vector_env(config.env, config.eval_episodes, device, threads=threads, note=None)
+    env = make_vector_env(config.env, config.eval_episodes, device, threads=threads, note=None, **config.env_kwargs)
     return Evaluator(env, config.seed, config.max_episode_steps or None)
 
 

@@ -22,7 +22,7 @@ import runpy
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -300,7 +300,7 @@ def checkpoint_origin(run: str, checkpoint: str, state: dict[str, Any]) -> str:
 def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     """``flipes evaluate``: prints the center policy's mean ± std return; returns them."""
     from flipes.config import check_device
-    from flipes.runs import evaluate_policy, policy_and_state, run_config, run_env
+    from flipes.runs import evaluate_policy, policy_and_state, run_config, run_env, run_env_kwargs
 
     args = parse_config(EvaluateConfig, argv, evaluate_help(), prog="flipes evaluate")
     if args.episodes < 1:
@@ -323,10 +323,12 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
         raise UsageError(args.run, "was trained on a custom fitness (--env none): there is no env to evaluate it on",
                          "use the evaluate() beside your fitness function")  # fmt: skip
     policy, state = policy_and_state(args.run, args.checkpoint, args.device)
-    cut = run_config(args.run).get("max_episode_steps") or None  # the run's own cut, for envs without a time limit
-    shown = render_env(env_id) if args.render else None  # an env that cannot render says so before the episodes
+    config = run_config(args.run)
+    cut = config.get("max_episode_steps") or None  # the run's own cut, for envs without a time limit
+    kwargs = run_env_kwargs(config, args.run)  # the env the run trained on: its constructor options too
+    shown = render_env(env_id, kwargs) if args.render else None  # an env that cannot render says so before the episodes
     try:
-        returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device, max_steps=cut)
+        returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device, max_steps=cut, env_kwargs=kwargs)
     except BaseException:
         if shown is not None:
             shown.close()
@@ -349,18 +351,27 @@ def evaluate_help() -> str:
     flipes evaluate runs/cartpole --checkpoint best --episodes 20 --render cartpole.gif
 
 The policy is rebuilt from the run directory's config.json and checkpoint, observation
-normalization included. --render plays one episode in gymnasium's own implementation of the env
-(flipes/ envs are step-for-step copies of those) and writes a GIF, or an MP4 with imageio-ffmpeg.
+normalization included; the env is made as the run made it (its --env-kwargs too). --render plays one
+episode in gymnasium's own implementation of the env (flipes/ envs are step-for-step copies of those)
+and writes a GIF, or an MP4 with imageio-ffmpeg.
 """
 
 
 def record(
-    policy: Any, env_id: str, path: Path, seed: int, max_frames: int, max_steps: int | None = None, env: Any = None
+    policy: Any,
+    env_id: str,
+    path: Path,
+    seed: int,
+    max_frames: int,
+    max_steps: int | None = None,
+    env: Any = None,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> int:
     """One episode of ``policy`` in gymnasium's own ``env_id`` (cut after ``max_steps`` steps), rendered to a GIF or MP4;
     returns the frames. The policy sees observations in the env's dtype and the env gets actions as its space holds them
     (a Discrete action as a Python int, which toy-text envs index their tables with). ``env``: the env
-    :func:`render_env` made for ``env_id`` (made here when None); closed here."""
+    :func:`render_env` made for ``env_id`` (made here when None, with the constructor options ``env_kwargs``); closed
+    here."""
     import gymnasium as gym
     import numpy as np
     import torch
@@ -368,7 +379,7 @@ def record(
     from flipes.rl import stepper
     from flipes.rl.envs import base_id
 
-    env = render_env(env_id) if env is None else env
+    env = render_env(env_id, env_kwargs) if env is None else env
     headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     obs, _ = env.reset(seed=seed)
     try:
@@ -425,14 +436,22 @@ def record(
     return len(frames)
 
 
-def render_env(env_id: str) -> Any:
-    """gymnasium's own ``env_id`` made to render rgb_array frames, its Dict or Tuple observations flattened as every
-    engine flattens them; a UsageError saying what is missing where it cannot be made (checked before any episode)."""
+def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
+    """gymnasium's own ``env_id`` made to render rgb_array frames with the constructor options ``env_kwargs`` (a run's
+    ``--env-kwargs``), its Dict or Tuple observations flattened as every engine flattens them; a UsageError saying what
+    is missing where it cannot be made (checked before any episode)."""
     import gymnasium as gym
 
-    from flipes.rl.envs import base_id
+    from flipes.rl.envs import EnvOptionError, base_id, check_env_options, gymnasium_entry_options
     from flipes.rl.mujoco_log import makes_mujoco, mujoco_warnings_once
     from flipes.rl.spaces import SpaceError, flat_observation_space
+
+    kwargs = dict(env_kwargs or {})
+    if kwargs and base_id(env_id) in gym.registry:  # gymnasium's env may take other options than the engine trained on
+        try:
+            check_env_options(base_id(env_id), "gymnasium, which renders it", kwargs, gymnasium_entry_options(base_id(env_id)))
+        except EnvOptionError as e:
+            raise UsageError("--render", f"{e} (the run's --env-kwargs)", "evaluate without --render") from None
 
     headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     if headless:  # offscreen rendering needs no window: pygame's dummy driver, MuJoCo's EGL (read at the first render)
@@ -440,7 +459,7 @@ def render_env(env_id: str) -> Any:
         os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         with mujoco_warnings_once(load=makes_mujoco(base_id(env_id))):  # no MUJOCO_LOG.TXT left in the user's directory
-            env = gym.make(base_id(env_id), render_mode="rgb_array")  # gymnasium's own env, without an engine prefix
+            env = gym.make(base_id(env_id), render_mode="rgb_array", **kwargs)  # gymnasium's own env, without an engine prefix
     except gym.error.DependencyNotInstalled as e:
         raise UsageError(
             "--render", f"rendering {env_id} needs packages that are not installed ({e})", "pip install 'flipes[render]'"
@@ -451,7 +470,8 @@ def render_env(env_id: str) -> Any:
             "--render", problem, "evaluate without --render (EnvPool's ids render only where gymnasium has them)"
         ) from None
     except (TypeError, gym.error.Error) as e:  # an env of one's own: no render_mode argument, or a vector env only
-        problem = f"gymnasium.make({base_id(env_id)!r}, render_mode='rgb_array') failed ({' '.join(str(e).split())[:200]})"
+        given = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+        problem = f"gymnasium.make({base_id(env_id)!r}, render_mode='rgb_array'{given}) failed ({' '.join(str(e).split())[:200]})"
         fix = "register the env with an entry_point whose env takes render_mode and returns rgb_array frames from render()"
         raise UsageError("--render", problem, fix) from None
     try:

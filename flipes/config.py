@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -12,7 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-from flipes.cli import EMPTY, check_options, finite, option_name
+from flipes.cli import EMPTY, check_options, check_value, field_type, finite, option_name
 from flipes.errors import UsageError
 
 _UNSET: Any = object()
@@ -34,10 +35,22 @@ class TrainConfig:
             check_options(cls, unknown, "flipes.TrainConfig")
         return super().__new__(cls)
 
+    def __post_init__(self) -> None:
+        # env_kwargs as JSON reads it back (tuples as lists), so that a resume compares it with config.json's equal;
+        # a value that is no JSON is validate()'s to name
+        with contextlib.suppress(TypeError):
+            self.env_kwargs = check_value("env_kwargs", self.env_kwargs, field_type(dict[str, Any]))
+
     env: str = "flipes/CartPole-v1"
     """Environment id: flipes/ID (batched torch envs), any gymnasium id (EnvPool's engine when
     installed; prefixes envpool:, gymnasium:, gymnasium-sync:, gymnasium-async: pick one), or none
     with --fitness and --model."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options for the env's constructor, a JSON object: '{"continuous": true}' (LunarLander-v3),
+    '{"ctrl_cost_weight": 0.05}' (HalfCheetah-v5), '{"repeat_action_probability": 0.25}' (EnvPool's Atari); a table in a
+    --config file. Given to the engine that makes the env (gymnasium.make_vec, envpool.make, a flipes/ env's class) for
+    every env of the run: training, evaluation, flipes evaluate and its --render, flipes export. A name the env does not
+    take is refused, naming the ones it does; seeds, copies, device and time limit are flipes' own options."""
     popsize: int = 64
     """Members per generation, N (all processes together)."""
     generations: int = 100
@@ -511,7 +524,20 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             raise UsageError("--env", "none needs a custom model", "pass --model module:function that returns an nn.Module")
     elif not config.env.strip():
         raise UsageError("--env", "is empty", "pass an env id, e.g. --env flipes/CartPole-v1")
+    _check_env_kwargs(config)
     check_device(config.device)
+
+
+def _check_env_kwargs(config: TrainConfig) -> None:
+    """--env-kwargs: options of an env, none of them one that flipes sets itself (the env checks the rest when made)."""
+    from flipes.rl.envs import OWN_OPTIONS
+
+    if config.env_kwargs and config.env.strip().lower() == "none":
+        raise UsageError("--env-kwargs", "options for an env's constructor, and --env is none", "drop --env-kwargs")
+    for key in config.env_kwargs:
+        if key in OWN_OPTIONS:
+            problem = f"option {key!r} is flipes' own ({OWN_OPTIONS[key]})"
+            raise UsageError("--env-kwargs", problem, "leave it out of --env-kwargs")
 
 
 SIGMA_VANISHES = 1e-12  # a decayed σ below it perturbs no float32 weight above 1e-5 (and 1/σ² nears float32's range)

@@ -27,7 +27,7 @@ from flipes.nn.convert import uncompiled
 from flipes.rl import make_vector_env
 from flipes.rl.envs import EnvError
 from flipes.rl.recurrent import GRUPolicy, RecurrentPolicy
-from flipes.runs import load_policy, run_env
+from flipes.runs import load_policy, run_config, run_env, run_env_kwargs
 
 
 class _StateAsInput(nn.Module):
@@ -77,7 +77,7 @@ def export_policy(
     if out.suffix != ".pt2":
         raise UsageError("--out", f"{out}: torch.export programs are .pt2 files", "e.g. --out policy.pt2")
     try:
-        env = make_vector_env(env_id, 3, "cpu", note=None)
+        env = make_vector_env(env_id, 3, "cpu", note=None, **run_env_kwargs(run_config(run_dir), run_dir))
     except EnvError as e:
         raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
     try:

@@ -4,6 +4,7 @@ that all MPI ranks start alike."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 # options a resumed run must share with its checkpoint (the others may change, e.g. generations)
 RESUME_KEYS = (
     "env",
+    "env_kwargs",  # the env's constructor options: another env, as another id is
     "popsize",
     "groups",
     "mirrored",
@@ -51,6 +53,7 @@ RESUME_KEYS = (
 )
 # resume keys added after the first checkpoints were written: a run that lacks one ran with its default
 LATER_KEYS = (
+    "env_kwargs",
     "mirrored",
     "reward_shift",
     "max_episode_steps",
@@ -118,12 +121,14 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     if lacking:
         raise UsageError("--resume", f"{path}'s config lacks {', '.join(lacking)}", "resume a checkpoint flipes train wrote")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults["env_kwargs"] = {}  # a default_factory's field
     for key in LATER_KEYS:  # runs saved before an option existed ran with its default
         saved.setdefault(key, defaults[key])
     now = dataclasses.asdict(state.config)
     changed = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if not same_option(k, saved, now)}
     if changed:
-        shown = ", ".join(f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        written = lambda v: json.dumps(v) if isinstance(v, dict) else repr(v)  # noqa: E731  --env-kwargs as it is typed
+        shown = ", ".join(f"--{k.replace('_', '-')}: saved {written(a)}, now {written(b)}" for k, (a, b) in changed.items())
         fix = "pass the saved ones to continue it"
         if any(isinstance(a, str) and "<" in a.partition(":")[2] for a, _ in changed.values()):
             fix += (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from flipes.es.checks import as_index
 from flipes.nn import flipout, uncompiled
 from flipes.plugins import Plugins, name_of
 from flipes.rl import POLICIES, episode_seed, make_vector_env, run_episodes
-from flipes.rl.envs import EnvError
+from flipes.rl.envs import EnvError, EnvOptionError
 
 
 def read_metrics(run: str | Path) -> list[dict]:
@@ -74,6 +74,21 @@ def run_env(run_dir: str | Path) -> str:
         path = Path(run_dir) / "config.json"
         raise UsageError(str(path), "names no env, nor does its checkpoint", "restore the run's env id in config.json")
     return env
+
+
+def run_env_kwargs(config: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """The env constructor options (``--env-kwargs``) of a run's options ``config`` (its config.json): {} for a run
+    recorded before the option existed.
+
+    Raises:
+        UsageError: a value that is not an object of options (config.json edited by hand).
+    """
+    kwargs = config.get("env_kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        path = Path(run_dir) / "config.json"
+        problem = f"env_kwargs is {kwargs!r}, not an object of the env's options"
+        raise UsageError(str(path), problem, "restore the run's value (its checkpoint.pt holds the options it was trained with)")
+    return kwargs
 
 
 def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:
@@ -154,7 +169,7 @@ def policy_and_state(
     own = env is None and env_id.lower() != "none"
     if own:
         try:
-            env = make_vector_env(env_id, 1, device, note=None)
+            env = make_vector_env(env_id, 1, device, note=None, **run_env_kwargs(config, run_dir))
         except EnvError as e:
             raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
     try:
@@ -204,9 +219,11 @@ def evaluate_policy(
     seed: int = 12345,
     device: str | torch.device = "cpu",
     max_steps: int | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
-    """Returns of ``episodes`` episodes of ``policy`` on ``env_id`` (one vector env, fixed seeds), each cut
-    after ``max_steps`` steps (``None``: the env's own time limit). The policy runs in eval mode, as
+    """Returns of ``episodes`` episodes of ``policy`` on ``env_id`` made with the constructor options ``env_kwargs``
+    (a run's ``--env-kwargs``; one vector env, fixed seeds), each cut after ``max_steps`` steps (``None``: the env's
+    own time limit). The policy runs in eval mode, as
     :func:`load_policy` returns it (no dropout); each module's mode is set back afterwards. As deployed, a
     BatchNorm whose running statistics were never filled uses its initial ones, where a run's ``eval_return``
     used each batch's: the returns differ until they are filled (``torch.optim.swa_utils.update_bn``)."""
@@ -215,7 +232,9 @@ def evaluate_policy(
         raise UsageError("--episodes", f"must be an integer of at least 1, got {episodes!r}", "e.g. --episodes 100")
     episodes = count
     try:
-        env = make_vector_env(env_id, episodes, device, note=None)
+        env = make_vector_env(env_id, episodes, device, note=None, **(env_kwargs or {}))
+    except EnvOptionError as e:
+        raise UsageError("--env-kwargs", str(e)) from None
     except EnvError as e:
         raise UsageError("--env", str(e)) from None
     modes = [(m, m.training) for m in policy.modules()]

@@ -1,0 +1,196 @@
+"""The env's constructor options (``--env-kwargs``, ``flipes.train(env_kwargs=...)``, ``make_vector_env(**kwargs)``):
+read from flags and config files, checked against what each engine's env takes, and given to every env a run builds
+(training, evaluation, the CNN's reference frames, ``flipes evaluate``, ``--render``, ``flipes export``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import NEEDS_TOMLLIB, metrics
+
+import flipes
+from flipes.cli import parse_config
+from flipes.commands import main
+from flipes.config import TrainConfig
+from flipes.rl import make_vector_env
+from flipes.rl.envpool_vec import envpool_ids
+from flipes.rl.envs import EnvOptionError, NumpyToTorch
+
+NEEDS_ENVPOOL = pytest.mark.skipif(not envpool_ids(), reason="EnvPool is not installed")
+QUIET = {"tensorboard": False, "progress": False, "target": None}
+
+
+def test_the_flag_reads_a_json_object_and_config_files_a_table(tmp_path: Path) -> None:
+    """``--env-kwargs`` takes a JSON object (nested values as JSON has them), a JSON config file an object and a TOML
+    one a table; the flag replaces the file's object; tuples given from Python are recorded as the lists JSON reads
+    back."""
+    parse = lambda *argv: parse_config(TrainConfig, list(argv))  # noqa: E731
+    assert parse().env_kwargs == {}
+    given = parse("--env-kwargs", '{"continuous": true, "gravity": -9.5, "map": ["SF", "HG"], "x": null}').env_kwargs
+    assert given == {"continuous": True, "gravity": -9.5, "map": ["SF", "HG"], "x": None}
+    (tmp_path / "run.json").write_text(json.dumps({"env_kwargs": {"g": 9.81}}))
+    assert parse("--config", str(tmp_path / "run.json")).env_kwargs == {"g": 9.81}
+    assert parse("--config", str(tmp_path / "run.json"), "--env-kwargs", '{"g": 3}').env_kwargs == {"g": 3}
+    assert TrainConfig(env_kwargs={"healthy_z_range": (0.2, 1.0)}).env_kwargs == {"healthy_z_range": [0.2, 1.0]}
+
+
+@NEEDS_TOMLLIB
+def test_a_toml_table_is_the_envs_options(tmp_path: Path) -> None:
+    """A TOML config file's ``[env_kwargs]`` table, and an inline one, are the env's options."""
+    (tmp_path / "a.toml").write_text('env = "flipes/Pendulum-v1"\n[env_kwargs]\ng = 9.81\n')
+    (tmp_path / "b.toml").write_text("env_kwargs = {sutton_barto_reward = true}\n")
+    assert parse_config(TrainConfig, ["--config", str(tmp_path / "a.toml")]).env_kwargs == {"g": 9.81}
+    assert parse_config(TrainConfig, ["--config", str(tmp_path / "b.toml")]).env_kwargs == {"sutton_barto_reward": True}
+
+
+MISTAKES = [
+    (["--env-kwargs", "{continuous: true}"], "--env-kwargs", "is not JSON"),
+    (["--env-kwargs", "[1, 2]"], "--env-kwargs", "expected a JSON object"),
+    (["--env-kwargs", '{"g": NaN}'], "--env-kwargs", "not a finite number"),
+    (["--env", "flipes/Pendulum-v1", "--env-kwargs", '{"gg": 9.8}'], "--env-kwargs", "takes no option 'gg'; did you mean g?"),
+    (["--env-kwargs", '{"seed": 1}'], "--env-kwargs", "option 'seed' is flipes' own (every episode's seed comes from --seed)"),
+    (["--env-kwargs", '{"num_envs": 4}'], "--env-kwargs", "'num_envs' is flipes' own"),
+    (["--env-kwargs", '{"max_episode_steps": 9}'], "--env-kwargs", "--max-episode-steps cuts every episode"),
+    (["--env", "gymnasium:CartPole-v1", "--env-kwargs", '{"sutton": 1}'], "--env-kwargs", "CartPole-v1 (gymnasium) takes"),
+    (["--env", "gymnasium-sync:FrozenLake-v1", "--env-kwargs", '{"map_name": "9x9"}'], "--env-kwargs", "(KeyError: '9x9')"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option", "message"), MISTAKES, ids=[" ".join(a) for a, _, _ in MISTAKES])
+def test_mistakes_in_the_options_are_one_line_errors(
+    argv: list[str], option: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Each mistake exits with status 2 and one line ``flipes: error: --env-kwargs: ...`` naming the option and what to
+    do, before anything is written."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *argv, "--generations", "1", "--tensorboard", "false", "--out", str(out)])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"flipes: error: {option}: ") and message in lines[0], lines[0]
+    assert ";" in lines[0] and not out.exists()
+
+
+def test_a_config_file_value_that_is_no_table_is_named_in_its_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``env_kwargs = 3`` in a config file is refused naming the file and the value."""
+    (tmp_path / "run.json").write_text('{"env_kwargs": 3}')
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().err.startswith(f"flipes: error: --config {tmp_path / 'run.json'}: env_kwargs = 3 is not an object")
+
+
+def test_each_engine_names_the_option_its_env_does_not_take_and_the_ones_it_does() -> None:
+    """An option the env's constructor does not take is an EnvOptionError naming the env, the engine, the option, the
+    closest option and all of them, on flipes' torch envs, gymnasium's envs in this process and in workers (before a
+    worker starts), and an env of one's own registered with a vector_entry_point; one it takes makes the env."""
+    cases = [
+        ("flipes/Pendulum-v1", "flipes' torch env", "g"),
+        ("gymnasium-sync:CartPole-v1", "gymnasium", "sutton_barto_reward"),
+        ("gymnasium-async:CartPole-v1", "gymnasium", "sutton_barto_reward"),
+        ("image_env:cnntest/BrightSpot-v0", "its vector_entry_point", "channels_last"),
+    ]
+    for env_id, engine, option in cases:
+        with pytest.raises(
+            EnvOptionError, match=rf"\({engine}\) takes no option '{option}x'; did you mean {option}\? its options: "
+        ):
+            make_vector_env(env_id, 2, note=None, **{f"{option}x": True})
+        env = make_vector_env(env_id, 2, note=None, **{option: option != "g" or 9.0})
+        env.close()
+
+
+@NEEDS_ENVPOOL
+def test_envpool_names_its_options_and_the_auto_engine_takes_gymnasiums_env_where_envpools_lacks_one() -> None:
+    """EnvPool's env refuses an option it lacks, naming its own (``envpool:``); without a prefix, an option gymnasium's
+    env of the id takes and EnvPool's lacks makes gymnasium's env, in a note saying why (FrozenLake's map_name:
+    Discrete(64) states on 8x8); one that neither takes names both engines' options."""
+    with pytest.raises(EnvOptionError, match=r"FrozenLake-v1 \(EnvPool\) takes no option 'map_name'; its options: .*size"):
+        make_vector_env("envpool:FrozenLake-v1", 2, note=None, map_name="8x8")
+    notes: list[str] = []
+    env = make_vector_env("FrozenLake-v1", 2, note=notes.append, map_name="8x8")
+    assert isinstance(env, NumpyToTorch) and env.single_observation_space.n == 64
+    assert notes == ["FrozenLake-v1 steps in gymnasium's SyncVectorEnv: EnvPool's FrozenLake-v1 takes no option 'map_name'"]
+    env.close()
+    with pytest.raises(EnvOptionError, match=r"\(EnvPool\) takes no option 'map'.*; and FrozenLake-v1 \(gymnasium\) takes no "):
+        make_vector_env("FrozenLake-v1", 2, note=None, map="8x8")
+    with pytest.raises(EnvOptionError, match=r"'num_threads' is flipes' own \(EnvPool's threads: --env-threads\)"):
+        make_vector_env("FrozenLake-v1", 2, note=None, num_threads=2)
+
+
+def _frozen_lake_8x8(tmp_path: Path, env: str, **kw: object) -> Path:
+    """3 generations on FrozenLake 8x8, episodes cut at 100 steps, 0.01 less per step (so that the members' fitness
+    differs: most episodes end in a hole, without reward); the run directory."""
+    out = tmp_path / env.split(":")[-1]
+    flipes.train(env=env, popsize=16, generations=3, eval_every=1, eval_episodes=4, max_episode_steps=100, seed=1,
+                 reward_shift=0.01, out=str(out), **QUIET, **kw)  # fmt: skip
+    return out
+
+
+def test_a_run_with_the_options_is_the_run_of_the_id_registered_with_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """gymnasium registers FrozenLake8x8-v1 as FrozenLake-v1 with map_name 8x8: training FrozenLake-v1 with that option
+    logs the same rows bit for bit (each generation changed the parameters), evaluations included; config.json records the
+    options; ``flipes evaluate`` and ``flipes export`` rebuild the 8x8 env from them (the policy's 64 one-hot inputs
+    load), giving what they give for the registered id's run; ``--render`` plays gymnasium's env made with them."""
+    with_options = _frozen_lake_8x8(tmp_path, "gymnasium:FrozenLake-v1", env_kwargs={"map_name": "8x8"})
+    registered = _frozen_lake_8x8(tmp_path, "gymnasium:FrozenLake8x8-v1")
+    ours, theirs = metrics(with_options), metrics(registered)
+    assert len({r["params_sha256"] for r in ours}) == 3
+    drop = ("seconds", "steps_per_second", "eval_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ours] == [
+        {k: v for k, v in r.items() if k not in drop} for r in theirs
+    ]
+    assert json.loads((with_options / "config.json").read_text())["env_kwargs"] == {"map_name": "8x8"}
+    capsys.readouterr()
+    printed = []
+    for run in (with_options, registered):
+        assert main(["evaluate", str(run), "--episodes", "5"]) is not None
+        printed.append(capsys.readouterr().out.split(": ", 1)[1].split(" (")[0])  # "center policy return ... episodes"
+        program = torch.export.load(str(flipes.export_policy(run))).module()
+        assert program(torch.arange(64)).shape == (64,)  # every one of the 64 states
+    assert printed[0] == printed[1], printed
+    if importlib.util.find_spec("pygame") is not None:
+        main(["evaluate", str(with_options), "--episodes", "1", "--render", str(tmp_path / "fl.gif"), "--max-frames", "3"])
+        assert "wrote" in capsys.readouterr().out
+
+
+def test_the_cnns_reference_frames_come_from_the_env_made_with_the_options(tmp_path: Path) -> None:
+    """BrightSpot with channels_last true is the registered BrightSpotLast-v0: the CNN trained on it (its
+    data-dependent initialization fitted to frames of the env's own reference copies, then 2 generations with
+    evaluations) ends on the same parameters, bit for bit, as on the registered id."""
+    run = dict(policy="cnn", hidden=[16], popsize=8, episodes=2, generations=2, eval_every=1, eval_episodes=8, **QUIET)
+    a = flipes.train(env="image_env:cnntest/BrightSpot-v0", env_kwargs={"channels_last": True}, out=str(tmp_path / "a"), **run)
+    b = flipes.train(env="image_env:cnntest/BrightSpotLast-v0", out=str(tmp_path / "b"), **run)
+    assert [r["params_sha256"] for r in a.metrics] == [r["params_sha256"] for r in b.metrics]
+    assert [r["eval_return"] for r in a.metrics] == [r["eval_return"] for r in b.metrics]
+    assert a.model.channels_last
+
+
+def test_a_resume_keeps_the_options_and_refuses_others(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A resume without the flag continues with the recorded options (Sutton and Barto's CartPole reward: 0 a step, -1
+    at a fall, so every fitness is at most 0, where the default reward gives at least 1); other options are refused,
+    naming the saved and the given ones; a run recorded before the option existed (no env_kwargs in config.json)
+    resumes with none."""
+    out = tmp_path / "run"
+    run = ["train", "--env", "flipes/CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--target", "none",
+           "--tensorboard", "false", "--progress", "false", "--out", str(out)]  # fmt: skip
+    assert main([*run, "--generations", "2", "--env-kwargs", '{"sutton_barto_reward": true}']) == 0
+    assert main(["train", "--resume", str(out), "--generations", "3", "--progress", "false"]) == 0
+    rows = metrics(out)
+    assert len(rows) == 3 and all(r["fitness_max"] <= 0 and -1 <= r["fitness_min"] for r in rows), rows
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(out), "--generations", "4", "--env-kwargs", "{}"])
+    assert capsys.readouterr().err.strip() == (
+        "flipes: error: --resume: the run was trained with other options (--env-kwargs: saved "
+        '{"sutton_barto_reward": true}, now {}); pass the saved ones to continue it'
+    )
+    plain = tmp_path / "plain"
+    flipes.train(env="flipes/CartPole-v1", popsize=8, generations=1, eval_episodes=3, out=str(plain), **QUIET)
+    config = json.loads((plain / "config.json").read_text())
+    del config["env_kwargs"]
+    (plain / "config.json").write_text(json.dumps(config))
+    assert flipes.train(resume=str(plain), generations=2, progress=False).config.env_kwargs == {}
