@@ -139,6 +139,10 @@ class TrainConfig:
     max_seconds: float = 0.0
     """Stop after this much wall time of this invocation (0: no limit); a resume gets it afresh, so it can
     be a cluster job's time limit with --resume auto (--generations is the run's whole budget)."""
+    max_timesteps: int = 0
+    """Stop at the end of the generation whose training env steps (the rows' timesteps: all members' episodes, all
+    processes, evaluations not counted) reach this many (0: no limit). A total over resumes, as --generations is.
+    Needs a fitness that counts steps: an env's, or a flipes.rl.RolloutFitness of one's own."""
     device: str = "cpu"
     """Torch device of the model and of flipes/ envs: cpu, cuda, cuda:N, mps."""
     out: str = ""
@@ -398,8 +402,9 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         "env_threads": "this process's share of the cores",
         "noise_rank": "full-rank noise",
         "max_episode_steps": "the env's own time limit",
+        "max_timesteps": "no limit",
     }
-    for name in ("threads", "env_threads", "noise_rank", "seed", "max_episode_steps"):
+    for name in ("threads", "env_threads", "noise_rank", "seed", "max_episode_steps", "max_timesteps"):
         if getattr(config, name) < 0:
             fix = f"0 means {meanings[name]}" if name in meanings else "any integer >= 0 is a seed"
             raise UsageError(option_name(name), f"must be 0 or positive, got {getattr(config, name)}", fix)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from flipes import dist
 from flipes.builders import (
+    CheckedFitness,
     Fitness,
     build_env,
     build_es,
@@ -129,7 +130,9 @@ class TrainResult:
         es: the FlipES (its ``state_dict`` continues the run).
         metrics: the rows of this call, one per generation, as written to ``metrics.jsonl``.
         run_dir: the run directory.
-        reason: why training ended: ``generations``, ``solved: ...``, ``stopped after ...``,
+        reason: why training ended: ``generations``, ``solved: ...``, ``timestep budget reached: ...``
+            (``max_timesteps``), ``stopped after ...`` (``max_seconds``), ``nothing trained: ...`` (a resume past its
+            budget),
             ``stopped by a callback`` or ``interrupted`` (Ctrl-C/SIGTERM; the command exits 130).
         config: the options the run used.
         best: the best ``eval_return`` of the run (over resumes), None where nothing was evaluated.
@@ -475,6 +478,7 @@ def _set_up_and_run(
                 "return model.eval() from the model function unless that is meant"
             )
         fitness = build_fitness(config, env, model, plugins)
+        check_counts_timesteps(config, fitness)
         evaluator = build_evaluator(config, device, comm, env, plugins)
         cleanup.callback(_close, getattr(evaluator, "env", None))
         state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
@@ -616,6 +620,8 @@ def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked
     target = state.target
     if target is not None and row.get("eval_return", -math.inf) >= target:
         return f"solved: eval_return {row['eval_return']:.2f} >= {target:g}"
+    if budget_spent(state.config, row["timesteps"]):
+        return f"timestep budget reached: {row['timesteps']:,} timesteps >= --max-timesteps {state.config.max_timesteps:,}"
     if time_up:
         return f"stopped after {time_up:.0f} s of this call (--max-seconds {state.config.max_seconds:g})"
     if asked:
@@ -623,6 +629,24 @@ def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked
     if interrupted:
         return "interrupted"
     return None
+
+
+def budget_spent(config: TrainConfig, timesteps: int) -> bool:
+    """Whether a run at ``timesteps`` (all ranks' training env steps, over resumes) has spent its ``--max-timesteps``."""
+    return 0 < config.max_timesteps <= timesteps
+
+
+def check_counts_timesteps(config: TrainConfig, fitness: Fitness) -> None:
+    """Refuse ``--max-timesteps`` beside a fitness that counts no env steps: the rows' timesteps would stay 0 and the
+    budget would never end the run (a ``RolloutFitness``, given as the fitness, counts them)."""
+    counted = fitness.fn if isinstance(fitness, CheckedFitness) else fitness
+    if config.max_timesteps and not isinstance(counted, RolloutFitness):
+        raise UsageError(
+            "--max-timesteps",
+            f"{config.max_timesteps:,} with --fitness {config.fitness}, which counts no env steps (its rows' timesteps "
+            "stay 0), so the budget would never end the run",
+            "use --generations or --max-seconds; or roll out a vector env with flipes.rl.RolloutFitness(env), which counts them",
+        )
 
 
 # what an env worker process's end raises (flipes.rl.workers says which; a pipe of another vector env: a bare error)
@@ -666,6 +690,11 @@ def run_loop(
             "which counts all generations, not more of them (raise it to train on)"
         )
     steps = int(_summed(comm, getattr(fitness, "timesteps", 0)))
+    if budget_spent(config, steps):  # e.g. a requeue with --resume auto, or --max-timesteps meant as "more"
+        return (
+            f"nothing trained: the run is at {steps:,} timesteps, past --max-timesteps {config.max_timesteps:,}, "
+            "which counts all of the run's timesteps, not more of them (raise it to train on)"
+        )
     if _summed(comm, stop.requested) > 0:  # a signal while the run directory was written: no generation begins
         return "interrupted"
     stop.running = True
@@ -725,9 +754,10 @@ def run_loop(
         interrupted = _summed(comm, stop.requested) > 0  # a signal may reach one rank only
         elapsed = time.perf_counter() - began
         time_up = elapsed if 0 < config.max_seconds <= elapsed else 0.0
-        # the last generation is evaluated when the budget or --max-seconds ends the run (a signal's
+        # the last generation is evaluated when a budget or --max-seconds ends the run (a signal's
         # checkpoint does not wait for it, and a callback's stop comes after the row)
-        evaluate = gen % config.eval_every == 0 or gen == config.generations - 1 or time_up
+        last = gen == config.generations - 1 or budget_spent(config, steps)
+        evaluate = gen % config.eval_every == 0 or last or time_up
         decided: dict[str, Any] = {}
         if comm.rank == 0:
             if evaluate:

@@ -668,3 +668,19 @@ def test_help_under_mpiexec_is_printed_and_exits_0() -> None:
     r = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "scripts/train.py", "--help"], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0 and r.stdout.count("--mpi-timeout") >= 2, r.stderr[-2000:]
+
+
+def test_two_processes_count_the_budget_and_build_the_env_with_its_options_as_one(tmp_path: Path) -> None:
+    """Under 2 processes, --max-timesteps counts every rank's env steps: a budget one step above generation 1's
+    timesteps of the one-process run ends the 2-process run after generation 2 with that run's timesteps and
+    parameters (a count of rank 0's members alone would end it later); --env-kwargs reaches every rank's env
+    (Sutton and Barto's CartPole reward, 0 a step and -1 at a fall: the whole population's fitness is at most 0, where
+    CartPole's own reward gives at least 1)."""
+    args = [*CARTPOLE, "--generations", "5", "--comm", "seeds", "--env-kwargs", '{"sutton_barto_reward": true}']
+    train_on(1, *args, "--out", str(tmp_path / "n1"))
+    one = metrics(tmp_path / "n1")
+    budget = one[1]["timesteps"] + 1
+    train_on(2, *args, "--max-timesteps", str(budget), "--out", str(tmp_path / "n2"))
+    two = metrics(tmp_path / "n2")
+    assert [(r["timesteps"], r["params_sha256"]) for r in two] == [(r["timesteps"], r["params_sha256"]) for r in one[:3]]
+    assert all(r["fitness_max"] <= 0 for r in one + two), [r["fitness_max"] for r in one + two]
