@@ -189,7 +189,9 @@ class ProgressPrinter(Callback):
 
     def on_train_start(self, state: TrainState) -> None:
         evaluates = True if not state.config.fitness else None  # an env's run: its center every --eval-every generations
-        self.progress = Progress(state.config.generations, self.stream or sys.stdout, state.config.eval_every, evaluates)
+        config = state.config
+        stream = self.stream or sys.stdout
+        self.progress = Progress(config.generations, stream, config.eval_every, evaluates, config.max_timesteps)
 
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
         assert self.progress is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TextIO
@@ -35,10 +36,15 @@ class Progress:
         every: with plain lines, print every ``every`` generations (and the last one).
         evaluates: whether rows have an eval_return every ``every`` generations (its column is kept from the start);
             None: from the first row that has one.
+        max_timesteps: the run's budget of env steps (0: none); the ETA is the sooner of the two budgets, the steps
+            left at this call's steps per generation.
     """
 
-    def __init__(self, total: int, stream: TextIO | None = None, every: int = 1, evaluates: bool | None = None) -> None:
-        self.total, self.every = total, every
+    def __init__(
+        self, total: int, stream: TextIO | None = None, every: int = 1, evaluates: bool | None = None, max_timesteps: int = 0
+    ) -> None:
+        self.total, self.every, self.max_timesteps = total, every, max_timesteps
+        self.first_steps = 0  # the timesteps of this call's first row
         self.stream = stream if stream is not None else sys.stdout
         self.live = self.stream.isatty()
         self.start = time.perf_counter()
@@ -50,10 +56,15 @@ class Progress:
     def update(self, row: dict) -> None:
         gen = row["generation"]
         if self.first_gen is None:
-            self.first_gen = gen
+            self.first_gen, self.first_steps = gen, row.get("timesteps", 0)
         done = gen + 1 - self.first_gen
         rate = done / max(time.perf_counter() - self.start, 1e-9)
-        eta = (self.total - gen - 1) / rate if rate > 0 else float("inf")
+        left = self.total - gen - 1
+        steps = row.get("timesteps", 0)
+        if self.max_timesteps and gen > self.first_gen and steps > self.first_steps:  # steps per generation seen
+            per_generation = (steps - self.first_steps) / (gen - self.first_gen)
+            left = min(left, math.ceil(max(self.max_timesteps - steps, 0) / per_generation))
+        eta = left / rate if rate > 0 else float("inf")
         values = {
             "gen": f"{gen}/{self.total}".rjust(len(str(self.total)) * 2 + 1),
             "fitness": f"{row['fitness_mean']:.3f}",

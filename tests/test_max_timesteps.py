@@ -112,3 +112,22 @@ def test_a_negative_budget_is_a_one_line_error(tmp_path: Path, capsys: pytest.Ca
     with pytest.raises(SystemExit):
         main([*RUN, "--max-timesteps", "-1", "--out", str(tmp_path / "run")])
     assert capsys.readouterr().err.strip() == "flipes: error: --max-timesteps: must be 0 or positive, got -1; 0 means no limit"
+
+
+def test_the_progress_eta_is_that_of_the_sooner_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a budget of 1,000 steps and 100 steps a generation, the progress line's ETA after generation 1 (2 s in, one
+    generation a second) is the 8 generations the budget leaves, 0:00:08, not the 98 of --generations 100."""
+    import io
+
+    import flipes.progress
+
+    clock = iter([0.0, 1.0, 2.0])
+    monkeypatch.setattr(flipes.progress.time, "perf_counter", lambda: next(clock))
+    out = io.StringIO()
+    progress = flipes.progress.Progress(100, out, max_timesteps=1000)
+    for gen in (0, 1):
+        progress.update(
+            {"generation": gen, "fitness_mean": 0.0, "fitness_max": 0.0, "seconds": 0.0, "timesteps": 100 * (gen + 1)}
+        )
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("eta 0:01:39") and lines[1].endswith("eta 0:00:08"), lines

@@ -143,7 +143,7 @@ def _gymnasium_refusal(name: str, kwargs: Mapping[str, Any], envpool: EnvOptionE
         return envpool
     takes = _creator_options(spec.entry_point) if spec.entry_point is not None else None
     refused = _unknown_option(name, "gymnasium", kwargs, takes, OWN_OPTIONS)
-    return None if refused is None else EnvOptionError(f"{envpool}; and {refused}")
+    return None if refused is None else EnvOptionError(f"{refused}; and {envpool}")
 
 
 def gymnasium_entry_options(name: str) -> frozenset[str] | None:
