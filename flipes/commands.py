@@ -442,14 +442,15 @@ def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
     is missing where it cannot be made (checked before any episode)."""
     import gymnasium as gym
 
-    from flipes.rl.envs import EnvOptionError, base_id, check_env_options, gymnasium_entry_options
+    from flipes.rl.envs import GYMNASIUM_MAKE, EnvOptionError, base_id, check_env_options, gymnasium_entry_options
     from flipes.rl.mujoco_log import makes_mujoco, mujoco_warnings_once
     from flipes.rl.spaces import SpaceError, flat_observation_space
 
     kwargs = dict(env_kwargs or {})
     if kwargs and base_id(env_id) in gym.registry:  # gymnasium's env may take other options than the engine trained on
         try:
-            check_env_options(base_id(env_id), "gymnasium, which renders it", kwargs, gymnasium_entry_options(base_id(env_id)))
+            takes = gymnasium_entry_options(base_id(env_id))
+            check_env_options(base_id(env_id), "gymnasium, which renders it", kwargs, takes, also=GYMNASIUM_MAKE)
         except EnvOptionError as e:
             raise UsageError("--render", f"{e} (the run's --env-kwargs)", "evaluate without --render") from None
 

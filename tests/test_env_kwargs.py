@@ -194,3 +194,15 @@ def test_a_resume_keeps_the_options_and_refuses_others(tmp_path: Path, capsys: p
     del config["env_kwargs"]
     (plain / "config.json").write_text(json.dumps(config))
     assert flipes.train(resume=str(plain), generations=2, progress=False).config.env_kwargs == {}
+
+
+def test_make_vector_env_still_takes_a_time_limit_on_every_engine() -> None:
+    """``make_vector_env(..., max_episode_steps=3)`` (gymnasium.make's own option, not the env class's; a flipes/
+    env's and EnvPool's constructor option) truncates every CartPole episode after 3 steps, on each engine at hand."""
+    engines = ["flipes/CartPole-v1", "gymnasium-sync:CartPole-v1", *(["envpool:CartPole-v1"] * bool(envpool_ids()))]
+    for env_id in engines:
+        env = make_vector_env(env_id, 2, note=None, max_episode_steps=3)
+        env.reset(seed=0)
+        flags = [env.step(torch.zeros(2, dtype=torch.int64))[3].tolist() for _ in range(3)]
+        assert flags == [[False, False], [False, False], [True, True]], (env_id, flags)
+        env.close()

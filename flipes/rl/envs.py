@@ -55,7 +55,7 @@ class EnvOptionError(EnvError):
     option, and the options it takes where they are known."""
 
 
-# constructor options that flipes sets itself on every engine, and what sets them: a user's value would clash with it
+# constructor options that a run sets itself, and what sets them: --env-kwargs may not give them (config.validate)
 OWN_OPTIONS = MappingProxyType(
     {
         "num_envs": "the copies: --popsize x --episodes, --eval-episodes",
@@ -71,13 +71,14 @@ OWN_OPTIONS = MappingProxyType(
         "note": "make_vector_env's own",
     }
 )
-# EnvPool's too: its pool's size, threads and seeds
-_ENVPOOL_OWN = MappingProxyType(
+# EnvPool's options that make_vector_env sets itself (its pool's size, threads, seeds and API): refused there too
+ENVPOOL_OWN = MappingProxyType(
     {
         "batch_size": OWN_OPTIONS["num_envs"],
+        "seed": OWN_OPTIONS["seed"],
+        "env_seed": OWN_OPTIONS["seed"],
         "num_threads": "EnvPool's threads: --env-threads",
         "thread_affinity_offset": "EnvPool's threads: --env-threads",
-        "env_seed": OWN_OPTIONS["seed"],
         "env_type": "EnvPool's API: gymnasium's",
         "max_num_players": "EnvPool's multi-player envs, which flipes does not step",
         "gym_reset_return_info": "EnvPool's API: gymnasium's",
@@ -85,6 +86,8 @@ _ENVPOOL_OWN = MappingProxyType(
         "reward_threshold": "EnvPool's record of the solved level: --target says where flipes stops",
     }
 )
+# what gymnasium.make takes beside the env class's options (it wraps the env with them)
+GYMNASIUM_MAKE = frozenset({"max_episode_steps", "disable_env_checker", "render_mode"})
 
 
 def constructor_options(creator: Any) -> frozenset[str] | None:
@@ -109,25 +112,34 @@ def constructor_options(creator: Any) -> frozenset[str] | None:
 
 
 def check_env_options(
-    name: str, engine: str, kwargs: Mapping[str, Any], takes: frozenset[str] | None, own: Mapping[str, str] = OWN_OPTIONS
+    name: str,
+    engine: str,
+    kwargs: Mapping[str, Any],
+    takes: frozenset[str] | None,
+    refused: Mapping[str, str] = MappingProxyType({}),
+    also: frozenset[str] = frozenset(),
 ) -> None:
-    """Raise an :class:`EnvOptionError` for an option of ``kwargs`` that flipes sets itself (``own``: what sets it), or
-    that ``name``'s constructor on ``engine`` does not take (``takes``, None where unknown: the env then says)."""
+    """Raise an :class:`EnvOptionError` for an option of ``kwargs`` that flipes sets itself (``refused``: what sets it),
+    or that ``name``'s constructor on ``engine`` does not take (``takes``, None where unknown: the env then says;
+    ``also``: what the engine takes beside the constructor's options)."""
     for key in kwargs:
-        if key in own:
-            raise EnvOptionError(f"{name}: option {key!r} is flipes' own ({own[key]}); leave it out of the env's options")
-    if (error := _unknown_option(name, engine, kwargs, takes, own)) is not None:
+        if key in refused:
+            raise EnvOptionError(f"{name}: option {key!r} is flipes' own ({refused[key]}); leave it out of the env's options")
+    if (error := _unknown_option(name, engine, kwargs, takes, also)) is not None:
         raise error
 
 
 def _unknown_option(
-    name: str, engine: str, kwargs: Mapping[str, Any], takes: frozenset[str] | None, own: Mapping[str, str]
+    name: str, engine: str, kwargs: Mapping[str, Any], takes: frozenset[str] | None, also: frozenset[str] = frozenset()
 ) -> EnvOptionError | None:
-    """The error naming the first option of ``kwargs`` that ``takes`` lacks (and the options it has), or None."""
-    unknown = [key for key in kwargs if takes is not None and key not in takes]
-    if not unknown or takes is None:
+    """The error naming the first option of ``kwargs`` that ``takes`` (and ``also``) lacks, and the options it has, but
+    those flipes sets itself; None where there is none, or ``takes`` is unknown."""
+    if takes is None:
         return None
-    valid = sorted(takes - set(own))
+    unknown = [key for key in kwargs if key not in takes | also]
+    if not unknown:
+        return None
+    valid = sorted(takes - set(OWN_OPTIONS) - set(ENVPOOL_OWN))
     close = difflib.get_close_matches(unknown[0], valid, n=3)
     guess = f"did you mean {', '.join(close)}? " if close else ""
     return EnvOptionError(f"{name} ({engine}) takes no option {unknown[0]!r}; {guess}its options: {', '.join(valid) or 'none'}")
@@ -142,7 +154,7 @@ def _gymnasium_refusal(name: str, kwargs: Mapping[str, Any], envpool: EnvOptionE
     except EnvError:
         return envpool
     takes = _creator_options(spec.entry_point) if spec.entry_point is not None else None
-    refused = _unknown_option(name, "gymnasium", kwargs, takes, OWN_OPTIONS)
+    refused = _unknown_option(name, "gymnasium", kwargs, takes, GYMNASIUM_MAKE)
     return None if refused is None else EnvOptionError(f"{refused}; and {envpool}")
 
 
@@ -346,8 +358,8 @@ def make_vector_env(
             Tuple observations are flattened into a Box (``None``: silent).
         **kwargs: the env's constructor options, passed to the engine that makes it (``gymnasium.make_vec``, so the
             env class of the id's ``entry_point`` or ``vector_entry_point``; ``envpool.make``). An option the env does
-            not take, or one flipes sets itself (``num_envs``, ``seed``, ``device``, ``render_mode``,
-            ``max_episode_steps``; EnvPool's threads and batch), raises an :class:`EnvOptionError` naming it.
+            not take, or one of EnvPool's that flipes sets itself (its seeds, threads and batch), raises an
+            :class:`EnvOptionError` naming it.
 
     An id registered with a ``vector_entry_point`` and no ``entry_point`` (a batched env of your own,
     numpy or torch) is made by it, given ``device=`` where its constructor takes one. Dict and Tuple
@@ -395,9 +407,8 @@ def _engine_env(
     if backend in ("auto", "envpool"):
         ids = envpool_ids()
         if name in ids:
-            own = {**OWN_OPTIONS, **_ENVPOOL_OWN}
-            check_env_options(name, "EnvPool", kwargs, None, own)
-            refused = _unknown_option(name, "EnvPool", kwargs, _envpool_options(name), own)
+            check_env_options(name, "EnvPool", kwargs, None, ENVPOOL_OWN)
+            refused = _unknown_option(name, "EnvPool", kwargs, _envpool_options(name))
             if refused is None:
                 return EnvPoolVectorEnv(name, num_envs, threads=threads, device=device, **kwargs)
             # EnvPool's env takes other options than gymnasium's (LunarLander's continuous is an id of its own there):
@@ -434,7 +445,7 @@ def _engine_env(
         heavy = isinstance(spec.entry_point, str) and spec.entry_point.startswith(_HEAVY_ENTRY_POINTS)
         mode = "async" if heavy and threads > 1 and num_envs >= 2 * threads else "sync"
     if kwargs:  # gymnasium makes each copy by its entry_point, with the id's registered kwargs under these
-        check_env_options(name, "gymnasium", kwargs, _creator_options(spec.entry_point))
+        check_env_options(name, "gymnasium", kwargs, _creator_options(spec.entry_point), also=GYMNASIUM_MAKE)
     workers = _largest_divisor(num_envs, threads)
     if mode == "async" and workers < 2 and backend == "auto":
         mode = "sync"
