@@ -179,7 +179,7 @@ def final_value(task: str, config: flipes.TrainConfig, model: torch.nn.Module, g
         import digits
 
         return digits.evaluate(model)
-    env = make_vector_env(config.env, config.eval_episodes, note=None)
+    env = make_vector_env(config.env, config.eval_episodes, note=None, **config.env_kwargs)
     try:
         with torch.no_grad():
             return run_episodes(env, model, episode_seed(config.seed, generation, "bench_algos/final")).returns.mean().item()
