@@ -139,7 +139,7 @@ def _unknown_option(
     unknown = [key for key in kwargs if key not in takes | also]
     if not unknown:
         return None
-    valid = sorted(takes - set(OWN_OPTIONS) - set(ENVPOOL_OWN))
+    valid = sorted(takes - set(OWN_OPTIONS) - set(ENVPOOL_OWN if engine == "EnvPool" else ()))
     close = difflib.get_close_matches(unknown[0], valid, n=3)
     guess = f"did you mean {', '.join(close)}? " if close else ""
     return EnvOptionError(f"{name} ({engine}) takes no option {unknown[0]!r}; {guess}its options: {', '.join(valid) or 'none'}")
