@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import decimal
 import difflib
 import functools
 import importlib
@@ -115,7 +116,14 @@ def _parse_scalar(text: str, scalar: type) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"expected an integer, got {text!r}") from None
+            pass
+        try:  # 1e6, 2.5e5: budgets in env steps are written so; exact (Decimal), and only where the value is whole
+            number = decimal.Decimal(text.strip())
+            if number.is_finite() and number == number.to_integral_value():
+                return int(number)
+        except decimal.InvalidOperation:
+            pass
+        raise ValueError(f"expected an integer, got {text!r}")
     if scalar is float:
         try:
             return float(text)

@@ -96,7 +96,7 @@ def test_help_shows_percent_signs_of_docstrings_and_given_values_as_written(caps
 
 
 def test_flags_are_typed_strictly_and_bools_read_three_ways() -> None:
-    """Ints refuse 3.7, bools take --x, --x false and --no-x, lists take several values, and
+    """Ints refuse 3.7 and take 1e6 as 1,000,000, bools take --x, --x false and --no-x, lists take several values, and
     Literal or None options take only their words."""
     parse = lambda *argv: parse_config(TrainConfig, list(argv))  # noqa: E731
     assert parse("--mirrored").mirrored is True and parse("--mirrored", "false").mirrored is False
@@ -106,6 +106,12 @@ def test_flags_are_typed_strictly_and_bools_read_three_ways() -> None:
     assert parse("--target", "-100").target == -100.0 and parse("--comm", "seeds").comm == "seeds"
     with pytest.raises(flipes.UsageError, match=r"^--generations: expected an integer, got '3.7'"):
         parse("--generations", "3.7")
+    # whole numbers in scientific notation read exactly; a fraction of a step or an inf is still refused
+    assert parse("--max-timesteps", "1e6").max_timesteps == 1_000_000 and parse("--popsize", "2.56e2").popsize == 256
+    assert parse("--max-timesteps", "12345678901234567e3").max_timesteps == 12345678901234567000
+    for text in ("2.5e-1", "1.5e0", "inf", "nan"):
+        with pytest.raises(flipes.UsageError, match=rf"^--generations: expected an integer, got '{text}'"):
+            parse("--generations", text)
     with pytest.raises(flipes.UsageError, match=r"^--target: expected a number or 'auto' or none, got 'never'"):
         parse("--target", "never")
 
