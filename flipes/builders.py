@@ -42,6 +42,7 @@ from flipes.rl import (
     run_episodes,
 )
 from flipes.rl.envs import EnvError, EnvOptionError
+from flipes.rl.rollout import continuous
 from flipes.search import search_rule, sigma_schedule
 
 Fitness = Callable[[nn.Module, Population], Tensor]
@@ -81,11 +82,20 @@ def build_env(
         members = config.members_per_pass
     threads = config.env_threads or available_cores(comm.local_size)
     try:
-        return make_vector_env(config.env, members * config.episodes, device, threads=threads, note=note, **config.env_kwargs)
+        env = make_vector_env(config.env, members * config.episodes, device, threads=threads, note=note, **config.env_kwargs)
     except EnvOptionError as e:
         raise UsageError("--env-kwargs", str(e)) from None
     except EnvError as e:
         raise UsageError("--env", str(e)) from None
+    space = env.single_action_space
+    if config.action_noise and not continuous(space):  # named before the run directory is looked at
+        env.close()
+        raise UsageError(
+            "--action-noise",
+            f"{config.action_noise:g} adds Gaussian noise to continuous actions, and {config.env}'s are {space}",
+            "drop --action-noise for this env (ES explores through the parameter noise σ)",
+        )
+    return env
 
 
 def build_model(config: TrainConfig, env: gym.vector.VectorEnv | None, plugins: Plugins | None = None) -> nn.Module:
@@ -193,6 +203,7 @@ def build_fitness(
         getattr(model, "obs_norm", None),
         reward_shift=config.reward_shift,
         max_steps=config.max_episode_steps or None,
+        action_noise=config.action_noise,
     )
 
 

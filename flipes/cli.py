@@ -345,6 +345,7 @@ FOREIGN = {
     "l2coeff": ("OpenAI's ES starter", "weight_decay", ", at c/σ for its l2coeff c (with Adam at {lr} = its stepsize)"),
     "episodes_per_batch": ("OpenAI's ES starter", "popsize", " (members; the episodes per member are {episodes})"),
     "return_proc_mode": ("OpenAI's ES starter", "shaping", " (centered-ranks, the default, z-score or raw)"),
+    "ac_noise_std": ("OpenAI's ES starter", "action_noise", " (added in training rollouts only, as there)"),
     "stdev_init": ("EvoTorch's", "sigma", ""),
     "init_stdev": ("EvoJAX's", "sigma", ""),
     "center_learning_rate": ("EvoTorch's and EvoJAX's", "lr", " (their ClipUp at c is {algo}=pgpe with {max_speed}=2c)"),

@@ -115,6 +115,11 @@ class TrainConfig:
     """Cut every episode, in training and evaluation, after this many steps (0: the env's own time limit).
     For envs that register none (CliffWalking-v1, an env of your own without truncation), whose rollouts
     otherwise last until every episode has ended by itself."""
+    action_noise: float = 0.0
+    """Std of Gaussian noise added to the policy's continuous (Box) actions in training rollouts, in the env's action
+    units, then clipped to the action space's bounds (OpenAI's ES starter's ac_noise_std, 0.01 in its MuJoCo configs);
+    the center policy's evaluation, flipes evaluate and export stay noise-free. Member m's noise at step t of its
+    episode k is a function of (seed, generation, m, k, t) alone. 0: none. Not for discrete action spaces."""
     hidden: list[int] = field(
         default_factory=lambda: [32, 32],
         metadata={EMPTY: "no widths: a linear policy, or the CNN's convolutions straight into the action layer"},
@@ -491,6 +496,13 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             "--shaping", f"{config.shaping} with --algo ars, whose step is its own weighting of mirrored pairs", "drop --shaping"
         )
     finite("--reward-shift", config.reward_shift, fix="e.g. --reward-shift 1 removes an alive bonus of 1 per step")
+    finite("--action-noise", config.action_noise, 0, fix="0 is none; e.g. --action-noise 0.01 (OpenAI's ES starter's)")
+    if config.action_noise and config.fitness:
+        raise UsageError(
+            "--action-noise",
+            f"adds noise in flipes' rollouts, and --fitness {config.fitness} computes the fitness itself",
+            "drop --action-noise, or roll out with flipes.rl.RolloutFitness(env, action_noise=...) in that fitness",
+        )
     finite("--max-seconds", config.max_seconds, 0, allow_inf=True, fix="0 means no limit")
     finite("--mpi-timeout", config.mpi_timeout, 0, allow_inf=True, fix="0 means wait forever")
     if isinstance(config.target, float):

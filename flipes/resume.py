@@ -43,6 +43,7 @@ RESUME_KEYS = (
     "episodes",
     "reward_shift",
     "max_episode_steps",
+    "action_noise",  # part of every member's fitness
     "fitness",
     "model",
     "algo",  # the optimizer (Adam, ClipUp, SGD): another one cannot take the saved optimizer state
@@ -67,6 +68,7 @@ LATER_KEYS = (
     "optimizer",
     "sigma_decay",
     "sigma_min",
+    "action_noise",
 )
 
 

@@ -5,11 +5,20 @@ from flipes.rl.envs import EnvError, available_cores, make_vector_env, split_env
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.policy import CNNPolicy, MLPPolicy, SpacePolicy
 from flipes.rl.recurrent import POLICIES, GRUPolicy, RecurrentPolicy, stepper
-from flipes.rl.rollout import Episodes, RolloutFitness, episode_seed, reference_observations, reset_episodes, run_episodes
+from flipes.rl.rollout import (
+    ActionNoise,
+    Episodes,
+    RolloutFitness,
+    episode_seed,
+    reference_observations,
+    reset_episodes,
+    run_episodes,
+)
 from flipes.rl.workers import WorkerVectorEnv
 
 __all__ = [
     "POLICIES",
+    "ActionNoise",
     "CNNPolicy",
     "EnvError",
     "EnvPoolVectorEnv",

@@ -9,6 +9,7 @@ the rollout stops once every episode is done.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +160,68 @@ def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> N
         raise UsageError("--model", problem, how)
 
 
+def continuous(space: gym.Space) -> bool:
+    """Whether ``space``'s actions are continuous, a Box of floats: what action noise is added to."""
+    return isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.floating)
+
+
+def check_action_noise(std: float, space: gym.Space) -> None:
+    """Raise a ValueError naming the fix unless Gaussian action noise of ``std`` fits ``space``: a finite std >= 0, and
+    above 0 only for a Box of floats (a discrete action has no nearby action to add noise to)."""
+    if not isinstance(std, int | float) or isinstance(std, bool) or not math.isfinite(std) or std < 0:
+        raise ValueError(f"action_noise must be a finite std >= 0, got {std!r}; 0 is none, e.g. 0.01 (OpenAI's ES starter's)")
+    if std and not continuous(space):
+        raise ValueError(
+            f"action_noise {std:g} adds Gaussian noise to continuous actions, and this env's actions are {space}; "
+            "leave it 0 (ES explores through the parameter noise σ)"
+        )
+
+
+class ActionNoise:
+    """Gaussian noise added to a training rollout's Box actions (OpenAI's ES starter's ``ac_noise_std``): at step ``t``,
+    the actions of the rollout's envs become ``(a + std · z).clamp(low, high)`` with the space's bounds, where row ``e``
+    of ``z = torch.randn(pop.popsize · episodes, *action_shape, generator=pop.generator(f"action noise/{t}",
+    a.device), dtype=a.dtype)`` is the noise of the population's global env ``e = m·K + k`` (member ``m``, episode
+    ``k``).
+
+    So a member's noise is a function of (seed, generation, global member, episode, step) alone, whichever process,
+    part of the population (``pop.part``) or pipelined half-batch steps it, and on a resume: every step draws the whole
+    population's noise (popsize · K · action_dim normals, about 30 µs for 1,024 × 6 on a CPU core) from a generator
+    keyed by the step, and takes its own rows. Noise is in the env's units, as the starter adds it to the action its
+    policy emits: after flipes' policies squash into the bounds (``tanh``), so that ``std`` means the same at every
+    action (before the squash it would shrink to nothing where the policy saturates), and clipped there, as MuJoCo
+    clips a control. A policy of one's own gets it on the actions it returns.
+
+    Args:
+        std: the noise's standard deviation, in action units.
+        pop: the population (or part) being rolled out.
+        episodes: episodes per member, K (the rollout's envs are ``pop.size · K``, members first).
+        space: the env's single action space, a Box.
+    """
+
+    def __init__(self, std: float, pop: Population, episodes: int, space: gym.spaces.Box) -> None:
+        check_action_noise(std, space)
+        self.std, self.pop, self.episodes = std, pop, episodes
+        self.rows = range(pop.members.start * episodes, (pop.members.start + pop.size) * episodes)
+        self.low, self.high = torch.as_tensor(space.low), torch.as_tensor(space.high)
+        self._bounds: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+    def noise(self, step: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``(rows, *action_shape)``: ``std · z`` of this rollout's envs at ``step`` (without the bounds)."""
+        gen = self.pop.generator(f"action noise/{step}", device)
+        z = torch.randn(self.pop.popsize * self.episodes, *self.low.shape, generator=gen, dtype=dtype, device=device)
+        return self.std * z[self.rows.start : self.rows.stop]
+
+    def __call__(self, actions: Tensor, step: int) -> Tensor:
+        """``actions`` ``(rows, *action_shape)`` of step ``step`` (0 at an episode's first) with their noise, in bounds."""
+        dtype = actions.dtype if actions.is_floating_point() else torch.get_default_dtype()
+        key = (dtype, actions.device)
+        if key not in self._bounds:  # once per rollout, not per step
+            self._bounds[key] = tuple(b.to(device=actions.device, dtype=dtype) for b in (self.low, self.high))
+        low, high = self._bounds[key]
+        return (actions + self.noise(step, dtype, actions.device)).clamp(low, high)
+
+
 @dataclass
 class Episodes:
     """What :func:`run_episodes` returns: one episode per env, its first since the reset, cut at
@@ -199,6 +262,7 @@ def run_episodes(
     members: int | None = None,
     obs: Tensor | None = None,
     pipeline: bool = False,
+    action_noise: ActionNoise | None = None,
 ) -> Episodes:
     """Run one episode in every env of ``env`` with ``act(obs) -> actions``, at most ``max_steps``
     steps (the env's own truncation otherwise).
@@ -212,6 +276,7 @@ def run_episodes(
     whole batch with half of it stale, so it must compute each row from that row alone, as a
     memoryless policy does (an MLP, not a recurrent policy). The results are the same.
     A :class:`~flipes.rl.RecurrentPolicy` as ``act`` carries its state from step to step.
+    ``action_noise``: adds its noise to the actions of each env's step ``t`` before they go to the env.
     """
     check_vector_env(env, "run_episodes")
     if obs is None:
@@ -222,7 +287,7 @@ def run_episodes(
     if pipeline:
         if is_recurrent(act):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
-        return _run_pipelined(env, act, obs, record, max_steps, members)
+        return _run_pipelined(env, act, obs, record, max_steps, members, action_noise)
     act = stepper(act)
     if max_steps is None:  # an env that truncates itself: no steps past its limit (a GPU checks every 16)
         max_steps = getattr(getattr(env, "unwrapped", env), "max_episode_steps", None)  # through gymnasium wrappers
@@ -243,6 +308,8 @@ def run_episodes(
         actions = act(obs)
         if t == 0:
             check_actions(actions, env.single_action_space, n)
+        if action_noise is not None:
+            actions = action_noise(actions, t)
         out = env.step(actions)
         if t == 0:  # once per rollout, as the actions: a user's env whose outputs torch would misread or refuse later
             check_step(out, env)
@@ -263,7 +330,13 @@ def run_episodes(
 
 
 def _run_pipelined(
-    env: Any, act: Callable[[Tensor], Tensor], obs: Tensor, record: RunningNorm | None, max_steps: int | None, members: int | None
+    env: Any,
+    act: Callable[[Tensor], Tensor],
+    obs: Tensor,
+    record: RunningNorm | None,
+    max_steps: int | None,
+    members: int | None,
+    action_noise: ActionNoise | None = None,
 ) -> Episodes:
     """:func:`run_episodes` with two halves of the envs in turns: while EnvPool's threads step one
     half, this thread computes the other half's next actions (it pays off from ~128 envs on 2
@@ -294,6 +367,8 @@ def _run_pipelined(
     observe(slice(0, n))
     first = act(observed.to(device))
     check_actions(first, env.single_action_space, n)
+    if action_noise is not None:  # both halves at their step 0
+        first = action_noise(first, 0)
     actions = first.cpu().numpy()
     ready = [True, True]  # the half's rows of `actions` answer its current observations
     flight: int | None = None
@@ -307,9 +382,10 @@ def _run_pipelined(
                     break
         todo = [h for h in (0, 1) if h != flight and not ready[h] and len(live(h))]
         if todo:  # overlaps the half in flight
-            fresh = act(observed.to(device)).cpu().numpy()
-            for h in todo:
-                actions[halves[h]] = fresh[halves[h]]
+            fresh = act(observed.to(device))
+            for h in todo:  # each half's noise is that of its own next step
+                rows = fresh if action_noise is None else action_noise(fresh, steps[h])
+                actions[halves[h]] = rows[halves[h]].cpu().numpy()
                 ready[h] = True
         if flight is None:
             if not todo:
@@ -358,6 +434,10 @@ class RolloutFitness:
             returns): a locomotion env's alive bonus, which otherwise makes standing still a
             strong local optimum (Mania et al., 2018, arXiv:1803.07055, ARS's "shift").
         max_steps: cut every episode after this many steps (``None``: the env's own time limit).
+        action_noise: the std of Gaussian noise added to every action of a Box space before it goes to the env, then
+            clipped to the bounds (OpenAI's ES starter's ``ac_noise_std``; :class:`ActionNoise`: keyed by the FlipES's
+            seed, the generation and the step, drawn for the whole population); 0, the default, adds none. An
+            evaluation of the center policy (``run_episodes``) is left without it.
 
     Attributes:
         timesteps: env steps used so far.
@@ -373,13 +453,15 @@ class RolloutFitness:
         pipeline: bool | None = None,
         reward_shift: float = 0.0,
         max_steps: int | None = None,
+        action_noise: float = 0.0,
     ) -> None:
         check_vector_env(env, "RolloutFitness")
+        check_action_noise(action_noise, env.single_action_space)
         episodes = integer("episodes", episodes)
         if episodes < 1:  # else a ZeroDivisionError at the first call
             raise ValueError(f"RolloutFitness: episodes is the episodes per member, at least 1, got {episodes}")
         self.env, self.episodes, self.seed, self.obs_norm, self.pipeline = env, episodes, seed, obs_norm, pipeline
-        self.reward_shift, self.max_steps = reward_shift, max_steps
+        self.reward_shift, self.max_steps, self.action_noise = reward_shift, max_steps, action_noise
         self.timesteps = 0
         self.last_returns: Tensor | None = None
         self._warned = False  # about an obs_norm left unmerged, once
@@ -450,7 +532,10 @@ class RolloutFitness:
         pipeline = self.pipeline if self.pipeline is not None else can_pipeline(self.env, model)
         if pipeline and is_recurrent(model):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
-        ep = run_episodes(self.env, act, record=norm, members=n, obs=obs, pipeline=pipeline, max_steps=self.max_steps)
+        noise = ActionNoise(self.action_noise, pop, k, self.env.single_action_space) if self.action_noise else None
+        ep = run_episodes(
+            self.env, act, record=norm, members=n, obs=obs, pipeline=pipeline, max_steps=self.max_steps, action_noise=noise
+        )
         self.timesteps += ep.steps
         if norm is not None:
             norm.pending_generation = pop.generation
