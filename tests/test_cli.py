@@ -179,6 +179,9 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--sigma-decay", "0.9", "--sigma-min", "0.2"], "--sigma-min"),
     (["train", "--sigma-min", "0.01"], "--sigma-min"),
     (["train", "--algo", "pgpe", "--max-speed", "-0.5"], "--max-speed"),
+    (["train", "--action-noise", "0.01"], "--action-noise"),  # CartPole's Discrete(2)
+    (["train", "--env", "flipes/Pendulum-v1", "--action-noise", "-0.01"], "--action-noise"),
+    (["train", "--env", "flipes/Pendulum-v1", "--action-noise", "nan"], "--action-noise"),
     (["train", "--ars-top", "33"], "--ars-top"),
     (["train", "--algo", "ars", "--mirrored", "false"], "--mirrored"),
     (["train", "--device", "cuda"], "--device"),
@@ -862,6 +865,11 @@ def test_a_piped_log_shows_the_generation_a_run_stopped_at_between_two_kth_lines
             "l2coeff",
             "OpenAI's ES starter's l2coeff is --weight-decay here, at c/σ for its l2coeff c (with Adam at --lr = its stepsize)",
             "OpenAI's ES starter's l2coeff is weight_decay here, at c/σ for its l2coeff c (with Adam at lr = its stepsize)",
+        ),
+        (
+            "ac_noise_std",
+            "OpenAI's ES starter's ac_noise_std is --action-noise here (added in training rollouts only, as there)",
+            "OpenAI's ES starter's ac_noise_std is action_noise here (added in training rollouts only, as there)",
         ),
         ("stdev_init", "EvoTorch's stdev_init is --sigma here", "EvoTorch's stdev_init is sigma here"),
         ("sigma_limit", "evosax's sigma_limit is --sigma-min here", "evosax's sigma_limit is sigma_min here"),

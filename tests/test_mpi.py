@@ -378,6 +378,21 @@ def test_a_sigma_schedule_gives_two_processes_the_bits_of_one(tmp_path: Path) ->
     assert rows["two"] == rows["one"] and [s for s, _ in rows["one"]] == [0.1, 0.06, 0.04] and len(one.metrics) == 3
 
 
+def test_action_noise_gives_two_processes_the_bits_of_one(tmp_path: Path) -> None:
+    """--action-noise 0.3 --comm seeds on Pendulum, 2 episodes per member: 2 processes under mpiexec log the fitness and
+    parameters of one process (in this one) in every row, bit for bit (a member's noise is its global rows' of a draw
+    for the whole population); the noise changed the fitness (the one-process run without it logs another)."""
+    args = ["--env", "flipes/Pendulum-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--episodes", "2",
+            "--max-episode-steps", "40", "--progress", "false"]  # fmt: skip
+    mpirun(2, *args, "--action-noise", "0.3", "--out", str(tmp_path / "two"))
+    flipes.train(config=parse_train_config([*args, "--action-noise", "0.3", "--out", str(tmp_path / "one")]))
+    flipes.train(config=parse_train_config([*args, "--out", str(tmp_path / "quiet")]))
+    keys = ("fitness_mean", "fitness_max", "timesteps", "params_sha256")
+    rows = {k: [[r[key] for key in keys] for r in metrics(tmp_path / k)] for k in ("one", "two", "quiet")}
+    assert rows["two"] == rows["one"] and len(rows["one"]) == 3
+    assert rows["quiet"][0][0] != rows["one"][0][0]
+
+
 RANK_ROWS = """
 import json, sys
 import flipes

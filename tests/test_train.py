@@ -458,13 +458,14 @@ def test_a_resume_into_another_directory_takes_the_runs_history_along(tmp_path: 
 
 
 def test_a_run_saved_before_newer_options_existed_resumes_with_their_defaults(tmp_path: Path) -> None:
-    """A checkpoint and config.json without the options added since (reward_shift, mirrored, policy,
-    shaping, weight_decay, sigma_decay, sigma_min; noise_rank under its old name rank) resume as runs of their defaults: the
-    resumed rows equal an uninterrupted run's, bit for bit."""
+    """A checkpoint and config.json without the options added since (reward_shift, mirrored, policy, shaping,
+    weight_decay, sigma_decay, sigma_min, action_noise; noise_rank under its old name rank) resume as runs of their
+    defaults: the resumed rows equal an uninterrupted run's, bit for bit."""
     kw = {**FAST_KW, "hidden": [4]}
     whole = flipes.train(**kw, generations=3, out=str(tmp_path / "whole"))
     flipes.train(**kw, generations=2, out=str(tmp_path / "old"))
-    newer = ("reward_shift", "mirrored", "policy", "shaping", "weight_decay", "noise_rank", "sigma_decay", "sigma_min")
+    newer = ("reward_shift", "mirrored", "policy", "shaping", "weight_decay", "noise_rank", "sigma_decay", "sigma_min",
+             "action_noise")  # fmt: skip
     for path in (tmp_path / "old" / "checkpoint.pt", tmp_path / "old" / "previous.pt"):
         state = load_checkpoint(path)
         state["config"] = {k: v for k, v in state["config"].items() if k not in newer} | {"rank": None}
@@ -474,7 +475,7 @@ def test_a_run_saved_before_newer_options_existed_resumes_with_their_defaults(tm
     rest = flipes.train(resume=str(tmp_path / "old"), generations=3, progress=False)
     assert [r["params_sha256"] for r in metrics(tmp_path / "old")] == [r["params_sha256"] for r in whole.metrics]
     assert (rest.config.shaping, rest.config.weight_decay, rest.config.policy, rest.config.noise_rank) == ("auto", 0.0, "mlp", 0)
-    assert (rest.config.sigma_decay, rest.config.sigma_min) == (1.0, 0.0)
+    assert (rest.config.sigma_decay, rest.config.sigma_min, rest.config.action_noise) == (1.0, 0.0, 0.0)
     state = load_checkpoint(tmp_path / "old")  # an option every run has, missing: a damaged file, said so
     state["config"].pop("env")
     save_checkpoint(state, tmp_path / "old" / "checkpoint.pt")
