@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 from helpers import metrics
+from torch import nn
 
 import flipes
 from flipes.es.population import Population
-from flipes.rl import ActionNoise, MLPPolicy, RolloutFitness, make_vector_env, reset_episodes, run_episodes
+from flipes.rl import ActionNoise, GRUPolicy, MLPPolicy, RolloutFitness, make_vector_env, reset_episodes, run_episodes
 
 PENDULUM_SPACES = (gym.spaces.Box(-8, 8, (3,), np.float32), gym.spaces.Box(-2, 2, (1,), np.float32))
 TRAIN_KW = {"env": "flipes/Pendulum-v1", "popsize": 8, "max_episode_steps": 30, "eval_episodes": 4, "target": None,
@@ -27,11 +28,25 @@ class SecondOfTwo:
     rank, size, local_rank, local_size, bytes_sent = 1, 2, 0, 1, 0
 
 
-def pendulum_es(comm: SecondOfTwo | None = None, dtype: torch.dtype = torch.float32) -> tuple[MLPPolicy, flipes.FlipES]:
-    """8 members in 2 ε groups of one small Pendulum MLP (the same initial weights every call), on one process or as
-    process 1 of 2 (members 4..7)."""
+class OwnPolicy(nn.Module):
+    """A policy of one's own: a linear map of the observations, its actions unbounded (beyond ±2 as often as not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return 3 * self.linear(obs)
+
+
+def pendulum_es(
+    comm: SecondOfTwo | None = None, dtype: torch.dtype = torch.float32, kind: str = "mlp"
+) -> tuple[nn.Module, flipes.FlipES]:
+    """8 members in 2 ε groups of one small Pendulum policy (the same initial weights every call), on one process or as
+    process 1 of 2 (members 4..7): flipes' MLP or GRU policy, or a linear model of one's own."""
     torch.manual_seed(0)
-    policy = flipes.flipout(MLPPolicy(*PENDULUM_SPACES, hidden=(8,))).to(dtype)
+    made = {"mlp": lambda: MLPPolicy(*PENDULUM_SPACES, hidden=(8,)), "gru": lambda: GRUPolicy(*PENDULUM_SPACES, hidden=(8,))}
+    policy = flipes.flipout(made.get(kind, OwnPolicy)()).to(dtype)
     return policy, flipes.FlipES(policy, popsize=8, sigma=0.5, groups=2, seed=3, comm=comm)
 
 
@@ -48,18 +63,20 @@ def record_steps(env: gym.vector.VectorEnv) -> list[torch.Tensor]:
     return sent
 
 
-@pytest.mark.parametrize("per_pass", [4, 2])
-def test_each_members_env_gets_its_own_actions_plus_the_noise_of_its_row_clipped_to_the_bounds(per_pass: int) -> None:
+@pytest.mark.parametrize(("kind", "per_pass"), [("mlp", 4), ("mlp", 2), ("gru", 4), ("own", 4)])
+def test_each_members_env_gets_its_own_actions_plus_the_noise_of_its_row_clipped_to_the_bounds(kind: str, per_pass: int) -> None:
     """Process 1 of 2 (members 4..7 of 8), 2 episodes each, std 1.5 on Pendulum's [-2, 2], in one pass or in parts of 2
-    members: at every step t the env gets, for member m and episode k, exactly the policy's own action for that
-    observation plus 1.5 times row m·2 + k (the global env) of ``torch.randn(16, 1, generator=pop.generator(f"action
-    noise/{t}"))``, clipped to [-2, 2]; the clip is met (some actions are exactly ±2) and most actions are inside it."""
+    members, with flipes' MLP or GRU policy or a model of one's own: at every step t the env gets, for member m and
+    episode k, exactly the model's own action for that observation plus 1.5 times row m·2 + k (the global env) of
+    ``torch.randn(16, 1, generator=pop.generator(f"action noise/{t}"))``, clipped to [-2, 2]; the clip is met (some
+    actions are exactly ±2) and, for flipes' policies (in the bounds by their tanh), most actions are inside it."""
     std, k, steps = 1.5, 2, 20
-    policy, es = pendulum_es(SecondOfTwo())
+    policy, es = pendulum_es(SecondOfTwo(), kind=kind)
     env = make_vector_env("flipes/Pendulum-v1", per_pass * k, max_episode_steps=steps)
     sent = record_steps(env)
     outputs: list[torch.Tensor] = []
-    policy.register_forward_hook(lambda module, args, out: outputs.append(out.clone()))
+    # the actions the model returns (a GRU policy returns its state beside them)
+    policy.register_forward_hook(lambda module, args, out: outputs.append((out[0] if kind == "gru" else out).clone()))
     fitness = RolloutFitness(env, episodes=k, seed=5, pipeline=False, action_noise=std)
     with es.population() as pop:
         fitness(policy, pop)
@@ -72,7 +89,7 @@ def test_each_members_env_gets_its_own_actions_plus_the_noise_of_its_row_clipped
                     want = torch.clamp(own[i, e] + std * z[m * k + e], -2.0, 2.0)
                     assert torch.equal(got[i * k + e], want), (t, m, e)
     clipped = torch.cat(sent).abs() == 2.0
-    assert 0 < int(clipped.sum()) < clipped.numel() // 2
+    assert 0 < int(clipped.sum()) < (clipped.numel() if kind == "own" else clipped.numel() // 2)
 
 
 def test_a_members_noisy_fitness_does_not_depend_on_the_process_split_or_the_parts() -> None:
