@@ -1694,7 +1694,7 @@ class _MixedModel(torch.nn.Module):
 
 
 def test_every_tensor_a_run_makes_is_on_its_device(tmp_path: Path) -> None:
-    """Every tensor that training generations (adaptive σ, ClipUp, observation normalization, evaluation,
+    """Every tensor that training generations (adaptive σ, ClipUp, observation normalization, action noise, evaluation,
     best member, checkpoints), a resume and FlipES steps on a mixed model (low-rank and dense noise, a
     fitness list, member weights) make is on the run's device: under the meta default device, with the
     device given as "cpu", a torch factory called without device= makes a meta tensor, which fails where
@@ -1706,7 +1706,8 @@ def test_every_tensor_a_run_makes_is_on_its_device(tmp_path: Path) -> None:
             return flipes.rl.GRUPolicy(env.single_observation_space, env.single_action_space, hidden=[8])
 
     kw = dict(env="flipes/Pendulum-v1", algo="pgpe", popsize=16, eval_every=1, eval_episodes=2, track_best=True,
-              target=None, model=policy, device="cpu", checkpoint_every=1, tensorboard=False, progress=False)  # fmt: skip
+              target=None, model=policy, device="cpu", checkpoint_every=1, tensorboard=False, progress=False,
+              action_noise=0.1)  # fmt: skip
     with torch.device("cpu"):
         torch.manual_seed(0)
         model, tokens = flipes.flipout(_MixedModel()).eval(), torch.randint(1, 11, (8, 5))

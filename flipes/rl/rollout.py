@@ -203,7 +203,8 @@ class ActionNoise:
         check_action_noise(std, space)
         self.std, self.pop, self.episodes = std, pop, episodes
         self.rows = range(pop.members.start * episodes, (pop.members.start + pop.size) * episodes)
-        self.low, self.high = torch.as_tensor(space.low), torch.as_tensor(space.high)
+        # host bookkeeping, moved to the actions' device and dtype once per rollout
+        self.low, self.high = torch.as_tensor(space.low, device="cpu"), torch.as_tensor(space.high, device="cpu")
         self._bounds: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     def noise(self, step: int, dtype: torch.dtype, device: torch.device) -> Tensor:
