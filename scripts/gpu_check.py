@@ -9,7 +9,8 @@ Steps, each with its own time limit, in this order (the checks of correctness co
 1. ``tests``: the device-aware tests with ``FLIPES_TEST_DEVICE`` set to the device: every member's
    Flipout output equals torch's layer with its explicit weights (float64, Linear, Conv2d, LSTM and
    GRU cells), the ES gradient equals the materialized estimator, flipes' envs match gymnasium
-   transition for transition and keep every tensor on the device.
+   transition for transition and keep every tensor on the device, each env's action noise is the formula's
+   drawn on the device.
 2. ``benchmark``: ``scripts/benchmark.py`` (plain, Flipout, low-rank and vmap population forwards)
    at N = 4,096 and 16,384.
 3. ``repro_timing``: ``scripts/repro_timing.py``'s FC-512 and FC-2048 rows, beside the paper's
@@ -97,10 +98,12 @@ def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
         "tests/test_parts.py::test_every_part_computes_its_members_outputs",  # a population in parts, noise held or not
         "tests/test_recurrent_policy.py",
         "tests/test_autocast.py",  # bfloat16 autocast on the GPU against the plain module's
+        "tests/test_action_noise.py",  # each env's noisy actions against the formula, drawn on the device
     ]
-    select = "members_equal or gradient or every_transition or stays_on_the_device or bit_for_bit or run_alone or under_autocast"
+    select = ("members_equal or gradient or every_transition or stays_on_the_device or bit_for_bit or run_alone or under_autocast"
+              " or plus_the_noise")  # fmt: skip
     if args.quick:
-        select = "(linear_members and trial0) or gradient or every_transition or run_alone"
+        select = "(linear_members and trial0) or gradient or every_transition or run_alone or plus_the_noise"
     r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", select], 300,
             {"FLIPES_TEST_DEVICE": args.device})  # fmt: skip
     counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", r.stdout))

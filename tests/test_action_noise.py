@@ -64,15 +64,19 @@ def record_steps(env: gym.vector.VectorEnv) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize(("kind", "per_pass"), [("mlp", 4), ("mlp", 2), ("gru", 4), ("own", 4)])
-def test_each_members_env_gets_its_own_actions_plus_the_noise_of_its_row_clipped_to_the_bounds(kind: str, per_pass: int) -> None:
+def test_each_members_env_gets_its_own_actions_plus_the_noise_of_its_row_clipped_to_the_bounds(
+    kind: str, per_pass: int, device: torch.device
+) -> None:
     """Process 1 of 2 (members 4..7 of 8), 2 episodes each, std 1.5 on Pendulum's [-2, 2], in one pass or in parts of 2
     members, with flipes' MLP or GRU policy or a model of one's own: at every step t the env gets, for member m and
     episode k, exactly the model's own action for that observation plus 1.5 times row m·2 + k (the global env) of
     ``torch.randn(16, 1, generator=pop.generator(f"action noise/{t}"))``, clipped to [-2, 2]; the clip is met (some
-    actions are exactly ±2) and, for flipes' policies (in the bounds by their tanh), most actions are inside it."""
+    actions are exactly ±2) and, for flipes' policies (in the bounds by their tanh), most actions are inside it. On the
+    test device (scripts/gpu_check.py: CUDA, whose generator draws other numbers than the CPU's)."""
     std, k, steps = 1.5, 2, 20
     policy, es = pendulum_es(SecondOfTwo(), kind=kind)
-    env = make_vector_env("flipes/Pendulum-v1", per_pass * k, max_episode_steps=steps)
+    policy.to(device)
+    env = make_vector_env("flipes/Pendulum-v1", per_pass * k, device, max_episode_steps=steps)
     sent = record_steps(env)
     outputs: list[torch.Tensor] = []
     # the actions the model returns (a GRU policy returns its state beside them)
@@ -83,7 +87,7 @@ def test_each_members_env_gets_its_own_actions_plus_the_noise_of_its_row_clipped
         assert pop.members == range(4, 8) and len(sent) == len(outputs) == 4 // per_pass * steps
         for j, (got, own) in enumerate(zip(sent, outputs, strict=True)):
             part, t = divmod(j, steps)  # the parts are rolled out one after another
-            z = torch.randn(8 * k, 1, generator=pop.generator(f"action noise/{t}"))
+            z = torch.randn(8 * k, 1, generator=pop.generator(f"action noise/{t}", device), device=device)
             for i, m in enumerate(pop.members[part * per_pass : (part + 1) * per_pass]):
                 for e in range(k):
                     want = torch.clamp(own[i, e] + std * z[m * k + e], -2.0, 2.0)
