@@ -40,13 +40,13 @@ class OwnPolicy(nn.Module):
 
 
 def pendulum_es(
-    comm: SecondOfTwo | None = None, dtype: torch.dtype = torch.float32, kind: str = "mlp"
+    comm: SecondOfTwo | None = None, dtype: torch.dtype = torch.float32, kind: str = "mlp", device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, flipes.FlipES]:
     """8 members in 2 ε groups of one small Pendulum policy (the same initial weights every call), on one process or as
-    process 1 of 2 (members 4..7): flipes' MLP or GRU policy, or a linear model of one's own."""
+    process 1 of 2 (members 4..7): flipes' MLP or GRU policy, or a linear model of one's own, on ``device``."""
     torch.manual_seed(0)
     made = {"mlp": lambda: MLPPolicy(*PENDULUM_SPACES, hidden=(8,)), "gru": lambda: GRUPolicy(*PENDULUM_SPACES, hidden=(8,))}
-    policy = flipes.flipout(made.get(kind, OwnPolicy)()).to(dtype)
+    policy = flipes.flipout(made.get(kind, OwnPolicy)()).to(device=device, dtype=dtype)
     return policy, flipes.FlipES(policy, popsize=8, sigma=0.5, groups=2, seed=3, comm=comm)
 
 
@@ -74,8 +74,7 @@ def test_each_members_env_gets_its_own_actions_plus_the_noise_of_its_row_clipped
     actions are exactly ±2) and, for flipes' policies (in the bounds by their tanh), most actions are inside it. On the
     test device (scripts/gpu_check.py: CUDA, whose generator draws other numbers than the CPU's)."""
     std, k, steps = 1.5, 2, 20
-    policy, es = pendulum_es(SecondOfTwo(), kind=kind)
-    policy.to(device)
+    policy, es = pendulum_es(SecondOfTwo(), kind=kind, device=device)
     env = make_vector_env("flipes/Pendulum-v1", per_pass * k, device, max_episode_steps=steps)
     sent = record_steps(env)
     outputs: list[torch.Tensor] = []
