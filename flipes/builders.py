@@ -4,8 +4,11 @@ callbacks. Each turns a mistake in the options into a :class:`~flipes.errors.Usa
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
-from collections.abc import Callable, Mapping
+import random
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,7 +235,8 @@ class CheckedFitness:
         return self._checked(model, pop)
 
     def _checked(self, model: nn.Module, pop: Population) -> Tensor:
-        value = self.fn(model, pop)
+        with seeded_global_rngs(global_seed(pop.seed, pop.generation)):
+            value = self.fn(model, pop)
         what = f"{self.spec} returned"
         fix = f"return a Tensor of {pop.size} finite real numbers, one per member (higher is better)"
         if isinstance(value, Tensor):
@@ -257,6 +261,33 @@ class CheckedFitness:
                 "--fitness", f"{what} {len(bad)} non-finite value(s) ({shown})", "clip or penalize instead of returning nan/inf"
             )
         return f
+
+
+def global_seed(seed: int, generation: int) -> int:
+    """The seed of the global generators while a plugged-in fitness runs in ``generation`` of a run seeded ``seed``."""
+    digest = hashlib.blake2b(f"flipes/train/{seed}/{generation}/global".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**63
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """torch's, NumPy's and Python's global generators seeded from ``seed`` inside, as they were after.
+
+    A fitness that draws from them (``torch.randint`` for a minibatch, a shuffling ``DataLoader``, ``np.random``,
+    dropout) would otherwise draw from a process's own random state: another minibatch on every MPI rank and in
+    every run of the same seed. Seeded per generation, every rank and every part of a population draws the same
+    numbers, and a resume draws those of the run it continues."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 def _short(value: Any) -> str:

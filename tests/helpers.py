@@ -115,6 +115,24 @@ class TiedLinears(nn.Module):
 # TOML config files are read with tomllib (Python >= 3.11); on 3.10 flipes says to use JSON instead
 NEEDS_TOMLLIB = pytest.mark.skipif(sys.version_info < (3, 11), reason="TOML config files need Python >= 3.11 (tomllib)")
 
+# a fitness module whose minibatch is drawn from torch's, NumPy's and Python's global generators
+GLOBAL_DRAWS_FITNESS = """
+import random
+import numpy as np
+import torch
+
+X, Y = torch.linspace(-1, 1, 64)[:, None].repeat(1, 3), torch.linspace(-1, 1, 64)[:, None]
+DRAWS = []  # (generation, first member, torch's, numpy's and Python's draws) of every call
+
+def make_model(env):
+    return torch.nn.Linear(3, 1)
+
+def fitness(model, pop):  # a minibatch as a researcher's script draws it: from the global generators
+    idx = torch.randint(0, 64, (8,))
+    DRAWS.append((pop.generation, pop.members[0], idx.tolist(), int(np.random.randint(1 << 30)), random.random()))
+    return -(model(X[idx].expand(pop.size, 8, 3)) - Y[idx]).square().mean((1, 2))
+"""
+
 # a --fitness module whose generations 0 and 1 take 0.3 s and whose generation 2 never ends (a hung simulator)
 ENDLESS_FITNESS = """
 import time, torch

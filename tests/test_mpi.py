@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ENDLESS_FITNESS, metrics, once_per_session, sigterm_twice
+from helpers import ENDLESS_FITNESS, GLOBAL_DRAWS_FITNESS, metrics, once_per_session, sigterm_twice
 
 import flipes
 from flipes.checkpoint import load_checkpoint
@@ -152,6 +152,23 @@ def test_the_cnn_policy_gets_the_same_bits_on_two_processes_as_on_one(tmp_path: 
     rows = {k: [[r[key] for key in keys] for r in metrics(tmp_path / f"n{k}")] for k in (1, 2)}
     assert len(rows[1]) == 2 and rows[2] == rows[1]
     assert json.loads((tmp_path / "n2" / "config.json").read_text())["policy"] == "cnn"
+
+
+def test_a_fitness_drawing_from_the_global_generators_gets_the_bits_of_one_process_on_two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --fitness that draws its minibatch from torch's, NumPy's and Python's global generators (each process's own,
+    seeded by the OS) logs the same rows on 2 processes (--comm seeds) as on 1: flipes.train seeds them by (seed,
+    generation) around the fitness, so both ranks evaluate their members on the minibatch one process draws."""
+    (tmp_path / "global_draws.py").write_text(GLOBAL_DRAWS_FITNESS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["--env", "none", "--model", "global_draws:make_model", "--fitness", "global_draws:fitness", "--popsize", "8",
+            "--groups", "2", "--comm", "seeds", "--generations", "4", "--eval-every", "100", "--tensorboard",
+            "false"]  # fmt: skip
+    train_on(1, *args, "--out", str(tmp_path / "n1"))
+    mpirun(2, *args, "--out", str(tmp_path / "n2"), extra_path=str(tmp_path))
+    rows = [[(r["fitness_mean"], r["params_sha256"]) for r in metrics(tmp_path / run)] for run in ("n1", "n2")]
+    assert len(rows[0]) == 4 and rows[1] == rows[0]
 
 
 def test_a_failing_rank_ends_the_job_promptly(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import random
 import signal
 import subprocess
 import sys
@@ -16,7 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ENDLESS_FITNESS, FAST, FAST_KW, MADE_UP_FITNESS, NEEDS_TOMLLIB, ROOT, metrics, run_script, sigterm_twice
+from helpers import (
+    ENDLESS_FITNESS,
+    FAST,
+    FAST_KW,
+    GLOBAL_DRAWS_FITNESS,
+    MADE_UP_FITNESS,
+    NEEDS_TOMLLIB,
+    ROOT,
+    metrics,
+    run_script,
+    sigterm_twice,
+)
 
 import flipes
 from flipes.callbacks import Callback
@@ -754,6 +766,43 @@ def test_python_objects_plug_in_like_their_names_and_resume_needs_them(tmp_path:
     assert torch.equal(policy[0].weight, rest.model[0].weight)
     named = flipes.train(**objects | {"evaluate": "quadratic:evaluate"}, generations=1, out=str(tmp_path / "c"), **kw)
     assert named.eval_return == by_name.metrics[0]["eval_return"]  # evaluate= by name too
+
+
+def test_a_fitness_drawing_from_the_global_generators_draws_alike_in_every_run_part_and_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugged-in fitness that draws its minibatch from torch's, NumPy's and Python's global generators gets draws
+    that are a function of (seed, generation) alone: two runs of one seed log the same rows and draws, another seed
+    other draws; evaluated in parts (members_per_pass), every part of a generation draws what the whole population
+    drew; 2 + 2 generations resumed end on the bits of 4; the caller's generators are as they were."""
+    (tmp_path / "global_draws.py").write_text(GLOBAL_DRAWS_FITNESS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import global_draws
+
+    kw = {"env": "none", "model": global_draws.make_model, "fitness": global_draws.fitness, "popsize": 8,
+          "tensorboard": False, "progress": False, "eval_every": 100}  # fmt: skip
+
+    def run(name: str, **options) -> tuple[list[str], list[tuple]]:
+        global_draws.DRAWS.clear()
+        result = flipes.train(**kw | options, out=str(tmp_path / name))
+        return [r["params_sha256"] for r in result.metrics], [d[:1] + d[2:] for d in global_draws.DRAWS]
+
+    def reseed() -> None:
+        torch.manual_seed(123), np.random.seed(123), random.seed(123)
+
+    reseed()
+    rows, draws = run("a", generations=4)
+    after = (torch.rand(1).item(), np.random.rand(), random.random())
+    reseed()
+    assert after == (torch.rand(1).item(), np.random.rand(), random.random())  # train() left them as they were
+    assert len(draws) == 4 and len({str(d[1:]) for d in draws}) == 4  # a minibatch of its own per generation
+    assert run("b", generations=4) == (rows, draws)
+    assert run("other-seed", generations=4, seed=1)[1][0] != draws[0]
+    _, parts = run("parts", generations=4, members_per_pass=4)
+    assert parts == [d for d in draws for _ in range(2)]  # both parts of a generation draw what one pass drew
+    first, _ = run("resumed", generations=2)
+    rest, later = run("resumed", generations=4, resume=str(tmp_path / "resumed"))
+    assert first + rest == rows and later == draws[2:]
 
 
 SEARCH_MODULE = """
