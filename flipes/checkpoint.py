@@ -64,7 +64,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
 
     ``state`` is anything ``torch.load(weights_only=True)`` reads back (tensors, numbers, strings, lists and
     dicts of them: ``es.state_dict()``); it is stored with a SHA-256 of its bytes, which :func:`read_checkpoint`
-    checks. A kill at any instant leaves ``path`` whole, the old file or the new one.
+    checks. Missing directories of ``path`` are made. A kill at any instant leaves ``path`` whole, the old file or the new one.
 
     Examples::
 
@@ -86,6 +86,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     previous = previous_path(path)
     file = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # "ckpt/checkpoint.pt" in a fresh directory (torch.save would fail)
         with open(tmp, "wb") as f:
             file = _Writes(f)
             torch.save(wrapped, file)  # streamed: no second copy in memory
@@ -106,6 +107,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
         # torch turns a write's OSError into a RuntimeError ("unexpected pos 832 vs 726"): the OSError says why
         error = file.error if file is not None and file.error is not None else e
         why = os_reason(error) if isinstance(error, OSError) else clip(" ".join(str(error).split()))
+        if isinstance(error, FileExistsError | NotADirectoryError):  # mkdir met a file on the way ("File exists")
+            blocking = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+            why = f"{blocking} is a file, not a directory" if blocking is not None else why
         if isinstance(error, FileNotFoundError) and path.parent.is_dir():  # a temporary file was renamed under us
             why += (
                 f"; a file of this save was moved away while it was written: another process saving {path.name} at the "

@@ -1196,6 +1196,21 @@ def test_two_files_saved_in_one_directory_keep_their_own_previous_ones(tmp_path:
     assert len(kept) == 2 and all(flipes.read_checkpoint(tmp_path / name)["generation"] == 1 for name in kept)
 
 
+def test_a_save_into_a_directory_not_made_yet_makes_it_and_a_file_in_its_place_is_one_line(tmp_path: Path) -> None:
+    """``flipes.save_checkpoint(state, "ckpt/checkpoint.pt")`` in a directory without ``ckpt/`` (the README's own loop)
+    makes the missing directories and writes a checkpoint that reads back equal; a file where a directory should be is
+    a StorageError naming the path and the reason, with nothing written."""
+    path = tmp_path / "ckpt" / "run1" / "checkpoint.pt"
+    flipes.save_checkpoint({"generation": 3, "w": torch.arange(4.0)}, path)
+    back = flipes.read_checkpoint(path)
+    assert back["generation"] == 3 and torch.equal(back["w"], torch.arange(4.0))
+    (tmp_path / "taken").write_bytes(b"a file")
+    blocked = r"cannot write .*taken/checkpoint\.pt \(.*taken is a file, not a directory\); no checkpoint was written"
+    with pytest.raises(flipes.StorageError, match=blocked):
+        flipes.save_checkpoint({"generation": 1}, tmp_path / "taken" / "checkpoint.pt")
+    assert (tmp_path / "taken").read_bytes() == b"a file"
+
+
 def test_a_failed_save_of_an_own_file_names_that_file_not_a_runs_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
