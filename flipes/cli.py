@@ -379,6 +379,7 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
     """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     out = {}
     for key, value in values.items():
         if key not in hints or key not in names:
@@ -389,6 +390,9 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
             if cls.__name__ == "TrainConfig" and (foreign := foreign_fix(key, flags=False)):  # not the closest spelling
                 fix = foreign
             raise UsageError(source, f"unknown option {key!r}", fix)
+        if value is None and defaults.get(key) == "":  # Python's "not given" for an option whose unset value is ""
+            out[key] = ""
+            continue
         try:
             out[key] = check_value(key, value, field_type(hints[key]))
         except TypeError as e:
