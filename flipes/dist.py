@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn, Protocol
 
 import numpy as np
@@ -418,15 +418,31 @@ def abort_on_exception(comm: Comm) -> None:
     comm.abort(1)
 
 
-def check_identical(comm: Comm, tensors: list[Tensor], what: str = "parameters", hint: str = "") -> str:
-    """Hash ``tensors`` on every rank; raise on all ranks if any differs (``hint``: a likely cause, appended).
+def check_identical(
+    comm: Comm,
+    tensors: list[Tensor] | Mapping[str, Tensor],
+    what: str = "parameters",
+    hint: str | Callable[[list[str]], str] = "",
+) -> str:
+    """Hash ``tensors`` on every rank; raise on all ranks if any differs (``hint``: a likely cause, appended; a
+    function of the names that differ where ``tensors`` is a state dict, whose differing entries are named).
     Returns the hash."""
-    digest = tensors_sha256(tensors)
+    named = tensors if isinstance(tensors, Mapping) else {}
+    values = list(named.values()) if isinstance(tensors, Mapping) else tensors
+    digest = tensors_sha256(values)
     if comm.size > 1:
         digests = comm.allgather_object(digest)
         if len(set(digests)) > 1:
             ranks = ", ".join(f"rank {r}: {d[:12]}" for r, d in enumerate(digests))
-            raise RuntimeError(f"ranks hold different {what} ({ranks}); every rank must run the same code, seed and data{hint}")
+            differ: list[str] = []
+            if named:  # a second exchange, on every rank alike: which entries differ
+                views = comm.allgather_object([tensors_sha256([t]) for t in values])
+                differ = [name for i, name in enumerate(named) if len({view[i] for view in views}) > 1]
+            where = f" in {', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}" if differ else ""
+            why = hint(differ) if callable(hint) else hint
+            raise RuntimeError(
+                f"ranks hold different {what} ({ranks}){where}; every rank must run the same code, seed and data{why}"
+            )
     return digest
 
 

@@ -585,6 +585,25 @@ CALLBACKS_RANK_0 = (
     "such as an lr, which reach every rank) changes rank 0's alone"
 )
 
+
+def rank_difference_hint(model: nn.Module) -> Callable[[list[str]], str]:
+    """The likely cause of ranks whose models differ in the state dict entries named: buffers that the forward
+    updated from each rank's own members (a running normalizer of one's own), else a callback of rank 0."""
+    buffers = {name for name, _ in model.named_buffers()}
+
+    def hint(differ: list[str]) -> str:
+        if differ and all(name in buffers for name in differ):
+            return (
+                f"; {', '.join(differ[:5])} {'is a buffer' if len(differ) == 1 else 'are buffers'} that the forward "
+                "changed by each rank's own members' inputs (a running mean of one's own): update it outside the "
+                "population from data alike on every rank, or, for observations, hold a flipes.rl.RunningNorm as the "
+                "model's obs_norm: flipes' rollouts record it and merge it across the ranks"
+            )
+        return CALLBACKS_RANK_0
+
+    return hint
+
+
 # row entries each rank measures for itself; rank 0 sends the others
 RANK_ROW = ("steps_per_second", "bytes_sent")
 
@@ -750,7 +769,7 @@ def run_loop(
         if es.best is not None:  # --track-best: the running maximum, and the member it came from
             row["best_member_fitness"], row["best_member_generation"] = es.best.fitness, es.best.generation
         if comm.size > 1 and (gen + 1) % config.check_every == 0:
-            dist.check_identical(comm, list(model.state_dict().values()), "parameters", hint=CALLBACKS_RANK_0)
+            dist.check_identical(comm, model.state_dict(), "parameters or buffers", hint=rank_difference_hint(model))
         interrupted = _summed(comm, stop.requested) > 0  # a signal may reach one rank only
         elapsed = time.perf_counter() - began
         time_up = elapsed if 0 < config.max_seconds <= elapsed else 0.0

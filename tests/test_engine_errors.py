@@ -283,6 +283,38 @@ class RankZeroOfTwo(flipes.dist.SerialComm):
         return [obj, ({**settings, **self.settings}, digest if self.other is None else self.other)]
 
 
+class PeerWithOtherEntry(flipes.dist.SerialComm):
+    """Rank 0 of 2 whose peer holds the same tensors as this rank but for entry ``index``, which differs."""
+
+    rank, size = 0, 2
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        if isinstance(obj, list):  # the digests of each entry
+            return [obj, [d if i != self.index else "f" * 64 for i, d in enumerate(obj)]]
+        return [obj, "f" * 64]  # the digest of them all
+
+
+def test_ranks_holding_different_entries_of_a_state_dict_are_named_with_their_cause() -> None:
+    """check_identical over a state dict names the entries that differ between the ranks (in its order) and appends
+    the hint its function gives for those names; a list of tensors names none, as before."""
+    state = {"0.weight": torch.ones(2), "0.mean": torch.zeros(2), "1.bias": torch.ones(1)}
+    seen: list[list[str]] = []
+
+    def hint(differ: list[str]) -> str:
+        seen.append(differ)
+        return "; the hint"
+
+    named = r"different parameters \(rank 0: \w{12}, rank 1: f{12}\) in 0.mean; .*data; the hint$"
+    with pytest.raises(RuntimeError, match=named):
+        flipes.dist.check_identical(PeerWithOtherEntry(1), state, "parameters", hint=hint)
+    assert seen == [["0.mean"]]
+    with pytest.raises(RuntimeError, match=r"different parameters \(rank 0: \w{12}, rank 1: f{12}\); every rank"):
+        flipes.dist.check_identical(PeerWithOtherEntry(1), list(state.values()), "parameters")
+
+
 def test_processes_holding_different_parameters_are_an_error_at_the_first_tell() -> None:
     """A FlipES split over processes whose models were initialized differently (no common seed) refuses its
     first tell with a RuntimeError naming the ranks and the fix, before any parameter moves, instead of each

@@ -233,6 +233,42 @@ def test_a_script_whose_fitness_raises_on_one_rank_ends_the_job_promptly(tmp_pat
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["generation"] == 0
 
 
+BUFFER_SCRIPT = """
+import sys, torch, flipes
+
+class RunningMean(torch.nn.Module):  # a normalizer of one's own: a buffer the forward updates from its inputs
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(3))
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.mean += 0.1 * (x.reshape(-1, 3).mean(0) - self.mean)
+        return x - self.mean
+
+def fitness(model, pop):  # each member's inputs of its own: each rank's buffer sees its own members
+    x = torch.arange(pop.members.start, pop.members.stop, dtype=torch.float32)[:, None].expand(pop.size, 3)
+    return -model(x).square().sum(1)
+
+flipes.train(env="none", model=lambda env: torch.nn.Sequential(RunningMean(), torch.nn.Linear(3, 1)), fitness=fitness,
+             popsize=8, groups=2, generations=4, check_every=2, out=sys.argv[1], progress=False, tensorboard=False)
+"""
+
+
+def test_ranks_whose_buffers_the_forward_changed_apart_are_named_with_the_cause(tmp_path: Path) -> None:
+    """A model with a buffer its forward updates from its inputs (a running mean of one's own), trained on 2 ranks whose
+    members' inputs differ: the ranks' check after 2 generations (check_every=2) ends the job naming the buffer
+    (0.mean), that it is a buffer changed by each rank's own members, and the fixes, not a callback of rank 0."""
+    (tmp_path / "script.py").write_text(BUFFER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "script.py"), str(tmp_path / "run")]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    assert r.returncode != 0, r.stderr[-2000:]
+    assert "ranks hold different parameters or buffers (rank 0: " in r.stderr and ") in 0.mean; " in r.stderr, r.stderr
+    assert "0.mean is a buffer that the forward changed by each rank's own members' inputs" in r.stderr
+    assert "flipes.rl.RunningNorm" in r.stderr and "callbacks run on rank 0" not in r.stderr
+
+
 HELD_RUN_SCRIPT = """
 import sys, time, torch, flipes
 
