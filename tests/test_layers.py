@@ -1052,6 +1052,36 @@ def test_a_dense_module_of_no_input_that_the_model_cannot_use_per_member_is_name
     check_members(make, lambda: (randn(2 * N, 3, 4),), rows(2), out_rows(2), True, 2, None)
 
 
+class PooledCNN(nn.Module):
+    """A classifier as written for torch: conv, ReLU, max pooling over (B, C, H, W), a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.pool, self.head = nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.Linear(4 * 3 * 3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(F.relu(self.conv(x))).flatten(-3))
+
+
+def test_torch_pooling_refusing_members_first_examples_after_a_conv_names_the_flattened_layout() -> None:
+    """A CNN whose Flipout conv took members-first examples (N, B, C, H, W) and whose torch MaxPool2d then refused them
+    (at most 4-D) raises torch's RuntimeError with a line naming the conv, the shape it got and the member-major layout
+    x.flatten(0, 1); that layout runs, (N·B, classes); a RuntimeError of the user's own in such a block is unchanged."""
+    model = flipes.flipout(PooledCNN())
+    es = flipes.FlipES(model, popsize=4)
+    x = torch.randn(4, 5, 1, 6, 6)
+    fix = re.escape("conv (FlipoutConv2d) got input of shape (4, 5, 1, 6, 6), members first") + r".*model\(x\.flatten\(0, 1\)\)"
+    with pytest.raises(RuntimeError, match=r"(?s)^non-empty 3D or 4D .*\nflipes: inside the population, " + fix):
+        with es.population():
+            model(x)
+    with es.population():
+        assert model(x.flatten(0, 1)).shape == (20, 2)
+    with pytest.raises(RuntimeError, match=r"^the simulator stopped$"):  # no layer's refusal: left as it is
+        with es.population():
+            model.conv(x)
+            raise RuntimeError("the simulator stopped")
+
+
 def test_dense_inputs_must_hold_the_members_first() -> None:
     """A dense per-member module (LayerNorm) given 3 rows in a population of 4 raises a ValueError saying inputs must
     be members first."""

@@ -34,6 +34,7 @@ from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.es.slots import dense_slots, flipout_slots, padding_rows
 from flipes.nn.attention import fused_transformers_off
+from flipes.nn.conv import members_first_fix
 from flipes.nn.convert import (
     ParameterReport,
     check_members_first,
@@ -833,6 +834,11 @@ class FlipES:
             fix = shared_ids_fix(shape, size, str(error), names.get(id(layer)), first_position(ids))
             if fix is not None and type(error) is RuntimeError:
                 raise RuntimeError(f"{error}\n{fix}") from error
+        extra = [(f"{names.get(id(m)) or 'the model'} ({type(m).__name__})", m.__dict__["_flipes_extra_dims"])
+                 for m in self.layers if "_flipes_extra_dims" in m.__dict__]  # fmt: skip
+        fix = members_first_fix(extra, error)
+        if fix is not None and type(error) in (RuntimeError, NotImplementedError):
+            raise type(error)(f"{error}\n{fix}") from error
         ran = {type(m) for m in self.dense_modules if m.__dict__.get("_flipes_no_input") and not isinstance(m, Vector)}
         names = [name for name, m in self._module.named_modules() if type(m) in ran]  # the one that failed, and its kind
         fix = no_input_fix(names, error) if names else None
@@ -852,6 +858,7 @@ class FlipES:
             layer.noise = None
             if forget_shared_ids:
                 layer.__dict__.pop("_flipes_shared_ids", None)
+                layer.__dict__.pop("_flipes_extra_dims", None)
         if forget_shared_ids:
             for module in self.dense_modules:
                 module.__dict__.pop("_flipes_no_input", None)

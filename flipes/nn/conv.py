@@ -7,11 +7,14 @@ Signs per element of the feature map would not correspond to any weight sample.
 
 from __future__ import annotations
 
+import re
+
 from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.functional import flipout_conv
 from flipes.nn.variational import backprop_noise
+from flipes.noise import compiling
 
 
 class _FlipoutConvNd(FlipoutMixin):
@@ -26,6 +29,8 @@ class _FlipoutConvNd(FlipoutMixin):
     def forward(self, input: Tensor) -> Tensor:
         name, dims = type(self).__name__, self.spatial_dims
         if self.noise is not None:  # an ES population
+            if input.dim() > dims + 2 and not compiling():  # (N, B, C, ...): noted for torch's pooling errors after it
+                self.__dict__["_flipes_extra_dims"] = tuple(input.shape)
             return flipout_conv(input, self.bias, self.noise[0], self._conv_forward, self.weight, dims, name)
         unbatched = input.dim() == dims + 1
         noise = backprop_noise(self, 1 if unbatched else input.shape[0])
@@ -89,3 +94,22 @@ class FlipoutConv3d(_FlipoutConvNd, nn.Conv3d):
     """
 
     spatial_dims = 3
+
+
+# torch's layers that take at most one batch dimension say so in these words (pooling, unfold, padding)
+_AT_MOST_ONE_BATCH_DIM = re.compile(r"\b[2-5]D\b|\d to \d dimensions|\d-dimensional|\d+D input")
+
+
+def members_first_fix(named: list[tuple[str, tuple[int, ...]]], error: RuntimeError) -> str | None:
+    """What to do where a torch layer after a Flipout convolution refused the members-first input with examples,
+    ``(N, B, C, H, W)``, that the convolution took (``named``: the convolutions that got such input, and its shape);
+    None where ``error`` is no such refusal."""
+    if not named or not _AT_MOST_ONE_BATCH_DIM.search(str(error)):
+        return None
+    name, shape = named[0]
+    return (
+        f"flipes: inside the population, {name} got input of shape {shape}, members first with examples: flipes' "
+        "layers take it, but torch's pooling (and other layers made for one batch dimension) take at most one batch "
+        "dimension. Pass each member's examples member-major in one batch dimension instead, "
+        "model(x.flatten(0, 1)) for (members·examples, C, H, W), and view the output as (pop.size, examples, ...)"
+    )
