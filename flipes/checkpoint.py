@@ -13,6 +13,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -180,6 +181,23 @@ def clip(text: str, limit: int = 100) -> str:
         return text
     cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
     return cut.rstrip(" ,;:(") + " ..."
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[(.*?)\]\) from checkpoint, "
+    r"the shape in current model is torch\.Size\(\[(.*?)\]\)\.?"
+)
+
+
+def load_mismatch(error: Exception, limit: int = 160) -> str:
+    """The first reason torch gives for a state dict that does not load into a model (a size mismatch as
+    ``size mismatch for 0.weight: (16, 4) saved, (32, 4) in the model``, missing or unexpected keys), clipped, with how many more
+    there are; its header (``Error(s) in loading state_dict for ...``) left out."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
+        lines = lines[1:]
+    first = _SIZE_MISMATCH.sub(lambda m: f"size mismatch for {m[1]}: ({m[2]}) saved, ({m[3]}) in the model", lines[0])
+    return clip(first, limit) + (f"; and {len(lines) - 1} more" if len(lines) > 1 else "")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from flipes import dist
 from flipes.builders import CheckedFitness
-from flipes.checkpoint import CheckpointError, clip, load_checkpoint, tensors_sha256
+from flipes.checkpoint import CheckpointError, load_checkpoint, load_mismatch, tensors_sha256
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
 from flipes.plugins import same_code
@@ -141,11 +141,9 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     try:
         state.es.load_state_dict(saved_state["es"])
     except (RuntimeError, ValueError) as e:  # the --model or --optimizer code changed since: torch's size mismatch & co.
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-        detail = clip(lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0], 160)
         raise UsageError(
             "--resume",
-            f"{path} does not fit the model and optimizer built now ({detail})",
+            f"{path} does not fit the model and optimizer built now ({load_mismatch(e)})",
             "resume with the code the run was trained with (its --model, --optimizer), or train it anew into another --out",
         ) from None
     if not all(torch.isfinite(p).all() for p in state.model.parameters()):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from flipes.callbacks import read_jsonl_lines
-from flipes.checkpoint import CheckpointError, load_checkpoint
+from flipes.checkpoint import CheckpointError, load_checkpoint, load_mismatch
 from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.checks import as_index
 from flipes.nn import flipout, uncompiled
@@ -152,7 +152,7 @@ def policy_and_state(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`load_policy`'s policy and the checkpoint state it was read from (``flipes evaluate`` names the
     generation: read once, as a checkpoint may be GBs)."""
-    config = run_config(run_dir)
+    config, given = run_config(run_dir), model is not None
     try:
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
     except CheckpointError as e:
@@ -207,7 +207,10 @@ def policy_and_state(
     try:
         uncompiled(model).load_state_dict(weights)  # torch.compile(net) given: net's keys
     except RuntimeError as e:
-        problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({str(e).splitlines()[-1].strip()[:120]})"
+        if given:  # the caller's model, not the run's own code: it is the likelier culprit
+            problem = f"{checkpoint} of {run_dir} holds parameters of another model than the one given ({load_mismatch(e)})"
+            raise UsageError("--checkpoint", problem, "give model= the model the run was trained with") from None
+        problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({load_mismatch(e)})"
         raise UsageError("--checkpoint", problem, "pass a checkpoint written by this run") from None
     return model.eval(), state
 

@@ -876,7 +876,8 @@ def test_evaluate_and_export_name_previous_pt_as_their_checkpoint_option(tmp_pat
 
 def test_a_resume_whose_model_code_changed_since_is_one_line_naming_the_mismatch(tmp_path: Path) -> None:
     """A run resumed with its model code changed since (a layer's width) is refused as a mistake in one line
-    naming the checkpoint, the first mismatch and what to do, instead of torch's multi-line RuntimeError."""
+    naming the checkpoint, the first mismatch with both shapes, how many more, and what to do, instead of torch's
+    multi-line RuntimeError; so is load_policy given a model of another width, naming the model given as the cause."""
     width = {"hidden": 8}
 
     def make_model(env: None) -> torch.nn.Module:
@@ -892,9 +893,17 @@ def test_a_resume_whose_model_code_changed_since_is_one_line_naming_the_mismatch
     with pytest.raises(flipes.UsageError) as e:
         flipes.train(resume=str(run), model=make_model, fitness=fitness, generations=3, progress=False)
     message = str(e.value)
-    assert message.startswith(f"--resume: {run} does not fit the model and optimizer built now (size mismatch for 0.weight: ")
+    mismatch = "size mismatch for 0.weight: (8, 4) saved, (9, 4) in the model; and 2 more"
+    assert message.startswith(f"--resume: {run} does not fit the model and optimizer built now ({mismatch}); ")
     assert "--model" in message.split("; ")[-1] and "\n" not in message
     assert load_checkpoint(run)["es"]["generation"] == 2
+    wider = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    with pytest.raises(flipes.UsageError) as e:  # a model given to load the run by: named, with the shapes whole
+        flipes.load_policy(run, model=wider)
+    assert str(e.value) == (
+        f"--checkpoint: latest of {run} holds parameters of another model than the one given (size mismatch for 0.weight: "
+        "(8, 4) saved, (16, 4) in the model; and 2 more); give model= the model the run was trained with"
+    )
 
 
 def test_a_run_on_device_cpu_0_resumes_evaluates_and_exports_bit_for_bit(tmp_path: Path) -> None:
