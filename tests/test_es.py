@@ -324,6 +324,48 @@ def params(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
+def test_es_sigma_reads_the_generations_sigma_and_setting_it_is_refused_not_ignored() -> None:
+    """``es.sigma`` is the σ of the generation being evaluated (a number, a schedule's value at that generation);
+    assigning it, which nothing would read, raises an AttributeError naming FlipES(sigma=...) and a schedule, and the
+    members' σ stays the constructor's."""
+    model = mlp(0)
+    es = flipes.FlipES(model, popsize=8, sigma=0.1, lr=0.01, seed=0)
+    assert es.sigma == 0.1
+    with pytest.raises(AttributeError, match=r"^es.sigma = 0.01: σ is not set on a FlipES, it is FlipES\(sigma=...\), .*"
+                                             r"flipes.search.SigmaDecay"):  # fmt: skip
+        es.sigma = 0.01
+    with es.population() as pop:
+        assert pop.sigma == es.sigma == 0.1
+        f = fitness(model, pop)
+    es.tell(f)
+    model = mlp(0)
+    decaying = flipes.FlipES(model, popsize=8, sigma=flipes.search.SigmaDecay(0.1, 0.5, 0.01), seed=0)
+    for _ in range(3):
+        decaying.step(fitness)
+    with decaying.population() as pop:
+        assert pop.sigma == decaying.sigma == max(0.1 * 0.5**3, 0.01)
+
+
+def test_es_lr_sets_every_param_groups_lr_as_the_optimizers_own_groups_do() -> None:
+    """``es.lr = x`` sets the lr of every parameter group: 3 generations with it set to 0.01 after the first end on
+    the parameters of setting the groups' lr by hand, bit for bit; ``es.lr`` reads it back."""
+    runs = []
+    for by_property in (True, False):
+        model = mlp(0)
+        es = flipes.FlipES(model, popsize=8, sigma=0.1, lr=0.1, seed=0)
+        assert es.lr == 0.1
+        for generation in range(3):
+            if generation == 1 and by_property:
+                es.lr = 0.01
+            elif generation == 1:
+                for group in es.optimizer.param_groups:
+                    group["lr"] = 0.01
+            es.step(fitness)
+        assert es.lr == 0.01 and es.state_dict()["optimizer"]["param_groups"][0]["lr"] == 0.01
+        runs.append(params(model))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
 def test_same_seed_same_parameters_and_resume_continues_bit_for_bit() -> None:
     """Two FlipES with the same seed and initial model end 10 generations with bit-identical parameters; a differently
     initialized model that loads the generation-10 state dict continues for 5 generations bit for bit like the

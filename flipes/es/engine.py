@@ -621,6 +621,36 @@ class FlipES:
         return sum(s * c for s, c in zip(sigmas, counts, strict=True)) / sum(counts)
 
     @property
+    def sigma(self) -> float:
+        """σ of the generation being evaluated (:meth:`mean_sigma`: with ``sigma_lr > 0``, the layers' σ averaged by
+        their sizes). Set by ``FlipES(sigma=...)``: a number, or a schedule ``generation -> σ``."""
+        return self.mean_sigma()
+
+    @sigma.setter
+    def sigma(self, value: Any) -> None:
+        # an attribute of that name would be read by nothing: every generation's σ comes from the schedule
+        raise AttributeError(
+            f"es.sigma = {value!r}: σ is not set on a FlipES, it is FlipES(sigma=...), a number or a schedule "
+            "`generation -> σ` (flipes.search.SigmaDecay(sigma, decay, minimum), or a function of your own) called "
+            "every generation, so that a resumed run and every process have the same σ; sigma_lr > 0 adapts it"
+        )
+
+    @property
+    def lr(self) -> float:
+        """The optimizer's step size (its first parameter group's ``lr``); setting it sets every group's, as a
+        ``torch.optim.lr_scheduler`` does, saved with the optimizer's state."""
+        groups = [g for g in self.optimizer.param_groups if "lr" in g]
+        if not groups:
+            raise AttributeError(f"es.lr: the optimizer {type(self.optimizer).__name__} has no lr in its param_groups")
+        return float(groups[0]["lr"])
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        lr = nonnegative("lr", value)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.params)
 
