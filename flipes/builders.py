@@ -263,9 +263,10 @@ class CheckedFitness:
         return f
 
 
-def global_seed(seed: int, generation: int) -> int:
-    """The seed of the global generators while a plugged-in fitness runs in ``generation`` of a run seeded ``seed``."""
-    digest = hashlib.blake2b(f"flipes/train/{seed}/{generation}/global".encode(), digest_size=8).digest()
+def global_seed(seed: int, generation: int, stream: str = "fitness") -> int:
+    """The seed of the global generators while a plugged-in fitness (or ``stream`` "evaluate", the evaluation) runs in
+    ``generation`` of a run seeded ``seed``."""
+    digest = hashlib.blake2b(f"flipes/train/{seed}/{generation}/{stream}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % 2**63
 
 
@@ -320,9 +321,12 @@ class UserEvaluator:
     fn: Callable[[nn.Module], Any]
     beside: bool = False  # found beside a --fitness module (errors name that option), not given as evaluate=
     env: None = None
+    seed: int = 0  # the run's: with the generation, it seeds the global generators an evaluate() may draw from
 
     def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
-        with torch.no_grad():  # as the fitness and the env evaluation run: no graph, no requires_grad warning
+        # as the fitness and the env evaluation run: no graph, no requires_grad warning; a random validation batch
+        # drawn from the global generators is the same in every run of the seed (best.pt and --target judge by it)
+        with torch.no_grad(), seeded_global_rngs(global_seed(self.seed, generation, "evaluate")):
             value = self.fn(model)
         fix = 'return one finite number, or a dict of numbers with an "eval_return" (best.pt and --target use it)'
         option, it = ("--fitness", "evaluate() beside it ") if self.beside else ("evaluate", "")
@@ -358,7 +362,7 @@ def build_evaluator(
         return None
     if config.fitness:
         fn = (plugins or Plugins()).evaluate_fn(config.fitness)
-        return None if fn is None else UserEvaluator(fn, beside=plugins is None or plugins.evaluate is None)
+        return None if fn is None else UserEvaluator(fn, plugins is None or plugins.evaluate is None, seed=config.seed)
     if env is None:
         return None
     threads = min(config.env_threads or available_cores(comm.local_size), config.eval_episodes)

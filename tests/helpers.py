@@ -131,6 +131,10 @@ def fitness(model, pop):  # a minibatch as a researcher's script draws it: from 
     idx = torch.randint(0, 64, (8,))
     DRAWS.append((pop.generation, pop.members[0], idx.tolist(), int(np.random.randint(1 << 30)), random.random()))
     return -(model(X[idx].expand(pop.size, 8, 3)) - Y[idx]).square().mean((1, 2))
+
+def evaluate(model):  # a random validation batch, drawn as the fitness draws its minibatch
+    idx = torch.randint(0, 64, (8,))
+    return -(model(X[idx]) - Y[idx]).square().mean().item()
 """
 
 # a --fitness module whose generations 0 and 1 take 0.3 s and whose generation 2 never ends (a hung simulator)

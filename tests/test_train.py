@@ -772,20 +772,22 @@ def test_a_fitness_drawing_from_the_global_generators_draws_alike_in_every_run_p
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A plugged-in fitness that draws its minibatch from torch's, NumPy's and Python's global generators gets draws
-    that are a function of (seed, generation) alone: two runs of one seed log the same rows and draws, another seed
-    other draws; evaluated in parts (members_per_pass), every part of a generation draws what the whole population
-    drew; 2 + 2 generations resumed end on the bits of 4; the caller's generators are as they were."""
+    that are a function of (seed, generation) alone, and so does an evaluate() drawing a validation batch: two runs
+    of one seed log the same rows (parameters and eval_return) and draws, another seed other draws; evaluated in
+    parts (members_per_pass), every part of a generation draws what the whole population drew; 2 + 2 generations
+    resumed end on the rows of 4; the caller's generators are as they were."""
     (tmp_path / "global_draws.py").write_text(GLOBAL_DRAWS_FITNESS)
     monkeypatch.syspath_prepend(str(tmp_path))
     import global_draws
 
     kw = {"env": "none", "model": global_draws.make_model, "fitness": global_draws.fitness, "popsize": 8,
-          "tensorboard": False, "progress": False, "eval_every": 100}  # fmt: skip
+          "evaluate": global_draws.evaluate, "eval_every": 1, "tensorboard": False, "progress": False}  # fmt: skip
 
-    def run(name: str, **options) -> tuple[list[str], list[tuple]]:
+    def run(name: str, **options) -> tuple[list[tuple[str, float]], list[tuple]]:
         global_draws.DRAWS.clear()
         result = flipes.train(**kw | options, out=str(tmp_path / name))
-        return [r["params_sha256"] for r in result.metrics], [d[:1] + d[2:] for d in global_draws.DRAWS]
+        rows = [(r["params_sha256"], r["eval_return"]) for r in result.metrics]
+        return rows, [d[:1] + d[2:] for d in global_draws.DRAWS]
 
     def reseed() -> None:
         torch.manual_seed(123), np.random.seed(123), random.seed(123)
