@@ -282,7 +282,11 @@ def _read(path: Path, map_location: str | torch.device | None, option: str) -> A
             first = clip((str(e).strip().splitlines() or [""])[0])
             raise _error(f"{path} is damaged: its payload does not load ({type(e).__name__}: {first})", path, option) from e
     elif not option:  # a file of torch.save: no hash to check, so not one of save_checkpoint's
-        raise CheckpointError(f"{path} was not written by flipes.save_checkpoint (no {FORMAT} header)", option="")
+        raise CheckpointError(
+            f"{path} was not written by flipes.save_checkpoint (no {FORMAT} header); a file of torch.save reads with "
+            f"torch.load('{path}')",
+            option="",
+        )
     elif map_location is not None:  # written before checkpoints carried a hash
         state = torch.load(path, map_location=map_location, weights_only=True)
     return state
