@@ -226,6 +226,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     if path.is_dir():
         path = path / "checkpoint.pt"
     state = _read(path, map_location, "--resume")
+    if isinstance(state, dict) and not (set(_ENTRIES) - {"es"}) & set(state):  # an own loop's file, not a damaged run's
+        raise CheckpointError(
+            f"{path} is not a flipes training checkpoint: it holds no run's entries (only "
+            f"{', '.join(map(repr, list(state)[:4]))}{', ...' if len(state) > 4 else ''}); flipes.load_checkpoint reads "
+            f"those of flipes.train, flipes.read_checkpoint('{path}') a file of flipes.save_checkpoint, torch.load one "
+            "of torch.save"
+        )
     if not isinstance(state, dict) or "es" not in state:
         raise _error(f"{path} is not a flipes training checkpoint (no 'es' state)", path)
     missing = structure_problem(state)

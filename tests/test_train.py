@@ -213,7 +213,8 @@ def state_at(generation: int) -> dict:
 
 def test_checkpoints_are_atomic_and_a_broken_one_leaves_the_previous(tmp_path: Path) -> None:
     """A checkpoint replaces the last one whole, keeps it as previous.pt, and a truncated or
-    foreign file is an error that names previous.pt where that one loads, and says so where it is broken too."""
+    foreign file is an error that names previous.pt where that one loads, and says so where it is broken too; an own
+    loop's file given to load_checkpoint names read_checkpoint."""
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(state_at(1), path)
     save_checkpoint(state_at(2), path)
@@ -226,6 +227,10 @@ def test_checkpoints_are_atomic_and_a_broken_one_leaves_the_previous(tmp_path: P
     torch.save({"something": "else"}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not a flipes training checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
+    save_checkpoint({"es": state_at(1)["es"], "rng": 0}, tmp_path / "own.pt")  # an own loop's: read_checkpoint's
+    own = r"own.pt is not a flipes training checkpoint: it holds no run's entries \(only 'es', 'rng'\); "
+    with pytest.raises(CheckpointError, match=own + r".*flipes.read_checkpoint\('.*own.pt'\) a file of flipes.save_checkpoint"):
+        load_checkpoint(tmp_path / "own.pt")
     previous = tmp_path / "previous.pt"
     previous.write_bytes(previous.read_bytes()[:-8])  # previous.pt broken too: not offered as the way out
     with pytest.raises(CheckpointError, match=r"truncated.*previous.pt is damaged too: start the run again with --overwrite$"):
