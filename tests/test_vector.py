@@ -92,6 +92,36 @@ def test_a_vector_beside_flipout_layers_is_one_more_parameter_per_member() -> No
     assert not torch.equal(out[0, 2:], out[2, 2:])  # the log-std differs per member
 
 
+class GaussianRows(GaussianPolicy):
+    """The mean actions and their standard deviation read against them, ``log_std(mu)``: any rows per member."""
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        mu = self.net(obs)
+        return torch.cat((mu, self.log_std(mu).exp()), -1)
+
+
+@pytest.mark.parametrize("layout", ["members-episodes", "member-major"])
+def test_a_vector_read_against_a_tensor_gives_each_member_its_value_over_its_rows(layout: str) -> None:
+    """``log_std(mu)`` expands the value to ``mu``'s shape: inside a population each member's rows, (N, K, act) or
+    (N·K, act) member-major, get that member's own log-std (every row equal to the plain policy run with the member's
+    explicit parameters), where ``log_std()`` of shape (N, act) would broadcast against (N, K, act) across members;
+    outside, the plain value over every row; a tensor not ending in the value's shape is refused naming both."""
+    torch.manual_seed(0)
+    policy, plain = flipes.flipout(GaussianRows()), GaussianRows()
+    es = flipes.FlipES(policy, popsize=4, sigma=0.2, seed=1)
+    obs = torch.randn(4, 3, 3, dtype=DT)  # 3 rows per member
+    with es.population():
+        out = policy(obs if layout == "members-episodes" else obs.flatten(0, 1)).view(4, 3, 4)
+        members = member_parameters(es, policy)
+    for n, params in enumerate(members):
+        torch.testing.assert_close(out[n], functional_call(plain, params, (obs[n],)), rtol=1e-12, atol=1e-12)
+    assert not torch.equal(out[0, :, 2:], out[2, :, 2:]) and torch.equal(out[1, 0, 2:], out[1, 2, 2:])
+    outside = policy(obs[0])
+    assert torch.equal(outside[:, 2:], policy.log_std.value.detach().exp().expand(3, 2))
+    with pytest.raises(ValueError, match=r"Vector of shape \(2,\): like= of shape \(3, 5\) does not end in \(2,\)"):
+        policy.log_std(torch.zeros(3, 5, dtype=DT))
+
+
 def test_a_vector_of_integers_is_refused() -> None:
     """Integer values cannot be perturbed: a Vector of them is an error naming the fix."""
     with pytest.raises(TypeError, match="floating-point"):

@@ -25,8 +25,9 @@ class Vector(nn.Module):
         device, dtype: as for ``torch.zeros`` (with a size), or to convert ``init`` to.
 
     Shape:
-        - Outside a population: ``() -> shape``.
-        - Inside a population of N members: ``() -> (N, *shape)``.
+        - Outside a population: ``() -> shape``; ``(like) -> like.shape``.
+        - Inside a population of N members: ``() -> (N, *shape)``; ``(like) -> like.shape``, members first
+          (``(N, *B, *shape)`` or ``(N·k, *shape)``), each member's value over its rows.
 
     Examples::
 
@@ -35,6 +36,12 @@ class Vector(nn.Module):
         >>> with es.population():
         ...     fitness = -x().square().sum(1)     # (64,): one value per member
         >>> es.tell(fitness)
+
+    A Gaussian policy's log-std beside its Flipout layers, read against its mean actions ``mu``
+    (``(N, episodes, act)`` in a rollout, ``(episodes, act)`` outside a population)::
+
+        >>> self.log_std = flipes.nn.Vector(torch.zeros(act_dim))     # in __init__
+        >>> return mu + self.log_std(mu).exp() * torch.randn_like(mu)  # in forward
     """
 
     def __init__(
@@ -59,8 +66,19 @@ class Vector(nn.Module):
     def extra_repr(self) -> str:
         return f"shape={tuple(self.value.shape)}, dtype={self.value.dtype}"
 
-    def forward(self) -> Tensor:
-        return self.value
+    def forward(self, like: Tensor | None = None) -> Tensor:
+        """The value; given ``like``, a tensor whose shape ends in the value's (a Gaussian policy's mean actions,
+        members first inside a population), the value expanded to ``like``'s shape: each member's own over its rows,
+        where ``(N, *shape)`` would broadcast against ``(N, B, *shape)`` wrongly."""
+        if like is None:
+            return self.value
+        shape = tuple(self.value.shape)
+        if tuple(like.shape[len(like.shape) - len(shape) :]) != shape or like.dim() < len(shape):
+            raise ValueError(
+                f"Vector of shape {shape}: like= of shape {tuple(like.shape)} does not end in {shape} (inside a "
+                "population, each member's rows of it)"
+            )
+        return self.value.expand_as(like)
 
 
 def _is_size(init: object) -> bool:
