@@ -8,7 +8,13 @@ from flipes import dist, nn, noise, optim
 from flipes.callbacks import Callback
 from flipes.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from flipes.config import TrainConfig
-from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, StorageError, UsageError
+from flipes.errors import (
+    ChangedParametersWarning,
+    EqualFitnessWarning,
+    OutsidePopulationWarning,
+    StorageError,
+    UsageError,
+)
 from flipes.es import FlipES, Population, shaping
 from flipes.export import export_policy
 from flipes.nn import flipout, kl_divergence
@@ -17,6 +23,7 @@ from flipes.training import TrainResult, train
 
 __all__ = [
     "Callback",
+    "ChangedParametersWarning",
     "CheckpointError",
     "EqualFitnessWarning",
     "FlipES",

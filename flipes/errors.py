@@ -55,6 +55,12 @@ class OutsidePopulationWarning(UserWarning):
     differ per row make the fitness differ). Warned once per FlipES."""
 
 
+class ChangedParametersWarning(UserWarning):
+    """The model's parameters changed between the end of a generation's ``with es.population()`` and its
+    ``es.tell`` (a ``load_state_dict``, an in-place edit): ``tell`` steps from the changed values with the gradient
+    of the members evaluated around the earlier ones. Warned once per FlipES."""
+
+
 def caller_stacklevel() -> int:
     """``warnings.warn``'s stacklevel of the user's code that led to the caller: the first frame
     outside flipes and torch's decorator wrappers (a warning then points at the user's line, whether

@@ -193,6 +193,58 @@ def test_fitness_computed_outside_the_population_from_rows_that_differ_is_warned
             flipes.FlipES(mlp(), popsize=8, seed=0).step(lambda model, pop: torch.zeros(pop.size))
 
 
+class NormedGRU(nn.Module):
+    """A policy with a LayerNorm (dense per-member noise) and a GRU: members built beside it read every kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.gru, self.head = (
+            nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)),
+            nn.GRU(8, 8, batch_first=True),
+            nn.Linear(8, 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gru(self.enc(x))[0][:, -1])
+
+
+def test_parameters_changed_between_the_population_and_tell_are_warned_about_once_by_name() -> None:
+    """Loading the elite member into the model between its population and tell (to evaluate it) makes tell step from
+    the elite: tell warns once (ChangedParametersWarning, at the user's line, after the step), naming the parameters
+    and the plain-copy way. Members built, a state saved, the center
+    run after the block, a change inside the block before the forward, or after tell warn nothing."""
+    model = mlp()
+    es = flipes.FlipES(model, popsize=8, seed=0)
+    told = (
+        r"^generation 0: the parameters 0.weight, 0.bias, 2.weight, \.\.\. changed between the end of the population "
+        r"and tell\(\) .*plain.load_state_dict\(es.member_state_dict\(i\)\)"
+    )
+    with pytest.warns(flipes.ChangedParametersWarning, match=told) as seen:
+        for _ in range(2):
+            with es.population() as pop:
+                values = fitness(model, pop)
+            elite = es.member_state_dict(pop.members[int(values.argmax())])
+            model.load_state_dict(elite)  # evaluating the elite in the model itself, by mistake
+            es.tell(values)
+    assert len(seen) == 1 and seen[0].filename == __file__ and es.generation == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.manual_seed(0)
+        model = flipes.flipout(NormedGRU())
+        es = flipes.FlipES(model, popsize=8, seed=0, track_best=True)
+        x = torch.randn(8, 3, 4)
+        for _ in range(2):
+            with es.population() as pop:
+                with torch.no_grad():
+                    model.head.bias.add_(0.0)  # inside the block, before the forward: the members are around it
+                values = model(x).sum(1)
+            es.member_state_dict(0), es.member_parameters(3), es.state_dict()
+            model(x[:1])  # the center, after the block
+            es.tell(values)
+            with torch.no_grad():
+                model.head.bias.mul_(0.5)  # after tell: the next generation's center
+
+
 def test_a_train_fitness_that_runs_a_copy_of_its_model_is_told_to_call_that_model(tmp_path: Path) -> None:
     """flipes.train runs the population block itself, so a fitness that evaluates a deepcopy of the model it is given
     (the mean network for every member) is warned of in the fitness's terms, not told to move code inside a

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from flipes.checkpoint import tensors_sha256
 from flipes.dist import Comm, SerialComm, launched_world, split_groups
-from flipes.errors import EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
+from flipes.errors import ChangedParametersWarning, EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, as_index, check_fitness, check_weights, integer, nonnegative
 from flipes.es.gradient import MemberPerturbations, accumulate, paired, weighted_dense, weighted_perturbation
@@ -451,6 +451,8 @@ class FlipES:
         self._train_fitness = False  # flipes.train holds the block: the warnings speak of the fitness it was given
         self._ranks_agree = False  # every process was found to hold the same parameters (checked at the first tell)
         self._told_dropout = False  # warned once of dropout in training mode (flipes.train notes it instead)
+        self._versions: list[int] | None = None  # the parameters' version counters when a population block ended
+        self._told_changed = False  # warned once that they changed between that and tell
 
     def __repr__(self) -> str:
         sigma = f"{self.mean_sigma():.4g}" + (" (adaptive)" if self.log_sigma is not None else "")
@@ -795,6 +797,7 @@ class FlipES:
                     superseded=self._superseded_check(),
                 )
                 self._refuse_direct_reads()
+                self._versions = [p._version for p in self.params]  # a change before tell is warned of there
             except RuntimeError as error:
                 self._raise_with_shared_ids_fix(error)
                 raise
@@ -1023,6 +1026,7 @@ class FlipES:
                 f"tell() before any population of generation {self.generation}{told}: evaluate `with es.population()` "
                 "first; each generation is one population, then one tell()"
             )
+        changed = self._changed_since_population()
         try:
             local = check_fitness(fitness, self.members, self.popsize)
         except NonFiniteFitness as error:  # the fitness function may be fine and the members broken
@@ -1122,6 +1126,18 @@ class FlipES:
             "update_ratio": delta / norm if norm > 0 else float("inf"),
             "sigma": mean_sigma,
         }
+        self._versions = None
+        if changed and not self._told_changed:  # once, after the step: the generation is complete even under -W error
+            self._told_changed = True
+            warnings.warn(
+                f"generation {generation}: the parameters {', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''} "
+                "changed between the end of the population and tell() (a load_state_dict, an in-place edit): tell "
+                "stepped from the changed values with the gradient of the members evaluated around the earlier ones; "
+                "change them after tell(), and run a member in a plain copy of the model "
+                "(plain.load_state_dict(es.member_state_dict(i)))",
+                ChangedParametersWarning,
+                stacklevel=caller_stacklevel(),
+            )
         evaluated, self._evaluated = self._evaluated, False
         equal = stats["fitness_max"] == stats["fitness_min"]
         if not evaluated and not equal and not self._told_outside:
@@ -1318,6 +1334,13 @@ class FlipES:
             state["best"] = {f.name: getattr(self.best, f.name) for f in dataclasses.fields(self.best)}
         return state
 
+    def _changed_since_population(self) -> list[str]:
+        """The names of the parameters written in place since this generation's last population block ended."""
+        if self._versions is None:
+            return []
+        names = {id(p): name for name, p in self._module.named_parameters()}
+        return [names.get(id(p), "?") for p, v in zip(self.params, self._versions, strict=True) if p._version != v]
+
     def _gather_fitness(self, local: Tensor) -> Tensor:
         """Every process's fitness, in member order. With several processes each appends one flag saying whether
         it has yet to compare its parameters (built, or loaded since): every process sees every flag, so all of
@@ -1413,7 +1436,7 @@ class FlipES:
         if self.log_sigma is not None:
             self.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
         self.generation = int(state["generation"])
-        self._noise, self._freed = None, None
+        self._noise, self._freed, self._versions = None, None, None
         self._ranks_agree = False  # compared at the next tell, on every rank even where only some loaded
         best = state.get("best") if self.track_best else None  # a run may start or stop keeping it on resume
         self.best = None if best is None else BestMember(best["fitness"], best["generation"], best["index"], best["state_dict"])
