@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import inspect
 import math
 import numbers
 import os
@@ -323,6 +324,7 @@ def train(
             name = cb.__name__ if isinstance(cb, type) else type(cb).__name__
             fix = f"pass an instance, callbacks=[{name}()]" if isinstance(cb, type) else "subclass flipes.callbacks.Callback"
             raise UsageError("callbacks", f"{name} is {'a class' if isinstance(cb, type) else 'not a Callback'}", fix)
+        check_hooks(cb)
     plugins = Plugins.take(overrides)
     config = TrainConfig.for_env(**overrides) if config is None else config.replace(**overrides)
     plugins.check(config.fitness)
@@ -584,6 +586,35 @@ CALLBACKS_RANK_0 = (
     "; callbacks run on rank 0 alone: one that changes the model or the FlipES (other than the optimizer's settings, "
     "such as an lr, which reach every rank) changes rank 0's alone"
 )
+
+
+# how flipes.train calls a callback's methods: the arguments after self, as a Callback defines them
+HOOKS = {
+    "on_train_start": ("state",),
+    "on_generation": ("state", "row"),
+    "on_train_end": ("state", "reason"),
+    "state_dict": (),
+    "load_state_dict": ("state",),
+}
+
+
+def check_hooks(cb: Callback) -> None:
+    """Raise a UsageError where a callback overrides a hook with a signature flipes cannot call (Keras' and
+    Lightning's habits: ``on_generation(self, row)``), before training rather than at the first generation."""
+    for hook, args in HOOKS.items():
+        method = getattr(cb, hook)
+        if getattr(type(cb), hook, None) is getattr(Callback, hook):
+            continue
+        try:
+            inspect.signature(method).bind(*args)
+        except TypeError as e:
+            raise UsageError(
+                "callbacks",
+                f"{type(cb).__name__}.{hook} takes other arguments ({e}); flipes calls {hook}({', '.join(args)})",
+                f"define it as def {hook}({', '.join(('self', *args))})",
+            ) from None
+        except ValueError:  # no signature to read (a builtin): the call will say
+            continue
 
 
 def rank_difference_hint(model: nn.Module) -> Callable[[list[str]], str]:

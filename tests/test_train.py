@@ -421,6 +421,35 @@ def test_a_callback_class_or_another_object_is_refused_before_training(tmp_path:
     assert not (tmp_path / "a").exists()
 
 
+def test_a_callback_hook_of_another_signature_is_refused_before_training(tmp_path: Path) -> None:
+    """A callback whose hooks take other arguments than flipes passes (Keras' ``on_generation(self, row)``,
+    ``on_train_end(self, state)``, a ``load_state_dict(self)``) is a UsageError naming the hook, how flipes calls it and
+    the definition to write, before anything is written; hooks with defaults or ``*args`` beyond those are taken."""
+
+    class RowOnly(Callback):
+        def on_generation(self, row):
+            return None
+
+    class EndWithoutReason(Callback):
+        def on_train_end(self, state):
+            pass
+
+    class Loose(Callback):
+        def on_generation(self, state, row, *rest, verbose=False):
+            return None
+
+        def on_train_end(self, *args):
+            pass
+
+    fix = r"callbacks: RowOnly.on_generation takes other arguments \(.*\); flipes calls on_generation\(state, row\); "
+    with pytest.raises(flipes.UsageError, match=fix + r"define it as def on_generation\(self, state, row\)$"):
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), callbacks=[RowOnly()])
+    with pytest.raises(flipes.UsageError, match=r"EndWithoutReason.on_train_end .* on_train_end\(state, reason\)"):
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), callbacks=[Loose(), EndWithoutReason()])
+    assert not (tmp_path / "a").exists()
+    assert len(flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "b"), callbacks=[Loose()]).metrics) == 1
+
+
 def test_a_config_that_is_no_train_config_is_refused_in_one_line(tmp_path: Path) -> None:
     """``flipes.train(config)`` given something other than a TrainConfig (a dict of options, a file name, the
     ``...`` of a sketch copied as written) is a UsageError naming what it got and how to pass options, before
