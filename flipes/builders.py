@@ -306,7 +306,8 @@ class Evaluator:
 
     def __call__(self, model: nn.Module, generation: int) -> dict[str, float]:
         obs = reset_episodes(self.env, self.seed, "eval", generation)
-        episodes = run_episodes(self.env, model, obs=obs, max_steps=self.max_steps)
+        with seeded_global_rngs(global_seed(self.seed, generation, "evaluate")):  # a policy that samples its actions
+            episodes = run_episodes(self.env, model, obs=obs, max_steps=self.max_steps)
         returns = episodes.returns
         std = returns.std() if len(returns) > 1 else torch.zeros((), dtype=returns.dtype, device=returns.device)
         mean, std = torch.stack((returns.mean(), std)).tolist()  # one copy to the host

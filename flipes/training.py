@@ -41,8 +41,10 @@ from flipes.builders import (
     build_evaluator,
     build_fitness,
     build_model,
+    global_seed,
     image_note,
     import_plugins,
+    seeded_global_rngs,
     standard_callbacks,
 )
 from flipes.callbacks import Callback, Checkpointer, PlainRow
@@ -753,7 +755,11 @@ def run_loop(
         bytes_before, t0 = comm.bytes_sent, time.perf_counter()
         try:
             with es.population() as pop:
-                values = fitness(model, pop)
+                if isinstance(fitness, RolloutFitness):  # a policy of one's own that samples its actions draws alike in
+                    with seeded_global_rngs(global_seed(config.seed, gen)):  # every run (CheckedFitness seeds its own)
+                        values = fitness(model, pop)
+                else:
+                    values = fitness(model, pop)
         except _WORKER_ENDED as e:
             if not _cut_short(
                 e, stop, comm, f"generation {gen}", f"the checkpoint holds the {gen} whole generation(s) before it"

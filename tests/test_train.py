@@ -841,6 +841,32 @@ def test_a_fitness_drawing_from_the_global_generators_draws_alike_in_every_run_p
     assert first + rest == rows and later == draws[2:]
 
 
+class SamplingPolicy(torch.nn.Module):
+    """A Gaussian policy of one's own for Pendulum: its actions sampled with torch.randn_like, the global generator."""
+
+    def __init__(self, env: object = None) -> None:
+        super().__init__()
+        self.mu = torch.nn.Linear(3, 1)
+        self.log_std = flipes.nn.Vector(torch.full((1,), -1.0))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        mu = self.mu(obs.float())
+        return (mu + self.log_std(mu).exp() * torch.randn_like(mu)).clamp(-2, 2)
+
+
+def test_a_policy_that_samples_its_actions_trains_and_evaluates_alike_in_every_run_of_a_seed(tmp_path: Path) -> None:
+    """flipes.train's own rollouts and evaluation run a policy that samples its actions from torch's global generator
+    with that generator seeded by (seed, generation): two runs of one seed log the same parameters and eval_return in
+    every row, another seed other ones."""
+    kw = {"env": "flipes/Pendulum-v1", "model": SamplingPolicy, "popsize": 8, "generations": 2, "eval_every": 1,
+          "eval_episodes": 2, "max_episode_steps": 20, "target": None, "tensorboard": False, "progress": False}  # fmt: skip
+    rows = [
+        [(r["params_sha256"], r["eval_return"]) for r in flipes.train(**kw, seed=seed, out=str(tmp_path / name)).metrics]
+        for name, seed in (("a", 0), ("b", 0), ("c", 1))
+    ]
+    assert len(rows[0]) == 2 and rows[1] == rows[0] and rows[2][0] != rows[0][0]
+
+
 SEARCH_MODULE = """
 import torch
 
