@@ -65,7 +65,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
 
     ``state`` is anything ``torch.load(weights_only=True)`` reads back (tensors, numbers, strings, lists and
     dicts of them: ``es.state_dict()``); it is stored with a SHA-256 of its bytes, which :func:`read_checkpoint`
-    checks. Missing directories of ``path`` are made. A kill at any instant leaves ``path`` whole, the old file or the new one.
+    checks. Missing directories of ``path`` are made. A kill at any instant leaves ``path`` whole, the old file or
+    the new one.
 
     Examples::
 
@@ -191,8 +192,8 @@ _SIZE_MISMATCH = re.compile(
 
 def load_mismatch(error: Exception, limit: int = 160) -> str:
     """The first reason torch gives for a state dict that does not load into a model (a size mismatch as
-    ``size mismatch for 0.weight: (16, 4) saved, (32, 4) in the model``, missing or unexpected keys), clipped, with how many more
-    there are; its header (``Error(s) in loading state_dict for ...``) left out."""
+    ``size mismatch for 0.weight: (16, 4) saved, (32, 4) in the model``, missing or unexpected keys), clipped, with
+    how many more there are; its header (``Error(s) in loading state_dict for ...``) left out."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
         lines = lines[1:]

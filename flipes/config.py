@@ -68,8 +68,9 @@ class TrainConfig:
     """Adam's learning rate on the ES gradient (openai-es); with --algo pgpe it sets ClipUp's speed
     (lr·√D/2, see --max-speed), with --algo ars SGD's step lr·σ."""
     seed: int = 0
-    """Keys all noise and episodes, and seeds torch's, NumPy's and Python's global generators around a --fitness of
-    one's own, per generation: the same seed gives the same parameters."""
+    """Keys all noise and episodes, and seeds torch's, NumPy's and Python's global generators around each
+    generation's fitness and evaluation (a --fitness or a policy of one's own drawing from them): the same seed gives
+    the same parameters."""
     groups: int = 0
     """ε groups: members split into this many blocks, each with its own ε; must divide popsize and,
     under MPI, be at least the number of processes. 0: the fewest that work, said in a note where not
