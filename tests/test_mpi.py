@@ -269,6 +269,51 @@ def test_ranks_whose_buffers_the_forward_changed_apart_are_named_with_the_cause(
     assert "flipes.rl.RunningNorm" in r.stderr and "callbacks run on rank 0" not in r.stderr
 
 
+OWN_LOOP_BUFFER_SCRIPT = """
+import warnings, torch, flipes
+
+class RunningMean(torch.nn.Module):  # a buffer the forward updates from its inputs
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(3))
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.mean += 0.1 * (x.reshape(-1, 3).mean(0) - self.mean)
+        return x - self.mean
+
+warnings.simplefilter("always")
+comm = flipes.dist.world()
+for updating in (True, False):
+    torch.manual_seed(0)
+    model = flipes.flipout(torch.nn.Sequential(RunningMean(), torch.nn.Linear(3, 1)))
+    es = flipes.FlipES(model, popsize=8, groups=2, seed=0, comm=comm, comm_mode="seeds")
+    for _ in range(2):
+        with es.population() as pop:
+            x = torch.arange(pop.members.start, pop.members.stop, dtype=torch.float32)[:, None].expand(pop.size, 3)
+            if not updating:
+                x = torch.ones(pop.size, 3)  # every rank's members alike: the buffers stay equal
+            fitness = -model(x).square().sum(1)
+        es.tell(fitness)
+    print(f"rank {comm.rank} done {updating}", flush=True)
+"""
+
+
+def test_an_own_loop_whose_ranks_buffers_drift_apart_is_warned_at_the_first_tell(tmp_path: Path) -> None:
+    """A loop of one's own on 2 ranks whose model has a buffer its forward updates from each rank's own members gets one
+    warning (rank 0) at the first tell naming the buffer and the fixes, and goes on; buffers that stay alike warn
+    nothing."""
+    (tmp_path / "script.py").write_text(OWN_LOOP_BUFFER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "script.py")]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count("FlipES: the processes hold different buffers (0.mean) at generation 0's tell") == 1, r.stderr
+    assert "obs_norm.update(comm=es.comm)" in r.stderr
+    done = sorted(re.findall(r"rank \d done (?:True|False)", r.stdout))  # mpiexec may join the ranks' lines
+    assert done == ["rank 0 done False", "rank 0 done True", "rank 1 done False", "rank 1 done True"]
+
+
 HELD_RUN_SCRIPT = """
 import sys, time, torch, flipes
 

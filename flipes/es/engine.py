@@ -1403,6 +1403,28 @@ class FlipES:
                 "one state dict on every rank) before the first tell()"
             )
         self._ranks_agree = True
+        self._warn_buffers_apart()
+
+    def _warn_buffers_apart(self) -> None:
+        """Warn (rank 0) where the processes' buffers differ at the check of their parameters: a buffer the forward
+        updates from its inputs (a running mean of one's own) has seen only each rank's members, so each rank runs
+        its members with other values, silently; flipes.rl.RunningNorm is merged by obs_norm.update(comm=)."""
+        buffers = dict(self._module.named_buffers())
+        if not buffers:
+            return
+        views = self.comm.allgather_object(("buffers", [tensors_sha256([b]) for b in buffers.values()]))
+        theirs = [dict(zip(buffers, view[1], strict=False)) for view in views]
+        differ = [name for name in buffers if len({view.get(name) for view in theirs}) > 1]
+        if differ and self.comm.rank == 0:
+            warnings.warn(
+                f"FlipES: the processes hold different buffers ({', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}"
+                f") at generation {self.generation}'s tell: a buffer the forward updates from its inputs (a running mean "
+                "of one's own) sees only the rank's own members, so each rank runs its members with other values; update "
+                "it outside the population from data alike on every rank, or, for observations, hold a "
+                "flipes.rl.RunningNorm as the model's obs_norm and merge it with obs_norm.update(comm=es.comm) after tell",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"generation", "config", "model", "optimizer"} - set(state)
