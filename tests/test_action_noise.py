@@ -211,3 +211,22 @@ def test_action_noise_is_refused_for_discrete_actions_and_a_negative_std(tmp_pat
     with pytest.raises(flipes.UsageError, match=r"^--action-noise: must be a finite number >= 0, got -0.5; 0 is none"):
         flipes.train(**TRAIN_KW, action_noise=-0.5, out=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_numpy_std_is_the_std_of_its_value() -> None:
+    """A std given as a numpy scalar (np.float32(0.25), as read from an array of settings) is that number: RolloutFitness
+    takes it and gives every member the fitness of the Python float 0.25, bit for bit; a negative numpy std is refused as
+    a negative one, and a std that is no number (the string "0.25") is a TypeError naming it."""
+    runs = []
+    for std in (0.25, np.float32(0.25), np.float64(0.25)):
+        policy, es = pendulum_es()
+        fitness = RolloutFitness(make_vector_env("flipes/Pendulum-v1", 16, max_episode_steps=10), episodes=2, action_noise=std)
+        assert type(fitness.action_noise) is float
+        with es.population() as pop:
+            runs.append(fitness(policy, pop))
+    assert torch.equal(runs[1], runs[0]) and torch.equal(runs[2], runs[0])
+    pendulum = make_vector_env("flipes/Pendulum-v1", 4)
+    with pytest.raises(ValueError, match=r"^action_noise must be a finite std >= 0, got np.float32\(-0.25\)"):
+        RolloutFitness(pendulum, action_noise=np.float32(-0.25))
+    with pytest.raises(TypeError, match=r"^action_noise must be a number, got '0.25' \(str\)"):
+        RolloutFitness(pendulum, action_noise="0.25")

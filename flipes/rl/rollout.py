@@ -9,7 +9,6 @@ the rollout stops once every episode is done.
 from __future__ import annotations
 
 import hashlib
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from flipes.errors import UsageError, caller_stacklevel
-from flipes.es.checks import integer
+from flipes.es.checks import integer, nonnegative
 from flipes.es.population import Population
 from flipes.nn import uncompiled
 from flipes.rl.envs import NumpyToTorch, check_step, holds_tensors, reset_observations
@@ -165,16 +164,26 @@ def continuous(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.floating)
 
 
-def check_action_noise(std: float, space: gym.Space) -> None:
-    """Raise a ValueError naming the fix unless Gaussian action noise of ``std`` fits ``space``: a finite std >= 0, and
-    above 0 only for a Box of floats (a discrete action has no nearby action to add noise to)."""
-    if not isinstance(std, int | float) or isinstance(std, bool) or not math.isfinite(std) or std < 0:
-        raise ValueError(f"action_noise must be a finite std >= 0, got {std!r}; 0 is none, e.g. 0.01 (OpenAI's ES starter's)")
+def check_action_noise(std: float, space: gym.Space) -> float:
+    """``std`` as a float, where Gaussian action noise of it fits ``space``: a finite real number >= 0 (numpy's too), and
+    above 0 only for a Box of floats (a discrete action has no nearby action to add noise to).
+
+    Raises:
+        TypeError: ``std`` is no real number.
+        ValueError: naming the fix, for a std that is negative or not finite, or above 0 for another space.
+    """
+    try:
+        std = nonnegative("action_noise", std)
+    except ValueError:
+        raise ValueError(
+            f"action_noise must be a finite std >= 0, got {std!r}; 0 is none, e.g. 0.01 (OpenAI's ES starter's)"
+        ) from None
     if std and not continuous(space):
         raise ValueError(
             f"action_noise {std:g} adds Gaussian noise to continuous actions, and this env's actions are {space}; "
             "leave it 0 (ES explores through the parameter noise σ)"
         )
+    return std
 
 
 class ActionNoise:
@@ -200,8 +209,7 @@ class ActionNoise:
     """
 
     def __init__(self, std: float, pop: Population, episodes: int, space: gym.spaces.Box) -> None:
-        check_action_noise(std, space)
-        self.std, self.pop, self.episodes = std, pop, episodes
+        self.std, self.pop, self.episodes = check_action_noise(std, space), pop, episodes
         self.rows = range(pop.members.start * episodes, (pop.members.start + pop.size) * episodes)
         # host bookkeeping, moved to the actions' device and dtype once per rollout
         self.low, self.high = torch.as_tensor(space.low, device="cpu"), torch.as_tensor(space.high, device="cpu")
@@ -457,7 +465,7 @@ class RolloutFitness:
         action_noise: float = 0.0,
     ) -> None:
         check_vector_env(env, "RolloutFitness")
-        check_action_noise(action_noise, env.single_action_space)
+        action_noise = check_action_noise(action_noise, env.single_action_space)
         episodes = integer("episodes", episodes)
         if episodes < 1:  # else a ZeroDivisionError at the first call
             raise ValueError(f"RolloutFitness: episodes is the episodes per member, at least 1, got {episodes}")
