@@ -119,7 +119,10 @@ def _parse_scalar(text: str, scalar: type) -> Any:
             pass
         try:  # 1e6, 2.5e5: budgets in env steps are written so; exact (Decimal), and only where the value is whole
             number = decimal.Decimal(text.strip())
-            if number.is_finite() and number == number.to_integral_value():
+            # no more digits than int() reads from a string (Python's int_max_str_digits, 0: no limit): 1e50000000
+            # would take minutes and gigabytes to make
+            digits = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+            if number.is_finite() and number == number.to_integral_value() and (not digits or number.adjusted() < digits):
                 return int(number)
         except decimal.InvalidOperation:
             pass

@@ -109,7 +109,7 @@ def test_flags_are_typed_strictly_and_bools_read_three_ways() -> None:
     # whole numbers in scientific notation read exactly; a fraction of a step or an inf is still refused
     assert parse("--max-timesteps", "1e6").max_timesteps == 1_000_000 and parse("--popsize", "2.56e2").popsize == 256
     assert parse("--max-timesteps", "12345678901234567e3").max_timesteps == 12345678901234567000
-    for text in ("2.5e-1", "1.5e0", "inf", "nan"):
+    for text in ("2.5e-1", "1.5e0", "inf", "nan", "1" + "0" * 5000, "1e50000000"):  # beyond the digits int() reads too
         with pytest.raises(flipes.UsageError, match=rf"^--generations: expected an integer, got '{text}'"):
             parse("--generations", text)
     with pytest.raises(flipes.UsageError, match=r"^--target: expected a number or 'auto' or none, got 'never'"):
