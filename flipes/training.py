@@ -754,12 +754,10 @@ def run_loop(
         gen = es.generation
         bytes_before, t0 = comm.bytes_sent, time.perf_counter()
         try:
-            with es.population() as pop:
-                if isinstance(fitness, RolloutFitness):  # a policy of one's own that samples its actions draws alike in
-                    with seeded_global_rngs(global_seed(config.seed, gen)):  # every run (CheckedFitness seeds its own)
-                        values = fitness(model, pop)
-                else:
-                    values = fitness(model, pop)
+            # a policy of one's own that samples its actions, a --fitness drawing its minibatch: alike in every run of
+            # the seed and on every rank (CheckedFitness seeds each part of a population alike again)
+            with es.population() as pop, seeded_global_rngs(global_seed(config.seed, gen)):
+                values = fitness(model, pop)
         except _WORKER_ENDED as e:
             if not _cut_short(
                 e, stop, comm, f"generation {gen}", f"the checkpoint holds the {gen} whole generation(s) before it"
