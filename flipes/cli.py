@@ -382,7 +382,8 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
     """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    # the options whose unset value is empty, "" or {} (--env-kwargs): None, Python's "not given", means that value
+    unset = {f.name: value for f in dataclasses.fields(cls) if (value := _default(f)) in ("", {})}
     out = {}
     for key, value in values.items():
         if key not in hints or key not in names:
@@ -393,8 +394,8 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
             if cls.__name__ == "TrainConfig" and (foreign := foreign_fix(key, flags=False)):  # not the closest spelling
                 fix = foreign
             raise UsageError(source, f"unknown option {key!r}", fix)
-        if value is None and defaults.get(key) == "":  # Python's "not given" for an option whose unset value is ""
-            out[key] = ""
+        if value is None and key in unset:
+            out[key] = unset[key]
             continue
         try:
             out[key] = check_value(key, value, field_type(hints[key]))

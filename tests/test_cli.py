@@ -426,15 +426,17 @@ def test_json_config_and_library_overrides_are_typed_too(tmp_path: Path) -> None
 
 def test_none_for_an_option_whose_unset_value_is_empty_is_that_value_and_elsewhere_an_error(tmp_path: Path) -> None:
     """``resume=None`` (``args.resume`` of an argparse script, or a script's own "no resume") is the unset ``""`` for
-    the options whose default is ``""`` (out, resume, fitness, model, optimizer), through TrainConfig.for_env, replace
-    and a JSON config's null; None for an option with a value of its own (device, popsize) stays an error."""
-    unset = {"out": None, "resume": None, "fitness": None, "model": None, "optimizer": None}
+    the options whose default is ``""`` (out, resume, fitness, model, optimizer), and ``env_kwargs=None`` the unset
+    ``{}``, through TrainConfig.for_env, replace and a JSON config's null; None for an option with a value of its own
+    (device, popsize) stays an error."""
+    unset = {"out": None, "resume": None, "fitness": None, "model": None, "optimizer": None, "env_kwargs": None}
     config = TrainConfig.for_env("flipes/CartPole-v1", **unset)
-    assert config == TrainConfig.for_env("flipes/CartPole-v1") and config.resume == ""
-    assert config.replace(resume=None).resume == ""
+    assert config == TrainConfig.for_env("flipes/CartPole-v1") and config.resume == "" and config.env_kwargs == {}
+    assert config.replace(resume=None).resume == "" and config.replace(env_kwargs=None).env_kwargs == {}
     cfg = tmp_path / "run.json"
-    cfg.write_text('{"out": null, "generations": 3}')
-    assert parse_config(TrainConfig, ["--config", str(cfg)]).out == ""
+    cfg.write_text('{"out": null, "env_kwargs": null, "generations": 3}')
+    from_file = parse_config(TrainConfig, ["--config", str(cfg)])
+    assert from_file.out == "" and from_file.env_kwargs == {}
     with pytest.raises(flipes.UsageError, match=r"^flipes.train: device = none is not a string"):
         TrainConfig.for_env("flipes/CartPole-v1", device=None)
     with pytest.raises(flipes.UsageError, match=r"^flipes.train: popsize = none is not an integer"):
