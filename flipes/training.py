@@ -697,7 +697,8 @@ def check_counts_timesteps(config: TrainConfig, fitness: Fitness) -> None:
             "--max-timesteps",
             f"{config.max_timesteps:,} with --fitness {config.fitness}, which counts no env steps (its rows' timesteps "
             "stay 0), so the budget would never end the run",
-            "use --generations or --max-seconds; or roll out a vector env with flipes.rl.RolloutFitness(env), which counts them",
+            "use --generations or --max-seconds; or give a flipes.rl.RolloutFitness as the fitness itself, "
+            "flipes.train(fitness=RolloutFitness(env)), which counts them (one called inside a function of one's own does not)",
         )
 
 

@@ -93,10 +93,12 @@ def sum_fitness(model: torch.nn.Module, pop: flipes.Population) -> torch.Tensor:
 
 
 def test_a_fitness_that_counts_no_env_steps_is_refused_and_a_rollout_fitness_counts_them(tmp_path: Path) -> None:
-    """--max-timesteps beside a fitness of one's own that counts no steps is a one-line error naming the option and
-    the fitness, before anything is written; a RolloutFitness given as the fitness counts them, and the budget ends it."""
-    with pytest.raises(flipes.UsageError, match=r"^--max-timesteps: 100 with --fitness .*sum_fitness, which counts no env"):
+    """--max-timesteps beside a fitness of one's own that counts no steps is a one-line error naming the option, the
+    fitness and the fix (a RolloutFitness given as the fitness itself), before anything is written; a RolloutFitness
+    given as the fitness counts them, and the budget ends it."""
+    with pytest.raises(flipes.UsageError, match=r"^--max-timesteps: 100 with --fitness .*sum_fitness, which counts no env") as e:
         flipes.train(env="none", model=make_model, fitness=sum_fitness, max_timesteps=100, out=str(tmp_path / "a"))
+    assert "flipes.train(fitness=RolloutFitness(env)), which counts them (one called inside a function" in str(e.value)
     assert not (tmp_path / "a").exists()
     venv = flipes.rl.make_vector_env("flipes/CartPole-v1", 8, note=None)
     policy = flipes.rl.MLPPolicy(venv.single_observation_space, venv.single_action_space, hidden=[8])
