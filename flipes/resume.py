@@ -122,10 +122,9 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     lacking = [k for k in RESUME_KEYS if k not in saved and k not in LATER_KEYS]
     if lacking:
         raise UsageError("--resume", f"{path}'s config lacks {', '.join(lacking)}", "resume a checkpoint flipes train wrote")
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    defaults["env_kwargs"] = {}  # a default_factory's field
+    defaults = TrainConfig()  # default_factory fields (env_kwargs) too, as flipes plot --group reads them
     for key in LATER_KEYS:  # runs saved before an option existed ran with its default
-        saved.setdefault(key, defaults[key])
+        saved.setdefault(key, getattr(defaults, key))
     now = dataclasses.asdict(state.config)
     changed = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if not same_option(k, saved, now)}
     if changed:
