@@ -755,8 +755,8 @@ def run_loop(
         gen = es.generation
         bytes_before, t0 = comm.bytes_sent, time.perf_counter()
         try:
-            # a policy of one's own that samples its actions, a --fitness drawing its minibatch: alike in every run of
-            # the seed and on every rank (CheckedFitness seeds each part of a population alike again)
+            # a policy of one's own that samples its actions, a --fitness drawing its minibatch: the same draws in every
+            # run of the seed, and on every rank (CheckedFitness seeds each part of a population alike again)
             with es.population() as pop, seeded_global_rngs(global_seed(config.seed, gen)):
                 values = fitness(model, pop)
         except _WORKER_ENDED as e:
