@@ -65,12 +65,26 @@ def import_plugins(config: TrainConfig, plugins: Plugins | None = None) -> None:
     if config.model:
         plugins.model_factory(config.model)
     if config.fitness:
-        plugins.fitness_fn(config.fitness)
+        check_counts_timesteps(config, plugins.fitness_fn(config.fitness))
         plugins.evaluate_fn(config.fitness)
     if config.optimizer:
         plugins.optimizer_fn(config.optimizer)
     if config.algo != "ars" and config.shaping not in SHAPINGS:  # ARS weighs its pairs itself (validate refuses one)
         plugins.shaping_fn(config.shaping)
+
+
+def check_counts_timesteps(config: TrainConfig, fitness: Fitness) -> None:
+    """Refuse ``--max-timesteps`` beside a ``--fitness`` that counts no env steps: the rows' timesteps would stay 0 and
+    the budget would never end the run (a ``RolloutFitness``, given as the fitness, counts them). Before the env, the
+    model and the run directory, as the code named is checked."""
+    if config.max_timesteps and not isinstance(fitness, RolloutFitness):
+        raise UsageError(
+            "--max-timesteps",
+            f"{config.max_timesteps:,} with --fitness {config.fitness}, which counts no env steps (its rows' timesteps "
+            "stay 0), so the budget would never end the run",
+            "use --generations or --max-seconds; or give a flipes.rl.RolloutFitness as the fitness itself, "
+            "flipes.train(fitness=RolloutFitness(env)), which counts them (one called inside a function of one's own does not)",
+        )
 
 
 def build_env(

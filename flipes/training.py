@@ -34,7 +34,6 @@ from torch import Tensor, nn
 
 from flipes import dist
 from flipes.builders import (
-    CheckedFitness,
     Fitness,
     build_env,
     build_es,
@@ -482,7 +481,6 @@ def _set_up_and_run(
                 "return model.eval() from the model function unless that is meant"
             )
         fitness = build_fitness(config, env, model, plugins)
-        check_counts_timesteps(config, fitness)
         evaluator = build_evaluator(config, device, comm, env, plugins)
         cleanup.callback(_close, getattr(evaluator, "env", None))
         state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
@@ -686,20 +684,6 @@ def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked
 def budget_spent(config: TrainConfig, timesteps: int) -> bool:
     """Whether a run at ``timesteps`` (all ranks' training env steps, over resumes) has spent its ``--max-timesteps``."""
     return 0 < config.max_timesteps <= timesteps
-
-
-def check_counts_timesteps(config: TrainConfig, fitness: Fitness) -> None:
-    """Refuse ``--max-timesteps`` beside a fitness that counts no env steps: the rows' timesteps would stay 0 and the
-    budget would never end the run (a ``RolloutFitness``, given as the fitness, counts them)."""
-    counted = fitness.fn if isinstance(fitness, CheckedFitness) else fitness
-    if config.max_timesteps and not isinstance(counted, RolloutFitness):
-        raise UsageError(
-            "--max-timesteps",
-            f"{config.max_timesteps:,} with --fitness {config.fitness}, which counts no env steps (its rows' timesteps "
-            "stay 0), so the budget would never end the run",
-            "use --generations or --max-seconds; or give a flipes.rl.RolloutFitness as the fitness itself, "
-            "flipes.train(fitness=RolloutFitness(env)), which counts them (one called inside a function of one's own does not)",
-        )
 
 
 # what an env worker process's end raises (flipes.rl.workers says which; a pipe of another vector env: a bare error)

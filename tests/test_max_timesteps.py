@@ -84,7 +84,11 @@ def test_when_generations_end_the_run_first_the_line_says_how_far_the_budget_got
     )
 
 
+BUILT: list[object] = []  # the envs make_model was called with
+
+
 def make_model(env: object) -> torch.nn.Module:
+    BUILT.append(env)
     return torch.nn.Linear(3, 1)
 
 
@@ -94,12 +98,13 @@ def sum_fitness(model: torch.nn.Module, pop: flipes.Population) -> torch.Tensor:
 
 def test_a_fitness_that_counts_no_env_steps_is_refused_and_a_rollout_fitness_counts_them(tmp_path: Path) -> None:
     """--max-timesteps beside a fitness of one's own that counts no steps is a one-line error naming the option, the
-    fitness and the fix (a RolloutFitness given as the fitness itself), before anything is written; a RolloutFitness
-    given as the fitness counts them, and the budget ends it."""
+    fitness and the fix (a RolloutFitness given as the fitness itself), before the model is built (a --model may load for
+    minutes) and anything is written; a RolloutFitness given as the fitness counts them, and the budget ends it."""
+    BUILT.clear()
     with pytest.raises(flipes.UsageError, match=r"^--max-timesteps: 100 with --fitness .*sum_fitness, which counts no env") as e:
         flipes.train(env="none", model=make_model, fitness=sum_fitness, max_timesteps=100, out=str(tmp_path / "a"))
     assert "flipes.train(fitness=RolloutFitness(env)), which counts them (one called inside a function" in str(e.value)
-    assert not (tmp_path / "a").exists()
+    assert not (tmp_path / "a").exists() and not BUILT
     venv = flipes.rl.make_vector_env("flipes/CartPole-v1", 8, note=None)
     policy = flipes.rl.MLPPolicy(venv.single_observation_space, venv.single_action_space, hidden=[8])
     rollouts = flipes.rl.RolloutFitness(venv, episodes=1, seed=0)
