@@ -57,10 +57,24 @@ MISTAKES = [
     (["--env-kwargs", '{"max_episode_steps": 9}'], "--env-kwargs", "--max-episode-steps cuts every episode"),
     (["--env", "gymnasium:CartPole-v1", "--env-kwargs", '{"sutton": 1}'], "--env-kwargs", "CartPole-v1 (gymnasium) takes"),
     (["--env", "gymnasium-sync:FrozenLake-v1", "--env-kwargs", '{"map_name": "9x9"}'], "--env-kwargs", "(KeyError: '9x9')"),
+    pytest.param(
+        ["--env", "gymnasium-sync:HalfCheetah-v5", "--env-kwargs", '{"xml_file": "/nonexistent.xml"}'],
+        "--env-kwargs",
+        'failed with the options {"xml_file": "/nonexistent.xml"} (OSError: ',
+        marks=pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo is not installed"),
+    ),
+    pytest.param(
+        ["--env", "envpool:HalfCheetah-v5", "--env-kwargs", '{"xml_file": "/nonexistent.xml"}'],
+        "--env-kwargs",
+        'failed with the options {"xml_file": "/nonexistent.xml"} (RuntimeError: ',
+        marks=NEEDS_ENVPOOL,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("argv", "option", "message"), MISTAKES, ids=[" ".join(a) for a, _, _ in MISTAKES])
+@pytest.mark.parametrize(
+    ("argv", "option", "message"), MISTAKES, ids=[" ".join(m.values[0] if hasattr(m, "values") else m[0]) for m in MISTAKES]
+)
 def test_mistakes_in_the_options_are_one_line_errors(
     argv: list[str], option: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
