@@ -22,6 +22,17 @@ from torch import Tensor
 
 from envs import seeding
 
+DTYPE_NAMES = {"float32": torch.float32, "float64": torch.float64}  # a dtype by name, as a JSON option gives it
+
+
+def real_option(name: str, value: Any) -> float:
+    """``value`` of the env's physical option ``name`` as a float; a ValueError naming it where it is no real number
+    (a string or bool from ``--env-kwargs`` would otherwise fail only in ``step()``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
 Device = str | torch.device
 
 
@@ -36,7 +47,7 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         num_envs: N, copies of the env.
         max_episode_steps: an episode is truncated after this many steps (``None``: never).
         device: where the state lives and every returned tensor is.
-        dtype: of the physical state. The default ``torch.float64`` is what gymnasium computes in,
+        dtype: of the physical state (or its name, ``"float32"``). The default ``torch.float64`` is what gymnasium computes in,
             so steps match gymnasium's within 1e-5 whatever the state; ``torch.float32`` halves the
             memory traffic and agrees to about 1e-6 relative per step, but can flip a termination
             decided within that distance of its threshold.
@@ -81,8 +92,12 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be at least 1 (or None), got {max_episode_steps}")
+        if isinstance(dtype, str):  # --env-kwargs '{"dtype": "float32"}': JSON has no torch.dtype
+            dtype = DTYPE_NAMES.get(dtype.removeprefix("torch."), dtype)
         if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+            raise ValueError(f'dtype must be torch.float32 or torch.float64 ("float32" or "float64" in JSON), got {dtype!r}')
+        if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive integer (or None), got {num_threads!r}")
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
         self.device = torch.device(device)

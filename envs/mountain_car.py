@@ -17,7 +17,7 @@ from gymnasium import spaces
 from gymnasium.envs.classic_control import utils
 from torch import Tensor
 
-from envs.base import Device, SingleEnv, TorchVectorEnv
+from envs.base import Device, SingleEnv, TorchVectorEnv, real_option
 
 MIN_ACTION = -1.0
 MAX_ACTION = 1.0
@@ -66,7 +66,7 @@ class MountainCarContinuousVectorEnv(TorchVectorEnv):
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
-        self.goal_velocity = goal_velocity
+        self.goal_velocity = real_option("goal_velocity", goal_velocity)
         obs_space = spaces.Box(
             np.array([MIN_POSITION, -MAX_SPEED], dtype=np.float32), np.array([MAX_POSITION, MAX_SPEED], dtype=np.float32)
         )

@@ -16,7 +16,7 @@ from gymnasium import spaces
 from gymnasium.envs.classic_control import utils
 from torch import Tensor
 
-from envs.base import Device, SingleEnv, TorchVectorEnv
+from envs.base import Device, SingleEnv, TorchVectorEnv, real_option
 
 MAX_SPEED = 8.0
 MAX_TORQUE = 2.0
@@ -70,7 +70,7 @@ class PendulumVectorEnv(TorchVectorEnv):
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
-        self.g = g
+        self.g = real_option("g", g)
         high = np.array([1.0, 1.0, MAX_SPEED], dtype=np.float32)
         obs_space = spaces.Box(-high, high, dtype=np.float32)
         action_space = spaces.Box(-MAX_TORQUE, MAX_TORQUE, shape=(1,), dtype=np.float32)

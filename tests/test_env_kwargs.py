@@ -220,3 +220,25 @@ def test_make_vector_env_still_takes_a_time_limit_on_every_engine() -> None:
         flags = [env.step(torch.zeros(2, dtype=torch.int64))[3].tolist() for _ in range(3)]
         assert flags == [[False, False], [False, False], [True, True]], (env_id, flags)
         env.close()
+
+
+def test_flipes_torch_envs_check_their_options_values_when_made() -> None:
+    """A ``flipes/`` env given an option value it cannot step with (a string for Pendulum's ``g`` or MountainCar's
+    ``goal_velocity``, a ``num_threads`` that is no positive integer) is an EnvOptionError when made, naming the
+    option, not an error in the first ``step()``; ``dtype`` takes its name, as JSON gives it."""
+    bad = [
+        ("flipes/Pendulum-v1", {"g": "x"}, "g must be a number"),
+        ("flipes/MountainCarContinuous-v0", {"goal_velocity": True}, "goal_velocity must be a number"),
+        ("flipes/CartPole-v1", {"num_threads": 0}, "num_threads must be a positive integer"),
+        ("flipes/CartPole-v1", {"num_threads": "2"}, "num_threads must be a positive integer"),
+        ("flipes/CartPole-v1", {"dtype": "float16"}, "dtype must be torch.float32 or torch.float64"),
+    ]
+    for env_id, options, message in bad:
+        with pytest.raises(EnvOptionError, match=message):
+            make_vector_env(env_id, 2, note=None, **options)
+    for name in ("float32", "torch.float32"):
+        env = make_vector_env("flipes/Pendulum-v1", 2, note=None, dtype=name, g=9)
+        assert env.unwrapped.dtype == torch.float32 and env.unwrapped.g == 9.0
+        env.reset(seed=0)
+        env.step(torch.zeros(2, 1))
+        env.close()

@@ -646,7 +646,7 @@ def test_bad_env_options_raise_errors_naming_the_option_and_the_value() -> None:
         (lambda: envs.CartPoleVectorEnv(num_envs=2, max_episode_steps=0), ValueError,
          "max_episode_steps must be at least 1 (or None), got 0"),
         (lambda: envs.CartPoleVectorEnv(num_envs=2, dtype=torch.float16), ValueError,
-         "dtype must be torch.float32 or torch.float64, got torch.float16"),
+         'dtype must be torch.float32 or torch.float64 ("float32" or "float64" in JSON), got torch.float16'),
         (lambda: envs.CartPoleVectorEnv(num_envs=2).reset(options={"reset_mask": torch.tensor([True, False])}), RuntimeError,
          "reset with a reset_mask needs a full reset() first: the other envs have no state yet"),
         (lambda: setattr(envs.CartPoleVectorEnv(num_envs=2), "elapsed", torch.zeros(3)), ValueError,

@@ -19,7 +19,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from envs import seeding
-from envs.base import Device, SingleEnv, TorchVectorEnv
+from envs.base import DTYPE_NAMES, Device, SingleEnv, TorchVectorEnv
 from envs.warp.physics import WarpPhysics
 
 
@@ -61,8 +61,10 @@ class LocomotionVectorEnv(TorchVectorEnv):
         num_threads: int | None = 1,
         render_mode: str | None = None,
     ) -> None:
+        if isinstance(dtype, str):  # --env-kwargs '{"dtype": "float32"}': JSON has no torch.dtype
+            dtype = DTYPE_NAMES.get(dtype.removeprefix("torch."), dtype)
         if dtype != torch.float32:
-            raise ValueError(f"MuJoCo Warp computes in float32; dtype must be torch.float32, got {dtype}")
+            raise ValueError(f"MuJoCo Warp computes in float32; dtype must be torch.float32, got {dtype!r}")
         if render_mode is not None:
             raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
         if num_envs < 1:
