@@ -57,6 +57,8 @@ MISTAKES = [
     (["--env-kwargs", '{"max_episode_steps": 9}'], "--env-kwargs", "--max-episode-steps cuts every episode"),
     (["--env", "gymnasium:CartPole-v1", "--env-kwargs", '{"sutton": 1}'], "--env-kwargs", "CartPole-v1 (gymnasium) takes"),
     (["--env", "gymnasium-sync:FrozenLake-v1", "--env-kwargs", '{"map_name": "9x9"}'], "--env-kwargs", "(KeyError: '9x9')"),
+    (["--env", "gymnasium:Pendulum-v1", "--env-kwargs", '{"g": "9.8"}'], "--env-kwargs", "failed in its first step"),
+    (["--env", "gymnasium-async:Pendulum-v1", "--env-kwargs", '{"g": "9.8"}'], "--env-kwargs", "(TypeError: unsupported"),
     pytest.param(
         ["--env", "gymnasium-sync:HalfCheetah-v5", "--env-kwargs", '{"xml_file": "/nonexistent.xml"}'],
         "--env-kwargs",

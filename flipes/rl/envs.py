@@ -456,6 +456,8 @@ def _engine_env(
         hint = "; pip install 'flipes[envpool]' for its C++ threads" if not envpool_ids() else ""
         note(f"{name} steps in {engine}: {why}{hint}")
     try:
+        if kwargs:
+            _step_once(name, uses_mujoco(spec.entry_point), kwargs)
         with mujoco_warnings_once(load=uses_mujoco(spec.entry_point)):  # once, not once per copy
             if mode == "async":
                 return WorkerVectorEnv(name, num_envs, workers, device=device, **kwargs)
@@ -463,6 +465,26 @@ def _engine_env(
     except gym.error.DependencyNotInstalled as e:
         refused = why if why.startswith("EnvPool's") else ""  # EnvPool has the id, not with these options
         raise EnvError(f"{name!r} needs packages that are not installed; {_install_hint(spec, e, refused)}") from e
+
+
+def _step_once(name: str, mujoco: bool, kwargs: dict[str, Any]) -> None:
+    """Make one of gymnasium's env ``name`` with the options ``kwargs``, reset it and take a step, here: a value its
+    constructor stores unchecked (``{"g": "9.8"}``, a string) fails only when the env steps, in this process or in a
+    worker, mid-rollout; this names the options instead, before a run starts."""
+    with mujoco_warnings_once(report=False, load=mujoco):  # the run's own env reports MuJoCo's warnings
+        env = gym.make(name, **{"disable_env_checker": True, **kwargs})  # an error here: make_vector_env names the options
+        try:
+            env.action_space.seed(0)
+            env.reset(seed=0)
+            env.step(env.action_space.sample())
+        except Exception as e:  # the env's own error, whatever it is: the run's first step would raise it too
+            detail = " ".join(f"{type(e).__name__}: {e}".split())
+            raise EnvOptionError(
+                f"{name} failed in its first step with the options {json.dumps(kwargs, default=repr)} ({clip(detail, 300)}); "
+                "fix their values (the env's own error is in parentheses)"
+            ) from e
+        finally:
+            env.close()
 
 
 def _own_vector_env(
