@@ -547,7 +547,7 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
         raise UsageError("--csv", "writes the curves of groups of seeds", "add --group config (or --group parent)")
     if args.band != "ci95" and args.group == "none":  # a band is drawn around groups' means only
         raise UsageError("--band", "shades the band around the mean of groups of seeds", "add --group config (or --group parent)")
-    if args.csv and not Path(args.csv).parent.is_dir():
+    if args.csv and not Path(args.csv).parent.is_dir() and Path(args.csv).parent.exists():  # a missing one is made, as --out's
         raise UsageError("--csv", f"{args.csv}: {str(Path(args.csv).parent)!r} is not a directory", "write elsewhere")
     if args.group == "none":
         try:

@@ -247,6 +247,7 @@ def write_csv(groups: Sequence[Group], aggregates: Sequence[dict[str, Aggregate]
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # as the figure's directory is made
         tmp.write_text(text.getvalue())
         os.replace(tmp, out)
     except BaseException:

@@ -149,6 +149,19 @@ def test_a_group_of_one_run_has_no_spread(tmp_path: Path, capsys: pytest.Capture
     assert captured.err == "flipes plot: --group config: no two runs are seeds of one setting\n"
 
 
+def test_the_csv_and_the_figure_go_into_directories_made_for_them(tmp_path: Path) -> None:
+    """``--csv`` and ``--out`` into directories that do not exist yet make them, alike; a path under a file is refused
+    before anything is written."""
+    runs = [str(p) for p in _settings(tmp_path / "runs")]
+    table, figure = tmp_path / "new" / "deeper" / "c.csv", tmp_path / "other" / "c.png"
+    assert main(["plot", *runs, "--group", "config", "--csv", str(table), "--out", str(figure)]) == 0
+    assert table.read_text().startswith("group,metric,generation,") and figure.is_file()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        main(["plot", *runs, "--group", "config", "--csv", str(tmp_path / "file" / "c.csv"), "--out", str(tmp_path / "d.png")])
+    assert not (tmp_path / "d.png").exists()
+
+
 def test_one_line_per_run_suggests_grouping_where_runs_are_seeds_of_a_setting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
