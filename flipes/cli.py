@@ -317,7 +317,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise UsageError(option, f"cannot be read ({e})", "pass a readable TOML or JSON file") from None
     if path.suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_pairs)  # a key given twice is kept twice, to be refused below
         except json.JSONDecodeError as e:
             raise UsageError(option, f"is not valid JSON ({e})", "fix the file, or write it as TOML (.toml)") from None
     else:
@@ -329,9 +329,35 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise UsageError(option, f"is not valid TOML ({e})", "fix the file (TOML strings need quotes)") from None
-    if not isinstance(data, dict):
+    if isinstance(data, _Pairs):
+        keys = [k for k, _ in data.pairs]
+        data = dict(data.pairs)
+    elif isinstance(data, dict):
+        keys = list(data)
+    else:
         raise UsageError(option, f"holds a {type(data).__name__}, not a table of options", 'write e.g. {"popsize": 64}')
+    seen: dict[str, str] = {}
+    for key in keys:  # one option twice, as env-kwargs and env_kwargs, or a JSON key repeated: which one counts is no guess
+        name = key.replace("-", "_")
+        if name in seen:
+            twice = f"{seen[name]!r} twice" if seen[name] == key else f"{seen[name]!r} and {key!r}"
+            raise UsageError(option, f"gives the option {name} twice ({twice})", "keep one of them")
+        seen[name] = key
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+class _Pairs(dict):
+    """A JSON object read by :func:`_pairs`: its values by key (the last of a repeated key), and ``pairs``, every key
+    in the order given."""
+
+    pairs: list[tuple[str, Any]]
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> _Pairs:
+    """``json.loads``'s object hook that keeps a repeated key's every occurrence (``pairs``) beside the usual dict."""
+    out = _Pairs(pairs)
+    out.pairs = pairs
+    return out
 
 
 # how other ES libraries ask to minimize: training maximizes its fitness, and says how to minimize instead

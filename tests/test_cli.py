@@ -408,6 +408,32 @@ def test_config_file_type_errors_are_refused(text: str, message: str, tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("run.toml", "max-timesteps = 10\nmax_timesteps = 20\n", "max_timesteps twice ('max-timesteps' and 'max_timesteps')"),
+        ("run.json", '{"env-kwargs": {"g": 1}, "env_kwargs": {"g": 2}}', "env_kwargs twice ('env-kwargs' and 'env_kwargs')"),
+        ("run.json", '{"popsize": 8, "popsize": 16}', "popsize twice ('popsize' twice)"),
+    ],
+)
+def test_a_config_file_that_gives_an_option_twice_is_refused(
+    name: str, text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An option given twice in one config file (spelt with ``-`` and with ``_``, or a JSON key repeated) is refused
+    naming both, instead of one of them counting silently; one spelling alone, and a nested object, read as before."""
+    if name.endswith(".toml"):
+        pytest.importorskip("tomllib")
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(cfg), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"flipes: error: --config {cfg}: gives the option {message}"), err
+    (tmp_path / "one.json").write_text('{"max-timesteps": 10, "env_kwargs": {"g": 9.5}}')
+    config = parse_config(TrainConfig, ["--config", str(tmp_path / "one.json")])
+    assert config.max_timesteps == 10 and config.env_kwargs == {"g": 9.5} and type(config.env_kwargs) is dict
+
+
 def test_json_config_and_library_overrides_are_typed_too(tmp_path: Path) -> None:
     """JSON config files and ``flipes.train(**overrides)`` go through the same strict checks; a misspelt
     keyword of flipes.train is offered its closest names, ``evaluate`` among them."""
