@@ -135,11 +135,21 @@ def _parse_scalar(text: str, scalar: type) -> Any:
     return text
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s object hook that refuses a key given twice in one object (JSON would keep the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"gives the key {key!r} twice; keep one of them")
+        out[key] = value
+    return out
+
+
 def parse_text(text: str, ft: FieldType) -> Any:
     """A command-line word as the field's type (for list fields: one item; for a mapping: a JSON object)."""
     if ft.mapping:
         try:
-            value = json.loads(text)
+            value = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             fix = """JSON: "double-quoted" names, true, false, null; in a shell, quote the whole object: '{"a": true}'"""
             raise ValueError(f"{text!r} is not JSON ({e}; {fix})") from None

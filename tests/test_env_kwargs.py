@@ -51,6 +51,7 @@ MISTAKES = [
     (["--env-kwargs", "{continuous: true}"], "--env-kwargs", "is not JSON"),
     (["--env-kwargs", "[1, 2]"], "--env-kwargs", "expected a JSON object"),
     (["--env-kwargs", '{"g": NaN}'], "--env-kwargs", "not a finite number"),
+    (["--env-kwargs", '{"map_name": "8x8", "map_name": "4x4"}'], "--env-kwargs", "gives the key 'map_name' twice"),
     (["--env", "flipes/Pendulum-v1", "--env-kwargs", '{"gg": 9.8}'], "--env-kwargs", "takes no option 'gg'; did you mean g?"),
     (["--env-kwargs", '{"seed": 1}'], "--env-kwargs", "option 'seed' is flipes' own (every episode's seed comes from --seed)"),
     (["--env-kwargs", '{"num_envs": 4}'], "--env-kwargs", "'num_envs' is flipes' own"),
