@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,12 @@ MISTAKES = [
         ["--env", "gymnasium-sync:HalfCheetah-v5", "--env-kwargs", '{"xml_file": "/nonexistent.xml"}'],
         "--env-kwargs",
         'failed with the options {"xml_file": "/nonexistent.xml"} (OSError: ',
+        marks=pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo is not installed"),
+    ),
+    pytest.param(
+        ["--env", "gymnasium-sync:HalfCheetah-v5", "--env-kwargs", '{"frame_skip": 0}'],
+        "--env-kwargs",
+        'failed with the options {"frame_skip": 0} (ZeroDivisionError: ',
         marks=pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo is not installed"),
     ),
     pytest.param(
@@ -245,3 +252,19 @@ def test_flipes_torch_envs_check_their_options_values_when_made() -> None:
         env.reset(seed=0)
         env.step(torch.zeros(2, 1))
         env.close()
+
+
+def test_mujoco_warp_envs_check_their_options_values_when_made() -> None:
+    """flipes' MuJoCo Warp envs refuse, when made, a weight that is no number and a frame_skip that is no positive
+    integer (0 would divide the velocity by a zero dt), as EnvOptionErrors naming the option."""
+    pytest.importorskip("mujoco_warp", reason="the MuJoCo Warp envs need pip install 'flipes[warp]'")
+    for options, message in [
+        ({"ctrl_cost_weight": "a"}, "ctrl_cost_weight must be a number, got 'a'"),
+        ({"frame_skip": 0}, "frame_skip must be a positive integer, got 0"),
+        ({"reset_noise_scale": None}, "reset_noise_scale must be a number, got None"),
+    ]:
+        with pytest.raises(EnvOptionError, match=re.escape(message)):
+            make_vector_env("flipes/HalfCheetah-v5", 2, note=None, **options)
+    for env_id in ("flipes/Hopper-v5", "flipes/Ant-v5"):
+        with pytest.raises(EnvOptionError, match="healthy_reward must be a number"):
+            make_vector_env(env_id, 2, note=None, healthy_reward="1")

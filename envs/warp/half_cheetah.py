@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from envs.base import Device
+from envs.base import Device, real_option
 from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
 
 
@@ -38,8 +38,8 @@ class HalfCheetahVectorEnv(LocomotionVectorEnv):
         exclude_current_positions_from_observation: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.forward_reward_weight = forward_reward_weight
-        self.ctrl_cost_weight = ctrl_cost_weight
+        self.forward_reward_weight = real_option("forward_reward_weight", forward_reward_weight)
+        self.ctrl_cost_weight = real_option("ctrl_cost_weight", ctrl_cost_weight)
         self.exclude_current_positions_from_observation = exclude_current_positions_from_observation
         super().__init__(num_envs, max_episode_steps, device, xml_file, frame_skip, reset_noise_scale, True, **kwargs)
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from envs.base import Device
+from envs.base import Device, real_option
 from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
 from envs.warp.physics import WarpPhysics
 
@@ -55,9 +55,9 @@ class HopperVectorEnv(LocomotionVectorEnv):
         exclude_current_positions_from_observation: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.forward_reward_weight = forward_reward_weight
-        self.ctrl_cost_weight = ctrl_cost_weight
-        self.healthy_reward = healthy_reward
+        self.forward_reward_weight = real_option("forward_reward_weight", forward_reward_weight)
+        self.ctrl_cost_weight = real_option("ctrl_cost_weight", ctrl_cost_weight)
+        self.healthy_reward = real_option("healthy_reward", healthy_reward)
         self.terminate_when_unhealthy = terminate_when_unhealthy
         self.healthy_state_range = healthy_state_range
         self.healthy_z_range = healthy_z_range

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from envs.base import Device
+from envs.base import Device, real_option
 from envs.warp.hopper import inside
 from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
 
@@ -56,11 +56,11 @@ class HumanoidVectorEnv(LocomotionVectorEnv):
         include_cfrc_ext_in_observation: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.forward_reward_weight = forward_reward_weight
-        self.ctrl_cost_weight = ctrl_cost_weight
-        self.contact_cost_weight = contact_cost_weight
+        self.forward_reward_weight = real_option("forward_reward_weight", forward_reward_weight)
+        self.ctrl_cost_weight = real_option("ctrl_cost_weight", ctrl_cost_weight)
+        self.contact_cost_weight = real_option("contact_cost_weight", contact_cost_weight)
         self.contact_cost_range = contact_cost_range
-        self.healthy_reward = healthy_reward
+        self.healthy_reward = real_option("healthy_reward", healthy_reward)
         self.terminate_when_unhealthy = terminate_when_unhealthy
         self.healthy_z_range = healthy_z_range
         self.exclude_current_positions_from_observation = exclude_current_positions_from_observation

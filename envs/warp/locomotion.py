@@ -19,7 +19,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from envs import seeding
-from envs.base import DTYPE_NAMES, Device, SingleEnv, TorchVectorEnv
+from envs.base import DTYPE_NAMES, Device, SingleEnv, TorchVectorEnv, real_option
 from envs.warp.physics import WarpPhysics
 
 
@@ -69,6 +69,9 @@ class LocomotionVectorEnv(TorchVectorEnv):
             raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        if not isinstance(frame_skip, int) or isinstance(frame_skip, bool) or frame_skip < 1:
+            raise ValueError(f"frame_skip must be a positive integer, got {frame_skip!r}")
+        reset_noise_scale = real_option("reset_noise_scale", reset_noise_scale)
         self.physics = WarpPhysics(xml_file, num_envs, frame_skip, device, capture)
         model = self.physics.mj_model
         self.nq, self.nv = model.nq, model.nv

@@ -371,8 +371,9 @@ def make_vector_env(
         raise EnvError(f"{env_id!r}: {e}") from None
     except (EnvError, UsageError):
         raise
-    # how engines refuse an option's value: a missing file (a MuJoCo xml_file) is an OSError, EnvPool's C++ a RuntimeError
-    except (TypeError, ValueError, AssertionError, LookupError, OSError, RuntimeError) as e:
+    # how engines refuse an option's value: a missing file (a MuJoCo xml_file) is an OSError, EnvPool's C++ a RuntimeError,
+    # gymnasium's MuJoCo frame_skip 0 a ZeroDivisionError
+    except (TypeError, ValueError, AssertionError, LookupError, OSError, RuntimeError, ArithmeticError) as e:
         if not kwargs:
             raise
         detail = " ".join(f"{type(e).__name__}: {e}".split())
