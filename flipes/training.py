@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import inspect
+import json
 import math
 import numbers
 import os
@@ -753,7 +754,8 @@ def run_loop(
             values = values.cpu()  # once: tell reads the fitness on the host anyway
         if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
             problem = f"generation {gen}: the population's returns are not finite (the actions or the env overflowed)"
-            raise UsageError("--sigma", problem, "lower --sigma or --lr, or check the env")
+            env = f"check the env and its --env-kwargs {json.dumps(config.env_kwargs)}" if config.env_kwargs else "check the env"
+            raise UsageError("--sigma", problem, f"lower --sigma or --lr, or {env}")
         with warnings.catch_warnings():
             if isinstance(fitness, RolloutFitness):  # evaluated inside the population: a tie is the task's
                 warnings.simplefilter("ignore", EqualFitnessWarning)

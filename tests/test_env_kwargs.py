@@ -268,3 +268,14 @@ def test_mujoco_warp_envs_check_their_options_values_when_made() -> None:
     for env_id in ("flipes/Hopper-v5", "flipes/Ant-v5"):
         with pytest.raises(EnvOptionError, match="healthy_reward must be a number"):
             make_vector_env(env_id, 2, note=None, healthy_reward="1")
+
+
+@NEEDS_ENVPOOL
+def test_non_finite_returns_name_the_env_options_the_run_was_given(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run whose returns are not finite, with env options given (EnvPool's HalfCheetah at frame_skip 0, whose dt is
+    0), is refused naming those options beside --sigma and --lr, the suspects of a run without them."""
+    argv = ["train", "--env", "envpool:HalfCheetah-v5", "--env-kwargs", '{"frame_skip": 0}', "--popsize", "4"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--max-episode-steps", "5", "--generations", "1", "--tensorboard", "false", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "returns are not finite" in err and err.endswith('or check the env and its --env-kwargs {"frame_skip": 0}'), err
