@@ -63,7 +63,7 @@ class Args:
     quick: bool = False
     """Tiny sizes: the same code paths in a few minutes (what the test suite runs, on the CPU)."""
     out: str = "scripts/results/gpu_check"
-    """Writes OUT.json and OUT.md."""
+    """Writes OUT.json, OUT.md and OUT.log (every command's whole output)."""
     skip: list[StepName] = dataclasses.field(default_factory=list)
     """Step names to leave out."""
 
@@ -77,10 +77,28 @@ class Step:
     data: dict[str, Any]
 
 
-def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(args: Args, cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs cmd in the repository root; its whole output goes to OUT.log beside the report (the minutes
+    on a lent GPU are too few to rerun a failure for its traceback), also when it runs out of time."""
     print("$", " ".join(cmd), flush=True)
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    log = Path(args.out).with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+        status, out, err = f"exit {r.returncode}", r.stdout, r.stderr
+        return r
+    except subprocess.TimeoutExpired as e:
+        status, out, err = f"killed after {timeout:g} s", e.stdout, e.stderr
+        raise
+    finally:
+        with log.open("a") as f:
+            f.write(f"$ {' '.join(cmd)}  ({status})\n{text(out)}\n{text(err)}\n")
+
+
+def text(output: str | bytes | None) -> str:
+    """A subprocess's output as text (TimeoutExpired holds bytes, or None)."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def tail(text: str, lines: int = 15) -> str:
@@ -104,7 +122,7 @@ def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
               " or plus_the_noise")  # fmt: skip
     if args.quick:
         select = "(linear_members and trial0) or gradient or every_transition or run_alone or plus_the_noise"
-    r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", select], 300,
+    r = run(args, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", select], 300,
             {"FLIPES_TEST_DEVICE": args.device})  # fmt: skip
     counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", r.stdout))
     ok = r.returncode == 0 and counts.get("passed", 0) > 0
@@ -114,7 +132,7 @@ def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
 def step_benchmark(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     out = tmp / "benchmark.json"
     sizes = ["--quick"] if args.quick else ["--popsizes", "4096", "16384"]
-    r = run([sys.executable, "scripts/benchmark.py", "--device", args.device, *sizes, "--json", str(out)], 240)
+    r = run(args, [sys.executable, "scripts/benchmark.py", "--device", args.device, *sizes, "--json", str(out)], 240)
     if r.returncode != 0:
         return False, tail(r.stdout + r.stderr), {}
     rows = json.loads(out.read_text())["results"]
@@ -128,9 +146,8 @@ def step_benchmark(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
 
 def step_repro_timing(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     extra = ["--tiny", "true"] if args.quick else ["--hidden", "512", "2048", "--repeats", "2", "--classic-max-seconds", "20"]
-    r = run(
-        [sys.executable, "scripts/repro_timing.py", "--device", args.device, "--sections", "fc", "--out", str(tmp), *extra], 240
-    )
+    cmd = [sys.executable, "scripts/repro_timing.py", "--device", args.device, "--sections", "fc", "--out", str(tmp), *extra]
+    r = run(args, cmd, 240)
     if r.returncode != 0:
         return False, tail(r.stdout + r.stderr), {}
     found = sorted(tmp.glob("repro_timing*.json"))
@@ -166,7 +183,7 @@ def step_cartpole(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
         rates[n] = rate
     out = tmp / "cartpole-run"
     budget = ["--generations", "2", "--target", "none", "--eval-episodes", "5"] if args.quick else ["--max-seconds", "90"]
-    r = run([sys.executable, "scripts/train.py", "--env", "flipes/CartPole-v1", "--device", args.device, "--out", str(out),
+    r = run(args, [sys.executable, "scripts/train.py", "--env", "flipes/CartPole-v1", "--device", args.device, "--out", str(out),
              "--tensorboard", "false", *budget], 150)  # fmt: skip
     if r.returncode != 0:
         return False, tail(r.stdout + r.stderr), {"steps_per_second": rates}
@@ -228,8 +245,8 @@ def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
         if args.quick
         else ["--popsize", "1024", "--max-seconds", "120"]
     )
-    r = run([sys.executable, "scripts/train.py", "--env", "flipes/HalfCheetah-v5", "--device", args.device, "--out", str(out),
-             "--tensorboard", "false", "--target", str(target), *budget], 240)  # fmt: skip
+    r = run(args, [sys.executable, "scripts/train.py", "--env", "flipes/HalfCheetah-v5", "--device", args.device, "--out",
+                   str(out), "--tensorboard", "false", "--target", str(target), *budget], 240)  # fmt: skip
     shown = "; ".join(
         f"{body} " + ", ".join(f"N={n:,}: {v / 1e3:.0f} k" for n, v in by_n.items()) for body, by_n in rates.items()
     )
@@ -259,7 +276,7 @@ def step_mpi(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     hashes = {}
     for k in (1, 2):
         out = tmp / f"mpi{k}"
-        r = run([str(mpiexec), "-n", str(k), sys.executable, "scripts/train.py", *common, "--out", str(out)], 180)
+        r = run(args, [str(mpiexec), "-n", str(k), sys.executable, "scripts/train.py", *common, "--out", str(out)], 180)
         if r.returncode != 0:
             return False, f"mpiexec -n {k} failed:\n" + tail(r.stdout + r.stderr), {}
         hashes[k] = [json.loads(line)["params_sha256"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -307,6 +324,7 @@ def main(args: Args) -> int:
     info = versions(device)
     print(f"gpu_check on {info['device_name']} (torch {info['torch']}, CUDA {info.get('cuda')})", flush=True)
     results: list[Step] = []
+    Path(args.out).with_suffix(".log").unlink(missing_ok=True)  # run() appends each command's output
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name, fn in STEPS.items():

@@ -10,7 +10,8 @@ from helpers import run_script
 
 def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Path) -> None:
     """Every step's code path runs (device cpu, --quick): the correctness steps pass, the others
-    measure or say why they were skipped, and the report names the device and versions."""
+    measure or say why they were skipped, the report names the device and versions, and OUT.log
+    holds every command's whole output."""
     out = tmp_path / "gpu_check"
     r = run_script("scripts/gpu_check.py", "--device", "cpu", "--quick", "true", "--out", out, check=False, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -23,3 +24,5 @@ def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Pa
     assert steps["cartpole"]["data"]["steps_per_second"]
     assert report["info"]["torch"] and report["failed"] == []
     assert "| tests | pass |" in out.with_suffix(".md").read_text()
+    log = out.with_suffix(".log").read_text()
+    assert log.count("(exit 0)") >= 5 and f"{steps['tests']['data']['counts']['passed']} passed" in log
