@@ -11,19 +11,20 @@ Steps, each with its own time limit, in this order (the checks of correctness co
    GRU cells), the ES gradient equals the materialized estimator, flipes' envs match gymnasium
    transition for transition and keep every tensor on the device, each env's action noise is the formula's
    drawn on the device.
-2. ``benchmark``: ``scripts/benchmark.py`` (plain, Flipout, low-rank and vmap population forwards)
-   at N = 4,096 and 16,384.
-3. ``repro_timing``: ``scripts/repro_timing.py``'s FC-512 and FC-2048 rows, beside the paper's
-   0.18 s per update at FC-512 (Wen et al., 2018, Fig. 5, on a Tesla P100).
-4. ``cartpole``: rollout steps/s of a Flipout population on ``flipes/CartPole-v1`` at N = 16,384
-   and 65,536, and ``train.py``'s time to solve it on the device.
-5. ``mujoco_warp``: flipes/HalfCheetah-v5 and flipes/Humanoid-v5 on MuJoCo Warp, env steps/s at
-   N = 4,096 and 16,384; ``train.py`` on flipes/HalfCheetah-v5 (popsize 1,024) for 120 s: the time
-   to a center return of 5,000, or the best return in that time.
-6. ``mpi``: ``mpiexec -n 2`` with both ranks on the device, ``--comm seeds``: the parameters after
+2. ``mpi``: ``mpiexec -n 2`` with both ranks on the device, ``--comm seeds``: the parameters after
    every generation equal a one-process run's, hash for hash.
+3. ``benchmark``: ``scripts/benchmark.py`` (plain, Flipout, low-rank and vmap population forwards)
+   at N = 4,096 and 16,384.
+4. ``repro_timing``: ``scripts/repro_timing.py``'s FC-512 and FC-2048 rows, beside the paper's
+   0.18 s per update at FC-512 (Wen et al., 2018, Fig. 5, on a Tesla P100).
+5. ``cartpole``: rollout steps/s of a Flipout population on ``flipes/CartPole-v1`` at N = 16,384
+   and 65,536, and ``train.py``'s time to solve it on the device.
+6. ``mujoco_warp``, last (its one try on a GPU lost the machine): flipes/HalfCheetah-v5 and
+   flipes/Humanoid-v5 on MuJoCo Warp, env steps/s at N = 4,096 and 16,384, each printed as it is
+   measured; ``train.py`` on flipes/HalfCheetah-v5 (popsize 1,024) for 120 s: the time to a center
+   return of 5,000, or the best return in that time.
 
-The exit status is 1 when a correctness step fails (1 and 6; a crash of any step counts too).
+The exit status is 1 when a correctness step fails (1 and 2; a crash of any step counts too).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_FC512_SECONDS = 0.18  # Wen et al. 2018, Fig. 5: FlipES, one update of FC-512 at N = 5,000, Tesla P100
 
 
-StepName = Literal["tests", "benchmark", "repro_timing", "cartpole", "mujoco_warp", "mpi"]
+StepName = Literal["tests", "mpi", "benchmark", "repro_timing", "cartpole", "mujoco_warp"]
 
 
 @dataclass
@@ -291,11 +292,11 @@ def step_mpi(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
 
 STEPS: dict[str, Callable[[Args, Path], tuple[bool | None, str, dict]]] = {
     "tests": step_tests,
+    "mpi": step_mpi,
     "benchmark": step_benchmark,
     "repro_timing": step_repro_timing,
     "cartpole": step_cartpole,
     "mujoco_warp": step_mujoco_warp,
-    "mpi": step_mpi,
 }
 assert list(STEPS) == list(get_args(StepName)), "--skip's choices are the step names"
 

@@ -17,7 +17,7 @@ def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Pa
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
-    assert list(steps) == ["tests", "benchmark", "repro_timing", "cartpole", "mujoco_warp", "mpi"]
+    assert list(steps) == ["tests", "mpi", "benchmark", "repro_timing", "cartpole", "mujoco_warp"]
     assert steps["tests"]["ok"] is True and steps["tests"]["data"]["counts"]["passed"] > 0
     assert steps["mpi"]["ok"] is True or steps["mpi"]["data"].get("skipped")
     assert all(s["ok"] is not False for s in steps.values())
