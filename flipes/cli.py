@@ -201,6 +201,8 @@ def check_value(name: str, value: Any, ft: FieldType) -> Any:
         return bool(value)
     if s is int and isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
         return int(value)  # numpy's integers too
+    if s is int and isinstance(value, float | np.floating) and float(value).is_integer() and abs(value) <= 2**53:
+        return int(value)  # 1e7 in a TOML or JSON file or in Python is a float; a whole one (exact below 2^53) means the integer
     if s is float and isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
         return float(value)
     if s is str and isinstance(value, str | os.PathLike):

@@ -17,7 +17,7 @@ import pytest
 from helpers import FAST_KW, NEEDS_TOMLLIB, ROOT, run_script
 
 import flipes
-from flipes.cli import build_parser, field_docs, parse_config
+from flipes.cli import build_parser, check_options, field_docs, parse_config
 from flipes.commands import EvaluateConfig, PlotConfig, main
 from flipes.config import TrainConfig
 from flipes.progress import Progress
@@ -392,6 +392,24 @@ CONFIG_TYPE_ERRORS = [
     ("seed = true\n", "seed = True is not an integer; write e.g. seed = 1"),
     ("popsiz = 8\n", "unknown option 'popsiz'; did you mean popsize?"),
 ]
+
+
+@NEEDS_TOMLLIB
+def test_a_whole_float_is_the_integer_in_config_files_and_the_library(tmp_path: Path) -> None:
+    """``max_timesteps = 1e7`` in a TOML or JSON config file (a float there) and ``flipes.train(max_timesteps=1e7)``
+    read as the integer 10,000,000, exactly, as ``--max-timesteps 1e7`` does; a list's whole floats too. A float
+    with a fraction stays refused (the type errors above), and so does one past 2^53, where floats skip integers."""
+    toml, json_file = tmp_path / "run.toml", tmp_path / "run.json"
+    toml.write_text("max_timesteps = 1e7\nhidden = [32.0, 64.0]\n")
+    json_file.write_text('{"max_timesteps": 1e7, "hidden": [32.0, 64.0]}')
+    for path in (toml, json_file):
+        config = parse_config(TrainConfig, ["--config", str(path)])
+        assert (config.max_timesteps, config.hidden) == (10_000_000, [32, 64])
+        assert type(config.max_timesteps) is int and all(type(h) is int for h in config.hidden)
+    assert check_options(TrainConfig, {"max_timesteps": 1e7}, "flipes.train") == {"max_timesteps": 10_000_000}
+    toml.write_text("seed = 1e17\n")
+    with pytest.raises(flipes.UsageError, match=r"seed = 1e\+17 is not an integer"):
+        parse_config(TrainConfig, ["--config", str(toml)])
 
 
 @NEEDS_TOMLLIB
