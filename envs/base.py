@@ -321,14 +321,15 @@ class TorchVectorEnv(gym.vector.VectorEnv):
                 lo, hi = (int(v) for v in a.aminmax())
                 if lo < 0 or hi >= space.n:
                     raise ValueError(f"{name}.step takes {expected}; got actions from {lo} to {hi}")
-            return a.to(self.device)
+            return a if a.device == self.device else a.to(self.device)  # no op for the no-op, at every step
         shape = (n, *space.shape)
         if a.shape != shape and not (space.shape == (1,) and a.shape == (n,)):
             alt = f" or ({n},)" if space.shape == (1,) else ""
             raise ValueError(f"{name}.step takes one action per env, a tensor of shape {shape}{alt}; got shape {tuple(a.shape)}")
         if a.dtype.is_complex or a.dtype == torch.bool:
             raise ValueError(f"{name}.step takes real-valued actions of shape {shape}; got dtype {a.dtype}")
-        return (a.reshape(n) if space.shape == (1,) else a).to(self.device, self.dtype)  # one-number actions as (N,)
+        a = a.reshape(n) if space.shape == (1,) else a  # one-number actions as (N,)
+        return a if a.dtype == self.dtype and a.device == self.device else a.to(self.device, self.dtype)
 
 
 class SingleEnv(gym.Env[np.ndarray, Any]):
