@@ -98,7 +98,8 @@ class SpacePolicy(nn.Module):
             obs = torch.as_tensor(np.asarray(obs), device=next(self.parameters()).device)
         if self.obs_start is not None:
             return nn.functional.one_hot(obs.long() - self.obs_start, self.obs_dim).to(dtype)
-        obs = obs.to(dtype)
+        if obs.dtype != dtype:  # a rollout's steps mostly come in the dtype already: no op for the no-op
+            obs = obs.to(dtype)
         if not self.obs_shape:  # a scalar Box: one feature
             obs = obs.unsqueeze(-1)
         elif len(self.obs_shape) != 1:
@@ -176,7 +177,13 @@ class MLPPolicy(SpacePolicy):
         self.net = mlp([self.obs_dim, *hidden, self.action_dim], activation)
 
     def forward(self, obs: Tensor | np.ndarray) -> Tensor | np.ndarray:
-        return self.as_given(self.action(self.net(self.observe(obs, self.net[0].weight.dtype))), obs)
+        x = self.observe(obs, self.net[0].weight.dtype)
+        if x.dim() == 3 and x.shape[1] == 1:  # (members, 1 episode, features), a rollout's: through the layers as 2-D
+            # rows (the same products: a Flipout layer takes (N, in) and (N, 1, in) alike), one view each way instead of
+            # a reshape and a view in every layer
+            a = self.action(self.net(x.view(x.shape[0], x.shape[2])))
+            return self.as_given(a.view(a.shape[0], 1, *a.shape[1:]), obs)
+        return self.as_given(self.action(self.net(x)), obs)
 
 
 NATURE_TORSO: tuple[tuple[int, int, int], ...] = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
