@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -69,6 +70,22 @@ def timed(obj: Any, name: str, key: str, times: dict[str, float]) -> None:
     setattr(obj, name, wrapper)
 
 
+def timed_recorder(norm: Any, times: dict[str, float]) -> None:
+    """Time the functions ``norm.recorder`` makes (a rollout of one episode per member records through one) as
+    ``record``."""
+    make: Callable[..., Any] = norm.recorder
+
+    def recorder(*args: Any, **kwargs: Any) -> Any:
+        made = make(*args, **kwargs)
+        if made is None:
+            return None
+        holder = SimpleNamespace(record=made)
+        timed(holder, "record", "record", times)
+        return holder.record
+
+    norm.recorder = recorder
+
+
 def profile(args: Args, pipeline: bool) -> tuple[dict[str, float], bool]:
     """ms per N env steps of each section, over ``args.generations`` generations; and whether the env can pipeline."""
     env = make_vector_env(args.env, args.n, threads=args.threads)
@@ -81,6 +98,7 @@ def profile(args: Args, pipeline: bool) -> tuple[dict[str, float], bool]:
     timed(policy, "forward", "policy", times)
     timed(policy.net, "forward", "of it Flipout MLP", times)
     timed(policy.obs_norm, "record", "record", times)
+    timed_recorder(policy.obs_norm, times)
     pool = None  # EnvPool's pool, made at the first reset (and kept while the seeds stay)
     steps = 0
     for generation in range(1 + args.generations):

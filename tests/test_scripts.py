@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -306,3 +307,16 @@ def test_bench_memory_quick_trains_mlp_and_gru_on_full_and_hidden_observations(t
         assert all(math.isfinite(x) for x in (r["final"], r["best"], r["wall_s"])) and r["best"] >= r["final"], r
     assert result["meta"]["command"] and result["meta"]["date"] and result["meta"]["machine"]
     assert "| flipes/Pendulum-v1 | full: cos θ, sin θ, θ̇ | gru |" in (tmp_path / "bench_memory_quick.md").read_text()
+
+
+def test_count_rollout_ops_counts_a_training_step_and_an_evaluation_step() -> None:
+    """The op count runs a small CartPole population's training rollout and an evaluation under the profiler and
+    prints, for each, the steps and a plausible count per step: some ops (a Flipout MLP step alone is a dozen), fewer
+    than 200, and no more top-level ops than aten events."""
+    out = run("scripts/count_rollout_ops.py", "--envs", "flipes/CartPole-v1", "--n", "8", "--generations", "1",
+              "--eval-episodes", "4", timeout=120).stdout  # fmt: skip
+    counts = [line for line in out.splitlines() if "per step:" in line]
+    assert len(counts) == 2, out
+    for line in counts:
+        top, events = (float(v) for v in re.findall(r"([\d.]+) (?:top-level aten ops|aten events)", line))
+        assert 12 < top <= events and top < 200, line
