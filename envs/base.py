@@ -304,6 +304,10 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             raise ValueError("options['reset_mask'] resets no env; it needs at least one True")
         return mask
 
+    def _expected(self) -> str:
+        """What a Discrete env's ``step`` takes, for its errors."""
+        return f"a tensor of shape ({self.num_envs},) of integers in [0, {self.single_action_space.n})"
+
     def _check_actions(self, actions: Tensor | np.ndarray) -> Tensor:
         """Validated actions on ``device``: ``(N,)`` integers (Discrete), ``(N,)`` ``dtype`` (one-number Box)
         or ``(N, *action_shape)`` ``dtype`` (other Box). Discrete actions already on an accelerator are
@@ -311,16 +315,16 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         # a tensor stays on its device (an accelerator's actions are not read back); arrays are read on the host
         a = actions if isinstance(actions, Tensor) else torch.as_tensor(actions, device="cpu")
         n, space, name = self.num_envs, self.single_action_space, type(self).__name__
-        if self._discrete:
-            expected = f"a tensor of shape ({n},) of integers in [0, {space.n})"
+        if self._discrete:  # the messages are made where one is raised: this runs at every step
             if a.shape != (n,):
-                raise ValueError(f"{name}.step takes one action per env, {expected}; got shape {tuple(a.shape)}")
+                raise ValueError(f"{name}.step takes one action per env, {self._expected()}; got shape {tuple(a.shape)}")
             if a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
-                raise ValueError(f"{name}.step takes integer actions, {expected}; got dtype {a.dtype}")
+                raise ValueError(f"{name}.step takes integer actions, {self._expected()}; got dtype {a.dtype}")
             if a.device.type == "cpu":
-                lo, hi = (int(v) for v in a.aminmax())
+                lo, hi = a.aminmax()
+                lo, hi = int(lo), int(hi)
                 if lo < 0 or hi >= space.n:
-                    raise ValueError(f"{name}.step takes {expected}; got actions from {lo} to {hi}")
+                    raise ValueError(f"{name}.step takes {self._expected()}; got actions from {lo} to {hi}")
             return a if a.device == self.device else a.to(self.device)  # no op for the no-op, at every step
         shape = (n, *space.shape)
         if a.shape != shape and not (space.shape == (1,) and a.shape == (n,)):
