@@ -10,9 +10,13 @@ training builds it (a Flipout MLP of the preset's hidden widths, obs normalizati
 first, the preset's popsize and episodes, one torch thread) under ``torch.profiler`` on the CPU for ``--generations``
 generations, and divides by the rollout's steps (calls of ``env.step``). ``top-level`` counts the aten ops called from
 Python (an op inside another, ``aten::addmm``'s ``aten::copy_``, is not counted again: it launches no kernel of its own
-from the host); ``all`` counts every aten event. ``host reads`` are ``aten::item``/``aten::_local_scalar_dense`` and
-``aten::is_nonzero`` (``bool(tensor)``): each waits for a GPU. Also the center-policy evaluation (``run_episodes`` of
-the plain network, ``eval_episodes`` envs).
+from the host), ``computing`` those of them that are not views, empty tensors or a ``.to()`` that copies nothing (none
+launches a kernel on a GPU);
+``aten events`` counts every aten event. ``host reads`` are ``aten::_local_scalar_dense`` events, where every
+``.item()``, ``bool(tensor)`` and ``int(tensor)`` ends: each waits for a GPU. The counts are of the CPU's code paths: on a
+GPU the env draws every row at every step instead of the reset rows (a few ops more), checks no Discrete action's range
+(3 ops and 2 reads fewer) and the rollout asks whether any episode is left every 16 steps. Also the center-policy
+evaluation (``run_episodes`` of the plain network, ``eval_episodes`` envs).
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ from flipes.rl import MLPPolicy, make_vector_env
 from flipes.rl.presets import preset_for
 from flipes.rl.rollout import RolloutFitness, run_episodes
 
+# ops that only make a view or an uninitialized tensor: no kernel on a GPU, host time only
+METADATA = frozenset(
+    f"aten::{name}"
+    for name in (
+        "view", "reshape", "flatten", "unflatten", "unbind", "select", "slice", "squeeze", "unsqueeze", "mT", "numpy_T", "t",
+        "transpose", "permute", "movedim", "expand", "as_strided", "alias", "detach", "empty", "empty_like", "empty_strided",
+        "lift_fresh", "view_as", "split", "chunk", "is_nonzero", "item", "_local_scalar_dense",
+    )
+)  # fmt: skip
 READ = "aten::_local_scalar_dense"  # where every .item(), bool(tensor) and int(tensor) ends
 
 
@@ -47,10 +60,12 @@ class Args:
     """Also list the top-level ops per step, most frequent first."""
 
 
-def counts(prof: Any, steps: int) -> tuple[float, float, float, Counter]:
-    """Top-level aten ops, all aten events, host reads, per step; and the top-level ops by name."""
+def counts(prof: Any, steps: int) -> tuple[float, float, float, float, Counter]:
+    """Top-level aten ops, of them computing ones (not views or allocations), all aten events, host reads, per step;
+    and the top-level ops by name."""
     events = [e for e in prof.events() if e.name.startswith("aten::")]
     top: Counter = Counter()
+    noop = 0  # .to() / as_tensor of a tensor already so: no copy under it
     for e in events:
         parent, nested = e.cpu_parent, False
         while parent is not None:
@@ -60,8 +75,19 @@ def counts(prof: Any, steps: int) -> tuple[float, float, float, Counter]:
             parent = parent.cpu_parent
         if not nested:
             top[e.name] += 1
+            noop += e.name == "aten::to" and not any(c.name == "aten::_to_copy" for c in e.cpu_children)
     reads = sum(1 for e in events if e.name == READ)
-    return sum(top.values()) / steps, len(events) / steps, reads / steps, top
+    compute = sum(c for name, c in top.items() if name not in METADATA) - noop
+    return sum(top.values()) / steps, compute / steps, len(events) / steps, reads / steps, top
+
+
+def report(prof: Any, steps: int, ops: bool) -> None:
+    """Print the counts per step (and each top-level op's, with ``ops``)."""
+    top, compute, total, reads, by_name = counts(prof, steps)
+    print(f"  per step: {top:.1f} top-level aten ops ({compute:.1f} computing), {total:.1f} aten events, {reads:.2f} host reads")
+    if ops:
+        for name, c in by_name.most_common():
+            print(f"    {c / steps:7.2f}  {name}")
 
 
 def steps_counted(env: Any) -> list[int]:
@@ -96,24 +122,16 @@ def one_env(args: Args, env_id: str) -> None:
         es.tell(f)
         policy.obs_norm.update()
     prof.__exit__(None, None, None)
-    top, total, reads, by_name = counts(prof, calls[0])
     print(f"{env_id}, N = {n} x {k} episodes, training rollout: {calls[0]} steps in {args.generations} generations (incl. tell)")
-    print(f"  per step: {top:.1f} top-level aten ops, {total:.1f} aten events, {reads:.2f} host reads")
-    if args.ops:
-        for name, c in by_name.most_common():
-            print(f"    {c / calls[0]:7.2f}  {name}")
+    report(prof, calls[0], args.ops)
     episodes = preset.get("eval_episodes", 100) if args.eval_episodes == 0 else args.eval_episodes
     if episodes > 0:
         eval_env = make_vector_env(env_id, episodes, threads=1, note=None)
         calls = steps_counted(eval_env)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             run_episodes(eval_env, policy, seed=0)
-        top, total, reads, by_name = counts(prof, calls[0])
         print(f"{env_id}, evaluation of the center policy, {episodes} envs: {calls[0]} steps")
-        print(f"  per step: {top:.1f} top-level aten ops, {total:.1f} aten events, {reads:.2f} host reads")
-        if args.ops:
-            for name, c in by_name.most_common():
-                print(f"    {c / calls[0]:7.2f}  {name}")
+        report(prof, calls[0], args.ops)
 
 
 def main(args: Args) -> None:
