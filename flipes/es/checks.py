@@ -99,7 +99,9 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
                 else ""
             )
         )
-    if not torch.isfinite(f).all():  # the usual case in two ops; the members named only when some are not
+    # the usual case in one sum (finite only if every value is; one that overflows is checked value by value); the
+    # members named only when some are not
+    if not math.isfinite(f.sum().item()) and not torch.isfinite(f).all():
         bad = (~torch.isfinite(f)).nonzero().flatten()
         shown = ", ".join(f"{members[i]}={f[i].item()}" for i in bad[:5].tolist())
         raise NonFiniteFitness(f"fitness of {len(bad)} member(s) is not finite ({shown}{', ...' if len(bad) > 5 else ''})")
@@ -117,7 +119,8 @@ def check_weights(weights: Any, fitness: Tensor) -> Tensor:
     if not isinstance(weights, Tensor) or not (weights.is_floating_point() or weights.dtype in (torch.int32, torch.int64)):
         shown = type(weights).__name__ + (f" of {weights.dtype}" if isinstance(weights, Tensor | np.ndarray) else "")
         raise TypeError(f"the shaping function must return weights (N,) as a Tensor or array of numbers, got {shown}")
-    if weights.shape != fitness.shape or not torch.isfinite(weights).all():
+    # finite: their sum is (else, an overflow aside, some value is not: checked value by value)
+    if weights.shape != fitness.shape or not (math.isfinite(weights.sum().item()) or torch.isfinite(weights).all()):
         raise ValueError(
             f"the shaping function must map fitness {tuple(fitness.shape)} to finite weights of that shape, "
             f"got shape {tuple(weights.shape)}" + ("" if weights.shape != fitness.shape else " with non-finite values")
