@@ -1092,8 +1092,11 @@ class FlipES:
         else:
             flat.mul_(-1.0 / (self.popsize * sigma * sigma))  # -ĝ: Σ F̂ (σu) / (Nσ²), negated for the loss -J
 
-        before = torch.cat([p.detach().flatten() for p in self.params])
-        for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
+        flats = [p.view(-1) if p.is_contiguous() else p.flatten() for p in self.params]  # tell runs under no_grad
+        numels = [f.numel() for f in flats]
+        before = torch.cat(flats)
+        del flats  # a channels_last weight's flatten is a copy
+        for p, g in zip(self.params, flat.split(numels), strict=True):
             g = g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
             if g.stride() != p.stride():  # a channels_last weight: as autograd does, the grad takes the parameter's
                 g = torch.empty_like(p, dtype=p.dtype).copy_(g)  # layout (torch's fused Adam pairs their memory)
@@ -1109,19 +1112,21 @@ class FlipES:
         self._refuse_stale()
         # no flat copy of the parameters after the step (for an LLM gigabytes): ‖before − after‖ in place in `before`,
         # bit for bit ‖after − before‖ of one (IEEE subtraction is antisymmetric), ‖after‖ from each parameter's norm
-        offset = 0
-        for p in self.params:
-            before[offset : offset + p.numel()].sub_(p.detach().flatten())
-            offset += p.numel()
-        norm = torch.stack([torch.linalg.vector_norm(p.detach(), dtype=before.dtype) for p in self.params]).norm()
-        grad_norm, delta, norm = torch.stack([flat.norm(), before.norm(), norm]).tolist()  # one sync
+        torch._foreach_sub_(before.split(numels), [p.view(-1) if p.is_contiguous() else p.flatten() for p in self.params])
+        # Tensor.norm() is this vector_norm, through a Python function
+        vector_norm = torch.linalg.vector_norm
+        norm = vector_norm(torch.stack([vector_norm(p, dtype=before.dtype) for p in self.params]))
+        grad_norm, delta, norm = torch.stack([vector_norm(flat), vector_norm(before), norm]).tolist()  # one sync
+        low, high = torch.aminmax(full)  # on the host (check_fitness): read with the mean and std in one go
+        read = torch.stack((full.mean(), high, low, full.std(unbiased=False))).tolist()
+        fitness_mean, fitness_max, fitness_min, fitness_std = read
 
         stats = {
             "generation": generation,  # an int, as pop.generation
-            "fitness_mean": full.mean().item(),
-            "fitness_max": full.max().item(),
-            "fitness_min": full.min().item(),
-            "fitness_std": full.std(unbiased=False).item(),
+            "fitness_mean": fitness_mean,
+            "fitness_max": fitness_max,
+            "fitness_min": fitness_min,
+            "fitness_std": fitness_std,
             "grad_norm": grad_norm,
             "update_ratio": delta / norm if norm > 0 else float("inf"),
             "sigma": mean_sigma,
@@ -1338,8 +1343,11 @@ class FlipES:
         """The names of the parameters written in place since this generation's last population block ended."""
         if self._versions is None:
             return []
+        changed = [p for p, v in zip(self.params, self._versions, strict=True) if p._version != v]
+        if not changed:  # the usual tell: no walk of the model's names
+            return []
         names = {id(p): name for name, p in self._module.named_parameters()}
-        return [names.get(id(p), "?") for p, v in zip(self.params, self._versions, strict=True) if p._version != v]
+        return [names.get(id(p), "?") for p in changed]
 
     def _gather_fitness(self, local: Tensor) -> Tensor:
         """Every process's fitness, in member order. With several processes each appends one flag saying whether
