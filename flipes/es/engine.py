@@ -886,28 +886,32 @@ class FlipES:
         self._install(*noise.held(self, self.local_groups), len(self.members))
         noise.whole = True
 
+    # The layers' noise is written to their instance dicts: what nn.Module.__setattr__ does for a value that is no
+    # Parameter, Module or buffer, without its checks for those (a few µs per write, twice per layer per generation).
+
     def _uninstall(self, forget_shared_ids: bool = True) -> None:
         for layer in self.layers:
-            layer.noise = None
+            held = layer.__dict__
+            held["noise"] = None
             if forget_shared_ids:
-                layer.__dict__.pop("_flipes_shared_ids", None)
-                layer.__dict__.pop("_flipes_extra_dims", None)
+                held.pop("_flipes_shared_ids", None)
+                held.pop("_flipes_extra_dims", None)
         if forget_shared_ids:
             for module in self.dense_modules:
                 module.__dict__.pop("_flipes_no_input", None)
         for module in [*self.layers, *self.dense_modules]:
-            module.member_noise = None
+            module.__dict__["member_noise"] = None
 
     def _install(self, slot_noise: list[SlotNoise], dense_noise: list[DenseNoise], size: int) -> None:
         """Point every Flipout layer and dense-noise module at this noise of ``size`` members."""
         for module in self.dense_modules:  # also those with no evolved parameter (a BatchNorm's batch statistics)
-            module.member_noise, module.flipes_members = {}, size
+            module.__dict__.update(member_noise={}, flipes_members=size)
         for layer, weights in zip(self.layers, self._weight_counts, strict=True):  # not perturbed_weights() anew
-            layer.noise = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in range(weights))
+            layer.__dict__["noise"] = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in range(weights))
         for uses, nz in zip(self._dense_uses, dense_noise, strict=True):
             for module, name in uses:
                 if module.member_noise is None:
-                    module.member_noise = {}
+                    module.__dict__["member_noise"] = {}
                 module.member_noise[name] = nz.delta
         # a Flipout weight a dense module reads: each member's σu_n (size × numel), one per slot and built at the first
         # read, not here: the whole population's is installed around its parts, where only the parts' are read
@@ -917,7 +921,7 @@ class FlipES:
                 pw = self.slots[i]
                 deltas[i] = MemberPerturbations(slot_noise[i], pw.conv_groups, pw.transposed)
             if module.member_noise is None:
-                module.member_noise = {}
+                module.__dict__["member_noise"] = {}
             module.member_noise[name] = deltas[i]
 
     def _part(self, noise: HeldNoise | Deferred | None, start: int, stop: int) -> AbstractContextManager[Population]:
