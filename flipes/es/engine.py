@@ -664,7 +664,7 @@ class FlipES:
         group_size = self.popsize // self.groups
         noise = []
         for i, pw in enumerate(self.slots):
-            w = pw.layout.detach()
+            w = pw.layout  # its shape, dtype and device: no detach needed
             nz = sample_slot(
                 seed=self.seed,
                 generation=self.generation,
@@ -691,7 +691,7 @@ class FlipES:
                 slot=len(self.slots) + i,
                 groups=groups,
                 group_size=group_size,
-                param=p.detach(),
+                param=p,  # its shape, dtype and device
                 sigma=sigmas[len(self.slots) + i],
                 mirrored=self.mirrored,
             )

@@ -78,8 +78,9 @@ def weighted_perturbation(
     m = torch.bmm(rc.view(g, n // g, -1).mT, s.reshape(g, n // g, -1))  # R_gᵀ diag(c_g) S_g
     m = block_diagonal(m, pw.conv_groups)
     eps = noise.dense_eps()  # low-rank: materialized once per generation (the forward never does)
-    m = m.view(*m.shape, *(1,) * (eps.dim() - 3))  # broadcast over kernel dims
-    weight = (m[0] * eps[0]) if g == 1 else (m * eps).sum(0)
+    if eps.dim() > 3:
+        m = m.view(*m.shape, *(1,) * (eps.dim() - 3))  # broadcast over kernel dims
+    weight = (m * eps).squeeze(0) if g == 1 else (m * eps).sum(0)  # one group: its product, no sum
     bias = None if bias_r is None else (rc * bias_r).sum(0)  # Σ c_n r_n ∘ (σε_b,n ∘ r_n)
     return weight, bias
 
