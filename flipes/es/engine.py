@@ -751,7 +751,7 @@ class FlipES:
                 "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
             )
         # whether the model runs in here at all (tell warns if not): the first call of a layer or dense module removes
-        # every hook
+        # every dense module's hook (a layer's is its hook of _note_direct_reads, which calls `ran` too)
         hooks: list[torch.utils.hooks.RemovableHandle] = []
 
         def ran(module: nn.Module, args: Any) -> None:
@@ -763,7 +763,7 @@ class FlipES:
 
         ran.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
 
-        hooks.extend(m.register_forward_pre_hook(ran) for m in modules)
+        hooks.extend(m.register_forward_pre_hook(ran) for m in self.dense_modules)
         with torch.no_grad():
             if self._noise is None:
                 self._noise = self._sample() if self.hold_noise else Deferred()
@@ -780,7 +780,7 @@ class FlipES:
             else:
                 self._install(*noise, len(self.members))
             restore_fused = fused_transformers_off(self._module)  # they read the mean weights, past the Flipout layers
-            noting = self._note_direct_reads()
+            noting = self._note_direct_reads(ran)
             self._inside = modules  # a tell() inside the block makes its later forwards errors (_refuse_stale)
             try:
                 yield Population(
@@ -812,15 +812,17 @@ class FlipES:
                 if isinstance(noise, Deferred):  # uninstalled: a whole forward in a later block of the generation installs it
                     noise.whole = False
 
-    def _note_direct_reads(self) -> list[torch.utils.hooks.RemovableHandle]:
+    def _note_direct_reads(self, ran: Callable[[nn.Module, Any], None]) -> list[torch.utils.hooks.RemovableHandle]:
         """Start noting each Flipout layer's parameter reads, and return the hooks, to remove at the end, that end it at
         the layer's first call: from the population's start until then, reads by other code than the layer's own methods
-        are noted (``FlipoutMixin.__getattr__``; not while compiling) for ``_refuse_direct_reads``."""
+        are noted (``FlipoutMixin.__getattr__``; not while compiling) for ``_refuse_direct_reads``. The hook calls
+        ``ran`` (the population's note that the model ran) first: one hook per layer, not two."""
         for layer in self.layers:
             layer.__dict__["_flipes_reads"] = set()
         handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
 
         def called(layer: nn.Module, args: Any) -> None:
+            ran(layer, args)
             layer.__dict__.pop("_flipes_reads", None)
             if not compiling():  # gone after its first call: a module with hooks runs torch's slower call path
                 handles[id(layer)].remove()
