@@ -6,6 +6,7 @@ import copy
 import math
 import pickle
 import re
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -239,6 +240,25 @@ def test_running_norm_recorder_adds_the_very_sums_of_record(dtype: torch.dtype, 
 
     assert Own(size).recorder(alive, members) is None
     assert RunningNorm(size).recorder(torch.ones(2 * members, dtype=torch.bool), members) is None
+
+
+def test_running_norm_recorder_leaves_rows_of_another_width_to_record() -> None:
+    """Rows that are not ``(members, size)`` (a norm of another size than the env's observations) are record's to
+    take or refuse, as before the recorder: one feature per member into a norm of 3 is refused, not broadcast into
+    all 3 columns of the sums (nor out= resized with torch's warning)."""
+    members = 6
+    alive = torch.ones(members, dtype=torch.bool)
+    plain, fast = RunningNorm(3), RunningNorm(3)
+    record = fast.recorder(alive, members)
+    assert record is not None
+    x = torch.randn(members, 1)
+    with pytest.raises(RuntimeError) as expected:
+        plain.record(x.view(members, 1, 1), alive.view(members, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError) as got:
+            record(x)
+    assert str(got.value) == str(expected.value) and fast.pending is None
 
 
 def test_running_norm_passes_inputs_unchanged_until_it_has_data_and_maps_a_constant_feature_to_zero() -> None:

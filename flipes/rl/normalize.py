@@ -114,6 +114,9 @@ class RunningNorm(nn.Module):
 
         def record(x: Tensor) -> None:
             if not buffer:
+                if x.shape != (members, size):  # rows of another width (a norm of another size): record's to refuse
+                    self.record(x.view(members, 1, -1), column)
+                    return
                 sums = torch.zeros(members, 1 + 2 * size, dtype=torch.float64, device=x.device)
                 if self.pending is not None:
                     sums += self.pending
@@ -121,7 +124,7 @@ class RunningNorm(nn.Module):
                 buffer.extend((sums, sums[:, 0], sums[:, 1 : 1 + size], sums[:, 1 + size :], wx))
                 self.pending = sums
             elif self.pending is not buffer[0]:  # replaced meanwhile (by hand): record as record would
-                self.record(x.view(members, 1, size), column)
+                self.record(x.view(members, 1, -1), column)
                 return
             _, w, wx_sum, wxx_sum, wx = buffer
             w.add_(mask)
