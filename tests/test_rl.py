@@ -261,6 +261,18 @@ def test_running_norm_recorder_leaves_rows_of_another_width_to_record() -> None:
     assert str(got.value) == str(expected.value) and fast.pending is None
 
 
+def test_run_episodes_without_record_takes_any_members() -> None:
+    """``members`` only says whose observations ``record`` gets: without a ``record`` a count that does not divide the
+    envs is no error (the rows of ``alive`` per member are made only for ``record``), and the returns are those of
+    ``members=None``."""
+    env = make_vector_env("flipes/CartPole-v1", 8, note=None)
+    act = lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64)  # noqa: E731
+    plain = run_episodes(env, act, seed=0, max_steps=5)
+    for members in (3, 16):
+        ep = run_episodes(env, act, seed=0, members=members, max_steps=5)
+        assert torch.equal(ep.returns, plain.returns) and torch.equal(ep.lengths, plain.lengths)
+
+
 def test_running_norm_passes_inputs_unchanged_until_it_has_data_and_maps_a_constant_feature_to_zero() -> None:
     """Before any statistics the input passes as it is (no clipping either); a feature that never varied
     (variance 0) normalizes to 0, finite, thanks to the variance floor; its merged variance is exactly 0 also where

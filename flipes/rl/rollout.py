@@ -313,7 +313,8 @@ def run_episodes(
     m = members or n
     # one episode per member, (n, features) observations: the recorder's 4 ops a step instead of record's 12
     recorder = record.recorder(alive, m) if isinstance(record, RunningNorm) and m == n and obs.dim() == 2 else None
-    alive_rows = alive.view(m, n // m)  # a view, made once: alive changes in place
+    # a view, made once: alive changes in place; only for record (members need not divide the envs without one)
+    alive_rows = alive.view(m, n // m) if record is not None and recorder is None else alive
     while max_steps is None or t < max_steps:
         if recorder is not None:
             recorder(obs)
