@@ -487,6 +487,19 @@ def test_rollout_fitness_refuses_fewer_than_one_episode_per_member_when_made() -
     assert RolloutFitness(env, episodes=np.int64(2)).episodes == 2
 
 
+def test_a_policy_of_scalar_boxes_acts_on_one_observation() -> None:
+    """Observations and actions of shape ``()`` (a scalar Box): one observation, a number or a 0-d tensor, gives one
+    action of shape ``()``, the batch's row for it."""
+    torch.manual_seed(0)
+    policy = MLPPolicy(gym.spaces.Box(-1, 1, ()), gym.spaces.Box(-2, 2, ()), hidden=(4,)).eval()
+    batch = policy(torch.tensor([0.5, -0.25]))
+    assert batch.shape == (2,)
+    one = policy(torch.tensor(0.5))
+    assert one.shape == () and torch.equal(one, batch[0])
+    number = policy(np.float32(-0.25))
+    assert np.shape(number) == () and number == batch[1].item()
+
+
 def test_policy_leaves_unbounded_box_dimensions_linear() -> None:
     """A Box dimension with finite bounds gets ``tanh`` scaled into them, an unbounded one the network's output
     itself, bit for bit."""

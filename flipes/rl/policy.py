@@ -132,7 +132,7 @@ class SpacePolicy(nn.Module):
         z = squashed * self.scale + self.center
         if self.half_bounded:
             z = torch.maximum(torch.minimum(z, self.high.to(z.dtype)), self.low.to(z.dtype))
-        return z.view(*z.shape[:-1], *self.action_shape)
+        return z.view(z.shape[:-1] + self.action_shape)  # a tuple: one scalar action is a view to shape ()
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module], last: bool = False) -> nn.Sequential:
