@@ -261,6 +261,25 @@ def test_running_norm_recorder_leaves_rows_of_another_width_to_record() -> None:
     assert str(got.value) == str(expected.value) and fast.pending is None
 
 
+def test_run_episodes_records_through_a_records_own_wrapper() -> None:
+    """A ``record`` set on the norm itself (a wrapper that logs or filters the rows) gets every step's rows, as a
+    subclass's own ``record`` does: the recorder, which would bypass it, is not made for such a norm."""
+    env = make_vector_env("flipes/CartPole-v1", 4, note=None)
+    norm, plain = RunningNorm(4), RunningNorm(4)
+    seen = []
+    inner = norm.record
+
+    def wrapper(x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        seen.append(x.shape)
+        inner(x, mask)
+
+    norm.record = wrapper
+    act = lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64)  # noqa: E731
+    run_episodes(env, act, seed=0, record=norm, max_steps=5)
+    run_episodes(env, act, seed=0, record=plain, max_steps=5)
+    assert seen == [(4, 1, 4)] * 5 and torch.equal(norm.pending, plain.pending)
+
+
 def test_run_episodes_without_record_takes_any_members() -> None:
     """``members`` only says whose observations ``record`` gets: without a ``record`` a count that does not divide the
     envs is no error (the rows of ``alive`` per member are made only for ``record``), and the returns are those of

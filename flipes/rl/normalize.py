@@ -98,7 +98,8 @@ class RunningNorm(nn.Module):
         """``record(x.view(members, 1, size), mask.view(members, 1))`` as a function of ``x`` ``(members, size)``, for a
         rollout of one episode per member whose ``mask`` (``(members,)`` bool) is updated in place between calls: the
         very sums, in 4 ops a call instead of record's 12, into a buffer that becomes ``pending``. ``None`` where it
-        does not apply (a subclass's own ``record``, or more than one observation per member: call ``record``).
+        does not apply (a subclass's own ``record`` or one set on the norm, or more than one observation per member: call
+        ``record``).
 
         Why the same bits: ``record`` sums each member's one row over a dimension of size 1, ``0 + a`` (+0 for
         ``a = -0``), and adds that to ``pending``; here ``a`` is added to a buffer that starts at ``0 + pending`` (or 0).
@@ -106,7 +107,8 @@ class RunningNorm(nn.Module):
         and each step adds to it (a sum is -0 only when both terms are). ``x·w·x`` is exact in float64 for
         observations of float32 or narrower, so that product is accumulated in one ``addcmul_``; float64 ones
         multiply and add in two ops, as ``record``."""
-        if type(self).record is not RunningNorm.record or mask.dim() != 1 or mask.shape[0] != members:
+        own = "record" in self.__dict__ or type(self).record is not RunningNorm.record  # a wrapper on the norm, a subclass's
+        if own or mask.dim() != 1 or mask.shape[0] != members:
             return None
         size = self.size
         buffer: list[Tensor] = []  # [sums, w, wx, wxx, wx's product buffer] once the first rows give the device
