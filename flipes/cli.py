@@ -260,8 +260,8 @@ def example_value(value: Any, ft: FieldType) -> Any:
             pass
     if s is bool and isinstance(value, numbers.Real) and value in (0, 1):
         return bool(value)
-    if s is int and isinstance(value, numbers.Real) and math.isfinite(value):
-        return round(value)
+    if s is int and isinstance(value, numbers.Real) and math.isfinite(value) and abs(value) < 1e18:
+        return round(value)  # not 1e300's 301 digits: a typical value below says more
     if s is float and isinstance(value, bool | np.bool_):
         return float(value)
     if s is str and value is not None:

@@ -390,6 +390,8 @@ CONFIG_TYPE_ERRORS = [
     ('comm = "gossip"\n', "comm = 'gossip' is not 'allreduce' or 'seeds'; write e.g. comm = \"allreduce\""),
     ('target = "never"\n', "target = 'never' is not a number or 'auto' or none; write e.g. target = \"auto\""),
     ("seed = true\n", "seed = True is not an integer; write e.g. seed = 1"),
+    ("seed = 1e300\n", "seed = 1e+300 is not an integer; write e.g. seed = 1\n"),
+    ("seed = 1e17\n", "seed = 1e+17 is not an integer; write e.g. seed = 100000000000000000\n"),
     ("popsiz = 8\n", "unknown option 'popsiz'; did you mean popsize?"),
 ]
 
