@@ -2,6 +2,7 @@
 
     python scripts/bench_ab.py --base 07726d8                  # CartPole and Pendulum, 5 rounds
     python scripts/bench_ab.py --base HEAD --quick true        # smoke test, a few seconds
+    python scripts/bench_ab.py --base 07726d8 --device cuda --popsize 16384   # on a GPU, a large population
 
 The commit is exported with ``git archive`` into a temporary folder; each run is a fresh Python
 process that imports flipes (and ``envs``) from one of the two trees and times ``flipes.train``
@@ -53,7 +54,8 @@ print(json.dumps({"file": flipes.__file__, "seconds": seconds, "generations": le
 @dataclass
 class Args:
     base: str = "HEAD"
-    """Git revision to compare the working tree against."""
+    """Git revision to compare the working tree against, or a folder holding another tree (``git archive REV | tar -x
+    -C DIR``: the way to carry a base to a machine without the repository's history)."""
     envs: list[str] = field(default_factory=lambda: ["flipes/CartPole-v1", "flipes/Pendulum-v1"])
     """Env ids to train on (each with its preset defaults)."""
     generations: int = 20
@@ -66,6 +68,10 @@ class Args:
     """Runs per tree and env, alternating trees; the median is reported."""
     seed: int = 0
     """Training seed, the same for both trees."""
+    device: str = "cpu"
+    """Device of every run (``flipes train --device``), e.g. cuda; the table names the GPU."""
+    popsize: int = 0
+    """Population size of every run (0: the env's preset); a GPU is launch-bound below a few thousand."""
     quick: bool = False
     """Smoke test: the first env, 2 generations, 1 round."""
     json: str = ""
@@ -107,11 +113,15 @@ def main(args: Args) -> list[dict[str, Any]]:
     results = []
     with tempfile.TemporaryDirectory(prefix="flipes-ab-") as tmp:
         tmp_path = Path(tmp)
-        commit = export(args.base, tmp_path)
-        trees = {"base": tmp_path / "tree", "this": ROOT}
+        if (Path(args.base) / "flipes").is_dir():  # a tree exported before (a machine without the git history)
+            commit, trees = "", {"base": Path(args.base).resolve(), "this": ROOT}
+        else:
+            commit, trees = export(args.base, tmp_path), {"base": tmp_path / "tree", "this": ROOT}
         for e, env_id in enumerate(envs):
             kw = {"env": env_id, "generations": generations, "seed": args.seed, "target": None, "progress": False}
-            kw["algo"] = args.algo
+            kw["algo"], kw["device"] = args.algo, args.device
+            if args.popsize:
+                kw["popsize"] = args.popsize
             if args.eval_every:
                 kw["eval_every"] = args.eval_every
             times: dict[str, list[float]] = {"base": [], "this": []}
@@ -131,8 +141,15 @@ def main(args: Args) -> list[dict[str, Any]]:
     if args.algo != "openai-es":
         evaluations = f"--algo {args.algo}, {evaluations}"
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1-min load {load_before:.2f} before"
+    if args.device.startswith("cuda"):
+        import torch
+
+        machine = f"{args.device} ({torch.cuda.get_device_name(args.device)}), host {machine}"
+    if args.popsize:
+        evaluations = f"popsize {args.popsize}, {evaluations}"
+    label = f" ({commit[:10]})" if commit else ""
     lines = [
-        f"Working tree vs {args.base} ({commit[:10]}): median wall s of `flipes.train` ({generations} generations, "
+        f"Working tree vs {args.base}{label}: median wall s of `flipes.train` ({generations} generations, "
         f"{evaluations}, {rounds} alternating rounds, 1 torch thread); {machine}.",
         "",
         "| env | base s | this s | this/base | same parameters |",
@@ -143,7 +160,8 @@ def main(args: Args) -> list[dict[str, Any]]:
         lines.append(f"| {r['env']} | {r['base_s']:.3f} | {r['this_s']:.3f} | {r['ratio']:.2f}x | {same} |")
     print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"base": commit, "load_before": load_before, "results": results}, indent=1))
+        base = commit or str(Path(args.base).resolve())
+        Path(args.json).write_text(json.dumps({"base": base, "load_before": load_before, "results": results}, indent=1))
     if args.markdown:
         Path(args.markdown).write_text("\n".join(lines) + "\n")
     if not all(r["same_params"] for r in results):
