@@ -196,6 +196,20 @@ def test_shaping_functions() -> None:
     assert torch.equal(raw(f), f)
 
 
+def test_flipes_shaping_imports_as_a_module_by_the_name_the_readme_uses() -> None:
+    """``flipes.shaping`` is ``flipes.es.shaping`` also to the import system: ``from flipes.shaping import ...`` and
+    ``--shaping flipes.shaping:z_score`` give the very functions ``flipes.shaping.z_score`` names."""
+    import importlib
+
+    from flipes.cli import load_callable
+
+    assert importlib.import_module("flipes.shaping") is flipes.shaping is flipes.es.shaping
+    from flipes.shaping import ars as imported
+
+    assert imported is flipes.es.shaping.ars
+    assert load_callable("flipes.shaping:z_score", "--shaping") is flipes.shaping.z_score
+
+
 def test_a_shaping_function_may_return_an_array_and_a_wrong_return_is_named() -> None:
     """A shaping function returning numpy ranks (as ``scipy.stats.rankdata`` does) or a list steps exactly as the
     same weights returned as a tensor; None, booleans or a wrong shape are one error naming what it returned, before
