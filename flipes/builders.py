@@ -66,7 +66,7 @@ def import_plugins(config: TrainConfig, plugins: Plugins | None = None) -> None:
         plugins.model_factory(config.model)
     if config.fitness:
         check_counts_timesteps(config, plugins.fitness_fn(config.fitness))
-        plugins.evaluate_fn(config.fitness)
+        check_reaches_target(config, plugins.evaluate_fn(config.fitness), given=plugins.fitness is not None)
     if config.optimizer:
         plugins.optimizer_fn(config.optimizer)
     if config.algo != "ars" and config.shaping not in SHAPINGS:  # ARS weighs its pairs itself (validate refuses one)
@@ -84,6 +84,22 @@ def check_counts_timesteps(config: TrainConfig, fitness: Fitness) -> None:
             "stay 0), so the budget would never end the run",
             "use --generations or --max-seconds; or give a flipes.rl.RolloutFitness as the fitness itself, "
             "flipes.train(fitness=RolloutFitness(env)), which counts them (one called inside a function of one's own does not)",
+        )
+
+
+def check_reaches_target(config: TrainConfig, evaluate: Callable[..., Any] | None, given: bool = False) -> None:
+    """Refuse a ``--target`` number beside an ``--env none`` fitness with no ``evaluate``: the target is an eval_return,
+    which such a run never logs, so it would never stop the run (an env's preset target is left alone: it was not asked
+    for). ``given``: the fitness is a Python object, whose module is not searched for an ``evaluate``. Before the env,
+    the model and the run directory, as the code named is checked."""
+    number = isinstance(config.target, float | int) and not isinstance(config.target, bool)
+    if number and evaluate is None and config.env.strip().lower() == "none":
+        fix = "pass flipes.train(evaluate=...)" if given else "define evaluate(model) -> float in the fitness's module"
+        raise UsageError(
+            "--target",
+            f"{config.target:g} with --fitness {config.fitness} and no evaluate(): the run logs no eval_return, so "
+            "the target would never stop it",
+            f"{fix} to give eval_return, or use --target none",
         )
 
 

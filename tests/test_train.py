@@ -1245,6 +1245,39 @@ def test_best_checkpoint_of_a_run_without_evaluation_names_latest(tmp_path: Path
         flipes.load_policy(tmp_path / "run", checkpoint="best", model=lambda env: torch.nn.Linear(3, 1))
 
 
+def test_a_target_that_no_evaluation_can_reach_is_refused_naming_evaluate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --target number beside an --env none fitness without evaluate() (which logs no eval_return, so it could never
+    stop the run) is a one-line error naming the fix, before anything is written: an evaluate() beside the module's
+    fitness, or evaluate= beside a fitness given as a Python object; with an evaluate the same target stops the run,
+    and a resume that drops the evaluate is refused unless it drops the target too."""
+    code = "import torch\ndef fitness(model, pop):\n    return model(torch.ones(pop.size, 3))[:, 0]\n"
+    (tmp_path / "target_fitness.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import target_fitness
+
+    kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), popsize=8, generations=3, progress=False, tensorboard=False)
+    fix = {
+        "target_fitness:fitness": "define evaluate(model) -> float in the fitness's module",
+        target_fitness.fitness: "pass flipes.train(evaluate=...)",
+    }
+    for fitness, named in fix.items():
+        with pytest.raises(flipes.UsageError) as e:
+            flipes.train(**kw, fitness=fitness, target=0.5, out=str(tmp_path / "none"))
+        assert str(e.value) == (
+            f"--target: 0.5 with --fitness target_fitness:fitness and no evaluate(): the run logs no eval_return, so the target "
+            f"would never stop it; {named} to give eval_return, or use --target none"
+        )
+    assert not (tmp_path / "none").exists()
+    run = flipes.train(**kw, fitness=target_fitness.fitness, evaluate=lambda model: 1.0, target=0.5, out=str(tmp_path / "run"))
+    assert run.reason.startswith("solved") and len(run.metrics) == 1
+    with pytest.raises(flipes.UsageError, match=r"^--target: 0.5 with --fitness target_fitness:fitness and no evaluate"):
+        flipes.train(resume=str(tmp_path / "run"), generations=2, model=kw["model"], progress=False)
+    resumed = flipes.train(resume=str(tmp_path / "run"), generations=2, model=kw["model"], target=None, progress=False)
+    assert [r["generation"] for r in resumed.metrics] == [1]
+
+
 def test_user_code_exceptions_keep_their_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An exception raised inside a user's fitness propagates unchanged, not as a UsageError."""
     (tmp_path / "raising.py").write_text(
