@@ -283,6 +283,9 @@ class CheckedFitness:
         ):
             raise UsageError("--fitness", f"{what} values of dtype {f.dtype}", fix)
         if f.shape != (pop.size,):
+            if f.shape == (pop.popsize,):  # sized by the whole population in a part (or on one of several processes)
+                whole = "a part of --members-per-pass" if 0 < self.per_pass < pop.popsize else "this process's share"
+                fix += f"; size inputs by pop.size ({pop.size}, {whole}), not pop.popsize ({pop.popsize}, all members)"
             raise UsageError("--fitness", f"{what} shape {tuple(f.shape)} for a population of {pop.size} members", fix)
         bad = (~torch.isfinite(f.double())).nonzero().flatten().tolist()
         if bad:

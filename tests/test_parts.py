@@ -276,7 +276,8 @@ def test_training_in_parts_gives_the_run_of_one_pass(tmp_path: Path) -> None:
 
 def test_a_fitness_of_ones_own_is_called_on_each_part(tmp_path: Path) -> None:
     """``members_per_pass`` calls a plugged-in fitness once per part, each with that part's members, and
-    trains as one pass does; a wrong value in a part is a one-line error naming the part's size."""
+    trains as one pass does; a wrong value in a part is a one-line error naming the part's size, and one sized by
+    the whole population names pop.size against pop.popsize."""
     seen: list[range] = []
 
     def fitness(model: nn.Module, pop: flipes.Population) -> Tensor:
@@ -300,8 +301,19 @@ def test_a_fitness_of_ones_own_is_called_on_each_part(tmp_path: Path) -> None:
     def short(model: nn.Module, pop: flipes.Population) -> Tensor:
         return torch.zeros(pop.size + 1)
 
-    with pytest.raises(flipes.UsageError, match=r"--fitness: .* shape \(5,\) for a population of 4 members"):
+    with pytest.raises(flipes.UsageError, match=r"--fitness: .* shape \(5,\) for a population of 4 members") as e:
         flipes.train(out=str(tmp_path / "short"), **kw | {"fitness": short, "members_per_pass": 4})
+    assert "pop.popsize" not in str(e.value)
+
+    def whole_population(model: nn.Module, pop: flipes.Population) -> Tensor:
+        return fitness(model, pop).new_zeros(pop.popsize)
+
+    with pytest.raises(flipes.UsageError) as e:
+        flipes.train(out=str(tmp_path / "popsize"), **kw | {"fitness": whole_population, "members_per_pass": 4})
+    assert str(e.value).endswith(
+        "shape (16,) for a population of 4 members; return a Tensor of 4 finite real numbers, one per member (higher is "
+        "better); size inputs by pop.size (4, a part of --members-per-pass), not pop.popsize (16, all members)"
+    )
 
 
 def test_a_rollout_fitness_given_an_env_of_one_part_rolls_the_parts_out_in_turn() -> None:
