@@ -731,7 +731,8 @@ def test_a_parameter_nothing_can_perturb_is_an_error_naming_it_unless_frozen() -
     """A bare parameter beside Flipout layers makes ``flipout`` raise a ValueError naming it, its holder and the
     ``frozen=[...]`` fix; frozen, it stops requiring grad and is reported frozen; a misspelled frozen name is a
     ValueError suggesting the closest parameter (or, with none close, naming the model's modules); a model built by
-    hand with such a parameter makes FlipES raise the same kind of error."""
+    hand with such a parameter makes FlipES raise the same kind of error; so does a layer whose flipout() result was
+    dropped (a layer alone is replaced, not converted in place), and the error says to evolve what flipout returns."""
     with pytest.raises(ValueError, match=r"would not be evolved: pos \(held by PositionalModel\).*frozen=\["):
         flipes.flipout(PositionalModel())
     model = flipes.flipout(PositionalModel(), frozen=["pos"])
@@ -744,8 +745,20 @@ def test_a_parameter_nothing_can_perturb_is_an_error_naming_it_unless_frozen() -
         flipes.flipout(nn.Sequential(nn.Linear(4, 2), nn.Linear(2, 1)), frozen=["layer0"])  # nothing close: the names
     plain = PositionalModel()  # built by hand: FlipES checks too
     plain.fc = flipes.nn.FlipoutLinear(4, 2)
-    with pytest.raises(ValueError, match=r"FlipES: 1 trainable parameter\(s\) would not be evolved.*: pos \(PositionalModel\)"):
+    with pytest.raises(
+        ValueError, match=r"FlipES: 1 trainable parameter\(s\) would not be evolved.*: pos \(PositionalModel\)"
+    ) as e:
         flipes.FlipES(plain, popsize=4)
+    assert "not converted in place" not in str(e.value)
+    layer = nn.Linear(4, 2)  # converted alone, flipout returns a new layer, and the old one stays plain
+    assert type(flipes.flipout(layer)) is flipes.nn.FlipoutLinear and type(layer) is nn.Linear
+    with pytest.raises(ValueError) as e:
+        flipes.FlipES(layer, popsize=4)
+    assert str(e.value).endswith(
+        "weight (Linear), bias (Linear); convert the model with flipes.flipout(model), which evolves every parameter it can "
+        "and names any it cannot, or freeze them with requires_grad_(False); a Linear given to flipout alone is not "
+        "converted in place but replaced: evolve the layer it returns, model = flipes.flipout(model)"
+    )
 
 
 class ListBeside(nn.Module):

@@ -39,6 +39,7 @@ from flipes.nn.convert import (
     ParameterReport,
     check_members_first,
     check_module,
+    flipout_class,
     flipout_layers,
     parameter_report,
     per_member_modules,
@@ -380,10 +381,17 @@ class FlipES:
         unhandled = [row for row in parameter_report(model).rows if row.how == "unhandled"]
         if unhandled:
             shown = ", ".join(f"{r.name} ({r.module})" for r in unhandled[:5]) + (", ..." if len(unhandled) > 5 else "")
+            layer = type(uncompiled(model))
             raise ValueError(
                 f"FlipES: {len(unhandled)} trainable parameter(s) would not be evolved, no Flipout layer or per-member "
                 f"module perturbs them: {shown}; convert the model with flipes.flipout(model), which evolves every "
                 "parameter it can and names any it cannot, or freeze them with requires_grad_(False)"
+                + (
+                    f"; a {layer.__name__} given to flipout alone is not converted in place but replaced: evolve the "
+                    "layer it returns, model = flipes.flipout(model)"
+                    if flipout_class(layer) is not None
+                    else ""
+                )
             )
         self.slots, self._slot_index = flipout_slots(self.layers, [*self.layers, *self.dense_modules])
         self._weight_counts = [len(layer.perturbed_weights()) for layer in self.layers]  # fixed, as the slots are
