@@ -34,6 +34,8 @@ def read_metrics(run: str | Path) -> list[dict]:
     """
     path = Path(run) / "metrics.jsonl"
     if not path.exists():
+        if Path(run).is_file():  # the file itself, or a checkpoint of the run: its directory is what is meant
+            raise FileNotFoundError(f"{run}: is a file, not a run directory; pass the run's directory, {Path(run).parent}")
         raise FileNotFoundError(f"{run}: no metrics.jsonl; pass a run directory written by flipes train")
     return [json.loads(line) for line in read_jsonl_lines(path)]
 

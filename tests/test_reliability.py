@@ -1090,6 +1090,21 @@ def test_a_config_json_that_is_not_an_object_resumes_from_the_checkpoint(tmp_pat
     assert json.loads((run / "config.json").read_text())["popsize"] == 8  # written again, whole
 
 
+def test_read_metrics_given_a_file_of_the_run_names_its_directory(tmp_path: Path) -> None:
+    """read_metrics takes a run directory: given its metrics.jsonl (or another file of the run) the error names the
+    directory to pass, where it would otherwise say that there is no metrics.jsonl; a directory without one says so."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"generation": 0}\n')
+    assert flipes.read_metrics(run) == [{"generation": 0}]
+    with pytest.raises(FileNotFoundError) as e:
+        flipes.read_metrics(run / "metrics.jsonl")
+    assert str(e.value) == f"{run}/metrics.jsonl: is a file, not a run directory; pass the run's directory, {run}"
+    with pytest.raises(FileNotFoundError) as e:
+        flipes.read_metrics(tmp_path)
+    assert str(e.value) == f"{tmp_path}: no metrics.jsonl; pass a run directory written by flipes train"
+
+
 def test_metrics_lines_that_are_not_rows_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Lines of metrics.jsonl that are JSON but not rows (no generation, a generation that is not an
     integer, not an object) are dropped by a resume with the note torn lines get, and skipped by
