@@ -424,7 +424,9 @@ def test_a_callback_class_or_another_object_is_refused_before_training(tmp_path:
 def test_a_callback_hook_of_another_signature_is_refused_before_training(tmp_path: Path) -> None:
     """A callback whose hooks take other arguments than flipes passes (Keras' ``on_generation(self, row)``,
     ``on_train_end(self, state)``, a ``load_state_dict(self)``) is a UsageError naming the hook, how flipes calls it and
-    the definition to write, before anything is written; hooks with defaults or ``*args`` beyond those are taken."""
+    the definition to write, before anything is written; hooks with defaults or ``*args`` beyond those are taken. A
+    method named as another library's hook (Keras' ``on_epoch_end``, ``on_train_begin``), which flipes would never
+    call, is refused likewise, naming flipes' hook for that point."""
 
     class RowOnly(Callback):
         def on_generation(self, row):
@@ -448,6 +450,27 @@ def test_a_callback_hook_of_another_signature_is_refused_before_training(tmp_pat
         flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), callbacks=[Loose(), EndWithoutReason()])
     assert not (tmp_path / "a").exists()
     assert len(flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "b"), callbacks=[Loose()]).metrics) == 1
+
+    class KerasStop(Callback):  # Keras' names: never called by flipes.train, so the stop would never come
+        def on_epoch_end(self, state, row):
+            return True
+
+    class Begin(Loose):
+        def on_train_begin(self, state):
+            pass
+
+    with pytest.raises(flipes.UsageError) as e:
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "c"), callbacks=[KerasStop()])
+    assert str(e.value) == (
+        "callbacks: KerasStop.on_epoch_end is no hook of flipes.train, which would never call it; define it as def "
+        "on_generation(self, state, row) (flipes' hooks: on_train_start(state), on_generation(state, row) after each "
+        "generation, on_train_end(state, reason))"
+    )
+    with pytest.raises(
+        flipes.UsageError, match=r"^callbacks: Begin.on_train_begin is no hook .* def on_train_start\(self, state\)"
+    ):
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "c"), callbacks=[Begin()])
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_config_that_is_no_train_config_is_refused_in_one_line(tmp_path: Path) -> None:
