@@ -1784,6 +1784,22 @@ def test_a_conv_input_with_its_channels_elsewhere_is_an_error_naming_the_layout(
         model(x())
 
 
+def test_a_recurrent_layer_given_sequences_per_member_as_their_own_dimension_names_the_member_major_batch() -> None:
+    """An LSTM (batch_first) fed k sequences per member as (members, k, T, features), which it cannot take, is a
+    ValueError naming the member-major batch and the flatten that gives it; the flattened input runs."""
+    model = flipes.flipout(nn.LSTM(3, 4, batch_first=True).to(DT))
+    es = flipes.FlipES(model, popsize=N)
+    x = randn(N, 2, 5, 3)
+    with es.population(), pytest.raises(ValueError) as e:
+        model(x)
+    assert str(e.value) == (
+        f"FlipoutLSTM: expected 2-D or 3-D input, got 4-D ({N}, 2, 5, 3); inside a population the members are the batch: "
+        "give k sequences per member member-major, (members·k, T, features), x.flatten(0, 1) for (members, k, T, features)"
+    )
+    with es.population():
+        assert model(x.flatten(0, 1))[0].shape == (N * 2, 5, 4)
+
+
 class TinyGPT(nn.Module):
     """nanoGPT's embeddings: positions looked up as 1-D ``torch.arange(T)``, shared by the batch."""
 

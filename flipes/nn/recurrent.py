@@ -201,7 +201,12 @@ class _FlipoutRNNBase(FlipoutMixin):
         if isinstance(input, PackedSequence):
             raise TypeError(f"{type(self).__name__}: PackedSequence input is not supported with weight noise; pad the batch")
         if input.dim() not in (2, 3):
-            raise ValueError(f"{type(self).__name__}: expected 2-D or 3-D input, got {input.dim()}-D")
+            layout = "(members·k, T, features)" if self.batch_first else "(T, members·k, features)"
+            raise ValueError(
+                f"{type(self).__name__}: expected 2-D or 3-D input, got {input.dim()}-D {tuple(input.shape)}; inside a "
+                f"population the members are the batch: give k sequences per member member-major, {layout}"
+                + (", x.flatten(0, 1) for (members, k, T, features)" if self.batch_first and input.dim() == 4 else "")
+            )
         unbatched = input.dim() == 2
         x = input.unsqueeze(0) if unbatched else (input if self.batch_first else input.transpose(0, 1))  # (B, T, in)
         state = None if hx is None else (tuple(hx) if isinstance(hx, tuple) else (hx,))
