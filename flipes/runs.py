@@ -47,6 +47,12 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
         UsageError: not a run directory.
     """
     path = Path(run_dir) / "config.json"
+    if Path(run_dir).is_file():  # a checkpoint of the run, most likely: the directory names the run, the file its weights
+        raise UsageError(
+            str(run_dir),
+            "is a file, not a run directory",
+            f"pass the run's directory, {Path(run_dir).parent}, and a checkpoint file as checkpoint= (--checkpoint FILE)",
+        )
     if not path.is_file():
         raise UsageError(str(run_dir), "is not a run directory (no config.json)", "pass a directory written by flipes train")
     try:

@@ -1105,6 +1105,23 @@ def test_read_metrics_given_a_file_of_the_run_names_its_directory(tmp_path: Path
     assert str(e.value) == f"{tmp_path}: no metrics.jsonl; pass a run directory written by flipes train"
 
 
+def test_a_checkpoint_file_given_as_the_run_names_the_directory_and_checkpoint_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """load_policy and flipes evaluate / export take a run directory: given a file (a checkpoint of the run) the
+    error says it is a file and names the directory to pass and the option that takes a checkpoint file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")
+    fix = f"pass the run's directory, {run}, and a checkpoint file as checkpoint= (--checkpoint FILE)"
+    with pytest.raises(flipes.UsageError) as e:
+        flipes.load_policy(run / "checkpoint.pt")
+    assert str(e.value) == f"{run}/checkpoint.pt: is a file, not a run directory; {fix}"
+    for command in ("evaluate", "export"):
+        line = error_line(capsys, command, run / "checkpoint.pt")
+        assert line == f"flipes: error: {run}/checkpoint.pt: is a file, not a run directory; {fix}"
+
+
 def test_metrics_lines_that_are_not_rows_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Lines of metrics.jsonl that are JSON but not rows (no generation, a generation that is not an
     integer, not an object) are dropped by a resume with the note torn lines get, and skipped by
