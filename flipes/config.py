@@ -174,7 +174,8 @@ class TrainConfig:
     """Write checkpoint.pt every this many generations (and on Ctrl-C/SIGTERM and at the end)."""
     progress: bool = True
     """Print a progress line per generation and notes about engines and presets (false: only the line that says
-    how training ended)."""
+    how training ended, and a UserWarning for what may not be meant: dropout in training mode, a callback's saved
+    state that no callback takes back, a lambda a resume cannot check)."""
     tensorboard: bool = True
     """Write TensorBoard scalars to <out>/tensorboard when the tensorboard package is installed."""
     wandb: bool = False

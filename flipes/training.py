@@ -50,7 +50,7 @@ from flipes.builders import (
 from flipes.callbacks import Callback, Checkpointer, PlainRow
 from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_dir, validate
-from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError
+from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError, caller_stacklevel
 from flipes.es import FlipES
 from flipes.es.engine import optimizer_settings
 from flipes.nn import flipout
@@ -475,8 +475,10 @@ def _set_up_and_run(
         dropout = training_dropout(model)
         es._told_dropout = True  # this note, not FlipES's warning, says it here
         es._train_fitness = True  # the user wrote a fitness, not the population block: the warnings speak of it
+        # notes of what may not be meant: without the progress lines still said, as warnings (a sweep's runs are quiet)
+        cautions: list[str] = []
         if dropout:  # the evaluation turns it off; the fitness runs the model as it is
-            notes.append(
+            cautions.append(
                 f"{config.model or 'the model'} has dropout in training mode ({', '.join(dropout[:3])}"
                 f"{', ...' if len(dropout) > 3 else ''}): it adds noise of its own to every member's fitness; "
                 "return model.eval() from the model function unless that is meant"
@@ -489,7 +491,7 @@ def _set_up_and_run(
             restore(state, config.resume, device, fitness)
             unchecked = [f"{k} {getattr(config, k)}" for k in NAMED if "<lambda>" in getattr(config, k)]
             if unchecked:  # recorded as module:<lambda>: any lambda of that script has the same name
-                notes.append(
+                cautions.append(
                     f"resumed with {', '.join(unchecked)}: one lambda cannot be told from another, so the resume cannot "
                     "check that it is the code the run was trained with (a named function can be checked)"
                 )
@@ -517,13 +519,18 @@ def _set_up_and_run(
                 cb.load_state_dict(state.saved_callbacks[key])
         unclaimed = sorted(set(state.saved_callbacks) - {key for key, _ in keys}) if lead else []
         if unclaimed:  # said, not refused: a resume may drop a callback on purpose
-            notes.append(
+            cautions.append(
                 f"the checkpoint holds the state of callback(s) {', '.join(unclaimed)} (position:class), which no callback "
                 f"of this call takes ({', '.join(k for k, _ in keys) or 'none given'}): it is not restored, and the next "
                 "checkpoint drops it; pass the same callbacks in the same order to keep it"
             )
         for text in notes if lead and config.progress else []:
             print_note(text)
+        for text in cautions if lead else []:
+            if config.progress:
+                print_note(text)
+            else:
+                warnings.warn(f"flipes.train: {text}", UserWarning, stacklevel=caller_stacklevel())
         checkpointer = next((cb for cb in standard if isinstance(cb, Checkpointer)), None)
 
         def last() -> str:  # rank 0's checkpoints (the other ranks write none)

@@ -712,8 +712,11 @@ def test_dropout_warning_reads_the_mode_the_fitness_ran_the_model_in() -> None:
     assert seen[0].filename == __file__
 
 
-def test_training_notes_dropout_in_training_mode_without_a_second_warning(tmp_path: Path) -> None:
-    """flipes.train with a model in training mode with dropout says so once, in its note, and FlipES adds no warning."""
+def test_training_says_dropout_in_training_mode_once_as_a_note_or_without_progress_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """flipes.train with a model in training mode with dropout says so once: a note with progress lines (FlipES adds
+    no warning), one UserWarning naming the fix without them (a quiet run is not a silent one)."""
 
     def model_fn(env: Any) -> nn.Module:
         return nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 1))
@@ -721,9 +724,19 @@ def test_training_notes_dropout_in_training_mode_without_a_second_warning(tmp_pa
     def fit(model: nn.Module, pop: Population) -> torch.Tensor:
         return -model(torch.ones(pop.size, 4))[:, 0].square()
 
+    kw = {"env": "none", "model": model_fn, "fitness": fit, "popsize": 8, "generations": 1}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        flipes.train(env="none", model=model_fn, fitness=fit, popsize=8, generations=1, out=tmp_path / "run", progress=False)
+        flipes.train(**kw, out=tmp_path / "loud", progress=True)
+    err = capsys.readouterr().err
+    assert err.count("has dropout in training mode (1)") == 1 and "return model.eval() from the model function" in err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flipes.train(**kw, out=tmp_path / "quiet", progress=False)
+    (w,) = [w for w in caught if "dropout" in str(w.message)]
+    assert w.category is UserWarning and w.filename == __file__, (w.category, w.filename)
+    assert str(w.message).startswith("flipes.train: test_engine_errors:") and "has dropout in training mode (1)" in str(w.message)
+    assert "dropout" not in capsys.readouterr().err
 
 
 def test_a_loss_averaged_over_the_whole_batch_is_refused_naming_the_per_member_reduction() -> None:
