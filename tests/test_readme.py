@@ -10,6 +10,7 @@ but one: the sketch's HalfCheetah run (up to 600 s) is cut to one generation her
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import re
@@ -299,3 +300,31 @@ def test_the_readme_lists_the_options_a_resume_may_change() -> None:
     flags = set(re.findall(r"`--([\w-]+)`", listed))
     free = {f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_KEYS}
     assert flags == free - {"out", "resume", "overwrite", "progress"}
+
+
+def test_the_scripts_table_names_every_script_and_only_existing_ones() -> None:
+    """The README's Scripts table names files of scripts/ (a renamed or removed script cannot leave a row behind),
+    each with an ``Args`` dataclass (the ``--help`` and ``--config`` the text under it promises); and every
+    scripts/*.py is named: in the table, as a thin wrapper of the ``flipes`` command, or among the files the Scripts
+    section says are no commands of their own, so a new script cannot go undocumented."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("\n## Scripts\n") : text.index("\n## The API\n")]
+    rows = [line for line in section.splitlines() if line.startswith("| `python scripts/")]
+    listed = {name for row in rows for name in re.findall(r"(\w+)\.py", row.split(" | ")[0])}
+    assert len(rows) >= 20 and {"digits", "repro_timing", "bench_mpi"} <= listed
+    missing = sorted(name for name in listed if not (ROOT / "scripts" / f"{name}.py").is_file())
+    assert missing == [], f"the README's Scripts table names scripts that do not exist: {missing}"
+
+    def defines_args(name: str) -> bool:
+        tree = ast.parse((ROOT / "scripts" / f"{name}.py").read_text())
+        return any(isinstance(node, ast.ClassDef) and node.name == "Args" for node in tree.body)
+
+    assert [name for name in sorted(listed) if not defines_args(name)] == []
+    wrappers_line = " ".join(text.split())
+    wrappers_line = wrappers_line[: wrappers_line.index("are thin wrappers of it")].rsplit(";", 1)[-1]
+    wrappers = set(re.findall(r"`scripts/(\w+)\.py`", wrappers_line))
+    assert wrappers == {"train", "evaluate", "export", "plot"}
+    prose = " ".join(line for line in section.splitlines() if not line.startswith("|"))
+    helpers = {name for name in re.findall(r"`(\w+)\.py`", prose) if name not in listed}
+    present = {p.stem for p in (ROOT / "scripts").glob("*.py")}
+    assert sorted(present - listed - wrappers - helpers) == [], "scripts/*.py that the README does not name"
