@@ -372,7 +372,7 @@ def sample_slot(
     if has_bias and rank is None:
         bias_r = _cat(bias) * r
         bias_r = _twins(bias_r, bias_r) if mirrored else bias_r  # (-b)(-r) = b r
-    if mirrored:  # twin rows: the same s, the negated r (±1, exactly what the table's negated half holds)
+    if mirrored:  # twin rows: the same s, the negated r (±1, exact)
         s, r = _twins(s, s), _twins(r, r.neg())  # unpacked once per pair: a gather costs more than a copy
     if rank is None:
         return SlotNoise(_stack(eps), s, r, bias_r, mirrored)
