@@ -202,7 +202,8 @@ class TrainConfig:
     comm: Literal["allreduce", "seeds"] = "allreduce"
     """Under MPI: allreduce sums gradients; seeds exchanges only fitness values and rebuilds all noise."""
     check_every: int = 10
-    """Under MPI: verify every this many generations that all ranks hold identical parameters."""
+    """Under MPI: verify every this many generations that all ranks hold identical parameters and buffers
+    (the model's state dict), and stop with an error naming the entries that differ."""
     mpi_timeout: float = 300.0
     """Under MPI: end the job, naming the rank(s) that did not arrive, when a rank waits longer than
     this many seconds for the others in one exchange, or for them to start (MPI's start and each
