@@ -328,3 +328,31 @@ def test_the_scripts_table_names_every_script_and_only_existing_ones() -> None:
     helpers = {name for name in re.findall(r"`(\w+)\.py`", prose) if name not in listed}
     present = {p.stem for p in (ROOT / "scripts").glob("*.py")}
     assert sorted(present - listed - wrappers - helpers) == [], "scripts/*.py that the README does not name"
+
+
+def makefile_recipes() -> dict[str, str]:
+    """Each target of the Makefile, with its recipe lines joined (the commands ``make TARGET`` runs itself)."""
+    recipes: dict[str, str] = {}
+    target = None
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        if line.startswith("\t") and target is not None:
+            recipes[target] += line.strip() + "\n"
+        elif m := re.match(r"([A-Za-z][\w-]*):(?!=)", line):
+            target = m.group(1)
+            recipes[target] = ""
+        elif not line.startswith("\t"):
+            target = None
+    return recipes
+
+
+def test_the_readmes_make_commands_are_targets_that_run_their_scripts() -> None:
+    """Every ``make TARGET`` the README names is a target of the Makefile, and a Scripts row that gives one beside its
+    script (``python scripts/bench_solve.py`` (``make bench-solve``)) names the target whose recipe runs that script."""
+    text = (ROOT / "README.md").read_text()
+    recipes = makefile_recipes()
+    assert {"setup", "train", "test"} <= set(recipes)
+    named = set(re.findall(r"`make ([a-z][\w-]*)", text))
+    assert len(named) >= 6 and sorted(named - set(recipes)) == []
+    pairs = re.findall(r"\| `python (scripts/\w+\.py)[^`]*` \(`make ([\w-]+)`\)", text)
+    assert len(pairs) >= 4
+    assert [(script, target) for script, target in pairs if script not in recipes.get(target, "")] == []
