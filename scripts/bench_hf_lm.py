@@ -280,15 +280,27 @@ def memory_markdown(rows: list[dict[str, Any]], args: Args) -> str:
     )
 
 
+def import_transformers() -> Any:
+    """The ``transformers`` module; where it is not installed, the one line naming the extra that installs it (as the
+    README promises), before any timing starts."""
+    try:
+        import transformers
+    except ModuleNotFoundError as e:  # another missing module is transformers' own
+        if (e.name or "").partition(".")[0] != "transformers":
+            raise
+        missing = "the models need transformers, which is not installed"
+        raise UsageError("bench_hf_lm", missing, "pip install 'flipes[transformers]'") from None
+    return transformers
+
+
 def main(args: Args) -> None:
+    transformers = import_transformers()
     args = prepare(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "PYTHONPATH=. python " + shlex.join(["scripts/bench_hf_lm.py", *sys.argv[1:]])
     info = machine(torch.device("cpu"))
     info["platform"] = platform.platform()
-    import transformers
-
     info["transformers"] = transformers.__version__
     print(f"machine: {info}\ncommand: {command}", flush=True)
     started = time.perf_counter()

@@ -54,6 +54,19 @@ def test_digits_without_scikit_learn_names_the_extra_in_one_line() -> None:
     )
 
 
+def test_bench_hf_lm_without_transformers_names_the_extra_in_one_line() -> None:
+    """Without transformers, scripts/bench_hf_lm.py says in one line which extra to install, ``pip install
+    'flipes[transformers]'`` as the README promises (it named none: an ImportError's traceback), and exits with
+    status 2 before timing anything."""
+    block = "import sys, runpy; sys.modules['transformers'] = None; sys.argv = ['bench_hf_lm.py', '--quick']; "
+    code = block + "runpy.run_path('scripts/bench_hf_lm.py', run_name='__main__')"
+    r = run("-c", code, extra_path=[ROOT / "scripts"], check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == "", r.stderr
+    assert r.stderr.strip() == (
+        "flipes: error: bench_hf_lm: the models need transformers, which is not installed; pip install 'flipes[transformers]'"
+    )
+
+
 def test_bench_solve_quick(tmp_path: Path) -> None:
     """scripts/bench_solve.py --quick --no-gym-check runs and prints a flipes row for flipes/CartPole-v1 (the row's
     numbers are not checked), and evosax's rows where a Python with JAX, evosax and gymnax is found (.venv-jax),
