@@ -311,6 +311,8 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
             raise UsageError("--render", f"{render}: writes .gif or .mp4 files", "e.g. --render policy.gif")
         if not render.parent.is_dir():
             raise UsageError("--render", f"{render}: no directory {str(render.parent)!r}", "create it first, or write elsewhere")
+        if render.suffix == ".gif" and importlib.util.find_spec("PIL") is None:  # the [render] extra's pillow
+            raise UsageError("--render", f"{render}: GIF needs pillow, which is not installed", "pip install 'flipes[render]'")
         if render.suffix == ".mp4" and not any(importlib.util.find_spec(m) for m in ("imageio_ffmpeg", "av")):  # checked first
             raise UsageError(
                 "--render", f"{render}: MP4 needs imageio with ffmpeg", "pip install imageio imageio-ffmpeg, or write a .gif"
@@ -380,19 +382,8 @@ def record(
     from flipes.rl.envs import base_id
 
     env = render_env(env_id, env_kwargs) if env is None else env
-    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    obs, _ = env.reset(seed=seed)
-    try:
-        frames = [env.render()]
-    except Exception as e:  # MuJoCo's FatalError, or an AttributeError of a viewer that found no OpenGL
-        if "GL" not in f"{type(e).__name__} {e}" and "opengl" not in str(e).lower():
-            raise
-        gl = os.environ.get("MUJOCO_GL", "(unset)")
-        raise UsageError(
-            "--render",
-            f"rendering {env_id} found no OpenGL context (MUJOCO_GL={gl}, {'no display' if headless else 'a display'}: {e})",
-            "set MUJOCO_GL=egl (an NVIDIA driver or Mesa's libEGL) or MUJOCO_GL=osmesa (Mesa's software renderer)",
-        ) from None
+    obs, first = first_frame(env, env_id, seed)
+    frames = [first]
     if not isinstance(frames[0], np.ndarray):
         problem = f"{base_id(env_id)}'s render() returned {type(frames[0]).__name__} in render_mode 'rgb_array'"
         raise UsageError("--render", problem, "return the frame as an (height, width, 3) uint8 array")
@@ -434,6 +425,30 @@ def record(
     finally:
         discard(tmp)
     return len(frames)
+
+
+def first_frame(env: Any, env_id: str, seed: int) -> tuple[Any, Any]:
+    """``env`` reset with ``seed``: its first observation and frame, or a UsageError saying what rendering lacks: a
+    renderer that is not installed (classic control's pygame, imported at the first frame) or an OpenGL context."""
+    import gymnasium as gym
+
+    obs, _ = env.reset(seed=seed)
+    try:
+        return obs, env.render()
+    except gym.error.DependencyNotInstalled as e:
+        raise UsageError(
+            "--render", f"rendering {env_id} needs packages that are not installed ({e})", "pip install 'flipes[render]'"
+        ) from None
+    except Exception as e:  # MuJoCo's FatalError, or an AttributeError of a viewer that found no OpenGL
+        if "GL" not in f"{type(e).__name__} {e}" and "opengl" not in str(e).lower():
+            raise
+        headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        gl = os.environ.get("MUJOCO_GL", "(unset)")
+        raise UsageError(
+            "--render",
+            f"rendering {env_id} found no OpenGL context (MUJOCO_GL={gl}, {'no display' if headless else 'a display'}: {e})",
+            "set MUJOCO_GL=egl (an NVIDIA driver or Mesa's libEGL) or MUJOCO_GL=osmesa (Mesa's software renderer)",
+        ) from None
 
 
 def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
@@ -483,6 +498,11 @@ def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
         raise UsageError("--render", problem, "evaluate without --render") from None
     if flat is not None:  # as every engine flattens them for the policy
         env = gym.wrappers.FlattenObservation(env)
+    try:  # a frame now, so that a renderer that is missing (pygame), or no OpenGL, is said before any episode
+        first_frame(env, env_id, 0)
+    except BaseException:
+        env.close()
+        raise
     return env
 
 

@@ -705,6 +705,23 @@ except UsageError as e:
 """
 
 
+@pytest.mark.parametrize("missing", ["pygame", "PIL"])
+def test_render_without_the_render_extra_names_it_before_the_episodes(
+    runs: dict[str, Path], tmp_path: Path, missing: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``flipes evaluate --render`` where the ``[render]`` extra is missing, CartPole's renderer (pygame, which
+    gymnasium imports at the first frame) or the GIF writer (pillow), is one UsageError naming ``pip install
+    'flipes[render]'``, as the README promises, before any episode is evaluated (no return printed, no file
+    written): it was gymnasium's DependencyNotInstalled or PIL's ImportError, with a traceback, after the episodes."""
+    from flipes.commands import evaluate_command
+
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: an import of it fails
+    gif = tmp_path / "cp.gif"
+    with pytest.raises(flipes.UsageError, match=r"^--render: .*; pip install 'flipes\[render\]'$"):
+        evaluate_command([str(runs["cartpole"]), "--episodes", "2", "--render", str(gif), "--max-frames", "3"])
+    assert capsys.readouterr().out == "" and not gif.exists()
+
+
 @pytest.mark.parametrize("gl", ["", "glfw"], ids=["MUJOCO_GL-unset", "MUJOCO_GL-glfw"])
 def test_rendering_mujoco_without_a_display_uses_egl_or_says_how(tmp_path: Path, gl: str) -> None:
     """On a machine with no display, ``--render`` of a MuJoCo env picks MuJoCo's EGL backend itself (unless
