@@ -103,7 +103,8 @@ class PlotConfig:
     group: Literal["none", "config", "parent"] = "none"
     """Draw the seeds of each setting as one mean curve with a band, one color per setting: config (runs whose
     config.json agree on every option but --seed and those a resume may change, such as --generations), parent (runs in
-    one directory, e.g. runs/p64/seed0 runs/p64/seed1), none (one line per run, with fitness max)."""
+    one directory, e.g. runs/p64/seed0 runs/p64/seed1), none (one color per run: its fitness mean, max and best member,
+    and its eval_return)."""
     band: Literal["ci95", "se", "minmax", "none"] = "ci95"
     """With --group: the shaded band around each setting's mean over seeds: ci95 (Student's t 95% interval of the mean),
     se (mean ± standard error), minmax (the lowest and highest seed), none."""
