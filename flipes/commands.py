@@ -245,6 +245,12 @@ def preset_lines(config: TrainConfig) -> list[str]:
         if k not in algo and k not in policy and (not config.model or k not in ("hidden", "policy"))
     }
     lines = []
+    if config.fitness and config.env == TrainConfig.env:  # --env left out, most likely: the fitness may need no env
+        lines.append(
+            f"--fitness {config.fitness} runs beside the default --env {config.env}: its presets below apply, the run "
+            f"goes to runs/{config.env.split('/')[-1]} unless --out says otherwise, and --model gets its spaces; "
+            "--env none for a fitness that needs no env"
+        )
     rows = ((env_row, f"per-env defaults of {config.env}"), (algo, f"--algo {config.algo} sets"))
     # no widths: the MLP is linear; the CNN keeps its convolutions, which feed the action layer (ARS's [] on an Atari row)
     empty = " (a linear policy)" if config.policy != "cnn" else " (the CNN's convolutions straight into the action layer)"

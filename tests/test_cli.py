@@ -546,7 +546,7 @@ def test_plot_reads_a_run_whose_last_line_is_torn(
 def test_the_preset_notes_name_what_the_env_and_algo_rows_set_and_no_flag_changed() -> None:
     """The start-of-run notes list the env row's values a flag did not change, then what ``--algo`` sets over it
     (ARS's σ, lr and linear policy are not shown as the env's); ``hidden`` is left out with ``--model``, where no
-    built-in policy is made."""
+    built-in policy is made. A ``--fitness`` beside the default env is said first, with ``--env none`` as the fix."""
     from flipes.commands import parse_train_config, preset_lines
 
     env, algo = preset_lines(parse_train_config(["--env", "flipes/CartPole-v1", "--algo", "ars", "--popsize", "32"]))
@@ -556,6 +556,11 @@ def test_the_preset_notes_name_what_the_env_and_algo_rows_set_and_no_flag_change
     (env,) = preset_lines(parse_train_config(["--env", "flipes/CartPole-v1", "--model", "user_mod:make_model"]))
     assert "sigma 0.1, lr 0.05, episodes 1" in env and "hidden" not in env
     assert preset_lines(parse_train_config(["--env", "none", "--fitness", "user_mod:ok", "--model", "user_mod:make_model"])) == []
+    first, env = preset_lines(parse_train_config(["--fitness", "user_mod:ok", "--model", "user_mod:make_model"]))
+    assert first == "--fitness user_mod:ok runs beside the default --env flipes/CartPole-v1: its presets below apply, the run " \
+        "goes to runs/CartPole-v1 unless --out says otherwise, and --model gets its spaces; --env none for a fitness " \
+        "that needs no env"  # fmt: skip
+    assert env.startswith("per-env defaults of flipes/CartPole-v1")
 
 
 def test_a_mistake_in_the_command_is_named_before_a_run_directory_that_holds_a_run(
