@@ -247,7 +247,7 @@ def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
             del env
     out, target = tmp / "halfcheetah-run", 5000.0
     budget = (
-        ["--popsize", "16", "--generations", "2", "--eval-episodes", "1"]
+        ["--popsize", "16", "--generations", "1", "--eval-episodes", "1"]  # one generation: tell, evaluation, save
         if args.quick
         else ["--popsize", "1024", "--max-seconds", "120"]
     )
