@@ -512,7 +512,7 @@ def main(args: Args) -> list[dict[str, Any]]:
     budgets = {"pendulum": args.pendulum_seconds, "halfcheetah": args.halfcheetah_seconds, "digits": args.digits_seconds}
     if args.quick:
         args = dataclasses.replace(args, seeds=args.seeds[:1])
-        budgets = {"pendulum": 0.5, "halfcheetah": 0.1, "digits": 0.5}  # halfcheetah: one generation
+        budgets = {"pendulum": 0.2, "halfcheetah": 0.1, "digits": 0.2}  # halfcheetah: one generation
     for name, seconds in budgets.items():
         if not (math.isfinite(seconds) and seconds > 0):
             raise UsageError(f"--{name}-seconds", f"must be a positive number, got {seconds}")
