@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -64,24 +65,38 @@ def one_process_seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return once_per_session(tmp_path_factory, "one_process_seeds", make) / "n1"
 
 
+@pytest.fixture
+def two_process_seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of ``CARTPOLE --generations 3 --comm seeds`` under ``mpiexec -n 2``, run once per session
+    (read it, never write to it: copy it to resume it)."""
+
+    def make(out: Path) -> None:
+        mpirun(2, *CARTPOLE, "--generations", "3", "--comm", "seeds", "--out", str(out / "n2"))
+
+    return once_per_session(tmp_path_factory, "two_process_seeds", make) / "n2"
+
+
 @pytest.mark.parametrize("mode", ["seeds", "allreduce"])
 def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> None:
-    """5 generations of CartPole training, 2 episodes per member, under 1, 2 and 3 processes count the same timesteps;
+    """3 generations of CartPole training, 2 episodes per member, under 1, 2 and 3 processes count the same timesteps;
     with ``--comm seeds`` the parameters are bit-identical (params_sha256), with ``--comm allreduce`` equal to a
     relative norm of 1e-6 (per-rank partial sums change the summation order); the 2-process run sent bytes. The
     allreduce runs shift the reward: each row's return_mean is the whole population's mean return, which on CartPole
     (reward 1 per step) is the generation's env steps over popsize × episodes, whatever the process count."""
-    shift = ["--reward-shift", "0.5"] if mode == "allreduce" else []  # the seeds runs share the one-process reference
-    args = [*CARTPOLE, "--generations", "5", "--comm", mode, *shift]
+    shift = ["--reward-shift", "0.5"] if mode == "allreduce" else []  # the seeds runs share the session's runs
+    args = [*CARTPOLE, "--generations", "3", "--comm", mode, *shift]
     runs = {}
     for k in (1, 2, 3):
         runs[k] = tmp_path / f"n{k}"
-        if k == 1 and mode == "seeds":  # the same command as the shared one-process run
-            runs[k] = request.getfixturevalue("one_process_seeds")
+        if k == 1 and mode == "seeds":  # 5 generations, whose first 3 rows are this command's (a row does not depend
+            runs[k] = request.getfixturevalue("one_process_seeds")  # on the generations still to come)
+            continue
+        if k == 2 and mode == "seeds":  # the same command as the shared 2-process run
+            runs[k] = request.getfixturevalue("two_process_seeds")
             continue
         train_on(k, *args, "--out", str(runs[k]))
-    one = last(runs[1])
-    assert one["generation"] == 4 and one["timesteps"] > 0
+    one = metrics(runs[1])[2]
+    assert one["generation"] == 2 and one["timesteps"] > 0
     for k in (2, 3):
         other = last(runs[k])
         assert other["timesteps"] == one["timesteps"]  # the same episodes, split differently
@@ -405,11 +420,11 @@ def test_a_state_loaded_on_one_rank_is_compared_at_the_next_tell_on_every_rank(t
     assert lines[0][0].startswith("1 ") and lines[0][1] == "FlipES: the processes hold different parameters"
 
 
-def test_resume_at_another_process_count_continues(tmp_path: Path, one_process_seeds: Path) -> None:
+def test_resume_at_another_process_count_continues(tmp_path: Path, one_process_seeds: Path, two_process_seeds: Path) -> None:
     """3 generations on 2 processes resumed for 2 more on 3 processes log, generation by generation, the same
     params_sha256 and timesteps as 5 generations on 1 process (CartPole, 2 episodes per member)."""
-    full, part = one_process_seeds, tmp_path / "part"
-    mpirun(2, *CARTPOLE, "--generations", "3", "--comm", "seeds", "--out", str(part))
+    full = one_process_seeds
+    part = Path(shutil.copytree(two_process_seeds, tmp_path / "part", ignore=shutil.ignore_patterns(".lock")))
     mpirun(3, *CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(part), "--resume", str(part))
     hashes = [json.loads(line)["params_sha256"] for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert hashes == [json.loads(line)["params_sha256"] for line in (full / "metrics.jsonl").read_text().splitlines()]
@@ -789,11 +804,12 @@ def test_two_processes_count_the_budget_and_build_the_env_with_its_options_as_on
     parameters (a count of rank 0's members alone would end it later); --env-kwargs reaches every rank's env
     (Sutton and Barto's CartPole reward, 0 a step and -1 at a fall: the whole population's fitness is at most 0, where
     CartPole's own reward gives at least 1)."""
-    args = [*CARTPOLE, "--generations", "5", "--comm", "seeds", "--env-kwargs", '{"sutton_barto_reward": true}']
-    train_on(1, *args, "--out", str(tmp_path / "n1"))
+    args = [*CARTPOLE, "--comm", "seeds", "--env-kwargs", '{"sutton_barto_reward": true}']
+    train_on(1, *args, "--generations", "3", "--out", str(tmp_path / "n1"))  # the rows the budget keeps
     one = metrics(tmp_path / "n1")
     budget = one[1]["timesteps"] + 1
-    train_on(2, *args, "--max-timesteps", str(budget), "--out", str(tmp_path / "n2"))
+    train_on(2, *args, "--generations", "5", "--max-timesteps", str(budget), "--out", str(tmp_path / "n2"))
     two = metrics(tmp_path / "n2")
-    assert [(r["timesteps"], r["params_sha256"]) for r in two] == [(r["timesteps"], r["params_sha256"]) for r in one[:3]]
+    assert len(one) == 3
+    assert [(r["timesteps"], r["params_sha256"]) for r in two] == [(r["timesteps"], r["params_sha256"]) for r in one]
     assert all(r["fitness_max"] <= 0 for r in one + two), [r["fitness_max"] for r in one + two]
