@@ -128,7 +128,8 @@ def test_finished_episodes_are_masked(backend: str) -> None:
 @pytest.mark.parametrize("env_id", IDS)
 def test_rollouts_are_deterministic_and_independent_of_the_split(backend: str, env_id: str) -> None:
     """The same seed and generation give the same episodes, on fresh envs and when the envs are
-    split over two vector envs (as over two processes)."""
+    split over two vector envs (as over two processes); another generation, on an env reset for it,
+    gives others."""
     needs(backend)
     weight = torch.randn(
         reference_env(env_id).observation_space.shape[0],
@@ -139,17 +140,22 @@ def test_rollouts_are_deterministic_and_independent_of_the_split(backend: str, e
     def policy(obs: torch.Tensor) -> torch.Tensor:  # a fixed deterministic policy
         return torch.tanh(obs.float() @ weight * 0.3)
 
-    def episodes(first: int, n: int, generation: int) -> torch.Tensor:
-        env = make_vector_env(f"{backend}:{env_id}", n, threads=2)
+    def episodes(first: int, n: int, generation: int, env: gym.vector.VectorEnv | None = None) -> torch.Tensor:
+        """On a fresh env unless ``env`` (left open) is given; gymnasium-async starts its worker processes each time."""
+        fresh = env is None
+        env = make_vector_env(f"{backend}:{env_id}", n, threads=2) if env is None else env
         obs = reset_episodes(env, seed=3, stream="population", generation=generation, first=first)
         returns = run_episodes(env, policy, obs=obs, max_steps=300).returns
-        env.close()
+        if fresh:
+            env.close()
         return returns
 
     whole = episodes(0, 8, generation=2)
-    assert torch.equal(whole, episodes(0, 8, generation=2))
+    again = make_vector_env(f"{backend}:{env_id}", 8, threads=2)
+    assert torch.equal(whole, episodes(0, 8, 2, env=again))  # a fresh env
     assert torch.equal(whole, torch.cat([episodes(0, 4, 2), episodes(4, 4, 2)]))
-    assert not torch.equal(whole, episodes(0, 8, generation=3))
+    assert not torch.equal(whole, episodes(0, 8, 3, env=again))
+    again.close()
 
 
 def test_envpool_streams_fast_forward_like_consecutive_generations() -> None:
