@@ -642,21 +642,22 @@ import torch, flipes
 from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env
 
 comm = flipes.dist.world()
-torch.manual_seed(0)
-env = make_vector_env("flipes/CartPole-v1", 8 // comm.size)
-policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(8,)))
-es = flipes.FlipES(policy, popsize=8, groups=2, sigma=0.1, seed=0, comm=comm, comm_mode="seeds")
-fitness = RolloutFitness(env, seed=0)
-with warnings.catch_warnings(record=True) as seen:
-    warnings.simplefilter("always")
-    for _ in range(3):
-        es.step(fitness)
-        policy.obs_norm.update(comm=es.comm) if sys.argv[2] == "comm" else policy.obs_norm.update()
-norm = policy.obs_norm
-state = b"".join(t.detach().numpy().tobytes() for t in (*policy.parameters(), norm.mean, norm.var, norm.count))
-json.dump({"state": hashlib.sha256(state).hexdigest(), "count": norm.count.item(),
-           "warned": sum("obs_norm.update(comm=es.comm)" in str(w.message) for w in seen)},
-          open(f"{sys.argv[1]}/{sys.argv[2]}{comm.size}.{comm.rank}.json", "w"))
+for how in sys.argv[2:]:  # each a loop of its own, from the same seeds
+    torch.manual_seed(0)
+    env = make_vector_env("flipes/CartPole-v1", 8 // comm.size)
+    policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(8,)))
+    es = flipes.FlipES(policy, popsize=8, groups=2, sigma=0.1, seed=0, comm=comm, comm_mode="seeds")
+    fitness = RolloutFitness(env, seed=0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            es.step(fitness)
+            policy.obs_norm.update(comm=es.comm) if how == "comm" else policy.obs_norm.update()
+    norm = policy.obs_norm
+    state = b"".join(t.detach().numpy().tobytes() for t in (*policy.parameters(), norm.mean, norm.var, norm.count))
+    json.dump({"state": hashlib.sha256(state).hexdigest(), "count": norm.count.item(),
+               "warned": sum("obs_norm.update(comm=es.comm)" in str(w.message) for w in seen)},
+              open(f"{sys.argv[1]}/{how}{comm.size}.{comm.rank}.json", "w"))
 """
 
 
@@ -668,8 +669,8 @@ def test_an_own_loop_merges_obs_norm_across_ranks_as_one_process(tmp_path: Path)
     loop is not warned)."""
     (tmp_path / "loop.py").write_text(OWN_LOOP_OBS_NORM)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for k, how in ((1, "plain"), (2, "comm"), (2, "plain")):
-        cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "loop.py"), str(tmp_path), how]
+    for k, hows in ((1, ["plain"]), (2, ["comm", "plain"])):  # 2 processes: both loops in one job, one after the other
+        cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "loop.py"), str(tmp_path), *hows]
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
     one = json.loads((tmp_path / "plain1.0.json").read_text())
