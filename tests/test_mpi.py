@@ -506,6 +506,36 @@ def test_action_noise_gives_two_processes_the_bits_of_one(tmp_path: Path) -> Non
     assert rows["quiet"][0][0] != rows["one"][0][0]
 
 
+# Runs each script of argv's (script, out directory) pairs in turn in this process, as `python script out` runs it
+SCRIPTS_IN_TURN = """
+import runpy, sys
+for script, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    sys.argv = [script, out]
+    runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.fixture
+def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RANK_ROWS, LR_SCHEDULE and READ_BACK, scripts that each train with flipes.train under ``mpiexec -n 2``, run one
+    after the other in one job (one start of 2 ranks for the three tests that read them), once per session: the
+    directory holding each one's out directory (rows, lr, read_back). Read it, never write to it."""
+
+    def make(out: Path) -> None:
+        args = []
+        for name, script in (("rows", RANK_ROWS), ("lr", LR_SCHEDULE), ("read_back", READ_BACK)):
+            (out / f"{name}.py").write_text(script)
+            (out / name).mkdir()
+            args += [str(out / f"{name}.py"), str(out / name)]
+        (out / "in_turn.py").write_text(SCRIPTS_IN_TURN)
+        cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), *args]
+        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                           timeout=180)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    return once_per_session(tmp_path_factory, "two_rank_scripts", make)
+
+
 RANK_ROWS = """
 import json, sys
 import flipes
@@ -523,14 +553,10 @@ json.dump({"rows": rows, "best": result.best, "eval_return": result.eval_return}
 """
 
 
-def test_every_rank_returns_rank_0s_rows_and_best(tmp_path: Path) -> None:
+def test_every_rank_returns_rank_0s_rows_and_best(two_rank_scripts: Path) -> None:
     """Under mpiexec every rank's TrainResult holds rank 0's rows (its evaluation and what its
     callbacks added, which only rank 0 runs) and its best; only the per-rank timings differ."""
-    (tmp_path / "rows.py").write_text(RANK_ROWS)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "rows.py"), str(tmp_path)]
-    subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((two_rank_scripts / "rows" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [row["twice"] for row in ranks[0]["rows"]] == [0, 2, 4] and ranks[0]["best"] is not None
     assert ranks[1] == ranks[0]
 
@@ -555,21 +581,21 @@ json.dump({"params": result.metrics[-1]["params_sha256"], "lr": result.es.optimi
 """
 
 
-def test_a_callbacks_lr_schedule_reaches_every_rank(tmp_path: Path) -> None:
+def test_a_callbacks_lr_schedule_reaches_every_rank(tmp_path: Path, two_rank_scripts: Path) -> None:
     """A callback that changes the optimizer's lr (rank 0 alone runs callbacks) changes it on every rank: 2
     processes end with the lr of one process, 0.2 (set by its on_train_start) / 2⁴, and its parameters bit for bit
     (--comm seeds), where rank 1 would otherwise step at the first lr and the ranks' parameter check would end the job."""
     (tmp_path / "lr.py").write_text(LR_SCHEDULE)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for k in (1, 2):
-        out = tmp_path / f"n{k}"
-        out.mkdir()
-        cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "lr.py"), str(out)]
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "n1"
+    out.mkdir()
+    cmd = [str(MPIEXEC), "-n", "1", sys.executable, str(tmp_path / "lr.py"), str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
     one = json.loads((tmp_path / "n1" / "rank0.json").read_text())
     assert one["lr"] == 0.2 / 2**4
-    assert [json.loads((tmp_path / "n2" / f"rank{rank}.json").read_text()) for rank in (0, 1)] == [one, one]
+    two = [json.loads((two_rank_scripts / "lr" / f"rank{rank}.json").read_text()) for rank in (0, 1)]  # the 2-process job
+    assert two == [one, one]
 
 
 OWN_LOOP_STOP = """
@@ -624,16 +650,12 @@ json.dump({"generation": saved["generation"]}, open(f"{sys.argv[1]}/rank{result.
 """
 
 
-def test_every_rank_returns_once_the_run_directory_is_written(tmp_path: Path) -> None:
+def test_every_rank_returns_once_the_run_directory_is_written(two_rank_scripts: Path) -> None:
     """Under mpiexec, flipes.train returns on no rank before rank 0 has written the final checkpoint (and run its
     callbacks' on_train_end): a script that reads the run right after, on every rank, reads its last generation
     (rank 1 once read generation 0's checkpoint, while rank 0 was still writing)."""
-    (tmp_path / "read_back.py").write_text(READ_BACK)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "read_back.py"), str(tmp_path)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert [json.loads((tmp_path / f"rank{k}.json").read_text())["generation"] for k in (0, 1)] == [3, 3]
+    said = [json.loads((two_rank_scripts / "read_back" / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [r["generation"] for r in said] == [3, 3]
 
 
 OWN_LOOP_OBS_NORM = """
