@@ -347,17 +347,13 @@ except flipes.UsageError as e:
 """
 
 
-def test_a_run_directory_that_holds_a_run_is_every_ranks_error_in_a_script(tmp_path: Path) -> None:
+def test_a_run_directory_that_holds_a_run_is_every_ranks_error_in_a_script(two_rank_scripts: Path) -> None:
     """``mpiexec -n 2 python script.py`` training into a directory that holds a run, which rank 0 alone checks, raises the
     UsageError on both ranks within seconds, so a script that catches it goes on alike on both (before, rank 1 waited for
     rank 0 until --mpi-timeout)."""
-    (tmp_path / "script.py").write_text(HELD_RUN_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "script.py"), str(tmp_path / "run")]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    said = [(tmp_path / f"run.rank{k}").read_text() for k in (0, 1)]
-    assert all(int(line.split()[1]) < 30 and f"{tmp_path / 'run'}' holds a run" in line for line in said), said
+    held = two_rank_scripts / "held"  # the job went on after it, to LOAD_ON_ONE_RANK_SCRIPT
+    said = [(held / f"run.rank{k}").read_text() for k in (0, 1)]
+    assert all(int(line.split()[1]) < 30 and f"{held / 'run'}' holds a run" in line for line in said), said
 
 
 LOAD_ON_ONE_RANK_SCRIPT = """
@@ -406,16 +402,12 @@ def test_a_second_sigterm_to_mpiexec_ends_a_generation_that_never_ends_in_one_li
     assert load_checkpoint(run)["es"]["generation"] == 2
 
 
-def test_a_state_loaded_on_one_rank_is_compared_at_the_next_tell_on_every_rank(tmp_path: Path) -> None:
+def test_a_state_loaded_on_one_rank_is_compared_at_the_next_tell_on_every_rank(two_rank_scripts: Path) -> None:
     """Under ``mpiexec -n 2``, a FlipES whose state is loaded on one rank alone compares parameters on both
     ranks at the next tell: the same state trains on (equal stats on both), another is refused on both with
     the ranks' parameters named (the loading rank alone comparing met the other's fitness exchange: a
     TypeError from garbled counts, or a hang)."""
-    (tmp_path / "script.py").write_text(LOAD_ON_ONE_RANK_SCRIPT)
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "script.py"), str(tmp_path)]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr[-2000:]
-    lines = [(tmp_path / f"rank{k}.txt").read_text().splitlines() for k in (0, 1)]
+    lines = [(two_rank_scripts / "load" / f"rank{k}.txt").read_text().splitlines() for k in (0, 1)]
     assert lines[0] == lines[1] and len(lines[0]) == 2, lines  # both trained on alike, then both refused
     assert lines[0][0].startswith("1 ") and lines[0][1] == "FlipES: the processes hold different parameters"
 
@@ -517,16 +509,19 @@ for script, out in zip(sys.argv[1::2], sys.argv[2::2]):
 
 @pytest.fixture
 def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """RANK_ROWS, LR_SCHEDULE and READ_BACK, scripts that each train with flipes.train under ``mpiexec -n 2``, run one
-    after the other in one job (one start of 2 ranks for the three tests that read them), once per session: the
-    directory holding each one's out directory (rows, lr, read_back). Read it, never write to it."""
+    """RANK_ROWS, LR_SCHEDULE, READ_BACK and HELD_RUN_SCRIPT, scripts that each train with flipes.train under ``mpiexec
+    -n 2``, then LOAD_ON_ONE_RANK_SCRIPT (an own loop whose last tell is refused), run one after the other in one job (one
+    start of 2 ranks for the five tests that read them), once per session: the directory holding each one's out
+    directory (rows, lr, read_back, held, load; HELD_RUN_SCRIPT's run directory is held/run, made by the script). Read
+    it, never write to it."""
 
     def make(out: Path) -> None:
         args = []
-        for name, script in (("rows", RANK_ROWS), ("lr", LR_SCHEDULE), ("read_back", READ_BACK)):
+        for name, script in (("rows", RANK_ROWS), ("lr", LR_SCHEDULE), ("read_back", READ_BACK), ("held", HELD_RUN_SCRIPT),
+                             ("load", LOAD_ON_ONE_RANK_SCRIPT)):  # fmt: skip
             (out / f"{name}.py").write_text(script)
             (out / name).mkdir()
-            args += [str(out / f"{name}.py"), str(out / name)]
+            args += [str(out / f"{name}.py"), str(out / name / "run" if name == "held" else out / name)]
         (out / "in_turn.py").write_text(SCRIPTS_IN_TURN)
         cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), *args]
         r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
