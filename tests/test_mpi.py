@@ -76,6 +76,61 @@ def two_process_seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return once_per_session(tmp_path_factory, "two_process_seeds", make) / "n2"
 
 
+# train.py commands of several tests below, each of which compares a run of one process with the 2-process run
+PENDULUM_BEST = ["--env", "flipes/Pendulum-v1", "--popsize", "64", "--groups", "2", "--generations", "5", "--comm",
+                 "seeds", "--eval-every", "1", "--eval-episodes", "5", "--target", "none", "--tensorboard", "false",
+                 "--track-best"]  # fmt: skip
+CNN = ["--env", "image_env:cnntest/BrightSpot-v0", "--policy", "cnn", "--hidden", "16", "--popsize", "16", "--groups", "2",
+       "--episodes", "2", "--generations", "2", "--comm", "seeds", "--eval-every", "1", "--eval-episodes", "8", "--target",
+       "none", "--tensorboard", "false"]  # fmt: skip
+SIGMA_SCHEDULE = ["--env", "flipes/CartPole-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--sigma-decay", "0.6",
+                  "--sigma-min", "0.04"]  # fmt: skip
+ACTION_NOISE = ["--env", "flipes/Pendulum-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--episodes", "2",
+                "--max-episode-steps", "40", "--progress", "false"]  # fmt: skip
+
+
+def pgpe(mode: str) -> list[str]:
+    return ["--env", "flipes/CartPole-v1", *COMMON, "--algo", "pgpe", "--generations", "4", "--comm", mode]
+
+
+TWO_RANK_RUNS = {
+    "pendulum-best": PENDULUM_BEST,
+    "cnn": CNN,
+    "pgpe-seeds": pgpe("seeds"),
+    "pgpe-allreduce": pgpe("allreduce"),
+    "sigma-schedule": [*SIGMA_SCHEDULE, "--progress", "false"],
+    "action-noise": [*ACTION_NOISE, "--action-noise", "0.3"],
+}
+
+# `flipes train ARGV` (what train.py runs) for each of the runs given as JSON, one after the other in this process
+RUNS_IN_TURN = """
+import json, sys
+from flipes.commands import main
+
+for name, argv in json.loads(sys.argv[1]).items():
+    print(f"=== {name}", flush=True)
+    if (code := main(["train", *argv])) != 0:
+        raise SystemExit(f"{name}: flipes train exited {code}")
+"""
+
+
+@pytest.fixture
+def two_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TWO_RANK_RUNS's train commands under ``mpiexec -n 2``, run one after the other in one job (one start of 2 ranks
+    for the tests that compare with them; tests/ on the path for the CNN run's image_env), once per session: the
+    directory holding each run's directory under its name. Read it, never write to it."""
+
+    def make(out: Path) -> None:
+        runs = {name: [*argv, "--out", str(out / name)] for name, argv in TWO_RANK_RUNS.items()}
+        (out / "in_turn.py").write_text(RUNS_IN_TURN)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "tests")))}
+        cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), json.dumps(runs)]
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+
+    return once_per_session(tmp_path_factory, "two_rank_runs", make)
+
+
 @pytest.mark.parametrize("mode", ["seeds", "allreduce"])
 def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> None:
     """3 generations of CartPole training, 2 episodes per member, under 1, 2 and 3 processes count the same timesteps;
@@ -134,17 +189,16 @@ def test_processes_evaluating_in_parts_get_the_bits_of_one_process_in_one_pass(t
     assert rows["two-per-part"] == rows["one-per-part"] and rows["one-per-part"][0][:3] == rows["one"][0][:3]
 
 
-def test_a_continuous_policy_gets_the_same_bits_from_one_group_per_rank_as_from_one_process(tmp_path: Path) -> None:
+def test_a_continuous_policy_gets_the_same_bits_from_one_group_per_rank_as_from_one_process(
+    tmp_path: Path, two_rank_runs: Path
+) -> None:
     """Seeds mode on Pendulum (continuous actions feed every rounding back into the episode, and the
     observation normalizer spreads it): 2 processes holding one ε group each log the fitness,
     evaluation and parameters of one process holding both, bit for bit, every generation, and keep
     the same best member (--track-best), whichever process evaluated it."""
     rows, best = {}, {}
-    for k in (1, 2):
-        run = tmp_path / f"n{k}"
-        train_on(k, "--env", "flipes/Pendulum-v1", "--popsize", "64", "--groups", "2", "--generations", "5",
-                 "--comm", "seeds", "--eval-every", "1", "--eval-episodes", "5", "--target", "none",
-                 "--tensorboard", "false", "--track-best", "--out", str(run))  # fmt: skip
+    train_on(1, *PENDULUM_BEST, "--out", str(tmp_path / "n1"))
+    for k, run in ((1, tmp_path / "n1"), (2, two_rank_runs / "pendulum-best")):
         rows[k] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         best[k] = load_checkpoint(run)["es"]["best"]
     keys = ("fitness_mean", "fitness_max", "eval_return", "params_sha256")
@@ -155,18 +209,15 @@ def test_a_continuous_policy_gets_the_same_bits_from_one_group_per_rank_as_from_
     assert all(torch.equal(v, best[2]["state_dict"][key]) for key, v in best[1]["state_dict"].items())
 
 
-def test_the_cnn_policy_gets_the_same_bits_on_two_processes_as_on_one(tmp_path: Path) -> None:
+def test_the_cnn_policy_gets_the_same_bits_on_two_processes_as_on_one(tmp_path: Path, two_rank_runs: Path) -> None:
     """Seeds mode, the CNN policy on an image env of the tests (tests/image_env.py, imported by every rank): 2
     processes log the fitness, evaluation and parameters of one process, bit for bit, every generation."""
-    args = ["--env", "image_env:cnntest/BrightSpot-v0", "--policy", "cnn", "--hidden", "16", "--popsize", "16",
-            "--groups", "2", "--episodes", "2", "--generations", "2", "--comm", "seeds", "--eval-every", "1",
-            "--eval-episodes", "8", "--target", "none", "--tensorboard", "false"]  # fmt: skip
-    assert main(["train", *args, "--progress", "false", "--out", str(tmp_path / "n1")]) == 0
-    mpirun(2, *args, "--out", str(tmp_path / "n2"), extra_path=str(ROOT / "tests"))
+    assert main(["train", *CNN, "--progress", "false", "--out", str(tmp_path / "n1")]) == 0
+    runs = {1: tmp_path / "n1", 2: two_rank_runs / "cnn"}
     keys = ("fitness_mean", "fitness_max", "eval_return", "params_sha256")
-    rows = {k: [[r[key] for key in keys] for r in metrics(tmp_path / f"n{k}")] for k in (1, 2)}
+    rows = {k: [[r[key] for key in keys] for r in metrics(run)] for k, run in runs.items()}
     assert len(rows[1]) == 2 and rows[2] == rows[1]
-    assert json.loads((tmp_path / "n2" / "config.json").read_text())["policy"] == "cnn"
+    assert json.loads((runs[2] / "config.json").read_text())["policy"] == "cnn"
 
 
 def test_a_fitness_drawing_from_the_global_generators_gets_the_bits_of_one_process_on_two(
@@ -454,14 +505,11 @@ def test_without_groups_two_processes_take_two_and_the_run_keeps_them_on_one(tmp
 
 
 @pytest.mark.parametrize("mode", ["seeds", "allreduce"])
-def test_adaptive_sigma_does_not_depend_on_the_process_count(tmp_path: Path, mode: str) -> None:
+def test_adaptive_sigma_does_not_depend_on_the_process_count(tmp_path: Path, mode: str, two_rank_runs: Path) -> None:
     """--algo pgpe (σ per layer adapted, ClipUp): 2 processes end with the σ's and parameters of one,
     bitwise in seeds mode, to rounding with allreduce's per-rank partial sums."""
-    runs = {}
-    for k in (1, 2):
-        runs[k] = tmp_path / f"n{k}"
-        train_on(k, "--env", "flipes/CartPole-v1", *COMMON, "--algo", "pgpe", "--generations", "4", "--comm", mode,
-                 "--out", str(runs[k]))  # fmt: skip
+    runs = {1: tmp_path / "n1", 2: two_rank_runs / f"pgpe-{mode}"}
+    train_on(1, *pgpe(mode), "--out", str(runs[1]))
     sigmas = {k: load_checkpoint(run)["es"]["log_sigma"] for k, run in runs.items()}
     assert not torch.equal(sigmas[1], torch.full_like(sigmas[1], sigmas[1][0].item()))  # σ moved, per layer
     if mode == "seeds":
@@ -471,29 +519,25 @@ def test_adaptive_sigma_does_not_depend_on_the_process_count(tmp_path: Path, mod
         assert (params(runs[2]) - params(runs[1])).norm() / params(runs[1]).norm() < 1e-6
 
 
-def test_a_sigma_schedule_gives_two_processes_the_bits_of_one(tmp_path: Path) -> None:
+def test_a_sigma_schedule_gives_two_processes_the_bits_of_one(tmp_path: Path, two_rank_runs: Path) -> None:
     """--sigma-decay 0.6 --sigma-min 0.04 --comm seeds: 2 processes under mpiexec log the σ (decayed, then floored)
     and the parameters of one process (in this one) in every row, bit for bit: σ is a function of the generation,
     which every rank shares."""
-    args = ["--env", "flipes/CartPole-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--sigma-decay", "0.6",
-            "--sigma-min", "0.04"]  # fmt: skip
-    mpirun(2, *args, "--progress", "false", "--out", str(tmp_path / "two"))
-    one = flipes.train(config=parse_train_config([*args, "--progress", "false", "--out", str(tmp_path / "one")]))
-    rows = {k: [(r["sigma"], r["params_sha256"]) for r in metrics(tmp_path / k)] for k in ("one", "two")}
+    one = flipes.train(config=parse_train_config([*SIGMA_SCHEDULE, "--progress", "false", "--out", str(tmp_path / "one")]))
+    runs = {"one": tmp_path / "one", "two": two_rank_runs / "sigma-schedule"}
+    rows = {k: [(r["sigma"], r["params_sha256"]) for r in metrics(run)] for k, run in runs.items()}
     assert rows["two"] == rows["one"] and [s for s, _ in rows["one"]] == [0.1, 0.06, 0.04] and len(one.metrics) == 3
 
 
-def test_action_noise_gives_two_processes_the_bits_of_one(tmp_path: Path) -> None:
+def test_action_noise_gives_two_processes_the_bits_of_one(tmp_path: Path, two_rank_runs: Path) -> None:
     """--action-noise 0.3 --comm seeds on Pendulum, 2 episodes per member: 2 processes under mpiexec log the fitness and
     parameters of one process (in this one) in every row, bit for bit (a member's noise is its global rows' of a draw
     for the whole population); the noise changed the fitness (the one-process run without it logs another)."""
-    args = ["--env", "flipes/Pendulum-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--episodes", "2",
-            "--max-episode-steps", "40", "--progress", "false"]  # fmt: skip
-    mpirun(2, *args, "--action-noise", "0.3", "--out", str(tmp_path / "two"))
-    flipes.train(config=parse_train_config([*args, "--action-noise", "0.3", "--out", str(tmp_path / "one")]))
-    flipes.train(config=parse_train_config([*args, "--out", str(tmp_path / "quiet")]))
+    flipes.train(config=parse_train_config([*ACTION_NOISE, "--action-noise", "0.3", "--out", str(tmp_path / "one")]))
+    flipes.train(config=parse_train_config([*ACTION_NOISE, "--out", str(tmp_path / "quiet")]))
+    runs = {"one": tmp_path / "one", "two": two_rank_runs / "action-noise", "quiet": tmp_path / "quiet"}
     keys = ("fitness_mean", "fitness_max", "timesteps", "params_sha256")
-    rows = {k: [[r[key] for key in keys] for r in metrics(tmp_path / k)] for k in ("one", "two", "quiet")}
+    rows = {k: [[r[key] for key in keys] for r in metrics(run)] for k, run in runs.items()}
     assert rows["two"] == rows["one"] and len(rows["one"]) == 3
     assert rows["quiet"][0][0] != rows["one"][0][0]
 
