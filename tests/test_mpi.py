@@ -65,17 +65,6 @@ def one_process_seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return once_per_session(tmp_path_factory, "one_process_seeds", make) / "n1"
 
 
-@pytest.fixture
-def two_process_seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run directory of ``CARTPOLE --generations 3 --comm seeds`` under ``mpiexec -n 2``, run once per session
-    (read it, never write to it: copy it to resume it)."""
-
-    def make(out: Path) -> None:
-        mpirun(2, *CARTPOLE, "--generations", "3", "--comm", "seeds", "--out", str(out / "n2"))
-
-    return once_per_session(tmp_path_factory, "two_process_seeds", make) / "n2"
-
-
 # train.py commands of several tests below, each of which compares a run of one process with the 2-process run
 PENDULUM_BEST = ["--env", "flipes/Pendulum-v1", "--popsize", "64", "--groups", "2", "--generations", "5", "--comm",
                  "seeds", "--eval-every", "1", "--eval-episodes", "5", "--target", "none", "--tensorboard", "false",
@@ -89,11 +78,23 @@ ACTION_NOISE = ["--env", "flipes/Pendulum-v1", *COMMON, "--generations", "3", "-
                 "--max-episode-steps", "40", "--progress", "false"]  # fmt: skip
 
 
+PER_PART = ["--members-per-pass", "2", "--hold-noise", "false"]  # each part's noise sampled in turn
+
+
+def cartpole_3(mode: str) -> list[str]:
+    """CARTPOLE for 3 generations; allreduce's runs shift the reward (the seeds runs match the 5-generation reference)."""
+    return [*CARTPOLE, "--generations", "3", "--comm", mode, *(["--reward-shift", "0.5"] if mode == "allreduce" else [])]
+
+
 def pgpe(mode: str) -> list[str]:
     return ["--env", "flipes/CartPole-v1", *COMMON, "--algo", "pgpe", "--generations", "4", "--comm", mode]
 
 
 TWO_RANK_RUNS = {
+    "cartpole-seeds": cartpole_3("seeds"),
+    "cartpole-allreduce": cartpole_3("allreduce"),
+    "parts": [*cartpole_3("seeds"), "--members-per-pass", "2"],
+    "two-per-part": [*cartpole_3("seeds"), *PER_PART],
     "pendulum-best": PENDULUM_BEST,
     "cnn": CNN,
     "pgpe-seeds": pgpe("seeds"),
@@ -132,24 +133,24 @@ def two_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("mode", ["seeds", "allreduce"])
-def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> None:
+def test_process_count_does_not_change_the_result(
+    tmp_path: Path, mode: str, request: pytest.FixtureRequest, two_rank_runs: Path
+) -> None:
     """3 generations of CartPole training, 2 episodes per member, under 1, 2 and 3 processes count the same timesteps;
     with ``--comm seeds`` the parameters are bit-identical (params_sha256), with ``--comm allreduce`` equal to a
     relative norm of 1e-6 (per-rank partial sums change the summation order); the 2-process run sent bytes. The
     allreduce runs shift the reward: each row's return_mean is the whole population's mean return, which on CartPole
     (reward 1 per step) is the generation's env steps over popsize × episodes, whatever the process count."""
-    shift = ["--reward-shift", "0.5"] if mode == "allreduce" else []  # the seeds runs share the session's runs
-    args = [*CARTPOLE, "--generations", "3", "--comm", mode, *shift]
+    shift, args = mode == "allreduce", cartpole_3(mode)
     runs = {}
     for k in (1, 2, 3):
         runs[k] = tmp_path / f"n{k}"
         if k == 1 and mode == "seeds":  # 5 generations, whose first 3 rows are this command's (a row does not depend
             runs[k] = request.getfixturevalue("one_process_seeds")  # on the generations still to come)
-            continue
-        if k == 2 and mode == "seeds":  # the same command as the shared 2-process run
-            runs[k] = request.getfixturevalue("two_process_seeds")
-            continue
-        train_on(k, *args, "--out", str(runs[k]))
+        elif k == 2:  # this command's run in the shared 2-process job
+            runs[k] = two_rank_runs / f"cartpole-{mode}"
+        else:
+            train_on(k, *args, "--out", str(runs[k]))
     one = metrics(runs[1])[2]
     assert one["generation"] == 2 and one["timesteps"] > 0
     for k in (2, 3):
@@ -169,20 +170,23 @@ def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, req
             assert [r["return_mean"] for r in rows] == [s / (24 * 2) for s in steps], k
 
 
-def test_processes_evaluating_in_parts_get_the_bits_of_one_process_in_one_pass(tmp_path: Path, one_process_seeds: Path) -> None:
+def test_processes_evaluating_in_parts_get_the_bits_of_one_process_in_one_pass(
+    tmp_path: Path, one_process_seeds: Path, two_rank_runs: Path
+) -> None:
     """Seeds mode, CartPole, 2 episodes per member, 3 generations: 2 processes each rolling their 12 members out in
     parts of 2 (--members-per-pass) log every row's fitness, timesteps and parameters of one process
     evaluating its 24 members at once (the first 3 rows of its 5-generation run: a row does not depend on the
     generations still to come, and --eval-every 2 evaluates generations 0 and 2 in both); with the noise sampled
     part by part (--hold-noise false), 2 processes log the rows of 1 process doing the same, bit for bit (the same
     blocks of groups)."""
-    args = [*CARTPOLE, "--generations", "3", "--comm", "seeds"]
-    per_part = ["--members-per-pass", "2", "--hold-noise", "false"]
-    mpirun(2, *args, "--members-per-pass", "2", "--out", str(tmp_path / "parts"))
-    train_on(1, *args, *per_part, "--out", str(tmp_path / "one-per-part"))
-    mpirun(2, *args, *per_part, "--out", str(tmp_path / "two-per-part"))
+    train_on(1, *cartpole_3("seeds"), *PER_PART, "--out", str(tmp_path / "one-per-part"))
+    runs = {
+        "parts": two_rank_runs / "parts",
+        "one-per-part": tmp_path / "one-per-part",
+        "two-per-part": two_rank_runs / "two-per-part",
+    }
     keys = ("fitness_mean", "fitness_max", "timesteps", "params_sha256")
-    rows = {run.name: [[r[k] for k in keys] for r in metrics(run)] for run in tmp_path.iterdir()}
+    rows = {name: [[r[k] for k in keys] for r in metrics(run)] for name, run in runs.items()}
     rows["one"] = [[r[k] for k in keys] for r in metrics(one_process_seeds)][:3]  # args with --generations 5
     assert len(rows["one"]) == 3 and rows["one"][-1][2] > 0
     assert rows["parts"] == rows["one"]
@@ -463,11 +467,12 @@ def test_a_state_loaded_on_one_rank_is_compared_at_the_next_tell_on_every_rank(t
     assert lines[0][0].startswith("1 ") and lines[0][1] == "FlipES: the processes hold different parameters"
 
 
-def test_resume_at_another_process_count_continues(tmp_path: Path, one_process_seeds: Path, two_process_seeds: Path) -> None:
+def test_resume_at_another_process_count_continues(tmp_path: Path, one_process_seeds: Path, two_rank_runs: Path) -> None:
     """3 generations on 2 processes resumed for 2 more on 3 processes log, generation by generation, the same
     params_sha256 and timesteps as 5 generations on 1 process (CartPole, 2 episodes per member)."""
     full = one_process_seeds
-    part = Path(shutil.copytree(two_process_seeds, tmp_path / "part", ignore=shutil.ignore_patterns(".lock")))
+    part = tmp_path / "part"  # the shared job's 3 generations on 2 processes, copied: a resume writes into its run
+    shutil.copytree(two_rank_runs / "cartpole-seeds", part, ignore=shutil.ignore_patterns(".lock"))
     mpirun(3, *CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(part), "--resume", str(part))
     hashes = [json.loads(line)["params_sha256"] for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert hashes == [json.loads(line)["params_sha256"] for line in (full / "metrics.jsonl").read_text().splitlines()]
