@@ -132,25 +132,43 @@ def two_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return once_per_session(tmp_path_factory, "two_rank_runs", make)
 
 
+@pytest.fixture
+def three_rank_runs(tmp_path_factory: pytest.TempPathFactory, two_rank_runs: Path) -> Path:
+    """Under ``mpiexec -n 3``, one job, once per session: CARTPOLE for 3 generations in seeds and in allreduce mode
+    (cartpole-seeds, cartpole-allreduce), and two_rank_runs' cartpole-seeds copied and resumed for 2 more generations
+    (resumed). Read it, never write to it."""
+
+    def make(out: Path) -> None:
+        shutil.copytree(two_rank_runs / "cartpole-seeds", out / "resumed", ignore=shutil.ignore_patterns(".lock"))
+        runs = {
+            f"cartpole-{mode}": [*cartpole_3(mode), "--out", str(out / f"cartpole-{mode}")] for mode in ("seeds", "allreduce")
+        }
+        runs["resumed"] = [*CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(out / "resumed"), "--resume",
+                           str(out / "resumed")]  # fmt: skip
+        (out / "in_turn.py").write_text(RUNS_IN_TURN)
+        cmd = [str(MPIEXEC), "-n", "3", sys.executable, str(out / "in_turn.py"), json.dumps(runs)]
+        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+
+    return once_per_session(tmp_path_factory, "three_rank_runs", make)
+
+
 @pytest.mark.parametrize("mode", ["seeds", "allreduce"])
-def test_process_count_does_not_change_the_result(
-    tmp_path: Path, mode: str, request: pytest.FixtureRequest, two_rank_runs: Path
-) -> None:
+def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> None:
     """3 generations of CartPole training, 2 episodes per member, under 1, 2 and 3 processes count the same timesteps;
     with ``--comm seeds`` the parameters are bit-identical (params_sha256), with ``--comm allreduce`` equal to a
     relative norm of 1e-6 (per-rank partial sums change the summation order); the 2-process run sent bytes. The
     allreduce runs shift the reward: each row's return_mean is the whole population's mean return, which on CartPole
     (reward 1 per step) is the generation's env steps over popsize × episodes, whatever the process count."""
-    shift, args = mode == "allreduce", cartpole_3(mode)
-    runs = {}
-    for k in (1, 2, 3):
-        runs[k] = tmp_path / f"n{k}"
-        if k == 1 and mode == "seeds":  # 5 generations, whose first 3 rows are this command's (a row does not depend
-            runs[k] = request.getfixturevalue("one_process_seeds")  # on the generations still to come)
-        elif k == 2:  # this command's run in the shared 2-process job
-            runs[k] = two_rank_runs / f"cartpole-{mode}"
-        else:
-            train_on(k, *args, "--out", str(runs[k]))
+    shift = mode == "allreduce"
+    runs = {k: request.getfixturevalue(f"{n}_rank_runs") / f"cartpole-{mode}" for k, n in ((2, "two"), (3, "three"))}
+    if mode == "seeds":  # 5 generations, whose first 3 rows are this command's (a row does not depend on the
+        runs[1] = request.getfixturevalue("one_process_seeds")  # generations still to come)
+    else:
+        train_on(1, *cartpole_3(mode), "--out", str(tmp_path / "n1"))
+        runs[1] = tmp_path / "n1"
+    runs = dict(sorted(runs.items()))
     one = metrics(runs[1])[2]
     assert one["generation"] == 2 and one["timesteps"] > 0
     for k in (2, 3):
@@ -467,13 +485,10 @@ def test_a_state_loaded_on_one_rank_is_compared_at_the_next_tell_on_every_rank(t
     assert lines[0][0].startswith("1 ") and lines[0][1] == "FlipES: the processes hold different parameters"
 
 
-def test_resume_at_another_process_count_continues(tmp_path: Path, one_process_seeds: Path, two_rank_runs: Path) -> None:
+def test_resume_at_another_process_count_continues(one_process_seeds: Path, three_rank_runs: Path) -> None:
     """3 generations on 2 processes resumed for 2 more on 3 processes log, generation by generation, the same
     params_sha256 and timesteps as 5 generations on 1 process (CartPole, 2 episodes per member)."""
-    full = one_process_seeds
-    part = tmp_path / "part"  # the shared job's 3 generations on 2 processes, copied: a resume writes into its run
-    shutil.copytree(two_rank_runs / "cartpole-seeds", part, ignore=shutil.ignore_patterns(".lock"))
-    mpirun(3, *CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(part), "--resume", str(part))
+    full, part = one_process_seeds, three_rank_runs / "resumed"  # the shared 2-process run, copied and resumed
     hashes = [json.loads(line)["params_sha256"] for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert hashes == [json.loads(line)["params_sha256"] for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [r["timesteps"] for r in metrics(part)] == [r["timesteps"] for r in metrics(full)]  # counted once over the resume
