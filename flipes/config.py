@@ -175,7 +175,7 @@ class TrainConfig:
     progress: bool = True
     """Print a progress line per generation and notes about engines and presets (false: only the line that says
     how training ended, and a UserWarning for what may not be meant: dropout in training mode, a callback's saved
-    state that no callback takes back, a lambda a resume cannot check)."""
+    state that no callback takes back)."""
     tensorboard: bool = True
     """Write TensorBoard scalars to <out>/tensorboard when the tensorboard package is installed."""
     wandb: bool = False

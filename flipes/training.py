@@ -490,8 +490,10 @@ def _set_up_and_run(
         if config.resume:
             restore(state, config.resume, device, fitness)
             unchecked = [f"{k} {getattr(config, k)}" for k in NAMED if "<lambda>" in getattr(config, k)]
-            if unchecked:  # recorded as module:<lambda>: any lambda of that script has the same name
-                cautions.append(
+            # recorded as module:<lambda>: any lambda of that script has the same name. A note, not a caution: lambdas
+            # are fine (the README's examples pass them), only unchecked
+            if unchecked:
+                notes.append(
                     f"resumed with {', '.join(unchecked)}: one lambda cannot be told from another, so the resume cannot "
                     "check that it is the code the run was trained with (a named function can be checked)"
                 )
