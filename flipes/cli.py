@@ -459,8 +459,9 @@ class _Parser(argparse.ArgumentParser):
         m = re.match(r"unrecognized arguments: (.*)", message)
         if m:
             word = m.group(1).split()[0]
-            flags = [f for a in self._actions for f in a.option_strings if f.startswith("--")]
-            close = difflib.get_close_matches(word.split("=")[0], flags, n=3)
+            # each flag once, as --help writes it (--max-timesteps, not its alias --max_timesteps too)
+            flags = [f for a in self._actions for f in a.option_strings if f.startswith("--") and "_" not in f]
+            close = difflib.get_close_matches("--" + word.split("=")[0].lstrip("-").replace("_", "-"), flags, n=3)
             fix = f"did you mean {', '.join(close)}?" if close else f"{self.prog} --help lists the options"
             key = word.split("=")[0].lstrip("-").replace("-", "_")
             if self.prog.endswith("train") and key in MINIMIZE:

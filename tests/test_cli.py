@@ -520,6 +520,23 @@ def assert_unknown_option(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("flag", "fix"),
+    [
+        ("--total-timesteps", "did you mean --max-timesteps?"),
+        ("--total_timesteps", "did you mean --max-timesteps?"),
+        ("--n-envs", "did you mean --env, --env-kwargs?"),
+    ],
+)
+def test_an_unknown_flag_is_offered_close_flags_once(flag: str, fix: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An unknown flag, typed with - or _, is answered with the close flags each once, as --help writes them (not also
+    their _ aliases: --max-timesteps, not --max-timesteps, --max_timesteps)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", flag, "1", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"flipes: error: {flag}: unknown option; {fix}\n"
+
+
 def test_the_console_command_prints_one_line_and_no_traceback() -> None:
     """The installed ``flipes`` command (python -m flipes where it is not on PATH) reports a bad
     option as one line on stderr with exit status 2."""
