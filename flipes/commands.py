@@ -559,6 +559,15 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
         raise UsageError("flipes plot", "no run directory given", "pass one or more, e.g. flipes plot runs/cartpole")
     for run in args.runs:
         if not (Path(run) / "metrics.jsonl").is_file():
+            held = sorted(str(p.parent) for p in Path(run).rglob("metrics.jsonl")) if Path(run).is_dir() else []
+            if held:  # a folder of runs (RL Zoo's plot scripts take one): name them
+                shown = " ".join(held[:3]) + (" ..." if len(held) > 3 else "")
+                runs_held = f"{len(held)} run{'s' if len(held) > 1 else ''}"
+                raise UsageError(
+                    run,
+                    f"is not a run directory (no metrics.jsonl) but holds {runs_held}",
+                    f"pass {'it' if len(held) == 1 else 'them'}: {shown}",
+                )
             raise UsageError(run, "is not a run directory (no metrics.jsonl)", "pass directories written by flipes train")
         lines, torn = read_jsonl(Path(run) / "metrics.jsonl")
         if torn:  # a crash mid-write; the curves show the complete rows

@@ -185,6 +185,8 @@ def test_one_line_per_run_suggests_grouping_where_runs_are_seeds_of_a_setting(
 # each case's error, after "flipes: error: "
 REFUSALS = {
     "no_metrics": "{empty}: is not a run directory (no metrics.jsonl); pass directories written by flipes train",
+    "folder_of_runs": "{runs}: is not a run directory (no metrics.jsonl) but holds 5 runs; pass them: {r0} {r1} {runs}/r2 ...",
+    "folder_of_one": "{holder}: is not a run directory (no metrics.jsonl) but holds 1 run; pass it: {holder}/only",
     "no_config": "{bare}: has no config.json to tell its setting; use --group parent (each setting's seeds in one directory)",
     "same_seed": "{copy}: has the setting and seed (0) of {r0}, so it would count twice; pass each seed's run once",
     "mixed_dir": "{r1}: shares a directory with {r0} but differs in popsize (256 vs 64); "
@@ -197,17 +199,21 @@ REFUSALS = {
 
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_runs_that_cannot_be_grouped_are_one_line_errors(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A directory without metrics, a run without config.json grouped by config, the same seed twice in a setting, a
-    directory holding two settings grouped by directory, a run given twice, and --csv or a --band without --group are refused with
-    one line naming the run or option and what to do, exit status 2."""
+    """A directory without metrics (one holding runs names them), a run without config.json grouped by config, the same
+    seed twice in a setting, a directory holding two settings grouped by directory, a run given twice, and --csv or a
+    --band without --group are refused with one line naming the run or option and what to do, exit status 2."""
     runs = _settings(tmp_path / "runs")
     empty, bare, copy = tmp_path / "empty", tmp_path / "bare", tmp_path / "copy"
     empty.mkdir()
     _run(bare, [1.0], {0: 1.0}, None)
     _run(copy, [1.0], {0: 1.0}, {"popsize": 64, "seed": 0})
+    holder = tmp_path / "holder"
+    _run(holder / "only", [1.0], {0: 1.0}, None)
     r0, r1 = runs[0], runs[1]
     argv = {
         "no_metrics": [r0, empty, "--group", "config"],
+        "folder_of_runs": [tmp_path / "runs", "--group", "config"],
+        "folder_of_one": [holder],
         "no_config": [r0, bare, "--group", "config"],
         "same_seed": [r0, copy, "--group", "config"],
         "mixed_dir": [r0, r1, "--group", "parent"],
@@ -220,7 +226,9 @@ def test_runs_that_cannot_be_grouped_are_one_line_errors(case: str, tmp_path: Pa
     assert e.value.code == 2
     assert (
         capsys.readouterr().err
-        == "flipes: error: " + REFUSALS[case].format(empty=empty, bare=bare, copy=copy, r0=r0, r1=r1) + "\n"
+        == "flipes: error: "
+        + REFUSALS[case].format(empty=empty, bare=bare, copy=copy, r0=r0, r1=r1, runs=tmp_path / "runs", holder=holder)
+        + "\n"
     )
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "c.csv").exists()
 
