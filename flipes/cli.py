@@ -396,6 +396,13 @@ FOREIGN = {
     "sigma_init": ("evosax's", "sigma", ""),
     "sigma_limit": ("evosax's", "sigma_min", ""),
     "max_iter": ("EvoJAX's", "generations", " (a total: a resume trains up to it)"),
+    "total_timesteps": ("Stable-Baselines3's", "max_timesteps", " (env steps of the training episodes)"),
+    "n_timesteps": ("RL Zoo's", "max_timesteps", " (env steps of the training episodes)"),
+    "n_envs": ("RL Zoo's", "popsize", " (members; popsize × {episodes} env copies step as one vector env)"),
+    "log_folder": ("RL Zoo's", "out", " (the run directory itself)"),
+    "save_freq": ("RL Zoo's", "checkpoint_every", " (in generations, not steps)"),
+    "eval_freq": ("RL Zoo's", "eval_every", " (in generations, not steps)"),
+    "num_threads": ("RL Zoo's", "threads", " (torch threads per process; the env engine's: {env_threads})"),
 }
 
 
@@ -407,7 +414,8 @@ def foreign_fix(key: str, flags: bool) -> str | None:
     who, ours, note = FOREIGN[key]
     name = (lambda k: "--" + k.replace("_", "-")) if flags else (lambda k: k)
     who = who if who.endswith("'s") else f"{who}'s"
-    return f"{who} {key} is {name(ours)} here{note.format(**{k: name(k) for k in ('lr', 'episodes', 'algo', 'max_speed')})}"
+    names = {k: name(k) for k in ("lr", "episodes", "algo", "max_speed", "env_threads")}
+    return f"{who} {key} is {name(ours)} here{note.format(**names)}"
 
 
 def check_options(cls: type, values: Mapping[str, Any], source: str, also: Sequence[str] = ()) -> dict[str, Any]:

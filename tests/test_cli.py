@@ -523,9 +523,9 @@ def assert_unknown_option(
 @pytest.mark.parametrize(
     ("flag", "fix"),
     [
-        ("--total-timesteps", "did you mean --max-timesteps?"),
-        ("--total_timesteps", "did you mean --max-timesteps?"),
-        ("--n-envs", "did you mean --env, --env-kwargs?"),
+        ("--max-timestep", "did you mean --max-timesteps, --mpi-timeout, --max-episode-steps?"),
+        ("--max_timestep", "did you mean --max-timesteps, --mpi-timeout, --max-episode-steps?"),
+        ("--env-kwarg", "did you mean --env-kwargs, --env?"),
     ],
 )
 def test_an_unknown_flag_is_offered_close_flags_once(flag: str, fix: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -201,13 +201,21 @@ FOREIGN_NAMES = {
     "sigma_init": "sigma",
     "sigma_limit": "sigma_min",
     "max_iter": "generations",
+    "total_timesteps": "max_timesteps",
+    "n_timesteps": "max_timesteps",
+    "n_envs": "popsize",
+    "log_folder": "out",
+    "save_freq": "checkpoint_every",
+    "eval_freq": "eval_every",
+    "num_threads": "threads",
 }
 
 
 @pytest.mark.parametrize(("key", "ours"), sorted(FOREIGN_NAMES.items()))
 def test_every_other_libraries_name_is_refused_naming_the_flipes_option(key: str, ours: str) -> None:
-    """The names OpenAI's ES starter, EvoTorch, EvoJAX and evosax give these options (README's "Coming from" table)
-    are refused as keywords and as flags, naming the flipes option that means the same."""
+    """The names OpenAI's ES starter, EvoTorch, EvoJAX, evosax, Stable-Baselines3 and RL Zoo give these options (README's
+    "Coming from" table and the line below it) are refused as keywords and as flags, naming the flipes option that
+    means the same."""
     with pytest.raises(UsageError) as e:
         TrainConfig(**{key: 1})
     assert f" {key} is {ours} here" in e.value.fix
