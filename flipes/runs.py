@@ -54,6 +54,13 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
             f"pass the run's directory, {Path(run_dir).parent}, and a checkpoint file as checkpoint= (--checkpoint FILE)",
         )
     if not path.is_file():
+        if not Path(run_dir).exists():  # a typo, or a run whose first generation has not written it yet
+            raise UsageError(str(run_dir), "does not exist", "pass a directory written by flipes train")
+        held = sorted(str(p.parent) for p in Path(run_dir).rglob("config.json"))
+        if held:  # a folder of runs: name them
+            shown = " ".join(held[:3]) + (" ..." if len(held) > 3 else "")
+            problem = f"is not a run directory (no config.json) but holds {len(held)} run{'s' if len(held) > 1 else ''}"
+            raise UsageError(str(run_dir), problem, f"pass one: {shown}")
         raise UsageError(str(run_dir), "is not a run directory (no config.json)", "pass a directory written by flipes train")
     try:
         config = json.loads(path.read_text())

@@ -1122,6 +1122,26 @@ def test_a_checkpoint_file_given_as_the_run_names_the_directory_and_checkpoint_o
         assert line == f"flipes: error: {run}/checkpoint.pt: is a file, not a run directory; {fix}"
 
 
+def test_a_missing_run_or_a_folder_of_runs_given_as_the_run_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """flipes evaluate / export given a path that does not exist say it does not exist (not that it lacks config.json);
+    given a folder of runs they name the runs it holds; an empty directory is no run directory."""
+    for run in ("a", "b"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "config.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    for command in ("evaluate", "export"):
+        line = error_line(capsys, command, tmp_path / "nope")
+        assert line == f"flipes: error: {tmp_path}/nope: does not exist; pass a directory written by flipes train"
+        line = error_line(capsys, command, tmp_path / "runs")
+        assert line == (
+            f"flipes: error: {tmp_path}/runs: is not a run directory (no config.json) but holds 2 runs; "
+            f"pass one: {tmp_path}/runs/a {tmp_path}/runs/b"
+        )
+        line = error_line(capsys, command, tmp_path / "empty")
+        fix = "pass a directory written by flipes train"
+        assert line == f"flipes: error: {tmp_path}/empty: is not a run directory (no config.json); {fix}"
+
+
 def test_metrics_lines_that_are_not_rows_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Lines of metrics.jsonl that are JSON but not rows (no generation, a generation that is not an
     integer, not an object) are dropped by a resume with the note torn lines get, and skipped by
