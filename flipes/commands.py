@@ -552,6 +552,7 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
     """``flipes plot``: learning curves of run directories to a PNG; prints and returns its path (with ``--group``, first
     a line per group: its final eval_return, mean ± standard error over seeds)."""
     from flipes.plotting import plot_groups, plot_runs
+    from flipes.runs import runs_under
     from flipes.seeds import aggregate_groups, group_runs, seeds_hint, summary, write_csv
 
     args = parse_config(PlotConfig, argv, PLOT_HELP, prog="flipes plot")
@@ -559,7 +560,7 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
         raise UsageError("flipes plot", "no run directory given", "pass one or more, e.g. flipes plot runs/cartpole")
     for run in args.runs:
         if not (Path(run) / "metrics.jsonl").is_file():
-            held = sorted(str(p.parent) for p in Path(run).rglob("metrics.jsonl")) if Path(run).is_dir() else []
+            held = runs_under(run)
             if held:  # a folder of runs (RL Zoo's plot scripts take one): name them
                 shown = " ".join(held[:3]) + (" ..." if len(held) > 3 else "")
                 runs_held = f"{len(held)} run{'s' if len(held) > 1 else ''}"

@@ -40,6 +40,13 @@ def read_metrics(run: str | Path) -> list[dict]:
     return [json.loads(line) for line in read_jsonl_lines(path)]
 
 
+def runs_under(folder: str | Path, marker: str = "metrics.jsonl", depth: int = 3) -> list[str]:
+    """The run directories (holding ``marker``) up to ``depth`` levels below ``folder``, sorted: what an error names when
+    a folder of runs is given for a run (a bounded search: the folder may be a home directory)."""
+    found = (p.parent for d in range(1, depth + 1) for p in Path(folder).glob("/".join(["*"] * d + [marker])))
+    return sorted(str(p) for p in found) if Path(folder).is_dir() else []
+
+
 def run_config(run_dir: str | Path) -> dict[str, Any]:
     """The options a run was trained with (its ``config.json``).
 
@@ -56,7 +63,7 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         if not Path(run_dir).exists():  # a typo, or a run whose first generation has not written it yet
             raise UsageError(str(run_dir), "does not exist", "pass a directory written by flipes train")
-        held = sorted(str(p.parent) for p in Path(run_dir).rglob("config.json"))
+        held = runs_under(run_dir, "config.json")
         if held:  # a folder of runs: name them
             shown = " ".join(held[:3]) + (" ..." if len(held) > 3 else "")
             problem = f"is not a run directory (no config.json) but holds {len(held)} run{'s' if len(held) > 1 else ''}"
