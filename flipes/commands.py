@@ -562,13 +562,8 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
         if not (Path(run) / "metrics.jsonl").is_file():
             held = runs_under(run)
             if held:  # a folder of runs (RL Zoo's plot scripts take one): name them
-                shown = " ".join(held[:3]) + (" ..." if len(held) > 3 else "")
-                runs_held = f"{len(held)} run{'s' if len(held) > 1 else ''}"
-                raise UsageError(
-                    run,
-                    f"is not a run directory (no metrics.jsonl) but holds {runs_held}",
-                    f"pass {'it' if len(held) == 1 else 'them'}: {shown}",
-                )
+                them = "it" if held[0] == "holds 1 run" else "them"
+                raise UsageError(run, f"is not a run directory (no metrics.jsonl) but {held[0]}", f"pass {them}: {held[1]}")
             raise UsageError(run, "is not a run directory (no metrics.jsonl)", "pass directories written by flipes train")
         lines, torn = read_jsonl(Path(run) / "metrics.jsonl")
         if torn:  # a crash mid-write; the curves show the complete rows

@@ -40,11 +40,15 @@ def read_metrics(run: str | Path) -> list[dict]:
     return [json.loads(line) for line in read_jsonl_lines(path)]
 
 
-def runs_under(folder: str | Path, marker: str = "metrics.jsonl", depth: int = 3) -> list[str]:
-    """The run directories (holding ``marker``) up to ``depth`` levels below ``folder``, sorted: what an error names when
-    a folder of runs is given for a run (a bounded search: the folder may be a home directory)."""
+def runs_under(folder: str | Path, marker: str = "metrics.jsonl", depth: int = 3) -> tuple[str, str] | None:
+    """What an error says when a folder of runs is given for a run: ``("holds 2 runs", "runs/a runs/b")``, the run
+    directories (holding ``marker``) up to ``depth`` levels below ``folder`` (a bounded search: the folder may be a home
+    directory), the first three shown; None where there is none."""
     found = (p.parent for d in range(1, depth + 1) for p in Path(folder).glob("/".join(["*"] * d + [marker])))
-    return sorted(str(p) for p in found) if Path(folder).is_dir() else []
+    held = sorted(str(p) for p in found) if Path(folder).is_dir() else []
+    if not held:
+        return None
+    return f"holds {len(held)} run{'s' if len(held) > 1 else ''}", " ".join(held[:3]) + (" ..." if len(held) > 3 else "")
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -65,9 +69,7 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
             raise UsageError(str(run_dir), "does not exist", "pass a directory written by flipes train")
         held = runs_under(run_dir, "config.json")
         if held:  # a folder of runs: name them
-            shown = " ".join(held[:3]) + (" ..." if len(held) > 3 else "")
-            problem = f"is not a run directory (no config.json) but holds {len(held)} run{'s' if len(held) > 1 else ''}"
-            raise UsageError(str(run_dir), problem, f"pass one: {shown}")
+            raise UsageError(str(run_dir), f"is not a run directory (no config.json) but {held[0]}", f"pass one: {held[1]}")
         raise UsageError(str(run_dir), "is not a run directory (no config.json)", "pass a directory written by flipes train")
     try:
         config = json.loads(path.read_text())
