@@ -580,6 +580,23 @@ def test_the_preset_notes_name_what_the_env_and_algo_rows_set_and_no_flag_change
     assert env.startswith("per-env defaults of flipes/CartPole-v1")
 
 
+def test_an_env_version_without_a_row_names_the_row_of_another_version_and_the_flags_it_would_set() -> None:
+    """``HalfCheetah-v4`` (an EnvPool id) has no preset row: the note names v5's row and, as flags, only the values of
+    it this run does not already have; with all of them given, or for an env no version of which has a row, none."""
+    from flipes.commands import parse_train_config, preset_lines
+
+    (note,) = preset_lines(parse_train_config(["--env", "envpool:HalfCheetah-v4", "--popsize", "128"]))
+    assert note == "no per-env defaults for envpool:HalfCheetah-v4: TrainConfig's apply; flipes.rl.presets has " \
+        "HalfCheetah-v5's, which would set --sigma 0.03 --lr 0.04 --hidden 64 64 --eval-episodes 5 --generations 2000 " \
+        "(flags or a --config file)"  # fmt: skip
+    (note,) = preset_lines(parse_train_config(["--env", "Hopper-v4"]))
+    assert "has Hopper-v5's, which would set --popsize 16 " in note and " --hidden --eval-every 10 " in note
+    assert " --algo ars --ars-top 4 " in note  # the row's own search, as --env Hopper-v5 alone trains
+    given = ["--popsize", "128", "--sigma", "0.03", "--lr", "0.04", "--hidden", "64", "64", "--eval-episodes", "5"]
+    assert preset_lines(parse_train_config(["--env", "HalfCheetah-v4", *given, "--generations", "2000"])) == []
+    assert preset_lines(parse_train_config(["--env", "Blackjack-v1"])) == []
+
+
 def test_a_mistake_in_the_command_is_named_before_a_run_directory_that_holds_a_run(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
