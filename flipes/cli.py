@@ -406,6 +406,13 @@ FOREIGN = {
 }
 
 
+# RL Zoo's short flags (train.py: -n for --n-timesteps, -f for --log-folder), the ones an RL Zoo user types by habit
+SHORT_FOREIGN = {
+    "n": ("RL Zoo's", "max_timesteps", " (env steps of the training episodes)"),
+    "f": ("RL Zoo's", "out", " (the run directory itself)"),
+}
+
+
 def foreign_fix(key: str, flags: bool) -> str | None:
     """What flipes calls an option another ES library calls ``key`` (as a flag, or as a keyword and config key),
     or None where ``key`` is no such name."""
@@ -476,6 +483,13 @@ class _Parser(argparse.ArgumentParser):
                 fix = MINIMIZE_FIX
             if self.prog.endswith("train") and (foreign := foreign_fix(key, flags=True)):
                 fix = foreign
+            if re.match(r"-[A-Za-z]+(=|$)", word):  # -n 1000: a letter's close spellings are noise, not guesses
+                short = SHORT_FOREIGN.get(key) if self.prog.endswith("train") else None
+                fix = f"{self.prog} has no short options but -h; " + (
+                    f"{short[0]} {word.split('=')[0]} is --{short[1].replace('_', '-')} here{short[2]}"
+                    if short
+                    else "--help lists the long ones"
+                )
             raise UsageError(word, "unknown option", fix)
         raise UsageError(self.prog, message, f"{self.prog} --help describes the options")
 

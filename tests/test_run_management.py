@@ -224,6 +224,20 @@ def test_every_other_libraries_name_is_refused_naming_the_flipes_option(key: str
     assert f" {key} is {option_name(ours)} here" in e.value.fix
 
 
+def test_a_short_flag_is_refused_without_guesses_naming_rl_zoos_meaning_where_it_has_one() -> None:
+    """flipes has no short options but ``-h``: ``-x`` gets no spelling guesses (a letter is close to nothing), and RL
+    Zoo's ``-n`` and ``-f`` name the flipes options they mean there."""
+    for argv, fix in (
+        (["-n", "1000"], "flipes train has no short options but -h; RL Zoo's -n is --max-timesteps here"),
+        (["-f", "logs"], "flipes train has no short options but -h; RL Zoo's -f is --out here"),
+        (["-x"], "flipes train has no short options but -h; --help lists the long ones"),
+        (["-p=3"], "flipes train has no short options but -h; --help lists the long ones"),
+    ):
+        with pytest.raises(UsageError) as e:
+            parse_train_config(argv)
+        assert e.value.fix.startswith(fix) and "did you mean" not in e.value.fix, (argv, e.value.fix)
+
+
 def test_config_file_keys_may_be_spelt_with_dashes_as_the_flags_are(tmp_path: Path) -> None:
     """A config file's keys take ``-`` as the flags do (``eval-every``) or ``_`` as the fields do."""
     cfg = tmp_path / "run.json"
