@@ -17,7 +17,7 @@ from flipes.config import TrainConfig
 from flipes.errors import UsageError
 from flipes.plugins import same_code
 from flipes.rl import RolloutFitness
-from flipes.search import SHAPINGS
+from flipes.search import own_shaping
 
 if TYPE_CHECKING:
     from flipes.builders import Fitness
@@ -164,8 +164,8 @@ def same_option(key: str, saved: dict[str, Any], now: dict[str, Any]) -> bool:
     if key in ("fitness", "model", "optimizer"):
         return same_code(saved.get(key), now[key])
     if key == "shaping":
-        saved_rule, rule = saved.get(key, "auto"), now[key]
-        if saved_rule in SHAPINGS and rule in SHAPINGS:
-            return SHAPINGS[saved_rule] is SHAPINGS[rule]
+        saved_rule, rule = own_shaping(saved.get(key, "auto")), own_shaping(now[key])
+        if callable(saved_rule) or callable(rule):
+            return saved_rule is rule
         return same_code(saved_rule, rule)
     return False

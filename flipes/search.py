@@ -50,6 +50,16 @@ SHAPINGS: MappingProxyType[str, Callable[[Tensor], Tensor]] = MappingProxyType(
 )
 
 
+def own_shaping(spec: str) -> Callable[[Tensor], Tensor] | str:
+    """The function of flipes' own that the ``--shaping`` value ``spec`` names (``z-score``, ``flipes.shaping:z_score``,
+    ``flipes.es.shaping:z_score``: one rule, three spellings), else ``spec`` unchanged."""
+    if spec in SHAPINGS:
+        return SHAPINGS[spec]
+    module, _, name = spec.partition(":")
+    fn = getattr(shaping, name, None) if module in ("flipes.shaping", "flipes.es.shaping") and name else None
+    return fn if callable(fn) else spec
+
+
 def clipup(params: list[Tensor], max_speed: float, lr: float) -> ClipUp:
     """ClipUp at ``max_speed``, step size half of it, momentum 0.9 (the paper's recommended ratios).
 

@@ -1613,7 +1613,8 @@ def test_an_env_row_names_its_search_and_an_explicit_algo_picks_another(tmp_path
 def test_shaping_and_weight_decay_reach_the_es_and_a_resume_must_keep_them(tmp_path: Path) -> None:
     """--shaping picks the shaping function (auto: the search's own; refused with ARS's own weighting),
     --weight-decay is FlipES's: a generation of flipes.train steps exactly as FlipES.tell with the
-    same shaped fitness and decay, and resuming with another value of either is refused."""
+    same shaped fitness and decay, and resuming with another value of either is refused (a rule of flipes' own is
+    the same rule by its name or its module:function)."""
     from flipes.config import SHAPING_NAMES
     from flipes.search import SHAPINGS
 
@@ -1645,6 +1646,10 @@ def test_shaping_and_weight_decay_reach_the_es_and_a_resume_must_keep_them(tmp_p
     flipes.train(**auto, out=str(tmp_path / "auto"))
     named = flipes.train(**{**auto, "shaping": "centered-ranks", "generations": 2}, resume=str(tmp_path / "auto"))
     assert [r["generation"] for r in named.metrics] == [1]
+    spelt = flipes.train(**{**auto, "shaping": "flipes.shaping:centered_ranks", "generations": 3}, resume=str(tmp_path / "auto"))
+    assert [r["generation"] for r in spelt.metrics] == [2]  # flipes' own rule by module:function is that rule too
+    with pytest.raises(flipes.UsageError, match="the run was trained with other options"):
+        flipes.train(**{**auto, "shaping": "flipes.es.shaping:z_score", "generations": 4}, resume=str(tmp_path / "auto"))
 
 
 def test_pgpe_and_ars_solve_cartpole(tmp_path: Path) -> None:
