@@ -206,7 +206,8 @@ def build_es(config: TrainConfig, model: nn.Module, comm: dist.Comm, plugins: Pl
         model,
         popsize=config.popsize,
         sigma=sigma_schedule(config),
-        lr=config.lr,
+        # a factory (--algo ars's SGD at lr·σ, pgpe's ClipUp, --optimizer FN) sets its own step size from config.lr
+        lr=config.lr if optimizer is None or isinstance(optimizer, type) else None,
         seed=config.seed,
         groups=config.groups,
         mirrored=config.mirrored,

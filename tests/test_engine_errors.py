@@ -55,13 +55,21 @@ def test_changing_requires_grad_after_construction_is_an_error_naming_the_parame
 
 
 def test_the_optimizer_is_built_over_exactly_the_evolved_parameters_at_its_lr() -> None:
-    """An optimizer class runs at FlipES's lr (not the class's default); an optimizer instance, or a
-    factory whose optimizer leaves out evolved parameters or holds others, is an error saying how to
-    write the factory."""
+    """An optimizer class runs at FlipES's lr (not the class's default), a factory at its own; an lr given beside a
+    factory that sets another, an optimizer instance, or a factory whose optimizer leaves out evolved parameters or
+    holds others, is an error saying how to write it."""
     es = flipes.FlipES(mlp(), popsize=8, lr=0.5, optimizer=torch.optim.Adam)
     assert type(es.optimizer) is torch.optim.Adam and [g["lr"] for g in es.optimizer.param_groups] == [0.5]
     es = flipes.FlipES(mlp(), popsize=8, optimizer=lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9))
     assert [g["lr"] for g in es.optimizer.param_groups] == [0.2]
+    es = flipes.FlipES(mlp(), popsize=8, lr=0.2, optimizer=lambda p: torch.optim.SGD(p, lr=0.2))  # the same lr: no conflict
+    assert [g["lr"] for g in es.optimizer.param_groups] == [0.2]
+    # an lr beside a factory that sets another would be ignored: said, with the class as the way to build at lr
+    with pytest.raises(ValueError, match=r"lr=0.5 and an optimizer factory that sets lr 0.2 \(SGD\).*drop lr= and set it in "
+                       r"the factory, or pass the class \(optimizer=torch.optim.SGD\) to build it at lr=0.5"):  # fmt: skip
+        flipes.FlipES(mlp(), popsize=8, lr=0.5, optimizer=lambda p: torch.optim.SGD(p, lr=0.2))
+    with pytest.raises(ValueError, match=r"sets lr 0.05 \(ClipUp\).*set it in the factory$"):
+        flipes.FlipES(mlp(), popsize=8, lr=0.5, optimizer=lambda p: flipes.optim.ClipUp(p, lr=0.05, max_speed=0.1))
 
     model = mlp()
     with pytest.raises(TypeError, match=r"got an instance of SGD.*optimizer=lambda params: torch\.optim\.SGD\(params"):

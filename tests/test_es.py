@@ -714,7 +714,7 @@ def test_tell_stats_are_the_fitness_moments_gradient_norm_and_update_ratio() -> 
     population std, ‖ĝ‖, ‖Δθ‖/‖θ_after‖, σ and the generation just finished."""
     torch.manual_seed(0)
     model = mlp(0).double()
-    es = flipes.FlipES(model, popsize=16, sigma=0.07, lr=0.01, seed=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.3))
+    es = flipes.FlipES(model, popsize=16, sigma=0.07, seed=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.3))
     for generation in range(2):
         before = torch.cat([p.detach().flatten().clone() for p in es.params])
         with es.population():

@@ -926,7 +926,7 @@ def test_an_optimizer_and_a_shaping_of_ones_own_train_as_by_hand_and_resume(
     c = run.config
     torch.manual_seed(c.seed)
     model = flipes.flipout(quadratic.make_model(None))
-    es = flipes.FlipES(model, popsize=8, sigma=c.sigma, lr=c.lr, groups=c.groups, optimizer=search_rules.sgd,
+    es = flipes.FlipES(model, popsize=8, sigma=c.sigma, groups=c.groups, optimizer=search_rules.sgd,
                        shaping=search_rules.top_half)  # fmt: skip
     hashes = []
     for _ in range(6):

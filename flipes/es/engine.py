@@ -214,8 +214,9 @@ class FlipES:
         popsize: members per generation, ``N`` (all processes together); an integer (numpy's too).
         sigma: perturbation scale σ > 0, or a function ``generation -> σ`` (a schedule).
         lr: learning rate (finite, >= 0) of the optimizer FlipES builds: the default Adam, or the
-            ``torch.optim.Optimizer`` class given as ``optimizer``. Unused with an optimizer factory,
-            which sets its own.
+            ``torch.optim.Optimizer`` class given as ``optimizer``; ``None`` (default): 0.03. An optimizer
+            factory sets its own: an ``lr`` given beside it must be the one it sets (else an error, as one of
+            the two would be ignored).
         seed: any integer (not a float); keys all noise, with the generation, group and slot.
         groups: number of ε groups; members are split into ``groups`` contiguous blocks, each with
             its own ε (signs are per member in any case). More groups: less correlation between
@@ -284,7 +285,7 @@ class FlipES:
         model: nn.Module,
         popsize: int,
         sigma: float | Callable[[int], float] = 0.05,
-        lr: float = 0.03,
+        lr: float | None = None,
         seed: int = 0,
         groups: int = 1,
         *,
@@ -321,7 +322,8 @@ class FlipES:
                 f"shaping must be a function fitness (N,) -> weights (N,), e.g. flipes.shaping.centered_ranks, "
                 f"got {shaping!r} ({type(shaping).__name__})"
             )
-        lr, weight_decay = nonnegative("lr", lr), nonnegative("weight_decay", weight_decay)
+        given_lr = lr is not None
+        lr, weight_decay = nonnegative("lr", 0.03 if lr is None else lr), nonnegative("weight_decay", weight_decay)
         if popsize < 1 or groups < 1 or popsize % groups:
             raise ValueError(f"popsize={popsize} must be a positive multiple of groups={groups}")
         if mirrored and (popsize // groups) % 2:
@@ -427,7 +429,7 @@ class FlipES:
             for key, obj in slots.items()
             if obj is not None
         ]
-        self.optimizer = self._build_optimizer(optimizer, lr)
+        self.optimizer = self._build_optimizer(optimizer, lr, given_lr)
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None
         if self.sigma_lr > 0:
@@ -507,7 +509,7 @@ class FlipES:
             module.__dict__["_flipes_owner"] = weakref.ref(self)
 
     def _build_optimizer(
-        self, optimizer: OptimizerFactory | type[torch.optim.Optimizer] | None, lr: float
+        self, optimizer: OptimizerFactory | type[torch.optim.Optimizer] | None, lr: float, given_lr: bool = False
     ) -> torch.optim.Optimizer:
         """The optimizer over exactly ``self.params``: tell writes every evolved parameter's ``.grad``, so
         one left out would never move, and one of another module would step on a stale ``.grad``."""
@@ -545,6 +547,16 @@ class FlipES:
                     f"{what} {len(ps)}: {self._names(ps)}" for what, ps in (("it leaves out", missing), ("it adds", others)) if ps
                 )
                 + "; build it from them, e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
+            )
+        steps = sorted({float(g["lr"]) for g in built.param_groups if "lr" in g})
+        if given_lr and not isinstance(optimizer, type) and steps != [lr]:
+            sets = f"sets lr {', '.join(map(str, steps))}" if steps else "sets no lr"
+            name = type(built).__name__
+            as_class = f", or pass the class (optimizer=torch.optim.{name}) to build it at lr={lr}"
+            raise ValueError(
+                f"lr={lr} and an optimizer factory that {sets} ({name}): the factory's optimizer steps, so lr= would be "
+                "ignored; drop lr= and set it in the factory"
+                + (as_class if getattr(torch.optim, name, None) is type(built) else "")
             )
         return built
 
