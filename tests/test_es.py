@@ -196,6 +196,33 @@ def test_shaping_functions() -> None:
     assert torch.equal(raw(f), f)
 
 
+@MADE_UP_FITNESS
+@pytest.mark.filterwarnings("ignore::flipes.EqualFitnessWarning")  # equal on purpose
+@pytest.mark.parametrize("shaping", [centered_ranks, z_score, flipes.shaping.ars])
+@pytest.mark.parametrize("n", [3, 6])
+def test_equal_fitness_leaves_parameters_and_sigma_where_they_are(shaping, n: int) -> None:
+    """Every member at fitness 0.1 (float64), whose mean rounds an ulp away from it: each shaping maps the equal
+    values to exact zeros, so neither the parameters (SGD at lr 1, mirrored=False where the shaping allows it: no pair
+    cancels a common weight) nor an adaptive σ move, as EqualFitnessWarning says. z_score divided the rounding of the
+    mean by a std of the same size and gave every member ±1: a step of norm ~1 in random directions."""
+    mirrored = shaping is flipes.shaping.ars
+    f = torch.full((n if not mirrored else 2 * n,), 0.1, dtype=DT)
+    assert f.mean() != 0.1  # the rounded mean is an ulp off the values
+    assert torch.equal(shaping(f), torch.zeros_like(f))
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)).double())
+    before = [p.detach().clone() for p in model.parameters()]
+    options = {"groups": len(f) // 2, "mirrored": True} if mirrored else {"groups": len(f), "mirrored": False, "sigma_lr": 0.5}
+    sgd = functools.partial(torch.optim.SGD, lr=1.0)
+    es = flipes.FlipES(model, popsize=len(f), sigma=0.1, shaping=shaping, optimizer=sgd, **options)
+    log_sigma = None if es.log_sigma is None else es.log_sigma.clone()
+    with es.population():
+        pass
+    assert es.tell(f)["grad_norm"] == 0.0
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+    assert log_sigma is None or torch.equal(es.log_sigma, log_sigma)
+
+
 def test_flipes_shaping_imports_as_a_module_by_the_name_the_readme_uses() -> None:
     """``flipes.shaping`` is ``flipes.es.shaping`` also to the import system: ``from flipes.shaping import ...`` and
     ``--shaping flipes.shaping:z_score`` give the very functions ``flipes.shaping.z_score`` names."""

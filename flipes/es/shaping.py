@@ -28,8 +28,11 @@ def centered_ranks(fitness: Tensor) -> Tensor:
 def z_score(fitness: Tensor) -> Tensor:
     """``(f - mean) / std``; zeros when all values are equal."""
     std = fitness.std(unbiased=False)
-    centered = fitness - fitness.mean()
-    return centered / std if std > 0 else torch.zeros_like(fitness)
+    # equal values by comparison, not by std: their rounded mean can be an ulp off them (0.1 three times), and that
+    # rounding over a std as small gave every member ±1
+    if not (std > 0 and fitness.amax() > fitness.amin()):
+        return torch.zeros_like(fitness)
+    return (fitness - fitness.mean()) / std
 
 
 def raw(fitness: Tensor) -> Tensor:
