@@ -4,6 +4,7 @@ exact resume."""
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
@@ -328,8 +329,9 @@ def test_training_with_adaptive_sigma_and_no_groups_takes_eight_and_every_sigma_
 
 
 def test_sigma_lr_options_are_checked() -> None:
-    """A negative sigma_lr (a bool: TypeError), sigma_lr with a σ schedule and sigma_lr with low-rank noise each raise
-    a ValueError naming the problem; numpy's float32 is a number like a float."""
+    """A negative sigma_lr (a bool: TypeError), sigma_lr with a σ schedule, with low-rank noise and with ARS shaping
+    (also as a functools.partial) each raise a ValueError naming the problem and the fix; numpy's float32 is a number
+    like a float."""
     model = small_model()
     with pytest.raises(ValueError, match="sigma_lr must be a finite number >= 0"):
         flipes.FlipES(model, popsize=8, sigma_lr=-0.1)
@@ -340,6 +342,9 @@ def test_sigma_lr_options_are_checked() -> None:
         flipes.FlipES(model, popsize=8, sigma=lambda g: 0.1, sigma_lr=0.1)
     with pytest.raises(ValueError, match="needs full-rank noise"):
         flipes.FlipES(model, popsize=8, sigma_lr=0.1, noise_rank=2)
+    for ars in (flipes.shaping.ars, functools.partial(flipes.shaping.ars, top=2)):
+        with pytest.raises(ValueError, match=r"shaping=flipes.shaping.ars: .* σ would never move .* use sigma_lr=0 with ars"):
+            flipes.FlipES(model, popsize=16, groups=4, sigma_lr=0.1, shaping=ars)
 
 
 @MADE_UP_FITNESS

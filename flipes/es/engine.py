@@ -251,7 +251,8 @@ class FlipES:
             ``log σ += η · Σ_n c_n (‖z_n‖² - d) / (√(2d) N)``, ``c_n`` the shaped fitness less the mean of
             the members whose noise is independent of n's (unbiased under Flipout), so η means the
             same for layers of any size (``flipes.es.sigma``). Under Flipout a layer's weights learn σ only from the
-            variation between ε groups: use ``groups ≥ 8``. Needs full-rank noise. ``stats["sigma"]``
+            variation between ε groups: use ``groups ≥ 8``. Needs full-rank noise, and a shaping other than
+            ``flipes.shaping.ars`` (whose ±w pairs cancel the twins' shared score). ``stats["sigma"]``
             is then the mean σ over the evolved parameters; σ is part of ``state_dict()``.
         track_best: keep ``es.best``, the member of highest fitness over all generations so far
             (:class:`~flipes.es.members.BestMember`: its fitness, generation, index and state dict,
@@ -355,6 +356,12 @@ class FlipES:
             raise ValueError(
                 "shaping=flipes.shaping.ars compares the returns of mirrored pairs (2k, 2k+1): with mirrored=False they "
                 "are unrelated members; use mirrored=True"
+            )
+        if getattr(shaping, "func", shaping) is shaping_ars and self.sigma_lr > 0:
+            raise ValueError(
+                "sigma_lr > 0 with shaping=flipes.shaping.ars: ARS weights a mirrored pair +w and -w and the twins share "
+                "‖z‖², so the log-σ gradient is zero and σ would never move (and ARS's step lr·σ assumes a fixed σ); use "
+                "sigma_lr=0 with ars, or adapt σ with centered_ranks or z_score shaping (as --algo pgpe does)"
             )
         self.shaping, self.weight_decay = shaping, weight_decay
         self._sigma = sigma
