@@ -387,3 +387,53 @@ def test_a_layer_with_a_frozen_weight_adapts_the_sigma_of_its_bias_alone() -> No
     expect = eta * (c * (z2 - 3)).sum() / (math.sqrt(2 * 3) * n)
     torch.testing.assert_close(es.log_sigma[1] - before[1], expect, atol=1e-12, rtol=1e-9)
     assert math.isclose(stats["sigma"], (28 * s0 + 3 * s1) / 31, rel_tol=1e-12)
+
+
+@MADE_UP_FITNESS
+def test_pgpe_with_clipup_and_weight_decay_follows_a_per_member_reference_over_generations() -> None:
+    """``--algo pgpe`` from Python plus weight decay: adaptive σ per slot (mirrored, 4 groups, centered ranks), ClipUp
+    (momentum 0.9, a speed limit it reaches) and ``weight_decay``. Over 4 generations of a real fitness, a reference
+    built from the materialized perturbations alone (its own σ, parameters and velocity, carried from generation to
+    generation) gives each generation's σ, the step ClipUp takes along -Σ F̂ σ_i u_n/(Nσ_i²) + λθ over ALL parameters
+    as one vector (the slots' different σ weigh their parts), and the parameters, to float64 rounding."""
+    model = small_model()
+    n, eta, wd, lr, momentum, max_speed = 16, 0.4, 0.05, 0.02, 0.9, 0.03
+    es = flipes.FlipES(
+        model, popsize=n, sigma=0.2, groups=4, sigma_lr=eta, weight_decay=wd,
+        optimizer=lambda p: flipes.optim.ClipUp(p, lr=lr, momentum=momentum, max_speed=max_speed),
+    )  # fmt: skip
+    theta = {name: p.detach().clone() for name, p in model.named_parameters()}
+    target = {name: torch.randn(p.shape, dtype=DT, generator=torch.Generator().manual_seed(7)) for name, p in theta.items()}
+    log_sigma = [math.log(0.2)] * 3
+    velocity = {name: torch.zeros_like(p) for name, p in theta.items()}
+    group, pair = torch.arange(n) // (n // 4), torch.arange(n) // 2
+    flipout_weight = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, flipes.nn.FlipoutLinear)}
+    clipped = 0
+    for _ in range(4):
+        with es.population():
+            deltas = member_perturbations(es, model)
+        fitness = -sum(((theta[k] + deltas[k] - target[k]) ** 2).flatten(1).sum(1) for k in theta)
+        f_hat = centered_ranks_distinct(fitness)
+        grad = {}
+        for i, names in enumerate(slot_names(es, model)):
+            sigma = math.exp(log_sigma[i])
+            d = sum(theta[k].numel() for k in names)
+            score = 0.0
+            for k in names:
+                z2 = deltas[k].flatten(1).square().sum(1) / sigma**2
+                c = baseline_free(f_hat, group if k in flipout_weight else pair)
+                score += (c * (z2 - theta[k].numel())).sum().item()
+                u = deltas[k] / sigma
+                grad[k] = -(f_hat.view(-1, *(1,) * theta[k].dim()) * u).sum(0) / (n * sigma) + wd * theta[k]
+            log_sigma[i] += eta * score / (math.sqrt(2 * d) * n)
+        norm = math.sqrt(sum(g.square().sum().item() for g in grad.values()))
+        velocity = {k: momentum * velocity[k] + lr * grad[k] / norm for k in theta}
+        speed = math.sqrt(sum(v.square().sum().item() for v in velocity.values()))
+        clipped += speed > max_speed
+        velocity = {k: v * min(1.0, max_speed / speed) for k, v in velocity.items()}
+        theta = {k: theta[k] - velocity[k] for k in theta}
+        es.tell(fitness)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.detach(), theta[name], atol=1e-12, rtol=0, msg=name)
+        torch.testing.assert_close(es.log_sigma, torch.tensor(log_sigma, dtype=DT), atol=1e-12, rtol=0)
+    assert clipped and len(set(log_sigma)) == 3  # the speed limit was reached; the slots' σ went apart
