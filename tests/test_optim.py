@@ -148,17 +148,18 @@ def test_flipes_with_clipup_solves_a_linear_regression() -> None:
 
 @MADE_UP_FITNESS
 @pytest.mark.parametrize("top", [None, 3])
-@pytest.mark.parametrize("groups", [1, 2])
-def test_ars_weights_give_the_papers_update(top: int | None, groups: int) -> None:
+@pytest.mark.parametrize("groups,rank", [(1, None), (2, None), (2, 1)])
+def test_ars_weights_give_the_papers_update(top: int | None, groups: int, rank: int | None) -> None:
     """θ += α/(b σ_R) Σ_top-b (r+ - r-) δ_k (Mania et al., 2018), computed directly from the materialized
-    directions, equals a FlipES step with ars shaping and SGD at lr = α·ν."""
+    directions, equals a FlipES step with ars shaping and SGD at lr = α·ν; also with rank-1 noise, whose directions
+    (ε = A B per group, the bias noise shared by a group and sign-flipped per member) are still exact mirrored pairs."""
     from reference import member_perturbations
 
     torch.manual_seed(0)
     n, nu, alpha = 16, 0.03, 0.02
     policy = flipes.flipout(nn.Linear(4, 2, dtype=torch.float64))  # ARS's linear policy
     es = flipes.FlipES(
-        policy, popsize=n, sigma=nu, groups=groups, mirrored=True,
+        policy, popsize=n, sigma=nu, groups=groups, mirrored=True, noise_rank=rank,
         shaping=lambda f: flipes.shaping.ars(f, top=top), optimizer=lambda p: torch.optim.SGD(p, lr=alpha * nu),
     )  # fmt: skip
     with es.population():
