@@ -185,7 +185,8 @@ def test_a_flipes_pickled_after_a_forward_in_a_population_evaluates_the_same_mem
 def test_shaping_functions() -> None:
     """``centered_ranks`` maps fitness to rank/(N - 1) - 1/2 with ties sharing their mean rank (all equal: zeros);
     ``z_score`` is (f - mean) / population std, checked against the hand-computed values (constant input: exactly
-    zeros); ``raw`` is the identity."""
+    zeros); ``raw`` is the identity. Integer scores shape as the same values in floating point: centered ranks
+    truncated the tie's mean rank 2.5 to 2, z_score and ars raised torch's error on std."""
     f = torch.tensor([3.0, -1.0, 3.0, 10.0, 0.0])
     # ties share their mean rank: sorted -1, 0, 3, 3, 10 -> ranks 0, 1, 2.5, 2.5, 4
     torch.testing.assert_close(centered_ranks(f), torch.tensor([2.5, 0, 2.5, 4, 1]) / 4 - 0.5)
@@ -194,6 +195,10 @@ def test_shaping_functions() -> None:
     torch.testing.assert_close(z_score(f), torch.tensor([0.0, -4.0, 0.0, 7.0, -3.0]) / 14.8**0.5)
     assert torch.equal(z_score(torch.ones(3)), torch.zeros(3))
     assert torch.equal(raw(f), f)
+    for shaping in (centered_ranks, z_score):  # integer scores (counts): ties still share a mean rank of 2.5
+        assert torch.equal(shaping(f.long()), shaping(f))
+    pairs = torch.tensor([1, 5, 2, 0, 3, 2])
+    assert torch.equal(flipes.shaping.ars(pairs, top=2), flipes.shaping.ars(pairs.float(), top=2))
 
 
 @MADE_UP_FITNESS

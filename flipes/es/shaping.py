@@ -11,9 +11,16 @@ import torch
 from torch import Tensor
 
 
+def _floating(fitness: Tensor) -> Tensor:
+    """``fitness`` itself, or integer scores (counts, pass/fail sums) in torch's default dtype: a mean rank of tied
+    values is a half, and a std is not defined for integers."""
+    return fitness if fitness.is_floating_point() else fitness.to(torch.get_default_dtype())
+
+
 def centered_ranks(fitness: Tensor) -> Tensor:
     """Ranks scaled to ``[-0.5, 0.5]``; tied fitness values share their mean rank (so a mirrored
     pair with equal fitness contributes nothing)."""
+    fitness = _floating(fitness)
     n = fitness.numel()
     if n < 2:
         return torch.zeros_like(fitness)
@@ -27,6 +34,7 @@ def centered_ranks(fitness: Tensor) -> Tensor:
 
 def z_score(fitness: Tensor) -> Tensor:
     """``(f - mean) / std``; zeros when all values are equal."""
+    fitness = _floating(fitness)
     std = fitness.std(unbiased=False)
     # equal values by comparison, not by std: their rounded mean can be an ulp off them (0.1 three times), and that
     # rounding over a std as small gave every member ±1
@@ -50,6 +58,7 @@ def ars(fitness: Tensor, top: int | None = None) -> Tensor:
     ``α / (b σ_R) Σ_top (r+ - r-) δ_k``. Use with ``mirrored=True``:
     ``FlipES(..., shaping=functools.partial(ars, top=b))``.
     """
+    fitness = _floating(fitness)
     n = fitness.numel()
     if n % 2:
         raise ValueError(f"ars shaping pairs mirrored members (2k, 2k+1); got {n} fitness values (odd): use mirrored=True")
