@@ -499,6 +499,13 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         raise UsageError(
             "--shaping", f"{config.shaping} with --algo ars, whose step is its own weighting of mirrored pairs", "drop --shaping"
         )
+    if config.popsize == 1 and config.algo != "ars" and config.shaping in ("auto", "centered-ranks", "z-score"):
+        score = "z-score" if config.shaping == "z-score" else "centered rank"
+        raise UsageError(
+            "--popsize",
+            f"1 member: its {score} is always 0, so no generation would move the parameters",
+            "use --popsize 2 or more (--shaping raw takes one member's fitness as it is)",
+        )
     finite("--reward-shift", config.reward_shift, fix="e.g. --reward-shift 1 removes an alive bonus of 1 per step")
     finite("--action-noise", config.action_noise, 0, fix="0 is none; e.g. --action-noise 0.01 (OpenAI's ES starter's)")
     if config.action_noise and config.fitness:

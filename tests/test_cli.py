@@ -184,6 +184,7 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--env", "flipes/Pendulum-v1", "--action-noise", "nan"], "--action-noise"),
     (["train", "--ars-top", "33"], "--ars-top"),
     (["train", "--algo", "ars", "--mirrored", "false"], "--mirrored"),
+    (["train", "--popsize", "1", "--mirrored", "false"], "--popsize"),  # one member's centered rank is always 0
     (["train", "--device", "cuda"], "--device"),
     (["train", "--device", "tpu"], "--device"),
     (["train", "--comm", "gossip"], "--comm"),

@@ -228,6 +228,17 @@ def test_equal_fitness_leaves_parameters_and_sigma_where_they_are(shaping, n: in
     assert log_sigma is None or torch.equal(es.log_sigma, log_sigma)
 
 
+def test_one_member_with_a_centering_shaping_is_refused_naming_raw() -> None:
+    """A single member's centered rank or z-score is always 0, so such a FlipES would never move: refused (also as a
+    functools.partial), naming popsize >= 2 and raw shaping, which a single member may use."""
+    model = flipes.flipout(nn.Linear(3, 2))
+    expect = r"popsize=1 with shaping=flipes.shaping.(centered_ranks|z_score): .* use popsize >= 2, or shaping=flipes.shaping.raw"
+    for shaping in (centered_ranks, z_score, functools.partial(z_score)):
+        with pytest.raises(ValueError, match=expect):
+            flipes.FlipES(model, popsize=1, mirrored=False, shaping=shaping)
+    flipes.FlipES(model, popsize=1, mirrored=False, shaping=raw)
+
+
 def test_flipes_shaping_imports_as_a_module_by_the_name_the_readme_uses() -> None:
     """``flipes.shaping`` is ``flipes.es.shaping`` also to the import system: ``from flipes.shaping import ...`` and
     ``--shaping flipes.shaping:z_score`` give the very functions ``flipes.shaping.z_score`` names."""

@@ -82,7 +82,7 @@ def draw(seed: int) -> dict:
     mirrored = rng.random() < 0.5
     n = rng.choice([2, 4, 6, 8, 12] if mirrored else [1, 2, 3, 4, 5, 6, 8, 12])
     groups = rng.choice([g for g in range(1, n + 1) if n % g == 0 and (not mirrored or (n // g) % 2 == 0)])
-    shaping = rng.choice(["ranks", "z-score", "raw", *(["ars"] if mirrored else [])])
+    shaping = rng.choice(["ranks", "z-score", "raw", *(["ars"] if mirrored else [])] if n > 1 else ["raw"])  # 1: refused
     adaptive = shaping != "ars" and rng.random() < 0.5  # refused with ARS and with low-rank noise
     top = rng.choice([None, 1]) if shaping == "ars" else None
     return dict(

@@ -30,7 +30,7 @@ from flipes.es.gradient import MemberPerturbations, accumulate, paired, weighted
 from flipes.es.members import BestMember
 from flipes.es.population import Population
 from flipes.es.shaping import ars as shaping_ars
-from flipes.es.shaping import centered_ranks
+from flipes.es.shaping import centered_ranks, z_score
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.es.slots import dense_slots, flipout_slots, padding_rows
 from flipes.nn.attention import fused_transformers_off
@@ -356,6 +356,12 @@ class FlipES:
             raise ValueError(
                 "shaping=flipes.shaping.ars compares the returns of mirrored pairs (2k, 2k+1): with mirrored=False they "
                 "are unrelated members; use mirrored=True"
+            )
+        if popsize == 1 and getattr(shaping, "func", shaping) in (centered_ranks, z_score):
+            raise ValueError(
+                f"popsize=1 with shaping=flipes.shaping.{getattr(shaping, 'func', shaping).__name__}: a single member's "
+                "shaped fitness is always 0, so tell would never move the parameters (nor σ); use popsize >= 2, or "
+                "shaping=flipes.shaping.raw (one member's fitness as it is)"
             )
         if getattr(shaping, "func", shaping) is shaping_ars and self.sigma_lr > 0:
             raise ValueError(
