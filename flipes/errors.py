@@ -42,7 +42,8 @@ class WorkerEndedError(EnvWorkerError):
 
 
 class EqualFitnessWarning(UserWarning):
-    """Every member of a generation had the same fitness, so its ES gradient was zero: the model was
+    """Every member of a generation had the same fitness, so its ES gradient held no signal (zero, but for raw shaping
+    without mirrored pairs, which steps along the noise itself): the model was
     likely evaluated outside ``with es.population()`` (every member is then the mean network), or σ
     is too small for the fitness to tell members apart. Warned once per FlipES; a sparse reward may
     tie a population legitimately (``warnings.simplefilter("ignore", EqualFitnessWarning)``)."""

@@ -1199,9 +1199,10 @@ class FlipES:
             if self.comm.rank == 0:
                 warnings.warn(
                     f"generation {self.generation - 1}: all {self.popsize} members have the same fitness "
-                    f"({stats['fitness_max']:g}), so the ES gradient is zero. If that is unexpected: does the fitness "
-                    f"come from {EQUAL_TRAIN if self._train_fitness else EQUAL_LOOP}? Or is sigma too small for the "
-                    "fitness to tell members apart?",
+                    f"({stats['fitness_max']:g}), so the ES gradient holds no signal (zero for centered ranks, z-scores "
+                    "and mirrored pairs; with shaping=raw and no mirroring, a step along the noise itself). If that is "
+                    f"unexpected: does the fitness come from {EQUAL_TRAIN if self._train_fitness else EQUAL_LOOP}? Or is "
+                    "sigma too small for the fitness to tell members apart?",
                     EqualFitnessWarning,
                     stacklevel=caller_stacklevel(),
                 )
