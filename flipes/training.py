@@ -472,6 +472,8 @@ def _set_up_and_run(
             except ValueError as e:
                 raise UsageError("--model", str(e)) from None
         es = build_es(config, model, comm, plugins)
+        if note := own_lr_note(config, es.optimizer):
+            notes.append(note)
         dropout = training_dropout(model)
         es._told_dropout = True  # this note, not FlipES's warning, says it here
         es._train_fitness = True  # the user wrote a fitness, not the population block: the warnings speak of it
@@ -682,6 +684,19 @@ def rank_difference_hint(model: nn.Module) -> Callable[[list[str]], str]:
 
 # row entries each rank measures for itself; rank 0 sends the others
 RANK_ROW = ("steps_per_second", "bytes_sent")
+
+
+def own_lr_note(config: TrainConfig, optimizer: torch.optim.Optimizer) -> str:
+    """What ``--optimizer FN`` steps at where it is not ``--lr``: the function builds its optimizer with its own settings,
+    so ``--lr`` (given or the default) is not used; empty where they agree or no ``--optimizer`` is given."""
+    steps = sorted({float(g["lr"]) for g in optimizer.param_groups if "lr" in g})
+    if not config.optimizer or steps == [config.lr]:
+        return ""
+    at = f"at lr {', '.join(f'{x:g}' for x in steps)}" if steps else "with no lr"
+    return (
+        f"--optimizer {config.optimizer} builds {type(optimizer).__name__} {at}, its own: --lr {config.lr:g} is not used "
+        "(a torch.optim class, such as torch.optim.sgd:SGD, is built at --lr)"
+    )
 
 
 def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict[str, Any]]) -> None:

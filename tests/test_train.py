@@ -956,6 +956,22 @@ def test_an_optimizer_and_a_shaping_of_ones_own_train_as_by_hand_and_resume(
         flipes.train(**{**objects, "optimizer": lambda: None}, generations=1, out=str(tmp_path / "bad"), **kw)
 
 
+def test_an_optimizer_function_with_its_own_lr_is_said_to_leave_lr_unused() -> None:
+    """``--optimizer FN`` builds its optimizer with its own settings: where its lr is not ``--lr``, the start-of-run note
+    says that ``--lr`` is not used and that a torch.optim class is built at it; nothing where they agree or none is
+    given."""
+    from flipes.training import own_lr_note
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    config = TrainConfig(optimizer="search_rules:sgd", lr=0.05)
+    assert own_lr_note(config, torch.optim.SGD(params, lr=0.02, momentum=0.9)) == (
+        "--optimizer search_rules:sgd builds SGD at lr 0.02, its own: --lr 0.05 is not used (a torch.optim class, such "
+        "as torch.optim.sgd:SGD, is built at --lr)"
+    )
+    assert own_lr_note(config, torch.optim.SGD(params, lr=0.05)) == ""
+    assert own_lr_note(TrainConfig(lr=0.05), torch.optim.SGD(params, lr=0.02)) == ""  # --algo ars's own SGD at lr·σ
+
+
 def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
