@@ -510,7 +510,9 @@ def _set_up_and_run(
             if comm.size > 1:
                 agree(comm, config, state)  # before anything is written
         if lead:
-            cleanup.callback(prepare_run_dir(run_dir, config, state.checkpoint_state()).release)
+            # the user's callbacks take their saved states only below: a branch's first checkpoint copies them as saved
+            start = state.checkpoint_state() | ({"callbacks": state.saved_callbacks} if state.saved_callbacks else {})
+            cleanup.callback(prepare_run_dir(run_dir, config, start).release)
         standard = standard_callbacks(config, run_dir) if lead else []  # TensorBoard writes: after the lock
         for sink in standard:  # files closed however this ends (an exception skips on_train_end), before the lock goes
             if callable(close := getattr(sink, "close", None)):

@@ -1219,6 +1219,21 @@ def test_a_callbacks_state_is_saved_with_the_checkpoint_and_given_back_on_resume
         flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "bad"), callbacks=[Unsaveable()])
 
 
+def test_a_branch_starts_with_the_callbacks_states_of_the_checkpoint_it_continues(tmp_path: Path) -> None:
+    """A resume into another --out (a branch) writes the resumed checkpoint's callback states into its first
+    checkpoint: a branch with nothing left to train (or one killed before its next checkpoint) resumed with the
+    same callbacks continues their state as the run never stopped, and the states reach the next checkpoint."""
+    whole = HallOfFame()
+    flipes.train(**FAST_KW, generations=4, out=str(tmp_path / "whole"), callbacks=[whole])
+    flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "a"), callbacks=[HallOfFame()])
+    flipes.train(resume=str(tmp_path / "a"), out=str(tmp_path / "b"), generations=2, progress=False, callbacks=[HallOfFame()])
+    saved = [load_checkpoint(tmp_path / run)["callbacks"]["0:HallOfFame"]["best"].tolist() for run in ("a", "b")]
+    assert saved[1] == saved[0] == whole.best[:2]
+    rest = HallOfFame()
+    flipes.train(resume=str(tmp_path / "b"), generations=4, progress=False, callbacks=[rest])
+    assert len(whole.best) == 4 and rest.best == whole.best
+
+
 def test_a_resume_without_a_saved_callback_says_its_state_is_dropped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A resume whose callbacks do not take a state the checkpoint holds (the callback left out, or at another
     position) prints a note naming that state's key and the given callbacks' keys; a resume with the same
