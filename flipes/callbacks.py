@@ -235,9 +235,17 @@ class TensorBoardLogger(Callback):
     def __init__(self, log_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter  # ImportError without tensorboard
 
-        self.writer = SummaryWriter(str(log_dir))
+        self.log_dir, self._writer_class = Path(log_dir), SummaryWriter
+        self.writer: SummaryWriter | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        # a resume hides the scalars logged after its checkpoint (before a crash), as metrics.jsonl drops those rows:
+        # else TensorBoard shows those generations twice
+        purge = state.es.generation if state.resumed else None
+        self.writer = self._writer_class(str(self.log_dir), purge_step=purge)
 
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
+        assert self.writer is not None
         for key, value in row.items():
             if isinstance(value, int | float) and key != "generation":
                 self.writer.add_scalar(key, value, row["generation"])
@@ -247,7 +255,8 @@ class TensorBoardLogger(Callback):
 
     def close(self) -> None:
         """Close the writer (again: a no-op); also where training ended by an exception, before ``on_train_end``."""
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 WANDB_ID = "wandb/flipes-run-id"  # in the run directory: the W&B run a resume of it continues

@@ -1850,11 +1850,13 @@ def test_plot_tick_labels_of_timesteps_do_not_overlap(tmp_path: Path, monkeypatc
 def test_tensorboard_scalars_are_the_rows_of_every_generation_across_a_resume(tmp_path: Path) -> None:
     """With tensorboard installed, <run>/tensorboard holds every numeric column of metrics.jsonl as a
     scalar at step = generation (float32, as TensorBoard stores them), each generation once, also when
-    the run is resumed (the resumed process appends an event file of its own)."""
+    the run is resumed (the resumed process appends an event file of its own) from a checkpoint behind
+    the last row (previous.pt, as a crash leaves one): the scalars logged after it are the resumed run's."""
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     kw = {**FAST_KW, "tensorboard": True, "eval_every": 2, "out": str(tmp_path)}
-    flipes.train(**kw, generations=2)
-    flipes.train(**kw, generations=4, resume=str(tmp_path))
+    flipes.train(**kw, generations=3, checkpoint_every=2)
+    assert load_checkpoint(tmp_path / "previous.pt")["es"]["generation"] == 2
+    flipes.train(**kw, generations=4, resume=str(tmp_path / "previous.pt"))
     events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     rows = metrics(tmp_path)
