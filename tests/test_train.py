@@ -309,6 +309,37 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, algo: str) -> None:
     assert rows[-1]["timesteps"] > rows[0]["timesteps"] > 0
 
 
+# options whose state or draws a resume must continue, beside the search rules above (their own tests: action noise,
+# σ schedules, the CNN, callbacks, --max-timesteps, fitness plug-ins, a process count)
+RESUMED_FEATURES = {
+    "noise-rank": {"noise_rank": 1},
+    "groups-unmirrored": {"groups": 2, "mirrored": False},
+    "shaping-weight-decay": {"shaping": "z-score", "weight_decay": 0.01, "track_best": True},
+    "episodes-shift-cut": {"episodes": 2, "reward_shift": 0.5, "max_episode_steps": 30},
+    "gru": {"policy": "gru"},
+    "adaptive-sigma-parts": {"sigma_lr": 0.1, "groups": 4, "members_per_pass": 2, "hold_noise": False},
+}
+
+
+@pytest.mark.parametrize("feature", RESUMED_FEATURES)
+def test_each_feature_resumes_to_the_rows_of_a_run_never_stopped(tmp_path: Path, feature: str) -> None:
+    """2 generations, then a resume to 4, log every column of 4 in one go but the wall times (params_sha256, fitness,
+    evaluation, timesteps, σ, return_mean, best member), once per generation, with seconds going on from the
+    checkpoint's: for low-rank noise, groups without mirroring, shaping with weight decay and --track-best, episodes
+    with a shift and a cut, the GRU policy, adaptive σ over parts with their own noise."""
+    kw = {**FAST_KW, "hidden": [4], "eval_every": 1, **RESUMED_FEATURES[feature]}
+    full = flipes.train(**kw, generations=4, out=str(tmp_path / "full"))
+    flipes.train(**kw, generations=2, out=str(tmp_path / "part"))
+    flipes.train(**kw, generations=4, resume=str(tmp_path / "part"))
+    timed = ("seconds", "steps_per_second", "eval_seconds")
+    rows = metrics(tmp_path / "part")
+    assert [{k: v for k, v in r.items() if k not in timed} for r in rows] == [
+        {k: v for k, v in r.items() if k not in timed} for r in full.metrics
+    ]
+    assert [r["generation"] for r in rows] == [0, 1, 2, 3] and rows[1]["seconds"] < rows[2]["seconds"]
+    assert all(r["eval_return"] is not None and r["timesteps"] > 0 for r in rows)
+
+
 def mirrored_halves(records: list[torch.Tensor]):
     """A fitness recording, per generation, half the difference of each mirrored pair's outputs at input 0:
     σ_g·e_k of a Linear(1, 1)'s bias (e_k: the pair's noise, a function of the seed and generation alone)."""
