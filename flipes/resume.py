@@ -106,8 +106,9 @@ def agree(comm: dist.Comm, config: TrainConfig, state: TrainState) -> None:
         )
 
 
-def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None:
-    """Continue the run saved at ``path`` (a run directory or checkpoint file), bit for bit.
+def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list[str]:
+    """Continue the run saved at ``path`` (a run directory or checkpoint file), bit for bit; returns notes naming the
+    options changed since that make it equal to a run never stopped only to rounding (:func:`rounding_changes`).
 
     Raises:
         UsageError: no readable checkpoint there, or the run was trained with other options.
@@ -154,6 +155,28 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> None
     state.timesteps = saved_state["timesteps"]
     if isinstance(fitness, RolloutFitness | CheckedFitness):  # a plugged-in one takes it where it counts steps
         fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once
+    return rounding_changes(saved, now)
+
+
+def rounding_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Notes for options a resume may change (not in :data:`RESUME_KEYS`) that compute the same run with other
+    rounding: another device type, or the noise sampled part by part in the update (``--hold-noise false`` with
+    ``--members-per-pass``), or no longer. The run goes on from its checkpoint, but not bit for bit."""
+
+    def noise_by_part(config: dict[str, Any]) -> bool:
+        return not config.get("hold_noise", True) and bool(config.get("members_per_pass", 0))
+
+    changed = []
+    if "device" in saved and torch.device(saved["device"]).type != torch.device(now["device"]).type:
+        changed.append(f"--device {now['device']} (trained on {saved['device']}: another device rounds otherwise)")
+    if noise_by_part(saved) != noise_by_part(now):
+        how = "part by part" if noise_by_part(now) else "for the whole population"
+        changed.append(f"--hold-noise {str(now['hold_noise']).lower()} (the update now samples the noise {how}, which "
+                       "sums in another order)")  # fmt: skip
+    return [
+        f"resumed with {c}: the run goes on from its checkpoint, equal to one never stopped only to rounding, not bit for bit"
+        for c in changed
+    ]
 
 
 def same_option(key: str, saved: dict[str, Any], now: dict[str, Any]) -> bool:

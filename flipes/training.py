@@ -490,7 +490,7 @@ def _set_up_and_run(
         cleanup.callback(_close, getattr(evaluator, "env", None))
         state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
         if config.resume:
-            restore(state, config.resume, device, fitness)
+            notes.extend(restore(state, config.resume, device, fitness))
             unchecked = [f"{k} {getattr(config, k)}" for k in NAMED if "<lambda>" in getattr(config, k)]
             # recorded as module:<lambda>: any lambda of that script has the same name. A note, not a caution: lambdas
             # are fine (the README's examples pass them), only unchecked

@@ -3,6 +3,7 @@ metrics, callbacks, stop rules, resume, checkpoints and signals."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -338,6 +339,36 @@ def test_each_feature_resumes_to_the_rows_of_a_run_never_stopped(tmp_path: Path,
     ]
     assert [r["generation"] for r in rows] == [0, 1, 2, 3] and rows[1]["seconds"] < rows[2]["seconds"]
     assert all(r["eval_return"] is not None and r["timesteps"] > 0 for r in rows)
+
+
+def test_a_resume_changing_how_the_update_rounds_says_it_is_not_bit_for_bit(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A resume may change --hold-noise, but the update then sums the noise part by part (or no longer), which rounds
+    otherwise: the resume says in a note that it equals a run never stopped only to rounding; one keeping the
+    run's setting, or changing only --members-per-pass or --threads (the same bits), says nothing of it. Another
+    device type is named alike (a CUDA index is the same device type)."""
+    from flipes.resume import rounding_changes
+
+    kw = {**FAST_KW, "hidden": [4], "groups": 4, "eval_every": 100, "progress": True, "out": str(tmp_path)}
+    flipes.train(**kw, generations=1)
+    notes = []
+    for generations, changed in ((2, {"members_per_pass": 2, "threads": 2}), (3, {"members_per_pass": 2, "hold_noise": False}),
+                                 (4, {"members_per_pass": 2, "hold_noise": False}), (5, {"hold_noise": True})):  # fmt: skip
+        capsys.readouterr()
+        flipes.train(**kw, **changed, generations=generations, resume=str(tmp_path))
+        notes.append([line for line in capsys.readouterr().err.splitlines() if "only to rounding" in line])
+    assert notes[0] == notes[2] == [] and len(notes[1]) == len(notes[3]) == 1
+    assert "resumed with --hold-noise false (the update now samples the noise part by part" in notes[1][0]
+    assert "resumed with --hold-noise true (the update now samples the noise for the whole population" in notes[3][0]
+    assert [r["generation"] for r in metrics(tmp_path)] == [0, 1, 2, 3, 4]
+    cpu = dataclasses.asdict(TrainConfig())
+    assert (
+        rounding_changes(cpu, {**cpu, "device": "cpu:0"}) == []
+        and rounding_changes({**cpu, "device": "cuda"}, {**cpu, "device": "cuda:1"}) == []
+    )
+    (note,) = rounding_changes(cpu, {**cpu, "device": "cuda"})
+    assert note.startswith("resumed with --device cuda (trained on cpu: another device rounds otherwise): the run goes on")
 
 
 def mirrored_halves(records: list[torch.Tensor]):
