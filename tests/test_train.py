@@ -310,8 +310,18 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, algo: str) -> None:
     assert rows[-1]["timesteps"] > rows[0]["timesteps"] > 0
 
 
+class HalveLr(Callback):
+    """A step-size schedule as the README writes one: the optimizer's lr, halved after every generation (no state of
+    its own: the optimizer's param_groups, saved in the checkpoint, hold it)."""
+
+    def on_generation(self, state, row) -> None:
+        for group in state.es.optimizer.param_groups:
+            group["lr"] *= 0.5
+        row["lr"] = state.es.optimizer.param_groups[0]["lr"]
+
+
 # options whose state or draws a resume must continue, beside the search rules above (their own tests: action noise,
-# σ schedules, the CNN, callbacks, --max-timesteps, fitness plug-ins, a process count)
+# σ schedules, the CNN, callbacks' own state, --max-timesteps, fitness plug-ins, a process count)
 RESUMED_FEATURES = {
     "noise-rank": {"noise_rank": 1},
     "groups-unmirrored": {"groups": 2, "mirrored": False},
@@ -319,6 +329,7 @@ RESUMED_FEATURES = {
     "episodes-shift-cut": {"episodes": 2, "reward_shift": 0.5, "max_episode_steps": 30},
     "gru": {"policy": "gru"},
     "adaptive-sigma-parts": {"sigma_lr": 0.1, "groups": 4, "members_per_pass": 2, "hold_noise": False},
+    "clipup-lr-schedule": {"algo": "pgpe", "groups": 2, "callbacks": [HalveLr()]},
 }
 
 
@@ -327,7 +338,8 @@ def test_each_feature_resumes_to_the_rows_of_a_run_never_stopped(tmp_path: Path,
     """2 generations, then a resume to 4, log every column of 4 in one go but the wall times (params_sha256, fitness,
     evaluation, timesteps, σ, return_mean, best member), once per generation, with seconds going on from the
     checkpoint's: for low-rank noise, groups without mirroring, shaping with weight decay and --track-best, episodes
-    with a shift and a cut, the GRU policy, adaptive σ over parts with their own noise."""
+    with a shift and a cut, the GRU policy, adaptive σ over parts with their own noise, a callback's lr schedule
+    on ClipUp."""
     kw = {**FAST_KW, "hidden": [4], "eval_every": 1, **RESUMED_FEATURES[feature]}
     full = flipes.train(**kw, generations=4, out=str(tmp_path / "full"))
     flipes.train(**kw, generations=2, out=str(tmp_path / "part"))
