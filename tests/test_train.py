@@ -156,6 +156,19 @@ def test_registered_reward_threshold_stops_training_and_target_none_does_not(tmp
     assert [r["params_sha256"] for r in free.metrics[: len(auto.metrics)]] == [r["params_sha256"] for r in auto.metrics]
 
 
+def test_a_run_stopped_at_its_target_resumed_without_one_ends_as_a_run_never_stopped(tmp_path: Path) -> None:
+    """The target stops a run (after an evaluated row, with a checkpoint); resumed with --target none (or a higher
+    one) it trains on to the parameters, rows and timesteps of a run that never had a target."""
+    kw = {**FAST_KW, "eval_every": 1, "eval_episodes": 1, "max_episode_steps": 50}
+    solved = flipes.train(**{**kw, "target": 40.0}, generations=20, out=str(tmp_path / "run"))
+    assert solved.reason.startswith("solved") and len(solved.metrics) < 20
+    n = len(solved.metrics) + 2
+    free = flipes.train(**kw, generations=n, out=str(tmp_path / "free"))
+    assert flipes.train(resume=str(tmp_path / "run"), target=None, generations=n, progress=False).reason == "generations"
+    keys = ("generation", "params_sha256", "timesteps", "eval_return")
+    assert [[r[k] for k in keys] for r in metrics(tmp_path / "run")] == [[r[k] for k in keys] for r in free.metrics]
+
+
 @NEEDS_TOMLLIB
 def test_config_file_sets_options_and_flags_override_it(tmp_path: Path) -> None:
     """A TOML file sets options, flags override it, and the resolved options land in config.json."""
