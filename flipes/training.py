@@ -57,8 +57,8 @@ from flipes.nn import flipout
 from flipes.nn.convert import training_dropout
 from flipes.plugins import NAMED, Plugins
 from flipes.resume import agree, restore
-from flipes.rl import RolloutFitness
-from flipes.rl.envs import print_note
+from flipes.rl import EnvPoolVectorEnv, RolloutFitness
+from flipes.rl.envs import base_id, print_note
 from flipes.rundir import check_not_in_use, check_run_dir, prepare_run_dir
 
 
@@ -491,6 +491,13 @@ def _set_up_and_run(
         state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
         if config.resume:
             notes.extend(restore(state, config.resume, device, fitness))
+            # EnvPool's streams are fast-forwarded by resets alone: not a replay of an env that draws in its steps
+            if es.generation > 0 and isinstance(env, EnvPoolVectorEnv) and (what := env.step_draws()):
+                cautions.append(
+                    f"resumed on EnvPool's {env.env_id} ({what}), which draws random numbers in its steps: EnvPool "
+                    "fast-forwards each env's episodes by resets alone, so the run now plays other episodes than one never "
+                    f"stopped; --env gymnasium:{base_id(config.env)} reseeds every generation and resumes bit for bit"
+                )
             unchecked = [f"{k} {getattr(config, k)}" for k in NAMED if "<lambda>" in getattr(config, k)]
             # recorded as module:<lambda>: any lambda of that script has the same name. A note, not a caution: lambdas
             # are fine (the README's examples pass them), only unchecked

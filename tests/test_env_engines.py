@@ -15,8 +15,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, once_per_session, reference_env
+from helpers import FAST_KW, ROOT, metrics, once_per_session, reference_env
 
+import flipes
 from flipes.rl import EnvPoolVectorEnv, make_vector_env, reset_episodes, run_episodes
 from flipes.rl import envs as engine
 
@@ -168,6 +169,28 @@ def test_envpool_streams_fast_forward_like_consecutive_generations() -> None:
     fresh = EnvPoolVectorEnv("Hopper-v5", 6, threads=2)
     assert torch.equal(reset_episodes(fresh, 1, "population", 3), first[3])
     assert torch.equal(reset_episodes(fresh, 1, "population", 1), first[1])  # going back recreates the pool
+
+
+def test_a_resume_on_envpool_of_an_env_drawing_in_its_steps_says_it_plays_other_episodes(tmp_path: Path) -> None:
+    """EnvPool fast-forwards a resumed run's streams by resets alone, which replays an env whose randomness is all at
+    reset (Taxi here, MuJoCo, classic control) but not one that draws in its steps: slippery FrozenLake's resumed
+    rows count other timesteps than the run never stopped, and the resume says so in a warning naming the
+    gymnasium: engine, whose resume is bit for bit; a resume of Taxi or of gymnasium's FrozenLake says nothing."""
+    pytest.importorskip("envpool")
+    said = {}
+    for env, exact in (("FrozenLake-v1", False), ("Taxi-v3", True), ("gymnasium:FrozenLake-v1", True)):
+        kw, name = {**FAST_KW, "env": env, "hidden": [4], "eval_every": 100, "max_episode_steps": 40}, env.replace(":", "-")
+        full = flipes.train(**kw, generations=3, out=str(tmp_path / f"{name}-full"))
+        flipes.train(**kw, generations=1, out=str(tmp_path / name))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            flipes.train(**kw, generations=3, resume=str(tmp_path / name))
+        said[env] = [str(w.message) for w in caught if "draws random numbers in its steps" in str(w.message)]
+        rows = [(r["timesteps"], r["params_sha256"]) for r in metrics(tmp_path / name)]
+        assert (rows == [(r["timesteps"], r["params_sha256"]) for r in full.metrics]) is exact, env
+    assert said["Taxi-v3"] == said["gymnasium:FrozenLake-v1"] == [] and len(said["FrozenLake-v1"]) == 1
+    assert "FrozenLake-v1 (its slippery ice)" in said["FrozenLake-v1"][0]
+    assert "--env gymnasium:FrozenLake-v1 reseeds every generation" in said["FrozenLake-v1"][0]
 
 
 def test_envpool_streams_replay_an_episode_asked_again_and_take_seeds_modulo_2_31() -> None:

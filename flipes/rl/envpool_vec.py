@@ -62,6 +62,15 @@ def _gymnasium_dtypes(space: gym.Space) -> gym.Space:
 
 
 MAX_PARKED = 64  # pools kept for other seed sets (parts of a population), each with its own threads
+# tasks whose steps draw from their env's random stream, so that resets alone (a resumed run's fast-forward) do not
+# replay their episodes, and what draws (measured: their resumed runs logged other timesteps; Taxi, CliffWalking,
+# classic control and MuJoCo, whose randomness is all at reset, resume bit for bit)
+STEP_DRAWS = {
+    "FrozenLake": "its slippery ice",
+    "LunarLander": "its engines' dispersion",
+    "LunarLanderContinuous": "its engines' dispersion",
+    "Blackjack": "its cards",
+}
 
 
 class EnvPoolVectorEnv(gym.vector.VectorEnv):
@@ -182,6 +191,13 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
             self._terminated[:] = self._truncated[:] = False
         self._obs = full
         return self._tensor(full.copy()), {}
+
+    def step_draws(self) -> str | None:
+        """What draws random numbers in this task's steps (:data:`STEP_DRAWS`, or Atari's sticky actions), so that
+        :meth:`reset_streams` fast-forwarding a fresh pool does not replay its episodes; None where none does."""
+        if self._make_kwargs.get("repeat_action_probability", 0) > 0:
+            return "its sticky actions"
+        return STEP_DRAWS.get(self.env_id.rpartition("/")[2].partition("-v")[0])
 
     def reset_streams(self, seeds: Sequence[int], episode: int) -> tuple[Tensor, dict[str, Any]]:
         """Reset env ``i`` to episode ``episode`` (counted from 0) of the stream seeded ``seeds[i]``.
