@@ -64,12 +64,13 @@ def _gymnasium_dtypes(space: gym.Space) -> gym.Space:
 MAX_PARKED = 64  # pools kept for other seed sets (parts of a population), each with its own threads
 # tasks whose steps draw from their env's random stream, so that resets alone (a resumed run's fast-forward) do not
 # replay their episodes, and what draws (measured: their resumed runs logged other timesteps; Taxi, CliffWalking,
-# classic control and MuJoCo, whose randomness is all at reset, resume bit for bit)
+# Catch, classic control, BipedalWalker and MuJoCo, whose randomness is all at reset, resume bit for bit)
 STEP_DRAWS = {
     "FrozenLake": "its slippery ice",
     "LunarLander": "its engines' dispersion",
     "LunarLanderContinuous": "its engines' dispersion",
     "Blackjack": "its cards",
+    "NChain": "its slips",
 }
 
 
