@@ -72,8 +72,9 @@ def test_each_limited_option_takes_its_limit_and_refuses_one_more(name: str, lim
 )
 def test_counts_of_at_least_one_take_one_and_refuse_zero(name: str) -> None:
     """Every count of generations, members or episodes is at least 1 (--checkpoint-every 0 would divide by zero,
-    --eval-every 0 never evaluate): 1 passes ``validate``, 0 is refused naming the option."""
-    validate(TrainConfig(**{name: 1}, mirrored=False))
+    --eval-every 0 never evaluate): 1 passes ``validate``, 0 is refused naming the option. (One member needs raw
+    shaping: its centered rank would always be 0.)"""
+    validate(TrainConfig(**{name: 1}, mirrored=False, shaping="raw"))
     with pytest.raises(UsageError) as e:
         validate(TrainConfig(**{name: 0}))
     assert (e.value.option, e.value.problem) == (option_name(name), "must be at least 1, got 0")
