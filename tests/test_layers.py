@@ -761,6 +761,48 @@ def test_a_parameter_nothing_can_perturb_is_an_error_naming_it_unless_frozen() -
     )
 
 
+class HeldTwice(nn.Module):
+    """A module holding a parameter that a layer below it evolves (a Flipout bias, a dense norm scale, or one in a
+    ParameterList), which its own forward reads or not."""
+
+    def __init__(self, kind: str, read: bool) -> None:
+        super().__init__()
+        self.fc, self.norm, self.read = nn.Linear(3, 3), nn.LayerNorm(3), read
+        if kind == "container":
+            self.held = nn.ParameterList([self.fc.weight])
+        else:
+            self.shift = self.fc.bias if kind == "flipout" else self.norm.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(self.fc(x))
+        if not self.read:
+            return h
+        return h @ self.held[0] if hasattr(self, "held") else h + self.shift
+
+
+@pytest.mark.parametrize(
+    "kind,name,other", [("flipout", "shift", "fc.bias"), ("dense", "shift", "norm.weight"), ("container", "held.0", "fc.weight")]
+)
+def test_an_evolved_parameter_read_by_a_plain_module_holding_it_too_is_an_error_naming_it(
+    kind: str, name: str, other: str
+) -> None:
+    """A module that runs as plain torch reading a parameter it holds that a layer evolves under another name reads its
+    mean for every member while the layer uses each member's own: the population raises a ValueError naming it, its
+    holder, its other name and the frozen= fix. Frozen so, it runs; held but never read (BERT's prediction head holds
+    its decoder's bias), it runs, and its members are the plain module with their explicit parameters."""
+    x = torch.randn(N, 3)
+    model = flipes.flipout(HeldTwice(kind, read=True))
+    es = flipes.FlipES(model, popsize=N)
+    expected = rf"the model read 1 evolved parameter\(s\) through a module that runs as plain torch: {re.escape(name)} "
+    expected += rf"\(held by HeldTwice, also {re.escape(other)}\).*frozen=\[{re.escape(repr(name))}\]\)$"
+    with pytest.raises(ValueError, match=expected), es.population():
+        model(x)
+    model = flipes.flipout(HeldTwice(kind, read=True), frozen=[name])
+    with flipes.FlipES(model, popsize=N).population():
+        model(x)
+    check_members(lambda: HeldTwice(kind, read=False), lambda: (randn(N, 3),), rows(0), out_rows(0), False, 1, None)
+
+
 class ListBeside(nn.Module):
     """A ParameterList beside a Linear layer: its parameters are read by this module's forward."""
 

@@ -41,6 +41,9 @@ from flipes.nn.convert import (
     check_module,
     flipout_class,
     flipout_layers,
+    mean_reads,
+    mean_reads_message,
+    noting_parameters,
     parameter_report,
     per_member_modules,
     training_dropout,
@@ -431,6 +434,10 @@ class FlipES:
                 UserWarning,
                 stacklevel=caller_stacklevel(),
             )
+        # evolved parameters a plain module also holds (self.shift = self.fc.bias): its reads are noted in a population,
+        # refused at its end (_refuse_mean_reads); put in before _held_in, which holds the modules' dicts
+        self._mean_reads = mean_reads(model)
+        self._noting = [noting_parameters(r.owner, [r.key]) for r in self._mean_reads]
         # what was trainable when the evolved set was fixed: a flag changed later is an error (_check_requires_grad)
         self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         self._held = dict(model.named_parameters(remove_duplicate=False))  # the Parameter objects evolved: _check_held
@@ -814,6 +821,8 @@ class FlipES:
                 self._install(*noise, len(self.members))
             restore_fused = fused_transformers_off(self._module)  # they read the mean weights, past the Flipout layers
             noting = self._note_direct_reads(ran)
+            for held in self._noting:
+                held.reads = set()
             self._inside = modules  # a tell() inside the block makes its later forwards errors (_refuse_stale)
             try:
                 yield Population(
@@ -830,6 +839,7 @@ class FlipES:
                     superseded=self._superseded_check(),
                 )
                 self._refuse_direct_reads()
+                self._refuse_mean_reads()
                 self._versions = [p._version for p in self.params]  # a change before tell is warned of there
             except RuntimeError as error:
                 self._raise_with_shared_ids_fix(error)
@@ -838,6 +848,8 @@ class FlipES:
                 restore_fused()
                 for layer in self.layers:
                     layer.__dict__.pop("_flipes_reads", None)
+                for held in self._noting:
+                    held.reads = None
                 for hook in [*hooks, *on_demand, *noting, *self._stale_hooks]:
                     hook.remove()
                 self._inside, self._stale_hooks, self._in_part = None, [], False
@@ -888,6 +900,13 @@ class FlipES:
             "given the layer: every member ran their mean weights, not its own; freeze them, "
             f"flipes.flipout(model, frozen={names!r}), or call the layers instead"
         )
+
+    def _refuse_mean_reads(self) -> None:
+        """Raise where a module that runs as plain torch read a parameter it holds that a layer evolves (``x +
+        self.shift`` with ``self.shift = self.fc.bias``): every member read the mean there, and nothing else would show it."""
+        read = [r for r in self._mean_reads if r.key in (r.owner._parameters.reads or ())]
+        if read:
+            raise ValueError(mean_reads_message(read))
 
     def _superseded_check(self) -> Callable[[], bool]:
         """For a Population of this generation: whether a later generation's population is open now."""

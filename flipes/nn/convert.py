@@ -299,10 +299,15 @@ def _own_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     """The trainable parameters ``module``'s own forward reads as plain tensors: those it holds, and those of its
     children without a forward (``self.scales = nn.ParameterList(...)``, read as ``self.scales[i]``) or that compute
     one of its parameters (``parametrize``'s lists, called when the forward reads ``self.weight``)."""
-    yield from (p for p in module._parameters.values() if p is not None and p.requires_grad)
-    for child in module._modules.values():
+    return (p for _, p in _own_named_parameters(module))
+
+
+def _own_named_parameters(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Parameter]]:
+    """:func:`_own_parameters` with their names under ``prefix``."""
+    yield from ((prefix + name, p) for name, p in module._parameters.items() if p is not None and p.requires_grad)
+    for name, child in module._modules.items():
         if child is not None and (_no_forward(child) or isinstance(child, parametrize.ParametrizationList)):
-            yield from _own_parameters(child)
+            yield from _own_named_parameters(child, f"{prefix}{name}.")
 
 
 def _dense_owner(module: nn.Module) -> bool:
@@ -471,6 +476,82 @@ def _owners(model: nn.Module) -> Iterator[tuple[str, str]]:
     for mname, m in model.named_modules():
         for pname in m._parameters:
             yield (f"{mname}.{pname}" if mname else pname), type(m).__name__
+
+
+@dataclass(frozen=True)
+class MeanRead:
+    """A trainable parameter that a module running as plain torch holds (itself, or in a container without a forward,
+    ``owner._parameters[key]``) although a Flipout layer or a per-member module evolves it under another name
+    (``self.shift = self.fc.bias``): where that module's forward reads it, every member reads the mean."""
+
+    name: str  # as the plain module holds it
+    holder: str  # the plain module's type
+    also: tuple[str, ...]  # its other names
+    owner: nn.Module
+    key: str
+
+
+class NotingParameters(dict):
+    """The ``_parameters`` FlipES gives a module holding evolved parameters that it runs as plain torch
+    (:class:`MeanRead`): while ``reads`` is a set (inside a population), the keys of ``watched`` read through it
+    (``module.name`` looks parameters up here; ``named_parameters()`` and ``state_dict()`` iterate, and are not noted)."""
+
+    watched: frozenset[str] = frozenset()
+    reads: set[str] | None = None
+
+    def __getitem__(self, key: str) -> nn.Parameter | None:
+        if self.reads is not None and key in self.watched:
+            self.reads.add(key)
+        return super().__getitem__(key)
+
+
+def noting_parameters(owner: nn.Module, keys: Iterable[str]) -> NotingParameters:
+    """``owner``'s ``_parameters`` as a :class:`NotingParameters` watching ``keys`` (installed once: a model keeps it)."""
+    held = owner.__dict__["_parameters"]
+    if not isinstance(held, NotingParameters):
+        held = owner.__dict__["_parameters"] = NotingParameters(held)
+    held.watched = held.watched | frozenset(keys)
+    return held
+
+
+def mean_reads(model: nn.Module) -> list[MeanRead]:
+    """Each evolved parameter a module that runs as plain torch holds (:class:`MeanRead`). Holding is no error (BERT's
+    prediction head holds its decoder's bias and never reads it); FlipES refuses a read in a population. Not inside a
+    Flipout layer (its submodules, such as attention's ``out_proj``, are read through it) nor a per-member module (which
+    swaps its members' values in for all its parameters)."""
+    model = uncompiled(model)
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    evolved = {id(p) for m in model.modules() if isinstance(m, FlipoutMixin | PerMember) for p in m.parameters()}
+    found: list[MeanRead] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        if isinstance(module, FlipoutMixin | PerMember):
+            return
+        if not _no_forward(module):
+            for held, p in _own_named_parameters(module, prefix):
+                if id(p) in evolved:
+                    path, _, key = held[len(prefix) :].rpartition(".")
+                    owner = module.get_submodule(path) if path else module
+                    found.append(MeanRead(held, type(module).__name__, tuple(n for n in names[id(p)] if n != held), owner, key))
+        for name, child in module._modules.items():
+            if child is not None:
+                walk(child, f"{prefix}{name}.")
+
+    walk(model, "")
+    return found
+
+
+def mean_reads_message(reads: list[MeanRead]) -> str:
+    shown = ", ".join(f"{r.name} (held by {r.holder}, also {', '.join(r.also)})" for r in reads[:5])
+    return (
+        f"FlipES: the model read {len(reads)} evolved parameter(s) through a module that runs as plain torch: "
+        f"{shown}{', ...' if len(reads) > 5 else ''}. There every member read the mean value, while the layer that owns "
+        "it uses each member's own (one parameter, two values per member). Read it through the layer that owns it, or "
+        "move the code that reads it into a small submodule of its own holding it (flipes then evaluates that per "
+        f"member, with the same perturbation); or freeze it: flipes.flipout(model, frozen={[r.name for r in reads]!r})"
+    )
 
 
 def unhandled_message(rows: list[ParameterRow]) -> str:
