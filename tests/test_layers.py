@@ -815,6 +815,33 @@ class ListBeside(nn.Module):
         return self.fc(x + self.offsets[0])
 
 
+class PlainList(nn.Module):
+    """Layers registered as attributes but called through a plain Python list (not an nn.ModuleList)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.stack = [self.a, self.b]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.stack:
+            x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("hold_noise", [True, False])
+def test_a_replaced_layer_called_through_a_plain_list_is_an_error_naming_the_module_list_fix(hold_noise: bool) -> None:
+    """flipout replaces a layer by a Flipout one in the model's modules; a plain list still holds the original, which
+    would run the mean weights for every member: calling it in a population is a ValueError naming the Flipout layer
+    that replaced it and the nn.ModuleList fix (not a KeyError from flipes' hooks), also where noise is sampled on
+    demand."""
+    model = flipes.flipout(PlainList())
+    es = flipes.FlipES(model, popsize=4, hold_noise=hold_noise)
+    expected = r"called the plain Linear that flipes.flipout replaced by the Flipout layer 'a' .* nn.ModuleList"
+    with pytest.raises(ValueError, match=expected), es.population():
+        model(torch.randn(4, 3))
+
+
 def test_parameters_in_a_container_are_evolved_by_the_module_that_reads_them() -> None:
     """Parameters in an ``nn.ParameterList``/``ParameterDict`` are dense parameters of the module that holds the
     container (which reads them in its forward), never of the container, which is never called; beside Flipout

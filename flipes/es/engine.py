@@ -867,6 +867,8 @@ class FlipES:
         handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
 
         def called(layer: nn.Module, args: Any) -> None:
+            if not compiling() and id(layer) not in handles:  # the plain layer flipout() replaced (it shares its hooks)
+                raise self._replaced_layer_error(layer)
             ran(layer, args)
             layer.__dict__.pop("_flipes_reads", None)
             if not compiling():  # gone after its first call: a module with hooks runs torch's slower call path
@@ -875,6 +877,18 @@ class FlipES:
         called.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
         handles.update((id(layer), layer.register_forward_pre_hook(called)) for layer in self.layers)
         return list(handles.values())
+
+    def _replaced_layer_error(self, layer: nn.Module) -> ValueError:
+        """The error for a call of a plain layer that ``flipes.flipout`` replaced by a Flipout layer (its hooks are the
+        Flipout layer's): the model reaches it other than through its modules, where every member runs its mean."""
+        name = next((n for n, m in self._module.named_modules() if m._forward_pre_hooks is layer._forward_pre_hooks), "?")
+        return ValueError(
+            f"FlipES: the model called the plain {type(layer).__name__} that flipes.flipout replaced by the Flipout layer "
+            f"{name!r} (they hold the same parameters): it reaches the original other than through its registered "
+            "modules (a plain Python list, tuple or dict, or a reference kept before flipout), so every member would run "
+            "its mean weights; hold such layers in an nn.ModuleList / nn.ModuleDict (or call them through the model), so "
+            "that flipout replaces them there too"
+        )
 
     def _refuse_direct_reads(self) -> None:
         """Raise where the model read an evolved parameter of a Flipout layer it never called (``x @ layer.weight``, or a
