@@ -251,6 +251,14 @@ def parametrized_out_proj(attention: nn.MultiheadAttention) -> nn.MultiheadAtten
     return attention
 
 
+def frozen_script() -> nn.Module:
+    """A frozen TorchScript layer (a scripted feature extractor) under a LayerNorm and a Linear head."""
+    script = torch.jit.script(nn.Linear(3, 4))
+    for p in script.parameters():  # a ScriptModule has no requires_grad_()
+        p.requires_grad_(False)
+    return nn.Sequential(script, nn.LayerNorm(4), nn.Linear(4, 2))
+
+
 TIED = [TiedLM, TiedNorms, SharedBias, ScaledTiedLM, WeightAsShift]
 
 
@@ -475,6 +483,8 @@ CASES = [
     ("tied-dense-embedding-flipout-head", ScaledTiedLM, lambda: (torch.randint(11, (N, 5)),), rows(0), out_rows(0)),
     ("flipout-weight-read-densely", WeightAsShift, lambda: (randn(N, 4, 4),), rows(0), out_rows(0)),
     ("shared-bias", SharedBias, lambda: (randn(2 * N, 4),), rows(2), out_rows(2)),
+    # a frozen TorchScript module runs as it is, on every member's rows (a trainable one is refused)
+    ("torchscript-frozen", frozen_script, lambda: (randn(2 * N, 3),), rows(2), out_rows(2)),
 ]
 
 
@@ -947,6 +957,43 @@ def test_layer_options_without_a_flipout_form_are_refused_naming_the_fix() -> No
     frozen_gru = nn.GRU(3, 4, bidirectional=True).requires_grad_(False)  # frozen: left as it is
     model = flipes.flipout(nn.ModuleDict({"gru": frozen_gru, "head": nn.Linear(8, 2)}))
     assert type(model["gru"]) is nn.GRU
+
+
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (
+            lambda: nn.Sequential(nn.LazyLinear(4), nn.Linear(4, 2)),
+            r"^flipout\(\): '0' \(LazyLinear\) is not initialized yet: .* run the model once on an example input",
+        ),
+        (
+            lambda: nn.Sequential(nn.Linear(3, 4), nn.LazyBatchNorm1d()),
+            r"^flipout\(\): '1' \(LazyBatchNorm1d\) is not initialized yet",
+        ),
+        (
+            lambda: nn.Sequential(torch.jit.script(nn.Linear(3, 4)), nn.Linear(4, 2)),
+            r"^flipout\(\): '0' \(RecursiveScriptModule\) is a TorchScript module .* Python module it was made from "
+            r".*frozen=\['0'\]\)$",
+        ),
+        (
+            lambda: torch.jit.trace(nn.Linear(3, 2), torch.randn(1, 3)),
+            r"^flipout\(\): the model \(TopLevelTracedModule\) is a TorchScript module .* Python module it was made "
+            r"from \(torch.compile works on the converted model\)$",
+        ),
+    ],
+    ids=["lazy-linear", "lazy-batchnorm", "scripted-layer", "traced-model"],
+)
+def test_modules_flipout_cannot_see_into_are_refused_naming_the_fix(make: Callable[[], nn.Module], expected: str) -> None:
+    """A lazy module not initialized yet (no parameter shapes; its first call turns it into its plain class) and a
+    trainable TorchScript module (a compiled forward flipes cannot convert) are ValueErrors naming the module and the
+    fix, not crashes inside flipout; once run, the lazy model converts, and frozen by name the scripted layer stays."""
+    with pytest.raises(ValueError, match=expected):
+        flipes.flipout(make())
+    lazy = nn.Sequential(nn.LazyLinear(4), nn.Linear(4, 2))
+    lazy(torch.randn(1, 3))
+    assert isinstance(flipes.flipout(lazy)[0], flipes.nn.FlipoutLinear)
+    scripted = flipes.flipout(nn.Sequential(torch.jit.script(nn.Linear(3, 4)), nn.Linear(4, 2)), frozen=["0"])
+    assert [r.how for r in flipes.nn.parameter_report(scripted).rows] == ["frozen", "frozen", "flipout", "flipout"]
 
 
 def test_a_norm_input_that_reads_as_one_example_or_as_several_is_an_error_naming_both_layouts() -> None:
@@ -1716,7 +1763,7 @@ def test_spectral_norm_in_training_mode_names_eval_and_runs_per_member_in_eval_m
 def test_norm_misuses_are_errors_that_say_what_to_do() -> None:
     """A lazy norm not yet initialized cannot be converted; a BatchNorm training on one example per
     member has no batch statistics (torch's own message would not say why)."""
-    with pytest.raises(ValueError, match="not initialized yet; run the model once"):
+    with pytest.raises(ValueError, match=r"not initialized yet: .* run the model once"):
         flipes.flipout(nn.Sequential(nn.Linear(3, 8), nn.LazyBatchNorm1d(affine=False)))
     model = flipes.flipout(nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8)))
     es = flipes.FlipES(model, popsize=4)

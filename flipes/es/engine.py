@@ -445,6 +445,7 @@ class FlipES:
         self._held_in = [
             (slots, key, obj)
             for m in model.modules()
+            if not isinstance(m, torch.jit.ScriptModule)  # frozen (flipout refuses a trainable one); its dicts have no .get
             for slots in (m._parameters, m._modules)
             for key, obj in slots.items()
             if obj is not None

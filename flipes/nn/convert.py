@@ -181,7 +181,8 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
             (freeze it).
     """
     check_module(module, "flipout()")
-    _freeze(uncompiled(module), frozen)  # torch.compile(net): net's names, as its state dict's
+    _freeze(uncompiled(module), frozen)
+    _check_inspectable(uncompiled(module))  # torch.compile(net): net's names, as its state dict's
     _check_weight_hooks(uncompiled(module))
     _check_shared_id_tables(uncompiled(module))
     cls = flipout_class(type(module))
@@ -199,6 +200,26 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
             "parameters (e.g. torch.nn.Linear), or set requires_grad=True on those to evolve"
         )
     return module
+
+
+def _check_inspectable(model: nn.Module) -> None:
+    """Refuse what flipout cannot see into: a lazy module not initialized yet (its parameters have no shape, and its
+    first call turns it into its plain class, past any conversion) and a trainable TorchScript module (its compiled
+    forward, which flipes cannot convert, would run the mean parameters for every member)."""
+    for name, m in model.named_modules():
+        where = f"{name!r} ({type(m).__name__})" if name else f"the model ({type(m).__name__})"
+        if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
+            raise ValueError(
+                f"flipout(): {where} is not initialized yet: its parameters get their shapes at its first call, which "
+                "also turns it into its plain class; run the model once on an example input before flipes.flipout(model)"
+            )
+        if isinstance(m, torch.jit.ScriptModule) and _trainable(m):
+            freeze = f", or freeze it: flipes.flipout(model, frozen=[{name!r}])" if name else ""
+            raise ValueError(
+                f"flipout(): {where} is a TorchScript module (torch.jit.script / torch.jit.trace): flipes cannot convert "
+                "its compiled forward, which would run the mean parameters for every member; give flipes.flipout the "
+                f"Python module it was made from (torch.compile works on the converted model){freeze}"
+            )
 
 
 # torch.nn.utils' old hook-based reparametrizations: a forward pre-hook sets the weight from other parameters
@@ -244,7 +265,9 @@ def _check_shared_id_tables(model: nn.Module) -> None:
         f"{name}.{attr}" if name else attr
         for name, m in model.named_modules()
         for attr in _SHARED_ID_TABLES
-        if isinstance(m._modules.get(attr), nn.Embedding) and m._modules[attr].weight.requires_grad
+        if not isinstance(m, torch.jit.ScriptModule)  # frozen (a trainable one is refused): its dicts have no .get
+        and isinstance(m._modules.get(attr), nn.Embedding)
+        and m._modules[attr].weight.requires_grad
     ]
     if names:
         shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
@@ -256,7 +279,7 @@ def _check_shared_id_tables(model: nn.Module) -> None:
 
 
 def _convert_children(parent: nn.Module, converted: dict[int, nn.Module], prefix: str = "") -> None:
-    if isinstance(parent, (FlipoutMixin, PerMember)):  # its submodules are its own business
+    if isinstance(parent, (FlipoutMixin, PerMember, torch.jit.ScriptModule)):  # its submodules are its own business
         return
     for name, child in list(parent._modules.items()):  # with repeats, unlike named_children()
         if child is None:
@@ -292,7 +315,7 @@ def _has_flipout(module: nn.Module) -> bool:
 def _no_forward(module: nn.Module) -> bool:
     """Whether ``module`` has no forward of its own (``nn.ParameterList``/``ParameterDict``, a bare ``nn.Module``
     holding parameters): it is never called, so its parameters are read by the module above it."""
-    return type(module).forward is nn.Module.forward
+    return getattr(type(module), "forward", None) is nn.Module.forward  # a TorchScript class's raises: it has one
 
 
 def _own_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
@@ -326,7 +349,7 @@ def _make_dense(module: nn.Module) -> None:
     become ``PerMember`` modules too: inside its per-member forward they run as their plain class, and
     called from elsewhere (``self.block.norm(x)``, or a module shared with another part of the model)
     they run per member themselves."""
-    if isinstance(module, (FlipoutMixin, PerMember)):
+    if isinstance(module, (FlipoutMixin, PerMember, torch.jit.ScriptModule)):  # a TorchScript one is frozen: runs as it is
         return
     if _dense_owner(module) and not _has_flipout(module):
         for m in module.modules():  # and each owner below: one may also be called from outside this forward
@@ -474,7 +497,7 @@ def parameter_report(model: nn.Module, noise_rank: int | None = None) -> Paramet
 
 def _owners(model: nn.Module) -> Iterator[tuple[str, str]]:
     for mname, m in model.named_modules():
-        for pname in m._parameters:
+        for pname in m._parameters.keys():  # a TorchScript module's dict wrapper has no __iter__
             yield (f"{mname}.{pname}" if mname else pname), type(m).__name__
 
 
