@@ -43,7 +43,8 @@ def check_members(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> None:
-    """Population outputs of ``flipout(make())`` against the original module with member n's parameters."""
+    """Population outputs of ``flipout(make())`` against the original module with member n's parameters, which cover
+    every trainable parameter."""
     torch.manual_seed(seed)
     original = make().to(device, DT)
     model = flipes.flipout(copy.deepcopy(original))
@@ -52,6 +53,8 @@ def check_members(
     with es.population():
         out = model(*args)
         params = member_parameters(es, model)
+    # every trainable parameter has each member's own value: none is left at its mean silently
+    assert set(params[0]) == {name for name, p in model.named_parameters() if p.requires_grad}
     for n in range(N):
         with torch.no_grad():
             expect = functional_call(original, params[n], member_inputs(args, n))
@@ -249,6 +252,32 @@ def parametrized(layer: nn.Module, name: str) -> nn.Module:
 def parametrized_out_proj(attention: nn.MultiheadAttention) -> nn.MultiheadAttention:
     parametrized(attention.out_proj, "weight")
     return attention
+
+
+class LearnedScale(nn.Module):
+    """A parametrization with a parameter of its own (a learned temperature): both it and the original are evolved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, w: Tensor) -> Tensor:
+        return w * self.scale
+
+
+class Hooked(nn.Module):
+    """User hooks: a pre-hook rewriting a Linear's input, a forward hook with kwargs rewriting a LayerNorm's output, and
+    one on the norm of a dense module (run inside its per-member forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.norm, self.block = nn.Linear(3, 4), nn.LayerNorm(4), NormGain()
+        self.fc.register_forward_pre_hook(lambda m, args: (args[0].flip(-1),))
+        self.norm.register_forward_hook(lambda m, args, kwargs, out: out * 2 + 1, with_kwargs=True)
+        self.block.norm.register_forward_hook(lambda m, args, out: torch.tanh(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(self.norm(self.fc(x)))
 
 
 def frozen_script() -> nn.Module:
@@ -483,6 +512,58 @@ CASES = [
     ("tied-dense-embedding-flipout-head", ScaledTiedLM, lambda: (torch.randint(11, (N, 5)),), rows(0), out_rows(0)),
     ("flipout-weight-read-densely", WeightAsShift, lambda: (randn(N, 4, 4),), rows(0), out_rows(0)),
     ("shared-bias", SharedBias, lambda: (randn(2 * N, 4),), rows(2), out_rows(2)),
+    # layers without a Flipout form: dense noise, each member's forward under vmap
+    ("bilinear", lambda: nn.Bilinear(3, 4, 5), lambda: (randn(2 * N, 3), randn(2 * N, 4)), rows(2), out_rows(2)),
+    (
+        "conv-transpose1d",
+        lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2),
+        lambda: (randn(2 * N, 4, 5),),
+        rows(2),
+        out_rows(2),
+    ),
+    (
+        "conv-transpose2d-one-per-member",
+        lambda: nn.ConvTranspose2d(3, 4, 3, stride=2),
+        lambda: (randn(N, 3, 4, 4),),
+        rows(0),
+        out_rows(0),
+    ),
+    (
+        "conv2d-same-replicate-depthwise",
+        lambda: nn.Conv2d(3, 6, 3, padding="same", padding_mode="replicate", groups=3),
+        lambda: (randn(2 * N, 3, 5, 5),),
+        rows(2),
+        out_rows(2),
+    ),
+    (
+        "embedding-bag-per-sample-weights",
+        lambda: nn.EmbeddingBag(11, 4, mode="sum"),
+        lambda: (torch.randint(11, (2 * N, 5)), None, randn(2 * N, 5)),
+        rows(2),
+        out_rows(2),
+    ),
+    (
+        "lstm-state-seq-first",
+        lambda: nn.LSTM(3, 5, num_layers=2, bias=False),
+        lambda: (randn(4, N, 3), (randn(2, N, 5), randn(2, N, 5))),
+        lambda args, n: (args[0][:, n : n + 1], tuple(h[:, n : n + 1] for h in args[1])),
+        lambda out, n: (out[0][:, n : n + 1], tuple(h[:, n : n + 1] for h in out[1])),
+    ),
+    (
+        "transformer-batch-first",
+        lambda: nn.Transformer(8, 2, 1, 1, 16, dropout=0.0, batch_first=True),
+        lambda: (randn(N, 3, 8), randn(N, 4, 8)),
+        rows(1),
+        out_rows(1),
+    ),
+    (
+        "parametrization-with-a-parameter",
+        lambda: nn.utils.parametrize.register_parametrization(nn.Linear(4, 3), "weight", LearnedScale()),
+        lambda: (randn(N, 2, 4),),
+        rows(0),
+        out_rows(0),
+    ),
+    ("user-hooks", Hooked, lambda: (randn(2 * N, 3),), rows(2), out_rows(2)),
     # a frozen TorchScript module runs as it is, on every member's rows (a trainable one is refused)
     ("torchscript-frozen", frozen_script, lambda: (randn(2 * N, 3),), rows(2), out_rows(2)),
 ]
