@@ -564,6 +564,14 @@ CASES = [
         out_rows(0),
     ),
     ("user-hooks", Hooked, lambda: (randn(2 * N, 3),), rows(2), out_rows(2)),
+    # GRUCell's kernel decomposes into ops vmap batches (LSTMCell's does not: refused)
+    (
+        "parametrized-gru-cell",
+        lambda: parametrized(nn.GRUCell(3, 4), "weight_hh"),
+        lambda: (randn(N, 3), randn(N, 4)),
+        rows(0),
+        out_rows(0),
+    ),
     # a frozen TorchScript module runs as it is, on every member's rows (a trainable one is refused)
     ("torchscript-frozen", frozen_script, lambda: (randn(2 * N, 3),), rows(2), out_rows(2)),
 ]
@@ -1075,6 +1083,54 @@ def test_modules_flipout_cannot_see_into_are_refused_naming_the_fix(make: Callab
     assert isinstance(flipes.flipout(lazy)[0], flipes.nn.FlipoutLinear)
     scripted = flipes.flipout(nn.Sequential(torch.jit.script(nn.Linear(3, 4)), nn.Linear(4, 2)), frozen=["0"])
     assert [r.how for r in flipes.nn.parameter_report(scripted).rows] == ["frozen", "frozen", "flipout", "flipout"]
+
+
+class OwnLSTM(nn.LSTM):
+    """An LSTM subclass with a forward of its own: no Flipout form."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x)[0] * 2
+
+
+class FrozenGRUGain(nn.Module):
+    """A frozen GRU inside a module with a gain of its own, which makes the module dense."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru, self.gain = nn.GRU(3, 4, batch_first=True).requires_grad_(False), nn.Parameter(torch.ones(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gru(x)[0] * self.gain
+
+
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (
+            lambda: nn.Sequential(OwnLSTM(3, 4, batch_first=True)),
+            r"^flipout\(\): '0' \(OwnLSTM\) has no Flipout form .* torch's LSTM kernel has no vmap form\. Call a plain "
+            r"nn\.LSTM from a module of your own .*frozen=\['0'\]\)$",
+        ),
+        (
+            lambda: nn.Sequential(nn.Linear(3, 3), parametrized(nn.LSTMCell(3, 4), "weight_hh")),
+            r"^flipout\(\): '1' \(ParametrizedLSTMCell\) has no Flipout form .* LSTMCell kernel has no vmap form",
+        ),
+        (
+            lambda: nn.Sequential(FrozenGRUGain()),
+            r"^flipout\(\): '0\.gru' \(GRU\) would run inside the per-member forward of '0', .* GRU kernel has no vmap "
+            r"form\. Move the parameters of '0' itself into a submodule of their own .*frozen=\['0'\]\)$",
+        ),
+    ],
+    ids=["lstm-own-forward", "parametrized-lstm-cell", "frozen-gru-in-a-dense-module"],
+)
+def test_a_recurrent_layer_that_would_run_per_member_through_vmap_is_refused_naming_the_fix(
+    make: Callable[[], nn.Module], expected: str
+) -> None:
+    """torch's LSTM/GRU/RNN and LSTMCell kernels have no vmap form, so a recurrent layer that would run inside a dense
+    module's per-member forward (itself without a Flipout form, or frozen inside a module with parameters of its own)
+    is a ValueError from flipout naming it and the fix, not a vmap error at the first population."""
+    with pytest.raises(ValueError, match=expected):
+        flipes.flipout(make())
 
 
 def test_a_norm_input_that_reads_as_one_example_or_as_several_is_an_error_naming_both_layouts() -> None:

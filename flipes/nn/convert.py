@@ -191,6 +191,7 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
     converted: dict[int, nn.Module] = {}  # a layer used twice (or aliased) becomes ONE Flipout layer
     _convert_children(module, converted)
     _make_dense(module)
+    _check_dense_recurrence(uncompiled(module))
     unhandled = [row for row in parameter_report(module).rows if row.how == "unhandled"]
     if unhandled:
         raise ValueError(unhandled_message(unhandled))
@@ -359,6 +360,42 @@ def _make_dense(module: nn.Module) -> None:
     for child in module._modules.values():
         if child is not None:
             _make_dense(child)
+
+
+# recurrent layers whose torch kernels have no torch.func.vmap form (torch 2.13: aten::lstm/gru/rnn_tanh/rnn_relu.input and
+# aten::lstm_cell have no batching rule; GRUCell and RNNCell decompose into ops that have one)
+_NO_PER_MEMBER_KERNEL = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell)
+
+
+def _check_dense_recurrence(model: nn.Module) -> None:
+    """Refuse a recurrent layer that would run inside a per-member (dense) forward, which evaluates every member through
+    ``torch.func.vmap``: torch's fused kernels have no vmap form, so the first population would fail. It is there as a
+    subclass with a forward of its own or a parametrized layer (no Flipout form), or frozen inside a module that holds
+    parameters of its own."""
+    for name, dense in model.named_modules():
+        if not isinstance(dense, PerMember):
+            continue
+        for sub, m in dense.named_modules(prefix=name):
+            kind = next((k.__name__ for k in _NO_PER_MEMBER_KERNEL if isinstance(m, k)), None)
+            if kind is None:
+                continue
+            plain = type(m).__bases__[-1] if isinstance(m, PerMember) else type(m)  # the user's class
+            where = f"{sub!r} ({plain.__name__})" if sub else f"the model ({plain.__name__})"
+            vmap = f"every member's forward through torch.func.vmap, and torch's {kind} kernel has no vmap form"
+            if isinstance(m, PerMember):  # itself without a Flipout form
+                freeze = f"; or freeze it: flipes.flipout(model, frozen=[{sub!r}])" if sub else ""
+                raise ValueError(
+                    f"flipout(): {where} has no Flipout form (a subclass with a forward of its own, or a parametrized "
+                    f"layer), so it would get dense noise, {vmap}. Call a plain nn.{kind} from a module of your own "
+                    f"instead (flipout makes it a Flipout layer), or write its step with nn.Linear layers{freeze}"
+                )
+            holder = repr(name) if name else "the model"
+            freeze = f"; or freeze those: flipes.flipout(model, frozen=[{name!r}])" if name else ""
+            raise ValueError(
+                f"flipout(): {where} would run inside the per-member forward of {holder}, which holds parameters of its "
+                f"own: that runs {vmap}. Move the parameters of {holder} itself into a submodule of their own (such as "
+                f"flipes.nn.Vector), so that {holder} runs as plain torch around its {kind}{freeze}"
+            )
 
 
 def _freeze(module: nn.Module, names: Iterable[str]) -> None:
