@@ -1411,6 +1411,24 @@ def test_sequence_first_transformer_blocks_are_refused_naming_batch_first(make: 
     flipes.FlipES(flipes.flipout(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)), popsize=8)
 
 
+def converted_mlp() -> nn.Module:
+    return flipes.flipout(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)))
+
+
+def test_a_converted_model_converted_again_keeps_its_layers_and_can_freeze_by_name() -> None:
+    """flipout of a converted model (a second call, to freeze a part) is the same model: the same layer objects of the
+    same classes (no Flipout or per-member class wrapped twice) holding the same parameters, and ``frozen=`` freezes
+    a Flipout layer by name; converted again, each member still equals the plain module with its explicit parameters."""
+    model = converted_mlp()
+    layers, classes, params = list(model), [type(m) for m in model], list(model.parameters())
+    assert flipes.flipout(model, frozen=["2"]) is model
+    assert all(a is b for a, b in zip(model, layers, strict=True)) and [type(m) for m in model] == classes
+    assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
+    hows = [r.how for r in flipes.nn.parameter_report(model).rows]
+    assert hows == ["flipout", "flipout", "dense", "dense", "frozen", "frozen"]
+    check_members(converted_mlp, lambda: (randn(2 * N, 3),), rows(2), out_rows(2), True, 2, None)
+
+
 def test_a_linear_subclass_with_its_own_forward_is_evolved_densely_not_silently_frozen() -> None:
     """An nn.Linear subclass that overrides forward is not turned into a FlipoutLinear (which would skip its forward)
     but evolved densely per member: all its parameters reported dense, and each member equal to the subclass with its
