@@ -238,6 +238,17 @@ class LearnedPositions(nn.Module):
         return x + self.table[positions]
 
 
+class AddTable(nn.Module):
+    """A gain of its own, plus a table given in the forward, shared along the rows: (B, T, E) and (T, E)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.randn(3))
+
+    def forward(self, x: Tensor, table: Tensor) -> Tensor:
+        return x * self.gain + table
+
+
 class Doubled(nn.Module):
     """A parametrization: the tensor is twice the parameter it holds (as orthogonal or weight_norm compute theirs)."""
 
@@ -437,6 +448,8 @@ CASES = [
         rows(2, 1),
         out_rows(2),
     ),
+    # a (T, E) table beside (N, T, E) rows, T = 2N a multiple of the members: shared by every member, not 2 per member
+    ("table-2d-shared", AddTable, lambda: (randn(N, 2 * N, 3), randn(2 * N, 3)), rows(1, 1), out_rows(1)),
     # N rows per member: the norm's input inside the block, one member's, must not be read as N members
     ("norm-inside-dense-called-outside", NormCalledOutside, lambda: (randn(N * N, 3),), rows(N), out_rows(N)),
     (
@@ -1194,6 +1207,16 @@ class Positions(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"expected (batch, time, features), got {tuple(x.shape)}")
         return self.table[: x.shape[1]]
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_shared_table_as_long_as_the_rows_is_refused_naming_both_readings(k: int) -> None:
+    """A (T, E) table beside (N·k, T, E) rows with T = N·k is shared along the rows (as a plain model broadcasts it) or
+    one value per row: a ValueError naming both, not a silent split of the table's rows among the members."""
+    model = flipes.flipout(AddTable())
+    es = flipes.FlipES(model, popsize=N)
+    with es.population(), pytest.raises(ValueError, match=rf"shape \({N * k}, 3\) beside rows .* or as one value per row"):
+        model(torch.randn(N * k, N * k, 3), torch.randn(N * k, 3))
 
 
 def test_a_dense_module_that_needs_a_batch_dim_runs_each_member_as_a_batch_of_one() -> None:

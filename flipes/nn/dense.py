@@ -10,11 +10,11 @@ into a ``PerMember`` module: the same object with a subclass of its own class, s
 ``isinstance`` checks and outside-population forward are unchanged. Inside a population it runs
 its own forward once for all members through ``torch.func.vmap``, each member with its own
 parameters. Inputs are members first, ``(N, ...)`` or ``(N·k, ...)`` member-major, as for every
-Flipout layer; any other argument is shared by all members, and so are 1-D positions along the rows (as long as
-their dim 1; refused where that is also their count). Called with no member input at all, it returns every member's
-output, members first; an output reduced over each member's batch (a loss, a pooled feature vector), ``(N, ...)``. A
-Hugging Face module runs each member's rows as a batch, and an output of one row beside a member's k rows is broadcast
-over them, as it is unbatched.
+Flipout layer; any other argument is shared by all members, and so are tensors shaped as the rows without their first
+dim (1-D positions ``(T,)`` or a table ``(T, E)`` beside ``(N·k, T, E)``; refused where T is also the rows' count).
+Called with no member input at all, it returns every member's output, members first; an output reduced over each
+member's batch (a loss, a pooled feature vector), ``(N, ...)``. A Hugging Face module runs each member's rows as a
+batch, and an output of one row beside a member's k rows is broadcast over them, as it is unbatched.
 """
 
 from __future__ import annotations
@@ -381,21 +381,24 @@ def _batch_first(module: nn.Module) -> bool:
 
 
 def _positions_shared(module: nn.Module, leaves: list[Any], dims: list[int | None]) -> list[int | None]:
-    """``dims`` with 1-D tensors that read as positions along the members' rows (a length that is the rows' dim 1) shared
-    by every member, as a plain model broadcasts them over its batch; one whose length is also the rows' count could be
-    one value per row as well, and is refused naming both readings (silently wrong either way otherwise)."""
+    """``dims`` with tensors shaped as the members' rows without their first dim shared by every member, as a plain
+    model broadcasts them over its batch: 1-D positions along the rows, ``(T,)`` beside ``(N·k, T, ...)``, or a table
+    ``(T, E)`` beside ``(N·k, T, E)``. One whose first dim is also the rows' count could be one per row as well, and is
+    refused naming both readings (silently wrong either way otherwise)."""
     rows = [leaf for leaf, d in zip(leaves, dims, strict=True) if d == 0 and leaf.dim() > 1]
     out = list(dims)
     for i, (leaf, d) in enumerate(zip(leaves, dims, strict=True)):
-        if d != 0 or leaf.dim() != 1 or not any(leaf.shape[0] == r.shape[1] for r in rows):
+        wider = [r for r in rows if r.dim() > leaf.dim()] if d == 0 else []  # d == 0: a tensor
+        if not any(r.shape[1 : 1 + leaf.dim()] == leaf.shape for r in wider):
             continue
-        if any(leaf.shape[0] == r.shape[0] for r in rows):
+        if any(leaf.shape[0] == r.shape[0] for r in wider):
             shapes = ", ".join(str(tuple(r.shape)) for r in rows)
+            what = f"a 1-D tensor of length {leaf.shape[0]}" if leaf.dim() == 1 else f"a tensor of shape {tuple(leaf.shape)}"
             raise ValueError(
-                f"{type(module).__name__}: inside a population of {module.flipes_members} members it got a 1-D tensor of "
-                f"length {leaf.shape[0]} beside rows of shapes {shapes}: it reads as positions along the rows, shared by "
-                "every member, or as one value per row; use a sequence length other than the number of rows, or freeze "
-                f"the module: flipes.flipout(model, frozen=[{_name_in_model(module) or 'its name'!r}])"
+                f"{type(module).__name__}: inside a population of {module.flipes_members} members it got {what} beside "
+                f"rows of shapes {shapes}: it reads as positions (or a table) along the rows, shared by every member, or "
+                "as one value per row; use a sequence length other than the number of rows, or freeze the module: "
+                f"flipes.flipout(model, frozen=[{_name_in_model(module) or 'its name'!r}])"
             )
         out[i] = None
     return out
