@@ -239,7 +239,8 @@ class LearnedPositions(nn.Module):
 
 
 class AddTable(nn.Module):
-    """A gain of its own, plus a table given in the forward, shared along the rows: (B, T, E) and (T, E)."""
+    """A gain of its own, plus a tensor given in the forward and shared by the batch: a table (T, E) beside rows
+    (B, T, E), or a context with a batch dim of one."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -450,6 +451,8 @@ CASES = [
     ),
     # a (T, E) table beside (N, T, E) rows, T = 2N a multiple of the members: shared by every member, not 2 per member
     ("table-2d-shared", AddTable, lambda: (randn(N, 2 * N, 3), randn(2 * N, 3)), rows(1, 1), out_rows(1)),
+    # a (1, E) context beside one (E,) row per member: each member's row runs as a batch of one, its output (N, E)
+    ("context-batch-of-one", AddTable, lambda: (randn(N, 3), randn(1, 3)), rows(1, 1), out_rows(1)),
     # N rows per member: the norm's input inside the block, one member's, must not be read as N members
     ("norm-inside-dense-called-outside", NormCalledOutside, lambda: (randn(N * N, 3),), rows(N), out_rows(N)),
     (

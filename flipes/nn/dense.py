@@ -185,7 +185,14 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         )
     (k,) = per
     members = [leaf for leaf, d in zip(leaves, dims, strict=True) if d == 0]
-    batch = k > 1 or any(needs_batch_dim(module, leaf.shape[1:]) for leaf in members)  # else each member's x[n]
+    # a shared argument with a batch dim of one beside member rows of its rank (a (1, D) context beside (N, D)) broadcasts
+    # over a batch in the plain model: each member's row runs as a batch of one, else its output gains that dim
+    batch_of_one = any(
+        d is None and isinstance(leaf, Tensor) and leaf.dim() > 1 and leaf.shape[0] == 1 and leaf.dim() == m.dim()
+        for leaf, d in zip(leaves, dims, strict=True)
+        for m in members
+    )
+    batch = k > 1 or batch_of_one or any(needs_batch_dim(module, leaf.shape[1:]) for leaf in members)  # else x[n]
     lone = [leaf for leaf in members if leaf.shape[2:].numel() == 1]  # one value per channel and member
     if batch and k == 1 and lone and isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
         raise ValueError(
