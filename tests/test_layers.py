@@ -931,30 +931,41 @@ class ListBeside(nn.Module):
 
 
 class PlainList(nn.Module):
-    """Layers registered as attributes but called through a plain Python list (not an nn.ModuleList)."""
+    """Layers registered as attributes but reached otherwise: through a plain Python list (not an nn.ModuleList), a
+    bound method kept from before flipout, or the list after the registered layer itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, via: str) -> None:
         super().__init__()
-        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
-        self.stack = [self.a, self.b]
+        self.a, self.b, self.via = nn.Linear(3, 4), nn.Linear(4, 2), via
+        self.stack, self.project = [self.a, self.b], self.b.forward
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.via == "bound-method":
+            return self.project(self.a(x))
+        if self.via == "list-after-the-layer":
+            h = self.a(x)
+            return self.b(h) + self.stack[1](h)
         for layer in self.stack:
             x = layer(x)
         return x
 
 
 @pytest.mark.parametrize("hold_noise", [True, False])
-def test_a_replaced_layer_called_through_a_plain_list_is_an_error_naming_the_module_list_fix(hold_noise: bool) -> None:
-    """flipout replaces a layer by a Flipout one in the model's modules; a plain list still holds the original, which
-    would run the mean weights for every member: calling it in a population is a ValueError naming the Flipout layer
-    that replaced it and the nn.ModuleList fix (not a KeyError from flipes' hooks), also where noise is sampled on
-    demand."""
-    model = flipes.flipout(PlainList())
+@pytest.mark.parametrize("via,name", [("list", "a"), ("bound-method", "b"), ("list-after-the-layer", "b")])
+def test_a_replaced_layer_used_past_the_models_modules_is_an_error_naming_the_module_list_fix(
+    via: str, name: str, hold_noise: bool
+) -> None:
+    """flipout replaces a layer by a Flipout one in the model's modules; a plain list or a bound method still holds the
+    original, which would run the mean weights for every member: using it in a population is a ValueError naming the
+    Flipout layer that replaced it and the nn.ModuleList fix (not a KeyError from flipes' hooks, nor silence where the
+    hooks are bypassed or already gone), also where noise is sampled on demand; outside a population it runs."""
+    model = flipes.flipout(PlainList(via))
     es = flipes.FlipES(model, popsize=4, hold_noise=hold_noise)
-    expected = r"called the plain Linear that flipes.flipout replaced by the Flipout layer 'a' .* nn.ModuleList"
+    expected = rf"the plain Linear that flipes.flipout replaced by the Flipout layer '{name}' .* nn.ModuleList"
     with pytest.raises(ValueError, match=expected), es.population():
         model(torch.randn(4, 3))
+    assert model(torch.randn(4, 3)).shape == (4, 2)
+    assert copy.deepcopy(model.stack[0]).weight is not model.a.weight  # a copy of an original is a plain layer
 
 
 def test_parameters_in_a_container_are_evolved_by_the_module_that_reads_them() -> None:

@@ -46,6 +46,7 @@ from flipes.nn.convert import (
     noting_parameters,
     parameter_report,
     per_member_modules,
+    replaced_layer_message,
     training_dropout,
     uncompiled,
 )
@@ -883,13 +884,7 @@ class FlipES:
         """The error for a call of a plain layer that ``flipes.flipout`` replaced by a Flipout layer (its hooks are the
         Flipout layer's): the model reaches it other than through its modules, where every member runs its mean."""
         name = next((n for n, m in self._module.named_modules() if m._forward_pre_hooks is layer._forward_pre_hooks), "?")
-        return ValueError(
-            f"FlipES: the model called the plain {type(layer).__name__} that flipes.flipout replaced by the Flipout layer "
-            f"{name!r} (they hold the same parameters): it reaches the original other than through its registered "
-            "modules (a plain Python list, tuple or dict, or a reference kept before flipout), so every member would run "
-            "its mean weights; hold such layers in an nn.ModuleList / nn.ModuleDict (or call them through the model), so "
-            "that flipout replaces them there too"
-        )
+        return ValueError(replaced_layer_message(type(layer).__name__, name))
 
     def _refuse_direct_reads(self) -> None:
         """Raise where the model read an evolved parameter of a Flipout layer it never called (``x @ layer.weight``, or a

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -34,6 +35,7 @@ from flipes.nn.recurrent import (
     FlipoutRNNCell,
     check_rnn_supported,
 )
+from flipes.noise import compiling
 
 _FLIPOUT_OF: MappingProxyType[type[nn.Module], type[nn.Module]] = MappingProxyType(
     {
@@ -105,10 +107,49 @@ def _convert_layer(layer: nn.Module, cls: type[nn.Module], path: str = "") -> nn
     new = cls.__new__(cls)
     new.__dict__ = layer.__dict__.copy()  # same _parameters entries: the same Parameter objects
     for name in ("_parameters", "_buffers", "_modules"):
-        setattr(new, name, getattr(layer, name).copy())
+        setattr(new, name, dict(getattr(layer, name)))
     if isinstance(new, nn.RNNBase):
         new._init_flat_weights()  # its own list of (the same) weights for the fused kernel
+    layer.__dict__["_parameters"] = ReplacedParameters(layer._parameters, new)  # the original, if still used somewhere
     return new
+
+
+class ReplacedParameters(dict):
+    """The ``_parameters`` of a layer that ``flipout`` replaced by a Flipout layer holding the same Parameter objects:
+    the original reading one while that Flipout layer's FlipES evaluates a population is an error, as it would run the
+    mean for every member (reached past the model's modules: a plain list, a bound ``layer.forward``, a reference kept
+    from before). Outside a population it is the plain dict it was."""
+
+    def __init__(self, params: dict[str, nn.Parameter | None], replacement: nn.Module) -> None:
+        super().__init__(params)
+        self.replacement = weakref.ref(replacement)
+
+    def __getitem__(self, key: str) -> nn.Parameter | None:
+        new = self.replacement()
+        owner = None if new is None else new.__dict__.get("_flipes_owner")
+        es = None if owner is None else owner()
+        if es is not None and es._inside is not None and not compiling():
+            name = next((n for n, m in es._module.named_modules() if m is new), "?")
+            raise ValueError(replaced_layer_message(_plain_name(new), name))
+        return super().__getitem__(key)
+
+    def __reduce_ex__(self, protocol: object) -> tuple:  # a copy of the original is a plain layer
+        return dict, (dict(self),)
+
+
+def _plain_name(layer: nn.Module) -> str:
+    """The name of the torch class a Flipout layer was made from (``Linear`` for ``FlipoutLinear``)."""
+    return next(k.__name__ for k in type(layer).__mro__ if not issubclass(k, FlipoutMixin) and issubclass(k, nn.Module))
+
+
+def replaced_layer_message(plain: str, name: str) -> str:
+    return (
+        f"FlipES: the model used the plain {plain} that flipes.flipout replaced by the Flipout layer {name!r} (they hold "
+        "the same parameters): it reaches the original other than through its registered modules (a plain Python list, "
+        "tuple or dict, a bound method such as layer.forward, or a reference kept from before flipout), so every member "
+        "would run its mean weights; hold such layers in an nn.ModuleList / nn.ModuleDict (or call them through the "
+        "model), so that flipout replaces them there too"
+    )
 
 
 def uncompiled(module: nn.Module) -> nn.Module:
