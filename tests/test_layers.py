@@ -968,6 +968,38 @@ def test_a_replaced_layer_used_past_the_models_modules_is_an_error_naming_the_mo
     assert copy.deepcopy(model.stack[0]).weight is not model.a.weight  # a copy of an original is a plain layer
 
 
+class ReadsMetadata(nn.Module):
+    """Reads only the dtype, device and shape of a parameter a Flipout layer evolves, through a name of its own
+    (``self.w = self.fc.weight``) or the original layer kept in a plain list, as code casting its input does."""
+
+    def __init__(self, via: str) -> None:
+        super().__init__()
+        self.fc, self.via = nn.Linear(3, 2), via
+        self.w, self.kept = self.fc.weight, [self.fc]
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.w if self.via == "held" else self.kept[0].weight
+        assert w.shape == (2, 3) and w.size(-1) == x.shape[-1] and w.dim() == 2 and len(w) == 2
+        return self.fc(x.to(w.dtype).to(w.device))
+
+
+@pytest.mark.parametrize("via", ["held", "original-in-a-list"])
+def test_reading_only_the_metadata_of_an_evolved_parameter_past_its_layer_is_no_error(via: str) -> None:
+    """Reading a watched parameter's dtype, device, shape, size, dim, len or requires_grad (no value: every member has
+    the mean's) through a plain module's own name for it or the original layer flipout replaced is no error in a
+    population, whose members are the Flipout layer's; a value read there is still refused (the tests above)."""
+    model = flipes.flipout(ReadsMetadata(via))
+    es = flipes.FlipES(model, popsize=N, sigma=0.1)
+    x = torch.randn(N, 3, dtype=torch.float64)
+    with es.population():
+        out = model(x)
+        assert (model.w if via == "held" else model.kept[0].weight).requires_grad  # the parameter's flag, under no_grad
+        params = member_parameters(es, model)
+    for n in range(N):
+        torch.testing.assert_close(out[n], functional_call(model, params[n], (x[n].float(),)))
+    es.tell(torch.randn(N))
+
+
 def test_parameters_in_a_container_are_evolved_by_the_module_that_reads_them() -> None:
     """Parameters in an ``nn.ParameterList``/``ParameterDict`` are dense parameters of the module that holds the
     container (which reads them in its forward), never of the container, which is never called; beside Flipout

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -128,13 +128,56 @@ class ReplacedParameters(dict):
         new = self.replacement()
         owner = None if new is None else new.__dict__.get("_flipes_owner")
         es = None if owner is None else owner()
-        if es is not None and es._inside is not None and not compiling():
-            name = next((n for n, m in es._module.named_modules() if m is new), "?")
-            raise ValueError(replaced_layer_message(_plain_name(new), name))
-        return super().__getitem__(key)
+        param = super().__getitem__(key)
+        if es is not None and es._inside is not None and param is not None and not compiling():
+
+            def refuse() -> None:
+                if es._inside is None:  # an alias kept past the population's end
+                    return
+                name = next((n for n, m in es._module.named_modules() if m is new), "?")
+                raise ValueError(replaced_layer_message(_plain_name(new), name))
+
+            return _Watched.of(param, refuse)  # its dtype, device and shape are no use of the mean (x.to(w.dtype))
+        return param
 
     def __reduce_ex__(self, protocol: object) -> tuple:  # a copy of the original is a plain layer
         return dict, (dict(self),)
+
+
+# what a tensor's metadata reads are named in __torch_function__ (a getter's func is its descriptor's __get__)
+_METADATA = frozenset(
+    {"dtype", "device", "shape", "size", "dim", "ndim", "ndimension", "numel", "nelement", "__len__", "layout",
+     "requires_grad", "is_leaf", "is_cuda", "is_cpu", "is_meta", "is_sparse", "is_quantized", "is_floating_point",
+     "is_complex", "is_contiguous", "get_device", "element_size", "itemsize", "nbytes", "stride", "names", "grad_fn"}
+)  # fmt: skip
+
+
+class _Watched(torch.Tensor):
+    """An alias of a parameter that a module must not read the value of inside a population (a watched key of
+    :class:`NotingParameters`, or any of a :class:`ReplacedParameters`): reading its metadata (``w.dtype``,
+    ``w.device``, ``w.shape``) is fine, any other use calls ``on_value`` (which notes it, or raises) first."""
+
+    _flipes_on_value: Callable[[], None]
+
+    @staticmethod
+    def of(param: torch.Tensor, on_value: Callable[[], None]) -> _Watched:
+        alias = param.as_subclass(_Watched)  # the same storage, and still in the autograd graph
+        if param.requires_grad and not alias.requires_grad:  # made under no_grad: its flag is the parameter's still
+            alias.requires_grad_(True)
+        alias._flipes_on_value = on_value
+        return alias
+
+    @classmethod
+    def __torch_function__(cls, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> object:
+        name = getattr(func, "__name__", "")
+        name = getattr(func.__self__, "__name__", name) if name == "__get__" else name
+        if name not in _METADATA:
+            for a in (*args, *(kwargs or {}).values()):
+                for t in a if isinstance(a, (list, tuple)) else (a,):
+                    if isinstance(t, _Watched):
+                        t._flipes_on_value()
+        with torch._C.DisableTorchFunctionSubclass():  # results are plain tensors
+            return func(*args, **(kwargs or {}))
 
 
 def _plain_name(layer: nn.Module) -> str:
@@ -601,9 +644,14 @@ class NotingParameters(dict):
     reads: set[str] | None = None
 
     def __getitem__(self, key: str) -> nn.Parameter | None:
-        if self.reads is not None and key in self.watched:
-            self.reads.add(key)
-        return super().__getitem__(key)
+        param = super().__getitem__(key)
+        if self.reads is None or key not in self.watched or param is None:
+            return param
+        reads = self.reads
+        if compiling():  # Dynamo traces no tensor subclass here: any read is noted
+            reads.add(key)
+            return param
+        return _Watched.of(param, lambda: reads.add(key))  # its dtype, device and shape are no read of the mean
 
 
 def noting_parameters(owner: nn.Module, keys: Iterable[str]) -> NotingParameters:
