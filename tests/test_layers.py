@@ -1000,6 +1000,33 @@ def test_reading_only_the_metadata_of_an_evolved_parameter_past_its_layer_is_no_
     es.tell(torch.randn(N))
 
 
+class AliasedChild(nn.Module):
+    """Registers attention's out_proj under a name of its own too (a handle to inspect it), calling only the attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.proj = self.attn.out_proj
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def test_a_child_of_a_flipout_layer_also_registered_under_another_name_is_no_replaced_layer() -> None:
+    """flipout converts an alias of attention's out_proj on its own, but the original stays the attention's registered
+    child, read by its own forward: no "used the plain ... that flipes.flipout replaced" error in a population, and
+    each member's output is the plain module's with its explicit parameters (float64, 1e-10)."""
+    torch.manual_seed(0)
+    model = flipes.flipout(AliasedChild().double())
+    es = flipes.FlipES(model, popsize=N, sigma=0.1)
+    x = torch.randn(N, 3, 4, dtype=torch.float64)
+    with es.population():
+        out = model(x)
+        params = member_parameters(es, model)
+    for n in range(N):
+        torch.testing.assert_close(out[n], functional_call(model, params[n], (x[n : n + 1],))[0], atol=1e-10, rtol=0)
+
+
 def test_parameters_in_a_container_are_evolved_by_the_module_that_reads_them() -> None:
     """Parameters in an ``nn.ParameterList``/``ParameterDict`` are dense parameters of the module that holds the
     container (which reads them in its forward), never of the container, which is never called; beside Flipout

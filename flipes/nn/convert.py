@@ -274,6 +274,7 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
         module = _convert_layer(module, cls)
     converted: dict[int, nn.Module] = {}  # a layer used twice (or aliased) becomes ONE Flipout layer
     _convert_children(module, converted)
+    _unwatch_registered(uncompiled(module))
     _make_dense(module)
     _check_dense_recurrence(uncompiled(module))
     unhandled = [row for row in parameter_report(module).rows if row.how == "unhandled"]
@@ -285,6 +286,15 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
             "parameters (e.g. torch.nn.Linear), or set requires_grad=True on those to evolve"
         )
     return module
+
+
+def _unwatch_registered(model: nn.Module) -> None:
+    """Make a replaced layer's parameters a plain dict again where the layer is still one of the model's modules: a
+    child of a Flipout layer, which reads it itself (``attn.out_proj``), that the model also registers under a name of
+    its own (``self.proj = self.attn.out_proj``, converted there). Only one reached past the modules is watched."""
+    for m in model.modules():
+        if isinstance(m.__dict__.get("_parameters"), ReplacedParameters):
+            m.__dict__["_parameters"] = dict(m.__dict__["_parameters"])
 
 
 def _check_inspectable(model: nn.Module) -> None:
