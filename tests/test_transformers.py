@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
 import re
 
 import pytest
@@ -391,6 +392,46 @@ def test_generate_with_kv_cache_decodes_each_members_rows_as_the_plain_model_wit
         plain.load_state_dict(state)
         rows = slice(m * k, (m + 1) * k)
         assert torch.equal(tokens[rows], plain.generate(ids[rows], attention_mask=mask[rows], **settings)), m
+
+
+def roberta(seed: int = 0) -> nn.Module:
+    """A 1-layer RoBERTa masked LM: its head holds its decoder's bias (a watched parameter it never reads)."""
+    torch.manual_seed(seed)
+    cfg = transformers.RobertaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        max_position_embeddings=32, pad_token_id=1, attn_implementation="eager",
+    )  # fmt: skip
+    return transformers.RobertaForMaskedLM(cfg).double().eval()
+
+
+@pytest.mark.parametrize("make", [roberta, gpt2], ids=["roberta-held-bias", "gpt2-tied"])
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+def test_a_converted_model_copied_or_saved_whole_trains_as_the_original(make: object, how: str) -> None:
+    """A converted model copied whole (``copy.deepcopy``, or ``torch.save`` + ``torch.load(weights_only=False)``) after a
+    generation, its head holding a watched bias or tied to the embedding: a new FlipES on the copy runs two
+    generations with no refusal, and its first generation's logits equal those of the original's next generation
+    (same seed, same state), exactly."""
+    model = flipes.flipout(make())
+    es = flipes.FlipES(model, popsize=4, sigma=0.05, seed=3)
+    ids, mask = batch(4)
+    with es.population():
+        es.tell(model(input_ids=ids, attention_mask=mask).logits.mean((1, 2)))
+    if how == "deepcopy":
+        copied = copy.deepcopy(model)
+    else:
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        copied = torch.load(buffer, weights_only=False)
+    outs = []
+    for m in (model, copied):
+        es = flipes.FlipES(m, popsize=4, sigma=0.05, seed=5)
+        for _ in range(2):
+            with es.population():
+                logits = m(input_ids=ids, attention_mask=mask).logits
+            es.tell(logits.mean((1, 2)))
+            outs.append(logits)
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
 
 
 def test_the_parameter_report_names_a_tied_head_beside_the_embedding_it_shares() -> None:
