@@ -13,7 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -2018,6 +2020,87 @@ def test_every_tensor_a_run_makes_is_on_its_device(tmp_path: Path) -> None:
         torch.set_default_device(None)
     assert [r["generation"] for r in metrics(tmp_path)] == [0, 1, 2] and "eval_return" in resumed.metrics[-1]
     assert es.generation == 2 and es.best is not None
+
+
+def _data_fitness(model: torch.nn.Module, pop: flipes.Population) -> torch.Tensor:
+    """A supervised fitness of the README's kind: a minibatch drawn from ``pop.generator()`` (a CPU generator) for the
+    whole population and indexed by the members, moved to the model's device."""
+    device = next(model.parameters()).device
+    x = torch.randn(pop.popsize, 3, 4, generator=pop.generator("data"), device="cpu")[pop.members].to(device)
+    return -model(x).square().mean((1, 2))
+
+
+def _data_model(env: None) -> torch.nn.Module:
+    with torch.device("cpu"):  # built on the host, as a --model is before flipes.train moves it
+        return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+
+
+# the cheapest run that reaches each training path the Pendulum run above misses; "after": the deployment functions
+# run on it too (load_policy of the center or best member, evaluate_policy, export_policy)
+DEVICE_PATHS = {
+    # EnvPool (numpy, moved to the device by the engine), pipelined (>= 128 envs, an MLP), ARS, reward_shift, a cut
+    "ars-envpool-pipelined": dict(env="CartPole-v1", algo="ars", popsize=128, ars_top=32, hidden=[], reward_shift=1.0,
+                                  max_episode_steps=20),
+    # openai-es (Adam), members in parts sampled anew (hold_noise false), low-rank noise, groups, a σ schedule, z-score
+    "openai-es-parts-low-rank": dict(env="flipes/Pendulum-v1", popsize=16, members_per_pass=4, hold_noise=False,
+                                     noise_rank=2, groups=4, sigma_decay=0.9, sigma_min=0.05, weight_decay=0.01,
+                                     episodes=2, track_best=True, shaping="z-score", max_episode_steps=10, after=True),
+    # gymnasium's worker processes (numpy, NumpyToTorch-like copies), action noise on their Box actions
+    "gymnasium-workers": dict(env="gymnasium-async:Pendulum-v1", env_threads=2, hidden=[4], action_noise=0.1,
+                              max_episode_steps=10),
+    # gymnasium's SyncVectorEnv through NumpyToTorch, a GRU policy, Discrete actions; its export wraps the state
+    "gymnasium-sync-gru": dict(env="gymnasium-sync:CartPole-v1", policy="gru", hidden=[4], max_episode_steps=10,
+                               after=True),
+    # flipes' own torch envs other than Pendulum, the MLP policy with members in held parts
+    "own-envs-parts": dict(env="flipes/Acrobot-v1", popsize=16, members_per_pass=8, max_episode_steps=10, after=True),
+    # the CNN policy on images (its training is test_cnn_policy's): deployment
+    "cnn": dict(env="image_env:cnntest/BrightSpot-v0", policy="cnn", hidden=[8], after=True),
+    # env none: a supervised fitness drawing from pop.generator(), in parts with the noise sampled anew
+    "fitness": dict(env="none", fitness=_data_fitness, model=_data_model, members_per_pass=4, hold_noise=False,
+                    groups=2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", list(DEVICE_PATHS))
+def test_every_tensor_of_each_training_path_is_on_its_device(tmp_path: Path, path: str, monkeypatch) -> None:
+    """As test_every_tensor_a_run_makes_is_on_its_device, for the training paths its Pendulum run misses (engines,
+    searches, policies, noise, parts, a fitness of one's own) and the deployment functions on their runs: under the
+    meta default device, with the device given as "cpu", every tensor training, load_policy, evaluate_policy and
+    export_policy make is a real one (a factory without device= would make a meta tensor, which fails where it meets
+    the run's). flipes' policies alone are built on the host, as flipes.train and load_policy build them before
+    moving them."""
+    case = dict(DEVICE_PATHS[path])
+    after = case.pop("after", False)
+    if case["env"] == "CartPole-v1":
+        pytest.importorskip("envpool")
+
+    def on_host(kind: type[torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+        def build(*args: Any, **kwargs: Any) -> torch.nn.Module:
+            with torch.device("cpu"):
+                return kind(*args, **kwargs)
+
+        return build
+
+    from flipes import builders, runs
+
+    host_policies = {name: on_host(kind) for name, kind in runs.POLICIES.items()}
+    monkeypatch.setattr(builders, "POLICIES", host_policies)
+    monkeypatch.setattr(runs, "POLICIES", host_policies)
+    kw = dict(popsize=8, eval_every=1, eval_episodes=2, target=None, device="cpu", checkpoint_every=1, tensorboard=False,
+              progress=False, out=str(tmp_path))  # fmt: skip
+    torch.set_default_device("meta")
+    try:
+        assert torch.empty(1).is_meta  # the check is in force
+        flipes.train(**{**kw, **case}, generations=2)
+        if after:
+            policy = flipes.load_policy(tmp_path, "best-member" if case.get("track_best") else "latest")
+            returns = flipes.evaluate_policy(policy, case["env"], 2, max_steps=5)
+            program = flipes.export_policy(tmp_path)
+    finally:
+        torch.set_default_device(None)
+    assert [r["generation"] for r in metrics(tmp_path)] == [0, 1]
+    if after:
+        assert returns.device == torch.device("cpu") and returns.shape == (2,) and program.exists()
 
 
 def test_evaluate_policy_refuses_no_episodes_and_a_bad_env_id_in_one_line() -> None:
