@@ -586,6 +586,39 @@ def test_everything_stays_on_the_device(case: Case, device: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_every_tensor_an_env_makes_is_on_its_device(case: Case) -> None:
+    """Under the meta default device, an env made with device "cpu" (gymnasium.make_vec("envs:flipes/..."), float32
+    too, and gymnasium.make's single env) resets (all, by a mask, seeded by a list), takes numpy and tensor actions,
+    autoresets past its time limit and takes a new state, all in real tensors: a factory without device= would make a
+    meta tensor and fail where it meets the env's (on a GPU: a device mismatch, or a copy from the host every step)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def actions(env: gym.vector.VectorEnv) -> torch.Tensor:
+        with torch.device("cpu"):  # the test's own draws
+            return random_actions(env, case, gen)
+
+    torch.set_default_device("meta")
+    try:
+        assert torch.empty(1).is_meta  # the check is in force
+        for dtype in (torch.float64, torch.float32):
+            env = gym.make_vec(f"envs:{case.flipes_id}", num_envs=8, device="cpu", max_episode_steps=2, dtype=dtype)
+            outs = [*env.reset(seed=list(range(8)))[:1], *env.reset(options={"reset_mask": np.arange(8) < 3})[:1]]
+            for t in range(5):  # past the time limit: every env truncates and autoresets
+                drawn = actions(env)
+                outs += env.step(drawn.numpy() if t % 2 else drawn)[:4]
+            env.state = env.state.cpu().numpy()
+            outs += [env.state, env.elapsed, *env.step(actions(env))[:4]]
+            assert all(o.device == torch.device("cpu") for o in outs)
+        single = gym.make(case.flipes_id, device="cpu")
+        obs, _ = single.reset(seed=0)
+        single.unwrapped.state = single.unwrapped.state
+        obs, reward, *_ = single.step(single.action_space.sample())
+    finally:
+        torch.set_default_device(None)
+    assert obs.shape == single.observation_space.shape and math.isfinite(reward)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
 def test_float32_state_stays_close_to_float64(case: Case) -> None:
     """One step from the same float32-representable states with the same actions: a float32 env keeps a float32 state,
     and its observations and rewards are within 1e-4 (relative and absolute) of the float64 env's."""
