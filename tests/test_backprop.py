@@ -605,3 +605,32 @@ def test_attaching_noise_to_layers_that_would_ignore_it_is_an_error() -> None:
         attach_noise(model, GaussianPosterior)
     attach_noise(model[1], GaussianPosterior)  # the Linear alone
     assert flipes.nn.kl_divergence(model).detach() > 0
+
+
+def test_every_tensor_a_backprop_noise_model_makes_is_on_its_device() -> None:
+    """Under the meta default device, each noise model on Linear, Conv2d, LSTM and an LSTM cell (a model built on the
+    host) draws, backpropagates its ELBO and samples weights in eval mode with real tensors only: a factory without
+    device= in a draw, the KL or the per-example forward would make a meta tensor, which fails where it meets the
+    model's (on a GPU: a device mismatch)."""
+    noises = (GaussianPosterior, functools.partial(MultiplicativeGaussian, alpha=0.1), functools.partial(DropConnect, p=0.5))
+    with torch.device("cpu"):
+        torch.manual_seed(0)
+        x, seq = torch.randn(4, 1, 5, 5), torch.randn(4, 3, 2)
+        models = [flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(18, 2))) for _ in noises]
+        lstms = [flipes.flipout(nn.ModuleList([nn.LSTM(2, 3, batch_first=True), nn.LSTMCell(3, 2)])) for _ in noises]
+    torch.set_default_device("meta")
+    try:
+        assert torch.empty(1).is_meta  # the check is in force
+        for model, lstm, noise in zip(models, lstms, noises, strict=True):
+            for m in (model, lstm):
+                attach_noise(m, noise)
+            with fixed_noise(lstm):  # the cell runs step by step
+                out = lstm[1](lstm[0](seq)[0][:, -1])[0]
+            loss = model(x).square().mean() + out.square().mean() + flipes.kl_divergence(model) / 100
+            loss.backward()
+            model.eval()
+            with sample_weights(model):
+                model(x)
+    finally:
+        torch.set_default_device(None)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for m in models for p in m.parameters())

@@ -2271,3 +2271,49 @@ def test_the_shared_ids_hint_is_given_only_for_n_lookups_meeting_a_multiple_of_n
     assert shared_ids_fix((1, 7), 8, clash.format(8, 5)) is None
     assert shared_ids_fix((1, 7), 8, clash.format(8, 8)) is None
     assert shared_ids_fix((1, 7), 8, "mat1 and mat2 shapes cannot be multiplied") is None
+
+
+class _RecurrentConvModel(nn.Module):
+    """Images through every Flipout layer kind the mixed model of test_train's meta-device check leaves out: Conv2d,
+    Conv3d, GRU, RNN, and LSTM, GRU and RNN cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.conv3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv3d(1, 1, 1)
+        self.gru, self.rnn = nn.GRU(4, 4, batch_first=True), nn.RNN(4, 4, batch_first=True)
+        self.lstm_cell, self.gru_cell, self.rnn_cell = nn.LSTMCell(4, 4), nn.GRUCell(4, 4), nn.RNNCell(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 1, 5, 5) -> (B, 2)
+        x = self.conv3(x.unsqueeze(-4)).squeeze(-4)
+        h = self.conv(x).flatten(-2).transpose(-1, -2)  # (B, 25, 4): the pixels as a sequence
+        h = self.rnn(self.gru(h)[0])[0][..., -1, :]
+        return self.head(self.rnn_cell(self.gru_cell(self.lstm_cell(h)[0])))
+
+
+def test_every_tensor_a_population_of_each_layer_makes_is_on_its_device() -> None:
+    """Under the meta default device, FlipES steps of a model of Conv2d, Conv3d, GRU, RNN and the three cells (models
+    built on the host) make real tensors only, with the noise held and with each part's noise sampled anew
+    (hold_noise=False, low-rank), with adaptive σ and a best member: a factory without device= in a layer's
+    population forward or the update would make a meta tensor, which fails where it meets the model's (on a GPU: a
+    device mismatch, or a copy from the host)."""
+    with torch.device("cpu"):
+        torch.manual_seed(0)
+        x = torch.randn(1, 1, 5, 5)
+        held, parts = (flipes.flipout(_RecurrentConvModel()) for _ in range(2))
+    runs = [
+        (held, flipes.FlipES(held, popsize=8, groups=2, sigma_lr=0.1, track_best=True), 8),
+        (parts, flipes.FlipES(parts, popsize=8, groups=4, noise_rank=2, hold_noise=False, weight_decay=0.01), 2),
+    ]
+    torch.set_default_device("meta")
+    try:
+        assert torch.empty(1).is_meta  # the check is in force
+        for model, es, size in runs:
+            for _ in range(2):
+                with es.population() as pop:
+                    fitness = torch.cat([model(x.expand(part.size, 1, 5, 5))[:, 0] for part in pop.split(size)])
+                es.member_state_dict(1)
+                es.tell(fitness)
+    finally:
+        torch.set_default_device(None)
+    assert [es.generation for _, es, _ in runs] == [2, 2] and runs[0][1].best is not None
