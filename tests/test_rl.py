@@ -7,11 +7,13 @@ import math
 import pickle
 import re
 import warnings
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import flipes
 from flipes.rl import MLPPolicy, RolloutFitness, RunningNorm, make_vector_env, run_episodes
@@ -914,3 +916,40 @@ def test_box_actions_of_a_policy_pickled_without_the_bound_flags_equal_a_new_pol
         z = torch.stack([special, special.flip(0)], 1).double()
         assert policy.all_bounded == bool(np.isfinite(high).all())
         assert torch.equal(old.action(z).view(torch.int64), policy.action(z).view(torch.int64))
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the host reads of the ops run inside it: .item(), bool(), int() and float() of a tensor all end in
+    aten::_local_scalar_dense, which on a GPU waits for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", [flipes.rl.MLPPolicy, flipes.rl.GRUPolicy])
+def test_a_rollout_reads_the_host_per_step_only_to_ask_whether_episodes_are_left(kind: type[torch.nn.Module]) -> None:
+    """A host read (.item(), bool(), int() or float() of a tensor) waits for a GPU. A rollout makes one per step, asking
+    whether any episode is left (on the CPU; a GPU asks every 16 steps), and the others a few times per rollout, not
+    per step: training rollouts of a Flipout population (observation normalization, action noise) on
+    flipes/Pendulum-v1 cut at 50 steps, and the center policy's evaluation, read at most 50 + 5 times each."""
+    env = make_vector_env("flipes/Pendulum-v1", 8, note=None)
+    torch.manual_seed(0)
+    policy = flipes.flipout(kind(env.single_observation_space, env.single_action_space, hidden=[8]))
+    es, fitness = flipes.FlipES(policy, popsize=8), RolloutFitness(env, action_noise=0.1, max_steps=50)
+    counts = []
+    for _ in range(2):  # the second with the statistics merged: the normalization's own path
+        with es.population() as pop, _HostReads() as reads:
+            values = fitness(policy, pop)
+        counts.append(reads.count)
+        es.tell(values)
+        policy.obs_norm.update()
+    with _HostReads() as reads:
+        episodes = run_episodes(env, policy, seed=0, max_steps=50)
+    counts.append(reads.count)
+    assert fitness.timesteps == 2 * 8 * 50 and episodes.steps == 8 * 50
+    assert all(50 <= c <= 55 for c in counts), counts
