@@ -2036,7 +2036,8 @@ def _data_model(env: None) -> torch.nn.Module:
 
 
 # the cheapest run that reaches each training path the Pendulum run above misses; "after": the deployment functions
-# run on it too (load_policy of the center or best member, evaluate_policy, export_policy)
+# run on it too (load_policy of the center or best member, evaluate_policy, export_policy); "resume": a third
+# generation resumed from the checkpoint (Adam's state, the σ schedule)
 DEVICE_PATHS = {
     # EnvPool (numpy, moved to the device by the engine), pipelined (>= 128 envs, an MLP), ARS, reward_shift, a cut
     "ars-envpool-pipelined": dict(env="CartPole-v1", algo="ars", popsize=128, ars_top=32, hidden=[], reward_shift=1.0,
@@ -2044,7 +2045,8 @@ DEVICE_PATHS = {
     # openai-es (Adam), members in parts sampled anew (hold_noise false), low-rank noise, groups, a σ schedule, z-score
     "openai-es-parts-low-rank": dict(env="flipes/Pendulum-v1", popsize=16, members_per_pass=4, hold_noise=False,
                                      noise_rank=2, groups=4, sigma_decay=0.9, sigma_min=0.05, weight_decay=0.01,
-                                     episodes=2, track_best=True, shaping="z-score", max_episode_steps=10, after=True),
+                                     episodes=2, track_best=True, shaping="z-score", max_episode_steps=10, after=True,
+                                     resume=True),
     # gymnasium's worker processes (numpy, NumpyToTorch-like copies), action noise on their Box actions
     "gymnasium-workers": dict(env="gymnasium-async:Pendulum-v1", env_threads=2, hidden=[4], action_noise=0.1,
                               max_episode_steps=10),
@@ -2064,13 +2066,13 @@ DEVICE_PATHS = {
 @pytest.mark.parametrize("path", list(DEVICE_PATHS))
 def test_every_tensor_of_each_training_path_is_on_its_device(tmp_path: Path, path: str, monkeypatch) -> None:
     """As test_every_tensor_a_run_makes_is_on_its_device, for the training paths its Pendulum run misses (engines,
-    searches, policies, noise, parts, a fitness of one's own) and the deployment functions on their runs: under the
-    meta default device, with the device given as "cpu", every tensor training, load_policy, evaluate_policy and
-    export_policy make is a real one (a factory without device= would make a meta tensor, which fails where it meets
-    the run's). flipes' policies alone are built on the host, as flipes.train and load_policy build them before
-    moving them."""
+    searches, policies, noise, parts, a fitness of one's own), a resume and the deployment functions on their runs:
+    under the meta default device, with the device given as "cpu", every tensor training, load_policy,
+    evaluate_policy and export_policy make is a real one (a factory without device= would make a meta tensor, which
+    fails where it meets the run's). flipes' policies alone are built on the host, as flipes.train and load_policy
+    build them before moving them."""
     case = dict(DEVICE_PATHS[path])
-    after = case.pop("after", False)
+    after, resume = case.pop("after", False), case.pop("resume", False)
     if case["env"] == "CartPole-v1":
         pytest.importorskip("envpool")
 
@@ -2092,13 +2094,15 @@ def test_every_tensor_of_each_training_path_is_on_its_device(tmp_path: Path, pat
     try:
         assert torch.empty(1).is_meta  # the check is in force
         flipes.train(**{**kw, **case}, generations=2)
+        if resume:
+            flipes.train(**{**kw, **case}, generations=3, resume=str(tmp_path))
         if after:
             policy = flipes.load_policy(tmp_path, "best-member" if case.get("track_best") else "latest")
             returns = flipes.evaluate_policy(policy, case["env"], 2, max_steps=5)
             program = flipes.export_policy(tmp_path)
     finally:
         torch.set_default_device(None)
-    assert [r["generation"] for r in metrics(tmp_path)] == [0, 1]
+    assert [r["generation"] for r in metrics(tmp_path)] == [0, 1, 2][: 3 if resume else 2]
     if after:
         assert returns.device == torch.device("cpu") and returns.shape == (2,) and program.exists()
 
