@@ -499,8 +499,12 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         raise UsageError(
             "--shaping", f"{config.shaping} with --algo ars, whose step is its own weighting of mirrored pairs", "drop --shaping"
         )
-    if config.popsize == 1 and config.algo != "ars" and config.shaping in ("auto", "centered-ranks", "z-score"):
-        score = "z-score" if config.shaping == "z-score" else "centered rank"
+    from flipes.es import shaping  # here: flipes.search imports this module
+    from flipes.search import own_shaping
+
+    rule = own_shaping(config.shaping)  # any spelling of FlipES's own rule (flipes.shaping:z_score), as it refuses
+    if config.popsize == 1 and config.algo != "ars" and rule in (shaping.centered_ranks, shaping.z_score):
+        score = "z-score" if rule is shaping.z_score else "centered rank"
         raise UsageError(
             "--popsize",
             f"1 member: its {score} is always 0, so no generation would move the parameters",

@@ -185,6 +185,7 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--ars-top", "33"], "--ars-top"),
     (["train", "--algo", "ars", "--mirrored", "false"], "--mirrored"),
     (["train", "--popsize", "1", "--mirrored", "false"], "--popsize"),  # one member's centered rank is always 0
+    (["train", "--popsize", "1", "--mirrored", "false", "--shaping", "flipes.shaping:z_score"], "--popsize"),  # spelt so too
     (["train", "--device", "cuda"], "--device"),
     (["train", "--device", "tpu"], "--device"),
     (["train", "--comm", "gossip"], "--comm"),
