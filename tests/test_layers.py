@@ -9,6 +9,7 @@ for Flipout weights and as ``θ + δ_n`` for dense ones.
 from __future__ import annotations
 
 import copy
+import pickle
 import re
 import threading
 from collections.abc import Callable
@@ -2317,3 +2318,18 @@ def test_every_tensor_a_population_of_each_layer_makes_is_on_its_device() -> Non
     finally:
         torch.set_default_device(None)
     assert [es.generation for _, es, _ in runs] == [2, 2] and runs[0][1].best is not None
+
+
+@pytest.mark.parametrize("kind", ["flipout", "dense"])
+def test_a_copy_of_a_model_holding_an_evolved_parameter_twice_is_a_plain_model(kind: str) -> None:
+    """A model whose plain module holds an evolved parameter (HeldTwice) copied or pickled whole, even inside a
+    population, is a plain model: no FlipES watches the copy's reads, so its modules hold plain dicts of parameters
+    (not ones noting reads into a set left from that population, handing out watched aliases for good)."""
+    model = flipes.flipout(HeldTwice(kind, read=False))
+    es = flipes.FlipES(model, popsize=N)
+    with es.population():
+        copied, pickled = copy.deepcopy(model), pickle.loads(pickle.dumps(model))
+    for twin in (copied, pickled):
+        assert type(twin._parameters) is dict
+        assert type(twin.shift) is nn.Parameter
+        torch.testing.assert_close(twin.shift, model.shift)

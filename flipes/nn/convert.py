@@ -663,6 +663,9 @@ class NotingParameters(dict):
             return param
         return _Watched.of(param, lambda: reads.add(key))  # its dtype, device and shape are no read of the mean
 
+    def __reduce_ex__(self, protocol: object) -> tuple:  # a copy is a plain model: no FlipES resets its reads
+        return dict, (dict(self),)
+
 
 def noting_parameters(owner: nn.Module, keys: Iterable[str]) -> NotingParameters:
     """``owner``'s ``_parameters`` as a :class:`NotingParameters` watching ``keys`` (installed once: a model keeps it)."""
