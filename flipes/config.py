@@ -479,6 +479,20 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     if config.policy == "gru" and not config.hidden:
         by_ars = " (--algo ars sets none: its linear policy, unless --hidden is given)" if config.algo == "ars" else ""
         raise UsageError("--hidden", f"the GRU policy needs at least one width (its hidden size){by_ars}", "e.g. --hidden 64 64")
+    from flipes.es import shaping  # here: flipes.search imports this module
+    from flipes.search import own_shaping
+
+    rule = own_shaping(config.shaping)  # any spelling of FlipES's own rule (flipes.shaping:z_score), as it refuses
+    if rule is shaping.ars and config.algo != "ars":  # spelt --shaping flipes.shaping:ars: FlipES's rules for it
+        if config.sigma_lr > 0:
+            by_preset = " (--algo pgpe's preset unless given)" if config.algo == "pgpe" and config.sigma_lr == 0.2 else ""
+            raise UsageError(
+                "--sigma-lr",
+                f"{config.sigma_lr:g}{by_preset} with ARS shaping, whose ±w pairs share ‖z‖²: σ would never move",
+                "use --sigma-lr 0, or --algo ars",
+            )
+        if not config.mirrored:
+            raise UsageError("--mirrored", "ARS shaping compares the returns of mirrored pairs", "leave --mirrored on")
     if config.algo == "ars" and config.sigma_lr > 0:  # its step is α·σ₀ over the current σ: σ₀/σ times ARS's
         raise UsageError(
             "--sigma-lr", "ARS steps at a fixed σ (its step size is lr·σ)", "use --sigma-lr 0 with --algo ars, or --algo pgpe"
@@ -499,10 +513,6 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         raise UsageError(
             "--shaping", f"{config.shaping} with --algo ars, whose step is its own weighting of mirrored pairs", "drop --shaping"
         )
-    from flipes.es import shaping  # here: flipes.search imports this module
-    from flipes.search import own_shaping
-
-    rule = own_shaping(config.shaping)  # any spelling of FlipES's own rule (flipes.shaping:z_score), as it refuses
     if config.popsize == 1 and config.algo != "ars" and rule in (shaping.centered_ranks, shaping.z_score):
         score = "z-score" if rule is shaping.z_score else "centered rank"
         raise UsageError(

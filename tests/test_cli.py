@@ -186,6 +186,8 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--algo", "ars", "--mirrored", "false"], "--mirrored"),
     (["train", "--popsize", "1", "--mirrored", "false"], "--popsize"),  # one member's centered rank is always 0
     (["train", "--popsize", "1", "--mirrored", "false", "--shaping", "flipes.shaping:z_score"], "--popsize"),  # spelt so too
+    (["train", "--algo", "pgpe", "--shaping", "flipes.shaping:ars"], "--sigma-lr"),  # pgpe's 0.2: ±w pairs never move σ
+    (["train", "--shaping", "flipes.shaping:ars", "--mirrored", "false"], "--mirrored"),  # its pairs are mirrored members
     (["train", "--device", "cuda"], "--device"),
     (["train", "--device", "tpu"], "--device"),
     (["train", "--comm", "gossip"], "--comm"),
