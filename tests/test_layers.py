@@ -1001,6 +1001,37 @@ def test_reading_only_the_metadata_of_an_evolved_parameter_past_its_layer_is_no_
     es.tell(torch.randn(N))
 
 
+class AllocatesLike(nn.Module):
+    """Makes tensors shaped, typed and placed as a parameter a Flipout layer evolves (``torch.zeros_like(self.w)``,
+    ``self.w.new_zeros(...)``, an initial state), through a name of its own or the original layer kept in a list."""
+
+    def __init__(self, via: str) -> None:
+        super().__init__()
+        self.fc, self.via = nn.Linear(3, 3), via
+        self.w, self.kept = self.fc.bias, [self.fc]
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.w if self.via == "held" else self.kept[0].bias
+        start = torch.zeros_like(w) + torch.ones_like(w) + torch.empty_like(w).zero_() + torch.full_like(w, 2.0)
+        start = start + w.new_zeros(w.shape) + w.new_ones(3) + w.new_full((3,), 1.0) + w.new_empty(3).zero_()
+        return self.fc(x + start)
+
+
+@pytest.mark.parametrize("via", ["held", "original-in-a-list"])
+def test_allocating_like_an_evolved_parameter_past_its_layer_is_no_error(via: str) -> None:
+    """torch.zeros_like(w), w.new_zeros(...) and their kind read a watched parameter's shape, dtype and device only (no
+    value: every member would get the same), so they are no error in a population, as w.shape and w.dtype are not."""
+    model = flipes.flipout(AllocatesLike(via))
+    es = flipes.FlipES(model, popsize=N, sigma=0.1)
+    x = torch.randn(N, 3)
+    with es.population():
+        out = model(x)
+        params = member_parameters(es, model)
+    for n in range(N):
+        torch.testing.assert_close(out[n], functional_call(model, params[n], (x[n],)))
+    es.tell(torch.randn(N))
+
+
 class AliasedChild(nn.Module):
     """Registers attention's out_proj under a name of its own too (a handle to inspect it), calling only the attention."""
 

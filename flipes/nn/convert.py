@@ -148,7 +148,10 @@ class ReplacedParameters(dict):
 _METADATA = frozenset(
     {"dtype", "device", "shape", "size", "dim", "ndim", "ndimension", "numel", "nelement", "__len__", "layout",
      "requires_grad", "is_leaf", "is_cuda", "is_cpu", "is_meta", "is_sparse", "is_quantized", "is_floating_point",
-     "is_complex", "is_contiguous", "get_device", "element_size", "itemsize", "nbytes", "stride", "names", "grad_fn"}
+     "is_complex", "is_contiguous", "get_device", "element_size", "itemsize", "nbytes", "stride", "names", "grad_fn",
+     # new tensors shaped, typed and placed as it (an initial state): they read no value either
+     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like", "new_zeros",
+     "new_ones", "new_empty", "new_full"}
 )  # fmt: skip
 
 
