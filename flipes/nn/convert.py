@@ -268,8 +268,8 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
             (freeze it).
     """
     check_module(module, "flipout()")
-    _freeze(uncompiled(module), frozen)
-    _check_inspectable(uncompiled(module))  # torch.compile(net): net's names, as its state dict's
+    _freeze(uncompiled(module), frozen)  # torch.compile(net): net's names, as its state dict's
+    _check_inspectable(uncompiled(module))  # after _freeze: a frozen TorchScript module is fine
     _check_weight_hooks(uncompiled(module))
     _check_shared_id_tables(uncompiled(module))
     cls = flipout_class(type(module))
