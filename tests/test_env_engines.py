@@ -492,3 +492,11 @@ def test_mujoco_warnings_inside_the_block_are_warned_once_and_the_handler_put_ba
         assert len(before) == 1 and mujoco.get_mju_user_warning() == before.append
     finally:
         mujoco.set_mju_user_warning(None)
+
+
+@pytest.mark.parametrize("env_id", ["FrozenLake-v1", "FrozenLake8x8-v1"])
+def test_every_slippery_frozen_lake_on_envpool_draws_in_its_steps(env_id: str) -> None:
+    """EnvPool's FrozenLake tasks are all slippery (no is_slippery option), the 8x8 map too: a resume names what draws
+    in their steps, where fast-forwarding by resets alone cannot replay their episodes."""
+    pytest.importorskip("envpool")
+    assert EnvPoolVectorEnv(env_id, 1, threads=1).step_draws() == "its slippery ice"

@@ -67,6 +67,7 @@ MAX_PARKED = 64  # pools kept for other seed sets (parts of a population), each 
 # Catch, classic control, BipedalWalker and MuJoCo, whose randomness is all at reset, resume bit for bit)
 STEP_DRAWS = {
     "FrozenLake": "its slippery ice",
+    "FrozenLake8x8": "its slippery ice",  # EnvPool's FrozenLake has no is_slippery option: every map slips
     "LunarLander": "its engines' dispersion",
     "LunarLanderContinuous": "its engines' dispersion",
     "Blackjack": "its cards",
