@@ -1014,13 +1014,14 @@ class AllocatesLike(nn.Module):
         w = self.w if self.via == "held" else self.kept[0].bias
         start = torch.zeros_like(w) + torch.ones_like(w) + torch.empty_like(w).zero_() + torch.full_like(w, 2.0)
         start = start + w.new_zeros(w.shape) + w.new_ones(3) + w.new_full((3,), 1.0) + w.new_empty(3).zero_()
-        return self.fc(x + start)
+        return self.fc((x + start).to(w).type_as(w))  # cast as w: its dtype and device only
 
 
 @pytest.mark.parametrize("via", ["held", "original-in-a-list"])
 def test_allocating_like_an_evolved_parameter_past_its_layer_is_no_error(via: str) -> None:
-    """torch.zeros_like(w), w.new_zeros(...) and their kind read a watched parameter's shape, dtype and device only (no
-    value: every member would get the same), so they are no error in a population, as w.shape and w.dtype are not."""
+    """torch.zeros_like(w), w.new_zeros(...) and their kind, and x.to(w) or x.type_as(w), read a watched parameter's
+    shape, dtype and device only (no value: every member would get the same), so they are no error in a population, as
+    w.shape and w.dtype are not."""
     model = flipes.flipout(AllocatesLike(via))
     es = flipes.FlipES(model, popsize=N, sigma=0.1)
     x = torch.randn(N, 3)

@@ -153,6 +153,7 @@ _METADATA = frozenset(
      "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like", "new_zeros",
      "new_ones", "new_empty", "new_full"}
 )  # fmt: skip
+_CAST_AS = frozenset({"to", "type_as"})  # x.to(w), x.type_as(w): x gives its value, w only its dtype and device
 
 
 class _Watched(torch.Tensor):
@@ -175,7 +176,7 @@ class _Watched(torch.Tensor):
         name = getattr(func, "__name__", "")
         name = getattr(func.__self__, "__name__", name) if name == "__get__" else name
         if name not in _METADATA:
-            for a in (*args, *(kwargs or {}).values()):
+            for a in args[:1] if name in _CAST_AS else (*args, *(kwargs or {}).values()):
                 for t in a if isinstance(a, (list, tuple)) else (a,):
                     if isinstance(t, _Watched):
                         t._flipes_on_value()
