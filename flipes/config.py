@@ -391,6 +391,13 @@ def resolve_groups(config: TrainConfig, processes: int = 1) -> tuple[TrainConfig
     return dataclasses.replace(config, groups=groups), note
 
 
+def sigma_lr_by_pgpe(config: TrainConfig) -> bool:
+    """Whether ``config.sigma_lr`` is most likely ``--algo pgpe``'s preset, not a flag: an error about it says so."""
+    from flipes.rl.presets import ALGOS  # here: presets imports this module's TrainConfig
+
+    return config.algo == "pgpe" and config.sigma_lr == ALGOS["pgpe"]["sigma_lr"]
+
+
 def validate(config: TrainConfig, processes: int = 1) -> None:
     """Check what can be checked before anything is built (``processes``: of the MPI job).
 
@@ -443,7 +450,7 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     finite("--sigma", config.sigma, 0, strict=True, fix="σ is the perturbation scale, e.g. --sigma 0.05")
     finite("--sigma-lr", config.sigma_lr, 0, fix="0 keeps σ fixed; e.g. --sigma-lr 0.2 adapts it")
     if config.sigma_lr > 0 and config.noise_rank:
-        by_preset = ", --algo pgpe's preset unless given" if config.algo == "pgpe" and config.sigma_lr == 0.2 else ""
+        by_preset = ", --algo pgpe's preset unless given" if sigma_lr_by_pgpe(config) else ""
         raise UsageError(
             "--sigma-lr",
             f"adaptive σ ({config.sigma_lr:g}{by_preset}) needs full-rank noise (its score is the Gaussian one), "
@@ -485,7 +492,7 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     rule = own_shaping(config.shaping)  # any spelling of FlipES's own rule (flipes.shaping:z_score), as it refuses
     if rule is shaping.ars and config.algo != "ars":  # spelt --shaping flipes.shaping:ars: FlipES's rules for it
         if config.sigma_lr > 0:
-            by_preset = " (--algo pgpe's preset unless given)" if config.algo == "pgpe" and config.sigma_lr == 0.2 else ""
+            by_preset = " (--algo pgpe's preset unless given)" if sigma_lr_by_pgpe(config) else ""
             raise UsageError(
                 "--sigma-lr",
                 f"{config.sigma_lr:g}{by_preset} with ARS shaping, whose ±w pairs share ‖z‖²: σ would never move",
@@ -614,7 +621,7 @@ def _check_sigma_schedule(config: TrainConfig) -> None:
     if decay == 1:
         return
     if config.sigma_lr > 0:
-        by_preset = ", --algo pgpe's preset unless given" if config.algo == "pgpe" and config.sigma_lr == 0.2 else ""
+        by_preset = ", --algo pgpe's preset unless given" if sigma_lr_by_pgpe(config) else ""
         raise UsageError(
             "--sigma-decay",
             f"{decay:g} schedules σ, and --sigma-lr ({config.sigma_lr:g}{by_preset}) adapts it: one rule sets σ",
