@@ -52,7 +52,7 @@ from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_dir, validate
 from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError, caller_stacklevel
 from flipes.es import FlipES
-from flipes.es.engine import optimizer_settings
+from flipes.es.optimizer import optimizer_settings
 from flipes.nn import flipout
 from flipes.nn.convert import training_dropout
 from flipes.plugins import NAMED, Plugins

@@ -32,7 +32,7 @@ from torch.func import functional_call, vmap
 
 import flipes
 from flipes.cli import run
-from flipes.es.engine import default_optimizer
+from flipes.es.optimizer import default_optimizer
 from flipes.es.shaping import centered_ranks
 
 

@@ -28,6 +28,14 @@ from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, as_index, check_fitness, check_weights, integer, nonnegative
 from flipes.es.gradient import MemberPerturbations, accumulate, paired, weighted_dense, weighted_perturbation
 from flipes.es.members import BestMember
+from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: imported from here before they moved
+    OptimizerFactory,
+    build_optimizer,
+    check_placement,
+    default_optimizer,  # noqa: F401
+    optimizer_name,
+    optimizer_settings,
+)
 from flipes.es.population import Population
 from flipes.es.shaping import ars as shaping_ars
 from flipes.es.shaping import centered_ranks, z_score
@@ -57,7 +65,6 @@ from flipes.nn.vector import Vector
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
 
 Shaping = Callable[[Tensor], Tensor]
-OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
 HeldNoise = tuple[list[SlotNoise], list[DenseNoise]]
@@ -115,28 +122,6 @@ EQUAL_LOOP = "the model's outputs inside `with es.population()` (outside it ever
 EQUAL_TRAIN = "the outputs of the model it is given (a copy of it is the mean network for every member)"
 
 
-def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    """Each param group's settings (lr, betas, ...) without its parameters: what a callback may change. Only plain
-    values (numbers, flags, text, tuples of numbers, tensors): an optimizer of another library may keep a function
-    in a group, which cannot be pickled to the other ranks (and whose text, its address, differs between them where
-    the ranks compare their settings at the first tell). A tensor comes as a copy on the CPU: one on ``cuda:0`` sent to
-    the other ranks would open a CUDA context on GPU 0 in each of them."""
-    return [
-        {
-            k: v.detach().cpu().clone() if isinstance(v, Tensor) else v
-            for k, v in group.items()
-            if k != "params" and _plain_setting(v)
-        }
-        for group in optimizer.param_groups
-    ]
-
-
-def _plain_setting(value: Any) -> bool:
-    if isinstance(value, tuple | list):
-        return all(isinstance(v, int | float | bool) for v in value)
-    return value is None or isinstance(value, int | float | bool | str | Tensor)
-
-
 def _values(settings: dict[str, Any]) -> dict[str, Any]:
     """An optimizer's settings as plain values: a tensor ``lr`` prints its device, ``cuda:<rank>`` on each rank."""
     return {k: v.tolist() if isinstance(v, Tensor) else v for k, v in settings.items()}
@@ -147,20 +132,6 @@ def _ranks_values(values: list[Any]) -> str:
     others = [r for r, v in enumerate(values) if repr(v) != repr(values[0])]
     shown = ", ".join(f"rank {r} {values[r]!r}" for r in [0, *others[:3]])
     return shown + (f", ... ({len(others)} ranks differ from rank 0)" if len(others) > 3 else "")
-
-
-def default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """Adam, fused into one kernel where torch has one for these parameters (a few × fewer ops
-    per step, which matters when a generation is short)."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
-
-
-def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
-    """``module.Class`` of an optimizer, as a state dict records it."""
-    return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
 
 
 class PopulationBlock(AbstractContextManager):
@@ -451,7 +422,7 @@ class FlipES:
             for key, obj in slots.items()
             if obj is not None
         ]
-        self.optimizer = self._build_optimizer(optimizer, lr, given_lr)
+        self.optimizer = build_optimizer(self.params, optimizer, lr, given_lr, self._names)
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None
         if self.sigma_lr > 0:
@@ -530,58 +501,6 @@ class FlipES:
         for module in [*self.layers, *self.dense_modules]:  # the copy owns its copy of the layers
             module.__dict__["_flipes_owner"] = weakref.ref(self)
 
-    def _build_optimizer(
-        self, optimizer: OptimizerFactory | type[torch.optim.Optimizer] | None, lr: float, given_lr: bool = False
-    ) -> torch.optim.Optimizer:
-        """The optimizer over exactly ``self.params``: tell writes every evolved parameter's ``.grad``, so
-        one left out would never move, and one of another module would step on a stale ``.grad``."""
-        if optimizer is None:
-            return default_optimizer(self.params, lr)
-        if isinstance(optimizer, torch.optim.Optimizer):
-            cls = type(optimizer)
-            where = "torch.optim" if getattr(torch.optim, cls.__name__, None) is cls else cls.__module__
-            raise TypeError(
-                f"optimizer must be a function params -> torch.optim.Optimizer, got an instance of {cls.__name__}; FlipES "
-                f"builds it over the parameters it evolves: pass optimizer=lambda params: {where}.{cls.__name__}(params, lr=...)"
-            )
-        if not callable(optimizer):
-            raise TypeError(
-                f"optimizer must be a function params -> torch.optim.Optimizer, e.g. lambda params: torch.optim.SGD(params, "
-                f"lr=0.1), got {optimizer!r} ({type(optimizer).__name__})"
-            )
-        if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-            built = optimizer(self.params, lr=lr)  # a class: at FlipES's lr, not the class's own default
-        else:
-            built = optimizer(self.params)
-        if not isinstance(built, torch.optim.Optimizer):
-            raise TypeError(
-                f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer; return the optimizer "
-                "it builds, e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
-            )
-        held = [p for group in built.param_groups for p in group["params"]]
-        evolved, ids = {id(p) for p in self.params}, {id(p) for p in held}
-        missing = [p for p in self.params if id(p) not in ids]
-        others = [p for p in held if id(p) not in evolved]
-        if missing or others:
-            raise ValueError(
-                "the optimizer factory must build its optimizer over exactly the parameters it is given (es.params): "
-                + "; ".join(
-                    f"{what} {len(ps)}: {self._names(ps)}" for what, ps in (("it leaves out", missing), ("it adds", others)) if ps
-                )
-                + "; build it from them, e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
-            )
-        steps = sorted({float(g["lr"]) for g in built.param_groups if "lr" in g})
-        if given_lr and not isinstance(optimizer, type) and steps != [lr]:
-            sets = f"sets lr {', '.join(map(str, steps))}" if steps else "sets no lr"
-            name = type(built).__name__
-            as_class = f", or pass the class (optimizer=torch.optim.{name}) to build it at lr={lr}"
-            raise ValueError(
-                f"lr={lr} and an optimizer factory that {sets} ({name}): the factory's optimizer steps, so lr= would be "
-                "ignored; drop lr= and set it in the factory"
-                + (as_class if getattr(torch.optim, name, None) is type(built) else "")
-            )
-        return built
-
     def _names(self, params: list[Tensor], shown: int = 5) -> str:
         """``params`` by their names in the model (a parameter of another module: its shape)."""
         names = {id(p): name for name, p in self._module.named_parameters()}
@@ -620,21 +539,6 @@ class FlipES:
             "the ones it was built with, so the new ones would never train; copy values in place instead "
             "(load_state_dict without assign, or param.data.copy_(value)), or build a new FlipES for the model"
         )
-
-    def _check_optimizer_placement(self) -> None:
-        """Raise if the model moved to another dtype or device since the last ``tell`` stepped the optimizer
-        (which then holds state, Adam's moments, made for the old placement): torch's step fails with
-        "expected scalar type Double but found Float" or a device mismatch. Before the first ``tell`` a move
-        is fine: the state is made from the parameters then."""
-        if self._placement is None or not self.optimizer.state:
-            return
-        for p, (dtype, device) in zip(self.params, self._placement, strict=True):
-            if (p.dtype, p.device) != (dtype, device):
-                raise RuntimeError(
-                    f"{self._names([p])} moved to {p.dtype} on {p.device} after the optimizer's state was made "
-                    f"({dtype} on {device}); move the model before the first tell(), or build a new FlipES for the "
-                    "moved model and load this one's state_dict() into it (torch casts the optimizer's state)"
-                )
 
     def report(self) -> ParameterReport:
         """What a population does with each parameter of the model: Flipout, low-rank, dense, frozen
@@ -1086,7 +990,7 @@ class FlipES:
 
     def _tell(self, fitness: Tensor | np.ndarray | Iterable[float]) -> dict[str, float]:
         self._check_requires_grad()
-        self._check_optimizer_placement()
+        check_placement(self.optimizer, self.params, self._placement, self._names)
         self._redraw_freed()
         if self._noise is None:
             told = f" (tell() already ended generation {self.generation - 1})" if self.generation else ""
