@@ -474,7 +474,7 @@ def test_the_settings_ranks_compare_hold_a_tensor_setting_by_value_not_by_device
 
     def settings(lr: float | torch.Tensor) -> dict[str, Any]:
         es = flipes.FlipES(mlp(), popsize=8, optimizer=lambda p: torch.optim.SGD(p, lr=lr))
-        return es._rank_settings()
+        return flipes.es.ranks.rank_settings(es)
 
     tensor, number = settings(torch.tensor(0.5)), settings(0.5)
     assert tensor == number and "tensor(" not in repr(tensor) and "'lr': 0.5" in tensor["optimizer"]

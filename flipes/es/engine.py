@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flipes.checkpoint import tensors_sha256
 from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import ChangedParametersWarning, EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
@@ -34,9 +33,10 @@ from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: impo
     check_placement,
     default_optimizer,  # noqa: F401
     optimizer_name,
-    optimizer_settings,
+    optimizer_settings,  # noqa: F401
 )
 from flipes.es.population import Population
+from flipes.es.ranks import gather_fitness
 from flipes.es.shaping import ars as shaping_ars
 from flipes.es.shaping import centered_ranks, z_score
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
@@ -120,18 +120,6 @@ OUTSIDE_TRAIN = (
 
 EQUAL_LOOP = "the model's outputs inside `with es.population()` (outside it every member is the mean network)"
 EQUAL_TRAIN = "the outputs of the model it is given (a copy of it is the mean network for every member)"
-
-
-def _values(settings: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer's settings as plain values: a tensor ``lr`` prints its device, ``cuda:<rank>`` on each rank."""
-    return {k: v.tolist() if isinstance(v, Tensor) else v for k, v in settings.items()}
-
-
-def _ranks_values(values: list[Any]) -> str:
-    """Rank 0's value and up to 3 ranks' that differ from it: a setting per rank of a large job stays one short line."""
-    others = [r for r, v in enumerate(values) if repr(v) != repr(values[0])]
-    shown = ", ".join(f"rank {r} {values[r]!r}" for r in [0, *others[:3]])
-    return shown + (f", ... ({len(others)} ranks differ from rank 0)" if len(others) > 3 else "")
 
 
 class PopulationBlock(AbstractContextManager):
@@ -1004,7 +992,7 @@ class FlipES:
         except NonFiniteFitness as error:  # the fitness function may be fine and the members broken
             self._raise_if_parameters_not_finite(error)
             raise
-        full = self._gather_fitness(local)
+        full = gather_fitness(self, local)
         # weights for ascent either way, from a copy: a shaping that works in place (f -= f.mean()) would otherwise
         # change the stats and es.best read from `full` below, and the caller's own float64 tensor or array
         shaped = check_weights(self.shaping(full.clone() if self.maximize else -full), full)
@@ -1321,91 +1309,6 @@ class FlipES:
             return []
         names = {id(p): name for name, p in self._module.named_parameters()}
         return [names.get(id(p), "?") for p in changed]
-
-    def _gather_fitness(self, local: Tensor) -> Tensor:
-        """Every process's fitness, in member order. With several processes each appends one flag saying whether
-        it has yet to compare its parameters (built, or loaded since): every process sees every flag, so all of
-        them compare together or none does, even where only some loaded a state (a comparison on those alone
-        would meet the others' fitness exchange: garbled errors or a hang). 8 bytes a process, no extra call."""
-        if self.comm.size == 1:
-            return self.comm.allgather_tensor(local)
-        rows = self.comm.allgather_tensor(torch.cat((local, local.new_full((1,), float(not self._ranks_agree)))))
-        group_size = self.popsize // self.groups
-        counts = [len(split_groups(self.groups, r, self.comm.size)) * group_size + 1 for r in range(self.comm.size)]
-        if rows.shape[0] != sum(counts):  # another rank's popsize or groups give it other members (ended by the job's abort)
-            raise RuntimeError(
-                f"FlipES: the processes sent {rows.shape[0] - self.comm.size} fitness values in all, where this one's "
-                f"settings (popsize {self.popsize}, groups {self.groups}, {self.comm.size} processes) make {self.popsize}: "
-                "they were built with another popsize or groups; build the FlipES alike on every rank"
-            )
-        pieces = rows.split(counts)
-        if any(piece[-1] != 0 for piece in pieces):
-            self._check_ranks_agree()
-        return torch.cat([piece[:-1] for piece in pieces])
-
-    def _rank_settings(self) -> dict[str, Any]:
-        """What every process of a run must share beside the parameters (compared by :meth:`_check_ranks_agree`)."""
-        return {
-            **self._config(),
-            "generation": self.generation,
-            "sigma": self.mean_sigma(),
-            "comm_mode": self.comm_mode,
-            "weight_decay": self.weight_decay,
-            "optimizer": f"{optimizer_name(self.optimizer)} {[_values(group) for group in optimizer_settings(self.optimizer)]}",
-        }
-
-    def _check_ranks_agree(self) -> None:
-        """Raise on every process when they hold different parameters (at the first tell, and again after a
-        load on any of them): each would step its own center with the others' fitness, a silently broken
-        run. The settings that make a generation's noise, minibatches and step are compared too (a seed per
-        rank would give every rank its own noise and ``pop.generator()`` draws). Called on every process alike
-        (:meth:`_gather_fitness`)."""
-        settings = self._rank_settings()
-        views = self.comm.allgather_object((settings, tensors_sha256(self.params)))
-        differ = [k for k in settings if len({repr(view[0].get(k)) for view in views}) > 1]
-        if differ:
-            shown = "; ".join(f"{k}: {_ranks_values([view[0].get(k) for view in views])}" for k in differ)
-            fix = (  # a state loaded on some ranks alone moves their generation (and σ, optimizer, parameters)
-                "load the same state on every rank (es.load_state_dict on each), not on some alone"
-                if "generation" in differ
-                else "build the FlipES alike on every rank (the ranks already evaluate different members: one seed for "
-                "all of them)"
-            )
-            raise RuntimeError(
-                f"FlipES: the processes hold other settings ({shown}), so their noise, pop.generator() draws or steps "
-                f"would differ and the run would go wrong silently; {fix}"
-            )
-        digests = [view[1] for view in views]
-        if len(set(digests)) > 1:
-            shown = ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
-            raise RuntimeError(
-                f"FlipES: the processes hold different parameters ({shown}), so each would step its own center with the "
-                "others' fitness; build the model alike on every rank (torch.manual_seed(s) before creating it, or load "
-                "one state dict on every rank) before the first tell()"
-            )
-        self._ranks_agree = True
-        self._warn_buffers_apart()
-
-    def _warn_buffers_apart(self) -> None:
-        """Warn (rank 0) where the processes' buffers differ at the check of their parameters: a buffer the forward
-        updates from its inputs (a running mean of one's own) has seen only each rank's members, so each rank runs
-        its members with other values, silently; flipes.rl.RunningNorm is merged by obs_norm.update(comm=)."""
-        buffers = dict(self._module.named_buffers())
-        if not buffers:
-            return
-        views = self.comm.allgather_object(("buffers", [tensors_sha256([b]) for b in buffers.values()]))
-        theirs = [dict(zip(buffers, view[1], strict=False)) for view in views]
-        differ = [name for name in buffers if len({view.get(name) for view in theirs}) > 1]
-        if differ and self.comm.rank == 0:
-            warnings.warn(
-                f"FlipES: the processes hold different buffers ({', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}"
-                f") at generation {self.generation}'s tell: a buffer the forward updates from its inputs (a running mean "
-                "of one's own) sees only the rank's own members, so each rank runs its members with other values; update "
-                "it outside the population from data alike on every rank, or, for observations, hold a "
-                "flipes.rl.RunningNorm as the model's obs_norm and merge it with obs_norm.update(comm=es.comm) after tell",
-                UserWarning,
-                stacklevel=caller_stacklevel(),
-            )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"generation", "config", "model", "optimizer"} - set(state)
