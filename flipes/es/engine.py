@@ -25,7 +25,8 @@ from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import ChangedParametersWarning, EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, as_index, check_fitness, check_weights, integer, nonnegative
-from flipes.es.gradient import MemberPerturbations, accumulate, paired, weighted_dense, weighted_perturbation
+from flipes.es.gradient import accumulate, paired, weighted_dense, weighted_perturbation
+from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
 from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: imported from here before they moved
     OptimizerFactory,
@@ -65,30 +66,6 @@ from flipes.nn.vector import Vector
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
 
 Shaping = Callable[[Tensor], Tensor]
-
-
-HeldNoise = tuple[list[SlotNoise], list[DenseNoise]]
-
-
-class Deferred:
-    """The noise of a generation of a ``FlipES(hold_noise=False)``: sampled for a part's ε groups when the
-    part is entered (all local groups for a forward outside any part), the latest block kept while parts
-    stay inside it (parts within one group), and sampled again by ``tell``, ``block`` groups at a time
-    (those of the largest part)."""
-
-    def __init__(self) -> None:
-        self.groups = range(0)  # global groups of the block held
-        self.noise: HeldNoise | None = None
-        self.block = 0
-        self.whole = False  # the layers hold every local member's noise (a forward outside any part)
-
-    def held(self, es: FlipES, groups: range) -> HeldNoise:
-        """The noise of a block that holds ``groups`` (global), sampled unless the block held has them."""
-        self.block = max(self.block, len(groups))
-        if self.noise is None or groups.start < self.groups.start or groups.stop > self.groups.stop:
-            self.noise = None  # freed before the next block is drawn
-            self.noise, self.groups = es._sample(groups), groups
-        return self.noise
 
 
 def _part_of_part(members: range) -> Callable[[int, int], AbstractContextManager[Population]]:
@@ -424,7 +401,7 @@ class FlipES:
         ] + [p.numel() for _, _, p in self.dense_slots]
         for module in [*self.layers, *self.dense_modules]:  # the newest FlipES of a model owns its layers
             module.__dict__["_flipes_owner"] = weakref.ref(self)
-        for layer in self.layers:  # fixed, as the members are: set with the ownership, not in every _install
+        for layer in self.layers:  # fixed, as the members are: set with the ownership, not in every install
             layer.flipes_population = len(self.members)
         self.generation = 0
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
@@ -707,12 +684,12 @@ class FlipES:
             if isinstance(noise, Deferred):  # sampled per part; a forward of the whole population samples it all
 
                 def whole(module: nn.Module, args: Any) -> None:
-                    self._whole_on_demand()
+                    install_whole(self)
 
                 whole.flipes_population = True  # type: ignore[attr-defined]  # a copy of the model is the mean network
                 on_demand = [m.register_forward_pre_hook(whole) for m in modules]
             else:
-                self._install(*noise, len(self.members))
+                install(self, *noise, len(self.members))
             restore_fused = fused_transformers_off(self._module)  # they read the mean weights, past the Flipout layers
             noting = self._note_direct_reads(ran)
             for held in self._noting:
@@ -747,7 +724,7 @@ class FlipES:
                 for hook in [*hooks, *on_demand, *noting, *self._stale_hooks]:
                     hook.remove()
                 self._inside, self._stale_hooks, self._in_part = None, [], False
-                self._uninstall()
+                uninstall(self)
                 if isinstance(noise, Deferred):  # uninstalled: a whole forward in a later block of the generation installs it
                     noise.whole = False
 
@@ -834,52 +811,6 @@ class FlipES:
         if fix is not None:
             raise RuntimeError(f"{error}\n{fix}") from error
 
-    def _whole_on_demand(self) -> None:
-        """``hold_noise=False``: a forward of the whole population (not a part) samples every local group."""
-        noise = self._noise
-        if self._in_part or not isinstance(noise, Deferred) or noise.whole:
-            return
-        self._install(*noise.held(self, self.local_groups), len(self.members))
-        noise.whole = True
-
-    # The layers' noise is written to their instance dicts: what nn.Module.__setattr__ does for a value that is no
-    # Parameter, Module or buffer, without its checks for those (a few µs per write, twice per layer per generation).
-
-    def _uninstall(self, forget_shared_ids: bool = True) -> None:
-        for layer in self.layers:
-            held = layer.__dict__
-            held["noise"] = None
-            if forget_shared_ids:
-                held.pop("_flipes_shared_ids", None)
-                held.pop("_flipes_extra_dims", None)
-        if forget_shared_ids:
-            for module in self.dense_modules:
-                module.__dict__.pop("_flipes_no_input", None)
-        for module in [*self.layers, *self.dense_modules]:
-            module.__dict__["member_noise"] = None
-
-    def _install(self, slot_noise: list[SlotNoise], dense_noise: list[DenseNoise], size: int) -> None:
-        """Point every Flipout layer and dense-noise module at this noise of ``size`` members."""
-        for module in self.dense_modules:  # also those with no evolved parameter (a BatchNorm's batch statistics)
-            module.__dict__.update(member_noise={}, flipes_members=size)
-        for layer, weights in zip(self.layers, self._weight_counts, strict=True):  # not perturbed_weights() anew
-            layer.__dict__["noise"] = tuple(self._layer_noise(layer, j, slot_noise, dense_noise) for j in range(weights))
-        for uses, nz in zip(self._dense_uses, dense_noise, strict=True):
-            for module, name in uses:
-                if module.member_noise is None:
-                    module.__dict__["member_noise"] = {}
-                module.member_noise[name] = nz.delta
-        # a Flipout weight a dense module reads: each member's σu_n (size × numel), one per slot and built at the first
-        # read, not here: the whole population's is installed around its parts, where only the parts' are read
-        deltas: dict[int, MemberPerturbations] = {}
-        for module, name, i in self._weight_uses:
-            if i not in deltas:
-                pw = self.slots[i]
-                deltas[i] = MemberPerturbations(slot_noise[i], pw.conv_groups, pw.transposed)
-            if module.member_noise is None:
-                module.__dict__["member_noise"] = {}
-            module.member_noise[name] = deltas[i]
-
     def _part(self, noise: HeldNoise | Deferred | None, start: int, stop: int) -> AbstractContextManager[Population]:
         """Inside, the layers evaluate local members ``start:stop`` alone (``Population.part``); checked
         when called, so a wrong part is an error even before its ``with``."""
@@ -922,7 +853,7 @@ class FlipES:
         else:
             held, in_held = noise, (groups, rows)
         slot_noise, dense_noise = held
-        self._install([nz.rows(*in_held) for nz in slot_noise], [nz.rows(in_held[1]) for nz in dense_noise], size)
+        install(self, [nz.rows(*in_held) for nz in slot_noise], [nz.rows(in_held[1]) for nz in dense_noise], size)
         self._in_part = True
         try:
             yield Population(
@@ -942,18 +873,9 @@ class FlipES:
             if self._inside is inside:
                 self._in_part = False
                 if isinstance(noise, Deferred) or self._noise is not noise:
-                    self._uninstall(forget_shared_ids=False)  # kept for the population's error hint
+                    uninstall(self, forget_shared_ids=False)  # kept for the population's error hint
                 else:  # still in the population: all its members again
-                    self._install(*noise, len(self.members))
-
-    def _layer_noise(self, layer: nn.Module, j: int, slot_noise: list[SlotNoise], dense_noise: list[DenseNoise]) -> SlotNoise:
-        """The noise of ``layer``'s ``j``-th weight: its slot's, with the bias perturbation of this layer's bias."""
-        key = (id(layer), j)
-        noise = slot_noise[self._slot_index[key]]
-        if key not in self._bias_of:  # the usual case: the slot's own bias
-            return noise
-        k = self._bias_of[key]
-        return noise.with_bias(None if k is None else dense_noise[k].delta)
+                    install(self, *noise, len(self.members))
 
     @torch.inference_mode(False)  # an optimizer state made inside inference_mode could not be updated outside it
     @torch.no_grad()
