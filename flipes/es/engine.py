@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import ChangedParametersWarning, EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.es import members
-from flipes.es.checks import NonFiniteFitness, as_index, check_fitness, check_weights, integer, nonnegative
+from flipes.es.checks import NonFiniteFitness, check_fitness, check_weights, integer, nonnegative
 from flipes.es.gradient import accumulate, paired, weighted_dense, weighted_perturbation
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
@@ -36,6 +36,7 @@ from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: impo
     optimizer_name,
     optimizer_settings,  # noqa: F401
 )
+from flipes.es.parts import part
 from flipes.es.population import Population
 from flipes.es.ranks import gather_fitness
 from flipes.es.shaping import ars as shaping_ars
@@ -66,22 +67,6 @@ from flipes.nn.vector import Vector
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
 
 Shaping = Callable[[Tensor], Tensor]
-
-
-def _part_of_part(members: range) -> Callable[[int, int], AbstractContextManager[Population]]:
-    """``enter_part`` of a part: a fitness that splits the ``pop`` it is given meets this where ``flipes.train``'s
-    ``members_per_pass`` already gave it a part."""
-
-    def refuse(start: int, stop: int) -> AbstractContextManager[Population]:
-        raise RuntimeError(
-            f"part.part() or part.split(): a part of a part; this pop is already members {members.start}..{members.stop - 1} "
-            "of the population (a part of pop.split(), or flipes.train's members_per_pass calling the fitness once per "
-            "part): evaluate its pop.size members in one pass (for a simulator that is not vectorized: one instance per "
-            "member, the model called once per step on their (pop.size, ...) observations), or take every part of the "
-            "whole population (`pop.part` or `pop.split`)"
-        )
-
-    return refuse
 
 
 # what OutsidePopulationWarning and EqualFitnessWarning ask of a loop of one's own, and of flipes.train's fitness
@@ -706,7 +691,7 @@ class FlipES:
                     seed=self.seed,
                     # by its serial, not the noise: a `pop` kept after tell() (a loop's variable) must not keep a
                     # copy of every Flipout weight per group alive
-                    enter_part=lambda start, stop: self._part(self._noise if self._noise_serial == serial else None, start, stop),
+                    enter_part=lambda start, stop: part(self, self._noise if self._noise_serial == serial else None, start, stop),
                     superseded=self._superseded_check(),
                 )
                 self._refuse_direct_reads()
@@ -810,72 +795,6 @@ class FlipES:
         fix = no_input_fix(names, error) if names else None
         if fix is not None:
             raise RuntimeError(f"{error}\n{fix}") from error
-
-    def _part(self, noise: HeldNoise | Deferred | None, start: int, stop: int) -> AbstractContextManager[Population]:
-        """Inside, the layers evaluate local members ``start:stop`` alone (``Population.part``); checked
-        when called, so a wrong part is an error even before its ``with``."""
-        self._check_part(noise)
-        n, local = len(self.members), len(self.local_groups)
-        size = n // local  # members per ε group
-        a, b = as_index(start), as_index(stop)  # numpy's integers too (np.array_split's bounds), not a bool or float
-        if a is None or b is None or not 0 <= a < b <= n:
-            raise ValueError(f"a part is local members start:stop: integers, 0 <= start < stop <= {n}; got {start!r}:{stop!r}")
-        start, stop = a, b
-        first, last = start // size, (stop - 1) // size
-        if first != last and (start % size or stop % size):
-            raise ValueError(
-                f"part {start}:{stop} straddles ε groups of {size} members: a part lies within one group or is whole "
-                f"groups (start and stop multiples of {size}); pop.split(k) makes such parts"
-            )
-        return self._narrow(noise, slice(first, last + 1), slice(start, stop))
-
-    def _check_part(self, noise: HeldNoise | Deferred | None) -> None:
-        if noise is None or self._noise is not noise or self._inside is None:
-            raise RuntimeError(
-                "a part of a population that has ended: tell() (or the end of its `with` block) came first; "
-                "evaluate every part inside `with es.population() as pop:`, then tell"
-            )
-        if self._in_part:
-            raise RuntimeError("pop.part() inside another part: leave the part's `with` block (or split loop) first")
-
-    @contextmanager
-    def _narrow(self, noise: HeldNoise | Deferred, groups: slice, rows: slice) -> Iterator[Population]:
-        self._check_part(noise)  # again: the part may be entered later than made
-        inside = self._inside  # this population's: a part closed after it ended must leave later ones alone
-        size = rows.stop - rows.start
-        if isinstance(noise, Deferred):  # this part's groups, sampled now unless the block held has them
-            noise.whole = False
-            first = self.local_groups.start
-            held = noise.held(self, range(first + groups.start, first + groups.stop))
-            at = noise.groups.start - first  # the held block's first group, as a local index
-            per = len(self.members) // len(self.local_groups)
-            in_held = slice(groups.start - at, groups.stop - at), slice(rows.start - at * per, rows.stop - at * per)
-        else:
-            held, in_held = noise, (groups, rows)
-        slot_noise, dense_noise = held
-        install(self, [nz.rows(*in_held) for nz in slot_noise], [nz.rows(in_held[1]) for nz in dense_noise], size)
-        self._in_part = True
-        try:
-            yield Population(
-                size=size,
-                popsize=self.popsize,
-                generation=self.generation,
-                sigma=self.mean_sigma(),
-                members=self.members[rows],
-                groups=self.local_groups[groups],
-                seed=self.seed,
-                enter_part=_part_of_part(self.members[rows]),
-                superseded=self._superseded_check(),
-            )
-        finally:
-            # else its population ended with this part open (a split generator left suspended and closed later):
-            # that population's end uninstalled the part, and the layers may be evaluating another population now
-            if self._inside is inside:
-                self._in_part = False
-                if isinstance(noise, Deferred) or self._noise is not noise:
-                    uninstall(self, forget_shared_ids=False)  # kept for the population's error hint
-                else:  # still in the population: all its members again
-                    install(self, *noise, len(self.members))
 
     @torch.inference_mode(False)  # an optimizer state made inside inference_mode could not be updated outside it
     @torch.no_grad()
