@@ -33,7 +33,6 @@ from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: impo
     build_optimizer,
     check_placement,
     default_optimizer,  # noqa: F401
-    optimizer_name,
     optimizer_settings,  # noqa: F401
 )
 from flipes.es.parts import part
@@ -43,6 +42,7 @@ from flipes.es.shaping import ars as shaping_ars
 from flipes.es.shaping import centered_ranks, z_score
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.es.slots import dense_slots, flipout_slots, padding_rows
+from flipes.es.state import load_state, pickled_state, saved_state, unpickled_state
 from flipes.nn.attention import fused_transformers_off
 from flipes.nn.conv import members_first_fix
 from flipes.nn.convert import (
@@ -427,29 +427,10 @@ class FlipES:
     def __getstate__(self) -> dict[str, Any]:
         """For ``copy.deepcopy`` and pickle: the layers' slots keyed by position, not by ``id`` (a copy's layers
         are other objects), and no population in progress (a copy of the model is the mean network)."""
-        state = self.__dict__.copy()
-        position = {id(layer): i for i, layer in enumerate(self.layers)}
-        for name in ("_slot_index", "_bias_of"):
-            state[name] = {(position[key], j): v for (key, j), v in state[name].items()}
-        state["_inside"], state["_stale_hooks"], state["_in_part"] = None, [], False
-        if isinstance(self._noise, Deferred):  # nothing sampled nor installed yet in the copy's layers
-            state["_noise"] = Deferred()
-            state["_noise"].block = self._noise.block
-        return state
+        return pickled_state(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.__dict__.setdefault("_ranks_agree", False)  # pickled before the ranks' check existed
-        self.__dict__.setdefault("_train_fitness", False)
-        self.__dict__.setdefault("_told_dropout", True)  # pickled before the dropout warning existed: its run went on
-        self.__dict__.setdefault("_noise_serial", 0)
-        self.__dict__.setdefault("_freed", None)
-        if "_weight_counts" not in state:  # pickled before it was kept
-            self._weight_counts = [len(layer.perturbed_weights()) for layer in self.layers]
-        for name in ("_slot_index", "_bias_of"):
-            setattr(self, name, {(id(self.layers[i]), j): v for (i, j), v in state[name].items()})
-        for module in [*self.layers, *self.dense_modules]:  # the copy owns its copy of the layers
-            module.__dict__["_flipes_owner"] = weakref.ref(self)
+        unpickled_state(self, state)
 
     def _names(self, params: list[Tensor], shown: int = 5) -> str:
         """``params`` by their names in the model (a parameter of another module: its shape)."""
@@ -1114,32 +1095,13 @@ class FlipES:
         self._evaluated = True  # a member evaluated by the user's own code
         return index
 
-    def _config(self) -> dict[str, Any]:  # what a checkpoint must agree on (not the process count)
-        return {
-            "popsize": self.popsize,
-            "groups": self.groups,
-            "seed": self.seed,
-            "mirrored": self.mirrored,
-            "noise_rank": self.noise_rank,
-            "sigma_lr": self.sigma_lr,
-            "maximize": self.maximize,
-        }
-
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit for bit: the noise is a pure function of
         (seed, generation), so no random state is stored. Tensors are references: save at once."""
-        state = {
-            "generation": self.generation,
-            "config": self._config(),
-            "model": self._module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "optimizer_class": optimizer_name(self.optimizer),  # what load_state_dict can take it into
-        }
-        if self.log_sigma is not None:
-            state["log_sigma"] = self.log_sigma
-        if self.best is not None:
-            state["best"] = {f.name: getattr(self.best, f.name) for f in dataclasses.fields(self.best)}
-        return state
+        return saved_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_state(self, state)
 
     def _changed_since_population(self) -> list[str]:
         """The names of the parameters written in place since this generation's last population block ended."""
@@ -1150,40 +1112,3 @@ class FlipES:
             return []
         names = {id(p): name for name, p in self._module.named_parameters()}
         return [names.get(id(p), "?") for p in changed]
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = {"generation", "config", "model", "optimizer"} - set(state)
-        if missing:
-            raise ValueError(
-                f"not a FlipES state dict: missing {sorted(missing)}; pass what es.state_dict() returned (in a flipes "
-                "checkpoint: flipes.load_checkpoint(DIR)['es'])"
-            )
-        saved = dict(state["config"])
-        if "rank" in saved:  # states saved before the option was called noise_rank
-            saved["noise_rank"] = saved.pop("rank")
-        saved.setdefault("sigma_lr", 0.0)  # states saved before adaptive σ existed
-        saved.setdefault("maximize", True)  # states saved before minimizing existed
-        diff = {k: (v, saved.get(k)) for k, v in self._config().items() if saved.get(k) != v}
-        if diff:
-            shown = ", ".join(f"{k}: saved {s!r}, now {c!r}" for k, (c, s) in diff.items())
-            raise ValueError(f"state was saved by a FlipES with another configuration ({shown}); use the same settings to resume")
-        if self.log_sigma is not None:
-            saved_sigma = state.get("log_sigma")
-            if saved_sigma is None or saved_sigma.shape != self.log_sigma.shape:
-                raise ValueError("state has no adaptive σ of this model's layers (log_sigma); resume with the same model")
-        saved_optimizer, optimizer = state.get("optimizer_class"), optimizer_name(self.optimizer)
-        if saved_optimizer is not None and saved_optimizer != optimizer:  # torch would load it and fail later (KeyError)
-            raise ValueError(
-                f"state was saved with the optimizer {saved_optimizer}, this FlipES has {optimizer}; build it with the "
-                "optimizer the state was saved with to resume"
-            )
-        self._module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._placement = [(p.dtype, p.device) for p in self.params]  # torch cast the state to them
-        if self.log_sigma is not None:
-            self.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
-        self.generation = int(state["generation"])
-        self._noise, self._freed, self._versions = None, None, None
-        self._ranks_agree = False  # compared at the next tell, on every rank even where only some loaded
-        best = state.get("best") if self.track_best else None  # a run may start or stop keeping it on resume
-        self.best = None if best is None else BestMember(best["fitness"], best["generation"], best["index"], best["state_dict"])

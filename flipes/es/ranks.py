@@ -14,6 +14,7 @@ from flipes.checkpoint import tensors_sha256
 from flipes.dist import split_groups
 from flipes.errors import caller_stacklevel
 from flipes.es.optimizer import optimizer_name, optimizer_settings
+from flipes.es.state import configuration
 
 if TYPE_CHECKING:
     from flipes.es.engine import FlipES
@@ -56,7 +57,7 @@ def gather_fitness(es: FlipES, local: Tensor) -> Tensor:
 def rank_settings(es: FlipES) -> dict[str, Any]:
     """What every process of a run must share beside the parameters (compared by :func:`check_ranks_agree`)."""
     return {
-        **es._config(),
+        **configuration(es),
         "generation": es.generation,
         "sigma": es.mean_sigma(),
         "comm_mode": es.comm_mode,

@@ -1,0 +1,120 @@
+"""A FlipES saved and restored: ``state_dict``/``load_state_dict`` (a checkpoint, to resume bit for bit) and pickling
+(``copy.deepcopy``, sending a FlipES to another process).
+
+The noise is a pure function of (seed, generation), so no random state is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from flipes.es.install import Deferred
+from flipes.es.members import BestMember
+from flipes.es.optimizer import optimizer_name
+
+if TYPE_CHECKING:
+    from flipes.es.engine import FlipES
+
+
+def pickled_state(es: FlipES) -> dict[str, Any]:
+    """``es.__getstate__()``: the layers' slots keyed by position, not by ``id`` (a copy's layers are other
+    objects), and no population in progress (a copy of the model is the mean network)."""
+    state = es.__dict__.copy()
+    position = {id(layer): i for i, layer in enumerate(es.layers)}
+    for name in ("_slot_index", "_bias_of"):
+        state[name] = {(position[key], j): v for (key, j), v in state[name].items()}
+    state["_inside"], state["_stale_hooks"], state["_in_part"] = None, [], False
+    if isinstance(es._noise, Deferred):  # nothing sampled nor installed yet in the copy's layers
+        state["_noise"] = Deferred()
+        state["_noise"].block = es._noise.block
+    return state
+
+
+def unpickled_state(es: FlipES, state: dict[str, Any]) -> None:
+    """``es.__setstate__(state)``: the slots keyed by ``id`` of the copy's layers, which the copy owns; a FlipES
+    pickled by an older flipes gets the attributes it lacked."""
+    es.__dict__.update(state)
+    es.__dict__.setdefault("_ranks_agree", False)  # pickled before the ranks' check existed
+    es.__dict__.setdefault("_train_fitness", False)
+    es.__dict__.setdefault("_told_dropout", True)  # pickled before the dropout warning existed: its run went on
+    es.__dict__.setdefault("_noise_serial", 0)
+    es.__dict__.setdefault("_freed", None)
+    if "_weight_counts" not in state:  # pickled before it was kept
+        es._weight_counts = [len(layer.perturbed_weights()) for layer in es.layers]
+    for name in ("_slot_index", "_bias_of"):
+        setattr(es, name, {(id(es.layers[i]), j): v for (i, j), v in state[name].items()})
+    for module in [*es.layers, *es.dense_modules]:  # the copy owns its copy of the layers
+        module.__dict__["_flipes_owner"] = weakref.ref(es)
+
+
+def configuration(es: FlipES) -> dict[str, Any]:
+    """What a checkpoint must agree on (not the process count)."""
+    return {
+        "popsize": es.popsize,
+        "groups": es.groups,
+        "seed": es.seed,
+        "mirrored": es.mirrored,
+        "noise_rank": es.noise_rank,
+        "sigma_lr": es.sigma_lr,
+        "maximize": es.maximize,
+    }
+
+
+def saved_state(es: FlipES) -> dict[str, Any]:
+    """``es.state_dict()``: generation, configuration, model, optimizer (and its class), adaptive σ, best member."""
+    state = {
+        "generation": es.generation,
+        "config": configuration(es),
+        "model": es._module.state_dict(),
+        "optimizer": es.optimizer.state_dict(),
+        "optimizer_class": optimizer_name(es.optimizer),  # what load_state_dict can take it into
+    }
+    if es.log_sigma is not None:
+        state["log_sigma"] = es.log_sigma
+    if es.best is not None:
+        state["best"] = {f.name: getattr(es.best, f.name) for f in dataclasses.fields(es.best)}
+    return state
+
+
+def load_state(es: FlipES, state: dict[str, Any]) -> None:
+    """``es.load_state_dict(state)``: refused before anything changes where ``state`` is of another configuration,
+    model or optimizer; the generation's noise is drawn anew from the seeds, and the ranks compare again."""
+    missing = {"generation", "config", "model", "optimizer"} - set(state)
+    if missing:
+        raise ValueError(
+            f"not a FlipES state dict: missing {sorted(missing)}; pass what es.state_dict() returned (in a flipes "
+            "checkpoint: flipes.load_checkpoint(DIR)['es'])"
+        )
+    saved = dict(state["config"])
+    if "rank" in saved:  # states saved before the option was called noise_rank
+        saved["noise_rank"] = saved.pop("rank")
+    saved.setdefault("sigma_lr", 0.0)  # states saved before adaptive σ existed
+    saved.setdefault("maximize", True)  # states saved before minimizing existed
+    diff = {k: (v, saved.get(k)) for k, v in configuration(es).items() if saved.get(k) != v}
+    if diff:
+        shown = ", ".join(f"{k}: saved {s!r}, now {c!r}" for k, (c, s) in diff.items())
+        raise ValueError(f"state was saved by a FlipES with another configuration ({shown}); use the same settings to resume")
+    if es.log_sigma is not None:
+        saved_sigma = state.get("log_sigma")
+        if saved_sigma is None or saved_sigma.shape != es.log_sigma.shape:
+            raise ValueError("state has no adaptive σ of this model's layers (log_sigma); resume with the same model")
+    saved_optimizer, optimizer = state.get("optimizer_class"), optimizer_name(es.optimizer)
+    if saved_optimizer is not None and saved_optimizer != optimizer:  # torch would load it and fail later (KeyError)
+        raise ValueError(
+            f"state was saved with the optimizer {saved_optimizer}, this FlipES has {optimizer}; build it with the "
+            "optimizer the state was saved with to resume"
+        )
+    es._module.load_state_dict(state["model"])
+    es.optimizer.load_state_dict(state["optimizer"])
+    es._placement = [(p.dtype, p.device) for p in es.params]  # torch cast the state to them
+    if es.log_sigma is not None:
+        es.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
+    es.generation = int(state["generation"])
+    es._noise, es._freed, es._versions = None, None, None
+    es._ranks_agree = False  # compared at the next tell, on every rank even where only some loaded
+    best = state.get("best") if es.track_best else None  # a run may start or stop keeping it on resume
+    es.best = None if best is None else BestMember(best["fitness"], best["generation"], best["index"], best["state_dict"])
