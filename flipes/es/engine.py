@@ -26,6 +26,7 @@ from flipes.errors import ChangedParametersWarning, EqualFitnessWarning, Outside
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, check_fitness, check_weights, integer, nonnegative
 from flipes.es.gradient import accumulate, paired, weighted_dense, weighted_perturbation
+from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
 from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: imported from here before they moved
@@ -38,13 +39,13 @@ from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: impo
 from flipes.es.parts import part
 from flipes.es.population import Population
 from flipes.es.ranks import gather_fitness
+from flipes.es.refusals import note_direct_reads, refuse_direct_reads, refuse_mean_reads, refuse_stale
 from flipes.es.shaping import ars as shaping_ars
 from flipes.es.shaping import centered_ranks, z_score
 from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
 from flipes.es.slots import dense_slots, flipout_slots, padding_rows
 from flipes.es.state import load_state, pickled_state, saved_state, unpickled_state
 from flipes.nn.attention import fused_transformers_off
-from flipes.nn.conv import members_first_fix
 from flipes.nn.convert import (
     ParameterReport,
     check_members_first,
@@ -52,18 +53,13 @@ from flipes.nn.convert import (
     flipout_class,
     flipout_layers,
     mean_reads,
-    mean_reads_message,
     noting_parameters,
     parameter_report,
     per_member_modules,
-    replaced_layer_message,
     training_dropout,
     uncompiled,
 )
-from flipes.nn.dense import no_input_fix
-from flipes.nn.embedding import first_position, shared_ids_fix
 from flipes.nn.functional import without_autocast
-from flipes.nn.vector import Vector
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
 
 Shaping = Callable[[Tensor], Tensor]
@@ -357,7 +353,7 @@ class FlipES:
                 stacklevel=caller_stacklevel(),
             )
         # evolved parameters a plain module also holds (self.shift = self.fc.bias): its reads are noted in a population,
-        # refused at its end (_refuse_mean_reads); put in before _held_in, which holds the modules' dicts
+        # refused at its end (refuse_mean_reads); put in before _held_in, which holds the modules' dicts
         self._mean_reads = mean_reads(model)
         self._noting = [noting_parameters(r.owner, [r.key]) for r in self._mean_reads]
         # what was trainable when the evolved set was fixed: a flag changed later is an error (_check_requires_grad)
@@ -628,7 +624,7 @@ class FlipES:
                 "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
             )
         # whether the model runs in here at all (tell warns if not): the first call of a layer or dense module removes
-        # every dense module's hook (a layer's is its hook of _note_direct_reads, which calls `ran` too)
+        # every dense module's hook (a layer's is its hook of note_direct_reads, which calls `ran` too)
         hooks: list[torch.utils.hooks.RemovableHandle] = []
 
         def ran(module: nn.Module, args: Any) -> None:
@@ -657,10 +653,10 @@ class FlipES:
             else:
                 install(self, *noise, len(self.members))
             restore_fused = fused_transformers_off(self._module)  # they read the mean weights, past the Flipout layers
-            noting = self._note_direct_reads(ran)
+            noting = note_direct_reads(self, ran)
             for held in self._noting:
                 held.reads = set()
-            self._inside = modules  # a tell() inside the block makes its later forwards errors (_refuse_stale)
+            self._inside = modules  # a tell() inside the block makes its later forwards errors (refuse_stale)
             try:
                 yield Population(
                     size=len(self.members),
@@ -675,11 +671,11 @@ class FlipES:
                     enter_part=lambda start, stop: part(self, self._noise if self._noise_serial == serial else None, start, stop),
                     superseded=self._superseded_check(),
                 )
-                self._refuse_direct_reads()
-                self._refuse_mean_reads()
+                refuse_direct_reads(self)
+                refuse_mean_reads(self)
                 self._versions = [p._version for p in self.params]  # a change before tell is warned of there
             except RuntimeError as error:
-                self._raise_with_shared_ids_fix(error)
+                raise_with_fix(self, error)
                 raise
             finally:
                 restore_fused()
@@ -694,88 +690,10 @@ class FlipES:
                 if isinstance(noise, Deferred):  # uninstalled: a whole forward in a later block of the generation installs it
                     noise.whole = False
 
-    def _note_direct_reads(self, ran: Callable[[nn.Module, Any], None]) -> list[torch.utils.hooks.RemovableHandle]:
-        """Start noting each Flipout layer's parameter reads, and return the hooks, to remove at the end, that end it at
-        the layer's first call: from the population's start until then, reads by other code than the layer's own methods
-        are noted (``FlipoutMixin.__getattr__``; not while compiling) for ``_refuse_direct_reads``. The hook calls
-        ``ran`` (the population's note that the model ran) first: one hook per layer, not two."""
-        for layer in self.layers:
-            layer.__dict__["_flipes_reads"] = set()
-        handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
-
-        def called(layer: nn.Module, args: Any) -> None:
-            if not compiling() and id(layer) not in handles:  # the plain layer flipout() replaced (it shares its hooks)
-                raise self._replaced_layer_error(layer)
-            ran(layer, args)
-            layer.__dict__.pop("_flipes_reads", None)
-            if not compiling():  # gone after its first call: a module with hooks runs torch's slower call path
-                handles[id(layer)].remove()
-
-        called.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
-        handles.update((id(layer), layer.register_forward_pre_hook(called)) for layer in self.layers)
-        return list(handles.values())
-
-    def _replaced_layer_error(self, layer: nn.Module) -> ValueError:
-        """The error for a call of a plain layer that ``flipes.flipout`` replaced by a Flipout layer (its hooks are the
-        Flipout layer's): the model reaches it other than through its modules, where every member runs its mean."""
-        name = next((n for n, m in self._module.named_modules() if m._forward_pre_hooks is layer._forward_pre_hooks), "?")
-        return ValueError(replaced_layer_message(type(layer).__name__, name))
-
-    def _refuse_direct_reads(self) -> None:
-        """Raise where the model read an evolved parameter of a Flipout layer it never called (``x @ layer.weight``, or a
-        function given the layer): every member ran its mean, not its own, and nothing else would show it. Not where
-        no Flipout layer ran at all: members built from the noise by hand read every weight so (``tell`` warns where a
-        fitness came from no member)."""
-        called = [layer for layer in self.layers if "_flipes_reads" not in layer.__dict__]
-        if not called:
-            return
-        used = {id(p) for layer in called for p in layer._parameters.values()}  # a tied one: perturbed where called
-        read = {
-            id(layer)
-            for layer in self.layers
-            for p in map(layer._parameters.get, layer.__dict__.get("_flipes_reads", ()))  # the block's end clears them
-            if p is not None and p.requires_grad and id(p) not in used  # None: no bias, read as `layer.bias is None`
-        }
-        if not read:
-            return
-        names = [name for name, m in self._module.named_modules() if id(m) in read]
-        raise ValueError(
-            f"FlipES: the model read the parameters of {len(names)} Flipout layer(s) directly and never called them "
-            f"({', '.join(map(repr, names[:4]))}{', ...' if len(names) > 4 else ''}), as x @ layer.weight or a function "
-            "given the layer: every member ran their mean weights, not its own; freeze them, "
-            f"flipes.flipout(model, frozen={names!r}), or call the layers instead"
-        )
-
-    def _refuse_mean_reads(self) -> None:
-        """Raise where a module that runs as plain torch read a parameter it holds that a layer evolves (``x +
-        self.shift`` with ``self.shift = self.fc.bias``): every member read the mean there, and nothing else would show it."""
-        read = [r for r in self._mean_reads if r.key in (r.owner._parameters.reads or ())]
-        if read:
-            raise ValueError(mean_reads_message(read))
-
     def _superseded_check(self) -> Callable[[], bool]:
         """For a Population of this generation: whether a later generation's population is open now."""
         generation = self.generation
         return lambda: self._inside is not None and self.generation != generation
-
-    def _raise_with_shared_ids_fix(self, error: RuntimeError) -> None:
-        """Raise ``error`` with the fix for ids shared by every member of a population or part, where it is that clash."""
-        names = {id(m): name for name, m in self._module.named_modules()}
-        shared = [(layer, layer._flipes_shared_ids) for layer in self.layers if getattr(layer, "_flipes_shared_ids", None)]
-        for layer, (shape, size, ids) in shared:  # the ids' shape, the members of the population or part that looked them up
-            fix = shared_ids_fix(shape, size, str(error), names.get(id(layer)), first_position(ids))
-            if fix is not None and type(error) is RuntimeError:
-                raise RuntimeError(f"{error}\n{fix}") from error
-        extra = [(f"{names.get(id(m)) or 'the model'} ({type(m).__name__})", m.__dict__["_flipes_extra_dims"])
-                 for m in self.layers if "_flipes_extra_dims" in m.__dict__]  # fmt: skip
-        fix = members_first_fix(extra, error)
-        if fix is not None and type(error) in (RuntimeError, NotImplementedError):
-            raise type(error)(f"{error}\n{fix}") from error
-        ran = {type(m) for m in self.dense_modules if m.__dict__.get("_flipes_no_input") and not isinstance(m, Vector)}
-        names = [name for name, m in self._module.named_modules() if type(m) in ran]  # the one that failed, and its kind
-        fix = no_input_fix(names, error) if names else None
-        if fix is not None:
-            raise RuntimeError(f"{error}\n{fix}") from error
 
     @torch.inference_mode(False)  # an optimizer state made inside inference_mode could not be updated outside it
     @torch.no_grad()
@@ -891,7 +809,7 @@ class FlipES:
         if sigma_grad is not None:  # ascent on log σ along the standardized natural gradient (flipes.es.sigma)
             self.log_sigma += self.sigma_lr * sigma_grad.to(torch.float64) / self.popsize
         generation, self.generation, self._freed = self.generation, self.generation + 1, None
-        self._refuse_stale()
+        refuse_stale(self)
         # no flat copy of the parameters after the step (for an LLM gigabytes): ‖before − after‖ in place in `before`,
         # bit for bit ‖after − before‖ of one (IEEE subtraction is antisymmetric), ‖after‖ from each parameter's norm
         torch._foreach_sub_(before.split(numels), [p.view(-1) if p.is_contiguous() else p.flatten() for p in self.params])
@@ -1021,23 +939,6 @@ class FlipES:
                 log_sigma_grad.append(log_sigma_gradient((norms, d, on(by_member, norms))))
             accumulate(grads, p, g)
         return grads, log_sigma_grad
-
-    def _refuse_stale(self) -> None:
-        """After a tell() inside ``with es.population()``, a forward in the same block would run the told
-        generation's noise around the new mean: make it an error until the block ends."""
-        if self._inside is None:
-            return
-        told = self.generation - 1
-
-        def stale(module: nn.Module, args: Any) -> None:
-            raise RuntimeError(
-                f"{type(module).__name__}: a forward after tell() inside the same `with es.population()`: its members are "
-                f"generation {told}'s noise around the mean tell() moved; end the block after tell(), and evaluate "
-                f"generation {told + 1} in a new `with es.population()`"
-            )
-
-        stale.flipes_population = True  # type: ignore[attr-defined]  # left out of copies
-        self._stale_hooks = [m.register_forward_pre_hook(stale) for m in self._inside]
 
     def step(self, fitness_fn: Callable[[nn.Module, Population], Tensor]) -> dict[str, float]:
         """One generation: ``fitness_fn(model, pop)`` inside ``population()``, then ``tell``."""

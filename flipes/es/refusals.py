@@ -1,0 +1,102 @@
+"""What a population refuses: a model that ran the mean network where the members were meant to run.
+
+Each of these would otherwise go unseen, every member evaluating the same mean weights (or the told generation's
+noise) and the ES gradient being noise: a Flipout layer's parameters read directly instead of calling it, an evolved
+parameter read through a plain module that also holds it, a plain layer that ``flipes.flipout`` replaced still being
+called, and a forward after ``tell`` inside the same ``with es.population()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from flipes.nn.convert import mean_reads_message, replaced_layer_message
+from flipes.noise import compiling
+
+if TYPE_CHECKING:
+    from flipes.es.engine import FlipES
+
+
+def note_direct_reads(es: FlipES, ran: Callable[[nn.Module, Any], None]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Start noting each Flipout layer's parameter reads, and return the hooks, to remove at the end, that end it at
+    the layer's first call: from the population's start until then, reads by other code than the layer's own methods
+    are noted (``FlipoutMixin.__getattr__``; not while compiling) for ``refuse_direct_reads``. The hook calls
+    ``ran`` (the population's note that the model ran) first: one hook per layer, not two."""
+    for layer in es.layers:
+        layer.__dict__["_flipes_reads"] = set()
+    handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
+
+    def called(layer: nn.Module, args: Any) -> None:
+        if not compiling() and id(layer) not in handles:  # the plain layer flipout() replaced (it shares its hooks)
+            raise replaced_layer_error(es, layer)
+        ran(layer, args)
+        layer.__dict__.pop("_flipes_reads", None)
+        if not compiling():  # gone after its first call: a module with hooks runs torch's slower call path
+            handles[id(layer)].remove()
+
+    called.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
+    handles.update((id(layer), layer.register_forward_pre_hook(called)) for layer in es.layers)
+    return list(handles.values())
+
+
+def replaced_layer_error(es: FlipES, layer: nn.Module) -> ValueError:
+    """The error for a call of a plain layer that ``flipes.flipout`` replaced by a Flipout layer (its hooks are the
+    Flipout layer's): the model reaches it other than through its modules, where every member runs its mean."""
+    name = next((n for n, m in es._module.named_modules() if m._forward_pre_hooks is layer._forward_pre_hooks), "?")
+    return ValueError(replaced_layer_message(type(layer).__name__, name))
+
+
+def refuse_direct_reads(es: FlipES) -> None:
+    """Raise where the model read an evolved parameter of a Flipout layer it never called (``x @ layer.weight``, or a
+    function given the layer): every member ran its mean, not its own, and nothing else would show it. Not where
+    no Flipout layer ran at all: members built from the noise by hand read every weight so (``tell`` warns where a
+    fitness came from no member)."""
+    called = [layer for layer in es.layers if "_flipes_reads" not in layer.__dict__]
+    if not called:
+        return
+    used = {id(p) for layer in called for p in layer._parameters.values()}  # a tied one: perturbed where called
+    read = {
+        id(layer)
+        for layer in es.layers
+        for p in map(layer._parameters.get, layer.__dict__.get("_flipes_reads", ()))  # the block's end clears them
+        if p is not None and p.requires_grad and id(p) not in used  # None: no bias, read as `layer.bias is None`
+    }
+    if not read:
+        return
+    names = [name for name, m in es._module.named_modules() if id(m) in read]
+    raise ValueError(
+        f"FlipES: the model read the parameters of {len(names)} Flipout layer(s) directly and never called them "
+        f"({', '.join(map(repr, names[:4]))}{', ...' if len(names) > 4 else ''}), as x @ layer.weight or a function "
+        "given the layer: every member ran their mean weights, not its own; freeze them, "
+        f"flipes.flipout(model, frozen={names!r}), or call the layers instead"
+    )
+
+
+def refuse_mean_reads(es: FlipES) -> None:
+    """Raise where a module that runs as plain torch read a parameter it holds that a layer evolves (``x +
+    self.shift`` with ``self.shift = self.fc.bias``): every member read the mean there, and nothing else would show it."""
+    read = [r for r in es._mean_reads if r.key in (r.owner._parameters.reads or ())]
+    if read:
+        raise ValueError(mean_reads_message(read))
+
+
+def refuse_stale(es: FlipES) -> None:
+    """After a tell() inside ``with es.population()``, a forward in the same block would run the told
+    generation's noise around the new mean: make it an error until the block ends."""
+    if es._inside is None:
+        return
+    told = es.generation - 1
+
+    def stale(module: nn.Module, args: Any) -> None:
+        raise RuntimeError(
+            f"{type(module).__name__}: a forward after tell() inside the same `with es.population()`: its members are "
+            f"generation {told}'s noise around the mean tell() moved; end the block after tell(), and evaluate "
+            f"generation {told + 1} in a new `with es.population()`"
+        )
+
+    stale.flipes_population = True  # type: ignore[attr-defined]  # left out of copies
+    es._stale_hooks = [m.register_forward_pre_hook(stale) for m in es._inside]
