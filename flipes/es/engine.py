@@ -22,13 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from flipes.dist import Comm, SerialComm, launched_world, split_groups
-from flipes.errors import ChangedParametersWarning, EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
+from flipes.errors import caller_stacklevel
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, check_fitness, check_weights, integer, nonnegative
 from flipes.es.gradient import accumulate, paired, weighted_dense, weighted_perturbation
 from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
+from flipes.es.notices import warn_dropout, warn_of_generation
 from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: imported from here before they moved
     OptimizerFactory,
     build_optimizer,
@@ -56,28 +57,12 @@ from flipes.nn.convert import (
     noting_parameters,
     parameter_report,
     per_member_modules,
-    training_dropout,
     uncompiled,
 )
 from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
 
 Shaping = Callable[[Tensor], Tensor]
-
-
-# what OutsidePopulationWarning and EqualFitnessWarning ask of a loop of one's own, and of flipes.train's fitness
-OUTSIDE_LOOP = (
-    "the model ran no forward inside `with es.population()`, so its fitness did not come from the members (outside the "
-    "block every member is the mean network) and the ES gradient is noise; call the model inside the block (or build "
-    "members with es.member_parameters)"
-)
-OUTSIDE_TRAIN = (
-    "the fitness ran no forward of the model it is given (a copy of it, or another module, is the mean network for "
-    "every member), so its values did not come from the members and the ES gradient is noise; call that model itself"
-)
-
-EQUAL_LOOP = "the model's outputs inside `with es.population()` (outside it every member is the mean network)"
-EQUAL_TRAIN = "the outputs of the model it is given (a copy of it is the mean network for every member)"
 
 
 class PopulationBlock(AbstractContextManager):
@@ -582,26 +567,7 @@ class FlipES:
         twice in one generation evaluates the same members. Autograd is off inside. A ``with`` block:
         ``with es.population() as pop:`` gives the :class:`Population`.
         """
-        return PopulationBlock(self._population(), self._warn_dropout)
-
-    def _warn_dropout(self) -> None:
-        """Warn once (rank 0) where the model has dropout in training mode at the end of the first population block: a
-        module starts in it (a Hugging Face model built from a config too), and each member's fitness would carry noise
-        of its own that ES reads as signal. Read at the end, not the start: a fitness may call model.eval() itself."""
-        if self._told_dropout or self.comm.rank != 0:
-            return
-        self._told_dropout = True
-        modules = dict(uncompiled(self._module).named_modules())
-        dropout = [f"{name or 'the model'} ({type(modules[name]).__name__})" for name in training_dropout(self._module)]
-        if dropout:
-            shown = ", ".join(dropout[:3]) + (", ..." if len(dropout) > 3 else "")
-            warnings.warn(
-                f"FlipES: the model has dropout in training mode ({shown}): "
-                "it adds noise of its own to every member's fitness; call model.eval() before the population unless "
-                "that is meant",
-                UserWarning,
-                stacklevel=caller_stacklevel(),
-            )
+        return PopulationBlock(self._population(), lambda: warn_dropout(self))
 
     @contextmanager
     def _population(self) -> Iterator[Population]:
@@ -832,41 +798,8 @@ class FlipES:
             "sigma": mean_sigma,
         }
         self._versions = None
-        if changed and not self._told_changed:  # once, after the step: the generation is complete even under -W error
-            self._told_changed = True
-            warnings.warn(
-                f"generation {generation}: the parameters {', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''} "
-                "changed between the end of the population and tell() (a load_state_dict, an in-place edit): tell "
-                "stepped from the changed values with the gradient of the members evaluated around the earlier ones; "
-                "change them after tell(), and run a member in a plain copy of the model "
-                "(plain.load_state_dict(es.member_state_dict(i)))",
-                ChangedParametersWarning,
-                stacklevel=caller_stacklevel(),
-            )
         evaluated, self._evaluated = self._evaluated, False
-        equal = stats["fitness_max"] == stats["fitness_min"]
-        if not evaluated and not equal and not self._told_outside:
-            # once, and last, as below; the members' fitness differs by the inputs alone
-            self._told_outside = True
-            if self.comm.rank == 0:
-                warnings.warn(
-                    f"generation {self.generation - 1}: {OUTSIDE_TRAIN if self._train_fitness else OUTSIDE_LOOP}",
-                    OutsidePopulationWarning,
-                    stacklevel=caller_stacklevel(),
-                )
-        if equal and not self._told_equal:
-            # once, and last: the generation is complete even where warnings are errors (-W error)
-            self._told_equal = True  # a sparse reward may tie a whole population for a while
-            if self.comm.rank == 0:
-                warnings.warn(
-                    f"generation {self.generation - 1}: all {self.popsize} members have the same fitness "
-                    f"({stats['fitness_max']:g}), so the ES gradient holds no signal (zero for centered ranks, z-scores "
-                    "and mirrored pairs; with shaping=raw and no mirroring, a step along the noise itself). If that is "
-                    f"unexpected: does the fitness come from {EQUAL_TRAIN if self._train_fitness else EQUAL_LOOP}? Or is "
-                    "sigma too small for the fitness to tell members apart?",
-                    EqualFitnessWarning,
-                    stacklevel=caller_stacklevel(),
-                )
+        warn_of_generation(self, stats, changed, evaluated)
         return stats
 
     def _redraw_freed(self) -> None:

@@ -1,0 +1,93 @@
+"""What FlipES warns of, once each: a fitness that did not come from the members (the model ran outside the
+population, or a copy of it ran), a whole population of one fitness value, parameters changed between the
+population and ``tell``, and dropout left in training mode.
+
+Each is a run that goes on but learns nothing, or learns from noise, with nothing else to show it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+from flipes.errors import ChangedParametersWarning, EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
+from flipes.nn.convert import training_dropout, uncompiled
+
+if TYPE_CHECKING:
+    from flipes.es.engine import FlipES
+
+# what OutsidePopulationWarning and EqualFitnessWarning ask of a loop of one's own, and of flipes.train's fitness
+OUTSIDE_LOOP = (
+    "the model ran no forward inside `with es.population()`, so its fitness did not come from the members (outside the "
+    "block every member is the mean network) and the ES gradient is noise; call the model inside the block (or build "
+    "members with es.member_parameters)"
+)
+OUTSIDE_TRAIN = (
+    "the fitness ran no forward of the model it is given (a copy of it, or another module, is the mean network for "
+    "every member), so its values did not come from the members and the ES gradient is noise; call that model itself"
+)
+
+EQUAL_LOOP = "the model's outputs inside `with es.population()` (outside it every member is the mean network)"
+EQUAL_TRAIN = "the outputs of the model it is given (a copy of it is the mean network for every member)"
+
+
+def warn_dropout(es: FlipES) -> None:
+    """Warn once (rank 0) where the model has dropout in training mode at the end of the first population block: a
+    module starts in it (a Hugging Face model built from a config too), and each member's fitness would carry noise
+    of its own that ES reads as signal. Read at the end, not the start: a fitness may call model.eval() ites."""
+    if es._told_dropout or es.comm.rank != 0:
+        return
+    es._told_dropout = True
+    modules = dict(uncompiled(es._module).named_modules())
+    dropout = [f"{name or 'the model'} ({type(modules[name]).__name__})" for name in training_dropout(es._module)]
+    if dropout:
+        shown = ", ".join(dropout[:3]) + (", ..." if len(dropout) > 3 else "")
+        warnings.warn(
+            f"FlipES: the model has dropout in training mode ({shown}): "
+            "it adds noise of its own to every member's fitness; call model.eval() before the population unless "
+            "that is meant",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+
+
+def warn_of_generation(es: FlipES, stats: dict[str, float], changed: list[str], evaluated: bool) -> None:
+    """At the end of ``tell`` (after the step: the generation is complete even where warnings are errors, ``-W error``),
+    each warning once per FlipES: the parameters ``changed`` in place since the population ended, a fitness that came
+    from no member (the model did not run inside the population, ``evaluated`` false), a whole population of one
+    fitness value."""
+    generation = stats["generation"]
+    if changed and not es._told_changed:  # once, after the step: the generation is complete even under -W error
+        es._told_changed = True
+        warnings.warn(
+            f"generation {generation}: the parameters {', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''} "
+            "changed between the end of the population and tell() (a load_state_dict, an in-place edit): tell "
+            "stepped from the changed values with the gradient of the members evaluated around the earlier ones; "
+            "change them after tell(), and run a member in a plain copy of the model "
+            "(plain.load_state_dict(es.member_state_dict(i)))",
+            ChangedParametersWarning,
+            stacklevel=caller_stacklevel(),
+        )
+    equal = stats["fitness_max"] == stats["fitness_min"]
+    if not evaluated and not equal and not es._told_outside:
+        # once, and last, as below; the members' fitness differs by the inputs alone
+        es._told_outside = True
+        if es.comm.rank == 0:
+            warnings.warn(
+                f"generation {es.generation - 1}: {OUTSIDE_TRAIN if es._train_fitness else OUTSIDE_LOOP}",
+                OutsidePopulationWarning,
+                stacklevel=caller_stacklevel(),
+            )
+    if equal and not es._told_equal:
+        # once, and last: the generation is complete even where warnings are errors (-W error)
+        es._told_equal = True  # a sparse reward may tie a whole population for a while
+        if es.comm.rank == 0:
+            warnings.warn(
+                f"generation {es.generation - 1}: all {es.popsize} members have the same fitness "
+                f"({stats['fitness_max']:g}), so the ES gradient holds no signal (zero for centered ranks, z-scores "
+                "and mirrored pairs; with shaping=raw and no mirroring, a step along the noise itself). If that is "
+                f"unexpected: does the fitness come from {EQUAL_TRAIN if es._train_fitness else EQUAL_LOOP}? Or is "
+                "sigma too small for the fitness to tell members apart?",
+                EqualFitnessWarning,
+                stacklevel=caller_stacklevel(),
+            )
