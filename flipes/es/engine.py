@@ -15,6 +15,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,12 @@ from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import caller_stacklevel
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, check_fitness, check_weights, integer, nonnegative
+from flipes.es.evolved import (
+    changed_since_population,
+    check_requires_grad,
+    parameter_names,
+    raise_if_not_finite,
+)
 from flipes.es.gradient import accumulate, paired, weighted_dense, weighted_perturbation
 from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
@@ -341,9 +348,9 @@ class FlipES:
         # refused at its end (refuse_mean_reads); put in before _held_in, which holds the modules' dicts
         self._mean_reads = mean_reads(model)
         self._noting = [noting_parameters(r.owner, [r.key]) for r in self._mean_reads]
-        # what was trainable when the evolved set was fixed: a flag changed later is an error (_check_requires_grad)
+        # what was trainable when the evolved set was fixed: a flag changed later is an error (check_requires_grad)
         self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
-        self._held = dict(model.named_parameters(remove_duplicate=False))  # the Parameter objects evolved: _check_held
+        self._held = dict(model.named_parameters(remove_duplicate=False))  # the Parameter objects evolved: check_held
         # where the model holds them: each module's own dicts, looked up every generation instead of walking the names
         self._held_in = [
             (slots, key, obj)
@@ -353,7 +360,7 @@ class FlipES:
             for key, obj in slots.items()
             if obj is not None
         ]
-        self.optimizer = build_optimizer(self.params, optimizer, lr, given_lr, self._names)
+        self.optimizer = build_optimizer(self.params, optimizer, lr, given_lr, partial(parameter_names, self._module))
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None
         if self.sigma_lr > 0:
@@ -413,49 +420,10 @@ class FlipES:
     def __setstate__(self, state: dict[str, Any]) -> None:
         unpickled_state(self, state)
 
-    def _names(self, params: list[Tensor], shown: int = 5) -> str:
-        """``params`` by their names in the model (a parameter of another module: its shape)."""
-        names = {id(p): name for name, p in self._module.named_parameters()}
-        out = [names.get(id(p), f"a parameter of shape {tuple(p.shape)} not in the model") for p in params[:shown]]
-        return ", ".join(out) + (", ..." if len(params) > shown else "")
-
-    def _check_requires_grad(self) -> None:
-        """Raise if a parameter's ``requires_grad`` changed since construction: the evolved set, its
-        noise slots and the optimizer were fixed then, so an unfrozen parameter would be perturbed but
-        never updated, and a frozen one would break ``tell``. Python flags only: runs every generation."""
-        self._check_held()
-        changed = [p for p, flag in self._requires_grad if p.requires_grad != flag]
-        if changed:
-            raise ValueError(
-                f"requires_grad of {self._names(changed)} changed after this FlipES was built (it evolves the parameters "
-                "trainable then); set it back, or build a new FlipES for the model: the model keeps its weights, the "
-                "optimizer starts afresh (load_state_dict of the old FlipES's state fails: its optimizer holds other "
-                "parameters)"
-            )
-
-    def _check_held(self) -> None:
-        """Raise if the model holds other Parameter objects than at construction (an attribute assigned a new
-        ``nn.Parameter``, ``load_state_dict(..., assign=True)``, weights tied anew): the slots, noise and optimizer
-        hold the old ones, so members would run the new values while ``tell`` stepped the old, and nothing trained.
-        Runs every generation: one dict lookup per parameter and module, the names walked only when one changed."""
-        if all(slots.get(key) is obj for slots, key, obj in self._held_in):
-            return
-        now = dict(self._module.named_parameters(remove_duplicate=False))
-        names = [k for k, p in self._held.items() if now.get(k) is not p]  # new ones (a backprop noise model's ρ) aside
-        if not names:
-            return
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        raise ValueError(
-            f"FlipES: the model's parameter(s) {shown} are other Parameter objects than when this FlipES was built "
-            "(a new nn.Parameter assigned, load_state_dict(..., assign=True), weights tied anew): it perturbs and steps "
-            "the ones it was built with, so the new ones would never train; copy values in place instead "
-            "(load_state_dict without assign, or param.data.copy_(value)), or build a new FlipES for the model"
-        )
-
     def report(self) -> ParameterReport:
         """What a population does with each parameter of the model: Flipout, low-rank, dense, frozen
         (a shared bias that its weights' Flipout noise does not carry: dense)."""
-        self._check_requires_grad()  # the rows read the flags live: they would describe another evolved set
+        check_requires_grad(self)  # the rows read the flags live: they would describe another evolved set
         dense = {id(p) for _, _, p in self.dense_slots}
         names = {name for name, p in self._module.named_parameters() if id(p) in dense}
         rows = parameter_report(self._module, self.noise_rank).rows
@@ -581,7 +549,7 @@ class FlipES:
                 "population() of a FlipES whose model has a newer FlipES: one FlipES per model (two would each "
                 "perturb the same layers); use the newer one, or make a new FlipES after `del`-ing the other"
             )
-        self._check_requires_grad()
+        check_requires_grad(self)
         modules = [*self.layers, *self.dense_modules]
         busy = [m for m in self.layers if m.noise is not None] + [m for m in self.dense_modules if m.member_noise is not None]
         if busy:
@@ -683,8 +651,8 @@ class FlipES:
             return self._tell(fitness)
 
     def _tell(self, fitness: Tensor | np.ndarray | Iterable[float]) -> dict[str, float]:
-        self._check_requires_grad()
-        check_placement(self.optimizer, self.params, self._placement, self._names)
+        check_requires_grad(self)
+        check_placement(self.optimizer, self.params, self._placement, partial(parameter_names, self._module))
         self._redraw_freed()
         if self._noise is None:
             told = f" (tell() already ended generation {self.generation - 1})" if self.generation else ""
@@ -692,11 +660,11 @@ class FlipES:
                 f"tell() before any population of generation {self.generation}{told}: evaluate `with es.population()` "
                 "first; each generation is one population, then one tell()"
             )
-        changed = self._changed_since_population()
+        changed = changed_since_population(self)
         try:
             local = check_fitness(fitness, self.members, self.popsize)
         except NonFiniteFitness as error:  # the fitness function may be fine and the members broken
-            self._raise_if_parameters_not_finite(error)
+            raise_if_not_finite(self, error)
             raise
         full = gather_fitness(self, local)
         # weights for ascent either way, from a copy: a shaping that works in place (f -= f.mean()) would otherwise
@@ -813,17 +781,6 @@ class FlipES:
             self._noise.block = self._freed[1]  # tell's blocks as before: the same bits
         self._noise_serial, self._freed = self._noise_serial + 1, None
 
-    def _raise_if_parameters_not_finite(self, error: NonFiniteFitness) -> None:
-        """Raise naming the parameters where evolved ones are NaN or inf: the members' fitness is then not finite
-        whatever the fitness function does, so ``error`` (which tells it to clip) would point at the wrong code."""
-        broken = [p for p in self.params if not torch.isfinite(p).all()]
-        if broken:
-            raise ValueError(
-                f"{error.what}: {len(broken)} evolved parameter(s) of the model are not finite ({self._names(broken)}), "
-                "after an update that overflowed (its tell() returned a non-finite update_ratio) or a load of such a state; "
-                "lower lr or sigma and start again from finite parameters"
-            ) from None
-
     def _block_gradient(
         self, noise: HeldNoise, sigmas: list[float], coeff: Tensor, by_group: Tensor | None, by_member: Tensor | None
     ) -> tuple[dict[int, Tensor], list[Tensor]]:
@@ -925,7 +882,7 @@ class FlipES:
                 f"no member to build {when}: call it inside `with es.population()`, or after that block and before "
                 "es.tell(), for the generation being evaluated"
             )
-        self._check_requires_grad()
+        check_requires_grad(self)
         self._evaluated = True  # a member evaluated by the user's own code
         return index
 
@@ -936,13 +893,3 @@ class FlipES:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_state(self, state)
-
-    def _changed_since_population(self) -> list[str]:
-        """The names of the parameters written in place since this generation's last population block ended."""
-        if self._versions is None:
-            return []
-        changed = [p for p, v in zip(self.params, self._versions, strict=True) if p._version != v]
-        if not changed:  # the usual tell: no walk of the model's names
-            return []
-        names = {id(p): name for name, p in self._module.named_parameters()}
-        return [names.get(id(p), "?") for p in changed]
