@@ -14,7 +14,7 @@ import operator
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -45,7 +45,7 @@ from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: impo
     optimizer_settings,  # noqa: F401
 )
 from flipes.es.parts import part
-from flipes.es.population import Population
+from flipes.es.population import Population, PopulationBlock
 from flipes.es.ranks import gather_fitness
 from flipes.es.refusals import note_direct_reads, refuse_direct_reads, refuse_mean_reads, refuse_stale
 from flipes.es.shaping import ars as shaping_ars
@@ -70,40 +70,6 @@ from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
 
 Shaping = Callable[[Tensor], Tensor]
-
-
-class PopulationBlock(AbstractContextManager):
-    """What ``es.population()`` returns: a ``with`` block whose ``as`` target is the :class:`Population`.
-    Reading a population's attribute from the block itself (``pop = es.population(); pop.size``) is an
-    error that shows the ``with`` form; so is entering one block twice (each ``with`` calls
-    ``es.population()`` anew)."""
-
-    def __init__(self, block: AbstractContextManager[Population], ended: Callable[[], None] = lambda: None) -> None:
-        self._block, self._ended = block, ended  # ended: called after a block that raised nothing
-        self._entered = False
-
-    def __enter__(self) -> Population:
-        if self._entered:
-            raise RuntimeError(
-                "this es.population() block was entered before: a block is entered once; write `with es.population() "
-                "as pop:` again for another pass (it evaluates the same members until es.tell)"
-            )
-        self._entered = True
-        return self._block.__enter__()
-
-    def __exit__(self, *exc: Any) -> bool | None:
-        suppressed = self._block.__exit__(*exc)
-        if exc[0] is None:
-            self._ended()
-        return suppressed
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise AttributeError(
-            f"es.population() is a `with` block, not the population: write `with es.population() as pop:` and use "
-            f"pop.{name} inside it (then es.tell(fitness) after it)"
-        )
 
 
 class FlipES:

@@ -1,4 +1,4 @@
-"""The population of one generation, as the fitness function sees it."""
+"""The population of one generation, as the fitness function sees it, and the ``with`` block that gives it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -107,3 +108,37 @@ class Population:
         for start, stop in bounds:
             with self.part(start, stop) as part:
                 yield part
+
+
+class PopulationBlock(AbstractContextManager):
+    """What ``es.population()`` returns: a ``with`` block whose ``as`` target is the :class:`Population`.
+    Reading a population's attribute from the block itself (``pop = es.population(); pop.size``) is an
+    error that shows the ``with`` form; so is entering one block twice (each ``with`` calls
+    ``es.population()`` anew)."""
+
+    def __init__(self, block: AbstractContextManager[Population], ended: Callable[[], None] = lambda: None) -> None:
+        self._block, self._ended = block, ended  # ended: called after a block that raised nothing
+        self._entered = False
+
+    def __enter__(self) -> Population:
+        if self._entered:
+            raise RuntimeError(
+                "this es.population() block was entered before: a block is entered once; write `with es.population() "
+                "as pop:` again for another pass (it evaluates the same members until es.tell)"
+            )
+        self._entered = True
+        return self._block.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        suppressed = self._block.__exit__(*exc)
+        if exc[0] is None:
+            self._ended()
+        return suppressed
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"es.population() is a `with` block, not the population: write `with es.population() as pop:` and use "
+            f"pop.{name} inside it (then es.tell(fitness) after it)"
+        )
