@@ -26,13 +26,13 @@ from flipes.dist import Comm, SerialComm, launched_world, split_groups
 from flipes.errors import caller_stacklevel
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, check_fitness, check_weights, integer, nonnegative
+from flipes.es.estimate import block_gradient
 from flipes.es.evolved import (
     changed_since_population,
     check_requires_grad,
     parameter_names,
     raise_if_not_finite,
 )
-from flipes.es.gradient import accumulate, paired, weighted_dense, weighted_perturbation
 from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
@@ -50,7 +50,7 @@ from flipes.es.ranks import gather_fitness
 from flipes.es.refusals import note_direct_reads, refuse_direct_reads, refuse_mean_reads, refuse_stale
 from flipes.es.shaping import ars as shaping_ars
 from flipes.es.shaping import centered_ranks, z_score
-from flipes.es.sigma import dense_norms, leave_out, log_sigma_gradient, slot_norms
+from flipes.es.sigma import leave_out
 from flipes.es.slots import dense_slots, flipout_slots, padding_rows
 from flipes.es.state import load_state, pickled_state, saved_state, unpickled_state
 from flipes.nn.attention import fused_transformers_off
@@ -750,51 +750,9 @@ class FlipES:
     def _block_gradient(
         self, noise: HeldNoise, sigmas: list[float], coeff: Tensor, by_group: Tensor | None, by_member: Tensor | None
     ) -> tuple[dict[int, Tensor], list[Tensor]]:
-        """``Σ_n c_n σu_n`` over the members of ``noise`` (keyed by ``id`` of each parameter; ``/ σ²`` per slot
-        with adaptive σ), and with adaptive σ each slot's log-σ score summed over those members."""
-        slot_noise, dense_noise = noise
-        adaptive = by_group is not None
-        grads: dict[int, Tensor] = {}
-        copies: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
-
-        def on(t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-            """``t`` on ``like``'s device: copied from the host once per device and dtype, not once per slot."""
-            key = (id(t), like.device, dtype or t.dtype)
-            if key not in copies:
-                copies[key] = t.to(like.device, dtype or t.dtype)
-            return copies[key]
-
-        pairs: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
-
-        def paired_on(c: Tensor) -> Tensor | None:
-            """Mirrored: ``c``'s pair coefficients, made once for every slot on its device and dtype."""
-            if not self.mirrored:
-                return None
-            key = (id(c), c.device, c.dtype)
-            if key not in pairs:
-                pairs[key] = paired(c)
-            return pairs[key]
-
-        log_sigma_grad: list[Tensor] = []
-        for i, (pw, nz) in enumerate(zip(self.slots, slot_noise, strict=True)):
-            c = on(coeff, nz.s, torch.promote_types(nz.s.dtype, torch.float32))
-            weight_grad, bias_grad = weighted_perturbation(pw, nz, c, paired_on(c))
-            if adaptive:  # each slot has its own σ: Σ F̂ (σ_i u) / σ_i² here, / N below
-                weight_grad, bias_grad = (None if g is None else g / sigmas[i] ** 2 for g in (weight_grad, bias_grad))
-                (weight_norms, d_weight), (bias_norms, d_bias) = slot_norms(pw, nz, sigmas[i])
-                weight_part = (weight_norms, d_weight, on(by_group, weight_norms))
-                bias_part = (bias_norms, d_bias, on(by_member, bias_norms))
-                log_sigma_grad.append(log_sigma_gradient(weight_part, bias_part))
-            accumulate(grads, pw.weight, weight_grad.T if pw.transposed else weight_grad)
-            accumulate(grads, pw.bias, bias_grad)
-        for i, ((_, _, p), nz) in enumerate(zip(self.dense_slots, dense_noise, strict=True), start=len(self.slots)):
-            g = weighted_dense(nz, on(coeff, nz.delta))
-            if adaptive:
-                g = g / sigmas[i] ** 2
-                norms, d = dense_norms(nz, sigmas[i], len(self._dense_fixed_rows[i - len(self.slots)]))
-                log_sigma_grad.append(log_sigma_gradient((norms, d, on(by_member, norms))))
-            accumulate(grads, p, g)
-        return grads, log_sigma_grad
+        """:func:`flipes.es.estimate.block_gradient` of this FlipES: ``Σ_n c_n σu_n`` over the members of ``noise``, and
+        with adaptive σ each slot's log-σ score (a method, so that one instance's can be watched)."""
+        return block_gradient(self, noise, sigmas, coeff, by_group, by_member)
 
     def step(self, fitness_fn: Callable[[nn.Module, Population], Tensor]) -> dict[str, float]:
         """One generation: ``fitness_fn(model, pop)`` inside ``population()``, then ``tell``."""
