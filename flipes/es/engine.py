@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import operator
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -44,12 +43,12 @@ from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: impo
     default_optimizer,  # noqa: F401
     optimizer_settings,  # noqa: F401
 )
+from flipes.es.options import checked_options, sigma_value
 from flipes.es.parts import part
 from flipes.es.population import Population, PopulationBlock
 from flipes.es.ranks import gather_fitness
 from flipes.es.refusals import note_direct_reads, refuse_direct_reads, refuse_mean_reads, refuse_stale
-from flipes.es.shaping import ars as shaping_ars
-from flipes.es.shaping import centered_ranks, z_score
+from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import leave_out
 from flipes.es.slots import dense_slots, flipout_slots, padding_rows
 from flipes.es.state import load_state, pickled_state, saved_state, unpickled_state
@@ -183,76 +182,20 @@ class FlipES:
     ) -> None:
         # checked up front: a wrong type would otherwise fail far from here, or be truncated silently
         check_module(model, "FlipES(model, ...)")
-        popsize, seed, groups = integer("popsize", popsize), integer("seed", seed), integer("groups", groups)
-        if not isinstance(mirrored, (bool, np.bool_)):
-            raise TypeError(f"mirrored must be True or False, got {mirrored!r} ({type(mirrored).__name__})")
-        mirrored = bool(mirrored)
-        if not isinstance(track_best, (bool, np.bool_)):
-            raise TypeError(f"track_best must be True or False, got {track_best!r} ({type(track_best).__name__})")
-        self.track_best = bool(track_best)
-        if not isinstance(maximize, (bool, np.bool_)):
-            raise TypeError(f"maximize must be True or False, got {maximize!r} ({type(maximize).__name__})")
-        self.maximize = bool(maximize)
-        if not isinstance(hold_noise, (bool, np.bool_)):
-            raise TypeError(f"hold_noise must be True or False, got {hold_noise!r} ({type(hold_noise).__name__})")
-        self.hold_noise = bool(hold_noise)
+        o = checked_options(
+            popsize, sigma, lr, seed, groups, mirrored=mirrored, shaping=shaping, weight_decay=weight_decay,
+            comm_mode=comm_mode, noise_rank=noise_rank, sigma_lr=sigma_lr, track_best=track_best, maximize=maximize,
+            hold_noise=hold_noise,
+        )  # fmt: skip
+        popsize, groups, lr = o.popsize, o.groups, o.lr
+        self.track_best, self.maximize, self.hold_noise = o.track_best, o.maximize, o.hold_noise
         self.best: BestMember | None = None  # with track_best: the fittest member of any generation so far
-        if not callable(shaping):
-            raise TypeError(
-                f"shaping must be a function fitness (N,) -> weights (N,), e.g. flipes.shaping.centered_ranks, "
-                f"got {shaping!r} ({type(shaping).__name__})"
-            )
-        given_lr = lr is not None
-        lr, weight_decay = nonnegative("lr", 0.03 if lr is None else lr), nonnegative("weight_decay", weight_decay)
-        if popsize < 1 or groups < 1 or popsize % groups:
-            raise ValueError(f"popsize={popsize} must be a positive multiple of groups={groups}")
-        if mirrored and (popsize // groups) % 2:
-            raise ValueError(
-                f"mirrored sampling pairs members, but each group has popsize/groups = {popsize // groups} "
-                "members (odd); use an even popsize per group or mirrored=False"
-            )
-        if noise_rank is not None:
-            try:  # any integer type (numpy's too), not bools or floats
-                rank = operator.index(noise_rank) if not isinstance(noise_rank, bool) else -1
-            except TypeError:
-                rank = -1
-            if rank < 0:
-                raise ValueError(f"noise_rank must be None or 0 (full-rank noise) or an integer >= 1, got {noise_rank!r}")
-            noise_rank = rank or None  # 0: full rank, as --noise-rank 0
-        self.noise_rank = noise_rank
-        self.sigma_lr = nonnegative("sigma_lr", sigma_lr)  # numpy's float32 too; 0 keeps σ fixed
-        if self.sigma_lr > 0 and callable(sigma):
-            raise ValueError("sigma_lr > 0 adapts σ from its starting value: give sigma as a number, not a schedule")
-        if self.sigma_lr > 0 and noise_rank is not None:
-            raise ValueError(
-                "sigma_lr > 0 needs full-rank noise (noise_rank=None): the score of σ is the Gaussian one, and "
-                "low-rank ε is not Gaussian"
-            )
+        self.noise_rank, self.sigma_lr = o.noise_rank, o.sigma_lr  # sigma_lr 0 keeps σ fixed
         self.model = model  # what step() calls: torch.compile(net) stays compiled
         model = self._module = uncompiled(model)  # names and state dicts: net's own, without "_orig_mod."
-        self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, seed, mirrored
-        if getattr(shaping, "func", shaping) is shaping_ars and not mirrored:  # functools.partial(ars, top=b) too
-            raise ValueError(
-                "shaping=flipes.shaping.ars compares the returns of mirrored pairs (2k, 2k+1): with mirrored=False they "
-                "are unrelated members; use mirrored=True"
-            )
-        if popsize == 1 and getattr(shaping, "func", shaping) in (centered_ranks, z_score):
-            raise ValueError(
-                f"popsize=1 with shaping=flipes.shaping.{getattr(shaping, 'func', shaping).__name__}: a single member's "
-                "shaped fitness is always 0, so tell would never move the parameters (nor σ); use popsize >= 2, or "
-                "shaping=flipes.shaping.raw (one member's fitness as it is)"
-            )
-        if getattr(shaping, "func", shaping) is shaping_ars and self.sigma_lr > 0:
-            raise ValueError(
-                "sigma_lr > 0 with shaping=flipes.shaping.ars: ARS weights a mirrored pair +w and -w and the twins share "
-                "‖z‖², so the log-σ gradient is zero and σ would never move (and ARS's step lr·σ assumes a fixed σ); use "
-                "sigma_lr=0 with ars, or adapt σ with centered_ranks or z_score shaping (as --algo pgpe does)"
-            )
-        self.shaping, self.weight_decay = shaping, weight_decay
+        self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, o.seed, o.mirrored
+        self.shaping, self.weight_decay = shaping, o.weight_decay
         self._sigma = sigma
-        self.sigma_at(0)  # validate now, not at the first generation
-        if comm_mode not in ("allreduce", "seeds"):
-            raise ValueError(f"comm_mode must be 'allreduce' or 'seeds', got {comm_mode!r}")
         self.comm: Comm = comm if comm is not None else SerialComm()
         launched_rank, launched_size = launched_world()
         if comm is None and launched_size > 1 and launched_rank == 0:
@@ -326,7 +269,7 @@ class FlipES:
             for key, obj in slots.items()
             if obj is not None
         ]
-        self.optimizer = build_optimizer(self.params, optimizer, lr, given_lr, partial(parameter_names, self._module))
+        self.optimizer = build_optimizer(self.params, optimizer, lr, o.given_lr, partial(parameter_names, self._module))
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None
         if self.sigma_lr > 0:
@@ -396,10 +339,7 @@ class FlipES:
         return ParameterReport([dataclasses.replace(r, how="dense") if r.name in names else r for r in rows])
 
     def sigma_at(self, generation: int) -> float:
-        sigma = float(self._sigma(generation) if callable(self._sigma) else self._sigma)
-        if not (sigma > 0 and math.isfinite(sigma)):
-            raise ValueError(f"sigma must be a finite number > 0, got {sigma} at generation {generation}")
-        return sigma
+        return sigma_value(self._sigma, generation)
 
     def sigmas(self) -> list[float]:
         """σ of every Flipout slot, then of every dense parameter, in the current generation."""
