@@ -29,8 +29,11 @@ from flipes.es.estimate import block_gradient
 from flipes.es.evolved import (
     changed_since_population,
     check_requires_grad,
+    evolved_parameters,
+    held_in,
     parameter_names,
     raise_if_not_finite,
+    refuse_unhandled,
 )
 from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
@@ -57,7 +60,6 @@ from flipes.nn.convert import (
     ParameterReport,
     check_members_first,
     check_module,
-    flipout_class,
     flipout_layers,
     mean_reads,
     noting_parameters,
@@ -215,37 +217,14 @@ class FlipES:
         self.layers = flipout_layers(model)
         self.dense_modules = per_member_modules(model)
         check_members_first(model)
-        unhandled = [row for row in parameter_report(model).rows if row.how == "unhandled"]
-        if unhandled:
-            shown = ", ".join(f"{r.name} ({r.module})" for r in unhandled[:5]) + (", ..." if len(unhandled) > 5 else "")
-            layer = type(uncompiled(model))
-            raise ValueError(
-                f"FlipES: {len(unhandled)} trainable parameter(s) would not be evolved, no Flipout layer or per-member "
-                f"module perturbs them: {shown}; convert the model with flipes.flipout(model), which evolves every "
-                "parameter it can and names any it cannot, or freeze them with requires_grad_(False)"
-                + (
-                    f"; a {layer.__name__} given to flipout alone is not converted in place but replaced: evolve the "
-                    "layer it returns, model = flipes.flipout(model)"
-                    if flipout_class(layer) is not None
-                    else ""
-                )
-            )
+        refuse_unhandled(model)
         self.slots, self._slot_index = flipout_slots(self.layers, [*self.layers, *self.dense_modules])
         self._weight_counts = [len(layer.perturbed_weights()) for layer in self.layers]  # fixed, as the slots are
         self.dense_slots, self._dense_uses, self._bias_of, self._weight_uses = dense_slots(
             self.layers, [*self.layers, *self.dense_modules], self.slots, self._slot_index
         )
         self._dense_fixed_rows = [sorted({r for m, name in uses for r in padding_rows(m, name)}) for uses in self._dense_uses]
-        self.params: list[nn.Parameter] = []
-        candidates = [p for pw in self.slots for p in (pw.weight, pw.bias)] + [p for _, _, p in self.dense_slots]
-        for p in candidates:
-            if p is not None and p.requires_grad and all(p is not q for q in self.params):
-                self.params.append(p)
-        if not self.params:
-            raise ValueError(
-                "FlipES: the model has no trainable parameter to evolve; convert it with flipes.flipout(model) "
-                "(parameters with requires_grad=False stay frozen)"
-            )
+        self.params: list[nn.Parameter] = evolved_parameters(self.slots, self.dense_slots)
         if self.sigma_lr > 0 and groups == 1 and self.comm.rank == 0 and any(pw.weight.requires_grad for pw in self.slots):
             warnings.warn(
                 "sigma_lr > 0 with groups=1: every member of a Flipout layer has the same ‖ε‖², so the layer's weights "
@@ -261,14 +240,7 @@ class FlipES:
         self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         self._held = dict(model.named_parameters(remove_duplicate=False))  # the Parameter objects evolved: check_held
         # where the model holds them: each module's own dicts, looked up every generation instead of walking the names
-        self._held_in = [
-            (slots, key, obj)
-            for m in model.modules()
-            if not isinstance(m, torch.jit.ScriptModule)  # frozen (flipout refuses a trainable one); its dicts have no .get
-            for slots in (m._parameters, m._modules)
-            for key, obj in slots.items()
-            if obj is not None
-        ]
+        self._held_in = held_in(model)
         self.optimizer = build_optimizer(self.params, optimizer, lr, o.given_lr, partial(parameter_names, self._module))
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None

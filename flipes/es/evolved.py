@@ -7,12 +7,15 @@ or edited later would be perturbed but never stepped, or stepped from values its
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from flipes.es.checks import NonFiniteFitness
+from flipes.es.slots import DenseSlot
+from flipes.nn.base import PerturbedWeight
+from flipes.nn.convert import flipout_class, parameter_report, uncompiled
 
 if TYPE_CHECKING:
     from flipes.es.engine import FlipES
@@ -83,3 +86,52 @@ def raise_if_not_finite(es: FlipES, error: NonFiniteFitness) -> None:
             "after an update that overflowed (its tell() returned a non-finite update_ratio) or a load of such a state; "
             "lower lr or sigma and start again from finite parameters"
         ) from None
+
+
+def refuse_unhandled(model: nn.Module) -> None:
+    """Raise where a trainable parameter of ``model`` is perturbed by no Flipout layer or per-member module: it
+    would never be evolved."""
+    unhandled = [row for row in parameter_report(model).rows if row.how == "unhandled"]
+    if unhandled:
+        shown = ", ".join(f"{r.name} ({r.module})" for r in unhandled[:5]) + (", ..." if len(unhandled) > 5 else "")
+        layer = type(uncompiled(model))
+        raise ValueError(
+            f"FlipES: {len(unhandled)} trainable parameter(s) would not be evolved, no Flipout layer or per-member "
+            f"module perturbs them: {shown}; convert the model with flipes.flipout(model), which evolves every "
+            "parameter it can and names any it cannot, or freeze them with requires_grad_(False)"
+            + (
+                f"; a {layer.__name__} given to flipout alone is not converted in place but replaced: evolve the "
+                "layer it returns, model = flipes.flipout(model)"
+                if flipout_class(layer) is not None
+                else ""
+            )
+        )
+
+
+def evolved_parameters(slots: list[PerturbedWeight], dense_slots: list[DenseSlot]) -> list[nn.Parameter]:
+    """The parameters FlipES evolves, each once in slot order: the Flipout slots' weights and biases, then the dense
+    parameters, those with ``requires_grad``; an error where there are none."""
+    params: list[nn.Parameter] = []
+    candidates = [p for pw in slots for p in (pw.weight, pw.bias)] + [p for _, _, p in dense_slots]
+    for p in candidates:
+        if p is not None and p.requires_grad and all(p is not q for q in params):
+            params.append(p)
+    if not params:
+        raise ValueError(
+            "FlipES: the model has no trainable parameter to evolve; convert it with flipes.flipout(model) "
+            "(parameters with requires_grad=False stay frozen)"
+        )
+    return params
+
+
+def held_in(model: nn.Module) -> list[tuple[dict[str, Any], str, Any]]:
+    """Where ``model`` holds its parameters and modules: each module's own dicts with their keys and objects, looked up
+    every generation (:func:`check_held`) instead of walking the names."""
+    return [
+        (slots, key, obj)
+        for m in model.modules()
+        if not isinstance(m, torch.jit.ScriptModule)  # frozen (flipout refuses a trainable one); its dicts have no .get
+        for slots in (m._parameters, m._modules)
+        for key, obj in slots.items()
+        if obj is not None
+    ]
