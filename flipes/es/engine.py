@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -21,8 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flipes.dist import Comm, SerialComm, launched_world, split_groups
-from flipes.errors import caller_stacklevel
+from flipes.dist import Comm, SerialComm, split_groups
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, check_fitness, check_weights, integer, nonnegative
 from flipes.es.estimate import block_gradient
@@ -38,7 +36,7 @@ from flipes.es.evolved import (
 from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
-from flipes.es.notices import warn_dropout, warn_of_generation
+from flipes.es.notices import warn_dropout, warn_of_generation, warn_sigma_one_group, warn_unsplit
 from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: imported from here before they moved
     OptimizerFactory,
     build_optimizer,
@@ -199,16 +197,7 @@ class FlipES:
         self.shaping, self.weight_decay = shaping, o.weight_decay
         self._sigma = sigma
         self.comm: Comm = comm if comm is not None else SerialComm()
-        launched_rank, launched_size = launched_world()
-        if comm is None and launched_size > 1 and launched_rank == 0:
-            warnings.warn(
-                f"FlipES got no comm in one of {launched_size} processes started by mpiexec: each process evaluates all "
-                f"{popsize} members, the same run {launched_size} times; pass comm=flipes.dist.world() with groups >= "
-                f"{launched_size} to split them (as flipes.train does), or comm=flipes.dist.SerialComm() "
-                "for independent runs on purpose",
-                UserWarning,
-                stacklevel=caller_stacklevel(),
-            )
+        warn_unsplit(comm, popsize)
         self.comm_mode = comm_mode
         self.local_groups = split_groups(groups, self.comm.rank, self.comm.size)
         group_size = popsize // groups
@@ -225,13 +214,7 @@ class FlipES:
         )
         self._dense_fixed_rows = [sorted({r for m, name in uses for r in padding_rows(m, name)}) for uses in self._dense_uses]
         self.params: list[nn.Parameter] = evolved_parameters(self.slots, self.dense_slots)
-        if self.sigma_lr > 0 and groups == 1 and self.comm.rank == 0 and any(pw.weight.requires_grad for pw in self.slots):
-            warnings.warn(
-                "sigma_lr > 0 with groups=1: every member of a Flipout layer has the same ‖ε‖², so the layer's weights "
-                "tell its σ nothing and it follows the biases alone; use groups >= 8 (as --algo pgpe does)",
-                UserWarning,
-                stacklevel=caller_stacklevel(),
-            )
+        warn_sigma_one_group(self)
         # evolved parameters a plain module also holds (self.shift = self.fc.bias): its reads are noted in a population,
         # refused at its end (refuse_mean_reads); put in before _held_in, which holds the modules' dicts
         self._mean_reads = mean_reads(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING
 
+from flipes.dist import Comm, launched_world
 from flipes.errors import ChangedParametersWarning, EqualFitnessWarning, OutsidePopulationWarning, caller_stacklevel
 from flipes.nn.convert import training_dropout, uncompiled
 
@@ -29,6 +30,32 @@ OUTSIDE_TRAIN = (
 
 EQUAL_LOOP = "the model's outputs inside `with es.population()` (outside it every member is the mean network)"
 EQUAL_TRAIN = "the outputs of the model it is given (a copy of it is the mean network for every member)"
+
+
+def warn_unsplit(comm: Comm | None, popsize: int) -> None:
+    """At construction: a FlipES given no ``comm`` in one of several processes mpiexec started (each would run the
+    whole population, the same run several times)."""
+    launched_rank, launched_size = launched_world()
+    if comm is None and launched_size > 1 and launched_rank == 0:
+        warnings.warn(
+            f"FlipES got no comm in one of {launched_size} processes started by mpiexec: each process evaluates all "
+            f"{popsize} members, the same run {launched_size} times; pass comm=flipes.dist.world() with groups >= "
+            f"{launched_size} to split them (as flipes.train does), or comm=flipes.dist.SerialComm() "
+            "for independent runs on purpose",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+
+
+def warn_sigma_one_group(es: FlipES) -> None:
+    """At construction: adaptive σ with one ε group, where a Flipout layer's weights tell σ nothing."""
+    if es.sigma_lr > 0 and es.groups == 1 and es.comm.rank == 0 and any(pw.weight.requires_grad for pw in es.slots):
+        warnings.warn(
+            "sigma_lr > 0 with groups=1: every member of a Flipout layer has the same ‖ε‖², so the layer's weights "
+            "tell its σ nothing and it follows the biases alone; use groups >= 8 (as --algo pgpe does)",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
 
 
 def warn_dropout(es: FlipES) -> None:
