@@ -48,7 +48,14 @@ from flipes.es.options import checked_options, sigma_value
 from flipes.es.parts import part
 from flipes.es.population import Population, PopulationBlock
 from flipes.es.ranks import gather_fitness
-from flipes.es.refusals import note_direct_reads, refuse_direct_reads, refuse_mean_reads, refuse_stale
+from flipes.es.refusals import (
+    note_direct_reads,
+    refuse_direct_reads,
+    refuse_mean_reads,
+    refuse_nested,
+    refuse_older_owner,
+    refuse_stale,
+)
 from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import leave_out
 from flipes.es.slots import dense_slots, flipout_slots, padding_rows
@@ -400,24 +407,10 @@ class FlipES:
 
     @contextmanager
     def _population(self) -> Iterator[Population]:
-        owners = {
-            id(o)
-            for o in (m.__dict__.get("_flipes_owner", lambda: None)() for m in [*self.layers, *self.dense_modules])
-            if o is not None and o is not self
-        }
-        if owners:
-            raise RuntimeError(
-                "population() of a FlipES whose model has a newer FlipES: one FlipES per model (two would each "
-                "perturb the same layers); use the newer one, or make a new FlipES after `del`-ing the other"
-            )
+        refuse_older_owner(self)
         check_requires_grad(self)
         modules = [*self.layers, *self.dense_modules]
-        busy = [m for m in self.layers if m.noise is not None] + [m for m in self.dense_modules if m.member_noise is not None]
-        if busy:
-            raise RuntimeError(
-                f"population() inside a population: {len(busy)} layer(s) of this model are already evaluating one "
-                "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
-            )
+        refuse_nested(self)
         # whether the model runs in here at all (tell warns if not): the first call of a layer or dense module removes
         # every dense module's hook (a layer's is its hook of note_direct_reads, which calls `ran` too)
         hooks: list[torch.utils.hooks.RemovableHandle] = []

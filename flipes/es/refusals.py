@@ -3,7 +3,8 @@
 Each of these would otherwise go unseen, every member evaluating the same mean weights (or the told generation's
 noise) and the ES gradient being noise: a Flipout layer's parameters read directly instead of calling it, an evolved
 parameter read through a plain module that also holds it, a plain layer that ``flipes.flipout`` replaced still being
-called, and a forward after ``tell`` inside the same ``with es.population()``.
+called, and a forward after ``tell`` inside the same ``with es.population()``. So is a population of a FlipES whose
+model a newer FlipES owns, or one nested inside another.
 """
 
 from __future__ import annotations
@@ -19,6 +20,30 @@ from flipes.noise import compiling
 
 if TYPE_CHECKING:
     from flipes.es.engine import FlipES
+
+
+def refuse_older_owner(es: FlipES) -> None:
+    """Raise at ``population()`` of a FlipES whose model's layers a newer FlipES owns (both would perturb them)."""
+    owners = {
+        id(o)
+        for o in (m.__dict__.get("_flipes_owner", lambda: None)() for m in [*es.layers, *es.dense_modules])
+        if o is not None and o is not es
+    }
+    if owners:
+        raise RuntimeError(
+            "population() of a FlipES whose model has a newer FlipES: one FlipES per model (two would each "
+            "perturb the same layers); use the newer one, or make a new FlipES after `del`-ing the other"
+        )
+
+
+def refuse_nested(es: FlipES) -> None:
+    """Raise at ``population()`` where the model's layers already evaluate a population (a nested one)."""
+    busy = [m for m in es.layers if m.noise is not None] + [m for m in es.dense_modules if m.member_noise is not None]
+    if busy:
+        raise RuntimeError(
+            f"population() inside a population: {len(busy)} layer(s) of this model are already evaluating one "
+            "(a nested es.population(), or another FlipES on the same layers); leave the outer `with` first"
+        )
 
 
 def note_direct_reads(es: FlipES, ran: Callable[[nn.Module, Any], None]) -> list[torch.utils.hooks.RemovableHandle]:
