@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from flipes.dist import Comm, SerialComm, split_groups
 from flipes.es import members
-from flipes.es.checks import NonFiniteFitness, check_fitness, check_weights, integer, nonnegative
+from flipes.es.checks import NonFiniteFitness, check_fitness, check_weights, nonnegative
 from flipes.es.estimate import block_gradient
 from flipes.es.evolved import (
     changed_since_population,
@@ -671,32 +671,13 @@ class FlipES:
         process's); a member another process evaluates is computed from the seeds. Callable once the
         generation's ``population()`` was entered, inside it and after it, until ``tell`` moves the mean.
         """
-        return members.member_parameters(self, self._member_index(index))
+        return members.member_parameters(self, members.member_index(self, index))
 
     def member_state_dict(self, index: int) -> dict[str, Any]:
         """``model.state_dict()`` with member ``index``'s parameters (see ``member_parameters``) and the
         buffers as they are, copied: ``plain_model.load_state_dict(es.member_state_dict(i))`` gives a
         plain torch model that computes what member ``i`` computes in the population."""
-        return members.member_state_dict(self, self._member_index(index))
-
-    def _member_index(self, index: int) -> int:
-        index = integer("index", index)
-        if not 0 <= index < self.popsize:
-            raise IndexError(f"member index {index} is out of range: members are 0 .. popsize - 1 = {self.popsize - 1}")
-        self._redraw_freed()
-        if self._noise is None:
-            when = (
-                "before the first population"
-                if self.generation == 0
-                else f"after tell() ended generation {self.generation - 1} (its mean has moved on)"
-            )
-            raise RuntimeError(
-                f"no member to build {when}: call it inside `with es.population()`, or after that block and before "
-                "es.tell(), for the generation being evaluated"
-            )
-        check_requires_grad(self)
-        self._evaluated = True  # a member evaluated by the user's own code
-        return index
+        return members.member_state_dict(self, members.member_index(self, index))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit for bit: the noise is a pure function of

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from flipes.es.checks import integer
+from flipes.es.evolved import check_requires_grad
 from flipes.es.gradient import accumulate, weighted_dense, weighted_perturbation
 from flipes.nn.functional import without_autocast
 
@@ -83,6 +85,28 @@ def _member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
     for (_, _, p), noise in zip(es.dense_slots, dense_noise, strict=True):
         add(p, weighted_dense(noise.rows(rows), one_hot(noise.delta)))
     return deltas
+
+
+def member_index(es: FlipES, index: int) -> int:
+    """``index`` checked as a global member of the generation being evaluated: in range, after its population was
+    entered and before ``tell``, the evolved set unchanged. Building a member counts as evaluating the population."""
+    index = integer("index", index)
+    if not 0 <= index < es.popsize:
+        raise IndexError(f"member index {index} is out of range: members are 0 .. popsize - 1 = {es.popsize - 1}")
+    es._redraw_freed()
+    if es._noise is None:
+        when = (
+            "before the first population"
+            if es.generation == 0
+            else f"after tell() ended generation {es.generation - 1} (its mean has moved on)"
+        )
+        raise RuntimeError(
+            f"no member to build {when}: call it inside `with es.population()`, or after that block and before "
+            "es.tell(), for the generation being evaluated"
+        )
+    check_requires_grad(es)
+    es._evaluated = True  # a member evaluated by the user's own code
+    return index
 
 
 def member_parameters(es: FlipES, index: int) -> dict[str, Tensor]:
