@@ -5,6 +5,7 @@ Each raises at the call that was wrong, naming the problem and the fix, before a
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import operator
@@ -56,6 +57,21 @@ class NonFiniteFitness(ValueError):
 
     def __reduce__(self) -> tuple[type, tuple[str]]:  # pickled (to another process) with its own argument
         return type(self), (self.what,)
+
+
+def check_fitness_fn(fitness_fn: Any) -> None:
+    """``es.step``'s argument: a function that takes ``(model, pop)`` (a builtin without a signature: its call says it)."""
+    if not callable(fitness_fn):
+        raise TypeError(f"es.step(fitness_fn): got {type(fitness_fn).__name__}, not a function fitness_fn(model, pop)")
+    try:
+        inspect.signature(fitness_fn).bind(None, None)
+    except TypeError as e:
+        raise TypeError(
+            f"es.step(fitness_fn): fitness_fn takes other arguments ({e}); define it as fitness_fn(model, pop) -> "
+            "Tensor[pop.size], one fitness per member of pop"
+        ) from None
+    except ValueError:  # a builtin without a signature: let the call say it
+        pass
 
 
 def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range, popsize: int) -> Tensor:

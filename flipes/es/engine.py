@@ -8,7 +8,6 @@ et al., 2017 (arXiv:1703.03864).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 
 from flipes.dist import Comm, SerialComm, split_groups
 from flipes.es import members
-from flipes.es.checks import NonFiniteFitness, check_fitness, check_weights, nonnegative
+from flipes.es.checks import NonFiniteFitness, check_fitness, check_fitness_fn, check_weights, nonnegative
 from flipes.es.estimate import block_gradient
 from flipes.es.evolved import (
     changed_since_population,
@@ -644,17 +643,7 @@ class FlipES:
 
     def step(self, fitness_fn: Callable[[nn.Module, Population], Tensor]) -> dict[str, float]:
         """One generation: ``fitness_fn(model, pop)`` inside ``population()``, then ``tell``."""
-        if not callable(fitness_fn):
-            raise TypeError(f"es.step(fitness_fn): got {type(fitness_fn).__name__}, not a function fitness_fn(model, pop)")
-        try:
-            inspect.signature(fitness_fn).bind(None, None)
-        except TypeError as e:
-            raise TypeError(
-                f"es.step(fitness_fn): fitness_fn takes other arguments ({e}); define it as fitness_fn(model, pop) -> "
-                "Tensor[pop.size], one fitness per member of pop"
-            ) from None
-        except ValueError:  # a builtin without a signature: let the call say it
-            pass
+        check_fitness_fn(fitness_fn)
         with self.population() as pop:
             fitness = fitness_fn(self.model, pop)
         return self.tell(fitness)
