@@ -8,7 +8,7 @@ and the angle ``qpos[2]`` in (-0.2, 0.2), all strict; terminates when not health
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -16,6 +16,9 @@ from torch import Tensor
 from envs.base import Device, real_option
 from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
 from envs.warp.physics import WarpPhysics
+
+if TYPE_CHECKING:
+    from envs.warp.walker2d import Walker2dVectorEnv
 
 
 def inside(x: Tensor, bounds: tuple[float, float]) -> Tensor:
@@ -26,6 +29,16 @@ def inside(x: Tensor, bounds: tuple[float, float]) -> Tensor:
 def planar_observation(physics: WarpPhysics, exclude_x: bool) -> Tensor:
     """Hopper's and Walker2d's observation: ``qpos`` (without x when ``exclude_x``), ``qvel`` clipped to ±10."""
     return torch.cat((physics.qpos[:, int(exclude_x) :], physics.qvel.clamp(-10.0, 10.0)), 1)
+
+
+def planar_reward(
+    env: HopperVectorEnv | Walker2dVectorEnv, velocity: Tensor, action: Tensor, healthy: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Hopper's and Walker2d's reward ``forward_reward_weight · ẋ + healthy_reward · healthy − ctrl_cost_weight · |a|²``
+    and termination (not ``healthy``, where ``terminate_when_unhealthy``)."""
+    reward = env.forward_reward_weight * velocity[:, 0] + env.healthy_reward * healthy
+    reward = reward - env.ctrl_cost_weight * action.square().sum(1)
+    return reward, ~healthy & env.terminate_when_unhealthy
 
 
 class HopperVectorEnv(LocomotionVectorEnv):
@@ -78,10 +91,7 @@ class HopperVectorEnv(LocomotionVectorEnv):
         )
 
     def _reward_healthy(self, velocity: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
-        healthy = self._healthy()
-        reward = self.forward_reward_weight * velocity[:, 0] + self.healthy_reward * healthy
-        reward = reward - self.ctrl_cost_weight * action.square().sum(1)
-        return reward, ~healthy & self.terminate_when_unhealthy
+        return planar_reward(self, velocity, action, self._healthy())
 
 
 class HopperEnv(LocomotionEnv):

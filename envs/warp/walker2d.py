@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from envs.base import Device, real_option
-from envs.warp.hopper import inside, planar_observation
+from envs.warp.hopper import inside, planar_observation, planar_reward
 from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
 
 
@@ -58,9 +58,7 @@ class Walker2dVectorEnv(LocomotionVectorEnv):
     def _reward_healthy(self, velocity: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         qpos = self.physics.qpos
         healthy = inside(qpos[:, 1], self.healthy_z_range) & inside(qpos[:, 2], self.healthy_angle_range)
-        reward = self.forward_reward_weight * velocity[:, 0] + self.healthy_reward * healthy
-        reward = reward - self.ctrl_cost_weight * action.square().sum(1)
-        return reward, ~healthy & self.terminate_when_unhealthy
+        return planar_reward(self, velocity, action, healthy)
 
 
 class Walker2dEnv(LocomotionEnv):
