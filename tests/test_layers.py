@@ -919,6 +919,38 @@ def test_an_evolved_parameter_read_by_a_plain_module_holding_it_too_is_an_error_
     check_members(lambda: HeldTwice(kind, read=False), lambda: (randn(N, 3),), rows(0), out_rows(0), False, 1, None)
 
 
+class ReadsPassedOn(nn.Module):
+    """Reads a parameter a Flipout layer evolves (``self.shift = self.fc.bias``) or the one a dense norm evolves
+    (``self.scale = self.norm.weight``) by passing it to a torch function rather than calling a method on it: as a
+    keyword argument, or inside a list."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.fc, self.norm, self.how = nn.Linear(3, 3), nn.LayerNorm(3), how
+        self.shift, self.scale = self.fc.bias, self.norm.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(self.fc(x))
+        if self.how == "keyword":
+            return torch.add(h, other=self.shift)
+        if self.how == "in-a-list":
+            return h + torch.stack([self.shift]).sum(0)
+        return h * self.scale  # the other parameter it holds, shift never read
+
+
+@pytest.mark.parametrize("how,name", [("keyword", "shift"), ("in-a-list", "shift"), ("plainly", "scale")])
+def test_an_evolved_parameter_passed_on_by_a_plain_module_is_a_read_naming_it(how: str, name: str) -> None:
+    """A plain module's read of an evolved parameter it holds is refused however the value reaches torch: as a keyword
+    argument (torch.add(h, other=p)) or inside a list (torch.stack([p])). It holds two (a Flipout bias and a dense norm
+    scale), each watched: the ValueError names the one read and not the other."""
+    model = flipes.flipout(ReadsPassedOn(how))
+    es = flipes.FlipES(model, popsize=N)
+    with pytest.raises(ValueError, match=rf"read 1 evolved parameter\(s\).*: {name} \(held by ReadsPassedOn") as e:
+        with es.population():
+            model(torch.randn(N, 3))
+    assert ({"shift", "scale"} - {name}).pop() + " (held" not in str(e.value)
+
+
 class ListBeside(nn.Module):
     """A ParameterList beside a Linear layer: its parameters are read by this module's forward."""
 
@@ -967,6 +999,25 @@ def test_a_replaced_layer_used_past_the_models_modules_is_an_error_naming_the_mo
         model(torch.randn(4, 3))
     assert model(torch.randn(4, 3)).shape == (4, 2)
     assert copy.deepcopy(model.stack[0]).weight is not model.a.weight  # a copy of an original is a plain layer
+
+
+def test_a_replaced_layer_outside_a_population_or_copied_is_the_plain_layer_it_was() -> None:
+    """Outside a population the original layer flipout replaced holds the Flipout layer's very Parameter objects (its
+    weight's grad is the one backprop gave them); a value read through it inside a population but used after it is no
+    error; and a deep copy of the original is a plain layer of its own, which runs inside a population as plain torch."""
+    torch.manual_seed(0)
+    model = flipes.flipout(PlainList("list"))
+    es = flipes.FlipES(model, popsize=4)
+    model(torch.randn(4, 3)).sum().backward()
+    original = model.stack[0]
+    assert original.weight is model.a.weight and type(original.weight) is nn.Parameter
+    assert original.weight.grad is not None and torch.equal(original.weight.grad, model.a.weight.grad)
+    twin = copy.deepcopy(original)
+    x = torch.randn(4, 3)
+    with es.population():
+        kept = original.bias  # its value is not used here
+        torch.testing.assert_close(twin(x), F.linear(x, model.a.weight, model.a.bias), rtol=0, atol=0)
+    torch.testing.assert_close(kept * 2, model.a.bias * 2, rtol=0, atol=0)
 
 
 class ReadsMetadata(nn.Module):
@@ -1202,6 +1253,35 @@ def test_modules_flipout_cannot_see_into_are_refused_naming_the_fix(make: Callab
     assert isinstance(flipes.flipout(lazy)[0], flipes.nn.FlipoutLinear)
     scripted = flipes.flipout(nn.Sequential(torch.jit.script(nn.Linear(3, 4)), nn.Linear(4, 2)), frozen=["0"])
     assert [r.how for r in flipes.nn.parameter_report(scripted).rows] == ["frozen", "frozen", "flipout", "flipout"]
+
+
+class LazyScale(nn.modules.lazy.LazyModuleMixin, nn.Module):
+    """A lazy module of one's own without ``cls_to_become``: it stays a LazyScale once its first call shaped it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.UninitializedParameter()
+
+    def initialize_parameters(self, x: Tensor) -> None:
+        with torch.no_grad():
+            self.w.materialize(x.shape[-1:])
+            self.w.normal_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.w
+
+
+def lazy_scale_run_once() -> nn.Module:
+    model = nn.Sequential(nn.Linear(3, 3), LazyScale())
+    model(torch.randn(2, 3))
+    return model
+
+
+def test_a_lazy_module_that_keeps_its_class_once_run_is_evolved_per_member() -> None:
+    """A lazy module is refused only while it has uninitialized parameters: one that keeps its own class once run
+    converts, and each member's output is the plain model's with that member's explicit parameters."""
+    assert isinstance(lazy_scale_run_once()[1], nn.modules.lazy.LazyModuleMixin)
+    check_members(lazy_scale_run_once, lambda: (randn(N, 3),), rows(0), out_rows(0), False, 1, None)
 
 
 class OwnLSTM(nn.LSTM):
