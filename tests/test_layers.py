@@ -251,6 +251,18 @@ class AddTable(nn.Module):
         return x * self.gain + table
 
 
+class ScalarContext(nn.Module):
+    """A scalar gain of its own, plus a tensor given in the forward and shared by the batch: a (1,) context beside one
+    number per example (B,), or a 0-d one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.randn(()))
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        return x * self.gain + context
+
+
 class Doubled(nn.Module):
     """A parametrization: the tensor is twice the parameter it holds (as orthogonal or weight_norm compute theirs)."""
 
@@ -454,6 +466,9 @@ CASES = [
     ("table-2d-shared", AddTable, lambda: (randn(N, 2 * N, 3), randn(2 * N, 3)), rows(1, 1), out_rows(1)),
     # a (1, E) context beside one (E,) row per member: each member's row runs as a batch of one, its output (N, E)
     ("context-batch-of-one", AddTable, lambda: (randn(N, 3), randn(1, 3)), rows(1, 1), out_rows(1)),
+    # a (1,) context beside one number per member (N,): a batch of one too, the output (N,) as the plain model's (B,)
+    ("context-batch-of-one-1d", ScalarContext, lambda: (randn(N), randn(1)), rows(1, 1), out_rows(1)),
+    ("context-0d", ScalarContext, lambda: (randn(N), randn(())), rows(0, 1), out_rows(0)),
     # N rows per member: the norm's input inside the block, one member's, must not be read as N members
     ("norm-inside-dense-called-outside", NormCalledOutside, lambda: (randn(N * N, 3),), rows(N), out_rows(N)),
     (

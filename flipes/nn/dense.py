@@ -185,10 +185,11 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         )
     (k,) = per
     members = [leaf for leaf, d in zip(leaves, dims, strict=True) if d == 0]
-    # a shared argument with a batch dim of one beside member rows of its rank (a (1, D) context beside (N, D)) broadcasts
-    # over a batch in the plain model: each member's row runs as a batch of one, else its output gains that dim
+    # a shared argument with a batch dim of one beside member rows of its rank (a (1, D) context beside (N, D), a (1,) one
+    # beside (N,)) broadcasts over a batch in the plain model: each member's row runs as a batch of one, else its output
+    # gains that dim
     batch_of_one = any(
-        d is None and isinstance(leaf, Tensor) and leaf.dim() > 1 and leaf.shape[0] == 1 and leaf.dim() == m.dim()
+        d is None and isinstance(leaf, Tensor) and leaf.dim() == m.dim() and leaf.shape[0] == 1
         for leaf, d in zip(leaves, dims, strict=True)
         for m in members
     )
