@@ -251,6 +251,17 @@ class AddTable(nn.Module):
         return x * self.gain + table
 
 
+class AddSummary(nn.Module):
+    """A gain of its own applied to sequences (B, T, E), plus the mean of a second input of each example (B, F)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.randn(3))
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        return x * self.gain + z.mean(-1, keepdim=True).unsqueeze(-1)
+
+
 class ScalarContext(nn.Module):
     """A scalar gain of its own, plus a tensor given in the forward and shared by the batch: a (1,) context beside one
     number per example (B,), or a 0-d one."""
@@ -469,6 +480,8 @@ CASES = [
     # a (1,) context beside one number per member (N,): a batch of one too, the output (N,) as the plain model's (B,)
     ("context-batch-of-one-1d", ScalarContext, lambda: (randn(N), randn(1)), rows(1, 1), out_rows(1)),
     ("context-0d", ScalarContext, lambda: (randn(N), randn(())), rows(0, 1), out_rows(0)),
+    # a second input (N, F) whose N is also the rows' T, of another width than E: one per member, no table
+    ("per-member-as-long-as-t", AddSummary, lambda: (randn(N, N, 3), randn(N, 5)), rows(0), out_rows(0)),
     # N rows per member: the norm's input inside the block, one member's, must not be read as N members
     ("norm-inside-dense-called-outside", NormCalledOutside, lambda: (randn(N * N, 3),), rows(N), out_rows(N)),
     (
