@@ -201,6 +201,15 @@ def test_shaping_functions() -> None:
     assert torch.equal(flipes.shaping.ars(pairs, top=2), flipes.shaping.ars(pairs.float(), top=2))
 
 
+def test_z_score_of_values_whose_std_underflows_is_finite() -> None:
+    """Distinct float64 fitness values of order 1e-200, whose population std underflows to 0 (their squared deviations
+    are below the smallest double): z_score gives zeros (no step), not the ±inf of dividing by that 0, which FlipES
+    would refuse as non-finite weights."""
+    f = torch.tensor([1e-200, 2e-200, 1e-200], dtype=DT)
+    assert f.std(unbiased=False) == 0 and f.amax() > f.amin()
+    assert torch.equal(z_score(f), torch.zeros_like(f))
+
+
 @MADE_UP_FITNESS
 @pytest.mark.filterwarnings("ignore::flipes.EqualFitnessWarning")  # equal on purpose
 @pytest.mark.parametrize("shaping", [centered_ranks, z_score, flipes.shaping.ars])
