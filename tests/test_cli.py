@@ -310,6 +310,9 @@ def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.Capture
             "adapted by --sigma-lr 0.2); add --sigma-lr 0 --sigma-decay d < 1, e.g. --sigma-lr 0 --sigma-decay 0.999",
         ),
         (["train", "--sigma-min", "0.01"], "(σ fixed); add --sigma-decay d < 1, e.g. --sigma-decay 0.999, or drop --sigma-min"),
+        # a --sigma-lr given beside --algo pgpe is not called its preset
+        (["train", "--algo", "pgpe", "--sigma-lr", "0.5", "--noise-rank", "2"], "--sigma-lr: adaptive σ (0.5) needs full-rank"),
+        (["train", "--algo", "pgpe", "--sigma-lr", "0.5", "--shaping", "flipes.shaping:ars"], "--sigma-lr: 0.5 with ARS shaping"),
         (["train", "--sigma-min", "0.2"], "--sigma-min: 0.2 floors --sigma-decay's schedule, and --sigma-decay is 1"),
         (["train", "--algo", "ars", "--sigma-min", "0.01"], "(σ fixed); drop --sigma-min (ARS steps at a fixed σ), or use"),
         (["train", "--sigma-decay", "0.5", "--generations", "100"], "set a floor, e.g. --sigma-min 0.001"),

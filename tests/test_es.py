@@ -262,6 +262,21 @@ def test_flipes_shaping_imports_as_a_module_by_the_name_the_readme_uses() -> Non
     assert load_callable("flipes.shaping:z_score", "--shaping") is flipes.shaping.z_score
 
 
+def test_each_spelling_of_a_flipes_shaping_rule_names_that_rule_and_nothing_else_does() -> None:
+    """``--shaping`` names flipes' own rules by their table name, as ``flipes.shaping:NAME`` and as
+    ``flipes.es.shaping:NAME``: all three give the one function (so validate's refusals and a resume's comparison treat
+    them alike). A user's module with a function of the same name, an empty name, and a name in flipes.shaping that
+    is no function stay the string they were (a plug-in to import)."""
+    from flipes.search import own_shaping
+
+    for table, name in (("z-score", "z_score"), ("centered-ranks", "centered_ranks"), ("raw", "raw")):
+        for spec in (table, f"flipes.shaping:{name}", f"flipes.es.shaping:{name}"):
+            assert own_shaping(spec) is getattr(flipes.shaping, name), spec
+    assert own_shaping("auto") is centered_ranks and own_shaping("flipes.shaping:ars") is flipes.shaping.ars
+    for spec in ("user_mod:z_score", "flipes.shaping:", "flipes.shaping:annotations", "flipes.shaping"):
+        assert own_shaping(spec) == spec
+
+
 def test_a_shaping_function_may_return_an_array_and_a_wrong_return_is_named() -> None:
     """A shaping function returning numpy ranks (as ``scipy.stats.rankdata`` does) or a list steps exactly as the
     same weights returned as a tensor; None, booleans or a wrong shape are one error naming what it returned, before

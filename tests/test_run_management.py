@@ -67,6 +67,22 @@ def test_each_limited_option_takes_its_limit_and_refuses_one_more(name: str, lim
     assert (e.value.option, e.value.problem) == (option_name(name), f"{limit + 1} is beyond any use (at most {limit:,})")
 
 
+@pytest.mark.parametrize("shaping", ["auto", "centered-ranks", "z-score", "flipes.shaping:z_score", "flipes.es.shaping:z_score"])
+def test_two_members_are_the_fewest_a_centering_shaping_takes(shaping: str) -> None:
+    """Two members already have distinct centered ranks or z-scores (±1/2, ±1), so --popsize 2 passes ``validate``
+    under any spelling of a centering rule, mirrored or not; one member is refused naming --popsize and that rule's
+    score (always 0)."""
+    for mirrored in (True, False):
+        validate(TrainConfig(popsize=2, mirrored=mirrored, shaping=shaping))
+    with pytest.raises(UsageError) as e:
+        validate(TrainConfig(popsize=1, mirrored=False, shaping=shaping))
+    score = "z-score" if "z" in shaping else "centered rank"
+    assert (e.value.option, e.value.problem) == (
+        "--popsize",
+        f"1 member: its {score} is always 0, so no generation would move the parameters",
+    )
+
+
 @pytest.mark.parametrize(
     "name", ["popsize", "generations", "episodes", "eval_every", "eval_episodes", "checkpoint_every", "check_every"]
 )
