@@ -373,8 +373,9 @@ def test_a_resume_changing_how_the_update_rounds_says_it_is_not_bit_for_bit(
 ) -> None:
     """A resume may change --hold-noise, but the update then sums the noise part by part (or no longer), which rounds
     otherwise: the resume says in a note that it equals a run never stopped only to rounding; one keeping the
-    run's setting, or changing only --members-per-pass or --threads (the same bits), says nothing of it. Another
-    device type is named alike (a CUDA index is the same device type)."""
+    run's setting, or changing only --members-per-pass or --threads (the same bits), says nothing of it, nor does
+    --hold-noise without parts. Another device type is named alike (a CUDA index is the same device type); a run saved
+    before either option existed is one of held noise, on no device to compare."""
     from flipes.resume import rounding_changes
 
     kw = {**FAST_KW, "hidden": [4], "groups": 4, "eval_every": 100, "progress": True, "out": str(tmp_path)}
@@ -396,6 +397,12 @@ def test_a_resume_changing_how_the_update_rounds_says_it_is_not_bit_for_bit(
     )
     (note,) = rounding_changes(cpu, {**cpu, "device": "cuda"})
     assert note.startswith("resumed with --device cuda (trained on cpu: another device rounds otherwise): the run goes on")
+    # without parts the whole population's noise is sampled at once either way; a run saved before --hold-noise and
+    # --device existed held its noise, on a device it did not record
+    assert rounding_changes(cpu, {**cpu, "hold_noise": False}) == []
+    old = {k: v for k, v in cpu.items() if k not in ("hold_noise", "device")} | {"members_per_pass": 2}
+    assert rounding_changes(old, {**cpu, "members_per_pass": 2, "hold_noise": True}) == []
+    assert len(rounding_changes(old, {**cpu, "members_per_pass": 2, "hold_noise": False})) == 1
 
 
 def mirrored_halves(records: list[torch.Tensor]):
