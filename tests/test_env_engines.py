@@ -175,12 +175,14 @@ def test_a_resume_on_envpool_of_an_env_drawing_in_its_steps_says_it_plays_other_
     """EnvPool fast-forwards a resumed run's streams by resets alone, which replays an env whose randomness is all at
     reset (Taxi here, MuJoCo, classic control) but not one that draws in its steps: slippery FrozenLake's resumed
     rows count other timesteps than the run never stopped, and the resume says so in a warning naming the
-    gymnasium: engine, whose resume is bit for bit; a resume of Taxi or of gymnasium's FrozenLake says nothing."""
+    gymnasium: engine, whose resume is bit for bit; a resume of Taxi or of gymnasium's FrozenLake says nothing, nor
+    does one of FrozenLake stopped before its first generation (no episode to fast-forward: it replays the run)."""
     pytest.importorskip("envpool")
-    said = {}
+    said, rows_of = {}, {}
     for env, exact in (("FrozenLake-v1", False), ("Taxi-v3", True), ("gymnasium:FrozenLake-v1", True)):
         kw, name = {**FAST_KW, "env": env, "hidden": [4], "eval_every": 100, "max_episode_steps": 40}, env.replace(":", "-")
         full = flipes.train(**kw, generations=3, out=str(tmp_path / f"{name}-full"))
+        rows_of[env] = [(r["timesteps"], r["params_sha256"]) for r in full.metrics]
         flipes.train(**kw, generations=1, out=str(tmp_path / name))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -191,6 +193,19 @@ def test_a_resume_on_envpool_of_an_env_drawing_in_its_steps_says_it_plays_other_
     assert said["Taxi-v3"] == said["gymnasium:FrozenLake-v1"] == [] and len(said["FrozenLake-v1"]) == 1
     assert "FrozenLake-v1 (its slippery ice)" in said["FrozenLake-v1"][0]
     assert "--env gymnasium:FrozenLake-v1 reseeds every generation" in said["FrozenLake-v1"][0]
+
+    class StopAtStart(flipes.Callback):
+        def on_train_start(self, state: object) -> None:
+            raise KeyboardInterrupt  # a Ctrl-C before the first generation: its checkpoint is at generation 0
+
+    kw = {**FAST_KW, "env": "FrozenLake-v1", "hidden": [4], "eval_every": 100, "max_episode_steps": 40}
+    with pytest.raises(KeyboardInterrupt):
+        flipes.train(**kw, generations=3, out=str(tmp_path / "at-0"), callbacks=[StopAtStart()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flipes.train(**kw, generations=3, resume=str(tmp_path / "at-0"))
+    assert not [w for w in caught if "draws random numbers in its steps" in str(w.message)]
+    assert [(r["timesteps"], r["params_sha256"]) for r in metrics(tmp_path / "at-0")] == rows_of["FrozenLake-v1"]
 
 
 def test_envpool_streams_replay_an_episode_asked_again_and_take_seeds_modulo_2_31() -> None:
