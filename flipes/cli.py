@@ -483,7 +483,8 @@ class _Parser(argparse.ArgumentParser):
                 fix = MINIMIZE_FIX
             if self.prog.endswith("train") and (foreign := foreign_fix(key, flags=True)):
                 fix = foreign
-            if re.match(r"-[A-Za-z]+(=|$)", word):  # -n 1000: a letter's close spellings are noise, not guesses
+            # -n 1000: a letter's close spellings are noise, not guesses (-popsize 8, a long flag with one dash, gets them)
+            if re.match(r"-[A-Za-z](=|$)", word):
                 short = SHORT_FOREIGN.get(key) if self.prog.endswith("train") else None
                 fix = f"{self.prog} has no short options but -h; " + (
                     f"{short[0]} {word.split('=')[0]} is --{short[1].replace('_', '-')} here{short[2]}"

@@ -15,8 +15,8 @@ import pytest
 import torch
 from helpers import FAST_KW
 
-from flipes.cli import build_parser, option_name
-from flipes.commands import evaluate_command, main, parse_train_config, plot_command
+from flipes.cli import build_parser, option_name, parse_config
+from flipes.commands import EvaluateConfig, evaluate_command, main, parse_train_config, plot_command
 from flipes.config import LIMITS, TrainConfig, resolve_groups, resolve_target, saved_options, validate
 from flipes.errors import UsageError
 from flipes.progress import Progress
@@ -243,9 +243,11 @@ def test_every_other_libraries_name_is_refused_naming_the_flipes_option(key: str
 
 def test_a_short_flag_is_refused_without_guesses_naming_rl_zoos_meaning_where_it_has_one() -> None:
     """flipes has no short options but ``-h``: ``-x`` gets no spelling guesses (a letter is close to nothing), and RL
-    Zoo's ``-n`` and ``-f`` name the flipes options they mean there."""
+    Zoo's ``-n`` and ``-f`` name the flipes options they mean there (for ``flipes train``, whose options they are;
+    ``flipes evaluate -n`` is no RL Zoo habit). A long flag typed with one dash, ``-popsize 8``, is offered the flag."""
     for argv, fix in (
         (["-n", "1000"], "flipes train has no short options but -h; RL Zoo's -n is --max-timesteps here"),
+        (["-n=1000"], "flipes train has no short options but -h; RL Zoo's -n is --max-timesteps here"),
         (["-f", "logs"], "flipes train has no short options but -h; RL Zoo's -f is --out here"),
         (["-x"], "flipes train has no short options but -h; --help lists the long ones"),
         (["-p=3"], "flipes train has no short options but -h; --help lists the long ones"),
@@ -253,6 +255,12 @@ def test_a_short_flag_is_refused_without_guesses_naming_rl_zoos_meaning_where_it
         with pytest.raises(UsageError) as e:
             parse_train_config(argv)
         assert e.value.fix.startswith(fix) and "did you mean" not in e.value.fix, (argv, e.value.fix)
+    with pytest.raises(UsageError) as e:
+        parse_config(EvaluateConfig, ["runs/a", "-n", "3"], prog="flipes evaluate")
+    assert e.value.fix == "flipes evaluate has no short options but -h; --help lists the long ones"
+    with pytest.raises(UsageError) as e:
+        parse_train_config(["-popsize", "8"])
+    assert e.value.fix.startswith("did you mean --popsize")
 
 
 def test_config_file_keys_may_be_spelt_with_dashes_as_the_flags_are(tmp_path: Path) -> None:
