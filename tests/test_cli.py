@@ -589,7 +589,8 @@ def test_the_preset_notes_name_what_the_env_and_algo_rows_set_and_no_flag_change
 
 def test_an_env_version_without_a_row_names_the_row_of_another_version_and_the_flags_it_would_set() -> None:
     """``HalfCheetah-v4`` (an EnvPool id) has no preset row: the note names v5's row and, as flags, only the values of
-    it this run does not already have; with all of them given, or for an env no version of which has a row, none."""
+    it this run does not already have; with all of them given, or for an env no version of which has a row (a row of
+    a name that merely begins with it is another env's), none."""
     from flipes.commands import parse_train_config, preset_lines
 
     (note,) = preset_lines(parse_train_config(["--env", "envpool:HalfCheetah-v4", "--popsize", "128"]))
@@ -602,6 +603,10 @@ def test_an_env_version_without_a_row_names_the_row_of_another_version_and_the_f
     given = ["--popsize", "128", "--sigma", "0.03", "--lr", "0.04", "--hidden", "64", "64", "--eval-episodes", "5"]
     assert preset_lines(parse_train_config(["--env", "HalfCheetah-v4", *given, "--generations", "2000"])) == []
     assert preset_lines(parse_train_config(["--env", "Blackjack-v1"])) == []
+    # another env whose name a row's begins with (discrete MountainCar beside MountainCarContinuous's row), and a
+    # "version" that is no number, are no other version of a row's env
+    assert preset_lines(parse_train_config(["--env", "MountainCar-v0"])) == []
+    assert preset_lines(parse_train_config(["--env", "gymnasium:CartPole-vfast"])) == []
 
 
 def test_a_mistake_in_the_command_is_named_before_a_run_directory_that_holds_a_run(
