@@ -1052,10 +1052,17 @@ def test_an_optimizer_and_a_shaping_of_ones_own_train_as_by_hand_and_resume(
         flipes.train(**{**objects, "optimizer": lambda: None}, generations=1, out=str(tmp_path / "bad"), **kw)
 
 
-def test_an_optimizer_function_with_its_own_lr_is_said_to_leave_lr_unused() -> None:
+class NoLr(torch.optim.Optimizer):
+    """An optimizer of one's own whose parameter groups hold no lr (a fixed rule)."""
+
+    def __init__(self, params: object) -> None:
+        super().__init__(params, {"momentum": 0.5})
+
+
+def test_an_optimizer_function_with_its_own_lr_is_said_to_leave_lr_unused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``--optimizer FN`` builds its optimizer with its own settings: where its lr is not ``--lr``, the start-of-run note
-    says that ``--lr`` is not used and that a torch.optim class is built at it; nothing where they agree or none is
-    given."""
+    (of a run of flipes.train too) says that ``--lr`` is not used and that a torch.optim class is built at it, naming
+    every group's lr, or that it has none; nothing where they agree or none is given."""
     from flipes.training import own_lr_note
 
     params = [torch.nn.Parameter(torch.zeros(2))]
@@ -1066,6 +1073,23 @@ def test_an_optimizer_function_with_its_own_lr_is_said_to_leave_lr_unused() -> N
     )
     assert own_lr_note(config, torch.optim.SGD(params, lr=0.05)) == ""
     assert own_lr_note(TrainConfig(lr=0.05), torch.optim.SGD(params, lr=0.02)) == ""  # --algo ars's own SGD at lr·σ
+    groups = [{"params": params}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1}]
+    assert "builds SGD at lr 0.02, 0.1, its own: --lr 0.05 is not used" in own_lr_note(config, torch.optim.SGD(groups, lr=0.02))
+    assert "builds NoLr with no lr, its own: --lr 0.05 is not used" in own_lr_note(config, NoLr(params))
+
+    def model(env: object) -> torch.nn.Module:
+        return torch.nn.Linear(2, 1)
+
+    def fitness(model: torch.nn.Module, pop: object) -> torch.Tensor:
+        return model(torch.ones(pop.size, 2)).sum(1)
+
+    def sgd(params: list) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=0.02)
+
+    capsys.readouterr()
+    kw = {"env": "none", "popsize": 4, "generations": 1, "tensorboard": False, "out": str(tmp_path)}
+    flipes.train(model=model, fitness=fitness, optimizer=sgd, lr=0.05, **kw)
+    assert "builds SGD at lr 0.02, its own: --lr 0.05 is not used" in capsys.readouterr().err
 
 
 def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functions(
