@@ -522,7 +522,7 @@ def test_a_callback_hook_of_another_signature_is_refused_before_training(tmp_pat
     ``on_train_end(self, state)``, a ``load_state_dict(self)``) is a UsageError naming the hook, how flipes calls it and
     the definition to write, before anything is written; hooks with defaults or ``*args`` beyond those are taken. A
     method named as another library's hook (Keras' ``on_epoch_end``, ``on_train_begin``), which flipes would never
-    call, is refused likewise, naming flipes' hook for that point."""
+    call, is refused likewise (also one a base class of one's own defines), naming flipes' hook for that point."""
 
     class RowOnly(Callback):
         def on_generation(self, row):
@@ -566,6 +566,12 @@ def test_a_callback_hook_of_another_signature_is_refused_before_training(tmp_pat
         flipes.UsageError, match=r"^callbacks: Begin.on_train_begin is no hook .* def on_train_start\(self, state\)"
     ):
         flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "c"), callbacks=[Begin()])
+
+    class Inherits(KerasStop):  # the method defined in a base class of one's own
+        pass
+
+    with pytest.raises(flipes.UsageError, match=r"^callbacks: Inherits.on_epoch_end is no hook of flipes.train"):
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "c"), callbacks=[Inherits()])
     assert not (tmp_path / "c").exists()
 
 
@@ -1425,7 +1431,8 @@ def test_a_target_that_no_evaluation_can_reach_is_refused_naming_evaluate(
     """A --target number beside an --env none fitness without evaluate() (which logs no eval_return, so it could never
     stop the run) is a one-line error naming the fix, before anything is written: an evaluate() beside the module's
     fitness, or evaluate= beside a fitness given as a Python object; with an evaluate the same target stops the run,
-    and a resume that drops the evaluate is refused unless it drops the target too."""
+    and a resume that drops the evaluate is refused unless it drops the target too. An env's preset target beside
+    such a fitness, not asked for, is no error."""
     code = "import torch\ndef fitness(model, pop):\n    return model(torch.ones(pop.size, 3))[:, 0]\n"
     (tmp_path / "target_fitness.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -1444,6 +1451,9 @@ def test_a_target_that_no_evaluation_can_reach_is_refused_naming_evaluate(
             f"would never stop it; {named} to give eval_return, or use --target none"
         )
     assert not (tmp_path / "none").exists()
+    # an env's preset target (Pendulum's row sets one) beside such a fitness was not asked for: that run trains
+    pendulum = {**kw, "env": "flipes/Pendulum-v1", "generations": 1}
+    assert flipes.train(**pendulum, fitness=target_fitness.fitness, out=str(tmp_path / "preset")).config.target == -200.0
     run = flipes.train(**kw, fitness=target_fitness.fitness, evaluate=lambda model: 1.0, target=0.5, out=str(tmp_path / "run"))
     assert run.reason.startswith("solved") and len(run.metrics) == 1
     with pytest.raises(flipes.UsageError, match=r"^--target: 0.5 with --fitness target_fitness:fitness and no evaluate"):
