@@ -279,8 +279,8 @@ def test_each_spelling_of_a_flipes_shaping_rule_names_that_rule_and_nothing_else
 
 def test_a_shaping_function_may_return_an_array_and_a_wrong_return_is_named() -> None:
     """A shaping function returning numpy ranks (as ``scipy.stats.rankdata`` does) or a list steps exactly as the
-    same weights returned as a tensor; None, booleans or a wrong shape are one error naming what it returned, before
-    anything changes."""
+    same weights returned as a tensor, and finite weights whose sum overflows are taken; None, booleans, a wrong shape or
+    NaN weights are one error naming what it returned, before anything changes."""
 
     def ranks(f: torch.Tensor) -> torch.Tensor:
         return f.argsort().argsort().double() - 3.5
@@ -296,10 +296,16 @@ def test_a_shaping_function_may_return_an_array_and_a_wrong_return_is_named() ->
     reference = run(ranks)
     for shaping in (lambda f: ranks(f).numpy(), lambda f: ranks(f).tolist()):
         assert all(torch.equal(p, q) for p, q in zip(run(shaping), reference, strict=True))
+    # finite weights whose float32 sum overflows are finite all the same: a weight shared by a mirrored pair cancels
+    huge = torch.tensor([3e38, 3e38, -3e38, -3e38, 3e38, 3e38, -3e38, -3e38])
+    assert huge.sum().isinf()
+    zeros = run(torch.zeros_like)
+    assert all(torch.equal(p, q) for p, q in zip(run(lambda f: huge.clone()), zeros, strict=True))
     for bad, error, message in (
         (lambda f: None, TypeError, "must return weights \\(N,\\) as a Tensor or array of numbers, got NoneType$"),
         (lambda f: f > 0, TypeError, "got Tensor of torch.bool$"),
         (lambda f: f[:, None], ValueError, "to finite weights of that shape, got shape \\(8, 1\\)$"),
+        (lambda f: f * float("nan"), ValueError, "to finite weights of that shape, got shape \\(8,\\) with non-finite values$"),
     ):
         model = mlp(0)
         before = [p.detach().clone() for p in model.parameters()]
@@ -525,8 +531,9 @@ def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
     into the features (naming ``start_dim=2``), or of another feature count (naming in_features, not flattening), are
     ValueErrors; non-finite fitness (naming the members and values),
     too few values or a (N, 1) shape are ValueErrors that leave the parameters and generation unchanged, after which a
-    good fitness is taken. An odd number of members per group with mirroring, σ that is not > 0 (also from a schedule,
-    naming the generation), a popsize not divisible by groups and a model without Flipout layers are ValueErrors."""
+    good fitness is taken (finite values whose sum overflows too). An odd number of members per group with mirroring,
+    σ that is not > 0 (also from a schedule, naming the generation), a popsize not divisible by groups and a model
+    without Flipout layers are ValueErrors."""
     model = mlp(0)
     es = flipes.FlipES(model, popsize=8, sigma=0.1)
     with pytest.raises(RuntimeError, match="before any population"):
@@ -549,6 +556,12 @@ def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
     assert es.generation == 0
     es.tell(torch.arange(8.0))  # a good fitness is still accepted for the same generation
     assert es.generation == 1
+    with es.population() as pop:
+        model(torch.zeros(pop.size, 6))
+    huge = torch.linspace(1e308, 1.5e308, 8, dtype=torch.float64)  # finite, though their sum overflows: accepted
+    assert huge.sum().isinf()
+    es.tell(huge)
+    assert es.generation == 2
 
     with pytest.raises(ValueError, match=r"popsize/groups = 7 members \(odd\)"):
         flipes.FlipES(mlp(0), popsize=7)
