@@ -214,8 +214,9 @@ def test_running_norm_recorder_adds_the_very_sums_of_record(dtype: torch.dtype, 
     """A rollout of one episode per member records through ``recorder(alive, members)`` (4 ops a step): after 40
     steps of observations over 10 orders of magnitude, with +0 and -0, a mask that loses members in place, and rows
     pending from before (with a -0) or none, ``pending`` is bit for bit (signed zeros too) what ``record`` of each
-    step's ``(members, 1, size)`` rows gives, for float32 and float64 (MuJoCo's) observations. A subclass with its own
-    ``record``, or more than one row per member, gets ``None``: the rollout calls ``record``."""
+    step's ``(members, 1, size)`` rows gives, for float32 and full-precision float64 (MuJoCo's) observations (x·x is
+    not exact there: no fused multiply-add may round it once). A subclass with its own ``record``, or more than one
+    row per member, gets ``None``: the rollout calls ``record``."""
     gen = torch.Generator().manual_seed(0)
     members, size = 7, 5
     plain, fast = RunningNorm(size), RunningNorm(size)
@@ -227,10 +228,10 @@ def test_running_norm_recorder_adds_the_very_sums_of_record(dtype: torch.dtype, 
     record = fast.recorder(alive, members)
     assert record is not None
     for _ in range(40):
-        x = torch.randn(members, size, generator=gen) * 10.0 ** torch.randint(-5, 5, (members, size), generator=gen)
+        # drawn in dtype: float64 observations with all 53 bits, whose squares are not exact
+        x = torch.randn(members, size, generator=gen, dtype=dtype) * 10.0 ** torch.randint(-5, 5, (members, size), generator=gen)
         x[torch.rand(members, size, generator=gen) < 0.1] = -0.0
         x[torch.rand(members, size, generator=gen) < 0.1] = 0.0
-        x = x.to(dtype)
         plain.record(x.view(members, 1, size), alive.view(members, 1))
         record(x)
         alive &= torch.rand(members, generator=gen) > 0.1
@@ -242,6 +243,26 @@ def test_running_norm_recorder_adds_the_very_sums_of_record(dtype: torch.dtype, 
 
     assert Own(size).recorder(alive, members) is None
     assert RunningNorm(size).recorder(torch.ones(2 * members, dtype=torch.bool), members) is None
+
+
+def test_running_norm_recorder_after_pending_was_replaced_records_as_record() -> None:
+    """Where ``pending`` is replaced between two steps (merged by ``update``, or set by hand), the recorder adds the
+    next rows to what ``pending`` is now, as ``record`` does, not to its own buffer from before: the statistics after
+    the update and the rows pending after it equal record's bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    members, size = 4, 3
+    plain, fast = RunningNorm(size), RunningNorm(size)
+    alive = torch.ones(members, dtype=torch.bool)
+    record = fast.recorder(alive, members)
+    for step in range(6):
+        if step == 3:
+            plain.update()
+            fast.update()
+        x = torch.randn(members, size, generator=gen)
+        plain.record(x.view(members, 1, size), alive.view(members, 1))
+        record(x)
+    assert torch.equal(fast.pending, plain.pending)
+    assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), plain.state_dict().values(), strict=True))
 
 
 def test_running_norm_recorder_leaves_rows_of_another_width_to_record() -> None:
