@@ -637,6 +637,20 @@ def test_float32_state_stays_close_to_float64(case: Case) -> None:
     torch.testing.assert_close(reward32, reward64, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("env_id", ["flipes/Pendulum-v1", "flipes/MountainCarContinuous-v0"])
+def test_box_actions_of_another_dtype_step_as_the_envs_dtype(env_id: str) -> None:
+    """A Box env stepping in float64 given float32 actions (a float32 policy's) steps on them cast to its own dtype:
+    observations, rewards and ends equal those of the same actions given as float64, bit for bit over several steps."""
+    given, cast = gym.make_vec(env_id, num_envs=3), gym.make_vec(env_id, num_envs=3)
+    assert given.dtype == torch.float64
+    given.reset(seed=0), cast.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        actions = torch.rand(3, 1, generator=gen) * 1.8 - 0.9
+        got, expected = given.step(actions), cast.step(actions.double())
+        assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(got[:4], expected[:4], strict=True))
+
+
 def test_bad_actions_raise_a_helpful_value_error() -> None:
     """Actions of the wrong shape or number of envs, discrete actions out of range (too large or negative, torch or
     numpy) and float actions for a Discrete space each raise a ValueError naming the expected shape, range or dtype
