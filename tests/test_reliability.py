@@ -1124,11 +1124,15 @@ def test_a_checkpoint_file_given_as_the_run_names_the_directory_and_checkpoint_o
 
 def test_a_missing_run_or_a_folder_of_runs_given_as_the_run_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """flipes evaluate / export given a path that does not exist say it does not exist (not that it lacks config.json);
-    given a folder of runs they name the runs it holds; an empty directory is no run directory."""
+    given a folder of runs they name the runs it holds (up to three levels down; three shown whole, more cut with ...);
+    an empty directory is no run directory."""
     for run in ("a", "b"):
         (tmp_path / "runs" / run).mkdir(parents=True)
         (tmp_path / "runs" / run / "config.json").write_text("{}")
     (tmp_path / "empty").mkdir()
+    for seed in range(3):
+        (tmp_path / "deep" / "Hopper-v5" / "ars" / f"seed{seed}").mkdir(parents=True)
+        (tmp_path / "deep" / "Hopper-v5" / "ars" / f"seed{seed}" / "config.json").write_text("{}")
     for command in ("evaluate", "export"):
         line = error_line(capsys, command, tmp_path / "nope")
         assert line == f"flipes: error: {tmp_path}/nope: does not exist; pass a directory written by flipes train"
@@ -1140,6 +1144,11 @@ def test_a_missing_run_or_a_folder_of_runs_given_as_the_run_says_so(tmp_path: Pa
         line = error_line(capsys, command, tmp_path / "empty")
         fix = "pass a directory written by flipes train"
         assert line == f"flipes: error: {tmp_path}/empty: is not a run directory (no config.json); {fix}"
+        line = error_line(capsys, command, tmp_path / "deep")  # three runs, three levels down: all shown
+        seeds = " ".join(f"{tmp_path}/deep/Hopper-v5/ars/seed{s}" for s in range(3))
+        assert (
+            line == f"flipes: error: {tmp_path}/deep: is not a run directory (no config.json) but holds 3 runs; pass one: {seeds}"
+        )
 
 
 def test_metrics_lines_that_are_not_rows_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
