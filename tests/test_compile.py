@@ -189,6 +189,32 @@ def test_a_compiled_layer_converts_to_the_layer_its_wrapper_calls(where: str) ->
     assert torch.equal(members, want) and not torch.equal(members, mean)
 
 
+class ShiftHeld(nn.Module):
+    """Holds the Flipout bias of its Linear under a name of its own and reads it in its forward (every member would
+    read the mean bias there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.shift = self.fc.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + self.shift
+
+
+@needs_is_compiling
+def test_a_compiled_plain_module_reading_an_evolved_parameter_it_holds_is_refused_as_eagerly() -> None:
+    """Compiled (backend="eager"), a plain module's read of an evolved parameter it also holds is still noted while
+    Dynamo traces the population's forward (it traces no watched alias: the read itself is noted), so the population
+    ends in the eager model's ValueError naming the parameter, not in every member silently reading the mean."""
+    model = flipes.flipout(ShiftHeld())
+    compiled = torch.compile(model, backend="eager")
+    es = flipes.FlipES(compiled, popsize=N)
+    with pytest.raises(ValueError, match=r"read 1 evolved parameter\(s\) .*: shift \(held by ShiftHeld, also fc.bias\)"):
+        with es.population():
+            compiled(torch.randn(N, 3))
+
+
 def test_a_compiled_models_parameters_are_named_as_the_models_own() -> None:
     """``flipes.flipout(torch.compile(net), frozen=[...])`` takes net's parameter names, and
     ``flipes.nn.parameter_report`` of the compiled model lists them, as ``es.report()`` and the state dicts do (no
