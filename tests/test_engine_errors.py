@@ -175,8 +175,9 @@ def test_fitness_computed_outside_the_population_from_rows_that_differ_is_warned
     """A custom loop that runs the model after its ``with es.population()`` block on inputs that differ per row
     (an own env's observations) gets fitness that differs between members, so EqualFitnessWarning cannot see it,
     yet every member was the mean network: tell warns once (OutsidePopulationWarning, at the user's line), last,
-    so that with warnings as errors the generation is complete. The model called inside the block, or members
-    built with es.member_parameters, warn nothing; an equal fitness gets only EqualFitnessWarning."""
+    so that with warnings as errors the generation is complete. The model called inside the block (also one of
+    per-member modules only), or members built with es.member_parameters, warn nothing; an equal fitness gets only
+    EqualFitnessWarning."""
     model = mlp()
     es = flipes.FlipES(model, popsize=8, seed=0)
     with pytest.warns(flipes.OutsidePopulationWarning, match=r"generation 0: the model ran no forward inside") as seen:
@@ -189,6 +190,8 @@ def test_fitness_computed_outside_the_population_from_rows_that_differ_is_warned
         warnings.simplefilter("error")
         for _ in range(2):
             flipes.FlipES(mlp(), popsize=8, seed=0).step(fitness)
+        norm = flipes.flipout(nn.LayerNorm(4))  # per-member modules only, no Flipout layer: its call is noted too
+        flipes.FlipES(norm, popsize=8, seed=0).step(lambda model, pop: model(torch.randn(pop.size, 4)).sum(1))
         built = flipes.FlipES(mlp(), popsize=8, seed=0)
         with built.population() as pop:
             values = torch.stack([-sum(p.square().sum() for p in built.member_parameters(i).values()) for i in pop.members])
