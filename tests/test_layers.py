@@ -992,12 +992,13 @@ class ListBeside(nn.Module):
 
 
 class PlainList(nn.Module):
-    """Layers registered as attributes but reached otherwise: through a plain Python list (not an nn.ModuleList), a
-    bound method kept from before flipout, or the list after the registered layer itself."""
+    """Layers registered as attributes but reached otherwise: through a plain Python list (not an nn.ModuleList; also
+    of layers without biases), a bound method kept from before flipout, or the list after the registered layer itself."""
 
     def __init__(self, via: str) -> None:
         super().__init__()
-        self.a, self.b, self.via = nn.Linear(3, 4), nn.Linear(4, 2), via
+        bias = via != "list-without-biases"
+        self.a, self.b, self.via = nn.Linear(3, 4, bias=bias), nn.Linear(4, 2, bias=bias), via
         self.stack, self.project = [self.a, self.b], self.b.forward
 
     def forward(self, x: Tensor) -> Tensor:
@@ -1012,7 +1013,9 @@ class PlainList(nn.Module):
 
 
 @pytest.mark.parametrize("hold_noise", [True, False])
-@pytest.mark.parametrize("via,name", [("list", "a"), ("bound-method", "b"), ("list-after-the-layer", "b")])
+@pytest.mark.parametrize(
+    "via,name", [("list", "a"), ("list-without-biases", "a"), ("bound-method", "b"), ("list-after-the-layer", "b")]
+)
 def test_a_replaced_layer_used_past_the_models_modules_is_an_error_naming_the_module_list_fix(
     via: str, name: str, hold_noise: bool
 ) -> None:
@@ -1050,24 +1053,27 @@ def test_a_replaced_layer_outside_a_population_or_copied_is_the_plain_layer_it_w
 
 class ReadsMetadata(nn.Module):
     """Reads only the dtype, device and shape of a parameter a Flipout layer evolves, through a name of its own
-    (``self.w = self.fc.weight``) or the original layer kept in a plain list, as code casting its input does."""
+    (``self.w = self.fc.weight``) or the original layer kept in a plain list, as code casting its input does, and
+    whether that layer has a bias (it has none)."""
 
     def __init__(self, via: str) -> None:
         super().__init__()
-        self.fc, self.via = nn.Linear(3, 2), via
+        self.fc, self.via = nn.Linear(3, 2, bias=False), via
         self.w, self.kept = self.fc.weight, [self.fc]
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.w if self.via == "held" else self.kept[0].weight
         assert w.shape == (2, 3) and w.size(-1) == x.shape[-1] and w.dim() == 2 and len(w) == 2
+        assert self.kept[0].bias is None
         return self.fc(x.to(w.dtype).to(w.device))
 
 
 @pytest.mark.parametrize("via", ["held", "original-in-a-list"])
 def test_reading_only_the_metadata_of_an_evolved_parameter_past_its_layer_is_no_error(via: str) -> None:
     """Reading a watched parameter's dtype, device, shape, size, dim, len or requires_grad (no value: every member has
-    the mean's) through a plain module's own name for it or the original layer flipout replaced is no error in a
-    population, whose members are the Flipout layer's; a value read there is still refused (the tests above)."""
+    the mean's) through a plain module's own name for it or the original layer flipout replaced (or finding that layer's
+    bias None) is no error in a population, whose members are the Flipout layer's; a value read there is still refused
+    (the tests above)."""
     model = flipes.flipout(ReadsMetadata(via))
     es = flipes.FlipES(model, popsize=N, sigma=0.1)
     x = torch.randn(N, 3, dtype=torch.float64)
