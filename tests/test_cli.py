@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import FAST_KW, NEEDS_TOMLLIB, ROOT, run_script
 
@@ -416,6 +417,11 @@ def test_a_whole_float_is_the_integer_in_config_files_and_the_library(tmp_path: 
         assert (config.max_timesteps, config.hidden) == (10_000_000, [32, 64])
         assert type(config.max_timesteps) is int and all(type(h) is int for h in config.hidden)
     assert check_options(TrainConfig, {"max_timesteps": 1e7}, "flipes.train") == {"max_timesteps": 10_000_000}
+    assert check_options(TrainConfig, {"popsize": np.float32(64.0)}, "flipes.train") == {"popsize": 64}  # numpy's too
+    # 2^53 itself is the last float below which every integer is one
+    assert check_options(TrainConfig, {"max_timesteps": 2.0**53}, "flipes.train") == {"max_timesteps": 2**53}
+    with pytest.raises(flipes.UsageError, match=r"max_timesteps = 9007199254740994.0 is not an integer"):
+        check_options(TrainConfig, {"max_timesteps": 2.0**53 + 2}, "flipes.train")
     toml.write_text("seed = 1e17\n")
     with pytest.raises(flipes.UsageError, match=r"seed = 1e\+17 is not an integer"):
         parse_config(TrainConfig, ["--config", str(toml)])

@@ -241,6 +241,17 @@ def test_every_other_libraries_name_is_refused_naming_the_flipes_option(key: str
     assert f" {key} is {option_name(ours)} here" in e.value.fix
 
 
+def test_a_foreign_names_note_names_the_related_flipes_option_as_it_is_given() -> None:
+    """RL Zoo's num_threads note names the env engine's threads as the caller spells options: env_threads as a
+    keyword, --env-threads as a flag."""
+    with pytest.raises(UsageError) as e:
+        TrainConfig(num_threads=1)
+    assert e.value.fix.endswith("num_threads is threads here (torch threads per process; the env engine's: env_threads)")
+    with pytest.raises(UsageError) as e:
+        parse_train_config(["--num-threads", "1"])
+    assert e.value.fix.endswith("num_threads is --threads here (torch threads per process; the env engine's: --env-threads)")
+
+
 def test_a_short_flag_is_refused_without_guesses_naming_rl_zoos_meaning_where_it_has_one() -> None:
     """flipes has no short options but ``-h``: ``-x`` gets no spelling guesses (a letter is close to nothing), and RL
     Zoo's ``-n`` and ``-f`` name the flipes options they mean there (for ``flipes train``, whose options they are;
