@@ -1997,6 +1997,28 @@ def test_tensorboard_scalars_are_the_rows_of_every_generation_across_a_resume(tm
     assert "generation" not in events.Tags()["scalars"]
 
 
+def test_a_callbacks_error_taking_its_state_back_reaches_the_caller_with_tensorboard_on(tmp_path: Path) -> None:
+    """A resume whose callback raises in ``load_state_dict`` (before training starts) ends in that very error, with
+    TensorBoard on too: closing the TensorBoard writer that never opened (it opens at the start of training) is no
+    AttributeError of its own in its place."""
+    pytest.importorskip("torch.utils.tensorboard")
+
+    class Kept(Callback):
+        def state_dict(self) -> dict:
+            return {"x": 1}
+
+        def load_state_dict(self, state: dict) -> None:
+            raise RuntimeError("cannot take it back")
+
+    def fitness(model: torch.nn.Module, pop: flipes.Population) -> torch.Tensor:
+        return model(torch.ones(pop.size, 2)).sum(1)
+
+    kw = {"env": "none", "model": lambda env: torch.nn.Linear(2, 1), "fitness": fitness, "popsize": 4, "progress": False}
+    flipes.train(**kw, tensorboard=False, generations=1, out=str(tmp_path), callbacks=[Kept()])
+    with pytest.raises(RuntimeError, match=r"^cannot take it back$"):
+        flipes.train(**kw, tensorboard=True, generations=2, resume=str(tmp_path), callbacks=[Kept()])
+
+
 def test_the_comm_option_can_be_given_to_train_by_its_name(tmp_path: Path) -> None:
     """``flipes.train(comm="seeds")`` sets the option ``comm`` (the keyword is shared with the communicator
     argument): the run records it, and a string that is no mode is refused as ``--comm`` would be."""
