@@ -1362,8 +1362,8 @@ def test_a_branch_starts_with_the_callbacks_states_of_the_checkpoint_it_continue
 
 def test_a_resume_without_a_saved_callback_says_its_state_is_dropped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A resume whose callbacks do not take a state the checkpoint holds (the callback left out, or at another
-    position) prints a note naming that state's key and the given callbacks' keys; a resume with the same
-    callbacks prints none and continues the state."""
+    position) prints a note naming that state's key and the given callbacks' keys (with progress off, a UserWarning
+    at the caller's line says it); a resume with the same callbacks prints none and continues the state."""
     flipes.train(**FAST_KW, generations=2, checkpoint_every=1, out=str(tmp_path / "run"), callbacks=[HallOfFame()])
     capsys.readouterr()
 
@@ -1377,6 +1377,10 @@ def test_a_resume_without_a_saved_callback_says_its_state_is_dropped(tmp_path: P
     again = HallOfFame()
     flipes.train(resume=str(tmp_path / "run"), generations=3, callbacks=[again])
     assert "no callback of this call takes" not in capsys.readouterr().err and len(again.best) == 3
+    with pytest.warns(UserWarning, match="no callback of this call takes") as seen:  # quiet: a warning, at this line
+        flipes.train(resume=str(tmp_path / "run"), generations=4, progress=False)
+    (dropped,) = [w for w in seen if "no callback of this call takes" in str(w.message)]
+    assert dropped.filename == __file__ and "no callback" not in capsys.readouterr().err
 
 
 def test_rows_a_callback_adds_reach_metrics_jsonl(tmp_path: Path) -> None:
