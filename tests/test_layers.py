@@ -963,6 +963,8 @@ class ReadsPassedOn(nn.Module):
             return torch.add(h, other=self.shift)
         if self.how == "in-a-list":
             return h + torch.stack([self.shift]).sum(0)
+        if self.how == "both":
+            return h * self.scale + self.shift
         return h * self.scale  # the other parameter it holds, shift never read
 
 
@@ -977,6 +979,17 @@ def test_an_evolved_parameter_passed_on_by_a_plain_module_is_a_read_naming_it(ho
         with es.population():
             model(torch.randn(N, 3))
     assert ({"shift", "scale"} - {name}).pop() + " (held" not in str(e.value)
+
+
+def test_every_evolved_parameter_a_plain_module_read_is_named() -> None:
+    """A plain module reading two evolved parameters it holds (a Flipout bias and a dense norm scale) is refused naming
+    both, with their other names and the frozen= fix for the two."""
+    model = flipes.flipout(ReadsPassedOn("both"))
+    es = flipes.FlipES(model, popsize=N)
+    expected = r"read 2 evolved parameter\(s\) .*: shift \(held by ReadsPassedOn, also fc.bias\), scale \(held by "
+    expected += r"ReadsPassedOn, also norm.weight\)\..*frozen=\['shift', 'scale'\]\)$"
+    with pytest.raises(ValueError, match=expected), es.population():
+        model(torch.randn(N, 3))
 
 
 class ListBeside(nn.Module):
