@@ -45,6 +45,7 @@ from flipes.rl import (
     run_episodes,
 )
 from flipes.rl.envs import EnvError, EnvOptionError
+from flipes.rl.presets import defaults
 from flipes.rl.rollout import continuous
 from flipes.search import search_rule, sigma_schedule
 
@@ -88,12 +89,15 @@ def check_counts_timesteps(config: TrainConfig, fitness: Fitness) -> None:
 
 
 def check_reaches_target(config: TrainConfig, evaluate: Callable[..., Any] | None, given: bool = False) -> None:
-    """Refuse a ``--target`` number beside an ``--env none`` fitness with no ``evaluate``: the target is an eval_return,
-    which such a run never logs, so it would never stop the run (an env's preset target is left alone: it was not asked
-    for). ``given``: the fitness is a Python object, whose module is not searched for an ``evaluate``. Before the env,
-    the model and the run directory, as the code named is checked."""
+    """Refuse a ``--target`` number beside a ``--fitness`` with no ``evaluate``: the target is an eval_return, which
+    such a run never logs (with an env too: the fitness replaces its rollouts and their evaluation), so it would never
+    stop the run. An env's preset target is left alone: it was not asked for. ``given``: the fitness is a Python
+    object, whose module is not searched for an ``evaluate``. Before the env, the model and the run directory, as
+    the code named is checked."""
     number = isinstance(config.target, float | int) and not isinstance(config.target, bool)
-    if number and evaluate is None and config.env.strip().lower() == "none":
+    env_id = config.env.strip()
+    preset = None if env_id.lower() == "none" else defaults(env_id, config.algo).get("target")
+    if number and evaluate is None and config.target != preset:
         fix = "pass flipes.train(evaluate=...)" if given else "define evaluate(model) -> float in the fitness's module"
         raise UsageError(
             "--target",

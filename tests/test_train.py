@@ -1432,9 +1432,9 @@ def test_best_checkpoint_of_a_run_without_evaluation_names_latest(tmp_path: Path
 def test_a_target_that_no_evaluation_can_reach_is_refused_naming_evaluate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A --target number beside an --env none fitness without evaluate() (which logs no eval_return, so it could never
-    stop the run) is a one-line error naming the fix, before anything is written: an evaluate() beside the module's
-    fitness, or evaluate= beside a fitness given as a Python object; with an evaluate the same target stops the run,
+    """A --target number beside a fitness without evaluate() (which logs no eval_return, with --env none or an env, so it
+    could never stop the run) is a one-line error naming the fix, before anything is written: an evaluate() beside the
+    module's fitness, or evaluate= beside a fitness given as a Python object; with an evaluate the same target stops the run,
     and a resume that drops the evaluate is refused unless it drops the target too. An env's preset target beside
     such a fitness, not asked for, is no error."""
     code = "import torch\ndef fitness(model, pop):\n    return model(torch.ones(pop.size, 3))[:, 0]\n"
@@ -1455,8 +1455,13 @@ def test_a_target_that_no_evaluation_can_reach_is_refused_naming_evaluate(
             f"would never stop it; {named} to give eval_return, or use --target none"
         )
     assert not (tmp_path / "none").exists()
-    # an env's preset target (Pendulum's row sets one) beside such a fitness was not asked for: that run trains
+    # with an env the fitness replaces its rollouts and their evaluation: a target asked for is refused alike
     pendulum = {**kw, "env": "flipes/Pendulum-v1", "generations": 1}
+    for env, target in (("flipes/CartPole-v1", 400.0), ("flipes/Pendulum-v1", -150.0)):
+        with pytest.raises(flipes.UsageError, match=rf"^--target: {target:g} with --fitness target_fitness:fitness and no eval"):
+            flipes.train(**{**pendulum, "env": env}, fitness=target_fitness.fitness, target=target, out=str(tmp_path / "env"))
+    assert not (tmp_path / "env").exists()
+    # an env's preset target (Pendulum's row sets one) beside such a fitness was not asked for: that run trains
     assert flipes.train(**pendulum, fitness=target_fitness.fitness, out=str(tmp_path / "preset")).config.target == -200.0
     run = flipes.train(**kw, fitness=target_fitness.fitness, evaluate=lambda model: 1.0, target=0.5, out=str(tmp_path / "run"))
     assert run.reason.startswith("solved") and len(run.metrics) == 1
