@@ -465,6 +465,7 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"{config.ars_top} of {config.popsize // 2} mirrored pairs",
             f"use 1 ... {config.popsize // 2}, or 0 for all",
         )
+    _check_rule_options(config)
     env_id = config.env if isinstance(config.env, str) else ""
     if config.model:
         from flipes.rl.presets import row_policy
@@ -575,6 +576,29 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         raise UsageError("--env", "is empty", "pass an env id, e.g. --env flipes/CartPole-v1")
     _check_env_kwargs(config)
     check_device(config.device)
+
+
+def _check_rule_options(config: TrainConfig) -> None:
+    """--max-speed and --ars-top belong to one search each (flipes.search.search_rule reads them there alone): given
+    to another, or beside an --optimizer of one's own, either would be ignored."""
+    if config.max_speed > 0 and config.optimizer:
+        raise UsageError(
+            "--max-speed",
+            f"{config.max_speed:g} is the speed of --algo pgpe's ClipUp, and --optimizer {config.optimizer} replaces it",
+            "drop --max-speed and set the speed in your optimizer, or drop --optimizer",
+        )
+    if config.max_speed > 0 and config.algo != "pgpe":
+        raise UsageError(
+            "--max-speed",
+            f"{config.max_speed:g} is the speed of --algo pgpe's ClipUp, and this run's search is {config.algo}",
+            "drop --max-speed, or use --algo pgpe",
+        )
+    if config.ars_top > 0 and config.algo != "ars":
+        raise UsageError(
+            "--ars-top",
+            f"{config.ars_top} keeps --algo ars's best directions, and this run's search is {config.algo}",
+            "drop --ars-top, or use --algo ars",
+        )
 
 
 def _check_env_kwargs(config: TrainConfig) -> None:

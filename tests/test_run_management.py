@@ -116,6 +116,24 @@ def test_ars_top_takes_every_mirrored_pair_and_no_more() -> None:
     assert (e.value.option, e.value.problem) == ("--ars-top", "5 of 4 mirrored pairs")
 
 
+def test_max_speed_and_ars_top_are_refused_where_their_search_would_ignore_them() -> None:
+    """--max-speed is read by --algo pgpe's ClipUp alone and --ars-top by --algo ars alone: given to another search, or
+    --max-speed beside an --optimizer of one's own (which replaces ClipUp), each is refused naming the option, not
+    ignored; with their own search both pass."""
+    validate(TrainConfig(algo="pgpe", groups=8, max_speed=0.3))
+    validate(TrainConfig(algo="ars", popsize=8, ars_top=2))
+    for config, option in (
+        (TrainConfig(max_speed=0.3), "--max-speed"),
+        (TrainConfig(algo="ars", max_speed=0.3), "--max-speed"),
+        (TrainConfig(algo="pgpe", groups=8, max_speed=0.3, optimizer="torch.optim:SGD"), "--max-speed"),
+        (TrainConfig(ars_top=2), "--ars-top"),
+        (TrainConfig(algo="pgpe", groups=8, ars_top=2), "--ars-top"),
+    ):
+        with pytest.raises(UsageError) as e:
+            validate(config)
+        assert e.value.option == option and "drop " + option in e.value.fix, config
+
+
 def test_sigma_min_may_equal_sigma_and_not_exceed_it() -> None:
     """--sigma-min is at most --sigma: a floor at σ itself passes (σ stays where it starts), one above is refused."""
     validate(TrainConfig(sigma=0.1, sigma_decay=0.99, sigma_min=0.1))
