@@ -329,12 +329,16 @@ def checkpoint_origin(run: str, checkpoint: str, state: dict[str, Any]) -> str:
 
 def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     """``flipes evaluate``: prints the center policy's mean ± std return; returns them."""
-    from flipes.config import check_device
+    from flipes.config import LIMITS, check_device
     from flipes.runs import evaluate_policy, policy_and_state, run_config, run_env, run_env_kwargs
 
     args = parse_config(EvaluateConfig, argv, evaluate_help(), prog="flipes evaluate")
     if args.episodes < 1:
         raise UsageError("--episodes", f"must be at least 1, got {args.episodes}", "e.g. --episodes 100")
+    if args.episodes > LIMITS["eval_episodes"]:  # train's --eval-episodes bound: one vector env holds them all
+        raise UsageError(
+            "--episodes", f"{args.episodes} is beyond any use (at most {LIMITS['eval_episodes']:,})", "is it a typo?"
+        )
     if args.render:
         render = Path(args.render)
         if render.suffix not in (".gif", ".mp4"):

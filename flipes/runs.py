@@ -257,6 +257,10 @@ def evaluate_policy(
     count = as_index(episodes)  # numpy's integers too
     if count is None or count < 1:  # not EnvPool's bare assert
         raise UsageError("--episodes", f"must be an integer of at least 1, got {episodes!r}", "e.g. --episodes 100")
+    from flipes.config import LIMITS
+
+    if count > LIMITS["eval_episodes"]:  # one vector env holds them all: numpy's and torch's sizes overflow first
+        raise UsageError("--episodes", f"{count} is beyond any use (at most {LIMITS['eval_episodes']:,})", "is it a typo?")
     episodes = count
     try:
         env = make_vector_env(env_id, episodes, device, note=None, **(env_kwargs or {}))

@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import FAST_KW
 
+import flipes
 from flipes.cli import build_parser, option_name, parse_config
 from flipes.commands import EvaluateConfig, evaluate_command, main, parse_train_config, plot_command
 from flipes.config import LIMITS, TrainConfig, resolve_groups, resolve_target, saved_options, validate
@@ -327,17 +328,27 @@ def test_main_without_a_command_prints_the_commands_and_fails(capsys: pytest.Cap
     [
         (["--episodes", "0"], "flipes: error: --episodes: must be at least 1, got 0"),
         (["--render", "x.gif", "--max-frames", "0"], "flipes: error: --max-frames: must be at least 1, got 0"),
+        (["--episodes", str(10**20)], f"flipes: error: --episodes: {10**20} is beyond any use (at most 1,048,576)"),
     ],
 )
 def test_evaluate_refuses_no_episodes_or_frames_before_reading_the_run(
     extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``flipes evaluate`` checks its own options first: --episodes 0 and --max-frames 0 are refused (exit status 2)
-    naming the option, even for a directory that holds no run."""
+    naming the option, even for a directory that holds no run, and so are more episodes than train's --eval-episodes
+    takes (10**20 overflowed numpy's sizes in a traceback)."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
         main(["evaluate", str(tmp_path / "missing"), *extra])
     assert e.value.code == 2 and capsys.readouterr().err.startswith(message)
+
+
+def test_evaluate_policy_refuses_more_episodes_than_one_vector_env_holds() -> None:
+    """flipes.evaluate_policy takes at most train's --eval-episodes bound (2**20) episodes: more is a UsageError naming
+    --episodes before any env is made, not numpy's OverflowError from sizing the vector env."""
+    with pytest.raises(UsageError, match=r"^--episodes: 100000000000000000000 is beyond any use \(at most 1,048,576\)"):
+        flipes.evaluate_policy(torch.nn.Linear(4, 2), "flipes/CartPole-v1", episodes=10**20)
+    assert LIMITS["eval_episodes"] == 2**20
 
 
 def _rows(run: Path, fitness: list[float]) -> Path:
