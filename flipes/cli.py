@@ -495,6 +495,22 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(self.prog, message, f"{self.prog} --help describes the options")
 
 
+class _Given(argparse.Action):
+    """Stores a text option whose default "" means "not given" (--out, --resume, --fitness, --render), refusing an
+    empty word for it: read as that default, ``--resume "$RUN"`` with RUN unset would start a run afresh, and
+    ``--out "$DIR" --overwrite`` replace the default directory's run."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
+        if values == "":
+            flag = option_name(self.dest)
+            raise UsageError(
+                flag,
+                "got an empty value (an unset shell variable?), which would read as not given",
+                f"pass a value, or leave {flag} out for its default",
+            )
+        setattr(namespace, self.dest, values)
+
+
 def _converter(name: str, ft: FieldType) -> Callable[[str], Any]:
     item = dataclasses.replace(ft, is_list=False)
 
@@ -589,6 +605,7 @@ def build_parser(
             metavar=metavar,
             help=text,
             **({"nargs": "*"} if ft.is_list else {}),
+            **({"action": _Given} if ft.scalar is str and not ft.is_list and not ft.choices and _default(f) == "" else {}),
         )
     return parser
 

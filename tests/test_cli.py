@@ -227,6 +227,9 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--config", "{tmp}/broken.toml"], "--config {tmp}/broken.toml"),
     (["train", "--out", "{tmp}/a_file/run"], "--out"),
     (["train", "--resume", "{tmp}/no_run"], "--resume"),
+    (["train", "--resume", ""], "--resume"),  # an unset $RUN: not a fresh start
+    (["train", "--out", ""], "--out"),  # not runs/CartPole-v1
+    (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", ""], "--fitness"),
     (["evaluate", "{tmp}/no_run"], "{tmp}/no_run"),
     (["evaluate", "{cartpole}", "--episodes", "0"], "--episodes"),
     (["evaluate", "{cartpole}", "--checkpoint", "last"], "--checkpoint"),
@@ -235,6 +238,8 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["evaluate", "{custom}"], "{custom}"),
     (["evaluate", "{cartpole}", "--render", "{tmp}/no_dir/x.gif"], "--render"),
     (["evaluate", "{cartpole}", "--render", "{tmp}/x.avi"], "--render"),
+    (["evaluate", "{cartpole}", "--render", ""], "--render"),  # not "no recording"
+    (["plot", "{cartpole}", "--group", "config", "--csv", ""], "--csv"),
     (["plot", "{cartpole}", "--x", "steps"], "--x"),
     (["plot", "{custom}", "--x", "timesteps"], "--x"),
     (["plot", "{tmp}"], "{tmp}"),
