@@ -585,6 +585,7 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
     args = parse_config(PlotConfig, argv, PLOT_HELP, prog="flipes plot")
     if not args.runs:
         raise UsageError("flipes plot", "no run directory given", "pass one or more, e.g. flipes plot runs/cartpole")
+    empty: list[str] = []  # runs without a complete row
     for run in args.runs:
         if not (Path(run) / "metrics.jsonl").is_file():
             held = runs_under(run)
@@ -595,8 +596,16 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
         lines, torn = read_jsonl(Path(run) / "metrics.jsonl")
         if torn:  # a crash mid-write; the curves show the complete rows
             print(f"flipes plot: {run}: skipped {torn} incomplete line(s) of metrics.jsonl", file=sys.stderr)
+        if not lines:  # a run whose first generation has not ended: the figure would show no curve of it
+            empty.append(run)
         if args.x == "timesteps" and lines and all(json.loads(line).get("timesteps", 0) == 0 for line in lines):
             raise UsageError("--x", f"{run} took no env steps (a run with --env none)", "plot it with --x generation or seconds")
+    if len(empty) == len(args.runs):  # an empty figure
+        which = empty[0] if len(empty) == 1 else f"{' and '.join(empty[:2])}{' ...' if len(empty) > 2 else ''}"
+        has = "has" if len(empty) == 1 else "have"
+        raise UsageError(which, f"{has} no row in metrics.jsonl yet (no generation has ended)", "plot it once one has")
+    for run in empty:
+        print(f"flipes plot: {run}: no row in metrics.jsonl yet (no generation has ended): no curve of it", file=sys.stderr)
     out = Path(args.out) if args.out else (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise UsageError("--out", f"{out}: writes .png, .svg or .pdf files", "e.g. --out curves.png")

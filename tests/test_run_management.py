@@ -359,6 +359,25 @@ def _rows(run: Path, fitness: list[float]) -> Path:
     return run
 
 
+def test_plot_refuses_a_figure_without_curves_and_names_a_run_without_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose metrics.jsonl holds no row yet (its first generation has not ended) would be an empty figure: alone
+    it is refused in one line naming it (exit status 2, nothing written); beside a run with rows the figure is drawn and
+    a note names the run it has no curve of."""
+    empty, full, out = _rows(tmp_path / "empty", []), _rows(tmp_path / "full", [1.0, 2.0]), tmp_path / "c.png"
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(empty), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"flipes: error: {empty}: has no row in metrics.jsonl yet (no generation has " \
+        "ended); plot it once one has\n" and not out.exists()  # fmt: skip
+    assert main(["plot", str(full), str(empty), "--out", str(out)]) == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    assert (
+        f"flipes plot: {empty}: no row in metrics.jsonl yet (no generation has ended): no curve of it\n"
+        in capsys.readouterr().err
+    )
+
+
 def test_plot_writes_one_runs_curves_into_it_and_several_runs_curves_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
