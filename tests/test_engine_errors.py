@@ -759,3 +759,13 @@ def test_a_loss_averaged_over_the_whole_batch_is_refused_naming_the_per_member_r
         loss = model(torch.randn(pop.size, 4)).square().mean()  # over all members' rows
     with pytest.raises(ValueError, match=r"shape \(\), but this process evaluates 8 members.*Hugging Face model's \.loss"):
         es.tell(-loss)
+
+
+def test_an_unconverted_lazy_model_is_refused_naming_the_module_and_the_fix() -> None:
+    """FlipES given a lazy model that was neither run nor converted (its parameters have no shape yet) raises a
+    ValueError naming the module and the parameter, and saying to run the model once before flipes.flipout, not
+    torch's RuntimeError about load_state_dict from reading the shape."""
+    with pytest.raises(
+        ValueError, match=r"^'0' \(LazyLinear\)'s 'weight' is not initialized yet .* run the model once on an example input"
+    ):
+        flipes.FlipES(torch.nn.Sequential(torch.nn.LazyLinear(2)), popsize=4)

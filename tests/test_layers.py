@@ -1265,6 +1265,20 @@ def test_layer_options_without_a_flipout_form_are_refused_naming_the_fix() -> No
     assert type(model["gru"]) is nn.GRU
 
 
+class OwnLazy(nn.Module):
+    """A module of one's own with a lazy parameter (``nn.UninitializedParameter``), shaped at its first call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.parameter.UninitializedParameter()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.scale, nn.parameter.UninitializedParameter):
+            self.scale.materialize(x.shape[-1:])
+            nn.init.ones_(self.scale)
+        return x * self.scale
+
+
 @pytest.mark.parametrize(
     "make,expected",
     [
@@ -1277,6 +1291,10 @@ def test_layer_options_without_a_flipout_form_are_refused_naming_the_fix() -> No
             r"^flipout\(\): '1' \(LazyBatchNorm1d\) is not initialized yet",
         ),
         (
+            lambda: nn.Sequential(nn.Linear(3, 4), OwnLazy()),  # no LazyModuleMixin: torch's shape error came first
+            r"^flipout\(\): '1' \(OwnLazy\)'s 'scale' is not initialized yet \(an UninitializedParameter .* run the model once",
+        ),
+        (
             lambda: nn.Sequential(torch.jit.script(nn.Linear(3, 4)), nn.Linear(4, 2)),
             r"^flipout\(\): '0' \(RecursiveScriptModule\) is a TorchScript module .* Python module it was made from "
             r".*frozen=\['0'\]\)$",
@@ -1287,7 +1305,7 @@ def test_layer_options_without_a_flipout_form_are_refused_naming_the_fix() -> No
             r"from \(torch.compile works on the converted model\)$",
         ),
     ],
-    ids=["lazy-linear", "lazy-batchnorm", "scripted-layer", "traced-model"],
+    ids=["lazy-linear", "lazy-batchnorm", "own-lazy-parameter", "scripted-layer", "traced-model"],
 )
 def test_modules_flipout_cannot_see_into_are_refused_naming_the_fix(make: Callable[[], nn.Module], expected: str) -> None:
     """A lazy module not initialized yet (no parameter shapes; its first call turns it into its plain class) and a

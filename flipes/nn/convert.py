@@ -301,6 +301,18 @@ def _unwatch_registered(model: nn.Module) -> None:
             m.__dict__["_parameters"] = dict(m.__dict__["_parameters"])
 
 
+UNINITIALIZED = (
+    "is not initialized yet (an UninitializedParameter or buffer: no shape until the module's first call); run the model "
+    "once on an example input before flipes.flipout(model)"
+)
+
+
+def _uninitialized(m: nn.Module) -> str:
+    """The name of a lazy (shapeless) parameter or buffer ``m`` holds itself, else ""."""
+    lazy = [n for n, t in [*m._parameters.items(), *m._buffers.items()] if isinstance(t, nn.parameter.UninitializedTensorMixin)]
+    return repr(lazy[0]) if lazy else ""
+
+
 def _check_inspectable(model: nn.Module) -> None:
     """Refuse what flipout cannot see into: a lazy module not initialized yet (its parameters have no shape, and its
     first call turns it into its plain class, past any conversion) and a trainable TorchScript module (its compiled
@@ -312,6 +324,9 @@ def _check_inspectable(model: nn.Module) -> None:
                 f"flipout(): {where} is not initialized yet: its parameters get their shapes at its first call, which "
                 "also turns it into its plain class; run the model once on an example input before flipes.flipout(model)"
             )
+        lazy = _uninitialized(m)
+        if lazy:  # a module of one's own holding torch.nn.UninitializedParameter
+            raise ValueError(f"flipout(): {where}'s {lazy} {UNINITIALIZED}")
         if isinstance(m, torch.jit.ScriptModule) and _trainable(m):
             freeze = f", or freeze it: flipes.flipout(model, frozen=[{name!r}])" if name else ""
             raise ValueError(
@@ -602,6 +617,11 @@ def parameter_report(model: nn.Module, noise_rank: int | None = None) -> Paramet
     makes Flipout weights ``"low-rank"``; biases stay ``"flipout"``). Of ``torch.compile(net)``: net's
     parameters, by their names in net (no ``_orig_mod.``)."""
     model = uncompiled(model)
+    for name, m in model.named_modules():  # FlipES(model) of an unconverted lazy model: its shapes are read below
+        lazy = _uninitialized(m)
+        if lazy:
+            where = f"{name!r} ({type(m).__name__})" if name else f"the model ({type(m).__name__})"
+            raise ValueError(f"{where}'s {lazy} {UNINITIALIZED}")
     how: dict[int, tuple[str, str]] = {}
     for m in sorted(model.modules(), key=lambda m: not isinstance(m, FlipoutMixin)):  # a weight also read densely: flipout
         if isinstance(m, FlipoutMixin):
