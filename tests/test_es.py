@@ -7,6 +7,7 @@ import functools
 import io
 import math
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -770,6 +771,26 @@ def test_a_pass_fail_fitness_is_refused_naming_float() -> None:
         with pytest.raises(TypeError, match=r"of torch.bool; .*fitness.float\(\)"):
             es.tell(bad)
     es.tell(passed.float())
+    assert es.generation == 1
+
+
+def test_a_fitness_tensor_without_dense_values_is_refused_naming_the_fix() -> None:
+    """A sparse, nested or meta fitness tensor is a TypeError naming its kind and the fix (to_dense, stack, values)
+    before anything is shaped, not torch's NotImplementedError or internal error from deep in the shaping or the copy;
+    the generation is not ended, and the dense values are taken."""
+    model = mlp(0)
+    es = flipes.FlipES(model, popsize=8, sigma=0.1)
+    with es.population() as pop:
+        fitness = model(torch.randn(pop.size, 6))[:, 0].detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the nested tensor's prototype-stage warning
+        nested = torch.nested.nested_tensor(list(fitness.unsqueeze(1)))
+    for bad, named in ((fitness.to_sparse(), "a sparse tensor; fitness.to_dense()"), (nested, "a nested tensor; .*torch.stack"),
+                       (torch.zeros(8, device="meta"), "a meta tensor; compute it from tensors that hold values")):  # fmt: skip
+        with pytest.raises(TypeError, match=rf"^fitness must be real numbers, one per member, got {named}"):
+            es.tell(bad)
+    assert es.generation == 0
+    es.tell(fitness)
     assert es.generation == 1
 
 

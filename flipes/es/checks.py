@@ -99,6 +99,12 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
                 else ""
             )
         )
+    kind = "a meta" if f.is_meta else "a nested" if f.is_nested else "a sparse" if f.layout != torch.strided else ""
+    if kind:  # their values cannot be read as one dense row (torch's own errors come from deep inside the shaping)
+        fix = {"a meta": "compute it from tensors that hold values (a meta tensor has only a shape)",
+               "a nested": "one value per member as one tensor: torch.stack of the members' values",
+               "a sparse": "fitness.to_dense()"}[kind]  # fmt: skip
+        raise TypeError(f"fitness must be real numbers, one per member, got {kind} tensor; {fix}")
     f = f.to("cpu", torch.float64)
     n = len(members)
     if f.shape != (n,):
