@@ -443,6 +443,21 @@ def test_a_policy_acts_on_observations_flattened_and_normalized_once_by_its_stat
         torch.testing.assert_close(policy(obs), expect, rtol=1e-5, atol=1e-5)
 
 
+def test_observations_of_another_shape_than_the_policys_space_are_one_error_naming_both() -> None:
+    """A built-in policy given observations whose trailing shape is not its observation space's (another env's, a
+    flattened image) raises a ValueError naming both shapes, numpy or torch, one observation or a batch, with or
+    without normalization; not torch's broadcasting error from the running statistics or the first layer."""
+    for normalize in (True, False):
+        policy = MLPPolicy(gym.spaces.Box(-1, 1, (2, 3), np.float32), gym.spaces.Discrete(2), hidden=(4,), normalize=normalize)
+        for obs in (np.zeros(6, np.float32), torch.zeros(5, 6), torch.zeros(5, 3, 2)):
+            got = re.escape(str(tuple(obs.shape)))
+            with pytest.raises(
+                ValueError, match=rf"^MLPPolicy takes observations of shape \(\.\.\., 2, 3\) .* got shape {got}; "
+            ):
+                policy(obs)
+        assert policy(np.zeros((2, 3), np.float32)).shape == () and policy(torch.zeros(5, 2, 3)).shape == (5,)
+
+
 def test_a_scalar_box_observation_is_one_feature_of_each_row() -> None:
     """A Box observation of shape ``()`` (one number per env) is one input feature: a batch of 50 observations gives
     50 actions, the argmax of the network applied to the observations as a column."""

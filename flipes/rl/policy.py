@@ -98,6 +98,11 @@ class SpacePolicy(nn.Module):
             obs = torch.as_tensor(np.asarray(obs), device=next(self.parameters()).device)
         if self.obs_start is not None:
             return nn.functional.one_hot(obs.long() - self.obs_start, self.obs_dim).to(dtype)
+        if self.obs_shape and obs.shape[-len(self.obs_shape) :] != self.obs_shape:  # not torch's from the first layer
+            raise ValueError(
+                f"{type(self).__name__} takes observations of shape (..., {', '.join(map(str, self.obs_shape))}) (its "
+                f"env's observation space), got shape {tuple(obs.shape)}; pass the env's observations, one or a batch"
+            )
         if obs.dtype != dtype:  # a rollout's steps mostly come in the dtype already: no op for the no-op
             obs = obs.to(dtype)
         if not self.obs_shape:  # a scalar Box: one feature
