@@ -257,11 +257,22 @@ def evaluate_policy(
     count = as_index(episodes)  # numpy's integers too
     if count is None or count < 1:  # not EnvPool's bare assert
         raise UsageError("--episodes", f"must be an integer of at least 1, got {episodes!r}", "e.g. --episodes 100")
-    from flipes.config import LIMITS
+    from flipes.config import LIMITS, check_device
 
     if count > LIMITS["eval_episodes"]:  # one vector env holds them all: numpy's and torch's sizes overflow first
         raise UsageError("--episodes", f"{count} is beyond any use (at most {LIMITS['eval_episodes']:,})", "is it a typo?")
     episodes = count
+    if not isinstance(policy, nn.Module):  # not an AttributeError from policy.modules() after the env is made
+        raise TypeError(
+            f"evaluate_policy(policy, ...) takes the policy as a torch.nn.Module, got a {type(policy).__name__}; "
+            "flipes.load_policy(run_dir) gives a run's"
+        )
+    steps = as_index(max_steps) if max_steps is not None else None
+    if max_steps is not None and (steps is None or steps < 1):  # 0 or less cut every episode at once: all returns 0
+        raise UsageError(
+            "max_steps", f"must be an integer of at least 1, got {max_steps!r}", "pass None for the env's own time limit"
+        )
+    check_device(str(device))  # torch's own error names every device type it has a string for
     try:
         env = make_vector_env(env_id, episodes, device, note=None, **(env_kwargs or {}))
     except EnvOptionError as e:

@@ -11,6 +11,7 @@ import os
 import types
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch
 from helpers import FAST_KW
@@ -349,6 +350,24 @@ def test_evaluate_policy_refuses_more_episodes_than_one_vector_env_holds() -> No
     with pytest.raises(UsageError, match=r"^--episodes: 100000000000000000000 is beyond any use \(at most 1,048,576\)"):
         flipes.evaluate_policy(torch.nn.Linear(4, 2), "flipes/CartPole-v1", episodes=10**20)
     assert LIMITS["eval_episodes"] == 2**20
+
+
+def test_evaluate_policy_checks_the_policy_max_steps_and_device_before_the_episodes() -> None:
+    """flipes.evaluate_policy refuses, before any env is made: a policy that is no nn.Module (a TypeError naming
+    load_policy, not an AttributeError), max_steps of 0 or less (every episode cut at once: returns of 0 for any
+    policy) and a device torch or this machine does not have (its UsageError, not torch's list of device types); a
+    max_steps of at least 1 cuts the episodes."""
+    policy = flipes.rl.MLPPolicy(gym.spaces.Box(-5, 5, (4,)), gym.spaces.Discrete(2), hidden=(4,))
+    with pytest.raises(
+        TypeError, match=r"^evaluate_policy\(policy, \.\.\.\) takes the policy as a torch.nn.Module, got a NoneType"
+    ):
+        flipes.evaluate_policy(None, "flipes/CartPole-v1", episodes=2)
+    for steps in (0, -1, 2.5):
+        with pytest.raises(UsageError, match=rf"^max_steps: must be an integer of at least 1, got {steps}; pass None"):
+            flipes.evaluate_policy(policy, "flipes/CartPole-v1", episodes=2, max_steps=steps)
+    with pytest.raises(UsageError, match=r"^--device: unknown device 'gpu'"):
+        flipes.evaluate_policy(policy, "flipes/CartPole-v1", episodes=2, device="gpu")
+    assert flipes.evaluate_policy(policy, "flipes/CartPole-v1", episodes=2, max_steps=3).tolist() == [3.0, 3.0]
 
 
 def _rows(run: Path, fitness: list[float]) -> Path:
