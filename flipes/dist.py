@@ -56,6 +56,27 @@ class Comm(Protocol):
         ...
 
 
+COMM_MEMBERS = ("rank", "size", "local_rank", "local_size", "bytes_sent", "allgather_tensor", "allreduce_sum_", "bcast",
+                "allgather_object", "abort")  # fmt: skip
+
+
+def check_comm(comm: Any, where: str) -> None:
+    """Raise a TypeError naming what ``comm`` lacks of :class:`Comm` (an mpi4py communicator, a number), and the fix,
+    where it would otherwise be an AttributeError at its first use."""
+    missing = [name for name in COMM_MEMBERS if not hasattr(comm, name)]
+    if not missing:
+        return
+    mpi = hasattr(comm, "Get_rank") and hasattr(comm, "Allreduce")  # mpi4py's MPI.COMM_WORLD
+    fix = (
+        "wrap it: flipes.dist.MPIComm(comm)"
+        if mpi
+        else "pass flipes.dist.world() (MPI under mpiexec, else this process alone), or None for that default"
+    )
+    name = type(comm).__name__
+    got = "an mpi4py communicator" if mpi else f"a{'n' * (name[:1] in tuple('AEIOUaeiou'))} {name}"
+    raise TypeError(f"{where} takes a flipes.dist communicator, got {got} (no {', '.join(missing[:3])}); {fix}")
+
+
 class SerialComm:
     """A communicator of one process: every collective is the identity."""
 

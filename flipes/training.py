@@ -294,6 +294,8 @@ def train(
     """
     if isinstance(comm, str):  # train(comm="seeds"): the option of that name, not a communicator
         overrides, comm = {**overrides, "comm": comm}, None
+    if comm is not None:
+        dist.check_comm(comm, "flipes.train(comm=...)")
     if config is not None and not isinstance(config, TrainConfig):  # a dict, a file name, a sketch's `...`
         what = "Ellipsis (...)" if config is Ellipsis else f"a {type(config).__name__}"
         fix = "pass options as keywords, flipes.train(env=..., popsize=...), or a flipes.TrainConfig"

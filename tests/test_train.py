@@ -586,6 +586,29 @@ def test_a_config_that_is_no_train_config_is_refused_in_one_line(tmp_path: Path)
     assert not (tmp_path / "a").exists()
 
 
+def test_a_comm_that_is_no_flipes_communicator_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    """``flipes.train(comm=...)`` given an mpi4py communicator (``MPI.COMM_WORLD``, which lacks local_size and the
+    tensor collectives) or any other object is a TypeError naming what it lacks and the fix (wrap it in
+    flipes.dist.MPIComm; flipes.dist.world()), before anything is written; not an AttributeError from building the
+    env. A string is still the --comm option, and a flipes communicator trains."""
+
+    class Mpi4pyLike:  # what the check reads of mpi4py's Intracomm, without initializing MPI in this process
+        rank, size = 0, 1
+
+        def Get_rank(self) -> int:  # mpi4py's names
+            return 0
+
+        def Allreduce(self, *args: object) -> None:
+            pass
+
+    mpi = r"an mpi4py communicator \(no local_rank, local_size, bytes_sent\); wrap it: flipes.dist.MPIComm\(comm\)$"
+    for comm, named in ((Mpi4pyLike(), mpi), (3, r"an int \(no rank, size, local_rank\); pass flipes.dist.world\(\)")):
+        with pytest.raises(TypeError, match=rf"^flipes.train\(comm=\.\.\.\) takes a flipes.dist communicator, got {named}"):
+            flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "a"), comm=comm)
+    assert not (tmp_path / "a").exists()
+    assert flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "b"), comm=flipes.dist.SerialComm()).metrics
+
+
 def test_an_env_class_or_object_is_refused_with_how_to_register_it(tmp_path: Path) -> None:
     """``env=`` (or a TrainConfig's env) given a vector env class, a vector env or a factory instead of an id is a
     UsageError saying how to register it under an id of one's own (or roll it out with RolloutFitness), before
