@@ -319,8 +319,16 @@ def option_name(name: str) -> str:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A TOML or JSON file of option values (keys as the fields, with ``-`` or ``_``)."""
+    if not str(path):  # Path("") is ".", the directory this runs in
+        raise UsageError(
+            "--config", "got an empty value (an unset shell variable?)", "pass a TOML or JSON file, or leave --config out"
+        )
     path = Path(path)
     option = f"--config {path}"
+    if path.is_dir():
+        raise UsageError(option, "is a directory, not a file of options", "pass a TOML or JSON file")
+    if path.exists() and not path.is_file():  # /dev/null, a pipe: no file of options
+        raise UsageError(option, "is not a regular file", "pass a TOML or JSON file")
     if not path.is_file():
         raise UsageError(option, "no such file", "check the path")
     try:
@@ -630,7 +638,8 @@ def parse_config(
     pre = _Parser(add_help=False, prog=prog)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    from_file = check_options(cls, read_config_file(known.config), f"--config {known.config}") if known.config else {}
+    # an empty --config is read_config_file's to refuse, not "no file"
+    from_file = check_options(cls, read_config_file(known.config), f"--config {known.config}") if known.config is not None else {}
     defaults, given = from_file, {}
     if presets is not None:
         # the presets depend on the options: read them first (any --help waits), so that --help shows

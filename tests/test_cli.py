@@ -393,6 +393,24 @@ def test_the_default_group_count_gives_parts_that_sample_their_own_noise_whole_g
     assert f"--members-per-pass {size} with --hold-noise false needs parts of whole groups" in note, note
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate", "plot"])
+def test_a_config_that_is_empty_a_directory_or_no_regular_file_is_named_as_such(
+    command: str, runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--config "" (an unset shell variable) is refused as empty by every command (evaluate, export and plot ignored it,
+    train said '--config .: no such file'), and a directory or /dev/null is named as what it is, not 'no such file'."""
+    argv = ["train", "--out", str(tmp_path / "out")] if command == "train" else [command, str(runs["cartpole"])]
+    for given, said in (
+        ("", "--config: got an empty value (an unset shell variable?); pass a TOML or JSON file, or leave --config out"),
+        (str(tmp_path), f"--config {tmp_path}: is a directory, not a file of options; pass a TOML or JSON file"),
+        ("/dev/null", "--config /dev/null: is not a regular file; pass a TOML or JSON file"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--config", given])
+        assert e.value.code == 2 and capsys.readouterr().err == f"flipes: error: {said}\n"
+    assert not (tmp_path / "out").exists()
+
+
 CONFIG_TYPE_ERRORS = [
     ("generations = 3.7\n", "generations = 3.7 is not an integer; write e.g. generations = 4"),
     ('popsize = "64"\n', "popsize = '64' is not an integer; write e.g. popsize = 64"),
