@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, Protocol
 
 import numpy as np
@@ -60,10 +60,11 @@ COMM_MEMBERS = ("rank", "size", "local_rank", "local_size", "bytes_sent", "allga
                 "allgather_object", "abort")  # fmt: skip
 
 
-def check_comm(comm: Any, where: str) -> None:
+def check_comm(comm: Any, where: str, needs: Sequence[str] = COMM_MEMBERS) -> None:
     """Raise a TypeError naming what ``comm`` lacks of :class:`Comm` (an mpi4py communicator, a number), and the fix,
-    where it would otherwise be an AttributeError at its first use."""
-    missing = [name for name in COMM_MEMBERS if not hasattr(comm, name)]
+    where it would otherwise be an AttributeError at its first use; ``needs``: the members ``where`` reads (a loop of
+    one's own may give FlipES a communicator of fewer)."""
+    missing = [name for name in needs if not hasattr(comm, name)]
     if not missing:
         return
     mpi = hasattr(comm, "Get_rank") and hasattr(comm, "Allreduce")  # mpi4py's MPI.COMM_WORLD
