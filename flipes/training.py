@@ -245,6 +245,12 @@ class StopRequest:
         return f"{self.last()} stays" + (f": --resume {self.resume} continues from it" if self.resume else "")
 
 
+def _step_options(config: TrainConfig, first: str, second: str) -> str:
+    """The options whose size can make a generation's parameters or returns overflow: adapted σ's rate (--sigma-lr)
+    among them where it is on (a large one overflows log σ within a generation or two)."""
+    return f"{first}, {second} or --sigma-lr" if config.sigma_lr > 0 else f"{first} or {second}"
+
+
 def train(
     config: TrainConfig | None = None,
     *,
@@ -825,14 +831,16 @@ def run_loop(
         if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
             problem = f"generation {gen}: the population's returns are not finite (the actions or the env overflowed)"
             env = f"check the env and its --env-kwargs {json.dumps(config.env_kwargs)}" if config.env_kwargs else "check the env"
-            raise UsageError("--sigma", problem, f"lower --sigma or --lr, or {env}")
+            shift = f", or --reward-shift's size ({config.reward_shift:g})" if config.reward_shift else ""  # subtracted each step
+            raise UsageError("--sigma", problem, f"lower {_step_options(config, '--sigma', '--lr')}{shift}, or {env}")
         with warnings.catch_warnings():
             if isinstance(fitness, RolloutFitness):  # evaluated inside the population: a tie is the task's
                 warnings.simplefilter("ignore", EqualFitnessWarning)
             stats = es.tell(values)
         if not (math.isfinite(stats["grad_norm"]) and math.isfinite(stats["update_ratio"])):
             problem = f"generation {gen}: the update made the parameters non-finite (grad_norm {stats['grad_norm']})"
-            raise UsageError("--lr", problem, "lower --lr or --sigma; the last checkpoint holds the parameters before it")
+            fix = f"lower {_step_options(config, '--lr', '--sigma')}; the last checkpoint holds the parameters before it"
+            raise UsageError("--lr", problem, fix)
         if obs_norm is not None and obs_norm.pending is not None:
             # frozen during the generation, merged after it: summed per group, then over groups in
             # order, the same arithmetic for any number of processes (a few rows cross the network)

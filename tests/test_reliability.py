@@ -607,6 +607,19 @@ def test_corrupted_checkpoints_are_refused_and_non_finite_runs_stop(tmp_path: Pa
     assert "NaN" not in (diverge / "metrics.jsonl").read_text() and len(metrics(diverge)) == 2
 
 
+def test_a_run_that_overflows_names_every_option_that_sizes_its_steps(tmp_path: Path) -> None:
+    """The one line that stops a run whose update or returns overflowed names the options that can have caused it:
+    --sigma-lr with adaptive σ (a rate of 1e3 overflows log σ in the first generations; the line named only --lr and
+    --sigma), and --reward-shift where one is subtracted from every step's reward (1e308: every return is -inf); without
+    them, the lines name --lr and --sigma as before."""
+    kw = {**FAST_KW, "generations": 3, "popsize": 4, "hidden": [4], "eval_every": 100, "eval_episodes": 1}
+    with pytest.raises(flipes.UsageError, match=r"^--lr: generation \d: .* non-finite .*; lower --lr, --sigma or --sigma-lr; "):
+        flipes.train(**kw, sigma_lr=1e3, groups=2, out=str(tmp_path / "sigma_lr"))
+    with pytest.raises(flipes.UsageError, match=r"^--sigma: generation 0: .* not finite .*; lower --sigma or --lr, or "
+                       r"--reward-shift's size \(1e\+308\), or check the env$"):  # fmt: skip
+        flipes.train(**kw, reward_shift=1e308, out=str(tmp_path / "shift"))
+
+
 class BlowUpAt(flipes.Callback):
     """Sets the learning rate to 1e30 after generation ``g - 1``: the next update overflows."""
 
