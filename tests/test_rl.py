@@ -458,6 +458,25 @@ def test_observations_of_another_shape_than_the_policys_space_are_one_error_nami
         assert policy(np.zeros((2, 3), np.float32)).shape == () and policy(torch.zeros(5, 2, 3)).shape == (5,)
 
 
+def test_hidden_widths_that_are_no_positive_integers_are_refused_naming_the_policy() -> None:
+    """MLPPolicy, GRUPolicy and CNNPolicy refuse hidden widths of 0 (a layer of no outputs, built silently), -1 (torch's
+    negative-dimension error) or 1.5, and a bare width for the sequence (hidden=64), naming the policy and the widths;
+    numpy's integers are widths like ints."""
+    from flipes.rl import CNNPolicy, GRUPolicy
+
+    box, image, actions = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(0, 255, (1, 36, 36), np.uint8), gym.spaces.Discrete(2)
+    for cls, space in ((MLPPolicy, box), (GRUPolicy, box), (CNNPolicy, image)):
+        for hidden in ([0], [4, -1], [1.5]):
+            with pytest.raises(ValueError, match=rf"^{cls.__name__}: hidden layer widths must be integers of at least 1, got "):
+                cls(space, actions, hidden=hidden)
+        with pytest.raises(
+            TypeError, match=rf"^{cls.__name__}: hidden is a sequence of layer widths, e\.g\. hidden=\(64, 64\), got 64"
+        ):
+            cls(space, actions, hidden=64)
+        out = cls(space, actions, hidden=[np.int64(4)])(torch.zeros(2, *space.shape))
+        assert (out[0] if isinstance(out, tuple) else out).shape == (2,)  # GRUPolicy's: (actions, state)
+
+
 def test_a_scalar_box_observation_is_one_feature_of_each_row() -> None:
     """A Box observation of shape ``()`` (one number per env) is one input feature: a batch of 50 observations gives
     50 actions, the argmax of the network applied to the observations as a column."""

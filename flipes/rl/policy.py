@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flipes.es.checks import as_index
 from flipes.nn import FlipoutConv2d, FlipoutLinear
 from flipes.rl.normalize import RunningNorm
 
@@ -140,6 +142,18 @@ class SpacePolicy(nn.Module):
         return z.view(z.shape[:-1] + self.action_shape)  # a tuple: one scalar action is a view to shape ()
 
 
+def check_widths(hidden: Any, policy: str) -> list[int]:
+    """``hidden`` as a list of layer widths, each an integer of at least 1 (numpy's too); else a TypeError or
+    ValueError naming ``policy`` (a width of 0 built a layer of no outputs, -1 failed inside torch)."""
+    if isinstance(hidden, str | bytes) or not isinstance(hidden, Iterable):
+        raise TypeError(f"{policy}: hidden is a sequence of layer widths, e.g. hidden=(64, 64), got {hidden!r}")
+    hidden = list(hidden)
+    widths = [as_index(h) for h in hidden]
+    if any(w is None or w < 1 for w in widths):
+        raise ValueError(f"{policy}: hidden layer widths must be integers of at least 1, got {hidden}; e.g. hidden=(64, 64)")
+    return widths  # type: ignore[return-value]
+
+
 def mlp(sizes: Sequence[int], activation: type[nn.Module], last: bool = False) -> nn.Sequential:
     """Flipout Linear layers of these widths, ``activation`` between them (and after the last if ``last``)."""
     layers: list[nn.Module] = []
@@ -179,7 +193,7 @@ class MLPPolicy(SpacePolicy):
         normalize: bool = True,
     ) -> None:
         super().__init__(observation_space, action_space, normalize)
-        self.net = mlp([self.obs_dim, *hidden, self.action_dim], activation)
+        self.net = mlp([self.obs_dim, *check_widths(hidden, "MLPPolicy"), self.action_dim], activation)
 
     def forward(self, obs: Tensor | np.ndarray) -> Tensor | np.ndarray:
         x = self.observe(obs, self.net[0].weight.dtype)
@@ -269,7 +283,7 @@ class CNNPolicy(SpacePolicy):
             channels = out
         self.torso = nn.Sequential(*layers)
         features = channels * _conv_out(height, NATURE_TORSO) * _conv_out(width, NATURE_TORSO)
-        self.fc = mlp([features, *hidden, self.action_dim], activation)
+        self.fc = mlp([features, *check_widths(hidden, "CNNPolicy"), self.action_dim], activation)
         # orthogonal weights of gain √2 and zero biases, as the Atari CNNs of CleanRL and Stable-Baselines3, keep a few
         # pixels' signal through the ReLUs (torch's default biases drown it: every image then gets the same action, and
         # every member the same fitness); the action layer at gain 1, not their 0.01: its outputs feed an argmax, and

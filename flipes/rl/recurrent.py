@@ -17,7 +17,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from flipes.nn import FlipoutGRUCell, FlipoutLinear, uncompiled
-from flipes.rl.policy import CNNPolicy, MLPPolicy, SpacePolicy, mlp
+from flipes.rl.policy import CNNPolicy, MLPPolicy, SpacePolicy, check_widths, mlp
 
 
 class RecurrentPolicy(nn.Module):
@@ -94,6 +94,7 @@ class GRUPolicy(SpacePolicy, RecurrentPolicy):
         normalize: bool = True,
     ) -> None:
         super().__init__(observation_space, action_space, normalize)
+        hidden = check_widths(hidden, "GRUPolicy")
         if not hidden:
             raise ValueError("GRUPolicy needs at least one width in hidden: the GRU's hidden size")
         sizes = [self.obs_dim, *hidden[:-1]]
