@@ -411,6 +411,23 @@ def test_auto_backend_falls_back_with_one_note_and_wrong_ids_say_what_to_do(monk
         make_vector_env("gymnasium:Hoper-v5", 4)
 
 
+@pytest.mark.parametrize("env_id", ["flipes/CartPole-v1", "gymnasium:CartPole-v1"])
+def test_a_count_of_copies_or_a_device_make_vector_env_cannot_take_is_named_before_any_engine(env_id: str) -> None:
+    """make_vector_env refuses a num_envs that is no integer of at least 1 (0 was gymnasium's IndexError from an empty
+    list of envs, 1.5 numpy's TypeError, '4' a str compared with an int) and a device name torch has no device for
+    (torch's list of every device type), each in one line, on every engine; an integer of numpy's is a count."""
+    for count in (0, -1, 1.5, "4"):
+        with pytest.raises(
+            ValueError, match=rf"^make_vector_env: num_envs is the number of copies, .* got {re.escape(repr(count))}$"
+        ):
+            make_vector_env(env_id, count)
+    with pytest.raises(flipes.UsageError, match=r"^--device: unknown device 'gpu'; use cpu, cuda, cuda:N or mps$"):
+        make_vector_env(env_id, 2, device="gpu")
+    env = make_vector_env(env_id, np.int64(2), note=None)
+    assert env.num_envs == 2
+    env.close()
+
+
 def test_a_short_es_run_on_halfcheetah_through_envpool_raises_the_center_return(tmp_path) -> None:
     """Six generations of 64 members (384 k EnvPool steps) raise the center policy's return on
     5 evaluation episodes by more than 300 (measured: seed 0 -8 -> 604, seed 1 95 -> 874)."""

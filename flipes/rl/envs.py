@@ -365,6 +365,16 @@ def make_vector_env(
     numpy or torch) is made by it, given ``device=`` where its constructor takes one. Dict and Tuple
     observations come out flattened into one Box on every engine (:mod:`flipes.rl.spaces`).
     """
+    from flipes.es.checks import as_index
+
+    count = as_index(num_envs)  # not gymnasium's IndexError for 0, numpy's for 1.5, a str compared with an int
+    if count is None or count < 1:
+        raise ValueError(f"make_vector_env: num_envs is the number of copies, an integer of at least 1, got {num_envs!r}")
+    num_envs = count
+    try:  # a name torch has no device for: one line, not torch's list of every device type it knows
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError("--device", f"unknown device {device!r}", "use cpu, cuda, cuda:N or mps") from None
     try:
         env = _engine_env(env_id, num_envs, device, threads, note, **kwargs)
     except SpaceError as e:
