@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -87,6 +88,18 @@ class SigmaDecay:
     sigma: float
     decay: float = 1.0
     min: float = 0.0
+
+    def __post_init__(self) -> None:
+        # as --sigma, --sigma-decay and --sigma-min are checked: here for FlipES(sigma=SigmaDecay(...)) in a loop of
+        # one's own, where a decay above 1 grew σ and a floor above σ replaced it, without a word
+        for name, value in (("sigma", self.sigma), ("decay", self.decay), ("min", self.min)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"SigmaDecay: {name} must be a finite number, got {value!r}")
+        if not (self.sigma > 0 and 0 < self.decay <= 1 and 0 <= self.min <= self.sigma):
+            raise ValueError(
+                f"SigmaDecay({self.sigma!r}, {self.decay!r}, {self.min!r}): σ of generation g is max(sigma·decay^g, min), "
+                "with sigma > 0, decay in (0, 1] (1 keeps σ fixed) and min in [0, sigma]; e.g. SigmaDecay(0.1, 0.999, 0.01)"
+            )
 
     def __call__(self, generation: int) -> float:
         return max(self.sigma * self.decay**generation, self.min)

@@ -592,6 +592,19 @@ def test_sigma_schedule_is_used_per_generation() -> None:
         assert pop.sigma == 0.0125 and pop.generation == 3 and pop.size == 8
 
 
+def test_a_sigma_decay_outside_its_ranges_is_refused_where_it_is_made() -> None:
+    """SigmaDecay(sigma, decay, min) takes what --sigma, --sigma-decay and --sigma-min take: sigma > 0, decay in (0, 1],
+    min in [0, sigma], finite numbers (numpy's too). A decay above 1 (σ growing every generation), a floor above sigma
+    (σ replaced by it from generation 0) or a NaN decay went to FlipES unchecked, the first two without a word."""
+    for args in ((0.1, 2.0), (0.1, 0.9, 0.2), (0.1, 0.9, -0.01), (0.0, 0.9), (0.1, 0.0), (0.1, float("nan")), ("0.1", 0.9)):
+        with pytest.raises(ValueError, match=r"^SigmaDecay"):
+            flipes.search.SigmaDecay(*args)
+    assert (
+        flipes.search.SigmaDecay(torch.tensor(0.5).numpy()[()], 0.5, 0.1)(2) == 0.125
+        and flipes.search.SigmaDecay(0.1, 1.0, 0.1)(9) == 0.1
+    )
+
+
 @MADE_UP_FITNESS
 def test_a_sigma_schedule_samples_and_divides_by_each_generations_sigma() -> None:
     """Generation g of a schedule draws its noise at σ_g (the sample std of 1200 weight entries is within
