@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -42,6 +44,11 @@ class ClipUp(torch.optim.Optimizer):
     def __init__(
         self, params: Iterable[Tensor] | Iterable[dict], lr: float, momentum: float = 0.9, max_speed: float | None = None
     ) -> None:
+        for name, value in (("lr", lr), ("momentum", momentum), ("max_speed", max_speed)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real | Tensor)):
+                raise TypeError(f"ClipUp: {name} must be a number, got {value!r} ({type(value).__name__})")
+        if not math.isfinite(lr):  # an infinite step (and max_speed 2·lr): the first step makes every parameter inf
+            raise ValueError(f"ClipUp: lr must be a finite number > 0, got {lr}")
         max_speed = 2 * lr if max_speed is None else max_speed
         if not lr > 0:
             raise ValueError(f"ClipUp: lr must be > 0, got {lr}")

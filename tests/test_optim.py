@@ -116,16 +116,24 @@ def test_clipup_resumes_half_precision_parameters_bit_for_bit() -> None:
 
 
 def test_clipup_options_are_checked() -> None:
-    """lr ≤ 0, momentum ≥ 1 and max_speed ≤ 0 each raise a ValueError naming that option and its value;
-    max_speed defaults to 2·lr and momentum to 0.9, as the paper recommends."""
+    """lr ≤ 0 or not finite, momentum ≥ 1 and max_speed ≤ 0 each raise a ValueError naming that option and its value,
+    and a value that is no number (a string, a bool) a TypeError naming it (not a comparison's TypeError); max_speed
+    defaults to 2·lr and momentum to 0.9, as the paper recommends."""
     p = [nn.Parameter(torch.zeros(2))]
     for kw, match in (
         (dict(lr=0.0), r"ClipUp: lr must be > 0, got 0\.0"),
         (dict(lr=0.1, momentum=1.0), r"ClipUp: momentum must be in \[0, 1\), got 1\.0"),
         (dict(lr=0.1, max_speed=0.0), r"ClipUp: max_speed must be > 0, got 0\.0"),
         (dict(lr=0.1, max_speed=-1.0), r"ClipUp: max_speed must be > 0, got -1\.0"),
+        (dict(lr=float("inf")), r"ClipUp: lr must be a finite number > 0, got inf"),  # every parameter inf at once
+        (dict(lr=float("nan")), r"ClipUp: lr must be a finite number > 0, got nan"),
     ):
         with pytest.raises(ValueError, match=match):
+            ClipUp(p, **kw)
+    for kw in (dict(lr="0.1"), dict(lr=True), dict(lr=0.1, momentum="0.9"), dict(lr=0.1, max_speed=[1.0])):
+        with pytest.raises(
+            TypeError, match=rf"^ClipUp: {next(k for k, v in kw.items() if not isinstance(v, float))} must be a number, got "
+        ):
             ClipUp(p, **kw)
     defaults = ClipUp(p, lr=0.1).param_groups[0]
     assert defaults["max_speed"] == pytest.approx(0.2) and defaults["momentum"] == 0.9  # the paper's 2·lr and 0.9
