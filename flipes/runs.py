@@ -162,8 +162,12 @@ def load_policy(
             ``--model`` is imported by name, or an MLP policy built.
 
     Raises:
-        UsageError: not a run directory, a missing or broken checkpoint (naming the one to use instead).
+        UsageError: not a run directory, a missing or broken checkpoint (naming the one to use instead), a device
+            this machine does not have.
     """
+    from flipes.config import check_device
+
+    check_device(str(device))  # else torch.load's failure to map to it reads as a damaged checkpoint
     return policy_and_state(run_dir, checkpoint, device, env, model)[0]
 
 

@@ -587,6 +587,20 @@ def test_the_console_command_prints_one_line_and_no_traceback() -> None:
     assert "--noise-rank INT" in h.stdout and "Rank of each group" in h.stdout
 
 
+def test_load_policy_on_a_device_this_machine_lacks_names_the_device_not_a_damaged_checkpoint(runs: dict[str, Path]) -> None:
+    """flipes.load_policy(run, device=...) on a device this machine does not have (a run copied from a GPU machine loaded
+    with device="cuda" on a laptop) or one flipes does not run on is a UsageError naming --device, as flipes evaluate's
+    --device is; torch.load's failure to map the tensors there was reported as a damaged checkpoint, with the advice to
+    load previous.pt instead."""
+    devices = {"xla": "flipes runs on cpu, cuda or mps, not 'xla'", "gpu": "unknown device 'gpu'"}
+    if not __import__("torch").cuda.is_available():
+        devices["cuda"] = "cuda: this machine has no CUDA device"
+    for device, said in devices.items():
+        with pytest.raises(flipes.UsageError, match=rf"^--device: {re.escape(said)}"):
+            flipes.load_policy(runs["cartpole"], device=device)
+    assert not flipes.load_policy(runs["cartpole"], device="cpu").training
+
+
 def test_plot_reads_a_run_whose_last_line_is_torn(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
