@@ -288,6 +288,13 @@ def _read(path: Path, map_location: str | torch.device | None, option: str) -> A
             state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         except Exception as e:
             first = clip((str(e).strip().splitlines() or [""])[0])
+            if map_location != "cpu" and _loads_on_the_cpu(data):  # intact (its hash matched): the device is the problem
+                where = f"map_location={map_location!r}" if map_location is not None else "the device it was saved on"
+                raise CheckpointError(
+                    f"{path} cannot be loaded to {where} on this machine ({type(e).__name__}: {first}); it is intact: "
+                    "load it to the CPU with map_location='cpu' (a GPU run's checkpoint on a machine without one)",
+                    option="",
+                ) from e
             raise _error(f"{path} is damaged: its payload does not load ({type(e).__name__}: {first})", path, option) from e
     elif not option:  # a file of torch.save: no hash to check, so not one of save_checkpoint's
         raise CheckpointError(
@@ -298,6 +305,15 @@ def _read(path: Path, map_location: str | torch.device | None, option: str) -> A
     elif map_location is not None:  # written before checkpoints carried a hash
         state = torch.load(path, map_location=map_location, weights_only=True)
     return state
+
+
+def _loads_on_the_cpu(data: bytes) -> bool:
+    """Whether a checkpoint's payload loads with its tensors on the CPU (read only on the way to an error)."""
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return True
 
 
 # what flipes reads of a checkpoint: the entries a resume and load_policy take, and their types

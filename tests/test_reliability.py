@@ -607,6 +607,42 @@ def test_corrupted_checkpoints_are_refused_and_non_finite_runs_stop(tmp_path: Pa
     assert "NaN" not in (diverge / "metrics.jsonl").read_text() and len(metrics(diverge)) == 2
 
 
+def _as_saved_on_cuda(path: Path) -> None:
+    """Rewrite save_checkpoint's file at ``path`` as a CUDA run would have written it: its tensors' storages tagged
+    cuda:0 (what a GPU machine's torch.save records), the payload's SHA-256 recomputed, as the file of an intact run."""
+    import hashlib
+    import io
+    import zipfile
+
+    wrapped = torch.load(path, weights_only=True)
+    src, out = zipfile.ZipFile(io.BytesIO(wrapped["payload"].numpy().tobytes())), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            body = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):  # pickle's BINUNICODE location strings, length-prefixed
+                body = body.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            dst.writestr(info.filename, body)
+    payload = out.getvalue()
+    payload_tensor = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    torch.save({"format": wrapped["format"], "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload_tensor}, path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA checkpoint loads where there is CUDA")
+def test_a_gpu_runs_checkpoint_on_a_machine_without_one_is_called_intact_and_loaded_to_the_cpu(tmp_path: Path) -> None:
+    """A checkpoint whose tensors were saved on CUDA, read on a machine without CUDA with the default map_location
+    (flipes.read_checkpoint(path), flipes.load_checkpoint(run)), was reported 'damaged: its payload does not load',
+    offering previous.pt; it is intact (its hash matched), so the error says so and names map_location='cpu', which
+    loads it."""
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"w": torch.arange(3.0)}, path)
+    _as_saved_on_cuda(path)
+    with pytest.raises(CheckpointError, match=r"cannot be loaded to the device it was saved on on this machine \(RuntimeError: "
+                       r"Attempting to deserialize object on a CUDA device.*\); it is intact: load it to the CPU with "
+                       r"map_location='cpu'"):  # fmt: skip
+        flipes.read_checkpoint(path)
+    assert torch.equal(flipes.read_checkpoint(path, map_location="cpu")["w"], torch.arange(3.0))
+
+
 def test_a_run_that_overflows_names_every_option_that_sizes_its_steps(tmp_path: Path) -> None:
     """The one line that stops a run whose update or returns overflowed names the options that can have caused it:
     --sigma-lr with adaptive σ (a rate of 1e3 overflows log σ in the first generations; the line named only --lr and
