@@ -86,6 +86,19 @@ def check_call(fn: Callable[..., Any], kind: str, what: str) -> None:
         raise UsageError(OPTION[kind], f"{what} takes other arguments ({e})", f"define it as {how}") from None
 
 
+def _check_steppable(cls: type[torch.optim.Optimizer], spec: str) -> None:
+    """Refuse a torch.optim class a FlipES cannot step: one whose step() needs a closure recomputing the loss (LBFGS:
+    ``tell`` writes the ES gradient, there is no loss to recompute), or SparseAdam (the ES gradient is dense); each
+    failed at the first tell, after the run directory was written, in a traceback."""
+    fix = "use a first-order optimizer of dense gradients, e.g. --optimizer torch.optim:Adam or torch.optim:SGD"
+    if issubclass(cls, torch.optim.SparseAdam):
+        raise UsageError("--optimizer", f"{spec}: SparseAdam steps sparse gradients, and the ES gradient is dense", fix)
+    closure = inspect.signature(cls.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        problem = f"{spec}: {cls.__name__}.step needs a closure that recomputes the loss, and ES has none (tell writes ĝ)"
+        raise UsageError("--optimizer", problem, fix)
+
+
 @dataclass(frozen=True)
 class Plugins:
     """The Python objects given to :func:`flipes.train` in place of ``module:function`` names."""
@@ -141,6 +154,8 @@ class Plugins:
         fn = self.optimizer if self.optimizer is not None else load_callable(spec, "--optimizer")
         if not (isinstance(fn, type) and issubclass(fn, torch.optim.Optimizer)):  # a class is built as cls(params, lr=lr)
             check_call(fn, "optimizer", spec)
+        else:
+            _check_steppable(fn, spec or name_of(fn))
         return fn
 
     def shaping_fn(self, spec: str) -> Callable[..., Any]:

@@ -228,6 +228,8 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--out", "{tmp}/a_file/run"], "--out"),
     (["train", "--resume", "{tmp}/no_run"], "--resume"),
     (["train", "--resume", ""], "--resume"),  # an unset $RUN: not a fresh start
+    (["train", "--optimizer", "torch.optim:LBFGS"], "--optimizer"),  # its step needs a closure: no loss to recompute
+    (["train", "--optimizer", "torch.optim:SparseAdam"], "--optimizer"),  # sparse gradients only
     (["train", "--out", ""], "--out"),  # not runs/CartPole-v1
     (["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", ""], "--fitness"),
     (["evaluate", "{tmp}/no_run"], "{tmp}/no_run"),
