@@ -460,9 +460,14 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     _check_sigma_schedule(config)
     finite("--max-speed", config.max_speed, 0, fix="0 derives it from --lr; e.g. --max-speed 0.15")
     if config.ars_top < 0 or config.ars_top > config.popsize // 2:
+        from flipes.rl.presets import defaults as preset  # here: presets imports this module's TrainConfig
+
+        env_id = config.env if isinstance(config.env, str) else ""
+        row = preset(env_id, config.algo).get("ars_top") if config.ars_top > 0 else None  # Hopper-v5's 4 beside --popsize 4
+        by_preset = f" ({env_id}'s preset unless given)" if row == config.ars_top else ""
         raise UsageError(
             "--ars-top",
-            f"{config.ars_top} of {config.popsize // 2} mirrored pairs",
+            f"{config.ars_top}{by_preset} of {config.popsize // 2} mirrored pairs",
             f"use 1 ... {config.popsize // 2}, or 0 for all",
         )
     _check_rule_options(config)

@@ -327,6 +327,10 @@ def test_specific_messages_say_what_to_do(tmp_path: Path, capsys: pytest.Capture
         (["train", "--sigma-decay", "0.5", "--sigma-min", "1e-14", "--generations", "100"], "raise the floor, e.g."),
         (["train", "--popsize", "20", "--groups", "4"], "has 5 (odd); use one of --groups [1, 2, 5, 10], or --mirrored false"),
         (["train", "--popsize", "9"], "no --groups fits --popsize 9: use a --popsize that is a multiple of 2"),
+        (  # the env row's --ars-top, not a flag: named as its preset, as --algo pgpe's --groups is
+            ["train", "--env", "flipes/Hopper-v5", "--popsize", "4"],
+            "--ars-top: 4 (flipes/Hopper-v5's preset unless given) of 2 mirrored pairs; use 1 ... 2, or 0 for all",
+        ),
     ] + ([(["train", "--env", "gymnasium:BipedalWalker-v3"], "box2d")] if importlib.util.find_spec("Box2D") is None else []):
         with pytest.raises(SystemExit):
             main([*argv, "--out", str(tmp_path / "out"), "--progress", "false"])
