@@ -769,3 +769,56 @@ def test_an_unconverted_lazy_model_is_refused_naming_the_module_and_the_fix() ->
         ValueError, match=r"^'0' \(LazyLinear\)'s 'weight' is not initialized yet .* run the model once on an example input"
     ):
         flipes.FlipES(torch.nn.Sequential(torch.nn.LazyLinear(2)), popsize=4)
+
+
+def test_a_comm_that_is_no_flipes_communicator_is_a_type_error_naming_the_fix() -> None:
+    """FlipES(comm=...) given an object that is no flipes.dist communicator (a number, a string meant as comm_mode) is a
+    TypeError naming what it lacks and flipes.dist.world(), not an AttributeError at ``comm.rank``."""
+    for comm in (3, "seeds", object()):
+        with pytest.raises(
+            TypeError, match=r"^FlipES\(comm=\.\.\.\) takes a flipes.dist communicator, got .*flipes.dist.world\(\)"
+        ):
+            flipes.FlipES(mlp(), popsize=8, comm=comm)
+
+
+def test_a_sigma_that_is_no_number_is_a_type_error_naming_sigma() -> None:
+    """sigma=True (float(True) is 1.0, silently), a string float() parses ('0.1'), None, a list, or a schedule returning
+    a string are TypeErrors naming sigma and the value, not taken or float()'s bare message; numbers of any kind (numpy's,
+    a 0-d tensor) are taken as before."""
+    for sigma in (True, "0.1", None, [0.1], lambda g: "x"):
+        with pytest.raises(TypeError, match=r"^sigma must be a number > 0 or a schedule generation -> σ, got "):
+            flipes.FlipES(mlp(), popsize=8, sigma=sigma)
+    for sigma in (np.float32(0.1), torch.tensor(0.1), 1, lambda g: np.float64(0.1)):
+        assert flipes.FlipES(mlp(), popsize=8, sigma=sigma).sigma == pytest.approx(0.1 if sigma != 1 else 1.0)
+
+
+def test_a_popsize_beyond_any_use_is_refused_before_sizing_anything() -> None:
+    """popsize=10**30 is a ValueError naming flipes train's bound (2**24), not an OverflowError from a C size."""
+    with pytest.raises(ValueError, match=r"^popsize=10{30} is beyond any use \(at most 16,777,216\); is it a typo\?$"):
+        flipes.FlipES(mlp(), popsize=10**30)
+
+
+def test_a_state_dict_with_a_bad_generation_or_optimizer_state_is_refused_and_changes_nothing() -> None:
+    """load_state_dict refuses a generation that is no integer >= 0 (int() truncated 1.5 and parsed '3'; -1 was taken)
+    and an optimizer entry that is no optimizer state dict (torch's KeyError 'param_groups', AttributeError for None),
+    as ValueErrors naming the entry, before the model or the generation changes."""
+    model = mlp()
+    es = flipes.FlipES(model, popsize=8)
+    with es.population() as pop:
+        fitness = model(torch.randn(pop.size, 4))[:, 0].detach()
+    es.tell(fitness)
+    state, before = es.state_dict(), [p.detach().clone() for p in model.parameters()]
+    other = flipes.FlipES(model := mlp(), popsize=8)
+    for key, value in (
+        ("generation", -1),
+        ("generation", "3"),
+        ("generation", 1.5),
+        ("generation", None),
+        ("optimizer", {}),
+        ("optimizer", None),
+    ):
+        with pytest.raises(ValueError, match=rf"^state\['{key}'\] "):
+            other.load_state_dict({**state, key: value})
+        assert other.generation == 0
+    other.load_state_dict(state)
+    assert other.generation == 1 and all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flipes.dist import Comm, SerialComm, split_groups
+from flipes.dist import Comm, SerialComm, check_comm, split_groups
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, check_fitness, check_fitness_fn, check_weights, nonnegative
 from flipes.es.estimate import block_gradient
@@ -202,6 +202,8 @@ class FlipES:
         self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, o.seed, o.mirrored
         self.shaping, self.weight_decay = shaping, o.weight_decay
         self._sigma = sigma
+        if comm is not None:
+            check_comm(comm, "FlipES(comm=...)", needs=("rank", "size"))  # not an AttributeError at comm.rank below
         self.comm: Comm = comm if comm is not None else SerialComm()
         warn_unsplit(comm, popsize)
         self.comm_mode = comm_mode

@@ -44,7 +44,14 @@ def flag(name: str, value: Any) -> bool:
 
 def sigma_value(sigma: float | Callable[[int], float], generation: int) -> float:
     """σ of ``generation``: the number, or the schedule called; a finite number > 0, else an error."""
-    value = float(sigma(generation) if callable(sigma) else sigma)
+    given = sigma(generation) if callable(sigma) else sigma
+    try:  # a number of any kind (numpy's, a 0-d tensor); not a bool (sigma=True is 1.0) or a string float() parses
+        value = float(given) if not isinstance(given, bool | np.bool_ | str | bytes) else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None:
+        at = f" (the schedule's value at generation {generation})" if callable(sigma) else ""
+        raise TypeError(f"sigma must be a number > 0 or a schedule generation -> σ, got {given!r}{at} ({type(given).__name__})")
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"sigma must be a finite number > 0, got {value} at generation {generation}")
     return value
@@ -80,6 +87,8 @@ def checked_options(
     lr, weight_decay = nonnegative("lr", 0.03 if lr is None else lr), nonnegative("weight_decay", weight_decay)
     if popsize < 1 or groups < 1 or popsize % groups:
         raise ValueError(f"popsize={popsize} must be a positive multiple of groups={groups}")
+    if popsize > 2**24:  # flipes train's --popsize bound; 10**30 overflowed a C size below
+        raise ValueError(f"popsize={popsize} is beyond any use (at most {2**24:,}); is it a typo?")
     if mirrored and (popsize // groups) % 2:
         raise ValueError(
             f"mirrored sampling pairs members, but each group has popsize/groups = {popsize // groups} "

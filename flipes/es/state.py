@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flipes.es.checks import as_index
 from flipes.es.install import Deferred
 from flipes.es.members import BestMember
 from flipes.es.optimizer import optimizer_name
@@ -89,6 +90,16 @@ def load_state(es: FlipES, state: dict[str, Any]) -> None:
             f"not a FlipES state dict: missing {sorted(missing)}; pass what es.state_dict() returned (in a flipes "
             "checkpoint: flipes.load_checkpoint(DIR)['es'])"
         )
+    generation = as_index(state["generation"])
+    if generation is None or generation < 0:  # int() would truncate 1.5 and parse "3"; a negative one keys no noise
+        raise ValueError(
+            f"state['generation'] must be an integer >= 0, got {state['generation']!r}; pass what es.state_dict() returned"
+        )
+    if not isinstance(state["optimizer"], dict) or "param_groups" not in state["optimizer"]:  # torch: KeyError, AttributeError
+        raise ValueError(
+            f"state['optimizer'] is not an optimizer's state dict (got {type(state['optimizer']).__name__}); pass what "
+            "es.state_dict() returned"
+        )
     saved = dict(state["config"])
     if "rank" in saved:  # states saved before the option was called noise_rank
         saved["noise_rank"] = saved.pop("rank")
@@ -113,7 +124,7 @@ def load_state(es: FlipES, state: dict[str, Any]) -> None:
     es._placement = [(p.dtype, p.device) for p in es.params]  # torch cast the state to them
     if es.log_sigma is not None:
         es.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
-    es.generation = int(state["generation"])
+    es.generation = generation
     es._noise, es._freed, es._versions = None, None, None
     es._ranks_agree = False  # compared at the next tell, on every rank even where only some loaded
     best = state.get("best") if es.track_best else None  # a run may start or stop keeping it on resume
