@@ -459,6 +459,8 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         )
     _check_sigma_schedule(config)
     finite("--max-speed", config.max_speed, 0, fix="0 derives it from --lr; e.g. --max-speed 0.15")
+    if not config.resume:  # a resume's values may be the saved run's: restore names a change of search against them
+        _check_rule_options(config)
     if config.ars_top < 0 or config.ars_top > config.popsize // 2:
         from flipes.rl.presets import defaults as preset  # here: presets imports this module's TrainConfig
 
@@ -470,7 +472,6 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"{config.ars_top}{by_preset} of {config.popsize // 2} mirrored pairs",
             f"use 1 ... {config.popsize // 2}, or 0 for all",
         )
-    _check_rule_options(config)
     env_id = config.env if isinstance(config.env, str) else ""
     if config.model:
         from flipes.rl.presets import row_policy

@@ -121,7 +121,9 @@ def test_ars_top_takes_every_mirrored_pair_and_no_more() -> None:
 def test_max_speed_and_ars_top_are_refused_where_their_search_would_ignore_them() -> None:
     """--max-speed is read by --algo pgpe's ClipUp alone and --ars-top by --algo ars alone: given to another search, or
     --max-speed beside an --optimizer of one's own (which replaces ClipUp), each is refused naming the option, not
-    ignored; with their own search both pass."""
+    ignored; with their own search both pass. An --ars-top too large for the population as well is named as an option of
+    another search first (the fix that works). A resume's values may be the saved run's own: a change of search is
+    refused against the saved run, naming --algo (below)."""
     validate(TrainConfig(algo="pgpe", groups=8, max_speed=0.3))
     validate(TrainConfig(algo="ars", popsize=8, ars_top=2))
     for config, option in (
@@ -130,10 +132,23 @@ def test_max_speed_and_ars_top_are_refused_where_their_search_would_ignore_them(
         (TrainConfig(algo="pgpe", groups=8, max_speed=0.3, optimizer="torch.optim:SGD"), "--max-speed"),
         (TrainConfig(ars_top=2), "--ars-top"),
         (TrainConfig(algo="pgpe", groups=8, ars_top=2), "--ars-top"),
+        (TrainConfig(popsize=8, ars_top=8), "--ars-top"),
     ):
         with pytest.raises(UsageError) as e:
             validate(config)
         assert e.value.option == option and "drop " + option in e.value.fix, config
+
+
+def test_a_resume_that_changes_the_search_names_algo_not_the_saved_runs_options(tmp_path: Path) -> None:
+    """Resuming a run of --algo pgpe (max_speed saved) or ars (ars_top saved) with another --algo is refused as a change
+    of the run's options naming --algo, not as --max-speed / --ars-top given to another search: those are the saved
+    run's, never given, and dropping them would only be refused again."""
+    kw = {**FAST_KW, "popsize": 16, "hidden": [4], "eval_every": 100, "generations": 1}  # pgpe's 8 groups of 2
+    for algo, saved in (("pgpe", {"max_speed": 0.5}), ("ars", {"ars_top": 2})):
+        run = tmp_path / algo
+        flipes.train(**kw, algo=algo, **saved, out=str(run))
+        with pytest.raises(UsageError, match=r"^--resume: the run was trained with other options \(--algo: saved"):
+            flipes.train(**{**kw, "generations": 2}, algo="openai-es", resume=str(run))
 
 
 def test_sigma_min_may_equal_sigma_and_not_exceed_it() -> None:
