@@ -506,10 +506,11 @@ class _Parser(argparse.ArgumentParser):
 class _Given(argparse.Action):
     """Stores a text option whose default "" means "not given" (--out, --resume, --fitness, --render), refusing an
     empty word for it: read as that default, ``--resume "$RUN"`` with RUN unset would start a run afresh, and
-    ``--out "$DIR" --overwrite`` replace the default directory's run."""
+    ``--out "$DIR" --overwrite`` replace the default directory's run. Where a --config file (or a preset) set a value,
+    the parser's default is that value and an empty word clears it, as the option's own default would."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
-        if values == "":
+        if values == "" and self.default == "":
             flag = option_name(self.dest)
             raise UsageError(
                 flag,

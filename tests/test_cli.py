@@ -417,6 +417,20 @@ def test_a_config_that_is_empty_a_directory_or_no_regular_file_is_named_as_such(
     assert not (tmp_path / "out").exists()
 
 
+def test_an_empty_value_clears_what_a_config_file_set_and_is_refused_where_nothing_did(tmp_path: Path) -> None:
+    """An empty word for a text option whose default means "not given" is refused where that default stands (an unset
+    shell variable), and clears the value a --config file set, as leaving the option out of the file would."""
+    from flipes.commands import parse_train_config
+
+    cfg = tmp_path / "o.toml"
+    cfg.write_text('optimizer = "torch.optim:SGD"\nresume = "auto"\n')
+    assert parse_train_config(["--config", str(cfg)]).optimizer == "torch.optim:SGD"
+    cleared = parse_train_config(["--config", str(cfg), "--optimizer", "", "--resume", ""])
+    assert (cleared.optimizer, cleared.resume) == ("", "")
+    with pytest.raises(flipes.UsageError, match=r"^--optimizer: got an empty value"):
+        parse_train_config(["--optimizer", ""])
+
+
 CONFIG_TYPE_ERRORS = [
     ("generations = 3.7\n", "generations = 3.7 is not an integer; write e.g. generations = 4"),
     ('popsize = "64"\n', "popsize = '64' is not an integer; write e.g. popsize = 64"),
