@@ -64,10 +64,12 @@ def check_comm(comm: Any, where: str, needs: Sequence[str] = COMM_MEMBERS) -> No
     """Raise a TypeError naming what ``comm`` lacks of :class:`Comm` (an mpi4py communicator, a number), and the fix,
     where it would otherwise be an AttributeError at its first use; ``needs``: the members ``where`` reads (a loop of
     one's own may give FlipES a communicator of fewer)."""
-    missing = [name for name in needs if not hasattr(comm, name)]
+    # mpi4py's MPI.COMM_WORLD (read on its class: a stand-in's __getattr__ may refuse any name) has a rank and a size
+    # and none of Comm's collectives: not taken wherever fewer members are needed
+    mpi = hasattr(type(comm), "Get_rank") and hasattr(type(comm), "Allreduce")
+    missing = [name for name in (COMM_MEMBERS if mpi else needs) if not hasattr(comm, name)]
     if not missing:
         return
-    mpi = hasattr(comm, "Get_rank") and hasattr(comm, "Allreduce")  # mpi4py's MPI.COMM_WORLD
     fix = (
         "wrap it: flipes.dist.MPIComm(comm)"
         if mpi

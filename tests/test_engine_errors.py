@@ -773,12 +773,26 @@ def test_an_unconverted_lazy_model_is_refused_naming_the_module_and_the_fix() ->
 
 def test_a_comm_that_is_no_flipes_communicator_is_a_type_error_naming_the_fix() -> None:
     """FlipES(comm=...) given an object that is no flipes.dist communicator (a number, a string meant as comm_mode) is a
-    TypeError naming what it lacks and flipes.dist.world(), not an AttributeError at ``comm.rank``."""
+    TypeError naming what it lacks and flipes.dist.world(), not an AttributeError at ``comm.rank``; an mpi4py
+    communicator (which has a rank and a size, but none of the collectives FlipES calls) is one naming
+    flipes.dist.MPIComm, not an AttributeError at the first tell."""
     for comm in (3, "seeds", object()):
         with pytest.raises(
             TypeError, match=r"^FlipES\(comm=\.\.\.\) takes a flipes.dist communicator, got .*flipes.dist.world\(\)"
         ):
             flipes.FlipES(mlp(), popsize=8, comm=comm)
+
+    class Mpi4pyLike:  # what the check reads of mpi4py's Intracomm, without initializing MPI in this process
+        rank, size = 0, 1
+
+        def Get_rank(self) -> int:  # mpi4py's names
+            return 0
+
+        def Allreduce(self, *args: object) -> None:
+            pass
+
+    with pytest.raises(TypeError, match=r"got an mpi4py communicator \(no local_rank, .*wrap it: flipes.dist.MPIComm\(comm\)$"):
+        flipes.FlipES(mlp(), popsize=8, comm=Mpi4pyLike())
 
 
 def test_a_sigma_that_is_no_number_is_a_type_error_naming_sigma() -> None:
