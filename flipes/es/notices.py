@@ -61,7 +61,7 @@ def warn_sigma_one_group(es: FlipES) -> None:
 def warn_dropout(es: FlipES) -> None:
     """Warn once (rank 0) where the model has dropout in training mode at the end of the first population block: a
     module starts in it (a Hugging Face model built from a config too), and each member's fitness would carry noise
-    of its own that ES reads as signal. Read at the end, not the start: a fitness may call model.eval() ites."""
+    of its own that ES reads as signal. Read at the end, not the start: a fitness may call model.eval() itself."""
     if es._told_dropout or es.comm.rank != 0:
         return
     es._told_dropout = True
