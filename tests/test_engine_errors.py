@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import Mpi4pyLike
 from torch import nn
 
 import flipes
@@ -781,15 +782,6 @@ def test_a_comm_that_is_no_flipes_communicator_is_a_type_error_naming_the_fix() 
             TypeError, match=r"^FlipES\(comm=\.\.\.\) takes a flipes.dist communicator, got .*flipes.dist.world\(\)"
         ):
             flipes.FlipES(mlp(), popsize=8, comm=comm)
-
-    class Mpi4pyLike:  # what the check reads of mpi4py's Intracomm, without initializing MPI in this process
-        rank, size = 0, 1
-
-        def Get_rank(self) -> int:  # mpi4py's names
-            return 0
-
-        def Allreduce(self, *args: object) -> None:
-            pass
 
     with pytest.raises(TypeError, match=r"got an mpi4py communicator \(no local_rank, .*wrap it: flipes.dist.MPIComm\(comm\)$"):
         flipes.FlipES(mlp(), popsize=8, comm=Mpi4pyLike())

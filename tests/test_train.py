@@ -28,6 +28,7 @@ from helpers import (
     MADE_UP_FITNESS,
     NEEDS_TOMLLIB,
     ROOT,
+    Mpi4pyLike,
     metrics,
     run_script,
     sigterm_twice,
@@ -591,15 +592,6 @@ def test_a_comm_that_is_no_flipes_communicator_is_refused_naming_the_fix(tmp_pat
     tensor collectives) or any other object is a TypeError naming what it lacks and the fix (wrap it in
     flipes.dist.MPIComm; flipes.dist.world()), before anything is written; not an AttributeError from building the
     env. A string is still the --comm option, and a flipes communicator trains."""
-
-    class Mpi4pyLike:  # what the check reads of mpi4py's Intracomm, without initializing MPI in this process
-        rank, size = 0, 1
-
-        def Get_rank(self) -> int:  # mpi4py's names
-            return 0
-
-        def Allreduce(self, *args: object) -> None:
-            pass
 
     mpi = r"an mpi4py communicator \(no local_rank, local_size, bytes_sent\); wrap it: flipes.dist.MPIComm\(comm\)$"
     for comm, named in ((Mpi4pyLike(), mpi), (3, r"an int \(no rank, size, local_rank\); pass flipes.dist.world\(\)")):
