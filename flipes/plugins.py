@@ -20,6 +20,7 @@ from torch import nn
 
 from flipes.cli import load_callable, main_module
 from flipes.errors import UsageError
+from flipes.es.optimizer import unsteppable
 from flipes.nn.convert import uncompiled
 
 OPTION: MappingProxyType[str, str] = MappingProxyType(
@@ -87,16 +88,12 @@ def check_call(fn: Callable[..., Any], kind: str, what: str) -> None:
 
 
 def _check_steppable(cls: type[torch.optim.Optimizer], spec: str) -> None:
-    """Refuse a torch.optim class a FlipES cannot step: one whose step() needs a closure recomputing the loss (LBFGS:
-    ``tell`` writes the ES gradient, there is no loss to recompute), or SparseAdam (the ES gradient is dense); each
-    failed at the first tell, after the run directory was written, in a traceback."""
-    fix = "use a first-order optimizer of dense gradients, e.g. --optimizer torch.optim:Adam or torch.optim:SGD"
-    if issubclass(cls, torch.optim.SparseAdam):
-        raise UsageError("--optimizer", f"{spec}: SparseAdam steps sparse gradients, and the ES gradient is dense", fix)
-    closure = inspect.signature(cls.step).parameters.get("closure")
-    if closure is not None and closure.default is inspect.Parameter.empty:
-        problem = f"{spec}: {cls.__name__}.step needs a closure that recomputes the loss, and ES has none (tell writes ĝ)"
-        raise UsageError("--optimizer", problem, fix)
+    """Refuse a torch.optim class a FlipES cannot step (``flipes.es.optimizer.unsteppable``) where it is named, before
+    the run directory is written (FlipES refuses it too, where it builds it)."""
+    problem = unsteppable(cls)
+    if problem is not None:
+        fix = "use a first-order optimizer of dense gradients, e.g. --optimizer torch.optim:Adam or torch.optim:SGD"
+        raise UsageError("--optimizer", f"{spec}: {problem}", fix)
 
 
 @dataclass(frozen=True)

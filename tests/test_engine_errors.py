@@ -828,3 +828,14 @@ def test_a_state_dict_with_a_bad_generation_or_optimizer_state_is_refused_and_ch
         assert other.generation == 0
     other.load_state_dict(state)
     assert other.generation == 1 and all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_an_optimizer_tell_cannot_step_is_refused_where_it_is_built() -> None:
+    """An optimizer whose step() needs a closure recomputing the loss (LBFGS; tell writes the ES gradient, there is no
+    loss) or SparseAdam (the ES gradient is dense), given as a class or built by a factory, is a ValueError at FlipES(...)
+    naming a first-order optimizer, not a traceback at the first tell; Adam and SGD are built."""
+    for optimizer in (torch.optim.LBFGS, lambda params: torch.optim.LBFGS(params), lambda p: torch.optim.SparseAdam(p)):
+        with pytest.raises(ValueError, match=r"^optimizer: .*; use a first-order optimizer of dense gradients"):
+            flipes.FlipES(mlp(), popsize=8, optimizer=optimizer)
+    for optimizer in (torch.optim.Adam, lambda params: torch.optim.SGD(params, lr=0.1)):
+        assert flipes.FlipES(mlp(), popsize=8, optimizer=optimizer).step(lambda m, pop: m(torch.ones(pop.size, 4))[:, 0])

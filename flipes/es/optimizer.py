@@ -7,6 +7,7 @@ optimizer then climbs the fitness (Adam by default, as Salimans et al., 2017, ar
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,18 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     return f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
 
 
+def unsteppable(cls: type[torch.optim.Optimizer]) -> str | None:
+    """Why ``tell`` cannot step an optimizer of ``cls`` (None where it can): a ``step()`` that needs a closure recomputing
+    the loss (LBFGS: tell writes the ES gradient, there is no loss to recompute), or SparseAdam (the ES gradient is
+    dense). Either failed at the first tell in a traceback."""
+    if issubclass(cls, torch.optim.SparseAdam):
+        return "SparseAdam steps sparse gradients, and the ES gradient is dense"
+    closure = inspect.signature(cls.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        return f"{cls.__name__}.step needs a closure that recomputes the loss, and ES has none (tell writes ĝ)"
+    return None
+
+
 def build_optimizer(
     params: list[nn.Parameter],
     optimizer: OptimizerFactory | type[torch.optim.Optimizer] | None,
@@ -85,6 +98,9 @@ def build_optimizer(
             f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer; return the optimizer "
             "it builds, e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
         )
+    problem = unsteppable(type(built))
+    if problem is not None:
+        raise ValueError(f"optimizer: {problem}; use a first-order optimizer of dense gradients, e.g. torch.optim.Adam")
     held = [p for group in built.param_groups for p in group["params"]]
     evolved, ids = {id(p) for p in params}, {id(p) for p in held}
     missing = [p for p in params if id(p) not in ids]
