@@ -355,6 +355,13 @@ CASES = [
     ),
     ("conv1d-k", lambda: nn.Conv1d(3, 5, 4, stride=2), lambda: (randn(3 * N, 3, 12),), rows(3), out_rows(3)),
     ("conv3d", lambda: nn.Conv3d(2, 4, (2, 3, 3), padding=1), lambda: (randn(N, 2, 2, 5, 4, 4),), rows(0), out_rows(0)),
+    (
+        "conv3d-strided-dilated-groups",
+        lambda: nn.Conv3d(4, 6, (2, 3, 3), stride=(1, 2, 1), dilation=(1, 1, 2), padding=1, groups=2),
+        lambda: (randn(N, 4, 4, 6, 7),),
+        rows(0),
+        out_rows(0),
+    ),
     ("linear-subclass", lambda: PlainLinear(7, 5), lambda: (randn(N, 3, 7),), rows(0), out_rows(0)),
     ("embedding", lambda: nn.Embedding(13, 6, padding_idx=2), lambda: (torch.randint(13, (N, 9)),), rows(0), out_rows(0)),
     (  # ids shared by all members (position ids): each member looks them up in its own table
