@@ -252,6 +252,7 @@ FOREIGN_NAMES = {
     "ranking_method": "shaping",
     "sigma_init": "sigma",
     "sigma_limit": "sigma_min",
+    "lrate_init": "lr",
     "max_iter": "generations",
     "total_timesteps": "max_timesteps",
     "n_timesteps": "max_timesteps",
