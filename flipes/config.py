@@ -17,7 +17,7 @@ from flipes.cli import EMPTY, check_options, check_value, field_type, finite, op
 from flipes.errors import UsageError
 
 _UNSET: Any = object()
-TRAIN_ONLY = ("evaluate",)  # flipes.train's keyword that is no option of a run (it is never recorded)
+TRAIN_ONLY = ("evaluate", "callbacks")  # flipes.train's keywords that are no options of a run (never recorded)
 ShapingName = Literal["auto", "centered-ranks", "z-score", "raw"]
 SHAPING_NAMES: tuple[str, ...] = get_args(ShapingName)  # the shapings --shaping names (else module:function)
 

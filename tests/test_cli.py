@@ -526,6 +526,13 @@ def test_json_config_and_library_overrides_are_typed_too(tmp_path: Path) -> None
         flipes.train(evaluation=lambda model: 1.0)  # a keyword of flipes.train besides the options
 
 
+def test_a_misspelt_callbacks_keyword_is_offered_callbacks() -> None:
+    """``callback=`` (Keras' and Lightning's habit is a list named ``callbacks``; so is flipes.train's) is refused
+    naming ``callbacks``, the keyword meant, rather than every option of a run, none of which it is."""
+    with pytest.raises(flipes.UsageError, match=r"^flipes.train: unknown option 'callback'; did you mean callbacks\?$"):
+        flipes.train(callback=[flipes.Callback()])
+
+
 def test_none_for_an_option_whose_unset_value_is_empty_is_that_value_and_elsewhere_an_error(tmp_path: Path) -> None:
     """``resume=None`` (``args.resume`` of an argparse script, or a script's own "no resume") is the unset ``""`` for
     the options whose default is ``""`` (out, resume, fitness, model, optimizer), and ``env_kwargs=None`` the unset
