@@ -535,10 +535,13 @@ def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:
             raise EnvError(
                 f"{env_id!r} needs the Arcade Learning Environment; pip install ale-py (or EnvPool's Atari ids, e.g. Pong-v5)"
             ) from e
+        # an id of one's own, registered by a module that nothing imported yet: gymnasium's "module:ID" imports it
+        engine = env_id.removesuffix(name)  # "gymnasium:", or "" for the fastest engine
+        own = "" if sep else f"; an env your module registers: '{engine}mymodule:{short}' imports the module first"
         raise EnvError(
             f"unknown env id {env_id!r} ({e}); use a flipes id ({_flipes_ids()}), a registered gymnasium id "
             "(gymnasium.pprint_registry() lists them; MuJoCo ids need pip install 'flipes[mujoco]') or an EnvPool id "
-            "(envpool.list_all_envs())"
+            f"(envpool.list_all_envs()){own}"
         ) from e
 
 
