@@ -527,9 +527,36 @@ def test_a_second_tell_in_one_generation_says_that_tell_already_ended_it() -> No
         es.tell(torch.arange(8.0))
 
 
+def test_the_flatten_that_a_conv_nets_shape_error_names_serves_members_and_plain_batches() -> None:
+    """A conv net whose ``nn.Flatten()`` flattens a member's examples into its features is refused naming
+    ``nn.Flatten(start_dim=-3)``; with it, the same model takes plain ``(batch, C, H, W)`` outside a population and
+    ``(members, batch, C, H, W)`` inside one, each member's logits equal to the unconverted net run with that member's
+    explicit weights (float64, 1e-12)."""
+
+    def net(flatten: nn.Module) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), flatten, nn.Linear(3 * 4 * 4, 2)).double()
+
+    x = torch.randn(5, 1, 4, 4, dtype=torch.float64)
+    model = flipes.flipout(net(nn.Flatten()))
+    es = flipes.FlipES(model, popsize=4, sigma=0.1)
+    with es.population() as pop, pytest.raises(ValueError, match=r"nn\.Flatten\(start_dim=-3\) after a conv"):
+        model(x.expand(pop.size, *x.shape))
+    plain = net(nn.Flatten(start_dim=-3))
+    model = flipes.flipout(copy.deepcopy(plain))
+    torch.testing.assert_close(model(x), plain(x), rtol=0, atol=0)  # outside a population: the plain net
+    es = flipes.FlipES(model, popsize=4, sigma=0.1)
+    with es.population() as pop:
+        logits = model(x.expand(pop.size, *x.shape))
+        assert logits.shape == (4, 5, 2)
+        for i in pop.members:
+            plain.load_state_dict(es.member_state_dict(i))
+            torch.testing.assert_close(logits[i], plain(x), rtol=0, atol=1e-12)
+
+
 def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
     """tell before any population is a RuntimeError; inputs without the members first, or with the examples flattened
-    into the features (naming ``start_dim=2``), or of another feature count (naming in_features, not flattening), are
+    into the features (naming ``start_dim=-3``), or of another feature count (naming in_features, not flattening), are
     ValueErrors; non-finite fitness (naming the members and values),
     too few values or a (N, 1) shape are ValueErrors that leave the parameters and generation unchanged, after which a
     good fitness is taken (finite values whose sum overflows too). An odd number of members per group with mirroring,
@@ -541,7 +568,7 @@ def test_bad_input_is_rejected_and_leaves_parameters_unchanged() -> None:
         es.tell(torch.zeros(8))
     with es.population() as pop, pytest.raises(ValueError, match="members first"):
         model(torch.zeros(pop.size - 1, 6))
-    with es.population() as pop, pytest.raises(ValueError, match=r"has 18 features, the layer takes 6.*start_dim=2"):
+    with es.population() as pop, pytest.raises(ValueError, match=r"has 18 features, the layer takes 6.*start_dim=-3"):
         model(torch.zeros(pop.size, 3, 6).flatten(1))  # examples flattened into the features
     with es.population() as pop, pytest.raises(ValueError, match=r"has 4 features, the layer takes 6; give it in_features=4"):
         model(torch.zeros(pop.size, 1, 4))  # another input size (an env's observations): no hint about flattening
