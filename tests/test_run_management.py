@@ -261,14 +261,17 @@ FOREIGN_NAMES = {
     "save_freq": "checkpoint_every",
     "eval_freq": "eval_every",
     "num_threads": "threads",
+    "learning_rate": "lr",
+    "log_dir": "out",
+    "logdir": "out",
 }
 
 
 @pytest.mark.parametrize(("key", "ours"), sorted(FOREIGN_NAMES.items()))
 def test_every_other_libraries_name_is_refused_naming_the_flipes_option(key: str, ours: str) -> None:
-    """The names OpenAI's ES starter, EvoTorch, EvoJAX, evosax, Stable-Baselines3 and RL Zoo give these options (README's
-    "Coming from" table and the line below it) are refused as keywords and as flags, naming the flipes option that
-    means the same."""
+    """The names OpenAI's ES starter, EvoTorch, EvoJAX, evosax, Stable-Baselines3, RL Zoo and TensorBoard give these
+    options (README's "Coming from" table and the line below it) are refused as keywords and as flags, naming the flipes
+    option that means the same (not the closest spelling: --log-dir is no --lr)."""
     with pytest.raises(UsageError) as e:
         TrainConfig(**{key: 1})
     assert f" {key} is {ours} here" in e.value.fix
