@@ -34,6 +34,13 @@ class Callback:
     with state of its own (a hall of fame, a schedule) returns it from ``state_dict``: it is saved in
     every checkpoint and given back to ``load_state_dict`` when the run is resumed with the same
     callbacks (matched by position and class).
+
+    ``state`` is the loop's ``flipes.training.TrainState``: ``state.es`` (the FlipES: ``generation``, ``optimizer``,
+    ``best``), ``state.model`` (the mean network outside a population), ``state.config`` (the run's
+    :class:`flipes.TrainConfig`), ``state.run_dir``, ``state.best`` (the best ``eval_return`` so far),
+    ``state.metrics`` (this call's rows), ``state.timesteps``, ``state.seconds`` and ``state.comm``.
+    ``on_train_end``'s ``reason`` is :class:`flipes.TrainResult`'s: ``generations``, ``solved: ...``, ``stopped by a
+    callback``, ``interrupted``, ...
     """
 
     def state_dict(self) -> dict[str, Any] | None:
