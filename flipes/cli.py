@@ -387,6 +387,19 @@ MINIMIZE_FIX = (
     "takes a loss in a loop of your own)"
 )
 
+# how other libraries ask for worker processes (EvoTorch's num_actors, ...): flipes' processes are MPI ranks
+PROCESSES = ("num_actors", "num_workers", "n_workers", "num_processes", "n_jobs")
+
+
+def processes_fix(flags: bool) -> str:
+    """What to do instead of asking training for worker processes, for options spelt as flags or keywords."""
+    threads = "--env-threads" if flags else "env_threads"
+    return (
+        "flipes' processes are MPI ranks: mpiexec -n N flipes train ... (or a script calling flipes.train) splits the "
+        f"population among N processes; an env's own worker processes or threads are {threads}"
+    )
+
+
 # other ES libraries' names for training options: (whose, flipes' option, what else to know); README's "Coming from" table
 FOREIGN = {
     "noise_stdev": ("OpenAI's ES starter", "sigma", ""),
@@ -456,6 +469,8 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
             fix = f"did you mean {', '.join(close)}?" if close else f"valid options: {', '.join([*names, *also])}"
             if key in MINIMIZE and cls.__name__ == "TrainConfig":  # EvoTorch's and evosax's way to minimize
                 fix = MINIMIZE_FIX
+            if key in PROCESSES and cls.__name__ == "TrainConfig":
+                fix = processes_fix(flags=False)
             if cls.__name__ == "TrainConfig" and (foreign := foreign_fix(key, flags=False)):  # not the closest spelling
                 fix = foreign
             raise UsageError(source, f"unknown option {key!r}", fix)
@@ -493,6 +508,8 @@ class _Parser(argparse.ArgumentParser):
             key = word.split("=")[0].lstrip("-").replace("-", "_")
             if self.prog.endswith("train") and key in MINIMIZE:
                 fix = MINIMIZE_FIX
+            if self.prog.endswith("train") and key in PROCESSES:
+                fix = processes_fix(flags=True)
             if self.prog.endswith("train") and (foreign := foreign_fix(key, flags=True)):
                 fix = foreign
             # -n 1000: a letter's close spellings are noise, not guesses (-popsize 8, a long flag with one dash, gets them)

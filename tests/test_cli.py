@@ -565,6 +565,18 @@ def test_asking_training_to_minimize_says_how(key: str, tmp_path: Path, capsys: 
     assert_unknown_option(key, False, MINIMIZE_FIX, MINIMIZE_FIX, tmp_path, capsys)
 
 
+@pytest.mark.parametrize("key", ["num_actors", "num_workers"])
+def test_asking_training_for_worker_processes_names_mpiexec(key: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """EvoTorch's ``num_actors`` (and the usual ``num_workers``) given to training, as a keyword or a flag, is refused
+    naming what starts flipes' processes, ``mpiexec -n N``, and the option for an env's own workers, spelt as the
+    caller spells options; nothing is written."""
+    fix = (
+        "flipes' processes are MPI ranks: mpiexec -n N flipes train ... (or a script calling flipes.train) splits the "
+        "population among N processes; an env's own worker processes or threads are "
+    )
+    assert_unknown_option(key, 4, fix + "env_threads", fix + "--env-threads", tmp_path, capsys)
+
+
 def assert_unknown_option(
     key: str, value: object, keyword_fix: str, flag_fix: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
