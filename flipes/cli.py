@@ -731,11 +731,14 @@ def load_callable(spec: str, option: str) -> Callable[..., Any]:
             f"{module_name!r} is a file path, not a module name",
             f"put its directory on PYTHONPATH (or run from it) and pass {option} {name}:{attr}",
         )
+    # a script's function is found by importing the script from Python (its __main__ block does not run then)
+    script = module_name.removeprefix("__main__[").removesuffix("]") if module_name.startswith("__main__[") else ""
+    value = f"{script}.{attr}" if script and "<" not in attr else "..."
     given_again = UsageError(  # for a name recorded from an object given to flipes.train
         option,
         f"{spec} was a Python object given to flipes.train and cannot be imported by name",
-        f"give it again ({option.lstrip('-')}=... of flipes.train, flipes.load_policy or flipes.export_policy), "
-        "or define it in a module",
+        f"give it again from Python ({option.lstrip('-')}={value} of flipes.train, flipes.load_policy or "
+        "flipes.export_policy), or define it in a module",
     )
     if module_name.startswith("__main__["):  # a function of a script: found only while that script runs
         if module_name != f"__main__[{main_module()}]":

@@ -1119,7 +1119,8 @@ def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functio
     """``python quadscript.py`` records its functions as ``__main__[quadscript]:...``; another program
     that imports that script and gives the same functions continues the run bit for bit (recording
     their importable names), the script run again continues it without giving them, and a function
-    of another name, or of the same name in another module, is refused."""
+    of another name, or of the same name in another module, is refused. Resumed without them, the error names them as
+    that program gives them (``model=quadscript.make_model``)."""
     script = QUADRATIC_MODULE + (
         "\ndef other_model(env):\n    return make_model(env)\n\nif __name__ == '__main__':\n    import flipes, sys\n"
         "    given = {'model': make_model, 'fitness': fitness} if sys.argv[3] == 'new' else {'resume': sys.argv[1]}\n"
@@ -1143,7 +1144,8 @@ def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functio
     for other, named in ((quadscript.other_model, "quadscript:other_model"), (othertask.make_model, "othertask:make_model")):
         with pytest.raises(flipes.UsageError, match=rf"--model: saved '__main__\[quadscript\]:make_model', now '{named}'"):
             flipes.train(model=other, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False)
-    with pytest.raises(flipes.UsageError, match="give it again"):  # here, quadscript is not the running script
+    # here, quadscript is not the running script: the error names the function to give, as this program imports it
+    with pytest.raises(flipes.UsageError, match=r"give it again from Python \(model=quadscript\.make_model of flipes\.train"):
         flipes.train(resume=str(tmp_path / "b"), generations=6, progress=False)
     rest = flipes.train(
         model=quadscript.make_model, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False
