@@ -467,6 +467,8 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
         if key not in hints or key not in names:
             close = difflib.get_close_matches(key, [*names, *also], n=3)
             fix = f"did you mean {', '.join(close)}?" if close else f"valid options: {', '.join([*names, *also])}"
+            if key in also:  # a keyword the caller's function takes beside the options (flipes.train's callbacks=)
+                fix = f"{key} is no option of a run but a keyword of flipes.train itself: flipes.train(config, {key}=...)"
             if key in MINIMIZE and cls.__name__ == "TrainConfig":  # EvoTorch's and evosax's way to minimize
                 fix = MINIMIZE_FIX
             if key in PROCESSES and cls.__name__ == "TrainConfig":

@@ -533,6 +533,17 @@ def test_a_misspelt_callbacks_keyword_is_offered_callbacks() -> None:
         flipes.train(callback=[flipes.Callback()])
 
 
+@pytest.mark.parametrize("key", ["callbacks", "evaluate"])
+def test_a_keyword_of_train_given_to_the_config_says_where_it_goes(key: str) -> None:
+    """``callbacks=`` or ``evaluate=`` given to TrainConfig.for_env (or replace), which takes options of a run alone, is
+    refused saying it is a keyword of flipes.train, not offered itself as the closest spelling."""
+    fix = f"{key} is no option of a run but a keyword of flipes.train itself: flipes.train(config, {key}=...)"
+    for make in (lambda: TrainConfig.for_env("flipes/CartPole-v1", **{key: []}), lambda: TrainConfig().replace(**{key: []})):
+        with pytest.raises(flipes.UsageError) as error:
+            make()
+        assert str(error.value) == f"flipes.train: unknown option {key!r}; {fix}"
+
+
 def test_none_for_an_option_whose_unset_value_is_empty_is_that_value_and_elsewhere_an_error(tmp_path: Path) -> None:
     """``resume=None`` (``args.resume`` of an argparse script, or a script's own "no resume") is the unset ``""`` for
     the options whose default is ``""`` (out, resume, fitness, model, optimizer), and ``env_kwargs=None`` the unset
