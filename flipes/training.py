@@ -2,9 +2,11 @@
 
 The loop is Salimans et al.'s ES (2017, arXiv:1703.03864) over FlipES's Flipout population (Wen et
 al., ICLR 2018, arXiv:1803.04386), built from small steps: what the config builds
-(:mod:`flipes.builders`), a resumed run's state (:mod:`flipes.resume`), :func:`evaluate_center`,
-:func:`stop_reason`. Rows go to callbacks (``flipes.callbacks``); under MPI every rank runs the loop
-on its block of groups and rank 0 alone evaluates and runs the callbacks.
+(:mod:`flipes.builders`), a resumed run's state (:mod:`flipes.resume`), :func:`~flipes.evaluation.evaluate_center`,
+:func:`~flipes.stopping.stop_reason`. Rows go to callbacks (``flipes.callbacks``); under MPI every rank runs the loop
+on its block of groups and rank 0 alone evaluates and runs the callbacks (:mod:`flipes.rank_zero`). What the loop
+holds and returns is in :mod:`flipes.train_state`, Ctrl-C and SIGTERM in :mod:`flipes.interrupts`, the checks of the
+callbacks' hooks in :mod:`flipes.hooks`.
 """
 
 from __future__ import annotations
@@ -12,26 +14,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import inspect
 import json
 import math
-import numbers
-import os
-import signal
-import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
-from torch import Tensor, nn
 
 from flipes import dist
 from flipes.builders import (
@@ -51,198 +43,20 @@ from flipes.callbacks import Callback, Checkpointer, PlainRow
 from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_dir, validate
 from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError, caller_stacklevel
-from flipes.es import FlipES
 from flipes.es.optimizer import optimizer_settings
+from flipes.evaluation import evaluate_center
+from flipes.hooks import check_hooks
+from flipes.interrupts import Interrupted, StopRequest  # noqa: F401 (Interrupted: what train raises, named from here)
 from flipes.nn import flipout
 from flipes.nn.convert import training_dropout
 from flipes.plugins import NAMED, Plugins
+from flipes.rank_zero import on_rank_0, rank_difference_hint, set_optimizer_settings
 from flipes.resume import agree, restore
 from flipes.rl import EnvPoolVectorEnv, RolloutFitness
 from flipes.rl.envs import base_id, print_note
 from flipes.rundir import check_not_in_use, check_run_dir, prepare_run_dir
-
-
-@dataclass
-class TrainState:
-    """What the loop holds, as callbacks see it."""
-
-    config: TrainConfig
-    model: nn.Module
-    es: FlipES
-    comm: dist.Comm
-    run_dir: Path
-    target: float | None
-    resumed: bool = False
-    best: float = -math.inf  # best eval_return so far
-    seconds: float = 0.0  # wall time of training, over resumes
-    timesteps: int = 0  # env steps of all ranks, over resumes
-    metrics: list[dict[str, Any]] = field(default_factory=list)  # rows of this call
-    callbacks: list[Callback] = field(default_factory=list)  # the user's, whose state_dict() is saved
-    saved_callbacks: dict[str, Any] = field(default_factory=dict)  # their states in the resumed checkpoint
-    asked_generations: int | None = None  # a resume's --generations below the run's own, which is kept
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation), the run's counters
-        and the user's callbacks' states."""
-        saved = {}
-        for key, cb in callback_keys(self.callbacks):
-            value = cb.state_dict()
-            if value is not None:
-                check_saveable(value, f"{key}.state_dict()")
-                saved[key] = value
-        return {
-            "es": self.es.state_dict(),
-            "timesteps": self.timesteps,
-            "seconds": self.seconds,
-            "best": self.best,
-            "config": dataclasses.asdict(self.config),
-            **({"callbacks": saved} if saved else {}),
-        }
-
-
-def callback_keys(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
-    """Each callback's key in a checkpoint: its position and class, ``"0:HallOfFame"``."""
-    return [(f"{i}:{type(cb).__qualname__}", cb) for i, cb in enumerate(callbacks)]
-
-
-def check_saveable(value: Any, where: str) -> None:
-    """Raise a UsageError for what a checkpoint cannot hold (it loads with ``weights_only``)."""
-    if isinstance(value, Tensor | int | float | bool | str | type(None)):
-        return
-    if isinstance(value, list | tuple):
-        for item in value:
-            check_saveable(item, where)
-        return
-    if isinstance(value, dict) and all(isinstance(k, str | int) for k in value):
-        for item in value.values():
-            check_saveable(item, where)
-        return
-    raise UsageError(
-        "callbacks",
-        f"{where} holds a {type(value).__name__}, which a checkpoint cannot hold",
-        "return tensors, numbers, strings, None, and lists, tuples and dicts of them (e.g. torch.as_tensor(array))",
-    )
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns.
-
-    Attributes:
-        model: the trained model (outside a population it is the mean network).
-        es: the FlipES (its ``state_dict`` continues the run).
-        metrics: the rows of this call, one per generation, as written to ``metrics.jsonl``.
-        run_dir: the run directory.
-        reason: why training ended: ``generations``, ``solved: ...``, ``timestep budget reached: ...``
-            (``max_timesteps``), ``stopped after ...`` (``max_seconds``), ``nothing trained: ...`` (a resume past its
-            budget),
-            ``stopped by a callback`` or ``interrupted`` (Ctrl-C/SIGTERM; the command exits 130).
-        config: the options the run used.
-        best: the best ``eval_return`` of the run (over resumes), None where nothing was evaluated.
-    """
-
-    model: nn.Module
-    es: FlipES
-    metrics: list[dict[str, Any]]
-    run_dir: Path
-    reason: str
-    config: TrainConfig
-    best: float | None = None
-
-    @property
-    def eval_return(self) -> float | None:
-        """The last evaluation's ``eval_return`` in this call's rows (None where there was none)."""
-        return next((row["eval_return"] for row in reversed(self.metrics) if "eval_return" in row), None)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Training stopped at once by a second Ctrl-C or SIGTERM; ``why`` names it, ``kept`` says what the run keeps
-    (the command line prints both in one line and exits 130)."""
-
-    def __init__(self, why: str, kept: str) -> None:
-        self.why, self.kept = why, kept
-        super().__init__(f"{why}; {kept}")
-
-
-# a SIGTERM again within this many seconds of the first is the same request: a batch system signals every process of
-# a job, and a launcher (mpiexec, srun) forwards its own SIGTERM to the ranks as well
-REPEAT_SECONDS = 2.0
-
-
-class StopRequest:
-    """Inside ``with StopRequest() as stop``, Ctrl-C / SIGTERM ask the loop to stop after the current generation
-    (and checkpoint), said at once in one line where ``say``; a second one stops at once: it raises
-    :class:`Interrupted` (a KeyboardInterrupt) naming it and ``kept()``, what the run keeps, so that a generation that
-    never ends (a hung env, a fitness stuck in a loop) cannot make a process ignore every later SIGTERM. A SIGTERM
-    within ``REPEAT_SECONDS`` of the first one is a copy of it, not a second one. The handlers that were installed
-    before are restored on exit. Off the main thread (where Python allows no signal handlers) it does nothing.
-
-    While ``setting_up`` says what a stop keeps (envs and the model being built, before the run directory is
-    written), the first signal stops at once too: there is nothing of the run to keep yet, and a model may take
-    minutes to load. Once it is cleared (as the MPI ranks meet, before rank 0 writes the run directory), a signal waits
-    for the directory to be whole, and the loop stops before its first generation (:func:`run_loop`)."""
-
-    def __init__(
-        self, say: bool = True, last: Callable[[], str] = lambda: "the last checkpoint", resume: str = "", setting_up: str = ""
-    ) -> None:
-        self.requested = False
-        self.say, self.last, self.resume, self.setting_up = say, last, resume, setting_up
-        self.running = False  # a generation may be under way (the loop has started)
-        self._holding, self._held = False, ""  # a note kept back (holding_note) until it is known to hold
-        self._first: tuple[int, float] | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        now = time.monotonic()
-        if self._first is not None:
-            if self._first[0] == signum == signal.SIGTERM and now - self._first[1] < REPEAT_SECONDS:
-                return
-            raise Interrupted(f"a second {name}", self.kept())
-        self._first, self.requested = (signum, now), True
-        if self.setting_up:
-            raise Interrupted(f"{name} while the run was set up", self.setting_up)
-        if self.say:
-            when = "after the generation under way, with a checkpoint" if self.running else "before the first generation"
-            text = f"flipes: {name}: stopping {when}; another Ctrl-C or SIGTERM stops at once, keeping {self.last()}"
-            if self._holding:
-                self._held = text
-                return
-            self._say(text)
-
-    @contextlib.contextmanager
-    def holding_note(self) -> Iterator[None]:
-        """Inside, a first signal's note is kept back, and said on leaving normally: the ranks are agreeing, and another
-        rank still setting up may end the job at once, with its own line, instead."""
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
-        if self._held:
-            self._say(self._held)
-            self._held = ""
-
-    @staticmethod
-    def _say(text: str) -> None:
-        try:  # sys.stderr: a notebook's too
-            print(text, file=sys.stderr, flush=True)
-        except (RuntimeError, OSError, ValueError):  # this handler cut into the main thread's own write to it
-            with contextlib.suppress(OSError):
-                os.write(2, (text + "\n").encode(errors="replace"))
-
-    def kept(self) -> str:
-        """What a run stopped at once keeps: its last checkpoint, and the way on from it."""
-        return f"{self.last()} stays" + (f": --resume {self.resume} continues from it" if self.resume else "")
+from flipes.stopping import budget_spent, stop_asked, stop_reason
+from flipes.train_state import TrainResult, TrainState, callback_keys
 
 
 def _step_options(config: TrainConfig, first: str, second: str) -> str:
@@ -411,33 +225,6 @@ def _train_watched(
         return _set_up_and_run(config, comm, callbacks, plugins, notes, device, run_dir, stop)
 
 
-def on_rank_0(comm: dist.Comm, check: Callable[[], None]) -> None:
-    """Run ``check`` on rank 0 and raise its error on every rank: rank 0 alone failing would leave the others waiting
-    for it in the next collective until ``--mpi-timeout`` (a script that catches the error goes on on every rank alike).
-    The others raise rank 0's UsageError as it is, another error as a RuntimeError naming it; rank 0 its own."""
-    error: Exception | None = None
-    if comm.rank == 0:
-        try:
-            check()
-        except Exception as e:
-            if comm.size == 1:
-                raise
-            error = e
-    if comm.size == 1:
-        return
-    # a UsageError pickles badly (its message alone comes back as the option): its parts travel
-    shared = comm.bcast(
-        None if error is None else
-        (error.option, error.problem, error.fix) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
-    )  # fmt: skip
-    if error is not None:
-        raise error
-    if isinstance(shared, tuple):
-        raise UsageError(*shared)
-    if shared is not None:
-        raise RuntimeError(f"rank 0 failed while the run was set up ({shared}); its own lines say more")
-
-
 def _set_up_and_run(
     config: TrainConfig,
     comm: dist.Comm,
@@ -578,127 +365,6 @@ def _close(env: gym.vector.VectorEnv | None) -> None:
         env.close()
 
 
-def evaluate_center(state: TrainState, evaluator: Callable[..., dict] | None, generation: int) -> dict[str, float]:
-    """The center policy's evaluation at ``generation``, on rank 0 (empty where there is none), in eval
-    mode as ``load_policy`` gives it (no dropout): ``best.pt`` and ``--target`` judge the model that is
-    deployed. A BatchNorm whose running statistics were never updated (a population leaves them alone)
-    normalizes by the evaluation's batch statistics instead, as in training, without updating them: in
-    eval mode it would normalize by its initial ones. Each module's mode is set back afterwards (the
-    fitness runs in the model's own)."""
-    if evaluator is None:
-        return {}
-    t0 = time.perf_counter()
-    modes = [(m, m.training) for m in state.model.modules()]
-    unfilled = [m for m, _ in modes if _unfilled_batch_norm(m)]
-    for module, _ in modes:
-        module.training = module in unfilled
-    for module in unfilled:  # batch statistics, running ones left as they are
-        module.track_running_stats = False
-    try:
-        result = evaluator(state.model, generation)
-    finally:
-        for module in unfilled:
-            module.track_running_stats = True
-        for module, training in modes:
-            module.training = training
-    return {**result, "eval_seconds": time.perf_counter() - t0}
-
-
-def _unfilled_batch_norm(module: torch.nn.Module) -> bool:
-    """A BatchNorm (or InstanceNorm) tracking running statistics that were never updated."""
-    tracked = getattr(module, "num_batches_tracked", None)
-    return isinstance(module, torch.nn.modules.batchnorm._NormBase) and tracked is not None and int(tracked) == 0
-
-
-# why ranks may part in flipes.train although every rank runs the same script
-CALLBACKS_RANK_0 = (
-    "; callbacks run on rank 0 alone: one that changes the model or the FlipES (other than the optimizer's settings, "
-    "such as an lr, which reach every rank) changes rank 0's alone"
-)
-
-
-# how flipes.train calls a callback's methods: the arguments after self, as a Callback defines them
-HOOKS = {
-    "on_train_start": ("state",),
-    "on_generation": ("state", "row"),
-    "on_train_end": ("state", "reason"),
-    "state_dict": (),
-    "load_state_dict": ("state",),
-}
-
-
-# hooks of other libraries (Keras, Lightning) and near misses of flipes' own, which flipes would never call: the hook
-# that runs at that point
-OTHER_HOOKS = {
-    "on_train_begin": "on_train_start",
-    "on_fit_start": "on_train_start",
-    "on_start": "on_train_start",
-    "on_fit_end": "on_train_end",
-    "on_end": "on_train_end",
-    "on_epoch_end": "on_generation",
-    "on_train_epoch_end": "on_generation",
-    "on_batch_end": "on_generation",
-    "on_train_batch_end": "on_generation",
-    "on_validation_end": "on_generation",
-    "on_generation_end": "on_generation",
-    "on_generations": "on_generation",
-    "on_step": "on_generation",
-    "on_step_end": "on_generation",
-    "on_iteration": "on_generation",
-    "on_iteration_end": "on_generation",
-}
-
-
-def check_hooks(cb: Callback) -> None:
-    """Raise a UsageError where a callback overrides a hook with a signature flipes cannot call (Keras' and
-    Lightning's habits: ``on_generation(self, row)``), or defines another library's hook that flipes never calls
-    (Keras' ``on_epoch_end``, ``on_train_begin``), before training rather than at the first generation."""
-    for klass in type(cb).__mro__:
-        if klass is Callback:
-            break
-        for name in vars(klass):
-            if name in OTHER_HOOKS:
-                hook = OTHER_HOOKS[name]
-                raise UsageError(
-                    "callbacks",
-                    f"{type(cb).__name__}.{name} is no hook of flipes.train, which would never call it",
-                    f"define it as def {hook}({', '.join(('self', *HOOKS[hook]))}) (flipes' hooks: "
-                    "on_train_start(state), on_generation(state, row) after each generation, on_train_end(state, reason))",
-                )
-    for hook, args in HOOKS.items():
-        method = getattr(cb, hook)
-        if getattr(type(cb), hook, None) is getattr(Callback, hook):
-            continue
-        try:
-            inspect.signature(method).bind(*args)
-        except TypeError as e:
-            raise UsageError(
-                "callbacks",
-                f"{type(cb).__name__}.{hook} takes other arguments ({e}); flipes calls {hook}({', '.join(args)})",
-                f"define it as def {hook}({', '.join(('self', *args))})",
-            ) from None
-        except ValueError:  # no signature to read (a builtin): the call will say
-            continue
-
-
-def rank_difference_hint(model: nn.Module) -> Callable[[list[str]], str]:
-    """The likely cause of ranks whose models differ in the state dict entries named: buffers that the forward
-    updated from each rank's own members (a running normalizer of one's own), else a callback of rank 0."""
-    buffers = {name for name, _ in model.named_buffers()}
-
-    def hint(differ: list[str]) -> str:
-        if differ and all(name in buffers for name in differ):
-            return (
-                f"; {', '.join(differ[:5])} {'is a buffer' if len(differ) == 1 else 'are buffers'} that the forward "
-                "changed by each rank's own members' inputs (a running mean of one's own): update it outside the "
-                "population from data alike on every rank, or, for observations, hold a flipes.rl.RunningNorm as the "
-                "model's obs_norm: flipes' rollouts record it and merge it across the ranks"
-            )
-        return CALLBACKS_RANK_0
-
-    return hint
-
-
 # row entries each rank measures for itself; rank 0 sends the others
 RANK_ROW = ("steps_per_second", "bytes_sent")
 
@@ -714,53 +380,6 @@ def own_lr_note(config: TrainConfig, optimizer: torch.optim.Optimizer) -> str:
         f"--optimizer {config.optimizer} builds {type(optimizer).__name__} {at}, its own: --lr {config.lr:g} is not used "
         "(a torch.optim class, such as torch.optim.sgd:SGD, is built at --lr)"
     )
-
-
-def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict[str, Any]]) -> None:
-    """Give ``optimizer`` rank 0's :func:`optimizer_settings`: callbacks run on rank 0 alone, so an lr schedule
-    of one would otherwise step rank 0's parameters alone (a tensor setting is written in place, as torch holds it)."""
-    for group, saved in zip(optimizer.param_groups, settings, strict=True):
-        for key, value in saved.items():
-            if isinstance(group.get(key), Tensor) and isinstance(value, Tensor):
-                group[key].copy_(value)
-            else:
-                group[key] = value
-
-
-def stop_asked(callback: Callback, answer: Any) -> bool:
-    """Whether ``callback``'s ``on_generation`` asked to stop: a flag read as ``bool`` does (True or a nonzero integer
-    stops; False, 0 or None goes on). Anything else is refused, as a returned row (the way of other loggers) is truthy
-    and would stop the run after one generation."""
-    flag = isinstance(answer, Tensor) and answer.numel() == 1 and not answer.is_floating_point() and not answer.is_complex()
-    if answer is None or flag or isinstance(answer, numbers.Integral | np.bool_):  # Integral: bool and numpy ints too
-        return bool(answer)
-    raise UsageError(
-        "callbacks",
-        f"{type(callback).__name__}.on_generation returned a {type(answer).__name__}, not True (stop), False or None",
-        "return True to stop training, nothing to go on (what it sets in the row is logged as it is)",
-    )
-
-
-def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked: bool, time_up: float) -> str | None:
-    """Why to stop after this row, or None to go on; ``time_up``: this call's seconds once ``--max-seconds``
-    had passed when the generation's evaluation was decided (so a run it ends was evaluated last), else 0."""
-    target = state.target
-    if target is not None and row.get("eval_return", -math.inf) >= target:
-        return f"solved: eval_return {row['eval_return']:.2f} >= {target:g}"
-    if budget_spent(state.config, row["timesteps"]):
-        return f"timestep budget reached: {row['timesteps']:,} timesteps >= --max-timesteps {state.config.max_timesteps:,}"
-    if time_up:
-        return f"stopped after {time_up:.0f} s of this call (--max-seconds {state.config.max_seconds:g})"
-    if asked:
-        return "stopped by a callback"
-    if interrupted:
-        return "interrupted"
-    return None
-
-
-def budget_spent(config: TrainConfig, timesteps: int) -> bool:
-    """Whether a run at ``timesteps`` (all ranks' training env steps, over resumes) has spent its ``--max-timesteps``."""
-    return 0 < config.max_timesteps <= timesteps
 
 
 # what an env worker process's end raises (flipes.rl.workers says which; a pipe of another vector env: a bare error)

@@ -78,7 +78,7 @@ def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, make: 
 def sigterm_twice(proc: subprocess.Popen, rows: Path, generations: int) -> str:
     """Once ``rows`` holds ``generations`` lines (and the checkpoint after the last is written), SIGTERM ``proc``, check
     that it still runs past the window in which a repeat counts as the same signal, SIGTERM it again; its stderr."""
-    from flipes.training import REPEAT_SECONDS
+    from flipes.interrupts import REPEAT_SECONDS
 
     try:
         deadline = time.monotonic() + 60

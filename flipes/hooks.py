@@ -1,0 +1,72 @@
+"""The hooks :func:`flipes.train` calls on a callback, checked before training: signatures it cannot call and other
+libraries' hooks it would never call."""
+
+from __future__ import annotations
+
+import inspect
+
+from flipes.callbacks import Callback
+from flipes.errors import UsageError
+
+# how flipes.train calls a callback's methods: the arguments after self, as a Callback defines them
+HOOKS = {
+    "on_train_start": ("state",),
+    "on_generation": ("state", "row"),
+    "on_train_end": ("state", "reason"),
+    "state_dict": (),
+    "load_state_dict": ("state",),
+}
+
+
+# hooks of other libraries (Keras, Lightning) and near misses of flipes' own, which flipes would never call: the hook
+# that runs at that point
+OTHER_HOOKS = {
+    "on_train_begin": "on_train_start",
+    "on_fit_start": "on_train_start",
+    "on_start": "on_train_start",
+    "on_fit_end": "on_train_end",
+    "on_end": "on_train_end",
+    "on_epoch_end": "on_generation",
+    "on_train_epoch_end": "on_generation",
+    "on_batch_end": "on_generation",
+    "on_train_batch_end": "on_generation",
+    "on_validation_end": "on_generation",
+    "on_generation_end": "on_generation",
+    "on_generations": "on_generation",
+    "on_step": "on_generation",
+    "on_step_end": "on_generation",
+    "on_iteration": "on_generation",
+    "on_iteration_end": "on_generation",
+}
+
+
+def check_hooks(cb: Callback) -> None:
+    """Raise a UsageError where a callback overrides a hook with a signature flipes cannot call (Keras' and
+    Lightning's habits: ``on_generation(self, row)``), or defines another library's hook that flipes never calls
+    (Keras' ``on_epoch_end``, ``on_train_begin``), before training rather than at the first generation."""
+    for klass in type(cb).__mro__:
+        if klass is Callback:
+            break
+        for name in vars(klass):
+            if name in OTHER_HOOKS:
+                hook = OTHER_HOOKS[name]
+                raise UsageError(
+                    "callbacks",
+                    f"{type(cb).__name__}.{name} is no hook of flipes.train, which would never call it",
+                    f"define it as def {hook}({', '.join(('self', *HOOKS[hook]))}) (flipes' hooks: "
+                    "on_train_start(state), on_generation(state, row) after each generation, on_train_end(state, reason))",
+                )
+    for hook, args in HOOKS.items():
+        method = getattr(cb, hook)
+        if getattr(type(cb), hook, None) is getattr(Callback, hook):
+            continue
+        try:
+            inspect.signature(method).bind(*args)
+        except TypeError as e:
+            raise UsageError(
+                "callbacks",
+                f"{type(cb).__name__}.{hook} takes other arguments ({e}); flipes calls {hook}({', '.join(args)})",
+                f"define it as def {hook}({', '.join(('self', *args))})",
+            ) from None
+        except ValueError:  # no signature to read (a builtin): the call will say
+            continue

@@ -1,0 +1,111 @@
+"""What :func:`flipes.train`'s loop holds and returns: :class:`TrainState`, as callbacks see it (and what a
+checkpoint saves of it), and :class:`TrainResult`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from flipes import dist
+from flipes.callbacks import Callback
+from flipes.config import TrainConfig
+from flipes.errors import UsageError
+from flipes.es import FlipES
+
+
+@dataclass
+class TrainState:
+    """What the loop holds, as callbacks see it."""
+
+    config: TrainConfig
+    model: nn.Module
+    es: FlipES
+    comm: dist.Comm
+    run_dir: Path
+    target: float | None
+    resumed: bool = False
+    best: float = -math.inf  # best eval_return so far
+    seconds: float = 0.0  # wall time of training, over resumes
+    timesteps: int = 0  # env steps of all ranks, over resumes
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # rows of this call
+    callbacks: list[Callback] = field(default_factory=list)  # the user's, whose state_dict() is saved
+    saved_callbacks: dict[str, Any] = field(default_factory=dict)  # their states in the resumed checkpoint
+    asked_generations: int | None = None  # a resume's --generations below the run's own, which is kept
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation), the run's counters
+        and the user's callbacks' states."""
+        saved = {}
+        for key, cb in callback_keys(self.callbacks):
+            value = cb.state_dict()
+            if value is not None:
+                check_saveable(value, f"{key}.state_dict()")
+                saved[key] = value
+        return {
+            "es": self.es.state_dict(),
+            "timesteps": self.timesteps,
+            "seconds": self.seconds,
+            "best": self.best,
+            "config": dataclasses.asdict(self.config),
+            **({"callbacks": saved} if saved else {}),
+        }
+
+
+def callback_keys(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
+    """Each callback's key in a checkpoint: its position and class, ``"0:HallOfFame"``."""
+    return [(f"{i}:{type(cb).__qualname__}", cb) for i, cb in enumerate(callbacks)]
+
+
+def check_saveable(value: Any, where: str) -> None:
+    """Raise a UsageError for what a checkpoint cannot hold (it loads with ``weights_only``)."""
+    if isinstance(value, Tensor | int | float | bool | str | type(None)):
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_saveable(item, where)
+        return
+    if isinstance(value, dict) and all(isinstance(k, str | int) for k in value):
+        for item in value.values():
+            check_saveable(item, where)
+        return
+    raise UsageError(
+        "callbacks",
+        f"{where} holds a {type(value).__name__}, which a checkpoint cannot hold",
+        "return tensors, numbers, strings, None, and lists, tuples and dicts of them (e.g. torch.as_tensor(array))",
+    )
+
+
+@dataclass
+class TrainResult:
+    """What :func:`flipes.train` returns.
+
+    Attributes:
+        model: the trained model (outside a population it is the mean network).
+        es: the FlipES (its ``state_dict`` continues the run).
+        metrics: the rows of this call, one per generation, as written to ``metrics.jsonl``.
+        run_dir: the run directory.
+        reason: why training ended: ``generations``, ``solved: ...``, ``timestep budget reached: ...``
+            (``max_timesteps``), ``stopped after ...`` (``max_seconds``), ``nothing trained: ...`` (a resume past its
+            budget),
+            ``stopped by a callback`` or ``interrupted`` (Ctrl-C/SIGTERM; the command exits 130).
+        config: the options the run used.
+        best: the best ``eval_return`` of the run (over resumes), None where nothing was evaluated.
+    """
+
+    model: nn.Module
+    es: FlipES
+    metrics: list[dict[str, Any]]
+    run_dir: Path
+    reason: str
+    config: TrainConfig
+    best: float | None = None
+
+    @property
+    def eval_return(self) -> float | None:
+        """The last evaluation's ``eval_return`` in this call's rows (None where there was none)."""
+        return next((row["eval_return"] for row in reversed(self.metrics) if "eval_return" in row), None)
