@@ -1,9 +1,10 @@
 """The hooks :func:`flipes.train` calls on a callback, checked before training: signatures it cannot call and other
-libraries' hooks it would never call."""
+libraries' hooks it would never call; and the list of callbacks given."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 
 from flipes.callbacks import Callback
 from flipes.errors import UsageError
@@ -70,3 +71,24 @@ def check_hooks(cb: Callback) -> None:
             ) from None
         except ValueError:  # no signature to read (a builtin): the call will say
             continue
+
+
+def checked_callbacks(callbacks: Iterable[Callback]) -> list[Callback]:
+    """``flipes.train``'s ``callbacks=`` as a list, each an instance of a Callback whose hooks flipes can call; a
+    UsageError names the mistake (one callback given bare, a class, another object) before training."""
+    if isinstance(callbacks, Callback | type) or not isinstance(callbacks, Iterable):  # one given bare: list() would say little
+        name = callbacks.__name__ if isinstance(callbacks, type) else type(callbacks).__name__
+        what, fix = (
+            ("the class", f"callbacks=[{name}()]")
+            if isinstance(callbacks, type)
+            else ("a" + "n" * (name[0] in "AEIOUaeiou"), "callbacks=[callback]")
+        )
+        raise UsageError("callbacks", f"is {what} {name}, not a list of callbacks", f"pass a list, {fix}")
+    callbacks = list(callbacks)
+    for cb in callbacks:  # here, not at the first generation's hook
+        if isinstance(cb, type) or not isinstance(cb, Callback):
+            name = cb.__name__ if isinstance(cb, type) else type(cb).__name__
+            fix = f"pass an instance, callbacks=[{name}()]" if isinstance(cb, type) else "subclass flipes.callbacks.Callback"
+            raise UsageError("callbacks", f"{name} is {'a class' if isinstance(cb, type) else 'not a Callback'}", fix)
+        check_hooks(cb)
+    return callbacks

@@ -45,7 +45,7 @@ from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_di
 from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError, caller_stacklevel
 from flipes.es.optimizer import optimizer_settings
 from flipes.evaluation import evaluate_center
-from flipes.hooks import check_hooks
+from flipes.hooks import checked_callbacks
 from flipes.interrupts import Interrupted, StopRequest  # noqa: F401 (Interrupted: what train raises, named from here)
 from flipes.nn import flipout
 from flipes.nn.convert import training_dropout
@@ -134,21 +134,7 @@ def train(
             "fitness=flipes.rl.RolloutFitness(vector_env, episodes)"
         )
         raise UsageError("env", f"is {what}, not an env id", fix)
-    if isinstance(callbacks, Callback | type) or not isinstance(callbacks, Iterable):  # one given bare: list() would say little
-        name = callbacks.__name__ if isinstance(callbacks, type) else type(callbacks).__name__
-        what, fix = (
-            ("the class", f"callbacks=[{name}()]")
-            if isinstance(callbacks, type)
-            else ("a" + "n" * (name[0] in "AEIOUaeiou"), "callbacks=[callback]")
-        )
-        raise UsageError("callbacks", f"is {what} {name}, not a list of callbacks", f"pass a list, {fix}")
-    callbacks = list(callbacks)
-    for cb in callbacks:  # here, not at the first generation's hook
-        if isinstance(cb, type) or not isinstance(cb, Callback):
-            name = cb.__name__ if isinstance(cb, type) else type(cb).__name__
-            fix = f"pass an instance, callbacks=[{name}()]" if isinstance(cb, type) else "subclass flipes.callbacks.Callback"
-            raise UsageError("callbacks", f"{name} is {'a class' if isinstance(cb, type) else 'not a Callback'}", fix)
-        check_hooks(cb)
+    callbacks = checked_callbacks(callbacks)
     plugins = Plugins.take(overrides)
     config = TrainConfig.for_env(**overrides) if config is None else config.replace(**overrides)
     plugins.check(config.fitness)
