@@ -198,6 +198,8 @@ FOREIGN = {
     "sigma_init": ("evosax's", "sigma", ""),
     "sigma_limit": ("evosax's", "sigma_min", ""),
     "lrate_init": ("evosax's", "lr", " (its OpenES's Adam)"),
+    "lrate_decay": ("evosax's", "lr_decay", ""),
+    "lrate_limit": ("evosax's", "lr_min", ""),
     "max_iter": ("EvoJAX's", "generations", " (a total: a resume trains up to it)"),
     "total_timesteps": ("Stable-Baselines3's", "max_timesteps", " (env steps of the training episodes)"),
     "n_timesteps": ("RL Zoo's", "max_timesteps", " (env steps of the training episodes)"),

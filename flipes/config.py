@@ -67,6 +67,13 @@ class TrainConfig:
     lr: float = 0.05
     """Adam's learning rate on the ES gradient (openai-es); with --algo pgpe it sets ClipUp's speed
     (lr·√D/2, see --max-speed), with --algo ars SGD's step lr·σ."""
+    lr_decay: float = 1.0
+    """--lr's factor per generation, d in (0, 1]: generation g steps at max(lr·d^g, --lr-min), whatever the optimizer
+    (Adam's lr; ClipUp's step and max speed alike; ARS's SGD at that times σ; an --optimizer's lr), a function of g
+    alone, so a resume continues it bit for bit (evosax's OpenES lrate_decay); 1 keeps lr fixed."""
+    lr_min: float = 0.0
+    """The floor of --lr-decay's schedule (evosax's lrate_limit): lr decays to it and stays there; 0: none.
+    At most --lr, and only with --lr-decay < 1."""
     seed: int = 0
     """Keys all noise and episodes, and seeds torch's, NumPy's and Python's global generators around each
     generation's fitness and evaluation (a --fitness or a policy of one's own drawing from them): the same seed gives
@@ -516,6 +523,7 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             "--mirrored", "ARS compares the returns of mirrored pairs (r+, r-)", "leave --mirrored on with --algo ars"
         )
     finite("--lr", config.lr, 0, strict=True, fix="e.g. --lr 0.05")
+    _check_lr_schedule(config)
     finite("--weight-decay", config.weight_decay, 0, fix="0 is none; e.g. --weight-decay 0.005")
     if config.shaping not in SHAPING_NAMES and ":" not in config.shaping:
         raise UsageError(
@@ -669,6 +677,26 @@ def _check_sigma_schedule(config: TrainConfig) -> None:
             "--sigma-decay",
             f"{decay:g} takes σ to {last:.3g} by generation {config.generations - 1}, too small to perturb float32 weights",
             f"{'raise the floor' if floor else 'set a floor'}, e.g. --sigma-min {sigma / 100:g}, or a decay closer to 1",
+        )
+
+
+def _check_lr_schedule(config: TrainConfig) -> None:
+    """--lr-decay and --lr-min: a decay in (0, 1], a floor in [0, --lr] that only a decay reaches."""
+    decay, floor = config.lr_decay, config.lr_min
+    fix = "lr·d^g at generation g: e.g. --lr-decay 0.999; 1 keeps lr fixed"
+    finite("--lr-decay", decay, 0, strict=True, fix=fix)
+    if decay > 1:
+        raise UsageError("--lr-decay", f"must be at most 1, got {decay!r} (lr would grow each generation)", fix)
+    finite("--lr-min", floor, 0, fix="0 is no floor; e.g. --lr-min 0.001")
+    if floor > 0 and decay == 1:
+        raise UsageError(
+            "--lr-min",
+            f"{floor:g} floors --lr-decay's schedule, and --lr-decay is 1 (lr fixed)",
+            "add --lr-decay d < 1, e.g. --lr-decay 0.999, or drop --lr-min",
+        )
+    if floor > config.lr:
+        raise UsageError(
+            "--lr-min", f"{floor:g} is above --lr {config.lr:g}, where lr starts", f"e.g. --lr-min {config.lr / 10:g}"
         )
 
 

@@ -36,6 +36,8 @@ RESUME_KEYS = (
     "sigma_decay",  # σ's schedule: σ of every generation, so the noise a resume draws
     "sigma_min",
     "lr",
+    "lr_decay",  # lr's schedule: the step of every generation
+    "lr_min",
     "shaping",
     "weight_decay",
     "hidden",
@@ -69,6 +71,8 @@ LATER_KEYS = (
     "sigma_decay",
     "sigma_min",
     "action_noise",
+    "lr_decay",
+    "lr_min",
 )
 
 

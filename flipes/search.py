@@ -108,3 +108,28 @@ class SigmaDecay:
 def sigma_schedule(config: TrainConfig) -> float | SigmaDecay:
     """``--sigma`` as FlipES takes it: the number itself where σ is fixed (``--sigma-decay 1``), else its schedule."""
     return config.sigma if config.sigma_decay == 1 else SigmaDecay(config.sigma, config.sigma_decay, config.sigma_min)
+
+
+STEP_SETTINGS = ("lr", "max_speed")  # what --lr-decay scales in a param group: a step size, and ClipUp's speed with it
+
+
+def scheduled_lr(config: TrainConfig, generation: int) -> float:
+    """``--lr`` of ``generation`` on ``--lr-decay``'s schedule, ``max(lr·d^g, --lr-min)``: a function of the generation
+    alone (a power, where evosax multiplies its lrate by d each step: equal to rounding), so a resume and every MPI
+    rank step alike. The optimizer's step settings are their first times ``scheduled_lr / lr``."""
+    return max(config.lr * config.lr_decay**generation, config.lr_min)
+
+
+def scale_steps(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Each param group's step settings (``STEP_SETTINGS``) at ``factor`` times the group's first: what ARS's SGD at
+    lr·σ, ClipUp's step and speed, and an ``--optimizer``'s own lr scale by alike. The first is kept in the group as
+    ``initial_<name>`` (torch's schedulers' ``initial_lr``), so it rides in the checkpoint's optimizer state."""
+    for group in optimizer.param_groups:
+        for name in STEP_SETTINGS:
+            if name not in group or group[name] is None:
+                continue
+            first = group.setdefault(f"initial_{name}", float(group[name]))
+            if isinstance(group[name], Tensor):  # a capturable optimizer's lr tensor is read where it is
+                group[name].fill_(first * factor)
+            else:
+                group[name] = first * factor

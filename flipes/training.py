@@ -55,6 +55,7 @@ from flipes.resume import agree, restore
 from flipes.rl import EnvPoolVectorEnv, RolloutFitness
 from flipes.rl.envs import base_id, print_note
 from flipes.rundir import check_not_in_use, check_run_dir, prepare_run_dir
+from flipes.search import scale_steps, scheduled_lr
 from flipes.stopping import budget_spent, stop_asked, stop_reason
 from flipes.train_state import TrainResult, TrainState, callback_keys
 
@@ -438,6 +439,8 @@ def run_loop(
             env = f"check the env and its --env-kwargs {json.dumps(config.env_kwargs)}" if config.env_kwargs else "check the env"
             shift = f", or --reward-shift's size ({config.reward_shift:g})" if config.reward_shift else ""  # subtracted each step
             raise UsageError("--sigma", problem, f"lower {_step_options(config, '--sigma', '--lr')}{shift}, or {env}")
+        if config.lr_decay != 1:  # set before each step from the generation alone: a resume continues it bit for bit
+            scale_steps(es.optimizer, scheduled_lr(config, gen) / config.lr)
         with warnings.catch_warnings():
             if isinstance(fitness, RolloutFitness):  # evaluated inside the population: a tie is the task's
                 warnings.simplefilter("ignore", EqualFitnessWarning)
@@ -462,6 +465,7 @@ def run_loop(
             "grad_norm": stats["grad_norm"],
             "update_ratio": stats["update_ratio"],
             "sigma": stats["sigma"],
+            **({"lr": scheduled_lr(config, gen)} if config.lr_decay != 1 else {}),  # the --lr this step took
             "seconds": 0.0,
             "timesteps": steps,
             "steps_per_second": (steps - before) / (time.perf_counter() - t0),

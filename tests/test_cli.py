@@ -179,6 +179,12 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--sigma-decay", "0.9", "--sigma-min", "nan"], "--sigma-min"),
     (["train", "--sigma-decay", "0.9", "--sigma-min", "0.2"], "--sigma-min"),
     (["train", "--sigma-min", "0.01"], "--sigma-min"),
+    (["train", "--lr-decay", "0"], "--lr-decay"),
+    (["train", "--lr-decay", "1.01"], "--lr-decay"),
+    (["train", "--lr-decay", "inf"], "--lr-decay"),
+    (["train", "--lr-decay", "0.9", "--lr-min", "-0.01"], "--lr-min"),
+    (["train", "--lr-decay", "0.9", "--lr-min", "0.06"], "--lr-min"),  # above --lr 0.05
+    (["train", "--lr-min", "0.01"], "--lr-min"),
     (["train", "--algo", "pgpe", "--max-speed", "-0.5"], "--max-speed"),
     (["train", "--action-noise", "0.01"], "--action-noise"),  # CartPole's Discrete(2)
     (["train", "--env", "flipes/Pendulum-v1", "--action-noise", "-0.01"], "--action-noise"),

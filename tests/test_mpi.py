@@ -73,7 +73,7 @@ CNN = ["--env", "image_env:cnntest/BrightSpot-v0", "--policy", "cnn", "--hidden"
        "--episodes", "2", "--generations", "2", "--comm", "seeds", "--eval-every", "1", "--eval-episodes", "8", "--target",
        "none", "--tensorboard", "false"]  # fmt: skip
 SIGMA_SCHEDULE = ["--env", "flipes/CartPole-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--sigma-decay", "0.6",
-                  "--sigma-min", "0.04"]  # fmt: skip
+                  "--sigma-min", "0.04", "--lr-decay", "0.5", "--lr-min", "0.02"]  # fmt: skip
 ACTION_NOISE = ["--env", "flipes/Pendulum-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--episodes", "2",
                 "--max-episode-steps", "40", "--progress", "false"]  # fmt: skip
 
@@ -540,13 +540,14 @@ def test_adaptive_sigma_does_not_depend_on_the_process_count(tmp_path: Path, mod
 
 
 def test_a_sigma_schedule_gives_two_processes_the_bits_of_one(tmp_path: Path, two_rank_runs: Path) -> None:
-    """--sigma-decay 0.6 --sigma-min 0.04 --comm seeds: 2 processes under mpiexec log the σ (decayed, then floored)
-    and the parameters of one process (in this one) in every row, bit for bit: σ is a function of the generation,
-    which every rank shares."""
+    """--sigma-decay 0.6 --sigma-min 0.04 --lr-decay 0.5 --lr-min 0.02 --comm seeds: 2 processes under mpiexec log the
+    σ and lr (decayed, then floored) and the parameters of one process (in this one) in every row, bit for bit: both
+    are functions of the generation, which every rank shares."""
     one = flipes.train(config=parse_train_config([*SIGMA_SCHEDULE, "--progress", "false", "--out", str(tmp_path / "one")]))
     runs = {"one": tmp_path / "one", "two": two_rank_runs / "sigma-schedule"}
-    rows = {k: [(r["sigma"], r["params_sha256"]) for r in metrics(run)] for k, run in runs.items()}
-    assert rows["two"] == rows["one"] and [s for s, _ in rows["one"]] == [0.1, 0.06, 0.04] and len(one.metrics) == 3
+    rows = {k: [(r["sigma"], r["lr"], r["params_sha256"]) for r in metrics(run)] for k, run in runs.items()}
+    assert rows["two"] == rows["one"] and len(one.metrics) == 3
+    assert [(s, lr) for s, lr, _ in rows["one"]] == [(0.1, 0.05), (0.06, 0.025), (0.04, 0.02)]
 
 
 def test_action_noise_gives_two_processes_the_bits_of_one(tmp_path: Path, two_rank_runs: Path) -> None:

@@ -253,6 +253,8 @@ FOREIGN_NAMES = {
     "sigma_init": "sigma",
     "sigma_limit": "sigma_min",
     "lrate_init": "lr",
+    "lrate_decay": "lr_decay",
+    "lrate_limit": "lr_min",
     "max_iter": "generations",
     "total_timesteps": "max_timesteps",
     "n_timesteps": "max_timesteps",

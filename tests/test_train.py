@@ -41,6 +41,7 @@ from flipes.commands import parse_train_config
 from flipes.config import TrainConfig, default_target
 from flipes.rl import make_vector_env, run_episodes
 from flipes.rl.presets import preset_for
+from flipes.train_state import TrainState
 
 
 def test_train_in_process_solves_cartpole_and_its_rows_are_the_jsonl_rows(tmp_path: Path) -> None:
@@ -457,6 +458,62 @@ def test_a_run_on_a_sigma_schedule_resumes_bit_for_bit_and_refuses_another_sched
     assert rows[-1]["sigma"] == 0.03 < rows[3]["sigma"]
 
 
+class StepSettings(Callback):
+    """Records each generation's step settings of the optimizer's first group (those its tell stepped at)."""
+
+    def __init__(self, then: Callable[[int, torch.optim.Optimizer], None] | None = None) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.then = then
+
+    def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
+        group = state.es.optimizer.param_groups[0]
+        self.rows.append({k: float(group[k]) for k in ("lr", "max_speed") if k in group})
+        if self.then is not None:
+            self.then(row["generation"], state.es.optimizer)
+
+
+def test_an_lr_decay_steps_generation_g_at_lr_times_decay_to_the_g_floored_at_lr_min(tmp_path: Path) -> None:
+    """--lr-decay 0.5 --lr-min 0.01 from lr 0.05: generation g steps at max(0.05·0.5^g, 0.01), logged as the rows' lr,
+    and the parameters are bit for bit those of a fixed-lr run whose callback sets that lr for the next generation;
+    ClipUp (--algo pgpe) scales its step and its max speed alike, ARS's SGD its lr·σ, by the same factor."""
+    kw = {**FAST_KW, "popsize": 16, "hidden": [4], "eval_every": 100, "generations": 6}
+    lrs = [max(0.05 * 0.5**g, 0.01) for g in range(6)]
+    factors = [lr / 0.05 for lr in lrs]
+    seen = StepSettings()
+    rows = flipes.train(**kw, lr_decay=0.5, lr_min=0.01, callbacks=[seen], out=str(tmp_path / "decayed")).metrics
+    assert [r["lr"] for r in rows] == lrs and lrs[2:] == [0.0125, 0.01, 0.01, 0.01]
+    assert [s["lr"] for s in seen.rows] == [0.05 * f for f in factors]
+
+    def by_hand(gen: int, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.param_groups[0]["lr"] = 0.05 * (max(0.05 * 0.5 ** (gen + 1), 0.01) / 0.05)
+
+    hand = flipes.train(**kw, callbacks=[StepSettings(by_hand)], out=str(tmp_path / "by-hand")).metrics
+    assert [r["params_sha256"] for r in hand] == [r["params_sha256"] for r in rows] and "lr" not in hand[0]
+    for algo, settings in (("pgpe", ("lr", "max_speed")), ("ars", ("lr",))):
+        first, decayed = StepSettings(), StepSettings()
+        flipes.train(**kw, algo=algo, callbacks=[first], out=str(tmp_path / f"{algo}-fixed"))
+        run = flipes.train(**kw, algo=algo, lr_decay=0.5, lr_min=0.01, callbacks=[decayed], out=str(tmp_path / algo))
+        lr, base = run.config.lr, first.rows[0]  # ars's preset lr is 0.02
+        assert set(base) == set(settings) and all(row == base for row in first.rows)
+        assert decayed.rows == [{k: base[k] * (max(lr * 0.5**g, 0.01) / lr) for k in settings} for g in range(6)]
+
+
+def test_a_run_on_an_lr_schedule_resumes_bit_for_bit_and_refuses_another_schedule(tmp_path: Path) -> None:
+    """3 generations of --algo pgpe on --lr-decay 0.6 --lr-min 0.02, then a resume to 6, log the lr and parameters of 6
+    in one go (ClipUp's first step and speed ride in the checkpoint); a resume with another decay or floor is refused."""
+    kw = {**FAST_KW, "popsize": 16, "hidden": [4], "eval_every": 100, "algo": "pgpe", "lr_decay": 0.6, "lr_min": 0.02}
+    full = flipes.train(**kw, generations=6, out=str(tmp_path / "full"))
+    flipes.train(**kw, generations=3, out=str(tmp_path / "part"))
+    for changed in ({"lr_decay": 0.7}, {"lr_min": 0.01}):
+        option = "--" + next(iter(changed)).replace("_", "-")
+        with pytest.raises(flipes.UsageError, match=rf"--resume: the run was trained with other options \({option}: saved "):
+            flipes.train(**{**kw, **changed}, generations=6, resume=str(tmp_path / "part"))
+    flipes.train(**kw, generations=6, resume=str(tmp_path / "part"))
+    rows = metrics(tmp_path / "part")
+    assert [(r["lr"], r["params_sha256"]) for r in rows] == [(r["lr"], r["params_sha256"]) for r in full.metrics]
+    assert [r["lr"] for r in rows] == [max(0.05 * 0.6**g, 0.02) for g in range(6)] and rows[-1]["lr"] == 0.02
+
+
 def test_a_sigma_function_is_refused_naming_the_decay_options(tmp_path: Path) -> None:
     """flipes.train(sigma=fn), given as a keyword or in a TrainConfig, is one UsageError naming sigma_decay and
     sigma_min (and FlipES for other schedules); a SigmaDecay with sigma_decay or sigma_min beside it, given as a
@@ -645,13 +702,13 @@ def test_a_resume_into_another_directory_takes_the_runs_history_along(tmp_path: 
 
 def test_a_run_saved_before_newer_options_existed_resumes_with_their_defaults(tmp_path: Path) -> None:
     """A checkpoint and config.json without the options added since (reward_shift, mirrored, policy, shaping,
-    weight_decay, sigma_decay, sigma_min, action_noise; noise_rank under its old name rank) resume as runs of their
-    defaults: the resumed rows equal an uninterrupted run's, bit for bit."""
+    weight_decay, sigma_decay, sigma_min, action_noise, lr_decay, lr_min; noise_rank under its old name rank) resume
+    as runs of their defaults: the resumed rows equal an uninterrupted run's, bit for bit."""
     kw = {**FAST_KW, "hidden": [4]}
     whole = flipes.train(**kw, generations=3, out=str(tmp_path / "whole"))
     flipes.train(**kw, generations=2, out=str(tmp_path / "old"))
     newer = ("reward_shift", "mirrored", "policy", "shaping", "weight_decay", "noise_rank", "sigma_decay", "sigma_min",
-             "action_noise")  # fmt: skip
+             "action_noise", "lr_decay", "lr_min")  # fmt: skip
     for path in (tmp_path / "old" / "checkpoint.pt", tmp_path / "old" / "previous.pt"):
         state = load_checkpoint(path)
         state["config"] = {k: v for k, v in state["config"].items() if k not in newer} | {"rank": None}
@@ -662,6 +719,7 @@ def test_a_run_saved_before_newer_options_existed_resumes_with_their_defaults(tm
     assert [r["params_sha256"] for r in metrics(tmp_path / "old")] == [r["params_sha256"] for r in whole.metrics]
     assert (rest.config.shaping, rest.config.weight_decay, rest.config.policy, rest.config.noise_rank) == ("auto", 0.0, "mlp", 0)
     assert (rest.config.sigma_decay, rest.config.sigma_min, rest.config.action_noise) == (1.0, 0.0, 0.0)
+    assert (rest.config.lr_decay, rest.config.lr_min) == (1.0, 0.0)
     state = load_checkpoint(tmp_path / "old")  # an option every run has, missing: a damaged file, said so
     state["config"].pop("env")
     save_checkpoint(state, tmp_path / "old" / "checkpoint.pt")
