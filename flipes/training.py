@@ -330,7 +330,10 @@ def _set_up_and_run(
 
         def last() -> str:  # rank 0's checkpoints (the other ranks write none)
             at = checkpointer.saved_at if checkpointer is not None else -1
-            return f"the last checkpoint (generation {at})" if at >= 0 else "the last checkpoint"
+            if at < 0:
+                return "the last checkpoint"
+            # numbered as the rows and flipes evaluate number it: es.generation counts the generations it holds
+            return f"the last checkpoint ({f'after generation {at - 1}' if at else 'before any generation'})"
 
         stop.last = last  # a first signal waits until the final checkpoint is written, too
         for cb in standard + users:  # the run directory is complete when the user's callbacks start

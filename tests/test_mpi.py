@@ -469,7 +469,7 @@ def test_a_second_sigterm_to_mpiexec_ends_a_generation_that_never_ends_in_one_li
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err = sigterm_twice(proc, run / "metrics.jsonl", 2)  # generation 2 never ends
     ours = [line for line in err.splitlines() if line.startswith("flipes: interrupted")]
-    said = f"flipes: interrupted: train stopped at once by a second SIGTERM; the last checkpoint (generation 2) stays: " \
+    said = f"flipes: interrupted: train stopped at once by a second SIGTERM; the last checkpoint (after generation 1) stays: " \
            f"--resume {run} continues from it"  # fmt: skip
     assert proc.returncode == 130 and ours == [said] and "Traceback" not in err, (proc.returncode, err[-3000:])
     assert load_checkpoint(run)["es"]["generation"] == 2

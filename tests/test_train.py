@@ -1704,7 +1704,7 @@ def test_a_second_ctrl_c_stops_training_at_once_in_one_line_keeping_the_last_che
 def test_a_second_sigterm_ends_a_generation_that_never_ends_in_one_line_keeping_the_last_checkpoint(tmp_path: Path) -> None:
     """A generation that never ends, then SIGTERM: the first says at once that training stops after the generation and
     that another signal stops at once; a second SIGTERM (later than REPEAT_SECONDS) ends the command with status 130
-    and one line naming it and the last checkpoint with its generation, which loads (before, it sat forever)."""
+    and one line naming it and the last checkpoint with its last generation, which loads (before, it sat forever)."""
     (tmp_path / "endless.py").write_text(ENDLESS_FITNESS)
     run = tmp_path / "run"
     args = ["--env", "none", "--model", "endless:make_model", "--fitness", "endless:fitness", "--popsize", "8",
@@ -1714,9 +1714,9 @@ def test_a_second_sigterm_ends_a_generation_that_never_ends_in_one_line_keeping_
     lines = err.strip().splitlines()
     first = "flipes: SIGTERM: stopping after the generation under way, with a checkpoint; another Ctrl-C or SIGTERM stops "
     assert proc.returncode == 130 and len(lines) == 2, err
-    assert lines[0] == first + "at once, keeping the last checkpoint (generation 2)", err
-    assert lines[1] == f"flipes: interrupted: train stopped at once by a second SIGTERM; the last checkpoint (generation 2) " \
-                       f"stays: --resume {run} continues from it", err  # fmt: skip
+    assert lines[0] == first + "at once, keeping the last checkpoint (after generation 1)", err
+    assert lines[1] == "flipes: interrupted: train stopped at once by a second SIGTERM; the last checkpoint " \
+                       f"(after generation 1) stays: --resume {run} continues from it", err  # fmt: skip
     assert load_checkpoint(run)["es"]["generation"] == 2
 
 
