@@ -221,16 +221,42 @@ SHORT_FOREIGN = {
 }
 
 
+_RUN_DIR = " (the run directory)"
+_TOTAL = " (a total: a resume trains up to it)"
+_RESUME = " (a run directory, or a checkpoint file in one)"
+# names many training scripts give these options, no one library's: difflib's closest spelling misleads for them
+# (--save-dir is no --seed, --n-iters no --fitness, --gpu no --groups)
+COMMON = {
+    **dict.fromkeys(("save_dir", "output_dir", "out_dir", "checkpoint_dir", "save_path", "run_dir"), ("out", _RUN_DIR)),
+    **dict.fromkeys(
+        ("n_iters", "iters", "iterations", "n_iterations", "num_iterations", "num_generations"), ("generations", _TOTAL)
+    ),
+    **dict.fromkeys(
+        ("population", "pop_size", "population_size", "num_population"), ("popsize", " (members, all processes together)")
+    ),
+    **dict.fromkeys(("noise_std", "noise_scale", "std", "sigma0"), ("sigma", " (the perturbation scale)")),
+    **dict.fromkeys(("gpu", "cuda", "use_cuda"), ("device", " (cuda, cuda:1, ...; cpu is the default)")),
+    **dict.fromkeys(("load", "load_path", "resume_from", "checkpoint_path", "restore"), ("resume", _RESUME)),
+    **dict.fromkeys(("env_id", "env_name", "environment"), ("env", "")),
+    **dict.fromkeys(
+        ("num_seeds", "n_seeds", "seeds"), ("seed", ", one run per seed: flipes plot --group draws them as one curve")
+    ),
+}
+
+
 def foreign_fix(key: str, flags: bool) -> str | None:
-    """What flipes calls an option another ES library calls ``key`` (as a flag, or as a keyword and config key),
-    or None where ``key`` is no such name."""
-    if key not in FOREIGN:
-        return None
-    who, ours, note = FOREIGN[key]
+    """What flipes calls an option another ES library (or training scripts in general) calls ``key`` (as a flag, or as
+    a keyword and config key), or None where ``key`` is no such name."""
     name = (lambda k: "--" + k.replace("_", "-")) if flags else (lambda k: k)
-    who = who if who.endswith("'s") else f"{who}'s"
+    if key in FOREIGN:  # the name as that library spells it
+        who, ours, note = FOREIGN[key]
+        given = f"{who} {key}" if who.endswith("'s") else f"{who}'s {key}"
+    elif key in COMMON:  # as the caller gave it
+        given, (ours, note) = name(key), COMMON[key]
+    else:
+        return None
     names = {k: name(k) for k in ("lr", "episodes", "algo", "max_speed", "env_threads")}
-    return f"{who} {key} is {name(ours)} here{note.format(**names)}"
+    return f"{given} is {name(ours)} here{note.format(**names)}"
 
 
 def check_options(cls: type, values: Mapping[str, Any], source: str, also: Sequence[str] = ()) -> dict[str, Any]:

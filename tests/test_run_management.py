@@ -17,7 +17,7 @@ import torch
 from helpers import FAST_KW
 
 import flipes
-from flipes.cli import build_parser, option_name, parse_config
+from flipes.cli import COMMON, build_parser, option_name, parse_config
 from flipes.commands import EvaluateConfig, evaluate_command, main, parse_train_config, plot_command
 from flipes.config import LIMITS, TrainConfig, resolve_groups, resolve_target, saved_options, validate
 from flipes.errors import UsageError
@@ -280,6 +280,20 @@ def test_every_other_libraries_name_is_refused_naming_the_flipes_option(key: str
     with pytest.raises(UsageError) as e:
         parse_train_config([f"--{key.replace('_', '-')}", "1"])
     assert f" {key} is {option_name(ours)} here" in e.value.fix
+
+
+@pytest.mark.parametrize(("key", "ours"), sorted((k, v[0]) for k, v in COMMON.items()))
+def test_a_common_scripts_name_for_an_option_is_refused_naming_the_flipes_option(key: str, ours: str) -> None:
+    """Names training scripts in general give options (save_dir, n_iters, gpu, pop_size, ...), none of them a flipes
+    option, are refused as keywords and as flags naming the flipes option meant, where difflib's closest spelling
+    misleads (--save-dir is no --seed, --n-iters no --fitness, --gpu no --groups)."""
+    assert key not in {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(UsageError) as e:
+        TrainConfig(**{key: 1})
+    assert e.value.fix.startswith(f"{key} is {ours} here")
+    with pytest.raises(UsageError) as e:
+        parse_train_config([f"--{key.replace('_', '-')}", "1"])
+    assert e.value.fix.startswith(f"{option_name(key)} is {option_name(ours)} here")
 
 
 def test_a_foreign_names_note_names_the_related_flipes_option_as_it_is_given() -> None:
