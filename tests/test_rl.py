@@ -768,8 +768,9 @@ def test_bad_input_gives_errors_that_say_what_to_do() -> None:
     """Each is a ValueError whose whole message names the problem and the fix: MLPPolicy with a Tuple action
     space (the supported spaces; write a policy from flipes.nn layers), with a MultiDiscrete observation space (flatten it
     with FlattenObservation, or write a policy); an unknown gymnasium id (every flipes id, gymnasium.pprint_registry,
-    the MuJoCo extra, envpool.list_all_envs, and, where no module was named, the ``mymodule:ID`` form that imports the
-    module registering an env of one's own) and an unknown flipes/ id (every flipes id)."""
+    the MuJoCo extra, envpool.list_all_envs, and, where no module was named and gymnasium knows no such name in any
+    version, the ``mymodule:ID`` form that imports the module registering an env of one's own) and an unknown flipes/ id
+    (every flipes id)."""
     obs_space = gym.spaces.Box(-1, 1, (5,), np.float32)
     action = (
         "MLPPolicy handles Discrete, MultiDiscrete, MultiBinary and Box action spaces, got Tuple; write your own policy "
@@ -795,6 +796,8 @@ def test_bad_input_gives_errors_that_say_what_to_do() -> None:
         make_vector_env("gymnasium:NoSuchEnv-v0", 2)  # the module goes after the engine's prefix
     with pytest.raises(ValueError, match=r"^unknown env id 'math:NoSuchEnv-v0' \(.+\)" + re.escape(fix) + "$"):
         make_vector_env("math:NoSuchEnv-v0", 2)  # a module was named: it registered no such id, no hint to name one
+    with pytest.raises(ValueError, match=r"^unknown env id 'CartPole-v9' \(.+\)" + re.escape(fix) + "$"):
+        make_vector_env("CartPole-v9", 2)  # gymnasium has CartPole in other versions: no module is left to import
     with pytest.raises(ValueError, match=whole(f"unknown env id 'flipes/NoSuch-v0'; flipes has {FLIPES_IDS}")):
         make_vector_env("flipes/NoSuch-v0", 2)
 

@@ -535,9 +535,11 @@ def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:
             raise EnvError(
                 f"{env_id!r} needs the Arcade Learning Environment; pip install ale-py (or EnvPool's Atari ids, e.g. Pong-v5)"
             ) from e
-        # an id of one's own, registered by a module that nothing imported yet: gymnasium's "module:ID" imports it
+        # an id of one's own, registered by a module that nothing imported yet: gymnasium's "module:ID" imports it. Not
+        # where gymnasium knows the name in another version (CartPole-v9): its module is imported already
         engine = env_id.removesuffix(name)  # "gymnasium:", or "" for the fastest engine
-        own = "" if sep else f"; an env your module registers: '{engine}mymodule:{short}' imports the module first"
+        unnamed = not sep and isinstance(e, gym.error.NameNotFound | gym.error.NamespaceNotFound)
+        own = f"; an env your module registers: '{engine}mymodule:{short}' imports the module first" if unnamed else ""
         raise EnvError(
             f"unknown env id {env_id!r} ({e}); use a flipes id ({_flipes_ids()}), a registered gymnasium id "
             "(gymnasium.pprint_registry() lists them; MuJoCo ids need pip install 'flipes[mujoco]') or an EnvPool id "
