@@ -542,9 +542,10 @@ def load_callable(spec: str, option: str) -> Callable[..., Any]:
             f"{module_name!r} is a file path, not a module name",
             f"put its directory on PYTHONPATH (or run from it) and pass {option} {name}:{attr}",
         )
-    # a script's function is found by importing the script from Python (its __main__ block does not run then)
+    # a script's function is found by importing the script from Python (its __main__ block does not run then); not
+    # where that script is the one running, which no longer defines it
     script = module_name.removeprefix("__main__[").removesuffix("]") if module_name.startswith("__main__[") else ""
-    value = f"{script}.{attr}" if script and "<" not in attr else "..."
+    value = f"{script}.{attr}" if script and script != main_module() and "<" not in attr else "..."
     given_again = UsageError(  # for a name recorded from an object given to flipes.train
         option,
         f"{spec} was a Python object given to flipes.train and cannot be imported by name",

@@ -550,6 +550,25 @@ def test_a_keyword_of_train_given_to_the_config_says_where_it_goes(key: str) -> 
         assert str(error.value) == f"flipes.train: unknown option {key!r}; {fix}"
 
 
+def test_a_scripts_function_is_named_for_another_program_to_give_not_for_the_script_that_lost_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A function recorded from a script (``__main__[trainer]:make_model``) is refused in another program naming it as
+    that program imports it, ``model=trainer.make_model``; in the script itself, which no longer defines it, the error
+    names no ``trainer.make_model`` (there is none to give) and says to give the function again."""
+    from flipes.cli import load_callable
+
+    spec = "__main__[trainer]:make_model_gone"
+    for running, value in (("other", "trainer.make_model_gone"), ("trainer", "...")):
+        monkeypatch.setattr(flipes.cli, "main_module", lambda running=running: running)
+        with pytest.raises(flipes.UsageError) as error:
+            load_callable(spec, "--model")
+        assert error.value.fix == (
+            f"give it again from Python (model={value} of flipes.train, flipes.load_policy or flipes.export_policy), "
+            "or define it in a module"
+        )
+
+
 def test_none_for_an_option_whose_unset_value_is_empty_is_that_value_and_elsewhere_an_error(tmp_path: Path) -> None:
     """``resume=None`` (``args.resume`` of an argparse script, or a script's own "no resume") is the unset ``""`` for
     the options whose default is ``""`` (out, resume, fitness, model, optimizer), and ``env_kwargs=None`` the unset
