@@ -208,7 +208,7 @@ FOREIGN = {
     "save_freq": ("RL Zoo's", "checkpoint_every", " (in generations, not steps)"),
     "eval_freq": ("RL Zoo's", "eval_every", " (in generations, not steps)"),
     "num_threads": ("RL Zoo's", "threads", " (torch threads per process; the env engine's: {env_threads})"),
-    "learning_rate": ("Stable-Baselines3's", "lr", " (the ES optimizer's: Adam's unless another is given)"),
+    "learning_rate": ("Stable-Baselines3's", "lr", " (Adam's; with {algo} pgpe it sets ClipUp's speed, with ars SGD's lr·σ)"),
     "log_dir": ("torch's SummaryWriter's", "out", " (the run directory; TensorBoard's scalars go to its tensorboard/)"),
     "logdir": ("TensorBoard's", "out", " (the run directory; its scalars go to its tensorboard/)"),
 }

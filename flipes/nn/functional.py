@@ -91,8 +91,8 @@ def _flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotN
     if shape[-1] != weight.shape[-1]:
         fix = (
             f"inside a population inputs are members first: with k examples per member as (members, k, ...), "
-            f"flatten only each example's features, counted from the end (nn.Flatten(start_dim=-3) after a conv's "
-            f"(C, H, W), which flattens a plain (batch, C, H, W) alike), or pass them as ({n}·k, ...)"
+            f"flatten only each example's features, counted from the end (nn.Flatten(start_dim=-3) after a Conv2d's "
+            f"(C, H, W), -2 after a Conv1d's, -4 after a Conv3d's: a plain batch flattens alike), or pass them as ({n}·k, ...)"
             if shape[-1] % weight.shape[-1] == 0  # examples flattened into the features
             else f"give it in_features={shape[-1]} (an env's observation size, say), or feed it {weight.shape[-1]}"
         )
