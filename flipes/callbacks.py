@@ -21,7 +21,7 @@ from flipes.errors import StorageError, UsageError, os_reason
 from flipes.progress import Progress
 
 if TYPE_CHECKING:
-    from flipes.training import TrainState
+    from flipes.train_state import TrainState
 
 
 class Callback:

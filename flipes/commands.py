@@ -706,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def interrupted_line(command: str, e: KeyboardInterrupt) -> str:
     """The one line of a command stopped at once by ``e``: in training, which signal and what the run keeps."""
-    from flipes.training import Interrupted
+    from flipes.interrupts import Interrupted
 
     if isinstance(e, Interrupted):
         return f"flipes: interrupted: {command} stopped at once by {e.why}; {e.kept}"

@@ -21,7 +21,7 @@ from flipes.search import own_shaping
 
 if TYPE_CHECKING:
     from flipes.builders import Fitness
-    from flipes.training import TrainState
+    from flipes.train_state import TrainState
 
 # options a resumed run must share with its checkpoint (the others may change, e.g. generations)
 RESUME_KEYS = (

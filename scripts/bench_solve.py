@@ -57,7 +57,7 @@ from flipes.cli import run
 from flipes.config import default_target
 from flipes.errors import UsageError
 from flipes.rl import episode_seed, make_vector_env, run_episodes
-from flipes.training import TrainState
+from flipes.train_state import TrainState
 
 # Per-env settings of flipes: its per-env defaults (flipes.rl.presets), found on this project's
 # 2-core dev box with seeds 0-4; `generations` (with --max-seconds) is the budget, not a tuned value.

@@ -119,7 +119,8 @@ def test_the_optimizer_settings_sent_to_other_ranks_are_plain_values_that_set_an
     sets another optimizer's lr, betas and a tensor lr (written in place) to rank 0's."""
     import pickle
 
-    from flipes.training import optimizer_settings, set_optimizer_settings
+    from flipes.es.optimizer import optimizer_settings
+    from flipes.rank_zero import set_optimizer_settings
 
     def adam(lr: float | torch.Tensor) -> torch.optim.Optimizer:
         optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=lr)
