@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from flipes.config import TrainConfig
+from flipes.errors import UsageError
 from flipes.es import shaping
 from flipes.optim import ClipUp
 from flipes.plugins import Plugins
@@ -118,6 +119,22 @@ def scheduled_lr(config: TrainConfig, generation: int) -> float:
     alone (a power, where evosax multiplies its lrate by d each step: equal to rounding), so a resume and every MPI
     rank step alike. The optimizer's step settings are their first times ``scheduled_lr / lr``."""
     return max(config.lr * config.lr_decay**generation, config.lr_min)
+
+
+def check_decayable(config: TrainConfig, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse ``--lr-decay`` with an optimizer having a param group of no step setting (``STEP_SETTINGS``): an
+    ``--optimizer`` of one's own that names its step otherwise would step at its first size throughout, while the
+    rows' lr decayed."""
+    bare = [str(i) for i, group in enumerate(optimizer.param_groups) if all(group.get(n) is None for n in STEP_SETTINGS)]
+    if config.lr_decay == 1 or not bare:
+        return
+    where = "its param groups" if len(bare) == len(optimizer.param_groups) else f"param group(s) {', '.join(bare)}"
+    raise UsageError(
+        "--lr-decay",
+        f"{config.lr_decay:g} scales each param group's lr, and --optimizer {config.optimizer} builds "
+        f"{type(optimizer).__name__} with no lr in {where}",
+        "keep its step size in each group's lr, or drop --lr-decay and schedule the step in a callback",
+    )
 
 
 def scale_steps(optimizer: torch.optim.Optimizer, factor: float) -> None:

@@ -55,7 +55,7 @@ from flipes.resume import agree, restore
 from flipes.rl import EnvPoolVectorEnv, RolloutFitness
 from flipes.rl.envs import base_id, print_note
 from flipes.rundir import check_not_in_use, check_run_dir, prepare_run_dir
-from flipes.search import scale_steps, scheduled_lr
+from flipes.search import check_decayable, scale_steps, scheduled_lr
 from flipes.stopping import budget_spent, stop_asked, stop_reason
 from flipes.train_state import TrainResult, TrainState, callback_keys
 
@@ -254,6 +254,7 @@ def _set_up_and_run(
             except ValueError as e:
                 raise UsageError("--model", str(e)) from None
         es = build_es(config, model, comm, plugins)
+        check_decayable(config, es.optimizer)
         if note := own_lr_note(config, es.optimizer):
             notes.append(note)
         dropout = training_dropout(model)

@@ -515,6 +515,35 @@ def test_a_run_on_an_lr_schedule_resumes_bit_for_bit_and_refuses_another_schedul
     assert [r["lr"] for r in rows] == [max(0.05 * 0.6**g, 0.02) for g in range(6)] and rows[-1]["lr"] == 0.02
 
 
+def test_an_lr_decay_is_refused_for_an_optimizer_with_no_lr_to_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--lr-decay scales each param group's lr (or ClipUp's max_speed): an --optimizer of one's own with a group of
+    neither (a step size under another name) is refused naming the groups, before any generation, where it stepped
+    at its first size while the rows' lr decayed; the same optimizer without a decay trains."""
+    (tmp_path / "own_rules.py").write_text(
+        "import torch\n\n"
+        "class NoLr(torch.optim.Optimizer):\n"
+        "    def __init__(self, params):\n"
+        "        super().__init__(params, {'step_size': 0.01})\n\n"
+        "    def step(self, closure=None):\n"
+        "        pass\n\n"
+        "def no_lr(params):\n"
+        "    return NoLr(params)\n\n"
+        "def half(params):\n"
+        "    return NoLr([{'params': params[:1], 'lr': 0.05}, {'params': params[1:]}])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kw = {**FAST_KW, "hidden": [4], "eval_every": 100, "generations": 2}
+    for name, where in (("no_lr", "its param groups"), ("half", "param group(s) 1")):
+        with pytest.raises(flipes.UsageError) as error:
+            flipes.train(**kw, optimizer=f"own_rules:{name}", lr_decay=0.5, out=str(tmp_path / name))
+        assert str(error.value) == (
+            f"--lr-decay: 0.5 scales each param group's lr, and --optimizer own_rules:{name} builds NoLr with no lr in "
+            f"{where}; keep its step size in each group's lr, or drop --lr-decay and schedule the step in a callback"
+        )
+        assert not (tmp_path / name / "metrics.jsonl").exists()
+    assert len(flipes.train(**kw, optimizer="own_rules:no_lr", out=str(tmp_path / "fixed")).metrics) == 2
+
+
 def test_a_sigma_function_is_refused_naming_the_decay_options(tmp_path: Path) -> None:
     """flipes.train(sigma=fn), given as a keyword or in a TrainConfig, is one UsageError naming sigma_decay and
     sigma_min (and FlipES for other schedules); a SigmaDecay with sigma_decay or sigma_min beside it, given as a
