@@ -362,14 +362,21 @@ RANK_ROW = ("steps_per_second", "bytes_sent")
 
 def own_lr_note(config: TrainConfig, optimizer: torch.optim.Optimizer) -> str:
     """What ``--optimizer FN`` steps at where it is not ``--lr``: the function builds its optimizer with its own settings,
-    so ``--lr`` (given or the default) is not used; empty where they agree or no ``--optimizer`` is given."""
+    so ``--lr`` (given or the default) is not used, but for ``--lr-decay``'s factor; empty where they agree or no
+    ``--optimizer`` is given."""
     steps = sorted({float(g["lr"]) for g in optimizer.param_groups if "lr" in g})
     if not config.optimizer or steps == [config.lr]:
         return ""
     at = f"at lr {', '.join(f'{x:g}' for x in steps)}" if steps else "with no lr"
+    # with a decay, --lr is no step but the scale of the schedule's factor (and of --lr-min)
+    unused = (
+        f"which --lr-decay scales by max(lr·d^g, --lr-min)/lr of --lr {config.lr:g}, --lr-min on --lr's scale"
+        if config.lr_decay != 1
+        else f"--lr {config.lr:g} is not used"
+    )
     return (
-        f"--optimizer {config.optimizer} builds {type(optimizer).__name__} {at}, its own: --lr {config.lr:g} is not used "
-        "(a torch.optim class, such as torch.optim.sgd:SGD, is built at --lr)"
+        f"--optimizer {config.optimizer} builds {type(optimizer).__name__} {at}, its own{',' if config.lr_decay != 1 else ':'} "
+        f"{unused} (a torch.optim class, such as torch.optim.sgd:SGD, is built at --lr)"
     )
 
 

@@ -1171,7 +1171,8 @@ class NoLr(torch.optim.Optimizer):
 def test_an_optimizer_function_with_its_own_lr_is_said_to_leave_lr_unused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``--optimizer FN`` builds its optimizer with its own settings: where its lr is not ``--lr``, the start-of-run note
     (of a run of flipes.train too) says that ``--lr`` is not used and that a torch.optim class is built at it, naming
-    every group's lr, or that it has none; nothing where they agree or none is given."""
+    every group's lr, or that it has none; with --lr-decay, that ``--lr`` is the scale of the decay's factor, which
+    scales that lr; nothing where they agree or none is given."""
     from flipes.training import own_lr_note
 
     params = [torch.nn.Parameter(torch.zeros(2))]
@@ -1185,6 +1186,10 @@ def test_an_optimizer_function_with_its_own_lr_is_said_to_leave_lr_unused(tmp_pa
     groups = [{"params": params}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1}]
     assert "builds SGD at lr 0.02, 0.1, its own: --lr 0.05 is not used" in own_lr_note(config, torch.optim.SGD(groups, lr=0.02))
     assert "builds NoLr with no lr, its own: --lr 0.05 is not used" in own_lr_note(config, NoLr(params))
+    assert own_lr_note(config.replace(lr_decay=0.9), torch.optim.SGD(params, lr=0.02)) == (
+        "--optimizer search_rules:sgd builds SGD at lr 0.02, its own, which --lr-decay scales by max(lr·d^g, --lr-min)/lr "
+        "of --lr 0.05, --lr-min on --lr's scale (a torch.optim class, such as torch.optim.sgd:SGD, is built at --lr)"
+    )
 
     def model(env: object) -> torch.nn.Module:
         return torch.nn.Linear(2, 1)
