@@ -66,7 +66,7 @@ class TrainConfig:
     At most --sigma, and only with --sigma-decay < 1 (a fixed or adapted σ has no floor)."""
     lr: float = 0.05
     """Adam's learning rate on the ES gradient (openai-es); with --algo pgpe it sets ClipUp's speed
-    (lr·√D/2, see --max-speed), with --algo ars SGD's step lr·σ."""
+    (lr·√D/2, see --max-speed), with --algo ars SGD's step lr·σ (with --lr-decay, of generation 0)."""
     lr_decay: float = 1.0
     """--lr's factor per generation, d in (0, 1]: generation g steps at max(lr·d^g, --lr-min), whatever the optimizer
     (Adam's lr; ClipUp's step and max speed alike; ARS's SGD at that times σ; an --optimizer's lr), a function of g

@@ -279,11 +279,12 @@ def test_benchmarks_md_holds_no_python_block() -> None:
 
 def test_the_readmes_metrics_table_names_every_column_a_run_writes(tmp_path: Path) -> None:
     """The columns README.md's ``metrics.jsonl`` table lists are exactly the keys of the rows a run writes with every
-    optional column on (an env, evaluations, ``--reward-shift``, ``--track-best``): none undocumented, none stale."""
+    optional column on (an env, evaluations, ``--reward-shift``, ``--track-best``, ``--lr-decay``): none undocumented,
+    none stale."""
     text = (ROOT / "README.md").read_text()
     table = text[text.index("| column | what it is |") :].split("\n\n", 1)[0]
     documented = {name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split(" | ")[0])}
-    flipes.train(**FAST_KW, generations=2, eval_every=1, reward_shift=1.0, track_best=True, out=str(tmp_path))
+    flipes.train(**FAST_KW, generations=2, eval_every=1, reward_shift=1.0, track_best=True, lr_decay=0.9, out=str(tmp_path))
     written = {key for row in flipes.read_metrics(tmp_path) for key in row}
     assert documented == written
 
