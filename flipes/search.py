@@ -137,6 +137,12 @@ def check_decayable(config: TrainConfig, optimizer: torch.optim.Optimizer) -> No
     )
 
 
+def step_settings(optimizer: torch.optim.Optimizer) -> list[tuple[float, ...]]:
+    """Each param group's step settings (``STEP_SETTINGS``) as numbers: what :func:`scale_steps` wrote, to tell
+    whether anything set them since."""
+    return [tuple(float(group[n]) for n in STEP_SETTINGS if group.get(n) is not None) for group in optimizer.param_groups]
+
+
 def scale_steps(optimizer: torch.optim.Optimizer, factor: float) -> None:
     """Each param group's step settings (``STEP_SETTINGS``) at ``factor`` times the group's first: what ARS's SGD at
     lr·σ, ClipUp's step and speed, and an ``--optimizer``'s own lr scale by alike. The first is kept in the group as

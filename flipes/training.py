@@ -55,7 +55,7 @@ from flipes.resume import agree, restore
 from flipes.rl import EnvPoolVectorEnv, RolloutFitness
 from flipes.rl.envs import base_id, print_note
 from flipes.rundir import check_not_in_use, check_run_dir, prepare_run_dir
-from flipes.search import check_decayable, scale_steps, scheduled_lr
+from flipes.search import check_decayable, scale_steps, scheduled_lr, step_settings
 from flipes.stopping import budget_spent, stop_asked, stop_reason
 from flipes.train_state import TrainResult, TrainState, callback_keys
 
@@ -380,6 +380,23 @@ def own_lr_note(config: TrainConfig, optimizer: torch.optim.Optimizer) -> str:
     )
 
 
+def _overridden(gen: int) -> str:
+    """What --lr-decay does to step settings changed since it last set them (by a callback's schedule)."""
+    return (
+        f"the optimizer's lr was changed after generation {gen - 1} (by a callback?), and --lr-decay sets each param "
+        "group's lr (and max_speed) before every step from its first value: the change is overridden; set the group's "
+        "initial_lr to move the schedule, or drop --lr-decay and schedule lr in the callback"
+    )
+
+
+def _caution(config: TrainConfig, text: str) -> None:
+    """``text`` as the start of a run says its cautions: a note with the progress lines, else a warning."""
+    if config.progress:
+        print_note(text)
+    else:
+        warnings.warn(f"flipes.train: {text}", UserWarning, stacklevel=caller_stacklevel())
+
+
 # what an env worker process's end raises (flipes.rl.workers says which; a pipe of another vector env: a bare error)
 _WORKER_ENDED = (WorkerEndedError, EOFError, BrokenPipeError, ConnectionResetError)
 
@@ -429,6 +446,8 @@ def run_loop(
     if _summed(comm, stop.requested) > 0:  # a signal while the run directory was written: no generation begins
         return "interrupted"
     stop.running = True
+    scaled: list[tuple[float, ...]] | None = None  # the step settings --lr-decay last wrote, None until it has
+    told_override = False
     while es.generation < config.generations:
         gen = es.generation
         bytes_before, t0 = comm.bytes_sent, time.perf_counter()
@@ -451,7 +470,12 @@ def run_loop(
             shift = f", or --reward-shift's size ({config.reward_shift:g})" if config.reward_shift else ""  # subtracted each step
             raise UsageError("--sigma", problem, f"lower {_step_options(config, '--sigma', '--lr')}{shift}, or {env}")
         if config.lr_decay != 1:  # set before each step from the generation alone: a resume continues it bit for bit
+            if scaled is not None and step_settings(es.optimizer) != scaled and not told_override:
+                told_override = True  # once: a callback's schedule sets them every generation
+                if comm.rank == 0:
+                    _caution(config, _overridden(gen))
             scale_steps(es.optimizer, scheduled_lr(config, gen) / config.lr)
+            scaled = step_settings(es.optimizer)
         with warnings.catch_warnings():
             if isinstance(fitness, RolloutFitness):  # evaluated inside the population: a tie is the task's
                 warnings.simplefilter("ignore", EqualFitnessWarning)

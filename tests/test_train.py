@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -513,6 +514,39 @@ def test_a_run_on_an_lr_schedule_resumes_bit_for_bit_and_refuses_another_schedul
     rows = metrics(tmp_path / "part")
     assert [(r["lr"], r["params_sha256"]) for r in rows] == [(r["lr"], r["params_sha256"]) for r in full.metrics]
     assert [r["lr"] for r in rows] == [max(0.05 * 0.6**g, 0.02) for g in range(6)] and rows[-1]["lr"] == 0.02
+
+
+def test_a_callback_setting_lr_under_an_lr_decay_is_overridden_and_told_once(tmp_path: Path) -> None:
+    """Under --lr-decay, a callback that sets lr every generation changes no step: the parameters are bit for bit
+    those of the run without it, as the schedule sets each group's lr before every step; one warning says so, naming
+    initial_lr as what moves the schedule, and a callback setting initial_lr moves it without a word. The run without
+    the callback warns of nothing."""
+    kw = {**FAST_KW, "popsize": 16, "hidden": [4], "eval_every": 100, "generations": 4, "lr_decay": 0.5}
+
+    def halve(gen: int, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.param_groups[0]["lr"] /= 2
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = flipes.train(**kw, out=str(tmp_path / "plain")).metrics
+        assert [str(w.message) for w in caught] == []
+        set_lr = flipes.train(**kw, callbacks=[StepSettings(halve)], out=str(tmp_path / "set")).metrics
+    assert [r["params_sha256"] for r in set_lr] == [r["params_sha256"] for r in plain]
+    assert [str(w.message) for w in caught] == [
+        "flipes.train: the optimizer's lr was changed after generation 0 (by a callback?), and --lr-decay sets each "
+        "param group's lr (and max_speed) before every step from its first value: the change is overridden; set the "
+        "group's initial_lr to move the schedule, or drop --lr-decay and schedule lr in the callback"
+    ]
+    assert caught[0].filename == __file__
+
+    def rebase(gen: int, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.param_groups[0]["initial_lr"] = 0.01
+
+    seen = StepSettings(rebase)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flipes.train(**kw, callbacks=[seen], out=str(tmp_path / "rebased"))
+    assert [row["lr"] for row in seen.rows] == [0.05, 0.01 * 0.5, 0.01 * 0.25, 0.01 * 0.125] and caught == []
 
 
 def test_an_lr_decay_is_refused_for_an_optimizer_with_no_lr_to_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
