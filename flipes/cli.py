@@ -189,6 +189,8 @@ FOREIGN = {
     "episodes_per_batch": ("OpenAI's ES starter", "popsize", " (members; the episodes per member are {episodes})"),
     "return_proc_mode": ("OpenAI's ES starter", "shaping", " (centered-ranks, the default, z-score or raw)"),
     "ac_noise_std": ("OpenAI's ES starter", "action_noise", " (added in training rollouts only, as there)"),
+    "snapshot_freq": ("OpenAI's ES starter", "checkpoint_every", " (in generations, as there)"),
+    "eval_prob": ("OpenAI's ES starter", "eval_every", " (the center policy every n generations, not a fraction of episodes)"),
     "stdev_init": ("EvoTorch's", "sigma", ""),
     "init_stdev": ("EvoJAX's", "sigma", ""),
     "center_learning_rate": ("EvoTorch's and EvoJAX's", "lr", " (their ClipUp at c is {algo}=pgpe with {max_speed}=2c)"),

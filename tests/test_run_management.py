@@ -244,6 +244,8 @@ FOREIGN_NAMES = {
     "l2coeff": "weight_decay",
     "episodes_per_batch": "popsize",
     "return_proc_mode": "shaping",
+    "snapshot_freq": "checkpoint_every",
+    "eval_prob": "eval_every",
     "stdev_init": "sigma",
     "init_stdev": "sigma",
     "center_learning_rate": "lr",
