@@ -182,6 +182,30 @@ def test_each_members_return_on_a_numpy_vector_env_of_ones_own_is_that_of_its_ex
     assert len(set(returns.tolist())) > 1
 
 
+def test_gymnasium_vector_envs_roll_out_alike_in_either_autoreset_mode_and_are_refused_without_autoreset() -> None:
+    """A rollout steps every env until all episodes have ended, masking the steps after an env's end: gymnasium's
+    SyncVectorEnv with NEXT_STEP and with SAME_STEP autoreset give each env its first episode's return and length alike.
+    With DISABLED, whose env asserts when a finished env is stepped, run_episodes and RolloutFitness refuse it before
+    any step, in one line naming the modes that work."""
+
+    def make(mode: gym.vector.AutoresetMode, n: int = 6) -> gym.vector.VectorEnv:
+        return gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="sync", vector_kwargs={"autoreset_mode": mode})
+
+    lean = lambda o: (o[:, 2] > 0).long()  # noqa: E731
+    next_step, same_step = (
+        run_episodes(make(mode), lean, seed=1)
+        for mode in (gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP)
+    )
+    assert torch.equal(next_step.returns, same_step.returns) and torch.equal(next_step.lengths, same_step.lengths)
+    assert len(set(next_step.lengths.tolist())) > 1  # the envs ended at different steps
+    disabled = make(gym.vector.AutoresetMode.DISABLED)
+    expect = "steps every env until all episodes have ended, and gymnasium's SyncVectorEnv with autoreset_mode DISABLED"
+    with pytest.raises(ValueError, match="^run_episodes " + re.escape(expect)):
+        run_episodes(disabled, lean, seed=1)
+    with pytest.raises(ValueError, match="^RolloutFitness " + re.escape(expect)):
+        RolloutFitness(disabled)
+
+
 def test_a_rollout_fitness_given_to_train_counts_its_env_steps_in_the_rows_and_over_a_resume(tmp_path) -> None:
     """flipes.train(env="none", fitness=RolloutFitness(a vector env of one's own)), the README's way for an env object,
     logs the env steps that fitness counts: each row's timesteps is its count after that generation (not 0), and a run

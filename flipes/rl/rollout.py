@@ -256,6 +256,17 @@ def check_vector_env(env: Any, who: str) -> None:
             f"{who} steps a vector env of many copies, got {kind} ({env!r:.80}); make one with "
             "flipes.rl.make_vector_env(id, n), gymnasium.make_vec(id, num_envs=n) or gymnasium.vector.SyncVectorEnv([MyEnv] * n)"
         )
+    base = getattr(env, "unwrapped", env)
+    # gymnasium's own vector envs without autoreset assert when a finished env is stepped, as a rollout does (masked)
+    if (
+        isinstance(base, gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv)
+        and base.metadata.get("autoreset_mode") == gym.vector.AutoresetMode.DISABLED
+    ):
+        raise ValueError(
+            f"{who} steps every env until all episodes have ended, and gymnasium's {type(base).__name__} with "
+            "autoreset_mode DISABLED refuses to step an env whose episode ended; make it with NEXT_STEP (the default) or "
+            "SAME_STEP: gymnasium.make_vec(id, n, vector_kwargs={'autoreset_mode': gymnasium.vector.AutoresetMode.NEXT_STEP})"
+        )
 
 
 LONG_EPISODE = 100_000  # steps after which an episode of an env without a time limit is warned about
