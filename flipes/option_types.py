@@ -204,12 +204,14 @@ def _json_value(name: str, value: Any) -> Any:
 
 def example_value(value: Any, ft: FieldType) -> Any:
     """A value of the field's type to suggest in place of ``value``: ``value`` itself where it is one,
-    converted where the intent is plain (``"64"`` -> 64 and 3.7 -> 4 for an integer, 32 -> [32] for a
-    list, 1 -> True for a flag, 3 -> "3" for a string), else the first choice or a typical value."""
+    converted where the intent is plain (``"64"`` -> 64 and 3.7 -> 4 for an integer, 32 -> [32] and
+    ``"64 64"`` -> [64, 64] for a list, 1 -> True for a flag, 3 -> "3" for a string), else the first choice or a typical value."""
     if ft.mapping:
         return {"name": 1}
     if ft.is_list:
         item = dataclasses.replace(ft, is_list=False)
+        if isinstance(value, str):  # "64 64" or "64,64", the flag's words or a Python habit, as one string
+            value = value.replace(",", " ").split() or [value]
         return [example_value(v, item) for v in (value if isinstance(value, list | tuple) else [value])]
     try:
         return check_value("value", value, ft)
