@@ -107,6 +107,19 @@ def check_reaches_target(config: TrainConfig, evaluate: Callable[..., Any] | Non
         )
 
 
+def _misplaced_options(env_kwargs: Mapping[str, Any], refusal: str) -> str:
+    """The fix for an env refusing a training option found among its options (``refusal`` names the one refused): in
+    TOML every key below an ``[env_kwargs]`` header belongs to that table, so a table written above them takes them."""
+    fields = {f for f in TrainConfig.__dataclass_fields__ if f != "env_kwargs"}
+    misplaced = [key for key in env_kwargs if key in fields and f"no option {key!r}" in refusal]
+    if not misplaced:
+        return ""
+    return (
+        f"{misplaced[0]} is an option of flipes train, not of the env: in a TOML --config file every key below the "
+        f"[env_kwargs] header belongs to that table, so put [env_kwargs] last (or write env_kwargs = {{...}} inline)"
+    )
+
+
 def build_env(
     config: TrainConfig, comm: dist.Comm, device: str, note: Callable[[str], None] | None
 ) -> gym.vector.VectorEnv | None:
@@ -121,7 +134,7 @@ def build_env(
     try:
         env = make_vector_env(config.env, members * config.episodes, device, threads=threads, note=note, **config.env_kwargs)
     except EnvOptionError as e:
-        raise UsageError("--env-kwargs", str(e)) from None
+        raise UsageError("--env-kwargs", str(e), _misplaced_options(config.env_kwargs, str(e))) from None
     except EnvError as e:
         raise UsageError("--env", str(e)) from None
     space = env.single_action_space

@@ -48,6 +48,27 @@ def test_a_toml_table_is_the_envs_options(tmp_path: Path) -> None:
     assert parse_config(TrainConfig, ["--config", str(tmp_path / "b.toml")]).env_kwargs == {"sutton_barto_reward": True}
 
 
+@NEEDS_TOMLLIB
+def test_training_options_below_the_env_kwargs_header_are_named_with_tomls_table_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """TOML puts every key below an ``[env_kwargs]`` header into that table: ``popsize`` written there reaches the env,
+    which refuses it. The one-line error names popsize as a training option and the fix, the table last; an unknown
+    option that is no training option gets no such hint."""
+    (tmp_path / "run.toml").write_text('env = "flipes/Pendulum-v1"\n[env_kwargs]\ng = 9.81\n\npopsize = 8\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(tmp_path / "run.toml"), "--out", str(tmp_path / "out")])
+    line = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in line and not (tmp_path / "out").exists()
+    assert "takes no option 'popsize'" in line and line.endswith(
+        "; popsize is an option of flipes train, not of the env: in a TOML --config file every key below the "
+        "[env_kwargs] header belongs to that table, so put [env_kwargs] last (or write env_kwargs = {...} inline)"
+    )
+    with pytest.raises(flipes.UsageError) as e:
+        flipes.train(env="flipes/Pendulum-v1", env_kwargs={"gg": 1.0, "popsize": 8}, out=str(tmp_path / "b"), **QUIET)
+    assert "takes no option 'gg'" in str(e.value) and e.value.fix == ""
+
+
 MISTAKES = [
     (["--env-kwargs", "{continuous: true}"], "--env-kwargs", "is not JSON"),
     (["--env-kwargs", "[1, 2]"], "--env-kwargs", "expected a JSON object"),
