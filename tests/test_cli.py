@@ -452,6 +452,11 @@ CONFIG_TYPE_ERRORS = [
     ("seed = 1e300\n", "seed = 1e+300 is not an integer; write e.g. seed = 1\n"),
     ("seed = 1e17\n", "seed = 1e+17 is not an integer; write e.g. seed = 100000000000000000\n"),
     ("popsiz = 8\n", "unknown option 'popsiz'; did you mean popsize?"),
+    (
+        "[train]\npopsize = 8\n",
+        "unknown option 'train'; options go at the top level of the file, not in a table: move them out of 'train'",
+    ),
+    ("[es.search]\nsigma = 0.1\n", "unknown option 'es'; valid options: env, "),
 ]
 
 
