@@ -121,6 +121,10 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
         saved_state = load_checkpoint(path, map_location=device)
     except CheckpointError as e:  # a damaged file, or one that lacks an entry read below: one line, naming previous.pt
         fix = "" if e.previous else "pass a run directory or checkpoint file written by flipes train"
+        file = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
+        if not e.previous and file.suffix == ".pt" and file.is_file():  # a run's damaged checkpoint, none older beside it
+            fix = "no previous.pt beside it to continue from: copy it again whole if it came from elsewhere, else start the " \
+                  "run again with --overwrite"  # fmt: skip
         raise UsageError("--resume", e.message("--resume"), fix) from None
     saved = dict(saved_state["config"])
     saved.setdefault("noise_rank", saved.pop("rank", 0) or 0)  # runs saved before the option's rename

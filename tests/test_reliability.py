@@ -981,6 +981,26 @@ def test_resuming_a_run_file_that_is_no_checkpoint_points_at_the_run_not_at_prev
     assert load_checkpoint(run)["es"]["generation"] == 2
 
 
+def test_resuming_a_damaged_checkpoint_with_no_previous_says_to_copy_it_again_or_start_over(tmp_path: Path) -> None:
+    """A run directory whose checkpoint.pt is truncated (a copy cut short) and has no previous.pt beside it is refused
+    saying so and what is left to do, copy it again or start over, not to pass a checkpoint flipes wrote (it is one);
+    a directory without any checkpoint keeps that advice."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, checkpoint_every=1, out=str(run))
+    (run / "previous.pt").unlink()
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    fix = "; no previous.pt beside it to continue from: copy it again whole if it came from elsewhere, else start the run "
+    for given in (run, run / "checkpoint.pt"):
+        with pytest.raises(flipes.UsageError) as e:
+            flipes.train(resume=str(given), generations=3, progress=False)
+        assert str(e.value).startswith(f"--resume: {run / 'checkpoint.pt'} is truncated or not a checkpoint (")
+        assert str(e.value).endswith(fix + "again with --overwrite")
+    with pytest.raises(flipes.UsageError) as e:
+        flipes.train(resume=str(tmp_path), generations=3, progress=False)
+    assert str(e.value).endswith("; pass a run directory or checkpoint file written by flipes train")
+
+
 def test_an_own_loops_checkpoint_continues_bit_for_bit_and_a_damaged_one_offers_the_previous(tmp_path: Path) -> None:
     """flipes.save_checkpoint of an own loop's es.state_dict() each generation, read back by flipes.read_checkpoint
     into a new FlipES, continues on the parameters of an uninterrupted loop; a damaged file is refused naming the
