@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import IO, Any
 
@@ -141,7 +142,7 @@ class RunDirLock:
             raise error from None
         self.file.seek(0)
         self.file.truncate()
-        self.file.write(f"flipes pid {os.getpid()}")
+        self.file.write(f"flipes pid {os.getpid()} on {socket.gethostname()}")  # a shared file system: which node's pid
         self.file.flush()
 
     def release(self) -> None:

@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,7 +74,8 @@ def test_a_run_that_failed_before_its_first_generation_is_taken_over_by_the_next
 
 def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:
     """While one process trains into a directory, a second one (here: a resume, and a branch into
-    another --out) is refused at once, naming --resume, the option that points at the live run."""
+    another --out) is refused at once, naming --resume, the option that points at the live run, and the process holding
+    it by pid and host."""
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "scripts/train.py", *FAST, "--generations", "100000", "--out", str(run)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -82,7 +84,8 @@ def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:
         while time.time() < deadline and not (run / "checkpoint.pt").exists():
             time.sleep(0.1)
         t0 = time.monotonic()
-        in_use = rf"^--resume: '{run}' is in use by flipes pid {proc.pid}; wait for it to end, then resume it$"
+        holder = f"flipes pid {proc.pid} on {socket.gethostname()}"  # a pid alone names no process on another node
+        in_use = rf"^--resume: '{run}' is in use by {re.escape(holder)}; wait for it to end, then resume it$"
         with pytest.raises(flipes.UsageError, match=in_use):
             flipes.train(resume=str(run), generations=100001)
         with pytest.raises(flipes.UsageError, match=in_use):
