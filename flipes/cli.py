@@ -169,7 +169,7 @@ MINIMIZE_FIX = (
 )
 
 # how other libraries ask for worker processes (EvoTorch's num_actors, ...): flipes' processes are MPI ranks
-PROCESSES = ("num_actors", "num_workers", "n_workers", "num_processes", "n_jobs")
+PROCESSES = ("num_actors", "num_workers", "n_workers", "workers", "num_processes", "n_jobs")
 
 
 def processes_fix(flags: bool) -> str:
@@ -203,6 +203,8 @@ FOREIGN = {
     "lrate_decay": ("evosax's", "lr_decay", ""),
     "lrate_limit": ("evosax's", "lr_min", ""),
     "max_iter": ("EvoJAX's", "generations", " (a total: a resume trains up to it)"),
+    "maxiter": ("pycma's", "generations", " (a total: a resume trains up to it)"),
+    "sigma0": ("pycma's", "sigma", ""),
     "total_timesteps": ("Stable-Baselines3's", "max_timesteps", " (env steps of the training episodes)"),
     "n_timesteps": ("RL Zoo's", "max_timesteps", " (env steps of the training episodes)"),
     "n_envs": ("RL Zoo's", "popsize", " (members; popsize × {episodes} env copies step as one vector env)"),
@@ -236,7 +238,7 @@ COMMON = {
     **dict.fromkeys(
         ("population", "pop_size", "population_size", "num_population"), ("popsize", " (members, all processes together)")
     ),
-    **dict.fromkeys(("noise_std", "noise_scale", "std", "sigma0"), ("sigma", " (the perturbation scale)")),
+    **dict.fromkeys(("noise_std", "noise_scale", "std"), ("sigma", " (the scale of the parameter noise)")),
     **dict.fromkeys(("gpu", "cuda", "use_cuda"), ("device", " (cuda, cuda:1, ...; cpu is the default)")),
     **dict.fromkeys(("load", "load_path", "resume_from", "checkpoint_path", "restore"), ("resume", _RESUME)),
     **dict.fromkeys(("env_id", "env_name", "environment"), ("env", "")),

@@ -608,7 +608,7 @@ def test_asking_training_to_minimize_says_how(key: str, tmp_path: Path, capsys: 
     assert_unknown_option(key, False, MINIMIZE_FIX, MINIMIZE_FIX, tmp_path, capsys)
 
 
-@pytest.mark.parametrize("key", ["num_actors", "num_workers"])
+@pytest.mark.parametrize("key", ["num_actors", "num_workers", "workers"])
 def test_asking_training_for_worker_processes_names_mpiexec(key: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """EvoTorch's ``num_actors`` (and the usual ``num_workers``) given to training, as a keyword or a flag, is refused
     naming what starts flipes' processes, ``mpiexec -n N``, and the option for an env's own workers, spelt as the
@@ -618,6 +618,25 @@ def test_asking_training_for_worker_processes_names_mpiexec(key: str, tmp_path: 
         "population among N processes; an env's own worker processes or threads are "
     )
     assert_unknown_option(key, 4, fix + "env_threads", fix + "--env-threads", tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    ("key", "flag", "ours", "note"),
+    [
+        ("noise_std", "--noise-std", "sigma", " (the scale of the parameter noise)"),
+        ("std", "--std", "sigma", " (the scale of the parameter noise)"),
+        ("output_dir", "--output-dir", "out", " (the run directory)"),
+        ("run_dir", "--run-dir", "out", " (the run directory)"),
+    ],
+)
+def test_common_names_of_no_one_library_name_the_option_they_mean(
+    key: str, flag: str, ours: str, note: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Names many ES scripts use for σ and the output directory are refused naming that option, not the one closest in
+    spelling (--noise-rank for --noise-std, --optimizer for --output-dir), as a keyword and as a flag; nothing is
+    written."""
+    keyword_fix, flag_fix = f"{key} is {ours} here{note}", f"{flag} is --{ours} here{note}"
+    assert_unknown_option(key, 0.1, keyword_fix, flag_fix, tmp_path, capsys)
 
 
 def assert_unknown_option(

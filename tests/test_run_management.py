@@ -258,6 +258,8 @@ FOREIGN_NAMES = {
     "lrate_decay": "lr_decay",
     "lrate_limit": "lr_min",
     "max_iter": "generations",
+    "maxiter": "generations",
+    "sigma0": "sigma",
     "total_timesteps": "max_timesteps",
     "n_timesteps": "max_timesteps",
     "n_envs": "popsize",
@@ -273,7 +275,7 @@ FOREIGN_NAMES = {
 
 @pytest.mark.parametrize(("key", "ours"), sorted(FOREIGN_NAMES.items()))
 def test_every_other_libraries_name_is_refused_naming_the_flipes_option(key: str, ours: str) -> None:
-    """The names OpenAI's ES starter, EvoTorch, EvoJAX, evosax, Stable-Baselines3, RL Zoo and TensorBoard give these
+    """The names OpenAI's ES starter, EvoTorch, EvoJAX, evosax, pycma, Stable-Baselines3, RL Zoo and TensorBoard give these
     options (README's "Coming from" table and the line below it) are refused as keywords and as flags, naming the flipes
     option that means the same (not the closest spelling: --log-dir is no --lr)."""
     with pytest.raises(UsageError) as e:
