@@ -487,7 +487,7 @@ def test_an_env_worker_killed_mid_step_ends_training_at_once_in_one_line_naming_
 ) -> None:
     """An env worker process killed in the middle of a step (SIGKILL, as the out-of-memory killer sends) while the other
     one answers ends `flipes train` at once (closing the env does not wait on the answered pipe forever) with status 1
-    and one line naming the worker, its pid, the signal, and the last checkpoint with its generation, which loads and
+    and one line naming the worker, its pid, the signal, and the last checkpoint with its last generation, which loads and
     is the one --resume continues from."""
     r = train_doomed(tmp_path, "kill", 300)  # a few generations in (every env copy-step counts)
     err = r.stderr.strip().splitlines()
@@ -495,9 +495,9 @@ def test_an_env_worker_killed_mid_step_ends_training_at_once_in_one_line_naming_
     run = re.escape(str(tmp_path / "run"))
     match = re.fullmatch(r"flipes: error: generation (\d+): env worker 2 of 2 \(pid \d+\) was killed by SIGKILL \(the kernel's "
                          r"out-of-memory killer sends it: see dmesg\) during a (step|reset) of its envs; the last checkpoint "
-                         rf"\(generation (\d+)\) stays: --resume {run} continues from it", err[0])  # fmt: skip
+                         rf"\(after generation (\d+)\) stays: --resume {run} continues from it", err[0])  # fmt: skip
     assert match, err[0]
-    assert load_checkpoint(tmp_path / "run")["es"]["generation"] == int(match[3]) == int(match[1]) >= 1
+    assert load_checkpoint(tmp_path / "run")["es"]["generation"] == int(match[3]) + 1 == int(match[1]) >= 1
 
 
 def test_an_env_that_raises_in_a_worker_process_reaches_the_user_with_its_message_and_traceback(tmp_path: Path) -> None:
