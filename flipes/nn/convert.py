@@ -5,91 +5,47 @@ Embedding, MultiheadAttention, LSTM/GRU/RNN and their cells, transformers' Conv1
 same Parameter objects. Every other trainable parameter is perturbed per member with dense noise
 by the module that owns it (``flipes.nn.dense``), if that module has no Flipout layer below it.
 Parameters with ``requires_grad=False`` stay frozen; anything else is an error naming it.
+
+Here: the walk that converts a model (``flipout``) and finds what plain modules hold of it (``mean_reads``). Which
+class a layer becomes is in :mod:`flipes.nn.flipout_classes`, what ``flipout`` refuses in :mod:`flipes.nn.refusals`,
+the parameter report in :mod:`flipes.nn.report`, the watched aliases of replaced layers in :mod:`flipes.nn.watched`;
+their names are importable from here too.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize, prune
+from torch.nn.utils import parametrize
 
-from flipes.nn.attention import FlipoutMultiheadAttention
 from flipes.nn.base import FlipoutMixin
-from flipes.nn.conv import FlipoutConv1d, FlipoutConv2d, FlipoutConv3d
+from flipes.nn.compiled import uncompiled
 from flipes.nn.dense import PerMember, needs_member_batches, to_per_member
-from flipes.nn.embedding import FlipoutEmbedding, check_embedding_supported
-from flipes.nn.linear import FlipoutConv1D, FlipoutLinear
-from flipes.nn.recurrent import (
-    FlipoutGRU,
-    FlipoutGRUCell,
-    FlipoutLSTM,
-    FlipoutLSTMCell,
-    FlipoutRNN,
-    FlipoutRNNCell,
-    check_rnn_supported,
+from flipes.nn.embedding import check_embedding_supported
+from flipes.nn.flipout_classes import _new_flipout_subclass, flipout_class  # noqa: F401 (a pickled subclass names it here)
+from flipes.nn.recurrent import check_rnn_supported
+from flipes.nn.refusals import (  # noqa: F401 (UNINITIALIZED, check_members_first: named from here, as before the split)
+    UNINITIALIZED,
+    _check_dense_recurrence,
+    _check_inspectable,
+    _check_shared_id_tables,
+    _check_weight_hooks,
+    _trainable,
+    check_members_first,
+    check_module,
+    unhandled_message,
 )
-from flipes.noise import compiling
-
-_FLIPOUT_OF: MappingProxyType[type[nn.Module], type[nn.Module]] = MappingProxyType(
-    {
-        nn.Linear: FlipoutLinear,
-        nn.Conv1d: FlipoutConv1d,
-        nn.Conv2d: FlipoutConv2d,
-        nn.Conv3d: FlipoutConv3d,
-        nn.Embedding: FlipoutEmbedding,
-        nn.MultiheadAttention: FlipoutMultiheadAttention,
-        nn.LSTM: FlipoutLSTM,
-        nn.GRU: FlipoutGRU,
-        nn.RNN: FlipoutRNN,
-        nn.LSTMCell: FlipoutLSTMCell,
-        nn.GRUCell: FlipoutGRUCell,
-        nn.RNNCell: FlipoutRNNCell,
-    }
+from flipes.nn.report import ParameterReport, ParameterRow, parameter_report
+from flipes.nn.watched import (  # noqa: F401 (named from here, as before the split)
+    NotingParameters,
+    ReplacedParameters,
+    noting_parameters,
+    replaced_layer_message,
 )
-
-
-@functools.cache  # one Flipout subclass per user subclass
-def _flipout_subclass(flip: type[nn.Module], cls: type[nn.Module]) -> type[nn.Module]:
-    def reduce(self: nn.Module, protocol: int) -> tuple:  # made at runtime: pickle how to make it again
-        return _new_flipout_subclass, (flip, cls), self.__getstate__()
-
-    return type(f"Flipout{cls.__name__}", (flip, cls), {"__module__": cls.__module__, "__reduce_ex__": reduce})
-
-
-def _new_flipout_subclass(flip: type[nn.Module], cls: type[nn.Module]) -> nn.Module:
-    new = _flipout_subclass(flip, cls)
-    return new.__new__(new)
-
-
-def flipout_class(cls: type[nn.Module]) -> type[nn.Module] | None:
-    """The Flipout class for layers of type ``cls``, or ``None``. A subclass of a supported layer
-    that keeps its parent's ``forward`` (e.g. attention's ``NonDynamicallyQuantizableLinear``)
-    computes what the parent does, so it gets a Flipout subclass of itself; one with its own
-    forward (or a conv with its own ``_conv_forward``) does not (flipes cannot know what it computes),
-    nor does a parametrized layer (``torch.nn.utils.parametrize``: its weight is computed); those get
-    dense per-member noise."""
-    if cls in _FLIPOUT_OF:
-        return _FLIPOUT_OF[cls]
-    if issubclass(cls, (FlipoutMixin, PerMember)) or cls.__module__ == "torch.nn.utils.parametrize":
-        return None
-    if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers."):  # GPT-2's (in, out) linear
-        return _flipout_subclass(FlipoutConv1D, cls)
-    for base, flip in _FLIPOUT_OF.items():
-        if issubclass(cls, base) and all(getattr(cls, m, None) is getattr(base, m, None) for m in _COMPUTED_BY):
-            return _flipout_subclass(flip, cls)
-    return None
-
-
-# what a supported layer's forward computes through: a subclass overriding any (a weight-standardized conv's
-# _conv_forward) computes something a Flipout forward would not
-_COMPUTED_BY = ("forward", "_conv_forward")
 
 
 def _convert_layer(layer: nn.Module, cls: type[nn.Module], path: str = "") -> nn.Module:
@@ -114,99 +70,6 @@ def _convert_layer(layer: nn.Module, cls: type[nn.Module], path: str = "") -> nn
     return new
 
 
-class ReplacedParameters(dict):
-    """The ``_parameters`` of a layer that ``flipout`` replaced by a Flipout layer holding the same Parameter objects:
-    the original reading one while that Flipout layer's FlipES evaluates a population is an error, as it would run the
-    mean for every member (reached past the model's modules: a plain list, a bound ``layer.forward``, a reference kept
-    from before). Outside a population it is the plain dict it was."""
-
-    def __init__(self, params: dict[str, nn.Parameter | None], replacement: nn.Module) -> None:
-        super().__init__(params)
-        self.replacement = weakref.ref(replacement)
-
-    def __getitem__(self, key: str) -> nn.Parameter | None:
-        new = self.replacement()
-        owner = None if new is None else new.__dict__.get("_flipes_owner")
-        es = None if owner is None else owner()
-        param = super().__getitem__(key)
-        if es is not None and es._inside is not None and param is not None and not compiling():
-
-            def refuse() -> None:
-                if es._inside is None:  # an alias kept past the population's end
-                    return
-                name = next((n for n, m in es._module.named_modules() if m is new), "?")
-                raise ValueError(replaced_layer_message(_plain_name(new), name))
-
-            return _Watched.of(param, refuse)  # its dtype, device and shape are no use of the mean (x.to(w.dtype))
-        return param
-
-    def __reduce_ex__(self, protocol: object) -> tuple:  # a copy of the original is a plain layer
-        return dict, (dict(self),)
-
-
-# what a tensor's metadata reads are named in __torch_function__ (a getter's func is its descriptor's __get__)
-_METADATA = frozenset(
-    {"dtype", "device", "shape", "size", "dim", "ndim", "ndimension", "numel", "nelement", "__len__", "layout",
-     "requires_grad", "is_leaf", "is_cuda", "is_cpu", "is_meta", "is_sparse", "is_quantized", "is_floating_point",
-     "is_complex", "is_contiguous", "get_device", "element_size", "itemsize", "nbytes", "stride", "names", "grad_fn",
-     # new tensors shaped, typed and placed as it (an initial state): they read no value either
-     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like", "new_zeros",
-     "new_ones", "new_empty", "new_full"}
-)  # fmt: skip
-_CAST_AS = frozenset({"to", "type_as"})  # x.to(w), x.type_as(w): x gives its value, w only its dtype and device
-
-
-class _Watched(torch.Tensor):
-    """An alias of a parameter that a module must not read the value of inside a population (a watched key of
-    :class:`NotingParameters`, or any of a :class:`ReplacedParameters`): reading its metadata (``w.dtype``,
-    ``w.device``, ``w.shape``) is fine, any other use calls ``on_value`` (which notes it, or raises) first."""
-
-    _flipes_on_value: Callable[[], None]
-
-    @staticmethod
-    def of(param: torch.Tensor, on_value: Callable[[], None]) -> _Watched:
-        alias = param.as_subclass(_Watched)  # the same storage, and still in the autograd graph
-        if param.requires_grad and not alias.requires_grad:  # made under no_grad: its flag is the parameter's still
-            alias.requires_grad_(True)
-        alias._flipes_on_value = on_value
-        return alias
-
-    @classmethod
-    def __torch_function__(cls, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> object:
-        name = getattr(func, "__name__", "")
-        name = getattr(func.__self__, "__name__", name) if name == "__get__" else name
-        if name not in _METADATA:
-            for a in args[:1] if name in _CAST_AS else (*args, *(kwargs or {}).values()):
-                for t in a if isinstance(a, (list, tuple)) else (a,):
-                    if isinstance(t, _Watched):
-                        t._flipes_on_value()
-        with torch._C.DisableTorchFunctionSubclass():  # results are plain tensors
-            return func(*args, **(kwargs or {}))
-
-
-def _plain_name(layer: nn.Module) -> str:
-    """The name of the torch class a Flipout layer was made from (``Linear`` for ``FlipoutLinear``)."""
-    return next(k.__name__ for k in type(layer).__mro__ if not issubclass(k, FlipoutMixin) and issubclass(k, nn.Module))
-
-
-def replaced_layer_message(plain: str, name: str) -> str:
-    return (
-        f"FlipES: the model used the plain {plain} that flipes.flipout replaced by the Flipout layer {name!r} (they hold "
-        "the same parameters): it reaches the original other than through its registered modules (a plain Python list, "
-        "tuple or dict, a bound method such as layer.forward, or a reference kept from before flipout), so every member "
-        "would run its mean weights; hold such layers in an nn.ModuleList / nn.ModuleDict (or call them through the "
-        "model), so that flipout replaces them there too"
-    )
-
-
-def uncompiled(module: nn.Module) -> nn.Module:
-    """The module ``torch.compile(module)`` wraps (its ``_orig_mod``), else ``module``: its parameter
-    names and state dict are the model's own, without the wrapper's ``_orig_mod.`` prefix."""
-    inner = getattr(module, "_orig_mod", None)
-    # by name: importing torch._dynamo for its class costs ~1.3 s, and this runs for every model
-    return inner if isinstance(inner, nn.Module) and type(module).__name__ == "OptimizedModule" else module
-
-
 def training_dropout(module: nn.Module) -> list[str]:
     """The names of ``module``'s dropout modules in training mode with p > 0 ("" for the module itself): each adds
     noise of its own to every member's fitness, which ES reads as signal."""
@@ -214,26 +77,11 @@ def training_dropout(module: nn.Module) -> list[str]:
     return [name for name, m in uncompiled(module).named_modules() if isinstance(m, dropout) and m.p > 0 and m.training]
 
 
-def _trainable(module: nn.Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
-
-
 def _convertible(layer: nn.Module) -> bool:
     """Whether a layer with a Flipout form becomes a Flipout layer: a frozen one stays as it is, and one with a
     parametrized submodule (MultiheadAttention's ``out_proj`` under ``parametrize``), whose Flipout form would read the
     computed weight as a plain tensor, gets dense noise on the parametrization's parameters instead."""
     return _trainable(layer) and not any(parametrize.is_parametrized(m) for m in layer.modules() if m is not layer)
-
-
-def check_module(obj: object, where: str) -> None:
-    """Raise a TypeError naming what ``where`` takes when ``obj`` is no ``nn.Module`` (a function, a tensor)."""
-    if isinstance(obj, nn.Module):
-        return
-    got = f"a {type(obj).__name__}" if not isinstance(obj, torch.Tensor) else f"a Tensor of shape {tuple(obj.shape)}"
-    raise TypeError(
-        f"{where} takes a torch.nn.Module, got {got}; to search over a plain tensor, evolve "
-        "flipes.flipout(flipes.nn.Vector(init)) and compute f(x()) in your fitness (README: Black-box search over a vector)"
-    )
 
 
 def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
@@ -299,97 +147,6 @@ def _unwatch_registered(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m.__dict__.get("_parameters"), ReplacedParameters):
             m.__dict__["_parameters"] = dict(m.__dict__["_parameters"])
-
-
-UNINITIALIZED = (
-    "is not initialized yet (an UninitializedParameter or buffer: no shape until the module's first call); run the model "
-    "once on an example input before flipes.flipout(model)"
-)
-
-
-def _uninitialized(m: nn.Module) -> str:
-    """The name of a lazy (shapeless) parameter or buffer ``m`` holds itself, else ""."""
-    lazy = [n for n, t in [*m._parameters.items(), *m._buffers.items()] if isinstance(t, nn.parameter.UninitializedTensorMixin)]
-    return repr(lazy[0]) if lazy else ""
-
-
-def _check_inspectable(model: nn.Module) -> None:
-    """Refuse what flipout cannot see into: a lazy module not initialized yet (its parameters have no shape, and its
-    first call turns it into its plain class, past any conversion) and a trainable TorchScript module (its compiled
-    forward, which flipes cannot convert, would run the mean parameters for every member)."""
-    for name, m in model.named_modules():
-        where = f"{name!r} ({type(m).__name__})" if name else f"the model ({type(m).__name__})"
-        if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
-            raise ValueError(
-                f"flipout(): {where} is not initialized yet: its parameters get their shapes at its first call, which "
-                "also turns it into its plain class; run the model once on an example input before flipes.flipout(model)"
-            )
-        lazy = _uninitialized(m)
-        if lazy:  # a module of one's own holding torch.nn.UninitializedParameter
-            raise ValueError(f"flipout(): {where}'s {lazy} {UNINITIALIZED}")
-        if isinstance(m, torch.jit.ScriptModule) and _trainable(m):
-            freeze = f", or freeze it: flipes.flipout(model, frozen=[{name!r}])" if name else ""
-            raise ValueError(
-                f"flipout(): {where} is a TorchScript module (torch.jit.script / torch.jit.trace): flipes cannot convert "
-                "its compiled forward, which would run the mean parameters for every member; give flipes.flipout the "
-                f"Python module it was made from (torch.compile works on the converted model){freeze}"
-            )
-
-
-# torch.nn.utils' old hook-based reparametrizations: a forward pre-hook sets the weight from other parameters
-_WEIGHT_HOOKS = MappingProxyType({"WeightNorm": "weight_norm", "SpectralNorm": "spectral_norm"})
-
-
-def _check_weight_hooks(model: nn.Module) -> None:
-    """Refuse trainable modules with ``torch.nn.utils.weight_norm`` / ``spectral_norm`` / ``prune`` applied: their hook
-    computes the weight from the mean parameters before the forward, so every member would run the mean weight (a Flipout
-    layer would perturb a stale copy of it) while ``tell`` writes an ES gradient for parameters no member used."""
-    for name, m in model.named_modules():
-        for hook in m._forward_pre_hooks.values():
-            where = repr(name) if name else "the model"
-            freeze = f"flipes.flipout(model, frozen=[{name!r}])" if name else "model.requires_grad_(False)"
-            if isinstance(hook, prune.BasePruningMethod) and _trainable(m):
-                raise ValueError(
-                    f"flipout(): {where} ({type(m).__name__}) has torch.nn.utils.prune applied: its hook computes "
-                    f"{hook._tensor_name!r} from the mean {hook._tensor_name + '_orig'!r} and the mask before each call, so "
-                    f"no member would run its own; make the pruning permanent first, torch.nn.utils.prune.remove(module, "
-                    f"{hook._tensor_name!r}) (the pruned entries are then evolved too), or freeze it: {freeze}"
-                )
-            fn = _WEIGHT_HOOKS.get(type(hook).__name__)
-            if fn is None or not type(hook).__module__.startswith("torch.nn.utils") or not _trainable(m):
-                continue
-            raise ValueError(
-                f"flipout(): {where} ({type(m).__name__}) has torch.nn.utils.{fn} applied: its hook "
-                f"computes {hook.name!r} from the mean parameters before each call, so no member would run its own; "
-                f"apply torch.nn.utils.parametrizations.{fn} instead (flipes perturbs its parameters per member), or "
-                f"freeze it: {freeze}"
-            )
-
-
-# embeddings Hugging Face's T5 family (T5, mT5, UMT5, LongT5, Switch, Pix2Struct, UDOP, Pop2Piano) and MPNet look up
-# with (T, T) relative-position buckets that every member shares, then permute as (T, T, heads)
-_SHARED_ID_TABLES = ("relative_attention_bias", "global_relative_attention_bias")
-
-
-def _check_shared_id_tables(model: nn.Module) -> None:
-    """Refuse trainable relative-position bias tables looked up with ids every member shares, ``(T, T)`` buckets: a
-    population reads their first dim as members (an error where T is no multiple of N, silently wrong where it is),
-    and each member's own lookup would not fit the ``(T, T, heads)`` the model permutes."""
-    names = [
-        f"{name}.{attr}" if name else attr
-        for name, m in model.named_modules()
-        for attr in _SHARED_ID_TABLES
-        if not isinstance(m, torch.jit.ScriptModule)  # frozen (a trainable one is refused): its dicts have no .get
-        and isinstance(m._modules.get(attr), nn.Embedding)
-        and m._modules[attr].weight.requires_grad
-    ]
-    if names:
-        shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
-        raise ValueError(
-            f"flipout(): {len(names)} relative-position bias table(s) ({shown}) are looked up with (T, T) position "
-            "buckets every member shares, which a population would read as members (silently wrong where T is a "
-            f"multiple of the members); freeze them: flipes.flipout(model, frozen={names!r})"
-        )
 
 
 def _convert_children(parent: nn.Module, converted: dict[int, nn.Module], prefix: str = "") -> None:
@@ -475,42 +232,6 @@ def _make_dense(module: nn.Module) -> None:
             _make_dense(child)
 
 
-# recurrent layers whose torch kernels have no torch.func.vmap form (torch 2.13: aten::lstm/gru/rnn_tanh/rnn_relu.input and
-# aten::lstm_cell have no batching rule; GRUCell and RNNCell decompose into ops that have one)
-_NO_PER_MEMBER_KERNEL = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell)
-
-
-def _check_dense_recurrence(model: nn.Module) -> None:
-    """Refuse a recurrent layer that would run inside a per-member (dense) forward, which evaluates every member through
-    ``torch.func.vmap``: torch's fused kernels have no vmap form, so the first population would fail. It is there as a
-    subclass with a forward of its own or a parametrized layer (no Flipout form), or frozen inside a module that holds
-    parameters of its own."""
-    for name, dense in model.named_modules():
-        if not isinstance(dense, PerMember):
-            continue
-        for sub, m in dense.named_modules(prefix=name):
-            kind = next((k.__name__ for k in _NO_PER_MEMBER_KERNEL if isinstance(m, k)), None)
-            if kind is None:
-                continue
-            plain = type(m).__bases__[-1] if isinstance(m, PerMember) else type(m)  # the user's class
-            where = f"{sub!r} ({plain.__name__})" if sub else f"the model ({plain.__name__})"
-            vmap = f"every member's forward through torch.func.vmap, and torch's {kind} kernel has no vmap form"
-            if isinstance(m, PerMember):  # itself without a Flipout form
-                freeze = f"; or freeze it: flipes.flipout(model, frozen=[{sub!r}])" if sub else ""
-                raise ValueError(
-                    f"flipout(): {where} has no Flipout form (a subclass with a forward of its own, or a parametrized "
-                    f"layer), so it would get dense noise, {vmap}. Call a plain nn.{kind} from a module of your own "
-                    f"instead (flipout makes it a Flipout layer), or write its step with nn.Linear layers{freeze}"
-                )
-            holder = repr(name) if name else "the model"
-            freeze = f"; or freeze those: flipes.flipout(model, frozen=[{name!r}])" if name else ""
-            raise ValueError(
-                f"flipout(): {where} would run inside the per-member forward of {holder}, which holds parameters of its "
-                f"own: that runs {vmap}. Move the parameters of {holder} itself into a submodule of their own (such as "
-                f"flipes.nn.Vector), so that {holder} runs as plain torch around its {kind}{freeze}"
-            )
-
-
 def _freeze(module: nn.Module, names: Iterable[str]) -> None:
     names = [names] if isinstance(names, str) else list(names)
     params = dict(module.named_parameters(remove_duplicate=False))
@@ -538,122 +259,9 @@ def flipout_layers(module: nn.Module) -> list[FlipoutMixin]:
     return [m for m in module.modules() if isinstance(m, FlipoutMixin)]
 
 
-def check_members_first(module: nn.Module) -> None:
-    """Refuse torch's sequence-first transformer blocks with evolved parameters: their feed-forward layers and
-    norms get ``(T, N, E)``, which a population reads as T members (and, where T == N, would perturb them by
-    time step silently). A frozen one runs as plain torch."""
-    for name, m in module.named_modules():
-        sequence_first = isinstance(m, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer) and not m.self_attn.batch_first
-        if sequence_first and any(p.requires_grad for p in m.parameters()):  # a frozen block sees a shared context
-            raise ValueError(
-                f"FlipES: {type(m).__name__} {name or '(the model)'!r} is sequence-first (batch_first=False): inside "
-                "a population its Linear layers and norms take the members in dim 0, so a (T, N, E) input would be "
-                "read as T members; build it with batch_first=True and pass (N, T, E)"
-            )
-
-
 def per_member_modules(module: nn.Module) -> list[nn.Module]:
     """The ``PerMember`` (dense-noise) modules of ``module`` in ``module.modules()`` order."""
     return [m for m in module.modules() if isinstance(m, PerMember)]
-
-
-@dataclass(frozen=True)
-class ParameterRow:
-    """What happens to one parameter in a population.
-
-    ``how``: ``"flipout"`` (a Flipout weight or bias), ``"low-rank"`` (a Flipout weight with
-    low-rank noise), ``"dense"`` (independent per-member noise), ``"frozen"``
-    (``requires_grad=False``), ``"backprop noise"`` (the scale of a backprop noise model, never
-    evolved) or ``"unhandled"`` (an error: nothing would perturb it). ``tied``: the parameter's other names (a
-    head tied to the token embedding: ``("lm_head.weight",)``), which share its perturbation and are not rows of
-    their own.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    how: str
-    module: str
-    tied: tuple[str, ...] = ()
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-@dataclass(frozen=True)
-class ParameterReport:
-    """``parameter_report(model)``: one row per parameter; ``str()`` is a table with totals."""
-
-    rows: list[ParameterRow]
-
-    def count(self, *how: str) -> int:
-        return sum(r.numel for r in self.rows if r.how in how)
-
-    @property
-    def evolved(self) -> int:
-        return self.count("flipout", "low-rank", "dense")
-
-    def __str__(self) -> str:
-        width = max([len(r.name) for r in self.rows] + [9])
-        lines = [f"{'parameter':<{width}}  {'shape':<16} {'how':<15} module"]
-        for r in self.rows:
-            also = f" (also {', '.join(r.tied)})" if r.tied else ""
-            lines.append(f"{r.name:<{width}}  {tuple(r.shape)!s:<16} {r.how:<15} {r.module}{also}")
-        total = sum(r.numel for r in self.rows)
-        parts = ", ".join(
-            f"{h} {self.count(h):,}"
-            for h in ("flipout", "low-rank", "dense", "frozen", "backprop noise", "unhandled")
-            if self.count(h)
-        )
-        lines.append(f"evolved {self.evolved:,} of {total:,} parameters ({parts})")
-        return "\n".join(lines)
-
-
-def parameter_report(model: nn.Module, noise_rank: int | None = None) -> ParameterReport:
-    """What a population does with every parameter of ``model`` (``noise_rank``: FlipES's, which
-    makes Flipout weights ``"low-rank"``; biases stay ``"flipout"``). Of ``torch.compile(net)``: net's
-    parameters, by their names in net (no ``_orig_mod.``)."""
-    model = uncompiled(model)
-    for name, m in model.named_modules():  # FlipES(model) of an unconverted lazy model: its shapes are read below
-        lazy = _uninitialized(m)
-        if lazy:
-            where = f"{name!r} ({type(m).__name__})" if name else f"the model ({type(m).__name__})"
-            raise ValueError(f"{where}'s {lazy} {UNINITIALIZED}")
-    how: dict[int, tuple[str, str]] = {}
-    for m in sorted(model.modules(), key=lambda m: not isinstance(m, FlipoutMixin)):  # a weight also read densely: flipout
-        if isinstance(m, FlipoutMixin):
-            kind = type(m).__name__
-            noise_model = m._modules.get("backprop_noise")
-            for p in [] if noise_model is None else noise_model.parameters():
-                how.setdefault(id(p), ("backprop noise", kind))
-            for pw in m.perturbed_weights():
-                how.setdefault(id(pw.weight), ("flipout" if noise_rank is None else "low-rank", kind))
-                if pw.bias is not None:
-                    how.setdefault(id(pw.bias), ("flipout", kind))
-            for p in m.dense_parameters().values():
-                how.setdefault(id(p), ("dense", kind))
-        elif isinstance(m, PerMember):
-            for p in m.parameters():
-                how.setdefault(id(p), ("dense", type(m).__name__))
-    owners = dict(_owners(model))
-    names: dict[int, list[str]] = {}  # every name of each parameter: named_parameters() lists a tied one once
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-    rows = []
-    for name, p in model.named_parameters():
-        kind, module = how.get(id(p), ("unhandled", owners[name]))
-        tied = tuple(n for n in names[id(p)] if n != name)
-        rows.append(ParameterRow(name, tuple(p.shape), "frozen" if not p.requires_grad else kind, module, tied))
-    return ParameterReport(rows)
-
-
-def _owners(model: nn.Module) -> Iterator[tuple[str, str]]:
-    for mname, m in model.named_modules():
-        for pname in m._parameters.keys():  # a TorchScript module's dict wrapper has no __iter__
-            yield (f"{mname}.{pname}" if mname else pname), type(m).__name__
 
 
 @dataclass(frozen=True)
@@ -667,37 +275,6 @@ class MeanRead:
     also: tuple[str, ...]  # its other names
     owner: nn.Module
     key: str
-
-
-class NotingParameters(dict):
-    """The ``_parameters`` FlipES gives a module holding evolved parameters that it runs as plain torch
-    (:class:`MeanRead`): while ``reads`` is a set (inside a population), the keys of ``watched`` read through it
-    (``module.name`` looks parameters up here; ``named_parameters()`` and ``state_dict()`` iterate, and are not noted)."""
-
-    watched: frozenset[str] = frozenset()
-    reads: set[str] | None = None
-
-    def __getitem__(self, key: str) -> nn.Parameter | None:
-        param = super().__getitem__(key)
-        if self.reads is None or key not in self.watched or param is None:
-            return param
-        reads = self.reads
-        if compiling():  # Dynamo traces no tensor subclass here: any read is noted
-            reads.add(key)
-            return param
-        return _Watched.of(param, lambda: reads.add(key))  # its dtype, device and shape are no read of the mean
-
-    def __reduce_ex__(self, protocol: object) -> tuple:  # a copy is a plain model: no FlipES resets its reads
-        return dict, (dict(self),)
-
-
-def noting_parameters(owner: nn.Module, keys: Iterable[str]) -> NotingParameters:
-    """``owner``'s ``_parameters`` as a :class:`NotingParameters` watching ``keys`` (installed once: a model keeps it)."""
-    held = owner.__dict__["_parameters"]
-    if not isinstance(held, NotingParameters):
-        held = owner.__dict__["_parameters"] = NotingParameters(held)
-    held.watched = held.watched | frozenset(keys)
-    return held
 
 
 def mean_reads(model: nn.Module) -> list[MeanRead]:
@@ -737,17 +314,6 @@ def mean_reads_message(reads: list[MeanRead]) -> str:
         "it uses each member's own (one parameter, two values per member). Read it through the layer that owns it, or "
         "move the code that reads it into a small submodule of its own holding it (flipes then evaluates that per "
         f"member, with the same perturbation); or freeze it: flipes.flipout(model, frozen={[r.name for r in reads]!r})"
-    )
-
-
-def unhandled_message(rows: list[ParameterRow]) -> str:
-    shown = ", ".join(f"{r.name} (held by {r.module})" for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-    return (
-        f"{len(rows)} trainable parameter(s) would not be evolved: {shown}. They are held directly by a module that also "
-        "holds Flipout layers, so flipes has no per-member forward for them. Move each into a small submodule of its own "
-        "(flipes.flipout then perturbs it per member), e.g. self.log_std = flipes.nn.Vector(init) used as "
-        "self.log_std(): (members, ...) inside a population; or freeze it: flipes.flipout(model, frozen=[name, ...]) or "
-        "param.requires_grad_(False)"
     )
 
 
