@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 import torch
 
-from flipes.checkpoint import discard, save_checkpoint
+from flipes.checkpoint import discard, resume_hint, save_checkpoint
 from flipes.errors import StorageError, UsageError, os_reason
 from flipes.progress import Progress
 
@@ -106,8 +106,9 @@ class JSONLLogger(Callback):
             self.file.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
             self.file.flush()
         except OSError as e:
+            good = self.path.parent / "checkpoint.pt"
             raise StorageError(f"cannot write {self.path} ({os_reason(e)}); the last good checkpoint is "
-                               f"{self.path.parent / 'checkpoint.pt'}") from None  # fmt: skip
+                               f"{good}{resume_hint(good)}") from None  # fmt: skip
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
         self.close()

@@ -172,8 +172,17 @@ def _still_good(path: Path) -> str:
     run = (path.with_name("checkpoint.pt"), path.with_name("previous.pt")) if path.name in ("checkpoint.pt", "best.pt") else ()
     for good in (*run, path):
         if good.is_file():
-            return f"the last good checkpoint is {good}"
+            return f"the last good checkpoint is {good}{resume_hint(good) if good in run else ''}"
     return "no checkpoint was written yet"
+
+
+def resume_hint(good: Path) -> str:
+    """How a run directory's ``good`` checkpoint is continued, where ``good`` is one (flipes train wrote a config.json
+    beside it): ``--resume DIR`` reads its checkpoint.pt, a previous.pt is named itself; else nothing (a file of
+    one's own loop)."""
+    if not (good.parent / "config.json").is_file():
+        return ""
+    return f": --resume {good.parent if good.name == 'checkpoint.pt' else good} continues from it once the file can be written"
 
 
 def clip(text: str, limit: int = 100) -> str:

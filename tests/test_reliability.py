@@ -695,8 +695,9 @@ def test_a_full_disk_is_one_line_naming_the_last_good_checkpoint(
     assert err[0].startswith(f"flipes: error: cannot write {run}/") and "No space left on device" in err[0]
     assert "the last good checkpoint is" in err[0] and not list(run.glob("*.tmp"))
     monkeypatch.undo()
-    good = err[0].split("the last good checkpoint is ")[1]
+    good, resume = err[0].split("the last good checkpoint is ")[1].split(": ")
     assert good == str(run / "checkpoint.pt") and load_checkpoint(good)["es"]["generation"] >= 1
+    assert resume == f"--resume {run} continues from it once the file can be written"
 
 
 def test_a_full_disk_while_curves_png_is_drawn_is_one_line_and_keeps_the_old_curves(
@@ -1141,7 +1142,8 @@ def test_a_full_disk_while_best_pt_is_written_names_checkpoint_pt_and_says_disk_
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1, err
     assert err[0] == (f"flipes: error: cannot write {run / 'best.pt'} (disk full: No space left on device); "
-                      f"the last good checkpoint is {run / 'checkpoint.pt'}")  # fmt: skip
+                      f"the last good checkpoint is {run / 'checkpoint.pt'}: --resume {run} continues from it once the "
+                      "file can be written")  # fmt: skip
     assert not (run / "best.pt").exists() and not list(run.glob("*.tmp"))
     monkeypatch.undo()
     assert main(["train", "--resume", str(run), "--generations", "6"]) == 0
@@ -1384,3 +1386,31 @@ def test_a_failed_save_of_an_own_file_names_that_file_not_a_runs_checkpoint(
         flipes.save_checkpoint({"generation": 2}, last)
     assert str(e.value) == f"cannot write {last} ({reason}); the last good checkpoint is {last}"
     assert flipes.read_checkpoint(last) == {"generation": 1}
+
+
+def test_a_failed_save_in_a_run_directory_names_the_resume_that_continues_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a directory flipes train made (its config.json beside the checkpoints), a failed save names the good file and
+    the --resume that reads it: the directory for its checkpoint.pt, previous.pt itself where checkpoint.pt is gone."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    flipes.save_checkpoint({"generation": 1}, run / "checkpoint.pt")
+    flipes.save_checkpoint({"generation": 2}, run / "checkpoint.pt")  # the first is previous.pt now
+    real_replace = os.replace
+
+    def full(src: object, dst: object) -> None:
+        if str(dst).endswith(".pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    then = "continues from it once the file can be written"
+    with pytest.raises(flipes.StorageError) as e:
+        flipes.save_checkpoint({"generation": 3}, run / "best.pt")
+    assert str(e.value).endswith(f"; the last good checkpoint is {run / 'checkpoint.pt'}: --resume {run} {then}")
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(flipes.StorageError) as e:
+        flipes.save_checkpoint({"generation": 3}, run / "checkpoint.pt")
+    assert str(e.value).endswith(f"; the last good checkpoint is {run / 'previous.pt'}: --resume {run / 'previous.pt'} {then}")
