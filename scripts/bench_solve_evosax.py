@@ -210,8 +210,24 @@ def run(s: Settings) -> dict[str, Any]:
     return {"rows": rows, "meta": meta}
 
 
+def parse(argv: list[str]) -> dict[str, Any]:
+    """The settings given as one JSON object; ``--help`` prints the docstring and exits, anything else is one line."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0)
+    if len(argv) > 1:
+        raise SystemExit(f"bench_solve_evosax: one argument expected, a JSON object of settings, got {len(argv)}")
+    try:
+        given = json.loads(argv[0]) if argv else {}
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"bench_solve_evosax: the argument is not JSON ({e}); give one object, e.g. '{{\"seed\": 0}}'") from None
+    if not isinstance(given, dict):
+        raise SystemExit(f"bench_solve_evosax: the argument must be a JSON object, e.g. '{{\"seed\": 0}}', got {argv[0]}")
+    return given
+
+
 def main(argv: list[str]) -> None:
-    given = json.loads(argv[0]) if argv else {}
+    given = parse(argv)
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     unknown = sorted(set(given) - set(fields))
     if unknown:

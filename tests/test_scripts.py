@@ -77,6 +77,18 @@ def test_bench_solve_quick(tmp_path: Path) -> None:
     assert evosax_rows != ("evosax is not found" in out), out
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [(["--help"], "evosax's OpenAI-ES"), (["seed=0"], "not JSON"), (["[0]"], "JSON object"), (["{}", "{}"], "one argument")],
+)
+def test_bench_solve_evosax_explains_its_one_json_argument(argv: list[str], says: str) -> None:
+    """scripts/bench_solve_evosax.py (no JAX needed to parse) prints its docstring for --help with status 0, and
+    refuses an argument that is not one JSON object in one line, with no traceback."""
+    r = run("scripts/bench_solve_evosax.py", *argv, check=False)
+    assert (r.returncode == 0) == (argv == ["--help"]) and "Traceback" not in r.stderr, r.stderr
+    assert says in (r.stdout if argv == ["--help"] else r.stderr) and (argv == ["--help"] or len(r.stderr.splitlines()) == 1)
+
+
 def test_bench_solve_refuses_an_evosax_python_without_jax() -> None:
     """--evosax-python naming a Python that cannot import JAX, evosax or gymnax is refused in one line, before any run."""
     r = run("scripts/bench_solve.py", "--quick", "--evosax-python", "/nonexistent/python", check=False)
