@@ -56,7 +56,7 @@ class Args:
     quick: bool = False
     """Tiny sizes and repeats, for the smoke test."""
     out: str = "scripts/results"
-    """Directory of backprop_variance.png."""
+    """Directory of backprop_variance.png (backprop_variance_quick.png with --quick)."""
 
 
 class RowLSTM(nn.Module):
@@ -182,7 +182,7 @@ def main(args: Args) -> dict[str, dict[str, list[float]]]:
         "\nFC, Flipout / LRT variance per batch size: "
         + ", ".join(f"N={n}: {r:.2f}" for n, r in zip(args.sizes, ratio, strict=True))
     )
-    plot(results, args.sizes, Path(args.out) / "backprop_variance.png")
+    plot(results, args.sizes, Path(args.out) / ("backprop_variance_quick.png" if args.quick else "backprop_variance.png"))
     return results
 
 

@@ -16,7 +16,7 @@ pure function of seed and generation), with Adam:
 - backprop: one Adam step per generation on the same minibatch.
 
 Both ES use centered ranks and (by default) mirrored sampling. Writes
-``repro_learning.{png,md,json}`` to ``--out``.
+``repro_learning.{png,md,json}`` to ``--out`` (``repro_learning_tiny.*`` with ``--tiny``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Args:
     threads: int = 0
     """Torch CPU threads (0: torch's default)."""
     out: str = "scripts/results"
-    """Directory of repro_learning.{png,md,json}."""
+    """Directory of repro_learning.{png,md,json} (repro_learning_tiny.* with --tiny)."""
     tiny: bool = False
     """Smoke test: popsize 64, one seed, 4 generations."""
 
@@ -252,7 +252,7 @@ def main(args: Args) -> dict:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"Digits test accuracy, mean and min–max over {len(args.seeds)} seeds (cf. Wen et al. 2018, Fig. 2b–d)")
-    write_outputs(args.out, "repro_learning", results, markdown, fig)
+    write_outputs(args.out, "repro_learning_tiny" if args.tiny else "repro_learning", results, markdown, fig)
     return results
 
 

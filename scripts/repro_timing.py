@@ -100,7 +100,7 @@ class Args:
     threads: int = 0
     """Torch CPU threads (0: all cores)."""
     out: str = "scripts/results"
-    """Directory of repro_timing.{png,md,json} (repro_timing_cuda.* on a GPU)."""
+    """Directory of repro_timing.{png,md,json} (repro_timing_cuda.* on a GPU; a _tiny suffix with --tiny)."""
     tiny: bool = False
     """Smoke test: N = 64, hidden 16/32, scales 0.25, a 64→64 layer."""
 
@@ -277,7 +277,7 @@ def main(args: Args) -> dict:
         ]
     markdown = "\n".join(md)
     print("\n" + markdown)
-    stem = "repro_timing_cuda" if dev.type == "cuda" else "repro_timing"
+    stem = ("repro_timing_cuda" if dev.type == "cuda" else "repro_timing") + ("_tiny" if args.tiny else "")
     tables = [k for k in ("fc", "conv") if k in results]
     fig = None
     if tables:

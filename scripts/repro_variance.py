@@ -18,7 +18,7 @@ replacement) with its own perturbation, F_n = -cross-entropy, raw fitness, no mi
 
 "Total variance" is the sum over parameters of the per-parameter variance across realizations
 (noise and data both redrawn); it sums ~300 k coordinates, so a few realizations pin it down.
-Writes ``repro_variance.{png,md,json}`` to ``--out``.
+Writes ``repro_variance.{png,md,json}`` to ``--out`` (``repro_variance_tiny.*`` with ``--tiny``).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Args:
     threads: int = 0
     """Torch CPU threads (0: torch's default)."""
     out: str = "scripts/results"
-    """Directory of repro_variance.{png,md,json}."""
+    """Directory of repro_variance.{png,md,json} (repro_variance_tiny.* with --tiny)."""
     tiny: bool = False
     """Smoke test: small nets, N up to 16, 3 realizations."""
 
@@ -332,7 +332,7 @@ def main(args: Args) -> dict:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("ES gradient variance vs N (cf. Wen et al. 2018, Fig. 1)")
-    write_outputs(args.out, "repro_variance", results, markdown, fig)
+    write_outputs(args.out, "repro_variance_tiny" if args.tiny else "repro_variance", results, markdown, fig)
     return results
 
 

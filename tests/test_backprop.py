@@ -522,7 +522,7 @@ def test_flipes_ignores_the_posterior_parameters() -> None:
 def test_backprop_variance_script_tiny(tmp_path: Path) -> None:
     """scripts/backprop_variance.py --quick prints finite slopes and variances for the FC (shared, Flipout, LRT),
     ConvNet (Flipout) and LSTM (shared, Flipout) rows, each variance at N = 16 below that at N = 1 and positive, and
-    writes a PNG of more than 10 kB."""
+    writes a PNG of more than 10 kB as backprop_variance_quick.png (not the full run's backprop_variance.png)."""
     out = run_script("scripts/backprop_variance.py", "--quick", "true", "--out", str(tmp_path)).stdout
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in out.splitlines() if line.startswith("| ")}
     for key in [
@@ -536,7 +536,8 @@ def test_backprop_variance_script_tiny(tmp_path: Path) -> None:
         cells = rows[key].split("|")
         assert all(math.isfinite(float(c)) for c in cells[3:7]), rows[key]
         assert float(cells[5]) > float(cells[6]) > 0  # variance falls from N=1 to N=16
-    png = tmp_path / "backprop_variance.png"
+    assert not (tmp_path / "backprop_variance.png").exists()
+    png = tmp_path / "backprop_variance_quick.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 

@@ -13,10 +13,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def run_repro(name: str, out: Path) -> dict:
+    """Runs scripts/NAME.py --tiny, which writes NAME_tiny.{png,md,json} (never the full run's NAME.*), and reads them."""
     run_script(f"scripts/{name}.py", "--tiny", "true", "--threads", "1", "--out", out)
-    assert (out / f"{name}.png").read_bytes()[:8] == PNG
-    assert "|---|" in (out / f"{name}.md").read_text()
-    return json.loads((out / f"{name}.json").read_text())
+    assert not list(out.glob(f"{name}.*")), "a smoke test must not overwrite the full run's results"
+    assert (out / f"{name}_tiny.png").read_bytes()[:8] == PNG
+    assert "|---|" in (out / f"{name}_tiny.md").read_text()
+    return json.loads((out / f"{name}_tiny.json").read_text())
 
 
 def finite(values: list[float]) -> bool:
