@@ -1,7 +1,7 @@
 """One prepared command that checks flipes on a GPU: correctness first, then speed, in <= 8 minutes.
 
     python scripts/gpu_check.py                          # cuda:0; writes scripts/results/gpu_check.{json,md}
-    python scripts/gpu_check.py --device cpu --quick true   # the same code paths on the CPU at tiny sizes (~45 s)
+    python scripts/gpu_check.py --device cpu --quick true   # the same paths on the CPU, tiny (~45 s; gpu_check_quick.*)
     make gpu-check
 
 Steps, each with its own time limit, in this order (the checks of correctness come first):
@@ -64,9 +64,14 @@ class Args:
     quick: bool = False
     """Tiny sizes: the same code paths in a few minutes (what the test suite runs, on the CPU)."""
     out: str = "scripts/results/gpu_check"
-    """Writes OUT.json, OUT.md and OUT.log (every command's whole output)."""
+    """Writes OUT.json, OUT.md and OUT.log (every command's whole output); with --quick the default is
+    scripts/results/gpu_check_quick."""
     skip: list[StepName] = dataclasses.field(default_factory=list)
     """Step names to leave out."""
+
+    def __post_init__(self) -> None:
+        if self.quick and self.out == "scripts/results/gpu_check":  # a CPU smoke run keeps the GPU's report
+            self.out = "scripts/results/gpu_check_quick"
 
 
 @dataclass

@@ -73,3 +73,12 @@ def test_a_wrong_option_value_is_one_line_and_exit_status_2() -> None:
     assert len(lines) == 1, lines
     assert lines[0].startswith("flipes: error: --num-envs:"), lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_gpu_check_quick_run_keeps_the_gpu_report() -> None:
+    """scripts/gpu_check.py --quick (the CPU smoke run) writes scripts/results/gpu_check_quick.* by default, never the
+    committed GPU report scripts/results/gpu_check.*; a chosen --out is kept as given."""
+    args = load(SCRIPTS / "gpu_check.py").Args
+    assert args().out == "scripts/results/gpu_check"
+    assert args(quick=True).out == "scripts/results/gpu_check_quick"
+    assert args(quick=True, out="/tmp/x/gpu_check").out == "/tmp/x/gpu_check"
