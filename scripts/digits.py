@@ -8,6 +8,7 @@ scikit-learn's digits (1,797 8×8 images, shipped with the package) split 80/20 
 A fitness function is any ``fitness(model, pop) -> Tensor[pop.size]``: here every member is
 scored by minus its cross-entropy on one minibatch shared by the whole population. The minibatch
 is a pure function of the generation, so the function keeps no state and runs unchanged under MPI.
+The script prints the comparison as a markdown table and writes no file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import flipes
-from flipes.cli import run
+from flipes.cli import option_name, run
 
 
 @dataclass
@@ -111,7 +112,19 @@ def train_backprop(args: Args) -> tuple[float, float, int]:
     return evaluate(model), time.perf_counter() - start, seen
 
 
+def check(args: Args) -> None:
+    """A UsageError (one line) for a size that leaves nothing to train, before the data set is read."""
+    for name, low in {"popsize": 2, "generations": 0, "batch": 1, "hidden": 1, "backprop_epochs": 0}.items():
+        if getattr(args, name) < low:
+            raise flipes.UsageError(option_name(name), f"must be at least {low}, got {getattr(args, name)}")
+    if args.popsize % 2:  # FlipES's default mirrored sampling pairs the members
+        raise flipes.UsageError("--popsize", f"mirrored pairs need an even population, got {args.popsize}", "e.g. 1024")
+    if args.sigma <= 0:
+        raise flipes.UsageError("--sigma", f"must be positive, got {args.sigma}", "e.g. 0.05")
+
+
 def main(args: Args) -> dict[str, tuple[float, float, int]]:
+    check(args)
     results = {"FlipES": train_es(args), "backprop (Adam)": train_backprop(args)}
     print("\n| method | test accuracy | wall s | examples seen |\n|---|---|---|---|")
     for name, (acc, seconds, seen) in results.items():

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 import flipes
+from flipes.cli import option_name
 from flipes.config import check_device
 from flipes.errors import UsageError
 
@@ -113,6 +114,29 @@ def chunk_members(num_params: int, chunk_mb: float, cap: int) -> int:
     """Members per chunk: the largest power of two whose ``(C, P)`` float32 block fits ``chunk_mb``."""
     c = max(1, int(chunk_mb * 2**20 / (4 * num_params)))
     return max(1, min(cap, 2 ** int(math.log2(c))))
+
+
+def check_at_least(args: Any, least: dict[str, float]) -> None:
+    """A UsageError (one line) for the first option of ``least`` whose value, or any item of a list value, is below
+    its least value, or is an empty list; so a bad size stops the run before anything is measured."""
+    for name, low in least.items():
+        value = getattr(args, name)
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise UsageError(option_name(name), "is empty", "give at least one value")
+        if any(v < low for v in items):
+            raise UsageError(
+                option_name(name),
+                f"must be at least {low:g}, got {value}",
+                f"give {'values' if isinstance(value, list) else 'a value'} >= {low:g}",
+            )
+
+
+def check_even_popsizes(option: str, popsizes: list[int]) -> None:
+    """A UsageError unless every population size is even: both ES pair their members (mirrored sampling)."""
+    odd = [n for n in popsizes if n % 2]
+    if odd:
+        raise UsageError(option, f"mirrored pairs need even population sizes, got {odd}", "use an even size, e.g. 64")
 
 
 def setup(device: str, threads: int) -> tuple[torch.device, Callable[[], None]]:

@@ -26,7 +26,19 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from repro_common import data, fc_net, machine, make_es, markdown_table, member_loss, panels, setup, write_outputs
+from repro_common import (
+    check_at_least,
+    check_even_popsizes,
+    data,
+    fc_net,
+    machine,
+    make_es,
+    markdown_table,
+    member_loss,
+    panels,
+    setup,
+    write_outputs,
+)
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -170,6 +182,10 @@ def train_backprop(args: Args, seed: int, dev: torch.device) -> dict:
 def main(args: Args) -> dict:
     if args.tiny:
         args.popsizes, args.seeds, args.generations, args.eval_every = [64], [0], 4, 2
+    least = {"popsizes": 2, "seeds": 0, "generations": 1, "batch": 1, "hidden": 1, "eval_every": 1}
+    check_at_least(args, least | ({"rank": 1} if args.rank is not None else {}))
+    if args.mirrored:
+        check_even_popsizes("--popsizes", args.popsizes)
     dev, _ = setup(args.device, args.threads)
     methods: dict[str, tuple[int | None, bool]] = {"FlipES": (None, False), "independent ES": (None, True)}
     if args.rank is not None:

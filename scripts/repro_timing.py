@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from repro_common import (
     MemberWeights,
+    check_at_least,
+    check_even_popsizes,
     chunk_members,
     data,
     inputs,
@@ -227,6 +229,10 @@ def main(args: Args) -> dict:
     if args.tiny:
         args.popsize, args.hidden, args.scales, args.repeats, args.min_seconds = 64, [16, 32], [0.25], 1, 0.0
         args.lowrank_n, args.lowrank_dim, args.lowrank_rounds = 64, 64, 3
+    least = {"popsize": 2, "hidden": 1, "scales": 1e-3, "repeats": 1, "min_seconds": 0, "classic_max_seconds": 0}
+    least |= {"lowrank_n": 1, "lowrank_dim": 1, "ranks": 1, "lowrank_rounds": 1, "chunk_mb": 0}
+    check_at_least(args, least | ({"update_ranks": 1} if args.update_ranks else {}))
+    check_even_popsizes("--popsize", [args.popsize])
     dev, sync = setup(args.device, args.threads or (os.cpu_count() or 1))
     chunk_mb = args.chunk_mb or (16384 if dev.type == "cuda" else 384)
     results: dict = {"args": asdict(args), "machine": machine(dev)}

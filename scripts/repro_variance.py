@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from repro_common import (
     MemberWeights,
+    check_at_least,
     chunk_members,
     data,
     inputs,
@@ -244,6 +245,8 @@ def main(args: Args) -> dict:
         args.nets = ["fc:32", "conv:0.25"]
         args.max_n, args.repeats, args.min_members, args.indep_blocks, args.pretrain_steps = 16, 3, 8, 2, 5
         args.ranks = args.ranks[:1]
+    least = {"max_n": 1, "repeats": 2, "min_members": 0, "indep_blocks": 2, "pretrain_steps": 0, "chunk_mb": 1e-3}
+    check_at_least(args, least | ({"ranks": 1} if args.ranks else {}))
     nets = [parse_net(spec) for spec in args.nets]  # all checked before the first is measured
     dev, _ = setup(args.device, args.threads)
     ranks = list(args.ranks)

@@ -75,6 +75,22 @@ def test_a_wrong_option_value_is_one_line_and_exit_status_2() -> None:
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("script", "argv", "option"),
+    [
+        ("repro_variance", ["--max-n", "0", "--out", "/nonexistent"], "--max-n"),
+        ("repro_learning", ["--popsizes", "64", "7", "--out", "/nonexistent"], "--popsizes"),
+        ("repro_timing", ["--hidden", "8", "-1", "--out", "/nonexistent"], "--hidden"),
+        ("digits", ["--batch", "0"], "--batch"),
+    ],
+)
+def test_paper_scripts_refuse_a_size_that_leaves_nothing_to_run(script: str, argv: list[str], option: str) -> None:
+    """digits.py and the repro_* scripts refuse a zero, negative or odd (mirrored) size with exit status 2 and one
+    line naming the option, before any training or measuring (no traceback)."""
+    r = run_script(f"scripts/{script}.py", *argv, check=False)
+    assert r.returncode == 2 and r.stderr.startswith(f"flipes: error: {option}:") and len(r.stderr.splitlines()) == 1, r.stderr
+
+
 def test_gpu_check_quick_run_keeps_the_gpu_report() -> None:
     """scripts/gpu_check.py --quick (the CPU smoke run) writes scripts/results/gpu_check_quick.* by default, never the
     committed GPU report scripts/results/gpu_check.*; a chosen --out is kept as given."""
