@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from digits import data
+from repro_common import check_at_least
 from torch import Tensor, nn
 
 import flipes
@@ -143,6 +144,7 @@ def slope(sizes: list[int], values: list[float]) -> float:
 def main(args: Args) -> dict[str, dict[str, list[float]]]:
     if args.quick:
         args.sizes, args.repeats, args.hidden, args.pretrain_epochs = [1, 4, 16], 6, 16, 1
+    check_at_least(args, {"sizes": 1, "repeats": 2, "hidden": 1, "pretrain_epochs": 0, "threads": 1})
     torch.set_num_threads(args.threads)
     x, y, _, _ = data()
     results: dict[str, dict[str, list[float]]] = {}

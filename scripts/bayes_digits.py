@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from digits import data
+from repro_common import check_at_least
 from torch import Tensor, nn
 
 import flipes
@@ -135,7 +136,16 @@ def mean(rows: list[dict[str, float]], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
 
 
+def check(args: Args) -> None:
+    """A UsageError (one line) for a size or fraction that leaves nothing to train, validate or evaluate."""
+    check_at_least(args, {"hidden": 1, "epochs": 1, "batch": 1, "betas": 0, "select_seeds": 0, "seeds": 0})
+    check_at_least(args, {"samples": 1, "bins": 1, "threads": 1, "prior_sigma": 1e-12, "init_sigma": 1e-12})
+    if not 0 < args.val_fraction < 1:
+        raise flipes.UsageError("--val-fraction", f"must be between 0 and 1, got {args.val_fraction}", "e.g. 0.2")
+
+
 def main(args: Args) -> dict:
+    check(args)
     torch.set_num_threads(args.threads)
     x, y, x_test, y_test = data()
     x_fit, y_fit, x_val, y_val = validation_split(x, y, args.val_fraction, args.split_seed)

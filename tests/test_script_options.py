@@ -82,11 +82,14 @@ def test_a_wrong_option_value_is_one_line_and_exit_status_2() -> None:
         ("repro_learning", ["--popsizes", "64", "7", "--out", "/nonexistent"], "--popsizes"),
         ("repro_timing", ["--hidden", "8", "-1", "--out", "/nonexistent"], "--hidden"),
         ("digits", ["--batch", "0"], "--batch"),
+        ("bayes_digits", ["--val-fraction", "1.5", "--out", "/nonexistent"], "--val-fraction"),
+        ("backprop_variance", ["--sizes", "4", "0", "--out", "/nonexistent"], "--sizes"),
     ],
 )
 def test_paper_scripts_refuse_a_size_that_leaves_nothing_to_run(script: str, argv: list[str], option: str) -> None:
-    """digits.py and the repro_* scripts refuse a zero, negative or odd (mirrored) size with exit status 2 and one
-    line naming the option, before any training or measuring (no traceback)."""
+    """The digits scripts (digits.py, bayes_digits.py, backprop_variance.py, repro_*.py) refuse a zero, negative or odd
+    (mirrored) size, or a fraction outside (0, 1), with exit status 2 and one line naming the option, before any
+    training or measuring (no traceback)."""
     r = run_script(f"scripts/{script}.py", *argv, check=False)
     assert r.returncode == 2 and r.stderr.startswith(f"flipes: error: {option}:") and len(r.stderr.splitlines()) == 1, r.stderr
 
