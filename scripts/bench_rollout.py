@@ -34,8 +34,10 @@ import numpy as np
 import torch
 
 import flipes
-from flipes.cli import run
+from flipes.cli import option_name, run
+from flipes.errors import UsageError
 from flipes.rl import MLPPolicy, make_vector_env, reset_episodes, run_episodes
+from flipes.rl.envs import EnvError
 from flipes.rl.presets import preset_for
 
 ENGINES = ("sync random", "sync", "async", "envpool 1 thread", "envpool 2 threads", "envpool 2 threads pipelined")
@@ -98,7 +100,10 @@ def time_policy(env: Any, act: Callable, policy: MLPPolicy, pipeline: bool, step
 
 
 def bench(env_id: str, n: int, args: Args) -> dict[str, float]:
-    engines = {name: make_engine(name, env_id, n, args.threads) for name in ENGINES}
+    try:
+        engines = {name: make_engine(name, env_id, n, args.threads) for name in ENGINES}
+    except EnvError as e:  # an unknown id, or an engine not installed: the message says what to use
+        raise UsageError("--envs", str(e)) from None
     probe = engines["sync"][0]
     hidden = preset_for(env_id).get("hidden", [64, 64])
     torch.manual_seed(0)
@@ -129,6 +134,10 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main(args: Args) -> list[dict[str, Any]]:
+    for name in ("sizes", "steps", "repeats", "threads"):
+        value = getattr(args, name)
+        if min(value if isinstance(value, list) else [value], default=0) < 1:
+            raise UsageError(option_name(name), f"must be at least 1, got {value}", "e.g. --sizes 64 256")
     torch.set_num_threads(1)  # as train.py: the policy runs on this thread, the engines on the others
     envs, sizes = args.envs, args.sizes
     if args.quick:

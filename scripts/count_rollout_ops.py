@@ -29,8 +29,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import flipes
-from flipes.cli import run
+from flipes.cli import option_name, run
+from flipes.errors import UsageError
 from flipes.rl import MLPPolicy, make_vector_env
+from flipes.rl.envs import EnvError
 from flipes.rl.presets import preset_for
 from flipes.rl.rollout import RolloutFitness, run_episodes
 
@@ -135,9 +137,15 @@ def one_env(args: Args, env_id: str) -> None:
 
 
 def main(args: Args) -> None:
+    for name, low in {"n": 0, "generations": 1, "eval_episodes": -1}.items():
+        if getattr(args, name) < low:
+            raise UsageError(option_name(name), f"must be at least {low}, got {getattr(args, name)}")
     torch.set_num_threads(1)
     for env_id in args.envs:
-        one_env(args, env_id)
+        try:
+            one_env(args, env_id)
+        except EnvError as e:  # an unknown id, or its engine not installed: the message says what to use
+            raise UsageError("--envs", str(e)) from None
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ from typing import Any
 import torch
 
 import flipes
-from flipes.cli import run
+from flipes.cli import option_name, run
+from flipes.errors import UsageError
 from flipes.rl import MLPPolicy, RunningNorm, make_vector_env
+from flipes.rl.envs import EnvError
 from flipes.rl.presets import preset_for
 from flipes.rl.rollout import RolloutFitness
 
@@ -129,9 +131,15 @@ def main(args: Args) -> dict[str, Any]:
     torch.set_num_threads(1)  # as training: the policy runs on this thread, EnvPool's threads on the others
     if args.quick:
         args = Args(env="flipes/CartPole-v1", n=16, generations=1, threads=args.threads, json=args.json)
+    for name in ("n", "generations", "threads"):
+        if getattr(args, name) < 1:
+            raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}")
     load_before = os.getloadavg()
     results = {}
-    results["serial"], can_pipeline = profile(args, pipeline=False)
+    try:
+        results["serial"], can_pipeline = profile(args, pipeline=False)
+    except EnvError as e:  # an unknown id, or its engine not installed: the message says what to use
+        raise UsageError("--env", str(e)) from None
     if can_pipeline:  # EnvPool
         results["pipelined"], _ = profile(args, pipeline=True)
     meta = {
