@@ -68,6 +68,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     checks. Missing directories of ``path`` are made. A kill at any instant leaves ``path`` whole, the old file or
     the new one.
 
+    Args:
+        state: what to save.
+        path: the file to write.
+        keep_previous: ``True`` (default): the file ``path`` replaces is kept as its previous one; ``False``: it is
+            replaced and no previous one is written (one left from before stays as it was).
+
+    Returns:
+        ``path``, as a ``Path``.
+
     Examples::
 
         >>> flipes.save_checkpoint({"es": es.state_dict(), "best": best}, "ckpt/checkpoint.pt")
@@ -227,6 +236,13 @@ def _fsync_dir(directory: Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = None) -> dict[str, Any]:
     """Read a run's checkpoint, written by ``flipes train`` (a file, or a run directory's ``checkpoint.pt``).
 
+    Args:
+        path: the checkpoint file, or the run directory.
+        map_location: where its tensors are loaded, as for ``torch.load`` (``None``: where they were saved).
+
+    Returns:
+        The run's state: ``"es"`` (``FlipES.state_dict()``) and the loop's other entries.
+
     Raises:
         CheckpointError: the file is missing, truncated, corrupted (content hash), not a flipes
             checkpoint or lacks part of one (each entry the run needs is checked); the message names
@@ -253,6 +269,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device | None = None) -> dict[str, Any]:
     """What :func:`save_checkpoint` wrote to ``path`` (a loop of one's own), its SHA-256 checked.
+
+    ``map_location``: where its tensors are loaded, as for ``torch.load`` (``None``: where they were saved).
 
     Raises:
         CheckpointError: the file is missing, truncated, corrupted (content hash) or not written by
