@@ -257,7 +257,25 @@ def evaluate_policy(
     own time limit). The policy runs in eval mode, as
     :func:`load_policy` returns it (no dropout); each module's mode is set back afterwards. As deployed, a
     BatchNorm whose running statistics were never filled uses its initial ones, where a run's ``eval_return``
-    used each batch's: the returns differ until they are filled (``torch.optim.swa_utils.update_bn``)."""
+    used each batch's: the returns differ until they are filled (``torch.optim.swa_utils.update_bn``).
+
+    Args:
+        policy: an ``nn.Module`` taking the env's observations (tensors on ``device``) and returning its actions.
+        env_id: an env id as ``--env`` takes it.
+        episodes: how many episodes, one env each.
+        seed: keys the episodes' resets (``flipes evaluate --seed``): the same seed, the same episodes.
+        device: where the env returns observations and the policy runs (the policy is not moved there).
+        max_steps: cut each episode after this many steps; ``None``: the env's own time limit.
+        env_kwargs: the env's constructor options.
+
+    Returns:
+        ``(episodes,)`` float64 returns, on ``device``.
+
+    Raises:
+        UsageError: ``episodes`` or ``max_steps`` below 1, an unknown env id or option, a device this machine does
+            not have; as ``flipes evaluate`` it names the flag (``--episodes``, ``--env``, ``--env-kwargs``).
+        TypeError: a policy that is no ``nn.Module``.
+    """
     count = as_index(episodes)  # numpy's integers too
     if count is None or count < 1:  # not EnvPool's bare assert
         raise UsageError("--episodes", f"must be an integer of at least 1, got {episodes!r}", "e.g. --episodes 100")
