@@ -95,6 +95,7 @@ class TrainResult:
             ``stopped by a callback`` or ``interrupted`` (Ctrl-C/SIGTERM; the command exits 130).
         config: the options the run used.
         best: the best ``eval_return`` of the run (over resumes), None where nothing was evaluated.
+        eval_return: the last evaluation's ``eval_return`` in this call's rows, None where there was none.
     """
 
     model: nn.Module

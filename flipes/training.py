@@ -92,7 +92,8 @@ def train(
             ``torch.optim`` class (built at ``lr``), a function ``shaping(fitness) -> weights``. The run
             records their ``module:qualname``; give them again to resume it. ``sigma=`` also takes a
             :class:`flipes.search.SigmaDecay` (read as ``sigma``, ``sigma_decay``, ``sigma_min``), not another
-            function of the generation (see :func:`_sigma_schedule`).
+            function of the generation (a run records its options as numbers: another schedule runs as
+            ``FlipES(sigma=fn)`` in a loop of one's own).
 
     Returns:
         :class:`TrainResult`.
