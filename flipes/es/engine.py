@@ -302,6 +302,8 @@ class FlipES:
         return ParameterReport([dataclasses.replace(r, how="dense") if r.name in names else r for r in rows])
 
     def sigma_at(self, generation: int) -> float:
+        """σ of ``generation`` on the FlipES's ``sigma`` (the number, or the schedule called); the schedule's value
+        when σ is adapted (``sigma_lr``), which :meth:`sigmas` reads instead. Not finite or not > 0: an error."""
         return sigma_value(self._sigma, generation)
 
     def sigmas(self) -> list[float]:
@@ -676,4 +678,10 @@ class FlipES:
         return saved_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from what :meth:`state_dict` returned: model, optimizer, generation (and σ, the best member).
+
+        Raises:
+            ValueError: ``state`` is no FlipES state dict, or one of another configuration, model or optimizer;
+                nothing has changed then.
+        """
         load_state(self, state)
