@@ -61,10 +61,9 @@ class FlipoutConv1D(FlipoutMixin):
     ``flipes.flipout``; the noise is laid out for ``Wᵀ`` (``PerturbedWeight.transposed``).
     Outside a population it is exactly ``transformers``' ``Conv1D``.
 
-    Args:
-        nf: output features, as for ``transformers.pytorch_utils.Conv1D(nf, nx)``: ``weight``
-            ``(nx, nf)``, ``bias`` ``(nf,)`` (``flipes.flipout`` converts a ``Conv1D``, keeping its parameters)
-        nx: input features
+    Not built directly (``FlipoutConv1D()`` takes no arguments): ``flipes.flipout`` converts a
+    ``transformers.pytorch_utils.Conv1D(nf, nx)`` (``nf`` output features, ``nx`` input ones: ``weight``
+    ``(nx, nf)``, ``bias`` ``(nf,)``), keeping its parameters.
 
     Shape:
         - Outside a population: as ``Conv1D``, ``(*, nx) -> (*, nf)``.
