@@ -83,7 +83,7 @@ def write_atomic(path: Path, text: str) -> None:
 class JSONLLogger(Callback):
     """One JSON object per generation in ``<run>/metrics.jsonl``. A resumed run drops the rows past
     its checkpoint (written after it, before a crash) and appends; non-finite numbers are written as
-    ``null`` so that every line stays JSON."""
+    ``null`` so that every line stays JSON. ``path``: the file (``flipes.train``'s is ``<run>/metrics.jsonl``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -189,7 +189,7 @@ def read_jsonl_lines(path: Path) -> list[str]:
 
 class ProgressPrinter(Callback):
     """A status line per generation (live on a terminal; piped, every ``eval_every``-th and the one training
-    ended at), and the reason training ended."""
+    ended at), and the reason training ended, to ``stream`` (``None``: ``sys.stdout``)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
@@ -211,7 +211,8 @@ class ProgressPrinter(Callback):
 
 
 class OutcomePrinter(Callback):
-    """Only the line that says how training ended (``--progress false``: a batch log's last line)."""
+    """Only the line that says how training ended (``--progress false``: a batch log's last line), to ``stream``
+    (``None``: ``sys.stdout``)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
@@ -273,7 +274,8 @@ WANDB_STEPS = "wandb/flipes-run-steps"
 
 
 class WandbLogger(Callback):
-    """Rows to Weights & Biases (``pip install 'flipes[wandb]'``), the run's config as its config.
+    """Rows to Weights & Biases (``pip install 'flipes[wandb]'``), the run's config as its config, in the W&B
+    ``project``; ``init_kwargs`` go to ``wandb.init``.
 
     Files go under ``<run>/wandb``; ``WANDB_MODE=offline`` (or ``mode="offline"``) needs no account
     and no network (``wandb sync`` uploads later). The W&B run's id is kept in ``<run>/wandb/flipes-run-id``:
@@ -379,7 +381,7 @@ class WandbLogger(Callback):
 
 class Checkpointer(Callback):
     """``checkpoint.pt`` every ``every`` generations and at the end (the file it replaces becomes
-    ``previous.pt``), ``best.pt`` whenever eval_return improves; all written atomically."""
+    ``previous.pt``), ``best.pt`` whenever eval_return improves; all written atomically, in ``run_dir``."""
 
     def __init__(self, run_dir: Path, every: int = 10) -> None:
         self.run_dir, self.every = Path(run_dir), every
@@ -404,7 +406,8 @@ class Checkpointer(Callback):
 
 
 class CurvePlotter(Callback):
-    """``curves.png`` of the run at the end (needs matplotlib: ``pip install 'flipes[plot]'``)."""
+    """The run's curves at the end, to ``path`` (``flipes.train``'s: ``<run>/curves.png``), against ``x``:
+    ``generation``, ``timesteps`` or ``seconds`` (needs matplotlib: ``pip install 'flipes[plot]'``)."""
 
     def __init__(self, path: Path, x: str = "generation") -> None:
         self.path, self.x = Path(path), x
