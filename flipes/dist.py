@@ -114,7 +114,8 @@ class SerialComm:
 
 
 class MPIComm:
-    """ES collectives over an mpi4py communicator (``MPI.COMM_WORLD`` by default).
+    """ES collectives over the mpi4py communicator ``comm`` (``None``: ``MPI.COMM_WORLD``); ``timeout``: the
+    seconds a rank waits for the others to start (``--mpi-timeout``, 0: forever), as :func:`world`'s.
 
     Tensors travel as numpy buffers through host memory (GPU tensors are copied); the sizes are
     N fitness values and, in ``allreduce`` mode, one gradient vector per generation.
