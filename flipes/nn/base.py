@@ -85,6 +85,8 @@ class FlipoutMixin:
         return self._flipes_getattr(self, name)
 
     def perturbed_weights(self) -> list[PerturbedWeight]:
+        """The weights this layer perturbs, each with its bias, in a fixed order (the order keys their noise:
+        ``noise[i]`` is entry ``i``'s); a subclass defines it."""
         raise NotImplementedError
 
     def dense_parameters(self) -> dict[str, nn.Parameter]:

@@ -47,6 +47,7 @@ class ParameterReport:
     rows: list[ParameterRow]
 
     def count(self, *how: str) -> int:
+        """Entries (numel) of the parameters whose ``how`` is one of ``how``, e.g. ``count("frozen")``."""
         return sum(r.numel for r in self.rows if r.how in how)
 
     @property
