@@ -288,7 +288,9 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
                 fix = processes_fix(flags=False)
             if cls.__name__ == "TrainConfig" and (foreign := foreign_fix(key, flags=False)):  # not the closest spelling
                 fix = foreign
-            table = source.startswith("--config") and isinstance(value, dict)
+            # a table of options, not a misspelt table option ([env_kwarg] device = "cpu" means env_kwargs)
+            misspelt = any(isinstance(unset.get(c), dict) for c in close)
+            table = source.startswith("--config") and isinstance(value, dict) and not misspelt
             if table and any(str(k).replace("-", "_") in names for k in value):  # [train] popsize = 8
                 fix = f"options go at the top level of the file, not in a table: move them out of {key!r}"
             raise UsageError(source, f"unknown option {key!r}", fix)

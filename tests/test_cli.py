@@ -457,6 +457,8 @@ CONFIG_TYPE_ERRORS = [
         "unknown option 'train'; options go at the top level of the file, not in a table: move them out of 'train'",
     ),
     ("[es.search]\nsigma = 0.1\n", "unknown option 'es'; valid options: env, "),
+    # a misspelt table option holding the env's own device: the spelling is the fix, not the top level
+    ('[env_kwarg]\ndevice = "cpu"\n', "unknown option 'env_kwarg'; did you mean env_kwargs?"),
 ]
 
 
