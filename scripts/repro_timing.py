@@ -230,8 +230,9 @@ def main(args: Args) -> dict:
         args.popsize, args.hidden, args.scales, args.repeats, args.min_seconds = 64, [16, 32], [0.25], 1, 0.0
         args.lowrank_n, args.lowrank_dim, args.lowrank_rounds = 64, 64, 3
     least = {"popsize": 2, "hidden": 1, "scales": 1e-3, "repeats": 1, "min_seconds": 0, "classic_max_seconds": 0}
-    least |= {"lowrank_n": 1, "lowrank_dim": 1, "ranks": 1, "lowrank_rounds": 1, "chunk_mb": 0}
-    check_at_least(args, least | ({"update_ranks": 1} if args.update_ranks else {}))
+    least |= {"lowrank_n": 1, "lowrank_dim": 1, "lowrank_rounds": 1, "chunk_mb": 0}
+    # empty rank lists are fine: --ranks with none times full rank alone, --update-ranks none skips the update section
+    check_at_least(args, least | {k: 1 for k in ("ranks", "update_ranks") if getattr(args, k)})
     check_even_popsizes("--popsize", [args.popsize])
     dev, sync = setup(args.device, args.threads or (os.cpu_count() or 1))
     chunk_mb = args.chunk_mb or (16384 if dev.type == "cuda" else 384)

@@ -117,3 +117,26 @@ def test_gpu_check_quick_run_keeps_the_gpu_report() -> None:
     assert args().out == "scripts/results/gpu_check"
     assert args(quick=True).out == "scripts/results/gpu_check_quick"
     assert args(quick=True, out="/tmp/x/gpu_check").out == "/tmp/x/gpu_check"
+
+
+class Measured(Exception):
+    """Raised by a stand-in for a script's setup: its option checks passed and it went on to measure."""
+
+
+@pytest.mark.parametrize(("ranks", "passes"), [([], True), ([2], True), ([0], False)])
+def test_repro_timing_times_full_rank_alone_with_no_ranks(
+    ranks: list[int], passes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """repro_timing.py's --ranks may be empty (full rank is always timed, as before its option checks), and a rank
+    below 1 is refused with a UsageError naming --ranks before anything is measured."""
+    import flipes
+
+    module = load(SCRIPTS / "repro_timing.py")
+
+    def setup(*args: object) -> None:
+        raise Measured
+
+    monkeypatch.setattr(module, "setup", setup)
+    with pytest.raises(Measured if passes else flipes.UsageError) as e:
+        module.main(module.Args(ranks=ranks))
+    assert passes or str(e.value).startswith("--ranks:"), e.value
