@@ -137,7 +137,8 @@ def main(args: Args) -> list[dict[str, Any]]:
     for name in ("sizes", "steps", "repeats", "threads"):
         value = getattr(args, name)
         if min(value if isinstance(value, list) else [value], default=0) < 1:
-            raise UsageError(option_name(name), f"must be at least 1, got {value}", "e.g. --sizes 64 256")
+            example = {"sizes": "64 256", "steps": 200, "repeats": 3, "threads": 2}[name]  # the fix names this option
+            raise UsageError(option_name(name), f"must be at least 1, got {value}", f"e.g. {option_name(name)} {example}")
     torch.set_num_threads(1)  # as train.py: the policy runs on this thread, the engines on the others
     envs, sizes = args.envs, args.sizes
     if args.quick:

@@ -99,15 +99,19 @@ def test_paper_scripts_refuse_a_size_that_leaves_nothing_to_run(script: str, arg
     [
         ("bench_rollout", ["--envs", "NoSuchEnv-v0", "--quick"], "--envs"),
         ("bench_rollout", ["--sizes", "64", "0"], "--sizes"),
+        ("bench_rollout", ["--steps", "0"], "--steps"),
         ("count_rollout_ops", ["--envs", "NoSuchEnv-v0"], "--envs"),
         ("profile_rollout", ["--n", "0"], "--n"),
     ],
 )
 def test_rollout_scripts_refuse_an_unknown_env_or_empty_size_in_one_line(script: str, argv: list[str], option: str) -> None:
     """bench_rollout.py, count_rollout_ops.py and profile_rollout.py report an env id no engine can make, or a size
-    below 1, as one line naming the option, with exit status 2 (no EnvError or ValueError traceback)."""
+    below 1, as one line naming the option (bench_rollout's with an example of that option), with exit status 2 (no
+    EnvError or ValueError traceback)."""
     r = run_script(f"scripts/{script}.py", *argv, check=False)
     assert r.returncode == 2 and f"flipes: error: {option}:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    if script == "bench_rollout" and option != "--envs":  # its example of a size names the option refused
+        assert r.stderr.rstrip().endswith(f"; e.g. {option} {'64 256' if option == '--sizes' else 200}"), r.stderr
 
 
 def test_gpu_check_quick_run_keeps_the_gpu_report() -> None:
