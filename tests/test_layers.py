@@ -2049,6 +2049,20 @@ def test_converted_models_pickle_and_copy_with_their_runtime_classes() -> None:
         assert loaded(torch.randn(pop.size, 4)).shape == (4, 4)
 
 
+def test_a_model_pickled_when_convert_made_its_runtime_classes_loads() -> None:
+    """A converted model pickled before flipout's classes moved to flipes.nn.flipout_classes names its runtime
+    subclass's maker as flipes.nn.convert._new_flipout_subclass: it loads to the same class and the same outputs."""
+    import pickle
+
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(PlainLinear(4, 4), nn.LayerNorm(4)))
+    now = pickle.dumps(model, protocol=0)  # protocol 0 names globals as text lines, so the old name is a replace
+    assert now.count(b"cflipes.nn.flipout_classes\n_new_flipout_subclass\n") == 1
+    before = now.replace(b"cflipes.nn.flipout_classes\n", b"cflipes.nn.convert\n")
+    loaded, x = pickle.loads(before), torch.randn(3, 4)
+    assert type(loaded[0]) is type(model[0]) and torch.equal(loaded(x), model(x))
+
+
 @pytest.mark.parametrize("ran", [False, True], ids=["before-the-forward", "after-the-forward"])
 def test_a_copy_made_inside_a_population_is_the_mean_network(ran: bool) -> None:
     """deepcopy and pickle of a model of every kind taken inside ``es.population()`` (before or after its
