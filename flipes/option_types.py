@@ -210,8 +210,8 @@ def example_value(value: Any, ft: FieldType) -> Any:
         return {"name": 1}
     if ft.is_list:
         item = dataclasses.replace(ft, is_list=False)
-        if isinstance(value, str):  # "64 64" or "64,64", the flag's words or a Python habit, as one string
-            value = value.replace(",", " ").split() or [value]
+        if isinstance(value, str):  # "64 64", "64,64" or "[64, 64]": the flag's words or a list, as one string
+            value = value.strip().strip("[]()").replace(",", " ").split() or [value]
         return [example_value(v, item) for v in (value if isinstance(value, list | tuple) else [value])]
     try:
         return check_value("value", value, ft)

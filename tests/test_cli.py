@@ -445,6 +445,7 @@ CONFIG_TYPE_ERRORS = [
     ("hidden = [32.5]\n", "hidden[0] = 32.5 is not an integer; write e.g. hidden = [32]"),
     ('hidden = "64 64"\n', "hidden = '64 64' is not a list of integers; write e.g. hidden = [64, 64]"),
     ('hidden = "64,64"\n', "hidden = '64,64' is not a list of integers; write e.g. hidden = [64, 64]"),
+    ('hidden = "[64, 64]"\n', "hidden = '[64, 64]' is not a list of integers; write e.g. hidden = [64, 64]"),
     ("tensorboard = 1\n", "tensorboard = 1 is not true or false; write e.g. tensorboard = true"),
     ('comm = "gossip"\n', "comm = 'gossip' is not 'allreduce' or 'seeds'; write e.g. comm = \"allreduce\""),
     ('target = "never"\n', "target = 'never' is not a number or 'auto' or none; write e.g. target = \"auto\""),
