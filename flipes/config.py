@@ -630,16 +630,21 @@ def _check_env_kwargs(config: TrainConfig) -> None:
 SIGMA_VANISHES = 1e-12  # a decayed σ below it perturbs no float32 weight above 1e-5 (and 1/σ² nears float32's range)
 
 
+def _check_decay(what: str, decay_flag: str, decay: float, floor_flag: str, floor: float, example_floor: str) -> None:
+    """A schedule's factor per generation in (0, 1] and its floor >= 0: --sigma-decay/--sigma-min, --lr-decay/--lr-min."""
+    fix = f"{what}·d^g at generation g: e.g. {decay_flag} 0.999; 1 keeps {what} fixed"
+    finite(decay_flag, decay, 0, strict=True, fix=fix)
+    if decay > 1:
+        raise UsageError(decay_flag, f"must be at most 1, got {decay!r} ({what} would grow each generation)", fix)
+    finite(floor_flag, floor, 0, fix=f"0 is no floor; e.g. {floor_flag} {example_floor}")
+
+
 def _check_sigma_schedule(config: TrainConfig) -> None:
     """--sigma-decay and --sigma-min: a decay in (0, 1], a floor in [0, --sigma], each with the rule it belongs to."""
     from flipes.search import SigmaDecay
 
     decay, floor, sigma = config.sigma_decay, config.sigma_min, config.sigma
-    fix = "σ·d^g at generation g: e.g. --sigma-decay 0.999; 1 keeps σ fixed"
-    finite("--sigma-decay", decay, 0, strict=True, fix=fix)
-    if decay > 1:
-        raise UsageError("--sigma-decay", f"must be at most 1, got {decay!r} (σ would grow each generation)", fix)
-    finite("--sigma-min", floor, 0, fix="0 is no floor; e.g. --sigma-min 0.01")
+    _check_decay("σ", "--sigma-decay", decay, "--sigma-min", floor, "0.01")
     # without a decay first: a floor below --sigma would be refused then too
     if floor > 0 and decay == 1:
         adapted = f", or adapted by --sigma-lr {config.sigma_lr:g}" if config.sigma_lr > 0 else ""
@@ -683,11 +688,7 @@ def _check_sigma_schedule(config: TrainConfig) -> None:
 def _check_lr_schedule(config: TrainConfig) -> None:
     """--lr-decay and --lr-min: a decay in (0, 1], a floor in [0, --lr] that only a decay reaches."""
     decay, floor = config.lr_decay, config.lr_min
-    fix = "lr·d^g at generation g: e.g. --lr-decay 0.999; 1 keeps lr fixed"
-    finite("--lr-decay", decay, 0, strict=True, fix=fix)
-    if decay > 1:
-        raise UsageError("--lr-decay", f"must be at most 1, got {decay!r} (lr would grow each generation)", fix)
-    finite("--lr-min", floor, 0, fix="0 is no floor; e.g. --lr-min 0.001")
+    _check_decay("lr", "--lr-decay", decay, "--lr-min", floor, "0.001")
     if floor > 0 and decay == 1:
         raise UsageError(
             "--lr-min",

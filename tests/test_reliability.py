@@ -1356,6 +1356,20 @@ def test_a_save_into_a_directory_not_made_yet_makes_it_and_a_file_in_its_place_i
     assert (tmp_path / "taken").read_bytes() == b"a file"
 
 
+def disk_full_at_pt_replace(monkeypatch: pytest.MonkeyPatch) -> Callable[[object, object], None]:
+    """Makes os.replace onto a .pt file fail as a full disk does (the last step of a checkpoint's save); returns that
+    os.replace, to put back after the real one is restored."""
+    real_replace = os.replace
+
+    def full(src: object, dst: object) -> None:
+        if str(dst).endswith(".pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    return full
+
+
 def test_a_failed_save_of_an_own_file_names_that_file_not_a_runs_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1364,13 +1378,7 @@ def test_a_failed_save_of_an_own_file_names_that_file_not_a_runs_checkpoint(
     checkpoint.pt, which --resume reads."""
     (tmp_path / "checkpoint.pt").write_bytes(b"another file")
     last, real_replace = tmp_path / "last.pt", os.replace
-
-    def full(src: object, dst: object) -> None:
-        if str(dst).endswith(".pt"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", full)
+    full = disk_full_at_pt_replace(monkeypatch)
     reason = "disk full: No space left on device"
     for path, good in (
         (last, "no checkpoint was written yet"),
@@ -1398,14 +1406,7 @@ def test_a_failed_save_in_a_run_directory_names_the_resume_that_continues_it(
     (run / "config.json").write_text("{}")
     flipes.save_checkpoint({"generation": 1}, run / "checkpoint.pt")
     flipes.save_checkpoint({"generation": 2}, run / "checkpoint.pt")  # the first is previous.pt now
-    real_replace = os.replace
-
-    def full(src: object, dst: object) -> None:
-        if str(dst).endswith(".pt"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", full)
+    disk_full_at_pt_replace(monkeypatch)
     then = "continues from it once the file can be written"
     with pytest.raises(flipes.StorageError) as e:
         flipes.save_checkpoint({"generation": 3}, run / "best.pt")
