@@ -1,4 +1,6 @@
-"""The search rules of ``--algo``: each one's fitness shaping and optimizer over a FlipES.
+"""The search rules of ``--algo``: each one's fitness shaping and optimizer over a FlipES; and the schedules of σ
+and of the step over the generations (``--sigma-decay``, ``--lr-decay``: evosax's OpenES ``sigma_decay`` and
+``lrate_decay``).
 
 openai-es: centered ranks and Adam (Salimans et al., 2017, arXiv:1703.03864); pgpe: ClipUp (Toklu et
 al., 2020, arXiv:2008.02387) with an adaptive σ; ars: Mania, Guy & Recht's weights of mirrored pairs
