@@ -466,7 +466,9 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         )
     _check_sigma_schedule(config)
     finite("--max-speed", config.max_speed, 0, fix="0 derives it from --lr; e.g. --max-speed 0.15")
-    if not config.resume:  # a resume's values may be the saved run's: restore names a change of search against them
+    # a resume's values may be the saved run's: restore names a change of search against them (--resume auto resumes
+    # only where the run directory holds a checkpoint; else it is a new run)
+    if not config.resolve_auto_resume().resume:
         _check_rule_options(config)
     if config.ars_top < 0 or config.ars_top > config.popsize // 2:
         from flipes.rl.presets import defaults as preset  # here: presets imports this module's TrainConfig

@@ -139,6 +139,23 @@ def test_max_speed_and_ars_top_are_refused_where_their_search_would_ignore_them(
         assert e.value.option == option and "drop " + option in e.value.fix, config
 
 
+def test_resume_auto_on_a_run_directory_without_a_checkpoint_checks_options_as_a_new_run(tmp_path: Path) -> None:
+    """--resume auto where the run directory holds no checkpoint starts a new run, so --max-speed or --ars-top beside
+    another search is refused as without --resume; with a checkpoint there, the values may be the saved run's (restore
+    compares them) and validate lets them pass."""
+    out = tmp_path / "run"
+    for config, option in (
+        (TrainConfig(max_speed=0.3, resume="auto", out=str(out)), "--max-speed"),
+        (TrainConfig(ars_top=2, resume="auto", out=str(out)), "--ars-top"),
+    ):
+        with pytest.raises(UsageError) as e:
+            validate(config)
+        assert e.value.option == option and "drop " + option in e.value.fix, config
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"a saved run")
+    validate(TrainConfig(max_speed=0.3, resume="auto", out=str(out)))
+
+
 def test_a_resume_that_changes_the_search_names_algo_not_the_saved_runs_options(tmp_path: Path) -> None:
     """Resuming a run of --algo pgpe (max_speed saved) or ars (ars_top saved) with another --algo is refused as a change
     of the run's options naming --algo, not as --max-speed / --ars-top given to another search: those are the saved
