@@ -158,3 +158,23 @@ def test_a_gru_policy_is_its_documented_layers_and_is_recognised_when_compiled()
             torch.testing.assert_close(state, h, rtol=1e-6, atol=1e-6)
             torch.testing.assert_close(action, torch.tanh(head(h)), rtol=1e-6, atol=1e-6)
     assert is_recurrent(torch.compile(policy)) and not is_recurrent(torch.compile(MLPPolicy(box, gym.spaces.Discrete(2))))
+
+
+def test_a_mixin_listing_recurrent_policy_first_is_told_to_list_it_last() -> None:
+    """A class inheriting (RecurrentPolicy, MyModule) resolves forward to RecurrentPolicy's, which raises
+    NotImplementedError naming the class and the order that works; (MyModule, RecurrentPolicy) runs its own forward."""
+
+    class MyModule(torch.nn.Module):
+        def forward(self, obs: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+            return obs.sum(-1), obs
+
+    class Wrong(flipes.rl.RecurrentPolicy, MyModule):
+        pass
+
+    class Right(MyModule, flipes.rl.RecurrentPolicy):
+        pass
+
+    obs = torch.ones(2, 3)
+    with pytest.raises(NotImplementedError, match=r"^Wrong reached RecurrentPolicy\.forward.*\(MyModule, RecurrentPolicy\)"):
+        Wrong()(obs, None)
+    assert torch.equal(Right()(obs, None)[0], torch.full((2,), 3.0))

@@ -42,7 +42,11 @@ class RecurrentPolicy(nn.Module):
     def forward(self, obs: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         """One step of every env: ``(action, next state)`` from ``obs`` and the previous step's ``state``
         (``None`` at an episode batch's first step). A subclass defines it."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} reached RecurrentPolicy.forward, which a subclass defines as forward(obs, state) -> "
+            "(actions, state); a class mixing RecurrentPolicy into a module of its own lists RecurrentPolicy last, "
+            "class Mine(MyModule, RecurrentPolicy), so that the module's forward comes first"
+        )
 
 
 def is_recurrent(policy: Any) -> bool:
