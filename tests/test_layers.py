@@ -1613,11 +1613,14 @@ class PooledCNN(nn.Module):
 def test_torch_pooling_refusing_members_first_examples_after_a_conv_names_the_flattened_layout() -> None:
     """A CNN whose Flipout conv took members-first examples (N, B, C, H, W) and whose torch MaxPool2d then refused them
     (at most 4-D) raises torch's RuntimeError with a line naming the conv, the shape it got and the member-major layout
-    x.flatten(0, 1); that layout runs, (N·B, classes); a RuntimeError of the user's own in such a block is unchanged."""
+    x.flatten(0, 1), and for a policy of an env the flatten in its forward; that layout runs, (N·B, classes); a
+    RuntimeError of the user's own in such a block is unchanged."""
     model = flipes.flipout(PooledCNN())
     es = flipes.FlipES(model, popsize=4)
     x = torch.randn(4, 5, 1, 6, 6)
     fix = re.escape("conv (FlipoutConv2d) got input of shape (4, 5, 1, 6, 6), members first") + r".*model\(x\.flatten\(0, 1\)\)"
+    fix += r".*" + re.escape("; a policy of your own for an env does so in its forward, obs.flatten(0, -4), ")
+    fix += re.escape("and returns its actions reshaped to obs.shape[:-3]")
     with pytest.raises(RuntimeError, match=r"(?s)^non-empty 3D or 4D .*\nflipes: inside the population, " + fix):
         with es.population():
             model(x)

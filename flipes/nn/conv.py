@@ -111,5 +111,7 @@ def members_first_fix(named: list[tuple[str, tuple[int, ...]]], error: RuntimeEr
         f"flipes: inside the population, {name} got input of shape {shape}, members first with examples: flipes' "
         "layers take it, but torch's pooling (and other layers made for one batch dimension) take at most one batch "
         "dimension. Pass each member's examples member-major in one batch dimension instead, "
-        "model(x.flatten(0, 1)) for (members·examples, C, H, W), and view the output as (pop.size, examples, ...)"
+        "model(x.flatten(0, 1)) for (members·examples, C, H, W), and view the output as (pop.size, examples, ...); "
+        "a policy of your own for an env does so in its forward, obs.flatten(0, -4), and returns its actions "
+        "reshaped to obs.shape[:-3]"
     )
