@@ -324,10 +324,7 @@ def _set_up_and_run(
         for text in notes if lead and config.progress else []:
             print_note(text)
         for text in cautions if lead else []:
-            if config.progress:
-                print_note(text)
-            else:
-                warnings.warn(f"flipes.train: {text}", UserWarning, stacklevel=caller_stacklevel())
+            _caution(config, text)
         checkpointer = next((cb for cb in standard if isinstance(cb, Checkpointer)), None)
 
         def last() -> str:  # rank 0's checkpoints (the other ranks write none)
