@@ -86,13 +86,14 @@ class AcrobotVectorEnv(TorchVectorEnv):
     Args:
         num_envs: N.
         max_episode_steps: 500 for v1.
-        device, dtype, num_threads: see :class:`~envs.base.TorchVectorEnv`.
+        device, dtype, num_threads, hide_velocities: see :class:`~envs.base.TorchVectorEnv`.
 
     Shape:
         state ``(N, 4)`` = [θ₁, θ₂, θ̇₁, θ̇₂]; observation ``(N, 6)`` = [cos θ₁, sin θ₁, cos θ₂, sin θ₂,
         θ̇₁, θ̇₂] in float32; actions ``(N,)`` in {0, 1, 2}.
     """
 
+    velocity_columns = (4, 5)  # θ̇₁ and θ̇₂
     state_dim = 4
 
     def __init__(
@@ -102,13 +103,14 @@ class AcrobotVectorEnv(TorchVectorEnv):
         device: Device = "cpu",
         dtype: torch.dtype = torch.float64,
         num_threads: int | None = 1,
+        hide_velocities: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
         high = np.array([1.0, 1.0, 1.0, 1.0, MAX_VEL_1, MAX_VEL_2], dtype=np.float32)
         obs_space = spaces.Box(-high, high, dtype=np.float32)
-        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(3), num_threads)
+        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(3), num_threads, hide_velocities)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
         """``(N, 4) [θ₁, θ₂, θ̇₁, θ̇₂], (N,) actions in {0, 1, 2} -> (N, 4)``: the module's pure :func:`dynamics`, the one

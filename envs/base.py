@@ -55,6 +55,10 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             setting. One by default: a step is some 40 small ops, which threads barely speed up, and
             when the cores are busy with other processes (other MPI ranks, other jobs) every op that
             goes parallel (sin and cos do from 2048 elements) waits milliseconds for its threads.
+        hide_velocities: observe without the velocity columns (``velocity_columns``), a partially
+            observed env for policies with memory: CartPole's x and θ, Pendulum's cos θ and sin θ,
+            Acrobot's four angle terms, MountainCarContinuous's position. The state and the rewards are
+            unchanged.
 
     Attributes:
         state: ``(N, state_dim)`` physical state. Assigning it replaces every env's state (copied,
@@ -77,6 +81,8 @@ class TorchVectorEnv(gym.vector.VectorEnv):
 
     metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
     state_dim: ClassVar[int]
+    velocity_columns: ClassVar[tuple[int, ...]] = ()
+    """The observation's columns that ``hide_velocities=True`` drops (an env without any refuses that option)."""
 
     def __init__(
         self,
@@ -87,6 +93,7 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         single_observation_space: gym.spaces.Box,
         single_action_space: gym.spaces.Discrete | gym.spaces.Box,
         num_threads: int | None = 1,
+        hide_velocities: bool = False,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
@@ -103,6 +110,10 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         self.device = torch.device(device)
         self.dtype = dtype
         self.num_threads = num_threads if self.device.type == "cpu" else None
+        self._kept = self._kept_columns(hide_velocities, single_observation_space)
+        if self._kept is not None:
+            space, columns = single_observation_space, self._kept.tolist()
+            single_observation_space = gym.spaces.Box(space.low[columns], space.high[columns], dtype=space.dtype)
         self.single_observation_space = single_observation_space
         self.single_action_space = single_action_space
         self.observation_space = batch_space(single_observation_space, num_envs)
@@ -259,10 +270,22 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             self._state.index_copy_(0, rows, fresh)
 
     def _observation(self) -> Tensor:
-        """The observations of the current states, ``(N, obs_dim)`` float32."""
-        return self._observe(self._state)
+        """The observations of the current states, ``(N, obs_dim)`` float32 (the kept columns with ``hide_velocities``)."""
+        obs = self._observe(self._state)
+        return obs if self._kept is None else obs.index_select(-1, self._kept)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _kept_columns(self, hide_velocities: bool, space: gym.spaces.Box) -> Tensor | None:
+        """The observation columns kept with ``hide_velocities`` (on ``device``), ``None`` for all of them."""
+        if not isinstance(hide_velocities, bool):  # "false" from a config would otherwise be truthy
+            raise ValueError(f"hide_velocities must be true or false, got {hide_velocities!r}")
+        if not hide_velocities:
+            return None
+        if not self.velocity_columns:
+            raise ValueError(f"{type(self).__name__} observes no velocities; hide_velocities=True hides nothing here")
+        kept = [i for i in range(space.shape[0]) if i not in self.velocity_columns]
+        return torch.tensor(kept, dtype=torch.int64, device=self.device)
 
     def _restart(self, mask: Tensor, *zeroed: Tensor, seeds: Tensor | None = None) -> None:
         """The envs of ``mask`` start over from states drawn afresh (with their ``seeds``, if given),

@@ -70,13 +70,14 @@ class CartPoleVectorEnv(TorchVectorEnv):
     Args:
         num_envs: N.
         max_episode_steps: 500 for v1.
-        device, dtype, num_threads: see :class:`~envs.base.TorchVectorEnv`.
+        device, dtype, num_threads, hide_velocities: see :class:`~envs.base.TorchVectorEnv`.
         sutton_barto_reward: as in gymnasium: reward 0 per step and -1 on termination.
 
     Shape:
         state ``(N, 4)`` = [x, ẋ, θ, θ̇]; observation the same in float32; actions ``(N,)`` in {0, 1}.
     """
 
+    velocity_columns = (1, 3)  # ẋ and θ̇
     state_dim = 4
 
     def __init__(
@@ -87,6 +88,7 @@ class CartPoleVectorEnv(TorchVectorEnv):
         dtype: torch.dtype = torch.float64,
         num_threads: int | None = 1,
         sutton_barto_reward: bool = False,
+        hide_velocities: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
@@ -94,7 +96,7 @@ class CartPoleVectorEnv(TorchVectorEnv):
         self.sutton_barto_reward = sutton_barto_reward
         high = np.array([X_THRESHOLD * 2, np.inf, THETA_THRESHOLD * 2, np.inf], dtype=np.float32)
         obs_space = spaces.Box(-high, high, dtype=np.float32)
-        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(2), num_threads)
+        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(2), num_threads, hide_velocities)
         self._thresholds = torch.tensor([X_THRESHOLD, THETA_THRESHOLD], dtype=self.dtype, device=self.device)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:

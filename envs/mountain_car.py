@@ -44,7 +44,7 @@ class MountainCarContinuousVectorEnv(TorchVectorEnv):
     Args:
         num_envs: N.
         max_episode_steps: 999 for v0.
-        device, dtype, num_threads: see :class:`~envs.base.TorchVectorEnv`.
+        device, dtype, num_threads, hide_velocities: see :class:`~envs.base.TorchVectorEnv`.
         goal_velocity: as gymnasium's option: the least velocity at the goal that ends the episode.
 
     Shape:
@@ -52,6 +52,7 @@ class MountainCarContinuousVectorEnv(TorchVectorEnv):
         or ``(N,)`` forces.
     """
 
+    velocity_columns = (1,)  # the velocity
     state_dim = 2
 
     def __init__(
@@ -62,6 +63,7 @@ class MountainCarContinuousVectorEnv(TorchVectorEnv):
         dtype: torch.dtype = torch.float64,
         num_threads: int | None = 1,
         goal_velocity: float = 0.0,
+        hide_velocities: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
@@ -71,7 +73,7 @@ class MountainCarContinuousVectorEnv(TorchVectorEnv):
             np.array([MIN_POSITION, -MAX_SPEED], dtype=np.float32), np.array([MAX_POSITION, MAX_SPEED], dtype=np.float32)
         )
         action_space = spaces.Box(MIN_ACTION, MAX_ACTION, shape=(1,), dtype=np.float32)
-        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads)
+        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads, hide_velocities)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
         """``(N, 2) [position, velocity], (N,) forces -> (N, 2)``: the module's pure :func:`dynamics`, the one

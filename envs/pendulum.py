@@ -50,7 +50,7 @@ class PendulumVectorEnv(TorchVectorEnv):
     Args:
         num_envs: N.
         max_episode_steps: 200 for v1.
-        device, dtype, num_threads: see :class:`~envs.base.TorchVectorEnv`.
+        device, dtype, num_threads, hide_velocities: see :class:`~envs.base.TorchVectorEnv`.
         g: gravity, as gymnasium's ``g`` option.
 
     Shape:
@@ -58,6 +58,7 @@ class PendulumVectorEnv(TorchVectorEnv):
         [cos θ, sin θ, θ̇] in float32; actions ``(N, 1)`` or ``(N,)`` torques.
     """
 
+    velocity_columns = (2,)  # θ̇
     state_dim = 2
 
     def __init__(
@@ -68,6 +69,7 @@ class PendulumVectorEnv(TorchVectorEnv):
         dtype: torch.dtype = torch.float64,
         num_threads: int | None = 1,
         g: float = 10.0,
+        hide_velocities: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None:
@@ -76,7 +78,7 @@ class PendulumVectorEnv(TorchVectorEnv):
         high = np.array([1.0, 1.0, MAX_SPEED], dtype=np.float32)
         obs_space = spaces.Box(-high, high, dtype=np.float32)
         action_space = spaces.Box(-MAX_TORQUE, MAX_TORQUE, shape=(1,), dtype=np.float32)
-        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads)
+        super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads, hide_velocities)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
         """``(N, 2) [θ, θ̇], (N,) torques -> (N, 2)``: the module's pure :func:`dynamics` with this env's gravity ``g``, the one

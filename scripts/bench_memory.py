@@ -4,8 +4,8 @@
     python scripts/bench_memory.py --quick true     # smoke test, a few seconds (bench_memory_quick.*)
     python scripts/bench_memory.py --envs pendulum --observations hidden --seeds 0 1 2 3 4
 
-Tasks: flipes' batched torch envs, fully observed (the reference) and partially observed through
-:class:`Columns`, a vector-env wrapper defined here that keeps some observation columns:
+Tasks: flipes' batched torch envs, fully observed (the reference) and partially observed, made with
+the envs' option ``hide_velocities=True`` (``flipes train --env-kwargs '{"hide_velocities": true}'``):
 
 - ``cartpole``, ``flipes/CartPole-v1``: hidden = cart position and pole angle only (columns 0 and 2;
   no velocities), so a policy must infer ẋ and θ̇ from successive observations.
@@ -53,8 +53,6 @@ from typing import Any, Literal
 
 import gymnasium as gym
 import torch
-from gymnasium.vector.utils import batch_space
-from torch import Tensor
 
 import flipes
 from flipes.cli import run
@@ -68,10 +66,10 @@ Env = Literal["cartpole", "pendulum"]
 Observation = Literal["full", "hidden"]
 Policy = Literal["mlp", "gru"]
 
-# name -> (flipes env id, columns kept when the observation is partial, what they are)
-ENVS: dict[str, tuple[str, tuple[int, ...], str]] = {
-    "cartpole": ("flipes/CartPole-v1", (0, 2), "x, θ (no ẋ, θ̇)"),
-    "pendulum": ("flipes/Pendulum-v1", (0, 1), "cos θ, sin θ (no θ̇)"),
+# name -> (flipes env id, what the partial observation holds)
+ENVS: dict[str, tuple[str, str]] = {
+    "cartpole": ("flipes/CartPole-v1", "x, θ (no ẋ, θ̇)"),
+    "pendulum": ("flipes/Pendulum-v1", "cos θ, sin θ (no θ̇)"),
 }
 FULL = {"cartpole": "x, ẋ, θ, θ̇", "pendulum": "cos θ, sin θ, θ̇"}
 
@@ -106,41 +104,8 @@ class Args:
     """Directory of bench_memory.{json,md}."""
 
 
-class Columns(gym.vector.VectorWrapper):
-    """A torch vector env whose observations keep only ``columns`` (a partially observed env).
-
-    ``reset(seed=..., options=...)`` and ``step(actions)`` are the env's, torch tensors in and out,
-    with the observations' other columns dropped; ``max_episode_steps`` (where rollouts stop) and
-    ``device`` stay visible, which ``gym.vector.VectorWrapper`` does not forward by itself.
-    """
-
-    def __init__(self, env: gym.vector.VectorEnv, columns: tuple[int, ...]) -> None:
-        super().__init__(env)
-        space = env.single_observation_space
-        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-            raise ValueError(f"Columns needs a flat Box observation space, got {space}")
-        self.columns = torch.tensor(columns, dtype=torch.long)
-        self.single_observation_space = gym.spaces.Box(space.low[list(columns)], space.high[list(columns)], dtype=space.dtype)
-        self.observation_space = batch_space(self.single_observation_space, env.num_envs)
-        self.max_episode_steps = getattr(env, "max_episode_steps", None)
-        self.device = getattr(env, "device", torch.device("cpu"))
-
-    def _keep(self, obs: Tensor) -> Tensor:
-        return obs.index_select(-1, self.columns.to(obs.device))
-
-    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None) -> tuple[Tensor, dict]:
-        obs, info = self.env.reset(seed=seed, options=options)
-        return self._keep(obs), info
-
-    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
-        obs, reward, terminated, truncated, info = self.env.step(actions)
-        return self._keep(obs), reward, terminated, truncated, info
-
-
 def make_env(name: str, observation: str, num_envs: int) -> gym.vector.VectorEnv:
-    env_id, columns, _ = ENVS[name]
-    env = make_vector_env(env_id, num_envs, note=None)
-    return Columns(env, columns) if observation == "hidden" else env
+    return make_vector_env(ENVS[name][0], num_envs, note=None, hide_velocities=observation == "hidden")
 
 
 def settings_for(name: str, args: Args) -> dict[str, Any]:
@@ -194,7 +159,7 @@ def run_one(name: str, observation: str, policy_name: str, seed: int, args: Args
         "env": ENVS[name][0],
         "name": name,
         "observation": observation,
-        "observed": ENVS[name][2] if observation == "hidden" else FULL[name],
+        "observed": ENVS[name][1] if observation == "hidden" else FULL[name],
         "policy": policy_name,
         "seed": seed,
         "params": es.num_params,

@@ -684,6 +684,45 @@ def test_bad_actions_raise_a_helpful_value_error() -> None:
         cartpole.state = torch.zeros(4, 3)
 
 
+KEPT_WITHOUT_VELOCITIES = {  # the observation's columns that are not velocities, as gymnasium documents them
+    "CartPole-v1": [0, 2],  # x, θ
+    "Acrobot-v1": [0, 1, 2, 3],  # cos θ₁, sin θ₁, cos θ₂, sin θ₂
+    "Pendulum-v1": [0, 1],  # cos θ, sin θ
+    "MountainCarContinuous-v0": [0],  # position
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
+def test_hide_velocities_observes_the_other_columns_of_the_same_episodes(case: Case) -> None:
+    """With ``hide_velocities=True`` every observation (autoresets included) is exactly the full env's non-velocity
+    columns at the same step, the rewards and flags are the full env's, the spaces are its spaces' columns, and the
+    single env made by ``gymnasium.make`` observes the same."""
+    kept = KEPT_WITHOUT_VELOCITIES[case.gym_id]
+    full = gym.make_vec(case.flipes_id, num_envs=16)
+    part = gym.make_vec(case.flipes_id, num_envs=16, hide_velocities=True)
+    space = full.single_observation_space
+    assert part.single_observation_space == gym.spaces.Box(space.low[kept], space.high[kept], dtype=np.float32)
+    assert part.observation_space.shape == (16, len(kept))
+    obs_full, _ = full.reset(seed=3)
+    obs_part, _ = part.reset(seed=3)
+    assert torch.equal(obs_part, obs_full[:, kept])
+    gen = torch.Generator().manual_seed(0)
+    ends = 0
+    for _ in range(1000):  # past MountainCarContinuous's time limit of 999 steps
+        actions = random_actions(full, case, gen)
+        *out_full, _ = full.step(actions)
+        *out_part, _ = part.step(actions)
+        assert torch.equal(out_part[0], out_full[0][:, kept])
+        for a, b in zip(out_part[1:], out_full[1:], strict=True):
+            assert torch.equal(a, b)
+        ends += int((out_full[2] | out_full[3]).sum())
+    assert ends > 0  # the autoresets were compared too
+    single = gym.make(case.flipes_id, hide_velocities=True)
+    assert np.array_equal(single.reset(seed=5)[0], gym.make(case.flipes_id).reset(seed=5)[0][kept])
+    with pytest.raises(ValueError, match=r"^hide_velocities must be true or false, got 'yes'$"):
+        gym.make_vec(case.flipes_id, num_envs=2, hide_velocities="yes")
+
+
 def test_bad_env_options_raise_errors_naming_the_option_and_the_value() -> None:
     """Each of these is an error whose whole message names the option, what it takes and the value given: no envs,
     a time limit of 0, a half-precision dtype, a ``reset_mask`` before any full reset or of floats, Box actions of
