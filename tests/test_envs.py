@@ -588,7 +588,7 @@ def test_everything_stays_on_the_device(case: Case, device: str) -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
 def test_every_tensor_an_env_makes_is_on_its_device(case: Case) -> None:
     """Under the meta default device, an env made with device "cpu" (gymnasium.make_vec("envs:flipes/..."), float32
-    too, and gymnasium.make's single env) resets (all, by a mask, seeded by a list), takes numpy and tensor actions,
+    with hidden velocities too, and gymnasium.make's single env) resets (all, by a mask, seeded by a list), takes numpy and tensor actions,
     autoresets past its time limit and takes a new state, all in real tensors: a factory without device= would make a
     meta tensor and fail where it meets the env's (on a GPU: a device mismatch, or a copy from the host every step)."""
     gen = torch.Generator().manual_seed(0)
@@ -600,8 +600,10 @@ def test_every_tensor_an_env_makes_is_on_its_device(case: Case) -> None:
     torch.set_default_device("meta")
     try:
         assert torch.empty(1).is_meta  # the check is in force
-        for dtype in (torch.float64, torch.float32):
-            env = gym.make_vec(f"envs:{case.flipes_id}", num_envs=8, device="cpu", max_episode_steps=2, dtype=dtype)
+        for dtype, hide in ((torch.float64, False), (torch.float32, True)):
+            env = gym.make_vec(
+                f"envs:{case.flipes_id}", num_envs=8, device="cpu", max_episode_steps=2, dtype=dtype, hide_velocities=hide
+            )
             outs = [*env.reset(seed=list(range(8)))[:1], *env.reset(options={"reset_mask": np.arange(8) < 3})[:1]]
             for t in range(5):  # past the time limit: every env truncates and autoresets
                 drawn = actions(env)
