@@ -43,16 +43,26 @@ def random_policy(space: gym.spaces.Box, seed: int):
 
 
 def reference_episodes(tmp_path_factory: pytest.TempPathFactory, env_id: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Returns and lengths of n random-policy episodes on gymnasium's own vector env. Played once per test session
-    (saved exactly, as .npy): every backend's test compares with the same episodes (fixed seeds: the one sample each
-    test compared with before they were shared)."""
+    """Returns and lengths of n random-policy episodes on gymnasium's own SyncVectorEnv, played by a plain numpy loop
+    here (each env's rewards summed up to its first end): none of flipes' engines, wrappers or rollout code, so the
+    gymnasium-sync and gymnasium-async backends are compared with something other than themselves. Played once per
+    test session (saved exactly, as .npy): every backend's test compares with the same episodes (fixed seeds)."""
+    from flipes.rl.mujoco_log import mujoco_warnings_once
 
     def make(out: Path) -> None:
-        env = make_vector_env(f"gymnasium-sync:{env_id}", n)
-        ep = run_episodes(env, random_policy(env.single_action_space, seed + 1), seed=seed)
+        with mujoco_warnings_once(report=False, load=True):  # MuJoCo's compile notes, as reference_env drops them
+            env = gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")
+        act = random_policy(env.single_action_space, seed + 1)
+        obs, _ = env.reset(seed=seed)
+        returns, lengths, running = np.zeros(n), np.zeros(n), np.ones(n, dtype=bool)
+        while running.any():
+            obs, reward, terminated, truncated, _ = env.step(act(torch.as_tensor(obs)).numpy())
+            returns += np.where(running, reward, 0.0)
+            lengths += running
+            running &= ~(terminated | truncated)
         env.close()
-        np.save(out / "returns.npy", ep.returns.numpy())
-        np.save(out / "lengths.npy", ep.lengths.numpy().astype(float))
+        np.save(out / "returns.npy", returns)
+        np.save(out / "lengths.npy", lengths)
 
     out = once_per_session(tmp_path_factory, f"reference-{env_id}-{n}-{seed}", make)
     return np.load(out / "returns.npy"), np.load(out / "lengths.npy")
