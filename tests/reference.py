@@ -48,7 +48,9 @@ def member_perturbations(es: flipes.FlipES, model: nn.Module) -> dict[str, Tenso
                 out[names[id(pw.weight)]] = deltas.transpose(1, 2) if pw.transposed else deltas
             if noise.bias is not None:
                 out[names[id(pw.bias)]] = noise.bias
-    for (_, _, p), noise in zip(es.dense_slots, es._noise[1], strict=True):
+    # the noise the layers hold: with hold_noise=False the block that the whole population's forward sampled
+    held = es._noise if isinstance(es._noise, tuple) else es._noise.noise
+    for (_, _, p), noise in zip(es.dense_slots, held[1], strict=True):
         out[names[id(p)]] = noise.delta
     return out
 

@@ -195,8 +195,9 @@ def draw(seed: int) -> tuple[Case, dict, int, float]:
 @pytest.mark.filterwarnings("ignore:sigma_lr > 0 with groups=1")
 @pytest.mark.parametrize("seed", range(150), ids=lambda s: f"seed-{s}")
 def test_a_random_configuration_equals_the_explicit_members(seed: int) -> None:
-    """Each member's rows equal the plain module with its explicit parameters (1e-10, float64), parts of 1, 2 and 3
-    members give the whole population's rows (1e-12), and tell's ``.grad`` with raw fitness is the materialized
+    """Each member's rows equal the plain module with its explicit parameters (1e-10, float64), materialized by
+    tests/reference.py for every setting, hold_noise=False too, and equal to ``es.member_parameters`` (1e-15); parts
+    of 1, 2 and 3 members give the whole population's rows (1e-12), and tell's ``.grad`` with raw fitness is the materialized
     estimator -Σ_n F_n σu_n / (Nσ²) (1e-12 absolute + 1e-9 relative)."""
     (make, inputs, pick), setting, k, frozen_share = draw(seed)
     torch.manual_seed(seed)
@@ -218,7 +219,14 @@ def test_a_random_configuration_equals_the_explicit_members(seed: int) -> None:
 
     with es.population() as pop:
         out = pick(model(*args))
-        params = member_parameters(es, model) if setting["hold_noise"] else [es.member_parameters(i) for i in range(n)]
+        # read off the noise the whole population's forward installed (with hold_noise=False too, before the parts
+        # replace it): tests/reference.py's materialized members, not flipes' own member_parameters
+        params = member_parameters(es, model)
+        frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
+        for i in range(n):  # and es.member_parameters, flipes' own, gives the same members (frozen ones: their values)
+            for name, value in es.member_parameters(i).items():
+                want = params[i].get(name, frozen.get(name))
+                torch.testing.assert_close(value, want, atol=1e-15, rtol=0, msg=f"{name} of {i}")
         for size in (1, 2, 3):
             parts = [pick(model(*rows(args, p.members.start, p.members.stop))) for p in pop.split(size)]
             # a part's GEMMs have fewer rows: BLAS may sum in another order (an ulp)
