@@ -192,13 +192,14 @@ def test_a_run_with_the_options_is_the_run_of_the_id_registered_with_them(tmp_pa
     capsys.readouterr()
     printed = []
     for run in (with_options, registered):
-        assert main(["evaluate", str(run), "--episodes", "5"]) is not None
+        assert main(["evaluate", str(run), "--episodes", "5"]) == 0  # main returns an exit status: 0 is success
         printed.append(capsys.readouterr().out.split(": ", 1)[1].split(" (")[0])  # "center policy return ... episodes"
         program = torch.export.load(str(flipes.export_policy(run))).module()
         assert program(torch.arange(64)).shape == (64,)  # every one of the 64 states
     assert printed[0] == printed[1], printed
     if importlib.util.find_spec("pygame") is not None:
-        main(["evaluate", str(with_options), "--episodes", "1", "--render", str(tmp_path / "fl.gif"), "--max-frames", "3"])
+        render = ["--render", str(tmp_path / "fl.gif"), "--max-frames", "3"]
+        assert main(["evaluate", str(with_options), "--episodes", "1", *render]) == 0
         assert "wrote" in capsys.readouterr().out
 
 
