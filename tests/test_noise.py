@@ -126,8 +126,9 @@ def test_groups_and_generations_draw_unrelated_noise() -> None:
 
 
 def test_dense_noise_of_each_group_is_its_own() -> None:
-    """Dense per-member noise (a norm's scale) is keyed by group like Flipout noise: the groups' rows are
-    uncorrelated, and a group's rows do not depend on which other groups are sampled with it."""
+    """Dense per-member noise (a norm's scale) is keyed by group like Flipout noise: the 4 groups' rows (3,200 draws
+    each) are pairwise uncorrelated, |ρ| < 4.5/√n (false alarm < 1e-5 per pair, 6e-5 over the 6 pairs; fixed seed),
+    and a group's rows are exactly those it gets when sampled without the other groups."""
     kw = dict(seed=3, generation=7, slot=2, group_size=64, param=torch.empty(50), sigma=1.0, mirrored=False)
     full = sample_dense(groups=range(4), **kw).delta  # (256, 50)
     assert torch.equal(sample_dense(groups=range(2, 3), **kw).delta, full[128:192])
