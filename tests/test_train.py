@@ -1808,8 +1808,9 @@ def test_sigterm_twice_at_once_as_a_batch_system_and_its_launcher_send_it_stops_
 
 
 def test_evaluate_and_plot_commands_on_a_tiny_run(tmp_path: Path) -> None:
-    """scripts/evaluate.py rebuilds the policy and renders a GIF; scripts/plot.py draws two runs
-    into one PNG."""
+    """scripts/evaluate.py rebuilds the policy, prints its return over 5 episodes and renders a GIF of at most 6
+    frames at CartPole's 600x400; scripts/plot.py (``flipes plot``) writes a PNG for two runs (a smoke test: what is
+    drawn is read back in test_plot_draws_each_runs_curves_against_the_chosen_x)."""
     for name in ("a", "b"):
         flipes.train(**FAST_KW, generations=2, out=str(tmp_path / name))
     gif = tmp_path / "policy.gif"
