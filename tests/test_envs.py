@@ -801,14 +801,23 @@ def test_dynamics_are_pure_functions() -> None:
 
 
 def test_a_step_restores_torchs_thread_count() -> None:
-    """``num_threads=1`` holds only during ``step()``: torch's own thread count is the caller's again after it."""
+    """``num_threads=1`` holds only during ``step()``: the dynamics run with torch at 1 thread, and torch's own thread
+    count is the caller's (2) again after it."""
     env = envs.PendulumVectorEnv(num_envs=2, num_threads=1)
     env.reset(seed=0)
+    during = []
+    dynamics = env.dynamics
+
+    def counted(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        during.append(torch.get_num_threads())
+        return dynamics(state, action)
+
+    env.dynamics = counted  # type: ignore[method-assign]
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         env.step(torch.zeros(2, 1))
-        assert torch.get_num_threads() == 2
+        assert during == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
