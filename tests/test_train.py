@@ -881,10 +881,12 @@ def test_a_batch_norm_without_running_statistics_is_evaluated_by_batch_statistic
     eval mode would use the initial ones; one whose statistics were filled before training is evaluated
     in eval mode; afterwards every BatchNorm is as it was."""
     seen = set()
+    filled_stats = {}
 
     def make_model(env):
         filled = torch.nn.BatchNorm1d(4)
         filled(torch.randn(16, 4) * 3 + 1)  # running statistics of its own
+        filled_stats.update({k: v.clone() for k, v in filled.state_dict().items()})
         return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), filled)
 
     def fitness(model, pop):
@@ -902,6 +904,9 @@ def test_a_batch_norm_without_running_statistics_is_evaluated_by_batch_statistic
     fresh = run.model[1]
     assert fresh.training and fresh.track_running_stats and int(fresh.num_batches_tracked) == 0  # left as it was
     assert torch.equal(fresh.running_mean, torch.zeros(4)) and torch.equal(fresh.running_var, torch.ones(4))
+    filled = run.model[2]  # its own statistics, in training mode as it was given: not updated by the populations either
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    assert filled.training and all(torch.equal(filled.state_dict()[k], filled_stats[k]) for k in buffers)
 
 
 def test_evaluate_may_return_named_numbers_logged_beside_eval_return(tmp_path: Path) -> None:
