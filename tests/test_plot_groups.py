@@ -149,6 +149,30 @@ def test_a_group_of_one_run_has_no_spread(tmp_path: Path, capsys: pytest.Capture
     assert captured.err == "flipes plot: --group config: no two runs are seeds of one setting\n"
 
 
+def test_a_missing_value_of_one_seed_is_a_gap_in_every_column_of_its_setting(tmp_path: Path) -> None:
+    """A seed whose row holds a null fitness_mean (how a non-finite value is written) makes that generation's mean,
+    standard error, interval, min and max of its setting NaN, whichever seed holds it (min and max of values with a NaN
+    among them would depend on its place); the generations around it aggregate both seeds as usual."""
+    table = tmp_path / "c.csv"
+    for first in (False, True):  # the null in the first seed's run, then in the second's
+        runs = tmp_path / f"runs-{first}"
+        a = _run(runs / "a", [1.0, 2.0, 5.0], {0: 1.0}, {"popsize": 64, "seed": 0})
+        b = _run(runs / "b", [3.0, 4.0, 9.0], {0: 2.0}, {"popsize": 64, "seed": 1})
+        edited = (a if first else b) / "metrics.jsonl"
+        rows = [json.loads(line) for line in edited.read_text().splitlines()]
+        rows[1]["fitness_mean"] = None
+        edited.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        assert main(["plot", str(a), str(b), "--group", "config", "--csv", str(table), "--out", str(tmp_path / "c.png")]) == 0
+        with open(table, newline="") as f:
+            got = {int(r["generation"]): r for r in csv.DictReader(f) if r["metric"] == "fitness_mean"}
+        assert list(got) == [0, 1, 2]
+        columns = ("mean", "se", "ci95_low", "ci95_high", "min", "max")
+        assert all(math.isnan(float(got[1][k])) for k in columns), got[1]
+        for x, values in ((0, [1.0, 3.0]), (2, [5.0, 9.0])):
+            want = _reference(values)
+            assert {k: float(got[x][k]) for k in want} == pytest.approx(want, rel=1e-12, abs=1e-12), x
+
+
 def test_the_csv_and_the_figure_go_into_directories_made_for_them(tmp_path: Path) -> None:
     """``--csv`` and ``--out`` into directories that do not exist yet make them, alike; a path under a file is refused
     before anything is written."""
