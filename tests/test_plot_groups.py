@@ -173,6 +173,27 @@ def test_a_missing_value_of_one_seed_is_a_gap_in_every_column_of_its_setting(tmp
             assert {k: float(got[x][k]) for k in want} == pytest.approx(want, rel=1e-12, abs=1e-12), x
 
 
+def test_a_setting_never_evaluated_is_summarized_by_its_fitness_mean_at_the_last_x_in_full(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seeds without any eval_return (a custom fitness without evaluate) get their line from fitness_mean instead: the
+    mean ± standard error of the last values, at the last timesteps written in full (2507780, not 2.50778e+06)."""
+    runs = []
+    for seed, fitness in ((0, [1.0, 2.0]), (1, [3.0, 5.0])):
+        run = _run(tmp_path / "runs" / f"s{seed}", fitness, {}, {"popsize": 64, "seed": seed})
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for row in rows:
+            row["timesteps"] = 1_253_890 * (row["generation"] + 1)
+        (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        runs.append(str(run))
+    capsys.readouterr()
+    assert main(["plot", *runs, "--group", "config", "--x", "timesteps", "--out", str(tmp_path / "c.png")]) == 0
+    se = _reference([2.0, 5.0])["se"]  # 1.5
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"runs: final fitness_mean 3.5 ± {se:.3g} (mean ± standard error over 2 seeds) at timesteps 2507780"
+    )
+
+
 def test_the_csv_and_the_figure_go_into_directories_made_for_them(tmp_path: Path) -> None:
     """``--csv`` and ``--out`` into directories that do not exist yet make them, alike; a path under a file is refused
     before anything is written."""
