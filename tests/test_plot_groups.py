@@ -104,6 +104,13 @@ def test_seeds_of_a_setting_aggregate_to_the_mean_and_t_interval_of_their_stepwi
             assert list(line.get_xdata()) == list(points)
             assert list(line.get_ydata()) == pytest.approx([statistics.fmean(v) for v in points.values()], rel=1e-15)
     assert "95% t-interval" in fig.texts[0].get_text()  # the suptitle names the band
+    for ax, metric in zip(fig.axes, ("fitness_mean", "eval_return"), strict=True):  # and the shading is that band
+        bands = ax.collections  # fill_between: one polygon per setting, in the order drawn
+        assert len(bands) == 2
+        for band, group in zip(bands, ("popsize=64", "popsize=256"), strict=True):
+            ys = {round(float(y), 9) for path in band.get_paths() for y in path.vertices[:, 1]}
+            ends = [_reference(values) for values in EXPECTED[(group, metric)].values()]
+            assert ys == {round(r[k], 9) for r in ends for k in ("ci95_low", "ci95_high")}, (group, metric)
     p64, p256 = EXPECTED[("popsize=64", "eval_return")][3], EXPECTED[("popsize=256", "eval_return")][1]
     assert capsys.readouterr().out.splitlines() == [
         f"popsize=64: final eval_return {statistics.fmean(p64):.6g} ± {_reference(p64)['se']:.3g} (mean ± standard error"
@@ -114,16 +121,29 @@ def test_seeds_of_a_setting_aggregate_to_the_mean_and_t_interval_of_their_stepwi
     ]
 
 
-def test_group_parent_merges_the_runs_of_each_directory_without_config(tmp_path: Path) -> None:
+def test_group_parent_merges_the_runs_of_each_directory_without_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--group parent takes the runs in one directory as one setting's seeds, labelled by that directory (p64, p256),
-    with the same numbers as grouping by config; --band minmax and se draw too."""
+    with the same numbers as grouping by config; --band minmax and se shade min to max and mean ± standard error."""
+    import matplotlib.pyplot as plt
+
     _settings(tmp_path / "runs", configs=False)
     table = tmp_path / "curves.csv"
     runs = [str(p) for p in sorted((tmp_path / "runs").glob("p*/seed*"), key=lambda p: (len(p.parent.name), p.name))]
-    for band in ("minmax", "se"):
+    edges = {"minmax": lambda r: (r["min"], r["max"]), "se": lambda r: (r["mean"] - r["se"], r["mean"] + r["se"])}
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    for band, edge in edges.items():
         assert (
             main(["plot", *runs, "--group", "parent", "--band", band, "--csv", str(table), "--out", str(tmp_path / "c.png")]) == 0
         )
+        (fig,) = figures
+        figures.clear()
+        for ax, metric in zip(fig.axes, ("fitness_mean", "eval_return"), strict=True):  # one polygon per setting
+            for shade, group in zip(ax.collections, ("popsize=64", "popsize=256"), strict=True):
+                ys = {round(float(y), 9) for path in shade.get_paths() for y in path.vertices[:, 1]}
+                want = {round(v, 9) for values in EXPECTED[(group, metric)].values() for v in edge(_reference(values))}
+                assert ys == want, (band, group, metric)
     with open(table, newline="") as f:
         rows = list(csv.DictReader(f))
     got = {(r["group"], r["metric"], int(r["generation"])): float(r["mean"]) for r in rows}
