@@ -4,6 +4,7 @@ metrics, callbacks, stop rules, resume, checkpoints and signals."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -2000,6 +2001,9 @@ def test_params_sha256_is_the_hash_of_the_mean_parameters_after_each_update(tmp_
     result = flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(tmp_path))
     rows = result.metrics
     assert rows[-1]["params_sha256"] == tensors_sha256(result.model.parameters())
+    # and tensors_sha256 is SHA-256 of every parameter's bytes in order, computed here with hashlib alone
+    every_byte = b"".join(p.detach().contiguous().numpy().tobytes() for p in result.model.parameters())
+    assert rows[-1]["params_sha256"] == hashlib.sha256(every_byte).hexdigest()
     previous = load_checkpoint(tmp_path / "previous.pt")  # generation 2's state: after row 1's update
     assert previous["es"]["generation"] == 2
     names = [name for name, _ in result.model.named_parameters()]
