@@ -98,6 +98,44 @@ def test_a_population_under_autocast_runs_linear_layers_in_the_autocast_dtype() 
     assert 0 < error < ATOL
 
 
+class OwnLinear(nn.Linear):
+    """A Linear subclass with a forward of its own: a layer with dense noise, run per member through vmap."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+class OwnConv(nn.Conv2d):
+    """A Conv2d subclass with a forward of its own (a weight-standardized conv would be one): dense noise too."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.conv2d(x, self.weight, self.bias)
+
+
+def test_dense_layers_under_cpu_autocast_run_as_torchs_vmap_runs_them() -> None:
+    """What the README says of dense modules under a CPU autocast (torch 2.13): vmap's batching rules multiply
+    ``F.linear`` in bfloat16 but add its bias in float32 (a float32 output off the float32 one by bfloat16 rounding),
+    and run ``F.conv2d`` in float32 (equal to the float32 output); the plain modules return bfloat16 there. A torch
+    whose vmap keeps autocast fails this: update the README."""
+    torch.manual_seed(0)
+    for layer, shape in ((OwnLinear(32, 8), (N, 32)), (OwnConv(2, 4, 3), (N, 2, 7, 7))):
+        model = flipes.flipout(layer)
+        es = flipes.FlipES(model, popsize=N, sigma=0.3, seed=0)
+        x = torch.randn(*shape)
+        with es.population():
+            with torch.autocast("cpu", dtype=HALF):
+                low = model(x)
+            exact = model(x)
+        with torch.autocast("cpu", dtype=HALF):
+            assert model(x).dtype == HALF  # outside a population: the plain module's autocast
+        assert low.dtype == torch.float32
+        error = (low - exact).abs().max().item()
+        if isinstance(layer, OwnConv):
+            assert error == 0
+        else:
+            assert 0 < error < ATOL
+
+
 def test_a_float64_population_under_autocast_stays_float64_as_nn_linear_does() -> None:
     """Autocast leaves float64 alone: inside ``torch.autocast(bfloat16)`` a float64 population returns float64, bit
     for bit its outputs outside autocast (one example per member and several), as the plain float64 ``nn.Linear``

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -219,7 +220,20 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
 
     def run(batched: bool) -> Any:  # batched: each member's k rows as a batch, (k, ...); else its one row, x[n]
         split = [leaf.unflatten(0, (n, k)) if d == 0 and batched else leaf for leaf, d in zip(leaves, dims, strict=True)]
-        return torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)  # own dropout masks
+        if not module.__dict__.get("_flipes_member_loop", False):
+            try:  # own dropout masks
+                return torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)
+            except RuntimeError as e:
+                why = _not_vmappable(e)
+                if why is None or _experts_implementation(module) or _power_iteration(module):
+                    raise  # not vmap's alone, or with a fix that keeps one call (named by the error below)
+                warnings.warn(
+                    f"flipes: {type(module).__bases__[-1].__name__}'s forward cannot run under torch.func.vmap ({why}), so inside a "
+                    f"population it runs member by member, one call a member: the same outputs, slower; {_vmap_fix(why)}",
+                    stacklevel=2,
+                )
+                module._flipes_member_loop = True
+        return _member_by_member(module, one_member, member_params, split, dims, n)
 
     # a forward written for batches only runs each member's one row as a batch of one: a Hugging Face module's (batch
     # first by convention; unbatched, one given shared positions would return them as a batch of one more); another's
@@ -232,7 +246,7 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
             try:
                 out = run(batch)
             except (RuntimeError, ValueError) as e:
-                if batch:
+                if batch or isinstance(e, SharedBufferWrite):
                     raise
                 try:
                     out = run(True)
@@ -243,6 +257,8 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
             # its batch dim of one taken away: (N, 1, ...) -> (N, ...); an output without one (learned positions
             # (T, E), whatever the batch) is already each member's, members first
             return pytree.tree_map(lambda t: t.squeeze(1) if isinstance(t, Tensor) and t.shape[1:2] == (1,) else t, out)
+    except SharedBufferWrite:
+        raise
     except RuntimeError as e:
         raise RuntimeError(
             f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); "
@@ -268,6 +284,65 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
         return t.flatten(0, 1) if t.shape[1] == k else t
 
     return pytree.tree_map(rows, out)
+
+
+# what vmap cannot batch though the forward runs member by member: (the start of torch's message, what it is)
+_NOT_VMAPPABLE = (
+    ("autograd.Function with functorch transforms", "an autograd.Function without a vmap rule"),
+    ("calling .item()", "a member's value read as a number, .item()"),
+    ("data-dependent control flow", "Python control flow on a member's values"),
+    ("dynamic shape", "a shape that depends on a member's values (a boolean mask, nonzero)"),
+    ("doesn't have storage", "a member's values read as data, .tolist() or .numpy()"),
+)
+
+
+def _not_vmappable(error: RuntimeError) -> str | None:
+    """What in a forward vmap could not batch, where running it member by member works instead; else ``None``."""
+    return next((what for text, what in _NOT_VMAPPABLE if text in str(error)), None)
+
+
+def _vmap_fix(why: str) -> str:
+    """How to let a forward run all members in one vmapped call again (said once, with the warning)."""
+    if why.startswith("an autograd.Function"):
+        return (
+            "give the autograd.Function a setup_context staticmethod (forward without ctx) and generate_vmap_rule = "
+            "True, or write a straight-through estimator as x + (q(x) - x).detach()"
+        )
+    return "write it with tensor ops (torch.where, masks multiplied in) to run every member in one call"
+
+
+class SharedBufferWrite(RuntimeError):
+    """A forward run member by member wrote into a buffer every member shares."""
+
+
+def _member_by_member(
+    module: nn.Module, one_member: Callable[..., Any], params: dict[str, Tensor], flat: list[Any], dims: list, n: int
+) -> Any:
+    """What ``vmap(one_member, in_dims=(0, dims))(params, flat)`` computes, one call per member, outputs stacked.
+
+    Raises:
+        RuntimeError: where the first member's call wrote into a buffer of ``module`` (every member's, which the next
+            member would read as it was left): vmap refuses that too.
+    """
+    buffers = {name: (b, b._version) for name, b in module.named_buffers()}
+    outs = []
+    for i in range(n):
+        member = {name: value[i] for name, value in params.items()}
+        outs.append(one_member(member, [leaf[i] if d == 0 else leaf for leaf, d in zip(flat, dims, strict=True)]))
+        if i == 0:
+            now = dict(module.named_buffers())
+            written = [name for name, (b, v) in buffers.items() if now.get(name) is not b or b._version != v]
+            if written:
+                raise SharedBufferWrite(
+                    f"{type(module).__bases__[-1].__name__}: its forward, run member by member, wrote into "
+                    f"{', '.join(written)}, which every member shares, so each member would read the one before's "
+                    "update: skip that update inside a population (call model.eval() where it updates only in training "
+                    "mode), or keep such state in the forward's own variables"
+                )
+    first, spec = pytree.tree_flatten(outs[0])
+    each = [pytree.tree_leaves(out) for out in outs]
+    stacked = [torch.stack([e[j] for e in each]) if isinstance(leaf, Tensor) else leaf for j, leaf in enumerate(first)]
+    return pytree.tree_unflatten(stacked, spec)
 
 
 @contextmanager

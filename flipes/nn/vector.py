@@ -25,7 +25,9 @@ class Vector(nn.Module):
         device, dtype: as for ``torch.zeros`` (with a size), or to convert ``init`` to.
 
     Shape:
-        - Outside a population: ``() -> shape``; ``(like) -> like.shape``.
+        - Outside a population: ``() -> shape``; ``(like) -> like.shape``, for a ``like`` the value broadcasts to
+          (its shape ends in the value's, or in sizes the value's 1s broadcast to: ``(C, 1, 1)`` against
+          ``(B, C, H, W)``).
         - Inside a population of N members: ``() -> (N, *shape)``; ``(like) -> like.shape``, members first
           (``(N, *B, *shape)`` or ``(N·k, *shape)``), each member's value over its rows.
 
@@ -67,16 +69,21 @@ class Vector(nn.Module):
         return f"shape={tuple(self.value.shape)}, dtype={self.value.dtype}"
 
     def forward(self, like: Tensor | None = None) -> Tensor:
-        """The value; given ``like``, a tensor whose shape ends in the value's (a Gaussian policy's mean actions,
-        members first inside a population), the value expanded to ``like``'s shape: each member's own over its rows,
-        where ``(N, *shape)`` would broadcast against ``(N, B, *shape)`` wrongly."""
+        """The value; given ``like``, a tensor the value broadcasts to (a Gaussian policy's mean actions, whose shape
+        ends in the value's; a conv feature map ``(B, C, H, W)`` for a per-channel ``(C, 1, 1)`` scale; members first
+        inside a population), the value expanded to ``like``'s shape: each member's own over its rows, where
+        ``(N, *shape)`` would broadcast against ``(N, B, *shape)`` wrongly."""
         if like is None:
             return self.value
         shape = tuple(self.value.shape)
-        if tuple(like.shape[len(like.shape) - len(shape) :]) != shape or like.dim() < len(shape):
+        try:
+            fits = like.dim() >= len(shape) and torch.broadcast_shapes(shape, like.shape) == like.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
             raise ValueError(
-                f"Vector of shape {shape}: like= of shape {tuple(like.shape)} does not end in {shape} (inside a "
-                "population, each member's rows of it)"
+                f"Vector of shape {shape}: like= of shape {tuple(like.shape)} does not end in {shape}, nor in sizes its "
+                "1s broadcast to (inside a population, each member's rows of it)"
             )
         return self.value.expand_as(like)
 

@@ -1,0 +1,203 @@
+"""A researcher's own torch models with hard, non-differentiable ops (a straight-through binarized layer, a spiking
+neuron's threshold loop, a per-channel gain on a conv map): converted by ``flipes.flipout``, each member computes what
+a plain copy of the model with that member's parameters (``es.member_state_dict``) computes."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import flipes
+
+DT = torch.float64
+N, B = 6, 3
+
+
+class SignSTE(torch.autograd.Function):
+    """A straight-through sign in the old style (``forward(ctx, x)``, no ``setup_context``): no vmap rule."""
+
+    @staticmethod
+    def forward(ctx: object, x: Tensor) -> Tensor:
+        return x.sign()
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:
+        return grad
+
+
+class BinaryLinear(nn.Linear):
+    """Binarized weights through the straight-through estimator, as quantization-aware training writes them."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, SignSTE.apply(self.weight), self.bias)
+
+
+class Spiking(nn.Module):
+    """Leaky integrate-and-fire neurons with a learned threshold per neuron, over the time steps of ``(..., T, n)``, that
+    check their threshold with Python control flow and count spikes with ``.item()``."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.threshold = nn.Parameter(torch.linspace(0.5, 1.5, n, dtype=DT))
+        self.spikes = 0
+
+    def forward(self, current: Tensor) -> Tensor:
+        if (self.threshold <= 0).any():
+            raise ValueError("a threshold must be positive")
+        v, out = torch.zeros_like(current[..., 0, :]), []
+        for t in range(current.shape[-2]):
+            v = 0.8 * v + current[..., t, :]
+            spike = (v >= self.threshold).to(current.dtype)
+            v = v - spike * self.threshold
+            out.append(spike)
+        self.spikes += int(torch.stack(out).sum().item())
+        return torch.stack(out, -2)
+
+
+def members_and_plain_copies(make: nn.Module, x: Tensor, **es_options: object) -> tuple[Tensor, Tensor]:
+    """The population's outputs on ``x`` (members first, member n's examples ``x[n]``) and each member's plain copy's."""
+    torch.manual_seed(0)
+    original = make()
+    plain = copy.deepcopy(original)
+    model = flipes.flipout(original)
+    es = flipes.FlipES(model, popsize=N, sigma=0.2, seed=3, **es_options)
+    with es.population():
+        out = model(x)
+    expect = []
+    for n in range(N):
+        member = copy.deepcopy(plain)
+        member.load_state_dict(es.member_state_dict(n))
+        with torch.no_grad():
+            expect.append(member(x[n]))
+    return out, torch.stack(expect)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_a_straight_through_binarized_layer_runs_member_by_member_as_its_plain_copies(groups: int) -> None:
+    """An ``autograd.Function`` without a vmap rule (a straight-through sign) in a layer with dense noise: vmap cannot
+    run it, so it runs one member at a time, with a warning naming why and the fix; each member equals its plain copy
+    and differs from the mean network."""
+    make = lambda: nn.Sequential(BinaryLinear(5, 8), nn.Tanh(), nn.Linear(8, 2)).to(DT)  # noqa: E731
+    x = torch.randn(N, B, 5, dtype=DT)
+    with pytest.warns(UserWarning, match=r"BinaryLinear's forward cannot run under torch.func.vmap \(an autograd"):
+        out, expect = members_and_plain_copies(make, x, groups=groups, mirrored=False)
+    torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
+    assert (out - out[:1]).abs().amax() > 1e-3  # members differ
+
+
+def test_a_spiking_layer_with_python_control_flow_and_item_runs_member_by_member() -> None:
+    """A threshold network whose neuron module branches on its parameter and reads ``.item()``: each member equals its
+    plain copy; the warning is given once, and a later call goes member by member without trying vmap again."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.lif, self.out = nn.Linear(4, 16), Spiking(16), nn.Linear(16, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.out(self.lif(self.inp(x)).mean(-2))
+
+    x = 2 * torch.randn(N, B, 5, 4, dtype=DT)
+    with pytest.warns(UserWarning, match=r"Python control flow on a member's values\), so inside a population it runs"):
+        out, expect = members_and_plain_copies(lambda: Net().to(DT), x)
+    torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
+    assert (out - out[:1]).abs().amax() > 1e-3
+
+
+def test_member_by_member_is_said_once_per_module() -> None:
+    """The fallback warns at the first population forward only."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(BinaryLinear(5, 8), nn.Tanh(), nn.Linear(8, 2)))
+    es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
+    x = torch.randn(4, 5)
+    with pytest.warns(UserWarning, match="member by member"):
+        with es.population():
+            first = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with es.population():
+            again = model(x)
+    assert torch.equal(first, again)
+
+
+def test_an_error_vmap_cannot_be_blamed_for_is_still_the_error() -> None:
+    """A forward that fails for another reason than vmap's (a shape mismatch) is not retried member by member."""
+
+    class Bad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return x * self.scale  # 3 against the input's 5
+
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 5), Bad()))
+    es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with es.population(), pytest.raises(RuntimeError, match="Bad: its forward cannot run per member"):
+            model(torch.randn(4, 4))
+
+
+def test_a_vector_broadcasts_to_like_as_a_per_channel_gain_on_a_conv_map() -> None:
+    """``Vector((C, 1, 1))(like)`` on a ``(B, C, H, W)`` map is each member's gain over its rows (``(N·B, C, H, W)``
+    in a population), as ``x * gain`` in the plain model, and a scalar temperature ``Vector(())`` each member's over
+    its logits; a shape it does not broadcast to is refused, naming both."""
+
+    class Gain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3)
+            self.gain = flipes.nn.Vector(torch.linspace(0.5, 1.5, 4).view(4, 1, 1))
+            self.temperature = flipes.nn.Vector(torch.tensor(0.7))
+
+        def forward(self, x: Tensor) -> Tensor:
+            y = self.conv(x)
+            logits = (y * self.gain(y)).mean((-1, -2))
+            return logits / self.temperature(logits)
+
+    torch.manual_seed(0)
+    original = Gain().to(DT)
+    plain = copy.deepcopy(original)
+    model = flipes.flipout(original)
+    x = torch.randn(N, B, 2, 5, 5, dtype=DT)
+    assert torch.equal(model(x[0]), plain(x[0]))
+    es = flipes.FlipES(model, popsize=N, sigma=0.2, seed=1)
+    with es.population():
+        out = model(x.flatten(0, 1)).view(N, B, 4)
+    for n in range(N):
+        member = copy.deepcopy(plain)
+        member.load_state_dict(es.member_state_dict(n))
+        with torch.no_grad():
+            torch.testing.assert_close(out[n], member(x[n]), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"Vector of shape \(4, 1, 1\): like= of shape \(3, 5, 2\) does not end in \(4, 1, 1\), nor"):
+        model.gain(torch.zeros(3, 5, 2))
+
+
+def test_member_by_member_refuses_a_forward_that_writes_into_a_shared_buffer() -> None:
+    """A forward vmap cannot run that also updates a buffer in place (a spike counter) is an error naming the buffer:
+    member by member, each member would read the update of the one before."""
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threshold = nn.Parameter(torch.ones(4))
+            self.register_buffer("count", torch.zeros(()))
+
+        def forward(self, x: Tensor) -> Tensor:
+            if x.sum() > 1e9:  # Python control flow on the values: no vmap
+                return x
+            spikes = (x >= self.threshold).float()
+            self.count += spikes.sum()
+            return spikes
+
+    model = flipes.flipout(nn.Sequential(nn.Linear(3, 4), Counting()))
+    es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
+    with pytest.warns(UserWarning, match="member by member"):
+        with es.population(), pytest.raises(RuntimeError, match=r"^Counting: its forward, run member by member, wrote into count, which every member"):
+            model(torch.randn(4, 2, 3))
