@@ -175,7 +175,8 @@ def test_a_vector_broadcasts_to_like_as_a_per_channel_gain_on_a_conv_map() -> No
         member.load_state_dict(es.member_state_dict(n))
         with torch.no_grad():
             torch.testing.assert_close(out[n], member(x[n]), rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match=r"Vector of shape \(4, 1, 1\): like= of shape \(3, 5, 2\) does not end in \(4, 1, 1\), nor"):
+    refused = r"Vector of shape \(4, 1, 1\): like= of shape \(3, 5, 2\) does not end in \(4, 1, 1\), nor"
+    with pytest.raises(ValueError, match=refused):
         model.gain(torch.zeros(3, 5, 2))
 
 
@@ -199,5 +200,36 @@ def test_member_by_member_refuses_a_forward_that_writes_into_a_shared_buffer() -
     model = flipes.flipout(nn.Sequential(nn.Linear(3, 4), Counting()))
     es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
     with pytest.warns(UserWarning, match="member by member"):
-        with es.population(), pytest.raises(RuntimeError, match=r"^Counting: its forward, run member by member, wrote into count, which every member"):
+        written = r"^Counting: its forward, run member by member, wrote into count, which every member shares"
+        with es.population(), pytest.raises(RuntimeError, match=written):
             model(torch.randn(4, 2, 3))
+
+
+@pytest.mark.parametrize("hold_noise", [True, False])
+def test_member_by_member_in_parts_equals_the_whole_population(hold_noise: bool) -> None:
+    """A population evaluated in parts runs each part's members one at a time: the same outputs as one pass."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(BinaryLinear(5, 8), nn.Tanh(), nn.Linear(8, 2)).to(DT))
+    es = flipes.FlipES(model, popsize=8, sigma=0.2, seed=2, groups=4, hold_noise=hold_noise)
+    x = torch.randn(8, B, 5, dtype=DT)
+    with pytest.warns(UserWarning, match="member by member"), es.population() as pop:
+        whole = model(x)
+        parts = torch.cat([model(x[part.members]) for part in pop.split(2)])
+    assert torch.equal(whole, parts)
+
+
+def test_a_bare_temperature_beside_linear_layers_is_refused_naming_vector_read_against_the_logits() -> None:
+    """A learned temperature held as a bare parameter by the module that holds the Linear layers is refused, and the
+    message names the form that lines up with the logits' rows: ``self.temperature(logits)``."""
+
+    class Tempered(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 3)
+            self.log_temperature = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(x) / self.log_temperature.exp()
+
+    with pytest.raises(ValueError, match=r"log_temperature \(held by Tempered\).*logits / self\.temperature\(logits\)"):
+        flipes.flipout(Tempered())

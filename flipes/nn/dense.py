@@ -227,9 +227,10 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
                 why = _not_vmappable(e)
                 if why is None or _experts_implementation(module) or _power_iteration(module):
                     raise  # not vmap's alone, or with a fix that keeps one call (named by the error below)
+                name = type(module).__bases__[-1].__name__
                 warnings.warn(
-                    f"flipes: {type(module).__bases__[-1].__name__}'s forward cannot run under torch.func.vmap ({why}), so inside a "
-                    f"population it runs member by member, one call a member: the same outputs, slower; {_vmap_fix(why)}",
+                    f"flipes: {name}'s forward cannot run under torch.func.vmap ({why}), so inside a population it runs "
+                    f"member by member, one call a member: the same outputs, slower; {_vmap_fix(why)}",
                     stacklevel=2,
                 )
                 module._flipes_member_loop = True

@@ -179,6 +179,7 @@ def unhandled_message(rows: list[ParameterRow]) -> str:
         f"{len(rows)} trainable parameter(s) would not be evolved: {shown}. They are held directly by a module that also "
         "holds Flipout layers, so flipes has no per-member forward for them. Move each into a small submodule of its own "
         "(flipes.flipout then perturbs it per member), e.g. self.log_std = flipes.nn.Vector(init) used as "
-        "self.log_std(): (members, ...) inside a population; or freeze it: flipes.flipout(model, frozen=[name, ...]) or "
-        "param.requires_grad_(False)"
+        "self.log_std(): (members, ...) inside a population, or as self.log_std(like) against a tensor it broadcasts to "
+        "(logits / self.temperature(logits), y * self.gain(y)): each member's value over its rows; or freeze it: "
+        "flipes.flipout(model, frozen=[name, ...]) or param.requires_grad_(False)"
     )
