@@ -233,3 +233,33 @@ def test_a_bare_temperature_beside_linear_layers_is_refused_naming_vector_read_a
 
     with pytest.raises(ValueError, match=r"log_temperature \(held by Tempered\).*logits / self\.temperature\(logits\)"):
         flipes.flipout(Tempered())
+
+
+def test_the_named_fix_a_vmap_rule_runs_the_straight_through_layer_in_one_call() -> None:
+    """The rewrite the warning names, ``setup_context`` and ``generate_vmap_rule = True``, runs every member in one
+    vmapped call: no warning, the same outputs as the plain copies."""
+
+    class VmappableSign(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x: Tensor) -> Tensor:
+            return x.sign()
+
+        @staticmethod
+        def setup_context(ctx: object, inputs: tuple, output: Tensor) -> None:
+            pass
+
+        @staticmethod
+        def backward(ctx: object, grad: Tensor) -> Tensor:
+            return grad
+
+    class Binary(nn.Linear):
+        def forward(self, x: Tensor) -> Tensor:
+            return F.linear(x, VmappableSign.apply(self.weight), self.bias)
+
+    x = torch.randn(N, B, 5, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, expect = members_and_plain_copies(lambda: nn.Sequential(Binary(5, 8), nn.Tanh(), nn.Linear(8, 2)).to(DT), x)
+    torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
