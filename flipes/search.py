@@ -5,6 +5,11 @@ and of the step over the generations (``--sigma-decay``, ``--lr-decay``: evosax'
 openai-es: centered ranks and Adam (Salimans et al., 2017, arXiv:1703.03864); pgpe: ClipUp (Toklu et
 al., 2020, arXiv:2008.02387) with an adaptive σ; ars: Mania, Guy & Recht's weights of mirrored pairs
 and SGD (NeurIPS 2018, arXiv:1803.07055).
+
+For a loop of your own over ``flipes.FlipES``: :class:`SigmaDecay` (a σ schedule) and :func:`clipup` (``--algo pgpe``'s
+optimizer) take plain numbers; the other functions here take ``flipes.train``'s ``TrainConfig``. The shaping functions
+are ``flipes.shaping``'s, the optimizers ``flipes.optim``'s. Black-box search over a plain vector is ``flipes.nn.Vector``
+under a FlipES (README: "Black-box search over a vector").
 """
 
 from __future__ import annotations

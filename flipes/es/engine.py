@@ -55,6 +55,7 @@ from flipes.es.refusals import (
     refuse_older_owner,
     refuse_stale,
 )
+from flipes.es.settings import FIXED, SETTABLE, checked_setting, fixed_message
 from flipes.es.shaping import centered_ranks
 from flipes.es.sigma import leave_out
 from flipes.es.slots import dense_slots, flipout_slots, padding_rows
@@ -91,6 +92,12 @@ class FlipES:
     ``requires_grad=False`` stay frozen. ``report()`` lists which is which. The evolved set is fixed
     when the FlipES is built: changing a parameter's ``requires_grad`` afterwards is an error at the
     next ``population()`` or ``tell``; build a new FlipES for the model instead.
+
+    Between generations a loop may assign ``es.shaping``, ``es.weight_decay``, ``es.optimizer`` (an optimizer over
+    exactly ``es.params``) and ``es.lr``, checked as here. The population's layout (``popsize``, ``groups``, ``seed``,
+    ``mirrored``, ``maximize``, ``noise_rank``, ``sigma_lr``, ``track_best``, ``hold_noise``) is fixed: assigning it is
+    an error; a new FlipES for the model (a restart with a larger population) takes over its layers. A σ rule of your
+    own is a schedule reading a value you change after ``tell``: ``sigma=lambda g: rule.sigma``.
 
     Args:
         model: a model with Flipout layers (see ``flipes.flipout``), or ``torch.compile`` of one: names and
@@ -266,6 +273,15 @@ class FlipES:
         self._told_dropout = False  # warned once of dropout in training mode (flipes.train notes it instead)
         self._versions: list[int] | None = None  # the parameters' version counters when a population block ended
         self._told_changed = False  # warned once that they changed between that and tell
+        self._built = True  # from here on the layout is fixed: __setattr__ refuses FIXED and checks SETTABLE
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_built"):
+            if name in FIXED:
+                raise AttributeError(fixed_message(name, value))
+            if name in SETTABLE:
+                value = checked_setting(self, name, value)
+        object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         sigma = f"{self.mean_sigma():.4g}" + (" (adaptive)" if self.log_sigma is not None else "")
@@ -331,7 +347,9 @@ class FlipES:
         raise AttributeError(
             f"es.sigma = {value!r}: σ is not set on a FlipES, it is FlipES(sigma=...), a number or a schedule "
             "`generation -> σ` (flipes.search.SigmaDecay(sigma, decay, minimum), or a function of your own) called "
-            "every generation, so that a resumed run and every process have the same σ; sigma_lr > 0 adapts it"
+            "every generation, so that a resumed run and every process have the same σ; sigma_lr > 0 adapts it. A rule "
+            "that sets σ from what it sees (the 1/5th success rule) is a schedule reading a value of yours that you "
+            "change between tell and the next population: FlipES(sigma=lambda g: rule.sigma)"
         )
 
     @property
@@ -666,10 +684,20 @@ class FlipES:
         """
         return members.member_parameters(self, members.member_index(self, index))
 
+    def member_noise(self, index: int) -> dict[str, Tensor]:
+        """Member ``index``'s perturbation ``σu_index`` of every evolved parameter by name (frozen ones absent), as the
+        population applies it: ``member_parameters(index)[name]`` is ``θ̄ + member_noise(index)[name]``. It is drawn
+        as such (no difference of two parameters): ``u`` is it divided by the parameter's σ, ``es.sigma`` (with
+        ``sigma_lr > 0`` each layer's own, :meth:`sigmas`). Callable when ``member_parameters`` is.
+        """
+        return members.member_noise(self, members.member_index(self, index))
+
     def member_state_dict(self, index: int) -> dict[str, Any]:
         """``model.state_dict()`` with member ``index``'s parameters (see ``member_parameters``) and the
         buffers as they are, copied: ``plain_model.load_state_dict(es.member_state_dict(i))`` gives a
-        plain torch model that computes what member ``i`` computes in the population."""
+        plain torch model that computes what member ``i`` computes in the population, to rounding: the population's
+        ``x W̄ + ((x ∘ s) σε) ∘ r`` sums in another order than ``x (W̄ + σu)`` (tested: 1e-12 in float64; about
+        1e-7 relative in float32)."""
         return members.member_state_dict(self, members.member_index(self, index))
 
     def state_dict(self) -> dict[str, Any]:

@@ -120,6 +120,13 @@ def member_parameters(es: FlipES, index: int) -> dict[str, Tensor]:
         }
 
 
+def member_noise(es: FlipES, index: int) -> dict[str, Tensor]:
+    """``σu_index`` of every evolved parameter of ``es.model`` by name (``named_parameters()``; frozen ones absent): the
+    perturbation exactly as the population applies it, at each parameter's own σ; new detached tensors."""
+    deltas = member_deltas(es, index)
+    return {name: deltas[id(p)] for name, p in es._module.named_parameters() if id(p) in deltas}
+
+
 def member_state_dict(es: FlipES, index: int) -> dict[str, Any]:
     """``es.model.state_dict()`` with member ``index``'s parameters in place of the mean ones (a tied
     parameter under each of its names), every tensor a copy."""

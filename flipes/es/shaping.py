@@ -3,21 +3,41 @@
 Salimans et al., "Evolution Strategies as a Scalable Alternative to Reinforcement Learning",
 2017 (arXiv:1703.03864): centered ranks make the update invariant to monotone transforms of the
 fitness and robust to outliers.
+
+Each takes the fitness as a Tensor, a numpy array or a list of numbers, and returns a Tensor: so they compose in a
+shaping of one's own (NSR-ES's mean of the reward's and the novelty's ranks,
+``lambda f: (centered_ranks(reward) + centered_ranks(novelty)) / 2``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import Tensor
 
 
-def _floating(fitness: Tensor) -> Tensor:
-    """``fitness`` itself, or integer scores (counts, pass/fail sums) in torch's default dtype: a mean rank of tied
+def _tensor(fitness: Tensor | ArrayLike) -> Tensor:
+    """``fitness`` as a tensor: a numpy array or a list of numbers (a loop of one's own combining scores, NSR-ES's
+    reward and novelty ranks) as ``torch.as_tensor`` makes it; a value of no numbers is named."""
+    if isinstance(fitness, Tensor):
+        return fitness
+    try:
+        return torch.as_tensor(np.asarray(fitness))
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"a shaping function takes fitness (N,) as a Tensor, a numpy array or a list of numbers, got {type(fitness).__name__}"
+        ) from None
+
+
+def _floating(fitness: Tensor | ArrayLike) -> Tensor:
+    """``fitness`` as a tensor, integer scores (counts, pass/fail sums) in torch's default dtype: a mean rank of tied
     values is a half, and a std is not defined for integers."""
+    fitness = _tensor(fitness)
     return fitness if fitness.is_floating_point() else fitness.to(torch.get_default_dtype())
 
 
-def centered_ranks(fitness: Tensor) -> Tensor:
+def centered_ranks(fitness: Tensor | ArrayLike) -> Tensor:
     """Ranks scaled to ``[-0.5, 0.5]``; tied fitness values share their mean rank (so a mirrored
     pair with equal fitness contributes nothing)."""
     fitness = _floating(fitness)
@@ -32,7 +52,7 @@ def centered_ranks(fitness: Tensor) -> Tensor:
     return ranks / (n - 1) - 0.5
 
 
-def z_score(fitness: Tensor) -> Tensor:
+def z_score(fitness: Tensor | ArrayLike) -> Tensor:
     """``(f - mean) / std``; zeros when all values are equal."""
     fitness = _floating(fitness)
     std = fitness.std(unbiased=False)
@@ -43,12 +63,12 @@ def z_score(fitness: Tensor) -> Tensor:
     return (fitness - fitness.mean()) / std
 
 
-def raw(fitness: Tensor) -> Tensor:
+def raw(fitness: Tensor | ArrayLike) -> Tensor:
     """No shaping: the plain Monte-Carlo estimator of ``∇ E[F(θ + σu)]``."""
-    return fitness.clone()
+    return _tensor(fitness).clone()
 
 
-def ars(fitness: Tensor, top: int | None = None) -> Tensor:
+def ars(fitness: Tensor | ArrayLike, top: int | None = None) -> Tensor:
     """Augmented Random Search weights (Mania, Guy & Recht, NeurIPS 2018, arXiv:1803.07055, V1-t/V2-t).
 
     Mirrored pairs ``(2k, 2k+1)`` hold the returns ``r+`` and ``r-`` of direction ``k``. The ``top``
