@@ -996,16 +996,21 @@ class _HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("kind", [flipes.rl.MLPPolicy, flipes.rl.GRUPolicy])
-def test_a_rollout_reads_the_host_per_step_only_to_ask_whether_episodes_are_left(kind: type[torch.nn.Module]) -> None:
+@pytest.mark.parametrize(
+    ("kind", "final_obs"), [(flipes.rl.MLPPolicy, False), (flipes.rl.GRUPolicy, False), (flipes.rl.MLPPolicy, True)]
+)
+def test_a_rollout_reads_the_host_per_step_only_to_ask_whether_episodes_are_left(
+    kind: type[torch.nn.Module], final_obs: bool
+) -> None:
     """A host read (.item(), bool(), int() or float() of a tensor) waits for a GPU. A rollout makes one per step, asking
     whether any episode is left (on the CPU; a GPU asks every 16 steps), and the others a few times per rollout, not
     per step: training rollouts of a Flipout population (observation normalization, action noise) on
-    flipes/Pendulum-v1 cut at 50 steps, and the center policy's evaluation, read at most 50 + 5 times each."""
+    flipes/Pendulum-v1 cut at 50 steps, and the center policy's evaluation, read at most 50 + 5 times each; keeping
+    each episode's final observation (``final_obs``) adds none."""
     env = make_vector_env("flipes/Pendulum-v1", 8, note=None)
     torch.manual_seed(0)
     policy = flipes.flipout(kind(env.single_observation_space, env.single_action_space, hidden=[8]))
-    es, fitness = flipes.FlipES(policy, popsize=8), RolloutFitness(env, action_noise=0.1, max_steps=50)
+    es, fitness = flipes.FlipES(policy, popsize=8), RolloutFitness(env, action_noise=0.1, max_steps=50, final_obs=final_obs)
     counts = []
     for _ in range(2):  # the second with the statistics merged: the normalization's own path
         with es.population() as pop, _HostReads() as reads:
@@ -1014,7 +1019,7 @@ def test_a_rollout_reads_the_host_per_step_only_to_ask_whether_episodes_are_left
         es.tell(values)
         policy.obs_norm.update()
     with _HostReads() as reads:
-        episodes = run_episodes(env, policy, seed=0, max_steps=50)
+        episodes = run_episodes(env, policy, seed=0, max_steps=50, final_obs=final_obs)
     counts.append(reads.count)
     assert fitness.timesteps == 2 * 8 * 50 and episodes.steps == 8 * 50
     assert all(50 <= c <= 55 for c in counts), counts

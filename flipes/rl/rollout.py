@@ -26,6 +26,7 @@ from flipes.nn import uncompiled
 from flipes.rl.envs import NumpyToTorch, check_step, holds_tensors, reset_observations
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.recurrent import is_recurrent, stepper
+from flipes.rl.spaces import STRUCTURED, flatten_observations
 
 
 def episode_seed(seed: int, generation: int, stream: str) -> int:
@@ -241,11 +242,15 @@ class Episodes:
         returns: ``(num_envs,)`` float64, each episode's total reward.
         lengths: ``(num_envs,)`` int64, each episode's steps.
         steps: env interactions of these episodes, the sum of ``lengths``.
+        final_obs: ``(num_envs, *obs_shape)`` in the observations' dtype, with ``run_episodes(final_obs=True)``: each
+            episode's final observation, the one its last step returned (terminated, truncated or cut at ``max_steps``;
+            a SAME_STEP autoreset env's ``info["final_obs"]``, not the next episode's first); ``None`` otherwise.
     """
 
     returns: Tensor
     lengths: Tensor
     steps: int
+    final_obs: Tensor | None = None
 
 
 def check_vector_env(env: Any, who: str) -> None:
@@ -283,6 +288,7 @@ def run_episodes(
     obs: Tensor | None = None,
     pipeline: bool = False,
     action_noise: ActionNoise | None = None,
+    final_obs: bool = False,
 ) -> Episodes:
     """Run one episode in every env of ``env`` with ``act(obs) -> actions``, at most ``max_steps``
     steps (the env's own truncation otherwise).
@@ -297,6 +303,8 @@ def run_episodes(
     memoryless policy does (an MLP, not a recurrent policy). The results are the same.
     A :class:`~flipes.rl.RecurrentPolicy` as ``act`` carries its state from step to step.
     ``action_noise``: adds its noise to the actions of each env's step ``t`` before they go to the env.
+    ``final_obs``: also return each episode's final observation (:attr:`Episodes.final_obs`: a behaviour
+    characterization such as the terminal state, for novelty search), at one more op per step.
     """
     check_vector_env(env, "run_episodes")
     if obs is None:
@@ -307,7 +315,7 @@ def run_episodes(
     if pipeline:
         if is_recurrent(act):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
-        return _run_pipelined(env, act, obs, record, max_steps, members, action_noise)
+        return _run_pipelined(env, act, obs, record, max_steps, members, action_noise, final_obs)
     act = stepper(act)
     if max_steps is None:  # an env that truncates itself: no steps past its limit (a GPU checks every 16)
         max_steps = getattr(getattr(env, "unwrapped", env), "max_episode_steps", None)  # through gymnasium wrappers
@@ -326,6 +334,7 @@ def run_episodes(
     recorder = record.recorder(alive, m) if isinstance(record, RunningNorm) and m == n and obs.dim() == 2 else None
     # a view, made once: alive changes in place; only for record (members need not divide the envs without one)
     alive_rows = alive.view(m, n // m) if record is not None and recorder is None else alive
+    final = _FinalObs(env, obs, alive) if final_obs else None
     while max_steps is None or t < max_steps:
         if recorder is not None:
             recorder(obs)
@@ -339,7 +348,9 @@ def run_episodes(
         out = env.step(actions)
         if t == 0:  # once per rollout, as the actions: a user's env whose outputs torch would misread or refuse later
             check_step(out, env)
-        obs, reward, terminated, truncated, _ = out
+        obs, reward, terminated, truncated, info = out
+        if final is not None:  # before alive drops the episodes this step ended
+            final(obs, info)
         t += 1
         # as_tensor only where the env gave no tensor on this device (flipes' envs, NumpyToTorch: never); reward·alive
         # is exact in float64, so addcmul_ adds the very sums of returns + reward.double() * alive
@@ -356,7 +367,36 @@ def run_episodes(
                 "cut them with max_steps= (flipes train --max-episode-steps N)",
                 stacklevel=caller_stacklevel(),
             )
-    return Episodes(returns, lengths, int(lengths.sum()))
+    return Episodes(returns, lengths, int(lengths.sum()), None if final is None else final.obs)
+
+
+class _FinalObs:
+    """Each episode's final observation in a rollout loop, kept as it steps: ``__call__(obs, info)`` after each step,
+    before ``alive`` drops the episodes that step ended, so ``obs`` holds the observation of every episode's last step
+    so far (one op). A SAME_STEP autoreset env returns the next episode's first observation where one ended, and the
+    final one in ``info["final_obs"]`` (rows ``info["_final_obs"]``, gymnasium's); those rows are taken from there."""
+
+    def __init__(self, env: Any, obs: Tensor, alive: Tensor) -> None:
+        self.obs = obs.clone()  # an episode cut at max_steps = 0 ends at its reset
+        self.alive = alive.view(alive.shape[0], *[1] * (obs.dim() - 1))  # a view: alive changes in place
+        mode = getattr(getattr(env, "unwrapped", env), "metadata", {}).get("autoreset_mode")
+        self.same_step = mode == gym.vector.AutoresetMode.SAME_STEP
+        self.source = getattr(env, "source_observation_space", None)  # NumpyToTorch's Dict or Tuple space, flattened
+
+    def __call__(self, obs: Tensor, info: dict[str, Any]) -> None:
+        torch.where(self.alive, obs, self.obs, out=self.obs)
+        if self.same_step and "_final_obs" in info:
+            rows = np.flatnonzero(info["_final_obs"])
+            ended = [info["final_obs"][i] for i in rows]
+            if isinstance(self.source, STRUCTURED):
+                ended = [flatten_observations(self.source, x, batch_dims=0) for x in ended]
+            index = torch.as_tensor(rows, device=obs.device)
+            # numpy data is on the host (torch.as_tensor alone: the default device)
+            last = torch.stack(
+                [x.to(obs.device) if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x), device="cpu") for x in ended]
+            )
+            last = last.to(device=obs.device, dtype=obs.dtype)
+            self.obs[index] = torch.where(self.alive[index], last, self.obs[index])  # a later episode's end: not counted
 
 
 def _on(value: Any, device: torch.device) -> Tensor:
@@ -372,6 +412,7 @@ def _run_pipelined(
     max_steps: int | None,
     members: int | None,
     action_noise: ActionNoise | None = None,
+    final_obs: bool = False,
 ) -> Episodes:
     """:func:`run_episodes` with two halves of the envs in turns: while EnvPool's threads step one
     half, this thread computes the other half's next actions (it pays off from ~128 envs on 2
@@ -433,7 +474,10 @@ def _run_pipelined(
         alive[ids] &= ~(terminated | truncated)
         observe(halves[flight])
         flight = None
-    return Episodes(torch.from_numpy(returns).to(device), torch.from_numpy(lengths).to(device), int(lengths.sum()))
+    # an env with send/recv steps no env whose episode ended (EnvPool's DISABLED autoreset), nor a half past max_steps:
+    # each row of state holds its episode's final observation
+    final = torch.from_numpy(state).to(device) if final_obs else None
+    return Episodes(torch.from_numpy(returns).to(device), torch.from_numpy(lengths).to(device), int(lengths.sum()), final)
 
 
 PIPELINE_MIN_ENVS = 128  # below it, two half batches per step cost more than the overlap saves (bench_rollout.py)
@@ -473,10 +517,17 @@ class RolloutFitness:
             clipped to the bounds (OpenAI's ES starter's ``ac_noise_std``; :class:`ActionNoise`: keyed by the FlipES's
             seed, the generation and the step, drawn for the whole population); 0, the default, adds none. An
             evaluation of the center policy (``run_episodes``) is left without it.
+        final_obs: also keep each episode's final observation (:func:`run_episodes`'s ``final_obs``) in
+            ``last_final_obs``: the behaviours of novelty search from the rollouts that give the returns, at one more op
+            per step.
 
     Attributes:
         timesteps: env steps used so far.
         last_returns: ``(pop.size,)``, each member's mean return of the latest call, without ``reward_shift``.
+        last_final_obs: ``(pop.size, episodes, *obs_shape)`` with ``final_obs=True``: the final observation of each
+            member's episodes in the latest call (members first, as the model sees them; ``[:, 0]`` with one episode),
+            terminated, truncated or cut at ``max_steps``; ``None`` otherwise. Of ``pop``'s members: under MPI, this
+            process's share (every rank's, in member order: ``es.comm.allgather_tensor(fitness.last_final_obs)``).
     """
 
     def __init__(
@@ -489,6 +540,7 @@ class RolloutFitness:
         reward_shift: float = 0.0,
         max_steps: int | None = None,
         action_noise: float = 0.0,
+        final_obs: bool = False,
     ) -> None:
         check_vector_env(env, "RolloutFitness")
         action_noise = check_action_noise(action_noise, env.single_action_space)
@@ -499,6 +551,8 @@ class RolloutFitness:
         self.reward_shift, self.max_steps, self.action_noise = reward_shift, max_steps, action_noise
         self.timesteps = 0
         self.last_returns: Tensor | None = None
+        self.final_obs = final_obs
+        self.last_final_obs: Tensor | None = None
         self._warned = False  # about an obs_norm left unmerged, once
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
@@ -523,7 +577,7 @@ class RolloutFitness:
                 stacklevel=caller_stacklevel(),
             )
         if per_pass == n:
-            returns, self.last_returns = self._rollout(model, pop, norm)
+            returns, self.last_returns, self.last_final_obs = self._rollout(model, pop, norm)
             return returns
         # in parts: the env holds one part; each member's episodes and recorded observations are those of one pass
         before = None if norm is None else norm.pending
@@ -537,11 +591,13 @@ class RolloutFitness:
         if norm is not None:
             rows = torch.cat(recorded)
             norm.pending = rows if before is None else before + rows
-        self.last_returns = torch.cat([unshifted for _, unshifted in parts])
-        return torch.cat([returns for returns, _ in parts])
+        self.last_returns = torch.cat([unshifted for _, unshifted, _ in parts])
+        self.last_final_obs = torch.cat([final for _, _, final in parts]) if self.final_obs else None
+        return torch.cat([returns for returns, _, _ in parts])
 
-    def _rollout(self, model: nn.Module, pop: Population, norm: RunningNorm | None) -> tuple[Tensor, Tensor]:
-        """The fitness of ``pop``'s members, and their mean returns without ``reward_shift``."""
+    def _rollout(self, model: nn.Module, pop: Population, norm: RunningNorm | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The fitness of ``pop``'s members, their mean returns without ``reward_shift``, and with ``final_obs`` their
+        episodes' final observations ``(pop.size, episodes, *obs_shape)``."""
         n, k = pop.size, self.episodes
         step = stepper(model)  # a recurrent policy's state lives for this rollout
         checked = False
@@ -569,7 +625,15 @@ class RolloutFitness:
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
         noise = ActionNoise(self.action_noise, pop, k, self.env.single_action_space) if self.action_noise else None
         ep = run_episodes(
-            self.env, act, record=norm, members=n, obs=obs, pipeline=pipeline, max_steps=self.max_steps, action_noise=noise
+            self.env,
+            act,
+            record=norm,
+            members=n,
+            obs=obs,
+            pipeline=pipeline,
+            max_steps=self.max_steps,
+            action_noise=noise,
+            final_obs=self.final_obs,
         )
         self.timesteps += ep.steps
         if norm is not None:
@@ -578,7 +642,8 @@ class RolloutFitness:
             norm.pending_popsize = pop.popsize
         unshifted = ep.returns.view(n, k).mean(1)  # each member's mean return, for the logs
         returns = ep.returns if not self.reward_shift else ep.returns - self.reward_shift * ep.lengths
-        return returns.view(n, k).mean(1), unshifted
+        final = None if ep.final_obs is None else ep.final_obs.view(n, k, *ep.final_obs.shape[1:])
+        return returns.view(n, k).mean(1), unshifted, final
 
 
 def _parts_fit(pop: Population, size: int) -> bool:
