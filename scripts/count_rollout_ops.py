@@ -60,6 +60,8 @@ class Args:
     """Envs of the profiled center-policy evaluation (0: the preset's; -1: none)."""
     ops: bool = False
     """Also list the top-level ops per step, most frequent first."""
+    final_obs: bool = False
+    """Also keep each episode's final observation (RolloutFitness and run_episodes' final_obs), to count what it adds."""
 
 
 def counts(prof: Any, steps: int) -> tuple[float, float, float, float, Counter]:
@@ -112,7 +114,7 @@ def one_env(args: Args, env_id: str) -> None:
     torch.manual_seed(0)
     policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=preset["hidden"])).eval()
     es = flipes.FlipES(policy, popsize=n, sigma=preset.get("sigma", 0.1), seed=0)
-    fitness = RolloutFitness(env, k, 0, policy.obs_norm)
+    fitness = RolloutFitness(env, k, 0, policy.obs_norm, final_obs=args.final_obs)
     calls = steps_counted(env)
     for generation in range(1 + args.generations):
         if generation == 1:
@@ -131,7 +133,7 @@ def one_env(args: Args, env_id: str) -> None:
         eval_env = make_vector_env(env_id, episodes, threads=1, note=None)
         calls = steps_counted(eval_env)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            run_episodes(eval_env, policy, seed=0)
+            run_episodes(eval_env, policy, seed=0, final_obs=args.final_obs)
         print(f"{env_id}, evaluation of the center policy, {episodes} envs: {calls[0]} steps")
         report(prof, calls[0], args.ops)
 
