@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import math
 import re
 import textwrap
 import warnings
@@ -119,6 +120,7 @@ BLOCKS: dict[str, dict[str, Any]] = {
     "with es.population() as pop:\n    fitness = torch.cat(": {"after": "api"},  # a population in parts
     "import functools, torch, flipes": {"names": backprop_names},  # Flipout for backprop
     "import torch, transformers, flipes": {"needs": "transformers"},  # Fine-tuning a Hugging Face language model
+    "import flipes, torch\nfrom flipes.rl import": {},  # Novelty search: final observations
 }
 
 
@@ -169,6 +171,8 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path: Path, monkey
             check_digits_fitness(source, ns)
         elif source.startswith("import torch, transformers, flipes"):
             assert ns["es"].generation == 3 and ns["fitness"].shape == (30,) and ns["stats"]["fitness_std"] > 0
+        elif source.startswith("import flipes, torch\nfrom flipes.rl import"):
+            check_novelty_search(ns)
 
 
 def check_api_block(source: str, ns: dict[str, Any]) -> None:
@@ -190,6 +194,20 @@ def check_sketch(ns: dict[str, Any]) -> None:
     assert isinstance(ns["policy"](ns["obs"]), np.integer)  # "numpy obs in, numpy action out"
     hc = flipes.read_metrics(ns["config"].run_dir())
     assert all(row["sigma_x100"] == pytest.approx(100 * row["sigma"]) for row in hc)  # "reaches metrics.jsonl"
+
+
+def check_novelty_search(ns: dict[str, Any]) -> None:
+    """The NSR-ES block: 10 generations, one center behaviour per generation in the archive, and each member's
+    behaviour is where its episode ended: every member whose return (its steps) fell short of the 200-step cut ends
+    past CartPole's termination bounds (|x| > 2.4 or |θ| > 12°), which the last observation it acted on was within
+    (one that reached the cut may have ended there either way)."""
+    es, rollout, archive = ns["es"], ns["rollout"], ns["archive"]
+    assert es.generation == 10 and len(archive) == 10 and all(b.shape == (1,) for b in archive)
+    final = rollout.last_final_obs
+    assert final.shape == (64, 1, 4) and torch.equal(ns["behaviour"], final[:, 0, :1])
+    past = (final[:, 0, 0].abs() > 2.4) | (final[:, 0, 2].abs() > 12 * 2 * math.pi / 360)
+    ended = rollout.last_returns < 200
+    assert ended.any() and bool(past[ended].all())
 
 
 def check_digits_fitness(source: str, ns: dict[str, Any]) -> None:
