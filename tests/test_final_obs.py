@@ -30,7 +30,7 @@ def weights(n: int = N) -> torch.Tensor:
 def act_rows(obs: Any, w: torch.Tensor) -> torch.Tensor:
     """CartPole actions of ``obs`` (rows of ``w``'s envs), each row from that row alone (no reduction over a batch, whose
     order could depend on its size): what a pipelined rollout's half-stale batches need, and a per-env loop repeats."""
-    o = torch.as_tensor(obs).double()
+    o = (obs if isinstance(obs, torch.Tensor) else torch.as_tensor(obs, device="cpu")).double()  # numpy: on the host
     return (o[:, 0] * w[:, 0] + o[:, 1] * w[:, 1] + o[:, 2] * w[:, 2] + o[:, 3] * w[:, 3] > 0).long()
 
 
@@ -202,3 +202,25 @@ def test_last_final_obs_holds_member_m_episode_k_at_m_k_also_rolled_out_in_parts
     assert torch.equal(f, g) and len(set(whole.last_final_obs[:, :, 0].flatten().tolist())) == 24
     assert torch.equal(whole.last_final_obs, ep.final_obs.view(8, 3, 4))
     assert torch.equal(parts.last_final_obs, whole.last_final_obs)
+
+
+def test_every_tensor_final_obs_makes_is_on_the_envs_device() -> None:
+    """Under the meta default device, ``final_obs`` of flipes' env (device "cpu") and of gymnasium's SAME_STEP env (numpy
+    from ``info["final_obs"]``) is on the CPU: a tensor made without ``device=`` would be a meta tensor and fail here,
+    as it would meet a GPU env's tensors on the host."""
+    w = weights(8)
+    envs = [
+        flipes_cartpole(8),
+        gym.make_vec(
+            "CartPole-v1", 8, vectorization_mode="sync", vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+        ),
+    ]
+    torch.set_default_device("meta")
+    try:
+        assert torch.empty(1).is_meta  # the check is in force
+        for env in envs:
+            ep = run_episodes(env, lambda obs: act_rows(obs, w), seed=SEED, max_steps=60, final_obs=True)
+            assert min(ep.lengths.tolist()) < 60  # some episodes ended before the cut
+            assert ep.final_obs.device.type == "cpu" and ep.final_obs.shape == (8, 4)
+    finally:
+        torch.set_default_device(None)
