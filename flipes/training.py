@@ -39,7 +39,7 @@ from flipes.builders import (
     seeded_global_rngs,
     standard_callbacks,
 )
-from flipes.callbacks import Callback, Checkpointer, PlainRow
+from flipes.callbacks import Callback, Checkpointer, OutcomePrinter, PlainRow, ProgressPrinter
 from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_dir, validate
 from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError, caller_stacklevel
@@ -341,7 +341,10 @@ def _set_up_and_run(
             set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
         # what the user's callbacks add to a row reaches the sinks, as plain JSON values
         reason = run_loop(state, fitness, evaluator, [*users, PlainRow(), *standard], stop)
-        for cb in standard + users:
+        # the line saying how the run ended comes once the run's files are written (curves.png takes a second): a second
+        # signal before it, which stops at once, is then the one line, not a second one after "interrupted; ..."
+        printers = [cb for cb in standard if isinstance(cb, ProgressPrinter | OutcomePrinter)]
+        for cb in [cb for cb in standard if cb not in printers] + printers + users:
             cb.on_train_end(state, reason)
     if comm.size > 1:  # every rank returns once rank 0 has written the run directory: the script may read it next
         comm.bcast(None)
