@@ -286,21 +286,24 @@ def saved_options(resume: str) -> dict[str, Any]:
         saved = json.loads(config.read_text())
     except (OSError, ValueError):
         saved = None
-    if not isinstance(saved, dict):
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "overwrite", "progress"}
+    if not isinstance(saved, dict) or not names <= saved.keys():
         from flipes.checkpoint import CheckpointError, load_checkpoint
 
         try:  # the checkpoint records the options too
-            saved = load_checkpoint(resume, map_location="cpu").get("config")
+            recorded = load_checkpoint(resume, map_location="cpu").get("config")
         except (CheckpointError, OSError):
+            recorded = None
+        if isinstance(saved, dict):  # an option config.json lost (edited by hand) is the checkpoint's, not the default
+            saved = {**(recorded if isinstance(recorded, dict) else {}), **saved}
+        elif isinstance(recorded, dict):
+            saved, source = recorded, f"{resume} (the options in its checkpoint)"
+        else:
             return {}
-        if not isinstance(saved, dict):
-            return {}
-        source = f"{resume} (the options in its checkpoint)"
     if "rank" in saved and "noise_rank" not in saved:  # runs saved before the option's rename
         saved["noise_rank"] = saved.pop("rank") or 0
     if "policy" not in saved:  # runs saved before --policy existed trained the MLP (not an Atari row's CNN)
         saved["policy"] = "mlp"
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "overwrite", "progress"}
     kept = {k: v for k, v in saved.items() if k in names}
     try:  # checked here, so that a hand-edited value is named in its file, not as a flag nobody passed
         check_options(TrainConfig, kept, source)

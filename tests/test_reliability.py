@@ -226,6 +226,48 @@ def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
     assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]
 
 
+SIGNALLING_FITNESS = """
+import os, signal, torch
+
+def make_model(env):
+    return torch.nn.Linear(3, 1)
+
+def fitness(model, pop):
+    if pop.generation == 1:  # a first SIGTERM: the run stops after this generation, with a checkpoint
+        os.kill(os.getpid(), signal.SIGTERM)
+    return -model(torch.ones(pop.size, 3)).square().sum(1)
+"""
+
+
+def test_a_second_signal_while_the_last_files_are_written_is_the_one_last_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A first SIGTERM ends the run after its generation; a Ctrl-C while curves.png is drawn (a second or so after the
+    final checkpoint) stops at once: its line, naming the final checkpoint, is the only line saying how the run ended,
+    not a second one after "interrupted; 2 generations in all ..." (status 130; the checkpoint holds both
+    generations)."""
+    from flipes.callbacks import CurvePlotter
+
+    (tmp_path / "signalling.py").write_text(SIGNALLING_FITNESS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    drawn = CurvePlotter.on_train_end
+
+    def signalled(self: CurvePlotter, state: object, reason: str) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        drawn(self, state, reason)
+
+    monkeypatch.setattr(CurvePlotter, "on_train_end", signalled)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    status = main(["train", "--env", "none", "--model", "signalling:make_model", "--fitness", "signalling:fitness",
+                   "--popsize", "8", "--generations", "100", "--tensorboard", "false", "--progress", "false",
+                   "--out", str(run)])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert status == 130 and "generations in all" not in out + err, out + err
+    assert "stopped at once by a second Ctrl-C; the last checkpoint (after generation 1) stays" in err, err
+    assert load_checkpoint(run)["es"]["generation"] == 2
+
+
 SLOW_MODEL = """
 import os, pathlib, time, torch
 
@@ -1162,6 +1204,20 @@ def test_a_config_json_that_is_not_an_object_resumes_from_the_checkpoint(tmp_pat
     assert main(["train", "--resume", str(run), "--generations", "3"]) == 0
     assert load_checkpoint(run)["config"]["popsize"] == 8 and [r["generation"] for r in metrics(run)] == [0, 1, 2]
     assert json.loads((run / "config.json").read_text())["popsize"] == 8  # written again, whole
+
+
+def test_a_config_json_that_lost_options_resumes_with_the_checkpoints(tmp_path: Path) -> None:
+    """A resume whose config.json lacks options (edited by hand: here env and hidden) takes them from the checkpoint, as
+    evaluate and export do, instead of refusing the defaults that filled them as options "now" other than saved; the
+    resumed run ends on the parameters of one never stopped, and config.json is written again, whole."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    flipes.train(**FAST_KW, generations=2, hidden=[5], out=str(run))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in ("env", "hidden")}))
+    assert main(["train", "--resume", str(run), "--generations", "3"]) == 0
+    flipes.train(**FAST_KW, generations=3, hidden=[5], out=str(whole))
+    assert [r["params_sha256"] for r in metrics(run)] == [r["params_sha256"] for r in metrics(whole)]
+    assert json.loads((run / "config.json").read_text())["hidden"] == [5]
 
 
 def test_read_metrics_given_a_file_of_the_run_names_its_directory(tmp_path: Path) -> None:
