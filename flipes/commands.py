@@ -69,6 +69,9 @@ def main_guard(fn: Callable[[], Any], comm: Comm) -> Any:
                     time.sleep(3.0)  # a rank alone with it still gets to say it
                 if isinstance(e, KeyboardInterrupt):  # a second signal forwarded by mpiexec, or one rank's
                     print(interrupted_line("train", e), file=sys.stderr, flush=True)
+                elif comm.rank != 0:  # rank 0 did not end the job first: the error is this rank's (its data, its env)
+                    print(f"flipes: error: {' '.join(str(e).split())} (on rank {comm.rank} of {comm.size})", file=sys.stderr,
+                          flush=True)  # fmt: skip
                 else:
                     print_error(e)
                 comm.abort(2 if isinstance(e, UsageError) else 130 if isinstance(e, KeyboardInterrupt) else 1)

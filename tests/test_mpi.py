@@ -290,6 +290,28 @@ def test_a_failing_rank_ends_the_job_promptly(tmp_path: Path) -> None:
     assert "boom on a rank" in r.stderr and "[rank 1] failed" in r.stderr
 
 
+def test_a_fitness_of_a_wrong_shape_on_one_rank_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A --fitness that returns one value too many on rank 1 only, at generation 2, ends the 2-process job within 30 s
+    with status 2 and flipes' one line, which names the rank (rank 0's members were fine, so the cause is in rank 1's
+    data or env); rank 0's checkpoint before it stays."""
+    (tmp_path / "shape_fitness.py").write_text(
+        "import torch\n"
+        "def make_model(env):\n    return torch.nn.Linear(3, 2)\n"
+        "def fitness(model, pop):\n"
+        "    values = model(torch.ones(pop.size, 3)).sum(1)\n"
+        "    return torch.cat([values, values[:1]]) if pop.members.start > 0 and pop.generation == 2 else values\n"
+    )
+    args = ["--env", "none", "--model", "shape_fitness:make_model", "--fitness", "shape_fitness:fitness", "--popsize", "8",
+            "--groups", "2", "--generations", "100000", "--progress", "false", "--out", str(tmp_path / "run")]  # fmt: skip
+    start = time.monotonic()
+    r = mpirun(2, *args, extra_path=str(tmp_path), check=False, timeout=60)
+    assert r.returncode == 2 and time.monotonic() - start < 30, r.stderr[-2000:]
+    ours = [line for line in r.stderr.splitlines() if line.startswith("flipes:")]
+    line = r"flipes: error: --fitness: .*returned shape \(5,\).* \(on rank 1 of 2\)"
+    assert len(ours) == 1 and re.fullmatch(line, ours[0]), ours
+    assert "Traceback" not in r.stderr and load_checkpoint(tmp_path / "run")["es"]["generation"] == 0
+
+
 RAISING_SCRIPT = """
 import sys, torch, flipes
 
