@@ -466,6 +466,8 @@ def run_loop(
         if isinstance(fitness, RolloutFitness):
             values = values.cpu()  # once: tell reads the fitness on the host anyway
         if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
+            if callable(check := getattr(obs_norm, "check_finite", None)):
+                check()  # an env's nan observation made the actions nan: said as the env's, not as --sigma's
             problem = f"generation {gen}: the population's returns are not finite (the actions or the env overflowed)"
             env = f"check the env and its --env-kwargs {json.dumps(config.env_kwargs)}" if config.env_kwargs else "check the env"
             shift = f", or --reward-shift's size ({config.reward_shift:g})" if config.reward_shift else ""  # subtracted each step

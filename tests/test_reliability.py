@@ -1220,6 +1220,51 @@ def test_a_config_json_that_lost_options_resumes_with_the_checkpoints(tmp_path: 
     assert json.loads((run / "config.json").read_text())["hidden"] == [5]
 
 
+NAN_OBS_ENV = """
+import gymnasium as gym
+import numpy as np
+
+class NanOnce(gym.Env):  # an env of one's own whose 5th observation of an episode holds a nan
+    def __init__(self, continuous=False):
+        self.observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+        self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32) if continuous else gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        if self.t == 5:
+            obs[1] = np.nan
+        return obs, -float(np.square(action).sum()), False, self.t >= 20, {}
+
+gym.register("nanobs/NanOnce-v0", entry_point=NanOnce)
+gym.register("nanobs/NanOnceContinuous-v0", entry_point=NanOnce, kwargs={"continuous": True})
+"""
+
+
+@pytest.mark.parametrize("env", ["NanOnce-v0", "NanOnceContinuous-v0"])
+def test_an_env_returning_a_nan_observation_is_one_line_not_a_run_of_nan_actions(
+    env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """An env whose observations hold a nan once: the policy's observation normalization would merge it into its
+    statistics and every later action would be nan. Discrete, the run went on silently at a constant fitness (fitness 0
+    and grad_norm 0 from generation 1 on); continuous, the nan actions' returns were said as --sigma's ("lower --sigma
+    or --lr"). Either is one line naming the env and the feature, status 2, and the starting checkpoint stays."""
+    (tmp_path / "nanobs.py").write_text(NAN_OBS_ENV)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    status, err = train_command(capsys, "--env", f"nanobs:nanobs/{env}", "--popsize", "8", "--generations", "4",
+                                "--target", "none", "--tensorboard", "false", "--progress", "false", "--out", run)  # fmt: skip
+    line = err.strip().splitlines()[-1]
+    assert status == 2 and line.startswith("flipes: error: --env: the env returned observations holding nan or inf "
+                                           "(feature(s) 1 of 3)"), err  # fmt: skip
+    assert load_checkpoint(run)["es"]["generation"] == 0
+
+
 def test_read_metrics_given_a_file_of_the_run_names_its_directory(tmp_path: Path) -> None:
     """read_metrics takes a run directory: given its metrics.jsonl (or another file of the run) the error names the
     directory to pass, where it would otherwise say that there is no metrics.jsonl; a directory without one says so."""

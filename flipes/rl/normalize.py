@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from flipes.errors import caller_stacklevel
+from flipes.errors import UsageError, caller_stacklevel
 
 if TYPE_CHECKING:
     from flipes.dist import Comm
@@ -164,6 +164,7 @@ class RunningNorm(nn.Module):
         if rows is None:
             return
         p = rows.to(self.mean.device, torch.float64).sum(0)
+        self.check_finite(p)  # merged, one nan or inf would make every later observation nan
         n = p[0]
         if n > 0:
             mean_b = p[1 : 1 + self.size] / n
@@ -176,6 +177,25 @@ class RunningNorm(nn.Module):
             self.var.copy_(m2 / total)
             self.count.copy_(total)
             self._scale = None
+
+    def check_finite(self, sums: Tensor | None = None) -> None:
+        """Refuse observation sums (``[count, Σx, Σx²]`` rows, or one row; default: the pending ones) that hold nan or
+        inf: an env's observation that a merge would spread into every later normalized observation and action.
+
+        Raises:
+            UsageError: naming the features that are not finite and the fix."""
+        sums = self.pending if sums is None else sums
+        if sums is None or bool(torch.isfinite(sums).all()):
+            return
+        columns = sums.reshape(-1, 1 + 2 * self.size)[:, 1:].reshape(-1, 2, self.size)
+        features = torch.nonzero(~torch.isfinite(columns).all(0).all(0)).flatten().tolist()
+        shown = ", ".join(map(str, features[:3])) + (", ..." if len(features) > 3 else "")
+        raise UsageError(
+            "--env",
+            f"the env returned observations holding nan or inf (feature(s) {shown} of {self.size}), which the policy's "
+            "observation normalization cannot take (its statistics would be nan from then on, and so every action)",
+            "fix the env, or clip or replace such values in a wrapper (gymnasium.wrappers.TransformObservation)",
+        )
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RunningNorm:
         # The float64 statistics follow device moves but not casts (policy.to(torch.bfloat16) would round a
