@@ -243,7 +243,8 @@ class Watchdog:
         self.arrived = dict.fromkeys(range(1, self.size), 0)
         self.lock = threading.Lock()
         self.pending: list[Any] = []
-        self.entered: tuple[float, str, int] | None = None
+        self.entered: tuple[float, str, int, str] | None = None
+        self.waits_for = ""  # what the next collectives wait for, where the caller said (waiting_for): named on a timeout
         self.running = True
         self.thread = threading.Thread(target=self._run, name="flipes-mpi-watchdog", daemon=True)
         self.thread.start()
@@ -259,7 +260,7 @@ class Watchdog:
         else:
             self.pending = [r for r in self.pending if not r.Test()]
             self.pending.append(self.notes.isend(self.step, dest=0, tag=_ARRIVAL))
-        self.entered = (time.monotonic(), name, self.step)
+        self.entered = (time.monotonic(), name, self.step, self.waits_for)
         try:
             yield
         finally:
@@ -279,7 +280,7 @@ class Watchdog:
             entered = self.entered
             if entered is None or time.monotonic() - entered[0] < limit:
                 continue
-            _, name, step = entered
+            _, name, step, waits_for = entered
             if self.rank == 0:
                 self._drain()
                 missing = [r for r, k in self.arrived.items() if k < step]
@@ -287,7 +288,8 @@ class Watchdog:
                 who = f"rank(s) {', '.join(map(str, missing))} did not arrive" if missing else "every rank entered it"
             else:
                 who = "rank 0 did not answer"
-            print(f"flipes: error: --mpi-timeout: rank {self.rank} waited {limit:.0f} s in {name} #{step}: {who} "
+            name += f" #{step}" + (f" ({waits_for})" if waits_for else "")
+            print(f"flipes: error: --mpi-timeout: rank {self.rank} waited {limit:.0f} s in {name}: {who} "
                   "(stopped, dead, or running other code); start every rank alike, or raise --mpi-timeout for slow "
                   "generations", file=sys.stderr, flush=True)  # fmt: skip
             self.mpi.abort(3)
@@ -295,6 +297,21 @@ class Watchdog:
     def stop(self) -> None:
         """End the watching: the thread exits at its next wake-up (within half a second) and aborts nothing after."""
         self.running = False
+
+
+@contextlib.contextmanager
+def waiting_for(comm: Comm, what: str) -> Iterator[None]:
+    """Inside, a collective of ``comm`` that outlasts ``--mpi-timeout`` names ``what`` it waits for in the watchdog's
+    line (rank 0's evaluation, say), beside the ranks that did not arrive; a comm without a watchdog is left alone."""
+    dog = getattr(comm, "_watchdog", None)
+    if dog is None:
+        yield
+        return
+    before, dog.waits_for = dog.waits_for, what
+    try:
+        yield
+    finally:
+        dog.waits_for = before
 
 
 def world(timeout: float = 300.0) -> SerialComm | MPIComm:

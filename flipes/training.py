@@ -551,7 +551,10 @@ def run_loop(
                 "optimizer": optimizer_settings(es.optimizer) if comm.size > 1 else None,
             }
         if comm.size > 1:
-            decided = comm.bcast(decided)  # all ranks log the same row and stop alike
+            what = "" if not evaluate else "runs evaluate() where one is given, " if config.fitness else \
+                   f"evaluates the center policy over --eval-episodes {config.eval_episodes}, "  # fmt: skip
+            with dist.waiting_for(comm, f"the end of generation {gen}: rank 0 {what}logs and checkpoints before it"):
+                decided = comm.bcast(decided)  # all ranks log the same row and stop alike
             if comm.rank != 0:
                 set_optimizer_settings(es.optimizer, decided["optimizer"])  # a callback's lr schedule: on every rank
                 row.update(decided["row"])

@@ -312,6 +312,23 @@ def test_a_fitness_of_a_wrong_shape_on_one_rank_is_one_line_naming_it(tmp_path: 
     assert "Traceback" not in r.stderr and load_checkpoint(tmp_path / "run")["es"]["generation"] == 0
 
 
+def test_a_timeout_while_rank_0_evaluates_names_the_evaluation(tmp_path: Path) -> None:
+    """Rank 0 evaluates the center policy alone while the other ranks wait for its row: an evaluation longer than
+    --mpi-timeout (+10 s on the others) ends the job with the watchdog's line, which names that wait (the end of the
+    generation, rank 0's evaluation over --eval-episodes) rather than only "bcast #N: rank 0 did not answer"."""
+    start = time.monotonic()
+    args = ["--env", "flipes/CartPole-v1", "--popsize", "16", "--groups", "2", "--generations", "3", "--eval-episodes",
+            "1000000", "--mpi-timeout", "1", "--target", "none", "--progress", "false",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    r = mpirun(2, *args, check=False, timeout=90)
+    assert r.returncode == 3 and time.monotonic() - start < 60, r.stderr[-2000:]
+    assert re.search(
+        r"rank 1 waited 11 s in bcast #\d+ \(the end of generation 0: rank 0 evaluates the center policy "
+        r"over --eval-episodes 1000000, logs and checkpoints before it\): rank 0 did not answer",
+        r.stderr,
+    ), r.stderr
+
+
 RAISING_SCRIPT = """
 import sys, torch, flipes
 
