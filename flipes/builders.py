@@ -301,10 +301,13 @@ class CheckedFitness:
         ):
             raise UsageError("--fitness", f"{what} values of dtype {f.dtype}", fix)
         if f.shape != (pop.size,):
+            whole = "a part of --members-per-pass" if 0 < self.per_pass < pop.popsize else "this process's share"
+            held = f"a population of {pop.size} members"
+            if pop.size != pop.popsize:  # a part, or one of several processes: not the --popsize the user set
+                held = f"{pop.size} members ({whole} of --popsize {pop.popsize})"
             if f.shape == (pop.popsize,):  # sized by the whole population in a part (or on one of several processes)
-                whole = "a part of --members-per-pass" if 0 < self.per_pass < pop.popsize else "this process's share"
                 fix += f"; size inputs by pop.size ({pop.size}, {whole}), not pop.popsize ({pop.popsize}, all members)"
-            raise UsageError("--fitness", f"{what} shape {tuple(f.shape)} for a population of {pop.size} members", fix)
+            raise UsageError("--fitness", f"{what} shape {tuple(f.shape)} for {held}", fix)
         bad = (~torch.isfinite(f.double())).nonzero().flatten().tolist()
         if bad:
             shown = ", ".join(f"member {pop.members[i]}: {f[i].item()}" for i in bad[:3])

@@ -589,9 +589,10 @@ def test_everything_stays_on_the_device(case: Case, device: str) -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.gym_id)
 def test_every_tensor_an_env_makes_is_on_its_device(case: Case) -> None:
     """Under the meta default device, an env made with device "cpu" (gymnasium.make_vec("envs:flipes/..."), float32
-    with hidden velocities too, and gymnasium.make's single env) resets (all, by a mask, seeded by a list), takes numpy and tensor actions,
-    autoresets past its time limit and takes a new state, all in real tensors: a factory without device= would make a
-    meta tensor and fail where it meets the env's (on a GPU: a device mismatch, or a copy from the host every step)."""
+    with hidden velocities too, and gymnasium.make's single env) resets (all, by a mask, seeded by a list), takes
+    numpy and tensor actions, autoresets past its time limit and takes a new state, all in real tensors: a factory
+    without device= would make a meta tensor and fail where it meets the env's (on a GPU: a device mismatch, or a copy
+    from the host every step)."""
     gen = torch.Generator().manual_seed(0)
 
     def actions(env: gym.vector.VectorEnv) -> torch.Tensor:

@@ -307,7 +307,8 @@ def test_a_fitness_of_a_wrong_shape_on_one_rank_is_one_line_naming_it(tmp_path: 
     r = mpirun(2, *args, extra_path=str(tmp_path), check=False, timeout=60)
     assert r.returncode == 2 and time.monotonic() - start < 30, r.stderr[-2000:]
     ours = [line for line in r.stderr.splitlines() if line.startswith("flipes:")]
-    line = r"flipes: error: --fitness: .*returned shape \(5,\).* \(on rank 1 of 2\)"
+    share = r"returned shape \(5,\) for 4 members \(this process's share of --popsize 8\)"
+    line = rf"flipes: error: --fitness: .*{share}.* \(on rank 1 of 2\)"
     assert len(ours) == 1 and re.fullmatch(line, ours[0]), ours
     assert "Traceback" not in r.stderr and load_checkpoint(tmp_path / "run")["es"]["generation"] == 0
 

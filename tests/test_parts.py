@@ -301,7 +301,9 @@ def test_a_fitness_of_ones_own_is_called_on_each_part(tmp_path: Path) -> None:
     def short(model: nn.Module, pop: flipes.Population) -> Tensor:
         return torch.zeros(pop.size + 1)
 
-    with pytest.raises(flipes.UsageError, match=r"--fitness: .* shape \(5,\) for a population of 4 members") as e:
+    with pytest.raises(
+        flipes.UsageError, match=r"--fitness: .* shape \(5,\) for 4 members \(a part of --members-per-pass of --popsize 16\)"
+    ) as e:
         flipes.train(out=str(tmp_path / "short"), **kw | {"fitness": short, "members_per_pass": 4})
     assert "pop.popsize" not in str(e.value)
 
@@ -311,8 +313,9 @@ def test_a_fitness_of_ones_own_is_called_on_each_part(tmp_path: Path) -> None:
     with pytest.raises(flipes.UsageError) as e:
         flipes.train(out=str(tmp_path / "popsize"), **kw | {"fitness": whole_population, "members_per_pass": 4})
     assert str(e.value).endswith(
-        "shape (16,) for a population of 4 members; return a Tensor of 4 finite real numbers, one per member (higher is "
-        "better); size inputs by pop.size (4, a part of --members-per-pass), not pop.popsize (16, all members)"
+        "shape (16,) for 4 members (a part of --members-per-pass of --popsize 16); return a Tensor of 4 finite real "
+        "numbers, one per member (higher is better); size inputs by pop.size (4, a part of --members-per-pass), not "
+        "pop.popsize (16, all members)"
     )
 
 
