@@ -199,10 +199,38 @@ def test_member_by_member_refuses_a_forward_that_writes_into_a_shared_buffer() -
 
     model = flipes.flipout(nn.Sequential(nn.Linear(3, 4), Counting()))
     es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
-    with pytest.warns(UserWarning, match="member by member"):
-        written = r"^Counting: its forward, run member by member, wrote into count, which every member shares"
+    written = r"^Counting: its forward, run member by member, wrote into count, which every member shares"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the error says it; no warning of "the same outputs" before it
         with es.population(), pytest.raises(RuntimeError, match=written):
             model(torch.randn(4, 2, 3))
+
+
+def test_a_forwards_own_error_member_by_member_is_that_error_naming_no_freezing() -> None:
+    """A forward vmap cannot batch (``.item()``) that also has a bug of its own (``.item()`` of a whole row, which the
+    plain model raises too) ends in that error, said as raised member by member: no warning of "the same outputs"
+    before it, and no advice to freeze its parameters, which would not fix it."""
+
+    class Thresholded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threshold = nn.Parameter(torch.ones(4))
+
+        def forward(self, x: Tensor) -> Tensor:
+            if (x - self.threshold).item() > 0:  # a row of 4, not a number: the user's bug
+                return x
+            return -x
+
+    model = flipes.flipout(nn.Sequential(nn.Linear(3, 4), Thresholded()))
+    with pytest.raises(RuntimeError, match="cannot be converted to Scalar"):
+        model(torch.randn(2, 3))  # the plain model's error
+    es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
+    own = r"Thresholded: its forward, run member by member \(torch.func.vmap cannot batch a member's value read as a number"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with es.population(), pytest.raises(RuntimeError, match=own) as raised:
+            model(torch.randn(4, 3))
+    assert "cannot be converted to Scalar" in str(raised.value) and "frozen" not in str(raised.value)
 
 
 @pytest.mark.parametrize("hold_noise", [True, False])

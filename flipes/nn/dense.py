@@ -220,21 +220,25 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
 
     def run(batched: bool) -> Any:  # batched: each member's k rows as a batch, (k, ...); else its one row, x[n]
         split = [leaf.unflatten(0, (n, k)) if d == 0 and batched else leaf for leaf, d in zip(leaves, dims, strict=True)]
-        if not module.__dict__.get("_flipes_member_loop", False):
+        why = module.__dict__.get("_flipes_member_loop")  # what vmap could not batch, once known: vmap is not tried again
+        if why is None:
             try:  # own dropout masks
                 return torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)
             except RuntimeError as e:
                 why = _not_vmappable(e)
                 if why is None or _experts_implementation(module) or _power_iteration(module):
                     raise  # not vmap's alone, or with a fix that keeps one call (named by the error below)
-                name = type(module).__bases__[-1].__name__
-                warnings.warn(
-                    f"flipes: {name}'s forward cannot run under torch.func.vmap ({why}), so inside a population it runs "
-                    f"member by member, one call a member: the same outputs, slower; {_vmap_fix(why)}",
-                    stacklevel=2,
-                )
-                module._flipes_member_loop = True
-        return _member_by_member(module, one_member, member_params, split, dims, n)
+                module._flipes_member_loop = why
+        out = _member_by_member(module, one_member, member_params, split, dims, n)
+        if not module.__dict__.get("_flipes_member_loop_told", False):  # said once it worked: an error says its own
+            module._flipes_member_loop_told = True
+            warnings.warn(
+                f"flipes: {type(module).__bases__[-1].__name__}'s forward cannot run under torch.func.vmap ({why}), so "
+                f"inside a population it runs member by member, one call a member: the same outputs, slower; "
+                f"{_vmap_fix(why)}",
+                stacklevel=2,
+            )
+        return out
 
     # a forward written for batches only runs each member's one row as a batch of one: a Hugging Face module's (batch
     # first by convention; unbatched, one given shared positions would return them as a batch of one more); another's
@@ -261,6 +265,11 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     except SharedBufferWrite:
         raise
     except RuntimeError as e:
+        if why := module.__dict__.get("_flipes_member_loop"):  # not vmap's: the forward's own error, also in a plain call
+            raise RuntimeError(
+                f"{type(module).__name__}: its forward, run member by member (torch.func.vmap cannot batch {why}), "
+                f"raised: {e}{unbatched()}"
+            ) from e
         raise RuntimeError(
             f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); "
             f"{_power_iteration(module) or _shared_write(module, e) or _experts_implementation(module)}"
