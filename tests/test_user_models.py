@@ -109,8 +109,9 @@ def test_a_spiking_layer_with_python_control_flow_and_item_runs_member_by_member
     assert (out - out[:1]).abs().amax() > 1e-3
 
 
-def test_member_by_member_is_said_once_per_module() -> None:
-    """The fallback warns at the first population forward only."""
+def test_member_by_member_is_said_once_per_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback warns at the first population forward only, and a later one goes member by member without trying
+    vmap again (here any call of it would raise)."""
     torch.manual_seed(0)
     model = flipes.flipout(nn.Sequential(BinaryLinear(5, 8), nn.Tanh(), nn.Linear(8, 2)))
     es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
@@ -118,6 +119,11 @@ def test_member_by_member_is_said_once_per_module() -> None:
     with pytest.warns(UserWarning, match="member by member"):
         with es.population():
             first = model(x)
+
+    def no_vmap(*args: object, **kwargs: object) -> None:
+        raise AssertionError("vmap tried again")
+
+    monkeypatch.setattr(torch.func, "vmap", no_vmap)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with es.population():
