@@ -5,6 +5,7 @@ and a restart with a larger population from the best member (IPOP)."""
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 import flipes
+from flipes.es.settings import FIXED, OPTIONS
 
 DT = torch.float64
 
@@ -217,3 +219,16 @@ def test_flipes_shaping_functions_take_arrays_and_lists_so_they_compose_in_a_sha
         assert torch.equal(shaping(reward), shaping(torch.from_numpy(reward)))
     with pytest.raises(TypeError, match="Tensor, a numpy array or a list of numbers, got NoneType"):
         flipes.shaping.centered_ranks(None)
+
+
+@pytest.mark.parametrize("name", ["params", "layers", "members", "dense_slots", "model"])
+def test_assigning_what_follows_from_the_model_names_no_argument_flipes_lacks(name: str) -> None:
+    """The refusal of ``es.<name> = ...`` for what FlipES derives (its parameters, layers, members, ``model``) names a
+    FlipES(...) call that exists: no ``params=`` argument, which would be a TypeError. The arguments it names for the
+    others are FlipES's own, checked against its signature."""
+    es = flipes.FlipES(flipes.flipout(mlp()), popsize=8, sigma=0.1)
+    with pytest.raises(AttributeError, match=r"build a new FlipES\((model|other_model), \.\.\.\)") as refused:
+        setattr(es, name, None)
+    assert f"{name}=" not in str(refused.value)
+    arguments = set(inspect.signature(flipes.FlipES).parameters)
+    assert OPTIONS == FIXED & arguments - {"model"}  # the model is named apart

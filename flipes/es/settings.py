@@ -48,6 +48,13 @@ FIXED = frozenset(
 )
 
 
+# of FIXED, the arguments of FlipES(...); the others (its members, layers, parameters) follow from the model and these
+OPTIONS = frozenset(
+    {"popsize", "groups", "seed", "mirrored", "maximize", "noise_rank", "sigma_lr", "track_best", "hold_noise", "comm",
+     "comm_mode"}
+)  # fmt: skip
+
+
 def fixed_message(name: str, value: Any) -> str:
     """Why ``es.<name> = value`` is refused, and what to do instead."""
     restart = (
@@ -58,10 +65,15 @@ def fixed_message(name: str, value: Any) -> str:
         if name in ("popsize", "groups", "seed")
         else ""
     )
+    if name in OPTIONS:
+        build = f"build a new FlipES(model, ..., {name}=...) for the same model instead"
+    elif name == "model":
+        build = "build a new FlipES(other_model, ...) for another model instead"
+    else:  # not an argument: FlipES(model, ..., params=...) would be a TypeError
+        build = "it follows from the model and FlipES's options: build a new FlipES(model, ...) instead"
     return (
         f"es.{name} = {value!r}: {name} is fixed when a FlipES is built (its members, noise, state and checkpoints "
-        f"follow from it); build a new FlipES(model, ..., {name}=...) for the same model instead: the newest FlipES "
-        f"of a model owns its layers.{restart} Settable between generations: "
+        f"follow from it); {build}: the newest FlipES of a model owns its layers.{restart} Settable between generations: "
         f"{', '.join(f'es.{s}' for s in SETTABLE)} and es.lr"
     )
 
