@@ -105,6 +105,24 @@ def first_frame(env: Any, env_id: str, seed: int) -> tuple[Any, Any]:
         ) from None
 
 
+def _hidden_columns(env_id: str, kwargs: dict[str, Any]) -> tuple[int, ...]:
+    """The observation columns a ``flipes/`` env's ``hide_velocities`` drops (its ``velocity_columns``), taken out of
+    ``kwargs``: gymnasium's own env, which renders it, has no such option; empty where nothing is hidden."""
+    import importlib
+
+    import gymnasium as gym
+
+    from flipes.rl.envs import split_env_id
+
+    name = split_env_id(env_id)[1].removeprefix("envs:")
+    if "hide_velocities" not in kwargs or not name.startswith("flipes/") or name not in gym.registry:
+        return ()
+    if not kwargs.pop("hide_velocities"):
+        return ()
+    module, cls = str(gym.spec(name).vector_entry_point).split(":")
+    return tuple(getattr(importlib.import_module(module), cls).velocity_columns)
+
+
 def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
     """gymnasium's own ``env_id`` made to render rgb_array frames with the constructor options ``env_kwargs`` (a run's
     ``--env-kwargs``), its Dict or Tuple observations flattened as every engine flattens them; a UsageError saying what
@@ -116,6 +134,7 @@ def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
     from flipes.rl.spaces import SpaceError, flat_observation_space
 
     kwargs = dict(env_kwargs or {})
+    hidden = _hidden_columns(env_id, kwargs)  # a flipes env's observation option, which gymnasium's env does not take
     if kwargs and base_id(env_id) in gym.registry:  # gymnasium's env may take other options than the engine trained on
         try:
             takes = gymnasium_entry_options(base_id(env_id))
@@ -152,6 +171,12 @@ def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
         raise UsageError("--render", problem, "evaluate without --render") from None
     if flat is not None:  # as every engine flattens them for the policy
         env = gym.wrappers.FlattenObservation(env)
+    if hidden:  # the policy observes the columns the flipes env kept
+        space = env.observation_space
+        kept = [i for i in range(space.shape[0]) if i not in hidden]
+        env = gym.wrappers.TransformObservation(
+            env, lambda obs: obs[kept], gym.spaces.Box(space.low[kept], space.high[kept], dtype=space.dtype)
+        )
     try:  # a frame now, so that a renderer that is missing (pygame), or no OpenGL, is said before any episode
         first_frame(env, env_id, 0)
     except BaseException:

@@ -301,3 +301,22 @@ def test_non_finite_returns_name_the_env_options_the_run_was_given(tmp_path: Pat
         main([*argv, "--max-episode-steps", "5", "--generations", "1", "--tensorboard", "false", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "returns are not finite" in err and err.endswith('or check the env and its --env-kwargs {"frame_skip": 0}'), err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pygame") is None, reason="renders with pygame")
+def test_a_run_with_hidden_velocities_renders_its_episode_on_the_observed_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``flipes evaluate --render`` of a ``hide_velocities`` run: gymnasium's CartPole, which renders and takes no such
+    option, is made without it and the policy observes its kept columns (x, θ), so the rendered episode is the
+    evaluated one: as many frames as its return (one a step) plus the reset's, from the same seed."""
+    run = tmp_path / "run"
+    flipes.train(env="flipes/CartPole-v1", env_kwargs={"hide_velocities": True}, popsize=8, generations=2, hidden=[4],
+                 target=None, progress=False, tensorboard=False, out=str(run))  # fmt: skip
+    capsys.readouterr()
+    gif = tmp_path / "hidden.gif"
+    assert main(["evaluate", str(run), "--episodes", "1", "--render", str(gif), "--max-frames", "600"]) == 0
+    out = capsys.readouterr().out
+    episode_return = float(re.search(r"return (\d+\.\d+) ± 0\.00 over 1 episode", out).group(1))
+    frames = int(re.search(r"wrote .* \((\d+) frames\)", out).group(1))
+    assert frames == episode_return + 1 and gif.exists(), out
