@@ -176,11 +176,19 @@ def test_an_ipop_restart_is_a_new_flipes_from_the_best_member_and_its_checkpoint
 
 
 def test_a_flipes_deep_copied_or_pickled_keeps_its_fixed_settings_fixed() -> None:
+    """A deep copy (through ``__getstate__``/``__setstate__``, as pickle) refuses ``popsize = ...`` and still steps; so
+    does one unpickled from a state without the guard's flag, as an older flipes pickled it."""
     es = flipes.FlipES(flipes.flipout(mlp()), popsize=8, sigma=0.1)
     twin = copy.deepcopy(es)
     with pytest.raises(AttributeError, match="fixed"):
         twin.popsize = 4
     twin.step(bowl)
+    older = es.__getstate__()
+    del older["_built"]  # as an older flipes pickled it, before the guard
+    twin = flipes.FlipES.__new__(flipes.FlipES)
+    twin.__setstate__(older)
+    with pytest.raises(AttributeError, match="fixed"):
+        twin.popsize = 4
 
 
 def test_a_vector_steps_as_a_hand_written_openai_es_on_the_same_noise() -> None:

@@ -43,6 +43,7 @@ def unpickled_state(es: FlipES, state: dict[str, Any]) -> None:
     es.__dict__.setdefault("_train_fitness", False)
     es.__dict__.setdefault("_told_dropout", True)  # pickled before the dropout warning existed: its run went on
     es.__dict__.setdefault("_noise_serial", 0)
+    es.__dict__.setdefault("_built", True)  # pickled before the layout was guarded: fixed in the copy too
     es.__dict__.setdefault("_freed", None)
     if "_weight_counts" not in state:  # pickled before it was kept
         es._weight_counts = [len(layer.perturbed_weights()) for layer in es.layers]
