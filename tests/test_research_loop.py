@@ -30,6 +30,8 @@ def bowl(model: nn.Module, pop) -> torch.Tensor:
 
 @pytest.mark.parametrize("options", [dict(), dict(groups=4, mirrored=False), dict(groups=2, noise_rank=2)])
 def test_member_noise_is_the_perturbation_the_member_runs_with(options: dict) -> None:
+    """es.member_noise(n) is exactly member_parameters(n) - θ̄ for every parameter (bit for bit), a mirrored twin's
+    noise is its pair's negated, and noise / σ has entrywise std within 0.8 .. 1.2 of N(0, 1)'s (fixed seed)."""
     model = flipes.flipout(mlp())
     es = flipes.FlipES(model, popsize=8, sigma=0.1, seed=3, **options)
     center = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -48,6 +50,7 @@ def test_member_noise_is_the_perturbation_the_member_runs_with(options: dict) ->
 
 
 def test_member_noise_leaves_frozen_parameters_out() -> None:
+    """A frozen parameter has no entry in member_noise, an evolved one has; after tell, member_noise is a RuntimeError."""
     net = mlp()
     net[0].bias.requires_grad_(False)
     es = flipes.FlipES(flipes.flipout(net), popsize=4, sigma=0.1)
@@ -61,6 +64,8 @@ def test_member_noise_leaves_frozen_parameters_out() -> None:
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_a_plain_copy_with_a_members_state_dict_computes_that_member(dtype: torch.dtype, tolerance: float) -> None:
+    """A plain copy loaded with member_state_dict(n) gives member n's population output to 1e-12 in float64 and 1e-5
+    in float32 (groups=2)."""
     plain = mlp(dtype)
     model = flipes.flipout(copy.deepcopy(plain))
     es = flipes.FlipES(model, popsize=8, sigma=0.1, seed=1, groups=2)
@@ -78,6 +83,8 @@ def test_a_plain_copy_with_a_members_state_dict_computes_that_member(dtype: torc
      ("sigma_lr", 0.1), ("track_best", True), ("hold_noise", False)],
 )  # fmt: skip
 def test_the_populations_layout_is_fixed_and_assigning_it_names_a_new_flipes(name: str, value: object) -> None:
+    """Assigning a layout setting is an AttributeError naming FlipES(model, ..., name=...), leaves the value as it was,
+    and the FlipES still steps."""
     es = flipes.FlipES(flipes.flipout(mlp()), popsize=8, sigma=0.1)
     before = getattr(es, name)
     with pytest.raises(AttributeError, match=rf"es\.{name} = .*build a new FlipES\(model, \.\.\., {name}=\.\.\.\)"):
@@ -87,12 +94,16 @@ def test_the_populations_layout_is_fixed_and_assigning_it_names_a_new_flipes(nam
 
 
 def test_assigning_popsize_names_the_restart_recipe() -> None:
+    """The popsize refusal names the IPOP recipe: another seed, and optimizer.load_state_dict to carry the state over."""
     es = flipes.FlipES(flipes.flipout(mlp()), popsize=8, sigma=0.1)
     with pytest.raises(AttributeError, match=r"another seed.*optimizer\.load_state_dict"):
         es.popsize = 16
 
 
 def test_shaping_and_weight_decay_may_change_between_generations_checked_as_the_constructor_checks_them() -> None:
+    """A shaping assigned between generations is used by the next tell (all-zero weights: SGD moves nothing); a
+    shaping that is no function and a negative weight_decay are refused as FlipES(...) refuses them; weight_decay is a
+    float."""
     model = flipes.flipout(mlp())
     es = flipes.FlipES(model, popsize=8, sigma=0.1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     es.step(bowl)
@@ -109,12 +120,15 @@ def test_shaping_and_weight_decay_may_change_between_generations_checked_as_the_
 
 
 def test_ars_shaping_cannot_be_assigned_beside_adaptive_sigma() -> None:
+    """es.shaping = ars with sigma_lr > 0 is refused with FlipES(...)'s own error."""
     es = flipes.FlipES(flipes.flipout(mlp()), popsize=8, sigma=0.1, groups=2, sigma_lr=0.1)
     with pytest.raises(ValueError, match=r"sigma_lr > 0 with shaping=flipes\.shaping\.ars"):
         es.shaping = flipes.shaping.ars
 
 
 def test_an_optimizer_assigned_between_generations_steps_the_next_one() -> None:
+    """An SGD (Nesterov) assigned after a step takes the next one: θ - lr·1.9·grad to 1e-14; the state dict records
+    its class; an optimizer over part of es.params, or None, is refused and the SGD stays."""
     model = flipes.flipout(mlp())
     es = flipes.FlipES(model, popsize=8, sigma=0.1)
     es.step(bowl)
@@ -150,6 +164,9 @@ def test_a_sigma_rule_of_ones_own_is_a_schedule_reading_a_value_changed_after_te
 
 
 def test_an_ipop_restart_is_a_new_flipes_from_the_best_member_and_its_checkpoint_names_the_popsize() -> None:
+    """A FlipES of twice the popsize built on the model loaded with es.best's state starts from the best fitness, owns
+    the layers (the old one's population() is an error), evaluates 16 members, and its state dict is refused by a
+    FlipES of popsize 8, naming both."""
     x = flipes.flipout(flipes.nn.Vector(torch.full((6,), 3.0, dtype=DT)))
 
     def rastrigin(v: torch.Tensor) -> torch.Tensor:
