@@ -137,6 +137,44 @@ def test_final_obs_of_gymnasiums_envs_are_those_of_its_own_cartpole_stepped_alon
         env.close()
 
 
+class SameStepTorch(gym.vector.VectorEnv):
+    """flipes' CartPole (float64) with SAME_STEP autoreset, all in torch: a step that ends an episode returns the next
+    one's first observation, and the final one in ``info["final_obs"]``, a tensor of every row, the rows that ended in
+    ``info["_final_obs"]``, a bool tensor (an own env's way; gymnasium's are numpy arrays)."""
+
+    def __init__(self, n: int) -> None:
+        self.env = flipes_cartpole(n)
+        self.num_envs = n
+        self.single_observation_space = self.env.single_observation_space
+        self.single_action_space = self.env.single_action_space
+        self.metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[torch.Tensor, dict]:
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions: torch.Tensor) -> tuple[Any, ...]:
+        obs, reward, terminated, truncated, _ = self.env.step(actions)
+        ended, info = terminated | truncated, {}
+        if ended.any():
+            info = {"final_obs": obs.clone(), "_final_obs": ended.clone()}
+            fresh, _ = self.env.reset(options={"reset_mask": ended})
+            obs = torch.where(ended[:, None], fresh, obs)
+        return obs, reward, terminated, truncated, info
+
+
+def test_final_obs_of_a_torch_same_step_env_come_from_its_tensor_info() -> None:
+    """A torch env of one's own with SAME_STEP autoreset whose ``info["final_obs"]`` and ``info["_final_obs"]`` are
+    tensors: each episode's final observation, cut at 60 steps or not, is exactly that of flipes' CartPole stepped
+    alone (not the next episode's first observation that the ending step returns)."""
+    w = weights()
+    env = SameStepTorch(N)
+    for max_steps in (None, 60):
+        ep = run_episodes(env, lambda obs: act_rows(obs, w), seed=SEED, max_steps=max_steps, final_obs=True)
+        final, lengths = by_hand(lambda: flipes_cartpole(1), w, max_steps)
+        assert ep.lengths.tolist() == lengths and min(lengths) < 60
+        assert torch.equal(ep.final_obs, final)
+
+
 def test_final_obs_of_envpool_are_those_of_its_envs_stepped_alone_plain_and_pipelined() -> None:
     """EnvPool (DISABLED autoreset: a finished env is never stepped again and keeps its last observation): each
     episode's final observation, plain and pipelined, is exactly that of a 1-env pool of the env's seed stepped alone."""

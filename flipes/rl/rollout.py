@@ -386,7 +386,8 @@ class _FinalObs:
     def __call__(self, obs: Tensor, info: dict[str, Any]) -> None:
         torch.where(self.alive, obs, self.obs, out=self.obs)
         if self.same_step and "_final_obs" in info:
-            rows = np.flatnonzero(info["_final_obs"])
+            flags = info["_final_obs"]  # gymnasium's: numpy; an own torch env's: a tensor, maybe on a GPU (no numpy)
+            rows = flags.nonzero().flatten().tolist() if isinstance(flags, Tensor) else np.flatnonzero(flags).tolist()
             ended = [info["final_obs"][i] for i in rows]
             if isinstance(self.source, STRUCTURED):
                 ended = [flatten_observations(self.source, x, batch_dims=0) for x in ended]
