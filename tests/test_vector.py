@@ -29,6 +29,31 @@ def test_a_vector_returns_each_members_value_inside_a_population_and_its_own_out
     assert vec() is vec.value
 
 
+class _GenericVector(flipes.nn.Vector):
+    """A subclass: inside a population it runs the generic per-member forward (torch.func.vmap)."""
+
+
+@pytest.mark.parametrize("split", [None, 4])
+def test_a_vectors_members_are_bit_for_bit_those_of_the_generic_per_member_forward(split: int | None) -> None:
+    """``vec()`` inside a population (a shortcut past vmap) gives the very bits of the generic per-member forward a
+    subclass of Vector runs, for a float32 matrix, over the whole population and part by part, generation after
+    generation; and both searches step to the same values."""
+    start = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    vecs = [flipes.flipout(cls(start)) for cls in (flipes.nn.Vector, _GenericVector)]
+    searches = [flipes.FlipES(v, popsize=16, sigma=0.2, lr=0.1, seed=3) for v in vecs]
+    for _ in range(3):
+        fitness, values = [], []
+        for vec, es in zip(vecs, searches, strict=True):
+            with es.population() as pop:
+                values.append(vec() if split is None else torch.cat([vec() for _ in pop.split(split)]))
+            fitness.append(-values[-1].square().sum((1, 2)))
+        assert values[0].shape == (16, 3, 4) and values[0].dtype == torch.float32
+        assert torch.equal(values[0], values[1])
+        for es, f in zip(searches, fitness, strict=True):
+            es.tell(f)
+    assert torch.equal(vecs[0].value, vecs[1].value)
+
+
 def test_es_on_a_vector_minimizes_a_100_dimensional_sphere() -> None:
     """Black-box ES on f(x) = ‖x‖² in 100 dimensions from x = 3·1 (f = 900): the center's f falls
     below 0.01 in 300 generations (0.0011 and 0.0016 on two dev boxes; seed 0, popsize 128, σ 0.1, Adam at 0.05)."""

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from flipes.nn.vector import Vector
 from flipes.noise import SlotNoise
 
 # the norms whose per-member forward is written out here (nn.RMSNorm exists from torch 2.4)
@@ -154,6 +155,11 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     """``module``'s own forward, member ``n`` with parameters ``θ + noise[name][n]``, inputs split by member."""
     if type(module).__bases__[-1] in NORMS and len(args) == 1 and not kwargs:
         return _norm_forward(module, noise, args[0])
+    if not args and not kwargs and type(module).__bases__[-1] is Vector and noise.keys() == {"value"}:
+        # every member's value, θ + δ_n, as the vmap below returns it: black-box search calls it once a generation,
+        # where vmap's setup cost several times the fitness of a cheap function
+        module._flipes_no_input = True
+        return module._parameters["value"].detach() + resolved(noise["value"])
     if not noise and not module.training and getattr(module, "running_mean", None) is not None:
         return super(PerMember, module).forward(*args, **kwargs)  # type: ignore[misc]  # running statistics: one map for all
     n = module.flipes_members
