@@ -12,6 +12,14 @@ stop, one torch thread. Rounds alternate the two trees (A, B, A, B, ...), so tha
 falls on both, and the median per tree is reported with the ratio this/base. Both trees must train
 to the same parameters bit for bit (the SHA-256 of the last generation): a speed-up that changes
 the arithmetic is reported as ``differs`` and the script exits non-zero.
+
+``--loops vector mlp mlp8`` times the fixed cost of a generation instead, where a cheap fitness makes it the cost
+users compare: a bare ``with es.population(): ...; es.tell(f)`` loop, ``--loop-generations`` generations after 20
+untimed ones, in µs per generation, with the same parameters check. ``vector``: black-box search, a
+``flipes.nn.Vector`` of 100 on Rastrigin (README "Black-box search over a vector"); ``mlp``: CartPole's 4-64-64-2 tanh
+MLP, one forward of one observation per member, 1 noise group; ``mlp8``: the same in 8 groups; popsize 256 each.
+
+    python scripts/bench_ab.py --base 23b46b6 --loops vector mlp mlp8 --rounds 5
 """
 
 from __future__ import annotations
@@ -50,6 +58,43 @@ print(json.dumps({"file": flipes.__file__, "seconds": seconds, "generations": le
                   "sha": result.metrics[-1]["params_sha256"]}))
 """
 
+LOOP_CHILD = """
+import hashlib, json, math, sys, time
+import torch
+torch.set_num_threads(1)
+import flipes
+kw = json.loads(sys.argv[1])
+torch.manual_seed(0)
+if kw["loop"] == "vector":
+    model = x = flipes.flipout(flipes.nn.Vector(torch.full((100,), 3.0)))
+    es = flipes.FlipES(x, popsize=256, sigma=0.5, lr=0.05, seed=0, maximize=False)
+    def fitness():
+        v = x()
+        return 1000 + (v.square() - 10 * torch.cos(2 * math.pi * v)).sum(1)
+else:
+    net = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+                              torch.nn.Linear(64, 2))
+    model = flipes.flipout(net)
+    es = flipes.FlipES(model, popsize=256, sigma=0.05, lr=0.03, seed=0, groups=8 if kw["loop"] == "mlp8" else 1)
+    obs = torch.randn(256, 4)
+    def fitness():
+        return model(obs)[:, 0]
+def generation():
+    with es.population():
+        f = fitness()
+    es.tell(f)
+for _ in range(20):
+    generation()
+t0 = time.perf_counter()
+for _ in range(kw["generations"]):
+    generation()
+seconds = time.perf_counter() - t0
+sha = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+print(json.dumps({"file": flipes.__file__, "seconds": seconds, "generations": kw["generations"], "sha": sha}))
+"""
+
+LOOPS = ("vector", "mlp", "mlp8")
+
 
 @dataclass
 class Args:
@@ -72,8 +117,13 @@ class Args:
     """Device of every run (``flipes train --device``), e.g. cuda; the table names the GPU."""
     popsize: int = 0
     """Population size of every run (0: the env's preset); a GPU is launch-bound below a few thousand."""
+    loops: list[str] = field(default_factory=list)
+    """Instead of training runs: bare generation loops of a cheap fitness, the fixed cost of a generation (vector, mlp,
+    mlp8; see above), on the CPU."""
+    loop_generations: int = 1000
+    """Timed generations per run of a loop (after 20 untimed ones)."""
     quick: bool = False
-    """Smoke test: the first env, 2 generations, 1 round."""
+    """Smoke test: the first env (or loop), 2 generations, 1 round."""
     json: str = ""
     """Write the results here too."""
     markdown: str = ""
@@ -93,9 +143,10 @@ def export(rev: str, into: Path) -> str:
 
 
 def train_once(tree: Path, kw: dict[str, Any], out: Path) -> dict[str, Any]:
-    """One run in a fresh process importing flipes from ``tree``."""
+    """One run in a fresh process importing flipes from ``tree`` (a loop's where ``kw`` names one)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps({**kw, "out": str(out)})], cwd=out.parent,
+    child = LOOP_CHILD if "loop" in kw else CHILD
+    proc = subprocess.run([sys.executable, "-c", child, json.dumps({**kw, "out": str(out)})], cwd=out.parent,
                           env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"bench_ab: a run in {tree} failed:\n{proc.stderr[-3000:]}")
@@ -106,7 +157,13 @@ def train_once(tree: Path, kw: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def main(args: Args) -> list[dict[str, Any]]:
-    envs, generations, rounds = args.envs, args.generations, args.rounds
+    unknown = [name for name in args.loops if name not in LOOPS]
+    if unknown:
+        raise SystemExit(f"bench_ab: --loops {' '.join(unknown)}: no such loop; pick from {', '.join(LOOPS)}")
+    if args.loops and args.device != "cpu":
+        raise SystemExit(f"bench_ab: --loops runs on the CPU only, not --device {args.device}; leave --device out")
+    loops = bool(args.loops)
+    envs, generations, rounds = args.loops or args.envs, args.loop_generations if loops else args.generations, args.rounds
     if args.quick:
         envs, generations, rounds = envs[:1], 2, 1
     load_before = os.getloadavg()[0]
@@ -120,6 +177,8 @@ def main(args: Args) -> list[dict[str, Any]]:
         for e, env_id in enumerate(envs):
             kw = {"env": env_id, "generations": generations, "seed": args.seed, "target": None, "progress": False}
             kw["algo"], kw["device"] = args.algo, args.device
+            if loops:
+                kw = {"loop": env_id, "generations": generations}
             if args.popsize:
                 kw["popsize"] = args.popsize
             if args.eval_every:
@@ -135,6 +194,8 @@ def main(args: Args) -> list[dict[str, Any]]:
             same = len(shas["base"] | shas["this"]) == 1
             results.append({"env": env_id, "generations": generations, "rounds": rounds, "base_s": base_s, "this_s": this_s,
                             "ratio": this_s / base_s, "same_params": same, "times": times})  # fmt: skip
+            if loops:
+                results[-1].update(base_us=base_s / generations * 1e6, this_us=this_s / generations * 1e6)
             print(f"{env_id}: base {base_s:.3f} s, this {this_s:.3f} s, ratio {this_s / base_s:.2f}x, "
                   f"{'same parameters' if same else 'PARAMETERS DIFFER'}", flush=True)  # fmt: skip
     evaluations = f"evaluation every {args.eval_every}" if args.eval_every else "preset evaluations"
@@ -155,9 +216,17 @@ def main(args: Args) -> list[dict[str, Any]]:
         "| env | base s | this s | this/base | same parameters |",
         "|---|---|---|---|---|",
     ]
+    if loops:
+        lines[0] = (f"Working tree vs {args.base}{label}: median µs per generation of a bare population/tell loop "
+                    f"({generations} generations after 20, popsize 256, {rounds} alternating rounds, 1 torch thread); "
+                    f"{machine}.")  # fmt: skip
+        lines[2:4] = ["| loop | base µs | this µs | this/base | same parameters |", "|---|---|---|---|---|"]
     for r in results:
         same = "yes" if r["same_params"] else "differs"
-        lines.append(f"| {r['env']} | {r['base_s']:.3f} | {r['this_s']:.3f} | {r['ratio']:.2f}x | {same} |")
+        if loops:
+            lines.append(f"| {r['env']} | {r['base_us']:.0f} | {r['this_us']:.0f} | {r['ratio']:.2f}x | {same} |")
+        else:
+            lines.append(f"| {r['env']} | {r['base_s']:.3f} | {r['this_s']:.3f} | {r['ratio']:.2f}x | {same} |")
     print("\n".join(lines))
     if args.json:
         base = commit or str(Path(args.base).resolve())
