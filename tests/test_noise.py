@@ -158,6 +158,37 @@ def test_noise_is_a_pure_function_of_seed_generation_group_and_slot() -> None:
         assert not torch.equal(other.eps, full.eps) and not torch.equal(other.s, full.s), change
 
 
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_a_groups_noise_is_its_keyed_streams_draws_in_order_signs_unpacked_bit_by_bit(mirrored: bool) -> None:
+    """What keys a run's noise, written out: group g's generator is seeded with the first 8 bytes of blake2b of
+    ``flipes/v1/seed/generation/group/slot`` (little-endian, >> 1) and draws σε, then per distinct member the bytes
+    of s (``ceil(in / 8)``) and of r, 64 bits a draw, then the bias noise; byte bit b (least significant first) set
+    is +1. Mirrored twins repeat s and negate r and the bias noise. In and out of 5 and 11 leave bits unused."""
+    import hashlib
+
+    seed, generation, slot, size, inp, out = 123456789012, 41, 3, 4, 5, 11
+    w = torch.empty(out, inp, dtype=torch.float64)
+    got = sample_slot(seed=seed, generation=generation, slot=slot, groups=range(1, 3), group_size=size, weight=w,
+                      in_channels=inp, out_channels=out, has_bias=True, sigma=0.1, mirrored=mirrored)  # fmt: skip
+    distinct = size // 2 if mirrored else size
+    for i, group in enumerate((1, 2)):
+        key = f"flipes/v1/{seed}/{generation}/{group}/{slot}".encode()
+        gen = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
+        eps = torch.empty(out, inp, dtype=torch.float64).normal_(0.0, 0.1, generator=gen)
+        words = torch.empty((distinct * 3 + 7) // 8, dtype=torch.int64).random_(-(2**63), None, generator=gen)
+        bias = torch.empty(distinct, out, dtype=torch.float64).normal_(0.0, 0.1, generator=gen)
+        data = words.view(torch.uint8)[: distinct * 3].view(distinct, 3).tolist()  # 1 byte of s, 2 of r a member
+        bits = [[(byte >> b) & 1 for byte in row for b in range(8)] for row in data]
+        s = torch.tensor([[2.0 * v - 1 for v in row[:inp]] for row in bits], dtype=torch.float64)
+        r = torch.tensor([[2.0 * v - 1 for v in row[8 : 8 + out]] for row in bits], dtype=torch.float64)
+        if mirrored:
+            s, r, bias = s.repeat_interleave(2, 0), torch.stack((r, -r), 1).flatten(0, 1), bias.repeat_interleave(2, 0)
+        rows = slice(i * size, (i + 1) * size)
+        assert torch.equal(got.eps[i], eps) and torch.equal(got.s[rows], s) and torch.equal(got.r[rows], r)
+        assert torch.equal(got.bias[rows], bias * (1 - 2 * (torch.arange(size) % 2)[:, None] * mirrored))
+        assert got.s.is_contiguous() and got.r.is_contiguous()
+
+
 def test_keys_whose_digits_run_together_are_distinct_streams() -> None:
     """Each field of the key ``(seed, generation, group, slot)`` is its own: seed 1 at generation 12 is
     not seed 11 at generation 2, and group 1's slot 23 is not group 12's slot 3 (two layers sharing ε)."""
