@@ -201,6 +201,21 @@ class SlotNoise:
             view = self.workspace[key] = from_boundary(self.eps[group]).T
         return view
 
+    def eps_ts(self) -> list[Tensor]:
+        """Every group's :meth:`eps_t`, listed once per generation: a forward over G groups asks once, not G times
+        (each ask checks autograd and compiling, ~1 µs on a CPU, at every layer call of a rollout)."""
+        if torch.is_grad_enabled() or compiling():
+            return [self.eps_t(i) for i in range(self.groups)]
+        views = self.workspace.get(("eps_ts",))
+        if views is None:
+            eps = self.eps
+            if eps.data_ptr() % 64 == 0 and eps.stride(0) * eps.element_size() % 64 == 0:
+                views = list(eps.transpose(1, 2).unbind(0))  # every group's from a boundary: eps_t's views, in one op
+            else:
+                views = [self.eps_t(i) for i in range(self.groups)]
+            self.workspace[("eps_ts",)] = views
+        return views
+
     def factor(self, which: int, group: int) -> Tensor:
         """``factors[which][group]`` (0: ``a``, 1: ``b``) from a 64-byte boundary, made once per generation (see
         :func:`from_boundary`)."""

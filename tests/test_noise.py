@@ -189,6 +189,23 @@ def test_a_groups_noise_is_its_keyed_streams_draws_in_order_signs_unpacked_bit_b
         assert got.s.is_contiguous() and got.r.is_contiguous()
 
 
+@pytest.mark.parametrize("shape", [(64, 16), (5, 3)])
+def test_every_groups_transposed_eps_listed_at_once_is_the_one_asked_for_by_group(shape: tuple[int, int]) -> None:
+    """``eps_ts()`` lists each group's ``σε_gᵀ`` as ``eps_t(g)`` gives it, from a 64-byte boundary (a BLAS rounds by
+    where an operand starts): the very views where every group's ε starts on one (64 × 16 floats), copies that do
+    where not (5 × 3: 60 bytes a group); and the same list at every ask of the generation."""
+    w = torch.empty(*shape)
+    noise = sample_slot(seed=0, generation=0, slot=0, groups=range(4), group_size=2, weight=w, in_channels=shape[1],
+                        out_channels=shape[0], has_bias=False, sigma=0.1, mirrored=True)  # fmt: skip
+    with torch.no_grad():  # as in a population (under autograd, views are made afresh at each ask)
+        listed, again, ones = noise.eps_ts(), noise.eps_ts(), [noise.eps_t(g) for g in range(4)]
+    assert len(listed) == 4 and again is listed
+    for g, (view, one) in enumerate(zip(listed, ones, strict=True)):
+        assert torch.equal(view, noise.eps[g].T) and view.data_ptr() % 64 == 0
+        assert (view.data_ptr(), view.stride()) == (one.data_ptr(), one.stride())
+    assert (listed[1].data_ptr() == noise.eps[1].data_ptr()) == (shape == (64, 16))
+
+
 def test_keys_whose_digits_run_together_are_distinct_streams() -> None:
     """Each field of the key ``(seed, generation, group, slot)`` is its own: seed 1 at generation 12 is
     not seed 11 at generation 2, and group 1's slot 23 is not group 12's slot 3 (two layers sharing ε)."""

@@ -169,11 +169,12 @@ def _one_per_member_by_group(x: Tensor, weight: Tensor, bias: Tensor | None, noi
     torch.mul(xc, noise.grouped("s") if padded else noise.s, out=xs)
     out, out_rows = noise.scratch_blocks("out", weight.shape[0], x)
     bias_rows = None if noise.bias_r is None else noise.row_blocks("bias_r")
+    eps_t = noise.eps_ts()
     for i in range(g):  # σε x∘s + the bias noise, into each group's rows
         if bias_rows is None:
-            torch.mm(xs_rows[i], noise.eps_t(i), out=out_rows[i])
+            torch.mm(xs_rows[i], eps_t[i], out=out_rows[i])
         else:
-            torch.addmm(bias_rows[i], xs_rows[i], noise.eps_t(i), out=out_rows[i])
+            torch.addmm(bias_rows[i], xs_rows[i], eps_t[i], out=out_rows[i])
     r = noise.grouped("r") if out.dim() == 3 else noise.r
     if bias is None:
         out.mul_(r)
