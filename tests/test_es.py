@@ -202,6 +202,29 @@ def test_shaping_functions() -> None:
     assert torch.equal(flipes.shaping.ars(pairs, top=2), flipes.shaping.ars(pairs.float(), top=2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["distinct", "ties", "signed zeros and infinities", "nan"])
+def test_centered_ranks_are_each_values_mean_rank_written_out(kind: str, dtype: torch.dtype) -> None:
+    """``centered_ranks`` gives, bit for bit, ``rank / (N - 1) - 1/2`` with a value's rank the count of smaller values
+    plus half the count of other equal ones (computed here by counting, in exact Python numbers), for 257 values
+    (ranked on the host) and with NaN (ranked by torch: each NaN its own, in sort order, so only the others are
+    checked); ±0 are equal, infinities rank at the ends."""
+    g = torch.Generator().manual_seed(1)
+    f = {"distinct": torch.randn(257, generator=g, dtype=torch.float64),
+         "ties": torch.randint(0, 5, (257,), generator=g).double() / 3,
+         "signed zeros and infinities": torch.tensor([0.0, -0.0, math.inf, 1.0, -math.inf, -0.0, 1.0] * 3),
+         "nan": torch.tensor([2.0, math.nan, -1.0, 2.0, math.nan, 0.5])}[kind].to(dtype)  # fmt: skip
+    values = f.tolist()
+    ranks = [sum(v < x for v in values) + (sum(v == x for v in values) - 1) / 2 for x in values]
+    expect = torch.tensor(ranks, dtype=dtype) / (len(values) - 1) - 0.5
+    got = centered_ranks(f)
+    assert got.dtype == dtype
+    known = ~f.isnan()
+    assert torch.equal(got[known], expect[known])
+    if kind == "nan":
+        assert torch.equal(got[~known].sort().values, torch.tensor([4.0, 5.0], dtype=dtype) / 5 - 0.5)  # the last two
+
+
 def test_z_score_of_values_whose_std_underflows_is_finite() -> None:
     """Distinct float64 fitness values of order 1e-200, whose population std underflows to 0 (their squared deviations
     are below the smallest double): z_score gives zeros (no step), not the ±inf of dividing by that 0, which FlipES
