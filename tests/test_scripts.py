@@ -148,6 +148,17 @@ def test_bench_ab_quick_trains_both_trees_to_the_same_parameters(tmp_path: Path)
     assert bad.returncode != 0 and "--base 'no-such-rev' is not a commit" in bad.stderr
 
 
+def test_bench_ab_loops_time_a_generation_of_both_trees_to_the_same_parameters(tmp_path: Path) -> None:
+    """``--loops`` times bare population/tell loops from both trees instead of training runs: µs per generation of
+    each tree, the same parameters (the same code: the tree is HEAD's), and a loop it does not know is named."""
+    run("scripts/bench_ab.py", "--base", "HEAD", "--loops", "vector", "--quick", "true", "--json", str(tmp_path / "l.json"),
+        timeout=120)  # fmt: skip
+    (row,) = json.loads((tmp_path / "l.json").read_text())["results"]
+    assert row["env"] == "vector" and row["same_params"] and row["base_us"] > 0 and row["this_us"] > 0
+    bad = run("scripts/bench_ab.py", "--base", "HEAD", "--loops", "cnn", check=False)
+    assert bad.returncode != 0 and "--loops cnn: no such loop; pick from vector, mlp, mlp8" in bad.stderr
+
+
 def test_profile_rollout_quick_splits_a_step_into_sections(tmp_path: Path) -> None:
     """The rollout profile times a generation of a torch env serially and splits it into disjoint sections: each
     timed, none inside another (what is left of the total, ``rest``, is neither negative nor all of it)."""
