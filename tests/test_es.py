@@ -225,6 +225,31 @@ def test_centered_ranks_are_each_values_mean_rank_written_out(kind: str, dtype: 
         assert torch.equal(got[~known].sort().values, torch.tensor([4.0, 5.0], dtype=dtype) / 5 - 0.5)  # the last two
 
 
+@pytest.mark.parametrize("default", [torch.float16, torch.bfloat16])
+def test_centered_ranks_of_float32_ties_under_a_half_default_dtype_are_exact_on_host_and_in_torch(
+    default: torch.dtype,
+) -> None:
+    """Under ``torch.set_default_dtype(float16 or bfloat16)``, 5,000 float32 values of 3,000 levels (ties whose mean
+    ranks are half-integers past 2¹⁰) get, bit for bit, ``rank / (N - 1) - 1/2`` with the exact mean rank (counted in
+    Python numbers), both from the host's numpy ranking and from torch's (which a tensor under autograd takes, as a
+    GPU's does): the half default dtype rounds neither."""
+    f = torch.randint(0, 3000, (5000,), generator=torch.Generator().manual_seed(0)).float()
+    counts = torch.bincount(f.long(), minlength=3000).tolist()
+    below = [0]
+    for c in counts[:-1]:
+        below.append(below[-1] + c)
+    ranks = [below[int(v)] + (counts[int(v)] - 1) / 2 for v in f.tolist()]
+    expect = torch.tensor(ranks, dtype=torch.float32) / 4999 - 0.5
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        on_host, in_torch = centered_ranks(f), centered_ranks(f.clone().requires_grad_())
+    finally:
+        torch.set_default_dtype(old)
+    assert on_host.dtype == in_torch.dtype == torch.float32
+    assert torch.equal(on_host, expect) and torch.equal(in_torch, expect)
+
+
 def test_z_score_of_values_whose_std_underflows_is_finite() -> None:
     """Distinct float64 fitness values of order 1e-200, whose population std underflows to 0 (their squared deviations
     are below the smallest double): z_score gives zeros (no step), not the ±inf of dividing by that 0, which FlipES

@@ -49,7 +49,10 @@ def centered_ranks(fitness: Tensor | ArrayLike) -> Tensor:
         return ranks / (n - 1) - 0.5
     values, order = fitness.sort()
     _, run, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
-    mean_rank = counts.cumsum(0) - (counts + 1) / 2  # runs of ties: (first + last) / 2
+    # runs of ties: (first + last) / 2, in float32 at least: half-integers are exact there up to 2²³, where a half default
+    # dtype would round them (float16 from 2¹⁰) and rank otherwise than the host does
+    exact = torch.promote_types(torch.get_default_dtype(), torch.float32)
+    mean_rank = counts.cumsum(0).to(exact) - (counts + 1).to(exact) / 2
     ranks = torch.empty_like(fitness)
     ranks[order] = mean_rank[run].to(fitness.dtype)
     return ranks / (n - 1) - 0.5
