@@ -206,9 +206,9 @@ def test_shaping_functions() -> None:
 @pytest.mark.parametrize("kind", ["distinct", "ties", "signed zeros and infinities", "nan"])
 def test_centered_ranks_are_each_values_mean_rank_written_out(kind: str, dtype: torch.dtype) -> None:
     """``centered_ranks`` gives, bit for bit, ``rank / (N - 1) - 1/2`` with a value's rank the count of smaller values
-    plus half the count of other equal ones (computed here by counting, in exact Python numbers), for 257 values
-    (ranked on the host) and with NaN (ranked by torch: each NaN its own, in sort order, so only the others are
-    checked); ±0 are equal, infinities rank at the ends."""
+    plus half the count of other equal ones (computed here by counting, in exact Python numbers), for 257 values and
+    with NaN (each NaN its own, in sort order, so only the others are checked); ±0 are equal, infinities rank at the
+    ends."""
     g = torch.Generator().manual_seed(1)
     f = {"distinct": torch.randn(257, generator=g, dtype=torch.float64),
          "ties": torch.randint(0, 5, (257,), generator=g).double() / 3,
@@ -226,13 +226,10 @@ def test_centered_ranks_are_each_values_mean_rank_written_out(kind: str, dtype: 
 
 
 @pytest.mark.parametrize("default", [torch.float16, torch.bfloat16])
-def test_centered_ranks_of_float32_ties_under_a_half_default_dtype_are_exact_on_host_and_in_torch(
-    default: torch.dtype,
-) -> None:
+def test_centered_ranks_of_float32_ties_under_a_half_default_dtype_are_exact(default: torch.dtype) -> None:
     """Under ``torch.set_default_dtype(float16 or bfloat16)``, 5,000 float32 values of 3,000 levels (ties whose mean
     ranks are half-integers past 2¹⁰) get, bit for bit, ``rank / (N - 1) - 1/2`` with the exact mean rank (counted in
-    Python numbers), both from the host's numpy ranking and from torch's (which a tensor under autograd takes, as a
-    GPU's does): the half default dtype rounds neither."""
+    Python numbers), with and without autograd: the half default dtype does not round them."""
     f = torch.randint(0, 3000, (5000,), generator=torch.Generator().manual_seed(0)).float()
     counts = torch.bincount(f.long(), minlength=3000).tolist()
     below = [0]
@@ -243,11 +240,11 @@ def test_centered_ranks_of_float32_ties_under_a_half_default_dtype_are_exact_on_
     old = torch.get_default_dtype()
     torch.set_default_dtype(default)
     try:
-        on_host, in_torch = centered_ranks(f), centered_ranks(f.clone().requires_grad_())
+        plain, tracked = centered_ranks(f), centered_ranks(f.clone().requires_grad_())
     finally:
         torch.set_default_dtype(old)
-    assert on_host.dtype == in_torch.dtype == torch.float32
-    assert torch.equal(on_host, expect) and torch.equal(in_torch, expect)
+    assert plain.dtype == tracked.dtype == torch.float32
+    assert torch.equal(plain, expect) and torch.equal(tracked, expect)
 
 
 def test_z_score_of_values_whose_std_underflows_is_finite() -> None:

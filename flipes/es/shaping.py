@@ -44,47 +44,15 @@ def centered_ranks(fitness: Tensor | ArrayLike) -> Tensor:
     n = fitness.numel()
     if n < 2:
         return torch.zeros_like(fitness)
-    ranks = _mean_ranks_on_host(fitness)
-    if ranks is not None:
-        return ranks / (n - 1) - 0.5
     values, order = fitness.sort()
     _, run, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
     # runs of ties: (first + last) / 2, in float32 at least: half-integers are exact there up to 2²³, where a half default
-    # dtype would round them (float16 from 2¹⁰) and rank otherwise than the host does
+    # dtype would round them (float16 from 2¹⁰)
     exact = torch.promote_types(torch.get_default_dtype(), torch.float32)
     mean_rank = counts.cumsum(0).to(exact) - (counts + 1).to(exact) / 2
     ranks = torch.empty_like(fitness)
     ranks[order] = mean_rank[run].to(fitness.dtype)
     return ranks / (n - 1) - 0.5
-
-
-def _mean_ranks_on_host(fitness: Tensor) -> Tensor | None:
-    """The 0-based mean rank of each value of a CPU float32/float64 ``fitness`` (ties share theirs), in its dtype,
-    from numpy: exactly the ranks torch's sort and ``unique_consecutive`` give below, at half their cost (ten small
-    torch ops take ~30 µs for 256 values, a fixed cost of every generation of a cheap fitness). ``None`` where torch
-    ranks: another device or dtype, autograd, other than 1-D, 2²² values or more (torch's float32 mean ranks round
-    from 2²³), or NaN (each its own tie, ranked in whatever order a sort leaves them)."""
-    if fitness.device.type != "cpu" or fitness.dtype not in (torch.float32, torch.float64) or fitness.requires_grad:
-        return None
-    if fitness.dim() != 1 or fitness.numel() >= 2**22:
-        return None
-    x = fitness.numpy()
-    n = x.size
-    order = x.argsort(kind="stable")
-    values = x[order]
-    if values[-1] != values[-1]:  # NaN, sorted last
-        return None
-    first = np.empty(n, dtype=bool)  # where a run of equal values starts
-    first[0] = True
-    np.not_equal(values[1:], values[:-1], out=first[1:])
-    ranks = np.empty(n, dtype=x.dtype)
-    if first.all():  # no ties (a continuous fitness): a value's rank is its place
-        ranks[order] = np.arange(n)
-        return torch.from_numpy(ranks)
-    starts = np.flatnonzero(first)
-    mean = (starts + np.append(starts[1:], n) - 1) / 2  # (first + last) / 2 of each run, exact in float64
-    ranks[order] = mean[np.cumsum(first) - 1]
-    return torch.from_numpy(ranks)
 
 
 def z_score(fitness: Tensor | ArrayLike) -> Tensor:
