@@ -153,11 +153,15 @@ def test_1d_position_ids_shared_in_the_population_are_shared_in_its_parts() -> N
 
 def test_split_never_straddles_a_group() -> None:
     """Parts hold at most ``size`` members: pieces of one ε group when ``size`` is smaller than a group
-    (the last piece of each group smaller), else as many whole groups as fit."""
+    (the last piece of each group smaller), else as many whole groups as fit; every part tells its own size and the
+    population's popsize, generation, σ and seed (the values the FlipES was built with)."""
     model = flipes.flipout(nn.Linear(3, 2))
-    es = flipes.FlipES(model, popsize=12, sigma=0.1, groups=3, mirrored=False)  # groups of 4
+    es = flipes.FlipES(model, popsize=12, sigma=0.1, groups=3, mirrored=False, seed=5)  # groups of 4
     with es.population() as pop:
-        bounds = {size: [(p.members.start, p.members.stop, p.groups) for p in pop.split(size)] for size in (1, 3, 4, 9, 12, 50)}
+        parts = {size: list(pop.split(size)) for size in (1, 3, 4, 9, 12, 50)}
+        bounds = {size: [(p.members.start, p.members.stop, p.groups) for p in ps] for size, ps in parts.items()}
+    for p in (p for ps in parts.values() for p in ps):
+        assert (p.size, p.popsize, p.generation, p.sigma, p.seed) == (len(p.members), 12, 0, 0.1, 5)
     assert bounds[3] == [(a, b, range(a // 4, a // 4 + 1)) for a, b in ((0, 3), (3, 4), (4, 7), (7, 8), (8, 11), (11, 12))]
     assert bounds[4] == [(0, 4, range(0, 1)), (4, 8, range(1, 2)), (8, 12, range(2, 3))]
     assert bounds[9] == [(0, 8, range(0, 2)), (8, 12, range(2, 3))]
