@@ -303,6 +303,20 @@ def test_fitness_for_the_whole_population_on_one_of_two_processes_names_pop_size
         es.tell(torch.zeros(8))
 
 
+def test_non_finite_fitness_on_the_second_of_two_processes_names_the_global_members() -> None:
+    """Process 1 of 2 evaluates members 4..7: a NaN and an inf at its local rows 1 and 3 are named as members 5 and 7
+    (their global indices, as pop.members gives them), before any exchange."""
+
+    class TwoOfTwo:  # process 1 of 2; tell must raise before it calls any collective
+        rank, size, local_rank, local_size, bytes_sent = 1, 2, 0, 1, 0
+
+    es = flipes.FlipES(mlp(), popsize=8, groups=2, comm=TwoOfTwo())
+    with es.population() as pop:
+        assert pop.members == range(4, 8)
+    with pytest.raises(ValueError, match=r"^fitness of 2 member\(s\) is not finite \(5=nan, 7=inf\)"):
+        es.tell(torch.tensor([0.0, float("nan"), 2.0, float("inf")]))
+
+
 @pytest.mark.parametrize("launcher", [("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")])
 def test_a_flipes_without_comm_under_mpiexec_warns_that_every_process_runs_everything(
     monkeypatch: pytest.MonkeyPatch, launcher: tuple[str, str]
