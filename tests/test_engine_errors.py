@@ -99,6 +99,8 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"weight_decay": "0.1"}, TypeError, "weight_decay must be a number"),
     ({"lr": float("nan")}, ValueError, "lr must be a finite number >= 0, got nan"),
     ({"lr": -0.1}, ValueError, "lr must be a finite number >= 0"),
+    ({"lr": float("inf")}, ValueError, "lr must be a finite number >= 0, got inf"),
+    ({"sigma_lr": -0.1}, ValueError, "sigma_lr must be a finite number >= 0, got -0.1"),
     ({"shaping": "centered_ranks"}, TypeError, "shaping must be a function fitness"),
     ({"mirrored": "False"}, TypeError, "mirrored must be True or False"),
 ]
