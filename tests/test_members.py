@@ -252,7 +252,7 @@ def test_wrong_calls_are_errors_that_name_the_fix() -> None:
 
 def test_track_best_keeps_the_fittest_member_of_all_generations_and_resumes_with_it() -> None:
     """With ``track_best``, ``es.best`` is after every tell the member of highest fitness over all
-    generations so far (the earliest on ties): its fitness, generation, index and exactly the state
+    generations so far: its fitness, generation, index and exactly the state
     dict ``member_state_dict`` gave for it in its generation; ``state_dict()`` carries it, so a
     resumed FlipES continues with it, and one that does not track it has none."""
     target = torch.linspace(-1, 1, 6, dtype=DT)
@@ -288,3 +288,17 @@ def test_track_best_keeps_the_fittest_member_of_all_generations_and_resumes_with
     assert untracked.best is None and "best" not in untracked.state_dict()
     with pytest.raises(TypeError, match="track_best must be True or False"):
         flipes.FlipES(untracked.model, popsize=N, track_best="yes")
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_track_best_keeps_the_earliest_of_tied_members(maximize: bool) -> None:
+    """On ties ``es.best`` is the earliest member: the lower index within a generation, and a later generation that
+    only equals the best fitness leaves it in place (maximizing and minimizing alike)."""
+    model = flipes.flipout(nn.Linear(3, 2).to(DT))
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, track_best=True, maximize=maximize)
+    sign = 1.0 if maximize else -1.0
+    for fitness in ([0, 1, 3, 2, 3, 0, 1, 2], [3, 0, 0, 3, 1, 1, 2, 2]):  # best 3 at members 2 and 4, then at 0 and 3
+        with es.population() as pop:
+            model(torch.zeros(pop.size, 3, dtype=DT))  # the members run; their fitness is made up
+        es.tell(sign * torch.tensor(fitness, dtype=DT))
+        assert (es.best.fitness, es.best.generation, es.best.index) == (sign * 3.0, 0, 2)
