@@ -393,6 +393,20 @@ CASES = [
         lambda args, n: tuple(a[:, n : n + 1] for a in args),
         lambda out, n: (out[0][:, n : n + 1], out[1][n : n + 1]),
     ),
+    (  # masks beside bias_k and the zero key: both appended keys unmasked (a -inf there changes every weight)
+        "mha-bias-kv-zero-attn-masks",
+        lambda: random_biases(nn.MultiheadAttention(8, 2, add_bias_kv=True, add_zero_attn=True, batch_first=True)),
+        lambda: (
+            (x := randn(2 * N, 5, 8)),
+            x,
+            x,
+            (torch.rand(2 * N, 5) < 0.3) & (torch.arange(5) > 0),  # key_padding_mask; key 0 always seen
+            True,  # need_weights
+            torch.ones(5, 5, dtype=torch.bool).triu(1),  # causal attn_mask
+        ),
+        rows(2, 4),
+        out_rows(2),
+    ),
     (  # k = 2 sequences per member, member-major: bias_k, bias_v and in_proj_bias are member n's for rows 2n, 2n + 1
         "mha-cross-kv-dims-k",
         lambda: nn.MultiheadAttention(8, 2, kdim=5, vdim=3, add_bias_kv=True, batch_first=True),
