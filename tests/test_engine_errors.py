@@ -716,6 +716,25 @@ def test_dropout_in_training_mode_warns_once_at_the_users_line_and_eval_mode_doe
             flipes.FlipES(model, popsize=8).step(fitness)
 
 
+def test_dropout_in_training_mode_is_warned_of_by_rank_0_alone() -> None:
+    """Of two processes only rank 0 warns of dropout in training mode (one line per job, not one per rank): rank 1's
+    population block ends silently, rank 0's with the warning."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Tanh(), nn.Linear(8, 2)))
+    for rank, expected in ((1, 0), (0, 1)):
+
+        class Rank:  # process `rank` of 2; a population block calls no collective
+            size, local_rank, local_size, bytes_sent = 2, 0, 1, 0
+
+        Rank.rank = rank
+        es = flipes.FlipES(model, popsize=8, groups=2, comm=Rank())
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with es.population() as pop:
+                model(torch.zeros(pop.size, 4))
+        assert [str(w.message)[:46] for w in seen] == ["FlipES: the model has dropout in training mode"] * expected
+
+
 def test_dropout_warning_reads_the_mode_the_fitness_ran_the_model_in() -> None:
     """The dropout warning judges the mode a population block ends in: a model in training mode whose fitness calls
     model.eval() itself does not warn; one in eval mode whose fitness calls model.train() warns, at the block's line."""
