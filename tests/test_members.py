@@ -112,14 +112,18 @@ def test_a_transposed_weight_equals_the_reference() -> None:
 
 
 def test_members_keep_the_parameters_dtype_and_are_snapshots() -> None:
-    """A bfloat16 model's members are bfloat16 and equal the reference; they are new tensors that a later
-    update of the model does not change."""
+    """A bfloat16 model's members are bfloat16 and equal the reference; they are new tensors (a frozen parameter's
+    too: none shares a parameter's storage) that a later update of the model does not change."""
     torch.manual_seed(0)
-    model = flipes.flipout(nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 2)).to(torch.bfloat16))
+    plain = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 2)).to(torch.bfloat16)
+    plain[1].bias.requires_grad_(False)  # frozen: its member value is its plain value, still a copy
+    model = flipes.flipout(plain)
     es = make_es(model, dict(mirrored=True, groups=2))
     with es.population():
         assert_members_equal_reference(es, model, exact=True)
         first = es.member_parameters(0)
+    params = dict(model.named_parameters())
+    assert all(v.untyped_storage().data_ptr() != params[k].untyped_storage().data_ptr() for k, v in first.items())
     kept = {k: v.clone() for k, v in first.items()}
     es.tell(torch.randn(N))
     assert all(torch.equal(first[k], kept[k]) for k in kept)
