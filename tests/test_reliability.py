@@ -1516,3 +1516,36 @@ def test_a_failed_save_in_a_run_directory_names_the_resume_that_continues_it(
     with pytest.raises(flipes.StorageError) as e:
         flipes.save_checkpoint({"generation": 3}, run / "checkpoint.pt")
     assert str(e.value).endswith(f"; the last good checkpoint is {run / 'previous.pt'}: --resume {run / 'previous.pt'} {then}")
+
+
+def test_a_save_without_keep_previous_replaces_the_file_and_leaves_the_previous_one_as_it_was(tmp_path: Path) -> None:
+    """flipes.save_checkpoint(..., keep_previous=False) replaces the file and writes no previous one: a first such save
+    over a file leaves no NAME.previous.pt, and one over a file with a previous one from before leaves that previous
+    one's content as it was (not the replaced file's)."""
+    path = tmp_path / "best.pt"
+    save_checkpoint({"generation": 1}, path)
+    save_checkpoint({"generation": 2}, path, keep_previous=False)
+    assert flipes.read_checkpoint(path) == {"generation": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+    save_checkpoint({"generation": 3}, path)  # best.previous.pt: generation 2
+    save_checkpoint({"generation": 4}, path, keep_previous=False)
+    assert flipes.read_checkpoint(path) == {"generation": 4}
+    assert flipes.read_checkpoint(tmp_path / "best.previous.pt") == {"generation": 2}
+
+
+def test_train_restores_the_signal_handlers_it_found(tmp_path: Path) -> None:
+    """flipes.train installs its own SIGINT and SIGTERM handlers for the run and puts back the very handlers that
+    were installed before it, so a notebook's or an application's own handling of Ctrl-C and SIGTERM holds after it."""
+
+    def own(signum: int, frame: object) -> None:
+        raise AssertionError("not called")
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGTERM, own)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        flipes.train(**FAST_KW, generations=1, out=str(tmp_path / "run"))
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == (own, signal.SIG_IGN)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
