@@ -1549,3 +1549,17 @@ def test_train_restores_the_signal_handlers_it_found(tmp_path: Path) -> None:
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_a_resumed_runs_seconds_count_on_from_its_checkpoints(tmp_path: Path) -> None:
+    """A run's wall time counts over resumes: a checkpoint whose run had trained 10^6 s (set in the file) resumes to
+    rows whose seconds are at least 10^6, and the checkpoint it ends with carries them on."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    state = load_checkpoint(run)
+    state["seconds"] = 1e6
+    save_checkpoint(state, run / "checkpoint.pt", keep_previous=False)
+    flipes.train(resume=str(run), generations=2, progress=False)
+    rows = metrics(run)
+    assert [r["generation"] for r in rows] == [0, 1] and rows[1]["seconds"] >= 1e6
+    assert load_checkpoint(run)["seconds"] == rows[1]["seconds"]
