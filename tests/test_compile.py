@@ -217,15 +217,17 @@ def test_a_compiled_plain_module_reading_an_evolved_parameter_it_holds_is_refuse
 
 def test_a_compiled_models_parameters_are_named_as_the_models_own() -> None:
     """``flipes.flipout(torch.compile(net), frozen=[...])`` takes net's parameter names, and
-    ``flipes.nn.parameter_report`` of the compiled model lists them, as ``es.report()`` and the state dicts do (no
-    ``_orig_mod.``); the frozen names were refused with a hint to the wrapper's name."""
+    ``flipes.nn.parameter_report`` of the compiled model lists them, as ``es.report()`` and the ES state dict's model
+    entry do (no ``_orig_mod.``): the frozen names given are net's own, not the wrapper's."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 2))
     plain_rows = flipes.nn.parameter_report(flipes.flipout(copy.deepcopy(net), frozen=["0.weight", "1"])).rows
     compiled = flipes.flipout(torch.compile(net, backend="eager"), frozen=["0.weight", "1"])
     assert flipes.nn.parameter_report(compiled).rows == plain_rows
     assert [r.how for r in plain_rows] == ["frozen", "flipout", "frozen", "frozen", "flipout", "flipout"]
-    assert flipes.FlipES(compiled, popsize=N).report().rows == plain_rows
+    es = flipes.FlipES(compiled, popsize=N)
+    assert es.report().rows == plain_rows
+    assert list(es.state_dict()["model"]) == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"]
 
 
 def test_a_compiled_mlp_policy_is_pipelined_as_the_policy_itself() -> None:
