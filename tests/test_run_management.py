@@ -716,3 +716,41 @@ def test_the_evaluation_env_gets_no_more_threads_than_episodes_and_the_runs_step
         evaluator = flipes.builders.build_evaluator(config, "cpu", comm, env=object())  # type: ignore[arg-type]
         assert made.pop() == {"n": 3, "threads": threads, "note": None}
         assert evaluator.max_steps == (cut or None)  # type: ignore[union-attr]
+
+
+def test_a_callbacks_stop_flag_is_read_as_bool_and_a_number_that_is_no_flag_is_refused() -> None:
+    """``on_generation``'s answer stops the run for True, a nonzero integer, numpy's True and an integer or bool tensor
+    of one element, goes on for None, False and 0, and is refused naming the callback for a float (a loss returned by
+    mistake, which bool() would read as a stop), a float tensor and a dict."""
+    import numpy as np
+
+    from flipes.stopping import stop_asked
+
+    class Cb(flipes.Callback):
+        pass
+
+    cb = Cb()
+    stops = [True, 1, 3, np.bool_(True), np.int64(2), torch.tensor(True), torch.tensor([1])]
+    goes = [None, False, 0, np.bool_(False), torch.tensor(0)]
+    assert [stop_asked(cb, a) for a in stops] == [True] * len(stops)
+    assert [stop_asked(cb, a) for a in goes] == [False] * len(goes)
+    for answer, kind in ((0.5, "float"), (1.0, "float"), (torch.tensor(1.0), "Tensor"), ({"loss": 1.0}, "dict")):
+        with pytest.raises(UsageError, match=rf"^callbacks: Cb\.on_generation returned a {kind}, not True \(stop\)"):
+            stop_asked(cb, answer)
+
+
+def test_the_stop_reason_is_the_first_that_holds_of_target_budget_time_callback_and_signal() -> None:
+    """After a generation the loop names one reason to stop, the first that holds in this order: the target reached,
+    the --max-timesteps budget spent, --max-seconds passed, a callback's request, a signal; with none it goes on."""
+    from flipes.stopping import stop_reason
+
+    config = TrainConfig(max_timesteps=100, max_seconds=5.0)
+    state = types.SimpleNamespace(target=10.0, config=config)
+    row = {"eval_return": 10.0, "timesteps": 100}
+    below = {"eval_return": 9.0, "timesteps": 99}
+    assert stop_reason(state, row, True, True, 6.0).startswith("solved: eval_return 10.00 >= 10")  # type: ignore[arg-type]
+    assert stop_reason(state, {**row, "eval_return": 9.0}, True, True, 6.0).startswith("timestep budget reached")  # type: ignore[arg-type]
+    assert stop_reason(state, below, True, True, 6.0) == "stopped after 6 s of this call (--max-seconds 5)"  # type: ignore[arg-type]
+    assert stop_reason(state, below, True, True, 0.0) == "stopped by a callback"  # type: ignore[arg-type]
+    assert stop_reason(state, below, True, False, 0.0) == "interrupted"  # type: ignore[arg-type]
+    assert stop_reason(state, below, False, False, 0.0) is None  # type: ignore[arg-type]
