@@ -1563,3 +1563,21 @@ def test_a_resumed_runs_seconds_count_on_from_its_checkpoints(tmp_path: Path) ->
     rows = metrics(run)
     assert [r["generation"] for r in rows] == [0, 1] and rows[1]["seconds"] >= 1e6
     assert load_checkpoint(run)["seconds"] == rows[1]["seconds"]
+
+
+def test_a_text_file_whose_write_fails_midway_is_left_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_atomic (config.json, a rewritten metrics.jsonl) writes beside the file and renames: a write that fails
+    before the rename (here its fsync, as a full disk fails it) leaves the file's old content, no temporary file,
+    and is one StorageError naming the file as unchanged."""
+    from flipes.callbacks import write_atomic
+
+    path = tmp_path / "config.json"
+    path.write_text('{"old": 1}')
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageError, match=r"^cannot write .*config\.json \(.*\); it is unchanged$"):
+        write_atomic(path, '{"new": 2}')
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"] and path.read_text() == '{"old": 1}'
