@@ -87,9 +87,9 @@ def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:
         holder = f"flipes pid {proc.pid} on {socket.gethostname()}"  # a pid alone names no process on another node
         in_use = rf"^--resume: '{run}' is in use by {re.escape(holder)}; wait for it to end, then resume it$"
         with pytest.raises(flipes.UsageError, match=in_use):
-            flipes.train(resume=str(run), generations=100001)
+            flipes.train(resume=str(run), generations=100001, max_timesteps=1)  # let through, it ends at once
         with pytest.raises(flipes.UsageError, match=in_use):
-            flipes.train(resume=str(run), out=str(tmp_path / "branch"), generations=100001)
+            flipes.train(resume=str(run), out=str(tmp_path / "branch"), generations=100001, max_timesteps=1)
         assert time.monotonic() - t0 < 20 and not (tmp_path / "branch").exists()
     finally:
         proc.terminate()
