@@ -208,12 +208,7 @@ class SlotNoise:
             return [self.eps_t(i) for i in range(self.groups)]
         views = self.workspace.get(("eps_ts",))
         if views is None:
-            eps = self.eps
-            if eps.data_ptr() % 64 == 0 and eps.stride(0) * eps.element_size() % 64 == 0:
-                views = list(eps.transpose(1, 2).unbind(0))  # every group's from a boundary: eps_t's views, in one op
-            else:
-                views = [self.eps_t(i) for i in range(self.groups)]
-            self.workspace[("eps_ts",)] = views
+            views = self.workspace[("eps_ts",)] = [self.eps_t(i) for i in range(self.groups)]
         return views
 
     def factor(self, which: int, group: int) -> Tensor:
