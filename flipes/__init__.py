@@ -14,6 +14,7 @@ from flipes.errors import (
     ChangedParametersWarning,
     EqualFitnessWarning,
     OutsidePopulationWarning,
+    RoundedStepWarning,
     StorageError,
     UsageError,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "FlipES",
     "OutsidePopulationWarning",
     "Population",
+    "RoundedStepWarning",
     "StorageError",
     "TrainConfig",
     "TrainResult",

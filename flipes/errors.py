@@ -62,6 +62,13 @@ class ChangedParametersWarning(UserWarning):
     of the members evaluated around the earlier ones. Warned once per FlipES."""
 
 
+class RoundedStepWarning(UserWarning):
+    """A ``tell`` left many of the bfloat16/float16 parameters' entries that it moves unchanged: the optimizer's step
+    fell below half their spacing in that dtype and rounded away (Qiu et al.'s ``lr = α·σ`` does in bfloat16), so ES
+    does not move them. Keep the parameters float32 and evaluate the population under ``torch.autocast``, or take
+    larger steps. Warned once per FlipES."""
+
+
 def caller_stacklevel() -> int:
     """``warnings.warn``'s stacklevel of the user's code that led to the caller: the first frame
     outside flipes and torch's decorator wrappers (a warning then points at the user's line, whether

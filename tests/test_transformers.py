@@ -8,6 +8,7 @@ import copy
 import inspect
 import io
 import re
+import warnings
 
 import pytest
 import torch
@@ -363,6 +364,43 @@ def test_a_bf16_model_runs_a_population_and_its_gradient_is_the_estimator_to_bf1
         assert p.grad.dtype == torch.bfloat16
         err = (p.grad.double() - expect).norm() / expect.norm()
         assert err < 1e-2, (name, err.item())  # bf16 rounding of the result only (2^-8 relative)
+
+
+def paper_step(dtype: torch.dtype, autocast: bool, optimizer: object = None) -> tuple[float, list[str]]:
+    """One generation of Qiu et al.'s settings (σ = 1e-3, z-scores, SGD at lr = α·σ = 5e-7 unless ``optimizer``) on a
+    Qwen2 of ``dtype``, its population under bfloat16 autocast if ``autocast``: the share of entries with a non-zero
+    gradient that the step left unchanged, and the messages of the RoundedStepWarnings."""
+    model = flipes.flipout(qwen2(dtype))
+    n, sigma = 16, 1e-3
+    optimizer = optimizer or (lambda params: torch.optim.SGD(params, lr=5e-4 * sigma))
+    z_score = flipes.shaping.z_score
+    es = flipes.FlipES(model, popsize=n, sigma=sigma, groups=4, mirrored=False, shaping=z_score, optimizer=optimizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    ids, mask = batch(n)
+    with es.population(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        fitness = model(input_ids=ids, attention_mask=mask).logits[:, -1, 5].float()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        es.tell(fitness)
+    moved = [(p.grad != 0) for p in model.parameters()]
+    kept = sum(((p == b) & m).sum().item() for p, b, m in zip(model.parameters(), before, moved, strict=True))
+    share = kept / sum(m.sum().item() for m in moved)
+    return share, [str(w.message) for w in caught if issubclass(w.category, flipes.RoundedStepWarning)]
+
+
+def test_a_step_that_bfloat16_rounds_away_warns_and_float32_under_autocast_moves_every_entry() -> None:
+    """Qiu et al.'s step on a bfloat16 Qwen2 leaves more than 5% of the entries it moves unchanged (their change is
+    below half a bfloat16 spacing): ``tell`` warns ``RoundedStepWarning`` with that share and the autocast fix. The same
+    step on float32 parameters with the population under bfloat16 autocast moves every such entry, and Adam at lr=0.03
+    in bfloat16 leaves under 5% unchanged: neither warns."""
+    share, messages = paper_step(torch.bfloat16, autocast=False)
+    assert share > 0.05 and len(messages) == 1, (share, messages)
+    assert f"{share:.0%} of the bfloat16 parameters' entries" in messages[0]
+    assert "torch.autocast('cpu', dtype=torch.bfloat16)" in messages[0]
+    share, messages = paper_step(torch.float32, autocast=True)
+    assert share == 0 and not messages, (share, messages)
+    share, messages = paper_step(torch.bfloat16, autocast=False, optimizer=lambda params: torch.optim.Adam(params, lr=0.03))
+    assert share <= 0.05 and not messages, (share, messages)
 
 
 @pytest.mark.parametrize("make", [llama, qwen2, gpt2], ids=["llama", "qwen2-tied", "gpt2"])

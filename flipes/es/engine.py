@@ -35,7 +35,7 @@ from flipes.es.evolved import (
 from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
-from flipes.es.notices import warn_dropout, warn_of_generation, warn_sigma_one_group, warn_unsplit
+from flipes.es.notices import warn_dropout, warn_of_generation, warn_rounded_step, warn_sigma_one_group, warn_unsplit
 from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: imported from here before they moved
     OptimizerFactory,
     build_optimizer,
@@ -273,6 +273,7 @@ class FlipES:
         self._told_dropout = False  # warned once of dropout in training mode (flipes.train notes it instead)
         self._versions: list[int] | None = None  # the parameters' version counters when a population block ended
         self._told_changed = False  # warned once that they changed between that and tell
+        self._told_rounded = False  # warned once that a step rounded away in bfloat16/float16 parameters
         self._built = True  # from here on the layout is fixed: __setattr__ refuses FIXED and checks SETTABLE
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -642,6 +643,7 @@ class FlipES:
         }
         self._versions = None
         evaluated, self._evaluated = self._evaluated, False
+        warn_rounded_step(self, generation, before.split(numels), flat.split(numels))  # before: before − after
         warn_of_generation(self, stats, changed, evaluated)
         return stats
 

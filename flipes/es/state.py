@@ -42,6 +42,7 @@ def unpickled_state(es: FlipES, state: dict[str, Any]) -> None:
     es.__dict__.setdefault("_ranks_agree", False)  # pickled before the ranks' check existed
     es.__dict__.setdefault("_train_fitness", False)
     es.__dict__.setdefault("_told_dropout", True)  # pickled before the dropout warning existed: its run went on
+    es.__dict__.setdefault("_told_rounded", False)
     es.__dict__.setdefault("_noise_serial", 0)
     es.__dict__.setdefault("_built", True)  # pickled before the layout was guarded: fixed in the copy too
     es.__dict__.setdefault("_freed", None)
