@@ -120,6 +120,10 @@ BLOCKS: dict[str, dict[str, Any]] = {
     "with es.population() as pop:\n    fitness = torch.cat(": {"after": "api"},  # a population in parts
     "import functools, torch, flipes": {"names": backprop_names},  # Flipout for backprop
     "import torch, transformers, flipes": {"needs": "transformers"},  # Fine-tuning a Hugging Face language model
+    "class MemberSampling(transformers.LogitsProcessor):": {  # its sampled answers: tests/test_transformers.py runs it
+        "needs": "transformers",
+        "names": lambda: {"transformers": importlib.import_module("transformers"), "torch": torch},
+    },
     "import flipes, torch\nfrom flipes.rl import": {},  # Novelty search: final observations
 }
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from reference import member_parameters, member_perturbations
+from test_readme import readme_blocks
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -430,6 +431,44 @@ def test_generate_with_kv_cache_decodes_each_members_rows_as_the_plain_model_wit
         plain.load_state_dict(state)
         rows = slice(m * k, (m + 1) * k)
         assert torch.equal(tokens[rows], plain.generate(ids[rows], attention_mask=mask[rows], **settings)), m
+
+
+def readme_member_sampling() -> type:
+    """README's ``MemberSampling`` (Fine-tuning a Hugging Face language model), run as written."""
+    (source,) = [block for _, block in readme_blocks() if block.startswith("class MemberSampling(")]
+    names = {"transformers": transformers, "torch": torch}
+    exec(compile(source, "README.md:MemberSampling", "exec"), names)
+    return names["MemberSampling"]
+
+
+def test_readmes_member_sampling_draws_each_members_tokens_alike_in_parts_and_in_its_plain_copy() -> None:
+    """``generate`` with README's ``MemberSampling`` (Gumbel noise from each member's stream of ``pop.generator()``,
+    greedy decoding) gives every member the same sampled tokens in one pass and in parts of 2 members (as another
+    process count would split them), and each member's plain copy (``es.member_state_dict(i)``) given
+    ``members=[i]`` decodes its 2 rows to exactly those tokens; the members' tokens differ."""
+    sampling = readme_member_sampling()
+    original = llama()
+    model = flipes.flipout(copy.deepcopy(original))
+    n, k, prompt = 8, 2, 5
+    es = flipes.FlipES(model, popsize=n, sigma=0.05, groups=4, seed=1)
+    prompts = torch.randint(1, VOCAB, (k, prompt), generator=torch.Generator().manual_seed(2))
+    settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+
+    def sample(m: nn.Module, pop: flipes.Population, members: list[int] | None = None) -> Tensor:
+        ids = prompts.repeat(pop.size if members is None else 1, 1)
+        processor = sampling(pop, k, prompt, members=members)
+        return m.generate(ids, attention_mask=torch.ones_like(ids), logits_processor=[processor], **settings)
+
+    with es.population() as pop:
+        whole = sample(model, pop)
+        parts = torch.cat([sample(model, part) for part in pop.split(2)])
+        states = [es.member_state_dict(m) for m in range(n)]
+        assert torch.equal(whole, parts)
+        assert len({tuple(whole[m * k : (m + 1) * k, prompt:].flatten().tolist()) for m in range(n)}) == n
+        for m, state in enumerate(states):
+            plain = copy.deepcopy(original)
+            plain.load_state_dict(state)
+            assert torch.equal(sample(plain, pop, members=[m]), whole[m * k : (m + 1) * k]), m
 
 
 def roberta(seed: int = 0) -> nn.Module:
