@@ -9,6 +9,7 @@ import inspect
 import io
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -431,6 +432,31 @@ def test_generate_with_kv_cache_decodes_each_members_rows_as_the_plain_model_wit
         plain.load_state_dict(state)
         rows = slice(m * k, (m + 1) * k)
         assert torch.equal(tokens[rows], plain.generate(ids[rows], attention_mask=mask[rows], **settings)), m
+
+
+def test_save_pretrained_of_the_converted_model_writes_the_mean_network_for_the_plain_model(tmp_path: Path) -> None:
+    """After a step, ``save_pretrained`` of the converted (tied-head) Qwen2 writes a checkpoint that ``from_pretrained``
+    loads into plain torch layers, the head tied to the embedding again, whose parameters and logits equal the mean
+    network's bit for bit; a member's state dict saved through the plain model loads as that member."""
+    original = qwen2()
+    model = flipes.flipout(copy.deepcopy(original))
+    es = flipes.FlipES(model, popsize=4, sigma=0.05, groups=2, seed=0)
+    ids, mask = batch(4)
+    with es.population():
+        fitness = model(input_ids=ids, attention_mask=mask).logits[:, -1, 3]
+        member = es.member_state_dict(1)
+    es.tell(fitness)
+    model.save_pretrained(tmp_path / "mean")
+    loaded = type(original).from_pretrained(tmp_path / "mean", dtype=torch.float64).eval()
+    assert all(type(m).__module__.startswith(("torch.", "transformers.")) for m in loaded.modules())
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids, attention_mask=mask).logits)
+    plain = copy.deepcopy(original)
+    plain.load_state_dict(member)
+    plain.save_pretrained(tmp_path / "member")
+    loaded = type(original).from_pretrained(tmp_path / "member", dtype=torch.float64)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in member.items())
 
 
 def readme_member_sampling() -> type:
