@@ -434,6 +434,24 @@ def test_generate_with_kv_cache_decodes_each_members_rows_as_the_plain_model_wit
         assert torch.equal(tokens[rows], plain.generate(ids[rows], attention_mask=mask[rows], **settings)), m
 
 
+@pytest.mark.parametrize("make", [llama, gpt2], ids=["llama", "gpt2"])
+def test_generate_given_one_prompt_row_for_the_whole_population_names_the_repeat_that_fixes_it(make: object) -> None:
+    """``generate`` given one prompt row ``(1, T)`` inside a population of 4 (the embedding reads it as ids every
+    member shares, one row each, which ``generate`` cannot append to the one-row prompt) raises torch's size error
+    with a line naming ``input_ids.repeat(pop.size, 1)``; with that repeat it decodes 4 rows."""
+    model = flipes.flipout(make())
+    es = flipes.FlipES(model, popsize=4, sigma=0.05, seed=0)
+    prompt = torch.randint(1, VOCAB, (1, 5), generator=torch.Generator().manual_seed(0))
+    settings = {"max_new_tokens": 2, "do_sample": False, "pad_token_id": 0}
+    with pytest.raises(RuntimeError, match=r"(?s)Expected size.*\nflipes: ids of one row, shape \(1, 5\).*"
+                       r"input_ids\.repeat\(pop\.size, 1\) \(4 here\)"):  # fmt: skip
+        with es.population():
+            model.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+    with es.population() as pop:
+        ids = prompt.repeat(pop.size, 1)
+        assert model.generate(ids, attention_mask=torch.ones_like(ids), **settings).shape == (4, 7)
+
+
 def test_save_pretrained_of_the_converted_model_writes_the_mean_network_for_the_plain_model(tmp_path: Path) -> None:
     """After a step, ``save_pretrained`` of the converted (tied-head) Qwen2 writes a checkpoint that ``from_pretrained``
     loads into plain torch layers, the head tied to the embedding again, whose parameters and logits equal the mean

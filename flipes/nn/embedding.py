@@ -123,6 +123,23 @@ def first_position(ids: Tensor) -> int | None:
     return start if torch.equal(row, torch.arange(start, start + row.numel(), device=row.device, dtype=row.dtype)) else None
 
 
+def one_row_fix(shape: tuple[int, ...], members: int, error: str) -> str | None:
+    """What to do when ids of one row, ``shape`` ``(1, T)``, were looked up as ids every member shares (one row per
+    member) and those ``members`` rows then met the one-row input in a concatenation (``generate`` appending each
+    member's next token to a prompt given once); ``None`` where ``error`` is no such clash."""
+    match = re.search(r"Expected size (\d+) but got size (\d+)", error)
+    if match is None or len(shape) != 2 or shape[0] != 1 or members < 2:
+        return None
+    if {int(match.group(1)), int(match.group(2))} != {1, members}:
+        return None
+    return (
+        f"flipes: ids of one row, shape {shape}, were looked up as ids every member shares (one row per member, "
+        f"{members} rows), and those rows met the one-row input again (generate appends each member's token to the "
+        f"prompt); give every member its rows, members first: input_ids.repeat(pop.size, 1) ({members} here) and its "
+        "attention mask likewise (k prompts per member: prompts.repeat(pop.size, 1), member-major)"
+    )
+
+
 def shared_ids_fix(
     shape: tuple[int, ...], members: int, error: str, name: str | None = None, start: int | None = 0
 ) -> str | None:
