@@ -5,6 +5,7 @@ masks included), the ES gradient along the backprop gradient, and bf16 models.""
 from __future__ import annotations
 
 import copy
+import fnmatch
 import inspect
 import io
 import re
@@ -450,6 +451,26 @@ def test_generate_given_one_prompt_row_for_the_whole_population_names_the_repeat
     with es.population() as pop:
         ids = prompt.repeat(pop.size, 1)
         assert model.generate(ids, attention_mask=torch.ones_like(ids), **settings).shape == (4, 7)
+
+
+def test_a_frozen_pattern_is_refused_naming_the_list_of_its_matches_which_freezes_exactly_them() -> None:
+    """``frozen=["model.layers.*.mlp"]`` (a pattern; names are exact) is a ValueError naming the 2 modules it matches
+    and the ``fnmatch`` list that freezes them. That list freezes exactly the MLPs' 6 weights: a step leaves them bit for
+    bit and moves every other parameter, attention included."""
+    pattern = "model.layers.*.mlp"
+    with pytest.raises(ValueError, match=r"names are exact, not patterns: list the 2 modules it matches, frozen=\[n for"):
+        flipes.flipout(llama(), frozen=[pattern])
+    plain = llama()
+    frozen = [n for n, _ in plain.named_modules() if fnmatch.fnmatch(n, pattern)]
+    model = flipes.flipout(plain, frozen=frozen)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    es = flipes.FlipES(model, popsize=4, sigma=0.05, seed=0)
+    ids, mask = batch(4)
+    with es.population():
+        fitness = model(input_ids=ids, attention_mask=mask).logits[:, -1, 3]
+    es.tell(fitness)
+    kept = {n for n, p in model.named_parameters() if torch.equal(p, before[n])}
+    assert kept == {n for n in before if ".mlp." in n} and len(kept) == 6
 
 
 def test_save_pretrained_of_the_converted_model_writes_the_mean_network_for_the_plain_model(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ their names are importable from here too.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -243,7 +244,14 @@ def _freeze(module: nn.Module, names: Iterable[str]) -> None:
         if not hits:
             close = difflib.get_close_matches(name, [*params, *modules], n=3)
             top = [n for n in module._modules if module._modules[n] is not None][:8]  # where a name starts
-            if close:
+            matching = [n for n in modules if fnmatch.fnmatchcase(n, name)] if any(c in name for c in "*?[") else []
+            if matching:  # a pattern for many layers (every block's attention): names are exact, so list the matches
+                hint = (
+                    f"; names are exact, not patterns: list the {len(matching)} modules it matches, frozen=[n for n, _ "
+                    f"in model.named_modules() if fnmatch.fnmatch(n, {name!r})], or call requires_grad_(False) on "
+                    "what stays fixed before flipout"
+                )
+            elif close:
                 hint = f"; did you mean {', '.join(repr(c) for c in close)}?"
             elif top:
                 hint = f"; names are those of named_parameters() or named_modules(), e.g. {', '.join(map(repr, top))}"
