@@ -136,6 +136,27 @@ def test_every_member_of_a_language_model_is_the_plain_model_with_its_parameters
         torch.testing.assert_close(logits[m, seen], expect[0, seen], atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("make", [llama, qwen2, gemma], ids=["llama", "qwen2", "gemma-one-plus-weight"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorms_run_as_one_forward_times_each_members_weight_bit_for_bit_as_per_member(make: object, dtype: object) -> None:
+    """After their first call, Llama's and Qwen2's RMSNorms (``weight * normalized x``) run all members as one forward
+    with a unit weight, times each member's weight; Gemma's (``normalized x * (1 + weight)``) stays per member (vmap).
+    Either way the members' logits of a second call equal those with every norm run per member, bit for bit
+    (float32 and bfloat16, 2 rows per member)."""
+    model = flipes.flipout(make(dtype))
+    es = flipes.FlipES(model, popsize=4, sigma=0.05, groups=2, seed=0)
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+    ids, mask = batch(8)
+    with es.population():
+        first = model(input_ids=ids, attention_mask=mask).logits
+        again = model(input_ids=ids, attention_mask=mask).logits
+        assert len(norms) == 5 and all(m._flipes_scaled is (make is not gemma) for m in norms)
+        for m in norms:
+            m._flipes_scaled = False  # per member, under vmap
+        per_member = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(first, per_member) and torch.equal(again, per_member)
+
+
 @pytest.mark.parametrize("make", [gpt2, bert])
 def test_several_sequences_per_member_need_position_ids_for_every_row_and_the_error_names_them(make: object) -> None:
     """GPT-2 and BERT make their own position ids ``(1, T)``, which a population looks up once per member: with

@@ -151,8 +151,39 @@ def _norm_forward(module: nn.Module, noise: dict[str, Tensor], x: Tensor) -> Ten
     return out.reshape(x.shape)
 
 
+def _scaled(module: nn.Module, noise: dict[str, Tensor], args: tuple, kwargs: dict) -> Tensor | None:
+    """A Hugging Face RMSNorm's members without vmap: its forward once for all rows with a unit ``weight``, then each
+    member's weight multiplied in, the one product its forward ends with (``weight * x``, rounded once either way).
+    ``None`` where that cannot apply, or where the module's first call found it differs from vmap's per-member forward
+    (a scale of ``1 + weight``, a cast after the product): vmap's ~7x cost was most of a small LM's decoding step."""
+    if module.__dict__.get("_flipes_scaled") is False or torch.compiler.is_compiling():
+        return None
+    x, weight, n = args[0] if len(args) == 1 else None, module._parameters.get("weight"), module.flipes_members
+    if kwargs or noise.keys() != {"weight"} or module._modules or not type(module).__name__.endswith("RMSNorm"):
+        return None
+    if weight is None or weight.dim() != 1 or not _is_member(x, n) or x.dim() < 2 or x.shape[-1] != weight.shape[0]:
+        return None
+    with _parameters(module, {"weight": torch.ones_like(weight)}):
+        unit = super(PerMember, module).forward(x)  # type: ignore[misc]
+    if not isinstance(unit, Tensor) or unit.shape != x.shape:
+        return None
+    member = (weight.detach() + resolved(noise["weight"])).unsqueeze(1)  # (N, 1, D)
+    return (member * unit.reshape(n, -1, weight.shape[0])).reshape(x.shape)
+
+
 def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, kwargs: dict) -> Any:
     """``module``'s own forward, member ``n`` with parameters ``θ + noise[name][n]``, inputs split by member."""
+    scaled = _scaled(module, noise, args, kwargs)
+    if scaled is not None and module.__dict__.get("_flipes_scaled"):
+        return scaled
+    out = _vmapped_forward(module, noise, args, kwargs)
+    if scaled is not None:  # the first call: the product is vmap's, bit for bit, or vmap from here on
+        module._flipes_scaled = isinstance(out, Tensor) and out.dtype == scaled.dtype and torch.equal(out, scaled)
+    return out
+
+
+def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, kwargs: dict) -> Any:
+    """``per_member_forward`` through ``torch.func.vmap`` (or member by member where vmap cannot run it)."""
     if type(module).__bases__[-1] in NORMS and len(args) == 1 and not kwargs:
         return _norm_forward(module, noise, args[0])
     if not args and not kwargs and type(module).__bases__[-1] is Vector and noise.keys() == {"value"}:
