@@ -141,7 +141,8 @@ def warn_rounded_step(es: FlipES, generation: int, deltas: list[Tensor], grads: 
     if es._told_rounded or es.comm.rank != 0:
         return
     low = [(p, d, g) for p, d, g in zip(es.params, deltas, grads, strict=True) if p.dtype in LOW_PRECISION]
-    if not low or any(float(group.get("lr", 1.0)) == 0 for group in es.optimizer.param_groups):
+    lrs = [group.get("lr") for group in es.optimizer.param_groups]
+    if not low or any(isinstance(lr, (int, float, Tensor)) and float(lr) == 0 for lr in lrs):
         return
     moved = torch.stack([(g != 0).sum() for _, _, g in low]).sum()
     kept = torch.stack([((g != 0) & (d == 0)).sum() for _, d, g in low]).sum()
