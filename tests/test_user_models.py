@@ -297,3 +297,37 @@ def test_the_named_fix_a_vmap_rule_runs_the_straight_through_layer_in_one_call()
         warnings.simplefilter("error")
         out, expect = members_and_plain_copies(lambda: nn.Sequential(Binary(5, 8), nn.Tanh(), nn.Linear(8, 2)).to(DT), x)
     torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
+
+
+class OffsetRMSNorm(nn.Module):
+    """An RMSNorm of one's own scaled by ``1 + weight`` (as Gemma's): named like Hugging Face's ``weight * x`` norms."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(d, dtype=DT))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + self.weight)
+
+
+def test_an_rmsnorm_first_called_on_zeros_is_still_checked_against_its_members_on_real_rows() -> None:
+    """Zero rows give zero whatever the scale, so a first call on them cannot show that a norm is ``weight * x``: an
+    own ``1 + weight`` RMSNorm first run on zeros, then on real rows, gives each member's plain copy's output there
+    (a scaled forward times the member's weight alone would give another)."""
+    make = lambda: nn.Sequential(nn.Linear(4, 6).to(DT), OffsetRMSNorm(6))  # noqa: E731
+    torch.manual_seed(0)
+    original = make()
+    plain = copy.deepcopy(original)
+    model = flipes.flipout(original)
+    es = flipes.FlipES(model, popsize=N, sigma=0.2, seed=3)
+    norm = model[1]
+    x = torch.randn(N, B, 4, dtype=DT)
+    with es.population():
+        zeros = norm(torch.zeros(N, B, 6, dtype=DT))
+        out = model(x)
+    assert torch.equal(zeros, torch.zeros_like(zeros)) and norm.__dict__.get("_flipes_scaled") is False
+    for n in range(N):
+        member = copy.deepcopy(plain)
+        member.load_state_dict(es.member_state_dict(n))
+        with torch.no_grad():
+            torch.testing.assert_close(out[n], member(x[n]), rtol=1e-12, atol=1e-12)

@@ -177,7 +177,9 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     if scaled is not None and module.__dict__.get("_flipes_scaled"):
         return scaled
     out = _vmapped_forward(module, noise, args, kwargs)
-    if scaled is not None:  # the first call: the product is vmap's, bit for bit, or vmap from here on
+    # the first call whose rows are not all zero (zeros equal any scale's product): the product is vmap's, bit for
+    # bit, or vmap from here on
+    if scaled is not None and bool(scaled.ne(0).any()):
         module._flipes_scaled = isinstance(out, Tensor) and out.dtype == scaled.dtype and torch.equal(out, scaled)
     return out
 
