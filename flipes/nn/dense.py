@@ -156,10 +156,12 @@ def _scaled(module: nn.Module, noise: dict[str, Tensor], args: tuple, kwargs: di
     member's weight multiplied in, the one product its forward ends with (``weight * x``, rounded once either way).
     ``None`` where that cannot apply, or where the module's first call found it differs from vmap's per-member forward
     (a scale of ``1 + weight``, a cast after the product): vmap's ~7x cost was most of a small LM's decoding step."""
-    if module.__dict__.get("_flipes_scaled") is False or torch.compiler.is_compiling():
-        return None
+    if not type(module).__name__.endswith("RMSNorm") or module.__dict__.get("_flipes_scaled") is False:
+        return None  # the name first: every other module's per-member forward passes here
+    if type(module).__bases__[-1] in NORMS or torch.compiler.is_compiling():
+        return None  # torch's own norms: _norm_forward
     x, weight, n = args[0] if len(args) == 1 else None, module._parameters.get("weight"), module.flipes_members
-    if kwargs or noise.keys() != {"weight"} or module._modules or not type(module).__name__.endswith("RMSNorm"):
+    if kwargs or noise.keys() != {"weight"} or module._modules:
         return None
     if weight is None or weight.dim() != 1 or not _is_member(x, n) or x.dim() < 2 or x.shape[-1] != weight.shape[0]:
         return None
