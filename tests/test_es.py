@@ -1017,12 +1017,14 @@ def test_minimizing_a_loss_steps_exactly_as_maximizing_its_negation(shaping) -> 
 
 class ThreadComm:
     """Process ``rank`` of ``len(boxes)`` processes played by threads of this one: every collective puts this rank's
-    part in its box and reads all boxes between two waits at a shared barrier (the ``flipes.dist.Comm`` protocol)."""
+    part in its box and reads all boxes between two waits at a shared barrier (the ``flipes.dist.Comm`` protocol);
+    ``summed`` holds the size of each tensor summed over the ranks."""
 
     local_rank, local_size, bytes_sent = 0, 1, 0
 
     def __init__(self, rank: int, boxes: list, barrier: threading.Barrier) -> None:
         self.rank, self.size, self.boxes, self.barrier = rank, len(boxes), boxes, barrier
+        self.summed: list[int] = []
 
     def _exchange(self, part: object) -> list:
         self.boxes[self.rank] = part
@@ -1035,6 +1037,7 @@ class ThreadComm:
         return torch.cat(self._exchange(x.clone()))
 
     def allreduce_sum_(self, x: torch.Tensor) -> torch.Tensor:
+        self.summed.append(x.numel())
         parts = self._exchange(x.clone())
         return x.copy_(functools.reduce(torch.add, parts))
 
@@ -1055,7 +1058,8 @@ def test_processes_sharing_the_groups_step_as_one_process(comm_mode: str, sigma_
     """Three processes (threads exchanging through the Comm protocol), each evaluating its block of 2 of 6 ε groups
     (24 mirrored members), end 3 generations of SGD with the parameters and the adaptive log σ of one process holding
     every group: to float64 rounding (1e-12 relative) where each process's sums over its own members are added up
-    (``allreduce``), bit for bit where each sums all groups from the seeds (``seeds``); divided by the whole population."""
+    (``allreduce``), bit for bit where each sums all groups from the seeds (``seeds``); divided by the whole population.
+    Each generation, ``allreduce`` sums the gradient (and the log σ gradient) over the processes and ``seeds`` nothing."""
     torch.manual_seed(0)
     initial = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3), nn.LayerNorm(3)).to(DT)
     x, target = torch.randn(24, 5, dtype=DT), torch.randn(3, dtype=DT)
@@ -1077,10 +1081,11 @@ def test_processes_sharing_the_groups_step_as_one_process(comm_mode: str, sigma_
     boxes: list = [None] * 3
     barrier = threading.Barrier(3, timeout=60)
     results: list = [None] * 3
+    comms = [ThreadComm(rank, boxes, barrier) for rank in range(3)]
 
     def process(rank: int) -> None:
         try:
-            results[rank] = run(ThreadComm(rank, boxes, barrier))
+            results[rank] = run(comms[rank])
         except BaseException as error:  # the others stop waiting for this one
             barrier.abort()
             results[rank] = error
@@ -1099,6 +1104,9 @@ def test_processes_sharing_the_groups_step_as_one_process(comm_mode: str, sigma_
             torch.testing.assert_close(got, want, **tolerance)
         if sigma_lr:
             torch.testing.assert_close(log_sigma, expected[1], **tolerance)
+        # allreduce computing every group itself, as seeds does, passes the comparison above: what was summed tells them apart
+        sums = [sum(p.numel() for p in initial.parameters())] + ([log_sigma.numel()] if sigma_lr else [])
+        assert comms[rank].summed == (sums * 3 if comm_mode == "allreduce" else []), comms[rank].summed
 
 
 @pytest.mark.parametrize("hold_noise", [True, False])
