@@ -158,7 +158,8 @@ def three_rank_runs(tmp_path_factory: pytest.TempPathFactory, two_rank_runs: Pat
 def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> None:
     """3 generations of CartPole training, 2 episodes per member, under 1, 2 and 3 processes count the same timesteps;
     with ``--comm seeds`` the parameters are bit-identical (params_sha256), with ``--comm allreduce`` equal to a
-    relative norm of 1e-6 (per-rank partial sums change the summation order); the 2-process run sent bytes. The
+    relative norm of 1e-6 (per-rank partial sums change the summation order); the 2-process run sent bytes, with
+    ``--comm allreduce`` each generation those of ``--comm seeds`` and the float32 gradient (4 bytes a parameter). The
     allreduce runs shift the reward: each row's return_mean is the whole population's mean return, which on CartPole
     (reward 1 per step) is the generation's env steps over popsize × episodes, whatever the process count."""
     shift = mode == "allreduce"
@@ -186,6 +187,11 @@ def test_process_count_does_not_change_the_result(tmp_path: Path, mode: str, req
             before = [0] + [r["timesteps"] for r in rows[:-1]]
             steps = [r["timesteps"] - b for b, r in zip(before, rows, strict=True)]
             assert [r["return_mean"] for r in rows] == [s / (24 * 2) for s in steps], k
+        # computing every group on each rank, as seeds does, gives the same parameters: the bytes sent tell them apart
+        model = load_checkpoint(runs[2])["es"]["model"]
+        trained = sum(v.numel() for name, v in model.items() if not name.startswith("obs_norm."))  # float32; not the buffers
+        seeds = metrics(request.getfixturevalue("two_rank_runs") / "cartpole-seeds")
+        assert [r["bytes_sent"] for r in metrics(runs[2])] == [r["bytes_sent"] + 4 * trained for r in seeds]
 
 
 def test_processes_evaluating_in_parts_get_the_bits_of_one_process_in_one_pass(
