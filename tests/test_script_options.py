@@ -127,12 +127,16 @@ class Measured(Exception):
     """Raised by a stand-in for a script's setup: its option checks passed and it went on to measure."""
 
 
-@pytest.mark.parametrize(("ranks", "passes"), [([], True), ([2], True), ([0], False)])
+@pytest.mark.parametrize(
+    ("option", "ranks", "passes"),
+    [("ranks", [], True), ("ranks", [2], True), ("ranks", [0], False), ("update_ranks", [], True), ("update_ranks", [0], False)],
+)
 def test_repro_timing_times_full_rank_alone_with_no_ranks(
-    ranks: list[int], passes: bool, monkeypatch: pytest.MonkeyPatch
+    option: str, ranks: list[int], passes: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """repro_timing.py's --ranks may be empty (full rank is always timed, as before its option checks), and a rank
-    below 1 is refused with a UsageError naming --ranks before anything is measured."""
+    """repro_timing.py's --ranks may be empty (full rank is always timed, as before its option checks), and so may
+    --update-ranks (its section is skipped); a rank below 1 in either is refused with a UsageError naming that option
+    before anything is measured."""
     import flipes
 
     module = load(SCRIPTS / "repro_timing.py")
@@ -142,5 +146,5 @@ def test_repro_timing_times_full_rank_alone_with_no_ranks(
 
     monkeypatch.setattr(module, "setup", setup)
     with pytest.raises(Measured if passes else flipes.UsageError) as e:
-        module.main(module.Args(ranks=ranks))
-    assert passes or str(e.value).startswith("--ranks:"), e.value
+        module.main(module.Args(**{option: ranks}))
+    assert passes or str(e.value).startswith(f"--{option.replace('_', '-')}:"), e.value
