@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+import pytest
 from helpers import run_script
+from test_script_options import ROOT, load
 
 
 def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Path) -> None:
@@ -26,3 +29,37 @@ def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Pa
     assert "| tests | pass |" in out.with_suffix(".md").read_text()
     log = out.with_suffix(".log").read_text()
     assert log.count("(exit 0)") >= 5 and f"{steps['tests']['data']['counts']['passed']} passed" in log
+
+
+def test_gpu_check_reports_a_failing_step_as_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the commands it runs stood in for (no subprocess): a test run that exits 1 with tests passed, and 2 ranks
+    whose parameters differ from 1 rank's, fail their steps; a step that raises fails too while the others run, and
+    the report lists the failed steps and the script exits 1 (a check that always passed would say nothing)."""
+    module = load(ROOT / "scripts" / "gpu_check.py")
+    args = module.Args(device="cpu", quick=True, out=str(tmp_path / "report"))
+
+    def run(args: object, cmd: list[str], timeout: float, env: object = None) -> subprocess.CompletedProcess:
+        if "--out" in cmd:  # an mpiexec -n k run: its rows' hashes depend on k
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True)
+            (out / "metrics.jsonl").write_text(json.dumps({"params_sha256": cmd[cmd.index("-n") + 1]}) + "\n")
+        return subprocess.CompletedProcess(cmd, 1 if "pytest" in cmd else 0, "5 passed, 1 failed in 2.0s\n", "")
+
+    monkeypatch.setattr(module, "run", run)
+    ok, _, data = module.step_tests(args, tmp_path)
+    assert ok is False and data == {"counts": {"passed": 5, "failed": 1}, "returncode": 1}
+    (tmp_path / "mpi").mkdir()
+    ok, summary, data = module.step_mpi(args, tmp_path / "mpi")
+    assert ok is False and "DIFFER" in summary and data["hashes"] == {1: ["1"], 2: ["2"]}
+
+    def crash(args: object, tmp: Path) -> tuple[bool | None, str, dict]:
+        raise RuntimeError("no device")
+
+    def measured(args: object, tmp: Path) -> tuple[bool | None, str, dict]:
+        return None, "measured", {}
+
+    monkeypatch.setattr(module, "STEPS", {"tests": crash, "cartpole": measured})
+    assert module.main(args) == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["failed"] == ["tests"] and [s["ok"] for s in report["steps"]] == [False, None]
+    assert report["steps"][0]["summary"] == "RuntimeError: no device"
