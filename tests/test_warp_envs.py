@@ -373,18 +373,27 @@ def test_seeds_reproduce_and_each_env_follows_its_own(make, gym_id: str) -> None
         torch.testing.assert_close(a[3:5], b, rtol=0, atol=0)
 
 
-def test_seeded_reset_noise_is_the_documented_function_of_each_envs_seed(make) -> None:
-    """HalfCheetah reset with seed s puts env i at ``qpos0 ± 0.1`` by ``seeding.uniform(s + i)``'s first nq + nv
-    outputs and ``qvel = 0.1 · seeding.normal(s + i, nv, skip=nq + nv)`` (within 1e-6, float32): the velocities come
-    from the SplitMix64 outputs after the positions', never from the same ones."""
+# gymnasium's v5 defaults: reset_noise_scale, and whether qvel is normal (else uniform)
+RESET_NOISE = {"HalfCheetah-v5": (0.1, True), "Hopper-v5": (5e-3, False), "Walker2d-v5": (5e-3, False), "Ant-v5": (0.1, True),
+               "Humanoid-v5": (1e-2, False)}  # fmt: skip
+
+
+@pytest.mark.parametrize("gym_id", IDS)
+def test_seeded_reset_noise_is_the_documented_function_of_each_envs_seed(make, gym_id: str) -> None:
+    """Reset with seed s puts env i at ``qpos0 ± scale`` (gymnasium's reset_noise_scale) by ``seeding.uniform(s + i)``'s
+    first nq outputs, and its qvel at ``scale · seeding.normal(s + i, nv, skip=nq + nv)`` where gymnasium draws them
+    normal (HalfCheetah, Ant), else uniform in ``±scale`` by the next nv outputs (within 1e-6, float32): the normal
+    velocities come from the SplitMix64 outputs after the positions', never from the same ones."""
     from envs import seeding
 
-    env = make("HalfCheetah-v5", 3)
+    scale, normal = RESET_NOISE[gym_id]
+    env = make(gym_id, 3)
     env.reset(seed=4)
     nq, nv, seeds = env.nq, env.nv, torch.arange(4, 7)
     qpos0 = torch.as_tensor(env.physics.mj_model.qpos0, dtype=torch.float64)
-    qpos = qpos0 - 0.1 + 0.2 * seeding.uniform(seeds, nq + nv)[:, :nq]
-    qvel = 0.1 * seeding.normal(seeds, nv, skip=nq + nv)
+    u = seeding.uniform(seeds, nq + nv)
+    qpos = qpos0 - scale + 2 * scale * u[:, :nq]
+    qvel = scale * seeding.normal(seeds, nv, skip=nq + nv) if normal else -scale + 2 * scale * u[:, nq:]
     torch.testing.assert_close(env.state.double(), torch.cat((qpos, qvel), 1), rtol=0, atol=1e-6)
 
 
