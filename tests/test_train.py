@@ -517,6 +517,26 @@ def test_a_run_on_an_lr_schedule_resumes_bit_for_bit_and_refuses_another_schedul
     assert [r["lr"] for r in rows] == [max(0.05 * 0.6**g, 0.02) for g in range(6)] and rows[-1]["lr"] == 0.02
 
 
+def test_scale_steps_sets_each_step_setting_from_its_first_and_an_lr_tensor_in_place() -> None:
+    """flipes.search.scale_steps(optimizer, f) sets each group's lr and max_speed to f times the group's first value
+    (kept as initial_lr, initial_max_speed), not times the last one; an lr held as a tensor (which a capturable
+    optimizer reads where it is) keeps its identity and takes the value in place."""
+    from flipes.search import scale_steps
+
+    weight, bias = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    lr = torch.tensor(0.5)
+    sgd = torch.optim.SGD([{"params": [weight], "lr": lr}, {"params": [bias], "lr": 0.25}])
+    clipup = flipes.optim.ClipUp([weight], lr=0.5, momentum=0.9, max_speed=1.0)
+    for factor in (0.5, 0.25):
+        scale_steps(sgd, factor)
+        scale_steps(clipup, factor)
+    first, second = sgd.param_groups
+    assert first["lr"] is lr and lr.item() == 0.125 and first["initial_lr"] == 0.5
+    assert (second["lr"], second["initial_lr"]) == (0.0625, 0.25)
+    assert (clipup.param_groups[0]["lr"], clipup.param_groups[0]["max_speed"]) == (0.125, 0.25)
+    assert clipup.param_groups[0]["initial_max_speed"] == 1.0
+
+
 def test_a_callback_setting_lr_under_an_lr_decay_is_overridden_and_told_once(tmp_path: Path) -> None:
     """Under --lr-decay, a callback that sets lr every generation changes no step: the parameters are bit for bit
     those of the run without it, as the schedule sets each group's lr before every step; one warning says so, naming
