@@ -835,6 +835,22 @@ def test_mpi_rank_resuming_a_stale_checkpoint_stops_at_once(tmp_path: Path) -> N
     assert files(tmp_path / "run") == before
 
 
+def test_mpi_ranks_resuming_other_parameters_stop_at_once(tmp_path: Path) -> None:
+    """Ranks resuming checkpoints of the same options and generation whose parameters differ (one's changed by a
+    script) stop the job with one line naming each rank's parameters, before anything is written."""
+    base = [*FAST, "--popsize", "8", "--groups", "2", "--generations", "6"]
+    flipes.train(**{**FAST_KW, "popsize": 8}, groups=2, generations=4, out=str(tmp_path / "run"))
+    before = files(tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run")
+    state["es"]["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["es"]["model"].items()}
+    other = save_checkpoint(state, tmp_path / "other.pt")
+    r = mpmd([*base, "--resume", str(tmp_path / "run")], [*base, "--resume", str(other), "--out", str(tmp_path / "run")])
+    ours = [line for line in r.stderr.splitlines() if line.startswith("flipes:")]
+    said = r"flipes: error: --resume: the ranks start from other parameters \(rank 0 [0-9a-f]{12}, rank 1 [0-9a-f]{12}\); .*"
+    assert r.returncode == 2 and len(ours) == 1 and re.fullmatch(said, ours[0]), r.stderr[-2000:]
+    assert files(tmp_path / "run") == before
+
+
 def test_a_stopped_mpi_rank_ends_the_job_naming_it(tmp_path: Path) -> None:
     """A rank stopped with SIGSTOP makes the others wait; after --mpi-timeout the job ends with one
     line naming the rank that did not arrive, or, where the stop caught it inside the collective
