@@ -101,6 +101,7 @@ def test_paper_scripts_refuse_a_size_that_leaves_nothing_to_run(script: str, arg
         ("bench_rollout", ["--sizes", "64", "0"], "--sizes"),
         ("bench_rollout", ["--steps", "0"], "--steps"),
         ("count_rollout_ops", ["--envs", "NoSuchEnv-v0"], "--envs"),
+        ("count_rollout_ops", ["--generations", "0"], "--generations"),
         ("profile_rollout", ["--n", "0"], "--n"),
     ],
 )
