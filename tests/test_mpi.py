@@ -928,12 +928,12 @@ def test_help_under_mpiexec_is_printed_and_exits_0() -> None:
 
 
 def test_two_processes_count_the_budget_and_build_the_env_with_its_options_as_one(tmp_path: Path) -> None:
-    """Under 2 processes, --max-timesteps counts every rank's env steps: a budget one step above generation 1's
-    timesteps of the one-process run ends the 2-process run after generation 2 with that run's timesteps and
-    parameters (a count of rank 0's members alone would end it later); --env-kwargs reaches every rank's env
-    (Sutton and Barto's CartPole reward, 0 a step and -1 at a fall: the whole population's fitness is at most 0, where
-    CartPole's own reward gives at least 1)."""
-    args = [*CARTPOLE, "--comm", "seeds", "--env-kwargs", '{"sutton_barto_reward": true}']
+    """Under 2 processes holding 1 and 2 of 3 ε groups (8 and 16 members: ranks gathering rows of other counts),
+    --max-timesteps counts every rank's env steps: a budget one step above generation 1's timesteps of the one-process
+    run ends the 2-process run after generation 2 with that run's timesteps and parameters (a count of rank 0's members
+    alone would end it later); --env-kwargs reaches every rank's env (Sutton and Barto's CartPole reward, 0 a step and
+    -1 at a fall: the whole population's fitness is at most 0, where CartPole's own reward gives at least 1)."""
+    args = [*CARTPOLE, "--groups", "3", "--comm", "seeds", "--env-kwargs", '{"sutton_barto_reward": true}']
     train_on(1, *args, "--generations", "3", "--out", str(tmp_path / "n1"))  # the rows the budget keeps
     one = metrics(tmp_path / "n1")
     budget = one[1]["timesteps"] + 1
