@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import json
 import math
 import re
 import textwrap
@@ -323,6 +324,39 @@ def test_the_readme_lists_the_options_a_resume_may_change() -> None:
     flags = set(re.findall(r"`--([\w-]+)`", listed))
     free = {f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_KEYS}
     assert flags == free - {"out", "resume", "overwrite", "progress"}
+
+
+def test_the_readmes_options_tables_give_each_options_default() -> None:
+    """Each row of README.md's option tables whose default cell holds a value per option (a literal in backticks, or
+    on/off for a flag; one value for several options is each one's) states that option's TrainConfig default: a
+    changed default (--mpi-timeout 300 to 30, say) leaves no row saying the old one."""
+    from flipes.config import TrainConfig
+
+    defaults = {f.name.replace("_", "-"): f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(TrainConfig)}  # fmt: skip
+
+    def shown(value: Any) -> str:  # as the README writes it
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, list):
+            return " ".join(map(str, value))
+        return f"{value:g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else str(value)
+
+    checked = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        row = re.fullmatch(r"\| (`--.+?) \| (.+?) \| .*", line)
+        if row is None:
+            continue
+        options = re.findall(r"`--([a-z][a-z-]*)", row[1])  # each option's name, without its argument
+        values = [re.fullmatch(r"`([^`<]*)`.*|(on|off)", cell.strip()) for cell in row[2].split(", ")]
+        if None in values:  # a description (none, the search's), a path pattern, or another option's name
+            continue
+        said = [v[1] if v[1] is not None else v[2] for v in values] * (len(options) if len(values) == 1 else 1)
+        for option, value in zip(options, said, strict=False):
+            if option in defaults:  # not --no-mirrored, nor another tool's alias
+                checked.append((option, value, shown(defaults[option])))
+    assert len(checked) >= 40, checked
+    assert [(option, value) for option, value, _ in checked] == [(option, default) for option, _, default in checked]
 
 
 def test_the_scripts_table_names_every_script_and_only_existing_ones() -> None:
