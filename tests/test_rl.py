@@ -422,6 +422,48 @@ def test_policy_actions_respect_the_spaces() -> None:
         assert discrete(torch.randn(pop.size, 7, 5)).shape == (4, 7)  # members first, then episodes
 
 
+class Counts(gym.Env):
+    """Box(0, 10, (2,), int64) actions, as a count or level an env takes; it records each action it is given."""
+
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gym.spaces.Box(0, 10, (2,), np.int64)
+
+    def __init__(self, seen: list) -> None:
+        self.seen = seen
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[override]
+        super().reset(seed=seed)
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), {}
+
+    def step(self, action):  # type: ignore[override]
+        self.seen.append(np.asarray(action))
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), 0.0, True, False, {}
+
+
+def test_an_integer_box_gets_the_policys_squashed_actions_rounded_into_its_dtype() -> None:
+    """MLPPolicy on Box(0, 10, (2,), int64) actions returns int64 actions equal to ``round(5·tanh(z) + 5)`` of its
+    outputs ``z``, in a population too; a gymnasium vector env of such envs is given int64 actions in its bounds by a
+    rollout (floats reached it before); a model of one's own returning floats for it is one error naming the cast."""
+    space = Counts([]).action_space
+    torch.manual_seed(0)
+    policy = MLPPolicy(gym.spaces.Box(-1, 1, (3,), np.float32), space, hidden=(8,), normalize=False)
+    with torch.no_grad():
+        policy.net[-1].weight.mul_(5)  # spread the actions over the whole range
+    x = torch.randn(64, 3)
+    a = policy(x)
+    assert a.dtype == torch.int64 and torch.equal(a, (5 * torch.tanh(policy.net(x)) + 5).round().long())
+    assert a.min() == 0 and a.max() == 10 and len(a.unique()) > 5
+    es = flipes.FlipES(policy, popsize=4)
+    with es.population() as pop:
+        assert policy(torch.randn(pop.size, 2, 3)).dtype == torch.int64
+    seen: list = []
+    venv = gym.vector.SyncVectorEnv([lambda: Counts(seen)] * 4)
+    run_episodes(venv, policy, seed=0)
+    assert len(seen) == 4 and all(s.dtype == np.int64 and space.contains(s) for s in seen)
+    with pytest.raises(flipes.UsageError, match=r"torch.float32 actions for 4 envs of .*int64.*, which take integers; .*round"):
+        run_episodes(venv, lambda o: torch.ones(4, 2), seed=0)
+
+
 def test_a_policy_acts_on_observations_flattened_and_normalized_once_by_its_statistics() -> None:
     """An MLPPolicy over (2, 3) Box observations with recorded statistics maps (members, episodes, 2, 3) inputs to the
     actions of a float64 reference: each observation flattened to 6 features, normalized once by the statistics,

@@ -21,7 +21,8 @@ class SpacePolicy(nn.Module):
     policy's dtype and normalized (``self.obs_norm``); outputs ``z`` of ``action_dim`` mapped to
     actions: the argmax for ``Discrete``, one argmax per component for ``MultiDiscrete`` (``action_dim``
     is the sum of its ``nvec``), ``z > 0`` for ``MultiBinary``, ``tanh`` squashed into the bounds for
-    ``Box`` (unbounded dimensions are left linear, clipped at a bound on one side). ``Discrete``
+    ``Box`` (unbounded dimensions are left linear, clipped at a bound on one side; an integer Box's rounded into
+    its dtype). ``Discrete``
     observations are one-hot (not normalized).
 
     Args:
@@ -35,6 +36,7 @@ class SpacePolicy(nn.Module):
     all_bounded = False
     half_bounded = False
     action_dtype: np.dtype | None = None  # and no cast of numpy actions
+    integer_box: torch.dtype | None = None  # an integer Box's actions: rounded into its dtype
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
         super().__init__()
@@ -84,6 +86,9 @@ class SpacePolicy(nn.Module):
                 "write your own policy module from flipes.nn layers for this space"
             )
         self.action_dtype = np.dtype(action_space.dtype) if action_space.dtype is not None else None
+        if self.kind == "Box" and self.action_dtype is not None and self.action_dtype.kind in "iu":
+            # an integer Box (counts, pixel levels) takes integers: a float action would reach the env as it is
+            self.integer_box = torch.from_numpy(np.zeros(0, self.action_dtype)).dtype
         self.obs_shape = tuple(observation_space.shape)
         self.obs_dim = math.prod(self.obs_shape)
         self.obs_start: int | None = None
@@ -139,6 +144,8 @@ class SpacePolicy(nn.Module):
         z = squashed * self.scale + self.center
         if self.half_bounded:
             z = torch.maximum(torch.minimum(z, self.high.to(z.dtype)), self.low.to(z.dtype))
+        if self.integer_box is not None:  # the bounds are integers, so rounding stays within them
+            z = z.round().to(self.integer_box)
         return z.view(z.shape[:-1] + self.action_shape)  # a tuple: one scalar action is a view to shape ()
 
 

@@ -153,6 +153,10 @@ def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> N
                 raise UsageError("--model", problem, how)
     elif isinstance(space, gym.spaces.Box):
         expect, how = (*batch, *space.shape), f"return {space.shape} actions per env (the model's last dimension)"
+        if got == expect and np.issubdtype(space.dtype, np.integer) and actions.dtype.is_floating_point:
+            # the env would get the floats as they are: an integer Box's env seldom checks
+            problem = f"the model returned {actions.dtype} actions for {envs} of {space}, which take integers"
+            raise UsageError("--model", problem, f"round them into its dtype, e.g. actions.round().to(torch.{space.dtype})")
     else:
         return
     if got != expect:
