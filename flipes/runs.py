@@ -21,6 +21,8 @@ from flipes.nn import flipout, uncompiled
 from flipes.plugins import Plugins, name_of
 from flipes.rl import POLICIES, episode_seed, make_vector_env, run_episodes
 from flipes.rl.envs import EnvError, EnvOptionError
+from flipes.rl.policy import SpacePolicy
+from flipes.rl.spaces import STRUCTURED
 
 
 def read_metrics(run: str | Path) -> list[dict]:
@@ -148,7 +150,8 @@ def load_policy(
     env: gym.vector.VectorEnv | None = None,
     model: Callable[..., nn.Module] | nn.Module | None = None,
 ) -> nn.Module:
-    """The center policy (mean network) of a run, in eval mode, observation normalization included.
+    """The center policy (mean network) of a run, in eval mode, observation normalization included. Built by flipes
+    for an env of Dict or Tuple observations, it takes them as the env gives them, flattening them as training did.
 
     Args:
         run_dir: a directory written by ``flipes train`` / :func:`flipes.train`.
@@ -225,6 +228,9 @@ def policy_and_state(
         if own and env is not None:
             env.close()
     model = flipout(model).to(device)
+    source = getattr(env, "source_observation_space", None)
+    if isinstance(model, SpacePolicy) and isinstance(source, STRUCTURED):  # takes the env's Dict or Tuple observations
+        model.source_observation_space = source
     weights = state["es"]["model"]
     if checkpoint == "best-member":
         if "best" not in state["es"]:

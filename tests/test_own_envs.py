@@ -340,6 +340,31 @@ def test_a_policy_trained_on_dict_observations_renders_on_the_flattened_env(tmp_
         record(policy, "owntest/NoFrames-v0", tmp_path / "no.gif", seed=0, max_frames=100)
 
 
+def test_load_policy_takes_an_envs_dict_observations_as_gymnasium_gives_them(tmp_path) -> None:
+    """The policy that load_policy gives for a run on a Dict-observation env takes gymnasium's own observations: one
+    nested dict of arrays gives the numpy action of its ``gymnasium.spaces.flatten`` row (bit for bit), a stacked batch of 3 the
+    actions of the 3 rows, a dict of tensors tensors; a policy built by hand on the flattened Box is one ValueError
+    naming the flattening."""
+    result = flipes.train(env="owntest/Goal-v0", popsize=8, generations=1, out=str(tmp_path / "goal"), progress=False,
+                          tensorboard=False, target=None)  # fmt: skip
+    policy, env, space = flipes.load_policy(result.run_dir), Goal(), Goal.observation_space
+    batch = [env.reset(seed=s)[0] for s in range(3)]
+    flat = np.stack([gym.spaces.flatten(space, o) for o in batch])
+    expect = policy(flat)
+    one = policy(batch[0])
+    assert isinstance(one, np.ndarray) and one.dtype == np.float32 and np.array_equal(one, policy(flat[0]))
+    stacked = {
+        "position": np.stack([o["position"] for o in batch]),
+        "goal": tuple(np.stack([o["goal"][i] for o in batch]) for i in range(2)),
+    }
+    assert np.array_equal(policy(stacked), expect)
+    tensors = {"position": torch.from_numpy(stacked["position"]), "goal": tuple(map(torch.from_numpy, stacked["goal"]))}
+    assert torch.equal(policy(tensors), torch.from_numpy(expect))
+    by_hand = MLPPolicy(gym.spaces.flatten_space(space), Goal.action_space)
+    with pytest.raises(ValueError, match=r"^MLPPolicy takes observations as one array, got a dict; .*gymnasium.spaces.flatten"):
+        by_hand(batch[0])
+
+
 def test_discrete_observations_are_one_hot_for_each_member_and_learnt_and_exported(tmp_path) -> None:
     """MLPPolicy on Discrete(6, start=2) observations (state indices): inside a population each member's logits are
     its explicit weights applied to the one-hot of ``obs - start`` (to 1e-12 in float64; no normalization, even when

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from flipes.es.checks import as_index
 from flipes.nn import FlipoutConv2d, FlipoutLinear
 from flipes.rl.normalize import RunningNorm
+from flipes.rl.spaces import STRUCTURED, batch_dims, flatten_observations
 
 
 class SpacePolicy(nn.Module):
@@ -37,6 +38,9 @@ class SpacePolicy(nn.Module):
     half_bounded = False
     action_dtype: np.dtype | None = None  # and no cast of numpy actions
     integer_box: torch.dtype | None = None  # an integer Box's actions: rounded into its dtype
+    # the env's own Dict or Tuple space, where the policy was built on its flattened Box (flipes.load_policy sets it):
+    # gymnasium's observations of it are then taken as they come, as the engines flatten them
+    source_observation_space: gym.Space | None = None
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
         super().__init__()
@@ -100,7 +104,10 @@ class SpacePolicy(nn.Module):
     def observe(self, obs: Tensor | np.ndarray, dtype: torch.dtype) -> Tensor:
         """``(*, *obs_shape) -> (*, obs_dim)`` in ``dtype`` (e.g. from MuJoCo's float64), normalized;
         Discrete observations ``(*,)`` one-hot. A numpy array (or a number) is taken as a tensor on the
-        policy's device: what a gymnasium env of one's own returns, ``policy(env.reset()[0])``."""
+        policy's device: what a gymnasium env of one's own returns, ``policy(env.reset()[0])``; a Dict or Tuple one
+        is flattened as flipes' engines flatten it, once ``source_observation_space`` names its space."""
+        if isinstance(obs, dict | tuple):
+            obs = self.flat(obs)
         if not isinstance(obs, Tensor):
             obs = torch.as_tensor(np.asarray(obs), device=next(self.parameters()).device)
         if self.obs_start is not None:
@@ -118,10 +125,23 @@ class SpacePolicy(nn.Module):
             obs = obs.flatten(-len(self.obs_shape))
         return self.obs_norm(obs) if self.obs_norm is not None else obs
 
+    def flat(self, obs: dict | tuple) -> Tensor | np.ndarray:
+        """A Dict or Tuple observation, or a batch of them, as the one Box of features the policy acts on."""
+        source = self.source_observation_space
+        if not isinstance(source, STRUCTURED):
+            raise ValueError(
+                f"{type(self).__name__} takes observations as one array, got a {type(obs).__name__}; flatten them as "
+                "flipes' envs do, gymnasium.spaces.flatten(env.observation_space, obs), or take the policy from "
+                "flipes.load_policy, which does"
+            )
+        return flatten_observations(source, obs, batch_dims=batch_dims(source, obs))
+
     def as_given(self, actions: Tensor, obs: Tensor | np.ndarray) -> Tensor | np.ndarray:
         """``actions`` as the observations came: a tensor for a tensor; for a numpy array (or a number) a numpy
         array of the action space's dtype (one observation's ``Discrete`` action a numpy integer), what the
         gymnasium env that gave the observation takes, ``env.step(policy(obs))``."""
+        while isinstance(obs, dict | tuple):  # a Dict's or Tuple's entries: tensors or arrays alike
+            obs = next(iter(obs.values() if isinstance(obs, dict) else obs))
         if isinstance(obs, Tensor):
             return actions
         out = actions.detach().cpu().numpy()

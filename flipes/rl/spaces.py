@@ -67,6 +67,13 @@ def flatten_observations(space: gym.Space, obs: Any, batch_dims: int = 1) -> Any
     return np.concatenate([np.asarray(x).reshape(*np.shape(x)[:batch_dims], -1).astype(flat.dtype) for x in leaves], axis=-1)
 
 
+def batch_dims(space: gym.Space, obs: Any) -> int:
+    """How many leading batch dimensions ``obs`` has: 0 for one observation of ``space`` (a Dict or Tuple), 1 for a
+    vector env's batch, and so on; read off its first entry."""
+    leaf_space, leaf = next(_values(space, obs))
+    return len(np.shape(leaf)) - len(leaf_space.shape)
+
+
 def _leaves(space: gym.Space, path: str) -> Iterator[tuple[str, gym.Space]]:
     if isinstance(space, gym.spaces.Dict):
         for key, sub in space.spaces.items():
