@@ -417,6 +417,13 @@ def _cut_short(e: BaseException, stop: StopRequest, comm: dist.Comm, what: str, 
     return True
 
 
+def _attribute(e: BaseException, stop: StopRequest, what: str) -> None:
+    """Add a note to ``e``, raised by an env or code of one's own, saying that ``what`` (the generation's fitness, an
+    evaluation) raised it and which checkpoint the run keeps: its traceback alone names neither."""
+    if isinstance(e, Exception) and not isinstance(e, UsageError) and hasattr(e, "add_note"):  # Python >= 3.11
+        e.add_note(f"flipes: raised in {what}; {stop.kept()}")
+
+
 def _summed(comm: dist.Comm, value: float) -> float:
     """``value`` summed over the ranks: a number of the host, so a CPU tensor whatever the run's device."""
     return comm.allreduce_sum_(torch.tensor([float(value)], dtype=torch.float64, device="cpu")).item()
@@ -463,6 +470,10 @@ def run_loop(
             ):
                 raise
             return "interrupted"
+        except Exception as e:
+            _attribute(e, stop, f"generation {gen}'s fitness" + (f" (the population's episodes of {config.env})" if
+                       isinstance(fitness, RolloutFitness) else ""))  # fmt: skip
+            raise
         if isinstance(fitness, RolloutFitness):
             values = values.cpu()  # once: tell reads the fitness on the host anyway
         if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
@@ -533,6 +544,9 @@ def run_loop(
                     if not _cut_short(e, stop, comm, f"the evaluation of generation {gen}", "its row has no eval_return"):
                         raise
                     evaluated = {}
+                except Exception as e:
+                    _attribute(e, stop, f"the evaluation of generation {gen}")
+                    raise
                 clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row
                 if clash:
                     raise UsageError("evaluate", f"returned {', '.join(clash)}, which the row has already", "rename them")

@@ -545,13 +545,20 @@ def test_an_env_worker_killed_mid_step_ends_training_at_once_in_one_line_naming_
 def test_an_env_that_raises_in_a_worker_process_reaches_the_user_with_its_message_and_traceback(tmp_path: Path) -> None:
     """An env raising in step inside an env worker process (its source line holding a '%', which gymnasium's own report
     of a worker's error formats, failing with a TypeError of its own) ends `flipes train` with the env's error: the
-    worker's traceback down to the env's line, then an EnvWorkerError naming the worker and the env's message."""
+    worker's traceback down to the env's line, then an EnvWorkerError naming the worker and the env's message, then
+    the note naming the generation and the checkpoint kept."""
     r = train_doomed(tmp_path, "raise", 20)
     assert r.returncode == 1 and "TypeError" not in r.stderr, r.stderr[-3000:]
     assert 'raise RuntimeError("the simulator diverged at step %d" % Doomed.steps)' in r.stderr, r.stderr[-3000:]
-    last = r.stderr.strip().splitlines()[-1]
+    lines, noted = r.stderr.strip().splitlines(), sys.version_info >= (3, 11)  # exception notes
+    error, note = lines[-1 - noted], lines[-1]
     assert re.fullmatch(r"flipes\.errors\.EnvWorkerError: an env of worker 2 of 2 \(pid \d+\) raised in step: "
-                        r"RuntimeError: the simulator diverged at step 20", last), last  # fmt: skip
+                        r"RuntimeError: the simulator diverged at step 20", error), error  # fmt: skip
+    if noted:
+        assert note == (
+            "flipes: raised in generation 0's fitness (the population's episodes of gymnasium-async:doomed:doomed/Doomed-v0); "
+            f"the last checkpoint (before any generation) stays: --resume {tmp_path / 'run'} continues from it"
+        )
 
 
 STOPPED_WORKER = """

@@ -2453,3 +2453,40 @@ def test_a_resume_without_a_group_count_keeps_the_count_the_run_recorded(tmp_pat
         torch.testing.assert_close(value, expected[name])
     with pytest.raises(flipes.UsageError, match="--groups: saved 4, now 2"):
         flipes.train(flipes.TrainConfig(**FAST_KW, groups=2, generations=4, resume=str(run)))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11's")
+def test_an_error_raised_in_a_generations_fitness_or_evaluation_names_the_generation_and_the_kept_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """An exception from code of one's own (an env's step, a fitness, an evaluate) propagates as it was raised, its
+    message unchanged, with one note naming the generation whose fitness or evaluation raised it, the checkpoint the
+    run keeps (written every 2 generations: after generation 1) and the --resume that continues from it; a UsageError
+    (flipes' one-line mistakes) gets no note."""
+
+    def fitness(model, pop):
+        if pop.generation == 3:
+            raise RuntimeError("env broke")
+        return model(torch.ones(pop.size, 3)).sum(1)
+
+    def evaluate(model):
+        if len(calls) == 1:
+            raise KeyError("eval broke")
+        calls.append(1)
+        return 0.0
+
+    calls: list[int] = []
+    kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), popsize=8, generations=5, checkpoint_every=2,
+              tensorboard=False, progress=False)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"^env broke") as raised:
+        flipes.train(**kw, fitness=fitness, out=str(tmp_path / "fit"))
+    kept = f"the last checkpoint (after generation 1) stays: --resume {tmp_path / 'fit'} continues from it"
+    assert raised.value.__notes__ == [f"flipes: raised in generation 3's fitness; {kept}"]
+    with pytest.raises(KeyError) as raised:
+        flipes.train(**kw, fitness=lambda model, pop: model(torch.ones(pop.size, 3)).sum(1), evaluate=evaluate, eval_every=1,
+                     out=str(tmp_path / "eval"))  # fmt: skip
+    kept = f"the last checkpoint (before any generation) stays: --resume {tmp_path / 'eval'} continues from it"
+    assert raised.value.__notes__ == [f"flipes: raised in the evaluation of generation 1; {kept}"]
+    with pytest.raises(flipes.UsageError) as refused:
+        flipes.train(**kw, fitness=lambda model, pop: torch.zeros(3), out=str(tmp_path / "shape"))
+    assert not hasattr(refused.value, "__notes__")
