@@ -509,6 +509,8 @@ class Sloppy(Signs):
 
     def reset(self, *, seed=None, options=None):  # type: ignore[override]
         obs, info = super().reset(seed=seed, options=options)
+        if self.mistake == "obs 2d":
+            return obs[:, None], info
         return obs if self.mistake == "obs only" else (obs, info)
 
     def step(self, actions):  # type: ignore[override]
@@ -519,10 +521,12 @@ class Sloppy(Signs):
             return obs, reward, terminated.float(), truncated.float(), info
         if self.mistake == "done":
             return obs, reward, terminated | truncated, info
+        if self.mistake == "obs short":
+            return obs[:, :2], reward, terminated, truncated, info
         return obs, reward, terminated, truncated, info
 
 
-MISTAKES = ("reward column", "float flags", "done", "obs only")
+MISTAKES = ("reward column", "float flags", "done", "obs only", "obs 2d", "obs short")
 for _mistake in ("", *MISTAKES):
     gym.register(f"owntest/Sloppy{_mistake.title().replace(' ', '')}-v0", vector_entry_point=Sloppy, kwargs={"mistake": _mistake})
 
@@ -534,15 +538,25 @@ for _mistake in ("", *MISTAKES):
         ("float flags", "Sloppy.step() returned terminated as a Tensor of shape (6,) and dtype float32 for 6 envs; return one"),
         ("done", "Sloppy.step() returned a tuple of 4, not gymnasium's (observations, rewards, terminated, truncated, infos)"),
         ("obs only", "Sloppy.reset() returned a Tensor of shape (6, 3) and dtype float32, not gymnasium's (observations, info)"),
+        (
+            "obs 2d",
+            "Sloppy.reset() returned observations of shape (6, 1, 3) for 6 envs of Box(-1.0, 1.0, (3,), float32); "
+            "return shape (6, 3), or declare the shape they have in single_observation_space",
+        ),
+        (
+            "obs short",
+            "Sloppy.step() returned observations of shape (6, 2) for 6 envs of Box(-1.0, 1.0, (3,), float32); "
+            "return shape (6, 3), or declare",
+        ),
     ],
 )
 def test_an_own_env_returning_other_than_gymnasiums_api_is_one_error_naming_the_value(
     tmp_path, mistake: str, message: str
 ) -> None:
     """A batched env of one's own whose reset or step returns other than gymnasium's vector API (rewards as a column,
-    float flags, the old API's 4-tuple, observations without info) stops training at its first step with a UsageError
-    naming the env, the value and the shape it should have, not a torch error deep in the rollout; the same env
-    returning the right values trains."""
+    float flags, the old API's 4-tuple, observations without info, observations of another shape than its space's)
+    stops training at its first step with a UsageError naming the env, the value and the shape it should have, not a
+    torch error deep in the rollout; the same env returning the right values trains."""
     kw = {"popsize": 6, "generations": 1, "eval_episodes": 2, "progress": False, "tensorboard": False}
     with pytest.raises(flipes.UsageError, match="^" + re.escape("--env: " + message)):
         flipes.train(env=f"owntest/Sloppy{mistake.title().replace(' ', '')}-v0", out=str(tmp_path / "bad"), **kw)

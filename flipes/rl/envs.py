@@ -205,12 +205,28 @@ def _described(x: Any) -> str:
 def reset_observations(out: Any, env: Any) -> Any:
     """The observations of what a vector env's ``reset`` returned, ``(observations, info)``; a UsageError
     naming gymnasium's API where it returned something else (the observations alone: gym's old API)."""
-    if isinstance(out, tuple | list) and len(out) == 2:
-        return out[0]
     name = f"{type(getattr(env, 'unwrapped', env)).__name__}.reset()"  # the user's env, not a wrapper of flipes
+    if isinstance(out, tuple | list) and len(out) == 2:
+        _check_observations(out[0], env, name)
+        return out[0]
     raise UsageError(
         "--env", f"{name} returned {_described(out)}, not gymnasium's (observations, info)", "return obs, {} from reset"
     )
+
+
+def _check_observations(obs: Any, env: Any, name: str) -> None:
+    """A UsageError naming both ways out where ``obs`` of a Box space are not ``(num_envs, *shape)``: the policy, built
+    for the declared shape, would otherwise fail inside flipes with torch's error."""
+    space, shape = getattr(env, "single_observation_space", None), getattr(obs, "shape", None)
+    if not isinstance(space, gym.spaces.Box) or shape is None:  # a Dict's or Tuple's entries: flattened by flipes
+        return
+    expect = (env.num_envs, *space.shape)
+    if tuple(shape) != expect:
+        raise UsageError(
+            "--env",
+            f"{name} returned observations of shape {tuple(shape)} for {env.num_envs} envs of {space}",
+            f"return shape {expect}, or declare the shape they have in single_observation_space",
+        )
 
 
 def check_step(out: Any, env: Any, outputs_only: bool = False) -> None:
@@ -227,7 +243,8 @@ def check_step(out: Any, env: Any, outputs_only: bool = False) -> None:
     if outputs_only:
         return
     n = env.num_envs
-    _, reward, terminated, truncated, _ = out
+    obs, reward, terminated, truncated, _ = out
+    _check_observations(obs, env, name)
     shape = tuple(getattr(reward, "shape", np.shape(reward)))
     if shape != (n,):
         raise UsageError("--env", f"{name} returned rewards of shape {shape} for {n} envs", f"return one per env, shape ({n},)")
