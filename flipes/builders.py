@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import math
 import random
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from flipes.rl import (
     reset_episodes,
     run_episodes,
 )
-from flipes.rl.envs import EnvError, EnvOptionError
+from flipes.rl.envs import EnvError, EnvOptionError, seeds_each_env
 from flipes.rl.presets import defaults
 from flipes.rl.rollout import continuous
 from flipes.search import search_rule, sigma_schedule
@@ -137,6 +138,17 @@ def build_env(
         raise UsageError("--env-kwargs", str(e), _misplaced_options(config.env_kwargs, str(e))) from None
     except EnvError as e:
         raise UsageError("--env", str(e)) from None
+    split = (comm.size > 1 and config.comm == "seeds") or config.members_per_pass > 0  # parts, or other processes
+    if split and comm.rank == 0 and getattr(env, "own_vector_env", False):
+        if not seeds_each_env(env, config.env, device, **config.env_kwargs):
+            how = "--comm seeds on another process count" if comm.size > 1 else "another --members-per-pass (or none)"
+            warnings.warn(
+                f"{config.env}: env {env.num_envs - 1} of a reset(seed=s) starts elsewhere than one copy reset with "
+                f"seed s + {env.num_envs - 1}, so a member's episodes depend on how the population is split, and "
+                f"{how} will not give the same parameters; seed env i from seed + i alone (gymnasium's convention)",
+                UserWarning,
+                stacklevel=2,
+            )
     space = env.single_action_space
     if config.action_noise and not continuous(space):  # named before the run directory is looked at
         env.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import re
+import types
+import warnings
 from collections import OrderedDict
 
 import gymnasium as gym
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 import flipes
+from flipes.builders import build_env
 from flipes.commands import evaluate_command, record
 from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env, rollout, run_episodes
 from flipes.rl.envs import EnvError
@@ -126,6 +129,7 @@ gym.register("owntest/Goal-v0", entry_point=Goal)
 gym.register("owntest/NoRender-v0", entry_point=NoRender)
 gym.register("owntest/NoFrames-v0", entry_point=NoFrames)
 gym.register("owntest/CartPoleVec-v0", vector_entry_point="gymnasium.envs.classic_control.cartpole:CartPoleVectorEnv")
+gym.register("owntest/TorchCartPole-v0", vector_entry_point="envs.cartpole:CartPoleVectorEnv")  # env i from seed + i
 gym.register("owntest/DiscreteEntry-v0", entry_point=lambda: gym.wrappers.TransformObservation(
     Goal(), lambda o: {"position": o["position"], "n": 1}, gym.spaces.Dict(
         {"position": Goal.observation_space["position"], "n": gym.spaces.Discrete(3)})))  # fmt: skip
@@ -576,3 +580,24 @@ def test_evaluate_with_render_of_an_env_that_cannot_render_refuses_before_its_ep
     assert not (tmp_path / "signs.gif").exists()
     evaluate_command([str(run), "--episodes", "3"])
     assert "center policy return" in capsys.readouterr().out
+
+
+def test_an_own_env_seeding_its_copies_from_one_generator_is_named_where_the_population_is_split(tmp_path) -> None:
+    """Where a member's episodes must not depend on how the population is split (--members-per-pass; --comm seeds
+    under MPI, its rank 0 built here with a stand-in communicator of 2 ranks), a batched env of one's own whose copies
+    share one generator (its env i does not start as one copy reset with seed + i) is named in a warning saying what
+    it breaks and gymnasium's convention; an own env that follows it (flipes' torch CartPole) and an unsplit run warn
+    of nothing."""
+    kw = {"popsize": 4, "generations": 1, "eval_episodes": 2, "progress": False, "tensorboard": False}
+    fix = re.escape("parameters; seed env i from seed + i alone (gymnasium's convention)")
+    said = re.escape("owntest/Signs-v0: env 1 of a reset(seed=s) starts elsewhere than one copy reset with seed s + 1, ")
+    with pytest.warns(UserWarning, match=said + r".*another --members-per-pass \(or none\) will not give the same " + fix):
+        flipes.train(env="owntest/Signs-v0", members_per_pass=2, out=str(tmp_path / "parts"), **kw)
+    config = flipes.TrainConfig.for_env("owntest/Signs-v0", popsize=4, groups=2, comm="seeds")
+    ranks = types.SimpleNamespace(size=2, rank=0, local_size=1)
+    with pytest.warns(UserWarning, match=said + r".*--comm seeds on another process count will not"):
+        build_env(config, ranks, "cpu", None).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flipes.train(env="owntest/TorchCartPole-v0", members_per_pass=2, out=str(tmp_path / "conforms"), **kw)
+        flipes.train(env="owntest/Signs-v0", out=str(tmp_path / "whole"), **kw)

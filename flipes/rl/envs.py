@@ -468,7 +468,9 @@ def _engine_env(
             raise EnvError(f"{env_id!r}: {problem}; use {name}")
         if kwargs:
             check_env_options(name, "its vector_entry_point", kwargs, _creator_options(spec.vector_entry_point))
-        return NumpyToTorch(_own_vector_env(spec, name, num_envs, device, kwargs), device=device)
+        env = NumpyToTorch(_own_vector_env(spec, name, num_envs, device, kwargs), device=device)
+        env.own_vector_env = True  # its seeding is its author's: seeds_each_env probes it where that matters
+        return env
     mode = backend.removeprefix("gymnasium-") if backend.startswith("gymnasium-") else None
     if mode is None:
         heavy = isinstance(spec.entry_point, str) and spec.entry_point.startswith(_HEAVY_ENTRY_POINTS)
@@ -493,6 +495,22 @@ def _engine_env(
     except gym.error.DependencyNotInstalled as e:
         refused = why if why.startswith("EnvPool's") else ""  # EnvPool has the id, not with these options
         raise EnvError(f"{name!r} needs packages that are not installed; {_install_hint(spec, e, refused)}") from e
+
+
+def seeds_each_env(env: gym.vector.VectorEnv, env_id: str, device: str | torch.device, **kwargs: Any) -> bool:
+    """Whether ``env``'s last env starts as one copy of ``env_id`` reset with ``seed + i`` does, gymnasium's convention
+    (env ``i`` seeded from ``seed + i`` alone) that keeps a member's episodes the same however the population is split;
+    an env with one generator for all its copies breaks it. Resets ``env``; a rollout resets it again."""
+    n, seed = env.num_envs, 12345
+    if n < 2:
+        return True
+    many = reset_observations(env.reset(seed=seed), env)
+    one_env = make_vector_env(env_id, 1, device, note=None, **kwargs)
+    try:
+        one = reset_observations(one_env.reset(seed=seed + n - 1), one_env)
+    finally:
+        one_env.close()
+    return torch.equal(torch.as_tensor(many)[-1].cpu(), torch.as_tensor(one)[0].cpu())
 
 
 def _step_once(name: str, mujoco: bool, kwargs: dict[str, Any]) -> None:
