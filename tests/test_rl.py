@@ -464,6 +464,27 @@ def test_an_integer_box_gets_the_policys_squashed_actions_rounded_into_its_dtype
         run_episodes(venv, lambda o: torch.ones(4, 2), seed=0)
 
 
+def test_multi_binary_observations_are_features_as_a_box_of_zeros_and_ones_takes_them() -> None:
+    """MLPPolicy and GRUPolicy on MultiBinary((2, 3)) observations (as flipes takes them inside a Dict) give, with the
+    same weights and statistics, the actions of the policy on Box(0, 1, (2, 3)) given the same 0/1 values as float32;
+    gymnasium's int8 observation of one env gives a numpy action."""
+    box, bits = gym.spaces.Box(0, 1, (2, 3), np.float32), gym.spaces.MultiBinary((2, 3))
+    x = torch.randint(0, 2, (4, 5, 2, 3), dtype=torch.int8, generator=torch.Generator().manual_seed(0))
+    for kind in (MLPPolicy, flipes.rl.GRUPolicy):
+        torch.manual_seed(0)
+        reference = kind(box, gym.spaces.Discrete(3), hidden=(8,))
+        policy = kind(bits, gym.spaces.Discrete(3), hidden=(8,))
+        policy.load_state_dict(reference.state_dict())
+        for p in (reference, policy):
+            p.obs_norm.record(x.float())
+            p.obs_norm.update()
+        if kind is MLPPolicy:
+            assert torch.equal(policy(x), reference(x.float()))
+            assert isinstance(policy(x[0, 0].numpy()), np.integer)
+        else:
+            assert torch.equal(policy(x, None)[0], reference(x.float(), None)[0])
+
+
 def test_a_policy_acts_on_observations_flattened_and_normalized_once_by_its_statistics() -> None:
     """An MLPPolicy over (2, 3) Box observations with recorded statistics maps (members, episodes, 2, 3) inputs to the
     actions of a float64 reference: each observation flattened to 6 features, normalized once by the statistics,
@@ -808,11 +829,11 @@ def whole(message: str) -> str:
 
 def test_bad_input_gives_errors_that_say_what_to_do() -> None:
     """Each is a ValueError whose whole message names the problem and the fix: MLPPolicy with a Tuple action
-    space (the supported spaces; write a policy from flipes.nn layers), with a MultiDiscrete observation space (flatten it
-    with FlattenObservation, or write a policy); an unknown gymnasium id (every flipes id, gymnasium.pprint_registry,
-    the MuJoCo extra, envpool.list_all_envs, and, where no module was named and gymnasium knows no such name in any
-    version, the ``mymodule:ID`` form that imports the module registering an env of one's own) and an unknown flipes/ id
-    (every flipes id)."""
+    space (the supported spaces; write a policy from flipes.nn layers), with a MultiDiscrete observation space (wrap the
+    env in FlattenObservation where it is registered, or write a policy); an unknown gymnasium id (every flipes id,
+    gymnasium.pprint_registry, the MuJoCo extra, envpool.list_all_envs, and, where no module was named and gymnasium
+    knows no such name in any version, the ``mymodule:ID`` form that imports the module registering an env of one's
+    own) and an unknown flipes/ id (every flipes id)."""
     obs_space = gym.spaces.Box(-1, 1, (5,), np.float32)
     action = (
         "MLPPolicy handles Discrete, MultiDiscrete, MultiBinary and Box action spaces, got Tuple; write your own policy "
@@ -821,8 +842,9 @@ def test_bad_input_gives_errors_that_say_what_to_do() -> None:
     with pytest.raises(ValueError, match=whole(action)):
         MLPPolicy(obs_space, gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(3))))
     observation = (
-        "MLPPolicy needs a Box or Discrete observation space, got MultiDiscrete([2 3]); flatten it "
-        "(gymnasium.wrappers.FlattenObservation) or write a policy from flipes.nn layers"
+        "MLPPolicy needs a Box, Discrete or MultiBinary observation space, got MultiDiscrete([2 3]); wrap the env in "
+        "gymnasium.wrappers.FlattenObservation (one-hot for MultiDiscrete) when you register it, or write a policy from "
+        "flipes.nn layers"
     )
     with pytest.raises(ValueError, match=whole(observation)):
         MLPPolicy(gym.spaces.MultiDiscrete([2, 3]), gym.spaces.Discrete(2))

@@ -27,7 +27,7 @@ class SpacePolicy(nn.Module):
     observations are one-hot (not normalized).
 
     Args:
-        observation_space: a ``Box`` of observations (flattened) or ``Discrete`` ones (one-hot).
+        observation_space: a ``Box`` or ``MultiBinary`` of observations (flattened) or ``Discrete`` ones (one-hot).
         action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
         normalize: keep running observation statistics (``self.obs_norm``).
     """
@@ -45,10 +45,12 @@ class SpacePolicy(nn.Module):
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
         super().__init__()
         name = type(self).__name__
-        if not isinstance(observation_space, gym.spaces.Box | gym.spaces.Discrete):
+        # MultiBinary observations are 0/1 features, as flipes takes them inside a Dict
+        if not isinstance(observation_space, gym.spaces.Box | gym.spaces.Discrete | gym.spaces.MultiBinary):
             raise ValueError(
-                f"{name} needs a Box or Discrete observation space, got {observation_space}; "
-                "flatten it (gymnasium.wrappers.FlattenObservation) or write a policy from flipes.nn layers"
+                f"{name} needs a Box, Discrete or MultiBinary observation space, got {observation_space}; wrap the env in "
+                "gymnasium.wrappers.FlattenObservation (one-hot for MultiDiscrete) when you register it, or write a policy "
+                "from flipes.nn layers"
             )
         kinds = (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary, gym.spaces.Box)
         # the space's kind, also for a subclass of one (whose own name would send it down another branch)
@@ -199,7 +201,7 @@ class MLPPolicy(SpacePolicy):
     are left linear, clipped at a bound on one side).
 
     Args:
-        observation_space: a ``Box`` of observations (flattened) or ``Discrete`` ones (one-hot).
+        observation_space: a ``Box`` or ``MultiBinary`` of observations (flattened) or ``Discrete`` ones (one-hot).
         action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
         hidden: widths of the hidden layers.
         activation: the hidden nonlinearity.
