@@ -369,6 +369,26 @@ def test_load_policy_takes_an_envs_dict_observations_as_gymnasium_gives_them(tmp
         by_hand(batch[0])
 
 
+def test_a_policy_built_on_a_dict_space_acts_as_on_its_flattened_box() -> None:
+    """MLPPolicy built on a Dict observation space (as a loop of one's own passes a gymnasium vector env's) has the
+    parameters of one on the Box flipes' envs flatten it into, and with the same weights gives the same actions on the
+    flattened rows, a batch of dicts and one dict; a Dict with a Discrete entry is refused naming FlattenObservation."""
+    space = Goal.observation_space
+    torch.manual_seed(0)
+    flat = MLPPolicy(gym.spaces.flatten_space(space), Goal.action_space, hidden=(8,), normalize=False)
+    policy = MLPPolicy(space, Goal.action_space, hidden=(8,), normalize=False)
+    policy.load_state_dict(flat.state_dict())
+    env = Goal()
+    batch = [env.reset(seed=s)[0] for s in range(3)]
+    rows = torch.from_numpy(np.stack([gym.spaces.flatten(space, o) for o in batch]))
+    stacked = {"position": torch.from_numpy(np.stack([o["position"] for o in batch])),
+               "goal": tuple(torch.from_numpy(np.stack([o["goal"][i] for o in batch])) for i in range(2))}  # fmt: skip
+    assert torch.equal(policy(rows), flat(rows)) and torch.equal(policy(stacked), flat(rows))
+    assert np.array_equal(policy(batch[0]), flat(rows[0].numpy()))
+    with pytest.raises(ValueError, match=r"entry 'n' is Discrete\(3\); .*gymnasium.wrappers.FlattenObservation"):
+        MLPPolicy(gym.spaces.Dict({"x": space["position"], "n": gym.spaces.Discrete(3)}), Goal.action_space)
+
+
 def test_discrete_observations_are_one_hot_for_each_member_and_learnt_and_exported(tmp_path) -> None:
     """MLPPolicy on Discrete(6, start=2) observations (state indices): inside a population each member's logits are
     its explicit weights applied to the one-hot of ``obs - start`` (to 1e-12 in float64; no normalization, even when

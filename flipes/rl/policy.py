@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from flipes.es.checks import as_index
 from flipes.nn import FlipoutConv2d, FlipoutLinear
 from flipes.rl.normalize import RunningNorm
-from flipes.rl.spaces import STRUCTURED, batch_dims, flatten_observations
+from flipes.rl.spaces import STRUCTURED, batch_dims, flat_observation_space, flatten_observations
 
 
 class SpacePolicy(nn.Module):
@@ -27,7 +27,8 @@ class SpacePolicy(nn.Module):
     observations are one-hot (not normalized).
 
     Args:
-        observation_space: a ``Box`` or ``MultiBinary`` of observations (flattened) or ``Discrete`` ones (one-hot).
+        observation_space: a ``Box`` or ``MultiBinary`` of observations (flattened), ``Discrete`` ones (one-hot), or
+            a ``Dict`` or ``Tuple`` of Box and MultiBinary entries (flattened as flipes' envs flatten them).
         action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
         normalize: keep running observation statistics (``self.obs_norm``).
     """
@@ -45,6 +46,9 @@ class SpacePolicy(nn.Module):
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
         super().__init__()
         name = type(self).__name__
+        if isinstance(observation_space, STRUCTURED):  # a Dict or Tuple: on the Box flipes' envs flatten it into
+            self.source_observation_space = observation_space
+            observation_space = flat_observation_space(observation_space)  # a SpaceError (ValueError) naming the fix
         # MultiBinary observations are 0/1 features, as flipes takes them inside a Dict
         if not isinstance(observation_space, gym.spaces.Box | gym.spaces.Discrete | gym.spaces.MultiBinary):
             raise ValueError(
