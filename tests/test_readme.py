@@ -126,6 +126,7 @@ BLOCKS: dict[str, dict[str, Any]] = {
         "names": lambda: {"transformers": importlib.import_module("transformers"), "torch": torch},
     },
     "import flipes, torch\nfrom flipes.rl import": {},  # Novelty search: final observations
+    "import gymnasium as gym, numpy as np, torch, flipes\nfrom envs.base import TorchVectorEnv": {},  # Your own env
 }
 
 
@@ -178,6 +179,8 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path: Path, monkey
             assert ns["es"].generation == 3 and ns["fitness"].shape == (30,) and ns["stats"]["fitness_std"] > 0
         elif source.startswith("import flipes, torch\nfrom flipes.rl import"):
             check_novelty_search(ns)
+        elif source.startswith("import gymnasium as gym, numpy as np, torch, flipes\nfrom envs.base"):
+            check_own_torch_env(ns)
 
 
 def check_api_block(source: str, ns: dict[str, Any]) -> None:
@@ -213,6 +216,15 @@ def check_novelty_search(ns: dict[str, Any]) -> None:
     past = (final[:, 0, 0].abs() > 2.4) | (final[:, 0, 2].abs() > 12 * 2 * math.pi / 360)
     ended = rollout.last_returns < 200
     assert ended.any() and bool(past[ended].all())
+
+
+def check_own_torch_env(ns: dict[str, Any]) -> None:
+    """'Your own env': the TorchVectorEnv subclass trains its 30 generations, and env i of a reset(seed=s) of 3 copies
+    starts where one copy reset with seed s + i starts, exactly."""
+    assert ns["result"].reason == "generations" and len(ns["result"].metrics) == 30
+    three = ns["Reach"](3).reset(seed=5)[0]
+    for i in range(3):
+        assert torch.equal(three[i], ns["Reach"](1).reset(seed=5 + i)[0][0])
 
 
 def check_digits_fitness(source: str, ns: dict[str, Any]) -> None:
