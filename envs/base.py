@@ -68,8 +68,9 @@ class TorchVectorEnv(gym.vector.VectorEnv):
 
     Shape:
         - ``reset() -> obs``: ``(N, obs_dim)`` float32.
-        - ``step(actions)``: actions ``(N,)`` integers (``Discrete``) or ``(N, *action_shape)`` floats
-          (``Box``; ``(N,)`` too when the action is one number); returns observations
+        - ``step(actions)``: actions ``(N,)`` integers (``Discrete``, from its ``start``), ``(N, *action_shape)``
+          floats (``Box``; ``(N,)`` too when the action is one number) or integers (``MultiDiscrete``,
+          ``MultiBinary``: an env of one's own); returns observations
           ``(N, obs_dim)`` float32, rewards ``(N,)`` float32, terminated and truncated ``(N,)`` bool.
 
     Examples::
@@ -91,7 +92,7 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         device: Device,
         dtype: torch.dtype,
         single_observation_space: gym.spaces.Box,
-        single_action_space: gym.spaces.Discrete | gym.spaces.Box,
+        single_action_space: gym.spaces.Discrete | gym.spaces.Box | gym.spaces.MultiDiscrete | gym.spaces.MultiBinary,
         num_threads: int | None = 1,
         hide_velocities: bool = False,
     ) -> None:
@@ -119,6 +120,8 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         self.observation_space = batch_space(single_observation_space, num_envs)
         self.action_space = batch_space(single_action_space, num_envs)
         self._discrete = isinstance(single_action_space, gym.spaces.Discrete)
+        # an env of one's own may take these: their integers reach its dynamics as integers, not cast to dtype
+        self._integers = isinstance(single_action_space, gym.spaces.MultiDiscrete | gym.spaces.MultiBinary)
         self._generator = torch.Generator(self.device)
         self._generator.seed()  # unseeded until reset(seed=...), like gymnasium's np_random
         self._state: Tensor | None = None
@@ -329,12 +332,14 @@ class TorchVectorEnv(gym.vector.VectorEnv):
 
     def _expected(self) -> str:
         """What a Discrete env's ``step`` takes, for its errors."""
-        return f"a tensor of shape ({self.num_envs},) of integers in [0, {self.single_action_space.n})"
+        space = self.single_action_space
+        return f"a tensor of shape ({self.num_envs},) of integers in [{space.start}, {space.start + space.n})"
 
     def _check_actions(self, actions: Tensor | np.ndarray) -> Tensor:
         """Validated actions on ``device``: ``(N,)`` integers (Discrete), ``(N,)`` ``dtype`` (one-number Box)
-        or ``(N, *action_shape)`` ``dtype`` (other Box). Discrete actions already on an accelerator are
-        not range-checked: reading them would make every step wait for the device."""
+        or ``(N, *action_shape)`` ``dtype`` (other Box), integers as given (MultiDiscrete, MultiBinary). Discrete
+        actions already on an accelerator are not range-checked: reading them would make every step wait for the
+        device."""
         # a tensor stays on its device (an accelerator's actions are not read back); arrays are read on the host
         a = actions if isinstance(actions, Tensor) else torch.as_tensor(actions, device="cpu")
         n, space, name = self.num_envs, self.single_action_space, type(self).__name__
@@ -346,16 +351,21 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             if a.device.type == "cpu":
                 lo, hi = a.aminmax()
                 lo, hi = int(lo), int(hi)
-                if lo < 0 or hi >= space.n:
+                first = int(space.start)  # Discrete(n, start=k) takes k ... k + n - 1
+                if lo < first or hi >= first + space.n:
                     raise ValueError(f"{name}.step takes {self._expected()}; got actions from {lo} to {hi}")
             return a if a.device == self.device else a.to(self.device)  # no op for the no-op, at every step
         shape = (n, *space.shape)
         if a.shape != shape and not (space.shape == (1,) and a.shape == (n,)):
             alt = f" or ({n},)" if space.shape == (1,) else ""
             raise ValueError(f"{name}.step takes one action per env, a tensor of shape {shape}{alt}; got shape {tuple(a.shape)}")
+        if self._integers and (a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool):
+            raise ValueError(f"{name}.step takes integer actions of shape {shape} ({space}); got dtype {a.dtype}")
         if a.dtype.is_complex or a.dtype == torch.bool:
             raise ValueError(f"{name}.step takes real-valued actions of shape {shape}; got dtype {a.dtype}")
         a = a.reshape(n) if space.shape == (1,) else a  # one-number actions as (N,)
+        if self._integers:
+            return a if a.device == self.device else a.to(self.device)
         return a if a.dtype == self.dtype and a.device == self.device else a.to(self.device, self.dtype)
 
 

@@ -655,6 +655,50 @@ def test_box_actions_of_another_dtype_step_as_the_envs_dtype(env_id: str) -> Non
         assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(got[:4], expected[:4], strict=True))
 
 
+class Picks(envs.base.TorchVectorEnv):
+    """An env of one's own on TorchVectorEnv with the action space it is given; it keeps the actions its dynamics get."""
+
+    state_dim = 1
+
+    def __init__(self, num_envs: int, space: gym.Space) -> None:
+        super().__init__(num_envs, 5, "cpu", torch.float32, gym.spaces.Box(-1, 1, (1,), np.float32), space)
+
+    def dynamics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        self.seen = action
+        return state
+
+    def _reward_terminated(self, state, action, next_state):  # type: ignore[no-untyped-def]
+        return torch.zeros(self.num_envs), torch.zeros(self.num_envs, dtype=torch.bool)
+
+    def _observe(self, state: torch.Tensor) -> torch.Tensor:
+        return state.float().clone()
+
+    def _initial_range(self, options):  # type: ignore[no-untyped-def]
+        return [-1.0], [1.0]
+
+
+def test_an_own_torch_envs_discrete_start_and_multi_discrete_actions_reach_its_dynamics_as_declared() -> None:
+    """A TorchVectorEnv subclass of one's own takes Discrete(3, start=-1) actions -1, 0 and 1 (they were refused as
+    out of [0, 3)) and refuses 2 naming [-1, 2); its MultiDiscrete and MultiBinary actions reach the dynamics as the
+    very int64 and int8 tensors given (they were cast to float32), and float ones are refused naming the space."""
+    start = Picks(4, gym.spaces.Discrete(3, start=-1))
+    start.reset(seed=0)
+    start.step(torch.tensor([-1, 0, 1, 1]))
+    assert torch.equal(start.seen, torch.tensor([-1, 0, 1, 1]))
+    with pytest.raises(ValueError, match=r"integers in \[-1, 2\); got actions from -1 to 2$"):
+        start.step(torch.tensor([-1, 0, 1, 2]))
+    for space, given in [
+        (gym.spaces.MultiDiscrete([3, 2]), torch.tensor([[2, 1], [0, 0], [1, 1], [2, 0]])),
+        (gym.spaces.MultiBinary(3), torch.randint(0, 2, (4, 3), dtype=torch.int8)),
+    ]:
+        env = Picks(4, space)
+        env.reset(seed=0)
+        env.step(given)
+        assert env.seen.dtype == given.dtype and torch.equal(env.seen, given)
+        with pytest.raises(ValueError, match=r"Picks.step takes integer actions of shape \(4, [23]\) \(Multi.*torch.float32"):
+            env.step(given.float())
+
+
 def test_bad_actions_raise_a_helpful_value_error() -> None:
     """Actions of the wrong shape or number of envs, discrete actions out of range (too large or negative, torch or
     numpy) and float actions for a Discrete space each raise a ValueError naming the expected shape, range or dtype
