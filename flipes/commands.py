@@ -197,7 +197,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
 
 def export_command(argv: Sequence[str] | None = None) -> Path:
     """``flipes export``: a run's policy as a torch.export program; prints and returns its path."""
-    from flipes.export import export_policy, program_inputs
+    from flipes.export import export_policy, program_inputs, program_layout
 
     args = parse_config(ExportConfig, argv, EXPORT_HELP, prog="flipes export")
     path = export_policy(args.run, args.out or None, args.checkpoint)
@@ -205,6 +205,9 @@ def export_command(argv: Sequence[str] | None = None) -> Path:
         f"{str(dtype).removeprefix('torch.')} (batch{''.join(f', {d}' for d in shape)})" for dtype, shape in program_inputs(path)
     ]
     call = f"torch.export.load({str(path)!r}).module()"
+    flat = program_layout(path)  # a Dict's or Tuple's entries, flattened into the rows the program takes
+    if flat:
+        shown[0] += f" (the env's {flat.replace(': ', ' flattened as gymnasium.spaces.flatten does: ', 1)})"
     if len(shown) == 1:
         print(f"wrote {path}: {call}(obs) maps observations {shown[0]} to actions")
     else:

@@ -27,6 +27,7 @@ from flipes.nn.convert import uncompiled
 from flipes.rl import make_vector_env
 from flipes.rl.envs import EnvError
 from flipes.rl.recurrent import GRUPolicy, RecurrentPolicy
+from flipes.rl.spaces import STRUCTURED, layout
 from flipes.runs import load_policy, run_config, run_env, run_env_kwargs
 
 
@@ -40,6 +41,9 @@ class _StateAsInput(nn.Module):
 
     def forward(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         return self.policy(obs, state)
+
+
+LAYOUT_FILE = "flipes_observation_layout"  # an extra file of the .pt2 archive
 
 
 def export_policy(
@@ -82,9 +86,11 @@ def export_policy(
         raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
     try:
         obs, _ = env.reset(seed=0)
-        space = env.single_observation_space
+        space, source = env.single_observation_space, getattr(env, "source_observation_space", None)
     finally:
         env.close()
+    # the program takes a Dict's or Tuple's observations flattened: where each entry's columns are travels with it
+    extra = {LAYOUT_FILE: f"{type(source).__name__}: {layout(source)}"} if isinstance(source, STRUCTURED) else None
     policy = uncompiled(load_policy(run_dir, checkpoint, "cpu", model=model)).requires_grad_(False)  # actions without a graph
     batch = torch.export.Dim("batch", min=1)
     if isinstance(policy, GRUPolicy):
@@ -127,7 +133,7 @@ def export_policy(
                     f"the exported program of {run_dir} acts otherwise than its policy: a flipes bug, please report it"
                 )
     buffer = io.BytesIO()
-    torch.export.save(program, buffer)
+    torch.export.save(program, buffer, extra_files=extra)
     tmp = out.with_name(out.name + ".tmp")
     try:  # all at once: a reader sees the old program or the new one
         with open(tmp, "wb") as f:
@@ -149,6 +155,14 @@ def program_inputs(path: str | Path) -> list[tuple[torch.dtype, tuple[int, ...]]
     names = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
     values = {node.name: node.meta["val"] for node in program.graph.nodes if node.op == "placeholder"}
     return [(values[name].dtype, tuple(int(d) for d in values[name].shape[1:])) for name in names]
+
+
+def program_layout(path: str | Path) -> str:
+    """Where a program ``flipes export`` wrote for an env of Dict or Tuple observations takes each entry: ``"Dict: goal
+    0:3, pos 3:5"``, the columns of the flattened rows it takes (``gymnasium.spaces.flatten``); ``""`` for other envs."""
+    extra = {LAYOUT_FILE: ""}
+    torch.export.load(str(path), extra_files=extra)
+    return str(extra[LAYOUT_FILE])
 
 
 def _tensors(value: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:

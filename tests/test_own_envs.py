@@ -16,7 +16,7 @@ import torch
 
 import flipes
 from flipes.builders import build_env
-from flipes.commands import evaluate_command, record
+from flipes.commands import evaluate_command, export_command, record
 from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env, rollout, run_episodes
 from flipes.rl.envs import EnvError
 from flipes.rl.rollout import episode_seed
@@ -367,6 +367,26 @@ def test_load_policy_takes_an_envs_dict_observations_as_gymnasium_gives_them(tmp
     by_hand = MLPPolicy(gym.spaces.flatten_space(space), Goal.action_space)
     with pytest.raises(ValueError, match=r"^MLPPolicy takes observations as one array, got a dict; .*gymnasium.spaces.flatten"):
         by_hand(batch[0])
+
+
+def test_flipes_export_of_a_dict_observation_run_names_the_columns_its_program_takes(tmp_path, capsys) -> None:
+    """`flipes export` of a run on nested Dict observations says the program takes them flattened as
+    gymnasium.spaces.flatten does, naming each entry's columns; the program's actions on such rows are bit for bit
+    those load_policy's policy gives for the dicts themselves."""
+    run = flipes.train(env="owntest/Goal-v0", popsize=8, generations=1, out=str(tmp_path / "goal"), progress=False,
+                       tensorboard=False, target=None).run_dir  # fmt: skip
+    capsys.readouterr()
+    path = export_command([str(run)])
+    assert capsys.readouterr().out == (
+        f"wrote {path}: torch.export.load({str(path)!r}).module()(obs) maps observations float64 (batch, 9) (the env's "
+        "Dict flattened as gymnasium.spaces.flatten does: goal[0] 0:2, goal[1] 2:5, position 5:9) to actions\n"
+    )
+    env, policy = Goal(), flipes.load_policy(run)
+    batch = [env.reset(seed=s)[0] for s in range(3)]
+    rows = torch.from_numpy(np.stack([gym.spaces.flatten(Goal.observation_space, o) for o in batch]))
+    stacked = {"position": np.stack([o["position"] for o in batch]),
+               "goal": tuple(np.stack([o["goal"][i] for o in batch]) for i in range(2))}  # fmt: skip
+    assert np.array_equal(torch.export.load(str(path)).module()(rows).numpy(), policy(stacked))
 
 
 def test_a_policy_built_on_a_dict_space_acts_as_on_its_flattened_box() -> None:
