@@ -130,6 +130,8 @@ gym.register("owntest/NoRender-v0", entry_point=NoRender)
 gym.register("owntest/NoFrames-v0", entry_point=NoFrames)
 gym.register("owntest/CartPoleVec-v0", vector_entry_point="gymnasium.envs.classic_control.cartpole:CartPoleVectorEnv")
 gym.register("owntest/TorchCartPole-v0", vector_entry_point="envs.cartpole:CartPoleVectorEnv")  # env i from seed + i
+gym.register("owntest/BothCartPole-v0", entry_point="envs.cartpole:CartPoleEnv",  # one to render, one to train
+             vector_entry_point="envs.cartpole:CartPoleVectorEnv", max_episode_steps=500)  # fmt: skip
 gym.register("owntest/DiscreteEntry-v0", entry_point=lambda: gym.wrappers.TransformObservation(
     Goal(), lambda o: {"position": o["position"], "n": 1}, gym.spaces.Dict(
         {"position": Goal.observation_space["position"], "n": gym.spaces.Discrete(3)})))  # fmt: skip
@@ -641,3 +643,32 @@ def test_an_own_env_seeding_its_copies_from_one_generator_is_named_where_the_pop
         warnings.simplefilter("error")
         flipes.train(env="owntest/TorchCartPole-v0", members_per_pass=2, out=str(tmp_path / "conforms"), **kw)
         flipes.train(env="owntest/Signs-v0", out=str(tmp_path / "whole"), **kw)
+
+
+def test_an_own_id_registering_both_entry_points_trains_on_its_batched_env(monkeypatch) -> None:
+    """An id of one's own registering an entry_point (one env, to render) and a vector_entry_point (the batched env) is
+    made by the batched one, said in a note naming gymnasium-sync: for the other (it stepped copies of the single env,
+    25x slower on a torch env of one's own); gymnasium-sync: makes those copies, which give the very observations
+    and rewards of a reset and two steps; gymnasium's own CartPole-v1, which registers both, keeps SyncVectorEnv."""
+    import envs.cartpole
+
+    notes: list[str] = []
+    batched = make_vector_env("owntest/BothCartPole-v0", 4, note=notes.append)
+    copies = make_vector_env("gymnasium-sync:owntest/BothCartPole-v0", 4, note=None)
+    try:
+        assert type(batched.unwrapped) is envs.cartpole.CartPoleVectorEnv
+        assert type(copies.unwrapped) is gym.vector.SyncVectorEnv
+        assert notes == ["owntest/BothCartPole-v0 steps in its vector_entry_point, a batched env "
+                         "(gymnasium-sync:owntest/BothCartPole-v0 steps copies of its entry_point)"]  # fmt: skip
+        a, b = batched.reset(seed=3)[0], copies.reset(seed=3)[0]
+        assert torch.equal(a, b.to(a.dtype))
+        for actions in (torch.tensor([0, 1, 1, 0]), torch.tensor([1, 1, 0, 0])):
+            (a, ra, *_), (b, rb, *_) = batched.step(actions), copies.step(actions)
+            assert torch.equal(a, b.to(a.dtype)) and torch.equal(ra.double(), rb.double())
+    finally:
+        batched.close()
+        copies.close()
+    monkeypatch.setattr(flipes.rl.envs, "envpool_ids", frozenset)  # as without EnvPool: the id goes to gymnasium
+    cartpole = make_vector_env("CartPole-v1", 2, note=None)
+    assert type(cartpole.unwrapped) is gym.vector.SyncVectorEnv
+    cartpole.close()

@@ -462,7 +462,13 @@ def _engine_env(
                 other += f"; or use gymnasium:{name}"
             raise EnvError(f"EnvPool has no env {name!r}; {other}")
     spec = _gymnasium_spec(name, env_id)
-    if spec.entry_point is None and spec.vector_entry_point is not None:  # a batched env of its own, e.g. in torch
+    # an id of one's own registering both (the one env to render, the batched one to train): the batched one, as
+    # gymnasium.make_vec takes it; gymnasium's own ids (CartPole-v1's numpy CartPoleVectorEnv) keep their engines
+    gymnasiums = str(getattr(spec.entry_point, "__module__", spec.entry_point)).startswith("gymnasium.")
+    both = spec.entry_point is not None and spec.vector_entry_point is not None and backend == "auto" and not gymnasiums
+    if both and note is not None:
+        note(f"{name} steps in its vector_entry_point, a batched env (gymnasium-sync:{name} steps copies of its entry_point)")
+    if both or (spec.entry_point is None and spec.vector_entry_point is not None):  # a batched env of its own
         if backend in ("gymnasium-sync", "gymnasium-async"):
             problem = f"{name} has a vector_entry_point only, no entry_point to make one env per copy"
             raise EnvError(f"{env_id!r}: {problem}; use {name}")
