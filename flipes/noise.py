@@ -64,15 +64,16 @@ def _cached_sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
         return sign_table(dtype, device)
 
 
-def random_bytes(numel: int, gen: torch.Generator, device: torch.device) -> Tensor:
-    """``numel`` uniform random bytes, 8 per 64-bit draw."""
+def random_bytes(numel: int, gen: torch.Generator | None, device: torch.device) -> Tensor:
+    """``numel`` uniform random bytes, 8 per 64-bit draw (``gen=None``: torch's global generator)."""
     words = torch.empty((numel + 7) // 8, dtype=torch.int64, device=device)
     words.random_(-(2**63), None, generator=gen)  # the full 64-bit range: every bit is fair
     return words.view(torch.uint8)[:numel]
 
 
-def rademacher(numel: int, gen: torch.Generator, table: Tensor) -> Tensor:
-    """``numel`` independent ±1 values in ``table``'s dtype and device (``table = sign_table(...)``).
+def rademacher(numel: int, gen: torch.Generator | None, table: Tensor) -> Tensor:
+    """``numel`` independent ±1 values in ``table``'s dtype and device (``table = sign_table(...)``;
+    ``gen=None``: torch's global generator).
 
     One 64-bit draw gives 64 signs and one gather unpacks every byte into 8 values of the compute
     dtype (on CPU ~20× faster than ``torch.randint`` per element).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -635,3 +636,39 @@ def test_every_tensor_a_backprop_noise_model_makes_is_on_its_device() -> None:
     finally:
         torch.set_default_device(None)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for m in models for p in m.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flipout_signs_follow_torchs_global_seed(dtype: torch.dtype) -> None:
+    """The packed-bit sign draws come from torch's global generator: ``torch.manual_seed`` repeats a draw exactly
+    (signs, bias and weight draws), another seed changes it, and every sign is exactly ±1 in the layer's dtype, also
+    for a sign count that is no multiple of 8."""
+    layer = FlipoutLinear(5, 3, dtype=dtype)
+    attach_noise(layer, GaussianPosterior)
+    slot, pw = layer_noise(layer).slots[0], layer.perturbed_weights()[0]
+    draws = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        draws.append(slot.draw(pw, 7))  # 35 and 21 signs
+    for a, b in zip(dataclasses.astuple(draws[0]), dataclasses.astuple(draws[1]), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(draws[0].s, draws[2].s)
+    for signs in (draws[0].s, draws[0].r):
+        assert signs.dtype == dtype and set(signs.unique().tolist()) == {-1.0, 1.0}
+
+
+def test_a_compiled_model_draws_fresh_per_example_noise() -> None:
+    """``torch.compile`` of a model with a Gaussian posterior (``aot_eager``: the fake-tensor tracing inductor uses
+    too) traces its draws: a batch of one input repeated 8 times gives 8 different outputs (one weight sample per
+    example), two calls differ (fresh noise), and every ``ρ`` gets a nonzero gradient."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)))
+    attach_noise(model, functools.partial(GaussianPosterior, init_sigma=0.5))
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(1, 4).expand(8, 4)
+    out = compiled(x)
+    assert len({tuple(row.tolist()) for row in out}) == 8
+    assert not torch.equal(out, compiled(x))
+    (out.square().sum() + flipes.kl_divergence(model)).backward()
+    rhos = [p for name, p in model.named_parameters() if name.endswith("_rho")]
+    assert len(rhos) == 4 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in rhos)
