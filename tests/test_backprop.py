@@ -232,6 +232,18 @@ def test_lstm_cell_needs_fixed_noise_and_keeps_its_draw_across_steps() -> None:
     assert torch.equal(cell(xs[0])[0], plain.__class__.forward(cell, xs[0])[0])  # eval: the mean cell
 
 
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_a_cell_outside_fixed_noise_names_the_layer_that_draws_per_sequence(cell: str) -> None:
+    """A noisy recurrent cell called outside ``fixed_noise`` raises one line naming both fixes for its own kind:
+    ``fixed_noise`` and the sequence layer of the same recurrence (FlipoutGRU for a GRU cell, not FlipoutLSTM)."""
+    layer = flipes.flipout(getattr(nn, cell)(3, 4))
+    attach_noise(layer, GaussianPosterior)
+    sequence_layer = f"Flipout{cell.removesuffix('Cell')}"
+    with pytest.raises(RuntimeError, match=rf"fixed_noise.*flipes\.nn\.{sequence_layer}, which draws once per call") as err:
+        layer(torch.randn(2, 3))
+    assert "\n" not in str(err.value) and hasattr(flipes.nn, sequence_layer)
+
+
 def test_lstm_cell_gradients_equal_explicit_weights_fixed_over_the_sequence() -> None:
     """Backprop through a cell run step by step inside ``fixed_noise``: the gradients of every parameter
     (means and posterior scales) are those of each example's explicit weights, through the hidden path too."""

@@ -348,7 +348,7 @@ def backprop_noise(layer: FlipoutMixin, n: int, per_sequence: bool = False) -> t
         raise RuntimeError(
             f"{name} with weight noise is called once per time step, and its weights must stay the same for "
             "the whole sequence: run the sequence inside `with flipes.nn.fixed_noise(model):` (one draw per "
-            "block), or use flipes.nn.FlipoutLSTM, which draws once per call"
+            f"block), or use flipes.nn.{name.removesuffix('Cell')}, which draws once per call"
         )
     return ln.sample(layer.perturbed_weights(), n, name)
 
