@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -647,6 +648,21 @@ def test_attaching_noise_to_layers_that_would_ignore_it_is_an_error() -> None:
         attach_noise(model, GaussianPosterior)
     attach_noise(model[1], GaussianPosterior)  # the Linear alone
     assert flipes.nn.kl_divergence(model).detach() > 0
+
+
+def test_attaching_noise_warns_about_weights_left_as_point_estimates() -> None:
+    """A weight matrix with no Flipout form (a ConvTranspose2d's kernel) would silently train without noise or KL term:
+    attach_noise names it in one warning. Norm scales (1-D) are left out, and attaching to the Flipout layers alone
+    (the explicit choice) warns about nothing."""
+    model = flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 1, 3), nn.Flatten(), nn.LayerNorm(25)))
+    with pytest.warns(UserWarning, match=r"no backprop noise, for 1\.weight \(ConvTranspose2d\): point estimates") as rec:
+        attach_noise(model, GaussianPosterior)
+    assert len(rec) == 1 and "\n" not in str(rec[0].message) and "3.weight" not in str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attach_noise(model[0], GaussianPosterior)
+        attach_noise(flipes.flipout(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3), nn.Linear(3, 2))), GaussianPosterior)
+        attach_noise(model, None)  # removing noise warns about nothing
 
 
 def test_every_tensor_a_backprop_noise_model_makes_is_on_its_device() -> None:

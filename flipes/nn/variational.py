@@ -34,6 +34,7 @@ The learnable scales are not Flipout weights: ``flipes.FlipES`` evolves only the
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -377,12 +378,35 @@ def attach_noise(model: nn.Module, noise: NoiseFactory | None) -> nn.Module:
             f"attach_noise(): no backprop-noise forward in {', '.join(unsupported)} (perturbed in ES populations only); "
             "attach the noise to a submodule of Linear, Conv and recurrent Flipout layers instead"
         )
+    if noise is not None and (plain := _point_estimates(model, layers)):
+        shown = ", ".join(plain[:3]) + (f" and {len(plain) - 3} more" if len(plain) > 3 else "")
+        warnings.warn(
+            f"attach_noise(): no Flipout form, so no backprop noise, for {shown}: point estimates outside the KL "
+            "term; use Linear, Conv or LSTM/GRU/RNN layers there for a posterior, or attach the noise to the other "
+            "submodules alone",
+            stacklevel=2,
+        )
     for layer in layers:
         if noise is None:
             layer._modules.pop("backprop_noise", None)
         else:
             layer.add_module("backprop_noise", LayerNoise([noise(pw) for pw in layer.perturbed_weights()]))
     return model
+
+
+def _point_estimates(model: nn.Module, layers: list[FlipoutMixin]) -> list[str]:
+    """Trainable weight matrices and kernels (2-D or more) of ``model`` that no Flipout layer perturbs, named with
+    their module's type: e.g. a ConvTranspose2d's weight. Norm scales and biases (1-D) are left out: point estimates
+    there are the usual choice."""
+    seen = {id(p) for layer in layers for pw in layer.perturbed_weights() for p in (pw.weight, pw.bias) if p is not None}
+    seen |= {id(p) for m in model.modules() if isinstance(m, LayerNoise) for p in m.parameters()}
+    found = []
+    for name, m in model.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            if p.requires_grad and p.dim() >= 2 and id(p) not in seen:
+                seen.add(id(p))
+                found.append(f"{name}.{pname} ({type(m).__name__.removeprefix('PerMember')})" if name else pname)
+    return found
 
 
 def kl_divergence(model: nn.Module) -> Tensor:
