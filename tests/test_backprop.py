@@ -650,6 +650,24 @@ def test_attaching_noise_to_layers_that_would_ignore_it_is_an_error() -> None:
     assert flipes.nn.kl_divergence(model).detach() > 0
 
 
+def test_the_fix_the_unsupported_layer_error_gives_attaches_to_every_other_layer() -> None:
+    """The error for a model holding Embedding and attention layers gives a loop as its fix; run as written, it
+    attaches a posterior to exactly the Linear layers (a transformer layer's two and the head), with no warning."""
+    model = flipes.flipout(
+        nn.Sequential(nn.Embedding(10, 8), nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), nn.Linear(8, 3))
+    )
+    with pytest.raises(ValueError, match="FlipoutEmbedding, FlipoutMultiheadAttention") as err:
+        attach_noise(model, GaussianPosterior)
+    message = str(err.value)
+    assert "\n" not in message
+    loop = message.split("`")[1].replace(": if", ":\n    if").replace("): attach", "):\n        attach")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exec(loop, {"model": model, "noise": GaussianPosterior, "attach_noise": attach_noise})
+    noisy = sorted(name.removesuffix(".backprop_noise") for name, _ in model.named_modules() if name.endswith("backprop_noise"))
+    assert noisy == ["1.linear1", "1.linear2", "2"]
+
+
 def test_attaching_noise_warns_about_weights_left_as_point_estimates() -> None:
     """A weight matrix with no Flipout form (a ConvTranspose2d's kernel) would silently train without noise or KL term:
     attach_noise names it in one warning. Norm scales (1-D) are left out, and attaching to the Flipout layers alone

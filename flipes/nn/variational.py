@@ -376,7 +376,8 @@ def attach_noise(model: nn.Module, noise: NoiseFactory | None) -> nn.Module:
     if unsupported and noise is not None:  # their forward would ignore the noise, and the KL term would lie
         raise ValueError(
             f"attach_noise(): no backprop-noise forward in {', '.join(unsupported)} (perturbed in ES populations only); "
-            "attach the noise to a submodule of Linear, Conv and recurrent Flipout layers instead"
+            "attach the noise to the layers that have one (Linear, Conv, LSTM/GRU/RNN), one by one: "
+            "`for m in list(model.modules()): if getattr(m, 'has_backprop_noise', False): attach_noise(m, noise)`"
         )
     if noise is not None and (plain := _point_estimates(model, layers)):
         shown = ", ".join(plain[:3]) + (f" and {len(plain) - 3} more" if len(plain) > 3 else "")
