@@ -298,6 +298,36 @@ def test_lstm_cell_gradients_equal_explicit_weights_fixed_over_the_sequence() ->
         torch.testing.assert_close(g, e, atol=TOL, rtol=0)
 
 
+def test_a_linear_unrolled_inside_fixed_noise_keeps_each_examples_weights() -> None:
+    """A FlipoutLinear applied 3 times in one forward (a hand-written recurrence) draws anew at each call outside
+    ``fixed_noise``; inside, the 3 steps equal each example's explicit weights from ONE draw, to 1e-10, and so do the
+    gradients of the means and ``ρ``."""
+    torch.manual_seed(6)
+    cell = FlipoutLinear(4, 4, dtype=DT)
+    attach_noise(cell, NOISES["gaussian"])
+    randomize_rho(cell, 7)
+    params = list(cell.parameters())
+    h0 = torch.randn(3, 4, dtype=DT)
+    assert not torch.equal(cell(h0), cell(h0))  # outside: a new sample per call
+    with fixed_noise(cell):
+        h = h0
+        for _ in range(3):
+            h = torch.tanh(cell(h))
+        got = grads(h.square().sum(), params)
+        refs = []
+        for n in range(3):
+            w, b = explicit(cell, 0, n)
+            r = h0[n]
+            for _ in range(3):
+                r = torch.tanh(w @ r + b)
+            refs.append(r)
+        ref = torch.stack(refs)
+        expect = grads(ref.square().sum(), params)
+    torch.testing.assert_close(h, ref, atol=TOL, rtol=0)
+    for g, e in zip(got, expect, strict=True):
+        torch.testing.assert_close(g, e, atol=TOL, rtol=0)
+
+
 def test_an_unbatched_input_gets_the_weights_of_a_batch_of_one() -> None:
     """With a noise model attached and training, an input without its batch dim (and its state, if given: an LSTM's
     (h, c) too) gives what the batch of one gives with the same random draw: same shape, same values."""
