@@ -776,3 +776,26 @@ def test_a_compiled_model_draws_fresh_per_example_noise() -> None:
     (out.square().sum() + flipes.kl_divergence(model)).backward()
     rhos = [p for name, p in model.named_parameters() if name.endswith("_rho")]
     assert len(rhos) == 4 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in rhos)
+
+
+def test_a_posteriors_state_dict_restores_every_rho_and_its_means_load_into_the_plain_model() -> None:
+    """A state dict of a model with a Gaussian posterior loads into a fresh converted model given a posterior by
+    ``attach_noise`` (another ``init_sigma``): every tensor equal, so every σ restored; into the model before
+    ``attach_noise`` it is refused for the ``ρ`` keys; with ``strict=False`` the plain ``nn`` model takes the means."""
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+
+    torch.manual_seed(0)
+    model = attach_noise(flipes.flipout(net()), GaussianPosterior)
+    randomize_rho(model, 1)
+    sd = model.state_dict()
+    fresh = attach_noise(flipes.flipout(net()), functools.partial(GaussianPosterior, init_sigma=0.5))
+    fresh.load_state_dict(sd)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), sd.values(), strict=True))
+    with pytest.raises(RuntimeError, match=r"backprop_noise\.slots\.0\.weight_rho"):
+        flipes.flipout(net()).load_state_dict(sd)
+    plain = net()
+    result = plain.load_state_dict(sd, strict=False)
+    assert result.missing_keys == [] and len(result.unexpected_keys) == 4
+    assert all(torch.equal(plain.state_dict()[k], sd[k]) for k in plain.state_dict())
