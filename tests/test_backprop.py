@@ -387,6 +387,32 @@ def test_without_flipout_signs_the_whole_batch_shares_one_weight_sample(kind: st
     assert not torch.allclose(first, second) and not torch.allclose(first, F.linear(x, layer.weight, layer.bias))
 
 
+@pytest.mark.parametrize("layer_kind", ["linear", "conv"])
+def test_a_shared_sample_runs_the_plain_layer_on_the_sampled_weights(layer_kind: str) -> None:
+    """``flipout=False``: the forward is the plain layer on ``W̄ + ΔŴ`` and ``b̄ + Δb`` from the draw, bit for bit in
+    float32 (one GEMM or convolution; the Flipout form ``x W̄ + (x ∘ s) ΔŴ ∘ r`` rounds differently), for a batch, an
+    unbatched input and a Linear's (B, T, F) input, with gradients reaching the means and ``ρ``."""
+    torch.manual_seed(10)
+    noise = functools.partial(GaussianPosterior, init_sigma=0.3, flipout=False)
+    if layer_kind == "linear":
+        layer, inputs = FlipoutLinear(6, 4), (torch.randn(5, 6), torch.randn(6), torch.randn(3, 7, 6))
+    else:
+        layer, inputs = FlipoutConv2d(3, 4, 3, padding=1), (torch.randn(5, 3, 6, 6), torch.randn(3, 6, 6))
+    attach_noise(layer, noise)
+    draws = record_draws(layer)
+    for x in inputs:
+        out = layer(x)
+        d = draws[-1]
+        sigma = layer_noise(layer).slots[0]
+        with torch.no_grad():
+            w = layer.weight + sigma.weight_sigma() * d.z
+            b = layer.bias + sigma.bias_sigma() * d.z_bias[0]
+            ref = F.linear(x, w, b) if layer_kind == "linear" else layer._conv_forward(x, w, b)
+        assert torch.equal(out, ref)
+    out.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "dropconnect"])
 def test_a_flipout_draw_gives_each_example_fair_signs_of_its_own_and_its_own_bias_draw(kind: str) -> None:
     """With flipout signs, a draw for n examples holds ±1 signs ``s`` (n, in) and ``r`` (n, out) and a bias draw

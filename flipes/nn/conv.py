@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.functional import flipout_conv
-from flipes.nn.variational import backprop_noise
+from flipes.nn.variational import backprop_noise, shared_sample
 from flipes.noise import compiling
 
 
@@ -36,6 +36,8 @@ class _FlipoutConvNd(FlipoutMixin):
         noise = backprop_noise(self, 1 if unbatched else input.shape[0])
         if noise is None:
             return super().forward(input)
+        if (shared := shared_sample(self, noise)) is not None:  # one sample for the minibatch: one convolution
+            return self._conv_forward(input, *shared[0])
         x = input.unsqueeze(0) if unbatched else input
         out = flipout_conv(x, self.bias, noise[0], self._conv_forward, self.weight, dims, name)
         return out.squeeze(0) if unbatched else out

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.functional import flipout_linear
-from flipes.nn.variational import backprop_noise
+from flipes.nn.variational import backprop_noise, shared_sample
 
 
 class FlipoutLinear(FlipoutMixin, nn.Linear):
@@ -50,6 +51,8 @@ class FlipoutLinear(FlipoutMixin, nn.Linear):
         noise = backprop_noise(self, 1 if unbatched else input.shape[0])
         if noise is None:
             return super().forward(input)
+        if (shared := shared_sample(self, noise)) is not None:  # one sample for the minibatch: one GEMM
+            return F.linear(input, *shared[0])
         if unbatched:
             return flipout_linear(input.unsqueeze(0), self.weight, self.bias, noise[0], name).squeeze(0)
         return flipout_linear(input, self.weight, self.bias, noise[0], name)

