@@ -328,6 +328,26 @@ def test_a_linear_unrolled_inside_fixed_noise_keeps_each_examples_weights() -> N
         torch.testing.assert_close(g, e, atol=TOL, rtol=0)
 
 
+def test_a_linear_gives_all_rows_of_an_example_its_one_weight_sample() -> None:
+    """The example is the first dimension: a FlipoutLinear given (B, T, F) computes every one of example b's T rows
+    with b's explicit weights from the draw, to 1e-10, gradients of the means and ``ρ`` included; so a sequence-first
+    (T, B, F) input would give the T steps the samples and the batch one shared sample per step."""
+    torch.manual_seed(8)
+    layer = FlipoutLinear(4, 3, dtype=DT)
+    attach_noise(layer, NOISES["gaussian"])
+    randomize_rho(layer, 9)
+    params = list(layer.parameters())
+    x = torch.randn(2, 5, 4, dtype=DT)
+    draws = record_draws(layer)
+    out = layer(x)
+    assert draws[0].s.shape == (2, 4)
+    ref = torch.stack([F.linear(x[n], *explicit(layer, 0, n, draws)) for n in range(2)])
+    torch.testing.assert_close(out, ref, atol=TOL, rtol=0)
+    coeff = torch.randn_like(out)
+    for g, e in zip(grads((out * coeff).sum(), params), grads((ref * coeff).sum(), params), strict=True):
+        torch.testing.assert_close(g, e, atol=TOL, rtol=0)
+
+
 def test_an_unbatched_input_gets_the_weights_of_a_batch_of_one() -> None:
     """With a noise model attached and training, an input without its batch dim (and its state, if given: an LSTM's
     (h, c) too) gives what the batch of one gives with the same random draw: same shape, same values."""
