@@ -348,6 +348,27 @@ def test_a_linear_gives_all_rows_of_an_example_its_one_weight_sample() -> None:
         torch.testing.assert_close(g, e, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("flipout", [True, False])
+def test_an_empty_batch_gives_the_plain_layers_empty_output(flipout: bool) -> None:
+    """A minibatch of 0 examples through Linear, Conv2d and LSTM with a posterior, training: the same empty output as
+    the plain layer (not an error about a population of 0 members), and the KL term still backpropagates."""
+    noise = functools.partial(GaussianPosterior, flipout=flipout)
+    cases = [
+        (nn.Linear(3, 2), torch.randn(0, 3)),
+        (nn.Conv2d(1, 2, 3), torch.randn(0, 1, 5, 5)),
+        (nn.LSTM(3, 2, batch_first=True), torch.randn(0, 4, 3)),
+    ]
+    for plain, x in cases:
+        layer = attach_noise(flipes.flipout(plain), noise)
+        out = layer(x)
+        out = out[0] if isinstance(out, tuple) else out
+        ref = plain.__class__.forward(layer, x)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        assert out.shape == ref.shape and out.numel() == 0
+        (out.sum() + flipes.kl_divergence(layer)).backward()
+        assert all(p.grad is not None for name, p in layer.named_parameters() if name.endswith("_rho"))
+
+
 def test_an_unbatched_input_gets_the_weights_of_a_batch_of_one() -> None:
     """With a noise model attached and training, an input without its batch dim (and its state, if given: an LSTM's
     (h, c) too) gives what the batch of one gives with the same random draw: same shape, same values."""

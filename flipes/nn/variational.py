@@ -340,9 +340,10 @@ def backprop_noise(layer: FlipoutMixin, n: int, per_sequence: bool = False) -> t
     """The noise ``layer`` uses for a forward pass over ``n`` examples outside an ES population:
     ``None`` (the mean network) unless a noise model is attached and the layer is training (or
     inside ``sample_weights``). ``per_sequence``: the layer is a recurrent cell called once per
-    time step, whose draw must be held across the sequence by ``fixed_noise``."""
+    time step, whose draw must be held across the sequence by ``fixed_noise``. An empty batch
+    (``n == 0``) takes the mean network too: no example to draw for, and its output is empty."""
     ln = layer_noise(layer)
-    if ln is None or not (layer.training or ln.sample_in_eval):
+    if ln is None or n == 0 or not (layer.training or ln.sample_in_eval):
         return None
     name = type(layer).__name__
     if per_sequence and not ln.holding:
