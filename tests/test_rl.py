@@ -464,6 +464,29 @@ def test_an_integer_box_gets_the_policys_squashed_actions_rounded_into_its_dtype
         run_episodes(venv, lambda o: torch.ones(4, 2), seed=0)
 
 
+def test_an_integer_boxs_actions_stay_in_bounds_that_float32_cannot_hold() -> None:
+    """Saturated outputs ``z = ±50`` of MLPPolicy on integer Boxes whose bounds float32 rounds (int32's and int64's
+    whole ranges, ``2**30 + 100``) give exactly the high and low bounds: float32 rounded ``2**31 - 1`` up to ``2**31``,
+    whose cast wrapped the high action to ``-2**31``, and ``2**30 + 100`` up to ``2**30 + 128``, past the bound (int64's
+    top is ``2**63 - 2**39``, float32's largest below ``2**63``); a bfloat16 policy's stay on their side, in bounds."""
+    obs = gym.spaces.Box(-1, 1, (3,), np.float32)
+    i32, i64 = np.iinfo(np.int32), np.iinfo(np.int64)
+    for space in (
+        gym.spaces.Box(int(i32.min), int(i32.max), (2,), np.int32),
+        gym.spaces.Box(-np.inf, np.inf, (2,), np.int64),  # gymnasium's int64 Box of no bounds: int64's range
+        gym.spaces.Box(-(2**30) - 100, 2**30 + 100, (2,), np.int64),
+    ):
+        policy = MLPPolicy(obs, space, hidden=(8,), normalize=False)
+        z = torch.tensor([[50.0, -50.0], [-50.0, 50.0]])
+        a, b = policy.action(z), policy.to(torch.bfloat16).action(z.bfloat16())
+        # bfloat16 holds the bounds more coarsely still: its saturated actions are on their side, in the bounds
+        assert all(space.contains(row) for row in b.numpy()) and b[0, 0] > 0 > b[0, 1], (space, b)
+        expect = np.array([[space.high[0], space.low[1]], [space.low[0], space.high[1]]], dtype=space.dtype)
+        if space.high[0] == i64.max:  # float32's largest below 2**63 is 2**63 - 2**39: the top ones are not reached
+            expect[expect == i64.max] = 2**63 - 2**39
+        assert a.dtype == torch.from_numpy(expect).dtype and np.array_equal(a.numpy(), expect), (space, a)
+
+
 def test_multi_binary_observations_are_features_as_a_box_of_zeros_and_ones_takes_them() -> None:
     """MLPPolicy and GRUPolicy on MultiBinary((2, 3)) observations (as flipes takes them inside a Dict) give, with the
     same weights and statistics, the actions of the policy on Box(0, 1, (2, 3)) given the same 0/1 values as float32;

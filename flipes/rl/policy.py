@@ -99,6 +99,12 @@ class SpacePolicy(nn.Module):
         if self.kind == "Box" and self.action_dtype is not None and self.action_dtype.kind in "iu":
             # an integer Box (counts, pixel levels) takes integers: a float action would reach the env as it is
             self.integer_box = torch.from_numpy(np.zeros(0, self.action_dtype)).dtype
+            # the exact bounds, as int64: float32's nearest to one past 2**24 may lie outside it (2**31 - 1 is 2**31,
+            # which the cast wraps to -2**31), so the rounded actions are clamped to these after leaving floats
+            big = np.iinfo(np.int64).max  # a uint64 Box's top, beyond int64
+            for bound, values in (("int_low", action_space.low), ("int_high", action_space.high)):
+                exact = [min(int(v), big) for v in np.asarray(values).flat]
+                self.register_buffer(bound, torch.tensor(exact, dtype=torch.int64).view(self.action_shape), persistent=False)
         self.obs_shape = tuple(observation_space.shape)
         self.obs_dim = math.prod(self.obs_shape)
         self.obs_start: int | None = None
@@ -170,8 +176,11 @@ class SpacePolicy(nn.Module):
         z = squashed * self.scale + self.center
         if self.half_bounded:
             z = torch.maximum(torch.minimum(z, self.high.to(z.dtype)), self.low.to(z.dtype))
-        if self.integer_box is not None:  # the bounds are integers, so rounding stays within them
-            z = z.round().to(self.integer_box)
+        if self.integer_box is not None:  # float32 at least (not float64: MPS has none), clamped to float32's largest
+            # below 2**63 so that the int64 cast is exact, then to the exact bounds
+            wide = z if z.dtype in (torch.float32, torch.float64) else z.float()
+            whole = wide.round().clamp(-(2.0**63), 2.0**63 - 2.0**39).to(torch.int64).view(z.shape[:-1] + self.action_shape)
+            return torch.minimum(torch.maximum(whole, self.int_low), self.int_high).to(self.integer_box)
         return z.view(z.shape[:-1] + self.action_shape)  # a tuple: one scalar action is a view to shape ()
 
 
