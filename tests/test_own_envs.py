@@ -672,3 +672,17 @@ def test_an_own_id_registering_both_entry_points_trains_on_its_batched_env(monke
     cartpole = make_vector_env("CartPole-v1", 2, note=None)
     assert type(cartpole.unwrapped) is gym.vector.SyncVectorEnv
     cartpole.close()
+
+
+def test_ale_pys_ids_registering_both_entry_points_keep_copies_of_the_atari_env() -> None:
+    """An id registered as ale_py registers ALE/Pong-v5 (entry_point AtariEnv, vector_entry_point AtariVectorEnv, which
+    gives 84x84 grayscale frame stacks, not the (210, 160, 3) frames the README documents) goes to gymnasium's copies
+    of its entry_point, as its note says, not to the batched env (ale_py is not installed here: making it then fails)."""
+    gym.register("owntest/FakeALE-v5", entry_point="ale_py.env:AtariEnv", vector_entry_point="ale_py.vector_env:AtariVectorEnv")
+    notes: list[str] = []
+    try:
+        with pytest.raises(Exception, match="ale_py"):
+            make_vector_env("owntest/FakeALE-v5", 2, note=notes.append)
+    finally:
+        del gym.registry["owntest/FakeALE-v5"]
+    assert len(notes) == 1 and "SyncVectorEnv" in notes[0] and "vector_entry_point" not in notes[0], notes

@@ -190,6 +190,10 @@ def _envpool_options(name: str) -> frozenset[str] | None:
 
 # gymnasium packages whose steps cost enough (a physics engine) that worker processes beat one loop
 _HEAVY_ENTRY_POINTS = ("gymnasium.envs.mujoco", "gymnasium.envs.box2d")
+# packages whose ids register a vector_entry_point that is another env than copies of their entry_point:
+# gymnasium's (CartPole-v1's numpy CartPoleVectorEnv seeds all copies from one generator) and ale_py's (ALE/Pong-v5's
+# AtariVectorEnv gives 84x84 grayscale frame stacks, not AtariEnv's (210, 160, 3) RGB frames)
+OTHER_VECTOR_ENVS = ("gymnasium.", "ale_py.")
 
 
 def _described(x: Any) -> str:
@@ -463,9 +467,10 @@ def _engine_env(
             raise EnvError(f"EnvPool has no env {name!r}; {other}")
     spec = _gymnasium_spec(name, env_id)
     # an id of one's own registering both (the one env to render, the batched one to train): the batched one, as
-    # gymnasium.make_vec takes it; gymnasium's own ids (CartPole-v1's numpy CartPoleVectorEnv) keep their engines
-    gymnasiums = str(getattr(spec.entry_point, "__module__", spec.entry_point)).startswith("gymnasium.")
-    both = spec.entry_point is not None and spec.vector_entry_point is not None and backend == "auto" and not gymnasiums
+    # gymnasium.make_vec takes it; the packages' ids of OTHER_VECTOR_ENVS keep their engines
+    source = str(getattr(spec.entry_point, "__module__", spec.entry_point))
+    both = spec.entry_point is not None and spec.vector_entry_point is not None and backend == "auto"
+    both = both and not source.startswith(OTHER_VECTOR_ENVS)
     if both and note is not None:
         note(f"{name} steps in its vector_entry_point, a batched env (gymnasium-sync:{name} steps copies of its entry_point)")
     if both or (spec.entry_point is None and spec.vector_entry_point is not None):  # a batched env of its own
