@@ -892,6 +892,22 @@ class PositionalModel(nn.Module):
         return self.fc(x + self.pos)
 
 
+def test_a_frozen_pattern_of_parameters_names_the_parameters_it_matches_and_their_list() -> None:
+    """``frozen=["*.bias"]`` (a pattern of parameter names, which match no module) is a ValueError naming the 2
+    parameters it matches and the ``named_parameters()`` list that freezes them, not a close name; that list
+    (``fnmatch`` as the hint writes it) freezes exactly the 2 biases."""
+    import fnmatch
+
+    make = lambda: nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 1))  # noqa: E731
+    with pytest.raises(ValueError, match=re.escape(
+        "'*.bias' is no parameter or module of Sequential; names are exact, not patterns: list the 2 parameters it "
+        "matches, frozen=[n for n, _ in model.named_parameters() if fnmatch.fnmatch(n, '*.bias')]")):  # fmt: skip
+        flipes.flipout(make(), frozen=["*.bias"])
+    plain = make()
+    model = flipes.flipout(plain, frozen=[n for n, _ in plain.named_parameters() if fnmatch.fnmatch(n, "*.bias")])
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == {"0.bias", "2.bias"}
+
+
 def test_a_parameter_nothing_can_perturb_is_an_error_naming_it_unless_frozen() -> None:
     """A bare parameter beside Flipout layers makes ``flipout`` raise a ValueError naming it, its holder and the
     ``frozen=[...]`` fix; frozen, it stops requiring grad and is reported frozen; a misspelled frozen name is a

@@ -244,11 +244,14 @@ def _freeze(module: nn.Module, names: Iterable[str]) -> None:
         if not hits:
             close = difflib.get_close_matches(name, [*params, *modules], n=3)
             top = [n for n in module._modules if module._modules[n] is not None][:8]  # where a name starts
-            matching = [n for n in modules if fnmatch.fnmatchcase(n, name)] if any(c in name for c in "*?[") else []
+            pattern = any(c in name for c in "*?[")
+            matching, kind = [n for n in modules if pattern and fnmatch.fnmatchcase(n, name)], "modules"
+            if pattern and not matching:  # a pattern for parameters ("*.bias"): their list
+                matching, kind = [n for n in params if fnmatch.fnmatchcase(n, name)], "parameters"
             if matching:  # a pattern for many layers (every block's attention): names are exact, so list the matches
                 hint = (
-                    f"; names are exact, not patterns: list the {len(matching)} modules it matches, frozen=[n for n, _ "
-                    f"in model.named_modules() if fnmatch.fnmatch(n, {name!r})], or call requires_grad_(False) on "
+                    f"; names are exact, not patterns: list the {len(matching)} {kind} it matches, frozen=[n for n, _ "
+                    f"in model.named_{kind}() if fnmatch.fnmatch(n, {name!r})], or call requires_grad_(False) on "
                     "what stays fixed before flipout"
                 )
             elif close:
