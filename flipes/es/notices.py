@@ -144,8 +144,10 @@ def warn_rounded_step(es: FlipES, generation: int, deltas: list[Tensor], grads: 
     lrs = [group.get("lr") for group in es.optimizer.param_groups]
     if not low or any(isinstance(lr, (int, float, Tensor)) and float(lr) == 0 for lr in lrs):
         return
-    moved = torch.stack([(g != 0).sum() for _, _, g in low]).sum()
-    kept = torch.stack([((g != 0) & (d == 0)).sum() for _, d, g in low]).sum()
+    # count_nonzero, and one bool mask a parameter made in place: a third of the cost of summing masks (every tell of a
+    # bfloat16 model until it warns)
+    moved = torch.stack([torch.count_nonzero(g) for _, _, g in low]).sum()
+    kept = torch.stack([torch.count_nonzero((d == 0).logical_and_(g != 0)) for _, d, g in low]).sum()
     moved, kept = torch.stack((moved, kept)).tolist()  # one sync
     if not moved or kept / moved <= ROUNDED_SHARE:
         return
