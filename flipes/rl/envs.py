@@ -38,7 +38,14 @@ from flipes.checkpoint import clip
 from flipes.errors import UsageError
 from flipes.rl.envpool_vec import EnvPoolVectorEnv, envpool_ids
 from flipes.rl.mujoco_log import mujoco_warnings_once, uses_mujoco
-from flipes.rl.spaces import STRUCTURED, SpaceError, flat_observation_space, flatten_observations, layout
+from flipes.rl.spaces import (  # holds_tensors: imported from here before it moved
+    STRUCTURED,
+    SpaceError,
+    flat_observation_space,
+    flatten_observations,
+    holds_tensors,
+    layout,
+)
 from flipes.rl.workers import WorkerVectorEnv
 
 BACKENDS = ("envpool", "gymnasium", "gymnasium-sync", "gymnasium-async")
@@ -317,13 +324,6 @@ class NumpyToTorch(gym.vector.VectorWrapper):
         check_step(out, self.env, outputs_only=True)  # the rest is checked where the rollout reads it
         obs, reward, terminated, truncated, info = out
         return self.observations(obs), self._torch(reward), self._torch(terminated), self._torch(truncated), info
-
-
-def holds_tensors(obs: Any) -> bool:
-    """Whether observations (a Dict or Tuple one by its first entry) are torch tensors, not numpy arrays."""
-    while isinstance(obs, dict | tuple | list):
-        obs = next(iter(obs.values())) if isinstance(obs, dict) else obs[0]
-    return isinstance(obs, Tensor)
 
 
 def available_cores(ranks_on_node: int = 1) -> int:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from flipes.es.checks import as_index
 from flipes.nn import FlipoutConv2d, FlipoutLinear
 from flipes.rl.normalize import RunningNorm
-from flipes.rl.spaces import STRUCTURED, batch_dims, flat_observation_space, flatten_observations
+from flipes.rl.spaces import STRUCTURED, batch_dims, flat_observation_space, flatten_observations, holds_tensors
 
 
 class SpacePolicy(nn.Module):
@@ -152,9 +152,7 @@ class SpacePolicy(nn.Module):
         """``actions`` as the observations came: a tensor for a tensor; for a numpy array (or a number) a numpy
         array of the action space's dtype (one observation's ``Discrete`` action a numpy integer), what the
         gymnasium env that gave the observation takes, ``env.step(policy(obs))``."""
-        while isinstance(obs, dict | tuple):  # a Dict's or Tuple's entries: tensors or arrays alike
-            obs = next(iter(obs.values() if isinstance(obs, dict) else obs))
-        if isinstance(obs, Tensor):
+        if holds_tensors(obs):  # a Dict's or Tuple's entries: tensors or arrays alike
             return actions
         out = actions.detach().cpu().numpy()
         if self.action_dtype is not None:

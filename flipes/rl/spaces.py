@@ -74,6 +74,13 @@ def batch_dims(space: gym.Space, obs: Any) -> int:
     return len(np.shape(leaf)) - len(leaf_space.shape)
 
 
+def holds_tensors(obs: Any) -> bool:
+    """Whether observations (a Dict or Tuple one by its first entry) are torch tensors, not numpy arrays."""
+    while isinstance(obs, dict | tuple | list):
+        obs = next(iter(obs.values())) if isinstance(obs, dict) else obs[0]
+    return isinstance(obs, Tensor)
+
+
 def _leaves(space: gym.Space, path: str) -> Iterator[tuple[str, gym.Space]]:
     if isinstance(space, gym.spaces.Dict):
         for key, sub in space.spaces.items():
