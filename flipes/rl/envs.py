@@ -547,7 +547,8 @@ def _step_once(name: str, mujoco: bool, kwargs: dict[str, Any]) -> None:
 def _own_vector_env(
     spec: gym.envs.registration.EnvSpec, name: str, num_envs: int, device: str | torch.device, kwargs: dict[str, Any]
 ) -> gym.vector.VectorEnv:
-    """The env of an id registered with a ``vector_entry_point`` only, given ``device=`` where it takes one."""
+    """The env of an id registered with a ``vector_entry_point`` (beside an ``entry_point`` or not), given ``device=``
+    where it takes one."""
     creator = spec.vector_entry_point
     creator = creator if callable(creator) else gym.envs.registration.load_env_creator(creator)
     try:

@@ -212,7 +212,8 @@ class MLPPolicy(SpacePolicy):
     are left linear, clipped at a bound on one side).
 
     Args:
-        observation_space: a ``Box`` or ``MultiBinary`` of observations (flattened) or ``Discrete`` ones (one-hot).
+        observation_space: a ``Box`` or ``MultiBinary`` of observations (flattened), ``Discrete`` ones (one-hot), or
+            a ``Dict`` or ``Tuple`` of Box and MultiBinary entries (flattened as flipes' envs flatten them).
         action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
         hidden: widths of the hidden layers.
         activation: the hidden nonlinearity.

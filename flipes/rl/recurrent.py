@@ -75,7 +75,8 @@ class GRUPolicy(SpacePolicy, RecurrentPolicy):
     GRU cell -> Flipout linear head -> action (as :class:`~flipes.rl.MLPPolicy`'s).
 
     Args:
-        observation_space: a ``Box`` or ``MultiBinary`` of observations (flattened) or ``Discrete`` ones (one-hot).
+        observation_space: a ``Box`` or ``MultiBinary`` of observations (flattened), ``Discrete`` ones (one-hot), or
+            a ``Dict`` or ``Tuple`` of Box and MultiBinary entries (flattened as flipes' envs flatten them).
         action_space: ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Box``.
         hidden: widths of the encoder's layers, then the GRU's hidden size (the last width):
             ``(64, 64)`` is ``Linear(obs, 64) -> tanh -> GRUCell(64, 64) -> Linear(64, actions)``;
