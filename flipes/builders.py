@@ -31,7 +31,7 @@ from flipes.callbacks import (
     WandbLogger,
 )
 from flipes.config import TrainConfig, resolve_groups
-from flipes.errors import UsageError
+from flipes.errors import UsageError, caller_stacklevel
 from flipes.es import FlipES, Population
 from flipes.nn.convert import flipout_layers, parameter_report
 from flipes.plugins import Plugins
@@ -147,7 +147,7 @@ def build_env(
                 f"seed s + {env.num_envs - 1}, so a member's episodes depend on how the population is split, and "
                 f"{how} will not give the same parameters; seed env i from seed + i alone (gymnasium's convention)",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=caller_stacklevel(),  # the user's flipes.train line, not flipes'
             )
     space = env.single_action_space
     if config.action_noise and not continuous(space):  # named before the run directory is looked at

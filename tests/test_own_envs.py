@@ -635,13 +635,14 @@ def test_an_own_env_seeding_its_copies_from_one_generator_is_named_where_the_pop
     """Where a member's episodes must not depend on how the population is split (--members-per-pass; --comm seeds
     under MPI, its rank 0 built here with a stand-in communicator of 2 ranks), a batched env of one's own whose copies
     share one generator (its env i does not start as one copy reset with seed + i) is named in a warning saying what
-    it breaks and gymnasium's convention; an own env that follows it (flipes' torch CartPole) and an unsplit run warn
-    of nothing."""
+    it breaks and gymnasium's convention, pointing at the line that called flipes.train; an own env that follows it
+    (flipes' torch CartPole) and an unsplit run warn of nothing."""
     kw = {"popsize": 4, "generations": 1, "eval_episodes": 2, "progress": False, "tensorboard": False}
     fix = re.escape("parameters; seed env i from seed + i alone (gymnasium's convention)")
     said = re.escape("owntest/Signs-v0: env 1 of a reset(seed=s) starts elsewhere than one copy reset with seed s + 1, ")
-    with pytest.warns(UserWarning, match=said + r".*another --members-per-pass \(or none\) will not give the same " + fix):
+    with pytest.warns(UserWarning, match=said + r".*another --members-per-pass \(or none\) will not give the same " + fix) as w:
         flipes.train(env="owntest/Signs-v0", members_per_pass=2, out=str(tmp_path / "parts"), **kw)
+    assert [r.filename for r in w if "seed env i" in str(r.message)] == [__file__]  # the user's line, not flipes'
     config = flipes.TrainConfig.for_env("owntest/Signs-v0", popsize=4, groups=2, comm="seeds")
     ranks = types.SimpleNamespace(size=2, rank=0, local_size=1)
     with pytest.warns(UserWarning, match=said + r".*--comm seeds on another process count will not"):
