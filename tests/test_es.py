@@ -755,6 +755,25 @@ def test_a_bfloat16_layers_gradient_is_the_exact_sum_rounded_once() -> None:
     assert (error <= 2**-8 * expect.abs() + 2**-16 * expect.abs().max()).all(), (error / expect.abs()).max()
 
 
+@pytest.mark.parametrize(("lr", "warns"), [(0.0, False), (torch.tensor(0.0), False), (torch.tensor(1e-9), True), (1e-9, True)])
+def test_a_zero_lr_which_moves_nothing_on_purpose_is_no_rounded_step(lr: object, warns: bool) -> None:
+    """SGD at lr 0 (a float or a tensor) leaves every entry of a bfloat16 Linear unchanged on purpose: ``tell`` does not
+    warn RoundedStepWarning; at lr 1e-9 (a float or a tensor), whose steps round away as well, it warns once."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Linear(8, 4).to(torch.bfloat16))
+    es = flipes.FlipES(model, popsize=8, sigma=0.05, seed=0, optimizer=lambda params: torch.optim.SGD(params, lr=lr))
+    x = torch.randn(8, 8, dtype=torch.bfloat16)
+    before = [p.detach().clone() for p in model.parameters()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with es.population():
+            fitness = model(x).float().sum(1)
+        es.tell(fitness)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))  # nothing moved, either way
+    rounded = [w for w in caught if issubclass(w.category, flipes.RoundedStepWarning)]
+    assert len(rounded) == warns, [str(w.message) for w in caught]
+
+
 @MADE_UP_FITNESS
 def test_a_bfloat16_dense_parameters_gradient_is_the_exact_sum_rounded_once() -> None:
     """As for a Flipout layer, the dense per-member noise of a bfloat16 LayerNorm's scale and shift (512 members) is
