@@ -643,7 +643,7 @@ class FlipES:
         }
         self._versions = None
         evaluated, self._evaluated = self._evaluated, False
-        warn_rounded_step(self, generation, before.split(numels), flat.split(numels))  # before: before − after
+        warn_rounded_step(self, generation, before, flat, numels)  # before: before − after
         warn_of_generation(self, stats, changed, evaluated)
         return stats
 

@@ -133,13 +133,14 @@ def warn_of_generation(es: FlipES, stats: dict[str, float], changed: list[str], 
             )
 
 
-def warn_rounded_step(es: FlipES, generation: int, deltas: list[Tensor], grads: list[Tensor]) -> None:
+def warn_rounded_step(es: FlipES, generation: int, delta: Tensor, grad: Tensor, numels: list[int]) -> None:
     """After ``tell``'s step, once per FlipES (rank 0): more than ``ROUNDED_SHARE`` of the bfloat16/float16 parameters'
-    entries with a non-zero ES gradient stayed unchanged (``deltas``: before − after), the step below half their
-    spacing in that dtype. A float32 step is not checked, nor one with a zero learning rate, which moves nothing on
-    purpose."""
-    if es._told_rounded or es.comm.rank != 0:
-        return
+    entries with a non-zero ES gradient stayed unchanged (``delta``: before − after, flat as ``grad``, ``numels`` each
+    parameter's), the step below half their spacing in that dtype. A float32 step is not checked, nor one with a zero
+    learning rate, which moves nothing on purpose."""
+    if es._told_rounded or es.comm.rank != 0 or not any(p.dtype in LOW_PRECISION for p in es.params):
+        return  # before any split: a float32 model's tell (CartPole's, ~1 ms) pays 0.8 µs here, not 11
+    deltas, grads = delta.split(numels), grad.split(numels)
     low = [(p, d, g) for p, d, g in zip(es.params, deltas, grads, strict=True) if p.dtype in LOW_PRECISION]
     lrs = [group.get("lr") for group in es.optimizer.param_groups]
     if not low or any(isinstance(lr, (int, float, Tensor)) and float(lr) == 0 for lr in lrs):
