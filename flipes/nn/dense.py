@@ -154,7 +154,7 @@ def _norm_forward(module: nn.Module, noise: dict[str, Tensor], x: Tensor) -> Ten
 def _scaled(module: nn.Module, noise: dict[str, Tensor], args: tuple, kwargs: dict) -> Tensor | None:
     """A Hugging Face RMSNorm's members without vmap: its forward once for all rows with a unit ``weight``, then each
     member's weight multiplied in, the one product its forward ends with (``weight * x``, rounded once either way).
-    ``None`` where that cannot apply, or where the module's first call found it differs from vmap's per-member forward
+    ``None`` where that cannot apply, or where its first call on rows not all zero found it differs from vmap's forward
     (a scale of ``1 + weight``, a cast after the product): vmap's ~7x cost was most of a small LM's decoding step."""
     if not type(module).__name__.endswith("RMSNorm") or module.__dict__.get("_flipes_scaled") is False:
         return None  # the name first: every other module's per-member forward passes here
