@@ -129,7 +129,8 @@ def build_env(
         return None
     config, _ = resolve_groups(config, comm.size)  # groups=0: the count train() takes
     members = len(dist.split_groups(config.groups, comm.rank, comm.size)) * (config.popsize // config.groups)
-    if 0 < config.members_per_pass < members:  # one part's envs: RolloutFitness rolls the parts out in turn
+    parts = 0 < config.members_per_pass < members  # one part's envs: RolloutFitness rolls the parts out in turn
+    if parts:
         members = config.members_per_pass
     threads = config.env_threads or available_cores(comm.local_size)
     try:
@@ -138,7 +139,7 @@ def build_env(
         raise UsageError("--env-kwargs", str(e), _misplaced_options(config.env_kwargs, str(e))) from None
     except EnvError as e:
         raise UsageError("--env", str(e)) from None
-    split = (comm.size > 1 and config.comm == "seeds") or config.members_per_pass > 0  # parts, or other processes
+    split = (comm.size > 1 and config.comm == "seeds") or parts  # other processes, or parts (not one pass of all)
     if split and comm.rank == 0 and getattr(env, "own_vector_env", False):
         if not seeds_each_env(env, config.env, device, **config.env_kwargs):
             how = "--comm seeds on another process count" if comm.size > 1 else "another --members-per-pass (or none)"

@@ -636,7 +636,7 @@ def test_an_own_env_seeding_its_copies_from_one_generator_is_named_where_the_pop
     under MPI, its rank 0 built here with a stand-in communicator of 2 ranks), a batched env of one's own whose copies
     share one generator (its env i does not start as one copy reset with seed + i) is named in a warning saying what
     it breaks and gymnasium's convention, pointing at the line that called flipes.train; an own env that follows it
-    (flipes' torch CartPole) and an unsplit run warn of nothing."""
+    (flipes' torch CartPole), an unsplit run and one whose --members-per-pass holds all 4 members warn of nothing."""
     kw = {"popsize": 4, "generations": 1, "eval_episodes": 2, "progress": False, "tensorboard": False}
     fix = re.escape("parameters; seed env i from seed + i alone (gymnasium's convention)")
     said = re.escape("owntest/Signs-v0: env 1 of a reset(seed=s) starts elsewhere than one copy reset with seed s + 1, ")
@@ -651,6 +651,7 @@ def test_an_own_env_seeding_its_copies_from_one_generator_is_named_where_the_pop
         warnings.simplefilter("error")
         flipes.train(env="owntest/TorchCartPole-v0", members_per_pass=2, out=str(tmp_path / "conforms"), **kw)
         flipes.train(env="owntest/Signs-v0", out=str(tmp_path / "whole"), **kw)
+        flipes.train(env="owntest/Signs-v0", members_per_pass=4, out=str(tmp_path / "one pass"), **kw)  # all 4 at once
 
 
 def test_an_own_id_registering_both_entry_points_trains_on_its_batched_env(monkeypatch) -> None:
