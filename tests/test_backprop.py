@@ -143,14 +143,24 @@ def test_linear_gradients_equal_explicit_per_example_weights(kind: str, bias: bo
     assert len(params) == (2 if bias else 1) + (2 if bias else 1) * kind.startswith("gaussian")
 
 
-@pytest.mark.parametrize("conv_kw", [dict(kernel_size=3, padding=1), dict(kernel_size=(2, 3), stride=2, groups=2)])
-def test_conv_gradients_equal_explicit_per_example_kernels(conv_kw: dict) -> None:
-    """FlipoutConv2d with a Gaussian posterior (padding; stride and channel groups): each example's output and the
-    gradients equal a convolution with ONE explicit kernel per example, the same at every position (signs of shape (B,
+@pytest.mark.parametrize("kind", ["gaussian", "gaussian-shared"])
+@pytest.mark.parametrize(
+    "conv_kw",
+    [
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=(2, 3), stride=2, groups=2),
+        dict(kernel_size=3, padding=2, dilation=2, padding_mode="reflect"),
+        dict(kernel_size=3, padding="same", dilation=(1, 2), groups=2, padding_mode="circular"),
+    ],
+)
+def test_conv_gradients_equal_explicit_per_example_kernels(conv_kw: dict, kind: str) -> None:
+    """FlipoutConv2d with a Gaussian posterior (padding; stride, dilation, channel groups, reflect and circular padding),
+    with Flipout signs or one shared sample (run as one convolution on W̄ + ΔŴ): each example's output and the gradients
+    equal a convolution with ONE explicit kernel per example, the same at every position (signs of shape (B,
     in_channels) and (B, out_channels)), to 1e-10 absolute."""
     torch.manual_seed(1)
     conv = FlipoutConv2d(4, 6, dtype=DT, **conv_kw)
-    attach_noise(conv, NOISES["gaussian"])
+    attach_noise(conv, NOISES[kind])
     randomize_rho(conv, 2)
     params = list(conv.parameters())
     x = torch.randn(5, 4, 7, 8, dtype=DT)
