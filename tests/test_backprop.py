@@ -690,6 +690,15 @@ def test_backprop_variance_script_tiny(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_bench_backprop_step_script_tiny() -> None:
+    """scripts/bench_backprop_step.py --quick (the README's "Cost" command) prints one row per variant, plain, Flipout
+    and shared, each with a positive step time, and plain's ratio to itself exactly 1.0 (no timing is asserted)."""
+    out = run_script("scripts/bench_backprop_step.py", "--quick", "true").stdout
+    rows = [[c.strip() for c in line.split("|")[1:5]] for line in out.splitlines() if line.startswith("| 8 |")]
+    assert [r[1] for r in rows] == ["plain", "Flipout", "shared"]
+    assert all(float(r[2]) > 0 for r in rows) and rows[0][3] == "1.0"
+
+
 def test_bayes_digits_script_tiny(tmp_path: Path) -> None:
     """scripts/bayes_digits.py, 3 epochs: the JSON holds validation results for each β and the deterministic net, the
     selected β has the lowest validation NLL (seed 0), the printed test rows are the deterministic net, the selected β
