@@ -847,6 +847,30 @@ def test_flipout_signs_follow_torchs_global_seed(dtype: torch.dtype) -> None:
         assert signs.dtype == dtype and set(signs.unique().tolist()) == {-1.0, 1.0}
 
 
+def test_packed_signs_from_the_global_generator_are_fair_per_bit_and_fresh_per_layer_and_call() -> None:
+    """The packed-bit signs of two same-shaped layers in one forward, and of the next forward, are independent fair
+    ±1: over 2**20 signs per draw, the mean of each of the 64 bit positions of a random word is within 5/√(2**14) of 0,
+    and the lag-1, lag-8 and lag-64 products and the products of the two layers' and of two calls' signs average within
+    5/√(2**20) of 0 (false alarm < 1e-6 per statistic; seed fixed). A sampler reusing a buffer or a word would fail."""
+    torch.manual_seed(13)
+    model = flipes.flipout(nn.Sequential(nn.Linear(1024, 1024, bias=False), nn.Linear(1024, 1024, bias=False)))
+    attach_noise(model, GaussianPosterior)
+    draws = [record_draws(model[0]), record_draws(model[1])]
+    x = torch.zeros(1024, 1024)
+    with torch.no_grad():
+        model(x), model(x)
+    assert [len(d) for d in draws] == [2, 2]
+    (first, second), (other_layer, _) = draws
+    s, r, s_next, s_other = (t.flatten().double() for t in (first.s, first.r, second.s, other_layer.s))
+    bound = 5 / math.sqrt(s.numel())
+    for signs in (s, r, s_next, s_other):
+        assert (signs.view(-1, 64).mean(0).abs() < 5 / math.sqrt(s.numel() / 64)).all()
+        for lag in (1, 8, 64):
+            assert abs((signs[lag:] * signs[:-lag]).mean().item()) < bound
+    for u, v in ((s, r), (s, s_next), (s, s_other)):
+        assert abs((u * v).mean().item()) < bound
+
+
 def test_a_compiled_model_draws_fresh_per_example_noise() -> None:
     """``torch.compile`` of a model with a Gaussian posterior (``aot_eager``: the fake-tensor tracing inductor uses
     too) traces its draws: a batch of one input repeated 8 times gives 8 different outputs (one weight sample per
