@@ -438,6 +438,24 @@ def test_without_flipout_signs_the_whole_batch_shares_one_weight_sample(kind: st
     assert not torch.allclose(first, second) and not torch.allclose(first, F.linear(x, layer.weight, layer.bias))
 
 
+@pytest.mark.parametrize("kind", ["gaussian-shared", "multiplicative", "dropconnect"])
+def test_a_shared_sample_stores_nothing_per_example(kind: str) -> None:
+    """``flipout=False``: the draw's signs and bias noise and the SlotNoise's ``bias_r`` for 1,000 examples are ONE row
+    broadcast over the examples (stride 0: no O(batch) tensor built, filled and reduced in backward at every step),
+    the signs all +1 and ``bias_r`` every example's one Δb."""
+    layer = FlipoutLinear(6, 4, dtype=DT)
+    make = functools.partial(NOISES[kind], flipout=False) if kind != "gaussian-shared" else NOISES[kind]
+    attach_noise(layer, make)
+    ln, pws = layer_noise(layer), layer.perturbed_weights()
+    draws = record_draws(layer)
+    (sn,) = ln.sample(pws, 1000, "FlipoutLinear")
+    d = draws[-1]
+    for t in (d.s, d.r, d.z_bias, sn.bias_r):
+        assert t.shape[0] == 1000 and t.stride(0) == 0
+    assert torch.equal(d.s, torch.ones_like(d.s)) and torch.equal(d.r, torch.ones_like(d.r))
+    torch.testing.assert_close(sn.bias_r[0], ln.slots[0].bias_perturbation(pws[0], d.z_bias)[0], atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("layer_kind", ["linear", "conv"])
 def test_a_shared_sample_runs_the_plain_layer_on_the_sampled_weights(layer_kind: str) -> None:
     """``flipout=False``: the forward is the plain layer on ``W̄ + ΔŴ`` and ``b̄ + Δb`` from the draw, bit for bit in

@@ -110,7 +110,7 @@ class WeightNoise(nn.Module):
             s, r = rademacher_like((n, pw.in_channels), w), rademacher_like((n, pw.out_channels), w)
             z_bias = None if pw.bias is None else self.standard((n, pw.out_channels), w)
         else:
-            s, r = w.new_ones(n, pw.in_channels), w.new_ones(n, pw.out_channels)
+            s, r = w.new_ones(1, pw.in_channels).expand(n, -1), w.new_ones(1, pw.out_channels).expand(n, -1)
             z_bias = None if pw.bias is None else self.standard((1, pw.out_channels), w).expand(n, -1)
         return NoiseDraw(z, s, r, z_bias)
 
@@ -125,7 +125,12 @@ class WeightNoise(nn.Module):
     def slot_noise(self, pw: PerturbedWeight, d: NoiseDraw) -> SlotNoise:
         """The ``SlotNoise`` the Flipout forward consumes: every example is a member of one group."""
         eps = self.perturbation(pw, d.z).unsqueeze(0)
-        bias_r = None if d.z_bias is None else self.bias_perturbation(pw, d.z_bias) * d.r  # (Δb r) r = Δb
+        if d.z_bias is None:
+            bias_r = None
+        elif self.flipout:
+            bias_r = self.bias_perturbation(pw, d.z_bias) * d.r  # (Δb r) r = Δb
+        else:  # one Δb for the minibatch (r = 1): computed once and broadcast, not per example
+            bias_r = self.bias_perturbation(pw, d.z_bias[:1]).expand(d.size, -1)
         return SlotNoise(eps, d.s, d.r, bias_r, False)
 
     def kl(self, pw: PerturbedWeight) -> Tensor:
