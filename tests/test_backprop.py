@@ -220,12 +220,12 @@ def test_lstm_gradients_equal_explicit_weights_fixed_over_the_sequence(batch_fir
 
 
 @pytest.mark.parametrize("kind", ["GRU", "RNN"])
-@pytest.mark.parametrize("noise", ["gaussian", "dropconnect"])
+@pytest.mark.parametrize("noise", ["gaussian", "gaussian-shared", "dropconnect"])
 def test_gru_and_rnn_gradients_equal_explicit_weights_fixed_over_the_sequence(kind: str, noise: str) -> None:
     """A 2-layer FlipoutGRU / FlipoutRNN with backprop noise draws once per weight for the whole sequence: its outputs,
-    its final h and the gradients of every parameter (means and ``ρ``) equal those of torch's own nn.GRU / nn.RNN run
-    per example with that example's explicit weights, to 1e-10 absolute (a GRU's hidden bias sits inside its reset
-    gate, so a bias perturbation added outside it would show here)."""
+    its final h and the gradients of every parameter (means and ``ρ``), with Flipout signs or one shared sample, equal
+    those of torch's own nn.GRU / nn.RNN run per example with that example's explicit weights, to 1e-10 absolute (a
+    GRU's hidden bias sits inside its reset gate, so a bias perturbation added outside it would show here)."""
     torch.manual_seed(4)
     layer = getattr(flipes.nn, f"Flipout{kind}")(3, 4, num_layers=2, batch_first=True, dtype=DT)
     attach_noise(layer, NOISES[noise])
