@@ -817,6 +817,18 @@ def test_attaching_noise_warns_about_weights_left_as_point_estimates() -> None:
         attach_noise(model, None)  # removing noise warns about nothing
 
 
+def test_the_point_estimate_warning_names_a_parametrized_weight_as_its_layers_tensor() -> None:
+    """A weight_norm Linear (kept a plain parametrized layer by ``flipout``, no Flipout form) beside a Flipout Linear:
+    the one warning names ``0.weight (ParametrizedLinear)``, the tensor the user wrote, not the two internal
+    ``parametrizations.weight.original0/1`` under torch's ``ParametrizationList``."""
+    model = flipes.flipout(nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(3, 3)), nn.Linear(3, 2)))
+    with pytest.warns(UserWarning) as rec:
+        attach_noise(model, GaussianPosterior)
+    assert len(rec) == 1
+    assert "no backprop noise, for 0.weight (ParametrizedLinear): point estimates" in str(rec[0].message)
+    assert "original" not in str(rec[0].message) and "ParametrizationList" not in str(rec[0].message)
+
+
 def test_every_tensor_a_backprop_noise_model_makes_is_on_its_device() -> None:
     """Under the meta default device, each noise model on Linear, Conv2d, LSTM and an LSTM cell (a model built on the
     host) draws, backpropagates its ELBO and samples weights in eval mode with real tensors only: a factory without

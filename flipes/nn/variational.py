@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.noise import SlotNoise, compiling, rademacher, shared_sign_table
@@ -422,10 +423,17 @@ def _point_estimates(model: nn.Module, layers: list[FlipoutMixin]) -> list[str]:
     seen |= {id(p) for m in model.modules() if isinstance(m, LayerNoise) for p in m.parameters()}
     found = []
     for name, m in model.named_modules():
+        kind = type(m).__name__.removeprefix("PerMember")
+        # a parametrized tensor (weight_norm: original0, original1) is named as the layer's tensor, under its layer's type
+        for tname, plist in m.parametrizations.items() if parametrize.is_parametrized(m) else ():
+            originals = [p for p in plist.parameters() if id(p) not in seen]
+            seen |= {id(p) for p in originals}
+            if any(p.requires_grad for p in originals) and getattr(m, tname).dim() >= 2:
+                found.append(f"{name}.{tname} ({kind})" if name else tname)
         for pname, p in m.named_parameters(recurse=False):
             if p.requires_grad and p.dim() >= 2 and id(p) not in seen:
                 seen.add(id(p))
-                found.append(f"{name}.{pname} ({type(m).__name__.removeprefix('PerMember')})" if name else pname)
+                found.append(f"{name}.{pname} ({kind})" if name else pname)
     return found
 
 
