@@ -75,7 +75,8 @@ def export_policy(
         raise UsageError(
             str(run_dir),
             "was trained on a custom fitness (--env none): there are no observations to trace",
-            "use torch.export.export(model, (example_input,)) on flipes.load_policy(...)",
+            "use torch.export.export(model, (example_input,)) on flipes.load_policy(...); a Hugging Face model: "
+            "flipes.load_policy(...).save_pretrained(dir), the center's weights as a plain checkpoint",
         )
     out = Path(path) if path is not None else run_dir / "policy.pt2"
     if out.suffix != ".pt2":

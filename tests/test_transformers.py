@@ -650,3 +650,22 @@ def test_a_cached_decoding_step_without_positions_is_refused_with_the_positions_
             plain = copy.deepcopy(original)
             plain.load_state_dict(state)
             assert torch.equal(tokens[m * k : (m + 1) * k], greedy_with_cache(plain, ids[m * k : (m + 1) * k], 4)), m
+
+
+def test_a_fitness_runs_hugging_face_model_leaves_by_save_pretrained_of_load_policy(tmp_path: Path) -> None:
+    """What ``flipes export`` of a custom-fitness run names for a Hugging Face model: ``flipes.load_policy(run,
+    model=...)``'s ``save_pretrained`` writes a plain checkpoint whose parameters equal the run's center bit for bit."""
+    ids, mask = batch(4)
+
+    def fitness(model: nn.Module, pop: flipes.Population) -> Tensor:
+        return model(input_ids=ids, attention_mask=mask).logits[:, -1, 3]
+
+    result = flipes.train(env="none", model=lambda env: flipes.flipout(gpt2()), fitness=fitness, popsize=4, generations=2,
+                          out=str(tmp_path / "run"), progress=False, tensorboard=False)  # fmt: skip
+    with pytest.raises(flipes.UsageError, match=re.escape("flipes.load_policy(...).save_pretrained(dir)")):
+        flipes.export_policy(tmp_path / "run")
+    flipes.load_policy(tmp_path / "run", model=lambda env: flipes.flipout(gpt2())).save_pretrained(tmp_path / "hf")
+    loaded = type(gpt2()).from_pretrained(tmp_path / "hf", dtype=torch.float64)
+    center = dict(result.model.named_parameters())
+    assert center and all(torch.equal(loaded.state_dict()[k], v) for k, v in center.items())
+    assert not torch.equal(center["transformer.h.0.mlp.c_fc.weight"], gpt2().transformer.h[0].mlp.c_fc.weight)
