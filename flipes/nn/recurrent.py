@@ -365,15 +365,15 @@ class FlipoutRNN(_FlipoutRNNBase, nn.RNN):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(
+        super().__init__(  # by keyword: torch < 2.3's nn.RNN takes nonlinearity by keyword alone (its *args skip it)
             input_size,
             hidden_size,
             num_layers,
-            nonlinearity,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
+            nonlinearity=nonlinearity,
+            bias=bias,
+            batch_first=batch_first,
+            dropout=dropout,
+            bidirectional=bidirectional,
             device=device,
             dtype=dtype,
         )
