@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from flipes.nn.vector import Vector
-from flipes.noise import SlotNoise
+from flipes.noise import SlotNoise, compiling
 
 # the norms whose per-member forward is written out here (nn.RMSNorm exists from torch 2.4)
 NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
@@ -158,7 +158,7 @@ def _scaled(module: nn.Module, noise: dict[str, Tensor], args: tuple, kwargs: di
     (a scale of ``1 + weight``, a cast after the product): vmap's ~7x cost was most of a small LM's decoding step."""
     if not type(module).__name__.endswith("RMSNorm") or module.__dict__.get("_flipes_scaled") is False:
         return None  # the name first: every other module's per-member forward passes here
-    if type(module).__bases__[-1] in NORMS or torch.compiler.is_compiling():
+    if type(module).__bases__[-1] in NORMS or compiling():
         return None  # torch's own norms: _norm_forward
     x, weight, n = args[0] if len(args) == 1 else None, module._parameters.get("weight"), module.flipes_members
     if kwargs or noise.keys() != {"weight"} or module._modules:
