@@ -442,8 +442,9 @@ class Counts(gym.Env):
 
 def test_an_integer_box_gets_the_policys_squashed_actions_rounded_into_its_dtype() -> None:
     """MLPPolicy on Box(0, 10, (2,), int64) actions returns int64 actions equal to ``round(5·tanh(z) + 5)`` of its
-    outputs ``z``, in a population too; a gymnasium vector env of such envs is given int64 actions in its bounds by a
-    rollout (floats reached it before); a model of one's own returning floats for it is one error naming the cast."""
+    outputs ``z``, in a population too (on an unsigned Box(0, 255, uint8) uint8 ones, ``round(127.5·tanh(z) + 127.5)``);
+    a gymnasium vector env of such envs is given int64 actions in its bounds by a rollout (floats reached it before); a
+    model of one's own returning floats for it is one error naming the cast."""
     space = Counts([]).action_space
     torch.manual_seed(0)
     policy = MLPPolicy(gym.spaces.Box(-1, 1, (3,), np.float32), space, hidden=(8,), normalize=False)
@@ -453,6 +454,11 @@ def test_an_integer_box_gets_the_policys_squashed_actions_rounded_into_its_dtype
     a = policy(x)
     assert a.dtype == torch.int64 and torch.equal(a, (5 * torch.tanh(policy.net(x)) + 5).round().long())
     assert a.min() == 0 and a.max() == 10 and len(a.unique()) > 5
+    # an unsigned Box (pixel levels) is an integer Box too: uint8 actions, round(127.5·tanh(z) + 127.5)
+    pixels = gym.spaces.Box(0, 255, (2,), np.uint8)
+    levels = MLPPolicy(gym.spaces.Box(-1, 1, (3,), np.float32), pixels, hidden=(8,), normalize=False)
+    b = levels(x)
+    assert b.dtype == torch.uint8 and torch.equal(b.long(), (127.5 * torch.tanh(levels.net(x)) + 127.5).round().long())
     es = flipes.FlipES(policy, popsize=4)
     with es.population() as pop:
         assert policy(torch.randn(pop.size, 2, 3)).dtype == torch.int64
