@@ -394,8 +394,9 @@ def test_flipes_export_of_a_dict_observation_run_names_the_columns_its_program_t
 def test_a_policy_built_on_a_dict_space_acts_as_on_its_flattened_box() -> None:
     """MLPPolicy built on a Dict observation space (as a loop of one's own passes a gymnasium vector env's) has the
     parameters of one on the Box flipes' envs flatten it into, and with the same weights gives the same actions on the
-    flattened rows, a batch of dicts and one dict; GRUPolicy, which the README names beside it, gives a batch of dicts
-    the actions and state of the flattened rows; a Dict with a Discrete entry is refused naming FlattenObservation."""
+    flattened rows, a batch of dicts and one dict (one on a Tuple space a batch of tuples, flattened in the Tuple's
+    order); GRUPolicy, which the README names beside it, gives a batch of dicts the actions and state of the flattened
+    rows; a Dict with a Discrete entry is refused naming FlattenObservation."""
     space = Goal.observation_space
     torch.manual_seed(0)
     flat = MLPPolicy(gym.spaces.flatten_space(space), Goal.action_space, hidden=(8,), normalize=False)
@@ -408,6 +409,11 @@ def test_a_policy_built_on_a_dict_space_acts_as_on_its_flattened_box() -> None:
                "goal": tuple(torch.from_numpy(np.stack([o["goal"][i] for o in batch])) for i in range(2))}  # fmt: skip
     assert torch.equal(policy(rows), flat(rows)) and torch.equal(policy(stacked), flat(rows))
     assert np.array_equal(policy(batch[0]), flat(rows[0].numpy()))
+    # a Tuple space at the top takes its entries in its order: position's 4 columns, then goal's 5 (the Dict sorts goal first)
+    top = MLPPolicy(gym.spaces.Tuple((space["position"], space["goal"])), Goal.action_space, hidden=(8,), normalize=False)
+    top.load_state_dict(flat.state_dict())
+    pairs = (stacked["position"], stacked["goal"])
+    assert torch.equal(top(pairs), flat(torch.cat([rows[:, 5:], rows[:, :5]], dim=-1)))
     torch.manual_seed(0)
     flat = flipes.rl.GRUPolicy(gym.spaces.flatten_space(space), Goal.action_space, hidden=(8,), normalize=False)
     policy = flipes.rl.GRUPolicy(space, Goal.action_space, hidden=(8,), normalize=False)
