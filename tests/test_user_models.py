@@ -331,3 +331,28 @@ def test_an_rmsnorm_first_called_on_zeros_is_still_checked_against_its_members_o
         member.load_state_dict(es.member_state_dict(n))
         with torch.no_grad():
             torch.testing.assert_close(out[n], member(x[n]), rtol=1e-12, atol=1e-12)
+
+
+class CastAfterRMSNorm(nn.Module):
+    """An RMSNorm of one's own that multiplies by ``weight`` in float32 and casts to the input's dtype after the product:
+    one rounding, where a unit-weight forward times each member's weight rounds twice."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, d, dtype=torch.bfloat16))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        return (self.weight.float() * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))).to(x.dtype)
+
+
+def test_an_rmsnorm_rounding_after_its_product_stays_per_member_bit_for_bit() -> None:
+    """The scaled form is taken only where it equals the per-member forward bit for bit: a bfloat16 RMSNorm that casts
+    after its float32 product (the scaled form rounds twice, off by an ulp in some of its 6·16·64 entries) is decided
+    per member on its first call, and a second call gives the first's outputs exactly."""
+    norm = flipes.flipout(nn.Sequential(CastAfterRMSNorm(64)))
+    es = flipes.FlipES(norm, popsize=N, sigma=0.05, seed=0)
+    x = torch.randn(N, 16, 64, generator=torch.Generator().manual_seed(0)).bfloat16()
+    with es.population():
+        first, again = norm(x), norm(x)
+    assert norm[0].__dict__.get("_flipes_scaled") is False and torch.equal(first, again)
