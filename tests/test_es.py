@@ -774,6 +774,55 @@ def test_a_zero_lr_which_moves_nothing_on_purpose_is_no_rounded_step(lr: object,
     assert len(rounded) == warns, [str(w.message) for w in caught]
 
 
+class MirrorComm:
+    """Process ``rank`` of 2 whose other process sends the very values this one does: collectives without threads."""
+
+    size, local_rank, local_size, bytes_sent = 2, 0, 1, 0
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def allgather_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x])
+
+    def allreduce_sum_(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul_(2)
+
+    def bcast(self, obj: object) -> object:
+        return obj
+
+    def allgather_object(self, obj: object) -> list:
+        return [obj, obj]
+
+    def abort(self, code: int = 1) -> None:
+        raise SystemExit(code)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rounded_step_warns_above_five_percent_once_and_on_rank_0_alone(rank: int) -> None:
+    """A bfloat16 Linear(10, 10) whose weight entries are 1.0 (an SGD step of lr 1e-6 is below half their spacing,
+    2**-8) or 0 (any step moves them), every entry with a non-zero gradient: 5 of the 100 held (5%, ROUNDED_SHARE) is
+    no RoundedStepWarning, 6 warns naming 6% at the first of two tells alone; rank 1 of 2 processes warns of neither."""
+    x = torch.randn(8, 10, generator=torch.Generator().manual_seed(0)).bfloat16()
+    for held, warns in ((5, 0), (6, 1 if rank == 0 else 0)):
+        model = flipes.flipout(nn.Linear(10, 10, bias=False).to(torch.bfloat16))
+        with torch.no_grad():
+            model.weight.zero_().view(-1)[:held] = 1.0
+        sgd = lambda params: torch.optim.SGD(params, lr=1e-6)  # noqa: E731
+        es = flipes.FlipES(model, popsize=8, groups=2, sigma=0.05, seed=0, comm=MirrorComm(rank), optimizer=sgd)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                with es.population() as pop:
+                    fitness = model(x[: pop.size]).float().sum(1)
+                es.tell(fitness)
+                assert (model.weight.grad != 0).all() and (model.weight.view(-1)[held:] != 0).all()
+                assert torch.equal(model.weight.view(-1)[:held], torch.ones(held, dtype=torch.bfloat16))
+        rounded = [str(w.message) for w in caught if issubclass(w.category, flipes.RoundedStepWarning)]
+        assert len(rounded) == warns, rounded
+        assert all("left 6% of the bfloat16 parameters' entries" in m for m in rounded), rounded
+
+
 @MADE_UP_FITNESS
 def test_a_bfloat16_dense_parameters_gradient_is_the_exact_sum_rounded_once() -> None:
     """As for a Flipout layer, the dense per-member noise of a bfloat16 LayerNorm's scale and shift (512 members) is
