@@ -642,7 +642,8 @@ def test_an_own_env_seeding_its_copies_from_one_generator_is_named_where_the_pop
     under MPI, its rank 0 built here with a stand-in communicator of 2 ranks), a batched env of one's own whose copies
     share one generator (its env i does not start as one copy reset with seed + i) is named in a warning saying what
     it breaks and gymnasium's convention, pointing at the line that called flipes.train; an own env that follows it
-    (flipes' torch CartPole), an unsplit run and one whose --members-per-pass holds all 4 members warn of nothing."""
+    (flipes' torch CartPole), an unsplit run, one whose --members-per-pass holds all 4 members, rank 1 of the seeds
+    run and rank 0 of an --comm allreduce run warn of nothing."""
     kw = {"popsize": 4, "generations": 1, "eval_episodes": 2, "progress": False, "tensorboard": False}
     fix = re.escape("parameters; seed env i from seed + i alone (gymnasium's convention)")
     said = re.escape("owntest/Signs-v0: env 1 of a reset(seed=s) starts elsewhere than one copy reset with seed s + 1, ")
@@ -655,6 +656,9 @@ def test_an_own_env_seeding_its_copies_from_one_generator_is_named_where_the_pop
         build_env(config, ranks, "cpu", None).close()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        build_env(config, types.SimpleNamespace(size=2, rank=1, local_size=1), "cpu", None).close()  # rank 0 alone warns
+        allreduce = flipes.TrainConfig.for_env("owntest/Signs-v0", popsize=4, groups=2, comm="allreduce")
+        build_env(allreduce, ranks, "cpu", None).close()  # each rank rolls out its own members whatever the count
         flipes.train(env="owntest/TorchCartPole-v0", members_per_pass=2, out=str(tmp_path / "conforms"), **kw)
         flipes.train(env="owntest/Signs-v0", out=str(tmp_path / "whole"), **kw)
         flipes.train(env="owntest/Signs-v0", members_per_pass=4, out=str(tmp_path / "one pass"), **kw)  # all 4 at once
