@@ -893,16 +893,17 @@ class PositionalModel(nn.Module):
 
 
 def test_a_frozen_pattern_of_parameters_names_the_parameters_it_matches_and_their_list() -> None:
-    """``frozen=["*.bias"]`` (a pattern of parameter names, which match no module) is a ValueError naming the 2
-    parameters it matches and the ``named_parameters()`` list that freezes them, not a close name; that list
+    """``frozen=["*.bias"]`` or ``["[02].bias"]`` (patterns of parameter names, which match no module) is a ValueError
+    naming the 2 parameters it matches and the ``named_parameters()`` list that freezes them, not a close name; that list
     (``fnmatch`` as the hint writes it) freezes exactly the 2 biases."""
     import fnmatch
 
     make = lambda: nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 1))  # noqa: E731
-    with pytest.raises(ValueError, match=re.escape(
-        "'*.bias' is no parameter or module of Sequential; names are exact, not patterns: list the 2 parameters it "
-        "matches, frozen=[n for n, _ in model.named_parameters() if fnmatch.fnmatch(n, '*.bias')]")):  # fmt: skip
-        flipes.flipout(make(), frozen=["*.bias"])
+    for pattern in ("*.bias", "[02].bias"):  # fnmatch's character class is a pattern too
+        with pytest.raises(ValueError, match=re.escape(
+            f"{pattern!r} is no parameter or module of Sequential; names are exact, not patterns: list the 2 parameters "
+            f"it matches, frozen=[n for n, _ in model.named_parameters() if fnmatch.fnmatch(n, {pattern!r})]")):  # fmt: skip
+            flipes.flipout(make(), frozen=[pattern])
     plain = make()
     model = flipes.flipout(plain, frozen=[n for n, _ in plain.named_parameters() if fnmatch.fnmatch(n, "*.bias")])
     assert {n for n, p in model.named_parameters() if not p.requires_grad} == {"0.bias", "2.bias"}
