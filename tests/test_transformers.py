@@ -22,6 +22,7 @@ from torch.func import functional_call
 
 import flipes
 from flipes.es.shaping import raw
+from flipes.nn.embedding import one_row_fix
 
 transformers = pytest.importorskip("transformers")
 
@@ -460,7 +461,8 @@ def test_generate_with_kv_cache_decodes_each_members_rows_as_the_plain_model_wit
 def test_generate_given_one_prompt_row_for_the_whole_population_names_the_repeat_that_fixes_it(make: object) -> None:
     """``generate`` given one prompt row ``(1, T)`` inside a population of 4 (the embedding reads it as ids every
     member shares, one row each, which ``generate`` cannot append to the one-row prompt) raises torch's size error
-    with a line naming ``input_ids.repeat(pop.size, 1)``; with that repeat it decodes 4 rows."""
+    with a line naming ``input_ids.repeat(pop.size, 1)``; with that repeat it decodes 4 rows. ``one_row_fix`` gives no
+    such line for other sizes, ids of 2 rows or a population of 1."""
     model = flipes.flipout(make())
     es = flipes.FlipES(model, popsize=4, sigma=0.05, seed=0)
     prompt = torch.randint(1, VOCAB, (1, 5), generator=torch.Generator().manual_seed(0))
@@ -472,6 +474,15 @@ def test_generate_given_one_prompt_row_for_the_whole_population_names_the_repeat
     with es.population() as pop:
         ids = prompt.repeat(pop.size, 1)
         assert model.generate(ids, attention_mask=torch.ones_like(ids), **settings).shape == (4, 7)
+    # the line is for that clash alone: another pair of sizes, ids of 2 rows or a population of 1 get none
+    clash = "Sizes of tensors must match except in dimension 1. Expected size 4 but got size 1 for tensor number 1 in the list."
+    assert one_row_fix((1, 5), 4, clash) is not None
+    for shape, members, error in [
+        ((1, 5), 4, clash.replace("size 4", "size 3")),
+        ((2, 5), 4, clash),
+        ((1, 5), 1, clash.replace("size 4", "size 1")),
+    ]:
+        assert one_row_fix(shape, members, error) is None, (shape, members, error)
 
 
 def test_a_frozen_pattern_is_refused_naming_the_list_of_its_matches_which_freezes_exactly_them() -> None:
