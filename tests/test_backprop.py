@@ -804,15 +804,25 @@ def test_the_fix_the_unsupported_layer_error_gives_attaches_to_every_other_layer
 
 def test_attaching_noise_warns_about_weights_left_as_point_estimates() -> None:
     """A weight matrix with no Flipout form (a ConvTranspose2d's kernel) would silently train without noise or KL term:
-    attach_noise names it in one warning, attributed to the caller's line (this file). Norm scales (1-D) are left out,
-    and attaching to the Flipout layers alone (the explicit choice) warns about nothing."""
+    attach_noise names it in one warning, attributed to the caller's line (this file); of 4 (5 layers, two tied) it
+    names 3 and "1 more". Norm scales (1-D) and a frozen kernel are left out, and attaching to the Flipout layers alone
+    (the explicit choice) warns about nothing."""
     model = flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 1, 3), nn.Flatten(), nn.LayerNorm(25)))
     with pytest.warns(UserWarning, match=r"no backprop noise, for 1\.weight \(ConvTranspose2d\): point estimates") as rec:
         attach_noise(model, GaussianPosterior)
     assert len(rec) == 1 and "\n" not in str(rec[0].message) and "3.weight" not in str(rec[0].message)
     assert rec[0].filename == __file__
+    transposed = [nn.ConvTranspose2d(2, 2, 1) for _ in range(5)]
+    transposed[4].weight = transposed[3].weight  # tied: one weight, named once
+    many = flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), *transposed))
+    with pytest.warns(UserWarning, match=r"for 1\.weight \(ConvTranspose2d\), 2\.weight \(ConvTranspose2d\), 3\.weight "
+                      r"\(ConvTranspose2d\) and 1 more: point estimates"):  # fmt: skip
+        attach_noise(many, GaussianPosterior)
+    fixed = flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 1, 3)))
+    fixed[1].requires_grad_(False)  # a kernel that does not train is no posterior's point estimate
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        attach_noise(fixed, GaussianPosterior)
         attach_noise(model[0], GaussianPosterior)
         attach_noise(flipes.flipout(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3), nn.Linear(3, 2))), GaussianPosterior)
         attach_noise(model, None)  # removing noise warns about nothing
