@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import flipes
 from flipes.rl import MLPPolicy, RolloutFitness, RunningNorm, make_vector_env, run_episodes
-from flipes.rl.rollout import episode_seed
+from flipes.rl.rollout import check_actions, episode_seed
 
 
 class Countdown(gym.vector.VectorEnv):
@@ -444,7 +444,7 @@ def test_an_integer_box_gets_the_policys_squashed_actions_rounded_into_its_dtype
     """MLPPolicy on Box(0, 10, (2,), int64) actions returns int64 actions equal to ``round(5·tanh(z) + 5)`` of its
     outputs ``z``, in a population too (on an unsigned Box(0, 255, uint8) uint8 ones, ``round(127.5·tanh(z) + 127.5)``);
     a gymnasium vector env of such envs is given int64 actions in its bounds by a rollout (floats reached it before); a
-    model of one's own returning floats for it is one error naming the cast."""
+    model of one's own returning floats for it (or for the uint8 Box) is one error naming the cast."""
     space = Counts([]).action_space
     torch.manual_seed(0)
     policy = MLPPolicy(gym.spaces.Box(-1, 1, (3,), np.float32), space, hidden=(8,), normalize=False)
@@ -468,6 +468,8 @@ def test_an_integer_box_gets_the_policys_squashed_actions_rounded_into_its_dtype
     assert len(seen) == 4 and all(s.dtype == np.int64 and space.contains(s) for s in seen)
     with pytest.raises(flipes.UsageError, match=r"torch.float32 actions for 4 envs of .*int64.*, which take integers; .*round"):
         run_episodes(venv, lambda o: torch.ones(4, 2), seed=0)
+    with pytest.raises(flipes.UsageError, match=r"torch.float32 actions for 4 envs of .*uint8.*, which take integers"):
+        check_actions(torch.ones(4, 2), pixels, 4)  # an unsigned Box's env takes integers too
 
 
 def test_an_integer_boxs_actions_stay_in_bounds_that_float32_cannot_hold() -> None:
