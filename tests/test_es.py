@@ -755,9 +755,11 @@ def test_a_bfloat16_layers_gradient_is_the_exact_sum_rounded_once() -> None:
     assert (error <= 2**-8 * expect.abs() + 2**-16 * expect.abs().max()).all(), (error / expect.abs()).max()
 
 
-@pytest.mark.parametrize(("lr", "warns"), [(0.0, False), (torch.tensor(0.0), False), (torch.tensor(1e-9), True), (1e-9, True)])
+@pytest.mark.parametrize(
+    ("lr", "warns"), [(0.0, False), (0, False), (torch.tensor(0.0), False), (torch.tensor(1e-9), True), (1e-9, True)]
+)
 def test_a_zero_lr_which_moves_nothing_on_purpose_is_no_rounded_step(lr: object, warns: bool) -> None:
-    """SGD at lr 0 (a float or a tensor) leaves every entry of a bfloat16 Linear unchanged on purpose: ``tell`` does not
+    """SGD at lr 0 (a float, an int or a tensor) leaves every entry of a bfloat16 Linear unchanged on purpose: ``tell`` does not
     warn RoundedStepWarning; at lr 1e-9 (a float or a tensor), whose steps round away as well, it warns once."""
     torch.manual_seed(0)
     model = flipes.flipout(nn.Linear(8, 4).to(torch.bfloat16))
