@@ -776,6 +776,28 @@ def test_a_zero_lr_which_moves_nothing_on_purpose_is_no_rounded_step(lr: object,
     assert len(rounded) == warns, [str(w.message) for w in caught]
 
 
+def test_a_param_group_at_lr_zero_leaves_the_other_groups_rounded_steps_said() -> None:
+    """A bfloat16 model whose first layer sits in a param group at lr 0 (held on purpose) and whose second steps at
+    lr 1e-9 (rounded away): ``tell`` warns RoundedStepWarning for the second group, whose share alone is counted, and
+    with both groups at lr 0 it does not."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4)).to(torch.bfloat16))
+    x = torch.randn(8, 8, dtype=torch.bfloat16)
+    for second, warns in ((1e-9, True), (0.0, False)):
+
+        def groups(params: list[nn.Parameter], second: float = second) -> torch.optim.Optimizer:
+            return torch.optim.SGD([{"params": params[:2], "lr": 0.0}, {"params": params[2:], "lr": second}])
+
+        es = flipes.FlipES(model, popsize=8, sigma=0.05, seed=0, optimizer=groups)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with es.population():
+                fitness = model(x).float().sum(1)
+            es.tell(fitness)
+        rounded = [w for w in caught if issubclass(w.category, flipes.RoundedStepWarning)]
+        assert len(rounded) == warns, [str(w.message) for w in caught]
+
+
 class MirrorComm:
     """Process ``rank`` of 2 whose other process sends the very values this one does: collectives without threads."""
 

@@ -133,17 +133,23 @@ def warn_of_generation(es: FlipES, stats: dict[str, float], changed: list[str], 
             )
 
 
+def _zero(lr: object) -> bool:
+    """Whether a param group's ``lr`` (a number or a tensor) is 0."""
+    return isinstance(lr, (int, float, Tensor)) and float(lr) == 0
+
+
 def warn_rounded_step(es: FlipES, generation: int, delta: Tensor, grad: Tensor, numels: list[int]) -> None:
     """After ``tell``'s step, once per FlipES (rank 0): more than ``ROUNDED_SHARE`` of the bfloat16/float16 parameters'
     entries with a non-zero ES gradient stayed unchanged (``delta``: before − after, flat as ``grad``, ``numels`` each
-    parameter's), the step below half their spacing in that dtype. A float32 step is not checked, nor one with a zero
-    learning rate, which moves nothing on purpose."""
+    parameter's), the step below half their spacing in that dtype. A float32 step is not checked, nor a param group
+    with a zero learning rate, which moves nothing on purpose."""
     if es._told_rounded or es.comm.rank != 0 or not any(p.dtype in LOW_PRECISION for p in es.params):
         return  # before any split: a float32 model's tell (CartPole's, ~1 ms) pays 0.8 µs here, not 11
+    # a param group at lr 0 moves nothing on purpose: its parameters are left out, the other groups' still counted
+    stepped = {id(p) for group in es.optimizer.param_groups if not _zero(group.get("lr")) for p in group["params"]}
     deltas, grads = delta.split(numels), grad.split(numels)
-    low = [(p, d, g) for p, d, g in zip(es.params, deltas, grads, strict=True) if p.dtype in LOW_PRECISION]
-    lrs = [group.get("lr") for group in es.optimizer.param_groups]
-    if not low or any(isinstance(lr, (int, float, Tensor)) and float(lr) == 0 for lr in lrs):
+    low = [(p, d, g) for p, d, g in zip(es.params, deltas, grads, strict=True) if p.dtype in LOW_PRECISION and id(p) in stepped]
+    if not low:
         return
     # count_nonzero, and one bool mask a parameter made in place: a third of the cost of summing masks (every tell of a
     # bfloat16 model until it warns)
