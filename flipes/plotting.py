@@ -49,14 +49,14 @@ def plot_runs(runs: list[str | Path], out: str | Path, x: str = "generation") ->
 
 
 def _figure() -> tuple:
-    """A figure of two axes side by side: population fitness, center policy."""
-    import matplotlib
+    """A figure of two axes side by side: population fitness, center policy.
 
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
+    A bare ``Figure`` rather than pyplot's: it needs no display and leaves the caller's process as it was, the backend
+    (a notebook's inline one, which ``matplotlib.use("Agg")`` would replace) and pyplot's figures alike."""
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    return fig, axes
+    fig = Figure(figsize=(11, 4), constrained_layout=True)
+    return fig, fig.subplots(1, 2)
 
 
 def _finish(axes: Sequence, x: str) -> None:
@@ -71,9 +71,7 @@ def _finish(axes: Sequence, x: str) -> None:
 
 
 def _save(fig: object, out: str | Path) -> Path:
-    """Writes ``fig`` to ``out`` all at once (a temporary file renamed), and closes it."""
-    import matplotlib.pyplot as plt
-
+    """Writes ``fig`` to ``out`` all at once (a temporary file renamed)."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     try:
@@ -83,8 +81,6 @@ def _save(fig: object, out: str | Path) -> Path:
     except BaseException:
         discard(tmp)
         raise
-    finally:
-        plt.close(fig)
     return out
 
 
@@ -96,10 +92,10 @@ def plot_groups(groups: Sequence[Group], aggregates: Sequence[dict[str, Aggregat
     Raises:
         OSError: ``out`` cannot be written.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib
 
     fig, axes = _figure()
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (group, metrics) in enumerate(zip(groups, aggregates, strict=True)):
         color = colors[i % len(colors)]
         for ax, metric in zip(axes, METRICS, strict=True):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import flipes.plotting
 from flipes.commands import main
 from flipes.seeds import t_quantile
 
@@ -74,12 +75,12 @@ def test_seeds_of_a_setting_aggregate_to_the_mean_and_t_interval_of_their_stepwi
     the CSV holds, at every generation where all seeds of a setting have data, the mean, standard error, Student-t 95%
     interval, min and max of each seed's latest value at or before it, equal to a reference computed here; the figure
     draws those means; a line per setting gives its final eval_return as mean ± standard error."""
-    import matplotlib.pyplot as plt
+    pytest.importorskip("matplotlib")
 
     runs = _settings(tmp_path / "runs")
     figures = []
-    close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    save = flipes.plotting._save
+    monkeypatch.setattr(flipes.plotting, "_save", lambda fig, out: (figures.append(fig), save(fig, out))[1])
     out, table = tmp_path / "curves.png", tmp_path / "curves.csv"
     assert main(["plot", *map(str, runs), "--group", "config", "--csv", str(table), "--out", str(out)]) == 0
     with open(table, newline="") as f:
@@ -124,15 +125,15 @@ def test_seeds_of_a_setting_aggregate_to_the_mean_and_t_interval_of_their_stepwi
 def test_group_parent_merges_the_runs_of_each_directory_without_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--group parent takes the runs in one directory as one setting's seeds, labelled by that directory (p64, p256),
     with the same numbers as grouping by config; --band minmax and se shade min to max and mean ± standard error."""
-    import matplotlib.pyplot as plt
+    pytest.importorskip("matplotlib")
 
     _settings(tmp_path / "runs", configs=False)
     table = tmp_path / "curves.csv"
     runs = [str(p) for p in sorted((tmp_path / "runs").glob("p*/seed*"), key=lambda p: (len(p.parent.name), p.name))]
     edges = {"minmax": lambda r: (r["min"], r["max"]), "se": lambda r: (r["mean"] - r["se"], r["mean"] + r["se"])}
     figures = []
-    close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    save = flipes.plotting._save
+    monkeypatch.setattr(flipes.plotting, "_save", lambda fig, out: (figures.append(fig), save(fig, out))[1])
     for band, edge in edges.items():
         assert (
             main(["plot", *runs, "--group", "parent", "--band", band, "--csv", str(table), "--out", str(tmp_path / "c.png")]) == 0

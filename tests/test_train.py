@@ -2072,11 +2072,9 @@ def test_a_runs_evaluation_is_the_mean_and_sample_std_of_the_centers_returns_on_
 def test_plot_draws_each_runs_curves_against_the_chosen_x(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """plot_runs draws, for every run, its fitness_mean and fitness_max (and best_member_fitness of a
     --track-best run) against the chosen x column, and its eval_return on the second axes: the lines'
-    labels and data are read back from the figure before it is closed. Rows edited by hand are drawn where they
+    labels and data are read back from the figure as it is saved. Rows edited by hand are drawn where they
     hold both as numbers, a null y (a non-finite value) kept as a gap; a row without x or with a null x, or with a
     string or a bool as y, is left out of that line."""
-    import matplotlib.pyplot as plt
-
     from flipes.plotting import plot_runs
 
     flipes.train(**FAST_KW, generations=2, eval_every=1, out=str(tmp_path / "a"))
@@ -2089,8 +2087,8 @@ def test_plot_draws_each_runs_curves_against_the_chosen_x(tmp_path: Path, monkey
     with open(tmp_path / "a" / "metrics.jsonl", "a") as f:
         f.writelines(json.dumps(row) + "\n" for row in edited)
     figures = []
-    close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    save = flipes.plotting._save
+    monkeypatch.setattr(flipes.plotting, "_save", lambda fig, out: (figures.append(fig), save(fig, out))[1])
     plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "c.png", x="timesteps")
     (fig,) = figures
     fitness, evals = ({line.get_label(): line for line in ax.get_lines()} for ax in fig.axes)
@@ -2113,8 +2111,6 @@ def test_plot_labels_runs_of_one_name_by_the_directories_that_tell_them_apart(
     """Runs in directories of one name (the default ``runs/<env name>`` under two parents) get legend labels that
     differ, the fewest trailing path parts (as many for every run) that tell them apart; runs of different names keep
     just their names."""
-    import matplotlib.pyplot as plt
-
     from flipes.plotting import plot_runs
     from flipes.runs import run_labels
 
@@ -2126,8 +2122,8 @@ def test_plot_labels_runs_of_one_name_by_the_directories_that_tell_them_apart(
         (tmp_path / seed / "CartPole-v1").mkdir(parents=True)
         (tmp_path / seed / "CartPole-v1" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
     figures = []
-    close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    save = flipes.plotting._save
+    monkeypatch.setattr(flipes.plotting, "_save", lambda fig, out: (figures.append(fig), save(fig, out))[1])
     plot_runs([tmp_path / "s0" / "CartPole-v1", tmp_path / "s1" / "CartPole-v1"], tmp_path / "c.png")
     (fig,) = figures
     assert [line.get_label() for line in fig.axes[1].get_lines()] == ["s0/CartPole-v1", "s1/CartPole-v1"]
@@ -2137,7 +2133,6 @@ def test_plot_labels_runs_of_one_name_by_the_directories_that_tell_them_apart(
 def test_plot_tick_labels_of_timesteps_do_not_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, last: int) -> None:
     """Against timesteps (six to eight digits), the drawn x tick labels of both axes lie apart: no two labels' boxes
     on the rendered figure intersect, and each label is at most five characters (200k, 1.5M, 40M)."""
-    import matplotlib.pyplot as plt
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from flipes.plotting import plot_runs
@@ -2147,11 +2142,11 @@ def test_plot_tick_labels_of_timesteps_do_not_overlap(tmp_path: Path, monkeypatc
             for g in range(30)]  # fmt: skip
     (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     figures = []
-    close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    save = flipes.plotting._save
+    monkeypatch.setattr(flipes.plotting, "_save", lambda fig, out: (figures.append(fig), save(fig, out))[1])
     plot_runs([tmp_path / "run"], tmp_path / "c.png", x="timesteps")
     (fig,) = figures
-    canvas = FigureCanvasAgg(fig)  # closing the figure detached it from pyplot's canvas
+    canvas = FigureCanvasAgg(fig)  # a bare Figure: a canvas of its own to render the labels
     canvas.draw()
     renderer = canvas.get_renderer()
     for ax in fig.axes:
@@ -2160,6 +2155,29 @@ def test_plot_tick_labels_of_timesteps_do_not_overlap(tmp_path: Path, monkeypatc
         assert len(labels) >= 3 and all(len(t.get_text()) <= 5 for t in labels), [t.get_text() for t in labels]
         boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
         assert all(a.x1 < b.x0 for a, b in itertools.pairwise(boxes)), [t.get_text() for t in labels]
+
+
+def test_plotting_leaves_the_callers_matplotlib_backend_and_figures_as_they_were(tmp_path: Path) -> None:
+    """A notebook's matplotlib stays its own across training and plotting: flipes.train (which draws curves.png) and
+    plot_runs leave the backend as the caller set it (an inline one stays inline, so plt.show() still shows), pyplot's
+    open figures exactly the caller's and its current figure the caller's; curves.png is written all the same."""
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from flipes.plotting import plot_runs
+
+    backend = matplotlib.get_backend()
+    try:
+        plt.switch_backend("svg")  # a backend of the caller's choosing, not flipes' Agg
+        mine = plt.figure()
+        flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "a"))
+        plot_runs([tmp_path / "a"], tmp_path / "c.png")
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == [mine.number] and plt.gcf() is mine
+        assert (tmp_path / "a" / "curves.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "c.png").exists()
+    finally:
+        plt.close("all")
+        plt.switch_backend(backend)
 
 
 def test_tensorboard_scalars_are_the_rows_of_every_generation_across_a_resume(tmp_path: Path) -> None:
