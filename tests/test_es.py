@@ -1072,6 +1072,31 @@ def test_parameters_replaced_after_the_flipes_was_built_are_named_and_copying_va
     assert es.generation == 1 and not torch.equal(model[0].weight, state["0.weight"])
 
 
+@pytest.mark.parametrize("convert", [False, True])
+def test_a_layer_added_after_the_flipes_was_built_is_named_and_a_new_flipes_trains_it(convert: bool) -> None:
+    """A notebook cell that appends a layer to a model whose FlipES exists (and, re-run, converts it again) would
+    leave the new parameters neither perturbed nor stepped: population() and tell() raise a ValueError naming them and
+    the fix, a new FlipES; a frozen layer appended is fine; the new FlipES steps the added layer's weight."""
+    model = mlp(0)
+    es = flipes.FlipES(model, popsize=8, seed=1)
+    es.step(fitness)
+    model.append(nn.Linear(3, 3).requires_grad_(False))  # frozen: nothing to train, the old FlipES goes on
+    es.step(fitness)
+    model.append(nn.Linear(3, 3))
+    if convert:
+        flipes.flipout(model)
+    with pytest.raises(ValueError, match=r"gained trainable parameter\(s\) 4\.weight, 4\.bias after .*new FlipES"):
+        with es.population():
+            pass
+    with pytest.raises(ValueError, match="gained trainable parameter"):
+        es.tell(torch.randn(8))
+    assert es.generation == 2
+    before = model[4].weight.detach().clone()
+    es = flipes.FlipES(flipes.flipout(model), popsize=8, seed=1)
+    es.step(fitness)
+    assert es.generation == 1 and not torch.equal(model[4].weight, before)
+
+
 @pytest.mark.parametrize("shaping", [centered_ranks, z_score, flipes.shaping.ars])
 def test_minimizing_a_loss_steps_exactly_as_maximizing_its_negation(shaping) -> None:
     """``maximize=False`` takes a loss: every generation's parameters are bit-identical to those of a

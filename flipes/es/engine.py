@@ -28,6 +28,7 @@ from flipes.es.evolved import (
     check_requires_grad,
     evolved_parameters,
     held_in,
+    held_sizes,
     parameter_names,
     raise_if_not_finite,
     refuse_unhandled,
@@ -239,6 +240,7 @@ class FlipES:
         self._held = dict(model.named_parameters(remove_duplicate=False))  # the Parameter objects evolved: check_held
         # where the model holds them: each module's own dicts, looked up every generation instead of walking the names
         self._held_in = held_in(model)
+        self._held_sizes = held_sizes(model)
         self.optimizer = build_optimizer(self.params, optimizer, lr, o.given_lr, partial(parameter_names, self._module))
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None

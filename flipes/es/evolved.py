@@ -48,20 +48,35 @@ def check_held(es: FlipES) -> None:
     """Raise if the model holds other Parameter objects than at construction (an attribute assigned a new
     ``nn.Parameter``, ``load_state_dict(..., assign=True)``, weights tied anew): the slots, noise and optimizer
     hold the old ones, so members would run the new values while ``tell`` stepped the old, and nothing trained.
+    Also raise if it gained trainable parameters (a layer appended in a notebook cell, converted or not): neither
+    perturbed nor stepped, they would silently never train.
     Runs every generation: one dict lookup per parameter and module, the names walked only when one changed."""
-    if all(slots.get(key) is obj for slots, key, obj in es._held_in):
+    if all(slots.get(key) is obj for slots, key, obj in es._held_in) and all(len(d) == n for d, n in es._held_sizes):
         return
     now = dict(es._module.named_parameters(remove_duplicate=False))
-    names = [k for k, p in es._held.items() if now.get(k) is not p]  # new ones (a backprop noise model's ρ) aside
-    if not names:
-        return
-    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-    raise ValueError(
-        f"FlipES: the model's parameter(s) {shown} are other Parameter objects than when this FlipES was built "
-        "(a new nn.Parameter assigned, load_state_dict(..., assign=True), weights tied anew): it perturbs and steps "
-        "the ones it was built with, so the new ones would never train; copy values in place instead "
-        "(load_state_dict without assign, or param.data.copy_(value)), or build a new FlipES for the model"
-    )
+    names = [k for k, p in es._held.items() if now.get(k) is not p]
+    if names:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ValueError(
+            f"FlipES: the model's parameter(s) {shown} are other Parameter objects than when this FlipES was built "
+            "(a new nn.Parameter assigned, load_state_dict(..., assign=True), weights tied anew): it perturbs and steps "
+            "the ones it was built with, so the new ones would never train; copy values in place instead "
+            "(load_state_dict without assign, or param.data.copy_(value)), or build a new FlipES for the model"
+        )
+    held = {id(p) for p in es._held.values()}
+    added = [k for k, p in now.items() if p.requires_grad and id(p) not in held]
+    if added:  # a backprop noise model's ρ (attach_noise) is trained by backprop, never by ES: it may come later
+        how = {row.name: row.how for row in parameter_report(es._module).rows}
+        added = [k for k in added if how.get(k) != "backprop noise"]
+    if added:
+        shown = ", ".join(added[:5]) + (", ..." if len(added) > 5 else "")
+        raise ValueError(
+            f"FlipES: the model gained trainable parameter(s) {shown} after this FlipES was built: it neither perturbs "
+            "nor steps them, so they would never train; convert the model again (model = flipes.flipout(model) "
+            "leaves converted layers as they are) and build a new FlipES for it, or freeze them with "
+            "requires_grad_(False)"
+        )
+    es._held_sizes = held_sizes(es._module)  # nothing to refuse: the next generation takes the fast path again
 
 
 def changed_since_population(es: FlipES) -> list[str]:
@@ -134,4 +149,15 @@ def held_in(model: nn.Module) -> list[tuple[dict[str, Any], str, Any]]:
         for slots in (m._parameters, m._modules)
         for key, obj in slots.items()
         if obj is not None
+    ]
+
+
+def held_sizes(model: nn.Module) -> list[tuple[dict[str, Any], int]]:
+    """Each module's own parameter and module dicts with their sizes: a dict grown since (a layer or parameter added)
+    sends :func:`check_held` to walk the names."""
+    return [
+        (slots, len(slots))
+        for m in model.modules()
+        if not isinstance(m, torch.jit.ScriptModule)
+        for slots in (m._parameters, m._modules)
     ]
