@@ -80,7 +80,7 @@ def check_saveable(value: Any, where: str) -> None:
     )
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainResult:
     """What :func:`flipes.train` returns.
 
@@ -110,3 +110,15 @@ class TrainResult:
     def eval_return(self) -> float | None:
         """The last evaluation's ``eval_return`` in this call's rows (None where there was none)."""
         return next((row["eval_return"] for row in reversed(self.metrics) if "eval_return" in row), None)
+
+    def __repr__(self) -> str:
+        """A summary that fits a notebook cell's output: the rows counted and the last one's fitness, the model and
+        config by name (every row, the layers and every option would fill screens: ``result.metrics``, ``result.config``)."""
+        last = self.metrics[-1] if self.metrics else {}
+        rows = f"{len(self.metrics)} rows" + "".join(
+            f", {key}={last[key]:.6g}" for key in ("fitness_mean", "fitness_max") if isinstance(last.get(key), int | float)
+        )
+        return (
+            f"TrainResult(reason={self.reason!r}, metrics=[{rows}], eval_return={self.eval_return!r}, best={self.best!r}, "
+            f"run_dir={str(self.run_dir)!r}, model={type(self.model).__name__}, es={self.es!r})"
+        )

@@ -2157,6 +2157,25 @@ def test_plot_tick_labels_of_timesteps_do_not_overlap(tmp_path: Path, monkeypatc
         assert all(a.x1 < b.x0 for a, b in itertools.pairwise(boxes)), [t.get_text() for t in labels]
 
 
+def test_a_train_result_and_a_best_member_print_as_one_line_summaries(tmp_path: Path) -> None:
+    """What a notebook shows for ``result`` and ``result.es.best``: one line each, the rows counted with the last
+    one's fitness and the state dict counted, equal to the reference strings built here from their fields, where
+    the dataclass reprs printed every row, the layers and every tensor."""
+    result = flipes.train(**FAST_KW, generations=3, track_best=True, out=str(tmp_path / "a"))
+    last, best = result.metrics[-1], result.es.best
+    assert repr(result) == (
+        f"TrainResult(reason='generations', metrics=[3 rows, fitness_mean={last['fitness_mean']:.6g}, "
+        f"fitness_max={last['fitness_max']:.6g}], eval_return={result.eval_return!r}, best={result.best!r}, "
+        f"run_dir={str(tmp_path / 'a')!r}, model={type(result.model).__name__}, es={result.es!r})"
+    )
+    values = sum(p.numel() for p in result.model.state_dict().values())
+    assert repr(best) == (
+        f"BestMember(fitness={best.fitness!r}, generation={best.generation}, index={best.index}, "
+        f"state_dict=<{len(result.model.state_dict())} entries, {values:,} values>)"
+    )
+    assert "\n" not in repr(result) + repr(best)
+
+
 def test_plotting_leaves_the_callers_matplotlib_backend_and_figures_as_they_were(tmp_path: Path) -> None:
     """A notebook's matplotlib stays its own across training and plotting: flipes.train (which draws curves.png) and
     plot_runs leave the backend as the caller set it (an inline one stays inline, so plt.show() still shows), pyplot's

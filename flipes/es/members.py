@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from flipes.es.engine import FlipES
 
 
-@dataclass
+@dataclass(repr=False)
 class BestMember:
     """The fittest member of any generation so far (``FlipES(track_best=True)``, ``es.best``): of the
     highest fitness, or of the lowest with ``maximize=False``.
@@ -46,6 +46,14 @@ class BestMember:
 
     def __post_init__(self) -> None:  # on the CPU: no second copy of a large model on its GPU
         self.state_dict = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in self.state_dict.items()}
+
+    def __repr__(self) -> str:
+        """Fitness, generation and index, the state dict counted (its tensors printed would fill a notebook cell)."""
+        values = sum(v.numel() for v in self.state_dict.values() if isinstance(v, Tensor))
+        return (
+            f"BestMember(fitness={self.fitness!r}, generation={self.generation}, index={self.index}, "
+            f"state_dict=<{len(self.state_dict)} entries, {values:,} values>)"
+        )
 
 
 def member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
