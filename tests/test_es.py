@@ -1072,6 +1072,29 @@ def test_parameters_replaced_after_the_flipes_was_built_are_named_and_copying_va
     assert es.generation == 1 and not torch.equal(model[0].weight, state["0.weight"])
 
 
+def test_load_state_dict_inside_a_population_is_refused_and_changes_nothing() -> None:
+    """A roll-back cell (``es.load_state_dict(snapshot)``) run inside ``with es.population()`` raises a RuntimeError
+    naming the fix and changes nothing: the block's tell ends its generation with the parameters, bit for bit, of a
+    FlipES that never tried, and the snapshot loads after tell (it would otherwise leave a population of generation 2
+    that no tell could end)."""
+    a, b = (flipes.FlipES(mlp(0), popsize=8, sigma=0.1, seed=1) for _ in range(2))
+    a.step(fitness)
+    b.step(fitness)
+    snapshot = copy.deepcopy(a.state_dict())
+    a.step(fitness)
+    b.step(fitness)
+    with a.population() as pop:
+        with pytest.raises(RuntimeError, match=r"load_state_dict\(\) inside `with es.population\(\)`: .*generation 2's; leave"):
+            a.load_state_dict(snapshot)
+        values = fitness(a.model, pop)
+    a.tell(values)
+    b.step(fitness)
+    assert a.generation == b.generation == 3
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    a.load_state_dict(snapshot)
+    assert a.generation == 1
+
+
 @pytest.mark.parametrize("convert", [False, True])
 def test_a_layer_added_after_the_flipes_was_built_is_named_and_a_new_flipes_trains_it(convert: bool) -> None:
     """A notebook cell that appends a layer to a model whose FlipES exists (and, re-run, converts it again) would

@@ -51,6 +51,7 @@ from flipes.es.ranks import gather_fitness
 from flipes.es.refusals import (
     note_direct_reads,
     refuse_direct_reads,
+    refuse_load_in_population,
     refuse_mean_reads,
     refuse_nested,
     refuse_older_owner,
@@ -715,5 +716,7 @@ class FlipES:
         Raises:
             ValueError: ``state`` is no FlipES state dict, or one of another configuration, model or optimizer;
                 nothing has changed then.
+            RuntimeError: called inside ``with es.population()``; nothing has changed then.
         """
+        refuse_load_in_population(self)
         load_state(self, state)

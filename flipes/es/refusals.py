@@ -46,6 +46,18 @@ def refuse_nested(es: FlipES) -> None:
         )
 
 
+def refuse_load_in_population(es: FlipES) -> None:
+    """Raise at ``load_state_dict`` inside ``with es.population()``: the members being evaluated are of the generation
+    the block began, so the loaded generation's ``tell`` would find no population of its own (a notebook cell rolled
+    back while another is still in its block). Nothing has changed then."""
+    busy = [m for m in es.layers if m.noise is not None] + [m for m in es.dense_modules if m.member_noise is not None]
+    if busy:
+        raise RuntimeError(
+            f"load_state_dict() inside `with es.population()`: the members being evaluated are generation "
+            f"{es.generation}'s; leave the `with` block first (load before population() or after tell())"
+        )
+
+
 def note_direct_reads(es: FlipES, ran: Callable[[nn.Module, Any], None]) -> list[torch.utils.hooks.RemovableHandle]:
     """Start noting each Flipout layer's parameter reads, and return the hooks, to remove at the end, that end it at
     the layer's first call: from the population's start until then, reads by other code than the layer's own methods
