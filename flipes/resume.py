@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from flipes import dist
 from flipes.builders import CheckedFitness
@@ -146,6 +147,7 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
                 "name alone: give it again from the same script, or from an importable module:function in a new run)"
             )
         raise UsageError("--resume", f"the run was trained with other options ({shown})", fix)
+    refuse_other_dtype(path, saved_state["es"]["model"], state.model.state_dict())
     try:
         state.es.load_state_dict(saved_state["es"])
     except (RuntimeError, ValueError) as e:  # the --model or --optimizer code changed since: torch's size mismatch & co.
@@ -164,6 +166,25 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
     if isinstance(fitness, RolloutFitness | CheckedFitness):  # a plugged-in one takes it where it counts steps
         fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once
     return rounding_changes(saved, now)
+
+
+def refuse_other_dtype(path: str, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """Raise where the model built now holds a floating tensor in another dtype than the checkpoint: the load would
+    cast it and the run go on with other numbers than the one never stopped (a notebook whose
+    ``torch.set_default_dtype`` differs from the process that began the run builds the model in its own dtype).
+
+    Raises:
+        UsageError: naming the first such tensor, both dtypes and the fix.
+    """
+    for name, value in saved.items():
+        built = now.get(name)
+        if isinstance(value, Tensor) and isinstance(built, Tensor) and value.is_floating_point() and value.dtype != built.dtype:
+            raise UsageError(
+                "--resume",
+                f"{path} holds the model in {value.dtype} ({name}), the model built now is {built.dtype}",
+                f"build it in {value.dtype} as when the run began (torch.set_default_dtype({value.dtype}) before "
+                "flipes.train, where this process set another), or train it anew into another --out",
+            )
 
 
 def rounding_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

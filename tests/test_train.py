@@ -828,6 +828,27 @@ def test_resume_refuses_other_options_and_broken_checkpoints(tmp_path: Path) -> 
     assert again.metrics[0]["generation"] == 5  # previous.pt: the checkpoint the last resume replaced
 
 
+def test_a_resume_in_another_default_dtype_is_refused_and_resumes_bit_for_bit_in_the_runs_own(tmp_path: Path) -> None:
+    """A run begun under ``torch.set_default_dtype(torch.float64)`` (a notebook's setting) resumed in a process
+    building in float32 is a UsageError naming both dtypes and set_default_dtype, where the load would cast the
+    checkpoint and go on with other numbers; resumed under float64 again, its rows' parameter hashes are those of a
+    float64 run never stopped."""
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        whole = flipes.train(**FAST_KW, generations=3, out=str(tmp_path / "whole"))
+        flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "run"))
+        torch.set_default_dtype(torch.float32)
+        with pytest.raises(flipes.UsageError, match=r"--resume: .* holds the model in torch\.float64 \(.*\), the model "
+                           r"built now is torch\.float32; .*torch\.set_default_dtype\(torch\.float64\)"):  # fmt: skip
+            flipes.train(**FAST_KW, generations=3, resume=str(tmp_path / "run"))
+        torch.set_default_dtype(torch.float64)
+        flipes.train(**FAST_KW, generations=3, resume=str(tmp_path / "run"))
+    finally:
+        torch.set_default_dtype(default)
+    assert [r["params_sha256"] for r in metrics(tmp_path / "run")] == [r["params_sha256"] for r in whole.metrics]
+
+
 @pytest.mark.filterwarnings("ignore:sigma_lr > 0 with groups=1")  # the refused resume builds its FlipES first
 def test_resume_refuses_another_search_rule_and_leaves_the_run_resumable(tmp_path: Path) -> None:
     """--algo, --sigma-lr, --max-speed and --ars-top change the optimizer or the step, so a resume with
