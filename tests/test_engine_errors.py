@@ -15,6 +15,7 @@ from torch import nn
 
 import flipes
 from flipes.es.population import Population
+from flipes.search import SigmaDecay
 
 
 def mlp() -> nn.Sequential:
@@ -564,10 +565,27 @@ def test_a_flipes_repr_shows_its_settings_and_tell_counts_generations_in_ints() 
     the number of evolved parameters (here 4·8+8+8·2+2 = 58); ``tell`` and ``step`` report the generation
     just finished as an int, as ``pop.generation``."""
     es = flipes.FlipES(mlp(), popsize=16, sigma=0.05, lr=0.01, seed=0, groups=4, noise_rank=1)
-    text = "popsize=16, groups=4, sigma=0.05, noise_rank=1, optimizer=Adam, mirrored=True, generation={}, params=58"
+    text = "popsize=16, groups=4, sigma=0.05, noise_rank=1, optimizer=Adam(lr=0.01), mirrored=True, generation={}, params=58"
     assert repr(es) == f"FlipES({text.format(0)})"
     stats = es.step(fitness)
     assert type(stats["generation"]) is int and stats["generation"] == 0 and repr(es) == f"FlipES({text.format(1)})"
+
+
+def test_a_flipes_repr_shows_the_settings_a_notebook_cell_changed_since_it_was_built() -> None:
+    """What a cell may change between generations (``es.shaping``, ``es.lr``, ``es.weight_decay``) shows in
+    ``repr(es)``, as do a σ schedule and minimizing; the defaults (centered ranks, no decay, maximizing) stay out."""
+    es = flipes.FlipES(mlp(), popsize=16, sigma=0.05, seed=0)
+    assert repr(es) == "FlipES(popsize=16, groups=1, sigma=0.05, optimizer=Adam(lr=0.03), mirrored=True, generation=0, params=58)"
+    es.shaping, es.lr, es.weight_decay = flipes.shaping.z_score, 0.01, 0.001
+    assert repr(es) == (
+        "FlipES(popsize=16, groups=1, sigma=0.05, optimizer=Adam(lr=0.01), weight_decay=0.001, shaping=z_score, "
+        "mirrored=True, generation=0, params=58)"
+    )
+    es = flipes.FlipES(mlp(), popsize=16, sigma=SigmaDecay(0.1, 0.9, 0.01), seed=0, maximize=False)
+    assert repr(es) == (
+        "FlipES(popsize=16, groups=1, sigma=0.1 (schedule), maximize=False, optimizer=Adam(lr=0.03), mirrored=True, "
+        "generation=0, params=58)"
+    )
 
 
 def test_step_with_a_fitness_of_other_arguments_names_the_signature_it_needs() -> None:

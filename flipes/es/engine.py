@@ -288,16 +288,26 @@ class FlipES:
         object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
-        sigma = f"{self.mean_sigma():.4g}" + (" (adaptive)" if self.log_sigma is not None else "")
+        # what a notebook cell may have changed since (es.shaping, es.lr, es.weight_decay) shows, the defaults aside
+        sigma = f"{self.mean_sigma():.4g}" + (
+            " (adaptive)" if self.log_sigma is not None else " (schedule)" if callable(self._sigma) else ""
+        )
+        lr = [g["lr"] for g in self.optimizer.param_groups if "lr" in g]
         parts = [
             f"popsize={self.popsize}",
             f"groups={self.groups}",
             f"sigma={sigma}",
-            f"optimizer={type(self.optimizer).__name__}",
+            f"optimizer={type(self.optimizer).__name__}" + (f"(lr={float(lr[0]):.4g})" if lr else ""),
             f"mirrored={self.mirrored}",
             f"generation={self.generation}",
             f"params={sum(p.numel() for p in self.params):,}",
         ]
+        if self.shaping is not centered_ranks:
+            parts.insert(4, f"shaping={getattr(self.shaping, '__qualname__', type(self.shaping).__name__)}")
+        if self.weight_decay:
+            parts.insert(4, f"weight_decay={self.weight_decay:.4g}")
+        if not self.maximize:
+            parts.insert(3, "maximize=False")
         if self.noise_rank is not None:
             parts.insert(3, f"noise_rank={self.noise_rank}")
         if self.comm.size > 1:
