@@ -6,6 +6,7 @@ import copy
 import functools
 import io
 import math
+import pickle
 import threading
 import warnings
 import weakref
@@ -1118,6 +1119,22 @@ def test_a_layer_added_after_the_flipes_was_built_is_named_and_a_new_flipes_trai
     es = flipes.FlipES(flipes.flipout(model), popsize=8, seed=1)
     es.step(fitness)
     assert es.generation == 1 and not torch.equal(model[4].weight, before)
+
+
+def test_a_flipes_pickled_before_the_added_layer_check_steps_and_refuses_a_layer_added_later() -> None:
+    """A FlipES unpickled from a state without the module sizes (as a flipes before the check pickled it) steps
+    as the original does, bit for bit, and refuses a trainable layer appended to its model afterwards."""
+    es = flipes.FlipES(mlp(0), popsize=8, seed=1)
+    state = es.__getstate__()
+    del state["_held_sizes"]
+    older = flipes.FlipES.__new__(flipes.FlipES)
+    older.__setstate__(pickle.loads(pickle.dumps(state)))
+    older.step(fitness)
+    es.step(fitness)
+    assert all(torch.equal(p, q) for p, q in zip(es.model.parameters(), older.model.parameters(), strict=True))
+    older.model.append(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match=r"gained trainable parameter\(s\) 3\.weight, 3\.bias"):
+        older.step(fitness)
 
 
 @pytest.mark.parametrize("shaping", [centered_ranks, z_score, flipes.shaping.ars])

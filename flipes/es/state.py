@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flipes.es.checks import as_index
+from flipes.es.evolved import held_sizes
 from flipes.es.install import Deferred
 from flipes.es.members import BestMember
 from flipes.es.optimizer import optimizer_name
@@ -46,6 +47,8 @@ def unpickled_state(es: FlipES, state: dict[str, Any]) -> None:
     es.__dict__.setdefault("_noise_serial", 0)
     es.__dict__.setdefault("_built", True)  # pickled before the layout was guarded: fixed in the copy too
     es.__dict__.setdefault("_freed", None)
+    if "_held_sizes" not in state:  # pickled before parameters added later were refused
+        es._held_sizes = held_sizes(es._module)
     if "_weight_counts" not in state:  # pickled before it was kept
         es._weight_counts = [len(layer.perturbed_weights()) for layer in es.layers]
     for name in ("_slot_index", "_bias_of"):
