@@ -21,11 +21,15 @@ if TYPE_CHECKING:
     from flipes.es.engine import FlipES
 
 
+def first_names(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``names``, comma-separated, with ``...`` where there are more: an error's list."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def parameter_names(model: nn.Module, params: list[Tensor], shown: int = 5) -> str:
     """``params`` by their names in ``model`` (a parameter of another module: its shape)."""
     names = {id(p): name for name, p in model.named_parameters()}
-    out = [names.get(id(p), f"a parameter of shape {tuple(p.shape)} not in the model") for p in params[:shown]]
-    return ", ".join(out) + (", ..." if len(params) > shown else "")
+    return first_names([names.get(id(p), f"a parameter of shape {tuple(p.shape)} not in the model") for p in params], shown)
 
 
 def check_requires_grad(es: FlipES) -> None:
@@ -56,7 +60,7 @@ def check_held(es: FlipES) -> None:
     now = dict(es._module.named_parameters(remove_duplicate=False))
     names = [k for k, p in es._held.items() if now.get(k) is not p]
     if names:
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        shown = first_names(names)
         raise ValueError(
             f"FlipES: the model's parameter(s) {shown} are other Parameter objects than when this FlipES was built "
             "(a new nn.Parameter assigned, load_state_dict(..., assign=True), weights tied anew): it perturbs and steps "
@@ -69,7 +73,7 @@ def check_held(es: FlipES) -> None:
         how = {row.name: row.how for row in parameter_report(es._module).rows}
         added = [k for k in added if how.get(k) != "backprop noise"]
     if added:
-        shown = ", ".join(added[:5]) + (", ..." if len(added) > 5 else "")
+        shown = first_names(added)
         raise ValueError(
             f"FlipES: the model gained trainable parameter(s) {shown} after this FlipES was built: it neither perturbs "
             "nor steps them, so they would never train; convert the model again (model = flipes.flipout(model) "
@@ -108,7 +112,7 @@ def refuse_unhandled(model: nn.Module) -> None:
     would never be evolved."""
     unhandled = [row for row in parameter_report(model).rows if row.how == "unhandled"]
     if unhandled:
-        shown = ", ".join(f"{r.name} ({r.module})" for r in unhandled[:5]) + (", ..." if len(unhandled) > 5 else "")
+        shown = first_names([f"{r.name} ({r.module})" for r in unhandled])
         layer = type(uncompiled(model))
         raise ValueError(
             f"FlipES: {len(unhandled)} trainable parameter(s) would not be evolved, no Flipout layer or per-member "
