@@ -1121,6 +1121,20 @@ def test_a_layer_added_after_the_flipes_was_built_is_named_and_a_new_flipes_trai
     assert es.generation == 1 and not torch.equal(model[4].weight, before)
 
 
+def test_a_parameter_put_in_a_slot_that_held_none_at_build_is_refused() -> None:
+    """A bias given later to a layer built without one (``layer.bias = nn.Parameter(...)``: its slot held None, so
+    no dict grew) is neither perturbed nor stepped: the next generation raises a ValueError naming it, as for a layer
+    appended, and the generation count stays."""
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3, bias=False)))
+    es = flipes.FlipES(model, popsize=8, seed=1)
+    es.step(fitness)
+    model[2].bias = nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"gained trainable parameter\(s\) 2\.bias after"):
+        es.step(fitness)
+    assert es.generation == 1
+
+
 def test_a_flipes_pickled_before_the_added_layer_check_steps_and_refuses_a_layer_added_later() -> None:
     """A FlipES unpickled from a state without the module sizes (as a flipes before the check pickled it) steps
     as the original does, bit for bit, and refuses a trainable layer appended to its model afterwards."""

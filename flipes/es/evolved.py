@@ -145,14 +145,14 @@ def evolved_parameters(slots: list[PerturbedWeight], dense_slots: list[DenseSlot
 
 def held_in(model: nn.Module) -> list[tuple[dict[str, Any], str, Any]]:
     """Where ``model`` holds its parameters and modules: each module's own dicts with their keys and objects, looked up
-    every generation (:func:`check_held`) instead of walking the names."""
+    every generation (:func:`check_held`) instead of walking the names. A slot that holds None (a layer built without
+    a bias) is kept too: a parameter put in it later changes no dict's size, only the object it holds."""
     return [
         (slots, key, obj)
         for m in model.modules()
         if not isinstance(m, torch.jit.ScriptModule)  # frozen (flipout refuses a trainable one); its dicts have no .get
         for slots in (m._parameters, m._modules)
         for key, obj in slots.items()
-        if obj is not None
     ]
 
 
