@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import io
 import math
 import pickle
@@ -1133,6 +1134,23 @@ def test_a_parameter_put_in_a_slot_that_held_none_at_build_is_refused() -> None:
     with pytest.raises(ValueError, match=r"gained trainable parameter\(s\) 2\.bias after"):
         es.step(fitness)
     assert es.generation == 1
+
+
+def test_a_module_swapped_out_is_freed_and_a_parameter_replaced_after_is_still_refused() -> None:
+    """An activation swapped in a notebook cell (``model[1] = nn.ReLU()``: nothing to refuse) is not kept alive by the
+    FlipES (no reference left after the next generation and a garbage collection), and a weight replaced by a new
+    ``nn.Parameter`` after that is still refused by name."""
+    model = mlp(0)
+    es = flipes.FlipES(model, popsize=8, seed=1)
+    es.step(fitness)
+    old = weakref.ref(model[1])
+    model[1] = nn.ReLU()
+    es.step(fitness)
+    gc.collect()
+    assert old() is None
+    model[2].weight = nn.Parameter(model[2].weight.detach().clone())
+    with pytest.raises(ValueError, match=r"parameter\(s\) 2\.weight are other Parameter objects"):
+        es.step(fitness)
 
 
 def test_a_flipes_pickled_before_the_added_layer_check_steps_and_refuses_a_layer_added_later() -> None:

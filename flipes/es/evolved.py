@@ -80,7 +80,9 @@ def check_held(es: FlipES) -> None:
             "leaves converted layers as they are) and build a new FlipES for it, or freeze them with "
             "requires_grad_(False)"
         )
-    es._held_sizes = held_sizes(es._module)  # nothing to refuse: the next generation takes the fast path again
+    # nothing to refuse (a frozen layer added, an activation swapped): the next generation takes the fast path again,
+    # and a module replaced is no longer kept alive by the lookup
+    es._held_in, es._held_sizes = held_in(es._module), held_sizes(es._module)
 
 
 def changed_since_population(es: FlipES) -> list[str]:
