@@ -1097,6 +1097,22 @@ def test_load_state_dict_inside_a_population_is_refused_and_changes_nothing() ->
     assert a.generation == 1
 
 
+def test_load_state_dict_in_a_population_before_any_forward_is_refused_without_held_noise() -> None:
+    """With ``hold_noise=False`` no noise is installed until the block's first forward: a load_state_dict there is
+    refused all the same (a RuntimeError, generation unchanged), and the block's tell then ends generation 2."""
+    es = flipes.FlipES(mlp(0), popsize=8, sigma=0.1, seed=1, hold_noise=False)
+    es.step(fitness)
+    snapshot = copy.deepcopy(es.state_dict())
+    es.step(fitness)
+    with es.population() as pop:
+        with pytest.raises(RuntimeError, match=r"load_state_dict\(\) inside `with es.population\(\)`"):
+            es.load_state_dict(snapshot)
+        assert es.generation == 2
+        values = fitness(es.model, pop)
+    es.tell(values)
+    assert es.generation == 3
+
+
 @pytest.mark.parametrize("convert", [False, True])
 def test_a_layer_added_after_the_flipes_was_built_is_named_and_a_new_flipes_trains_it(convert: bool) -> None:
     """A notebook cell that appends a layer to a model whose FlipES exists (and, re-run, converts it again) would

@@ -49,9 +49,9 @@ def refuse_nested(es: FlipES) -> None:
 def refuse_load_in_population(es: FlipES) -> None:
     """Raise at ``load_state_dict`` inside ``with es.population()``: the members being evaluated are of the generation
     the block began, so the loaded generation's ``tell`` would find no population of its own (a notebook cell rolled
-    back while another is still in its block). Nothing has changed then."""
-    busy = [m for m in es.layers if m.noise is not None] + [m for m in es.dense_modules if m.member_noise is not None]
-    if busy:
+    back while another is still in its block). Nothing has changed then. Asked of the block itself, not of the noise
+    installed: with ``hold_noise=False`` none is until the block's first forward."""
+    if es._inside is not None:
         raise RuntimeError(
             f"load_state_dict() inside `with es.population()`: the members being evaluated are generation "
             f"{es.generation}'s; leave the `with` block first (load before population() or after tell())"
