@@ -365,7 +365,7 @@ def own_lr_note(config: TrainConfig, optimizer: torch.optim.Optimizer) -> str:
     """What ``--optimizer FN`` steps at where it is not ``--lr``: the function builds its optimizer with its own settings,
     so ``--lr`` (given or the default) is not used, but for ``--lr-decay``'s factor; empty where they agree or no
     ``--optimizer`` is given."""
-    steps = sorted({float(g["lr"]) for g in optimizer.param_groups if "lr" in g})
+    steps = sorted({float(g["lr"]) for g in optimizer.param_groups if g.get("lr") is not None})
     if not config.optimizer or steps == [config.lr]:
         return ""
     at = f"at lr {', '.join(f'{x:g}' for x in steps)}" if steps else "with no lr"

@@ -252,3 +252,22 @@ def test_ars_keeps_the_directions_whose_better_return_is_highest() -> None:
     w0, w2 = 6 * (1 - 5) / (2 * 2 * sigma_r), 6 * (3 - 2.5) / (2 * 2 * sigma_r)
     expect = torch.tensor([w0, -w0, 0.0, 0.0, w2, -w2], dtype=torch.float64)
     torch.testing.assert_close(flipes.shaping.ars(f, top=2), expect, atol=1e-15, rtol=1e-14)
+
+
+def test_an_optimizer_whose_lr_is_none_builds_prints_and_steps() -> None:
+    """Hugging Face's Adafactor with ``lr=None`` (its relative step) is a FlipES optimizer: the build's lr check, its
+    ``repr`` and ``tell`` take it (the parameters move), and ``es.lr`` says it has none, as for an optimizer without an
+    lr."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Linear(4, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    adafactor = transformers.optimization.Adafactor
+    es = flipes.FlipES(model, popsize=8, sigma=0.1, seed=0, optimizer=lambda p: adafactor(p, lr=None, relative_step=True))
+    assert "optimizer=Adafactor," in repr(es)
+    with es.population() as pop:
+        fitness = model(torch.randn(pop.size, 4)).sum(1)
+    es.tell(fitness)
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    with pytest.raises(AttributeError, match="has no lr in its param_groups"):
+        _ = es.lr

@@ -292,7 +292,7 @@ class FlipES:
         sigma = f"{self.mean_sigma():.4g}" + (
             " (adaptive)" if self.log_sigma is not None else " (schedule)" if callable(self._sigma) else ""
         )
-        lr = [g["lr"] for g in self.optimizer.param_groups if "lr" in g]
+        lr = [g["lr"] for g in self.optimizer.param_groups if g.get("lr") is not None]
         parts = [
             f"popsize={self.popsize}",
             f"groups={self.groups}",
@@ -370,7 +370,7 @@ class FlipES:
     def lr(self) -> float:
         """The optimizer's step size (its first parameter group's ``lr``); setting it sets every group's, as a
         ``torch.optim.lr_scheduler`` does, saved with the optimizer's state."""
-        groups = [g for g in self.optimizer.param_groups if "lr" in g]
+        groups = [g for g in self.optimizer.param_groups if g.get("lr") is not None]  # Adafactor: None, its own
         if not groups:
             raise AttributeError(f"es.lr: the optimizer {type(self.optimizer).__name__} has no lr in its param_groups")
         return float(groups[0]["lr"])

@@ -111,7 +111,7 @@ def build_optimizer(
             + "; ".join(f"{what} {len(ps)}: {names(ps)}" for what, ps in (("it leaves out", missing), ("it adds", others)) if ps)
             + "; build it from them, e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
         )
-    steps = sorted({float(g["lr"]) for g in built.param_groups if "lr" in g})
+    steps = sorted({float(g["lr"]) for g in built.param_groups if g.get("lr") is not None})  # Adafactor: None
     if given_lr and not isinstance(optimizer, type) and steps != [lr]:
         sets = f"sets lr {', '.join(map(str, steps))}" if steps else "sets no lr"
         name = type(built).__name__
