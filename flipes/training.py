@@ -43,7 +43,7 @@ from flipes.callbacks import Callback, Checkpointer, OutcomePrinter, PlainRow, P
 from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_dir, validate
 from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError, caller_stacklevel
-from flipes.es.optimizer import optimizer_settings
+from flipes.es.optimizer import optimizer_settings, step_sizes
 from flipes.evaluation import evaluate_center
 from flipes.hooks import checked_callbacks
 from flipes.interrupts import Interrupted, StopRequest  # noqa: F401 (Interrupted: what train raises, named from here)
@@ -365,7 +365,7 @@ def own_lr_note(config: TrainConfig, optimizer: torch.optim.Optimizer) -> str:
     """What ``--optimizer FN`` steps at where it is not ``--lr``: the function builds its optimizer with its own settings,
     so ``--lr`` (given or the default) is not used, but for ``--lr-decay``'s factor; empty where they agree or no
     ``--optimizer`` is given."""
-    steps = sorted({float(g["lr"]) for g in optimizer.param_groups if g.get("lr") is not None})
+    steps = step_sizes(optimizer)
     if not config.optimizer or steps == [config.lr]:
         return ""
     at = f"at lr {', '.join(f'{x:g}' for x in steps)}" if steps else "with no lr"

@@ -33,6 +33,12 @@ def optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]
     ]
 
 
+def step_sizes(optimizer: torch.optim.Optimizer) -> list[float]:
+    """The distinct learning rates of ``optimizer``'s param groups, sorted; a group without one, or with ``None``
+    (Hugging Face's Adafactor at its relative step), has none."""
+    return sorted({float(g["lr"]) for g in optimizer.param_groups if g.get("lr") is not None})
+
+
 def _plain_setting(value: Any) -> bool:
     if isinstance(value, tuple | list):
         return all(isinstance(v, int | float | bool) for v in value)
@@ -111,7 +117,7 @@ def build_optimizer(
             + "; ".join(f"{what} {len(ps)}: {names(ps)}" for what, ps in (("it leaves out", missing), ("it adds", others)) if ps)
             + "; build it from them, e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
         )
-    steps = sorted({float(g["lr"]) for g in built.param_groups if g.get("lr") is not None})  # Adafactor: None
+    steps = step_sizes(built)
     if given_lr and not isinstance(optimizer, type) and steps != [lr]:
         sets = f"sets lr {', '.join(map(str, steps))}" if steps else "sets no lr"
         name = type(built).__name__
