@@ -573,7 +573,8 @@ def test_a_flipes_repr_shows_its_settings_and_tell_counts_generations_in_ints() 
 
 def test_a_flipes_repr_shows_the_settings_a_notebook_cell_changed_since_it_was_built() -> None:
     """What a cell may change between generations (``es.shaping``, ``es.lr``, ``es.weight_decay``) shows in
-    ``repr(es)``, as do a σ schedule and minimizing; the defaults (centered ranks, no decay, maximizing) stay out."""
+    ``repr(es)``, as do a σ schedule and minimizing; the defaults (centered ranks, no decay, maximizing) stay out.
+    Param groups of other step sizes show each distinct one, sorted."""
     es = flipes.FlipES(mlp(), popsize=16, sigma=0.05, seed=0)
     assert repr(es) == "FlipES(popsize=16, groups=1, sigma=0.05, optimizer=Adam(lr=0.03), mirrored=True, generation=0, params=58)"
     es.shaping, es.lr, es.weight_decay = flipes.shaping.z_score, 0.01, 0.001
@@ -586,6 +587,14 @@ def test_a_flipes_repr_shows_the_settings_a_notebook_cell_changed_since_it_was_b
         "FlipES(popsize=16, groups=1, sigma=0.1 (schedule), maximize=False, optimizer=Adam(lr=0.03), mirrored=True, "
         "generation=0, params=58)"
     )
+    es = flipes.FlipES(
+        mlp(),
+        popsize=16,
+        sigma=0.05,
+        seed=0,
+        optimizer=lambda p: torch.optim.SGD([{"params": p[:2], "lr": 0.1}, {"params": p[2:], "lr": 0.0}]),
+    )
+    assert "optimizer=SGD(lr=[0, 0.1]), " in repr(es)
 
 
 def test_step_with_a_fitness_of_other_arguments_names_the_signature_it_needs() -> None:

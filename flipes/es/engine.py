@@ -43,6 +43,7 @@ from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: impo
     check_placement,
     default_optimizer,  # noqa: F401
     optimizer_settings,  # noqa: F401
+    step_sizes,
 )
 from flipes.es.options import checked_options, sigma_value
 from flipes.es.parts import part
@@ -292,12 +293,14 @@ class FlipES:
         sigma = f"{self.mean_sigma():.4g}" + (
             " (adaptive)" if self.log_sigma is not None else " (schedule)" if callable(self._sigma) else ""
         )
-        lr = [g["lr"] for g in self.optimizer.param_groups if g.get("lr") is not None]
+        # every param group's step size, where groups differ (a frozen group's lr 0 included)
+        lrs = [f"{v:.4g}" for v in step_sizes(self.optimizer)]
+        lr = "" if not lrs else f"(lr={lrs[0]})" if len(lrs) == 1 else f"(lr=[{', '.join(lrs)}])"
         parts = [
             f"popsize={self.popsize}",
             f"groups={self.groups}",
             f"sigma={sigma}",
-            f"optimizer={type(self.optimizer).__name__}" + (f"(lr={float(lr[0]):.4g})" if lr else ""),
+            f"optimizer={type(self.optimizer).__name__}{lr}",
             f"mirrored={self.mirrored}",
             f"generation={self.generation}",
             f"params={sum(p.numel() for p in self.params):,}",
