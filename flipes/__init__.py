@@ -4,9 +4,7 @@ One batched forward pass evaluates a whole population, every member with its own
 pseudo-independent weight perturbation (Wen et al., ICLR 2018, arXiv:1803.04386).
 """
 
-import sys
-
-from flipes import dist, nn, noise, optim
+from flipes import dist, nn, noise, optim, shaping
 from flipes.callbacks import Callback
 from flipes.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from flipes.config import TrainConfig
@@ -18,15 +16,11 @@ from flipes.errors import (
     StorageError,
     UsageError,
 )
-from flipes.es import FlipES, Population, shaping
+from flipes.es import FlipES, Population
 from flipes.export import export_policy
 from flipes.nn import flipout, kl_divergence
 from flipes.runs import evaluate_policy, load_policy, read_metrics
 from flipes.training import TrainResult, train
-
-# flipes.shaping is flipes.es.shaping under the name the README uses: `from flipes.shaping import z_score` and
-# `--shaping flipes.shaping:z_score` import it (an attribute alone would be found by neither)
-sys.modules.setdefault(f"{__name__}.shaping", shaping)
 
 __all__ = [
     "Callback",

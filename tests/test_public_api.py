@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import ROOT
@@ -30,3 +31,16 @@ def test_every_public_name_resolves_and_has_a_docstring() -> None:
         value = getattr(flipes, name)
         if inspect.isclass(value) or inspect.isfunction(value) or inspect.ismodule(value):
             assert (inspect.getdoc(value) or "").strip(), name
+
+
+def test_flipes_shaping_is_a_module_file_exporting_every_shaping_function() -> None:
+    """``from flipes.shaping import z_score`` (the README's spelling) imports a module file, which static tools resolve
+    as Python does, and it exports each public function of :mod:`flipes.es.shaping`, the very same objects."""
+    import flipes.es.shaping as engine_shaping
+    import flipes.shaping
+
+    assert Path(inspect.getfile(flipes.shaping)) == ROOT / "flipes" / "shaping.py"
+    functions = {n for n, f in vars(engine_shaping).items() if inspect.isfunction(f) and f.__module__ == engine_shaping.__name__}
+    public = {n for n in functions if not n.startswith("_")}
+    assert public and set(flipes.shaping.__all__) == public
+    assert all(getattr(flipes.shaping, n) is getattr(engine_shaping, n) for n in public)
