@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT
+from torch import nn
 
 import flipes
 
@@ -44,3 +45,23 @@ def test_flipes_shaping_is_a_module_file_exporting_every_shaping_function() -> N
     public = {n for n in functions if not n.startswith("_")}
     assert public and set(flipes.shaping.__all__) == public
     assert all(getattr(flipes.shaping, n) is getattr(engine_shaping, n) for n in public)
+
+
+class _OwnLinear(nn.Linear):
+    """A user's subclass that keeps Linear's forward: it becomes a Flipout subclass of itself."""
+
+
+def test_flipout_returns_an_instance_of_the_class_it_is_given() -> None:
+    """``flipout(module: M) -> M`` holds: a model comes back as itself, and a supported layer given alone (each of
+    them, and a user's subclass of one) as a Flipout layer that subclasses the layer's own class."""
+    from flipes.nn.flipout_classes import _FLIPOUT_OF
+
+    layers = [nn.Linear(3, 2), nn.Conv1d(2, 2, 1), nn.Conv2d(2, 2, 1), nn.Conv3d(2, 2, 1), nn.Embedding(5, 3),
+              nn.MultiheadAttention(4, 2), nn.LSTM(3, 4), nn.GRU(3, 4), nn.RNN(3, 4), nn.LSTMCell(3, 4),
+              nn.GRUCell(3, 4), nn.RNNCell(3, 4), _OwnLinear(3, 2)]  # fmt: skip
+    assert set(_FLIPOUT_OF) <= {type(layer) for layer in layers}  # every supported layer is checked
+    for layer in layers:
+        converted = flipes.flipout(layer)
+        assert converted is not layer and isinstance(converted, type(layer)), type(layer).__name__
+    model = nn.Sequential(nn.Linear(3, 2))
+    assert flipes.flipout(model) is model

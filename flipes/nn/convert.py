@@ -18,6 +18,7 @@ import difflib
 import fnmatch
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -85,7 +86,10 @@ def _convertible(layer: nn.Module) -> bool:
     return _trainable(layer) and not any(parametrize.is_parametrized(m) for m in layer.modules() if m is not layer)
 
 
-def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)  # flipout returns the type it is given: a user model's own attributes stay typed
+
+
+def flipout(module: M, frozen: Iterable[str] = ()) -> M:
     """Make every trainable parameter of ``module`` evolvable per member of an ES population.
 
     - Layers with a Flipout form become Flipout layers (``flipes.nn``): ``nn.Linear`` (and
@@ -100,7 +104,8 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
       ``flipout`` sets their ``requires_grad`` to ``False``.
 
     The conversion is in place and returns ``module`` (or the new layer if ``module`` itself is a
-    convertible layer). Converted layers share their ``Parameter`` objects with the originals, so
+    convertible layer, an instance of a subclass of its class: the result has ``module``'s type, to a
+    type checker too). Converted layers share their ``Parameter`` objects with the originals, so
     optimizers, weight tying and state dicts keep working, and outside a population they compute
     exactly what the originals did. ``flipes.nn.parameter_report(model)`` lists what happens to
     every parameter. A tied parameter is one perturbation per member wherever a layer or module
@@ -124,7 +129,7 @@ def flipout(module: nn.Module, frozen: Iterable[str] = ()) -> nn.Module:
     _check_shared_id_tables(uncompiled(module))
     cls = flipout_class(type(module))
     if cls is not None and _convertible(module):
-        module = _convert_layer(module, cls)
+        module = cast(M, _convert_layer(module, cls))  # cls subclasses the layer's own class: still an M
     converted: dict[int, nn.Module] = {}  # a layer used twice (or aliased) becomes ONE Flipout layer
     _convert_children(module, converted)
     _unwatch_registered(uncompiled(module))
