@@ -4,7 +4,8 @@ One batched forward pass evaluates a whole population, every member with its own
 pseudo-independent weight perturbation (Wen et al., ICLR 2018, arXiv:1803.04386).
 """
 
-from flipes import dist, nn, noise, optim, shaping
+# the submodules the README reaches as flipes.<module>.<name>: bound here, a type checker finds them after `import flipes`
+from flipes import callbacks, cli, dist, es, nn, noise, optim, resume, rl, search, shaping
 from flipes.callbacks import Callback
 from flipes.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from flipes.config import TrainConfig
@@ -35,7 +36,10 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "UsageError",
+    "callbacks",
+    "cli",
     "dist",
+    "es",
     "evaluate_policy",
     "export_policy",
     "flipout",
@@ -47,7 +51,10 @@ __all__ = [
     "optim",
     "read_checkpoint",
     "read_metrics",
+    "resume",
+    "rl",
     "save_checkpoint",
+    "search",
     "shaping",
     "train",
 ]

@@ -4,6 +4,7 @@ resolve and carry docstrings. No type checker runs here: these are the propertie
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -65,3 +66,15 @@ def test_flipout_returns_an_instance_of_the_class_it_is_given() -> None:
         assert converted is not layer and isinstance(converted, type(layer)), type(layer).__name__
     model = nn.Sequential(nn.Linear(3, 2))
     assert flipes.flipout(model) is model
+
+
+def test_every_submodule_the_readme_reaches_from_import_flipes_is_bound_there() -> None:
+    """Each ``flipes.<module>.<name>`` the README writes (``flipes.rl.RolloutFitness``, ``flipes.search.SigmaDecay``)
+    names a submodule that ``flipes/__init__.py`` imports and lists in ``__all__``: a type checker sees a submodule as an
+    attribute of the package only so, whatever else happened to import it at run time."""
+    reached = set(re.findall(r"\bflipes\.([a-z_]+)\.[A-Za-z_]", (ROOT / "README.md").read_text()))
+    assert {"rl", "search"} <= reached
+    modules = {m for m in reached if (ROOT / "flipes" / m).is_dir() or (ROOT / "flipes" / f"{m}.py").is_file()}
+    assert modules == reached  # each is a submodule, not a class or a function
+    assert not modules - set(flipes.__all__)
+    assert all(inspect.ismodule(getattr(flipes, m)) for m in modules)
