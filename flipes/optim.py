@@ -42,7 +42,11 @@ class ClipUp(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params: Iterable[Tensor] | Iterable[dict], lr: float, momentum: float = 0.9, max_speed: float | None = None
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.9,
+        max_speed: float | None = None,
     ) -> None:
         for name, value in (("lr", lr), ("momentum", momentum), ("max_speed", max_speed)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real | Tensor)):

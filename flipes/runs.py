@@ -25,7 +25,7 @@ from flipes.rl.policy import SpacePolicy
 from flipes.rl.spaces import STRUCTURED
 
 
-def read_metrics(run: str | Path) -> list[dict]:
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     """The rows of a run's ``metrics.jsonl``, every generation since it started, across resumes (lines
     that are not rows, such as a torn last line from a crash mid-write, are skipped);
     ``TrainResult.metrics`` holds one call's rows.

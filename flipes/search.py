@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -69,7 +69,7 @@ def own_shaping(spec: str) -> Callable[[Tensor], Tensor] | str:
     return fn if callable(fn) else spec
 
 
-def clipup(params: list[Tensor], max_speed: float, lr: float) -> ClipUp:
+def clipup(params: Sequence[Tensor], max_speed: float, lr: float) -> ClipUp:
     """ClipUp at ``max_speed``, step size half of it, momentum 0.9 (the paper's recommended ratios).
 
     ``max_speed`` 0 is ``lr·√D/2`` for D parameters: half of Adam's first step at ``lr`` (each parameter

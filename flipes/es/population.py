@@ -110,7 +110,7 @@ class Population:
                 yield part
 
 
-class PopulationBlock(AbstractContextManager):
+class PopulationBlock(AbstractContextManager[Population]):
     """What ``es.population()`` returns: a ``with`` block whose ``as`` target is the :class:`Population`.
     Reading a population's attribute from the block itself (``pop = es.population(); pop.size``) is an
     error that shows the ``with`` form; so is entering one block twice (each ``with`` calls
