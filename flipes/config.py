@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -22,10 +23,22 @@ ShapingName = Literal["auto", "centered-ranks", "z-score", "raw"]
 SHAPING_NAMES: tuple[str, ...] = get_args(ShapingName)  # the shapings --shaping names (else module:function)
 
 
+class _InitSignature:
+    """What ``inspect.signature`` (so ``help()`` and a notebook's call tip) gives for a class that defines ``__new__``:
+    by itself that one's ``(*args, **kwargs)``; this its ``__init__``'s, the fields of the class it is read on (a
+    dataclass subclass's own fields included)."""
+
+    def __get__(self, instance: object, owner: type) -> inspect.Signature:
+        sig = inspect.signature(owner.__init__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])  # without self
+
+
 @dataclass
 class TrainConfig:
     """Options of one ES training run. Defaults < the env's row in ``flipes.rl.presets`` (see
     :meth:`for_env`) < a config file < flags."""
+
+    __signature__ = _InitSignature()  # the fields, not __new__'s (*args, **kwargs)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> TrainConfig:
         # the dataclass's TypeError names a misspelt or foreign keyword, but not the option meant; checked only where

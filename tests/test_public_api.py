@@ -3,6 +3,7 @@ resolve and carry docstrings. No type checker runs here: these are the propertie
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 import sys
@@ -78,3 +79,18 @@ def test_every_submodule_the_readme_reaches_from_import_flipes_is_bound_there() 
     assert modules == reached  # each is a submodule, not a class or a function
     assert not modules - set(flipes.__all__)
     assert all(inspect.ismodule(getattr(flipes, m)) for m in modules)
+
+
+def test_the_signature_of_trainconfig_is_its_fields() -> None:
+    """``inspect.signature`` (``help()``, a notebook's call tip) of TrainConfig, which defines ``__new__``, lists its
+    fields with their defaults in order, not ``(*args, **kwargs)``; a dataclass subclass's lists its own extra field."""
+    fields = dataclasses.fields(flipes.TrainConfig)
+    params = list(inspect.signature(flipes.TrainConfig).parameters.values())
+    assert [p.name for p in params] == [f.name for f in fields]
+    assert all(p.default == f.default for p, f in zip(params, fields, strict=True) if f.default is not dataclasses.MISSING)
+
+    @dataclasses.dataclass
+    class Extended(flipes.TrainConfig):
+        extra: int = 3
+
+    assert list(inspect.signature(Extended).parameters)[-1] == "extra"
