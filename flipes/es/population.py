@@ -58,6 +58,11 @@ class Population:
         ``(seed, generation, stream)`` alone: the same on every process and on a resume, another for
         every run seed (``manual_seed(pop.generation)`` would give every seed the same draws).
 
+        Args:
+            stream: names an independent stream of draws within the generation (``"fitness"``, ``f"sample/{step}"``).
+            device: where the generator draws: ``"cpu"`` (default) even with a model on a GPU (draw, then
+                ``.to(x.device)``); a ``"cuda"`` one draws other numbers from the same seed.
+
         Raises:
             RuntimeError: called on an earlier generation's ``pop`` inside a later generation's population
                 (its draws would repeat that generation's).
