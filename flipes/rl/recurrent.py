@@ -39,9 +39,11 @@ class RecurrentPolicy(nn.Module):
           first step, then the ``state`` the previous call returned, for the same rows
     """
 
-    def forward(self, obs: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+    def forward(self, obs: Tensor, state: Any) -> tuple[Tensor, Any]:
         """One step of every env: ``(action, next state)`` from ``obs`` and the previous step's ``state``
-        (``None`` at an episode batch's first step). A subclass defines it."""
+        (``None`` at an episode batch's first step). A subclass defines it. flipes always passes ``state``: no
+        default here, so that a subclass's ``forward(self, obs, state)`` without one is a valid override to a type
+        checker."""
         raise NotImplementedError(
             f"{type(self).__name__} reached RecurrentPolicy.forward, which a subclass defines as forward(obs, state) -> "
             "(actions, state); a class mixing RecurrentPolicy into a module of its own lists RecurrentPolicy last, "
