@@ -18,13 +18,15 @@ import flipes
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="reads pyproject.toml with tomllib (Python >= 3.11)")
 def test_the_wheel_ships_the_py_typed_marker() -> None:
-    """flipes/py.typed exists and pyproject.toml's package data ships it: without it in the installed package, mypy
-    skips every ``import flipes`` as untyped (everything flipes returns is Any) and pyright guesses."""
+    """flipes/py.typed and envs/py.typed exist and pyproject.toml's package data ships them: without the marker in the
+    installed package, mypy skips every ``import flipes`` (or ``from envs.base import TorchVectorEnv``) as untyped,
+    everything from it Any."""
     import tomllib
 
-    assert (ROOT / "flipes" / "py.typed").is_file()
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "py.typed" in setuptools["package-data"]["flipes"]
+    for package in ("flipes", "envs"):
+        assert (ROOT / package / "py.typed").is_file(), package
+        assert "py.typed" in setuptools["package-data"][package], package
 
 
 def test_every_public_name_resolves_and_has_a_docstring() -> None:
