@@ -126,6 +126,7 @@ BLOCKS: dict[str, dict[str, Any]] = {
         "names": lambda: {"transformers": importlib.import_module("transformers"), "torch": torch},
     },
     "import flipes, torch\nfrom flipes.rl import": {},  # Novelty search: final observations
+    "class MeanObs(flipes.rl.Probe):": {"after": "novelty"},  # Behaviours of your own: probes, on the NSR-ES loop
     "import gymnasium as gym, numpy as np, torch, flipes\nfrom envs.base import TorchVectorEnv": {},  # Your own env
 }
 
@@ -178,7 +179,10 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path: Path, monkey
         elif source.startswith("import torch, transformers, flipes"):
             assert ns["es"].generation == 3 and ns["fitness"].shape == (30,) and ns["stats"]["fitness_std"] > 0
         elif source.startswith("import flipes, torch\nfrom flipes.rl import"):
+            spaces["novelty"] = ns
             check_novelty_search(ns)
+        elif source.startswith("class MeanObs(flipes.rl.Probe):"):
+            check_probe(ns)
         elif source.startswith("import gymnasium as gym, numpy as np, torch, flipes\nfrom envs.base"):
             check_own_torch_env(ns)
 
@@ -216,6 +220,17 @@ def check_novelty_search(ns: dict[str, Any]) -> None:
     past = (final[:, 0, 0].abs() > 2.4) | (final[:, 0, 2].abs() > 12 * 2 * math.pi / 360)
     ended = rollout.last_returns < 200
     assert ended.any() and bool(past[ended].all())
+
+
+def check_probe(ns: dict[str, Any]) -> None:
+    """The probe block: 10 more generations, one center behaviour (2 numbers) each in its archive, and each member's
+    behaviour its episode's mean cart position and pole angle: row m of ``last_probe`` is the mean of the observations
+    of the m-th episode's steps, which never leave CartPole's bounds before the last (|x| <= 2.4 + one step's drift)."""
+    es, rollout, archive = ns["es"], ns["rollout"], ns["archive"]
+    assert es.generation == 20 and len(archive) == 10 and all(b.shape == (2,) for b in archive)
+    probed = rollout.last_probe
+    assert probed.shape == (64, 1, 4) and torch.equal(ns["behaviour"], probed[:, 0, [0, 2]])
+    assert bool((probed[:, 0, 0].abs() < 2.5).all()) and bool((probed[:, 0, 2].abs() < 0.25).all())
 
 
 def check_own_torch_env(ns: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from flipes.rl.envpool_vec import EnvPoolVectorEnv
 from flipes.rl.envs import EnvError, available_cores, make_vector_env, split_env_id
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.policy import CNNPolicy, MLPPolicy, SpacePolicy
+from flipes.rl.probe import Probe
 from flipes.rl.recurrent import POLICIES, GRUPolicy, RecurrentPolicy, stepper
 from flipes.rl.rollout import (
     ActionNoise,
@@ -25,6 +26,7 @@ __all__ = [
     "Episodes",
     "GRUPolicy",
     "MLPPolicy",
+    "Probe",
     "RecurrentPolicy",
     "RolloutFitness",
     "RunningNorm",

@@ -25,6 +25,7 @@ from flipes.es.population import Population
 from flipes.nn import uncompiled
 from flipes.rl.envs import NumpyToTorch, check_step, holds_tensors, reset_observations
 from flipes.rl.normalize import RunningNorm
+from flipes.rl.probe import Probe, check_probe, probe_result
 from flipes.rl.recurrent import is_recurrent, stepper
 from flipes.rl.spaces import STRUCTURED, flatten_observations
 
@@ -249,12 +250,15 @@ class Episodes:
         final_obs: ``(num_envs, *obs_shape)`` in the observations' dtype, with ``run_episodes(final_obs=True)``: each
             episode's final observation, the one its last step returned (terminated, truncated or cut at ``max_steps``;
             a SAME_STEP autoreset env's ``info["final_obs"]``, not the next episode's first); ``None`` otherwise.
+        probe: ``(num_envs, ...)``, with ``run_episodes(probe=...)``: what the :class:`~flipes.rl.Probe` gathered of each
+            env (its ``result()``); ``None`` otherwise.
     """
 
     returns: Tensor
     lengths: Tensor
     steps: int
     final_obs: Tensor | None = None
+    probe: Tensor | None = None
 
 
 def check_vector_env(env: Any, who: str) -> None:
@@ -293,6 +297,7 @@ def run_episodes(
     pipeline: bool = False,
     action_noise: ActionNoise | None = None,
     final_obs: bool = False,
+    probe: Probe | None = None,
 ) -> Episodes:
     """Run one episode in every env of ``env`` with ``act(obs) -> actions``, at most ``max_steps``
     steps (the env's own truncation otherwise).
@@ -309,8 +314,11 @@ def run_episodes(
     ``action_noise``: adds its noise to the actions of each env's step ``t`` before they go to the env.
     ``final_obs``: also return each episode's final observation (:attr:`Episodes.final_obs`: a behaviour
     characterization such as the terminal state, for novelty search), at one more op per step.
+    ``probe``: a :class:`~flipes.rl.Probe` called at the reset and after every step, whose ``result()`` is
+    :attr:`Episodes.probe` (an episode's mean observation, a position the env keeps in its state); not pipelined.
     """
     check_vector_env(env, "run_episodes")
+    probe = check_probe(probe, "run_episodes")
     if obs is None:
         obs = reset_observations(env.reset(seed=seed), env)
     if not isinstance(obs, Tensor):  # a numpy vector env (gymnasium.make_vec), or Dict observations: through torch
@@ -319,6 +327,8 @@ def run_episodes(
     if pipeline:
         if is_recurrent(act):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
+        if probe is not None:  # its steps see half of the envs each: a probe's sums would need their rows
+            raise ValueError("a probe sees every env at every step, which pipelined rollouts step in halves: pass pipeline=False")
         return _run_pipelined(env, act, obs, record, max_steps, members, action_noise, final_obs)
     act = stepper(act)
     if max_steps is None:  # an env that truncates itself: no steps past its limit (a GPU checks every 16)
@@ -339,6 +349,8 @@ def run_episodes(
     # a view, made once: alive changes in place; only for record (members need not divide the envs without one)
     alive_rows = alive.view(m, n // m) if record is not None and recorder is None else alive
     final = _FinalObs(env, obs, alive) if final_obs else None
+    if probe is not None:
+        probe.reset(env, obs)
     while max_steps is None or t < max_steps:
         if recorder is not None:
             recorder(obs)
@@ -355,10 +367,13 @@ def run_episodes(
         obs, reward, terminated, truncated, info = out
         if final is not None:  # before alive drops the episodes this step ended
             final(obs, info)
+        # as_tensor only where the env gave no tensor on this device (flipes' envs, NumpyToTorch: never)
+        reward = _on(reward, device)
+        if probe is not None:  # this step counts for the episodes alive before it; a copy, as alive changes in place
+            probe.step(obs, reward, alive.clone(), info)
         t += 1
-        # as_tensor only where the env gave no tensor on this device (flipes' envs, NumpyToTorch: never); reward·alive
-        # is exact in float64, so addcmul_ adds the very sums of returns + reward.double() * alive
-        returns.addcmul_(_on(reward, device), alive)
+        # reward·alive is exact in float64, so addcmul_ adds the very sums of returns + reward.double() * alive
+        returns.addcmul_(reward, alive)
         lengths += alive
         # alive & ~(terminated | truncated), in two ops: True > x is ~x, False > x is False
         torch.gt(alive, _on(terminated, device), out=alive)
@@ -371,7 +386,8 @@ def run_episodes(
                 "cut them with max_steps= (flipes train --max-episode-steps N)",
                 stacklevel=caller_stacklevel(),
             )
-    return Episodes(returns, lengths, int(lengths.sum()), None if final is None else final.obs)
+    gathered = None if probe is None else probe_result(probe, n)
+    return Episodes(returns, lengths, int(lengths.sum()), None if final is None else final.obs, gathered)
 
 
 class _FinalObs:
@@ -525,6 +541,9 @@ class RolloutFitness:
         final_obs: also keep each episode's final observation (:func:`run_episodes`'s ``final_obs``) in
             ``last_final_obs``: the behaviours of novelty search from the rollouts that give the returns, at one more op
             per step.
+        probe: a :class:`~flipes.rl.Probe` that gathers side information of every env from the same episodes (an
+            episode's mean observation, a position the env keeps in its state): each call's in ``last_probe``. Such
+            rollouts are not pipelined.
 
     Attributes:
         timesteps: env steps used so far.
@@ -533,6 +552,9 @@ class RolloutFitness:
             member's episodes in the latest call (members first, as the model sees them; ``[:, 0]`` with one episode),
             terminated, truncated or cut at ``max_steps``; ``None`` otherwise. Of ``pop``'s members: under MPI, this
             process's share (every rank's, in member order: ``es.comm.allgather_tensor(fitness.last_final_obs)``).
+        last_probe: ``(pop.size, episodes, ...)`` with a ``probe``: its ``result()`` of each member's episodes in the
+            latest call, members first, joined over parts, this process's share under MPI as ``last_final_obs``;
+            ``None`` otherwise.
     """
 
     def __init__(
@@ -546,8 +568,15 @@ class RolloutFitness:
         max_steps: int | None = None,
         action_noise: float = 0.0,
         final_obs: bool = False,
+        probe: Probe | None = None,
     ) -> None:
         check_vector_env(env, "RolloutFitness")
+        probe = check_probe(probe, "RolloutFitness")
+        if probe is not None and pipeline:
+            raise ValueError(
+                "RolloutFitness: a probe sees every env at every step, which pipelined rollouts step in halves; "
+                "leave pipeline None or False"
+            )
         action_noise = check_action_noise(action_noise, env.single_action_space)
         episodes = integer("episodes", episodes)
         if episodes < 1:  # else a ZeroDivisionError at the first call
@@ -558,6 +587,8 @@ class RolloutFitness:
         self.last_returns: Tensor | None = None
         self.final_obs = final_obs
         self.last_final_obs: Tensor | None = None
+        self.probe = probe
+        self.last_probe: Tensor | None = None
         self._warned = False  # about an obs_norm left unmerged, once
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
@@ -582,7 +613,7 @@ class RolloutFitness:
                 stacklevel=caller_stacklevel(),
             )
         if per_pass == n:
-            returns, self.last_returns, self.last_final_obs = self._rollout(model, pop, norm)
+            returns, self.last_returns, self.last_final_obs, self.last_probe = self._rollout(model, pop, norm)
             return returns
         # in parts: the env holds one part; each member's episodes and recorded observations are those of one pass
         before = None if norm is None else norm.pending
@@ -596,13 +627,18 @@ class RolloutFitness:
         if norm is not None:
             rows = torch.cat(recorded)
             norm.pending = rows if before is None else before + rows
-        self.last_returns = torch.cat([unshifted for _, unshifted, _ in parts])
-        self.last_final_obs = torch.cat([final for _, _, final in parts]) if self.final_obs else None
-        return torch.cat([returns for returns, _, _ in parts])
+        returns, unshifted, finals, probes = zip(*parts, strict=True)  # the parts' columns, in member order
+        self.last_returns = torch.cat(unshifted)
+        self.last_final_obs = torch.cat(finals) if self.final_obs else None
+        self.last_probe = torch.cat(probes) if self.probe is not None else None
+        return torch.cat(returns)
 
-    def _rollout(self, model: nn.Module, pop: Population, norm: RunningNorm | None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The fitness of ``pop``'s members, their mean returns without ``reward_shift``, and with ``final_obs`` their
-        episodes' final observations ``(pop.size, episodes, *obs_shape)``."""
+    def _rollout(
+        self, model: nn.Module, pop: Population, norm: RunningNorm | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The fitness of ``pop``'s members, their mean returns without ``reward_shift``, with ``final_obs`` their
+        episodes' final observations ``(pop.size, episodes, *obs_shape)``, and with a ``probe`` its result
+        ``(pop.size, episodes, ...)``."""
         n, k = pop.size, self.episodes
         step = stepper(model)  # a recurrent policy's state lives for this rollout
         checked = False
@@ -625,7 +661,7 @@ class RolloutFitness:
         # env i of member m, episode k is the global env m·K + k with m the GLOBAL member index, so a
         # member's episodes do not depend on how the population is split across processes
         obs = reset_episodes(self.env, self.seed, "population", pop.generation, first=pop.members.start * k)
-        pipeline = self.pipeline if self.pipeline is not None else can_pipeline(self.env, model)
+        pipeline = self.pipeline if self.pipeline is not None else self.probe is None and can_pipeline(self.env, model)
         if pipeline and is_recurrent(model):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
         noise = ActionNoise(self.action_noise, pop, k, self.env.single_action_space) if self.action_noise else None
@@ -639,6 +675,7 @@ class RolloutFitness:
             max_steps=self.max_steps,
             action_noise=noise,
             final_obs=self.final_obs,
+            probe=self.probe,
         )
         self.timesteps += ep.steps
         if norm is not None:
@@ -648,7 +685,8 @@ class RolloutFitness:
         unshifted = ep.returns.view(n, k).mean(1)  # each member's mean return, for the logs
         returns = ep.returns if not self.reward_shift else ep.returns - self.reward_shift * ep.lengths
         final = None if ep.final_obs is None else ep.final_obs.view(n, k, *ep.final_obs.shape[1:])
-        return returns.view(n, k).mean(1), unshifted, final
+        probed = None if ep.probe is None else ep.probe.reshape(n, k, *ep.probe.shape[1:])  # a probe's own layout
+        return returns.view(n, k).mean(1), unshifted, final, probed
 
 
 def _parts_fit(pop: Population, size: int) -> bool:

@@ -1,0 +1,172 @@
+"""Side information gathered along a rollout by a :class:`flipes.rl.Probe` (``run_episodes(probe=)``,
+``RolloutFitness(probe=)``): a behaviour characterization for novelty search taken from the very episodes that give the
+returns, checked against each env, and each member's explicit weights, stepped alone by hand."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from reference import member_parameters
+from torch import Tensor
+from torch.func import functional_call
+
+import flipes
+from flipes.dist import Comm
+from flipes.rl import MLPPolicy, Probe, RolloutFitness, episode_seed, make_vector_env, run_episodes
+
+SEED = 7
+TESTS = Path(__file__).resolve().parent
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+class MeanObs(Probe):
+    """Each episode's mean observation over the observations its steps returned, and its count of steps (float64)."""
+
+    def reset(self, env: Any, obs: Tensor) -> None:
+        self.sum = torch.zeros_like(obs, dtype=torch.float64)  # CartPole's observations are float32: sums of many
+        self.steps = torch.zeros(len(obs), dtype=torch.int64, device=obs.device)
+
+    def step(self, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
+        self.sum += obs * counted[:, None]
+        self.steps += counted
+
+    def result(self) -> Tensor:
+        return torch.cat((self.sum / self.steps[:, None], self.steps[:, None].to(self.sum.dtype)), 1)
+
+
+def cartpole(n: int) -> Any:
+    return make_vector_env("flipes/CartPole-v1", n, dtype=torch.float64, note=None)
+
+
+def mean_alone(act: Any, seed: int, max_steps: int | None) -> Tensor:
+    """The reference: one env alone, reset with ``seed``, stepped by ``act`` until its episode ends (terminated,
+    truncated, or ``max_steps`` steps); the mean of the observations its steps returned, and its length."""
+    env = cartpole(1)
+    obs, _ = env.reset(seed=seed)
+    seen = []
+    while True:
+        obs, _, terminated, truncated, _ = env.step(act(obs))
+        seen.append(obs[0])
+        if bool(terminated) or bool(truncated) or len(seen) == max_steps:
+            return torch.cat((torch.stack(seen).double().mean(0), torch.tensor([float(len(seen))], dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("max_steps", [None, 40])
+def test_probe_gathers_each_envs_episode_as_that_env_stepped_alone(max_steps: int | None) -> None:
+    """``run_episodes(probe=MeanObs())`` on flipes/CartPole-v1 (float64, 12 linear policies, half of which drop the pole
+    early) gives each env's mean observation over its own episode and its length, equal (to rounding of the sums'
+    order, 1e-12) to the env stepped alone; the returns and lengths are those of the rollout without a probe."""
+    w = torch.randn(12, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    w[::2] = torch.tensor([0.0, 0.3, 1.0, 1.0], dtype=torch.float64)  # these balance the pole
+
+    def act(obs: Tensor, rows: slice = slice(None)) -> Tensor:
+        return ((obs * w[rows]).sum(1) > 0).long()
+
+    ep = run_episodes(cartpole(12), act, seed=SEED, max_steps=max_steps, probe=MeanObs())
+    plain = run_episodes(cartpole(12), act, seed=SEED, max_steps=max_steps)
+    assert torch.equal(ep.returns, plain.returns) and torch.equal(ep.lengths, plain.lengths) and plain.probe is None
+    alone = torch.stack([mean_alone(lambda o, i=i: act(o, slice(i, i + 1)), SEED + i, max_steps) for i in range(12)])
+    torch.testing.assert_close(ep.probe, alone, rtol=0, atol=1e-12)
+    assert torch.equal(ep.probe[:, 4], ep.lengths.double()) and len(set(ep.lengths.tolist())) > 2
+
+
+def test_last_probe_of_member_m_episode_k_is_its_explicit_weights_alone_also_in_parts() -> None:
+    """``RolloutFitness(probe=)``'s ``last_probe[m, k]`` is what a plain MLPPolicy (float64) with member m's explicit
+    weights gives in one env alone, reset with episode k's seed of member m (``episode_seed(seed, generation,
+    "population") + m·K + k``), to 1e-12; rolled out in parts of 2 members it is the same bit for bit, and the fitness
+    is that of a rollout without a probe, bit for bit."""
+    torch.manual_seed(0)
+    n, k, seed = 8, 2, 5
+    env = cartpole(n * k)
+    policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=[8]).double())
+    plain = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=[8]).double()
+    plain.load_state_dict(policy.state_dict())
+    es = flipes.FlipES(policy, popsize=n, sigma=0.5, seed=3, groups=2)
+    whole = RolloutFitness(env, episodes=k, seed=seed, probe=MeanObs())
+    parts = RolloutFitness(cartpole(2 * k), episodes=k, seed=seed, probe=MeanObs())
+    without = RolloutFitness(cartpole(n * k), episodes=k, seed=seed)
+    with es.population() as pop:
+        f, g, h = whole(policy, pop), parts(policy, pop), without(policy, pop)
+        members = member_parameters(es, policy)
+        start = episode_seed(seed, pop.generation, "population")
+    assert torch.equal(f, g) and torch.equal(f, h) and without.last_probe is None
+    assert whole.last_probe.shape == (n, k, 5) and torch.equal(parts.last_probe, whole.last_probe)
+    for m, params in enumerate(members):
+        for e in range(k):
+            alone = mean_alone(lambda o, p=params: functional_call(plain, p, (o,)), start + m * k + e, None)
+            torch.testing.assert_close(whole.last_probe[m, e], alone, rtol=0, atol=1e-12)
+    assert len(set(whole.last_probe[:, :, 4].flatten().tolist())) > 2  # members whose episodes differ
+
+
+def test_probe_mistakes_are_named() -> None:
+    """A probe class given for an instance, an object that is no Probe, a pipelined rollout with a probe and a result of
+    another number of rows are each refused with an error naming the fix."""
+    env = cartpole(4)
+    with pytest.raises(TypeError, match=r"probe=MeanObs\(\)"):
+        RolloutFitness(env, probe=MeanObs)
+    with pytest.raises(TypeError, match=r"subclass flipes\.rl\.Probe"):
+        run_episodes(env, lambda o: torch.zeros(4, dtype=torch.long), seed=0, probe=lambda *a: None)
+    with pytest.raises(ValueError, match="pipeline"):
+        RolloutFitness(env, probe=MeanObs(), pipeline=True)
+
+    class Short(MeanObs):
+        def result(self) -> Tensor:
+            return super().result()[:2]
+
+    with pytest.raises(ValueError, match=r"Short.result\(\) returned shape \(2, 5\).*4 envs"):
+        run_episodes(env, lambda o: torch.zeros(4, dtype=torch.long), seed=0, max_steps=3, probe=Short())
+
+
+def nsr_loop(comm: Comm | None, per_pass: int) -> dict[str, Any]:
+    """Two generations of an NSR-ES-like loop on flipes/CartPole-v1 (8 members in 4 groups, 2 episodes each, rolled out
+    ``per_pass`` members at a time): every rank gathers the returns and the probe's results, combines them into one
+    fitness of the whole population (the ranks of the return plus those of the mean cart position) and tells its own
+    members' share. Returns what was gathered and the final parameters."""
+    torch.manual_seed(0)
+    env = cartpole(per_pass * 2)
+    policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=[8]).double())
+    es = flipes.FlipES(policy, popsize=8, sigma=0.5, seed=3, groups=4, comm=comm, comm_mode="seeds")
+    rollout = RolloutFitness(env, episodes=2, seed=5, probe=MeanObs())
+    seen = []
+    for _ in range(2):
+        with es.population() as pop:
+            reward = es.comm.allgather_tensor(rollout(policy, pop))
+        probed = es.comm.allgather_tensor(rollout.last_probe)
+        combined = flipes.shaping.centered_ranks(reward) + flipes.shaping.centered_ranks(probed[:, :, 0].mean(1))
+        es.tell(combined[es.members.start : es.members.stop])
+        policy.obs_norm.update(comm=es.comm)
+        seen += [reward, probed]
+    return {"seen": seen, "params": [p.detach().clone() for p in policy.parameters()]}
+
+
+MPI_LOOP = """
+import sys, torch, flipes
+from test_probe import nsr_loop
+
+comm = flipes.dist.world()
+torch.save(nsr_loop(comm, int(sys.argv[2])), f"{sys.argv[1]}/rank{comm.rank}.pt")
+"""
+
+
+def test_two_ranks_gather_the_probe_in_member_order_and_end_on_one_processs_parameters(tmp_path: Path) -> None:
+    """Under ``mpiexec -n 2`` (each rank 2 groups, rolled out 2 members at a time), the returns and ``last_probe`` rows
+    every rank gathers with ``es.comm.allgather_tensor`` equal one process's in one pass, and a fitness combined from
+    them over the whole population ends on one process's parameters, bit for bit."""
+    assert MPIEXEC.exists(), f"no mpiexec beside {sys.executable}: install the dev extras (pip install -e '.[dev]' brings mpich)"
+    (tmp_path / "loop.py").write_text(MPI_LOOP)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(TESTS.parent), str(TESTS)))}
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "loop.py"), str(tmp_path), "2"]
+    r = subprocess.run(cmd, cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = nsr_loop(None, 8)
+    assert one["seen"][1].shape == (8, 2, 5)
+    for rank in (0, 1):
+        two = torch.load(tmp_path / f"rank{rank}.pt")
+        for a, b in zip([*one["seen"], *one["params"]], [*two["seen"], *two["params"]], strict=True):
+            assert torch.equal(a, b)
