@@ -76,6 +76,43 @@ def test_probe_gathers_each_envs_episode_as_that_env_stepped_alone(max_steps: in
     assert torch.equal(ep.probe[:, 4], ep.lengths.double()) and len(set(ep.lengths.tolist())) > 2
 
 
+class TopSpeed(Probe):
+    """Each episode's top cart speed, read from the env's state (``env.unwrapped.state``), which CartPole's observations
+    leave out under ``hide_velocities``."""
+
+    def reset(self, env: Any, obs: Tensor) -> None:
+        self.env, self.top = env.unwrapped, torch.zeros(len(obs), dtype=torch.float64, device=obs.device)
+
+    def step(self, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
+        self.top = torch.where(counted, self.top.maximum(self.env.state[:, 1].abs()), self.top)
+
+    def result(self) -> Tensor:
+        return self.top
+
+
+def test_a_probe_reads_state_the_observations_leave_out_as_each_env_alone() -> None:
+    """On flipes/CartPole-v1 with ``hide_velocities`` (observations x and θ), a probe reading ``env.unwrapped.state``
+    gives each episode's top cart speed exactly as its env stepped alone (float64, 40 steps at most): episodes of other
+    lengths, whose envs step on (auto-reset) after they end, count nothing after it."""
+    w = torch.randn(6, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def env_of(n: int) -> Any:
+        return make_vector_env("flipes/CartPole-v1", n, dtype=torch.float64, note=None, hide_velocities=True)
+
+    ep = run_episodes(env_of(6), lambda o: ((o * w).sum(1) > 0).long(), seed=SEED, max_steps=40, probe=TopSpeed())
+    assert len(set(ep.lengths.tolist())) > 1
+    for i in range(6):
+        one = env_of(1)
+        obs, _ = one.reset(seed=SEED + i)
+        top = 0.0
+        for _ in range(40):
+            obs, _, terminated, truncated, _ = one.step(((obs * w[i]).sum(1) > 0).long())
+            top = max(top, abs(float(one.unwrapped.state[0, 1])))
+            if bool(terminated) or bool(truncated):
+                break
+        assert ep.probe[i].item() == top, (i, ep.probe[i].item(), top)
+
+
 def test_last_probe_of_member_m_episode_k_is_its_explicit_weights_alone_also_in_parts() -> None:
     """``RolloutFitness(probe=)``'s ``last_probe[m, k]`` is what a plain MLPPolicy (float64) with member m's explicit
     weights gives in one env alone, reset with episode k's seed of member m (``episode_seed(seed, generation,
