@@ -26,18 +26,22 @@ MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
 
 class MeanObs(Probe):
-    """Each episode's mean observation over the observations its steps returned, and its count of steps (float64)."""
+    """Each episode's mean observation over the observations its steps returned, its count of steps and its sum of
+    actions (CartPole's pushes to the right), in float64."""
 
     def reset(self, env: Any, obs: Tensor) -> None:
         self.sum = torch.zeros_like(obs, dtype=torch.float64)  # CartPole's observations are float32: sums of many
         self.steps = torch.zeros(len(obs), dtype=torch.int64, device=obs.device)
+        self.pushes = torch.zeros(len(obs), dtype=torch.int64, device=obs.device)
 
-    def step(self, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
+    def step(self, actions: Tensor, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
         self.sum += obs * counted[:, None]
         self.steps += counted
+        self.pushes += actions * counted
 
     def result(self) -> Tensor:
-        return torch.cat((self.sum / self.steps[:, None], self.steps[:, None].to(self.sum.dtype)), 1)
+        counts = torch.stack((self.steps, self.pushes), 1).to(self.sum.dtype)
+        return torch.cat((self.sum / self.steps[:, None], counts), 1)
 
 
 def cartpole(n: int) -> Any:
@@ -46,22 +50,27 @@ def cartpole(n: int) -> Any:
 
 def mean_alone(act: Any, seed: int, max_steps: int | None) -> Tensor:
     """The reference: one env alone, reset with ``seed``, stepped by ``act`` until its episode ends (terminated,
-    truncated, or ``max_steps`` steps); the mean of the observations its steps returned, and its length."""
+    truncated, or ``max_steps`` steps); the mean of the observations its steps returned, its length and its sum of
+    actions."""
     env = cartpole(1)
     obs, _ = env.reset(seed=seed)
-    seen = []
+    seen, pushes = [], 0
     while True:
-        obs, _, terminated, truncated, _ = env.step(act(obs))
+        action = act(obs)
+        pushes += int(action)
+        obs, _, terminated, truncated, _ = env.step(action)
         seen.append(obs[0])
         if bool(terminated) or bool(truncated) or len(seen) == max_steps:
-            return torch.cat((torch.stack(seen).double().mean(0), torch.tensor([float(len(seen))], dtype=torch.float64)))
+            counts = torch.tensor([float(len(seen)), float(pushes)], dtype=torch.float64)
+            return torch.cat((torch.stack(seen).double().mean(0), counts))
 
 
 @pytest.mark.parametrize("max_steps", [None, 40])
 def test_probe_gathers_each_envs_episode_as_that_env_stepped_alone(max_steps: int | None) -> None:
     """``run_episodes(probe=MeanObs())`` on flipes/CartPole-v1 (float64, 12 linear policies, half of which drop the pole
-    early) gives each env's mean observation over its own episode and its length, equal (to rounding of the sums'
-    order, 1e-12) to the env stepped alone; the returns and lengths are those of the rollout without a probe."""
+    early) gives each env's mean observation over its own episode, its length and its actions' sum, equal (to rounding
+    of the sums' order, 1e-12) to the env stepped alone; the returns and lengths are those of the rollout without a
+    probe."""
     w = torch.randn(12, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     w[::2] = torch.tensor([0.0, 0.3, 1.0, 1.0], dtype=torch.float64)  # these balance the pole
 
@@ -83,7 +92,7 @@ class TopSpeed(Probe):
     def reset(self, env: Any, obs: Tensor) -> None:
         self.env, self.top = env.unwrapped, torch.zeros(len(obs), dtype=torch.float64, device=obs.device)
 
-    def step(self, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
+    def step(self, actions: Tensor, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
         self.top = torch.where(counted, self.top.maximum(self.env.state[:, 1].abs()), self.top)
 
     def result(self) -> Tensor:
@@ -133,7 +142,7 @@ def test_last_probe_of_member_m_episode_k_is_its_explicit_weights_alone_also_in_
         members = member_parameters(es, policy)
         start = episode_seed(seed, pop.generation, "population")
     assert torch.equal(f, g) and torch.equal(f, h) and without.last_probe is None
-    assert whole.last_probe.shape == (n, k, 5) and torch.equal(parts.last_probe, whole.last_probe)
+    assert whole.last_probe.shape == (n, k, 6) and torch.equal(parts.last_probe, whole.last_probe)
     for m, params in enumerate(members):
         for e in range(k):
             alone = mean_alone(lambda o, p=params: functional_call(plain, p, (o,)), start + m * k + e, None)
@@ -156,7 +165,7 @@ def test_probe_mistakes_are_named() -> None:
         def result(self) -> Tensor:
             return super().result()[:2]
 
-    with pytest.raises(ValueError, match=r"Short.result\(\) returned shape \(2, 5\).*4 envs"):
+    with pytest.raises(ValueError, match=r"Short.result\(\) returned shape \(2, 6\).*4 envs"):
         run_episodes(env, lambda o: torch.zeros(4, dtype=torch.long), seed=0, max_steps=3, probe=Short())
 
 
@@ -202,7 +211,7 @@ def test_two_ranks_gather_the_probe_in_member_order_and_end_on_one_processs_para
     r = subprocess.run(cmd, cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     one = nsr_loop(None, 8)
-    assert one["seen"][1].shape == (8, 2, 5)
+    assert one["seen"][1].shape == (8, 2, 6)
     for rank in (0, 1):
         two = torch.load(tmp_path / f"rank{rank}.pt")
         for a, b in zip([*one["seen"], *one["params"]], [*two["seen"], *two["params"]], strict=True):

@@ -28,7 +28,7 @@ class Probe:
             def reset(self, env, obs):
                 self.sum, self.steps = torch.zeros_like(obs), torch.zeros(len(obs), device=obs.device)
 
-            def step(self, obs, reward, counted, info):
+            def step(self, actions, obs, reward, counted, info):
                 self.sum += obs * counted[:, None]  # an ended episode's env may go on stepping: masked
                 self.steps += counted
 
@@ -42,15 +42,16 @@ class Probe:
         theirs in ``env.unwrapped.state``)."""
         raise NotImplementedError(f"{type(self).__name__} defines no reset(env, obs): a Probe defines reset, step and result")
 
-    def step(self, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
-        """After one env step: what it returned, ``obs`` ``(num_envs, *obs_shape)``, ``reward`` ``(num_envs,)``, its
+    def step(self, actions: Tensor, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
+        """After one env step: the ``actions`` it took ``(num_envs, *action_shape)`` (with a rollout's action noise, as
+        the env got them), what it returned, ``obs`` ``(num_envs, *obs_shape)``, ``reward`` ``(num_envs,)`` and its
         ``info``, and ``counted`` ``(num_envs,)`` bool, the envs whose episode this step belongs to. An env whose
         episode ended earlier has ``counted`` False: it may have auto-reset and be playing another episode, which
         counts for nothing. The step that ends an episode is counted; at it a SAME_STEP autoreset env (gymnasium's
         option) returns the next episode's first observation, and the final one in ``info["final_obs"]``. The tensors
         may be the rollout's own: clone what is kept beyond this call."""
         raise NotImplementedError(
-            f"{type(self).__name__} defines no step(obs, reward, counted, info): a Probe defines reset, step and result"
+            f"{type(self).__name__} defines no step(actions, obs, reward, counted, info): a Probe defines reset, step and result"
         )
 
     def result(self) -> Tensor:

@@ -370,7 +370,7 @@ def run_episodes(
         # as_tensor only where the env gave no tensor on this device (flipes' envs, NumpyToTorch: never)
         reward = _on(reward, device)
         if probe is not None:  # this step counts for the episodes alive before it; a copy, as alive changes in place
-            probe.step(obs, reward, alive.clone(), info)
+            probe.step(actions, obs, reward, alive.clone(), info)
         t += 1
         # reward·alive is exact in float64, so addcmul_ adds the very sums of returns + reward.double() * alive
         returns.addcmul_(reward, alive)
