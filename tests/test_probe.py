@@ -44,15 +44,15 @@ class MeanObs(Probe):
         return torch.cat((self.sum / self.steps[:, None], counts), 1)
 
 
-def cartpole(n: int) -> Any:
-    return make_vector_env("flipes/CartPole-v1", n, dtype=torch.float64, note=None)
+def cartpole(n: int, device: torch.device | str = "cpu") -> Any:
+    return make_vector_env("flipes/CartPole-v1", n, device, dtype=torch.float64, note=None)
 
 
-def mean_alone(act: Any, seed: int, max_steps: int | None) -> Tensor:
-    """The reference: one env alone, reset with ``seed``, stepped by ``act`` until its episode ends (terminated,
-    truncated, or ``max_steps`` steps); the mean of the observations its steps returned, its length and its sum of
-    actions."""
-    env = cartpole(1)
+def mean_alone(act: Any, seed: int, max_steps: int | None, device: torch.device | str = "cpu") -> Tensor:
+    """The reference: one env alone on ``device``, reset with ``seed``, stepped by ``act`` until its episode ends
+    (terminated, truncated, or ``max_steps`` steps); the mean of the observations its steps returned, its length and its
+    sum of actions, on the CPU."""
+    env = cartpole(1, device)
     obs, _ = env.reset(seed=seed)
     seen, pushes = [], 0
     while True:
@@ -62,26 +62,28 @@ def mean_alone(act: Any, seed: int, max_steps: int | None) -> Tensor:
         seen.append(obs[0])
         if bool(terminated) or bool(truncated) or len(seen) == max_steps:
             counts = torch.tensor([float(len(seen)), float(pushes)], dtype=torch.float64)
-            return torch.cat((torch.stack(seen).double().mean(0), counts))
+            return torch.cat((torch.stack(seen).double().mean(0).cpu(), counts))
 
 
 @pytest.mark.parametrize("max_steps", [None, 40])
-def test_probe_gathers_each_envs_episode_as_that_env_stepped_alone(max_steps: int | None) -> None:
+def test_probe_gathers_each_envs_episode_as_that_env_run_alone(max_steps: int | None, device: torch.device) -> None:
     """``run_episodes(probe=MeanObs())`` on flipes/CartPole-v1 (float64, 12 linear policies, half of which drop the pole
     early) gives each env's mean observation over its own episode, its length and its actions' sum, equal (to rounding
     of the sums' order, 1e-12) to the env stepped alone; the returns and lengths are those of the rollout without a
-    probe."""
+    probe. On a GPU the rollout steps on up to 16 steps past the last episode's end: counted for nothing."""
     w = torch.randn(12, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     w[::2] = torch.tensor([0.0, 0.3, 1.0, 1.0], dtype=torch.float64)  # these balance the pole
+    w = w.to(device)
 
     def act(obs: Tensor, rows: slice = slice(None)) -> Tensor:
         return ((obs * w[rows]).sum(1) > 0).long()
 
-    ep = run_episodes(cartpole(12), act, seed=SEED, max_steps=max_steps, probe=MeanObs())
-    plain = run_episodes(cartpole(12), act, seed=SEED, max_steps=max_steps)
+    ep = run_episodes(cartpole(12, device), act, seed=SEED, max_steps=max_steps, probe=MeanObs())
+    plain = run_episodes(cartpole(12, device), act, seed=SEED, max_steps=max_steps)
     assert torch.equal(ep.returns, plain.returns) and torch.equal(ep.lengths, plain.lengths) and plain.probe is None
-    alone = torch.stack([mean_alone(lambda o, i=i: act(o, slice(i, i + 1)), SEED + i, max_steps) for i in range(12)])
-    torch.testing.assert_close(ep.probe, alone, rtol=0, atol=1e-12)
+    alone = [mean_alone(lambda o, i=i: act(o, slice(i, i + 1)), SEED + i, max_steps, device) for i in range(12)]
+    assert ep.probe.device == ep.returns.device
+    torch.testing.assert_close(ep.probe.cpu(), torch.stack(alone), rtol=0, atol=1e-12)
     assert torch.equal(ep.probe[:, 4], ep.lengths.double()) and len(set(ep.lengths.tolist())) > 2
 
 
