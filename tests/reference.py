@@ -12,8 +12,22 @@ import flipes
 from flipes.noise import SlotNoise
 
 
-def member_deltas(noise: SlotNoise, weight_shape: tuple[int, ...], conv_groups: int = 1) -> Tensor:
-    """σ·u_n for every member: ``(N, *weight_shape)`` with ``σu_n[o, i, ...] = σε_g[o, i, ...] r_n[o] s_n[c(o, i)]``."""
+def member_deltas(noise: SlotNoise, weight_shape: tuple[int, ...], conv_groups: int = 1, transposed: bool = False) -> Tensor:
+    """σ·u_n for every member: ``(N, *weight_shape)`` with ``σu_n[o, i, ...] = σε_g[o, i, ...] r_n[o] s_n[c(o, i)]``
+    (``weight_shape`` the noise's ``(out, in // conv_groups, *kernel)``); ``transposed``: in the stored shape of a
+    weight kept ``(in, out // conv_groups, *kernel)``, entry ``(i, o')`` being ``(o, i mod in_g)`` of the above with
+    ``o = (i div in_g)·out_g + o'``."""
+    deltas = _layout_deltas(noise, weight_shape, conv_groups)
+    if not transposed:
+        return deltas
+    out, in_g = weight_shape[0], weight_shape[1]
+    dev = deltas.device
+    i = torch.arange(in_g * conv_groups, device=dev)[:, None]
+    o = (i // in_g) * (out // conv_groups) + torch.arange(out // conv_groups, device=dev)[None, :]  # (in, out_g)
+    return deltas[:, o, i % in_g]
+
+
+def _layout_deltas(noise: SlotNoise, weight_shape: tuple[int, ...], conv_groups: int) -> Tensor:
     n, g = noise.size, noise.groups
     out, in_g = weight_shape[0], weight_shape[1]
     out_g = out // conv_groups
@@ -44,8 +58,7 @@ def member_perturbations(es: flipes.FlipES, model: nn.Module) -> dict[str, Tenso
     for layer in es.layers:
         for pw, noise in zip(layer.perturbed_weights(), layer.noise, strict=True):
             if pw.weight.requires_grad:
-                deltas = member_deltas(noise, tuple(pw.layout.shape), pw.conv_groups)
-                out[names[id(pw.weight)]] = deltas.transpose(1, 2) if pw.transposed else deltas
+                out[names[id(pw.weight)]] = member_deltas(noise, tuple(pw.layout.shape), pw.conv_groups, pw.transposed)
             if noise.bias is not None:
                 out[names[id(pw.bias)]] = noise.bias
     # the noise the layers hold: with hold_noise=False the block that the whole population's forward sampled

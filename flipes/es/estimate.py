@@ -59,7 +59,7 @@ def block_gradient(
             weight_part = (weight_norms, d_weight, on(by_group, weight_norms))
             bias_part = (bias_norms, d_bias, on(by_member, bias_norms))
             log_sigma_grad.append(log_sigma_gradient(weight_part, bias_part))
-        accumulate(grads, pw.weight, weight_grad.T if pw.transposed else weight_grad)
+        accumulate(grads, pw.weight, pw.stored(weight_grad) if pw.transposed else weight_grad)
         accumulate(grads, pw.bias, bias_grad)
     for i, ((_, _, p), nz) in enumerate(zip(es.dense_slots, dense_noise, strict=True), start=len(es.slots)):
         g = weighted_dense(nz, on(coeff, nz.delta))

@@ -50,18 +50,17 @@ def member_perturbations(noise: SlotNoise, conv_groups: int) -> Tensor:
 
 class MemberPerturbations:
     """:func:`member_perturbations` of one slot, made at the first call and kept: a dense module reading a Flipout
-    weight gets this in its ``member_noise`` (``transposed``: a transposed conv's weight, stored (in, out, ...))."""
+    weight gets this in its ``member_noise``, in the weight's own shape (``PerturbedWeight.stored``)."""
 
-    __slots__ = ("_conv_groups", "_noise", "_transposed", "_value")
+    __slots__ = ("_noise", "_pw", "_value")
 
-    def __init__(self, noise: SlotNoise, conv_groups: int, transposed: bool) -> None:
-        self._noise, self._conv_groups, self._transposed = noise, conv_groups, transposed
+    def __init__(self, noise: SlotNoise, pw: PerturbedWeight) -> None:
+        self._noise, self._pw = noise, pw
         self._value: Tensor | None = None
 
     def __call__(self) -> Tensor:
         if self._value is None:
-            delta = member_perturbations(self._noise, self._conv_groups)
-            self._value = delta.transpose(1, 2) if self._transposed else delta
+            self._value = self._pw.stored(member_perturbations(self._noise, self._pw.conv_groups))
         return self._value
 
 

@@ -81,8 +81,7 @@ def install(es: FlipES, slot_noise: list[SlotNoise], dense_noise: list[DenseNois
     deltas: dict[int, MemberPerturbations] = {}
     for module, name, i in es._weight_uses:
         if i not in deltas:
-            pw = es.slots[i]
-            deltas[i] = MemberPerturbations(slot_noise[i], pw.conv_groups, pw.transposed)
+            deltas[i] = MemberPerturbations(slot_noise[i], es.slots[i])
         if module.member_noise is None:
             module.__dict__["member_noise"] = {}
         module.member_noise[name] = deltas[i]

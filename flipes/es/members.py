@@ -88,7 +88,7 @@ def _member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
 
     for pw, noise in zip(es.slots, slot_noise, strict=True):
         weight, bias = weighted_perturbation(pw, noise.rows(slice(group - first, group - first + 1), rows), one_hot(noise.s))
-        add(pw.weight, weight.T if pw.transposed else weight)
+        add(pw.weight, pw.stored(weight))
         add(pw.bias, bias)
     for (_, _, p), noise in zip(es.dense_slots, dense_noise, strict=True):
         add(p, weighted_dense(noise.rows(rows), one_hot(noise.delta)))

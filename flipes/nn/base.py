@@ -21,8 +21,10 @@ from flipes.noise import SlotNoise, compiling
 class PerturbedWeight:
     """One weight a Flipout layer perturbs, with its bias.
 
-    The weight is laid out ``(out_channels, in_channels // conv_groups, *kernel)`` as in torch.nn;
-    member ``n`` has one sign per input channel (``s_n``) and one per output channel (``r_n``).
+    The noise is laid out ``(out_channels, in_channels // conv_groups, *kernel)`` as a torch.nn weight;
+    member ``n`` has one sign per input channel (``s_n``) and one per output channel (``r_n``). A ``transposed``
+    weight is stored ``(in_channels, out_channels // conv_groups, *kernel)`` instead (transformers' Conv1D, torch's
+    ConvTranspose): :meth:`stored` puts noise laid out as above into its shape.
     """
 
     weight: nn.Parameter
@@ -31,12 +33,32 @@ class PerturbedWeight:
     out_channels: int
     conv_groups: int = 1
     fixed_rows: tuple[int, ...] = ()  # output rows never perturbed (an embedding's padding row)
-    transposed: bool = False  # the parameter is stored (in, out), as transformers' Conv1D: noise is laid out for its .T
+    transposed: bool = False  # stored (in, out // conv_groups, *kernel): noise is laid out as for the other order
 
     @property
     def layout(self) -> Tensor:
-        """The weight as ``(out, in, *kernel)``: a view of the parameter (transposed if stored ``(in, out)``)."""
-        return self.weight.T if self.transposed else self.weight
+        """The weight as ``(out, in // conv_groups, *kernel)``: the parameter, or a view of it if ``transposed`` (a copy
+        where a transposed weight has channel groups: no view reorders its blocks)."""
+        if not self.transposed:
+            return self.weight
+        if self.conv_groups == 1:
+            return self.weight.transpose(0, 1)
+        g, kernel = self.conv_groups, self.weight.shape[2:]
+        blocks = self.weight.detach().view(g, self.in_channels // g, self.out_channels // g, *kernel)
+        return blocks.transpose(1, 2).reshape(self.out_channels, self.in_channels // g, *kernel)
+
+    def stored(self, t: Tensor) -> Tensor:
+        """``t``, laid out ``(..., out, in // conv_groups, *kernel)`` as :attr:`layout`, in the parameter's own
+        shape ``(..., *weight.shape)``: ``t`` itself unless ``transposed``; leading dims (members, groups) are kept."""
+        if not self.transposed:
+            return t
+        lead = t.shape[: t.dim() - self.weight.dim()]
+        at = len(lead)  # the out dim
+        if self.conv_groups == 1:
+            return t.transpose(at, at + 1)
+        g, kernel = self.conv_groups, self.weight.shape[2:]
+        blocks = t.reshape(*lead, g, self.out_channels // g, self.in_channels // g, *kernel)
+        return blocks.transpose(at + 1, at + 2).reshape(*lead, *self.weight.shape)
 
 
 class FlipoutMixin:
