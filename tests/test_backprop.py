@@ -775,10 +775,10 @@ def test_lstm_with_noise_refuses_packed_input_and_returns_a_contiguous_output() 
 
 
 def test_attaching_noise_to_layers_that_would_ignore_it_is_an_error() -> None:
-    """Embedding and attention sample no backprop noise: attaching some would leave it unused while
-    its KL term entered the loss."""
-    model = flipes.flipout(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2)))
-    with pytest.raises(ValueError, match="no backprop-noise forward in FlipoutEmbedding"):
+    """Embedding, attention and transposed convolutions sample no backprop noise: attaching some would leave it unused
+    while its KL term entered the loss."""
+    model = flipes.flipout(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2), nn.ConvTranspose1d(2, 2, 1)))
+    with pytest.raises(ValueError, match="no backprop-noise forward in FlipoutConvTranspose1d, FlipoutEmbedding"):
         attach_noise(model, GaussianPosterior)
     attach_noise(model[1], GaussianPosterior)  # the Linear alone
     assert flipes.nn.kl_divergence(model).detach() > 0
@@ -803,22 +803,22 @@ def test_the_fix_the_unsupported_layer_error_gives_attaches_to_every_other_layer
 
 
 def test_attaching_noise_warns_about_weights_left_as_point_estimates() -> None:
-    """A weight matrix with no Flipout form (a ConvTranspose2d's kernel) would silently train without noise or KL term:
+    """A weight matrix with no Flipout form (a Bilinear's) would silently train without noise or KL term:
     attach_noise names it in one warning, attributed to the caller's line (this file); of 4 (5 layers, two tied) it
     names 3 and "1 more". Norm scales (1-D) and a frozen kernel are left out, and attaching to the Flipout layers alone
     (the explicit choice) warns about nothing."""
-    model = flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 1, 3), nn.Flatten(), nn.LayerNorm(25)))
-    with pytest.warns(UserWarning, match=r"no backprop noise, for 1\.weight \(ConvTranspose2d\): point estimates") as rec:
+    model = flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Bilinear(2, 2, 1), nn.Flatten(), nn.LayerNorm(25)))
+    with pytest.warns(UserWarning, match=r"no backprop noise, for 1\.weight \(Bilinear\): point estimates") as rec:
         attach_noise(model, GaussianPosterior)
     assert len(rec) == 1 and "\n" not in str(rec[0].message) and "3.weight" not in str(rec[0].message)
     assert rec[0].filename == __file__
-    transposed = [nn.ConvTranspose2d(2, 2, 1) for _ in range(5)]
-    transposed[4].weight = transposed[3].weight  # tied: one weight, named once
-    many = flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), *transposed))
-    with pytest.warns(UserWarning, match=r"for 1\.weight \(ConvTranspose2d\), 2\.weight \(ConvTranspose2d\), 3\.weight "
-                      r"\(ConvTranspose2d\) and 1 more: point estimates"):  # fmt: skip
+    bilinear = [nn.Bilinear(2, 2, 2) for _ in range(5)]
+    bilinear[4].weight = bilinear[3].weight  # tied: one weight, named once
+    many = flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), *bilinear))
+    with pytest.warns(UserWarning, match=r"for 1\.weight \(Bilinear\), 2\.weight \(Bilinear\), 3\.weight "
+                      r"\(Bilinear\) and 1 more: point estimates"):  # fmt: skip
         attach_noise(many, GaussianPosterior)
-    fixed = flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 1, 3)))
+    fixed = flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Bilinear(2, 2, 1)))
     fixed[1].requires_grad_(False)  # a kernel that does not train is no posterior's point estimate
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -88,6 +88,44 @@ def test_conv2d_members_equal_explicit_weights(
     assert noise.s.shape == (N, cin) and noise.r.shape == (N, cout)
 
 
+@pytest.mark.parametrize("rank", RANKS)
+@pytest.mark.parametrize("mirrored,groups", SETTINGS)
+@pytest.mark.parametrize(
+    "dims,conv_kw",
+    [
+        (2, dict(kernel_size=3, stride=2, padding=1, output_padding=1)),
+        (2, dict(kernel_size=(2, 3), stride=(2, 1), groups=2, dilation=2, bias=False)),
+        (1, dict(kernel_size=4, stride=3, padding=2, groups=2, output_padding=1)),
+        (3, dict(kernel_size=2, stride=2)),
+    ],
+)
+def test_transposed_conv_members_equal_explicit_weights(
+    mirrored: bool, groups: int, dims: int, conv_kw: dict, rank: int | None, device: torch.device
+) -> None:
+    """ConvTranspose1d/2d/3d with stride, padding, output padding, channel groups and dilation: member n's output equals
+    ``F.conv_transposeNd`` with its own kernel W̄ + δ_n, δ_n built entry by entry in the stored (in, out // groups, ...)
+    shape from the population's noise, and its own bias, to 1e-10 absolute (float64); one sign per (member, channel)."""
+    torch.manual_seed(groups)
+    cin, cout = 4, 6
+    conv = flipes.flipout(getattr(nn, f"ConvTranspose{dims}d")(cin, cout, dtype=DT, device=device, **conv_kw))
+    es = flipes.FlipES(conv, popsize=N, sigma=0.2, seed=7, groups=groups, mirrored=mirrored, noise_rank=rank)
+    x = torch.randn(N, 2, cin, *(5,) * dims, dtype=DT, device=device)
+    with es.population():
+        y = conv(x)
+        noise = conv.noise[0]
+    layout = (cout, cin // conv.groups, *conv.kernel_size)  # the noise's (out, in // groups, *kernel)
+    deltas = member_deltas(noise, layout, conv.groups, transposed=True)
+    assert deltas.shape[1:] == conv.weight.shape
+    plain = getattr(F, f"conv_transpose{dims}d")
+    kw = dict(stride=conv.stride, padding=conv.padding, output_padding=conv.output_padding, groups=conv.groups)
+    for n in range(N):
+        b = None if conv.bias is None else conv.bias + noise.bias[n]
+        expect = plain(x[n], conv.weight + deltas[n], b, dilation=conv.dilation, **kw)
+        torch.testing.assert_close(y[n], expect, atol=TOL, rtol=0)
+    assert noise.s.shape == (N, cin) and noise.r.shape == (N, cout)
+    assert torch.equal(conv(x[0]), plain(x[0], conv.weight, conv.bias, dilation=conv.dilation, **kw))  # outside: the mean
+
+
 def run_sequence(cell: nn.Module, xs: torch.Tensor, lstm: bool) -> list[torch.Tensor]:
     h = torch.zeros(*xs.shape[1:-1], cell.hidden_size, dtype=DT, device=xs.device)
     state = (h, h.clone()) if lstm else h

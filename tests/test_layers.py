@@ -324,7 +324,28 @@ def frozen_script() -> nn.Module:
     return nn.Sequential(script, nn.LayerNorm(4), nn.Linear(4, 2))
 
 
-TIED = [TiedLM, TiedNorms, SharedBias, ScaledTiedLM, WeightAsShift]
+class TiedAutoencoder(nn.Module):
+    """A grouped Conv2d encoder and a ConvTranspose2d decoder sharing one kernel, read (out, in) by one and (in, out) by
+    the other: the decoder keeps dense noise, reading each member's kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2)
+        self.dec = nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1, groups=2)
+        self.dec.weight = self.enc.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dec(torch.tanh(self.enc(x)))
+
+
+def tied_transposed_twins() -> nn.Module:
+    """Two ConvTranspose2d of one layout (4 -> 4 channels) and different strides sharing one kernel."""
+    twins = nn.Sequential(nn.ConvTranspose2d(4, 4, 3), nn.Tanh(), nn.ConvTranspose2d(4, 4, 3, stride=2))
+    twins[2].weight = twins[0].weight
+    return twins
+
+
+TIED = [TiedLM, TiedNorms, SharedBias, ScaledTiedLM, WeightAsShift, TiedAutoencoder, tied_transposed_twins]
 
 
 def frozen(module: nn.Module, *names: str) -> nn.Module:
@@ -580,6 +601,7 @@ CASES = [
     ("shared-bias", SharedBias, lambda: (randn(2 * N, 4),), rows(2), out_rows(2)),
     # layers without a Flipout form: dense noise, each member's forward under vmap
     ("bilinear", lambda: nn.Bilinear(3, 4, 5), lambda: (randn(2 * N, 3), randn(2 * N, 4)), rows(2), out_rows(2)),
+    # transposed convs: kernel stored (in, out // groups, ...), noise laid out (out, in // groups, ...)
     (
         "conv-transpose1d",
         lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2),
@@ -593,6 +615,22 @@ CASES = [
         lambda: (randn(N, 3, 4, 4),),
         rows(0),
         out_rows(0),
+    ),
+    (  # members first with examples, and output_size (read against one batch dim by torch) picking the output padding
+        "conv-transpose2d-output-size",
+        lambda: nn.ConvTranspose2d(4, 6, (3, 2), stride=2, padding=1, groups=2),
+        lambda: (randn(N, 2, 4, 5, 4), [10, 7]),
+        rows(0, 1),
+        out_rows(0),
+    ),
+    ("conv-transpose-tied-to-conv", TiedAutoencoder, lambda: (randn(2 * N, 2, 4, 4),), rows(2), out_rows(2)),
+    ("conv-transpose-tied-twins", tied_transposed_twins, lambda: (randn(N, 4, 3, 3),), rows(0), out_rows(0)),
+    (
+        "conv-transpose3d-no-bias",
+        lambda: nn.ConvTranspose3d(2, 3, 2, stride=(1, 2, 2), bias=False),
+        lambda: (randn(3 * N, 2, 2, 3, 3),),
+        rows(3),
+        out_rows(3),
     ),
     (
         "conv2d-same-replicate-depthwise",
@@ -814,12 +852,14 @@ def test_norms_in_a_population_leave_the_running_statistics_alone(kind: str) -> 
 
 
 class EveryKind(nn.Module):
-    """Embedding, Conv1d, LayerNorm, MultiheadAttention, GRU, RNN, a bare parameter and Linear."""
+    """Embedding, Conv1d, grouped ConvTranspose1d, LayerNorm, MultiheadAttention, GRU, RNN, a bare parameter and
+    Linear."""
 
     def __init__(self) -> None:
         super().__init__()
         self.emb = nn.Embedding(11, 8)
         self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.deconv = nn.ConvTranspose1d(8, 8, 3, padding=1, groups=2)
         self.norm = nn.LayerNorm(8)
         self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
         self.gru = nn.GRU(8, 8, batch_first=True)
@@ -829,7 +869,7 @@ class EveryKind(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         h = self.emb(tokens)
-        h = self.norm(h + self.conv(h.transpose(1, 2)).transpose(1, 2))
+        h = self.norm(h + (self.conv(h.transpose(1, 2)) + self.deconv(h.transpose(1, 2))).transpose(1, 2))
         h = h + self.attn(h, h, h, need_weights=False)[0]
         h, _ = self.rnn(self.gru(h)[0])
         return self.head(torch.tanh(self.scale(h))).mean(1)
@@ -840,11 +880,23 @@ class EveryKind(nn.Module):
 def test_a_model_of_every_kind_is_exact_and_its_gradient_is_the_materialized_estimator(
     mirrored: bool, groups: int, rank: int | None, device: torch.device
 ) -> None:
-    """A model of every kind (embedding, conv, norm, attention, GRU, RNN, bare parameter, linear): each member equals
-    the original module with its explicit parameters to 1e-10, and tell's ``.grad`` of every parameter equals -Σ_n
-    F̂_n σu_n / (Nσ²) from those parameters, to 1e-12 absolute + 1e-9 relative."""
+    """A model of every kind (embedding, conv, transposed conv, norm, attention, GRU, RNN, bare parameter, linear): each
+    member equals the original module with its explicit parameters to 1e-10, and tell's ``.grad`` of every parameter
+    equals -Σ_n F̂_n σu_n / (Nσ²) from those parameters, to 1e-12 absolute + 1e-9 relative."""
     check_members(EveryKind, lambda: (torch.randint(11, (N, 6)),), rows(1), out_rows(1), mirrored, groups, rank, device=device)
     check_gradient(EveryKind, mirrored, groups, rank, device)
+
+
+def test_a_transposed_conv_tied_to_another_layout_keeps_dense_noise() -> None:
+    """A ConvTranspose2d sharing its kernel with a Conv2d (read (out, in) there) stays a dense per-member module beside
+    the Flipout conv, where FlipES would refuse one weight in two Flipout layouts; two ConvTranspose2d of one layout
+    sharing a kernel both become Flipout layers (their members are checked in
+    test_members_equal_the_plain_module_with_their_explicit_parameters)."""
+    autoencoder = flipes.flipout(TiedAutoencoder())
+    assert isinstance(autoencoder.enc, flipes.nn.FlipoutConv2d) and isinstance(autoencoder.dec, flipes.nn.PerMember)
+    twins = flipes.flipout(tied_transposed_twins())
+    assert isinstance(twins[0], flipes.nn.FlipoutConvTranspose2d) and twins[2] is not twins[0]
+    assert isinstance(twins[2], flipes.nn.FlipoutConvTranspose2d) and twins[2].weight is twins[0].weight
 
 
 @MADE_UP_FITNESS
@@ -2508,28 +2560,29 @@ def test_the_shared_ids_hint_is_given_only_for_n_lookups_meeting_a_multiple_of_n
 
 class _RecurrentConvModel(nn.Module):
     """Images through every Flipout layer kind the mixed model of test_train's meta-device check leaves out: Conv2d,
-    Conv3d, GRU, RNN, and LSTM, GRU and RNN cells."""
+    Conv3d, a grouped ConvTranspose2d, GRU, RNN, and LSTM, GRU and RNN cells."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv, self.conv3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv3d(1, 1, 1)
+        self.deconv = nn.ConvTranspose2d(4, 4, 3, padding=1, groups=2)
         self.gru, self.rnn = nn.GRU(4, 4, batch_first=True), nn.RNN(4, 4, batch_first=True)
         self.lstm_cell, self.gru_cell, self.rnn_cell = nn.LSTMCell(4, 4), nn.GRUCell(4, 4), nn.RNNCell(4, 4)
         self.head = nn.Linear(4, 2)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 1, 5, 5) -> (B, 2)
         x = self.conv3(x.unsqueeze(-4)).squeeze(-4)
-        h = self.conv(x).flatten(-2).transpose(-1, -2)  # (B, 25, 4): the pixels as a sequence
+        h = self.deconv(self.conv(x)).flatten(-2).transpose(-1, -2)  # (B, 25, 4): the pixels as a sequence
         h = self.rnn(self.gru(h)[0])[0][..., -1, :]
         return self.head(self.rnn_cell(self.gru_cell(self.lstm_cell(h)[0])))
 
 
 def test_every_tensor_a_population_of_each_layer_makes_is_on_its_device() -> None:
-    """Under the meta default device, FlipES steps of a model of Conv2d, Conv3d, GRU, RNN and the three cells (models
-    built on the host) make real tensors only, with the noise held and with each part's noise sampled anew
-    (hold_noise=False, low-rank), with adaptive σ and a best member: a factory without device= in a layer's
-    population forward or the update would make a meta tensor, which fails where it meets the model's (on a GPU: a
-    device mismatch, or a copy from the host)."""
+    """Under the meta default device, FlipES steps of a model of Conv2d, Conv3d, ConvTranspose2d, GRU, RNN and the three
+    cells (models built on the host) make real tensors only, with the noise held and with each part's noise sampled anew
+    (hold_noise=False, low-rank), with adaptive σ and a best member: a factory without device= in a layer's population
+    forward or the update would make a meta tensor, which fails where it meets the model's (on a GPU: a device mismatch,
+    or a copy from the host)."""
     with torch.device("cpu"):
         torch.manual_seed(0)
         x = torch.randn(1, 1, 5, 5)

@@ -3,7 +3,14 @@ or per example in backprop training with an attached noise model (``variational`
 
 from flipes.nn.attention import FlipoutMultiheadAttention
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
-from flipes.nn.conv import FlipoutConv1d, FlipoutConv2d, FlipoutConv3d
+from flipes.nn.conv import (
+    FlipoutConv1d,
+    FlipoutConv2d,
+    FlipoutConv3d,
+    FlipoutConvTranspose1d,
+    FlipoutConvTranspose2d,
+    FlipoutConvTranspose3d,
+)
 from flipes.nn.convert import (
     ParameterReport,
     ParameterRow,
@@ -36,6 +43,9 @@ __all__ = [
     "FlipoutConv1d",
     "FlipoutConv2d",
     "FlipoutConv3d",
+    "FlipoutConvTranspose1d",
+    "FlipoutConvTranspose2d",
+    "FlipoutConvTranspose3d",
     "FlipoutEmbedding",
     "FlipoutGRU",
     "FlipoutGRUCell",

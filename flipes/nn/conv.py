@@ -1,4 +1,4 @@
-"""Flipout 1-D, 2-D and 3-D convolutions (Wen et al., ICLR 2018, arXiv:1803.04386).
+"""Flipout 1-D, 2-D and 3-D convolutions and transposed convolutions (Wen et al., ICLR 2018, arXiv:1803.04386).
 
 Signs are drawn per (member, input channel) and per (member, output channel) and broadcast over
 space, so every member has ONE weight sample ``W̄ + σ·ε ∘ (r_n s_nᵀ)`` (kernel dims broadcast).
@@ -7,8 +7,10 @@ Signs per element of the feature map would not correspond to any weight sample.
 
 from __future__ import annotations
 
+import functools
 import re
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
@@ -29,8 +31,7 @@ class _FlipoutConvNd(FlipoutMixin):
     def forward(self, input: Tensor) -> Tensor:
         name, dims = type(self).__name__, self.spatial_dims
         if self.noise is not None:  # an ES population
-            if input.dim() > dims + 2 and not compiling():  # (N, B, C, ...): noted for torch's pooling errors after it
-                self.__dict__["_flipes_extra_dims"] = tuple(input.shape)
+            note_extra_dims(self, input, dims)
             return flipout_conv(input, self.bias, self.noise[0], self._conv_forward, self.weight, dims, name)
         unbatched = input.dim() == dims + 1
         noise = backprop_noise(self, 1 if unbatched else input.shape[0])
@@ -41,6 +42,13 @@ class _FlipoutConvNd(FlipoutMixin):
         x = input.unsqueeze(0) if unbatched else input
         out = flipout_conv(x, self.bias, noise[0], self._conv_forward, self.weight, dims, name)
         return out.squeeze(0) if unbatched else out
+
+
+def note_extra_dims(layer: nn.Module, input: Tensor, spatial_dims: int) -> None:
+    """Note a members-first input with examples, ``(N, B, C, ...)``, for torch's pooling errors after the layer
+    (:func:`members_first_fix`)."""
+    if input.dim() > spatial_dims + 2 and not compiling():
+        layer.__dict__["_flipes_extra_dims"] = tuple(input.shape)
 
 
 class FlipoutConv1d(_FlipoutConvNd, nn.Conv1d):
@@ -92,6 +100,91 @@ class FlipoutConv3d(_FlipoutConvNd, nn.Conv3d):
 
     Shape:
         - Outside a population: as ``nn.Conv3d``.
+        - Inside a population of N members: ``(N, *B, C_in, D, H, W) -> (N, *B, C_out, D', H', W')``.
+    """
+
+    spatial_dims = 3
+
+
+class _FlipoutConvTransposeNd(FlipoutMixin):
+    """The population forward shared by ConvTranspose1d/2d/3d (``spatial_dims`` of them). Its kernel is stored
+    ``(in, out // groups, *kernel)``: ``PerturbedWeight.transposed``."""
+
+    spatial_dims: int
+
+    def perturbed_weights(self) -> list[PerturbedWeight]:
+        return [PerturbedWeight(self.weight, self.bias, self.in_channels, self.out_channels, self.groups, transposed=True)]
+
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if self.noise is None:
+            return super().forward(input, output_size)  # type: ignore[misc]
+        dims = self.spatial_dims
+        note_extra_dims(self, input, dims)
+        # torch reads output_size against one batch dim: the members and their examples flattened into it
+        example = input.flatten(0, input.dim() - dims - 2) if input.dim() > dims + 2 else input
+        stride, padding, kernel, dilation = self.stride, self.padding, self.kernel_size, self.dilation
+        output_padding = self._output_padding(example, output_size, stride, padding, kernel, dims, dilation)
+        conv = functools.partial(
+            _CONV_TRANSPOSE[dims - 1],
+            stride=stride, padding=padding, output_padding=output_padding, groups=self.groups, dilation=dilation,
+        )  # fmt: skip
+        return flipout_conv(input, self.bias, self.noise[0], conv, self.weight, dims, type(self).__name__, transposed=True)
+
+
+_CONV_TRANSPOSE = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+
+
+class FlipoutConvTranspose1d(_FlipoutConvTransposeNd, nn.ConvTranspose1d):
+    r"""A ``torch.nn.ConvTranspose1d`` whose kernel is perturbed per member inside an ES population.
+
+    As ``FlipoutConvTranspose2d``, with signs per (member, channel) broadcast over the length.
+
+    Args: as ``nn.ConvTranspose1d``.
+
+    Shape:
+        - Outside a population: as ``nn.ConvTranspose1d``.
+        - Inside a population of N members: ``(N, *B, C_in, L) -> (N, *B, C_out, L')``.
+    """
+
+    spatial_dims = 1
+
+
+class FlipoutConvTranspose2d(_FlipoutConvTransposeNd, nn.ConvTranspose2d):
+    r"""A ``torch.nn.ConvTranspose2d`` whose kernel is perturbed per member inside an ES population.
+
+    Member :math:`n` computes ``conv_transpose(x_n, W̄) + b̄ + (conv_transpose(x_n ∘ s_n, σε) + σε_b) ∘ r_n``, with
+    ``s_n`` and ``r_n`` one ±1 per channel, so every member has one kernel sample (as ``FlipoutConv2d``), instead of
+    the dense per-member noise (``N × numel`` normals, each member's forward under ``torch.func.vmap``) a layer without
+    a Flipout form gets. Outside a population it is exactly ``nn.ConvTranspose2d``. No backprop noise model attaches to
+    it (``flipes.nn.attach_noise`` names it).
+
+    Args: as ``nn.ConvTranspose2d`` (stride, padding, output padding, channel groups, dilation; ``output_size`` in the
+        forward).
+
+    Shape:
+        - Outside a population: as ``nn.ConvTranspose2d``.
+        - Inside a population of N members: ``(N, *B, C_in, H, W) -> (N, *B, C_out, H', W')``.
+
+    Examples::
+
+        >>> deconv = FlipoutConvTranspose2d(8, 3, kernel_size=4, stride=2, padding=1)
+        >>> es = flipes.FlipES(deconv, popsize=4, sigma=0.1)
+        >>> with es.population() as pop:
+        ...     y = deconv(torch.randn(pop.size, 2, 8, 16, 16))   # (4, 2, 3, 32, 32)
+    """
+
+    spatial_dims = 2
+
+
+class FlipoutConvTranspose3d(_FlipoutConvTransposeNd, nn.ConvTranspose3d):
+    r"""A ``torch.nn.ConvTranspose3d`` whose kernel is perturbed per member inside an ES population.
+
+    As ``FlipoutConvTranspose2d``, with signs per (member, channel) broadcast over depth, height and width.
+
+    Args: as ``nn.ConvTranspose3d``.
+
+    Shape:
+        - Outside a population: as ``nn.ConvTranspose3d``.
         - Inside a population of N members: ``(N, *B, C_in, D, H, W) -> (N, *B, C_out, D', H', W')``.
     """
 

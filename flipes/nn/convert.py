@@ -1,6 +1,6 @@
 """``flipout(module)``: give every trainable parameter of any torch model a per-member perturbation.
 
-Layers with a Flipout form (Linear and its subclasses that keep its forward, Conv1d/2d/3d,
+Layers with a Flipout form (Linear and its subclasses that keep its forward, Conv1d/2d/3d, ConvTranspose1d/2d/3d,
 Embedding, MultiheadAttention, LSTM/GRU/RNN and their cells, transformers' Conv1D) become Flipout layers sharing the
 same Parameter objects. Every other trainable parameter is perturbed per member with dense noise
 by the module that owns it (``flipes.nn.dense``), if that module has no Flipout layer below it.
@@ -79,11 +79,31 @@ def training_dropout(module: nn.Module) -> list[str]:
     return [name for name, m in uncompiled(module).named_modules() if isinstance(m, dropout) and m.p > 0 and m.training]
 
 
-def _convertible(layer: nn.Module) -> bool:
+def _convertible(layer: nn.Module, cross_tied: frozenset[int] = frozenset()) -> bool:
     """Whether a layer with a Flipout form becomes a Flipout layer: a frozen one stays as it is, and one with a
     parametrized submodule (MultiheadAttention's ``out_proj`` under ``parametrize``), whose Flipout form would read the
-    computed weight as a plain tensor, gets dense noise on the parametrization's parameters instead."""
-    return _trainable(layer) and not any(parametrize.is_parametrized(m) for m in layer.modules() if m is not layer)
+    computed weight as a plain tensor, gets dense noise on the parametrization's parameters instead; so does a layer in
+    ``cross_tied`` (:func:`_cross_tied`)."""
+    return (
+        _trainable(layer)
+        and id(layer) not in cross_tied
+        and not any(parametrize.is_parametrized(m) for m in layer.modules() if m is not layer)
+    )
+
+
+def _cross_tied(model: nn.Module) -> frozenset[int]:
+    """The transposed convs (their ids) whose weight a module of another kind or layout also holds, as an autoencoder's
+    decoder tied to its encoder's Conv2d: one weight read as ``(in, out)`` by one layer and ``(out, in)`` by the other
+    has no one Flipout noise (FlipES would refuse the tie), so the transposed conv keeps dense noise, which reads the
+    tied weight's per-member values."""
+    transposed = nn.modules.conv._ConvTransposeNd
+    holders: dict[int, set[tuple]] = {}
+    for m in model.modules():
+        kind = (transposed, m.in_channels, m.out_channels, m.groups) if isinstance(m, transposed) else (type(m),)
+        for p in m._parameters.values():
+            if p is not None:
+                holders.setdefault(id(p), set()).add(kind)
+    return frozenset(id(m) for m in model.modules() if isinstance(m, transposed) and len(holders[id(m.weight)]) > 1)
 
 
 M = TypeVar("M", bound=nn.Module)  # flipout returns the type it is given: a user model's own attributes stay typed
@@ -93,7 +113,7 @@ def flipout(module: M, frozen: Iterable[str] = ()) -> M:
     """Make every trainable parameter of ``module`` evolvable per member of an ES population.
 
     - Layers with a Flipout form become Flipout layers (``flipes.nn``): ``nn.Linear`` (and
-      subclasses that keep its forward), ``nn.Conv1d/2d/3d``, ``nn.Embedding``,
+      subclasses that keep its forward), ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``, ``nn.Embedding``,
       ``nn.MultiheadAttention``, ``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells, and
       ``transformers``' ``Conv1D`` (GPT-2).
     - A module that owns other trainable parameters (LayerNorm, RMSNorm, BatchNorm, a bare
@@ -128,10 +148,11 @@ def flipout(module: M, frozen: Iterable[str] = ()) -> M:
     _check_weight_hooks(uncompiled(module))
     _check_shared_id_tables(uncompiled(module))
     cls = flipout_class(type(module))
-    if cls is not None and _convertible(module):
+    cross_tied = _cross_tied(uncompiled(module))
+    if cls is not None and _convertible(module, cross_tied):
         module = cast(M, _convert_layer(module, cls))  # cls subclasses the layer's own class: still an M
     converted: dict[int, nn.Module] = {}  # a layer used twice (or aliased) becomes ONE Flipout layer
-    _convert_children(module, converted)
+    _convert_children(module, converted, cross_tied)
     _unwatch_registered(uncompiled(module))
     _make_dense(module)
     _check_dense_recurrence(uncompiled(module))
@@ -155,7 +176,7 @@ def _unwatch_registered(model: nn.Module) -> None:
             m.__dict__["_parameters"] = dict(m.__dict__["_parameters"])
 
 
-def _convert_children(parent: nn.Module, converted: dict[int, nn.Module], prefix: str = "") -> None:
+def _convert_children(parent: nn.Module, converted: dict[int, nn.Module], cross_tied: frozenset[int], prefix: str = "") -> None:
     if isinstance(parent, (FlipoutMixin, PerMember, torch.jit.ScriptModule)):  # its submodules are its own business
         return
     for name, child in list(parent._modules.items()):  # with repeats, unlike named_children()
@@ -165,11 +186,11 @@ def _convert_children(parent: nn.Module, converted: dict[int, nn.Module], prefix
             _replace(parent, name, converted[id(child)])
             continue
         cls = flipout_class(type(child))
-        if cls is not None and _convertible(child):
+        if cls is not None and _convertible(child, cross_tied):
             converted[id(child)] = _convert_layer(child, cls, prefix + name)
             _replace(parent, name, converted[id(child)])
         else:
-            _convert_children(child, converted, f"{prefix}{name}.")
+            _convert_children(child, converted, cross_tied, f"{prefix}{name}.")
 
 
 def _replace(parent: nn.Module, name: str, child: nn.Module) -> None:

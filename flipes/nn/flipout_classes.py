@@ -10,7 +10,14 @@ from torch import nn
 
 from flipes.nn.attention import FlipoutMultiheadAttention
 from flipes.nn.base import FlipoutMixin
-from flipes.nn.conv import FlipoutConv1d, FlipoutConv2d, FlipoutConv3d
+from flipes.nn.conv import (
+    FlipoutConv1d,
+    FlipoutConv2d,
+    FlipoutConv3d,
+    FlipoutConvTranspose1d,
+    FlipoutConvTranspose2d,
+    FlipoutConvTranspose3d,
+)
 from flipes.nn.dense import PerMember
 from flipes.nn.embedding import FlipoutEmbedding
 from flipes.nn.linear import FlipoutConv1D, FlipoutLinear
@@ -22,6 +29,9 @@ _FLIPOUT_OF: MappingProxyType[type[nn.Module], type[nn.Module]] = MappingProxyTy
         nn.Conv1d: FlipoutConv1d,
         nn.Conv2d: FlipoutConv2d,
         nn.Conv3d: FlipoutConv3d,
+        nn.ConvTranspose1d: FlipoutConvTranspose1d,
+        nn.ConvTranspose2d: FlipoutConvTranspose2d,
+        nn.ConvTranspose3d: FlipoutConvTranspose3d,
         nn.Embedding: FlipoutEmbedding,
         nn.MultiheadAttention: FlipoutMultiheadAttention,
         nn.LSTM: FlipoutLSTM,

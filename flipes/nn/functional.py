@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flipes.noise import SlotNoise, from_boundary
+from flipes.nn.base import PerturbedWeight
+from flipes.noise import SlotNoise, compiling, from_boundary
 
 
 def check_members(layer: str, x: Tensor, members: int, min_dim: int = 2) -> None:
@@ -273,6 +274,7 @@ def flipout_conv(
     weight: Tensor,
     spatial_dims: int = 2,
     layer: str = "FlipoutConv2d",
+    transposed: bool = False,
 ) -> Tensor:
     """``x``: ``(N, *B, C, *spatial)``; signs are per (member, channel), broadcast over space.
 
@@ -280,6 +282,9 @@ def flipout_conv(
     the perturbation sees exactly the padding of the mean path: a per-channel sign commutes with
     any padding mode. Low-rank noise (``σε = A B``) runs as ``conv(x ∘ s, B)`` into r channels and a
     1×1 mixing by ``A``; with channel groups it is materialized (a rank-r kernel is not grouped).
+    ``transposed``: ``conv`` is a transposed convolution, whose kernel is stored ``(in, out // groups, *kernel)``
+    (the noise's kernels are put in that shape once per generation); it is linear in each input and each output
+    channel alike, so the same signs give one kernel sample per member.
     """
     check_members(layer, x, noise.size, spatial_dims + 2)
     n, g = noise.size, noise.groups
@@ -297,11 +302,13 @@ def flipout_conv(
     bshape = (n, 1, -1) + (1,) * spatial_dims  # (member, example, channel, *space)
     xs = (flat.view(n, per, *flat.shape[1:]) * noise.s.view(bshape)).view_as(flat)
     chunks = xs.chunk(g) if g > 1 else (xs,)
-    if noise.factors is not None and weight.shape[1] == flat.shape[1]:  # no channel groups
+    conv_groups = noise.r.shape[1] // weight.shape[1] if transposed else flat.shape[1] // weight.shape[1]
+    if noise.factors is not None and conv_groups == 1:
         a, b = noise.factors
+        b = b.transpose(1, 2) if transposed else b  # (G, r, in, *kernel); a transposed conv's kernel is (in, r, *kernel)
         pert = torch.cat([_mix_channels(a[i], conv(c, b[i], None)) for i, c in enumerate(chunks)])
     else:
-        eps = noise.dense_eps()
+        eps = _transposed_kernels(noise, weight, conv_groups) if transposed else noise.dense_eps()
         pert = torch.cat([conv(c, eps[i], None) for i, c in enumerate(chunks)])
     out = conv(flat, weight, bias)
     pert = pert.view(n, per, *out.shape[1:])
@@ -309,6 +316,19 @@ def flipout_conv(
         pert += noise.bias_r.view(bshape)
     out = out.view_as(pert).addcmul_(pert, noise.r.view(bshape))
     return out.view(*lead, *out.shape[2:])
+
+
+def _transposed_kernels(noise: SlotNoise, weight: Tensor, conv_groups: int) -> Tensor:
+    """Every group's σε in a transposed conv's kernel shape, ``(G, in, out // conv_groups, *kernel)``: made once per
+    generation (kept in the noise's workspace; afresh under autograd or while compiling)."""
+    pw = PerturbedWeight(weight, None, noise.s.shape[1], noise.r.shape[1], conv_groups, transposed=True)
+    if torch.is_grad_enabled() or compiling():
+        return pw.stored(noise.dense_eps())
+    key = ("transposed_kernels",)
+    kernels = noise.workspace.get(key)
+    if kernels is None:
+        kernels = noise.workspace[key] = pw.stored(noise.dense_eps())
+    return kernels
 
 
 def _mix_channels(a: Tensor, t: Tensor) -> Tensor:

@@ -417,7 +417,7 @@ def attach_noise(model: nn.Module, noise: NoiseFactory | None) -> nn.Module:
 
 def _point_estimates(model: nn.Module, layers: list[FlipoutMixin]) -> list[str]:
     """Trainable weight matrices and kernels (2-D or more) of ``model`` that no Flipout layer perturbs, named with
-    their module's type: e.g. a ConvTranspose2d's weight. Norm scales and biases (1-D) are left out: point estimates
+    their module's type: e.g. a Bilinear's weight. Norm scales and biases (1-D) are left out: point estimates
     there are the usual choice."""
     seen = {id(p) for layer in layers for pw in layer.perturbed_weights() for p in (pw.weight, pw.bias) if p is not None}
     seen |= {id(p) for m in model.modules() if isinstance(m, LayerNoise) for p in m.parameters()}
