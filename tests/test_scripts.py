@@ -32,6 +32,17 @@ def test_bench_atari_quick_times_vmap_beside_flipout(tmp_path: Path) -> None:
     assert "| 8 |" in out and "| skipped | skipped |" in out
 
 
+def test_bench_decoder_quick_times_flipout_beside_dense_noise(tmp_path: Path) -> None:
+    """scripts/bench_decoder.py --quick checks both converted decoders (Flipout and dense) against the plain one outside
+    a population, then writes a row with the forward and generation times of each and prints the dense / flipout
+    ratios."""
+    out = run("scripts/bench_decoder.py", "--quick", "true", "--out", str(tmp_path)).stdout
+    assert "| 8 |" in out and "dense / flipout" in out
+    (row,) = json.loads((tmp_path / "bench_decoder_quick.json").read_text())["rows"]
+    timed = ("plain", "flipout", "dense", "flipout generation", "dense generation")
+    assert row["popsize"] == 8 and all(row[k] > 0 for k in timed)
+
+
 def test_digits_fitness_plugs_into_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """scripts/digits.py's supervised fitness and model train through flipes.train: test accuracy climbs from chance."""
     import flipes
