@@ -2013,20 +2013,23 @@ def test_attention_between_sequences_gives_the_same_bits_on_any_process_count(dt
 @pytest.mark.parametrize("groups,mirrored", [(1, False), (4, False), (4, True)])
 def test_without_autograd_a_population_gives_the_bits_of_its_autograd_forward(mode: str, groups: int, mirrored: bool) -> None:
     """A population runs without autograd (also under ``inference_mode``), where the layers reuse buffers for
-    the whole generation (and views of each group's rows of them): an MLP with and without biases and a GRU
-    cell stepped 3 times give bit for bit the outputs of the same population forward made for autograd, and
-    an output already returned stays as it was after the layers' later calls."""
+    the whole generation (and views of each group's rows of them): an MLP with and without biases, a GRU
+    cell stepped 3 times and a grouped transposed conv (its kernels made once per generation) give bit for bit the
+    outputs of the same population forward made for autograd, and an output already returned stays as it was after
+    the layers' later calls."""
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 32, bias=False), nn.Tanh(), nn.Linear(32, 3))
-    model = flipes.flipout(nn.ModuleDict({"mlp": mlp, "cell": nn.GRUCell(6, 16)}))
+    deconv = nn.ConvTranspose2d(2, 4, 3, stride=2, groups=2)
+    model = flipes.flipout(nn.ModuleDict({"mlp": mlp, "cell": nn.GRUCell(6, 16), "deconv": deconv}))
     es = flipes.FlipES(model, popsize=N * 2, sigma=0.3, seed=1, groups=groups, mirrored=mirrored)
     xs = [torch.randn(N * 2, 6) for _ in range(3)]
+    images = torch.randn(N * 2, 2, 3, 3)
 
     def run() -> list[Tensor]:
         outs, h = [], None
         for x in xs:
             h = model["cell"](x, h)
-            outs += [model["mlp"](x), h]
+            outs += [model["mlp"](x), h, model["deconv"](images)]
         return outs
 
     with es.population():
