@@ -24,6 +24,7 @@ from flipes.nn import (
     DropConnect,
     FlipoutConv1d,
     FlipoutConv2d,
+    FlipoutConvTranspose2d,
     FlipoutGRU,
     FlipoutLinear,
     FlipoutLSTM,
@@ -94,10 +95,12 @@ def explicit(layer: nn.Module, i: int, n: int, draws: list[NoiseDraw] | None = N
     ln = layer_noise(layer)
     d = (ln.held if draws is None else draws)[i]
     dw, db = deltas(ln.slots[i], pw, d)
-    out, in_g = pw.weight.shape[:2]
-    channel = (torch.arange(out)[:, None] // (out // pw.conv_groups)) * in_g + torch.arange(in_g)[None, :]
-    signs = (d.r[n][:, None] * d.s[n][channel]).view(out, in_g, *(1,) * (pw.weight.dim() - 2))
-    w = pw.weight + dw * signs
+    # entry (o, i') joins output channel o to input channel (o div out_g)·in_g + i'; stored (in, out_g) if transposed,
+    # entry (i, o') joins input channel i to output channel (i div in_g)·out_g + o'
+    rows, cols = pw.weight.shape[:2]
+    channel = (torch.arange(rows)[:, None] // (rows // pw.conv_groups)) * cols + torch.arange(cols)[None, :]
+    row_signs, col_signs = (d.s[n], d.r[n]) if pw.transposed else (d.r[n], d.s[n])
+    w = pw.weight + dw * (row_signs[:, None] * col_signs[channel]).view(rows, cols, *(1,) * (pw.weight.dim() - 2))
     b = None if pw.bias is None else pw.bias + db[n]
     return w, b
 
@@ -145,21 +148,24 @@ def test_linear_gradients_equal_explicit_per_example_weights(kind: str, bias: bo
 
 @pytest.mark.parametrize("kind", ["gaussian", "gaussian-shared"])
 @pytest.mark.parametrize(
-    "conv_kw",
+    "transposed,conv_kw",
     [
-        dict(kernel_size=3, padding=1),
-        dict(kernel_size=(2, 3), stride=2, groups=2),
-        dict(kernel_size=3, padding=2, dilation=2, padding_mode="reflect"),
-        dict(kernel_size=3, padding="same", dilation=(1, 2), groups=2, padding_mode="circular"),
+        (False, dict(kernel_size=3, padding=1)),
+        (False, dict(kernel_size=(2, 3), stride=2, groups=2)),
+        (False, dict(kernel_size=3, padding=2, dilation=2, padding_mode="reflect")),
+        (False, dict(kernel_size=3, padding="same", dilation=(1, 2), groups=2, padding_mode="circular")),
+        (True, dict(kernel_size=(2, 3), stride=2, padding=1, output_padding=1, groups=2)),
+        (True, dict(kernel_size=3, dilation=2)),
     ],
 )
-def test_conv_gradients_equal_explicit_per_example_kernels(conv_kw: dict, kind: str) -> None:
-    """FlipoutConv2d with a Gaussian posterior (padding; stride, dilation, channel groups, reflect and circular padding),
-    with Flipout signs or one shared sample (run as one convolution on W̄ + ΔŴ): each example's output and the gradients
-    equal a convolution with ONE explicit kernel per example, the same at every position (signs of shape (B,
-    in_channels) and (B, out_channels)), to 1e-10 absolute."""
+def test_conv_gradients_equal_explicit_per_example_kernels(transposed: bool, conv_kw: dict, kind: str) -> None:
+    """FlipoutConv2d and FlipoutConvTranspose2d (kernel stored (in, out // groups, ...)) with a Gaussian posterior
+    (padding; stride, output padding, dilation, channel groups, reflect and circular padding), with Flipout signs or one
+    shared sample (run as one convolution on W̄ + ΔŴ): each example's output and the gradients equal a convolution with
+    ONE explicit kernel per example, the same at every position (signs of shape (B, in_channels) and (B,
+    out_channels)), to 1e-10 absolute."""
     torch.manual_seed(1)
-    conv = FlipoutConv2d(4, 6, dtype=DT, **conv_kw)
+    conv = (FlipoutConvTranspose2d if transposed else FlipoutConv2d)(4, 6, dtype=DT, **conv_kw)
     attach_noise(conv, NOISES[kind])
     randomize_rho(conv, 2)
     params = list(conv.parameters())
@@ -169,12 +175,20 @@ def test_conv_gradients_equal_explicit_per_example_kernels(conv_kw: dict, kind: 
         coeff = torch.randn_like(y)
         got = grads((y * coeff).sum(), params)
         # ONE kernel per example, the same at every position: per-channel signs, not per element
-        ref = torch.cat([conv._conv_forward(x[n : n + 1], *explicit(conv, 0, n)) for n in range(5)])
+        ref = torch.cat([plain_conv(conv, x[n : n + 1], *explicit(conv, 0, n)) for n in range(5)])
         draw = layer_noise(conv).held[0]
     assert draw.s.shape == (5, 4) and draw.r.shape == (5, 6)
     torch.testing.assert_close(y, ref, atol=TOL, rtol=0)
     for g, e in zip(got, grads((ref * coeff).sum(), params), strict=True):
         torch.testing.assert_close(g, e, atol=TOL, rtol=0)
+
+
+def plain_conv(conv: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``conv``'s convolution (transposed or not) of ``x`` with the given kernel and bias, by torch.nn.functional."""
+    if not isinstance(conv, nn.ConvTranspose2d):
+        return conv._conv_forward(x, weight, bias)
+    kw = dict(stride=conv.stride, padding=conv.padding, output_padding=conv.output_padding, dilation=conv.dilation)
+    return F.conv_transpose2d(x, weight, bias, groups=conv.groups, **kw)
 
 
 def lstm_params_of_example(lstm: nn.Module, n: int, draws: list[NoiseDraw]) -> dict[str, Tensor]:
@@ -775,10 +789,10 @@ def test_lstm_with_noise_refuses_packed_input_and_returns_a_contiguous_output() 
 
 
 def test_attaching_noise_to_layers_that_would_ignore_it_is_an_error() -> None:
-    """Embedding, attention and transposed convolutions sample no backprop noise: attaching some would leave it unused
-    while its KL term entered the loss."""
-    model = flipes.flipout(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2), nn.ConvTranspose1d(2, 2, 1)))
-    with pytest.raises(ValueError, match="no backprop-noise forward in FlipoutConvTranspose1d, FlipoutEmbedding"):
+    """Embedding and attention sample no backprop noise: attaching some would leave it unused while
+    its KL term entered the loss."""
+    model = flipes.flipout(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2)))
+    with pytest.raises(ValueError, match="no backprop-noise forward in FlipoutEmbedding"):
         attach_noise(model, GaussianPosterior)
     attach_noise(model[1], GaussianPosterior)  # the Linear alone
     assert flipes.nn.kl_divergence(model).detach() > 0
@@ -841,15 +855,16 @@ def test_the_point_estimate_warning_names_a_parametrized_weight_as_its_layers_te
 
 
 def test_every_tensor_a_backprop_noise_model_makes_is_on_its_device() -> None:
-    """Under the meta default device, each noise model on Linear, Conv2d, LSTM and an LSTM cell (a model built on the
-    host) draws, backpropagates its ELBO and samples weights in eval mode with real tensors only: a factory without
-    device= in a draw, the KL or the per-example forward would make a meta tensor, which fails where it meets the
-    model's (on a GPU: a device mismatch)."""
+    """Under the meta default device, each noise model on Linear, Conv2d, a grouped ConvTranspose2d, LSTM and an LSTM
+    cell (a model built on the host) draws, backpropagates its ELBO and samples weights in eval mode with real tensors
+    only: a factory without device= in a draw, the KL or the per-example forward would make a meta tensor, which fails
+    where it meets the model's (on a GPU: a device mismatch)."""
     noises = (GaussianPosterior, functools.partial(MultiplicativeGaussian, alpha=0.1), functools.partial(DropConnect, p=0.5))
     with torch.device("cpu"):
         torch.manual_seed(0)
         x, seq = torch.randn(4, 1, 5, 5), torch.randn(4, 3, 2)
-        models = [flipes.flipout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(18, 2))) for _ in noises]
+        convs = [(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 2, 1, groups=2)) for _ in noises]
+        models = [flipes.flipout(nn.Sequential(*c, nn.Flatten(), nn.Linear(18, 2))) for c in convs]
         lstms = [flipes.flipout(nn.ModuleList([nn.LSTM(2, 3, batch_first=True), nn.LSTMCell(3, 2)])) for _ in noises]
     torch.set_default_device("meta")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,15 +34,28 @@ class _FlipoutConvNd(FlipoutMixin):
         if self.noise is not None:  # an ES population
             note_extra_dims(self, input, dims)
             return flipout_conv(input, self.bias, self.noise[0], self._conv_forward, self.weight, dims, name)
-        unbatched = input.dim() == dims + 1
-        noise = backprop_noise(self, 1 if unbatched else input.shape[0])
-        if noise is None:
-            return super().forward(input)
-        if (shared := shared_sample(self, noise)) is not None:  # one sample for the minibatch: one convolution
-            return self._conv_forward(input, *shared[0])
-        x = input.unsqueeze(0) if unbatched else input
-        out = flipout_conv(x, self.bias, noise[0], self._conv_forward, self.weight, dims, name)
-        return out.squeeze(0) if unbatched else out
+        out = with_backprop_noise(self, input, self._conv_forward)
+        return super().forward(input) if out is None else out
+
+
+def with_backprop_noise(
+    layer: FlipoutMixin, input: Tensor, conv: Callable[..., Tensor], transposed: bool = False
+) -> Tensor | None:
+    """``layer``'s forward with its attached backprop noise model, every example with its own kernel sample (or one
+    convolution on the minibatch's one shared sample); ``None`` where it samples none (no model, or not training).
+    ``conv(x, w, b)`` is the layer's convolution; ``transposed``: a transposed one, whose noise is drawn in its
+    kernel's own ``(in, out // groups, ...)`` shape."""
+    dims = layer.spatial_dims
+    unbatched = input.dim() == dims + 1
+    noise = backprop_noise(layer, 1 if unbatched else input.shape[0])
+    if noise is None:
+        return None
+    if (shared := shared_sample(layer, noise)) is not None:  # one sample for the minibatch: one convolution
+        return conv(input, *shared[0])
+    x = input.unsqueeze(0) if unbatched else input
+    name = type(layer).__name__
+    out = flipout_conv(x, layer.bias, noise[0], conv, layer.weight, dims, name, transposed=transposed, stored=True)
+    return out.squeeze(0) if unbatched else out
 
 
 def note_extra_dims(layer: nn.Module, input: Tensor, spatial_dims: int) -> None:
@@ -107,28 +121,34 @@ class FlipoutConv3d(_FlipoutConvNd, nn.Conv3d):
 
 
 class _FlipoutConvTransposeNd(FlipoutMixin):
-    """The population forward shared by ConvTranspose1d/2d/3d (``spatial_dims`` of them). Its kernel is stored
-    ``(in, out // groups, *kernel)``: ``PerturbedWeight.transposed``."""
+    """The population and backprop-noise forward shared by ConvTranspose1d/2d/3d (``spatial_dims`` of them). Its
+    kernel is stored ``(in, out // groups, *kernel)``: ``PerturbedWeight.transposed``."""
 
     spatial_dims: int
+    has_backprop_noise = True
 
     def perturbed_weights(self) -> list[PerturbedWeight]:
         return [PerturbedWeight(self.weight, self.bias, self.in_channels, self.out_channels, self.groups, transposed=True)]
 
     def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
         if self.noise is None:
-            return super().forward(input, output_size)  # type: ignore[misc]
+            out = with_backprop_noise(self, input, self._transposed_conv(input, output_size), transposed=True)
+            return super().forward(input, output_size) if out is None else out  # type: ignore[misc]
+        note_extra_dims(self, input, self.spatial_dims)
+        conv = self._transposed_conv(input, output_size)
+        return flipout_conv(input, self.bias, self.noise[0], conv, self.weight, self.spatial_dims, type(self).__name__, True)
+
+    def _transposed_conv(self, input: Tensor, output_size: list[int] | None) -> Callable[..., Tensor]:
+        """``conv(x, w, b)``: this layer's transposed convolution, its output padding read from ``output_size``."""
         dims = self.spatial_dims
-        note_extra_dims(self, input, dims)
         # torch reads output_size against one batch dim: the members and their examples flattened into it
         example = input.flatten(0, input.dim() - dims - 2) if input.dim() > dims + 2 else input
         stride, padding, kernel, dilation = self.stride, self.padding, self.kernel_size, self.dilation
         output_padding = self._output_padding(example, output_size, stride, padding, kernel, dims, dilation)
-        conv = functools.partial(
+        return functools.partial(
             _CONV_TRANSPOSE[dims - 1],
             stride=stride, padding=padding, output_padding=output_padding, groups=self.groups, dilation=dilation,
         )  # fmt: skip
-        return flipout_conv(input, self.bias, self.noise[0], conv, self.weight, dims, type(self).__name__, transposed=True)
 
 
 _CONV_TRANSPOSE = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
@@ -155,8 +175,9 @@ class FlipoutConvTranspose2d(_FlipoutConvTransposeNd, nn.ConvTranspose2d):
     Member :math:`n` computes ``conv_transpose(x_n, W̄) + b̄ + (conv_transpose(x_n ∘ s_n, σε) + σε_b) ∘ r_n``, with
     ``s_n`` and ``r_n`` one ±1 per channel, so every member has one kernel sample (as ``FlipoutConv2d``), instead of
     the dense per-member noise (``N × numel`` normals, each member's forward under ``torch.func.vmap``) a layer without
-    a Flipout form gets. Outside a population it is exactly ``nn.ConvTranspose2d``. No backprop noise model attaches to
-    it (``flipes.nn.attach_noise`` names it).
+    a Flipout form gets. Outside a population it is exactly ``nn.ConvTranspose2d``, unless a backprop noise model is
+    attached (``flipes.nn.attach_noise``) and it is training: then every example gets its own kernel sample, as in
+    ``FlipoutConv2d``.
 
     Args: as ``nn.ConvTranspose2d`` (stride, padding, output padding, channel groups, dilation; ``output_size`` in the
         forward).

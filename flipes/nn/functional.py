@@ -275,6 +275,7 @@ def flipout_conv(
     spatial_dims: int = 2,
     layer: str = "FlipoutConv2d",
     transposed: bool = False,
+    stored: bool = False,
 ) -> Tensor:
     """``x``: ``(N, *B, C, *spatial)``; signs are per (member, channel), broadcast over space.
 
@@ -283,8 +284,9 @@ def flipout_conv(
     any padding mode. Low-rank noise (``σε = A B``) runs as ``conv(x ∘ s, B)`` into r channels and a
     1×1 mixing by ``A``; with channel groups it is materialized (a rank-r kernel is not grouped).
     ``transposed``: ``conv`` is a transposed convolution, whose kernel is stored ``(in, out // groups, *kernel)``
-    (the noise's kernels are put in that shape once per generation); it is linear in each input and each output
-    channel alike, so the same signs give one kernel sample per member.
+    (the noise's kernels are put in that shape once per generation, unless ``stored``: drawn in it, as a backprop
+    noise model draws); it is linear in each input and each output channel alike, so the same signs give one kernel
+    sample per member.
     """
     check_members(layer, x, noise.size, spatial_dims + 2)
     n, g = noise.size, noise.groups
@@ -308,7 +310,7 @@ def flipout_conv(
         b = b.transpose(1, 2) if transposed else b  # (G, r, in, *kernel); a transposed conv's kernel is (in, r, *kernel)
         pert = torch.cat([_mix_channels(a[i], conv(c, b[i], None)) for i, c in enumerate(chunks)])
     else:
-        eps = _transposed_kernels(noise, weight, conv_groups) if transposed else noise.dense_eps()
+        eps = _transposed_kernels(noise, weight, conv_groups) if transposed and not stored else noise.dense_eps()
         pert = torch.cat([conv(c, eps[i], None) for i, c in enumerate(chunks)])
     out = conv(flat, weight, bias)
     pert = pert.view(n, per, *out.shape[1:])
