@@ -60,7 +60,8 @@ def test_flipout_returns_an_instance_of_the_class_it_is_given() -> None:
     them, and a user's subclass of one) as a Flipout layer that subclasses the layer's own class."""
     from flipes.nn.flipout_classes import _FLIPOUT_OF
 
-    layers = [nn.Linear(3, 2), nn.Conv1d(2, 2, 1), nn.Conv2d(2, 2, 1), nn.Conv3d(2, 2, 1), nn.Embedding(5, 3),
+    layers = [nn.Linear(3, 2), nn.Conv1d(2, 2, 1), nn.Conv2d(2, 2, 1), nn.Conv3d(2, 2, 1), nn.ConvTranspose1d(2, 2, 1),
+              nn.ConvTranspose2d(2, 2, 1), nn.ConvTranspose3d(2, 2, 1), nn.Embedding(5, 3),
               nn.MultiheadAttention(4, 2), nn.LSTM(3, 4), nn.GRU(3, 4), nn.RNN(3, 4), nn.LSTMCell(3, 4),
               nn.GRUCell(3, 4), nn.RNNCell(3, 4), _OwnLinear(3, 2)]  # fmt: skip
     assert set(_FLIPOUT_OF) <= {type(layer) for layer in layers}  # every supported layer is checked
