@@ -152,6 +152,44 @@ def test_last_probe_of_member_m_episode_k_is_its_explicit_weights_alone_also_in_
     assert len(set(whole.last_probe[:, :, 4].flatten().tolist())) > 2  # members whose episodes differ
 
 
+class ReusedSteps(Probe):
+    """Each episode's count of steps, in one buffer the probe zeroes in place at each reset and returns as it is."""
+
+    buffer: Tensor | None = None
+
+    def reset(self, env: Any, obs: Tensor) -> None:
+        if self.buffer is None or len(self.buffer) != len(obs):
+            self.buffer = torch.zeros(len(obs), dtype=torch.int64, device=obs.device)
+        self.buffer.zero_()
+
+    def step(self, actions: Tensor, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
+        self.buffer += counted
+
+    def result(self) -> Tensor:
+        return self.buffer
+
+
+def test_a_probe_reusing_its_tensor_keeps_each_parts_and_each_calls_rows() -> None:
+    """A probe whose ``result()`` is a buffer it zeroes at the next reset gives ``last_probe`` rows that stay its own:
+    rolled out in parts of 2 members each member's count of steps (CartPole's return, 1 per step), and a call's
+    ``last_probe`` kept as it was after the next call (8 members, 4 parts, 2 generations)."""
+    torch.manual_seed(0)
+    env = cartpole(2)
+    policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=[8]).double())
+    es = flipes.FlipES(policy, popsize=8, sigma=0.5, seed=3, groups=2)
+    rollout = RolloutFitness(env, seed=5, probe=ReusedSteps())
+    kept = []
+    for _ in range(2):
+        with es.population() as pop:
+            rollout(policy, pop)
+        assert torch.equal(rollout.last_probe[:, 0].double(), rollout.last_returns)
+        kept.append((rollout.last_probe, rollout.last_probe.clone()))
+        es.tell(rollout.last_returns)
+        policy.obs_norm.update()
+    assert len(set(kept[0][1].flatten().tolist())) > 2  # the members' episodes differ: parts of other lengths
+    assert all(torch.equal(held, copy) for held, copy in kept)
+
+
 def test_probe_mistakes_are_named() -> None:
     """A probe class given for an instance, an object that is no Probe, a pipelined rollout with a probe and a result of
     another number of rows are each refused with an error naming the fix."""

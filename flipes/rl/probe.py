@@ -55,7 +55,8 @@ class Probe:
         )
 
     def result(self) -> Tensor:
-        """What this rollout gathered: ``(num_envs, ...)``, one row per env in the rollout's order."""
+        """What this rollout gathered: ``(num_envs, ...)``, one row per env in the rollout's order. The rollout keeps a
+        copy, so a probe may return a tensor it reuses (zeroed in place at the next ``reset``)."""
         raise NotImplementedError(f"{type(self).__name__} defines no result(): a Probe defines reset, step and result")
 
 
@@ -72,7 +73,8 @@ def check_probe(probe: Any, who: str) -> Probe | None:
 
 
 def probe_result(probe: Probe, num_envs: int) -> Tensor:
-    """``probe.result()``, checked to be a tensor with one row per env of the rollout."""
+    """A copy of ``probe.result()``, checked to be a tensor with one row per env of the rollout: the probe's own tensor
+    would change under ``last_probe`` (and under the parts joined into it) at the probe's next reset."""
     out = probe.result()
     if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != num_envs:
         got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}"
@@ -80,4 +82,4 @@ def probe_result(probe: Probe, num_envs: int) -> Tensor:
             f"{type(probe).__name__}.result() returned {got}, and the rollout has {num_envs} envs: "
             f"return a tensor of shape ({num_envs}, ...), one row per env in the rollout's order"
         )
-    return out
+    return out.clone()

@@ -251,7 +251,7 @@ class Episodes:
             episode's final observation, the one its last step returned (terminated, truncated or cut at ``max_steps``;
             a SAME_STEP autoreset env's ``info["final_obs"]``, not the next episode's first); ``None`` otherwise.
         probe: ``(num_envs, ...)``, with ``run_episodes(probe=...)``: what the :class:`~flipes.rl.Probe` gathered of each
-            env (its ``result()``); ``None`` otherwise.
+            env (a copy of its ``result()``); ``None`` otherwise.
     """
 
     returns: Tensor
