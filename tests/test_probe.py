@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from reference import member_parameters
@@ -188,6 +190,105 @@ def test_a_probe_reusing_its_tensor_keeps_each_parts_and_each_calls_rows() -> No
         policy.obs_norm.update()
     assert len(set(kept[0][1].flatten().tolist())) > 2  # the members' episodes differ: parts of other lengths
     assert all(torch.equal(held, copy) for held, copy in kept)
+
+
+def as_tensor(x: Any) -> Tensor:
+    """A copy of an env's output (an engine may write its next step into the same memory), in float64 rows."""
+    x = x.clone() if isinstance(x, Tensor) else torch.as_tensor(np.array(x))
+    return x.double().reshape(len(x), -1)
+
+
+class Recorded(gym.vector.VectorWrapper):
+    """The latest rollout of the env as the env saw it: its reset's observations, then each step's actions as it got
+    them, rewards, ends, observations and ``info``."""
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> Any:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.first, self.steps = as_tensor(obs), []
+        return obs, info
+
+    def step(self, actions: Any) -> Any:
+        obs, reward, terminated, truncated, info = out = self.env.step(actions)
+        ended = as_tensor(terminated).bool().flatten() | as_tensor(truncated).bool().flatten()
+        self.steps.append((as_tensor(actions), as_tensor(reward).flatten(), ended, as_tensor(obs), info))
+        return out
+
+
+class Seen(Probe):
+    """Each episode's sum of rewards, count of steps, sum of actions and final observation (under SAME_STEP autoreset
+    ``info["final_obs"]`` at the step that ends it, as :meth:`Probe.step` says), in float64."""
+
+    def reset(self, env: Any, obs: Tensor) -> None:
+        self.sums = torch.zeros(len(obs), 2, dtype=torch.float64)
+        self.actions: Tensor | None = None
+        self.last = obs.double().clone()
+
+    def step(self, actions: Tensor, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
+        self.sums += torch.stack((reward.double(), torch.ones_like(self.sums[:, 0])), 1) * counted[:, None]
+        acts = actions.double().reshape(len(actions), -1) * counted[:, None]
+        self.actions = acts if self.actions is None else self.actions + acts
+        self.last = torch.where(counted[:, None], obs.double(), self.last)
+        for i in np.flatnonzero(info.get("_final_obs", [])):
+            if counted[i]:
+                self.last[i] = torch.as_tensor(info["final_obs"][i], dtype=torch.float64)
+
+    def result(self) -> Tensor:
+        return torch.cat((self.sums, self.actions, self.last), 1)
+
+
+def recorded_reference(env: Recorded) -> Tensor:
+    """:class:`Seen`'s result from the steps ``env`` recorded, each env's episode read off alone: its steps up to the
+    first that ended it (rewards, count, the actions the env got), and that step's observation, or the final one that
+    a SAME_STEP autoreset env put in ``info``."""
+    rows = []
+    for i in range(env.num_envs):
+        ret, count, acts, last = 0.0, 0, torch.zeros_like(env.steps[0][0][i]), env.first[i]
+        for actions, reward, ended, obs, info in env.steps:
+            ret, count, acts, last = ret + float(reward[i]), count + 1, acts + actions[i], obs[i]
+            if ended[i]:
+                if "_final_obs" in info and info["_final_obs"][i]:
+                    last = torch.as_tensor(info["final_obs"][i], dtype=torch.float64)
+                break
+        rows.append(torch.cat((torch.tensor([ret, count], dtype=torch.float64), acts, last)))
+    return torch.stack(rows)
+
+
+def gymnasium_env(env_id: str, n: int, mode: gym.vector.AutoresetMode) -> gym.vector.VectorEnv:
+    return gym.make_vec(env_id, n, vectorization_mode="sync", vector_kwargs={"autoreset_mode": mode})
+
+
+@pytest.mark.parametrize(
+    ("make", "action_noise", "max_steps"),
+    [
+        (lambda n: cartpole(n), 0.0, None),
+        (lambda n: gymnasium_env("CartPole-v1", n, gym.vector.AutoresetMode.SAME_STEP), 0.0, None),
+        (lambda n: make_vector_env("flipes/Pendulum-v1", n, dtype=torch.float64, note=None), 0.5, 30),
+        (lambda n: gymnasium_env("Pendulum-v1", n, gym.vector.AutoresetMode.NEXT_STEP), 0.5, 30),
+    ],
+    ids=["flipes-cartpole", "gymnasium-cartpole-same-step", "flipes-pendulum-noise", "gymnasium-pendulum-noise"],
+)
+def test_a_probe_sees_the_actions_rewards_and_last_obs_each_env_saw(make: Any, action_noise: float, max_steps: Any) -> None:
+    """``RolloutFitness(probe=, final_obs=True)`` on flipes' torch envs and gymnasium's numpy ones (through
+    NumpyToTorch; CartPole under SAME_STEP autoreset, Pendulum with action noise cut at 30 steps): each env's sums of
+    its counted rewards, steps and actions and its last counted observation equal, bit for bit, those of the steps the
+    env itself recorded up to its episode's end (the noisy actions it got, a SAME_STEP end's ``info["final_obs"]``); the
+    reward sums' mean is ``last_returns`` and the last observations ``last_final_obs``, bit for bit."""
+    torch.manual_seed(0)
+    n, k = 4, 2
+    env = Recorded(make(n * k))
+    policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=[8]))
+    es = flipes.FlipES(policy, popsize=n, sigma=0.5, seed=3)
+    rollout = RolloutFitness(
+        env, episodes=k, seed=5, max_steps=max_steps, action_noise=action_noise, final_obs=True, probe=Seen()
+    )
+    with es.population() as pop:
+        rollout(policy, pop)
+    seen = rollout.last_probe.flatten(0, 1)
+    assert torch.equal(seen, recorded_reference(env))
+    assert torch.equal(rollout.last_probe[:, :, 0].mean(1), rollout.last_returns)
+    assert torch.equal(rollout.last_probe[:, :, -env.first.shape[1] :], rollout.last_final_obs.double())
+    if max_steps is None:  # CartPole: episodes of other lengths, whose envs step on after they end
+        assert len(set(seen[:, 1].tolist())) > 1
 
 
 def test_probe_mistakes_are_named() -> None:
