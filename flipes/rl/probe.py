@@ -39,7 +39,8 @@ class Probe:
     def reset(self, env: Any, obs: Tensor) -> None:
         """Start a rollout of ``env`` (a vector env, torch in and out) whose envs were just reset to ``obs``,
         ``(num_envs, *obs_shape)``. ``env`` is there to read state that the observations leave out (flipes' envs keep
-        theirs in ``env.unwrapped.state``)."""
+        theirs in ``env.unwrapped.state``). As at :meth:`step`, ``obs`` may be the rollout's own tensor: clone it to keep
+        it."""
         raise NotImplementedError(f"{type(self).__name__} defines no reset(env, obs): a Probe defines reset, step and result")
 
     def step(self, actions: Tensor, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
