@@ -1150,6 +1150,36 @@ def test_a_fitness_drawing_from_the_global_generators_draws_alike_in_every_run_p
     assert first + rest == rows and later == draws[2:]
 
 
+@pytest.mark.parametrize("accelerator", [True, False])
+def test_seeded_global_rngs_draw_what_the_global_seeds_draw_and_put_them_back(
+    accelerator: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside ``seeded_global_rngs(s)`` torch's, NumPy's and Python's global generators draw exactly what they draw after
+    ``torch.manual_seed(s)``, ``np.random.seed(s % 2**32)`` and ``random.seed(s)`` (the reference), whether or not an
+    accelerator is reported available (torch's full seeding, or the CPU generator's alone); after it they continue as
+    if it had not run."""
+    from flipes.builders import seeded_global_rngs
+
+    if not hasattr(torch, "accelerator"):
+        pytest.skip("torch < 2.6 has no torch.accelerator: seeded_global_rngs calls torch.manual_seed")
+    if torch.accelerator.is_available() and not accelerator:
+        pytest.skip("an accelerator is present: the CPU-only path is not taken here")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: accelerator)
+    seed = 2**62 + 12345  # a global_seed is below 2**63
+
+    def draws() -> tuple:
+        return torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)]
+
+    torch.manual_seed(seed), np.random.seed(seed % 2**32), random.seed(seed)
+    reference = draws()
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    expected_after = draws()
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    with seeded_global_rngs(seed):
+        inside = draws()
+    assert inside == reference and draws() == expected_after
+
+
 class SamplingPolicy(torch.nn.Module):
     """A Gaussian policy of one's own for Pendulum: its actions sampled with torch.randn_like, the global generator."""
 
