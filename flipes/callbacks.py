@@ -251,7 +251,10 @@ class TensorBoardLogger(Callback):
         # a resume hides the scalars logged after its checkpoint (before a crash), as metrics.jsonl drops those rows:
         # else TensorBoard shows those generations twice
         purge = state.es.generation if state.resumed else None
-        self.writer = self._writer_class(str(self.log_dir), purge_step=purge)
+        # a queue for many rows of scalars: torch's 10 is less than a row (~12), so add_scalar waited for the writer
+        # thread to take the GIL at every row; that thread writes the events as before, flushing the file every
+        # flush_secs, and at most 1,000 small events (~100 KB) wait for it in memory
+        self.writer = self._writer_class(str(self.log_dir), purge_step=purge, max_queue=1000)
 
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
         assert self.writer is not None
