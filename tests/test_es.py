@@ -913,6 +913,50 @@ def test_population_generator_depends_on_seed_generation_and_stream_alone() -> N
         assert not torch.equal(first, other)
 
 
+def minibatches(seed: int, generations: int, examples: int, batch: int, stream: str = "minibatch") -> list[torch.Tensor]:
+    """``pop.minibatch(examples, batch, stream)`` of generations ``0 … generations-1`` of a fresh FlipES of ``seed``."""
+    es, out = flipes.FlipES(mlp(0), popsize=4, sigma=0.1, seed=seed), []
+    for _ in range(generations):
+        with es.population() as pop:
+            out.append(pop.minibatch(examples, batch, stream))
+        es.tell(torch.arange(4.0))
+    return out
+
+
+@MADE_UP_FITNESS
+def test_population_minibatch_walks_an_epoch_wise_shuffle_of_seed_generation_and_stream_alone() -> None:
+    """``pop.minibatch(10, 3)`` is a drop-last shuffling loader over generations: each epoch (3 generations) takes
+    disjoint batches of 3 distinct indices (9 of the 10 examples), the next epoch another order; the batches are
+    those of another FlipES of the same seed (a resume, another process) and of every part of a population, and
+    another seed or stream shuffles otherwise."""
+    batches = minibatches(0, 6, 10, 3)
+    assert all(b.dtype == torch.int64 and b.shape == (3,) for b in batches)
+    for epoch in (batches[:3], batches[3:]):
+        assert torch.cat(epoch).unique().numel() == 9 and int(torch.cat(epoch).max()) < 10
+    assert not torch.equal(torch.cat(batches[:3]), torch.cat(batches[3:]))
+    assert all(torch.equal(a, b) for a, b in zip(batches, minibatches(0, 6, 10, 3), strict=True))
+    for other in (minibatches(1, 1, 10, 3), minibatches(0, 1, 10, 3, "test")):
+        assert not torch.equal(other[0], batches[0])
+    es = flipes.FlipES(mlp(0), popsize=8, sigma=0.1, groups=2)
+    with es.population() as pop:
+        whole = pop.minibatch(100, 7)
+        assert all(torch.equal(part.minibatch(100, 7), whole) for part in pop.split(3))
+    assert torch.equal(minibatches(0, 1, 5, 5)[0].sort().values, torch.arange(5))  # one batch is the whole set
+
+
+@MADE_UP_FITNESS
+@pytest.mark.parametrize("examples, batch", [(10, 0), (10, 11), (0, 0), (10.0, 2), (10, True), ("10", 2)])
+def test_population_minibatch_refuses_a_size_that_is_no_batch_of_the_examples(examples: object, batch: object) -> None:
+    """A batch of no examples, one larger than the data set, or sizes that are not integers are a ValueError naming
+    both values and what to pass, not a truncated or empty batch."""
+    es = flipes.FlipES(mlp(0), popsize=4, sigma=0.1)
+    with es.population() as pop:
+        with pytest.raises(ValueError, match=r"pop\.minibatch\(examples, batch\): .*1 <= batch <= examples.*len\(dataset\)"):
+            pop.minibatch(examples, batch)
+        pop.minibatch(10, 3)
+    es.tell(torch.arange(4.0))
+
+
 def test_per_member_draws_indexed_by_the_members_are_those_of_one_pass() -> None:
     """Draws of one value per member made as the README says, ``torch.randn(pop.popsize, generator=g)[pop.members]``,
     give each member in a part (or on a process) the value it has in the whole population."""
@@ -924,9 +968,10 @@ def test_per_member_draws_indexed_by_the_members_are_those_of_one_pass() -> None
 
 
 def test_an_earlier_generations_pop_refuses_to_draw_inside_a_later_population() -> None:
-    """``pop.generator()`` of a generation's ``pop`` (or one of its parts) kept and called inside the next generation's
-    population is a RuntimeError naming the stale generation and the fix, where it would repeat the old minibatch;
-    after ``tell`` outside any population it still gives that generation's draws, as does the current ``pop``."""
+    """``pop.generator()`` (or ``pop.minibatch()``) of a generation's ``pop`` (or one of its parts) kept and called inside
+    the next generation's population is a RuntimeError naming the stale generation and the fix, where it would repeat the
+    old minibatch; after ``tell`` outside any population it still gives that generation's draws, as does the current
+    ``pop``."""
     model = mlp(0)
     es = flipes.FlipES(model, popsize=8, sigma=0.1, groups=2)
     with es.population() as old:
@@ -939,6 +984,8 @@ def test_an_earlier_generations_pop_refuses_to_draw_inside_a_later_population() 
         for stale in (old, part):
             with pytest.raises(RuntimeError, match=r"^pop.generator\(\) of generation 0, inside a later .*as pop:`$"):
                 stale.generator()
+            with pytest.raises(RuntimeError, match=r"^pop.minibatch\(\) of generation 0, inside a later "):
+                stale.minibatch(10, 2)
         assert not torch.equal(torch.randn(3, generator=pop.generator()), first) and pop.generation == 1
 
 

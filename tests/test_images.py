@@ -1,9 +1,10 @@
 """A convnet classifier on images, as a computer-vision user trains one: BatchNorm, pooling, a residual block and
-channels_last inputs per member."""
+channels_last inputs per member, and minibatches that walk epochs across a resumed run."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +64,23 @@ def test_each_member_of_a_cnn_with_batchnorm_and_a_skip_connection_is_its_plain_
                 torch.testing.assert_close(out[n], member(x), rtol=0, atol=1e-12)
         es.tell(out.logsumexp(-1).mean(1))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in buffers.items())
+
+
+def test_a_cnn_trained_on_epoch_minibatches_resumes_mid_epoch_bit_for_bit(tmp_path: Path) -> None:
+    """flipes.train on images with BatchNorm, each generation's minibatch from pop.minibatch (2 generations an
+    epoch): 3 generations resumed to 7 log the parameters of 7 run at once, row for row, the resume starting in the
+    middle of epoch 1."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g)
+
+    def fitness(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
+        idx = pop.minibatch(len(x), 16)
+        logits = model(x[idx].expand(pop.size, 16, 1, 8, 8).flatten(0, 1))
+        return -F.cross_entropy(logits, y[idx].repeat(pop.size), reduction="none").view(pop.size, 16).mean(1)
+
+    kw = {"env": "none", "model": lambda env: small_cnn(), "fitness": fitness, "popsize": 8, "tensorboard": False,
+          "progress": False, "eval_every": 100}  # fmt: skip
+    whole = [r["params_sha256"] for r in flipes.train(**kw, generations=7, out=str(tmp_path / "whole")).metrics]
+    first = [r["params_sha256"] for r in flipes.train(**kw, generations=3, out=str(tmp_path / "resumed")).metrics]
+    rest = [r["params_sha256"] for r in flipes.train(**kw, generations=7, resume=str(tmp_path / "resumed")).metrics]
+    assert len(set(whole)) == 7 and first + rest == whole

@@ -13,6 +13,12 @@ import torch
 from flipes.es.checks import as_index
 
 
+def seeded_generator(key: str, device: torch.device | str) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded by a hash of ``key`` alone (no process or global state)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8)
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest.digest(), "little") % 2**63)
+
+
 @dataclass(frozen=True)
 class Population:
     """Members evaluated by this process in one generation.
@@ -67,13 +73,47 @@ class Population:
             RuntimeError: called on an earlier generation's ``pop`` inside a later generation's population
                 (its draws would repeat that generation's).
         """
+        self._refuse_if_superseded("generator")
+        return seeded_generator(f"flipes/population/{self.seed}/{self.generation}/{stream}", device)
+
+    def minibatch(self, examples: int, batch: int, stream: str = "minibatch") -> torch.Tensor:
+        """Indices of this generation's minibatch of ``batch`` among ``examples``, epoch by epoch: a shuffling
+        ``DataLoader(..., drop_last=True)`` of which generation ``g`` takes the next batch, as a pure function of
+        ``(seed, g, stream)``. Each epoch, ``examples // batch`` generations long, is a permutation of its own
+        (seeded by ``(seed, epoch, stream)``) whose batches are disjoint and cover all but ``examples % batch`` of
+        the examples; every member, process and part gets the same batch, and a run resumed mid-epoch continues
+        the epoch, where a ``DataLoader`` iterator kept across generations would start over.
+
+        Args:
+            examples: size of the data set (``len(dataset)``).
+            batch: examples per generation, ``1 ≤ batch ≤ examples``.
+            stream: names an independent shuffle (a second data set).
+
+        Returns:
+            A CPU int64 tensor of ``batch`` distinct indices: ``x[pop.minibatch(len(x), 64)]``.
+
+        Raises:
+            ValueError: ``examples`` or ``batch`` not a positive integer, or ``batch > examples``.
+            RuntimeError: as :meth:`generator`, on an earlier generation's ``pop``.
+        """
+        n, b = as_index(examples), as_index(batch)
+        if n is None or b is None or not 1 <= b <= n:
+            raise ValueError(
+                f"pop.minibatch(examples, batch): examples and batch must be integers with 1 <= batch <= examples, got "
+                f"examples={examples!r}, batch={batch!r}; pass len(dataset) and the examples per generation"
+            )
+        self._refuse_if_superseded("minibatch")
+        epoch, step = divmod(self.generation, n // b)
+        order = torch.randperm(n, generator=seeded_generator(f"flipes/minibatch/{self.seed}/{epoch}/{stream}", "cpu"))
+        return order[step * b : (step + 1) * b]
+
+    def _refuse_if_superseded(self, method: str) -> None:
+        """A kept ``pop`` of an earlier generation would draw that generation's numbers again: an error."""
         if self.superseded is not None and self.superseded():
             raise RuntimeError(
-                f"pop.generator() of generation {self.generation}, inside a later generation's population: its draws "
+                f"pop.{method}() of generation {self.generation}, inside a later generation's population: its draws "
                 "would be that old generation's again; use the `pop` of this generation's `with es.population() as pop:`"
             )
-        digest = hashlib.blake2b(f"flipes/population/{self.seed}/{self.generation}/{stream}".encode(), digest_size=8)
-        return torch.Generator(device=device).manual_seed(int.from_bytes(digest.digest(), "little") % 2**63)
 
     def part(self, start: int, stop: int) -> AbstractContextManager[Population]:
         """Inside ``with pop.part(start, stop) as part:``, the model evaluates this population's members
