@@ -168,6 +168,9 @@ MINIMIZE_FIX = (
     "takes a loss in a loop of your own)"
 )
 
+# env=None reads as "no env" in Python, but the option's unset value is CartPole: name the spelling of "no env"
+NO_ENV_FIX = 'a fitness of your own with no env is env = "none" (with fitness= and model=)'
+
 # how other libraries ask for worker processes (EvoTorch's num_actors, ...): flipes' processes are MPI ranks
 PROCESSES = ("num_actors", "num_workers", "n_workers", "workers", "num_processes", "n_jobs")
 
@@ -301,7 +304,8 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
             out[key] = check_value(key, value, field_type(hints[key]))
         except TypeError as e:
             example = _written(example_value(value, field_type(hints[key])), source.startswith("--config"))
-            raise UsageError(source, str(e), f"write e.g. {key} = {example}") from None
+            fix = NO_ENV_FIX if (key, value, cls.__name__) == ("env", None, "TrainConfig") else f"write e.g. {key} = {example}"
+            raise UsageError(source, str(e), fix) from None
     return out
 
 

@@ -583,7 +583,7 @@ def test_none_for_an_option_whose_unset_value_is_empty_is_that_value_and_elsewhe
     """``resume=None`` (``args.resume`` of an argparse script, or a script's own "no resume") is the unset ``""`` for
     the options whose default is ``""`` (out, resume, fitness, model, optimizer), and ``env_kwargs=None`` the unset
     ``{}``, through TrainConfig.for_env, replace and a JSON config's null; None for an option with a value of its own
-    (device, popsize) stays an error."""
+    (device, popsize) stays an error; env=None, read as "no env", names env = "none"."""
     unset = {"out": None, "resume": None, "fitness": None, "model": None, "optimizer": None, "env_kwargs": None}
     config = TrainConfig.for_env("flipes/CartPole-v1", **unset)
     assert config == TrainConfig.for_env("flipes/CartPole-v1") and config.resume == "" and config.env_kwargs == {}
@@ -596,6 +596,8 @@ def test_none_for_an_option_whose_unset_value_is_empty_is_that_value_and_elsewhe
         TrainConfig.for_env("flipes/CartPole-v1", device=None)
     with pytest.raises(flipes.UsageError, match=r"^flipes.train: popsize = none is not an integer"):
         flipes.train(popsize=None)
+    with pytest.raises(flipes.UsageError, match=r'^flipes.train: env = none is not a string; .* is env = "none" \(with fitness='):
+        flipes.train(env=None)
 
 
 MINIMIZE_FIX = (
