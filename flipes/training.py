@@ -48,7 +48,7 @@ from flipes.evaluation import evaluate_center
 from flipes.hooks import checked_callbacks
 from flipes.interrupts import Interrupted, StopRequest  # noqa: F401 (Interrupted: what train raises, named from here)
 from flipes.nn import flipout
-from flipes.nn.convert import training_dropout
+from flipes.nn.convert import dropout_fix, training_dropout
 from flipes.plugins import NAMED, Plugins
 from flipes.rank_zero import on_rank_0, rank_difference_hint, set_optimizer_settings
 from flipes.resume import agree, restore
@@ -267,7 +267,7 @@ def _set_up_and_run(
             cautions.append(
                 f"{config.model or 'the model'} has dropout in training mode ({', '.join(dropout[:3])}"
                 f"{', ...' if len(dropout) > 3 else ''}): it adds noise of its own to every member's fitness; "
-                "return model.eval() from the model function unless that is meant"
+                f"{dropout_fix(model, 'return model.eval() from the model function')} unless that is meant"
             )
         fitness = build_fitness(config, env, model, plugins)
         evaluator = build_evaluator(config, device, comm, env, plugins)

@@ -813,6 +813,36 @@ def test_training_says_dropout_in_training_mode_once_as_a_note_or_without_progre
     assert "dropout" not in capsys.readouterr().err
 
 
+def test_dropout_beside_a_batch_norm_in_training_mode_names_the_dropout_modules_eval_not_model_eval(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Beside a BatchNorm in training mode, the dropout warning (a loop of one's own) and note (flipes.train) name
+    eval() on the dropout modules alone and why, not model.eval(), which would normalize by running statistics that
+    populations never update; with that BatchNorm in eval mode (or without running statistics) model.eval() stays."""
+
+    def net(norm: nn.Module) -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 8), norm, nn.Dropout(0.5), nn.Linear(8, 1))
+
+    fix = "call eval() on the dropout modules alone (1 (BatchNorm1d) in eval mode would normalize by running statistics"
+    for norm, named in ((nn.BatchNorm1d(8), fix), (nn.BatchNorm1d(8).eval(), "call model.eval() before the population"),
+                        (nn.BatchNorm1d(8, track_running_stats=False), "call model.eval() before the population")):  # fmt: skip
+        model = flipes.flipout(net(norm))
+        es = flipes.FlipES(model, popsize=8)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with es.population() as pop:
+                model(torch.randn(pop.size * 4, 4))
+        assert [named in str(w.message) for w in seen] == [True], [str(w.message) for w in seen]
+
+    def fit(model: nn.Module, pop: Population) -> torch.Tensor:
+        return -model(torch.randn(pop.size * 4, 4)).view(pop.size, 4).square().mean(1)
+
+    flipes.train(env="none", model=lambda env: net(nn.BatchNorm1d(8)), fitness=fit, popsize=8, generations=1,
+                 out=tmp_path, tensorboard=False, progress=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert fix in err and "return model.eval()" not in err
+
+
 def test_a_loss_averaged_over_the_whole_batch_is_refused_naming_the_per_member_reduction() -> None:
     """A Hugging Face model given ``labels=`` returns ``.loss``, the mean over every row of every member: one number,
     which the error names as such (with where to find the per-member form) rather than only the expected shape."""

@@ -21,7 +21,7 @@ from flipes.errors import (
     RoundedStepWarning,
     caller_stacklevel,
 )
-from flipes.nn.convert import training_dropout, uncompiled
+from flipes.nn.convert import dropout_fix, training_dropout, uncompiled
 
 if TYPE_CHECKING:
     from flipes.es.engine import FlipES
@@ -84,8 +84,8 @@ def warn_dropout(es: FlipES) -> None:
         shown = ", ".join(dropout[:3]) + (", ..." if len(dropout) > 3 else "")
         warnings.warn(
             f"FlipES: the model has dropout in training mode ({shown}): "
-            "it adds noise of its own to every member's fitness; call model.eval() before the population unless "
-            "that is meant",
+            "it adds noise of its own to every member's fitness; "
+            f"{dropout_fix(es._module, 'call model.eval() before the population')} unless that is meant",
             UserWarning,
             stacklevel=caller_stacklevel(),
         )

@@ -22,6 +22,7 @@ from typing import TypeVar, cast
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase  # BatchNorm and InstanceNorm: running statistics
 from torch.nn.utils import parametrize
 
 from flipes.nn.base import FlipoutMixin
@@ -77,6 +78,21 @@ def training_dropout(module: nn.Module) -> list[str]:
     noise of its own to every member's fitness, which ES reads as signal."""
     dropout = nn.modules.dropout._DropoutNd  # Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout
     return [name for name, m in uncompiled(module).named_modules() if isinstance(m, dropout) and m.p > 0 and m.training]
+
+
+def dropout_fix(module: nn.Module, whole: str) -> str:
+    """How to turn ``module``'s dropout off: ``whole`` (its ``model.eval()``), unless that would also switch a norm in
+    training mode to its running statistics, which populations never update; then the dropout modules' own eval()."""
+    modules = uncompiled(module).named_modules()
+    norms = [(n, m) for n, m in modules if isinstance(m, _NormBase) and m.training and m.track_running_stats]
+    if not norms:
+        return whole
+    name, norm = norms[0]
+    kind = type(norm).__name__.removeprefix("PerMember")  # the user's class, not flipes' per-member subclass of it
+    return (
+        f"call eval() on the dropout modules alone ({name or 'the model'} ({kind}) in eval mode would normalize by "
+        "running statistics, which populations never update)"
+    )
 
 
 def _convertible(layer: nn.Module, cross_tied: frozenset[int] = frozenset()) -> bool:
