@@ -82,6 +82,13 @@ def digits_names() -> dict[str, Any]:
     return {"data": lambda: (x, y, None, None), "torch": torch, "F": torch.nn.functional}
 
 
+def image_names() -> dict[str, Any]:
+    """'A CNN on images': ``data()`` of scripts/digits.py with its test set, here 300 and 60 random 8x8 images."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(360, 64, generator=g), torch.randint(0, 10, (360,), generator=g)
+    return {"data": lambda: (x[:300], y[:300], x[300:], y[300:])}
+
+
 def backprop_names() -> dict[str, Any]:
     """'Flipout for backprop': a minibatch ``x, y`` of 64-feature inputs, the training set's size, inputs to predict."""
     g = torch.Generator().manual_seed(0)
@@ -119,6 +126,10 @@ BLOCKS: dict[str, dict[str, Any]] = {
     "with es.population() as pop:\n    fitness = my_fitness(model, pop)\nelite": {"after": "api"},  # one member
     "def fitness(model, pop, batch=256):": {"names": digits_names},  # scripts/digits.py's fitness
     "with es.population() as pop:\n    fitness = torch.cat(": {"after": "api"},  # a population in parts
+    "import torch, torch.nn.functional as F, flipes": {  # A CNN on images: 3 of its 300 generations
+        "names": image_names,
+        "subs": [("for _ in range(300):", "for _ in range(3):")],
+    },
     "import functools, torch, flipes": {"names": backprop_names},  # Flipout for backprop
     "import torch, transformers, flipes": {"needs": "transformers"},  # Fine-tuning a Hugging Face language model
     "class MemberSampling(transformers.LogitsProcessor):": {  # its sampled answers: tests/test_transformers.py runs it
@@ -149,7 +160,8 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path: Path, monkey
     substitutions of ``BLOCKS``, in the order and context the README gives it (fragments continue the API
     section's namespace); then what its comments state holds: ``print(es)`` shows the line the README prints,
     ``tell``'s stats have the keys its comment lists, the vector search ends below 0.01, a callback's extra
-    column reaches metrics.jsonl, and the digits fitness is scripts/digits.py's, line for line."""
+    column reaches metrics.jsonl, the digits fitness is scripts/digits.py's, line for line, and the CNN's BatchNorms
+    end with running statistics from update_bn."""
     monkeypatch.chdir(tmp_path)  # the sketch writes runs/cp, runs/mine, ...
     blocks = readme_blocks()
     assert len(blocks) >= 7
@@ -170,6 +182,8 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path: Path, monkey
         if source.startswith("import torch, flipes\nfrom torch import nn"):
             spaces["api"] = ns
             check_api_block(source, ns)
+        elif source.startswith("import torch, torch.nn.functional as F, flipes"):
+            check_cnn(ns)
         elif source.startswith("import torch, flipes"):
             check_sketch(ns)
         elif source.startswith("x = flipes.flipout(flipes.nn.Vector"):
@@ -198,6 +212,15 @@ def check_api_block(source: str, ns: dict[str, Any]) -> None:
         keys.update(first.rsplit("_", 1)[0] + "_" + m for m in more)  # fitness_mean/max: fitness_max
     assert set(ns["stats"]) == keys, (sorted(ns["stats"]), sorted(keys))
     assert isinstance(ns["stats"]["generation"], int)
+
+
+def check_cnn(ns: dict[str, Any]) -> None:
+    """'A CNN on images': update_bn filled both BatchNorms' running statistics from the training set's 2 batches of
+    256, and the accuracy is of the model in eval mode."""
+    norms = [m for m in ns["model"].modules() if isinstance(m, nn.BatchNorm2d)]
+    assert ns["es"].generation == 3 and len(norms) == 2 and not ns["model"].training
+    assert all(int(m.num_batches_tracked) == 2 and not torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in norms)
+    assert 0 <= ns["accuracy"] <= 1
 
 
 def check_sketch(ns: dict[str, Any]) -> None:
