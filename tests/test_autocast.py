@@ -38,6 +38,13 @@ CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = [
     ("lstm", lambda: nn.LSTM(8, 16, batch_first=True), (1, 5, 8)),
     ("gru-two-layers", lambda: nn.GRU(8, 16, num_layers=2, batch_first=True), (1, 5, 8)),
     ("conv", lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(1), nn.Linear(144, 3)), (1, 3, 8, 8)),
+    (  # a plain transposed conv (low-rank noise runs factored) and a grouped one (noise put in its kernel's shape)
+        "conv-transpose",
+        lambda: nn.Sequential(
+            nn.ConvTranspose2d(3, 4, 3, stride=2), nn.ConvTranspose2d(4, 4, 2, groups=2), nn.Flatten(1), nn.Linear(576, 3)
+        ),
+        (1, 3, 5, 5),
+    ),
     ("tied-weight-own-biases", TiedLinears, (1, 16)),
     ("attention", lambda: nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), (1, 5, 16)),
 ]

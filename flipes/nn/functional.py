@@ -322,11 +322,13 @@ def flipout_conv(
 
 def _transposed_kernels(noise: SlotNoise, weight: Tensor, conv_groups: int) -> Tensor:
     """Every group's σε in a transposed conv's kernel shape, ``(G, in, out // conv_groups, *kernel)``: made once per
-    generation (kept in the noise's workspace; afresh under autograd or while compiling)."""
+    generation and autocast dtype (kept in the noise's workspace; afresh under autograd or while compiling). Low-rank
+    noise is materialized by a product, which an enclosing autocast runs in its dtype: a kernel made there is not the
+    one a later forward outside it reads."""
     pw = PerturbedWeight(weight, None, noise.s.shape[1], noise.r.shape[1], conv_groups, transposed=True)
     if torch.is_grad_enabled() or compiling():
         return pw.stored(noise.dense_eps())
-    key = ("transposed_kernels",)
+    key = ("transposed_kernels", autocast_dtype(noise.s.device.type) if noise.factors is not None else None)
     kernels = noise.workspace.get(key)
     if kernels is None:
         kernels = noise.workspace[key] = pw.stored(noise.dense_eps())
