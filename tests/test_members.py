@@ -141,6 +141,19 @@ class CNN(nn.Sequential):
         )
 
 
+class Decoder(nn.Sequential):
+    """Transposed convs, their kernels stored (in, out // groups, ...): one with output padding, one grouped."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(4, 6, 2, groups=2),
+            nn.Flatten(),
+            nn.Linear(6 * 7 * 7, 2),
+        )
+
+
 class LSTMNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -154,6 +167,7 @@ class LSTMNet(nn.Module):
 MODELS: list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = [
     ("mlp", MLP, (5,)),
     ("cnn", CNN, (3, 6, 6)),
+    ("decoder", Decoder, (3, 3, 3)),
     ("lstm", LSTMNet, (7, 4)),
 ]
 
@@ -164,7 +178,7 @@ def test_a_plain_copy_loaded_with_a_member_computes_that_members_outputs(
     name: str, make: Callable[[], nn.Module], shape: tuple[int, ...], setting: dict, device: torch.device
 ) -> None:
     """``plain.load_state_dict(es.member_state_dict(i))`` makes the unconverted torch model compute row i
-    of the population forward (float64, within 1e-11), for an MLP, a CNN and an LSTM."""
+    of the population forward (float64, within 1e-11), for an MLP, a CNN, a transposed-conv decoder and an LSTM."""
     torch.manual_seed(1)
     original = make().to(device, DT)
     model = flipes.flipout(copy.deepcopy(original))
