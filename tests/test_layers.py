@@ -345,7 +345,32 @@ def tied_transposed_twins() -> nn.Module:
     return twins
 
 
-TIED = [TiedLM, TiedNorms, SharedBias, ScaledTiedLM, WeightAsShift, TiedAutoencoder, tied_transposed_twins]
+class OwnConvTranspose(nn.ConvTranspose2d):
+    """A ConvTranspose2d subclass with a forward of its own: no Flipout form, so dense noise."""
+
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
+        kw = dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding, dilation=self.dilation)
+        return F.conv_transpose2d(input, self.weight, self.bias, groups=self.groups, **kw)
+
+
+def transposed_and_own_twin() -> nn.Module:
+    """A ConvTranspose2d (a Flipout layer) and a dense subclass of it sharing one grouped kernel: the dense module reads
+    each member's kernel in the stored (in, out // groups, ...) shape."""
+    twins = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, groups=2), nn.Tanh(), OwnConvTranspose(4, 6, 3, stride=2, groups=2))
+    twins[2].weight = twins[0].weight
+    return nn.Sequential(twins[0], twins[1], nn.Conv2d(6, 4, 1), twins[2])
+
+
+TIED = [
+    TiedLM,
+    TiedNorms,
+    SharedBias,
+    ScaledTiedLM,
+    WeightAsShift,
+    TiedAutoencoder,
+    tied_transposed_twins,
+    transposed_and_own_twin,
+]
 
 
 def frozen(module: nn.Module, *names: str) -> nn.Module:
@@ -625,6 +650,7 @@ CASES = [
     ),
     ("conv-transpose-tied-to-conv", TiedAutoencoder, lambda: (randn(2 * N, 2, 4, 4),), rows(2), out_rows(2)),
     ("conv-transpose-tied-twins", tied_transposed_twins, lambda: (randn(N, 4, 3, 3),), rows(0), out_rows(0)),
+    ("conv-transpose-tied-own-twin", transposed_and_own_twin, lambda: (randn(N, 4, 3, 3),), rows(0), out_rows(0)),
     (
         "conv-transpose3d-no-bias",
         lambda: nn.ConvTranspose3d(2, 3, 2, stride=(1, 2, 2), bias=False),
@@ -890,13 +916,15 @@ def test_a_model_of_every_kind_is_exact_and_its_gradient_is_the_materialized_est
 def test_a_transposed_conv_tied_to_another_layout_keeps_dense_noise() -> None:
     """A ConvTranspose2d sharing its kernel with a Conv2d (read (out, in) there) stays a dense per-member module beside
     the Flipout conv, where FlipES would refuse one weight in two Flipout layouts; two ConvTranspose2d of one layout
-    sharing a kernel both become Flipout layers (their members are checked in
-    test_members_equal_the_plain_module_with_their_explicit_parameters)."""
+    sharing a kernel both become Flipout layers, and one sharing it with a dense ConvTranspose2d subclass stays Flipout
+    (their members are checked in test_members_equal_the_plain_module_with_their_explicit_parameters)."""
     autoencoder = flipes.flipout(TiedAutoencoder())
     assert isinstance(autoencoder.enc, flipes.nn.FlipoutConv2d) and isinstance(autoencoder.dec, flipes.nn.PerMember)
     twins = flipes.flipout(tied_transposed_twins())
     assert isinstance(twins[0], flipes.nn.FlipoutConvTranspose2d) and twins[2] is not twins[0]
     assert isinstance(twins[2], flipes.nn.FlipoutConvTranspose2d) and twins[2].weight is twins[0].weight
+    own = flipes.flipout(transposed_and_own_twin())  # a subclass with its own forward reads the same layout: still tied
+    assert isinstance(own[0], flipes.nn.FlipoutConvTranspose2d) and isinstance(own[3], PerMember)
 
 
 @MADE_UP_FITNESS
