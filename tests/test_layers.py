@@ -927,6 +927,27 @@ def test_a_transposed_conv_tied_to_another_layout_keeps_dense_noise() -> None:
     assert isinstance(own[0], flipes.nn.FlipoutConvTranspose2d) and isinstance(own[3], PerMember)
 
 
+def test_a_transposed_conv_refuses_a_padding_mode_other_than_zeros_in_every_forward() -> None:
+    """A padding mode torch's ConvTranspose2d refuses (set after construction) is a ValueError naming the mode and the
+    fix in a population forward, with a backprop noise model and outside both, as torch's own forward raises, instead
+    of a population padding with zeros silently."""
+    plain = nn.ConvTranspose2d(2, 2, 3)
+    plain.padding_mode = "reflect"
+    with pytest.raises(ValueError, match="Only `zeros` padding mode is supported for ConvTranspose2d"):
+        plain(torch.randn(1, 2, 3, 3))
+    layer = flipes.flipout(plain)
+    refused = r"FlipoutConvTranspose2d, got padding_mode='reflect' .*; set padding_mode='zeros'$"
+    es = flipes.FlipES(layer, popsize=4, sigma=0.1)
+    with es.population(), pytest.raises(ValueError, match=refused):
+        layer(torch.randn(4, 2, 3, 3))
+    with pytest.raises(ValueError, match=refused):
+        layer(torch.randn(1, 2, 3, 3))
+    noisy = flipes.nn.attach_noise(flipes.flipout(nn.ConvTranspose2d(2, 2, 3)), flipes.nn.GaussianPosterior)
+    noisy.padding_mode = "circular"
+    with pytest.raises(ValueError, match="got padding_mode='circular'"):
+        noisy.train()(torch.randn(3, 2, 3, 3))
+
+
 @MADE_UP_FITNESS
 @pytest.mark.parametrize("mirrored,groups,rank", SETTINGS)
 @pytest.mark.parametrize("make", TIED, ids=[m.__name__ for m in TIED])

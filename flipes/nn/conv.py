@@ -140,6 +140,12 @@ class _FlipoutConvTransposeNd(FlipoutMixin):
 
     def _transposed_conv(self, input: Tensor, output_size: list[int] | None) -> Callable[..., Tensor]:
         """``conv(x, w, b)``: this layer's transposed convolution, its output padding read from ``output_size``."""
+        if self.padding_mode != "zeros":  # as torch's forward: a population's would pad with zeros silently
+            raise ValueError(
+                f"Only `zeros` padding mode is supported for {type(self).__name__}, got padding_mode="
+                f"{self.padding_mode!r} (set after construction, which refuses it): torch's transposed convolutions have no "
+                "other; set padding_mode='zeros'"
+            )
         dims = self.spatial_dims
         # torch reads output_size against one batch dim: the members and their examples flattened into it
         example = input.flatten(0, input.dim() - dims - 2) if input.dim() > dims + 2 else input
