@@ -1,11 +1,12 @@
 """Random layer configurations against the explicit per-member reference, where hand-picked cases cannot reach every
 combination of a layer's options with the ES settings.
 
-Each seed draws a layer (Linear, Conv1d/2d/3d, Embedding, MultiheadAttention, a transformer block, LSTM/GRU/RNN, a
-cell, a norm or other dense module, a parametrized layer) with random options, some of its parameters frozen, and
-FlipES settings (popsize, mirrored, groups, noise_rank, sigma_lr, hold_noise). Checked: each member's rows equal the
-original module under ``functional_call`` with member n's explicit parameters (tests/reference.py), parts of 1, 2 and
-3 members give the whole population's rows, and tell's ``.grad`` with raw fitness is -Σ_n F_n σu_n / (Nσ²).
+Each seed draws a layer (Linear, Conv1d/2d/3d or ConvTranspose1d/2d/3d, Embedding, MultiheadAttention, a transformer
+block, LSTM/GRU/RNN, a cell, a norm or other dense module, a parametrized layer) with random options, some of its
+parameters frozen, and FlipES settings (popsize, mirrored, groups, noise_rank, sigma_lr, hold_noise). Checked: each
+member's rows equal the original module under ``functional_call`` with member n's explicit parameters
+(tests/reference.py), parts of 1, 2 and 3 members give the whole population's rows, and tell's ``.grad`` with raw
+fitness is -Σ_n F_n σu_n / (Nσ²).
 
 Deterministic (fixed seeds, float64): no false alarms. The 1e-10 tolerance is rounding (outputs are O(1)); a member
 run with another member's or the mean parameters is off by O(σ) = O(0.1). A failing seed reproduces alone:
@@ -66,7 +67,12 @@ def conv(rng: random.Random) -> Case:
         bias=rng.random() < 0.7,
         padding_mode=rng.choice(["zeros", "reflect", "replicate", "circular"]),
     )
-    cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[d - 1]
+    if rng.random() < 0.4:  # transposed: kernel stored (in, out // groups, ...), zeros padding only, an output padding
+        kw.update(padding=padding if not isinstance(padding, str) else 0, padding_mode="zeros")
+        kw["output_padding"] = rng.choice(range(max(stride, kw["dilation"])))  # below the stride or the dilation
+        cls = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[d - 1]
+    else:
+        cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[d - 1]
     return lambda: cls(cin, cout, **kw), lambda b: (randn(b, cin, *(5,) * d),), same
 
 
