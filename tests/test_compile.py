@@ -7,6 +7,7 @@ import copy
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,16 @@ def cnn() -> nn.Module:
     ).to(DT)
 
 
+def decoder() -> nn.Module:
+    """Transposed convs: one with output padding (low-rank noise runs factored), one grouped (its noise put in the
+    kernel's (in, out // groups, ...) shape)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1), nn.ReLU(), nn.ConvTranspose2d(4, 4, 3, groups=2),
+        nn.Flatten(1), nn.Linear(4 * 18 * 18, 3),
+    ).to(DT)  # fmt: skip
+
+
 def eager_then_compiled(compiled: nn.Module, model: nn.Module, es: flipes.FlipES, x: torch.Tensor) -> list[tuple]:
     """(eager, compiled) outputs of three generations; the eager call comes first (it removes the
     population's hooks, which Dynamo cannot trace: a graph break of es.population() itself)."""
@@ -43,11 +54,13 @@ def eager_then_compiled(compiled: nn.Module, model: nn.Module, es: flipes.FlipES
 
 @needs_is_compiling
 @pytest.mark.parametrize("options", [{}, {"groups": 2}, {"noise_rank": 2}, {"groups": 2, "noise_rank": 2, "mirrored": True}])
-def test_a_population_forward_compiles_to_one_graph_with_the_eager_bits(options: dict) -> None:
+@pytest.mark.parametrize("make", [cnn, decoder])
+def test_a_population_forward_compiles_to_one_graph_with_the_eager_bits(make: Callable[[], nn.Module], options: dict) -> None:
     """fullgraph=True: the layers read no state Dynamo cannot trace (the per-generation workspace keyed by
-    inference mode broke the graph in every layer); the same operations give the same bits."""
+    inference mode broke the graph in every layer); the same operations give the same bits, for a CNN and a decoder
+    of transposed convs."""
     torch._dynamo.reset()
-    model = flipes.flipout(cnn())
+    model = flipes.flipout(make())
     es = flipes.FlipES(model, popsize=N, sigma=0.1, lr=0.01, seed=0, **options)
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     x = torch.randn(N, 3, 8, 8, dtype=DT)
