@@ -361,6 +361,30 @@ def transposed_and_own_twin() -> nn.Module:
     return nn.Sequential(twins[0], twins[1], nn.Conv2d(6, 4, 1), twins[2])
 
 
+class AddKernel(nn.Module):
+    """A leaf module adding the kernel it holds, flattened, to each row: no Flipout form, so dense."""
+
+    def __init__(self, kernel: nn.Parameter) -> None:
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.kernel.flatten()
+
+
+class KernelAsShift(nn.Module):
+    """A grouped ConvTranspose1d whose kernel a dense leaf module also adds: the transposed conv stays a Flipout layer,
+    and the dense module reads each member's kernel in its stored (in, out // groups, k) order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dec = nn.ConvTranspose1d(4, 6, 2, groups=2)  # kernel (4, 3, 2): 24 entries, as (6, 4) outputs flattened
+        self.add = AddKernel(self.dec.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.add(self.dec(x).flatten(-2))
+
+
 TIED = [
     TiedLM,
     TiedNorms,
@@ -370,6 +394,7 @@ TIED = [
     TiedAutoencoder,
     tied_transposed_twins,
     transposed_and_own_twin,
+    KernelAsShift,
 ]
 
 
@@ -651,6 +676,7 @@ CASES = [
     ("conv-transpose-tied-to-conv", TiedAutoencoder, lambda: (randn(2 * N, 2, 4, 4),), rows(2), out_rows(2)),
     ("conv-transpose-tied-twins", tied_transposed_twins, lambda: (randn(N, 4, 3, 3),), rows(0), out_rows(0)),
     ("conv-transpose-tied-own-twin", transposed_and_own_twin, lambda: (randn(N, 4, 3, 3),), rows(0), out_rows(0)),
+    ("conv-transpose-kernel-as-shift", KernelAsShift, lambda: (randn(2 * N, 4, 3),), rows(2), out_rows(2)),
     (
         "conv-transpose3d-no-bias",
         lambda: nn.ConvTranspose3d(2, 3, 2, stride=(1, 2, 2), bias=False),
@@ -916,8 +942,8 @@ def test_a_model_of_every_kind_is_exact_and_its_gradient_is_the_materialized_est
 def test_a_transposed_conv_tied_to_another_layout_keeps_dense_noise() -> None:
     """A ConvTranspose2d sharing its kernel with a Conv2d (read (out, in) there) stays a dense per-member module beside
     the Flipout conv, where FlipES would refuse one weight in two Flipout layouts; two ConvTranspose2d of one layout
-    sharing a kernel both become Flipout layers, and one sharing it with a dense ConvTranspose2d subclass stays Flipout
-    (their members are checked in test_members_equal_the_plain_module_with_their_explicit_parameters)."""
+    sharing a kernel both become Flipout layers, and one sharing it with a dense ConvTranspose2d subclass or a dense leaf
+    module stays Flipout (their members are checked in test_members_equal_the_plain_module_with_their_explicit_parameters)."""
     autoencoder = flipes.flipout(TiedAutoencoder())
     assert isinstance(autoencoder.enc, flipes.nn.FlipoutConv2d) and isinstance(autoencoder.dec, flipes.nn.PerMember)
     twins = flipes.flipout(tied_transposed_twins())
@@ -925,6 +951,8 @@ def test_a_transposed_conv_tied_to_another_layout_keeps_dense_noise() -> None:
     assert isinstance(twins[2], flipes.nn.FlipoutConvTranspose2d) and twins[2].weight is twins[0].weight
     own = flipes.flipout(transposed_and_own_twin())  # a subclass with its own forward reads the same layout: still tied
     assert isinstance(own[0], flipes.nn.FlipoutConvTranspose2d) and isinstance(own[3], PerMember)
+    shifted = flipes.flipout(KernelAsShift())  # a dense leaf module adding the kernel reads it per member: no conflict
+    assert isinstance(shifted.dec, flipes.nn.FlipoutConvTranspose1d) and isinstance(shifted.add, PerMember)
 
 
 def test_a_transposed_conv_refuses_a_padding_mode_other_than_zeros_in_every_forward() -> None:

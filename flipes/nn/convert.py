@@ -111,10 +111,13 @@ def _cross_tied(model: nn.Module) -> frozenset[int]:
     """The transposed convs (their ids) whose weight a module of another kind or layout also holds, as an autoencoder's
     decoder tied to its encoder's Conv2d: one weight read as ``(in, out)`` by one layer and ``(out, in)`` by the other
     has no one Flipout noise (FlipES would refuse the tie), so the transposed conv keeps dense noise, which reads the
-    tied weight's per-member values."""
+    tied weight's per-member values. A module without a Flipout form and without children (a ``Shift`` adding the
+    kernel) is no conflict: it runs per member, reading each member's kernel in its stored shape."""
     transposed = nn.modules.conv._ConvTransposeNd
     holders: dict[int, set[tuple]] = {}
     for m in model.modules():
+        if not isinstance(m, transposed) and flipout_class(type(m)) is None and not m._modules and not _no_forward(m):
+            continue
         kind = (transposed, m.in_channels, m.out_channels, m.groups) if isinstance(m, transposed) else (type(m),)
         for p in m._parameters.values():
             if p is not None:
