@@ -126,6 +126,63 @@ def test_transposed_conv_members_equal_explicit_weights(
     assert torch.equal(conv(x[0]), plain(x[0], conv.weight, conv.bias, dilation=conv.dilation, **kw))  # outside: the mean
 
 
+def impulse_kernels(conv: nn.Module, members: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inside a population: each member's kernel ``(members, in, out // groups, *kernel)`` and bias read off the layer's
+    own outputs, with no knowledge of the noise's layout: with stride 1 and no padding or dilation, a one-pixel input
+    with channel i alone at 1 gives kernel row i on the outputs of i's group (and the bias), zero input the bias."""
+    dims, ones = conv.weight.dim() - 2, (1,) * (conv.weight.dim() - 2)
+    kept = conv.stride, conv.padding, conv.output_padding, conv.dilation
+    conv.stride, conv.padding, conv.output_padding, conv.dilation = ones, (0,) * dims, (0,) * dims, ones
+    try:
+        zero = conv(torch.zeros(members, conv.in_channels, *ones, dtype=DT))
+        rows = conv(torch.eye(conv.in_channels, dtype=DT).expand(members, -1, -1).reshape(-1, conv.in_channels, *ones))
+    finally:
+        conv.stride, conv.padding, conv.output_padding, conv.dilation = kept
+    out_g, in_g = conv.out_channels // conv.groups, conv.in_channels // conv.groups
+    rows = (rows.view(members, conv.in_channels, *zero.shape[1:]) - zero[:, None]).unflatten(2, (conv.groups, out_g))
+    group = torch.arange(conv.in_channels) // in_g
+    return rows[:, torch.arange(conv.in_channels), group], zero.flatten(2)[:, :, 0]
+
+
+@pytest.mark.parametrize("rank", RANKS)
+@pytest.mark.parametrize("mirrored,groups", [(True, 2), (False, 3)])
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_transposed_conv_kernels_read_off_its_outputs_give_its_members_and_gradient(
+    dims: int, mirrored: bool, groups: int, rank: int | None
+) -> None:
+    """A reference independent of the noise's layout: each member's kernel and bias read off the layer's own outputs
+    (:func:`impulse_kernels`) give its output with stride, padding, output padding, dilation and channel groups
+    (F.conv_transposeNd, 1e-10), ``member_state_dict`` (1e-12), and tell's ``.grad`` with raw fitness, -Σ_n F_n
+    (W_n - W̄) / (Nσ²) (1e-12 absolute + 1e-9 relative; float64): the input-side sign and the output-side sign sit
+    on the same dims of the (in, out // groups, ...) kernel in the forward, the members and the gradient."""
+    torch.manual_seed(dims)
+    sigma, kw = 0.1, dict(kernel_size=3, stride=2, padding=1, output_padding=1, dilation=2)
+    conv = flipes.flipout(getattr(nn, f"ConvTranspose{dims}d")(4, 6, groups=1 if rank else 2, dtype=DT, **kw))
+    es = flipes.FlipES(
+        conv, popsize=N, sigma=sigma, seed=3, groups=groups, mirrored=mirrored, noise_rank=rank,
+        shaping=lambda f: f, optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+    )  # fmt: skip
+    x = torch.randn(N, 2, 4, *(4,) * dims, dtype=DT)
+    mean_w, mean_b = conv.weight.detach().clone(), conv.bias.detach().clone()
+    with es.population():
+        kernels, biases = impulse_kernels(conv, N)
+        y = conv(x)
+        states = [es.member_state_dict(n) for n in range(N)]
+    plain = getattr(F, f"conv_transpose{dims}d")
+    for n in range(N):
+        kw_n = dict(stride=conv.stride, padding=conv.padding, output_padding=conv.output_padding, groups=conv.groups)
+        expect = plain(x[n], kernels[n], biases[n], dilation=conv.dilation, **kw_n)
+        torch.testing.assert_close(y[n], expect, atol=TOL, rtol=0)
+        torch.testing.assert_close(states[n]["weight"], kernels[n], atol=1e-12, rtol=0)
+        torch.testing.assert_close(states[n]["bias"], biases[n], atol=1e-12, rtol=0)
+    fitness = torch.randn(N, dtype=DT)
+    es.tell(fitness)
+    expect_w = -(fitness.view(-1, *(1,) * (dims + 2)) * (kernels - mean_w)).sum(0) / (N * sigma**2)
+    torch.testing.assert_close(conv.weight.grad, expect_w, atol=1e-12, rtol=1e-9)
+    expect_b = -(fitness[:, None] * (biases - mean_b)).sum(0) / (N * sigma**2)
+    torch.testing.assert_close(conv.bias.grad, expect_b, atol=1e-12, rtol=1e-9)
+
+
 def run_sequence(cell: nn.Module, xs: torch.Tensor, lstm: bool) -> list[torch.Tensor]:
     h = torch.zeros(*xs.shape[1:-1], cell.hidden_size, dtype=DT, device=xs.device)
     state = (h, h.clone()) if lstm else h
