@@ -945,10 +945,13 @@ def test_population_minibatch_walks_an_epoch_wise_shuffle_of_seed_generation_and
 
 
 @MADE_UP_FITNESS
-@pytest.mark.parametrize("examples, batch", [(10, 0), (10, 11), (0, 0), (10.0, 2), (10, True), ("10", 2)])
+@pytest.mark.parametrize(
+    "examples, batch", [(10, 0), (10, 11), (0, 0), (10.0, 2), (10, True), (10, torch.tensor(True)), ("10", 2)]
+)
 def test_population_minibatch_refuses_a_size_that_is_no_batch_of_the_examples(examples: object, batch: object) -> None:
-    """A batch of no examples, one larger than the data set, or sizes that are not integers are a ValueError naming
-    both values and what to pass, not a truncated or empty batch."""
+    """A batch of no examples, one larger than the data set, or sizes that are not integers (a bool, also a 0-d bool
+    tensor, which ``operator.index`` takes as 0 or 1) are a ValueError naming both values and what to pass, not a
+    truncated or empty batch."""
     es = flipes.FlipES(mlp(0), popsize=4, sigma=0.1)
     with es.population() as pop:
         with pytest.raises(ValueError, match=r"pop\.minibatch\(examples, batch\): .*1 <= batch <= examples.*len\(dataset\)"):

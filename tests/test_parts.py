@@ -501,7 +501,7 @@ def test_copies_made_during_a_population_with_noise_sampled_per_part_are_the_mea
 
 def test_part_bounds_of_numpy_and_torch_integer_types_are_taken_and_a_bool_is_not() -> None:
     """``np.array_split``'s bounds (numpy integers) and 0-d integer tensors are integers, as everywhere else in
-    FlipES; a bool or float is an error naming the range."""
+    FlipES; a bool (a 0-d bool tensor too) or float is an error naming the range."""
     np = pytest.importorskip("numpy")
     model = flipes.flipout(nn.Linear(3, 2))
     es = flipes.FlipES(model, popsize=8, sigma=0.1, groups=2)
@@ -509,7 +509,7 @@ def test_part_bounds_of_numpy_and_torch_integer_types_are_taken_and_a_bool_is_no
         with pop.part(np.int64(4), torch.tensor(8)) as part:
             assert part.members == range(4, 8) and type(part.size) is int
         assert [p.members for p in pop.split(np.int64(2))] == [range(a, a + 2) for a in range(0, 8, 2)]
-        for start, stop in ((True, 2), (0, 2.0)):
+        for start, stop in ((True, 2), (torch.tensor(True), 2), (0, 2.0)):
             with pytest.raises(ValueError, match=r"integers, 0 <= start < stop <= 8"):
                 pop.part(start, stop)
 

@@ -22,6 +22,8 @@ def as_index(value: Any) -> int | None:
     not a bool, float or string, which ``int()`` would silently truncate or parse."""
     if isinstance(value, (bool, np.bool_)):
         return None
+    if isinstance(value, (Tensor, np.ndarray)) and value.dtype in (torch.bool, np.bool_):  # operator.index takes torch's
+        return None
     try:
         return operator.index(value)
     except TypeError:
