@@ -945,6 +945,25 @@ def test_population_minibatch_walks_an_epoch_wise_shuffle_of_seed_generation_and
 
 
 @MADE_UP_FITNESS
+def test_population_minibatch_from_the_held_epoch_shuffle_is_the_one_drawn_afresh() -> None:
+    """The batches of a FlipES's ``pop`` (its epoch's shuffle held from generation to generation and part to part) are
+    exactly those of the same generation's ``Population`` drawing the shuffle afresh (one built by hand, or pickled to
+    a worker, which holds none), for two data sets at once; editing a returned batch in place changes no later one."""
+    es, streams = flipes.FlipES(mlp(0), popsize=8, sigma=0.1, seed=3, groups=2), [(10, 3, "minibatch"), (7, 2, "b")]
+    for _ in range(7):
+        with es.population() as pop:
+            fresh = flipes.Population(pop.size, pop.popsize, pop.generation, pop.sigma, pop.members, pop.groups, seed=3)
+            for examples, batch, stream in streams:
+                held, expected = pop.minibatch(examples, batch, stream), fresh.minibatch(examples, batch, stream)
+                assert torch.equal(held, expected), (pop.generation, stream)
+                held.fill_(-1)
+                assert torch.equal(pop.minibatch(examples, batch, stream), expected)
+                assert torch.equal(pickle.loads(pickle.dumps(pop)).minibatch(examples, batch, stream), expected)
+                assert all(torch.equal(part.minibatch(examples, batch, stream), expected) for part in pop.split(4))
+        es.tell(torch.arange(8.0))
+
+
+@MADE_UP_FITNESS
 @pytest.mark.parametrize(
     "examples, batch", [(10, 0), (10, 11), (0, 0), (10.0, 2), (10, True), (10, torch.tensor(True)), ("10", 2)]
 )

@@ -47,7 +47,7 @@ from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: impo
 )
 from flipes.es.options import checked_options, sigma_value
 from flipes.es.parts import part
-from flipes.es.population import Population, PopulationBlock
+from flipes.es.population import EpochShuffles, Population, PopulationBlock
 from flipes.es.ranks import gather_fitness
 from flipes.es.refusals import (
     note_direct_reads,
@@ -262,6 +262,7 @@ class FlipES:
         self.generation = 0
         self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
         self._noise_serial = 0  # counts the noises sampled: what a Population's parts check theirs by
+        self._shuffles = EpochShuffles()  # pop.minibatch's shuffle of the epoch, drawn once an epoch
         # (generation, Deferred.block) of a tell that raised after it freed the noise, before the step: drawn again by a
         # tell of that generation (the noise is a function of the seed and the generation)
         self._freed: tuple[int, int] | None = None
@@ -496,6 +497,7 @@ class FlipES:
                     # copy of every Flipout weight per group alive
                     enter_part=lambda start, stop: part(self, self._noise if self._noise_serial == serial else None, start, stop),
                     superseded=self._superseded_check(),
+                    shuffles=self._shuffles,
                 )
                 refuse_direct_reads(self)
                 refuse_mean_reads(self)

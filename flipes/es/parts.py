@@ -75,6 +75,7 @@ def narrow(es: FlipES, noise: HeldNoise | Deferred, groups: slice, rows: slice) 
             seed=es.seed,
             enter_part=part_of_part(es.members[rows]),
             superseded=es._superseded_check(),
+            shuffles=es._shuffles,
         )
     finally:
         # else its population ended with this part open (a split generator left suspended and closed later):

@@ -19,6 +19,21 @@ def seeded_generator(key: str, device: torch.device | str) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest.digest(), "little") % 2**63)
 
 
+class EpochShuffles:
+    """Each (stream, examples)'s shuffle of the current epoch, held by a FlipES for :meth:`Population.minibatch`,
+    which would otherwise draw it in every generation and part (``torch.randperm`` of 1.28 M examples: ~36 ms)."""
+
+    def __init__(self) -> None:
+        self.held: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
+
+    def order(self, stream: str, key: str, examples: int) -> torch.Tensor:
+        """The permutation of ``range(examples)`` seeded by ``key``: drawn where ``stream``'s held one has another key."""
+        held = self.held.get((stream, examples))
+        if held is None or held[0] != key:
+            held = self.held[(stream, examples)] = key, torch.randperm(examples, generator=seeded_generator(key, "cpu"))
+        return held[1]
+
+
 @dataclass(frozen=True)
 class Population:
     """Members evaluated by this process in one generation.
@@ -51,10 +66,12 @@ class Population:
     """Set by ``FlipES.population()``: how :meth:`part` narrows the layers to some members."""
     superseded: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
     """Set by ``FlipES.population()``: whether a later generation's population is being evaluated now."""
+    shuffles: EpochShuffles | None = field(default=None, repr=False, compare=False)
+    """Set by ``FlipES.population()``: the FlipES's held epoch shuffles (else :meth:`minibatch` draws its own)."""
 
     def __getstate__(self) -> dict:
         """Pickled (sent to a worker process) without the way back into this process's layers."""
-        return {**self.__dict__, "enter_part": None, "superseded": None}
+        return {**self.__dict__, "enter_part": None, "superseded": None, "shuffles": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -104,8 +121,8 @@ class Population:
             )
         self._refuse_if_superseded("minibatch")
         epoch, step = divmod(self.generation, n // b)
-        order = torch.randperm(n, generator=seeded_generator(f"flipes/minibatch/{self.seed}/{epoch}/{stream}", "cpu"))
-        return order[step * b : (step + 1) * b]
+        order = (self.shuffles or EpochShuffles()).order(stream, f"flipes/minibatch/{self.seed}/{epoch}/{stream}", n)
+        return order[step * b : (step + 1) * b].clone()  # a copy: editing it in place must not edit the held shuffle
 
     def _refuse_if_superseded(self, method: str) -> None:
         """A kept ``pop`` of an earlier generation would draw that generation's numbers again: an error."""

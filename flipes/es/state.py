@@ -17,6 +17,7 @@ from flipes.es.evolved import held_sizes
 from flipes.es.install import Deferred
 from flipes.es.members import BestMember
 from flipes.es.optimizer import optimizer_name
+from flipes.es.population import EpochShuffles
 
 if TYPE_CHECKING:
     from flipes.es.engine import FlipES
@@ -30,6 +31,7 @@ def pickled_state(es: FlipES) -> dict[str, Any]:
     for name in ("_slot_index", "_bias_of"):
         state[name] = {(position[key], j): v for (key, j), v in state[name].items()}
     state["_inside"], state["_stale_hooks"], state["_in_part"] = None, [], False
+    state["_shuffles"] = EpochShuffles()  # drawn again where needed: not an epoch's permutation in every pickle
     if isinstance(es._noise, Deferred):  # nothing sampled nor installed yet in the copy's layers
         state["_noise"] = Deferred()
         state["_noise"].block = es._noise.block
@@ -47,6 +49,7 @@ def unpickled_state(es: FlipES, state: dict[str, Any]) -> None:
     es.__dict__.setdefault("_noise_serial", 0)
     es.__dict__.setdefault("_built", True)  # pickled before the layout was guarded: fixed in the copy too
     es.__dict__.setdefault("_freed", None)
+    es.__dict__.setdefault("_shuffles", EpochShuffles())
     if "_held_sizes" not in state:  # pickled before parameters added later were refused
         es._held_sizes = held_sizes(es._module)
     if "_weight_counts" not in state:  # pickled before it was kept
