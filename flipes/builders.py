@@ -362,9 +362,15 @@ def _seed_torch(seed: int) -> None:
     """``torch.manual_seed(seed)`` where an accelerator is available; else the CPU generator's seed alone, the one
     generator that can draw there, as torch seeds it. Without an accelerator ``torch.manual_seed`` still queues a lazy
     seed for CUDA, XPU and MTIA, each with a formatted stack trace: ~0.1-0.2 ms, twice in every generation of a
-    plugged-in fitness. torch < 2.6 (no ``torch.accelerator``): ``torch.manual_seed``."""
+    plugged-in fitness. torch < 2.6 (no ``torch.accelerator``): ``torch.manual_seed``; so too with a registered
+    PrivateUse1 backend, which ``torch.accelerator`` names before an available CUDA (and, without a ``torch.<name>``
+    module, ``is_available()`` raises on)."""
     accelerator = getattr(torch, "accelerator", None)
-    if accelerator is not None and not accelerator.is_available():
+    if accelerator is None:
+        torch.manual_seed(seed)
+        return
+    device = accelerator.current_accelerator()  # the one accelerator built in (a PrivateUse1 one first), or None
+    if device is None or (device.type in ("cuda", "mps", "xpu", "mtia") and not accelerator.is_available()):
         torch.default_generator.manual_seed(seed)
     else:
         torch.manual_seed(seed)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -1150,21 +1151,30 @@ def test_a_fitness_drawing_from_the_global_generators_draws_alike_in_every_run_p
     assert first + rest == rows and later == draws[2:]
 
 
-@pytest.mark.parametrize("accelerator", [True, False])
+@pytest.mark.parametrize(
+    "device, available, full",
+    [("cuda", True, True), ("cuda", False, False), (None, False, False), ("privateuseone", False, True)],
+    ids=["cuda", "no-cuda-device", "cpu-build", "privateuse1"],
+)
 def test_seeded_global_rngs_draw_what_the_global_seeds_draw_and_put_them_back(
-    accelerator: bool, monkeypatch: pytest.MonkeyPatch
+    device: str | None, available: bool, full: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Inside ``seeded_global_rngs(s)`` torch's, NumPy's and Python's global generators draw exactly what they draw after
-    ``torch.manual_seed(s)``, ``np.random.seed(s % 2**32)`` and ``random.seed(s)`` (the reference), whether or not an
-    accelerator is reported available (torch's full seeding, or the CPU generator's alone); after it they continue as
-    if it had not run."""
+    ``torch.manual_seed(s)``, ``np.random.seed(s % 2**32)`` and ``random.seed(s)`` (the reference), whatever accelerator
+    torch reports; after it they continue as if it had not run. ``torch.manual_seed`` itself seeds torch where an
+    accelerator is available, or is one (a PrivateUse1 backend, which torch names before CUDA) whose availability says
+    nothing of CUDA's; else the CPU generator alone is seeded."""
     from flipes.builders import seeded_global_rngs
 
     if not hasattr(torch, "accelerator"):
         pytest.skip("torch < 2.6 has no torch.accelerator: seeded_global_rngs calls torch.manual_seed")
-    if torch.accelerator.is_available() and not accelerator:
-        pytest.skip("an accelerator is present: the CPU-only path is not taken here")
-    monkeypatch.setattr(torch.accelerator, "is_available", lambda: accelerator)
+    if torch.accelerator.is_available():
+        pytest.skip("an accelerator is present: fork_rng would fork the reported one's generators")
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: None if device is None else torch.device(device))
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: available)
+    custom: list[int] = []  # a PrivateUse1 backend's module, as torch.fork_rng and torch.manual_seed reach it
+    backend = types.SimpleNamespace(_is_in_bad_fork=lambda: False, manual_seed_all=custom.append)
+    monkeypatch.setattr(torch, torch._C._get_privateuse1_backend_name(), backend, raising=False)
     seed = 2**62 + 12345  # a global_seed is below 2**63
 
     def draws() -> tuple:
@@ -1175,9 +1185,13 @@ def test_seeded_global_rngs_draw_what_the_global_seeds_draw_and_put_them_back(
     torch.manual_seed(7), np.random.seed(7), random.seed(7)
     expected_after = draws()
     torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    seeded, manual_seed = [], torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda s: seeded.append(s) or manual_seed(s))
+    custom.clear()
     with seeded_global_rngs(seed):
         inside = draws()
     assert inside == reference and draws() == expected_after
+    assert seeded == ([seed] if full else []) and custom == seeded
 
 
 class SamplingPolicy(torch.nn.Module):
