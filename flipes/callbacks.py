@@ -33,7 +33,10 @@ class Callback:
     is an error. A callback
     with state of its own (a hall of fame, a schedule) returns it from ``state_dict``: it is saved in
     every checkpoint and given back to ``load_state_dict`` when the run is resumed with the same
-    callbacks (matched by position and class).
+    callbacks (matched by position and class). Under MPI, where rank 0 alone runs the hooks, the other
+    ranks' copies of the callbacks take rank 0's states the same way after ``on_train_start`` and after
+    every generation: what ``load_state_dict`` sets from them (a curriculum's env settings) is set on
+    every rank.
 
     ``state`` is the loop's ``flipes.training.TrainState``: ``state.es`` (the FlipES: ``generation``, ``optimizer``,
     ``best``), ``state.model`` (the mean network outside a population), ``state.config`` (the run's

@@ -34,18 +34,15 @@ class TrainState:
     timesteps: int = 0  # env steps of all ranks, over resumes
     metrics: list[dict[str, Any]] = field(default_factory=list)  # rows of this call
     callbacks: list[Callback] = field(default_factory=list)  # the user's, whose state_dict() is saved
+    # on ranks other than 0 (which run no callbacks): the user's, which take rank 0's callbacks' states every generation
+    peer_callbacks: list[Callback] = field(default_factory=list)
     saved_callbacks: dict[str, Any] = field(default_factory=dict)  # their states in the resumed checkpoint
     asked_generations: int | None = None  # a resume's --generations below the run's own, which is kept
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation), the run's counters
         and the user's callbacks' states."""
-        saved = {}
-        for key, cb in callback_keys(self.callbacks):
-            value = cb.state_dict()
-            if value is not None:
-                check_saveable(value, f"{key}.state_dict()")
-                saved[key] = value
+        saved = callback_states(self.callbacks)
         return {
             "es": self.es.state_dict(),
             "timesteps": self.timesteps,
@@ -59,6 +56,24 @@ class TrainState:
 def callback_keys(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
     """Each callback's key in a checkpoint: its position and class, ``"0:HallOfFame"``."""
     return [(f"{i}:{type(cb).__qualname__}", cb) for i, cb in enumerate(callbacks)]
+
+
+def callback_states(callbacks: list[Callback]) -> dict[str, Any]:
+    """Each callback's ``state_dict()`` by its key, checked for a checkpoint; those returning None left out."""
+    saved = {}
+    for key, cb in callback_keys(callbacks):
+        value = cb.state_dict()
+        if value is not None:
+            check_saveable(value, f"{key}.state_dict()")
+            saved[key] = value
+    return saved
+
+
+def load_callback_states(callbacks: list[Callback], states: dict[str, Any]) -> None:
+    """Each callback of ``callbacks`` whose key ``states`` holds takes that state back (``load_state_dict``)."""
+    for key, cb in callback_keys(callbacks):
+        if key in states:
+            cb.load_state_dict(states[key])
 
 
 def check_saveable(value: Any, where: str) -> None:

@@ -57,7 +57,7 @@ from flipes.rl.envs import base_id, print_note
 from flipes.rundir import check_not_in_use, check_run_dir, prepare_run_dir
 from flipes.search import check_decayable, scale_steps, scheduled_lr, step_settings
 from flipes.stopping import budget_spent, stop_asked, stop_reason
-from flipes.train_state import TrainResult, TrainState, callback_keys
+from flipes.train_state import TrainResult, TrainState, callback_keys, callback_states, load_callback_states
 
 
 def _step_options(config: TrainConfig, first: str, second: str) -> str:
@@ -309,11 +309,9 @@ def _set_up_and_run(
             if callable(close := getattr(sink, "close", None)):
                 cleanup.callback(close)
         users = callbacks if lead else []
-        state.callbacks = users
+        state.callbacks, state.peer_callbacks = users, [] if lead else callbacks
         keys = callback_keys(users)
-        for key, cb in keys:  # a resumed run's callbacks take their saved state back
-            if key in state.saved_callbacks:
-                cb.load_state_dict(state.saved_callbacks[key])
+        load_callback_states(users, state.saved_callbacks)  # a resumed run's callbacks take their saved state back
         unclaimed = sorted(set(state.saved_callbacks) - {key for key, _ in keys}) if lead else []
         if unclaimed:  # said, not refused: a resume may drop a callback on purpose
             cautions.append(
@@ -339,6 +337,8 @@ def _set_up_and_run(
             cb.on_train_start(state)
         if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
             set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
+            # and the user's callbacks' states (a resume's, what on_train_start set): every rank's copies take rank 0's
+            load_callback_states(state.peer_callbacks, comm.bcast(callback_states(users) if lead else None))
         # what the user's callbacks add to a row reaches the sinks, as plain JSON values
         reason = run_loop(state, fitness, evaluator, [*users, PlainRow(), *standard], stop)
         # the line saying how the run ended comes once the run's files are written (curves.png takes a second): a second
@@ -563,6 +563,7 @@ def run_loop(
                 "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys
                 "best": state.best,
                 "optimizer": optimizer_settings(es.optimizer) if comm.size > 1 else None,
+                "callbacks": callback_states(state.callbacks) if comm.size > 1 else None,
             }
         if comm.size > 1:
             what = "" if not evaluate else "runs evaluate() where one is given, " if config.fitness else \
@@ -571,6 +572,7 @@ def run_loop(
                 decided = comm.bcast(decided)  # all ranks log the same row and stop alike
             if comm.rank != 0:
                 set_optimizer_settings(es.optimizer, decided["optimizer"])  # a callback's lr schedule: on every rank
+                load_callback_states(state.peer_callbacks, decided["callbacks"])  # a curriculum its state_dict holds, too
                 row.update(decided["row"])
                 state.seconds, state.timesteps, state.best = row["seconds"], steps, decided["best"]
                 state.metrics.append(row)

@@ -942,3 +942,61 @@ def test_two_processes_count_the_budget_and_build_the_env_with_its_options_as_on
     assert len(one) == 3
     assert [(r["timesteps"], r["params_sha256"]) for r in two] == [(r["timesteps"], r["params_sha256"]) for r in one]
     assert all(r["fitness_max"] <= 0 for r in one + two), [r["fitness_max"] for r in one + two]
+
+
+CURRICULUM = """
+import json, sys
+import torch, flipes
+from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env
+
+comm = flipes.dist.world()
+env = make_vector_env("flipes/Pendulum-v1", 8 // comm.size, g_range=[9.5, 10.5], note=None)  # this rank's members
+
+
+def model(_):
+    torch.manual_seed(0)
+    return flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=[4]))
+
+
+class Widen(flipes.Callback):  # a curriculum held by a callback, which rank 0 alone runs
+    def __init__(self):
+        self.best = -float("inf")
+
+    def on_generation(self, state, row):
+        if row["fitness_mean"] > self.best:  # wider gravities each time the population does better
+            self.best, (low, high) = row["fitness_mean"], env.unwrapped.g_range
+            env.unwrapped.g_range = [low - 1.0, high + 1.0]
+
+    def state_dict(self):
+        return {"best": self.best, "g_range": list(env.unwrapped.g_range)}
+
+    def load_state_dict(self, state):
+        self.best, env.unwrapped.g_range = state["best"], state["g_range"]
+
+
+out, generations = sys.argv[1], int(sys.argv[2])
+result = flipes.train(env="none", model=model, fitness=RolloutFitness(env), popsize=8, groups=2, generations=generations,
+                      out=out + "/run", resume="auto", progress=False, tensorboard=False, callbacks=[Widen()], target=None)
+json.dump({"params": result.metrics[-1]["params_sha256"], "g_range": list(env.unwrapped.g_range)},
+          open(f"{out}/rank{comm.rank}.json", "w"))
+"""
+
+
+def test_a_callbacks_curriculum_reaches_every_ranks_envs_and_a_resume(tmp_path: Path) -> None:
+    """A curriculum that a callback keeps in its ``state_dict`` (Pendulum's ``g_range`` widened when the mean fitness
+    improves; rank 0 alone runs callbacks) reaches every rank's envs, also from the checkpoint of a resume: on 2
+    processes both ranks end with the same moved range, and a run of 2 generations resumed to 4 ends with the range and
+    the parameters of 4 generations at once, bit for bit, where rank 1's members would otherwise keep the first range
+    and draw other gravities."""
+    (tmp_path / "curriculum.py").write_text(CURRICULUM)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name, generations in (("once", 4), ("resumed", 2), ("resumed", 4)):
+        out = tmp_path / name
+        out.mkdir(exist_ok=True)
+        cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "curriculum.py"), str(out), str(generations)]
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+    once = json.loads((tmp_path / "once" / "rank0.json").read_text())
+    assert once["g_range"] != [9.5, 10.5]  # the curriculum moved
+    ends = [json.loads((tmp_path / name / f"rank{rank}.json").read_text()) for name in ("once", "resumed") for rank in (0, 1)]
+    assert ends == [once] * 4
