@@ -107,6 +107,8 @@ def halfcheetah_stand_in() -> str:
     return "HalfCheetah-v5" if have else "flipes/Pendulum-v1"
 
 
+CURRICULUM = "import flipes, torch\nfrom flipes.rl import MLPPolicy, RolloutFitness, make_vector_env\n\npopsize"
+
 # first line of a block -> how it runs: names given beforehand ("names"), the block whose namespace it continues
 # ("after", a copy of it), substitutions (old text, new text), whether it writes run directories ("runs"), and the
 # optional package it needs ("needs": the block is left out where that extra is not installed)
@@ -137,6 +139,7 @@ BLOCKS: dict[str, dict[str, Any]] = {
         "names": lambda: {"transformers": importlib.import_module("transformers"), "torch": torch},
     },
     "import flipes, torch\nfrom flipes.rl import": {},  # Novelty search: final observations
+    CURRICULUM: {},  # Domain randomization and curricula
     "class MeanObs(flipes.rl.Probe):": {"after": "novelty"},  # Behaviours of your own: probes, on the NSR-ES loop
     "import gymnasium as gym, numpy as np, torch, flipes\nfrom envs.base import TorchVectorEnv": {},  # Your own env
 }
@@ -192,6 +195,8 @@ def test_every_python_block_of_the_readme_runs_as_written(tmp_path: Path, monkey
             check_digits_fitness(source, ns)
         elif source.startswith("import torch, transformers, flipes"):
             assert ns["es"].generation == 3 and ns["fitness"].shape == (30,) and ns["stats"]["fitness_std"] > 0
+        elif source.startswith(CURRICULUM):
+            check_curriculum(ns)
         elif source.startswith("import flipes, torch\nfrom flipes.rl import"):
             spaces["novelty"] = ns
             check_novelty_search(ns)
@@ -229,6 +234,16 @@ def check_sketch(ns: dict[str, Any]) -> None:
     assert isinstance(ns["policy"](ns["obs"]), np.integer)  # "numpy obs in, numpy action out"
     hc = flipes.read_metrics(ns["config"].run_dir())
     assert all(row["sigma_x100"] == pytest.approx(100 * row["sigma"]) for row in hc)  # "reaches metrics.jsonl"
+
+
+def check_curriculum(ns: dict[str, Any]) -> None:
+    """The curriculum block: 5 generations, the range widened to its last setting, and the gravities the last
+    generation's episodes drew (one per env) lie in the range set before it; the last held-out evaluation gave 10
+    returns."""
+    env = ns["env"].unwrapped
+    assert ns["es"].generation == 5 and list(env.g_range) == [7.5, 12.5]
+    assert env.g.shape == (64,) and bool(((env.g >= 7.5) & (env.g <= 12.5)).all())
+    assert ns["returns"].shape == (10,)
 
 
 def check_novelty_search(ns: dict[str, Any]) -> None:
