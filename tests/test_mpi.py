@@ -976,7 +976,8 @@ class Widen(flipes.Callback):  # a curriculum held by a callback, which rank 0 a
 
 out, generations = sys.argv[1], int(sys.argv[2])
 result = flipes.train(env="none", model=model, fitness=RolloutFitness(env), popsize=8, groups=2, generations=generations,
-                      out=out + "/run", resume="auto", progress=False, tensorboard=False, callbacks=[Widen()], target=None)
+                      out=out + "/run", resume="auto", comm="seeds", progress=False, tensorboard=False, callbacks=[Widen()],
+                      target=None)
 json.dump({"params": result.metrics[-1]["params_sha256"], "g_range": list(env.unwrapped.g_range)},
           open(f"{out}/rank{comm.rank}.json", "w"))
 """
@@ -984,19 +985,19 @@ json.dump({"params": result.metrics[-1]["params_sha256"], "g_range": list(env.un
 
 def test_a_callbacks_curriculum_reaches_every_ranks_envs_and_a_resume(tmp_path: Path) -> None:
     """A curriculum that a callback keeps in its ``state_dict`` (Pendulum's ``g_range`` widened when the mean fitness
-    improves; rank 0 alone runs callbacks) reaches every rank's envs, also from the checkpoint of a resume: on 2
-    processes both ranks end with the same moved range, and a run of 2 generations resumed to 4 ends with the range and
-    the parameters of 4 generations at once, bit for bit, where rank 1's members would otherwise keep the first range
-    and draw other gravities."""
+    improves; rank 0 alone runs callbacks) reaches every rank's envs, also from the checkpoint of a resume: 2 processes
+    (``comm="seeds"``), trained 4 generations at once or 2 then resumed to 4, end with the range and the parameters of
+    one process, bit for bit, on both ranks, where rank 1's members would otherwise keep the first range and draw other
+    gravities."""
     (tmp_path / "curriculum.py").write_text(CURRICULUM)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for name, generations in (("once", 4), ("resumed", 2), ("resumed", 4)):
+    for name, k, generations in (("one", 1, 4), ("once", 2, 4), ("resumed", 2, 2), ("resumed", 2, 4)):
         out = tmp_path / name
         out.mkdir(exist_ok=True)
-        cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "curriculum.py"), str(out), str(generations)]
+        cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "curriculum.py"), str(out), str(generations)]
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
-    once = json.loads((tmp_path / "once" / "rank0.json").read_text())
-    assert once["g_range"] != [9.5, 10.5]  # the curriculum moved
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    assert one["g_range"] != [9.5, 10.5]  # the curriculum moved
     ends = [json.loads((tmp_path / name / f"rank{rank}.json").read_text()) for name in ("once", "resumed") for rank in (0, 1)]
-    assert ends == [once] * 4
+    assert ends == [one] * 4
