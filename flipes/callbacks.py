@@ -36,7 +36,8 @@ class Callback:
     callbacks (matched by position and class). Under MPI, where rank 0 alone runs the hooks, the other
     ranks' copies of the callbacks take rank 0's states the same way after ``on_train_start`` and after
     every generation: what ``load_state_dict`` sets from them (a curriculum's env settings) is set on
-    every rank.
+    every rank. So every rank is given the same callbacks in the same order: one with state that a rank
+    lacks is an error.
 
     ``state`` is the loop's ``flipes.training.TrainState``: ``state.es`` (the FlipES: ``generation``, ``optimizer``,
     ``best``), ``state.model`` (the mean network outside a population), ``state.config`` (the run's

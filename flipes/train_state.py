@@ -76,6 +76,25 @@ def load_callback_states(callbacks: list[Callback], states: dict[str, Any]) -> N
             cb.load_state_dict(states[key])
 
 
+def take_rank_0_states(callbacks: list[Callback], states: dict[str, Any], rank: int) -> None:
+    """Rank ``rank``'s copies of the user's callbacks take rank 0's ``states`` (``load_state_dict``), as a resume does.
+
+    Raises:
+        UsageError: rank 0 has a callback with state that this rank was not given (by position and class): what its
+            ``load_state_dict`` sets (a curriculum's env settings) would be rank 0's alone, and nothing would notice.
+    """
+    own = callback_keys(callbacks)
+    missing = sorted(set(states) - {key for key, _ in own})
+    if missing:
+        raise UsageError(
+            "callbacks",
+            f"rank 0's callback(s) {', '.join(missing)} (position:class) hold state that rank {rank} has no copy of to "
+            f"take (its callbacks: {', '.join(k for k, _ in own) or 'none given'}), so what they set would be rank 0's alone",
+            "pass the same callbacks in the same order on every rank (rank 0 alone runs their hooks)",
+        )
+    load_callback_states(callbacks, states)
+
+
 def check_saveable(value: Any, where: str) -> None:
     """Raise a UsageError for what a checkpoint cannot hold (it loads with ``weights_only``)."""
     if isinstance(value, Tensor | int | float | bool | str | type(None)):

@@ -57,7 +57,14 @@ from flipes.rl.envs import base_id, print_note
 from flipes.rundir import check_not_in_use, check_run_dir, prepare_run_dir
 from flipes.search import check_decayable, scale_steps, scheduled_lr, step_settings
 from flipes.stopping import budget_spent, stop_asked, stop_reason
-from flipes.train_state import TrainResult, TrainState, callback_keys, callback_states, load_callback_states
+from flipes.train_state import (
+    TrainResult,
+    TrainState,
+    callback_keys,
+    callback_states,
+    load_callback_states,
+    take_rank_0_states,
+)
 
 
 def _step_options(config: TrainConfig, first: str, second: str) -> str:
@@ -338,7 +345,9 @@ def _set_up_and_run(
         if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
             set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
             # and the user's callbacks' states (a resume's, what on_train_start set): every rank's copies take rank 0's
-            load_callback_states(state.peer_callbacks, comm.bcast(callback_states(users) if lead else None))
+            states = comm.bcast(callback_states(users) if lead else None)
+            if not lead:
+                take_rank_0_states(state.peer_callbacks, states, comm.rank)
         # what the user's callbacks add to a row reaches the sinks, as plain JSON values
         reason = run_loop(state, fitness, evaluator, [*users, PlainRow(), *standard], stop)
         # the line saying how the run ended comes once the run's files are written (curves.png takes a second): a second
@@ -572,7 +581,9 @@ def run_loop(
                 decided = comm.bcast(decided)  # all ranks log the same row and stop alike
             if comm.rank != 0:
                 set_optimizer_settings(es.optimizer, decided["optimizer"])  # a callback's lr schedule: on every rank
-                load_callback_states(state.peer_callbacks, decided["callbacks"])  # a curriculum its state_dict holds, too
+                take_rank_0_states(
+                    state.peer_callbacks, decided["callbacks"], comm.rank
+                )  # a curriculum its state_dict holds, too
                 row.update(decided["row"])
                 state.seconds, state.timesteps, state.best = row["seconds"], steps, decided["best"]
                 state.metrics.append(row)

@@ -1001,3 +1001,20 @@ def test_a_callbacks_curriculum_reaches_every_ranks_envs_and_a_resume(tmp_path: 
     assert one["g_range"] != [9.5, 10.5]  # the curriculum moved
     ends = [json.loads((tmp_path / name / f"rank{rank}.json").read_text()) for name in ("once", "resumed") for rank in (0, 1)]
     assert ends == [one] * 4
+
+
+def test_a_callback_with_state_given_to_rank_0_alone_ends_the_job_naming_it(tmp_path: Path) -> None:
+    """The curriculum's callback passed on rank 0 only (``callbacks=[Widen()] if comm.rank == 0 else []``), whose state
+    rank 1 would have no copy to take, so its envs would keep the first ``g_range`` unnoticed: the job fails with the
+    error naming the callback and the fix, and no rank writes its end."""
+    script = CURRICULUM.replace("callbacks=[Widen()]", "callbacks=[Widen()] if comm.rank == 0 else []")
+    assert script != CURRICULUM
+    (tmp_path / "curriculum.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "curriculum.py"), str(tmp_path), "2"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    said = "callbacks: rank 0's callback(s) 0:Widen (position:class) hold state that rank 1 has no copy of to take"
+    assert r.returncode != 0 and said in r.stderr and "pass the same callbacks in the same order on every rank" in r.stderr, (
+        r.stderr[-2000:]
+    )
+    assert not list(tmp_path.glob("rank*.json"))
