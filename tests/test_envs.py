@@ -971,6 +971,31 @@ def test_pendulum_g_range_draws_each_envs_gravity_from_its_own_seed_at_every_res
     assert env.g.tolist() == [20.0] * n
 
 
+def test_pendulum_gravity_is_the_splitmix64_draw_after_the_initial_states() -> None:
+    """Env i of ``reset(seed=s)`` with ``g_range=[low, high]`` gets exactly ``low + (high - low) u``, ``u`` the uniform of
+    SplitMix64 output ``state_dim + 1`` of seed ``s + i``: not one of the outputs its initial θ and θ̇ are drawn from,
+    so an env's gravity is independent of where its pendulum starts."""
+    n, s, low, high = 4, 11, 8.0, 12.0
+    env = envs.PendulumVectorEnv(num_envs=n, dtype=torch.float64, g_range=[low, high])
+    env.reset(seed=s)
+    u = seeding.uniform(s + torch.arange(n), env.state_dim + 1)
+    assert torch.equal(env.g, low + (high - low) * u[:, env.state_dim])
+
+
+def test_pendulum_g_range_without_a_seed_draws_from_the_envs_generator() -> None:
+    """A ``reset()`` without a seed draws the gravities from the env's generator, which ``reset(seed=s)`` seeded: two envs
+    reset alike get the same new gravities, in the range and other than the seeded reset's."""
+    pair = [envs.PendulumVectorEnv(num_envs=3, g_range=[8.0, 12.0]) for _ in range(2)]
+    for env in pair:
+        env.reset(seed=5)
+    seeded = pair[0].g.clone()
+    for env in pair:
+        torch.rand(1)  # the global generator moves between them: no draw may come from it
+        env.reset()
+    assert torch.equal(pair[0].g, pair[1].g) and not torch.equal(pair[0].g, seeded)
+    assert ((pair[0].g >= 8.0) & (pair[0].g <= 12.0)).all()
+
+
 def test_pendulum_bad_gravity_options_raise_errors_naming_the_option_and_the_value() -> None:
     """A ``g_range`` that is not two increasing numbers, and a ``g`` of another length than the envs, are errors whose
     whole message names the option, what it takes and the value given."""
