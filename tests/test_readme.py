@@ -238,11 +238,12 @@ def check_sketch(ns: dict[str, Any]) -> None:
 
 def check_curriculum(ns: dict[str, Any]) -> None:
     """The curriculum block: 5 generations, the range widened to its last setting, and the gravities the last
-    generation's episodes drew (one per env) lie in the range set before it; the last held-out evaluation gave 10
-    returns."""
+    generation's episodes drew (one per env) lie in the range set before it, some outside the first range [9.5, 10.5]
+    (the widened range took effect; these seeds' draws); the last held-out evaluation gave 10 returns."""
     env = ns["env"].unwrapped
     assert ns["es"].generation == 5 and list(env.g_range) == [7.5, 12.5]
     assert env.g.shape == (64,) and bool(((env.g >= 7.5) & (env.g <= 12.5)).all())
+    assert env.g.min() < 9.5 and env.g.max() > 10.5
     assert ns["returns"].shape == (10,)
 
 
