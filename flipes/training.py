@@ -581,9 +581,7 @@ def run_loop(
                 decided = comm.bcast(decided)  # all ranks log the same row and stop alike
             if comm.rank != 0:
                 set_optimizer_settings(es.optimizer, decided["optimizer"])  # a callback's lr schedule: on every rank
-                take_rank_0_states(
-                    state.peer_callbacks, decided["callbacks"], comm.rank
-                )  # a curriculum its state_dict holds, too
+                take_rank_0_states(state.peer_callbacks, decided["callbacks"], comm.rank)  # a curriculum their states hold
                 row.update(decided["row"])
                 state.seconds, state.timesteps, state.best = row["seconds"], steps, decided["best"]
                 state.metrics.append(row)
