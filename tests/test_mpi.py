@@ -978,7 +978,8 @@ out, generations = sys.argv[1], int(sys.argv[2])
 result = flipes.train(env="none", model=model, fitness=RolloutFitness(env), popsize=8, groups=2, generations=generations,
                       out=out + "/run", resume="auto", comm="seeds", progress=False, tensorboard=False, callbacks=[Widen()],
                       target=None)
-json.dump({"params": result.metrics[-1]["params_sha256"], "g_range": list(env.unwrapped.g_range)},
+fitness = [json.loads(line)["fitness_mean"] for line in open(out + "/run/metrics.jsonl")]  # every generation's, resumed or not
+json.dump({"params": result.metrics[-1]["params_sha256"], "g_range": list(env.unwrapped.g_range), "fitness": fitness},
           open(f"{out}/rank{comm.rank}.json", "w"))
 """
 
@@ -987,8 +988,8 @@ def test_a_callbacks_curriculum_reaches_every_ranks_envs_and_a_resume(tmp_path: 
     """A curriculum that a callback keeps in its ``state_dict`` (Pendulum's ``g_range`` widened when the mean fitness
     improves; rank 0 alone runs callbacks) reaches every rank's envs, also from the checkpoint of a resume: 2 processes
     (``comm="seeds"``), trained 4 generations at once or 2 then resumed to 4, end with the range and the parameters of
-    one process, bit for bit, on both ranks, where rank 1's members would otherwise keep the first range and draw other
-    gravities."""
+    one process, bit for bit, on both ranks, and every generation's mean fitness is one process's (the first resumed
+    generation's too, whose ranking alone could hide rank 1's members drawing other gravities from the first range)."""
     (tmp_path / "curriculum.py").write_text(CURRICULUM)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name, k, generations in (("one", 1, 4), ("once", 2, 4), ("resumed", 2, 2), ("resumed", 2, 4)):
