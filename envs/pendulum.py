@@ -61,7 +61,8 @@ class PendulumVectorEnv(TorchVectorEnv):
             it, env ``i`` of ``reset(seed=s)`` from ``s + i`` alone (the SplitMix64 output after its initial
             state's), as the state is, so a member's episodes keep their gravity however the population is split;
             without a seed, from the env's generator. A ``reset_mask`` redraws the masked envs' only; autoresets keep
-            the episode's. ``None`` (the default): ``g`` for every env. Settable between resets (a curriculum).
+            the episode's. ``None`` (the default): ``g`` for every env. Settable between resets (a curriculum); set to
+            ``None`` after draws, the envs keep their last draws until ``g`` is assigned (``env.g = 10.0``).
 
     Attributes:
         g: gravity, a number, or with ``g_range`` after a reset ``(N,)`` in ``dtype``, one per env; assign a number

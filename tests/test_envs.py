@@ -996,6 +996,23 @@ def test_pendulum_g_range_without_a_seed_draws_from_the_envs_generator() -> None
     assert ((pair[0].g >= 8.0) & (pair[0].g <= 12.0)).all()
 
 
+def test_pendulum_g_range_set_to_none_keeps_the_last_draws_until_g_is_assigned() -> None:
+    """Turning randomization off between resets (``g_range = None``) keeps each env's last gravity through later resets;
+    assigning ``g`` gives every env that one gravity again, as an env built with it steps."""
+    env = envs.PendulumVectorEnv(num_envs=3, g_range=[8.0, 12.0])
+    env.reset(seed=5)
+    drawn = env.g.clone()
+    env.g_range = None
+    env.reset(seed=6)
+    assert torch.equal(env.g, drawn)
+    env.g = 10.0
+    plain = envs.PendulumVectorEnv(num_envs=3)
+    obs, _ = env.reset(seed=7)
+    assert torch.equal(obs, plain.reset(seed=7)[0])
+    action = torch.full((3, 1), 0.5)
+    assert torch.equal(env.step(action)[0], plain.step(action)[0])
+
+
 def test_pendulum_bad_gravity_options_raise_errors_naming_the_option_and_the_value() -> None:
     """A ``g_range`` that is not two increasing numbers, and a ``g`` of another length than the envs, are errors whose
     whole message names the option, what it takes and the value given."""
