@@ -297,17 +297,17 @@ def test_one_member_with_a_centering_shaping_is_refused_naming_raw() -> None:
 
 
 def test_flipes_shaping_imports_as_a_module_by_the_name_the_readme_uses() -> None:
-    """``flipes.shaping`` is ``flipes.es.shaping`` also to the import system: ``from flipes.shaping import ...`` and
-    ``--shaping flipes.shaping:z_score`` give the very functions ``flipes.shaping.z_score`` names."""
+    """``flipes.shaping`` is the module the import system gives for that name, and ``from flipes.shaping import ...``
+    and ``--shaping flipes.shaping:z_score`` give the very functions of ``flipes.es.shaping``."""
     import importlib
 
     from flipes.cli import load_callable
 
-    assert importlib.import_module("flipes.shaping") is flipes.shaping is flipes.es.shaping
+    assert importlib.import_module("flipes.shaping") is flipes.shaping
     from flipes.shaping import ars as imported
 
     assert imported is flipes.es.shaping.ars
-    assert load_callable("flipes.shaping:z_score", "--shaping") is flipes.shaping.z_score
+    assert load_callable("flipes.shaping:z_score", "--shaping") is flipes.shaping.z_score is flipes.es.shaping.z_score
 
 
 def test_each_spelling_of_a_flipes_shaping_rule_names_that_rule_and_nothing_else_does() -> None:
