@@ -345,7 +345,7 @@ def _set_up_and_run(
         if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
             set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
             # and the user's callbacks' states (a resume's, what on_train_start set): every rank's copies take rank 0's
-            states = comm.bcast(callback_states(users) if lead else None)
+            states = comm.bcast(callback_states(users) if lead else {})  # what rank 0 sends: the others' is unused
             if not lead:
                 take_rank_0_states(state.peer_callbacks, states, comm.rank)
         # what the user's callbacks add to a row reaches the sinks, as plain JSON values
