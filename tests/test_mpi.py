@@ -950,7 +950,6 @@ import torch, flipes
 from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env
 
 comm = flipes.dist.world()
-env = make_vector_env("flipes/Pendulum-v1", 8 // comm.size, g_range=[9.5, 10.5], note=None)  # this rank's members
 
 
 def model(_):
@@ -974,13 +973,16 @@ class Widen(flipes.Callback):  # a curriculum held by a callback, which rank 0 a
         self.best, env.unwrapped.g_range = state["best"], state["g_range"]
 
 
-out, generations = sys.argv[1], int(sys.argv[2])
-result = flipes.train(env="none", model=model, fitness=RolloutFitness(env), popsize=8, groups=2, generations=generations,
-                      out=out + "/run", resume="auto", comm="seeds", progress=False, tensorboard=False, callbacks=[Widen()],
-                      target=None)
-fitness = [json.loads(line)["fitness_mean"] for line in open(out + "/run/metrics.jsonl")]  # every generation's, resumed or not
-json.dump({"params": result.metrics[-1]["params_sha256"], "g_range": list(env.unwrapped.g_range), "fitness": fitness},
-          open(f"{out}/rank{comm.rank}.json", "w"))
+# each (out, generations) in turn, as a new command would: a new env (the first range) and a new callback, so that
+# a resumed run's range can only come from its checkpoint (one job: 2 ranks start once for the 3 runs)
+for out, generations in json.loads(sys.argv[1]):
+    env = make_vector_env("flipes/Pendulum-v1", 8 // comm.size, g_range=[9.5, 10.5], note=None)  # this rank's members
+    result = flipes.train(env="none", model=model, fitness=RolloutFitness(env), popsize=8, groups=2, generations=generations,
+                          out=out + "/run", resume="auto", comm="seeds", progress=False, tensorboard=False,
+                          callbacks=[Widen()], target=None)
+    fitness = [json.loads(line)["fitness_mean"] for line in open(out + "/run/metrics.jsonl")]  # every generation's
+    json.dump({"params": result.metrics[-1]["params_sha256"], "g_range": list(env.unwrapped.g_range), "fitness": fitness},
+              open(f"{out}/rank{comm.rank}.json", "w"))
 """
 
 
@@ -992,10 +994,11 @@ def test_a_callbacks_curriculum_reaches_every_ranks_envs_and_a_resume(tmp_path: 
     generation's too, whose ranking alone could hide rank 1's members drawing other gravities from the first range)."""
     (tmp_path / "curriculum.py").write_text(CURRICULUM)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for name, k, generations in (("one", 1, 4), ("once", 2, 4), ("resumed", 2, 2), ("resumed", 2, 4)):
-        out = tmp_path / name
-        out.mkdir(exist_ok=True)
-        cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "curriculum.py"), str(out), str(generations)]
+    for k, runs in ((1, [("one", 4)]), (2, [("once", 4), ("resumed", 2), ("resumed", 4)])):
+        for name, _ in runs:
+            (tmp_path / name).mkdir(exist_ok=True)
+        runs = json.dumps([(str(tmp_path / name), generations) for name, generations in runs])
+        cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "curriculum.py"), runs]
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
@@ -1012,7 +1015,7 @@ def test_a_callback_with_state_given_to_rank_0_alone_ends_the_job_naming_it(tmp_
     assert script != CURRICULUM
     (tmp_path / "curriculum.py").write_text(script)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "curriculum.py"), str(tmp_path), "2"]
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "curriculum.py"), json.dumps([(str(tmp_path), 2)])]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     said = "callbacks: rank 0's callback(s) 0:Widen (position:class) hold state that rank 1 has no copy of to take"
     assert r.returncode != 0 and said in r.stderr and "pass the same callbacks in the same order on every rank" in r.stderr, (
