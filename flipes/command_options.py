@@ -49,6 +49,9 @@ class EvaluateConfig:
     """Longest recording, in frames."""
     device: str = "cpu"
     """Torch device of the policy and of flipes/ envs."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor options that replace the run's own of the same name, a JSON object (the others are kept): the
+    policy on held-out physics, '{"g_range": null, "g": 15}' (a flipes/Pendulum-v1 run trained with g_range)."""
 
 
 @dataclass
@@ -129,9 +132,11 @@ def evaluate_help() -> str:
 
     flipes evaluate runs/cartpole                      # 100 episodes: mean ± std return
     flipes evaluate runs/cartpole --checkpoint best --episodes 20 --render cartpole.gif
+    flipes evaluate runs/pendulum --env-kwargs '{"g": 15}'   # the run's env options, g replaced
 
 The policy is rebuilt from the run directory's config.json and checkpoint, observation
-normalization included; the env is made as the run made it (its --env-kwargs too). --render plays one
+normalization included; the env is made as the run made it (its --env-kwargs too, each replaced by
+one of this command's --env-kwargs of the same name). --render plays one
 episode in gymnasium's own implementation of the env (flipes/ envs are step-for-step copies of those)
 and writes a GIF, or an MP4 with imageio-ffmpeg.
 """

@@ -177,6 +177,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     config = run_config(args.run)
     cut = config.get("max_episode_steps") or None  # the run's own cut, for envs without a time limit
     kwargs = run_env_kwargs(config, args.run)  # the env the run trained on: its constructor options too
+    kwargs = {**kwargs, **args.env_kwargs}  # those given here replace the run's of the same name
     shown = render_env(env_id, kwargs) if args.render else None  # an env that cannot render says so before the episodes
     try:
         returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device, max_steps=cut, env_kwargs=kwargs)
@@ -188,7 +189,8 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     what = "best member" if args.checkpoint == "best-member" else "center policy"
     episodes = f"{args.episodes} episode{'s' if args.episodes != 1 else ''}"
     origin = checkpoint_origin(args.run, args.checkpoint, state)
-    print(f"{env_id}: {what} return {mean:.2f} ± {std:.2f} over {episodes} ({origin})")
+    shown_env = f"{env_id} {json.dumps(kwargs)}" if args.env_kwargs else env_id  # which options the return is of
+    print(f"{shown_env}: {what} return {mean:.2f} ± {std:.2f} over {episodes} ({origin})")
     if args.render:
         n = record(policy, env_id, Path(args.render), args.seed, args.max_frames, cut, env=shown)
         print(f"wrote {args.render} ({n} frames)")

@@ -320,3 +320,31 @@ def test_a_run_with_hidden_velocities_renders_its_episode_on_the_observed_column
     episode_return = float(re.search(r"return (\d+\.\d+) ± 0\.00 over 1 episode", out).group(1))
     frames = int(re.search(r"wrote .* \((\d+) frames\)", out).group(1))
     assert frames == episode_return + 1 and gif.exists(), out
+
+
+def test_evaluate_replaces_the_runs_options_with_its_own(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``flipes evaluate RUN --env-kwargs`` makes the run's env with each option given replacing the run's of the same
+    name, the others kept: a Pendulum run trained with ``g_range`` and ``hide_velocities`` (its policy takes 2 inputs, not
+    3) returns, with ``{"g_range": null, "g": 15}``, exactly evaluate_policy's returns on the env made with
+    ``hide_velocities``, ``g_range`` None and g 15 (and not those of its own env); the printed line names the options
+    the return is of; an option the env does not take is the one-line error naming --env-kwargs."""
+    run = tmp_path / "pendulum"
+    own = {"g_range": [8.0, 12.0], "hide_velocities": True}
+    flipes.train(env="flipes/Pendulum-v1", env_kwargs=own, popsize=8, generations=1, hidden=[4], out=str(run), **QUIET)
+    policy = flipes.load_policy(run)
+    held_out = {"hide_velocities": True, "g_range": None, "g": 15.0}
+    expected = flipes.evaluate_policy(policy, "flipes/Pendulum-v1", 6, env_kwargs=held_out)
+    trained_on = flipes.evaluate_policy(policy, "flipes/Pendulum-v1", 6, env_kwargs=own)
+    assert expected.mean().item() != trained_on.mean().item()
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--episodes", "6", "--env-kwargs", '{"g_range": null, "g": 15}']) == 0
+    out = capsys.readouterr().out
+    shown = 'flipes/Pendulum-v1 {"g_range": null, "hide_velocities": true, "g": 15}: center policy return'
+    assert out.startswith(f"{shown} {expected.mean():.2f}"), out
+    assert main(["evaluate", str(run), "--episodes", "6"]) == 0
+    assert capsys.readouterr().out.startswith(f"flipes/Pendulum-v1: center policy return {trained_on.mean():.2f}")
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", str(run), "--episodes", "6", "--env-kwargs", '{"gravity": 15}'])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flipes: error: --env-kwargs") and "gravity" in err and len(err.strip().splitlines()) == 1, err
