@@ -81,7 +81,7 @@ class Args:
     evotorch_eval_every: int = 5
     """Generations between evaluations of EvoTorch's center."""
     quick: bool = False
-    """Smoke test: tiny budgets, 16 members in the threshold run (one generation), no EvoTorch."""
+    """Smoke test: tiny budgets, 16 members and 100-step episodes in the threshold run, no EvoTorch."""
     out: str = "runs/bench_mujoco"
     """Directory the run directories go under."""
     reuse: bool = False
@@ -192,8 +192,8 @@ def _run_evotorch(seed: int, args: Args) -> dict[str, Any]:
 def main(args: Args) -> dict[str, Any]:
     if args.quick:
         args = dataclasses.replace(
-            args, seeds=args.seeds[:1], threshold_seconds=1.0, curve_envs=args.curve_envs[:1], curve_seconds=[2.0],
-            marks=[1.0, 2.0], parts=[p for p in args.parts if p != "evotorch"],
+            args, seeds=args.seeds[:1], threshold_seconds=0.5, curve_envs=args.curve_envs[:1], curve_seconds=[0.5],
+            marks=[0.25, 0.5], parts=[p for p in args.parts if p != "evotorch"],
         )  # fmt: skip
     if len(args.curve_seconds) != len(args.curve_envs):
         raise UsageError(
@@ -209,7 +209,8 @@ def main(args: Args) -> dict[str, Any]:
     load_before = os.getloadavg()
     if "threshold" in args.parts:
         for seed in args.seeds:
-            extra = ["--popsize", "16"] if args.quick else []  # the preset's 128 take ~10 s a generation on 2 cores
+            # the preset's 128 members take ~10 s a generation on 2 cores, 16 of 1,000-step episodes still 1.5 s
+            extra = ["--popsize", "16", "--max-episode-steps", "100"] if args.quick else []
             run = train(args.threshold_env, seed, args.threshold_seconds, out / f"threshold-s{seed}", extra, args.reuse)
             results["threshold"].append(run)
         lines = [
