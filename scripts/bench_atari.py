@@ -23,7 +23,8 @@ statistics, with
     env      a constant action: what EnvPool alone steps on this machine
 
 the policies alternating generation by generation (median of --generations each). ``--full true`` also times
-one generation of the CNN with uncut episodes: what a generation of ``flipes train --env Pong-v5`` costs.
+one generation of the CNN with uncut episodes: what a generation of ``flipes train --env Pong-v5`` costs;
+``--env-steps false`` leaves (2) out.
 
     PYTHONPATH=. python scripts/bench_atari.py --json scripts/results/bench_atari.json
     PYTHONPATH=. python scripts/bench_atari.py --quick true       # a smoke test, a few seconds
@@ -67,6 +68,8 @@ class Args:
     """Steps each episode of (2) is cut at (Pong's episodes last about a thousand)."""
     generations: int = 3
     """Generations of each policy in (2), alternating (the median is reported)."""
+    env_steps: bool = True
+    """Run (2); false: the forward comparison (1) alone."""
     full: bool = False
     """Also time one generation of the CNN with uncut episodes."""
     rank: int = 4
@@ -213,6 +216,25 @@ def generation_runner(kind: str, args: Args, max_steps: int | None) -> Callable[
     return one
 
 
+def env_steps(args: Args) -> dict[str, dict]:
+    """(2): env steps per second of a generation of each policy, alternating, with the table printed."""
+    runners = {kind: generation_runner(kind, args, args.max_steps) for kind in ("cnn", "mlp", "env")}
+    samples: dict[str, list[tuple[float, int]]] = {kind: [] for kind in runners}
+    for kind in runners:  # untimed: allocator, threads, EnvPool's first reset
+        runners[kind]()
+    for _ in range(args.generations):
+        for kind, one in runners.items():
+            samples[kind].append(one())
+    steps = {}
+    print(f"\n(2) {ENV}, popsize {args.popsize}, episodes cut at {args.max_steps} steps: env steps per second of a generation")
+    print("| policy | s per generation | env steps | steps/s |\n|---|---|---|---|")
+    for kind, s in samples.items():
+        seconds, count = statistics.median(t for t, _ in s), s[0][1]
+        steps[kind] = {"seconds": seconds, "steps": count, "steps_per_s": count / seconds, "all": s}
+        print(f"| {kind} | {seconds:.2f} | {count:,} | {count / seconds:,.0f} |")
+    return steps
+
+
 def main(args: Args) -> None:
     args = prepare(args)
     if args.threads:
@@ -237,20 +259,7 @@ def main(args: Args) -> None:
         cells += [f"{v['vmap']['ms']:.1f}", f"{vm:.2f}x"] if vm is not None else ["skipped", "skipped"]
         print("| " + " | ".join(cells) + " |")
 
-    runners = {kind: generation_runner(kind, args, args.max_steps) for kind in ("cnn", "mlp", "env")}
-    samples: dict[str, list[tuple[float, int]]] = {kind: [] for kind in runners}
-    for kind in runners:  # untimed: allocator, threads, EnvPool's first reset
-        runners[kind]()
-    for _ in range(args.generations):
-        for kind, one in runners.items():
-            samples[kind].append(one())
-    steps = {}
-    print(f"\n(2) {ENV}, popsize {args.popsize}, episodes cut at {args.max_steps} steps: env steps per second of a generation")
-    print("| policy | s per generation | env steps | steps/s |\n|---|---|---|---|")
-    for kind, s in samples.items():
-        seconds, count = statistics.median(t for t, _ in s), s[0][1]
-        steps[kind] = {"seconds": seconds, "steps": count, "steps_per_s": count / seconds, "all": s}
-        print(f"| {kind} | {seconds:.2f} | {count:,} | {count / seconds:,.0f} |")
+    steps = env_steps(args) if args.env_steps else {}
     full = None
     if args.full:
         seconds, count = generation_runner("cnn", args, None)()
