@@ -121,7 +121,7 @@ class Args:
     """Directory of bench_transformer.{json,md} (bench_transformer_quick.* with --quick)."""
     quick: bool = False
     """Smoke test: a d=32 block, N = 8 and 16, 4 tokens, tiny repetitions, every variant; memory cells forked from a
-    server that imported torch, not spawned (seconds less each; their RSS baseline is lower)."""
+    server that imported torch, not spawned (seconds less each; on another RSS baseline)."""
 
 
 def prepare(args: Args) -> Args:
@@ -347,13 +347,14 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any, forked: bool = False) -
     """``fn(*args)`` in a new process of its own, whose peak resident set (``VmHWM``) is that call's alone: spawned (a
     new interpreter that imports torch and the script, seconds per call), or with ``forked`` (where the platform has
     multiprocessing's forkserver) forked from a server that imported them once. A fork resets the high-water mark to
-    the child's resident set, which holds the imports' heap but not the shared libraries' pages until they run: the
-    same forward peaks, a lower baseline than spawned (0.18 against 0.25 GB for --quick's, say)."""
+    the child's resident set: the same forward on another baseline than spawned (the server's imports, torch._dynamo
+    among them, and of the shared libraries only the pages a cell runs)."""
     forked = forked and "forkserver" in multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if forked else "spawn")
-    if forked:  # before the server starts: it imports fn's script as a module, and so all that imports, by name:
-        # Python 3.11's server skips "__main__" (it looks the script's path up under a key it is not sent under)
-        context.set_forkserver_preload(["__main__", Path(inspect.getfile(fn)).stem])
+    if forked:  # before the server starts, what every cell imports, by name: Python 3.11's server neither loads
+        # "__main__" nor puts the script's folder on its path (the script loads there only from PYTHONPATH); torch.optim
+        # (FlipES) imports torch._dynamo on first use, a second
+        context.set_forkserver_preload(["__main__", "torch", "torch._dynamo", "flipes", Path(inspect.getfile(fn)).stem])
     with ProcessPoolExecutor(1, mp_context=context) as pool:
         return pool.submit(fn, *args).result()
 
