@@ -1,5 +1,4 @@
 import faulthandler
-import multiprocessing
 import os
 import signal
 import sys
@@ -17,12 +16,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one pytest-xdist worker per core: torch's own threads on top would only contend
     # (the suite took 353 s with them and 308 s without, on 2 cores). Subprocesses keep their own settings.
     torch.set_num_threads(1)
-
-# Env worker processes (gymnasium-async ids, flipes.rl.workers) start from multiprocessing's forkserver, where each
-# imported torch and flipes anew: ~1.3 s per worker, 2 per env, for every env the tests make in this process. This
-# process's forkserver imports them once, before it forks the workers (the workers run the same code). Subprocesses
-# the tests start (flipes train, the scripts) keep the default, as a user's run has it.
-multiprocessing.set_forkserver_preload(["__main__", "flipes.rl.workers"])
 
 
 # far above any test's time on a busy 2-core machine (the slowest take ~2 min there), far below CI's 90 minutes
