@@ -439,16 +439,16 @@ def test_a_count_of_copies_or_a_device_make_vector_env_cannot_take_is_named_befo
 
 
 def test_a_short_es_run_on_halfcheetah_through_envpool_raises_the_center_return(tmp_path) -> None:
-    """Six generations of 64 members (384 k EnvPool steps) raise the center policy's return on
-    5 evaluation episodes by more than 300 (measured: seed 0 -8 -> 604, seed 1 95 -> 874)."""
+    """Five generations of 64 members (320 k EnvPool steps) raise the center policy's return on
+    5 evaluation episodes by more than 300 (measured: seed 0 -8 -> 823, seed 1 -22 -> 491)."""
     pytest.importorskip("envpool")
     import flipes
 
-    rows = flipes.train(env="envpool:HalfCheetah-v5", popsize=64, sigma=0.03, lr=0.04, generations=6, eval_every=5, seed=0,
+    rows = flipes.train(env="envpool:HalfCheetah-v5", popsize=64, sigma=0.03, lr=0.04, generations=5, eval_every=4, seed=0,
                         target=None, tensorboard=False, progress=False, out=str(tmp_path / "run")).metrics  # fmt: skip
     evals = {r["generation"]: r["eval_return"] for r in rows if "eval_return" in r}
-    assert set(evals) == {0, 5}
-    assert evals[5] > evals[0] + 300, evals
+    assert set(evals) == {0, 4}
+    assert evals[4] > evals[0] + 300, evals
 
 
 def test_envpool_reset_with_the_wrong_number_of_seeds_says_how_to_seed() -> None:
