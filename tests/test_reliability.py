@@ -775,29 +775,78 @@ def test_a_full_disk_while_curves_png_is_drawn_is_one_line_and_keeps_the_old_cur
     assert (run / "curves.png").read_bytes() == before and not list(run.glob("*.tmp"))
 
 
+# Starts `flipes train` (scripts/train.py's command) once per line of JSON arguments on its stdin, each in a process
+# of its own forked from this one, which imported what the command imports (flipes, and EnvPool for CartPole-v1; ~2 s
+# a start saved): it says the process's pid, then its exit status once it has ended (a kill: -9).
+FORKED_TRAIN = """
+import json, os, sys
+import flipes.training
+from flipes.commands import main
+try:
+    import envpool  # the auto engine's, where installed
+except ImportError:
+    pass
+
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(os.devnull, os.O_RDWR), 0)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        status = 1
+        try:
+            status = main(["train", *json.loads(line)])
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    print(pid, flush=True)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is no zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_many_random_kills_resume_to_the_uninterrupted_parameters(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Killed with SIGKILL at random moments of its training (after a new generation was logged, at a
     random delay of up to half a second) and started again by the identical command (--resume
     auto) each time, a run ends with the parameters (hash per generation) of an uninterrupted run.
-    FLIPES_CHAOS_KILLS sets the number of kills (5 here; 60 is the long run). The killed commands run
-    in subprocesses; the last one, left to finish, runs in this process (``flipes train``'s main)."""
+    FLIPES_CHAOS_KILLS sets the number of kills (5 here; 60 is the long run). Each killed command runs
+    in a process of its own (forked from one that imported flipes: FORKED_TRAIN), which ends by the kill;
+    the last one, left to finish, runs in this process (``flipes train``'s main)."""
     kills_wanted, rng = int(os.environ.get("FLIPES_CHAOS_KILLS", "5")), random.Random(0)
     gens = 4 * kills_wanted + 4  # every kill comes after at least one new generation (measured: 1-4)
     run = tmp_path / "run"
     argv = [*FAST, "--generations", str(gens), "--checkpoint-every", "3", "--out", str(run), "--eval-every", "7",
             "--resume", "auto"]  # fmt: skip
     rows = run / "metrics.jsonl"
-    for _ in range(kills_wanted):
-        proc = subprocess.Popen([sys.executable, "scripts/train.py", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)  # fmt: skip
-        logged = len(rows.read_text().splitlines()) if rows.exists() else 0
-        while proc.poll() is None and (len(rows.read_text().splitlines()) if rows.exists() else 0) <= logged:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.5))
-        assert proc.poll() is None, "the run ended before it was killed: give it more generations"
-        proc.kill()
-        proc.wait()
+    forker = subprocess.Popen([sys.executable, "-c", FORKED_TRAIN], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    assert forker.stdin is not None and forker.stdout is not None
+    try:
+        for _ in range(kills_wanted):
+            forker.stdin.write(json.dumps(argv) + "\n")
+            forker.stdin.flush()
+            pid = int(forker.stdout.readline())
+            logged = len(rows.read_text().splitlines()) if rows.exists() else 0
+            while running(pid) and (len(rows.read_text().splitlines()) if rows.exists() else 0) <= logged:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.5))
+            assert running(pid), "the run ended before it was killed: give it more generations"
+            os.kill(pid, signal.SIGKILL)
+            assert int(forker.stdout.readline()) == -signal.SIGKILL  # ended by this kill, not on its own
+        forker.stdin.close()
+        assert forker.wait(timeout=60) == 0
+    finally:
+        if forker.poll() is None:
+            forker.kill()
+            forker.wait()
     status, err = train_command(capsys, *argv)
     assert status == 0, err[-2000:]
     assert load_checkpoint(run)["es"]["generation"] == gens
