@@ -14,8 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -153,13 +154,82 @@ def train_command(capsys: pytest.CaptureFixture, *argv: str | Path) -> tuple[int
     return status, capsys.readouterr().err
 
 
+class ForkedTrain:
+    """``flipes train`` commands run in turn by ``tests/killpoints.py --serve``, each in a process of its own forked from
+    that server, which imported flipes once (a fresh python spends ~2 s of CPU importing it before the command starts)."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch, self.count, self.pending = scratch, 0, 0
+        self.server = subprocess.Popen([sys.executable, "tests/killpoints.py", "--serve"], cwd=ROOT, text=True,
+                                       env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE)  # fmt: skip
+
+    def start(self, point: str | None, *argv: str | Path) -> tuple[int, Path]:
+        """The pid of the process running ``flipes train ARGV`` with the kill point ``point`` (None: none), and the
+        stem of its output files (``.out``, ``.err``)."""
+        assert self.server.stdin is not None and self.server.stdout is not None
+        if self.pending:  # a test that failed before it ended its process: its status line comes first
+            os.kill(self.pending, signal.SIGKILL)
+            self.status()
+        self.count += 1
+        stem = self.scratch / str(self.count)
+        request = {"point": point, "argv": list(map(str, argv)), "stdout": f"{stem}.out", "stderr": f"{stem}.err"}
+        self.server.stdin.write(json.dumps(request) + "\n")
+        self.server.stdin.flush()
+        self.pending = int(self.server.stdout.readline())
+        return self.pending, stem
+
+    def status(self, timeout: float = 120) -> int:
+        """The exit status of the process started last, once it has ended (-9: killed by SIGKILL); one still running
+        after ``timeout`` seconds is killed, and fails the test (run_script's timeout)."""
+        assert self.server.stdout is not None
+        hung = threading.Event()
+        timer = threading.Timer(timeout, lambda: (hung.set(), os.kill(self.pending, signal.SIGKILL)))
+        timer.start()
+        try:
+            status = int(self.server.stdout.readline())
+        finally:
+            timer.cancel()
+        self.pending = 0
+        assert not hung.is_set(), f"flipes train still running after {timeout} s"
+        return status
+
+    def run(self, point: str | None, *argv: str | Path) -> subprocess.CompletedProcess:
+        """``python tests/killpoints.py POINT ARGV`` as run_script returns it: exit status, stdout and stderr."""
+        _, stem = self.start(point, *argv)
+        status = self.status()
+        return subprocess.CompletedProcess(argv, status, Path(f"{stem}.out").read_text(), Path(f"{stem}.err").read_text())
+
+    def close(self) -> None:
+        if self.pending:
+            os.kill(self.pending, signal.SIGKILL)
+        if self.server.stdin is not None:
+            self.server.stdin.close()
+        try:
+            self.server.wait(timeout=60)
+        finally:
+            if self.server.poll() is None:
+                self.server.kill()
+                self.server.wait()
+
+
+@pytest.fixture(scope="module")
+def forked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkedTrain]:
+    """One killpoints server per module (and pytest-xdist worker)."""
+    server = ForkedTrain(tmp_path_factory.mktemp("forked"))
+    yield server
+    server.close()
+
+
 @pytest.mark.parametrize("point", ["metrics-rewrite", "between-renames"])
-def test_a_kill_at_any_write_leaves_a_run_that_resumes_bit_for_bit(point: str, tmp_path: Path, three_generations: Path) -> None:
+def test_a_kill_at_any_write_leaves_a_run_that_resumes_bit_for_bit(
+    point: str, tmp_path: Path, three_generations: Path, forked: ForkedTrain
+) -> None:
     """SIGKILL while metrics.jsonl is rewritten, or between the renames of a checkpoint save, leaves
     complete files under their names; the same --resume command then finishes the run with the
     parameters of an uninterrupted one."""
     run = copy_run(three_generations, tmp_path / "run")
-    r = run_script("tests/killpoints.py", point, "--resume", run, "--generations", "6", "--checkpoint-every", "1", check=False)
+    r = forked.run(point, "--resume", run, "--generations", "6", "--checkpoint-every", "1")
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert load_checkpoint(run)["es"]["generation"] >= 3  # complete, under the name --resume reads
     assert [r["generation"] for r in metrics(run)][:3] == [0, 1, 2]  # whole lines, nothing lost
@@ -169,7 +239,7 @@ def test_a_kill_at_any_write_leaves_a_run_that_resumes_bit_for_bit(point: str, t
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_completes(
-    k: int, tmp_path: Path, three_generations: Path, capsys: pytest.CaptureFixture
+    k: int, tmp_path: Path, three_generations: Path, capsys: pytest.CaptureFixture, forked: ForkedTrain
 ) -> None:
     """SIGKILL before the k-th file a new run or a branch (--resume A --out B) renames into place while
     its directory is set up (config.json, the carried metrics.jsonl and best.pt, the first checkpoint):
@@ -181,11 +251,11 @@ def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_comp
     expect = uninterrupted(tmp_path, 6)
     cli = [*FAST, "--generations", "6", "--checkpoint-every", "1"]
     fresh, branch = tmp_path / "new", tmp_path / "branch"
-    r = run_script("tests/killpoints.py", f"replace-{k}", *cli, "--out", fresh, check=False)
+    r = forked.run(f"replace-{k}", *cli, "--out", fresh)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert train_command(capsys, *cli, "--out", fresh)[0] == 0
     assert [r["params_sha256"] for r in metrics(fresh)] == expect
-    r = run_script("tests/killpoints.py", f"replace-{k}", *cli, "--resume", source, "--out", branch, check=False)
+    r = forked.run(f"replace-{k}", *cli, "--resume", source, "--out", branch)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert train_command(capsys, *cli, "--resume", source, "--out", branch)[0] == 0
     assert [r["params_sha256"] for r in metrics(branch)] == expect
@@ -196,7 +266,7 @@ def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_comp
 
 
 def test_a_branch_cut_short_then_set_up_from_another_source_holds_that_sources_rows(
-    tmp_path: Path, three_generations: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, three_generations: Path, capsys: pytest.CaptureFixture, forked: ForkedTrain
 ) -> None:
     """A branch killed while its directory is set up, then set up again from another source, holds that
     source's rows alone, none of the first one's; a whole run that lost both checkpoints is refused as a
@@ -205,7 +275,7 @@ def test_a_branch_cut_short_then_set_up_from_another_source_holds_that_sources_r
     source, other, branch = copy_run(three_generations, tmp_path / "a"), tmp_path / "other", tmp_path / "switched"
     flipes.train(**FAST_KW, seed=1, generations=3, checkpoint_every=1, out=str(other))
     cli = [*FAST, "--generations", "6", "--checkpoint-every", "1"]
-    r = run_script("tests/killpoints.py", "replace-3", *cli, "--resume", source, "--out", branch, check=False)
+    r = forked.run("replace-3", *cli, "--resume", source, "--out", branch)
     assert r.returncode == -signal.SIGKILL and (branch / "metrics.jsonl").exists(), r.stderr[-2000:]
     assert train_command(capsys, *cli, "--resume", other, "--out", branch)[0] == 0
     rows = [r["params_sha256"] for r in metrics(branch)]
@@ -216,11 +286,11 @@ def test_a_branch_cut_short_then_set_up_from_another_source_holds_that_sources_r
     assert status == 2 and "holds a run" in err, err[-2000:]
 
 
-def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path) -> None:
+def test_a_signal_during_the_final_save_waits_for_it(tmp_path: Path, forked: ForkedTrain) -> None:
     """SIGTERM arriving while the final checkpoint is renamed into place lets the write finish: the
     checkpoint is the final generation's and nothing is left half-done."""
     run = tmp_path / "run"
-    r = run_script("tests/killpoints.py", "final-save", *FAST, "--generations", "4", "--out", run, check=False)
+    r = forked.run("final-save", *FAST, "--generations", "4", "--out", run)
     assert r.returncode in (0, 130), r.stderr[-2000:]
     assert load_checkpoint(run)["es"]["generation"] == 4 and not list(run.glob("*.tmp"))
     assert [r["generation"] for r in metrics(run)] == [0, 1, 2, 3]
@@ -319,12 +389,14 @@ def test_a_signal_while_the_run_is_set_up_stops_at_once_and_writes_nothing(
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
-def test_a_signal_while_the_run_directory_is_written_leaves_it_whole_and_trains_nothing(tmp_path: Path) -> None:
+def test_a_signal_while_the_run_directory_is_written_leaves_it_whole_and_trains_nothing(
+    tmp_path: Path, forked: ForkedTrain
+) -> None:
     """SIGTERM as a new run's config.json is written lets the setup finish: the directory holds the starting
     checkpoint (generation 0) and no row, the command exits 130 naming the --resume that continues it, and that
     resume trains the run."""
     run = tmp_path / "run"
-    r = run_script("tests/killpoints.py", "setup-sigterm", *FAST, "--generations", "2", "--out", run, check=False)
+    r = forked.run("setup-sigterm", *FAST, "--generations", "2", "--out", run)
     assert r.returncode == 130 and "stopping before the first generation" in r.stderr, r.stderr[-2000:]
     assert r.stdout.strip() == f"interrupted; 0 generations in all, run directory {run}; --resume {run} continues it"
     assert load_checkpoint(run)["es"]["generation"] == 0 and metrics(run) == [] and not list(run.glob("*.tmp"))
@@ -775,35 +847,6 @@ def test_a_full_disk_while_curves_png_is_drawn_is_one_line_and_keeps_the_old_cur
     assert (run / "curves.png").read_bytes() == before and not list(run.glob("*.tmp"))
 
 
-# Starts `flipes train` (scripts/train.py's command) once per line of JSON arguments on its stdin, each in a process
-# of its own forked from this one, which imported what the command imports (flipes, and EnvPool for CartPole-v1; ~2 s
-# a start saved): it says the process's pid, then its exit status once it has ended (a kill: -9).
-FORKED_TRAIN = """
-import json, os, sys
-import flipes.training
-from flipes.commands import main
-try:
-    import envpool  # the auto engine's, where installed
-except ImportError:
-    pass
-
-for line in sys.stdin:
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(os.open(os.devnull, os.O_RDWR), 0)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-        status = 1
-        try:
-            status = main(["train", *json.loads(line)])
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
-    print(pid, flush=True)
-    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
-"""
-
-
 def running(pid: int) -> bool:
     """Whether process ``pid`` runs (exists and is no zombie)."""
     try:
@@ -813,12 +856,14 @@ def running(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_many_random_kills_resume_to_the_uninterrupted_parameters(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_many_random_kills_resume_to_the_uninterrupted_parameters(
+    tmp_path: Path, capsys: pytest.CaptureFixture, forked: ForkedTrain
+) -> None:
     """Killed with SIGKILL at random moments of its training (after a new generation was logged, at a
     random delay of up to half a second) and started again by the identical command (--resume
     auto) each time, a run ends with the parameters (hash per generation) of an uninterrupted run.
     FLIPES_CHAOS_KILLS sets the number of kills (5 here; 60 is the long run). Each killed command runs
-    in a process of its own (forked from one that imported flipes: FORKED_TRAIN), which ends by the kill;
+    in a process of its own (forked from one that imported flipes: ForkedTrain), which ends by the kill;
     the last one, left to finish, runs in this process (``flipes train``'s main)."""
     kills_wanted, rng = int(os.environ.get("FLIPES_CHAOS_KILLS", "5")), random.Random(0)
     gens = 4 * kills_wanted + 4  # every kill comes after at least one new generation (measured: 1-4)
@@ -826,27 +871,15 @@ def test_many_random_kills_resume_to_the_uninterrupted_parameters(tmp_path: Path
     argv = [*FAST, "--generations", str(gens), "--checkpoint-every", "3", "--out", str(run), "--eval-every", "7",
             "--resume", "auto"]  # fmt: skip
     rows = run / "metrics.jsonl"
-    forker = subprocess.Popen([sys.executable, "-c", FORKED_TRAIN], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-    assert forker.stdin is not None and forker.stdout is not None
-    try:
-        for _ in range(kills_wanted):
-            forker.stdin.write(json.dumps(argv) + "\n")
-            forker.stdin.flush()
-            pid = int(forker.stdout.readline())
-            logged = len(rows.read_text().splitlines()) if rows.exists() else 0
-            while running(pid) and (len(rows.read_text().splitlines()) if rows.exists() else 0) <= logged:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.5))
-            assert running(pid), "the run ended before it was killed: give it more generations"
-            os.kill(pid, signal.SIGKILL)
-            assert int(forker.stdout.readline()) == -signal.SIGKILL  # ended by this kill, not on its own
-        forker.stdin.close()
-        assert forker.wait(timeout=60) == 0
-    finally:
-        if forker.poll() is None:
-            forker.kill()
-            forker.wait()
+    for _ in range(kills_wanted):
+        pid, _ = forked.start(None, *argv)
+        logged = len(rows.read_text().splitlines()) if rows.exists() else 0
+        while running(pid) and (len(rows.read_text().splitlines()) if rows.exists() else 0) <= logged:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        assert running(pid), "the run ended before it was killed: give it more generations"
+        os.kill(pid, signal.SIGKILL)
+        assert forked.status() == -signal.SIGKILL  # ended by this kill, not on its own
     status, err = train_command(capsys, *argv)
     assert status == 0, err[-2000:]
     assert load_checkpoint(run)["es"]["generation"] == gens
