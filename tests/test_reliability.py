@@ -73,19 +73,18 @@ def test_a_run_that_failed_before_its_first_generation_is_taken_over_by_the_next
         flipes.train(**FAST_KW, generations=2, out=str(copied))
 
 
-def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:
+def test_a_run_directory_in_use_is_locked(tmp_path: Path, forked: ForkedTrain) -> None:
     """While one process trains into a directory, a second one (here: a resume, and a branch into
     another --out) is refused at once, naming --resume, the option that points at the live run, and the process holding
     it by pid and host."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "scripts/train.py", *FAST, "--generations", "100000", "--out", str(run)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pid, _ = forked.start(None, *FAST, "--generations", "100000", "--out", run)
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not (run / "checkpoint.pt").exists():
             time.sleep(0.1)
         t0 = time.monotonic()
-        holder = f"flipes pid {proc.pid} on {socket.gethostname()}"  # a pid alone names no process on another node
+        holder = f"flipes pid {pid} on {socket.gethostname()}"  # a pid alone names no process on another node
         in_use = rf"^--resume: '{run}' is in use by {re.escape(holder)}; wait for it to end, then resume it$"
         with pytest.raises(flipes.UsageError, match=in_use):
             flipes.train(resume=str(run), generations=100001, max_timesteps=1)  # let through, it ends at once
@@ -93,8 +92,8 @@ def test_a_run_directory_in_use_is_locked(tmp_path: Path) -> None:
             flipes.train(resume=str(run), out=str(tmp_path / "branch"), generations=100001, max_timesteps=1)
         assert time.monotonic() - t0 < 20 and not (tmp_path / "branch").exists()
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        os.kill(pid, signal.SIGTERM)
+        forked.status(timeout=60)
 
 
 def test_a_directory_in_place_of_the_lock_file_is_named(tmp_path: Path) -> None:
