@@ -55,8 +55,9 @@ def generations(argv: list[str]) -> int:
 
 
 def serve() -> None:
-    """For each line of stdin, ``{"point": POINT or null, "argv": [...], "stdout": PATH, "stderr": PATH}``: fork a process
-    that runs ``flipes train ARGV`` with POINT installed, its output to those files; write its pid, then its exit
+    """For each line of stdin, ``{"point": POINT or null, "argv": [...], "stdout": PATH, "stderr": PATH, "session": bool}``:
+    fork a process that runs ``flipes train ARGV`` with POINT installed (in a session and process group of its own
+    where ``session``, as ``start_new_session`` starts one), its output to those files; write its pid, then its exit
     status once it has ended (-9: SIGKILL), a line each. The server imported what the command imports (flipes, and
     EnvPool, the auto engine's for CartPole-v1), so each command starts past it (~2 s of CPU saved a start); each
     still runs in a process of its own, from what its run directory holds, and ends as a fresh one would."""
@@ -73,6 +74,8 @@ def serve() -> None:
         if pid == 0:
             status = 1
             try:
+                if request.get("session"):
+                    os.setsid()
                 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
                 for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
                     os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)

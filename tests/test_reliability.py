@@ -4,6 +4,7 @@ one line, and MPI ranks that disagree or stop end the job within seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -163,16 +164,18 @@ class ForkedTrain:
                                        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE)  # fmt: skip
 
-    def start(self, point: str | None, *argv: str | Path) -> tuple[int, Path]:
-        """The pid of the process running ``flipes train ARGV`` with the kill point ``point`` (None: none), and the
-        stem of its output files (``.out``, ``.err``)."""
+    def start(self, point: str | None, *argv: str | Path, session: bool = False) -> tuple[int, Path]:
+        """The pid of the process running ``flipes train ARGV`` with the kill point ``point`` (None: none), in a process
+        group of its own where ``session`` (as ``start_new_session``), and the stem of its output files (``.out``,
+        ``.err``)."""
         assert self.server.stdin is not None and self.server.stdout is not None
         if self.pending:  # a test that failed before it ended its process: its status line comes first
             os.kill(self.pending, signal.SIGKILL)
             self.status()
         self.count += 1
         stem = self.scratch / str(self.count)
-        request = {"point": point, "argv": list(map(str, argv)), "stdout": f"{stem}.out", "stderr": f"{stem}.err"}
+        request = {"point": point, "argv": list(map(str, argv)), "stdout": f"{stem}.out", "stderr": f"{stem}.err",
+                   "session": session}  # fmt: skip
         self.server.stdin.write(json.dumps(request) + "\n")
         self.server.stdin.flush()
         self.pending = int(self.server.stdout.readline())
@@ -524,7 +527,7 @@ def test_a_checkpoint_whose_temporary_file_another_writer_took_names_that_writer
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_whole_process_group_stops_a_run_with_env_workers_and_keeps_its_generations(
-    tmp_path: Path, signum: int
+    tmp_path: Path, signum: int, forked: ForkedTrain
 ) -> None:
     """A terminal's Ctrl-C, or Slurm's SIGTERM, reaches every process of the group, the env's worker processes
     too: the run stops with status 130, its outcome line, no traceback, and a checkpoint of every generation in
@@ -534,22 +537,23 @@ def test_a_signal_to_the_whole_process_group_stops_a_run_with_env_workers_and_ke
     run = tmp_path / "run"
     argv = [*FAST, "--env", "gymnasium-async:CartPole-v1", "--env-threads", "2", "--generations", "10000",
             "--checkpoint-every", "1000", "--out", str(run)]  # fmt: skip
-    p = subprocess.Popen([sys.executable, "-m", "flipes", "train", *argv], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    pid, stem = forked.start(None, *argv, session=True)
     try:
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and p.poll() is None:
+        while time.monotonic() < deadline and running(pid):
             if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 2:
                 break
             time.sleep(0.1)
-        assert p.poll() is None, p.communicate()[1][-2000:]
-        os.killpg(p.pid, signum)  # the whole process group, as a terminal or a batch system signals it
-        out, err = p.communicate(timeout=60)
+        assert running(pid), Path(f"{stem}.err").read_text()[-2000:]
+        os.killpg(pid, signum)  # the whole process group, as a terminal or a batch system signals it
+        status = forked.status(timeout=60)
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    assert p.returncode == 130 and "Traceback" not in err and "interrupted;" in out, (p.returncode, out[-1000:], err[-3000:])
+        if forked.pending:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            forked.status()
+    out, err = Path(f"{stem}.out").read_text(), Path(f"{stem}.err").read_text()
+    assert status == 130 and "Traceback" not in err and "interrupted;" in out, (status, out[-1000:], err[-3000:])
     rows = metrics(run)
     assert load_checkpoint(run)["es"]["generation"] == len(rows) >= 2
     # SIGTERM ends the workers: the generation or evaluation under way is cut short (unless the signal came
