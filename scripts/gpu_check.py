@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
+from xml.etree import ElementTree
 
 import torch
 
@@ -111,6 +112,13 @@ def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+# the tests step's -k terms, each "word and word" matched in the test names (parameter ids included): every member's
+# output, the gradient, the envs' transitions and devices, autocast, a probe's episodes, the action noise
+TERMS = ("members_equal", "gradient", "every_transition", "stays_on_the_device", "bit_for_bit", "run_alone", "under_autocast",
+         "plus_the_noise")  # fmt: skip
+QUICK_TERMS = ("linear_members and 0-True-2", "gradient", "every_transition", "run_alone", "plus_the_noise")
+
+
 def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
     tests = [
         "tests/test_exactness.py",
@@ -125,15 +133,19 @@ def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
         "tests/test_action_noise.py",  # each env's noisy actions against the formula, drawn on the device
         "tests/test_probe.py",  # a probe's sums over episodes that end within the 16 steps between the GPU's checks
     ]
-    select = ("members_equal or gradient or every_transition or stays_on_the_device or bit_for_bit or run_alone or under_autocast"
-              " or plus_the_noise")  # fmt: skip
-    if args.quick:
-        select = "(linear_members and trial0) or gradient or every_transition or run_alone or plus_the_noise"
-    r = run(args, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", select], 300,
-            {"FLIPES_TEST_DEVICE": args.device})  # fmt: skip
+    terms = QUICK_TERMS if args.quick else TERMS
+    junit = tmp / "tests.xml"
+    select = " or ".join(f"({t})" for t in terms)
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", str(junit)]
+    r = run(args, [*pytest, *tests, "-k", select], 300, {"FLIPES_TEST_DEVICE": args.device})
     counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", r.stdout))
-    ok = r.returncode == 0 and counts.get("passed", 0) > 0
-    return ok, f"{counts}" + ("" if ok else "\n" + tail(r.stdout + r.stderr)), {"counts": counts, "returncode": r.returncode}
+    names = [case.get("name", "").lower() for case in ElementTree.parse(junit).iter("testcase")] if junit.exists() else []
+    # a term no test matches checks nothing, silently (a test renamed, a parameter id changed): a failure
+    unmatched = [t for t in terms if not any(all(word.lower() in name for word in t.split(" and ")) for name in names)]
+    ok = r.returncode == 0 and counts.get("passed", 0) > 0 and not unmatched
+    said = f"{counts}" + (f"; -k terms that matched no test: {unmatched}" if unmatched else "")
+    return ok, said + ("" if ok else "\n" + tail(r.stdout + r.stderr)), {"counts": counts, "returncode": r.returncode,
+                                                                         "unmatched": unmatched}  # fmt: skip
 
 
 def step_benchmark(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:

@@ -22,6 +22,7 @@ def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Pa
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == ["tests", "mpi", "benchmark", "repro_timing", "cartpole", "mujoco_warp"]
     assert steps["tests"]["ok"] is True and steps["tests"]["data"]["counts"]["passed"] > 0
+    assert steps["tests"]["data"]["unmatched"] == []  # every -k term selected a test
     assert steps["mpi"]["ok"] is True or steps["mpi"]["data"].get("skipped")
     assert all(s["ok"] is not False for s in steps.values())
     assert steps["cartpole"]["data"]["steps_per_second"]
@@ -29,6 +30,29 @@ def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Pa
     assert "| tests | pass |" in out.with_suffix(".md").read_text()
     log = out.with_suffix(".log").read_text()
     assert log.count("(exit 0)") >= 5 and f"{steps['tests']['data']['counts']['passed']} passed" in log
+
+
+def test_a_selection_term_that_no_test_matches_fails_the_tests_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests step's ``-k`` terms are each checked against the names of the tests that ran (pytest's JUnit XML): a
+    run that passed but where one term (``run_alone``) matched no test, as after a rename, fails the step naming it,
+    while the same run with a test of every term passes (a term matching nothing would check nothing, silently)."""
+    module = load(ROOT / "scripts" / "gpu_check.py")
+    args = module.Args(device="cpu", quick=True, out=str(tmp_path / "report"))
+    names = ["test_linear_members_equal_explicit_weights[0-True-2-None]", "test_tell_gradient_equals_materialized_estimator[1]",
+             "test_every_transition_matches_gymnasium[CartPole-v1]",
+             "test_each_envs_actions_are_the_mean_plus_the_noise[x]"]  # fmt: skip
+
+    def run(args: object, cmd: list[str], timeout: float, env: object = None) -> subprocess.CompletedProcess:
+        cases = "".join(f'<testcase classname="tests.t" name="{name}"/>' for name in names)
+        Path(cmd[cmd.index("--junitxml") + 1]).write_text(f"<testsuites><testsuite>{cases}</testsuite></testsuites>")
+        return subprocess.CompletedProcess(cmd, 0, f"{len(names)} passed in 1.0s\n", "")
+
+    monkeypatch.setattr(module, "run", run)
+    ok, said, data = module.step_tests(args, tmp_path)
+    assert ok is False and data["unmatched"] == ["run_alone"] and "matched no test: ['run_alone']" in said
+    names.append("test_probe_gathers_each_envs_episode_as_that_env_run_alone[None]")
+    ok, said, data = module.step_tests(args, tmp_path)
+    assert ok is True and data["unmatched"] == [], said
 
 
 def test_gpu_check_reports_a_failing_step_as_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,7 +71,7 @@ def test_gpu_check_reports_a_failing_step_as_failed(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(module, "run", run)
     ok, _, data = module.step_tests(args, tmp_path)
-    assert ok is False and data == {"counts": {"passed": 5, "failed": 1}, "returncode": 1}
+    assert ok is False and data == {"counts": {"passed": 5, "failed": 1}, "returncode": 1, "unmatched": list(module.QUICK_TERMS)}
     (tmp_path / "mpi").mkdir()
     ok, summary, data = module.step_mpi(args, tmp_path / "mpi")
     assert ok is False and "DIFFER" in summary and data["hashes"] == {1: ["1"], 2: ["2"]}
