@@ -181,9 +181,12 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     shown = render_env(env_id, kwargs) if args.render else None  # an env that cannot render says so before the episodes
     try:
         returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device, max_steps=cut, env_kwargs=kwargs)
-    except BaseException:
+    except BaseException as e:
         if shown is not None:
             shown.close()
+        if args.env_kwargs and isinstance(e, ValueError):  # the run's own env fits its policy: these options did it
+            problem = f"{env_id} made with {json.dumps(kwargs)} failed the run's policy ({' '.join(str(e).split())[:300]})"
+            raise UsageError("--env-kwargs", problem, "give only options that keep the observations the run trained on") from None
         raise
     mean, std = returns.mean().item(), returns.std().item() if len(returns) > 1 else 0.0
     what = "best member" if args.checkpoint == "best-member" else "center policy"

@@ -327,7 +327,8 @@ def test_evaluate_replaces_the_runs_options_with_its_own(tmp_path: Path, capsys:
     name, the others kept: a Pendulum run trained with ``g_range`` and ``hide_velocities`` (its policy takes 2 inputs, not
     3) returns, with ``{"g_range": null, "g": 15}``, exactly evaluate_policy's returns on the env made with
     ``hide_velocities``, ``g_range`` None and g 15 (and not those of its own env); the printed line names the options
-    the return is of; an option the env does not take is the one-line error naming --env-kwargs."""
+    the return is of; an option the env does not take, or one that changes the observations the policy takes, is the
+    one-line error naming --env-kwargs."""
     run = tmp_path / "pendulum"
     own = {"g_range": [8.0, 12.0], "hide_velocities": True}
     flipes.train(env="flipes/Pendulum-v1", env_kwargs=own, popsize=8, generations=1, hidden=[4], out=str(run), **QUIET)
@@ -348,3 +349,8 @@ def test_evaluate_replaces_the_runs_options_with_its_own(tmp_path: Path, capsys:
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("flipes: error: --env-kwargs") and "gravity" in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit) as exit_:  # 3 observations where the policy takes 2: one line, no traceback
+        main(["evaluate", str(run), "--episodes", "6", "--env-kwargs", '{"hide_velocities": false}'])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flipes: error: --env-kwargs") and "(..., 2)" in err and len(err.strip().splitlines()) == 1, err
