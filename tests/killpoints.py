@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
 
@@ -72,24 +71,16 @@ def serve() -> None:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            status = 1
-            try:
-                if request.get("session"):
-                    os.setsid()
-                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-                for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-                    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-                if request["point"] is not None:
-                    install(request["point"], generations(request["argv"]))
-                status = main(["train", *request["argv"]])
-            except SystemExit as e:  # a usage error
-                status = e.code if isinstance(e.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
+            if request.get("session"):
+                os.setsid()
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            if request["point"] is not None:
+                install(request["point"], generations(request["argv"]))
+            # raised out of serve(), never caught: the interpreter ends this process as it ends a fresh one (an
+            # exception's traceback, SystemExit's message and status, atexit handlers, non-daemon threads joined)
+            sys.exit(main(["train", *request["argv"]]))
         print(pid, flush=True)
         print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 
