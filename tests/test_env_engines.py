@@ -490,18 +490,20 @@ def test_halfcheetah_copies_print_no_mujoco_note_and_leave_no_log_file(tmp_path)
 def test_a_non_mujoco_env_in_worker_processes_does_not_import_mujoco(tmp_path) -> None:
     """CartPole copies in worker processes (gymnasium also makes a worker's block in this process, for the spaces)
     leave MuJoCo unimported: an env that does not need it neither pays for its import nor fails where MUJOCO_GL
-    names a rendering backend the machine lacks."""
+    names a rendering backend the machine lacks. The worker module is added to the forkserver's preload list, and
+    the modules a user's script put there stay."""
     code = (
-        "import sys\n"
+        "import sys, multiprocessing, multiprocessing.forkserver\n"
         "from flipes.rl import make_vector_env\n"
         "if __name__ == '__main__':\n"
+        "    multiprocessing.set_forkserver_preload(['__main__', 'colorsys'])  # the user's own\n"
         "    make_vector_env('gymnasium-async:CartPole-v1', 4, threads=2, note=None).close()\n"
-        "    print('mujoco' in sys.modules)\n"
+        "    print('mujoco' in sys.modules, multiprocessing.forkserver._forkserver._preload_modules)\n"
     )
     (tmp_path / "make.py").write_text(code)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "make.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout == "False\n", r.stderr[-3000:]
+    assert r.returncode == 0 and r.stdout == "False ['__main__', 'colorsys', 'flipes.rl.workers']\n", r.stdout + r.stderr[-3000:]
 
 
 def test_mujoco_warnings_inside_the_block_are_warned_once_and_the_handler_put_back() -> None:

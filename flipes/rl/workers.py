@@ -17,6 +17,7 @@ import select
 import signal
 import traceback
 from collections.abc import Callable, Sequence
+from multiprocessing import forkserver
 from typing import Any, TypeVar
 
 import gymnasium as gym
@@ -150,8 +151,11 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         if context == "forkserver":
             # the server imports torch and this module once, and forks each worker with them: each worker would import
             # them itself (measured: 2.8 s to start 2 CartPole workers, 1.4 s with the server's first start, 0.07 s
-            # after). __main__ is multiprocessing's own default; a server already running keeps what it has.
-            multiprocessing.set_forkserver_preload(["__main__", __name__])
+            # after). Added to the list set so far (multiprocessing's default ["__main__"], or the user's own; read
+            # where this Python keeps it); a server already running keeps what it has.
+            preload = list(getattr(getattr(forkserver, "_forkserver", None), "_preload_modules", ["__main__"]))
+            if __name__ not in preload:
+                multiprocessing.set_forkserver_preload([*preload, __name__])
         single = gym.make_vec(env_id, num_envs=1, vectorization_mode="sync", **kwargs)
         self.source_observation_space, self.single_action_space = single.single_observation_space, single.single_action_space
         single.close()
