@@ -34,23 +34,28 @@ def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Pa
 
 def test_a_selection_term_that_no_test_matches_fails_the_tests_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The tests step's ``-k`` terms are each checked against the names of the tests that ran (pytest's JUnit XML): a
-    run that passed but where one term (``run_alone``) matched no test, as after a rename, fails the step naming it,
-    while the same run with a test of every term passes (a term matching nothing would check nothing, silently)."""
+    run that passed but where a term ran no test fails the step naming it: ``run_alone``, whose one test was skipped,
+    and ``linear_members and 0-True-2``, whose words each name tests but no one test (every word must match); the same
+    run with a test of every term passes (a term that runs nothing would check nothing, silently)."""
     module = load(ROOT / "scripts" / "gpu_check.py")
     args = module.Args(device="cpu", quick=True, out=str(tmp_path / "report"))
-    names = ["test_linear_members_equal_explicit_weights[0-True-2-None]", "test_tell_gradient_equals_materialized_estimator[1]",
-             "test_every_transition_matches_gymnasium[CartPole-v1]",
-             "test_each_envs_actions_are_the_mean_plus_the_noise[x]"]  # fmt: skip
+    ran = ["test_linear_members_equal_explicit_weights[1-False-1-None]", "test_tell_gradient_equals_materialized_estimator[1]",
+           "test_every_transition_matches_gymnasium[CartPole-v1]", "test_ab_[0-True-2]",
+           "test_each_envs_actions_are_the_mean_plus_the_noise[x]"]  # fmt: skip
+    skipped = ["test_probe_gathers_each_envs_episode_as_that_env_run_alone[None]"]
 
     def run(args: object, cmd: list[str], timeout: float, env: object = None) -> subprocess.CompletedProcess:
-        cases = "".join(f'<testcase classname="tests.t" name="{name}"/>' for name in names)
+        cases = "".join(f'<testcase classname="tests.t" name="{name}"/>' for name in ran)
+        cases += "".join(f'<testcase classname="tests.t" name="{name}"><skipped message="x"/></testcase>' for name in skipped)
         Path(cmd[cmd.index("--junitxml") + 1]).write_text(f"<testsuites><testsuite>{cases}</testsuite></testsuites>")
-        return subprocess.CompletedProcess(cmd, 0, f"{len(names)} passed in 1.0s\n", "")
+        return subprocess.CompletedProcess(cmd, 0, f"{len(ran)} passed, {len(skipped)} skipped in 1.0s\n", "")
 
     monkeypatch.setattr(module, "run", run)
     ok, said, data = module.step_tests(args, tmp_path)
-    assert ok is False and data["unmatched"] == ["run_alone"] and "matched no test: ['run_alone']" in said
-    names.append("test_probe_gathers_each_envs_episode_as_that_env_run_alone[None]")
+    assert ok is False and data["unmatched"] == ["linear_members and 0-True-2", "run_alone"], said
+    assert "ran no test: ['linear_members and 0-True-2', 'run_alone']" in said
+    ran += ["test_linear_members_equal_explicit_weights[0-True-2-None]", *skipped]
+    skipped.clear()
     ok, said, data = module.step_tests(args, tmp_path)
     assert ok is True and data["unmatched"] == [], said
 
