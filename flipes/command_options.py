@@ -132,7 +132,7 @@ def evaluate_help() -> str:
 
     flipes evaluate runs/cartpole                      # 100 episodes: mean ± std return
     flipes evaluate runs/cartpole --checkpoint best --episodes 20 --render cartpole.gif
-    flipes evaluate runs/pendulum --env-kwargs '{"g": 15}'   # the run's env options, g replaced
+    flipes evaluate runs/pendulum --env-kwargs '{"g_range": null, "g": 15}'   # one held-out gravity
 
 The policy is rebuilt from the run directory's config.json and checkpoint, observation
 normalization included; the env is made as the run made it (its --env-kwargs too, each replaced by
