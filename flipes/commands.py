@@ -184,7 +184,8 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     except BaseException as e:
         if shown is not None:
             shown.close()
-        if args.env_kwargs and isinstance(e, ValueError):  # the run's own env fits its policy: these options did it
+        # the run's own env fits its policy: these options did it (a UsageError, as an unknown option, says so itself)
+        if args.env_kwargs and isinstance(e, ValueError) and not isinstance(e, UsageError):
             problem = f"{env_id} made with {json.dumps(kwargs)} failed the run's policy ({' '.join(str(e).split())[:300]})"
             raise UsageError("--env-kwargs", problem, "give only options that keep the observations the run trained on") from None
         raise
