@@ -471,6 +471,6 @@ def standard_callbacks(config: TrainConfig, run_dir: Path) -> list[Callback]:
         except ImportError:
             raise UsageError("--wandb", "needs the wandb package", "pip install 'flipes[wandb]', or leave --wandb off") from None
     out.append(ProgressPrinter() if config.progress else OutcomePrinter())  # how the run ended: said either way
-    x = "generation" if config.fitness else "timesteps"
-    out.append(CurvePlotter(run_dir / "curves.png", x))
+    if config.plot:
+        out.append(CurvePlotter(run_dir / "curves.png", "generation" if config.fitness else "timesteps"))
     return out

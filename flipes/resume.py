@@ -78,8 +78,8 @@ LATER_KEYS = (
 
 
 # options each rank may set for itself; all others must agree across ranks
-RANK_LOCAL = ("device", "threads", "env_threads", "progress", "tensorboard", "wandb", "wandb_project", "out", "resume",
-              "overwrite")  # fmt: skip
+RANK_LOCAL = ("device", "threads", "env_threads", "progress", "tensorboard", "plot", "wandb", "wandb_project", "out",
+              "resume", "overwrite")  # fmt: skip
 
 
 def agree(comm: dist.Comm, config: TrainConfig, state: TrainState) -> None:

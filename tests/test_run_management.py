@@ -614,6 +614,23 @@ def test_curves_are_drawn_against_timesteps_for_an_env_and_generations_for_a_fit
         assert (plotter.x, plotter.path) == (x, tmp_path / "curves.png")
 
 
+def test_no_plot_trains_the_same_run_without_curves_png_and_a_resume_may_turn_it_on(tmp_path: Path) -> None:
+    """--no-plot leaves curves.png out and nothing else: the run's rows and checkpoint are those of a run that draws it;
+    the option may change on a resume, whose end then draws the curves of every generation."""
+    import flipes
+
+    kw = {"env": "CartPole-v1", "popsize": 8, "eval_episodes": 2, "target": None, "tensorboard": False, "progress": False}
+    drawn = flipes.train(**kw, generations=2, out=str(tmp_path / "drawn"))
+    bare = flipes.train(**kw, generations=2, plot=False, out=str(tmp_path / "bare"))
+    assert (tmp_path / "drawn" / "curves.png").is_file() and not (tmp_path / "bare" / "curves.png").exists()
+    assert [r["params_sha256"] for r in bare.metrics] == [r["params_sha256"] for r in drawn.metrics]
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == sorted(
+        p.name for p in (tmp_path / "drawn").iterdir() if p.name != "curves.png"
+    )
+    flipes.train(generations=3, plot=True, resume=str(tmp_path / "bare"), progress=False)
+    assert (tmp_path / "bare" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_evaluate_policy_cuts_every_episode_after_max_steps(tiny_run: Path) -> None:
     """evaluate_policy(max_steps=3) ends each CartPole episode after 3 steps (a reward of 1 each: returns of exactly 3;
     no pole falls that fast), where the env's own limit lets them run longer."""
