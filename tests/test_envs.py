@@ -17,7 +17,6 @@ import pytest
 import torch
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv as GymCartPoleVectorEnv
 from gymnasium.utils.env_checker import check_env
-from helpers import run_script
 
 import envs
 from envs import seeding
@@ -911,10 +910,17 @@ def test_module_prefix_registers_without_an_import() -> None:
     assert out.splitlines() == ["bare id: NamespaceNotFound", "CartPoleVectorEnv torch.Size([2, 4])"]
 
 
-def test_benchmark_script_smoke() -> None:
+def test_benchmark_script_smoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """scripts/bench_envs.py --quick runs and prints one table row per engine: flipes, vector_entry_point and sync, in
-    that order."""
-    out = run_script("scripts/bench_envs.py", "--quick", timeout=300).stdout
+    that order. Run as ``__main__`` in this process (a new one costs seconds of imports; --quick sets no thread count):
+    an exception or exit fails the test, as a traceback or a nonzero status would."""
+    import runpy
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    monkeypatch.setattr(sys, "argv", ["bench_envs.py", "--quick"])
+    capsys.readouterr()
+    runpy.run_path(str(ROOT / "scripts" / "bench_envs.py"), run_name="__main__")
+    out = capsys.readouterr().out
     rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "steps/s" not in line]
     assert rows == ["flipes", "vector_entry_point", "sync"]
 
