@@ -465,45 +465,50 @@ def test_envpool_reset_with_the_wrong_number_of_seeds_says_how_to_seed() -> None
         env.close()
 
 
-def test_halfcheetah_copies_print_no_mujoco_note_and_leave_no_log_file(tmp_path) -> None:
+# a user's script: CartPole copies in worker processes (its own module in the forkserver's preload list), then
+# HalfCheetah copies in this process and in worker processes
+WORKER_SCRIPT = """
+import sys, multiprocessing, multiprocessing.forkserver
+from flipes.rl import make_vector_env
+if __name__ == '__main__':
+    multiprocessing.set_forkserver_preload(['__main__', 'colorsys'])  # the user's own
+    make_vector_env('gymnasium-async:CartPole-v1', 4, threads=2, note=None).close()
+    print('mujoco' in sys.modules, multiprocessing.forkserver._forkserver._preload_modules)
+    for backend in ('gymnasium-sync', 'gymnasium-async'):
+        make_vector_env(f'{backend}:HalfCheetah-v5', 4, threads=2, note=None).close()
+    print('made')
+"""
+
+
+@pytest.fixture(scope="module")
+def worker_script(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """WORKER_SCRIPT run once as a fresh process (a new interpreter and forkserver cost seconds), in a directory of
+    its own: its completed process and that working directory."""
+    cwd = tmp_path_factory.mktemp("worker-script")
+    (cwd / "make.py").write_text(WORKER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "make.py"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120), cwd
+
+
+def test_halfcheetah_copies_print_no_mujoco_note_and_leave_no_log_file(worker_script) -> None:
     """gymnasium's HalfCheetah XML makes MuJoCo warn about a deprecated attribute at every load; N copies, in this
     process or in worker processes, print none of it and write no MUJOCO_LOG.TXT into the working directory."""
-    code = (
-        "from flipes.rl import make_vector_env\n"
-        "for backend in ('gymnasium-sync', 'gymnasium-async'):\n"
-        "    make_vector_env(f'{backend}:HalfCheetah-v5', 4, threads=2, note=None).close()\n"
-        "print('made')\n"
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r, cwd = worker_script
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip() == "made" and "MuJoCo" not in r.stderr and "settotalmass" not in r.stderr, (r.stdout, r.stderr)
-    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert r.stdout.splitlines()[1:] == ["made"], r.stdout  # nothing printed after the CartPole line
+    assert "MuJoCo" not in r.stderr and "settotalmass" not in r.stderr, r.stderr
+    assert not (cwd / "MUJOCO_LOG.TXT").exists()
 
 
-def test_a_non_mujoco_env_in_worker_processes_does_not_import_mujoco(tmp_path) -> None:
+def test_a_non_mujoco_env_in_worker_processes_does_not_import_mujoco(worker_script) -> None:
     """CartPole copies in worker processes (gymnasium also makes a worker's block in this process, for the spaces)
     leave MuJoCo unimported: an env that does not need it neither pays for its import nor fails where MUJOCO_GL
     names a rendering backend the machine lacks. The worker module is added to the forkserver's preload list, and
     the modules a user's script put there stay."""
-    code = (
-        "import sys, multiprocessing, multiprocessing.forkserver\n"
-        "from flipes.rl import make_vector_env\n"
-        "if __name__ == '__main__':\n"
-        "    multiprocessing.set_forkserver_preload(['__main__', 'colorsys'])  # the user's own\n"
-        "    make_vector_env('gymnasium-async:CartPole-v1', 4, threads=2, note=None).close()\n"
-        "    print('mujoco' in sys.modules, multiprocessing.forkserver._forkserver._preload_modules)\n"
+    r, _ = worker_script
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "False ['__main__', 'colorsys', 'flipes.rl.workers']", (
+        r.stdout + r.stderr[-3000:]
     )
-    (tmp_path / "make.py").write_text(code)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "make.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout == "False ['__main__', 'colorsys', 'flipes.rl.workers']\n", r.stdout + r.stderr[-3000:]
 
 
 def test_mujoco_warnings_inside_the_block_are_warned_once_and_the_handler_put_back() -> None:
