@@ -4,6 +4,7 @@ hand on every engine, plain and pipelined."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -60,6 +61,24 @@ def by_hand(make_one: Any, w: torch.Tensor, max_steps: int | None) -> tuple[torc
     return torch.stack(finals), lengths
 
 
+ALONE = {"flipes": lambda: flipes_cartpole(1), "gymnasium": lambda: gym.make("CartPole-v1")}  # by_hand's env of each name
+
+
+@pytest.fixture(scope="module")
+def stepped_alone() -> Callable[[str, int, int | None], tuple[torch.Tensor, list[int]]]:
+    """``stepped_alone(name, n, max_steps)``: ``by_hand(ALONE[name], weights(n), max_steps)``, played once per
+    arguments in this module (a pure function of them; several tests compare with the same reference). Read it,
+    never write to it."""
+    played: dict[tuple[str, int, int | None], tuple[torch.Tensor, list[int]]] = {}
+
+    def stepped(name: str, n: int, max_steps: int | None) -> tuple[torch.Tensor, list[int]]:
+        if (name, n, max_steps) not in played:
+            played[name, n, max_steps] = by_hand(ALONE[name], weights(n), max_steps)
+        return played[name, n, max_steps]
+
+    return stepped
+
+
 class AsyncCopies(gym.vector.VectorEnv):
     """EnvPool's semantics over flipes' CartPole (float64), one 1-copy env per row: ``send(actions, ids)`` / ``recv()``
     step the rows ``ids`` (a pipelined rollout's halves), an env whose episode ended is never stepped again (DISABLED
@@ -97,7 +116,9 @@ class AsyncCopies(gym.vector.VectorEnv):
 
 @pytest.mark.parametrize("max_steps", [None, 60])
 @pytest.mark.parametrize("pipeline", [False, True])
-def test_final_obs_are_each_episodes_last_observation_as_a_per_env_loop_steps_it(max_steps: int | None, pipeline: bool) -> None:
+def test_final_obs_are_each_episodes_last_observation_as_a_per_env_loop_steps_it(
+    max_steps: int | None, pipeline: bool, stepped_alone
+) -> None:
     """On flipes/CartPole-v1 (float64), ``run_episodes(final_obs=True)`` gives each episode's final observation exactly as
     a loop stepping each env alone until it ends: terminated (odd envs), truncated at the env's 500 steps, or cut at
     ``max_steps``; not the next episode's first (flipes' envs autoreset at the next step); pipelined (half batches
@@ -107,7 +128,7 @@ def test_final_obs_are_each_episodes_last_observation_as_a_per_env_loop_steps_it
     act = lambda obs: act_rows(obs, w)  # noqa: E731
     ep = run_episodes(env, act, seed=SEED, max_steps=max_steps, pipeline=pipeline, final_obs=True)
     plain = run_episodes(env, act, seed=SEED, max_steps=max_steps, pipeline=pipeline)
-    final, lengths = by_hand(lambda: flipes_cartpole(1), w, max_steps)
+    final, lengths = stepped_alone("flipes", N, max_steps)
     assert ep.lengths.tolist() == lengths
     assert {500 if max_steps is None else 60} < set(lengths) and min(lengths) < 60  # ends of every kind
     assert ep.final_obs.dtype == torch.float32 and torch.equal(ep.final_obs, final)
@@ -115,7 +136,7 @@ def test_final_obs_are_each_episodes_last_observation_as_a_per_env_loop_steps_it
 
 
 @pytest.mark.parametrize("engine", ["sync", "same_step", "async"])
-def test_final_obs_of_gymnasiums_envs_are_those_of_its_own_cartpole_stepped_alone(engine: str) -> None:
+def test_final_obs_of_gymnasiums_envs_are_those_of_its_own_cartpole_stepped_alone(engine: str, stepped_alone) -> None:
     """gymnasium's CartPole-v1 in a ``SyncVectorEnv`` (NEXT_STEP autoreset: the ending step returns the final
     observation), one with SAME_STEP autoreset (the ending step returns the next episode's first observation, the final
     one in ``info["final_obs"]``) and in worker processes (``gymnasium-async:``, :class:`flipes.rl.WorkerVectorEnv`):
@@ -130,7 +151,7 @@ def test_final_obs_of_gymnasiums_envs_are_those_of_its_own_cartpole_stepped_alon
     try:
         for max_steps in (None, 60):
             ep = run_episodes(env, lambda obs: act_rows(obs, w), seed=SEED, max_steps=max_steps, final_obs=True)
-            final, lengths = by_hand(lambda: gym.make("CartPole-v1"), w, max_steps)
+            final, lengths = stepped_alone("gymnasium", 8, max_steps)
             assert ep.lengths.tolist() == lengths and max(lengths) > min(lengths)
             assert torch.equal(ep.final_obs, final)
     finally:
@@ -162,7 +183,7 @@ class SameStepTorch(gym.vector.VectorEnv):
         return obs, reward, terminated, truncated, info
 
 
-def test_final_obs_of_a_torch_same_step_env_come_from_its_tensor_info() -> None:
+def test_final_obs_of_a_torch_same_step_env_come_from_its_tensor_info(stepped_alone) -> None:
     """A torch env of one's own with SAME_STEP autoreset whose ``info["final_obs"]`` and ``info["_final_obs"]`` are
     tensors: each episode's final observation, cut at 60 steps or not, is exactly that of flipes' CartPole stepped
     alone (not the next episode's first observation that the ending step returns)."""
@@ -170,7 +191,7 @@ def test_final_obs_of_a_torch_same_step_env_come_from_its_tensor_info() -> None:
     env = SameStepTorch(N)
     for max_steps in (None, 60):
         ep = run_episodes(env, lambda obs: act_rows(obs, w), seed=SEED, max_steps=max_steps, final_obs=True)
-        final, lengths = by_hand(lambda: flipes_cartpole(1), w, max_steps)
+        final, lengths = stepped_alone("flipes", N, max_steps)
         assert ep.lengths.tolist() == lengths and min(lengths) < 60
         assert torch.equal(ep.final_obs, final)
 
