@@ -10,8 +10,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 from helpers import run_script
 
+from flipes import cli
 from flipes.cli import build_parser, field_docs, option_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,32 @@ def load(path: Path) -> ModuleType:
         if added:
             sys.path.remove(str(SCRIPTS))
     return module
+
+
+def main_block(path: Path) -> ast.If:
+    """The file's ``if __name__ == "__main__":`` block (read without importing it)."""
+    body = ast.parse(path.read_text()).body
+    blocks = [node for node in body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+    assert len(blocks) == 1, f"{path.name}: {len(blocks)} __main__ blocks"
+    return blocks[0]
+
+
+def run_as_main(script: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
+    """scripts/SCRIPT.py's command line ``argv`` run in this process as its ``__main__`` block runs it (checked to be
+    flipes.cli's ``run(main, Args, description=__doc__)``; test_a_wrong_option_value_is_one_line_and_exit_status_2
+    runs that block from a real command line): the status it exits with and its stderr. A script that does not exit
+    fails the test; torch's thread count, which scripts set before measuring, is put back."""
+    path = SCRIPTS / f"{script}.py"
+    assert ast.unparse(main_block(path).body[0]) == "run(main, Args, description=__doc__)", path.name
+    module = load(path)
+    assert module.run is cli.run, path.name
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as e:
+            module.run(module.main, module.Args, description=module.__doc__, argv=argv)
+    finally:
+        torch.set_num_threads(threads)
+    return e.value.code, capsys.readouterr().err
 
 
 def test_scripts_with_options_are_found() -> None:
@@ -86,12 +114,14 @@ def test_a_wrong_option_value_is_one_line_and_exit_status_2() -> None:
         ("backprop_variance", ["--sizes", "4", "0", "--out", "/nonexistent"], "--sizes"),
     ],
 )
-def test_paper_scripts_refuse_a_size_that_leaves_nothing_to_run(script: str, argv: list[str], option: str) -> None:
+def test_paper_scripts_refuse_a_size_that_leaves_nothing_to_run(
+    script: str, argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The digits scripts (digits.py, bayes_digits.py, backprop_variance.py, repro_*.py) refuse a zero, negative or odd
     (mirrored) size, or a fraction outside (0, 1), with exit status 2 and one line naming the option, before any
-    training or measuring (no traceback)."""
-    r = run_script(f"scripts/{script}.py", *argv, check=False)
-    assert r.returncode == 2 and r.stderr.startswith(f"flipes: error: {option}:") and len(r.stderr.splitlines()) == 1, r.stderr
+    training or measuring (no traceback: any other exception fails the test)."""
+    status, err = run_as_main(script, argv, capsys)
+    assert status == 2 and err.startswith(f"flipes: error: {option}:") and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(
@@ -105,14 +135,16 @@ def test_paper_scripts_refuse_a_size_that_leaves_nothing_to_run(script: str, arg
         ("profile_rollout", ["--n", "0"], "--n"),
     ],
 )
-def test_rollout_scripts_refuse_an_unknown_env_or_empty_size_in_one_line(script: str, argv: list[str], option: str) -> None:
+def test_rollout_scripts_refuse_an_unknown_env_or_empty_size_in_one_line(
+    script: str, argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """bench_rollout.py, count_rollout_ops.py and profile_rollout.py report an env id no engine can make, or a size
     below 1, as one line naming the option (bench_rollout's with an example of that option), with exit status 2 (no
-    EnvError or ValueError traceback)."""
-    r = run_script(f"scripts/{script}.py", *argv, check=False)
-    assert r.returncode == 2 and f"flipes: error: {option}:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    EnvError or ValueError traceback: any other exception fails the test)."""
+    status, err = run_as_main(script, argv, capsys)
+    assert status == 2 and f"flipes: error: {option}:" in err and "Traceback" not in err, err
     if script == "bench_rollout" and option != "--envs":  # its example of a size names the option refused
-        assert r.stderr.rstrip().endswith(f"; e.g. {option} {'64 256' if option == '--sizes' else 200}"), r.stderr
+        assert err.rstrip().endswith(f"; e.g. {option} {'64 256' if option == '--sizes' else 200}"), err
 
 
 def test_gpu_check_quick_run_keeps_the_gpu_report() -> None:
