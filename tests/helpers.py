@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import os
 import shutil
@@ -11,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import gymnasium
 import pytest
@@ -55,6 +58,59 @@ def run_script(
     if check and r.returncode != 0:  # with its output: CalledProcessError would show only the command
         raise AssertionError(f"{' '.join(map(str, args))} exited {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
     return r
+
+
+def load_script(path: Path) -> ModuleType:
+    """scripts/NAME.py as a module (scripts/ is not a package; its files import each other), its ``__main__`` block
+    not run."""
+    name = f"flipes_script_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    scripts = str(path.parent)
+    added = scripts not in sys.path
+    if added:
+        sys.path.insert(0, scripts)  # as when the script runs: `from repro_common import ...`
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if added:
+            sys.path.remove(scripts)
+    return module
+
+
+def main_block(path: Path) -> str:
+    """The statement the file's ``if __name__ == "__main__":`` block runs, as source (read without importing it)."""
+    body = ast.parse(path.read_text()).body
+    blocks = [node for node in body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+    assert len(blocks) == 1 and len(blocks[0].body) == 1, f"{path.name}: not one __main__ block of one statement"
+    return ast.unparse(blocks[0].body[0])
+
+
+def run_script_in_process(script: str, *argv: str | Path) -> object:
+    """``python scripts/SCRIPT.py ARGV...`` run in this process as the script's ``__main__`` block runs it (checked to be
+    flipes.cli's ``run(main, Args, description=__doc__)``): what ``main`` returns, or the SystemExit of a UsageError.
+    For tests of what a script computes or refuses, not of a fresh interpreter (which costs ~2 s of imports each).
+    What scripts set for the whole process is put back: torch's thread count, its global generator, matplotlib's
+    backend (where matplotlib was imported before)."""
+    from flipes import cli
+
+    path = ROOT / "scripts" / f"{script}.py"
+    assert main_block(path) == "run(main, Args, description=__doc__)", path.name
+    module = load_script(path)
+    assert module.run is cli.run, f"{path.name}: its run is not flipes.cli.run"
+    threads = torch.get_num_threads()
+    backend = sys.modules["matplotlib"].get_backend() if "matplotlib" in sys.modules else None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return module.run(module.main, module.Args, description=module.__doc__, argv=list(map(str, argv)))
+    finally:
+        torch.set_num_threads(threads)
+        if backend is not None:
+            import matplotlib.pyplot as plt
+
+            plt.switch_backend(backend)
 
 
 def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:

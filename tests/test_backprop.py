@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_script
+from helpers import run_script_in_process
 from reference import member_deltas
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
@@ -700,11 +700,12 @@ def test_flipes_ignores_the_posterior_parameters() -> None:
     )
 
 
-def test_backprop_variance_script_tiny(tmp_path: Path) -> None:
+def test_backprop_variance_script_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """scripts/backprop_variance.py --quick prints finite slopes and variances for the FC (shared, Flipout, LRT),
     ConvNet (Flipout) and LSTM (shared, Flipout) rows, each variance at N = 16 below that at N = 1 and positive, and
     writes a PNG of more than 10 kB as backprop_variance_quick.png (not the full run's backprop_variance.png)."""
-    out = run_script("scripts/backprop_variance.py", "--quick", "true", "--out", str(tmp_path)).stdout
+    run_script_in_process("backprop_variance", "--quick", "true", "--out", tmp_path)
+    out = capsys.readouterr().out
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in out.splitlines() if line.startswith("| ")}
     for key in [
         ("FC", "shared"),
@@ -722,22 +723,24 @@ def test_backprop_variance_script_tiny(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_bench_backprop_step_script_tiny() -> None:
+def test_bench_backprop_step_script_tiny(capsys: pytest.CaptureFixture[str]) -> None:
     """scripts/bench_backprop_step.py --quick (the README's "Cost" command) prints one row per variant, plain, Flipout
     and shared, each with a positive step time, and plain's ratio to itself exactly 1.0 (no timing is asserted)."""
-    out = run_script("scripts/bench_backprop_step.py", "--quick", "true").stdout
+    run_script_in_process("bench_backprop_step", "--quick", "true")
+    out = capsys.readouterr().out
     rows = [[c.strip() for c in line.split("|")[1:5]] for line in out.splitlines() if line.startswith("| 8 |")]
     assert [r[1] for r in rows] == ["plain", "Flipout", "shared"]
     assert all(float(r[2]) > 0 for r in rows) and rows[0][3] == "1.0"
 
 
-def test_bayes_digits_script_tiny(tmp_path: Path) -> None:
+def test_bayes_digits_script_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """scripts/bayes_digits.py, 3 epochs: the JSON holds validation results for each β and the deterministic net, the
     selected β has the lowest validation NLL (seed 0), the printed test rows are the deterministic net, the selected β
     and the ELBO (β = 1) when not selected, matching the JSON, each with accuracy in (50, 100] %, ECE in [0, 1] and
     NLL in (0, 3), and the Markdown has the table and marks the selection."""
     args = ["--epochs", "3", "--samples", "2", "--betas", "1", "0.1", "--select-seeds", "0", "--seeds", "0"]
-    out = run_script("scripts/bayes_digits.py", *args, "--out", str(tmp_path)).stdout
+    run_script_in_process("bayes_digits", *args, "--out", tmp_path)
+    out = capsys.readouterr().out
     result = json.loads((tmp_path / "bayes_digits.json").read_text())
     val = result["validation"]
     assert set(val) == {"1", "0.1", "deterministic"}

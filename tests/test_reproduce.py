@@ -7,14 +7,14 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import run_script
+from helpers import run_script_in_process
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def run_repro(name: str, out: Path) -> dict:
     """Runs scripts/NAME.py --tiny, which writes NAME_tiny.{png,md,json} (never the full run's NAME.*), and reads them."""
-    run_script(f"scripts/{name}.py", "--tiny", "true", "--threads", "1", "--out", out)
+    run_script_in_process(name, "--tiny", "true", "--threads", "1", "--out", out)
     assert not list(out.glob(f"{name}.*")), "a smoke test must not overwrite the full run's results"
     assert (out / f"{name}_tiny.png").read_bytes()[:8] == PNG
     assert "|---|" in (out / f"{name}_tiny.md").read_text()

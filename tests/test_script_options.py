@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-import torch
-from helpers import run_script
+from helpers import load_script, run_script, run_script_in_process
 
-from flipes import cli
 from flipes.cli import build_parser, field_docs, option_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,47 +23,12 @@ def defines_args(path: Path) -> bool:
 WITH_ARGS = sorted(p for p in SCRIPTS.glob("*.py") if defines_args(p))
 
 
-def load(path: Path) -> ModuleType:
-    """scripts/NAME.py as a module (scripts/ is not a package; its files import each other)."""
-    name = f"flipes_script_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    added = str(SCRIPTS) not in sys.path
-    if added:
-        sys.path.insert(0, str(SCRIPTS))  # as when the script runs: `from repro_common import ...`
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if added:
-            sys.path.remove(str(SCRIPTS))
-    return module
-
-
-def main_block(path: Path) -> ast.If:
-    """The file's ``if __name__ == "__main__":`` block (read without importing it)."""
-    body = ast.parse(path.read_text()).body
-    blocks = [node for node in body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
-    assert len(blocks) == 1, f"{path.name}: {len(blocks)} __main__ blocks"
-    return blocks[0]
-
-
 def run_as_main(script: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
-    """scripts/SCRIPT.py's command line ``argv`` run in this process as its ``__main__`` block runs it (checked to be
-    flipes.cli's ``run(main, Args, description=__doc__)``; test_a_wrong_option_value_is_one_line_and_exit_status_2
-    runs that block from a real command line): the status it exits with and its stderr. A script that does not exit
-    fails the test; torch's thread count, which scripts set before measuring, is put back."""
-    path = SCRIPTS / f"{script}.py"
-    assert ast.unparse(main_block(path).body[0]) == "run(main, Args, description=__doc__)", path.name
-    module = load(path)
-    assert module.run is cli.run, path.name
-    threads = torch.get_num_threads()
-    try:
-        with pytest.raises(SystemExit) as e:
-            module.run(module.main, module.Args, description=module.__doc__, argv=argv)
-    finally:
-        torch.set_num_threads(threads)
+    """scripts/SCRIPT.py's command line ``argv`` run in this process as its ``__main__`` block runs it
+    (test_a_wrong_option_value_is_one_line_and_exit_status_2 runs that block from a real command line): the status it
+    exits with and its stderr. A script that does not exit fails the test."""
+    with pytest.raises(SystemExit) as e:
+        run_script_in_process(script, *argv)
     return e.value.code, capsys.readouterr().err
 
 
@@ -82,7 +42,7 @@ def test_scripts_with_options_are_found() -> None:
 def test_every_option_has_help_text_and_the_parser_builds(path: Path) -> None:
     """Each script's Args is a dataclass whose every field has a non-empty help text (its docstring),
     and flipes.cli builds its command line (every annotation is one it can parse)."""
-    args = load(path).Args
+    args = load_script(path).Args
     assert dataclasses.is_dataclass(args)
     docs = field_docs(args)
     undocumented = [f.name for f in dataclasses.fields(args) if not docs.get(f.name, "").strip()]
@@ -150,7 +110,7 @@ def test_rollout_scripts_refuse_an_unknown_env_or_empty_size_in_one_line(
 def test_gpu_check_quick_run_keeps_the_gpu_report() -> None:
     """scripts/gpu_check.py --quick (the CPU smoke run) writes scripts/results/gpu_check_quick.* by default, never the
     committed GPU report scripts/results/gpu_check.*; a chosen --out is kept as given."""
-    args = load(SCRIPTS / "gpu_check.py").Args
+    args = load_script(SCRIPTS / "gpu_check.py").Args
     assert args().out == "scripts/results/gpu_check"
     assert args(quick=True).out == "scripts/results/gpu_check_quick"
     assert args(quick=True, out="/tmp/x/gpu_check").out == "/tmp/x/gpu_check"
@@ -172,7 +132,7 @@ def test_repro_timing_times_full_rank_alone_with_no_ranks(
     before anything is measured."""
     import flipes
 
-    module = load(SCRIPTS / "repro_timing.py")
+    module = load_script(SCRIPTS / "repro_timing.py")
 
     def setup(*args: object) -> None:
         raise Measured
