@@ -20,26 +20,22 @@ LOAD_WITHOUT_FLIPES = """
 import sys
 sys.modules["flipes"] = None  # any import of flipes fails: the program needs torch alone
 import torch
-torch.set_num_threads(int(sys.argv[4]))  # as the reference's: a GEMM's rounding may depend on the thread count
-program = torch.export.load(sys.argv[1]).module()
-inputs = torch.load(sys.argv[2])
-outs = [program(*args) for args in inputs]
-torch.save(outs, sys.argv[3])
-tensors = [t for out in outs for t in (out if isinstance(out, tuple) else (out,))]
-print("requires grad:", any(t.requires_grad for t in tensors), [t.numpy().shape for t in tensors])  # numpy as is
+torch.set_num_threads(int(sys.argv[1]))  # as the reference's: a GEMM's rounding may depend on the thread count
+for directory in sys.argv[2:]:  # each DIR/policy.pt2 on the inputs DIR/inputs.pt, its outputs to DIR/out.pt
+    program = torch.export.load(directory + "/policy.pt2").module()
+    inputs = torch.load(directory + "/inputs.pt")
+    outs = [program(*args) for args in inputs]
+    torch.save(outs, directory + "/out.pt")
+    tensors = [t for out in outs for t in (out if isinstance(out, tuple) else (out,))]
+    print(directory, "requires grad:", any(t.requires_grad for t in tensors), [t.numpy().shape for t in tensors])  # as is
 """
+CASES = [("flipes/CartPole-v1", "mlp"), ("flipes/Pendulum-v1", "mlp"), ("flipes/CartPole-v1", "gru")]
 
 
-@pytest.mark.parametrize(
-    "env,policy", [("flipes/CartPole-v1", "mlp"), ("flipes/Pendulum-v1", "mlp"), ("flipes/CartPole-v1", "gru")]
-)
-def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str, policy: str, tmp_path: Path) -> None:
-    """``flipes export DIR`` writes DIR/policy.pt2; loaded in a process where flipes cannot be imported,
-    it maps batches of 1 and 7 observations (normalized by the run's statistics) to exactly the actions
-    of ``flipes.load_policy``'s policy at the same thread count: argmax for Discrete, tanh into the bounds for Box; a GRU
-    policy's program takes and returns its state, zeros at the start; the actions need no torch.no_grad()
-    (no autograd graph: .numpy() works on them as returned)."""
-    run = tmp_path / "run"
+def export_a_run(env: str, policy: str, run: Path) -> list:
+    """Train a tiny run of ``policy`` on ``env`` into ``run``, ``flipes export`` it, check the program's declared inputs
+    and write run/inputs.pt, batches of 1 and 7 observations (two steps from a zero state for a GRU); what
+    ``flipes.load_policy``'s policy gives on them."""
     flipes.train(**{**FAST_KW, "env": env}, policy=policy, hidden=[8, 8], generations=2, out=str(run))
     assert main(["export", str(run)]) == 0 and (run / "policy.pt2").is_file()
     declared = flipes.export.program_inputs(run / "policy.pt2")
@@ -55,19 +51,36 @@ def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str,
         expect = [first, reference(obs[1], first[1])]
     else:
         inputs, expect = [(o,) for o in obs], [reference(o) for o in obs]
-    torch.save(inputs, tmp_path / "inputs.pt")
-    cmd = [
-        sys.executable,
-        "-c",
-        LOAD_WITHOUT_FLIPES,
-        str(run / "policy.pt2"),
-        str(tmp_path / "inputs.pt"),
-        str(tmp_path / "out.pt"),
-        str(torch.get_num_threads()),
-    ]
-    r = subprocess.run(cmd, check=True, timeout=120, cwd=tmp_path, capture_output=True, text=True)
-    assert "requires grad: False" in r.stdout, r.stdout + r.stderr
-    got = torch.load(tmp_path / "out.pt")
+    torch.save(inputs, run / "inputs.pt")
+    return expect
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple[Path, list, str]]:
+    """Each case's run directory, the policy's actions and the line the program's process printed for it: every
+    case's program loaded in ONE process where flipes cannot be imported (each process costs seconds of imports)."""
+    root = tmp_path_factory.mktemp("export")
+    runs = {case: root / f"{case[0].split('/')[-1]}-{case[1]}" for case in CASES}
+    expect = {case: export_a_run(*case, run) for case, run in runs.items()}
+    cmd = [sys.executable, "-c", LOAD_WITHOUT_FLIPES, str(torch.get_num_threads()), *map(str, runs.values())]
+    r = subprocess.run(cmd, timeout=120, cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    printed = {line.split(" ", 1)[0]: line for line in r.stdout.splitlines()}
+    return {case: (run, expect[case], printed.get(str(run), r.stdout + r.stderr)) for case, run in runs.items()}
+
+
+@pytest.mark.parametrize("env,policy", CASES)
+def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(
+    env: str, policy: str, exported: dict[tuple[str, str], tuple[Path, list, str]]
+) -> None:
+    """``flipes export DIR`` writes DIR/policy.pt2; loaded in a process where flipes cannot be imported,
+    it maps batches of 1 and 7 observations (normalized by the run's statistics) to exactly the actions
+    of ``flipes.load_policy``'s policy at the same thread count: argmax for Discrete, tanh into the bounds for Box; a GRU
+    policy's program takes and returns its state, zeros at the start; the actions need no torch.no_grad()
+    (no autograd graph: .numpy() works on them as returned)."""
+    run, expect, printed = exported[env, policy]
+    assert "requires grad: False" in printed, printed
+    got = torch.load(run / "out.pt")
     for g, e in zip(got, expect, strict=True):
         for a, b in zip(*((x if isinstance(x, tuple) else (x,)) for x in (g, e)), strict=True):
             assert a.dtype == b.dtype and torch.equal(a, b)
