@@ -32,15 +32,15 @@ from helpers import (
     NEEDS_TOMLLIB,
     ROOT,
     Mpi4pyLike,
+    main_block,
     metrics,
-    run_script,
     sigterm_twice,
 )
 
 import flipes
 from flipes.callbacks import Callback
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from flipes.commands import parse_train_config
+from flipes.commands import main, parse_train_config
 from flipes.config import TrainConfig, default_target
 from flipes.rl import make_vector_env, run_episodes
 from flipes.rl.presets import preset_for
@@ -1898,22 +1898,26 @@ def test_sigterm_twice_at_once_as_a_batch_system_and_its_launcher_send_it_stops_
     assert load_checkpoint(run)["es"]["generation"] == len(rows.read_text().splitlines()) >= 1
 
 
-def test_evaluate_and_plot_commands_on_a_tiny_run(tmp_path: Path) -> None:
+def test_evaluate_and_plot_commands_on_a_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """scripts/evaluate.py rebuilds the policy, prints its return over 5 episodes and renders a GIF of at most 6
     frames at CartPole's 600x400; scripts/plot.py (``flipes plot``) writes a PNG for two runs (a smoke test: what is
-    drawn is read back in test_plot_draws_each_runs_curves_against_the_chosen_x)."""
+    drawn is read back in test_plot_draws_each_runs_curves_against_the_chosen_x). Both run here as their ``__main__``
+    blocks do, ``script(COMMAND)``: flipes.commands.main of the command line (test_cli's warnings test runs
+    scripts/train.py's ``script("train")`` from a real command line)."""
     for name in ("a", "b"):
         flipes.train(**FAST_KW, generations=2, out=str(tmp_path / name))
+    for name in ("evaluate", "plot"):
+        assert main_block(ROOT / "scripts" / f"{name}.py") == f"script('{name}')"
     gif = tmp_path / "policy.gif"
-    r = run_script("scripts/evaluate.py", tmp_path / "a", "--episodes", "5", "--render", gif, "--max-frames", "6",
-                   env={"SDL_VIDEODRIVER": "dummy"})  # fmt: skip
-    assert "center policy return" in r.stdout and "over 5 episodes" in r.stdout and "(6 frames)" in r.stdout
+    assert main(["evaluate", str(tmp_path / "a"), "--episodes", "5", "--render", str(gif), "--max-frames", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "center policy return" in out and "over 5 episodes" in out and "(6 frames)" in out
     from PIL import Image
 
     with Image.open(gif) as im:  # CartPole's episodes last 8 steps at least: cut at 6 frames (PIL merges equal ones)
         assert 1 < im.n_frames <= 6 and im.size == (600, 400)
     png = tmp_path / "curves.png"
-    run_script("scripts/plot.py", tmp_path / "a", tmp_path / "b", "--x", "timesteps", "--out", png)
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--x", "timesteps", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert (tmp_path / "a" / "curves.png").exists()  # training's own
 
