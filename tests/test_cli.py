@@ -679,18 +679,20 @@ def test_an_unknown_flag_is_offered_close_flags_once(flag: str, fix: str, tmp_pa
     assert capsys.readouterr().err == f"flipes: error: {flag}: unknown option; {fix}\n"
 
 
-def test_the_console_command_prints_one_line_and_no_traceback() -> None:
+def test_the_console_command_prints_one_line_and_no_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     """The installed ``flipes`` command (python -m flipes where it is not on PATH) reports a bad
-    option as one line on stderr with exit status 2."""
+    option as one line on stderr with exit status 2; ``flipes train --help`` (flipes.commands.main, which both
+    run: ``python -m flipes`` itself runs from a command line in test_a_commands_own_warnings_are_one_line...) lists
+    --noise-rank with its help."""
     exe = shutil.which("flipes", path=str(Path(sys.executable).parent))
     cmd = [exe] if exe else [sys.executable, "-m", "flipes"]
-    import subprocess
-
     r = subprocess.run([*cmd, "train", "--lr", "inf"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("flipes: error: --lr: must be a finite number > 0, got inf; ")
-    h = run_script("-m", "flipes", "train", "--help")
-    assert "--noise-rank INT" in h.stdout and "Rank of each group" in h.stdout
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "--noise-rank INT" in out and "Rank of each group" in out
 
 
 def test_load_policy_on_a_device_this_machine_lacks_names_the_device_not_a_damaged_checkpoint(runs: dict[str, Path]) -> None:
