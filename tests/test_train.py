@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,16 +48,24 @@ from flipes.rl.presets import preset_for
 from flipes.train_state import TrainState
 
 
-def test_train_in_process_solves_cartpole_and_its_rows_are_the_jsonl_rows(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def solved_cartpole(tmp_path_factory: pytest.TempPathFactory) -> flipes.TrainResult:
+    """flipes/CartPole-v1 trained with the defaults (seed 0) until it stops at its registered target, for the tests
+    that read that run; its directory is theirs to read, never to write."""
+    out = tmp_path_factory.mktemp("solved") / "cartpole"
+    return flipes.train(env="flipes/CartPole-v1", seed=0, out=str(out), tensorboard=False, progress=False)
+
+
+def test_train_in_process_solves_cartpole_and_its_rows_are_the_jsonl_rows(solved_cartpole: flipes.TrainResult) -> None:
     """``flipes.train`` with the defaults solves flipes/CartPole-v1 (center policy >= 475 over 100
     episodes, seed 0), returns exactly the rows it wrote to metrics.jsonl, and the saved policy
     passes an independent 100-episode check through ``flipes.load_policy``."""
-    result = flipes.train(env="flipes/CartPole-v1", seed=0, out=str(tmp_path), tensorboard=False, progress=False)
+    result = solved_cartpole
     assert result.reason.startswith("solved") and result.metrics[-1]["eval_return"] >= 475, result.reason
-    assert result.metrics == metrics(tmp_path)
+    assert result.metrics == metrics(result.run_dir)
     assert [r["generation"] for r in result.metrics] == list(range(len(result.metrics)))
-    assert result.run_dir == tmp_path and result.es.generation == len(result.metrics)
-    policy = flipes.load_policy(tmp_path)
+    assert result.run_dir.name == "cartpole" and result.es.generation == len(result.metrics)
+    policy = flipes.load_policy(result.run_dir)
     returns = run_episodes(make_vector_env("flipes/CartPole-v1", 100), policy, seed=987_654).returns
     assert returns.mean() >= 475, returns.mean()
     # the returned model is the trained center network
@@ -142,7 +151,9 @@ def test_the_optimizer_settings_sent_to_other_ranks_are_plain_values_that_set_an
     assert other.param_groups[0]["betas"] == (0.8, 0.99) and callable(other.param_groups[0]["schedule"])
 
 
-def test_registered_reward_threshold_stops_training_and_target_none_does_not(tmp_path: Path) -> None:
+def test_registered_reward_threshold_stops_training_and_target_none_does_not(
+    tmp_path: Path, solved_cartpole: flipes.TrainResult
+) -> None:
     """With no target given, InvertedPendulum-v5 stops at gymnasium's registered reward_threshold
     (950; the env's preset row sets none), and CartPole runs every generation with --target none
     although its center policy passes the registered 475 on the way."""
@@ -152,7 +163,8 @@ def test_registered_reward_threshold_stops_training_and_target_none_does_not(tmp
     assert solved.metrics[-1]["eval_return"] >= 950 > max(r.get("eval_return", 0) for r in solved.metrics[:-1])
     assert len(solved.metrics) < solved.config.generations
 
-    auto = flipes.train(env="flipes/CartPole-v1", seed=0, out=str(tmp_path / "auto"), tensorboard=False, progress=False)
+    auto = solved_cartpole  # flipes/CartPole-v1, seed 0, no target given: stopped at the registered 475
+    shutil.copytree(auto.run_dir, tmp_path / "auto")  # the requeue below must leave it as it is: a copy of its own
     before = (tmp_path / "auto" / "metrics.jsonl").read_bytes(), (tmp_path / "auto" / "checkpoint.pt").read_bytes()
     again = flipes.train(env="flipes/CartPole-v1", out=str(tmp_path / "auto"), resume="auto", progress=False)  # a requeue
     assert again.reason.startswith("solved") and "before this resume" in again.reason and again.metrics == []
