@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST_KW
+from helpers import FAST_KW, once_per_session
 
 import flipes
 from flipes.commands import main
@@ -55,32 +55,40 @@ def export_a_run(env: str, policy: str, run: Path) -> list:
     return expect
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple[Path, list, str]]:
-    """Each case's run directory, the policy's actions and the line the program's process printed for it: every
-    case's program loaded in ONE process where flipes cannot be imported (each process costs seconds of imports)."""
-    root = tmp_path_factory.mktemp("export")
-    runs = {case: root / f"{case[0].split('/')[-1]}-{case[1]}" for case in CASES}
-    expect = {case: export_a_run(*case, run) for case, run in runs.items()}
-    cmd = [sys.executable, "-c", LOAD_WITHOUT_FLIPES, str(torch.get_num_threads()), *map(str, runs.values())]
+def case_dir(env: str, policy: str) -> str:
+    return f"{env.split('/')[-1]}-{policy}"
+
+
+def export_and_load(root: Path) -> None:
+    """Each case's run exported under ``root``, with the policy's actions (expect.pt); then every case's program loaded
+    in ONE process where flipes cannot be imported (each process costs seconds of imports), which writes each out.pt
+    and prints a line per program (stdout.txt)."""
+    runs = [root / case_dir(*case) for case in CASES]
+    for case, run in zip(CASES, runs, strict=True):
+        torch.save(export_a_run(*case, run), run / "expect.pt")
+    cmd = [sys.executable, "-c", LOAD_WITHOUT_FLIPES, str(torch.get_num_threads()), *map(str, runs)]
     r = subprocess.run(cmd, timeout=120, cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    printed = {line.split(" ", 1)[0]: line for line in r.stdout.splitlines()}
-    return {case: (run, expect[case], printed.get(str(run), r.stdout + r.stderr)) for case, run in runs.items()}
+    (root / "stdout.txt").write_text(r.stdout)
+
+
+@pytest.fixture
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory export_and_load filled, once for the session (shared by pytest-xdist's workers)."""
+    return once_per_session(tmp_path_factory, "exported-policies", export_and_load)
 
 
 @pytest.mark.parametrize("env,policy", CASES)
-def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(
-    env: str, policy: str, exported: dict[tuple[str, str], tuple[Path, list, str]]
-) -> None:
+def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str, policy: str, exported: Path) -> None:
     """``flipes export DIR`` writes DIR/policy.pt2; loaded in a process where flipes cannot be imported,
     it maps batches of 1 and 7 observations (normalized by the run's statistics) to exactly the actions
     of ``flipes.load_policy``'s policy at the same thread count: argmax for Discrete, tanh into the bounds for Box; a GRU
     policy's program takes and returns its state, zeros at the start; the actions need no torch.no_grad()
     (no autograd graph: .numpy() works on them as returned)."""
-    run, expect, printed = exported[env, policy]
-    assert "requires grad: False" in printed, printed
-    got = torch.load(run / "out.pt")
+    run, stdout = exported / case_dir(env, policy), (exported / "stdout.txt").read_text()
+    printed = [line for line in stdout.splitlines() if line.split(" ", 1)[0] == str(run)]
+    assert len(printed) == 1 and "requires grad: False" in printed[0], stdout
+    got, expect = torch.load(run / "out.pt"), torch.load(run / "expect.pt")
     for g, e in zip(got, expect, strict=True):
         for a, b in zip(*((x if isinstance(x, tuple) else (x,)) for x in (g, e)), strict=True):
             assert a.dtype == b.dtype and torch.equal(a, b)
