@@ -27,9 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # which flipes.OutsidePopulationWarning is there to catch in users' code
 MADE_UP_FITNESS = pytest.mark.filterwarnings("ignore::flipes.OutsidePopulationWarning")
 # a tiny CartPole training: 8 members, 3-episode evaluations, never solved, no TensorBoard, no progress line
+# and no curves.png (about 0.2 s of CPU a run; the tests of curves.png ask for it)
 FAST = ["--env", "CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--target", "none", "--tensorboard", "false",
-        "--progress", "false"]  # fmt: skip
-FAST_KW = {"env": "CartPole-v1", "popsize": 8, "eval_episodes": 3, "target": None, "tensorboard": False, "progress": False}
+        "--plot", "false", "--progress", "false"]  # fmt: skip
+FAST_KW = {
+    "env": "CartPole-v1",
+    "popsize": 8,
+    "eval_episodes": 3,
+    "target": None,
+    "tensorboard": False,
+    "plot": False,
+    "progress": False,
+}
 
 
 def reference_env(env_id: str, **kwargs: object) -> gymnasium.Env:

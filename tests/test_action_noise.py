@@ -19,7 +19,7 @@ from flipes.rl import ActionNoise, GRUPolicy, MLPPolicy, RolloutFitness, make_ve
 
 PENDULUM_SPACES = (gym.spaces.Box(-8, 8, (3,), np.float32), gym.spaces.Box(-2, 2, (1,), np.float32))
 TRAIN_KW = {"env": "flipes/Pendulum-v1", "popsize": 8, "max_episode_steps": 30, "eval_episodes": 4, "target": None,
-            "tensorboard": False, "progress": False, "seed": 2}  # fmt: skip
+            "tensorboard": False, "plot": False, "progress": False, "seed": 2}  # fmt: skip
 
 
 class SecondOfTwo:

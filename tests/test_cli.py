@@ -133,7 +133,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _user_module(root)
     sys.path.insert(0, str(root))
     try:
-        quiet = {"popsize": 8, "generations": 2, "eval_episodes": 3, "tensorboard": False, "progress": False}
+        quiet = {"popsize": 8, "generations": 2, "eval_episodes": 3, "tensorboard": False, "plot": False, "progress": False}
         flipes.train(env="CartPole-v1", out=str(root / "cartpole"), **quiet)
         flipes.train(env="Pendulum-v1", out=str(root / "pendulum"), **quiet)
         flipes.train(env="none", model="user_mod:make_model", fitness="user_mod:ok", out=str(root / "custom"), **quiet)
@@ -279,7 +279,9 @@ def test_user_mistakes_are_one_line_errors_naming_the_option(
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     names = {"tmp": tmp_path, **runs}
-    quiet = ["--tensorboard", "false", "--generations", "2", "--eval-episodes", "3"] if argv[0] == "train" else []
+    quiet = (
+        ["--tensorboard", "false", "--plot", "false", "--generations", "2", "--eval-episodes", "3"] if argv[0] == "train" else []
+    )
     argv = [a.format(**names) for a in argv] + quiet
     if argv[0] == "train" and "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
@@ -784,7 +786,7 @@ def test_a_mistake_in_the_command_is_named_before_a_run_directory_that_holds_a_r
         ([*custom, "--model", "user_mod:make_model", "--fitness", "user_mod:ok"], f"--out: {str(held)!r} holds a run"),
     ):
         with pytest.raises(SystemExit) as stop:
-            main(["train", *argv, "--tensorboard", "false"])
+            main(["train", *argv, "--tensorboard", "false", "--plot", "false"])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and err.startswith(f"flipes: error: {start}"), (argv, err)
 
@@ -882,7 +884,7 @@ def test_a_commands_own_warnings_are_one_line_and_a_users_keep_their_place(tmp_p
     header pointing at flipes' entry point; a warning from the user's fitness module keeps its file and line."""
     (tmp_path / "constfit.py").write_text(CONSTANT_FITNESS)
     r = run_script(*entry, "--env", "none", "--model", "constfit:make_model", "--fitness", "constfit:fitness",
-                   "--popsize", "8", "--generations", "1", "--out", tmp_path / "run", "--tensorboard", "false",
+                   "--popsize", "8", "--generations", "1", "--out", tmp_path / "run", "--tensorboard", "false", "--plot", "false",
                    "--progress", "false", extra_path=[tmp_path])  # fmt: skip
     lines = r.stderr.splitlines()
     assert [x for x in lines if x.startswith("flipes: warning: generation 0: all 8 members have the same fitness")], r.stderr
@@ -953,7 +955,7 @@ def test_resume_auto_notes_a_first_start_and_a_resume_and_progress_false_keeps_t
 ) -> None:
     """``--resume auto`` starting a run says which per-env defaults it used (as a plain start does); resuming says
     where and at which generation; ``--progress false`` prints no generation lines but still how training ended."""
-    run = ["train", "--env", "CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--tensorboard", "false",
+    run = ["train", "--env", "CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--tensorboard", "false", "--plot", "false",
            "--target", "none", "--out", str(tmp_path / "run"), "--resume", "auto"]  # fmt: skip
     assert main([*run, "--generations", "1"]) == 0
     first = capsys.readouterr()
@@ -973,7 +975,7 @@ def test_a_run_cut_short_by_max_seconds_names_the_resume_that_continues_it(tmp_p
     that continues it, and that flag, given as printed, trains the next generation; a run that trained its whole budget
     names no resume."""
     out = tmp_path / "run"
-    run = ["train", "--env", "CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--tensorboard", "false",
+    run = ["train", "--env", "CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--tensorboard", "false", "--plot", "false",
            "--target", "none", "--progress", "false"]  # fmt: skip
     assert main([*run, "--out", str(out), "--generations", "5", "--max-seconds", "1e-9"]) == 0  # stops after generation 0
     cut = capsys.readouterr().out.splitlines()
@@ -1043,7 +1045,7 @@ def test_custom_fitness_runs_default_to_a_directory_named_after_the_fitness(
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     argv = ["train", "--env", "none", "--model", "user_mod:make_model", "--fitness", "user_mod:ok", "--popsize", "8",
-            "--tensorboard", "false", "--resume", "auto"]  # fmt: skip
+            "--tensorboard", "false", "--plot", "false", "--resume", "auto"]  # fmt: skip
     assert main([*argv, "--generations", "1"]) == 0
     assert main([*argv, "--generations", "2"]) == 0
     assert f"resumed {Path('runs/ok')} at generation 1" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from flipes.rl.envpool_vec import envpool_ids
 from flipes.rl.policy import NATURE_TORSO, torso_min_size
 
 SPOT_RUN = dict(env="image_env:cnntest/BrightSpot-v0", policy="cnn", hidden=[32], popsize=32, sigma=0.1, lr=0.05,
-                episodes=8, seed=0, progress=False, tensorboard=False)  # fmt: skip
+                episodes=8, seed=0, progress=False, tensorboard=False, plot=False)  # fmt: skip
 
 
 def plain_cnn(params: dict[str, Tensor], images: Tensor) -> Tensor:
@@ -286,7 +286,20 @@ def test_pong_trains_a_generation_with_the_cnn_and_evaluates_loads_and_exports(t
     from flipes.export import export_policy, program_inputs
 
     run = tmp_path / "pong"
-    common = ["--env", "Pong-v5", "--popsize", "4", "--max-episode-steps", "30", "--eval-episodes", "2", "--tensorboard", "false"]
+    common = [
+        "--env",
+        "Pong-v5",
+        "--popsize",
+        "4",
+        "--max-episode-steps",
+        "30",
+        "--eval-episodes",
+        "2",
+        "--tensorboard",
+        "false",
+        "--plot",
+        "false",
+    ]
     assert main(["train", *common, "--generations", "1", "--out", str(run)]) == 0
     config = json.loads((run / "config.json").read_text())
     assert (config["policy"], config["hidden"]) == ("cnn", [512])

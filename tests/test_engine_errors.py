@@ -838,7 +838,7 @@ def test_dropout_beside_a_batch_norm_in_training_mode_names_the_dropout_modules_
         return -model(torch.randn(pop.size * 4, 4)).view(pop.size, 4).square().mean(1)
 
     flipes.train(env="none", model=lambda env: net(nn.BatchNorm1d(8)), fitness=fit, popsize=8, generations=1,
-                 out=tmp_path, tensorboard=False, progress=True)  # fmt: skip
+                 out=tmp_path, tensorboard=False, plot=False, progress=True)  # fmt: skip
     err = capsys.readouterr().err
     assert fix in err and "return model.eval()" not in err
 

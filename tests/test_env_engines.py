@@ -445,7 +445,8 @@ def test_a_short_es_run_on_halfcheetah_through_envpool_raises_the_center_return(
     import flipes
 
     rows = flipes.train(env="envpool:HalfCheetah-v5", popsize=64, sigma=0.03, lr=0.04, generations=5, eval_every=4, seed=0,
-                        target=None, tensorboard=False, progress=False, out=str(tmp_path / "run")).metrics  # fmt: skip
+                        target=None, tensorboard=False, plot=False, progress=False,
+                        out=str(tmp_path / "run")).metrics  # fmt: skip
     evals = {r["generation"]: r["eval_return"] for r in rows if "eval_return" in r}
     assert set(evals) == {0, 4}
     assert evals[4] > evals[0] + 300, evals

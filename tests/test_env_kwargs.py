@@ -22,7 +22,7 @@ from flipes.rl.envpool_vec import envpool_ids
 from flipes.rl.envs import EnvOptionError, NumpyToTorch
 
 NEEDS_ENVPOOL = pytest.mark.skipif(not envpool_ids(), reason="EnvPool is not installed")
-QUIET = {"tensorboard": False, "progress": False, "target": None}
+QUIET = {"tensorboard": False, "plot": False, "progress": False, "target": None}
 
 
 def test_the_flag_reads_a_json_object_and_config_files_a_table(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_mistakes_in_the_options_are_one_line_errors(
     do, before anything is written."""
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", *argv, "--generations", "1", "--tensorboard", "false", "--out", str(out)])
+        main(["train", *argv, "--generations", "1", "--tensorboard", "false", "--plot", "false", "--out", str(out)])
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
@@ -222,7 +222,7 @@ def test_a_resume_keeps_the_options_and_refuses_others(tmp_path: Path, capsys: p
     resumes with none."""
     out = tmp_path / "run"
     run = ["train", "--env", "flipes/CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--target", "none",
-           "--tensorboard", "false", "--progress", "false", "--out", str(out)]  # fmt: skip
+           "--tensorboard", "false", "--plot", "false", "--progress", "false", "--out", str(out)]  # fmt: skip
     assert main([*run, "--generations", "2", "--env-kwargs", '{"sutton_barto_reward": true}']) == 0
     assert main(["train", "--resume", str(out), "--generations", "3", "--progress", "false"]) == 0
     rows = metrics(out)
@@ -298,7 +298,21 @@ def test_non_finite_returns_name_the_env_options_the_run_was_given(tmp_path: Pat
     0), is refused naming those options beside --sigma and --lr, the suspects of a run without them."""
     argv = ["train", "--env", "envpool:HalfCheetah-v5", "--env-kwargs", '{"frame_skip": 0}', "--popsize", "4"]
     with pytest.raises(SystemExit):
-        main([*argv, "--max-episode-steps", "5", "--generations", "1", "--tensorboard", "false", "--out", str(tmp_path / "o")])
+        main(
+            [
+                *argv,
+                "--max-episode-steps",
+                "5",
+                "--generations",
+                "1",
+                "--tensorboard",
+                "false",
+                "--plot",
+                "false",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "returns are not finite" in err and err.endswith('or check the env and its --env-kwargs {"frame_skip": 0}'), err
 
@@ -312,7 +326,7 @@ def test_a_run_with_hidden_velocities_renders_its_episode_on_the_observed_column
     evaluated one: as many frames as its return (one a step) plus the reset's, from the same seed."""
     run = tmp_path / "run"
     flipes.train(env="flipes/CartPole-v1", env_kwargs={"hide_velocities": True}, popsize=8, generations=2, hidden=[4],
-                 target=None, progress=False, tensorboard=False, out=str(run))  # fmt: skip
+                 target=None, progress=False, tensorboard=False, plot=False, out=str(run))  # fmt: skip
     capsys.readouterr()
     gif = tmp_path / "hidden.gif"
     assert main(["evaluate", str(run), "--episodes", "1", "--render", str(gif), "--max-frames", "600"]) == 0

@@ -112,7 +112,7 @@ def test_export_refuses_what_it_cannot_trace_or_write(tmp_path: Path, monkeypatc
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     flipes.train(env="none", model="fitness:model", fitness="fitness:fitness", popsize=8, generations=1,
-                 out=str(tmp_path / "custom"), progress=False, tensorboard=False)  # fmt: skip
+                 out=str(tmp_path / "custom"), progress=False, tensorboard=False, plot=False)  # fmt: skip
     with pytest.raises(flipes.UsageError, match=r"custom fitness \(--env none\): there are no observations to trace"):
         flipes.export_policy(tmp_path / "custom")
 

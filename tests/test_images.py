@@ -78,7 +78,7 @@ def test_a_cnn_trained_on_epoch_minibatches_resumes_mid_epoch_bit_for_bit(tmp_pa
         logits = model(x[idx].expand(pop.size, 16, 1, 8, 8).flatten(0, 1))
         return -F.cross_entropy(logits, y[idx].repeat(pop.size), reduction="none").view(pop.size, 16).mean(1)
 
-    kw = {"env": "none", "model": lambda env: small_cnn(), "fitness": fitness, "popsize": 8, "tensorboard": False,
+    kw = {"env": "none", "model": lambda env: small_cnn(), "fitness": fitness, "popsize": 8, "tensorboard": False, "plot": False,
           "progress": False, "eval_every": 100}  # fmt: skip
     whole = [r["params_sha256"] for r in flipes.train(**kw, generations=7, out=str(tmp_path / "whole")).metrics]
     first = [r["params_sha256"] for r in flipes.train(**kw, generations=3, out=str(tmp_path / "resumed")).metrics]

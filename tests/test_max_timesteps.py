@@ -14,7 +14,7 @@ import flipes
 from flipes.commands import main
 
 RUN = ["train", "--env", "flipes/CartPole-v1", "--popsize", "8", "--eval-episodes", "3", "--eval-every", "5", "--target",
-       "none", "--tensorboard", "false", "--progress", "false", "--seed", "2"]  # fmt: skip
+       "none", "--tensorboard", "false", "--plot", "false", "--progress", "false", "--seed", "2"]  # fmt: skip
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_a_fitness_that_counts_no_env_steps_is_refused_and_a_rollout_fitness_cou
     policy = flipes.rl.MLPPolicy(venv.single_observation_space, venv.single_action_space, hidden=[8])
     rollouts = flipes.rl.RolloutFitness(venv, episodes=1, seed=0)
     result = flipes.train(env="none", model=policy, fitness=rollouts, popsize=8, generations=50, max_timesteps=500,
-                          out=str(tmp_path / "b"), progress=False, tensorboard=False)  # fmt: skip
+                          out=str(tmp_path / "b"), progress=False, tensorboard=False, plot=False)  # fmt: skip
     steps = [r["timesteps"] for r in result.metrics]
     assert result.reason.startswith("timestep budget reached") and steps[-1] >= 500 > (steps[-2] if len(steps) > 1 else 0)
 

@@ -22,7 +22,22 @@ from flipes.commands import main, parse_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
-COMMON = ["--popsize", "24", "--groups", "6", "--eval-episodes", "5", "--target", "1e9", "--tensorboard", "false", "--seed", "4"]
+COMMON = [
+    "--popsize",
+    "24",
+    "--groups",
+    "6",
+    "--eval-episodes",
+    "5",
+    "--target",
+    "1e9",
+    "--tensorboard",
+    "false",
+    "--plot",
+    "false",
+    "--seed",
+    "4",
+]
 
 
 def mpirun(k: int, *args: str, extra_path: str = "", check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -68,10 +83,10 @@ def one_process_seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # train.py commands of several tests below, each of which compares a run of one process with the 2-process run
 PENDULUM_BEST = ["--env", "flipes/Pendulum-v1", "--popsize", "64", "--groups", "2", "--generations", "5", "--comm",
                  "seeds", "--eval-every", "1", "--eval-episodes", "5", "--target", "none", "--tensorboard", "false",
-                 "--track-best"]  # fmt: skip
+                 "--plot", "false", "--track-best"]  # fmt: skip
 CNN = ["--env", "image_env:cnntest/BrightSpot-v0", "--policy", "cnn", "--hidden", "16", "--popsize", "16", "--groups", "2",
        "--episodes", "2", "--generations", "2", "--comm", "seeds", "--eval-every", "1", "--eval-episodes", "8", "--target",
-       "none", "--tensorboard", "false"]  # fmt: skip
+       "none", "--tensorboard", "false", "--plot", "false"]  # fmt: skip
 SIGMA_SCHEDULE = ["--env", "flipes/CartPole-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--sigma-decay", "0.6",
                   "--sigma-min", "0.04", "--lr-decay", "0.5", "--lr-min", "0.02"]  # fmt: skip
 ACTION_NOISE = ["--env", "flipes/Pendulum-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--episodes", "2",
@@ -349,7 +364,7 @@ try:
 except flipes.UsageError:
     pass  # caught on every rank: the job goes on
 flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 2), fitness=fitness, popsize=8, groups=2,
-             generations=100000, out=sys.argv[1], progress=False, tensorboard=False)
+             generations=100000, out=sys.argv[1], progress=False, tensorboard=False, plot=False)
 """
 
 
@@ -385,7 +400,7 @@ def fitness(model, pop):  # each member's inputs of its own: each rank's buffer 
     return -model(x).square().sum(1)
 
 flipes.train(env="none", model=lambda env: torch.nn.Sequential(RunningMean(), torch.nn.Linear(3, 1)), fitness=fitness,
-             popsize=8, groups=2, generations=4, check_every=2, out=sys.argv[1], progress=False, tensorboard=False)
+             popsize=8, groups=2, generations=4, check_every=2, out=sys.argv[1], progress=False, tensorboard=False, plot=False)
 """
 
 
@@ -453,7 +468,7 @@ import sys, time, torch, flipes
 
 comm = flipes.dist.world()
 kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 2), fitness=lambda model, pop: torch.ones(pop.size), popsize=8,
-          groups=2, generations=1, out=sys.argv[1], progress=False, tensorboard=False, mpi_timeout=60)
+          groups=2, generations=1, out=sys.argv[1], progress=False, tensorboard=False, plot=False, mpi_timeout=60)
 if comm.rank == 0:
     flipes.train(comm=flipes.dist.SerialComm(), **kw)  # a run in the directory
 comm.bcast(None)
@@ -509,7 +524,8 @@ def test_a_second_sigterm_to_mpiexec_ends_a_generation_that_never_ends_in_one_li
     (tmp_path / "endless.py").write_text(ENDLESS_FITNESS)
     run = tmp_path / "run"
     args = ["--env", "none", "--model", "endless:make_model", "--fitness", "endless:fitness", "--popsize", "8", "--groups",
-            "2", "--tensorboard", "false", "--progress", "false", "--checkpoint-every", "1", "--generations", "1000"]  # fmt: skip
+            "2", "--tensorboard", "false", "--plot", "false", "--progress", "false", "--checkpoint-every", "1", "--generations",
+            "1000"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(tmp_path)))}
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "scripts/train.py", *args, "--out", str(run)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -558,7 +574,7 @@ def test_without_groups_two_processes_take_two_and_the_run_keeps_them_on_one(tmp
     it: a resume on one process continues with those groups, on the parameters of a one-process run given them."""
     run, ref = tmp_path / "run", tmp_path / "ref"
     args = ["--env", "flipes/CartPole-v1", "--popsize", "16", "--eval-episodes", "5", "--target", "none", "--seed", "4"]
-    r = mpirun(2, *args, "--generations", "2", "--comm", "seeds", "--tensorboard", "false", "--out", str(run))
+    r = mpirun(2, *args, "--generations", "2", "--comm", "seeds", "--tensorboard", "false", "--plot", "false", "--out", str(run))
     notes = [line for line in r.stderr.splitlines() if line.startswith("flipes: --groups")]
     assert notes == [
         "flipes: --groups 2: each of the 2 processes evaluates whole ε groups (--groups 0, the default, takes the "
@@ -566,7 +582,22 @@ def test_without_groups_two_processes_take_two_and_the_run_keeps_them_on_one(tmp
     ], r.stderr
     assert json.loads((run / "config.json").read_text())["groups"] == 2
     train_on(1, "--resume", str(run), "--generations", "3")
-    train_on(1, *args, "--generations", "3", "--comm", "seeds", "--groups", "2", "--tensorboard", "false", "--out", str(ref))
+    train_on(
+        1,
+        *args,
+        "--generations",
+        "3",
+        "--comm",
+        "seeds",
+        "--groups",
+        "2",
+        "--tensorboard",
+        "false",
+        "--plot",
+        "false",
+        "--out",
+        str(ref),
+    )
     assert last(run)["generation"] == 2 and torch.equal(params(run), params(ref))
 
 
@@ -652,7 +683,7 @@ class AddKey(flipes.Callback):
 
 out = sys.argv[1]
 result = flipes.train(env="flipes/CartPole-v1", popsize=8, groups=2, generations=3, eval_episodes=3, target=None,
-                      tensorboard=False, progress=False, out=out + "/run", callbacks=[AddKey()])
+                      tensorboard=False, plot=False, progress=False, out=out + "/run", callbacks=[AddKey()])
 rank = result.es.comm.rank
 rows = [{k: v for k, v in r.items() if k not in ("steps_per_second", "bytes_sent")} for r in result.metrics]
 json.dump({"rows": rows, "best": result.best, "eval_return": result.eval_return}, open(f"{out}/rank{rank}.json", "w"))
@@ -681,7 +712,7 @@ class HalveLR(flipes.Callback):  # a schedule held by a callback, which rank 0 a
 
 result = flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 2), popsize=8, groups=2, generations=4, lr=0.1,
                       fitness=lambda model, pop: model(torch.ones(pop.size, 3))[:, 0], out=sys.argv[1] + "/run",
-                      comm="seeds", check_every=2, progress=False, tensorboard=False, callbacks=[HalveLR()])
+                      comm="seeds", check_every=2, progress=False, tensorboard=False, plot=False, callbacks=[HalveLR()])
 json.dump({"params": result.metrics[-1]["params_sha256"], "lr": result.es.optimizer.param_groups[0]["lr"]},
           open(f"{sys.argv[1]}/rank{result.es.comm.rank}.json", "w"))
 """
@@ -750,7 +781,7 @@ class SlowEnd(flipes.Callback):  # rank 0 alone runs callbacks: its last writes 
 
 result = flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 2), popsize=8, groups=2, generations=3,
                       fitness=lambda model, pop: model(torch.ones(pop.size, 3))[:, 0], out=sys.argv[1] + "/run",
-                      progress=False, tensorboard=False, callbacks=[SlowEnd()])
+                      progress=False, tensorboard=False, plot=False, callbacks=[SlowEnd()])
 saved = flipes.load_checkpoint(sys.argv[1] + "/run")["es"]
 json.dump({"generation": saved["generation"]}, open(f"{sys.argv[1]}/rank{result.es.comm.rank}.json", "w"))
 """
@@ -978,7 +1009,7 @@ class Widen(flipes.Callback):  # a curriculum held by a callback, which rank 0 a
 for out, generations in json.loads(sys.argv[1]):
     env = make_vector_env("flipes/Pendulum-v1", 8 // comm.size, g_range=[9.5, 10.5], note=None)  # this rank's members
     result = flipes.train(env="none", model=model, fitness=RolloutFitness(env), popsize=8, groups=2, generations=generations,
-                          out=out + "/run", resume="auto", comm="seeds", progress=False, tensorboard=False,
+                          out=out + "/run", resume="auto", comm="seeds", progress=False, tensorboard=False, plot=False,
                           callbacks=[Widen()], target=None)
     fitness = [json.loads(line)["fitness_mean"] for line in open(out + "/run/metrics.jsonl")]  # every generation's
     json.dump({"params": result.metrics[-1]["params_sha256"], "g_range": list(env.unwrapped.g_range), "fitness": fitness},

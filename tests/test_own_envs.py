@@ -162,7 +162,7 @@ def test_flipes_train_learns_on_a_batched_torch_env_registered_under_ones_own_id
     the center policy's mean return over 100 fresh episodes rises from chance (1.5 of 3) above 2.7."""
     result = flipes.train(
         env="owntest/Signs-v0", popsize=64, generations=60, sigma=0.2, lr=0.1, hidden=[16], episodes=4, eval_every=60,
-        eval_episodes=100, target=None, out=str(tmp_path / "run"), progress=False, tensorboard=False,
+        eval_episodes=100, target=None, out=str(tmp_path / "run"), progress=False, tensorboard=False, plot=False,
     )  # fmt: skip
     assert result.eval_return > 2.7
 
@@ -228,7 +228,7 @@ def test_a_rollout_fitness_given_to_train_counts_its_env_steps_in_the_rows_and_o
         result = flipes.train(
             env="none", model=lambda _: MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(8,)),
             fitness=fitness, popsize=8, generations=generations, out=out, resume=resume, progress=False,
-            tensorboard=False, callbacks=[Count()],
+            tensorboard=False, plot=False, callbacks=[Count()],
         )  # fmt: skip
         return [row["timesteps"] for row in result.metrics], counts
 
@@ -253,7 +253,7 @@ def test_a_fitness_with_a_timesteps_setting_of_its_own_logs_no_env_steps_and_kee
     def run(fitness: Horizon, generations: int, resume: str = "") -> list[int]:
         result = flipes.train(
             env="none", model=lambda _: torch.nn.Linear(3, 2), fitness=fitness, popsize=8, generations=generations,
-            out=str(tmp_path / "run"), resume=resume, progress=False, tensorboard=False,
+            out=str(tmp_path / "run"), resume=resume, progress=False, tensorboard=False, plot=False,
         )  # fmt: skip
         return [row["timesteps"] for row in result.metrics]
 
@@ -337,7 +337,7 @@ def test_a_policy_trained_on_dict_observations_renders_on_the_flattened_env(tmp_
     env with its observations flattened as in training (5 steps: 6 frames); an env whose constructor takes no
     render_mode, or whose render() returns no frame, is one UsageError saying what the env needs, not a TypeError."""
     result = flipes.train(env="owntest/Goal-v0", popsize=8, generations=1, out=str(tmp_path / "goal"), progress=False,
-                          tensorboard=False, target=None)  # fmt: skip
+                          tensorboard=False, plot=False, target=None)  # fmt: skip
     policy = flipes.load_policy(result.run_dir)
     assert record(policy, "owntest/Goal-v0", tmp_path / "goal.gif", seed=0, max_frames=100) == 6
     with pytest.raises(flipes.UsageError, match=r"^--render: gymnasium.make\('owntest/NoRender-v0', .*takes render_mode"):
@@ -352,7 +352,7 @@ def test_load_policy_takes_an_envs_dict_observations_as_gymnasium_gives_them(tmp
     actions of the 3 rows, a dict of tensors tensors; a policy built by hand on the flattened Box is one ValueError
     naming the flattening."""
     result = flipes.train(env="owntest/Goal-v0", popsize=8, generations=1, out=str(tmp_path / "goal"), progress=False,
-                          tensorboard=False, target=None)  # fmt: skip
+                          tensorboard=False, plot=False, target=None)  # fmt: skip
     policy, env, space = flipes.load_policy(result.run_dir), Goal(), Goal.observation_space
     batch = [env.reset(seed=s)[0] for s in range(3)]
     flat = np.stack([gym.spaces.flatten(space, o) for o in batch])
@@ -376,7 +376,7 @@ def test_flipes_export_of_a_dict_observation_run_names_the_columns_its_program_t
     gymnasium.spaces.flatten does, naming each entry's columns; the program's actions on such rows are bit for bit
     those load_policy's policy gives for the dicts themselves."""
     run = flipes.train(env="owntest/Goal-v0", popsize=8, generations=1, out=str(tmp_path / "goal"), progress=False,
-                       tensorboard=False, target=None).run_dir  # fmt: skip
+                       tensorboard=False, plot=False, target=None).run_dir  # fmt: skip
     capsys.readouterr()
     path = export_command([str(run)])
     assert capsys.readouterr().out == (
@@ -445,7 +445,7 @@ def test_discrete_observations_are_one_hot_for_each_member_and_learnt_and_export
             torch.testing.assert_close(logits[i], expect, rtol=0, atol=1e-12)
     result = flipes.train(
         env="owntest/Parity-v0", popsize=32, generations=30, hidden=[8], eval_every=30, eval_episodes=200, target=None,
-        out=str(tmp_path / "parity"), progress=False, tensorboard=False,
+        out=str(tmp_path / "parity"), progress=False, tensorboard=False, plot=False,
     )  # fmt: skip
     assert result.eval_return > 0.95
     program = torch.export.load(str(flipes.export_policy(result.run_dir))).module()
@@ -459,7 +459,7 @@ def test_max_episode_steps_cuts_the_episodes_of_an_env_without_a_time_limit(tmp_
     as the run did, and a resume with another cut is refused; without a cut, a rollout still running after LONG_EPISODE
     steps is warned about once."""
     kw = {"env": "owntest/Endless-v0", "popsize": 8, "eval_episodes": 3, "eval_every": 1, "target": None, "progress": False,
-          "tensorboard": False, "out": str(tmp_path / "endless")}  # fmt: skip
+          "tensorboard": False, "plot": False, "out": str(tmp_path / "endless")}  # fmt: skip
     rows = flipes.train(**kw, generations=2, max_episode_steps=7).metrics
     assert [r["timesteps"] for r in rows] == [56, 112] and all(r["eval_steps"] == 21 for r in rows)
     evaluated: list[torch.Tensor] = []
@@ -518,7 +518,7 @@ def test_a_vector_entry_point_that_refuses_its_arguments_is_an_env_error_naming_
     with pytest.raises(EnvError, match=failed + given):
         make_vector_env("owntest/SignsLimited-v0", 2)
     with pytest.raises(flipes.UsageError, match=given):
-        flipes.train(env="owntest/SignsLimited-v0", popsize=4, generations=1, progress=False, tensorboard=False,
+        flipes.train(env="owntest/SignsLimited-v0", popsize=4, generations=1, progress=False, tensorboard=False, plot=False,
                      out=str(tmp_path))  # fmt: skip
 
 
@@ -616,7 +616,7 @@ def test_an_own_env_returning_other_than_gymnasiums_api_is_one_error_naming_the_
     float flags, the old API's 4-tuple, observations without info, observations of another shape than its space's)
     stops training at its first step with a UsageError naming the env, the value and the shape it should have, not a
     torch error deep in the rollout; the same env returning the right values trains."""
-    kw = {"popsize": 6, "generations": 1, "eval_episodes": 2, "progress": False, "tensorboard": False}
+    kw = {"popsize": 6, "generations": 1, "eval_episodes": 2, "progress": False, "tensorboard": False, "plot": False}
     with pytest.raises(flipes.UsageError, match="^" + re.escape("--env: " + message)):
         flipes.train(env=f"owntest/Sloppy{mistake.title().replace(' ', '')}-v0", out=str(tmp_path / "bad"), **kw)
     assert flipes.train(env="owntest/Sloppy-v0", out=str(tmp_path / "good"), **kw).reason == "generations"
@@ -627,7 +627,7 @@ def test_evaluate_with_render_of_an_env_that_cannot_render_refuses_before_its_ep
     registered with a vector_entry_point only) is one UsageError saying what the env needs before any episode is
     evaluated: no return is printed first, and no file written; without --render the same run evaluates."""
     run = tmp_path / "signs"
-    flipes.train(env="owntest/Signs-v0", popsize=8, generations=1, out=str(run), progress=False, tensorboard=False)
+    flipes.train(env="owntest/Signs-v0", popsize=8, generations=1, out=str(run), progress=False, tensorboard=False, plot=False)
     capsys.readouterr()
     with pytest.raises(flipes.UsageError, match=r"^--render: gymnasium.make\('owntest/Signs-v0', .*takes render_mode"):
         evaluate_command([str(run), "--episodes", "3", "--render", str(tmp_path / "signs.gif")])
@@ -644,7 +644,7 @@ def test_an_own_env_seeding_its_copies_from_one_generator_is_named_where_the_pop
     it breaks and gymnasium's convention, pointing at the line that called flipes.train; an own env that follows it
     (flipes' torch CartPole), an unsplit run, one whose --members-per-pass holds all 4 members, rank 1 of the seeds
     run and rank 0 of an --comm allreduce run warn of nothing."""
-    kw = {"popsize": 4, "generations": 1, "eval_episodes": 2, "progress": False, "tensorboard": False}
+    kw = {"popsize": 4, "generations": 1, "eval_episodes": 2, "progress": False, "tensorboard": False, "plot": False}
     fix = re.escape("parameters; seed env i from seed + i alone (gymnasium's convention)")
     said = re.escape("owntest/Signs-v0: env 1 of a reset(seed=s) starts elsewhere than one copy reset with seed s + 1, ")
     with pytest.warns(UserWarning, match=said + r".*another --members-per-pass \(or none\) will not give the same " + fix) as w:

@@ -271,7 +271,7 @@ def test_training_in_parts_gives_the_run_of_one_pass(tmp_path: Path) -> None:
     of 3 × 2 copies rolled out 16 times a generation) every row's parameter hash, fitness, timesteps and
     evaluation equal those of one pass (float32 discrete control: the same bits)."""
     kw = dict(env="flipes/CartPole-v1", popsize=48, groups=2, episodes=2, generations=4, eval_every=2, eval_episodes=4)
-    kw |= dict(target=None, tensorboard=False, progress=False)
+    kw |= dict(target=None, tensorboard=False, plot=False, progress=False)
     whole = flipes.train(out=str(tmp_path / "whole"), **kw)
     parts = flipes.train(out=str(tmp_path / "parts"), members_per_pass=3, **kw)
     assert _rows(parts) == _rows(whole) and whole.metrics[-1]["timesteps"] > 0
@@ -294,7 +294,7 @@ def test_a_fitness_of_ones_own_is_called_on_each_part(tmp_path: Path) -> None:
         return flipes.flipout(nn.Linear(3, 2))
 
     kw = dict(env="none", model=make_model, fitness=fitness, popsize=16, groups=2, generations=3)
-    kw |= dict(tensorboard=False, progress=False)
+    kw |= dict(tensorboard=False, plot=False, progress=False)
     whole = flipes.train(out=str(tmp_path / "whole"), **kw)
     assert seen == [range(16)] * 3
     seen.clear()
@@ -439,7 +439,7 @@ def test_training_with_noise_sampled_per_part_evaluates_the_same_members(tmp_pat
     timesteps and evaluations of the run that holds the noise (float32 discrete control), and ends on
     its parameters to rounding; without --members-per-pass it is refused, saying what to add."""
     kw = dict(env="flipes/CartPole-v1", popsize=48, groups=12, episodes=2, generations=4, eval_every=2, eval_episodes=4)
-    kw |= dict(target=None, tensorboard=False, progress=False, members_per_pass=4)
+    kw |= dict(target=None, tensorboard=False, plot=False, progress=False, members_per_pass=4)
     held = flipes.train(out=str(tmp_path / "held"), **kw)
     per_part = flipes.train(out=str(tmp_path / "per-part"), hold_noise=False, **kw)
     assert [r[1:] for r in _rows(per_part)] == [r[1:] for r in _rows(held)]

@@ -115,7 +115,9 @@ def test_memory_solves_a_cue_that_a_memoryless_policy_cannot() -> None:
 def test_gru_policy_from_the_command_line_solves_cartpole_and_evaluates(tmp_path) -> None:
     """``flipes train --policy gru`` solves flipes/CartPole-v1 (center policy ≥ 475 over 100 episodes,
     seed 0), ``flipes.load_policy`` rebuilds the GRU policy, and ``--policy`` is kept on resume."""
-    result = flipes.train(env="flipes/CartPole-v1", policy="gru", seed=0, out=str(tmp_path), progress=False, tensorboard=False)
+    result = flipes.train(
+        env="flipes/CartPole-v1", policy="gru", seed=0, out=str(tmp_path), progress=False, tensorboard=False, plot=False
+    )
     assert result.reason.startswith("solved") and result.eval_return >= 475
     policy = flipes.load_policy(tmp_path)
     assert isinstance(policy, GRUPolicy)

@@ -363,13 +363,13 @@ def test_a_signal_while_the_run_is_set_up_stops_at_once_and_writes_nothing(
     (tmp_path / "slowmodel.py").write_text(SLOW_MODEL)
     mark = tmp_path / "building"
     args = ["--env", "none", "--model", "slowmodel:make_model", "--fitness", "slowmodel:fitness", "--popsize", "8",
-            "--tensorboard", "false", "--progress", "false"]  # fmt: skip
+            "--tensorboard", "false", "--plot", "false", "--progress", "false"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]), "SLOW_MODEL_MARK": str(mark)}
     run = tmp_path / "run"
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("SLOW_MODEL_MARK", raising=False)  # built at once here
     flipes.train(env="none", model="slowmodel:make_model", fitness="slowmodel:fitness", popsize=8, generations=1,
-                 tensorboard=False, progress=False, out=str(run))  # fmt: skip
+                 tensorboard=False, plot=False, progress=False, out=str(run))  # fmt: skip
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     fresh = tmp_path / "fresh"
     for argv, sig, line in (
@@ -422,7 +422,7 @@ class RankOfTwo(flipes.dist.SerialComm):
 
 LINEAR_KW = {"env": "none", "model": lambda env: torch.nn.Linear(3, 1), "popsize": 8, "groups": 2, "generations": 2,
              "fitness": lambda model, pop: -model(torch.ones(pop.size, 3)).square().sum(1), "progress": False,
-             "tensorboard": False}  # fmt: skip
+             "tensorboard": False, "plot": False}  # fmt: skip
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -834,7 +834,7 @@ def test_a_full_disk_while_curves_png_is_drawn_is_one_line_and_keeps_the_old_cur
     from matplotlib.figure import Figure
 
     run = tmp_path / "run"
-    flipes.train(**FAST_KW, generations=2, out=str(run))
+    flipes.train(**{**FAST_KW, "plot": True}, generations=2, out=str(run))
     before = (run / "curves.png").read_bytes()
 
     def savefig(self: Figure, fname: object, **kwargs: object) -> None:  # half a file, then a full disk
@@ -842,7 +842,7 @@ def test_a_full_disk_while_curves_png_is_drawn_is_one_line_and_keeps_the_old_cur
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(Figure, "savefig", savefig)
-    status = main(["train", "--resume", str(run), "--generations", "3", "--progress", "false"])
+    status = main(["train", "--resume", str(run), "--generations", "3", "--plot", "true", "--progress", "false"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1 and "Traceback" not in err[0], err
     assert err[0].startswith(f"flipes: error: cannot write {run / 'curves.png'} (disk full: ") and f"flipes plot {run}" in err[0]
@@ -1091,7 +1091,7 @@ def test_a_resume_whose_model_code_changed_since_is_one_line_naming_the_mismatch
 
     run = tmp_path / "run"
     flipes.train(env="none", model=make_model, fitness=fitness, popsize=8, generations=2, out=str(run), tensorboard=False,
-                 progress=False)  # fmt: skip
+                 plot=False, progress=False)  # fmt: skip
     width["hidden"] = 9
     with pytest.raises(flipes.UsageError) as e:
         flipes.train(resume=str(run), model=make_model, fitness=fitness, generations=3, progress=False)
@@ -1366,7 +1366,8 @@ def test_an_env_returning_a_nan_observation_is_one_line_not_a_run_of_nan_actions
     monkeypatch.syspath_prepend(str(tmp_path))
     run = tmp_path / "run"
     status, err = train_command(capsys, "--env", f"nanobs:nanobs/{env}", "--popsize", "8", "--generations", "4",
-                                "--target", "none", "--tensorboard", "false", "--progress", "false", "--out", run)  # fmt: skip
+                                "--target", "none", "--tensorboard", "false", "--plot", "false", "--progress", "false",
+                                "--out", run)  # fmt: skip
     line = err.strip().splitlines()[-1]
     assert status == 2 and line.startswith("flipes: error: --env: the env returned observations holding nan or inf "
                                            "(feature(s) 1 of 3)"), err  # fmt: skip

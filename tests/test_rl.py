@@ -1011,7 +1011,7 @@ def test_a_user_policy_holding_obs_norm_gets_the_statistics_of_every_population_
             return self.net(self.obs_norm(obs)).argmax(-1)
 
     result = flipes.train(env="flipes/CartPole-v1", model=lambda env: Policy(), popsize=8, generations=3, target=None,
-                          out=str(tmp_path / "run"), progress=False, tensorboard=False)  # fmt: skip
+                          out=str(tmp_path / "run"), progress=False, tensorboard=False, plot=False)  # fmt: skip
     steps = result.metrics[-1]["timesteps"]
     assert steps > 0 and result.model.obs_norm.count.item() == steps
 

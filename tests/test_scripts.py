@@ -58,7 +58,7 @@ def test_digits_fitness_plugs_into_train(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     result = flipes.train(env="none", model="digits:make_model", fitness="digits:fitness", popsize=64, generations=30,
-                          lr=0.05, out=str(tmp_path), tensorboard=False, progress=False)  # fmt: skip
+                          lr=0.05, out=str(tmp_path), tensorboard=False, plot=False, progress=False)  # fmt: skip
     rows = result.metrics
     assert rows[0]["eval_return"] < 40 < rows[-1]["eval_return"]  # test accuracy (%) climbs from chance
 

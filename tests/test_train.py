@@ -53,7 +53,7 @@ def solved_cartpole(tmp_path_factory: pytest.TempPathFactory) -> flipes.TrainRes
     """flipes/CartPole-v1 trained with the defaults (seed 0) until it stops at its registered target, for the tests
     that read that run; its directory is theirs to read, never to write."""
     out = tmp_path_factory.mktemp("solved") / "cartpole"
-    return flipes.train(env="flipes/CartPole-v1", seed=0, out=str(out), tensorboard=False, progress=False)
+    return flipes.train(env="flipes/CartPole-v1", seed=0, out=str(out), tensorboard=False, plot=False, progress=False)
 
 
 def test_train_in_process_solves_cartpole_and_its_rows_are_the_jsonl_rows(solved_cartpole: flipes.TrainResult) -> None:
@@ -158,7 +158,9 @@ def test_registered_reward_threshold_stops_training_and_target_none_does_not(
     (950; the env's preset row sets none), and CartPole runs every generation with --target none
     although its center policy passes the registered 475 on the way."""
     assert "target" not in preset_for("InvertedPendulum-v5") and default_target("InvertedPendulum-v5") == 950.0
-    solved = flipes.train(env="InvertedPendulum-v5", seed=0, out=str(tmp_path / "ip"), tensorboard=False, progress=False)
+    solved = flipes.train(
+        env="InvertedPendulum-v5", seed=0, out=str(tmp_path / "ip"), tensorboard=False, plot=False, progress=False
+    )
     assert solved.reason.startswith("solved") and "950" in solved.reason
     assert solved.metrics[-1]["eval_return"] >= 950 > max(r.get("eval_return", 0) for r in solved.metrics[:-1])
     assert len(solved.metrics) < solved.config.generations
@@ -196,7 +198,7 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path: Path) -> None:
     cfg.write_text('popsize = 12\ngenerations = 2\nhidden = [8]\nsigma = 0.2\nenv = "CartPole-v1"\nmirrored = false\n')
     config = parse_train_config(["--config", str(cfg), "--sigma", "0.3", "--eval-episodes", "3", "--out", str(tmp_path / "run")])
     assert (config.popsize, config.hidden, config.sigma, config.generations, config.mirrored) == (12, [8], 0.3, 2, False)
-    flipes.train(config, progress=False, tensorboard=False)
+    flipes.train(config, progress=False, tensorboard=False, plot=False)
     resolved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (resolved["popsize"], resolved["hidden"], resolved["sigma"], resolved["generations"]) == (12, [8], 0.3, 2)
 
@@ -304,7 +306,7 @@ def test_best_pt_is_kept_over_a_resume_whose_evaluations_stay_below_the_saved_be
         return returns.pop(0)
 
     kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), fitness=fitness, evaluate=evaluate, popsize=8, eval_every=1,
-              tensorboard=False, progress=False, out=str(tmp_path))  # fmt: skip
+              tensorboard=False, plot=False, progress=False, out=str(tmp_path))  # fmt: skip
     flipes.train(**kw, generations=2)
     flipes.train(**kw, generations=4, resume=str(tmp_path))
     best = load_checkpoint(tmp_path / "best.pt")
@@ -444,7 +446,7 @@ def test_a_decaying_sigma_perturbs_generation_g_at_sigma_times_decay_to_the_g_fl
     def model(env):
         return torch.nn.Linear(1, 1).double()
 
-    kw = {"env": "none", "model": model, "popsize": 8, "generations": 6, "tensorboard": False, "progress": False}
+    kw = {"env": "none", "model": model, "popsize": 8, "generations": 6, "tensorboard": False, "plot": False, "progress": False}
     fixed, decayed = [], []
     flipes.train(**kw, fitness=mirrored_halves(fixed), out=str(tmp_path / "fixed"))
     rows = flipes.train(**kw, fitness=mirrored_halves(decayed), sigma_decay=0.5, sigma_min=0.02, out=str(tmp_path / "d")).metrics
@@ -770,7 +772,9 @@ def test_an_env_class_or_object_is_refused_with_how_to_register_it(tmp_path: Pat
         with pytest.raises(flipes.UsageError, match=f"^env: is {what}, {fix}"):
             flipes.train(**{**FAST_KW, "env": given}, generations=1, out=str(tmp_path / "a"))
         with pytest.raises(flipes.UsageError, match=f"^env: is {what}, {fix}"):  # in a TrainConfig
-            flipes.train(TrainConfig(env=given, generations=1, out=str(tmp_path / "a"), progress=False, tensorboard=False))
+            flipes.train(
+                TrainConfig(env=given, generations=1, out=str(tmp_path / "a"), progress=False, tensorboard=False, plot=False)
+            )
     assert not (tmp_path / "a").exists()
 
 
@@ -906,7 +910,7 @@ def test_the_center_is_evaluated_in_eval_mode_and_each_modules_mode_is_set_back(
         return -model(x[:1]).square().sum().item()
 
     flipes.train(env="none", model=make_model, fitness=fitness, evaluate=evaluate, popsize=8, generations=4, eval_every=1,
-                 out=str(tmp_path), tensorboard=False, progress=False)  # fmt: skip
+                 out=str(tmp_path), tensorboard=False, plot=False, progress=False)  # fmt: skip
     assert seen == {"fitness": {(True, True, False)}, "evaluate": {False}, "agree": {True}}
 
 
@@ -922,7 +926,7 @@ def test_dropout_in_training_mode_is_noted_before_training(tmp_path: Path, capsy
         net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(p), torch.nn.Linear(4, 1)).train(train)
         return lambda env: torch.compile(net, backend="eager") if compiled else net
 
-    kw = dict(env="none", fitness=fitness, popsize=8, generations=1, tensorboard=False, eval_every=100)
+    kw = dict(env="none", fitness=fitness, popsize=8, generations=1, tensorboard=False, plot=False, eval_every=100)
     for i, args in enumerate(((0.3, True), (0.3, False), (0.0, True), (0.3, True, True))):
         flipes.train(**kw, model=make(*args), out=str(tmp_path / str(i)))
         err = capsys.readouterr().err
@@ -954,7 +958,7 @@ def test_a_batch_norm_without_running_statistics_is_evaluated_by_batch_statistic
         return -model(torch.randn(8, 3)).square().mean().item()
 
     run = flipes.train(env="none", model=make_model, fitness=fitness, evaluate=evaluate, popsize=8, generations=3,
-                       eval_every=1, out=str(tmp_path), tensorboard=False, progress=False)  # fmt: skip
+                       eval_every=1, out=str(tmp_path), tensorboard=False, plot=False, progress=False)  # fmt: skip
     assert seen == {(False, True, False)}
     fresh = run.model[1]
     assert fresh.training and fresh.track_running_stats and int(fresh.num_batches_tracked) == 0  # left as it was
@@ -979,7 +983,7 @@ def test_evaluate_may_return_named_numbers_logged_beside_eval_return(tmp_path: P
         return {"eval_return": -loss, "loss": loss, "accuracy": np.float32(0.25), "calls": torch.tensor(len(calls))}
 
     kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), fitness=fitness, popsize=8, generations=4, eval_every=1,
-              tensorboard=False, progress=False)  # fmt: skip
+              tensorboard=False, plot=False, progress=False)  # fmt: skip
     run = flipes.train(**kw, evaluate=evaluate, out=str(tmp_path / "run"))
     rows = metrics(tmp_path / "run")
     assert [(r["eval_return"], r["loss"], r["accuracy"], r["calls"]) for r in rows] == [
@@ -1005,7 +1009,7 @@ def test_a_resume_given_a_lambda_says_that_it_cannot_check_it(tmp_path: Path, ca
     """Every lambda is recorded under one name, so a resume cannot tell the run's lambda from another:
     it says so (naming the option) where a named function is checked silently; a resume given other code
     in place of a lambda is refused with how such code is matched (module and name alone)."""
-    kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), popsize=8, tensorboard=False, eval_every=100)
+    kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), popsize=8, tensorboard=False, plot=False, eval_every=100)
     flipes.train(**kw, fitness=lambda model, pop: -model(torch.ones(pop.size, 3)).square().sum(1), generations=1,
                  out=str(tmp_path), progress=False)  # fmt: skip
     capsys.readouterr()
@@ -1019,7 +1023,9 @@ def test_a_resume_given_a_lambda_says_that_it_cannot_check_it(tmp_path: Path, ca
     with pytest.raises(flipes.UsageError, match="a lambda, a local function or an object, is known by its module and name"):
         flipes.train(**{**kw, "model": other_model}, fitness=lambda model, pop: model(torch.ones(pop.size, 3)).sum(1),
                      generations=3, resume=str(tmp_path))  # fmt: skip
-    named = dict(env="none", model=linear_model, fitness=negative_square, popsize=8, tensorboard=False, eval_every=100)
+    named = dict(
+        env="none", model=linear_model, fitness=negative_square, popsize=8, tensorboard=False, plot=False, eval_every=100
+    )
     flipes.train(**named, generations=1, out=str(tmp_path / "named"), progress=False)
     capsys.readouterr()
     flipes.train(**named, generations=2, resume=str(tmp_path / "named"))
@@ -1054,7 +1060,7 @@ def test_plugged_in_fitness_and_model(tmp_path: Path, monkeypatch: pytest.Monkey
     (tmp_path / "user_fitness.py").write_text(FITNESS_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     result = flipes.train(env="none", model="user_fitness:make_model", fitness="user_fitness:good", popsize=8, generations=3,
-                          out=str(tmp_path / "ok"), tensorboard=False, progress=False)  # fmt: skip
+                          out=str(tmp_path / "ok"), tensorboard=False, plot=False, progress=False)  # fmt: skip
     assert len(result.metrics) == 3 and result.metrics[0]["eval_return"] == 7.0 and result.metrics[0]["timesteps"] == 0
     assert result.metrics == metrics(tmp_path / "ok")
 
@@ -1074,7 +1080,7 @@ def test_a_user_evaluate_runs_without_autograd_like_the_fitness(tmp_path: Path) 
         return float(out.sum())
 
     flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 2), fitness=fitness, evaluate=evaluate, popsize=8,
-                 generations=1, out=str(tmp_path), tensorboard=False, progress=False)  # fmt: skip
+                 generations=1, out=str(tmp_path), tensorboard=False, plot=False, progress=False)  # fmt: skip
     assert grad == {"fitness": False, "evaluate": False, "graph": False}
 
 
@@ -1100,7 +1106,7 @@ def test_python_objects_plug_in_like_their_names_and_resume_needs_them(tmp_path:
     monkeypatch.syspath_prepend(str(tmp_path))
     import quadratic
 
-    kw = {"env": "none", "popsize": 8, "tensorboard": False, "progress": False}
+    kw = {"env": "none", "popsize": 8, "tensorboard": False, "plot": False, "progress": False}
     by_name = flipes.train(
         model="quadratic:make_model", fitness="quadratic:fitness", generations=6, out=str(tmp_path / "a"), **kw
     )
@@ -1137,7 +1143,7 @@ def test_a_fitness_drawing_from_the_global_generators_draws_alike_in_every_run_p
     import global_draws
 
     kw = {"env": "none", "model": global_draws.make_model, "fitness": global_draws.fitness, "popsize": 8,
-          "evaluate": global_draws.evaluate, "eval_every": 1, "tensorboard": False, "progress": False}  # fmt: skip
+          "evaluate": global_draws.evaluate, "eval_every": 1, "tensorboard": False, "plot": False, "progress": False}  # fmt: skip
 
     def run(name: str, **options) -> tuple[list[tuple[str, float]], list[tuple]]:
         global_draws.DRAWS.clear()
@@ -1224,7 +1230,8 @@ def test_a_policy_that_samples_its_actions_trains_and_evaluates_alike_in_every_r
     with that generator seeded by (seed, generation): two runs of one seed log the same parameters and eval_return in
     every row, another seed other ones."""
     kw = {"env": "flipes/Pendulum-v1", "model": SamplingPolicy, "popsize": 8, "generations": 2, "eval_every": 1,
-          "eval_episodes": 2, "max_episode_steps": 20, "target": None, "tensorboard": False, "progress": False}  # fmt: skip
+          "eval_episodes": 2, "max_episode_steps": 20, "target": None, "tensorboard": False, "plot": False,
+          "progress": False}  # fmt: skip
     rows = [
         [(r["params_sha256"], r["eval_return"]) for r in flipes.train(**kw, seed=seed, out=str(tmp_path / name)).metrics]
         for name, seed in (("a", 0), ("b", 0), ("c", 1))
@@ -1259,7 +1266,7 @@ def test_an_optimizer_and_a_shaping_of_ones_own_train_as_by_hand_and_resume(
     import quadratic
     import search_rules
 
-    kw = {"env": "none", "popsize": 8, "tensorboard": False, "progress": False, "eval_every": 100}
+    kw = {"env": "none", "popsize": 8, "tensorboard": False, "plot": False, "progress": False, "eval_every": 100}
     objects = dict(
         model=quadratic.make_model, fitness=quadratic.fitness, optimizer=search_rules.sgd, shaping=search_rules.top_half
     )
@@ -1338,7 +1345,7 @@ def test_an_optimizer_function_with_its_own_lr_is_said_to_leave_lr_unused(tmp_pa
         return torch.optim.SGD(params, lr=0.02)
 
     capsys.readouterr()
-    kw = {"env": "none", "popsize": 4, "generations": 1, "tensorboard": False, "out": str(tmp_path)}
+    kw = {"env": "none", "popsize": 4, "generations": 1, "tensorboard": False, "plot": False, "out": str(tmp_path)}
     flipes.train(model=model, fitness=fitness, optimizer=sgd, lr=0.05, **kw)
     assert "builds SGD at lr 0.02, its own: --lr 0.05 is not used" in capsys.readouterr().err
 
@@ -1355,7 +1362,7 @@ def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functio
         "\ndef other_model(env):\n    return make_model(env)\n\nif __name__ == '__main__':\n    import flipes, sys\n"
         "    given = {'model': make_model, 'fitness': fitness} if sys.argv[3] == 'new' else {'resume': sys.argv[1]}\n"
         "    flipes.train(**given, env='none', popsize=8, generations=int(sys.argv[2]), out=sys.argv[1],"
-        " progress=False, tensorboard=False)\n"
+        " progress=False, tensorboard=False, plot=False)\n"
     )
     (tmp_path / "quadscript.py").write_text(script)
     (tmp_path / "othertask.py").write_text(QUADRATIC_MODULE)
@@ -1367,7 +1374,7 @@ def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functio
     import othertask
     import quadscript
 
-    kw = {"env": "none", "popsize": 8, "tensorboard": False, "progress": False}
+    kw = {"env": "none", "popsize": 8, "tensorboard": False, "plot": False, "progress": False}
     by_name = flipes.train(
         model="quadscript:make_model", fitness="quadscript:fitness", generations=8, out=str(tmp_path / "a"), **kw
     )
@@ -1392,7 +1399,7 @@ def test_track_best_keeps_the_fittest_member_for_evaluate_and_export(tmp_path: P
     (tmp_path / "quadratic.py").write_text(QUADRATIC_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     kw = {"env": "none", "model": "quadratic:make_model", "fitness": "quadratic:fitness", "popsize": 8, "generations": 6}
-    result = flipes.train(**kw, track_best=True, out=str(tmp_path / "a"), progress=False, tensorboard=False)
+    result = flipes.train(**kw, track_best=True, out=str(tmp_path / "a"), progress=False, tensorboard=False, plot=False)
     best = result.es.best
     assert best.fitness == max(r["fitness_max"] for r in result.metrics)
     running = [max(r["fitness_max"] for r in result.metrics[: i + 1]) for i in range(len(result.metrics))]
@@ -1402,7 +1409,7 @@ def test_track_best_keeps_the_fittest_member_for_evaluate_and_export(tmp_path: P
     policy = flipes.load_policy(tmp_path / "a", checkpoint="best-member")
     assert all(torch.equal(v, best.state_dict[k]) for k, v in policy.state_dict().items())
     assert not torch.equal(policy[0].weight, result.model[0].weight)  # a member, not the center
-    flipes.train(**kw, out=str(tmp_path / "b"), progress=False, tensorboard=False)
+    flipes.train(**kw, out=str(tmp_path / "b"), progress=False, tensorboard=False, plot=False)
     with pytest.raises(flipes.UsageError, match=r"--checkpoint: .* kept no best member; train it with --track-best"):
         flipes.load_policy(tmp_path / "b", checkpoint="best-member")
 
@@ -1410,7 +1417,9 @@ def test_track_best_keeps_the_fittest_member_for_evaluate_and_export(tmp_path: P
         raise RuntimeError("a fitness being debugged")
 
     with pytest.raises(RuntimeError, match="being debugged"):  # leaves the starting checkpoint
-        flipes.train(**{**kw, "fitness": failing}, track_best=True, out=str(tmp_path / "c"), progress=False, tensorboard=False)
+        flipes.train(
+            **{**kw, "fitness": failing}, track_best=True, out=str(tmp_path / "c"), progress=False, tensorboard=False, plot=False
+        )
     with pytest.raises(flipes.UsageError, match=r"has no best member yet: no generation was checkpointed; train on"):
         flipes.load_policy(tmp_path / "c", checkpoint="best-member")
 
@@ -1429,7 +1438,7 @@ def test_objects_without_an_importable_name_say_to_give_them_again(tmp_path: Pat
     def fitness(model, pop, scale=1.0):
         return -scale * model(torch.ones(pop.size, 3)).square().sum(1)
 
-    kw = {"env": "none", "popsize": 8, "generations": 2, "progress": False, "tensorboard": False}
+    kw = {"env": "none", "popsize": 8, "generations": 2, "progress": False, "tensorboard": False, "plot": False}
     net = torch.nn.Linear(3, 1)
     cases = {"module": dict(model=net, fitness=fitness), "partial": dict(model=lambda env: torch.nn.Linear(3, 1),
              fitness=functools.partial(fitness, scale=2.0)), "method": dict(model=lambda env: torch.nn.Linear(3, 1),
@@ -1444,7 +1453,9 @@ def test_objects_without_an_importable_name_say_to_give_them_again(tmp_path: Pat
             flipes.train(resume=str(tmp_path / name), generations=3, progress=False)
     assert flipes.load_policy(tmp_path / "module", model=torch.nn.Linear(3, 1)).weight.equal(net.weight)  # trained in place
     config = flipes.TrainConfig(env="none", model=lambda env: torch.nn.Linear(3, 1), fitness=fitness, popsize=8, generations=1)
-    assert flipes.train(config, out=str(tmp_path / "config"), progress=False, tensorboard=False).reason == "generations"
+    assert (
+        flipes.train(config, out=str(tmp_path / "config"), progress=False, tensorboard=False, plot=False).reason == "generations"
+    )
 
 
 class ArgmaxPolicy(torch.nn.Module):
@@ -1519,7 +1530,7 @@ def test_plug_ins_with_the_wrong_signature_are_one_line_errors(tmp_path: Path) -
     before training, naming it and the signature to use; evaluate= needs a fitness function."""
     model = lambda env: torch.nn.Linear(3, 1)  # noqa: E731
     fitness = lambda model, pop: torch.zeros(pop.size)  # noqa: E731
-    kw = {"env": "none", "popsize": 8, "generations": 1, "progress": False, "tensorboard": False}
+    kw = {"env": "none", "popsize": 8, "generations": 1, "progress": False, "tensorboard": False, "plot": False}
     cases = [
         (
             dict(model=model, fitness=lambda model, pop, generation: 0),
@@ -1546,7 +1557,7 @@ def test_hidden_widths_beside_a_model_of_ones_own_are_refused_not_recorded(tmp_p
         "model": lambda env: torch.nn.Linear(3, 1),
         "fitness": lambda model, pop: model(torch.ones(pop.size, 3))[:, 0],
     }
-    kw |= {"popsize": 8, "generations": 1, "progress": False, "tensorboard": False}
+    kw |= {"popsize": 8, "generations": 1, "progress": False, "tensorboard": False, "plot": False}
     with pytest.raises(flipes.UsageError, match=r"^--hidden: \[4\] sizes the policy flipes builds .*--model builds the model"):
         flipes.train(**kw, hidden=[4], out=str(tmp_path / "a"))
     assert not (tmp_path / "a").exists()
@@ -1671,7 +1682,7 @@ def test_best_checkpoint_of_a_run_without_evaluation_names_latest(tmp_path: Path
     (tmp_path / "arange.py").write_text("import torch\ndef fitness(model, pop):\n    return torch.arange(pop.size) * 1.0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     flipes.train(env="none", model=lambda env: torch.nn.Linear(3, 1), fitness="arange:fitness", popsize=8, generations=2,
-                 out=str(tmp_path / "run"), progress=False, tensorboard=False)  # fmt: skip
+                 out=str(tmp_path / "run"), progress=False, tensorboard=False, plot=False)  # fmt: skip
     with pytest.raises(flipes.UsageError, match=r"no best\.pt.*use --checkpoint latest"):
         flipes.load_policy(tmp_path / "run", checkpoint="best", model=lambda env: torch.nn.Linear(3, 1))
 
@@ -1689,7 +1700,15 @@ def test_a_target_that_no_evaluation_can_reach_is_refused_naming_evaluate(
     monkeypatch.syspath_prepend(str(tmp_path))
     import target_fitness
 
-    kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), popsize=8, generations=3, progress=False, tensorboard=False)
+    kw = dict(
+        env="none",
+        model=lambda env: torch.nn.Linear(3, 1),
+        popsize=8,
+        generations=3,
+        progress=False,
+        tensorboard=False,
+        plot=False,
+    )
     fix = {
         "target_fitness:fitness": "define evaluate(model) -> float in the fitness's module",
         target_fitness.fitness: "pass flipes.train(evaluate=...)",
@@ -1727,7 +1746,7 @@ def test_user_code_exceptions_keep_their_traceback(tmp_path: Path, monkeypatch: 
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(KeyError, match="inside user code"):
         flipes.train(env="none", model="raising:make_model", fitness="raising:fitness", popsize=8, generations=2,
-                     out=str(tmp_path / "run"), tensorboard=False, progress=False)  # fmt: skip
+                     out=str(tmp_path / "run"), tensorboard=False, plot=False, progress=False)  # fmt: skip
 
 
 def test_wandb_offline_writes_the_run_with_every_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1859,7 +1878,7 @@ def test_a_second_ctrl_c_stops_training_at_once_in_one_line_keeping_the_last_che
     (tmp_path / "slow.py").write_text(SLOW_FITNESS)
     run = tmp_path / "run"
     args = ["--env", "none", "--model", "slow:make_model", "--fitness", "slow:fitness", "--popsize", "8",
-            "--tensorboard", "false", "--out", str(run)]  # fmt: skip
+            "--tensorboard", "false", "--plot", "false", "--out", str(run)]  # fmt: skip
     proc = train_in_background([*args, "--generations", "1000"], tmp_path)
     wait_for_rows(run, 1)
     proc.send_signal(signal.SIGINT)
@@ -1881,7 +1900,8 @@ def test_a_second_sigterm_ends_a_generation_that_never_ends_in_one_line_keeping_
     (tmp_path / "endless.py").write_text(ENDLESS_FITNESS)
     run = tmp_path / "run"
     args = ["--env", "none", "--model", "endless:make_model", "--fitness", "endless:fitness", "--popsize", "8",
-            "--tensorboard", "false", "--progress", "false", "--checkpoint-every", "1", "--out", str(run)]  # fmt: skip
+            "--tensorboard", "false", "--plot", "false", "--progress", "false", "--checkpoint-every", "1",
+            "--out", str(run)]  # fmt: skip
     proc = train_in_background([*args, "--generations", "1000"], tmp_path)
     err = sigterm_twice(proc, run / "metrics.jsonl", 2)  # generation 2 never ends
     lines = err.strip().splitlines()
@@ -1900,7 +1920,8 @@ def test_sigterm_twice_at_once_as_a_batch_system_and_its_launcher_send_it_stops_
     (tmp_path / "slow.py").write_text(SLOW_FITNESS)
     run = tmp_path / "run"
     args = ["--env", "none", "--model", "slow:make_model", "--fitness", "slow:fitness", "--popsize", "8",
-            "--tensorboard", "false", "--progress", "false", "--checkpoint-every", "1000", "--out", str(run)]  # fmt: skip
+            "--tensorboard", "false", "--plot", "false", "--progress", "false", "--checkpoint-every", "1000",
+            "--out", str(run)]  # fmt: skip
     proc = train_in_background([*args, "--generations", "1000"], tmp_path)
     rows = wait_for_rows(run, 1)
     proc.send_signal(signal.SIGTERM)
@@ -2085,6 +2106,7 @@ def test_pgpe_and_ars_solve_cartpole(tmp_path: Path) -> None:
             generations=60,
             out=str(tmp_path / algo),
             tensorboard=False,
+            plot=False,
             progress=False,
             **extra,
         )
@@ -2318,7 +2340,7 @@ def test_a_callbacks_error_taking_its_state_back_reaches_the_caller_with_tensorb
         return model(torch.ones(pop.size, 2)).sum(1)
 
     kw = {"env": "none", "model": lambda env: torch.nn.Linear(2, 1), "fitness": fitness, "popsize": 4, "progress": False}
-    flipes.train(**kw, tensorboard=False, generations=1, out=str(tmp_path), callbacks=[Kept()])
+    flipes.train(**kw, tensorboard=False, plot=False, generations=1, out=str(tmp_path), callbacks=[Kept()])
     with pytest.raises(RuntimeError, match=r"^cannot take it back$"):
         flipes.train(**kw, tensorboard=True, generations=2, resume=str(tmp_path), callbacks=[Kept()])
 
@@ -2367,7 +2389,7 @@ def test_every_tensor_a_run_makes_is_on_its_device(tmp_path: Path) -> None:
             return flipes.rl.GRUPolicy(env.single_observation_space, env.single_action_space, hidden=[8])
 
     kw = dict(env="flipes/Pendulum-v1", algo="pgpe", popsize=16, eval_every=1, eval_episodes=2, track_best=True,
-              target=None, model=policy, device="cpu", checkpoint_every=1, tensorboard=False, progress=False,
+              target=None, model=policy, device="cpu", checkpoint_every=1, tensorboard=False, plot=False, progress=False,
               action_noise=0.1)  # fmt: skip
     with torch.device("cpu"):
         torch.manual_seed(0)
@@ -2456,7 +2478,7 @@ def test_every_tensor_of_each_training_path_is_on_its_device(tmp_path: Path, pat
     monkeypatch.setattr(builders, "POLICIES", host_policies)
     monkeypatch.setattr(runs, "POLICIES", host_policies)
     kw = dict(popsize=8, eval_every=1, eval_episodes=2, target=None, device="cpu", checkpoint_every=1, tensorboard=False,
-              progress=False, out=str(tmp_path))  # fmt: skip
+              plot=False, progress=False, out=str(tmp_path))  # fmt: skip
     torch.set_default_device("meta")
     try:
         assert torch.empty(1).is_meta  # the check is in force
@@ -2596,7 +2618,7 @@ def test_an_error_raised_in_a_generations_fitness_or_evaluation_names_the_genera
 
     calls: list[int] = []
     kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 1), popsize=8, generations=5, checkpoint_every=2,
-              tensorboard=False, progress=False)  # fmt: skip
+              tensorboard=False, plot=False, progress=False)  # fmt: skip
     with pytest.raises(RuntimeError, match=r"^env broke") as raised:
         flipes.train(**kw, fitness=fitness, out=str(tmp_path / "fit"))
     kept = f"the last checkpoint (after generation 1) stays: --resume {tmp_path / 'fit'} continues from it"

@@ -672,7 +672,7 @@ def test_a_fitness_runs_hugging_face_model_leaves_by_save_pretrained_of_load_pol
         return model(input_ids=ids, attention_mask=mask).logits[:, -1, 3]
 
     result = flipes.train(env="none", model=lambda env: flipes.flipout(gpt2()), fitness=fitness, popsize=4, generations=2,
-                          out=str(tmp_path / "run"), progress=False, tensorboard=False)  # fmt: skip
+                          out=str(tmp_path / "run"), progress=False, tensorboard=False, plot=False)  # fmt: skip
     with pytest.raises(flipes.UsageError, match=re.escape("flipes.load_policy(...).save_pretrained(dir)")):
         flipes.export_policy(tmp_path / "run")
     flipes.load_policy(tmp_path / "run", model=lambda env: flipes.flipout(gpt2())).save_pretrained(tmp_path / "hf")
