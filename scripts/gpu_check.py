@@ -119,21 +119,26 @@ TERMS = ("members_equal", "gradient", "every_transition", "stays_on_the_device",
 QUICK_TERMS = ("linear_members and 0-True-2", "gradient", "every_transition", "run_alone", "plus_the_noise")
 
 
+TESTS = (
+    "tests/test_exactness.py",
+    "tests/test_layers.py",
+    "tests/test_es.py::test_tell_gradient_equals_materialized_estimator",
+    "tests/test_envs.py",
+    "tests/test_warp_envs.py",  # its stays_on_the_device test: MuJoCo Warp's CUDA graphs against the CPU
+    "tests/test_members.py",
+    "tests/test_parts.py::test_every_part_computes_its_members_outputs",  # a population in parts, noise held or not
+    "tests/test_recurrent_policy.py",
+    "tests/test_autocast.py",  # bfloat16 autocast on the GPU against the plain module's
+    "tests/test_action_noise.py",  # each env's noisy actions against the formula, drawn on the device
+    "tests/test_probe.py",  # a probe's sums over episodes that end within the 16 steps between the GPU's checks
+)
+# QUICK_TERMS' tests are in the other files: collecting these (MuJoCo Warp's import among them) would cost seconds for nothing
+QUICK_LEAVES_OUT = ("tests/test_warp_envs.py", "tests/test_members.py", "tests/test_parts.py", "tests/test_autocast.py")
+QUICK_TESTS = tuple(t for t in TESTS if not t.startswith(QUICK_LEAVES_OUT))
+
+
 def step_tests(args: Args, tmp: Path) -> tuple[bool, str, dict]:
-    tests = [
-        "tests/test_exactness.py",
-        "tests/test_layers.py",
-        "tests/test_es.py::test_tell_gradient_equals_materialized_estimator",
-        "tests/test_envs.py",
-        "tests/test_warp_envs.py",  # its stays_on_the_device test: MuJoCo Warp's CUDA graphs against the CPU
-        "tests/test_members.py",
-        "tests/test_parts.py::test_every_part_computes_its_members_outputs",  # a population in parts, noise held or not
-        "tests/test_recurrent_policy.py",
-        "tests/test_autocast.py",  # bfloat16 autocast on the GPU against the plain module's
-        "tests/test_action_noise.py",  # each env's noisy actions against the formula, drawn on the device
-        "tests/test_probe.py",  # a probe's sums over episodes that end within the 16 steps between the GPU's checks
-    ]
-    terms = QUICK_TERMS if args.quick else TERMS
+    terms, tests = (QUICK_TERMS, QUICK_TESTS) if args.quick else (TERMS, TESTS)
     junit = tmp / "tests.xml"
     select = " or ".join(f"({t})" for t in terms)
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", str(junit)]
