@@ -24,6 +24,9 @@ Steps, each with its own time limit, in this order (the checks of correctness co
    measured; ``train.py`` on flipes/HalfCheetah-v5 (popsize 1,024) for 120 s: the time to a center
    return of 5,000, or the best return in that time.
 
+``--quick`` runs every step's code at tiny sizes: the tests step's narrower -k terms (QUICK_TERMS) on the files that
+hold their tests, a few generations per run with 5 evaluation episodes or fewer, HalfCheetah's episodes cut at 100 steps.
+
 The exit status is 1 when a correctness step fails (1 and 2; a crash of any step counts too).
 """
 
@@ -271,7 +274,8 @@ def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
             del env
     out, target = tmp / "halfcheetah-run", 5000.0
     budget = (
-        ["--popsize", "16", "--generations", "1", "--eval-episodes", "1"]  # one generation: tell, evaluation, save
+        # one generation: tell, evaluation, save; 100-step episodes, the same rollout cut at its step limit
+        ["--popsize", "16", "--generations", "1", "--eval-episodes", "1", "--max-episode-steps", "100"]
         if args.quick
         else ["--popsize", "1024", "--max-seconds", "120"]
     )
@@ -302,7 +306,9 @@ def step_mpi(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     if not mpiexec.exists():
         return None, f"skipped: no {mpiexec} (pip install mpi4py mpich)", {"skipped": True}
     common = ["--env", "flipes/CartPole-v1", "--device", args.device, "--comm", "seeds", "--groups", "2", "--popsize", "64"]
-    common += ["--generations", "3" if args.quick else "6", "--target", "none", "--eval-every", "100", "--tensorboard", "false"]
+    common += ["--target", "none", "--eval-every", "100", "--tensorboard", "false"]
+    # quick: generations evaluated (the first, the last) and one not, as at 6; 5 evaluation episodes instead of 100
+    common += ["--generations", "3", "--eval-episodes", "5"] if args.quick else ["--generations", "6"]
     hashes = {}
     for k in (1, 2):
         out = tmp / f"mpi{k}"
