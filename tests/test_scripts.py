@@ -11,10 +11,18 @@ from helpers import ROOT, once_per_session
 from helpers import run_script as run
 
 
-def test_benchmark_quick_prints_the_table(tmp_path: Path) -> None:
+def test_benchmark_quick_prints_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """scripts/benchmark.py --quick prints the table (the 17-64-64-6 network at N = 64, the (b)/(a) ratio) and writes
-    a JSON file with results and machine information."""
-    out = run("scripts/benchmark.py", "--quick", "--json", str(tmp_path / "b.json")).stdout
+    a JSON file with results and machine information (run in this process: tests/test_gpu_check.py starts the script
+    with these options as its own process)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import benchmark
+
+    capsys.readouterr()
+    benchmark.main(benchmark.Args(quick=True, json=str(tmp_path / "b.json")))
+    out = capsys.readouterr().out
     assert "| 17-64-64-6 | 64 |" in out and "(b)/(a)" in out
     rows = json.loads((tmp_path / "b.json").read_text())
     assert rows["results"] and rows["machine"]  # raw numbers written
@@ -179,15 +187,16 @@ def test_bench_ab_quick_trains_both_trees_to_the_same_parameters(tmp_path: Path,
     """The A/B benchmark against HEAD imports flipes from the exported commit and from the working tree, and
     reports both trainings' parameters equal (they are the same code when the tree is clean; a tree that
     changes the arithmetic fails this test, as the benchmark itself would); a bad revision is named, in the
-    SystemExit that ends the script with status 1 (checked in this process: a second start costs seconds)."""
-    run("scripts/bench_ab.py", "--base", "HEAD", "--quick", "true", "--json", str(tmp_path / "ab.json"), timeout=120)
+    SystemExit that ends the script with status 1. Its main runs in this process (each training is its own fresh
+    process, as ever: a start of the script's own would cost seconds of imports)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import bench_ab
+
+    bench_ab.main(bench_ab.Args(base="HEAD", quick=True, json=str(tmp_path / "ab.json")))
     result = json.loads((tmp_path / "ab.json").read_text())
     (row,) = result["results"]
     assert row["env"] == "flipes/CartPole-v1" and row["same_params"] and row["base_s"] > 0 and row["this_s"] > 0
     assert len(result["base"]) == 40
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import bench_ab
-
     with pytest.raises(SystemExit, match="--base 'no-such-rev' is not a commit"):
         bench_ab.main(bench_ab.Args(base="no-such-rev", quick=True))
 
@@ -197,14 +206,13 @@ def test_bench_ab_loops_time_a_generation_of_both_trees_to_the_same_parameters(
 ) -> None:
     """``--loops`` times bare population/tell loops from both trees instead of training runs: µs per generation of
     each tree, the same parameters (the same code: the tree is HEAD's), and a loop it does not know is named (in the
-    SystemExit that ends the script, checked in this process)."""
-    run("scripts/bench_ab.py", "--base", "HEAD", "--loops", "vector", "--quick", "true", "--json", str(tmp_path / "l.json"),
-        timeout=120)  # fmt: skip
-    (row,) = json.loads((tmp_path / "l.json").read_text())["results"]
-    assert row["env"] == "vector" and row["same_params"] and row["base_us"] > 0 and row["this_us"] > 0
+    SystemExit that ends the script). Its main runs in this process, each loop in a fresh one."""
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import bench_ab
 
+    bench_ab.main(bench_ab.Args(base="HEAD", loops=["vector"], quick=True, json=str(tmp_path / "l.json")))
+    (row,) = json.loads((tmp_path / "l.json").read_text())["results"]
+    assert row["env"] == "vector" and row["same_params"] and row["base_us"] > 0 and row["this_us"] > 0
     with pytest.raises(SystemExit, match="--loops cnn: no such loop; pick from vector, mlp, mlp8"):
         bench_ab.main(bench_ab.Args(base="HEAD", loops=["cnn"]))
 
@@ -231,9 +239,17 @@ def test_bench_warp_quick_times_every_engine(tmp_path: Path) -> None:
     assert all(rate > 0 for rate in row["rates"].values()) and len(result["meta"]["load_after"]) == 3
 
 
-def test_bench_mujoco_quick_reads_the_runs_it_starts(tmp_path: Path) -> None:
-    """The MuJoCo benchmark starts train.py as a user does and tabulates its evaluations."""
-    out = run("scripts/bench_mujoco.py", "--quick", "true", "--out", str(tmp_path), timeout=300).stdout
+def test_bench_mujoco_quick_reads_the_runs_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The MuJoCo benchmark starts train.py as a user does and tabulates its evaluations (its main runs in this
+    process: the runs it starts are the fresh processes)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import bench_mujoco
+
+    capsys.readouterr()
+    bench_mujoco.main(bench_mujoco.Args(quick=True, out=str(tmp_path)))
+    out = capsys.readouterr().out
     assert "| HalfCheetah-v5 seed |" in out and "| Hopper-v5 |" in out
     assert (tmp_path / "threshold-s0" / "metrics.jsonl").exists()
 
