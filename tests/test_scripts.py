@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import ROOT, once_per_session
 from helpers import run_script as run
+
+
+def run_main(script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **options: Any) -> str:
+    """``scripts/SCRIPT.py``'s ``main(Args(**options))`` in this process, its stdout: a process of the script's own
+    would cost seconds of imports, and the processes it starts itself (its subjects, where it has any) still start."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    module = importlib.import_module(script)
+    capsys.readouterr()
+    module.main(module.Args(**options))
+    return capsys.readouterr().out
 
 
 def test_benchmark_quick_prints_the_table(
@@ -17,12 +29,7 @@ def test_benchmark_quick_prints_the_table(
     """scripts/benchmark.py --quick prints the table (the 17-64-64-6 network at N = 64, the (b)/(a) ratio) and writes
     a JSON file with results and machine information (run in this process: tests/test_gpu_check.py starts the script
     with these options as its own process)."""
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import benchmark
-
-    capsys.readouterr()
-    benchmark.main(benchmark.Args(quick=True, json=str(tmp_path / "b.json")))
-    out = capsys.readouterr().out
+    out = run_main("benchmark", monkeypatch, capsys, quick=True, json=str(tmp_path / "b.json"))
     assert "| 17-64-64-6 | 64 |" in out and "(b)/(a)" in out
     rows = json.loads((tmp_path / "b.json").read_text())
     assert rows["results"] and rows["machine"]  # raw numbers written
@@ -174,9 +181,11 @@ def test_bench_algos_quick_runs_every_flipes_search_rule_on_every_task(tmp_path:
     assert all(f"| {t} | {m} | 0 |" in table for t in tasks for m in rules)
 
 
-def test_bench_rollout_quick_measures_every_engine(tmp_path: Path) -> None:
+def test_bench_rollout_quick_measures_every_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The engine benchmark runs every engine with the policy in the loop and writes its rates."""
-    run("scripts/bench_rollout.py", "--quick", "true", "--json", str(tmp_path / "r.json"), timeout=300)
+    run_main("bench_rollout", monkeypatch, capsys, quick=True, json=str(tmp_path / "r.json"))
     (row,) = json.loads((tmp_path / "r.json").read_text())["results"]
     assert set(row["rates"]) == {"sync random", "sync", "async", "envpool 1 thread", "envpool 2 threads",
                                  "envpool 2 threads pipelined"}  # fmt: skip
@@ -217,10 +226,12 @@ def test_bench_ab_loops_time_a_generation_of_both_trees_to_the_same_parameters(
         bench_ab.main(bench_ab.Args(base="HEAD", loops=["cnn"]))
 
 
-def test_profile_rollout_quick_splits_a_step_into_sections(tmp_path: Path) -> None:
+def test_profile_rollout_quick_splits_a_step_into_sections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The rollout profile times a generation of a torch env serially and splits it into disjoint sections: each
     timed, none inside another (what is left of the total, ``rest``, is neither negative nor all of it)."""
-    run("scripts/profile_rollout.py", "--quick", "true", "--json", str(tmp_path / "p.json"), timeout=120)
+    run_main("profile_rollout", monkeypatch, capsys, quick=True, json=str(tmp_path / "p.json"))
     result = json.loads((tmp_path / "p.json").read_text())["results"]
     assert set(result) == {"serial"}  # a torch env has no send/recv to pipeline with
     row = result["serial"]
@@ -244,12 +255,7 @@ def test_bench_mujoco_quick_reads_the_runs_it_starts(
 ) -> None:
     """The MuJoCo benchmark starts train.py as a user does and tabulates its evaluations (its main runs in this
     process: the runs it starts are the fresh processes)."""
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import bench_mujoco
-
-    capsys.readouterr()
-    bench_mujoco.main(bench_mujoco.Args(quick=True, out=str(tmp_path)))
-    out = capsys.readouterr().out
+    out = run_main("bench_mujoco", monkeypatch, capsys, quick=True, out=str(tmp_path))
     assert "| HalfCheetah-v5 seed |" in out and "| Hopper-v5 |" in out
     assert (tmp_path / "threshold-s0" / "metrics.jsonl").exists()
 
@@ -411,12 +417,13 @@ def test_bench_memory_quick_trains_mlp_and_gru_on_full_and_hidden_observations(t
     assert "| flipes/Pendulum-v1 | full: cos θ, sin θ, θ̇ | gru |" in (tmp_path / "bench_memory_quick.md").read_text()
 
 
-def test_count_rollout_ops_counts_a_training_step_and_an_evaluation_step() -> None:
+def test_count_rollout_ops_counts_a_training_step_and_an_evaluation_step(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The op count runs a small CartPole population's training rollout and an evaluation under the profiler and
     prints, for each, the steps and a plausible count per step: some ops (a Flipout MLP step alone is a dozen), fewer
     than 200, and no more top-level ops than aten events."""
-    out = run("scripts/count_rollout_ops.py", "--envs", "flipes/CartPole-v1", "--n", "8", "--generations", "1",
-              "--eval-episodes", "4", timeout=120).stdout  # fmt: skip
+    out = run_main("count_rollout_ops", monkeypatch, capsys, envs=["flipes/CartPole-v1"], n=8, generations=1, eval_episodes=4)
     counts = [line for line in out.splitlines() if "per step:" in line]
     assert len(counts) == 2, out
     for line in counts:
