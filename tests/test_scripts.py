@@ -56,11 +56,13 @@ def test_bench_atari_quick_times_vmap_beside_flipout(
     assert "| 8 |" in out and "| skipped | skipped |" in out and "low rank" not in out and "(2)" not in out
 
 
-def test_bench_decoder_quick_times_flipout_beside_dense_noise(tmp_path: Path) -> None:
+def test_bench_decoder_quick_times_flipout_beside_dense_noise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """scripts/bench_decoder.py --quick checks both converted decoders (Flipout and dense) against the plain one outside
     a population, then writes a row with the forward and generation times of each and prints the dense / flipout
     ratios."""
-    out = run("scripts/bench_decoder.py", "--quick", "true", "--out", str(tmp_path)).stdout
+    out = run_main("bench_decoder", monkeypatch, capsys, quick=True, out=str(tmp_path))
     assert "| 8 |" in out and "dense / flipout" in out
     (row,) = json.loads((tmp_path / "bench_decoder_quick.json").read_text())["rows"]
     timed = ("plain", "flipout", "dense", "flipout generation", "dense generation")
@@ -112,11 +114,11 @@ def test_bench_hf_lm_without_transformers_names_the_extra_in_one_line(
     )
 
 
-def test_bench_solve_quick(tmp_path: Path) -> None:
+def test_bench_solve_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """scripts/bench_solve.py --quick --no-gym-check runs and prints a flipes row for flipes/CartPole-v1 (the row's
     numbers are not checked), and evosax's rows where a Python with JAX, evosax and gymnax is found (.venv-jax),
     else says it skips them."""
-    out = run("scripts/bench_solve.py", "--quick", "--no-gym-check", "--out", str(tmp_path)).stdout
+    out = run_main("bench_solve", monkeypatch, capsys, quick=True, gym_check=False, out=str(tmp_path))
     assert "| flipes" in out and "flipes/CartPole-v1" in out
     evosax_rows = "| gymnax/CartPole-v1 | evosax OpenAI-ES | 10 ep | 0 |" in out
     assert evosax_rows != ("evosax is not found" in out), out
@@ -239,11 +241,13 @@ def test_profile_rollout_quick_splits_a_step_into_sections(
     assert 0 < row["rest"] < row["total"] and row["of it Flipout MLP"] < row["policy"]
 
 
-def test_bench_warp_quick_times_every_engine(tmp_path: Path) -> None:
+def test_bench_warp_quick_times_every_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The MuJoCo Warp benchmark steps flipes' env, EnvPool and gymnasium side by side and writes
     their rates and the machine's load."""
     pytest.importorskip("mujoco_warp", reason="pip install 'flipes[warp]'")
-    run("scripts/bench_warp.py", "--quick", "true", "--json", str(tmp_path / "w.json"), timeout=300)
+    run_main("bench_warp", monkeypatch, capsys, quick=True, json=str(tmp_path / "w.json"))
     result = json.loads((tmp_path / "w.json").read_text())
     (row,) = result["results"]
     assert row["env"] == "HalfCheetah-v5" and set(row["rates"]) == {"flipes", "envpool-1", "envpool-2", "gymnasium-sync"}
@@ -396,12 +400,14 @@ def test_bench_hf_lm_quick_times_forward_and_generate_and_measures_the_memory_of
     assert "tell peak GB" in bench.memory_markdown(memory, quick)
 
 
-def test_bench_memory_quick_trains_mlp_and_gru_on_full_and_hidden_observations(tmp_path: Path) -> None:
+def test_bench_memory_quick_trains_mlp_and_gru_on_full_and_hidden_observations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The memory benchmark trains both policies on CartPole and Pendulum, fully observed and with the
     velocities hidden by its column wrapper, and writes a table row and finite returns for each."""
     import math
 
-    out = run("scripts/bench_memory.py", "--quick", "true", "--out", str(tmp_path)).stdout
+    out = run_main("bench_memory", monkeypatch, capsys, quick=True, out=str(tmp_path))
     for env, seen in (("CartPole-v1", "hidden: x, θ (no ẋ, θ̇)"), ("Pendulum-v1", "hidden: cos θ, sin θ (no θ̇)")):
         for policy in ("mlp", "gru"):
             assert f"| flipes/{env} | {seen} | {policy} |" in out
