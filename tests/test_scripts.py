@@ -40,19 +40,14 @@ def test_bench_atari_quick_times_vmap_beside_flipout(
 ) -> None:
     """scripts/bench_atari.py --quick times the CNN's per-member-weights variant (vmap) after checking it gives
     Flipout's logits, reports vmap / Flipout, and reports the variant as skipped under --mem-cap-gb 0 (with no
-    low-rank columns under --rank 0, and without the env steps part: run in this process, a second start costs
-    seconds)."""
+    low-rank columns under --rank 0, and without the env steps part; both run in this process: a start of the
+    script's own costs seconds)."""
     pytest.importorskip("envpool", reason="pip install 'flipes[envpool]' (Linux)")
-    out = run("scripts/bench_atari.py", "--quick", "true", "--json", str(tmp_path / "a.json")).stdout
+    out = run_main("bench_atari", monkeypatch, capsys, quick=True, json=str(tmp_path / "a.json"))
     assert "vmap/flipout" in out and "| cnn |" in out
     (row,) = json.loads((tmp_path / "a.json").read_text())["forward"]
     assert row["n"] == 8 and row["vmap/flipout"] > 0 and "vmap" in row["variants"]
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import bench_atari
-
-    capsys.readouterr()
-    bench_atari.main(bench_atari.Args(quick=True, rank=0, mem_cap_gb=0.0, env_steps=False))
-    out = capsys.readouterr().out
+    out = run_main("bench_atari", monkeypatch, capsys, quick=True, rank=0, mem_cap_gb=0.0, env_steps=False)
     assert "| 8 |" in out and "| skipped | skipped |" in out and "low rank" not in out and "(2)" not in out
 
 
