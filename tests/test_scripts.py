@@ -147,14 +147,15 @@ def test_bench_solve_refuses_an_evosax_python_without_jax(
     assert "===" not in capsys.readouterr().out  # no run started
 
 
-def test_bench_algos_quick_runs_every_flipes_search_rule_on_every_task(tmp_path: Path) -> None:
+def test_bench_algos_quick_runs_every_flipes_search_rule_on_every_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The search-rule benchmark trains each flipes variant on each task, each with the options its
     --algo row sets, and reports finite evaluations within the budget."""
     import math
 
-    out = tmp_path / "runs"
-    run("scripts/bench_algos.py", "--quick", "--no-evotorch", "--out", str(out), "--json", str(tmp_path / "a.json"),
-        "--markdown", str(tmp_path / "a.md"), timeout=300)  # fmt: skip
+    run_main("bench_algos", monkeypatch, capsys, quick=True, evotorch=False, out=str(tmp_path / "runs"),
+             json=str(tmp_path / "a.json"), markdown=str(tmp_path / "a.md"))  # fmt: skip
     results = json.loads((tmp_path / "a.json").read_text())["results"]
     rules = ("openai-es", "adaptive-sigma", "pgpe", "ars", "fixed-sigma-x10", "adaptive-sigma-x10")
     tasks = ("pendulum", "halfcheetah", "digits")
