@@ -75,13 +75,26 @@ def test_digits_fitness_plugs_into_train(tmp_path: Path, monkeypatch: pytest.Mon
     assert rows[0]["eval_return"] < 40 < rows[-1]["eval_return"]  # test accuracy (%) climbs from chance
 
 
-def test_digits_without_scikit_learn_names_the_extra_in_one_line() -> None:
+def test_digits_without_scikit_learn_names_the_extra_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Without scikit-learn, scripts/digits.py (and every script reading its data set) says in one line which extra
-    to install, ``pip install 'flipes[examples]'`` as the README promises, and exits with status 2: no traceback."""
-    block = "import sys, runpy; sys.modules['sklearn'] = None; sys.argv = ['digits.py', '--generations', '1']; "
-    r = run("-c", block + "runpy.run_path('scripts/digits.py', run_name='__main__')", extra_path=[ROOT / "scripts"], check=False)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip() == (
+    to install, ``pip install 'flipes[examples]'`` as the README promises, and exits with status 2: no traceback. Run
+    as ``__main__`` in this process (a new one costs seconds of imports): any other exception than that exit fails the
+    test, as a traceback would."""
+    import runpy
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    for name in ("sklearn", "sklearn.datasets"):  # their import raises ImportError, installed or imported before or not
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setattr(sys, "argv", ["digits.py", "--generations", "1"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(ROOT / "scripts" / "digits.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err, err
+    assert err.strip() == (
         "flipes: error: digits: the data set needs scikit-learn, which is not installed; pip install 'flipes[examples]'"
     )
 
