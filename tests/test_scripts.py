@@ -375,15 +375,18 @@ def test_es_finetune_under_mpiexec_matches_one_process(tmp_path: Path, es_finetu
 
 
 def test_bench_hf_lm_quick_times_forward_and_generate_and_measures_the_memory_of_each_noise_setting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The Hugging Face LM benchmark checks that each Flipout model is the plain one outside a population and perturbs
-    it inside, and times forward and generate for every variant beside plain inference; its memory child (run here
-    in this process: a fresh process per row costs seconds of imports each) measures the forward's and tell's peak for
-    held, low-rank and per-part noise."""
+    it inside, and times forward and generate for every variant beside plain inference, recording its command line;
+    its memory child measures the forward's and tell's peak for held, low-rank and per-part noise. Both run in this
+    process (a fresh process per run costs seconds of imports each)."""
+    import sys
+
     pytest.importorskip("transformers")
-    args = ("--quick", "--threads", "1", "--memory", "false", "--out", str(tmp_path))
-    out = run("scripts/bench_hf_lm.py", *args, timeout=300).stdout
+    argv = ["--quick", "--threads", "1", "--memory", "false", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["scripts/bench_hf_lm.py", *argv])  # the command line the script records
+    out = run_main("bench_hf_lm", monkeypatch, capsys, quick=True, threads=1, memory=False, out=str(tmp_path))
     result = json.loads((tmp_path / "bench_hf_lm_quick.json").read_text())
     assert result["command"].startswith("PYTHONPATH=. python scripts/bench_hf_lm.py --quick")
     assert result["machine"]["transformers"] and [r["n"] for r in result["speed"]] == [4, 8]
@@ -394,7 +397,6 @@ def test_bench_hf_lm_quick_times_forward_and_generate_and_measures_the_memory_of
         assert all(row["ms"] > 0 and row["vs_plain"] > 0 for row in cells.values())
         assert all(c["outside_max_abs_diff"] == 0 and c["member_spread"] > 0 for c in r["checks"].values())
     assert "| 8 | generate | low-rank r=4 |" in out
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import bench_hf_lm as bench
 
     quick = bench.prepare(bench.Args(quick=True))
