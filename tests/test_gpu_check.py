@@ -7,8 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run_script
-from test_script_options import ROOT, load
+from helpers import ROOT, load_script, run_script
 
 
 def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Path) -> None:
@@ -37,7 +36,7 @@ def test_a_selection_term_that_no_test_matches_fails_the_tests_step(tmp_path: Pa
     run that passed but where a term ran no test fails the step naming it: ``run_alone``, whose one test was skipped,
     and ``linear_members and 0-True-2``, whose words each name tests but no one test (every word must match); the same
     run with a test of every term passes (a term that runs nothing would check nothing, silently)."""
-    module = load(ROOT / "scripts" / "gpu_check.py")
+    module = load_script(ROOT / "scripts" / "gpu_check.py")
     args = module.Args(device="cpu", quick=True, out=str(tmp_path / "report"))
     ran = ["test_linear_members_equal_explicit_weights[1-False-1-None]", "test_tell_gradient_equals_materialized_estimator[1]",
            "test_every_transition_matches_gymnasium[CartPole-v1]", "test_ab_[0-True-2]",
@@ -64,7 +63,7 @@ def test_gpu_check_reports_a_failing_step_as_failed(tmp_path: Path, monkeypatch:
     """With the commands it runs stood in for (no subprocess): a test run that exits 1 with tests passed, and 2 ranks
     whose parameters differ from 1 rank's, fail their steps; a step that raises fails too while the others run, and
     the report lists the failed steps and the script exits 1 (a check that always passed would say nothing)."""
-    module = load(ROOT / "scripts" / "gpu_check.py")
+    module = load_script(ROOT / "scripts" / "gpu_check.py")
     args = module.Args(device="cpu", quick=True, out=str(tmp_path / "report"))
 
     def run(args: object, cmd: list[str], timeout: float, env: object = None) -> subprocess.CompletedProcess:

@@ -1939,7 +1939,7 @@ def test_evaluate_and_plot_commands_on_a_tiny_run(tmp_path: Path, capsys: pytest
     blocks do, ``script(COMMAND)``: flipes.commands.main of the command line (test_cli's warnings test runs
     scripts/train.py's ``script("train")`` from a real command line)."""
     for name in ("a", "b"):
-        flipes.train(**FAST_KW, generations=2, out=str(tmp_path / name))
+        flipes.train(**{**FAST_KW, "plot": True}, generations=2, out=str(tmp_path / name))
     for name in ("evaluate", "plot"):
         assert main_block(ROOT / "scripts" / f"{name}.py") == f"script('{name}')"
     gif = tmp_path / "policy.gif"
@@ -2293,7 +2293,7 @@ def test_plotting_leaves_the_callers_matplotlib_backend_and_figures_as_they_were
     try:
         plt.switch_backend("svg")  # a backend of the caller's choosing, not flipes' Agg
         mine = plt.figure()
-        flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "a"))
+        flipes.train(**{**FAST_KW, "plot": True}, generations=2, out=str(tmp_path / "a"))
         plot_runs([tmp_path / "a"], tmp_path / "c.png")
         assert matplotlib.get_backend() == "svg"
         assert plt.get_fignums() == [mine.number] and plt.gcf() is mine
