@@ -559,7 +559,9 @@ def test_warp_env_stays_on_the_device_and_matches_the_cpu(make, device: torch.de
 def test_es_raises_the_center_return_on_half_cheetah() -> None:
     """FlipES with a linear policy on flipes/HalfCheetah-v5 (episodes cut at 100 steps, popsize 32,
     15 generations, seed 0) raises the center policy's mean return over 16 fixed episodes by more
-    than 50 (measured with seeds 0-2: +167, +163, +187, from -48, -57, -162)."""
+    than 90. Measured with seeds 0-2: +146, +121, +210 (from -48, -57, -162); with each generation's fitness
+    shuffled among its members (no signal, the observation statistics still updated): +24, +29, +158, so at seed 0
+    the bar tells learning from the normalization's drift (at seed 2 it would not)."""
     import flipes
     from flipes.rl import MLPPolicy, RolloutFitness, run_episodes
 
@@ -585,7 +587,7 @@ def test_es_raises_the_center_return_on_half_cheetah() -> None:
         after = center()
     finally:
         torch.set_num_threads(threads)
-    assert after > before + 50, (before, after)
+    assert after > before + 90, (before, after)
 
 
 def test_loading_half_cheetah_says_nothing_of_gymnasiums_deprecated_settotalmass(capfd: pytest.CaptureFixture) -> None:
