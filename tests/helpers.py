@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import os
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -101,19 +102,27 @@ def run_script_in_process(script: str, *argv: str | Path) -> object:
     """``python scripts/SCRIPT.py ARGV...`` run in this process as the script's ``__main__`` block runs it (checked to be
     flipes.cli's ``run(main, Args, description=__doc__)``): what ``main`` returns, or the SystemExit of a UsageError.
     For tests of what a script computes or refuses, not of a fresh interpreter (which costs ~2 s of imports each).
-    What scripts set for the whole process is put back: torch's thread count, its global generator, matplotlib's
-    backend (where matplotlib was imported before)."""
+    What scripts set for the whole process is put back (script_state_kept)."""
     from flipes import cli
 
     path = ROOT / "scripts" / f"{script}.py"
     assert main_block(path) == "run(main, Args, description=__doc__)", path.name
     module = load_script(path)
     assert module.run is cli.run, f"{path.name}: its run is not flipes.cli.run"
+    with script_state_kept():
+        return module.run(module.main, module.Args, description=module.__doc__, argv=list(map(str, argv)))
+
+
+@contextlib.contextmanager
+def script_state_kept() -> Iterator[None]:
+    """Puts back what a script run in this process sets for the whole process, for the tests after it in this worker:
+    torch's thread count (most scripts set 1), its global CPU generator (scripts seed it), matplotlib's backend (where
+    matplotlib was imported before)."""
     threads = torch.get_num_threads()
     backend = sys.modules["matplotlib"].get_backend() if "matplotlib" in sys.modules else None
     try:
         with torch.random.fork_rng(devices=[]):
-            return module.run(module.main, module.Args, description=module.__doc__, argv=list(map(str, argv)))
+            yield
     finally:
         torch.set_num_threads(threads)
         if backend is not None:

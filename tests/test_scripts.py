@@ -9,17 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, once_per_session
+from helpers import ROOT, once_per_session, script_state_kept
 from helpers import run_script as run
 
 
 def run_main(script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **options: Any) -> str:
     """``scripts/SCRIPT.py``'s ``main(Args(**options))`` in this process, its stdout: a process of the script's own
-    would cost seconds of imports, and the processes it starts itself (its subjects, where it has any) still start."""
+    would cost seconds of imports, and the processes it starts itself (its subjects, where it has any) still start.
+    What it sets for the whole process is put back for the tests after it (script_state_kept)."""
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     module = importlib.import_module(script)
     capsys.readouterr()
-    module.main(module.Args(**options))
+    with script_state_kept():
+        module.main(module.Args(**options))
     return capsys.readouterr().out
 
 
