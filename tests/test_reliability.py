@@ -38,15 +38,17 @@ def files(run: Path) -> dict[str, bytes]:
 
 def test_a_run_directory_is_never_overwritten_implicitly(tmp_path: Path) -> None:
     """Training into a directory that holds a run is refused, offering --resume, another --out or
-    --overwrite, and leaves every file as it was; --overwrite replaces the run."""
+    --overwrite, and leaves every file as it was (curves.png among them); --overwrite replaces the run, the old run's
+    curves.png too (the new one draws none)."""
     run = tmp_path / "run"
-    flipes.train(**FAST_KW, generations=3, out=str(run))
+    flipes.train(**{**FAST_KW, "plot": True}, generations=3, out=str(run))
     before = files(run)
     with pytest.raises(flipes.UsageError, match=r"holds a run .*--resume .*another --out.*--overwrite"):
         flipes.train(**FAST_KW, generations=5, seed=1, out=str(run))
     assert files(run) == before
     again = flipes.train(**FAST_KW, generations=2, seed=1, out=str(run), overwrite=True)
     assert [r["generation"] for r in metrics(run)] == [0, 1] and again.metrics == metrics(run)
+    assert not (run / "curves.png").exists()
     assert (not (run / "previous.pt").exists() and not (run / "best.pt").exists()) or load_checkpoint(run / "best.pt")
 
 
@@ -108,9 +110,9 @@ def test_a_directory_in_place_of_the_lock_file_is_named(tmp_path: Path) -> None:
 
 def test_nothing_is_written_before_the_options_are_checked(tmp_path: Path) -> None:
     """A refused resume (other options) leaves config.json as it was, and a mistyped --resume path
-    creates nothing."""
+    creates nothing (a run's every file, curves.png too, stays as it was)."""
     run = tmp_path / "run"
-    flipes.train(**FAST_KW, generations=2, out=str(run))
+    flipes.train(**{**FAST_KW, "plot": True}, generations=2, out=str(run))
     before = files(run)
     with pytest.raises(flipes.UsageError, match=r"--sigma: saved 0\.1, now 0\.3"):
         flipes.train(**FAST_KW, generations=4, sigma=0.3, resume=str(run))
@@ -917,8 +919,10 @@ def test_mpi_ranks_started_with_other_options_stop_at_once(differ: list[str], na
 
 def test_mpi_rank_resuming_a_stale_checkpoint_stops_at_once(tmp_path: Path) -> None:
     """One rank resuming an older checkpoint than the other stops the job before anything is written."""
-    base = [*FAST, "--popsize", "8", "--groups", "2"]
-    flipes.train(**{**FAST_KW, "popsize": 8}, groups=2, generations=4, checkpoint_every=2, out=str(tmp_path / "run"))
+    base = [*FAST, "--popsize", "8", "--groups", "2", "--plot", "true"]  # a run's every file, curves.png too, stays
+    flipes.train(
+        **{**FAST_KW, "popsize": 8, "plot": True}, groups=2, generations=4, checkpoint_every=2, out=str(tmp_path / "run")
+    )
     before = files(tmp_path / "run")
     stale = str(tmp_path / "run" / "previous.pt")
     r = mpmd([*base, "--generations", "6", "--resume", str(tmp_path / "run")],
@@ -930,8 +934,8 @@ def test_mpi_rank_resuming_a_stale_checkpoint_stops_at_once(tmp_path: Path) -> N
 def test_mpi_ranks_resuming_other_parameters_stop_at_once(tmp_path: Path) -> None:
     """Ranks resuming checkpoints of the same options and generation whose parameters differ (one's changed by a
     script) stop the job with one line naming each rank's parameters, before anything is written."""
-    base = [*FAST, "--popsize", "8", "--groups", "2", "--generations", "6"]
-    flipes.train(**{**FAST_KW, "popsize": 8}, groups=2, generations=4, out=str(tmp_path / "run"))
+    base = [*FAST, "--popsize", "8", "--groups", "2", "--generations", "6", "--plot", "true"]  # curves.png stays too
+    flipes.train(**{**FAST_KW, "popsize": 8, "plot": True}, groups=2, generations=4, out=str(tmp_path / "run"))
     before = files(tmp_path / "run")
     state = load_checkpoint(tmp_path / "run")
     state["es"]["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["es"]["model"].items()}
@@ -1461,7 +1465,7 @@ def test_a_directory_in_place_of_metrics_jsonl_is_one_line_and_changes_nothing(
     """A directory where metrics.jsonl belongs stops a resume before anything is written, in one line
     naming it and how to move it aside; read_metrics says the same. Once moved, the run resumes."""
     run = tmp_path / "run"
-    flipes.train(**FAST_KW, generations=2, out=str(run))
+    flipes.train(**{**FAST_KW, "plot": True}, generations=2, out=str(run))  # every file stays, curves.png too
     rows = run / "metrics.jsonl"
     rows.rename(run / "rows")
     rows.mkdir()
