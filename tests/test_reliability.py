@@ -370,8 +370,9 @@ def test_a_signal_while_the_run_is_set_up_stops_at_once_and_writes_nothing(
     run = tmp_path / "run"
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("SLOW_MODEL_MARK", raising=False)  # built at once here
+    # the run's every file stays as it was, curves.png too
     flipes.train(env="none", model="slowmodel:make_model", fitness="slowmodel:fitness", popsize=8, generations=1,
-                 tensorboard=False, plot=False, progress=False, out=str(run))  # fmt: skip
+                 tensorboard=False, progress=False, out=str(run))  # fmt: skip
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     fresh = tmp_path / "fresh"
     for argv, sig, line in (
