@@ -212,7 +212,7 @@ def step_cartpole(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     out = tmp / "cartpole-run"
     budget = ["--generations", "2", "--target", "none", "--eval-episodes", "5"] if args.quick else ["--max-seconds", "90"]
     r = run(args, [sys.executable, "scripts/train.py", "--env", "flipes/CartPole-v1", "--device", args.device, "--out", str(out),
-             "--tensorboard", "false", *budget], 150)  # fmt: skip
+             "--tensorboard", "false", "--plot", "false", *budget], 150)  # fmt: skip
     if r.returncode != 0:
         return False, tail(r.stdout + r.stderr), {"steps_per_second": rates}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -280,7 +280,7 @@ def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
         else ["--popsize", "1024", "--max-seconds", "120"]
     )
     r = run(args, [sys.executable, "scripts/train.py", "--env", "flipes/HalfCheetah-v5", "--device", args.device, "--out",
-                   str(out), "--tensorboard", "false", "--target", str(target), *budget], 240)  # fmt: skip
+                   str(out), "--tensorboard", "false", "--plot", "false", "--target", str(target), *budget], 240)  # fmt: skip
     shown = "; ".join(
         f"{body} " + ", ".join(f"N={n:,}: {v / 1e3:.0f} k" for n, v in by_n.items()) for body, by_n in rates.items()
     )
@@ -306,7 +306,7 @@ def step_mpi(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     if not mpiexec.exists():
         return None, f"skipped: no {mpiexec} (pip install mpi4py mpich)", {"skipped": True}
     common = ["--env", "flipes/CartPole-v1", "--device", args.device, "--comm", "seeds", "--groups", "2", "--popsize", "64"]
-    common += ["--target", "none", "--eval-every", "100", "--tensorboard", "false"]
+    common += ["--target", "none", "--eval-every", "100", "--tensorboard", "false", "--plot", "false"]
     # quick: generations evaluated (the first, the last) and one not, as at 6; 5 evaluation episodes instead of 100
     common += ["--generations", "3", "--eval-episodes", "5"] if args.quick else ["--generations", "6"]
     hashes = {}
