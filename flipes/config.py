@@ -200,7 +200,7 @@ class TrainConfig:
     """Write TensorBoard scalars to <out>/tensorboard when the tensorboard package is installed."""
     plot: bool = True
     """Draw the run's curves to <out>/curves.png at the end (matplotlib; false: a sweep of many short runs skips
-    its 0.2-0.3 s of CPU a run and the PNGs; ``flipes plot`` draws them later all the same)."""
+    its 0.2-0.3 s of CPU a run and the PNGs; flipes plot DIR draws them later all the same)."""
     wandb: bool = False
     """Log metrics to Weights & Biases (pip install 'flipes[wandb]'; WANDB_MODE=offline needs no account)."""
     wandb_project: str = "flipes"
