@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, once_per_session, script_state_kept
+from helpers import ROOT, load_script, once_per_session, script_state_kept
 from helpers import run_script as run
 
 
@@ -17,8 +16,8 @@ def run_main(script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     """``scripts/SCRIPT.py``'s ``main(Args(**options))`` in this process, its stdout: a process of the script's own
     would cost seconds of imports, and the processes it starts itself (its subjects, where it has any) still start.
     What it sets for the whole process is put back for the tests after it (script_state_kept)."""
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    module = importlib.import_module(script)
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # for what main imports of its siblings as it runs
+    module = load_script(ROOT / "scripts" / f"{script}.py")
     capsys.readouterr()
     with script_state_kept():
         module.main(module.Args(**options))
