@@ -268,6 +268,7 @@ def build_fitness(
         reward_shift=config.reward_shift,
         max_steps=config.max_episode_steps or None,
         action_noise=config.action_noise,
+        common_episodes=config.common_episodes,
     )
 
 

@@ -142,6 +142,11 @@ class TrainConfig:
     units, then clipped to the action space's bounds (OpenAI's ES starter's ac_noise_std, 0.01 in its MuJoCo configs);
     the center policy's evaluation, flipes evaluate and export stay noise-free. Member m's noise at step t of its
     episode k is a function of (seed, generation, m, k, t) alone. 0: none. Not for discrete action spaces."""
+    common_episodes: bool = False
+    """Common random numbers: every member plays the same --episodes episodes each generation (episode k of each from
+    the same reset, physics drawn at the reset included, with the same --action-noise), so that members differ by their
+    parameters alone, as in EvoJAX's training rollouts. A generation then sees --episodes starts instead of popsize ×
+    --episodes (scripts/bench_common_episodes.py compares the two)."""
     hidden: list[int] = field(
         default_factory=lambda: [32, 32],
         metadata={EMPTY: "no widths: a linear policy, or the CNN's convolutions straight into the action layer"},
@@ -570,6 +575,12 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             "--action-noise",
             f"adds noise in flipes' rollouts, and --fitness {config.fitness} computes the fitness itself",
             "drop --action-noise, or roll out with flipes.rl.RolloutFitness(env, action_noise=...) in that fitness",
+        )
+    if config.common_episodes and config.fitness:
+        raise UsageError(
+            "--common-episodes",
+            f"seeds the episodes of flipes' rollouts, and --fitness {config.fitness} computes the fitness itself",
+            "drop --common-episodes, or roll out with flipes.rl.RolloutFitness(env, common_episodes=True) in that fitness",
         )
     finite("--max-seconds", config.max_seconds, 0, allow_inf=True, fix="0 means no limit")
     finite("--mpi-timeout", config.mpi_timeout, 0, allow_inf=True, fix="0 means wait forever")

@@ -47,6 +47,7 @@ RESUME_KEYS = (
     "reward_shift",
     "max_episode_steps",
     "action_noise",  # part of every member's fitness
+    "common_episodes",  # which episodes every member plays
     "fitness",
     "model",
     "algo",  # the optimizer (Adam, ClipUp, SGD): another one cannot take the saved optimizer state
@@ -74,6 +75,7 @@ LATER_KEYS = (
     "action_noise",
     "lr_decay",
     "lr_min",
+    "common_episodes",
 )
 
 

@@ -349,7 +349,7 @@ def test_envpool_streams_in_turn_keep_a_pool_each(monkeypatch: pytest.MonkeyPatc
     part = EnvPoolVectorEnv("Hopper-v5", 2, threads=2)
     made = []
     make_pool = part._make_pool
-    monkeypatch.setattr(part, "_make_pool", lambda seeds: made.append(seeds) or make_pool(seeds))
+    monkeypatch.setattr(part, "_make_pool", lambda seeds, tag=None: made.append(seeds) or make_pool(seeds, tag))
     for g in range(5):
         want = reset_episodes(whole, 1, "population", g)
         got = [reset_episodes(part, 1, "population", g, first=first) for first in range(0, 8, 2)]

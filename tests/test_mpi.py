@@ -116,6 +116,7 @@ TWO_RANK_RUNS = {
     "pgpe-allreduce": pgpe("allreduce"),
     "sigma-schedule": [*SIGMA_SCHEDULE, "--progress", "false"],
     "action-noise": [*ACTION_NOISE, "--action-noise", "0.3"],
+    "common-episodes": [*ACTION_NOISE, "--action-noise", "0.3", "--common-episodes"],
 }
 
 # `flipes train ARGV` (what train.py runs) for each of the runs given as JSON, one after the other in this process
@@ -638,6 +639,20 @@ def test_action_noise_gives_two_processes_the_bits_of_one(tmp_path: Path, two_ra
     rows = {k: [[r[key] for key in keys] for r in metrics(run)] for k, run in runs.items()}
     assert rows["two"] == rows["one"] and len(rows["one"]) == 3
     assert rows["quiet"][0][0] != rows["one"][0][0]
+
+
+def test_common_episodes_give_two_processes_the_bits_of_one(tmp_path: Path, two_rank_runs: Path) -> None:
+    """--common-episodes --action-noise 0.3 --comm seeds on Pendulum, 2 episodes per member: 2 processes under mpiexec
+    log the fitness and parameters of one process (in this one) in every row, bit for bit (each rank's members play
+    global envs 0 and 1's episodes, with their noise); the rows differ from those of the same run without common
+    episodes."""
+    flipes.train(config=parse_train_config([*ACTION_NOISE, "--action-noise", "0.3", "--common-episodes", "--out",
+                                            str(tmp_path / "one")]))  # fmt: skip
+    runs = {"one": tmp_path / "one", "two": two_rank_runs / "common-episodes", "own": two_rank_runs / "action-noise"}
+    keys = ("fitness_mean", "fitness_max", "timesteps", "params_sha256")
+    rows = {k: [[r[key] for key in keys] for r in metrics(run)] for k, run in runs.items()}
+    assert rows["two"] == rows["one"] and len(rows["one"]) == 3
+    assert rows["own"][0][0] != rows["one"][0][0]
 
 
 # Runs each script of argv's (script, out directory) pairs in turn in this process, as `python script out` runs it

@@ -19,7 +19,7 @@ Python per env. Two of its properties shape this adapter:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -114,8 +114,9 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         self._make_kwargs = kwargs
         self._pool: Any = None
         self._seeds: tuple[int, ...] = ()
+        self._tag: Hashable = None  # reset_streams' tag of the pool's seed set
         self._episode = -1  # episode of the streams the envs are in (-1: not reset since the pool was made)
-        self._parked: dict[tuple[int, ...], tuple[Any, int]] = {}  # other seed sets' pools and episodes (parts)
+        self._parked: dict[tuple[tuple[int, ...], Hashable], tuple[Any, int]] = {}  # other seed sets' pools (parts)
         self._warned_evict = False
         with warnings.catch_warnings():  # its spaces are built float64 and cast: gymnasium warns on every make
             warnings.simplefilter("ignore", UserWarning)
@@ -134,7 +135,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         self._terminated = np.zeros(self.num_envs, dtype=bool)
         self._truncated = np.zeros(self.num_envs, dtype=bool)
 
-    def _make_pool(self, seeds: Sequence[int]) -> None:
+    def _make_pool(self, seeds: Sequence[int], tag: Hashable = None) -> None:
         import envpool
 
         seeds = tuple(int(s) % SEED_MODULUS for s in seeds)
@@ -157,7 +158,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
                 **self._make_kwargs,
             )
             _ = self._pool.observation_space, self._pool.action_space  # built (and cached) here, quietly
-        self._seeds, self._episode = seeds, -1
+        self._seeds, self._tag, self._episode = seeds, tag, -1
 
     def reset(
         self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None
@@ -170,7 +171,12 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         """
         if seed is not None:
             seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int | np.integer) else list(seed)
-            if self._pool is None or self._episode >= 0 or tuple(int(s) % SEED_MODULUS for s in seeds) != self._seeds:
+            if (
+                self._pool is None
+                or self._episode >= 0
+                or self._tag is not None
+                or tuple(int(s) % SEED_MODULUS for s in seeds) != self._seeds
+            ):
                 self._make_pool(seeds)
         elif self._pool is None:
             self._make_pool(range(self.num_envs))
@@ -201,7 +207,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
             return "its sticky actions"
         return STEP_DRAWS.get(self.env_id.rpartition("/")[2].partition("-v")[0])
 
-    def reset_streams(self, seeds: Sequence[int], episode: int) -> tuple[Tensor, dict[str, Any]]:
+    def reset_streams(self, seeds: Sequence[int], episode: int, tag: Hashable = None) -> tuple[Tensor, dict[str, Any]]:
         """Reset env ``i`` to episode ``episode`` (counted from 0) of the stream seeded ``seeds[i]``.
 
         Consecutive episodes cost one reset; skipped ones one reset each (fast-forward, e.g. after
@@ -209,15 +215,17 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         population rolled out in parts, ``pop.split``) each keep a pool of their own, parked while the
         others run, so every one of them advances one reset per generation; rebuilt and fast-forwarded
         from episode 0, the parts would cost more resets every generation (as they do past
-        ``MAX_PARKED`` + 1 seed sets: a warning says so, once).
+        ``MAX_PARKED`` + 1 seed sets: a warning says so, once). ``tag`` tells apart users of the same seeds that
+        each need their own pool (parts of a population playing common episodes, each the same ones).
         """
         seeds = tuple(int(s) % SEED_MODULUS for s in seeds)
-        if self._pool is not None and seeds != self._seeds:  # another seed set: park this one's pool
-            self._parked[self._seeds] = (self._pool, self._episode)
+        key = (seeds, tag)
+        if self._pool is not None and key != (self._seeds, self._tag):  # another seed set: park this one's pool
+            self._parked[(self._seeds, self._tag)] = (self._pool, self._episode)
             self._pool = None
-            if seeds in self._parked:
-                self._pool, self._episode = self._parked.pop(seeds)
-                self._seeds = seeds
+            if key in self._parked:
+                self._pool, self._episode = self._parked.pop(key)
+                self._seeds, self._tag = key
             while len(self._parked) > MAX_PARKED:  # the longest parked go (seeds that keep changing would pile up)
                 self._parked.pop(next(iter(self._parked)))[0].close()
                 if not self._warned_evict:
@@ -228,8 +236,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
                         "use fewer parts (a larger --members-per-pass)",
                         stacklevel=2,
                     )
-        if self._pool is None or seeds != self._seeds or episode <= self._episode:
-            self._make_pool(seeds)
+        if self._pool is None or key != (self._seeds, self._tag) or episode <= self._episode:
+            self._make_pool(seeds, tag)
         while self._episode < episode - 1:
             self._pool.reset()
             self._episode += 1

@@ -36,27 +36,48 @@ def episode_seed(seed: int, generation: int, stream: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation: int, first: int = 0) -> Tensor:
+def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation: int, first: int = 0, common: int = 0) -> Tensor:
     """Reset every env of ``env`` for ``generation`` and return the observations.
 
-    Env ``i`` stands for the global env ``first + i``, and its episode is a pure function of
-    ``(seed, stream, generation, first + i)``, whichever process runs it:
+    Env ``i`` stands for the global env ``g = first + i``, and its episode is a pure function of
+    ``(seed, stream, generation, g)``, whichever process runs it:
 
     - engines seeded at reset (flipes' envs, gymnasium's): env ``i`` is reset with gymnasium's
-      convention, seed ``episode_seed(seed, generation, stream) + first + i`` (one int seed is passed,
+      convention, seed ``episode_seed(seed, generation, stream) + g`` (one int seed is passed,
       which gymnasium's vector envs spread so; a vector env of your own with one generator for all
       its envs takes it too, but then a member's episodes depend on how the population is split);
     - engines seeded once at creation (EnvPool, :meth:`EnvPoolVectorEnv.reset_streams`): env ``i``
-      owns the stream seeded ``episode_seed(seed, 0, stream) + first + i`` (mod 2**31) and plays
+      owns the stream seeded ``episode_seed(seed, 0, stream) + g`` (mod 2**31) and plays
       its episode number ``generation``.
+
+    ``common``: common random numbers, every member playing the same ``common`` episodes (the
+    episodes per member, K): global env ``g`` (member ``g // K``, episode ``g % K``) then takes the
+    seed or stream of global env ``g % K``, so that episode ``k`` of every member is member 0's. The
+    seeds go to ``reset`` as a list, one per env, which gymnasium's vector envs and flipes' take.
+    0, the default: every global env its own.
     """
     n = env.num_envs
+    index = [first + i for i in range(n)] if not common else [(first + i) % common for i in range(n)]
     reset_streams = getattr(env, "reset_streams", None)
     if reset_streams is not None:
-        base = episode_seed(seed, 0, stream) + first
-        obs, _ = reset_streams([base + i for i in range(n)], generation)
-    else:
+        base = episode_seed(seed, 0, stream)
+        # with common episodes every part of a population holds the same streams, each part a pool of its own
+        tagged = {"tag": first} if common else {}
+        obs, _ = reset_streams([base + g for g in index], generation, **tagged)
+    elif not common:
         obs = reset_observations(env.reset(seed=episode_seed(seed, generation, stream) + first), env)
+    else:
+        base = episode_seed(seed, generation, stream)
+        seeds = [base + g for g in index]
+        try:
+            reset = env.reset(seed=seeds)
+        except (TypeError, ValueError) as e:  # a vector env of one's own that takes one int seed only
+            raise TypeError(
+                f"common episodes reset {type(env.unwrapped).__name__} with one seed per env, seed=[{seeds[0]}, ...] "
+                f"(gymnasium's convention), and it raised {type(e).__name__}: {e}; make its reset take a list of ints, "
+                "env i seeded seed[i]"
+            ) from e
+        obs = reset_observations(reset, env)
     return obs
 
 
@@ -212,10 +233,13 @@ class ActionNoise:
         pop: the population (or part) being rolled out.
         episodes: episodes per member, K (the rollout's envs are ``pop.size · K``, members first).
         space: the env's single action space, a Box.
+        common: common random numbers (:class:`RolloutFitness`'s ``common_episodes``): every member's episode ``k``
+            gets the same noise, row ``k`` of ``z = torch.randn(episodes, *action_shape, generator=...)`` (the same
+            generator), so that members differ by their parameters alone.
     """
 
-    def __init__(self, std: float, pop: Population, episodes: int, space: gym.spaces.Box) -> None:
-        self.std, self.pop, self.episodes = check_action_noise(std, space), pop, episodes
+    def __init__(self, std: float, pop: Population, episodes: int, space: gym.spaces.Box, common: bool = False) -> None:
+        self.std, self.pop, self.episodes, self.common = check_action_noise(std, space), pop, episodes, common
         self.rows = range(pop.members.start * episodes, (pop.members.start + pop.size) * episodes)
         # host bookkeeping, moved to the actions' device and dtype once per rollout
         self.low, self.high = torch.as_tensor(space.low, device="cpu"), torch.as_tensor(space.high, device="cpu")
@@ -224,6 +248,9 @@ class ActionNoise:
     def noise(self, step: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """``(rows, *action_shape)``: ``std · z`` of this rollout's envs at ``step`` (without the bounds)."""
         gen = self.pop.generator(f"action noise/{step}", device)
+        if self.common:  # one draw per episode, every member's the same: (K, ...) repeated over the members
+            z = torch.randn(self.episodes, *self.low.shape, generator=gen, dtype=dtype, device=device)
+            return self.std * z.repeat(self.pop.size, *(1,) * self.low.dim())
         z = torch.randn(self.pop.popsize * self.episodes, *self.low.shape, generator=gen, dtype=dtype, device=device)
         return self.std * z[self.rows.start : self.rows.stop]
 
@@ -544,6 +571,12 @@ class RolloutFitness:
         probe: a :class:`~flipes.rl.Probe` that gathers side information of every env from the same episodes (an
             episode's mean observation, a position the env keeps in its state): each call's in ``last_probe``. Such
             rollouts are not pipelined.
+        common_episodes: common random numbers: every member plays the same ``episodes`` episodes, episode ``k`` of each
+            starting from member 0's reset (the same seed, :func:`reset_episodes`'s ``common``, physics drawn at the
+            reset such as Pendulum's ``g_range`` included) and meeting the same action noise, so that their fitness
+            differs by their parameters alone, as EvoJAX's training rollouts do. A generation then sees ``episodes``
+            starts instead of ``pop.size × episodes`` (``scripts/bench_common_episodes.py`` compares the two). False,
+            the default: each member its own episodes.
 
     Attributes:
         timesteps: env steps used so far.
@@ -569,8 +602,11 @@ class RolloutFitness:
         action_noise: float = 0.0,
         final_obs: bool = False,
         probe: Probe | None = None,
+        common_episodes: bool = False,
     ) -> None:
         check_vector_env(env, "RolloutFitness")
+        if not isinstance(common_episodes, bool | np.bool_):  # a string such as "false" would read as True
+            raise TypeError(f"common_episodes must be True or False, got {common_episodes!r}")
         probe = check_probe(probe, "RolloutFitness")
         if probe is not None and pipeline:
             raise ValueError(
@@ -589,6 +625,7 @@ class RolloutFitness:
         self.last_final_obs: Tensor | None = None
         self.probe = probe
         self.last_probe: Tensor | None = None
+        self.common_episodes = bool(common_episodes)
         self._warned = False  # about an obs_norm left unmerged, once
 
     def __call__(self, model: nn.Module, pop: Population) -> Tensor:
@@ -660,11 +697,14 @@ class RolloutFitness:
 
         # env i of member m, episode k is the global env m·K + k with m the GLOBAL member index, so a
         # member's episodes do not depend on how the population is split across processes
-        obs = reset_episodes(self.env, self.seed, "population", pop.generation, first=pop.members.start * k)
+        # (with common_episodes, env m·K + k takes env k's episode: every member plays member 0's)
+        common = k if self.common_episodes else 0
+        obs = reset_episodes(self.env, self.seed, "population", pop.generation, first=pop.members.start * k, common=common)
         pipeline = self.pipeline if self.pipeline is not None else self.probe is None and can_pipeline(self.env, model)
         if pipeline and is_recurrent(model):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
-        noise = ActionNoise(self.action_noise, pop, k, self.env.single_action_space) if self.action_noise else None
+        space = self.env.single_action_space
+        noise = ActionNoise(self.action_noise, pop, k, space, common=self.common_episodes) if self.action_noise else None
         ep = run_episodes(
             self.env,
             act,
