@@ -435,6 +435,25 @@ def test_bench_memory_quick_trains_mlp_and_gru_on_full_and_hidden_observations(
     assert "| flipes/Pendulum-v1 | full: cos θ, sin θ, θ̇ | gru |" in (tmp_path / "bench_memory_quick.md").read_text()
 
 
+def test_bench_common_episodes_quick_measures_both_modes_at_both_points_and_trains_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The common-episodes benchmark measures the gradient estimates' agreement of independent and common episodes at a
+    fresh and a trained policy, trains both modes on each env, and writes a table row and finite numbers for each."""
+    import math
+
+    run_main("bench_common_episodes", monkeypatch, capsys, quick=True, out=str(tmp_path), envs=["flipes/CartPole-v1"])
+    result = json.loads((tmp_path / "bench_common_episodes_quick.json").read_text())
+    noise, runs = result["noise"], result["runs"]
+    assert {(r["at"], r["common"]) for r in noise} == {(a, c) for a in ("start", "trained") for c in (False, True)}
+    assert all(-1 <= r["cos"] <= 1 and r["snr"] > 0 and r["estimates"] == 4 for r in noise), noise
+    assert len({r["cos"] for r in noise}) == 4  # four measurements, not one repeated
+    assert [(r["common"], r["generations"]) for r in runs] == [(False, 2), (True, 2)]
+    assert all(r["env_steps"] > 0 and math.isfinite(r["wall_s"]) for r in runs), runs
+    text = (tmp_path / "bench_common_episodes_quick.md").read_text()
+    assert "| flipes/CartPole-v1 | 1 | trained |" in text and "| flipes/CartPole-v1 | 1 | common | 0 / 1 | >2 |" in text
+
+
 def test_count_rollout_ops_counts_a_training_step_and_an_evaluation_step(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
