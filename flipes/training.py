@@ -283,7 +283,9 @@ def _set_up_and_run(
         if config.resume:
             notes.extend(restore(state, config.resume, device, fitness))
             # EnvPool's streams are fast-forwarded by resets alone: not a replay of an env that draws in its steps
-            if es.generation > 0 and isinstance(env, EnvPoolVectorEnv) and (what := env.step_draws()):
+            # (common episodes reseed such an env every generation: they resume bit for bit)
+            resumes_streams = isinstance(env, EnvPoolVectorEnv) and not config.common_episodes
+            if es.generation > 0 and resumes_streams and (what := env.step_draws()):
                 cautions.append(
                     f"resumed on EnvPool's {env.env_id} ({what}), which draws random numbers in its steps: EnvPool "
                     "fast-forwards each env's episodes by resets alone, so the run now plays other episodes than one never "

@@ -70,6 +70,26 @@ def test_common_episodes_on_envpool_play_the_streams_of_global_envs_mod_k_and_pa
         e.close()
 
 
+def test_common_episodes_on_an_envpool_task_that_draws_in_its_steps_stay_common_every_generation() -> None:
+    """EnvPool's LunarLander draws its engines' dispersion from each env's stream at every step, so streams stepped
+    unequally part. With common episodes, each generation still starts every member's episode k where member 0's
+    starts: the pool is seeded afresh, env i with ``episode_seed(seed, generation, stream) + (first + i) mod K``
+    (as gymnasium's envs are), whatever the envs stepped in earlier generations."""
+    pytest.importorskip("envpool")
+    k, n = 2, 4
+    env = EnvPoolVectorEnv("LunarLander-v3", n, threads=1)
+    for g in range(3):
+        obs = reset_episodes(env, 7, "population", g, common=k)
+        seeds = [episode_seed(7, g, "population") + i % k for i in range(n)]
+        fresh = EnvPoolVectorEnv("LunarLander-v3", n, threads=1, seeds=seeds)
+        assert torch.equal(obs, fresh.reset()[0]) and torch.equal(obs[:k], obs[k:]), g
+        fresh.close()
+        for _ in range(5):  # member 1's envs alone step: their streams move on, member 0's do not
+            env.send(np.zeros(n, dtype=np.int32), np.arange(k, n))
+            env.recv()
+    env.close()
+
+
 def test_each_members_fitness_is_its_own_weights_on_the_common_episodes_with_their_noise(device: torch.device) -> None:
     """RolloutFitness(common_episodes=True) on flipes/Pendulum-v1 (float64), 3 episodes per member cut at 25 steps, action
     noise 0.5, at generation 1: every member's fitness equals its explicit parameters run alone on episode k's seed

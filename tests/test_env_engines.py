@@ -186,21 +186,27 @@ def test_a_resume_on_envpool_of_an_env_drawing_in_its_steps_says_it_plays_other_
     reset (Taxi here, MuJoCo, classic control) but not one that draws in its steps: slippery FrozenLake's resumed
     rows count other timesteps than the run never stopped, and the resume says so in a warning naming the
     gymnasium: engine, whose resume is bit for bit; a resume of Taxi or of gymnasium's FrozenLake says nothing, nor
-    does one of FrozenLake stopped before its first generation (no episode to fast-forward: it replays the run)."""
+    does one of FrozenLake with common episodes (reseeded every generation: bit for bit) or one stopped before its
+    first generation (no episode to fast-forward: it replays the run)."""
     pytest.importorskip("envpool")
     said, rows_of = {}, {}
-    for env, exact in (("FrozenLake-v1", False), ("Taxi-v3", True), ("gymnasium:FrozenLake-v1", True)):
-        kw, name = {**FAST_KW, "env": env, "hidden": [4], "eval_every": 100, "max_episode_steps": 40}, env.replace(":", "-")
+    runs = (("FrozenLake-v1", False, False), ("Taxi-v3", False, True), ("gymnasium:FrozenLake-v1", False, True),
+            ("FrozenLake-v1", True, True))  # fmt: skip
+    for env, common, exact in runs:
+        kw = {**FAST_KW, "env": env, "hidden": [4], "eval_every": 100, "max_episode_steps": 40, "common_episodes": common}
+        key = env + " common" * common
+        name = key.replace(":", "-").replace(" ", "-")
         full = flipes.train(**kw, generations=3, out=str(tmp_path / f"{name}-full"))
-        rows_of[env] = [(r["timesteps"], r["params_sha256"]) for r in full.metrics]
+        rows_of[key] = [(r["timesteps"], r["params_sha256"]) for r in full.metrics]
         flipes.train(**kw, generations=1, out=str(tmp_path / name))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             flipes.train(**kw, generations=3, resume=str(tmp_path / name))
-        said[env] = [str(w.message) for w in caught if "draws random numbers in its steps" in str(w.message)]
+        said[key] = [str(w.message) for w in caught if "draws random numbers in its steps" in str(w.message)]
         rows = [(r["timesteps"], r["params_sha256"]) for r in metrics(tmp_path / name)]
-        assert (rows == [(r["timesteps"], r["params_sha256"]) for r in full.metrics]) is exact, env
-    assert said["Taxi-v3"] == said["gymnasium:FrozenLake-v1"] == [] and len(said["FrozenLake-v1"]) == 1
+        assert (rows == [(r["timesteps"], r["params_sha256"]) for r in full.metrics]) is exact, key
+    assert said["Taxi-v3"] == said["gymnasium:FrozenLake-v1"] == said["FrozenLake-v1 common"] == []
+    assert len(said["FrozenLake-v1"]) == 1
     assert "FrozenLake-v1 (its slippery ice)" in said["FrozenLake-v1"][0]
     assert "--env gymnasium:FrozenLake-v1 reseeds every generation" in said["FrozenLake-v1"][0]
 

@@ -54,11 +54,16 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
     episodes per member, K): global env ``g`` (member ``g // K``, episode ``g % K``) then takes the
     seed or stream of global env ``g % K``, so that episode ``k`` of every member is member 0's. The
     seeds go to ``reset`` as a list, one per env, which gymnasium's vector envs and flipes' take.
-    0, the default: every global env its own.
+    0, the default: every global env its own. On an EnvPool task that draws in its steps
+    (``step_draws()``: LunarLander's engines, sticky actions), whose streams each member's own steps
+    move on, common episodes reseed the pool every generation as gymnasium's envs are reseeded.
     """
     n = env.num_envs
     index = [first + i for i in range(n)] if not common else [(first + i) % common for i in range(n)]
     reset_streams = getattr(env, "reset_streams", None)
+    step_draws = getattr(env, "step_draws", None)
+    if common and step_draws is not None and step_draws():  # members' streams part after generation 0: reseed instead
+        reset_streams = None
     if reset_streams is not None:
         base = episode_seed(seed, 0, stream)
         # with common episodes every part of a population holds the same streams, each part a pool of its own
