@@ -3,6 +3,7 @@ episode k is member 0's, with the same action noise, whichever engine, part of t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from reference import member_parameters
 from torch.func import functional_call
 
 import flipes
+from flipes.checkpoint import load_checkpoint, save_checkpoint
 from flipes.rl import EnvPoolVectorEnv, MLPPolicy, RolloutFitness, episode_seed, make_vector_env, reset_episodes
 
 TRAIN_KW = {"env": "flipes/Pendulum-v1", "popsize": 8, "episodes": 2, "max_episode_steps": 30, "eval_episodes": 4,
@@ -25,7 +27,8 @@ TRAIN_KW = {"env": "flipes/Pendulum-v1", "popsize": 8, "episodes": 2, "max_episo
 def test_common_episodes_reset_global_env_g_as_global_env_g_mod_k(env_id: str) -> None:
     """With ``common=K``, env i of a batch starting at global env ``first`` is reset with the seed of global env
     ``(first + i) mod K``, ``episode_seed(seed, generation, stream) + (first + i) mod K``, as a list: every member's
-    episode k starts where member 0's does without ``common``, and the K episodes differ."""
+    episode k starts where member 0's does without ``common``, and the K episodes differ; a batch starting inside a
+    member (``first`` + 1) takes its envs' own episodes, ``(first + 1 + i) mod K``."""
     k, first, n = 3, 6, 9  # members 2, 3 and 4 of a population playing 3 episodes each
     env, by_hand, member_0 = make_vector_env(env_id, n), make_vector_env(env_id, n), make_vector_env(env_id, k)
     base = episode_seed(7, 4, "population")
@@ -33,6 +36,7 @@ def test_common_episodes_reset_global_env_g_as_global_env_g_mod_k(env_id: str) -
     assert torch.equal(got, torch.as_tensor(by_hand.reset(seed=[base + (first + i) % k for i in range(n)])[0]))
     assert torch.equal(got.view(3, k, -1), reset_episodes(member_0, 7, "population", 4).expand(3, k, -1))
     assert len({tuple(row.tolist()) for row in got[:k]}) == k
+    assert torch.equal(reset_episodes(env, 7, "population", 4, first=first + 1, common=k), got.roll(-1, 0))
     for e in (env, by_hand, member_0):
         e.close()
 
@@ -162,6 +166,23 @@ def test_a_run_with_common_episodes_resumes_bit_for_bit_and_refuses_the_other_se
     assert hashes == [r["params_sha256"] for r in whole.metrics] and len(hashes) == 4
     independent = flipes.train(**TRAIN_KW, generations=1, out=str(tmp_path / "independent"))
     assert independent.metrics[0]["fitness_mean"] != whole.metrics[0]["fitness_mean"]
+
+
+def test_a_run_saved_before_the_option_resumes_with_it_off(tmp_path: Path) -> None:
+    """A run whose config.json and checkpoint lack common_episodes (saved before the option) resumes with it off and
+    logs the parameters of the same run never stopped, bit for bit."""
+    whole = flipes.train(**TRAIN_KW, generations=2, out=str(tmp_path / "whole"))
+    old = tmp_path / "old"
+    flipes.train(**TRAIN_KW, generations=1, out=str(old))
+    config = json.loads((old / "config.json").read_text())
+    del config["common_episodes"]
+    (old / "config.json").write_text(json.dumps(config))
+    state = load_checkpoint(old)
+    del state["config"]["common_episodes"]
+    save_checkpoint(state, old / "checkpoint.pt", keep_previous=False)
+    rest = flipes.train(resume=str(old), generations=2, progress=False)
+    assert rest.config.common_episodes is False
+    assert [r["params_sha256"] for r in metrics(old)] == [r["params_sha256"] for r in whole.metrics]
 
 
 def test_common_episodes_are_refused_with_a_fitness_of_ones_own_and_must_be_a_bool(tmp_path: Path) -> None:
