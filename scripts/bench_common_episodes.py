@@ -18,7 +18,9 @@ pairs):
    (fresh noise and episodes), by ``FlipES.tell`` with the training's shaping, the parameters put back after each: at
    the first seed's initial policy (``start``), and at that policy after ``--warmup`` generations of the preset's
    training (``trained``). ``cos`` is the mean cosine between two estimates of the same mode (1: every estimate points
-   the same way; 0: no agreement), ``snr`` is ``|mean ĝ| / sqrt(trace Cov ĝ)``. The modes estimate the same gradient
+   the same way; 0: no agreement), with its jackknife standard error over the estimates (``cos_se``); ``snr`` is
+   ``|mean ĝ| / sqrt(trace Cov ĝ)``, whose floor is about ``1 / sqrt(estimates)`` (0.16 for 40) where the estimates
+   hold no signal at all (the mean of pure noise is not 0). The modes estimate the same gradient
    only in expectation over the shaping, so these are the fair comparisons: how consistently each mode's updates
    point one way. ``tied``: (nearly) every generation's members all scored alike, so that no update is left to measure
    (CartPole once solved: every episode lasts its 500 steps).
@@ -102,7 +104,8 @@ def policies(env_id: str, args: Args) -> dict[str, torch.nn.Module]:
 
 
 def gradient_noise(env_id: str, policy: torch.nn.Module, episodes: int, common: bool, args: Args) -> dict[str, float]:
-    """``args.estimates`` ES gradient estimates at ``policy``'s parameters: their mean pairwise cosine and SNR."""
+    """``args.estimates`` ES gradient estimates at ``policy``'s parameters: their mean pairwise cosine, its jackknife
+    standard error (leaving one estimate out at a time) and their SNR."""
     s = preset(env_id, args)
     policy = copy.deepcopy(policy)
     env = make_vector_env(env_id, s["popsize"] * episodes, note=None)
@@ -121,14 +124,19 @@ def gradient_noise(env_id: str, policy: torch.nn.Module, episodes: int, common: 
     g = torch.stack(grads)
     tied = int((g.norm(dim=1) == 0).sum())  # generations whose members all scored alike (a solved CartPole): no update
     if tied > args.estimates - 2:
-        return {"cos": None, "snr": None, "estimates": args.estimates, "tied": tied}
+        return {"cos": None, "cos_se": None, "snr": None, "estimates": args.estimates, "tied": tied}
     g = g[g.norm(dim=1) > 0]
     unit = g / g.norm(dim=1, keepdim=True)
     cos = unit @ unit.T
     r = len(g)
-    pairwise = (cos.sum() - cos.diagonal().sum()) / (r * (r - 1))
+    total = cos.sum() - cos.diagonal().sum()
+    pairwise = total / (r * (r - 1))
+    # leave-one-out means of the pairs (each estimate is a generation of its own: independent draws)
+    left_out = (total - 2 * (cos.sum(1) - cos.diagonal())) / ((r - 1) * (r - 2))
+    se = ((r - 1) / r * (left_out - left_out.mean()).pow(2).sum()).sqrt() if r > 2 else torch.tensor(float("nan"))
     spread = (g - g.mean(0)).pow(2).sum(1).mean().sqrt()
-    return {"cos": pairwise.item(), "snr": (g.mean(0).norm() / spread).item(), "estimates": args.estimates, "tied": tied}
+    snr = (g.mean(0).norm() / spread).item()
+    return {"cos": pairwise.item(), "cos_se": se.item(), "snr": snr, "estimates": args.estimates, "tied": tied}
 
 
 def train(env_id: str, episodes: int, common: bool, seed: int, args: Args) -> dict[str, Any]:
@@ -180,7 +188,8 @@ def tables(noise: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
     for r in noise:
         pairs.setdefault((r["env"], r["episodes"], r["at"]), {})[r["common"]] = r
     for (env_id, k, where), m in pairs.items():
-        cells = [fmt(m[c][key], digits) for key, digits in (("cos", 3), ("snr", 2)) for c in (False, True)]
+        cells = [fmt(m[c]["cos"], 3) + ("" if m[c]["cos"] is None else f" ± {m[c]['cos_se']:.3f}") for c in (False, True)]
+        cells += [fmt(m[c]["snr"], 2) for c in (False, True)]
         lines.append(f"| {env_id} | {k} | {where} | {' | '.join(cells)} |")
     lines += ["", "| env | episodes | mode | solved | generations, per seed | median | env steps, per seed | wall s, per seed |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -251,7 +260,8 @@ def main(args: Args) -> dict[str, Any]:
         f"{meta['date']}, {meta['machine']}, {meta['cores']} cores, torch {meta['torch']} ({meta['torch_threads']} "
         f"thread); load average (1, 5, 15 min) before {load_start}, after {load_end}; whole run {total / 60:.1f} min. "
         f"Gradient noise: {args.estimates} estimates per mode, at a fresh policy (start) and after {args.warmup} "
-        f"generations of training (trained), seed {args.seeds[0]}. Training: up to "
+        f"generations of training (trained), seed {args.seeds[0]}; cos ± its jackknife standard error; snr's floor "
+        f"(estimates of pure noise) is about 1/√{args.estimates} = {args.estimates**-0.5:.2f}. Training: up to "
         f"{args.max_generations} generations (>G: not solved in G)."
     )
     print(f"\n{text}\n\n{footer}")

@@ -446,7 +446,7 @@ def test_bench_common_episodes_quick_measures_both_modes_at_both_points_and_trai
     result = json.loads((tmp_path / "bench_common_episodes_quick.json").read_text())
     noise, runs = result["noise"], result["runs"]
     assert {(r["at"], r["common"]) for r in noise} == {(a, c) for a in ("start", "trained") for c in (False, True)}
-    assert all(-1 <= r["cos"] <= 1 and r["snr"] > 0 and r["estimates"] == 4 for r in noise), noise
+    assert all(-1 <= r["cos"] <= 1 and 0 <= r["cos_se"] < 2 and r["snr"] > 0 and r["estimates"] == 4 for r in noise), noise
     assert len({r["cos"] for r in noise}) == 4  # four measurements, not one repeated
     assert [(r["common"], r["generations"]) for r in runs] == [(False, 2), (True, 2)]
     assert all(r["env_steps"] > 0 and math.isfinite(r["wall_s"]) for r in runs), runs
