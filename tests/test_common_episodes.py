@@ -218,3 +218,23 @@ def test_common_episodes_name_a_vector_env_whose_reset_takes_no_seed_list() -> N
                        r"raised TypeError: .*; make its reset take a list of ints, env i seeded seed\[i\]$"):  # fmt: skip
         reset_episodes(env, 1, "population", 0, common=2)
     assert reset_episodes(env, 1, "population", 0).shape == (4, 1)
+
+
+class OneGeneratorEnv(OneSeedEnv):
+    """A vector env of one's own that takes a list of seeds but seeds one generator for all its envs from it (numpy's
+    ``default_rng`` takes a list): envs given the same seed start apart."""
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> tuple[torch.Tensor, dict]:
+        rng = np.random.default_rng(seed)
+        return torch.as_tensor(rng.uniform(-1, 1, (self.num_envs, 1)), dtype=torch.float32), {}
+
+
+def test_common_episodes_name_a_vector_env_that_starts_envs_of_one_seed_apart() -> None:
+    """A vector env whose reset takes the seed list but does not start env i from ``seed[i]`` alone would give members
+    their own episodes silently; common episodes check that envs of one seed start alike and raise a ValueError naming
+    the env, the two envs and the fix; without common episodes the same env resets as before."""
+    env = OneGeneratorEnv(4)
+    with pytest.raises(ValueError, match=r"^common episodes reset OneGeneratorEnv's envs 0 and 2 with one seed, and they "
+                       r"returned other observations; .*env i's reset draw from seed\[i\] alone"):  # fmt: skip
+        reset_episodes(env, 1, "population", 0, common=2)
+    assert reset_episodes(env, 1, "population", 0).shape == (4, 1)
