@@ -83,25 +83,25 @@ def reset_episodes(env: gym.vector.VectorEnv, seed: int, stream: str, generation
                 "env i seeded seed[i]"
             ) from e
         obs = reset_observations(reset, env)
-        _check_common_starts(obs, index, env)
+        _check_common_starts(obs, common, env)
     return obs
 
 
-def _check_common_starts(obs: Any, index: list[int], env: gym.vector.VectorEnv) -> None:
+def _check_common_starts(obs: Any, common: int, env: gym.vector.VectorEnv) -> None:
     """A ValueError where two envs given one seed returned other first observations: an env that takes the seed list
     but draws every env's start from one generator (numpy's ``default_rng(seeds)``) would silently give every member
-    episodes of its own. Structured observations are left unchecked."""
+    episodes of its own. Env i's seed is env ``i mod common``'s (the seeds repeat every ``common`` envs). Structured
+    observations are left unchecked."""
     if not isinstance(obs, Tensor | np.ndarray):
         return
     rows = torch.as_tensor(obs)
-    first = {k: i for i, k in reversed(list(enumerate(index)))}  # the first env of each seed
-    ref = torch.tensor([first[k] for k in index], device=rows.device)
+    ref = torch.arange(len(rows), device=rows.device) % common  # the first env of each seed
     same = (rows == rows[ref]) | (rows != rows)  # NaN rows compare as themselves
     if not bool(same.all()):
         i = int((~same).reshape(len(rows), -1).any(1).nonzero()[0])  # Discrete observations are (num_envs,)
         name = type(getattr(env, "unwrapped", env)).__name__
         raise ValueError(
-            f"common episodes reset {name}'s envs {first[index[i]]} and {i} with one seed, and they returned other "
+            f"common episodes reset {name}'s envs {i % common} and {i} with one seed, and they returned other "
             "observations; make env i's reset draw from seed[i] alone (gymnasium's convention), or drop common episodes"
         )
 
