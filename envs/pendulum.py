@@ -8,7 +8,6 @@ to [-π, π)), never terminates, initial state uniform in [-π, π] × [-1, 1].
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,8 +16,8 @@ from gymnasium import spaces
 from gymnasium.envs.classic_control import utils
 from torch import Tensor
 
-from envs import seeding
-from envs.base import Device, SingleEnv, TorchVectorEnv, real_option
+from envs.base import Device, SingleEnv
+from envs.physics import Constant, RandomizedPhysics, Range
 
 MAX_SPEED = 8.0
 MAX_TORQUE = 2.0
@@ -49,20 +48,21 @@ def reward(state: Tensor, action: Tensor) -> Tensor:
     return (thdot**2).mul_(-0.1).sub_(angle**2).sub_(0.001 * u**2)
 
 
-class PendulumVectorEnv(TorchVectorEnv):
+class PendulumVectorEnv(RandomizedPhysics):
     """``num_envs`` Pendulum-v1 envs in torch; see :class:`envs.base.TorchVectorEnv` for the API.
 
     Args:
         num_envs: N.
         max_episode_steps: 200 for v1.
         device, dtype, num_threads, hide_velocities: see :class:`~envs.base.TorchVectorEnv`.
-        g: gravity, as gymnasium's ``g`` option.
+        g: gravity, as gymnasium's ``g`` option (``None``: its 10.0); not together with ``g_range``.
         g_range: ``[low, high]`` for domain randomization: every ``reset()`` draws each env's gravity uniformly in
             it, env ``i`` of ``reset(seed=s)`` from ``s + i`` alone (the SplitMix64 output after its initial
             state's), as the state is, so a member's episodes keep their gravity however the population is split;
             without a seed, from the env's generator. A ``reset_mask`` redraws the masked envs' only; autoresets keep
             the episode's. ``None`` (the default): ``g`` for every env. Settable between resets (a curriculum); set to
             ``None`` after draws, the envs keep their last draws until ``g`` is assigned (``env.g = 10.0``).
+            :mod:`envs.physics` does this for every env's physical constants.
 
     Attributes:
         g: gravity, a number, or with ``g_range`` after a reset ``(N,)`` in ``dtype``, one per env; assign a number
@@ -75,6 +75,8 @@ class PendulumVectorEnv(TorchVectorEnv):
 
     velocity_columns = (2,)  # θ̇
     state_dim = 2
+    g = Constant(10.0)
+    g_range = Range(g)
 
     def __init__(
         self,
@@ -83,7 +85,7 @@ class PendulumVectorEnv(TorchVectorEnv):
         device: Device = "cpu",
         dtype: torch.dtype = torch.float64,
         num_threads: int | None = 1,
-        g: float = 10.0,
+        g: float | None = None,
         hide_velocities: bool = False,
         render_mode: str | None = None,
         g_range: tuple[float, float] | None = None,
@@ -94,56 +96,7 @@ class PendulumVectorEnv(TorchVectorEnv):
         obs_space = spaces.Box(-high, high, dtype=np.float32)
         action_space = spaces.Box(-MAX_TORQUE, MAX_TORQUE, shape=(1,), dtype=np.float32)
         super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads, hide_velocities)
-        self.g = g
-        self.g_range = g_range
-
-    @property
-    def g(self) -> float | Tensor:
-        return self._g
-
-    @g.setter
-    def g(self, value: float | Sequence[float] | Tensor | np.ndarray) -> None:
-        if isinstance(value, Tensor | np.ndarray | list | tuple):
-            g = torch.as_tensor(value, dtype=self.dtype, device=self.device)
-            if g.shape != (self.num_envs,):
-                raise ValueError(f"g must be one number or {self.num_envs} numbers (one per env), got shape {tuple(g.shape)}")
-            self._g = g.clone()
-        else:
-            self._g = real_option("g", value)
-
-    @property
-    def g_range(self) -> tuple[float, float] | None:
-        return self._g_range
-
-    @g_range.setter
-    def g_range(self, value: Sequence[float] | None) -> None:
-        if value is not None:
-            if not isinstance(value, list | tuple) or len(value) != 2:
-                raise ValueError(f"g_range must be [low, high], two numbers (or None for one g), got {value!r}")
-            value = (real_option("g_range's low", value[0]), real_option("g_range's high", value[1]))
-            if not value[0] <= value[1]:
-                raise ValueError(f"g_range must be [low, high] with low <= high, got {list(value)}")
-        self._g_range = value
-
-    def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Tensor, dict[str, Any]]:
-        """:meth:`TorchVectorEnv.reset <envs.base.TorchVectorEnv.reset>`, then, with ``g_range``, each reset env's gravity
-        drawn afresh."""
-        obs, info = super().reset(seed=seed, options=options)
-        if self._g_range is not None:
-            seeds = self._seeds(seed)
-            if seeds is None:
-                u = torch.rand(self.num_envs, generator=self._generator, device=self.device, dtype=torch.float64)
-            else:  # the output after the state's: the state stays what it is without g_range
-                u = seeding.uniform(seeds.to(self.device), self.state_dim + 1)[:, -1]
-            low, high = self._g_range
-            g = (low + (high - low) * u).to(self.dtype)
-            mask = (options or {}).get("reset_mask")
-            if mask is not None:  # the other envs keep theirs
-                g = torch.where(self._check_mask(mask), g, torch.as_tensor(self._g, dtype=self.dtype, device=self.device))
-            self._g = g
-        return obs, info
+        self._init_physics({"g": g}, {"g": g_range})
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
         """``(N, 2) [θ, θ̇], (N,) torques -> (N, 2)``: the module's pure :func:`dynamics` with this env's gravity ``g`` (per env

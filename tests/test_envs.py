@@ -1020,13 +1020,18 @@ def test_pendulum_g_range_set_to_none_keeps_the_last_draws_until_g_is_assigned()
 
 
 def test_pendulum_bad_gravity_options_raise_errors_naming_the_option_and_the_value() -> None:
-    """A ``g_range`` that is not two increasing numbers, and a ``g`` of another length than the envs, are errors whose
-    whole message names the option, what it takes and the value given."""
+    """A ``g_range`` that is not two increasing numbers, a ``g`` that is not finite or of another length than the envs,
+    and ``g`` given together with ``g_range`` (which would replace it unnoticed) are errors whose whole message names the
+    option, what it takes and the value given."""
     pendulum = envs.PendulumVectorEnv
     cases = [
         (lambda: pendulum(num_envs=2, g_range=[8.0]), "g_range must be [low, high], two numbers (or None for one g), got [8.0]"),
         (lambda: pendulum(num_envs=2, g_range=[12.0, 8.0]), "g_range must be [low, high] with low <= high, got [12.0, 8.0]"),
         (lambda: pendulum(num_envs=2, g_range=[8.0, "12"]), "g_range's high must be a number, got '12'"),
+        (lambda: pendulum(num_envs=2, g=float("nan")), "g must be a finite number, got nan"),
+        (lambda: pendulum(num_envs=2, g=12.0, g_range=[8.0, 12.0]),
+         "g and g_range were both given: g_range draws each env's g at every reset; give g for one value or g_range to "
+         "randomize it, not both"),
         (lambda: setattr(pendulum(num_envs=2), "g", [9.0, 10.0, 11.0]),
          "g must be one number or 2 numbers (one per env), got shape (3,)"),
     ]  # fmt: skip
