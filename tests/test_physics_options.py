@@ -108,24 +108,25 @@ def test_default_physics_given_explicitly_are_the_default_env_bit_for_bit() -> N
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("ranges", [RANGES, {"length_range": [0.3, 0.9]}], ids=["all", "length"])
 def test_env_n_with_drawn_physics_steps_exactly_as_one_env_made_with_its_values(
-    dtype: torch.dtype, ranges: dict[str, list[float]]
+    dtype: torch.dtype, ranges: dict[str, list[float]], device: torch.device
 ) -> None:
     """Env n of a CartPole whose ranges drew its constants gives, for 100 steps from states over the whole state
     space and random actions, exactly the next state, observation, reward and termination of a one-env CartPole made
     with ``float(env.<constant>[n])`` as fixed options (bit for bit, float64 and float32; 37 envs, so that vectorized
-    and remainder lanes are both compared), and the draws differ between envs."""
+    and remainder lanes are both compared; on the test device), and the draws differ between envs."""
     n, gen = 37, torch.Generator().manual_seed(0)
-    env = CartPoleVectorEnv(n, dtype=dtype, **ranges)
+    env = CartPoleVectorEnv(n, dtype=dtype, device=device, **ranges)
     env.reset(seed=0)
     drawn = [name.removesuffix("_range") for name in ranges]
     for name in drawn:
         values = getattr(env, name)
         assert values.shape == (n,) and values.dtype == dtype and len(set(values.tolist())) == n
-    singles = [CartPoleVectorEnv(1, dtype=dtype, **{name: float(getattr(env, name)[i]) for name in drawn}) for i in range(n)]
+    values = [{name: float(getattr(env, name)[i]) for name in drawn} for i in range(n)]
+    singles = [CartPoleVectorEnv(1, dtype=dtype, device=device, **physics) for physics in values]
     for single in singles:
         single.reset(seed=0)
     for _ in range(100):
-        states, actions = wide_states(n, gen), torch.randint(0, 2, (n,), generator=gen)
+        states, actions = wide_states(n, gen).to(device), torch.randint(0, 2, (n,), generator=gen).to(device)
         env.state = states
         obs, reward, terminated = env.step(actions)[:3]
         for i, single in enumerate(singles):
@@ -135,23 +136,24 @@ def test_env_n_with_drawn_physics_steps_exactly_as_one_env_made_with_its_values(
             assert torch.equal(single_reward[0], reward[i]) and torch.equal(single_terminated[0], terminated[i])
 
 
-def test_draws_are_a_pure_function_of_each_envs_seed() -> None:
-    """Env i of ``reset(seed=s)`` draws its constants from ``s + i`` alone: envs 4..7 of 8 get the draws and initial
-    states of an env of 4 reset with ``s + 4``; constant k's draw is ``low + (high - low) u``, u the uniform of
-    SplitMix64 output ``state_dim + k + 1`` (after the state's: the initial states are those without ranges), the same
-    whichever other constants are randomized."""
+def test_draws_are_a_pure_function_of_each_envs_seed(device: torch.device) -> None:
+    """Env i of ``reset(seed=s)`` draws its constants from ``s + i`` alone: envs 4..7 of 8 (on the test device) get the
+    draws and initial states of an env of 4 on the CPU reset with ``s + 4``; constant k's draw is
+    ``low + (high - low) u``, u the uniform of SplitMix64 output ``state_dim + k + 1`` (after the state's: the initial
+    states are those without ranges), the same whichever other constants are randomized."""
     s = 21
-    eight, four, plain = CartPoleVectorEnv(8, **RANGES), CartPoleVectorEnv(4, **RANGES), CartPoleVectorEnv(8)
+    eight, four = CartPoleVectorEnv(8, device=device, **RANGES), CartPoleVectorEnv(4, **RANGES)
+    plain = CartPoleVectorEnv(8, device=device)
     eight.reset(seed=s)
     four.reset(seed=s + 4)
     plain.reset(seed=s)
-    assert torch.equal(eight.state, plain.state) and torch.equal(eight.state[4:], four.state)
+    assert torch.equal(eight.state, plain.state) and torch.equal(eight.state[4:].cpu(), four.state)
     u = seeding.uniform(s + torch.arange(8), eight.state_dim + len(eight.constants))
     for k, constant in enumerate(eight.constants):
         low, high = RANGES[f"{constant.name}_range"]
-        assert torch.equal(getattr(eight, constant.name)[4:], getattr(four, constant.name))
-        assert torch.equal(getattr(eight, constant.name), low + (high - low) * u[:, eight.state_dim + k])
-    length_only = CartPoleVectorEnv(8, length_range=RANGES["length_range"])
+        assert torch.equal(getattr(eight, constant.name)[4:].cpu(), getattr(four, constant.name))
+        assert torch.equal(getattr(eight, constant.name).cpu(), low + (high - low) * u[:, eight.state_dim + k])
+    length_only = CartPoleVectorEnv(8, device=device, length_range=RANGES["length_range"])
     length_only.reset(seed=s)
     assert torch.equal(length_only.length, eight.length) and length_only.masspole == 0.1
 
