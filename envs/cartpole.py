@@ -1,7 +1,8 @@
 """CartPole-v1 in batched torch: gymnasium's ``CartPoleEnv`` (Barto, Sutton & Anderson, 1983), step for step.
 
-Same constants, explicit Euler integration, termination at |x| > 2.4 or |θ| > 12°, reward 1 per
-step (``sutton_barto_reward``: 0, and -1 on termination), initial state uniform in (-0.05, 0.05)⁴.
+Same constants (options: fixed, or drawn per env at every reset, see :mod:`envs.physics`), explicit Euler
+integration, termination at |x| > 2.4 or |θ| > 12°, reward 1 per step (``sutton_barto_reward``: 0, and -1 on
+termination), initial state uniform in (-0.05, 0.05)⁴.
 """
 
 from __future__ import annotations
