@@ -15,7 +15,7 @@ from helpers import metrics
 import envs
 import flipes
 from envs import seeding
-from envs.cartpole import CartPoleVectorEnv
+from envs.cartpole import CartPoleVectorEnv, coefficients, dynamics
 from flipes.rl import make_vector_env
 from flipes.rl.envs import EnvOptionError
 
@@ -89,6 +89,24 @@ def test_fixed_physics_match_gymnasiums_cartpole_with_the_same_attributes(physic
                 assert (single_reward, single_terminated) == (float(reward[i]), bool(terminated[i]))
         terminations += int(terminated.sum())
     assert terminations >= 50
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_per_env_constants_step_as_the_scalar_dynamics_of_gymnasiums_float64_coefficients(dtype: torch.dtype) -> None:
+    """A CartPole with fixed non-default constants (its per-env path) steps bit for bit as the module's
+    :func:`dynamics` given :func:`coefficients` of those constants as Python numbers: the derived quantities computed
+    in float64, as gymnasium computes them, and rounded once to ``dtype`` (in float32, computing them in float32
+    instead moves five of these seven by an ulp)."""
+    physics = {"gravity": 9.8, "masscart": 1.3, "masspole": 0.3, "length": 0.6, "force_mag": 12.0}
+    n, gen = 256, torch.Generator().manual_seed(2)
+    env = CartPoleVectorEnv(n, dtype=dtype, **physics)
+    env.reset(seed=0)
+    scalar = coefficients(**physics)
+    for _ in range(8):
+        states, actions = wide_states(n, gen).to(dtype), torch.randint(0, 2, (n,), generator=gen)
+        env.state = states
+        env.step(actions)
+        assert torch.equal(env.state, dynamics(states, actions, scalar))
 
 
 def test_default_physics_given_explicitly_are_the_default_env_bit_for_bit() -> None:
@@ -187,6 +205,38 @@ def test_resets_masks_autoresets_and_a_curriculum_keep_or_redraw_the_physics() -
     assert torch.equal(env.step(action)[0], plain.step(action)[0]) and torch.equal(env.state, plain.state)
 
 
+def test_a_reset_without_a_seed_draws_each_envs_physics_from_the_envs_generator() -> None:
+    """``reset()`` without a seed draws every env's constants from the env's own generator (which ``reset(seed=s)``
+    seeded), not torch's global one: two envs reset alike draw the same values, one per env, all different and in
+    the ranges, and other than the seeded reset's."""
+    pair = [CartPoleVectorEnv(6, length_range=[0.3, 0.9], force_mag_range=[5.0, 15.0]) for _ in range(2)]
+    for env in pair:
+        env.reset(seed=5)
+    seeded = pair[0].length.clone()
+    for env in pair:
+        torch.rand(1)  # the global generator moves between them: no draw may come from it
+        env.reset()
+    for name, (low, high) in (("length", (0.3, 0.9)), ("force_mag", (5.0, 15.0))):
+        drawn = getattr(pair[0], name)
+        assert torch.equal(drawn, getattr(pair[1], name)) and len(set(drawn.tolist())) == 6
+        assert bool(((drawn >= low) & (drawn <= high)).all())
+    assert not torch.equal(pair[0].length, seeded)
+
+
+def test_assigned_per_env_constants_are_the_envs_own_copy() -> None:
+    """A tensor assigned as per-env constants is copied: changing it afterwards changes neither the env's values nor
+    its steps (which would otherwise disagree with each other)."""
+    given = torch.tensor([0.6, 0.7], dtype=torch.float64)
+    env, reference = CartPoleVectorEnv(2), CartPoleVectorEnv(2)
+    env.length, reference.length = given, [0.6, 0.7]
+    given.fill_(5.0)
+    assert env.length.tolist() == [0.6, 0.7]
+    env.reset(seed=0)
+    reference.reset(seed=0)
+    action = torch.ones(2, dtype=torch.int64)
+    assert torch.equal(env.step(action)[0], reference.step(action)[0])
+
+
 def test_bad_physics_options_are_errors_naming_the_option_and_what_it_takes() -> None:
     """Values no CartPole can step with (a mass or length <= 0, a non-finite or non-number constant, a range that is
     not two increasing such numbers, N values of another length) and a constant given both fixed and as a range are
@@ -216,6 +266,8 @@ def test_bad_physics_options_are_errors_naming_the_option_and_what_it_takes() ->
         env.length = [0.5, 0.6, 0.7]
     with pytest.raises(ValueError, match=re.escape("masscart must be a finite number > 0 for every env, got 0.0 for env 1")):
         env.masscart = [1.0, 0.0]
+    with pytest.raises(ValueError, match=re.escape("gravity must be a finite number for every env, got nan for env 1")):
+        env.gravity = [9.8, float("nan")]
 
 
 def test_a_training_run_with_a_range_is_reproducible(tmp_path: Path) -> None:
