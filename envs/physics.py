@@ -102,8 +102,17 @@ class RandomizedPhysics(TorchVectorEnv):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        own = tuple(v for v in vars(cls).values() if isinstance(v, Constant))
-        cls.constants = cls.constants + own
+        own = {v.name: v for v in vars(cls).values() if isinstance(v, Constant)}
+        for name, constant in own.items():  # else the env would fail only at its first reset, with a KeyError
+            declared = vars(cls).get(f"{name}_range")
+            if not isinstance(declared, Range) or declared.constant is not constant:
+                raise TypeError(
+                    f"{cls.__name__}.{name} is a Constant without its range: "
+                    f"declare {name}_range = Range({name}) in the same class"
+                )
+        # a redeclared constant keeps its inherited place, and so its SplitMix64 output
+        inherited = tuple(own.pop(c.name, c) for c in cls.constants)
+        cls.constants = inherited + tuple(own.values())
 
     def _init_physics(self, values: Mapping[str, float | None], ranges: Mapping[str, Sequence[float] | None]) -> None:
         """Set each constant to its given value (``None``: the default) and its range; a constant given both is an error:

@@ -16,6 +16,7 @@ import envs
 import flipes
 from envs import seeding
 from envs.cartpole import CartPoleVectorEnv, coefficients, dynamics
+from envs.physics import Constant, Range
 from flipes.rl import make_vector_env
 from flipes.rl.envs import EnvOptionError
 
@@ -292,3 +293,27 @@ def test_cartpole_declares_gymnasiums_constants_in_their_draw_order() -> None:
     constants = envs.CartPoleVectorEnv.constants
     assert [c.name for c in constants] == ["gravity", "masscart", "masspole", "length", "force_mag"]
     assert [c.default for c in constants] == [getattr(ref, c.name) for c in constants]
+
+
+def test_a_constant_needs_its_range_and_a_redeclared_one_keeps_its_draw_slot() -> None:
+    """An env class declaring a Constant without ``<name>_range = Range(<name>)`` beside it is a TypeError naming the
+    class, the constant and the declaration to add (rather than a KeyError at its first reset); a subclass that
+    redeclares an inherited constant (another default) replaces it in ``constants``, in its place, so that every
+    constant keeps the SplitMix64 output it draws from."""
+    message = "Damped.damping is a Constant without its range: declare damping_range = Range(damping) in the same class"
+    with pytest.raises(TypeError, match="^" + re.escape(message) + "$"):
+
+        class Damped(envs.PendulumVectorEnv):
+            damping = Constant(0.0)
+
+    class Moon(CartPoleVectorEnv):
+        gravity = Constant(1.62)
+        gravity_range = Range(gravity)
+
+    assert [c.name for c in Moon.constants] == [c.name for c in CartPoleVectorEnv.constants]
+    assert Moon.constants[0] is Moon.gravity and Moon(2).gravity == 1.62
+    ranges = {"gravity_range": [1.0, 2.0], "length_range": [0.3, 0.9]}
+    moon, earth = Moon(4, **ranges), CartPoleVectorEnv(4, **ranges)
+    moon.reset(seed=9)
+    earth.reset(seed=9)
+    assert torch.equal(moon.gravity, earth.gravity) and torch.equal(moon.length, earth.length)
