@@ -149,7 +149,7 @@ class RandomizedPhysics(TorchVectorEnv):
     def _draw(self, drawn: list[tuple[int, Constant]], seeds: Tensor | None, mask: Tensor | np.ndarray | None) -> None:
         if seeds is not None:  # the outputs after the state's: the initial states stay those without ranges
             u = seeding.uniform(seeds.to(self.device), self.state_dim + len(self.constants))[:, self.state_dim :]
-        keep = None if mask is None else self._check_mask(mask)
+        redrawn = None if mask is None else self._check_mask(mask)
         for k, c in drawn:
             if seeds is None:
                 uk = torch.rand(self.num_envs, generator=self._generator, device=self.device, dtype=torch.float64)
@@ -157,8 +157,8 @@ class RandomizedPhysics(TorchVectorEnv):
                 uk = u[:, k]
             low, high = self._ranges[c.name]
             value = (low + (high - low) * uk).to(self.dtype)
-            if keep is not None:  # the other envs keep theirs
+            if redrawn is not None:  # the other envs keep theirs
                 old = torch.as_tensor(self._physics[c.name], dtype=self.dtype, device=self.device)
-                value = torch.where(keep, value, old)
+                value = torch.where(redrawn, value, old)
             self._physics[c.name] = value
         self._physics_changed()
