@@ -193,15 +193,8 @@ class CartPoleVectorEnv(RandomizedPhysics):
         self._init_physics(values, ranges)
 
     def _physics_changed(self) -> None:
-        # gymnasium's constants: the fused default ops; any other, fixed or per env: (N,) coefficients in dtype, so that
-        # env n of a randomized env steps bit for bit as an env made with its values
-        values = [self._physics[c.name] for c in self.constants]
-        if not any(isinstance(v, Tensor) for v in values) and values == [c.default for c in self.constants]:
-            self._coefficients = DEFAULT
-            return
-        n, device = self.num_envs, self.device
-        per_env = [torch.as_tensor(v, dtype=torch.float64, device=device).expand(n) for v in values]
-        self._coefficients = Coefficients(*(c.to(self.dtype).contiguous() for c in coefficients(*per_env)))
+        # gymnasium's constants: the fused default ops; any other, fixed or per env: (N,) coefficients in dtype
+        self._coefficients = self._derive(coefficients, DEFAULT)
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
         """``(N, 4) [x, ẋ, θ, θ̇], (N,) actions in {0, 1} -> (N, 4)``: the module's pure :func:`dynamics`, the one

@@ -17,8 +17,8 @@ episode's (they never reach ``reset()``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ from torch import Tensor
 
 from envs import seeding
 from envs.base import TorchVectorEnv, real_option
+
+Derived = TypeVar("Derived", bound=tuple)  # a NamedTuple of derived quantities
 
 
 class Constant:
@@ -134,6 +136,17 @@ class RandomizedPhysics(TorchVectorEnv):
     def _physics_changed(self) -> None:
         """Called after a constant changes (set, or drawn at a reset): an env that derives quantities from them updates
         them here."""
+
+    def _derive(self, derive: Callable[..., Derived], default: Derived) -> Derived:
+        """``default`` (numbers, for the default arithmetic) while every constant is its default; else ``derive`` of the
+        constants in declaration order as ``(N,)`` float64 tensors, each result rounded once to the env's dtype. Derived
+        in float64 as gymnasium derives them, so that env ``n`` steps bit for bit as an env made with its values,
+        whichever the other envs' are."""
+        values = [self._physics[c.name] for c in self.constants]
+        if not any(isinstance(v, Tensor) for v in values) and values == [c.default for c in self.constants]:
+            return default
+        per_env = [torch.as_tensor(v, dtype=torch.float64, device=self.device).expand(self.num_envs) for v in values]
+        return type(default)(*(d.to(self.dtype).contiguous() for d in derive(*per_env)))
 
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
