@@ -1,5 +1,6 @@
-"""envs/physics.py on Acrobot: its physical constants as options, fixed (against gymnasium's own env with the same
-attributes set by hand) or drawn per env at every reset, as CartPole's in tests/test_physics_options.py."""
+"""envs/physics.py on Acrobot and MountainCarContinuous: their physical constants as options, fixed (against
+gymnasium's own env with the same attributes set by hand) or drawn per env at every reset, as CartPole's in
+tests/test_physics_options.py."""
 
 from __future__ import annotations
 
@@ -111,7 +112,30 @@ ACROBOT = Spec(
         ),
     ],
 )
-SPECS = [ACROBOT]
+MOUNTAIN_CAR = Spec(
+    "MountainCarContinuous-v0",
+    envs.MountainCarContinuousVectorEnv,
+    str,
+    {"power_range": [0.001, 0.002]},
+    [{"power": 0.0011}, {"power": 0.0025}],
+    [-1.2, -0.07],
+    [0.6, 0.07],
+    rtol=0.0,
+    atol=1e-7,  # both round the state to float32 after a step, gymnasium's arithmetic partly in float32 before
+    min_terminations=40,
+    refusals=[
+        ({"power": 0.0}, "power must be a finite number > 0, got 0.0"),
+        ({"power": float("inf")}, "power must be a finite number > 0, got inf"),
+        ({"power_range": [0.002, 0.001]}, "power_range must be [low, high] with low <= high, got [0.002, 0.001]"),
+        ({"power_range": [-0.001, 0.001]}, "power_range's low must be a finite number > 0, got -0.001"),
+        (
+            {"power": 0.001, "power_range": [0.001, 0.002]},
+            "power and power_range were both given: power_range draws each env's power at every reset; "
+            "give power for one value or power_range to randomize it, not both",
+        ),
+    ],
+)
+SPECS = [ACROBOT, MOUNTAIN_CAR]
 
 
 def ranged(spec: Spec) -> list[str]:
@@ -124,8 +148,8 @@ def ranged(spec: Spec) -> list[str]:
 def test_fixed_physics_match_gymnasiums_env_with_the_same_attributes(spec: Spec, physics: dict[str, float]) -> None:
     """Every transition of the vector env made with non-default physical constants, from 2048 states over the whole state
     space (the case's minimum of them terminate), equals gymnasium's own env with those attributes set by hand, stepped
-    from the same state and action: next state within the case's tolerance, observations within 1e-6 (float32),
-    rewards and terminations exactly; and the transitions differ from those of gymnasium's defaults (the constants
+    from the same state and action: next state within the case's tolerance, observations and rewards within 1e-6
+    (float32), terminations exactly; and the transitions differ from those of gymnasium's defaults (the constants
     reach the dynamics)."""
     n, gen = 256, torch.Generator().manual_seed(0)
     ref, default = spec.gymnasium(physics), spec.gymnasium({})
@@ -142,7 +166,8 @@ def test_fixed_physics_match_gymnasiums_env_with_the_same_attributes(spec: Spec,
             their_obs, their_reward, their_terminated = ref.step(action)[:3]
             np.testing.assert_allclose(env.state[i].numpy(), np.asarray(ref.state, np.float64), rtol=spec.rtol, atol=spec.atol)
             np.testing.assert_allclose(obs[i].numpy(), their_obs, rtol=1e-6, atol=1e-6)
-            assert (float(reward[i]), bool(terminated[i])) == (float(their_reward), their_terminated)
+            np.testing.assert_allclose(float(reward[i]), their_reward, rtol=1e-6, atol=1e-6)  # float32's, gymnasium's
+            assert bool(terminated[i]) == their_terminated
             default.step(action)
             moved += not np.allclose(np.asarray(default.state, np.float64), env.state[i].numpy(), rtol=1e-9, atol=1e-9)
         terminations += int(terminated.sum())
