@@ -191,6 +191,27 @@ def test_default_physics_given_explicitly_are_the_default_env_bit_for_bit(spec: 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.gym_id)
+def test_default_physics_step_exactly_as_gymnasiums_values_given_per_env(spec: Spec, dtype: torch.dtype) -> None:
+    """The env without options (gymnasium's constants as numbers, the arithmetic the env had before they were options)
+    steps bit for bit as the same env with every constant assigned per env, ``N`` copies of gymnasium's value (the path
+    of drawn and non-default constants): the next states of 512 states over the whole state space and random actions
+    are equal, float64 and float32: a change to one path's arithmetic alone shows, even one below the tolerance of the
+    comparison with gymnasium."""
+    n, gen = 512, torch.Generator().manual_seed(4)
+    plain, per_env = spec.vector(n, dtype=dtype), spec.vector(n, dtype=dtype)
+    for constant in spec.vector.constants:
+        setattr(per_env, constant.name, [constant.default] * n)
+    assert all(getattr(per_env, c.name).shape == (n,) for c in spec.vector.constants)
+    for _ in range(4):
+        states, actions = spec.states(n, gen, dtype), spec.actions(plain, gen)
+        plain.state = per_env.state = states
+        plain.step(actions)
+        per_env.step(actions)
+        assert torch.equal(plain.state, per_env.state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.gym_id)
 def test_env_n_with_drawn_physics_steps_exactly_as_one_env_made_with_its_values(
     spec: Spec, dtype: torch.dtype, device: torch.device
 ) -> None:
