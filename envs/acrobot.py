@@ -139,9 +139,10 @@ class AcrobotVectorEnv(RandomizedPhysics):
         link_length_1, link_mass_1, link_mass_2, link_com_pos_1, link_com_pos_2, link_moi: the physical constants that
             gymnasium's ``AcrobotEnv`` dynamics reads, named as its attributes in lower case (``LINK_LENGTH_1``, ...;
             ``link_moi`` is both links' moment of inertia); ``None``: gymnasium's 1.0, 1.0, 1.0, 0.5, 0.5 and 1.0. All
-            must be > 0. Its other attributes stay module constants: ``LINK_LENGTH_2`` (read only by rendering), the limits
-            ``MAX_VEL_1`` and ``MAX_VEL_2`` (the observation space's), ``AVAIL_TORQUE`` (the action space), ``dt``, and
-            gravity, 9.8, a literal in gymnasium's dynamics.
+            must be > 0. The termination test stays gymnasium's, that of unit links, whatever ``link_length_1``. Its
+            other attributes stay module constants: ``LINK_LENGTH_2`` (read only by rendering), the limits ``MAX_VEL_1``
+            and ``MAX_VEL_2`` (the observation space's), ``AVAIL_TORQUE`` (the action space), ``dt``, and gravity, 9.8,
+            a literal in gymnasium's dynamics.
         link_length_1_range, ..., link_moi_range: ``[low, high]`` for domain randomization, as CartPole's
             (:mod:`envs.physics`): every ``reset()`` draws each reset env's value uniformly in it, env ``i`` of
             ``reset(seed=s)`` from ``s + i`` alone; autoresets keep the episode's. Not together with the constant's
