@@ -52,6 +52,19 @@ def reference_env(env_id: str, **kwargs: object) -> gymnasium.Env:
         return gymnasium.make(env_id, **kwargs)
 
 
+def assert_each_env_steps_as_its_own(env: gymnasium.vector.VectorEnv, singles: Sequence, states: Tensor, actions: Tensor) -> None:
+    """Step ``env`` from ``states`` with ``actions``, and each one-env ``singles[i]`` from row i of them: env i's next
+    state, observation, reward and termination must equal its single's bit for bit (an env of per-env physics against
+    one env made with env i's values)."""
+    env.state = states
+    obs, reward, terminated = env.step(actions)[:3]
+    for i, single in enumerate(singles):
+        single.state = states[i : i + 1]
+        single_obs, single_reward, single_terminated = single.step(actions[i : i + 1])[:3]
+        assert torch.equal(single.state[0], env.state[i]) and torch.equal(single_obs[0], obs[i]), i
+        assert torch.equal(single_reward[0], reward[i]) and torch.equal(single_terminated[0], terminated[i]), i
+
+
 def run_script(
     *args: str | Path, extra_path: Sequence[Path] = (), check: bool = True, timeout: float = 120, env: dict | None = None
 ) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import metrics
+from helpers import assert_each_env_steps_as_its_own, metrics
 
 import envs
 import flipes
@@ -146,13 +146,7 @@ def test_env_n_with_drawn_physics_steps_exactly_as_one_env_made_with_its_values(
         single.reset(seed=0)
     for _ in range(100):
         states, actions = wide_states(n, gen).to(device), torch.randint(0, 2, (n,), generator=gen).to(device)
-        env.state = states
-        obs, reward, terminated = env.step(actions)[:3]
-        for i, single in enumerate(singles):
-            single.state = states[i : i + 1]
-            single_obs, single_reward, single_terminated = single.step(actions[i : i + 1])[:3]
-            assert torch.equal(single.state[0], env.state[i]) and torch.equal(single_obs[0], obs[i])
-            assert torch.equal(single_reward[0], reward[i]) and torch.equal(single_terminated[0], terminated[i])
+        assert_each_env_steps_as_its_own(env, singles, states, actions)
 
 
 def test_draws_are_a_pure_function_of_each_envs_seed(device: torch.device) -> None:
