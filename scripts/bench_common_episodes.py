@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from repro_common import machine
 
 import flipes
 from flipes.cli import run
@@ -161,14 +162,6 @@ def train(env_id: str, episodes: int, common: bool, seed: int, args: Args) -> di
     }
 
 
-def cpu_name() -> str:
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def per_seed(rs: list[dict[str, Any]], key: str, fmt: str = ".0f") -> str:
     return " / ".join(format(r[key], fmt) if r["solved"] or key != "generations" else f">{r[key]}" for r in rs)
 
@@ -242,19 +235,10 @@ def main(args: Args) -> dict[str, Any]:
                     )
                     runs.append(r)
     load_end, total = os.getloadavg(), time.perf_counter() - t_start
-    meta = {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "args": dataclasses.asdict(args),
-        "load_before": load_start,
-        "load_after": load_end,
-        "wall_s": total,
-    }
+    host = machine(torch.device("cpu"))
+    meta = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": host["cpu"], "cores": host["cores"],
+            "torch": host["torch"], "torch_threads": host["threads"], "python": platform.python_version(),
+            "args": dataclasses.asdict(args), "load_before": load_start, "load_after": load_end, "wall_s": total}  # fmt: skip
     text = tables(noise, runs)
     footer = (
         f"{meta['date']}, {meta['machine']}, {meta['cores']} cores, torch {meta['torch']} ({meta['torch_threads']} "
