@@ -65,6 +65,27 @@ def assert_each_env_steps_as_its_own(env: gymnasium.vector.VectorEnv, singles: S
         assert torch.equal(single_reward[0], reward[i]) and torch.equal(single_terminated[0], terminated[i]), i
 
 
+def assert_draws_are_seed_functions(make: Callable[..., object], ranges: dict[str, list[float]], device: torch.device) -> object:
+    """For a RandomizedPhysics env class ``make`` randomized by ``ranges``: envs 4..7 of 8 (on ``device``) reset with
+    seed s draw the constants and initial states of an env of 4 on the CPU reset with s + 4, the initial states are
+    those without ranges, and constant k's draw is ``low + (high - low) u``, u the uniform of SplitMix64 output
+    ``state_dim + k + 1`` of each env's seed. Returns the env of 8, reset with s = 21."""
+    from envs import seeding
+
+    s = 21
+    eight, four, plain = make(8, device=device, **ranges), make(4, **ranges), make(8, device=device)
+    eight.reset(seed=s)
+    four.reset(seed=s + 4)
+    plain.reset(seed=s)
+    assert torch.equal(eight.state, plain.state) and torch.equal(eight.state[4:].cpu(), four.state)
+    u = seeding.uniform(s + torch.arange(8), eight.state_dim + len(eight.constants))
+    for k, constant in enumerate(eight.constants):
+        low, high = ranges[f"{constant.name}_range"]
+        assert torch.equal(getattr(eight, constant.name)[4:].cpu(), getattr(four, constant.name)), constant.name
+        assert torch.equal(getattr(eight, constant.name).cpu(), low + (high - low) * u[:, eight.state_dim + k]), constant.name
+    return eight
+
+
 def run_script(
     *args: str | Path, extra_path: Sequence[Path] = (), check: bool = True, timeout: float = 120, env: dict | None = None
 ) -> subprocess.CompletedProcess:

@@ -10,11 +10,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import assert_each_env_steps_as_its_own, metrics
+from helpers import assert_draws_are_seed_functions, assert_each_env_steps_as_its_own, metrics
 
 import envs
 import flipes
-from envs import seeding
 from envs.cartpole import CartPoleVectorEnv, coefficients, dynamics
 from envs.physics import Constant, Range
 from flipes.rl import make_vector_env
@@ -154,20 +153,9 @@ def test_draws_are_a_pure_function_of_each_envs_seed(device: torch.device) -> No
     draws and initial states of an env of 4 on the CPU reset with ``s + 4``; constant k's draw is
     ``low + (high - low) u``, u the uniform of SplitMix64 output ``state_dim + k + 1`` (after the state's: the initial
     states are those without ranges), the same whichever other constants are randomized."""
-    s = 21
-    eight, four = CartPoleVectorEnv(8, device=device, **RANGES), CartPoleVectorEnv(4, **RANGES)
-    plain = CartPoleVectorEnv(8, device=device)
-    eight.reset(seed=s)
-    four.reset(seed=s + 4)
-    plain.reset(seed=s)
-    assert torch.equal(eight.state, plain.state) and torch.equal(eight.state[4:].cpu(), four.state)
-    u = seeding.uniform(s + torch.arange(8), eight.state_dim + len(eight.constants))
-    for k, constant in enumerate(eight.constants):
-        low, high = RANGES[f"{constant.name}_range"]
-        assert torch.equal(getattr(eight, constant.name)[4:].cpu(), getattr(four, constant.name))
-        assert torch.equal(getattr(eight, constant.name).cpu(), low + (high - low) * u[:, eight.state_dim + k])
+    eight = assert_draws_are_seed_functions(CartPoleVectorEnv, RANGES, device)
     length_only = CartPoleVectorEnv(8, device=device, length_range=RANGES["length_range"])
-    length_only.reset(seed=s)
+    length_only.reset(seed=21)
     assert torch.equal(length_only.length, eight.length) and length_only.masspole == 0.1
 
 

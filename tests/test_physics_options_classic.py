@@ -14,11 +14,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import assert_each_env_steps_as_its_own, metrics
+from helpers import assert_draws_are_seed_functions, assert_each_env_steps_as_its_own, metrics
 
 import envs
 import flipes
-from envs import acrobot, seeding
+from envs import acrobot
 from envs.physics import RandomizedPhysics
 from flipes.rl import make_vector_env
 from flipes.rl.envs import EnvOptionError
@@ -241,21 +241,10 @@ def test_draws_are_a_pure_function_of_each_envs_seed(spec: Spec, device: torch.d
     draws and initial states of an env of 4 on the CPU reset with ``s + 4``; constant k's draw is
     ``low + (high - low) u``, u the uniform of SplitMix64 output ``state_dim + k + 1`` (the initial states are those
     without ranges), the same whichever other constants are randomized."""
-    s = 21
-    eight, four = spec.vector(8, device=device, **spec.ranges), spec.vector(4, **spec.ranges)
-    plain = spec.vector(8, device=device)
-    eight.reset(seed=s)
-    four.reset(seed=s + 4)
-    plain.reset(seed=s)
-    assert torch.equal(eight.state, plain.state) and torch.equal(eight.state[4:].cpu(), four.state)
-    u = seeding.uniform(s + torch.arange(8), eight.state_dim + len(eight.constants))
-    for k, constant in enumerate(eight.constants):
-        low, high = spec.ranges[f"{constant.name}_range"]
-        assert torch.equal(getattr(eight, constant.name)[4:].cpu(), getattr(four, constant.name))
-        assert torch.equal(getattr(eight, constant.name).cpu(), low + (high - low) * u[:, eight.state_dim + k])
+    eight = assert_draws_are_seed_functions(spec.vector, spec.ranges, device)
     last = spec.vector.constants[-1].name
     alone = spec.vector(8, device=device, **{f"{last}_range": spec.ranges[f"{last}_range"]})
-    alone.reset(seed=s)
+    alone.reset(seed=21)
     assert torch.equal(getattr(alone, last), getattr(eight, last))
     assert all(getattr(alone, c.name) == c.default for c in spec.vector.constants[:-1])
 
