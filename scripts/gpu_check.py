@@ -118,7 +118,7 @@ def tail(text: str, lines: int = 15) -> str:
 # the tests step's -k terms, each "word and word" matched in the test names (parameter ids included): every member's
 # output, the gradient, the envs' transitions and devices, autocast, a probe's episodes, the action noise
 TERMS = ("members_equal", "gradient", "every_transition", "stays_on_the_device", "bit_for_bit", "run_alone", "under_autocast",
-         "plus_the_noise")  # fmt: skip
+         "plus_the_noise", "draws_are_a_pure_function", "drawn_physics_steps_exactly")  # fmt: skip
 QUICK_TERMS = ("linear_members and 0-True-2", "gradient", "every_transition", "run_alone", "plus_the_noise")
 
 
@@ -134,9 +134,12 @@ TESTS = (
     "tests/test_autocast.py",  # bfloat16 autocast on the GPU against the plain module's
     "tests/test_action_noise.py",  # each env's noisy actions against the formula, drawn on the device
     "tests/test_probe.py",  # a probe's sums over episodes that end within the 16 steps between the GPU's checks
+    "tests/test_physics_options.py",  # per-env physics drawn on the device, each env stepped against its one-env copy
+    "tests/test_physics_options_classic.py",
 )
 # QUICK_TERMS' tests are in the other files: collecting these (MuJoCo Warp's import among them) would cost seconds for nothing
-QUICK_LEAVES_OUT = ("tests/test_warp_envs.py", "tests/test_members.py", "tests/test_parts.py", "tests/test_autocast.py")
+QUICK_LEAVES_OUT = ("tests/test_warp_envs.py", "tests/test_members.py", "tests/test_parts.py", "tests/test_autocast.py",
+                    "tests/test_physics_options")  # fmt: skip
 QUICK_TESTS = tuple(t for t in TESTS if not t.startswith(QUICK_LEAVES_OUT))
 
 
