@@ -178,7 +178,7 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     cut = config.get("max_episode_steps") or None  # the run's own cut, for envs without a time limit
     kwargs = run_env_kwargs(config, args.run)  # the env the run trained on: its constructor options too
     kwargs = {**kwargs, **args.env_kwargs}  # those given here replace the run's of the same name
-    shown = render_env(env_id, kwargs) if args.render else None  # an env that cannot render says so before the episodes
+    shown = render_env(env_id, kwargs, args.env_kwargs) if args.render else None  # one that cannot render says so first
     try:
         returns = evaluate_policy(policy, env_id, args.episodes, args.seed, args.device, max_steps=cut, env_kwargs=kwargs)
     except BaseException as e:

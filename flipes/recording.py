@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +123,11 @@ def _hidden_columns(env_id: str, kwargs: dict[str, Any]) -> tuple[int, ...]:
     return tuple(getattr(importlib.import_module(module), cls).velocity_columns)
 
 
-def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
+def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, given: Collection[str] = ()) -> Any:
     """gymnasium's own ``env_id`` made to render rgb_array frames with the constructor options ``env_kwargs`` (a run's
-    ``--env-kwargs``), its Dict or Tuple observations flattened as every engine flattens them; a UsageError saying what
-    is missing where it cannot be made (checked before any episode)."""
+    ``--env-kwargs``, those named in ``given`` from the command instead), its Dict or Tuple observations flattened as
+    every engine flattens them; a UsageError saying what is missing where it cannot be made (checked before any
+    episode), naming whose --env-kwargs held the option gymnasium's env does not take."""
     import gymnasium as gym
 
     from flipes.rl.envs import GYMNASIUM_MAKE, EnvOptionError, base_id, check_env_options, gymnasium_entry_options
@@ -136,11 +137,20 @@ def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
     kwargs = dict(env_kwargs or {})
     hidden = _hidden_columns(env_id, kwargs)  # a flipes env's observation option, which gymnasium's env does not take
     if kwargs and base_id(env_id) in gym.registry:  # gymnasium's env may take other options than the engine trained on
-        try:
+
+        def check(options: dict[str, Any]) -> None:
             takes = gymnasium_entry_options(base_id(env_id))
-            check_env_options(base_id(env_id), "gymnasium, which renders it", kwargs, takes, also=GYMNASIUM_MAKE)
+            check_env_options(base_id(env_id), "gymnasium, which renders it", options, takes, also=GYMNASIUM_MAKE)
+
+        try:
+            check(kwargs)
         except EnvOptionError as e:
-            raise UsageError("--render", f"{e} (the run's --env-kwargs)", "evaluate without --render") from None
+            try:  # the run's own options alone: if gymnasium's env takes them, the command's gave the one it does not
+                check({k: v for k, v in kwargs.items() if k not in given})
+                whose = "this command's --env-kwargs"
+            except EnvOptionError:
+                whose = "the run's --env-kwargs"
+            raise UsageError("--render", f"{e} ({whose})", "evaluate without --render") from None
 
     headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     if headless:  # offscreen rendering needs no window: pygame's dummy driver, MuJoCo's EGL (read at the first render)

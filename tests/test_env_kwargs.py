@@ -369,3 +369,30 @@ def test_evaluate_replaces_the_runs_options_with_its_own(tmp_path: Path, capsys:
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("flipes: error: --env-kwargs") and "(..., 2)" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_render_refusals_name_whose_env_kwargs_gymnasium_does_not_take(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``flipes evaluate --render`` plays gymnasium's own CartPole, which takes no ``length``: refused before any
+    episode, as one line naming the option and whose ``--env-kwargs`` gave it: the run's (trained with it, also when
+    the command gives another, valid option), or this command's (a run trained without it)."""
+    kw = dict(env="flipes/CartPole-v1", popsize=4, generations=1, eval_episodes=2, **QUIET)
+    flipes.train(**kw, env_kwargs={"length": 0.6}, out=str(tmp_path / "with_length"))
+    flipes.train(**kw, out=str(tmp_path / "plain"))
+    render = ["--episodes", "1", "--render", str(tmp_path / "x.gif")]
+    cases = [
+        ([str(tmp_path / "with_length")], "the run's"),
+        ([str(tmp_path / "with_length"), "--env-kwargs", '{"sutton_barto_reward": true}'], "the run's"),
+        ([str(tmp_path / "plain"), "--env-kwargs", '{"length": 0.6}'], "this command's"),
+    ]
+    for argv, whose in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main(["evaluate", *argv, *render])
+        assert exit_.value.code == 2
+        said = capsys.readouterr().err
+        assert re.fullmatch(
+            rf"flipes: error: --render: CartPole-v1 \(gymnasium, which renders it\) takes no option 'length'; .*"
+            rf"\({whose} --env-kwargs\); evaluate without --render\n",
+            said,
+        ), said
+    assert not (tmp_path / "x.gif").exists()
