@@ -137,9 +137,11 @@ def render_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, given: 
     kwargs = dict(env_kwargs or {})
     hidden = _hidden_columns(env_id, kwargs)  # a flipes env's observation option, which gymnasium's env does not take
     if kwargs and base_id(env_id) in gym.registry:  # gymnasium's env may take other options than the engine trained on
+        takes = gymnasium_entry_options(base_id(env_id))
+        if takes is not None:  # an option set to None is at its default: left out where gymnasium's env does not take it
+            kwargs = {k: v for k, v in kwargs.items() if v is not None or k in takes or k in GYMNASIUM_MAKE}
 
         def check(options: dict[str, Any]) -> None:
-            takes = gymnasium_entry_options(base_id(env_id))
             check_env_options(base_id(env_id), "gymnasium, which renders it", options, takes, also=GYMNASIUM_MAKE)
 
         try:

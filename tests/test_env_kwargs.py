@@ -396,3 +396,26 @@ def test_render_refusals_name_whose_env_kwargs_gymnasium_does_not_take(tmp_path:
             said,
         ), said
     assert not (tmp_path / "x.gif").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pygame") is None, reason="renders with pygame")
+def test_an_option_set_to_null_is_left_out_of_the_rendered_env(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A Pendulum run trained with g_range renders with ``--env-kwargs '{"g_range": null, "g": 15}'``: gymnasium's
+    Pendulum takes no g_range, and set to null (its default) it is left out: the rendered env is gymnasium's Pendulum
+    made with g = 15. Without the null the option is refused as the run's."""
+    from flipes.recording import render_env
+
+    shown = render_env("flipes/Pendulum-v1", {"g_range": None, "g": 15.0}, ["g_range", "g"])
+    assert shown.unwrapped.g == 15.0
+    shown.close()
+    run = tmp_path / "g_range"
+    flipes.train(env="flipes/Pendulum-v1", env_kwargs={"g_range": [8, 12]}, popsize=4, generations=1, eval_episodes=2,
+                 max_episode_steps=20, out=str(run), **QUIET)  # fmt: skip
+    gif = tmp_path / "g15.gif"
+    render = ["--episodes", "1", "--render", str(gif), "--max-frames", "3"]
+    assert main(["evaluate", str(run), "--env-kwargs", '{"g_range": null, "g": 15}', *render]) == 0
+    assert gif.exists() and "g_range" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run), *render])
+    said = capsys.readouterr().err
+    assert "takes no option 'g_range'" in said and "(the run's --env-kwargs)" in said, said
