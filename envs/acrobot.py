@@ -201,23 +201,13 @@ class AcrobotVectorEnv(RandomizedPhysics):
         high = np.array([1.0, 1.0, 1.0, 1.0, MAX_VEL_1, MAX_VEL_2], dtype=np.float32)
         obs_space = spaces.Box(-high, high, dtype=np.float32)
         super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(3), num_threads, hide_velocities)
-        values = {
-            "link_length_1": link_length_1,
-            "link_mass_1": link_mass_1,
-            "link_mass_2": link_mass_2,
-            "link_com_pos_1": link_com_pos_1,
-            "link_com_pos_2": link_com_pos_2,
-            "link_moi": link_moi,
-        }
-        ranges = {
-            "link_length_1": link_length_1_range,
-            "link_mass_1": link_mass_1_range,
-            "link_mass_2": link_mass_2_range,
-            "link_com_pos_1": link_com_pos_1_range,
-            "link_com_pos_2": link_com_pos_2_range,
-            "link_moi": link_moi_range,
-        }
-        self._init_physics(values, ranges)
+        self._init_physics(
+            dict(link_length_1=link_length_1, link_mass_1=link_mass_1, link_mass_2=link_mass_2,
+                 link_com_pos_1=link_com_pos_1, link_com_pos_2=link_com_pos_2, link_moi=link_moi,
+                 link_length_1_range=link_length_1_range, link_mass_1_range=link_mass_1_range,
+                 link_mass_2_range=link_mass_2_range, link_com_pos_1_range=link_com_pos_1_range,
+                 link_com_pos_2_range=link_com_pos_2_range, link_moi_range=link_moi_range)
+        )  # fmt: skip
 
     def _physics_changed(self) -> None:
         # gymnasium's constants: the default numbers, as before; any other, fixed or per env: (N,) coefficients in dtype

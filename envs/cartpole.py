@@ -182,15 +182,11 @@ class CartPoleVectorEnv(RandomizedPhysics):
         obs_space = spaces.Box(-high, high, dtype=np.float32)
         super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, spaces.Discrete(2), num_threads, hide_velocities)
         self._thresholds = torch.tensor([X_THRESHOLD, THETA_THRESHOLD], dtype=self.dtype, device=self.device)
-        values = {"gravity": gravity, "masscart": masscart, "masspole": masspole, "length": length, "force_mag": force_mag}
-        ranges = {
-            "gravity": gravity_range,
-            "masscart": masscart_range,
-            "masspole": masspole_range,
-            "length": length_range,
-            "force_mag": force_mag_range,
-        }
-        self._init_physics(values, ranges)
+        self._init_physics(
+            dict(gravity=gravity, masscart=masscart, masspole=masspole, length=length, force_mag=force_mag,
+                 gravity_range=gravity_range, masscart_range=masscart_range, masspole_range=masspole_range,
+                 length_range=length_range, force_mag_range=force_mag_range)
+        )  # fmt: skip
 
     def _physics_changed(self) -> None:
         # gymnasium's constants: the fused default ops; any other, fixed or per env: (N,) coefficients in dtype

@@ -95,7 +95,7 @@ class MountainCarContinuousVectorEnv(RandomizedPhysics):
         )
         action_space = spaces.Box(MIN_ACTION, MAX_ACTION, shape=(1,), dtype=np.float32)
         super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads, hide_velocities)
-        self._init_physics({"power": power}, {"power": power_range})
+        self._init_physics({"power": power, "power_range": power_range})
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
         """``(N, 2) [position, velocity], (N,) forces -> (N, 2)``: the module's pure :func:`dynamics`, the one

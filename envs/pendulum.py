@@ -96,7 +96,7 @@ class PendulumVectorEnv(RandomizedPhysics):
         obs_space = spaces.Box(-high, high, dtype=np.float32)
         action_space = spaces.Box(-MAX_TORQUE, MAX_TORQUE, shape=(1,), dtype=np.float32)
         super().__init__(num_envs, max_episode_steps, device, dtype, obs_space, action_space, num_threads, hide_velocities)
-        self._init_physics({"g": g}, {"g": g_range})
+        self._init_physics({"g": g, "g_range": g_range})
 
     def dynamics(self, state: Tensor, action: Tensor) -> Tensor:
         """``(N, 2) [θ, θ̇], (N,) torques -> (N, 2)``: the module's pure :func:`dynamics` with this env's gravity ``g`` (per env

@@ -116,13 +116,14 @@ class RandomizedPhysics(TorchVectorEnv):
         inherited = tuple(own.pop(c.name, c) for c in cls.constants)
         cls.constants = inherited + tuple(own.values())
 
-    def _init_physics(self, values: Mapping[str, float | None], ranges: Mapping[str, Sequence[float] | None]) -> None:
-        """Set each constant to its given value (``None``: the default) and its range; a constant given both is an error:
-        a range draws the value at every reset, which would replace the given one unnoticed."""
+    def _init_physics(self, options: Mapping[str, Any]) -> None:
+        """Set each constant to its option's value (``None``: the default) and its range to ``<name>_range``'s, both
+        given by option name (the constructor's keywords); a constant given both is an error: a range draws the value
+        at every reset, which would replace the given one unnoticed."""
         self._physics: dict[str, float | Tensor] = {c.name: c.default for c in self.constants}
         self._ranges: dict[str, tuple[float, float] | None] = {}
         for c in self.constants:
-            value, bounds = values.get(c.name), ranges.get(c.name)
+            value, bounds = options.get(c.name), options.get(f"{c.name}_range")
             if value is not None and bounds is not None:
                 raise ValueError(
                     f"{c.name} and {c.name}_range were both given: {c.name}_range draws each env's {c.name} at every "
