@@ -129,6 +129,31 @@ def test_a_pipelined_rollout_ends_episodes_where_the_serial_one_does() -> None:
     assert ep.returns.tolist() == [3.0, 8.0, 0.5, 4.0, 6.0, 4.0] and ep.lengths.tolist() == [3, 4, 1, 4, 2, 4] and ep.steps == 18
 
 
+@pytest.mark.parametrize("max_steps", [None, 4, 0])
+def test_a_pipelined_rollout_records_the_observations_the_serial_one_does(max_steps: int | None) -> None:
+    """Observation normalization records the observations a policy acted on: the pipelined rollout records exactly the
+    serial one's sums, also where ``max_steps`` cuts episodes (not the observation each cut step returned, which no
+    policy acts on), and none with ``max_steps=0``. By hand with ``max_steps=4``: env i records its steps
+    ``t < min(lengths[i], 4)``."""
+    lengths, scale = [3, 7, 1, 5, 2, 9], [1.0, 2.0, 0.5, 1.0, 3.0, 1.0]
+    zeros = lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64)  # noqa: E731
+    pending = []
+    for env in (Countdown(lengths, scale), AsyncCountdown(lengths, scale)):
+        norm = RunningNorm(3)
+        run_episodes(env, zeros, seed=0, max_steps=max_steps, pipeline=isinstance(env, AsyncCountdown), record=norm, members=3)
+        pending.append(norm.pending)
+    serial, pipelined = pending
+    if max_steps == 0:  # no step taken: nothing acted on, nothing recorded
+        assert serial is None and pipelined is None
+        return
+    assert torch.equal(serial, pipelined)
+    if max_steps == 4:  # member m owns envs 2m, 2m + 1; counts, then Σt over the acted-on steps
+        counts = [min(n, 4) for n in lengths]
+        assert serial[:, 0].tolist() == [counts[0] + counts[1], counts[2] + counts[3], counts[4] + counts[5]]
+        sum_t = [sum(range(c)) for c in counts]
+        assert serial[:, 1].tolist() == [sum_t[0] + sum_t[1], sum_t[2] + sum_t[3], sum_t[4] + sum_t[5]]
+
+
 class SecondOfTwo:
     """Process 1 of 2, for the member split alone: a rollout calls no collective."""
 

@@ -513,7 +513,8 @@ def _run_pipelined(
             return np.zeros(0, dtype=np.int64)
         return np.flatnonzero(alive[halves[h]]) + halves[h].start
 
-    observe(slice(0, n))
+    if max_steps is None or max_steps > 0:  # as the serial loop: only observations a policy acts on are recorded
+        observe(slice(0, n))
     first = act(observed.to(device))
     check_actions(first, env.single_action_space, n)
     if action_noise is not None:  # both halves at their step 0
@@ -545,7 +546,8 @@ def _run_pipelined(
         returns[ids] += r
         lengths[ids] += 1
         alive[ids] &= ~(terminated | truncated)
-        observe(halves[flight])
+        if max_steps is None or steps[flight] < max_steps:  # a half cut at max_steps acts on its observations no more
+            observe(halves[flight])
         flight = None
     # an env with send/recv steps no env whose episode ended (EnvPool's DISABLED autoreset), nor a half past max_steps:
     # each row of state holds its episode's final observation
