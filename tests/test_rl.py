@@ -520,6 +520,56 @@ def test_an_integer_boxs_actions_stay_in_bounds_that_float32_cannot_hold() -> No
         assert a.dtype == torch.from_numpy(expect).dtype and np.array_equal(a.numpy(), expect), (space, a)
 
 
+class Strict(gym.Env):
+    """A Box env that asserts ``action_space.contains(action)`` at each step, as envs of one's own often do."""
+
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+
+    def __init__(self, action_space: gym.spaces.Box) -> None:
+        self.action_space = action_space
+
+    def reset(self, *, seed=None, options=None):  # type: ignore[override]
+        super().reset(seed=seed)
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), {}
+
+    def step(self, action):  # type: ignore[override]
+        assert self.action_space.contains(np.asarray(action)), (action, self.action_space)
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), 0.0, False, False, {}
+
+
+# bounds whose saturated actions center ± scale rounded past them: not symmetric about 0, and (float64) not float32's
+STRICT_BOXES = (
+    gym.spaces.Box(np.array([-2.8, -2.9], np.float32), np.array([0.85, -0.177], np.float32)),
+    gym.spaces.Box(np.array([-0.422, 1.839, 1.59, -2.772]), np.array([0.552, 5.709, 4.495, 1.201]), dtype=np.float64),
+)
+
+
+@pytest.mark.parametrize("space", STRICT_BOXES, ids=["float32", "float64"])
+def test_saturated_box_actions_and_their_action_noise_stay_in_the_spaces_bounds(space: gym.spaces.Box) -> None:
+    """MLPPolicy's actions at saturated outputs ``z = ±30`` lie in the Box (``space.contains``), within float32's rounding
+    of its bounds (``tanh``'s ±1 gave ``center ± scale``, rounded past 0.85 to 0.8500001, and float32's nearest to a
+    float64 bound of 5.709 is above it); so do a numpy observation's actions (``env.step(policy(
+    obs))``) and, with action noise of std 10 clipped to the bounds, every action a rollout gives an env that asserts
+    them; symmetric bounds keep the unclipped ``scale·tanh(z)``."""
+    obs = gym.spaces.Box(-1, 1, (3,), np.float32)
+    policy = MLPPolicy(obs, space, hidden=(4,), normalize=False)
+    n = space.shape[0]
+    z = torch.tensor([[30.0] * n, [-30.0] * n])
+    a = policy.action(z).double().numpy()
+    assert all(space.contains(row.astype(space.dtype)) for row in a)
+    np.testing.assert_allclose(a, np.stack([space.high, space.low]), rtol=1e-6, atol=0)  # float32's rounding
+    with torch.no_grad():
+        policy.net[-1].weight.zero_()
+        policy.net[-1].bias.copy_(torch.tensor([30.0, -30.0] * (n // 2)))
+    assert space.contains(policy(np.zeros(3, np.float32)))
+    venv = gym.vector.SyncVectorEnv([lambda: Strict(space)] * 8)
+    es = flipes.FlipES(policy, popsize=4, sigma=1.0, seed=0)
+    with es.population() as pop:
+        RolloutFitness(venv, episodes=2, max_steps=20, action_noise=10.0)(policy, pop)  # Strict asserts each action
+    symmetric = MLPPolicy(obs, gym.spaces.Box(-0.4, 0.4, (2,), np.float32), hidden=(4,), normalize=False)
+    assert not symmetric.clipped and torch.equal(symmetric.action(z[:, :2]), 0.4 * torch.tanh(z[:, :2]))
+
+
 def test_multi_binary_observations_are_features_as_a_box_of_zeros_and_ones_takes_them() -> None:
     """MLPPolicy and GRUPolicy on MultiBinary((2, 3)) observations (as flipes takes them inside a Dict) give, with the
     same weights and statistics, the actions of the policy on Box(0, 1, (2, 3)) given the same 0/1 values as float32;

@@ -14,7 +14,14 @@ from torch import Tensor, nn
 from flipes.es.checks import as_index
 from flipes.nn import FlipoutConv2d, FlipoutLinear
 from flipes.rl.normalize import RunningNorm
-from flipes.rl.spaces import STRUCTURED, batch_dims, flat_observation_space, flatten_observations, holds_tensors
+from flipes.rl.spaces import (
+    STRUCTURED,
+    batch_dims,
+    flat_observation_space,
+    flatten_observations,
+    holds_tensors,
+    inward_bounds,
+)
 
 
 class SpacePolicy(nn.Module):
@@ -37,6 +44,7 @@ class SpacePolicy(nn.Module):
     # one-sided clip (a space of that time could not ask for one)
     all_bounded = False
     half_bounded = False
+    clipped = False
     action_dtype: np.dtype | None = None  # and no cast of numpy actions
     integer_box: torch.dtype | None = None  # an integer Box's actions: rounded into its dtype
     # the env's own Dict or Tuple space, where the policy was built on its flattened Box (flipes.load_policy sets it):
@@ -88,6 +96,17 @@ class SpacePolicy(nn.Module):
             self.half_bounded = bool((torch.isfinite(low) ^ torch.isfinite(high)).any())
             # every dimension bounded (MuJoCo's, most envs'): tanh alone, the same numbers without a where per step
             self.all_bounded = bool(self.bounded.all())
+            self.clipped = self.half_bounded
+            if np.issubdtype(action_space.dtype, np.floating):  # an integer Box's rounded actions are clamped exactly below
+                # the clip's bounds, rounded inward: float32's nearest to a float64 bound may lie outside it
+                low, high = inward_bounds(action_space.low.flatten(), action_space.high.flatten(), torch.float32)
+                # tanh's ±1 can round past a bound not symmetric about 0 (center + scale: 0.8500001 of [-2.8, 0.85]),
+                # clipped then too. Rounding is monotone, so ±1 give the extremes; taken exactly (float64), float32's sums
+                # and a double() policy's stay within the bounds wherever these do. Symmetric bounds (flipes' envs,
+                # MuJoCo's) never overshoot and keep their arithmetic.
+                reach = (self.center.double() - self.scale.double(), self.center.double() + self.scale.double())
+                overshoot = self.bounded & ((reach[0] < low.double()) | (reach[1] > high.double()))
+                self.clipped = self.half_bounded or bool(overshoot.any())
             self.register_buffer("low", low, persistent=False)
             self.register_buffer("high", high, persistent=False)
         else:
@@ -172,7 +191,7 @@ class SpacePolicy(nn.Module):
             return (z > 0).to(torch.int8).view(*z.shape[:-1], *self.action_shape)
         squashed = torch.tanh(z) if self.all_bounded else torch.where(self.bounded, torch.tanh(z), z)
         z = squashed * self.scale + self.center
-        if self.half_bounded:
+        if self.clipped:
             z = torch.maximum(torch.minimum(z, self.high.to(z.dtype)), self.low.to(z.dtype))
         if self.integer_box is not None:  # float32 at least (not float64: MPS has none), clamped to float32's largest
             # below 2**63 so that the int64 cast is exact, then to the exact bounds

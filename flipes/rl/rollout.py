@@ -27,7 +27,7 @@ from flipes.rl.envs import NumpyToTorch, check_step, holds_tensors, reset_observ
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.probe import Probe, check_probe, probe_result
 from flipes.rl.recurrent import is_recurrent, stepper
-from flipes.rl.spaces import STRUCTURED, flatten_observations
+from flipes.rl.spaces import STRUCTURED, flatten_observations, inward_bounds
 
 
 def episode_seed(seed: int, generation: int, stream: str) -> int:
@@ -284,7 +284,7 @@ class ActionNoise:
         dtype = actions.dtype if actions.is_floating_point() else torch.get_default_dtype()
         key = (dtype, actions.device)
         if key not in self._bounds:  # once per rollout, not per step
-            self._bounds[key] = tuple(b.to(device=actions.device, dtype=dtype) for b in (self.low, self.high))
+            self._bounds[key] = inward_bounds(self.low.cpu().numpy(), self.high.cpu().numpy(), dtype, actions.device)
         low, high = self._bounds[key]
         return (actions + self.noise(step, dtype, actions.device)).clamp(low, high)
 

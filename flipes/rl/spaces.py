@@ -9,6 +9,7 @@ and ``gymnasium.wrappers.FlattenObservation`` over one env give the same rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +43,18 @@ def flat_observation_space(space: gym.Space) -> gym.spaces.Box | None:
                 "gymnasium.wrappers.FlattenObservation (one-hot for Discrete) when you register it"
             )
     return gym.spaces.flatten_space(space)
+
+
+def inward_bounds(low: Any, high: Any, dtype: torch.dtype, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """A Box's bounds ``low`` and ``high`` (arrays, in any float dtype) in ``dtype``, each rounded toward the inside where
+    ``dtype`` cannot hold it exactly: float32's nearest to a float64 bound of 0.1 lies above it, so an action clamped to
+    it would lie outside the space. Values clamped to these lie within the space's own bounds."""
+    exact = [torch.as_tensor(np.asarray(b, dtype=np.float64), device=device) for b in (low, high)]
+    near = [b.to(dtype) for b in exact]
+    outside = (near[0].double() < exact[0], near[1].double() > exact[1])
+    towards = (torch.full_like(near[0], math.inf), torch.full_like(near[1], -math.inf))
+    lo, hi = (torch.where(o, torch.nextafter(b, t), b) for b, o, t in zip(near, outside, towards, strict=True))
+    return lo, hi
 
 
 def layout(space: gym.Space) -> str:
