@@ -370,7 +370,7 @@ def _import_mpi(timeout: float = 0) -> Any:
             watch = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
         from mpi4py import MPI
-    except ImportError as e:
+    except (ImportError, RuntimeError) as e:  # RuntimeError: mpi4py 4 found no MPI library ("cannot load MPI library")
         raise UsageError(
             "mpiexec",
             f"running under MPI needs mpi4py and an MPI runtime ({type(e).__name__}: {e})",

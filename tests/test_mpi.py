@@ -934,13 +934,18 @@ def test_an_exception_while_the_ranks_start_ends_the_job_at_once(tmp_path: Path)
     assert "[rank 1] failed" in r.stderr and "KeyboardInterrupt" in r.stderr
 
 
-def test_mpiexec_without_mpi4py_is_one_line_per_rank_and_status_2(tmp_path: Path) -> None:
-    """Under mpiexec -n 2 with mpi4py not importable, flipes train ends with status 2 and the one line
+@pytest.mark.parametrize("broken", ["no mpi4py", "no MPI library"])
+def test_mpiexec_without_mpi4py_is_one_line_per_rank_and_status_2(tmp_path: Path, broken: str) -> None:
+    """Under mpiexec -n 2 with mpi4py not importable, or with an mpi4py that finds no MPI library (its RuntimeError
+    'cannot load MPI library', here by MPI4PY_LIBMPI naming no file), flipes train ends with status 2 and the one line
     'flipes: error: mpiexec: running under MPI needs mpi4py ...' (rank 0's first; MPICH's launcher lets the other rank
     say it too, Open MPI's ends the job at rank 0's exit), without a traceback."""
-    (tmp_path / "mpi4py").mkdir()
-    (tmp_path / "mpi4py" / "__init__.py").write_text("raise ImportError('No module named mpi4py')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(tmp_path), str(ROOT)))}
+    if broken == "no mpi4py":
+        (tmp_path / "mpi4py").mkdir()
+        (tmp_path / "mpi4py" / "__init__.py").write_text("raise ImportError('No module named mpi4py')\n")
+    else:
+        env["MPI4PY_LIBMPI"] = str(tmp_path / "libmpi.so")
     cmd = [str(MPIEXEC), "-n", "2", *TRAIN_RANK, "--out", str(tmp_path / "run")]
     start = time.monotonic()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
