@@ -139,6 +139,7 @@ class MPIComm:
         with self.startup(timeout, "MPI_Comm_split_type"):
             node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()  # MPI has ~2,000 communicators a process: a script calling flipes.train again and again must not run out
 
     @contextlib.contextmanager
     def startup(self, timeout: float, what: str) -> Iterator[None]:
@@ -228,8 +229,10 @@ _ARRIVAL = 7301  # message tag of the watchdog's arrival notes
 class Watchdog:
     """Notices a collective that waits too long, and names who is missing.
 
-    On entering collective ``k``, every rank but 0 sends ``k`` to rank 0 (8 bytes, on a duplicate
-    communicator, so ES traffic never mixes with it); rank 0 reads them as they come. A thread wakes
+    On entering collective ``k``, every rank but 0 sends ``k`` to rank 0 (a few bytes, on a duplicate
+    communicator, so ES traffic never mixes with it); rank 0 reads them as they come. The duplicate is freed on
+    :meth:`stop`, and each note carries this watchdog's token (rank 0's): the notes of a stopped one that rank 0 never
+    read, which a later duplicate may receive where MPI reuses the freed one's context, are dropped. A thread wakes
     every half second: when this rank has waited ``timeout`` seconds (rank 0) or ``timeout`` + 10
     (the others, so that rank 0, which knows who arrived, speaks first), it prints one line and
     aborts the job. Needs MPI_THREAD_MULTIPLE (mpi4py's default; MPICH and Open MPI provide it).
@@ -239,6 +242,7 @@ class Watchdog:
         self.mpi, self.rank, self.size, self.timeout = comm, comm.rank, comm.size, timeout
         with comm.startup(timeout, "MPI_Comm_dup, the start of training"):
             self.notes = comm.comm.Dup()
+            self.token = self.notes.bcast(os.urandom(8) if self.rank == 0 else None, root=0)
         self.step = 0
         self.arrived = dict.fromkeys(range(1, self.size), 0)
         self.lock = threading.Lock()
@@ -259,7 +263,7 @@ class Watchdog:
             self._drain()
         else:
             self.pending = [r for r in self.pending if not r.Test()]
-            self.pending.append(self.notes.isend(self.step, dest=0, tag=_ARRIVAL))
+            self.pending.append(self.notes.isend((self.token, self.step), dest=0, tag=_ARRIVAL))
         self.entered = (time.monotonic(), name, self.step, self.waits_for)
         try:
             yield
@@ -271,13 +275,15 @@ class Watchdog:
             status = self.mpi._mpi.Status()
             while self.notes.iprobe(source=self.mpi._mpi.ANY_SOURCE, tag=_ARRIVAL, status=status):
                 source = status.Get_source()
-                self.arrived[source] = max(self.arrived[source], self.notes.recv(source=source, tag=_ARRIVAL))
+                token, step = self.notes.recv(source=source, tag=_ARRIVAL)
+                if token == self.token:  # else a stopped watchdog's, on a context MPI gave this one again
+                    self.arrived[source] = max(self.arrived[source], step)
 
     def _run(self) -> None:
         limit = self.timeout if self.rank == 0 else self.timeout + 10
         while self.running:
             time.sleep(0.5)
-            entered = self.entered
+            entered = self.entered if self.running else None  # stopped: the notes are freed
             if entered is None or time.monotonic() - entered[0] < limit:
                 continue
             _, name, step, waits_for = entered
@@ -295,8 +301,12 @@ class Watchdog:
             self.mpi.abort(3)
 
     def stop(self) -> None:
-        """End the watching: the thread exits at its next wake-up (within half a second) and aborts nothing after."""
+        """End the watching: the thread exits at its next wake-up (within half a second) and aborts nothing after. The
+        duplicate communicator is freed (a local call in MPICH and Open MPI, so a rank stopping alone on an error is not
+        held): each flipes.train under mpiexec starts a watchdog, and MPI runs out of communicators after ~2,000."""
         self.running = False
+        with self.lock:  # not while rank 0's thread reads the notes
+            self.notes.Free()
 
 
 @contextlib.contextmanager

@@ -656,6 +656,28 @@ def test_common_episodes_give_two_processes_the_bits_of_one(tmp_path: Path, two_
 
 
 # Runs each script of argv's (script, out directory) pairs in turn in this process, as `python script out` runs it
+MANY_COMMS = """
+import json, sys
+import flipes
+
+for i in range(1100):  # a sweep calling flipes.train 1100 times: a communicator from world() and one from its watchdog
+    comm = flipes.dist.world()
+    comm.start_watchdog(60.0)
+    seen = comm.allgather_object(i)  # a collective watched: rank 1 sends rank 0 an arrival note
+    comm.start_watchdog(0)
+    assert seen == [i, i], (i, seen)
+json.dump({"rounds": i + 1}, open(f"{sys.argv[1]}/rank{comm.rank}.json", "w"))
+"""
+
+
+def test_a_process_may_start_communicators_and_watchdogs_again_and_again(two_rank_scripts: Path) -> None:
+    """Under mpiexec -n 2, 1100 rounds of ``flipes.dist.world()``, ``start_watchdog``, a collective and
+    ``start_watchdog(0)`` (what each flipes.train call does) all end: MPICH has 2048 communicators a process, and
+    each round kept two (the node split and the watchdog's duplicate) until MPI_Comm_split_type failed with 'Too many
+    communicators'."""
+    assert [json.loads((two_rank_scripts / "many" / f"rank{r}.json").read_text()) for r in (0, 1)] == [{"rounds": 1100}] * 2
+
+
 SCRIPTS_IN_TURN = """
 import runpy, sys
 for script, out in zip(sys.argv[1::2], sys.argv[2::2]):
@@ -667,15 +689,15 @@ for script, out in zip(sys.argv[1::2], sys.argv[2::2]):
 @pytest.fixture
 def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RANK_ROWS, LR_SCHEDULE, READ_BACK and HELD_RUN_SCRIPT, scripts that each train with flipes.train under ``mpiexec
-    -n 2``, then LOAD_ON_ONE_RANK_SCRIPT (an own loop whose last tell is refused), run one after the other in one job (one
-    start of 2 ranks for the five tests that read them), once per session: the directory holding each one's out
-    directory (rows, lr, read_back, held, load; HELD_RUN_SCRIPT's run directory is held/run, made by the script). Read
-    it, never write to it."""
+    -n 2``, then MANY_COMMS and LOAD_ON_ONE_RANK_SCRIPT (an own loop whose last tell is refused), run one after the other
+    in one job (one start of 2 ranks for the six tests that read them), once per session: the directory holding each
+    one's out directory (rows, lr, read_back, held, many, load; HELD_RUN_SCRIPT's run directory is held/run, made by the
+    script). Read it, never write to it."""
 
     def make(out: Path) -> None:
         args = []
         for name, script in (("rows", RANK_ROWS), ("lr", LR_SCHEDULE), ("read_back", READ_BACK), ("held", HELD_RUN_SCRIPT),
-                             ("load", LOAD_ON_ONE_RANK_SCRIPT)):  # fmt: skip
+                             ("many", MANY_COMMS), ("load", LOAD_ON_ONE_RANK_SCRIPT)):  # fmt: skip
             (out / f"{name}.py").write_text(script)
             (out / name).mkdir()
             args += [str(out / f"{name}.py"), str(out / name / "run" if name == "held" else out / name)]
