@@ -329,9 +329,9 @@ def world(timeout: float = 300.0) -> SerialComm | MPIComm:
     ``timeout``: the seconds a rank waits for the others to start (``--mpi-timeout``, 0: forever).
 
     Raises:
-        UsageError: under mpiexec without mpi4py, or with a launcher of another MPI than mpi4py's
-            (every process would train alone). Rank 0 raises it at once; the others 3 s later, as a
-            rank alone with it (rank 0's exit ends the job first where it has it too)."""
+        UsageError: under mpiexec without mpi4py (or with one that loads no MPI library), or with a launcher
+            of another MPI than mpi4py's (every process would train alone). Rank 0 raises it at once; the others
+            3 s later, as a rank alone with it (rank 0's exit ends the job first where it has it too)."""
     if "mpi4py" not in sys.modules and not _launched_by_mpi():
         return SerialComm()
     try:
