@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from pathlib import Path
@@ -429,8 +430,9 @@ def test_processes_holding_different_parameters_are_an_error_at_the_first_tell()
             {"sigma": 0.2, "comm_mode": "seeds"},
             r"sigma: rank 0 0\.1, rank 1 0\.2; comm_mode: rank 0 'allreduce', rank 1 'seeds'\).*one seed for all of them",
         ),
+        ({"shaping": "flipes.es.shaping:z_score"}, r"shaping: rank 0 'flipes.es.shaping:centered_ranks', rank 1 'flip.*alike"),
     ],
-    ids=["seed", "generation", "sigma-and-comm-mode"],
+    ids=["seed", "generation", "sigma-and-comm-mode", "shaping"],
 )
 def test_processes_built_with_other_settings_are_an_error_at_the_first_tell(peer: dict[str, Any], named: str) -> None:
     """A FlipES split over processes whose settings differ (a seed per rank: other noise and pop.generator() draws on
@@ -500,6 +502,21 @@ def test_the_settings_ranks_compare_hold_a_tensor_setting_by_value_not_by_device
     tensor, number = settings(torch.tensor(0.5)), settings(0.5)
     assert tensor == number and "tensor(" not in repr(tensor) and "'lr': 0.5" in tensor["optimizer"]
     assert settings(0.25) != number
+
+
+def test_the_shaping_ranks_compare_is_named_by_its_code_and_plain_arguments_never_an_address() -> None:
+    """The shaping compared across ranks is its ``module:qualname``: two ``functools.partial`` of ``ars`` built apart (on
+    two ranks) with the same ``top`` compare equal, with another ``top`` or another function they differ, and no
+    ``0x`` address is in the name (it would differ on every rank)."""
+
+    def shaping(given: Any) -> str:
+        return flipes.es.ranks.rank_settings(flipes.FlipES(mlp(), popsize=8, shaping=given))["shaping"]
+
+    top4 = shaping(functools.partial(flipes.shaping.ars, top=4))
+    assert top4 == shaping(functools.partial(flipes.shaping.ars, top=4)) == "flipes.es.shaping:ars(top=4)"
+    assert top4 != shaping(functools.partial(flipes.shaping.ars, top=2))
+    assert shaping(flipes.shaping.z_score) == "flipes.es.shaping:z_score" != shaping(flipes.shaping.centered_ranks)
+    assert "0x" not in shaping(lambda f: f - f.mean())
 
 
 def test_a_forward_after_tell_inside_the_same_population_is_an_error() -> None:

@@ -4,6 +4,7 @@ fitness, silently)."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,18 @@ def _ranks_values(values: list[Any]) -> str:
     others = [r for r, v in enumerate(values) if repr(v) != repr(values[0])]
     shown = ", ".join(f"rank {r} {values[r]!r}" for r in [0, *others[:3]])
     return shown + (f", ... ({len(others)} ranks differ from rank 0)" if len(others) > 3 else "")
+
+
+def shaping_name(shaping: Any) -> str:
+    """``module:qualname`` of a shaping function, with a ``functools.partial``'s arguments where they are plain values
+    (``ars`` with its ``top``): the same on every rank whose FlipES was given the same shaping, never an address."""
+    if isinstance(shaping, functools.partial):
+        plain = (bool, int, float, str, type(None))
+        args = [repr(a) if isinstance(a, plain) else type(a).__name__ for a in shaping.args]
+        args += [f"{k}={v!r}" if isinstance(v, plain) else f"{k}={type(v).__name__}" for k, v in shaping.keywords.items()]
+        return f"{shaping_name(shaping.func)}({', '.join(args)})"
+    named = shaping if hasattr(shaping, "__qualname__") else type(shaping)
+    return f"{getattr(named, '__module__', '?')}:{named.__qualname__}"
 
 
 def gather_fitness(es: FlipES, local: Tensor) -> Tensor:
@@ -62,6 +75,7 @@ def rank_settings(es: FlipES) -> dict[str, Any]:
         "sigma": es.mean_sigma(),
         "comm_mode": es.comm_mode,
         "weight_decay": es.weight_decay,
+        "shaping": shaping_name(es.shaping),  # another shaping per rank: other weights from the same fitness
         "optimizer": f"{optimizer_name(es.optimizer)} {[_values(group) for group in optimizer_settings(es.optimizer)]}",
     }
 
