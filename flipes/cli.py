@@ -538,6 +538,14 @@ def main_module() -> str:
     return Path(file).stem if file else ""
 
 
+def import_here(module_name: str) -> types.ModuleType:
+    """Import a module named on the command line (``--fitness mymodule:fn``, ``--env mymodule:mine/Task-v0``), finding
+    modules in the working directory as ``python -m`` does (a console script's path holds its own directory instead)."""
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    return importlib.import_module(module_name)
+
+
 def load_callable(spec: str, option: str) -> Callable[..., Any]:
     """``"package.module:function"`` -> the function, with errors that say what is wrong.
 
@@ -569,10 +577,8 @@ def load_callable(spec: str, option: str) -> Callable[..., Any]:
         if module_name != f"__main__[{main_module()}]":
             raise given_again
         module_name = "__main__"
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")  # like `python -m`: modules in the working directory are found
     try:
-        module = importlib.import_module(module_name)
+        module = import_here(module_name)
     except ModuleNotFoundError as e:
         if e.name is None or not module_name.startswith(e.name):
             raise  # the module exists and fails to import something itself: its own traceback

@@ -52,6 +52,9 @@ class EvaluateConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor options that replace the run's own of the same name, a JSON object (the others are kept): the
     policy on held-out physics, '{"g_range": null, "g": 15}' (a flipes/Pendulum-v1 run trained with g_range)."""
+    env: str = ""
+    """The run's env id with the module that registers it, mymodule:mine/Task-v0, where nothing else registers it
+    (an env of one's own registered by the training script)."""
 
 
 @dataclass
@@ -65,6 +68,9 @@ class ExportConfig:
     fittest member of any generation, kept with --track-best) or a checkpoint file."""
     out: str = ""
     """The .pt2 file to write (default: RUN/policy.pt2)."""
+    env: str = ""
+    """The run's env id with the module that registers it, mymodule:mine/Task-v0, where nothing else registers it
+    (an env of one's own registered by the training script)."""
 
 
 @dataclass

@@ -145,7 +145,7 @@ def checkpoint_origin(run: str, checkpoint: str, state: dict[str, Any]) -> str:
 def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
     """``flipes evaluate``: prints the center policy's mean ± std return; returns them."""
     from flipes.config import LIMITS, check_device
-    from flipes.runs import evaluate_policy, policy_and_state, run_config, run_env, run_env_kwargs
+    from flipes.runs import evaluate_policy, import_env_module, policy_and_state, run_config, run_env, run_env_kwargs
 
     args = parse_config(EvaluateConfig, argv, evaluate_help(), prog="flipes evaluate")
     if args.episodes < 1:
@@ -170,6 +170,8 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
             raise UsageError("--max-frames", f"must be at least 1, got {args.max_frames}", "e.g. --max-frames 500")
     check_device(args.device)
     env_id = run_env(args.run)
+    if args.env:
+        import_env_module(args.run, args.env)
     if str(env_id).lower() == "none":
         raise UsageError(args.run, "was trained on a custom fitness (--env none): there is no env to evaluate it on",
                          "use the evaluate() beside your fitness function")  # fmt: skip
@@ -204,8 +206,11 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
 def export_command(argv: Sequence[str] | None = None) -> Path:
     """``flipes export``: a run's policy as a torch.export program; prints and returns its path."""
     from flipes.export import export_policy, program_inputs, program_layout
+    from flipes.runs import import_env_module
 
     args = parse_config(ExportConfig, argv, EXPORT_HELP, prog="flipes export")
+    if args.env:
+        import_env_module(args.run, args.env)
     path = export_policy(args.run, args.out or None, args.checkpoint)
     shown = [
         f"{str(dtype).removeprefix('torch.')} (batch{''.join(f', {d}' for d in shape)})" for dtype, shape in program_inputs(path)

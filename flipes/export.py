@@ -28,7 +28,7 @@ from flipes.rl import make_vector_env
 from flipes.rl.envs import EnvError
 from flipes.rl.recurrent import GRUPolicy, RecurrentPolicy
 from flipes.rl.spaces import STRUCTURED, layout
-from flipes.runs import load_policy, run_config, run_env, run_env_kwargs
+from flipes.runs import load_policy, run_config, run_env, run_env_kwargs, unmade_env
 
 
 class _StateAsInput(nn.Module):
@@ -84,7 +84,7 @@ def export_policy(
     try:
         env = make_vector_env(env_id, 3, "cpu", note=None, **run_env_kwargs(run_config(run_dir), run_dir))
     except EnvError as e:
-        raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
+        raise unmade_env(run_dir, e) from None
     try:
         obs, _ = env.reset(seed=0)
         space, source = env.single_observation_space, getattr(env, "source_observation_space", None)

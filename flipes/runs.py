@@ -15,12 +15,13 @@ from torch import nn
 
 from flipes.callbacks import read_jsonl_lines
 from flipes.checkpoint import CheckpointError, load_checkpoint, load_mismatch
+from flipes.cli import import_here
 from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.checks import as_index
 from flipes.nn import flipout, uncompiled
 from flipes.plugins import Plugins, name_of
 from flipes.rl import POLICIES, episode_seed, make_vector_env, run_episodes
-from flipes.rl.envs import EnvError, EnvOptionError
+from flipes.rl.envs import EnvError, EnvOptionError, registered_id, split_env_id
 from flipes.rl.policy import SpacePolicy
 from flipes.rl.spaces import STRUCTURED
 
@@ -100,6 +101,42 @@ def run_env(run_dir: str | Path) -> str:
         path = Path(run_dir) / "config.json"
         raise UsageError(str(path), "names no env, nor does its checkpoint", "restore the run's env id in config.json")
     return env
+
+
+def unmade_env(run_dir: str | Path, error: EnvError) -> UsageError:
+    """The error for a run whose env cannot be made here; for an id nothing registered in this process (an env of one's
+    own, registered by a module or by the training script), it names how to register it first."""
+    if not isinstance(error.__cause__, gym.error.NameNotFound | gym.error.NamespaceNotFound):
+        return UsageError(str(run_dir), f"its env cannot be made here: {error}")
+    short = registered_id(run_env(run_dir))[1]
+    problem = f"its env {short} is registered by nothing imported here ({error.__cause__})"
+    fix = (
+        f"import the module that registers it first: --env mymodule:{short} of flipes evaluate and flipes export (a "
+        "script that registers it as it trains: move the register call into a module)"
+    )
+    return UsageError(str(run_dir), problem, fix)
+
+
+def import_env_module(run_dir: str | Path, given: str) -> None:
+    """``--env`` of ``flipes evaluate`` and ``flipes export``: the run's env id with the module that registers it
+    (``mymodule:mine/Task-v0``), imported so that the run's own id is known; the run's env, not another.
+
+    Raises:
+        UsageError: another env than the run's, no module named, or a module that cannot be found.
+    """
+    recorded = run_env(run_dir)
+    engine, short = registered_id(recorded)
+    module = split_env_id(given)[1].rpartition(":")[0]
+    prefix = "" if engine == "auto" else f"{engine}:"
+    if registered_id(given) != (engine, short) or not module:
+        problem = f"{given} is not {run_dir}'s env {recorded} with a module: --env names the module that registers it"
+        raise UsageError("--env", problem, f"pass --env {prefix}mymodule:{short}, mymodule registering {short}")
+    try:
+        import_here(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):
+            raise  # the module exists and fails to import something itself: its own traceback
+        raise UsageError("--env", f"cannot import {module!r} ({e})", "is it on PYTHONPATH (or in this directory)?") from None
 
 
 def run_env_kwargs(config: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
@@ -202,7 +239,7 @@ def policy_and_state(
         try:
             env = make_vector_env(env_id, 1, device, note=None, **run_env_kwargs(config, run_dir))
         except EnvError as e:
-            raise UsageError(str(run_dir), f"its env cannot be made here: {e}") from None
+            raise unmade_env(run_dir, e) from None
     try:
         if isinstance(model, nn.Module):  # loaded in place, it would change the caller's model (a later
             try:  # load of another checkpoint, export's requires_grad_(False)) under them

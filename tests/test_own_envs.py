@@ -705,3 +705,72 @@ def test_ale_pys_ids_registering_both_entry_points_keep_copies_of_the_atari_env(
     finally:
         del gym.registry["owntest/FakeALE-v5"]
     assert len(notes) == 1 and "SyncVectorEnv" in notes[0] and "vector_entry_point" not in notes[0], notes
+
+
+REGISTERS = 'import gymnasium as gym\ngym.register("regtest/Cart-v0", vector_entry_point="envs.cartpole:CartPoleVectorEnv")\n'
+
+
+def test_a_run_on_an_id_its_script_registered_evaluates_exports_and_resumes_given_the_module(tmp_path, monkeypatch) -> None:
+    """A run trained on an id the training process registered (``gym.register`` in the script) is made again in a
+    process where nothing registers it by naming the module that does, ``--env mymodule:ID``, found in the working
+    directory as ``--fitness`` finds its module: ``flipes evaluate`` then gives exactly the return it gave where the id
+    was registered, ``flipes export`` writes, and a resume with that ``--env`` continues bit for bit (as ``flipes.train``
+    without a stop). Without it, each says what is missing and how to give it; another id, engine or no module is
+    refused as ``--env``."""
+    import sys
+
+    common = dict(popsize=8, episodes=1, progress=False, tensorboard=False, plot=False, seed=3)
+    gym.register("regtest/Cart-v0", vector_entry_point="envs.cartpole:CartPoleVectorEnv")
+    try:
+        whole = flipes.train(env="regtest/Cart-v0", generations=3, out=str(tmp_path / "whole"), **common)
+        flipes.train(env="regtest/Cart-v0", generations=2, out=str(tmp_path / "run"), **common)
+        registered = evaluate_command([str(tmp_path / "run"), "--episodes", "4"])
+    finally:
+        del gym.registry["regtest/Cart-v0"]  # a fresh process: nothing registers it
+    (tmp_path / "regmod.py").write_text(REGISTERS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])  # a console script's path
+    monkeypatch.delitem(sys.modules, "regmod", raising=False)
+    missing = r"run: its env regtest/Cart-v0 is registered by nothing imported here .*--env mymodule:regtest/Cart-v0 of"
+    with pytest.raises(flipes.UsageError, match=missing):
+        evaluate_command(["run", "--episodes", "4"])
+    with pytest.raises(flipes.UsageError, match=missing):
+        export_command(["run"])
+    for other in ("regmod:regtest/Pole-v0", "gymnasium:regmod:regtest/Cart-v0", "regtest/Cart-v0"):
+        with pytest.raises(flipes.UsageError, match=r"^--env: .* is not run's env regtest/Cart-v0 with a module: "):
+            evaluate_command(["run", "--env", other])
+    with pytest.raises(flipes.UsageError, match=r"^--env: cannot import 'nomod'"):
+        evaluate_command(["run", "--env", "nomod:regtest/Cart-v0"])
+    try:
+        assert evaluate_command(["run", "--episodes", "4", "--env", "regmod:regtest/Cart-v0"]) == registered
+        assert export_command(["run", "--env", "regmod:regtest/Cart-v0"]).is_file()
+        gym.register("regtest/Pole-v0", vector_entry_point="envs.cartpole:CartPoleVectorEnv")  # another id, the same env
+        with pytest.raises(flipes.UsageError, match=r"--env: saved 'regtest/Cart-v0', now 'regmod:regtest/Pole-v0'"):
+            flipes.train(env="regmod:regtest/Pole-v0", generations=3, resume="run", out="run", **common)
+        resumed = flipes.train(env="regmod:regtest/Cart-v0", generations=3, resume="run", out="run", **common)
+    finally:
+        for name in ("regtest/Cart-v0", "regtest/Pole-v0"):
+            gym.registry.pop(name, None)
+    assert all(
+        torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True)
+    )
+
+
+def test_an_id_registered_by_the_running_script_is_named_with_how_another_process_makes_it() -> None:
+    """Making an env whose id the running script registered (its creator in ``__main__``) notes that ``flipes evaluate``
+    and ``flipes export`` need its module, ``--env mymodule:ID``; an id registered by a module's creator notes nothing."""
+
+    def creator(**kwargs):  # a class of the training script
+        return gym.make_vec("CartPole-v1", num_envs=kwargs["num_envs"], vectorization_mode="sync")
+
+    creator.__module__ = "__main__"
+    gym.register("regtest/Script-v0", vector_entry_point=creator)
+    notes: list[str] = []
+    try:
+        make_vector_env("regtest/Script-v0", 1, "cpu", note=notes.append).close()
+        make_vector_env("owntest/CartPoleVec-v0", 1, "cpu", note=notes.append).close()
+    finally:
+        del gym.registry["regtest/Script-v0"]
+    assert len(notes) == 1 and re.search(
+        r"^regtest/Script-v0 is registered by the running script.*--env mymodule:regtest/Script-v0$", notes[0]
+    )

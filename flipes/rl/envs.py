@@ -20,7 +20,6 @@ An env id picks its engine ("backend") by an optional prefix:
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import json
 import os
@@ -35,6 +34,7 @@ import torch
 from torch import Tensor
 
 from flipes.checkpoint import clip
+from flipes.cli import import_here, main_module
 from flipes.errors import UsageError
 from flipes.rl.envpool_vec import EnvPoolVectorEnv, envpool_ids
 from flipes.rl.mujoco_log import mujoco_warnings_once, uses_mujoco
@@ -346,6 +346,14 @@ def split_env_id(env_id: str) -> tuple[str, str]:
     return "auto", env_id
 
 
+def registered_id(env_id: str) -> tuple[str, str]:
+    """An env id's engine and the id gymnasium registers, without the module that registers it: ``"envpool:Hopper-v5"``
+    -> ``("envpool", "Hopper-v5")``, ``"mymodule:mine/Task-v0"`` and ``"mine/Task-v0"`` -> ``("auto", "mine/Task-v0")``
+    (one env: the module only makes the id known)."""
+    engine, name = split_env_id(env_id)
+    return engine, name.rpartition(":")[2]
+
+
 def base_id(env_id: str) -> str:
     """The env's gymnasium name: no engine prefix, no ``flipes/`` namespace (``envpool:Hopper-v5``
     and ``flipes/CartPole-v1`` -> ``Hopper-v5``, ``CartPole-v1``)."""
@@ -466,6 +474,14 @@ def _engine_env(
                 other += f"; or use gymnasium:{name}"
             raise EnvError(f"EnvPool has no env {name!r}; {other}")
     spec = _gymnasium_spec(name, env_id)
+    creators = (spec.entry_point, spec.vector_entry_point)
+    if note is not None and any(str(getattr(c, "__module__", c)).startswith("__main__") for c in creators if c is not None):
+        script = main_module()  # a notebook's: none, its cells cannot be imported
+        how = f"--env {script}:{name} imports {script} (its training kept under if __name__ == '__main__')" if script else ""
+        note(
+            f"{name} is registered by the running script, so flipes evaluate and flipes export need its module: "
+            f"{how}{', or ' if script else ''}register it in a module of yours and pass --env mymodule:{name}"
+        )
     # an id of one's own registering both (the one env to render, the batched one to train): the batched one, as
     # gymnasium.make_vec takes it; the packages' ids of OTHER_VECTOR_ENVS keep their engines
     source = str(getattr(spec.entry_point, "__module__", spec.entry_point))
@@ -572,9 +588,13 @@ def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:
     module, sep, short = name.rpartition(":")
     if sep:  # gymnasium's "module:Env-v0": the module registers the id when imported
         try:
-            importlib.import_module(module)
+            import_here(module)
         except ModuleNotFoundError as e:
-            raise EnvError(f"env id {env_id!r}: cannot import {module!r} ({e}); is it installed or on PYTHONPATH?") from e
+            if e.name is None or not module.startswith(e.name):
+                raise  # the module exists and fails to import something itself: its own traceback
+            raise EnvError(
+                f"env id {env_id!r}: cannot import {module!r} ({e}); is it on PYTHONPATH (or in this directory)?"
+            ) from e
     try:
         return gym.spec(short)
     except gym.error.Error as e:
