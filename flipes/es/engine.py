@@ -51,6 +51,7 @@ from flipes.es.population import EpochShuffles, Population, PopulationBlock
 from flipes.es.ranks import gather_fitness
 from flipes.es.refusals import (
     note_direct_reads,
+    read_watched,
     refuse_direct_reads,
     refuse_load_in_population,
     refuse_mean_reads,
@@ -507,7 +508,7 @@ class FlipES:
                 raise
             finally:
                 restore_fused()
-                for layer in self.layers:
+                for layer in read_watched(self):
                     layer.__dict__.pop("_flipes_reads", None)
                 for held in self._noting:
                     held.reads = None

@@ -1,10 +1,10 @@
 """What a population refuses: a model that ran the mean network where the members were meant to run.
 
 Each of these would otherwise go unseen, every member evaluating the same mean weights (or the told generation's
-noise) and the ES gradient being noise: a Flipout layer's parameters read directly instead of calling it, an evolved
-parameter read through a plain module that also holds it, a plain layer that ``flipes.flipout`` replaced still being
-called, and a forward after ``tell`` inside the same ``with es.population()``. So is a population of a FlipES whose
-model a newer FlipES owns, or one nested inside another.
+noise) and the ES gradient being noise: a Flipout layer's or per-member module's parameters read directly instead of
+calling it, an evolved parameter read through a plain module that also holds it, a plain layer that ``flipes.flipout``
+replaced still being called, and a forward after ``tell`` inside the same ``with es.population()``. So is a population
+of a FlipES whose model a newer FlipES owns, or one nested inside another.
 """
 
 from __future__ import annotations
@@ -58,12 +58,20 @@ def refuse_load_in_population(es: FlipES) -> None:
         )
 
 
+def read_watched(es: FlipES) -> list[nn.Module]:
+    """The modules whose parameter reads by other code are noted in a population until their first call: the Flipout
+    layers, and the per-member modules holding parameters of their own (a norm, a ``flipes.nn.Vector``)."""
+    dense = [m for m in es.dense_modules if any(p is not None and p.requires_grad for p in m._parameters.values())]
+    return [*es.layers, *dense]
+
+
 def note_direct_reads(es: FlipES, ran: Callable[[nn.Module, Any], None]) -> list[torch.utils.hooks.RemovableHandle]:
-    """Start noting each Flipout layer's parameter reads, and return the hooks, to remove at the end, that end it at
-    the layer's first call: from the population's start until then, reads by other code than the layer's own methods
-    are noted (``FlipoutMixin.__getattr__``; not while compiling) for ``refuse_direct_reads``. The hook calls
-    ``ran`` (the population's note that the model ran) first: one hook per layer, not two."""
-    for layer in es.layers:
+    """Start noting each watched module's parameter reads (:func:`read_watched`), and return the hooks, to remove at the
+    end, that end it at the module's first call: from the population's start until then, reads by other code than the
+    module's own methods are noted (``flipes.nn.reads.NotesReads``; not while compiling) for ``refuse_direct_reads``.
+    The hook calls ``ran`` (the population's note that the model ran) first: one hook per layer, not two."""
+    watched = read_watched(es)
+    for layer in watched:
         layer.__dict__["_flipes_reads"] = set()
     handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
 
@@ -76,7 +84,7 @@ def note_direct_reads(es: FlipES, ran: Callable[[nn.Module, Any], None]) -> list
             handles[id(layer)].remove()
 
     called.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
-    handles.update((id(layer), layer.register_forward_pre_hook(called)) for layer in es.layers)
+    handles.update((id(layer), layer.register_forward_pre_hook(called)) for layer in watched)
     return list(handles.values())
 
 
@@ -88,17 +96,18 @@ def replaced_layer_error(es: FlipES, layer: nn.Module) -> ValueError:
 
 
 def refuse_direct_reads(es: FlipES) -> None:
-    """Raise where the model read an evolved parameter of a Flipout layer it never called (``x @ layer.weight``, or a
-    function given the layer): every member ran its mean, not its own, and nothing else would show it. Not where
-    no Flipout layer ran at all: members built from the noise by hand read every weight so (``tell`` warns where a
-    fitness came from no member)."""
-    called = [layer for layer in es.layers if "_flipes_reads" not in layer.__dict__]
+    """Raise where the model read an evolved parameter of a Flipout layer or a per-member module it never called
+    (``x @ layer.weight``, ``self.log_std.value`` of a ``flipes.nn.Vector``, or a function given the module): every
+    member ran its mean, not its own, and nothing else would show it. Not where no such module ran at all: members built
+    from the noise by hand read every weight so (``tell`` warns where a fitness came from no member)."""
+    watched = read_watched(es)
+    called = [layer for layer in watched if "_flipes_reads" not in layer.__dict__]
     if not called:
         return
     used = {id(p) for layer in called for p in layer._parameters.values()}  # a tied one: perturbed where called
     read = {
         id(layer)
-        for layer in es.layers
+        for layer in watched
         for p in map(layer._parameters.get, layer.__dict__.get("_flipes_reads", ()))  # the block's end clears them
         if p is not None and p.requires_grad and id(p) not in used  # None: no bias, read as `layer.bias is None`
     }
@@ -106,10 +115,10 @@ def refuse_direct_reads(es: FlipES) -> None:
         return
     names = [name for name, m in es._module.named_modules() if id(m) in read]
     raise ValueError(
-        f"FlipES: the model read the parameters of {len(names)} Flipout layer(s) directly and never called them "
-        f"({', '.join(map(repr, names[:4]))}{', ...' if len(names) > 4 else ''}), as x @ layer.weight or a function "
-        "given the layer: every member ran their mean weights, not its own; freeze them, "
-        f"flipes.flipout(model, frozen={names!r}), or call the layers instead"
+        f"FlipES: the model read the parameters of {len(names)} evolved layer(s) directly and never called them "
+        f"({', '.join(map(repr, names[:4]))}{', ...' if len(names) > 4 else ''}), as x @ layer.weight, vec.value of a "
+        "flipes.nn.Vector or a function given the layer: every member ran their mean weights, not its own; freeze them, "
+        f"flipes.flipout(model, frozen={names!r}), or call the layers instead (a Vector as vec() or vec(like))"
     )
 
 

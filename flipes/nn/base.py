@@ -6,15 +6,13 @@ Wen et al., "Flipout: Efficient Pseudo-Independent Weight Perturbations on Mini-
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor, nn
 
 from flipes.nn.dense import without_owner
-from flipes.noise import SlotNoise, compiling
+from flipes.nn.reads import NotesReads
+from flipes.noise import SlotNoise
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ class PerturbedWeight:
         return blocks.transpose(at + 1, at + 2).reshape(*lead, *self.weight.shape)
 
 
-class FlipoutMixin:
+class FlipoutMixin(NotesReads):
     """Base of the Flipout layers.
 
     ``noise`` is ``None`` outside a population, and the layer then is exactly its torch.nn parent.
@@ -78,33 +76,8 @@ class FlipoutMixin:
     member_noise: dict[str, Tensor] | None = None  # dense per-member noise of dense_parameters()
     has_backprop_noise: bool = False  # its forward samples an attached backprop noise model
 
-    _flipes_getattr: Callable[[nn.Module, str], Any]  # the next class's __getattr__, set per class (__init_subclass__)
-
     def __getstate__(self) -> dict:
         return without_owner(super().__getstate__())  # type: ignore[misc]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # the __getattr__ after this one (nn.Module's, unless a class between has its own), called directly: a super()
-        # call would cost as much again as the lookup, at every read of a parameter in every forward
-        after = cls.__mro__[cls.__mro__.index(FlipoutMixin) + 1 :]
-        later = next((k.__dict__["__getattr__"] for k in after if "__getattr__" in k.__dict__), None)
-        if later is not None:  # None: a base such as _FlipoutConvNd, not yet an nn.Module
-            cls._flipes_getattr = staticmethod(later)
-
-    def __getattr__(self, name: str) -> Any:
-        # in a population, until the layer is first called: its parameters read by other code (x @ layer.weight) are
-        # noted, for FlipES's error where it is never called (every member would run the mean weight, silently). Not the
-        # layer's own reads (its forward called as layer.forward(x), its repr, flipes' perturbed_weights()): only then
-        # is the caller's frame looked at; nor in a graph being compiled (Dynamo traces no frames)
-        if (
-            "_flipes_reads" in self.__dict__
-            and name in self._parameters
-            and not compiling()
-            and sys._getframe(1).f_locals.get("self") is not self
-        ):
-            self.__dict__["_flipes_reads"].add(name)
-        return self._flipes_getattr(self, name)
 
     def perturbed_weights(self) -> list[PerturbedWeight]:
         """The weights this layer perturbs, each with its bias, in a fixed order (the order keys their noise:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from flipes.nn.reads import NotesReads
 from flipes.nn.vector import Vector
 from flipes.noise import SlotNoise, compiling
 
@@ -38,7 +39,7 @@ from flipes.noise import SlotNoise, compiling
 NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 
 
-class PerMember:
+class PerMember(NotesReads):
     """Mixin of modules evaluated with dense per-member noise on all their trainable parameters.
 
     ``member_noise`` maps parameter names (as in ``named_parameters()``) to ``(N, *shape)``
