@@ -71,6 +71,24 @@ def unsteppable(cls: type[torch.optim.Optimizer]) -> str | None:
     return None
 
 
+def refuse_flags(optimizer: torch.optim.Optimizer) -> None:
+    """Raise for a param group that ``tell``'s step cannot honour: ``maximize=True`` would step along ``.grad``, which
+    holds ``-ĝ``, so downhill in fitness, silently; ``differentiable=True`` fails at the first step with torch's "a leaf
+    Variable that requires grad is being used in an in-place operation" (ES has no graph through the step)."""
+    name = type(optimizer).__name__
+    if any(group.get("maximize") for group in optimizer.param_groups):
+        raise ValueError(
+            f"optimizer: {name}(maximize=True) would step downhill in fitness: tell writes -ĝ, the gradient of the loss "
+            f"-J, to .grad, so the optimizer minimizing it climbs the fitness; build it without maximize=True (to "
+            "minimize a loss of your own, pass FlipES(..., maximize=False) and tell the loss)"
+        )
+    if any(group.get("differentiable") for group in optimizer.param_groups):
+        raise ValueError(
+            f"optimizer: {name}(differentiable=True) steps through autograd, and ES's step has no graph to keep; build it "
+            "without differentiable=True"
+        )
+
+
 def build_optimizer(
     params: list[nn.Parameter],
     optimizer: OptimizerFactory | type[torch.optim.Optimizer] | None,
@@ -107,6 +125,7 @@ def build_optimizer(
     problem = unsteppable(type(built))
     if problem is not None:
         raise ValueError(f"optimizer: {problem}; use a first-order optimizer of dense gradients, e.g. torch.optim.Adam")
+    refuse_flags(built)
     held = [p for group in built.param_groups for p in group["params"]]
     evolved, ids = {id(p) for p in params}, {id(p) for p in held}
     missing = [p for p in params if id(p) not in ids]
