@@ -246,7 +246,9 @@ def _own_named_parameters(module: nn.Module, prefix: str = "") -> Iterator[tuple
     """:func:`_own_parameters` with their names under ``prefix``."""
     yield from ((prefix + name, p) for name, p in module._parameters.items() if p is not None and p.requires_grad)
     for name, child in module._modules.items():
-        if child is not None and (_no_forward(child) or isinstance(child, parametrize.ParametrizationList)):
+        if isinstance(child, parametrize.ParametrizationList):  # its parametrizations' own too (a LoRA's A and B)
+            yield from ((f"{prefix}{name}.{n}", p) for n, p in child.named_parameters(remove_duplicate=False) if p.requires_grad)
+        elif child is not None and _no_forward(child):
             yield from _own_named_parameters(child, f"{prefix}{name}.")
 
 

@@ -1,0 +1,59 @@
+"""A parametrization with trainable parameters of its own (LoRA written with ``torch.nn.utils.parametrize``: ``W + B A``
+over a frozen ``W``): the parametrized layer runs per member with each member's ``A`` and ``B``, so every member equals a
+plain copy of the model with its state dict."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.utils.parametrize as P
+from torch import Tensor, nn
+
+import flipes
+
+DT = torch.float64
+N = 8
+
+
+class LoRA(nn.Module):
+    """``W + B A``, rank 2: the adapter a researcher evolves over a frozen pretrained weight."""
+
+    def __init__(self, out_features: int, in_features: int) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(2, in_features) * 0.1)
+        self.B = nn.Parameter(torch.randn(out_features, 2) * 0.1)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight + self.B @ self.A
+
+
+def adapted_mlp(freeze_base: bool) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 2)).to(DT)
+    for layer in (model[0], model[3]):
+        P.register_parametrization(layer, "weight", LoRA(layer.out_features, layer.in_features).to(DT))
+        if freeze_base:
+            layer.parametrizations.weight.original.requires_grad_(False)
+            layer.bias.requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("freeze_base", [True, False])
+def test_a_lora_parametrization_evolves_its_own_parameters_each_member_as_its_plain_copy(freeze_base: bool) -> None:
+    """Over a frozen base (A and B the only trainable parameters of the layers) and over a trainable one: flipout
+    evolves A and B (dense noise on the parametrized layer), and each member's output equals a plain copy of the model
+    with that member's state dict, float64 to 1e-12."""
+    plain = adapted_mlp(freeze_base)
+    model = flipes.flipout(copy.deepcopy(plain))
+    rows = {row.name: row.how for row in flipes.nn.parameter_report(model).rows}
+    assert rows["0.parametrizations.weight.0.A"] == rows["3.parametrizations.weight.0.B"] == "dense"
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
+    x = torch.randn(N, 3, 5, dtype=DT)
+    with es.population():
+        out = model(x)
+        for n in range(N):
+            member = copy.deepcopy(plain)
+            member.load_state_dict(es.member_state_dict(n))
+            torch.testing.assert_close(out[n], member(x[n]), rtol=0, atol=1e-12)
