@@ -265,7 +265,14 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
         why = module.__dict__.get("_flipes_member_loop")  # what vmap could not batch, once known: vmap is not tried again
         if why is None:
             try:  # own dropout masks
+                if module.__dict__.get("_flipes_plain_leaves"):
+                    return _vmap_with_plain_leaves(one_member, member_params, split, dims)
                 return torch.func.vmap(one_member, in_dims=(0, dims), randomness="different")(member_params, split)
+            except ValueError as e:
+                if "must only return Tensors" not in str(e) or module.__dict__.get("_flipes_plain_leaves"):
+                    raise
+                module._flipes_plain_leaves = True  # known from here on: not tried plain first again
+                return _vmap_with_plain_leaves(one_member, member_params, split, dims)
             except RuntimeError as e:
                 why = _not_vmappable(e)
                 if why is None or _experts_implementation(module) or _power_iteration(module):
@@ -346,6 +353,22 @@ _NOT_VMAPPABLE = (
     ("dynamic shape", "a shape that depends on a member's values (a boolean mask, nonzero)"),
     ("doesn't have storage", "a member's values read as data, .tolist() or .numpy()"),
 )
+
+
+def _vmap_with_plain_leaves(one_member: Callable[..., Any], params: dict[str, Tensor], flat: list[Any], dims: list) -> Any:
+    """``vmap(one_member, in_dims=(0, dims))(params, flat)`` for a forward whose output also holds leaves that are no
+    tensors, which vmap refuses (``None``: MultiheadAttention's weights with ``need_weights=False``): only the tensors are
+    batched, the other leaves are put back as the forward returned them (the same for every member)."""
+    held: dict[str, Any] = {}
+
+    def tensors_only(p: dict[str, Tensor], f: list[Any]) -> tuple[Tensor, ...]:
+        leaves, held["spec"] = pytree.tree_flatten(one_member(p, f))
+        held["plain"] = [None if isinstance(leaf, Tensor) else (leaf,) for leaf in leaves]
+        return tuple(leaf for leaf in leaves if isinstance(leaf, Tensor))
+
+    batched = iter(torch.func.vmap(tensors_only, in_dims=(0, dims), randomness="different")(params, flat))
+    leaves = [next(batched) if plain is None else plain[0] for plain in held["plain"]]
+    return pytree.tree_unflatten(leaves, held["spec"])
 
 
 def _not_vmappable(error: RuntimeError) -> str | None:
