@@ -57,3 +57,46 @@ def test_a_lora_parametrization_evolves_its_own_parameters_each_member_as_its_pl
             member = copy.deepcopy(plain)
             member.load_state_dict(es.member_state_dict(n))
             torch.testing.assert_close(out[n], member(x[n]), rtol=0, atol=1e-12)
+
+
+class AdaptedAttention(nn.Module):
+    """Self-attention whose packed ``in_proj_weight`` carries a LoRA parametrization, every parameter trainable, under a
+    Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        P.register_parametrization(self.attn, "in_proj_weight", LoRA(24, 8))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_a_parametrized_attention_layer_runs_per_member_as_a_whole_each_member_as_its_plain_copy() -> None:
+    """A MultiheadAttention made a parametrized class of its own reads its ``out_proj`` weight itself, so that child
+    stays a plain layer (a Flipout ``out_proj`` would leave ``in_proj_bias`` with no per-member form, an error): the
+    attention runs per member as a whole, all its parameters dense, and each member equals its plain copy (float64,
+    1e-12)."""
+    torch.manual_seed(0)
+    plain = AdaptedAttention().to(DT)
+    model = flipes.flipout(copy.deepcopy(plain))
+    rows = {row.name: row.how for row in flipes.nn.parameter_report(model).rows}
+    assert rows["attn.out_proj.weight"] == rows["attn.in_proj_bias"] == rows["attn.parametrizations.in_proj_weight.0.A"]
+    assert rows["attn.out_proj.weight"] == "dense" and rows["head.weight"] == "flipout"
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
+    x = torch.randn(N, 4, 8, dtype=DT)
+    with es.population():
+        out = model(x)
+        for n in range(N):
+            member = copy.deepcopy(plain)
+            member.load_state_dict(es.member_state_dict(n))
+            torch.testing.assert_close(out[n], member(x[n : n + 1])[0], rtol=0, atol=1e-12)
+
+
+def test_a_parametrized_attention_layer_given_alone_keeps_its_out_proj_plain() -> None:
+    """``flipout`` of the parametrized attention layer itself, not inside a model: its ``out_proj`` is no Flipout layer
+    either, and every parameter is evolved (dense)."""
+    attn = flipes.flipout(AdaptedAttention().attn)
+    assert not isinstance(attn.out_proj, flipes.nn.FlipoutMixin)
+    assert {row.how for row in flipes.nn.parameter_report(attn).rows} == {"dense"}

@@ -171,7 +171,8 @@ def flipout(module: M, frozen: Iterable[str] = ()) -> M:
     if cls is not None and _convertible(module, cross_tied):
         module = cast(M, _convert_layer(module, cls))  # cls subclasses the layer's own class: still an M
     converted: dict[int, nn.Module] = {}  # a layer used twice (or aliased) becomes ONE Flipout layer
-    _convert_children(module, converted, cross_tied)
+    if not _parametrized_layer(uncompiled(module)):
+        _convert_children(module, converted, cross_tied)
     _unwatch_registered(uncompiled(module))
     _make_dense(module)
     _check_dense_recurrence(uncompiled(module))
@@ -208,8 +209,15 @@ def _convert_children(parent: nn.Module, converted: dict[int, nn.Module], cross_
         if cls is not None and _convertible(child, cross_tied):
             converted[id(child)] = _convert_layer(child, cls, prefix + name)
             _replace(parent, name, converted[id(child)])
-        else:
+        elif not _parametrized_layer(child):
             _convert_children(child, converted, cross_tied, f"{prefix}{name}.")
+
+
+def _parametrized_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer with a Flipout form that ``parametrize`` made a class of its own (a
+    MultiheadAttention whose ``in_proj_weight`` is parametrized): it runs per member as a whole, dense, and its forward
+    reads its children's weights itself (``out_proj.weight``), so they stay plain layers too."""
+    return parametrize.is_parametrized(module) and flipout_class(type(module).__bases__[0]) is not None
 
 
 def _replace(parent: nn.Module, name: str, child: nn.Module) -> None:
