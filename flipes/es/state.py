@@ -89,6 +89,19 @@ def saved_state(es: FlipES) -> dict[str, Any]:
     return state
 
 
+def check_groups_fit(es: FlipES, optimizer: dict[str, Any]) -> None:
+    """Raise before anything is loaded where ``optimizer`` (a state dict) has other param groups than the optimizer's:
+    torch's ``load_state_dict`` raises only then, after the model was loaded, which would leave the model holding the
+    state's parameters and the generation and optimizer their own."""
+    saved = [len(g["params"]) for g in optimizer["param_groups"]]
+    now = [len(g["params"]) for g in es.optimizer.param_groups]
+    if saved != now:
+        raise ValueError(
+            f"state['optimizer'] has parameter groups of {saved} parameters, this FlipES's optimizer {now}; nothing was "
+            "loaded: build the FlipES with the optimizer factory (its param groups) the state was saved with"
+        )
+
+
 def load_state(es: FlipES, state: dict[str, Any]) -> None:
     """``es.load_state_dict(state)``: refused before anything changes where ``state`` is of another configuration,
     model or optimizer; the generation's noise is drawn anew from the seeds, and the ranks compare again."""
@@ -127,6 +140,7 @@ def load_state(es: FlipES, state: dict[str, Any]) -> None:
             f"state was saved with the optimizer {saved_optimizer}, this FlipES has {optimizer}; build it with the "
             "optimizer the state was saved with to resume"
         )
+    check_groups_fit(es, state["optimizer"])  # torch's optimizer load fails after the model's
     es._module.load_state_dict(state["model"])
     es.optimizer.load_state_dict(state["optimizer"])
     es._placement = [(p.dtype, p.device) for p in es.params]  # torch cast the state to them
