@@ -883,11 +883,27 @@ def test_an_own_loop_merges_obs_norm_across_ranks_as_one_process(tmp_path: Path)
     assert [a["warned"] for a in alone] == [3, 3] and alone[0]["state"] != alone[1]["state"]  # what it warns of
 
 
-@pytest.mark.parametrize("call", ["sys.exit(0)", "sys.exit()", "sys.exit(130)"])
-def test_sys_exit_in_the_fitness_on_one_rank_ends_the_job_promptly(tmp_path: Path, call: str) -> None:
+EXIT_LOOP = """import sys, torch, flipes
+def fitness(model, pop):
+    if pop.members.start > 0 and pop.generation == 2:
+        {call}
+    return model(torch.ones(pop.size, 3)).sum(1)
+torch.manual_seed(0)
+model = flipes.flipout(torch.nn.Linear(3, 2))
+es = flipes.FlipES(model, popsize=8, groups=2, comm=flipes.dist.world(), comm_mode="seeds")
+while True:
+    with es.population() as pop:
+        f = fitness(model, pop)
+    es.tell(f)
+"""
+
+
+@pytest.mark.parametrize(("loop", "call"), [("train", "sys.exit(0)"), ("own", "sys.exit()"), ("train", "sys.exit(130)")])
+def test_sys_exit_in_the_fitness_on_one_rank_ends_the_job_promptly(tmp_path: Path, loop: str, call: str) -> None:
     """A fitness that calls sys.exit on rank 1 at generation 2, with a status that also means "done" or "interrupted"
     (0, None, 130), ends the 2-process job within 30 s (not after --mpi-timeout's 300 s, naming a rank that "did not
-    arrive") with a nonzero status and one line naming rank 1, the call and the function that made it."""
+    arrive", nor never: a loop of one's own has no timeout) with a nonzero status and one line naming rank 1, the call
+    and the function that made it; in flipes train and in a loop of one's own (FlipES with comm=) alike."""
     (tmp_path / "exit_fitness.py").write_text(
         "import sys, torch\n"
         "def make_model(env):\n    return torch.nn.Sequential(torch.nn.Linear(3, 2))\n"
@@ -895,12 +911,19 @@ def test_sys_exit_in_the_fitness_on_one_rank_ends_the_job_promptly(tmp_path: Pat
         f"    if pop.members.start > 0 and pop.generation == 2:\n        {call}\n"
         "    return torch.arange(pop.size, dtype=torch.float32)\n"
     )
+    (tmp_path / "exit_loop.py").write_text(EXIT_LOOP.format(call=call))
     args = ["--env", "none", "--model", "exit_fitness:make_model", "--fitness", "exit_fitness:fitness", "--popsize", "8"]
     start = time.monotonic()
-    r = mpirun(2, *args, "--groups", "2", "--generations", "100000", "--out", str(tmp_path / "run"),
-               extra_path=str(tmp_path), check=False, timeout=90)  # fmt: skip
+    if loop == "train":
+        r = mpirun(2, *args, "--groups", "2", "--generations", "100000", "--out", str(tmp_path / "run"),
+                   extra_path=str(tmp_path), check=False, timeout=90)  # fmt: skip
+    else:
+        cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "exit_loop.py")]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
     assert r.returncode != 0 and time.monotonic() - start < 30, r.stderr[-2000:]
-    assert f"flipes: error: rank 1: {call} was called in fitness() at exit_fitness.py:6 during training" in r.stderr, r.stderr
+    where = "exit_fitness.py:6" if loop == "train" else "exit_loop.py:4"
+    assert f"flipes: error: rank 1: {call} was called in fitness() at {where} during training" in r.stderr, r.stderr
     assert "did not arrive" not in r.stderr
 
 

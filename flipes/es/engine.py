@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flipes.dist import Comm, SerialComm, check_comm, split_groups
+from flipes.dist import Comm, SerialComm, abort_on_exit, check_comm, split_groups
 from flipes.es import members
 from flipes.es.checks import NonFiniteFitness, check_fitness, check_fitness_fn, check_weights, nonnegative
 from flipes.es.estimate import block_gradient
@@ -505,6 +505,10 @@ class FlipES:
                 self._versions = [p._version for p in self.params]  # a change before tell is warned of there
             except RuntimeError as error:
                 raise_with_fix(self, error)
+                raise
+            except SystemExit as e:  # Python passes no sys.exit to the except hook that ends an MPI job on an error
+                if self.comm.size > 1:  # the other ranks would wait for this one's fitness in tell, for ever
+                    abort_on_exit(self.comm, e)
                 raise
             finally:
                 restore_fused()
