@@ -570,6 +570,31 @@ def test_saturated_box_actions_and_their_action_noise_stay_in_the_spaces_bounds(
     assert not symmetric.clipped and torch.equal(symmetric.action(z[:, :2]), 0.4 * torch.tanh(z[:, :2]))
 
 
+class NoFloat64OffHost(torch.overrides.TorchFunctionMode):
+    """Refuses a float64 tensor made on a device other than the CPU, as MPS (flipes' --device mps) refuses it."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.device.type != "cpu":
+                raise TypeError(f"float64 on {t.device}")
+        return out
+
+
+def test_inward_bounds_on_a_device_are_the_hosts_made_without_float64_there() -> None:
+    """``inward_bounds`` on another device (``meta`` standing for MPS, which has no float64: ActionNoise asks for the
+    actions' device) makes no float64 tensor there and gives ``dtype`` there; on the host, float32's nearest bound is
+    kept where it lies inside (0.552, -0.422) and stepped inward where it lies outside (1.839, 5.709, 0.85)."""
+    low, high = np.array([-0.422, 1.839, -np.inf]), np.array([0.552, 5.709, 0.85])
+    host = flipes.rl.spaces.inward_bounds(low, high, torch.float32)
+    with NoFloat64OffHost():
+        there = flipes.rl.spaces.inward_bounds(low, high, torch.float32, "meta")
+    assert [(b.device.type, b.dtype) for b in there] == [("meta", torch.float32)] * 2
+    below = [np.nextafter(np.float32(v), np.float32(0)) for v in (5.709, 0.85)]  # float32's nearest lie above these
+    above = np.nextafter(np.float32(1.839), np.float32(np.inf))  # and below this low
+    assert host[1].tolist() == [np.float32(0.552), *below] and host[0].tolist() == [np.float32(-0.422), above, -np.inf]
+
+
 def test_multi_binary_observations_are_features_as_a_box_of_zeros_and_ones_takes_them() -> None:
     """MLPPolicy and GRUPolicy on MultiBinary((2, 3)) observations (as flipes takes them inside a Dict) give, with the
     same weights and statistics, the actions of the policy on Box(0, 1, (2, 3)) given the same 0/1 values as float32;
