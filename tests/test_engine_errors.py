@@ -507,7 +507,7 @@ def test_the_settings_ranks_compare_hold_a_tensor_setting_by_value_not_by_device
 def test_the_shaping_ranks_compare_is_named_by_its_code_and_plain_arguments_never_an_address() -> None:
     """The shaping compared across ranks is its ``module:qualname``: two ``functools.partial`` of ``ars`` built apart (on
     two ranks) with the same ``top`` compare equal, with another ``top`` or another function they differ, and no
-    ``0x`` address is in the name (it would differ on every rank)."""
+    ``0x`` address is in the name (it would differ on every rank), also where a partial holds an object."""
 
     def shaping(given: Any) -> str:
         return flipes.es.ranks.rank_settings(flipes.FlipES(mlp(), popsize=8, shaping=given))["shaping"]
@@ -517,6 +517,9 @@ def test_the_shaping_ranks_compare_is_named_by_its_code_and_plain_arguments_neve
     assert top4 != shaping(functools.partial(flipes.shaping.ars, top=2))
     assert shaping(flipes.shaping.z_score) == "flipes.es.shaping:z_score" != shaping(flipes.shaping.centered_ranks)
     assert "0x" not in shaping(lambda f: f - f.mean())
+    held = object()  # an argument of no plain value: its type, not its repr (which holds its address)
+    assert shaping(functools.partial(flipes.shaping.ars, held)) == "flipes.es.shaping:ars(object)"
+    assert shaping(functools.partial(flipes.shaping.ars, top=held)) == "flipes.es.shaping:ars(top=object)"
 
 
 def test_a_forward_after_tell_inside_the_same_population_is_an_error() -> None:
