@@ -18,7 +18,7 @@ from flipes.config import TrainConfig
 from flipes.errors import UsageError
 from flipes.plugins import same_code
 from flipes.rl import RolloutFitness
-from flipes.rl.envs import registered_id
+from flipes.rl.envs import registered_id, split_env_id
 from flipes.search import own_shaping
 
 if TYPE_CHECKING:
@@ -214,11 +214,13 @@ def rounding_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 def same_option(key: str, saved: dict[str, Any], now: dict[str, Any]) -> bool:
     """Whether a resumed run's option ``key`` means what it was trained with: equal values, the same
     plug-in code under another name (:func:`flipes.plugins.same_code`), the same shaping rule, or the same env id
-    registered by a module named now or then (``mymodule:mine/Task-v0``, where the training script registered it)."""
+    with the module that registers it named now or then, not both (``mymodule:mine/Task-v0``, where the training
+    script registered it)."""
     if saved.get(key) == now[key]:
         return True
-    if key == "env":
-        return isinstance(saved.get(key), str) and registered_id(saved[key]) == registered_id(now[key])
+    if key == "env":  # two modules may register one id as two envs: refused, as another id is
+        named = [split_env_id(v)[1].rpartition(":")[0] for v in (saved.get(key), now[key]) if isinstance(v, str)]
+        return len(named) == 2 and "" in named and registered_id(saved[key]) == registered_id(now[key])
     if key in ("fitness", "model", "optimizer"):
         return same_code(saved.get(key), now[key])
     if key == "shaping":

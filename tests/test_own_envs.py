@@ -17,6 +17,7 @@ import torch
 import flipes
 from flipes.builders import build_env
 from flipes.commands import evaluate_command, export_command, record
+from flipes.resume import same_option
 from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env, rollout, run_episodes
 from flipes.rl.envs import EnvError
 from flipes.rl.rollout import episode_seed
@@ -754,6 +755,38 @@ def test_a_run_on_an_id_its_script_registered_evaluates_exports_and_resumes_give
     assert all(
         torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True)
     )
+
+
+TWO_MODULES = {
+    "moda": 'import gymnasium as gym\ngym.register("regtest/Two-v0", vector_entry_point="envs.cartpole:CartPoleVectorEnv")\n',
+    "modb": "import gymnasium as gym  # the same id, another env: episodes cut at 20 steps\n"
+    'gym.register("regtest/Two-v0", vector_entry_point="envs.cartpole:CartPoleVectorEnv", kwargs={"max_episode_steps": 20})\n',
+}
+
+
+def test_a_resume_refuses_the_id_of_a_run_under_another_module_which_may_register_another_env(tmp_path, monkeypatch) -> None:
+    """A run trained on ``moda:regtest/Two-v0`` is not resumed on ``modb:regtest/Two-v0``, which registers the id as
+    another env (its episodes cut at 20 steps): the error names the saved and the given --env. The id without a module
+    on one side only (the training script registered it, or imports the module itself) is the same env; so is the
+    same module's spelling."""
+    import sys
+
+    for name, text in TWO_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(text)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    common = dict(popsize=8, episodes=1, progress=False, tensorboard=False, plot=False, seed=3, out="run")
+    try:
+        flipes.train(env="moda:regtest/Two-v0", generations=1, **common)
+        del gym.registry["regtest/Two-v0"]  # a fresh process: modb registers it alone
+        with pytest.raises(flipes.UsageError, match=r"--env: saved 'moda:regtest/Two-v0', now 'modb:regtest/Two-v0'"):
+            flipes.train(env="modb:regtest/Two-v0", generations=2, resume="run", **common)
+    finally:
+        gym.registry.pop("regtest/Two-v0", None)
+    same = [("moda:regtest/Two-v0", "regtest/Two-v0"), ("regtest/Two-v0", "moda:regtest/Two-v0"), ("moda:X-v0", "moda:X-v0")]
+    assert all(same_option("env", {"env": a}, {"env": b}) for a, b in same)
+    other = [("moda:X-v0", "modb:X-v0"), ("envpool:X-v0", "X-v0"), ("gymnasium:moda:X-v0", "moda:X-v0"), ("moda:X", "moda:Y")]
+    assert not any(same_option("env", {"env": a}, {"env": b}) for a, b in other)
 
 
 def test_an_id_registered_by_the_running_script_is_named_with_how_another_process_makes_it() -> None:
