@@ -270,14 +270,18 @@ class Watchdog:
         finally:
             self.entered = None
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Read the arrival notes that came; False (nothing read) where the watchdog stopped: its notes are freed."""
         with self.lock:
+            if not self.running:
+                return False
             status = self.mpi._mpi.Status()
             while self.notes.iprobe(source=self.mpi._mpi.ANY_SOURCE, tag=_ARRIVAL, status=status):
                 source = status.Get_source()
                 token, step = self.notes.recv(source=source, tag=_ARRIVAL)
                 if token == self.token:  # else a stopped watchdog's, on a context MPI gave this one again
                     self.arrived[source] = max(self.arrived[source], step)
+            return True
 
     def _run(self) -> None:
         limit = self.timeout if self.rank == 0 else self.timeout + 10
@@ -288,7 +292,8 @@ class Watchdog:
                 continue
             _, name, step, waits_for = entered
             if self.rank == 0:
-                self._drain()
+                if not self._drain():  # stopped meanwhile: the collective ended with the training
+                    break
                 missing = [r for r, k in self.arrived.items() if k < step]
                 # all arrived: one stopped or died inside the collective, which rank 0 cannot tell apart
                 who = f"rank(s) {', '.join(map(str, missing))} did not arrive" if missing else "every rank entered it"
@@ -304,9 +309,10 @@ class Watchdog:
         """End the watching: the thread exits at its next wake-up (within half a second) and aborts nothing after. The
         duplicate communicator is freed (a local call in MPICH and Open MPI, so a rank stopping alone on an error is not
         held): each flipes.train under mpiexec starts a watchdog, and MPI runs out of communicators after ~2,000."""
-        self.running = False
         with self.lock:  # not while rank 0's thread reads the notes
-            self.notes.Free()
+            if self.running:  # a second stop frees nothing again
+                self.running = False
+                self.notes.Free()
 
 
 @contextlib.contextmanager
