@@ -238,6 +238,7 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
     if not args.runs:
         raise UsageError("flipes plot", "no run directory given", "pass one or more, e.g. flipes plot runs/cartpole")
     empty: list[str] = []  # runs without a complete row
+    drawn: list[str] = []  # the others: a group's curve averages these alone (a run without points would empty it)
     for run in args.runs:
         if not (Path(run) / "metrics.jsonl").is_file():
             held = runs_under(run)
@@ -250,6 +251,8 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
             print(f"flipes plot: {run}: skipped {torn} incomplete line(s) of metrics.jsonl", file=sys.stderr)
         if not lines:  # a run whose first generation has not ended: the figure would show no curve of it
             empty.append(run)
+        else:
+            drawn.append(run)
         if args.x == "timesteps" and lines and all(json.loads(line).get("timesteps", 0) == 0 for line in lines):
             raise UsageError("--x", f"{run} took no env steps (a run with --env none)", "plot it with --x generation or seconds")
     if len(empty) == len(args.runs):  # an empty figure
@@ -281,7 +284,7 @@ def plot_command(argv: Sequence[str] | None = None) -> Path:
             print(hint, file=sys.stderr)
         print(path)
         return path
-    groups = group_runs(args.runs, args.group)
+    groups = group_runs(drawn, args.group)  # a seed not started yet leaves its setting's curve to the others
     if all(len(group.runs) == 1 for group in groups):  # likely a mistaken grouping: say so, draw anyway
         print(f"flipes plot: --group {args.group}: no two runs are seeds of one setting", file=sys.stderr)
     aggregates = aggregate_groups(groups, args.x)

@@ -3,6 +3,7 @@ takes from the run, the bounds of the options, and how a run's files are read ba
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
@@ -451,6 +452,23 @@ def test_plot_refuses_a_figure_without_curves_and_names_a_run_without_rows(
         f"flipes plot: {empty}: no row in metrics.jsonl yet (no generation has ended): no curve of it\n"
         in capsys.readouterr().err
     )
+
+
+def test_plot_group_averages_the_seeds_with_rows_beside_one_without(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --group, a seed whose metrics.jsonl holds no row yet (a job still queued, or one that failed at its start) is
+    left out of its setting, as the note says: the setting's curve is the mean of the seeds with rows (here the one seed's
+    own values), not an empty one because one seed has no points."""
+    pytest.importorskip("matplotlib")
+    root = tmp_path / "p64"
+    root.mkdir()
+    full, empty = _rows(root / "seed0", [1.0, 2.0]), _rows(root / "seed1", [])
+    table, out = tmp_path / "c.csv", tmp_path / "c.png"
+    assert main(["plot", str(full), str(empty), "--group", "parent", "--csv", str(table), "--out", str(out)]) == 0
+    with open(table, newline="") as f:
+        rows = [(r["metric"], r["generation"], r["seeds"], r["mean"]) for r in csv.DictReader(f)]
+    assert rows == [("fitness_mean", "0", "1", "1.0"), ("fitness_mean", "1", "1", "2.0")]
+    note = f"flipes plot: {empty}: no row in metrics.jsonl yet (no generation has ended): no curve of it\n"
+    assert note in capsys.readouterr().err
 
 
 def test_plot_writes_one_runs_curves_into_it_and_several_runs_curves_here(
