@@ -41,9 +41,9 @@ def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
 
 def unstarted(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds only what a run writes before its first generation ends (its starting
-    checkpoint, config.json, an empty metrics.jsonl): a run that failed at once, e.g. on a fitness
-    function being debugged. Such a directory is taken over without ``--overwrite``: it holds nothing
-    that the seed does not give again."""
+    checkpoint, config.json, an empty metrics.jsonl, or a setup cut short): a run that failed at once, e.g. on a
+    fitness function being debugged. Such a directory is taken over without ``--overwrite``: it holds nothing
+    that the seed does not give again. A config.json without a checkpoint or setup marker is not such a run's."""
     metrics, checkpoint = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
     if not checkpoint.exists() and (run_dir / SETUP).exists():
         return True  # a setup cut short (prepare_run_dir): a branch's metrics and best.pt are copies of its source's
@@ -51,8 +51,10 @@ def unstarted(run_dir: Path) -> bool:
         return False
     if metrics.exists() and metrics.stat().st_size > 0:
         return False
+    if not checkpoint.exists():  # no setup marked (above): a config.json here is not one flipes left (one's own, another tool's)
+        return not (run_dir / "config.json").exists()
     try:  # a copied or resumed run may have no rows here and still hold trained parameters
-        return not checkpoint.exists() or load_checkpoint(checkpoint, map_location="cpu")["es"]["generation"] == 0
+        return load_checkpoint(checkpoint, map_location="cpu")["es"]["generation"] == 0
     except (CheckpointError, KeyError, TypeError):
         return False
 

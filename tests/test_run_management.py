@@ -663,7 +663,8 @@ def test_evaluate_policy_cuts_every_episode_after_max_steps(tiny_run: Path) -> N
 def test_only_a_run_that_ended_before_its_first_generation_counts_as_unstarted(tmp_path: Path, tiny_run: Path) -> None:
     """A directory is taken over without --overwrite only while it holds what a run writes before its first generation
     ends: a generation-0 checkpoint, config.json and an empty metrics.jsonl. A metrics row, a checkpoint past
-    generation 0, or a previous.pt, best.pt or curves.png (even alone) mark a run that trained."""
+    generation 0, or a previous.pt, best.pt or curves.png (even alone) mark a run that trained; a config.json without
+    a checkpoint (nor the marker of a setup cut short) is no such run's: one's own file, or another tool's."""
     from flipes.checkpoint import read_checkpoint, save_checkpoint
     from flipes.rundir import unstarted
 
@@ -681,12 +682,24 @@ def test_only_a_run_that_ended_before_its_first_generation_counts_as_unstarted(t
         return here
 
     assert unstarted(run("fresh"))
-    assert unstarted(run("no_checkpoint", None))
+    assert not unstarted(run("no_checkpoint", None))
+    assert unstarted(run("setup_cut_short", None, _setup=""))
     assert not unstarted(run("one_row", metrics='{"generation": 0}\n'))
     assert not unstarted(run("trained", 1))
     for name in ("previous_pt", "best_pt", "curves_png"):
         assert not unstarted(run(name, **{name: "x"})), name
         assert not unstarted(run(f"{name}_alone", None, **{name: "x"})), name
+
+
+def test_a_config_json_of_ones_own_in_out_is_refused_and_kept(tmp_path: Path) -> None:
+    """Training into a directory that holds a config.json flipes did not write (a project's, a model's) is refused as
+    a directory holding a run, and the file stays byte for byte: it is not taken over as a setup cut short."""
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text('{"hidden_size": 768}')
+    with pytest.raises(UsageError, match=r"holds a run \(config\.json\)"):
+        flipes.train(**FAST_KW, generations=1, out=str(out))
+    assert (out / "config.json").read_text() == '{"hidden_size": 768}' and not (out / "checkpoint.pt").exists()
 
 
 def test_overwrite_clears_the_runs_files_and_logs_and_keeps_others(tmp_path: Path) -> None:
