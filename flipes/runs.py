@@ -225,6 +225,9 @@ def policy_and_state(
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
     except CheckpointError as e:
         fix = "" if e.previous else "pass --checkpoint latest, best, best-member or a checkpoint file of this run"
+        if checkpoint in ("latest", "best", "best-member") and not (Path(run_dir) / "checkpoint.pt").exists():
+            # a run whose setup is under way or was cut short (config.json is written first): no other value reads
+            fix = "the run has written none yet: its setup is under way, or was cut short (the same flipes train completes it)"
         raise UsageError("--checkpoint", e.message("--checkpoint"), fix) from None
     saved = state.get("config")  # the options the weights were trained with: they fill what config.json lacks
     if isinstance(saved, dict):

@@ -702,6 +702,24 @@ def test_a_config_json_of_ones_own_in_out_is_refused_and_kept(tmp_path: Path) ->
     assert (out / "config.json").read_text() == '{"hidden_size": 768}' and not (out / "checkpoint.pt").exists()
 
 
+def test_evaluate_and_export_of_a_run_without_a_checkpoint_yet_say_so(
+    tmp_path: Path, tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run directory whose setup is under way or was cut short holds config.json but no checkpoint: evaluate and export
+    say that the run has written none yet, not to pass the --checkpoint value that just failed."""
+    run = tmp_path / "setting_up"
+    run.mkdir()
+    (run / "config.json").write_bytes((tiny_run / "config.json").read_bytes())
+    (run / ".setup").touch()
+    for command in ("evaluate", "export"):
+        with pytest.raises(SystemExit) as e:
+            main([command, str(run)])
+        assert e.value.code == 2 and capsys.readouterr().err == (
+            f"flipes: error: --checkpoint: no checkpoint at {run / 'checkpoint.pt'}; the run has written none yet: its "
+            "setup is under way, or was cut short (the same flipes train completes it)\n"
+        ), command
+
+
 def test_overwrite_clears_the_runs_files_and_logs_and_keeps_others(tmp_path: Path) -> None:
     """--overwrite deletes what the old run wrote (checkpoints, metrics, curves, export's policy.pt2, TensorBoard and
     W&B logs) before the new run writes its config.json; a file of the user's stays."""
