@@ -482,8 +482,13 @@ def parse_config(
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = _Parser(add_help=False, prog=prog)
-    pre.add_argument("--config")
+    pre.add_argument("--config", action="append")
     known, _ = pre.parse_known_args(argv)
+    if known.config is not None and len(known.config) > 1:  # argparse would read the last file alone, dropping the others
+        files = ", ".join(known.config)
+        raise UsageError("--config", f"given {len(known.config)} times ({files}); one file is read", "merge them into one file, "
+                         "or give the options of all but one as flags (flags override the file)")  # fmt: skip
+    known.config = known.config[0] if known.config is not None else None
     # an empty --config is read_config_file's to refuse, not "no file"
     from_file = check_options(cls, read_config_file(known.config), f"--config {known.config}") if known.config is not None else {}
     defaults, given = from_file, {}

@@ -720,6 +720,18 @@ def test_evaluate_and_export_of_a_run_without_a_checkpoint_yet_say_so(
         ), command
 
 
+def test_a_second_config_file_is_refused_not_dropped(tmp_path: Path) -> None:
+    """Two --config files (a base and an overlay, as Hydra users layer them) are refused in one line naming both: argparse
+    would read the last alone, silently dropping the first file's options. One file, with flags over it, still reads."""
+    base, overlay = tmp_path / "base.toml", tmp_path / "overlay.toml"
+    base.write_text("popsize = 16\n")
+    overlay.write_text("sigma = 0.3\n")
+    with pytest.raises(UsageError, match=rf"^--config: given 2 times \({base}, {overlay}\); one file is read; merge them"):
+        parse_train_config(["--config", str(base), f"--config={overlay}"])
+    config = parse_train_config(["--config", str(base), "--sigma", "0.3"])
+    assert (config.popsize, config.sigma) == (16, 0.3)
+
+
 def test_overwrite_clears_the_runs_files_and_logs_and_keeps_others(tmp_path: Path) -> None:
     """--overwrite deletes what the old run wrote (checkpoints, metrics, curves, export's policy.pt2, TensorBoard and
     W&B logs) before the new run writes its config.json; a file of the user's stays."""
