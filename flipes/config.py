@@ -461,6 +461,11 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
     big = [h for h in config.hidden if h > 2**16]
     if big:
         raise UsageError("--hidden", f"widths {big} are beyond any use (at most {2**16:,})", "is it a typo?")
+    for name in ("out", "resume"):  # "~" only a shell expands: a config file's or Python's would name a directory "./~"
+        path = getattr(config, name)
+        if path.startswith("~") and os.path.expanduser(path) != path:  # ~ or ~user
+            fix = f"write it in full ({os.path.expanduser(path)}), or relative to the working directory"
+            raise UsageError(option_name(name), f"{path!r} starts with '~', which only a shell expands", fix)
     if config.resume and config.overwrite:
         raise UsageError(
             "--overwrite",

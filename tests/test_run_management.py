@@ -732,6 +732,25 @@ def test_a_second_config_file_is_refused_not_dropped(tmp_path: Path) -> None:
     assert (config.popsize, config.sigma) == (16, 0.3)
 
 
+def test_a_path_starting_with_a_tilde_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out or --resume from a config file (or flipes.train) that starts with "~" is refused, naming the path in full:
+    only a shell expands it, and the run would go to a directory named "~" under the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "run.toml").write_text('out = "~/runs/a"\n')
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", "run.toml", "--generations", "1"])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith(
+        f"flipes: error: --out: '~/runs/a' starts with '~', which only a shell expands; write it in full "
+        f"({tmp_path / 'home' / 'runs' / 'a'})"
+    )
+    with pytest.raises(UsageError, match=r"^--resume: '~/runs/a' starts with '~'"):
+        flipes.train(**FAST_KW, generations=1, resume="~/runs/a", out="b")
+    assert list(tmp_path.iterdir()) == [tmp_path / "run.toml"]
+
+
 def test_overwrite_clears_the_runs_files_and_logs_and_keeps_others(tmp_path: Path) -> None:
     """--overwrite deletes what the old run wrote (checkpoints, metrics, curves, export's policy.pt2, TensorBoard and
     W&B logs) before the new run writes its config.json; a file of the user's stays."""
