@@ -4,17 +4,19 @@ complete (a starting checkpoint and config.json) before the first generation."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
 import socket
+import warnings
 from pathlib import Path
 from typing import IO, Any
 
 from flipes.callbacks import write_atomic
 from flipes.checkpoint import CheckpointError, discard, load_checkpoint, save_checkpoint
 from flipes.config import TrainConfig, resume_dir
-from flipes.errors import StorageError, UsageError, os_reason
+from flipes.errors import StorageError, UsageError, caller_stacklevel, os_reason
 
 SETUP = ".setup"  # present while prepare_run_dir sets a new run up (before its first checkpoint)
 RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
@@ -110,8 +112,27 @@ def check_not_in_use(run_dir: Path) -> None:
     with file:
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            raise _in_use(run_dir, file, "--resume") from None
+        except OSError as e:
+            if _held(run_dir, e):
+                raise _in_use(run_dir, file, "--resume") from None
+
+
+# what flock raises where another process holds the lock; anything else (ENOSYS, EOPNOTSUPP, ENOLCK) is a file system
+# that takes no lock at all (Lustre mounted noflock, some FUSE and network file systems)
+_HELD_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def _held(run_dir: Path, e: OSError) -> bool:
+    """Whether ``flock``'s error ``e`` means another process holds ``run_dir``'s lock; else (a file system without locks)
+    a warning says the directory goes unlocked, as on Windows, rather than blaming a process that does not exist."""
+    if e.errno in _HELD_ERRNOS:
+        return True
+    warnings.warn(
+        f"{run_dir}: its file system takes no lock ({e.strerror or e}), so the run directory is not locked: start one "
+        "flipes train into it at a time",
+        stacklevel=caller_stacklevel(),
+    )
+    return False
 
 
 def _in_use(run_dir: Path, lock_file: IO[str], option: str = "--out") -> UsageError:
@@ -138,10 +159,11 @@ class RunDirLock:
             return
         try:
             fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            error = _in_use(run_dir, self.file)
-            self.file.close()
-            raise error from None
+        except OSError as e:
+            if _held(run_dir, e):
+                error = _in_use(run_dir, self.file)
+                self.file.close()
+                raise error from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"flipes pid {os.getpid()} on {socket.gethostname()}")  # a shared file system: which node's pid

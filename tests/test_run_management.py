@@ -751,6 +751,31 @@ def test_a_path_starting_with_a_tilde_is_refused_before_anything_is_written(
     assert list(tmp_path.iterdir()) == [tmp_path / "run.toml"]
 
 
+def test_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where flock fails because the file system takes no lock (ENOSYS: Lustre mounted noflock), a run starts and resumes
+    with a warning that its directory is not locked, not refused as "in use" by a process that does not exist; where it
+    fails because another process holds the lock (EWOULDBLOCK), it is still refused."""
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match=r"its file system takes no lock \(Function not implemented\), so the run"):
+        flipes.train(**FAST_KW, generations=1, out=str(run))
+    with pytest.warns(UserWarning, match=r"takes no lock"):
+        assert flipes.train(**FAST_KW, generations=2, resume=str(run)).metrics[0]["generation"] == 1
+
+    def held(fd: int, operation: int) -> None:
+        raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(fcntl, "flock", held)
+    with pytest.raises(UsageError, match=r"^--resume: .* is in use by flipes pid"):
+        flipes.train(**FAST_KW, generations=3, resume=str(run))
+
+
 def test_overwrite_clears_the_runs_files_and_logs_and_keeps_others(tmp_path: Path) -> None:
     """--overwrite deletes what the old run wrote (checkpoints, metrics, curves, export's policy.pt2, TensorBoard and
     W&B logs) before the new run writes its config.json; a file of the user's stays."""
