@@ -373,10 +373,12 @@ def _error(problem: str, path: Path, option: str = "--resume") -> CheckpointErro
     """A CheckpointError for ``path`` that points at ``previous.pt`` beside it: offered only where it
     loads (read in full, but only on the way to an error), else said to be damaged too. A file that is no
     checkpoint by its name (config.json, metrics.jsonl given by mistake) points at none: the way on is the
-    run's own checkpoint, not the older one. A file of :func:`read_checkpoint` (``option`` ``""``) points at its own
-    previous one (:func:`previous_path`), not at another file's."""
+    run's own checkpoint, not the older one. A run's ``best.pt`` points at none either: ``previous.pt`` is an older
+    ``checkpoint.pt``, not an older best (and is no reason to start the run again where it is damaged too). A file of
+    :func:`read_checkpoint` (``option`` ``""``) points at its own previous one (:func:`previous_path`), not at another
+    file's."""
     previous = path.with_name("previous.pt") if option else previous_path(path)
-    if previous == path or (option and path.suffix != ".pt") or not previous.exists():
+    if previous == path or (option and (path.suffix != ".pt" or path.name == "best.pt")) or not previous.exists():
         return CheckpointError(problem, option=option)
     try:  # a GPU run's tensors: not onto the GPU, nor an error without one
         (load_checkpoint if option else read_checkpoint)(previous, map_location="cpu")

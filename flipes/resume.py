@@ -126,7 +126,9 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
     except CheckpointError as e:  # a damaged file, or one that lacks an entry read below: one line, naming previous.pt
         fix = "" if e.previous else "pass a run directory or checkpoint file written by flipes train"
         file = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
-        if not e.previous and file.suffix == ".pt" and file.is_file():  # a run's damaged checkpoint, none older beside it
+        if file.name == "best.pt" and (file.parent / "checkpoint.pt").is_file():  # no older best: the run's own checkpoint
+            fix = f"best.pt keeps no older copy: --resume {file.parent} continues from the run's checkpoint.pt"
+        elif not e.previous and file.suffix == ".pt" and file.is_file():  # a run's damaged checkpoint, none older beside it
             fix = "no previous.pt beside it to continue from: copy it again whole if it came from elsewhere, else start the " \
                   "run again with --overwrite"  # fmt: skip
         raise UsageError("--resume", e.message("--resume"), fix) from None

@@ -228,6 +228,8 @@ def policy_and_state(
         if checkpoint in ("latest", "best", "best-member") and not (Path(run_dir) / "checkpoint.pt").exists():
             # a run whose setup is under way or was cut short (config.json is written first): no other value reads
             fix = "the run has written none yet: its setup is under way, or was cut short (the same flipes train completes it)"
+        elif checkpoint == "best":  # written without a previous one: the run's latest is what is left
+            fix = "best.pt keeps no older copy: use --checkpoint latest (a resumed run writes best.pt again as it improves)"
         raise UsageError("--checkpoint", e.message("--checkpoint"), fix) from None
     saved = state.get("config")  # the options the weights were trained with: they fill what config.json lacks
     if isinstance(saved, dict):

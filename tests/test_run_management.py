@@ -776,6 +776,34 @@ def test_a_file_system_without_locks_trains_unlocked_with_a_warning(tmp_path: Pa
         flipes.train(**FAST_KW, generations=3, resume=str(run))
 
 
+def test_a_damaged_best_pt_points_at_the_runs_checkpoint_not_at_previous_pt(
+    tmp_path: Path, tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """previous.pt is an older checkpoint.pt, not an older best.pt: a damaged best.pt is not offered it (nor, where it is
+    damaged too, told to start the run again with --overwrite, which would delete the good checkpoint.pt); evaluate
+    points at --checkpoint latest and a resume of it at the run's directory."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("best.pt", "previous.pt"):
+        data = bytearray((run / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (run / name).write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(run), "--checkpoint", "best"])
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        f"flipes: error: --checkpoint: {run / 'best.pt'} is corrupted: its content does not match its SHA-256; best.pt "
+        "keeps no older copy: use --checkpoint latest (a resumed run writes best.pt again as it improves)\n"
+    )
+    with pytest.raises(UsageError) as resumed:
+        flipes.train(**FAST_KW, generations=3, resume=str(run / "best.pt"), out=str(tmp_path / "branch"))
+    assert str(resumed.value) == (
+        f"--resume: {run / 'best.pt'} is corrupted: its content does not match its SHA-256; best.pt keeps no older copy: "
+        f"--resume {run} continues from the run's checkpoint.pt"
+    )
+
+
 def test_overwrite_clears_the_runs_files_and_logs_and_keeps_others(tmp_path: Path) -> None:
     """--overwrite deletes what the old run wrote (checkpoints, metrics, curves, export's policy.pt2, TensorBoard and
     W&B logs) before the new run writes its config.json; a file of the user's stays."""
