@@ -34,13 +34,20 @@ class CheckpointError(ValueError):
     ``problem`` says what is wrong with the file; ``previous`` is the ``previous.pt`` beside it where
     there is one, ``previous_loads`` whether it loads. ``str(e)`` offers it to ``option`` (``--resume`` for a
     run's checkpoint, ``""`` for one read by :func:`read_checkpoint`); :meth:`message` words the offer for
-    another option (``--checkpoint`` of evaluate and export).
+    another option (``--checkpoint`` of evaluate and export). ``older`` names what ``previous`` is to the reader
+    (a run's ``best.pt`` where both its checkpoints are damaged: "the best checkpoint").
     """
 
     def __init__(
-        self, problem: str, previous: Path | None = None, previous_loads: bool = False, option: str = "--resume"
+        self,
+        problem: str,
+        previous: Path | None = None,
+        previous_loads: bool = False,
+        option: str = "--resume",
+        older: str = "the previous checkpoint",
     ) -> None:
         self.problem, self.previous, self.previous_loads, self.option = problem, previous, previous_loads, option
+        self.older = older
         super().__init__(self.message())
 
     def message(self, option: str | None = None) -> str:
@@ -52,11 +59,11 @@ class CheckpointError(ValueError):
             again = "start the run again with --overwrite" if option else "start again"
             return f"{self.problem}; the previous checkpoint {self.previous} is damaged too: {again}"
         if option == "--resume":
-            return f"{self.problem}; the previous checkpoint {self.previous} can be resumed instead: continue from it with " \
+            return f"{self.problem}; {self.older} {self.previous} can be resumed instead: continue from it with " \
                    f"--resume {self.previous}"  # fmt: skip
         if not option:
-            return f"{self.problem}; the previous checkpoint {self.previous} reads: flipes.read_checkpoint('{self.previous}')"
-        return f"{self.problem}; the previous checkpoint {self.previous} can be used instead: pass {option} {self.previous}"
+            return f"{self.problem}; {self.older} {self.previous} reads: flipes.read_checkpoint('{self.previous}')"
+        return f"{self.problem}; {self.older} {self.previous} can be used instead: pass {option} {self.previous}"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = True) -> Path:
@@ -371,20 +378,34 @@ def _kind(value: Any) -> str:
 
 def _error(problem: str, path: Path, option: str = "--resume") -> CheckpointError:
     """A CheckpointError for ``path`` that points at ``previous.pt`` beside it: offered only where it
-    loads (read in full, but only on the way to an error), else said to be damaged too. A file that is no
+    loads (read in full, but only on the way to an error), else said to be damaged too. Where a run's checkpoint.pt
+    has no previous.pt that loads, its best.pt is offered where that loads (not a start over). A file that is no
     checkpoint by its name (config.json, metrics.jsonl given by mistake) points at none: the way on is the
     run's own checkpoint, not the older one. A run's ``best.pt`` points at none either: ``previous.pt`` is an older
     ``checkpoint.pt``, not an older best (and is no reason to start the run again where it is damaged too). A file of
     :func:`read_checkpoint` (``option`` ``""``) points at its own previous one (:func:`previous_path`), not at another
     file's."""
     previous = path.with_name("previous.pt") if option else previous_path(path)
-    if previous == path or (option and (path.suffix != ".pt" or path.name == "best.pt")) or not previous.exists():
+    if previous == path or (option and (path.suffix != ".pt" or path.name == "best.pt")):
         return CheckpointError(problem, option=option)
-    try:  # a GPU run's tensors: not onto the GPU, nor an error without one
-        (load_checkpoint if option else read_checkpoint)(previous, map_location="cpu")
+    damaged = previous.exists() and not _loads(previous, option)
+    if previous.exists() and not damaged:
+        return CheckpointError(problem, previous, previous_loads=True, option=option)
+    best = path.with_name("best.pt")  # a whole training state too: better to continue from than to start over
+    if option and path.name == "checkpoint.pt" and best.exists() and _loads(best, option):
+        told = f"{problem}; the previous checkpoint {previous} is damaged too" if damaged else problem
+        return CheckpointError(told, best, previous_loads=True, option=option, older="the best checkpoint")
+    return CheckpointError(problem, previous if damaged else None, previous_loads=False, option=option)
+
+
+def _loads(path: Path, option: str) -> bool:
+    """Whether the checkpoint at ``path`` loads (read in full, on the way to an error only); on the CPU: a GPU run's
+    tensors, not onto the GPU, nor an error without one."""
+    try:
+        (load_checkpoint if option else read_checkpoint)(path, map_location="cpu")
     except CheckpointError:
-        return CheckpointError(problem, previous, previous_loads=False, option=option)
-    return CheckpointError(problem, previous, previous_loads=True, option=option)
+        return False
+    return True
 
 
 def tensors_sha256(tensors: Iterable[Tensor]) -> str:

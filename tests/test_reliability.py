@@ -1141,12 +1141,13 @@ def test_resuming_a_run_file_that_is_no_checkpoint_points_at_the_run_not_at_prev
 
 
 def test_resuming_a_damaged_checkpoint_with_no_previous_says_to_copy_it_again_or_start_over(tmp_path: Path) -> None:
-    """A run directory whose checkpoint.pt is truncated (a copy cut short) and has no previous.pt beside it is refused
-    saying so and what is left to do, copy it again or start over, not to pass a checkpoint flipes wrote (it is one);
-    a directory without any checkpoint keeps that advice."""
+    """A run directory whose checkpoint.pt is truncated (a copy cut short) and has no previous.pt (nor best.pt) beside it
+    is refused saying so and what is left to do, copy it again or start over, not to pass a checkpoint flipes wrote (it
+    is one); a directory without any checkpoint keeps that advice."""
     run = tmp_path / "run"
     flipes.train(**FAST_KW, generations=2, checkpoint_every=1, out=str(run))
     (run / "previous.pt").unlink()
+    (run / "best.pt").unlink(missing_ok=True)  # one that loads is offered instead (test_run_management)
     data = (run / "checkpoint.pt").read_bytes()
     (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     fix = "; no previous.pt beside it to continue from: copy it again whole if it came from elsewhere, else start the run "

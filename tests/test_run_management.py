@@ -804,6 +804,35 @@ def test_a_damaged_best_pt_points_at_the_runs_checkpoint_not_at_previous_pt(
     )
 
 
+def test_damaged_checkpoints_offer_the_best_pt_that_loads_not_a_start_over(
+    tmp_path: Path, tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where checkpoint.pt is damaged and previous.pt is damaged too (or missing), a best.pt that loads (a whole training
+    state) is offered, to resume and to evaluate, rather than starting the run again with --overwrite (which would delete
+    it); the resume it offers trains."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("checkpoint.pt", "previous.pt"):
+        data = bytearray((run / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (run / name).write_bytes(bytes(data))
+    damaged = f"{run / 'checkpoint.pt'} is corrupted: its content does not match its SHA-256"
+    best = run / "best.pt"
+    with pytest.raises(UsageError) as e:
+        flipes.train(resume=str(run), generations=3, progress=False)
+    assert str(e.value) == f"--resume: {damaged}; the previous checkpoint {run / 'previous.pt'} is damaged too; the best " \
+        f"checkpoint {best} can be resumed instead: continue from it with --resume {best}"  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run)])
+    assert capsys.readouterr().err.endswith(f"the best checkpoint {best} can be used instead: pass --checkpoint {best}\n")
+    (run / "previous.pt").unlink()
+    with pytest.raises(UsageError, match=rf"SHA-256; the best checkpoint {best} can be resumed instead"):
+        flipes.train(resume=str(run), generations=3, progress=False)
+    assert flipes.train(resume=str(best), generations=3, progress=False).metrics[-1]["generation"] == 2
+
+
 def test_overwrite_clears_the_runs_files_and_logs_and_keeps_others(tmp_path: Path) -> None:
     """--overwrite deletes what the old run wrote (checkpoints, metrics, curves, export's policy.pt2, TensorBoard and
     W&B logs) before the new run writes its config.json; a file of the user's stays."""
