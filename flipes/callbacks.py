@@ -99,6 +99,10 @@ class JSONLLogger(Callback):
             if dropped:
                 print(f"flipes: {self.path}: {dropped_note(dropped)}", file=sys.stderr)
             kept = [line for line in lines if json.loads(line)["generation"] < state.es.generation]
+            missing = sorted(set(range(state.es.generation)) - {json.loads(line)["generation"] for line in kept})
+            if missing:  # rows lost in a crash of the machine (written, not yet on its disk) or removed by hand
+                print(f"flipes: {self.path}: no row of generation(s) {spans(missing)} before the resumed generation "
+                      f"{state.es.generation} (lost in a crash, or removed): its curves skip them", file=sys.stderr)  # fmt: skip
             write_atomic(self.path, "".join(line + "\n" for line in kept))
         else:
             write_atomic(self.path, "")
@@ -181,6 +185,31 @@ def read_jsonl(path: Path) -> tuple[list[str], int]:
     return out, dropped
 
 
+def spans(numbers: list[int]) -> str:
+    """Sorted integers as spans, the first 5 of them: ``[0, 1, 2, 7]`` -> ``0-2, 7``."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    shown = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:5])
+    return shown + (f", ... ({len(numbers)} in all)" if len(runs) > 5 else "")
+
+
+def sync_file(path: Path) -> None:
+    """Put ``path``'s written bytes on the disk (``fsync``; where it exists): a checkpoint written after them must not
+    outlive them in a crash of the machine."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def dropped_note(dropped: int) -> str:
     """What a reader of ``metrics.jsonl`` says of the lines :func:`read_jsonl` skipped."""
     return f"dropped {dropped} torn, blank or malformed line(s) (a crash mid-write, or not a metrics row)"
@@ -258,21 +287,42 @@ class TensorBoardLogger(Callback):
         # a queue for many rows of scalars: torch's 10 is less than a row (~12), so add_scalar waited for the writer
         # thread to take the GIL at every row; that thread writes the events as before, flushing the file every
         # flush_secs, and at most 1,000 small events (~100 KB) wait for it in memory
-        self.writer = self._writer_class(str(self.log_dir), purge_step=purge, max_queue=1000)
+        self.run_dir = state.run_dir
+        try:
+            self.writer = self._writer_class(str(self.log_dir), purge_step=purge, max_queue=1000)
+        except OSError as e:
+            raise self._failed(e) from None
 
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
         assert self.writer is not None
-        for key, value in row.items():
-            if isinstance(value, int | float) and key != "generation":
-                self.writer.add_scalar(key, value, row["generation"])
+        try:  # the writer thread's error (a full disk) comes out at the next add_scalar
+            for key, value in row.items():
+                if isinstance(value, int | float) and key != "generation":
+                    self.writer.add_scalar(key, value, row["generation"])
+        except OSError as e:
+            raise self._failed(e) from None
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
         self.close()
 
     def close(self) -> None:
         """Close the writer (again: a no-op); also where training ended by an exception, before ``on_train_end``."""
-        if self.writer is not None:
-            self.writer.close()
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return
+        try:
+            writer.close()
+        except OSError as e:
+            raise self._failed(e) from None
+
+    run_dir: Path | None = None
+
+    def _failed(self, e: OSError) -> StorageError:
+        """One line for a TensorBoard file that cannot be written (a full disk), naming what is still good: metrics.jsonl
+        holds every row, ``flipes plot`` draws them; TensorBoard's writer thread may print its own traceback first."""
+        good = (self.run_dir or self.log_dir.parent) / "checkpoint.pt"
+        still = f"the last good checkpoint is {good}{resume_hint(good)}" if good.is_file() else "no checkpoint was written yet"
+        return StorageError(f"cannot write TensorBoard's logs in {self.log_dir} ({os_reason(e)}); {still}")
 
 
 WANDB_ID = "wandb/flipes-run-id"  # in the run directory: the W&B run a resume of it continues
@@ -403,13 +453,23 @@ class Checkpointer(Callback):
             self.best = row["eval_return"]
             save_checkpoint(state.checkpoint_state(), self.run_dir / "best.pt", keep_previous=False)
         if state.es.generation % self.every == 0:
-            save_checkpoint(state.checkpoint_state(), self.run_dir / "checkpoint.pt")
-            self.saved_at = state.es.generation
+            self._save(state)
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
         if self.saved_at != state.es.generation or not (self.run_dir / "checkpoint.pt").exists():
-            save_checkpoint(state.checkpoint_state(), self.run_dir / "checkpoint.pt")
-            self.saved_at = state.es.generation
+            self._save(state)
+
+    def _save(self, state: TrainState) -> None:
+        # the rows it covers first (JSONLLogger wrote them before this callback): a crash of the machine would otherwise
+        # keep the checkpoint, fsynced, and lose rows still in the page cache, a gap its resume cannot fill
+        try:
+            sync_file(self.run_dir / "metrics.jsonl")
+        except OSError as e:
+            good = self.run_dir / "checkpoint.pt"
+            problem = f"cannot write {self.run_dir / 'metrics.jsonl'} ({os_reason(e)})"
+            raise StorageError(f"{problem}; the last good checkpoint is {good}{resume_hint(good)}") from None
+        save_checkpoint(state.checkpoint_state(), self.run_dir / "checkpoint.pt")
+        self.saved_at = state.es.generation
 
 
 class CurvePlotter(Callback):

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -851,6 +852,87 @@ def test_a_full_disk_while_curves_png_is_drawn_is_one_line_and_keeps_the_old_cur
     assert err[0].startswith(f"flipes: error: cannot write {run / 'curves.png'} (disk full: ") and f"flipes plot {run}" in err[0]
     assert f"the last good one is {run / 'checkpoint.pt'}" in err[0] and load_checkpoint(run)["es"]["generation"] == 3
     assert (run / "curves.png").read_bytes() == before and not list(run.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("fails", ["start", "row", "close"])
+def test_a_full_disk_under_tensorboards_logs_is_one_line_naming_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, fails: str
+) -> None:
+    """TensorBoard's logs that cannot be written (a full disk: the writer raises in SummaryWriter() itself, at an
+    add_scalar after its thread failed, or at the close that flushes it) end training with one line and status 1,
+    naming the log directory, the reason and the last good checkpoint, as for the run's own files; it resumes."""
+    from torch.utils import tensorboard
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    class FullDisk(tensorboard.SummaryWriter):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if fails == "start":
+                raise full
+            super().__init__(*args, **kwargs)
+
+        def add_scalar(self, tag: str, value: Any, step: Any = None, *args: Any, **kwargs: Any) -> None:
+            if step == 3 and fails == "row":  # the writer thread's error, raised again at each call from then on
+                raise full
+            super().add_scalar(tag, value, step, *args, **kwargs)
+
+        def close(self) -> None:
+            super().close()
+            if fails == "close":
+                raise full
+
+    monkeypatch.setattr(tensorboard, "SummaryWriter", FullDisk)
+    run = tmp_path / "run"
+    argv = [*FAST, "--tensorboard", "true", "--generations", "6", "--checkpoint-every", "2", "--out", str(run)]
+    status = main(["train", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1 and "Traceback" not in err[0], err
+    good = run / "checkpoint.pt"
+    assert err[0] == (f"flipes: error: cannot write TensorBoard's logs in {run / 'tensorboard'} (disk full: No space left "
+                      f"on device); the last good checkpoint is {good}: --resume {run} continues from it once the file "
+                      "can be written")  # fmt: skip
+    assert load_checkpoint(good)["es"]["generation"] == {"start": 0, "row": 4, "close": 6}[fails]  # 4: before TensorBoard
+    monkeypatch.undo()
+    assert flipes.train(**FAST_KW, generations=7, resume=str(run)).metrics[-1]["generation"] == 6
+
+
+def test_a_resume_names_the_rows_its_metrics_lack_and_a_checkpoint_syncs_the_rows_it_covers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A resumed run whose metrics.jsonl lacks rows before the resumed generation (lost in a crash of the machine,
+    or removed) says which in one note and keeps the others; and every checkpoint.pt is written after an fsync of
+    metrics.jsonl, whose rows it covers (so such a crash cannot keep the checkpoint and lose them)."""
+    import flipes.callbacks as callbacks
+
+    synced: list[tuple[str, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if name.endswith("metrics.jsonl"):
+            synced.append((name, len(Path(name).read_text().splitlines())))
+        real_fsync(fd)
+
+    monkeypatch.setattr(callbacks.os, "fsync", fsync)
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=10, checkpoint_every=4, out=str(run))
+    assert synced == [(str(run / "metrics.jsonl"), rows) for rows in (4, 8, 10)]  # generation 3's row, 7's, the last
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in (1, 2, 3, 6)))
+    capsys.readouterr()
+    flipes.train(**FAST_KW, generations=12, resume=str(run))
+    note = f"flipes: {run / 'metrics.jsonl'}: no row of generation(s) 1-3, 6 before the resumed generation 10"
+    assert note in capsys.readouterr().err
+    assert [json.loads(line)["generation"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [
+        0,
+        4,
+        5,
+        7,
+        8,
+        9,
+        10,
+        11,
+    ]
 
 
 def running(pid: int) -> bool:
