@@ -218,6 +218,7 @@ FOREIGN = {
     "learning_rate": ("Stable-Baselines3's", "lr", " (Adam's; with {algo} pgpe it sets ClipUp's speed, with ars SGD's lr·σ)"),
     "log_dir": ("torch's SummaryWriter's", "out", " (the run directory; TensorBoard's scalars go to its tensorboard/)"),
     "logdir": ("TensorBoard's", "out", " (the run directory; its scalars go to its tensorboard/)"),
+    "comm_mode": ("FlipES's", "comm", " (allreduce or seeds; flipes.train(comm=...) also takes a communicator)"),
 }
 
 

@@ -288,13 +288,14 @@ FOREIGN_NAMES = {
     "learning_rate": "lr",
     "log_dir": "out",
     "logdir": "out",
+    "comm_mode": "comm",
 }
 
 
 @pytest.mark.parametrize(("key", "ours"), sorted(FOREIGN_NAMES.items()))
 def test_every_other_libraries_name_is_refused_naming_the_flipes_option(key: str, ours: str) -> None:
-    """The names OpenAI's ES starter, EvoTorch, EvoJAX, evosax, pycma, Stable-Baselines3, RL Zoo and TensorBoard give these
-    options (README's "Coming from" table and the line below it) are refused as keywords and as flags, naming the flipes
+    """The names OpenAI's ES starter, EvoTorch, EvoJAX, evosax, pycma, Stable-Baselines3, RL Zoo, TensorBoard and FlipES's
+    own loop give these options (README's "Coming from" table and the line below it) are refused as keywords and as flags, naming the flipes
     option that means the same (not the closest spelling: --log-dir is no --lr)."""
     with pytest.raises(UsageError) as e:
         TrainConfig(**{key: 1})
