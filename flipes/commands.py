@@ -330,6 +330,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         report_usage_error(UsageError(argv[0], "unknown command", f"use one of {', '.join(COMMANDS)}"))
     fn = COMMANDS[argv[0]][0]
+    if argv[0] != "train" and not ({"-h", "--help"} & set(argv)):
+        from flipes.dist import launched_world
+
+        rank, size = launched_world()
+        if size > 1:  # a job script's mpiexec prefix: each rank would evaluate, print and write the same files alike
+            if rank != 0:
+                return 0
+            print(f"flipes: {argv[0]} runs in one process: rank 0 of the {size} that mpiexec started runs it, the others "
+                  "end at once", file=sys.stderr, flush=True)  # fmt: skip
     try:
         status = fn(argv[1:])
     except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM in training (the first one stops after the generation),

@@ -294,9 +294,9 @@ FOREIGN_NAMES = {
 
 @pytest.mark.parametrize(("key", "ours"), sorted(FOREIGN_NAMES.items()))
 def test_every_other_libraries_name_is_refused_naming_the_flipes_option(key: str, ours: str) -> None:
-    """The names OpenAI's ES starter, EvoTorch, EvoJAX, evosax, pycma, Stable-Baselines3, RL Zoo, TensorBoard and FlipES's
-    own loop give these options (README's "Coming from" table and the line below it) are refused as keywords and as flags, naming the flipes
-    option that means the same (not the closest spelling: --log-dir is no --lr)."""
+    """The names OpenAI's ES starter, EvoTorch, EvoJAX, evosax, pycma, Stable-Baselines3, RL Zoo, TensorBoard and
+    FlipES's own loop give these options (README's "Coming from" table and the line below it) are refused as keywords
+    and as flags, naming the flipes option that means the same (not the closest spelling: --log-dir is no --lr)."""
     with pytest.raises(UsageError) as e:
         TrainConfig(**{key: 1})
     assert f" {key} is {ours} here" in e.value.fix
@@ -934,3 +934,27 @@ def test_the_stop_reason_is_the_first_that_holds_of_target_budget_time_callback_
     assert stop_reason(state, below, True, True, 0.0) == "stopped by a callback"  # type: ignore[arg-type]
     assert stop_reason(state, below, True, False, 0.0) == "interrupted"  # type: ignore[arg-type]
     assert stop_reason(state, below, False, False, 0.0) is None  # type: ignore[arg-type]
+
+
+def test_evaluate_export_and_plot_under_mpiexec_run_once_on_rank_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``flipes evaluate``, ``export`` and ``plot`` started by ``mpiexec -n 2`` (a job script's prefix; its ranks read
+    from the environment MPICH sets) run once: rank 1 ends at once with status 0, writing and printing nothing, and
+    rank 0 runs the command as one process does, after one line saying so; ``flipes train`` is not held back."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    commands = [["evaluate", str(run), "--episodes", "2"], ["export", str(run)], ["plot", str(run)]]
+    capsys.readouterr()
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", "1")
+    for argv in commands:
+        assert main(argv) == 0
+    assert capsys.readouterr() == ("", "") and not (run / "policy.pt2").exists() and not (run / "curves.png").exists()
+    monkeypatch.setenv("PMI_RANK", "0")
+    for argv in commands:
+        assert main(argv) == 0
+        out, err = capsys.readouterr()
+        assert err.startswith(f"flipes: {argv[0]} runs in one process: rank 0 of the 2 that mpiexec started runs it"), err
+        assert out
+    assert (run / "policy.pt2").is_file() and (run / "curves.png").is_file()
