@@ -19,15 +19,22 @@ from torch import Tensor
 
 def _tensor(fitness: Tensor | ArrayLike) -> Tensor:
     """``fitness`` as a tensor: a numpy array or a list of numbers (a loop of one's own combining scores, NSR-ES's
-    reward and novelty ranks) as ``torch.as_tensor`` makes it; a value of no numbers is named."""
-    if isinstance(fitness, Tensor):
-        return fitness
-    try:
-        return torch.as_tensor(np.asarray(fitness))
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(
-            f"a shaping function takes fitness (N,) as a Tensor, a numpy array or a list of numbers, got {type(fitness).__name__}"
-        ) from None
+    reward and novelty ranks) as ``torch.as_tensor`` makes it; a value of no numbers, or not one number per member,
+    is named."""
+    if not isinstance(fitness, Tensor):
+        try:
+            fitness = torch.as_tensor(np.asarray(fitness))
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                "a shaping function takes fitness (N,) as a Tensor, a numpy array or a list of numbers, "
+                f"got {type(fitness).__name__}"
+            ) from None
+    if fitness.dim() != 1:  # ranks of a column or of a table came out garbled or as a bare indexing error
+        raise ValueError(
+            f"a shaping function takes fitness (N,), one value per member, got shape {tuple(fitness.shape)}: "
+            "pass a 1-D tensor (f.flatten() for a column (N, 1); reduce each member's values first, e.g. f.mean(1))"
+        )
+    return fitness
 
 
 def _floating(fitness: Tensor | ArrayLike) -> Tensor:
