@@ -452,3 +452,41 @@ def test_pgpe_with_clipup_and_weight_decay_follows_a_per_member_reference_over_g
             torch.testing.assert_close(p.detach(), theta[name], atol=1e-12, rtol=0, msg=name)
         torch.testing.assert_close(es.log_sigma, torch.tensor(log_sigma, dtype=DT), atol=1e-12, rtol=0)
     assert clipped and len(set(log_sigma)) == 3  # the speed limit was reached; the slots' σ went apart
+
+
+@pytest.mark.parametrize("hold_noise", [True, False])
+def test_a_schedule_is_read_once_per_generation_when_its_population_is_entered(hold_noise: bool) -> None:
+    """A σ schedule of one's own (a rule read as ``sigma=lambda g: rule["sigma"]``) changed inside the population block
+    takes effect in the next generation: the members were perturbed at the value read on entering, and ``tell``,
+    ``member_noise``, ``es.sigma`` and the stats keep it (the parameters equal, bit for bit, those of a run whose rule
+    did not change; with ``hold_noise=False`` also for parts entered after the change). Between ``tell`` and the next
+    population ``es.sigma`` reads the rule as it is, and a change there is the next generation's σ."""
+    rule = {"sigma": 0.1}
+
+    def generation(change: bool) -> tuple[dict[str, float], list[torch.Tensor], torch.Tensor, float]:
+        torch.manual_seed(0)
+        x = flipes.flipout(flipes.nn.Vector(torch.zeros(6)))
+        es = flipes.FlipES(x, popsize=8, groups=4, sigma=lambda g: rule["sigma"], hold_noise=hold_noise,
+                           optimizer=lambda p: torch.optim.SGD(p, lr=1.0))  # fmt: skip
+        rule["sigma"] = 0.1
+        with es.population() as pop:
+            fitness = [-(x() - 1).square().sum(1) for _ in pop.split(4)][:1]
+            if change:
+                rule["sigma"] = 0.5
+            fitness += [-(x() - 1).square().sum(1) for _ in pop.split(4)][1:]
+            noise = [next(iter(es.member_noise(i).values())) for i in (0, 5)]
+            inside = es.sigma
+        stats = es.tell(torch.cat(fitness))
+        return stats, noise, x.value.detach().clone(), inside
+
+    (kept, kept_noise, kept_x, _), (changed, changed_noise, changed_x, inside) = generation(False), generation(True)
+    assert kept["sigma"] == changed["sigma"] == inside == 0.1 and torch.equal(kept_x, changed_x)
+    assert all(torch.equal(a, b) for a, b in zip(kept_noise, changed_noise, strict=True))
+    torch.manual_seed(0)
+    x = flipes.flipout(flipes.nn.Vector(torch.zeros(6)))
+    es = flipes.FlipES(x, popsize=8, groups=4, sigma=lambda g: rule["sigma"], hold_noise=hold_noise)
+    rule["sigma"] = 0.1
+    es.step(lambda model, pop: -(model() - 1).square().sum(1))
+    assert es.sigma == 0.1
+    rule["sigma"] = 0.3  # after tell, before the next population: the next generation's σ
+    assert es.sigma == 0.3 and es.step(lambda model, pop: -(model() - 1).square().sum(1))["sigma"] == 0.3

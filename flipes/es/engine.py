@@ -213,6 +213,7 @@ class FlipES:
         self.popsize, self.groups, self.seed, self.mirrored = popsize, groups, o.seed, o.mirrored
         self.shaping, self.weight_decay = shaping, o.weight_decay
         self._sigma = sigma
+        self._sigma_held: tuple[int, float] | None = None  # (generation, σ): the schedule's value its members were given
         if comm is not None:
             check_comm(comm, "FlipES(comm=...)", needs=("rank", "size"))  # not an AttributeError at comm.rank below
         self.comm: Comm = comm if comm is not None else SerialComm()
@@ -338,7 +339,14 @@ class FlipES:
 
     def sigma_at(self, generation: int) -> float:
         """σ of ``generation`` on the FlipES's ``sigma`` (the number, or the schedule called); the schedule's value
-        when σ is adapted (``sigma_lr``), which :meth:`sigmas` reads instead. Not finite or not > 0: an error."""
+        when σ is adapted (``sigma_lr``), which :meth:`sigmas` reads instead. Not finite or not > 0: an error.
+
+        A schedule is read once for the generation being evaluated, on entering its first ``population()``: its members
+        are perturbed at that σ, and ``tell``, ``member_noise`` and ``es.sigma`` use it, whatever the schedule says
+        after (a rule of one's own changed inside the block takes effect in the next generation)."""
+        held = self._sigma_held
+        if held is not None and held[0] == generation:
+            return held[1]
         return sigma_value(self._sigma, generation)
 
     def sigmas(self) -> list[float]:
@@ -467,6 +475,8 @@ class FlipES:
         hooks.extend(m.register_forward_pre_hook(ran) for m in self.dense_modules)
         with torch.no_grad():
             if self._noise is None:
+                self._sigma_held = None  # this generation's σ read now, then held (sigma_at)
+                self._sigma_held = (self.generation, self.sigma_at(self.generation))
                 self._noise = self._sample() if self.hold_noise else Deferred()
                 self._noise_serial, self._freed = self._noise_serial + 1, None
             noise, serial = self._noise, self._noise_serial

@@ -49,6 +49,7 @@ def unpickled_state(es: FlipES, state: dict[str, Any]) -> None:
     es.__dict__.setdefault("_noise_serial", 0)
     es.__dict__.setdefault("_built", True)  # pickled before the layout was guarded: fixed in the copy too
     es.__dict__.setdefault("_freed", None)
+    es.__dict__.setdefault("_sigma_held", None)  # pickled before σ was held per generation
     es.__dict__.setdefault("_shuffles", EpochShuffles())
     if "_held_sizes" not in state:  # pickled before parameters added later were refused
         es._held_sizes = held_sizes(es._module)
