@@ -13,6 +13,7 @@ import errno
 import hashlib
 import io
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -66,6 +68,23 @@ class CheckpointError(ValueError):
         return f"{self.problem}; {self.older} {self.previous} can be used instead: pass {option} {self.previous}"
 
 
+def _refuse_numpy(value: Any, where: str) -> None:
+    """Raise where ``value`` holds a numpy value: ``torch.load(weights_only=True)``, which reads checkpoints, refuses
+    them, so the file would be written and never read back (a rule's ``np.float64`` σ saved beside the state)."""
+    if isinstance(value, np.ndarray | np.generic):
+        fix = "float(x) or int(x)" if isinstance(value, np.generic) else "torch.from_numpy(x)"
+        raise TypeError(
+            f"save_checkpoint: {where} is a numpy {type(value).__name__}, which a checkpoint cannot be read back with "
+            f"(torch.load(weights_only=True) refuses it); save {fix} instead"
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_numpy(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _refuse_numpy(item, f"{where}[{i}]")
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = True) -> Path:
     """Write ``state`` to ``path`` atomically; the file it replaces becomes its previous one beside it
     (:func:`previous_path`: ``previous.pt`` for ``checkpoint.pt``, ``NAME.previous.pt`` for ``NAME.pt``).
@@ -94,7 +113,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             the checkpoint that is still good (the run's ``checkpoint.pt``, which ``--resume`` reads,
             where there is one). Nothing at ``path`` has changed then.
     """
+    if str(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of the directory's name
+        raise ValueError(f"save_checkpoint: {str(path)!r} names a directory; give a file in it, e.g. {path!s}checkpoint.pt")
     path = Path(path)
+    _refuse_numpy(state, "state")
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getbuffer()  # the serialized bytes in place: no copy of a checkpoint that may be GBs
@@ -327,6 +349,13 @@ def _read(path: Path, map_location: str | torch.device | None, option: str) -> A
                 raise CheckpointError(
                     f"{path} cannot be loaded to {where} on this machine ({type(e).__name__}: {first}); it is intact: "
                     "load it to the CPU with map_location='cpu' (a GPU run's checkpoint on a machine without one)",
+                    option="",
+                ) from e
+            if isinstance(e, pickle.UnpicklingError):  # intact (its hash matched): an object weights_only loading refuses
+                raise CheckpointError(
+                    f"{path} is intact but holds an object torch.load(weights_only=True) does not read ({first}); save "
+                    "numbers, strings, tensors and lists or dicts of them (read this one with torch.load(path, "
+                    "weights_only=False)['payload'] if you trust it)",
                     option="",
                 ) from e
             raise _error(f"{path} is damaged: its payload does not load ({type(e).__name__}: {first})", path, option) from e

@@ -1778,3 +1778,24 @@ def test_a_text_file_whose_write_fails_midway_is_left_as_it_was(tmp_path: Path, 
     with pytest.raises(StorageError, match=r"^cannot write .*config\.json \(.*\); it is unchanged$"):
         write_atomic(path, '{"new": 2}')
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"] and path.read_text() == '{"old": 1}'
+
+
+def test_a_checkpoint_save_refuses_what_it_could_not_read_back_and_a_read_names_an_intact_file_so(tmp_path: Path) -> None:
+    """save_checkpoint refuses, before writing anything, a numpy value anywhere in the state (a rule's np.float64 σ
+    beside ``es.state_dict()``: torch.load(weights_only=True), which reads checkpoints, refuses it), naming where it
+    is and the conversion, and a path ending in a slash (a directory, which Path would turn into a file of its name).
+    A file holding another object weights_only loading refuses reads as intact, not damaged: its hash matches."""
+    import fractions
+
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"state\['rule'\]\['sigma'\] is a numpy float64, .*save float\(x\) or int\(x\)"):
+        save_checkpoint({"es": {"generation": 3}, "rule": {"sigma": np.float64(0.1)}}, tmp_path / "a.pt")
+    with pytest.raises(TypeError, match=r"state\['hist'\]\[1\] is a numpy ndarray, .*torch.from_numpy\(x\)"):
+        save_checkpoint({"hist": [1.0, np.zeros(3)]}, tmp_path / "a.pt")
+    with pytest.raises(ValueError, match=r"names a directory; give a file in it, e.g. .*ck/checkpoint.pt"):
+        save_checkpoint({"x": 1}, f"{tmp_path / 'ck'}/")
+    assert list(tmp_path.iterdir()) == []
+    save_checkpoint({"x": fractions.Fraction(1, 2)}, tmp_path / "b.pt")
+    with pytest.raises(CheckpointError, match=r"b.pt is intact but holds an object torch.load\(weights_only=True\) does not"):
+        flipes.read_checkpoint(tmp_path / "b.pt")
