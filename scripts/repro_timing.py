@@ -191,7 +191,8 @@ def lowrank_table(args: Args, dev: torch.device, sync: Callable[[], None]) -> li
     ranks: list[int | None] = [None, *args.ranks]
     variants: dict[str, Callable[[], object]] = {}
     samplers: dict[str, Callable[[], object]] = {}
-    with contextlib.ExitStack() as stack, torch.no_grad():
+    # no_grad outermost: the populations' own no_grad, entered inside it, restore "off" when the stack closes them
+    with torch.no_grad(), contextlib.ExitStack() as stack:
         variants["plain"] = lambda: F.linear(x, layer.weight, layer.bias)
         for r in ranks:
             name = "flipout" if r is None else f"low-rank r={r}"

@@ -50,7 +50,7 @@ def inward_bounds(low: Any, high: Any, dtype: torch.dtype, device: torch.device 
     ``dtype`` cannot hold it exactly: float32's nearest to a float64 bound of 0.1 lies above it, so an action clamped to
     it would lie outside the space. Values clamped to these lie within the space's own bounds."""
     # worked out on the host, then moved: MPS has no float64 (ActionNoise asks once per rollout, on the actions' device)
-    exact = [torch.as_tensor(np.asarray(b, dtype=np.float64)) for b in (low, high)]
+    exact = [torch.as_tensor(np.asarray(b, dtype=np.float64), device="cpu") for b in (low, high)]
     near = [b.to(dtype) for b in exact]
     outside = (near[0].double() < exact[0], near[1].double() > exact[1])
     towards = (torch.full_like(near[0], math.inf), torch.full_like(near[1], -math.inf))
