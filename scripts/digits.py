@@ -14,6 +14,7 @@ The script prints the comparison as a markdown table and writes no file.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -113,14 +114,20 @@ def train_backprop(args: Args) -> tuple[float, float, int]:
 
 
 def check(args: Args) -> None:
-    """A UsageError (one line) for a size that leaves nothing to train, before the data set is read."""
+    """A UsageError (one line) for a size that leaves nothing to train, or an option FlipES or the minibatch would
+    refuse with a traceback; the sizes before the data set is read."""
     for name, low in {"popsize": 2, "generations": 0, "batch": 1, "hidden": 1, "backprop_epochs": 0}.items():
         if getattr(args, name) < low:
             raise flipes.UsageError(option_name(name), f"must be at least {low}, got {getattr(args, name)}")
     if args.popsize % 2:  # FlipES's default mirrored sampling pairs the members
         raise flipes.UsageError("--popsize", f"mirrored pairs need an even population, got {args.popsize}", "e.g. 1024")
-    if args.sigma <= 0:
-        raise flipes.UsageError("--sigma", f"must be positive, got {args.sigma}", "e.g. 0.05")
+    if not (math.isfinite(args.sigma) and args.sigma > 0):  # a NaN passes `<= 0`
+        raise flipes.UsageError("--sigma", f"must be a finite number > 0, got {args.sigma}", "e.g. 0.05")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise flipes.UsageError("--lr", f"must be a finite number > 0, got {args.lr}", "e.g. 0.03")
+    examples = len(data()[0])  # the training split: a minibatch is drawn from it without replacement
+    if args.batch > examples:
+        raise flipes.UsageError("--batch", f"{args.batch} exceeds the {examples} training images", f"use at most {examples}")
 
 
 def main(args: Args) -> dict[str, tuple[float, float, int]]:

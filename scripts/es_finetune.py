@@ -42,6 +42,7 @@ the ranks, and rank 0 alone runs the backprop baseline and writes the results.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import statistics
 import sys
@@ -341,6 +342,19 @@ def check(args: Args, comm: Comm) -> None:
             raise UsageError(f"--{name.replace('_', '-')}", f"must be at least 1, got {getattr(args, name)}")
     if not args.seeds:
         raise UsageError("--seeds", "is empty", "give at least one seed")
+    # checked here, not first by FlipES or torch after the minutes of pretraining (and a NaN passes `< 0`)
+    for name, example in (("sigma", "0.01"), ("lr", "1e-3"), ("pretrain_lr", "1e-3"), ("backprop_lr", "1e-3")):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')}", f"must be a finite number > 0, got {value}", f"e.g. {example}")
+    if not (math.isfinite(args.digit_bonus) and args.digit_bonus >= 0):
+        raise UsageError("--digit-bonus", f"must be a finite number >= 0, got {args.digit_bonus}", "e.g. 0.5")
+    for name in ("noise_rank", "threads"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')}", f"must be at least 0, got {getattr(args, name)}")
+    if args.batch > args.train_size:
+        raise UsageError("--batch", f"{args.batch} problems per generation exceed --train-size {args.train_size}",
+                         f"use at most {args.train_size}")  # fmt: skip
     if args.d_model % args.heads:
         raise UsageError("--heads", f"{args.heads} does not divide --d-model {args.d_model}")
     if args.groups < comm.size:
