@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from repro_common import check_at_least
 from torch import Tensor, nn
 
 import flipes
-from flipes.cli import run
+from flipes.cli import option_name, run
 from flipes.nn import GaussianPosterior, attach_noise, sample_weights
 
 
@@ -140,6 +141,12 @@ def check(args: Args) -> None:
     """A UsageError (one line) for a size or fraction that leaves nothing to train, validate or evaluate."""
     check_at_least(args, {"hidden": 1, "epochs": 1, "batch": 1, "betas": 0, "select_seeds": 0, "seeds": 0})
     check_at_least(args, {"samples": 1, "bins": 1, "threads": 1, "prior_sigma": 1e-12, "init_sigma": 1e-12})
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise flipes.UsageError("--lr", f"must be a finite number > 0, got {args.lr}", "e.g. 0.01")
+    for name in ("prior_sigma", "init_sigma", "betas"):  # a NaN passes check_at_least's `<`
+        value = getattr(args, name)
+        if not all(math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise flipes.UsageError(option_name(name), f"must be finite, got {value}")
     if not 0 < args.val_fraction < 1:
         raise flipes.UsageError("--val-fraction", f"must be between 0 and 1, got {args.val_fraction}", "e.g. 0.2")
 

@@ -54,3 +54,23 @@ def test_digits_check_refuses_in_one_line(option: str, value: float) -> None:
         digits.check(digits.Args(**{option: value}))
     assert caught.value.option == f"--{option}"
     digits.check(digits.Args(batch=1437))  # the whole training split is a valid minibatch
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "flag"),
+    [
+        ("lr", math.nan, "--lr"),
+        ("lr", -1.0, "--lr"),
+        ("prior_sigma", math.nan, "--prior-sigma"),
+        ("init_sigma", math.inf, "--init-sigma"),
+        ("betas", [1.0, math.nan], "--betas"),
+    ],
+)
+def test_bayes_digits_check_refuses_nan_and_bad_lr(option: str, value: object, flag: str) -> None:
+    """bayes_digits.py's check() raises a UsageError naming the option for a NaN or infinite σ or β (a NaN β
+    trained and selected silently) and a non-positive or NaN --lr (Adam's traceback before)."""
+    bayes = load_script(ROOT / "scripts" / "bayes_digits.py")
+    with pytest.raises(flipes.UsageError) as caught:
+        bayes.check(bayes.Args(**{option: value}))
+    assert caught.value.option == flag
+    bayes.check(bayes.Args())
