@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flipes.cli import run
+from flipes.cli import option_name, run
+from flipes.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,6 +131,23 @@ class Args:
     """Write the table here too."""
 
 
+def check(args: Args) -> None:
+    """Raise a UsageError for options that leave nothing to time or that every run would refuse, before a tree is
+    exported (a run's own refusal would come back from its process as a traceback, once per tree)."""
+    for name in ("rounds", "generations", "loop_generations"):
+        if getattr(args, name) < 1:
+            raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}", "pass a positive count")
+    for name in ("popsize", "eval_every"):
+        if getattr(args, name) < 0:
+            raise UsageError(option_name(name), f"must be 0 or positive, got {getattr(args, name)}", "0 means the env's preset")
+    if not args.loops and not args.envs:
+        raise UsageError("--envs", "names no env: nothing to time", "e.g. --envs flipes/CartPole-v1")
+    if args.device != "cpu":
+        from flipes.config import check_device  # imports torch: only for a device that needs checking
+
+        check_device(args.device)
+
+
 def export(rev: str, into: Path) -> str:
     """Extract ``rev``'s tracked files into ``into``; returns the full commit hash."""
     commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True, text=True)
@@ -149,6 +167,10 @@ def train_once(tree: Path, kw: dict[str, Any], out: Path) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-c", child, json.dumps({**kw, "out": str(out)})], cwd=out.parent,
                           env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
     if proc.returncode != 0:
+        last = proc.stderr.strip().splitlines()[-1:] or [""]
+        refused, _, problem = last[0].partition("flipes.errors.UsageError: ")
+        if not refused and problem:  # an option the run refused (e.g. an env id): its one line says what to pass
+            raise SystemExit(f"bench_ab: a run in {tree} refused its options: {problem}")
         raise SystemExit(f"bench_ab: a run in {tree} failed:\n{proc.stderr[-3000:]}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     if not Path(row["file"]).resolve().is_relative_to(tree.resolve()):
@@ -162,6 +184,7 @@ def main(args: Args) -> list[dict[str, Any]]:
         raise SystemExit(f"bench_ab: --loops {' '.join(unknown)}: no such loop; pick from {', '.join(LOOPS)}")
     if args.loops and args.device != "cpu":
         raise SystemExit(f"bench_ab: --loops runs on the CPU only, not --device {args.device}; leave --device out")
+    check(args)
     loops = bool(args.loops)
     envs, generations, rounds = args.loops or args.envs, args.loop_generations if loops else args.generations, args.rounds
     if args.quick:

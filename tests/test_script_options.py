@@ -141,3 +141,24 @@ def test_repro_timing_times_full_rank_alone_with_no_ranks(
     with pytest.raises(Measured if passes else flipes.UsageError) as e:
         module.main(module.Args(**{option: ranks}))
     assert passes or str(e.value).startswith(f"--{option.replace('_', '-')}:"), e.value
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--rounds", "0"], "--rounds"),
+        (["--generations", "0"], "--generations"),
+        (["--loops", "vector", "--loop-generations", "0"], "--loop-generations"),
+        (["--popsize", "-3"], "--popsize"),
+        (["--eval-every", "-1"], "--eval-every"),
+        (["--envs"], "--envs"),
+    ],
+)
+def test_bench_ab_refuses_options_that_leave_nothing_to_time_in_one_line(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench_ab.py refuses a count below 1 (a median of no rounds, a loop of no generations), a negative size and an
+    empty --envs with exit status 2 and one line naming the option, before it exports the base tree or starts a run
+    (no StatisticsError or child's traceback: any other exception fails the test)."""
+    status, err = run_as_main("bench_ab", ["--base", "no-such-rev", *argv], capsys)
+    assert status == 2 and err.startswith(f"flipes: error: {option}:") and len(err.splitlines()) == 1, err
