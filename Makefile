@@ -26,8 +26,10 @@ TEST_JOBS ?= auto
 test: setup
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_JOBS) --maxprocesses 4 --dist worksteal tests $(ARGS)
 
+# both halves of the project's lint: the rules, and the formatting ruff format would give (pyproject.toml's [tool.ruff])
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 benchmark: setup
 	$(BIN)/python scripts/benchmark.py $(ARGS)
