@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import flipes
-from flipes.cli import run
+from flipes.cli import option_name, run
+from flipes.errors import UsageError
 from flipes.nn import GaussianPosterior, attach_noise
 
 VARIANTS = ("plain", "Flipout", "shared")
@@ -50,7 +51,17 @@ def make_model(variant: str) -> nn.Module:
     return model.train()
 
 
+def check(args: Args) -> None:
+    """Raise a UsageError for sizes that leave nothing to time (a median of no steps) or no thread to time it on."""
+    for name in ("steps", "threads"):
+        if getattr(args, name) < 1:
+            raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}", "pass a positive count")
+    if not args.batches or min(args.batches) < 1:
+        raise UsageError("--batches", f"must be at least 1 each, got {args.batches}", "e.g. --batches 1024 64")
+
+
 def main(args: Args) -> dict[int, dict[str, float]]:
+    check(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     batches, steps = ([8], 2) if args.quick else (args.batches, args.steps)
