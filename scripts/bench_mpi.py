@@ -62,7 +62,10 @@ def train(k: int, out: Path, *args: str) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if r.returncode != 0:
-        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
+        lines = (r.stdout + r.stderr).strip().splitlines()
+        if lines and lines[-1].startswith("flipes: error: "):  # an option train.py refused: its one line says which
+            raise SystemExit(lines[-1])
+        tail = "\n".join(lines[-15:])
         raise RuntimeError(f"{' '.join(cmd)} exited with status {r.returncode}:\n{tail}")
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -85,6 +88,8 @@ def main(args: Args) -> dict:
         raise UsageError("--generations", f"must be at least 2, got {args.generations}", "the first generation is left out")
     if any(k < 1 for k in args.ranks) or not args.ranks:
         raise UsageError("--ranks", f"must be positive process counts, got {args.ranks}", "e.g. --ranks 1 2 4")
+    if not args.env_threads:
+        raise UsageError("--env-threads", "names no thread count: nothing to time", "e.g. --env-threads 1 2")
     if args.groups < max(args.ranks):
         raise UsageError("--groups", f"{args.groups} cannot be shared by {max(args.ranks)} ranks", "use at least max(--ranks)")
     common = ["--target", "none", "--tensorboard", "false", "--eval-every", "1000000", "--eval-episodes", "1"]

@@ -103,7 +103,10 @@ def train(env_id: str, seed: int, seconds: float, out: Path, extra: list[str], r
     else:
         print("$", " ".join(cmd[1:]), flush=True)
         t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, check=True, timeout=seconds * 2 + 600, stdout=subprocess.DEVNULL)
+        r = subprocess.run(cmd, cwd=ROOT, timeout=seconds * 2 + 600, stdout=subprocess.DEVNULL)
+        if r.returncode == 2:  # train.py refused an option (a seed, an env id) in the one line it printed: stop there
+            raise SystemExit(2)
+        r.check_returncode()
         wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["seconds"], r["eval_return"], r["timesteps"]) for r in rows if "eval_return" in r]

@@ -10,6 +10,7 @@ import pytest
 from helpers import load_script, run_script, run_script_in_process
 
 from flipes.cli import build_parser, field_docs, option_name
+from flipes.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -181,3 +182,33 @@ def test_benchmarks_refuse_no_steps_or_no_threads_in_one_line(
     anything (any other exception fails the test)."""
     status, err = run_as_main(script, argv, capsys)
     assert status == 2 and err.startswith(f"flipes: error: {option}:") and len(err.splitlines()) == 1, err
+
+
+def test_bench_mpi_reports_an_option_train_refused_as_its_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_mpi.py ends with the one line a train.py run printed when it refused an option (not a RuntimeError
+    traceback around it), and refuses an empty --env-threads (no timing run, nothing to compare) before any run."""
+    module = load_script(SCRIPTS / "bench_mpi.py")
+    line = "flipes: error: --popsize: must be at least 1, got -1; e.g. --popsize 64"
+
+    def refused(cmd: list[str], **kw: object) -> object:
+        import subprocess
+
+        return subprocess.CompletedProcess(cmd, 2, stdout="", stderr=f"some output\n{line}\n")
+
+    monkeypatch.setattr(module.subprocess, "run", refused)
+    with pytest.raises(SystemExit) as e:
+        module.main(module.Args(env="flipes/CartPole-v1", ranks=[1], env_threads=[1], popsize=-1))
+    assert e.value.code == line
+    with pytest.raises(UsageError, match="--env-threads: names no thread count"):
+        module.main(module.Args(env_threads=[]))
+
+
+def test_bench_mujoco_stops_at_the_line_of_a_run_that_refused_its_options(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A train.py run that refuses an option (here a negative seed) prints its one line and bench_mujoco.py exits with
+    its status 2, not a CalledProcessError traceback."""
+    with pytest.raises(SystemExit) as e:
+        run_script_in_process("bench_mujoco", "--seeds", "-1", "--quick", "true", "--parts", "threshold", "--out", tmp_path)
+    err = capfd.readouterr().err
+    assert e.value.code == 2 and "flipes: error: --seed: must be 0 or positive, got -1" in err and "Traceback" not in err, err
