@@ -63,6 +63,8 @@ def check(args: Args) -> None:
             raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}", "pass a positive count")
     if args.threads < 0:
         raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {args.threads}")
+    if args.seed < 0:  # gymnasium's reset refuses it only after the envs are made, with its own traceback
+        raise UsageError("--seed", f"must be 0 or positive, got {args.seed}", "any integer >= 0 is a seed")
     check_device(args.device)
 
 

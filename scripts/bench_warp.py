@@ -79,6 +79,8 @@ def check(args: Args) -> None:
     unknown = [e for e in args.envs if f"flipes/{e}" not in gym.registry]
     if unknown:
         raise UsageError("--envs", f"flipes has no MuJoCo env {', '.join(unknown)}", "use HalfCheetah-v5, Hopper-v5, ...")
+    if args.seed < 0:  # gymnasium's reset refuses it only after the envs are made, with its own traceback
+        raise UsageError("--seed", f"must be 0 or positive, got {args.seed}", "any integer >= 0 is a seed")
     check_device(args.device)
 
 

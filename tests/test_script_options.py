@@ -172,14 +172,17 @@ def test_bench_ab_refuses_options_that_leave_nothing_to_time_in_one_line(
         ("bench_backprop_step", ["--threads", "0"], "--threads"),
         ("bench_backprop_step", ["--batches", "8", "0"], "--batches"),
         ("bench_atari", ["--threads", "-1", "--quick", "true"], "--threads"),
+        ("bench_envs", ["--seed", "-1", "--quick", "true"], "--seed"),
+        ("bench_warp", ["--seed", "-1", "--quick", "true"], "--seed"),
     ],
 )
-def test_benchmarks_refuse_no_steps_or_no_threads_in_one_line(
+def test_benchmarks_refuse_what_they_cannot_run_in_one_line(
     script: str, argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """bench_backprop_step.py (no steps to take a median of, an empty batch, no thread) and bench_atari.py (a negative
-    thread count, torch's RuntimeError) refuse the option with exit status 2 and one line naming it, before timing
-    anything (any other exception fails the test)."""
+    """bench_backprop_step.py (no steps to take a median of, an empty batch, no thread), bench_atari.py (a negative
+    thread count, torch's RuntimeError), bench_envs.py and bench_warp.py (a negative seed, gymnasium's error once the
+    envs are made) refuse the option with exit status 2 and one line naming it, before timing anything (any other
+    exception fails the test)."""
     status, err = run_as_main(script, argv, capsys)
     assert status == 2 and err.startswith(f"flipes: error: {option}:") and len(err.splitlines()) == 1, err
 
