@@ -31,6 +31,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Where make bench-NAME writes its results: scripts/results/NAME, or NAME_quick (ignored by git) for a smoke run
+# (ARGS="--quick true"), which would otherwise write its few steps' numbers over the committed ones.
+RESULTS = scripts/results/$(1)$(if $(findstring --quick,$(ARGS)),_quick)
+
 benchmark: setup
 	$(BIN)/python scripts/benchmark.py $(ARGS)
 
@@ -53,21 +57,21 @@ $(JAX_VENV)/.installed:
 	touch $@
 
 bench-solve: $(BENCH_VENV)/.installed $(JAX_VENV)/.installed
-	$(BENCH_VENV)/bin/python scripts/bench_solve.py --json scripts/results/bench_solve.json \
+	$(BENCH_VENV)/bin/python scripts/bench_solve.py --json $(call RESULTS,bench_solve).json \
 		--evosax-python $(JAX_VENV)/bin/python $(ARGS)
 
 # Rollout steps/s per env engine (scripts/bench_rollout.py), and MuJoCo training beside EvoTorch
 # (scripts/bench_mujoco.py, ~90 min); results go to scripts/results/.
 bench-rollout: setup
-	$(BIN)/python scripts/bench_rollout.py --json scripts/results/bench_rollout.json --markdown scripts/results/bench_rollout.md $(ARGS)
+	$(BIN)/python scripts/bench_rollout.py --json $(call RESULTS,bench_rollout).json --markdown $(call RESULTS,bench_rollout).md $(ARGS)
 
 bench-mujoco: $(BENCH_VENV)/.installed
-	$(BENCH_VENV)/bin/python scripts/bench_mujoco.py --json scripts/results/bench_mujoco.json \
-		--markdown scripts/results/bench_mujoco.md $(ARGS)
+	$(BENCH_VENV)/bin/python scripts/bench_mujoco.py --json $(call RESULTS,bench_mujoco).json \
+		--markdown $(call RESULTS,bench_mujoco).md $(ARGS)
 
 # Env steps/s of flipes' MuJoCo envs on MuJoCo Warp beside EnvPool and gymnasium (scripts/bench_warp.py, ~10 min)
 bench-warp: setup
-	$(BIN)/python scripts/bench_warp.py --json scripts/results/bench_warp.json --markdown scripts/results/bench_warp.md $(ARGS)
+	$(BIN)/python scripts/bench_warp.py --json $(call RESULTS,bench_warp).json --markdown $(call RESULTS,bench_warp).md $(ARGS)
 
 # The prepared check for a lent GPU (scripts/gpu_check.py): correctness, then speed, <= 8 minutes.
 gpu-check: setup

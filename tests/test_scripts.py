@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -466,3 +468,20 @@ def test_count_rollout_ops_counts_a_training_step_and_an_evaluation_step(
     for line in counts:
         top, events = (float(v) for v in re.findall(r"([\d.]+) (?:top-level aten ops|aten events)", line))
         assert 12 < top <= events and top < 200, line
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("target", ["bench-solve", "bench-rollout", "bench-mujoco", "bench-warp"])
+def test_make_bench_smoke_runs_write_beside_the_committed_results(target: str, tmp_path: Path) -> None:
+    """``make bench-NAME`` writes scripts/results/NAME.{json,md}, and with ``ARGS="--quick true"`` NAME_quick.* (ignored
+    by git) instead, never the committed results (``make -n``: the commands printed, none run)."""
+
+    def written(args: str) -> set[str]:
+        venvs = [f"{v}={tmp_path / v}" for v in ("VENV", "BENCH_VENV", "JAX_VENV")]
+        r = subprocess.run(["make", "-n", "-C", str(ROOT), target, f"ARGS={args}", *venvs], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return set(re.findall(r"scripts/results/(\w+)\.(?:json|md)", r.stdout))
+
+    name = target.replace("-", "_")
+    assert written("") == {name}
+    assert written("--quick true") == {f"{name}_quick"}
