@@ -253,8 +253,10 @@ def main(args: Args) -> list[dict[str, Any]]:
     print("\n".join(lines))
     if args.json:
         base = commit or str(Path(args.base).resolve())
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # not lost to a folder that is not there yet
         Path(args.json).write_text(json.dumps({"base": base, "load_before": load_before, "results": results}, indent=1))
     if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text("\n".join(lines) + "\n")
     if not all(r["same_params"] for r in results):
         raise SystemExit(1)

@@ -271,6 +271,7 @@ def main(args: Args) -> None:
     print(f"\ntook {elapsed:.1f} s; load average (1 min) after: {os.getloadavg()[0]:.2f}")
     if args.json:
         out = {"machine": info, "args": asdict(args), "seconds": elapsed, "forward": rows, "generations": steps, "full": full}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # not lost to a folder that is not there yet
         Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.json}")
 

@@ -133,6 +133,7 @@ def main(args: Args) -> dict:
     for r in results["bytes"]:
         print(f"| {r['popsize']} | {r['mode']} | {r['bytes_per_generation']:,} |")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # not lost to a folder that is not there yet
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
 

@@ -30,11 +30,11 @@ def test_benchmark_quick_prints_the_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """scripts/benchmark.py --quick prints the table (the 17-64-64-6 network at N = 64, the (b)/(a) ratio) and writes
-    a JSON file with results and machine information (run in this process: tests/test_gpu_check.py starts the script
-    with these options as its own process)."""
-    out = run_main("benchmark", monkeypatch, capsys, quick=True, json=str(tmp_path / "b.json"))
+    a JSON file with results and machine information, making its folder (run in this process: tests/test_gpu_check.py
+    starts the script with these options as its own process)."""
+    out = run_main("benchmark", monkeypatch, capsys, quick=True, json=str(tmp_path / "new" / "b.json"))
     assert "| 17-64-64-6 | 64 |" in out and "(b)/(a)" in out
-    rows = json.loads((tmp_path / "b.json").read_text())
+    rows = json.loads((tmp_path / "new" / "b.json").read_text())
     assert rows["results"] and rows["machine"]  # raw numbers written
 
 
@@ -228,13 +228,14 @@ def test_bench_ab_loops_time_a_generation_of_both_trees_to_the_same_parameters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--loops`` times bare population/tell loops from both trees instead of training runs: µs per generation of
-    each tree, the same parameters (the same code: the tree is HEAD's), and a loop it does not know is named (in the
-    SystemExit that ends the script). Its main runs in this process, each loop in a fresh one."""
+    each tree, the same parameters (the same code: the tree is HEAD's; its JSON goes to a folder it makes), and a loop
+    it does not know is named (in the SystemExit that ends the script). Its main runs in this process, each loop in a
+    fresh one."""
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import bench_ab
 
-    bench_ab.main(bench_ab.Args(base="HEAD", loops=["vector"], quick=True, json=str(tmp_path / "l.json")))
-    (row,) = json.loads((tmp_path / "l.json").read_text())["results"]
+    bench_ab.main(bench_ab.Args(base="HEAD", loops=["vector"], quick=True, json=str(tmp_path / "new" / "l.json")))
+    (row,) = json.loads((tmp_path / "new" / "l.json").read_text())["results"]
     assert row["env"] == "vector" and row["same_params"] and row["base_us"] > 0 and row["this_us"] > 0
     with pytest.raises(SystemExit, match="--loops cnn: no such loop; pick from vector, mlp, mlp8"):
         bench_ab.main(bench_ab.Args(base="HEAD", loops=["cnn"]))
