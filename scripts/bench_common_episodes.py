@@ -210,6 +210,8 @@ def main(args: Args) -> dict[str, Any]:
         raise UsageError("--episodes", f"got {args.episodes}", "give one or more counts of at least 1, e.g. --episodes 1 4")
     if args.quick:
         args = dataclasses.replace(args, seeds=args.seeds[:1], estimates=4, episodes=args.episodes[:1], warmup=2)
+    if args.threads < 0:  # torch.set_num_threads below would skip it silently, as if 0 (torch's default) was meant
+        raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {args.threads}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     command = "python " + shlex.join(["scripts/bench_common_episodes.py", *sys.argv[1:]])

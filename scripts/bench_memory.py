@@ -220,6 +220,8 @@ def main(args: Args) -> list[dict[str, Any]]:
         raise UsageError("--popsize", f"got {args.popsize}", "give an even number (mirrored pairs), or 0 for the preset")
     if args.quick:
         args = dataclasses.replace(args, seeds=args.seeds[:1])
+    if args.threads < 0:  # torch.set_num_threads below would skip it silently, as if 0 (torch's default) was meant
+        raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {args.threads}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     command = "python " + shlex.join(["scripts/bench_memory.py", *sys.argv[1:]])

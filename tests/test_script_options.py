@@ -174,15 +174,17 @@ def test_bench_ab_refuses_options_that_leave_nothing_to_time_in_one_line(
         ("bench_atari", ["--threads", "-1", "--quick", "true"], "--threads"),
         ("bench_envs", ["--seed", "-1", "--quick", "true"], "--seed"),
         ("bench_warp", ["--seed", "-1", "--quick", "true"], "--seed"),
+        ("bench_memory", ["--threads", "-1", "--quick", "true"], "--threads"),
+        ("bench_common_episodes", ["--threads", "-1", "--quick", "true"], "--threads"),
     ],
 )
 def test_benchmarks_refuse_what_they_cannot_run_in_one_line(
     script: str, argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """bench_backprop_step.py (no steps to take a median of, an empty batch, no thread), bench_atari.py (a negative
-    thread count, torch's RuntimeError), bench_envs.py and bench_warp.py (a negative seed, gymnasium's error once the
-    envs are made) refuse the option with exit status 2 and one line naming it, before timing anything (any other
-    exception fails the test)."""
+    thread count, torch's RuntimeError; bench_memory.py and bench_common_episodes.py took it for torch's default),
+    bench_envs.py and bench_warp.py (a negative seed, gymnasium's error once the envs are made) refuse the option with
+    exit status 2 and one line naming it, before timing anything (any other exception fails the test)."""
     status, err = run_as_main(script, argv, capsys)
     assert status == 2 and err.startswith(f"flipes: error: {option}:") and len(err.splitlines()) == 1, err
 
