@@ -139,6 +139,8 @@ def main(args: Args) -> list[dict[str, Any]]:
         if min(value if isinstance(value, list) else [value], default=0) < 1:
             example = {"sizes": "64 256", "steps": 200, "repeats": 3, "threads": 2}[name]  # the fix names this option
             raise UsageError(option_name(name), f"must be at least 1, got {value}", f"e.g. {option_name(name)} {example}")
+    if not args.envs:
+        raise UsageError("--envs", "names no env: nothing to time", "e.g. --envs flipes/CartPole-v1")
     torch.set_num_threads(1)  # as train.py: the policy runs on this thread, the engines on the others
     envs, sizes = args.envs, args.sizes
     if args.quick:

@@ -91,6 +91,7 @@ def test_paper_scripts_refuse_a_size_that_leaves_nothing_to_run(
         ("bench_rollout", ["--envs", "NoSuchEnv-v0", "--quick"], "--envs"),
         ("bench_rollout", ["--sizes", "64", "0"], "--sizes"),
         ("bench_rollout", ["--steps", "0"], "--steps"),
+        ("bench_rollout", ["--envs", "--quick"], "--envs"),
         ("count_rollout_ops", ["--envs", "NoSuchEnv-v0"], "--envs"),
         ("count_rollout_ops", ["--generations", "0"], "--generations"),
         ("profile_rollout", ["--n", "0"], "--n"),
@@ -99,8 +100,8 @@ def test_paper_scripts_refuse_a_size_that_leaves_nothing_to_run(
 def test_rollout_scripts_refuse_an_unknown_env_or_empty_size_in_one_line(
     script: str, argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """bench_rollout.py, count_rollout_ops.py and profile_rollout.py report an env id no engine can make, or a size
-    below 1, as one line naming the option (bench_rollout's with an example of that option), with exit status 2 (no
+    """bench_rollout.py, count_rollout_ops.py and profile_rollout.py report an env id no engine can make (or none), or a
+    size below 1, as one line naming the option (bench_rollout's with an example of that option), with exit status 2 (no
     EnvError or ValueError traceback: any other exception fails the test)."""
     status, err = run_as_main(script, argv, capsys)
     assert status == 2 and f"flipes: error: {option}:" in err and "Traceback" not in err, err
