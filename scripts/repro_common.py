@@ -118,13 +118,13 @@ def chunk_members(num_params: int, chunk_mb: float, cap: int) -> int:
 
 def check_at_least(args: Any, least: dict[str, float]) -> None:
     """A UsageError (one line) for the first option of ``least`` whose value, or any item of a list value, is below
-    its least value, or is an empty list; so a bad size stops the run before anything is measured."""
+    its least value or NaN, or is an empty list; so a bad size stops the run before anything is measured."""
     for name, low in least.items():
         value = getattr(args, name)
         items = value if isinstance(value, list) else [value]
         if not items:
             raise UsageError(option_name(name), "is empty", "give at least one value")
-        if any(v < low for v in items):
+        if any(not v >= low for v in items):  # NaN too: it compares below nothing
             raise UsageError(
                 option_name(name),
                 f"must be at least {low:g}, got {value}",

@@ -218,3 +218,16 @@ def test_bench_mujoco_stops_at_the_line_of_a_run_that_refused_its_options(
         run_script_in_process("bench_mujoco", "--seeds", "-1", "--quick", "true", "--parts", "threshold", "--out", tmp_path)
     err = capfd.readouterr().err
     assert e.value.code == 2 and "flipes: error: --seed: must be 0 or positive, got -1" in err and "Traceback" not in err, err
+
+
+def test_the_scripts_lower_bounds_refuse_nan_as_below_them() -> None:
+    """``repro_common.check_at_least``, which the repro and Bayes-by-Backprop scripts check their numbers with, refuses
+    NaN (which compares below nothing) as it refuses a value below the bound, alone or in a list, in one line; the
+    bound itself passes."""
+    import types
+
+    common = load_script(Path(__file__).resolve().parents[1] / "scripts" / "repro_common.py")
+    for value in (float("nan"), [0.5, float("nan")], -1.0):
+        with pytest.raises(UsageError, match=r"^--prior-sigma: must be at least 0, got"):
+            common.check_at_least(types.SimpleNamespace(prior_sigma=value), {"prior_sigma": 0})
+    common.check_at_least(types.SimpleNamespace(prior_sigma=[0.0, 2.0]), {"prior_sigma": 0})
