@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor, nn
 
 from flipes import dist
@@ -97,7 +98,8 @@ def take_rank_0_states(callbacks: list[Callback], states: dict[str, Any], rank: 
 
 def check_saveable(value: Any, where: str) -> None:
     """Raise a UsageError for what a checkpoint cannot hold (it loads with ``weights_only``)."""
-    if isinstance(value, Tensor | int | float | bool | str | type(None)):
+    # np.float64 is a float, yet weights_only loading refuses it: save_checkpoint's TypeError mid-run otherwise
+    if isinstance(value, Tensor | int | float | bool | str | type(None)) and not isinstance(value, np.generic):
         return
     if isinstance(value, list | tuple):
         for item in value:
@@ -110,7 +112,8 @@ def check_saveable(value: Any, where: str) -> None:
     raise UsageError(
         "callbacks",
         f"{where} holds a {type(value).__name__}, which a checkpoint cannot hold",
-        "return tensors, numbers, strings, None, and lists, tuples and dicts of them (e.g. torch.as_tensor(array))",
+        "return tensors, numbers, strings, None, and lists, tuples and dicts of them (float(x) for a numpy number, "
+        "torch.as_tensor(array) for an array)",
     )
 
 

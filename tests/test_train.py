@@ -1603,6 +1603,19 @@ def test_a_callbacks_state_is_saved_with_the_checkpoint_and_given_back_on_resume
         flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "bad"), callbacks=[Unsaveable()])
 
 
+def test_a_callbacks_numpy_float_is_refused_as_state_a_checkpoint_cannot_hold() -> None:
+    """np.float64 is a Python float subclass, yet torch.load(weights_only=True) refuses it: a callback's state holding
+    one is the callbacks' one-line UsageError naming where it is and float(x), as np.int64 and arrays are."""
+    from flipes.train_state import callback_states
+
+    class NumpyNumber(Callback):
+        def state_dict(self) -> dict:
+            return {"best": [1.0, np.float64(0.5)]}
+
+    with pytest.raises(flipes.UsageError, match=r"0:.*NumpyNumber\.state_dict\(\) holds a float64, .*float\(x\) for a numpy"):
+        callback_states([NumpyNumber()])
+
+
 def test_a_branch_starts_with_the_callbacks_states_of_the_checkpoint_it_continues(tmp_path: Path) -> None:
     """A resume into another --out (a branch) writes the resumed checkpoint's callback states into its first
     checkpoint: a branch with nothing left to train (or one killed before its next checkpoint) resumed with the
