@@ -490,3 +490,21 @@ def test_a_schedule_is_read_once_per_generation_when_its_population_is_entered(h
     assert es.sigma == 0.1
     rule["sigma"] = 0.3  # after tell, before the next population: the next generation's σ
     assert es.sigma == 0.3 and es.step(lambda model, pop: -(model() - 1).square().sum(1))["sigma"] == 0.3
+
+
+def test_a_load_drops_the_held_schedule_value_as_it_drops_the_generations_noise() -> None:
+    """A population block left without tell holds the schedule's σ; load_state_dict (of the same generation) drops it
+    with the noise, so es.sigma then reads the rule as it is, the σ the next population perturbs at."""
+    rule = {"sigma": 0.1}
+    x = flipes.flipout(flipes.nn.Vector(torch.zeros(6)))
+    es = flipes.FlipES(x, popsize=8, groups=4, sigma=lambda g: rule["sigma"])
+    state = es.state_dict()
+    with es.population():
+        x()
+    rule["sigma"] = 0.3
+    assert es.sigma == 0.1  # held: the block's members were perturbed at it
+    es.load_state_dict(state)
+    assert es.sigma == 0.3
+    with es.population():
+        x()
+    assert es.sigma == 0.3

@@ -149,6 +149,7 @@ def load_state(es: FlipES, state: dict[str, Any]) -> None:
         es.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
     es.generation = generation
     es._noise, es._freed, es._versions = None, None, None
+    es._sigma_held = None  # a schedule's σ is read again at the next population, as its noise is drawn again
     es._ranks_agree = False  # compared at the next tell, on every rank even where only some loaded
     best = state.get("best") if es.track_best else None  # a run may start or stop keeping it on resume
     es.best = None if best is None else BestMember(best["fitness"], best["generation"], best["index"], best["state_dict"])
