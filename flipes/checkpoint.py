@@ -354,8 +354,8 @@ def _read(path: Path, map_location: str | torch.device | None, option: str) -> A
             if isinstance(e, pickle.UnpicklingError):  # intact (its hash matched): an object weights_only loading refuses
                 raise CheckpointError(
                     f"{path} is intact but holds an object torch.load(weights_only=True) does not read ({first}); save "
-                    "numbers, strings, tensors and lists or dicts of them (read this one with torch.load(path, "
-                    "weights_only=False)['payload'] if you trust it)",
+                    "numbers, strings, tensors and lists or dicts of them (read this one with "
+                    "torch.load(io.BytesIO(torch.load(path)['payload'].numpy().tobytes()), weights_only=False) if you trust it)",
                     option="",
                 ) from e
             raise _error(f"{path} is damaged: its payload does not load ({type(e).__name__}: {first})", path, option) from e
