@@ -79,6 +79,7 @@ def _refuse_numpy(value: Any, where: str) -> None:
         )
     if isinstance(value, dict):
         for key, item in value.items():
+            _refuse_numpy(key, f"the key {key!r} of {where}")  # a count by np.unique's values: refused on loading too
             _refuse_numpy(item, f"{where}[{key!r}]")
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):

@@ -1794,6 +1794,8 @@ def test_a_checkpoint_save_refuses_what_it_could_not_read_back_and_a_read_names_
         save_checkpoint({"es": {"generation": 3}, "rule": {"sigma": np.float64(0.1)}}, tmp_path / "a.pt")
     with pytest.raises(TypeError, match=r"state\['hist'\]\[1\] is a numpy ndarray, .*torch.from_numpy\(x\)"):
         save_checkpoint({"hist": [1.0, np.zeros(3)]}, tmp_path / "a.pt")
+    with pytest.raises(TypeError, match=r"the key np.int64\(3\) of state\[.counts.\] is a numpy int64, .*int\(x\)"):
+        save_checkpoint({"counts": {np.int64(3): 1.0}}, tmp_path / "a.pt")
     with pytest.raises(ValueError, match=r"names a directory; give a file in it, e.g. .*ck/checkpoint.pt"):
         save_checkpoint({"x": 1}, f"{tmp_path / 'ck'}/")
     assert list(tmp_path.iterdir()) == []
