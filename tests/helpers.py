@@ -274,3 +274,28 @@ class Mpi4pyLike:
 
     def Allreduce(self, *args: object) -> None:
         pass
+
+
+def assert_members_are_their_plain_copies(
+    plain: nn.Module, model: nn.Module, es: object, x: Tensor, one_row: bool = False
+) -> None:
+    """Inside a population of ``es`` over ``model`` (``flipes.flipout`` of a copy of ``plain``), member n's output of ``x``
+    (members first) equals a plain copy of ``plain`` loaded with ``es.member_state_dict(n)``, run on ``x[n]`` (on
+    ``x[n : n + 1]``, its first row taken, where ``one_row``: a module that wants a batch dimension), to 1e-12."""
+    import copy
+
+    with es.population():  # type: ignore[attr-defined]
+        out = model(x)
+        for n in range(x.shape[0]):
+            member = copy.deepcopy(plain)
+            member.load_state_dict(es.member_state_dict(n))  # type: ignore[attr-defined]
+            alone = member(x[n : n + 1])[0] if one_row else member(x[n])
+            torch.testing.assert_close(out[n], alone, rtol=0, atol=1e-12)
+
+
+def flip_a_byte(*paths: Path) -> None:
+    """Damage each file as a bad disk or copy does: one byte in its middle flipped (a checkpoint's hash then fails)."""
+    for path in paths:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))

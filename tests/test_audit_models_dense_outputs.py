@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from helpers import assert_members_are_their_plain_copies
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
@@ -56,9 +57,4 @@ def test_a_dense_modules_output_with_none_in_it_is_each_members_own(make: type[n
     model = flipes.flipout(copy.deepcopy(plain))
     es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
     x = torch.randn(N, 3, 4 if isinstance(plain, ScoredMLP) else 8, dtype=DT)
-    with es.population():
-        out = model(x)
-        for n in range(N):
-            member = copy.deepcopy(plain)
-            member.load_state_dict(es.member_state_dict(n))
-            torch.testing.assert_close(out[n], member(x[n : n + 1])[0], rtol=0, atol=1e-12)
+    assert_members_are_their_plain_copies(plain, model, es, x, one_row=True)

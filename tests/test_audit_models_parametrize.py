@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 import torch.nn.utils.parametrize as P
+from helpers import assert_members_are_their_plain_copies
 from torch import Tensor, nn
 
 import flipes
@@ -51,12 +52,7 @@ def test_a_lora_parametrization_evolves_its_own_parameters_each_member_as_its_pl
     assert rows["0.parametrizations.weight.0.A"] == rows["3.parametrizations.weight.0.B"] == "dense"
     es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
     x = torch.randn(N, 3, 5, dtype=DT)
-    with es.population():
-        out = model(x)
-        for n in range(N):
-            member = copy.deepcopy(plain)
-            member.load_state_dict(es.member_state_dict(n))
-            torch.testing.assert_close(out[n], member(x[n]), rtol=0, atol=1e-12)
+    assert_members_are_their_plain_copies(plain, model, es, x)
 
 
 class AdaptedAttention(nn.Module):
@@ -86,12 +82,7 @@ def test_a_parametrized_attention_layer_runs_per_member_as_a_whole_each_member_a
     assert rows["attn.out_proj.weight"] == "dense" and rows["head.weight"] == "flipout"
     es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
     x = torch.randn(N, 4, 8, dtype=DT)
-    with es.population():
-        out = model(x)
-        for n in range(N):
-            member = copy.deepcopy(plain)
-            member.load_state_dict(es.member_state_dict(n))
-            torch.testing.assert_close(out[n], member(x[n : n + 1])[0], rtol=0, atol=1e-12)
+    assert_members_are_their_plain_copies(plain, model, es, x, one_row=True)
 
 
 def test_a_parametrized_attention_layer_given_alone_keeps_its_out_proj_plain() -> None:

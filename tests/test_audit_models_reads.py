@@ -11,6 +11,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_members_are_their_plain_copies
 from torch import Tensor, nn
 
 import flipes
@@ -95,9 +96,4 @@ def test_a_called_vector_and_a_dense_forward_reading_its_childs_parameters_are_e
     model = flipes.flipout(copy.deepcopy(plain))
     es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
     x = torch.randn(N, 3, 3 if isinstance(plain, ReadsTheVector) else 4, dtype=DT)
-    with es.population():
-        out = model(x)
-        for n in range(N):
-            member = copy.deepcopy(plain)
-            member.load_state_dict(es.member_state_dict(n))
-            torch.testing.assert_close(out[n], member(x[n]), rtol=0, atol=1e-12)
+    assert_members_are_their_plain_copies(plain, model, es, x)

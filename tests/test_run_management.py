@@ -15,7 +15,7 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
-from helpers import FAST_KW
+from helpers import FAST_KW, flip_a_byte
 
 import flipes
 from flipes.cli import COMMON, build_parser, option_name, parse_config
@@ -787,10 +787,7 @@ def test_a_damaged_best_pt_points_at_the_runs_checkpoint_not_at_previous_pt(
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    for name in ("best.pt", "previous.pt"):
-        data = bytearray((run / name).read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        (run / name).write_bytes(bytes(data))
+    flip_a_byte(run / "best.pt", run / "previous.pt")
     with pytest.raises(SystemExit) as e:
         main(["evaluate", str(run), "--checkpoint", "best"])
     assert e.value.code == 2 and capsys.readouterr().err == (
@@ -815,10 +812,7 @@ def test_damaged_checkpoints_offer_the_best_pt_that_loads_not_a_start_over(
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    for name in ("checkpoint.pt", "previous.pt"):
-        data = bytearray((run / name).read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        (run / name).write_bytes(bytes(data))
+    flip_a_byte(run / "checkpoint.pt", run / "previous.pt")
     damaged = f"{run / 'checkpoint.pt'} is corrupted: its content does not match its SHA-256"
     best = run / "best.pt"
     with pytest.raises(UsageError) as e:
