@@ -268,7 +268,6 @@ class ActionNoise:
         self.rows = range(pop.members.start * episodes, (pop.members.start + pop.size) * episodes)
         # host bookkeeping, moved to the actions' device and dtype once per rollout
         self.low, self.high = torch.as_tensor(space.low, device="cpu"), torch.as_tensor(space.high, device="cpu")
-        self._box = (space.low, space.high)  # the bounds as the space holds them, for inward_bounds (no device copy)
         self._bounds: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     def noise(self, step: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -285,7 +284,7 @@ class ActionNoise:
         dtype = actions.dtype if actions.is_floating_point() else torch.get_default_dtype()
         key = (dtype, actions.device)
         if key not in self._bounds:  # once per rollout, not per step
-            self._bounds[key] = inward_bounds(*self._box, dtype, actions.device)
+            self._bounds[key] = inward_bounds(self.low.numpy(), self.high.numpy(), dtype, actions.device)
         low, high = self._bounds[key]
         return (actions + self.noise(step, dtype, actions.device)).clamp(low, high)
 
