@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -188,22 +189,34 @@ def test_resets_masks_autoresets_and_a_curriculum_keep_or_redraw_the_physics() -
     assert torch.equal(env.step(action)[0], plain.step(action)[0]) and torch.equal(env.state, plain.state)
 
 
-def test_a_reset_without_a_seed_draws_each_envs_physics_from_the_envs_generator() -> None:
+@pytest.mark.parametrize(
+    ("make", "ranges"),
+    [
+        (
+            lambda: CartPoleVectorEnv(6, length_range=[0.3, 0.9], force_mag_range=[5.0, 15.0]),
+            {"length": (0.3, 0.9), "force_mag": (5.0, 15.0)},
+        ),
+        (lambda: envs.PendulumVectorEnv(num_envs=6, g_range=[8.0, 12.0]), {"g": (8.0, 12.0)}),
+    ],
+    ids=["cartpole", "pendulum"],
+)
+def test_a_reset_without_a_seed_draws_each_envs_physics_from_the_envs_generator(make: Any, ranges: dict) -> None:
     """``reset()`` without a seed draws every env's constants from the env's own generator (which ``reset(seed=s)``
     seeded), not torch's global one: two envs reset alike draw the same values, one per env, all different and in
-    the ranges, and other than the seeded reset's."""
-    pair = [CartPoleVectorEnv(6, length_range=[0.3, 0.9], force_mag_range=[5.0, 15.0]) for _ in range(2)]
+    the ranges, and other than the seeded reset's (CartPole's options and Pendulum's ``g_range`` alike)."""
+    pair = [make() for _ in range(2)]
+    first = next(iter(ranges))
     for env in pair:
         env.reset(seed=5)
-    seeded = pair[0].length.clone()
+    seeded = getattr(pair[0], first).clone()
     for env in pair:
         torch.rand(1)  # the global generator moves between them: no draw may come from it
         env.reset()
-    for name, (low, high) in (("length", (0.3, 0.9)), ("force_mag", (5.0, 15.0))):
+    for name, (low, high) in ranges.items():
         drawn = getattr(pair[0], name)
         assert torch.equal(drawn, getattr(pair[1], name)) and len(set(drawn.tolist())) == 6
         assert bool(((drawn >= low) & (drawn <= high)).all())
-    assert not torch.equal(pair[0].length, seeded)
+    assert not torch.equal(getattr(pair[0], first), seeded)
 
 
 def test_assigned_per_env_constants_are_the_envs_own_copy() -> None:
