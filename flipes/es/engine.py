@@ -33,6 +33,7 @@ from flipes.es.evolved import (
     raise_if_not_finite,
     refuse_unhandled,
 )
+from flipes.es.foreign import InitSignature, refuse_foreign_keywords
 from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
@@ -102,6 +103,9 @@ class FlipES:
     ``mirrored``, ``maximize``, ``noise_rank``, ``sigma_lr``, ``track_best``, ``hold_noise``) is fixed: assigning it is
     an error; a new FlipES for the model (a restart with a larger population) takes over its layers. A σ rule of your
     own is a schedule reading a value you change after ``tell``: ``sigma=lambda g: rule.sigma``.
+
+    Other libraries' names for these arguments (evosax's ``sigma_init``, ``sigma_decay``, ``lrate_init``; EvoTorch's
+    ``stdev_init``, ``center_learning_rate``, ``objective_sense``; ``flipes.es.foreign``) are refused, naming FlipES's.
 
     Args:
         model: a model with Flipout layers (see ``flipes.flipout``), or ``torch.compile`` of one: names and
@@ -175,6 +179,14 @@ class FlipES:
         ...         fitness = -loss_of_each_member(model(x.expand(pop.size, *x.shape)))
         ...     stats = es.tell(fitness)
     """
+
+    __signature__ = InitSignature()  # help() and call tips show __init__'s arguments, not __new__'s (*args, **kwargs)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> FlipES:
+        # another library's name (sigma_init=, stdev_init=, objective_sense=) is refused naming FlipES's, before
+        # Python's own "unexpected keyword argument", which names no fix
+        refuse_foreign_keywords(cls.__init__, kwargs, cls.__name__)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -1,0 +1,101 @@
+"""Other ES libraries' argument names given to ``FlipES(...)``: refused naming FlipES's way to say the same.
+
+A script ported line by line from evosax, EvoTorch or OpenAI's ES starter passes their names (``sigma_init=``,
+``stdev_init=``, ``objective_sense="min"``); Python's own error says only "unexpected keyword argument". As
+``flipes.train`` does for its options (``flipes.cli.FOREIGN``), the error names FlipES's argument, here the one of
+``FlipES(...)`` (a schedule or an optimizer factory where those libraries have a number).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+_SIGMA = "sigma= (σ, a number or a schedule generation -> σ)"
+_SHAPING = "shaping=flipes.shaping.centered_ranks (the default), flipes.shaping.z_score or flipes.shaping.raw"
+_SIGMA_DECAY = "sigma=flipes.search.SigmaDecay(sigma, decay, limit): σ of generation g is max(sigma·decay^g, limit)"
+_LR_DECAY = (
+    "a torch scheduler stepped after each tell: sched = torch.optim.lr_scheduler.ExponentialLR(es.optimizer, decay) "
+    "(flipes.train's lr_decay and lr_min)"
+)
+_CLIPUP = "optimizer=lambda p: flipes.optim.ClipUp(p, lr=c, max_speed=2 * c) (EvoTorch's ClipUp at c)"
+
+# name -> (whose name it is, "" for many libraries'; FlipES's way to say it)
+FOREIGN: dict[str, tuple[str, str]] = {
+    "sigma_init": ("evosax's", _SIGMA),
+    "stdev_init": ("EvoTorch's", _SIGMA),
+    "init_stdev": ("EvoJAX's", _SIGMA),
+    "noise_stdev": ("OpenAI's ES starter's", _SIGMA),
+    "sigma0": ("pycma's", _SIGMA),
+    "sigma_decay": ("evosax's", _SIGMA_DECAY),
+    "sigma_limit": ("evosax's", _SIGMA_DECAY),
+    "pop_size": ("EvoJAX's", "popsize= (members per generation, all processes together)"),
+    "population_size": ("evosax's", "popsize= (members per generation, all processes together)"),
+    "num_dims": ("evosax's", "no argument: FlipES evolves the trainable parameters of model"),
+    "solution_length": ("EvoTorch's", "no argument: FlipES evolves the trainable parameters of model"),
+    "param_size": ("EvoJAX's", "no argument: FlipES evolves the trainable parameters of model"),
+    "lrate_init": ("evosax's", "lr= (of torch.optim.Adam, FlipES's default optimizer)"),
+    "lrate_decay": ("evosax's", _LR_DECAY),
+    "lrate_limit": (
+        "evosax's",
+        "a torch scheduler stepped after each tell, with a floor: torch.optim.lr_scheduler.LambdaLR(es.optimizer, "
+        "lambda g: max(decay**g, limit / lr)) (flipes.train's lr_decay and lr_min)",
+    ),
+    "stepsize": ("OpenAI's ES starter's", "lr= (of torch.optim.Adam, FlipES's default optimizer)"),
+    "learning_rate": ("", "lr="),
+    "center_learning_rate": ("EvoTorch's", _CLIPUP),
+    "max_speed": ("EvoTorch's", _CLIPUP),
+    "stdev_learning_rate": ("EvoTorch's", "sigma_lr= (one σ per layer, a standardized natural-gradient step in log σ)"),
+    "symmetric": ("EvoTorch's", "mirrored= (True by default)"),
+    "objective_sense": ("EvoTorch's", 'maximize=False for "min" (tell then takes the loss itself), True for "max"'),
+    "ranking_method": ("EvoTorch's", _SHAPING),
+    "return_proc_mode": ("OpenAI's ES starter's", _SHAPING),
+    "fitness_shaping": ("", _SHAPING),
+    "centered_rank": ("evosax's FitnessShaper's", _SHAPING),
+    "l2coeff": ("OpenAI's ES starter's", "weight_decay=c/σ (its gradient lacks the 1/σ)"),
+    "w_decay": (
+        "evosax's FitnessShaper's",
+        "weight_decay= (λθ added to the loss gradient, where evosax adds w·mean(θ_n²) to each member's fitness)",
+    ),
+    "opt_name": ("evosax's", "optimizer= (a torch.optim class, or lambda params: torch.optim.SGD(params, lr=...))"),
+    "num_actors": ("EvoTorch's", "comm= (processes are MPI ranks: mpiexec -n K python script.py)"),
+    "rng": ("", "seed= (the noise is a function of seed and generation: no key to split)"),
+    "key": ("", "seed= (the noise is a function of seed and generation: no key to split)"),
+    "center_init": ("EvoTorch's", "no argument: the model's parameters are the center, set them before FlipES(model, ...)"),
+    "mean_init": ("", "no argument: the model's parameters are the center, set them before FlipES(model, ...)"),
+}
+
+
+def unknown_keyword_fix(name: str, keywords: Iterable[str]) -> str | None:
+    """What to pass instead of the keyword ``name`` that a function of ``keywords`` does not take: another library's
+    spelling of one of FlipES's, or the closest of ``keywords``; None where neither is found."""
+    if name in FOREIGN:
+        whose, ours = FOREIGN[name]
+        return f"{name}= is {whose} name; FlipES takes {ours}" if whose else f"FlipES takes {ours}"
+    close = difflib.get_close_matches(name, list(keywords), n=3)
+    return f"did you mean {', '.join(f'{c}=' for c in close)}?" if close else None
+
+
+def refuse_foreign_keywords(init: Callable[..., Any], kwargs: dict[str, Any], owner: str) -> None:
+    """Raise a ``TypeError`` for the first of ``kwargs`` that ``init`` does not take, naming the fix (see
+    :func:`unknown_keyword_fix`); nothing where all are taken or none has a fix (Python's own error then)."""
+    params = inspect.signature(init).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    keywords = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
+    for name in kwargs:
+        if name not in params:
+            fix = unknown_keyword_fix(name, keywords)
+            if fix is not None:
+                raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}: {fix}")
+
+
+class InitSignature:
+    """``inspect.signature`` (``help()``, a notebook's call tip) of a class that defines ``__new__``: its ``__init__``'s
+    without ``self``, not ``__new__``'s ``(*args, **kwargs)``."""
+
+    def __get__(self, instance: object, owner: type) -> inspect.Signature:
+        sig = inspect.signature(owner.__init__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
