@@ -205,26 +205,35 @@ def test_shaping_functions() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kind", ["distinct", "ties", "signed zeros and infinities", "nan"])
+@pytest.mark.parametrize("kind", ["distinct", "ties", "signed zeros and infinities"])
 def test_centered_ranks_are_each_values_mean_rank_written_out(kind: str, dtype: torch.dtype) -> None:
     """``centered_ranks`` gives, bit for bit, ``rank / (N - 1) - 1/2`` with a value's rank the count of smaller values
-    plus half the count of other equal ones (computed here by counting, in exact Python numbers), for 257 values and
-    with NaN (each NaN its own, in sort order, so only the others are checked); ±0 are equal, infinities rank at the
-    ends."""
+    plus half the count of other equal ones (computed here by counting, in exact Python numbers), for 257 values; ±0
+    are equal, infinities rank at the ends."""
     g = torch.Generator().manual_seed(1)
     f = {"distinct": torch.randn(257, generator=g, dtype=torch.float64),
          "ties": torch.randint(0, 5, (257,), generator=g).double() / 3,
          "signed zeros and infinities": torch.tensor([0.0, -0.0, math.inf, 1.0, -math.inf, -0.0, 1.0] * 3),
-         "nan": torch.tensor([2.0, math.nan, -1.0, 2.0, math.nan, 0.5])}[kind].to(dtype)  # fmt: skip
+         }[kind].to(dtype)  # fmt: skip
     values = f.tolist()
     ranks = [sum(v < x for v in values) + (sum(v == x for v in values) - 1) / 2 for x in values]
     expect = torch.tensor(ranks, dtype=dtype) / (len(values) - 1) - 0.5
     got = centered_ranks(f)
     assert got.dtype == dtype
-    known = ~f.isnan()
-    assert torch.equal(got[known], expect[known])
-    if kind == "nan":
-        assert torch.equal(got[~known].sort().values, torch.tensor([4.0, 5.0], dtype=dtype) / 5 - 0.5)  # the last two
+    assert torch.equal(got, expect)
+
+
+@pytest.mark.parametrize(
+    ("shaping", "bad"),
+    [(centered_ranks, math.nan), (z_score, math.nan), (z_score, math.inf), (flipes.shaping.ars, math.nan),
+     (flipes.shaping.ars, -math.inf)],
+)  # fmt: skip
+def test_shaping_functions_refuse_fitness_they_cannot_shape(shaping, bad: float) -> None:
+    """Called on fitness with a NaN (and z_score and ars with an infinity) a shaping function raises naming the members,
+    where centered_ranks gave the NaN the best rank and z_score and ars gave every member 0, without a word."""
+    f = torch.tensor([2.0, bad, -1.0, 0.5, 3.0, bad], dtype=DT)
+    with pytest.raises(ValueError, match=rf"^{shaping.__name__}: fitness of 2 member\(s\) is (NaN|not finite) \(1=.*, 5="):
+        shaping(f)
 
 
 @pytest.mark.parametrize("default", [torch.float16, torch.bfloat16])

@@ -11,6 +11,8 @@ shaping of one's own (NSR-ES's mean of the reward's and the novelty's ranks,
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
@@ -44,10 +46,27 @@ def _floating(fitness: Tensor | ArrayLike) -> Tensor:
     return fitness if fitness.is_floating_point() else fitness.to(torch.get_default_dtype())
 
 
+def _refuse_non_finite(fitness: Tensor, name: str, infinities: bool = False) -> None:
+    """Raise naming the members whose fitness is NaN (or infinite, unless ``infinities`` may be ranked): a NaN has no
+    rank (sorted last, it took the best one) and makes no mean or std (z_score and ars gave every member 0)."""
+    total = fitness.sum().item()  # the usual case in one sum: finite only where every value is (NaN only where one is)
+    if math.isfinite(total) or (infinities and not math.isnan(total)):
+        return
+    bad = fitness.isnan() if infinities else ~fitness.isfinite()
+    if bool(bad.any()):
+        at = bad.nonzero().flatten()
+        shown = ", ".join(f"{i}={fitness[i].item()}" for i in at[:5].tolist()) + (", ..." if len(at) > 5 else "")
+        raise ValueError(
+            f"{name}: fitness of {len(at)} member(s) is {'NaN' if infinities else 'not finite'} ({shown}); give such "
+            "members a finite worst value first (FlipES.tell refuses them too)"
+        )
+
+
 def centered_ranks(fitness: Tensor | ArrayLike) -> Tensor:
     """Ranks scaled to ``[-0.5, 0.5]``; tied fitness values share their mean rank (so a mirrored
-    pair with equal fitness contributes nothing)."""
+    pair with equal fitness contributes nothing). Infinities rank at the ends; a NaN is an error."""
     fitness = _floating(fitness)
+    _refuse_non_finite(fitness, "centered_ranks", infinities=True)
     n = fitness.numel()
     if n < 2:
         return torch.zeros_like(fitness)
@@ -63,8 +82,9 @@ def centered_ranks(fitness: Tensor | ArrayLike) -> Tensor:
 
 
 def z_score(fitness: Tensor | ArrayLike) -> Tensor:
-    """``(f - mean) / std``; zeros when all values are equal."""
+    """``(f - mean) / std``; zeros when all values are equal. A NaN or infinity is an error."""
     fitness = _floating(fitness)
+    _refuse_non_finite(fitness, "z_score")
     std = fitness.std(unbiased=False)
     # equal values by comparison, not by std: their rounded mean can be an ulp off them (0.1 three times), and that
     # rounding over a std as small gave every member ±1
@@ -86,9 +106,10 @@ def ars(fitness: Tensor | ArrayLike, top: int | None = None) -> Tensor:
     the others 0, with ``σ_R`` the standard deviation of the ``2b`` returns used. FlipES's gradient
     then is ``Σ_top (r+ - r-) u_k / (b σ_R σ)``, so SGD with ``lr = α·σ`` takes exactly ARS's step
     ``α / (b σ_R) Σ_top (r+ - r-) δ_k``. Use with ``mirrored=True``:
-    ``FlipES(..., shaping=functools.partial(ars, top=b))``.
+    ``FlipES(..., shaping=functools.partial(ars, top=b))``. A NaN or infinity is an error.
     """
     fitness = _floating(fitness)
+    _refuse_non_finite(fitness, "ars")
     n = fitness.numel()
     if n % 2:
         raise ValueError(f"ars shaping pairs mirrored members (2k, 2k+1); got {n} fitness values (odd): use mirrored=True")
