@@ -63,8 +63,12 @@ def _refuse_non_finite(fitness: Tensor, name: str, infinities: bool = False) -> 
 
 
 def centered_ranks(fitness: Tensor | ArrayLike) -> Tensor:
-    """Ranks scaled to ``[-0.5, 0.5]``; tied fitness values share their mean rank (so a mirrored
-    pair with equal fitness contributes nothing). Infinities rank at the ends; a NaN is an error."""
+    """Ranks scaled to ``[-0.5, 0.5]``, ``rank / (N - 1) - 0.5``; tied fitness values share their mean rank (so a
+    mirrored pair with equal fitness contributes nothing). Infinities rank at the ends; a NaN is an error.
+
+    evosax's ``centered_rank``, EvoTorch's ``ranking_method="centered"`` and OpenAI's ES starter compute the same
+    values for distinct fitness, but rank ties by position (an argsort), so with ties (CartPole's many returns of 500)
+    their weights differ from these."""
     fitness = _floating(fitness)
     _refuse_non_finite(fitness, "centered_ranks", infinities=True)
     n = fitness.numel()
