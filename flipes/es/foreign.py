@@ -81,6 +81,8 @@ def unknown_keyword_fix(name: str, keywords: Iterable[str]) -> str | None:
 def refuse_foreign_keywords(init: Callable[..., Any], kwargs: dict[str, Any], owner: str) -> None:
     """Raise a ``TypeError`` for the first of ``kwargs`` that ``init`` does not take, naming the fix (see
     :func:`unknown_keyword_fix`); nothing where all are taken or none has a fix (Python's own error then)."""
+    if not kwargs:
+        return
     params = inspect.signature(init).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
