@@ -129,3 +129,21 @@ def test_flipes_signature_and_copies_are_its_init() -> None:
         flipes.FlipES(model(), popsize=8, zzz=1)
     es = flipes.FlipES(model(), popsize=8, sigma=0.1)
     assert copy.deepcopy(es).popsize == 8
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "fix"),
+    [
+        ("optimizer", "adam", "optimizer=torch.optim.Adam (built at lr=)"),
+        ("optimizer", "clipup", "optimizer=flipes.optim.ClipUp (built at lr=)"),
+        ("optimizer", "SGD", "lambda params: torch.optim.SGD(params, lr=...)"),
+        ("shaping", "centered_rank", "shaping=flipes.shaping.centered_ranks"),
+        ("shaping", "z-score", "shaping=flipes.shaping.z_score"),
+    ],
+)
+def test_an_optimizer_or_shaping_named_by_a_string_names_the_object(option: str, name: str, fix: str) -> None:
+    """``FlipES(..., optimizer="adam")`` (evosax's ``opt_name``, EvoTorch's ``optimizer="clipup"``) or
+    ``shaping="centered_rank"`` is a TypeError naming the object to pass, not only that a string is no function."""
+    with pytest.raises(TypeError, match=rf"^{option} must be a function .*, got the name '{name}': pass ") as refused:
+        flipes.FlipES(model(), popsize=8, **{option: name})
+    assert fix in str(refused.value)

@@ -108,6 +108,16 @@ def build_optimizer(
             f"optimizer must be a function params -> torch.optim.Optimizer, got an instance of {cls.__name__}; FlipES "
             f"builds it over the parameters it evolves: pass optimizer=lambda params: {where}.{cls.__name__}(params, lr=...)"
         )
+    if isinstance(optimizer, str):  # a name, as evosax's opt_name or EvoTorch's optimizer="clipup" give it
+        named = {n.lower(): f"torch.optim.{n}" for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)}
+        named["clipup"] = "flipes.optim.ClipUp"
+        cls = named.get(optimizer.lower().replace("-", "").replace("_", ""))
+        if cls is not None:
+            raise TypeError(
+                f"optimizer must be a function params -> torch.optim.Optimizer or an optimizer class, got the name "
+                f"{optimizer!r}: pass optimizer={cls} (built at lr=), or a factory with its own settings, "
+                f"optimizer=lambda params: {cls}(params, lr=...)"
+            )
     if not callable(optimizer):
         raise TypeError(
             f"optimizer must be a function params -> torch.optim.Optimizer, e.g. lambda params: torch.optim.SGD(params, "

@@ -78,6 +78,13 @@ def checked_options(
     popsize, seed, groups = integer("popsize", popsize), integer("seed", seed), integer("groups", groups)
     mirrored = flag("mirrored", mirrored)
     track_best, maximize, hold_noise = flag("track_best", track_best), flag("maximize", maximize), flag("hold_noise", hold_noise)
+    own = {"centered_rank": "centered_ranks", "centered_ranks": "centered_ranks", "centered": "centered_ranks",
+           "z_score": "z_score", "raw": "raw", "ars": "ars"}  # fmt: skip
+    if isinstance(shaping, str) and shaping.lower().replace("-", "_") in own:  # a name, as --shaping or EvoTorch take it
+        raise TypeError(
+            f"shaping must be a function fitness (N,) -> weights (N,), got the name {shaping!r}: pass "
+            f"shaping=flipes.shaping.{own[shaping.lower().replace('-', '_')]}"
+        )
     if not callable(shaping):
         raise TypeError(
             f"shaping must be a function fitness (N,) -> weights (N,), e.g. flipes.shaping.centered_ranks, "
