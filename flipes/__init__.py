@@ -59,3 +59,21 @@ __all__ = [
     "train",
 ]
 __version__ = "0.1.0"
+
+# other ES libraries' class names: one engine, FlipES, runs them all; say how instead of a bare AttributeError
+_OTHER_LIBRARIES = {
+    "ES": "FlipES(model, popsize=..., sigma=...)",
+    "OpenES": "FlipES(model, ...) (OpenAI-ES with Adam; --algo openai-es)",
+    "Open_ES": "FlipES(model, ...) (OpenAI-ES with Adam; --algo openai-es)",
+    "OpenAIES": "FlipES(model, ...) (OpenAI-ES with Adam; --algo openai-es)",
+    "PGPE": "FlipES(model, groups=8, sigma_lr=0.2, optimizer=functools.partial(flipes.search.clipup, max_speed=0, lr=lr))"
+    " (--algo pgpe)",
+    "SNES": "FlipES(model, sigma_lr=...) (a σ per layer, adapted; the nearest to SNES)",
+    "ARS": "flipes.train(algo='ars') (--algo ars)",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _OTHER_LIBRARIES:
+        raise AttributeError(f"flipes has no {name}: its one engine is {_OTHER_LIBRARIES[name]}")
+    raise AttributeError(f"module 'flipes' has no attribute {name!r}")

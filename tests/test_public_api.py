@@ -103,3 +103,14 @@ def test_the_signature_of_trainconfig_is_its_fields() -> None:
         extra: int = 3
 
     assert list(inspect.signature(Extended).parameters)[-1] == "extra"
+
+
+@pytest.mark.parametrize("name", ["ES", "OpenES", "PGPE", "SNES", "ARS"])
+def test_other_libraries_class_names_point_to_flipes_engine(name: str) -> None:
+    """flipes.OpenES and the like (evosax's, EvoTorch's class names) raise an AttributeError naming FlipES or the
+    --algo that runs that algorithm, and hasattr stays False; an unknown name keeps Python's own message."""
+    with pytest.raises(AttributeError, match=rf"flipes has no {name}: its one engine is .*(FlipES|--algo)"):
+        getattr(flipes, name)
+    assert not hasattr(flipes, name)
+    with pytest.raises(AttributeError, match="module 'flipes' has no attribute 'not_a_name'"):
+        flipes.not_a_name  # noqa: B018
