@@ -1218,3 +1218,57 @@ def test_a_rollout_reads_the_host_per_step_only_to_ask_whether_episodes_are_left
     counts.append(reads.count)
     assert fitness.timesteps == 2 * 8 * 50 and episodes.steps == 8 * 50
     assert all(50 <= c <= 55 for c in counts), counts
+
+
+def test_rollout_fitness_refuses_options_it_would_misread_when_made_each_named() -> None:
+    """Each option a rollout would silently misread or fail on in its loop is refused when ``RolloutFitness`` is made, in a
+    one-line error naming the option and what it takes: max_steps below 1 (-1 made every return 0), fractional (1.5 ran 2
+    steps), a string or bool; a reward_shift that is no finite number; a seed that is no integer (None and 1.5 keyed
+    other episodes); final_obs or pipeline other than a bool ("false" read as True); an obs_norm that is no RunningNorm.
+    run_episodes refuses a negative or fractional max_steps and keeps 0 (every episode cut at its reset)."""
+    env = make_vector_env("flipes/CartPole-v1", 4, note=None)
+    for bad in (0, -1, 1.5, "10", True, math.nan):
+        message = (
+            "RolloutFitness: max_steps cuts every episode after that many steps, an integer of at least 1, or None for the "
+            f"env's own time limit; got {bad!r}"
+        )
+        with pytest.raises(ValueError, match=whole(message)):
+            RolloutFitness(env, max_steps=bad)
+    assert RolloutFitness(env, max_steps=np.int64(3)).max_steps == 3
+    with pytest.raises(TypeError, match=whole("reward_shift must be a number, got '1' (str)")):
+        RolloutFitness(env, reward_shift="1")
+    with pytest.raises(ValueError, match=whole("reward_shift must be a finite number (0: no shift), got inf")):
+        RolloutFitness(env, reward_shift=math.inf)
+    for bad in (None, 1.5, "3"):
+        with pytest.raises(TypeError, match=rf"^seed must be an integer, got {re.escape(repr(bad))}"):
+            RolloutFitness(env, seed=bad)
+    with pytest.raises(TypeError, match=whole("final_obs must be True or False, got 'false'")):
+        RolloutFitness(env, final_obs="false")
+    with pytest.raises(TypeError, match=whole("pipeline must be None (pipelined where it helps), True or False, got 'no'")):
+        RolloutFitness(env, pipeline="no")
+    with pytest.raises(TypeError, match=r"^RolloutFitness: obs_norm is the flipes.rl.RunningNorm .*, got a Identity$"):
+        RolloutFitness(env, obs_norm=torch.nn.Identity())
+    act = lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64)  # noqa: E731
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match=rf"^run_episodes: max_steps .* at least 0, or None .*; got {bad}$"):
+            run_episodes(env, act, seed=0, max_steps=bad)
+    assert run_episodes(env, act, seed=0, max_steps=0).steps == 0
+
+
+def test_an_obs_norm_of_another_size_and_pipelining_without_send_and_recv_are_errors_naming_the_fix() -> None:
+    """An ``obs_norm`` of another width than the env's observations is one ValueError naming both sizes (not torch's view
+    error from the first step), and ``pipeline=True`` on an env without ``send``/``recv`` one naming what it lacks (not an
+    AttributeError)."""
+    env = make_vector_env("flipes/CartPole-v1", 4, note=None)
+    policy = MLPPolicy(env.single_observation_space, env.single_action_space, hidden=(4,))
+    es = flipes.FlipES(policy, popsize=4, sigma=0.1, seed=0)
+    message = (
+        "RolloutFitness: obs_norm records 3 features, and the env's observations have 4 (shape (4,)); give it a "
+        "flipes.rl.RunningNorm(4), or None for the model's own"
+    )
+    with es.population() as pop:
+        with pytest.raises(ValueError, match=whole(message)):
+            RolloutFitness(env, obs_norm=RunningNorm(3))(policy, pop)
+        with pytest.raises(ValueError, match=r"^pipelined rollouts .* CartPoleVectorEnv lacks .*; pass pipeline=False"):
+            RolloutFitness(env, pipeline=True)(policy, pop)
+        RolloutFitness(env)(policy, pop)  # then a generation as usual

@@ -9,6 +9,8 @@ the rollout stops once every episode is done.
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from flipes.errors import UsageError, caller_stacklevel
-from flipes.es.checks import integer, nonnegative
+from flipes.es.checks import as_index, integer, nonnegative
 from flipes.es.population import Population
 from flipes.nn import uncompiled
 from flipes.rl.envs import NumpyToTorch, check_step, holds_tensors, reset_observations
@@ -334,6 +336,21 @@ def check_vector_env(env: Any, who: str) -> None:
         )
 
 
+def check_max_steps(max_steps: Any, who: str, least: int = 0) -> int | None:
+    """``max_steps`` as an int of at least ``least`` (numpy's integers too), or ``None``; else a ValueError naming ``who``
+    and the fix: a negative cap ended every episode at its reset (every return 0), 1.5 ran 2 steps, and a string failed
+    inside the loop."""
+    if max_steps is None:
+        return None
+    steps = as_index(max_steps)
+    if steps is None or steps < least:
+        raise ValueError(
+            f"{who}: max_steps cuts every episode after that many steps, an integer of at least {least}, or None for the "
+            f"env's own time limit; got {max_steps!r}"
+        )
+    return steps
+
+
 LONG_EPISODE = 100_000  # steps after which an episode of an env without a time limit is warned about
 
 
@@ -371,6 +388,7 @@ def run_episodes(
     """
     check_vector_env(env, "run_episodes")
     probe = check_probe(probe, "run_episodes")
+    max_steps = check_max_steps(max_steps, "run_episodes")
     if obs is None:
         obs = reset_observations(env.reset(seed=seed), env)
     if not isinstance(obs, Tensor):  # a numpy vector env (gymnasium.make_vec), or Dict observations: through torch
@@ -381,6 +399,12 @@ def run_episodes(
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
         if probe is not None:  # its steps see half of the envs each: a probe's sums would need their rows
             raise ValueError("a probe sees every env at every step, which pipelined rollouts step in halves: pass pipeline=False")
+        if not (hasattr(env, "send") and hasattr(env, "recv")):  # else an AttributeError at the first step
+            raise ValueError(
+                f"pipelined rollouts step half of the envs in the background through send() and recv(), which "
+                f"{type(env).__name__} lacks (EnvPool's engine has them); pass pipeline=False (RolloutFitness: None "
+                "pipelines where it helps)"
+            )
         return _run_pipelined(env, act, obs, record, max_steps, members, action_noise, final_obs)
     act = stepper(act)
     if max_steps is None:  # an env that truncates itself: no steps past its limit (a GPU checks every 16)
@@ -632,8 +656,23 @@ class RolloutFitness:
         common_episodes: bool = False,
     ) -> None:
         check_vector_env(env, "RolloutFitness")
-        if not isinstance(common_episodes, bool | np.bool_):  # a string such as "false" would read as True
-            raise TypeError(f"common_episodes must be True or False, got {common_episodes!r}")
+        for name, flag in (("common_episodes", common_episodes), ("final_obs", final_obs)):
+            if not isinstance(flag, bool | np.bool_):  # a string such as "false" would read as True
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        if pipeline is not None and not isinstance(pipeline, bool | np.bool_):
+            raise TypeError(f"pipeline must be None (pipelined where it helps), True or False, got {pipeline!r}")
+        if obs_norm is not None and not isinstance(obs_norm, RunningNorm):  # else an AttributeError in the first call
+            raise TypeError(
+                f"RolloutFitness: obs_norm is the flipes.rl.RunningNorm the observations are recorded into (None: the "
+                f"model's own obs_norm), got a {type(obs_norm).__name__}"
+            )
+        seed = integer("seed", seed)  # None, 1.5 or "3" would key other episodes, silently
+        if isinstance(reward_shift, bool | np.bool_) or not isinstance(reward_shift, numbers.Real):
+            raise TypeError(f"reward_shift must be a number, got {reward_shift!r} ({type(reward_shift).__name__})")
+        if not math.isfinite(reward_shift):
+            raise ValueError(f"reward_shift must be a finite number (0: no shift), got {reward_shift!r}")
+        # 0 would end every episode at its reset: every member's fitness 0
+        max_steps = check_max_steps(max_steps, "RolloutFitness", least=1)
         probe = check_probe(probe, "RolloutFitness")
         if probe is not None and pipeline:
             raise ValueError(
@@ -645,10 +684,10 @@ class RolloutFitness:
         if episodes < 1:  # else a ZeroDivisionError at the first call
             raise ValueError(f"RolloutFitness: episodes is the episodes per member, at least 1, got {episodes}")
         self.env, self.episodes, self.seed, self.obs_norm, self.pipeline = env, episodes, seed, obs_norm, pipeline
-        self.reward_shift, self.max_steps, self.action_noise = reward_shift, max_steps, action_noise
+        self.reward_shift, self.max_steps, self.action_noise = float(reward_shift), max_steps, action_noise
         self.timesteps = 0
         self.last_returns: Tensor | None = None
-        self.final_obs = final_obs
+        self.final_obs = bool(final_obs)
         self.last_final_obs: Tensor | None = None
         self.probe = probe
         self.last_probe: Tensor | None = None
@@ -727,6 +766,12 @@ class RolloutFitness:
         # (with common_episodes, env m·K + k takes env k's episode: every member plays member 0's)
         common = k if self.common_episodes else 0
         obs = reset_episodes(self.env, self.seed, "population", pop.generation, first=pop.members.start * k, common=common)
+        features = math.prod(obs.shape[1:]) if isinstance(obs, Tensor | np.ndarray) else None  # a Dict's: left to record
+        if norm is not None and features is not None and features != norm.size:  # else torch's view error at the first step
+            raise ValueError(
+                f"RolloutFitness: obs_norm records {norm.size} features, and the env's observations have {features} "
+                f"(shape {tuple(obs.shape[1:])}); give it a flipes.rl.RunningNorm({features}), or None for the model's own"
+            )
         pipeline = self.pipeline if self.pipeline is not None else self.probe is None and can_pipeline(self.env, model)
         if pipeline and is_recurrent(model):
             raise ValueError("pipelined rollouts call the policy on half-stale batches: a recurrent policy needs pipeline=False")
