@@ -161,7 +161,14 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         single.close()
         # before the workers start: a space that cannot be flattened must not leave them behind
         self.single_observation_space = flat_observation_space(self.source_observation_space) or self.source_observation_space
-        self.env = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context=context, worker=_worker)
+        try:
+            self.env = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context=context, worker=_worker)
+        except (EOFError, ConnectionResetError, BrokenPipeError) as e:  # a worker gone before it answered the spaces
+            raise WorkerEndedError(
+                f"the env workers of {env_id} ended as they started ({type(e).__name__}); a script that makes them at its "
+                'top level needs that code under `if __name__ == "__main__":` (each worker process imports the script '
+                f"first, with Python's {context} start); else the workers' own traceback above says why"
+            ) from None
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
