@@ -1272,3 +1272,22 @@ def test_an_obs_norm_of_another_size_and_pipelining_without_send_and_recv_are_er
         with pytest.raises(ValueError, match=r"^pipelined rollouts .* CartPoleVectorEnv lacks .*; pass pipeline=False"):
             RolloutFitness(env, pipeline=True)(policy, pop)
         RolloutFitness(env)(policy, pop)  # then a generation as usual
+
+
+def test_run_episodes_recording_per_member_refuses_members_that_do_not_divide_the_envs() -> None:
+    """With a ``record``, ``members`` that does not divide the envs (3 or 16 of 8), 0 or a float is one ValueError naming
+    the fix, not torch's view error or 0 read as one member per env; 4 records 4 rows."""
+    env = make_vector_env("flipes/CartPole-v1", 8, note=None)
+    act = lambda obs: torch.zeros(obs.shape[0], dtype=torch.int64)  # noqa: E731
+    for bad in (3, 16, 0, 2.0):
+        message = (
+            f"run_episodes: members={bad!r} must be an integer that divides the env's 8 envs (each member's envs are "
+            "consecutive, their observations recorded together); None gives each env a member of its own"
+        )
+        with pytest.raises(ValueError, match=whole(message)):
+            run_episodes(env, act, seed=0, max_steps=3, record=RunningNorm(4), members=bad)
+        with pytest.raises(ValueError, match=whole(message)):  # pipelined too
+            run_episodes(AsyncCountdown([2] * 8, [1.0] * 8), act, seed=0, record=RunningNorm(3), members=bad, pipeline=True)
+    norm = RunningNorm(4)
+    run_episodes(env, act, seed=0, max_steps=3, record=norm, members=4)
+    assert norm.pending.shape == (4, 9)

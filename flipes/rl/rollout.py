@@ -351,6 +351,20 @@ def check_max_steps(max_steps: Any, who: str, least: int = 0) -> int | None:
     return steps
 
 
+def check_members(members: Any, n: int, record: RunningNorm | None) -> None:
+    """With a ``record``, ``members`` (None: one per env) must be an integer of at least 1 dividing the ``n`` envs: member
+    ``m`` owns envs ``m·n/members`` to ``(m+1)·n/members - 1``; else a ValueError naming the fix, not torch's view error
+    (and 0 is not silently one member per env). Without a ``record`` it is not read."""
+    if record is None or members is None:
+        return
+    count = as_index(members)
+    if count is None or count < 1 or n % count:
+        raise ValueError(
+            f"run_episodes: members={members!r} must be an integer that divides the env's {n} envs (each member's envs "
+            "are consecutive, their observations recorded together); None gives each env a member of its own"
+        )
+
+
 LONG_EPISODE = 100_000  # steps after which an episode of an env without a time limit is warned about
 
 
@@ -389,6 +403,7 @@ def run_episodes(
     check_vector_env(env, "run_episodes")
     probe = check_probe(probe, "run_episodes")
     max_steps = check_max_steps(max_steps, "run_episodes")
+    check_members(members, env.num_envs, record)
     if obs is None:
         obs = reset_observations(env.reset(seed=seed), env)
     if not isinstance(obs, Tensor):  # a numpy vector env (gymnasium.make_vec), or Dict observations: through torch
