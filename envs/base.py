@@ -11,6 +11,7 @@ that move the state (``_advance``, ``_replace_rows``, ``_observation``) and keep
 
 from __future__ import annotations
 
+import operator
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -31,6 +32,17 @@ def real_option(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise ValueError(f"{name} must be a number, got {value!r}")
     return float(value)
+
+
+def whole_number(value: Any) -> int | None:
+    """``value`` as an ``int`` where it is of an integer type (numpy's too), else ``None``: not a bool, float or string,
+    which ``int()`` would silently truncate or parse."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 Device = str | torch.device
@@ -96,10 +108,15 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         num_threads: int | None = 1,
         hide_velocities: bool = False,
     ) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
-        if max_episode_steps is not None and max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be at least 1 (or None), got {max_episode_steps}")
+        count = whole_number(num_envs)
+        if count is None or count < 1:
+            raise ValueError(f"num_envs must be an integer of at least 1, got {num_envs!r}")
+        num_envs = count
+        if max_episode_steps is not None:  # 1.5 truncated after 2 steps, and a rollout read it as its step cap
+            limit = whole_number(max_episode_steps)
+            if limit is None or limit < 1:
+                raise ValueError(f"max_episode_steps must be an integer of at least 1 (or None), got {max_episode_steps!r}")
+            max_episode_steps = limit
         if isinstance(dtype, str):  # --env-kwargs '{"dtype": "float32"}': JSON has no torch.dtype
             dtype = DTYPE_NAMES.get(dtype.removeprefix("torch."), dtype)
         if dtype not in (torch.float32, torch.float64):

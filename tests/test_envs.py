@@ -771,13 +771,21 @@ def test_hide_velocities_observes_the_other_columns_of_the_same_episodes(case: C
 
 
 def test_bad_env_options_raise_errors_naming_the_option_and_the_value() -> None:
-    """Each of these is an error whose whole message names the option, what it takes and the value given: no envs,
-    a time limit of 0, a half-precision dtype, a ``reset_mask`` before any full reset or of floats, Box actions of
-    bools, an ``elapsed`` of another length, a render mode."""
+    """Each of these is an error whose whole message names the option, what it takes and the value given: no envs or a
+    float count, a time limit of 0 or not an integer (1.5 truncated after 2 steps), a half-precision dtype, a
+    ``reset_mask`` before any full reset or of floats, Box actions of bools, an ``elapsed`` of another length, a render
+    mode."""
     cases = [
-        (lambda: envs.CartPoleVectorEnv(num_envs=0), ValueError, "num_envs must be at least 1, got 0"),
+        (lambda: envs.CartPoleVectorEnv(num_envs=0), ValueError, "num_envs must be an integer of at least 1, got 0"),
+        (lambda: envs.CartPoleVectorEnv(num_envs=2.0), ValueError, "num_envs must be an integer of at least 1, got 2.0"),
         (lambda: envs.CartPoleVectorEnv(num_envs=2, max_episode_steps=0), ValueError,
-         "max_episode_steps must be at least 1 (or None), got 0"),
+         "max_episode_steps must be an integer of at least 1 (or None), got 0"),
+        (lambda: envs.CartPoleVectorEnv(num_envs=2, max_episode_steps=1.5), ValueError,
+         "max_episode_steps must be an integer of at least 1 (or None), got 1.5"),
+        (lambda: envs.CartPoleVectorEnv(num_envs=2, max_episode_steps="10"), ValueError,
+         "max_episode_steps must be an integer of at least 1 (or None), got '10'"),
+        (lambda: envs.CartPoleVectorEnv(num_envs=2, max_episode_steps=True), ValueError,
+         "max_episode_steps must be an integer of at least 1 (or None), got True"),
         (lambda: envs.CartPoleVectorEnv(num_envs=2, dtype=torch.float16), ValueError,
          'dtype must be torch.float32 or torch.float64 ("float32" or "float64" in JSON), got torch.float16'),
         (lambda: envs.CartPoleVectorEnv(num_envs=2).reset(options={"reset_mask": torch.tensor([True, False])}), RuntimeError,
