@@ -626,7 +626,7 @@ class RolloutFitness:
         reward_shift: subtracted from every step's reward in the fitness (not in reported
             returns): a locomotion env's alive bonus, which otherwise makes standing still a
             strong local optimum (Mania et al., 2018, arXiv:1803.07055, ARS's "shift").
-        max_steps: cut every episode after this many steps (``None``: the env's own time limit).
+        max_steps: cut every episode after this many steps, at least 1 (``None``: the env's own time limit).
         action_noise: the std of Gaussian noise added to every action of a Box space before it goes to the env, then
             clipped to the bounds (OpenAI's ES starter's ``ac_noise_std``; :class:`ActionNoise`: keyed by the FlipES's
             seed, the generation and the step, drawn for the whole population); 0, the default, adds none. An
