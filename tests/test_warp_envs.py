@@ -14,6 +14,7 @@ measured on 2 cores (another job on one of them), this file took 79 s with an em
 from __future__ import annotations
 
 import math
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -501,6 +502,14 @@ def test_missing_mujoco_warp_names_the_extra_to_install(monkeypatch: pytest.Monk
         gym.make_vec("flipes/Ant-v5", num_envs=2)
     with pytest.raises(EnvError, match=r"flipes/Ant-v5.*pip install 'flipes\[warp\]'"):
         make_vector_env("flipes/Ant-v5", 2)
+
+
+@pytest.mark.parametrize("num_envs", [0, 2.0, "4", True])
+def test_an_env_count_that_is_no_positive_integer_is_refused_before_the_physics_is_built(num_envs: object) -> None:
+    """num_envs 0, 2.0, "4" or True is refused in the words of the classic envs, before MuJoCo Warp is asked for a
+    model of that many worlds (2.0 and True were taken as 2 and 1, "4" failed inside the physics)."""
+    with pytest.raises(ValueError, match=re.escape(f"num_envs must be an integer of at least 1, got {num_envs!r}")):
+        gym.make_vec("flipes/HalfCheetah-v5", num_envs=num_envs)
 
 
 def test_bad_actions_and_states_raise_a_value_error_naming_the_shape(make) -> None:

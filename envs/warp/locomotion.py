@@ -19,7 +19,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from envs import seeding
-from envs.base import DTYPE_NAMES, Device, SingleEnv, TorchVectorEnv, real_option
+from envs.base import DTYPE_NAMES, Device, SingleEnv, TorchVectorEnv, real_option, whole_number
 from envs.warp.physics import WarpPhysics
 
 
@@ -67,8 +67,9 @@ class LocomotionVectorEnv(TorchVectorEnv):
             raise ValueError(f"MuJoCo Warp computes in float32; dtype must be torch.float32, got {dtype!r}")
         if render_mode is not None:
             raise ValueError(f"flipes envs do not render; render_mode must be None, got {render_mode!r}")
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        count = whole_number(num_envs)
+        if count is None or count < 1:  # the base env's check, before the physics is built with it
+            raise ValueError(f"num_envs must be an integer of at least 1, got {num_envs!r}")
         if not isinstance(frame_skip, int) or isinstance(frame_skip, bool) or frame_skip < 1:
             raise ValueError(f"frame_skip must be a positive integer, got {frame_skip!r}")
         reset_noise_scale = real_option("reset_noise_scale", reset_noise_scale)
