@@ -107,7 +107,7 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # values["algo"] is TrainConfig's default when nobody set it: only a flag or the file says it was chosen
-    pre = _Parser(add_help=False)
+    pre = _Parser(add_help=False, prog="flipes train")  # its errors name the command, not python's script
     pre.add_argument("--config")
     pre.add_argument("--algo")
     pre.add_argument("--policy")
