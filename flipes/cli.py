@@ -116,11 +116,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(option, f"cannot be read ({e})", "pass a readable TOML or JSON file") from None
-    if path.suffix == ".json":
+    suffix = path.suffix.lower()  # run.JSON is JSON too, not TOML that fails to parse
+    if suffix in (".yaml", ".yml"):  # else read as TOML, whose parse error would send one to fix valid YAML
+        raise UsageError(option, "is YAML, which flipes does not read", "write the options as TOML (.toml) or JSON (.json)")
+    if suffix == ".json":
         try:
             data = json.loads(text, object_pairs_hook=_pairs)  # a key given twice is kept twice, to be refused below
         except json.JSONDecodeError as e:
             raise UsageError(option, f"is not valid JSON ({e})", "fix the file, or write it as TOML (.toml)") from None
+        if twice := _repeated_key(data):  # within a table, e.g. env_kwargs (TOML refuses it itself, as --env-kwargs does)
+            raise UsageError(option, f"gives {twice} twice", "keep one of them")
     else:
         try:
             import tomllib
@@ -152,6 +157,19 @@ class _Pairs(dict):
     in the order given."""
 
     pairs: list[tuple[str, Any]]
+
+
+def _repeated_key(value: Any, where: str = "") -> str:
+    """The first key that a JSON object inside ``value`` (read by :func:`_pairs`) gives twice, as ``'gravity' in
+    env_kwargs``; "" where none does. The file's own keys are not looked at: they are options, refused by name."""
+    if isinstance(value, list):
+        return next((found for i, v in enumerate(value) if (found := _repeated_key(v, f"{where}[{i}]"))), "")
+    if not isinstance(value, _Pairs):
+        return ""
+    keys = [k for k, _ in value.pairs]
+    if where and len(set(keys)) < len(keys):
+        return f"{next(k for i, k in enumerate(keys) if k in keys[:i])!r} in {where}"
+    return next((found for k, v in value.items() if (found := _repeated_key(v, f"{where}.{k}" if where else k))), "")
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> _Pairs:

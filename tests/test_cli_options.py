@@ -19,3 +19,36 @@ def test_a_flag_missing_its_value_names_flipes_train_help(flag: str) -> None:
         parse_train_config([flag])
     assert e.value.option == flag
     assert e.value.fix == "flipes train --help describes it"
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml"])
+def test_a_yaml_config_file_is_named_as_yaml_not_as_broken_toml(suffix: str, tmp_path: Path) -> None:
+    """A YAML file of options is refused as YAML, naming the formats read (not as TOML to be fixed)."""
+    path = tmp_path / f"run{suffix}"
+    path.write_text("popsize: 8\n")
+    with pytest.raises(UsageError) as e:
+        parse_train_config(["--config", str(path)])
+    assert "YAML" in e.value.problem and "TOML" not in e.value.problem
+    assert ".toml" in e.value.fix and ".json" in e.value.fix
+
+
+def test_a_json_suffix_in_capitals_is_read_as_json(tmp_path: Path) -> None:
+    """run.JSON holds JSON: its options are read as such, not parsed (and refused) as TOML."""
+    path = tmp_path / "run.JSON"
+    path.write_text('{"popsize": 8, "env_kwargs": {"gravity": 12.0}}')
+    config = parse_train_config(["--config", str(path)])
+    assert (config.popsize, config.env_kwargs) == (8, {"gravity": 12.0})
+
+
+def test_a_key_given_twice_inside_a_json_table_is_refused_as_on_the_command_line(tmp_path: Path) -> None:
+    """A JSON config file whose env_kwargs gives one key twice is refused, naming the key and the table, as
+    --env-kwargs with that object is (JSON would keep the last value silently)."""
+    twice = '{"gravity": 1.0, "gravity": 30.0}'
+    path = tmp_path / "run.json"
+    path.write_text(f'{{"popsize": 8, "env_kwargs": {twice}}}')
+    with pytest.raises(UsageError) as e:
+        parse_train_config(["--config", str(path)])
+    assert e.value.option == f"--config {path}"
+    assert e.value.problem == "gives 'gravity' in env_kwargs twice"
+    with pytest.raises(UsageError, match="gravity' twice"):
+        parse_train_config(["--env-kwargs", twice])
