@@ -587,6 +587,7 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             f"seeds the episodes of flipes' rollouts, and --fitness {config.fitness} computes the fitness itself",
             "drop --common-episodes, or roll out with flipes.rl.RolloutFitness(env, common_episodes=True) in that fitness",
         )
+    _check_rollout_options(config)
     finite("--max-seconds", config.max_seconds, 0, allow_inf=True, fix="0 means no limit")
     finite("--mpi-timeout", config.mpi_timeout, 0, allow_inf=True, fix="0 means wait forever")
     if isinstance(config.target, float):
@@ -650,6 +651,33 @@ def _check_rule_options(config: TrainConfig) -> None:
             f"{config.ars_top} keeps --algo ars's best directions, and this run's search is {config.algo}",
             "drop --ars-top, or use --algo ars",
         )
+
+
+# options of flipes' own rollouts (flipes.rl.RolloutFitness) that a --fitness, computing the fitness itself, would ignore:
+# (their unset value, how RolloutFitness takes them); --action-noise and --common-episodes are refused beside it in validate
+ROLLOUT_OPTIONS: MappingProxyType[str, tuple[Any, str]] = MappingProxyType(
+    {"episodes": (1, "episodes=..."), "reward_shift": (0.0, "reward_shift=..."), "max_episode_steps": (0, "max_steps=...")}
+)
+
+
+def _check_rollout_options(config: TrainConfig) -> None:
+    """Refuse an option of flipes' rollouts beside a --fitness, which replaces them: the run would ignore it. A value the
+    env's preset row sets (Hopper-v5's --reward-shift 1) was not asked for, and a resume keeps what its run recorded."""
+    if not config.fitness or config.resolve_auto_resume().resume:
+        return
+    from flipes.rl.presets import defaults as preset  # here: presets imports this module's TrainConfig
+
+    env_id = config.env.strip()
+    row = {} if env_id.lower() == "none" else preset(env_id, config.algo)
+    for name, (unset, spelt) in ROLLOUT_OPTIONS.items():
+        value = getattr(config, name)
+        if value != unset and value != row.get(name, unset):
+            opt = option_name(name)
+            raise UsageError(
+                opt,
+                f"{value:g} sets flipes' rollouts, and --fitness {config.fitness} computes the fitness itself",
+                f"drop {opt}, or roll out with flipes.rl.RolloutFitness(env, {spelt}) in that fitness",
+            )
 
 
 def _check_env_kwargs(config: TrainConfig) -> None:

@@ -52,3 +52,39 @@ def test_a_key_given_twice_inside_a_json_table_is_refused_as_on_the_command_line
     assert e.value.problem == "gives 'gravity' in env_kwargs twice"
     with pytest.raises(UsageError, match="gravity' twice"):
         parse_train_config(["--env-kwargs", twice])
+
+
+def _own_fitness(**options: object) -> TrainConfig:
+    return TrainConfig.for_env(env="none", fitness="mymod:fitness", model="mymod:model", **options)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "flag", "spelt"),
+    [
+        ("episodes", 3, "--episodes", "episodes=..."),
+        ("reward_shift", 1.0, "--reward-shift", "reward_shift=..."),
+        ("max_episode_steps", 10, "--max-episode-steps", "max_steps=..."),
+    ],
+)
+def test_an_option_of_flipes_rollouts_beside_a_fitness_of_ones_own_is_refused(
+    name: str, value: float, flag: str, spelt: str
+) -> None:
+    """--episodes, --reward-shift and --max-episode-steps set flipes' rollouts, which a --fitness replaces: given
+    beside one they would be ignored, so they are refused, naming the option and RolloutFitness's own keyword."""
+    validate(_own_fitness())  # each at its unset value is fine
+    with pytest.raises(UsageError) as e:
+        validate(_own_fitness(**{name: value}))
+    assert e.value.option == flag
+    assert "--fitness mymod:fitness computes the fitness itself" in e.value.problem
+    assert e.value.fix == f"drop {flag}, or roll out with flipes.rl.RolloutFitness(env, {spelt}) in that fitness"
+
+
+def test_a_rollout_option_set_by_the_envs_preset_row_or_a_resume_is_not_refused_beside_a_fitness() -> None:
+    """Hopper-v5's row sets --reward-shift 1, which a --fitness run on it did not ask for; a resume keeps the options
+    its run recorded. Another shift on that env is refused."""
+    hopper = TrainConfig.for_env("Hopper-v5", algo="openai-es", fitness="mymod:fitness", model="mymod:model")
+    assert hopper.reward_shift == 1.0
+    validate(hopper)
+    with pytest.raises(UsageError, match="--reward-shift"):
+        validate(hopper.replace(reward_shift=2.0))
+    validate(_own_fitness(episodes=3).replace(resume="runs/mine"))
