@@ -323,7 +323,10 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
             out[key] = check_value(key, value, field_type(hints[key]))
         except TypeError as e:
             example = _written(example_value(value, field_type(hints[key])), source.startswith("--config"))
-            fix = NO_ENV_FIX if (key, value, cls.__name__) == ("env", None, "TrainConfig") else f"write e.g. {key} = {example}"
+            # as the file is written: "key": value in JSON, key = value in TOML (and Python's key=value reads alike)
+            in_json = source.startswith("--config") and source.lower().endswith(".json")
+            written = f'"{key}": {example}' if in_json else f"{key} = {example}"
+            fix = NO_ENV_FIX if (key, value, cls.__name__) == ("env", None, "TrainConfig") else f"write e.g. {written}"
             raise UsageError(source, str(e), fix) from None
     return out
 

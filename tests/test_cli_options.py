@@ -88,3 +88,21 @@ def test_a_rollout_option_set_by_the_envs_preset_row_or_a_resume_is_not_refused_
     with pytest.raises(UsageError, match="--reward-shift"):
         validate(hopper.replace(reward_shift=2.0))
     validate(_own_fitness(episodes=3).replace(resume="runs/mine"))
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fix"),
+    [
+        ("run.json", '{"popsize": "64"}', 'write e.g. "popsize": 64'),
+        ("run.JSON", '{"hidden": 32}', 'write e.g. "hidden": [32]'),
+        ("run.toml", 'popsize = "64"', "write e.g. popsize = 64"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_offered_in_the_files_own_syntax(name: str, text: str, fix: str, tmp_path: Path) -> None:
+    """The value a config file's type error offers is written as that file writes it: "key": value in JSON (a TOML
+    line pasted there would break the file), key = value in TOML."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UsageError) as e:
+        parse_train_config(["--config", str(path)])
+    assert e.value.fix == fix
