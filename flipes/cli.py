@@ -387,6 +387,15 @@ class _Given(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _parses(words: list[str], item: FieldType) -> bool:
+    """Whether every word reads as a value of ``item``."""
+    try:
+        [parse_text(w, item) for w in words]
+    except ValueError:
+        return False
+    return True
+
+
 def _converter(name: str, ft: FieldType) -> Callable[[str], Any]:
     item = dataclasses.replace(ft, is_list=False)
 
@@ -394,6 +403,9 @@ def _converter(name: str, ft: FieldType) -> Callable[[str], Any]:
         try:
             return parse_text(text, item)
         except ValueError as e:
+            words = text.strip().strip("[]()").replace(",", " ").split()
+            if ft.is_list and len(words) > 1 and _parses(words, item):  # --hidden 64,64: another CLI's list, as one word
+                raise argparse.ArgumentTypeError(f"{e} (one value a word: {option_name(name)} {' '.join(words)})") from None
             raise argparse.ArgumentTypeError(str(e)) from None
 
     convert.__name__ = ft.describe()  # argparse shows it in its own messages

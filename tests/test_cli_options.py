@@ -106,3 +106,19 @@ def test_a_value_of_the_wrong_type_is_offered_in_the_files_own_syntax(name: str,
     with pytest.raises(UsageError) as e:
         parse_train_config(["--config", str(path)])
     assert e.value.fix == fix
+
+
+@pytest.mark.parametrize("given", ["64,64", "[64, 64]", "64, 64"])
+def test_a_list_given_as_one_word_is_refused_naming_the_flag_with_one_value_a_word(given: str) -> None:
+    """--hidden 64,64 (another command line's list syntax) is refused, naming the flag as it is written here."""
+    with pytest.raises(UsageError) as e:
+        parse_train_config(["--hidden", given])
+    assert e.value.option == "--hidden"
+    assert e.value.problem == f"expected an integer, got {given!r} (one value a word: --hidden 64 64)"
+
+
+def test_a_word_that_is_no_value_of_a_list_option_is_refused_as_before() -> None:
+    """A word that no splitting makes into values is refused without a suggestion of words."""
+    with pytest.raises(UsageError) as e:
+        parse_train_config(["--hidden", "6a"])
+    assert e.value.problem == "expected an integer, got '6a'"
