@@ -2543,10 +2543,11 @@ class TinyGPT(nn.Module):
         return self.head(self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device)))
 
 
-@pytest.mark.parametrize("tokens", [5, 6, 12], ids=["T=5", "T=6", "T=12"])
+@pytest.mark.parametrize("tokens", [1, 5, 6, 12], ids=["T=1", "T=5", "T=6", "T=12"])
 def test_shared_1d_position_ids_are_looked_up_by_every_member_and_a_multiple_of_n_is_refused(tokens: int) -> None:
     """A model that looks up 1-D positions ``torch.arange(T)`` shared by its batch (nanoGPT): with 8 members and T
-    no multiple of 8 every member's logits equal the plain model with its parameters (1e-10, float64); 1-D ids of
+    no multiple of 8 every member's logits equal the plain model with its parameters (1e-10, float64), T = 1 too (one
+    position, ``(1,)``: not read as one id per member's row, ``(N, d)``, which broadcast to ``(N, N, d)``); 1-D ids of
     length 8 or 16 could also be 1 or 2 tokens per member, and the error names both layouts (before, 16 ids were
     silently read as 2 per member)."""
     torch.manual_seed(0)

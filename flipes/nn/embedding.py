@@ -28,11 +28,13 @@ def flipout_embedding(
 ) -> Tensor:
     """``idx``: ``(N, *B)`` or ``(N·k, *B)`` token ids -> ``(*idx.shape, d)``, member ``n`` through its own table.
     Ids shared by every member, ``(1, *B)`` (position ids), or 1-D ids whose length is no multiple of N
-    (nanoGPT's ``wpe(torch.arange(T))``), are looked up in every member's table: ``(N, *B, d)``. 1-D ids
+    (nanoGPT's ``wpe(torch.arange(T))``; ``(1,)`` is T = 1, ``(N, 1, d)``, where N > 1), are looked up in every
+    member's table: ``(N, *B, d)``. 1-D ids
     of a length that is a multiple of N could be either and are refused, naming both layouts. In a part of
     a population, N is the part's members and ``population`` the whole one's: a part reads 1-D ids as the
     whole population does (shared, or refused), whatever its own size."""
-    if idx.dim() > 0 and idx.shape[0] == 1:
+    shared_row = idx.dim() > 1 or (idx.dim() == 1 and (population or noise.size) == 1)
+    if shared_row and idx.shape[0] == 1:  # (1, *B); not 1-D (1,) of more members: one position, below
         idx = idx.expand(noise.size, *idx.shape[1:])
     elif idx.dim() == 1:
         n, length = noise.size, idx.shape[0]
@@ -79,8 +81,8 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
         - Outside a population: as ``nn.Embedding``.
         - Inside a population of N members: ``(N, *B) -> (N, *B, embedding_dim)`` (or ``N·k`` rows,
           member-major); ids shared by all members, ``(1, *B)`` or 1-D ``(T,)`` with T no multiple of N
-          (e.g. position ids), give ``(N, *B, d)``; 1-D ids whose length is a multiple of N are refused as
-          ambiguous (per member: ``(N, k)``; shared: ``(1, T)``).
+          (e.g. position ids; ``(1,)`` is one position, T = 1), give ``(N, *B, d)``; 1-D ids whose length is a
+          multiple of N are refused as ambiguous (per member: ``(N, k)``; shared: ``(1, T)``).
 
     Examples::
 
