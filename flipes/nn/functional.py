@@ -94,7 +94,7 @@ def _flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotN
             f"inside a population inputs are members first: with k examples per member as (members, k, ...), "
             f"flatten only each example's features, counted from the end (nn.Flatten(start_dim=-3) after a Conv2d's "
             f"(C, H, W), -2 after a Conv1d's, -4 after a Conv3d's: a plain batch flattens alike), or pass them as ({n}·k, ...)"
-            if shape[-1] % weight.shape[-1] == 0  # examples flattened into the features
+            if shape[-1] and shape[-1] % weight.shape[-1] == 0  # examples flattened into the features (none: not so)
             else f"give it in_features={shape[-1]} (an env's observation size, say), or feed it {weight.shape[-1]}"
         )
         raise ValueError(
@@ -150,7 +150,7 @@ def _flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotN
             out += noise.bias.unsqueeze(1)
         return out.reshape(*x.shape[:-1], out.shape[-1])
     xs = xb * noise.s.unsqueeze(1)
-    pert = _grouped_product(xs.reshape(-1, xs.shape[-1]), noise).view(n, xb.shape[1], -1)
+    pert = _grouped_product(xs.reshape(-1, xs.shape[-1]), noise).view(n, xb.shape[1], weight.shape[0])  # not -1: B may be 0
     if noise.bias_r is not None:
         pert += noise.bias_r.unsqueeze(1)
     out = _mean_product(xb, weight, bias, noise.groups).addcmul_(pert, noise.r.unsqueeze(1))
