@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -97,3 +99,50 @@ def test_the_es_gradient_of_a_quadratic_fitness_read_through_the_forward_pass_is
     z = (g.mean(0) - target)[~fixed] / se[~fixed]
     bound = -torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1e-3 / (2 * z.numel()))).item()
     assert z.abs().max().item() < bound, (z.abs().max().item(), bound)
+
+
+H = 2
+LSTM_1, LSTM_2 = r"hx\[0\] \(h_0\) of shape \(2, 4, 2\), expected \(1, 4, 2\)", r"of shape \(1, 4, 2\), expected \(2, 4, 2\)"
+STATE_CASES = [
+    (lambda: nn.LSTM(3, H, batch_first=True), lambda: (torch.zeros(2, N, H), torch.zeros(2, N, H)), LSTM_1),
+    (lambda: nn.LSTM(3, H, num_layers=2), lambda: (torch.zeros(1, N, H), torch.zeros(1, N, H)), LSTM_2),
+    (lambda: nn.GRU(3, H, batch_first=True), lambda: torch.zeros(N, H), r"hx \(h_0\) of shape \(4, 2\), expected \(1, 4, 2\)"),
+    (lambda: nn.RNN(3, H, batch_first=True), lambda: torch.zeros(1, 2 * N, H), r"of shape \(1, 8, 2\), expected \(1, 4, 2\)"),
+    (lambda: nn.LSTMCell(3, H), lambda: (torch.zeros(N, 3),) * 2, r"hx\[0\] \(h\) of shape \(4, 3\), expected \(4, 2\)"),
+    (lambda: nn.GRUCell(3, H), lambda: torch.zeros(N + 1, H), r"hx of shape \(5, 2\), expected \(4, 2\)"),
+    (lambda: nn.RNNCell(3, H), lambda: torch.zeros(N, 1, H), r"hx of shape \(4, 1, 2\), expected \(4, 2\)"),
+]
+
+
+def _input(model: nn.Module, features: int) -> torch.Tensor:
+    """One input per member: ``(N, T, features)`` batch first, ``(T, N, features)`` else, ``(N, features)`` to a cell."""
+    if not isinstance(model, nn.RNNBase):
+        return torch.randn(N, features)
+    return torch.randn(N, 5, features) if model.batch_first else torch.randn(5, N, features)
+
+
+@pytest.mark.parametrize("make,state,message", STATE_CASES)
+def test_a_hidden_state_of_the_wrong_shape_is_refused_naming_the_expected_shape(
+    make: Callable[[], nn.Module], state: Callable[[], object], message: str
+) -> None:
+    """A recurrent layer or cell given a hidden state of another shape than torch.nn takes (more layers than it has,
+    fewer, no layer dim, another batch or hidden size) is a ValueError naming the state and the expected shape, as
+    torch.nn refuses it; before, an extra layer was silently ignored and the rest failed as a raw IndexError or
+    broadcast error, or as an "input" of the wrong features."""
+    model = flipes.flipout(make())
+    es = flipes.FlipES(model, popsize=N, sigma=0.1)
+    x = _input(model, 3)
+    with es.population(), pytest.raises(ValueError, match=message):
+        model(x, state())
+    with pytest.raises((RuntimeError, ValueError)):  # torch.nn refuses it too
+        make()(x, state())
+
+
+@pytest.mark.parametrize("make", [lambda: nn.LSTM(3, H, batch_first=True), lambda: nn.GRUCell(3, H)])
+def test_a_recurrent_input_of_other_features_names_input_size(make: Callable[[], nn.Module]) -> None:
+    """Inputs of 4 features to a recurrent layer of input_size 3 are refused naming ``input_size``, its own argument
+    (not a Linear's ``in_features``)."""
+    model = flipes.flipout(make())
+    es = flipes.FlipES(model, popsize=N, sigma=0.1)
+    with es.population(), pytest.raises(ValueError, match=r"has 4 features, the layer takes input_size=3; build it"):
+        model(_input(model, 4))

@@ -51,6 +51,28 @@ def _cell_noise(cell: FlipoutMixin, input: Tensor) -> tuple[tuple[SlotNoise, ...
     return backprop_noise(cell, 1 if unbatched else input.shape[0], per_sequence=True), unbatched
 
 
+def _check_input(layer: nn.Module, input: Tensor) -> None:
+    """The input's features against ``input_size``: named as the recurrent layer's own argument, not a Linear's."""
+    if input.shape[-1] != layer.input_size:
+        raise ValueError(
+            f"{type(layer).__name__}: input of shape {tuple(input.shape)} has {input.shape[-1]} features, the layer takes "
+            f"input_size={layer.input_size}; build it with input_size={input.shape[-1]}, or feed it {layer.input_size}"
+        )
+
+
+def _check_state(layer: nn.Module, states: tuple[Tensor, ...], expected: tuple[int, ...], names: tuple[str, ...]) -> None:
+    """Each given hidden state is ``expected``, as torch.nn checks it: one of another size would be read wrongly by the
+    population forward (extra layers ignored) or fail deep inside it."""
+    for t, name in zip(states, names, strict=True):
+        if tuple(t.shape) != expected:
+            raise ValueError(
+                f"{type(layer).__name__}: {name} of shape {tuple(t.shape)}, expected {expected} (as torch.nn's "
+                f"{type(layer).__name__.removeprefix('Flipout')}: the input's batch, hidden_size={layer.hidden_size}"
+                + (f", num_layers={layer.num_layers} first" if hasattr(layer, "num_layers") else "")
+                + "); inside a population the batch is the members, or k per member, member-major"
+            )
+
+
 class FlipoutLSTMCell(FlipoutMixin, nn.LSTMCell):
     r"""A ``torch.nn.LSTMCell`` with Flipout on ``weight_ih`` and ``weight_hh``.
 
@@ -86,6 +108,9 @@ class FlipoutLSTMCell(FlipoutMixin, nn.LSTMCell):
         noise, unbatched = _cell_noise(self, input)
         if noise is None:
             return super().forward(input, hx)
+        _check_input(self, input)
+        if hx is not None:
+            _check_state(self, tuple(hx), (*input.shape[:-1], self.hidden_size), ("hx[0] (h)", "hx[1] (c)"))
         if unbatched:
             h, c = self.forward(input.unsqueeze(0), None if hx is None else (hx[0].unsqueeze(0), hx[1].unsqueeze(0)))
             return h.squeeze(0), c.squeeze(0)
@@ -124,6 +149,9 @@ class FlipoutGRUCell(FlipoutMixin, nn.GRUCell):
         noise, unbatched = _cell_noise(self, input)
         if noise is None:
             return super().forward(input, hx)
+        _check_input(self, input)
+        if hx is not None:
+            _check_state(self, (hx,), (*input.shape[:-1], self.hidden_size), ("hx",))
         if unbatched:
             return self.forward(input.unsqueeze(0), None if hx is None else hx.unsqueeze(0)).squeeze(0)
         h = _zeros_like_hidden(input, self.hidden_size) if hx is None else hx
@@ -155,6 +183,9 @@ class FlipoutRNNCell(FlipoutMixin, nn.RNNCell):
         noise, unbatched = _cell_noise(self, input)
         if noise is None:
             return super().forward(input, hx)
+        _check_input(self, input)
+        if hx is not None:
+            _check_state(self, (hx,), (*input.shape[:-1], self.hidden_size), ("hx",))
         if unbatched:
             return self.forward(input.unsqueeze(0), None if hx is None else hx.unsqueeze(0)).squeeze(0)
         h = _zeros_like_hidden(input, self.hidden_size) if hx is None else hx
@@ -209,7 +240,12 @@ class _FlipoutRNNBase(FlipoutMixin):
             )
         unbatched = input.dim() == 2
         x = input.unsqueeze(0) if unbatched else (input if self.batch_first else input.transpose(0, 1))  # (B, T, in)
+        _check_input(self, x)
         state = None if hx is None else (tuple(hx) if isinstance(hx, tuple) else (hx,))
+        if state is not None:
+            batch = () if unbatched else (x.shape[0],)
+            names = ("hx[0] (h_0)", "hx[1] (c_0)") if self.gates == 4 else ("hx (h_0)",)
+            _check_state(self, state, (self.num_layers, *batch, self.hidden_size), names[: len(state)])
         if state is not None and unbatched:
             state = tuple(t.unsqueeze(1) for t in state)
         out, last = self._noisy_forward(x.contiguous(), state, noise)
