@@ -146,3 +146,38 @@ def test_a_recurrent_input_of_other_features_names_input_size(make: Callable[[],
     es = flipes.FlipES(model, popsize=N, sigma=0.1)
     with es.population(), pytest.raises(ValueError, match=r"has 4 features, the layer takes input_size=3; build it"):
         model(_input(model, 4))
+
+
+L, E = 5, 8
+
+
+def _attention_calls(batch_first: bool) -> list[tuple[Callable[[nn.Module], object], str]]:
+    """Calls with inputs nn.MultiheadAttention refuses, each with the words of the refusal."""
+
+    def seq(b: int, length: int = L, e: int = E) -> torch.Tensor:
+        return torch.randn(b, length, e) if batch_first else torch.randn(length, b, e)
+
+    x = seq(N)
+    return [
+        (lambda m: m(x, seq(2 * N), seq(2 * N)), r"same batch .*got 4, 8 and 8"),
+        (lambda m: m(x, x, seq(N, L + 1)), r"key and value must have the same length"),
+        (lambda m: m(*(seq(N, e=E + 1),) * 3), r"9, 9 and 9 features, the layer takes embed_dim=8"),
+        (lambda m: m(x, x, x, attn_mask=torch.zeros(L, L + 1, dtype=torch.bool)), r"attn_mask of shape \(5, 6\)"),
+        (lambda m: m(x, x, x, attn_mask=torch.zeros(3 * N, L, L)), r"attn_mask of shape \(12, 5, 5\), expected .*\(8, 5, 5\)"),
+        (lambda m: m(x, x, x, key_padding_mask=torch.zeros(N, L + 1, dtype=torch.bool)), r"key_padding_mask of shape"),
+    ]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attention_refuses_the_inputs_torch_refuses_naming_them(batch_first: bool) -> None:
+    """In a population, attention given a key and value of twice the query's batch (which the population forward read
+    as two keys per member, silently), key and value of other lengths, inputs of other features, and masks of the wrong
+    shape are ValueErrors naming the tensor and the shape expected, as nn.MultiheadAttention refuses them all (before:
+    silent, or raw broadcast and bmm errors)."""
+    model = flipes.flipout(nn.MultiheadAttention(E, 2, batch_first=batch_first))
+    es = flipes.FlipES(model, popsize=N, sigma=0.1)
+    for call, message in _attention_calls(batch_first):
+        with es.population(), pytest.raises(ValueError, match=message):
+            call(model)
+        with pytest.raises((AssertionError, RuntimeError)):  # torch.nn's refusal, outside a population
+            call(model)

@@ -97,12 +97,49 @@ class FlipoutMultiheadAttention(FlipoutMixin, nn.MultiheadAttention):
             )
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint (as nn.MultiheadAttention)")
+        self._check_shapes(query, key, value, key_padding_mask, attn_mask)
         if not self.batch_first:  # members are the batch: work batch-first
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         out, weights = self._population_attention(
             query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
         )
         return (out if self.batch_first else out.transpose(0, 1)), weights
+
+    def _check_shapes(
+        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None, attn_mask: Tensor | None
+    ) -> None:
+        """The checks of ``nn.MultiheadAttention`` on its inputs, in the caller's layout: the population forward reads
+        the batch as members, so a key of another batch would be taken as more keys per member, silently."""
+        bdim = 0 if self.batch_first else 1
+        batch, tgt = query.shape[bdim], query.shape[1 - bdim]
+        layout = "(N·k, L, E)" if self.batch_first else "(L, N·k, E)"
+        problem = None
+        if key.dim() != 3 or value.dim() != 3:
+            problem = f"key and value must be 3-D as the query, {layout}, got {tuple(key.shape)} and {tuple(value.shape)}"
+        elif key.shape[bdim] != batch or value.shape[bdim] != batch:
+            problem = (
+                f"query, key and value must have the same batch (dim {bdim}: the members, or k per member, member-major), "
+                f"got {batch}, {key.shape[bdim]} and {value.shape[bdim]}"
+            )
+        elif key.shape[1 - bdim] != value.shape[1 - bdim]:
+            problem = f"key and value must have the same length, got {tuple(key.shape)} and {tuple(value.shape)}"
+        elif (query.shape[-1], key.shape[-1], value.shape[-1]) != (self.embed_dim, self.kdim, self.vdim):
+            problem = (
+                f"query, key and value have {query.shape[-1]}, {key.shape[-1]} and {value.shape[-1]} features, the layer "
+                f"takes embed_dim={self.embed_dim}, kdim={self.kdim} and vdim={self.vdim}"
+            )
+        else:
+            src = key.shape[1 - bdim]
+            if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, src):
+                problem = f"key_padding_mask of shape {tuple(key_padding_mask.shape)}, expected (batch, S) = {(batch, src)}"
+            masks = ((tgt, src), (batch * self.num_heads, tgt, src))
+            if attn_mask is not None and tuple(attn_mask.shape) not in masks:
+                problem = (
+                    f"attn_mask of shape {tuple(attn_mask.shape)}, expected (L, S) = {masks[0]} or "
+                    f"(batch·num_heads, L, S) = {masks[1]}"
+                )
+        if problem is not None:
+            raise ValueError(f"{type(self).__name__}: {problem} (batch_first={self.batch_first}, as nn.MultiheadAttention)")
 
     def _member_param(self, name: str, batch: int) -> Tensor:
         """``(B, *shape)``: batch entry ``b`` gets member ``b // k``'s perturbed copy of parameter ``name``."""
