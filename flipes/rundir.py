@@ -36,9 +36,38 @@ def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
             what = "a directory" if path.is_dir() else "not a regular file"
             raise UsageError("--resume" if resuming_here else "--out", f"{path} is {what}, not the run's {name}",
                              f"move it out of the way (mv {path} {path}.bak)")  # fmt: skip
+    if resuming_here and (other := _other_runs_options(run_dir, Path(config.resume))):
+        file = Path(config.resume)
+        raise UsageError(
+            "--resume",
+            f"{file} is not a checkpoint of the run in {str(run_dir)!r} ({other}): resumed there, it would replace that run",
+            f"move it into a directory of its own first (mkdir runs/new && mv {file} runs/new/), then --resume "
+            f"runs/new/{file.name}",
+        )
     if held and not resuming_here and not config.overwrite and not unstarted(run_dir):
         fix = f"continue it with --resume {run_dir}, train into another --out, or pass --overwrite to replace it"
         raise UsageError("--out", f"{str(run_dir)!r} holds a run ({', '.join(held)})", fix)
+
+
+def _other_runs_options(run_dir: Path, file: Path) -> str:
+    """Where ``file``, a checkpoint named as none of the run's own files (a copy of another run's dropped into
+    ``run_dir``), was trained with other options than the run whose config.json is in ``run_dir``: those options, as
+    ``--hidden: [8] in the file, [16] in the run``; ``""`` where they agree (a backup of this run's own), there is no
+    run's config.json, or the file does not load (the resume says why)."""
+    if file.suffix != ".pt" or file.name in RUN_FILES or not (run_dir / "config.json").is_file():
+        return ""
+    from flipes.resume import RESUME_KEYS, same_option
+
+    try:
+        run = json.loads((run_dir / "config.json").read_text())
+        saved = load_checkpoint(file, map_location="cpu")["config"]
+    except (OSError, ValueError, CheckpointError):  # a damaged config.json or checkpoint: said where it is read
+        return ""
+    if not isinstance(run, dict):
+        return ""
+    differ = [k for k in RESUME_KEYS if k in run and k in saved and not same_option(k, run, saved)]
+    shown = ", ".join(f"--{k.replace('_', '-')}: {saved[k]!r} in the file, {run[k]!r} in the run" for k in differ[:3])
+    return f"trained with other options, {shown}{', ...' if len(differ) > 3 else ''}" if differ else ""
 
 
 def unstarted(run_dir: Path) -> bool:

@@ -1,0 +1,41 @@
+"""What a run directory's files hold after the ways a long run is resumed, overwritten, evaluated and interrupted:
+another run's checkpoint resumed inside it, its logs replaced, its config.json damaged, rows and checkpoints in
+the order a crash can leave them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import FAST_KW
+
+import flipes
+from flipes.errors import UsageError
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+def test_another_runs_checkpoint_resumed_inside_a_run_directory_is_refused_and_the_run_kept(tmp_path: Path) -> None:
+    """A checkpoint of a run of other options (--hidden 8) copied into another run's directory (--hidden 16) and
+    resumed there is refused before anything is written, naming the option that differs and how to continue it, and
+    every file of the run in that directory stays byte for byte; a copy of the run's own checkpoint under another
+    name resumes there."""
+    small, wide = tmp_path / "small", tmp_path / "wide"
+    flipes.train(**FAST_KW, generations=1, hidden=[8], out=str(small))
+    flipes.train(**FAST_KW, generations=1, hidden=[16], out=str(wide))
+    shutil.copyfile(small / "checkpoint.pt", wide / "from_small.pt")
+    before = _files(wide)
+    for options in ({"hidden": [8]}, {}):  # its options given again, or the directory's taken
+        with pytest.raises(
+            UsageError,
+            match=r"from_small.pt is not a checkpoint of the run in .*--hidden: \[8\] in the file, "
+            r"\[16\] in the run\): resumed there, it would replace that run; move it into a directory",
+        ):
+            flipes.train(**FAST_KW, generations=2, resume=str(wide / "from_small.pt"), **options)
+        assert _files(wide) == before
+    shutil.copyfile(wide / "checkpoint.pt", wide / "backup.pt")
+    result = flipes.train(**FAST_KW, generations=2, resume=str(wide / "backup.pt"))
+    assert [row["generation"] for row in flipes.read_metrics(wide)] == [0, 1] and result.run_dir == wide
