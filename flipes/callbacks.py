@@ -451,6 +451,7 @@ class Checkpointer(Callback):
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
         if row.get("eval_return", -math.inf) > self.best:
             self.best = row["eval_return"]
+            self._sync_rows()  # best.pt is a whole training state too (offered to --resume where checkpoint.pt is damaged)
             save_checkpoint(state.checkpoint_state(), self.run_dir / "best.pt", keep_previous=False)
         if state.es.generation % self.every == 0:
             self._save(state)
@@ -460,16 +461,19 @@ class Checkpointer(Callback):
             self._save(state)
 
     def _save(self, state: TrainState) -> None:
-        # the rows it covers first (JSONLLogger wrote them before this callback): a crash of the machine would otherwise
-        # keep the checkpoint, fsynced, and lose rows still in the page cache, a gap its resume cannot fill
+        self._sync_rows()
+        save_checkpoint(state.checkpoint_state(), self.run_dir / "checkpoint.pt")
+        self.saved_at = state.es.generation
+
+    def _sync_rows(self) -> None:
+        # the rows a checkpoint covers first (JSONLLogger wrote them before this callback): a crash of the machine would
+        # otherwise keep the checkpoint, fsynced, and lose rows still in the page cache, a gap its resume cannot fill
         try:
             sync_file(self.run_dir / "metrics.jsonl")
         except OSError as e:
             good = self.run_dir / "checkpoint.pt"
             problem = f"cannot write {self.run_dir / 'metrics.jsonl'} ({os_reason(e)})"
             raise StorageError(f"{problem}; the last good checkpoint is {good}{resume_hint(good)}") from None
-        save_checkpoint(state.checkpoint_state(), self.run_dir / "checkpoint.pt")
-        self.saved_at = state.es.generation
 
 
 class CurvePlotter(Callback):

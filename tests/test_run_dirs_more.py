@@ -39,3 +39,31 @@ def test_another_runs_checkpoint_resumed_inside_a_run_directory_is_refused_and_t
     shutil.copyfile(wide / "checkpoint.pt", wide / "backup.pt")
     result = flipes.train(**FAST_KW, generations=2, resume=str(wide / "backup.pt"))
     assert [row["generation"] for row in flipes.read_metrics(wide)] == [0, 1] and result.run_dir == wide
+
+
+def test_every_checkpoint_best_pt_too_is_written_after_the_rows_it_covers_are_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before each checkpoint.pt and best.pt is written, metrics.jsonl is fsynced holding a row of every generation
+    the checkpoint holds: a crash of the machine cannot keep a best.pt (which --resume is offered where checkpoint.pt
+    is damaged) whose rows are lost."""
+    import flipes.callbacks as callbacks
+
+    run, events = tmp_path / "run", []
+    real_sync, real_save = callbacks.sync_file, callbacks.save_checkpoint
+
+    def sync(path: Path) -> None:
+        real_sync(path)
+        events.append(("synced", len(Path(path).read_text().splitlines())))
+
+    def save(state: dict, path: Path, **kwargs: object) -> Path:
+        events.append((Path(path).name, state["es"]["generation"]))
+        return real_save(state, path, **kwargs)
+
+    monkeypatch.setattr(callbacks, "sync_file", sync)
+    monkeypatch.setattr(callbacks, "save_checkpoint", save)
+    flipes.train(**FAST_KW, generations=3, eval_every=1, checkpoint_every=100, out=str(run))
+    saves = [i for i, (name, _) in enumerate(events) if name != "synced"]
+    assert [events[i][0] for i in saves].count("best.pt") >= 1, events
+    for i in saves:
+        assert events[i - 1] == ("synced", events[i][1]), events  # synced holding the rows of generations 0..g-1
