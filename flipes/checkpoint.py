@@ -16,7 +16,7 @@ import os
 import pickle
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
@@ -247,6 +247,27 @@ def load_mismatch(error: Exception, limit: int = 160) -> str:
         lines = lines[1:]
     first = _SIZE_MISMATCH.sub(lambda m: f"size mismatch for {m[1]}: ({m[2]}) saved, ({m[3]}) in the model", lines[0])
     return clip(first, limit) + (f"; and {len(lines) - 1} more" if len(lines) > 1 else "")
+
+
+def state_mismatch(saved: Mapping[str, Any], model: Mapping[str, Any], limit: int = 160) -> str:
+    """Why the state dict ``saved`` would not load into a model whose state dict is ``model``, worded as
+    :func:`load_mismatch` words torch's error (``size mismatch for 0.weight: (8, 4) saved, (16, 4) in the model; and 2
+    more``); ``""`` where it loads. Checked before loading: torch's ``load_state_dict`` copies every tensor that fits
+    and raises only then, leaving the model half loaded."""
+    quoted = lambda keys: ", ".join(f'"{k}"' for k in keys)  # noqa: E731  as torch quotes them
+    reasons = []
+    if missing := [k for k in model if k not in saved]:
+        reasons.append(f"Missing key(s) in state_dict: {quoted(missing)}.")
+    if unexpected := [k for k in saved if k not in model]:
+        reasons.append(f"Unexpected key(s) in state_dict: {quoted(unexpected)}.")
+    for key, value in model.items():
+        other = saved.get(key)
+        if isinstance(value, Tensor) and isinstance(other, Tensor) and other.shape != value.shape:
+            shapes = (", ".join(map(str, v.shape)) for v in (other, value))
+            reasons.append("size mismatch for {}: ({}) saved, ({}) in the model".format(key, *shapes))
+    if not reasons:
+        return ""
+    return clip(reasons[0], limit) + (f"; and {len(reasons) - 1} more" if len(reasons) > 1 else "")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from flipes.callbacks import read_jsonl_lines
-from flipes.checkpoint import CheckpointError, load_checkpoint, load_mismatch
+from flipes.checkpoint import CheckpointError, load_checkpoint, load_mismatch, state_mismatch
 from flipes.cli import import_here
 from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.checks import as_index
@@ -280,14 +280,21 @@ def policy_and_state(
                 raise UsageError("--checkpoint", f"{run_dir} has no best member yet: no generation was checkpointed", "train on")
             raise UsageError("--checkpoint", f"{run_dir} kept no best member", "train it with --track-best")
         weights = state["es"]["best"]["state_dict"]
+
+    def another_model(why: str) -> UsageError:
+        if given:  # the caller's model, not the run's own code: it is the likelier culprit
+            problem = f"{checkpoint} of {run_dir} holds parameters of another model than the one given ({why})"
+            return UsageError("--checkpoint", problem, "give model= the model the run was trained with")
+        problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({why})"
+        return UsageError("--checkpoint", problem, "pass a checkpoint written by this run")
+
+    # before loading: torch copies what fits and then raises, which would half load a module given that cannot be copied
+    if why := state_mismatch(weights, uncompiled(model).state_dict()):
+        raise another_model(why)
     try:
         uncompiled(model).load_state_dict(weights)  # torch.compile(net) given: net's keys
-    except RuntimeError as e:
-        if given:  # the caller's model, not the run's own code: it is the likelier culprit
-            problem = f"{checkpoint} of {run_dir} holds parameters of another model than the one given ({load_mismatch(e)})"
-            raise UsageError("--checkpoint", problem, "give model= the model the run was trained with") from None
-        problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({load_mismatch(e)})"
-        raise UsageError("--checkpoint", problem, "pass a checkpoint written by this run") from None
+    except RuntimeError as e:  # a module's own _load_from_state_dict may refuse what the keys and shapes allow
+        raise another_model(load_mismatch(e)) from None
     return model.eval(), state
 
 

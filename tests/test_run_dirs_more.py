@@ -5,9 +5,11 @@ the order a crash can leave them."""
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import FAST_KW
 
 import flipes
@@ -67,3 +69,37 @@ def test_every_checkpoint_best_pt_too_is_written_after_the_rows_it_covers_are_sy
     assert [events[i][0] for i in saves].count("best.pt") >= 1, events
     for i in saves:
         assert events[i - 1] == ("synced", events[i][1]), events  # synced holding the rows of generations 0..g-1
+
+
+class _Locked(torch.nn.Module):
+    """A policy holding a lock, which copy.deepcopy cannot copy: load_policy loads a checkpoint into it in place."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+        self.lock = threading.Lock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_a_model_of_other_shapes_is_refused_before_any_of_its_parameters_is_loaded(tmp_path: Path) -> None:
+    """load_policy given a module of another width that it must load in place (it cannot be copied) refuses it naming
+    the first mismatching key with both shapes and how many more, and leaves every parameter of the module exactly as
+    it was (torch's load copies the ones that fit, here the last bias, before it raises)."""
+
+    def fitness(model: torch.nn.Module, pop: object) -> torch.Tensor:
+        return -((model(torch.ones(pop.size, 4)).squeeze(-1) - 1) ** 2)
+
+    run = tmp_path / "run"
+    flipes.train(env="none", model=lambda env: _Locked(8), fitness=fitness, popsize=8, generations=1, out=str(run),
+                 tensorboard=False, plot=False, progress=False)  # fmt: skip
+    wider = _Locked(16)
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.warns(UserWarning, match="cannot be copied"), pytest.raises(UsageError) as e:
+        flipes.load_policy(run, model=wider)
+    assert str(e.value) == (
+        f"--checkpoint: latest of {run} holds parameters of another model than the one given (size mismatch for "
+        "net.0.weight: (8, 4) saved, (16, 4) in the model; and 2 more); give model= the model the run was trained with"
+    )
+    assert all(torch.equal(v, before[k]) for k, v in wider.state_dict().items())
