@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import warnings
 from pathlib import Path
 from typing import IO, Any
@@ -203,7 +204,8 @@ class RunDirLock:
 
 
 def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | None = None) -> RunDirLock:
-    """Create and lock the run directory, clear it for ``--overwrite``, write ``config.json``, then (where
+    """Create and lock the run directory, clear it for ``--overwrite`` (the old run's files and its TensorBoard and W&B
+    logs, which would mix with the new run's: one line names what was deleted), write ``config.json``, then (where
     it has no checkpoint) a branch's history and the starting state ``start`` as its first checkpoint,
     last: a directory with a checkpoint holds a whole run, which ``--resume DIR`` continues; one cut
     short before it is taken over by the same command (:func:`unstarted`). All writes are atomic.
@@ -226,10 +228,16 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
     try:
         check_run_dir(run_dir, config)  # again under the lock: another process may have started meanwhile
         if not config.resume and (config.overwrite or unstarted(run_dir)):
-            for name in (*RUN_FILES, "policy.pt2"):  # and what flipes export wrote from the old run
+            # what a run and flipes export wrote: its logs too, whose events would otherwise mix with the new run's
+            removed = [name for name in (*RUN_FILES, "policy.pt2") if (run_dir / name).is_file()]
+            removed += [f"{name}/" for name in ("tensorboard", "wandb") if (run_dir / name).is_dir()]
+            for name in (*RUN_FILES, "policy.pt2"):
                 (run_dir / name).unlink(missing_ok=True)
             for name in ("tensorboard", "wandb"):
                 shutil.rmtree(run_dir / name, ignore_errors=True)
+            if config.overwrite and config.progress and removed:  # deleted for good: said, with the logs by name
+                said = f"flipes: --overwrite: deleted the old run's {', '.join(removed)} in {run_dir}"
+                print(said, file=sys.stderr, flush=True)
         first = start is not None and not (run_dir / "checkpoint.pt").exists()
         if first:  # marked until its checkpoint is written: a setup cut short is taken over (unstarted)
             if (run_dir / SETUP).exists():  # such a one's copies may be of another source, or an older state of it

@@ -103,3 +103,30 @@ def test_a_model_of_other_shapes_is_refused_before_any_of_its_parameters_is_load
         "net.0.weight: (8, 4) saved, (16, 4) in the model; and 2 more); give model= the model the run was trained with"
     )
     assert all(torch.equal(v, before[k]) for k, v in wider.state_dict().items())
+
+
+def test_overwrite_says_in_one_line_which_files_and_logs_of_the_old_run_it_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--overwrite of a run with TensorBoard and W&B logs prints one line naming each file and log folder it deleted
+    (not the user's own file, which stays); quiet with progress off, and silent where nothing was there to delete."""
+    from flipes.config import TrainConfig
+    from flipes.rundir import prepare_run_dir
+
+    run = tmp_path / "run"
+    for progress in (True, False):
+        for name in ("tensorboard", "wandb"):
+            (run / name).mkdir(parents=True, exist_ok=True)
+            (run / name / "events").write_text("x")
+        for name in ("checkpoint.pt", "metrics.jsonl", "notes.txt"):
+            (run / name).write_text("x")
+        prepare_run_dir(run, TrainConfig(out=str(run), overwrite=True, progress=progress)).release()
+        said = capsys.readouterr().err
+        assert said == (
+            f"flipes: --overwrite: deleted the old run's checkpoint.pt, metrics.jsonl, tensorboard/, wandb/ in {run}\n"
+            if progress
+            else ""
+        )
+        assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "notes.txt"]
+    prepare_run_dir(tmp_path / "new", TrainConfig(out=str(tmp_path / "new"), overwrite=True)).release()
+    assert capsys.readouterr().err == ""
