@@ -42,7 +42,7 @@ from flipes.command_options import (  # noqa: F401 (TRAIN_HELP: named from here,
     evaluate_help,
     parse_train_config,
 )
-from flipes.config import TrainConfig
+from flipes.config import TrainConfig, saved_options
 from flipes.errors import StorageError, UsageError, WorkerEndedError
 from flipes.recording import first_frame, record, render_env  # noqa: F401 (first_frame: named from here too)
 from flipes.train_notes import ModelNote, Note, ResumeNote, other_version_row, preset_lines  # noqa: F401 (other_version_row too)
@@ -123,12 +123,38 @@ def train_command(argv: Sequence[str] | None = None) -> int:
             notes += [Note(line) for line in preset_lines(config)]
         if config.progress:
             notes.append(ResumeNote())
+        if config.progress and (resume := config.resolve_auto_resume().resume):
+            notes.append(TrackBestNote(bool(saved_options(resume).get("track_best", False))))
         if config.model and config.progress:
             notes.append(ModelNote())
         result = train(config, comm=comm, callbacks=notes)
         return 130 if result.reason == "interrupted" else 0
 
     return main_guard(run, comm)
+
+
+class TrackBestNote(Callback):
+    """What a resume that turns ``--track-best`` on or off does to the best member (``--checkpoint best-member``):
+    kept from the resumed generation on, not of the generations before; or dropped at the next checkpoint.
+    ``tracked``: whether the run was trained with it (its config.json)."""
+
+    def __init__(self, tracked: bool) -> None:
+        self.tracked = tracked
+
+    def on_train_start(self, state: Any) -> None:
+        from flipes.rl.envs import print_note
+
+        now, at = state.config.track_best, state.es.generation
+        if not state.resumed or at == 0 or now == self.tracked:
+            return
+        if now:
+            print_note(f"--track-best from generation {at} on: the run kept no best member before, so --checkpoint "
+                       f"best-member is the fittest member of generations {at} on, not of the whole run")  # fmt: skip
+        else:
+            print_note(
+                "resumed without --track-best, which the run was trained with: the best member it kept is dropped at the "
+                "next checkpoint (--checkpoint best-member then refuses); resume with --track-best to keep it"
+            )
 
 
 def checkpoint_origin(run: str, checkpoint: str, state: dict[str, Any]) -> str:

@@ -130,3 +130,24 @@ def test_overwrite_says_in_one_line_which_files_and_logs_of_the_old_run_it_delet
         assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "notes.txt"]
     prepare_run_dir(tmp_path / "new", TrainConfig(out=str(tmp_path / "new"), overwrite=True)).release()
     assert capsys.readouterr().err == ""
+
+
+def test_a_resume_turning_track_best_on_or_off_says_what_the_best_member_then_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``flipes train --resume`` with --track-best on a run trained without it says once that the best member is
+    kept from the resumed generation on only; resumed with it again, nothing; with --track-best false, that the kept
+    best member is dropped at the next checkpoint (as it is: best-member is then refused)."""
+    from flipes.commands import main
+
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    note = "flipes: --track-best from generation 1 on: the run kept no best member before, so --checkpoint best-member"
+    dropped = "flipes: resumed without --track-best, which the run was trained with: the best member it kept is dropped"
+    for generations, flag, said in ((2, ["--track-best"], note), (3, [], None), (4, ["--track-best", "false"], dropped)):
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), "--generations", str(generations), *flag]) == 0
+        lines = [line for line in capsys.readouterr().err.splitlines() if "track-best" in line]
+        assert len(lines) == (said is not None) and all(line.startswith(said) for line in lines), lines
+    with pytest.raises(UsageError, match="kept no best member"):
+        flipes.load_policy(run, "best-member")
