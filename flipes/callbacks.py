@@ -222,7 +222,8 @@ def read_jsonl_lines(path: Path) -> list[str]:
 
 class ProgressPrinter(Callback):
     """A status line per generation (live on a terminal; piped, every ``eval_every``-th and the one training
-    ended at), and the reason training ended, to ``stream`` (``None``: ``sys.stdout``)."""
+    ended at), and the reason training ended, to ``stream`` (``None``: ``sys.stdout``). A stream that can no longer be
+    written (a pipe whose reader ended, ``| head``; a full disk) ends the lines, not the run (:func:`lost_stream`)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
@@ -235,12 +236,20 @@ class ProgressPrinter(Callback):
         self.progress = Progress(config.generations, stream, config.eval_every, evaluates, config.max_timesteps)
 
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
-        assert self.progress is not None
-        self.progress.update(row)
+        if self.progress is None:  # its stream failed: the rows go on in metrics.jsonl
+            return
+        try:
+            self.progress.update(row)
+        except OSError as e:
+            lost_stream(self.progress.stream, e, state)
+            self.progress = None
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
         if self.progress is not None:
-            self.progress.message(outcome(state, reason))
+            try:
+                self.progress.message(outcome(state, reason))
+            except OSError as e:
+                lost_stream(self.progress.stream, e, state)
 
 
 class OutcomePrinter(Callback):
@@ -251,7 +260,35 @@ class OutcomePrinter(Callback):
         self.stream = stream
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
-        print(outcome(state, reason), file=self.stream or sys.stdout, flush=True)
+        stream = self.stream or sys.stdout
+        try:
+            print(outcome(state, reason), file=stream, flush=True)
+        except OSError as e:
+            lost_stream(stream, e, state)
+
+
+def lost_stream(stream: TextIO, error: OSError, state: TrainState) -> None:
+    """Training goes on where its progress lines cannot be written (``flipes train | head``, a ``tee`` that ended, a
+    full disk under a log file): a run of days is not lost to its console. Said once on stderr where that can be
+    written; the process's stdout is pointed at /dev/null, else Python's flush of it at exit fails again (a traceback
+    and exit status 120)."""
+    try:
+        print(f"flipes: cannot write the progress lines ({os_reason(error)}); training goes on without them, every row "
+              f"in {state.run_dir / 'metrics.jsonl'}", file=sys.stderr, flush=True)  # fmt: skip
+    except (OSError, ValueError):  # stderr is gone too (2>&1 into the same pipe): its later notes must not fail either
+        _to_null([sys.stderr, sys.__stderr__])
+    _to_null([sys.stdout, sys.__stdout__] if stream in (sys.stdout, sys.__stdout__) else [])
+
+
+def _to_null(streams: list[TextIO | None]) -> None:
+    """Point each standard stream's file descriptor at /dev/null (where it has one)."""
+    for standard in streams:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, standard.fileno())  # type: ignore[union-attr]
+            os.close(null)
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a notebook's stream)
+            pass
 
 
 def outcome(state: TrainState, reason: str) -> str:

@@ -4,8 +4,10 @@ the order a crash can leave them."""
 
 from __future__ import annotations
 
+import io
 import shutil
 import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,44 @@ def test_a_resume_turning_track_best_on_or_off_says_what_the_best_member_then_is
         assert len(lines) == (said is not None) and all(line.startswith(said) for line in lines), lines
     with pytest.raises(UsageError, match="kept no best member"):
         flipes.load_policy(run, "best-member")
+
+
+class _ClosedPipe(io.StringIO):
+    """A stream whose reader has ended (``flipes train | head -1``): the first line is taken, the next write fails."""
+
+    def write(self, text: str) -> int:
+        if self.getvalue():
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_progress_stream_that_can_no_longer_be_written_ends_the_lines_not_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The progress printer whose stream breaks after its first line (a pipe to ``head -1``) raises nothing on that
+    generation, the ones after it or at the end, writes nothing more to it, and says once on stderr that training goes
+    on with every row in metrics.jsonl; the outcome printer of --progress false raises nothing either."""
+    from flipes.callbacks import OutcomePrinter, ProgressPrinter
+    from flipes.config import TrainConfig
+
+    state = types.SimpleNamespace(config=TrainConfig(generations=5, eval_every=1), run_dir=tmp_path, timesteps=0,
+                                  es=types.SimpleNamespace(generation=0))  # fmt: skip
+    stream = _ClosedPipe()
+    printer = ProgressPrinter(stream)
+    printer.on_train_start(state)  # type: ignore[arg-type]
+    for gen in range(5):
+        state.es.generation = gen + 1
+        row = {"generation": gen, "fitness_mean": 1.0, "fitness_max": 2.0, "seconds": 0.1, "timesteps": 0}
+        printer.on_generation(state, row)  # type: ignore[arg-type]
+    printer.on_train_end(state, "generations")  # type: ignore[arg-type]
+    OutcomePrinter(_ClosedPipe("x")).on_train_end(state, "generations")  # type: ignore[arg-type]
+    assert stream.getvalue().startswith("gen   0/5") and stream.getvalue().count("\n") == 1
+    said = capsys.readouterr().err.splitlines()
+    assert (
+        said
+        == [
+            f"flipes: cannot write the progress lines (Broken pipe); training goes on without them, every row in "
+            f"{tmp_path / 'metrics.jsonl'}"
+        ]
+        * 2
+    )
