@@ -23,11 +23,13 @@ SETUP = ".setup"  # present while prepare_run_dir sets a new run up (before its 
 RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
 
 
-def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
-    """Refuse to train into a directory that holds another run, unless resuming it or ``--overwrite``.
+def check_run_dir(run_dir: Path, config: TrainConfig, locked: bool = False) -> None:
+    """Refuse to train into a directory that holds another run, unless resuming it or ``--overwrite``; one that a
+    process trains into now is named as in use (not offered to ``--overwrite``), unless ``locked``: this process holds
+    its lock (:func:`prepare_run_dir`).
 
     Raises:
-        UsageError: naming what the directory holds and the three ways on.
+        UsageError: naming what the directory holds and the three ways on, or the process that holds it.
     """
     held = [name for name in RUN_FILES if (run_dir / name).exists()]
     resuming_here = bool(config.resume) and resume_dir(config.resume).resolve() == run_dir.resolve()
@@ -45,6 +47,8 @@ def check_run_dir(run_dir: Path, config: TrainConfig) -> None:
             f"move it into a directory of its own first (mkdir runs/new && mv {file} runs/new/), then --resume "
             f"runs/new/{file.name}",
         )
+    if held and not resuming_here and not locked:  # a run under way: in use, whatever the options (--overwrite too)
+        check_not_in_use(run_dir, "--out")
     if held and not resuming_here and not config.overwrite and not unstarted(run_dir):
         fix = f"continue it with --resume {run_dir}, train into another --out, or pass --overwrite to replace it"
         raise UsageError("--out", f"{str(run_dir)!r} holds a run ({', '.join(held)})", fix)
@@ -123,10 +127,11 @@ def _copy_atomic(source: Path, target: Path) -> None:
         raise StorageError(f"cannot copy {source} to {target} ({os_reason(e)})") from None
 
 
-def check_not_in_use(run_dir: Path) -> None:
+def check_not_in_use(run_dir: Path, option: str = "--resume") -> None:
     """Refuse to resume a run directory another process holds locked, without taking the lock: a resume
     checks it before reading the run, which a process that started it an instant ago may not have
-    finished writing. The option named is ``--resume`` (the run read; for a branch ``--out`` is another).
+    finished writing. The option named is ``--resume`` (the run read; for a branch ``--out`` is another), or
+    ``option`` (``--out``: a directory trained into).
 
     Raises:
         UsageError: naming the process that holds it.
@@ -144,7 +149,7 @@ def check_not_in_use(run_dir: Path) -> None:
             fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as e:
             if _held(run_dir, e):
-                raise _in_use(run_dir, file, "--resume") from None
+                raise _in_use(run_dir, file, option) from None
 
 
 # what flock raises where another process holds the lock; anything else (ENOSYS, EOPNOTSUPP, ENOLCK) is a file system
@@ -226,7 +231,7 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
             "choose a directory you can write, e.g. --out runs/mine",
         ) from None
     try:
-        check_run_dir(run_dir, config)  # again under the lock: another process may have started meanwhile
+        check_run_dir(run_dir, config, locked=True)  # again under the lock: another process may have started meanwhile
         if not config.resume and (config.overwrite or unstarted(run_dir)):
             # what a run and flipes export wrote: its logs too, whose events would otherwise mix with the new run's
             removed = [name for name in (*RUN_FILES, "policy.pt2") if (run_dir / name).is_file()]

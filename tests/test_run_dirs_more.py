@@ -194,3 +194,22 @@ def test_a_progress_stream_that_can_no_longer_be_written_ends_the_lines_not_the_
         ]
         * 2
     )
+
+
+def test_a_second_train_into_a_run_under_way_is_told_it_is_in_use_not_offered_overwrite(tmp_path: Path) -> None:
+    """Training into a directory whose run another process trains now (its lock held) is refused as in use, naming
+    that process, with or without --overwrite, and not told to pass --overwrite to replace a run that is being
+    written; its files stay as they were."""
+    from flipes.rundir import RunDirLock
+
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    before = _files(run)
+    lock = RunDirLock(run)  # another process's, as far as flock is concerned: another open file
+    try:
+        for overwrite in (False, True):
+            with pytest.raises(UsageError, match=rf"^--out: '{run}' is in use by flipes pid \d+ on .*; wait for it to end"):
+                flipes.train(**FAST_KW, generations=1, out=str(run), overwrite=overwrite)
+    finally:
+        lock.release()
+    assert _files(run) == before
