@@ -916,7 +916,7 @@ def test_a_resume_names_the_rows_its_metrics_lack_and_a_checkpoint_syncs_the_row
     monkeypatch.setattr(callbacks.os, "fsync", fsync)
     run = tmp_path / "run"
     flipes.train(**FAST_KW, generations=10, checkpoint_every=4, out=str(run))
-    assert synced == [(str(run / "metrics.jsonl"), rows) for rows in (4, 8, 10)]  # generation 3's row, 7's, the last
+    assert synced == [(str(run / "metrics.jsonl"), rows) for rows in (1, 3, 4, 8, 10)]  # best.pt: 0, 2; checkpoints: 3, 7, 9
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in (1, 2, 3, 6)))
     capsys.readouterr()
