@@ -249,11 +249,11 @@ def load_mismatch(error: Exception, limit: int = 160) -> str:
     return clip(first, limit) + (f"; and {len(lines) - 1} more" if len(lines) > 1 else "")
 
 
-def state_mismatch(saved: Mapping[str, Any], model: Mapping[str, Any], limit: int = 160) -> str:
-    """Why the state dict ``saved`` would not load into a model whose state dict is ``model``, worded as
-    :func:`load_mismatch` words torch's error (``size mismatch for 0.weight: (8, 4) saved, (16, 4) in the model; and 2
-    more``); ``""`` where it loads. Checked before loading: torch's ``load_state_dict`` copies every tensor that fits
-    and raises only then, leaving the model half loaded."""
+def state_mismatches(saved: Mapping[str, Any], model: Mapping[str, Any]) -> list[str]:
+    """Each reason the state dict ``saved`` would not load into a model whose state dict is ``model`` (missing and
+    unexpected keys as torch words them, then each size mismatch as :func:`load_mismatch` does); empty where it loads.
+    Checked before loading: torch's ``load_state_dict`` copies every tensor that fits and raises only then, leaving the
+    model half loaded."""
     quoted = lambda keys: ", ".join(f'"{k}"' for k in keys)  # noqa: E731  as torch quotes them
     reasons = []
     if missing := [k for k in model if k not in saved]:
@@ -265,6 +265,13 @@ def state_mismatch(saved: Mapping[str, Any], model: Mapping[str, Any], limit: in
         if isinstance(value, Tensor) and isinstance(other, Tensor) and other.shape != value.shape:
             shapes = (", ".join(map(str, v.shape)) for v in (other, value))
             reasons.append("size mismatch for {}: ({}) saved, ({}) in the model".format(key, *shapes))
+    return reasons
+
+
+def state_mismatch(saved: Mapping[str, Any], model: Mapping[str, Any], limit: int = 160) -> str:
+    """:func:`state_mismatches` in one line, as :func:`load_mismatch` words torch's error (``size mismatch for
+    0.weight: (8, 4) saved, (16, 4) in the model; and 2 more``); ``""`` where it loads."""
+    reasons = state_mismatches(saved, model)
     if not reasons:
         return ""
     return clip(reasons[0], limit) + (f"; and {len(reasons) - 1} more" if len(reasons) > 1 else "")

@@ -1175,6 +1175,21 @@ def test_load_state_dict_inside_a_population_is_refused_and_changes_nothing() ->
     assert a.generation == 1
 
 
+def test_load_state_dict_of_another_model_is_refused_before_any_parameter_changes() -> None:
+    """A state saved from a model whose last layer is another size is refused with a ValueError naming the first
+    mismatch, and the model keeps every parameter, also the first layer's, which fits (torch's load_state_dict copies
+    the tensors that fit before it raises)."""
+    saved = flipes.FlipES(mlp(0), popsize=8, sigma=0.1, seed=1)
+    saved.step(fitness)
+    torch.manual_seed(1)
+    other = flipes.FlipES(flipes.flipout(nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))), popsize=8, seed=1)
+    before = [p.clone() for p in other.model.parameters()]
+    with pytest.raises(ValueError, match=r"nothing was loaded.*\n\tsize mismatch for 2.weight: \(3, 16\) saved, \(4, 16\)"):
+        other.load_state_dict(saved.state_dict())
+    assert all(torch.equal(p, q) for p, q in zip(other.model.parameters(), before, strict=True))
+    assert other.generation == 0
+
+
 def test_load_state_dict_in_a_population_before_any_forward_is_refused_without_held_noise() -> None:
     """With ``hold_noise=False`` no noise is installed until the block's first forward: a load_state_dict there is
     refused all the same (a RuntimeError, generation unchanged), and the block's tell then ends generation 2."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flipes.checkpoint import state_mismatches
 from flipes.es.checks import as_index
 from flipes.es.evolved import held_sizes
 from flipes.es.install import Deferred
@@ -142,6 +143,12 @@ def load_state(es: FlipES, state: dict[str, Any]) -> None:
             "optimizer the state was saved with to resume"
         )
     check_groups_fit(es, state["optimizer"])  # torch's optimizer load fails after the model's
+    if reasons := state_mismatches(state["model"], es._module.state_dict()):  # torch copies what fits, then raises
+        # torch's layout (a header, a reason a line), which load_mismatch reads back into one line
+        raise ValueError(
+            f"Error(s) in loading state_dict for {type(es._module).__name__} (nothing was loaded; build the model the state "
+            "was saved from):\n\t" + "\n\t".join(reasons)
+        )
     es._module.load_state_dict(state["model"])
     es.optimizer.load_state_dict(state["optimizer"])
     es._placement = [(p.dtype, p.device) for p in es.params]  # torch cast the state to them
