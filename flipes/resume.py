@@ -109,6 +109,13 @@ def agree(comm: dist.Comm, config: TrainConfig, state: TrainState) -> None:
         )
     if len({h for _, _, h in everyone}) > 1:
         shown = ", ".join(f"rank {r} {h[:12]}" for r, (_, _, h) in enumerate(everyone))
+        if not state.resumed:  # a new run: each rank built its model, from more than the seed (the clock, os.urandom)
+            raise UsageError(
+                "--model",
+                f"the ranks built other initial parameters ({shown})",
+                "build the model from the seed alone (flipes seeds torch's, NumPy's and Python's generators with --seed "
+                "around it), or load the same weights on every rank",
+            )
         raise UsageError(
             "--resume", f"the ranks start from other parameters ({shown})", "resume every rank from the same checkpoint"
         )

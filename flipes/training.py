@@ -254,8 +254,9 @@ def _set_up_and_run(
             notes.append(note)
         # before the model is built (a --model may load for minutes) and anything is written
         on_rank_0(comm, lambda: check_run_dir(run_dir, config))
-        with torch.random.fork_rng(devices=[]):  # the initial parameters: a function of the seed alone
-            torch.manual_seed(config.seed)
+        # the initial parameters: a function of the seed alone, also where a --model initializes from NumPy's or
+        # Python's generators (ported code); torch's is seeded with the seed itself, as it always was
+        with seeded_global_rngs(config.seed):
             model = build_model(config, env, plugins)
             try:
                 model = flipout(model).to(device)
