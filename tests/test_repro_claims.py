@@ -84,3 +84,19 @@ def test_ranks_starting_from_other_parameters_are_told_why(resumed: bool, said: 
     with pytest.raises(UsageError, match=said) as e:
         agree(comm, config, state)
     assert ("seed" in e.value.fix) != resumed and ("checkpoint" in e.value.fix) == resumed
+
+
+def test_a_resume_at_another_thread_count_continues_bit_for_bit(tmp_path: Path) -> None:
+    """--threads is among the options a resume may change without a rounding note: a generation at --threads 1,
+    resumed for 2 more at --threads 2, logs the parameters of an unstopped run at 1 thread, generation by generation,
+    bit for bit. Layers of 64 and 32 members make products a BLAS may split across threads;
+    observation normalization, action noise and a σ schedule ride along."""
+    kw = {
+        "env": "flipes/Pendulum-v1", "popsize": 32, "groups": 4, "hidden": [64, 64], "max_episode_steps": 40,
+        "action_noise": 0.1, "sigma_decay": 0.9, "eval_every": 100, "eval_episodes": 1, "target": None, **QUIET,
+    }  # fmt: skip
+    ref = [row["params_sha256"] for row in flipes.train(**kw, threads=1, generations=3, out=str(tmp_path / "ref")).metrics]
+    run = str(tmp_path / "resumed")
+    flipes.train(**kw, threads=1, generations=1, out=run)
+    flipes.train(**kw, threads=2, generations=3, resume=run)
+    assert [row["params_sha256"] for row in flipes.read_metrics(run)] == ref
