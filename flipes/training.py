@@ -502,7 +502,8 @@ def run_loop(
                     _caution(config, _overridden(gen))
             scale_steps(es.optimizer, scheduled_lr(config, gen) / config.lr)
             scaled = step_settings(es.optimizer)
-        with warnings.catch_warnings():
+        # a --shaping or --optimizer of one's own that draws (random tie-breaking): the seed's draws, alike on every rank
+        with warnings.catch_warnings(), seeded_global_rngs(global_seed(config.seed, gen, "tell")):
             if isinstance(fitness, RolloutFitness):  # evaluated inside the population: a tie is the task's
                 warnings.simplefilter("ignore", EqualFitnessWarning)
             stats = es.tell(values)

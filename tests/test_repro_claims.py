@@ -100,3 +100,27 @@ def test_a_resume_at_another_thread_count_continues_bit_for_bit(tmp_path: Path) 
     flipes.train(**kw, threads=1, generations=1, out=run)
     flipes.train(**kw, threads=2, generations=3, resume=run)
     assert [row["params_sha256"] for row in flipes.read_metrics(run)] == ref
+
+
+def tie_broken_ranks(fitness: torch.Tensor) -> torch.Tensor:
+    """Centered ranks whose ties are broken at random (from torch's global generator), as some ES code does."""
+    key = torch.as_tensor(fitness, dtype=torch.float64) + 1e-9 * torch.rand(len(fitness), dtype=torch.float64)
+    return key.argsort().argsort().double() / (len(fitness) - 1) - 0.5
+
+
+def above_median(model: torch.nn.Module, pop: flipes.Population) -> torch.Tensor:
+    """1 where the member's output exceeds the population's median, else 0: a fitness of many ties."""
+    y = model(torch.ones(pop.size, 3)).squeeze(1)
+    return (y > y.median()).double()
+
+
+def test_a_shaping_drawing_random_numbers_gives_the_seeds_parameters(tmp_path: Path) -> None:
+    """A shaping (or an optimizer) that draws from the global generators in tell draws the seed's numbers: two runs of
+    one seed, whatever torch's generator held before each, end on equal parameters generation by generation."""
+    kw = {"env": "none", "model": numpy_initialized_model, "fitness": above_median, "shaping": tie_broken_ranks,
+          "popsize": 16, "generations": 3, "seed": 0, **QUIET}  # fmt: skip
+    runs = []
+    for before in (1, 2):
+        torch.manual_seed(before)
+        runs.append([row["params_sha256"] for row in flipes.train(**kw, out=str(tmp_path / str(before))).metrics])
+    assert runs[0] == runs[1]
