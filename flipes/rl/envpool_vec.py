@@ -75,6 +75,35 @@ STEP_DRAWS = {
 }
 
 
+# EnvPool's Atari options that its C++ takes unchecked, and the least value each works at: below it noop_max and
+# stack_num segfault at the first reset, img_height and img_width abort in OpenCV, and frame_skip advances no frame
+# (no episode ends); what each least value means, for the error
+ATARI_LEAST = {
+    "noop_max": "noop_max=1 starts every episode without random no-ops",
+    "stack_num": "stack_num=1 observes one frame",
+    "frame_skip": "frame_skip=1 repeats no action",
+    "img_height": "img_height=84 is the Nature DQN's",
+    "img_width": "img_width=84 is the Nature DQN's",
+}
+
+
+def check_atari_options(env_id: str, kwargs: dict[str, Any]) -> None:
+    """A ValueError naming the fix where an option of EnvPool's Atari ``env_id`` would crash the process, freeze the game
+    (:data:`ATARI_LEAST`) or is a ``repeat_action_probability`` outside [0, 1], which EnvPool takes silently."""
+    if not envpool_atari(env_id):
+        return
+    for key, fix in ATARI_LEAST.items():
+        value = kwargs.get(key)
+        if isinstance(value, int | float | np.number) and not isinstance(value, bool) and value < 1:
+            raise ValueError(f"EnvPool's {env_id} takes {key} of at least 1, got {key}={value!r} (it crashes or stalls); {fix}")
+    p = kwargs.get("repeat_action_probability")
+    if isinstance(p, int | float | np.number) and not isinstance(p, bool) and not 0 <= p <= 1:
+        raise ValueError(
+            f"EnvPool's {env_id} takes repeat_action_probability in [0, 1], got {p!r}; 0 (EnvPool's default) never repeats "
+            "the last action, 0.25 is the ALE's sticky actions (Machado et al. 2018)"
+        )
+
+
 class EnvPoolVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` copies of an EnvPool task, stepped on ``threads`` C++ threads.
 
@@ -108,6 +137,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
 
         if env_id not in envpool.list_all_envs():
             raise ValueError(f"EnvPool has no env {env_id!r} (envpool.list_all_envs() lists its ids)")
+        check_atari_options(env_id, kwargs)
         # more threads than envs is no faster, and EnvPool aborts the process at very many
         threads = min(int(threads), int(num_envs)) if threads else 0
         self.env_id, self.num_envs, self.threads, self.device = env_id, int(num_envs), threads, torch.device(device)
