@@ -15,8 +15,8 @@
 interleaved round-robin as scripts/benchmark.py times its variants (median ms per call).
 
 (2) Env steps per second of ES generations on Pong-v5 (popsize N, one episode each, cut at --max-steps
-steps): RolloutFitness through EnvPool (pipelined), the FlipES update and, for the MLP, its observation
-statistics, with
+steps): RolloutFitness through EnvPool (not pipelined: it pipelines only an MLP, and from 128 envs, so neither
+policy at the default popsize 64), the FlipES update and, for the MLP, its observation statistics, with
 
     cnn      --policy cnn: the CNN above
     mlp      --policy mlp: flipes' MLP (32-32) on the 28,224 pixels flattened, normalized per pixel
