@@ -17,8 +17,8 @@ class BrightSpot(gym.vector.VectorEnv):
     """One-step episodes: a black ``(1, 36, 36)`` uint8 image (``(36, 36, 1)`` with ``channels_last``) holding one
     white 8x8 spot at a random place; action 0 pays 1 where the spot's centre is in the left half, action 1 where it
     is in the right half. Env ``i`` reset with seed ``s`` draws its spot from ``s + i`` alone (gymnasium's convention),
-    so a member's episodes do not depend on how the population is split. Every tensor is made on the host with
-    ``device=`` (the meta-device test)."""
+    so a member's episodes do not depend on how the population is split; unseeded, from torch's global generator.
+    Every tensor is made on the host with ``device=`` (the meta-device test)."""
 
     metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
 
@@ -31,6 +31,8 @@ class BrightSpot(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None) -> tuple[Tensor, dict]:
+        if seed is None:  # gymnasium's unseeded reset: fresh spots
+            seed = int(torch.randint(2**31 - self.num_envs, ()))
         seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
         corners = [
             torch.randint(0, SIDE - SPOT + 1, (2,), generator=torch.Generator("cpu").manual_seed(s), device="cpu") for s in seeds

@@ -43,3 +43,17 @@ def test_atari_options_at_their_least_valid_values_make_an_env_that_steps() -> N
     obs, reward, *_ = env.step(torch.zeros(2, dtype=torch.int64))
     assert obs.shape == (2, 1, 84, 84) and reward.shape == (2,)
     env.close()
+
+
+def test_the_bright_spot_env_resets_unseeded_as_gymnasium_envs_do() -> None:
+    """``cnntest/BrightSpot-v0`` made by ``gymnasium.make_vec`` resets without a seed (gymnasium's plain ``reset()``),
+    giving one 36x36 image per env holding one 8x8 white spot, and seeded resets stay a function of the seed."""
+    import gymnasium as gym
+    import image_env  # noqa: F401  registers cnntest/BrightSpot-v0
+    import torch
+
+    env = gym.make_vec("cnntest/BrightSpot-v0", num_envs=3)
+    obs, _ = env.reset()
+    assert obs.shape == (3, 1, 36, 36) and obs.dtype == torch.uint8
+    assert ((obs == 255).flatten(1).sum(1) == 64).all()
+    assert torch.equal(env.reset(seed=4)[0], env.reset(seed=4)[0])
