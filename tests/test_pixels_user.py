@@ -1,10 +1,20 @@
-"""EnvPool's Atari options that its C++ takes unchecked are refused before any pool is made, naming the value to use."""
+"""Pixels from a user's side: EnvPool's Atari options that its C++ takes unchecked are refused before any pool is made,
+the image test env resets unseeded, and the CNN population's logits equal plain torch with weights built from the raw
+noise."""
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from flipes.rl import make_vector_env
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flipes
+from flipes.nn import FlipoutConv2d, FlipoutLinear
+from flipes.rl import CNNPolicy, make_vector_env
 from flipes.rl.envs import EnvOptionError
 
 
@@ -26,7 +36,7 @@ def test_atari_options_that_crash_or_freeze_envpool_are_refused_naming_the_fix(o
     envpool = pytest.importorskip("envpool")
     if "Pong-v5" not in envpool.list_all_envs():
         pytest.skip("EnvPool has no Atari ids here")
-    with pytest.raises(EnvOptionError, match=rf"{option}.*{value}.*{__import__('re').escape(fix)}"):
+    with pytest.raises(EnvOptionError, match=rf"{option}.*{value}.*{re.escape(fix)}"):
         make_vector_env("Pong-v5", 2, threads=1, **{option: value})
 
 
@@ -36,8 +46,6 @@ def test_atari_options_at_their_least_valid_values_make_an_env_that_steps() -> N
     envpool = pytest.importorskip("envpool")
     if "Pong-v5" not in envpool.list_all_envs():
         pytest.skip("EnvPool has no Atari ids here")
-    import torch
-
     env = make_vector_env("Pong-v5", 2, threads=1, noop_max=1, stack_num=1, frame_skip=1, repeat_action_probability=1.0)
     obs, _ = env.reset(seed=0)
     obs, reward, *_ = env.step(torch.zeros(2, dtype=torch.int64))
@@ -48,12 +56,51 @@ def test_atari_options_at_their_least_valid_values_make_an_env_that_steps() -> N
 def test_the_bright_spot_env_resets_unseeded_as_gymnasium_envs_do() -> None:
     """``cnntest/BrightSpot-v0`` made by ``gymnasium.make_vec`` resets without a seed (gymnasium's plain ``reset()``),
     giving one 36x36 image per env holding one 8x8 white spot, and seeded resets stay a function of the seed."""
-    import gymnasium as gym
     import image_env  # noqa: F401  registers cnntest/BrightSpot-v0
-    import torch
 
     env = gym.make_vec("cnntest/BrightSpot-v0", num_envs=3)
     obs, _ = env.reset()
     assert obs.shape == (3, 1, 36, 36) and obs.dtype == torch.uint8
     assert ((obs == 255).flatten(1).sum(1) == 64).all()
     assert torch.equal(env.reset(seed=4)[0], env.reset(seed=4)[0])
+
+
+def _member_weight(layer: torch.nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member ``n``'s weight and bias built from the layer's raw noise as DESIGN.md defines them: ``W̄ + σε_g ∘ (r_n s_nᵀ)``
+    (kernel dims broadcast, ``g`` the member's ε group) and ``b̄ + σε_b,n ∘ r_n``."""
+    noise = layer.noise[0]
+    group = n // (noise.size // noise.groups)
+    eps = noise.dense_eps()[group]
+    kernel = (1,) * (eps.dim() - 2)
+    weight = layer.weight + eps * noise.r[n].view(-1, 1, *kernel) * noise.s[n].view(1, -1, *kernel)
+    bias_noise = noise.bias_r[n] if noise.bias_r is not None else noise.bias_eps[group]
+    return weight, layer.bias + bias_noise * noise.r[n]
+
+
+@pytest.mark.parametrize(("shape", "noise_rank"), [((2, 36, 40), None), ((36, 40, 3), 2)])
+def test_cnn_population_logits_equal_plain_conv2d_with_weights_built_from_the_raw_noise(shape: tuple, noise_rank: int) -> None:
+    """In float64, every member's logits from one population pass over (members, episodes, *obs) uint8 frames (channels
+    first, or last and guessed so) equal plain ``F.conv2d``/``F.linear`` with weights assembled from the layers' signs and
+    ε (not from ``es.member_parameters``), within 1e-11, and its actions are their argmax."""
+    torch.manual_seed(0)
+    policy = CNNPolicy(gym.spaces.Box(0, 255, shape, np.uint8), gym.spaces.Discrete(5), hidden=(8,)).double()
+    es = flipes.FlipES(policy, popsize=4, sigma=0.3, groups=2, noise_rank=noise_rank, seed=7)
+    n, k = 4, 3
+    frames = torch.randint(0, 256, (n, k, *shape), dtype=torch.uint8)
+    images = frames.double() / 255
+    images = images.movedim(-1, -3) if policy.channels_last else images
+    layers = [m for m in policy.modules() if isinstance(m, FlipoutConv2d | FlipoutLinear)]
+    logits = {}
+    hook = layers[-1].register_forward_hook(lambda module, args, out: logits.__setitem__("z", out))
+    with es.population():
+        actions = policy(frames)
+        for m in range(n):
+            x = images[m]
+            params = [_member_weight(layer, m) for layer in layers]
+            for (weight, bias), stride in zip(params[:3], (4, 2, 1), strict=True):
+                x = F.relu(F.conv2d(x, weight, bias, stride=stride))
+            x = F.relu(F.linear(x.flatten(1), *params[3]))
+            x = F.linear(x, *params[4])
+            torch.testing.assert_close(logits["z"].reshape(n, k, -1)[m], x, rtol=0, atol=1e-11)
+            assert torch.equal(actions[m], x.argmax(-1))
+    hook.remove()
