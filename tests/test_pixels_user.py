@@ -104,3 +104,19 @@ def test_cnn_population_logits_equal_plain_conv2d_with_weights_built_from_the_ra
             torch.testing.assert_close(logits["z"].reshape(n, k, -1)[m], x, rtol=0, atol=1e-11)
             assert torch.equal(actions[m], x.argmax(-1))
     hook.remove()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "kind"),
+    [("repeat_action_probability", "0.25", "a number"), ("noop_max", 2.5, "an integer"), ("frame_skip", None, "an integer"),
+     ("episodic_life", "yes", "true or false")],
+)  # fmt: skip
+def test_envpool_options_of_the_wrong_kind_name_the_option_and_its_kind(option: str, value: object, kind: str) -> None:
+    """An EnvPool option given a value of another kind than its default's (a quoted number, a fraction for an integer,
+    null) raises an EnvOptionError naming the option, the kind it takes and its default, not pybind's list of EnvPool's
+    constructor argument types."""
+    envpool = pytest.importorskip("envpool")
+    if "Pong-v5" not in envpool.list_all_envs():
+        pytest.skip("EnvPool has no Atari ids here")
+    with pytest.raises(EnvOptionError, match=rf"takes {option} as {kind}, got {re.escape(repr(value))}.*its default"):
+        make_vector_env("Pong-v5", 2, threads=1, **{option: value})

@@ -104,6 +104,32 @@ def check_atari_options(env_id: str, kwargs: dict[str, Any]) -> None:
         )
 
 
+def check_option_types(env_id: str, kwargs: dict[str, Any]) -> None:
+    """A TypeError naming the option, the kind of value it takes and its default, where an option of EnvPool's ``env_id``
+    is of a kind its default's is not (``"0.25"`` for a float, 2.5 for an int, null): EnvPool's own refusal is pybind's
+    list of its constructor's argument types, without the option's name."""
+    try:
+        from envpool.registration import registry
+
+        defaults = registry.make_spec(env_id).config._asdict()
+    except Exception:  # another EnvPool version's internals: its own error then
+        return
+    kinds: tuple[tuple[type, tuple[type, ...], str], ...] = (
+        (bool, (bool, np.bool_), "true or false"),
+        (int, (int, np.integer), "an integer"),  # bool is an int, as EnvPool takes it
+        (float, (int, float, np.integer, np.floating), "a number"),
+        (str, (str,), "a string"),
+    )
+    for key, value in kwargs.items():
+        default = defaults.get(key)
+        kind = next(((takes, what) for cls, takes, what in kinds if type(default) is cls), None)
+        if kind is not None and not isinstance(value, kind[0]):
+            raise TypeError(
+                f"EnvPool's {env_id} takes {key} as {kind[1]}, got {value!r} (a {type(value).__name__}); e.g. its default, "
+                f"{key}={default!r}"
+            )
+
+
 class EnvPoolVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` copies of an EnvPool task, stepped on ``threads`` C++ threads.
 
@@ -137,6 +163,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
 
         if env_id not in envpool.list_all_envs():
             raise ValueError(f"EnvPool has no env {env_id!r} (envpool.list_all_envs() lists its ids)")
+        check_option_types(env_id, kwargs)
         check_atari_options(env_id, kwargs)
         # more threads than envs is no faster, and EnvPool aborts the process at very many
         threads = min(int(threads), int(num_envs)) if threads else 0
