@@ -36,7 +36,7 @@ from torch import Tensor
 from flipes.checkpoint import clip
 from flipes.cli import import_here, main_module
 from flipes.errors import UsageError
-from flipes.rl.envpool_vec import EnvPoolVectorEnv, envpool_ids
+from flipes.rl.envpool_vec import EnvPoolVectorEnv, check_atari_options, check_option_types, envpool_ids
 from flipes.rl.mujoco_log import mujoco_warnings_once, uses_mujoco
 from flipes.rl.spaces import (  # holds_tensors: imported from here before it moved
     STRUCTURED,
@@ -451,6 +451,11 @@ def _engine_env(
             check_env_options(name, "EnvPool", kwargs, None, ENVPOOL_OWN)
             refused = _unknown_option(name, "EnvPool", kwargs, _envpool_options(name))
             if refused is None:
+                try:  # flipes' own checks of EnvPool's values: their line as it is, not as the env's error
+                    check_option_types(name, kwargs)
+                    check_atari_options(name, kwargs)
+                except (TypeError, ValueError) as e:
+                    raise EnvOptionError(str(e)) from None
                 return EnvPoolVectorEnv(name, num_envs, threads=threads, device=device, **kwargs)
             # EnvPool's env takes other options than gymnasium's (LunarLander's continuous is an id of its own there):
             # the auto engine takes gymnasium's env where it takes them
