@@ -154,9 +154,19 @@ def plain(value: Any, key: str) -> Any:
 
 
 def json_safe(row: dict[str, Any]) -> dict[str, Any]:
-    """``row`` with every non-finite float value (NaN, ±inf) replaced by ``None``, which JSON can hold
-    (as ``null``); a shallow copy, other values as they are."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    """``row`` with every non-finite float (NaN, ±inf) replaced by ``None``, which JSON can hold (as ``null``), also
+    inside the lists and dicts a callback adds (a per-layer statistic that overflowed); a copy, other values as they are."""
+    return {k: _finite_or_none(v) for k, v in row.items()}
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    return value
 
 
 def read_jsonl(path: Path) -> tuple[list[str], int]:

@@ -1,0 +1,53 @@
+"""Instrumenting flipes.train with callbacks of one's own: what they add to a row reaches metrics.jsonl as strict JSON,
+and the rows, hooks and sinks agree with what the loop computed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import flipes
+
+DATA = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+
+
+def bowl(model: torch.nn.Module, pop: Any) -> torch.Tensor:
+    return -(model(DATA.expand(pop.size, *DATA.shape)) - 1).pow(2).mean((1, 2))
+
+
+def linear(env: Any) -> torch.nn.Module:
+    return torch.nn.Linear(4, 1)
+
+
+class PerLayer(flipes.Callback):
+    """A per-layer statistic as a list and a dict, one entry of each not finite (a layer whose norm overflowed)."""
+
+    def on_generation(self, state: Any, row: dict[str, Any]) -> None:
+        row["per_layer"] = [float("nan"), 1.0, (float("inf"), 2.0)]
+        row["by_name"] = {"weight": float("-inf"), "bias": 0.5}
+
+
+def test_non_finite_numbers_inside_a_callbacks_lists_and_dicts_are_written_as_null(tmp_path: Path) -> None:
+    """A callback's list or dict entry holding NaN or ±inf is written as null, as a top-level one is: every line of
+    metrics.jsonl stays strict JSON (json.loads with no NaN extension reads it) and the run trains to its end."""
+    from flipes.callbacks import json_safe
+
+    assert json.dumps(json_safe({"a": [float("nan"), {"b": float("inf")}], "c": 1.5}), allow_nan=False) == (
+        '{"a": [null, {"b": null}], "c": 1.5}'
+    )
+    result = flipes.train(
+        env="none", model=linear, fitness=bowl, popsize=8, generations=2, seed=1, out=str(tmp_path / "run"),
+        progress=False, plot=False, tensorboard=False, callbacks=[PerLayer()],
+    )  # fmt: skip
+    assert result.reason == "generations"
+
+    def strict(token: str) -> None:
+        raise AssertionError(f"non-JSON constant {token} in metrics.jsonl")
+
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line, parse_constant=strict) for line in lines]
+    assert [row["generation"] for row in rows] == [0, 1]
+    assert all(row["per_layer"] == [None, 1.0, [None, 2.0]] and row["by_name"] == {"weight": None, "bias": 0.5} for row in rows)
