@@ -5,6 +5,7 @@ and runs them, with any of the user's, on rank 0 only (the rank that does all I/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -397,6 +398,7 @@ class WandbLogger(Callback):
         self.run: Any = None
         self.first_step = 0  # steps below the W&B run's own next step were logged before a crash: W&B drops them
         self.steps: TextIO | None = None  # WANDB_STEPS, appended to
+        self.finished = False  # the W&B run was finished (by on_train_end, or by close after an exception)
 
     def on_train_start(self, state: TrainState) -> None:
         try:
@@ -471,14 +473,23 @@ class WandbLogger(Callback):
                 raise StorageError(f"cannot write {state.run_dir / WANDB_STEPS} ({os_reason(e)})") from None
 
     def close(self) -> None:
-        """Close the list of steps (training calls it however it ends)."""
+        """Close the list of steps, and finish a W&B run that ``on_train_end`` did not (training calls it however it
+        ends): after an exception (a callback's, the fitness') the W&B run is marked failed, and W&B would otherwise hand
+        that still active run to the next ``wandb.init`` of the process, the next ``flipes.train`` of a sweep logging
+        into it."""
         if self.steps is not None:
             self.steps.close()
             self.steps = None
+        if self.run is not None and not self.finished:
+            self.finished = True
+            with contextlib.suppress(Exception):  # the exception that ended training is the one to see
+                self.run.summary["reason"] = "an exception ended training"
+                self.run.finish(exit_code=1)
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
+        finished, self.finished = self.finished, True
         self.close()
-        if self.run is not None:
+        if self.run is not None and not finished:
             self.run.summary["reason"] = reason
             self.run.finish(exit_code=130 if reason == "interrupted" else 0)
 

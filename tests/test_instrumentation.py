@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 import flipes
@@ -51,3 +52,29 @@ def test_non_finite_numbers_inside_a_callbacks_lists_and_dicts_are_written_as_nu
     rows = [json.loads(line, parse_constant=strict) for line in lines]
     assert [row["generation"] for row in rows] == [0, 1]
     assert all(row["per_layer"] == [None, 1.0, [None, 2.0]] and row["by_name"] == {"weight": None, "bias": 0.5} for row in rows)
+
+
+class RaiseAt(flipes.Callback):
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+    def on_generation(self, state: Any, row: dict[str, Any]) -> None:
+        if row["generation"] == self.generation:
+            raise RuntimeError("a callback's own error")
+
+
+def test_a_run_ended_by_an_exception_leaves_no_active_wandb_run_for_the_next(tmp_path: Path, monkeypatch: Any) -> None:
+    """After a callback's exception ends a run logging to W&B, no W&B run is left active: the next flipes.train of the
+    process (a sweep that catches the error) logs into a W&B run of its own, not the failed run's."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    options = dict(env="none", model=linear, fitness=bowl, popsize=8, generations=2, seed=1, progress=False, plot=False,
+                   tensorboard=False, wandb=True)  # fmt: skip
+    with pytest.raises(RuntimeError, match="a callback's own error"):
+        flipes.train(out=str(tmp_path / "a"), callbacks=[RaiseAt(1)], **options)
+    assert wandb.run is None
+    flipes.train(out=str(tmp_path / "b"), **options)
+    first, second = ((tmp_path / run / "wandb" / "flipes-run-id").read_text() for run in ("a", "b"))
+    assert first != second
+    assert [row["generation"] for row in flipes.read_metrics(tmp_path / "a")] == [0]
