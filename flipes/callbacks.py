@@ -336,10 +336,19 @@ class TensorBoardLogger(Callback):
         # thread to take the GIL at every row; that thread writes the events as before, flushing the file every
         # flush_secs, and at most 1,000 small events (~100 KB) wait for it in memory
         self.run_dir = state.run_dir
+        # a resume into a log directory without events (a branch --resume A --out B, or --tensorboard turned on at a
+        # resume): the rows metrics.jsonl carries from before are logged first, so that both hold the same generations
+        carried = state.resumed and not any(self.log_dir.glob("events.out.tfevents.*"))
         try:
             self.writer = self._writer_class(str(self.log_dir), purge_step=purge, max_queue=1000)
         except OSError as e:
             raise self._failed(e) from None
+        metrics = state.run_dir / "metrics.jsonl"
+        if carried and metrics.is_file():
+            for line in read_jsonl_lines(metrics):  # JSONLLogger, before this callback, kept those before the checkpoint
+                row = json.loads(line)
+                if row["generation"] < state.es.generation:
+                    self.on_generation(state, row)
 
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
         assert self.writer is not None

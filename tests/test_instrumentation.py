@@ -78,3 +78,31 @@ def test_a_run_ended_by_an_exception_leaves_no_active_wandb_run_for_the_next(tmp
     first, second = ((tmp_path / run / "wandb" / "flipes-run-id").read_text() for run in ("a", "b"))
     assert first != second
     assert [row["generation"] for row in flipes.read_metrics(tmp_path / "a")] == [0]
+
+
+def tensorboard_steps(log_dir: Path) -> dict[str, dict[int, float]]:
+    """Each scalar's value by step, as TensorBoard reads the events under ``log_dir`` (purged steps left out)."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = accumulator.EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_holds_every_row_of_metrics_jsonl_after_a_branch_or_a_resume_turning_it_on(tmp_path: Path) -> None:
+    """TensorBoard's scalars are metrics.jsonl's numbers at the same generations (to float32) in a run resumed in place
+    (the steps after its checkpoint purged), in a branch (--resume A --out B, which carries A's rows) and in a run
+    resumed with TensorBoard turned on: the rows from before the resume are logged too."""
+    pytest.importorskip("torch.utils.tensorboard")
+    options = dict(env="none", model=linear, fitness=bowl, popsize=8, seed=1, progress=False, plot=False)
+    flipes.train(generations=3, out=str(tmp_path / "a"), **options)
+    flipes.train(generations=5, resume=str(tmp_path / "a"), out=str(tmp_path / "b"), **options)
+    flipes.train(generations=2, out=str(tmp_path / "c"), tensorboard=False, **options)
+    flipes.train(generations=4, resume=str(tmp_path / "c"), tensorboard=True, **options)
+    flipes.train(generations=6, resume=str(tmp_path / "c"), **options)
+    for run, generations in (("a", 3), ("b", 5), ("c", 6)):
+        rows = flipes.read_metrics(tmp_path / run)
+        assert [row["generation"] for row in rows] == list(range(generations))
+        scalars = tensorboard_steps(tmp_path / run / "tensorboard")
+        assert set(scalars) == {k for k, v in rows[0].items() if isinstance(v, int | float) and k != "generation"}
+        for key, steps in scalars.items():
+            assert steps == pytest.approx({row["generation"]: row[key] for row in rows}, rel=1e-6), (run, key)
