@@ -283,6 +283,22 @@ def _conv_out(side: int, torso: Sequence[tuple[int, int, int]]) -> int:
     return side
 
 
+def _rank_fix(shape: tuple[int, ...] | None, least: int) -> str:
+    """The fix for observations that are not one image of rank 3: a grayscale image lacks its channel dim, a stack of
+    colour frames has one dim too many, anything else is a vector for the MLP."""
+    if shape is not None and len(shape) == 2 and min(shape) >= least:
+        return (
+            f"a grayscale image without a channel dim: give it one, GrayscaleObservation(env, keep_dim=True) or "
+            f"ReshapeObservation(env, (1, {', '.join(map(str, shape))})) from gymnasium.wrappers"
+        )
+    if shape is not None and len(shape) == 4:
+        return (
+            f"a stack of colour frames: make them grayscale before stacking them, FrameStackObservation("
+            f"GrayscaleObservation(env), {shape[0]}) from gymnasium.wrappers gives ({shape[0]}, H, W)"
+        )
+    return "use --policy mlp (or gru) for vector observations"
+
+
 class CNNPolicy(SpacePolicy):
     r"""Deterministic policy for image observations: pixels -> the Nature-DQN torso of Flipout convolutions
     (32 8x8 stride 4, 64 4x4 stride 2, 64 3x3 stride 1, ReLU after each) -> Flipout fully connected layers of
@@ -300,8 +316,9 @@ class CNNPolicy(SpacePolicy):
         hidden: widths of the fully connected layers after the torso (the Nature DQN's ``(512,)``); empty:
             the torso's features straight into the action layer.
         activation: the nonlinearity after every convolution and hidden layer.
-        channels_last: whether the channels are the last dim; ``None`` guesses: last where the last side is at
-            most 4 and the first is larger (``(210, 160, 3)``), else first (``(4, 84, 84)``).
+        channels_last: whether the channels are the last dim; ``None`` guesses: last where the last dim is smaller
+            than the first (``(210, 160, 3)``, ``(84, 84, 5)``), else first (``(4, 84, 84)``). Where either reading
+            gives both sides at least :func:`torso_min_size`, the guess gives such sides.
 
     Shape:
         ``(*, *obs_shape) -> (*,)`` (Discrete) or ``(*, *action_shape)`` (the others); inside a population
@@ -319,22 +336,25 @@ class CNNPolicy(SpacePolicy):
     ) -> None:
         super().__init__(observation_space, action_space, normalize=False)
         shape = self.obs_shape
+        least = torso_min_size()
         if not isinstance(observation_space, gym.spaces.Box) or len(shape) != 3:
             raise ValueError(
                 f"CNNPolicy needs image observations, a Box of shape (C, H, W) or (H, W, C), got {observation_space}; "
-                "use --policy mlp (or gru) for vector observations"
+                + _rank_fix(shape if isinstance(observation_space, gym.spaces.Box) else None, least)
             )
         if channels_last is None:
-            channels_last = shape[2] <= 4 < shape[0]
+            # the channels are the smaller end dim: (4, 84, 84) first, (210, 160, 3) and (84, 84, 5) last; where either
+            # reading leaves both sides at least `least` pixels, this one does
+            channels_last = shape[2] < shape[0]
         self.channels_last = channels_last
         channels, height, width = (shape[2], shape[0], shape[1]) if channels_last else shape
-        least = torso_min_size()
         if min(height, width) < least:
             raise ValueError(
                 f"CNNPolicy's Nature-DQN torso (8x8 stride 4, 4x4 stride 2, 3x3 stride 1, unpadded) needs images of at least "
                 f"{least}x{least} pixels, got {height}x{width} (observations {shape}, channels "
-                f"{'last' if channels_last else 'first'}); resize them (gymnasium.wrappers.ResizeObservation), or write a "
-                "policy with smaller kernels from flipes.nn layers (--model)"
+                f"{'last' if channels_last else 'first'}); make them at least {least}x{least}: an EnvPool Atari id with "
+                f"--env-kwargs img_height and img_width of at least {least} (84 by default), another env with "
+                "gymnasium.wrappers.ResizeObservation; or write a policy with smaller kernels from flipes.nn layers (--model)"
             )
         self.pixel_scale = 1 / 255 if observation_space.dtype == np.uint8 else 1.0
         layers: list[nn.Module] = []
