@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
 import flipes
-from flipes.rl import CNNPolicy
+from flipes.rl import CNNPolicy, MLPPolicy
 from flipes.rl.envpool_vec import envpool_ids
 from flipes.rl.policy import torso_min_size
+from flipes.rl.rollout import PIPELINE_MIN_ENVS, can_pipeline
 
 ACTION = gym.spaces.Discrete(4)
 
@@ -75,3 +77,15 @@ def test_an_envpool_atari_id_made_too_small_is_told_its_img_height_and_width(tmp
             env="Pong-v5", policy="cnn", env_kwargs={"img_height": 30, "img_width": 30}, generations=1, out=str(tmp_path),
             progress=False, tensorboard=False, plot=False,
         )  # fmt: skip
+
+
+def test_the_cnn_is_never_pipelined_and_the_mlp_only_from_pipeline_min_envs() -> None:
+    """What BENCHMARKS.md's Atari section says of its rollouts: on an engine that can step half its envs in the
+    background (send/recv), the CNN is not pipelined at any number of envs, the MLP only from PIPELINE_MIN_ENVS (128)."""
+    space, action = image((4, 84, 84)), gym.spaces.Discrete(6)
+    cnn, mlp = CNNPolicy(space, action, hidden=()), MLPPolicy(space, action, hidden=(4,))
+    assert PIPELINE_MIN_ENVS == 128
+    for n in (64, 128, 1024):
+        env = SimpleNamespace(num_envs=n, send=None, recv=None)
+        assert not can_pipeline(env, cnn)
+        assert can_pipeline(env, mlp) == (n >= PIPELINE_MIN_ENVS)
