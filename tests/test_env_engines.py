@@ -556,3 +556,23 @@ def test_every_slippery_frozen_lake_on_envpool_draws_in_its_steps(env_id: str) -
     in their steps, where fast-forwarding by resets alone cannot replay their episodes."""
     pytest.importorskip("envpool")
     assert EnvPoolVectorEnv(env_id, 1, threads=1).step_draws() == "its slippery ice"
+
+
+def test_common_episodes_with_sticky_actions_make_a_pool_every_generation_and_without_one_in_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What README's Env engines says a generation of --common-episodes costs on EnvPool: Pong-v5 with sticky actions
+    (repeat_action_probability 0.25, drawn in its steps) is reseeded, its pool made afresh, at every generation's
+    reset; without sticky actions its one pool plays episode g of each stream at generation g."""
+    pytest.importorskip("envpool")
+    if "Pong-v5" not in engine.envpool_ids():
+        pytest.skip("EnvPool's Atari ids are not installed")
+    for sticky, pools in ((0.25, 2), (0.0, 1)):
+        env = EnvPoolVectorEnv("Pong-v5", 2, threads=1, repeat_action_probability=sticky)
+        made: list[tuple[int, ...]] = []
+        make_pool = env._make_pool
+        monkeypatch.setattr(env, "_make_pool", lambda seeds, tag=None, m=made, f=make_pool: m.append(seeds) or f(seeds, tag))
+        for g in range(2):
+            reset_episodes(env, 7, "population", g, common=2)
+        assert len(made) == pools, sticky
+        env.close()

@@ -5,7 +5,8 @@ Engine", NeurIPS 2022, arXiv:2206.10558) steps a batch of envs on its own C++ th
 Python per env. Two of its properties shape this adapter:
 
 - Seeds are fixed when the pool is created (``reset(seed=...)`` cannot reseed it), and creating
-  a MuJoCo pool costs about 1 ms per env. Each env therefore owns one random stream, seeded once;
+  a pool costs about 2 ms per MuJoCo env, 0.05 to 0.25 s per Atari env (README, Env engines). Each
+  env therefore owns one random stream, seeded once;
   :meth:`EnvPoolVectorEnv.reset_streams` puts env ``i`` at episode ``e`` of the stream seeded
   ``seeds[i]`` (recreating the pool only when the seeds change or an episode must be repeated,
   and fast-forwarding otherwise: one reset per skipped episode).
@@ -223,8 +224,8 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         """Reset every env (or those of ``options["reset_mask"]``).
 
         ``seed`` follows gymnasium: env ``i`` is seeded ``seed + i`` (or ``seed[i]``) and its episode
-        is a pure function of that seed; it recreates the pool (about 1 ms per MuJoCo env). Without
-        a seed each env continues its own stream.
+        is a pure function of that seed; it recreates the pool (about 2 ms per MuJoCo env, 0.05 s or
+        more per Atari one). Without a seed each env continues its own stream.
         """
         if seed is not None:
             seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int | np.integer) else list(seed)
