@@ -1,7 +1,7 @@
 """Image observations the CNN policy cannot take are refused naming the fix that fits their shape: a grayscale image
 without a channel dim is told to get one, a stack of colour frames to be grayed before stacking, an EnvPool Atari id made
-too small to set img_height/img_width of at least the torso's least side; a rank-3 image is read channels-last where its
-last dim is the smaller end dim, so that wherever one reading gives an image the torso takes, the guess does."""
+too small to set img_height/img_width of at least the torso's least side; a rank-3 image the torso takes read one way only is
+read that way ((84, 84, 5) channels-last), and every shape it took before is read as before."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def test_five_channels_last_are_guessed_last() -> None:
 
 def test_wherever_one_reading_of_a_shape_is_an_image_the_torso_takes_the_guess_is_one() -> None:
     """Over rank-3 shapes of sides 1 to 210, where channels-first or channels-last leaves both sides at least the
-    torso's least, CNNPolicy builds with the guessed reading; where neither does, it refuses naming the least side."""
+    torso's least, CNNPolicy builds with the guessed reading, which is the earlier guess (last where the last side is at
+    most 4 and the first larger) wherever that one fitted; where neither reading fits, it refuses naming the least side."""
     least = torso_min_size()
     sides = (1, 3, 4, 5, 12, least - 1, least, 64, 84, 210)
     for shape in itertools.product(sides, repeat=3):
@@ -64,6 +65,9 @@ def test_wherever_one_reading_of_a_shape_is_an_image_the_torso_takes_the_guess_i
             policy = CNNPolicy(image(shape), ACTION, hidden=())
             c = shape[2] if policy.channels_last else shape[0]
             assert policy.torso[0].weight.shape[1] == c, shape
+            before = shape[2] <= 4 < shape[0]  # the guess of earlier versions
+            if min(shape[:2] if before else shape[1:]) >= least:  # built then: read as then, so its checkpoints load
+                assert policy.channels_last == before, shape
         else:
             with pytest.raises(ValueError, match=rf"at least {least}x{least} pixels"):
                 CNNPolicy(image(shape), ACTION, hidden=())

@@ -316,9 +316,9 @@ class CNNPolicy(SpacePolicy):
         hidden: widths of the fully connected layers after the torso (the Nature DQN's ``(512,)``); empty:
             the torso's features straight into the action layer.
         activation: the nonlinearity after every convolution and hidden layer.
-        channels_last: whether the channels are the last dim; ``None`` guesses: last where the last dim is smaller
-            than the first (``(210, 160, 3)``, ``(84, 84, 5)``), else first (``(4, 84, 84)``). Where either reading
-            gives both sides at least :func:`torso_min_size`, the guess gives such sides.
+        channels_last: whether the channels are the last dim; ``None`` guesses: last where the last side is at
+            most 4 and the first is larger (``(210, 160, 3)``), or where only that reading leaves both sides at least
+            :func:`torso_min_size` (``(84, 84, 5)``), else first (``(4, 84, 84)``).
 
     Shape:
         ``(*, *obs_shape) -> (*,)`` (Discrete) or ``(*, *action_shape)`` (the others); inside a population
@@ -343,9 +343,9 @@ class CNNPolicy(SpacePolicy):
                 + _rank_fix(shape if isinstance(observation_space, gym.spaces.Box) else None, least)
             )
         if channels_last is None:
-            # the channels are the smaller end dim: (4, 84, 84) first, (210, 160, 3) and (84, 84, 5) last; where either
-            # reading leaves both sides at least `least` pixels, this one does
-            channels_last = shape[2] < shape[0]
+            # (210, 160, 3) last, (4, 84, 84) first, and last where only that reading leaves sides the torso takes,
+            # (84, 84, 5): every shape built before reads as it did (checkpoints load), and where either fits, one does
+            channels_last = shape[2] <= 4 < shape[0] or min(shape[1:]) < least <= min(shape[:2])
         self.channels_last = channels_last
         channels, height, width = (shape[2], shape[0], shape[1]) if channels_last else shape
         if min(height, width) < least:
