@@ -19,6 +19,7 @@ evaluate --render``'s recording in :mod:`flipes.recording`; their names are impo
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import runpy
@@ -354,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flipes {__version__}")
         return 0
     if argv[0] not in COMMANDS:
-        report_usage_error(UsageError(argv[0], "unknown command", f"use one of {', '.join(COMMANDS)}"))
+        close = difflib.get_close_matches(argv[0].lower(), COMMANDS, n=1)  # "trian", "Train": the command meant
+        fix = f"did you mean {close[0]}? " if close else ""
+        report_usage_error(UsageError(argv[0], "unknown command", f"{fix}use one of {', '.join(COMMANDS)}"))
     fn = COMMANDS[argv[0]][0]
     if argv[0] != "train" and not ({"-h", "--help"} & set(argv)):
         from flipes.dist import launched_world
