@@ -400,6 +400,9 @@ def make_vector_env(
     if count is None or count < 1:
         raise ValueError(f"make_vector_env: num_envs is the number of copies, an integer of at least 1, got {num_envs!r}")
     num_envs = count
+    if isinstance(env_id, str) and any(c.isspace() for c in env_id):  # gymnasium's "Malformed environment ID" hides it
+        where = "a space inside it" if env_id.strip() == env_id else "a space before or after it"
+        raise EnvError(f"env id {env_id!r} has {where}; use {''.join(env_id.split())!r}")
     try:  # a name torch has no device for: one line, not torch's list of every device type it knows
         torch.device(device)
     except (RuntimeError, TypeError):
