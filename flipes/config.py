@@ -255,6 +255,8 @@ class TrainConfig:
         env_id = name if isinstance(name, str) else ""
         algo = overrides.get("algo", saved.get("algo", row_algo(env_id)))  # a row may name its search
         policy = overrides.get("policy", saved.get("policy", row_policy(env_id)))  # a row may name its policy
+        # their rows as the checked values name them: algo="PGPE" is "pgpe" (choices are taken in any case)
+        algo, policy = (v.lower() if isinstance(v, str) else v for v in (algo, policy))
         values = {**defaults(env_id, algo), **policy_preset(policy, env_id), **saved, **overrides}
         return cls(**check_options(cls, values, "flipes.train", also=TRAIN_ONLY))
 

@@ -124,8 +124,8 @@ def parse_text(text: str, ft: FieldType) -> Any:
             raise ValueError(str(e)) from None
     if ft.optional and text.lower() == "none":
         return None
-    for choice in ft.choices:
-        if text == str(choice):
+    for choice in ft.choices:  # in any case, as true/false and none are: --target AUTO is --target auto
+        if text == str(choice) or (isinstance(choice, str) and text.lower() == choice.lower()):
             return choice
     if ft.scalar is None:
         raise ValueError(f"expected {ft.describe()}, got {text!r}")
@@ -159,6 +159,8 @@ def check_value(name: str, value: Any, ft: FieldType) -> Any:
         raise TypeError(f"{name} = none is not {ft.describe()}")
     if any(value == c and type(value) is type(c) for c in ft.choices):
         return value
+    if isinstance(value, str) and (same := [c for c in ft.choices if isinstance(c, str) and c.lower() == value.lower()]):
+        return same[0]  # "AUTO" in a config file is "auto", as on the command line
     s = ft.scalar
     if s is bool and isinstance(value, bool | np.bool_):
         return bool(value)
