@@ -323,6 +323,9 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
             out[key] = check_value(key, value, field_type(hints[key]))
         except TypeError as e:
             example = _written(example_value(value, field_type(hints[key])), source.startswith("--config"))
+            if key == "device":  # "0" is no device either: the names torch takes, the number as CUDA's index
+                index = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+                example = f'"cuda:{index}" or "cpu"'
             # as the file is written: "key": value in JSON, key = value in TOML (and Python's key=value reads alike)
             in_json = source.startswith("--config") and source.lower().endswith(".json")
             written = f'"{key}": {example}' if in_json else f"{key} = {example}"
