@@ -41,12 +41,17 @@ def stop_reason(state: TrainState, row: dict[str, Any], interrupted: bool, asked
     if budget_spent(state.config, row["timesteps"]):
         return f"timestep budget reached: {row['timesteps']:,} timesteps >= --max-timesteps {state.config.max_timesteps:,}"
     if time_up:
-        return f"stopped after {time_up:.0f} s of this call (--max-seconds {state.config.max_seconds:g})"
+        return f"stopped after {seconds(time_up)} s of this call (--max-seconds {state.config.max_seconds:g})"
     if asked:
         return "stopped by a callback"
     if interrupted:
         return "interrupted"
     return None
+
+
+def seconds(t: float) -> str:
+    """``t`` seconds to the digits that say it: 0.31, 4.2, 37 (not 0 for a limit under a second)."""
+    return f"{t:.2g}" if t < 10 else f"{t:.0f}"
 
 
 def budget_spent(config: TrainConfig, timesteps: int) -> bool:
