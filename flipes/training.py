@@ -53,6 +53,7 @@ from flipes.plugins import NAMED, Plugins
 from flipes.rank_zero import on_rank_0, rank_difference_hint, set_optimizer_settings
 from flipes.resume import agree, restore
 from flipes.rl import EnvPoolVectorEnv, RolloutFitness
+from flipes.rl.envpool_vec import envpool_atari
 from flipes.rl.envs import base_id, print_note
 from flipes.rundir import check_not_in_use, check_run_dir, prepare_run_dir
 from flipes.search import check_decayable, scale_steps, scheduled_lr, step_settings
@@ -278,6 +279,7 @@ def _set_up_and_run(
                 f"{dropout_fix(model, 'return model.eval() from the model function')} unless that is meant"
             )
         fitness = build_fitness(config, env, model, plugins)
+        notes.extend(unused_option_notes(config))
         evaluator = build_evaluator(config, device, comm, env, plugins)
         cleanup.callback(_close, getattr(evaluator, "env", None))
         state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
@@ -285,13 +287,8 @@ def _set_up_and_run(
             notes.extend(restore(state, config.resume, device, fitness))
             # EnvPool's streams are fast-forwarded by resets alone: not a replay of an env that draws in its steps
             # (common episodes reseed such an env every generation: they resume bit for bit)
-            resumes_streams = isinstance(env, EnvPoolVectorEnv) and not config.common_episodes
-            if es.generation > 0 and resumes_streams and (what := env.step_draws()):
-                cautions.append(
-                    f"resumed on EnvPool's {env.env_id} ({what}), which draws random numbers in its steps: EnvPool "
-                    "fast-forwards each env's episodes by resets alone, so the run now plays other episodes than one never "
-                    f"stopped; --env gymnasium:{base_id(config.env)} reseeds every generation and resumes bit for bit"
-                )
+            if es.generation > 0 and (caution := resumed_streams_caution(config, env)):
+                cautions.append(caution)
             unchecked = [f"{k} {getattr(config, k)}" for k in NAMED if "<lambda>" in getattr(config, k)]
             # recorded as module:<lambda>: any lambda of that script has the same name. A note, not a caution: lambdas
             # are fine (the README's examples pass them), only unchecked
@@ -371,6 +368,53 @@ def _close(env: gym.vector.VectorEnv | None) -> None:
 
 # row entries each rank measures for itself; rank 0 sends the others
 RANK_ROW = ("steps_per_second", "bytes_sent")
+
+
+def resumed_streams_caution(config: TrainConfig, env: Any) -> str | None:
+    """The caution of a resume on an EnvPool env that draws random numbers in its steps (EnvPool fast-forwards its
+    episodes by resets alone: the run plays other episodes than one never stopped), with what resumes bit for bit;
+    None where the resume replays them (common episodes reseed the env every generation)."""
+    if not isinstance(env, EnvPoolVectorEnv) or config.common_episodes or not (what := env.step_draws()):
+        return None
+    name = base_id(config.env)
+    if envpool_atari(env.env_id):  # gymnasium's ALE/Name-v5 is another env (its own frames and options), not this one
+        fix = (
+            "a run started with --common-episodes (every generation reseeds its episodes) or with "
+            "--env-kwargs '{\"repeat_action_probability\": 0}' (no sticky actions) resumes bit for bit"
+        )
+    elif name in gym.registry:
+        fix = f"--env gymnasium:{name} reseeds every generation and resumes bit for bit"
+    else:
+        fix = "a run started with --common-episodes reseeds its episodes every generation and resumes bit for bit"
+    return (
+        f"resumed on EnvPool's {env.env_id} ({what}), which draws random numbers in its steps: EnvPool fast-forwards each "
+        f"env's episodes by resets alone, so the run now plays other episodes than one never stopped; {fix}"
+    )
+
+
+def unused_option_notes(config: TrainConfig) -> list[str]:
+    """Options given that this run does not use, said in a note rather than refused: a shared set of options (a
+    --config file, the quiet options of a script's runs) carries them for the runs that do use them. None on a resume,
+    whose options are the run's recorded ones."""
+    if config.resume:
+        return []
+    from flipes.rl.presets import defaults as preset
+
+    notes = []
+    env_id = config.env.strip()
+    row = {} if env_id.lower() == "none" else preset(env_id, config.algo)
+    unset = TrainConfig.__dataclass_fields__["eval_episodes"].default
+    if config.fitness and config.eval_episodes not in (unset, row.get("eval_episodes", unset)):
+        notes.append(
+            f"--eval-episodes {config.eval_episodes} is not used: --fitness {config.fitness} replaces flipes' evaluation "
+            "by the evaluate() beside it (none: no eval_return), which sets its own episodes"
+        )
+    if config.env_threads and env_id.startswith(("flipes/", "envs:flipes/")):
+        notes.append(
+            f"--env-threads {config.env_threads} is not used: {env_id} is a torch env, stepped on --device "
+            f"{config.device} by no engine threads (--threads sets torch's)"
+        )
+    return notes
 
 
 def own_lr_note(config: TrainConfig, optimizer: torch.optim.Optimizer) -> str:
