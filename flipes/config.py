@@ -88,9 +88,10 @@ class TrainConfig:
     """The floor of --lr-decay's schedule (evosax's lrate_limit): lr decays to it and stays there; 0: none.
     At most --lr, and only with --lr-decay < 1."""
     seed: int = 0
-    """Keys all noise and episodes, and seeds torch's, NumPy's and Python's global generators around each
-    generation's fitness and evaluation (a --fitness or a policy of one's own drawing from them): the same seed gives
-    the same parameters."""
+    """Keys all noise and episodes, and seeds torch's, NumPy's and Python's global generators while the model is
+    built (torch's with the seed itself) and, per generation, around its fitness, evaluation and tell (a --model,
+    --fitness, policy, --shaping or --optimizer of one's own drawing from them): the same seed gives the same
+    parameters."""
     groups: int = 0
     """ε groups: members split into this many blocks, each with its own ε; must divide popsize and,
     under MPI, be at least the number of processes. 0: the fewest that work, said in a note where not
