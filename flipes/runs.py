@@ -77,11 +77,24 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(str(path), f"is not valid JSON ({e})", "restore it from the checkpoint's config, or retrain") from None
+        raise UsageError(str(path), f"is not valid JSON ({e})", _rewrite_fix(run_dir)) from None
     if not isinstance(config, dict):
         problem = f"holds a JSON {type(config).__name__}, not the object of options flipes train writes"
-        raise UsageError(str(path), problem, "restore it from the checkpoint's config, or retrain")
+        raise UsageError(str(path), problem, _rewrite_fix(run_dir))
     return config
+
+
+def _rewrite_fix(run_dir: str | Path) -> str:
+    """How to get a damaged config.json back: a resume to the generation the checkpoint holds takes the options it
+    records and writes config.json again, training nothing."""
+    try:
+        generation = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location="cpu")["es"]["generation"]
+    except (CheckpointError, OSError, KeyError, TypeError):
+        return "no readable checkpoint.pt records the run's options: retrain"
+    return (
+        f"flipes train --resume {run_dir} --generations {generation} writes it again from the options its checkpoint "
+        "records, training nothing"
+    )
 
 
 def run_env(run_dir: str | Path) -> str:

@@ -1390,13 +1390,19 @@ def test_a_full_disk_while_best_pt_is_written_names_checkpoint_pt_and_says_disk_
 
 def test_a_config_json_that_is_not_an_object_resumes_from_the_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """config.json holding valid JSON that is not an object ([1, 2]) does not block a resume, which takes
-    the options the checkpoint records (not the env's defaults); evaluate says in one line what is wrong."""
+    the options the checkpoint records (not the env's defaults); evaluate says in one line what is wrong and the
+    command that writes config.json again, which trains nothing (the metrics stay) and makes evaluate work."""
     run = tmp_path / "run"
     flipes.train(**FAST_KW, generations=2, out=str(run))
     (run / "config.json").write_text("[1, 2]")
     line = error_line(capsys, "evaluate", run, "--episodes", "1")
     assert line == (f"flipes: error: {run}/config.json: holds a JSON list, not the object of options flipes train writes; "
-                    "restore it from the checkpoint's config, or retrain")  # fmt: skip
+                    f"flipes train --resume {run} --generations 2 writes it again from the options its checkpoint "
+                    "records, training nothing")  # fmt: skip
+    rows = metrics(run)
+    assert main(line.split("; ")[-1].split(" writes it")[0].split()[1:]) == 0  # the command as printed
+    assert metrics(run) == rows and json.loads((run / "config.json").read_text())["popsize"] == 8
+    assert main(["evaluate", str(run), "--episodes", "1"]) == 0
     assert main(["train", "--resume", str(run), "--generations", "3"]) == 0
     assert load_checkpoint(run)["config"]["popsize"] == 8 and [r["generation"] for r in metrics(run)] == [0, 1, 2]
     assert json.loads((run / "config.json").read_text())["popsize"] == 8  # written again, whole
