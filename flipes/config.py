@@ -183,7 +183,7 @@ class TrainConfig:
     none runs/<fitness function name>, or the --resume directory)."""
     resume: str = ""
     """Run directory (or checkpoint file) to continue from, bit for bit, with the options it was
-    trained with; auto: --out if it holds a run, else start it (one command for a start and every requeue)."""
+    trained with (its config.json; a file's own, those it records); auto: --out if it holds a run, else start it (one command for a start and every requeue)."""
     overwrite: bool = False
     """Replace the run in --out if it holds one (its checkpoints and metrics are deleted); without it
     such a directory is refused."""
@@ -303,7 +303,9 @@ def saved_options(resume: str) -> dict[str, Any]:
     """The options a run was trained with (its ``config.json``), to continue it with: all but
     ``resume``, ``out``, ``overwrite`` and ``progress`` (how this invocation prints). Empty where there is
     no readable config.json nor checkpoint (the resume then says what is wrong); the checkpoint's
-    options where config.json is missing or damaged."""
+    options where config.json is missing or damaged. A checkpoint file (``DIR/previous.pt``, or one copied
+    beside another run's config.json) continues with the options it records itself, whatever its directory's
+    config.json says: that file describes the directory's latest checkpoint, which may be another run's."""
     config = resume_dir(resume) / "config.json"
     source = str(config)
     try:
@@ -311,6 +313,15 @@ def saved_options(resume: str) -> dict[str, Any]:
     except (OSError, ValueError):
         saved = None
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "overwrite", "progress"}
+    if Path(resume).is_file():
+        from flipes.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            recorded = load_checkpoint(resume, map_location="cpu").get("config")
+        except (CheckpointError, OSError):
+            recorded = None  # the resume says what is wrong with the file
+        if isinstance(recorded, dict):  # config.json only for an option the checkpoint lacks (one written before it)
+            saved, source = {**(saved if isinstance(saved, dict) else {}), **recorded}, f"{resume} (the options it records)"
     if not isinstance(saved, dict) or not names <= saved.keys():
         from flipes.checkpoint import CheckpointError, load_checkpoint
 
