@@ -183,7 +183,8 @@ class TrainConfig:
     none runs/<fitness function name>, or the --resume directory)."""
     resume: str = ""
     """Run directory (or checkpoint file) to continue from, bit for bit, with the options it was
-    trained with (its config.json; a file's own, those it records); auto: --out if it holds a run, else start it (one command for a start and every requeue)."""
+    trained with (its config.json; a file's own, those it records); auto: --out if it holds a run, else start
+    it (one command for a start and every requeue)."""
     overwrite: bool = False
     """Replace the run in --out if it holds one (its checkpoints and metrics are deleted); without it
     such a directory is refused."""
