@@ -95,24 +95,28 @@ def unstarted(run_dir: Path) -> bool:
         return False
 
 
-def carry_history(source: Path, run_dir: Path, start: dict[str, Any]) -> None:
+def carry_history(source: Path, run_dir: Path, start: dict[str, Any], file: Path | None = None) -> str:
     """A run resumed into another directory takes its history along: ``metrics.jsonl`` (trimmed to the
     resumed generation when training starts, as a resume in place is) and ``best.pt`` where it is the
-    best of the resumed state (not one evaluated after the checkpoint that was resumed)."""
+    best of the resumed state (not one evaluated after the checkpoint that was resumed). None of it where ``file``,
+    the checkpoint resumed, is another run's than ``source``'s (a copy dropped there): the reason, else ``""``."""
     if source.resolve() == run_dir.resolve():
-        return
+        return ""
+    if file is not None and (other := _other_runs_options(source, file)):
+        return f"{file} is not a checkpoint of the run in {str(source)!r} ({other}): its history stays there"
     metrics = source / "metrics.jsonl"
     if metrics.exists() and not (run_dir / "metrics.jsonl").exists():
         _copy_atomic(metrics, run_dir / "metrics.jsonl")
     best = source / "best.pt"
     if start.get("best") is None or not best.exists() or (run_dir / "best.pt").exists():
-        return
+        return ""
     try:
         same = load_checkpoint(best, map_location="cpu").get("best") == start["best"]
     except CheckpointError:  # a damaged best.pt stays behind: the next improvement writes a new one
-        return
+        return ""
     if same:
         _copy_atomic(best, run_dir / "best.pt")
+    return ""
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
@@ -252,7 +256,9 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
         write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
         if first:
             if config.resume:  # a branch: its history, then its first checkpoint
-                carry_history(resume_dir(config.resume), run_dir, start)
+                kept = carry_history(resume_dir(config.resume), run_dir, start, Path(config.resume))
+                if kept and config.progress:
+                    print(f"flipes: {kept}; the branch's metrics start at its checkpoint", file=sys.stderr, flush=True)
             save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)  # last: the run is whole
             (run_dir / SETUP).unlink()
     except BaseException:

@@ -145,16 +145,22 @@ def test_the_seed_docs_say_it_seeds_the_model_build_and_each_tell(capsys: pytest
         assert said in doc, doc
 
 
-def test_a_checkpoint_file_resumes_with_the_options_it_records_not_its_directorys(tmp_path: Path) -> None:
+def test_a_checkpoint_file_resumes_with_the_options_it_records_not_its_directorys(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """``--resume b/x.pt`` of a checkpoint copied beside another run's config.json continues the run that file
-    records (its options, hidden [4]), into --out, bit for bit: its parameters are those of that run resumed itself."""
-    a, b = tmp_path / "a", tmp_path / "b"
+    records (its options, hidden [4]), into --out, bit for bit: its parameters are those of that run resumed itself;
+    b's metrics rows, another run's history, stay behind (said in a note)."""
+    a, b, e = tmp_path / "a", tmp_path / "b", tmp_path / "e"
     flipes.train(**FAST_KW, generations=2, hidden=[4], out=str(a))
     flipes.train(**FAST_KW, generations=2, hidden=[5], out=str(b))
     shutil.copy(a / "checkpoint.pt", b / "x.pt")
-    assert main(["train", "--resume", str(b / "x.pt"), "--out", str(tmp_path / "e"), "--generations", "3"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(b / "x.pt"), "--out", str(e), "--generations", "3"]) == 0
+    assert f"flipes: {b / 'x.pt'} is not a checkpoint of the run in {str(b)!r} (trained with other options, --hidden: " \
+        "[4] in the file, [5] in the run): its history stays there" in capsys.readouterr().err  # fmt: skip
     assert main(["train", "--resume", str(a), "--generations", "3"]) == 0
-    assert json.loads((tmp_path / "e" / "config.json").read_text())["hidden"] == [4]
-    last = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert json.loads((e / "config.json").read_text())["hidden"] == [4]
+    rows = [json.loads(line) for line in (e / "metrics.jsonl").read_text().splitlines()]
     same = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()][-1]
-    assert last["generation"] == same["generation"] == 2 and last["params_sha256"] == same["params_sha256"]
+    assert [r["generation"] for r in rows] == [2] and rows[0]["params_sha256"] == same["params_sha256"]
