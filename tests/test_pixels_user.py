@@ -122,3 +122,17 @@ def test_envpool_options_of_the_wrong_kind_name_the_option_and_its_kind(option: 
         pytest.skip("EnvPool has no Atari ids here")
     with pytest.raises(EnvOptionError, match=rf"takes {option} as {kind}, got {re.escape(repr(value))}.*its default"):
         make_vector_env("Pong-v5", 2, threads=1, **{option: value})
+
+
+@pytest.mark.parametrize(("option", "value", "error"), [("frame_skip", 0, ValueError), ("img_height", 84.0, TypeError)])
+def test_envpool_vector_env_made_directly_refuses_atari_options_naming_them(option: str, value: float, error: type) -> None:
+    """``flipes.rl.EnvPoolVectorEnv`` made directly, not through ``make_vector_env``, refuses an Atari option that would
+    stall EnvPool (``frame_skip=0``) or one of another kind than its default (``img_height=84.0``) with an error naming
+    the option, before EnvPool is made."""
+    envpool = pytest.importorskip("envpool")
+    if "Pong-v5" not in envpool.list_all_envs():
+        pytest.skip("EnvPool has no Atari ids here")
+    from flipes.rl import EnvPoolVectorEnv
+
+    with pytest.raises(error, match=rf"^EnvPool's Pong-v5 takes {option} .*got (?:{option}=)?{value!r}"):
+        EnvPoolVectorEnv("Pong-v5", 2, threads=1, **{option: value})

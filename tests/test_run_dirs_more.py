@@ -196,6 +196,38 @@ def test_a_progress_stream_that_can_no_longer_be_written_ends_the_lines_not_the_
     )
 
 
+class _PipeClosedAtEnd(io.StringIO):
+    """A stream whose reader ends after the generation lines (``| head -2``): the outcome line's write fails."""
+
+    def write(self, text: str) -> int:
+        if "gen " not in text:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_progress_stream_that_breaks_at_the_outcome_line_ends_the_run_as_usual(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The progress printer whose stream takes every generation line and breaks only at the outcome line raises
+    nothing at the end of training and says once on stderr that the lines go on in metrics.jsonl."""
+    from flipes.callbacks import ProgressPrinter
+    from flipes.config import TrainConfig
+
+    state = types.SimpleNamespace(config=TrainConfig(generations=1, eval_every=1), run_dir=tmp_path, timesteps=0,
+                                  es=types.SimpleNamespace(generation=0))  # fmt: skip
+    stream = _PipeClosedAtEnd()
+    printer = ProgressPrinter(stream)
+    printer.on_train_start(state)  # type: ignore[arg-type]
+    state.es.generation = 1
+    printer.on_generation(state, {"generation": 0, "fitness_mean": 1.0, "fitness_max": 2.0, "seconds": 0.1, "timesteps": 0})  # type: ignore[arg-type]
+    printer.on_train_end(state, "generations")  # type: ignore[arg-type]
+    assert stream.getvalue().startswith("gen   0/1") and stream.getvalue().count("\n") == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"flipes: cannot write the progress lines (Broken pipe); training goes on without them, every row in "
+        f"{tmp_path / 'metrics.jsonl'}"
+    ]
+
+
 def test_a_second_train_into_a_run_under_way_is_told_it_is_in_use_not_offered_overwrite(tmp_path: Path) -> None:
     """Training into a directory whose run another process trains now (its lock held) is refused as in use, naming
     that process, with or without --overwrite, and not told to pass --overwrite to replace a run that is being
