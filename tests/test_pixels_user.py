@@ -124,6 +124,25 @@ def test_envpool_options_of_the_wrong_kind_name_the_option_and_its_kind(option: 
         make_vector_env("Pong-v5", 2, threads=1, **{option: value})
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"episodic_life": 1, "reward_clip": np.int64(0)}, {"noop_max": torch.tensor(2)},
+     {"repeat_action_probability": torch.tensor(0.25)}, {"repeat_action_probability": np.float32(0.25)}],
+)  # fmt: skip
+def test_envpool_options_of_a_kind_envpool_converts_are_taken(options: dict) -> None:
+    """Values EnvPool itself takes for an option though their type is not its default's (1 for a true/false option,
+    numpy's integers and floats, 0-d tensors) pass flipes' kind check: the pool is made and resets."""
+    envpool = pytest.importorskip("envpool")
+    if "Pong-v5" not in envpool.list_all_envs():
+        pytest.skip("EnvPool has no Atari ids here")
+    env = make_vector_env("Pong-v5", 2, threads=1, **options)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (2, 4, 84, 84)
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize(("option", "value", "error"), [("frame_skip", 0, ValueError), ("img_height", 84.0, TypeError)])
 def test_envpool_vector_env_made_directly_refuses_atari_options_naming_them(option: str, value: float, error: type) -> None:
     """``flipes.rl.EnvPoolVectorEnv`` made directly, not through ``make_vector_env``, refuses an Atari option that would

@@ -19,8 +19,10 @@ Python per env. Two of its properties shape this adapter:
 
 from __future__ import annotations
 
+import numbers
+import operator
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -115,20 +117,36 @@ def check_option_types(env_id: str, kwargs: dict[str, Any]) -> None:
         defaults = registry.make_spec(env_id).config._asdict()
     except Exception:  # another EnvPool version's internals: its own error then
         return
-    kinds: tuple[tuple[type, tuple[type, ...], str], ...] = (
-        (bool, (bool, np.bool_), "true or false"),
-        (int, (int, np.integer), "an integer"),  # bool is an int, as EnvPool takes it
-        (float, (int, float, np.integer, np.floating), "a number"),
-        (str, (str,), "a string"),
+    kinds: tuple[tuple[type, Callable[[Any], bool], str], ...] = (
+        (bool, _is_integer, "true or false"),  # pybind takes 1 and 0 (and numpy's, a 0-d tensor's) for a bool
+        (int, _is_integer, "an integer"),  # a bool is an int, as EnvPool takes it
+        (float, _is_real, "a number"),
+        (str, lambda v: isinstance(v, str), "a string"),
     )
     for key, value in kwargs.items():
         default = defaults.get(key)
         kind = next(((takes, what) for cls, takes, what in kinds if type(default) is cls), None)
-        if kind is not None and not isinstance(value, kind[0]):
+        if kind is not None and not kind[0](value):
             raise TypeError(
-                f"EnvPool's {env_id} takes {key} as {kind[1]}, got {value!r} (a {type(value).__name__}); e.g. its default, "
-                f"{key}={default!r}"
+                f"EnvPool's {env_id} takes {key} as {kind[1]}, got {value!r} (of type {type(value).__name__}); e.g. its "
+                f"default, {key}={default!r}"
             )
+
+
+def _is_integer(value: Any) -> bool:
+    """An int where Python's ``operator.index`` reads one (numpy's integers, a 0-d integer tensor), as pybind does."""
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_real(value: Any) -> bool:
+    """A real number: an int or float of Python's, numpy's or a 0-d tensor's (not a string, which float() parses)."""
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and not value.is_complex()
+    return isinstance(value, numbers.Real)
 
 
 class EnvPoolVectorEnv(gym.vector.VectorEnv):
