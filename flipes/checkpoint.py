@@ -24,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.parameter import is_lazy
 
 from flipes.errors import StorageError, os_reason
 
@@ -262,6 +263,8 @@ def state_mismatches(saved: Mapping[str, Any], model: Mapping[str, Any]) -> list
         reasons.append(f"Unexpected key(s) in state_dict: {quoted(unexpected)}.")
     for key, value in model.items():
         other = saved.get(key)
+        if is_lazy(value) or is_lazy(other):  # a lazy module takes the saved shape, as torch's load_state_dict does
+            continue
         if isinstance(value, Tensor) and isinstance(other, Tensor) and other.shape != value.shape:
             shapes = (", ".join(map(str, v.shape)) for v in (other, value))
             reasons.append("size mismatch for {}: ({}) saved, ({}) in the model".format(key, *shapes))

@@ -245,3 +245,15 @@ def test_a_second_train_into_a_run_under_way_is_told_it_is_in_use_not_offered_ov
     finally:
         lock.release()
     assert _files(run) == before
+
+
+def test_the_key_check_before_loading_passes_a_lazy_module_as_torchs_load_does() -> None:
+    """flipes.checkpoint.state_mismatch, the check made before a state is loaded, finds nothing against a lazy module's
+    uninitialized parameters (torch's load_state_dict gives them the saved shapes) and still names a real mismatch."""
+    from flipes.checkpoint import state_mismatch
+
+    saved = torch.nn.Linear(3, 4).state_dict()
+    assert state_mismatch(saved, torch.nn.LazyLinear(4).state_dict()) == ""
+    assert state_mismatch(saved, torch.nn.Linear(3, 5).state_dict()) == (
+        "size mismatch for weight: (4, 3) saved, (5, 3) in the model; and 1 more"
+    )
