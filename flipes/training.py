@@ -341,7 +341,12 @@ def _set_up_and_run(
 
         stop.last = last  # a first signal waits until the final checkpoint is written, too
         for cb in standard + users:  # the run directory is complete when the user's callbacks start
-            cb.on_train_start(state)
+            try:
+                cb.on_train_start(state)
+            except Exception as e:
+                if any(cb is own for own in users):
+                    _attribute(e, stop, f"{type(cb).__name__}.on_train_start")
+                raise
         if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
             set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
             # and the user's callbacks' states (a resume's, what on_train_start set): every rank's copies take rank 0's
@@ -354,7 +359,12 @@ def _set_up_and_run(
         # signal before it, which stops at once, is then the one line, not a second one after "interrupted; ..."
         printers = [cb for cb in standard if isinstance(cb, ProgressPrinter | OutcomePrinter)]
         for cb in [cb for cb in standard if cb not in printers] + printers + users:
-            cb.on_train_end(state, reason)
+            try:
+                cb.on_train_end(state, reason)
+            except Exception as e:
+                if any(cb is own for own in users):
+                    _attribute(e, stop, f"{type(cb).__name__}.on_train_end, once the run had ended (stopped: {reason})")
+                raise
     if comm.size > 1:  # every rank returns once rank 0 has written the run directory: the script may read it next
         comm.bcast(None)
     best = state.best if math.isfinite(state.best) else None
@@ -614,7 +624,12 @@ def run_loop(
             state.metrics.append(row)
             asked = False
             for cb in callbacks:
-                asked = stop_asked(cb, cb.on_generation(state, row)) or asked
+                try:
+                    asked = stop_asked(cb, cb.on_generation(state, row)) or asked
+                except Exception as e:
+                    if any(cb is own for own in state.callbacks):  # its traceback names neither the generation nor the checkpoint
+                        _attribute(e, stop, f"{type(cb).__name__}.on_generation of generation {gen}")
+                    raise
             decided = {
                 "reason": stop_reason(state, row, interrupted, asked, time_up),
                 "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys

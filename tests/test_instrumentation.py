@@ -106,3 +106,43 @@ def test_tensorboard_holds_every_row_of_metrics_jsonl_after_a_branch_or_a_resume
         assert set(scalars) == {k for k, v in rows[0].items() if isinstance(v, int | float) and k != "generation"}
         for key, steps in scalars.items():
             assert steps == pytest.approx({row["generation"]: row[key] for row in rows}, rel=1e-6), (run, key)
+
+
+class Boom(flipes.Callback):
+    """Raises in the hook named ``where`` (at generation ``at`` for on_generation)."""
+
+    def __init__(self, where: str, at: int = -1) -> None:
+        self.where, self.at = where, at
+
+    def on_train_start(self, state: Any) -> None:
+        if self.where == "start":
+            raise RuntimeError("boom")
+
+    def on_generation(self, state: Any, row: dict[str, Any]) -> None:
+        if self.where == "generation" and row["generation"] == self.at:
+            raise RuntimeError("boom")
+
+    def on_train_end(self, state: Any, reason: str) -> None:
+        if self.where == "end":
+            raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize(
+    ("where", "note"),
+    [("generation", "Boom.on_generation of generation 3; the last checkpoint (after generation 1) stays"),
+     ("start", "Boom.on_train_start; the last checkpoint (before any generation) stays"),
+     ("end", "Boom.on_train_end, once the run had ended (stopped: generations); the last checkpoint (after generation 3) stays")],
+)  # fmt: skip
+def test_a_callbacks_exception_is_noted_with_its_hook_generation_and_the_kept_checkpoint(
+    tmp_path: Path, where: str, note: str
+) -> None:
+    """A user callback raising in on_train_start, on_generation or on_train_end ends the run with its own exception,
+    to which a note names the callback's hook, the generation and the checkpoint that stays with the way to resume;
+    the checkpoint is the one the note names."""
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=r"^boom") as e:
+        flipes.train(env="none", model=linear, fitness=bowl, popsize=8, generations=4, checkpoint_every=2, out=str(run),
+                     callbacks=[Boom(where, at=3)], progress=False, plot=False, tensorboard=False)  # fmt: skip
+    assert e.value.__notes__ == [f"flipes: raised in {note}: --resume {run} continues from it"]
+    kept = {"generation": 2, "start": 0, "end": 4}[where]
+    assert flipes.load_checkpoint(run)["es"]["generation"] == kept
