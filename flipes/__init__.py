@@ -66,8 +66,8 @@ _OTHER_LIBRARIES = {
     "OpenES": "FlipES(model, ...) (OpenAI-ES with Adam; --algo openai-es)",
     "Open_ES": "FlipES(model, ...) (OpenAI-ES with Adam; --algo openai-es)",
     "OpenAIES": "FlipES(model, ...) (OpenAI-ES with Adam; --algo openai-es)",
-    "PGPE": "FlipES(model, groups=8, sigma_lr=0.2, optimizer=functools.partial(flipes.search.clipup, max_speed=0, lr=lr))"
-    " (--algo pgpe)",
+    "PGPE": "FlipES(model, popsize=16 or more, groups=8, sigma_lr=0.2, optimizer=functools.partial(flipes.search.clipup, "
+    "max_speed=0, lr=lr)) (--algo pgpe)",
     "SNES": "FlipES(model, sigma_lr=...) (a σ per layer, adapted; the nearest to SNES)",
     "ARS": "flipes.train(algo='ars') (--algo ars)",
 }
