@@ -247,11 +247,11 @@ class SlotNoise:
                 self.workspace[key] = cast
         return cast
 
-    def dense_eps(self) -> Tensor:
-        """σε of every group, ``(G, *weight.shape)`` (materialized from the factors if low-rank)."""
+    def dense_eps(self, groups: slice = slice(None)) -> Tensor:
+        """σε of every group (or of ``groups``), ``(G, *weight.shape)`` (materialized from the factors if low-rank)."""
         if self.factors is None:
-            return self.eps
-        a, b = self.factors
+            return self.eps if groups == slice(None) else self.eps[groups]
+        a, b = self.factors[0][groups], self.factors[1][groups]
         return torch.bmm(a, b.flatten(2)).view(a.shape[0], a.shape[1], *b.shape[2:])
 
     @property

@@ -13,6 +13,9 @@ from torch import Tensor
 from flipes.nn.base import PerturbedWeight
 from flipes.noise import DenseNoise, SlotNoise
 
+# the most bytes that tell's per-group copies of one weight (R_gᵀ diag(c_g) S_g, low-rank ε, their product) take at once
+GROUP_CHUNK_BYTES = 16 * 2**20
+
 
 def paired(coeff: Tensor) -> Tensor:
     """``c_2k - c_2k+1``: the coefficient of each mirrored pair, entering the sums once."""
@@ -74,12 +77,21 @@ def weighted_perturbation(
         bias_r = None if bias_r is None else bias_r.float()
     g, n = noise.groups, s.shape[0]
     rc = r * c.unsqueeze(1)
-    m = torch.bmm(rc.view(g, n // g, -1).mT, s.reshape(g, n // g, -1))  # R_gᵀ diag(c_g) S_g
-    m = block_diagonal(m, pw.conv_groups)
-    eps = noise.dense_eps()  # low-rank: materialized once per generation (the forward never does)
-    if eps.dim() > 3:
-        m = m.view(*m.shape, *(1,) * (eps.dim() - 3))  # broadcast over kernel dims
-    weight = (m * eps).squeeze(0) if g == 1 else (m * eps).sum(0)  # one group: its product, no sum
+    rcs, ss = rc.view(g, n // g, -1).mT, s.reshape(g, n // g, -1)
+    # R_gᵀ diag(c_g) S_g, the low-rank ε and their product are each a copy of the weight per group: made for a chunk of
+    # groups at a time, so that tell's temporaries stay near GROUP_CHUNK_BYTES however many groups there are
+    # (all groups in one chunk where they fit: one bmm, as small layers always are)
+    step = max(1, GROUP_CHUNK_BYTES // max(1, pw.weight.numel() * max(rc.element_size(), pw.weight.element_size())))
+    weight = None
+    for start in range(0, g, step):
+        chunk = slice(start, min(start + step, g))
+        m = block_diagonal(torch.bmm(rcs[chunk], ss[chunk]), pw.conv_groups)
+        eps = noise.dense_eps(chunk)  # low-rank: materialized here alone (the forward never does)
+        if eps.dim() > 3:
+            m = m.view(*m.shape, *(1,) * (eps.dim() - 3))  # broadcast over kernel dims
+        part = (m * eps).squeeze(0) if m.shape[0] == 1 else (m * eps).sum(0)  # one group: its product, no sum
+        m = eps = None  # freed before the next chunk's
+        weight = part if weight is None else weight.add_(part)
     bias = None if bias_r is None else (rc * bias_r).sum(0)  # Σ c_n r_n ∘ (σε_b,n ∘ r_n)
     return weight, bias
 

@@ -1,0 +1,55 @@
+"""Large populations: what tell allocates as the number of ε groups grows, and parts against one pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import flipes
+from flipes.es import gradient
+
+
+class LargestOutput(TorchDispatchMode):
+    """Records the bytes of the largest tensor any op makes while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func: object, types: object, args: tuple = (), kwargs: dict | None = None) -> object:
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def told(
+    rank: int | None, groups: int, chunk_bytes: int, monkeypatch: pytest.MonkeyPatch, conv: bool = False
+) -> tuple[torch.Tensor, int]:
+    """The weight after one tell of a 256×256 layer (or a grouped 3×3 conv of as many weights), and the largest tensor
+    tell made."""
+    monkeypatch.setattr(gradient, "GROUP_CHUNK_BYTES", chunk_bytes, raising=False)
+    torch.manual_seed(0)
+    model = flipes.flipout(nn.Conv2d(64, 512, 3, groups=4) if conv else nn.Linear(256, 256))
+    es = flipes.FlipES(model, popsize=64, sigma=0.1, lr=0.1, seed=3, groups=groups, noise_rank=rank, optimizer=torch.optim.SGD)
+    x = torch.randn(64, 64, 4, 4) if conv else torch.randn(64, 256)
+    with es.population():
+        fitness = model(x).flatten(1).sum(1)
+    with LargestOutput() as mode:
+        es.tell(fitness)
+    return model.weight.detach().clone(), mode.largest
+
+
+@pytest.mark.parametrize(("rank", "conv"), [(None, False), (2, False), (None, True), (2, True)])
+def test_tell_temporaries_do_not_grow_with_groups(rank: int | None, conv: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 32 ε groups, tell's largest temporary stays within its chunk budget (a few copies of the 256 KB weight),
+    not one copy per group (8 MB), for full-rank and low-rank noise of a linear and a grouped conv layer; the update
+    equals that of unchunked sums to float32 rounding."""
+    layer = 256 * 256 * 4
+    chunked, largest = told(rank, 32, 4 * layer, monkeypatch, conv)
+    whole, _ = told(rank, 32, 2**40, monkeypatch, conv)
+    assert largest <= 4 * layer, f"tell made a tensor of {largest} bytes, over its budget of {4 * layer}"
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
