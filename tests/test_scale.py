@@ -53,3 +53,20 @@ def test_tell_temporaries_do_not_grow_with_groups(rank: int | None, conv: bool, 
     whole, _ = told(rank, 32, 2**40, monkeypatch, conv)
     assert largest <= 4 * layer, f"tell made a tensor of {largest} bytes, over its budget of {4 * layer}"
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_centered_ranks_of_half_precision_fitness_at_65536_members(dtype: torch.dtype) -> None:
+    """Fitness of 65,536 members in float16 or bfloat16 gets float32 weights equal, bit for bit, to ``rank / (N - 1) -
+    1/2`` with each value's exact mean rank (counted by searchsorted): every weight finite and in [-1/2, 1/2] (float16
+    holds no rank past 65,504), tied values alone sharing one."""
+    from flipes.shaping import centered_ranks
+
+    f = torch.randn(65536, generator=torch.Generator().manual_seed(0)).to(dtype)
+    ordered = f.double().sort().values
+    below = torch.searchsorted(ordered, f.double())
+    upto = torch.searchsorted(ordered, f.double(), right=True)
+    expect = ((below + upto - 1).double() / 2).float() / (len(f) - 1) - 0.5
+    got = centered_ranks(f)
+    assert got.isfinite().all() and torch.equal(got.float(), expect)
+    assert got.dtype == torch.float32

@@ -64,7 +64,8 @@ def _refuse_non_finite(fitness: Tensor, name: str, infinities: bool = False) -> 
 
 def centered_ranks(fitness: Tensor | ArrayLike) -> Tensor:
     """Ranks scaled to ``[-0.5, 0.5]``, ``rank / (N - 1) - 0.5``; tied fitness values share their mean rank (so a
-    mirrored pair with equal fitness contributes nothing). Infinities rank at the ends; a NaN is an error.
+    mirrored pair with equal fitness contributes nothing). Infinities rank at the ends; a NaN is an error. In the
+    fitness's dtype, float32 at least (half-precision fitness gets float32 weights).
 
     evosax's ``centered_rank``, EvoTorch's ``ranking_method="centered"`` and OpenAI's ES starter compute the same
     values for distinct fitness, but rank ties by position (an argsort), so with ties (CartPole's many returns of 500)
@@ -80,8 +81,9 @@ def centered_ranks(fitness: Tensor | ArrayLike) -> Tensor:
     # dtype would round them (float16 from 2¹⁰)
     exact = torch.promote_types(torch.get_default_dtype(), torch.float32)
     mean_rank = counts.cumsum(0).to(exact) - (counts + 1).to(exact) / 2
-    ranks = torch.empty_like(fitness)
-    ranks[order] = mean_rank[run].to(fitness.dtype)
+    # the weights too: float16 holds no rank past 65,504 (inf) and rounds those past 2¹¹, bfloat16 past 2⁸ (ties made)
+    ranks = torch.empty_like(fitness, dtype=torch.promote_types(fitness.dtype, torch.float32))
+    ranks[order] = mean_rank[run].to(ranks.dtype)
     return ranks / (n - 1) - 0.5
 
 
