@@ -70,3 +70,13 @@ def test_centered_ranks_of_half_precision_fitness_at_65536_members(dtype: torch.
     got = centered_ranks(f)
     assert got.isfinite().all() and torch.equal(got.float(), expect)
     assert got.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["ars", "z_score"])
+def test_ars_and_z_score_of_float16_fitness_at_65536_members(name: str) -> None:
+    """``ars`` and ``z_score`` of 65,536 float16 fitness values equal, bit for bit, those of the same values in float32:
+    finite (ars's ``N (r+ - r-)`` overflowed float16's 65,504 to inf)."""
+    shaping = getattr(flipes.shaping, name)
+    f = torch.randn(65536, generator=torch.Generator().manual_seed(0)).half()
+    got = shaping(f)
+    assert got.isfinite().all() and torch.equal(got.float(), shaping(f.float()))

@@ -46,6 +46,12 @@ def _floating(fitness: Tensor | ArrayLike) -> Tensor:
     return fitness if fitness.is_floating_point() else fitness.to(torch.get_default_dtype())
 
 
+def _wide(fitness: Tensor) -> Tensor:
+    """``fitness`` in float32 at least: weights of N members in half precision overflow (float16 holds no N·x past
+    65,504: ars's weights at N = 65,536) or round."""
+    return fitness.to(torch.promote_types(fitness.dtype, torch.float32))
+
+
 def _refuse_non_finite(fitness: Tensor, name: str, infinities: bool = False) -> None:
     """Raise naming the members whose fitness is NaN (or infinite, unless ``infinities`` may be ranked): a NaN has no
     rank (sorted last, it took the best one) and makes no mean or std (z_score and ars gave every member 0)."""
@@ -88,8 +94,8 @@ def centered_ranks(fitness: Tensor | ArrayLike) -> Tensor:
 
 
 def z_score(fitness: Tensor | ArrayLike) -> Tensor:
-    """``(f - mean) / std``; zeros when all values are equal. A NaN or infinity is an error."""
-    fitness = _floating(fitness)
+    """``(f - mean) / std``; zeros when all values are equal. A NaN or infinity is an error. Float32 at least."""
+    fitness = _wide(_floating(fitness))
     _refuse_non_finite(fitness, "z_score")
     std = fitness.std(unbiased=False)
     # equal values by comparison, not by std: their rounded mean can be an ulp off them (0.1 three times), and that
@@ -112,9 +118,9 @@ def ars(fitness: Tensor | ArrayLike, top: int | None = None) -> Tensor:
     the others 0, with ``σ_R`` the standard deviation of the ``2b`` returns used. FlipES's gradient
     then is ``Σ_top (r+ - r-) u_k / (b σ_R σ)``, so SGD with ``lr = α·σ`` takes exactly ARS's step
     ``α / (b σ_R) Σ_top (r+ - r-) δ_k``. Use with ``mirrored=True``:
-    ``FlipES(..., shaping=functools.partial(ars, top=b))``. A NaN or infinity is an error.
+    ``FlipES(..., shaping=functools.partial(ars, top=b))``. A NaN or infinity is an error. Float32 at least.
     """
-    fitness = _floating(fitness)
+    fitness = _wide(_floating(fitness))
     _refuse_non_finite(fitness, "ars")
     n = fitness.numel()
     if n % 2:
