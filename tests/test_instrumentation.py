@@ -146,3 +146,16 @@ def test_a_callbacks_exception_is_noted_with_its_hook_generation_and_the_kept_ch
     assert e.value.__notes__ == [f"flipes: raised in {note}: --resume {run} continues from it"]
     kept = {"generation": 2, "start": 0, "end": 4}[where]
     assert flipes.load_checkpoint(run)["es"]["generation"] == kept
+
+
+class SetSigma(flipes.Callback):
+    def on_generation(self, state: Any, row: dict[str, Any]) -> None:
+        state.es.sigma = 0.01
+
+
+def test_setting_sigma_from_a_callback_names_flipes_trains_sigma_options(tmp_path: Path) -> None:
+    """es.sigma set from a flipes.train callback is refused naming the options that schedule σ there (--sigma-decay,
+    --sigma-min, --sigma-lr), not FlipES(sigma=...), which flipes.train builds itself."""
+    with pytest.raises(AttributeError, match=r"in flipes.train it is --sigma with --sigma-decay and --sigma-min .*--sigma-lr"):
+        flipes.train(env="none", model=linear, fitness=bowl, popsize=8, generations=2, out=str(tmp_path / "run"),
+                     callbacks=[SetSigma()], progress=False, plot=False, tensorboard=False)  # fmt: skip

@@ -383,6 +383,12 @@ class FlipES:
     @sigma.setter
     def sigma(self, value: Any) -> None:
         # an attribute of that name would be read by nothing: every generation's σ comes from the schedule
+        if self._train_fitness:  # a callback of flipes.train's, which builds the FlipES itself
+            raise AttributeError(
+                f"es.sigma = {value!r}: σ is not set on a FlipES; in flipes.train it is --sigma with --sigma-decay and "
+                "--sigma-min (sigma_decay=, sigma_min=), or adapted with --sigma-lr; a σ rule of your own needs a loop of "
+                "your own (with es.population() ... es.tell), with FlipES(sigma=lambda g: rule.sigma)"
+            )
         raise AttributeError(
             f"es.sigma = {value!r}: σ is not set on a FlipES, it is FlipES(sigma=...), a number or a schedule "
             "`generation -> σ` (flipes.search.SigmaDecay(sigma, decay, minimum), or a function of your own) called "
