@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -37,15 +38,16 @@ def check_run_dir(run_dir: Path, config: TrainConfig, locked: bool = False) -> N
         path = run_dir / name
         if not path.is_file() and not (resuming_here and name in ("checkpoint.pt", "previous.pt")):  # load_checkpoint says it
             what = "a directory" if path.is_dir() else "not a regular file"
+            moved = f"mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.bak')}"
             raise UsageError("--resume" if resuming_here else "--out", f"{path} is {what}, not the run's {name}",
-                             f"move it out of the way (mv {path} {path}.bak)")  # fmt: skip
+                             f"move it out of the way ({moved})")  # fmt: skip
     if resuming_here and (other := _other_runs_options(run_dir, Path(config.resume))):
         file = Path(config.resume)
         raise UsageError(
             "--resume",
             f"{file} is not a checkpoint of the run in {str(run_dir)!r} ({other}): resumed there, it would replace that run",
-            f"move it into a directory of its own first (mkdir runs/new && mv {file} runs/new/), then --resume "
-            f"runs/new/{file.name}",
+            f"move it into a directory of its own first (mkdir runs/new && mv {shlex.quote(str(file))} runs/new/), then "
+            f"--resume {shlex.quote('runs/new/' + file.name)}",
         )
     if held and not resuming_here and not locked:  # a run under way: in use, whatever the options (--overwrite too)
         check_not_in_use(run_dir, "--out")

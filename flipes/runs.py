@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -92,8 +93,8 @@ def _rewrite_fix(run_dir: str | Path) -> str:
     except (CheckpointError, OSError, KeyError, TypeError):
         return "no readable checkpoint.pt records the run's options: retrain"
     return (
-        f"flipes train --resume {run_dir} --generations {generation} writes it again from the options its checkpoint "
-        "records, training nothing"
+        f"flipes train --resume {shlex.quote(str(run_dir))} --generations {generation} writes it again from the options "
+        "its checkpoint records, training nothing"
     )
 
 

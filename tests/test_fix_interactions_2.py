@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +54,21 @@ def test_the_hint_for_pgpe_names_a_popsize_that_its_eight_groups_take() -> None:
         flipes.FlipES(model, popsize=8, **settings)
 
 
-def test_a_config_json_that_is_not_json_names_the_resume_that_writes_it_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["run", "my run"])
+def test_a_config_json_that_is_not_json_names_the_resume_that_writes_it_again(tmp_path: Path, name: str) -> None:
     """A config.json cut short (not JSON) is refused in one line naming the resume to the checkpoint's generation,
-    which writes config.json again; with no checkpoint to read, the line says to retrain."""
-    run = tmp_path / "run"
+    which writes config.json again (the run's path quoted for the shell where it holds a space); with no checkpoint to
+    read, the line says to retrain."""
+    run = tmp_path / name
     flipes.train(env="none", model=linear, fitness=bowl, popsize=8, generations=2, out=str(run), **QUIET)
     (run / "config.json").write_text('{"env": "no')
     with pytest.raises(UsageError) as e:
         run_config(run)
     assert "\n" not in str(e.value)
-    assert str(e.value).endswith(
-        f"flipes train --resume {run} --generations 2 writes it again from the options its checkpoint records, training nothing"
-    )
+    tail = " writes it again from the options its checkpoint records, training nothing"
+    assert str(e.value).endswith(tail)
+    printed = str(e.value)[str(e.value).index("flipes train --resume") : -len(tail)]
+    assert shlex.split(printed) == ["flipes", "train", "--resume", str(run), "--generations", "2"]
     flipes.train(resume=str(run), model=linear, fitness=bowl, generations=2, **QUIET)
     assert run_config(run)["popsize"] == 8
     (run / "config.json").write_text('{"env": "no')
