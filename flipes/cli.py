@@ -30,6 +30,7 @@ import importlib
 import inspect
 import json
 import math
+import numbers
 import re
 import sys
 import textwrap
@@ -324,7 +325,7 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
         except TypeError as e:
             example = _written(example_value(value, field_type(hints[key])), source.startswith("--config"))
             if key == "device":  # "0" is no device either: the names torch takes, the number as CUDA's index
-                index = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+                index = value if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0 else 0
                 example = f'"cuda:{index}" or "cpu"'
             # as the file is written: "key": value in JSON, key = value in TOML (and Python's key=value reads alike)
             in_json = source.startswith("--config") and source.lower().endswith(".json")

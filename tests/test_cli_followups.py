@@ -10,6 +10,7 @@ import shutil
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import FAST, FAST_KW
 
@@ -77,6 +78,12 @@ def test_a_device_given_as_a_number_in_a_config_file_is_told_the_names_of_device
     (tmp_path / name).write_text(text)
     line = usage_error(capsys, "train", "--config", str(tmp_path / name), "--out", str(tmp_path / "out"))
     assert line.endswith(f"is not a string; write e.g. {written}"), line
+
+
+def test_a_numpy_integer_device_from_python_is_told_its_cuda_index() -> None:
+    """flipes.train(device=np.int64(1)) is refused naming "cuda:1", the index it gave, as a Python int would be."""
+    with pytest.raises(flipes.UsageError, match=r'is not a string; write e.g. device = "cuda:1" or "cpu"'):
+        flipes.train(env="none", device=np.int64(1))
 
 
 def test_options_a_run_would_not_use_are_said_in_a_note() -> None:
