@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -319,6 +320,20 @@ def outcome(state: TrainState, reason: str) -> str:
     return line
 
 
+def wait_past_event_files(log_dir: Path, longest: float = 2.0) -> None:
+    """Wait, where the newest event file in ``log_dir`` was made in this very second, for the next second.
+
+    TensorBoard reads a run's event files in name order, and a name holds the second it was made, then the host, the
+    pid and an unpadded counter: a file made in the same second as an older one can sort before it (counter 10 before
+    9, pid 10000 before 9999). A resume's file, whose first event purges the steps from its checkpoint on, would then
+    be read first and the older file's later steps kept. Waiting at most a second (and never for a clock that ran
+    back more than ``longest``) keeps the names in the order they were made."""
+    seconds = [int(part) for p in log_dir.glob("events.out.tfevents.*") if (part := p.name.split(".")[3]).isdigit()]
+    wait = max(seconds) + 1 - time.time() if seconds else 0.0
+    if 0 < wait <= longest:
+        time.sleep(wait)
+
+
 class TensorBoardLogger(Callback):
     """Every number of a row as a TensorBoard scalar under ``log_dir`` (needs the tensorboard package)."""
 
@@ -339,6 +354,8 @@ class TensorBoardLogger(Callback):
         # a resume into a log directory without events (a branch --resume A --out B, or --tensorboard turned on at a
         # resume): the rows metrics.jsonl carries from before are logged first, so that both hold the same generations
         carried = state.resumed and not any(self.log_dir.glob("events.out.tfevents.*"))
+        if state.resumed:
+            wait_past_event_files(self.log_dir)
         try:
             self.writer = self._writer_class(str(self.log_dir), purge_step=purge, max_queue=1000)
         except OSError as e:

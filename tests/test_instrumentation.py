@@ -159,3 +159,45 @@ def test_setting_sigma_from_a_callback_names_flipes_trains_sigma_options(tmp_pat
     with pytest.raises(AttributeError, match=r"in flipes.train it is --sigma with --sigma-decay and --sigma-min .*--sigma-lr"):
         flipes.train(env="none", model=linear, fitness=bowl, popsize=8, generations=2, out=str(tmp_path / "run"),
                      callbacks=[SetSigma()], progress=False, plot=False, tensorboard=False)  # fmt: skip
+
+
+class FakeClock:
+    """A wall clock that stands still but for sleep(), which moves it on: two runs inside one second, whatever the
+    machine's speed."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_resume_in_the_same_second_as_the_last_event_file_is_read_by_tensorboard_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorBoard orders a run's event files by name: the second, host, pid and an unpadded counter. A resume made
+    in the second of the last event file, with the counter going from 9 to 10, still gets scalars of each generation
+    once, the resumed run's after its checkpoint (without the wait for the next second the resume's file sorted first
+    and the first run's generation 2 was kept beside the resumed one)."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    writer = pytest.importorskip("tensorboard.summary.writer.event_file_writer")
+    clock = FakeClock(1_800_000_000.25)
+    monkeypatch.setattr(writer, "time", clock)
+    monkeypatch.setattr(flipes.callbacks, "time", clock, raising=False)
+    monkeypatch.setattr(writer, "_global_uid", writer.AtomicCounter(9))
+    kw = {"env": "none", "model": linear, "fitness": bowl, "popsize": 8, "out": str(tmp_path), "tensorboard": True,
+          "progress": False, "plot": False}  # fmt: skip
+    flipes.train(**kw, generations=3, checkpoint_every=2)
+    flipes.train(**kw, generations=4, resume=str(tmp_path / "previous.pt"))
+    names = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
+    assert [name.rsplit(".", 1)[-1] for name in names] == ["9", "10"]  # made in that order, read in that order
+    events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    rows = flipes.read_metrics(tmp_path)
+    assert [(e.step, e.value) for e in events.Scalars("fitness_mean")] == [
+        (r["generation"], pytest.approx(r["fitness_mean"], rel=1e-6)) for r in rows
+    ]
+    assert [r["generation"] for r in rows] == [0, 1, 2, 3]
