@@ -9,7 +9,7 @@ import inspect
 import math
 import numbers
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -80,8 +80,13 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
     """``fitness`` of this process's ``members`` (global indices) as a float64 CPU tensor of shape
     ``(len(members),)``, checked to be finite real numbers; ``popsize`` (all processes) names the
     likely mistake of sizing it by ``es.popsize`` on one of several processes."""
+    if isinstance(fitness, Iterator):  # a generator or map, as Iterable[float] allows: read once, in order
+        fitness = list(fitness)
     try:  # a tensor stays where it is until the one copy below; numbers and arrays are read on the host
         f = fitness.detach() if isinstance(fitness, Tensor) else torch.as_tensor(fitness, device="cpu")
+        if f.is_floating_point() and not isinstance(fitness, Tensor | np.ndarray):
+            # Python floats: as float64, not torch's default float32, which would round members apart into ties
+            f = torch.as_tensor(fitness, dtype=torch.float64, device="cpu")
     except (TypeError, RuntimeError, ValueError):
         f = None
     if f is None or f.dtype.is_complex or f.dtype == torch.bool:
