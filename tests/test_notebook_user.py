@@ -1,6 +1,9 @@
-"""What a notebook user of the low-level API meets: fitness in the forms ``tell``'s signature names."""
+"""What a notebook user of the low-level API meets: fitness in the forms ``tell``'s signature names, and an optimizer
+built by hand and assigned, whose refusal names the assignment that fixes it."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -57,3 +60,32 @@ def test_a_generator_of_the_wrong_length_is_refused_naming_the_shape() -> None:
     with pytest.raises(ValueError, match=r"fitness has shape \(7,\), but this process evaluates 8 members"):
         es.tell(float(v) for v in fitness[:7])
     assert es.tell(fitness)["generation"] == 0
+
+
+@pytest.mark.parametrize(
+    ("frozen", "build", "problem"),
+    [
+        (False, lambda es, model: torch.optim.SGD(es.params[:1], lr=0.1), r"it leaves out 3: 0\.bias, 2\.weight, 2\.bias"),
+        (
+            False,
+            lambda es, model: torch.optim.SGD(copy.deepcopy(model).parameters(), lr=0.1),
+            r"it leaves out 4: .*; it adds 4: a parameter of",
+        ),
+        (True, lambda es, model: torch.optim.Adam(model.parameters(), lr=0.1), r"it adds 2: 0\.weight, 0\.bias"),
+    ],
+)
+def test_an_assigned_optimizer_over_other_parameters_names_the_assignment_that_fixes_it(frozen, build, problem) -> None:
+    """``es.optimizer = SGD(...)`` over other parameters than ``es.params`` (part of them, a copy's, the model's frozen
+    ones) is refused in one line naming them and the fix as an assignment over ``es.params`` with the same class (not a
+    factory, which only ``FlipES(optimizer=...)`` takes); the optimizer in use stays."""
+    model = mlp()
+    model[0].requires_grad_(not frozen)
+    es = flipes.FlipES(model, popsize=8, sigma=0.1)
+    before = es.optimizer
+    built = build(es, model)
+    fix = rf"build it over them: es\.optimizer = torch\.optim\.{type(built).__name__}\(es\.params, \.\.\.\)$"
+    with pytest.raises(ValueError, match=rf"^es\.optimizer = {type(built).__name__}\(\.\.\.\): the optimizer must hold "
+                       rf"exactly the parameters FlipES evolves \(es\.params\): {problem}.*; {fix}") as error:  # fmt: skip
+        es.optimizer = built
+    assert "lambda" not in str(error.value) and "\n" not in str(error.value)
+    assert es.optimizer is before

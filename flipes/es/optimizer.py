@@ -95,10 +95,12 @@ def build_optimizer(
     lr: float,
     given_lr: bool,
     names: Callable[[list[Tensor]], str],
+    *,
+    assigned: bool = False,
 ) -> torch.optim.Optimizer:
     """The optimizer over exactly ``params``, the evolved ones (``names`` names them in errors): tell writes every
     evolved parameter's ``.grad``, so one left out would never move, and one of another module would step on a stale
-    ``.grad``."""
+    ``.grad``. ``assigned``: ``optimizer`` wraps one built by hand for ``es.optimizer = ...``, whose fix is named so."""
     if optimizer is None:
         return default_optimizer(params, lr)
     if isinstance(optimizer, torch.optim.Optimizer):
@@ -141,10 +143,20 @@ def build_optimizer(
     missing = [p for p in params if id(p) not in ids]
     others = [p for p in held if id(p) not in evolved]
     if missing or others:
+        kind = type(built)
+        home = "torch.optim" if getattr(torch.optim, kind.__name__, None) is kind else kind.__module__
         raise ValueError(
-            "the optimizer factory must build its optimizer over exactly the parameters it is given (es.params): "
+            (
+                "the optimizer must hold exactly the parameters FlipES evolves (es.params): "
+                if assigned
+                else "the optimizer factory must build its optimizer over exactly the parameters it is given (es.params): "
+            )
             + "; ".join(f"{what} {len(ps)}: {names(ps)}" for what, ps in (("it leaves out", missing), ("it adds", others)) if ps)
-            + "; build it from them, e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
+            + (
+                f"; build it over them: es.optimizer = {home}.{kind.__name__}(es.params, ...)"
+                if assigned
+                else "; build it from them, e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
+            )
         )
     steps = step_sizes(built)
     if given_lr and not isinstance(optimizer, type) and steps != [lr]:

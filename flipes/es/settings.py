@@ -90,7 +90,7 @@ def checked_setting(es: FlipES, name: str, value: Any) -> Any:
                 "e.g. es.optimizer = torch.optim.SGD(es.params, lr=0.01, momentum=0.9, nesterov=True)"
             )
         try:
-            return build_optimizer(es.params, lambda params: value, 0.0, False, _names(es))
+            return build_optimizer(es.params, lambda params: value, 0.0, False, _names(es), assigned=True)
         except (TypeError, ValueError) as error:
             raise type(error)(f"es.optimizer = {type(value).__name__}(...): {error}".replace("factory ", "")) from None
     shaping = value if name == "shaping" else es.shaping
