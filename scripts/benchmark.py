@@ -10,6 +10,7 @@ For each tanh MLP and population size N, times one forward of the whole populati
     (f) low-rank    Flipout with low-rank noise (FlipES(noise_rank=--rank)), signs sampled once per generation
     sample+tell     one generation's overhead: sample the noise, shape a random fitness, ES gradient, Adam step
     sample          sampling alone (FlipES._sample), the last column
+    (g) compiled    with --compile BACKEND: (b)'s model under torch.compile(backend=BACKEND), compiled in the warm-up
 
 (d) and (e) share precomputed per-member weights (not timed); they are skipped ("skipped") where those
 would exceed --mem-cap-gb (default 4 GB; 376-256-256-17 at N=4096 needs 2.7 GB).
@@ -19,6 +20,7 @@ time per call in ms. Usage:
 
     PYTHONPATH=. python scripts/benchmark.py [--device cuda] [--sizes 17-64-64-6 ...] [--popsizes 1024 4096]
     PYTHONPATH=. python scripts/benchmark.py --quick            # a smoke test, a few seconds
+    PYTHONPATH=. python scripts/benchmark.py --threads 1 --sizes 64-256-256-8 --popsizes 1024 --compile inductor
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class Args:
     """Noise rank of the low-rank variant (f); 0 leaves it out."""
     quick: bool = False
     """Smoke test: one small MLP, N = 64, tiny repetitions."""
+    compile: str | None = None
+    """Also time (g): (b)'s model under torch.compile with this backend (inductor, aot_eager, eager); off by default."""
 
 
 def prepare(args: Args) -> Args:
@@ -239,7 +243,12 @@ def bench(size: str, n: int, args: Args, device: torch.device, sync: Callable[[]
         torch.testing.assert_close(vmap_forward(), bmm_forward(), rtol=1e-4, atol=1e-5)
         variants |= {"vmap": vmap_forward, "bmm": bmm_forward}
 
+    if args.compile:
+        compiled_b = torch.compile(model_b, backend=args.compile)
+        variants["compiled"] = lambda: compiled_b(x)
     with es_b.population(), es_f.population():  # (b), (f): entered ONCE, noise sampled once as in a rollout
+        if args.compile:  # float32: inductor may fuse and sum in another order
+            torch.testing.assert_close(compiled_b(x), model_b(x), rtol=1e-4, atol=1e-5)
         results = measure(variants, args, sync)
     num_params = sum(p.numel() for p in params.values())
     return {"mlp": size, "n": n, "params": num_params, "member_weights_gb": member_bytes / 1e9, "variants": results}
@@ -270,6 +279,7 @@ def main(args: Args) -> None:
     cols = ["MLP", "N", "(a) plain ms", "(b) flipout ms", "(b)/(a)", "(c) fresh ms", "(d) vmap ms", "(d)/(b)"]
     cols += ["(e) bmm ms", "(e)/(b)", "sample+tell ms", "(sample+tell)/(b)", "sample ms"]
     cols += [f"(f) low-rank r={args.rank} ms", "(f)/(a)"] if args.rank else []
+    cols += [f"(g) compiled ({args.compile}) ms", "(g)/(b)"] if args.compile else []
     print("| " + " | ".join(cols) + " |")
     print("|" + "|".join("---" for _ in cols) + "|")
     for row in rows:
@@ -281,12 +291,14 @@ def main(args: Args) -> None:
             "bmm/flipout": e / b if e else None,
             "sample_tell/flipout": ms["sample_tell"] / b,
             "lowrank/plain": ms["lowrank"] / ms["plain"] if "lowrank" in ms else None,
+            "compiled/flipout": ms["compiled"] / b if "compiled" in ms else None,
         }
         r = row["ratios"]
         cells = [row["mlp"], str(row["n"]), fmt(ms["plain"]), fmt(b), fmt(r["flipout/plain"], True), fmt(ms["fresh"])]
         cells += [fmt(d), fmt(r["vmap/flipout"], True), fmt(e), fmt(r["bmm/flipout"], True)]
         cells += [fmt(ms["sample_tell"]), fmt(r["sample_tell/flipout"], True), fmt(ms["sample"])]
         cells += [fmt(ms["lowrank"]), fmt(r["lowrank/plain"], True)] if args.rank else []
+        cells += [fmt(ms["compiled"]), fmt(r["compiled/flipout"], True)] if args.compile else []
         print("| " + " | ".join(cells) + " |")
 
     # the targets

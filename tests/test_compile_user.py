@@ -127,3 +127,23 @@ def test_a_rollout_of_only_compiled_calls_compiles_one_graph() -> None:
             fitness = compiled(x).sum(1) + compiled(x).sum(1)
         es.tell(fitness)
     assert graphs() == 1
+
+
+@needs_is_compiling
+def test_benchmark_times_the_compiled_flipout_model_beside_the_eager_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """scripts/benchmark.py --compile BACKEND adds (g): (b)'s model under torch.compile, checked against (b)'s outputs
+    first, and its time over (b)'s; without --compile the table has no such column."""
+    from helpers import ROOT, load_script, script_state_kept
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    module = load_script(ROOT / "scripts" / "benchmark.py")
+    capsys.readouterr()
+    with script_state_kept():
+        module.main(module.Args(quick=True, rank=0, mem_cap_gb=0.0, compile="eager"))
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| MLP"))
+    row = next(line for line in out.splitlines() if line.startswith("| 17-64-64-6 | 64 |"))
+    assert header.endswith("| (g) compiled (eager) ms | (g)/(b) |")
+    assert row.endswith("x |") and row.count("|") == header.count("|")
