@@ -108,11 +108,6 @@ def test_a_compiled_transformer_layer_is_one_graph_with_each_members_outputs(opt
 
 
 @needs_is_compiling
-@pytest.mark.xfail(
-    strict=True,
-    reason="flipes.es.refusals.note_direct_reads' hook pops `_flipes_reads` from the layer's __dict__ also while "
-    "compiling: Dynamo guards on the key, so a generation's first call and its later calls are two graphs",
-)
 def test_a_rollout_of_only_compiled_calls_compiles_one_graph() -> None:
     """README: a converted model compiles as one graph inside a population, once. A rollout calls the compiled model
     several times a generation and never the eager one."""

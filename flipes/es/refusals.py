@@ -79,9 +79,9 @@ def note_direct_reads(es: FlipES, ran: Callable[[nn.Module, Any], None]) -> list
         if not compiling() and id(layer) not in handles:  # the plain layer flipout() replaced (it shares its hooks)
             raise replaced_layer_error(es, layer)
         ran(layer, args)
-        layer.__dict__.pop("_flipes_reads", None)
-        if not compiling():  # gone after its first call: a module with hooks runs torch's slower call path
-            handles[id(layer)].remove()
+        if not compiling():  # a graph being compiled notes no reads, and Dynamo would guard on the key: 2 graphs
+            layer.__dict__.pop("_flipes_reads", None)
+            handles[id(layer)].remove()  # gone after its first call: a module with hooks runs torch's slower call path
 
     called.flipes_population = True  # type: ignore[attr-defined]  # left out of copies (flipes.nn.dense.without_owner)
     handles.update((id(layer), layer.register_forward_pre_hook(called)) for layer in watched)
