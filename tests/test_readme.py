@@ -118,8 +118,9 @@ BLOCKS: dict[str, dict[str, Any]] = {
         "runs": True,
         "subs": [
             (  # train for up to 600 s (its row's 2,000 generations): one generation, short episodes, here
-                'flipes.TrainConfig.for_env("HalfCheetah-v5", popsize=64)',
-                'flipes.TrainConfig.for_env("{id}", popsize=64, generations=1, eval_episodes=1, max_episode_steps=50)',
+                'flipes.TrainConfig.for_env("HalfCheetah-v5", popsize=64, out="runs/hc64")',
+                'flipes.TrainConfig.for_env("{id}", popsize=64, out="runs/hc64", generations=1, eval_episodes=1,'
+                " max_episode_steps=50)",
             )
         ],
     },
@@ -479,3 +480,62 @@ def test_the_readmes_make_commands_are_targets_that_run_their_scripts() -> None:
     pairs = re.findall(r"\| `python (scripts/\w+\.py)[^`]*` \(`make ([\w-]+)`\)", text)
     assert len(pairs) >= 4
     assert [(script, target) for script, target in pairs if script not in recipes.get(target, "")] == []
+
+
+def trained_run_dirs(until: str = "## The API") -> list[tuple[int, str, Path]]:
+    """(line, how, run directory) of each fresh run README.md trains above the heading ``until``, in its order: each
+    ``flipes train`` or ``make train`` line of a bash block (its ``--out``, else ``runs/<env name>``), and each
+    ``flipes.train`` / ``TrainConfig.for_env`` call of a Python block (``out=``, else the same default); a line or call
+    that resumes (``--resume``, ``resume=``) or replaces (``--overwrite``, ``overwrite=``) a run is left out."""
+    from flipes.config import default_run_dir
+
+    lines = (ROOT / "README.md").read_text().split(until)[0].splitlines()
+    found: list[tuple[int, str, Path]] = []
+    i = 0
+    while i < len(lines):
+        fence = re.fullmatch(r"\s*```(bash|python)\s*", lines[i])
+        if not fence:
+            i += 1
+            continue
+        j = i + 1
+        while not re.fullmatch(r"\s*```\s*", lines[j]):
+            j += 1
+        body = lines[i + 1 : j]
+        if fence.group(1) == "bash":
+            for k, line in enumerate(body):
+                code = line.split("#")[0]
+                if not re.search(r"\b(flipes|make) train\b", code) or re.search(r"--(resume|overwrite)\b", code):
+                    continue
+                opt = dict(re.findall(r"--(env|out|fitness)[ =](\S+)", code))
+                run = default_run_dir(opt.get("out", ""), opt.get("env", "flipes/CartPole-v1"), opt.get("fitness", ""))
+                found.append((i + 2 + k, code.strip(), run))
+        else:
+            tree = ast.parse(textwrap.dedent("\n".join(body)))
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Call) and ast.unparse(node.func) in ("flipes.train", "flipes.TrainConfig.for_env")):
+                    continue
+                kw = {k.arg: k.value for k in node.keywords if k.arg}
+                if "resume" in kw or "overwrite" in kw or (node.args and ast.unparse(node.func) == "flipes.train"):
+                    continue  # a resume, a replacement, or a TrainConfig counted where it was made
+                env = node.args[0] if node.args else kw.get("env")
+                value = {k: ast.literal_eval(v) if isinstance(v, ast.Constant) else ast.unparse(v) for k, v in kw.items()}
+                env_id = ast.literal_eval(env) if isinstance(env, ast.Constant) else "flipes/CartPole-v1"
+                run = default_run_dir(value.get("out", ""), env_id, value.get("fitness", ""))
+                found.append((i + 2 + node.lineno - 1, ast.unparse(node), run))
+        i = j + 1
+    return found
+
+
+def test_the_readme_never_trains_a_fresh_run_into_a_directory_it_already_filled() -> None:
+    """A reader who runs README.md's commands and blocks from the top, in order, never meets the refusal to train into
+    a directory holding a run: every fresh run it trains up to The API (the quick start's ``make train``, the first
+    steps' commands, the seeds' loop, the Python sketch) goes to a directory no earlier one of them trained into."""
+    found = trained_run_dirs()
+    assert len(found) >= 8 and any(run == Path("runs/CartPole-v1") for _, _, run in found)
+    first: dict[Path, tuple[int, str]] = {}
+    for line, how, run in found:
+        assert run not in first, (
+            f"README.md:{line} `{how}` trains into {run}, which README.md:{first[run][0]} `{first[run][1]}` "
+            "already filled: training there is refused; give it another out"
+        )
+        first[run] = (line, how)
