@@ -539,3 +539,36 @@ def test_the_readme_never_trains_a_fresh_run_into_a_directory_it_already_filled(
             "already filled: training there is refused; give it another out"
         )
         first[run] = (line, how)
+
+
+def quoted_pattern(quote: str) -> re.Pattern[str]:
+    """A README quote of a command's output as a pattern: its words exactly, each number any number."""
+    return re.compile(re.sub(r"\\\d+(?:\\\.\\\d+)?|\d+(?:\\\.\d+)?", r"\\d+(?:\\.\\d+)?", re.escape(quote)))
+
+
+def test_the_first_steps_end_with_the_lines_and_files_the_readme_quotes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'First steps': the first command as written solves flipes/CartPole-v1 and ends with the line the README quotes,
+    ``flipes evaluate runs/cp --checkpoint best`` then prints the line it quotes (the same words; numbers, which a
+    machine's rounding may move, as numbers), naming the generation that solved it, and the run directory holds the
+    files the README lists (curves.png and tensorboard/ where their extras are installed)."""
+    from flipes.commands import main
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n# train until.*?\n(flipes train .*?)\n", text).group(1)
+    said = re.search(r"the first command ended with\s+`([^`]+)`.*?--checkpoint best` then printed\s+`([^`]+)`", text, re.S)
+    listed = re.search(r"A run directory holds ((?:`[^`]+`(?:,\s+|\s+and\s+))+`[^`]+`)", text).group(1)
+    monkeypatch.chdir(tmp_path)
+    assert main(block.split()[1:]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert quoted_pattern(said.group(1)).fullmatch(last), (last, said.group(1))
+    assert main(["evaluate", "runs/cp", "--checkpoint", "best"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert quoted_pattern(said.group(2)).fullmatch(printed), (printed, said.group(2))
+    generations = int(re.search(r"(\d+) generations in all", last).group(1))
+    assert printed.endswith(f"after generation {generations - 1})")  # best.pt is the evaluation that solved it
+    files = {name.rstrip("/") for name in re.findall(r"`([^`]+)`", listed)}
+    optional = {"curves.png": "matplotlib", "tensorboard": "tensorboard"}
+    want = {f for f in files if f not in optional or importlib.util.find_spec(optional[f])}
+    assert {p.name for p in (tmp_path / "runs/cp").iterdir() if not p.name.startswith(".")} == want
