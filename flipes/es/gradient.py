@@ -82,18 +82,27 @@ def weighted_perturbation(
     # groups at a time, so that tell's temporaries stay near GROUP_CHUNK_BYTES however many groups there are
     # (all groups in one chunk where they fit: one bmm, as small layers always are)
     step = max(1, GROUP_CHUNK_BYTES // max(1, pw.weight.numel() * max(rc.element_size(), pw.weight.element_size())))
+    if step >= g:  # no slicing: a tell of small layers pays per layer, every generation
+        return _weighted_groups(pw, rcs, ss, noise.dense_eps()), _weighted_bias(rc, bias_r)
     weight = None
     for start in range(0, g, step):
         chunk = slice(start, min(start + step, g))
-        m = block_diagonal(torch.bmm(rcs[chunk], ss[chunk]), pw.conv_groups)
-        eps = noise.dense_eps(chunk)  # low-rank: materialized here alone (the forward never does)
-        if eps.dim() > 3:
-            m = m.view(*m.shape, *(1,) * (eps.dim() - 3))  # broadcast over kernel dims
-        part = (m * eps).squeeze(0) if m.shape[0] == 1 else (m * eps).sum(0)  # one group: its product, no sum
-        m = eps = None  # freed before the next chunk's
+        part = _weighted_groups(pw, rcs[chunk], ss[chunk], noise.dense_eps(chunk))  # low-rank ε materialized here alone
         weight = part if weight is None else weight.add_(part)
-    bias = None if bias_r is None else (rc * bias_r).sum(0)  # Σ c_n r_n ∘ (σε_b,n ∘ r_n)
-    return weight, bias
+    return weight, _weighted_bias(rc, bias_r)
+
+
+def _weighted_groups(pw: PerturbedWeight, rcs: Tensor, ss: Tensor, eps: Tensor) -> Tensor:
+    """``Σ_g (R_gᵀ diag(c_g) S_g) ∘ σε_g`` over the groups given."""
+    m = block_diagonal(torch.bmm(rcs, ss), pw.conv_groups)
+    if eps.dim() > 3:
+        m = m.view(*m.shape, *(1,) * (eps.dim() - 3))  # broadcast over kernel dims
+    return (m * eps).squeeze(0) if m.shape[0] == 1 else (m * eps).sum(0)  # one group: its product, no sum
+
+
+def _weighted_bias(rc: Tensor, bias_r: Tensor | None) -> Tensor | None:
+    """``Σ_n c_n r_n ∘ (σε_b,n ∘ r_n)``."""
+    return None if bias_r is None else (rc * bias_r).sum(0)
 
 
 def weighted_dense(noise: DenseNoise, coeff: Tensor) -> Tensor:
