@@ -344,8 +344,7 @@ def _set_up_and_run(
             try:
                 cb.on_train_start(state)
             except Exception as e:
-                if any(cb is own for own in users):
-                    _attribute(e, stop, f"{type(cb).__name__}.on_train_start")
+                _attribute_hook(e, cb, users, stop, "on_train_start")
                 raise
         if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
             set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
@@ -362,8 +361,7 @@ def _set_up_and_run(
             try:
                 cb.on_train_end(state, reason)
             except Exception as e:
-                if any(cb is own for own in users):
-                    _attribute(e, stop, f"{type(cb).__name__}.on_train_end, once the run had ended (stopped: {reason})")
+                _attribute_hook(e, cb, users, stop, f"on_train_end, once the run had ended (stopped: {reason})")
                 raise
     if comm.size > 1:  # every rank returns once rank 0 has written the run directory: the script may read it next
         comm.bcast(None)
@@ -488,6 +486,13 @@ def _attribute(e: BaseException, stop: StopRequest, what: str) -> None:
     evaluation) raised it and which checkpoint the run keeps: its traceback alone names neither."""
     if isinstance(e, Exception) and not isinstance(e, UsageError) and hasattr(e, "add_note"):  # Python >= 3.11
         e.add_note(f"flipes: raised in {what}; {stop.kept()}")
+
+
+def _attribute_hook(e: BaseException, cb: Callback, users: list[Callback], stop: StopRequest, hook: str) -> None:
+    """:func:`_attribute` for an exception of a user's callback ``cb`` (one of ``users``) in ``hook``: its traceback
+    names neither the generation nor the checkpoint kept. flipes' own callbacks' errors speak for themselves."""
+    if any(cb is own for own in users):
+        _attribute(e, stop, f"{type(cb).__name__}.{hook}")
 
 
 def _summed(comm: dist.Comm, value: float) -> float:
@@ -627,8 +632,7 @@ def run_loop(
                 try:
                     asked = stop_asked(cb, cb.on_generation(state, row)) or asked
                 except Exception as e:
-                    if any(cb is own for own in state.callbacks):  # its traceback names neither the generation nor the checkpoint
-                        _attribute(e, stop, f"{type(cb).__name__}.on_generation of generation {gen}")
+                    _attribute_hook(e, cb, state.callbacks, stop, f"on_generation of generation {gen}")
                     raise
             decided = {
                 "reason": stop_reason(state, row, interrupted, asked, time_up),
