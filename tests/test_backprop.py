@@ -622,9 +622,9 @@ def test_noise_models_and_lstm_refuse_what_they_cannot_do() -> None:
     pw = layer.perturbed_weights()[0]
     with pytest.raises(ValueError, match="symmetric about 0"):
         DropConnect(pw, p=0.3)
-    with pytest.raises(ValueError, match=r"prior_sigma and init_sigma must be > 0, got 0\.0 and"):
+    with pytest.raises(ValueError, match=r"prior_sigma and init_sigma must be finite and > 0, got 0\.0 and"):
         GaussianPosterior(pw, prior_sigma=0.0)
-    with pytest.raises(ValueError, match=r"alpha must be >= 0, got -1\.0"):
+    with pytest.raises(ValueError, match=r"alpha must be finite and >= 0, got -1\.0"):
         MultiplicativeGaussian(pw, alpha=-1.0)
     with pytest.raises(ValueError, match="no Flipout layer"):
         attach_noise(nn.Sequential(nn.Linear(2, 2)), DropConnect)
@@ -633,6 +633,32 @@ def test_noise_models_and_lstm_refuse_what_they_cannot_do() -> None:
             FlipoutLSTM(3, 4, **kw)
         with pytest.raises(ValueError, match="unidirectional"):
             flipes.flipout(nn.Sequential(nn.LSTM(3, 4, **kw)))
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (functools.partial(GaussianPosterior, prior_sigma=math.inf), "must be finite and > 0, got inf"),
+        (functools.partial(GaussianPosterior, init_sigma=math.inf), "must be finite and > 0, got 1.0 and inf"),
+        (functools.partial(GaussianPosterior, init_sigma=1e-50), r"σ = 0 and an infinite KL term in torch\.float32"),
+        (functools.partial(GaussianPosterior, init_sigma=1e30), r"σ = 1e\+30 and an infinite KL term in torch\.float32"),
+        (functools.partial(GaussianPosterior, prior_sigma=1e-30), r"an infinite KL term in torch\.float32"),
+        (functools.partial(MultiplicativeGaussian, alpha=math.inf), "alpha must be finite and >= 0, got inf"),
+    ],
+)
+def test_noise_settings_that_would_make_the_kl_or_the_noise_infinite_are_refused(make: Callable, match: str) -> None:
+    """A posterior whose σ = softplus(ρ) underflows to 0 or overflows in the float32 KL (or an infinite prior σ or
+    noise variance) would give an infinite KL and NaN gradients at the first step: it is a one-line ValueError when the
+    noise model is made, naming the values; an extreme setting that float32 represents is accepted with a finite KL
+    and finite gradients."""
+    pw = FlipoutLinear(3, 2).perturbed_weights()[0]
+    with pytest.raises(ValueError, match=match) as err:
+        make(pw)
+    assert "\n" not in str(err.value)
+    layer = attach_noise(FlipoutLinear(3, 2), functools.partial(GaussianPosterior, init_sigma=1e-30))
+    loss = layer(torch.randn(4, 3)).sum() + flipes.kl_divergence(layer)
+    loss.backward()
+    assert loss.isfinite() and all(p.grad.isfinite().all() for p in layer.parameters())
 
 
 def test_flipout_converts_lstm_sharing_parameters() -> None:

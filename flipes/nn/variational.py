@@ -168,10 +168,18 @@ class GaussianPosterior(WeightNoise):
 
     def __init__(self, pw: PerturbedWeight, *, prior_sigma: float = 1.0, init_sigma: float = 1e-3, flipout: bool = True) -> None:
         super().__init__(flipout)
-        if not (prior_sigma > 0 and init_sigma > 0):
-            raise ValueError(f"prior_sigma and init_sigma must be > 0, got {prior_sigma} and {init_sigma}")
+        if not (0 < prior_sigma < math.inf and 0 < init_sigma < math.inf):
+            raise ValueError(f"prior_sigma and init_sigma must be finite and > 0, got {prior_sigma} and {init_sigma}")
         self.prior_sigma, self.init_sigma = float(prior_sigma), float(init_sigma)
         kw = {"dtype": pw.weight.dtype, "device": pw.weight.device}
+        # σ = softplus(ρ) in the weight's dtype: one that underflows to 0 or overflows in the KL gives an infinite KL
+        # and NaN gradients of ρ at the first step
+        sigma = F.softplus(torch.tensor(_inverse_softplus(self.init_sigma), dtype=pw.weight.dtype))
+        if not (sigma > 0 and _gaussian_kl(torch.zeros_like(sigma), sigma, self.prior_sigma).isfinite()):
+            raise ValueError(
+                f"GaussianPosterior: init_sigma={init_sigma:g} with prior_sigma={prior_sigma:g} gives σ = {sigma.item():g} "
+                f"and an infinite KL term in {pw.weight.dtype}; choose values nearer 1 (e.g. init_sigma=1e-3, prior_sigma=1)"
+            )
         self.weight_rho = nn.Parameter(torch.empty(pw.weight.shape, **kw))
         self.bias_rho = None if pw.bias is None else nn.Parameter(torch.empty(pw.bias.shape, **kw))
         self.reset_parameters()
@@ -230,8 +238,8 @@ class MultiplicativeGaussian(WeightNoise):
 
     def __init__(self, pw: PerturbedWeight, *, alpha: float = 0.25, flipout: bool = True) -> None:
         super().__init__(flipout)
-        if not alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if not 0 <= alpha < math.inf:
+            raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
         self.alpha = float(alpha)
 
     def perturbation(self, pw: PerturbedWeight, z: Tensor) -> Tensor:
