@@ -661,6 +661,35 @@ def test_noise_settings_that_would_make_the_kl_or_the_noise_infinite_are_refused
     assert loss.isfinite() and all(p.grad.isfinite().all() for p in layer.parameters())
 
 
+def test_layers_with_tied_weights_share_one_posterior_counted_once_in_the_kl() -> None:
+    """Two Linears tied in weight and bias get ONE GaussianPosterior (one ρ per tied tensor, the same module), and
+    ``kl_divergence`` is the closed-form KL of that one posterior, not twice it; each use still draws its own sample,
+    and the ρ gradient sums both uses. A weight tied without its bias under a posterior is a one-line ValueError
+    naming both layers (it would have two posteriors); a noise model without parameters is attached there."""
+    torch.manual_seed(7)
+    model = flipes.flipout(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))).to(DT)
+    model[2].weight, model[2].bias = model[0].weight, model[0].bias
+    attach_noise(model, functools.partial(GaussianPosterior, init_sigma=0.2, prior_sigma=0.5))
+    randomize_rho(model, 8)
+    assert layer_noise(model[0]).slots[0] is layer_noise(model[2]).slots[0]
+    post = layer_noise(model[0]).slots[0]
+    assert sum(name.endswith("_rho") for name, _ in model.named_parameters()) == 2
+    q = [Normal(model[0].weight, post.weight_sigma()), Normal(model[0].bias, post.bias_sigma())]
+    expect = sum(kl_divergence(d, Normal(torch.zeros_like(d.loc), 0.5)).sum() for d in q)
+    torch.testing.assert_close(flipes.kl_divergence(model), expect, atol=TOL, rtol=0)
+    seen = record_draws(model[0])  # the slot both layers share: every draw of either
+    model(torch.randn(3, 4, dtype=DT)).sum().backward()
+    assert len(seen) == 2 and not torch.equal(seen[0].z, seen[1].z)
+    assert post.weight_rho.grad.abs().sum() > 0
+    untied = flipes.flipout(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)))
+    untied[2].weight = untied[0].weight
+    with pytest.raises(ValueError, match=r"layer '2' shares the weight of layer '0' but not its bias") as err:
+        attach_noise(untied, GaussianPosterior)
+    assert "\n" not in str(err.value) and layer_noise(untied[0]) is None
+    attach_noise(untied, DropConnect)
+    assert layer_noise(untied[2]) is not None
+
+
 def test_flipout_converts_lstm_sharing_parameters() -> None:
     """``flipes.flipout(nn.LSTM)`` returns a FlipoutLSTM whose parameters are the LSTM's own tensor objects (shared,
     not copied), and without noise its output equals the LSTM's bit for bit."""

@@ -415,12 +415,49 @@ def attach_noise(model: nn.Module, noise: NoiseFactory | None) -> nn.Module:
             "submodules alone",
             stacklevel=2,
         )
-    for layer in layers:
-        if noise is None:
+    if noise is None:
+        for layer in layers:
             layer._modules.pop("backprop_noise", None)
-        else:
-            layer.add_module("backprop_noise", LayerNoise([noise(pw) for pw in layer.perturbed_weights()]))
+        return model
+    slots = _noise_models(model, noise)
+    for layer in layers:
+        layer.add_module("backprop_noise", LayerNoise([slots[_tie_key(pw)] for pw in layer.perturbed_weights()]))
     return model
+
+
+def _tie_key(pw: PerturbedWeight) -> tuple[int, int]:
+    return id(pw.weight), id(pw.bias)
+
+
+def _noise_models(model: nn.Module, noise: NoiseFactory) -> dict[tuple[int, int], WeightNoise]:
+    """One noise model per distinct (weight, bias) of the Flipout layers: layers with tied weights share it, so the
+    tied tensors have one posterior (one ``ρ``, counted once by ``kl_divergence``), as ES gives them one perturbation.
+
+    Raises:
+        ValueError: a weight or bias tied without its partner (two posteriors of one tensor) under a noise model with
+            parameters.
+    """
+    slots: dict[tuple[int, int], WeightNoise] = {}
+    owner: dict[int, tuple[str, tuple[int, int]]] = {}  # id of a weight or bias -> (its first layer, its pair's key)
+    for name, layer in model.named_modules():
+        if not isinstance(layer, FlipoutMixin):
+            continue
+        for pw in layer.perturbed_weights():
+            key = _tie_key(pw)
+            if key not in slots:
+                slots[key] = noise(pw)
+            for kind, t in (("weight", pw.weight), ("bias", pw.bias)):
+                if t is None:
+                    continue
+                first, first_key = owner.setdefault(id(t), (name, key))
+                if first_key != key and any(True for _ in slots[key].parameters()):
+                    raise ValueError(
+                        f"attach_noise(): layer '{name}' shares the {kind} of layer '{first}' but not its "
+                        f"{'bias' if kind == 'weight' else 'weight'}: {type(slots[key]).__name__} holds one posterior per "
+                        "weight and its bias, so the tied tensor would get two and count twice in the KL; tie both "
+                        "(b.weight, b.bias = a.weight, a.bias) or neither, or use a noise model without parameters"
+                    )
+    return slots
 
 
 def _point_estimates(model: nn.Module, layers: list[FlipoutMixin]) -> list[str]:
@@ -446,15 +483,20 @@ def _point_estimates(model: nn.Module, layers: list[FlipoutMixin]) -> list[str]:
 
 
 def kl_divergence(model: nn.Module) -> Tensor:
-    """Σ over the Flipout layers of ``layer.kl()``: the KL term of the ELBO (0 without posteriors).
+    """Σ over the Flipout layers' posteriors of their KL (``layer.kl()``; a posterior shared by layers with tied
+    weights once): the KL term of the ELBO (0 without posteriors).
 
     Per-example ELBO loss over ``M`` training examples: ``nll_mean + kl_divergence(model) / M``.
     """
     params = list(model.parameters())
     total = params[0].new_zeros(()) if params else torch.zeros(())
+    counted: set[int] = set()  # a noise model shared by layers with tied weights is one posterior: its KL once
     for m in model.modules():
-        if isinstance(m, FlipoutMixin):
-            total = total + m.kl()
+        if isinstance(m, FlipoutMixin) and (ln := layer_noise(m)) is not None:
+            for slot, pw in zip(ln.slots, m.perturbed_weights(), strict=True):
+                if id(slot) not in counted:
+                    counted.add(id(slot))
+                    total = total + slot.kl(pw)
     return total
 
 
