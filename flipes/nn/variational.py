@@ -173,8 +173,8 @@ class GaussianPosterior(WeightNoise):
         self.prior_sigma, self.init_sigma = float(prior_sigma), float(init_sigma)
         kw = {"dtype": pw.weight.dtype, "device": pw.weight.device}
         # σ = softplus(ρ) in the weight's dtype: one that underflows to 0 or overflows in the KL gives an infinite KL
-        # and NaN gradients of ρ at the first step
-        sigma = F.softplus(torch.tensor(_inverse_softplus(self.init_sigma), dtype=pw.weight.dtype))
+        # and NaN gradients of ρ at the first step (checked on the host: the dtype decides, a meta or GPU weight is left alone)
+        sigma = F.softplus(torch.tensor(_inverse_softplus(self.init_sigma), dtype=pw.weight.dtype, device="cpu"))
         if not (sigma > 0 and _gaussian_kl(torch.zeros_like(sigma), sigma, self.prior_sigma).isfinite()):
             raise ValueError(
                 f"GaussianPosterior: init_sigma={init_sigma:g} with prior_sigma={prior_sigma:g} gives σ = {sigma.item():g} "
