@@ -75,8 +75,12 @@ def rademacher_like(shape: Sequence[int], like: Tensor) -> Tensor:
     Packed bits (64 signs per random word, see ``flipes.noise.rademacher``): ``bernoulli_`` took
     5.6 ms for a (1024, 512) sign matrix on one CPU thread, this 0.2 ms. Dynamo cannot trace the
     unpacking (a view of random int64 words as bytes), so a compiled forward keeps ``bernoulli_``.
+    Under ``torch.func`` transforms (``vmap(..., randomness="different")`` for per-example gradients)
+    neither has storage or may draw in place: an out-of-place ``randint`` draws there.
     """
     shape = tuple(shape)
+    if torch._C._are_functorch_transforms_active():
+        return torch.randint(0, 2, shape, dtype=like.dtype, device=like.device).mul(2).sub(1)
     if compiling():
         return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(0.5).mul_(2).sub_(1)
     table = shared_sign_table(like.dtype, like.device)
