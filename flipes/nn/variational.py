@@ -400,6 +400,11 @@ def attach_noise(model: nn.Module, noise: NoiseFactory | None) -> nn.Module:
 
     The noise models' parameters (e.g. ``ρ``) become submodules of the layers, so
     ``model.parameters()`` and ``model.state_dict()`` include them; create the optimizer after.
+    Layers with a tied weight and bias share one noise model: one posterior, counted once in the KL.
+
+    Raises:
+        ValueError: no Flipout layer; a layer without a backprop-noise forward; a weight tied without its bias (or
+            the reverse) under a noise model with parameters.
     """
     layers = [m for m in model.modules() if isinstance(m, FlipoutMixin)]
     if not layers:
