@@ -18,7 +18,8 @@ from flipes.commands import main
 
 LOAD_WITHOUT_FLIPES = """
 import sys
-sys.modules["flipes"] = None  # any import of flipes fails: the program needs torch alone
+for name in ("flipes", "envs", "gymnasium"):  # any import of flipes, its envs or gymnasium fails: the program needs
+    sys.modules[name] = None  # torch alone
 import torch
 torch.set_num_threads(int(sys.argv[1]))  # as the reference's: a GEMM's rounding may depend on the thread count
 for directory in sys.argv[2:]:  # each DIR/policy.pt2 on the inputs DIR/inputs.pt, its outputs to DIR/out.pt
@@ -80,7 +81,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("env,policy", CASES)
 def test_an_exported_policy_runs_without_flipes_and_acts_as_the_policy(env: str, policy: str, exported: Path) -> None:
-    """``flipes export DIR`` writes DIR/policy.pt2; loaded in a process where flipes cannot be imported,
+    """``flipes export DIR`` writes DIR/policy.pt2; loaded in a process where flipes, its envs and gymnasium cannot be
+    imported,
     it maps batches of 1 and 7 observations (normalized by the run's statistics) to exactly the actions
     of ``flipes.load_policy``'s policy at the same thread count: argmax for Discrete, tanh into the bounds for Box; a GRU
     policy's program takes and returns its state, zeros at the start; the actions need no torch.no_grad()
