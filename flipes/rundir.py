@@ -66,7 +66,7 @@ def _other_runs_options(run_dir: Path, file: Path) -> str:
     from flipes.resume import RESUME_KEYS, same_option
 
     try:
-        run = json.loads((run_dir / "config.json").read_text())
+        run = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         saved = load_checkpoint(file, map_location="cpu")["config"]
     except (OSError, ValueError, CheckpointError):  # a damaged config.json or checkpoint: said where it is read
         return ""
@@ -147,7 +147,7 @@ def check_not_in_use(run_dir: Path, option: str = "--resume") -> None:
     except ImportError:  # Windows: no locking
         return
     try:
-        file = open(run_dir / ".lock")
+        file = open(run_dir / ".lock", encoding="utf-8", errors="replace")  # the holder's name, whatever the locale
     except OSError:  # no lock file: no process has trained into it yet
         return
     with file:
@@ -193,7 +193,8 @@ class RunDirLock:
         lock = run_dir / ".lock"
         if lock.is_dir():  # open() would say only "Is a directory", read as an unwritable run directory
             raise UsageError("--out", f"{str(lock)!r} is a directory, where flipes keeps its lock file", f"rmdir {lock}")
-        self.file = open(run_dir / ".lock", "a+")
+        # UTF-8, not the locale's encoding (cp1252 on Windows, ASCII under LC_ALL=C): a host name may be any text
+        self.file = open(run_dir / ".lock", "a+", encoding="utf-8")
         try:
             import fcntl
         except ImportError:  # Windows: no locking

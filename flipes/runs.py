@@ -76,7 +76,7 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
             raise UsageError(str(run_dir), f"is not a run directory (no config.json) but {held[0]}", f"pass one: {held[1]}")
         raise UsageError(str(run_dir), "is not a run directory (no config.json)", "pass a directory written by flipes train")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))  # as JSON is, whatever the locale
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(str(path), f"is not valid JSON ({e})", _rewrite_fix(run_dir)) from None
     if not isinstance(config, dict):

@@ -1,0 +1,59 @@
+"""Run directories on machines unlike Linux with a UTF-8 locale: a locale whose default text encoding is not UTF-8
+(Windows' cp1252; here LC_CTYPE=C, whose default is ASCII, stands in for it) and a Python without ``fcntl``."""
+
+from __future__ import annotations
+
+import json
+import locale
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flipes.errors import UsageError
+from flipes.rundir import RunDirLock, check_not_in_use
+from flipes.runs import run_config
+
+
+@pytest.fixture
+def ascii_locale() -> Iterator[None]:
+    """open()'s default encoding made ASCII for the test (a default other than UTF-8, as on Windows)."""
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode is on: open()'s default encoding does not follow the locale")
+    previous = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, "C")
+    except locale.Error:
+        pytest.skip("no C locale")
+    if locale.getpreferredencoding(False).lower().replace("-", "") in ("utf8", "utf_8"):
+        locale.setlocale(locale.LC_CTYPE, previous)
+        pytest.skip("the C locale's encoding is UTF-8 here")
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+
+
+def test_lock_names_a_holder_whose_host_name_is_not_ascii(
+    tmp_path: Path, ascii_locale: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run directory locked by a process on a host whose name is not ASCII is refused naming that host exactly,
+    whatever the locale's encoding (the lock file is UTF-8)."""
+    pytest.importorskip("fcntl")
+    monkeypatch.setattr(socket, "gethostname", lambda: "labor-müller-研究室")
+    lock = RunDirLock(tmp_path)
+    try:
+        with pytest.raises(UsageError, match=r"in use by flipes pid \d+ on labor-müller-研究室"):
+            check_not_in_use(tmp_path, "--out")
+    finally:
+        lock.release()
+
+
+def test_run_config_reads_utf8_whatever_the_locale(tmp_path: Path, ascii_locale: None) -> None:
+    """A config.json holding UTF-8 text (edited by hand, or written by another tool) reads back exactly under a
+    locale whose default encoding is not UTF-8."""
+    options = {"env": "CartPole-v1", "fitness": "", "out": "runs/σ-sweep/é"}
+    (tmp_path / "config.json").write_bytes(json.dumps(options, ensure_ascii=False).encode("utf-8"))
+    assert run_config(tmp_path) == options
