@@ -125,7 +125,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
     tmp = target.with_name(target.name + ".tmp")
     try:
         shutil.copyfile(source, tmp)
-        with open(tmp, "rb") as f:
+        with open(tmp, "r+b") as f:  # writable: Windows' fsync (FlushFileBuffers) refuses a read-only handle (EBADF)
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except OSError as e:

@@ -1,10 +1,13 @@
 """Run directories on machines unlike Linux with a UTF-8 locale: a locale whose default text encoding is not UTF-8
-(Windows' cp1252; here LC_CTYPE=C, whose default is ASCII, stands in for it) and a Python without ``fcntl``."""
+(Windows' cp1252; here LC_CTYPE=C, whose default is ASCII, stands in for it), and Windows' fsync, which needs a
+handle open for writing."""
 
 from __future__ import annotations
 
+import errno
 import json
 import locale
+import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flipes.errors import UsageError
-from flipes.rundir import RunDirLock, check_not_in_use
+from flipes.rundir import RunDirLock, carry_history, check_not_in_use
 from flipes.runs import run_config
 
 
@@ -57,3 +60,31 @@ def test_run_config_reads_utf8_whatever_the_locale(tmp_path: Path, ascii_locale:
     options = {"env": "CartPole-v1", "fitness": "", "out": "runs/σ-sweep/é"}
     (tmp_path / "config.json").write_bytes(json.dumps(options, ensure_ascii=False).encode("utf-8"))
     assert run_config(tmp_path) == options
+
+
+@pytest.fixture
+def windows_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.fsync`` as on Windows, where it is FlushFileBuffers, which needs a handle open for writing: a read-only
+    one fails with EBADF ("Bad file descriptor")."""
+    fcntl = pytest.importorskip("fcntl")  # reads a descriptor's access mode
+    fsync = os.fsync
+
+    def windows(fd: int) -> None:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", windows)
+
+
+def test_a_branch_takes_its_history_along_where_fsync_needs_a_writable_handle(tmp_path: Path, windows_fsync: None) -> None:
+    """``--resume A --out B`` copies A's metrics.jsonl into B byte for byte, fsynced, where fsync refuses a read-only
+    handle (Windows): the copy is synced through a writable one."""
+    source, branch = tmp_path / "a", tmp_path / "b"
+    source.mkdir()
+    branch.mkdir()
+    rows = b'{"generation": 0, "fitness_mean": 1.5}\n{"generation": 1, "fitness_mean": 2.5}\n'
+    (source / "metrics.jsonl").write_bytes(rows)
+    assert carry_history(source, branch, {"best": None}) == ""
+    assert (branch / "metrics.jsonl").read_bytes() == rows
+    assert sorted(p.name for p in branch.iterdir()) == ["metrics.jsonl"]  # no temporary file left
