@@ -65,7 +65,7 @@ class CheckpointError(ValueError):
             return f"{self.problem}; {self.older} {self.previous} can be resumed instead: continue from it with " \
                    f"--resume {self.previous}"  # fmt: skip
         if not option:
-            return f"{self.problem}; {self.older} {self.previous} reads: flipes.read_checkpoint('{self.previous}')"
+            return f"{self.problem}; {self.older} {self.previous} reads: flipes.read_checkpoint({str(self.previous)!r})"
         return f"{self.problem}; {self.older} {self.previous} can be used instead: pass {option} {self.previous}"
 
 
@@ -317,7 +317,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
         raise CheckpointError(
             f"{path} is not a flipes training checkpoint: it holds no run's entries (only "
             f"{', '.join(map(repr, list(state)[:4]))}{', ...' if len(state) > 4 else ''}); flipes.load_checkpoint reads "
-            f"those of flipes.train, flipes.read_checkpoint('{path}') a file of flipes.save_checkpoint, torch.load one "
+            f"those of flipes.train, flipes.read_checkpoint({str(path)!r}) a file of flipes.save_checkpoint, torch.load one "
             "of torch.save"
         )
     if not isinstance(state, dict) or "es" not in state:
@@ -394,7 +394,7 @@ def _read(path: Path, map_location: str | torch.device | None, option: str) -> A
     elif not option:  # a file of torch.save: no hash to check, so not one of save_checkpoint's
         raise CheckpointError(
             f"{path} was not written by flipes.save_checkpoint (no {FORMAT} header); a file of torch.save reads with "
-            f"torch.load('{path}')",
+            f"torch.load({str(path)!r})",
             option="",
         )
     elif map_location is not None:  # written before checkpoints carried a hash

@@ -4,17 +4,21 @@ handle open for writing."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import json
 import locale
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
+from flipes.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from flipes.errors import UsageError
 from flipes.rundir import RunDirLock, carry_history, check_not_in_use
 from flipes.runs import run_config
@@ -88,3 +92,40 @@ def test_a_branch_takes_its_history_along_where_fsync_needs_a_writable_handle(tm
     assert carry_history(source, branch, {"best": None}) == ""
     assert (branch / "metrics.jsonl").read_bytes() == rows
     assert sorted(p.name for p in branch.iterdir()) == ["metrics.jsonl"]  # no temporary file left
+
+
+def _called_with(message: str, call: str) -> str | None:
+    """The file named by the Python call ``call(<string literal>)`` that ``message`` suggests, or None where the
+    message holds no such call with a valid literal."""
+    found = re.search(re.escape(call) + r"""\(('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\)""", message)
+    return None if found is None else ast.literal_eval(found.group(1))
+
+
+# a Windows path's backslashes (r"C:\runs\new" holds "\r" and "\n" escapes as Python reads it) and an apostrophe
+ODD = "o'brien C:\\runs\\new"
+
+
+def test_the_python_a_checkpoint_error_suggests_names_the_file_whatever_its_path(tmp_path: Path) -> None:
+    """Each ``flipes.read_checkpoint(...)`` / ``torch.load(...)`` a checkpoint error suggests is valid Python naming the
+    file itself, for a path holding backslashes (every Windows path) and an apostrophe."""
+    folder = tmp_path / ODD
+    folder.mkdir()
+    own = folder / "mine.pt"
+    save_checkpoint({"w": torch.ones(2)}, own)
+    save_checkpoint({"w": torch.zeros(2)}, own)  # the first one becomes mine.previous.pt
+    own.write_bytes(own.read_bytes()[:100])  # truncated: its previous one is offered
+    with pytest.raises(CheckpointError) as damaged:
+        read_checkpoint(own)
+    assert _called_with(str(damaged.value), "flipes.read_checkpoint") == str(folder / "mine.previous.pt")
+
+    loop = folder / "loop.pt"
+    save_checkpoint({"w": torch.ones(2)}, loop)
+    with pytest.raises(CheckpointError) as not_a_run:
+        load_checkpoint(loop)
+    assert _called_with(str(not_a_run.value), "flipes.read_checkpoint") == str(loop)
+
+    plain = folder / "plain.pt"
+    torch.save({"w": torch.ones(2)}, plain)
+    with pytest.raises(CheckpointError) as foreign:
+        read_checkpoint(plain)
+    assert _called_with(str(foreign.value), "torch.load") == str(plain)
