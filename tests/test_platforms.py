@@ -101,15 +101,16 @@ def _called_with(message: str, call: str) -> str | None:
     return None if found is None else ast.literal_eval(found.group(1))
 
 
-# a Windows path's backslashes (r"C:\runs\new" holds "\r" and "\n" escapes as Python reads it) and an apostrophe
-ODD = "o'brien C:\\runs\\new"
+# backslashes, as every Windows path has (pasted between quotes, its \r and \n read as escapes), and an apostrophe;
+# on Windows three folders, elsewhere one
+ODD = "o'brien\\runs\\new"
 
 
 def test_the_python_a_checkpoint_error_suggests_names_the_file_whatever_its_path(tmp_path: Path) -> None:
     """Each ``flipes.read_checkpoint(...)`` / ``torch.load(...)`` a checkpoint error suggests is valid Python naming the
     file itself, for a path holding backslashes (every Windows path) and an apostrophe."""
     folder = tmp_path / ODD
-    folder.mkdir()
+    folder.mkdir(parents=True)
     own = folder / "mine.pt"
     save_checkpoint({"w": torch.ones(2)}, own)
     save_checkpoint({"w": torch.zeros(2)}, own)  # the first one becomes mine.previous.pt
