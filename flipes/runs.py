@@ -217,12 +217,28 @@ def load_policy(
 
     Raises:
         UsageError: not a run directory, a missing or broken checkpoint (naming the one to use instead), a device
-            this machine does not have.
+            this machine does not have, or one without float64 (MPS).
     """
     from flipes.config import check_device
 
     check_device(str(device))  # else torch.load's failure to map to it reads as a damaged checkpoint
     return policy_and_state(run_dir, checkpoint, device, env, model)[0]
+
+
+def _check_float64(device: str | torch.device) -> None:
+    """Refuse a device without float64 (MPS) before anything is made on it: torch's error would come from deep in an
+    env's constructor, a policy's ``.to`` or a rollout.
+
+    Raises:
+        UsageError: naming the device and the CPU to use instead.
+    """
+    if torch.device(device).type == "mps":
+        raise UsageError(
+            "--device",
+            f"{device}: MPS has no float64, which flipes' envs (their state), policies (observation statistics) and "
+            "rollouts (returns) keep on the device",
+            "use --device cpu",
+        )
 
 
 def policy_and_state(
@@ -234,6 +250,7 @@ def policy_and_state(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`load_policy`'s policy and the checkpoint state it was read from (``flipes evaluate`` names the
     generation: read once, as a checkpoint may be GBs)."""
+    _check_float64(device)  # before the checkpoint is mapped there: torch's failure would read as a damaged one
     config, given = run_config(run_dir), model is not None
     try:
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
@@ -342,7 +359,8 @@ def evaluate_policy(
 
     Raises:
         UsageError: ``episodes`` or ``max_steps`` below 1, an unknown env id or option, a device this machine does
-            not have; as ``flipes evaluate`` it names the flag (``--episodes``, ``--env``, ``--env-kwargs``).
+            not have or one without float64 (MPS); as ``flipes evaluate`` it names the flag (``--episodes``, ``--env``,
+            ``--env-kwargs``, ``--device``).
         TypeError: a policy that is no ``nn.Module``.
     """
     count = as_index(episodes)  # numpy's integers too
@@ -364,6 +382,7 @@ def evaluate_policy(
             "max_steps", f"must be an integer of at least 1, got {max_steps!r}", "pass None for the env's own time limit"
         )
     check_device(str(device))  # torch's own error names every device type it has a string for
+    _check_float64(device)
     try:
         env = make_vector_env(env_id, episodes, device, note=None, **(env_kwargs or {}))
     except EnvOptionError as e:

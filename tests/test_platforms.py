@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import flipes
 from flipes.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from flipes.commands import main
 from flipes.errors import UsageError
 from flipes.rundir import RunDirLock, carry_history, check_not_in_use
 from flipes.runs import run_config
@@ -130,3 +132,23 @@ def test_the_python_a_checkpoint_error_suggests_names_the_file_whatever_its_path
     with pytest.raises(CheckpointError) as foreign:
         read_checkpoint(plain)
     assert _called_with(str(foreign.value), "torch.load") == str(plain)
+
+
+def test_a_device_without_float64_is_refused_before_anything_is_made_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--device mps`` where MPS is available (as on Apple silicon) is refused by load_policy, evaluate_policy and
+    ``flipes evaluate`` in one line naming float64 and the CPU, before an env, a policy or a checkpoint is put there
+    (MPS has no float64, which flipes' envs, policies and rollouts keep on the device)."""
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    refused = r"^--device: mps: MPS has no float64, .*; use --device cpu$"
+    with pytest.raises(UsageError, match=refused):
+        flipes.evaluate_policy(torch.nn.Linear(4, 2), "CartPole-v1", episodes=2, device="mps")
+    with pytest.raises(UsageError, match=refused):
+        flipes.load_policy(tmp_path / "no run", device="mps")  # the device first, as for one this machine lacks
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"env": "CartPole-v1"}), encoding="utf-8")
+    with pytest.raises(SystemExit) as status:
+        main(["evaluate", str(tmp_path / "run"), "--device", "mps"])
+    assert status.value.code == 2
+    assert re.fullmatch(r"flipes: error: --device: mps: MPS has no float64, .*; use --device cpu\n", capsys.readouterr().err)
