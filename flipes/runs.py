@@ -14,6 +14,7 @@ import gymnasium as gym
 import torch
 from torch import nn
 
+from flipes.builders import global_seed, seeded_global_rngs
 from flipes.callbacks import read_jsonl_lines
 from flipes.checkpoint import CheckpointError, load_checkpoint, load_mismatch, state_mismatch
 from flipes.cli import import_here
@@ -319,6 +320,13 @@ def policy_and_state(
         problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({why})"
         return UsageError("--checkpoint", problem, "pass a checkpoint written by this run")
 
+    # a run begun under torch.set_default_dtype(torch.float64) holds float64 weights: built here in this process's
+    # default, the load would round them; each takes the checkpoint's dtype, so the policy loaded is the one trained
+    for name, built in uncompiled(model).state_dict(keep_vars=True).items():
+        saved = weights.get(name)
+        other = isinstance(saved, torch.Tensor) and saved.dtype != built.dtype
+        if other and saved.is_floating_point() and built.is_floating_point():
+            built.data = built.data.to(saved.dtype)
     # before loading: torch copies what fits and then raises, which would half load a module given that cannot be copied
     if why := state_mismatch(weights, uncompiled(model).state_dict()):
         raise another_model(why)
@@ -391,8 +399,9 @@ def evaluate_policy(
         raise UsageError("--env", str(e)) from None
     modes = [(m, m.training) for m in policy.modules()]
     policy.eval()
-    try:
-        return run_episodes(env, policy, episode_seed(seed, 0, "evaluate"), max_steps=max_steps).returns
+    try:  # a policy that samples its actions draws from the global generators: seeded, as training's evaluation seeds them
+        with seeded_global_rngs(global_seed(seed, 0, "evaluate")):
+            return run_episodes(env, policy, episode_seed(seed, 0, "evaluate"), max_steps=max_steps).returns
     finally:
         for module, training in modes:
             module.training = training

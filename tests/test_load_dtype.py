@@ -1,0 +1,48 @@
+"""A run trained in float64 loads, evaluates and exports as the float64 policy it trained, in any process's default dtype."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from helpers import FAST_KW
+
+import flipes
+
+
+def test_a_float64_run_loads_as_float64_in_a_float32_process(tmp_path: Path) -> None:
+    """A run begun under ``torch.set_default_dtype(torch.float64)`` and loaded in a float32 process keeps its float64
+    weights bit for bit (not rounded to float32), and the policy's actions equal the trained model's exactly."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        result = flipes.train(**{**FAST_KW, "env": "flipes/Pendulum-v1"}, hidden=[8], generations=1, out=str(tmp_path / "run"))
+    finally:
+        torch.set_default_dtype(default)
+    policy = flipes.load_policy(result.run_dir)
+    trained = result.model.eval().state_dict()
+    for name, value in policy.state_dict().items():
+        assert value.dtype == trained[name].dtype and torch.equal(value, trained[name]), name
+    obs = 3 * torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(policy(obs), result.model(obs))
+
+
+class _Sampling(torch.nn.Module):
+    """A policy that samples its actions from torch's global generator."""
+
+    def __init__(self, env: object) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(4, 2)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return (self.net(obs) + torch.randn(*obs.shape[:-1], 2, device=obs.device)).argmax(-1)
+
+
+def test_evaluate_policy_of_a_sampling_policy_is_the_same_for_the_same_seed() -> None:
+    """``evaluate_policy`` seeds the global generators from its seed, as training's evaluation does: a policy that samples
+    its actions gets the same returns from the same seed however much was drawn before, in one process."""
+    policy = _Sampling(None)
+    first = flipes.evaluate_policy(policy, "CartPole-v1", 5, seed=3)
+    torch.randn(100)  # the process's generator moved on
+    assert torch.equal(flipes.evaluate_policy(policy, "CartPole-v1", 5, seed=3), first)
