@@ -260,6 +260,9 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             raise RuntimeError(f"{type(self).__name__}: call reset() (or set .state) before step()")
         action = self._check_actions(actions)
         reward, terminated = self._advance(action)
+        # a float or int done (EvoJAX's, JAX's habit) would fail below as torch's "bitwise_or not implemented"
+        if terminated.dtype != torch.bool or terminated.shape != self._elapsed.shape or reward.shape != self._elapsed.shape:
+            raise ValueError(self._transition_problem(reward, terminated))
         self._elapsed += 1
         # NEXT_STEP: envs that ended last step start over now instead: fresh state, reward 0, not
         # terminated, elapsed 0 (so not truncated below either)
@@ -270,6 +273,19 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             truncated = self._elapsed >= self.max_episode_steps
         self._autoreset = terminated | truncated
         return self._observation(), reward, terminated, truncated, {}
+
+    def _transition_problem(self, reward: Tensor, terminated: Tensor) -> str:
+        """The one-line error for rewards or terminations of ``_reward_terminated`` (or ``_advance``) that are not
+        ``(N,)`` rewards and ``(N,)`` bools."""
+        n, name = self.num_envs, type(self).__name__
+        if reward.shape != (n,):
+            shape = tuple(reward.shape)
+            return f"{name}._reward_terminated returned rewards of shape {shape} for {n} envs; return one per env, shape ({n},)"
+        dtype = str(terminated.dtype).removeprefix("torch.")
+        return (
+            f"{name}._reward_terminated returned terminations of dtype {dtype} and shape {tuple(terminated.shape)} for {n} envs; "
+            f"return one bool per env, shape ({n},) (e.g. done > 0.5, or done.bool())"
+        )
 
     # -- how the state moves: the pure functions above by default; envs whose state lives
     # elsewhere (MuJoCo Warp's arrays, envs/warp/) replace these three -----------------------
