@@ -1,6 +1,6 @@
 """Other ES libraries' argument names given to ``FlipES(...)``: refused naming FlipES's way to say the same.
 
-A script ported line by line from evosax, EvoTorch or OpenAI's ES starter passes their names (``sigma_init=``,
+A script ported line by line from evosax, EvoTorch, EvoJAX or OpenAI's ES starter passes their names (``sigma_init=``,
 ``stdev_init=``, ``objective_sense="min"``); Python's own error says only "unexpected keyword argument". As
 ``flipes.train`` does for its options (``flipes.cli.FOREIGN``), the error names FlipES's argument, here the one of
 ``FlipES(...)`` (a schedule or an optimizer factory where those libraries have a number).
@@ -20,7 +20,11 @@ _LR_DECAY = (
     "a torch scheduler stepped after each tell: sched = torch.optim.lr_scheduler.ExponentialLR(es.optimizer, decay) "
     "(flipes.train's lr_decay and lr_min)"
 )
-_CLIPUP = "optimizer=lambda p: flipes.optim.ClipUp(p, lr=c, max_speed=2 * c) (EvoTorch's ClipUp at c)"
+_CLIPUP = (
+    "optimizer=lambda p: flipes.optim.ClipUp(p, lr=c, max_speed=2 * c) (EvoTorch's ClipUp at c; EvoJAX's PGPE keeps "
+    "its own max_speed, 0.15 unless its optimizer_config says: max_speed=0.15)"
+)
+_INIT = "no argument: the model's parameters are the center, set them before FlipES(model, ...)"
 
 # name -> (whose name it is, "" for many libraries'; FlipES's way to say it)
 FOREIGN: dict[str, tuple[str, str]] = {
@@ -45,9 +49,27 @@ FOREIGN: dict[str, tuple[str, str]] = {
     ),
     "stepsize": ("OpenAI's ES starter's", "lr= (of torch.optim.Adam, FlipES's default optimizer)"),
     "learning_rate": ("", "lr="),
-    "center_learning_rate": ("EvoTorch's", _CLIPUP),
+    "center_learning_rate": ("EvoTorch's and EvoJAX's", _CLIPUP),
     "max_speed": ("EvoTorch's", _CLIPUP),
-    "stdev_learning_rate": ("EvoTorch's", "sigma_lr= (one σ per layer, a standardized natural-gradient step in log σ)"),
+    "optimizer_config": (
+        "EvoJAX's",
+        "optimizer=lambda p: flipes.optim.ClipUp(p, lr=center_learning_rate, momentum=0.9, max_speed=0.15) "
+        "(its PGPE's optimizer='clipup' at its defaults), or a torch.optim factory",
+    ),
+    "stdev_learning_rate": (
+        "EvoTorch's and EvoJAX's",
+        "sigma_lr= (one σ per layer, a standardized natural-gradient step in log σ)",
+    ),
+    "stdev_max_change": (
+        "EvoTorch's and EvoJAX's",
+        "sigma_lr= (one σ per layer, adapted without a clamp; sigma_lr=0 keeps σ fixed)",
+    ),
+    "decay_stdev": ("EvoJAX's OpenES's", _SIGMA_DECAY),
+    "limit_stdev": ("EvoJAX's OpenES's", _SIGMA_DECAY),
+    "solution_ranking": (
+        "EvoJAX's PGPE's",
+        "shaping=flipes.shaping.centered_ranks (the default: solution_ranking=True) or flipes.shaping.raw (False)",
+    ),
     "symmetric": ("EvoTorch's", "mirrored= (True by default)"),
     "objective_sense": ("EvoTorch's", 'maximize=False for "min" (tell then takes the loss itself), True for "max"'),
     "ranking_method": ("EvoTorch's", _SHAPING),
@@ -63,8 +85,9 @@ FOREIGN: dict[str, tuple[str, str]] = {
     "num_actors": ("EvoTorch's", "comm= (processes are MPI ranks: mpiexec -n K python script.py)"),
     "rng": ("", "seed= (the noise is a function of seed and generation: no key to split)"),
     "key": ("", "seed= (the noise is a function of seed and generation: no key to split)"),
-    "center_init": ("EvoTorch's", "no argument: the model's parameters are the center, set them before FlipES(model, ...)"),
-    "mean_init": ("", "no argument: the model's parameters are the center, set them before FlipES(model, ...)"),
+    "center_init": ("EvoTorch's", _INIT),
+    "init_params": ("EvoJAX's", _INIT),
+    "mean_init": ("", _INIT),
 }
 
 
