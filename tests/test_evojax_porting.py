@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Iterable
 
 import gymnasium as gym
 import numpy as np
@@ -220,18 +221,50 @@ def test_trainer_test_protocol_is_eval_episodes_of_the_centre(tmp_path) -> None:
     the saved centre policy over ``eval_episodes`` episodes seeded ``episode_seed(seed, generation, "eval") + i``,
     to float32 rounding; rows carry it at generations 0, 2 and the last."""
     result = flipes.train(
-        env=ENV_ID, popsize=8, generations=4, episodes=2, common_episodes=True, eval_every=2, eval_episodes=5,
-        max_episode_steps=30, seed=4, out=str(tmp_path / "su"), **QUIET,
+        env=ENV_ID, model=evojax_mlp, popsize=8, generations=4, episodes=2, common_episodes=True, eval_every=2,
+        eval_episodes=5, max_episode_steps=30, seed=4, out=str(tmp_path / "su"), **QUIET,
     )  # fmt: skip
+    assert [row["generation"] for row in result.metrics] == [0, 1, 2, 3]  # every generation logged: log_interval 1
+    evaluated = [row["eval_return"] for row in result.metrics if "eval_return" in row]
     assert [row["generation"] for row in result.metrics if "eval_return" in row] == [0, 2, 3]
-    centre = flipes.load_policy(result.run_dir)
+    assert result.best == max(evaluated) and result.eval_return == evaluated[-1]
+    centre = flipes.load_policy(result.run_dir, model=evojax_mlp)
     last = result.metrics[-1]
     seeds = [episode_seed(4, last["generation"], "eval") + i for i in range(5)]
 
-    def tensors(obs: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(centre(obs.numpy()))
+    assert last["eval_return"] == pytest.approx(returns_alone(centre, seeds, 30).mean().item(), rel=1e-5)
 
-    assert last["eval_return"] == pytest.approx(returns_alone(tensors, seeds, 30).mean().item(), rel=1e-5)
+
+def evojax_mlp(env: object) -> nn.Module:
+    """EvoJAX's ``MLPPolicy``: tanh hidden layers and a tanh output, no observation normalization."""
+    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 1), nn.Tanh())
+
+
+def clipup_as_evojax(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """EvoJAX's PGPE optimizer at its defaults."""
+    return flipes.optim.ClipUp(params, lr=0.15, momentum=0.9, max_speed=0.15)
+
+
+def test_a_test_task_of_its_own_is_an_evaluate_beside_a_rollout_fitness(tmp_path) -> None:
+    """A ``test_task`` other than the training task (here longer episodes) is ``evaluate=`` calling
+    ``flipes.evaluate_policy`` beside ``fitness=RolloutFitness(venv, episodes=K, common_episodes=True)``: the rows'
+    ``eval_return`` is that function of the saved centre, an ``MLPPolicy(normalize=False)`` (EvoJAX's
+    ``normalize_obs=False``), trained with EvoJAX's ClipUp as ``optimizer=``."""
+    venv = flipes.rl.make_vector_env(ENV_ID, 8 * 2)
+
+    def model(env: object) -> MLPPolicy:
+        return MLPPolicy(venv.single_observation_space, venv.single_action_space, hidden=(8,), normalize=False)
+
+    def test_task(policy: nn.Module) -> float:
+        return flipes.evaluate_policy(policy, ENV_ID, episodes=4, max_steps=40).mean().item()
+
+    result = flipes.train(
+        env="none", model=model, fitness=RolloutFitness(venv, episodes=2, common_episodes=True, max_steps=20, seed=1),
+        evaluate=test_task, optimizer=clipup_as_evojax, popsize=8, generations=2, out=str(tmp_path / "tt"), **QUIET,
+    )  # fmt: skip
+    centre = flipes.load_policy(result.run_dir, model=model)
+    assert getattr(centre, "obs_norm", None) is None and result.metrics[-1]["timesteps"] > 0
+    assert result.metrics[-1]["eval_return"] == test_task(centre)
 
 
 @pytest.mark.parametrize(
@@ -297,7 +330,8 @@ def test_jax_habits_in_tell_and_seed_are_one_line_errors() -> None:
 def test_evojax_keywords_given_to_flipes_name_its_argument(keyword: str, fix: str) -> None:
     """``FlipES(model, popsize=8, <an EvoJAX PGPE or OpenES argument>=...)`` is a one-line TypeError naming EvoJAX and
     FlipES's argument for it."""
-    with pytest.raises(TypeError, match=rf"^FlipES\(\) got an unexpected keyword argument '{keyword}': {keyword}= is ") as refused:
+    start = rf"^FlipES\(\) got an unexpected keyword argument '{keyword}': {keyword}= is "
+    with pytest.raises(TypeError, match=start) as refused:
         flipes.FlipES(flipes.flipout(nn.Linear(3, 2)), popsize=8, **{keyword: 0.1})
     assert "EvoJAX's" in str(refused.value) and fix in str(refused.value) and "\n" not in str(refused.value)
 
