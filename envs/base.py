@@ -96,6 +96,9 @@ class TorchVectorEnv(gym.vector.VectorEnv):
     state_dim: ClassVar[int]
     velocity_columns: ClassVar[tuple[int, ...]] = ()
     """The observation's columns that ``hide_velocities=True`` drops (an env without any refuses that option)."""
+    initial_distribution: ClassVar[str] = "uniform"
+    """``"normal"``: ``_initial_range`` gives each component's mean and standard deviation instead of its bounds, and
+    the initial states are Gaussian (EvoJAX's ``CartPoleSwingUp`` draws so), seeded per env as the uniform ones."""
 
     def __init__(
         self,
@@ -167,15 +170,24 @@ class TorchVectorEnv(gym.vector.VectorEnv):
     def _set_initial_range(self, options: dict[str, Any] | None) -> None:
         low, high = self._initial_range(options)
         self._low = torch.tensor(low, dtype=self.dtype, device=self.device)
-        self._width = torch.tensor(high, dtype=self.dtype, device=self.device) - self._low
+        high = torch.tensor(high, dtype=self.dtype, device=self.device)
+        if self.initial_distribution == "normal":  # mean and standard deviation
+            self._width = high
+        elif self.initial_distribution == "uniform":
+            self._width = high - self._low
+        else:  # a typo would otherwise draw uniform states silently
+            given = self.initial_distribution
+            raise ValueError(f'{type(self).__name__}.initial_distribution must be "uniform" or "normal", got {given!r}')
 
     def _sample(self, n: int, seeds: Tensor | None = None) -> Tensor:
         """``n`` initial states: from the env's generator, or from each env's own ``seeds``."""
+        normal = self.initial_distribution == "normal"
         if seeds is None:
-            u = torch.rand(n, self.state_dim, generator=self._generator, device=self.device, dtype=self.dtype)
+            draw = torch.randn if normal else torch.rand
+            u = draw(n, self.state_dim, generator=self._generator, device=self.device, dtype=self.dtype)
         else:
-            u = seeding.uniform(seeds, self.state_dim, self.dtype)
-        return torch.addcmul(self._low, self._width, u)  # low + (high - low) u
+            u = (seeding.normal if normal else seeding.uniform)(seeds, self.state_dim, dtype=self.dtype)
+        return torch.addcmul(self._low, self._width, u)  # low + (high - low) u, or mean + std z
 
     # -- state ------------------------------------------------------------------------------
 
