@@ -271,6 +271,8 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         if self._state is None:
             raise RuntimeError(f"{type(self).__name__}: call reset() (or set .state) before step()")
         action = self._check_actions(actions)
+        if action.requires_grad:  # a policy called outside no_grad: its graph would chain every step's state to the last
+            action = action.detach()
         reward, terminated = self._advance(action)
         # a float or int done (EvoJAX's, JAX's habit) would fail below as torch's "bitwise_or not implemented"
         if terminated.dtype != torch.bool or terminated.shape != self._elapsed.shape or reward.shape != self._elapsed.shape:

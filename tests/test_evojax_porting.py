@@ -373,3 +373,21 @@ def test_evojax_trainer_names_given_to_train_name_flipes_option() -> None:
     for keyword, fix in [("max_iter", "EvoJAX's max_iter is generations here"), ("init_stdev", "EvoJAX's init_stdev is sigma")]:
         with warnings.catch_warnings(), pytest.raises(flipes.UsageError, match=fix):
             flipes.train(env=ENV_ID, **{keyword: 3}, **QUIET)
+
+
+def test_a_policy_called_outside_no_grad_leaves_the_env_free_of_its_graph() -> None:
+    """A rollout loop translated from EvoJAX's (``env.step(policy(obs))``, no ``torch.no_grad()``: JAX keeps no graph)
+    steps a TorchVectorEnv to the same states and rewards as under ``no_grad``, bit for bit, and its state, rewards and
+    observations hold no autograd graph: the graph chained every step's state to the last (memory growing with the
+    episode: 214 MB more after 300 steps of 4,096 Pendulums)."""
+    torch.manual_seed(0)
+    policy = MLPPolicy(SwingUp().single_observation_space, SwingUp().single_action_space, hidden=(8,), normalize=False)
+    plain, graphless = SwingUp(8, max_episode_steps=50), SwingUp(8, max_episode_steps=50)
+    obs, _ = plain.reset(seed=3)
+    ref_obs, _ = graphless.reset(seed=3)
+    for _ in range(20):
+        obs, reward, *_ = plain.step(policy(obs))
+        with torch.no_grad():
+            ref_obs, ref_reward, *_ = graphless.step(policy(ref_obs))
+        assert torch.equal(reward, ref_reward) and torch.equal(plain.state, graphless.state)
+    assert not (plain.state.requires_grad or obs.requires_grad or reward.requires_grad)
