@@ -635,7 +635,9 @@ def run_loop(
                     _attribute_hook(e, cb, state.callbacks, stop, f"on_generation of generation {gen}")
                     raise
             decided = {
-                "reason": stop_reason(state, row, interrupted, asked, time_up),
+                # a signal during this generation's evaluation or callbacks stops after it too, as its note says (rank 0
+                # decides for every rank)
+                "reason": stop_reason(state, row, interrupted or stop.requested, asked, time_up),
                 "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys
                 "best": state.best,
                 "optimizer": optimizer_settings(es.optimizer) if comm.size > 1 else None,
