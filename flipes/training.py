@@ -16,9 +16,10 @@ import dataclasses
 import importlib.util
 import json
 import math
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,8 @@ def train(
 
     Raises:
         UsageError: a mistake in the options, env id, plug-ins or run directory (the command line
-            prints it as one line). Exceptions raised by user code propagate unchanged.
+            prints it as one line), or another thread's ``flipes.train`` running in this process. Exceptions raised by
+            user code propagate unchanged.
         StorageError: a file of the run cannot be written (a full disk); it names the last good checkpoint.
         WorkerEndedError: an env worker process died (the out-of-memory killer); it names the worker and
             the last checkpoint (an env raising in a worker: EnvWorkerError, its traceback as the cause).
@@ -152,13 +154,46 @@ def train(
     validate(config, comm.size)
     config, groups_note = resolve_groups(config, comm.size)  # the number the run records
     config = config.resolve_auto_resume()
-    threads_before = torch.get_num_threads()
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    with _one_run_at_a_time():
+        threads_before = torch.get_num_threads()
+        if config.threads > 0:
+            torch.set_num_threads(config.threads)
+        try:
+            return _train(config, comm, callbacks, plugins, [groups_note] if groups_note else [])
+        finally:
+            torch.set_num_threads(threads_before)  # the caller's process as it was
+
+
+# the thread whose flipes.train runs, and how many of its calls are under way (one started from a callback nests); the
+# state it guards is the process's own (its global random generators, torch's thread count), so the guard is too
+_RUNNING: dict[str, Any] = {"thread": None, "depth": 0}
+_RUNNING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_run_at_a_time() -> Iterator[None]:
+    """Refuse a run while another thread's runs: each generation seeds torch's, NumPy's and Python's global generators
+    (and a run sets torch's thread count), which two runs at once (Optuna's ``n_jobs=2``) would set under each other:
+    their results would depend on timing, and the caller's generators be left in a run's state."""
+    me = threading.current_thread()
+    with _RUNNING_LOCK:
+        other = _RUNNING["thread"]
+        if other is not None and other is not me:
+            raise UsageError(
+                "flipes.train",
+                f"another flipes.train is running in this process (thread {other.name!r}), and each run seeds torch's, "
+                "NumPy's and Python's global random generators every generation: two at once would reseed them under "
+                "each other, their results depending on timing",
+                "run the trials one at a time (Optuna: n_jobs=1), or each in a process of its own",
+            )
+        _RUNNING["thread"], _RUNNING["depth"] = me, _RUNNING["depth"] + 1
     try:
-        return _train(config, comm, callbacks, plugins, [groups_note] if groups_note else [])
+        yield
     finally:
-        torch.set_num_threads(threads_before)  # the caller's process as it was
+        with _RUNNING_LOCK:
+            _RUNNING["depth"] -= 1
+            if not _RUNNING["depth"]:
+                _RUNNING["thread"] = None
 
 
 def _sigma_schedule(overrides: dict[str, Any], config: TrainConfig | None) -> tuple[dict[str, Any], TrainConfig | None]:

@@ -4,6 +4,7 @@ global state as it found it, trials do not change each other's results, and a Ct
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 import flipes
+from flipes.train_state import TrainResult
 
 QUIET: dict[str, Any] = {"progress": False, "plot": False, "tensorboard": False}
 
@@ -22,6 +24,58 @@ def make_model(env: object) -> nn.Module:
 
 def fitness(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
     return model(torch.ones(pop.size, 3)).sum(1)
+
+
+def test_a_second_train_in_another_thread_is_refused_while_one_runs(tmp_path: Path) -> None:
+    """Two ``flipes.train`` at once in threads of one process (Optuna's ``n_jobs=2``) would reseed the process's global
+    random generators and torch's thread count under each other, their results depending on timing: the second is
+    refused in one line naming the fix, and the first one's run ends untouched."""
+    entered, release = threading.Event(), threading.Event()
+
+    def waiting(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
+        entered.set()
+        assert release.wait(60)
+        return fitness(model, pop)
+
+    results: list[Any] = []
+
+    def first() -> None:
+        try:
+            results.append(flipes.train(env="none", model=make_model, fitness=waiting, popsize=4, generations=1,
+                                        out=str(tmp_path / "first"), **QUIET))  # fmt: skip
+        except BaseException as e:
+            results.append(e)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert entered.wait(60)
+        with pytest.raises(flipes.UsageError, match=r"another flipes\.train is running in this process.*one at a time"):
+            flipes.train(env="none", model=make_model, fitness=fitness, popsize=4, generations=1,
+                         out=str(tmp_path / "second"), **QUIET)  # fmt: skip
+    finally:
+        release.set()
+        thread.join(60)
+    assert len(results) == 1 and isinstance(results[0], TrainResult), results
+    assert results[0].reason == "generations"
+    assert not (tmp_path / "second").exists()
+    # once it has ended, the next trial runs, in this thread as in any other
+    flipes.train(env="none", model=make_model, fitness=fitness, popsize=4, generations=1, out=str(tmp_path / "next"), **QUIET)
+
+
+def test_a_train_inside_a_callback_of_another_runs(tmp_path: Path) -> None:
+    """A run started from a callback of another, in the same thread, is one after the other, not at once: it runs, and
+    the outer run goes on."""
+    inner: list[str] = []
+
+    class Nested(flipes.Callback):
+        def on_train_start(self, state: Any) -> None:
+            inner.append(flipes.train(env="none", model=make_model, fitness=fitness, popsize=4, generations=1,
+                                      out=str(tmp_path / "inner"), **QUIET).reason)  # fmt: skip
+
+    result = flipes.train(env="none", model=make_model, fitness=fitness, popsize=4, generations=2, out=str(tmp_path / "outer"),
+                          callbacks=[Nested()], **QUIET)  # fmt: skip
+    assert inner == ["generations"] and result.reason == "generations" and len(result.metrics) == 2
 
 
 @pytest.mark.parametrize("during", ["callback", "evaluation"])
