@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ class TrainState:
     peer_callbacks: list[Callback] = field(default_factory=list)
     saved_callbacks: dict[str, Any] = field(default_factory=dict)  # their states in the resumed checkpoint
     asked_generations: int | None = None  # a resume's --generations below the run's own, which is kept
+    began: float = field(default_factory=time.perf_counter)  # when the call began (perf_counter): --max-seconds counts from it
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation), the run's counters

@@ -124,6 +124,7 @@ def train(
         >>> result.eval_return, result.reason
         >>> flipes.train(env="none", model=make_model, fitness=my_fitness, out="runs/mine")
     """
+    began = time.perf_counter()  # --max-seconds counts this call's wall time: building the envs and the model too
     if isinstance(comm, str):  # train(comm="seeds"): the option of that name, not a communicator
         overrides, comm = {**overrides, "comm": comm}, None
     if comm is not None:
@@ -159,7 +160,7 @@ def train(
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         try:
-            return _train(config, comm, callbacks, plugins, [groups_note] if groups_note else [])
+            return _train(config, comm, callbacks, plugins, [groups_note] if groups_note else [], began)
         finally:
             torch.set_num_threads(threads_before)  # the caller's process as it was
 
@@ -224,11 +225,13 @@ def _sigma_schedule(overrides: dict[str, Any], config: TrainConfig | None) -> tu
     return overrides, config
 
 
-def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins, notes: list[str]) -> TrainResult:
+def _train(
+    config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins, notes: list[str], began: float
+) -> TrainResult:
     if isinstance(comm, dist.MPIComm):
         comm.start_watchdog(config.mpi_timeout)  # from the first exchange on: a stopped rank cannot hang the job
     try:
-        return _train_watched(config, comm, callbacks, plugins, notes)
+        return _train_watched(config, comm, callbacks, plugins, notes, began)
     except SystemExit as e:  # sys.exit in a fitness or callback on one rank: the others must not wait for it
         if comm.size > 1:
             dist.abort_on_exit(comm, e)
@@ -239,7 +242,7 @@ def _train(config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plug
 
 
 def _train_watched(
-    config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins, notes: list[str]
+    config: TrainConfig, comm: dist.Comm, callbacks: list[Callback], plugins: Plugins, notes: list[str], began: float
 ) -> TrainResult:
     lead = comm.rank == 0
     device = config.device
@@ -253,7 +256,7 @@ def _train_watched(
     untouched = f"{run_dir} is as it was: --resume {config.resume} continues it" if in_place else \
                 f"nothing was written to {run_dir}: the same command starts the run"  # fmt: skip
     with StopRequest(say=lead, resume=str(run_dir), setting_up=untouched) as stop:
-        return _set_up_and_run(config, comm, callbacks, plugins, notes, device, run_dir, stop)
+        return _set_up_and_run(config, comm, callbacks, plugins, notes, device, run_dir, stop, began)
 
 
 def _set_up_and_run(
@@ -265,6 +268,7 @@ def _set_up_and_run(
     device: str,
     run_dir: Path,
     stop: StopRequest,
+    began: float,
 ) -> TrainResult:
     lead = comm.rank == 0
     # checks of rank 0 alone end every rank alike; their conditions are inside, as --resume and --wandb may differ by rank
@@ -317,7 +321,7 @@ def _set_up_and_run(
         notes.extend(unused_option_notes(config))
         evaluator = build_evaluator(config, device, comm, env, plugins)
         cleanup.callback(_close, getattr(evaluator, "env", None))
-        state = TrainState(config, model, es, comm, run_dir, resolve_target(config))
+        state = TrainState(config, model, es, comm, run_dir, resolve_target(config), began=began)
         if config.resume:
             notes.extend(restore(state, config.resume, device, fitness))
             # EnvPool's streams are fast-forwarded by resets alone: not a replay of an env that draws in its steps
@@ -542,7 +546,7 @@ def run_loop(
     config, es, comm, model = state.config, state.es, state.comm, state.model
     obs_norm = getattr(model, "obs_norm", None)
     start = time.perf_counter() - state.seconds  # the run's wall time counts over resumes (row["seconds"])
-    began = time.perf_counter()  # --max-seconds is this call's: a requeued job gets its time limit afresh
+    began = state.began  # --max-seconds is this call's (from its start): a requeued job gets its time limit afresh
     if state.resumed and state.target is not None and state.best >= state.target:  # e.g. a requeue with --resume auto
         before = f"eval_return {state.best:.2f} >= {state.target:g} before this resume"
         return f"solved: {before} (--target none or a higher one trains on)"

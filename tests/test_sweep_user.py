@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,20 @@ def test_a_ctrl_c_after_the_fitness_stops_after_that_generation(tmp_path: Path, 
     calls.clear()
     during = "never"
     assert flipes.train(generations=3, out=str(tmp_path / "b"), **options).reason == "generations"
+
+
+def test_max_seconds_counts_the_calls_set_up_too(tmp_path: Path) -> None:
+    """``max_seconds`` is the wall time of the call, as a sweep's time box or a cluster job's limit needs: a model that
+    takes 1 s to build leaves nothing of 0.5 s, so the run stops after its first generation (the loop's own time alone
+    would have trained ~0.5 s of generations), and its reason's seconds are at least the second of set-up."""
+    slept: list[float] = []
+
+    def slow_model(env: object) -> nn.Module:
+        slept.append(time.perf_counter())
+        time.sleep(1.0)
+        return make_model(env)
+
+    result = flipes.train(env="none", model=slow_model, fitness=fitness, popsize=4, generations=1000, max_seconds=0.5,
+                          out=str(tmp_path), **QUIET)  # fmt: skip
+    assert len(slept) == 1 and result.reason.startswith("stopped after") and len(result.metrics) == 1, result.reason
+    assert float(result.reason.split()[2]) >= 1.0
