@@ -43,7 +43,7 @@ from flipes.builders import (
 from flipes.callbacks import Callback, Checkpointer, OutcomePrinter, PlainRow, ProgressPrinter
 from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_dir, validate
-from flipes.errors import EqualFitnessWarning, UsageError, WorkerEndedError, caller_stacklevel
+from flipes.errors import UsageError, WorkerEndedError, caller_stacklevel
 from flipes.es.optimizer import optimizer_settings, step_sizes
 from flipes.evaluation import evaluate_center
 from flipes.hooks import checked_callbacks
@@ -564,6 +564,11 @@ def run_loop(
     if _summed(comm, stop.requested) > 0:  # a signal while the run directory was written: no generation begins
         return "interrupted"
     stop.running = True
+    # an env's returns come from inside the population: a tie is the task's (a sparse reward), not a fitness run outside
+    # it. Marked as said once, not by a warnings filter each generation: changing the filters resets Python's registry
+    # of warnings shown, so a warning of the user's fitness would be shown again every generation
+    if isinstance(fitness, RolloutFitness):
+        es._told_equal = True
     scaled: list[tuple[float, ...]] | None = None  # the step settings --lr-decay last wrote, None until it has
     told_override = False
     while es.generation < config.generations:
@@ -601,9 +606,7 @@ def run_loop(
             scale_steps(es.optimizer, scheduled_lr(config, gen) / config.lr)
             scaled = step_settings(es.optimizer)
         # a --shaping or --optimizer of one's own that draws (random tie-breaking): the seed's draws, alike on every rank
-        with warnings.catch_warnings(), seeded_global_rngs(global_seed(config.seed, gen, "tell")):
-            if isinstance(fitness, RolloutFitness):  # evaluated inside the population: a tie is the task's
-                warnings.simplefilter("ignore", EqualFitnessWarning)
+        with seeded_global_rngs(global_seed(config.seed, gen, "tell")):
             stats = es.tell(values)
         if not (math.isfinite(stats["grad_norm"]) and math.isfinite(stats["update_ratio"])):
             problem = f"generation {gen}: the update made the parameters non-finite (grad_norm {stats['grad_norm']})"

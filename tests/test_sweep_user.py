@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,24 @@ def test_max_seconds_counts_the_calls_set_up_too(tmp_path: Path) -> None:
                           out=str(tmp_path), **QUIET)  # fmt: skip
     assert len(slept) == 1 and result.reason.startswith("stopped after") and len(result.metrics) == 1, result.reason
     assert float(result.reason.split()[2]) >= 1.0
+
+
+def test_a_warning_of_ones_fitness_is_shown_once_as_python_shows_it(tmp_path: Path) -> None:
+    """Python shows a warning once per place (the "default" action): a fitness warning the same way every generation is
+    shown once over 4 generations, not once a generation (a run reset the registry by changing the filters each
+    generation); a run on an env before it, whose every member has one return (a tie of the task's, which an env run
+    does not warn of), changes nothing of that."""
+
+    def warning_fitness(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
+        warnings.warn("the fitness's own note", UserWarning, stacklevel=1)
+        return fitness(model, pop)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        tied = flipes.train(env="flipes/CartPole-v1", hidden=[4], popsize=4, generations=2, eval_episodes=1, target=None,
+                            max_episode_steps=1, out=str(tmp_path / "b"), **QUIET)  # fmt: skip
+        assert all(row["fitness_max"] == row["fitness_min"] for row in tied.metrics)
+        flipes.train(env="none", model=make_model, fitness=warning_fitness, popsize=4, generations=4, out=str(tmp_path / "a"),
+                     **QUIET)  # fmt: skip
+    assert [str(w.message) for w in seen] == ["the fitness's own note"]
