@@ -179,7 +179,7 @@ def _one_run_at_a_time() -> Iterator[None]:
     me = threading.current_thread()
     with _RUNNING_LOCK:
         other = _RUNNING["thread"]
-        if other is not None and other is not me:
+        if other is not None and other is not me and other.is_alive():
             raise UsageError(
                 "flipes.train",
                 f"another flipes.train is running in this process (thread {other.name!r}), and each run seeds torch's, "
@@ -187,7 +187,9 @@ def _one_run_at_a_time() -> Iterator[None]:
                 "each other, their results depending on timing",
                 "run the trials one at a time (Optuna: n_jobs=1), or each in a process of its own",
             )
-        _RUNNING["thread"], _RUNNING["depth"] = me, _RUNNING["depth"] + 1
+        if other is not me:  # none, or a thread that is no more (one of the parent process, after a fork)
+            _RUNNING["thread"], _RUNNING["depth"] = me, 0
+        _RUNNING["depth"] += 1
     try:
         yield
     finally:
