@@ -405,9 +405,13 @@ def from_boundary(t: Tensor) -> Tensor:
     address mod 16 bytes: a GEMM's first operand, a matrix-vector product's second, a batched product's blocks, the
     CPU attention kernel's), and where a group's rows, its ε or factors start depends on the groups a process holds
     beside it: from a 64-byte boundary a group's products give the same bits on any process count."""
-    if compiling() or t.data_ptr() % 64 == 0:
+    if compiling():
         return t
-    return t.clone(memory_format=torch.contiguous_format)
+    try:
+        address = t.data_ptr()
+    except RuntimeError:  # a torch.func transform's wrapper (grad, vmap): no storage of its own to align
+        return t
+    return t if address % 64 == 0 else t.clone(memory_format=torch.contiguous_format)
 
 
 def _twins(a: Tensor, b: Tensor) -> Tensor:

@@ -1037,3 +1037,32 @@ def test_a_posteriors_state_dict_restores_every_rho_and_its_means_load_into_the_
     result = plain.load_state_dict(sd, strict=False)
     assert result.missing_keys == [] and len(result.unexpected_keys) == 4
     assert all(torch.equal(plain.state_dict()[k], sd[k]) for k in plain.state_dict())
+
+
+def test_torch_func_gradients_of_a_noisy_model_equal_autograds() -> None:
+    """``torch.func.grad`` through a model with Gaussian posteriors attached gives, under ``fixed_noise``, exactly the
+    gradients ``backward()`` gives for every mean and ρ; and ``vmap(grad)`` per-example gradients of the mean network
+    (eval mode) equal each example's own ``backward()`` exactly."""
+    torch.manual_seed(0)
+    model = attach_noise(flipes.flipout(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))), GaussianPosterior)
+    model.double()
+    x, y = torch.randn(5, 3, dtype=DT), torch.randn(5, 2, dtype=DT)
+    params = dict(model.named_parameters())
+
+    def loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return ((torch.func.functional_call(model, p, (x,)) - y) ** 2).sum()
+
+    with fixed_noise(model):
+        grads = torch.func.grad(loss)(params, x, y)
+        model.zero_grad()
+        loss(params, x, y).backward()
+    assert any("rho" in name for name in grads)
+    for name, p in params.items():
+        assert torch.equal(grads[name], p.grad), name
+    model.eval()
+    each = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x[:, None], y[:, None])
+    for i in range(len(x)):
+        model.zero_grad()
+        loss(params, x[i : i + 1], y[i : i + 1]).backward()
+        for name in ("0.weight", "2.bias"):
+            assert torch.equal(each[name][i], params[name].grad), (i, name)
