@@ -643,6 +643,8 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         raise UsageError("--env", "is empty", "pass an env id, e.g. --env flipes/CartPole-v1")
     _check_env_kwargs(config)
     check_device(config.device)
+    if config.env.strip().lower() != "none" or config.sigma_lr:  # a fitness of one's own may be float32 throughout
+        check_float64(config.device)
 
 
 def _check_rule_options(config: TrainConfig) -> None:
@@ -848,6 +850,24 @@ def check_device(name: str) -> None:
             raise UsageError("--device", "mps is not available on this machine", "use --device cpu")
     elif device.type != "cpu":
         raise UsageError("--device", f"flipes runs on cpu, cuda or mps, not {name!r}", "use --device cpu or cuda")
+
+
+def check_float64(device: object) -> None:
+    """Refuse a device without float64 (MPS) before anything is made on it: torch's error would come from deep in an
+    env's constructor, a policy's ``.to`` or a rollout.
+
+    Raises:
+        UsageError: naming the device and the CPU to use instead.
+    """
+    import torch
+
+    if torch.device(str(device)).type == "mps":
+        raise UsageError(
+            "--device",
+            f"{device}: MPS has no float64, which flipes' envs (their state), policies (observation statistics) and "
+            "rollouts (returns) keep on the device",
+            "use --device cpu",
+        )
 
 
 def default_target(env: str) -> float | None:

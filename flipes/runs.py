@@ -18,6 +18,7 @@ from flipes.builders import global_seed, seeded_global_rngs
 from flipes.callbacks import read_jsonl_lines
 from flipes.checkpoint import CheckpointError, load_checkpoint, load_mismatch, state_mismatch
 from flipes.cli import import_here
+from flipes.config import check_float64
 from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.checks import as_index
 from flipes.nn import flipout, uncompiled
@@ -226,22 +227,6 @@ def load_policy(
     return policy_and_state(run_dir, checkpoint, device, env, model)[0]
 
 
-def _check_float64(device: str | torch.device) -> None:
-    """Refuse a device without float64 (MPS) before anything is made on it: torch's error would come from deep in an
-    env's constructor, a policy's ``.to`` or a rollout.
-
-    Raises:
-        UsageError: naming the device and the CPU to use instead.
-    """
-    if torch.device(device).type == "mps":
-        raise UsageError(
-            "--device",
-            f"{device}: MPS has no float64, which flipes' envs (their state), policies (observation statistics) and "
-            "rollouts (returns) keep on the device",
-            "use --device cpu",
-        )
-
-
 def policy_and_state(
     run_dir: str | Path,
     checkpoint: str = "latest",
@@ -251,7 +236,7 @@ def policy_and_state(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`load_policy`'s policy and the checkpoint state it was read from (``flipes evaluate`` names the
     generation: read once, as a checkpoint may be GBs)."""
-    _check_float64(device)  # before the checkpoint is mapped there: torch's failure would read as a damaged one
+    check_float64(device)  # before the checkpoint is mapped there: torch's failure would read as a damaged one
     config, given = run_config(run_dir), model is not None
     try:
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
@@ -390,7 +375,7 @@ def evaluate_policy(
             "max_steps", f"must be an integer of at least 1, got {max_steps!r}", "pass None for the env's own time limit"
         )
     check_device(str(device))  # torch's own error names every device type it has a string for
-    _check_float64(device)
+    check_float64(device)
     try:
         env = make_vector_env(env_id, episodes, device, note=None, **(env_kwargs or {}))
     except EnvOptionError as e:

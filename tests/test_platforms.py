@@ -21,6 +21,7 @@ import torch
 import flipes
 from flipes.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from flipes.commands import main
+from flipes.config import validate
 from flipes.errors import UsageError
 from flipes.rundir import RunDirLock, carry_history, check_not_in_use
 from flipes.runs import run_config
@@ -152,3 +153,17 @@ def test_a_device_without_float64_is_refused_before_anything_is_made_on_it(
         main(["evaluate", str(tmp_path / "run"), "--device", "mps"])
     assert status.value.code == 2
     assert re.fullmatch(r"flipes: error: --device: mps: MPS has no float64, .*; use --device cpu\n", capsys.readouterr().err)
+
+
+def test_training_on_mps_is_refused_before_anything_is_built(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``--device mps`` where MPS is available is refused by ``flipes.train`` in one line naming the missing float64 and
+    the CPU, before a run directory is made, for an env run and for ``--sigma-lr``; a float32 fitness of one's own
+    with ``--env none`` is not refused by that check."""
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    refused = r"^--device: mps: MPS has no float64, .*; use --device cpu$"
+    with pytest.raises(flipes.UsageError, match=refused):
+        flipes.train(env="CartPole-v1", device="mps", generations=1, out=str(tmp_path / "env"))
+    assert not (tmp_path / "env").exists()
+    with pytest.raises(flipes.UsageError, match=refused):
+        validate(flipes.TrainConfig(env="none", fitness="m:f", model="m:g", device="mps", sigma_lr=0.1))
+    validate(flipes.TrainConfig(env="none", fitness="m:f", model="m:g", device="mps"))
