@@ -212,8 +212,8 @@ def spans(numbers: list[int]) -> str:
 def sync_file(path: Path) -> None:
     """Put ``path``'s written bytes on the disk (``fsync``; where it exists): a checkpoint written after them must not
     outlive them in a crash of the machine."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # writable: Windows' fsync (FlushFileBuffers) refuses a read-only handle; a read-only file takes one
+        fd = os.open(path, os.O_RDWR if os.access(path, os.W_OK) else os.O_RDONLY)
     except FileNotFoundError:
         return
     try:

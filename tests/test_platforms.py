@@ -97,6 +97,17 @@ def test_a_branch_takes_its_history_along_where_fsync_needs_a_writable_handle(tm
     assert sorted(p.name for p in branch.iterdir()) == ["metrics.jsonl"]  # no temporary file left
 
 
+def test_a_run_writes_its_checkpoints_and_metrics_where_fsync_needs_a_writable_handle(
+    tmp_path: Path, windows_fsync: None
+) -> None:
+    """A ``flipes.train`` run checkpoints every generation and ends with all its metrics rows where fsync refuses a
+    read-only handle (Windows): metrics.jsonl is synced through a writable one before each checkpoint."""
+    run = tmp_path / "run"
+    flipes.train(env="CartPole-v1", popsize=4, hidden=[4], episodes=1, max_episode_steps=5, generations=2, out=str(run))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [row["generation"] for row in rows] == [0, 1] and (run / "checkpoint.pt").exists()
+
+
 def _called_with(message: str, call: str) -> str | None:
     """The file named by the Python call ``call(<string literal>)`` that ``message`` suggests, or None where the
     message holds no such call with a valid literal."""
