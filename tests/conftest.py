@@ -28,20 +28,22 @@ def _too_long(signum: int, frame: FrameType | None) -> None:
 
 @pytest.fixture(autouse=True)
 def hang_guard() -> Iterator[None]:
-    """A test still running after ``TEST_LIMIT_S`` fails with the traceback of where it was (SIGALRM; Python code
-    only), instead of stalling the suite until CI's limit; one stuck in C code a minute later ends its process with
-    every thread's traceback (under pytest-xdist the worker is replaced and the test reported as crashed)."""
-    if threading.current_thread() is not threading.main_thread():  # no signal handlers off the main thread
-        yield
-        return
-    previous = signal.signal(signal.SIGALRM, _too_long)
-    signal.alarm(TEST_LIMIT_S)
+    """A test still running after ``TEST_LIMIT_S`` fails with the traceback of where it was (SIGALRM, in Python code;
+    not on Windows), instead of stalling the suite until CI's limit; one stuck in C code a minute later ends its
+    process with every thread's traceback (under pytest-xdist the worker is replaced and the test reported as
+    crashed)."""
     faulthandler.dump_traceback_later(TEST_LIMIT_S + 60, exit=True)
+    # no signal handlers off the main thread; Windows has no SIGALRM (there only the faulthandler's limit holds)
+    alarm = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGALRM, _too_long) if alarm else None
+    if alarm:
+        signal.alarm(TEST_LIMIT_S)
     try:
         yield
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+        if alarm:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
         faulthandler.cancel_dump_traceback_later()
 
 
