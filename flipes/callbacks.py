@@ -76,7 +76,7 @@ def write_atomic(path: Path, text: str) -> None:
     """
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -108,7 +108,7 @@ class JSONLLogger(Callback):
             write_atomic(self.path, "".join(line + "\n" for line in kept))
         else:
             write_atomic(self.path, "")
-        self.file = open(self.path, "a")
+        self.file = open(self.path, "a", encoding="utf-8")
 
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
         assert self.file is not None
@@ -179,7 +179,7 @@ def read_jsonl(path: Path) -> tuple[list[str], int]:
         UsageError: the file cannot be read (a directory in its place, no permission).
     """
     try:
-        text = path.read_text(errors="replace")
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         what = "is a directory, not a metrics file" if path.is_dir() else f"cannot be read ({e.strerror or e})"
         raise UsageError(str(path), what, f"move it out of the way (mv {path} {path}.bak)") from None
@@ -448,7 +448,7 @@ class WandbLogger(Callback):
         (state.run_dir / WANDB_ID).parent.mkdir(exist_ok=True)
         write_atomic(state.run_dir / WANDB_ID, self.run.id)
         try:  # a new W&B run starts its list afresh
-            self.steps = open(state.run_dir / WANDB_STEPS, "a" if same else "w")
+            self.steps = open(state.run_dir / WANDB_STEPS, "a" if same else "w", encoding="utf-8")
         except OSError as e:
             raise StorageError(f"cannot write {state.run_dir / WANDB_STEPS} ({os_reason(e)})") from None
 
@@ -456,7 +456,8 @@ class WandbLogger(Callback):
     def _logged_next(state: TrainState) -> int:
         """The step after the last one ``WANDB_STEPS`` lists (0 where none: a torn last line is not one)."""
         try:
-            lines = (state.run_dir / WANDB_STEPS).read_text().split("\n")[:-1]  # the part after the last newline: torn
+            # the part after the last newline: torn
+            lines = (state.run_dir / WANDB_STEPS).read_text(encoding="utf-8").split("\n")[:-1]
         except OSError:
             return 0
         return max((int(line) + 1 for line in lines if line.strip().isdigit()), default=0)
@@ -483,7 +484,7 @@ class WandbLogger(Callback):
         if not state.resumed or resume_dir(state.config.resume).resolve() != state.run_dir.resolve():
             return ""
         try:
-            return (state.run_dir / WANDB_ID).read_text().strip()
+            return (state.run_dir / WANDB_ID).read_text(encoding="utf-8").strip()
         except OSError:  # trained without --wandb until now, or the file was removed
             return ""
 

@@ -114,7 +114,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(option, "no such file", "check the path")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # UTF-8 as TOML and JSON are, a BOM (Notepad's) or not
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(option, f"cannot be read ({e})", "pass a readable TOML or JSON file") from None
     suffix = path.suffix.lower()  # run.JSON is JSON too, not TOML that fails to parse

@@ -310,7 +310,7 @@ def saved_options(resume: str) -> dict[str, Any]:
     config = resume_dir(resume) / "config.json"
     source = str(config)
     try:
-        saved = json.loads(config.read_text())
+        saved = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         saved = None
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "out", "overwrite", "progress"}

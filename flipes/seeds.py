@@ -248,7 +248,7 @@ def write_csv(groups: Sequence[Group], aggregates: Sequence[dict[str, Aggregate]
     tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)  # as the figure's directory is made
-        tmp.write_text(text.getvalue())
+        tmp.write_text(text.getvalue(), encoding="utf-8")
         os.replace(tmp, out)
     except BaseException:
         discard(tmp)

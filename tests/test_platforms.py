@@ -20,11 +20,13 @@ import torch
 
 import flipes
 from flipes.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from flipes.cli import read_config_file
 from flipes.commands import main
 from flipes.config import validate
 from flipes.errors import UsageError
 from flipes.rundir import RunDirLock, carry_history, check_not_in_use
 from flipes.runs import run_config
+from flipes.seeds import Group, aggregate, write_csv
 
 
 @pytest.fixture
@@ -178,3 +180,19 @@ def test_training_on_mps_is_refused_before_anything_is_built(monkeypatch: pytest
     with pytest.raises(flipes.UsageError, match=refused):
         validate(flipes.TrainConfig(env="none", fitness="m:f", model="m:g", device="mps", sigma_lr=0.1))
     validate(flipes.TrainConfig(env="none", fitness="m:f", model="m:g", device="mps"))
+
+
+def test_files_of_options_and_curves_are_utf8_whatever_the_locale(tmp_path: Path, ascii_locale: None) -> None:
+    """Under a locale whose default encoding is not UTF-8 (as on Windows): a ``--config`` TOML or JSON file holding
+    non-ASCII text reads exactly (a JSON one with a UTF-8 BOM, as Notepad writes, too), and ``flipes plot --csv``
+    writes a group label holding non-ASCII text as UTF-8."""
+    toml = tmp_path / "run.toml"
+    toml.write_bytes('out = "runs/σ-sweep/é"\n'.encode())
+    assert read_config_file(toml) == {"out": "runs/σ-sweep/é"}
+    bom = tmp_path / "run.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"out": "runs/ü"}, ensure_ascii=False).encode())
+    assert read_config_file(bom) == {"out": "runs/ü"}
+    curves = {"fitness_mean": aggregate([([0, 1], [1.0, 2.0])])}
+    table = write_csv([Group("σ=0.1 é", ())], [curves], tmp_path / "c.csv", "generation")
+    rows = table.read_bytes().decode("utf-8").splitlines()
+    assert rows[1].startswith("σ=0.1 é,fitness_mean,0") and len(rows) == 3
