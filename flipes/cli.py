@@ -215,7 +215,11 @@ FOREIGN = {
     "eval_prob": ("OpenAI's ES starter", "eval_every", " (the center policy every n generations, not a fraction of episodes)"),
     "stdev_init": ("EvoTorch's", "sigma", ""),
     "init_stdev": ("EvoJAX's", "sigma", ""),
-    "center_learning_rate": ("EvoTorch's and EvoJAX's", "lr", " (their ClipUp at c is {algo}=pgpe with {max_speed}=2c)"),
+    "center_learning_rate": (
+        "EvoTorch's and EvoJAX's",
+        "lr",
+        " (ClipUp's step c: EvoTorch's, at max speed 2c, is {algo}=pgpe with {max_speed}=2c; EvoJAX's max speed stays 0.15)",
+    ),
     "stdev_learning_rate": ("EvoTorch's and EvoJAX's", "sigma_lr", " (one σ per layer)"),
     "symmetric": ("EvoTorch's", "mirrored", ""),
     "ranking_method": ("EvoTorch's", "shaping", ""),
@@ -225,6 +229,12 @@ FOREIGN = {
     "lrate_decay": ("evosax's", "lr_decay", ""),
     "lrate_limit": ("evosax's", "lr_min", ""),
     "max_iter": ("EvoJAX's", "generations", " (a total: a resume trains up to it)"),
+    "n_repeats": ("EvoJAX's", "episodes", " (per member; {common_episodes} on gives every member the same resets, as there)"),
+    "n_evaluations": ("EvoJAX's", "eval_episodes", " (fresh episodes of the center every {eval_every} generations)"),
+    "test_interval": ("EvoJAX's", "eval_every", " (in generations)"),
+    "model_dir": ("EvoJAX's", "out", " (the run directory: checkpoints, metrics and config)"),
+    "solution_ranking": ("EvoJAX's", "shaping", " (centered ranks, the default, for True; raw for False)"),
+    "stdev_max_change": ("EvoJAX's", "sigma_lr", " (flipes' σ steps, one σ per layer, are not clamped)"),
     "maxiter": ("pycma's", "generations", " (a total: a resume trains up to it)"),
     "sigma0": ("pycma's", "sigma", ""),
     "total_timesteps": ("Stable-Baselines3's", "max_timesteps", " (env steps of the training episodes)"),
@@ -282,7 +292,7 @@ def foreign_fix(key: str, flags: bool) -> str | None:
         given, (ours, note) = name(key), COMMON[key]
     else:
         return None
-    names = {k: name(k) for k in ("lr", "episodes", "algo", "max_speed", "env_threads")}
+    names = {k: name(k) for k in ("lr", "episodes", "algo", "max_speed", "env_threads", "common_episodes", "eval_every")}
     return f"{given} is {name(ours)} here{note.format(**names)}"
 
 
