@@ -258,7 +258,14 @@ def build_fitness(
 ) -> Fitness:
     """``--fitness``'s function (its outputs checked), else a :class:`RolloutFitness` on the env."""
     if config.fitness:
-        return CheckedFitness((plugins or Plugins()).fitness_fn(config.fitness), config.fitness, config.members_per_pass)
+        fn = (plugins or Plugins()).fitness_fn(config.fitness)
+        if isinstance(fn, RolloutFitness) and fn.seed != config.seed:  # a sweep over seeds would replay one set of episodes
+            warnings.warn(
+                f"fitness=RolloutFitness(..., seed={fn.seed}) draws its episodes from its own seed, not the run's seed "
+                f"{config.seed}: runs of other seeds play the same episodes; build it with seed={config.seed}",
+                stacklevel=caller_stacklevel(),
+            )
+        return CheckedFitness(fn, config.fitness, config.members_per_pass)
     assert env is not None
     return RolloutFitness(
         env,

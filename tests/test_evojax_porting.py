@@ -292,7 +292,7 @@ def test_a_test_task_of_its_own_is_an_evaluate_beside_a_rollout_fitness(tmp_path
 
     result = flipes.train(
         env="none", model=model, fitness=RolloutFitness(venv, episodes=2, common_episodes=True, max_steps=20, seed=1),
-        evaluate=test_task, optimizer=clipup_as_evojax, popsize=8, generations=2, out=str(tmp_path / "tt"), **QUIET,
+        evaluate=test_task, optimizer=clipup_as_evojax, popsize=8, generations=2, seed=1, out=str(tmp_path / "tt"), **QUIET,
     )  # fmt: skip
     centre = flipes.load_policy(result.run_dir, model=model)
     assert getattr(centre, "obs_norm", None) is None and result.metrics[-1]["timesteps"] > 0

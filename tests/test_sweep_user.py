@@ -146,3 +146,17 @@ def test_a_warning_of_ones_fitness_is_shown_once_as_python_shows_it(tmp_path: Pa
         flipes.train(env="none", model=make_model, fitness=warning_fitness, popsize=4, generations=4, out=str(tmp_path / "a"),
                      **QUIET)  # fmt: skip
     assert [str(w.message) for w in seen] == ["the fitness's own note"]
+
+
+@pytest.mark.filterwarnings("ignore::flipes.EqualFitnessWarning")  # 5-step CartPole episodes: every member scores 5
+def test_a_rollout_fitness_keyed_by_another_seed_than_the_runs_is_warned(tmp_path: Path) -> None:
+    """``flipes.train(seed=s, fitness=RolloutFitness(venv, seed=t))`` with t != s warns once, naming both seeds and the
+    fix (every run seed of a sweep would replay t's episodes); with t == s it does not."""
+    venv = flipes.rl.make_vector_env("CartPole-v1", 4)
+    policy = flipes.rl.MLPPolicy(venv.single_observation_space, venv.single_action_space, hidden=(4,))
+    run = {**QUIET, "env": "none", "model": policy, "popsize": 4, "generations": 1}
+    with pytest.warns(UserWarning, match=r"RolloutFitness\(\.\.\., seed=0\) .* not the run's seed 3: .*build it with seed=3$"):
+        flipes.train(**run, seed=3, fitness=flipes.rl.RolloutFitness(venv, max_steps=5), out=str(tmp_path / "a"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*RolloutFitness")
+        flipes.train(**run, seed=3, fitness=flipes.rl.RolloutFitness(venv, max_steps=5, seed=3), out=str(tmp_path / "b"))
