@@ -171,7 +171,8 @@ def run_env_kwargs(config: dict[str, Any], run_dir: str | Path) -> dict[str, Any
 
 
 def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:
-    """``latest`` and ``best-member`` -> checkpoint.pt, ``best`` -> best.pt, else a checkpoint file path.
+    """``latest`` and ``best-member`` -> checkpoint.pt, ``best`` -> best.pt, else a checkpoint file path: as given, or,
+    where no such file is there, inside the run directory (``--checkpoint previous.pt`` from anywhere).
 
     Raises:
         UsageError: anything else.
@@ -187,8 +188,12 @@ def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:
     if checkpoint in ("latest", "best", "best-member"):
         return run_dir / ("best.pt" if checkpoint == "best" else "checkpoint.pt")
     path = Path(checkpoint)
+    if not path.exists() and not path.is_absolute() and (run_dir / path).exists():  # the run's own file, by its name
+        path = run_dir / path
     if path.suffix == ".pt" and path.is_file():
         return path
+    if path.suffix == ".pt" and not path.exists():
+        raise UsageError("--checkpoint", f"{checkpoint!r}: no such file, nor in {str(run_dir)!r}", "check the path")
     raise UsageError(
         "--checkpoint",
         f"{checkpoint!r} is neither latest, best, best-member nor a checkpoint file",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import FAST_KW
 
@@ -46,3 +47,16 @@ def test_evaluate_policy_of_a_sampling_policy_is_the_same_for_the_same_seed() ->
     first = flipes.evaluate_policy(policy, "CartPole-v1", 5, seed=3)
     torch.randn(100)  # the process's generator moved on
     assert torch.equal(flipes.evaluate_policy(policy, "CartPole-v1", 5, seed=3), first)
+
+
+def test_a_checkpoint_named_by_its_file_name_is_read_from_the_run_directory(tmp_path: Path, monkeypatch) -> None:
+    """``--checkpoint previous.pt`` given from another working directory loads the run's own previous.pt (the file
+    ``RUN/previous.pt``, its weights exactly); a .pt name that is neither there nor in the run is one line saying
+    so."""
+    result = flipes.train(**FAST_KW, hidden=[4], generations=2, checkpoint_every=1, out=str(tmp_path / "run"))
+    monkeypatch.chdir(tmp_path)
+    by_name = flipes.load_policy(result.run_dir, checkpoint="previous.pt")
+    by_path = flipes.load_policy(result.run_dir, checkpoint=str(result.run_dir / "previous.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(by_name.state_dict().values(), by_path.state_dict().values(), strict=True))
+    with pytest.raises(flipes.UsageError, match=r"^--checkpoint: 'gone\.pt': no such file, nor in .*; check the path$"):
+        flipes.load_policy(result.run_dir, checkpoint="gone.pt")
