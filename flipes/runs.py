@@ -242,7 +242,7 @@ def policy_and_state(
     """:func:`load_policy`'s policy and the checkpoint state it was read from (``flipes evaluate`` names the
     generation: read once, as a checkpoint may be GBs)."""
     check_float64(device)  # before the checkpoint is mapped there: torch's failure would read as a damaged one
-    config, given = run_config(run_dir), model is not None
+    config, given, env_given = run_config(run_dir), model is not None, env is not None
     try:
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
     except CheckpointError as e:
@@ -307,6 +307,10 @@ def policy_and_state(
         if given:  # the caller's model, not the run's own code: it is the likelier culprit
             problem = f"{checkpoint} of {run_dir} holds parameters of another model than the one given ({why})"
             return UsageError("--checkpoint", problem, "give model= the model the run was trained with")
+        if env_given:  # the policy was built for the caller's env: its spaces are the likelier culprit
+            problem = f"{checkpoint} of {run_dir} holds parameters of another model than the one built for the env given ({why})"
+            fix = "give env= an env with the run's observation and action spaces, or leave it out"
+            return UsageError("--checkpoint", problem, fix)
         problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({why})"
         return UsageError("--checkpoint", problem, "pass a checkpoint written by this run")
 

@@ -1,4 +1,5 @@
-"""A run trained in float64 loads, evaluates and exports as the float64 policy it trained, in any process's default dtype."""
+"""What load_policy and evaluate_policy give back: the trained dtype, repeatable draws, the checkpoint asked for, and
+errors naming their cause."""
 
 from __future__ import annotations
 
@@ -60,3 +61,13 @@ def test_a_checkpoint_named_by_its_file_name_is_read_from_the_run_directory(tmp_
     assert all(torch.equal(a, b) for a, b in zip(by_name.state_dict().values(), by_path.state_dict().values(), strict=True))
     with pytest.raises(flipes.UsageError, match=r"^--checkpoint: 'gone\.pt': no such file, nor in .*; check the path$"):
         flipes.load_policy(result.run_dir, checkpoint="gone.pt")
+
+
+def test_an_env_of_other_spaces_given_to_load_policy_is_named_as_the_cause(tmp_path: Path) -> None:
+    """``load_policy(run, env=...)`` with an env whose spaces differ from the run's (Pendulum's for a CartPole run)
+    is refused in one line naming the env given and the fix, not the checkpoint as another run's."""
+    result = flipes.train(**FAST_KW, hidden=[4], generations=1, out=str(tmp_path / "run"))
+    other = flipes.rl.make_vector_env("Pendulum-v1", 1)
+    fix = r"give env= an env with the run's observation and action spaces, or leave it out$"
+    with pytest.raises(flipes.UsageError, match=r"than the one built for the env given \(.*\); " + fix):
+        flipes.load_policy(result.run_dir, env=other)
