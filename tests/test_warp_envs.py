@@ -530,10 +530,60 @@ def test_a_cuda_device_without_an_index_means_torchs_current_one(monkeypatch: py
     current CUDA device; other devices stay as given."""
     from envs.warp.physics import resolve_device
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     assert resolve_device("cuda") == torch.device("cuda", 3)
     assert resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_cuda_device_where_torch_has_none_is_refused_naming_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``device="cuda"`` where torch sees no CUDA device (a CPU build of torch) is a RuntimeError naming
+    ``device='cpu'``, not torch's bare AssertionError from asking for the current CUDA device."""
+    from envs.warp.physics import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:0", torch.device("cuda", 1)):
+        with pytest.raises(RuntimeError, match=r"torch .* sees no CUDA device; use device='cpu'"):
+            resolve_device(device)
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+BAD_OPTIONS = [
+    ("Hopper-v5", {"healthy_z_range": 0.7}, r"healthy_z_range must be a pair \(low, high\) of numbers, got 0\.7"),
+    ("Hopper-v5", {"healthy_angle_range": [-0.2]}, r"healthy_angle_range must be a pair"),
+    ("Hopper-v5", {"healthy_state_range": [100, -100]}, r"healthy_state_range must be a pair \(low, high\) with low <= high"),
+    ("Walker2d-v5", {"healthy_z_range": [0.8, None]}, r"healthy_z_range's high must be a number, got None"),
+    ("Humanoid-v5", {"healthy_z_range": "1, 2"}, r"healthy_z_range must be a pair"),
+    ("Ant-v5", {"contact_force_range": [1.0, -1.0]}, r"contact_force_range must be a pair \(low, high\) with low <= high"),
+    ("Hopper-v5", {"terminate_when_unhealthy": "false"}, r"terminate_when_unhealthy must be true or false, got 'false'"),
+    ("HalfCheetah-v5", {"exclude_current_positions_from_observation": "no"}, r"exclude_current_.* true or false"),
+    ("Humanoid-v5", {"include_cvel_in_observation": 0}, r"include_cvel_in_observation must be true or false, got 0"),
+    ("Ant-v5", {"include_cfrc_ext_in_observation": "no"}, r"include_cfrc_ext_in_observation must be true or false"),
+    ("Ant-v5", {"main_body": "nobody"}, r"main_body must be a body's name or index \(0 \.\.\. 13\) in ant\.xml, got 'nobody'"),
+    ("Ant-v5", {"main_body": 14}, r"main_body must be a body's name or index"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("gym_id", "kwargs", "match"), BAD_OPTIONS, ids=[f"{i}-{next(iter(k))}" for i, k, _ in BAD_OPTIONS])
+def test_option_values_a_step_would_fail_on_are_refused_when_the_env_is_made(gym_id: str, kwargs: dict, match: str) -> None:
+    """A range that is no (low, high) pair of numbers with low <= high, a switch that is no bool (the string
+    "false" is truthy) and a main body the model lacks are ValueErrors naming the option when the env is made: they
+    failed with a bare TypeError or KeyError at the first step, or (a reversed range) ended every episode at once."""
+    with pytest.raises(ValueError, match=match):
+        gym.make_vec(f"flipes/{gym_id}", num_envs=1, **kwargs)
+
+
+def test_a_clip_range_takes_none_as_no_bound_as_gymnasiums_np_clip() -> None:
+    """Ant's ``contact_force_range`` and Humanoid's ``contact_cost_range`` are np.clip bounds in gymnasium, where
+    ``None`` is no bound (JSON has no infinity); the healthy ranges, compared with ``<``, take no ``None``."""
+    from envs.warp.locomotion import range_option
+
+    assert range_option("contact_cost_range", [0, None], unbounded=True) == (0.0, math.inf)
+    assert range_option("contact_force_range", (None, 1), unbounded=True) == (-math.inf, 1.0)
+    assert range_option("healthy_z_range", np.array([0.7, np.inf])) == (0.7, math.inf)
+    with pytest.raises(ValueError, match="healthy_z_range's low must be a number, got None"):
+        range_option("healthy_z_range", [None, 2.0])
 
 
 def test_warp_env_stays_on_the_device_and_matches_the_cpu(make, device: torch.device) -> None:

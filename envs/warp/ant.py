@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from envs.base import Device, real_option
-from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
+from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv, flag_option, range_option
 
 
 class AntVectorEnv(LocomotionVectorEnv):
@@ -55,16 +55,26 @@ class AntVectorEnv(LocomotionVectorEnv):
         self.contact_cost_weight = real_option("contact_cost_weight", contact_cost_weight)
         self.healthy_reward = real_option("healthy_reward", healthy_reward)
         self.main_body = main_body
-        self.terminate_when_unhealthy = terminate_when_unhealthy
-        self.healthy_z_range = healthy_z_range
-        self.contact_force_range = contact_force_range
-        self.exclude_current_positions_from_observation = exclude_current_positions_from_observation
-        self.include_cfrc_ext_in_observation = include_cfrc_ext_in_observation
+        self.terminate_when_unhealthy = flag_option("terminate_when_unhealthy", terminate_when_unhealthy)
+        self.healthy_z_range = range_option("healthy_z_range", healthy_z_range)
+        self.contact_force_range = range_option("contact_force_range", contact_force_range, unbounded=True)
+        self.exclude_current_positions_from_observation = flag_option(
+            "exclude_current_positions_from_observation", exclude_current_positions_from_observation
+        )
+        self.include_cfrc_ext_in_observation = flag_option("include_cfrc_ext_in_observation", include_cfrc_ext_in_observation)
         super().__init__(num_envs, max_episode_steps, device, xml_file, frame_skip, reset_noise_scale, True, **kwargs)
+        model = self.physics.mj_model
+        try:  # gymnasium looks it up at every step, where a wrong one fails mid-run
+            self._main_body_id = model.body(main_body).id
+        except (KeyError, IndexError, TypeError):
+            names = [model.body(i).name for i in range(model.nbody)]
+            raise ValueError(
+                f"main_body must be a body's name or index (0 ... {model.nbody - 1}) in {xml_file}, got {main_body!r}; "
+                f"its bodies: {', '.join(names)}"
+            ) from None
 
     def _position(self) -> Tensor:
-        body = self.physics.mj_model.body(self.main_body).id
-        return self.physics.xpos[:, body, :2].clone()
+        return self.physics.xpos[:, self._main_body_id, :2].clone()
 
     def _contact_forces(self) -> Tensor:
         return self.physics.cfrc_ext.clamp(*self.contact_force_range)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from envs.base import Device, real_option
-from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
+from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv, flag_option
 
 
 class HalfCheetahVectorEnv(LocomotionVectorEnv):
@@ -40,7 +40,9 @@ class HalfCheetahVectorEnv(LocomotionVectorEnv):
     ) -> None:
         self.forward_reward_weight = real_option("forward_reward_weight", forward_reward_weight)
         self.ctrl_cost_weight = real_option("ctrl_cost_weight", ctrl_cost_weight)
-        self.exclude_current_positions_from_observation = exclude_current_positions_from_observation
+        self.exclude_current_positions_from_observation = flag_option(
+            "exclude_current_positions_from_observation", exclude_current_positions_from_observation
+        )
         super().__init__(num_envs, max_episode_steps, device, xml_file, frame_skip, reset_noise_scale, True, **kwargs)
 
     def _observe_physics(self) -> Tensor:

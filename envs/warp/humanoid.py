@@ -21,7 +21,7 @@ from torch import Tensor
 
 from envs.base import Device, real_option
 from envs.warp.hopper import inside
-from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
+from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv, flag_option, range_option
 
 
 class HumanoidVectorEnv(LocomotionVectorEnv):
@@ -59,16 +59,18 @@ class HumanoidVectorEnv(LocomotionVectorEnv):
         self.forward_reward_weight = real_option("forward_reward_weight", forward_reward_weight)
         self.ctrl_cost_weight = real_option("ctrl_cost_weight", ctrl_cost_weight)
         self.contact_cost_weight = real_option("contact_cost_weight", contact_cost_weight)
-        self.contact_cost_range = contact_cost_range
+        self.contact_cost_range = range_option("contact_cost_range", contact_cost_range, unbounded=True)
         self.healthy_reward = real_option("healthy_reward", healthy_reward)
-        self.terminate_when_unhealthy = terminate_when_unhealthy
-        self.healthy_z_range = healthy_z_range
-        self.exclude_current_positions_from_observation = exclude_current_positions_from_observation
+        self.terminate_when_unhealthy = flag_option("terminate_when_unhealthy", terminate_when_unhealthy)
+        self.healthy_z_range = range_option("healthy_z_range", healthy_z_range)
+        self.exclude_current_positions_from_observation = flag_option(
+            "exclude_current_positions_from_observation", exclude_current_positions_from_observation
+        )
         self.include = (
-            include_cinert_in_observation,
-            include_cvel_in_observation,
-            include_qfrc_actuator_in_observation,
-            include_cfrc_ext_in_observation,
+            flag_option("include_cinert_in_observation", include_cinert_in_observation),
+            flag_option("include_cvel_in_observation", include_cvel_in_observation),
+            flag_option("include_qfrc_actuator_in_observation", include_qfrc_actuator_in_observation),
+            flag_option("include_cfrc_ext_in_observation", include_cfrc_ext_in_observation),
         )
         super().__init__(num_envs, max_episode_steps, device, xml_file, frame_skip, reset_noise_scale, False, **kwargs)
 

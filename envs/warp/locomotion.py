@@ -11,6 +11,8 @@ the physics' tensors. Everything else (seeding, action checks, the time limit, N
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,29 @@ from torch import Tensor
 from envs import seeding
 from envs.base import DTYPE_NAMES, Device, SingleEnv, TorchVectorEnv, real_option, whole_number
 from envs.warp.physics import WarpPhysics
+
+
+def range_option(name: str, value: Any, unbounded: bool = False) -> tuple[float, float]:
+    """``value`` of the env's range option ``name`` (``healthy_z_range``, ...) as ``(low, high)`` floats, low <= high; a
+    ValueError naming it otherwise (a number, a string, one bound or a reversed range from ``--env-kwargs`` would
+    otherwise fail only in ``step()``, or end every episode at once). With ``unbounded``, a ``None`` bound is no bound,
+    as gymnasium's ``np.clip`` takes it (its clip ranges)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (low, high) of numbers, got {value!r}")
+    low, high = value
+    if unbounded:
+        low, high = -math.inf if low is None else low, math.inf if high is None else high
+    low, high = real_option(f"{name}'s low", low), real_option(f"{name}'s high", high)
+    if not low <= high:  # NaN too
+        raise ValueError(f"{name} must be a pair (low, high) with low <= high, got {value!r}")
+    return low, high
+
+
+def flag_option(name: str, value: Any) -> bool:
+    """``value`` of the env's switch ``name``; a ValueError naming it where it is no bool (``"false"`` is truthy)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 class LocomotionVectorEnv(TorchVectorEnv):

@@ -49,6 +49,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``device`` with its index: Warp finds a CUDA device by index, and ``"cuda"`` has none (torch's
     current CUDA device then)."""
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():  # else torch's bare "Torch not compiled with CUDA enabled"
+        raise RuntimeError(
+            f"MuJoCo Warp: device {str(device)!r} asked for, but torch {torch.__version__} sees no CUDA device; "
+            "use device='cpu' (Warp's CPU backend)"
+        )
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from envs.base import Device, real_option
 from envs.warp.hopper import inside, planar_observation, planar_reward
-from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv
+from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv, flag_option, range_option
 
 
 class Walker2dVectorEnv(LocomotionVectorEnv):
@@ -46,10 +46,12 @@ class Walker2dVectorEnv(LocomotionVectorEnv):
         self.forward_reward_weight = real_option("forward_reward_weight", forward_reward_weight)
         self.ctrl_cost_weight = real_option("ctrl_cost_weight", ctrl_cost_weight)
         self.healthy_reward = real_option("healthy_reward", healthy_reward)
-        self.terminate_when_unhealthy = terminate_when_unhealthy
-        self.healthy_z_range = healthy_z_range
-        self.healthy_angle_range = healthy_angle_range
-        self.exclude_current_positions_from_observation = exclude_current_positions_from_observation
+        self.terminate_when_unhealthy = flag_option("terminate_when_unhealthy", terminate_when_unhealthy)
+        self.healthy_z_range = range_option("healthy_z_range", healthy_z_range)
+        self.healthy_angle_range = range_option("healthy_angle_range", healthy_angle_range)
+        self.exclude_current_positions_from_observation = flag_option(
+            "exclude_current_positions_from_observation", exclude_current_positions_from_observation
+        )
         super().__init__(num_envs, max_episode_steps, device, xml_file, frame_skip, reset_noise_scale, False, **kwargs)
 
     def _observe_physics(self) -> Tensor:
