@@ -67,7 +67,7 @@ class AntVectorEnv(LocomotionVectorEnv):
         try:  # gymnasium looks it up at every step, where a wrong one fails mid-run
             self._main_body_id = model.body(main_body).id
         except (KeyError, IndexError, TypeError):
-            names = [model.body(i).name for i in range(model.nbody)]
+            names = [name for i in range(model.nbody) if (name := model.body(i).name)]  # Ant's feet have none
             raise ValueError(
                 f"main_body must be a body's name or index (0 ... {model.nbody - 1}) in {xml_file}, got {main_body!r}; "
                 f"its bodies: {', '.join(names)}"
