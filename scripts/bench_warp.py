@@ -76,6 +76,8 @@ def check(args: Args) -> None:
             raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}", "pass a positive count")
     if any(n < 1 for n in args.sizes):
         raise UsageError("--sizes", f"must be positive, got {args.sizes}")
+    if not args.envs:  # else an empty table, and exit status 0
+        raise UsageError("--envs", "names no env", "give one or more of HalfCheetah-v5, Hopper-v5, Walker2d-v5, Ant-v5, ...")
     unknown = [e for e in args.envs if f"flipes/{e}" not in gym.registry]
     if unknown:
         raise UsageError("--envs", f"flipes has no MuJoCo env {', '.join(unknown)}", "use HalfCheetah-v5, Hopper-v5, ...")

@@ -659,3 +659,16 @@ def test_loading_half_cheetah_says_nothing_of_gymnasiums_deprecated_settotalmass
         WarpPhysics("half_cheetah.xml", 2, 5, "cpu", capture=False)
     out, err = capfd.readouterr()
     assert "settotalmass" not in out + err
+
+
+def test_bench_warp_refuses_an_empty_env_list_before_timing() -> None:
+    """``scripts/bench_warp.py --envs`` with no id is a UsageError naming ``--envs`` (it printed an empty table and
+    exited 0)."""
+    from helpers import load_script
+
+    from flipes.errors import UsageError
+
+    bench = load_script(Path(__file__).parents[1] / "scripts" / "bench_warp.py")
+    with pytest.raises(UsageError, match="names no env"):
+        bench.check(bench.Args(envs=[]))
+    bench.check(bench.Args(envs=["Hopper-v5"]))  # a valid list passes
