@@ -566,10 +566,19 @@ BAD_OPTIONS = [
 
 
 @pytest.mark.parametrize(("gym_id", "kwargs", "match"), BAD_OPTIONS, ids=[f"{i}-{next(iter(k))}" for i, k, _ in BAD_OPTIONS])
-def test_option_values_a_step_would_fail_on_are_refused_when_the_env_is_made(gym_id: str, kwargs: dict, match: str) -> None:
+def test_option_values_a_step_would_fail_on_are_refused_when_the_env_is_made(
+    gym_id: str, kwargs: dict, match: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A range that is no (low, high) pair of numbers with low <= high, a switch that is no bool (the string
-    "false" is truthy) and a main body the model lacks are ValueErrors naming the option when the env is made: they
-    failed with a bare TypeError or KeyError at the first step, or (a reversed range) ended every episode at once."""
+    "false" is truthy) and a main body the model lacks are ValueErrors naming the option when the env is made, before
+    MuJoCo Warp builds (and perhaps compiles) the physics: they failed with a bare TypeError or KeyError at the first
+    step, or (a reversed range) ended every episode at once."""
+    import envs.warp.locomotion
+
+    def no_physics(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the physics was built before the options were checked")
+
+    monkeypatch.setattr(envs.warp.locomotion, "WarpPhysics", no_physics)
     with pytest.raises(ValueError, match=match):
         gym.make_vec(f"flipes/{gym_id}", num_envs=1, **kwargs)
 

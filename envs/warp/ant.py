@@ -11,13 +11,30 @@ qvel ``0.1 · N(0, 1)``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from envs.base import Device, real_option
 from envs.warp.locomotion import LocomotionEnv, LocomotionVectorEnv, flag_option, range_option
+from envs.warp.physics import load_model
+
+if TYPE_CHECKING:
+    import mujoco
+
+
+def body_id(model: mujoco.MjModel, body: int | str, xml_file: str) -> int:
+    """The index of ``body`` (a name or an index) in ``model``; a ValueError listing the bodies where it has none
+    (gymnasium looks ``main_body`` up at every step, where a wrong one fails mid-run)."""
+    try:
+        return model.body(body).id
+    except (KeyError, IndexError, TypeError):
+        names = [name for i in range(model.nbody) if (name := model.body(i).name)]  # Ant's feet have none
+        raise ValueError(
+            f"main_body must be a body's name or index (0 ... {model.nbody - 1}) in {xml_file}, got {body!r}; "
+            f"its bodies: {', '.join(names)}"
+        ) from None
 
 
 class AntVectorEnv(LocomotionVectorEnv):
@@ -62,16 +79,8 @@ class AntVectorEnv(LocomotionVectorEnv):
             "exclude_current_positions_from_observation", exclude_current_positions_from_observation
         )
         self.include_cfrc_ext_in_observation = flag_option("include_cfrc_ext_in_observation", include_cfrc_ext_in_observation)
+        self._main_body_id = body_id(load_model(xml_file), main_body, xml_file)  # before Warp compiles anything
         super().__init__(num_envs, max_episode_steps, device, xml_file, frame_skip, reset_noise_scale, True, **kwargs)
-        model = self.physics.mj_model
-        try:  # gymnasium looks it up at every step, where a wrong one fails mid-run
-            self._main_body_id = model.body(main_body).id
-        except (KeyError, IndexError, TypeError):
-            names = [name for i in range(model.nbody) if (name := model.body(i).name)]  # Ant's feet have none
-            raise ValueError(
-                f"main_body must be a body's name or index (0 ... {model.nbody - 1}) in {xml_file}, got {main_body!r}; "
-                f"its bodies: {', '.join(names)}"
-            ) from None
 
     def _position(self) -> Tensor:
         return self.physics.xpos[:, self._main_body_id, :2].clone()

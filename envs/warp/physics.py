@@ -77,6 +77,12 @@ def _without_settotalmass_note() -> Iterator[None]:
         mujoco.set_mju_user_warning(previous)
 
 
+def load_model(xml_file: str) -> mujoco.MjModel:
+    """gymnasium's model ``xml_file`` (see :func:`model_path`) on the host, as MuJoCo C compiles it."""
+    with _without_settotalmass_note():
+        return mujoco.MjModel.from_xml_path(model_path(xml_file))
+
+
 class WarpPhysics:
     """``num_worlds`` copies of one MuJoCo model on MuJoCo Warp, with torch views of its state.
 
@@ -97,8 +103,7 @@ class WarpPhysics:
     """
 
     def __init__(self, xml_file: str, num_worlds: int, frame_skip: int, device: str | torch.device, capture: bool = True) -> None:
-        with _without_settotalmass_note():
-            self.mj_model = mujoco.MjModel.from_xml_path(model_path(xml_file))
+        self.mj_model = load_model(xml_file)
         if self.mj_model.opt.solver == mujoco.mjtSolver.mjSOL_PGS:
             # Humanoid's XML asks for PGS, which MuJoCo Warp lacks; Newton solves the same convex problem
             self.mj_model.opt.solver = mujoco.mjtSolver.mjSOL_NEWTON
