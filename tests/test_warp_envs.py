@@ -565,6 +565,23 @@ BAD_OPTIONS = [
 ]  # fmt: skip
 
 
+def test_cpu_with_an_index_is_warps_cpu_and_other_device_types_are_refused() -> None:
+    """torch's ``"cpu:0"`` (Warp knows only ``"cpu"``: "Invalid device identifier") steps as ``"cpu"`` does, with the
+    same transitions; a device type Warp lacks (``"meta"``) is a ValueError naming the two it has."""
+    from envs.warp.physics import resolve_device
+
+    assert resolve_device("cpu:0") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device must be 'cpu' or 'cuda\[:k\]', got 'meta'"):
+        resolve_device("meta")
+    indexed, plain = (gym.make_vec("flipes/Hopper-v5", num_envs=2, device=d) for d in ("cpu:0", "cpu"))
+    actions = torch.full((2, 3), 0.5)
+    for env in (indexed, plain):
+        env.reset(seed=0)
+    for _ in range(3):
+        for x, y in zip(indexed.step(actions)[:4], plain.step(actions)[:4], strict=True):
+            assert torch.equal(x, y) and x.device == torch.device("cpu")
+
+
 @pytest.mark.parametrize(("gym_id", "kwargs", "match"), BAD_OPTIONS, ids=[f"{i}-{next(iter(k))}" for i, k, _ in BAD_OPTIONS])
 def test_option_values_a_step_would_fail_on_are_refused_when_the_env_is_made(
     gym_id: str, kwargs: dict, match: str, monkeypatch: pytest.MonkeyPatch

@@ -47,8 +47,12 @@ def model_path(xml_file: str) -> str:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``device`` with its index: Warp finds a CUDA device by index, and ``"cuda"`` has none (torch's
-    current CUDA device then)."""
+    current CUDA device then); ``"cpu:0"`` is ``"cpu"``, the one name Warp has for it."""
     device = torch.device(device)
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":  # else Warp's bare "Invalid device identifier"
+        raise ValueError(f"MuJoCo Warp runs on the CPU or a CUDA GPU; device must be 'cpu' or 'cuda[:k]', got {str(device)!r}")
     if device.type == "cuda" and not torch.cuda.is_available():  # else torch's bare "Torch not compiled with CUDA enabled"
         raise RuntimeError(
             f"MuJoCo Warp: device {str(device)!r} asked for, but torch {torch.__version__} sees no CUDA device; "
