@@ -53,12 +53,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cpu")
     if device.type != "cuda":  # else Warp's bare "Invalid device identifier"
         raise ValueError(f"MuJoCo Warp runs on the CPU or a CUDA GPU; device must be 'cpu' or 'cuda[:k]', got {str(device)!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():  # else torch's bare "Torch not compiled with CUDA enabled"
+    if not torch.cuda.is_available():  # else torch's bare "Torch not compiled with CUDA enabled"
         raise RuntimeError(
             f"MuJoCo Warp: device {str(device)!r} asked for, but torch {torch.__version__} sees no CUDA device; "
             "use device='cpu' (Warp's CPU backend)"
         )
-    if device.type == "cuda" and device.index is None:
+    if device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
 
