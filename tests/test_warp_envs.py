@@ -512,6 +512,19 @@ def test_an_env_count_that_is_no_positive_integer_is_refused_before_the_physics_
         gym.make_vec("flipes/HalfCheetah-v5", num_envs=num_envs)
 
 
+def test_numpy_integer_counts_build_the_env_as_python_ints_do() -> None:
+    """``num_envs`` and ``frame_skip`` of a numpy integer type (a count computed with numpy) give the env that Python
+    ints give: num_envs=np.int64(2) failed inside Warp ("'numpy.int64' object is not iterable") and frame_skip=np.int64(4)
+    was refused as no positive integer."""
+    ours = gym.make_vec("flipes/Hopper-v5", num_envs=np.int64(2), frame_skip=np.int32(4))
+    plain = gym.make_vec("flipes/Hopper-v5", num_envs=2, frame_skip=4)
+    assert ours.num_envs == 2 and ours.dt == plain.dt
+    actions = torch.full((2, 3), -0.5)
+    assert torch.equal(ours.reset(seed=3)[0], plain.reset(seed=3)[0])
+    for x, y in zip(ours.step(actions)[:4], plain.step(actions)[:4], strict=True):
+        assert torch.equal(x, y)
+
+
 def test_bad_actions_and_states_raise_a_value_error_naming_the_shape(make) -> None:
     """Actions and states of the wrong shape are refused with the shape expected; nothing reaches
     MuJoCo Warp's arrays."""

@@ -95,10 +95,12 @@ class LocomotionVectorEnv(TorchVectorEnv):
         count = whole_number(num_envs)
         if count is None or count < 1:  # the base env's check, before the physics is built with it
             raise ValueError(f"num_envs must be an integer of at least 1, got {num_envs!r}")
-        if not isinstance(frame_skip, int) or isinstance(frame_skip, bool) or frame_skip < 1:
+        skip = whole_number(frame_skip)
+        if skip is None or skip < 1:
             raise ValueError(f"frame_skip must be a positive integer, got {frame_skip!r}")
         reset_noise_scale = real_option("reset_noise_scale", reset_noise_scale)
-        self.physics = WarpPhysics(xml_file, num_envs, frame_skip, device, capture)
+        # as Python ints: Warp sizes its arrays with them and takes no numpy integer
+        self.physics = WarpPhysics(xml_file, count, skip, device, capture)
         model = self.physics.mj_model
         self.nq, self.nv = model.nq, model.nv
         self.state_dim = model.nq + model.nv
