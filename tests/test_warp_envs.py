@@ -573,6 +573,7 @@ BAD_OPTIONS = [
     ("HalfCheetah-v5", {"exclude_current_positions_from_observation": "no"}, r"exclude_current_.* true or false"),
     ("Humanoid-v5", {"include_cvel_in_observation": 0}, r"include_cvel_in_observation must be true or false, got 0"),
     ("Ant-v5", {"include_cfrc_ext_in_observation": "no"}, r"include_cfrc_ext_in_observation must be true or false"),
+    ("HalfCheetah-v5", {"capture": "false"}, r"capture must be true or false, got 'false'"),
     ("Ant-v5", {"main_body": "nobody"}, r"main_body must be a body's name or index \(0 \.\.\. 13\) in ant\.xml, got 'nobody'"),
     ("Ant-v5", {"main_body": 14}, r"main_body .*, got 14; its bodies: world, torso, front_left_leg, aux_1, front"),
 ]  # fmt: skip

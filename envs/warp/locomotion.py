@@ -99,6 +99,7 @@ class LocomotionVectorEnv(TorchVectorEnv):
         if skip is None or skip < 1:
             raise ValueError(f"frame_skip must be a positive integer, got {frame_skip!r}")
         reset_noise_scale = real_option("reset_noise_scale", reset_noise_scale)
+        capture = flag_option("capture", capture)
         # as Python ints: Warp sizes its arrays with them and takes no numpy integer
         self.physics = WarpPhysics(xml_file, count, skip, device, capture)
         model = self.physics.mj_model
