@@ -566,7 +566,7 @@ BAD_OPTIONS = [
     ("Hopper-v5", {"healthy_z_range": 0.7}, r"healthy_z_range must be a pair \(low, high\) of numbers, got 0\.7"),
     ("Hopper-v5", {"healthy_angle_range": [-0.2]}, r"healthy_angle_range must be a pair"),
     ("Hopper-v5", {"healthy_state_range": [100, -100]}, r"healthy_state_range must be a pair \(low, high\) with low <= high"),
-    ("Walker2d-v5", {"healthy_z_range": [0.8, None]}, r"healthy_z_range's high must be a number, got None"),
+    ("Walker2d-v5", {"healthy_z_range": [0.8, None]}, r"healthy_z_range must be .*; for no bound give one out of reach \(1e9\)"),
     ("Humanoid-v5", {"healthy_z_range": "1, 2"}, r"healthy_z_range must be a pair"),
     ("Ant-v5", {"contact_force_range": [1.0, -1.0]}, r"contact_force_range must be a pair \(low, high\) with low <= high"),
     ("Hopper-v5", {"terminate_when_unhealthy": "false"}, r"terminate_when_unhealthy must be true or false, got 'false'"),
@@ -622,7 +622,7 @@ def test_a_clip_range_takes_none_as_no_bound_as_gymnasiums_np_clip() -> None:
     assert range_option("contact_cost_range", [0, None], unbounded=True) == (0.0, math.inf)
     assert range_option("contact_force_range", (None, 1), unbounded=True) == (-math.inf, 1.0)
     assert range_option("healthy_z_range", np.array([0.7, np.inf])) == (0.7, math.inf)
-    with pytest.raises(ValueError, match="healthy_z_range's low must be a number, got None"):
+    with pytest.raises(ValueError, match=r"healthy_z_range must be a pair \(low, high\) of numbers, got \[None, 2\.0\]; for no"):
         range_option("healthy_z_range", [None, 2.0])
 
 

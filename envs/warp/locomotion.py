@@ -35,6 +35,8 @@ def range_option(name: str, value: Any, unbounded: bool = False) -> tuple[float,
     low, high = value
     if unbounded:
         low, high = -math.inf if low is None else low, math.inf if high is None else high
+    elif low is None or high is None:  # gymnasium compares with < here, which None fails
+        raise ValueError(f"{name} must be a pair (low, high) of numbers, got {value!r}; for no bound give one out of reach (1e9)")
     low, high = real_option(f"{name}'s low", low), real_option(f"{name}'s high", high)
     if not low <= high:  # NaN too
         raise ValueError(f"{name} must be a pair (low, high) with low <= high, got {value!r}")
