@@ -250,14 +250,16 @@ def _train_watched(
     device = config.device
     if device == "cuda" and comm.size > 1:  # rank -> a GPU of its node, shared if too few
         device = f"cuda:{comm.local_rank % torch.cuda.device_count()}"
-    if torch.device(device).type == "cuda" and torch.device(device).index is not None:
-        torch.cuda.set_device(torch.device(device))  # no stray context on GPU 0 from code that says only "cuda"
+    # cuda:N the current GPU while the run lasts (no stray context on GPU 0 from code that says only "cuda"), the
+    # caller's again after it (a sweep's next trial, a notebook's next cell)
+    on_gpu = torch.device(device).type == "cuda" and torch.device(device).index is not None
+    gpu = torch.cuda.device(torch.device(device)) if on_gpu else contextlib.nullcontext()
     run_dir = config.run_dir()
     in_place = bool(config.resume) and resume_dir(config.resume).resolve() == run_dir.resolve()
     # a signal while envs and the model are built stops at once (it raises Interrupted): nothing is written before
     untouched = f"{run_dir} is as it was: --resume {config.resume} continues it" if in_place else \
                 f"nothing was written to {run_dir}: the same command starts the run"  # fmt: skip
-    with StopRequest(say=lead, resume=str(run_dir), setting_up=untouched) as stop:
+    with gpu, StopRequest(say=lead, resume=str(run_dir), setting_up=untouched) as stop:
         return _set_up_and_run(config, comm, callbacks, plugins, notes, device, run_dir, stop, began)
 
 
