@@ -57,7 +57,8 @@ class Probe:
 
     def result(self) -> Tensor:
         """What this rollout gathered: ``(num_envs, ...)``, one row per env in the rollout's order. The rollout keeps a
-        copy, so a probe may return a tensor it reuses (zeroed in place at the next ``reset``)."""
+        copy, so a probe may return a tensor it reuses (zeroed in place at the next ``reset``). A result holding NaN is
+        refused, naming its rows (infinities pass)."""
         raise NotImplementedError(f"{type(self).__name__} defines no result(): a Probe defines reset, step and result")
 
 
@@ -74,13 +75,25 @@ def check_probe(probe: Any, who: str) -> Probe | None:
 
 
 def probe_result(probe: Probe, num_envs: int) -> Tensor:
-    """A copy of ``probe.result()``, checked to be a tensor with one row per env of the rollout: the probe's own tensor
-    would change under ``last_probe`` (and under the parts joined into it) at the probe's next reset."""
+    """A copy of ``probe.result()``, checked to be a tensor with one row per env of the rollout and no NaN (a ValueError
+    naming the probe and the rows otherwise): the probe's own tensor would change under ``last_probe`` (and under the
+    parts joined into it) at the probe's next reset."""
     out = probe.result()
     if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != num_envs:
         got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}"
         raise ValueError(
             f"{type(probe).__name__}.result() returned {got}, and the rollout has {num_envs} envs: "
             f"return a tensor of shape ({num_envs}, ...), one row per env in the rollout's order"
+        )
+    # a NaN behaviour ranks arbitrarily in a novelty score and, in an archive, is NaN away from every other: say so here,
+    # naming the probe, not later as a fitness or an archive gone wrong (one check per rollout)
+    nan = None if not (out.is_floating_point() or out.is_complex()) else out.isnan()
+    if nan is not None and bool(nan.any()):
+        rows = (nan if nan.dim() == 1 else nan.flatten(1).any(1)).nonzero().flatten().tolist()
+        shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+        raise ValueError(
+            f"{type(probe).__name__}.result() returned NaN in {len(rows)} of {num_envs} rows ({shown}): a NaN behaviour "
+            "ranks arbitrarily by novelty and is NaN away from every archived one; return finite values (a mean over an "
+            "episode's counted steps: divide by steps.clamp(min=1))"
         )
     return out.clone()
