@@ -4,6 +4,10 @@ continues a resumed ``flipes.train`` run as if it had never stopped."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +18,8 @@ import flipes
 from flipes.rl import Probe, RolloutFitness, make_vector_env, run_episodes
 
 ENV = "flipes/CartPole-v1"
+TESTS = Path(__file__).resolve().parent
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
 
 class MeanSpeed(Probe):
@@ -66,3 +72,93 @@ def test_a_probe_result_holding_nan_is_refused_in_one_line_naming_the_probe_and_
     es = flipes.FlipES(policy, popsize=4, sigma=0.1, seed=0)
     with es.population() as pop, pytest.raises(ValueError, match=r"SomeNaN\.result\(\) returned NaN in 2 of 4 rows"):
         RolloutFitness(env, max_steps=5, probe=SomeNaN())(policy, pop)
+
+
+class Archive(flipes.Callback):
+    """NS-ES's archive: after each generation the center policy's final cart position (one episode, seeded by the
+    generation), kept in ``state_dict()`` so that a resume and every MPI rank take it back."""
+
+    def __init__(self) -> None:
+        self.items: list[float] = []
+
+    def on_generation(self, state: Any, row: dict[str, Any]) -> None:
+        center = run_episodes(
+            make_vector_env(ENV, 1, note=None), state.model, seed=state.es.generation, max_steps=50, final_obs=True
+        )
+        self.items.append(float(center.final_obs[0, 0]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"items": torch.tensor(self.items, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.items = state["items"].tolist()
+
+
+ARCHIVE = Archive()  # what novelty_fitness scores against: the run's callback
+ROLLOUTS: dict[int, RolloutFitness] = {}  # one per part size
+
+
+def novelty_fitness(model: Any, pop: Any) -> Tensor:
+    """NS-ES's fitness: each member's mean distance from its final cart position to the 3 nearest in ``ARCHIVE``
+    (its distance from the center of the track while the archive is empty)."""
+    if pop.size not in ROLLOUTS:
+        ROLLOUTS[pop.size] = RolloutFitness(make_vector_env(ENV, pop.size, note=None), seed=0, max_steps=50, final_obs=True)
+    rollout = ROLLOUTS[pop.size]
+    rollout(model, pop)
+    behaviour = rollout.last_final_obs[:, 0, :1].double()
+    if not ARCHIVE.items:
+        return behaviour[:, 0].abs()
+    archive = torch.tensor(ARCHIVE.items, dtype=torch.float64)[:, None]
+    return torch.cdist(behaviour, archive).topk(min(3, len(archive)), largest=False).values.mean(1)
+
+
+def ns_run(out: str, generations: int, resume: bool = False, comm: Any = None, members_per_pass: int = 0) -> dict[str, Any]:
+    """``flipes.train`` of NS-ES on CartPole (16 members in 2 groups, ``comm="seeds"``) with ``ARCHIVE`` as its callback,
+    from scratch or resumed from ``out``: each generation's parameter hash and the archive."""
+    global ARCHIVE
+    ARCHIVE = Archive()  # a new process's: empty until a resume loads it
+    if resume:
+        result = flipes.train(resume=out, generations=generations, fitness=novelty_fitness, callbacks=[ARCHIVE], comm=comm)
+    else:
+        options = dict(popsize=16, groups=2, comm="seeds", seed=1, target=None, progress=False, tensorboard=False, plot=False)
+        config = flipes.TrainConfig.for_env(ENV, out=out, generations=generations, members_per_pass=members_per_pass, **options)
+        result = flipes.train(config, fitness=novelty_fitness, callbacks=[ARCHIVE], comm=comm)
+    return {"sha": [row["params_sha256"] for row in flipes.read_metrics(result.run_dir)], "archive": list(ARCHIVE.items)}
+
+
+def test_an_archive_in_a_callbacks_state_dict_continues_a_resumed_ns_es_run_bit_for_bit(tmp_path: Any) -> None:
+    """NS-ES in ``flipes.train`` with its archive in a callback's ``state_dict()``: 4 generations, or 2 and a resume to
+    4, or 4 in parts of 8 members, give the same archive and the same parameters each generation, bit for bit."""
+    whole = ns_run(str(tmp_path / "whole"), 4)
+    ns_run(str(tmp_path / "broken"), 2)
+    resumed = ns_run(str(tmp_path / "broken"), 4, resume=True)
+    parts = ns_run(str(tmp_path / "parts"), 4, members_per_pass=8)
+    assert len(whole["sha"]) == 4 and len(set(whole["archive"])) == 4
+    assert resumed == whole and parts == whole
+
+
+MPI_RUN = """
+import sys, torch, flipes
+from test_novelty_archive import ns_run
+
+comm = flipes.dist.world()
+torch.save(ns_run(sys.argv[1] + "/run", 3, comm=comm), f"{sys.argv[1]}/rank{comm.rank}.pt")
+"""
+
+
+def test_two_ranks_score_against_rank_0s_archive_and_end_on_one_processs_parameters(tmp_path: Path) -> None:
+    """Under ``mpiexec -n 2`` the archive callback runs on rank 0, and its ``state_dict()`` reaches rank 1 after each
+    generation: both ranks' archives, and the parameters each generation, are one process's, bit for bit."""
+    assert MPIEXEC.exists(), f"no mpiexec beside {sys.executable}: install the dev extras (pip install -e '.[dev]' brings mpich)"
+    (tmp_path / "run.py").write_text(MPI_RUN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(TESTS.parent), str(TESTS)))}
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "run.py"), str(tmp_path)]
+    r = subprocess.run(cmd, cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = ns_run(str(tmp_path / "one"), 3)
+    assert len(set(one["archive"])) == 3
+    for rank in (0, 1):
+        two = torch.load(tmp_path / f"rank{rank}.pt")
+        assert two["archive"] == one["archive"]
+        if rank == 0:  # rank 0 writes the metrics
+            assert two["sha"] == one["sha"]
