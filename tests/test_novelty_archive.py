@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 import flipes
-from flipes.rl import Probe, RolloutFitness, make_vector_env, run_episodes
+from flipes.rl import MLPPolicy, Probe, RolloutFitness, episode_seed, make_vector_env, run_episodes
 
 ENV = "flipes/CartPole-v1"
 TESTS = Path(__file__).resolve().parent
@@ -68,7 +68,7 @@ def test_a_probe_result_holding_nan_is_refused_in_one_line_naming_the_probe_and_
 
     assert torch.isinf(run_episodes(env, act, seed=0, max_steps=5, probe=Inf()).probe).all()
     assert run_episodes(env, act, seed=0, max_steps=5, probe=Steps()).probe.tolist() == [5] * 4
-    policy = flipes.flipout(flipes.rl.MLPPolicy(env.single_observation_space, env.single_action_space, hidden=[4]))
+    policy = flipes.flipout(MLPPolicy(env.single_observation_space, env.single_action_space, hidden=[4]))
     es = flipes.FlipES(policy, popsize=4, sigma=0.1, seed=0)
     with es.population() as pop, pytest.raises(ValueError, match=r"SomeNaN\.result\(\) returned NaN in 2 of 4 rows"):
         RolloutFitness(env, max_steps=5, probe=SomeNaN())(policy, pop)
@@ -162,3 +162,60 @@ def test_two_ranks_score_against_rank_0s_archive_and_end_on_one_processs_paramet
         assert two["archive"] == one["archive"]
         if rank == 0:  # rank 0 writes the metrics
             assert two["sha"] == one["sha"]
+
+
+def final_alone(plain: Any, seed: int, max_steps: int) -> tuple[Tensor, int]:
+    """The reference: one flipes/CartPole-v1 (float64) alone, reset with ``seed`` and stepped by ``plain`` until its
+    episode ends (terminated, truncated, or ``max_steps`` steps): the observation its last step returned, and its length."""
+    env = make_vector_env(ENV, 1, dtype=torch.float64, note=None)
+    obs, _ = env.reset(seed=seed)
+    steps, ended = 0, False
+    while not ended and steps < max_steps:
+        obs, _, terminated, truncated, _ = env.step(plain(obs))
+        steps, ended = steps + 1, bool(terminated) or bool(truncated)
+    return obs[0], steps
+
+
+@pytest.mark.parametrize("common", [False, True])
+def test_each_members_final_obs_is_its_explicit_weights_alone_mirrored_twins_and_parts_included(common: bool) -> None:
+    """``last_final_obs[m, k]`` of 8 mirrored members (2 groups, 2 episodes each, episodes of 8 to 60 steps) is the final
+    observation of a plain MLPPolicy loaded with ``es.member_state_dict(m)`` in one env alone, reset with episode k's
+    seed of member m (``episode_seed(...) + m·K + k``; ``+ k`` with common episodes), bit for bit (the actions are
+    discrete); so no twin or neighbour swaps rows. Rolled out one member at a time it is the same, and a probe keeping
+    each env's last counted observation and its steps agrees with it and with the lengths."""
+
+    class LastSeen(Probe):
+        def reset(self, env: Any, obs: Tensor) -> None:
+            self.last, self.steps = obs.clone(), torch.zeros(len(obs), 1, dtype=obs.dtype)
+
+        def step(self, actions: Tensor, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
+            self.last = torch.where(counted[:, None], obs, self.last)
+            self.steps += counted[:, None]
+
+        def result(self) -> Tensor:
+            return torch.cat((self.last, self.steps), 1)
+
+    n, k, max_steps = 8, 2, 60
+    torch.manual_seed(0)
+    make = lambda envs: make_vector_env(ENV, envs, dtype=torch.float64, note=None)  # noqa: E731
+    space = make(1)
+    policy = flipes.flipout(MLPPolicy(space.single_observation_space, space.single_action_space, hidden=[8]).double())
+    plain = MLPPolicy(space.single_observation_space, space.single_action_space, hidden=[8]).double()
+    es = flipes.FlipES(policy, popsize=n, sigma=0.5, seed=3, groups=2)
+    options = dict(episodes=k, seed=5, max_steps=max_steps, final_obs=True, common_episodes=common)
+    whole, ones = RolloutFitness(make(n * k), **options), RolloutFitness(make(k), probe=LastSeen(), **options)
+    with es.population() as pop:
+        f, g = whole(policy, pop), ones(policy, pop)
+        members = [es.member_state_dict(m) for m in range(n)]
+        start = episode_seed(5, pop.generation, "population")
+    assert torch.equal(f, g) and torch.equal(ones.last_final_obs, whole.last_final_obs)
+    assert torch.equal(ones.last_probe[..., :4], whole.last_final_obs)
+    lengths = set()
+    for m, state in enumerate(members):
+        plain.load_state_dict(state)
+        for e in range(k):
+            final, length = final_alone(plain, start + (e if common else m * k + e), max_steps)
+            assert torch.equal(whole.last_final_obs[m, e], final), (m, e)
+            assert int(ones.last_probe[m, e, 4]) == length
+            lengths.add(length)
+    assert len(lengths) > 3 and min(lengths) < max_steps  # episodes that end at other steps, some before the cut
