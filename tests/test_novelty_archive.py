@@ -74,6 +74,47 @@ def test_a_probe_result_holding_nan_is_refused_in_one_line_naming_the_probe_and_
         RolloutFitness(env, max_steps=5, probe=SomeNaN())(policy, pop)
 
 
+class GymStyle(MeanSpeed):
+    """A probe whose step takes gymnasium's step outputs, not what a rollout passes."""
+
+    def step(self, obs: Tensor, reward: Tensor, done: Tensor, info: dict[str, Any]) -> None:  # type: ignore[override]
+        pass
+
+
+class NoResult(Probe):
+    """A probe that forgot result()."""
+
+    def reset(self, env: Any, obs: Tensor) -> None:
+        pass
+
+    def step(self, actions: Tensor, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
+        pass
+
+
+def test_a_probe_whose_methods_a_rollout_cannot_call_is_refused_before_any_step() -> None:
+    """A probe whose ``step`` takes other arguments than ``(actions, obs, reward, counted, info)``, or that defines no
+    ``result()``, is refused by ``RolloutFitness`` and ``run_episodes`` before the env is stepped, in one line naming
+    the method and the signature to define; one taking ``*args`` passes."""
+    env = make_vector_env(ENV, 4, note=None)
+    stepped = []
+    act = lambda o: stepped.append(1) or torch.zeros(len(o), dtype=torch.long)  # noqa: E731
+    how = r"GymStyle\.step takes other arguments .*define it as def step\(self, actions, obs, reward, counted, info\)"
+    with pytest.raises(TypeError, match=how) as e:
+        RolloutFitness(env, probe=GymStyle())
+    assert "\n" not in str(e.value)
+    with pytest.raises(TypeError, match=how):
+        run_episodes(env, act, seed=0, max_steps=5, probe=GymStyle())
+    with pytest.raises(TypeError, match=r"NoResult defines no result\(\).*def result\(self\)"):
+        run_episodes(env, act, seed=0, max_steps=5, probe=NoResult())
+    assert not stepped
+
+    class Loose(MeanSpeed):
+        def step(self, *args: Any) -> None:
+            super().step(*args)
+
+    assert run_episodes(env, act, seed=0, max_steps=5, probe=Loose()).probe.shape == (4,)
+
+
 class Archive(flipes.Callback):
     """NS-ES's archive: after each generation the center policy's final cart position (one episode, seeded by the
     generation), kept in ``state_dict()`` so that a resume and every MPI rank take it back."""

@@ -8,6 +8,7 @@ observation, a share of steps in some state. :func:`flipes.rl.run_episodes` and 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import Tensor
@@ -62,10 +63,31 @@ class Probe:
         raise NotImplementedError(f"{type(self).__name__} defines no result(): a Probe defines reset, step and result")
 
 
+# the arguments a rollout passes each method, after self
+CALLS = {"reset": ("env", "obs"), "step": ("actions", "obs", "reward", "counted", "info"), "result": ()}
+
+
 def check_probe(probe: Any, who: str) -> Probe | None:
-    """``probe`` where it is ``None`` or a :class:`Probe` instance; a TypeError naming the fix otherwise (a class given
-    for an instance, an object of another kind)."""
-    if probe is None or isinstance(probe, Probe):
+    """``probe`` where it is ``None`` or a :class:`Probe` instance whose methods a rollout can call; a TypeError naming
+    the fix otherwise (a class given for an instance, an object of another kind, a method left undefined or taking
+    other arguments: gymnasium's ``step(obs, reward, done, info)``), before any env is stepped."""
+    if probe is None:
+        return probe
+    if isinstance(probe, Probe):
+        for name, args in CALLS.items():
+            define = f"def {name}({', '.join(('self', *args))})"
+            if getattr(type(probe), name, None) is getattr(Probe, name):
+                problem = f"{type(probe).__name__} defines no {name}()"
+                raise TypeError(f"{who}: {problem}: a Probe defines reset, step and result; {define}")
+            try:
+                inspect.signature(getattr(probe, name)).bind(*args)
+            except TypeError as e:
+                raise TypeError(
+                    f"{who}: {type(probe).__name__}.{name} takes other arguments ({e}); a rollout calls {name}"
+                    f"({', '.join(args)}): define it as {define}"
+                ) from None
+            except ValueError:  # no signature to read (a builtin): the call will say
+                continue
         return probe
     if isinstance(probe, type) and issubclass(probe, Probe):
         raise TypeError(f"{who}: probe is the class {probe.__name__}; pass an instance, probe={probe.__name__}()")
