@@ -115,6 +115,38 @@ def test_a_probe_whose_methods_a_rollout_cannot_call_is_refused_before_any_step(
     assert run_episodes(env, act, seed=0, max_steps=5, probe=Loose()).probe.shape == (4,)
 
 
+class Trajectory(Probe):
+    """Each env's cart positions at every step of the rollout: as many columns as the rollout's longest episode has steps,
+    which differs from part to part."""
+
+    def reset(self, env: Any, obs: Tensor) -> None:
+        self.seen = [obs[:, 0].clone()]
+
+    def step(self, actions: Tensor, obs: Tensor, reward: Tensor, counted: Tensor, info: dict[str, Any]) -> None:
+        self.seen.append(obs[:, 0].clone())
+
+    def result(self) -> Tensor:
+        return torch.stack(self.seen, 1)
+
+
+def test_parts_whose_probe_results_differ_in_shape_are_refused_in_one_line() -> None:
+    """A population rolled out in parts whose probe results have other shapes beyond their rows (trajectories as long as
+    each part's longest episode) cannot be joined into ``last_probe``: a one-line ValueError naming the probe, the shapes
+    and the fix, not torch's error from inside the join; in one pass the same probe is kept as it is."""
+    torch.manual_seed(0)
+    whole, parts = make_vector_env(ENV, 8, note=None), make_vector_env(ENV, 2, note=None)
+    policy = flipes.flipout(MLPPolicy(whole.single_observation_space, whole.single_action_space, hidden=[4]))
+    es = flipes.FlipES(policy, popsize=8, sigma=0.5, seed=3, groups=2)
+    one = RolloutFitness(whole, seed=5, max_steps=60, probe=Trajectory())
+    split = RolloutFitness(parts, seed=5, max_steps=60, probe=Trajectory())
+    with es.population() as pop:
+        one(policy, pop)
+        assert one.last_probe.shape[:2] == (8, 1)
+        with pytest.raises(ValueError, match=r"^Trajectory\.result\(\) returned shapes .*\(2, \d+\) and \(2, \d+\).*pad") as e:
+            split(policy, pop)
+    assert "\n" not in str(e.value)
+
+
 class Archive(flipes.Callback):
     """NS-ES's archive: after each generation the center policy's final cart position (one episode, seeded by the
     generation), kept in ``state_dict()`` so that a resume and every MPI rank take it back."""

@@ -748,7 +748,7 @@ class RolloutFitness:
         returns, unshifted, finals, probes = zip(*parts, strict=True)  # the parts' columns, in member order
         self.last_returns = torch.cat(unshifted)
         self.last_final_obs = torch.cat(finals) if self.final_obs else None
-        self.last_probe = torch.cat(probes) if self.probe is not None else None
+        self.last_probe = None if self.probe is None else _join_probes(self.probe, probes, per_pass)
         return torch.cat(returns)
 
     def _rollout(
@@ -814,6 +814,21 @@ class RolloutFitness:
         final = None if ep.final_obs is None else ep.final_obs.view(n, k, *ep.final_obs.shape[1:])
         probed = None if ep.probe is None else ep.probe.reshape(n, k, *ep.probe.shape[1:])  # a probe's own layout
         return returns.view(n, k).mean(1), unshifted, final, probed
+
+
+def _join_probes(probe: Probe, parts: tuple[Tensor, ...], per_pass: int) -> Tensor:
+    """The parts' probe results ``(part size, K, ...)`` joined in member order; a ValueError naming the probe and the fix
+    where they differ beyond their rows (trajectories as long as each part's longest episode), not torch's from the join."""
+    first = parts[0]
+    other = next((p for p in parts if p.shape[2:] != first.shape[2:]), None)
+    if other is not None:
+        a, b = ((p.shape[0] * p.shape[1], *p.shape[2:]) for p in (first, other))  # as result() returned them: rows = envs
+        raise ValueError(
+            f"{type(probe).__name__}.result() returned shapes {a} and {b} in two parts of the population (rolled out "
+            f"{per_pass} members at a time), which last_probe joins over the members: return one shape beyond the rows "
+            "from every rollout (pad a trajectory to max_steps)"
+        )
+    return torch.cat(parts)
 
 
 def _parts_fit(pop: Population, size: int) -> bool:
