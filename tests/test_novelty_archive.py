@@ -1,6 +1,7 @@
-"""Behaviours for novelty search (NS-ES, Conti et al. 2018) from a rollout's probe, and an archive of them kept across
-generations: a probe's NaN rows are refused where they arise, and an archive held in a callback's ``state_dict()``
-continues a resumed ``flipes.train`` run as if it had never stopped."""
+"""Behaviours for novelty search (NS-ES, Conti et al. 2018) from a rollout's final observations and probes, and an
+archive of them kept across generations: each member's final observation against its explicit weights alone; probes a
+rollout cannot call, NaN results and parts of other shapes refused in one line; an archive held in a callback's
+``state_dict()`` continuing a resumed or 2-process ``flipes.train`` run as one uninterrupted process."""
 
 from __future__ import annotations
 
