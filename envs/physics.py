@@ -30,6 +30,19 @@ from envs.base import TorchVectorEnv, real_option
 Derived = TypeVar("Derived", bound=tuple)  # a NamedTuple of derived quantities
 
 
+def _bounds_in(low: float, high: float, dtype: torch.dtype) -> tuple[float, float]:
+    """The least and the greatest number of ``dtype`` in ``[low, high]``: clamped to them, a draw rounded to ``dtype``
+    stays in its range; where ``dtype`` has no number in it, ``low`` and ``high`` rounded to nearest."""
+
+    def next_toward(x: float, toward: float) -> float:
+        return float(torch.nextafter(torch.tensor(x, dtype=dtype), torch.tensor(toward, dtype=dtype)))
+
+    nearest = float(torch.tensor(low, dtype=dtype)), float(torch.tensor(high, dtype=dtype))
+    lo = next_toward(nearest[0], math.inf) if nearest[0] < low else nearest[0]
+    hi = next_toward(nearest[1], -math.inf) if nearest[1] > high else nearest[1]
+    return (lo, hi) if lo <= hi else nearest
+
+
 class Constant:
     """A physical constant of a :class:`RandomizedPhysics` env, as a class attribute: ``default`` until set, a finite
     number (``positive``: > 0, as a mass or a length) for every env, or one per env."""
@@ -170,7 +183,8 @@ class RandomizedPhysics(TorchVectorEnv):
             else:
                 uk = u[:, k]
             low, high = self._ranges[c.name]
-            value = (low + (high - low) * uk).to(self.dtype)
+            # rounded to float32, a draw near a bound that float32 lacks (0.3) would land past it (0.30000001)
+            value = (low + (high - low) * uk).to(self.dtype).clamp_(*_bounds_in(low, high, self.dtype))
             if redrawn is not None:  # the other envs keep theirs
                 old = torch.as_tensor(self._physics[c.name], dtype=self.dtype, device=self.device)
                 value = torch.where(redrawn, value, old)
