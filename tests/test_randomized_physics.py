@@ -4,10 +4,18 @@ uniform in them and independent of each other and of the neighbouring envs' draw
 from __future__ import annotations
 
 import math
+import re
 
+import gymnasium as gym
+import numpy as np
+import pytest
 import torch
+from helpers import assert_draws_are_seed_functions, assert_each_env_steps_as_its_own
 
+import envs
 from envs import CartPoleVectorEnv
+from flipes.rl import make_vector_env
+from flipes.rl.envs import EnvOptionError
 
 # ranges of a few float32 numbers between bounds that float32 lacks, rounding outward (past the range) or inward
 NARROW = {
@@ -50,3 +58,83 @@ def test_draws_are_uniform_in_the_range_and_independent_across_constants_and_env
     pairs = [(u[:, 0], u[:, 1]), (u[:, 1], u[:, 2]), (u[:, 0], u[:, 2]), (u[:-1, 0], u[1:, 0]), (u[:-1, 1], u[1:, 1])]
     for a, b in pairs:
         assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1]) < 0.04
+
+
+PENDULUM_RANGES = {"g_range": [2.0, 15.0], "m_range": [0.5, 2.0], "l_range": [0.5, 1.5]}
+
+
+@pytest.mark.parametrize("physics", [{"m": 1.7}, {"l": 0.6}, {"g": 12.0, "m": 0.7, "l": 1.3}], ids=str)
+def test_pendulum_fixed_g_m_l_match_gymnasiums_env_with_the_same_attributes(physics: dict[str, float]) -> None:
+    """Every transition of Pendulum made with non-default ``g``, ``m`` and ``l``, from 1024 states (θ in [-2π, 2π],
+    θ̇ in [-8, 8]) and torques beyond ±2 (clipped), equals gymnasium's ``PendulumEnv`` with those attributes set by hand
+    stepped from the same state and action (float64 both: within 1e-12; observations and rewards float32, within
+    1e-6), and differs from gymnasium's default pendulum (the constants reach the dynamics)."""
+    n, gen = 256, torch.Generator().manual_seed(0)
+    ref, default = gym.make("Pendulum-v1").unwrapped, gym.make("Pendulum-v1").unwrapped
+    for name, value in physics.items():
+        assert hasattr(ref, name)
+        setattr(ref, name, value)
+    env = make_vector_env("flipes/Pendulum-v1", n, note=None, **physics).unwrapped
+    env.reset(seed=0)
+    moved = 0
+    for _ in range(4):
+        env.state = torch.stack(
+            [torch.rand(n, generator=gen) * 4 * math.pi - 2 * math.pi, torch.rand(n, generator=gen) * 16 - 8], 1
+        )
+        states = env.state.clone()
+        actions = torch.rand(n, 1, generator=gen, dtype=torch.float64) * 6 - 3
+        obs, reward = env.step(actions)[:2]
+        for i in range(n):
+            ref.state = default.state = states[i].numpy().copy()
+            their_obs, their_reward = ref.step(actions[i].numpy())[:2]
+            np.testing.assert_allclose(env.state[i].numpy(), ref.state, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(obs[i].numpy(), their_obs, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(float(reward[i]), their_reward, rtol=1e-6, atol=1e-6)
+            default.step(actions[i].numpy())
+            moved += not np.allclose(default.state, env.state[i].numpy(), rtol=1e-9, atol=1e-9)
+    assert moved >= n * 4 // 2
+
+
+def test_pendulum_declares_gymnasiums_g_m_l_in_draw_order() -> None:
+    """Pendulum's randomizable constants are gymnasium's ``PendulumEnv`` attributes ``g``, ``m``, ``l`` with its
+    defaults, in that order, which fixes the SplitMix64 output each draws from (``g`` first, as before ``m`` and ``l``
+    were options); envs 4..7 of 8 reset with s draw what an env of 4 reset with s + 4 draws."""
+    ref = gym.make("Pendulum-v1").unwrapped
+    assert [(c.name, c.default) for c in envs.PendulumVectorEnv.constants] == [(k, getattr(ref, k)) for k in "gml"]
+    assert_draws_are_seed_functions(envs.PendulumVectorEnv, PENDULUM_RANGES, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pendulum_env_n_with_drawn_g_m_l_steps_exactly_as_one_env_made_with_its_values(dtype: torch.dtype) -> None:
+    """Env n of a Pendulum whose ranges drew ``g``, ``m`` and ``l`` gives, for 20 steps from random states and torques,
+    exactly the next state, observation and reward of a one-env Pendulum made with ``float(env.g[n])``, ``m``, ``l``
+    (bit for bit, float64 and float32; 37 envs), and the draws differ between envs."""
+    n, gen = 37, torch.Generator().manual_seed(0)
+    env = envs.PendulumVectorEnv(n, dtype=dtype, **PENDULUM_RANGES)
+    env.reset(seed=0)
+    assert all(len(set(getattr(env, k).tolist())) == n for k in "gml")
+    singles = [envs.PendulumVectorEnv(1, dtype=dtype, **{k: float(getattr(env, k)[i]) for k in "gml"}) for i in range(n)]
+    for single in singles:
+        single.reset(seed=0)
+    for _ in range(20):
+        states = torch.stack([torch.rand(n, generator=gen) * 4 - 2, torch.rand(n, generator=gen) * 16 - 8], 1).to(dtype)
+        assert_each_env_steps_as_its_own(env, singles, states, torch.rand(n, 1, generator=gen) * 6 - 3)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"m": 0.0}, "m must be a finite number > 0, got 0.0"),
+        ({"l": -1.0}, "l must be a finite number > 0, got -1.0"),
+        ({"l_range": [1.5, 0.5]}, "l_range must be [low, high] with low <= high, got [1.5, 0.5]"),
+        ({"m_range": [float("nan"), 1.0]}, "m_range's low must be a finite number > 0, got nan"),
+        ({"m": 1.0, "m_range": [0.5, 2.0]}, "m and m_range were both given"),
+    ],
+)
+def test_pendulum_bad_m_l_are_one_line_naming_the_option(options: dict, message: str) -> None:
+    """A mass or length out of its domain, a range not two increasing such numbers, or a constant given both fixed
+    and as a range is an error naming the option and the value; through ``make_vector_env`` an EnvOptionError."""
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        envs.PendulumVectorEnv(2, **options)
+    with pytest.raises(EnvOptionError, match=re.escape(message)):
+        make_vector_env("flipes/Pendulum-v1", 2, note=None, **options)
