@@ -95,8 +95,10 @@ class Range:
     def __get__(self, env: RandomizedPhysics | None, owner: type | None = None) -> Any:
         return self if env is None else env._ranges[self.constant.name]
 
-    def __set__(self, env: RandomizedPhysics, value: Sequence[float] | None) -> None:
+    def __set__(self, env: RandomizedPhysics, value: Sequence[float] | np.ndarray | Tensor | None) -> None:
         name = self.constant.name
+        if isinstance(value, np.ndarray | Tensor) and value.shape == (2,):  # a curriculum's bounds computed in numpy
+            value = value.tolist()
         if value is not None:
             if not isinstance(value, list | tuple) or len(value) != 2:
                 raise ValueError(f"{name}_range must be [low, high], two numbers (or None for one {name}), got {value!r}")

@@ -138,3 +138,17 @@ def test_pendulum_bad_m_l_are_one_line_naming_the_option(options: dict, message:
         envs.PendulumVectorEnv(2, **options)
     with pytest.raises(EnvOptionError, match=re.escape(message)):
         make_vector_env("flipes/Pendulum-v1", 2, note=None, **options)
+
+
+def test_a_curriculum_may_set_a_range_from_numpy_or_torch_bounds() -> None:
+    """A range set from two bounds held in a numpy array or a tensor (a curriculum computing them) is that range as a
+    list gives it: the same ``(low, high)`` and the same draws; an array of another shape is still refused."""
+    env, plain = envs.PendulumVectorEnv(6), envs.PendulumVectorEnv(6, g_range=[8.0, 12.0])
+    plain.reset(seed=2)
+    for bounds in (np.array([8.0, 12.0]), torch.tensor([8.0, 12.0]), np.array([8, 12], dtype=np.int64)):
+        env.g_range = bounds
+        assert env.g_range == (8.0, 12.0) and all(type(b) is float for b in env.g_range)
+        env.reset(seed=2)
+        assert torch.equal(env.g, plain.g)
+    with pytest.raises(ValueError, match=r"^g_range must be \[low, high\], two numbers"):
+        env.g_range = np.array([8.0, 10.0, 12.0])
