@@ -152,3 +152,26 @@ def test_a_curriculum_may_set_a_range_from_numpy_or_torch_bounds() -> None:
         assert torch.equal(env.g, plain.g)
     with pytest.raises(ValueError, match=r"^g_range must be \[low, high\], two numbers"):
         env.g_range = np.array([8.0, 10.0, 12.0])
+
+
+@pytest.mark.parametrize(
+    ("env_id", "options", "twin"),
+    [
+        ("CartPole-v1", {"length_range": [0.25, 1.0]}, "flipes/CartPole-v1"),
+        ("gymnasium:Pendulum-v1", {"g": 12.0, "m_range": [0.5, 2.0]}, "flipes/Pendulum-v1"),
+        ("MountainCarContinuous-v0", {"power": 0.002}, "flipes/MountainCarContinuous-v0"),
+    ],
+)
+def test_a_physics_option_given_to_gymnasiums_env_names_the_flipes_env_that_takes_it(
+    env_id: str, options: dict, twin: str
+) -> None:
+    """A physical constant or its range that only flipes' torch env of the id takes (domain randomization), given to
+    gymnasium's or EnvPool's env, is one line: the engine's refusal, then the flipes id that takes it; an option
+    that neither takes gets no such hint."""
+    with pytest.raises(EnvOptionError) as e:
+        make_vector_env(env_id, 2, note=None, **options)
+    said = str(e.value)
+    assert "\n" not in said and "takes no option" in said and said.endswith(f"; {twin} takes it (--env {twin})"), said
+    with pytest.raises(EnvOptionError) as e:
+        make_vector_env(env_id, 2, note=None, **{"nonsense": 1.0})
+    assert "flipes/" not in str(e.value)

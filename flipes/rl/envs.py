@@ -59,7 +59,12 @@ class EnvError(ValueError):
 class EnvOptionError(EnvError):
     """A constructor option of an env (``make_vector_env``'s ``**kwargs``, ``--env-kwargs``) that the env does not
     take, that flipes sets itself, or whose value the env refused; the message names the env, its engine and the
-    option, and the options it takes where they are known."""
+    option, and the options it takes where they are known. ``option``: the option it does not take, where that is
+    the refusal."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 # constructor options that a run sets itself, and what sets them: --env-kwargs may not give them (config.validate)
@@ -149,7 +154,8 @@ def _unknown_option(
     valid = sorted(takes - set(OWN_OPTIONS) - set(ENVPOOL_OWN if engine == "EnvPool" else ()))
     close = difflib.get_close_matches(unknown[0], valid, n=3)
     guess = f"did you mean {', '.join(close)}? " if close else ""
-    return EnvOptionError(f"{name} ({engine}) takes no option {unknown[0]!r}; {guess}its options: {', '.join(valid) or 'none'}")
+    options = ", ".join(valid) or "none"
+    return EnvOptionError(f"{name} ({engine}) takes no option {unknown[0]!r}; {guess}its options: {options}", unknown[0])
 
 
 def _gymnasium_refusal(name: str, kwargs: Mapping[str, Any], envpool: EnvOptionError) -> EnvOptionError | None:
@@ -162,7 +168,7 @@ def _gymnasium_refusal(name: str, kwargs: Mapping[str, Any], envpool: EnvOptionE
         return envpool
     takes = _creator_options(spec.entry_point) if spec.entry_point is not None else None
     refused = _unknown_option(name, "gymnasium", kwargs, takes, GYMNASIUM_MAKE)
-    return None if refused is None else EnvOptionError(f"{refused}; and {envpool}")
+    return None if refused is None else EnvOptionError(f"{refused}; and {envpool}", refused.option)
 
 
 def gymnasium_entry_options(name: str) -> frozenset[str] | None:
@@ -411,6 +417,11 @@ def make_vector_env(
         env = _engine_env(env_id, num_envs, device, threads, note, **kwargs)
     except SpaceError as e:
         raise EnvError(f"{env_id!r}: {e}") from None
+    except EnvOptionError as e:  # a physical constant or its range given to gymnasium's or EnvPool's env: flipes' takes it
+        twin = _flipes_twin(env_id, e.option)
+        if twin is None:
+            raise
+        raise EnvOptionError(f"{e}; {twin} takes it (--env {twin})", e.option) from None
     except (EnvError, UsageError):
         raise
     # how engines refuse an option's value: a missing file (a MuJoCo xml_file) is an OSError, EnvPool's C++ a RuntimeError,
@@ -428,6 +439,21 @@ def make_vector_env(
         what = f"{base_id(env_id)}'s {type(source).__name__} observations are flattened into one Box"
         note(f"{what} of {env.single_observation_space.shape[0]} ({layout(source)})")
     return env
+
+
+def _flipes_twin(env_id: str, option: str | None) -> str | None:
+    """The ``flipes/`` id of ``env_id``'s env where it takes ``option``, which ``env_id``'s engine refused (CartPole's
+    ``length_range``: domain randomization is flipes' torch envs'); None where there is none."""
+    name = registered_id(env_id)[1]
+    if option is None or name.startswith("flipes/"):
+        return None
+    import envs  # noqa: F401  registers the flipes/ ids with gymnasium
+
+    twin = f"flipes/{name}"
+    if twin not in gym.registry:
+        return None
+    takes = _creator_options(gym.spec(twin).vector_entry_point)
+    return twin if takes is not None and option in takes else None
 
 
 def _engine_env(
