@@ -27,14 +27,14 @@ NARROW = {
 }
 
 
-def test_float32_draws_lie_in_their_ranges() -> None:
+def test_float32_draws_lie_in_their_ranges(device: torch.device) -> None:
     """A float32 env's draws, rounded to float32 from ranges whose bounds float32 cannot hold, still lie in
     ``[low, high]`` (compared exactly, in float64), and near both bounds: rounded to nearest, some would land just past
     a bound (0.3 rounds to 0.30000001)."""
-    env = CartPoleVectorEnv(4096, dtype=torch.float32, **NARROW)
+    env = CartPoleVectorEnv(4096, dtype=torch.float32, device=device, **NARROW)
     env.reset(seed=3)
     for name, (low, high) in NARROW.items():
-        drawn = getattr(env, name.removesuffix("_range")).double()
+        drawn = getattr(env, name.removesuffix("_range")).double().cpu()
         assert drawn.dtype == torch.float64 and drawn.shape == (4096,)
         assert bool((drawn >= low).all()) and bool((drawn <= high).all()), (name, drawn.min().item(), drawn.max().item())
 
@@ -95,30 +95,34 @@ def test_pendulum_fixed_g_m_l_match_gymnasiums_env_with_the_same_attributes(phys
     assert moved >= n * 4 // 2
 
 
-def test_pendulum_declares_gymnasiums_g_m_l_in_draw_order() -> None:
+def test_pendulum_declares_gymnasiums_g_m_l_in_draw_order(device: torch.device) -> None:
     """Pendulum's randomizable constants are gymnasium's ``PendulumEnv`` attributes ``g``, ``m``, ``l`` with its
     defaults, in that order, which fixes the SplitMix64 output each draws from (``g`` first, as before ``m`` and ``l``
     were options); envs 4..7 of 8 reset with s draw what an env of 4 reset with s + 4 draws."""
     ref = gym.make("Pendulum-v1").unwrapped
     assert [(c.name, c.default) for c in envs.PendulumVectorEnv.constants] == [(k, getattr(ref, k)) for k in "gml"]
-    assert_draws_are_seed_functions(envs.PendulumVectorEnv, PENDULUM_RANGES, torch.device("cpu"))
+    assert_draws_are_seed_functions(envs.PendulumVectorEnv, PENDULUM_RANGES, device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_pendulum_env_n_with_drawn_g_m_l_steps_exactly_as_one_env_made_with_its_values(dtype: torch.dtype) -> None:
+def test_pendulum_env_n_with_drawn_g_m_l_steps_exactly_as_one_env_made_with_its_values(
+    dtype: torch.dtype, device: torch.device
+) -> None:
     """Env n of a Pendulum whose ranges drew ``g``, ``m`` and ``l`` gives, for 20 steps from random states and torques,
     exactly the next state, observation and reward of a one-env Pendulum made with ``float(env.g[n])``, ``m``, ``l``
     (bit for bit, float64 and float32; 37 envs), and the draws differ between envs."""
     n, gen = 37, torch.Generator().manual_seed(0)
-    env = envs.PendulumVectorEnv(n, dtype=dtype, **PENDULUM_RANGES)
+    env = envs.PendulumVectorEnv(n, dtype=dtype, device=device, **PENDULUM_RANGES)
     env.reset(seed=0)
     assert all(len(set(getattr(env, k).tolist())) == n for k in "gml")
-    singles = [envs.PendulumVectorEnv(1, dtype=dtype, **{k: float(getattr(env, k)[i]) for k in "gml"}) for i in range(n)]
+    made = [{k: float(getattr(env, k)[i]) for k in "gml"} for i in range(n)]
+    singles = [envs.PendulumVectorEnv(1, dtype=dtype, device=device, **physics) for physics in made]
     for single in singles:
         single.reset(seed=0)
     for _ in range(20):
         states = torch.stack([torch.rand(n, generator=gen) * 4 - 2, torch.rand(n, generator=gen) * 16 - 8], 1).to(dtype)
-        assert_each_env_steps_as_its_own(env, singles, states, torch.rand(n, 1, generator=gen) * 6 - 3)
+        actions = torch.rand(n, 1, generator=gen) * 6 - 3
+        assert_each_env_steps_as_its_own(env, singles, states.to(device), actions.to(device))
 
 
 @pytest.mark.parametrize(
