@@ -1,9 +1,9 @@
 """Pendulum-v1 in batched torch: gymnasium's ``PendulumEnv``, step for step.
 
-Same constants (``g``, ``m`` and ``l`` options: fixed, or drawn per env at every reset, see :mod:`envs.physics`), torque
-clipped to [-2, 2], angular velocity clipped to [-8, 8], semi-implicit
-Euler step of 0.05 s, reward -(θ² + 0.1 θ̇² + 0.001 u²) of the state before the step (θ normalized
-to [-π, π)), never terminates, initial state uniform in [-π, π] × [-1, 1].
+Same constants (``g``, ``m`` and ``l`` options: fixed, or drawn per env at every reset, see :mod:`envs.physics`),
+torque clipped to [-2, 2], angular velocity clipped to [-8, 8], semi-implicit Euler step of 0.05 s, reward
+-(θ² + 0.1 θ̇² + 0.001 u²) of the state before the step (θ normalized to [-π, π)), never terminates, initial state
+uniform in [-π, π] × [-1, 1].
 """
 
 from __future__ import annotations
