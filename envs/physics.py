@@ -31,16 +31,15 @@ Derived = TypeVar("Derived", bound=tuple)  # a NamedTuple of derived quantities
 
 
 def _bounds_in(low: float, high: float, dtype: torch.dtype) -> tuple[float, float]:
-    """The least and the greatest number of ``dtype`` in ``[low, high]``: clamped to them, a draw rounded to ``dtype``
-    stays in its range; where ``dtype`` has no number in it, ``low`` and ``high`` rounded to nearest."""
-
-    def next_toward(x: float, toward: float) -> float:
-        return float(torch.nextafter(torch.tensor(x, dtype=dtype), torch.tensor(toward, dtype=dtype)))
-
-    nearest = float(torch.tensor(low, dtype=dtype)), float(torch.tensor(high, dtype=dtype))
-    lo = next_toward(nearest[0], math.inf) if nearest[0] < low else nearest[0]
-    hi = next_toward(nearest[1], -math.inf) if nearest[1] > high else nearest[1]
-    return (lo, hi) if lo <= hi else nearest
+    """The least and the greatest number of ``dtype`` (float32 or float64, an env's) in ``[low, high]``: clamped to them,
+    a draw rounded to ``dtype`` stays in its range; where ``dtype`` has no number in it, ``low`` and ``high`` rounded to
+    nearest."""
+    if dtype == torch.float64:  # the bounds are Python floats already
+        return low, high
+    nearest = np.float32(low), np.float32(high)  # compared below as Python floats: numpy would compare in float32
+    lo = np.nextafter(nearest[0], np.float32(math.inf)) if float(nearest[0]) < low else nearest[0]
+    hi = np.nextafter(nearest[1], np.float32(-math.inf)) if float(nearest[1]) > high else nearest[1]
+    return (float(lo), float(hi)) if lo <= hi else (float(nearest[0]), float(nearest[1]))
 
 
 class Constant:
