@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +15,7 @@ from helpers import assert_draws_are_seed_functions, assert_each_env_steps_as_it
 
 import envs
 from envs import CartPoleVectorEnv
+from envs.physics import Constant, RandomizedPhysics, Range
 from flipes.rl import make_vector_env
 from flipes.rl.envs import EnvOptionError
 
@@ -179,3 +181,57 @@ def test_a_physics_option_given_to_gymnasiums_env_names_the_flipes_env_that_take
     with pytest.raises(EnvOptionError) as e:
         make_vector_env(env_id, 2, note=None, **{"nonsense": 1.0})
     assert "flipes/" not in str(e.value)
+
+
+class Slide(RandomizedPhysics):
+    """A point sliding with friction, randomized: an env of one's own built on envs/physics.py."""
+
+    state_dim = 2
+    friction = Constant(0.1, positive=True)
+    friction_range = Range(friction)
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        max_episode_steps: int = 50,
+        device: str = "cpu",
+        friction: float | None = None,
+        friction_range: list[float] | None = None,
+    ) -> None:
+        obs, act = gym.spaces.Box(-5, 5, (2,), np.float32), gym.spaces.Box(-1, 1, (1,), np.float32)
+        super().__init__(num_envs, max_episode_steps, device, torch.float64, obs, act)
+        self._init_physics({"friction": friction, "friction_range": friction_range})
+
+    def dynamics(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        velocity = state[:, 1] * (1 - self.friction) + 0.1 * action
+        return torch.stack([state[:, 0] + 0.1 * velocity, velocity], 1)
+
+    def _reward_terminated(self, state: torch.Tensor, action: torch.Tensor, next_state: torch.Tensor) -> Any:
+        return -next_state[:, 0].abs().float(), torch.zeros(self.num_envs, dtype=torch.bool)
+
+    def _observe(self, state: torch.Tensor) -> torch.Tensor:
+        return state.float().clone()
+
+    def _initial_range(self, options: Any) -> tuple[list[float], list[float]]:
+        return [-1.0, 0.0], [1.0, 0.0]
+
+
+def test_a_curriculum_reaches_an_own_envs_physics_through_make_vector_envs_wrapper() -> None:
+    """An env of one's own with physics options, which ``make_vector_env`` wraps (torch in and out), takes a range or a
+    constant set on the wrapper, as flipes' envs (returned unwrapped) do: the next reset draws every env in the new
+    range, and the wrapper reads back what the env holds; other attributes stay the wrapper's own."""
+    gym.register("test_randomized/Slide-v0", vector_entry_point=Slide)
+    try:
+        env = make_vector_env("test_randomized/Slide-v0", 6, note=None, friction_range=[0.05, 0.2])
+        assert env is not env.unwrapped
+        env.friction_range = [0.5, 0.6]  # a curriculum's step
+        env.reset(seed=1)
+        assert env.unwrapped.friction_range == env.friction_range == (0.5, 0.6)
+        assert bool(((env.unwrapped.friction >= 0.5) & (env.unwrapped.friction <= 0.6)).all())
+        assert torch.equal(env.friction, env.unwrapped.friction)
+        env.friction_range, env.friction = None, 0.3
+        assert env.unwrapped.friction == 0.3
+        with pytest.raises(AttributeError, match="has no attribute 'gravity'"):
+            env.gravity  # noqa: B018
+    finally:
+        gym.registry.pop("test_randomized/Slide-v0")

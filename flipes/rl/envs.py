@@ -309,6 +309,19 @@ class NumpyToTorch(gym.vector.VectorWrapper):
             return x if self.device is None else x.to(self.device)
         return torch.as_tensor(np.asarray(x), device=self.device or "cpu")  # not the default device: numpy data is on the host
 
+    # an own env's physical constants and ranges (envs/physics.py) read and set through the wrapper, as on flipes' envs,
+    # which make_vector_env returns unwrapped: set on the wrapper alone, a curriculum's range would change nothing
+    def __getattr__(self, name: str) -> Any:  # only for what the wrapper lacks
+        if _physics_option(self.__dict__.get("env"), name):
+            return getattr(self.env.unwrapped, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if _physics_option(self.__dict__.get("env"), name):
+            setattr(self.env.unwrapped, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def observations(self, obs: Any) -> Tensor:
         """The env's observations as this wrapper returns them: a tensor, Dict and Tuple ones flattened."""
         if isinstance(self.source_observation_space, STRUCTURED):
@@ -330,6 +343,15 @@ class NumpyToTorch(gym.vector.VectorWrapper):
         check_step(out, self.env, outputs_only=True)  # the rest is checked where the rollout reads it
         obs, reward, terminated, truncated, info = out
         return self.observations(obs), self._torch(reward), self._torch(terminated), self._torch(truncated), info
+
+
+def _physics_option(env: gym.vector.VectorEnv | None, name: str) -> bool:
+    """Whether ``name`` is a physical constant or its range (:mod:`envs.physics`) of ``env``'s unwrapped env."""
+    if env is None or name.startswith("_"):
+        return False
+    from envs.physics import Constant, Range
+
+    return isinstance(getattr(type(env.unwrapped), name, None), Constant | Range)
 
 
 def available_cores(ranks_on_node: int = 1) -> int:
