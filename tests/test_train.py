@@ -171,8 +171,9 @@ def test_registered_reward_threshold_stops_training_and_target_none_does_not(
     again = flipes.train(env="flipes/CartPole-v1", out=str(tmp_path / "auto"), resume="auto", progress=False)  # a requeue
     assert again.reason.startswith("solved") and "before this resume" in again.reason and again.metrics == []
     assert before == ((tmp_path / "auto" / "metrics.jsonl").read_bytes(), (tmp_path / "auto" / "checkpoint.pt").read_bytes())
-    n = len(auto.metrics) + 4
-    free = flipes.train(env="flipes/CartPole-v1", seed=0, target=None, generations=n, out=str(tmp_path / "none"), progress=False)
+    n = len(auto.metrics) + 1  # a generation past the one whose evaluation passed 475
+    free = flipes.train(env="flipes/CartPole-v1", seed=0, target=None, generations=n, out=str(tmp_path / "none"), progress=False,
+                        tensorboard=False, plot=False)  # fmt: skip
     assert free.reason == "generations" and len(free.metrics) == n
     assert free.metrics[: len(auto.metrics)] != [] and free.metrics[len(auto.metrics) - 1]["eval_return"] >= 475
     assert [r["params_sha256"] for r in free.metrics[: len(auto.metrics)]] == [r["params_sha256"] for r in auto.metrics]
@@ -1353,22 +1354,24 @@ def test_an_optimizer_function_with_its_own_lr_is_said_to_leave_lr_unused(tmp_pa
 def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``python quadscript.py`` records its functions as ``__main__[quadscript]:...``; another program
-    that imports that script and gives the same functions continues the run bit for bit (recording
-    their importable names), the script run again continues it without giving them, and a function
+    """``python quadscript.py`` records its functions as ``__main__[quadscript]:...`` and, resuming the run without
+    giving them, finds them (a lookup in the running script, the same in the process that started the run as in
+    another); another program that imports that script and gives the same functions continues the run bit for bit
+    (recording their importable names), the script run again continues it without giving them, and a function
     of another name, or of the same name in another module, is refused. Resumed without them, the error names them as
     that program gives them (``model=quadscript.make_model``)."""
     script = QUADRATIC_MODULE + (
         "\ndef other_model(env):\n    return make_model(env)\n\nif __name__ == '__main__':\n    import flipes, sys\n"
-        "    given = {'model': make_model, 'fitness': fitness} if sys.argv[3] == 'new' else {'resume': sys.argv[1]}\n"
-        "    flipes.train(**given, env='none', popsize=8, generations=int(sys.argv[2]), out=sys.argv[1],"
+        "    for generations, how in zip(sys.argv[2::2], sys.argv[3::2]):  # (generations, new|resume) pairs\n"
+        "        given = {'model': make_model, 'fitness': fitness} if how == 'new' else {'resume': sys.argv[1]}\n"
+        "        flipes.train(**given, env='none', popsize=8, generations=int(generations), out=sys.argv[1],"
         " progress=False, tensorboard=False, plot=False)\n"
     )
     (tmp_path / "quadscript.py").write_text(script)
     (tmp_path / "othertask.py").write_text(QUADRATIC_MODULE)
     run = [sys.executable, "quadscript.py", str(tmp_path / "b")]
-    subprocess.run([*run, "3", "new"], cwd=tmp_path, check=True, timeout=120)
-    subprocess.run([*run, "4", "resume"], cwd=tmp_path, check=True, timeout=120)  # the script finds its own
+    # the resume finds the script's own functions (one process: each start costs seconds of imports)
+    subprocess.run([*run, "3", "new", "4", "resume"], cwd=tmp_path, check=True, timeout=120)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["model"] == "__main__[quadscript]:make_model"
     monkeypatch.syspath_prepend(str(tmp_path))
     import othertask
