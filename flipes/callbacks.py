@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -21,9 +21,6 @@ import torch
 from flipes.checkpoint import discard, resume_hint, save_checkpoint
 from flipes.errors import StorageError, UsageError, os_reason
 from flipes.progress import Progress
-
-if TYPE_CHECKING:
-    from flipes.train_state import TrainState
 
 
 class Callback:
@@ -579,3 +576,8 @@ class CurvePlotter(Callback):
             raise StorageError(f"cannot write {self.path} ({os_reason(e)}); the run's checkpoints are whole (the last "
                                f"good one is {state.run_dir / 'checkpoint.pt'}): flipes plot {state.run_dir} draws the "
                                "curves once it can be written") from None  # fmt: skip
+
+
+# bound at run time, not only for a type checker, so typing.get_type_hints resolves the hooks' annotations; imported last:
+# flipes.train_state imports Callback from this module
+from flipes.train_state import TrainState  # noqa: E402

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from flipes.dist import Comm  # at run time too: typing.get_type_hints(RunningNorm.update) resolves it
 from flipes.errors import UsageError, caller_stacklevel
-
-if TYPE_CHECKING:
-    from flipes.dist import Comm
 
 
 def _compiling() -> bool:

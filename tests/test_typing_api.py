@@ -1,0 +1,171 @@
+"""What a type checker and ``help()`` read of flipes' public API: annotations that resolve at run time, docstring Args
+that name the signature's parameters, and no catch-all ``__getattr__`` that would type a misspelt name instead of
+flagging it. No type checker runs here: these are the properties one relies on."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import typing
+from collections.abc import Callable, Iterator
+from types import ModuleType
+
+import pytest
+import torch
+from helpers import ROOT
+
+import flipes
+import flipes.callbacks
+import flipes.nn
+import flipes.optim
+import flipes.rl
+import flipes.search
+import flipes.shaping
+
+MODULES = [flipes, flipes.nn, flipes.rl, flipes.shaping, flipes.optim, flipes.search, flipes.callbacks]
+
+
+def _ours(value: object) -> bool:
+    return (inspect.isclass(value) or inspect.isfunction(value)) and getattr(value, "__module__", "").startswith("flipes")
+
+
+def _public_callables() -> Iterator[tuple[str, Callable[..., object]]]:
+    """Each public function and class of the modules above, and each public method and property of those classes that
+    flipes defines (a torch parent's own methods are torch's), once each."""
+    seen: set[int] = set()
+    for module in MODULES:
+        names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+        for name in names:
+            value = getattr(module, name)
+            if not _ours(value) or id(value) in seen:
+                continue
+            seen.add(id(value))
+            yield f"{module.__name__}.{name}", value
+            if inspect.isclass(value):
+                for attr, member in vars(value).items():
+                    if attr.startswith("_") and attr != "__init__":
+                        continue
+                    func = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                    if inspect.isfunction(func) and func.__module__.startswith("flipes") and id(func) not in seen:
+                        seen.add(id(func))
+                        yield f"{module.__name__}.{name}.{attr}", func
+
+
+PUBLIC = list(_public_callables())
+
+
+def test_the_public_api_is_collected() -> None:
+    """The walk reaches the names a user calls (else the tests below would pass on nothing)."""
+    names = {name for name, _ in PUBLIC}
+    wanted = ["flipes.FlipES.tell", "flipes.train", "flipes.Callback.on_generation", "flipes.rl.RunningNorm.update",
+                "flipes.flipout", "flipes.nn.FlipoutLinear", "flipes.shaping.centered_ranks", "flipes.optim.ClipUp"]  # fmt: skip
+    for expected in wanted:
+        assert expected in names, expected
+
+
+@pytest.mark.parametrize("name,func", PUBLIC, ids=[name for name, _ in PUBLIC])
+def test_annotations_resolve_at_run_time(name: str, func: Callable[..., object]) -> None:
+    """``typing.get_type_hints`` evaluates every annotation of a public callable: each name an annotation uses is bound
+    in its module at run time, not only under ``if TYPE_CHECKING`` (where pydantic, typer, jsonargparse or
+    ``inspect.get_annotations(eval_str=True)`` fail with a NameError)."""
+    target = func.__init__ if inspect.isclass(func) and "__init__" in vars(func) else func
+    if inspect.isclass(target):
+        return  # a class without an __init__ of its own: its parent's (torch's, or one reached above)
+    hints = typing.get_type_hints(target)
+    assert isinstance(hints, dict)
+
+
+def _documented_args(doc: str) -> list[str]:
+    """The parameter names of a Google-style ``Args:`` section (``device, dtype: ...`` names two)."""
+    lines, names, i = inspect.cleandoc(doc).splitlines(), [], 0
+    while i < len(lines):
+        if lines[i].strip() not in ("Args:", "Arguments:", "Keyword Args:"):
+            i += 1
+            continue
+        base, entry_indent, i = len(lines[i]) - len(lines[i].lstrip()), None, i + 1
+        while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > base):
+            line = lines[i]
+            indent = len(line) - len(line.lstrip())
+            if line.strip():
+                entry_indent = indent if entry_indent is None else entry_indent
+                match = re.match(r"\s*([\w*, ]+?)\s*(\([^)]*\))?:", line)
+                if indent == entry_indent and match:
+                    names += [n.strip().lstrip("*") for n in match.group(1).split(",")]
+            i += 1
+    return names
+
+
+def test_the_args_parser_reads_google_style() -> None:
+    """The parser above reads one name, two names on one entry and a ``**kwargs`` entry, and skips continuations."""
+    doc = """Summary.
+
+        Args:
+            alpha: one
+                continued: not a name
+            device, dtype (optional): two
+            **kwargs: given on
+
+        Returns:
+            beta: not an argument
+        """
+    assert _documented_args(doc) == ["alpha", "device", "dtype", "kwargs"]
+
+
+@pytest.mark.parametrize("name,func", PUBLIC, ids=[name for name, _ in PUBLIC])
+def test_docstring_args_are_the_signature_parameters(name: str, func: Callable[..., object]) -> None:
+    """Where a public callable's docstring has an ``Args:`` section (``help()`` shows it), it names each parameter of
+    the signature and no other: a renamed or added parameter is documented under its own name."""
+    documented = _documented_args(func.__doc__ or "")
+    if not documented:
+        return
+    parameters = inspect.signature(func).parameters
+    variadic = {p.name for p in parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    named = [p for p in parameters if p not in ("self", "cls") and p not in variadic]
+    assert not set(documented) - set(named) - variadic, f"documented but not parameters: {set(documented) - set(named)}"
+    assert not set(named) - set(documented), f"parameters not documented: {set(named) - set(documented)}"
+
+
+def _getattr_defs(module: ModuleType) -> list[tuple[ast.FunctionDef, list[ast.AST]]]:
+    """Each ``def __getattr__`` of a module's file, with the chain of nodes that encloses it."""
+    found: list[tuple[ast.FunctionDef, list[ast.AST]]] = []
+
+    def walk(node: ast.AST, parents: list[ast.AST]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef) and child.name == "__getattr__":
+                found.append((child, parents))
+            walk(child, [*parents, child])
+
+    walk(ast.parse(inspect.getsource(module)), [])
+    return found
+
+
+def _only_raises(func: ast.FunctionDef) -> bool:
+    return not any(isinstance(node, ast.Return) for node in ast.walk(func))
+
+
+@pytest.mark.parametrize("module_name", ["flipes", "flipes.es.population"])
+def test_a_getattr_that_only_raises_is_hidden_from_type_checkers(module_name: str) -> None:
+    """A ``__getattr__`` that returns nothing (it only words an AttributeError) sits under ``if not TYPE_CHECKING``: a
+    type checker that sees one types every unknown name through it (``flipes.FlipE``, ``from flipes import FlipEs``,
+    ``es.population().size``) instead of reporting it, as Python does at run time."""
+    import importlib
+
+    module = importlib.import_module(module_name)
+    defs = [(func, parents) for func, parents in _getattr_defs(module) if _only_raises(func)]
+    assert defs, module_name
+    for func, parents in defs:
+        guards = [p for p in parents if isinstance(p, ast.If)]
+        hidden = any(ast.unparse(g.test) == "not TYPE_CHECKING" and func in g.body for g in guards)
+        assert hidden, f"{module_name}:{func.lineno}: def __getattr__ outside `if not TYPE_CHECKING:`"
+
+
+def test_the_hidden_getattrs_still_word_the_error_at_run_time() -> None:
+    """At run time the hidden ``__getattr__`` still runs: another library's class name says what flipes runs instead,
+    and an attribute read on ``es.population()`` (the block, not the population) says to write ``with ... as pop``."""
+    with pytest.raises(AttributeError, match="flipes has no OpenES: its one engine is FlipES"):
+        flipes.OpenES  # noqa: B018
+    es = flipes.FlipES(flipes.flipout(torch.nn.Linear(2, 1)), popsize=4, sigma=0.1, lr=0.1, seed=0)
+    with pytest.raises(AttributeError, match=r"es.population\(\) is a `with` block, not the population: .* pop.size"):
+        es.population().size  # noqa: B018
+    assert (ROOT / "flipes" / "__init__.py").is_file()
