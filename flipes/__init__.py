@@ -4,6 +4,8 @@ One batched forward pass evaluates a whole population, every member with its own
 pseudo-independent weight perturbation (Wen et al., ICLR 2018, arXiv:1803.04386).
 """
 
+from typing import TYPE_CHECKING
+
 # the submodules the README reaches as flipes.<module>.<name>: bound here, a type checker finds them after `import flipes`
 from flipes import callbacks, cli, dist, es, nn, noise, optim, resume, rl, search, shaping
 from flipes.callbacks import Callback
@@ -73,7 +75,11 @@ _OTHER_LIBRARIES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name in _OTHER_LIBRARIES:
-        raise AttributeError(f"flipes has no {name}: its one engine is {_OTHER_LIBRARIES[name]}")
-    raise AttributeError(f"module 'flipes' has no attribute {name!r}")
+# hidden from type checkers: a module __getattr__ would type every misspelt name (flipes.FlipE, from flipes import
+# FlipEs) as its return type instead of an error
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        if name in _OTHER_LIBRARIES:
+            raise AttributeError(f"flipes has no {name}: its one engine is {_OTHER_LIBRARIES[name]}")
+        raise AttributeError(f"module 'flipes' has no attribute {name!r}")

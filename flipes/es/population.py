@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -197,10 +197,13 @@ class PopulationBlock(AbstractContextManager[Population]):
             self._ended()
         return suppressed
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise AttributeError(
-            f"es.population() is a `with` block, not the population: write `with es.population() as pop:` and use "
-            f"pop.{name} inside it (then es.tell(fitness) after it)"
-        )
+    # hidden from type checkers, which then flag es.population().size as Python does, instead of typing it Any
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            raise AttributeError(
+                f"es.population() is a `with` block, not the population: write `with es.population() as pop:` and use "
+                f"pop.{name} inside it (then es.tell(fitness) after it)"
+            )
