@@ -28,8 +28,8 @@ class RecurrentPolicy(nn.Module):
     ``RecurrentPolicy`` from step to step; a plain module is called as ``model(obs)``. Inside a
     population, ``obs`` is members first, as for any model.
 
-    Args:
-        none here: a subclass takes what it needs (:class:`GRUPolicy`: the spaces and the widths).
+    It takes no arguments of its own: a subclass takes what it needs (:class:`GRUPolicy`: the spaces and the
+    widths).
 
     Shape:
         - obs: ``(*, obs_dim)``, one row per env; in a population ``(N, K, obs_dim)``, the ``K``
