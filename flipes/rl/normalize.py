@@ -41,6 +41,10 @@ class RunningNorm(nn.Module):
         ``(*, size) -> (*, size)``.
     """
 
+    # the buffers __init__ registers, declared for a type checker (nn.Module's __getattr__ types them Tensor | Module)
+    mean: Tensor  # (size,) float64, the running mean
+    var: Tensor  # (size,) float64, the running variance
+    count: Tensor  # () float64, observations recorded
     _rows: tuple[Tensor, Tensor] | None = None  # _scale's two rows, selected once (two ops fewer per step)
     pending_members = pending_popsize = 0  # set in __init__; here too for a norm unpickled from before they existed
 
