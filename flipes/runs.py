@@ -8,7 +8,7 @@ import shlex
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex
 
 import gymnasium as gym
 import torch
@@ -334,10 +334,10 @@ def policy_and_state(
 def evaluate_policy(
     policy: nn.Module,
     env_id: str,
-    episodes: int = 100,
+    episodes: SupportsIndex = 100,
     seed: int = 12345,
     device: str | torch.device = "cpu",
-    max_steps: int | None = None,
+    max_steps: SupportsIndex | None = None,
     env_kwargs: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """Returns of ``episodes`` episodes of ``policy`` on ``env_id`` made with the constructor options ``env_kwargs``

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 import torch
@@ -80,7 +80,8 @@ from flipes.nn.convert import (
 from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
 
-Shaping = Callable[[Tensor], Tensor]
+# fitness (N,) -> weights (N,): tell takes a tensor, a numpy array or a list back (check_weights), as documented
+Shaping = Callable[[Tensor], Tensor | np.ndarray | Sequence[float]]
 
 
 class FlipES:
@@ -191,11 +192,11 @@ class FlipES:
     def __init__(
         self,
         model: nn.Module,
-        popsize: int,
+        popsize: SupportsIndex,
         sigma: float | Callable[[int], float] = 0.05,
         lr: float | None = None,
-        seed: int = 0,
-        groups: int = 1,
+        seed: SupportsIndex = 0,
+        groups: SupportsIndex = 1,
         *,
         mirrored: bool = True,
         shaping: Shaping = centered_ranks,
@@ -723,7 +724,7 @@ class FlipES:
             fitness = fitness_fn(self.model, pop)
         return self.tell(fitness)
 
-    def member_parameters(self, index: int) -> dict[str, Tensor]:
+    def member_parameters(self, index: SupportsIndex) -> dict[str, Tensor]:
         """Member ``index``'s explicit parameters ``θ̄ + σu_index`` in the current generation: every
         parameter of the model by name as in ``model.named_parameters()`` (frozen ones: their values),
         new detached tensors in each parameter's dtype and device, unchanged by later updates. A tied
@@ -737,7 +738,7 @@ class FlipES:
         """
         return members.member_parameters(self, members.member_index(self, index))
 
-    def member_noise(self, index: int) -> dict[str, Tensor]:
+    def member_noise(self, index: SupportsIndex) -> dict[str, Tensor]:
         """Member ``index``'s perturbation ``σu_index`` of every evolved parameter by name (frozen ones absent), as the
         population applies it: ``member_parameters(index)[name]`` is ``θ̄ + member_noise(index)[name]``. It is drawn
         as such (no difference of two parameters): ``u`` is it divided by the parameter's σ, ``es.sigma`` (with
@@ -745,7 +746,7 @@ class FlipES:
         """
         return members.member_noise(self, members.member_index(self, index))
 
-    def member_state_dict(self, index: int) -> dict[str, Any]:
+    def member_state_dict(self, index: SupportsIndex) -> dict[str, Any]:
         """``model.state_dict()`` with member ``index``'s parameters (see ``member_parameters``) and the
         buffers as they are, copied: ``plain_model.load_state_dict(es.member_state_dict(i))`` gives a
         plain torch model that computes what member ``i`` computes in the population, to rounding: the population's

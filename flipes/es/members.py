@@ -12,7 +12,7 @@ process that evaluates it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import torch
 from torch import Tensor
@@ -95,7 +95,7 @@ def _member_deltas(es: FlipES, index: int) -> dict[int, Tensor]:
     return deltas
 
 
-def member_index(es: FlipES, index: int) -> int:
+def member_index(es: FlipES, index: SupportsIndex) -> int:
     """``index`` checked as a global member of the generation being evaluated: in range, after its population was
     entered and before ``tell``, the evolved set unchanged. Building a member counts as evaluating the population."""
     index = integer("index", index)
