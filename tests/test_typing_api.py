@@ -7,9 +7,9 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import types
 import typing
 from collections.abc import Callable, Iterator
-from types import ModuleType
 
 import pytest
 import torch
@@ -126,7 +126,7 @@ def test_docstring_args_are_the_signature_parameters(name: str, func: Callable[.
     assert not set(named) - set(documented), f"parameters not documented: {set(named) - set(documented)}"
 
 
-def _getattr_defs(module: ModuleType) -> list[tuple[ast.FunctionDef, list[ast.AST]]]:
+def _getattr_defs(module: types.ModuleType) -> list[tuple[ast.FunctionDef, list[ast.AST]]]:
     """Each ``def __getattr__`` of a module's file, with the chain of nodes that encloses it."""
     found: list[tuple[ast.FunctionDef, list[ast.AST]]] = []
 
@@ -169,3 +169,64 @@ def test_the_hidden_getattrs_still_word_the_error_at_run_time() -> None:
     with pytest.raises(AttributeError, match=r"es.population\(\) is a `with` block, not the population: .* pop.size"):
         es.population().size  # noqa: B018
     assert (ROOT / "flipes" / "__init__.py").is_file()
+
+
+def test_running_norm_declares_the_buffers_it_registers() -> None:
+    """Each buffer a RunningNorm registers (``policy.obs_norm.mean``, ``.var``, ``.count``) is declared ``Tensor`` on the
+    class: without it nn.Module's ``__getattr__`` types them ``Tensor | Module``, and ``norm.mean.shape`` fails a
+    type check."""
+    from flipes.rl import RunningNorm
+
+    hints = typing.get_type_hints(RunningNorm)
+    buffers = dict(RunningNorm(3).named_buffers())
+    assert set(buffers) == {"mean", "var", "count"}
+    assert all(hints.get(name) is torch.Tensor for name in buffers), {name: hints.get(name) for name in buffers}
+
+
+def _admits(hint: object, value: object) -> bool:
+    """Whether ``value`` is an instance of ``hint`` (a class, a runtime-checkable protocol, or a union of them)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(isinstance(value, typing.get_origin(o) or o) for o in options if o is not type(None))
+
+
+def test_integer_parameters_admit_the_integers_they_take() -> None:
+    """The integer parameters that take numpy's integers (and a 0-d integer tensor, ``fitness.argmax()``) at run time
+    are annotated to admit them, so that ``es.member_state_dict(np.argmax(f))`` passes a type check as it runs."""
+    import numpy as np
+
+    model = flipes.flipout(torch.nn.Linear(2, 1))
+    es = flipes.FlipES(model, popsize=np.int64(4), sigma=0.1, lr=0.1, seed=np.int64(1), groups=np.int64(2))
+    with es.population() as pop:
+        model(torch.zeros(pop.size, 2))
+    assert es.member_state_dict(np.int64(3)).keys() == es.member_noise(torch.tensor(3)).keys() == {"weight", "bias"}
+    hints = typing.get_type_hints(flipes.FlipES.__init__)
+    for name in ("popsize", "seed", "groups"):
+        assert _admits(hints[name], np.int64(1)) and _admits(hints[name], 1), name
+    for method in (flipes.FlipES.member_parameters, flipes.FlipES.member_noise, flipes.FlipES.member_state_dict):
+        index = typing.get_type_hints(method)["index"]
+        assert _admits(index, np.int64(1)) and _admits(index, torch.tensor(1)), method.__name__
+    evaluate = typing.get_type_hints(flipes.evaluate_policy)
+    assert _admits(evaluate["episodes"], np.int64(1)) and _admits(evaluate["max_steps"], np.int64(1))
+
+
+def test_shaping_may_return_what_tell_takes() -> None:
+    """FlipES's ``shaping=`` is documented to return a tensor, a numpy array or a list; ``tell`` takes each, and the
+    annotation's return type admits each (a user's ``def shape(f: Tensor) -> np.ndarray`` passes a type check)."""
+    import numpy as np
+
+    model = flipes.flipout(torch.nn.Linear(2, 1))
+    returned = {
+        "tensor": lambda f: f - f.mean(),
+        "array": lambda f: (f - f.mean()).numpy(),
+        "list": lambda f: (f - f.mean()).tolist(),
+    }
+    for kind, shaping in returned.items():
+        es = flipes.FlipES(model, popsize=4, sigma=0.1, lr=0.1, shaping=shaping)
+        with es.population() as pop:
+            model(torch.zeros(pop.size, 2))
+        es.tell(torch.arange(4.0))
+        assert es.generation == 1, kind
+    hint = typing.get_type_hints(flipes.FlipES.__init__)["shaping"]
+    result = typing.get_args(hint)[1]
+    for value in (torch.zeros(2), np.zeros(2), [0.0, 1.0]):
+        assert _admits(result, value), type(value).__name__
