@@ -38,7 +38,7 @@ class Callback:
     every rank. So every rank is given the same callbacks in the same order: one with state that a rank
     lacks is an error.
 
-    ``state`` is the loop's ``flipes.training.TrainState``: ``state.es`` (the FlipES: ``generation``, ``optimizer``,
+    ``state`` is the loop's ``flipes.train_state.TrainState``: ``state.es`` (the FlipES: ``generation``, ``optimizer``,
     ``best``), ``state.model`` (the mean network outside a population), ``state.config`` (the run's
     :class:`flipes.TrainConfig`), ``state.run_dir``, ``state.best`` (the best ``eval_return`` so far),
     ``state.metrics`` (this call's rows), ``state.timesteps``, ``state.seconds`` and ``state.comm``.

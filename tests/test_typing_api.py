@@ -230,3 +230,41 @@ def test_shaping_may_return_what_tell_takes() -> None:
     result = typing.get_args(hint)[1]
     for value in (torch.zeros(2), np.zeros(2), [0.0, 1.0]):
         assert _admits(result, value), type(value).__name__
+
+
+def _exports(module: types.ModuleType, name: str) -> bool:
+    """Whether a type checker takes ``from module import name`` from a package that ships ``py.typed``: the module
+    defines it, lists it in ``__all__`` or re-exports it as ``import name as name``."""
+    if name in getattr(module, "__all__", ()):
+        return True
+    for node in ast.parse(inspect.getsource(module)).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name:
+            return True
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for target in targets for t in ast.walk(target)):
+                return True
+        if isinstance(node, ast.ImportFrom) and any(a.name == name and a.asname == name for a in node.names):
+            return True
+    return False
+
+
+def test_the_dotted_names_help_shows_are_exported_where_it_says() -> None:
+    """Each ``flipes.<module>.<Name>`` that a public docstring spells (``help(flipes.Callback)``: ``state`` is a
+    ``flipes.train_state.TrainState``) is exported by that module: a user who writes ``from flipes.<module> import
+    <Name>`` to annotate their code gets no "is not exported" error from pyright or ``mypy --strict``."""
+    import importlib
+
+    docs = [inspect.getdoc(func) or "" for _, func in PUBLIC] + [inspect.getdoc(m) or "" for m in MODULES]
+    spelled = {match for doc in docs for match in re.findall(r"\b(flipes(?:\.[a-z_]+)+)\.([A-Za-z_]\w*)\b", doc)}
+    checked = []
+    for module_name, name in sorted(spelled):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue  # flipes.Name.attribute: a class's attribute, not a module's name
+        if not hasattr(module, name) or inspect.ismodule(getattr(module, name)):
+            continue
+        checked.append(f"{module_name}.{name}")
+        assert _exports(module, name), f"{module_name}.{name}: not exported by {module_name}"
+    assert "flipes.train_state.TrainState" in checked
