@@ -10,6 +10,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -268,3 +269,36 @@ def test_the_dotted_names_help_shows_are_exported_where_it_says() -> None:
         checked.append(f"{module_name}.{name}")
         assert _exports(module, name), f"{module_name}.{name}: not exported by {module_name}"
     assert "flipes.train_state.TrainState" in checked
+
+
+def _raises_section(func: Callable[..., object]) -> str:
+    doc = inspect.getdoc(func) or ""
+    return doc[doc.index("Raises:") :] if "Raises:" in doc else ""
+
+
+def test_the_exceptions_raised_are_those_the_docstrings_name(tmp_path: Path) -> None:
+    """A mistake in a call raises an exception that the callable's ``Raises:`` section (``help()``) names, checked by
+    making each mistake."""
+    from torch import nn
+
+    model = flipes.flipout(nn.Linear(2, 1))
+    (tmp_path / "file").write_text("")
+    mistakes: list[tuple[Callable[..., object], Callable[[], object]]] = [
+        (flipes.FlipES, lambda: flipes.FlipES(model, popsize=4.0)),
+        (flipes.FlipES, lambda: flipes.FlipES(3, popsize=4)),  # type: ignore[arg-type]
+        (flipes.FlipES, lambda: flipes.FlipES(model, popsize=6, groups=4)),
+        (flipes.FlipES, lambda: flipes.FlipES(nn.Linear(2, 1), popsize=4)),
+        (flipes.flipout, lambda: flipes.flipout(3)),
+        (flipes.flipout, lambda: flipes.flipout(nn.Linear(2, 1), frozen=["nope"])),
+        (flipes.evaluate_policy, lambda: flipes.evaluate_policy(lambda x: x, "flipes/CartPole-v1")),  # type: ignore[arg-type]
+        (flipes.evaluate_policy, lambda: flipes.evaluate_policy(nn.Linear(4, 2), "flipes/CartPole-v1", episodes=0)),
+        (flipes.read_metrics, lambda: flipes.read_metrics(tmp_path)),
+        (flipes.load_checkpoint, lambda: flipes.load_checkpoint(tmp_path / "none")),
+        (flipes.read_checkpoint, lambda: flipes.read_checkpoint(tmp_path)),
+        (flipes.save_checkpoint, lambda: flipes.save_checkpoint({"a": 1}, tmp_path / "file" / "c.pt")),
+        (flipes.load_policy, lambda: flipes.load_policy(tmp_path)),
+    ]
+    for func, mistake in mistakes:
+        with pytest.raises(Exception) as raised:
+            mistake()
+        assert re.search(rf"\b{raised.type.__name__}:", _raises_section(func)), (func.__name__, raised.type.__name__)

@@ -171,6 +171,13 @@ class FlipES:
             noise. The members are the same; ``tell``'s sums differ by rounding alone. A forward of the
             whole population samples all of it, as with ``True``.
 
+    Raises:
+        TypeError: ``popsize``, ``seed`` or ``groups`` not an integer (a float, a bool), or another argument of the
+            wrong type (a ``model`` that is no ``nn.Module``); other libraries' argument names, naming FlipES's.
+        ValueError: a value out of range (``sigma`` <= 0, ``popsize`` not a multiple of ``groups``, an odd group
+            with ``mirrored``), or a trainable parameter that no Flipout layer or per-member module perturbs
+            (``flipes.flipout(model)`` first).
+
     Examples::
 
         >>> model = flipes.flipout(nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 2)))

@@ -160,6 +160,8 @@ def flipout(module: M, frozen: Iterable[str] = ()) -> M:
             the hook-based ``torch.nn.utils.weight_norm`` / ``spectral_norm`` (use ``parametrizations``'s) or
             ``torch.nn.utils.prune`` (``prune.remove`` it first), or a trainable T5-style ``relative_attention_bias``
             (freeze it).
+        TypeError: ``module`` is no ``nn.Module`` (a tensor: evolve ``flipes.nn.Vector(init)``), or an entry of
+            ``frozen`` that is no name.
     """
     check_module(module, "flipout()")
     _freeze(uncompiled(module), frozen)  # torch.compile(net): net's names, as its state dict's
