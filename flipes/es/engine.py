@@ -581,6 +581,12 @@ class FlipES:
         memory) before the optimizer steps leaves the parameters and the generation as they were (``.grad``: ``None``
         or this generation's gradient): call it again with the same fitness. Inside a ``torch.autocast`` region the
         update still runs in the parameters' dtype.
+
+        Raises:
+            ValueError: a fitness of another shape than ``(pop.size,)``; its subclass ``NonFiniteFitness``
+                (``flipes.es.checks``) for a NaN or infinite value, naming the members.
+            TypeError: a fitness that is not real numbers (a string, complex numbers).
+            RuntimeError: no population of this generation was entered yet (``with es.population()`` first).
         """
         with without_autocast(self.params[0].device):
             return self._tell(fitness)
