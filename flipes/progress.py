@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 # each column of the line: its template, and the width its value is padded to at the least (widths only grow in a run)
 COLUMNS: dict[str, tuple[str, int]] = {
@@ -53,7 +53,9 @@ class Progress:
         self.widths = {key: width for key, (_, width) in COLUMNS.items()}
         self.shown = {"gen", "fitness", "max", "seconds", "eta"} | ({"eval"} if evaluates else set())
 
-    def update(self, row: dict) -> None:
+    def update(self, row: dict[str, Any]) -> None:
+        """Show a metrics row (``generation`` required; ``timesteps``, ``eval_return`` and the others where present):
+        the live line redrawn on a terminal, else a plain line every ``every`` generations."""
         gen = row["generation"]
         if self.first_gen is None:
             self.first_gen, self.first_steps = gen, row.get("timesteps", 0)

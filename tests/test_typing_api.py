@@ -314,3 +314,10 @@ def _check_documented(func: Callable[..., object], mistake: Callable[[], object]
         mistake()
     documented = [k.__name__ for k in raised.type.__mro__ if re.search(rf"\b{k.__name__}:", _raises_section(func))]
     assert documented, (func.__name__, raised.type.__name__)
+
+
+def test_every_public_method_and_property_has_a_docstring() -> None:
+    """``help()`` on a public class shows a line for each method and property flipes defines on it (a module's
+    ``forward`` is documented by its class's Shape section, as in torch)."""
+    undocumented = [name for name, func in PUBLIC if not name.endswith((".__init__", ".forward")) and not inspect.getdoc(func)]
+    assert not undocumented, undocumented

@@ -422,6 +422,7 @@ class FlipES:
 
     @property
     def num_params(self) -> int:
+        """How many scalars the search evolves: the elements of ``es.params`` (frozen parameters not counted)."""
         return sum(p.numel() for p in self.params)
 
     def _sample(self, groups: range | None = None) -> tuple[list[SlotNoise], list[DenseNoise]]:

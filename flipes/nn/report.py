@@ -34,6 +34,7 @@ class ParameterRow:
 
     @property
     def numel(self) -> int:
+        """The parameter's number of elements, the product of ``shape``."""
         n = 1
         for d in self.shape:
             n *= d
@@ -52,6 +53,7 @@ class ParameterReport:
 
     @property
     def evolved(self) -> int:
+        """How many scalars evolve: those of the flipout, low-rank and dense rows (not frozen or backprop)."""
         return self.count("flipout", "low-rank", "dense")
 
     def __str__(self) -> str:
