@@ -241,7 +241,7 @@ class TrainConfig:
     plus rank 0's evaluation and checkpoint, and above any work a script does on one rank before train()."""
 
     @classmethod
-    def for_env(cls, env: Any = _UNSET, **overrides: Any) -> TrainConfig:
+    def for_env(cls, env: str = _UNSET, **overrides: Any) -> TrainConfig:
         """Defaults < the env's row of ``flipes.rl.presets`` (with its ``algo``'s layers, the row's own search
         unless ``algo=`` names another) < the options of the run being resumed (``resume=``) < ``overrides``,
         all checked strictly."""

@@ -321,3 +321,12 @@ def test_every_public_method_and_property_has_a_docstring() -> None:
     ``forward`` is documented by its class's Shape section, as in torch)."""
     undocumented = [name for name, func in PUBLIC if not name.endswith((".__init__", ".forward")) and not inspect.getdoc(func)]
     assert not undocumented, undocumented
+
+
+def test_for_env_types_env_as_the_config_field_it_sets() -> None:
+    """``TrainConfig.for_env(env, ...)`` annotates ``env`` as the ``TrainConfig.env`` field it sets (``str``, not
+    ``Any``), and refuses another type at run time as the annotation says."""
+    hints = typing.get_type_hints(flipes.TrainConfig.for_env)
+    assert hints["env"] is typing.get_type_hints(flipes.TrainConfig)["env"] is str
+    with pytest.raises(flipes.UsageError, match="is not a string"):
+        flipes.TrainConfig.for_env(3)  # type: ignore[arg-type]
