@@ -247,11 +247,11 @@ def main(args: Args) -> dict:
         verdict,
         "",
     ]
-    (out / "bayes_digits.md").write_text("\n".join(md))
+    (out / "bayes_digits.md").write_text("\n".join(md), encoding="utf-8")
     validation = {f"{b:g}": r for b, r in val.items()} | {"deterministic": reference}
     result = {"args": asdict(args), "selected_beta": best, "validation": validation}
     result |= {"test": test, "must_show_holds": holds, "seconds": total}
-    (out / "bayes_digits.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "bayes_digits.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
 
 

@@ -254,10 +254,12 @@ def main(args: Args) -> list[dict[str, Any]]:
     if args.json:
         base = commit or str(Path(args.base).resolve())
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # not lost to a folder that is not there yet
-        Path(args.json).write_text(json.dumps({"base": base, "load_before": load_before, "results": results}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"base": base, "load_before": load_before, "results": results}, indent=1), encoding="utf-8"
+        )
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text("\n".join(lines) + "\n")
+        Path(args.markdown).write_text("\n".join(lines) + "\n", encoding="utf-8")
     if not all(r["same_params"] for r in results):
         raise SystemExit(1)
     return results

@@ -295,8 +295,8 @@ def pgpe_settings(max_speed: float, **extra: Any) -> dict[str, Any]:
 def evotorch_worker(spec_file: str, result_file: str) -> None:
     """One EvoTorch run, in ``--evotorch-python`` (started by :func:`run_evotorch`): reads its spec,
     writes its result."""
-    spec = json.loads(Path(spec_file).read_text())
-    Path(result_file).write_text(json.dumps(_evotorch_run(**spec)))
+    spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
+    Path(result_file).write_text(json.dumps(_evotorch_run(**spec)), encoding="utf-8")
 
 
 def _evotorch_run(
@@ -397,19 +397,19 @@ def run_evotorch(python: str, task: str, method: str, seed: int, budget: float, 
     spec = {"task": task, "algo": algo, "seed": seed, "budget": budget, "eval_every": eval_every, "eval_env": eval_env,
             "eval_episodes": 2 if args.quick and eval_episodes else eval_episodes, "actors": actors, "data": data,
             "settings": settings}  # fmt: skip
-    (out / "spec.json").write_text(json.dumps(spec))
+    (out / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     code = "import sys, bench_algos; bench_algos.evotorch_worker(sys.argv[1], sys.argv[2])"
     cmd = [python, "-c", code, str(out / "spec.json"), str(out / "result.json")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "scripts"), str(ROOT)])}
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    with open(out / "log.txt", "w") as log:
+    with open(out / "log.txt", "w", encoding="utf-8") as log:
         done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=3 * budget + 300)
     wall = time.perf_counter() - t0
     if done.returncode:
-        tail = (out / "log.txt").read_text().splitlines()[-15:]
+        tail = (out / "log.txt").read_text(encoding="utf-8").splitlines()[-15:]
         raise RuntimeError(f"EvoTorch run {task} {method} seed {seed} failed ({done.returncode}):\n" + "\n".join(tail))
-    result = json.loads((out / "result.json").read_text())
+    result = json.loads((out / "result.json").read_text(encoding="utf-8"))
     evals = result["evals"]
     return {
         "task": task,
@@ -550,7 +550,7 @@ def main(args: Args) -> list[dict[str, Any]]:
                       f"threshold at {fmt(s['to_threshold_s'], 1)} s, load {row['load_before']:.1f}", flush=True)  # fmt: skip
                 results.append(row)
                 partial.parent.mkdir(parents=True, exist_ok=True)
-                partial.write_text(json.dumps(results))  # a crash late in a long run keeps the finished runs
+                partial.write_text(json.dumps(results), encoding="utf-8")  # a crash late in a long run keeps the finished runs
     load_end, total = os.getloadavg(), time.perf_counter() - t_start
 
     text = tables(results, budgets)
@@ -581,11 +581,11 @@ def main(args: Args) -> list[dict[str, Any]]:
     print(text + footer)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1), encoding="utf-8")
         print(f"wrote {args.json}")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(f"`{meta['command']}`\n\n" + text + footer + "\n")
+        Path(args.markdown).write_text(f"`{meta['command']}`\n\n" + text + footer + "\n", encoding="utf-8")
         print(f"wrote {args.markdown}")
     return results
 

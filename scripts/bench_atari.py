@@ -272,7 +272,7 @@ def main(args: Args) -> None:
     if args.json:
         out = {"machine": info, "args": asdict(args), "seconds": elapsed, "forward": rows, "generations": steps, "full": full}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # not lost to a folder that is not there yet
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        Path(args.json).write_text(json.dumps(out, indent=1), encoding="utf-8")
         print(f"wrote {args.json}")
 
 

@@ -256,9 +256,9 @@ def main(args: Args) -> dict[str, Any]:
     out = out if out.is_absolute() else ROOT / out
     out.mkdir(parents=True, exist_ok=True)
     result = {"meta": meta, "noise": noise, "runs": runs}
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     (out / f"{name}.md").write_text(
-        f"# Common episodes (`scripts/bench_common_episodes.py`)\n\n`{command}`\n\n{text}\n\n{footer}\n"
+        f"# Common episodes (`scripts/bench_common_episodes.py`)\n\n`{command}`\n\n{text}\n\n{footer}\n", encoding="utf-8"
     )
     print(f"wrote {out / name}.json and .md")
     return result

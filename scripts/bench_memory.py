@@ -276,8 +276,8 @@ def main(args: Args) -> list[dict[str, Any]]:
     out = Path(args.out)
     out = out if out.is_absolute() else ROOT / out
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    (out / f"{name}.md").write_text(markdown)
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n", encoding="utf-8")
+    (out / f"{name}.md").write_text(markdown, encoding="utf-8")
     print(f"wrote {out / name}.json and .md")
     return results
 

@@ -67,7 +67,7 @@ def train(k: int, out: Path, *args: str) -> list[dict]:
             raise SystemExit(lines[-1])
         tail = "\n".join(lines[-15:])
         raise RuntimeError(f"{' '.join(cmd)} exited with status {r.returncode}:\n{tail}")
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def num_params(env_id: str, hidden: list[int]) -> int:
@@ -134,7 +134,7 @@ def main(args: Args) -> dict:
         print(f"| {r['popsize']} | {r['mode']} | {r['bytes_per_generation']:,} |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # not lost to a folder that is not there yet
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results
 
 

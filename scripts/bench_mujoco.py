@@ -108,7 +108,7 @@ def train(env_id: str, seed: int, seconds: float, out: Path, extra: list[str], r
             raise SystemExit(2)
         r.check_returncode()
         wall = time.perf_counter() - t0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     evals = [(r["seconds"], r["eval_return"], r["timesteps"]) for r in rows if "eval_return" in r]
     return {"env": env_id, "seed": seed, "process_wall_s": wall, "evals": evals, "steps": rows[-1]["timesteps"],
             "loop_s": rows[-1]["seconds"]}  # fmt: skip
@@ -140,10 +140,10 @@ def run_evotorch(seed: int, args: Args) -> dict[str, Any]:
     saved = Path(args.out) / f"evotorch-s{seed}.json"
     if args.reuse and saved.exists():
         print(f"reusing {saved} (written {time.ctime(saved.stat().st_mtime)})")
-        return json.loads(saved.read_text())
+        return json.loads(saved.read_text(encoding="utf-8"))
     result = _run_evotorch(seed, args)
     saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(result))
+    saved.write_text(json.dumps(result), encoding="utf-8")
     return result
 
 
@@ -270,10 +270,10 @@ def main(args: Args) -> dict[str, Any]:
     print(f"load average before {meta['load_before']}, after {meta['load_after']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, **results}, indent=2))
+        Path(args.json).write_text(json.dumps({"meta": meta, **results}, indent=2), encoding="utf-8")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text + "\n")
+        Path(args.markdown).write_text(text + "\n", encoding="utf-8")
     return results
 
 

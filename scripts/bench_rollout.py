@@ -166,10 +166,10 @@ def main(args: Args) -> list[dict[str, Any]]:
     print(f"load average before {meta['load_before']}, after {meta['load_after']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2), encoding="utf-8")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text + "\n")
+        Path(args.markdown).write_text(text + "\n", encoding="utf-8")
     return results
 
 

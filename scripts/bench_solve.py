@@ -485,7 +485,7 @@ def main(args: Args) -> list[dict[str, Any]]:
             "load_after": load_end,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2), encoding="utf-8")
         print(f"wrote {args.json}")
     return results
 

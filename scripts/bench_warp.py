@@ -201,10 +201,10 @@ def main(args: Args) -> list[dict[str, Any]]:
     print(f"\n{note}\n\n{text}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n", encoding="utf-8")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(f"{note}\n\n{text}\n")
+        Path(args.markdown).write_text(f"{note}\n\n{text}\n", encoding="utf-8")
     return results
 
 

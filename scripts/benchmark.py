@@ -317,7 +317,7 @@ def main(args: Args) -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # not lost to a folder that is not there yet
         Path(args.json).write_text(
-            json.dumps({"machine": info, "args": asdict(args), "seconds": elapsed, "results": rows}, indent=1)
+            json.dumps({"machine": info, "args": asdict(args), "seconds": elapsed, "results": rows}, indent=1), encoding="utf-8"
         )
         print(f"wrote {args.json}")
 

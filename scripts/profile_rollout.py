@@ -157,7 +157,7 @@ def main(args: Args) -> dict[str, Any]:
     print(f"load average before {load_before[0]:.2f}, after {meta['load_after'][0]:.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2), encoding="utf-8")
     return results
 
 

@@ -201,8 +201,8 @@ def write_outputs(out: str | Path, name: str, payload: dict[str, Any], markdown:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.json", out / f"{name}.md"]
-    paths[0].write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    paths[1].write_text(markdown.rstrip() + "\n")
+    paths[0].write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
+    paths[1].write_text(markdown.rstrip() + "\n", encoding="utf-8")
     if fig is not None:
         paths.append(out / f"{name}.png")
         fig.savefig(paths[-1], dpi=120)
