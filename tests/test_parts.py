@@ -270,8 +270,10 @@ def _rows(result: flipes.TrainResult) -> list[tuple]:
 def test_training_in_parts_gives_the_run_of_one_pass(tmp_path: Path) -> None:
     """CartPole, 2 episodes per member, observation normalization on: with --members-per-pass 3 (an env
     of 3 × 2 copies rolled out 16 times a generation) every row's parameter hash, fitness, timesteps and
-    evaluation equal those of one pass (float32 discrete control: the same bits)."""
-    kw = dict(env="flipes/CartPole-v1", popsize=48, groups=2, episodes=2, generations=4, eval_every=2, eval_episodes=4)
+    evaluation equal those of one pass (float32 discrete control: the same bits). Two generations, both evaluated:
+    the second rolls out with what the first left (parameters, optimizer, observation statistics recorded over
+    the parts); later ones repeat that path with longer episodes (4 generations cost 5x as much)."""
+    kw = dict(env="flipes/CartPole-v1", popsize=48, groups=2, episodes=2, generations=2, eval_every=2, eval_episodes=4)
     kw |= dict(target=None, tensorboard=False, plot=False, progress=False)
     whole = flipes.train(out=str(tmp_path / "whole"), **kw)
     parts = flipes.train(out=str(tmp_path / "parts"), members_per_pass=3, **kw)
@@ -438,8 +440,9 @@ def test_noise_sampled_per_part_holds_one_parts_groups_at_a_time(monkeypatch: py
 def test_training_with_noise_sampled_per_part_evaluates_the_same_members(tmp_path: Path) -> None:
     """--hold-noise false with --members-per-pass 4 (12 groups of 4): CartPole logs the fitness,
     timesteps and evaluations of the run that holds the noise (float32 discrete control), and ends on
-    its parameters to rounding; without --members-per-pass it is refused, saying what to add."""
-    kw = dict(env="flipes/CartPole-v1", popsize=48, groups=12, episodes=2, generations=4, eval_every=2, eval_episodes=4)
+    its parameters to rounding; without --members-per-pass it is refused, saying what to add. Two generations, both
+    evaluated: the second samples its parts' noise after a tell, as every later one does."""
+    kw = dict(env="flipes/CartPole-v1", popsize=48, groups=12, episodes=2, generations=2, eval_every=2, eval_episodes=4)
     kw |= dict(target=None, tensorboard=False, plot=False, progress=False, members_per_pass=4)
     held = flipes.train(out=str(tmp_path / "held"), **kw)
     per_part = flipes.train(out=str(tmp_path / "per-part"), hold_noise=False, **kw)
