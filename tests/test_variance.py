@@ -5,6 +5,7 @@ to fully independent perturbations.
 Each member n evaluates its own example x_n (drawn from a fixed pool) with its own perturbation,
 F_n = -loss(x_n; W + σu_n), raw fitness, no mirroring: exactly the estimator of Theorem 2.
 Fixed seeds; the bounds leave > 10 standard errors of the variance estimates (REPEATS draws).
+The two references (one shared perturbation, independent ones) are computed directly in torch.
 """
 
 from __future__ import annotations
@@ -75,6 +76,23 @@ def shared_estimates(n: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+def independent_estimates(n: int) -> torch.Tensor:
+    """A perturbation u_n of its own for every member: ĝ = Σ_n F_n u_n / (Nσ) (what ``FlipES(groups=n)`` estimates,
+    in distribution: a Gaussian ε flipped by independent signs is Gaussian; a batched forward here, 40x cheaper)."""
+    net, x, y = make_problem()
+    (w1, b1), (w2, b2) = (tuple(p.detach() for p in layer.parameters()) for layer in (net[0], net[2]))
+    gen = torch.Generator().manual_seed(n)
+    out = []
+    for _ in range(REPEATS):
+        idx = torch.randint(0, len(x), (n,), generator=gen)
+        u = [torch.randn(n, *p.shape, generator=gen) for p in (w1, b1, w2, b2)]
+        mw1, mb1, mw2, mb2 = (p + SIGMA * e for p, e in zip((w1, b1, w2, b2), u, strict=True))
+        h = torch.tanh(torch.einsum("ni,nji->nj", x[idx], mw1) + mb1)
+        f = -loss(torch.einsum("ni,nji->nj", h, mw2) + mb2, y[idx])
+        out.append(torch.cat([e.flatten(1) for e in u], 1).T @ f / (n * SIGMA))
+    return torch.stack(out)
+
+
 def total_variance(g: torch.Tensor) -> float:
     return g.var(0).sum().item()
 
@@ -98,7 +116,7 @@ def test_flipout_variance_falls_like_one_over_n_and_shared_levels_off() -> None:
     assert shared[-1] > 0.5 * shared[3], f"shared perturbation variance kept falling: {shared}"
     assert flip[-1] < shared[-1] / 10
 
-    indep = total_variance(es_estimates(256, groups=256))
+    indep = total_variance(independent_estimates(256))
     ratio = flip[SIZES.index(256)] / indep
     assert ratio < 1.5, f"Flipout/independent variance at N=256: {ratio:.3f}"
     assert math.isfinite(ratio)
