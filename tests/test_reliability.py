@@ -123,22 +123,25 @@ def test_nothing_is_written_before_the_options_are_checked(tmp_path: Path) -> No
 
 
 _UNINTERRUPTED: dict[int, list[str]] = {}
+# Episodes of the runs compared with uninterrupted() end at 50 steps: the writes, kills and resumes these tests check are
+# those of 500-step episodes (what CartPole reaches by generation 2), at a fraction of the CPU.
+CUT, CUT_KW = ["--max-episode-steps", "50"], {"max_episode_steps": 50}
 
 
 def uninterrupted(tmp_path: Path, generations: int) -> list[str]:
-    """params_sha256 per generation of a FAST run never stopped; trained once per process and generation count
-    (the training is deterministic: the resumed runs compared with it check exactly that)."""
+    """params_sha256 per generation of a FAST run (episodes cut at 50 steps: CUT) never stopped; trained once per process
+    and generation count (the training is deterministic: the resumed runs compared with it check exactly that)."""
     if generations not in _UNINTERRUPTED:
-        run = flipes.train(**FAST_KW, generations=generations, out=str(tmp_path / "reference"))
+        run = flipes.train(**FAST_KW, **CUT_KW, generations=generations, out=str(tmp_path / "reference"))
         _UNINTERRUPTED[generations] = [r["params_sha256"] for r in run.metrics]
     return list(_UNINTERRUPTED[generations])
 
 
 @pytest.fixture(scope="module")
 def three_generations(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A FAST run of 3 generations with a checkpoint each, trained once per module; copy it before use."""
+    """A FAST run of 3 generations (episodes cut: CUT) with a checkpoint each, trained once per module; copy it before use."""
     run = tmp_path_factory.mktemp("three") / "run"
-    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(run))
+    flipes.train(**FAST_KW, **CUT_KW, generations=3, checkpoint_every=1, out=str(run))
     return run
 
 
@@ -254,7 +257,7 @@ def test_a_kill_while_a_run_directory_is_set_up_leaves_one_the_same_command_comp
     in this one, as ``flipes train``'s main.)"""
     source = copy_run(three_generations, tmp_path / "a")
     expect = uninterrupted(tmp_path, 6)
-    cli = [*FAST, "--generations", "6", "--checkpoint-every", "1"]
+    cli = [*FAST, *CUT, "--generations", "6", "--checkpoint-every", "1"]
     fresh, branch = tmp_path / "new", tmp_path / "branch"
     r = forked.run(f"replace-{k}", *cli, "--out", fresh)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
@@ -278,8 +281,8 @@ def test_a_branch_cut_short_then_set_up_from_another_source_holds_that_sources_r
     run (without --overwrite), not taken over as a setup cut short. (The killed command runs in a
     subprocess, the others in this one, as ``flipes train``'s main.)"""
     source, other, branch = copy_run(three_generations, tmp_path / "a"), tmp_path / "other", tmp_path / "switched"
-    flipes.train(**FAST_KW, seed=1, generations=3, checkpoint_every=1, out=str(other))
-    cli = [*FAST, "--generations", "6", "--checkpoint-every", "1"]
+    flipes.train(**FAST_KW, **CUT_KW, seed=1, generations=3, checkpoint_every=1, out=str(other))
+    cli = [*FAST, *CUT, "--generations", "6", "--checkpoint-every", "1"]
     r = forked.run("replace-3", *cli, "--resume", source, "--out", branch)
     assert r.returncode == -signal.SIGKILL and (branch / "metrics.jsonl").exists(), r.stderr[-2000:]
     assert train_command(capsys, *cli, "--resume", other, "--out", branch)[0] == 0
@@ -901,7 +904,8 @@ def test_a_resume_names_the_rows_its_metrics_lack_and_a_checkpoint_syncs_the_row
 ) -> None:
     """A resumed run whose metrics.jsonl lacks rows before the resumed generation (lost in a crash of the machine,
     or removed) says which in one note and keeps the others; and every checkpoint.pt is written after an fsync of
-    metrics.jsonl, whose rows it covers (so such a crash cannot keep the checkpoint and lose them)."""
+    metrics.jsonl, whose rows it covers (so such a crash cannot keep the checkpoint and lose them). Episodes are cut at
+    50 steps: the same writes (best.pt after generations 0 and 2) at a fifteenth of the CPU of 500-step ones."""
     import flipes.callbacks as callbacks
 
     synced: list[tuple[str, int]] = []
@@ -915,7 +919,7 @@ def test_a_resume_names_the_rows_its_metrics_lack_and_a_checkpoint_syncs_the_row
 
     monkeypatch.setattr(callbacks.os, "fsync", fsync)
     run = tmp_path / "run"
-    flipes.train(**FAST_KW, generations=10, checkpoint_every=4, out=str(run))
+    flipes.train(**FAST_KW, generations=10, checkpoint_every=4, max_episode_steps=50, out=str(run))
     assert synced == [(str(run / "metrics.jsonl"), rows) for rows in (1, 3, 4, 8, 10)]  # best.pt: 0, 2; checkpoints: 3, 7, 9
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in (1, 2, 3, 6)))
@@ -1093,9 +1097,9 @@ def test_metrics_lines_are_json_even_for_non_finite_values(tmp_path: Path) -> No
 def test_resume_auto_starts_a_run_and_continues_it(tmp_path: Path) -> None:
     """--resume auto starts a run in --out when it holds none and continues it when it does."""
     run = tmp_path / "run"
-    first = flipes.train(**FAST_KW, generations=2, out=str(run), resume="auto")
+    first = flipes.train(**FAST_KW, **CUT_KW, generations=2, out=str(run), resume="auto")
     assert [r["generation"] for r in first.metrics] == [0, 1]
-    again = flipes.train(**FAST_KW, generations=4, out=str(run), resume="auto")
+    again = flipes.train(**FAST_KW, **CUT_KW, generations=4, out=str(run), resume="auto")
     assert [r["generation"] for r in again.metrics] == [2, 3] and len(metrics(run)) == 4
     assert [r["params_sha256"] for r in metrics(run)] == uninterrupted(tmp_path, 4)
 
@@ -1379,7 +1383,7 @@ def test_a_full_disk_while_best_pt_is_written_names_checkpoint_pt_and_says_disk_
 
     monkeypatch.setattr(checkpoint, "open", full_open, raising=False)
     run = tmp_path / "run"
-    status = main(["train", *FAST, "--generations", "6", "--checkpoint-every", "1", "--out", str(run), "--eval-every", "2"])
+    status = main(["train", *FAST, *CUT, "--generations", "6", "--checkpoint-every", "1", "--out", str(run), "--eval-every", "2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1, err
     assert err[0] == (f"flipes: error: cannot write {run / 'best.pt'} (disk full: No space left on device); "
