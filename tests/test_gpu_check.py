@@ -15,7 +15,11 @@ def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Pa
     measure or say why they were skipped, the report names the device and versions, and OUT.log
     holds every command's whole output."""
     out = tmp_path / "gpu_check"
-    r = run_script("scripts/gpu_check.py", "--device", "cpu", "--quick", "true", "--out", out, check=False, timeout=600)
+    # one thread in it and in each command it runs, as in this worker (conftest.py): the code paths are the same, and
+    # torch's default of a thread per core only contends with the other worker (it doubled the run's CPU time)
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    r = run_script("scripts/gpu_check.py", "--device", "cpu", "--quick", "true", "--out", out, check=False, timeout=600,
+                   env=one_thread)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
