@@ -3,9 +3,12 @@ resume at another rank count. Runs the real mpiexec of the dev setup (pip's mpic
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ENDLESS_FITNESS, GLOBAL_DRAWS_FITNESS, metrics, once_per_session, sigterm_twice
+from helpers import ENDLESS_FITNESS, GLOBAL_DRAWS_FITNESS, metrics, once_per_session, script_state_kept, sigterm_twice
 
 import flipes
 from flipes.checkpoint import load_checkpoint
@@ -54,6 +57,20 @@ def train_on(k: int, *args: str) -> None:
         assert main(["train", *args, "--progress", "false"]) == 0
     else:
         mpirun(k, *args)
+
+
+def run_alone(script: Path, *argv: str) -> str:
+    """``python SCRIPT ARGV...`` run in this process, which is what ``mpiexec -n 1`` runs (flipes.dist.world() is serial
+    for a world of one rank) without a launch: what it printed. The process's torch threads and generators are put back
+    after it (script_state_kept)."""
+    argv_before, printed = sys.argv, io.StringIO()
+    sys.argv = [str(script), *argv]
+    try:
+        with script_state_kept(), contextlib.redirect_stdout(printed):
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv_before
+    return printed.getvalue()
 
 
 def last(run: Path) -> dict:
@@ -768,12 +785,9 @@ def test_a_callbacks_lr_schedule_reaches_every_rank(tmp_path: Path, two_rank_scr
     processes end with the lr of one process, 0.2 (set by its on_train_start) / 2⁴, and its parameters bit for bit
     (--comm seeds), where rank 1 would otherwise step at the first lr and the ranks' parameter check would end the job."""
     (tmp_path / "lr.py").write_text(LR_SCHEDULE)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "n1"
     out.mkdir()
-    cmd = [str(MPIEXEC), "-n", "1", sys.executable, str(tmp_path / "lr.py"), str(out)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_alone(tmp_path / "lr.py", str(out))  # one process
     one = json.loads((tmp_path / "n1" / "rank0.json").read_text())
     assert one["lr"] == 0.2 / 2**4
     two = [json.loads((two_rank_scripts / "lr" / f"rank{rank}.json").read_text()) for rank in (0, 1)]  # the 2-process job
@@ -818,8 +832,7 @@ def test_an_own_loop_whose_ranks_stop_apart_ends_by_the_watchdog_and_a_shared_st
     r = subprocess.run([*cmd, "shared"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(re.findall(r"rank (\d) stopped at (\d+)", r.stdout)) == [("0", "5"), ("1", "5")], r.stdout  # lines interleave
-    alone = subprocess.run([sys.executable, str(tmp_path / "stop.py"), "shared"], env=env, capture_output=True, text=True)
-    assert alone.returncode == 0 and alone.stdout == "rank 0 stopped at 5\n", alone.stderr[-2000:]  # the same script, one process
+    assert run_alone(tmp_path / "stop.py", "shared") == "rank 0 stopped at 5\n"  # the same script, one process
 
 
 READ_BACK = """
@@ -879,10 +892,10 @@ def test_an_own_loop_merges_obs_norm_across_ranks_as_one_process(tmp_path: Path)
     loop is not warned)."""
     (tmp_path / "loop.py").write_text(OWN_LOOP_OBS_NORM)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for k, hows in ((1, ["plain"]), (2, ["comm", "plain"])):  # 2 processes: both loops in one job, one after the other
-        cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "loop.py"), str(tmp_path), *hows]
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
+    run_alone(tmp_path / "loop.py", str(tmp_path), "plain")  # one process
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "loop.py"), str(tmp_path), "comm", "plain"]  # one job
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
     one = json.loads((tmp_path / "plain1.0.json").read_text())
     merged = [json.loads((tmp_path / f"comm2.{rank}.json").read_text()) for rank in (0, 1)]
     alone = [json.loads((tmp_path / f"plain2.{rank}.json").read_text()) for rank in (0, 1)]
@@ -1108,6 +1121,9 @@ def test_a_callbacks_curriculum_reaches_every_ranks_envs_and_a_resume(tmp_path: 
         for name, _ in runs:
             (tmp_path / name).mkdir(exist_ok=True)
         runs = json.dumps([(str(tmp_path / name), generations) for name, generations in runs])
+        if k == 1:  # one process
+            run_alone(tmp_path / "curriculum.py", runs)
+            continue
         cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "curriculum.py"), runs]
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
