@@ -102,7 +102,7 @@ def run(args: Args, cmd: list[str], timeout: float, env: dict[str, str] | None =
         status, out, err = f"killed after {timeout:g} s", e.stdout, e.stderr
         raise
     finally:
-        with log.open("a") as f:
+        with log.open("a", encoding="utf-8") as f:
             f.write(f"$ {' '.join(cmd)}  ({status})\n{text(out)}\n{text(err)}\n")
 
 
@@ -118,7 +118,8 @@ def tail(text: str, lines: int = 15) -> str:
 # the tests step's -k terms, each "word and word" matched in the test names (parameter ids included): every member's
 # output, the gradient, the envs' transitions and devices, autocast, a probe's episodes, the action noise
 TERMS = ("members_equal", "gradient", "every_transition", "stays_on_the_device", "bit_for_bit", "run_alone", "under_autocast",
-         "plus_the_noise", "draws_are_a_pure_function", "drawn_physics_steps_exactly")  # fmt: skip
+         "plus_the_noise", "draws_are_a_pure_function", "drawn_physics_steps_exactly", "draws_lie_in_their_ranges",
+         "drawn_g_m_l_steps_exactly")  # fmt: skip
 QUICK_TERMS = ("linear_members and 0-True-2", "gradient", "every_transition", "run_alone", "plus_the_noise")
 
 
@@ -136,10 +137,11 @@ TESTS = (
     "tests/test_probe.py",  # a probe's sums over episodes that end within the 16 steps between the GPU's checks
     "tests/test_physics_options.py",  # per-env physics drawn on the device, each env stepped against its one-env copy
     "tests/test_physics_options_classic.py",
+    "tests/test_randomized_physics.py",  # float32 draws within their bounds, Pendulum's drawn g, m, l env by env
 )
 # QUICK_TERMS' tests are in the other files: collecting these (MuJoCo Warp's import among them) would cost seconds for nothing
 QUICK_LEAVES_OUT = ("tests/test_warp_envs.py", "tests/test_members.py", "tests/test_parts.py", "tests/test_autocast.py",
-                    "tests/test_physics_options")  # fmt: skip
+                    "tests/test_physics_options", "tests/test_randomized_physics.py")  # fmt: skip
 QUICK_TESTS = tuple(t for t in TESTS if not t.startswith(QUICK_LEAVES_OUT))
 
 
@@ -166,7 +168,7 @@ def step_benchmark(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     r = run(args, [sys.executable, "scripts/benchmark.py", "--device", args.device, *sizes, "--json", str(out)], 240)
     if r.returncode != 0:
         return False, tail(r.stdout + r.stderr), {}
-    rows = json.loads(out.read_text())["results"]
+    rows = json.loads(out.read_text(encoding="utf-8"))["results"]
     lines = []
     for row in rows:
         ms = {k: v["ms"] for k, v in row["variants"].items()}
@@ -182,7 +184,7 @@ def step_repro_timing(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     if r.returncode != 0:
         return False, tail(r.stdout + r.stderr), {}
     found = sorted(tmp.glob("repro_timing*.json"))
-    data = json.loads(found[-1].read_text()) if found else {}
+    data = json.loads(found[-1].read_text(encoding="utf-8")) if found else {}
     rows = data.get("fc", [])
     lines = [f"FC-{row['size']}: " + ", ".join(f"{k} {ms / 1e3:.4f} s" for k, ms in row["ms"].items()) for row in rows]
     return None, "; ".join(lines) + f" per update (paper: FlipES {PAPER_FC512_SECONDS} s at FC-512 on a P100)", {"fc": rows}
@@ -218,7 +220,7 @@ def step_cartpole(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
              "--tensorboard", "false", "--plot", "false", *budget], 150)  # fmt: skip
     if r.returncode != 0:
         return False, tail(r.stdout + r.stderr), {"steps_per_second": rates}
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     last = [row for row in rows if "eval_return" in row][-1]
     solved = last["eval_return"] >= (default_target("flipes/CartPole-v1") or math.inf)  # what --target auto stops at
     shown = ", ".join(f"N={n:,}: {v / 1e6:.2f} M steps/s" for n, v in rates.items())
@@ -289,7 +291,7 @@ def step_mujoco_warp(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
     )
     if r.returncode != 0:
         return False, tail(r.stdout + r.stderr), {"steps_per_second": rates}
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     evals = [row for row in rows if "eval_return" in row]
     reached = [row for row in evals if row["eval_return"] >= target]
     best = max((row["eval_return"] for row in evals), default=math.nan)  # nan: no evaluation in the time
@@ -318,7 +320,9 @@ def step_mpi(args: Args, tmp: Path) -> tuple[bool | None, str, dict]:
         r = run(args, [str(mpiexec), "-n", str(k), sys.executable, "scripts/train.py", *common, "--out", str(out)], 180)
         if r.returncode != 0:
             return False, f"mpiexec -n {k} failed:\n" + tail(r.stdout + r.stderr), {}
-        hashes[k] = [json.loads(line)["params_sha256"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        hashes[k] = [
+            json.loads(line)["params_sha256"] for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
     ok = hashes[1] == hashes[2] and len(hashes[1]) > 0
     return ok, f"{len(hashes[1])} generations, parameters {'identical' if ok else 'DIFFER'} at 1 and 2 ranks", {"hashes": hashes}
 
@@ -400,8 +404,8 @@ def write_report(args: Args, info: dict[str, Any], results: list[Step], total: f
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"args": dataclasses.asdict(args), "info": info, "seconds": total, "failed": failed,
                "steps": [dataclasses.asdict(r) for r in results]}  # fmt: skip
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    out.with_suffix(".md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return failed
 
 
