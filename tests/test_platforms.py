@@ -196,3 +196,37 @@ def test_files_of_options_and_curves_are_utf8_whatever_the_locale(tmp_path: Path
     table = write_csv([Group("σ=0.1 é", ())], [curves], tmp_path / "c.csv", "generation")
     rows = table.read_bytes().decode("utf-8").splitlines()
     assert rows[1].startswith("σ=0.1 é,fitness_mean,0") and len(rows) == 3
+
+
+def _text_calls_without_encoding(source: str) -> list[int]:
+    """Lines of ``source`` that open, read or write a text file without naming its encoding: ``open(...)`` or
+    ``.open(...)`` in a text mode, ``.read_text()``, ``.write_text(...)`` (``/proc`` reads aside: ASCII, Linux-only)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if name in ("read_text", "write_text"):
+            if "/proc" not in ast.unparse(func) and not ast.unparse(func).startswith(("status.", "meminfo.")):
+                lines.append(node.lineno)
+        elif name == "open" and not (isinstance(func, ast.Attribute) and ast.unparse(func.value) in ("os", "tarfile")):
+            modes = [a for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            modes += [k.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
+            if not any("b" in m.value for m in modes):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_every_text_file_flipes_and_its_scripts_read_or_write_names_its_encoding() -> None:
+    """Every text file the library, the envs and the scripts open, read or write names its encoding: open()'s default
+    follows the locale (cp1252 on Windows), under which non-ASCII config, metrics or Markdown would read as mojibake
+    or fail to write."""
+    root = Path(__file__).resolve().parent.parent
+    found = {
+        str(path.relative_to(root)): lines
+        for folder in ("flipes", "envs", "scripts")
+        for path in sorted((root / folder).rglob("*.py"))
+        if (lines := _text_calls_without_encoding(path.read_text(encoding="utf-8")))
+    }
+    assert found == {}
