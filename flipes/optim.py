@@ -64,6 +64,15 @@ class ClipUp(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One ClipUp step, a descent along ``.grad`` as torch's optimizers take: per group, the velocity
+        ``v = momentum·v + lr·g/‖g‖`` clipped to norm ``max_speed``, then ``p -= v``.
+
+        Args:
+            closure: re-evaluates the model and returns the loss, as for torch's optimizers; optional.
+
+        Returns:
+            The closure's loss, or None without one.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
