@@ -392,6 +392,24 @@ def test_evojax_trainer_names_given_to_train_name_flipes_option() -> None:
             flipes.train(env=ENV_ID, **{keyword: 3}, **QUIET)
 
 
+def test_evojax_names_notes_name_flipes_options_as_given() -> None:
+    """EvoJAX's ``n_repeats`` note names the option that gives every member the same resets as the caller spells
+    options (``common_episodes`` as a keyword, ``--common-episodes`` as a flag); ``center_learning_rate``'s says
+    EvoJAX's ClipUp keeps its max speed 0.15 (2c is EvoTorch's)."""
+    from flipes.command_options import parse_train_config
+    from flipes.config import TrainConfig
+
+    with pytest.raises(flipes.UsageError) as kw:
+        TrainConfig(n_repeats=2)
+    with pytest.raises(flipes.UsageError) as flag:
+        parse_train_config(["--n-repeats", "2"])
+    assert "common_episodes on gives every member the same resets" in kw.value.fix
+    assert "--common-episodes on gives every member the same resets" in flag.value.fix
+    with pytest.raises(flipes.UsageError) as lr:
+        TrainConfig(center_learning_rate=0.1)
+    assert "EvoJAX's max speed stays 0.15" in lr.value.fix and "at max speed 2c" in lr.value.fix
+
+
 def test_a_policy_called_outside_no_grad_leaves_the_env_free_of_its_graph() -> None:
     """A rollout loop translated from EvoJAX's (``env.step(policy(obs))``, no ``torch.no_grad()``: JAX keeps no graph)
     steps a TorchVectorEnv to the same states and rewards as under ``no_grad``, bit for bit, and its state, rewards and
