@@ -3,6 +3,7 @@ global state as it found it, trials do not change each other's results, and a Ct
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -78,6 +79,67 @@ def test_a_train_inside_a_callback_of_another_runs(tmp_path: Path) -> None:
     result = flipes.train(env="none", model=make_model, fitness=fitness, popsize=4, generations=2, out=str(tmp_path / "outer"),
                           callbacks=[Nested()], **QUIET)  # fmt: skip
     assert inner == ["generations"] and result.reason == "generations" and len(result.metrics) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_a_forked_childs_train_runs_and_holds_the_guard_while_its_parent_thread_runs_one(tmp_path: Path) -> None:
+    """A child forked while another thread of its parent runs ``flipes.train`` has no such thread (threading marks it
+    ended): its own run is no run at once with another, so it runs, and while it runs it holds the one-run guard: a
+    second thread of the child is refused. Exit codes: 0 as said, 3 the child's run refused, 4 its thread not refused."""
+    entered, release = threading.Event(), threading.Event()
+
+    def waiting(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
+        entered.set()
+        assert release.wait(60)
+        return fitness(model, pop)
+
+    parent = {"env": "none", "model": make_model, "fitness": waiting, "popsize": 4, "generations": 1, **QUIET}
+    thread = threading.Thread(target=lambda: flipes.train(**parent, out=str(tmp_path / "parent")))
+    thread.start()
+    try:
+        assert entered.wait(60)
+        with warnings.catch_warnings():  # Python 3.12's note on forking a threaded process: the point of the test
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: report by exit code alone, never return into pytest
+            code = 5
+            try:
+                refused: list[bool] = []
+
+                def second() -> None:
+                    try:
+                        flipes.train(env="none", model=make_model, fitness=fitness, popsize=4, generations=1,
+                                     out=str(tmp_path / "second"), **QUIET)  # fmt: skip
+                        refused.append(False)
+                    except flipes.UsageError:
+                        refused.append(True)
+
+                class Meanwhile(flipes.Callback):
+                    def on_train_start(self, state: Any) -> None:
+                        other = threading.Thread(target=second)
+                        other.start()
+                        other.join(60)
+
+                try:
+                    flipes.train(env="none", model=make_model, fitness=fitness, popsize=4, generations=1,
+                                 out=str(tmp_path / "child"), callbacks=[Meanwhile()], **QUIET)  # fmt: skip
+                except flipes.UsageError:
+                    code = 3
+                else:
+                    code = 0 if refused == [True] else 4
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 120
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's flipes.train did not end in 120 s")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        release.set()
+        thread.join(60)
 
 
 @pytest.mark.parametrize("during", ["callback", "evaluation"])
