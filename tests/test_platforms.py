@@ -5,6 +5,7 @@ handle open for writing."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import errno
 import json
 import locale
@@ -19,10 +20,11 @@ import pytest
 import torch
 
 import flipes
+from flipes.callbacks import read_jsonl, write_atomic
 from flipes.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from flipes.cli import read_config_file
 from flipes.commands import main
-from flipes.config import validate
+from flipes.config import TrainConfig, saved_options, validate
 from flipes.errors import UsageError
 from flipes.rundir import RunDirLock, carry_history, check_not_in_use
 from flipes.runs import run_config
@@ -69,6 +71,20 @@ def test_run_config_reads_utf8_whatever_the_locale(tmp_path: Path, ascii_locale:
     options = {"env": "CartPole-v1", "fitness": "", "out": "runs/σ-sweep/é"}
     (tmp_path / "config.json").write_bytes(json.dumps(options, ensure_ascii=False).encode("utf-8"))
     assert run_config(tmp_path) == options
+
+
+def test_run_files_read_and_written_by_flipes_are_utf8_whatever_the_locale(tmp_path: Path, ascii_locale: None) -> None:
+    """Under a locale whose default encoding is not UTF-8: a resumed run's options come from a config.json holding
+    UTF-8 text exactly (not from its checkpoint, nor none), a metrics.jsonl row holding UTF-8 text reads back exactly
+    (not with replacement characters), and ``write_atomic`` writes UTF-8 text as UTF-8 bytes."""
+    options = dataclasses.asdict(TrainConfig(wandb_project="σ-sweep é"))
+    (tmp_path / "config.json").write_bytes(json.dumps(options, ensure_ascii=False).encode("utf-8"))
+    assert saved_options(str(tmp_path))["wandb_project"] == "σ-sweep é"
+    row = json.dumps({"generation": 0, "note": "σ é"}, ensure_ascii=False)
+    (tmp_path / "metrics.jsonl").write_bytes((row + "\n").encode("utf-8"))
+    assert read_jsonl(tmp_path / "metrics.jsonl") == ([row], 0)
+    write_atomic(tmp_path / "kept.jsonl", row + "\n")
+    assert (tmp_path / "kept.jsonl").read_bytes() == (row + "\n").encode("utf-8")
 
 
 @pytest.fixture
