@@ -5,6 +5,7 @@ handle open for writing."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import errno
 import json
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import FAST_KW
 
 import flipes
 from flipes.callbacks import read_jsonl, write_atomic
@@ -34,6 +36,13 @@ from flipes.seeds import Group, aggregate, write_csv
 @pytest.fixture
 def ascii_locale() -> Iterator[None]:
     """open()'s default encoding made ASCII for the test (a default other than UTF-8, as on Windows)."""
+    with _ascii_locale():
+        yield
+
+
+@contextlib.contextmanager
+def _ascii_locale() -> Iterator[None]:
+    """open()'s default encoding made ASCII inside the block (skipping the test where it cannot be)."""
     if sys.flags.utf8_mode:
         pytest.skip("Python's UTF-8 mode is on: open()'s default encoding does not follow the locale")
     previous = locale.setlocale(locale.LC_CTYPE)
@@ -85,6 +94,23 @@ def test_run_files_read_and_written_by_flipes_are_utf8_whatever_the_locale(tmp_p
     assert read_jsonl(tmp_path / "metrics.jsonl") == ([row], 0)
     write_atomic(tmp_path / "kept.jsonl", row + "\n")
     assert (tmp_path / "kept.jsonl").read_bytes() == (row + "\n").encode("utf-8")
+
+
+def test_a_dropped_in_checkpoints_other_options_are_named_beside_a_utf8_config(tmp_path: Path) -> None:
+    """A checkpoint of another run dropped into a run directory whose config.json holds UTF-8 text (edited by hand)
+    is named as trained with other options (``--hidden: [8] in the file, [4] in the run``) under a locale whose
+    default encoding is not UTF-8, as under a UTF-8 one."""
+    from flipes.rundir import _other_runs_options
+
+    here = flipes.train(**FAST_KW, hidden=[4], generations=1, out=str(tmp_path / "here")).run_dir
+    other = flipes.train(**FAST_KW, hidden=[8], generations=1, out=str(tmp_path / "other")).run_dir
+    (here / "dropped.pt").write_bytes((other / "checkpoint.pt").read_bytes())
+    options = {**json.loads((here / "config.json").read_text(encoding="utf-8")), "wandb_project": "σ-sweep é"}
+    (here / "config.json").write_bytes(json.dumps(options, ensure_ascii=False).encode("utf-8"))
+    expected = "trained with other options, --hidden: [8] in the file, [4] in the run"
+    assert _other_runs_options(here, here / "dropped.pt") == expected
+    with _ascii_locale():
+        assert _other_runs_options(here, here / "dropped.pt") == expected
 
 
 @pytest.fixture
