@@ -41,6 +41,15 @@ def test_float32_draws_lie_in_their_ranges(device: torch.device) -> None:
         assert bool((drawn >= low).all()) and bool((drawn <= high).all()), (name, drawn.min().item(), drawn.max().item())
 
 
+def test_a_range_float32_has_no_number_in_draws_its_bounds_rounded_to_nearest() -> None:
+    """A float32 env's range with no float32 number in it (0.1 and 0.1 + 1e-12 round to one float32 above both) draws
+    that nearest float32, as a fixed value of the constant would be: not the float32 next below it."""
+    env = CartPoleVectorEnv(64, dtype=torch.float32, masspole_range=[0.1, 0.1 + 1e-12], length_range=[0.3, 0.3])
+    env.reset(seed=0)
+    assert bool((env.masspole == np.float32(0.1)).all()), env.masspole.unique()
+    assert bool((env.length == np.float32(0.3)).all()), env.length.unique()
+
+
 def test_draws_are_uniform_in_the_range_and_independent_across_constants_and_envs() -> None:
     """Over 20,000 envs of one ``reset(seed=s)``, each constant's draws mapped to [0, 1) by its range pass a
     Kolmogorov-Smirnov test at the DKW bound for false-alarm rate 1e-6 (sup |F_n - F| < sqrt(ln(2e6) / 2n)); the
