@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 _FLIPES = str(Path(__file__).resolve().parent) + "/"
 _TORCH_WRAPPERS = ("torch/utils/_contextlib.py", "torch\\utils\\_contextlib.py")  # no_grad & co. as decorators
+
+
+def call_mismatch(method: Callable, args: tuple[str, ...]) -> str | None:
+    """Why ``method`` cannot be called with the positional arguments named ``args`` (Python's TypeError text), or None
+    where it can, or where it has no signature to read (a builtin: the call itself will say)."""
+    try:
+        inspect.signature(method).bind(*args)
+    except TypeError as e:
+        return str(e)
+    except ValueError:
+        return None
+    return None
 
 
 class UsageError(ValueError):

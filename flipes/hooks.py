@@ -3,11 +3,10 @@ libraries' hooks it would never call; and the list of callbacks given."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable
 
 from flipes.callbacks import Callback
-from flipes.errors import UsageError
+from flipes.errors import UsageError, call_mismatch
 
 # how flipes.train calls a callback's methods: the arguments after self, as a Callback defines them
 HOOKS = {
@@ -61,16 +60,12 @@ def check_hooks(cb: Callback) -> None:
         method = getattr(cb, hook)
         if getattr(type(cb), hook, None) is getattr(Callback, hook):
             continue
-        try:
-            inspect.signature(method).bind(*args)
-        except TypeError as e:
+        if (why := call_mismatch(method, args)) is not None:
             raise UsageError(
                 "callbacks",
-                f"{type(cb).__name__}.{hook} takes other arguments ({e}); flipes calls {hook}({', '.join(args)})",
+                f"{type(cb).__name__}.{hook} takes other arguments ({why}); flipes calls {hook}({', '.join(args)})",
                 f"define it as def {hook}({', '.join(('self', *args))})",
-            ) from None
-        except ValueError:  # no signature to read (a builtin): the call will say
-            continue
+            )
 
 
 def checked_callbacks(callbacks: Iterable[Callback]) -> list[Callback]:

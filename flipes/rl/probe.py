@@ -8,10 +8,11 @@ observation, a share of steps in some state. :func:`flipes.rl.run_episodes` and 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from torch import Tensor
+
+from flipes.errors import call_mismatch
 
 
 class Probe:
@@ -79,15 +80,11 @@ def check_probe(probe: Any, who: str) -> Probe | None:
             if getattr(type(probe), name, None) is getattr(Probe, name):
                 problem = f"{type(probe).__name__} defines no {name}()"
                 raise TypeError(f"{who}: {problem}: a Probe defines reset, step and result; {define}")
-            try:
-                inspect.signature(getattr(probe, name)).bind(*args)
-            except TypeError as e:
+            if (why := call_mismatch(getattr(probe, name), args)) is not None:
                 raise TypeError(
-                    f"{who}: {type(probe).__name__}.{name} takes other arguments ({e}); a rollout calls {name}"
+                    f"{who}: {type(probe).__name__}.{name} takes other arguments ({why}); a rollout calls {name}"
                     f"({', '.join(args)}): define it as {define}"
-                ) from None
-            except ValueError:  # no signature to read (a builtin): the call will say
-                continue
+                )
         return probe
     if isinstance(probe, type) and issubclass(probe, Probe):
         raise TypeError(f"{who}: probe is the class {probe.__name__}; pass an instance, probe={probe.__name__}()")
