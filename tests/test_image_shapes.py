@@ -1,5 +1,6 @@
 """Image observations the CNN policy cannot take are refused naming the fix that fits their shape: a grayscale image
-without a channel dim is told to get one, a stack of colour frames to be grayed before stacking, an EnvPool Atari id made
+without a channel dim is told to get one, a stack of colour frames to be grayed before stacking, one of single-channel
+frames to drop that dim, an EnvPool Atari id made
 too small to set img_height/img_width of at least the torso's least side; a rank-3 image the torso takes read one way only is
 read that way ((84, 84, 5) channels-last), and every shape it took before is read as before."""
 
@@ -38,6 +39,18 @@ def test_a_stack_of_colour_frames_is_told_to_gray_them_before_stacking() -> None
     with pytest.raises(ValueError, match=r"FrameStackObservation\(GrayscaleObservation\(env\), 4\).*\(4, H, W\)") as e:
         CNNPolicy(image((4, 84, 84, 3)), ACTION)
     assert "--policy mlp" not in str(e.value)
+
+
+def test_a_stack_of_single_channel_frames_is_told_to_drop_the_channel_dim_not_to_gray_them() -> None:
+    """(4, 84, 84, 1) and (4, 1, 84, 84), grayscale frames stacked with their channel dim (AtariPreprocessing's
+    grayscale_newaxis, GrayscaleObservation(keep_dim=True) under FrameStackObservation), are told to reshape to
+    (4, 84, 84), not to make the frames grayscale."""
+    for shape in ((4, 84, 84, 1), (4, 1, 84, 84)):
+        with pytest.raises(
+            ValueError, match=r"4 single-channel frames: drop their channel dim.*ReshapeObservation\(env, \(4, 84, 84\)\)"
+        ) as e:
+            CNNPolicy(image(shape), ACTION)
+        assert "colour" not in str(e.value)
 
 
 def test_vectors_are_still_sent_to_the_mlp() -> None:
