@@ -180,3 +180,41 @@ def test_a_mixin_listing_recurrent_policy_first_is_told_to_list_it_last() -> Non
     with pytest.raises(NotImplementedError, match=r"^Wrong reached RecurrentPolicy\.forward.*\(MyModule, RecurrentPolicy\)"):
         Wrong()(obs, None)
     assert torch.equal(Right()(obs, None)[0], torch.full((2,), 3.0))
+
+
+def test_a_recurrent_policy_returning_its_actions_alone_is_told_to_return_its_state() -> None:
+    """A RecurrentPolicy whose forward returns the actions without the state stops at the first step with a UsageError
+    naming ``(actions, state)``: unpacked as they came, 2 envs' actions were one action and a 'state' (a shape error
+    naming actions of shape ()), 1 env's an unpacking error."""
+
+    class ActionsOnly(flipes.rl.RecurrentPolicy):
+        def forward(self, obs: Tensor, state: Tensor | None) -> Tensor:  # type: ignore[override]
+            return (obs[..., 0] > 0).long()
+
+    for envs in (1, 2, 3):
+        with pytest.raises(flipes.UsageError, match=r"ActionsOnly .* returned a Tensor, not \(actions, state\); return the"):
+            run_episodes(make_vector_env("flipes/CartPole-v1", envs), ActionsOnly(), seed=0)
+
+
+def test_a_gru_policy_refuses_a_state_of_another_shape_and_takes_a_numpy_one() -> None:
+    """GRUPolicy takes the state its previous step returned: one of another hidden size or batch, or the same numbers in
+    another layout ((episodes, members, H) for (members, episodes, H), which a reshape took silently, each row then
+    reading another env's memory), is a ValueError naming the shape it takes; a numpy state acts as the same tensor."""
+    box = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    policy = flipes.flipout(GRUPolicy(box, gym.spaces.Discrete(2), hidden=(8, 6)))
+    with pytest.raises(
+        ValueError, match=r"GRUPolicy takes the state its previous step returned, of shape \(5, 6\) .* got \(5, 7\)"
+    ):
+        policy(torch.zeros(5, 4), torch.zeros(5, 7))
+    with pytest.raises(ValueError, match=r"of shape \(5, 6\) .* got \(3, 6\)"):
+        policy(torch.zeros(5, 4), torch.zeros(3, 6))
+    es = flipes.FlipES(policy, popsize=4)
+    obs = torch.randn(4, 2, 4, generator=torch.Generator().manual_seed(0))
+    with es.population():
+        _, state = policy(obs, None)
+        with pytest.raises(ValueError, match=r"of shape \(4, 2, 6\) .* got \(2, 4, 6\)"):
+            policy(obs, state.transpose(0, 1).contiguous())
+        policy(obs, state)  # the layers were called: the population ends without a complaint
+    a, h = policy(obs[0].numpy(), torch.ones(2, 6))
+    b, g = policy(obs[0].numpy(), np.ones((2, 6), np.float32))
+    assert np.array_equal(a, b) and torch.equal(h, g)

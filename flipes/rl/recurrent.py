@@ -14,8 +14,10 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from torch import Tensor, nn
 
+from flipes.errors import UsageError
 from flipes.nn import FlipoutGRUCell, FlipoutLinear, uncompiled
 from flipes.rl.policy import CNNPolicy, MLPPolicy, SpacePolicy, check_widths, mlp
 
@@ -66,7 +68,18 @@ def stepper(policy: Callable[..., Any]) -> Callable[[Tensor], Tensor]:
 
     def act(obs: Tensor) -> Tensor:
         nonlocal state
-        action, state = policy(obs, state)
+        out = policy(obs, state)
+        # unpacked as it is, actions alone would split along their first dim: 2 envs' actions as an action and a state
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise UsageError(
+                "--model",
+                f"{type(uncompiled(policy)).__name__} is a RecurrentPolicy, and its forward(obs, state) returned "
+                + (f"a tuple of {len(out)}" if isinstance(out, tuple) else f"a {type(out).__name__}")
+                + ", not (actions, state)",
+                "return the actions and the state the next step takes, return actions, state (the state None at an "
+                "episode's start); a policy without memory subclasses torch.nn.Module alone and returns the actions",
+            )
+        action, state = out
         return action
 
     return act
@@ -112,8 +125,24 @@ class GRUPolicy(SpacePolicy, RecurrentPolicy):
     def forward(self, obs: Tensor | np.ndarray, state: Tensor | None = None) -> tuple[Tensor | np.ndarray, Tensor]:
         x = self.encoder(self.observe(obs, self.head.weight.dtype))
         rows = x.reshape(-1, x.shape[-1])  # the cell takes (batch, features): members first stay first
+        if state is not None and (not isinstance(state, Tensor) or state.shape != (*x.shape[:-1], self.cell.hidden_size)):
+            state = self._state(state, x)
         h = self.cell(rows, None if state is None else state.reshape(rows.shape[0], -1)).view(*x.shape[:-1], -1)
         return self.as_given(self.action(self.head(h)), obs), h
+
+    def _state(self, state: Any, x: Tensor) -> Tensor:
+        """A state given as numpy (a gymnasium loop's) as a tensor; else a ValueError naming the shape it takes: reshaped
+        as it came, one of another batch layout (episodes before members) would hand each row another env's memory."""
+        if not isinstance(state, Tensor):
+            state = torch.as_tensor(np.asarray(state), dtype=x.dtype, device=x.device)
+        expected = (*x.shape[:-1], self.cell.hidden_size)
+        if state.shape != expected:
+            raise ValueError(
+                f"GRUPolicy takes the state its previous step returned, of shape {expected} (the observations' batch "
+                f"{tuple(x.shape[:-1])}, then hidden size {self.cell.hidden_size}), got {tuple(state.shape)}; pass None at an "
+                "episode's start, then the state each call returns"
+            )
+        return state
 
 
 POLICIES: MappingProxyType[str, type[SpacePolicy]] = MappingProxyType({"mlp": MLPPolicy, "gru": GRUPolicy, "cnn": CNNPolicy})
