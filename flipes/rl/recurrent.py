@@ -61,7 +61,8 @@ def is_recurrent(policy: Any) -> bool:
 def stepper(policy: Callable[..., Any]) -> Callable[[Tensor], Tensor]:
     """``act(obs) -> action`` for one batch of episodes: ``policy`` itself, or for a
     :class:`RecurrentPolicy` (``torch.compile`` of one too) a function carrying its state from call to
-    call, from ``None``."""
+    call, from ``None``; a UsageError names ``(actions, state)`` where the policy returns anything else (actions alone
+    would otherwise be split along their first dim into an action and a state)."""
     if not is_recurrent(policy):
         return policy
     state: Any = None
