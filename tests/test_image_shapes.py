@@ -47,7 +47,8 @@ def test_a_stack_of_single_channel_frames_is_told_to_drop_the_channel_dim_not_to
     (4, 84, 84), not to make the frames grayscale."""
     for shape in ((4, 84, 84, 1), (4, 1, 84, 84)):
         with pytest.raises(
-            ValueError, match=r"4 single-channel frames: drop their channel dim.*ReshapeObservation\(env, \(4, 84, 84\)\)"
+            ValueError,
+            match=r"single-channel frames stacked with their channel dim of 1: drop it.*ReshapeObservation\(env, \(4, 84, 84\)\)",
         ) as e:
             CNNPolicy(image(shape), ACTION)
         assert "colour" not in str(e.value)

@@ -292,12 +292,12 @@ def _rank_fix(shape: tuple[int, ...] | None, least: int) -> str:
             f"ReshapeObservation(env, (1, {', '.join(map(str, shape))})) from gymnasium.wrappers"
         )
     if shape is not None and len(shape) == 4 and 1 in (shape[1], shape[3]):  # single-channel frames kept their channel dim
-        frames = (shape[0], *(side for side in shape[1:] if side != 1)) if shape.count(1) == 1 else None
-        target = ", ".join(map(str, frames)) if frames is not None and len(frames) == 3 else "frames, H, W"
+        at = 3 if shape[3] == 1 else 1
+        kept = shape[:at] + shape[at + 1 :]
+        restack = f", or stack frames without one, FrameStackObservation(GrayscaleObservation(env), {shape[0]})"
         return (
-            f"a stack of {shape[0]} single-channel frames: drop their channel dim of 1, ReshapeObservation(env, ({target})) "
-            "from gymnasium.wrappers, or stack frames without one, FrameStackObservation(GrayscaleObservation(env), "
-            f"{shape[0]})"
+            f"single-channel frames stacked with their channel dim of 1: drop it, ReshapeObservation(env, "
+            f"({', '.join(map(str, kept))})) from gymnasium.wrappers" + (restack if shape[0] < min(kept[1:]) else "")
         )
     if shape is not None and len(shape) == 4:
         return (
