@@ -103,7 +103,8 @@ class GRUPolicy(SpacePolicy, RecurrentPolicy):
     Shape:
         ``(*, obs_dim), state -> (action, state)`` with ``state`` ``(*, hidden[-1])`` (``None`` at
         the first step); inside a population ``*`` starts with the members. Numpy observations give numpy
-        actions (the state stays a tensor).
+        actions (the state stays a tensor; a numpy one is taken as its tensor). A state of another shape is a
+        ValueError naming the one it takes.
     """
 
     def __init__(
