@@ -11,10 +11,12 @@ steps counted in returns per second. Engines: gymnasium's ``SyncVectorEnv`` (``s
 ``--threads``), EnvPool with 1 and 2 threads, and EnvPool with 2 threads and the pipelined rollout
 (one half of the envs steps while the policy computes the other half's actions). The baseline
 ``sync random`` steps ``SyncVectorEnv`` with random actions and no policy (every env, every step),
-the rate a user sees from gymnasium alone; ratios are against it. Repeats are interleaved (engine
-by engine, then again) and the median is reported, which keeps a noisy machine's drift out of the
-ratios. Humanoid runs with ``terminate_when_unhealthy=False`` on every engine, so that all envs
-step all ``--steps`` steps (a fresh policy falls within ~25 steps) and the rates are steady-state.
+the rate a user sees from gymnasium alone; ratios are against it; it is timed from its reset too, so that
+both sides of a ratio do the same env work. Repeats are interleaved (engine by engine, then again) after
+--warmup untimed rounds (first-call costs: EnvPool's threads, worker processes, allocations) and the median is
+reported, which keeps a noisy machine's drift out of the ratios. Humanoid runs with ``terminate_when_unhealthy=False``
+on every engine, so that all envs step all ``--steps`` steps (a fresh policy falls within ~25 steps) and the rates are
+steady-state.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Args:
     """Steps per env in one timed rollout."""
     repeats: int = 3
     """Interleaved repeats; the median is reported."""
+    warmup: int = 1
+    """Untimed interleaved rounds before the repeats (first-call costs stay out of the median)."""
     threads: int = 2
     """EnvPool threads / worker processes of the multi-core engines."""
     quick: bool = False
@@ -82,8 +86,8 @@ def time_random(env: Any, n: int, steps: int, seed: int) -> float:
     """Steps/s of the env alone with random actions (every env, every step, autoresets included)."""
     space = env.single_action_space
     actions = np.random.default_rng(seed).uniform(space.low, space.high, (steps, n, *space.shape)).astype(space.dtype)
+    t0 = time.perf_counter()  # from the reset, as time_policy: the same env work on both sides of a ratio
     env.reset(seed=seed)
-    t0 = time.perf_counter()
     for a in actions:
         env.step(a)
     return n * steps / (time.perf_counter() - t0)
@@ -112,12 +116,14 @@ def bench(env_id: str, n: int, args: Args) -> dict[str, float]:
     rates: dict[str, list[float]] = {name: [] for name in ENGINES}
     with es.population():
         act = policy  # one episode per member: (n, obs) -> (n, act)
-        for rep in range(args.repeats):
+        for rep in range(args.warmup + args.repeats):  # the first --warmup rounds are untimed
             for name, (env, pipeline) in engines.items():
                 if name == "sync random":
-                    rates[name].append(time_random(env, n, args.steps, seed=rep))
+                    rate = time_random(env, n, args.steps, seed=rep)
                 else:
-                    rates[name].append(time_policy(env, act, policy, pipeline, args.steps, generation=rep))
+                    rate = time_policy(env, act, policy, pipeline, args.steps, generation=rep)
+                if rep >= args.warmup:
+                    rates[name].append(rate)
     for env, _ in engines.values():
         env.close()
     return {name: statistics.median(r) for name, r in rates.items()}
@@ -134,11 +140,11 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main(args: Args) -> list[dict[str, Any]]:
-    for name in ("sizes", "steps", "repeats", "threads"):
-        value = getattr(args, name)
-        if min(value if isinstance(value, list) else [value], default=0) < 1:
-            example = {"sizes": "64 256", "steps": 200, "repeats": 3, "threads": 2}[name]  # the fix names this option
-            raise UsageError(option_name(name), f"must be at least 1, got {value}", f"e.g. {option_name(name)} {example}")
+    for name in ("sizes", "steps", "repeats", "threads", "warmup"):
+        value, low = getattr(args, name), 0 if name == "warmup" else 1
+        if min(value if isinstance(value, list) else [value], default=0) < low:
+            example = {"sizes": "64 256", "steps": 200, "repeats": 3, "threads": 2, "warmup": 1}[name]  # the fix names it
+            raise UsageError(option_name(name), f"must be at least {low}, got {value}", f"e.g. {option_name(name)} {example}")
     if not args.envs:
         raise UsageError("--envs", "names no env: nothing to time", "e.g. --envs flipes/CartPole-v1")
     torch.set_num_threads(1)  # as train.py: the policy runs on this thread, the engines on the others

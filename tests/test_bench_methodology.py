@@ -1,0 +1,60 @@
+"""How the speed benchmarks time their sides: warm-up kept out of the medians, the same work on both sides of a ratio.
+
+Fake envs and a fake clock stand in for the real ones, so each property is exact and costs no env steps."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+from gymnasium.spaces import Box
+from helpers import ROOT, load_script
+
+
+class FakeEnv:
+    """A vector env whose reset costs 1 clock unit and whose step costs 0.01: what time_random's clock sees."""
+
+    single_observation_space = Box(-1.0, 1.0, (3,))
+    single_action_space = Box(-1.0, 1.0, (2,))
+
+    def __init__(self, clock: list[float] | None = None, num_envs: int = 4) -> None:
+        self.clock, self.num_envs = clock if clock is not None else [0.0], num_envs
+
+    def reset(self, seed: int | None = None) -> None:
+        self.clock[0] += 1.0
+
+    def step(self, action: Any) -> None:
+        self.clock[0] += 0.01
+
+    def close(self) -> None:
+        pass
+
+
+def test_bench_rollout_baseline_rate_counts_its_reset_as_the_policy_engines_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sync random``'s rate is timed from its reset to its last step, as every engine with the policy in the loop is
+    (``time_policy`` starts its clock before ``reset_episodes``): N·steps / (reset + steps), here 40 / 1.1, not 40 / 0.1."""
+    module = load_script(ROOT / "scripts" / "bench_rollout.py")
+    clock = [0.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    rate = module.time_random(FakeEnv(clock), n=4, steps=10, seed=0)
+    assert rate == pytest.approx(40 / 1.1)
+
+
+def test_bench_rollout_first_round_is_an_untimed_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each engine's first rollout (cold: EnvPool's threads, worker processes, first allocations) is run but left out
+    of the median: with one timed repeat, every engine reports its second rollout's rate."""
+    module = load_script(ROOT / "scripts" / "bench_rollout.py")
+    calls: dict[int, int] = {}
+
+    def rate(env: FakeEnv, *args: Any, **kwargs: Any) -> float:
+        calls[id(env)] = calls.get(id(env), 0) + 1
+        return 1.0 if calls[id(env)] == 1 else 100.0  # cold first call, warm after
+
+    monkeypatch.setattr(module, "make_engine", lambda engine, env_id, n, threads: (FakeEnv(), False))
+    monkeypatch.setattr(module, "time_random", rate)
+    monkeypatch.setattr(module, "time_policy", rate)
+    rates = module.bench("HalfCheetah-v5", 4, module.Args(repeats=1))
+    assert set(rates) == set(module.ENGINES)
+    assert all(r == 100.0 for r in rates.values()), rates
+    assert all(c == 2 for c in calls.values()) and len(calls) == len(module.ENGINES)
