@@ -16,7 +16,8 @@ For each tanh MLP and population size N, times one forward of the whole populati
 would exceed --mem-cap-gb (default 4 GB; 376-256-256-17 at N=4096 needs 2.7 GB).
 
 Variants are interleaved round-robin (machine noise hits all alike); the table reports the median
-time per call in ms. Usage:
+time per call in ms, and a second table its spread: the quartiles of each variant's timed blocks and their count
+(a ratio of medians is only as sure as those ranges are narrow). Usage:
 
     PYTHONPATH=. python scripts/benchmark.py [--device cuda] [--sizes 17-64-64-6 ...] [--popsizes 1024 4096]
     PYTHONPATH=. python scripts/benchmark.py --quick            # a smoke test, a few seconds
@@ -260,6 +261,15 @@ def fmt(v: float | None, ratio: bool = False) -> str:
     return f"{v:.2f}x" if ratio else f"{v:.3f}"
 
 
+def spread(timing: dict | None) -> str:
+    """``q1–q3 (k)``: the quartiles of a variant's k timed blocks in ms per call ("skipped" for a variant not run)."""
+    if timing is None:
+        return "skipped"
+    blocks = timing["blocks_ms"]
+    q1, _, q3 = statistics.quantiles(blocks, n=4, method="inclusive") if len(blocks) > 1 else blocks * 3
+    return f"{q1:.3f}–{q3:.3f} ({len(blocks)})"
+
+
 def main(args: Args) -> None:
     args = prepare(args)
     if args.threads:
@@ -300,6 +310,17 @@ def main(args: Args) -> None:
         cells += [fmt(ms["lowrank"]), fmt(r["lowrank/plain"], True)] if args.rank else []
         cells += [fmt(ms["compiled"]), fmt(r["compiled/flipout"], True)] if args.compile else []
         print("| " + " | ".join(cells) + " |")
+
+    # the spread behind each median
+    shown = {"plain": "(a) plain", "flipout": "(b) flipout", "fresh": "(c) fresh", "vmap": "(d) vmap", "bmm": "(e) bmm"}
+    shown |= {"sample_tell": "sample+tell", "sample": "sample"}
+    shown |= {"lowrank": f"(f) low-rank r={args.rank}"} if args.rank else {}
+    shown |= {"compiled": f"(g) compiled ({args.compile})"} if args.compile else {}
+    print("\nspread: quartiles of the timed blocks, ms per call (blocks)\n")
+    print("| " + " | ".join(["MLP", "N", *shown.values()]) + " |")
+    print("|" + "|".join("---" for _ in range(len(shown) + 2)) + "|")
+    for row in rows:
+        print("| " + " | ".join([row["mlp"], str(row["n"]), *[spread(row["variants"].get(k)) for k in shown]]) + " |")
 
     # the targets
     print("\ntargets:")

@@ -58,3 +58,26 @@ def test_bench_rollout_first_round_is_an_untimed_warm_up(monkeypatch: pytest.Mon
     assert set(rates) == set(module.ENGINES)
     assert all(r == 100.0 for r in rates.values()), rates
     assert all(c == 2 for c in calls.values()) and len(calls) == len(module.ENGINES)
+
+
+def test_benchmark_prints_the_quartiles_of_every_variants_timed_blocks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Beside each median, scripts/benchmark.py prints the spread it was taken from: the inclusive quartiles of the
+    variant's timed blocks (1..5 ms: 2 and 4) and their count, "skipped" where a variant did not run (vmap and bmm
+    over the memory cap)."""
+    module = load_script(ROOT / "scripts" / "benchmark.py")
+    blocks = [5.0, 1.0, 4.0, 2.0, 3.0]
+    timed = {"ms": 3.0, "calls_per_block": 1, "blocks_ms": blocks}
+    names = ("plain", "flipout", "lowrank", "fresh", "sample", "sample_tell")
+
+    def bench(size: str, n: int, *args: Any) -> dict:
+        return {"mlp": size, "n": n, "params": 1, "member_weights_gb": 9.0, "variants": {k: dict(timed) for k in names}}
+
+    monkeypatch.setattr(module, "bench", bench)
+    module.main(module.Args(sizes=["4-3-2"], popsizes=[8]))
+    out = capsys.readouterr().out
+    cell = "2.000–4.000 (5)"
+    assert "| (a) plain | (b) flipout | (c) fresh | (d) vmap | (e) bmm | sample+tell | sample | (f) low-rank r=4 |" in out
+    expected = f"| 4-3-2 | 8 | {cell} | {cell} | {cell} | skipped | skipped | {cell} | {cell} | {cell} |"
+    assert expected in out.splitlines(), out
