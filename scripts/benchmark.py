@@ -261,11 +261,10 @@ def fmt(v: float | None, ratio: bool = False) -> str:
     return f"{v:.2f}x" if ratio else f"{v:.3f}"
 
 
-def spread(timing: dict | None) -> str:
-    """``q1–q3 (k)``: the quartiles of a variant's k timed blocks in ms per call ("skipped" for a variant not run)."""
-    if timing is None:
+def spread(blocks: list[float] | None) -> str:
+    """``q1–q3 (k)``: the inclusive quartiles of a variant's k timed blocks, in their unit ("skipped": not run)."""
+    if blocks is None:
         return "skipped"
-    blocks = timing["blocks_ms"]
     q1, _, q3 = statistics.quantiles(blocks, n=4, method="inclusive") if len(blocks) > 1 else blocks * 3
     return f"{q1:.3f}–{q3:.3f} ({len(blocks)})"
 
@@ -320,7 +319,8 @@ def main(args: Args) -> None:
     print("| " + " | ".join(["MLP", "N", *shown.values()]) + " |")
     print("|" + "|".join("---" for _ in range(len(shown) + 2)) + "|")
     for row in rows:
-        print("| " + " | ".join([row["mlp"], str(row["n"]), *[spread(row["variants"].get(k)) for k in shown]]) + " |")
+        cells = [spread(row["variants"][k]["blocks_ms"] if k in row["variants"] else None) for k in shown]
+        print("| " + " | ".join([row["mlp"], str(row["n"]), *cells]) + " |")
 
     # the targets
     print("\ntargets:")

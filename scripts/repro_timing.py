@@ -39,6 +39,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from benchmark import spread
 from repro_common import (
     MemberWeights,
     check_at_least,
@@ -221,7 +222,8 @@ def lowrank_table(args: Args, dev: torch.device, sync: Callable[[], None]) -> li
     rows = []
     for name, s in samples.items():
         t = statistics.median(s)
-        rows.append({"variant": name, "ms": 1e3 * t, "throughput_pct": 100 * plain / t, "sample_ms": sample_ms.get(name)})
+        rows.append({"variant": name, "ms": 1e3 * t, "throughput_pct": 100 * plain / t, "sample_ms": sample_ms.get(name),
+                     "rounds_ms": [1e3 * v for v in s]})  # fmt: skip
         print(f"lowrank {name}: {1e3 * t:.3f} ms, {100 * plain / t:.1f}% of plain", flush=True)
     return rows
 
@@ -273,6 +275,7 @@ def main(args: Args) -> dict:
             [
                 r["variant"],
                 f"{r['ms']:.3f}",
+                spread(r["rounds_ms"]),
                 f"{r['throughput_pct']:.1f}%",
                 "" if r["sample_ms"] is None else f"{r['sample_ms']:.2f}",
             ]
@@ -281,7 +284,9 @@ def main(args: Args) -> dict:
         md += [
             f"\nPopulation forward of one {args.lowrank_dim}→{args.lowrank_dim} Linear, N = {args.lowrank_n:,} "
             f"(one example each), median of {args.lowrank_rounds} interleaved rounds:\n",
-            markdown_table(["variant", "ms / forward", "throughput vs plain", "sampling ms / generation"], rows),
+            markdown_table(
+                ["variant", "ms / forward", "quartiles (rounds)", "throughput vs plain", "sampling ms / generation"], rows
+            ),
         ]
     markdown = "\n".join(md)
     print("\n" + markdown)

@@ -4,12 +4,14 @@ Fake envs and a fake clock stand in for the real ones, so each property is exact
 
 from __future__ import annotations
 
+import statistics
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
 from gymnasium.spaces import Box
-from helpers import ROOT, load_script
+from helpers import ROOT, load_script, script_state_kept
 
 
 class FakeEnv:
@@ -81,3 +83,22 @@ def test_benchmark_prints_the_quartiles_of_every_variants_timed_blocks(
     assert "| (a) plain | (b) flipout | (c) fresh | (d) vmap | (e) bmm | sample+tell | sample | (f) low-rank r=4 |" in out
     expected = f"| 4-3-2 | 8 | {cell} | {cell} | {cell} | skipped | skipped | {cell} | {cell} | {cell} |"
     assert expected in out.splitlines(), out
+
+
+def test_repro_timing_low_rank_table_shows_the_quartiles_of_its_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The low-rank throughput table of scripts/repro_timing.py gives, beside each median, the inclusive quartiles of
+    the interleaved rounds it was taken from (kept in the JSON as ``rounds_ms``, one per round)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    module = load_script(ROOT / "scripts" / "repro_timing.py")
+    with script_state_kept():
+        results = module.main(module.Args(sections=["lowrank"], ranks=[2], tiny=True, out=str(tmp_path)))
+    capsys.readouterr()
+    markdown = (tmp_path / "repro_timing_tiny.md").read_text(encoding="utf-8")
+    assert "| variant | ms / forward | quartiles (rounds) | throughput vs plain |" in markdown
+    for row in results["lowrank"]:
+        rounds = row["rounds_ms"]
+        assert len(rounds) == 3 and row["ms"] == pytest.approx(statistics.median(rounds))
+        q1, _, q3 = statistics.quantiles(rounds, n=4, method="inclusive")
+        assert f"| {row['variant']} | {row['ms']:.3f} | {q1:.3f}–{q3:.3f} (3) |" in markdown
