@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from repro_common import cpu_name
 
 import flipes
 from flipes.cli import run
@@ -564,7 +565,7 @@ def main(args: Args) -> list[dict[str, Any]]:
         "python": platform.python_version(),
         "evotorch": next((r["settings"]["evotorch"] for r in results if "evotorch" in r["settings"]), None),
         "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),  # the CPU model, not x86_64
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "commit": git_commit(),
         "load_before": load_start,

@@ -53,6 +53,7 @@ from typing import Any, Literal
 
 import gymnasium as gym
 import torch
+from repro_common import cpu_name
 
 import flipes
 from flipes.cli import run
@@ -196,14 +197,6 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {statistics.median(r['best'] for r in rs):.0f} | {per_seed(rs, 'wall_s')} |"
         )
     return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main(args: Args) -> list[dict[str, Any]]:

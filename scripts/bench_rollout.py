@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from repro_common import cpu_name
 
 import flipes
 from flipes.cli import option_name, run
@@ -165,7 +165,7 @@ def main(args: Args) -> list[dict[str, Any]]:
         "args": dataclasses.asdict(args),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),  # the CPU model, not x86_64
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }

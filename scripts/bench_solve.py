@@ -41,7 +41,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from repro_common import cpu_name
 
 import flipes
 from flipes.cli import run
@@ -477,7 +477,7 @@ def main(args: Args) -> list[dict[str, Any]]:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(),
+            "machine": cpu_name(),  # the CPU model, not x86_64
             "ray_init_s": ray_init_s,
             "evosax_python": evosax_python,
             "evosax": evosax_meta,

@@ -32,7 +32,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from repro_common import cpu_name
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -125,16 +125,8 @@ def mlp(widths: list[int]) -> nn.Sequential:
 
 
 def machine(device: torch.device) -> dict[str, str | int]:
-    cpu = platform.processor()
-    if not cpu and Path("/proc/cpuinfo").exists():  # Linux leaves platform.processor() empty
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else ""
     info: dict[str, str | int] = {
-        "cpu": cpu or platform.machine(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

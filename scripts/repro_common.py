@@ -151,15 +151,21 @@ def setup(device: str, threads: int) -> tuple[torch.device, Callable[[], None]]:
     return dev, sync
 
 
-def machine(device: torch.device) -> dict[str, Any]:
+def cpu_name() -> str:
+    """The CPU's model name, which a benchmark's numbers belong to: Linux's ``platform.processor()`` is empty and
+    ``platform.machine()`` only says x86_64, so /proc/cpuinfo's first "model name" where there is one."""
     cpu = platform.processor()
     if not cpu and Path("/proc/cpuinfo").exists():
         names = [
             ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")
         ]
         cpu = names[0] if names else ""
+    return cpu or platform.machine()
+
+
+def machine(device: torch.device) -> dict[str, Any]:
     return {
-        "cpu": cpu or platform.machine(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

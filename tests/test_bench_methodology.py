@@ -4,6 +4,7 @@ Fake envs and a fake clock stand in for the real ones, so each property is exact
 
 from __future__ import annotations
 
+import json
 import statistics
 import types
 from pathlib import Path
@@ -102,3 +103,26 @@ def test_repro_timing_low_rank_table_shows_the_quartiles_of_its_rounds(
         assert len(rounds) == 3 and row["ms"] == pytest.approx(statistics.median(rounds))
         q1, _, q3 = statistics.quantiles(rounds, n=4, method="inclusive")
         assert f"| {row['variant']} | {row['ms']:.3f} | {q1:.3f}–{q3:.3f} (3) |" in markdown
+
+
+def test_bench_rollout_names_the_cpu_model_its_rates_were_measured_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The JSON's machine is the CPU's model name from /proc/cpuinfo (what tells a Xeon's rates from an EPYC's), not
+    ``platform.machine()``'s bare x86_64."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = (
+        [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        if (cpuinfo.exists())
+        else []
+    )
+    if not names:
+        pytest.skip("no CPU model name in /proc/cpuinfo here")
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    module = load_script(ROOT / "scripts" / "bench_rollout.py")
+    monkeypatch.setattr(module, "bench", lambda env_id, n, args: {name: 1.0 for name in module.ENGINES})
+    with script_state_kept():
+        module.main(module.Args(envs=["HalfCheetah-v5"], sizes=[4], json=str(tmp_path / "r.json")))
+    capsys.readouterr()
+    meta = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["meta"]
+    assert meta["machine"] == names[0]
