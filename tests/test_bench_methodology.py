@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import types
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from gymnasium.spaces import Box
 from helpers import ROOT, load_script, script_state_kept
 
@@ -126,3 +128,53 @@ def test_bench_rollout_names_the_cpu_model_its_rates_were_measured_on(
     capsys.readouterr()
     meta = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["meta"]
     assert meta["machine"] == names[0]
+
+
+def test_bench_solve_starts_evotorchs_actors_before_its_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EvoTorch's ray actors (a process each: seconds of imports) start before its clock, as flipes' envs are built
+    before flipes' clock: with start-up costing 10 clock units on first use and a generation 1, a run solved in its
+    first generation reports 1 wall second and the start-up in ``setup_s``. A fake EvoTorch stands in for the real one
+    (an extra, not installed for the tests)."""
+    clock = [0.0]
+
+    class Problem:
+        started = False
+
+        def start(self) -> None:  # VecGymNE starts its actors lazily, on first use
+            if not self.started:
+                self.started, clock[0] = True, clock[0] + 10.0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def all_remote_problems(self) -> Any:
+            self.start()
+            return types.SimpleNamespace(get_observation_stats=lambda: [None])
+
+        def make_zeros(self, num_solutions: int) -> list[None]:
+            return [None] * num_solutions
+
+        def kill_actors(self) -> None:
+            pass
+
+    class PGPE:
+        def __init__(self, problem: Problem, **kwargs: Any) -> None:
+            self.problem, self.status = problem, {"center": None, "total_interaction_count": 100}
+
+        def step(self) -> None:
+            self.problem.start()
+            clock[0] += 1.0
+
+    fake = {"evotorch": types.ModuleType("evotorch"), "evotorch.algorithms": types.SimpleNamespace(PGPE=PGPE),
+            "evotorch.neuroevolution": types.SimpleNamespace(VecGymNE=Problem)}  # fmt: skip
+    for name, module in fake.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    module = load_script(ROOT / "scripts" / "bench_solve.py")
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    solved = types.SimpleNamespace(returns=torch.full((10,), 500.0), steps=5000)
+    monkeypatch.setattr(module, "evaluate_center", lambda *args: solved)
+    rows = module.run_evotorch(0, module.Args(evotorch_actors=2))
+    assert [(r["criterion"], r["solved"], r["wall_s"], r["setup_s"]) for r in rows] == [
+        ("10 ep", True, 1.0, 10.0),
+        ("100 ep", True, 1.0, 10.0),
+    ]
