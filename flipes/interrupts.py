@@ -1,5 +1,5 @@
-"""Ctrl-C and SIGTERM during :func:`flipes.train`: the first asks the loop to stop after the generation under way
-(:class:`StopRequest`), a second stops at once (:class:`Interrupted`)."""
+"""Ctrl-C, SIGTERM and SIGUSR1 during :func:`flipes.train`: the first asks the loop to stop after the generation under
+way (:class:`StopRequest`), a second stops at once (:class:`Interrupted`)."""
 
 from __future__ import annotations
 
@@ -23,18 +23,24 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"{why}; {kept}")
 
 
-# a SIGTERM again within this many seconds of the first is the same request: a batch system signals every process of
-# a job, and a launcher (mpiexec, srun) forwards its own SIGTERM to the ranks as well
+# a SIGTERM (or SIGUSR1) again within this many seconds of the first is the same request: a batch system signals every
+# process of a job, and a launcher (mpiexec, srun) forwards its own copy to the ranks as well
 REPEAT_SECONDS = 2.0
+
+# Slurm's customary warning before a time limit (sbatch --signal=USR1@120): its default action ends the process at
+# once, losing the generations since the last checkpoint, so it asks for a stop as SIGTERM does. Taken only where
+# nothing else handles it (a handler of the caller's, or one ignoring it, stays as it is)
+WARNINGS = (signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ()  # Windows has none
 
 
 class StopRequest:
-    """Inside ``with StopRequest() as stop``, Ctrl-C / SIGTERM ask the loop to stop after the current generation
-    (and checkpoint), said at once in one line where ``say``; a second one stops at once: it raises
-    :class:`Interrupted` (a KeyboardInterrupt) naming it and ``kept()``, what the run keeps, so that a generation that
-    never ends (a hung env, a fitness stuck in a loop) cannot make a process ignore every later SIGTERM. A SIGTERM
-    within ``REPEAT_SECONDS`` of the first one is a copy of it, not a second one. The handlers that were installed
-    before are restored on exit. Off the main thread (where Python allows no signal handlers) it does nothing.
+    """Inside ``with StopRequest() as stop``, Ctrl-C / SIGTERM (and SIGUSR1, where its default would end the process) ask
+    the loop to stop after the current generation (and checkpoint), said at once in one line where ``say``; a second
+    one stops at once: it raises :class:`Interrupted` (a KeyboardInterrupt) naming it and ``kept()``, what the run
+    keeps, so that a generation that never ends (a hung env, a fitness stuck in a loop) cannot make a process ignore
+    every later SIGTERM. A SIGTERM (or SIGUSR1) within ``REPEAT_SECONDS`` of a first one of its kind is a copy of it,
+    not a second one. The handlers that were installed before are restored on exit. Off the main thread (where Python
+    allows no signal handlers) it does nothing.
 
     While ``setting_up`` says what a stop keeps (envs and the model being built, before the run directory is
     written), the first signal stops at once too: there is nothing of the run to keep yet, and a model may take
@@ -53,7 +59,8 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+            taken = (signal.SIGTERM, signal.SIGINT, *(s for s in WARNINGS if signal.getsignal(s) == signal.SIG_DFL))
+            self._previous = {s: signal.signal(s, self._handle) for s in taken}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -64,7 +71,7 @@ class StopRequest:
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         now = time.monotonic()
         if self._first is not None:
-            if self._first[0] == signum == signal.SIGTERM and now - self._first[1] < REPEAT_SECONDS:
+            if self._first[0] == signum != signal.SIGINT and now - self._first[1] < REPEAT_SECONDS:
                 return
             raise Interrupted(f"a second {name}", self.kept())
         self._first, self.requested = (signum, now), True

@@ -1,0 +1,64 @@
+"""Training under a batch system: the signal Slurm sends before a time limit (``sbatch --signal=USR1@120``) stops
+training after the generation under way with a checkpoint, as SIGTERM does, where nothing else handles it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FAST_KW
+
+import flipes
+from flipes.callbacks import Callback
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 (Windows)")
+
+
+class SignalAt(Callback):
+    """Sends this process ``signum`` ``times`` times at the end of generation ``at``; refuses to send one whose
+    handler is the default action (which would end the test's process instead of failing the test)."""
+
+    def __init__(self, at: int, signum: int = signal.SIGUSR1, times: int = 1) -> None:
+        self.at, self.signum, self.times = at, signum, times
+
+    def on_generation(self, state: Any, row: dict[str, Any]) -> None:
+        if row["generation"] == self.at:
+            assert signal.getsignal(self.signum) not in (signal.SIG_DFL, None), "SIGUSR1 would end the process"
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+
+def test_sigusr1_before_a_time_limit_stops_after_the_generation_with_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGUSR1, twice at once (Slurm signals every process, a launcher forwards its copy), at the end of generation 1:
+    one request, said in one line naming it; training stops after that generation (reason "interrupted", the command's
+    status 130) with a checkpoint holding both generations, though --checkpoint-every is far off; and the process's
+    default action for SIGUSR1 is back afterwards."""
+    before = signal.getsignal(signal.SIGUSR1)
+    result = flipes.train(**FAST_KW, generations=50, checkpoint_every=1000, out=str(tmp_path / "run"),
+                          callbacks=[SignalAt(1, times=2)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert result.reason == "interrupted" and len(result.metrics) == 2, (result.reason, len(result.metrics))
+    assert flipes.read_checkpoint(tmp_path / "run" / "checkpoint.pt")["es"]["generation"] == 2
+    assert err.count("flipes: SIGUSR1: stopping after the generation under way, with a checkpoint") == 1, err
+    assert "stopped at once" not in err, err
+    assert signal.getsignal(signal.SIGUSR1) == before == signal.SIG_DFL
+
+
+def test_a_sigusr1_handler_of_the_callers_own_is_left_to_handle_it(tmp_path: Path) -> None:
+    """Where the caller handles SIGUSR1 itself (its own checkpoint-and-requeue, a traceback dump), training leaves it
+    installed: the caller's handler gets the signal, the run trains all its generations, and the handler is still the
+    caller's afterwards."""
+    got: list[int] = []
+    mine = lambda signum, frame: got.append(signum)  # noqa: E731
+    before = signal.signal(signal.SIGUSR1, mine)
+    try:
+        result = flipes.train(**FAST_KW, generations=3, out=str(tmp_path / "run"), callbacks=[SignalAt(0)])
+        assert got == [signal.SIGUSR1] and result.reason != "interrupted" and len(result.metrics) == 3
+        assert signal.getsignal(signal.SIGUSR1) is mine
+    finally:
+        signal.signal(signal.SIGUSR1, before)
