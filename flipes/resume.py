@@ -153,6 +153,8 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
         written = lambda v: json.dumps(v) if isinstance(v, dict) else repr(v)  # noqa: E731  --env-kwargs as it is typed
         shown = ", ".join(f"--{k.replace('_', '-')}: saved {written(a)}, now {written(b)}" for k, (a, b) in changed.items())
         fix = "pass the saved ones to continue it"
+        if "seed" in changed:  # one --out for several seeds (a job array's tasks, --resume auto): a name collision
+            fix += f", or give each seed a run directory of its own (--out runs/seed{now['seed']})"
         if any(isinstance(a, str) and "<" in a.partition(":")[2] for a, _ in changed.values()):
             fix += (
                 " (code recorded in angle brackets, a lambda, a local function or an object, is known by its module and "

@@ -62,3 +62,19 @@ def test_a_sigusr1_handler_of_the_callers_own_is_left_to_handle_it(tmp_path: Pat
         assert signal.getsignal(signal.SIGUSR1) is mine
     finally:
         signal.signal(signal.SIGUSR1, before)
+
+
+def test_a_second_seed_resumed_into_one_run_directory_is_told_to_take_a_directory_of_its_own(tmp_path: Path) -> None:
+    """A job array whose tasks share one --out with --resume auto: the second seed's task meets the first seed's run,
+    and is refused in one line naming both seeds and both ways on, continuing the saved run or another --out for the
+    new seed; the first run stays as it was."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, seed=1, out=str(run), resume="auto")
+    before = (run / "checkpoint.pt").read_bytes()
+    with pytest.raises(flipes.UsageError) as e:
+        flipes.train(**FAST_KW, generations=1, seed=2, out=str(run), resume="auto")
+    assert str(e.value) == (
+        "--resume: the run was trained with other options (--seed: saved 1, now 2); pass the saved ones to continue it, "
+        "or give each seed a run directory of its own (--out runs/seed2)"
+    )
+    assert (run / "checkpoint.pt").read_bytes() == before
