@@ -104,6 +104,19 @@ def agree(comm: dist.Comm, config: TrainConfig, state: TrainState) -> None:
         )
     if len({g for _, g, _ in everyone}) > 1:
         shown = ", ".join(f"rank {r} at {g}" for r, (_, g, _) in enumerate(everyone))
+        # every rank takes this branch: a second exchange is safe. A rank that resumed nothing, beside one that did, ran
+        # --resume auto on a run directory it cannot see (node-local scratch): the same command on every rank
+        read = comm.allgather_object((bool(state.resumed), str(getattr(state, "run_dir", ""))))
+        anew = [(r, where) for r, (resumed, where) in enumerate(read) if not resumed]
+        if anew and len(anew) < len(read):
+            r, where = anew[0]
+            raise UsageError(
+                "--resume",
+                f"the ranks start at other generations ({shown}): rank {r} found no checkpoint in {where} and started the "
+                "run anew",
+                "every rank reads the run directory: keep --out on a file system all the job's nodes share (not a "
+                "node-local $TMPDIR)",
+            )
         raise UsageError(
             "--resume", f"the ranks start at other generations ({shown})", "resume every rank from the same checkpoint"
         )
@@ -135,6 +148,9 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
         file = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
         if file.name == "best.pt" and (file.parent / "checkpoint.pt").is_file():  # no older best: the run's own checkpoint
             fix = f"best.pt keeps no older copy: --resume {file.parent} continues from the run's checkpoint.pt"
+        elif state.comm.rank != 0 and not file.is_file():  # where rank 0 reads it (else its own line ends the job first)
+            fix = "every rank reads the checkpoint: keep the run directory on a file system all the job's nodes share " \
+                  "(not a node-local $TMPDIR)"  # fmt: skip
         elif not e.previous and file.suffix == ".pt" and file.is_file():  # a run's damaged checkpoint, none older beside it
             fix = "no previous.pt beside it to continue from: copy it again whole if it came from elsewhere, else start the " \
                   "run again with --overwrite"  # fmt: skip

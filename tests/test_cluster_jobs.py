@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -78,3 +79,54 @@ def test_a_second_seed_resumed_into_one_run_directory_is_told_to_take_a_director
         "or give each seed a run directory of its own (--out runs/seed2)"
     )
     assert (run / "checkpoint.pt").read_bytes() == before
+
+
+class RankZeroOfTwo:
+    """Rank 0 of two: each exchange answers with this rank's object and the next of ``others`` for rank 1."""
+
+    rank, size = 0, 2
+
+    def __init__(self, *others: Any) -> None:
+        self.others = list(others)
+
+    def allgather_object(self, mine: Any) -> list[Any]:
+        other = self.others.pop(0)
+        return [mine, other(mine) if callable(other) else other]
+
+
+def test_ranks_that_see_other_run_directories_are_told_to_share_one(tmp_path: Path) -> None:
+    """--resume auto into node-local scratch on a multi-node job: rank 0 resumed generation 30 and rank 1 found no
+    checkpoint in its --out and started anew. The refusal names the rank, its directory and the fix (a file system all
+    nodes share), not "resume every rank from the same checkpoint", which every rank's command already says."""
+    import torch
+
+    from flipes.resume import agree
+
+    config = flipes.TrainConfig(env="none", popsize=4)
+    state = SimpleNamespace(es=SimpleNamespace(generation=30), model=torch.nn.Linear(2, 1), resumed=True, run_dir=tmp_path)
+    comm = RankZeroOfTwo(lambda mine: (mine[0], 0, mine[2]), (False, "/scratch/run"))
+    with pytest.raises(flipes.UsageError) as e:
+        agree(comm, config, state)  # type: ignore[arg-type]
+    assert str(e.value) == (
+        "--resume: the ranks start at other generations (rank 0 at 30, rank 1 at 0): rank 1 found no checkpoint in "
+        "/scratch/run and started the run anew; every rank reads the run directory: keep --out on a file system all the "
+        "job's nodes share (not a node-local $TMPDIR)"
+    )
+
+
+def test_a_rank_that_cannot_see_the_checkpoint_rank_0_resumes_is_told_to_share_the_run_directory(tmp_path: Path) -> None:
+    """--resume DIR on a rank other than 0 whose node lacks DIR (node-local scratch): one line naming the checkpoint
+    missing and the fix, a run directory on a file system all nodes share; on rank 0 the line stays the plain one."""
+    from flipes.resume import restore
+
+    def refusal(rank: int) -> str:
+        state = SimpleNamespace(comm=SimpleNamespace(rank=rank, size=2))
+        with pytest.raises(flipes.UsageError) as e:
+            restore(state, str(tmp_path / "run"), "cpu", None)  # type: ignore[arg-type]
+        return str(e.value)
+
+    assert refusal(1) == (
+        f"--resume: no checkpoint at {tmp_path / 'run'}; every rank reads the checkpoint: keep the run directory on a "
+        "file system all the job's nodes share (not a node-local $TMPDIR)"
+    )
+    assert "node-local" not in refusal(0)
