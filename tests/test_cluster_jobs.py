@@ -39,15 +39,19 @@ def test_sigusr1_before_a_time_limit_stops_after_the_generation_with_a_checkpoin
     one request, said in one line naming it; training stops after that generation (reason "interrupted", the command's
     status 130) with a checkpoint holding both generations, though --checkpoint-every is far off; and the process's
     default action for SIGUSR1 is back afterwards."""
-    before = signal.getsignal(signal.SIGUSR1)
-    result = flipes.train(**FAST_KW, generations=50, checkpoint_every=1000, out=str(tmp_path / "run"),
-                          callbacks=[SignalAt(1, times=2)])  # fmt: skip
+    before = signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # as a fresh process has it
+    try:
+        result = flipes.train(**FAST_KW, generations=50, checkpoint_every=1000, out=str(tmp_path / "run"),
+                              callbacks=[SignalAt(1, times=2)])  # fmt: skip
+        after = signal.getsignal(signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
     err = capsys.readouterr().err
     assert result.reason == "interrupted" and len(result.metrics) == 2, (result.reason, len(result.metrics))
     assert flipes.read_checkpoint(tmp_path / "run" / "checkpoint.pt")["es"]["generation"] == 2
     assert err.count("flipes: SIGUSR1: stopping after the generation under way, with a checkpoint") == 1, err
     assert "stopped at once" not in err, err
-    assert signal.getsignal(signal.SIGUSR1) == before == signal.SIG_DFL
+    assert after == signal.SIG_DFL
 
 
 def test_a_sigusr1_handler_of_the_callers_own_is_left_to_handle_it(tmp_path: Path) -> None:
