@@ -134,3 +134,23 @@ def test_a_rank_that_cannot_see_the_checkpoint_rank_0_resumes_is_told_to_share_t
         "file system all the job's nodes share (not a node-local $TMPDIR)"
     )
     assert "node-local" not in refusal(0)
+
+
+def test_an_env_worker_process_leaves_ctrl_c_and_sigusr1_to_the_training_process() -> None:
+    """An env worker process (``_worker_block`` in a process other than ``parent``) ignores SIGINT and SIGUSR1, which a
+    terminal or ``srun --signal=USR1@...`` sends to every process of the group: the training process stops after its
+    generation, where a worker ended by the signal's default action would cut that generation short. The parent's own
+    block (made for the spaces) leaves the handlers as they are."""
+    from flipes.rl.workers import _worker_block
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        for s in saved:
+            signal.signal(s, signal.SIG_DFL)
+        _worker_block(os.getpid(), "CartPole-v1", 1, 0, {}).close()  # the parent's block: nothing changed
+        assert [signal.getsignal(s) for s in saved] == [signal.SIG_DFL, signal.SIG_DFL]
+        _worker_block(os.getpid() + 1, "CartPole-v1", 1, 0, {}).close()  # as a worker process makes it
+        assert [signal.getsignal(s) for s in saved] == [signal.SIG_IGN, signal.SIG_IGN]
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

@@ -85,15 +85,17 @@ class EnvBlock(gym.Env):
 
 
 def _worker_block(parent: int, env_id: str, size: int, offset: int, kwargs: dict[str, Any], mujoco: bool = False) -> EnvBlock:
-    """An :class:`EnvBlock` made in its worker process, which leaves Ctrl-C to the process that started it
-    (``parent``): a terminal's Ctrl-C reaches every process of its group, and a worker ended by it would fail the
+    """An :class:`EnvBlock` made in its worker process, which leaves Ctrl-C and SIGUSR1 to the process that started it
+    (``parent``): a terminal's Ctrl-C reaches every process of its group, as Slurm's time-limit warning does (``srun``
+    ``--signal=USR1@120``, whose default action ends a process), and a worker ended by one would fail the
     step under way instead of letting training stop after its generation with a checkpoint. SIGTERM still ends a
     worker: multiprocessing stops the workers of an env left open at exit with it (ignored, the exit would hang).
     gymnasium also makes one block in the parent itself, for the spaces: signals are left as they are there.
     ``mujoco``: the env is one of gymnasium's MuJoCo envs (MuJoCo is imported first, to collect its warnings)."""
     worker = os.getpid() != parent
     if worker:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in (signal.SIGINT, *((signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ())):  # Windows has no USR1
+            signal.signal(signum, signal.SIG_IGN)
     # MuJoCo's compiler warnings: the parent reports them once (its own copy), a worker drops its block's; MuJoCo
     # is imported for its envs only (a Box2D worker need not import it, nor fail where MUJOCO_GL names no backend)
     with mujoco_warnings_once(report=not worker, load=mujoco):
