@@ -1,10 +1,13 @@
 """The fix added to an error that a model's forward raised inside a population: ids shared by every member (an
 embedding given ``(batch, ...)`` ids, not members first, or one row of ids that ``generate`` extends), a layer's
-input without the members' dimension first, or a dense module that got no input of the members.
+input without the members' dimension first, a dense module that got no input of the members, or inputs of another
+dtype or device than the model's parameters (integers, NumPy's float64) that torch refused deep inside a layer.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flipes.nn.conv import members_first_fix
@@ -14,6 +17,42 @@ from flipes.nn.vector import Vector
 
 if TYPE_CHECKING:
     from flipes.es.engine import FlipES
+
+_LAYERS = str(Path(__file__).resolve().parent.parent / "nn") + "/"  # flipes/nn/: the layers' own code
+# torch's words for two tensors of one op on different devices, and of different dtypes (matmul, addmm, conv, a cast
+# into an integer input's dtype); an embedding's float ids ("indices") already name their fix
+_DEVICES = re.compile(r"device|cuda|mps", re.I)
+_DTYPES = re.compile(r"dtype|scalar type|input type|can't be cast", re.I)
+
+
+def _in_layers(error: BaseException) -> bool:
+    """Whether ``error`` was raised in a call from flipes' layers (not in the fitness's own code around the model)."""
+    tb = error.__traceback__
+    while tb is not None:
+        if str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_LAYERS):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def input_fix(es: FlipES, error: RuntimeError) -> str | None:
+    """What to do where torch refused, inside a layer of the model, a tensor of another device or dtype than the
+    model's parameters: the model's inputs moved or converted (an integer or float64 input, as NumPy's arrays and
+    ``torch.tensor`` of Python data give, or data left on the CPU); None for any other error."""
+    text = str(error)
+    if type(error) is not RuntimeError or not es.params or "indices" in text or not _in_layers(error):
+        return None
+    device, dtypes = es.params[0].device, sorted({str(p.dtype) for p in es.params})
+    if _DEVICES.search(text):
+        return f"flipes: the model's parameters are on {device}: move its inputs there, x.to({str(device)!r})"
+    if not _DTYPES.search(text):
+        return None
+    dtype = dtypes[0] if len(dtypes) == 1 else " or ".join(dtypes)
+    return (
+        f"flipes: the model's parameters are {dtype}: give it floating-point inputs of that dtype, x.to({dtypes[0]}) "
+        f"(integer data and NumPy's float64 arrays need converting: torch.as_tensor(array, dtype={dtypes[0]})); token "
+        "ids go to an nn.Embedding"
+    )
 
 
 def raise_with_fix(es: FlipES, error: RuntimeError) -> None:
@@ -33,5 +72,8 @@ def raise_with_fix(es: FlipES, error: RuntimeError) -> None:
     ran = {type(m) for m in es.dense_modules if m.__dict__.get("_flipes_no_input") and not isinstance(m, Vector)}
     names = [name for name, m in es._module.named_modules() if type(m) in ran]  # the one that failed, and its kind
     fix = no_input_fix(names, error) if names else None
+    if fix is not None:
+        raise RuntimeError(f"{error}\n{fix}") from error
+    fix = input_fix(es, error)
     if fix is not None:
         raise RuntimeError(f"{error}\n{fix}") from error

@@ -1,0 +1,57 @@
+"""What a course's students meet when the inputs they give a model inside a population are not what its layers take:
+integers, NumPy's float64, data on another device. torch refuses them deep inside flipes' layers; the error carries
+one more line naming the model's dtype or device and the conversion that fixes it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import flipes
+
+
+def refusal(model: nn.Module, inputs: object) -> str:
+    """The message of the RuntimeError the converted ``model`` raises on ``inputs`` inside a population of 4."""
+    model = flipes.flipout(model)
+    es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
+    with pytest.raises(RuntimeError) as caught, es.population():
+        model(inputs)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "model, inputs",
+    [
+        (nn.Linear(4, 2), torch.ones(4, 3, 4, dtype=torch.long)),  # integer data, members first with 3 examples each
+        (nn.Linear(4, 2), torch.from_numpy(np.ones((4, 4)))),  # a NumPy array: float64
+        (nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.ones(4, 4, dtype=torch.uint8)),  # pixels
+        (nn.Conv2d(1, 2, 3), torch.ones(4, 1, 5, 5, dtype=torch.float64)),
+        (nn.GRU(4, 3, batch_first=True), torch.ones(4, 5, 4, dtype=torch.float64)),
+    ],
+)
+def test_inputs_of_another_dtype_are_refused_naming_the_conversion(model: nn.Module, inputs: torch.Tensor) -> None:
+    """torch's own line comes first, then flipes' line naming the parameters' dtype and the conversion."""
+    torch_line, fix = refusal(model, inputs).splitlines()
+    assert "type" in torch_line
+    assert fix.startswith("flipes: the model's parameters are torch.float32: give it floating-point inputs of that dtype")
+    assert "x.to(torch.float32)" in fix and "torch.as_tensor(array, dtype=torch.float32)" in fix
+
+
+def test_inputs_on_another_device_are_refused_naming_the_models_device() -> None:
+    """Inputs on another device than the parameters (here torch's meta device; a GPU's alike) name the move."""
+    fix = refusal(nn.Linear(4, 2), torch.ones(4, 4, device="meta")).splitlines()[-1]
+    assert fix == "flipes: the model's parameters are on cpu: move its inputs there, x.to('cpu')"
+
+
+def test_errors_outside_the_layers_and_float_token_ids_get_no_dtype_fix() -> None:
+    """The conversion is named only where a layer of the model refused its input: an embedding given float ids keeps
+    torch's message (it names the integer ids it needs), and a dtype error of the fitness's own code around the model
+    is left as torch raised it."""
+    assert "flipes:" not in refusal(nn.Embedding(10, 3), torch.ones(4, 5))
+    model = flipes.flipout(nn.Linear(4, 2))
+    es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
+    with pytest.raises(RuntimeError) as caught, es.population():
+        torch.mm(model(torch.ones(4, 4)), torch.ones(2, 1, dtype=torch.float64))
+    assert "flipes:" not in str(caught.value)
