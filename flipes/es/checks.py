@@ -39,12 +39,21 @@ def integer(name: str, value: Any) -> int:
     raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}); pass {name}=int(...)")
 
 
+# what a negative value of an option was likely meant to do, and how flipes does it: a negative step size is how some
+# libraries minimize, and flipes always climbs the fitness
+NEGATIVE_FIX = {
+    "lr": "flipes climbs the fitness (higher is better): to minimize a loss, return -loss from the fitness or build "
+    "FlipES(..., maximize=False), with a positive lr",
+}
+
+
 def nonnegative(name: str, value: Any) -> float:
     """``value`` as a ``float``, checked to be a finite real number >= 0 (numpy's too, not a bool)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        fix = NEGATIVE_FIX.get(name, "") if value < 0 else ""
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}" + (f"; {fix}" if fix else ""))
     return float(value)
 
 

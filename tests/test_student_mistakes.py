@@ -1,6 +1,7 @@
-"""What a course's students meet when the inputs they give a model inside a population are not what its layers take:
-integers, NumPy's float64, data on another device. torch refuses them deep inside flipes' layers; the error carries
-one more line naming the model's dtype or device and the conversion that fixes it."""
+"""What a course's students meet when they bring habits of other libraries to FlipES: inputs a model's layers do not
+take (integers, NumPy's float64, data on another device), refused by torch deep inside flipes' layers with one more
+line naming the model's dtype or device and the conversion; and a negative lr to minimize a loss, refused naming
+how flipes minimizes one."""
 
 from __future__ import annotations
 
@@ -55,3 +56,25 @@ def test_errors_outside_the_layers_and_float_token_ids_get_no_dtype_fix() -> Non
     with pytest.raises(RuntimeError) as caught, es.population():
         torch.mm(model(torch.ones(4, 4)), torch.ones(2, 1, dtype=torch.float64))
     assert "flipes:" not in str(caught.value)
+
+
+def test_a_negative_lr_is_refused_naming_how_to_minimize_a_loss() -> None:
+    """``lr=-0.01`` (how some libraries minimize) is refused at construction and on assignment, naming ``-loss`` and
+    ``maximize=False``; the fix it names steps as the same FlipES told ``-loss`` would, bit for bit."""
+    fix = r"lr must be a finite number >= 0, got -0.01; flipes climbs the fitness .*return -loss .*maximize=False"
+    with pytest.raises(ValueError, match=fix):
+        flipes.FlipES(flipes.flipout(nn.Linear(4, 2)), popsize=4, lr=-0.01)
+    es = flipes.FlipES(flipes.flipout(nn.Linear(4, 2)), popsize=4)
+    with pytest.raises(ValueError, match=fix):
+        es.lr = -0.01
+    ends = []
+    for maximize in (True, False):
+        torch.manual_seed(0)
+        model = flipes.flipout(nn.Linear(4, 2))
+        es = flipes.FlipES(model, popsize=8, lr=0.01, seed=0, maximize=maximize)
+        for _ in range(3):
+            with es.population() as pop:
+                loss = model(torch.ones(pop.size, 4)).square().sum(-1)
+            es.tell(-loss if maximize else loss)
+        ends.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*ends, strict=True))
