@@ -19,24 +19,40 @@ HOOKS = {
 
 
 # hooks of other libraries (Keras, Lightning) and near misses of flipes' own, which flipes would never call: the hook
-# that runs at that point
+# that runs at that point (flipes has none before a generation: what a generation's start would do, the end of the
+# one before does; and a callback's checkpointed state is its state_dict)
 OTHER_HOOKS = {
     "on_train_begin": "on_train_start",
     "on_fit_start": "on_train_start",
     "on_start": "on_train_start",
     "on_fit_end": "on_train_end",
     "on_end": "on_train_end",
+    "on_exception": "on_train_end",
+    "on_epoch_begin": "on_generation",
+    "on_epoch_start": "on_generation",
     "on_epoch_end": "on_generation",
+    "on_train_epoch_start": "on_generation",
     "on_train_epoch_end": "on_generation",
+    "on_batch_begin": "on_generation",
+    "on_batch_start": "on_generation",
     "on_batch_end": "on_generation",
+    "on_train_batch_begin": "on_generation",
+    "on_train_batch_start": "on_generation",
     "on_train_batch_end": "on_generation",
+    "on_validation_start": "on_generation",
     "on_validation_end": "on_generation",
+    "on_validation_epoch_start": "on_generation",
+    "on_validation_epoch_end": "on_generation",
+    "on_generation_begin": "on_generation",
+    "on_generation_start": "on_generation",
     "on_generation_end": "on_generation",
     "on_generations": "on_generation",
     "on_step": "on_generation",
     "on_step_end": "on_generation",
     "on_iteration": "on_generation",
     "on_iteration_end": "on_generation",
+    "on_save_checkpoint": "state_dict",
+    "on_load_checkpoint": "load_state_dict",
 }
 
 

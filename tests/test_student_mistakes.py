@@ -78,3 +78,24 @@ def test_a_negative_lr_is_refused_naming_how_to_minimize_a_loss() -> None:
             es.tell(-loss if maximize else loss)
         ends.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*ends, strict=True))
+
+
+# the hooks Keras' and Lightning's callbacks define for a run's, an epoch's and a batch's start and end, validation and
+# checkpoints (both libraries' documentation), less those flipes shares by name (on_train_start/end, state_dict)
+KERAS_HOOKS = ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end", "on_train_batch_begin",
+               "on_train_batch_end")  # fmt: skip
+LIGHTNING_HOOKS = ("on_fit_start", "on_fit_end", "on_train_epoch_start", "on_train_epoch_end", "on_train_batch_start",
+                   "on_train_batch_end", "on_validation_start", "on_validation_end", "on_validation_epoch_start",
+                   "on_validation_epoch_end", "on_save_checkpoint", "on_load_checkpoint", "on_exception")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted({*KERAS_HOOKS, *LIGHTNING_HOOKS}))
+def test_a_callback_with_keras_or_lightning_hooks_is_refused_naming_flipes_hook(name: str) -> None:
+    """A callback carried over from Keras or Lightning defines hooks flipes.train would never call: each is refused
+    before training, naming flipes' hook for that point."""
+    from flipes.hooks import HOOKS, checked_callbacks
+
+    carried = type("Carried", (flipes.Callback,), {name: lambda self, *args: None})
+    with pytest.raises(flipes.UsageError, match=rf"^callbacks: Carried.{name} is no hook of flipes.train") as caught:
+        checked_callbacks([carried()])
+    assert any(f"define it as def {hook}(" in str(caught.value) for hook in HOOKS)
