@@ -5,6 +5,8 @@ how flipes minimizes one."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,21 @@ def test_a_callback_with_keras_or_lightning_hooks_is_refused_naming_flipes_hook(
     with pytest.raises(flipes.UsageError, match=rf"^callbacks: Carried.{name} is no hook of flipes.train") as caught:
         checked_callbacks([carried()])
     assert any(f"define it as def {hook}(" in str(caught.value) for hook in HOOKS)
+
+
+@pytest.mark.parametrize(
+    "given, named",
+    [
+        (lambda m: m.parameters(), r"model.parameters\(\) \(a generator of its tensors\)"),
+        (lambda m: list(m.parameters()), "a list of 2 tensors"),
+        (lambda m: m.state_dict(), r"a dict of 2 tensors \(a state dict\)"),
+    ],
+    ids=["parameters", "list", "state_dict"],
+)
+def test_a_models_parameters_given_for_the_model_are_refused_naming_the_model(given: Any, named: str) -> None:
+    """``FlipES(model.parameters())`` and ``flipout(model.parameters())`` (torch.optim's habit), a list of the
+    parameters or a state dict are refused naming what was given and that the model itself is taken."""
+    model = nn.Linear(4, 2)
+    for call, where in ((flipes.flipout, r"flipout\(\)"), (lambda g: flipes.FlipES(g, popsize=4), r"FlipES\(model, ...\)")):
+        with pytest.raises(TypeError, match=rf"^{where} takes the model itself, a torch.nn.Module, got {named}; pass the model"):
+            call(given(model))

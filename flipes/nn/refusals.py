@@ -4,7 +4,8 @@ forward, sequence-first transformer blocks, and parameters nothing would perturb
 
 from __future__ import annotations
 
-from types import MappingProxyType
+from collections.abc import Mapping
+from types import GeneratorType, MappingProxyType
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,10 +22,28 @@ def _trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+def _parts_of_a_module(obj: object) -> str:
+    """What ``obj`` is where it is a model's parameters or state rather than the model (``model.parameters()``, a list
+    of its tensors, ``model.state_dict()``), in words; else ""."""
+    if isinstance(obj, GeneratorType) and obj.__name__ in ("parameters", "named_parameters", "buffers"):
+        return f"model.{obj.__name__}() (a generator of its tensors)"
+    if isinstance(obj, list | tuple) and obj and all(isinstance(t, torch.Tensor) for t in obj):
+        return f"a {type(obj).__name__} of {len(obj)} tensors"
+    if isinstance(obj, Mapping) and obj and all(isinstance(t, torch.Tensor) for t in obj.values()):
+        return f"a dict of {len(obj)} tensors (a state dict)"
+    return ""
+
+
 def check_module(obj: object, where: str) -> None:
     """Raise a TypeError naming what ``where`` takes when ``obj`` is no ``nn.Module`` (a function, a tensor)."""
     if isinstance(obj, nn.Module):
         return
+    parts = _parts_of_a_module(obj)
+    if parts:  # torch.optim's habit, Optimizer(model.parameters())
+        raise TypeError(
+            f"{where} takes the model itself, a torch.nn.Module, got {parts}; pass the model, whose parameters "
+            "flipes finds: model = flipes.flipout(model), then flipes.FlipES(model, ...)"
+        )
     got = f"a {type(obj).__name__}" if not isinstance(obj, torch.Tensor) else f"a Tensor of shape {tuple(obj.shape)}"
     raise TypeError(
         f"{where} takes a torch.nn.Module, got {got}; to search over a plain tensor, evolve "
