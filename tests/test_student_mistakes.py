@@ -1,7 +1,8 @@
-"""What a course's students meet when they bring habits of other libraries to FlipES: inputs a model's layers do not
-take (integers, NumPy's float64, data on another device), refused by torch deep inside flipes' layers with one more
-line naming the model's dtype or device and the conversion; and a negative lr to minimize a loss, refused naming
-how flipes minimizes one."""
+"""What a course's students meet when they bring habits of other libraries to FlipES, each refused in words that name
+the fix: inputs a model's layers do not take (integers, NumPy's float64, data on another device), which torch refuses
+deep inside flipes' layers, get one more line naming the parameters' dtype and device and the conversion; a negative
+lr to minimize a loss names how flipes minimizes one; Keras' and Lightning's callback hooks name flipes' hook; and a
+model's parameters given for the model name the model."""
 
 from __future__ import annotations
 
@@ -38,14 +39,18 @@ def test_inputs_of_another_dtype_are_refused_naming_the_conversion(model: nn.Mod
     """torch's own line comes first, then flipes' line naming the parameters' dtype and the conversion."""
     torch_line, fix = refusal(model, inputs).splitlines()
     assert "type" in torch_line
-    assert fix.startswith("flipes: the model's parameters are torch.float32: give it floating-point inputs of that dtype")
-    assert "x.to(torch.float32)" in fix and "torch.as_tensor(array, dtype=torch.float32)" in fix
+    assert fix == (
+        "flipes: the model's parameters are torch.float32 on cpu: give it floating-point inputs of that dtype on that "
+        "device, x.to('cpu', torch.float32) (integer data and NumPy's float64 arrays need converting: "
+        "torch.as_tensor(array, dtype=torch.float32, device='cpu')); token ids go to an nn.Embedding"
+    )
 
 
 def test_inputs_on_another_device_are_refused_naming_the_models_device() -> None:
     """Inputs on another device than the parameters (here torch's meta device; a GPU's alike) name the move."""
-    fix = refusal(nn.Linear(4, 2), torch.ones(4, 4, device="meta")).splitlines()[-1]
-    assert fix == "flipes: the model's parameters are on cpu: move its inputs there, x.to('cpu')"
+    torch_line, fix = refusal(nn.Linear(4, 2), torch.ones(4, 4, device="meta")).splitlines()
+    assert "device" in torch_line and fix.startswith("flipes: the model's parameters are torch.float32 on cpu: ")
+    assert "x.to('cpu', torch.float32)" in fix
 
 
 def test_errors_outside_the_layers_and_float_token_ids_get_no_dtype_fix() -> None:

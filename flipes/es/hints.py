@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from flipes.es.engine import FlipES
 
 _LAYERS = str(Path(__file__).resolve().parent.parent / "nn") + "/"  # flipes/nn/: the layers' own code
-# torch's words for two tensors of one op on different devices, and of different dtypes (matmul, addmm, conv, a cast
-# into an integer input's dtype); an embedding's float ids ("indices") already name their fix
-_DEVICES = re.compile(r"device|cuda|mps", re.I)
-_DTYPES = re.compile(r"dtype|scalar type|input type|can't be cast", re.I)
+# torch's words for two tensors of one op on different devices or of different dtypes (matmul, addmm, conv, a cast into
+# an integer input's dtype; a conv's "Input type (torch.cuda.FloatTensor)" is either); an embedding's float ids
+# ("indices") already name their fix
+_MISMATCH = re.compile(r"\bdevice|\bcuda|\bmps\b|dtype|scalar type|input type|can't be cast", re.I)
 
 
 def _in_layers(error: BaseException) -> bool:
@@ -42,16 +42,14 @@ def input_fix(es: FlipES, error: RuntimeError) -> str | None:
     text = str(error)
     if type(error) is not RuntimeError or not es.params or "indices" in text or not _in_layers(error):
         return None
-    device, dtypes = es.params[0].device, sorted({str(p.dtype) for p in es.params})
-    if _DEVICES.search(text):
-        return f"flipes: the model's parameters are on {device}: move its inputs there, x.to({str(device)!r})"
-    if not _DTYPES.search(text):
+    if not _MISMATCH.search(text):
         return None
+    device, dtypes = es.params[0].device, sorted({str(p.dtype) for p in es.params})
     dtype = dtypes[0] if len(dtypes) == 1 else " or ".join(dtypes)
     return (
-        f"flipes: the model's parameters are {dtype}: give it floating-point inputs of that dtype, x.to({dtypes[0]}) "
-        f"(integer data and NumPy's float64 arrays need converting: torch.as_tensor(array, dtype={dtypes[0]})); token "
-        "ids go to an nn.Embedding"
+        f"flipes: the model's parameters are {dtype} on {device}: give it floating-point inputs of that dtype on that "
+        f"device, x.to({str(device)!r}, {dtypes[0]}) (integer data and NumPy's float64 arrays need converting: "
+        f"torch.as_tensor(array, dtype={dtypes[0]}, device={str(device)!r})); token ids go to an nn.Embedding"
     )
 
 
