@@ -18,7 +18,7 @@ from flipes.nn.vector import Vector
 if TYPE_CHECKING:
     from flipes.es.engine import FlipES
 
-_LAYERS = str(Path(__file__).resolve().parent.parent / "nn") + "/"  # flipes/nn/: the layers' own code
+_LAYERS = Path(__file__).resolve().parent.parent / "nn"  # flipes/nn/: the layers' own code
 # torch's words for two tensors of one op on different devices or of different dtypes (matmul, addmm, conv, a cast into
 # an integer input's dtype; a conv's "Input type (torch.cuda.FloatTensor)" is either); an embedding's float ids
 # ("indices") already name their fix
@@ -29,7 +29,7 @@ def _in_layers(error: BaseException) -> bool:
     """Whether ``error`` was raised in a call from flipes' layers (not in the fitness's own code around the model)."""
     tb = error.__traceback__
     while tb is not None:
-        if str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_LAYERS):
+        if Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_LAYERS):  # any OS's separators
             return True
         tb = tb.tb_next
     return False
