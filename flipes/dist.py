@@ -425,6 +425,16 @@ def launched_world() -> tuple[int, int]:
     return 0, 1
 
 
+def unseen_srun_tasks() -> int:
+    """The tasks Slurm's ``srun`` started of this command (``SLURM_STEP_NUM_TASKS``) where no MPI launcher's variables
+    are set, so MPI sees none of them and each trains alone (an srun whose MPI plugin gives no PMI); 0 otherwise."""
+    try:
+        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    except ValueError:
+        return 0
+    return tasks if tasks > 1 and not _launched_by_mpi() else 0
+
+
 def _launched_by_mpi() -> bool:
     markers = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD")
     return any(k in os.environ for k in markers)

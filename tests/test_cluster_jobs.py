@@ -154,3 +154,30 @@ def test_an_env_worker_process_leaves_ctrl_c_and_sigusr1_to_the_training_process
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("launcher", [{}, {"PMI_SIZE": "4", "PMI_RANK": "1"}], ids=["srun alone", "srun with PMI"])
+def test_srun_tasks_that_mpi_cannot_see_are_told_at_the_lock_to_start_one_mpi_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launcher: dict[str, str]
+) -> None:
+    """``srun -n 4 flipes train ...`` where srun's MPI plugin gives no PMI starts four runs of one process each, which
+    meet first at the run directory's lock: the tasks refused there are told why and how to start one run over four
+    processes (or four runs, each its own --out). Where a PMI is set (MPI sees the job), the lock's error is the usual."""
+    from flipes.errors import UsageError
+    from flipes.rundir import RunDirLock
+
+    for key in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    for key, value in launcher.items():
+        monkeypatch.setenv(key, value)
+    held = RunDirLock(tmp_path)
+    try:
+        with pytest.raises(UsageError, match="is in use by flipes pid") as refused:
+            RunDirLock(tmp_path)
+    finally:
+        held.release()
+    told = "srun started 4 tasks of this command" in str(refused.value)
+    assert told == (not launcher), str(refused.value)
+    if told:
+        assert "srun --mpi=pmix" in str(refused.value) and "mpiexec -n 4" in str(refused.value)
