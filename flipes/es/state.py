@@ -76,7 +76,8 @@ def configuration(es: FlipES) -> dict[str, Any]:
 
 
 def saved_state(es: FlipES) -> dict[str, Any]:
-    """``es.state_dict()``: generation, configuration, model, optimizer (and its class), adaptive σ, best member."""
+    """``es.state_dict()``: generation, configuration, model, optimizer (and its class), adaptive σ, best member, the
+    shaping's state where it keeps one (:func:`shaping_state`)."""
     state = {
         "generation": es.generation,
         "config": configuration(es),
@@ -88,7 +89,28 @@ def saved_state(es: FlipES) -> dict[str, Any]:
         state["log_sigma"] = es.log_sigma
     if es.best is not None:
         state["best"] = {f.name: getattr(es.best, f.name) for f in dataclasses.fields(es.best)}
+    if (shaping := shaping_state(es.shaping)) is not None:
+        state["shaping"] = shaping
     return state
+
+
+def shaping_state(shaping: Any) -> Any:
+    """The state of a shaping of one's own that keeps some (a fitness baseline, a running normalizer): what its
+    ``state_dict()`` returns, None for a plain function. Saved with the FlipES, so that a resumed run shapes as an
+    unstopped one, as an optimizer's state rides along."""
+    save = getattr(shaping, "state_dict", None)
+    return save() if callable(save) and callable(getattr(shaping, "load_state_dict", None)) else None
+
+
+def check_shaping_fits(es: FlipES, state: dict[str, Any]) -> None:
+    """Raise before anything is loaded where ``state`` holds a shaping's state and this FlipES's shaping cannot take it
+    back: the resumed run would shape from a fresh state, silently another run."""
+    if "shaping" in state and not callable(getattr(es.shaping, "load_state_dict", None)):
+        name = getattr(es.shaping, "__qualname__", type(es.shaping).__qualname__)
+        raise ValueError(
+            f"state holds the state of a shaping of one's own (its state_dict()), and this FlipES's shaping {name} has no "
+            "load_state_dict to take it back; nothing was loaded: build the FlipES with the shaping the state was saved with"
+        )
 
 
 def check_groups_fit(es: FlipES, optimizer: dict[str, Any]) -> None:
@@ -143,12 +165,15 @@ def load_state(es: FlipES, state: dict[str, Any]) -> None:
             "optimizer the state was saved with to resume"
         )
     check_groups_fit(es, state["optimizer"])  # torch's optimizer load fails after the model's
+    check_shaping_fits(es, state)
     if reasons := state_mismatches(state["model"], es._module.state_dict()):  # torch copies what fits, then raises
         # torch's layout (a header, a reason a line), which load_mismatch reads back into one line
         raise ValueError(
             f"Error(s) in loading state_dict for {type(es._module).__name__} (nothing was loaded; build the model the state "
             "was saved from):\n\t" + "\n\t".join(reasons)
         )
+    if "shaping" in state:  # first: one of one's own that refuses its state leaves the rest unloaded
+        es.shaping.load_state_dict(state["shaping"])
     es._module.load_state_dict(state["model"])
     es.optimizer.load_state_dict(state["optimizer"])
     es._placement = [(p.dtype, p.device) for p in es.params]  # torch cast the state to them
