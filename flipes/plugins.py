@@ -87,6 +87,19 @@ def check_call(fn: Callable[..., Any], kind: str, what: str) -> None:
         raise UsageError(OPTION[kind], f"{what} takes other arguments ({e})", f"define it as {how}") from None
 
 
+def check_state_methods(fn: Any, kind: str, what: str) -> None:
+    """Raise where ``fn`` has one of ``state_dict`` and ``load_state_dict`` without the other: its checkpoint saves
+    what the first returns and a resume hands it to the second, so with one alone a resume fails or starts it afresh."""
+    has = [callable(getattr(fn, name, None)) for name in ("state_dict", "load_state_dict")]
+    if has[0] != has[1]:
+        missing = "load_state_dict(state)" if has[0] else "state_dict()"
+        raise UsageError(
+            OPTION[kind],
+            f"{what} has {'state_dict' if has[0] else 'load_state_dict'} but no {missing}: a resume could not restore its state",
+            "define both (state_dict() returning tensors, numbers, strings, lists and dicts), or neither",
+        )
+
+
 def _check_steppable(cls: type[torch.optim.Optimizer], spec: str) -> None:
     """Refuse a torch.optim class a FlipES cannot step (``flipes.es.optimizer.unsteppable``) where it is named, before
     the run directory is written (FlipES refuses it too, where it builds it)."""
@@ -159,6 +172,7 @@ class Plugins:
         """The shaping function: the object given, else ``spec`` imported; its signature checked."""
         fn = self.shaping if self.shaping is not None else load_callable(spec, "--shaping")
         check_call(fn, "shaping", spec)
+        check_state_methods(fn, "shaping", spec or name_of(fn))
         return fn
 
     def fitness_fn(self, spec: str) -> Callable[..., Any]:

@@ -91,3 +91,22 @@ def _model(env: None) -> torch.nn.Module:
 
 def _sgd(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
+
+class SavesOnly(Baseline):
+    """A shaping with state that can save it but has no way to take it back."""
+
+    load_state_dict = None  # type: ignore[assignment]
+
+
+def test_a_shaping_with_half_of_the_state_methods_is_refused(tmp_path: Path) -> None:
+    """``flipes.train`` refuses, before training, a shaping with ``state_dict`` but no ``load_state_dict`` (its resume
+    could not restore it), in one line naming the missing method; a FlipES loop refuses to load its state."""
+    kw = dict(env="none", popsize=6, tensorboard=False, plot=False, progress=False, out=str(tmp_path / "r"))
+    with pytest.raises(flipes.UsageError, match=r"--shaping: .*SavesOnly.* has state_dict but no load_state_dict"):
+        flipes.train(model=_model, fitness=fitness, shaping=SavesOnly(), generations=1, **kw)
+    assert not (tmp_path / "r").exists()
+    es = make_es(SavesOnly())
+    es.step(fitness)
+    with pytest.raises(ValueError, match=r"shaping SavesOnly has no load_state_dict"):
+        make_es(SavesOnly()).load_state_dict(es.state_dict())

@@ -96,10 +96,10 @@ def saved_state(es: FlipES) -> dict[str, Any]:
 
 def shaping_state(shaping: Any) -> Any:
     """The state of a shaping of one's own that keeps some (a fitness baseline, a running normalizer): what its
-    ``state_dict()`` returns, None for a plain function. Saved with the FlipES, so that a resumed run shapes as an
-    unstopped one, as an optimizer's state rides along."""
+    ``state_dict()`` returns, None for a plain function (one without ``load_state_dict`` is refused on load). Saved
+    with the FlipES, so that a resumed run shapes as an unstopped one, as an optimizer's state rides along."""
     save = getattr(shaping, "state_dict", None)
-    return save() if callable(save) and callable(getattr(shaping, "load_state_dict", None)) else None
+    return save() if callable(save) else None
 
 
 def check_shaping_fits(es: FlipES, state: dict[str, Any]) -> None:
