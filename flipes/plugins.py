@@ -41,8 +41,8 @@ NAMED = ("fitness", "model", "optimizer", "shaping")
 
 def name_of(obj: Any) -> str:
     """``module:qualname`` of a function or class, ``__main__[script]:qualname`` for one of the running
-    script; anything else (a module or other instance, a bound method, a ``functools.partial``) gets a
-    name in angle brackets, which no import can load back."""
+    script; ``module:name`` of an instance bound to a name in its class's module; anything else (a module or other
+    instance, a bound method, a ``functools.partial``) gets a name in angle brackets, which no import can load back."""
     if isinstance(obj, nn.Module):
         obj = uncompiled(obj)  # torch.compile(net) is net's code
     if inspect.isfunction(obj) or inspect.isclass(obj):
@@ -54,7 +54,16 @@ def name_of(obj: Any) -> str:
         return f"{name_of(obj.func)}<partial>"
     if inspect.ismethod(obj):
         return f"{obj.__module__}:<bound method {obj.__qualname__}>"
-    return f"{type(obj).__module__}:<{type(obj).__qualname__} object>"
+    module = type(obj).__module__
+    if not isinstance(obj, nn.Module):  # a module's name would load a module, where --model takes a factory
+        # an instance bound to a name in its class's module (a shaping object with state): the name --shaping gives it,
+        # so that a run started from the command line resumes from Python given the object, and back
+        namespace = vars(sys.modules[module]) if module in sys.modules else {}
+        bound = sorted(k for k, v in namespace.items() if v is obj and not k.startswith("_"))
+        if bound:
+            shown = f"__main__[{main_module()}]" if module == "__main__" and main_module() else module
+            return f"{shown}:{bound[0]}"
+    return f"{module}:<{type(obj).__qualname__} object>"
 
 
 def same_code(saved: Any, now: Any) -> bool:

@@ -110,3 +110,17 @@ def test_a_shaping_with_half_of_the_state_methods_is_refused(tmp_path: Path) -> 
     es.step(fitness)
     with pytest.raises(ValueError, match=r"shaping SavesOnly has no load_state_dict"):
         make_es(SavesOnly()).load_state_dict(es.state_dict())
+
+
+baseline = Baseline()  # a shaping object at module level, as --shaping test_plugin_state:baseline names it
+
+
+def test_a_module_level_shaping_object_is_recorded_by_its_name(tmp_path: Path) -> None:
+    """A shaping object bound to a name in its module is recorded as ``module:name``, the name ``--shaping`` gives it:
+    a run started with the name resumes given the object, and one started with the object resumes without it."""
+    kw = dict(env="none", popsize=6, tensorboard=False, plot=False, progress=False, model=_model, fitness=fitness)
+    named = flipes.train(shaping=f"{__name__}:baseline", generations=1, out=str(tmp_path / "named"), **kw)
+    given = flipes.train(shaping=baseline, generations=1, out=str(tmp_path / "given"), **kw)
+    assert given.config.shaping == named.config.shaping == f"{__name__}:baseline"
+    flipes.train(resume=str(tmp_path / "named"), shaping=baseline, generations=2, progress=False, model=_model, fitness=fitness)
+    flipes.train(resume=str(tmp_path / "given"), generations=2, progress=False, model=_model, fitness=fitness)
