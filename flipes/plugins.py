@@ -20,7 +20,7 @@ from torch import nn
 
 from flipes.cli import load_callable, main_module
 from flipes.errors import UsageError
-from flipes.es.optimizer import unsteppable
+from flipes.es.optimizer import refuse_flags, unsteppable
 from flipes.nn.convert import uncompiled
 
 OPTION: MappingProxyType[str, str] = MappingProxyType(
@@ -109,6 +109,33 @@ def check_state_methods(fn: Any, kind: str, what: str) -> None:
         )
 
 
+def checked_factory(fn: Callable[..., Any], spec: str) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:
+    """``fn`` with what it builds checked as FlipES checks it, but as one line naming ``--optimizer`` (FlipES's own
+    TypeError or ValueError reached the command line as a traceback): an optimizer, steppable, over exactly the
+    parameters given. What ``fn`` itself raises propagates unchanged."""
+    fix = "build it over the parameters it is given, e.g. def opt(params): return torch.optim.SGD(params, lr=0.1)"
+
+    @functools.wraps(fn)
+    def build(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        built = fn(params)
+        if not isinstance(built, torch.optim.Optimizer):
+            raise UsageError("--optimizer", f"{spec} returned {type(built).__name__}, not a torch.optim.Optimizer", fix)
+        _check_steppable(type(built), spec)
+        try:
+            refuse_flags(built)
+        except ValueError as e:
+            raise UsageError("--optimizer", f"{spec}: {str(e).removeprefix('optimizer: ')}") from None
+        given, held = {id(p) for p in params}, [p for group in built.param_groups for p in group["params"]]
+        missing, added = len(given - {id(p) for p in held}), sum(id(p) not in given for p in held)
+        if missing or added:
+            what = ", ".join(w for w, n in ((f"leaves out {missing} of them", missing), (f"adds {added} others", added)) if n)
+            problem = f"{spec} builds {type(built).__name__} over other parameters than the {len(given)} given ({what})"
+            raise UsageError("--optimizer", problem, fix)
+        return built
+
+    return build
+
+
 def _check_steppable(cls: type[torch.optim.Optimizer], spec: str) -> None:
     """Refuse a torch.optim class a FlipES cannot step (``flipes.es.optimizer.unsteppable``) where it is named, before
     the run directory is written (FlipES refuses it too, where it builds it)."""
@@ -173,8 +200,8 @@ class Plugins:
         fn = self.optimizer if self.optimizer is not None else load_callable(spec, "--optimizer")
         if not (isinstance(fn, type) and issubclass(fn, torch.optim.Optimizer)):  # a class is built as cls(params, lr=lr)
             check_call(fn, "optimizer", spec)
-        else:
-            _check_steppable(fn, spec or name_of(fn))
+            return checked_factory(fn, spec or name_of(fn))
+        _check_steppable(fn, spec or name_of(fn))
         return fn
 
     def shaping_fn(self, spec: str) -> Callable[..., Any]:

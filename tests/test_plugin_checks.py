@@ -1,0 +1,40 @@
+"""A plug-in's mistakes reach ``flipes.train``'s caller and the command line as one UsageError line naming the option."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import flipes
+
+
+def _model(env: None) -> torch.nn.Module:
+    return flipes.flipout(torch.nn.Linear(3, 2))
+
+
+def fitness(model: torch.nn.Module, pop: flipes.Population) -> torch.Tensor:
+    return -model(torch.ones(pop.size, 3)).square().sum(1)
+
+
+@pytest.mark.parametrize(
+    ("factory", "problem"),
+    [
+        (lambda p: torch.optim.SGD(list(p)[1:], lr=0.1), r"builds SGD over other parameters than the 2 given \(leaves out 1"),
+        (lambda p: torch.optim.SGD([*p, torch.nn.Parameter(torch.zeros(1))], lr=0.1), r"the 2 given \(adds 1 others\)"),
+        (lambda p: "sgd", r"returned str, not a torch.optim.Optimizer"),
+        (lambda p: torch.optim.SGD(p, lr=0.1, maximize=True), r"SGD\(maximize=True\) would step downhill"),
+        (lambda p: torch.optim.LBFGS(p), r"LBFGS.step needs a closure"),
+    ],
+)
+def test_an_optimizer_factory_building_what_flipes_cannot_step_is_one_line(
+    tmp_path: Path, factory: Callable[[list[torch.nn.Parameter]], object], problem: str
+) -> None:
+    """An ``optimizer=`` factory whose optimizer FlipES would refuse is a UsageError naming ``--optimizer`` and the
+    problem (the command line's one line, not a traceback), before any run directory is written."""
+    kw = dict(env="none", popsize=4, generations=1, tensorboard=False, plot=False, progress=False, out=str(tmp_path / "r"))
+    with pytest.raises(flipes.UsageError, match=rf"^--optimizer: .*<lambda>.*{problem}"):
+        flipes.train(model=_model, fitness=fitness, optimizer=factory, **kw)
+    assert not (tmp_path / "r").exists()
