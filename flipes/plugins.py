@@ -20,6 +20,7 @@ from torch import nn
 
 from flipes.cli import load_callable, main_module
 from flipes.errors import UsageError
+from flipes.es.checks import check_weights
 from flipes.es.optimizer import refuse_flags, unsteppable
 from flipes.nn.convert import uncompiled
 
@@ -136,6 +137,31 @@ def checked_factory(fn: Callable[..., Any], spec: str) -> Callable[[list[nn.Para
     return build
 
 
+class CheckedShaping:
+    """A ``--shaping`` of one's own whose weights are checked as FlipES checks them, but as one line naming
+    ``--shaping`` (FlipES's own TypeError or ValueError reached the command line as a traceback). Its ``state_dict``
+    and ``load_state_dict``, where it has them, are its own, so its state rides in the checkpoint as it would."""
+
+    def __init__(self, fn: Callable[..., Any], spec: str) -> None:
+        self.fn, self.spec = fn, spec
+        # named as the run records it (what the processes compare, es's repr): the code's name, never the wrapper's
+        self.__module__, _, self.__qualname__ = spec.partition(":")
+
+    def __call__(self, fitness: torch.Tensor) -> Any:
+        weights = self.fn(fitness)
+        try:
+            check_weights(weights, fitness)
+        except (TypeError, ValueError) as e:
+            fix = "return one finite weight per member, in the members' order"
+            raise UsageError("--shaping", f"{self.spec}: {e}", fix) from None
+        return weights
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in ("state_dict", "load_state_dict"):  # no other lookup (pickle's) reaches fn
+            raise AttributeError(name)
+        return getattr(self.__dict__["fn"], name)
+
+
 def _check_steppable(cls: type[torch.optim.Optimizer], spec: str) -> None:
     """Refuse a torch.optim class a FlipES cannot step (``flipes.es.optimizer.unsteppable``) where it is named, before
     the run directory is written (FlipES refuses it too, where it builds it)."""
@@ -209,7 +235,7 @@ class Plugins:
         fn = self.shaping if self.shaping is not None else load_callable(spec, "--shaping")
         check_call(fn, "shaping", spec)
         check_state_methods(fn, "shaping", spec or name_of(fn))
-        return fn
+        return CheckedShaping(fn, spec or name_of(fn))
 
     def fitness_fn(self, spec: str) -> Callable[..., Any]:
         """The fitness function: the object given, else ``spec`` imported; its signature checked."""

@@ -38,3 +38,19 @@ def test_an_optimizer_factory_building_what_flipes_cannot_step_is_one_line(
     with pytest.raises(flipes.UsageError, match=rf"^--optimizer: .*<lambda>.*{problem}"):
         flipes.train(model=_model, fitness=fitness, optimizer=factory, **kw)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("shaping", "problem"),
+    [
+        (lambda f: f * float("nan"), r"to finite weights of that shape, got shape \(4,\) with non-finite values"),
+        (lambda f: f[:2], r"got shape \(2,\)"),
+        (lambda f: None, r"must return weights \(N,\) as a Tensor or array of numbers, got NoneType"),
+    ],
+)
+def test_a_shaping_returning_unusable_weights_is_one_line(tmp_path: Path, shaping: Callable, problem: str) -> None:
+    """A ``shaping=`` function whose weights FlipES cannot use (NaN, another length, no numbers) stops training with a
+    UsageError naming ``--shaping``, the function and the problem: the command line's one line."""
+    kw = dict(env="none", popsize=4, generations=1, tensorboard=False, plot=False, progress=False, out=str(tmp_path / "r"))
+    with pytest.raises(flipes.UsageError, match=rf"^--shaping: .*<lambda>: .*{problem}; return one finite weight per member"):
+        flipes.train(model=_model, fitness=fitness, shaping=shaping, **kw)
