@@ -109,7 +109,8 @@ def check_shaping_fits(es: FlipES, state: dict[str, Any]) -> None:
         name = getattr(es.shaping, "__qualname__", type(es.shaping).__qualname__)
         raise ValueError(
             f"state holds the state of a shaping of one's own (its state_dict()), and this FlipES's shaping {name} has no "
-            "load_state_dict to take it back; nothing was loaded: build the FlipES with the shaping the state was saved with"
+            "load_state_dict to take it back; nothing was loaded: build the FlipES with the shaping the state was saved with "
+            "(or drop state['shaping'] to shape afresh)"
         )
 
 
