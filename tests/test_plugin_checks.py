@@ -54,3 +54,13 @@ def test_a_shaping_returning_unusable_weights_is_one_line(tmp_path: Path, shapin
     kw = dict(env="none", popsize=4, generations=1, tensorboard=False, plot=False, progress=False, out=str(tmp_path / "r"))
     with pytest.raises(flipes.UsageError, match=rf"^--shaping: .*<lambda>: .*{problem}; return one finite weight per member"):
         flipes.train(model=_model, fitness=fitness, shaping=shaping, **kw)
+
+
+def test_a_plugged_ars_shaping_keeps_flipes_checks_of_ars(tmp_path: Path) -> None:
+    """``shaping=functools.partial(flipes.shaping.ars, top=2)`` given to ``flipes.train`` is still recognized as ARS
+    under the one-line check of its weights: refused with unpaired members, naming mirrored=True."""
+    import functools
+
+    kw = dict(env="none", popsize=8, generations=1, tensorboard=False, plot=False, progress=False, out=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match=r"shaping=flipes.shaping.ars compares the returns of mirrored pairs"):
+        flipes.train(model=_model, fitness=fitness, shaping=functools.partial(flipes.shaping.ars, top=2), mirrored=False, **kw)
