@@ -231,6 +231,16 @@ class Plugins:
             check_call(fn, "optimizer", spec)
             return checked_factory(fn, spec or name_of(fn))
         _check_steppable(fn, spec or name_of(fn))
+        try:
+            inspect.signature(fn).bind(None, lr=0.0)
+        except TypeError as e:  # cls(params, lr=lr) would fail at the build, in a traceback
+            raise UsageError(
+                "--optimizer",
+                f"{spec or name_of(fn)} is a class built as {fn.__name__}(params, lr=--lr), and it takes no lr ({e})",
+                f"name a factory instead: def opt(params): return {fn.__name__}(params, ...)",
+            ) from None
+        except ValueError:  # no signature to read: the build says it
+            pass
         return fn
 
     def shaping_fn(self, spec: str) -> Callable[..., Any]:

@@ -64,3 +64,27 @@ def test_a_plugged_ars_shaping_keeps_flipes_checks_of_ars(tmp_path: Path) -> Non
     kw = dict(env="none", popsize=8, generations=1, tensorboard=False, plot=False, progress=False, out=str(tmp_path / "r"))
     with pytest.raises(ValueError, match=r"shaping=flipes.shaping.ars compares the returns of mirrored pairs"):
         flipes.train(model=_model, fitness=fitness, shaping=functools.partial(flipes.shaping.ars, top=2), mirrored=False, **kw)
+
+
+class StepOpt(torch.optim.Optimizer):
+    """An optimizer of one's own whose step size is not called lr."""
+
+    def __init__(self, params: list[torch.nn.Parameter], step_size: float = 0.1) -> None:
+        super().__init__(params, {"step_size": step_size})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.sub_(group["step_size"] * p.grad)
+
+
+def test_an_optimizer_class_without_lr_is_refused_naming_a_factory(tmp_path: Path) -> None:
+    """``optimizer=`` a class is built as ``cls(params, lr=lr)``: one whose constructor takes no ``lr`` is refused
+    before training in one line naming ``--optimizer`` and the factory to write instead, not a TypeError from the
+    build."""
+    kw = dict(env="none", popsize=4, generations=1, tensorboard=False, plot=False, progress=False, out=str(tmp_path / "r"))
+    refused = r"^--optimizer: .*StepOpt is a class built as StepOpt\(params, lr=--lr\), and it takes no lr .*; "
+    with pytest.raises(flipes.UsageError, match=refused + r"name a factory instead: def opt\(params\): return StepOpt\("):
+        flipes.train(model=_model, fitness=fitness, optimizer=StepOpt, **kw)
+    assert not (tmp_path / "r").exists()
