@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
-from flipes.nn.functional import flipout_conv
+from flipes.nn.functional import flipout_conv, refuse_non_tensor
 from flipes.nn.variational import backprop_noise, shared_sample
 from flipes.noise import compiling
 
@@ -46,7 +46,11 @@ def with_backprop_noise(
     ``conv(x, w, b)`` is the layer's convolution; ``transposed``: a transposed one, whose noise is drawn in its
     kernel's own ``(in, out // groups, ...)`` shape."""
     dims = layer.spatial_dims
-    unbatched = input.dim() == dims + 1
+    try:
+        unbatched = input.dim() == dims + 1
+    except AttributeError:
+        refuse_non_tensor(type(layer).__name__, input, layer.weight)
+        raise
     noise = backprop_noise(layer, 1 if unbatched else input.shape[0])
     if noise is None:
         return None
@@ -60,8 +64,13 @@ def with_backprop_noise(
 
 def note_extra_dims(layer: nn.Module, input: Tensor, spatial_dims: int) -> None:
     """Note a members-first input with examples, ``(N, B, C, ...)``, for torch's pooling errors after the layer
-    (:func:`members_first_fix`)."""
-    if input.dim() > spatial_dims + 2 and not compiling():
+    (:func:`members_first_fix`); a NumPy array or list is refused naming the conversion."""
+    try:
+        dims = input.dim()
+    except AttributeError:
+        refuse_non_tensor(type(layer).__name__, input, layer.weight)
+        raise
+    if dims > spatial_dims + 2 and not compiling():
         layer.__dict__["_flipes_extra_dims"] = tuple(input.shape)
 
 
@@ -147,8 +156,13 @@ class _FlipoutConvTransposeNd(FlipoutMixin):
                 "other; set padding_mode='zeros'"
             )
         dims = self.spatial_dims
+        try:
+            rank = input.dim()
+        except AttributeError:
+            refuse_non_tensor(type(self).__name__, input, self.weight)
+            raise
         # torch reads output_size against one batch dim: the members and their examples flattened into it
-        example = input.flatten(0, input.dim() - dims - 2) if input.dim() > dims + 2 else input
+        example = input.flatten(0, rank - dims - 2) if rank > dims + 2 else input
         stride, padding, kernel, dilation = self.stride, self.padding, self.kernel_size, self.dilation
         output_padding = self._output_padding(example, output_size, stride, padding, kernel, dims, dilation)
         return functools.partial(

@@ -23,9 +23,28 @@ from flipes.nn.base import PerturbedWeight
 from flipes.noise import SlotNoise, compiling, from_boundary
 
 
-def check_members(layer: str, x: Tensor, members: int, min_dim: int = 2) -> None:
-    """Inputs are members first: ``(N, ...)``, or ``(N·k, ...)`` with k examples per member, member-major."""
-    if x.dim() < min_dim or x.shape[0] == 0 or x.shape[0] % members:
+def refuse_non_tensor(layer: str, x: object, like: Tensor | None = None) -> None:
+    """Raise a ``TypeError`` naming the conversion where ``x`` is no tensor (a NumPy array, a list), as ``nn.Linear``
+    refuses one; nothing for a tensor. Called only where ``x.dim()`` raised, so a tensor's forward pays nothing.
+    ``like``: a parameter of the layer, whose dtype and device the conversion names."""
+    if isinstance(x, Tensor):
+        return
+    kind = type(x).__qualname__ if type(x).__module__ == "builtins" else f"{type(x).__module__}.{type(x).__qualname__}"
+    to = f"dtype={like.dtype}, device={str(like.device)!r}" if like is not None else "dtype=..., device=..."
+    raise TypeError(
+        f"{layer}: input must be a torch.Tensor, not {kind}: convert it first, torch.as_tensor(x, {to})"
+    ) from None  # the AttributeError of x.dim() is no part of the story
+
+
+def check_members(layer: str, x: Tensor, members: int, min_dim: int = 2, like: Tensor | None = None) -> None:
+    """Inputs are members first: ``(N, ...)``, or ``(N·k, ...)`` with k examples per member, member-major; a NumPy
+    array or list is refused naming the conversion to the dtype and device of ``like`` (:func:`refuse_non_tensor`)."""
+    try:
+        dims = x.dim()
+    except AttributeError:
+        refuse_non_tensor(layer, x, like)
+        raise
+    if dims < min_dim or x.shape[0] == 0 or x.shape[0] % members:
         raise ValueError(
             f"{layer}: input of shape {tuple(x.shape)} inside a population of {members} members; "
             f"inputs must be members first: (members, ..., features) with members == {members}, "
@@ -75,7 +94,7 @@ def flipout_linear(x: Tensor, weight: Tensor, bias: Tensor | None, noise: SlotNo
     Under ``torch.autocast`` it computes in the autocast dtype, as ``nn.Linear`` does there (float64
     stays float64): the input, mean weights and noise are cast first, since the in-place sums below
     would otherwise meet a half-precision product and a float32 buffer."""
-    check_members(layer, x, noise.size)
+    check_members(layer, x, noise.size, like=weight)
     if not _any_autocast():  # the usual case, without asking for the input's device (~0.3 µs a layer call)
         return _flipout_linear(x, weight, bias, noise, layer)
     dtype = autocast_dtype(x.device.type)
@@ -288,7 +307,7 @@ def flipout_conv(
     noise model draws); it is linear in each input and each output channel alike, so the same signs give one kernel
     sample per member.
     """
-    check_members(layer, x, noise.size, spatial_dims + 2)
+    check_members(layer, x, noise.size, spatial_dims + 2, weight)
     n, g = noise.size, noise.groups
     channels = noise.s.shape[1]
     if x.shape[-spatial_dims - 1] != channels:  # before the sign flip fails on a bare size clash

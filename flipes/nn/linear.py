@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
-from flipes.nn.functional import flipout_linear
+from flipes.nn.functional import flipout_linear, refuse_non_tensor
 from flipes.nn.variational import backprop_noise, shared_sample
 
 
@@ -47,7 +47,11 @@ class FlipoutLinear(FlipoutMixin, nn.Linear):
         name = type(self).__name__
         if self.noise is not None:  # an ES population
             return flipout_linear(input, self.weight, self.bias, self.noise[0], name)
-        unbatched = input.dim() == 1
+        try:
+            unbatched = input.dim() == 1
+        except AttributeError:
+            refuse_non_tensor(name, input, self.weight)
+            raise
         noise = backprop_noise(self, 1 if unbatched else input.shape[0])
         if noise is None:
             return super().forward(input)
