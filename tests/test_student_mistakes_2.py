@@ -1,9 +1,11 @@
 """More habits students bring from other libraries, each refused in one line that names the fix: a NumPy array or a
 list given to a Flipout layer (a TypeError naming torch.as_tensor at the layer's dtype and device, as torch.nn's layers
-refuse one)."""
+refuse one); other ES libraries' and course notebooks' argument names for FlipES (std=, antithetic=, npop=)."""
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 import flipes
+from flipes.es.foreign import FOREIGN
 
 _LAYERS: list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = [
     ("FlipoutLinear", lambda: nn.Linear(4, 2), (4, 4)),
@@ -39,3 +42,48 @@ def test_numpy_and_list_inputs_are_refused_naming_the_conversion(
         assert caught.value.__suppress_context__
     with es.population() if inside else torch.no_grad():  # the converted input goes through
         assert model(torch.as_tensor(x, dtype=torch.float64, device="cpu")).shape[0] == 4
+
+
+def _linear() -> nn.Module:
+    return flipes.flipout(nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize(
+    ("keyword", "fix"),
+    [
+        ("noise_std", "FlipES takes sigma="),
+        ("std", "FlipES takes sigma="),
+        ("stdev", "FlipES takes sigma="),
+        ("noise_scale", "FlipES takes sigma="),
+        ("radius_init", "radius_init= is EvoTorch's name; FlipES takes sigma=radius_init/√n"),
+        ("antithetic", "antithetic= is estool's name; FlipES takes mirrored="),
+        ("rank_fitness", "rank_fitness= is estool's name; FlipES takes shaping=flipes.shaping.centered_ranks"),
+        ("forget_best", "forget_best= is estool's name; FlipES takes track_best=True"),
+        ("sigma_alpha", "sigma_alpha= is estool's PEPG's name; FlipES takes sigma_lr="),
+        ("learning_rate_decay", "torch.optim.lr_scheduler.ExponentialLR(es.optimizer, decay)"),
+        ("lr_decay", "torch.optim.lr_scheduler.ExponentialLR(es.optimizer, decay)"),
+        ("step_size", "FlipES takes lr="),
+        ("alpha", "FlipES takes lr="),
+        ("npop", "FlipES takes popsize="),
+        ("episodes_per_batch", "FlipES takes popsize="),
+        ("random_seed", "FlipES takes seed="),
+        ("minimize", "FlipES takes maximize=False"),
+    ],
+)
+def test_course_and_estool_keywords_name_flipes_argument(keyword: str, fix: str) -> None:
+    """Names from estool, EvoTorch and the NumPy ES loops of course notebooks name FlipES's argument in one line, where
+    difflib's closest spelling misled (noise_std is no noise_rank=, lr_decay no weight_decay=, step_size no popsize=)
+    or Python named none."""
+    with pytest.raises(TypeError, match=rf"^FlipES\(\) got an unexpected keyword argument '{keyword}': ") as refused:
+        flipes.FlipES(_linear(), popsize=8, **{keyword: 0.1})
+    assert fix in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_every_foreign_keyword_names_an_argument_flipes_takes() -> None:
+    """Each other library's name is no argument of FlipES (it would never be refused), and each fix of the form
+    ``name=...`` names an argument FlipES takes."""
+    params = set(inspect.signature(flipes.FlipES).parameters)
+    for keyword, (_, fix) in FOREIGN.items():
+        assert keyword not in params, keyword
+        target = re.match(r"(\w+)=", fix)
+        assert target is None or target[1] in params, (keyword, fix)

@@ -25,6 +25,14 @@ _CLIPUP = (
     "its own max_speed, 0.15 unless its optimizer_config says: max_speed=0.15)"
 )
 _INIT = "no argument: the model's parameters are the center, set them before FlipES(model, ...)"
+_LR_LIMIT = (
+    "a torch scheduler stepped after each tell, with a floor: torch.optim.lr_scheduler.LambdaLR(es.optimizer, "
+    "lambda g: max(decay**g, limit / lr)) (flipes.train's lr_decay and lr_min)"
+)
+_LR = "lr= (of torch.optim.Adam, FlipES's default optimizer)"
+_POPSIZE = "popsize= (members per generation, all processes together)"
+_DIMS = "no argument: FlipES evolves the trainable parameters of model"
+_SEED = "seed= (the noise is a function of seed and generation: no key to split)"
 
 # name -> (whose name it is, "" for many libraries'; FlipES's way to say it)
 FOREIGN: dict[str, tuple[str, str]] = {
@@ -35,20 +43,16 @@ FOREIGN: dict[str, tuple[str, str]] = {
     "sigma0": ("pycma's", _SIGMA),
     "sigma_decay": ("evosax's", _SIGMA_DECAY),
     "sigma_limit": ("evosax's", _SIGMA_DECAY),
-    "pop_size": ("EvoJAX's", "popsize= (members per generation, all processes together)"),
-    "population_size": ("evosax's", "popsize= (members per generation, all processes together)"),
-    "num_dims": ("evosax's", "no argument: FlipES evolves the trainable parameters of model"),
-    "solution_length": ("EvoTorch's", "no argument: FlipES evolves the trainable parameters of model"),
-    "param_size": ("EvoJAX's", "no argument: FlipES evolves the trainable parameters of model"),
-    "lrate_init": ("evosax's", "lr= (of torch.optim.Adam, FlipES's default optimizer)"),
+    "pop_size": ("EvoJAX's", _POPSIZE),
+    "population_size": ("evosax's", _POPSIZE),
+    "num_dims": ("evosax's", _DIMS),
+    "solution_length": ("EvoTorch's", _DIMS),
+    "param_size": ("EvoJAX's", _DIMS),
+    "lrate_init": ("evosax's", _LR),
     "lrate_decay": ("evosax's", _LR_DECAY),
-    "lrate_limit": (
-        "evosax's",
-        "a torch scheduler stepped after each tell, with a floor: torch.optim.lr_scheduler.LambdaLR(es.optimizer, "
-        "lambda g: max(decay**g, limit / lr)) (flipes.train's lr_decay and lr_min)",
-    ),
-    "stepsize": ("OpenAI's ES starter's", "lr= (of torch.optim.Adam, FlipES's default optimizer)"),
-    "learning_rate": ("", "lr="),
+    "lrate_limit": ("evosax's", _LR_LIMIT),
+    "stepsize": ("OpenAI's ES starter's", _LR),
+    "learning_rate": ("", _LR),
     "center_learning_rate": ("EvoTorch's and EvoJAX's", _CLIPUP),
     "max_speed": ("EvoTorch's", _CLIPUP),
     "optimizer_config": (
@@ -83,11 +87,32 @@ FOREIGN: dict[str, tuple[str, str]] = {
     ),
     "opt_name": ("evosax's", "optimizer= (a torch.optim class, or lambda params: torch.optim.SGD(params, lr=...))"),
     "num_actors": ("EvoTorch's", "comm= (processes are MPI ranks: mpiexec -n K python script.py)"),
-    "rng": ("", "seed= (the noise is a function of seed and generation: no key to split)"),
-    "key": ("", "seed= (the noise is a function of seed and generation: no key to split)"),
+    "rng": ("", _SEED),
+    "key": ("", _SEED),
     "center_init": ("EvoTorch's", _INIT),
     "init_params": ("EvoJAX's", _INIT),
     "mean_init": ("", _INIT),
+    # estool's (OpenES, PEPG) and the names of ES course notebooks, where difflib's closest spelling misleads
+    # (noise_std is no noise_rank=, lr_decay no weight_decay=, step_size no popsize=)
+    **dict.fromkeys(("std", "stdev", "std_init", "noise_std", "noise_sigma", "noise_scale"), ("", _SIGMA)),
+    "radius_init": ("EvoTorch's", "sigma=radius_init/√n for n parameters (EvoTorch's radius is the norm of its σ vector)"),
+    "antithetic": ("estool's", "mirrored= (mirrored sampling, True by default; antithetic=False is mirrored=False)"),
+    "rank_fitness": (
+        "estool's",
+        "shaping=flipes.shaping.centered_ranks (the default: rank_fitness=True) or flipes.shaping.raw (False)",
+    ),
+    "z_score": ("evosax's FitnessShaper's", _SHAPING),
+    "forget_best": ("estool's", "track_best=True to keep es.best, the fittest member of all generations (forget_best=False)"),
+    "sigma_alpha": ("estool's PEPG's", "sigma_lr= (one σ per layer, a standardized natural-gradient step in log σ)"),
+    "num_params": ("estool's", _DIMS),
+    "learning_rate_decay": ("estool's", _LR_DECAY),
+    "learning_rate_limit": ("estool's", _LR_LIMIT),
+    "lr_decay": ("", _LR_DECAY),
+    **dict.fromkeys(("step_size", "lrate", "alpha"), ("", _LR)),
+    **dict.fromkeys(("npop", "n_pop", "population", "num_population"), ("", _POPSIZE)),
+    "episodes_per_batch": ("OpenAI's ES starter's", _POPSIZE),
+    "random_seed": ("", _SEED),
+    "minimize": ("", "maximize=False (tell then takes the loss itself)"),
 }
 
 
