@@ -1,6 +1,7 @@
 """More habits students bring from other libraries, each refused in one line that names the fix: a NumPy array or a
 list given to a Flipout layer (a TypeError naming torch.as_tensor at the layer's dtype and device, as torch.nn's layers
-refuse one); other ES libraries' and course notebooks' argument names for FlipES (std=, antithetic=, npop=)."""
+refuse one); other ES libraries' and course notebooks' argument names for FlipES (std=, antithetic=, npop=) and
+their methods (es.ask(), es.result())."""
 
 from __future__ import annotations
 
@@ -87,3 +88,33 @@ def test_every_foreign_keyword_names_an_argument_flipes_takes() -> None:
         assert keyword not in params, keyword
         target = re.match(r"(\w+)=", fix)
         assert target is None or target[1] in params, (keyword, fix)
+
+
+@pytest.mark.parametrize(
+    ("name", "fix"),
+    [
+        ("ask", "ask/tell (evosax's, estool's, pycma's) is one block here"),
+        ("result", "the center is the model's own parameters"),
+        ("run", "EvoTorch's run(n) is a loop here: for _ in range(n): es.step(fitness_fn)"),
+    ],
+)
+def test_other_libraries_methods_name_flipes_loop(name: str, fix: str) -> None:
+    """``es.ask()``, ``es.result()`` and ``es.run(n)`` are AttributeErrors (hasattr stays False) naming flipes' way in
+    one line; other missing names keep Python's message, with the name and object its "Did you mean" reads."""
+    es = flipes.FlipES(_linear(), popsize=4, sigma=0.1)
+    with pytest.raises(AttributeError) as caught:
+        getattr(es, name)()
+    message = str(caught.value)
+    assert message.startswith(f"'FlipES' object has no attribute '{name}': {fix}") and "\n" not in message
+    assert not hasattr(es, name)
+    with pytest.raises(AttributeError) as caught:
+        es.tel  # noqa: B018
+    assert str(caught.value) == "'FlipES' object has no attribute 'tel'"
+    assert caught.value.name == "tel" and caught.value.obj is es
+
+
+def test_step_is_flipes_own_and_not_refused() -> None:
+    """``es.step`` is FlipES's own one-generation method: it runs a generation, not a refusal."""
+    es = flipes.FlipES(_linear(), popsize=4, sigma=0.1)
+    stats = es.step(lambda model, pop: model(torch.ones(pop.size, 3)).sum(-1))
+    assert es.generation == 1 and "fitness_mean" in stats

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from flipes.es.evolved import (
     raise_if_not_finite,
     refuse_unhandled,
 )
-from flipes.es.foreign import InitSignature, refuse_foreign_keywords
+from flipes.es.foreign import FOREIGN_METHODS, InitSignature, refuse_foreign_keywords
 from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
@@ -310,6 +310,14 @@ class FlipES:
             if name in SETTABLE:
                 value = checked_setting(self, name, value)
         object.__setattr__(self, name, value)
+
+    # hidden from type checkers, which then flag es.ask() as Python does; only names FlipES lacks reach it
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            fix = FOREIGN_METHODS.get(name)
+            message = f"{type(self).__name__!r} object has no attribute {name!r}"
+            raise AttributeError(f"{message}: {fix}" if fix else message, name=name, obj=self)
 
     def __repr__(self) -> str:
         # what a notebook cell may have changed since (es.shaping, es.lr, es.weight_decay) shows, the defaults aside

@@ -115,6 +115,17 @@ FOREIGN: dict[str, tuple[str, str]] = {
     "minimize": ("", "maximize=False (tell then takes the loss itself)"),
 }
 
+_LOOP = "`with es.population() as pop:` model(x) runs all pop.size members at once; then es.tell(fitness)"
+# other libraries' methods a ported loop calls on FlipES, which has none of them: what flipes does instead
+FOREIGN_METHODS: dict[str, str] = {
+    "ask": f"ask/tell (evosax's, estool's, pycma's) is one block here, with no members' parameters to hand out: {_LOOP}",
+    "result": (
+        "the center is the model's own parameters (the mean network: the model called outside es.population()); "
+        "FlipES(..., track_best=True) keeps es.best, the fittest member so far"
+    ),
+    "run": "EvoTorch's run(n) is a loop here: for _ in range(n): es.step(fitness_fn), fitness_fn(model, pop) -> Tensor[pop.size]",
+}
+
 
 def unknown_keyword_fix(name: str, keywords: Iterable[str]) -> str | None:
     """What to pass instead of the keyword ``name`` that a function of ``keywords`` does not take: another library's
