@@ -1,7 +1,7 @@
 """More habits students bring from other libraries, each refused in one line that names the fix: a NumPy array or a
 list given to a Flipout layer (a TypeError naming torch.as_tensor at the layer's dtype and device, as torch.nn's layers
 refuse one); other ES libraries' and course notebooks' argument names for FlipES (std=, antithetic=, npop=) and
-their methods (es.ask(), es.result())."""
+their methods (es.ask(), es.result()); and a σ of 0."""
 
 from __future__ import annotations
 
@@ -118,3 +118,22 @@ def test_step_is_flipes_own_and_not_refused() -> None:
     es = flipes.FlipES(_linear(), popsize=4, sigma=0.1)
     stats = es.step(lambda model, pop: model(torch.ones(pop.size, 3)).sum(-1))
     assert es.generation == 1 and "fitness_mean" in stats
+
+
+def test_zero_sigma_names_a_positive_one() -> None:
+    """A constant σ of 0 names a positive σ and where the mean network is, without a generation; a schedule's bad value
+    names its generation and a floor."""
+    with pytest.raises(ValueError) as caught:
+        flipes.FlipES(_linear(), popsize=4, sigma=0.0)
+    assert str(caught.value) == (
+        "sigma must be a finite number > 0, got 0.0: pass a positive σ, e.g. sigma=0.05 (the default) "
+        "(the mean network is the model called outside es.population())"
+    )
+    with pytest.raises(
+        ValueError, match=r"^sigma must be a finite number > 0, got -0\.1: pass a positive σ, e\.g\. sigma=0\.05 \(the default\)$"
+    ):
+        flipes.FlipES(_linear(), popsize=4, sigma=-0.1)
+    with pytest.raises(ValueError) as caught:
+        flipes.FlipES(_linear(), popsize=4, sigma=lambda g: 0.0)
+    assert str(caught.value).startswith("sigma must be a finite number > 0, got 0.0 from the schedule at generation 0: ")
+    assert "flipes.search.SigmaDecay(sigma, decay, limit)" in str(caught.value)

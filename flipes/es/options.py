@@ -53,7 +53,15 @@ def sigma_value(sigma: float | Callable[[int], float], generation: int) -> float
         at = f" (the schedule's value at generation {generation})" if callable(sigma) else ""
         raise TypeError(f"sigma must be a number > 0 or a schedule generation -> σ, got {given!r}{at} ({type(given).__name__})")
     if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"sigma must be a finite number > 0, got {value} at generation {generation}")
+        if callable(sigma):  # only a schedule's value depends on the generation
+            raise ValueError(
+                f"sigma must be a finite number > 0, got {value} from the schedule at generation {generation}: keep its "
+                "values positive, e.g. with a floor, max(σ_g, 1e-3), as flipes.search.SigmaDecay(sigma, decay, limit) does"
+            )
+        mean = " (the mean network is the model called outside es.population())" if value == 0 else ""
+        raise ValueError(
+            f"sigma must be a finite number > 0, got {value}: pass a positive σ, e.g. sigma=0.05 (the default){mean}"
+        )
     return value
 
 
