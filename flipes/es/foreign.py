@@ -115,10 +115,13 @@ FOREIGN: dict[str, tuple[str, str]] = {
     "minimize": ("", "maximize=False (tell then takes the loss itself)"),
 }
 
-_LOOP = "`with es.population() as pop:` model(x) runs all pop.size members at once; then es.tell(fitness)"
+_LOOP = "`with es.population() as pop:` model(x) runs all pop.size members at once, inputs members first; then es.tell(fitness)"
 # other libraries' methods a ported loop calls on FlipES, which has none of them: what flipes does instead
 FOREIGN_METHODS: dict[str, str] = {
-    "ask": f"ask/tell (evosax's, estool's, pycma's) is one block here, with no members' parameters to hand out: {_LOOP}",
+    "ask": (
+        f"ask/tell (evosax's, estool's, pycma's) is one block here, and no array of candidates comes back: {_LOOP} "
+        "(es.member_parameters(i) in it: one member's parameters)"
+    ),
     "result": (
         "the center is the model's own parameters (the mean network: the model called outside es.population()); "
         "FlipES(..., track_best=True) keeps es.best, the fittest member so far"
