@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 _SIGMA = "sigma= (σ, a number or a schedule generation -> σ)"
 _SHAPING = "shaping=flipes.shaping.centered_ranks (the default), flipes.shaping.z_score or flipes.shaping.raw"
@@ -128,6 +128,20 @@ FOREIGN_METHODS: dict[str, str] = {
     ),
     "run": "EvoTorch's run(n) is a loop here: for _ in range(n): es.step(fitness_fn), fitness_fn(model, pop) -> Tensor[pop.size]",
 }
+
+
+class ForeignMethod:
+    """A method of other libraries' ES (a key of ``FOREIGN_METHODS``) that FlipES lacks: reading it raises the
+    AttributeError Python would, with flipes' way added (``hasattr`` stays False)."""
+
+    name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: object, owner: type) -> NoReturn:
+        message = f"{owner.__name__!r} object has no attribute {self.name!r}: {FOREIGN_METHODS[self.name]}"
+        raise AttributeError(message, name=self.name, obj=instance)
 
 
 def unknown_keyword_fix(name: str, keywords: Iterable[str]) -> str | None:
