@@ -137,3 +137,50 @@ def test_zero_sigma_names_a_positive_one() -> None:
         flipes.FlipES(_linear(), popsize=4, sigma=lambda g: 0.0)
     assert str(caught.value).startswith("sigma must be a finite number > 0, got 0.0 from the schedule at generation 0: ")
     assert "flipes.search.SigmaDecay(sigma, decay, limit)" in str(caught.value)
+
+
+_MORE_LAYERS: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], torch.dtype, bool]] = [
+    ("FlipoutGRU", lambda: nn.GRU(3, 2, batch_first=True), (4, 2, 3), torch.float64, True),
+    ("FlipoutLSTMCell", lambda: nn.LSTMCell(3, 2), (4, 3), torch.float64, True),
+    ("FlipoutGRUCell", lambda: nn.GRUCell(3, 2), (4, 3), torch.float64, True),
+    # outside a population these are torch's own layers, with torch's own TypeError
+    ("FlipoutEmbedding", lambda: nn.Embedding(5, 2), (4, 2), torch.int64, False),
+    ("PerMemberLayerNorm", lambda: nn.LayerNorm(3), (4, 3), torch.float64, False),
+]
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["outside", "inside"])
+@pytest.mark.parametrize("layer, make, shape, dtype, outside_too", _MORE_LAYERS, ids=[m[0] for m in _MORE_LAYERS])
+def test_numpy_inputs_to_recurrent_embedding_and_norm_layers_are_refused_naming_the_conversion(
+    layer: str, make: Callable[[], nn.Module], shape: tuple[int, ...], dtype: torch.dtype, outside_too: bool, inside: bool
+) -> None:
+    """Recurrent layers and cells, embeddings and norms name the conversion for a NumPy input as Linear does (the
+    embedding's at its ids' dtype, int64), where an AttributeError of ``.dim()`` or ``.new_zeros`` came from deep inside,
+    or a norm's input was called the wrong shape; the converted input goes through."""
+    model = flipes.flipout(nn.Sequential(make()).double())
+    es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
+    x = np.ones(shape, dtype=np.int64 if dtype == torch.int64 else np.float64)
+    with pytest.raises(TypeError) as caught, es.population() if inside else torch.no_grad():
+        model(x)
+    if inside or outside_too:
+        assert str(caught.value) == (
+            f"{layer}: input must be a torch.Tensor, not numpy.ndarray: convert it first, "
+            f"torch.as_tensor(x, dtype={dtype}, device='cpu')"
+        )
+    with es.population() if inside else torch.no_grad():
+        model(torch.as_tensor(x, dtype=dtype))
+
+
+def test_numpy_inputs_to_flipout_attention_are_refused_naming_the_conversion() -> None:
+    """A NumPy query, key or value to Flipout multi-head attention inside a population is one TypeError naming the
+    conversion, where ``query.dim()`` raised an AttributeError."""
+    model = flipes.flipout(nn.MultiheadAttention(4, 2, batch_first=True).double())
+    es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
+    x = torch.ones(4, 2, 4, dtype=torch.float64)
+    for args in ((x.numpy(), x, x), (x, x, x.numpy()), (x, x.numpy(), x)):
+        refused = r"^FlipoutMultiheadAttention: input must be a torch.Tensor, not numpy.ndarray: convert it first, "
+        with pytest.raises(TypeError, match=refused + r"torch.as_tensor\(x, dtype=torch.float64, device='cpu'\)$"):
+            with es.population():
+                model(*args)
+    with es.population():
+        assert model(x, x, x)[0].shape == (4, 2, 4)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.dense import resolved
 from flipes.nn.functional import check_members, flipout_linear
+from flipes.nn.inputs import refuse_non_tensor
 from flipes.noise import from_boundary
 
 
@@ -86,6 +87,10 @@ class FlipoutMultiheadAttention(FlipoutMixin, nn.MultiheadAttention):
     ) -> tuple[Tensor, Tensor | None]:
         if self.noise is None:
             return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
+        for x in (query, key, value):  # a NumPy array or a list: one line naming the conversion
+            refuse_non_tensor(
+                type(self).__name__, x, self.in_proj_weight if self.in_proj_weight is not None else self.q_proj_weight
+            )
         if query.dim() != 3:
             bf = self.batch_first
             example = {2: f"x.unsqueeze({int(bf)}) for one token per member", 4: "x.flatten(0, 1) for (N, k, L, E)" if bf else ""}

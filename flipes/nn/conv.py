@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
-from flipes.nn.functional import flipout_conv, refuse_non_tensor
+from flipes.nn.functional import flipout_conv
+from flipes.nn.inputs import refuse_non_tensor
 from flipes.nn.variational import backprop_noise, shared_sample
 from flipes.noise import compiling
 

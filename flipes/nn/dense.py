@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from flipes.nn.inputs import refuse_non_tensor
 from flipes.nn.reads import NotesReads
 from flipes.nn.vector import Vector
 from flipes.noise import SlotNoise, compiling
@@ -128,6 +129,7 @@ def _norm_forward(module: nn.Module, noise: dict[str, Tensor], x: Tensor) -> Ten
     """LayerNorm / RMSNorm without vmap: normalize once, then one broadcast multiply-add with each
     member's scale and shift (vmap's generic rule costs ~2x more here)."""
     n, shape = module.flipes_members, tuple(module.normalized_shape)
+    refuse_non_tensor(type(module).__name__, x, getattr(module, "weight", None))  # a NumPy array: not a shape problem
     if not _is_member(x, n):
         raise ValueError(
             f"{type(module).__name__}: input of shape {tuple(x.shape)} inside a population of {n} members; inputs must be "

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.functional import check_members
+from flipes.nn.inputs import refuse_non_tensor
 from flipes.noise import SlotNoise
 
 
@@ -100,6 +101,7 @@ class FlipoutEmbedding(FlipoutMixin, nn.Embedding):
         if self.noise is None:
             return super().forward(input)
         check_embedding_supported(self)
+        refuse_non_tensor(type(self).__name__, input, torch.empty((), dtype=torch.long, device=self.weight.device))
         n, population = self.noise[0].size, self.flipes_population or self.noise[0].size
         if (input.dim() > 1 and input.shape[0] == 1 and n > 1) or (input.dim() == 1 and input.shape[0] % population):
             # for the hint of shared_ids_fix: the members looking up, and the ids (their values read only for an error)

@@ -20,20 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flipes.nn.base import PerturbedWeight
+from flipes.nn.inputs import refuse_non_tensor
 from flipes.noise import SlotNoise, compiling, from_boundary
-
-
-def refuse_non_tensor(layer: str, x: object, like: Tensor | None = None) -> None:
-    """Raise a ``TypeError`` naming the conversion where ``x`` is no tensor (a NumPy array, a list), as ``nn.Linear``
-    refuses one; nothing for a tensor. Called only where ``x.dim()`` raised, so a tensor's forward pays nothing.
-    ``like``: a parameter of the layer, whose dtype and device the conversion names."""
-    if isinstance(x, Tensor):
-        return
-    kind = type(x).__qualname__ if type(x).__module__ == "builtins" else f"{type(x).__module__}.{type(x).__qualname__}"
-    to = f"dtype={like.dtype}, device={str(like.device)!r}" if like is not None else "dtype=..., device=..."
-    raise TypeError(
-        f"{layer}: input must be a torch.Tensor, not {kind}: convert it first, torch.as_tensor(x, {to})"
-    ) from None  # the AttributeError of x.dim() is no part of the story
 
 
 def check_members(layer: str, x: Tensor, members: int, min_dim: int = 2, like: Tensor | None = None) -> None:

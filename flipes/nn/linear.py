@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
-from flipes.nn.functional import flipout_linear, refuse_non_tensor
+from flipes.nn.functional import flipout_linear
+from flipes.nn.inputs import refuse_non_tensor
 from flipes.nn.variational import backprop_noise, shared_sample
 
 

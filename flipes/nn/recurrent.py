@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
 from flipes.nn.functional import flipout_linear
+from flipes.nn.inputs import refuse_non_tensor
 from flipes.nn.variational import backprop_noise
 from flipes.noise import SlotNoise
 
@@ -47,12 +48,19 @@ def _cell_noise(cell: FlipoutMixin, input: Tensor) -> tuple[tuple[SlotNoise, ...
     ``fixed_noise`` (per sequence), else ``None``."""
     if cell.noise is not None:
         return cell.noise, False
-    unbatched = input.dim() == 1
+    try:
+        unbatched = input.dim() == 1
+    except AttributeError:  # a NumPy array or a list: named as nn.Linear would (a tensor pays nothing)
+        refuse_non_tensor(type(cell).__name__, input, cell.weight_ih)
+        raise
     return backprop_noise(cell, 1 if unbatched else input.shape[0], per_sequence=True), unbatched
 
 
 def _check_input(layer: nn.Module, input: Tensor) -> None:
-    """The input's features against ``input_size``: named as the recurrent layer's own argument, not a Linear's."""
+    """The input's features against ``input_size``: named as the recurrent layer's own argument, not a Linear's (a
+    NumPy array or a list refused first, naming the conversion)."""
+    if not isinstance(input, Tensor):  # a cell's weight_ih, a sequence layer's first layer's
+        refuse_non_tensor(type(layer).__name__, input, getattr(layer, "weight_ih", getattr(layer, "weight_ih_l0", None)))
     if input.shape[-1] != layer.input_size:
         raise ValueError(
             f"{type(layer).__name__}: input of shape {tuple(input.shape)} has {input.shape[-1]} features, the layer takes "
@@ -222,6 +230,8 @@ class _FlipoutRNNBase(FlipoutMixin):
         raise NotImplementedError
 
     def forward(self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, Tensor] | None = None) -> tuple:
+        if not isinstance(input, PackedSequence):  # a NumPy array or a list: one line naming the conversion
+            refuse_non_tensor(type(self).__name__, input, self.weight_ih_l0)
         noise = self.noise
         if noise is None:  # backprop noise (drawn here for a padded batch; packed input: the error below)
             packed = isinstance(input, PackedSequence)
