@@ -112,6 +112,13 @@ ACTION_NOISE = ["--env", "flipes/Pendulum-v1", *COMMON, "--generations", "3", "-
                 "--max-episode-steps", "40", "--progress", "false"]  # fmt: skip
 
 
+GLOBAL_DRAWS = ["--env", "none", "--model", "global_draws:make_model", "--fitness", "global_draws:fitness", "--popsize", "8",
+                "--groups", "2", "--comm", "seeds", "--generations", "4", "--eval-every", "100", "--tensorboard",
+                "false"]  # fmt: skip
+NO_GROUPS = ["--env", "flipes/CartPole-v1", "--popsize", "16", "--eval-episodes", "5", "--target", "none", "--seed", "4"]
+# 1 and 2 of 3 ε groups on 2 ranks; Sutton and Barto's CartPole reward
+BUDGET = [*CARTPOLE, "--groups", "3", "--comm", "seeds", "--env-kwargs", '{"sutton_barto_reward": true}']
+
 PER_PART = ["--members-per-pass", "2", "--hold-noise", "false"]  # each part's noise sampled in turn
 
 
@@ -136,31 +143,46 @@ TWO_RANK_RUNS = {
     "sigma-schedule": [*SIGMA_SCHEDULE, "--progress", "false"],
     "action-noise": [*ACTION_NOISE, "--action-noise", "0.3"],
     "common-episodes": [*ACTION_NOISE, "--action-noise", "0.3", "--common-episodes"],
+    "global-draws": GLOBAL_DRAWS,
+    "no-groups": [*NO_GROUPS, "--generations", "2", "--comm", "seeds", "--tensorboard", "false", "--plot", "false"],
 }
 
-# `flipes train ARGV` (what train.py runs) for each of the runs given as JSON, one after the other in this process
+# `flipes train ARGV` (what train.py runs) for each of the runs given as JSON, one after the other in this process; each
+# run's stderr to NAME.stderr.RANK in the directory argv[2] where given (mpiexec would merge the runs' and ranks' lines)
 RUNS_IN_TURN = """
-import json, sys
+import contextlib, json, sys
 from flipes.commands import main
+from flipes.dist import launched_world
 
 for name, argv in json.loads(sys.argv[1]).items():
     print(f"=== {name}", flush=True)
-    if (code := main(["train", *argv])) != 0:
+    with contextlib.ExitStack() as stack:
+        if len(sys.argv) > 2:
+            err = stack.enter_context(open(f"{sys.argv[2]}/{name}.stderr.{launched_world()[0]}", "w"))
+            stack.enter_context(contextlib.redirect_stderr(err))
+        code = main(["train", *argv])
+    if code != 0:
         raise SystemExit(f"{name}: flipes train exited {code}")
 """
 
 
 @pytest.fixture
 def two_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """TWO_RANK_RUNS's train commands under ``mpiexec -n 2``, run one after the other in one job (one start of 2 ranks
-    for the tests that compare with them; tests/ on the path for the CNN run's image_env), once per session: the
-    directory holding each run's directory under its name. Read it, never write to it."""
+    """TWO_RANK_RUNS's train commands under ``mpiexec -n 2``, then BUDGET's run up to a --max-timesteps one step above
+    generation 1's timesteps of BUDGET's 3 generations on one process (run here first, as budget-one), one after the
+    other in one job (one start of 2 ranks for the tests that compare with them; tests/ on the path for the CNN run's
+    image_env, the directory on it for global_draws.py), once per session: the directory holding each run's directory
+    under its name, and each run's stderr on rank R as NAME.stderr.R. Read it, never write to it."""
 
     def make(out: Path) -> None:
-        runs = {name: [*argv, "--out", str(out / name)] for name, argv in TWO_RANK_RUNS.items()}
+        (out / "global_draws.py").write_text(GLOBAL_DRAWS_FITNESS)
+        train_on(1, *BUDGET, "--generations", "3", "--out", str(out / "budget-one"))
+        budget = metrics(out / "budget-one")[1]["timesteps"] + 1
+        argvs = {**TWO_RANK_RUNS, "budget": [*BUDGET, "--generations", "5", "--max-timesteps", str(budget)]}
+        runs = {name: [*argv, "--out", str(out / name)] for name, argv in argvs.items()}
         (out / "in_turn.py").write_text(RUNS_IN_TURN)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "tests")))}
-        cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), json.dumps(runs)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "tests"), str(out)))}
+        cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), json.dumps(runs), str(out)]
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 
@@ -284,19 +306,16 @@ def test_the_cnn_policy_gets_the_same_bits_on_two_processes_as_on_one(tmp_path: 
 
 
 def test_a_fitness_drawing_from_the_global_generators_gets_the_bits_of_one_process_on_two(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, two_rank_runs: Path
 ) -> None:
     """A --fitness that draws its minibatch from torch's, NumPy's and Python's global generators (each process's own,
     seeded by the OS) logs the same rows on 2 processes (--comm seeds) as on 1: flipes.train seeds them by (seed,
     generation) around the fitness, so both ranks evaluate their members on the minibatch one process draws."""
     (tmp_path / "global_draws.py").write_text(GLOBAL_DRAWS_FITNESS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    args = ["--env", "none", "--model", "global_draws:make_model", "--fitness", "global_draws:fitness", "--popsize", "8",
-            "--groups", "2", "--comm", "seeds", "--generations", "4", "--eval-every", "100", "--tensorboard",
-            "false"]  # fmt: skip
-    train_on(1, *args, "--out", str(tmp_path / "n1"))
-    mpirun(2, *args, "--out", str(tmp_path / "n2"), extra_path=str(tmp_path))
-    rows = [[(r["fitness_mean"], r["params_sha256"]) for r in metrics(tmp_path / run)] for run in ("n1", "n2")]
+    train_on(1, *GLOBAL_DRAWS, "--out", str(tmp_path / "n1"))
+    runs = (tmp_path / "n1", two_rank_runs / "global-draws")  # one process, and the 2-process job's run
+    rows = [[(r["fitness_mean"], r["params_sha256"]) for r in metrics(run)] for run in runs]
     assert len(rows[0]) == 4 and rows[1] == rows[0]
 
 
@@ -468,18 +487,15 @@ for updating in (True, False):
 """
 
 
-def test_an_own_loop_whose_ranks_buffers_drift_apart_is_warned_at_the_first_tell(tmp_path: Path) -> None:
+def test_an_own_loop_whose_ranks_buffers_drift_apart_is_warned_at_the_first_tell(two_rank_scripts: Path) -> None:
     """A loop of one's own on 2 ranks whose model has a buffer its forward updates from each rank's own members gets one
     warning (rank 0) at the first tell naming the buffer and the fixes, and goes on; buffers that stay alike warn
     nothing."""
-    (tmp_path / "script.py").write_text(OWN_LOOP_BUFFER_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "script.py")]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stderr.count("FlipES: the processes hold different buffers (0.mean) at generation 0's tell") == 1, r.stderr
-    assert "obs_norm.update(comm=es.comm)" in r.stderr
-    done = sorted(re.findall(r"rank \d done (?:True|False)", r.stdout))  # mpiexec may join the ranks' lines
+    stdout, stderr = ("".join((two_rank_scripts / "buffer" / f"{out}.{rank}").read_text() for rank in (0, 1))
+                      for out in ("stdout", "stderr"))  # fmt: skip
+    assert stderr.count("FlipES: the processes hold different buffers (0.mean) at generation 0's tell") == 1, stderr
+    assert "obs_norm.update(comm=es.comm)" in stderr
+    done = sorted(re.findall(r"rank \d done (?:True|False)", stdout))
     assert done == ["rank 0 done False", "rank 0 done True", "rank 1 done False", "rank 1 done True"]
 
 
@@ -589,17 +605,18 @@ def test_a_user_mistake_under_mpi_is_one_line_and_ends_the_job(tmp_path: Path) -
     assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
 
 
-def test_without_groups_two_processes_take_two_and_the_run_keeps_them_on_one(tmp_path: Path) -> None:
+def test_without_groups_two_processes_take_two_and_the_run_keeps_them_on_one(tmp_path: Path, two_rank_runs: Path) -> None:
     """Under mpiexec without --groups, training takes one ε group per process, says so in one note and records
     it: a resume on one process continues with those groups, on the parameters of a one-process run given them."""
     run, ref = tmp_path / "run", tmp_path / "ref"
-    args = ["--env", "flipes/CartPole-v1", "--popsize", "16", "--eval-episodes", "5", "--target", "none", "--seed", "4"]
-    r = mpirun(2, *args, "--generations", "2", "--comm", "seeds", "--tensorboard", "false", "--plot", "false", "--out", str(run))
-    notes = [line for line in r.stderr.splitlines() if line.startswith("flipes: --groups")]
+    shutil.copytree(two_rank_runs / "no-groups", run, ignore=shutil.ignore_patterns(".lock"))  # the resume writes to it
+    args = NO_GROUPS
+    stderr = "".join((two_rank_runs / f"no-groups.stderr.{rank}").read_text() for rank in (0, 1))
+    notes = [line for line in stderr.splitlines() if line.startswith("flipes: --groups")]
     assert notes == [
         "flipes: --groups 2: each of the 2 processes evaluates whole ε groups (--groups 0, the default, takes the "
         "fewest that work); pass --groups for a run whose members do not depend on the process count or the parts"
-    ], r.stderr
+    ], stderr
     assert json.loads((run / "config.json").read_text())["groups"] == 2
     train_on(1, "--resume", str(run), "--generations", "3")
     train_on(
@@ -704,34 +721,53 @@ def test_a_process_may_start_communicators_and_watchdogs_again_and_again(two_ran
     assert many == [{"rounds": 2100, "unread": 0}] * 2
 
 
-# Runs each script of argv's (script, out directory) pairs in turn in this process, as `python script out` runs it
+# Runs each [script, directory, *args] of the JSON list argv[1] in turn in this process, as `python script *args` runs it,
+# its output to DIRECTORY/stdout.RANK and stderr.RANK (mpiexec would merge the scripts' and ranks' lines) and the warning
+# filters it sets put back after it
 SCRIPTS_IN_TURN = """
-import runpy, sys
-for script, out in zip(sys.argv[1::2], sys.argv[2::2]):
-    sys.argv = [script, out]
-    runpy.run_path(script, run_name="__main__")
+import contextlib, json, runpy, sys, warnings
+from flipes.dist import launched_world
+
+for script, directory, *args in json.loads(sys.argv[1]):
+    sys.argv = [script, *args]
+    rank = launched_world()[0]
+    with open(f"{directory}/stdout.{rank}", "w") as out, open(f"{directory}/stderr.{rank}", "w") as err:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            runpy.run_path(script, run_name="__main__")
 """
 
 
 @pytest.fixture
 def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RANK_ROWS, LR_SCHEDULE, READ_BACK and HELD_RUN_SCRIPT, scripts that each train with flipes.train under ``mpiexec
-    -n 2``, then MANY_COMMS and LOAD_ON_ONE_RANK_SCRIPT (an own loop whose last tell is refused), run one after the other
-    in one job (one start of 2 ranks for the six tests that read them), once per session: the directory holding each
-    one's out directory (rows, lr, read_back, held, many, load; HELD_RUN_SCRIPT's run directory is held/run, made by the
-    script). Read it, never write to it."""
+    -n 2``, then MANY_COMMS, LOAD_ON_ONE_RANK_SCRIPT (an own loop whose last tell is refused), OWN_LOOP_OBS_NORM (its
+    loops "comm" and "plain"), OWN_LOOP_BUFFER_SCRIPT, CURRICULUM (4 generations into once/, 2 then 4 into resumed/) and
+    OWN_LOOP_STOP's shared stop, run one after the other in one job (one start of 2 ranks for the tests that read them),
+    once per session: the directory holding each one's directory (rows, lr, read_back, held, many, load, obs_norm,
+    buffer, curriculum, stop), which holds its stdout.R and stderr.R of rank R (HELD_RUN_SCRIPT's run directory is
+    held/run, made by the script). Read it, never write to it."""
 
     def make(out: Path) -> None:
-        args = []
-        for name, script in (("rows", RANK_ROWS), ("lr", LR_SCHEDULE), ("read_back", READ_BACK), ("held", HELD_RUN_SCRIPT),
-                             ("many", MANY_COMMS), ("load", LOAD_ON_ONE_RANK_SCRIPT)):  # fmt: skip
+        curriculum = [(str(out / "curriculum" / name), generations) for name, generations in (("once", 4), ("resumed", 2),
+                                                                                               ("resumed", 4))]  # fmt: skip
+        jobs = []
+        for name, script, args in (
+            ("rows", RANK_ROWS, [out / "rows"]), ("lr", LR_SCHEDULE, [out / "lr"]),
+            ("read_back", READ_BACK, [out / "read_back"]), ("held", HELD_RUN_SCRIPT, [out / "held" / "run"]),
+            ("many", MANY_COMMS, [out / "many"]), ("load", LOAD_ON_ONE_RANK_SCRIPT, [out / "load"]),
+            ("obs_norm", OWN_LOOP_OBS_NORM, [out / "obs_norm", "comm", "plain"]), ("buffer", OWN_LOOP_BUFFER_SCRIPT, []),
+            ("curriculum", CURRICULUM, [json.dumps(curriculum)]),
+            ("stop", OWN_LOOP_STOP, ["shared"]),  # last: its watchdog of 4 s stays
+        ):  # fmt: skip
             (out / f"{name}.py").write_text(script)
             (out / name).mkdir()
-            args += [str(out / f"{name}.py"), str(out / name / "run" if name == "held" else out / name)]
+            jobs.append([str(out / f"{name}.py"), str(out / name), *map(str, args)])
+        for directory, _ in curriculum:
+            Path(directory).mkdir(exist_ok=True)
         (out / "in_turn.py").write_text(SCRIPTS_IN_TURN)
-        cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), *args]
+        cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), json.dumps(jobs)]
         r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                           timeout=180)  # fmt: skip
+                           timeout=300)  # fmt: skip
         assert r.returncode == 0, r.stderr[-3000:]
 
     return once_per_session(tmp_path_factory, "two_rank_scripts", make)
@@ -820,7 +856,9 @@ print(f"rank {comm.rank} stopped at {es.generation}", flush=True)
 """
 
 
-def test_an_own_loop_whose_ranks_stop_apart_ends_by_the_watchdog_and_a_shared_stop_ends_alike(tmp_path: Path) -> None:
+def test_an_own_loop_whose_ranks_stop_apart_ends_by_the_watchdog_and_a_shared_stop_ends_alike(
+    tmp_path: Path, two_rank_scripts: Path
+) -> None:
     """An own loop under mpiexec -n 2 whose rank 1 stops at generation 3 and rank 0 at 5 leaves rank 0 waiting in
     tell: with ``comm.start_watchdog(4)`` the job ends within seconds, naming rank 1 (status 3), although an earlier
     watchdog's last arrival note (collective #50, unread: its freed communicator's context may come back) said rank 1
@@ -831,9 +869,8 @@ def test_an_own_loop_whose_ranks_stop_apart_ends_by_the_watchdog_and_a_shared_st
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "stop.py")]
     r = subprocess.run([*cmd, "own"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 3 and "rank 0 waited 4 s in allgather #" in r.stderr and "rank(s) 1 did not arrive" in r.stderr
-    r = subprocess.run([*cmd, "shared"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(re.findall(r"rank (\d) stopped at (\d+)", r.stdout)) == [("0", "5"), ("1", "5")], r.stdout  # lines interleave
+    stopped = [(two_rank_scripts / "stop" / f"stdout.{rank}").read_text() for rank in (0, 1)]  # the shared stop's job
+    assert stopped == ["rank 0 stopped at 5\n", "rank 1 stopped at 5\n"], stopped
     assert run_alone(tmp_path / "stop.py", "shared") == "rank 0 stopped at 5\n"  # the same script, one process
 
 
@@ -886,21 +923,18 @@ for how in sys.argv[2:]:  # each a loop of its own, from the same seeds
 """
 
 
-def test_an_own_loop_merges_obs_norm_across_ranks_as_one_process(tmp_path: Path) -> None:
+def test_an_own_loop_merges_obs_norm_across_ranks_as_one_process(tmp_path: Path, two_rank_scripts: Path) -> None:
     """A loop of one's own split across 2 ranks (FlipES comm=, comm_mode="seeds") whose policy holds a RunningNorm
     ends with the parameters and observation statistics of one process, bit for bit, when it merges them with
     ``obs_norm.update(comm=es.comm)``; a plain ``update()`` there merges each rank's share alone, so the ranks would
     normalize differently (they end on other statistics): it warns on every rank, every generation (and a one-process
     loop is not warned)."""
     (tmp_path / "loop.py").write_text(OWN_LOOP_OBS_NORM)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run_alone(tmp_path / "loop.py", str(tmp_path), "plain")  # one process
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "loop.py"), str(tmp_path), "comm", "plain"]  # one job
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
     one = json.loads((tmp_path / "plain1.0.json").read_text())
-    merged = [json.loads((tmp_path / f"comm2.{rank}.json").read_text()) for rank in (0, 1)]
-    alone = [json.loads((tmp_path / f"plain2.{rank}.json").read_text()) for rank in (0, 1)]
+    two = two_rank_scripts / "obs_norm"  # the 2-rank job's loops "comm" and "plain"
+    merged = [json.loads((two / f"comm2.{rank}.json").read_text()) for rank in (0, 1)]
+    alone = [json.loads((two / f"plain2.{rank}.json").read_text()) for rank in (0, 1)]
     assert one["warned"] == 0 and one["count"] > 0
     assert merged == [one, one]
     assert [a["warned"] for a in alone] == [3, 3] and alone[0]["state"] != alone[1]["state"]  # what it warns of
@@ -1052,18 +1086,15 @@ def test_help_under_mpiexec_is_printed_and_exits_0() -> None:
     assert r.returncode == 0 and r.stdout.count("--mpi-timeout") >= 2, r.stderr[-2000:]
 
 
-def test_two_processes_count_the_budget_and_build_the_env_with_its_options_as_one(tmp_path: Path) -> None:
+def test_two_processes_count_the_budget_and_build_the_env_with_its_options_as_one(two_rank_runs: Path) -> None:
     """Under 2 processes holding 1 and 2 of 3 ε groups (8 and 16 members: ranks gathering rows of other counts),
     --max-timesteps counts every rank's env steps: a budget one step above generation 1's timesteps of the one-process
     run ends the 2-process run after generation 2 with that run's timesteps and parameters (a count of rank 0's members
     alone would end it later); --env-kwargs reaches every rank's env (Sutton and Barto's CartPole reward, 0 a step and
     -1 at a fall: the whole population's fitness is at most 0, where CartPole's own reward gives at least 1)."""
-    args = [*CARTPOLE, "--groups", "3", "--comm", "seeds", "--env-kwargs", '{"sutton_barto_reward": true}']
-    train_on(1, *args, "--generations", "3", "--out", str(tmp_path / "n1"))  # the rows the budget keeps
-    one = metrics(tmp_path / "n1")
-    budget = one[1]["timesteps"] + 1
-    train_on(2, *args, "--generations", "5", "--max-timesteps", str(budget), "--out", str(tmp_path / "n2"))
-    two = metrics(tmp_path / "n2")
+    one = metrics(two_rank_runs / "budget-one")  # BUDGET on one process: the rows the budget keeps
+    two = metrics(two_rank_runs / "budget")  # BUDGET on 2, its budget one step above one[1]'s timesteps
+    assert json.loads((two_rank_runs / "budget" / "config.json").read_text())["max_timesteps"] == one[1]["timesteps"] + 1
     assert len(one) == 3
     assert [(r["timesteps"], r["params_sha256"]) for r in two] == [(r["timesteps"], r["params_sha256"]) for r in one]
     assert all(r["fitness_max"] <= 0 for r in one + two), [r["fitness_max"] for r in one + two]
@@ -1111,27 +1142,19 @@ for out, generations in json.loads(sys.argv[1]):
 """
 
 
-def test_a_callbacks_curriculum_reaches_every_ranks_envs_and_a_resume(tmp_path: Path) -> None:
+def test_a_callbacks_curriculum_reaches_every_ranks_envs_and_a_resume(tmp_path: Path, two_rank_scripts: Path) -> None:
     """A curriculum that a callback keeps in its ``state_dict`` (Pendulum's ``g_range`` widened when the mean fitness
     improves; rank 0 alone runs callbacks) reaches every rank's envs, also from the checkpoint of a resume: 2 processes
     (``comm="seeds"``), trained 4 generations at once or 2 then resumed to 4, end with the range and the parameters of
     one process, bit for bit, on both ranks, and every generation's mean fitness is one process's (the first resumed
     generation's too, whose ranking alone could hide rank 1's members drawing other gravities from the first range)."""
     (tmp_path / "curriculum.py").write_text(CURRICULUM)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for k, runs in ((1, [("one", 4)]), (2, [("once", 4), ("resumed", 2), ("resumed", 4)])):
-        for name, _ in runs:
-            (tmp_path / name).mkdir(exist_ok=True)
-        runs = json.dumps([(str(tmp_path / name), generations) for name, generations in runs])
-        if k == 1:  # one process
-            run_alone(tmp_path / "curriculum.py", runs)
-            continue
-        cmd = [str(MPIEXEC), "-n", str(k), sys.executable, str(tmp_path / "curriculum.py"), runs]
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
+    (tmp_path / "one").mkdir()
+    run_alone(tmp_path / "curriculum.py", json.dumps([(str(tmp_path / "one"), 4)]))  # one process
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     assert one["g_range"] != [9.5, 10.5]  # the curriculum moved
-    ends = [json.loads((tmp_path / name / f"rank{rank}.json").read_text()) for name in ("once", "resumed") for rank in (0, 1)]
+    two = two_rank_scripts / "curriculum"  # 2 processes: 4 generations at once, and 2 then resumed to 4
+    ends = [json.loads((two / name / f"rank{rank}.json").read_text()) for name in ("once", "resumed") for rank in (0, 1)]
     assert ends == [one] * 4
 
 
