@@ -54,12 +54,14 @@ def generations(argv: list[str]) -> int:
 
 
 def serve() -> None:
-    """For each line of stdin, ``{"point": POINT or null, "argv": [...], "stdout": PATH, "stderr": PATH, "session": bool}``:
-    fork a process that runs ``flipes train ARGV`` with POINT installed (in a session and process group of its own
-    where ``session``, as ``start_new_session`` starts one), its output to those files; write its pid, then its exit
-    status once it has ended (-9: SIGKILL), a line each. The server imported what the command imports (flipes, and
-    EnvPool, the auto engine's for CartPole-v1), so each command starts past it (~2 s of CPU saved a start); each
-    still runs in a process of its own, from what its run directory holds, and ends as a fresh one would."""
+    """For each line of stdin, ``{"point": POINT or null, "argv": [...], "stdout": PATH, "stderr": PATH, "session": bool}``
+    (optionally ``"env": {NAME: VALUE}`` and ``"path": [DIR]``, set in the process as a fresh one's environment and
+    PYTHONPATH would set them): fork a process that runs ``flipes train ARGV`` with POINT installed (in a session and
+    process group of its own where ``session``, as ``start_new_session`` starts one), its output to those files; write
+    its pid, then its exit status once it has ended (-9: SIGKILL), a line each. The server imported what the command
+    imports (flipes, and EnvPool, the auto engine's for CartPole-v1), so each command starts past it (~2 s of CPU saved
+    a start); each still runs in a process of its own, from what its run directory holds, and ends as a fresh one
+    would."""
     import flipes.training  # noqa: F401
     from flipes.commands import main
 
@@ -73,6 +75,8 @@ def serve() -> None:
         if pid == 0:
             if request.get("session"):
                 os.setsid()
+            os.environ.update(request.get("env", {}))  # before the command's processes start: they inherit it
+            sys.path[:0] = request.get("path", [])  # as PYTHONPATH puts it: an env module's folder (forkserver too)
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
                 os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)

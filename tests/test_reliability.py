@@ -170,9 +170,13 @@ class ForkedTrain:
                                        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE)  # fmt: skip
 
-    def start(self, point: str | None, *argv: str | Path, session: bool = False) -> tuple[int, Path]:
+    def start(
+        self, point: str | None, *argv: str | Path, session: bool = False, env: dict[str, str] | None = None,
+        path: Sequence[Path] = (),
+    ) -> tuple[int, Path]:  # fmt: skip
         """The pid of the process running ``flipes train ARGV`` with the kill point ``point`` (None: none), in a process
-        group of its own where ``session`` (as ``start_new_session``), and the stem of its output files (``.out``,
+        group of its own where ``session`` (as ``start_new_session``), with ``env`` added to its environment and ``path``
+        before its sys.path (as run_script's ``env`` and ``extra_path``), and the stem of its output files (``.out``,
         ``.err``)."""
         assert self.server.stdin is not None and self.server.stdout is not None
         if self.pending:  # a test that failed before it ended its process: its status line comes first
@@ -181,7 +185,7 @@ class ForkedTrain:
         self.count += 1
         stem = self.scratch / str(self.count)
         request = {"point": point, "argv": list(map(str, argv)), "stdout": f"{stem}.out", "stderr": f"{stem}.err",
-                   "session": session}  # fmt: skip
+                   "session": session, "env": env or {}, "path": list(map(str, path))}  # fmt: skip
         self.server.stdin.write(json.dumps(request) + "\n")
         self.server.stdin.flush()
         self.pending = int(self.server.stdout.readline())
@@ -202,10 +206,11 @@ class ForkedTrain:
         assert not hung.is_set(), f"flipes train still running after {timeout} s"
         return status
 
-    def run(self, point: str | None, *argv: str | Path) -> subprocess.CompletedProcess:
-        """``python tests/killpoints.py POINT ARGV`` as run_script returns it: exit status, stdout and stderr."""
-        _, stem = self.start(point, *argv)
-        status = self.status()
+    def run(self, point: str | None, *argv: str | Path, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess:
+        """``python tests/killpoints.py POINT ARGV`` as run_script returns it: exit status, stdout and stderr (``kw``:
+        start's ``env`` and ``path``)."""
+        _, stem = self.start(point, *argv, **kw)
+        status = self.status(timeout)
         return subprocess.CompletedProcess(argv, status, Path(f"{stem}.out").read_text(), Path(f"{stem}.err").read_text())
 
     def close(self) -> None:
@@ -361,16 +366,16 @@ def fitness(model, pop):
 
 
 def test_a_signal_while_the_run_is_set_up_stops_at_once_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: ForkedTrain
 ) -> None:
     """SIGTERM while the model is built (a --model that loads for a minute) ends the command at once with status 130
     and one line saying nothing was written and that the same command starts the run, and no run directory exists;
-    Ctrl-C while a resume builds it leaves the run as it was (its files byte for byte) and names the --resume."""
+    Ctrl-C while a resume builds it leaves the run as it was (its files byte for byte) and names the --resume. (Each
+    signalled command runs in a process of its own: ForkedTrain.)"""
     (tmp_path / "slowmodel.py").write_text(SLOW_MODEL)
     mark = tmp_path / "building"
     args = ["--env", "none", "--model", "slowmodel:make_model", "--fitness", "slowmodel:fitness", "--popsize", "8",
             "--tensorboard", "false", "--plot", "false", "--progress", "false"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]), "SLOW_MODEL_MARK": str(mark)}
     run = tmp_path / "run"
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("SLOW_MODEL_MARK", raising=False)  # built at once here
@@ -386,14 +391,13 @@ def test_a_signal_while_the_run_is_set_up_stops_at_once_and_writes_nothing(
          f"Ctrl-C while the run was set up; {run} is as it was: --resume {run} continues it"),
     ):  # fmt: skip
         mark.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, "-m", "flipes", "train", *argv], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        pid, stem = forked.start(None, *argv, env={"SLOW_MODEL_MARK": str(mark)}, path=[tmp_path])
         deadline = time.monotonic() + 60
-        while not mark.exists() and time.monotonic() < deadline and proc.poll() is None:
+        while not mark.exists() and time.monotonic() < deadline and running(pid):
             time.sleep(0.02)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130 and err == f"flipes: interrupted: train stopped at once by {line}\n", err
+        os.kill(pid, sig)
+        status, err = forked.status(timeout=60), Path(f"{stem}.err").read_text()
+        assert status == 130 and err == f"flipes: interrupted: train stopped at once by {line}\n", err
     assert not fresh.exists()
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
@@ -597,23 +601,23 @@ gym.register("doomed/Doomed-v0", entry_point=Doomed, max_episode_steps=500)
 """
 
 
-def train_doomed(tmp_path: Path, doomed: str, at: int) -> subprocess.CompletedProcess:
-    """``flipes train`` on Doomed-v0 in 2 env worker processes (the second one failing at its ``at``-th env step)."""
+def train_doomed(tmp_path: Path, doomed: str, at: int, forked: ForkedTrain) -> subprocess.CompletedProcess:
+    """``flipes train`` on Doomed-v0 in 2 env worker processes (the second one failing at its ``at``-th env step), in a
+    process of its own (forked: ForkedTrain), whose env workers start from a forkserver of its own."""
     (tmp_path / "doomed.py").write_text(DOOMED_ENV)
     argv = [*FAST, "--env", "gymnasium-async:doomed:doomed/Doomed-v0", "--env-threads", "2", "--generations", "10000",
             "--checkpoint-every", "1", "--out", str(tmp_path / "run")]  # fmt: skip
-    return run_script("-m", "flipes", "train", *argv, extra_path=[tmp_path], check=False, timeout=60,
-                      env={"DOOMED": doomed, "DOOMED_AT": str(at)})  # fmt: skip
+    return forked.run(None, *argv, timeout=60, env={"DOOMED": doomed, "DOOMED_AT": str(at)}, path=[tmp_path])
 
 
 def test_an_env_worker_killed_mid_step_ends_training_at_once_in_one_line_naming_it_and_the_checkpoint_kept(
-    tmp_path: Path,
+    tmp_path: Path, forked: ForkedTrain
 ) -> None:
     """An env worker process killed in the middle of a step (SIGKILL, as the out-of-memory killer sends) while the other
     one answers ends `flipes train` at once (closing the env does not wait on the answered pipe forever) with status 1
     and one line naming the worker, its pid, the signal, and the last checkpoint with its last generation, which loads and
     is the one --resume continues from."""
-    r = train_doomed(tmp_path, "kill", 300)  # a few generations in (every env copy-step counts)
+    r = train_doomed(tmp_path, "kill", 300, forked)  # a few generations in (every env copy-step counts)
     err = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(err) == 1 and "Traceback" not in r.stderr, (r.returncode, r.stderr[-3000:])
     run = re.escape(str(tmp_path / "run"))
@@ -624,12 +628,14 @@ def test_an_env_worker_killed_mid_step_ends_training_at_once_in_one_line_naming_
     assert load_checkpoint(tmp_path / "run")["es"]["generation"] == int(match[3]) + 1 == int(match[1]) >= 1
 
 
-def test_an_env_that_raises_in_a_worker_process_reaches_the_user_with_its_message_and_traceback(tmp_path: Path) -> None:
+def test_an_env_that_raises_in_a_worker_process_reaches_the_user_with_its_message_and_traceback(
+    tmp_path: Path, forked: ForkedTrain
+) -> None:
     """An env raising in step inside an env worker process (its source line holding a '%', which gymnasium's own report
     of a worker's error formats, failing with a TypeError of its own) ends `flipes train` with the env's error: the
     worker's traceback down to the env's line, then an EnvWorkerError naming the worker and the env's message, then
     the note naming the generation and the checkpoint kept."""
-    r = train_doomed(tmp_path, "raise", 20)
+    r = train_doomed(tmp_path, "raise", 20, forked)
     assert r.returncode == 1 and "TypeError" not in r.stderr, r.stderr[-3000:]
     assert 'raise RuntimeError("the simulator diverged at step %d" % Doomed.steps)' in r.stderr, r.stderr[-3000:]
     lines, noted = r.stderr.strip().splitlines(), sys.version_info >= (3, 11)  # exception notes
@@ -679,26 +685,46 @@ def test_a_worker_that_dies_while_the_other_has_answered_is_named_and_close_retu
                             r"it: see dmesg\) during a step of its envs", line), line  # fmt: skip
 
 
-def test_env_workers_of_a_killed_training_process_end_quietly(tmp_path: Path) -> None:
+def in_group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` still running (zombies left out: they hold no file open)."""
+    found = []
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            state, _, group = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[:3]
+        except (OSError, ValueError):
+            continue  # ended while read
+        if int(group) == pgid and state != "Z":
+            found.append(pid)
+    return found
+
+
+def test_env_workers_of_a_killed_training_process_end_quietly(tmp_path: Path, forked: ForkedTrain) -> None:
     """The training process killed (SIGKILL: the out-of-memory killer picks the largest process) leaves no env worker
-    process behind (its stderr closes: every process holding it has ended) and no worker traceback (each printed a
-    ConnectionResetError and a BrokenPipeError over its pipe to the dead process)."""
+    process behind (no process of its process group runs on: its forkserver and workers have ended too) and no worker
+    traceback on the stderr they share with it (each printed a ConnectionResetError and a BrokenPipeError over its pipe to
+    the dead process)."""
     run = tmp_path / "run"
     argv = [*FAST, "--env", "gymnasium-async:CartPole-v1", "--env-threads", "2", "--generations", "10000", "--out", str(run)]
-    p = subprocess.Popen([sys.executable, "-m", "flipes", "train", *argv], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    pid, stem = forked.start(None, *argv, session=True)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and p.poll() is None and not (run / "metrics.jsonl").exists():
+        while time.monotonic() < deadline and running(pid) and not (run / "metrics.jsonl").exists():
             time.sleep(0.05)
         time.sleep(0.3)  # in a generation's steps
-        p.kill()
-        _, err = p.communicate(timeout=30)
+        assert len(in_group(pid)) > 1, Path(f"{stem}.err").read_text()[-3000:]  # its workers run beside it
+        os.kill(pid, signal.SIGKILL)
+        assert forked.status(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 30
+        while in_group(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = in_group(pid)
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
-    assert p.returncode == -signal.SIGKILL and "Traceback" not in err, err[-3000:]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        if forked.pending:
+            forked.status()
+    err = Path(f"{stem}.err").read_text()
+    assert not left and "Traceback" not in err, (left, err[-3000:])
 
 
 def test_torn_and_blank_metrics_lines_are_dropped_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
