@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
+import runpy
 import shutil
 import subprocess
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import ROOT, load_script, once_per_session, script_state_kept
 from helpers import run_script as run
+
+from flipes.errors import EqualFitnessWarning
 
 
 def run_main(script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **options: Any) -> str:
@@ -314,10 +321,18 @@ def test_bench_transformer_quick_times_every_variant_and_measures_memory(tmp_pat
 
 @pytest.fixture
 def es_finetune_quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """``scripts/es_finetune.py --quick`` in one process, run once per session: its --out directory and stdout."""
+    """``scripts/es_finetune.py --quick`` in one process (this one, run as ``__main__``: a fresh one would
+    cost seconds of imports; its 2-process run is test_es_finetune_under_mpiexec_matches_one_process's), run once per
+    session: its --out directory and stdout."""
 
     def make(out: Path) -> None:
-        (out / "stdout.txt").write_text(run("scripts/es_finetune.py", "--quick", "--out", str(out), timeout=120).stdout)
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as stdout, script_state_kept():
+            mp.syspath_prepend(str(ROOT / "scripts"))
+            mp.setattr(sys, "argv", ["scripts/es_finetune.py", "--quick", "--out", str(out)])
+            with warnings.catch_warnings():  # what the script's own process prints on its stderr, not the test's
+                warnings.simplefilter("ignore", EqualFitnessWarning)
+                runpy.run_path(str(ROOT / "scripts" / "es_finetune.py"), run_name="__main__")
+        (out / "stdout.txt").write_text(stdout.getvalue())
 
     out = once_per_session(tmp_path_factory, "es_finetune_quick", make)
     return out, (out / "stdout.txt").read_text()
