@@ -445,17 +445,22 @@ def test_a_count_of_copies_or_a_device_make_vector_env_cannot_take_is_named_befo
 
 
 def test_a_short_es_run_on_halfcheetah_through_envpool_raises_the_center_return(tmp_path) -> None:
-    """Five generations of 64 members (320 k EnvPool steps) raise the center policy's return on
-    5 evaluation episodes by more than 300 (measured: seed 0 -8 -> 823, seed 1 -22 -> 491)."""
+    """Five generations of 64 members (160 k EnvPool steps, episodes cut at 500 steps) raise the center policy's
+    return on 5 evaluation episodes by more than 150: HalfCheetah's return is a sum of per-step rewards, so the bar is
+    the 300 of 1000-step episodes scaled to half the horizon
+    (measured at 500 steps: seed 0 -4 -> 287, seed 1 -11 -> 433, seed 2 -3 -> 216; at 1000: seed 0 -8 -> 823, seed 1
+    -22 -> 491). With each generation's fitness shuffled among its members (no signal), seed 1 drifts -192 at 500 steps
+    and -718 at 1000: learning minus drift is 4.2 bars at 500 steps, 4.1 at 1000."""
     pytest.importorskip("envpool")
     import flipes
 
     rows = flipes.train(env="envpool:HalfCheetah-v5", popsize=64, sigma=0.03, lr=0.04, generations=5, eval_every=4, seed=0,
-                        target=None, tensorboard=False, plot=False, progress=False,
+                        max_episode_steps=500, target=None, tensorboard=False, plot=False, progress=False,
                         out=str(tmp_path / "run")).metrics  # fmt: skip
     evals = {r["generation"]: r["eval_return"] for r in rows if "eval_return" in r}
     assert set(evals) == {0, 4}
-    assert evals[4] > evals[0] + 300, evals
+    assert rows[-1]["timesteps"] == 5 * 64 * 500  # every training episode ran to the cut (HalfCheetah never ends)
+    assert evals[4] > evals[0] + 150, evals
 
 
 def test_envpool_reset_with_the_wrong_number_of_seeds_says_how_to_seed() -> None:
