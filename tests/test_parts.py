@@ -443,9 +443,10 @@ def test_training_with_noise_sampled_per_part_evaluates_the_same_members(tmp_pat
     """--hold-noise false with --members-per-pass 4 (12 groups of 4): CartPole logs the fitness,
     timesteps and evaluations of the run that holds the noise (float32 discrete control), and ends on
     its parameters to rounding; without --members-per-pass it is refused, saying what to add. Two generations, both
-    evaluated: the second samples its parts' noise after a tell, as every later one does."""
+    evaluated: the second samples its parts' noise after a tell, as every later one does. Episodes are cut at 100
+    steps: which members run does not depend on the episode length."""
     kw = dict(env="flipes/CartPole-v1", popsize=48, groups=12, episodes=2, generations=2, eval_every=2, eval_episodes=4)
-    kw |= dict(target=None, tensorboard=False, plot=False, progress=False, members_per_pass=4)
+    kw |= dict(max_episode_steps=100, target=None, tensorboard=False, plot=False, progress=False, members_per_pass=4)
     held = flipes.train(out=str(tmp_path / "held"), **kw)
     per_part = flipes.train(out=str(tmp_path / "per-part"), hold_noise=False, **kw)
     assert [r[1:] for r in _rows(per_part)] == [r[1:] for r in _rows(held)]
