@@ -79,6 +79,14 @@ def load(data, snap: dict[str, np.ndarray], i: int) -> None:
 
 # Ant rarely ends an episode: once more with a narrower healthy range (0.6-1 m), given to both envs;
 # and gymnasium's other keyword options, given to both envs
+STEP_N, STEP_LIMIT = 8, 25  # the step-code test's env: tests of any env count reuse it (one Warp build per id)
+
+
+def step_code_env(make: Callable[..., gym.vector.VectorEnv], gym_id: str) -> gym.vector.VectorEnv:
+    """The env the step-code test builds for ``gym_id`` with gymnasium's default options (``STEP_N`` envs)."""
+    return make(gym_id, STEP_N, max_episode_steps=STEP_LIMIT)
+
+
 STEP_CODE_CASES = [
     *[(i, {}) for i in IDS],
     ("Ant-v5", {"healthy_z_range": (0.6, 1.0)}),
@@ -101,7 +109,7 @@ def test_gymnasium_step_code_on_warp_physics_gives_the_same_transitions(make, gy
     rounding, checked to 10x what was measured: observations equal, rewards within 1.1e-6 (ours add
     in float32); reset observations against MuJoCo C's ``mj_forward`` of the same state within 1.4e-6
     (Humanoid's cinert, cvel)."""
-    n, steps, limit = 8, 40, 25
+    n, steps, limit = STEP_N, 40, STEP_LIMIT
     env = make(gym_id, n, max_episode_steps=limit, **kwargs)
     physics = env.physics
     ref = reference_env(gym_id, **kwargs).unwrapped
@@ -359,12 +367,12 @@ def test_reset_noise_follows_gymnasiums_distributions(make, gym_id: str, scale: 
 @pytest.mark.parametrize("gym_id", ["HalfCheetah-v5", "Humanoid-v5"])
 def test_seeds_reproduce_and_each_env_follows_its_own(make, gym_id: str) -> None:
     """The same seed gives the same observations; envs differ; env i's episode depends on seed[i]
-    alone (a population split across processes draws the same episodes), steps included."""
-    whole, part = make(gym_id, 6), make(gym_id, 2)
-    obs, _ = whole.reset(seed=[10, 11, 12, 13, 14, 15])
+    alone (a population split across processes draws the same episodes), steps included (3, within the time limit)."""
+    whole, part = step_code_env(make, gym_id), make(gym_id, 2)
+    obs, _ = whole.reset(seed=list(range(10, 10 + STEP_N)))
     assert torch.equal(part.reset(seed=[13, 14])[0], obs[3:5])
     assert torch.equal(whole.reset(seed=10)[0], obs)
-    assert not torch.equal(obs[0], obs[1]) and not torch.equal(whole.reset(seed=16)[0], obs)
+    assert not torch.equal(obs[0], obs[1]) and not torch.equal(whole.reset(seed=10 + STEP_N)[0], obs)
     actions = random_actions(whole, torch.Generator().manual_seed(0))
     whole.reset(seed=10)
     part.reset(seed=[13, 14])
@@ -388,9 +396,9 @@ def test_seeded_reset_noise_is_the_documented_function_of_each_envs_seed(make, g
     from envs import seeding
 
     scale, normal = RESET_NOISE[gym_id]
-    env = make(gym_id, 3)
+    env = step_code_env(make, gym_id)
     env.reset(seed=4)
-    nq, nv, seeds = env.nq, env.nv, torch.arange(4, 7)
+    nq, nv, seeds = env.nq, env.nv, torch.arange(4, 4 + STEP_N)
     qpos0 = torch.as_tensor(env.physics.mj_model.qpos0, dtype=torch.float64)
     u = seeding.uniform(seeds, nq + nv)
     qpos = qpos0 - scale + 2 * scale * u[:, :nq]
