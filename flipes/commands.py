@@ -112,7 +112,9 @@ def train_command(argv: Sequence[str] | None = None) -> int:
             parsed: TrainConfig | Exception = parse_train_config(argv)
     except Exception as e:  # said under main_guard once the ranks have met: once per job
         parsed = e
-    comm = dist.world(parsed.mpi_timeout if isinstance(parsed, TrainConfig) else TrainConfig.mpi_timeout)
+    with warnings.catch_warnings():  # its own (several processes of a launcher other than MPI's) as one line too
+        warnings.showwarning = _command_warning(warnings.showwarning)
+        comm = dist.world(parsed.mpi_timeout if isinstance(parsed, TrainConfig) else TrainConfig.mpi_timeout)
 
     def run() -> int:
         if isinstance(parsed, Exception):

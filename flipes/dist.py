@@ -15,7 +15,9 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 import numpy as np
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor
 
 from flipes.checkpoint import tensors_sha256
-from flipes.errors import UsageError
+from flipes.errors import UsageError, caller_stacklevel
 
 
 class Comm(Protocol):
@@ -339,6 +341,7 @@ def world(timeout: float = 300.0) -> SerialComm | MPIComm:
             of another MPI than mpi4py's (every process would train alone). Rank 0 raises it at once; the others
             3 s later, as a rank alone with it (rank 0's exit ends the job first where it has it too)."""
     if "mpi4py" not in sys.modules and not _launched_by_mpi():
+        warn_unseen_launch()
         return SerialComm()
     try:
         comm = MPIComm(timeout=timeout)
@@ -349,7 +352,10 @@ def world(timeout: float = 300.0) -> SerialComm | MPIComm:
         if launched_world()[0] > 0:
             time.sleep(3.0)
         raise
-    return comm if comm.size > 1 else SerialComm()
+    if comm.size > 1:
+        return comm
+    warn_unseen_launch()
+    return SerialComm()
 
 
 # Watches MPI_Init from another process: it holds the GIL, so no thread of this one runs until it returns.
@@ -425,14 +431,54 @@ def launched_world() -> tuple[int, int]:
     return 0, 1
 
 
-def unseen_srun_tasks() -> int:
-    """The tasks Slurm's ``srun`` started of this command (``SLURM_STEP_NUM_TASKS``) where no MPI launcher's variables
-    are set, so MPI sees none of them and each trains alone (an srun whose MPI plugin gives no PMI); 0 otherwise."""
-    try:
-        tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
-    except ValueError:
-        return 0
-    return tasks if tasks > 1 and not _launched_by_mpi() else 0
+@dataclass(frozen=True)
+class UnseenLaunch:
+    """Several processes of one command that a launcher other than MPI's started (``srun`` whose MPI plugin gives no
+    PMI, ``torchrun``): MPI sees none of them, so each trains alone."""
+
+    launcher: str  # "srun" or "torchrun"
+    rank: int
+    size: int
+
+    def fix(self) -> str:
+        """How to start one run over these processes instead, or several runs on purpose."""
+        start = "srun --mpi=pmix (or pmi2, whichever your cluster's MPI takes) or " if self.launcher == "srun" else ""
+        return (
+            f"for one run over {self.size} processes start it with {start}mpiexec -n {self.size} (flipes splits a "
+            f"population over MPI, not torch.distributed); for {self.size} runs on purpose give each its own --seed and --out"
+        )
+
+
+def unseen_launch() -> UnseenLaunch | None:
+    """The processes of this command that ``srun`` (``SLURM_STEP_NUM_TASKS``) or ``torchrun`` (``WORLD_SIZE`` with
+    ``TORCHELASTIC_RUN_ID`` or ``LOCAL_RANK``) started where no MPI launcher's variables are set; None otherwise."""
+    if _launched_by_mpi():
+        return None
+    env = os.environ
+    found = [("srun", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS")]
+    if "TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env:
+        found.append(("torchrun", "RANK", "WORLD_SIZE"))
+    for launcher, rank_key, size_key in found:
+        try:
+            size, rank = int(env.get(size_key, "1")), int(env.get(rank_key, "0"))
+        except ValueError:
+            continue
+        if size > 1:
+            return UnseenLaunch(launcher, rank, size)
+    return None
+
+
+def warn_unseen_launch() -> None:
+    """Warn once (the launcher's rank 0) where several processes of this command run without MPI: each trains alone."""
+    launch = unseen_launch()
+    if launch is not None and launch.rank == 0:
+        warnings.warn(
+            f"{launch.launcher} started {launch.size} processes of this command, and no MPI launcher's variables "
+            f"(PMI_*) are set, so each trains alone, the same run {launch.size} times unless their options differ: "
+            + launch.fix(),
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
 
 
 def _launched_by_mpi() -> bool:

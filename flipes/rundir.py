@@ -18,7 +18,7 @@ from typing import IO, Any
 from flipes.callbacks import write_atomic
 from flipes.checkpoint import CheckpointError, discard, load_checkpoint, save_checkpoint
 from flipes.config import TrainConfig, resume_dir
-from flipes.dist import unseen_srun_tasks
+from flipes.dist import unseen_launch
 from flipes.errors import StorageError, UsageError, caller_stacklevel, os_reason
 
 SETUP = ".setup"  # present while prepare_run_dir sets a new run up (before its first checkpoint)
@@ -183,12 +183,11 @@ def _in_use(run_dir: Path, lock_file: IO[str], option: str = "--out") -> UsageEr
     lock_file.seek(0)
     holder = lock_file.read().strip() or "another process"
     fix = "wait for it to end, then resume it" if option == "--resume" else "wait for it to end, or train into another --out"
-    tasks = unseen_srun_tasks()
-    if tasks:  # its sibling tasks of one srun, each a run of its own: the lock is the first thing they meet
+    launch = unseen_launch()
+    if launch is not None:  # its sibling processes of one srun or torchrun, each a run of its own: they meet at the lock
         fix = (
-            f"srun started {tasks} tasks of this command, and no MPI launcher's variables (PMI_*) are set, so each "
-            f"trains alone: for one run over {tasks} processes start it with srun --mpi=pmix (or pmi2, whichever "
-            f"your cluster's MPI takes) or mpiexec -n {tasks}; for {tasks} runs give each its own --out"
+            f"{launch.launcher} started {launch.size} processes of this command, and no MPI launcher's variables (PMI_*) "
+            f"are set, so each trains alone: {launch.fix()}"
         )
     return UsageError(option, f"{str(run_dir)!r} is in use by {holder}", fix)
 

@@ -177,7 +177,45 @@ def test_srun_tasks_that_mpi_cannot_see_are_told_at_the_lock_to_start_one_mpi_jo
             RunDirLock(tmp_path)
     finally:
         held.release()
-    told = "srun started 4 tasks of this command" in str(refused.value)
+    told = "srun started 4 processes of this command" in str(refused.value)
     assert told == (not launcher), str(refused.value)
     if told:
         assert "srun --mpi=pmix" in str(refused.value) and "mpiexec -n 4" in str(refused.value)
+
+
+LAUNCHERS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDI_CONTROL_FD", "SLURM_PROCID",
+             "SLURM_STEP_NUM_TASKS", "TORCHELASTIC_RUN_ID", "LOCAL_RANK", "RANK", "WORLD_SIZE")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "env, warned",
+    [
+        ({"TORCHELASTIC_RUN_ID": "x", "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "4"}, "torchrun started 4 processes"),
+        ({"TORCHELASTIC_RUN_ID": "x", "LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "4"}, None),  # rank 0 says it
+        ({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2"}, "srun started 2 processes"),
+        ({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}, None),  # one task: nothing unseen
+        ({"RANK": "0", "WORLD_SIZE": "4"}, None),  # RANK alone is no launcher's mark
+    ],
+    ids=["torchrun rank 0", "torchrun rank 1", "srun 2 tasks", "srun 1 task", "bare RANK"],
+)
+def test_processes_a_launcher_other_than_mpis_started_are_warned_that_each_trains_alone(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], warned: str | None
+) -> None:
+    """torchrun (or an srun without an MPI plugin) starting several processes of one command gives each a world of
+    one: the launcher's rank 0 warns once that each trains alone and names ``mpiexec -n N``; anything else is quiet."""
+    import warnings
+
+    from flipes.dist import SerialComm, world
+
+    for key in LAUNCHERS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert isinstance(world(), SerialComm)
+    said = [str(w.message) for w in caught if "processes of this command" in str(w.message)]
+    if warned is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and said[0].startswith(warned) and f"mpiexec -n {env.get('WORLD_SIZE', '2')}" in said[0], said
