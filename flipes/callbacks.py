@@ -113,17 +113,24 @@ class JSONLLogger(Callback):
             self.file.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
             self.file.flush()
         except OSError as e:
-            good = self.path.parent / "checkpoint.pt"
-            raise StorageError(f"cannot write {self.path} ({os_reason(e)}); the last good checkpoint is "
-                               f"{good}{resume_hint(good)}") from None  # fmt: skip
+            raise self._failed(e) from None
 
     def on_train_end(self, state: TrainState, reason: str) -> None:
         self.close()
 
     def close(self) -> None:
         """Close the file (again: a no-op); also where training ended by an exception, before ``on_train_end``."""
-        if self.file is not None:
-            self.file.close()
+        file, self.file = self.file, None
+        if file is None:
+            return
+        try:
+            file.close()  # flushes a row a full disk kept in the buffer (on_generation said so): it fails again
+        except OSError as e:
+            raise self._failed(e) from None
+
+    def _failed(self, e: OSError) -> StorageError:
+        good = self.path.parent / "checkpoint.pt"
+        return StorageError(f"cannot write {self.path} ({os_reason(e)}); the last good checkpoint is {good}{resume_hint(good)}")
 
 
 class PlainRow(Callback):

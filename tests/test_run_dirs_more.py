@@ -257,3 +257,41 @@ def test_the_key_check_before_loading_passes_a_lazy_module_as_torchs_load_does()
     assert state_mismatch(saved, torch.nn.Linear(3, 5).state_dict()) == (
         "size mismatch for weight: (4, 3) saved, (5, 3) in the model; and 1 more"
     )
+
+
+def test_a_full_disk_under_metrics_jsonl_is_one_line_and_the_run_resumes_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A disk that fills up while a row of metrics.jsonl is written (its flush fails, and the row stays in the file's
+    buffer, which the close at the end of training flushes again) ends training with one line and status 1, naming
+    the file and the last good checkpoint; no traceback. The run then resumes to the parameters of one never stopped."""
+    import errno
+    import os
+
+    import flipes.callbacks as callbacks
+    from flipes.commands import main
+
+    class FullAfterTwoRows(io.FileIO):  # a disk with room for two rows: every later write fails as the OS's would
+        def write(self, data: bytes) -> int:
+            if self.name.endswith("metrics.jsonl") and Path(self.name).read_bytes().count(b"\n") >= 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    def full_open(file: Path, mode: str = "r", encoding: str | None = None) -> io.TextIOWrapper:
+        assert mode in ("w", "a"), mode
+        return io.TextIOWrapper(io.BufferedWriter(FullAfterTwoRows(str(file), mode)), encoding=encoding)
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    monkeypatch.setattr(callbacks, "open", full_open, raising=False)
+    argv = ["train", "--env", "CartPole-v1", "--popsize", "8", "--eval-every", "100", "--target", "none", "--plot", "false"]
+    status = main([*argv, "--tensorboard", "false", "--progress", "false", "--generations", "4", "--out", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith(f"flipes: error: cannot write {run / 'metrics.jsonl'} (disk full: "), err
+    assert f"the last good checkpoint is {run / 'checkpoint.pt'}: --resume {run} continues from it" in err[0], err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--progress", "false"]) == 0
+    flipes.train(**FAST_KW, generations=4, eval_every=100, out=str(other))
+    done, reference = (flipes.load_checkpoint(r)["es"]["model"] for r in (run, other))
+    assert all(torch.equal(done[k], reference[k]) for k in reference)
+    assert [row["generation"] for row in flipes.read_metrics(run)] == [0, 1, 2, 3]
