@@ -110,6 +110,7 @@ class JSONLLogger(Callback):
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
         assert self.file is not None
         try:
+            self._follow_path()
             self.file.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
             self.file.flush()
         except OSError as e:
@@ -127,6 +128,20 @@ class JSONLLogger(Callback):
             file.close()  # flushes a row a full disk kept in the buffer (on_generation said so): it fails again
         except OSError as e:
             raise self._failed(e) from None
+
+    def _follow_path(self) -> None:
+        """Open ``self.path`` again where it no longer names the file written (removed, or replaced by an editor's save
+        mid-run): rows written on into that file would be lost with it, the run saying nothing."""
+        assert self.file is not None
+        try:
+            same = os.path.samestat(os.fstat(self.file.fileno()), os.stat(self.path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            print(f"flipes: {self.path} was removed or replaced while the run wrote it: its rows go on in the file now at "
+                  "that path", file=sys.stderr)  # fmt: skip
+            self.file.close()
+            self.file = open(self.path, "a", encoding="utf-8")
 
     def _failed(self, e: OSError) -> StorageError:
         good = self.path.parent / "checkpoint.pt"

@@ -295,3 +295,29 @@ def test_a_full_disk_under_metrics_jsonl_is_one_line_and_the_run_resumes_bit_for
     done, reference = (flipes.load_checkpoint(r)["es"]["model"] for r in (run, other))
     assert all(torch.equal(done[k], reference[k]) for k in reference)
     assert [row["generation"] for row in flipes.read_metrics(run)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_rows_go_on_into_a_metrics_jsonl_removed_or_replaced_by_hand_mid_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture, how: str
+) -> None:
+    """metrics.jsonl removed mid-run, or replaced by an editor's save (a new file renamed over it), still gets every
+    later row, with one note naming it: the rows are not written on into the file no path names any more."""
+    run = tmp_path / "run"
+
+    class Edit(flipes.Callback):  # a user's callback runs before the logger writes the generation's row
+        def on_generation(self, state: object, row: dict) -> None:
+            if row["generation"] == 2:
+                metrics = run / "metrics.jsonl"
+                if how == "removed":
+                    metrics.unlink()
+                else:
+                    (run / "saved.swp").write_bytes(metrics.read_bytes())
+                    (run / "saved.swp").replace(metrics)
+
+    flipes.train(**FAST_KW, generations=4, eval_every=100, out=str(run), callbacks=[Edit()])
+    rows = [row["generation"] for row in flipes.read_metrics(run)]
+    assert rows == ([2, 3] if how == "removed" else [0, 1, 2, 3])
+    notes = [line for line in capsys.readouterr().err.splitlines() if "metrics.jsonl" in line]
+    assert notes == [f"flipes: {run / 'metrics.jsonl'} was removed or replaced while the run wrote it: its rows go on in "
+                     "the file now at that path"], notes  # fmt: skip
