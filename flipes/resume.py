@@ -145,7 +145,7 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
         saved_state = load_checkpoint(path, map_location=device)
     except CheckpointError as e:  # a damaged file, or one that lacks an entry read below: one line, naming previous.pt
         fix = "" if e.previous else "pass a run directory or checkpoint file written by flipes train"
-        file = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
+        file = resume_file(path)
         if file.name == "best.pt" and (file.parent / "checkpoint.pt").is_file():  # no older best: the run's own checkpoint
             fix = f"best.pt keeps no older copy: --resume {file.parent} continues from the run's checkpoint.pt"
         elif state.comm.rank != 0 and not file.is_file():  # where rank 0 reads it (else its own line ends the job first)
@@ -167,6 +167,17 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
     changed = {k: (saved.get(k), now[k]) for k in RESUME_KEYS if not same_option(k, saved, now)}
     if changed:
         written = lambda v: json.dumps(v) if isinstance(v, dict) else repr(v)  # noqa: E731  --env-kwargs as it is typed
+        if (recorded := _run_config(path)) is not None and all(same_option(k, recorded, now) for k in changed):
+            # no flag differs: config.json's values (under the flags) do, from the checkpoint's
+            file, json_path = resume_file(path), resume_file(path).with_name("config.json")
+            shown = ", ".join(f"--{k.replace('_', '-')}: {written(a)} in the checkpoint, {written(b)} in config.json"
+                              for k, (a, b) in changed.items())  # fmt: skip
+            raise UsageError(
+                "--resume",
+                f"{file} was trained with other options than {json_path} records ({shown}): another run's checkpoint put "
+                "in its place, or config.json edited by hand",
+                "pass the checkpoint's options to continue it, or put the run's own checkpoint back",
+            )
         shown = ", ".join(f"--{k.replace('_', '-')}: saved {written(a)}, now {written(b)}" for k, (a, b) in changed.items())
         fix = "pass the saved ones to continue it"
         if "seed" in changed:  # one --out for several seeds (a job array's tasks, --resume auto): a name collision
@@ -236,6 +247,25 @@ def rounding_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         f"resumed with {c}: the run goes on from its checkpoint, equal to one never stopped only to rounding, not bit for bit"
         for c in changed
     ]
+
+
+def resume_file(path: str) -> Path:
+    """The checkpoint file a ``--resume`` value reads: a run directory's ``checkpoint.pt``, or the file itself."""
+    return Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
+
+
+def _run_config(path: str) -> dict[str, Any] | None:
+    """The options in the ``config.json`` beside the run's ``checkpoint.pt`` that ``path`` resumes, which a resume takes
+    under its flags; ``None`` where it resumes another file (``previous.pt`` continues with its own options) or there
+    is no readable one."""
+    file = resume_file(path)
+    if file.name != "checkpoint.pt":
+        return None
+    try:
+        recorded = json.loads(file.with_name("config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def same_option(key: str, saved: dict[str, Any], now: dict[str, Any]) -> bool:

@@ -321,3 +321,21 @@ def test_rows_go_on_into_a_metrics_jsonl_removed_or_replaced_by_hand_mid_run(
     notes = [line for line in capsys.readouterr().err.splitlines() if "metrics.jsonl" in line]
     assert notes == [f"flipes: {run / 'metrics.jsonl'} was removed or replaced while the run wrote it: its rows go on in "
                      "the file now at that path"], notes  # fmt: skip
+
+
+def test_a_checkpoint_pt_of_another_run_copied_over_a_runs_own_names_config_json_not_the_flags(tmp_path: Path) -> None:
+    """Resuming a run directory whose checkpoint.pt was replaced by another run's (options in config.json differ from
+    the checkpoint's, and no flag was given) is refused in one line that names the two files the options differ
+    between, not "now" values no flag set; the checkpoint's options continue it."""
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    flipes.train(**FAST_KW, generations=1, hidden=[8], out=str(mine))
+    flipes.train(**FAST_KW, generations=2, hidden=[16], out=str(other))
+    shutil.copyfile(other / "checkpoint.pt", mine / "checkpoint.pt")
+    with pytest.raises(UsageError) as e:
+        flipes.train(**FAST_KW, generations=3, resume=str(mine))
+    assert str(e.value) == (
+        f"--resume: {mine / 'checkpoint.pt'} was trained with other options than {mine / 'config.json'} records "
+        "(--hidden: [16] in the checkpoint, [8] in config.json): another run's checkpoint put in its place, or config.json "
+        "edited by hand; pass the checkpoint's options to continue it, or put the run's own checkpoint back"
+    )
+    assert flipes.train(**FAST_KW, generations=3, hidden=[16], resume=str(mine)).es.generation == 3
