@@ -157,7 +157,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
                 f"; a file of this save was moved away while it was written: another process saving {path.name} at the "
                 "same time? Under mpiexec, save on rank 0 alone (`if es.comm.rank == 0:`)"
             )
-        raise StorageError(f"cannot write {path} ({why}); {_still_good(path)}") from None
+        raise StorageError(f"cannot write {path} ({why}); {still_good(path)}") from None
     except BaseException:  # a second Ctrl-C or SIGTERM stops at once: no temporary file is left behind
         discard(tmp)
         discard(previous.with_name(previous.name + ".tmp"))
@@ -205,7 +205,7 @@ def discard(path: Path) -> None:
         pass
 
 
-def _still_good(path: Path) -> str:
+def still_good(path: Path) -> str:
     """What a failed write of ``path`` leaves to continue from: for a run's ``checkpoint.pt`` or ``best.pt``, its
     ``checkpoint.pt`` (what ``--resume DIR`` reads) where it exists, else ``previous.pt``; else (and for a file of
     one's own loop, which is not the run's) ``path`` as it was."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from flipes.callbacks import write_atomic
-from flipes.checkpoint import CheckpointError, discard, load_checkpoint, save_checkpoint
+from flipes.checkpoint import CheckpointError, discard, load_checkpoint, save_checkpoint, still_good
 from flipes.config import TrainConfig, resume_dir
 from flipes.dist import unseen_launch
 from flipes.errors import StorageError, UsageError, caller_stacklevel, os_reason
@@ -263,7 +263,12 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
                 for name in ("metrics.jsonl", "best.pt"):
                     (run_dir / name).unlink(missing_ok=True)
             (run_dir / SETUP).touch()
-        write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+        try:
+            write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
+        except StorageError as e:  # a resume's first write: a full disk names the checkpoint to go on from
+            if not (run_dir / "checkpoint.pt").is_file():
+                raise
+            raise StorageError(f"{e}; {still_good(run_dir / 'checkpoint.pt')}") from None
         if first:
             if config.resume:  # a branch: its history, then its first checkpoint
                 kept = carry_history(resume_dir(config.resume), run_dir, start, Path(config.resume))

@@ -339,3 +339,33 @@ def test_a_checkpoint_pt_of_another_run_copied_over_a_runs_own_names_config_json
         "edited by hand; pass the checkpoint's options to continue it, or put the run's own checkpoint back"
     )
     assert flipes.train(**FAST_KW, generations=3, hidden=[16], resume=str(mine)).es.generation == 3
+
+
+def test_a_full_disk_under_config_json_at_a_resume_names_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume on a full disk fails at config.json, the first file it writes: the one line names it, the last good
+    checkpoint and the --resume that continues from it, as a full disk elsewhere in a run does; nothing changed."""
+    import errno
+    import os
+
+    import flipes.callbacks as callbacks
+    from flipes.errors import StorageError
+
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    before = _files(run)
+
+    def full_open(file: Path, mode: str = "r", encoding: str | None = None) -> io.TextIOWrapper:
+        if Path(file).name == "config.json.tmp":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return open(file, mode, encoding=encoding)
+
+    monkeypatch.setattr(callbacks, "open", full_open, raising=False)
+    with pytest.raises(StorageError) as e:
+        flipes.train(**FAST_KW, generations=2, resume=str(run))
+    assert str(e.value) == (
+        f"cannot write {run / 'config.json'} (disk full: No space left on device); it is unchanged; the last good "
+        f"checkpoint is {run / 'checkpoint.pt'}: --resume {run} continues from it once the file can be written"
+    )
+    assert _files(run) == before and not list(run.glob("*.tmp"))
