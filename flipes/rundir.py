@@ -98,6 +98,21 @@ def unstarted(run_dir: Path) -> bool:
         return False
 
 
+def _damaged_beside_resumed(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``config`` resumes another file of ``run_dir`` (``previous.pt`` or ``best.pt``, as a damaged checkpoint's
+    error offers) and the run's ``checkpoint.pt`` beside it does not load (read in full: at such a resume only)."""
+    file, checkpoint = Path(config.resume), run_dir / "checkpoint.pt"
+    if not config.resume or file.suffix != ".pt" or file.name == checkpoint.name or not checkpoint.is_file():
+        return False
+    if file.parent.resolve() != run_dir.resolve():
+        return False
+    try:
+        load_checkpoint(checkpoint, map_location="cpu")
+    except CheckpointError:
+        return True
+    return False
+
+
 def carry_history(source: Path, run_dir: Path, start: dict[str, Any], file: Path | None = None) -> str:
     """A run resumed into another directory takes its history along: ``metrics.jsonl`` (trimmed to the
     resumed generation when training starts, as a resume in place is) and ``best.pt`` where it is the
@@ -269,6 +284,11 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
             if not (run_dir / "checkpoint.pt").is_file():
                 raise
             raise StorageError(f"{e}; {still_good(run_dir / 'checkpoint.pt')}") from None
+        if start is not None and _damaged_beside_resumed(run_dir, config):
+            # replaced now: the first checkpoint would keep the damaged file as previous.pt, in place of the whole one
+            save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)
+            print(f"flipes: {run_dir / 'checkpoint.pt'} is damaged: replaced by the state resumed from {config.resume}, which "
+                  "stays as it is", file=sys.stderr, flush=True)  # fmt: skip
         if first:
             if config.resume:  # a branch: its history, then its first checkpoint
                 kept = carry_history(resume_dir(config.resume), run_dir, start, Path(config.resume))

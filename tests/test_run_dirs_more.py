@@ -369,3 +369,21 @@ def test_a_full_disk_under_config_json_at_a_resume_names_the_last_good_checkpoin
         f"checkpoint is {run / 'checkpoint.pt'}: --resume {run} continues from it once the file can be written"
     )
     assert _files(run) == before and not list(run.glob("*.tmp"))
+
+
+def test_resuming_previous_pt_beside_a_damaged_checkpoint_keeps_previous_pt_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A damaged checkpoint.pt is refused naming --resume DIR/previous.pt; that resume replaces the damaged file
+    with the state it resumed (one note), so the next checkpoint keeps a whole previous.pt, not the damaged file: the
+    run holds two checkpoints that load, and it ends on the parameters of one never stopped."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    flipes.train(**FAST_KW, generations=2, eval_every=100, out=str(run))
+    flipes.train(**FAST_KW, generations=3, eval_every=100, out=str(other))
+    damaged = run / "checkpoint.pt"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    flipes.train(**FAST_KW, generations=3, eval_every=100, resume=str(run / "previous.pt"))
+    assert f"flipes: {damaged} is damaged: replaced by the state resumed from {run / 'previous.pt'}" in capsys.readouterr().err
+    assert flipes.load_checkpoint(run / "previous.pt")["es"]["generation"] == 0
+    done, reference = (flipes.load_checkpoint(r)["es"] for r in (run, other))
+    assert done["generation"] == 3 and all(torch.equal(done["model"][k], reference["model"][k]) for k in reference["model"])
