@@ -23,6 +23,7 @@ from flipes.errors import StorageError, UsageError, caller_stacklevel, os_reason
 
 SETUP = ".setup"  # present while prepare_run_dir sets a new run up (before its first checkpoint)
 RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
+RUN_TEMPORARIES = tuple(f"{name}.tmp" for name in RUN_FILES)  # written beside each, renamed over it
 
 
 def check_run_dir(run_dir: Path, config: TrainConfig, locked: bool = False) -> None:
@@ -261,6 +262,11 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
         ) from None
     try:
         check_run_dir(run_dir, config, locked=True)  # again under the lock: another process may have started meanwhile
+        if left := [name for name in RUN_TEMPORARIES if (run_dir / name).is_file()]:  # no other process writes them now
+            for name in left:
+                discard(run_dir / name)
+            print(f"flipes: removed the temporary files {', '.join(left)} in {run_dir} that a process killed while it wrote "
+                  "them left", file=sys.stderr, flush=True)  # fmt: skip
         if not config.resume and (config.overwrite or unstarted(run_dir)):
             # what a run and flipes export wrote: its logs too, whose events would otherwise mix with the new run's
             removed = [name for name in (*RUN_FILES, "policy.pt2") if (run_dir / name).is_file()]

@@ -387,3 +387,21 @@ def test_resuming_previous_pt_beside_a_damaged_checkpoint_keeps_previous_pt_whol
     assert flipes.load_checkpoint(run / "previous.pt")["es"]["generation"] == 0
     done, reference = (flipes.load_checkpoint(r)["es"] for r in (run, other))
     assert done["generation"] == 3 and all(torch.equal(done["model"][k], reference["model"][k]) for k in reference["model"])
+
+
+def test_temporary_files_a_killed_write_left_are_removed_by_the_next_start_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A process killed between writing a file's temporary copy and its rename (the out-of-memory killer) leaves
+    checkpoint.pt.tmp (as big as a checkpoint) and the like: the next start into the run directory removes the run's
+    own ones, naming them in one note, and leaves every other file as it was."""
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    for name in ("checkpoint.pt.tmp", "curves.png.tmp", "notes.txt.tmp"):
+        (run / name).write_bytes(b"half a file")
+    capsys.readouterr()
+    flipes.train(**FAST_KW, generations=2, resume=str(run))
+    assert sorted(p.name for p in run.glob("*.tmp")) == ["notes.txt.tmp"]  # not flipes' own: left alone
+    notes = [line for line in capsys.readouterr().err.splitlines() if ".tmp" in line]
+    assert notes == [f"flipes: removed the temporary files checkpoint.pt.tmp, curves.png.tmp in {run} that a process "
+                     "killed while it wrote them left"], notes  # fmt: skip
