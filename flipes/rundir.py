@@ -171,7 +171,7 @@ def check_not_in_use(run_dir: Path, option: str = "--resume") -> None:
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as e:
-            if _held(run_dir, e):
+            if _held(run_dir, e, warn=False):  # no lock to take: the lock of the run trained into says so, once
                 raise _in_use(run_dir, file, option) from None
 
 
@@ -180,16 +180,18 @@ def check_not_in_use(run_dir: Path, option: str = "--resume") -> None:
 _HELD_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
 
-def _held(run_dir: Path, e: OSError) -> bool:
+def _held(run_dir: Path, e: OSError, warn: bool = True) -> bool:
     """Whether ``flock``'s error ``e`` means another process holds ``run_dir``'s lock; else (a file system without locks)
-    a warning says the directory goes unlocked, as on Windows, rather than blaming a process that does not exist."""
+    a warning (where ``warn``) says the directory goes unlocked, as on Windows, rather than blaming a process that does
+    not exist."""
     if e.errno in _HELD_ERRNOS:
         return True
-    warnings.warn(
-        f"{run_dir}: its file system takes no lock ({e.strerror or e}), so the run directory is not locked: start one "
-        "flipes train into it at a time",
-        stacklevel=caller_stacklevel(),
-    )
+    if warn:
+        warnings.warn(
+            f"{run_dir}: its file system takes no lock ({e.strerror or e}), so the run directory is not locked: start one "
+            "flipes train into it at a time",
+            stacklevel=caller_stacklevel(),
+        )
     return False
 
 

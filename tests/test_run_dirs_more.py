@@ -405,3 +405,24 @@ def test_temporary_files_a_killed_write_left_are_removed_by_the_next_start_with_
     notes = [line for line in capsys.readouterr().err.splitlines() if ".tmp" in line]
     assert notes == [f"flipes: removed the temporary files checkpoint.pt.tmp, curves.png.tmp in {run} that a process "
                      "killed while it wrote them left"], notes  # fmt: skip
+
+
+def test_a_resume_on_a_file_system_without_locks_warns_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume into a run directory whose file system takes no lock (flock: ENOLCK, an NFS mount without lockd) says
+    once that the directory goes unlocked: its check that no process holds the run and the lock it takes are one
+    warning, not two of the same line."""
+    import errno
+    import fcntl
+    import warnings
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    run = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flipes.train(**FAST_KW, generations=1, out=str(run))
+        flipes.train(**FAST_KW, generations=2, resume=str(run))
+    said = [str(w.message) for w in caught if "takes no lock" in str(w.message)]
+    assert len(said) == 2 and said[0] == said[1], said  # one per command
