@@ -15,6 +15,7 @@ import io
 import os
 import pickle
 import re
+import shlex
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -63,10 +64,11 @@ class CheckpointError(ValueError):
             return f"{self.problem}; the previous checkpoint {self.previous} is damaged too: {again}"
         if option == "--resume":
             return f"{self.problem}; {self.older} {self.previous} can be resumed instead: continue from it with " \
-                   f"--resume {self.previous}"  # fmt: skip
+                   f"--resume {shlex.quote(str(self.previous))}"  # fmt: skip
         if not option:
             return f"{self.problem}; {self.older} {self.previous} reads: flipes.read_checkpoint({str(self.previous)!r})"
-        return f"{self.problem}; {self.older} {self.previous} can be used instead: pass {option} {self.previous}"
+        quoted = shlex.quote(str(self.previous))  # pasted into a shell: a path with a space stays one argument
+        return f"{self.problem}; {self.older} {self.previous} can be used instead: pass {option} {quoted}"
 
 
 def _refuse_numpy(value: Any, where: str) -> None:
@@ -222,7 +224,8 @@ def resume_hint(good: Path) -> str:
     one's own loop)."""
     if not (good.parent / "config.json").is_file():
         return ""
-    return f": --resume {good.parent if good.name == 'checkpoint.pt' else good} continues from it once the file can be written"
+    resumed = shlex.quote(str(good.parent if good.name == "checkpoint.pt" else good))
+    return f": --resume {resumed} continues from it once the file can be written"
 
 
 def clip(text: str, limit: int = 100) -> str:

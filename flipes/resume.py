@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +148,7 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
         fix = "" if e.previous else "pass a run directory or checkpoint file written by flipes train"
         file = resume_file(path)
         if file.name == "best.pt" and (file.parent / "checkpoint.pt").is_file():  # no older best: the run's own checkpoint
-            fix = f"best.pt keeps no older copy: --resume {file.parent} continues from the run's checkpoint.pt"
+            fix = f"best.pt keeps no older copy: --resume {shlex.quote(str(file.parent))} continues from the run's checkpoint.pt"
         elif state.comm.rank != 0 and not file.is_file():  # where rank 0 reads it (else its own line ends the job first)
             fix = "every rank reads the checkpoint: keep the run directory on a file system all the job's nodes share " \
                   "(not a node-local $TMPDIR)"  # fmt: skip
@@ -199,7 +200,8 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
         ) from None
     if not all(torch.isfinite(p).all() for p in state.model.parameters()):
         other = Path(path) / "previous.pt" if Path(path).is_dir() else Path(path).with_name("previous.pt")
-        fix = f"resume an earlier checkpoint, e.g. --resume {other}" if other.exists() else "retrain with a lower --lr"
+        earlier = shlex.quote(str(other))
+        fix = f"resume an earlier checkpoint, e.g. --resume {earlier}" if other.exists() else "retrain with a lower --lr"
         raise UsageError("--resume", f"{path} holds non-finite parameters (NaN or inf)", fix)
     state.seconds, state.best, state.resumed = saved_state["seconds"], saved_state["best"], True
     state.saved_callbacks = saved_state.get("callbacks", {})

@@ -54,7 +54,8 @@ def check_run_dir(run_dir: Path, config: TrainConfig, locked: bool = False) -> N
     if held and not resuming_here and not locked:  # a run under way: in use, whatever the options (--overwrite too)
         check_not_in_use(run_dir, "--out")
     if held and not resuming_here and not config.overwrite and not unstarted(run_dir):
-        fix = f"continue it with --resume {run_dir}, train into another --out, or pass --overwrite to replace it"
+        resumed = shlex.quote(str(run_dir))
+        fix = f"continue it with --resume {resumed}, train into another --out, or pass --overwrite to replace it"
         raise UsageError("--out", f"{str(run_dir)!r} holds a run ({', '.join(held)})", fix)
 
 

@@ -426,3 +426,19 @@ def test_a_resume_on_a_file_system_without_locks_warns_once(tmp_path: Path, monk
         flipes.train(**FAST_KW, generations=2, resume=str(run))
     said = [str(w.message) for w in caught if "takes no lock" in str(w.message)]
     assert len(said) == 2 and said[0] == said[1], said  # one per command
+
+
+def test_the_commands_an_error_gives_for_a_run_directory_with_a_space_are_quoted_for_the_shell(tmp_path: Path) -> None:
+    """The --resume an error line offers (a damaged checkpoint's previous.pt, a run directory that holds a run) is
+    quoted where the path holds a space, so that the command pasted into a shell names that path."""
+    import shlex
+
+    run = tmp_path / "my run"
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    with pytest.raises(UsageError) as e:
+        flipes.train(**FAST_KW, generations=1, out=str(run))
+    assert f"continue it with --resume {shlex.quote(str(run))}, train" in str(e.value)
+    (run / "checkpoint.pt").write_bytes(b"damaged")
+    with pytest.raises(UsageError) as e:
+        flipes.train(**FAST_KW, generations=2, resume=str(run))
+    assert str(e.value).endswith(f"continue from it with --resume {shlex.quote(str(run / 'previous.pt'))}")
