@@ -210,11 +210,13 @@ def discard(path: Path) -> None:
 def still_good(path: Path) -> str:
     """What a failed write of ``path`` leaves to continue from: for a run's ``checkpoint.pt`` or ``best.pt``, its
     ``checkpoint.pt`` (what ``--resume DIR`` reads) where it exists, else ``previous.pt``; else (and for a file of
-    one's own loop, which is not the run's) ``path`` as it was."""
+    one's own loop, which is not the run's) ``path`` as it was; a new run's first ``checkpoint.pt``: the same command."""
     run = (path.with_name("checkpoint.pt"), path.with_name("previous.pt")) if path.name in ("checkpoint.pt", "best.pt") else ()
     for good in (*run, path):
         if good.is_file():
             return f"the last good checkpoint is {good}{resume_hint(good) if good in run else ''}"
+    if path.name == "checkpoint.pt" and (path.parent / "config.json").is_file():  # a new run's start: set up again
+        return "no checkpoint was written yet: the same command starts the run once the file can be written"
     return "no checkpoint was written yet"
 
 

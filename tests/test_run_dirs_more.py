@@ -442,3 +442,31 @@ def test_the_commands_an_error_gives_for_a_run_directory_with_a_space_are_quoted
     with pytest.raises(UsageError) as e:
         flipes.train(**FAST_KW, generations=2, resume=str(run))
     assert str(e.value).endswith(f"continue from it with --resume {shlex.quote(str(run / 'previous.pt'))}")
+
+
+def test_a_full_disk_at_a_new_runs_first_checkpoint_says_the_same_command_starts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new run whose first checkpoint (its starting state) meets a full disk says so with the way on, the same
+    command once the file can be written, and that command then trains the run."""
+    import errno
+    import os
+
+    from flipes.errors import StorageError
+
+    run, real_replace = tmp_path / "run", os.replace
+
+    def full(src: object, dst: object) -> None:
+        if str(dst).endswith(".pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(StorageError) as e:
+        flipes.train(**FAST_KW, generations=1, out=str(run))
+    assert str(e.value) == (
+        f"cannot write {run / 'checkpoint.pt'} (disk full: No space left on device); no checkpoint was written yet: the "
+        "same command starts the run once the file can be written"
+    )
+    monkeypatch.undo()
+    assert [row["generation"] for row in flipes.train(**FAST_KW, generations=1, out=str(run)).metrics] == [0]
