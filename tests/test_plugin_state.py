@@ -101,15 +101,25 @@ class SavesOnly(Baseline):
 
 def test_a_shaping_with_half_of_the_state_methods_is_refused(tmp_path: Path) -> None:
     """``flipes.train`` refuses, before training, a shaping with ``state_dict`` but no ``load_state_dict`` (its resume
-    could not restore it), in one line naming the missing method; a FlipES loop refuses to load its state."""
+    could not restore it), in one line naming the missing method; so does FlipES, as it is built or the shaping assigned
+    (its state_dict() would be saved, and the resume with the same shaping refused), and one with load_state_dict alone."""
     kw = dict(env="none", popsize=6, tensorboard=False, plot=False, progress=False, out=str(tmp_path / "r"))
     with pytest.raises(flipes.UsageError, match=r"--shaping: .*SavesOnly.* has state_dict but no load_state_dict"):
         flipes.train(model=_model, fitness=fitness, shaping=SavesOnly(), generations=1, **kw)
     assert not (tmp_path / "r").exists()
-    es = make_es(SavesOnly())
-    es.step(fitness)
-    with pytest.raises(ValueError, match=r"shaping SavesOnly has no load_state_dict"):
-        make_es(SavesOnly()).load_state_dict(es.state_dict())
+    refused = r"^shaping SavesOnly has state_dict but no load_state_dict\(state\): a resume could not restore its state; "
+    with pytest.raises(TypeError, match=refused + "define both"):
+        make_es(SavesOnly())
+    es = make_es(flipes.shaping.centered_ranks)
+    with pytest.raises(TypeError, match=refused):
+        es.shaping = SavesOnly()
+    assert es.shaping is flipes.shaping.centered_ranks
+
+    class LoadsOnly(Baseline):
+        state_dict = None  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match=r"^shaping .*LoadsOnly has load_state_dict but no state_dict\(\): "):
+        make_es(LoadsOnly())
 
 
 baseline = Baseline()  # a shaping object at module level, as --shaping test_plugin_state:baseline names it

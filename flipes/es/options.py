@@ -98,6 +98,15 @@ def checked_options(
             f"shaping must be a function fitness (N,) -> weights (N,), e.g. flipes.shaping.centered_ranks, "
             f"got {shaping!r} ({type(shaping).__name__})"
         )
+    # a checkpoint saves what state_dict() returns and a resume hands it to load_state_dict: one alone fails the resume
+    has = [callable(getattr(shaping, name, None)) for name in ("state_dict", "load_state_dict")]
+    if has[0] != has[1]:
+        name = getattr(shaping, "__qualname__", type(shaping).__qualname__)
+        missing = "load_state_dict(state)" if has[0] else "state_dict()"
+        raise TypeError(
+            f"shaping {name} has {'state_dict' if has[0] else 'load_state_dict'} but no {missing}: a resume could not "
+            "restore its state; define both (state_dict() returning tensors, numbers, strings, lists and dicts), or neither"
+        )
     given_lr = lr is not None
     lr, weight_decay = nonnegative("lr", 0.03 if lr is None else lr), nonnegative("weight_decay", weight_decay)
     if popsize < 1 or groups < 1 or popsize % groups:
