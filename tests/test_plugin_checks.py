@@ -88,3 +88,20 @@ def test_an_optimizer_class_without_lr_is_refused_naming_a_factory(tmp_path: Pat
     with pytest.raises(flipes.UsageError, match=refused + r"name a factory instead: def opt\(params\): return StepOpt\("):
         flipes.train(model=_model, fitness=fitness, optimizer=StepOpt, **kw)
     assert not (tmp_path / "r").exists()
+
+
+def halved_ranks(fitness: torch.Tensor) -> torch.Tensor:
+    return flipes.shaping.centered_ranks(fitness) / 2
+
+
+def test_a_checked_shaping_is_named_by_its_code_where_ranks_and_repr_read_it() -> None:
+    """A ``--shaping`` of one's own, wrapped to check its weights, is named as the unwrapped function in what the
+    processes compare (``shaping_name``) and in ``repr(es)``, never as the wrapper's class."""
+    from flipes.es.ranks import shaping_name
+    from flipes.plugins import Plugins
+
+    checked = Plugins(shaping=halved_ranks).shaping_fn("")
+    assert checked is not halved_ranks
+    assert shaping_name(checked) == shaping_name(halved_ranks) == f"{halved_ranks.__module__}:halved_ranks"
+    es = flipes.FlipES(_model(None), popsize=4, sigma=0.1, shaping=checked)
+    assert "shaping=halved_ranks," in repr(es)
