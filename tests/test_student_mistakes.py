@@ -65,6 +65,21 @@ def test_errors_outside_the_layers_and_float_token_ids_get_no_dtype_fix() -> Non
     assert "flipes:" not in str(caught.value)
 
 
+def test_a_runtime_error_subclass_in_a_layer_keeps_its_type_and_no_input_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subclass of RuntimeError raised inside a layer (CUDA's out-of-memory error, whose words name a device) is
+    not an input of another device: it propagates as itself, with no conversion line, for its own handlers."""
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (device 0; 1.00 GiB free)")
+
+    monkeypatch.setattr(flipes.nn.functional, "check_members", out_of_memory)  # called from flipes' own layer code
+    model = flipes.flipout(nn.Linear(4, 2))
+    es = flipes.FlipES(model, popsize=4, sigma=0.1, seed=0)
+    with pytest.raises(torch.OutOfMemoryError) as caught, es.population():
+        model(torch.ones(4, 4))
+    assert type(caught.value) is torch.OutOfMemoryError and "flipes:" not in str(caught.value)
+
+
 def test_a_negative_lr_is_refused_naming_how_to_minimize_a_loss() -> None:
     """``lr=-0.01`` (how some libraries minimize) is refused at construction and on assignment, naming ``-loss`` and
     ``maximize=False``; the fix it names steps as the same FlipES told ``-loss`` would, bit for bit."""
