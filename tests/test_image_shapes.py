@@ -54,6 +54,16 @@ def test_a_stack_of_single_channel_frames_is_told_to_drop_the_channel_dim_not_to
         assert "colour" not in str(e.value)
 
 
+def test_frames_stacked_last_are_not_told_to_restack_their_first_dim() -> None:
+    """(84, 84, 4, 1): the first dim is no frame count, so the fix reshapes to (84, 84, 4) and names no
+    FrameStackObservation of 84 frames; (4, 84, 84, 1) names the 4-frame restack."""
+    with pytest.raises(ValueError, match=r"ReshapeObservation\(env, \(84, 84, 4\)\) from gymnasium.wrappers$") as e:
+        CNNPolicy(image((84, 84, 4, 1)), ACTION)
+    assert "FrameStackObservation" not in str(e.value)
+    with pytest.raises(ValueError, match=r"FrameStackObservation\(GrayscaleObservation\(env\), 4\)$"):
+        CNNPolicy(image((4, 84, 84, 1)), ACTION)
+
+
 def test_vectors_are_still_sent_to_the_mlp() -> None:
     """A rank-1 Box, and a rank-2 one too small to be an image the torso takes, are told to use --policy mlp."""
     for shape in ((8,), (3, 4)):
