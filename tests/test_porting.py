@@ -101,7 +101,7 @@ def model() -> nn.Module:
     [
         ("sigma_init", "sigma_init= is evosax's name; FlipES takes sigma="),
         ("stdev_init", "stdev_init= is EvoTorch's name; FlipES takes sigma="),
-        ("sigma_decay", "FlipES takes sigma=flipes.search.SigmaDecay(sigma, decay, limit)"),
+        ("sigma_decay", "FlipES takes sigma=flipes.search.SigmaDecay(sigma, decay, min)"),
         ("lrate_init", "lrate_init= is evosax's name; FlipES takes lr="),
         ("lrate_decay", "torch.optim.lr_scheduler.ExponentialLR(es.optimizer, decay)"),
         ("objective_sense", 'FlipES takes maximize=False for "min"'),

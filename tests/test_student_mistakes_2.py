@@ -5,7 +5,9 @@ their methods (es.ask(), es.result()); and a σ of 0."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 import re
 from collections.abc import Callable
 
@@ -136,7 +138,11 @@ def test_zero_sigma_names_a_positive_one() -> None:
     with pytest.raises(ValueError) as caught:
         flipes.FlipES(_linear(), popsize=4, sigma=lambda g: 0.0)
     assert str(caught.value).startswith("sigma must be a finite number > 0, got 0.0 from the schedule at generation 0: ")
-    assert "flipes.search.SigmaDecay(sigma, decay, limit)" in str(caught.value)
+    # the floor it names is SigmaDecay's own, by its fields' names (SigmaDecay(0.1, 0.99, min=1e-3) works as written)
+    fields = ", ".join(f.name for f in dataclasses.fields(flipes.search.SigmaDecay))
+    assert f"flipes.search.SigmaDecay({fields})" in str(caught.value)
+    with pytest.raises(ValueError, match=r"got nan from the schedule at generation 0: keep its values finite and > 0, "):
+        flipes.FlipES(_linear(), popsize=4, sigma=lambda g: math.nan)
 
 
 _MORE_LAYERS: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], torch.dtype, bool]] = [

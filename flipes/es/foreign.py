@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 _SIGMA = "sigma= (σ, a number or a schedule generation -> σ)"
 _SHAPING = "shaping=flipes.shaping.centered_ranks (the default), flipes.shaping.z_score or flipes.shaping.raw"
-_SIGMA_DECAY = "sigma=flipes.search.SigmaDecay(sigma, decay, limit): σ of generation g is max(sigma·decay^g, limit)"
+_SIGMA_DECAY = "sigma=flipes.search.SigmaDecay(sigma, decay, min): σ of generation g is max(sigma·decay^g, min)"
 _LR_DECAY = (
     "a torch scheduler stepped after each tell: sched = torch.optim.lr_scheduler.ExponentialLR(es.optimizer, decay) "
     "(flipes.train's lr_decay and lr_min)"

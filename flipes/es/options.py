@@ -56,7 +56,7 @@ def sigma_value(sigma: float | Callable[[int], float], generation: int) -> float
         if callable(sigma):  # only a schedule's value depends on the generation
             raise ValueError(
                 f"sigma must be a finite number > 0, got {value} from the schedule at generation {generation}: keep its "
-                "values finite and > 0, e.g. with a floor, max(σ_g, 1e-3), as flipes.search.SigmaDecay(sigma, decay, limit) does"
+                "values finite and > 0, e.g. with a floor, max(σ_g, 1e-3), as flipes.search.SigmaDecay(sigma, decay, min) does"
             )
         mean = " (the mean network is the model called outside es.population())" if value == 0 else ""
         raise ValueError(
