@@ -134,3 +134,18 @@ def test_a_module_level_shaping_object_is_recorded_by_its_name(tmp_path: Path) -
     assert given.config.shaping == named.config.shaping == f"{__name__}:baseline"
     flipes.train(resume=str(tmp_path / "named"), shaping=baseline, generations=2, progress=False, model=_model, fitness=fitness)
     flipes.train(resume=str(tmp_path / "given"), generations=2, progress=False, model=_model, fitness=fitness)
+
+
+def test_dropping_a_saved_shaping_state_loads_the_rest_into_a_plain_shaping() -> None:
+    """Loading a stateful shaping's state into a FlipES whose shaping keeps none is refused naming the way out, dropping
+    state['shaping']; that done, the rest loads: the same generation and parameters."""
+    es = make_es(Baseline())
+    es.step(fitness)
+    state = es.state_dict()
+    plain = make_es(flipes.shaping.centered_ranks)
+    with pytest.raises(ValueError, match=r"\(or drop state\['shaping'\] to shape afresh\)$"):
+        plain.load_state_dict(state)
+    del state["shaping"]
+    plain.load_state_dict(state)
+    assert plain.generation == 1
+    assert all(torch.equal(a, b) for a, b in zip(plain.params, es.params, strict=True))

@@ -115,6 +115,18 @@ def test_other_libraries_methods_name_flipes_loop(name: str, fix: str) -> None:
     assert caught.value.name == "tel" and caught.value.obj is es
 
 
+def test_ask_names_member_first_inputs_and_a_method_flipes_has() -> None:
+    """``es.ask()``'s hint says the inputs are members first and names ``es.member_parameters(i)``, a method FlipES
+    has, which gives member i's parameters."""
+    es = flipes.FlipES(_linear(), popsize=4, sigma=0.1)
+    with pytest.raises(AttributeError, match=r"runs all pop.size members at once, inputs members first; ") as caught:
+        es.ask()
+    named = re.findall(r"es\.(\w+)\(i\)", str(caught.value))
+    assert named == ["member_parameters"] and callable(getattr(es, named[0]))
+    with es.population():
+        assert set(es.member_parameters(0)) == {"weight", "bias"}
+
+
 def test_step_is_flipes_own_and_not_refused() -> None:
     """``es.step`` is FlipES's own one-generation method: it runs a generation, not a refusal."""
     es = flipes.FlipES(_linear(), popsize=4, sigma=0.1)
