@@ -234,9 +234,11 @@ class Plugins:
         try:
             inspect.signature(fn).bind(None, lr=0.0)
         except TypeError as e:  # cls(params, lr=lr) would fail at the build, in a traceback
+            # "takes no lr" only where that is why: one taking lr may lack a default for another argument
+            why = "which it cannot take" if "lr" in inspect.signature(fn).parameters else "and it takes no lr"
             raise UsageError(
                 "--optimizer",
-                f"{spec or name_of(fn)} is a class built as {fn.__name__}(params, lr=--lr), and it takes no lr ({e})",
+                f"{spec or name_of(fn)} is a class built as {fn.__name__}(params, lr=--lr), {why} ({e})",
                 f"name a factory instead: def opt(params): return {fn.__name__}(params, ...)",
             ) from None
         except ValueError:  # no signature to read: the build says it

@@ -105,3 +105,21 @@ def test_a_checked_shaping_is_named_by_its_code_where_ranks_and_repr_read_it() -
     assert shaping_name(checked) == shaping_name(halved_ranks) == f"{halved_ranks.__module__}:halved_ranks"
     es = flipes.FlipES(_model(None), popsize=4, sigma=0.1, shaping=checked)
     assert "shaping=halved_ranks," in repr(es)
+
+
+class MomentumOpt(StepOpt):
+    """An optimizer of one's own that takes lr, and a momentum it has no default for."""
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, momentum: float) -> None:
+        torch.optim.Optimizer.__init__(self, params, {"step_size": lr, "momentum": momentum})
+
+
+def test_an_optimizer_class_needing_more_than_lr_is_not_said_to_take_no_lr(tmp_path: Path) -> None:
+    """A class that takes ``lr`` but needs another argument too is refused before training naming what it lacks,
+    not said to take no lr."""
+    kw = dict(env="none", popsize=4, generations=1, tensorboard=False, plot=False, progress=False, out=str(tmp_path / "r"))
+    refused = r"^--optimizer: .*MomentumOpt is a class built as MomentumOpt\(params, lr=--lr\), which it cannot take "
+    with pytest.raises(flipes.UsageError, match=refused + r"\(missing a required argument: 'momentum'\); name a factory") as e:
+        flipes.train(model=_model, fitness=fitness, optimizer=MomentumOpt, **kw)
+    assert "takes no lr" not in str(e.value)
+    assert not (tmp_path / "r").exists()
