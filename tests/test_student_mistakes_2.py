@@ -127,6 +127,20 @@ def test_ask_names_member_first_inputs_and_a_method_flipes_has() -> None:
         assert set(es.member_parameters(0)) == {"weight", "bias"}
 
 
+def test_other_libraries_methods_are_not_offered_by_dir() -> None:
+    """``dir(es)`` (what a notebook's tab completion lists) offers none of ``ask``, ``result``, ``run``, which FlipES
+    refuses, and still lists FlipES's own methods."""
+    names = set(dir(flipes.FlipES(_linear(), popsize=4, sigma=0.1)))
+    assert not names & {"ask", "result", "run"}
+    assert {"step", "tell", "population", "member_parameters"} <= names
+
+    class Runs(flipes.FlipES):
+        def run(self, n: int) -> None:  # a subclass's own method of that name is listed
+            pass
+
+    assert "run" in dir(Runs(_linear(), popsize=4, sigma=0.1))
+
+
 def test_step_is_flipes_own_and_not_refused() -> None:
     """``es.step`` is FlipES's own one-generation method: it runs a generation, not a refusal."""
     es = flipes.FlipES(_linear(), popsize=4, sigma=0.1)

@@ -8,6 +8,7 @@ et al., 2017 (arXiv:1703.03864).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,7 +34,7 @@ from flipes.es.evolved import (
     raise_if_not_finite,
     refuse_unhandled,
 )
-from flipes.es.foreign import ForeignMethod, InitSignature, refuse_foreign_keywords
+from flipes.es.foreign import FOREIGN_METHODS, ForeignMethod, InitSignature, refuse_foreign_keywords
 from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
@@ -316,6 +317,12 @@ class FlipES:
     # type checkers, which then flag es.ask() as Python does
     if not TYPE_CHECKING:
         ask, result, run = ForeignMethod(), ForeignMethod(), ForeignMethod()
+
+    def __dir__(self) -> list[str]:
+        # a notebook's tab completion lists dir(): the refused methods above are no attributes to offer (a subclass's own
+        # run() stays)
+        refused = {n for n in FOREIGN_METHODS if isinstance(inspect.getattr_static(type(self), n, None), ForeignMethod)}
+        return [name for name in super().__dir__() if name not in refused]
 
     def __repr__(self) -> str:
         # what a notebook cell may have changed since (es.shaping, es.lr, es.weight_decay) shows, the defaults aside
