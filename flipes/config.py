@@ -568,7 +568,9 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
         raise UsageError(
             "--mirrored", "ARS compares the returns of mirrored pairs (r+, r-)", "leave --mirrored on with --algo ars"
         )
-    finite("--lr", config.lr, 0, strict=True, fix="e.g. --lr 0.05")
+    # a negative step size is how some libraries minimize (FlipES's own refusal names the same)
+    minimize = "training maximizes the fitness: to minimize a loss, return minus the loss from the fitness and keep lr positive, "
+    finite("--lr", config.lr, 0, strict=True, fix=(minimize if config.lr < 0 else "") + "e.g. --lr 0.05")
     _check_lr_schedule(config)
     finite("--weight-decay", config.weight_decay, 0, fix="0 is none; e.g. --weight-decay 0.005")
     if config.shaping not in SHAPING_NAMES and ":" not in config.shaping:

@@ -6,6 +6,7 @@ model's parameters given for the model name the model."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,20 @@ def test_a_negative_lr_is_refused_naming_how_to_minimize_a_loss() -> None:
             es.tell(-loss if maximize else loss)
         ends.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*ends, strict=True))
+
+
+def test_a_negative_lr_to_train_names_how_training_minimizes_a_loss(tmp_path: Path) -> None:
+    """``flipes.train(lr=-0.01)`` (``--lr -0.01``) is refused before training naming minus the loss from the fitness, as
+    FlipES's refusal does; ``lr=0`` keeps the plain example."""
+    kw = dict(env="none", popsize=4, generations=1, tensorboard=False, plot=False, progress=False, out=str(tmp_path / "r"))
+    net = lambda env: flipes.flipout(nn.Linear(3, 2))  # noqa: E731
+    fitness = lambda model, pop: -model(torch.ones(pop.size, 3)).square().sum(1)  # noqa: E731
+    refused = r"^--lr: must be a finite number > 0, got -0.01; training maximizes .*minus the loss.*positive, e.g. --lr 0.05$"
+    with pytest.raises(flipes.UsageError, match=refused):
+        flipes.train(model=net, fitness=fitness, lr=-0.01, **kw)
+    with pytest.raises(flipes.UsageError, match=r"^--lr: must be a finite number > 0, got 0.0; e.g. --lr 0.05$"):
+        flipes.train(model=net, fitness=fitness, lr=0.0, **kw)
+    assert not (tmp_path / "r").exists()
 
 
 # the hooks Keras' and Lightning's callbacks define for a run's, an epoch's and a batch's start and end, validation and
