@@ -4,7 +4,7 @@ memoryless policy cannot, and ``--policy gru`` trains, resumes and evaluates fro
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -218,3 +218,20 @@ def test_a_gru_policy_refuses_a_state_of_another_shape_and_takes_a_numpy_one() -
     a, h = policy(obs[0].numpy(), torch.ones(2, 6))
     b, g = policy(obs[0].numpy(), np.ones((2, 6), np.float32))
     assert np.array_equal(a, b) and torch.equal(h, g)
+
+
+def test_a_recurrent_policy_returning_a_list_of_actions_and_state_runs_as_a_tuple() -> None:
+    """``return [actions, state]`` unpacks as ``(actions, state)`` does: the same episodes, not a refusal."""
+
+    class Counts(flipes.rl.RecurrentPolicy):
+        def __init__(self, as_list: bool) -> None:
+            super().__init__()
+            self.as_list = as_list
+
+        def forward(self, obs: Tensor, state: Tensor | None) -> Any:  # type: ignore[override]
+            state = torch.zeros(obs.shape[0]) if state is None else state + 1
+            actions = (state % 2).long()
+            return [actions, state] if self.as_list else (actions, state)
+
+    runs = [run_episodes(make_vector_env("flipes/CartPole-v1", 2), Counts(as_list), seed=0) for as_list in (False, True)]
+    assert torch.equal(torch.as_tensor(runs[0].returns), torch.as_tensor(runs[1].returns))

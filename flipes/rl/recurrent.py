@@ -71,11 +71,11 @@ def stepper(policy: Callable[..., Any]) -> Callable[[Tensor], Tensor]:
         nonlocal state
         out = policy(obs, state)
         # unpacked as it is, actions alone would split along their first dim: 2 envs' actions as an action and a state
-        if not isinstance(out, tuple) or len(out) != 2:
+        if not isinstance(out, tuple | list) or len(out) != 2:  # [actions, state] unpacks alike
             raise UsageError(
                 "--model",
                 f"{type(uncompiled(policy)).__name__} is a RecurrentPolicy, and its forward(obs, state) returned "
-                + (f"a tuple of {len(out)}" if isinstance(out, tuple) else f"a {type(out).__name__}")
+                + (f"a {type(out).__name__} of {len(out)}" if isinstance(out, tuple | list) else f"a {type(out).__name__}")
                 + ", not (actions, state)",
                 "return the actions and the state the next step takes, return actions, state (the state None at an "
                 "episode's start); a policy without memory subclasses torch.nn.Module alone and returns the actions",
