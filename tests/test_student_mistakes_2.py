@@ -71,6 +71,9 @@ def _linear() -> nn.Module:
         ("episodes_per_batch", "FlipES takes popsize="),
         ("random_seed", "FlipES takes seed="),
         ("minimize", "FlipES takes maximize=False"),
+        ("maxiter", "FlipES takes no argument: your loop runs the generations"),  # not difflib's maximize=
+        ("max_iter", "FlipES takes no argument: your loop runs the generations"),
+        ("num_generations", "FlipES takes no argument: your loop runs the generations"),
     ],
 )
 def test_course_and_estool_keywords_name_flipes_argument(keyword: str, fix: str) -> None:

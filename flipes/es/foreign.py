@@ -113,6 +113,11 @@ FOREIGN: dict[str, tuple[str, str]] = {
     "episodes_per_batch": ("OpenAI's ES starter's", _POPSIZE),
     "random_seed": ("", _SEED),
     "minimize": ("", "maximize=False (tell then takes the loss itself)"),
+    # a run's length (pycma's maxiter, evosax's and EvoTorch's num_generations), where difflib's maximize= misleads
+    **dict.fromkeys(
+        ("maxiter", "max_iter", "num_generations", "n_generations", "generations", "max_generations"),
+        ("", "no argument: your loop runs the generations, for _ in range(n): es.step(fitness_fn) (flipes.train's generations=)"),
+    ),
 }
 
 _LOOP = "`with es.population() as pop:` model(x) runs all pop.size members at once, inputs members first; then es.tell(fitness)"
