@@ -219,3 +219,25 @@ def test_processes_a_launcher_other_than_mpis_started_are_warned_that_each_train
         assert said == []
     else:
         assert len(said) == 1 and said[0].startswith(warned) and f"mpiexec -n {env.get('WORLD_SIZE', '2')}" in said[0], said
+
+
+def test_an_mpi_singleton_under_torchrun_is_warned_that_each_process_trains_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With mpi4py imported (a user's script, or a launcher's site), torchrun's processes each get an MPI world of one:
+    that path to the serial world warns as the one without mpi4py does, once, naming ``mpiexec -n N``."""
+    import sys
+    import types
+    import warnings
+
+    from flipes import dist
+
+    for key in LAUNCHERS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"TORCHELASTIC_RUN_ID": "x", "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "3"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setitem(sys.modules, "mpi4py", sys.modules.get("mpi4py", types.ModuleType("mpi4py")))
+    monkeypatch.setattr(dist, "MPIComm", lambda timeout: SimpleNamespace(size=1, rank=0))  # MPI's singleton world
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert isinstance(dist.world(), dist.SerialComm)
+    said = [str(w.message) for w in caught if "processes of this command" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("torchrun started 3 processes") and "mpiexec -n 3" in said[0], said
