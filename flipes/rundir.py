@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from flipes.callbacks import write_atomic
-from flipes.checkpoint import CheckpointError, discard, load_checkpoint, save_checkpoint, still_good
+from flipes.checkpoint import CheckpointError, discard, load_checkpoint, resume_hint, save_checkpoint, still_good
 from flipes.config import TrainConfig, resume_dir
 from flipes.dist import unseen_launch
 from flipes.errors import StorageError, UsageError, caller_stacklevel, os_reason
@@ -290,6 +290,10 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
         try:
             write_atomic(run_dir / "config.json", json.dumps(dataclasses.asdict(config), indent=2))
         except StorageError as e:  # a resume's first write: a full disk names the checkpoint to go on from
+            resumed = Path(config.resume or run_dir)
+            if resumed.name in ("previous.pt", "best.pt") and resumed.parent.resolve() == run_dir.resolve():
+                # the file resumed is the way on (a damaged checkpoint.pt beside it offered it), as it is
+                raise StorageError(f"{e}; the last good checkpoint is {resumed}{resume_hint(resumed)}") from None
             if not (run_dir / "checkpoint.pt").is_file():
                 raise
             raise StorageError(f"{e}; {still_good(run_dir / 'checkpoint.pt')}") from None

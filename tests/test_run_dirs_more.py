@@ -470,3 +470,32 @@ def test_a_full_disk_at_a_new_runs_first_checkpoint_says_the_same_command_starts
     )
     monkeypatch.undo()
     assert [row["generation"] for row in flipes.train(**FAST_KW, generations=1, out=str(run)).metrics] == [0]
+
+
+def test_a_full_disk_under_config_json_resuming_previous_pt_names_it_not_the_damaged_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume of previous.pt (as a damaged checkpoint.pt's error offers) on a full disk fails at config.json: the line
+    names previous.pt as the last good checkpoint and its --resume, not the damaged checkpoint.pt beside it."""
+    import errno
+    import os
+
+    import flipes.callbacks as callbacks
+    from flipes.errors import StorageError
+
+    run = tmp_path / "run"
+    flipes.train(**FAST_KW, generations=2, out=str(run))
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:100])
+
+    def full_open(file: Path, mode: str = "r", encoding: str | None = None) -> io.TextIOWrapper:
+        if Path(file).name == "config.json.tmp":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return open(file, mode, encoding=encoding)
+
+    monkeypatch.setattr(callbacks, "open", full_open, raising=False)
+    with pytest.raises(StorageError) as e:
+        flipes.train(**FAST_KW, generations=3, resume=str(run / "previous.pt"))
+    assert str(e.value).endswith(
+        f"it is unchanged; the last good checkpoint is {run / 'previous.pt'}: --resume {run / 'previous.pt'} continues "
+        "from it once the file can be written"
+    ), str(e.value)
