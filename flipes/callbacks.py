@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -332,7 +333,7 @@ def outcome(state: TrainState, reason: str) -> str:
     done = state.es.generation
     line = f"{why}; {done} generation{'s' if done != 1 else ''} in all, run directory {state.run_dir}"
     if reason == "interrupted" or reason.startswith("stopped after"):  # cut short with a checkpoint: say how to go on
-        line += f"; --resume {state.run_dir} continues it"
+        line += f"; --resume {shlex.quote(str(state.run_dir))} continues it"  # one shell argument
     budget = state.config.max_timesteps
     if reason == "generations" and budget > state.timesteps:  # the other budget ended it first
         line += f"; {state.timesteps:,} of --max-timesteps {budget:,} timesteps (--generations ended it: raise it to go on)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -108,4 +109,4 @@ class StopRequest:
 
     def kept(self) -> str:
         """What a run stopped at once keeps: its last checkpoint, and the way on from it."""
-        return f"{self.last()} stays" + (f": --resume {self.resume} continues from it" if self.resume else "")
+        return f"{self.last()} stays" + (f": --resume {shlex.quote(self.resume)} continues from it" if self.resume else "")

@@ -16,6 +16,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import shlex
 import threading
 import time
 import warnings
@@ -257,7 +258,7 @@ def _train_watched(
     run_dir = config.run_dir()
     in_place = bool(config.resume) and resume_dir(config.resume).resolve() == run_dir.resolve()
     # a signal while envs and the model are built stops at once (it raises Interrupted): nothing is written before
-    untouched = f"{run_dir} is as it was: --resume {config.resume} continues it" if in_place else \
+    untouched = f"{run_dir} is as it was: --resume {shlex.quote(config.resume)} continues it" if in_place else \
                 f"nothing was written to {run_dir}: the same command starts the run"  # fmt: skip
     with gpu, StopRequest(say=lead, resume=str(run_dir), setting_up=untouched) as stop:
         return _set_up_and_run(config, comm, callbacks, plugins, notes, device, run_dir, stop, began)

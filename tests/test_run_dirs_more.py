@@ -499,3 +499,34 @@ def test_a_full_disk_under_config_json_resuming_previous_pt_names_it_not_the_dam
         f"it is unchanged; the last good checkpoint is {run / 'previous.pt'}: --resume {run / 'previous.pt'} continues "
         "from it once the file can be written"
     ), str(e.value)
+
+
+def test_the_resume_commands_a_stopped_run_offers_are_quoted_for_a_run_directory_with_a_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The --resume a stopped run offers (a signal's line of what stays, the outcome line, and a stop while a resume is
+    set up) quotes a run directory with a space, so that the command pasted into a shell names that directory."""
+    import shlex
+
+    import flipes.training as training
+    from flipes.callbacks import outcome
+    from flipes.interrupts import StopRequest
+
+    run = tmp_path / "my run"
+    quoted = shlex.quote(str(run))
+    assert StopRequest(resume=str(run)).kept() == f"the last checkpoint stays: --resume {quoted} continues from it"
+    state = types.SimpleNamespace(
+        config=types.SimpleNamespace(generations=5, max_timesteps=0), es=types.SimpleNamespace(generation=2), run_dir=run
+    )
+    assert outcome(state, "interrupted").endswith(f"; --resume {quoted} continues it")  # type: ignore[arg-type]
+    flipes.train(**FAST_KW, generations=1, out=str(run))
+    said: list[str] = []
+
+    def stop_request(**kw: str) -> None:
+        said.append(kw["setting_up"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "StopRequest", stop_request)
+    with pytest.raises(KeyboardInterrupt):
+        flipes.train(**FAST_KW, generations=2, resume=str(run))
+    assert said == [f"{run} is as it was: --resume {quoted} continues it"]
