@@ -530,3 +530,20 @@ def test_the_resume_commands_a_stopped_run_offers_are_quoted_for_a_run_directory
     with pytest.raises(KeyboardInterrupt):
         flipes.train(**FAST_KW, generations=2, resume=str(run))
     assert said == [f"{run} is as it was: --resume {quoted} continues it"]
+
+
+def test_the_checkpoint_a_full_disk_or_a_damaged_file_offers_is_quoted_for_a_path_with_a_space(tmp_path: Path) -> None:
+    """A full disk's --resume (a run's checkpoint.pt: the directory; its previous.pt: the file) and a damaged
+    checkpoint's offer to evaluate or export (--checkpoint) quote a path with a space: pasted, it stays one argument."""
+    import shlex
+
+    from flipes.checkpoint import CheckpointError, resume_hint
+
+    run = tmp_path / "my run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    hint = ": --resume {} continues from it once the file can be written"
+    assert resume_hint(run / "checkpoint.pt") == hint.format(shlex.quote(str(run)))
+    assert resume_hint(run / "previous.pt") == hint.format(shlex.quote(str(run / "previous.pt")))
+    e = CheckpointError("damaged", run / "previous.pt", previous_loads=True, option="--checkpoint")
+    assert str(e).endswith(f"can be used instead: pass --checkpoint {shlex.quote(str(run / 'previous.pt'))}")
