@@ -299,7 +299,11 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
             raise StorageError(f"{e}; {still_good(run_dir / 'checkpoint.pt')}") from None
         if start is not None and _damaged_beside_resumed(run_dir, config):
             # replaced now: the first checkpoint would keep the damaged file as previous.pt, in place of the whole one
-            save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)
+            try:
+                save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)
+            except StorageError as e:  # its line named the damaged file as the last good one: the file resumed is
+                said, good = str(e).removesuffix(f"; {still_good(run_dir / 'checkpoint.pt')}"), Path(config.resume)
+                raise StorageError(f"{said}; the last good checkpoint is {good}{resume_hint(good)}") from None
             print(f"flipes: {run_dir / 'checkpoint.pt'} is damaged: replaced by the state resumed from {config.resume}, which "
                   "stays as it is", file=sys.stderr, flush=True)  # fmt: skip
         if first:

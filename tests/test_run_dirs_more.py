@@ -547,3 +547,33 @@ def test_the_checkpoint_a_full_disk_or_a_damaged_file_offers_is_quoted_for_a_pat
     assert resume_hint(run / "previous.pt") == hint.format(shlex.quote(str(run / "previous.pt")))
     e = CheckpointError("damaged", run / "previous.pt", previous_loads=True, option="--checkpoint")
     assert str(e).endswith(f"can be used instead: pass --checkpoint {shlex.quote(str(run / 'previous.pt'))}")
+
+
+def test_a_full_disk_replacing_a_damaged_checkpoint_names_the_previous_pt_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume of previous.pt replaces the damaged checkpoint.pt beside it first; where a full disk stops that write,
+    the line names previous.pt and its --resume as the way on, not the damaged checkpoint.pt, and previous.pt is whole."""
+    import errno
+    import os
+
+    from flipes.errors import StorageError
+
+    run, real_replace = tmp_path / "run", os.replace
+    flipes.train(**FAST_KW, generations=2, out=str(run))
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:100])
+    whole = (run / "previous.pt").read_bytes()
+
+    def full(src: object, dst: object) -> None:
+        if str(dst).endswith(".pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(StorageError) as e:
+        flipes.train(**FAST_KW, generations=3, resume=str(run / "previous.pt"))
+    assert str(e.value) == (
+        f"cannot write {run / 'checkpoint.pt'} (disk full: No space left on device); the last good checkpoint is "
+        f"{run / 'previous.pt'}: --resume {run / 'previous.pt'} continues from it once the file can be written"
+    )
+    assert (run / "previous.pt").read_bytes() == whole
