@@ -18,6 +18,21 @@ import flipes
 from flipes.errors import UsageError
 
 
+def _full_disk_at(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that is full when flipes' file writer (``write_atomic``) opens the file ``name``: the OS's ENOSPC."""
+    import errno
+    import os
+
+    import flipes.callbacks as callbacks
+
+    def full_open(file: Path, mode: str = "r", encoding: str | None = None) -> io.TextIOWrapper:
+        if Path(file).name == name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return open(file, mode, encoding=encoding)
+
+    monkeypatch.setattr(callbacks, "open", full_open, raising=False)
+
+
 def _files(run: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file() and p.name != ".lock"}
 
@@ -346,22 +361,14 @@ def test_a_full_disk_under_config_json_at_a_resume_names_the_last_good_checkpoin
 ) -> None:
     """A resume on a full disk fails at config.json, the first file it writes: the one line names it, the last good
     checkpoint and the --resume that continues from it, as a full disk elsewhere in a run does; nothing changed."""
-    import errno
-    import os
 
-    import flipes.callbacks as callbacks
     from flipes.errors import StorageError
 
     run = tmp_path / "run"
     flipes.train(**FAST_KW, generations=1, out=str(run))
     before = _files(run)
 
-    def full_open(file: Path, mode: str = "r", encoding: str | None = None) -> io.TextIOWrapper:
-        if Path(file).name == "config.json.tmp":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return open(file, mode, encoding=encoding)
-
-    monkeypatch.setattr(callbacks, "open", full_open, raising=False)
+    _full_disk_at("config.json.tmp", monkeypatch)
     with pytest.raises(StorageError) as e:
         flipes.train(**FAST_KW, generations=2, resume=str(run))
     assert str(e.value) == (
@@ -477,22 +484,14 @@ def test_a_full_disk_under_config_json_resuming_previous_pt_names_it_not_the_dam
 ) -> None:
     """A resume of previous.pt (as a damaged checkpoint.pt's error offers) on a full disk fails at config.json: the line
     names previous.pt as the last good checkpoint and its --resume, not the damaged checkpoint.pt beside it."""
-    import errno
-    import os
 
-    import flipes.callbacks as callbacks
     from flipes.errors import StorageError
 
     run = tmp_path / "run"
     flipes.train(**FAST_KW, generations=2, out=str(run))
     (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:100])
 
-    def full_open(file: Path, mode: str = "r", encoding: str | None = None) -> io.TextIOWrapper:
-        if Path(file).name == "config.json.tmp":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return open(file, mode, encoding=encoding)
-
-    monkeypatch.setattr(callbacks, "open", full_open, raising=False)
+    _full_disk_at("config.json.tmp", monkeypatch)
     with pytest.raises(StorageError) as e:
         flipes.train(**FAST_KW, generations=3, resume=str(run / "previous.pt"))
     assert str(e.value).endswith(
