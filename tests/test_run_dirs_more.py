@@ -33,6 +33,21 @@ def _full_disk_at(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(callbacks, "open", full_open, raising=False)
 
 
+def _full_disk_renaming(suffix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that is full when a written file is renamed over one whose name ends with ``suffix``: the OS's ENOSPC."""
+    import errno
+    import os
+
+    real_replace = os.replace
+
+    def full(src: object, dst: object) -> None:
+        if str(dst).endswith(suffix):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+
+
 def _files(run: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file() and p.name != ".lock"}
 
@@ -456,19 +471,12 @@ def test_a_full_disk_at_a_new_runs_first_checkpoint_says_the_same_command_starts
 ) -> None:
     """A new run whose first checkpoint (its starting state) meets a full disk says so with the way on, the same
     command once the file can be written, and that command then trains the run."""
-    import errno
-    import os
 
     from flipes.errors import StorageError
 
-    run, real_replace = tmp_path / "run", os.replace
+    run = tmp_path / "run"
 
-    def full(src: object, dst: object) -> None:
-        if str(dst).endswith(".pt"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", full)
+    _full_disk_renaming(".pt", monkeypatch)
     with pytest.raises(StorageError) as e:
         flipes.train(**FAST_KW, generations=1, out=str(run))
     assert str(e.value) == (
@@ -553,22 +561,15 @@ def test_a_full_disk_replacing_a_damaged_checkpoint_names_the_previous_pt_resume
 ) -> None:
     """A resume of previous.pt replaces the damaged checkpoint.pt beside it first; where a full disk stops that write,
     the line names previous.pt and its --resume as the way on, not the damaged checkpoint.pt, and previous.pt is whole."""
-    import errno
-    import os
 
     from flipes.errors import StorageError
 
-    run, real_replace = tmp_path / "run", os.replace
+    run = tmp_path / "run"
     flipes.train(**FAST_KW, generations=2, out=str(run))
     (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:100])
     whole = (run / "previous.pt").read_bytes()
 
-    def full(src: object, dst: object) -> None:
-        if str(dst).endswith(".pt"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", full)
+    _full_disk_renaming(".pt", monkeypatch)
     with pytest.raises(StorageError) as e:
         flipes.train(**FAST_KW, generations=3, resume=str(run / "previous.pt"))
     assert str(e.value) == (
