@@ -6,6 +6,7 @@ their methods (es.ask(), es.result()); and a σ of 0."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import re
@@ -219,3 +220,23 @@ def test_numpy_inputs_to_flipout_attention_are_refused_naming_the_conversion() -
                 model(*args)
     with es.population():
         assert model(x, x, x)[0].shape == (4, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, refused",
+    [
+        ({"shaping": lambda f, g: f}, r"^shaping <lambda> cannot be called as shaping\(fitness\) \(missing a required argument"),
+        ({"sigma": lambda: 0.1}, r"^sigma schedule <lambda> cannot be called as sigma\(generation\) \(too many positional"),
+        ({"sigma": lambda g, h: 0.1}, r"^sigma schedule <lambda> cannot be called as sigma\(generation\) \(missing a required"),
+    ],
+    ids=["shaping of two", "schedule of none", "schedule of two"],
+)
+def test_a_shaping_or_sigma_schedule_of_another_signature_is_refused_as_flipes_is_built(
+    kwargs: dict[str, object], refused: str
+) -> None:
+    """A shaping that takes other arguments than the fitness, or a σ schedule other than the generation, is one
+    TypeError naming how flipes calls it, when the FlipES is built (it was Python's bare TypeError at the first
+    population or tell); functools.partial(ars, top=2) and a one-argument schedule are taken."""
+    with pytest.raises(TypeError, match=refused):
+        flipes.FlipES(_linear(), popsize=4, **kwargs)
+    flipes.FlipES(_linear(), popsize=4, shaping=functools.partial(flipes.shaping.ars, top=2), sigma=lambda g: 0.1)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from flipes.errors import call_mismatch
 from flipes.es.checks import integer, nonnegative
 from flipes.es.shaping import ars as shaping_ars
 from flipes.es.shaping import centered_ranks, z_score
@@ -97,6 +98,18 @@ def checked_options(
         raise TypeError(
             f"shaping must be a function fitness (N,) -> weights (N,), e.g. flipes.shaping.centered_ranks, "
             f"got {shaping!r} ({type(shaping).__name__})"
+        )
+    if (why := call_mismatch(shaping, ("fitness",))) is not None:  # else a bare TypeError at the first tell
+        name = getattr(shaping, "__qualname__", type(shaping).__qualname__)
+        raise TypeError(
+            f"shaping {name} cannot be called as shaping(fitness) ({why}): define it with the fitness as its one "
+            "argument, fitness (N,) -> weights (N,)"
+        )
+    if callable(sigma) and (why := call_mismatch(sigma, ("generation",))) is not None:  # else at the first population
+        name = getattr(sigma, "__qualname__", type(sigma).__qualname__)
+        raise TypeError(
+            f"sigma schedule {name} cannot be called as sigma(generation) ({why}): define it with the generation as its "
+            "one argument, generation -> σ"
         )
     # a checkpoint saves what state_dict() returns and a resume hands it to load_state_dict: one alone fails the resume
     has = [callable(getattr(shaping, name, None)) for name in ("state_dict", "load_state_dict")]
