@@ -38,7 +38,14 @@ from flipes.es.foreign import FOREIGN_METHODS, ForeignMethod, InitSignature, ref
 from flipes.es.hints import raise_with_fix
 from flipes.es.install import Deferred, HeldNoise, install, install_whole, uninstall
 from flipes.es.members import BestMember
-from flipes.es.notices import warn_dropout, warn_of_generation, warn_rounded_step, warn_sigma_one_group, warn_unsplit
+from flipes.es.notices import (
+    warn_dropout,
+    warn_of_generation,
+    warn_rebuilt,
+    warn_rounded_step,
+    warn_sigma_one_group,
+    warn_unsplit,
+)
 from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: imported from here before they moved
     OptimizerFactory,
     build_optimizer,
@@ -278,6 +285,7 @@ class FlipES:
             + (pw.bias.numel() if pw.bias is not None and pw.bias.requires_grad else 0)
             for pw in self.slots
         ] + [p.numel() for _, _, p in self.dense_slots]
+        warn_rebuilt(self)  # before it takes the layers over from a FlipES that stepped them
         for module in [*self.layers, *self.dense_modules]:  # the newest FlipES of a model owns its layers
             module.__dict__["_flipes_owner"] = weakref.ref(self)
         for layer in self.layers:  # fixed, as the members are: set with the ownership, not in every install

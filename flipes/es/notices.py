@@ -60,6 +60,22 @@ def warn_unsplit(comm: Comm | None, popsize: int) -> None:
         )
 
 
+def warn_rebuilt(es: FlipES) -> None:
+    """At construction: a FlipES over layers that another one, still alive, has stepped with the same seed: a FlipES
+    built inside the training loop, which starts each generation at generation 0 with a fresh optimizer and so draws
+    the first generation's noise again and again (the ES gradient of one fixed population, silently)."""
+    owners = (m.__dict__.get("_flipes_owner", lambda: None)() for m in [*es.layers, *es.dense_modules])
+    previous = next((o for o in owners if o is not None), None)
+    if previous is not None and previous is not es and previous.generation > 0 and previous.seed == es.seed:
+        warnings.warn(
+            f"FlipES: the model's layers were stepped by another FlipES, at generation {previous.generation} with the same "
+            f"seed {es.seed}: this one starts at generation 0 with a fresh optimizer and draws the noise of that one's first "
+            "generation again; build the FlipES once, before the loop (a new search on purpose: another seed)",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+
+
 def warn_sigma_one_group(es: FlipES) -> None:
     """At construction: adaptive σ with one ε group, where a Flipout layer's weights tell σ nothing."""
     if es.sigma_lr > 0 and es.groups == 1 and es.comm.rank == 0 and any(pw.weight.requires_grad for pw in es.slots):
