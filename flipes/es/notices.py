@@ -61,16 +61,18 @@ def warn_unsplit(comm: Comm | None, popsize: int) -> None:
 
 
 def warn_rebuilt(es: FlipES) -> None:
-    """At construction: a FlipES over layers that another one, still alive, has stepped with the same seed: a FlipES
-    built inside the training loop, which starts each generation at generation 0 with a fresh optimizer and so draws
-    the first generation's noise again and again (the ES gradient of one fixed population, silently)."""
+    """At construction: a FlipES built inside the training loop, over layers that a FlipES of the same seed, itself built
+    so, stepped once: each starts at generation 0 with a fresh optimizer and so draws the first generation's noise
+    again and again (the ES gradient of one fixed population, silently). Warned at the second such rebuild in a row:
+    one rebuild (frozen parameters changed, a layer added, a restart) is flipes' own advice elsewhere."""
     owners = (m.__dict__.get("_flipes_owner", lambda: None)() for m in [*es.layers, *es.dense_modules])
     previous = next((o for o in owners if o is not None), None)
-    if previous is not None and previous is not es and previous.generation > 0 and previous.seed == es.seed:
+    es._rebuilt_after_one = previous is not None and previous.generation == 1 and previous.seed == es.seed
+    if es._rebuilt_after_one and getattr(previous, "_rebuilt_after_one", False):
         warnings.warn(
-            f"FlipES: the model's layers were stepped by another FlipES, at generation {previous.generation} with the same "
-            f"seed {es.seed}: this one starts at generation 0 with a fresh optimizer and draws the noise of that one's first "
-            "generation again; build the FlipES once, before the loop (a new search on purpose: another seed)",
+            f"FlipES: built again over layers that a FlipES of the same seed {es.seed} stepped once, itself built so: each "
+            "starts at generation 0 with a fresh optimizer and draws the first generation's noise again; build the FlipES "
+            "once, before the loop",
             UserWarning,
             stacklevel=caller_stacklevel(),
         )
