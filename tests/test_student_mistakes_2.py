@@ -247,7 +247,7 @@ def test_a_flipes_built_inside_the_loop_is_warned_that_it_redraws_the_first_gene
     """A FlipES built anew each generation over the same model, with the same seed, starts at generation 0 with a
     fresh optimizer: its population is the first generation's again (the same noise, at the moved center). At the
     second such rebuild in a row it warns once naming the loop; a first FlipES, a single rebuild (flipes' own advice
-    after freezing parameters or adding a layer), or a rebuild with another seed does not."""
+    after freezing parameters or adding a layer), or a rebuild with another seed or shaping does not."""
     x = torch.randn(8, 3)
 
     def generation(es: flipes.FlipES, model: nn.Module) -> torch.Tensor:
@@ -276,4 +276,8 @@ def test_a_flipes_built_inside_the_loop_is_warned_that_it_redraws_the_first_gene
     generation(fourth, model)
     with pytest.warns(UserWarning, match=r"^FlipES: built again over layers that a FlipES of the same seed 0 stepped once, "
                       r"itself built so: .* build the FlipES once, before the loop$"):  # fmt: skip
-        flipes.FlipES(model, popsize=8, seed=0)
+        fifth = flipes.FlipES(model, popsize=8, seed=0)
+    generation(fifth, model)
+    with warnings.catch_warnings():  # a variant compared on purpose (another shaping) is no rebuild of the same search
+        warnings.simplefilter("error")
+        flipes.FlipES(model, popsize=8, seed=0, shaping=flipes.shaping.z_score)

@@ -61,13 +61,19 @@ def warn_unsplit(comm: Comm | None, popsize: int) -> None:
 
 
 def warn_rebuilt(es: FlipES) -> None:
-    """At construction: a FlipES built inside the training loop, over layers that a FlipES of the same seed, itself built
-    so, stepped once: each starts at generation 0 with a fresh optimizer and so draws the first generation's noise
+    """At construction: a FlipES built inside the training loop, over layers that a FlipES of the same settings, itself
+    built so, stepped once: each starts at generation 0 with a fresh optimizer and so draws the first generation's noise
     again and again (the ES gradient of one fixed population, silently). Warned at the second such rebuild in a row:
     one rebuild (frozen parameters changed, a layer added, a restart) is flipes' own advice elsewhere."""
     owners = (m.__dict__.get("_flipes_owner", lambda: None)() for m in [*es.layers, *es.dense_modules])
     previous = next((o for o in owners if o is not None), None)
-    es._rebuilt_after_one = previous is not None and previous.generation == 1 and previous.seed == es.seed
+    es._rebuilt_after_one = (  # the same search again (a variant compared on purpose differs in its settings)
+        previous is not None
+        and previous.generation == 1
+        and (previous.seed, previous.popsize, previous.groups, previous.mirrored) == (es.seed, es.popsize, es.groups, es.mirrored)
+        and previous.shaping is es.shaping
+        and (previous._sigma is es._sigma or previous._sigma == es._sigma)
+    )
     if es._rebuilt_after_one and getattr(previous, "_rebuilt_after_one", False):
         warnings.warn(
             f"FlipES: built again over layers that a FlipES of the same seed {es.seed} stepped once, itself built so: each "
