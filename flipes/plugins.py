@@ -22,6 +22,7 @@ from flipes.cli import load_callable, main_module
 from flipes.errors import UsageError
 from flipes.es.checks import check_weights
 from flipes.es.optimizer import refuse_flags, unsteppable
+from flipes.es.options import BOTH_STATE_METHODS, half_state_methods
 from flipes.nn.convert import uncompiled
 
 OPTION: MappingProxyType[str, str] = MappingProxyType(
@@ -98,16 +99,10 @@ def check_call(fn: Callable[..., Any], kind: str, what: str) -> None:
 
 
 def check_state_methods(fn: Any, kind: str, what: str) -> None:
-    """Raise where ``fn`` has one of ``state_dict`` and ``load_state_dict`` without the other: its checkpoint saves
-    what the first returns and a resume hands it to the second, so with one alone a resume fails or starts it afresh."""
-    has = [callable(getattr(fn, name, None)) for name in ("state_dict", "load_state_dict")]
-    if has[0] != has[1]:
-        missing = "load_state_dict(state)" if has[0] else "state_dict()"
-        raise UsageError(
-            OPTION[kind],
-            f"{what} has {'state_dict' if has[0] else 'load_state_dict'} but no {missing}: a resume could not restore its state",
-            "define both (state_dict() returning tensors, numbers, strings, lists and dicts), or neither",
-        )
+    """Raise where ``fn`` has one of ``state_dict`` and ``load_state_dict`` without the other (as FlipES refuses it, but
+    naming the option, before the run directory is written)."""
+    if (half := half_state_methods(fn)) is not None:
+        raise UsageError(OPTION[kind], f"{what} {half}", BOTH_STATE_METHODS)
 
 
 def checked_factory(fn: Callable[..., Any], spec: str) -> Callable[[list[nn.Parameter]], torch.optim.Optimizer]:

@@ -66,6 +66,20 @@ def sigma_value(sigma: float | Callable[[int], float], generation: int) -> float
     return value
 
 
+BOTH_STATE_METHODS = "define both (state_dict() returning tensors, numbers, strings, lists and dicts), or neither"
+
+
+def half_state_methods(obj: Any) -> str | None:
+    """What is wrong where ``obj`` (a shaping of one's own) has one of ``state_dict`` and ``load_state_dict`` without
+    the other, None otherwise: a checkpoint saves what the first returns and a resume hands it to the second, so with
+    one alone a resume fails or starts it afresh."""
+    has = [callable(getattr(obj, name, None)) for name in ("state_dict", "load_state_dict")]
+    if has[0] == has[1]:
+        return None
+    missing = "load_state_dict(state)" if has[0] else "state_dict()"
+    return f"has {'state_dict' if has[0] else 'load_state_dict'} but no {missing}: a resume could not restore its state"
+
+
 def checked_options(
     popsize: Any,
     sigma: float | Callable[[int], float],
@@ -111,15 +125,9 @@ def checked_options(
             f"sigma schedule {name} cannot be called as sigma(generation) ({why}): define it with the generation as its "
             "one argument, generation -> σ"
         )
-    # a checkpoint saves what state_dict() returns and a resume hands it to load_state_dict: one alone fails the resume
-    has = [callable(getattr(shaping, name, None)) for name in ("state_dict", "load_state_dict")]
-    if has[0] != has[1]:
+    if (half := half_state_methods(shaping)) is not None:
         name = getattr(shaping, "__qualname__", type(shaping).__qualname__)
-        missing = "load_state_dict(state)" if has[0] else "state_dict()"
-        raise TypeError(
-            f"shaping {name} has {'state_dict' if has[0] else 'load_state_dict'} but no {missing}: a resume could not "
-            "restore its state; define both (state_dict() returning tensors, numbers, strings, lists and dicts), or neither"
-        )
+        raise TypeError(f"shaping {name} {half}; {BOTH_STATE_METHODS}")
     given_lr = lr is not None
     lr, weight_decay = nonnegative("lr", 0.03 if lr is None else lr), nonnegative("weight_decay", weight_decay)
     if popsize < 1 or groups < 1 or popsize % groups:
