@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -18,13 +19,18 @@ COLUMNS: dict[str, tuple[str, int]] = {
     "seconds": ("{}s", 7),
     "eta": ("eta {}", 7),
 }
+# a live line wider than its terminal wraps, and each redraw (carriage return, clear) then rewrites its last row
+# alone, leaving a row more each generation: where it does not fit, these columns go first, in this order
+DROP_ORDER = ("rate", "steps", "max", "seconds", "eval", "fitness", "eta")
 
 
 class Progress:
     """Prints one status line per generation, its columns at the same place on every line of a run.
 
-    On a terminal the line is rewritten in place (with an ETA); when the output is a pipe or a
-    file, every ``every``-th generation gets a line of its own, so logs stay readable, and
+    On a terminal the line is rewritten in place (with an ETA), cut to the terminal's width (``COLUMNS`` where set)
+    by leaving out the columns of :data:`DROP_ORDER` first; on a terminal without cursor control (``TERM=dumb``:
+    Emacs' shell and compilation buffers) and when the output is a pipe or a file, every ``every``-th generation gets a
+    line of its own, so logs stay readable, and
     :meth:`message` first writes the latest generation's line if it had none (a run stopped between
     two such lines by Ctrl-C, ``--max-seconds`` or a callback ends its log at the generation it stopped at).
     A column a row lacks (``eval`` between evaluations) is left blank once a line has shown it, and each value is
@@ -46,7 +52,7 @@ class Progress:
         self.total, self.every, self.max_timesteps = total, every, max_timesteps
         self.first_steps = 0  # the timesteps of this call's first row
         self.stream = stream if stream is not None else sys.stdout
-        self.live = self.stream.isatty()
+        self.live = self.stream.isatty() and os.environ.get("TERM") != "dumb"  # a dumb terminal shows "\033[K" as text
         self.start = time.perf_counter()
         self.first_gen: int | None = None
         self.unwritten: str | None = None  # piped: the latest generation's line, when it was skipped
@@ -79,8 +85,16 @@ class Progress:
         if row.get("timesteps"):
             values["steps"], values["rate"] = f"{row['timesteps']:,d}", f"{row.get('steps_per_second', 0):,.0f}"
         self.shown |= set(values)
-        line = "  ".join(self._cell(key, values.get(key)) for key in COLUMNS if key in self.shown)
+        line = self._line(values, self.shown)
         if self.live:
+            if width := self._terminal_width():  # the widest line that does not wrap (the last column is left free)
+                keys = set(self.shown)
+                for key in DROP_ORDER:
+                    if len(line) < width:
+                        break
+                    keys.discard(key)
+                    line = self._line(values, keys)
+                line = line[: width - 1]
             self.stream.write("\r\033[K" + line)
         elif gen % self.every == 0 or gen + 1 >= self.total:
             self.stream.write(line + "\n")
@@ -88,6 +102,25 @@ class Progress:
         else:
             self.unwritten = line
         self.stream.flush()
+
+    def _line(self, values: dict[str, str], keys: set[str]) -> str:
+        """The line of the columns ``keys``, in their order."""
+        return "  ".join(self._cell(key, values.get(key)) for key in COLUMNS if key in keys)
+
+    def _terminal_width(self) -> int:
+        """The columns of the terminal the stream writes to (``COLUMNS`` first, as :func:`shutil.get_terminal_size`
+        reads it); 0 where unknown (a stream without a file descriptor, a pty that reports no size)."""
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+            return 0
+        columns = os.environ.get("COLUMNS", "")
+        if columns.isdigit() and int(columns) > 0:
+            return int(columns)
+        try:
+            return os.get_terminal_size(fd).columns
+        except (OSError, ValueError):
+            return 0
 
     def _cell(self, key: str, value: str | None) -> str:
         """A column's text, its value right-aligned to the widest yet; blank, as wide, where the row has none."""
