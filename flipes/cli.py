@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import codecs
 import dataclasses
 import difflib
 import functools
@@ -560,6 +561,36 @@ def parse_config(
     return cls(**values)
 
 
+# the characters flipes' output holds (help texts, evaluate's ±), as an ASCII-only stream shows them
+PLAIN = {"σ": "sigma", "±": "+-", "·": "*", "×": "x", "−": "-", "≥": ">=", "≤": "<=", "√": "sqrt", "‖": "|", "ε": "eps",
+         "θ": "theta", "Δ": "delta", "ĝ": "g", "→": "->", "←": "<-", "…": "...", "²": "^2", "µ": "u", "μ": "mu"}  # fmt: skip
+
+
+def _plain(error: UnicodeError) -> tuple[str, int]:
+    """A codec error handler: each character the stream's encoding lacks as its ASCII spelling, else as ``\\uXXXX``."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start : error.end]
+    return "".join(PLAIN.get(c) or c.encode("ascii", "backslashreplace").decode() for c in text), error.end
+
+
+codecs.register_error("flipes.plain", _plain)
+
+
+def plain_output() -> None:
+    """Let stdout and stderr write any text in an encoding without Greek letters (``LANG=en_US.ISO-8859-1``,
+    ``PYTHONIOENCODING=ascii``, Windows' cp1252 when redirected to a file): what the encoding lacks is spelt in ASCII
+    (``σ`` as ``sigma``) instead of ending the command with a UnicodeEncodeError. A UTF-8 stream is left as it is."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        try:
+            if not encoding or codecs.lookup(encoding).name == "utf-8":
+                continue
+            stream.reconfigure(errors="flipes.plain")  # type: ignore[union-attr]
+        except (AttributeError, LookupError, ValueError, OSError):  # no reconfigure (a notebook's stream), no such codec
+            continue
+
+
 def print_error(e: BaseException, prog: str = "flipes") -> None:
     """``e`` as the one line ``flipes: error: ...`` on stderr (its own line breaks folded)."""
     print(f"{prog}: error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
@@ -574,6 +605,7 @@ def report_usage_error(e: UsageError, prog: str = "flipes") -> NoReturn:
 def run(main: Callable[[T], R], cls: type[T], description: str | None = None, argv: Sequence[str] | None = None, **kw: Any) -> R:
     """A script's ``__main__``: parse ``cls`` from the command line and call ``main`` with it; a
     :class:`UsageError` from either becomes one line and exit status 2 (other errors keep their traceback)."""
+    plain_output()
     try:
         return main(parse_config(cls, argv, description, **kw))
     except UsageError as e:

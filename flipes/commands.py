@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from flipes.callbacks import Callback, read_jsonl
-from flipes.cli import parse_config, print_error, report_usage_error
+from flipes.cli import parse_config, plain_output, print_error, report_usage_error
 from flipes.command_options import (  # noqa: F401 (TRAIN_HELP: named from here, as before the split)
     EXPORT_HELP,
     PLOT_HELP,
@@ -346,6 +346,7 @@ COMMANDS: MappingProxyType[str, tuple[Callable[[Sequence[str] | None], Any], str
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flipes`` console command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    plain_output()  # --help's σ in a latin-1 or ASCII locale
     if not argv or argv[0] in ("-h", "--help"):
         lines = ["usage: flipes {train,evaluate,export,plot} [options]   (flipes COMMAND --help for its options)", ""]
         lines += [f"  {name:9s} {text}" for name, (_, text) in COMMANDS.items()]
