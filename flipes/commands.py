@@ -22,7 +22,9 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import os
 import runpy
+import select
 import sys
 import time
 import warnings
@@ -343,10 +345,53 @@ COMMANDS: MappingProxyType[str, tuple[Callable[[Sequence[str] | None], Any], str
 )
 
 
+# the exit status of a command whose output's reader ended first (``flipes evaluate DIR | true``): a shell's status of
+# a process that SIGPIPE ended (128 + 13), which ``set -o pipefail`` scripts get from other tools in that case
+READER_GONE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``flipes`` console command; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the ``flipes`` console command; returns the exit status (:data:`READER_GONE` where stdout's
+    reader ended before the output was written: quietly, not a BrokenPipeError's traceback)."""
     plain_output()  # --help's σ in a latin-1 or ASCII locale
+    try:  # flushed here, not in the interpreter's last flush: a reader gone there is a traceback and status 120
+        try:
+            status = _main(argv)
+        except SystemExit:  # --help's text, still in the buffer
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_gone():  # another pipe (an env worker's): its traceback
+            raise
+        _stdout_to_null()
+        return READER_GONE
+    return status
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has ended (poll's POLLERR on its end; False where poll is missing)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # Windows (no poll), a stream without a file descriptor
+        return False
+
+
+def _stdout_to_null() -> None:
+    """Point stdout's file descriptor at /dev/null, so that the interpreter's flush of what is left at exit succeeds."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """:func:`main` but for a reader gone."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         lines = ["usage: flipes {train,evaluate,export,plot} [options]   (flipes COMMAND --help for its options)", ""]
         lines += [f"  {name:9s} {text}" for name, (_, text) in COMMANDS.items()]
