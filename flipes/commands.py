@@ -19,6 +19,7 @@ evaluate --render``'s recording in :mod:`flipes.recording`; their names are impo
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import json
@@ -28,7 +29,7 @@ import select
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -132,10 +133,72 @@ def train_command(argv: Sequence[str] | None = None) -> int:
             notes.append(TrackBestNote(bool(saved_options(resume).get("track_best", False))))
         if config.model and config.progress:
             notes.append(ModelNote())
-        result = train(config, comm=comm, callbacks=notes)
+        with notes_below_the_live_line():
+            result = train(config, comm=comm, callbacks=notes)
         return 130 if result.reason == "interrupted" else 0
 
     return main_guard(run, comm)
+
+
+class _Tracked:
+    """A text stream that remembers whether its last write left the cursor inside a line (a live progress line)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.mid_line = stream, False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.mid_line = not text.endswith("\n")
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, flush, encoding, ...: the stream's own
+        return getattr(self.stream, name)
+
+
+class _AfterLine:
+    """A text stream (stderr) that first ends the line ``line`` left open (stdout's live progress line), so that a note
+    written during training starts a line of its own instead of being glued to the end of the progress line."""
+
+    def __init__(self, stream: Any, line: _Tracked) -> None:
+        self.stream, self.line = stream, line
+
+    def write(self, text: str) -> int:
+        if text and self.line.mid_line:
+            with contextlib.suppress(OSError, ValueError):  # a terminal gone (a closed ssh): the note is stderr's to fail
+                self.line.write("\n")
+                self.line.flush()
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def notes_below_the_live_line() -> Iterator[None]:
+    """Where stdout and stderr are both a terminal that shows a live progress line, each line written to stderr
+    (a note, a warning, the line of a Ctrl-C, a traceback) starts below the progress line, which stays as it was
+    last drawn; elsewhere (a pipe, a file, ``TERM=dumb``) the streams are left as they are."""
+    out, err = sys.stdout, sys.stderr
+    try:
+        live = out.isatty() and err.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        live = False
+    if not live:
+        yield
+        return
+    tracked = _Tracked(out)
+    sys.stdout, sys.stderr = tracked, _AfterLine(err, tracked)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.stdout is tracked:
+            sys.stdout = out
+        if isinstance(sys.stderr, _AfterLine) and sys.stderr.line is tracked:
+            sys.stderr = err
+        if tracked.mid_line:  # an exception's traceback, printed after this, on a line of its own
+            with contextlib.suppress(OSError, ValueError):
+                out.write("\n")
+                out.flush()
 
 
 class TrackBestNote(Callback):
