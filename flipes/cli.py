@@ -279,6 +279,15 @@ COMMON = {
     **dict.fromkeys(
         ("num_seeds", "n_seeds", "seeds"), ("seed", ", one run per seed: flipes plot --group draws them as one curve")
     ),
+    # the closest spellings are --out and --overwrite, which replaces a run: what a log's volume is set by instead
+    **dict.fromkeys(
+        ("quiet", "silent"),
+        ("progress", ", off: {progress} false writes the last line alone to stdout (warnings and errors go to stderr)"),
+    ),
+    "verbose": (
+        "progress",
+        ", on by default: a line per {eval_every} generations where piped, and every generation's row in DIR/metrics.jsonl",
+    ),
 }
 
 
@@ -293,7 +302,9 @@ def foreign_fix(key: str, flags: bool) -> str | None:
         given, (ours, note) = name(key), COMMON[key]
     else:
         return None
-    names = {k: name(k) for k in ("lr", "episodes", "algo", "max_speed", "env_threads", "common_episodes", "eval_every")}
+    names = {
+        k: name(k) for k in ("lr", "episodes", "algo", "max_speed", "env_threads", "common_episodes", "eval_every", "progress")
+    }
     return f"{given} is {name(ours)} here{note.format(**names)}"
 
 
