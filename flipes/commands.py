@@ -421,15 +421,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             status = _main(argv)
         except SystemExit:  # --help's text, still in the buffer
-            sys.stdout.flush()
+            _flush_stdout()
             raise
-        sys.stdout.flush()
+        _flush_stdout()
     except BrokenPipeError:
         if not _stdout_gone():  # another pipe (an env worker's): its traceback
             raise
         _stdout_to_null()
         return READER_GONE
     return status
+
+
+def _flush_stdout() -> None:
+    """Flush stdout, where the process has one (``>&-`` leaves Python's ``sys.stdout`` None)."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
 
 
 def _stdout_gone() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
@@ -38,7 +39,7 @@ class Progress:
 
     Args:
         total: generations planned.
-        stream: where to write (``sys.stdout`` by default).
+        stream: where to write (``sys.stdout`` by default; nowhere where the process has none).
         every: with plain lines, print every ``every`` generations (and the last one).
         evaluates: whether rows have an eval_return every ``every`` generations (its column is kept from the start);
             None: from the first row that has one.
@@ -51,7 +52,7 @@ class Progress:
     ) -> None:
         self.total, self.every, self.max_timesteps = total, every, max_timesteps
         self.first_steps = 0  # the timesteps of this call's first row
-        self.stream = stream if stream is not None else sys.stdout
+        self.stream = stream if stream is not None else sys.stdout or _Nowhere()  # None: stdout closed (>&-)
         self.live = self.stream.isatty() and os.environ.get("TERM") != "dumb"  # a dumb terminal shows "\033[K" as text
         self.start = time.perf_counter()
         self.first_gen: int | None = None
@@ -137,6 +138,14 @@ class Progress:
             self.unwritten = None
         self.stream.write(("\n" if self.live else "") + text + "\n")
         self.stream.flush()
+
+
+class _Nowhere(io.TextIOBase):
+    """Where the lines go when the process has no stdout (``flipes train >&-``, where Python's ``sys.stdout`` is None):
+    nowhere, as ``print`` does then."""
+
+    def write(self, text: str) -> int:
+        return len(text)
 
 
 def _clock(seconds: float) -> str:
