@@ -27,6 +27,12 @@ registered reward_threshold, or its preset row's target). A known env id brings 
 command line it ends (flipes train --env Hopper-v5 --help: that env's row). The run directory holds
 config.json, metrics.jsonl (one JSON object per generation), checkpoint.pt (latest; previous.pt is
 the one it replaced), best.pt and curves.png.
+
+The progress lines and the last line (why training ended: "solved: ...", "all N generations trained",
+...) go to stdout; notes, warnings and errors, each line starting "flipes:", to stderr. Exit status:
+0 training ended (solved, or a budget spent: the last line says which), 1 a file of the run cannot be
+written or an env worker died, 2 a mistake in the options (one line), 130 stopped by Ctrl-C, SIGTERM or
+SIGUSR1 with a checkpoint (--resume DIR continues it).
 """
 
 

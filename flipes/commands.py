@@ -464,6 +464,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         lines = ["usage: flipes {train,evaluate,export,plot} [options]   (flipes COMMAND --help for its options)", ""]
         lines += [f"  {name:9s} {text}" for name, (_, text) in COMMANDS.items()]
+        lines += ["", "exit status: 0 done, 1 a run's file cannot be written, 2 a mistake in the options, 130 interrupted,",
+                  "141 stdout's reader ended (| head); results go to stdout, notes and errors to stderr"]  # fmt: skip
         print("\n".join(lines))
         return 0 if argv else 2
     if argv[0] == "--version":
