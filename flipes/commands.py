@@ -178,9 +178,11 @@ def notes_below_the_live_line() -> Iterator[None]:
     """Where stdout and stderr are both a terminal that shows a live progress line, each line written to stderr
     (a note, a warning, the line of a Ctrl-C, a traceback) starts below the progress line, which stays as it was
     last drawn; elsewhere (a pipe, a file, ``TERM=dumb``) the streams are left as they are."""
+    from flipes.progress import dumb_terminal
+
     out, err = sys.stdout, sys.stderr
     try:
-        live = out.isatty() and err.isatty() and os.environ.get("TERM") != "dumb"
+        live = out.isatty() and err.isatty() and not dumb_terminal(out)
     except (AttributeError, ValueError):  # a closed or replaced stream
         live = False
     if not live:

@@ -53,7 +53,7 @@ class Progress:
         self.total, self.every, self.max_timesteps = total, every, max_timesteps
         self.first_steps = 0  # the timesteps of this call's first row
         self.stream = stream if stream is not None else sys.stdout or _Nowhere()  # None: stdout closed (>&-)
-        self.live = self.stream.isatty() and os.environ.get("TERM") != "dumb"  # a dumb terminal shows "\033[K" as text
+        self.live = self.stream.isatty() and not dumb_terminal(self.stream)
         self.start = time.perf_counter()
         self.first_gen: int | None = None
         self.unwritten: str | None = None  # piped: the latest generation's line, when it was skipped
@@ -138,6 +138,16 @@ class Progress:
             self.unwritten = None
         self.stream.write(("\n" if self.live else "") + text + "\n")
         self.stream.flush()
+
+
+def dumb_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal without cursor control, ``TERM=dumb`` (Emacs' shell shows ``\\033[K`` as text).
+    TERM describes the terminal of a file descriptor: a stream without one is taken as it says it is."""
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return os.environ.get("TERM") == "dumb"
 
 
 class _Nowhere(io.TextIOBase):

@@ -87,19 +87,29 @@ def test_columns_sets_the_width_of_the_live_line(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_dumb_terminal_gets_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``TERM=dumb`` (Emacs' shell, which shows escape sequences as text) the progress is plain lines, as when
-    piped: no carriage return or escape sequence, a line every ``every`` generations and the last one."""
+    """With ``TERM=dumb`` (Emacs' shell, which shows escape sequences as text) a terminal gets plain lines, as a pipe
+    does: no carriage return or escape sequence, a line every ``every`` generations and the last one."""
+    monkeypatch.setenv("TERM", "dumb")
+    master, slave = os.openpty()
+    with open(slave, "w", encoding="utf-8") as stream:
+        progress = Progress(5, stream, every=2)
+        for row in ROWS:
+            progress.update(row)
+        progress.message("done")
+        stream.flush()
+        text = _drain(master).replace("\r\n", "\n")
+    os.close(master)
+    assert "\r" not in text and "\x1b" not in text, text
+    assert [line.split("  fitness")[0] for line in text.splitlines()] == ["gen   0/5", "gen   2/5", "gen   4/5", "done"]
+
+
+def test_a_stream_without_a_terminal_of_its_own_ignores_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream that says it is a terminal but has no file descriptor (a notebook's, a test's) has no TERM to read:
+    its line is live whatever TERM says."""
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
     monkeypatch.setenv("TERM", "dumb")
-    stream = Terminal()
-    progress = Progress(5, stream, every=2)
-    for row in ROWS:
-        progress.update(row)
-    progress.message("done")
-    text = stream.getvalue()
-    assert "\r" not in text and "\x1b" not in text, text
-    assert [line.split("  fitness")[0] for line in text.splitlines()] == ["gen   0/5", "gen   2/5", "gen   4/5", "done"]
+    assert Progress(5, Terminal()).live
