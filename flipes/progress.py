@@ -22,7 +22,7 @@ COLUMNS: dict[str, tuple[str, int]] = {
 }
 # a live line wider than its terminal wraps, and each redraw (carriage return, clear) then rewrites its last row
 # alone, leaving a row more each generation: where it does not fit, these columns go first, in this order
-DROP_ORDER = ("rate", "steps", "max", "seconds", "eval", "fitness", "eta")
+DROP_ORDER = ("rate", "steps", "max", "seconds", "eval", "eta", "fitness")
 
 
 class Progress:
