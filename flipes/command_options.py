@@ -88,7 +88,7 @@ class PlotConfig:
     x: Literal["generation", "timesteps", "seconds"] = "generation"
     """The x axis."""
     out: str = ""
-    """The PNG to write (default: RUN/curves.png for one run, curves.png for several)."""
+    """The figure to write, .png, .svg or .pdf (default: RUN/curves.png for one run, curves.png for several)."""
     group: Literal["none", "config", "parent"] = "none"
     """Draw the seeds of each setting as one mean curve with a band, one color per setting: config (runs whose
     config.json agree on every option but --seed and those a resume may change, such as --generations), parent (runs in
@@ -171,7 +171,7 @@ line it prints names it, and a GRU state's shape): cast others to it.
 """
 
 
-PLOT_HELP = """Learning curves of one or more run directories to a PNG.
+PLOT_HELP = """Learning curves of one or more run directories to a PNG (or an SVG or PDF, by --out's suffix).
 
     flipes plot runs/cartpole runs/cartpole-seed1 --x timesteps --out curves.png
 
