@@ -468,7 +468,7 @@ def _main(argv: Sequence[str] | None) -> int:
         lines += [f"  {name:9s} {text}" for name, (_, text) in COMMANDS.items()]
         lines += ["", "exit status: 0 done, 1 a run's file cannot be written, 2 a mistake in the options, 130 interrupted,",
                   "141 stdout's reader ended (| head); results go to stdout, notes and errors to stderr"]  # fmt: skip
-        print("\n".join(lines))
+        print("\n".join(lines), file=sys.stdout if argv else sys.stderr)  # a mistake's usage goes with errors
         return 0 if argv else 2
     if argv[0] == "--version":
         from flipes import __version__

@@ -380,12 +380,14 @@ def test_none_is_read_in_any_case_for_an_option_that_takes_none() -> None:
 
 
 def test_main_without_a_command_prints_the_commands_and_fails(capsys: pytest.CaptureFixture) -> None:
-    """``flipes`` alone lists the commands and exits with status 2 (a script calling it without a command is wrong);
-    ``flipes --help`` lists them and succeeds."""
+    """``flipes`` alone lists the commands on stderr and exits with status 2 (a script calling it without a command is
+    wrong: its usage goes with the errors, as argparse's does); ``flipes --help`` lists them on stdout and succeeds."""
     assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("usage: flipes {train,evaluate,export,plot}")
     assert main(["--help"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("usage: flipes {train,evaluate,export,plot}") and out.count(out[0]) == 2
+    captured2 = capsys.readouterr()
+    assert captured2.err == "" and captured2.out == captured.err
 
 
 @pytest.mark.parametrize(
