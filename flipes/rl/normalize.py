@@ -46,6 +46,7 @@ class RunningNorm(nn.Module):
     var: Tensor  # (size,) float64, the running variance
     count: Tensor  # () float64, observations recorded
     _rows: tuple[Tensor, Tensor] | None = None  # _scale's two rows, selected once (two ops fewer per step)
+    _watched: tuple[int, ...] | None = None  # _stamp() of the statistics _scale was computed from
     pending_members = pending_popsize = 0  # set in __init__; here too for a norm unpickled from before they existed
 
     def __init__(self, size: int, clip: float = 5.0, eps: float = 1e-8) -> None:
@@ -59,7 +60,7 @@ class RunningNorm(nn.Module):
         # members whose observations rollouts recorded in pending, and the popsize of their population:
         # fewer is a process's share under MPI, which merged alone would give each process other statistics
         self.pending_members, self.pending_popsize = 0, 0
-        self._scale: Tensor | None = None  # (mean, 1/std) in the input dtype, cached until update()
+        self._scale: Tensor | None = None  # (mean, 1/std) in the input dtype, cached until the statistics change
         self._identity = True  # no statistics yet: the input passes unchanged
 
     def extra_repr(self) -> str:
@@ -68,15 +69,33 @@ class RunningNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if _compiling():  # torch.export / torch.compile: no host read, nothing cached; the same numbers
             return torch.where(self.count == 0, x, self._normalize(x, self._stats(x.dtype)))
-        if self._rows is None or self._scale is None or self._scale.dtype != x.dtype or self._scale.device != x.device:
+        if (
+            self._rows is None
+            or self._scale is None
+            or self._scale.dtype != x.dtype
+            or self._scale.device != x.device
+            or self._watched != self._stamp()
+        ):
             # reading `count` waits for the device: once per update, not at every step of a rollout
             self._identity = self.count.item() == 0
             self._scale = self._stats(x.dtype)
             self._rows = (self._scale[0], self._scale[1])
+            self._watched = self._stamp()
         if self._identity:
             return x
         mean, inv_std = self._rows
         return ((x - mean) * inv_std).clamp_(-self.clip, self.clip)  # _normalize, with the rows at hand
+
+    def _stamp(self) -> tuple[int, ...]:
+        """Which statistics tensors the cache was made from, and their in-place write counts: statistics written by hand
+        (``obs_norm.mean.copy_(m)``, as when importing another library's, or a buffer assigned anew) then reach the next
+        forward instead of the cached ones. Inference tensors keep no count: only an assignment is seen there."""
+        b = self._buffers
+        mean, var, count = b["mean"], b["var"], b["count"]
+        try:  # versions only grow, so their sum changes at every write
+            return id(mean), id(var), id(count), mean._version + var._version + count._version  # type: ignore[union-attr]
+        except RuntimeError:  # "Inference tensors do not track version counter"
+            return id(mean), id(var), id(count)
 
     def _stats(self, dtype: torch.dtype) -> Tensor:
         """``(mean, 1/std)`` in ``dtype``."""
