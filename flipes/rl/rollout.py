@@ -647,6 +647,10 @@ class RolloutFitness:
     Attributes:
         timesteps: env steps used so far.
         last_returns: ``(pop.size,)``, each member's mean return of the latest call, without ``reward_shift``.
+        last_lengths: ``(pop.size, episodes)`` int64, the steps of each member's episodes in the latest call (members
+            first; this process's share under MPI, as ``last_final_obs``): ``max_steps`` where the cut ended one, so
+            ``(fitness.last_lengths == fitness.max_steps).float().mean()`` is the fraction cut, for a limit of your own
+            that grows with it between calls (OpenAI's ES starter's ``episode_cutoff_mode="adaptive:..."``).
         last_final_obs: ``(pop.size, episodes, *obs_shape)`` with ``final_obs=True``: the final observation of each
             member's episodes in the latest call (members first, as the model sees them; ``[:, 0]`` with one episode),
             terminated, truncated or cut at ``max_steps``; ``None`` otherwise. Of ``pop``'s members: under MPI, this
@@ -702,6 +706,7 @@ class RolloutFitness:
         self.reward_shift, self.max_steps, self.action_noise = float(reward_shift), max_steps, action_noise
         self.timesteps = 0
         self.last_returns: Tensor | None = None
+        self.last_lengths: Tensor | None = None
         self.final_obs = bool(final_obs)
         self.last_final_obs: Tensor | None = None
         self.probe = probe
@@ -731,7 +736,7 @@ class RolloutFitness:
                 stacklevel=caller_stacklevel(),
             )
         if per_pass == n:
-            returns, self.last_returns, self.last_final_obs, self.last_probe = self._rollout(model, pop, norm)
+            returns, self.last_returns, self.last_lengths, self.last_final_obs, self.last_probe = self._rollout(model, pop, norm)
             return returns
         # in parts: the env holds one part; each member's episodes and recorded observations are those of one pass
         before = None if norm is None else norm.pending
@@ -745,16 +750,17 @@ class RolloutFitness:
         if norm is not None:
             rows = torch.cat(recorded)
             norm.pending = rows if before is None else before + rows
-        returns, unshifted, finals, probes = zip(*parts, strict=True)  # the parts' columns, in member order
-        self.last_returns = torch.cat(unshifted)
+        returns, unshifted, lengths, finals, probes = zip(*parts, strict=True)  # the parts' columns, in member order
+        self.last_returns, self.last_lengths = torch.cat(unshifted), torch.cat(lengths)
         self.last_final_obs = torch.cat(finals) if self.final_obs else None
         self.last_probe = None if self.probe is None else _join_probes(self.probe, probes, per_pass)
         return torch.cat(returns)
 
     def _rollout(
         self, model: nn.Module, pop: Population, norm: RunningNorm | None
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """The fitness of ``pop``'s members, their mean returns without ``reward_shift``, with ``final_obs`` their
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The fitness of ``pop``'s members, their mean returns without ``reward_shift``, their episodes' lengths
+        ``(pop.size, episodes)``, with ``final_obs`` their
         episodes' final observations ``(pop.size, episodes, *obs_shape)``, and with a ``probe`` its result
         ``(pop.size, episodes, ...)``."""
         n, k = pop.size, self.episodes
@@ -813,7 +819,7 @@ class RolloutFitness:
         returns = ep.returns if not self.reward_shift else ep.returns - self.reward_shift * ep.lengths
         final = None if ep.final_obs is None else ep.final_obs.view(n, k, *ep.final_obs.shape[1:])
         probed = None if ep.probe is None else ep.probe.reshape(n, k, *ep.probe.shape[1:])  # a probe's own layout
-        return returns.view(n, k).mean(1), unshifted, final, probed
+        return returns.view(n, k).mean(1), unshifted, ep.lengths.view(n, k), final, probed
 
 
 def _join_probes(probe: Probe, parts: tuple[Tensor, ...], per_pass: int) -> Tensor:
