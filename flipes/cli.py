@@ -214,6 +214,19 @@ FOREIGN = {
     "ac_noise_std": ("OpenAI's ES starter", "action_noise", " (added in training rollouts only, as there)"),
     "snapshot_freq": ("OpenAI's ES starter", "checkpoint_every", " (in generations, as there)"),
     "eval_prob": ("OpenAI's ES starter", "eval_every", " (the center policy every n generations, not a fraction of episodes)"),
+    # the starter's options with no flipes counterpart: the option nearest in meaning, and what differs
+    "timesteps_per_batch": (
+        "OpenAI's ES starter",
+        "episodes",
+        " (no per-generation step minimum here: a generation is popsize × {episodes} episodes; {max_timesteps} is the "
+        "whole run's budget)",
+    ),
+    "calc_obstat_prob": ("OpenAI's ES starter", "policy", " (mlp, the default, normalizes with every training observation)"),
+    "episode_cutoff_mode": (
+        "OpenAI's ES starter",
+        "max_episode_steps",
+        " (a fixed cap; an adaptive one is a loop of your own reading RolloutFitness.last_lengths)",
+    ),
     "stdev_init": ("EvoTorch's", "sigma", ""),
     "init_stdev": ("EvoJAX's", "sigma", ""),
     "center_learning_rate": (
@@ -303,7 +316,18 @@ def foreign_fix(key: str, flags: bool) -> str | None:
     else:
         return None
     names = {
-        k: name(k) for k in ("lr", "episodes", "algo", "max_speed", "env_threads", "common_episodes", "eval_every", "progress")
+        k: name(k)
+        for k in (
+            "lr",
+            "episodes",
+            "algo",
+            "max_speed",
+            "env_threads",
+            "common_episodes",
+            "eval_every",
+            "progress",
+            "max_timesteps",
+        )
     }
     return f"{given} is {name(ours)} here{note.format(**names)}"
 
