@@ -29,7 +29,10 @@ from torch.nn.parameter import is_lazy
 
 from flipes.errors import StorageError, os_reason
 
-FORMAT = "flipes-checkpoint/2"  # {"format", "sha256", "payload": uint8 tensor of torch.save(state)}
+FORMAT = "flipes-checkpoint/2"  # {"format", "sha256", "payload": uint8 tensor of torch.save(state), "flipes", "torch"}
+# raised where an older flipes would misread a newer file (an entry it would drop or read otherwise): it refuses the file
+# whole, naming the flipes that wrote it (the header's "flipes"), rather than load part of it
+_FORMAT_STEM, _FORMAT_NUMBER = FORMAT.rsplit("/", 1)[0] + "/", int(FORMAT.rsplit("/", 1)[1])
 
 
 class CheckpointError(ValueError):
@@ -69,6 +72,11 @@ class CheckpointError(ValueError):
             return f"{self.problem}; {self.older} {self.previous} reads: flipes.read_checkpoint({str(self.previous)!r})"
         quoted = shlex.quote(str(self.previous))  # pasted into a shell: a path with a space stays one argument
         return f"{self.problem}; {self.older} {self.previous} can be used instead: pass {option} {quoted}"
+
+
+class NewerCheckpointError(CheckpointError):
+    """A checkpoint written in a newer format than this flipes reads: refused whole (an older reader would drop or
+    misread what the newer flipes added), its message naming the flipes that wrote it and the upgrade."""
 
 
 def _refuse_numpy(value: Any, where: str) -> None:
@@ -124,8 +132,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getbuffer()  # the serialized bytes in place: no copy of a checkpoint that may be GBs
+    from flipes import __version__
+
     wrapped = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-               "payload": torch.frombuffer(payload, dtype=torch.uint8)}  # fmt: skip
+               "payload": torch.frombuffer(payload, dtype=torch.uint8),
+               "flipes": str(__version__), "torch": str(torch.__version__)}  # who wrote it  # fmt: skip
     tmp = path.with_name(path.name + ".tmp")
     previous = previous_path(path)
     file = None
@@ -368,6 +379,8 @@ def _read(path: Path, map_location: str | torch.device | None, option: str) -> A
         first = clip((str(e).strip().splitlines() or [""])[0])  # torch's messages run to many lines
         why = f"{type(e).__name__}: {first}" if first else ("empty file" if path.stat().st_size == 0 else type(e).__name__)
         raise _error(f"{path} is truncated or not a checkpoint ({why})", path, option) from e
+    if isinstance(state, dict) and (newer := _newer_format(state)):
+        raise NewerCheckpointError(f"{path} {newer}", option=option)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         payload, digest = state.get("payload"), state.get("sha256")
         if not isinstance(digest, str):
@@ -405,6 +418,25 @@ def _read(path: Path, map_location: str | torch.device | None, option: str) -> A
     elif map_location is not None:  # written before checkpoints carried a hash
         state = torch.load(path, map_location=map_location, weights_only=True)
     return state
+
+
+def _newer_format(header: dict[Any, Any]) -> str:
+    """What is wrong with a file whose header names a flipes checkpoint format other than :data:`FORMAT` (a newer
+    flipes's: ``flipes-checkpoint/3``), as ``was written by flipes 0.3.0 in the format ...; upgrade ...``; ``""`` for
+    one in this format, or no flipes header at all (the callers say what that is)."""
+    from flipes import __version__
+
+    fmt = header.get("format")
+    if not isinstance(fmt, str) or not fmt.startswith(_FORMAT_STEM) or fmt == FORMAT:
+        return ""
+    number = fmt.removeprefix(_FORMAT_STEM)
+    newer = not number.isdigit() or int(number) > _FORMAT_NUMBER  # an unknown suffix is no older one either
+    writer = header.get("flipes")
+    who = f"flipes {writer}" if isinstance(writer, str) and writer else f"{'a newer' if newer else 'another'} flipes"
+    return (
+        f"was written by {who} in the checkpoint format {fmt}, which this flipes {__version__} (format {FORMAT}) cannot "
+        "read whole; nothing was loaded: read it with the flipes that wrote it, or a later one (pip install -U flipes)"
+    )
 
 
 def _loads_on_the_cpu(data: bytes) -> bool:

@@ -14,9 +14,10 @@ from torch import Tensor
 
 from flipes import dist
 from flipes.builders import CheckedFitness
-from flipes.checkpoint import CheckpointError, load_checkpoint, load_mismatch, tensors_sha256
+from flipes.checkpoint import CheckpointError, NewerCheckpointError, load_checkpoint, load_mismatch, tensors_sha256
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
+from flipes.es.state import unknown_entries
 from flipes.plugins import same_code
 from flipes.rl import RolloutFitness
 from flipes.rl.envs import registered_id, split_env_id
@@ -147,6 +148,8 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
     except CheckpointError as e:  # a damaged file, or one that lacks an entry read below: one line, naming previous.pt
         fix = "" if e.previous else "pass a run directory or checkpoint file written by flipes train"
         file = resume_file(path)
+        if isinstance(e, NewerCheckpointError):  # its line says what to do: an older previous.pt is no way on
+            raise UsageError("--resume", e.message("--resume")) from None
         if file.name == "best.pt" and (file.parent / "checkpoint.pt").is_file():  # no older best: the run's own checkpoint
             fix = f"best.pt keeps no older copy: --resume {shlex.quote(str(file.parent))} continues from the run's checkpoint.pt"
         elif state.comm.rank != 0 and not file.is_file():  # where rank 0 reads it (else its own line ends the job first)
@@ -157,6 +160,18 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
                   "run again with --overwrite"  # fmt: skip
         raise UsageError("--resume", e.message("--resume"), fix) from None
     saved = dict(saved_state["config"])
+    options = {f.name for f in dataclasses.fields(TrainConfig)} | {"rank"}  # "rank": noise_rank's name before
+    unknown = [f"the option {k!r}" for k in saved if k not in options] + unknown_entries(saved_state["es"])
+    if unknown:  # a newer flipes's: dropped, the run would go on as another one
+        from flipes import __version__
+
+        shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        raise UsageError(
+            "--resume",
+            f"{resume_file(path)} holds {shown}, which this flipes {__version__} does not know: a newer flipes wrote it, "
+            "whose run this one would continue as another; nothing was loaded",
+            "resume it with that flipes or a later one (pip install -U flipes)",
+        )
     saved.setdefault("noise_rank", saved.pop("rank", 0) or 0)  # runs saved before the option's rename
     lacking = [k for k in RESUME_KEYS if k not in saved and k not in LATER_KEYS]
     if lacking:

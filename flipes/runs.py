@@ -16,7 +16,7 @@ from torch import nn
 
 from flipes.builders import global_seed, seeded_global_rngs
 from flipes.callbacks import read_jsonl_lines
-from flipes.checkpoint import CheckpointError, load_checkpoint, load_mismatch, state_mismatch
+from flipes.checkpoint import CheckpointError, NewerCheckpointError, load_checkpoint, load_mismatch, state_mismatch
 from flipes.cli import import_here
 from flipes.config import check_float64
 from flipes.errors import UsageError, caller_stacklevel
@@ -247,7 +247,9 @@ def policy_and_state(
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
     except CheckpointError as e:
         fix = "" if e.previous else "pass --checkpoint latest, best, best-member or a checkpoint file of this run"
-        if checkpoint in ("latest", "best", "best-member") and not (Path(run_dir) / "checkpoint.pt").exists():
+        if isinstance(e, NewerCheckpointError):  # its line says what to do
+            fix = ""
+        elif checkpoint in ("latest", "best", "best-member") and not (Path(run_dir) / "checkpoint.pt").exists():
             # a run whose setup is under way or was cut short (config.json is written first): no other value reads
             fix = "the run has written none yet: its setup is under way, or was cut short (the same flipes train completes it)"
         elif checkpoint == "best":  # written without a previous one: the run's latest is what is left

@@ -127,6 +127,34 @@ def check_groups_fit(es: FlipES, optimizer: dict[str, Any]) -> None:
         )
 
 
+# every entry es.state_dict() has held, and of its "config" ("rank": noise_rank's former name): one a newer flipes adds
+# is refused by name rather than dropped, which would continue its run as another one
+STATE_KEYS = ("generation", "config", "model", "optimizer", "optimizer_class", "log_sigma", "best", "shaping")
+CONFIG_KEYS = ("popsize", "groups", "seed", "mirrored", "noise_rank", "rank", "sigma_lr", "maximize")
+
+
+def unknown_entries(state: dict[str, Any]) -> list[str]:
+    """The entries of the FlipES state ``state`` that no flipes up to this one writes, as ``'key'`` and
+    ``config['key']``."""
+    config = state.get("config")
+    return [repr(k) for k in state if k not in STATE_KEYS] + [
+        f"config[{k!r}]" for k in (config if isinstance(config, dict) else ()) if k not in CONFIG_KEYS
+    ]
+
+
+def check_known(state: dict[str, Any]) -> None:
+    """Raise before anything is loaded where ``state`` holds an entry no flipes up to this one writes (a newer flipes's
+    setting or state, which loading without it would silently drop), naming it and the ways on."""
+    if unknown := unknown_entries(state):
+        from flipes import __version__
+
+        raise ValueError(
+            f"state holds {', '.join(unknown)}, which this flipes {__version__} does not know; nothing was loaded: a newer "
+            "flipes saved it, whose run this one would continue as another: load it with that flipes or a later one (pip "
+            "install -U flipes); entries added by hand: drop them before loading"
+        )
+
+
 def load_state(es: FlipES, state: dict[str, Any]) -> None:
     """``es.load_state_dict(state)``: refused before anything changes where ``state`` is of another configuration,
     model or optimizer; the generation's noise is drawn anew from the seeds, and the ranks compare again."""
@@ -146,6 +174,9 @@ def load_state(es: FlipES, state: dict[str, Any]) -> None:
             f"state['optimizer'] is not an optimizer's state dict (got {type(state['optimizer']).__name__}); pass what "
             "es.state_dict() returned"
         )
+    if not isinstance(state["config"], dict):
+        raise ValueError(f"state['config'] is a {type(state['config']).__name__}, not the dict es.state_dict() returns")
+    check_known(state)
     saved = dict(state["config"])
     if "rank" in saved:  # states saved before the option was called noise_rank
         saved["noise_rank"] = saved.pop("rank")
