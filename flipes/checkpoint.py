@@ -420,6 +420,19 @@ def _read(path: Path, map_location: str | torch.device | None, option: str) -> A
     return state
 
 
+def written_by(path: str | Path) -> dict[str, str]:
+    """The versions a checkpoint file's header names as having written it, ``{"flipes": "0.1.0", "torch": "2.13.0"}``;
+    ``{}`` for a file written before headers named them, or one that does not read. Cheap: its payload is mapped, not
+    read (``mmap=True``)."""
+    try:
+        header = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a damaged file: its load says why
+        return {}
+    if not isinstance(header, dict):
+        return {}
+    return {key: value for key in ("flipes", "torch") if isinstance(value := header.get(key), str)}
+
+
 def _newer_format(header: dict[Any, Any]) -> str:
     """What is wrong with a file whose header names a flipes checkpoint format other than :data:`FORMAT` (a newer
     flipes's: ``flipes-checkpoint/3``), as ``was written by flipes 0.3.0 in the format ...; upgrade ...``; ``""`` for

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from flipes import dist
 from flipes.builders import CheckedFitness
-from flipes.checkpoint import CheckpointError, NewerCheckpointError, load_checkpoint, load_mismatch, tensors_sha256
+from flipes.checkpoint import CheckpointError, NewerCheckpointError, load_checkpoint, load_mismatch, tensors_sha256, written_by
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
 from flipes.es.state import unknown_entries
@@ -223,7 +223,23 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
     state.timesteps = saved_state["timesteps"]
     if isinstance(fitness, RolloutFitness | CheckedFitness):  # a plugged-in one takes it where it counts steps
         fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once
-    return rounding_changes(saved, now)
+    return rounding_changes(saved, now) + version_changes(resume_file(path))
+
+
+def version_changes(file: Path) -> list[str]:
+    """Notes for a checkpoint written by another flipes or torch than this process runs (as its header records them):
+    the run goes on from it, but the same arithmetic may round otherwise, so it is equal to one never stopped only to
+    rounding. None for a file written before headers named them."""
+    from flipes import __version__
+
+    now = {"flipes": __version__, "torch": str(torch.__version__)}
+    then = written_by(file)
+    return [
+        f"resumed with {name} {now[name]} ({file} was written by {name} {version}: another version may round otherwise): the "
+        "run goes on from its checkpoint, equal to one never stopped only to rounding, not bit for bit"
+        for name, version in then.items()
+        if version != now[name]
+    ]
 
 
 def refuse_other_dtype(path: str, saved: dict[str, Any], now: dict[str, Any]) -> None:

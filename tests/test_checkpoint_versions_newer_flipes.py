@@ -16,7 +16,7 @@ import flipes
 from flipes.checkpoint import FORMAT, NewerCheckpointError
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
-from flipes.resume import restore
+from flipes.resume import restore, version_changes
 
 
 def _es() -> flipes.FlipES:
@@ -96,3 +96,21 @@ def test_a_resume_refuses_an_option_a_newer_flipes_recorded(tmp_path: Path) -> N
     with pytest.raises(UsageError, match="the option 'shaping_temperature'") as caught:
         restore(State(), str(tmp_path), "cpu", None)  # type: ignore[arg-type]
     assert caught.value.option == "--resume" and "pip install -U flipes" in str(caught.value)
+
+
+def test_a_resume_of_a_file_another_torch_wrote_says_it_rounds_otherwise(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """flipes.train resuming a checkpoint whose header names another torch says so in a note naming both versions; one
+    this torch wrote, or one written before headers named versions, continues without it."""
+    run = tmp_path / "run"
+    options = dict(env="flipes/CartPole-v1", popsize=4, hidden=[2], seed=0, progress=False, plot=False, tensorboard=False)
+    flipes.train(generations=1, out=str(run), **options)
+    path = run / "checkpoint.pt"
+    assert version_changes(path) == []
+    header = torch.load(path, weights_only=True)
+    torch.save({k: v for k, v in header.items() if k not in ("flipes", "torch")}, path)  # as written before
+    assert version_changes(path) == []
+    torch.save(header | {"torch": "2.5.0"}, path)
+    capsys.readouterr()
+    flipes.train(generations=2, resume=str(run), **(options | {"progress": True}))  # notes are progress output
+    said = capsys.readouterr().err
+    assert f"resumed with torch {torch.__version__} ({path} was written by torch 2.5.0" in said and "not bit for bit" in said
