@@ -161,7 +161,8 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
         raise UsageError("--resume", e.message("--resume"), fix) from None
     saved = dict(saved_state["config"])
     options = {f.name for f in dataclasses.fields(TrainConfig)} | {"rank"}  # "rank": noise_rank's name before
-    unknown = [f"the option {k!r}" for k in saved if k not in options] + unknown_entries(saved_state["es"])
+    unknown = [f"the entry {k!r}" for k in saved_state if k not in ("es", "config", "timesteps", "seconds", "best", "callbacks")]
+    unknown += [f"the option {k!r}" for k in saved if k not in options] + unknown_entries(saved_state["es"])
     if unknown:  # a newer flipes's: dropped, the run would go on as another one
         from flipes import __version__
 

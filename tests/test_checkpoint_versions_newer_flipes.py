@@ -87,7 +87,7 @@ def test_a_resume_refuses_an_option_a_newer_flipes_recorded(tmp_path: Path) -> N
     config = TrainConfig(env="none", fitness="x:y", popsize=4)
     es = _es()
     saved = {"es": es.state_dict(), "timesteps": 0, "seconds": 0.0, "best": 0.0,
-             "config": {**vars(config), "shaping_temperature": 0.5}}  # fmt: skip
+             "config": {**vars(config), "shaping_temperature": 0.5}, "obs_filter": {}}  # fmt: skip
     flipes.save_checkpoint(saved, tmp_path / "checkpoint.pt")
 
     class State:  # what restore reads before it loads anything
@@ -96,6 +96,7 @@ def test_a_resume_refuses_an_option_a_newer_flipes_recorded(tmp_path: Path) -> N
     with pytest.raises(UsageError, match="the option 'shaping_temperature'") as caught:
         restore(State(), str(tmp_path), "cpu", None)  # type: ignore[arg-type]
     assert caught.value.option == "--resume" and "pip install -U flipes" in str(caught.value)
+    assert "the entry 'obs_filter'" in str(caught.value)
 
 
 def test_a_resume_of_a_file_another_torch_wrote_says_it_rounds_otherwise(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
