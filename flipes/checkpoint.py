@@ -448,7 +448,8 @@ def _newer_format(header: dict[Any, Any]) -> str:
     who = f"flipes {writer}" if isinstance(writer, str) and writer else f"{'a newer' if newer else 'another'} flipes"
     return (
         f"was written by {who} in the checkpoint format {fmt}, which this flipes {__version__} (format {FORMAT}) cannot "
-        "read whole; nothing was loaded: read it with the flipes that wrote it, or a later one (pip install -U flipes)"
+        "read whole; nothing was loaded: read it with the flipes that wrote it"
+        + (", or a later one (pip install -U flipes)" if newer else "")
     )
 
 
