@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shlex
 import warnings
@@ -18,7 +19,7 @@ from flipes.builders import global_seed, seeded_global_rngs
 from flipes.callbacks import read_jsonl_lines
 from flipes.checkpoint import CheckpointError, NewerCheckpointError, load_checkpoint, load_mismatch, state_mismatch
 from flipes.cli import import_here
-from flipes.config import check_float64
+from flipes.config import TrainConfig, check_float64
 from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.checks import as_index
 from flipes.nn import flipout, uncompiled
@@ -201,6 +202,10 @@ def checkpoint_path(run_dir: str | Path, checkpoint: str = "latest") -> Path:
     )
 
 
+# every option a run's checkpoint has recorded ("rank": noise_rank's name before)
+_KNOWN_OPTIONS = frozenset({f.name for f in dataclasses.fields(TrainConfig)} | {"rank"})
+
+
 def load_policy(
     run_dir: str | Path,
     checkpoint: str = "latest",
@@ -256,6 +261,15 @@ def policy_and_state(
             fix = "best.pt keeps no older copy: use --checkpoint latest (a resumed run writes best.pt again as it improves)"
         raise UsageError("--checkpoint", e.message("--checkpoint"), fix) from None
     saved = state.get("config")  # the options the weights were trained with: they fill what config.json lacks
+    if isinstance(saved, dict) and (unknown := sorted(set(saved) - _KNOWN_OPTIONS)):
+        from flipes import __version__
+
+        warnings.warn(  # a newer flipes's option may build the policy otherwise (an activation: no shape tells)
+            f"{checkpoint} of {run_dir} records options this flipes {__version__} does not know ({', '.join(unknown)}): a "
+            "newer flipes trained it, and the policy is built without them; evaluate it with that flipes or a later one "
+            "(pip install -U flipes) to be sure it is the one trained",
+            stacklevel=caller_stacklevel(),
+        )
     if isinstance(saved, dict):
         ours, theirs = config.get("env"), saved.get("env")
         if ours is not None and theirs is not None and str(ours) != str(theirs):

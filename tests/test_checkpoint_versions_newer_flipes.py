@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,19 @@ def test_a_resume_of_a_file_another_torch_wrote_says_it_rounds_otherwise(tmp_pat
     flipes.train(generations=2, resume=str(run), **(options | {"progress": True}))  # notes are progress output
     said = capsys.readouterr().err
     assert f"resumed with torch {torch.__version__} ({path} was written by torch 2.5.0" in said and "not bit for bit" in said
+
+
+def test_load_policy_warns_of_options_a_newer_flipes_recorded(tmp_path: Path) -> None:
+    """flipes.load_policy (flipes evaluate and export) of a checkpoint whose options include one this flipes does not
+    have warns, naming it: the policy is built without it, which may not be the policy trained."""
+    run = tmp_path / "run"
+    flipes.train(env="flipes/CartPole-v1", popsize=4, hidden=[2], generations=1, out=str(run), progress=False, plot=False,
+                 tensorboard=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none for the run's own checkpoint
+        flipes.load_policy(run)
+    state = flipes.load_checkpoint(run)
+    state["config"]["activation"] = "gelu"
+    flipes.save_checkpoint(state, run / "checkpoint.pt")
+    with pytest.warns(UserWarning, match=r"does not know \(activation\).*pip install -U flipes"):
+        flipes.load_policy(run)
