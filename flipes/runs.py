@@ -248,6 +248,7 @@ def policy_and_state(
     generation: read once, as a checkpoint may be GBs)."""
     check_float64(device)  # before the checkpoint is mapped there: torch's failure would read as a damaged one
     config, given, env_given = run_config(run_dir), model is not None, env is not None
+    built_otherwise: list[str] = []
     try:
         state = load_checkpoint(checkpoint_path(run_dir, checkpoint), map_location=device)
     except CheckpointError as e:
@@ -275,6 +276,9 @@ def policy_and_state(
         if ours is not None and theirs is not None and str(ours) != str(theirs):
             problem = f"{checkpoint} was trained on {theirs}, {run_dir} on {ours}"
             raise UsageError("--checkpoint", problem, "pass a checkpoint written by this run")
+        # the options that build the policy, where config.json says other than the checkpoint: named if it does not load
+        both = [k for k in ("policy", "hidden", "model") if k in saved and k in config and saved[k] != config[k]]
+        built_otherwise = [f"--{k}: {saved[k]!r} in the checkpoint, {config[k]!r} in config.json" for k in both]
         config = {**saved, **config}  # config.json first, as a resume reads it (an edited --model name is kept)
     env_id = str(config.get("env", "none"))
     own = env is None and env_id.lower() != "none"
@@ -328,6 +332,13 @@ def policy_and_state(
             fix = "give env= an env with the run's observation and action spaces, or leave it out"
             return UsageError("--checkpoint", problem, fix)
         problem = f"{checkpoint} holds parameters of another model than {run_dir}'s ({why})"
+        if built_otherwise:  # config.json edited by hand, or another run's checkpoint put in place: the options say which
+            shown = ", ".join(built_otherwise)
+            problem = f"{problem}: the policy was built from config.json, which records other options than it ({shown})"
+            fix = "pass a checkpoint of this run"
+            if checkpoint in ("latest", "best", "best-member"):  # the run's own file: replaced, or config.json edited
+                fix = "put the run's own checkpoint back, or restore config.json's values"
+            return UsageError("--checkpoint", problem, fix)
         return UsageError("--checkpoint", problem, "pass a checkpoint written by this run")
 
     # a run begun under torch.set_default_dtype(torch.float64) holds float64 weights: built here in this process's

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,16 @@ def test_load_policy_warns_of_options_a_newer_flipes_recorded(tmp_path: Path) ->
     flipes.save_checkpoint(state, run / "checkpoint.pt")
     with pytest.warns(UserWarning, match=r"does not know \(activation\).*pip install -U flipes"):
         flipes.load_policy(run)
+
+
+def test_load_policy_names_the_option_config_json_and_the_checkpoint_differ_in(tmp_path: Path) -> None:
+    """A run whose config.json records another --hidden than its checkpoint (edited by hand, or another run's checkpoint
+    put in place) is refused naming both values, not only the size mismatch they cause."""
+    run = tmp_path / "run"
+    flipes.train(env="flipes/CartPole-v1", popsize=4, hidden=[2], generations=1, out=str(run), progress=False, plot=False,
+                 tensorboard=False)  # fmt: skip
+    recorded = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(recorded | {"hidden": [3]}))
+    with pytest.raises(UsageError, match=r"--hidden: \[2\] in the checkpoint, \[3\] in config\.json") as caught:
+        flipes.load_policy(run)
+    assert "put the run's own checkpoint back" in str(caught.value) and "\n" not in str(caught.value)
