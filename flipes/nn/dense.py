@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase  # BatchNorm and InstanceNorm
 from torch.utils import _pytree as pytree
 
 from flipes.nn.inputs import refuse_non_tensor
@@ -193,6 +194,13 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
     """``per_member_forward`` through ``torch.func.vmap`` (or member by member where vmap cannot run it)."""
     if type(module).__bases__[-1] in NORMS and len(args) == 1 and not kwargs:
         return _norm_forward(module, noise, args[0])
+    low = _low_precision_input(module, args, kwargs)
+    if low is not None:
+        # torch's batch_norm takes a bfloat16/float16 map beside float32 parameters and statistics (a conv's output
+        # under autocast), vmap's rule for it refuses that in eval mode: each member's norm in float32, its output in the
+        # input's dtype, as the plain module returns it
+        out = _vmapped_forward(module, noise, (args[0].to(torch.float32),), kwargs)
+        return out.to(low) if isinstance(out, Tensor) else out
     if not args and not kwargs and type(module).__bases__[-1] is Vector and noise.keys() == {"value"}:
         # every member's value, θ + δ_n, as the vmap below returns it: black-box search calls it once a generation,
         # where vmap's setup cost several times the fitness of a cheap function
@@ -345,6 +353,16 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
         return t.flatten(0, 1) if t.shape[1] == k else t
 
     return pytree.tree_map(rows, out)
+
+
+def _low_precision_input(module: nn.Module, args: tuple, kwargs: dict) -> torch.dtype | None:
+    """The dtype of a BatchNorm's (or InstanceNorm's) one input where it is bfloat16 or float16 and the module's
+    parameters and running statistics are float32, the mixed case torch's own kernel runs; else ``None``."""
+    if not isinstance(module, _NormBase) or len(args) != 1 or kwargs or not isinstance(args[0], Tensor):
+        return None
+    held = [t for t in (module.weight, module.bias, module.running_mean, module.running_var) if t is not None]
+    low = args[0].dtype in (torch.bfloat16, torch.float16)
+    return args[0].dtype if low and held and all(t.dtype == torch.float32 for t in held) else None
 
 
 # what vmap cannot batch though the forward runs member by member: (the start of torch's message, what it is)
