@@ -258,7 +258,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
 
     def one_member(p: dict[str, Tensor], flat: list[Any]) -> Any:
         a, kw = pytree.tree_unflatten(flat, spec)
-        with _parameters(module, p), _batch_stats_only(module), _plain_below(module):
+        with _parameters(module, p), _batch_stats_only(module), _plain_below(module), _hooks_below_see_members(module, n):
             return base(*a, **kw)
 
     def unbatched() -> str:  # each member's input is its own row, without a batch dim: said where the forward needed one
@@ -457,6 +457,65 @@ def _plain_below(module: nn.Module) -> Iterator[None]:
     finally:
         for m, held in zip(below, noise, strict=True):
             m.member_noise = held
+
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
+
+
+@contextmanager
+def _hooks_below_see_members(module: nn.Module, n: int) -> Iterator[None]:
+    """Inside: the forward hooks and pre-hooks of the modules below ``module`` (an activation kept by a hook on its
+    norm) run on every member's tensors at once, members first (``(N, k, ...)``), as a hook on a Flipout layer sees
+    them, not on vmap's per-member tensors, which a hook that keeps them could not read after the call. What such a
+    hook returns in place of an input or output is each member's again."""
+    below = [m for m in module.modules() if m is not module and any(getattr(m, d) for d in _HOOK_DICTS)]
+    if not below:
+        yield
+        return
+    saved = [(m, d, getattr(m, d)) for m in below for d in _HOOK_DICTS]
+    for m, d, hooks in saved:
+        setattr(m, d, type(hooks)((key, _members_first(hook, n, pre=d == _HOOK_DICTS[0])) for key, hook in hooks.items()))
+    try:
+        yield
+    finally:
+        for m, d, hooks in saved:
+            setattr(m, d, hooks)
+
+
+def _members_first(hook: Callable[..., Any], n: int, pre: bool) -> Callable[..., Any]:
+    """``hook`` called, inside vmap, with every member's tensors, members first, its returned tensors split by member
+    again (those in the places of member tensors, or of ``n`` rows); outside vmap (member by member) as it is."""
+    from torch._C import _functorch
+
+    def members_first(module: nn.Module, *args: Any) -> Any:
+        level = _functorch.maybe_current_level()
+        if level is None:
+            return hook(module, *args)
+        leaves, spec = pytree.tree_flatten(args)
+        batched = [isinstance(t, Tensor) and _functorch.maybe_get_level(t) == level for t in leaves]
+
+        def unwrap(t: Tensor) -> Tensor:
+            value, dim = _functorch._unwrap_batched(t, level)
+            return value.movedim(dim, 0)
+
+        out = hook(module, *pytree.tree_unflatten([unwrap(t) if b else t for t, b in zip(leaves, batched, strict=True)], spec))
+        if out is None:
+            return None
+        back, back_spec = pytree.tree_flatten(out)
+        # in the place of what it got: a pre-hook returns the args (a lone value for a 1-tuple; (args, kwargs) where it
+        # takes kwargs), a forward hook the output (its last argument)
+        given = (args[0] if len(args) == 1 else args) if pre else args[-1]
+        wrapped = (out,) if pre and len(args) == 1 and not isinstance(out, tuple) else out
+        given_leaves, given_spec = pytree.tree_flatten(given)
+        if given_spec == pytree.tree_flatten(wrapped)[1]:
+            flags = [isinstance(t, Tensor) and _functorch.maybe_get_level(t) == level for t in given_leaves]
+        else:
+            flags = [isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == n and any(batched) for t in back]
+        pairs = zip(back, flags, strict=True)
+        rewrapped = [_functorch._add_batch_dim(t, 0, level) if f and isinstance(t, Tensor) else t for t, f in pairs]
+        return pytree.tree_unflatten(rewrapped, back_spec)
+
+    return members_first
 
 
 def _shared_write(module: nn.Module, error: Exception) -> str:
