@@ -201,6 +201,11 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
         # input's dtype, as the plain module returns it
         out = _vmapped_forward(module, noise, (args[0].to(torch.float32),), kwargs)
         return out.to(low) if isinstance(out, Tensor) else out
+    if _autocast_low_inputs(module, args, kwargs):
+        # under autocast a previous layer's bfloat16 output meets this module's float32 member parameters inside vmap,
+        # where autocast applies only in part (F.conv* and prelu refuse the mix the plain module's autocast casts away):
+        # its inputs in float32, as vmap runs a float32 input (F.linear still multiplies in the autocast dtype)
+        args, kwargs = pytree.tree_map(lambda t: t.float() if _low(t) else t, (args, kwargs))
     if not args and not kwargs and type(module).__bases__[-1] is Vector and noise.keys() == {"value"}:
         # every member's value, θ + δ_n, as the vmap below returns it: black-box search calls it once a generation,
         # where vmap's setup cost several times the fitness of a cheap function
@@ -363,6 +368,20 @@ def _low_precision_input(module: nn.Module, args: tuple, kwargs: dict) -> torch.
     held = [t for t in (module.weight, module.bias, module.running_mean, module.running_var) if t is not None]
     low = args[0].dtype in (torch.bfloat16, torch.float16)
     return args[0].dtype if low and held and all(t.dtype == torch.float32 for t in held) else None
+
+
+def _low(t: Any) -> bool:
+    return isinstance(t, Tensor) and t.dtype in (torch.bfloat16, torch.float16)
+
+
+def _autocast_low_inputs(module: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether an input of ``module`` is bfloat16 or float16 inside an autocast region of its device while its
+    parameters are float32 (its own forward would see the mix only after vmap's partial autocast)."""
+    low = [t for t in pytree.tree_leaves((args, kwargs)) if _low(t)]
+    if not low or not torch.is_autocast_enabled(low[0].device.type):
+        return False
+    params = [p for p in module.parameters() if p.is_floating_point()]
+    return bool(params) and all(p.dtype == torch.float32 for p in params)
 
 
 # what vmap cannot batch though the forward runs member by member: (the start of torch's message, what it is)
