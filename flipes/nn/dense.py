@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase  # BatchNorm and InstanceNorm
+from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
 
 from flipes.nn.inputs import refuse_non_tensor
@@ -264,7 +265,8 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
     def one_member(p: dict[str, Tensor], flat: list[Any]) -> Any:
         a, kw = pytree.tree_unflatten(flat, spec)
         with _parameters(module, p), _batch_stats_only(module), _plain_below(module), _hooks_below_see_members(module, n):
-            return base(*a, **kw)
+            with _parametrizations_uncached(module):
+                return base(*a, **kw)
 
     def unbatched() -> str:  # each member's input is its own row, without a batch dim: said where the forward needed one
         if batch:
@@ -476,6 +478,26 @@ def _plain_below(module: nn.Module) -> Iterator[None]:
     finally:
         for m, held in zip(below, noise, strict=True):
             m.member_noise = held
+
+
+@contextmanager
+def _parametrizations_uncached(module: nn.Module) -> Iterator[None]:
+    """Inside ``torch.nn.utils.parametrize.cached()``: the parametrized tensors of ``module`` and the modules below it
+    computed from the member's parameters, not read from the cache, which may hold the mean network's (computed before
+    the population), and none of the member's left there after (for a read outside, or the next member run member by
+    member). The cache is keyed by the module a parametrization was first registered on, not its copy that
+    ``flipes.flipout(copy.deepcopy(plain))`` converts, so it is emptied meanwhile (others' entries are computed again)."""
+    if not parametrize._cache_enabled or not any(parametrize.is_parametrized(m) for m in module.modules()):
+        yield
+        return
+    cache = parametrize._cache
+    held = dict(cache)
+    cache.clear()
+    try:
+        yield
+    finally:
+        cache.clear()
+        cache.update(held)
 
 
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
