@@ -191,7 +191,7 @@ def per_member_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple,
     return out
 
 
-def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, kwargs: dict) -> Any:
+def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, kwargs: dict, as_given: bool = False) -> Any:
     """``per_member_forward`` through ``torch.func.vmap`` (or member by member where vmap cannot run it)."""
     if type(module).__bases__[-1] in NORMS and len(args) == 1 and not kwargs:
         return _norm_forward(module, noise, args[0])
@@ -202,11 +202,24 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
         # input's dtype, as the plain module returns it
         out = _vmapped_forward(module, noise, (args[0].to(torch.float32),), kwargs)
         return out.to(low) if isinstance(out, Tensor) else out
-    if _autocast_low_inputs(module, args, kwargs):
+    if not as_given and _autocast_low_inputs(module, args, kwargs):
         # under autocast a previous layer's bfloat16 output meets this module's float32 member parameters inside vmap,
-        # where autocast applies only in part (F.conv* and prelu refuse the mix the plain module's autocast casts away):
-        # its inputs in float32, as vmap runs a float32 input (F.linear still multiplies in the autocast dtype)
-        args, kwargs = pytree.tree_map(lambda t: t.float() if _low(t) else t, (args, kwargs))
+        # where autocast applies only in part: F.conv* and prelu refuse the mix the plain module's autocast casts away.
+        # Where the inputs as given fail, they run in float32 (from then on), as vmap runs a float32 input
+        widened = pytree.tree_map(lambda t: t.float() if _low(t) else t, (args, kwargs))
+        if module.__dict__.get("_flipes_float_inputs"):
+            return _vmapped_forward(module, noise, *widened)
+        try:
+            return _vmapped_forward(module, noise, args, kwargs, as_given=True)
+        except SharedBufferWrite:
+            raise
+        except RuntimeError as e:
+            try:
+                out = _vmapped_forward(module, noise, *widened)
+            except Exception:
+                raise e from None
+            module._flipes_float_inputs = True
+            return out
     if not args and not kwargs and type(module).__bases__[-1] is Vector and noise.keys() == {"value"}:
         # every member's value, θ + δ_n, as the vmap below returns it: black-box search calls it once a generation,
         # where vmap's setup cost several times the fitness of a cheap function
