@@ -490,7 +490,9 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"flipes: {argv[0]} runs in one process: rank 0 of the {size} that mpiexec started runs it, the others "
                   "end at once", file=sys.stderr, flush=True)  # fmt: skip
     try:
-        status = fn(argv[1:])
+        with warnings.catch_warnings():  # evaluate's, export's and plot's notes as flipes: warning: lines, as train's
+            warnings.showwarning = _command_warning(warnings.showwarning)
+            status = fn(argv[1:])
     except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM in training (the first one stops after the generation),
         print(interrupted_line(argv[0], e), file=sys.stderr, flush=True)  # or a Ctrl-C in the other commands
         return 130
