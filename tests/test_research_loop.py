@@ -31,7 +31,11 @@ def bowl(model: nn.Module, pop) -> torch.Tensor:
 @pytest.mark.parametrize("options", [dict(), dict(groups=4, mirrored=False), dict(groups=2, noise_rank=2)])
 def test_member_noise_is_the_perturbation_the_member_runs_with(options: dict) -> None:
     """es.member_noise(n) is exactly member_parameters(n) - θ̄ for every parameter (bit for bit), a mirrored twin's
-    noise is its pair's negated, and noise / σ has entrywise std within 0.8 .. 1.2 of N(0, 1)'s (fixed seed)."""
+    noise is its pair's negated, and noise / σ has entrywise std within 0.8 .. 1.2 of N(0, 1)'s at full rank (its sd over
+    seeds is 0.046 with one mirrored group, 4.4 sds from the bounds, 0.023 with 4 groups: false alarm < 1e-4; seed 3).
+    A rank-2 ε has few independent factors, so one draw's std spreads far more (sd 0.11, 0.70 .. 1.54 over 3,000 seeds;
+    [0.8, 1.2] failed 5.7% of them, seed 3 at 1.18): there the bound is [1/3, 3], which still catches σ missing or
+    applied twice (std 10 or 0.1); test_lowrank checks the unit variance of low-rank ε over many draws."""
     model = flipes.flipout(mlp())
     es = flipes.FlipES(model, popsize=8, sigma=0.1, seed=3, **options)
     center = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -46,7 +50,8 @@ def test_member_noise_is_the_perturbation_the_member_runs_with(options: dict) ->
         for name, delta in es.member_noise(4).items():
             assert torch.equal(es.member_noise(5)[name], -delta)
     u = torch.cat([d.flatten() for n in range(8) for d in es.member_noise(n).values()]) / es.sigma
-    assert 0.8 < u.std().item() < 1.2  # σ·u with u ~ N(0, 1) entrywise
+    low, high = (1 / 3, 3.0) if options.get("noise_rank") else (0.8, 1.2)
+    assert low < u.std().item() < high, (options, u.std().item())  # σ·u with u ~ N(0, 1) entrywise
 
 
 def test_member_noise_leaves_frozen_parameters_out() -> None:
