@@ -692,8 +692,8 @@ def test_a_sigma_decay_outside_its_ranges_is_refused_where_it_is_made() -> None:
 @MADE_UP_FITNESS
 def test_a_sigma_schedule_samples_and_divides_by_each_generations_sigma() -> None:
     """Generation g of a schedule draws its noise at σ_g (the sample std of 1200 weight entries is within
-    15% of σ_g: 7 standard deviations, false alarm ~1e-12; of the 240 bias entries within 30%: 6.6 standard
-    deviations, false alarm ~1e-10; fixed seed) and its gradient is
+    15% of σ_g: 7 standard deviations, false alarm ~1e-12; of the 240 bias entries, 120 independent draws as mirrored
+    pairs are negatives, within 30%: 4.6 standard deviations, false alarm 5e-6 (χ²₁₂₀); fixed seed) and its gradient is
     -Σ F̂_n δ_n / (Nσ_g²), with each member's perturbation δ_n = σ_g u_n materialized from that noise."""
     torch.manual_seed(0)
     model, n = FlipoutLinear(40, 30, dtype=DT), 8
