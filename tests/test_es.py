@@ -430,8 +430,8 @@ def test_a_shaping_that_works_in_place_changes_neither_the_stats_nor_the_callers
 
 def test_learns_a_linear_teacher() -> None:
     """ES (64 members, σ = 0.02, lr decayed by a torch scheduler) on a linear student of a linear teacher: after 300
-    generations the mean squared error is below 1e-5 of its initial value, and weight and bias are within 2e-3 of the
-    teacher's (the unique optimum)."""
+    generations the mean squared error is below 1e-6 of its initial value, and weight and bias are within 1e-3 of the
+    teacher's (the unique optimum). Measured at seed 0: 2e-8 and 1.1e-4; on seeds 0-3 at most 9e-8 and 3.6e-4."""
     torch.manual_seed(0)
     teacher = nn.Linear(8, 4)
     x = torch.randn(256, 8)
@@ -449,9 +449,9 @@ def test_learns_a_linear_teacher() -> None:
         es.step(fitness)
         decay.step()
     loss = (student(x) - y).square().mean().item()
-    assert loss < 1e-5 * start, (start, loss)  # the optimum is the teacher itself (loss 0)
-    torch.testing.assert_close(student.weight, teacher.weight, atol=2e-3, rtol=0)
-    torch.testing.assert_close(student.bias, teacher.bias, atol=2e-3, rtol=0)
+    assert loss < 1e-6 * start, (start, loss)  # the optimum is the teacher itself (loss 0)
+    torch.testing.assert_close(student.weight, teacher.weight, atol=1e-3, rtol=0)
+    torch.testing.assert_close(student.bias, teacher.bias, atol=1e-3, rtol=0)
 
 
 def mlp(seed: int) -> nn.Module:
