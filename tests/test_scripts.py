@@ -75,14 +75,15 @@ def test_bench_decoder_quick_times_flipout_beside_dense_noise(
 
 
 def test_digits_fitness_plugs_into_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """scripts/digits.py's supervised fitness and model train through flipes.train: test accuracy climbs from chance."""
+    """scripts/digits.py's supervised fitness and model train through flipes.train: test accuracy climbs from chance
+    (below 20% at generation 0) above 60% in 30 generations (seed 0: 10% to 80.6%; seeds 0-3 end at 76.9-81.4%)."""
     import flipes
 
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     result = flipes.train(env="none", model="digits:make_model", fitness="digits:fitness", popsize=64, generations=30,
                           lr=0.05, out=str(tmp_path), tensorboard=False, plot=False, progress=False)  # fmt: skip
     rows = result.metrics
-    assert rows[0]["eval_return"] < 40 < rows[-1]["eval_return"]  # test accuracy (%) climbs from chance
+    assert rows[0]["eval_return"] < 20 and rows[-1]["eval_return"] > 60, (rows[0]["eval_return"], rows[-1]["eval_return"])
 
 
 def test_digits_without_scikit_learn_names_the_extra_in_one_line(
