@@ -41,7 +41,8 @@ class Callback:
 
     ``state`` is the loop's ``flipes.train_state.TrainState``: ``state.es`` (the FlipES: ``generation``, ``optimizer``,
     ``best``), ``state.model`` (the mean network outside a population), ``state.config`` (the run's
-    :class:`flipes.TrainConfig`), ``state.run_dir``, ``state.best`` (the best ``eval_return`` so far),
+    :class:`flipes.TrainConfig`, read only: a hook that changes it is an error, as every rank reads its own),
+    ``state.run_dir``, ``state.best`` (the best ``eval_return`` so far),
     ``state.metrics`` (this call's rows), ``state.timesteps``, ``state.seconds`` and ``state.comm``.
     ``on_train_end``'s ``reason`` is :class:`flipes.TrainResult`'s: ``generations``, ``solved: ...``, ``stopped by a
     callback``, ``interrupted``, ...

@@ -3,9 +3,11 @@ libraries' hooks it would never call; and the list of callbacks given."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 from flipes.callbacks import Callback
+from flipes.config import TrainConfig
 from flipes.errors import UsageError, call_mismatch
 
 # how flipes.train calls a callback's methods: the arguments after self, as a Callback defines them
@@ -103,3 +105,35 @@ def checked_callbacks(callbacks: Iterable[Callback]) -> list[Callback]:
             raise UsageError("callbacks", f"{name} is {'a class' if isinstance(cb, type) else 'not a Callback'}", fix)
         check_hooks(cb)
     return callbacks
+
+
+class ConfigGuard:
+    """Refuse a callback's change to ``state.config`` (in place, or the whole config replaced) as soon as its hook
+    returns. The config holds the run's recorded options: callbacks run on rank 0 alone, while every rank's loop reads
+    its own copy (``generations``: rank 0 would leave the loop and the others wait for it until ``--mpi-timeout``;
+    ``check_every``: rank 0 alone would enter the ranks' check), and a resume compares the checkpoint's copy with
+    ``config.json``. The same refusal in one process, so that a script does not part from its run under ``mpiexec``."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.kept = copy.deepcopy(vars(config))  # identical float objects (a nan) compare equal, as the dict compares them
+
+    def check(self, now: TrainConfig, cb: Callback, hook: str) -> None:
+        """Raise a UsageError naming ``cb.hook`` and the options it changed, where ``now`` (``state.config`` after
+        the hook) is no longer the config the run started the loop with."""
+        if isinstance(now, TrainConfig) and vars(now) == self.kept:  # the usual case: a dict comparison, ~80 fields
+            return
+        if isinstance(now, TrainConfig):
+            values = vars(now)
+            keys = [*self.kept, *(k for k in values if k not in self.kept)]  # an attribute set that is no option too
+            changed = [k for k in keys if values.get(k) is not self.kept.get(k) and values.get(k) != self.kept.get(k)]
+            shown = ", ".join(f"{k} ({self.kept.get(k)!r} -> {values.get(k)!r})" for k in changed[:3])
+            what = f"changed state.config.{shown}{', ...' if len(changed) > 3 else ''}"
+        else:
+            what = f"replaced state.config with a {type(now).__name__}"
+        raise UsageError(
+            "callbacks",
+            f"{type(cb).__name__}.{hook} {what}: the config holds the run's recorded options, which every process reads "
+            "as they were (callbacks run on rank 0 alone) and a resume checks",
+            "read state.config only: return True from on_generation to stop early, and resume the run with other options "
+            "(flipes.train(..., resume=DIR, generations=...)) to change them",
+        )

@@ -47,7 +47,7 @@ from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_di
 from flipes.errors import UsageError, WorkerEndedError, caller_stacklevel
 from flipes.es.optimizer import optimizer_settings, step_sizes
 from flipes.evaluation import evaluate_center
-from flipes.hooks import checked_callbacks
+from flipes.hooks import ConfigGuard, checked_callbacks
 from flipes.interrupts import Interrupted, StopRequest  # noqa: F401 (Interrupted: what train raises, named from here)
 from flipes.nn import flipout
 from flipes.nn.convert import dropout_fix, training_dropout
@@ -384,12 +384,14 @@ def _set_up_and_run(
             return f"the last checkpoint ({f'after generation {at - 1}' if at else 'before any generation'})"
 
         stop.last = last  # a first signal waits until the final checkpoint is written, too
+        guard = ConfigGuard(state.config)  # the options every rank's loop reads: no callback (rank 0's alone) changes them
         for cb in standard + users:  # the run directory is complete when the user's callbacks start
             try:
                 cb.on_train_start(state)
             except Exception as e:
                 _attribute_hook(e, cb, users, stop, "on_train_start")
                 raise
+            guard.check(state.config, cb, "on_train_start")
         if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
             set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
             # and the user's callbacks' states (a resume's, what on_train_start set): every rank's copies take rank 0's
@@ -549,6 +551,7 @@ def run_loop(
 ) -> str:
     """Generations until the budget, the target, the time limit, a callback or a signal; returns why it stopped."""
     config, es, comm, model = state.config, state.es, state.comm, state.model
+    guard = ConfigGuard(config)  # read on every rank (generations, check_every): a callback of rank 0 may not change it
     obs_norm = getattr(model, "obs_norm", None)
     start = time.perf_counter() - state.seconds  # the run's wall time counts over resumes (row["seconds"])
     began = state.began  # --max-seconds is this call's (from its start): a requeued job gets its time limit afresh
@@ -681,6 +684,7 @@ def run_loop(
                 except Exception as e:
                     _attribute_hook(e, cb, state.callbacks, stop, f"on_generation of generation {gen}")
                     raise
+                guard.check(state.config, cb, f"on_generation of generation {gen}")
             decided = {
                 # a signal during this generation's evaluation or callbacks stops after it too, as its note says (rank 0
                 # decides for every rank)
