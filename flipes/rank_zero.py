@@ -3,14 +3,18 @@ errors, its optimizer settings; the hint where their models part)."""
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from flipes import dist
 from flipes.errors import UsageError
+
+if TYPE_CHECKING:
+    from flipes.es import FlipES
 
 
 def on_rank_0(comm: dist.Comm, check: Callable[[], None]) -> None:
@@ -43,7 +47,7 @@ def on_rank_0(comm: dist.Comm, check: Callable[[], None]) -> None:
 # why ranks may part in flipes.train although every rank runs the same script
 CALLBACKS_RANK_0 = (
     "; callbacks run on rank 0 alone: one that changes the model or the FlipES (other than the optimizer's settings, "
-    "such as an lr, which reach every rank) changes rank 0's alone"
+    "such as an lr, es.weight_decay and es.shaping, which reach every rank) changes rank 0's alone"
 )
 
 
@@ -74,3 +78,44 @@ def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict
                 group[key].copy_(value)
             else:
                 group[key] = value
+
+
+class ESSettings:
+    """What a callback of rank 0 may set on the FlipES between generations besides the optimizer's settings
+    (``es.weight_decay``, ``es.shaping``), sent to the other ranks with them. Without it, a rank 0 alone shaping its
+    fitness otherwise goes unnoticed under ``comm="allreduce"``: each rank's share of the gradient is shaped by its own
+    function, the sum is the same on every rank, and the run trains on a mix of the two. The shaping is sent where it
+    is not the one last sent (a function is pickled by its module and name)."""
+
+    def __init__(self, es: FlipES) -> None:
+        self.shaping = es.shaping
+
+    def sent(self, es: FlipES) -> dict[str, Any]:
+        """Rank 0's settings to send: weight_decay, and the shaping where it changed.
+
+        Raises:
+            UsageError: the shaping a callback set cannot be sent (a lambda, a local function).
+        """
+        settings: dict[str, Any] = {"weight_decay": es.weight_decay}
+        if es.shaping is not self.shaping:
+            try:
+                pickle.dumps(es.shaping)
+            except Exception:  # pickle's errors for a lambda or local function: PicklingError, AttributeError, TypeError
+                from flipes.es.ranks import shaping_name
+
+                raise UsageError(
+                    "callbacks",
+                    f"a callback set es.shaping = {shaping_name(es.shaping)}, which cannot be sent to the other ranks "
+                    "(callbacks run on rank 0 alone, and each rank shapes the fitness of its members)",
+                    "assign a function defined at the top level of a module (flipes.shaping.z_score, or one of your own)",
+                ) from None
+            settings["shaping"] = self.shaping = es.shaping
+        return settings
+
+
+def set_es_settings(es: FlipES, settings: dict[str, Any]) -> None:
+    """Give ``es`` rank 0's :meth:`ESSettings.sent` (each checked as ``es.<name> = value`` checks it)."""
+    if settings["weight_decay"] != es.weight_decay:
+        es.weight_decay = settings["weight_decay"]
+    if "shaping" in settings:
+        es.shaping = settings["shaping"]

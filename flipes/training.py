@@ -52,7 +52,7 @@ from flipes.interrupts import Interrupted, StopRequest  # noqa: F401 (Interrupte
 from flipes.nn import flipout
 from flipes.nn.convert import dropout_fix, training_dropout
 from flipes.plugins import NAMED, Plugins
-from flipes.rank_zero import on_rank_0, rank_difference_hint, set_optimizer_settings
+from flipes.rank_zero import ESSettings, on_rank_0, rank_difference_hint, set_es_settings, set_optimizer_settings
 from flipes.resume import agree, restore
 from flipes.rl import EnvPoolVectorEnv, RolloutFitness
 from flipes.rl.envpool_vec import envpool_atari
@@ -394,6 +394,7 @@ def _set_up_and_run(
             guard.check(state.config, cb, "on_train_start")
         if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
             set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
+            set_es_settings(es, comm.bcast(ESSettings(es).sent(es) if lead else None))  # the FlipES's weight_decay, shaping
             # and the user's callbacks' states (a resume's, what on_train_start set): every rank's copies take rank 0's
             states = comm.bcast(callback_states(users) if lead else {})  # what rank 0 sends: the others' is unused
             if not lead:
@@ -552,6 +553,7 @@ def run_loop(
     """Generations until the budget, the target, the time limit, a callback or a signal; returns why it stopped."""
     config, es, comm, model = state.config, state.es, state.comm, state.model
     guard = ConfigGuard(config)  # read on every rank (generations, check_every): a callback of rank 0 may not change it
+    settings = ESSettings(es)  # es.weight_decay and es.shaping as rank 0's callbacks set them: sent to every rank
     obs_norm = getattr(model, "obs_norm", None)
     start = time.perf_counter() - state.seconds  # the run's wall time counts over resumes (row["seconds"])
     began = state.began  # --max-seconds is this call's (from its start): a requeued job gets its time limit afresh
@@ -692,6 +694,7 @@ def run_loop(
                 "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys
                 "best": state.best,
                 "optimizer": optimizer_settings(es.optimizer) if comm.size > 1 else None,
+                "es": settings.sent(es) if comm.size > 1 else None,
                 "callbacks": callback_states(state.callbacks) if comm.size > 1 else None,
             }
         if comm.size > 1:
@@ -701,6 +704,7 @@ def run_loop(
                 decided = comm.bcast(decided)  # all ranks log the same row and stop alike
             if comm.rank != 0:
                 set_optimizer_settings(es.optimizer, decided["optimizer"])  # a callback's lr schedule: on every rank
+                set_es_settings(es, decided["es"])  # its weight decay or shaping too
                 take_rank_0_states(state.peer_callbacks, decided["callbacks"], comm.rank)  # a curriculum their states hold
                 row.update(decided["row"])
                 state.seconds, state.timesteps, state.best = row["seconds"], steps, decided["best"]

@@ -1,0 +1,153 @@
+"""What a callback sets on the FlipES between generations (``es.weight_decay``, ``es.shaping``) reaches every rank of
+``flipes.train``, as the optimizer's settings do: callbacks run on rank 0 alone. Two ranks are played by two threads of
+this process exchanging through the ``flipes.dist.Comm`` protocol."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import flipes
+import flipes.training
+
+
+class ThreadComm:
+    """Rank ``rank`` of ``len(boxes)`` ranks played by threads: each collective puts this rank's part in its box and
+    reads all boxes between two waits at a shared barrier."""
+
+    local_rank, local_size, bytes_sent = 0, 1, 0
+
+    def __init__(self, rank: int, boxes: list, barrier: threading.Barrier) -> None:
+        self.rank, self.size, self.boxes, self.barrier = rank, len(boxes), boxes, barrier
+
+    def _exchange(self, part: object) -> list:
+        self.boxes[self.rank] = part
+        self.barrier.wait()
+        parts = list(self.boxes)
+        self.barrier.wait()
+        return parts
+
+    def allgather_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self._exchange(x.clone()))
+
+    def allreduce_sum_(self, x: torch.Tensor) -> torch.Tensor:
+        return x.copy_(functools.reduce(torch.add, self._exchange(x.clone())))
+
+    def bcast(self, obj: object) -> object:
+        return self._exchange(obj)[0]
+
+    def allgather_object(self, obj: object) -> list:
+        return self._exchange(obj)
+
+    def abort(self, code: int = 1) -> None:
+        self.barrier.abort()
+        raise SystemExit(code)
+
+
+def _model(env: Any) -> torch.nn.Module:
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():  # no draw of the global generators, which both threads' runs seed
+        model.weight.copy_(torch.arange(6.0).view(2, 3) / 10)
+        model.bias.fill_(0.5)
+    return model
+
+
+def _fitness(model: torch.nn.Module, pop: Any) -> torch.Tensor:
+    x = torch.linspace(-1, 1, 3).expand(pop.size, 3)
+    return -(model(x) - torch.tensor([1.0, -2.0])).square().sum(1)
+
+
+class Schedule(flipes.Callback):
+    """From generation 1 on: z-score shaping and a weight decay growing each generation."""
+
+    def on_generation(self, state: Any, row: dict[str, Any]) -> None:
+        if row["generation"] >= 1:
+            state.es.shaping = flipes.shaping.z_score
+            state.es.weight_decay = 0.1 * row["generation"]
+
+
+def _train(out: Path, comm: Any, mode: str) -> torch.Tensor:
+    config = flipes.TrainConfig.for_env(env="none", popsize=8, groups=2, generations=4, comm=mode, out=str(out), seed=0,
+                                        progress=False, tensorboard=False, plot=False, check_every=100)  # fmt: skip
+    result = flipes.train(config, comm=comm, model=_model, fitness=_fitness, callbacks=[Schedule()])
+    return torch.cat([p.detach().flatten() for p in result.model.parameters()])  # this rank's own (rows carry rank 0's)
+
+
+@pytest.mark.parametrize("mode", ["seeds", "allreduce"])
+def test_a_callbacks_weight_decay_and_shaping_reach_every_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Two ranks (threads) of a run whose callback switches to z-score shaping and a weight decay from generation 1:
+    both ranks end on one process's parameters, bit for bit (``seeds``) or to rounding
+    (``allreduce``: each rank's share of the gradient is shaped and summed). Rank 0 alone shaping its members with the
+    new function went unnoticed under ``allreduce`` (a mix of the two shapings, the same sum on every rank)."""
+    one = _train(tmp_path / "one", None, mode)
+    monkeypatch.setattr(flipes.training, "_one_run_at_a_time", contextlib.nullcontext)  # two "processes" in threads
+    boxes: list = [None, None]
+    barrier = threading.Barrier(2, timeout=60)
+    results: list = [None, None]
+
+    def rank(r: int) -> None:
+        comm = ThreadComm(r, boxes, barrier)
+        try:
+            results[r] = _train(tmp_path / "two", comm, mode)
+        except BaseException as error:  # the other stops waiting
+            barrier.abort()
+            results[r] = error
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r, result in enumerate(results):
+        if isinstance(result, BaseException):
+            raise AssertionError(f"rank {r} failed") from result
+    assert not torch.equal(one, torch.cat([p.flatten() for p in _model(None).parameters()]))  # it trained
+    for r in range(2):
+        if mode == "seeds":
+            assert torch.equal(results[r], one), r
+        else:
+            torch.testing.assert_close(results[r], one, rtol=1e-5, atol=1e-6)
+
+
+def test_a_callbacks_shaping_that_cannot_reach_the_other_ranks_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lambda set as ``es.shaping`` by rank 0's callback cannot be sent to the other ranks: a UsageError on rank 0
+    names it and the fix (a function at a module's top level); one process takes it as before."""
+
+    class Lambda(flipes.Callback):
+        def on_generation(self, state: Any, row: dict[str, Any]) -> None:
+            state.es.shaping = lambda f: f - f.mean()
+
+    config = flipes.TrainConfig.for_env(env="none", popsize=8, groups=2, generations=2, out=str(tmp_path / "one"),
+                                        progress=False, tensorboard=False, plot=False)  # fmt: skip
+    assert len(flipes.train(config, model=_model, fitness=_fitness, callbacks=[Lambda()]).metrics) == 2
+    monkeypatch.setattr(flipes.training, "_one_run_at_a_time", contextlib.nullcontext)
+    boxes: list = [None, None]
+    barrier = threading.Barrier(2, timeout=60)
+    errors: list = [None, None]
+
+    def rank(r: int) -> None:
+        try:
+            flipes.train(config.replace(out=str(tmp_path / "two")), comm=ThreadComm(r, boxes, barrier), model=_model,
+                         fitness=_fitness, callbacks=[Lambda()])  # fmt: skip
+        except BaseException as error:
+            barrier.abort()
+            errors[r] = error
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(errors[0], flipes.UsageError), errors
+    assert "a callback set es.shaping = " in str(errors[0]) and "cannot be sent to the other ranks" in str(errors[0])
+    assert "assign a function defined at the top level of a module" in str(errors[0])
