@@ -88,14 +88,24 @@ class ESSettings:
     is not the one last sent (a function is pickled by its module and name)."""
 
     def __init__(self, es: FlipES) -> None:
-        self.shaping = es.shaping
+        self.shaping, self.optimizer = es.shaping, es.optimizer
 
     def sent(self, es: FlipES) -> dict[str, Any]:
         """Rank 0's settings to send: weight_decay, and the shaping where it changed.
 
         Raises:
-            UsageError: the shaping a callback set cannot be sent (a lambda, a local function).
+            UsageError: the shaping a callback set cannot be sent (a lambda, a local function), or a callback replaced
+                ``es.optimizer``, which no other rank has (its state and class are rank 0's alone: the ranks would part
+                at the next step, found only by the ranks' check, up to ``--check-every`` generations later).
         """
+        if es.optimizer is not self.optimizer:
+            raise UsageError(
+                "callbacks",
+                f"a callback replaced es.optimizer with a {type(es.optimizer).__name__} on rank 0 alone (callbacks run on "
+                "rank 0), and the other ranks would step with their own",
+                "pass flipes.train(optimizer=...) a function that builds it, or change the settings of "
+                "es.optimizer.param_groups (lr, momentum, ...), which reach every rank",
+            )
         settings: dict[str, Any] = {"weight_decay": es.weight_decay}
         if es.shaping is not self.shaping:
             try:

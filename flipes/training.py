@@ -385,6 +385,7 @@ def _set_up_and_run(
 
         stop.last = last  # a first signal waits until the final checkpoint is written, too
         guard = ConfigGuard(state.config)  # the options every rank's loop reads: no callback (rank 0's alone) changes them
+        settings = ESSettings(es)  # what the user's on_train_start sets on the FlipES reaches every rank below
         for cb in standard + users:  # the run directory is complete when the user's callbacks start
             try:
                 cb.on_train_start(state)
@@ -394,7 +395,7 @@ def _set_up_and_run(
             guard.check(state.config, cb, "on_train_start")
         if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
             set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
-            set_es_settings(es, comm.bcast(ESSettings(es).sent(es) if lead else None))  # the FlipES's weight_decay, shaping
+            set_es_settings(es, comm.bcast(settings.sent(es) if lead else None))  # the FlipES's weight_decay, shaping
             # and the user's callbacks' states (a resume's, what on_train_start set): every rank's copies take rank 0's
             states = comm.bcast(callback_states(users) if lead else {})  # what rank 0 sends: the others' is unused
             if not lead:

@@ -151,3 +151,44 @@ def test_a_callbacks_shaping_that_cannot_reach_the_other_ranks_is_refused(
     assert isinstance(errors[0], flipes.UsageError), errors
     assert "a callback set es.shaping = " in str(errors[0]) and "cannot be sent to the other ranks" in str(errors[0])
     assert "assign a function defined at the top level of a module" in str(errors[0])
+
+
+@pytest.mark.parametrize("hook", ["on_train_start", "on_generation"])
+def test_a_callback_replacing_the_optimizer_under_ranks_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook: str
+) -> None:
+    """A new ``es.optimizer`` set by rank 0's callback (in ``on_train_start`` or ``on_generation``) is rank 0's alone
+    (the others keep theirs, with its state): a UsageError right after the hook names the fix, not the ranks' check
+    generations later."""
+
+    class NewOptimizer(flipes.Callback):
+        def on_train_start(self, state: Any) -> None:
+            if hook == "on_train_start":
+                state.es.optimizer = torch.optim.SGD(state.es.params, lr=0.01)
+
+        def on_generation(self, state: Any, row: dict[str, Any]) -> None:
+            state.es.optimizer = torch.optim.SGD(state.es.params, lr=0.01)
+
+    config = flipes.TrainConfig.for_env(env="none", popsize=8, groups=2, generations=3, out=str(tmp_path / "two"),
+                                        progress=False, tensorboard=False, plot=False)  # fmt: skip
+    monkeypatch.setattr(flipes.training, "_one_run_at_a_time", contextlib.nullcontext)
+    boxes: list = [None, None]
+    barrier = threading.Barrier(2, timeout=60)
+    errors: list = [None, None]
+
+    def rank(r: int) -> None:
+        try:
+            flipes.train(config, comm=ThreadComm(r, boxes, barrier), model=_model, fitness=_fitness,
+                         callbacks=[NewOptimizer()])  # fmt: skip
+        except BaseException as error:
+            barrier.abort()
+            errors[r] = error
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(errors[0], flipes.UsageError), errors
+    assert "a callback replaced es.optimizer with a SGD on rank 0 alone" in str(errors[0])
+    assert "pass flipes.train(optimizer=...) a function that builds it" in str(errors[0])
