@@ -496,6 +496,7 @@ def abort_on_uncaught_exception(comm: Comm) -> None:
         return
 
     def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        wait_for_rank_0(value)
         print(f"[rank {comm.rank}] failed:", file=sys.stderr)
         previous(kind, value, tb)
         comm.abort(1)
@@ -524,8 +525,21 @@ def abort_on_exit(comm: Comm, e: SystemExit, when: str = "during training") -> N
     raise e  # a Comm whose abort returned: this rank exits as asked
 
 
+# seconds a rank raising rank 0's error (rank_zero.raise_shared_error) leaves rank 0 to end the job with its own lines
+RANK_0_GRACE = 3.0
+
+
+def wait_for_rank_0(error: BaseException) -> None:
+    """Before a rank other than 0 ends the job over ``error``, rank 0's error that it raises too (marked
+    ``flipes_from_rank_0``): wait a while, so that rank 0, which has the traceback, ends the job first with its own
+    lines; a job that is still running then (rank 0's script caught it, this one did not) ends with this rank's."""
+    if getattr(error, "flipes_from_rank_0", False):
+        time.sleep(RANK_0_GRACE)
+
+
 def abort_on_exception(comm: Comm) -> None:
     """Print the current exception with this rank's number, then end the whole job."""
+    wait_for_rank_0(sys.exc_info()[1])
     print(f"[rank {comm.rank}] failed:", file=sys.stderr)
     traceback.print_exc()
     sys.stderr.flush()

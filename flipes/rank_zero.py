@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -16,32 +16,62 @@ from flipes.errors import UsageError
 if TYPE_CHECKING:
     from flipes.es import FlipES
 
+T = TypeVar("T")
+
 
 def on_rank_0(comm: dist.Comm, check: Callable[[], None]) -> None:
     """Run ``check`` on rank 0 and raise its error on every rank: rank 0 alone failing would leave the others waiting
     for it in the next collective until ``--mpi-timeout`` (a script that catches the error goes on on every rank alike).
     The others raise rank 0's UsageError as it is, another error as a RuntimeError naming it; rank 0 its own."""
+    run_on_rank_0(comm, check, "while the run was set up")
+
+
+def run_on_rank_0(comm: dist.Comm, work: Callable[[], T], where: str) -> T | None:
+    """Run ``work`` on rank 0 alone (the others wait for it) and return its result on every rank; an Exception of it
+    is raised on every rank instead, as :func:`on_rank_0` does. ``where`` says in the others' error when rank 0 failed."""
     error: Exception | None = None
+    result: T | None = None
     if comm.rank == 0:
         try:
-            check()
+            result = work()
         except Exception as e:
             if comm.size == 1:
                 raise
             error = e
     if comm.size == 1:
-        return
-    # a UsageError pickles badly (its message alone comes back as the option): its parts travel
-    shared = comm.bcast(
-        None if error is None else
-        (error.option, error.problem, error.fix) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
-    )  # fmt: skip
+        return result
+    received = comm.bcast(shared_error(error) if error is not None else {"result": result})
     if error is not None:
         raise error
+    raise_shared_error(received, where)
+    return received["result"]
+
+
+# the key of what rank 0 sends in place of its result when it failed: no result of flipes' holds it
+RANK_0_ERROR = "flipes: rank 0's error"
+
+
+def shared_error(error: Exception) -> dict[str, Any]:
+    """What rank 0 sends the others in place of a result when it raised ``error``: a UsageError by its parts (it
+    pickles badly: its message alone would come back as the option), another by its type and message."""
+    parts = (error.option, error.problem, error.fix) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
+    return {RANK_0_ERROR: parts}
+
+
+def raise_shared_error(received: Any, where: str) -> None:
+    """On a rank other than 0, raise rank 0's error where ``received`` (what rank 0 sent) is :func:`shared_error`'s:
+    its UsageError as it is, another as a RuntimeError naming it and ``where``; nothing otherwise. A script that
+    catches rank 0's error then goes on alike on every rank, instead of the others waiting in the collective rank 0
+    left, until ``--mpi-timeout`` ends the job, blaming rank 0 as dead."""
+    if not isinstance(received, dict) or RANK_0_ERROR not in received:
+        return
+    shared = received[RANK_0_ERROR]
     if isinstance(shared, tuple):
-        raise UsageError(*shared)
-    if shared is not None:
-        raise RuntimeError(f"rank 0 failed while the run was set up ({shared}); its own lines say more")
+        error: Exception = UsageError(*shared)
+    else:
+        error = RuntimeError(f"rank 0 failed {where} ({shared}); its own lines say more")
+    error.flipes_from_rank_0 = True  # type: ignore[attr-defined]  # uncaught: rank 0 ends the job first (dist)
+    raise error
 
 
 # why ranks may part in flipes.train although every rank runs the same script

@@ -52,7 +52,16 @@ from flipes.interrupts import Interrupted, StopRequest  # noqa: F401 (Interrupte
 from flipes.nn import flipout
 from flipes.nn.convert import dropout_fix, training_dropout
 from flipes.plugins import NAMED, Plugins
-from flipes.rank_zero import ESSettings, on_rank_0, rank_difference_hint, set_es_settings, set_optimizer_settings
+from flipes.rank_zero import (
+    ESSettings,
+    on_rank_0,
+    raise_shared_error,
+    rank_difference_hint,
+    run_on_rank_0,
+    set_es_settings,
+    set_optimizer_settings,
+    shared_error,
+)
 from flipes.resume import agree, restore
 from flipes.rl import EnvPoolVectorEnv, RolloutFitness
 from flipes.rl.envpool_vec import envpool_atari
@@ -386,33 +395,46 @@ def _set_up_and_run(
         stop.last = last  # a first signal waits until the final checkpoint is written, too
         guard = ConfigGuard(state.config)  # the options every rank's loop reads: no callback (rank 0's alone) changes them
         settings = ESSettings(es)  # what the user's on_train_start sets on the FlipES reaches every rank below
-        for cb in standard + users:  # the run directory is complete when the user's callbacks start
-            try:
-                cb.on_train_start(state)
-            except Exception as e:
-                _attribute_hook(e, cb, users, stop, "on_train_start")
-                raise
-            guard.check(state.config, cb, "on_train_start")
-        if comm.size > 1:  # what a user's on_train_start set in the optimizer (a warm-up lr): on every rank
-            set_optimizer_settings(es.optimizer, comm.bcast(optimizer_settings(es.optimizer)))
-            set_es_settings(es, comm.bcast(settings.sent(es) if lead else None))  # the FlipES's weight_decay, shaping
-            # and the user's callbacks' states (a resume's, what on_train_start set): every rank's copies take rank 0's
-            states = comm.bcast(callback_states(users) if lead else {})  # what rank 0 sends: the others' is unused
-            if not lead:
-                take_rank_0_states(state.peer_callbacks, states, comm.rank)
+
+        def start() -> dict[str, Any] | None:  # rank 0's (the others have no callbacks to run); its error every rank's
+            for cb in standard + users:  # the run directory is complete when the user's callbacks start
+                try:
+                    cb.on_train_start(state)
+                except Exception as e:
+                    _attribute_hook(e, cb, users, stop, "on_train_start")
+                    raise
+                guard.check(state.config, cb, "on_train_start")
+            if comm.size == 1:
+                return None
+            # what a user's on_train_start set in the optimizer (a warm-up lr) and the FlipES, and the user's callbacks'
+            # states (a resume's, what on_train_start set): every rank's copies take rank 0's
+            return {"optimizer": optimizer_settings(es.optimizer), "es": settings.sent(es), "callbacks": callback_states(users)}
+
+        started = run_on_rank_0(comm, start, "in on_train_start")
+        if started is not None and not lead:
+            set_optimizer_settings(es.optimizer, started["optimizer"])
+            set_es_settings(es, started["es"])
+            take_rank_0_states(state.peer_callbacks, started["callbacks"], comm.rank)
         # what the user's callbacks add to a row reaches the sinks, as plain JSON values
         reason = run_loop(state, fitness, evaluator, [*users, PlainRow(), *standard], stop)
         # the line saying how the run ended comes once the run's files are written (curves.png takes a second): a second
         # signal before it, which stops at once, is then the one line, not a second one after "interrupted; ..."
         printers = [cb for cb in standard if isinstance(cb, ProgressPrinter | OutcomePrinter)]
+        ended: Exception | None = None  # rank 0's error in on_train_end: raised on every rank once the files are closed
         for cb in [cb for cb in standard if cb not in printers] + printers + users:
             try:
                 cb.on_train_end(state, reason)
             except Exception as e:
                 _attribute_hook(e, cb, users, stop, f"on_train_end, once the run had ended (stopped: {reason})")
-                raise
+                if comm.size == 1:
+                    raise
+                ended = e
+                break
     if comm.size > 1:  # every rank returns once rank 0 has written the run directory: the script may read it next
-        comm.bcast(None)
+        received = comm.bcast(None if ended is None else shared_error(ended))
+        if ended is not None:
+            raise ended
+        raise_shared_error(received, f"in on_train_end (stopped: {reason})")
     best = state.best if math.isfinite(state.best) else None
     return TrainResult(model, es, state.metrics, run_dir, reason, config, best)
 
@@ -661,48 +683,57 @@ def run_loop(
         last = gen == config.generations - 1 or budget_spent(config, steps)
         evaluate = gen % config.eval_every == 0 or last or time_up
         decided: dict[str, Any] = {}
+        failed: Exception | None = None  # rank 0's error in its evaluation or callbacks
         if comm.rank == 0:
-            if evaluate:
-                try:
-                    evaluated = evaluate_center(state, evaluator, gen)
-                except _WORKER_ENDED as e:
-                    if not _cut_short(e, stop, comm, f"the evaluation of generation {gen}", "its row has no eval_return"):
+            try:
+                if evaluate:
+                    try:
+                        evaluated = evaluate_center(state, evaluator, gen)
+                    except _WORKER_ENDED as e:
+                        if not _cut_short(e, stop, comm, f"the evaluation of generation {gen}", "its row has no eval_return"):
+                            raise
+                        evaluated = {}
+                    except Exception as e:
+                        _attribute(e, stop, f"the evaluation of generation {gen}")
                         raise
-                    evaluated = {}
-                except Exception as e:
-                    _attribute(e, stop, f"the evaluation of generation {gen}")
+                    clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row
+                    if clash:
+                        raise UsageError("evaluate", f"returned {', '.join(clash)}, which the row has already", "rename them")
+                    row.update(evaluated)
+                row["seconds"] = time.perf_counter() - start  # with this generation's evaluation
+                state.seconds, state.timesteps = row["seconds"], steps
+                state.best = max(state.best, row.get("eval_return", -math.inf))
+                state.metrics.append(row)
+                asked = False
+                for cb in callbacks:
+                    try:
+                        asked = stop_asked(cb, cb.on_generation(state, row)) or asked
+                    except Exception as e:
+                        _attribute_hook(e, cb, state.callbacks, stop, f"on_generation of generation {gen}")
+                        raise
+                    guard.check(state.config, cb, f"on_generation of generation {gen}")
+                decided = {
+                    # a signal during this generation's evaluation or callbacks stops after it too, as its note says (rank 0
+                    # decides for every rank)
+                    "reason": stop_reason(state, row, interrupted or stop.requested, asked, time_up),
+                    "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys
+                    "best": state.best,
+                    "optimizer": optimizer_settings(es.optimizer) if comm.size > 1 else None,
+                    "es": settings.sent(es) if comm.size > 1 else None,
+                    "callbacks": callback_states(state.callbacks) if comm.size > 1 else None,
+                }
+            except Exception as e:  # sent to every rank below: a script that catches it goes on alike on each
+                if comm.size == 1:
                     raise
-                clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row
-                if clash:
-                    raise UsageError("evaluate", f"returned {', '.join(clash)}, which the row has already", "rename them")
-                row.update(evaluated)
-            row["seconds"] = time.perf_counter() - start  # with this generation's evaluation
-            state.seconds, state.timesteps = row["seconds"], steps
-            state.best = max(state.best, row.get("eval_return", -math.inf))
-            state.metrics.append(row)
-            asked = False
-            for cb in callbacks:
-                try:
-                    asked = stop_asked(cb, cb.on_generation(state, row)) or asked
-                except Exception as e:
-                    _attribute_hook(e, cb, state.callbacks, stop, f"on_generation of generation {gen}")
-                    raise
-                guard.check(state.config, cb, f"on_generation of generation {gen}")
-            decided = {
-                # a signal during this generation's evaluation or callbacks stops after it too, as its note says (rank 0
-                # decides for every rank)
-                "reason": stop_reason(state, row, interrupted or stop.requested, asked, time_up),
-                "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys
-                "best": state.best,
-                "optimizer": optimizer_settings(es.optimizer) if comm.size > 1 else None,
-                "es": settings.sent(es) if comm.size > 1 else None,
-                "callbacks": callback_states(state.callbacks) if comm.size > 1 else None,
-            }
+                failed, decided = e, shared_error(e)
         if comm.size > 1:
             what = "" if not evaluate else "runs evaluate() where one is given, " if config.fitness else \
                    f"evaluates the center policy over --eval-episodes {config.eval_episodes}, "  # fmt: skip
             with dist.waiting_for(comm, f"the end of generation {gen}: rank 0 {what}logs and checkpoints before it"):
                 decided = comm.bcast(decided)  # all ranks log the same row and stop alike
+            if failed is not None:
+                raise failed
+            raise_shared_error(decided, f"at the end of generation {gen} (its evaluation or a callback)")
             if comm.rank != 0:
                 set_optimizer_settings(es.optimizer, decided["optimizer"])  # a callback's lr schedule: on every rank
                 set_es_settings(es, decided["es"])  # its weight decay or shaping too
