@@ -112,10 +112,10 @@ def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: list[dict
 
 class ESSettings:
     """What a callback of rank 0 may set on the FlipES between generations besides the optimizer's settings
-    (``es.weight_decay``, ``es.shaping``), sent to the other ranks with them. Without it, a rank 0 alone shaping its
-    fitness otherwise goes unnoticed under ``comm="allreduce"``: each rank's share of the gradient is shaped by its own
-    function, the sum is the same on every rank, and the run trains on a mix of the two. The shaping is sent where it
-    is not the one last sent (a function is pickled by its module and name)."""
+    (``es.weight_decay``, ``es.shaping``), sent to the other ranks with them. Unsent, a shaping set on rank 0 alone went
+    unnoticed under ``comm="allreduce"``: each rank shaped its share of the gradient by its own function, the sum was
+    the same on every rank, and the run trained on a mix of the two. The shaping is sent where it is not the one last
+    sent (a function is pickled by its module and name)."""
 
     def __init__(self, es: FlipES) -> None:
         self.shaping, self.optimizer = es.shaping, es.optimizer
