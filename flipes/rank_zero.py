@@ -23,12 +23,31 @@ def on_rank_0(comm: dist.Comm, check: Callable[[], None]) -> None:
     """Run ``check`` on rank 0 and raise its error on every rank: rank 0 alone failing would leave the others waiting
     for it in the next collective until ``--mpi-timeout`` (a script that catches the error goes on on every rank alike).
     The others raise rank 0's UsageError as it is, another error as a RuntimeError naming it; rank 0 its own."""
-    run_on_rank_0(comm, check, "while the run was set up")
+    error: Exception | None = None
+    if comm.rank == 0:
+        try:
+            check()
+        except Exception as e:
+            if comm.size == 1:
+                raise
+            error = e
+    if comm.size == 1:
+        return
+    # a UsageError pickles badly (its message alone comes back as the option): its parts travel
+    shared = comm.bcast(
+        None if error is None else
+        (error.option, error.problem, error.fix) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
+    )  # fmt: skip
+    if error is not None:
+        raise error
+    if shared is not None:
+        raise_shared_error({RANK_0_ERROR: shared}, "while the run was set up")
 
 
 def run_on_rank_0(comm: dist.Comm, work: Callable[[], T], where: str) -> T | None:
     """Run ``work`` on rank 0 alone (the others wait for it) and return its result on every rank; an Exception of it
-    is raised on every rank instead, as :func:`on_rank_0` does. ``where`` says in the others' error when rank 0 failed."""
+    is raised on every rank instead, as :func:`on_rank_0` does (sent as :func:`shared_error`). ``where`` says in the
+    others' error when rank 0 failed."""
     error: Exception | None = None
     result: T | None = None
     if comm.rank == 0:
