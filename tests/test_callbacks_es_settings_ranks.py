@@ -50,6 +50,14 @@ class ThreadComm:
         raise SystemExit(code)
 
 
+def _release_later(barrier: threading.Barrier) -> None:
+    """End the other rank's wait, if any, a while after this rank's error: an abort at once could meet the other rank
+    between the barrier's release and its wake-up, turning its own error (the one under test) into BrokenBarrierError."""
+    timer = threading.Timer(5.0, barrier.abort)
+    timer.daemon = True  # the test process does not wait for it at exit
+    timer.start()
+
+
 def _model(env: Any) -> torch.nn.Module:
     model = torch.nn.Linear(3, 2)
     with torch.no_grad():  # no draw of the global generators, which both threads' runs seed
@@ -97,8 +105,8 @@ def test_a_callbacks_weight_decay_and_shaping_reach_every_rank(
         comm = ThreadComm(r, boxes, barrier)
         try:
             results[r] = _train(tmp_path / "two", comm, mode)
-        except BaseException as error:  # the other stops waiting
-            barrier.abort()
+        except BaseException as error:
+            _release_later(barrier)
             results[r] = error
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
@@ -140,7 +148,7 @@ def test_a_callbacks_shaping_that_cannot_reach_the_other_ranks_is_refused(
             flipes.train(config.replace(out=str(tmp_path / "two")), comm=ThreadComm(r, boxes, barrier), model=_model,
                          fitness=_fitness, callbacks=[Lambda()])  # fmt: skip
         except BaseException as error:
-            barrier.abort()
+            _release_later(barrier)
             errors[r] = error
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
@@ -181,7 +189,7 @@ def test_a_callback_replacing_the_optimizer_under_ranks_is_refused_at_once(
             flipes.train(config, comm=ThreadComm(r, boxes, barrier), model=_model, fitness=_fitness,
                          callbacks=[NewOptimizer()])  # fmt: skip
         except BaseException as error:
-            barrier.abort()
+            _release_later(barrier)
             errors[r] = error
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
