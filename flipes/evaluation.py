@@ -16,9 +16,11 @@ def evaluate_center(state: TrainState, evaluator: Callable[..., dict] | None, ge
     """The center policy's evaluation at ``generation``, on rank 0 (empty where there is none), in eval
     mode as ``load_policy`` gives it (no dropout): ``best.pt`` and ``--target`` judge the model that is
     deployed. A BatchNorm whose running statistics were never updated (a population leaves them alone)
-    normalizes by the evaluation's batch statistics instead, as in training, without updating them: in
-    eval mode it would normalize by its initial ones. Each module's mode is set back afterwards (the
-    fitness runs in the model's own)."""
+    normalizes by the evaluation's batch statistics instead, as in training: in eval mode it would normalize by
+    its initial ones. Its running statistics (and their count) are put back afterwards, as is each module's mode
+    (the fitness runs in the model's own). The module is otherwise left as it is: an evaluation that fills them
+    itself (``update_bn``, then eval mode) uses what it filled, and a copy it keeps (the best model) is a plain
+    BatchNorm that ``update_bn`` can fill."""
     if evaluator is None:
         return {}
     t0 = time.perf_counter()
@@ -26,16 +28,22 @@ def evaluate_center(state: TrainState, evaluator: Callable[..., dict] | None, ge
     unfilled = [m for m, _ in modes if _unfilled_batch_norm(m)]
     for module, _ in modes:
         module.training = module in unfilled
-    for module in unfilled:  # batch statistics, running ones left as they are
-        module.track_running_stats = False
+    # batch statistics in training mode; the running ones it updates put back after. Not track_running_stats=False:
+    # eval mode would then still normalize by the initial statistics, and update_bn could not fill them
+    saved = [(m, name, getattr(m, name).clone()) for m in unfilled for name in _RUNNING if getattr(m, name) is not None]
     try:
         result = evaluator(state.model, generation)
     finally:
-        for module in unfilled:
-            module.track_running_stats = True
+        with torch.no_grad():
+            for module, name, value in saved:
+                if (running := getattr(module, name)) is not None:  # an evaluate may have dropped it
+                    running.copy_(value)
         for module, training in modes:
             module.training = training
     return {**result, "eval_seconds": time.perf_counter() - t0}
+
+
+_RUNNING = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _unfilled_batch_norm(module: torch.nn.Module) -> bool:
