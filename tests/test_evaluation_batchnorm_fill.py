@@ -75,3 +75,26 @@ def test_a_copy_kept_by_evaluate_is_a_plain_batch_norm(tmp_path: Path) -> None:
     assert best[1].track_running_stats
     expected = reference(best)
     assert filled_loss(best) == expected
+
+
+def test_the_evaluation_leaves_an_instance_norms_running_statistics_alone(tmp_path: Path) -> None:
+    """An InstanceNorm tracking running statistics, never filled, is evaluated by each example's statistics and keeps
+    its initial running ones (it updates whatever running buffers it holds, tracked or not: they drifted with every
+    evaluation)."""
+    signal = torch.randn(8, 2, 6, generator=torch.Generator().manual_seed(1)) * 4 + 2
+
+    def make(env: object = None) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv1d(2, 3, 3), nn.InstanceNorm1d(3, track_running_stats=True), nn.Flatten(), nn.Linear(12, 1))
+
+    def fit(model: nn.Module, pop: flipes.Population) -> torch.Tensor:
+        return -model(signal[:2].expand(pop.size, 2, 2, 6).flatten(0, 1)).view(pop.size, 2).square().mean(1)
+
+    def evaluate(model: nn.Module) -> float:
+        return -model(signal).square().mean().item()
+
+    run = flipes.train(env="none", model=make, fitness=fit, evaluate=evaluate, popsize=4, generations=2, eval_every=1,
+                       out=str(tmp_path), tensorboard=False, plot=False, progress=False)  # fmt: skip
+    norm = run.model[1]
+    assert torch.equal(norm.running_mean, torch.zeros(3)) and torch.equal(norm.running_var, torch.ones(3))
+    assert int(norm.num_batches_tracked) == 0
