@@ -83,3 +83,11 @@ def test_the_examples_extra_installs_what_the_digits_and_repro_scripts_import() 
             if not dists & installed:
                 missing[module] = f"scripts/{name}.py"
     assert not missing, f"imported but in neither flipes' dependencies nor [examples]: {missing}"
+
+
+def test_the_version_flipes_reports_is_the_one_its_metadata_gives() -> None:
+    """``flipes --version`` (and a checkpoint's header, and "pip install -U flipes" hints) read ``flipes.__version__``,
+    pip and ``importlib.metadata`` the version in pyproject.toml: the two are one number."""
+    import flipes
+
+    assert _pyproject()["project"]["version"] == flipes.__version__
