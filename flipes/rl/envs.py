@@ -56,6 +56,21 @@ class EnvError(ValueError):
     message says what to install or which id to use."""
 
 
+def flipes_envs() -> None:
+    """Import flipes' ``envs`` package, which registers the ``flipes/`` ids with gymnasium. A module of the user's named
+    ``envs`` (a folder or ``envs.py`` in the working directory or the script's folder) found first hides it: refused,
+    naming its file, rather than every ``flipes/`` id reported unknown in a list of none."""
+    import envs
+
+    if getattr(envs, "register_envs", None) is None:
+        where = getattr(envs, "__file__", None) or ", ".join(getattr(envs, "__path__", [])) or "?"
+        raise EnvError(
+            f"the module 'envs' Python imported ({where}) is not flipes' envs package, which registers the flipes/ ids: "
+            "a module of that name in the working directory or the script's folder hides it; rename that one, or run "
+            "from another directory"
+        )
+
+
 class EnvOptionError(EnvError):
     """A constructor option of an env (``make_vector_env``'s ``**kwargs``, ``--env-kwargs``) that the env does not
     take, that flipes sets itself, or whose value the env refused; the message names the env, its engine and the
@@ -349,6 +364,7 @@ def _physics_option(env: gym.vector.VectorEnv | None, name: str) -> bool:
     """Whether ``name`` is a physical constant or its range (:mod:`envs.physics`) of ``env``'s unwrapped env."""
     if env is None or name.startswith("_"):
         return False
+    flipes_envs()
     from envs.physics import Constant, Range
 
     return isinstance(getattr(type(env.unwrapped), name, None), Constant | Range)
@@ -469,8 +485,7 @@ def _flipes_twin(env_id: str, option: str | None) -> str | None:
     name = registered_id(env_id)[1]
     if option is None or name.startswith("flipes/"):
         return None
-    import envs  # noqa: F401  registers the flipes/ ids with gymnasium
-
+    flipes_envs()
     twin = f"flipes/{name}"
     if twin not in gym.registry:
         return None
@@ -483,7 +498,7 @@ def _engine_env(
 ) -> gym.vector.VectorEnv:
     if env_id.startswith(("flipes/", "envs:flipes/")):
         env_id = env_id.removeprefix("envs:")
-        import envs  # noqa: F401  registers the flipes/ ids with gymnasium
+        flipes_envs()
 
         if kwargs and env_id in gym.registry:
             check_env_options(env_id, "flipes' torch env", kwargs, _creator_options(gym.spec(env_id).vector_entry_point))
@@ -694,6 +709,5 @@ def _did_you_mean(env_id: str) -> str:
 
 
 def _flipes_ids() -> str:
-    import envs  # noqa: F401
-
+    flipes_envs()
     return ", ".join(sorted(k for k in gym.registry if k.startswith("flipes/")))
