@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-_FLIPES = str(Path(__file__).resolve().parent) + "/"
+_FLIPES = str(Path(__file__).resolve().parent) + os.sep  # os.sep: a resolved path on Windows has backslashes
 _TORCH_WRAPPERS = ("torch/utils/_contextlib.py", "torch\\utils\\_contextlib.py")  # no_grad & co. as decorators
 
 
