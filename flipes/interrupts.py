@@ -61,7 +61,8 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             taken = (signal.SIGTERM, signal.SIGINT, *(s for s in WARNINGS if signal.getsignal(s) == signal.SIG_DFL))
-            self._previous = {s: signal.signal(s, self._handle) for s in taken}
+            # a handler installed outside Python (getsignal's None: an embedding program's) could not be put back: kept
+            self._previous = {s: signal.signal(s, self._handle) for s in taken if signal.getsignal(s) is not None}
         return self
 
     def __exit__(self, *exc: object) -> None:
