@@ -7,6 +7,7 @@ Mini-Batches", ICLR 2018 (arXiv:1803.04386).
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import math
@@ -140,8 +141,15 @@ def check_even_popsizes(option: str, popsizes: list[int]) -> None:
 
 
 def setup(device: str, threads: int) -> tuple[torch.device, Callable[[], None]]:
-    """The device and its synchronize (a no-op on CPU); ``threads > 0`` sets torch's CPU threads."""
+    """The device and its synchronize (a no-op on CPU); ``threads > 0`` sets torch's CPU threads. Refuses a machine
+    without matplotlib before anything runs."""
     check_device(device)  # a UsageError naming --device for one torch does not know or this machine lacks
+    if importlib.util.find_spec("matplotlib") is None:  # the figure is drawn after the run: said before it starts
+        raise UsageError(
+            "matplotlib",
+            "is not installed; this script draws its figure with it once the run ends",
+            "pip install 'flipes[examples]'",
+        )
     if threads < 0:
         raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {threads}")
     if threads > 0:
