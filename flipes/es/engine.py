@@ -67,6 +67,7 @@ from flipes.es.refusals import (
     refuse_nested,
     refuse_older_owner,
     refuse_stale,
+    told_record,
 )
 from flipes.es.settings import FIXED, SETTABLE, checked_setting, fixed_message
 from flipes.es.shaping import centered_ranks
@@ -698,7 +699,13 @@ class FlipES:
             if g.stride() != p.stride():  # a channels_last weight: as autograd does, the grad takes the parameter's
                 g = torch.empty_like(p, dtype=p.dtype).copy_(g)  # layout (torch's fused Adam pairs their memory)
             p.grad = g + self.weight_decay * p if self.weight_decay else g
-        self.optimizer.step()
+        told = told_record(self.optimizer)  # a step of it outside tell while .grad is this one is refused (refusals)
+        told.stepping = True
+        try:
+            self.optimizer.step()
+        finally:
+            told.stepping = False
+        told.generation, told.grads = self.generation, [(p, weakref.ref(p.grad)) for p in self.params if p.grad is not None]
         # the step is taken: the generation ends here, whatever raises below (an interrupt at the sync of the norms),
         # so that no later tell or population steps with this generation's noise again
         self._placement = [(p.dtype, p.device) for p in self.params]  # where the optimizer's state now lives

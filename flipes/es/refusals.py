@@ -5,11 +5,16 @@ noise) and the ES gradient being noise: a Flipout layer's or per-member module's
 calling it, an evolved parameter read through a plain module that also holds it, a plain layer that ``flipes.flipout``
 replaced still being called, and a forward after ``tell`` inside the same ``with es.population()``. So is a population
 of a FlipES whose model a newer FlipES owns, or one nested inside another.
+
+Outside a population, a step of ``es.optimizer`` other than ``tell``'s while the parameters' ``.grad`` is still the one
+``tell`` wrote (the ``optimizer.step()`` of a training loop or framework) is refused: it would apply that gradient twice.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -146,3 +151,41 @@ def refuse_stale(es: FlipES) -> None:
 
     stale.flipes_population = True  # type: ignore[attr-defined]  # left out of copies
     es._stale_hooks = [m.register_forward_pre_hook(stale) for m in es._inside]
+
+
+@dataclass
+class Told:
+    """What the last ``tell`` that stepped an optimizer left in the parameters' ``.grad`` (kept on the optimizer, which a
+    restart's FlipES may take over), and whether ``tell`` itself is stepping it now."""
+
+    generation: int = -1
+    grads: list[tuple[nn.Parameter, weakref.ref[torch.Tensor]]] = field(default_factory=list)
+    stepping: bool = False
+
+
+def told_record(optimizer: torch.optim.Optimizer) -> Told:
+    """``optimizer``'s :class:`Told`, made with a step pre-hook (:func:`refuse_second_step`) the first time: a copy or an
+    unpickled optimizer (torch keeps no hooks across either) gets them again at its first ``tell``."""
+    told = optimizer.__dict__.get("_flipes_told")
+    if not isinstance(told, Told):
+        told = optimizer.__dict__["_flipes_told"] = Told()
+        optimizer.register_step_pre_hook(refuse_second_step)
+    return told
+
+
+def refuse_second_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Raise at a step of a FlipES's optimizer other than ``tell``'s while a parameter's ``.grad`` is still the ``-ĝ``
+    that ``tell`` wrote and stepped with (changed in place or not: a clip, ``zero_grad(set_to_none=False)``): the
+    ``optimizer.step()`` of a manual-optimization Lightning module, of Hugging Face's ``Trainer`` given ``es.optimizer``,
+    or of a loop written for backprop would take a second step from it (momentum's too), silently."""
+    told = optimizer.__dict__.get("_flipes_told")
+    if not isinstance(told, Told) or told.stepping:
+        return
+    if any((g := ref()) is not None and p.grad is g for p, ref in told.grads):
+        raise RuntimeError(
+            f"{type(optimizer).__name__}.step() after es.tell(): tell already stepped es.optimizer with generation "
+            f"{told.generation}'s gradient, which is still in .grad, so this step would apply it twice; remove the "
+            "optimizer.step() (and any clip_grad_norm_ or accumulation around it), or, where a framework steps after "
+            "your training_step (Hugging Face's Trainer, Lightning's automatic optimization), call "
+            "model.zero_grad(set_to_none=True) after tell: its step then has no gradient to apply"
+        )
