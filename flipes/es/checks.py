@@ -164,3 +164,25 @@ def check_weights(weights: Any, fitness: Tensor) -> Tensor:
             f"got shape {tuple(weights.shape)}" + ("" if weights.shape != fitness.shape else " with non-finite values")
         )
     return weights
+
+
+def refuse_unsynced_ddp(model: torch.nn.Module, comm: object | None) -> None:
+    """Raise where ``model`` holds a ``DistributedDataParallel`` over several processes and FlipES got no ``comm``: DDP
+    keeps its replicas equal by averaging gradients in backward, which ES never runs, so each process would step its own
+    ĝ and the replicas drift apart, silently. ``comm=flipes.dist.SerialComm()`` says independent runs are meant."""
+    if comm is not None or not torch.distributed.is_available():
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    for name, module in model.named_modules():
+        if isinstance(module, DistributedDataParallel):
+            size = torch.distributed.get_world_size(module.process_group)
+            if size > 1:
+                where = f"model.{name}" if name else "model"
+                raise ValueError(
+                    f"FlipES({where}): a DistributedDataParallel over {size} processes, whose gradient sync runs in "
+                    "backward, which ES never runs: each process would step its own ES gradient and the replicas drift "
+                    f"apart; give FlipES the unwrapped {where}.module and the processes as comm= (mpiexec -n {size} "
+                    f"with comm=flipes.dist.world(), groups >= {size}), or comm=flipes.dist.SerialComm() for "
+                    "independent runs on purpose"
+                )

@@ -22,7 +22,14 @@ from torch import Tensor, nn
 
 from flipes.dist import Comm, SerialComm, abort_on_exit, check_comm, split_groups
 from flipes.es import members
-from flipes.es.checks import NonFiniteFitness, check_fitness, check_fitness_fn, check_weights, nonnegative
+from flipes.es.checks import (
+    NonFiniteFitness,
+    check_fitness,
+    check_fitness_fn,
+    check_weights,
+    nonnegative,
+    refuse_unsynced_ddp,
+)
 from flipes.es.estimate import block_gradient
 from flipes.es.evolved import (
     changed_since_population,
@@ -245,6 +252,7 @@ class FlipES:
         self._sigma_held: tuple[int, float] | None = None  # (generation, σ): the schedule's value its members were given
         if comm is not None:
             check_comm(comm, "FlipES(comm=...)", needs=("rank", "size"))  # not an AttributeError at comm.rank below
+        refuse_unsynced_ddp(model, comm)
         self.comm: Comm = comm if comm is not None else SerialComm()
         warn_unsplit(comm, popsize)
         self.comm_mode = comm_mode

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from flipes.dist import Comm, launched_world
+from flipes.dist import Comm, launched_world, unseen_launch
 from flipes.errors import (
     ChangedParametersWarning,
     EqualFitnessWarning,
@@ -58,6 +58,27 @@ def warn_unsplit(comm: Comm | None, popsize: int) -> None:
             UserWarning,
             stacklevel=caller_stacklevel(),
         )
+        return
+    rank, size = torch_world()
+    if comm is None and size > 1 and rank == 0:
+        warnings.warn(
+            f"FlipES got no comm in one of {size} processes of torch.distributed (torchrun, accelerate launch): each "
+            f"process evaluates all {popsize} members and steps alone, so with other data per process their parameters "
+            "drift apart (DDP's gradient sync runs in backward, which ES never runs); flipes splits a population over "
+            f"MPI: start it with mpiexec -n {size} and pass comm=flipes.dist.world() with groups >= {size}, or "
+            "comm=flipes.dist.SerialComm() for independent runs on purpose",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+
+
+def torch_world() -> tuple[int, int]:
+    """``(rank, size)`` of this process in torch.distributed's default group where it is initialized, else among the
+    processes torchrun or srun started (``(0, 1)`` where neither says more)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    launch = unseen_launch()
+    return (launch.rank, launch.size) if launch is not None else (0, 1)
 
 
 def warn_rebuilt(es: FlipES) -> None:
