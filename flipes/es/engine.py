@@ -73,6 +73,7 @@ from flipes.es.refusals import (
     refuse_mean_reads,
     refuse_nested,
     refuse_older_owner,
+    refuse_replayed_noise,
     refuse_stale,
     told_record,
 )
@@ -283,6 +284,7 @@ class FlipES:
         self._held_in = held_in(model)
         self._held_sizes = held_sizes(model)
         self.optimizer = build_optimizer(self.params, optimizer, lr, o.given_lr, partial(parameter_names, self._module))
+        told_record(self.optimizer).seed = self.seed  # its state_dict() records the run and generation
         # adaptive σ: one log σ per Flipout slot (a layer's weight and bias) and per dense parameter
         self.log_sigma: Tensor | None = None
         if self.sigma_lr > 0:
@@ -327,6 +329,9 @@ class FlipES:
                 raise AttributeError(fixed_message(name, value))
             if name in SETTABLE:
                 value = checked_setting(self, name, value)
+                if name == "optimizer":  # its state_dict() records the run and generation (refusals.mark_state)
+                    told = told_record(value)
+                    told.seed, told.generation = self.seed, self.generation - 1
         object.__setattr__(self, name, value)
 
     # other libraries' methods (es.ask()): an AttributeError naming flipes' way. Descriptors, not a __getattr__, which
@@ -514,6 +519,7 @@ class FlipES:
     def _population(self) -> Iterator[Population]:
         refuse_older_owner(self)
         check_requires_grad(self)
+        refuse_replayed_noise(self)
         modules = [*self.layers, *self.dense_modules]
         refuse_nested(self)
         # whether the model runs in here at all (tell warns if not): the first call of a layer or dense module removes
@@ -713,6 +719,7 @@ class FlipES:
             self.optimizer.step()
         finally:
             told.stepping = False
+        told.seed, told.loaded = self.seed, None
         told.generation, told.grads = self.generation, [(p, weakref.ref(p.grad)) for p in self.params if p.grad is not None]
         # the step is taken: the generation ends here, whatever raises below (an interrupt at the sync of the norms),
         # so that no later tell or population steps with this generation's noise again

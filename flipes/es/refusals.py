@@ -156,21 +156,68 @@ def refuse_stale(es: FlipES) -> None:
 @dataclass
 class Told:
     """What the last ``tell`` that stepped an optimizer left in the parameters' ``.grad`` (kept on the optimizer, which a
-    restart's FlipES may take over), and whether ``tell`` itself is stepping it now."""
+    restart's FlipES may take over), whether ``tell`` itself is stepping it now, and the run (seed) and generation its
+    state belongs to, as its ``state_dict()`` records them under ``"flipes"`` (:func:`note_loaded` reads them back)."""
 
-    generation: int = -1
+    generation: int = -1  # the last generation told: the state is ready for generation + 1
     grads: list[tuple[nn.Parameter, weakref.ref[torch.Tensor]]] = field(default_factory=list)
     stepping: bool = False
+    seed: int | None = None
+    loaded: tuple[int, int] | None = None  # (seed, generation) of a state dict loaded since, until a population checks it
 
 
 def told_record(optimizer: torch.optim.Optimizer) -> Told:
-    """``optimizer``'s :class:`Told`, made with a step pre-hook (:func:`refuse_second_step`) the first time: a copy or an
-    unpickled optimizer (torch keeps no hooks across either) gets them again at its first ``tell``."""
+    """``optimizer``'s :class:`Told`, made with its hooks the first time (:func:`refuse_second_step`, :func:`mark_state`,
+    :func:`note_loaded`): a copy or an unpickled optimizer (torch keeps no hooks across either) gets them again at its
+    FlipES's first ``tell``."""
     told = optimizer.__dict__.get("_flipes_told")
     if not isinstance(told, Told):
         told = optimizer.__dict__["_flipes_told"] = Told()
         optimizer.register_step_pre_hook(refuse_second_step)
+        optimizer.register_state_dict_post_hook(mark_state)
+        optimizer.register_load_state_dict_pre_hook(note_loaded)
     return told
+
+
+def mark_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+    """Add to ``optimizer.state_dict()`` the seed and generation its state is ready for (torch's load ignores the key):
+    what a framework's checkpoint of the optimizer alone (Lightning's, the ``Trainer``'s) carries back."""
+    told = optimizer.__dict__.get("_flipes_told")
+    if isinstance(told, Told) and told.seed is not None:
+        state["flipes"] = {"seed": told.seed, "generation": told.generation + 1}
+    return state
+
+
+def note_loaded(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Note the seed and generation of a state dict loaded into ``optimizer`` (:func:`mark_state`'s), for the next
+    ``population()`` to compare with its FlipES's (:func:`refuse_replayed_noise`); none where it carries none."""
+    told = optimizer.__dict__.get("_flipes_told")
+    mark = state.get("flipes") if isinstance(state, dict) else None
+    if not isinstance(told, Told):
+        return
+    if isinstance(mark, dict) and isinstance(mark.get("seed"), int) and isinstance(mark.get("generation"), int):
+        told.loaded = (mark["seed"], mark["generation"])
+        told.seed, told.generation = mark["seed"], mark["generation"] - 1
+    else:
+        told.loaded = None
+
+
+def refuse_replayed_noise(es: FlipES) -> None:
+    """Raise at ``population()`` where ``es.optimizer`` was loaded with the state of another generation of a run of this
+    seed (a framework's checkpoint of the model and optimizer, without ``es.state_dict()``): the FlipES would draw its
+    own generation's noise, which that run already stepped with, again."""
+    told = es.optimizer.__dict__.get("_flipes_told")
+    if not isinstance(told, Told) or told.loaded is None:
+        return
+    seed, generation = told.loaded
+    if seed == es.seed and generation != es.generation:
+        raise RuntimeError(
+            f"es.optimizer was loaded with the state of generation {generation} of a run of seed {seed}, and this FlipES "
+            f"is at generation {es.generation}: it would step with noise that run already used; save es.state_dict() "
+            "with your checkpoint and resume with es.load_state_dict(it) (it loads the model and optimizer too; "
+            "Lightning: in on_save_checkpoint / on_load_checkpoint), or give a restart a new seed"
+        )
+    told.loaded = None
 
 
 def refuse_second_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
