@@ -233,6 +233,6 @@ def refuse_second_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any)
             f"{type(optimizer).__name__}.step() after es.tell(): tell already stepped es.optimizer with generation "
             f"{told.generation}'s gradient, which is still in .grad, so this step would apply it twice; remove the "
             "optimizer.step() (and any clip_grad_norm_ or accumulation around it), or, where a framework steps after "
-            "your training_step (Hugging Face's Trainer, Lightning's automatic optimization), call "
+            "your training_step (Hugging Face's Trainer), call "
             "model.zero_grad(set_to_none=True) after tell: its step then has no gradient to apply"
         )
