@@ -202,7 +202,7 @@ def load_state(es: FlipES, state: dict[str, Any]) -> None:
         # torch's layout (a header, a reason a line), which load_mismatch reads back into one line
         raise ValueError(
             f"Error(s) in loading state_dict for {type(es._module).__name__} (nothing was loaded; build the model the state "
-            "was saved from):\n\t" + "\n\t".join(reasons)
+            f"was saved from{_wrapper_hint(state['model'], es._module.state_dict())}):\n\t" + "\n\t".join(reasons)
         )
     if "shaping" in state:  # first: one of one's own that refuses its state leaves the rest unloaded
         es.shaping.load_state_dict(state["shaping"])
@@ -217,3 +217,21 @@ def load_state(es: FlipES, state: dict[str, Any]) -> None:
     es._ranks_agree = False  # compared at the next tell, on every rank even where only some loaded
     best = state.get("best") if es.track_best else None  # a run may start or stop keeping it on resume
     es.best = None if best is None else BestMember(best["fitness"], best["generation"], best["index"], best["state_dict"])
+
+
+def _wrapper_hint(saved: Any, ours: dict[str, Any]) -> str:
+    """Where the two models' keys differ by DDP's or DataParallel's ``module.`` prefix alone: which side was wrapped."""
+    if not isinstance(saved, dict) or not saved or not ours:
+        return ""
+    keys, own = set(saved), set(ours)
+    if {k.removeprefix("module.") for k in keys} == own and all(k.startswith("module.") for k in keys):
+        return (
+            "; its keys start with 'module.', as a DistributedDataParallel or DataParallel wrapper names them: build the "
+            "FlipES on the model wrapped alike"
+        )
+    if keys == {k.removeprefix("module.") for k in own} and all(k.startswith("module.") for k in own):
+        return (
+            "; this model's keys start with 'module.' (a DistributedDataParallel or DataParallel wrapper) and the "
+            "state's do not: build the FlipES on the unwrapped model (model.module), as it was saved"
+        )
+    return ""
