@@ -24,6 +24,10 @@ class Vector(nn.Module):
             (in ``dtype``, else torch's default float dtype); or a size (an int or tuple of ints): zeros of that shape.
         device, dtype: as for ``torch.zeros`` (with a size), or to convert ``init`` to.
 
+    Raises:
+        TypeError: ``init`` is not floating-point once converted (complex, or an integer tensor).
+        ValueError: ``init`` has no entries, or a NaN or infinite entry.
+
     Shape:
         - Outside a population: ``() -> shape``; ``(like) -> like.shape``, for a ``like`` the value broadcasts to
           (its shape ends in the value's, or in sizes the value's 1s broadcast to: ``(C, 1, 1)`` against
@@ -63,6 +67,15 @@ class Vector(nn.Module):
             value = value.to(device=device, dtype=dtype or torch.get_default_dtype(), copy=True)
         if not value.is_floating_point():
             raise TypeError(f"Vector: a {value.dtype} tensor cannot be evolved; give floating-point values, e.g. init.float()")
+        if value.numel() == 0:  # ES over it would step nothing, its update_ratio inf, without a word
+            raise ValueError(f"Vector: the value of shape {tuple(value.shape)} has no entries to evolve; give at least one")
+        if not value.is_meta and not bool(torch.isfinite(value).all()):
+            # a NaN or inf start makes every member's fitness non-finite, and tell() then blames an overflowed update
+            bad = (~torch.isfinite(value)).sum().item()
+            raise ValueError(
+                f"Vector: {bad} of the {value.numel()} starting values are not finite in {value.dtype} (nan or inf); "
+                "give a finite start, e.g. init.nan_to_num(0.0)"
+            )
         self.value = nn.Parameter(value)
 
     def extra_repr(self) -> str:
