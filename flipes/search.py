@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -69,7 +69,7 @@ def own_shaping(spec: str) -> Callable[[Tensor], Tensor] | str:
     return fn if callable(fn) else spec
 
 
-def clipup(params: Sequence[Tensor], max_speed: float, lr: float) -> ClipUp:
+def clipup(params: Iterable[Tensor] | Iterable[dict], max_speed: float, lr: float) -> ClipUp:
     """ClipUp at ``max_speed``, step size half of it, momentum 0.9 (the paper's recommended ratios).
 
     ``max_speed`` 0 is ``lr·√D/2`` for D parameters: half of Adam's first step at ``lr`` (each parameter
@@ -77,9 +77,20 @@ def clipup(params: Sequence[Tensor], max_speed: float, lr: float) -> ClipUp:
     noise. Probed on Pendulum, digits and HalfCheetah (2 seeds, bench_algos budgets): ``lr·√D`` reached
     the thresholds in 0/2, 0/2 runs; ``lr·√D/4`` 0/2, 2/2, 1/2; ``lr·√D/2`` 1/2, 2/2, 2/2. A task's row
     sets ``lr`` for Adam, where ``lr`` alone was ClipUp's speed before: far too slow for thousands of
-    parameters (the length of the whole update, not per parameter)."""
-    speed = max_speed or 0.5 * lr * math.sqrt(sum(p.numel() for p in params))
+    parameters (the length of the whole update, not per parameter).
+
+    ``params`` as torch's optimizers take it: a list or ``model.parameters()``, or param groups (D counts all of
+    them)."""
+    # a list, as torch's optimizers take model.parameters() (a generator, which counting D would use up) and groups
+    params = [{**p, "params": _as_list(p["params"])} if isinstance(p, dict) else p for p in params]
+    entries = [q for p in params for q in (p["params"] if isinstance(p, dict) else [p])]
+    speed = max_speed or 0.5 * lr * math.sqrt(sum(q.numel() for q in entries))
     return ClipUp(params, lr=speed / 2, momentum=0.9, max_speed=speed)
+
+
+def _as_list(params: Tensor | Iterable[Tensor]) -> list[Tensor]:
+    """A param group's ``params`` as a list: torch takes one tensor there too."""
+    return [params] if isinstance(params, Tensor) else list(params)
 
 
 @dataclass(frozen=True)

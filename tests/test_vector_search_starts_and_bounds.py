@@ -71,3 +71,14 @@ def test_the_readme_box_recipe_keeps_the_centre_inside_and_reaches_the_optimum_o
             x.value.clamp_(lo, hi)
         assert bool(((x.value >= lo) & (x.value <= hi)).all())
     torch.testing.assert_close(x.value.detach(), torch.full((5,), lo), atol=0.02, rtol=0)
+
+
+def test_pgpes_clipup_derives_its_speed_from_model_parameters_as_from_a_list() -> None:
+    """``flipes.search.clipup(params, max_speed=0, lr)`` is ClipUp at ``lr·√D/2`` over D parameters whether ``params``
+    is a list, ``model.parameters()`` (a generator: counting D must not use it up) or param groups."""
+    x = flipes.flipout(flipes.nn.Vector(torch.zeros(100)))
+    for params in (list(x.parameters()), x.parameters(), [{"params": x.parameters()}], [{"params": x.value}]):
+        optimizer = flipes.search.clipup(params, max_speed=0, lr=0.01)
+        group = optimizer.param_groups[0]
+        assert group["params"] == [x.value]
+        assert (group["max_speed"], group["lr"]) == pytest.approx((0.05, 0.025))
