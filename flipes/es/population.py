@@ -42,7 +42,8 @@ class Population:
         size: members this process evaluates: the first dimension of every model input.
         popsize: members of the whole population (all processes).
         generation: index of the generation (0-based).
-        sigma: perturbation scale used in this generation.
+        sigma: perturbation scale used in this generation; with ``sigma_lr > 0`` the layers' σ averaged by their sizes
+            (``es.sigma``; each layer's own in ``es.sigmas()``).
         members: global indices of the local members, in input order.
         groups: global indices of the ε groups the local members belong to.
         seed: the FlipES's seed (with ``generation``, it seeds :meth:`generator`).
