@@ -82,3 +82,30 @@ def test_pgpes_clipup_derives_its_speed_from_model_parameters_as_from_a_list() -
         group = optimizer.param_groups[0]
         assert group["params"] == [x.value]
         assert (group["max_speed"], group["lr"]) == pytest.approx((0.05, 0.025))
+
+
+class Coordinates(torch.nn.Module):
+    """One Vector per coordinate: each a dense parameter, so each gets its own σ under ``sigma_lr``."""
+
+    def __init__(self, x0: torch.Tensor) -> None:
+        super().__init__()
+        self.coordinates = torch.nn.ModuleList(flipes.nn.Vector(v) for v in x0)
+
+    def forward(self) -> torch.Tensor:
+        return torch.stack([v() for v in self.coordinates], -1)
+
+
+def test_one_vector_per_coordinate_adapts_a_sigma_per_coordinate() -> None:
+    """The README's per-coordinate σ (as SNES adapts): on the ellipsoid ``x0² + 10⁴·x1²`` the stiff coordinate's σ
+    ends more than 10× below the other's (55× with this seed), and the centre nears the optimum."""
+    x = flipes.flipout(Coordinates(torch.tensor([3.0, 3.0])))
+    es = flipes.FlipES(x, popsize=32, sigma=0.5, lr=0.05, seed=0, maximize=False, sigma_lr=0.2)
+    for _ in range(300):
+        with es.population():
+            members = x()
+            loss = members[:, 0] ** 2 + 1e4 * members[:, 1] ** 2
+        es.tell(loss)
+    loose, stiff = es.sigmas()
+    assert loose > 10 * stiff
+    centre = x().detach()
+    assert float(centre[0] ** 2 + 1e4 * centre[1] ** 2) < 0.5  # from 90,009
