@@ -53,7 +53,8 @@ class Progress:
         self.total, self.every, self.max_timesteps = total, every, max_timesteps
         self.first_steps = 0  # the timesteps of this call's first row
         self.stream = stream if stream is not None else sys.stdout or _Nowhere()  # None: stdout closed (>&-)
-        self.live = self.stream.isatty() and not dumb_terminal(self.stream)
+        isatty = getattr(self.stream, "isatty", None)  # print needs write alone: a notebook's or a logger's stand-in
+        self.live = callable(isatty) and bool(isatty()) and not dumb_terminal(self.stream)
         self.start = time.perf_counter()
         self.first_gen: int | None = None
         self.unwritten: str | None = None  # piped: the latest generation's line, when it was skipped
@@ -102,7 +103,13 @@ class Progress:
             self.unwritten = None
         else:
             self.unwritten = line
-        self.stream.flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Flush the stream where it can be (a stand-in for stdout may have write alone)."""
+        flush = getattr(self.stream, "flush", None)
+        if callable(flush):
+            flush()
 
     def _line(self, values: dict[str, str], keys: set[str]) -> str:
         """The line of the columns ``keys``, in their order."""
@@ -137,7 +144,7 @@ class Progress:
             self.stream.write(self.unwritten + "\n")
             self.unwritten = None
         self.stream.write(("\n" if self.live else "") + text + "\n")
-        self.stream.flush()
+        self._flush()
 
 
 def dumb_terminal(stream: TextIO) -> bool:
