@@ -68,3 +68,35 @@ def test_inference_mode_statistics_still_normalize() -> None:
         norm.record(x.unsqueeze(0))
         norm.update()
         assert torch.equal(norm(x), _expected(x, norm.mean, norm.var))
+
+
+def test_count_written_alone_or_buffers_assigned_unwritten_reach_the_next_forward() -> None:
+    """The count written alone ends the pass-through of a norm that had none; all three buffers assigned anew as
+    never-written tensors (write counts all 0, as the ones they replace) reach the next forward too."""
+    x = torch.tensor([[3.0, -4.0]], dtype=torch.float64)
+    mean, var = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([4.0, 0.25], dtype=torch.float64)
+    norm = RunningNorm(2)
+    norm.mean.copy_(mean)
+    norm.var.copy_(var)
+    assert torch.equal(norm(x), x)  # count 0: unchanged
+    norm.count.fill_(1)
+    assert torch.equal(norm(x), _expected(x, mean, var))
+    fresh = RunningNorm(2)
+    assert torch.equal(fresh(x), x)
+    fresh.mean, fresh.var, fresh.count = mean.clone(), var.clone(), torch.tensor(1.0, dtype=torch.float64)
+    assert torch.equal(fresh(x), _expected(x, mean, var))
+
+
+def test_buffers_assigned_twice_between_forwards_reach_the_next_forward() -> None:
+    """A buffer assigned anew twice between two forwards (the second tensor may take the memory, and so the id, of
+    the one the cache was made from) still reaches the next forward: 100 tries, each exact."""
+    x = torch.tensor([[3.0, -4.0]], dtype=torch.float64)
+    mean, var = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([4.0, 0.25], dtype=torch.float64)
+    for _ in range(100):
+        norm = RunningNorm(2)
+        norm.mean.copy_(mean)
+        norm.var.copy_(var)
+        assert torch.equal(norm(x), x)
+        norm.count = torch.tensor(1.0, dtype=torch.float64)
+        norm.count = torch.tensor(2.0, dtype=torch.float64)
+        assert torch.equal(norm(x), _expected(x, mean, var))

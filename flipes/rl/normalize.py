@@ -47,6 +47,7 @@ class RunningNorm(nn.Module):
     count: Tensor  # () float64, observations recorded
     _rows: tuple[Tensor, Tensor] | None = None  # _scale's two rows, selected once (two ops fewer per step)
     _watched: tuple[int, ...] | None = None  # _stamp() of the statistics _scale was computed from
+    _held: tuple[Tensor, ...] = ()  # those statistics tensors, kept alive so that no new buffer can take their id
     pending_members = pending_popsize = 0  # set in __init__; here too for a norm unpickled from before they existed
 
     def __init__(self, size: int, clip: float = 5.0, eps: float = 1e-8) -> None:
@@ -81,6 +82,8 @@ class RunningNorm(nn.Module):
             self._scale = self._stats(x.dtype)
             self._rows = (self._scale[0], self._scale[1])
             self._watched = self._stamp()
+            b = self._buffers
+            self._held = (b["mean"], b["var"], b["count"])  # type: ignore[assignment]
         if self._identity:
             return x
         mean, inv_std = self._rows
