@@ -39,3 +39,21 @@ def test_each_member_reads_its_own_parametrized_weight_inside_a_parametrization_
         member = copy.deepcopy(plain)
         member.load_state_dict(es.member_state_dict(n))
         torch.testing.assert_close(out[n], member(x[n]), rtol=0, atol=1e-12)
+
+
+def test_a_population_first_inside_a_parametrization_cache_leaves_the_mean_weight_to_read_after() -> None:
+    """Inside ``P.cached()`` with no mean forward before it: the population leaves no member's weight in the cache, so
+    the weight read and the mean model's output after it are the mean network's, as outside the cache."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 2)).to(DT)
+    parametrizations.orthogonal(plain[0])
+    model = flipes.flipout(copy.deepcopy(plain))
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
+    x = torch.randn(N, 3, 5, dtype=DT)
+    mean_weight, mean_out = model[0].weight.detach().clone(), model(x[0]).detach()
+    with P.cached():
+        with es.population():
+            model(x)
+        after, out = model[0].weight, model(x[0])
+    assert torch.equal(after, mean_weight)
+    assert torch.equal(out, mean_out)
