@@ -213,13 +213,11 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
             return _vmapped_forward(module, noise, args, kwargs, as_given=True)
         except SharedBufferWrite:
             raise
-        except RuntimeError as e:
-            try:
-                out = _vmapped_forward(module, noise, *widened)
-            except Exception:
-                raise e from None
-            module._flipes_float_inputs = True
-            return out
+        except RuntimeError:
+            pass  # widened below, outside this handler: an input wrong in any dtype raises the module's own error alone
+        out = _vmapped_forward(module, noise, *widened)
+        module._flipes_float_inputs = True
+        return out
     if not args and not kwargs and type(module).__bases__[-1] is Vector and noise.keys() == {"value"}:
         # every member's value, θ + δ_n, as the vmap below returns it: black-box search calls it once a generation,
         # where vmap's setup cost several times the fitness of a cheap function

@@ -1,0 +1,58 @@
+"""Under ``torch.autocast`` a module with dense per-member noise gets its bfloat16 input as given where its forward runs
+on it (so a forward that rounds to its input's dtype matches each member's plain copy), in float32 only where it fails
+as given; and an input that is wrong in any dtype raises the error the module gives on it, not a dtype complaint."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import flipes
+
+N, K = 4, 2  # members, rows per member
+
+
+class RoundingScale(nn.Module):
+    """``weight * rms_normalize(x)`` computed in float32 and rounded to ``x``'s dtype before the product, as Hugging
+    Face's RMSNorms do (named otherwise, so that it runs through vmap like any module of one's own)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + 1e-6)
+        return self.weight * h.to(x.dtype)
+
+
+def test_a_forward_that_runs_on_its_bfloat16_input_gets_it_as_given() -> None:
+    """Each member's output under bfloat16 autocast equals its plain copy's (``es.member_state_dict(n)``) under the
+    same autocast to 1e-6 relative: widened to float32, the rounding to bfloat16 would be skipped (~4e-3 off)."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(RoundingScale(6))
+    model = flipes.flipout(copy.deepcopy(plain))
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
+    x = torch.randn(N * K, 6).bfloat16()
+    with es.population(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        for n in range(N):
+            member = copy.deepcopy(plain)
+            member.load_state_dict(es.member_state_dict(n))
+            rows = slice(n * K, (n + 1) * K)
+            torch.testing.assert_close(out[rows], member(x[rows]), rtol=1e-6, atol=0)
+
+
+def test_a_wrong_input_under_autocast_raises_the_modules_own_error() -> None:
+    """A PReLU of 4 channels given 5 under bfloat16 autocast raises torch's channel mismatch, as the plain module does,
+    not the bfloat16/float32 mix its as-given try met; given 4 it runs."""
+    model = flipes.flipout(nn.Sequential(nn.PReLU(4)))
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
+    with es.population(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError, match="channel size = 5") as raised:
+            model(torch.randn(N * K, 5, 3).bfloat16())
+        assert "BFloat16" not in str(raised.value)
+        assert model(torch.randn(N * K, 4, 3).bfloat16()).shape == (N * K, 4, 3)
