@@ -120,12 +120,12 @@ class ConfigGuard:
     def check(self, now: TrainConfig, cb: Callback, hook: str) -> None:
         """Raise a UsageError naming ``cb.hook`` and the options it changed, where ``now`` (``state.config`` after
         the hook) is no longer the config the run started the loop with."""
-        if isinstance(now, TrainConfig) and vars(now) == self.kept:  # the usual case: a dict comparison, ~80 fields
+        if isinstance(now, TrainConfig) and _same(vars(now), self.kept):  # the usual case: a dict comparison, ~80 fields
             return
         if isinstance(now, TrainConfig):
             values = vars(now)
             keys = [*self.kept, *(k for k in values if k not in self.kept)]  # an attribute set that is no option too
-            changed = [k for k in keys if values.get(k) is not self.kept.get(k) and values.get(k) != self.kept.get(k)]
+            changed = [k for k in keys if not _same(values.get(k), self.kept.get(k))]
             shown = ", ".join(f"{k} ({self.kept.get(k)!r} -> {values.get(k)!r})" for k in changed[:3])
             what = f"changed state.config.{shown}{', ...' if len(changed) > 3 else ''}"
         else:
@@ -137,3 +137,14 @@ class ConfigGuard:
             "read state.config only: return True from on_generation to stop early, and resume the run with other options "
             "(flipes.train(..., resume=DIR, generations=...)) to change them",
         )
+
+
+def _same(a: object, b: object) -> bool:
+    """``a == b`` as a dict compares values, where a value whose ``==`` has no truth value (a NumPy array or tensor a
+    callback set, elementwise) or raises counts as changed instead of raising."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # ValueError (NumPy), RuntimeError (torch): "ambiguous truth value"
+        return False

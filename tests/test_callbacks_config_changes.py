@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,6 +52,10 @@ def _nested(state: Any) -> None:
     state.config.env_kwargs["g_range"] = [8.0, 12.0]
 
 
+def _array(state: Any) -> None:  # whose == is elementwise: no truth value to compare by
+    state.config.hidden = np.array([8, 8])
+
+
 @pytest.mark.parametrize(
     ("hook", "change", "said"),
     [
@@ -58,6 +63,7 @@ def _nested(state: Any) -> None:
         ("on_train_start", _shorter, "_Change.on_train_start changed state.config.generations (4 -> 2)"),
         ("on_generation", _replaced, "_Change.on_generation of generation 1 changed state.config.check_every (10 -> 1)"),
         ("on_generation", _nested, "changed state.config.env_kwargs ({} -> {'g_range': [8.0, 12.0]})"),
+        ("on_generation", _array, "changed state.config.hidden ([32, 32] -> array([8, 8]))"),
     ],
 )
 def test_a_callback_changing_the_config_is_refused_naming_the_hook_and_option(
