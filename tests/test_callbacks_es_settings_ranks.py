@@ -80,22 +80,35 @@ class Schedule(flipes.Callback):
             state.es.weight_decay = 0.1 * row["generation"]
 
 
-def _train(out: Path, comm: Any, mode: str) -> torch.Tensor:
+class AtStart(flipes.Callback):
+    """From the start (``on_train_start``): z-score shaping and a weight decay of 0.2."""
+
+    def on_train_start(self, state: Any) -> None:
+        state.es.shaping = flipes.shaping.z_score
+        state.es.weight_decay = 0.2
+
+
+def _train(out: Path, comm: Any, mode: str, callback: type[flipes.Callback] = Schedule) -> torch.Tensor:
     config = flipes.TrainConfig.for_env(env="none", popsize=8, groups=2, generations=4, comm=mode, out=str(out), seed=0,
                                         progress=False, tensorboard=False, plot=False, check_every=100)  # fmt: skip
-    result = flipes.train(config, comm=comm, model=_model, fitness=_fitness, callbacks=[Schedule()])
+    result = flipes.train(config, comm=comm, model=_model, fitness=_fitness, callbacks=[callback()])
     return torch.cat([p.detach().flatten() for p in result.model.parameters()])  # this rank's own (rows carry rank 0's)
 
 
-@pytest.mark.parametrize("mode", ["seeds", "allreduce"])
+@pytest.mark.parametrize(
+    ("mode", "callback"),
+    [("seeds", Schedule), ("allreduce", Schedule), ("seeds", AtStart)],
+    ids=["seeds", "allreduce", "at-start"],
+)
 def test_a_callbacks_weight_decay_and_shaping_reach_every_rank(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, callback: type[flipes.Callback]
 ) -> None:
-    """Two ranks (threads) of a run whose callback switches to z-score shaping and a weight decay from generation 1:
-    both ranks end on one process's parameters, bit for bit (``seeds``) or to rounding
-    (``allreduce``: each rank's share of the gradient is shaped and summed). Rank 0 alone shaping its members with the
-    new function went unnoticed under ``allreduce`` (a mix of the two shapings, the same sum on every rank)."""
-    one = _train(tmp_path / "one", None, mode)
+    """Two ranks (threads) of a run whose callback switches to z-score shaping and a weight decay from generation 1
+    (or from the start, in ``on_train_start``): both ranks end on one process's parameters, bit for bit (``seeds``) or
+    to rounding (``allreduce``: each rank's share of the gradient is shaped and summed). Rank 0 alone shaping its
+    members with the new function went unnoticed under ``allreduce`` (a mix of the two shapings, the same sum on every
+    rank)."""
+    one = _train(tmp_path / "one", None, mode, callback)
     monkeypatch.setattr(flipes.training, "_one_run_at_a_time", contextlib.nullcontext)  # two "processes" in threads
     boxes: list = [None, None]
     barrier = threading.Barrier(2, timeout=60)
@@ -104,7 +117,7 @@ def test_a_callbacks_weight_decay_and_shaping_reach_every_rank(
     def rank(r: int) -> None:
         comm = ThreadComm(r, boxes, barrier)
         try:
-            results[r] = _train(tmp_path / "two", comm, mode)
+            results[r] = _train(tmp_path / "two", comm, mode, callback)
         except BaseException as error:
             _release_later(barrier)
             results[r] = error
