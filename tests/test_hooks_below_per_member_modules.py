@@ -65,3 +65,28 @@ def test_hooks_inside_a_per_member_block_see_and_change_each_members_tensors() -
             add_hooks(member, theirs)
             torch.testing.assert_close(out[n], member(x[n]), rtol=0, atol=1e-12)
             torch.testing.assert_close(kept[0][n], theirs[0], rtol=0, atol=1e-12)
+
+
+def test_a_hook_for_every_module_keeps_each_members_activation_below_a_per_member_block() -> None:
+    """A forward hook registered for every module (``register_module_forward_hook``, as profilers register theirs)
+    keeps the block's activation as every member's, (N, k, 5), readable after the population and equal, member n's,
+    to what it keeps in member n's plain copy, float64 to 1e-12 (vmap's own tensor would have escaped)."""
+    torch.manual_seed(0)
+    plain = Net().to(DT)
+    model = flipes.flipout(copy.deepcopy(plain))
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
+    x = torch.randn(N, K, 5, dtype=DT)
+    kept: list[Tensor] = []
+    keep = lambda m, args, out: kept.append(out) if isinstance(m, nn.Tanh) else None  # noqa: E731
+    handle = nn.modules.module.register_module_forward_hook(keep)
+    try:
+        with es.population():
+            model(x)
+        assert len(kept) == 1 and kept[0].shape == (N, K, 5)
+        for n in range(N):
+            member = copy.deepcopy(plain)
+            member.load_state_dict(es.member_state_dict(n))
+            member(x[n])
+            torch.testing.assert_close(kept[0][n], kept[n + 1], rtol=0, atol=1e-12)
+    finally:
+        handle.remove()

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module  # its hooks for every module
 from torch.nn.modules.batchnorm import _NormBase  # BatchNorm and InstanceNorm
 from torch.nn.utils import parametrize
 from torch.utils import _pytree as pytree
@@ -514,13 +515,30 @@ def _parametrizations_uncached(module: nn.Module) -> Iterator[None]:
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
 
 
+class _GlobalHooksType:
+    """torch's hooks for every module (``_global_forward_pre_hooks``, ``_global_forward_hooks`` in
+    ``torch.nn.modules.module``, which ``Module.__call__`` reads at each call) under the names of a module's own."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_torch_module, f"_global{name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(_torch_module, f"_global{name}", value)
+
+
+_GlobalHooks = _GlobalHooksType()
+
+
 @contextmanager
 def _hooks_below_see_members(module: nn.Module, n: int) -> Iterator[None]:
     """Inside: the forward hooks and pre-hooks of the modules below ``module`` (an activation kept by a hook on its
     norm) run on every member's tensors at once, members first (``(N, k, ...)``), as a hook on a Flipout layer sees
     them, not on vmap's per-member tensors, which a hook that keeps them could not read after the call. What such a
-    hook returns in place of an input or output is each member's again."""
-    below = [m for m in module.modules() if m is not module and any(getattr(m, d) for d in _HOOK_DICTS)]
+    hook returns in place of an input or output is each member's again. Hooks registered for every module
+    (``nn.modules.module.register_module_forward_hook``, as profilers do) are called so too."""
+    below: list[Any] = [m for m in module.modules() if m is not module and any(getattr(m, d) for d in _HOOK_DICTS)]
+    if any(getattr(_torch_module, f"_global{d}") for d in _HOOK_DICTS):
+        below.append(_GlobalHooks)
     if not below:
         yield
         return
