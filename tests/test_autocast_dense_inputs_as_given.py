@@ -56,3 +56,29 @@ def test_a_wrong_input_under_autocast_raises_the_modules_own_error() -> None:
             model(torch.randn(N * K, 5, 3).bfloat16())
         assert "BFloat16" not in str(raised.value)
         assert model(torch.randn(N * K, 4, 3).bfloat16()).shape == (N * K, 4, 3)
+
+
+def test_a_bfloat16_input_runs_where_torch_asks_autocast_without_a_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torch < 2.4, whose ``torch.is_autocast_enabled()`` takes no device (played here), a bfloat16 PReLU's
+    population runs on a bfloat16 input, each member equal to its plain copy: asking for the device raised a TypeError."""
+    real = torch.is_autocast_enabled
+
+    def without_device(*args: object) -> bool:
+        if args:
+            raise TypeError(f"is_autocast_enabled() takes 0 positional arguments but {len(args)} was given")
+        return real("cuda")
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", without_device)
+    monkeypatch.setattr(torch, "is_autocast_cpu_enabled", lambda: real("cpu"))  # not deprecated there
+    monkeypatch.setattr(flipes.nn.functional, "_DEVICE_AUTOCAST", False)
+    plain = nn.Sequential(nn.PReLU(4)).bfloat16()
+    model = flipes.flipout(copy.deepcopy(plain))
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
+    x = torch.randn(N * K, 4, 3).bfloat16()
+    with es.population():
+        out = model(x)
+        for n in range(N):
+            member = copy.deepcopy(plain)
+            member.load_state_dict(es.member_state_dict(n))
+            rows = slice(n * K, (n + 1) * K)
+            torch.testing.assert_close(out[rows], member(x[rows]), rtol=0, atol=0)

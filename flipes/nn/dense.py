@@ -392,7 +392,11 @@ def _autocast_low_inputs(module: nn.Module, args: tuple, kwargs: dict) -> bool:
     """Whether an input of ``module`` is bfloat16 or float16 inside an autocast region of its device while its
     parameters are float32 (its own forward would see the mix only after vmap's partial autocast)."""
     low = [t for t in pytree.tree_leaves((args, kwargs)) if _low(t)]
-    if not low or not torch.is_autocast_enabled(low[0].device.type):
+    if not low:
+        return False
+    from flipes.nn.functional import autocast_dtype  # here: functional imports this module; torch < 2.4 asks otherwise
+
+    if autocast_dtype(low[0].device.type) is None:
         return False
     params = [p for p in module.parameters() if p.is_floating_point()]
     return bool(params) and all(p.dtype == torch.float32 for p in params)
