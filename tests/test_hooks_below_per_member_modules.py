@@ -5,6 +5,7 @@ hooks that change an input or output change each member's, so every member equal
 from __future__ import annotations
 
 import copy
+import threading
 
 import torch
 from torch import Tensor, nn
@@ -90,3 +91,43 @@ def test_a_hook_for_every_module_keeps_each_members_activation_below_a_per_membe
             torch.testing.assert_close(kept[0][n], kept[n + 1], rtol=0, atol=1e-12)
     finally:
         handle.remove()
+
+
+def test_a_hook_for_every_module_is_removable_after_two_threads_populations_overlap() -> None:
+    """Two threads run a population each, the second entering the per-member block while the first is inside it and
+    leaving it after the first: the hook for every module still comes off with its handle's ``remove()``, and the
+    process's hook dict is torch's own again (a copy left in its place kept the hook for good)."""
+    torch.manual_seed(0)
+    models = [flipes.flipout(Net().to(DT)) for _ in range(2)]
+    pops = [flipes.FlipES(m, popsize=N, sigma=0.1, seed=0) for m in models]
+    x = torch.randn(N, K, 5, dtype=DT)
+    inside, first_done = [threading.Event(), threading.Event()], threading.Event()
+    names: dict[int, int] = {}
+
+    def hook(m: nn.Module, args: tuple, out: Tensor) -> None:
+        who = names.pop(threading.get_ident(), None) if isinstance(m, nn.Tanh) else None  # once per thread
+        if who is not None:
+            inside[who].set()
+            (inside[1] if who == 0 else first_done).wait(10)
+
+    def run(i: int) -> None:
+        names[threading.get_ident()] = i
+        with pops[i].population():
+            models[i](x)
+        if i == 0:
+            first_done.set()
+
+    global_hooks = nn.modules.module._global_forward_hooks
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        threads[0].start()
+        assert inside[0].wait(10)
+        threads[1].start()
+        for t in threads:
+            t.join(30)
+        assert not names and all(e.is_set() for e in (*inside, first_done))
+    finally:
+        handle.remove()
+        now, nn.modules.module._global_forward_hooks = nn.modules.module._global_forward_hooks, global_hooks  # no later test's
+    assert now is global_hooks and not global_hooks

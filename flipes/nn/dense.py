@@ -519,20 +519,6 @@ def _parametrizations_uncached(module: nn.Module) -> Iterator[None]:
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
 
 
-class _GlobalHooksType:
-    """torch's hooks for every module (``_global_forward_pre_hooks``, ``_global_forward_hooks`` in
-    ``torch.nn.modules.module``, which ``Module.__call__`` reads at each call) under the names of a module's own."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_torch_module, f"_global{name}")
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(_torch_module, f"_global{name}", value)
-
-
-_GlobalHooks = _GlobalHooksType()
-
-
 @contextmanager
 def _hooks_below_see_members(module: nn.Module, n: int) -> Iterator[None]:
     """Inside: the forward hooks and pre-hooks of the modules below ``module`` (an activation kept by a hook on its
@@ -540,20 +526,25 @@ def _hooks_below_see_members(module: nn.Module, n: int) -> Iterator[None]:
     them, not on vmap's per-member tensors, which a hook that keeps them could not read after the call. What such a
     hook returns in place of an input or output is each member's again. Hooks registered for every module
     (``nn.modules.module.register_module_forward_hook``, as profilers do) are called so too."""
-    below: list[Any] = [m for m in module.modules() if m is not module and any(getattr(m, d) for d in _HOOK_DICTS)]
-    if any(getattr(_torch_module, f"_global{d}") for d in _HOOK_DICTS):
-        below.append(_GlobalHooks)
-    if not below:
+    dicts = [(getattr(m, d), d == _HOOK_DICTS[0]) for m in module.modules() if m is not module for d in _HOOK_DICTS]
+    dicts += [(getattr(_torch_module, f"_global{d}"), d == _HOOK_DICTS[0]) for d in _HOOK_DICTS]
+    dicts = [(hooks, pre) for hooks, pre in dicts if hooks]
+    if not dicts:
         yield
         return
-    saved = [(m, d, getattr(m, d)) for m in below for d in _HOOK_DICTS]
-    for m, d, hooks in saved:
-        setattr(m, d, type(hooks)((key, _members_first(hook, n, pre=d == _HOOK_DICTS[0])) for key, hook in hooks.items()))
+    # wrapped in place, not in new dicts: a handle's remove() deletes from the dict it was registered in, and another
+    # thread's forward meanwhile (the global dicts are the process's) restores what it found, wrappers or not
+    saved = [(hooks, dict(hooks)) for hooks, _ in dicts]
+    for hooks, pre in dicts:
+        for key, hook in list(hooks.items()):
+            hooks[key] = _members_first(hook, n, pre=pre)
     try:
         yield
     finally:
-        for m, d, hooks in saved:
-            setattr(m, d, hooks)
+        for hooks, original in saved:
+            for key, hook in original.items():
+                if key in hooks:  # not removed meanwhile
+                    hooks[key] = hook
 
 
 def _members_first(hook: Callable[..., Any], n: int, pre: bool) -> Callable[..., Any]:
