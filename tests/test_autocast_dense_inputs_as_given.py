@@ -82,3 +82,40 @@ def test_a_bfloat16_input_runs_where_torch_asks_autocast_without_a_device(monkey
             member.load_state_dict(es.member_state_dict(n))
             rows = slice(n * K, (n + 1) * K)
             torch.testing.assert_close(out[rows], member(x[rows]), rtol=0, atol=0)
+
+
+class OutOfMemoryOnce(RoundingScale):
+    """RoundingScale whose first bfloat16 forward runs out of memory, as a device short of it for a moment does."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__(d)
+        self.failed = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.bfloat16 and not self.failed:
+            self.failed = True
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("rows", [K, 1], ids=["rows-per-member", "one-row-each"])
+def test_running_out_of_memory_is_raised_as_it_is_and_leaves_the_inputs_as_given(rows: int) -> None:
+    """An out-of-memory error of a dense module's bfloat16 input under autocast is raised as torch raised it, not
+    named a vmap failure, nor retried in float32 (twice the memory) or as a batch of one and remembered: the next call
+    runs as given, each member equal to its plain copy's output under the same autocast to 1e-6 relative (in float32,
+    the rounding to bfloat16 would be skipped)."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(RoundingScale(6))
+    model = flipes.flipout(nn.Sequential(OutOfMemoryOnce(6)))
+    model.load_state_dict(plain.state_dict(), strict=False)
+    es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
+    x = torch.randn(N * rows, 6).bfloat16() if rows > 1 else torch.randn(N, 6).bfloat16()
+    with es.population(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(torch.cuda.OutOfMemoryError, match="Tried to allocate"):
+            model(x)
+        out = model(x)
+        for n in range(N):
+            member = copy.deepcopy(plain)
+            member.load_state_dict(es.member_state_dict(n))
+            mine = slice(n * rows, (n + 1) * rows) if rows > 1 else n
+            torch.testing.assert_close(out[mine], member(x[mine]), rtol=1e-6, atol=0)

@@ -212,7 +212,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
             return _vmapped_forward(module, noise, *widened)
         try:
             return _vmapped_forward(module, noise, args, kwargs, as_given=True)
-        except SharedBufferWrite:
+        except (SharedBufferWrite, torch.cuda.OutOfMemoryError):  # no dtype's failure: float32 would need twice the memory
             raise
         except RuntimeError:
             pass  # widened below, outside this handler: an input wrong in any dtype raises the module's own error alone
@@ -329,7 +329,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
             try:
                 out = run(batch)
             except (RuntimeError, ValueError) as e:
-                if batch or isinstance(e, SharedBufferWrite):
+                if batch or isinstance(e, SharedBufferWrite | torch.cuda.OutOfMemoryError):
                     raise
                 try:
                     out = run(True)
@@ -340,7 +340,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
             # its batch dim of one taken away: (N, 1, ...) -> (N, ...); an output without one (learned positions
             # (T, E), whatever the batch) is already each member's, members first
             return pytree.tree_map(lambda t: t.squeeze(1) if isinstance(t, Tensor) and t.shape[1:2] == (1,) else t, out)
-    except SharedBufferWrite:
+    except (SharedBufferWrite, torch.cuda.OutOfMemoryError):  # out of memory: the device's, neither the forward's nor vmap's
         raise
     except RuntimeError as e:
         if why := module.__dict__.get("_flipes_member_loop"):  # not vmap's: the forward's own error, also in a plain call
