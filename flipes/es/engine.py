@@ -47,6 +47,7 @@ from flipes.es.install import Deferred, HeldNoise, install, install_whole, unins
 from flipes.es.members import BestMember
 from flipes.es.notices import (
     warn_dropout,
+    warn_idle_noise_rank,
     warn_of_generation,
     warn_rebuilt,
     warn_rounded_step,
@@ -273,6 +274,7 @@ class FlipES:
         self._dense_fixed_rows = [sorted({r for m, name in uses for r in padding_rows(m, name)}) for uses in self._dense_uses]
         self.params: list[nn.Parameter] = evolved_parameters(self.slots, self.dense_slots)
         warn_sigma_one_group(self)
+        warn_idle_noise_rank(self)
         # evolved parameters a plain module also holds (self.shift = self.fc.bias): its reads are noted in a population,
         # refused at its end (refuse_mean_reads); put in before _held_in, which holds the modules' dicts
         self._mean_reads = mean_reads(model)

@@ -116,6 +116,18 @@ def warn_sigma_one_group(es: FlipES) -> None:
         )
 
 
+def warn_idle_noise_rank(es: FlipES) -> None:
+    """At construction: ``noise_rank`` on a model without a Flipout layer, where it changes nothing (a sweep may mix
+    models, so a warning, not a refusal)."""
+    if es.noise_rank is not None and not es.slots and es.comm.rank == 0:
+        warnings.warn(
+            f"noise_rank={es.noise_rank} makes a Flipout layer's noise low-rank, and this model has no Flipout layer (its "
+            "parameters get dense Gaussian noise, as a flipes.nn.Vector's does), so it changes nothing; drop noise_rank",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+
+
 def warn_dropout(es: FlipES) -> None:
     """Warn once (rank 0) where the model has dropout in training mode at the end of the first population block: a
     module starts in it (a Hugging Face model built from a config too), and each member's fitness would carry noise
