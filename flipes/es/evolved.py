@@ -7,6 +7,7 @@ or edited later would be perturbed but never stepped, or stepped from values its
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -107,6 +108,14 @@ def raise_if_not_finite(es: FlipES, error: NonFiniteFitness) -> None:
             "after an update that overflowed (its tell() returned a non-finite update_ratio) or a load of such a state; "
             "lower lr or sigma and start again from finite parameters"
         ) from None
+    if es.log_sigma is not None:  # members as far out as σ has grown: finite parameters, overflowing fitness
+        grown, start = math.exp(float(es.log_sigma.max())), es.sigma_at(0)
+        if not math.isfinite(grown) or grown > 1e3 * start:
+            raise ValueError(
+                f"{error.what}: adaptive σ has grown to {grown:.3g} from {start:.3g} (sigma_lr={es.sigma_lr:g}), so the "
+                "members lie that far from the center; a fitness that rewards spread grows σ without limit: bound the "
+                "fitness or lower sigma_lr (the fitness function itself may be fine)"
+            ) from None
 
 
 def refuse_unhandled(model: nn.Module) -> None:
