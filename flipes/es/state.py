@@ -19,6 +19,7 @@ from flipes.es.install import Deferred
 from flipes.es.members import BestMember
 from flipes.es.optimizer import optimizer_name
 from flipes.es.population import EpochShuffles
+from flipes.es.refusals import told_record
 
 if TYPE_CHECKING:
     from flipes.es.engine import FlipES
@@ -60,6 +61,7 @@ def unpickled_state(es: FlipES, state: dict[str, Any]) -> None:
         setattr(es, name, {(id(es.layers[i]), j): v for (i, j), v in state[name].items()})
     for module in [*es.layers, *es.dense_modules]:  # the copy owns its copy of the layers
         module.__dict__["_flipes_owner"] = weakref.ref(es)
+    mark_generation(es)  # torch copies no optimizer hooks nor attributes of its own
 
 
 def configuration(es: FlipES) -> dict[str, Any]:
@@ -212,6 +214,7 @@ def load_state(es: FlipES, state: dict[str, Any]) -> None:
     if es.log_sigma is not None:
         es.log_sigma = state["log_sigma"].detach().to("cpu", torch.float64).clone()
     es.generation = generation
+    mark_generation(es)  # what it loaded may carry no record (a state of an older flipes) or another one
     es._noise, es._freed, es._versions = None, None, None
     es._sigma_held = None  # a schedule's σ is read again at the next population, as its noise is drawn again
     es._ranks_agree = False  # compared at the next tell, on every rank even where only some loaded
@@ -235,3 +238,10 @@ def _wrapper_hint(saved: Any, ours: dict[str, Any]) -> str:
             "state's do not: build the FlipES on the unwrapped model (model.module), as it was saved"
         )
     return ""
+
+
+def mark_generation(es: FlipES) -> None:
+    """Make ``es.optimizer.state_dict()`` record ``es``'s seed and generation, as after a ``tell``, with no load of another
+    generation pending (:func:`flipes.es.refusals.refuse_replayed_noise`): its state is the one ``es`` goes on from."""
+    told = told_record(es.optimizer)
+    told.seed, told.generation, told.loaded = es.seed, es.generation - 1, None
