@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from digits import data
-from repro_common import check_at_least
+from repro_common import check_at_least, require_matplotlib
 from torch import Tensor, nn
 
 import flipes
@@ -142,6 +142,7 @@ def slope(sizes: list[int], values: list[float]) -> float:
 
 
 def main(args: Args) -> dict[str, dict[str, list[float]]]:
+    require_matplotlib()  # the figure is drawn once the run ends: said before it starts
     if args.quick:
         args.sizes, args.repeats, args.hidden, args.pretrain_epochs = [1, 4, 16], 6, 16, 1
     check_at_least(args, {"sizes": 1, "repeats": 2, "hidden": 1, "pretrain_epochs": 0, "threads": 1})

@@ -140,16 +140,21 @@ def check_even_popsizes(option: str, popsizes: list[int]) -> None:
         raise UsageError(option, f"mirrored pairs need even population sizes, got {odd}", "use an even size, e.g. 64")
 
 
-def setup(device: str, threads: int) -> tuple[torch.device, Callable[[], None]]:
-    """The device and its synchronize (a no-op on CPU); ``threads > 0`` sets torch's CPU threads. Refuses a machine
-    without matplotlib before anything runs."""
-    check_device(device)  # a UsageError naming --device for one torch does not know or this machine lacks
-    if importlib.util.find_spec("matplotlib") is None:  # the figure is drawn after the run: said before it starts
+def require_matplotlib() -> None:
+    """Refuse a machine without matplotlib before a script that draws its figure once its run ends measures anything."""
+    if importlib.util.find_spec("matplotlib") is None:
         raise UsageError(
             "matplotlib",
             "is not installed; this script draws its figure with it once the run ends",
             "pip install 'flipes[examples]'",
         )
+
+
+def setup(device: str, threads: int) -> tuple[torch.device, Callable[[], None]]:
+    """The device and its synchronize (a no-op on CPU); ``threads > 0`` sets torch's CPU threads. Refuses a machine
+    without matplotlib before anything runs."""
+    check_device(device)  # a UsageError naming --device for one torch does not know or this machine lacks
+    require_matplotlib()
     if threads < 0:
         raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {threads}")
     if threads > 0:
