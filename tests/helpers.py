@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import copy
+import functools
 import importlib.util
 import json
 import os
@@ -11,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -299,3 +302,89 @@ def flip_a_byte(*paths: Path) -> None:
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
+
+
+class ThreadComm:
+    """Process ``rank`` of ``len(boxes)`` processes played by threads of this one: every collective puts this rank's
+    part in its box and reads all boxes between two waits at a shared barrier (the ``flipes.dist.Comm`` protocol);
+    ``summed`` holds the size of each tensor summed over the ranks."""
+
+    local_rank, local_size, bytes_sent = 0, 1, 0
+
+    def __init__(self, rank: int, boxes: list, barrier: threading.Barrier) -> None:
+        self.rank, self.size, self.boxes, self.barrier = rank, len(boxes), boxes, barrier
+        self.summed: list[int] = []
+
+    def _exchange(self, part: object) -> list:
+        self.boxes[self.rank] = part
+        self.barrier.wait()
+        parts = list(self.boxes)
+        self.barrier.wait()
+        return parts
+
+    def allgather_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self._exchange(x.clone()))
+
+    def allreduce_sum_(self, x: torch.Tensor) -> torch.Tensor:
+        self.summed.append(x.numel())
+        return x.copy_(functools.reduce(torch.add, self._exchange(x.clone())))
+
+    def bcast(self, obj: object) -> object:
+        return self._exchange(obj)[0]
+
+    def allgather_object(self, obj: object) -> list:
+        return self._exchange(obj)
+
+    def abort(self, code: int = 1) -> None:
+        self.barrier.abort()
+        raise SystemExit(code)
+
+
+def run_thread_ranks(run: Callable[[ThreadComm], object], size: int, timeout: float = 60.0, release: float = 5.0) -> list:
+    """``run(comm)`` on ``size`` ranks played by threads (:class:`ThreadComm`); each rank's return value or exception.
+    A rank that raises ends the others' wait ``release`` seconds later (a rank left waiting then fails with
+    BrokenBarrierError): an abort at once could meet another rank between the barrier's release and its wake-up,
+    turning that rank's own error, often the one under test, into BrokenBarrierError."""
+    boxes: list = [None] * size
+    barrier = threading.Barrier(size, timeout=timeout)
+    results: list = [None] * size
+
+    def rank(r: int) -> None:
+        try:
+            results[r] = run(ThreadComm(r, boxes, barrier))
+        except BaseException as error:
+            results[r] = error
+            timer = threading.Timer(release, barrier.abort)
+            timer.daemon = True  # the test process does not wait for it at exit
+            timer.start()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def autocast_member_errors(
+    plain: nn.Module, model: nn.Module, es: object, x: Tensor, members: int, dtype: torch.dtype
+) -> tuple[float, float, bool]:
+    """Under ``torch.autocast("cpu", dtype)`` in a population of ``es`` (each member's ``len(x) // members`` rows of
+    ``x``): the largest error of the population's output against each member's plain copy run in float64, the plain
+    copy's own error under the same autocast, and whether both came out in one dtype."""
+    rows_each = len(x) // members
+    with es.population(), torch.autocast("cpu", dtype=dtype):  # type: ignore[attr-defined]
+        out = model(x)
+        ours = theirs = 0.0
+        same_dtype = True
+        for n in range(members):
+            member = copy.deepcopy(plain)
+            member.load_state_dict(es.member_state_dict(n))  # type: ignore[attr-defined]
+            rows = x[n * rows_each : (n + 1) * rows_each]
+            alone = member(rows)
+            with torch.autocast("cpu", enabled=False):
+                exact = copy.deepcopy(member).double()(rows.double())
+            same_dtype = same_dtype and out.dtype == alone.dtype
+            ours = max(ours, (out[n * rows_each : (n + 1) * rows_each].double() - exact).abs().max().item())
+            theirs = max(theirs, (alone.double() - exact).abs().max().item())
+    return ours, theirs, same_dtype

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import autocast_member_errors
 from torch import Tensor, nn
 
 import flipes
@@ -43,16 +44,5 @@ def test_a_dense_module_after_a_flipout_conv_under_autocast_is_each_members_plai
     assert flipes.nn.parameter_report(model).rows[2].how == "dense"
     es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
     x = torch.randn(N * K, 3, 6, 6)
-    with es.population(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x)
-        ours = theirs = 0.0
-        for n in range(N):
-            member = copy.deepcopy(plain)
-            member.load_state_dict(es.member_state_dict(n))
-            rows = x[n * K : (n + 1) * K]
-            alone = member(rows)
-            with torch.autocast("cpu", enabled=False):
-                exact = copy.deepcopy(member).double()(rows.double())
-            ours = max(ours, (out[n * K : (n + 1) * K].double() - exact).abs().max().item())
-            theirs = max(theirs, (alone.double() - exact).abs().max().item())
+    ours, theirs, _ = autocast_member_errors(plain, model, es, x, N, torch.bfloat16)
     assert 0 < ours <= 4 * theirs, (ours, theirs)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import autocast_member_errors
 from torch import nn
 
 import flipes
@@ -40,19 +41,8 @@ def test_a_norm_in_eval_mode_under_autocast_runs_each_member_as_its_plain_copy(n
     model = flipes.flipout(copy.deepcopy(plain))
     es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
     x = torch.randn(N * K, 3, 6, 6)
-    with es.population(), torch.autocast("cpu", dtype=dtype):
-        out = model(x)
-        ours = theirs = 0.0
-        for n in range(N):
-            member = copy.deepcopy(plain)
-            member.load_state_dict(es.member_state_dict(n))
-            rows = x[n * K : (n + 1) * K]
-            alone = member(rows)
-            with torch.autocast("cpu", enabled=False):
-                exact = copy.deepcopy(member).double()(rows.double())
-            assert out.dtype == alone.dtype
-            ours = max(ours, (out[n * K : (n + 1) * K].double() - exact).abs().max().item())
-            theirs = max(theirs, (alone.double() - exact).abs().max().item())
+    ours, theirs, same_dtype = autocast_member_errors(plain, model, es, x, N, dtype)
+    assert same_dtype
     assert 0 < ours <= 4 * theirs, (ours, theirs)
 
 

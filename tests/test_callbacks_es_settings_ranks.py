@@ -5,57 +5,15 @@ this process exchanging through the ``flipes.dist.Comm`` protocol."""
 from __future__ import annotations
 
 import contextlib
-import functools
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import run_thread_ranks
 
 import flipes
 import flipes.training
-
-
-class ThreadComm:
-    """Rank ``rank`` of ``len(boxes)`` ranks played by threads: each collective puts this rank's part in its box and
-    reads all boxes between two waits at a shared barrier."""
-
-    local_rank, local_size, bytes_sent = 0, 1, 0
-
-    def __init__(self, rank: int, boxes: list, barrier: threading.Barrier) -> None:
-        self.rank, self.size, self.boxes, self.barrier = rank, len(boxes), boxes, barrier
-
-    def _exchange(self, part: object) -> list:
-        self.boxes[self.rank] = part
-        self.barrier.wait()
-        parts = list(self.boxes)
-        self.barrier.wait()
-        return parts
-
-    def allgather_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(self._exchange(x.clone()))
-
-    def allreduce_sum_(self, x: torch.Tensor) -> torch.Tensor:
-        return x.copy_(functools.reduce(torch.add, self._exchange(x.clone())))
-
-    def bcast(self, obj: object) -> object:
-        return self._exchange(obj)[0]
-
-    def allgather_object(self, obj: object) -> list:
-        return self._exchange(obj)
-
-    def abort(self, code: int = 1) -> None:
-        self.barrier.abort()
-        raise SystemExit(code)
-
-
-def _release_later(barrier: threading.Barrier) -> None:
-    """End the other rank's wait, if any, a while after this rank's error: an abort at once could meet the other rank
-    between the barrier's release and its wake-up, turning its own error (the one under test) into BrokenBarrierError."""
-    timer = threading.Timer(5.0, barrier.abort)
-    timer.daemon = True  # the test process does not wait for it at exit
-    timer.start()
 
 
 def _model(env: Any) -> torch.nn.Module:
@@ -110,23 +68,7 @@ def test_a_callbacks_weight_decay_and_shaping_reach_every_rank(
     rank)."""
     one = _train(tmp_path / "one", None, mode, callback)
     monkeypatch.setattr(flipes.training, "_one_run_at_a_time", contextlib.nullcontext)  # two "processes" in threads
-    boxes: list = [None, None]
-    barrier = threading.Barrier(2, timeout=60)
-    results: list = [None, None]
-
-    def rank(r: int) -> None:
-        comm = ThreadComm(r, boxes, barrier)
-        try:
-            results[r] = _train(tmp_path / "two", comm, mode, callback)
-        except BaseException as error:
-            _release_later(barrier)
-            results[r] = error
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_thread_ranks(lambda comm: _train(tmp_path / "two", comm, mode, callback), 2)
     for r, result in enumerate(results):
         if isinstance(result, BaseException):
             raise AssertionError(f"rank {r} failed") from result
@@ -152,23 +94,12 @@ def test_a_callbacks_shaping_that_cannot_reach_the_other_ranks_is_refused(
                                         progress=False, tensorboard=False, plot=False)  # fmt: skip
     assert len(flipes.train(config, model=_model, fitness=_fitness, callbacks=[Lambda()]).metrics) == 2
     monkeypatch.setattr(flipes.training, "_one_run_at_a_time", contextlib.nullcontext)
-    boxes: list = [None, None]
-    barrier = threading.Barrier(2, timeout=60)
-    errors: list = [None, None]
-
-    def rank(r: int) -> None:
-        try:
-            flipes.train(config.replace(out=str(tmp_path / "two")), comm=ThreadComm(r, boxes, barrier), model=_model,
-                         fitness=_fitness, callbacks=[Lambda()])  # fmt: skip
-        except BaseException as error:
-            _release_later(barrier)
-            errors[r] = error
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_thread_ranks(
+        lambda comm: flipes.train(
+            config.replace(out=str(tmp_path / "two")), comm=comm, model=_model, fitness=_fitness, callbacks=[Lambda()]
+        ),
+        2,
+    )
     assert isinstance(errors[0], flipes.UsageError), errors
     assert "a callback set es.shaping = " in str(errors[0]) and "cannot be sent to the other ranks" in str(errors[0])
     assert "assign a function defined at the top level of a module" in str(errors[0])
@@ -193,23 +124,9 @@ def test_a_callback_replacing_the_optimizer_under_ranks_is_refused_at_once(
     config = flipes.TrainConfig.for_env(env="none", popsize=8, groups=2, generations=3, out=str(tmp_path / "two"),
                                         progress=False, tensorboard=False, plot=False)  # fmt: skip
     monkeypatch.setattr(flipes.training, "_one_run_at_a_time", contextlib.nullcontext)
-    boxes: list = [None, None]
-    barrier = threading.Barrier(2, timeout=60)
-    errors: list = [None, None]
-
-    def rank(r: int) -> None:
-        try:
-            flipes.train(config, comm=ThreadComm(r, boxes, barrier), model=_model, fitness=_fitness,
-                         callbacks=[NewOptimizer()])  # fmt: skip
-        except BaseException as error:
-            _release_later(barrier)
-            errors[r] = error
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_thread_ranks(
+        lambda comm: flipes.train(config, comm=comm, model=_model, fitness=_fitness, callbacks=[NewOptimizer()]), 2
+    )
     assert isinstance(errors[0], flipes.UsageError), errors
     assert "a callback replaced es.optimizer with a SGD on rank 0 alone" in str(errors[0])
     assert "pass flipes.train(optimizer=...) a function that builds it" in str(errors[0])

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_callbacks_es_settings_ranks import ThreadComm, _fitness, _model
+from helpers import run_thread_ranks
+from test_callbacks_es_settings_ranks import _fitness, _model
 
 import flipes
 import flipes.training
@@ -38,23 +39,13 @@ def _two_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook: str, error
     config = flipes.TrainConfig.for_env(env="none", popsize=8, groups=2, generations=3, out=str(tmp_path / "run"),
                                         progress=False, tensorboard=False, plot=False)  # fmt: skip
     monkeypatch.setattr(flipes.training, "_one_run_at_a_time", contextlib.nullcontext)  # two "processes" in threads
-    boxes: list = [None, None]
-    barrier = threading.Barrier(2, timeout=20)
-    raised: list[BaseException | None] = [None, None]
-
-    def rank(r: int) -> None:
-        try:  # each rank's script catches the error, as a sweep does, and goes on: no abort
-            flipes.train(config, comm=ThreadComm(r, boxes, barrier), model=_model, fitness=_fitness,
-                         callbacks=[Fails(hook, error)])  # fmt: skip
-        except BaseException as e:
-            raised[r] = e
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return raised
+    # each rank's script catches the error, as a sweep does, and goes on
+    raised = run_thread_ranks(
+        lambda comm: flipes.train(config, comm=comm, model=_model, fitness=_fitness, callbacks=[Fails(hook, error)]),
+        2,
+        timeout=20,
+    )
+    return [None if isinstance(r, flipes.TrainResult) else r for r in raised]
 
 
 @pytest.mark.parametrize("hook", ["on_train_start", "on_generation", "on_train_end"])

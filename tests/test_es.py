@@ -8,14 +8,13 @@ import gc
 import io
 import math
 import pickle
-import threading
 import warnings
 import weakref
 from collections.abc import Callable
 
 import pytest
 import torch
-from helpers import MADE_UP_FITNESS, TiedLinears
+from helpers import MADE_UP_FITNESS, TiedLinears, run_thread_ranks
 from reference import centered_ranks_distinct, member_deltas, member_perturbations
 from torch import nn
 
@@ -1313,43 +1312,6 @@ def test_minimizing_a_loss_steps_exactly_as_maximizing_its_negation(shaping) -> 
         flipes.FlipES(mlp(0), popsize=16, maximize="min")
 
 
-class ThreadComm:
-    """Process ``rank`` of ``len(boxes)`` processes played by threads of this one: every collective puts this rank's
-    part in its box and reads all boxes between two waits at a shared barrier (the ``flipes.dist.Comm`` protocol);
-    ``summed`` holds the size of each tensor summed over the ranks."""
-
-    local_rank, local_size, bytes_sent = 0, 1, 0
-
-    def __init__(self, rank: int, boxes: list, barrier: threading.Barrier) -> None:
-        self.rank, self.size, self.boxes, self.barrier = rank, len(boxes), boxes, barrier
-        self.summed: list[int] = []
-
-    def _exchange(self, part: object) -> list:
-        self.boxes[self.rank] = part
-        self.barrier.wait()
-        parts = list(self.boxes)
-        self.barrier.wait()
-        return parts
-
-    def allgather_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(self._exchange(x.clone()))
-
-    def allreduce_sum_(self, x: torch.Tensor) -> torch.Tensor:
-        self.summed.append(x.numel())
-        parts = self._exchange(x.clone())
-        return x.copy_(functools.reduce(torch.add, parts))
-
-    def bcast(self, obj: object) -> object:
-        return self._exchange(obj)[0]
-
-    def allgather_object(self, obj: object) -> list:
-        return self._exchange(obj)
-
-    def abort(self, code: int = 1) -> None:
-        self.barrier.abort()
-        raise SystemExit(code)
-
-
 @pytest.mark.parametrize("sigma_lr", [0.0, 0.2])
 @pytest.mark.parametrize("comm_mode", ["allreduce", "seeds"])
 def test_processes_sharing_the_groups_step_as_one_process(comm_mode: str, sigma_lr: float) -> None:
@@ -1376,23 +1338,13 @@ def test_processes_sharing_the_groups_step_as_one_process(comm_mode: str, sigma_
 
     expected = run()
     assert all(not torch.equal(a, b) for a, b in zip(expected[0], initial.parameters(), strict=True))  # it moved
-    boxes: list = [None] * 3
-    barrier = threading.Barrier(3, timeout=60)
-    results: list = [None] * 3
-    comms = [ThreadComm(rank, boxes, barrier) for rank in range(3)]
+    comms: list = [None] * 3
 
-    def process(rank: int) -> None:
-        try:
-            results[rank] = run(comms[rank])
-        except BaseException as error:  # the others stop waiting for this one
-            barrier.abort()
-            results[rank] = error
+    def process(comm: object) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        comms[comm.rank] = comm  # type: ignore[attr-defined]
+        return run(comm)
 
-    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_thread_ranks(process, 3)
     for rank, result in enumerate(results):
         if isinstance(result, BaseException):
             raise AssertionError(f"process {rank} failed") from result

@@ -1,10 +1,15 @@
 """A framework's checkpoint of the model and optimizer alone (Lightning's, Hugging Face Trainer's) resumed into a fresh
 FlipES of the same seed is refused at population(): it would draw generation 0's noise again. Resuming with
-es.load_state_dict, in either order with the framework's own optimizer load, continues as the unstopped run."""
+es.load_state_dict, in either order with the framework's own optimizer load, continues as the unstopped run.
+
+es.optimizer.state_dict() records the seed and the generation its state is ready for (under "flipes"), whichever way
+the FlipES and its optimizer came to be: built, told, given a new optimizer, loaded (a framework's load of the optimizer
+alone, es.load_state_dict of a checkpoint with or without the record), copied or unpickled."""
 
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -72,3 +77,64 @@ def test_restart_with_a_new_seed_takes_the_old_optimizer_state() -> None:
     es2.optimizer.load_state_dict(es.optimizer.state_dict())
     _generations(model2, es2, 1)
     assert es2.generation == 1
+
+
+def _mark(es: flipes.FlipES) -> object:
+    return es.optimizer.state_dict().get("flipes")
+
+
+def _unmarked(state: dict) -> dict:
+    """``state`` (an ``es.state_dict()``) as flipes wrote it before the optimizer's record existed."""
+    state = copy.deepcopy(state)
+    del state["optimizer"]["flipes"]
+    return state
+
+
+def test_the_record_follows_the_run_through_builds_tells_loads_and_copies() -> None:
+    """Built: generation 0; after 2 tells: 2; a new es.optimizer: 2; a fresh FlipES's optimizer loaded with that state
+    alone: 2 (its state_dict() gives back what it was loaded with); es.load_state_dict of a checkpoint without the
+    record: the FlipES's generation, 2; a deep copy and an unpickled FlipES: 2."""
+    model, es = _build()
+    assert _mark(es) == {"seed": 1, "generation": 0}
+    _generations(model, es, 2)
+    assert _mark(es) == {"seed": 1, "generation": 2}
+    es.optimizer = torch.optim.Adam(es.params, lr=0.01)
+    assert _mark(es) == {"seed": 1, "generation": 2}
+    _, alone = _build()
+    alone.optimizer.load_state_dict(es.optimizer.state_dict())
+    assert _mark(alone) == {"seed": 1, "generation": 2}
+    _, old = _build()
+    old.load_state_dict(_unmarked(es.state_dict()))
+    assert old.generation == 2 and _mark(old) == {"seed": 1, "generation": 2}
+    assert _mark(copy.deepcopy(es)) == {"seed": 1, "generation": 2}
+    assert _mark(pickle.loads(pickle.dumps(es))) == {"seed": 1, "generation": 2}
+
+
+def test_an_unrecorded_state_loaded_after_a_recorded_one_is_not_refused() -> None:
+    """The optimizer loaded with generation 2's recorded state and then with a state carrying no record (an older
+    flipes's, a plain optimizer's) runs its population: the refusal is of the state it holds, not one it held."""
+    model, es = _build()
+    _generations(model, es, 2)
+    model2, es2 = _build()
+    es2.optimizer.load_state_dict(es.optimizer.state_dict())
+    es2.optimizer.load_state_dict(_unmarked(es.state_dict())["optimizer"])
+    _generations(model2, es2, 1)
+    assert es2.generation == 1
+
+
+def test_a_resume_from_a_checkpoint_without_the_record_saves_one_that_resumes() -> None:
+    """es.load_state_dict of a generation-2 checkpoint without the record, saved again at once with the optimizer (a
+    framework's checkpoint, e.g. at a preemption before the next tell), resumes through es.load_state_dict and the
+    framework's optimizer load as the unstopped run does, bit for bit."""
+    model, es = _build()
+    _generations(model, es, 2)
+    old = _unmarked(es.state_dict())
+    _generations(model, es, 1)
+    _, es2 = _build()
+    es2.load_state_dict(old)
+    saved = copy.deepcopy({"flipes": es2.state_dict(), "optimizer": es2.optimizer.state_dict()})
+    model3, es3 = _build()
+    es3.load_state_dict(saved["flipes"])
+    es3.optimizer.load_state_dict(saved["optimizer"])
+    _generations(model3, es3, 1)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model3.parameters(), strict=True))

@@ -17,17 +17,23 @@ DT = torch.float64
 N = 4
 
 
-def test_each_member_reads_its_own_parametrized_weight_inside_a_parametrization_cache() -> None:
-    """With an orthogonal first layer: the mean model called inside ``P.cached()`` before the population caches its
-    weight there; each member's output in the population that follows equals its plain copy (loaded with
-    ``es.member_state_dict(n)``, run outside the cache), float64 to 1e-12, and the cached weight read after it is the
-    mean one again (a member with the mean weight is off by ~σ = 0.1)."""
+def _orthogonal_first_layer() -> tuple[nn.Module, nn.Module, flipes.FlipES, torch.Tensor]:
+    """A float64 MLP whose first layer is orthogonal-parametrized, its converted copy, a FlipES of N members, inputs."""
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 2)).to(DT)
     parametrizations.orthogonal(plain[0])
     model = flipes.flipout(copy.deepcopy(plain))
     es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
     x = torch.randn(N, 3, 5, dtype=DT)
+    return plain, model, es, x
+
+
+def test_each_member_reads_its_own_parametrized_weight_inside_a_parametrization_cache() -> None:
+    """With an orthogonal first layer: the mean model called inside ``P.cached()`` before the population caches its
+    weight there; each member's output in the population that follows equals its plain copy (loaded with
+    ``es.member_state_dict(n)``, run outside the cache), float64 to 1e-12, and the cached weight read after it is the
+    mean one again (a member with the mean weight is off by ~σ = 0.1)."""
+    plain, model, es, x = _orthogonal_first_layer()
     mean_weight = model[0].weight.detach().clone()
     with P.cached():
         model(x[0])  # the mean network's weight cached
@@ -44,12 +50,7 @@ def test_each_member_reads_its_own_parametrized_weight_inside_a_parametrization_
 def test_a_population_first_inside_a_parametrization_cache_leaves_the_mean_weight_to_read_after() -> None:
     """Inside ``P.cached()`` with no mean forward before it: the population leaves no member's weight in the cache, so
     the weight read and the mean model's output after it are the mean network's, as outside the cache."""
-    torch.manual_seed(0)
-    plain = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 2)).to(DT)
-    parametrizations.orthogonal(plain[0])
-    model = flipes.flipout(copy.deepcopy(plain))
-    es = flipes.FlipES(model, popsize=N, sigma=0.1, seed=0)
-    x = torch.randn(N, 3, 5, dtype=DT)
+    _, model, es, x = _orthogonal_first_layer()
     mean_weight, mean_out = model[0].weight.detach().clone(), model(x[0]).detach()
     with P.cached():
         with es.population():
