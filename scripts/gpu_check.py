@@ -135,6 +135,9 @@ TESTS = (
     "tests/test_parts.py::test_every_part_computes_its_members_outputs",  # a population in parts, noise held or not
     "tests/test_recurrent_policy.py",
     "tests/test_autocast.py",  # bfloat16 autocast on the GPU against the plain module's
+    # dense per-member modules (norms, PReLU, one's own, a BatchNorm after a conv) under CUDA's float16 and bfloat16
+    # autocast, whose op lists and vmap's handling of them the CPU's do not show, each member against its plain copy
+    "tests/test_autocast_dense_members_on_device.py",
     "tests/test_action_noise.py",  # each env's noisy actions against the formula, drawn on the device
     "tests/test_probe.py",  # a probe's sums over episodes that end within the 16 steps between the GPU's checks
     "tests/test_physics_options.py",  # per-env physics drawn on the device, each env stepped against its one-env copy
@@ -143,7 +146,7 @@ TESTS = (
 )
 # QUICK_TERMS' tests are in the other files: collecting these (MuJoCo Warp's import among them) would cost seconds for nothing
 QUICK_LEAVES_OUT = ("tests/test_layers.py", "tests/test_warp_envs.py", "tests/test_members.py", "tests/test_parts.py",
-                    "tests/test_autocast.py", "tests/test_physics_options", "tests/test_randomized_physics.py")  # fmt: skip
+                    "tests/test_autocast", "tests/test_physics_options", "tests/test_randomized_physics.py")  # fmt: skip
 QUICK_TESTS = tuple(t for t in TESTS if not t.startswith(QUICK_LEAVES_OUT))
 
 
