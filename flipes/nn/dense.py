@@ -212,10 +212,12 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
             return _vmapped_forward(module, noise, *widened)
         try:
             return _vmapped_forward(module, noise, args, kwargs, as_given=True)
-        except (SharedBufferWrite, torch.cuda.OutOfMemoryError):  # no dtype's failure: float32 would need twice the memory
+        except SharedBufferWrite:
             raise
-        except RuntimeError:
-            pass  # widened below, outside this handler: an input wrong in any dtype raises the module's own error alone
+        except RuntimeError as e:
+            if out_of_memory(e):  # no dtype's failure: float32 would need twice the memory
+                raise
+            # widened below, outside this handler: an input wrong in any dtype raises the module's own error alone
         out = _vmapped_forward(module, noise, *widened)
         module._flipes_float_inputs = True
         return out
@@ -329,7 +331,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
             try:
                 out = run(batch)
             except (RuntimeError, ValueError) as e:
-                if batch or isinstance(e, SharedBufferWrite | torch.cuda.OutOfMemoryError):
+                if batch or isinstance(e, SharedBufferWrite) or out_of_memory(e):
                     raise
                 try:
                     out = run(True)
@@ -340,9 +342,11 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
             # its batch dim of one taken away: (N, 1, ...) -> (N, ...); an output without one (learned positions
             # (T, E), whatever the batch) is already each member's, members first
             return pytree.tree_map(lambda t: t.squeeze(1) if isinstance(t, Tensor) and t.shape[1:2] == (1,) else t, out)
-    except (SharedBufferWrite, torch.cuda.OutOfMemoryError):  # out of memory: the device's, neither the forward's nor vmap's
+    except SharedBufferWrite:
         raise
     except RuntimeError as e:
+        if out_of_memory(e):  # the device's, neither the forward's nor vmap's
+            raise
         if why := module.__dict__.get("_flipes_member_loop"):  # not vmap's: the forward's own error, also in a plain call
             raise RuntimeError(
                 f"{type(module).__name__}: its forward, run member by member (torch.func.vmap cannot batch {why}), "
@@ -372,6 +376,14 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
         return t.flatten(0, 1) if t.shape[1] == k else t
 
     return pytree.tree_map(rows, out)
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device running out of memory: ``torch.OutOfMemoryError`` (CUDA, ROCm, XPU), or the plain
+    RuntimeError Apple's MPS backend raises ("MPS backend out of memory (MPS allocated: ...")."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and str(error).startswith("MPS backend out of memory")
+    )
 
 
 def _low_precision_input(module: nn.Module, args: tuple, kwargs: dict) -> torch.dtype | None:
