@@ -135,7 +135,7 @@ TESTS = (
     "tests/test_parts.py::test_every_part_computes_its_members_outputs",  # a population in parts, noise held or not
     "tests/test_recurrent_policy.py",
     "tests/test_autocast.py",  # bfloat16 autocast on the GPU against the plain module's
-    # dense per-member modules (norms, PReLU, one's own, a BatchNorm after a conv) under CUDA's float16 and bfloat16
+    # dense per-member modules (norms, PReLU, one's own, BatchNorm) under CUDA's float16 and bfloat16
     # autocast, whose op lists and vmap's handling of them the CPU's do not show, each member against its plain copy
     "tests/test_autocast_dense_members_on_device.py",
     "tests/test_action_noise.py",  # each env's noisy actions against the formula, drawn on the device

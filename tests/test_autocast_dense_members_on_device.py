@@ -1,8 +1,8 @@
 """Under ``torch.autocast`` of the device the model runs on (bfloat16 and float16: CUDA's default is float16, the CPU's
 bfloat16), each member's output of a module with dense per-member noise (a norm, a PReLU, a module of one's own, a
-BatchNorm after a Flipout conv) is its plain copy's under the same autocast, to the rounding of the autocast dtype.
-scripts/gpu_check.py runs these on CUDA (``FLIPES_TEST_DEVICE``), where autocast's op lists and vmap's handling of
-them are CUDA's own, not the CPU's that the suite checks."""
+BatchNorm in training mode, or in eval mode after a Flipout conv) is its plain copy's under the same autocast, to the
+rounding of the autocast dtype. scripts/gpu_check.py runs these on CUDA (``FLIPES_TEST_DEVICE``), where autocast's op
+lists and vmap's handling of them are CUDA's own, not the CPU's that the suite checks."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "layer_norm": (lambda: nn.Sequential(nn.LayerNorm(6)), (6,)),
     "group_norm": (lambda: nn.Sequential(nn.GroupNorm(2, 4)), (4, 3)),
     "batch_norm_eval": (lambda: nn.Sequential(nn.BatchNorm1d(4)).eval(), (4, 3)),
+    "batch_norm_training": (lambda: nn.Sequential(nn.BatchNorm1d(4)), (4, 3)),  # each member's K rows' statistics
     "own_module": (lambda: nn.Sequential(RoundingScale(6)), (6,)),
     "conv_then_batch_norm_eval": (lambda: nn.Sequential(nn.Conv1d(3, 4, 3), nn.BatchNorm1d(4)).eval(), (3, 5)),
 }
