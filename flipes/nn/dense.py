@@ -215,7 +215,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
         except SharedBufferWrite:
             raise
         except RuntimeError as e:
-            if out_of_memory(e):  # no dtype's failure: float32 would need twice the memory
+            if _out_of_memory(e):  # no dtype's failure: float32 would need twice the memory
                 raise
             # widened below, outside this handler: an input wrong in any dtype raises the module's own error alone
         out = _vmapped_forward(module, noise, *widened)
@@ -331,7 +331,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
             try:
                 out = run(batch)
             except (RuntimeError, ValueError) as e:
-                if batch or isinstance(e, SharedBufferWrite) or out_of_memory(e):
+                if batch or isinstance(e, SharedBufferWrite) or _out_of_memory(e):
                     raise
                 try:
                     out = run(True)
@@ -345,7 +345,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
     except SharedBufferWrite:
         raise
     except RuntimeError as e:
-        if out_of_memory(e):  # the device's, neither the forward's nor vmap's
+        if _out_of_memory(e):  # the device's, neither the forward's nor vmap's
             raise
         if why := module.__dict__.get("_flipes_member_loop"):  # not vmap's: the forward's own error, also in a plain call
             raise RuntimeError(
@@ -378,7 +378,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
     return pytree.tree_map(rows, out)
 
 
-def out_of_memory(error: BaseException) -> bool:
+def _out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is a device running out of memory: ``torch.OutOfMemoryError`` (CUDA, ROCm, XPU), or the plain
     RuntimeError Apple's MPS backend raises ("MPS backend out of memory (MPS allocated: ...")."""
     return isinstance(error, torch.cuda.OutOfMemoryError) or (
