@@ -329,12 +329,14 @@ def sample_dense(
             torch.empty(distinct, *param.shape, dtype=param.dtype, device=param.device).normal_(0.0, sigma, generator=gen)
         )
     delta = _cat(rows)
-    if mirrored and delta.numel() >= 1 << 16:  # twins interleaved, row 2k+1 = -row 2k, written in place: no -delta
-        twins = delta.new_empty(delta.shape[0], 2, *delta.shape[1:])  # temporary (1.25x a 10^5-entry Vector's step)
+    # twins interleaved, row 2k+1 = -row 2k, written in place: no -delta temporary (1.25x a 10^5-entry Vector's step;
+    # not on MPS, whose out= into a strided view some builds got wrong)
+    if mirrored and delta.numel() >= 1 << 16 and delta.device.type != "mps":
+        twins = delta.new_empty(delta.shape[0], 2, *delta.shape[1:])
         twins[:, 0] = delta
         torch.neg(delta, out=twins[:, 1])
         delta = twins.flatten(0, 1)
-    elif mirrored:  # small: one op fewer
+    elif mirrored:  # small (one op fewer), or on MPS
         delta = torch.stack((delta, -delta), dim=1).flatten(0, 1)
     return DenseNoise(delta, mirrored)
 
