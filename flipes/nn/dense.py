@@ -559,13 +559,23 @@ def _hooks_below_see_members(module: nn.Module, n: int) -> Iterator[None]:
                     hooks[key] = hook
 
 
+def _maybe_current_level_before_2_3() -> int | None:
+    """``torch._C._functorch.maybe_current_level`` for torch < 2.3, which lacks it (its ``current_level`` asserts outside
+    every functorch transform): the innermost transform's level, or None outside them."""
+    from torch._C import _functorch
+
+    return _functorch.current_level() if torch._C._are_functorch_transforms_active() else None
+
+
 def _members_first(hook: Callable[..., Any], n: int, pre: bool) -> Callable[..., Any]:
     """``hook`` called, inside vmap, with every member's tensors, members first, its returned tensors split by member
     again (those in the places of member tensors, or of ``n`` rows); outside vmap (member by member) as it is."""
     from torch._C import _functorch
 
+    current_level = getattr(_functorch, "maybe_current_level", _maybe_current_level_before_2_3)
+
     def members_first(module: nn.Module, *args: Any) -> Any:
-        level = _functorch.maybe_current_level()
+        level = current_level()
         if level is None:
             return hook(module, *args)
         leaves, spec = pytree.tree_flatten(args)
