@@ -25,11 +25,12 @@ def compiling() -> bool:
     """Inside ``torch.compile`` (or ``torch.export``) tracing: the per-generation workspace of
     :class:`SlotNoise` is then left alone, since its key reads ``torch.is_inference_mode_enabled()``,
     which Dynamo cannot trace (a graph break in every layer), and a compiled graph plans its own
-    buffers. torch < 2.3 has no ``torch.compiler.is_compiling``: it traces the eager path."""
+    buffers. torch < 2.3 has no ``torch.compiler.is_compiling``: ``torch._utils.is_compiling`` stands in."""
     return _is_compiling is not None and bool(_is_compiling())
 
 
-_is_compiling = getattr(torch.compiler, "is_compiling", None)  # looked up once: compiling() runs in every layer call
+# looked up once: compiling() runs in every layer call (torch < 2.3: torch._utils.is_compiling)
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or getattr(torch._utils, "is_compiling", None)
 
 
 def stream_seed(seed: int, generation: int, group: int, slot: int) -> int:

@@ -20,11 +20,12 @@ from flipes.errors import UsageError, caller_stacklevel
 
 
 def _compiling() -> bool:
-    """Inside torch.compile or torch.export tracing (torch >= 2.3; older torch traces the eager path)."""
+    """Inside torch.compile or torch.export tracing (torch < 2.3: ``torch._utils.is_compiling`` stands in)."""
     return _is_compiling is not None and bool(_is_compiling())
 
 
-_is_compiling = getattr(torch.compiler, "is_compiling", None)  # looked up once: forward runs at every rollout step
+# looked up once: forward runs at every rollout step (torch < 2.3: torch._utils.is_compiling)
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or getattr(torch._utils, "is_compiling", None)
 # observation dtypes whose products (x·w)·x are exact in float64 (at most 2 × 24 significant bits)
 _EXACT_SQUARES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
