@@ -425,7 +425,7 @@ def written_by(path: str | Path) -> dict[str, str]:
     ``{}`` for a file written before headers named them, or one that does not read. Cheap: its payload is mapped, not
     read (``mmap=True``)."""
     try:
-        header = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        header = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)  # torch 2.2 maps a str alone
     except Exception:  # a damaged file: its load says why
         return {}
     if not isinstance(header, dict):

@@ -3,6 +3,8 @@ API gives, so a run on the floor matches one on the newest torch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -65,3 +67,31 @@ def test_hooks_below_a_per_member_module_run_the_same_without_maybe_current_leve
     monkeypatch.delattr(_functorch, "maybe_current_level", raising=False)
     got_out, got_kept = hooked_outputs()
     assert torch.equal(got_out, want_out) and torch.equal(got_kept, want_kept)
+
+
+def test_compiling_is_true_while_dynamo_traces_and_false_in_eager() -> None:
+    """flipes' check of whether Dynamo is tracing (which keeps the noise workspace and the packed-bit sign draw out of a
+    compiled graph) is False in eager and True inside ``torch.compile``, on torch < 2.3 too, which has no
+    ``torch.compiler.is_compiling`` (``torch._utils.is_compiling`` stands in)."""
+    from flipes.noise import compiling
+    from flipes.rl.normalize import _compiling
+
+    def both(x: Tensor) -> Tensor:
+        return x + (10 * compiling() + _compiling())
+
+    assert not compiling() and not _compiling()
+    assert torch.equal(both(torch.zeros(2)), torch.zeros(2))
+    assert torch.equal(torch.compile(both, backend="eager")(torch.zeros(2)), torch.full((2,), 11.0))
+
+
+def test_the_versions_a_checkpoint_header_names_read_from_a_path(tmp_path: Path) -> None:
+    """``written_by`` maps the checkpoint given as a ``pathlib.Path`` (torch 2.2's ``torch.load(mmap=True)`` takes a str
+    alone): the versions its header names come back, so a resume from a file another torch wrote says so."""
+    from flipes.checkpoint import written_by
+
+    path = tmp_path / "checkpoint.pt"
+    flipes.save_checkpoint({"x": torch.ones(2)}, path)
+    header = torch.load(path, weights_only=True)
+    torch.save(header | {"torch": "2.5.0"}, path)
+    assert written_by(path) == {"flipes": flipes.__version__, "torch": "2.5.0"}
+    assert written_by(str(path)) == written_by(path)
