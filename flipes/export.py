@@ -67,8 +67,14 @@ def export_policy(
     Raises:
         UsageError: a run without an env (its inputs are unknown), a recurrent policy other than
             :class:`~flipes.rl.GRUPolicy` (its state's shape is unknown), a policy torch cannot
-            export, or a path that cannot be written.
+            export, a path that cannot be written, or torch < 2.4.
     """
+    if torch.__version__ < (2, 4):  # torch 2.2's program of a GRU policy acts otherwise, and its load of a program raises
+        raise UsageError(
+            "torch",
+            f"{torch.__version__}: flipes export needs torch >= 2.4 (older torch.export programs need not act as the policy)",
+            "pip install -U 'torch>=2.4'",
+        )
     run_dir = Path(run_dir)
     env_id = run_env(run_dir)
     if env_id.lower() == "none":
