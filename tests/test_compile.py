@@ -18,9 +18,8 @@ import flipes
 
 N = 8
 DT = torch.float64
-needs_is_compiling = pytest.mark.skipif(
-    not hasattr(torch.compiler, "is_compiling"), reason="torch < 2.3 has no torch.compiler.is_compiling"
-)
+# torch 2.2 (flipes' fallback tells Dynamo's tracing apart there too) still fails these compiles inside torch itself
+needs_is_compiling = pytest.mark.skipif(torch.__version__ < (2, 3), reason="torch < 2.3 fails these compiles")
 
 
 def cnn() -> nn.Module:

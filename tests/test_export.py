@@ -16,6 +16,8 @@ from helpers import FAST_KW, once_per_session
 import flipes
 from flipes.commands import main
 
+pytestmark = pytest.mark.skipif(torch.__version__ < (2, 4), reason="flipes export needs torch >= 2.4")
+
 LOAD_WITHOUT_FLIPES = """
 import sys
 for name in ("flipes", "envs", "gymnasium"):  # any import of flipes, its envs or gymnasium fails: the program needs

@@ -373,6 +373,7 @@ def test_load_policy_takes_an_envs_dict_observations_as_gymnasium_gives_them(tmp
         by_hand(batch[0])
 
 
+@pytest.mark.skipif(torch.__version__ < (2, 4), reason="flipes export needs torch >= 2.4")
 def test_flipes_export_of_a_dict_observation_run_names_the_columns_its_program_takes(tmp_path, capsys) -> None:
     """`flipes export` of a run on nested Dict observations says the program takes them flattened as
     gymnasium.spaces.flatten does, naming each entry's columns; the program's actions on such rows are bit for bit
@@ -426,6 +427,7 @@ def test_a_policy_built_on_a_dict_space_acts_as_on_its_flattened_box() -> None:
         MLPPolicy(gym.spaces.Dict({"x": space["position"], "n": gym.spaces.Discrete(3)}), Goal.action_space)
 
 
+@pytest.mark.skipif(torch.__version__ < (2, 4), reason="flipes export needs torch >= 2.4")
 def test_discrete_observations_are_one_hot_for_each_member_and_learnt_and_exported(tmp_path) -> None:
     """MLPPolicy on Discrete(6, start=2) observations (state indices): inside a population each member's logits are
     its explicit weights applied to the one-hot of ``obs - start`` (to 1e-12 in float64; no normalization, even when
@@ -712,6 +714,7 @@ def test_ale_pys_ids_registering_both_entry_points_keep_copies_of_the_atari_env(
 REGISTERS = 'import gymnasium as gym\ngym.register("regtest/Cart-v0", vector_entry_point="envs.cartpole:CartPoleVectorEnv")\n'
 
 
+@pytest.mark.skipif(torch.__version__ < (2, 4), reason="flipes export needs torch >= 2.4")
 def test_a_run_on_an_id_its_script_registered_evaluates_exports_and_resumes_given_the_module(tmp_path, monkeypatch) -> None:
     """A run trained on an id the training process registered (``gym.register`` in the script) is made again in a
     process where nothing registers it by naming the module that does, ``--env mymodule:ID``, found in the working

@@ -1472,6 +1472,7 @@ class ArgmaxPolicy(torch.nn.Module):
         return self.body(obs).argmax(-1)
 
 
+@pytest.mark.skipif(torch.__version__ < (2, 4), reason="flipes export needs torch >= 2.4")
 def test_loading_a_run_of_a_module_given_as_such_leaves_that_module_alone(tmp_path: Path) -> None:
     """``load_policy(run, model=net)`` and ``export_policy(run, model=net)`` for a run trained with ``model=net`` load
     a copy: ``latest`` and ``best`` are two modules holding their own checkpoint's weights, and ``net`` keeps its
