@@ -388,3 +388,17 @@ def autocast_member_errors(
             ours = max(ours, (out[n * rows_each : (n + 1) * rows_each].double() - exact).abs().max().item())
             theirs = max(theirs, (alone.double() - exact).abs().max().item())
     return ours, theirs, same_dtype
+
+
+class RoundingScale(nn.Module):
+    """``weight * rms_normalize(x)`` computed in float32 and rounded to ``x``'s dtype before the product, as Hugging
+    Face's RMSNorms do (named otherwise, so that it runs through vmap like any module of one's own)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + 1e-6)
+        return self.weight * h.to(x.dtype)

@@ -8,25 +8,12 @@ import copy
 
 import pytest
 import torch
+from helpers import RoundingScale
 from torch import Tensor, nn
 
 import flipes
 
 N, K = 4, 2  # members, rows per member
-
-
-class RoundingScale(nn.Module):
-    """``weight * rms_normalize(x)`` computed in float32 and rounded to ``x``'s dtype before the product, as Hugging
-    Face's RMSNorms do (named otherwise, so that it runs through vmap like any module of one's own)."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + 1e-6)
-        return self.weight * h.to(x.dtype)
 
 
 def test_a_forward_that_runs_on_its_bfloat16_input_gets_it_as_given() -> None:

@@ -11,25 +11,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from torch import Tensor, nn
+from helpers import RoundingScale
+from torch import nn
 
 import flipes
 
 N, K = 4, 2  # members, rows per member
-
-
-class RoundingScale(nn.Module):
-    """``weight * rms_normalize(x)``, computed in float32 and rounded to ``x``'s dtype before the product (as Hugging
-    Face's RMSNorms do): a module of one's own, run through vmap."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + 1e-6)
-        return self.weight * h.to(x.dtype)
 
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
