@@ -5,10 +5,12 @@ Each raises at the call that was wrong, naming the problem and the fix, before a
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
 import operator
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -92,10 +94,14 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
     if isinstance(fitness, Iterator):  # a generator or map, as Iterable[float] allows: read once, in order
         fitness = list(fitness)
     try:  # a tensor stays where it is until the one copy below; numbers and arrays are read on the host
-        f = fitness.detach() if isinstance(fitness, Tensor) else torch.as_tensor(fitness, device="cpu")
-        if f.is_floating_point() and not isinstance(fitness, Tensor | np.ndarray):
-            # Python floats: as float64, not torch's default float32, which would round members apart into ties
-            f = torch.as_tensor(fitness, dtype=torch.float64, device="cpu")
+        listed = isinstance(fitness, list | tuple)  # of NumPy arrays: torch's "extremely slow" note is for millions, not N
+        with warnings.catch_warnings() if listed else contextlib.nullcontext():
+            if listed:
+                warnings.filterwarnings("ignore", message="Creating a tensor from a list of numpy.ndarrays")
+            f = fitness.detach() if isinstance(fitness, Tensor) else torch.as_tensor(fitness, device="cpu")
+            if f.is_floating_point() and not isinstance(fitness, Tensor | np.ndarray):
+                # Python floats: as float64, not torch's default float32, which would round members apart into ties
+                f = torch.as_tensor(fitness, dtype=torch.float64, device="cpu")
     except (TypeError, RuntimeError, ValueError):
         f = None
     if f is None or f.dtype.is_complex or f.dtype == torch.bool:
