@@ -33,11 +33,7 @@ def on_rank_0(comm: dist.Comm, check: Callable[[], None]) -> None:
             error = e
     if comm.size == 1:
         return
-    # a UsageError pickles badly (its message alone comes back as the option): its parts travel
-    shared = comm.bcast(
-        None if error is None else
-        (error.option, error.problem, error.fix) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
-    )  # fmt: skip
+    shared = comm.bcast(None if error is None else shared_error(error)[RANK_0_ERROR])  # a UsageError by its parts
     if error is not None:
         raise error
     if shared is not None:

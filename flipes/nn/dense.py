@@ -392,8 +392,7 @@ def _low_precision_input(module: nn.Module, args: tuple, kwargs: dict) -> torch.
     if not isinstance(module, _NormBase) or len(args) != 1 or kwargs or not isinstance(args[0], Tensor):
         return None
     held = [t for t in (module.weight, module.bias, module.running_mean, module.running_var) if t is not None]
-    low = args[0].dtype in (torch.bfloat16, torch.float16)
-    return args[0].dtype if low and held and all(t.dtype == torch.float32 for t in held) else None
+    return args[0].dtype if _low(args[0]) and held and all(t.dtype == torch.float32 for t in held) else None
 
 
 def _low(t: Any) -> bool:
