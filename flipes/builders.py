@@ -33,6 +33,7 @@ from flipes.callbacks import (
 from flipes.config import TrainConfig, resolve_groups
 from flipes.errors import UsageError, caller_stacklevel
 from flipes.es import FlipES, Population
+from flipes.es.checks import objectives_fix
 from flipes.nn.convert import flipout_layers, parameter_report
 from flipes.plugins import Plugins
 from flipes.rl import (
@@ -308,6 +309,9 @@ class CheckedFitness:
             value = self.fn(model, pop)
         what = f"{self.spec} returned"
         fix = f"return a Tensor of {pop.size} finite real numbers, one per member (higher is better)"
+        several = objectives_fix(value, pop.size)  # objectives or metrics of each member, EvoTorch's way
+        if several is not None:
+            raise UsageError("--fitness", f"{what} {several.partition('; ')[0]}", several.partition("; ")[2])
         if isinstance(value, Tensor):
             f = value
         elif isinstance(value, np.ndarray | list | tuple):

@@ -87,6 +87,39 @@ def check_fitness_fn(fitness_fn: Any) -> None:
         pass
 
 
+OBJECTIVES_FIX = (
+    "FlipES ranks one number per member: combine each member's values into one, a weighted sum "
+    "f @ torch.tensor([1.0, -0.1]) or a penalty reward - lam * (cost - budget).clamp(min=0), and log the others "
+    "yourself (README: 'Several objectives and constraints')"
+)
+
+
+def _entries(value: Any) -> int | None:
+    """The number of entries of a 1-D tensor or array (one value per member of something), else ``None``."""
+    shape = getattr(value, "shape", None)
+    return shape[0] if isinstance(value, Tensor | np.ndarray) and len(shape) == 1 else None
+
+
+def objectives_fix(value: Any, n: int) -> str | None:
+    """What to do with ``value``, a fitness of ``n`` members holding several values per member (objectives, constraint
+    costs, metrics): as an ``(n, k)`` or ``(k, n)`` table, ``k`` tensors of ``n`` values, or a dict of them, as
+    EvoTorch's multi-objective problems and ``eval_data`` keep them; a column ``(n, 1)`` is flattened. ``None``
+    where ``value`` is none of these."""
+    shape = tuple(getattr(value, "shape", ())) if isinstance(value, Tensor | np.ndarray) else None
+    if shape == (n, 1):
+        return "a column (N, 1); flatten it: fitness.flatten()"
+    if shape is not None and len(shape) == 2 and n in shape and shape != (n, n):
+        k = shape[1] if shape[0] == n else shape[0]
+        return f"{k} values per member (shape {shape}: objectives, costs or metrics?); {OBJECTIVES_FIX}"
+    if isinstance(value, dict) and value and all(_entries(v) == n for v in value.values()):
+        keys = ", ".join(map(repr, list(value)[:4]))
+        return f"a dict of {len(value)} tensors of {n} values each ({keys}); {OBJECTIVES_FIX}"
+    if isinstance(value, list | tuple) and len(value) > 1 and all(_entries(v) == n for v in value):
+        what = f"a {type(value).__name__} of {len(value)} tensors of {n} values each"
+        return f"{what} (objectives, costs or metrics?); {OBJECTIVES_FIX}"
+    return None
+
+
 def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range, popsize: int) -> Tensor:
     """``fitness`` of this process's ``members`` (global indices) as a float64 CPU tensor of shape
     ``(len(members),)``, checked to be finite real numbers; ``popsize`` (all processes) names the
@@ -105,6 +138,9 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
     except (TypeError, RuntimeError, ValueError):
         f = None
     if f is None or f.dtype.is_complex or f.dtype == torch.bool:
+        several = objectives_fix(fitness, len(members))
+        if several is not None:  # not the parts' fitness: each tensor holds a value of every member
+            raise TypeError(f"fitness must be one real number per member, got {several}")
         parts = isinstance(fitness, list | tuple) and any(isinstance(x, Tensor) and x.dim() > 0 for x in fitness)
         raise TypeError(
             f"fitness must be real numbers, one per member (a Tensor, array or list), got {type(fitness).__name__}"
@@ -131,6 +167,7 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
     n = len(members)
     if f.shape != (n,):
         whole = f.shape == (popsize,) and popsize != n
+        several = objectives_fix(f, n)
         raise ValueError(
             f"fitness has shape {tuple(f.shape)}, but this process evaluates {n} members: "
             f"return one value per member, a Tensor of shape ({n},)"
@@ -142,6 +179,7 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
                 if f.dim() == 0 and n > 1
                 else ""
             )
+            + (f"; {several}" if several else "")
         )
     # the usual case in one sum (finite only if every value is; one that overflows is checked value by value); the
     # members named only when some are not
