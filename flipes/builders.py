@@ -33,7 +33,7 @@ from flipes.callbacks import (
 from flipes.config import TrainConfig, resolve_groups
 from flipes.errors import UsageError, caller_stacklevel
 from flipes.es import FlipES, Population
-from flipes.es.checks import objectives_fix
+from flipes.es.checks import INFEASIBLE_FIX, objectives_fix
 from flipes.nn.convert import flipout_layers, parameter_report
 from flipes.plugins import Plugins
 from flipes.rl import (
@@ -337,7 +337,9 @@ class CheckedFitness:
         if bad:
             shown = ", ".join(f"member {pop.members[i]}: {f[i].item()}" for i in bad[:3])
             raise UsageError(
-                "--fitness", f"{what} {len(bad)} non-finite value(s) ({shown})", "clip or penalize instead of returning nan/inf"
+                "--fitness",
+                f"{what} {len(bad)} non-finite value(s) ({shown})",
+                f"clip or penalize instead of returning nan/inf; {INFEASIBLE_FIX}",
             )
         return f
 

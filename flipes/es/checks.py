@@ -59,12 +59,17 @@ def nonnegative(name: str, value: Any) -> float:
     return float(value)
 
 
+# how to mark members that broke a constraint or could not be scored (NaN/inf), ranked below every other
+INFEASIBLE_FIX = "infeasible members rank last with flipes.shaping.feasible_first(fitness, violation, worst)"
+
+
 class NonFiniteFitness(ValueError):
     """A fitness with NaN or inf values (:func:`check_fitness`); ``what`` says which, without the fix."""
 
     def __init__(self, what: str) -> None:
         super().__init__(
-            f"{what}; the fitness function must return finite values (clip or penalize instead of returning nan/inf)"
+            f"{what}; the fitness function must return finite values (clip or penalize instead of returning nan/inf; "
+            f"{INFEASIBLE_FIX})"
         )
         self.what = what
 

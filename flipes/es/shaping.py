@@ -138,3 +138,59 @@ def ars(fitness: Tensor | ArrayLike, top: int | None = None) -> Tensor:
         w = n * (plus[keep] - minus[keep]) / (2 * b * sigma_r)
         weights[2 * keep], weights[2 * keep + 1] = w, -w
     return weights
+
+
+def feasible_first(fitness: Tensor | ArrayLike, violation: Tensor | ArrayLike, worst: float, maximize: bool = True) -> Tensor:
+    """One fitness per member that ranks as Deb's feasibility rules (Deb, "An efficient constraint handling method for
+    genetic algorithms", Comput. Methods Appl. Mech. Engrg. 186, 2000): every feasible member above every infeasible
+    one, feasible members by their fitness, infeasible ones by their violation alone (less is better).
+
+    Not a shaping function: its result is the fitness to tell (or to return from ``flipes.train``'s fitness), which
+    the default shaping, centered ranks, then ranks. ``worst - violation`` for an infeasible member, its fitness
+    unchanged otherwise: a function of each member alone, so every process of an MPI run, and every part of a
+    population, computes the same values as one process would (the lowest feasible fitness of the generation would
+    differ between processes).
+
+    Args:
+        fitness: ``(N,)``, higher is better (lower with ``maximize=False``). An infeasible member's may be NaN or
+            infinite (a simulation that diverged): it is not read.
+        violation: ``(N,)``, how far each member breaks its constraints: ``> 0`` infeasible, ``<= 0`` feasible, e.g.
+            ``cost - budget`` or a sum of such terms clamped at 0. Finite: a member to rank below all others gets a
+            large finite violation (``1e9``).
+        worst: a number no feasible member's fitness is below (above with ``maximize=False``), e.g. the lowest
+            return an episode can have; a feasible fitness past it is an error, as it would rank below infeasible
+            members.
+        maximize: ``False`` for a loss told to ``FlipES(..., maximize=False)``: infeasible members get
+            ``worst + violation``.
+
+    Returns:
+        float64 ``(N,)``, finite. Its mean (the rows' ``fitness_mean``) mixes fitness and violations: log the members'
+        own fitness and cost beside it (README: "Several objectives and constraints").
+    """
+    fitness, violation = _floating(fitness).double(), _floating(violation).double()
+    if fitness.shape != violation.shape:
+        raise ValueError(
+            f"feasible_first: fitness {tuple(fitness.shape)} and violation {tuple(violation.shape)} need one value each "
+            "per member, of one shape"
+        )
+    if not math.isfinite(worst):
+        raise ValueError(f"feasible_first: worst must be a finite number, got {worst!r}")
+    if not bool(violation.isfinite().all()):
+        at = (~violation.isfinite()).nonzero().flatten()
+        raise ValueError(
+            f"feasible_first: the violation of {len(at)} member(s) is not finite (first: {at[0].item()}="
+            f"{violation[at[0]].item()}); give a member to rank below all others a large finite violation (1e9)"
+        )
+    feasible = violation <= 0
+    sign = 1.0 if maximize else -1.0
+    past = feasible & ~(sign * (fitness - worst) >= 0)  # below worst (above for a loss), or NaN/inf of a feasible one
+    if bool(past.any()):
+        at = past.nonzero().flatten()
+        shown = ", ".join(f"{i}={fitness[i].item()}" for i in at[:5].tolist()) + (", ..." if len(at) > 5 else "")
+        side = "below" if maximize else "above"
+        raise ValueError(
+            f"feasible_first: {len(at)} feasible member(s) have a fitness {side} worst={worst!r} or not finite ({shown}): "
+            f"they would rank with the infeasible ones; pass a worst {side} every feasible fitness, and give a member "
+            "that cannot be scored a violation > 0"
+        )
+    return torch.where(feasible, fitness, worst - sign * violation)
