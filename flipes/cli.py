@@ -187,6 +187,8 @@ MINIMIZE_FIX = (
     "training maximizes the fitness: return minus the loss from the fitness function (FlipES(..., maximize=False) "
     "takes a loss in a loop of your own)"
 )
+# EvoTorch's objective_sense=["max", "min"], one sense per objective: flipes ranks one number per member
+OBJECTIVES_FIX = "; several objectives: return one number per member of them (README: 'Several objectives and constraints')"
 
 # env=None reads as "no env" in Python, but the option's unset value is CartPole: name the spelling of "no env"
 NO_ENV_FIX = 'a fitness of your own with no env is env = "none" (with fitness= and model=)'
@@ -237,6 +239,7 @@ FOREIGN = {
     "stdev_learning_rate": ("EvoTorch's and EvoJAX's", "sigma_lr", " (one σ per layer)"),
     "symmetric": ("EvoTorch's", "mirrored", ""),
     "ranking_method": ("EvoTorch's", "shaping", ""),
+    "fitness_shaping_fn": ("evosax's", "shaping", " (a function fitness -> weights, or centered-ranks, z-score, raw)"),
     "sigma_init": ("evosax's", "sigma", ""),
     "sigma_limit": ("evosax's", "sigma_min", ""),
     "lrate_init": ("evosax's", "lr", " (its OpenES's Adam)"),
@@ -352,7 +355,7 @@ def check_options(cls: type, values: Mapping[str, Any], source: str, also: Seque
             if key in also:  # a keyword the caller's function takes beside the options (flipes.train's callbacks=)
                 fix = f"{key} is no option of a run but a keyword of flipes.train itself: flipes.train(config, {key}=...)"
             if key in MINIMIZE and cls.__name__ == "TrainConfig":  # EvoTorch's and evosax's way to minimize
-                fix = MINIMIZE_FIX
+                fix = MINIMIZE_FIX + (OBJECTIVES_FIX if isinstance(value, list | tuple) else "")
             if key in PROCESSES and cls.__name__ == "TrainConfig":
                 fix = processes_fix(flags=False)
             if cls.__name__ == "TrainConfig" and (foreign := foreign_fix(key, flags=False)):  # not the closest spelling

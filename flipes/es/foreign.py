@@ -32,6 +32,10 @@ _LR_LIMIT = (
 _LR = "lr= (of torch.optim.Adam, FlipES's default optimizer)"
 _POPSIZE = "popsize= (members per generation, all processes together)"
 _DIMS = "no argument: FlipES evolves the trainable parameters of model"
+_ONE_NUMBER = (
+    "one number per member: combine objectives and costs into it (a weighted sum, a penalty, "
+    "flipes.shaping.feasible_first) and keep the other values yourself (README: 'Several objectives and constraints')"
+)
 _SEED = "seed= (the noise is a function of seed and generation: no key to split)"
 
 # name -> (whose name it is, "" for many libraries'; FlipES's way to say it)
@@ -75,7 +79,13 @@ FOREIGN: dict[str, tuple[str, str]] = {
         "shaping=flipes.shaping.centered_ranks (the default: solution_ranking=True) or flipes.shaping.raw (False)",
     ),
     "symmetric": ("EvoTorch's", "mirrored= (True by default)"),
-    "objective_sense": ("EvoTorch's", 'maximize=False for "min" (tell then takes the loss itself), True for "max"'),
+    "objective_sense": (
+        "EvoTorch's",
+        'maximize=False for "min" (tell then takes the loss itself), True for "max"; for a list of senses (several '
+        f"objectives) tell takes {_ONE_NUMBER}",
+    ),
+    "eval_data_length": ("EvoTorch's Problem's", f"no argument: tell takes {_ONE_NUMBER}"),
+    "fitness_shaping_fn": ("evosax's", _SHAPING + ", or any function fitness (N,) -> weights (N,)"),
     "ranking_method": ("EvoTorch's", _SHAPING),
     "return_proc_mode": ("OpenAI's ES starter's", _SHAPING),
     "fitness_shaping": ("", _SHAPING),
