@@ -20,7 +20,7 @@ from torch import nn
 
 from flipes.cli import load_callable, main_module
 from flipes.errors import UsageError
-from flipes.es.checks import check_weights
+from flipes.es.checks import GATHER_FIX, check_weights
 from flipes.es.optimizer import refuse_flags, unsteppable
 from flipes.es.options import BOTH_STATE_METHODS, half_state_methods
 from flipes.nn.convert import uncompiled
@@ -147,8 +147,9 @@ class CheckedShaping:
         try:
             check_weights(weights, fitness)
         except (TypeError, ValueError) as e:
-            fix = "return one finite weight per member, in the members' order"
-            raise UsageError("--shaping", f"{self.spec}: {e}", fix) from None
+            problem, gather, _ = str(e).partition(f"; {GATHER_FIX}")  # the cause of too few weights goes with the fix
+            fix = "return one finite weight per member, in the members' order" + (f"; {GATHER_FIX}" if gather else "")
+            raise UsageError("--shaping", f"{self.spec}: {problem}", fix) from None
         return weights
 
     def __getattr__(self, name: str) -> Any:

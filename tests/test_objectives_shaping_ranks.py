@@ -6,6 +6,8 @@ process does."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -95,3 +97,44 @@ def test_gathered_objectives_ranked_together_step_as_one_process(mode: str) -> N
     local = run_thread_ranks(lambda comm: run(comm, gather=False), 2)
     _failed(local)
     assert not torch.allclose(local[0], one, rtol=1e-6, atol=1e-8)
+
+
+def test_a_shaping_reading_a_cost_the_fitness_kept_on_its_rank_is_told_to_gather() -> None:
+    """A shaping that ranks by a cost the fitness kept (a lexicographic order of cost, then fitness) gets 8 members'
+    fitness but the cost of its rank's 4: on each rank the error names the cause and gathering, before any step."""
+
+    def run(comm: ThreadComm) -> BaseException | None:
+        kept: dict[str, torch.Tensor] = {}
+
+        def lexicographic(f: torch.Tensor) -> torch.Tensor:  # ranks by cost alone where it differs: a sketch
+            return -centered_ranks(kept["cost"])
+
+        x, es = _es(comm, "seeds", lexicographic)
+        with es.population():
+            v = x()
+            kept["cost"] = v.abs().sum(1)
+        try:
+            es.tell(_objectives(v)[0])
+        except ValueError as error:
+            assert es.generation == 0
+            return error
+        return None
+
+    results = run_thread_ranks(run, 2)
+    for error in results:
+        assert isinstance(error, ValueError), error
+        assert "got shape (4,); it gets every member's fitness, on every process" in str(error)
+        assert "gather them first" in str(error)
+
+
+def test_train_names_gathering_for_a_shaping_of_too_few_weights(tmp_path: Path) -> None:
+    """``flipes.train`` given a shaping that returns fewer weights than members says it in its one line, with gathering
+    after the fix (the problem itself ends at the shapes, as for any wrong length)."""
+
+    def fitness(model: torch.nn.Module, pop: Any) -> torch.Tensor:
+        return model().sum(1)
+
+    with pytest.raises(flipes.UsageError, match=r"got shape \(2,\); return one finite weight .*; it gets every member's"):
+        flipes.train(env="none", model=lambda env: flipes.nn.Vector(torch.zeros(3)), fitness=fitness, popsize=4,
+                     shaping=lambda f: f[:2], generations=1, out=str(tmp_path / "run"), progress=False, plot=False,
+                     tensorboard=False)  # fmt: skip

@@ -195,6 +195,13 @@ def check_fitness(fitness: Tensor | np.ndarray | Iterable[float], members: range
     return f
 
 
+# where a shaping returned fewer weights than members: it read values kept for this process's or part's members
+GATHER_FIX = (
+    "it gets every member's fitness, on every process, where values a fitness function kept (a cost) hold only its "
+    "process's or part's members: gather them first (README: 'Several objectives and constraints')"
+)
+
+
 def check_weights(weights: Any, fitness: Tensor) -> Tensor:
     """What a shaping function returned for ``fitness`` (N,), as a tensor of N finite weights: a tensor as it
     is, an array or list (``scipy.stats.rankdata``'s ranks, say) in ``fitness``'s dtype and device."""
@@ -208,9 +215,12 @@ def check_weights(weights: Any, fitness: Tensor) -> Tensor:
         raise TypeError(f"the shaping function must return weights (N,) as a Tensor or array of numbers, got {shown}")
     # finite: their sum is (else, an overflow aside, some value is not: checked value by value)
     if weights.shape != fitness.shape or not (math.isfinite(weights.sum().item()) or torch.isfinite(weights).all()):
+        fewer = weights.dim() == 1 and 0 < weights.shape[0] < fitness.shape[0]
         raise ValueError(
             f"the shaping function must map fitness {tuple(fitness.shape)} to finite weights of that shape, "
-            f"got shape {tuple(weights.shape)}" + ("" if weights.shape != fitness.shape else " with non-finite values")
+            f"got shape {tuple(weights.shape)}"
+            + ("" if weights.shape != fitness.shape else " with non-finite values")
+            + (f"; {GATHER_FIX}" if fewer else "")
         )
     return weights
 
