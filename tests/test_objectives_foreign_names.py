@@ -40,3 +40,21 @@ def test_train_says_several_objectives_for_a_list_of_senses(tmp_path: Path) -> N
     with pytest.raises(flipes.UsageError, match=r"evosax's fitness_shaping_fn is shaping here"):
         flipes.train(fitness_shaping_fn=flipes.shaping.z_score, **common)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "keyword,message",
+    [
+        ("norm_range", r"evosax's FitnessShaper's name; FlipES takes shaping=lambda f: \(f - f.min\(\)\)"),
+        ("weights", r"no argument for objectives' weights: tell one number per member.*weight_decay= is an L2"),
+        ("bounds", r"EvoTorch's Problem's name; FlipES takes no argument for box bounds: .*clamp\(lo, hi\)"),
+        ("initial_bounds", r"EvoTorch's Problem's name; .*Vector\(torch.empty\(n\).uniform_\(lo, hi\)\)"),
+    ],
+)
+def test_names_whose_closest_spelling_misleads_get_flipes_way(keyword: str, message: str) -> None:
+    """evosax's ``norm_range`` (difflib offered ``noise_rank=``), objective ``weights`` (``weight_decay=``) and
+    EvoTorch's ``bounds`` and ``initial_bounds`` (Python's bare error) name flipes' way instead."""
+    x = flipes.flipout(flipes.nn.Vector(torch.zeros(3)))
+    with pytest.raises(TypeError, match=message) as refused:
+        flipes.FlipES(x, popsize=4, sigma=0.1, **{keyword: 1})
+    assert "did you mean" not in str(refused.value)

@@ -36,6 +36,10 @@ _ONE_NUMBER = (
     "one number per member: combine objectives and costs into it (a weighted sum, a penalty, "
     "flipes.shaping.feasible_first) and keep the other values yourself (README: 'Several objectives and constraints')"
 )
+_BOX = (
+    "evaluate each member inside the box, f(x().clamp(lo, hi)), and clamp the centre after each tell (README: "
+    "'Black-box search over a vector')"
+)
 _SEED = "seed= (the noise is a function of seed and generation: no key to split)"
 
 # name -> (whose name it is, "" for many libraries'; FlipES's way to say it)
@@ -86,6 +90,19 @@ FOREIGN: dict[str, tuple[str, str]] = {
     ),
     "eval_data_length": ("EvoTorch's Problem's", f"no argument: tell takes {_ONE_NUMBER}"),
     "fitness_shaping_fn": ("evosax's", _SHAPING + ", or any function fitness (N,) -> weights (N,)"),
+    # where difflib's closest spelling misleads: norm_range is no noise_rank=, objective weights no weight_decay=
+    "norm_range": (
+        "evosax's FitnessShaper's",
+        "shaping=lambda f: (f - f.min()) / (f.max() - f.min() + 1e-10) - 0.5 (its range in [-0.5, 0.5]), or "
+        "flipes.shaping.centered_ranks (the default, ranks in that range)",
+    ),
+    "weights": ("", f"no argument for objectives' weights: tell {_ONE_NUMBER}; weight_decay= is an L2 coefficient"),
+    "bounds": ("EvoTorch's Problem's", f"no argument for box bounds: {_BOX}"),
+    "initial_bounds": (
+        "EvoTorch's Problem's",
+        "no argument: the model's parameters are the start, set them to a draw in the box before FlipES(model, ...), "
+        f"flipes.nn.Vector(torch.empty(n).uniform_(lo, hi)); for bounds: {_BOX}",
+    ),
     "ranking_method": ("EvoTorch's", _SHAPING),
     "return_proc_mode": ("OpenAI's ES starter's", _SHAPING),
     "fitness_shaping": ("", _SHAPING),
