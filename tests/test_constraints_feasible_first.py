@@ -91,3 +91,37 @@ def test_tell_and_train_name_feasible_first_for_a_non_finite_fitness(tmp_path: P
     with pytest.raises(flipes.UsageError, match=r"member 2: nan.*flipes.shaping.feasible_first\(fitness, violation, worst"):
         flipes.train(env="none", model=lambda env: flipes.nn.Vector(torch.zeros(3)), fitness=fitness, popsize=4,
                      generations=1, out=str(tmp_path / "run"), progress=False, plot=False, tensorboard=False)  # fmt: skip
+
+
+def test_one_value_each_gives_a_0d_score_as_the_vector_form() -> None:
+    """Numbers (the centre's reward and violation, in an ``evaluate``) give a 0-d float64 tensor, the value the
+    vector form gives that member; its checks apply alike."""
+    assert feasible_first(3.0, 0.0, -1.0).shape == () and feasible_first(3.0, 0.0, -1.0).dtype == torch.float64
+    for fitness, violation in [(3.0, 0.0), (float("nan"), 2.5), (-0.5, -1.0)]:
+        vector = feasible_first(torch.tensor([fitness]), torch.tensor([violation]), -1.0)
+        assert torch.equal(feasible_first(fitness, violation, -1.0).reshape(1), vector)
+    with pytest.raises(ValueError, match=r"below worst=-1.0"):
+        feasible_first(-3.0, 0.0, -1.0)
+
+
+def test_an_evaluate_of_feasible_first_makes_the_best_centre_a_feasible_one(tmp_path: Path) -> None:
+    """A run whose centre walks from x = 0 toward the fitness's optimum x = 1 crosses a budget ‖x‖₁ <= 1.5 midway; its
+    ``evaluate`` returning ``float(feasible_first(reward, cost - 1.5, worst))`` as ``eval_return`` makes ``result.best``
+    the reward of the last feasible centre, where the plain reward's best is an infeasible later one."""
+
+    def fitness(model: torch.nn.Module, pop: Any) -> torch.Tensor:
+        return -(model() - 1).square().sum(1)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        v = model()
+        reward, cost = -(v - 1).square().sum().item(), v.abs().sum().item()
+        return {"eval_return": float(feasible_first(reward, cost - 1.5, worst=-100.0)), "reward": reward, "cost": cost}
+
+    result = flipes.train(env="none", model=lambda env: flipes.nn.Vector(torch.zeros(3)), fitness=fitness,
+                          evaluate=evaluate, eval_every=1, popsize=8, sigma=0.1, lr=0.05, generations=30, seed=0,
+                          out=str(tmp_path / "run"), progress=False, plot=False, tensorboard=False)  # fmt: skip
+    rows = result.metrics
+    feasible = [row for row in rows if row["cost"] <= 1.5]
+    assert feasible and len(feasible) < len(rows)  # the centre crossed the budget
+    assert max(row["reward"] for row in rows) > max(row["reward"] for row in feasible)
+    assert result.best == max(row["reward"] for row in feasible)

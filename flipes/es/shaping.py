@@ -152,7 +152,7 @@ def feasible_first(fitness: Tensor | ArrayLike, violation: Tensor | ArrayLike, w
     differ between processes).
 
     Args:
-        fitness: ``(N,)``, higher is better (lower with ``maximize=False``). An infeasible member's may be NaN or
+        fitness: ``(N,)`` (or one number), higher is better (lower with ``maximize=False``). An infeasible member's may be NaN or
             infinite (a simulation that diverged): it is not read.
         violation: ``(N,)``, how far each member breaks its constraints: ``> 0`` infeasible, ``<= 0`` feasible, e.g.
             ``cost - budget`` or a sum of such terms clamped at 0. Finite: a member to rank below all others gets a
@@ -164,9 +164,14 @@ def feasible_first(fitness: Tensor | ArrayLike, violation: Tensor | ArrayLike, w
             ``worst + violation``.
 
     Returns:
-        float64 ``(N,)``, finite. Its mean (the rows' ``fitness_mean``) mixes fitness and violations: log the members'
-        own fitness and cost beside it (README: "Several objectives and constraints").
+        float64 ``(N,)``, finite; 0-d for one value each (the centre's, in an ``evaluate``). Its mean (the rows'
+        ``fitness_mean``) mixes fitness and violations: log the members' own fitness and cost beside it (README:
+        "Several objectives and constraints").
     """
+    # one value each (the centre's, in an evaluate: best.pt and --target then judge feasible centres first): a 0-d result
+    one = all(np.ndim(v) == 0 for v in (fitness, violation))
+    if one:
+        fitness, violation = (torch.as_tensor(v, dtype=torch.float64).reshape(1) for v in (fitness, violation))
     fitness, violation = _floating(fitness).double(), _floating(violation).double()
     if fitness.shape != violation.shape:
         raise ValueError(
@@ -193,4 +198,5 @@ def feasible_first(fitness: Tensor | ArrayLike, violation: Tensor | ArrayLike, w
             f"they would rank with the infeasible ones; pass a worst {side} every feasible fitness, and give a member "
             "that cannot be scored a violation > 0"
         )
-    return torch.where(feasible, fitness, worst - sign * violation)
+    scores = torch.where(feasible, fitness, worst - sign * violation)
+    return scores[0] if one else scores
