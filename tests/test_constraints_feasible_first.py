@@ -125,3 +125,11 @@ def test_an_evaluate_of_feasible_first_makes_the_best_centre_a_feasible_one(tmp_
     assert feasible and len(feasible) < len(rows)  # the centre crossed the budget
     assert max(row["reward"] for row in rows) > max(row["reward"] for row in feasible)
     assert result.best == max(row["reward"] for row in feasible)
+
+
+@pytest.mark.parametrize("shaping", [centered_ranks, flipes.shaping.z_score, flipes.shaping.ars])
+def test_shaping_functions_name_feasible_first_for_a_nan(shaping: Any) -> None:
+    """flipes' shaping functions called on a NaN fitness (in a loop of one's own combining scores) name the members and
+    ``feasible_first`` as the way to rank infeasible ones last."""
+    with pytest.raises(ValueError, match=r"\(1=nan\).*flipes.shaping.feasible_first\(fitness, violation, worst\)"):
+        shaping(torch.tensor([1.0, torch.nan, 2.0, 0.0]))

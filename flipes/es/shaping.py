@@ -64,7 +64,8 @@ def _refuse_non_finite(fitness: Tensor, name: str, infinities: bool = False) -> 
         shown = ", ".join(f"{i}={fitness[i].item()}" for i in at[:5].tolist()) + (", ..." if len(at) > 5 else "")
         raise ValueError(
             f"{name}: fitness of {len(at)} member(s) is {'NaN' if infinities else 'not finite'} ({shown}); give such "
-            "members a finite worst value first (FlipES.tell refuses them too)"
+            "members a finite worst value first (FlipES.tell refuses them too), or rank infeasible members last with "
+            "flipes.shaping.feasible_first(fitness, violation, worst)"
         )
 
 
