@@ -240,6 +240,12 @@ FOREIGN = {
     "symmetric": ("EvoTorch's", "mirrored", ""),
     "ranking_method": ("EvoTorch's", "shaping", ""),
     "fitness_shaping_fn": ("evosax's", "shaping", " (a function fitness -> weights, or centered-ranks, z-score, raw)"),
+    "eval_data_length": (
+        "EvoTorch's Problem's",
+        "fitness",
+        " (one number per member: combine objectives and costs into it, as flipes.shaping.feasible_first does, and log "
+        "the others from a callback: README's 'Several objectives and constraints')",
+    ),
     "sigma_init": ("evosax's", "sigma", ""),
     "sigma_limit": ("evosax's", "sigma_min", ""),
     "lrate_init": ("evosax's", "lr", " (its OpenES's Adam)"),

@@ -33,12 +33,15 @@ def test_flipes_refuses_other_libraries_objective_names_naming_its_way(keyword: 
 
 def test_train_says_several_objectives_for_a_list_of_senses(tmp_path: Path) -> None:
     """``flipes.train(objective_sense=["max", "min"])`` says how to minimize and, for the list, that a fitness returns one
-    number per member of several objectives; evosax's ``fitness_shaping_fn`` is named ``shaping``."""
+    number per member of several objectives; evosax's ``fitness_shaping_fn`` is named ``shaping``, EvoTorch's
+    ``eval_data_length`` the fitness's one number per member."""
     common = {"env": "none", "out": str(tmp_path / "run")}
     with pytest.raises(flipes.UsageError, match=r"training maximizes .*; several objectives: return one number per member"):
         flipes.train(objective_sense=["max", "min"], **common)
     with pytest.raises(flipes.UsageError, match=r"evosax's fitness_shaping_fn is shaping here"):
         flipes.train(fitness_shaping_fn=flipes.shaping.z_score, **common)
+    with pytest.raises(flipes.UsageError, match=r"EvoTorch's Problem's eval_data_length is fitness here \(one number per"):
+        flipes.train(eval_data_length=2, **common)
     assert not (tmp_path / "run").exists()
 
 
