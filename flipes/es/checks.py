@@ -94,8 +94,8 @@ def check_fitness_fn(fitness_fn: Any) -> None:
 
 OBJECTIVES_FIX = (
     "FlipES ranks one number per member: combine each member's values into one, a weighted sum "
-    "f @ torch.tensor([1.0, -0.1]) or a penalty reward - lam * (cost - budget).clamp(min=0), and log the others "
-    "yourself (README: 'Several objectives and constraints')"
+    "f @ f.new_tensor([1.0, -0.1]) (its dtype and device) or a penalty reward - lam * (cost - budget).clamp(min=0), "
+    "and log the others yourself (README: 'Several objectives and constraints')"
 )
 
 
