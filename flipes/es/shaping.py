@@ -153,11 +153,11 @@ def feasible_first(fitness: Tensor | ArrayLike, violation: Tensor | ArrayLike, w
     differ between processes).
 
     Args:
-        fitness: ``(N,)`` (or one number), higher is better (lower with ``maximize=False``). An infeasible member's may be NaN or
-            infinite (a simulation that diverged): it is not read.
-        violation: ``(N,)``, how far each member breaks its constraints: ``> 0`` infeasible, ``<= 0`` feasible, e.g.
-            ``cost - budget`` or a sum of such terms clamped at 0. Finite: a member to rank below all others gets a
-            large finite violation (``1e9``).
+        fitness: ``(N,)``, or one number, higher is better (lower with ``maximize=False``). An infeasible member's
+            may be NaN or infinite (a simulation that diverged): it is not read.
+        violation: ``(N,)``, or one number: how far each member breaks its constraints, ``> 0`` infeasible, ``<= 0``
+            feasible, e.g. ``cost - budget`` or a sum of such terms clamped at 0. Finite: a member to rank below all
+            others gets a large finite violation (``1e9``).
         worst: a number no feasible member's fitness is below (above with ``maximize=False``), e.g. the lowest
             return an episode can have; a feasible fitness past it is an error, as it would rank below infeasible
             members.
