@@ -6,12 +6,15 @@ and runs them, with any of the user's, on rank 0 only (the rank that does all I/
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import shlex
 import sys
 import time
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
@@ -96,18 +99,41 @@ class JSONLLogger(Callback):
 
     def on_train_start(self, state: TrainState) -> None:
         if state.resumed and self.path.exists():
-            lines, dropped = read_jsonl(self.path)
-            if dropped:
-                print(f"flipes: {self.path}: {dropped_note(dropped)}", file=sys.stderr)
-            kept = [line for line in lines if json.loads(line)["generation"] < state.es.generation]
-            missing = sorted(set(range(state.es.generation)) - {json.loads(line)["generation"] for line in kept})
-            if missing:  # rows lost in a crash of the machine (written, not yet on its disk) or removed by hand
-                print(f"flipes: {self.path}: no row of generation(s) {spans(missing)} before the resumed generation "
-                      f"{state.es.generation} (lost in a crash, or removed): its curves skip them", file=sys.stderr)  # fmt: skip
-            write_atomic(self.path, "".join(line + "\n" for line in kept))
+            self._keep_before(state.es.generation)
         else:
             write_atomic(self.path, "")
         self.file = open(self.path, "a", encoding="utf-8")
+
+    def _keep_before(self, generation: int) -> None:
+        """Replace the file by its rows before ``generation`` (atomically), saying on stderr what was torn or is missing.
+        Line by line, each parsed once: a run of a million generations has a file of ~400 MB, which read whole and
+        parsed thrice took a minute and 2 GB at every resume; and the rows' generations, not every number below
+        ``generation``, are held to find the gaps (a state at generation 2**31 asked for 2**31 numbers)."""
+        kept = array("q")  # 8 bytes a row
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as out:
+                dropped = 0
+                for line, row in jsonl_rows(self.path):
+                    if row is None:
+                        dropped += 1
+                    elif row["generation"] < generation:
+                        kept.append(row["generation"])
+                        out.write(line + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            discard(tmp)
+            raise StorageError(f"cannot write {self.path} ({os_reason(e)}); it is unchanged") from None
+        except BaseException:
+            discard(tmp)
+            raise
+        if dropped:
+            print(f"flipes: {self.path}: {dropped_note(dropped)}", file=sys.stderr)
+        if missing := gaps(kept, generation):  # rows lost in a crash of the machine (written, not yet on its disk) or removed
+            print(f"flipes: {self.path}: no row of generation(s) {missing} before the resumed generation "
+                  f"{generation} (lost in a crash, or removed): its curves skip them", file=sys.stderr)  # fmt: skip
 
     def on_generation(self, state: TrainState, row: dict[str, Any]) -> None:
         assert self.file is not None
@@ -199,35 +225,51 @@ def read_jsonl(path: Path) -> tuple[list[str], int]:
     Raises:
         UsageError: the file cannot be read (a directory in its place, no permission).
     """
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        what = "is a directory, not a metrics file" if path.is_dir() else f"cannot be read ({e.strerror or e})"
-        raise UsageError(str(path), what, f"move it out of the way (mv {path} {path}.bak)") from None
     out, dropped = [], 0
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        generation = row.get("generation") if isinstance(row, dict) else None
-        if isinstance(generation, int) and not isinstance(generation, bool):
-            out.append(line)
-        else:
+    for line, row in jsonl_rows(path):
+        if row is None:
             dropped += 1
+        else:
+            out.append(line)
     return out, dropped
 
 
-def spans(numbers: list[int]) -> str:
-    """Sorted integers as spans, the first 5 of them: ``[0, 1, 2, 7]`` -> ``0-2, 7``."""
-    runs: list[list[int]] = []
-    for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
+def jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """Each line of a metrics file (its newline stripped) and its row, read one at a time; the row is None where the
+    line is torn, blank or not a row (see :func:`read_jsonl`).
+
+    Raises:
+        UsageError: the file cannot be read (a directory in its place, no permission).
+    """
+    try:
+        file = open(path, encoding="utf-8", errors="replace")
+    except OSError as e:
+        what = "is a directory, not a metrics file" if path.is_dir() else f"cannot be read ({e.strerror or e})"
+        raise UsageError(str(path), what, f"move it out of the way (mv {path} {path}.bak)") from None
+    with file:
+        for line in file:
+            line = line.rstrip("\n")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            generation = row.get("generation") if isinstance(row, dict) else None
+            yield line, row if isinstance(generation, int) and not isinstance(generation, bool) else None
+
+
+def gaps(generations: Sequence[int], end: int) -> str:
+    """The numbers in ``range(end)`` missing from ``generations`` as spans (``0-2, 7``, the first 5 of them; ``""``:
+    none), found from the gaps between them: the missing numbers themselves may be billions."""
+    if any(b <= a for a, b in itertools.pairwise(generations)):  # rows out of order or repeated (edited by hand)
+        generations = sorted(set(generations))
+    runs, count, last = [], 0, -1
+    for g in itertools.chain((g for g in generations if g >= 0), [end]):
+        if g > last + 1:
+            runs.append((last + 1, g - 1))
+            count += g - 1 - last
+        last = g
     shown = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:5])
-    return shown + (f", ... ({len(numbers)} in all)" if len(runs) > 5 else "")
+    return shown + (f", ... ({count} in all)" if len(runs) > 5 else "")
 
 
 def sync_file(path: Path) -> None:
