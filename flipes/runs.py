@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from flipes.builders import global_seed, seeded_global_rngs
-from flipes.callbacks import read_jsonl_lines
+from flipes.callbacks import jsonl_rows
 from flipes.checkpoint import CheckpointError, NewerCheckpointError, load_checkpoint, load_mismatch, state_mismatch
 from flipes.cli import import_here
 from flipes.config import TrainConfig, check_float64
@@ -44,7 +44,7 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
         if Path(run).is_file():  # the file itself, or a checkpoint of the run: its directory is what is meant
             raise FileNotFoundError(f"{run}: is a file, not a run directory; pass the run's directory, {Path(run).parent}")
         raise FileNotFoundError(f"{run}: no metrics.jsonl; pass a run directory written by flipes train")
-    return [json.loads(line) for line in read_jsonl_lines(path)]
+    return [row for _, row in jsonl_rows(path) if row is not None]  # each line parsed once, none held
 
 
 def runs_under(folder: str | Path, marker: str = "metrics.jsonl", depth: int = 3) -> tuple[str, str] | None:
