@@ -525,14 +525,15 @@ def abort_on_exit(comm: Comm, e: SystemExit, when: str = "during training") -> N
     raise e  # a Comm whose abort returned: this rank exits as asked
 
 
-# seconds a rank raising rank 0's error (rank_zero.raise_shared_error) leaves rank 0 to end the job with its own lines
+# seconds a rank raising another's error (rank_zero.raise_shared_error) leaves that rank to end the job with its own lines
 RANK_0_GRACE = 3.0
 
 
 def wait_for_rank_0(error: BaseException) -> None:
-    """Before a rank other than 0 ends the job over ``error``, rank 0's error that it raises too (marked
-    ``flipes_from_rank_0``): wait a while, so that rank 0, which has the traceback, ends the job first with its own
-    lines; a job that is still running then (rank 0's script caught it, this one did not) ends with this rank's."""
+    """Before a rank ends the job over ``error``, another rank's error that it raises too (marked ``flipes_from_rank_0``:
+    rank 0's callbacks' and checks', or one rank's fitness'): wait a while, so that the rank that failed, which has the
+    traceback, ends the job first with its own lines; a job that is still running then (that rank's script caught it,
+    this one did not) ends with this rank's."""
     if getattr(error, "flipes_from_rank_0", False):
         time.sleep(RANK_0_GRACE)
 

@@ -73,19 +73,24 @@ def shared_error(error: Exception) -> dict[str, Any]:
     return {RANK_0_ERROR: parts}
 
 
-def raise_shared_error(received: Any, where: str) -> None:
-    """On a rank other than 0, raise rank 0's error where ``received`` (what rank 0 sent) is :func:`shared_error`'s:
-    its UsageError as it is, another as a RuntimeError naming it and ``where``; nothing otherwise. A script that
-    catches rank 0's error then goes on alike on every rank, instead of the others waiting in the collective rank 0
-    left, until ``--mpi-timeout`` ends the job, blaming rank 0 as dead."""
+def raise_shared_error(received: Any, where: str, rank: int = 0, size: int = 0) -> None:
+    """On a rank other than ``rank`` (0: rank 0's callbacks and checks; another: a rank of ``size`` whose fitness
+    raised), raise that rank's error where ``received`` (what it sent) is :func:`shared_error`'s: its UsageError with
+    the same parts (another rank's saying ``(on rank R of N)`` after them: the cause is in that rank's data or env),
+    another as a RuntimeError naming the rank, the error and ``where``; nothing otherwise. A script that catches the
+    error then goes on alike on every rank, instead of the others waiting in the collective that rank left, until
+    ``--mpi-timeout`` ends the job, blaming it as dead."""
     if not isinstance(received, dict) or RANK_0_ERROR not in received:
         return
     shared = received[RANK_0_ERROR]
     if isinstance(shared, tuple):
         error: Exception = UsageError(*shared)
+        if rank:  # the command line's line for one rank's own mistake (flipes.commands.main_guard)
+            error.args = (f"{error} (on rank {rank} of {size})",)
     else:
-        error = RuntimeError(f"rank 0 failed {where} ({shared}); its own lines say more")
-    error.flipes_from_rank_0 = True  # type: ignore[attr-defined]  # uncaught: rank 0 ends the job first (dist)
+        error = RuntimeError(f"rank {rank} failed {where} ({shared}); its own lines say more")
+    # uncaught: the rank that failed, which has the traceback, ends the job first (dist.wait_for_rank_0)
+    error.flipes_from_rank_0 = True  # type: ignore[attr-defined]
     raise error
 
 

@@ -46,6 +46,7 @@ from flipes.checkpoint import tensors_sha256
 from flipes.config import TrainConfig, resolve_groups, resolve_target, resume_dir, validate
 from flipes.errors import UsageError, WorkerEndedError, caller_stacklevel
 from flipes.es.optimizer import optimizer_settings, step_sizes
+from flipes.es.ranks import send_failure
 from flipes.evaluation import evaluate_center
 from flipes.hooks import ConfigGuard, checked_callbacks
 from flipes.interrupts import Interrupted, StopRequest  # noqa: F401 (Interrupted: what train raises, named from here)
@@ -570,6 +571,42 @@ def _summed(comm: dist.Comm, value: float) -> float:
     return comm.allreduce_sum_(torch.tensor([float(value)], dtype=torch.float64, device="cpu")).item()
 
 
+def _fitness_values(state: TrainState, fitness: Fitness, stop: StopRequest) -> torch.Tensor | None:
+    """This rank's members' fitness of the generation under way (an env's returns on the host), or None where a stop
+    signal cut it short (one process).
+
+    Raises:
+        UsageError: an env's returns are not finite.
+    """
+    config, es, gen = state.config, state.es, state.es.generation
+    try:
+        # a policy of one's own that samples its actions, a --fitness drawing its minibatch: the same draws in every run
+        # of the seed, and on every rank (CheckedFitness seeds each part of a population alike again)
+        with es.population() as pop, seeded_global_rngs(global_seed(config.seed, gen)):
+            values = fitness(state.model, pop)
+    except _WORKER_ENDED as e:
+        if not _cut_short(
+            e, stop, state.comm, f"generation {gen}", f"the checkpoint holds the {gen} whole generation(s) before it"
+        ):
+            raise
+        return None
+    except Exception as e:
+        _attribute(e, stop, f"generation {gen}'s fitness" + (f" (the population's episodes of {config.env})" if
+                   isinstance(fitness, RolloutFitness) else ""))  # fmt: skip
+        raise
+    if not isinstance(fitness, RolloutFitness):
+        return values
+    values = values.cpu()  # once: tell reads the fitness on the host anyway
+    if not torch.isfinite(values).all():
+        if callable(check := getattr(getattr(state.model, "obs_norm", None), "check_finite", None)):
+            check()  # an env's nan observation made the actions nan: said as the env's, not as --sigma's
+        problem = f"generation {gen}: the population's returns are not finite (the actions or the env overflowed)"
+        env = f"check the env and its --env-kwargs {json.dumps(config.env_kwargs)}" if config.env_kwargs else "check the env"
+        shift = f", or --reward-shift's size ({config.reward_shift:g})" if config.reward_shift else ""  # subtracted each step
+        raise UsageError("--sigma", problem, f"lower {_step_options(config, '--sigma', '--lr')}{shift}, or {env}")
+    return values
+
+
 def run_loop(
     state: TrainState, fitness: Fitness, evaluator: Callable[..., dict] | None, callbacks: list[Callback], stop: StopRequest
 ) -> str:
@@ -608,29 +645,12 @@ def run_loop(
         gen = es.generation
         bytes_before, t0 = comm.bytes_sent, time.perf_counter()
         try:
-            # a policy of one's own that samples its actions, a --fitness drawing its minibatch: the same draws in every
-            # run of the seed, and on every rank (CheckedFitness seeds each part of a population alike again)
-            with es.population() as pop, seeded_global_rngs(global_seed(config.seed, gen)):
-                values = fitness(model, pop)
-        except _WORKER_ENDED as e:
-            if not _cut_short(
-                e, stop, comm, f"generation {gen}", f"the checkpoint holds the {gen} whole generation(s) before it"
-            ):
-                raise
-            return "interrupted"
-        except Exception as e:
-            _attribute(e, stop, f"generation {gen}'s fitness" + (f" (the population's episodes of {config.env})" if
-                       isinstance(fitness, RolloutFitness) else ""))  # fmt: skip
+            values = _fitness_values(state, fitness, stop)
+        except Exception as e:  # on this rank alone: sent on the fitness exchange the others are in, raised by every rank
+            send_failure(es, shared_error(e))
             raise
-        if isinstance(fitness, RolloutFitness):
-            values = values.cpu()  # once: tell reads the fitness on the host anyway
-        if isinstance(fitness, RolloutFitness) and not torch.isfinite(values).all():
-            if callable(check := getattr(obs_norm, "check_finite", None)):
-                check()  # an env's nan observation made the actions nan: said as the env's, not as --sigma's
-            problem = f"generation {gen}: the population's returns are not finite (the actions or the env overflowed)"
-            env = f"check the env and its --env-kwargs {json.dumps(config.env_kwargs)}" if config.env_kwargs else "check the env"
-            shift = f", or --reward-shift's size ({config.reward_shift:g})" if config.reward_shift else ""  # subtracted each step
-            raise UsageError("--sigma", problem, f"lower {_step_options(config, '--sigma', '--lr')}{shift}, or {env}")
+        if values is None:
+            return "interrupted"
         if config.lr_decay != 1:  # set before each step from the generation alone: a resume continues it bit for bit
             if scaled is not None and step_settings(es.optimizer) != scaled and not told_override:
                 told_override = True  # once: a callback's schedule sets them every generation

@@ -741,11 +741,11 @@ for script, directory, *args in json.loads(sys.argv[1]):
 def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RANK_ROWS, LR_SCHEDULE, READ_BACK and HELD_RUN_SCRIPT, scripts that each train with flipes.train under ``mpiexec
     -n 2``, then MANY_COMMS, LOAD_ON_ONE_RANK_SCRIPT (an own loop whose last tell is refused), OWN_LOOP_OBS_NORM (its
-    loops "comm" and "plain"), OWN_LOOP_BUFFER_SCRIPT, CURRICULUM (4 generations into once/, 2 then 4 into resumed/) and
-    OWN_LOOP_STOP's shared stop, run one after the other in one job (one start of 2 ranks for the tests that read them),
-    once per session: the directory holding each one's directory (rows, lr, read_back, held, many, load, obs_norm,
-    buffer, curriculum, stop), which holds its stdout.R and stderr.R of rank R (HELD_RUN_SCRIPT's run directory is
-    held/run, made by the script). Read it, never write to it."""
+    loops "comm" and "plain"), OWN_LOOP_BUFFER_SCRIPT, CURRICULUM (4 generations into once/, 2 then 4 into resumed/),
+    FITNESS_ERROR_SWEEP and OWN_LOOP_STOP's shared stop, run one after the other in one job (one start of 2 ranks for
+    the tests that read them), once per session: the directory holding each one's directory (rows, lr, read_back, held,
+    many, load, obs_norm, buffer, curriculum, sweep, stop), which holds its stdout.R and stderr.R of rank R
+    (HELD_RUN_SCRIPT's run directory is held/run, made by the script). Read it, never write to it."""
 
     def make(out: Path) -> None:
         curriculum = [(str(out / "curriculum" / name), generations) for name, generations in (("once", 4), ("resumed", 2),
@@ -756,7 +756,7 @@ def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ("read_back", READ_BACK, [out / "read_back"]), ("held", HELD_RUN_SCRIPT, [out / "held" / "run"]),
             ("many", MANY_COMMS, [out / "many"]), ("load", LOAD_ON_ONE_RANK_SCRIPT, [out / "load"]),
             ("obs_norm", OWN_LOOP_OBS_NORM, [out / "obs_norm", "comm", "plain"]), ("buffer", OWN_LOOP_BUFFER_SCRIPT, []),
-            ("curriculum", CURRICULUM, [json.dumps(curriculum)]),
+            ("curriculum", CURRICULUM, [json.dumps(curriculum)]), ("sweep", FITNESS_ERROR_SWEEP, [out / "sweep"]),
             ("stop", OWN_LOOP_STOP, ["shared"]),  # last: its watchdog of 4 s stays
         ):  # fmt: skip
             (out / f"{name}.py").write_text(script)
@@ -771,6 +771,39 @@ def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert r.returncode == 0, r.stderr[-3000:]
 
     return once_per_session(tmp_path_factory, "two_rank_scripts", make)
+
+
+FITNESS_ERROR_SWEEP = """
+import json, sys
+import torch, flipes
+
+def fitness(model, pop):
+    if pop.members.start > 0 and pop.generation == 1:
+        raise ValueError("bad trial")
+    return model(torch.ones(pop.size, 3))[:, 0]
+
+kw = dict(env="none", model=lambda env: torch.nn.Linear(3, 2), popsize=8, groups=2, generations=3, progress=False,
+          tensorboard=False, plot=False, mpi_timeout=30)  # without a shared error rank 0 waits, then the job ends
+said = {}
+try:
+    flipes.train(fitness=fitness, out=sys.argv[1] + "/failing", **kw)
+except Exception as e:  # a sweep: the trial failed, the next one goes on
+    said["error"] = f"{type(e).__name__}: {e}"
+result = flipes.train(fitness=lambda model, pop: model(torch.ones(pop.size, 3))[:, 0], out=sys.argv[1] + "/next", **kw)
+said["next"] = result.metrics[-1]["params_sha256"]
+json.dump(said, open(f"{sys.argv[1]}/rank{result.es.comm.rank}.json", "w"))
+"""
+
+
+def test_a_fitness_error_on_one_rank_is_every_ranks_error_and_a_sweep_goes_on(two_rank_scripts: Path) -> None:
+    """``mpiexec -n 2 python script.py`` whose fitness raises on rank 1 at generation 1, in a sweep that catches the error
+    and trains its next trial: rank 1 raises its ValueError, rank 0 a RuntimeError naming rank 1, the generation and the
+    error, both from the fitness exchange (rank 0 waited in it until --mpi-timeout, ending the job), and both ranks then
+    train the next trial to the same parameters."""
+    said = [json.loads((two_rank_scripts / "sweep" / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert said[1]["error"] == "ValueError: bad trial", said
+    assert said[0]["error"].startswith("RuntimeError: rank 1 failed in generation 1's fitness (ValueError: bad trial)")
+    assert said[0]["next"] == said[1]["next"]
 
 
 RANK_ROWS = """

@@ -45,11 +45,21 @@ def shaping_name(shaping: Any) -> str:
     return f"{getattr(named, '__module__', '?')}:{named.__qualname__}"
 
 
+# the flag of a process whose fitness raised (send_failure), in place of gather_fitness's "compare" flag
+FAILED = -1.0
+
+
 def gather_fitness(es: FlipES, local: Tensor) -> Tensor:
     """Every process's fitness, in member order. With several processes each appends one flag saying whether
     it has yet to compare its parameters (built, or loaded since): every process sees every flag, so all of
     them compare together or none does, even where only some loaded a state (a comparison on those alone
-    would meet the others' fitness exchange: garbled errors or a hang). 8 bytes a process, no extra call."""
+    would meet the others' fitness exchange: garbled errors or a hang). 8 bytes a process, no extra call.
+    The flag :data:`FAILED` says that a process's fitness raised (:func:`send_failure`): every process then raises
+    its error at once (a second exchange, only then, carries the error).
+
+    Raises:
+        RuntimeError or UsageError: another process's fitness raised (:func:`flipes.rank_zero.raise_shared_error`).
+    """
     if es.comm.size == 1:
         return es.comm.allgather_tensor(local)
     rows = es.comm.allgather_tensor(torch.cat((local, local.new_full((1,), float(not es._ranks_agree)))))
@@ -62,9 +72,29 @@ def gather_fitness(es: FlipES, local: Tensor) -> Tensor:
             "they were built with another popsize or groups; build the FlipES alike on every rank"
         )
     pieces = rows.split(counts)
-    if any(piece[-1] != 0 for piece in pieces):
+    flags = [piece[-1].item() for piece in pieces]
+    if FAILED in flags:
+        from flipes.rank_zero import raise_shared_error
+
+        failed = flags.index(FAILED)
+        shared = es.comm.allgather_object(None)[failed]
+        raise_shared_error(shared, f"in generation {es.generation}'s fitness", failed, es.comm.size)
+    if any(flags):
         check_ranks_agree(es)
     return torch.cat([piece[:-1] for piece in pieces])
+
+
+def send_failure(es: FlipES, shared: dict[str, Any]) -> None:
+    """This process's part of :func:`gather_fitness` where its fitness raised (``shared``: the error as
+    :func:`flipes.rank_zero.shared_error` sends it): the flag :data:`FAILED` on the exchange every process is in
+    anyway, then the error, so that every process raises it at once rather than waiting for this one's fitness until
+    ``--mpi-timeout`` (a script that catches it goes on alike on every rank). Nothing with one process."""
+    if es.comm.size == 1:
+        return
+    rows = torch.zeros(len(es.members) + 1, dtype=torch.float64)  # gather_fitness's dtype (check_fitness's float64)
+    rows[-1] = FAILED
+    es.comm.allgather_tensor(rows)
+    es.comm.allgather_object(shared)
 
 
 def rank_settings(es: FlipES) -> dict[str, Any]:
