@@ -161,7 +161,11 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
         raise UsageError("--resume", e.message("--resume"), fix) from None
     saved = dict(saved_state["config"])
     options = {f.name for f in dataclasses.fields(TrainConfig)} | {"rank"}  # "rank": noise_rank's name before
-    unknown = [f"the entry {k!r}" for k in saved_state if k not in ("es", "config", "timesteps", "seconds", "best", "callbacks")]
+    unknown = [
+        f"the entry {k!r}"
+        for k in saved_state
+        if k not in ("es", "config", "timesteps", "seconds", "best", "callbacks", "es_settings")
+    ]
     unknown += [f"the option {k!r}" for k in saved if k not in options] + unknown_entries(saved_state["es"])
     if unknown:  # a newer flipes's: dropped, the run would go on as another one
         from flipes import __version__
@@ -221,6 +225,7 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
         raise UsageError("--resume", f"{path} holds non-finite parameters (NaN or inf)", fix)
     state.seconds, state.best, state.resumed = saved_state["seconds"], saved_state["best"], True
     state.saved_callbacks = saved_state.get("callbacks", {})
+    state.saved_es_settings = saved_state.get("es_settings", {})  # taken by train_state.take_saved_es_settings
     state.timesteps = saved_state["timesteps"]
     if isinstance(fitness, RolloutFitness | CheckedFitness):  # a plugged-in one takes it where it counts steps
         fitness.timesteps = saved_state["timesteps"] if state.comm.rank == 0 else 0  # all ranks' steps, counted once

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from flipes.callbacks import Callback
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
 from flipes.es import FlipES
+from flipes.es.ranks import shaping_name
 
 
 @dataclass
@@ -41,11 +44,17 @@ class TrainState:
     saved_callbacks: dict[str, Any] = field(default_factory=dict)  # their states in the resumed checkpoint
     asked_generations: int | None = None  # a resume's --generations below the run's own, which is kept
     began: float = field(default_factory=time.perf_counter)  # when the call began (perf_counter): --max-seconds counts from it
+    saved_es_settings: dict[str, Any] = field(default_factory=dict)  # what callbacks had set in the resumed checkpoint
+    built_es_settings: dict[str, Any] = field(init=False)  # the FlipES's as the options built it
+
+    def __post_init__(self) -> None:
+        self.built_es_settings = es_settings(self.es)
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation), the run's counters
-        and the user's callbacks' states."""
+        """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation), the run's counters, the user's
+        callbacks' states and what they set on the FlipES (:func:`es_settings`, where other than the options')."""
         saved = callback_states(self.callbacks)
+        changed = {k: v for k, v in es_settings(self.es).items() if v != self.built_es_settings[k]}
         return {
             "es": self.es.state_dict(),
             "timesteps": self.timesteps,
@@ -53,7 +62,52 @@ class TrainState:
             "best": self.best,
             "config": dataclasses.asdict(self.config),
             **({"callbacks": saved} if saved else {}),
+            **({"es_settings": changed} if changed else {}),
         }
+
+
+def es_settings(es: FlipES) -> dict[str, Any]:
+    """What a callback may set on the FlipES between generations besides the optimizer's settings (whose state the
+    FlipES saves): ``weight_decay``, and the shaping by its name (``module:qualname``: a checkpoint holds no code)."""
+    return {"weight_decay": es.weight_decay, "shaping": shaping_name(es.shaping)}
+
+
+def take_saved_es_settings(state: TrainState) -> None:
+    """Give a resumed run's FlipES what callbacks had set on it when the checkpoint was written (``es_settings`` there):
+    the options build it as the run began, and a schedule that set it once (or sets it after each generation) would
+    otherwise leave the first resumed generations on those, silently another run. A shaping is taken back where its
+    name is a function at the top level of a module this process has imported (:func:`unrestored_shaping` says where
+    not)."""
+    saved = state.saved_es_settings
+    if "weight_decay" in saved:
+        state.es.weight_decay = saved["weight_decay"]
+    if "shaping" in saved and (fn := _function_named(saved["shaping"])) is not None:
+        state.es.shaping = fn
+
+
+def unrestored_shaping(state: TrainState) -> str:
+    """The caution for a resumed run whose checkpoint records a shaping set by a callback that the FlipES does not hold
+    now (after the callbacks' ``on_train_start``): one that cannot be found by its name (a lambda, a local function, an
+    object); empty where there is none."""
+    name = state.saved_es_settings.get("shaping")
+    if name is None or name == shaping_name(state.es.shaping):
+        return ""
+    return (
+        f"the checkpoint records es.shaping = {name}, set by a callback, which this resume cannot take back by its name "
+        "(a lambda, a local function or an object has none to find it by; a function at the top level of an imported "
+        f"module has): it trains with {shaping_name(state.es.shaping)} until a callback sets it again; set it in the "
+        "callback's on_train_start too, or assign a function defined at the top level of a module"
+    )
+
+
+def _function_named(name: str) -> Any:
+    """The function whose :func:`~flipes.es.ranks.shaping_name` is ``name``, found in a module this process has
+    imported (a checkpoint imports no code), or None."""
+    module, _, qualname = name.partition(":")
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found if isinstance(found, types.FunctionType) and shaping_name(found) == name else None
 
 
 def callback_keys(callbacks: list[Callback]) -> list[tuple[str, Callback]]:

@@ -77,6 +77,8 @@ from flipes.train_state import (
     callback_states,
     load_callback_states,
     take_rank_0_states,
+    take_saved_es_settings,
+    unrestored_shaping,
 )
 
 
@@ -339,6 +341,7 @@ def _set_up_and_run(
         state = TrainState(config, model, es, comm, run_dir, resolve_target(config), began=began)
         if config.resume:
             notes.extend(restore(state, config.resume, device, fitness))
+            take_saved_es_settings(state)  # what callbacks had set on the FlipES (the options built it as the run began)
             # EnvPool's streams are fast-forwarded by resets alone: not a replay of an env that draws in its steps
             # (common episodes reseed such an env every generation: they resume bit for bit)
             if es.generation > 0 and (caution := resumed_streams_caution(config, env)):
@@ -412,6 +415,8 @@ def _set_up_and_run(
             return {"optimizer": optimizer_settings(es.optimizer), "es": settings.sent(es), "callbacks": callback_states(users)}
 
         started = run_on_rank_0(comm, start, "in on_train_start")
+        if lead and (caution := unrestored_shaping(state)):
+            _caution(config, caution)
         if started is not None and not lead:
             set_optimizer_settings(es.optimizer, started["optimizer"])
             set_es_settings(es, started["es"])
