@@ -40,26 +40,25 @@ def on_rank_0(comm: dist.Comm, check: Callable[[], None]) -> None:
         raise_shared_error({RANK_0_ERROR: shared}, "while the run was set up")
 
 
-def run_on_rank_0(comm: dist.Comm, work: Callable[[], T], where: str) -> T | None:
-    """Run ``work`` on rank 0 alone (the others wait for it) and return its result on every rank; an Exception of it
-    is raised on every rank instead, as :func:`on_rank_0` does (sent as :func:`shared_error`). ``where`` says in the
-    others' error when rank 0 failed."""
+def run_on_rank_0(comm: dist.Comm, work: Callable[[], T], where: str) -> T:
+    """Run ``work`` on rank 0 alone (the others wait for it) and return its result on every rank (one broadcast of it
+    as it is: no result of flipes' is a dict of :data:`RANK_0_ERROR`); an Exception of it is raised on every rank
+    instead, as :func:`on_rank_0` does (sent as :func:`shared_error`). ``where`` says in the others' error when rank 0
+    failed."""
+    if comm.size == 1:
+        return work()
     error: Exception | None = None
     result: T | None = None
     if comm.rank == 0:
         try:
             result = work()
         except Exception as e:
-            if comm.size == 1:
-                raise
             error = e
-    if comm.size == 1:
-        return result
-    received = comm.bcast(shared_error(error) if error is not None else {"result": result})
+    received = comm.bcast(shared_error(error) if error is not None else result)
     if error is not None:
         raise error
     raise_shared_error(received, where)
-    return received["result"]
+    return received
 
 
 # the key of what rank 0 sends in place of its result when it failed: no result of flipes' holds it

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -644,6 +645,47 @@ def run_loop(
     # of warnings shown, so a warning of the user's fitness would be shown again every generation
     if isinstance(fitness, RolloutFitness):
         es._told_equal = True
+
+    def decide(gen: int, row: dict[str, Any], steps: int, evaluate: bool, interrupted: bool, time_up: float) -> dict[str, Any]:
+        """Rank 0's end of generation ``gen``: its evaluation, the row's sinks and callbacks, what every rank takes of
+        them (run_on_rank_0: their error is raised on every rank)."""
+        if evaluate:
+            try:
+                evaluated = evaluate_center(state, evaluator, gen)
+            except _WORKER_ENDED as e:
+                if not _cut_short(e, stop, comm, f"the evaluation of generation {gen}", "its row has no eval_return"):
+                    raise
+                evaluated = {}
+            except Exception as e:
+                _attribute(e, stop, f"the evaluation of generation {gen}")
+                raise
+            clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row
+            if clash:
+                raise UsageError("evaluate", f"returned {', '.join(clash)}, which the row has already", "rename them")
+            row.update(evaluated)
+        row["seconds"] = time.perf_counter() - start  # with this generation's evaluation
+        state.seconds, state.timesteps = row["seconds"], steps
+        state.best = max(state.best, row.get("eval_return", -math.inf))
+        state.metrics.append(row)
+        asked = False
+        for cb in callbacks:
+            try:
+                asked = stop_asked(cb, cb.on_generation(state, row)) or asked
+            except Exception as e:
+                _attribute_hook(e, cb, state.callbacks, stop, f"on_generation of generation {gen}")
+                raise
+            guard.check(state.config, cb, f"on_generation of generation {gen}")
+        return {
+            # a signal during this generation's evaluation or callbacks stops after it too, as its note says (rank 0
+            # decides for every rank)
+            "reason": stop_reason(state, row, interrupted or stop.requested, asked, time_up),
+            "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys
+            "best": state.best,
+            "optimizer": optimizer_settings(es.optimizer) if comm.size > 1 else None,
+            "es": settings.sent(es) if comm.size > 1 else None,
+            "callbacks": callback_states(state.callbacks) if comm.size > 1 else None,
+        }
+
     scaled: list[tuple[float, ...]] | None = None  # the step settings --lr-decay last wrote, None until it has
     told_override = False
     while es.generation < config.generations:
@@ -707,65 +749,20 @@ def run_loop(
         # checkpoint does not wait for it, and a callback's stop comes after the row)
         last = gen == config.generations - 1 or budget_spent(config, steps)
         evaluate = gen % config.eval_every == 0 or last or time_up
-        decided: dict[str, Any] = {}
-        failed: Exception | None = None  # rank 0's error in its evaluation or callbacks
-        if comm.rank == 0:
-            try:
-                if evaluate:
-                    try:
-                        evaluated = evaluate_center(state, evaluator, gen)
-                    except _WORKER_ENDED as e:
-                        if not _cut_short(e, stop, comm, f"the evaluation of generation {gen}", "its row has no eval_return"):
-                            raise
-                        evaluated = {}
-                    except Exception as e:
-                        _attribute(e, stop, f"the evaluation of generation {gen}")
-                        raise
-                    clash = sorted(k for k in evaluated if k in row)  # an evaluate() dict naming a column of the row
-                    if clash:
-                        raise UsageError("evaluate", f"returned {', '.join(clash)}, which the row has already", "rename them")
-                    row.update(evaluated)
-                row["seconds"] = time.perf_counter() - start  # with this generation's evaluation
-                state.seconds, state.timesteps = row["seconds"], steps
-                state.best = max(state.best, row.get("eval_return", -math.inf))
-                state.metrics.append(row)
-                asked = False
-                for cb in callbacks:
-                    try:
-                        asked = stop_asked(cb, cb.on_generation(state, row)) or asked
-                    except Exception as e:
-                        _attribute_hook(e, cb, state.callbacks, stop, f"on_generation of generation {gen}")
-                        raise
-                    guard.check(state.config, cb, f"on_generation of generation {gen}")
-                decided = {
-                    # a signal during this generation's evaluation or callbacks stops after it too, as its note says (rank 0
-                    # decides for every rank)
-                    "reason": stop_reason(state, row, interrupted or stop.requested, asked, time_up),
-                    "row": {k: v for k, v in row.items() if k not in RANK_ROW},  # evaluation, callbacks' keys
-                    "best": state.best,
-                    "optimizer": optimizer_settings(es.optimizer) if comm.size > 1 else None,
-                    "es": settings.sent(es) if comm.size > 1 else None,
-                    "callbacks": callback_states(state.callbacks) if comm.size > 1 else None,
-                }
-            except Exception as e:  # sent to every rank below: a script that catches it goes on alike on each
-                if comm.size == 1:
-                    raise
-                failed, decided = e, shared_error(e)
-        if comm.size > 1:
-            what = "" if not evaluate else "runs evaluate() where one is given, " if config.fitness else \
-                   f"evaluates the center policy over --eval-episodes {config.eval_episodes}, "  # fmt: skip
-            with dist.waiting_for(comm, f"the end of generation {gen}: rank 0 {what}logs and checkpoints before it"):
-                decided = comm.bcast(decided)  # all ranks log the same row and stop alike
-            if failed is not None:
-                raise failed
-            raise_shared_error(decided, f"at the end of generation {gen} (its evaluation or a callback)")
-            if comm.rank != 0:
-                set_optimizer_settings(es.optimizer, decided["optimizer"])  # a callback's lr schedule: on every rank
-                set_es_settings(es, decided["es"])  # its weight decay or shaping too
-                take_rank_0_states(state.peer_callbacks, decided["callbacks"], comm.rank)  # a curriculum their states hold
-                row.update(decided["row"])
-                state.seconds, state.timesteps, state.best = row["seconds"], steps, decided["best"]
-                state.metrics.append(row)
+
+        what = "" if not evaluate else "runs evaluate() where one is given, " if config.fitness else \
+               f"evaluates the center policy over --eval-episodes {config.eval_episodes}, "  # fmt: skip
+        with dist.waiting_for(comm, f"the end of generation {gen}: rank 0 {what}logs and checkpoints before it"):
+            # all ranks log the same row and stop alike
+            decide_now = functools.partial(decide, gen, row, steps, evaluate, interrupted, time_up)
+            decided = run_on_rank_0(comm, decide_now, f"at the end of generation {gen} (its evaluation or a callback)")
+        if comm.rank != 0:
+            set_optimizer_settings(es.optimizer, decided["optimizer"])  # a callback's lr schedule: on every rank
+            set_es_settings(es, decided["es"])  # its weight decay or shaping too
+            take_rank_0_states(state.peer_callbacks, decided["callbacks"], comm.rank)  # a curriculum their states hold
+            row.update(decided["row"])
+            state.seconds, state.timesteps, state.best = row["seconds"], steps, decided["best"]
+            state.metrics.append(row)
         if decided["reason"] is not None:
             return decided["reason"]
     return "generations"
