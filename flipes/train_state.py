@@ -20,6 +20,7 @@ from flipes.callbacks import Callback
 from flipes.config import TrainConfig
 from flipes.errors import UsageError
 from flipes.es import FlipES
+from flipes.es.optimizer import step_sizes
 from flipes.es.ranks import shaping_name
 
 
@@ -46,9 +47,11 @@ class TrainState:
     began: float = field(default_factory=time.perf_counter)  # when the call began (perf_counter): --max-seconds counts from it
     saved_es_settings: dict[str, Any] = field(default_factory=dict)  # what callbacks had set in the resumed checkpoint
     built_es_settings: dict[str, Any] = field(init=False)  # the FlipES's as the options built it
+    built_steps: list[float] = field(init=False)  # the optimizer's step sizes as built (a change of them is logged)
 
     def __post_init__(self) -> None:
         self.built_es_settings = es_settings(self.es)
+        self.built_steps = step_sizes(self.es.optimizer)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What ``checkpoint.pt`` holds: the ES state (model, optimizer, generation), the run's counters, the user's

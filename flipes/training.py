@@ -577,6 +577,15 @@ def _summed(comm: dist.Comm, value: float) -> float:
     return comm.allreduce_sum_(torch.tensor([float(value)], dtype=torch.float64, device="cpu")).item()
 
 
+def _step_lr(config: TrainConfig, gen: int, optimizer: torch.optim.Optimizer) -> float | None:
+    """The rows' ``lr`` of generation ``gen``'s step: ``--lr-decay``'s ``--lr`` of it, else the first param group's lr (a
+    callback's schedule set it); None where that group has none (Hugging Face's Adafactor at its relative step)."""
+    if config.lr_decay != 1:
+        return scheduled_lr(config, gen)
+    lr = optimizer.param_groups[0].get("lr")
+    return None if lr is None else float(lr)
+
+
 def _fitness_values(state: TrainState, fitness: Fitness, stop: StopRequest) -> torch.Tensor | None:
     """This rank's members' fitness of the generation under way (an env's returns on the host), or None where a stop
     signal cut it short (one process).
@@ -688,6 +697,7 @@ def run_loop(
 
     scaled: list[tuple[float, ...]] | None = None  # the step settings --lr-decay last wrote, None until it has
     told_override = False
+    logs_lr = config.lr_decay != 1  # and from the first step at another lr than the optimizer's own (a callback's)
     while es.generation < config.generations:
         gen = es.generation
         bytes_before, t0 = comm.bytes_sent, time.perf_counter()
@@ -705,6 +715,8 @@ def run_loop(
                     _caution(config, _overridden(gen))
             scale_steps(es.optimizer, scheduled_lr(config, gen) / config.lr)
             scaled = step_settings(es.optimizer)
+        logs_lr = logs_lr or step_sizes(es.optimizer) != state.built_steps
+        lr = _step_lr(config, gen, es.optimizer) if logs_lr else None  # read before the step: the lr it takes
         # a --shaping or --optimizer of one's own that draws (random tie-breaking): the seed's draws, alike on every rank
         with seeded_global_rngs(global_seed(config.seed, gen, "tell")):
             stats = es.tell(values)
@@ -728,7 +740,7 @@ def run_loop(
             "grad_norm": stats["grad_norm"],
             "update_ratio": stats["update_ratio"],
             "sigma": stats["sigma"],
-            **({"lr": scheduled_lr(config, gen)} if config.lr_decay != 1 else {}),  # the --lr this step took
+            **({"lr": lr} if lr is not None else {}),  # the lr this step took
             "seconds": 0.0,
             "timesteps": steps,
             "steps_per_second": (steps - before) / (time.perf_counter() - t0),
