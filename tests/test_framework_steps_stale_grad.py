@@ -83,3 +83,28 @@ def test_copy_of_flipes_refuses_after_its_own_tell() -> None:
     _generation(twin.model, twin, x)
     with pytest.raises(RuntimeError, match="twice"):
         twin.optimizer.step()
+
+
+def test_a_backprop_step_after_zeroing_tells_gradient_in_place_is_taken() -> None:
+    """tell, then zero_grad(set_to_none=False), a backward of one's own and optimizer.step() (a hybrid loop's backprop
+    step after ES's, momentum on): the step is taken, to the parameters of the same step from .grad set to None before
+    the backward, bit for bit; a second step then, with .grad still that backward's, is the loop's own business too."""
+    results = []
+    for set_to_none in (True, False):
+        model, es, x = _setup(momentum=0.9)
+        _generation(model, es, x)
+        model.zero_grad(set_to_none=set_to_none)
+        model(x).pow(2).sum().backward()
+        es.optimizer.step()
+        _generation(model, es, x)  # the next generation's tell takes over .grad again
+        results.append(_values(model))
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_a_backward_onto_tells_gradient_then_a_step_is_refused() -> None:
+    """A backward after tell without zeroing .grad adds to tell's -ĝ: a step would apply it twice, so it is refused."""
+    model, es, x = _setup()
+    _generation(model, es, x)
+    model(x).pow(2).sum().backward()
+    with pytest.raises(RuntimeError, match="twice"):
+        es.optimizer.step()

@@ -7,7 +7,8 @@ replaced still being called, and a forward after ``tell`` inside the same ``with
 of a FlipES whose model a newer FlipES owns, or one nested inside another.
 
 Outside a population, a step of ``es.optimizer`` other than ``tell``'s while the parameters' ``.grad`` is still the one
-``tell`` wrote (the ``optimizer.step()`` of a training loop or framework) is refused: it would apply that gradient twice.
+``tell`` wrote (the ``optimizer.step()`` of a training loop or framework) is refused: it would apply that gradient twice;
+not once a backward has added a gradient to a ``.grad`` zeroed in place since (a backprop step of one's own).
 """
 
 from __future__ import annotations
@@ -157,13 +158,52 @@ def refuse_stale(es: FlipES) -> None:
 class Told:
     """What the last ``tell`` that stepped an optimizer left in the parameters' ``.grad`` (kept on the optimizer, which a
     restart's FlipES may take over), whether ``tell`` itself is stepping it now, and the run (seed) and generation its
-    state belongs to, as its ``state_dict()`` records them under ``"flipes"`` (:func:`note_loaded` reads them back)."""
+    state belongs to, as its ``state_dict()`` records them under ``"flipes"`` (:func:`note_loaded` reads them back).
+    ``backprop``: a backward has added a gradient of one's own to a ``.grad`` of tell's that was zeroed in place
+    (``zero_grad(set_to_none=False)``) since: a step then is a backprop step of one's own, not tell's a second time."""
 
     generation: int = -1  # the last generation told: the state is ready for generation + 1
-    grads: list[tuple[nn.Parameter, weakref.ref[torch.Tensor]]] = field(default_factory=list)
     stepping: bool = False
     seed: int | None = None
     loaded: tuple[int, int] | None = None  # (seed, generation) of a state dict loaded since, until a population checks it
+    backprop: bool = False
+    _grads: list[tuple[nn.Parameter, weakref.ref[torch.Tensor]]] = field(default_factory=list, repr=False)
+    _by_param: dict[int, weakref.ref[torch.Tensor]] = field(default_factory=dict, repr=False)  # _grads by id(parameter)
+    _watched: dict[int, weakref.ref[nn.Parameter]] = field(default_factory=dict, repr=False)  # with watch_backward's hook
+
+    @property
+    def grads(self) -> list[tuple[nn.Parameter, weakref.ref[torch.Tensor]]]:
+        """Each parameter ``tell`` stepped with, and (weakly) the ``.grad`` tensor it left there."""
+        return self._grads
+
+    @grads.setter
+    def grads(self, grads: list[tuple[nn.Parameter, weakref.ref[torch.Tensor]]]) -> None:
+        self._grads, self._by_param, self.backprop = grads, {id(p): ref for p, ref in grads}, False
+        for p, _ in grads:
+            if (seen := self._watched.get(id(p))) is None or seen() is not p:
+                watch_backward(self, p)
+
+
+def watch_backward(told: Told, p: nn.Parameter) -> None:
+    """Note in ``told.backprop`` a backward reaching ``p`` while its ``.grad`` is tell's, zeroed in place: the hook runs
+    before autograd adds to ``.grad``. Once per parameter and record; it reads ``.grad`` only until the first such
+    backward after each tell (a loop of ES alone runs none)."""
+    told_ref, p_ref = weakref.ref(told), weakref.ref(p)
+
+    @torch.utils.hooks.unserializable_hook  # a pickled model (torch.save of the module) drops it without a warning
+    def before_accumulation(grad: torch.Tensor) -> None:
+        record, param = told_ref(), p_ref()
+        if record is None or param is None or record.backprop or record.stepping:
+            return
+        held, ref = param.grad, record._by_param.get(id(param))
+        if held is not None and ref is not None and ref() is held and not held.any():
+            record.backprop = True
+
+    try:
+        p.register_hook(before_accumulation)
+    except RuntimeError:  # a parameter that requires no grad: no backward reaches it
+        return
+    told._watched[id(p)] = p_ref
 
 
 def told_record(optimizer: torch.optim.Optimizer) -> Told:
@@ -224,9 +264,10 @@ def refuse_second_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any)
     """Raise at a step of a FlipES's optimizer other than ``tell``'s while a parameter's ``.grad`` is still the ``-ĝ``
     that ``tell`` wrote and stepped with (changed in place or not: a clip, ``zero_grad(set_to_none=False)``): the
     ``optimizer.step()`` of a manual-optimization Lightning module, of Hugging Face's ``Trainer`` given ``es.optimizer``,
-    or of a loop written for backprop would take a second step from it (momentum's too), silently."""
+    or of a loop written for backprop would take a second step from it (momentum's too), silently. Not once a backward
+    added a gradient of one's own to a ``.grad`` zeroed in place since (``Told.backprop``): a backprop step after ES's."""
     told = optimizer.__dict__.get("_flipes_told")
-    if not isinstance(told, Told) or told.stepping:
+    if not isinstance(told, Told) or told.stepping or told.backprop:
         return
     if any((g := ref()) is not None and p.grad is g for p, ref in told.grads):
         raise RuntimeError(
