@@ -186,6 +186,60 @@ def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, make: 
     return out
 
 
+# `import flipes, envs` in a fresh process, seen from inside it: what the import changed of the process's state and
+# which optional packages it loaded (torch, NumPy and gymnasium first: their own import-time settings, such as
+# gymnasium's warnings filter and PYGAME_HIDE_SUPPORT_PROMPT, are theirs; what changes after is flipes'); then which of
+# MuJoCo's packages a classic-control id's make_vec loaded, and which a MuJoCo id's entry point then loaded (null where
+# MuJoCo Warp is not installed)
+_IMPORT_PROBE = r"""
+import importlib.util, json, logging, os, random, signal, sys, warnings
+import numpy as np, torch, gymnasium
+
+def state():
+    return {
+        "threads": torch.get_num_threads(), "dtype": str(torch.get_default_dtype()),
+        "deterministic": torch.are_deterministic_algorithms_enabled(), "grad": torch.is_grad_enabled(),
+        "matmul": torch.get_float32_matmul_precision(), "cudnn": str(torch.backends.cudnn.benchmark),
+        "torch_rng": torch.get_rng_state().tolist(), "numpy_rng": repr(np.random.get_state()), "random": repr(random.getstate()),
+        "warnings": repr(warnings.filters), "showwarning": repr(warnings.showwarning),
+        "logging": repr([(name, getattr(lg, "level", None), getattr(lg, "handlers", None))
+                         for name, lg in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()]]),
+        "signals": repr({s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}),
+        "excepthook": repr((sys.excepthook, sys.displayhook)), "environ": dict(os.environ), "cwd": os.getcwd(),
+        "path": list(sys.path), "recursion": sys.getrecursionlimit(),
+    }
+
+def mujoco_loaded():
+    return sorted(m for m in ("warp", "mujoco_warp", "mujoco") if m in sys.modules)
+
+torch.manual_seed(5); np.random.seed(5); random.seed(5)
+before = state()
+import flipes, envs
+after = state()
+optional = ["matplotlib", "tensorboard", "torch.utils.tensorboard", "wandb", "mpi4py", "envpool", "mujoco", "warp",
+            "mujoco_warp", "transformers", "PIL", "sklearn", "envs.warp"]
+out = {"changed": sorted(k for k in before if before[k] != after[k]), "loaded": [m for m in optional if m in sys.modules]}
+gymnasium.make_vec("flipes/CartPole-v1", num_envs=2)
+out["classic_id_loaded"] = mujoco_loaded()
+out["mujoco_id_loaded"] = None
+if importlib.util.find_spec("mujoco_warp") is not None:  # found, not imported
+    from gymnasium.envs.registration import load_env_creator
+    load_env_creator(gymnasium.spec("flipes/Hopper-v5").vector_entry_point)  # as make_vec loads it
+    out["mujoco_id_loaded"] = mujoco_loaded()
+print(json.dumps(out))
+"""
+
+
+def fresh_import_probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """_IMPORT_PROBE's findings: one fresh interpreter (a start costs seconds of imports) for the tests of what importing
+    flipes and envs does, once per session."""
+
+    def make(out: Path) -> None:
+        (out / "probe.json").write_text(run_script("-c", _IMPORT_PROBE, timeout=300).stdout.strip().splitlines()[-1])
+
+    return json.loads((once_per_session(tmp_path_factory, "fresh_import_probe", make) / "probe.json").read_text())
+
+
 def sigterm_twice(proc: subprocess.Popen, rows: Path, generations: int) -> str:
     """Once ``rows`` holds ``generations`` lines (and the checkpoint after the last is written), SIGTERM ``proc``, check
     that it still runs past the window in which a repeat counts as the same signal, SIGTERM it again; its stderr."""

@@ -485,22 +485,14 @@ def test_single_env_passes_gymnasiums_check_env() -> None:
 # import, errors, devices, training
 
 
-def test_importing_envs_loads_no_warp_until_a_mujoco_id_is_made() -> None:
-    """``import envs`` and the classic-control ids import neither warp, mujoco_warp nor mujoco; a MuJoCo id's
-    string entry point, loaded as ``make_vec`` loads it, imports them (building the env itself, a second of
-    Warp's set-up, adds nothing to what is imported)."""
-    code = (
-        "import sys, gymnasium as gym, envs\n"
-        "from gymnasium.envs.registration import load_env_creator\n"
-        "gym.make_vec('flipes/CartPole-v1', num_envs=2)\n"
-        "print(sorted(m for m in ('warp', 'mujoco_warp', 'mujoco') if m in sys.modules))\n"
-        "load_env_creator(gym.spec('flipes/Hopper-v5').vector_entry_point)\n"
-        "print(sorted(m for m in ('warp', 'mujoco_warp', 'mujoco') if m in sys.modules))\n"
-    )
-    from helpers import run_script
+def test_importing_envs_loads_no_warp_until_a_mujoco_id_is_made(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """In a fresh process, ``import envs`` and the classic-control ids import neither warp, mujoco_warp nor mujoco; a
+    MuJoCo id's string entry point, loaded as ``make_vec`` loads it, imports them (building the env itself, a second of
+    Warp's set-up, adds nothing to what is imported). The process is test_packaging_import_state's, shared."""
+    from helpers import fresh_import_probe
 
-    out = run_script("-c", code, timeout=300).stdout.splitlines()
-    assert out == ["[]", "['mujoco', 'mujoco_warp', 'warp']"]
+    out = fresh_import_probe(tmp_path_factory)
+    assert (out["loaded"], out["classic_id_loaded"], out["mujoco_id_loaded"]) == ([], [], ["mujoco", "mujoco_warp", "warp"])
 
 
 def test_missing_mujoco_warp_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
