@@ -135,7 +135,9 @@ def test_each_members_fitness_is_its_own_weights_on_the_common_episodes_with_the
 
 def test_common_episodes_in_parts_give_the_fitness_of_one_pass() -> None:
     """A population of 8 rolled out in parts of 2 members (an env of 2 × K envs) with common episodes and action noise
-    gets the fitness of one pass over the whole population bit for bit, and another fitness than independent episodes."""
+    gets the fitness of one pass over the whole population (the same episodes: equal up to float32 rounding, since a CPU
+    BLAS may round the GEMMs of 4 and 16 rows otherwise: bit for bit on AMD EPYC, 1.4e-6 of ~150 on an Intel Xeon), and
+    another fitness than independent episodes (differing by more than 1)."""
     torch.manual_seed(0)
     k = 2
     env_whole, env_part = make_vector_env("flipes/Pendulum-v1", 8 * k), make_vector_env("flipes/Pendulum-v1", 2 * k)
@@ -146,8 +148,8 @@ def test_common_episodes_in_parts_give_the_fitness_of_one_pass() -> None:
         whole = RolloutFitness(env_whole, common_episodes=True, **kw)(policy, pop)
         parts = RolloutFitness(env_part, common_episodes=True, **kw)(policy, pop)
         independent = RolloutFitness(env_whole, **kw)(policy, pop)
-    assert torch.equal(whole, parts)
-    assert not torch.equal(whole, independent)
+    torch.testing.assert_close(parts, whole, rtol=1e-6, atol=0)
+    assert (whole - independent).abs().max() > 1
 
 
 def test_a_run_with_common_episodes_resumes_bit_for_bit_and_refuses_the_other_setting(tmp_path: Path) -> None:
