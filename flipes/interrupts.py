@@ -102,9 +102,14 @@ class StopRequest:
 
     @staticmethod
     def _say(text: str) -> None:
-        try:  # sys.stderr: a notebook's too
-            print(text, file=sys.stderr, flush=True)
-        except (RuntimeError, OSError, ValueError):  # this handler cut into the main thread's own write to it
+        """``text`` on ``sys.stderr`` (a notebook's too), else on file descriptor 2: said from the signal handler, an
+        error of the stream's would be raised wherever the main thread was, the stop request lost to it."""
+        try:
+            print(text, file=sys.stderr)
+            flush = getattr(sys.stderr, "flush", None)  # a stand-in for stderr may have write alone
+            if callable(flush):
+                flush()
+        except Exception:  # this handler cut into the main thread's own write to it; a stand-in's write failed
             with contextlib.suppress(OSError):
                 os.write(2, (text + "\n").encode(errors="replace"))
 
