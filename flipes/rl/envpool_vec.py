@@ -19,10 +19,14 @@ Python per env. Two of its properties shape this adapter:
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import operator
+import os
+import sys
 import warnings
 from collections.abc import Callable, Hashable, Sequence
+from types import ModuleType
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -36,10 +40,36 @@ from flipes.rl.spaces import flat_observation_space, flatten_observations
 SEED_MODULUS = 2**31  # EnvPool takes int32 seeds; flipes' seeds are reduced modulo 2**31
 
 
+# what EnvPool's import sets where unset (its Jumanji viewers: a non-interactive backend, a config directory in /tmp)
+_MATPLOTLIB_ENVIRON = ("MPLBACKEND", "MPLCONFIGDIR")
+
+
+def import_envpool() -> ModuleType:
+    """``import envpool``, the caller's matplotlib left as it was: EnvPool's import sets ``MPLBACKEND=Agg`` and
+    ``MPLCONFIGDIR=/tmp/envpool-jumanji-matplotlib`` where unset and imports matplotlib under them, so a later
+    ``plt.show()`` drew nothing (a script, IPython) and a notebook's matplotlib ignored the user's matplotlibrc.
+    matplotlib (which EnvPool imports anyway) is imported first, reading the caller's environment, which is put back
+    after. Raises ImportError where EnvPool is not installed."""
+    if "envpool" in sys.modules:
+        return sys.modules["envpool"]
+    before = {key: os.environ.get(key) for key in _MATPLOTLIB_ENVIRON}
+    with contextlib.suppress(ImportError):
+        import matplotlib  # noqa: F401
+    try:
+        import envpool
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return envpool
+
+
 def envpool_ids() -> frozenset[str]:
     """The ids EnvPool provides (empty when it is not installed)."""
     try:
-        import envpool
+        envpool = import_envpool()
     except ImportError:
         return frozenset()
     return frozenset(envpool.list_all_envs())
@@ -50,6 +80,7 @@ def envpool_atari(name: str) -> bool:
     if not name.endswith("-v5") or "/" in name or ":" in name:  # all of them are Name-v5: no import of EnvPool (0.5 s)
         return False
     try:
+        import_envpool()
         from envpool.registration import registry
     except ImportError:
         return False
@@ -112,6 +143,7 @@ def check_option_types(env_id: str, kwargs: dict[str, Any]) -> None:
     is of a kind its default's is not (``"0.25"`` for a float, 2.5 for an int, null): EnvPool's own refusal is pybind's
     list of its constructor's argument types, without the option's name."""
     try:
+        import_envpool()
         from envpool.registration import registry
 
         defaults = registry.make_spec(env_id).config._asdict()
@@ -178,7 +210,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         seeds: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        import envpool
+        envpool = import_envpool()
 
         if env_id not in envpool.list_all_envs():
             raise ValueError(f"EnvPool has no env {env_id!r} (envpool.list_all_envs() lists its ids)")
@@ -212,7 +244,7 @@ class EnvPoolVectorEnv(gym.vector.VectorEnv):
         self._truncated = np.zeros(self.num_envs, dtype=bool)
 
     def _make_pool(self, seeds: Sequence[int], tag: Hashable = None) -> None:
-        import envpool
+        envpool = import_envpool()
 
         seeds = tuple(int(s) % SEED_MODULUS for s in seeds)
         if len(seeds) != self.num_envs:
