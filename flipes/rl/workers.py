@@ -15,6 +15,7 @@ import multiprocessing.connection
 import os
 import select
 import signal
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing import forkserver
@@ -112,6 +113,24 @@ def _worker(*args: Any) -> None:
         pass
 
 
+def _only_here(env_id: str) -> str:
+    """The name of ``env_id``'s creator where it is defined in an interactive session's ``__main__`` (a notebook's,
+    whose cells no other process can import: a worker fails to find it, its traceback on the kernel's stderr, not the
+    notebook's); empty where a worker can make it (a script's ``__main__`` is imported by each worker)."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) is not None or getattr(main, "__spec__", None) is not None:
+        return ""
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error:  # the workers' own error says it
+        return ""
+    for creator in (spec.entry_point, spec.vector_entry_point):
+        module = creator.partition(":")[0] if isinstance(creator, str) else getattr(creator, "__module__", "")
+        if module == "__main__":
+            return creator if isinstance(creator, str) else f"__main__.{getattr(creator, '__qualname__', creator)}"
+    return ""
+
+
 class RemoteTraceback(Exception):
     """The traceback of an error raised in a worker process, shown as the cause of the error raised here."""
 
@@ -144,6 +163,14 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         if workers < 1 or num_envs % workers:
             raise ValueError(f"{workers} workers cannot share {num_envs} envs equally; pick a divisor of {num_envs}")
         self.num_envs, self.workers, self.device = num_envs, workers, torch.device(device)
+        if where := _only_here(env_id):
+            from flipes.rl.envs import EnvError
+
+            raise EnvError(
+                f"{env_id!r} is made by {where}, defined in this interactive session (a notebook's cell, the REPL), which "
+                f"the {workers} env worker processes cannot import: step it in this process, env='gymnasium-sync:"
+                f"{env_id}', or register it in a module of yours and pass env='mymodule:{env_id}' (each worker imports it)"
+            )
         size = num_envs // workers
         mujoco = makes_mujoco(env_id)
         fns = [functools.partial(_worker_block, os.getpid(), env_id, size, k * size, kwargs, mujoco) for k in range(workers)]
