@@ -71,6 +71,11 @@ class ParameterReport:
         lines.append(f"evolved {self.evolved:,} of {total:,} parameters ({parts})")
         return "\n".join(lines)
 
+    def __repr__(self) -> str:
+        """The table, as a notebook shows ``es.report()``: the dataclass's would be one line of every row's fields
+        (8 kB for a 6-layer transformer)."""
+        return str(self)
+
 
 def parameter_report(model: nn.Module, noise_rank: int | None = None) -> ParameterReport:
     """What a population does with every parameter of ``model`` (``noise_rank``: FlipES's, which
