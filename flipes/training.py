@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 import gymnasium as gym
 import torch
@@ -89,6 +89,24 @@ def _step_options(config: TrainConfig, first: str, second: str) -> str:
     return f"{first}, {second} or --sigma-lr" if config.sigma_lr > 0 else f"{first} or {second}"
 
 
+Params = ParamSpec("Params")
+
+
+def _warnings_each_call(function: Callable[Params, TrainResult]) -> Callable[Params, TrainResult]:
+    """``function`` with the warnings it raises shown in each call, once per place as ever, not once per process:
+    Python's registry of warnings shown is keyed by the caller's line, which a notebook's cell run again (or a loop
+    of calls) repeats, so a mistake warned of in one run went unsaid in every later one. Entering catch_warnings makes
+    the registries stale (a change of the filters); it also puts back the filters and showwarning a run's code set."""
+
+    @functools.wraps(function)
+    def each_call(*args: Params.args, **kwargs: Params.kwargs) -> TrainResult:
+        with warnings.catch_warnings():
+            return function(*args, **kwargs)
+
+    return each_call
+
+
+@_warnings_each_call
 def train(
     config: TrainConfig | None = None,
     *,
