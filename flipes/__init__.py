@@ -21,6 +21,7 @@ from flipes.errors import (
 )
 from flipes.es import FlipES, Population
 from flipes.export import export_policy
+from flipes.interrupts import Interrupted
 from flipes.nn import flipout, kl_divergence
 from flipes.runs import evaluate_policy, load_policy, read_metrics
 from flipes.training import TrainResult, train
@@ -31,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "EqualFitnessWarning",
     "FlipES",
+    "Interrupted",
     "OutsidePopulationWarning",
     "Population",
     "RoundedStepWarning",
