@@ -189,7 +189,7 @@ def feasible_first(fitness: Tensor | ArrayLike, violation: Tensor | ArrayLike, w
         )
     feasible = violation <= 0
     sign = 1.0 if maximize else -1.0
-    past = feasible & ~(sign * (fitness - worst) >= 0)  # below worst (above for a loss), or NaN/inf of a feasible one
+    past = feasible & ~(fitness.isfinite() & (sign * (fitness - worst) >= 0))  # below worst (above for a loss), or NaN/inf
     if bool(past.any()):
         at = past.nonzero().flatten()
         shown = ", ".join(f"{i}={fitness[i].item()}" for i in at[:5].tolist()) + (", ..." if len(at) > 5 else "")
@@ -199,5 +199,9 @@ def feasible_first(fitness: Tensor | ArrayLike, violation: Tensor | ArrayLike, w
             f"they would rank with the infeasible ones; pass a worst {side} every feasible fitness, and give a member "
             "that cannot be scored a violation > 0"
         )
-    scores = torch.where(feasible, fitness, worst - sign * violation)
+    # strictly past worst (a violation under worst's rounding step tied a feasible member at worst) and finite (worst
+    # minus a violation near float64's largest overflowed to -inf)
+    edge, end = math.nextafter(float(worst), -sign * math.inf), -sign * torch.finfo(torch.float64).max
+    penalized = (worst - sign * violation).clamp(*sorted((edge, end)))
+    scores = torch.where(feasible, fitness, penalized)
     return scores[0] if one else scores
