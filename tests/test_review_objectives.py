@@ -3,6 +3,8 @@ the ends of float64's range, the float64 result, and errors that name objectives
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -77,3 +79,31 @@ def test_too_many_weights_name_no_gathering() -> None:
     with pytest.raises(ValueError, match=r"got shape \(8,\)") as info:
         es.tell(f)
     assert "gather" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["seeds", "allreduce"])
+def test_readmes_gathered_mean_rank_block_runs_on_two_ranks_as_on_one(mode: str) -> None:
+    """README's gathered mean-rank loop, with the arguments its comment says to add for K processes (K = 2 ranks played
+    by threads), ends on the parameters of one process with the same groups: bit for bit with ``seeds``, to float32
+    rounding (1e-5) with ``allreduce``, whose summed update rounds apart."""
+    from helpers import run_thread_ranks
+    from test_readme import readme_blocks
+
+    (source,) = [b for _, b in readme_blocks() if b.startswith("import flipes, torch\nfrom flipes.shaping import centered_ranks")]
+    (added,) = re.findall(r"# K processes: add (groups=K, comm=flipes\.dist\.world\(\))", source)
+    assert source.count("seed=0)") == 1
+
+    def run(comm: object | None) -> torch.Tensor:
+        extra = added.replace("groups=K", "groups=2").replace("flipes.dist.world()", "comm") + f", comm_mode={mode!r}"
+        code = source.replace("seed=0)", "seed=0, groups=2)" if comm is None else f"seed=0, {extra})")
+        ns: dict = {"__name__": "readme_gather", "comm": comm}
+        exec(compile(code, "README.md", "exec"), ns)
+        return ns["x"].value.detach().clone()
+
+    one = run(None)
+    for got in run_thread_ranks(run, 2):
+        assert isinstance(got, torch.Tensor), got
+        if mode == "seeds":
+            assert torch.equal(got, one)
+        else:
+            torch.testing.assert_close(got, one, rtol=1e-5, atol=1e-6)
