@@ -107,3 +107,20 @@ def test_readmes_gathered_mean_rank_block_runs_on_two_ranks_as_on_one(mode: str)
             assert torch.equal(got, one)
         else:
             torch.testing.assert_close(got, one, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "fitness,violation,shapes",
+    [
+        (torch.zeros(4), 0.0, r"fitness \(4,\) and violation \(\)"),
+        (torch.zeros(4, 1), torch.zeros(4, 1), r"fitness \(4, 1\) and violation \(4, 1\)"),
+        (torch.zeros(4), torch.zeros(4, 1), r"fitness \(4,\) and violation \(4, 1\)"),
+    ],
+    ids=["scalar violation", "columns", "one column"],
+)
+def test_values_not_one_per_member_are_named_as_feasible_firsts(fitness: object, violation: object, shapes: str) -> None:
+    """A vector fitness with one number as violation, or columns (N, 1), is refused naming feasible_first, both shapes
+    and the fix, not as a shaping function's fitness (which feasible_first is not, and which named neither argument)."""
+    with pytest.raises(ValueError, match=rf"^feasible_first: {shapes} need one value each per member.*full_like") as info:
+        feasible_first(fitness, violation, -10.0)
+    assert "shaping function" not in str(info.value)

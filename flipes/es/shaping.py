@@ -173,6 +173,12 @@ def feasible_first(fitness: Tensor | ArrayLike, violation: Tensor | ArrayLike, w
     one = all(np.ndim(v) == 0 for v in (fitness, violation))
     if one:
         fitness, violation = (torch.as_tensor(v, dtype=torch.float64).reshape(1) for v in (fitness, violation))
+    elif any(np.ndim(v) != 1 for v in (fitness, violation)):  # not the shaping functions' error: it named neither
+        raise ValueError(
+            f"feasible_first: fitness {tuple(np.shape(fitness))} and violation {tuple(np.shape(violation))} need one value "
+            "each per member, (N,) both, or one number each (the centre's): flatten a column (N, 1), and give a "
+            "violation shared by all members as torch.full_like(fitness, v)"
+        )
     fitness, violation = _floating(fitness).double(), _floating(violation).double()
     if fitness.shape != violation.shape:
         raise ValueError(
