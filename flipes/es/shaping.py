@@ -165,9 +165,10 @@ def feasible_first(fitness: Tensor | ArrayLike, violation: Tensor | ArrayLike, w
             ``worst + violation``.
 
     Returns:
-        float64 ``(N,)``, finite; 0-d for one value each (the centre's, in an ``evaluate``). Its mean (the rows'
-        ``fitness_mean``) mixes fitness and violations: log the members' own fitness and cost beside it (README:
-        "Several objectives and constraints").
+        float64 ``(N,)``, finite (an infeasible member's strictly past ``worst``, and within float64's range, where
+        ``worst - violation`` would round to ``worst`` or overflow); 0-d for one value each (the centre's, in an
+        ``evaluate``). Its mean (the rows' ``fitness_mean``) mixes fitness and violations: log the members' own
+        fitness and cost beside it (README: "Several objectives and constraints").
     """
     # one value each (the centre's, in an evaluate: best.pt and --target then judge feasible centres first): a 0-d result
     one = all(np.ndim(v) == 0 for v in (fitness, violation))
