@@ -118,7 +118,8 @@ class JSONLLogger(Callback):
                     if row is None:
                         dropped += 1
                     elif row["generation"] < generation:
-                        kept.append(row["generation"])
+                        if row["generation"] >= 0:  # gaps skips the others, and array("q") holds none below -2**63
+                            kept.append(row["generation"])
                         out.write(line + "\n")
                 out.flush()
                 os.fsync(out.fileno())

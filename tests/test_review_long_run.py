@@ -37,17 +37,18 @@ def rows(*generations: int) -> str:
         (rows(0, 1, 2, 3, 4, 5), 3, [0, 1, 2], None),
         (rows(0, 1, 1, 2), 3, [0, 1, 1, 2], None),
         (rows(-2, 0, 1), 2, [-2, 0, 1], None),
+        (rows(0, -(10**20), 1), 2, [0, -(10**20), 1], None),
         (rows(1, 3, 5, 7, 9), 10, [1, 3, 5, 7, 9], "no row of generation(s) 0, 2, 4, 6, 8 before"),
         (rows(1, 3, 5, 7, 9), 11, [1, 3, 5, 7, 9], "no row of generation(s) 0, 2, 4, 6, 8, ... (6 in all) before"),
     ],
-    ids=["empty", "only torn", "rows past", "duplicate", "negative", "5 spans", "6 spans"],
+    ids=["empty", "only torn", "rows past", "duplicate", "negative", "past int64", "5 spans", "6 spans"],
 )
 def test_a_resume_names_exactly_the_missing_generations(
     tmp_path: Path, capsys: pytest.CaptureFixture, text: str, generation: int, kept: list[int], note: str | None
 ) -> None:
     """An empty file or one torn line names every generation before the resumed one; rows past it are dropped without a
-    note; a duplicate or a negative generation (edited by hand) names nothing; 5 spans are all shown, 6 end in '...'
-    and the count."""
+    note; a duplicate or a negative generation (edited by hand, past int64's range too) names nothing; 5 spans are all
+    shown, 6 end in '...' and the count."""
     path = tmp_path / "metrics.jsonl"
     path.write_text(text)
     resume(path, generation)
