@@ -1,0 +1,136 @@
+"""What a notebook user's fixes must keep: a Ctrl-C's note said once on a stand-in stderr, EnvPool imported only
+through the guard that keeps the caller's matplotlib, and the refusal of a notebook cell's env for worker processes
+telling a cell from a script, and a vector entry point or ``module:Name`` string from elsewhere."""
+
+from __future__ import annotations
+
+import ast
+import signal
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from flipes.interrupts import StopRequest
+from flipes.rl.envs import EnvError
+from flipes.rl.workers import WorkerVectorEnv, _only_here
+from tests.helpers import ROOT
+
+
+class WriteOnly:
+    """A stand-in stream with ``write`` alone, as a notebook's or a logger's adapter may be."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+
+def test_a_ctrl_c_note_on_a_write_only_stderr_is_said_there_once_not_also_on_file_descriptor_2(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """A first Ctrl-C with ``sys.stderr`` a stand-in without ``flush`` writes its line to the stand-in and nothing to
+    file descriptor 2 (a flush attempted and failed would repeat the line there, on the kernel's terminal)."""
+    stream = WriteOnly()
+    monkeypatch.setattr("sys.stderr", stream)
+    with StopRequest(say=True) as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested
+    assert stream.text.count("\n") == 1 and stream.text.startswith("flipes: Ctrl-C: stopping")
+    assert capfd.readouterr().err == ""
+
+
+def _envpool_imports_unguarded(tree: ast.Module) -> list[int]:
+    """Lines of ``import envpool``/``from envpool... import`` not inside a function that calls import_envpool() before
+    them (import_envpool itself aside): at a module's top level too."""
+    functions = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)]
+    lines = []
+    for node in ast.walk(tree):
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        modules += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        if not any(m.split(".")[0] == "envpool" for m in modules):
+            continue
+        inside = [f for f in functions if f.lineno <= node.lineno <= (f.end_lineno or f.lineno)]
+        function = max(inside, key=lambda f: f.lineno, default=None)  # the innermost
+        calls = [] if function is None else [n.lineno for n in ast.walk(function) if isinstance(n, ast.Call)
+                                               and getattr(n.func, "id", "") == "import_envpool"]  # fmt: skip
+        if function is None or (function.name != "import_envpool" and not any(c < node.lineno for c in calls)):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_every_import_of_envpool_in_flipes_goes_through_import_envpool() -> None:
+    """EnvPool's import sets MPLBACKEND/MPLCONFIGDIR (a fresh process shows it, test_notebook_matplotlib): whichever of
+    flipes' functions imports it first (envpool_ids, envpool_atari for an Atari id, an option check), it is after
+    import_envpool(), which puts them back. No module imports it at its top level."""
+    found = {}
+    for path in sorted((ROOT / "flipes").rglob("*.py")):
+        if unguarded := _envpool_imports_unguarded(ast.parse(path.read_text(), str(path))):
+            found[str(path.relative_to(ROOT))] = unguarded
+    assert found == {}
+
+
+class Cell(gym.Env):
+    """A tiny env, as a notebook's cell (or a script) defines one."""
+
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return np.zeros(3, np.float32), float(action), True, False, {}
+
+
+def make_vector(num_envs: int, **kwargs: object) -> gym.vector.VectorEnv:
+    return gym.vector.SyncVectorEnv([Cell] * num_envs)
+
+
+@pytest.fixture
+def main(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+    """A ``__main__`` without file or spec (IPython's user module, ``python -c``) defining ``Cell`` and ``make_vector``;
+    the ids registered by a test are removed after it."""
+    module = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", module)
+    monkeypatch.setattr(Cell, "__module__", "__main__")
+    monkeypatch.setattr(make_vector, "__module__", "__main__")
+    module.Cell, module.make_vector = Cell, make_vector
+    before = set(gym.registry)
+    yield module
+    for name in set(gym.registry) - before:
+        del gym.registry[name]
+
+
+@pytest.mark.parametrize(
+    ("how", "named"),
+    [
+        ({"vector_entry_point": make_vector}, "__main__.make_vector"),
+        ({"entry_point": "__main__:Cell"}, "__main__:Cell"),
+    ],
+)
+def test_a_cells_vector_entry_point_or_main_string_is_refused_for_workers(main: object, how: dict, named: str) -> None:
+    """An id made by a vector entry point of an interactive ``__main__``, or whose entry point is the string
+    ``__main__:Cell``, is refused for worker processes naming that creator, as a class given as entry point is."""
+    gym.register("ReviewCell-v0", **how)
+    with pytest.raises(EnvError, match=rf"^'ReviewCell-v0' is made by {named}, defined in this interactive session"):
+        WorkerVectorEnv("ReviewCell-v0", 4, 2)
+
+
+def test_a_scripts_env_is_not_refused_for_workers(main: types.ModuleType) -> None:
+    """A script's ``__main__`` (``python script.py``: a file, no spec), which each worker imports, is not taken for a
+    notebook's: its env class is not refused (_only_here says nothing), nor one of ``python -m`` (a spec)."""
+    gym.register("ReviewCell-v0", entry_point=Cell)
+    assert _only_here("ReviewCell-v0") == "__main__.Cell"  # the interactive one, for contrast
+    main.__file__ = str(Path("script.py").resolve())
+    assert _only_here("ReviewCell-v0") == ""
+    del main.__file__
+    main.__spec__ = types.SimpleNamespace(name="mine.train")
+    assert _only_here("ReviewCell-v0") == ""
