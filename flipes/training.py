@@ -96,11 +96,13 @@ def _warnings_each_call(function: Callable[Params, TrainResult]) -> Callable[Par
     """``function`` with the warnings it raises shown in each call, once per place as ever, not once per process:
     Python's registry of warnings shown is keyed by the caller's line, which a notebook's cell run again (or a loop
     of calls) repeats, so a mistake warned of in one run went unsaid in every later one. Entering catch_warnings makes
-    the registries stale (a change of the filters); it also puts back the filters and showwarning a run's code set."""
+    the registries stale (a change of the filters); it also puts back the filters and showwarning a run's code set.
+    It is entered holding the run (another thread's call refused first): catch_warnings saves and restores the
+    process's state, so a second thread's call entered during a run and left after it would put that run's back."""
 
     @functools.wraps(function)
     def each_call(*args: Params.args, **kwargs: Params.kwargs) -> TrainResult:
-        with warnings.catch_warnings():
+        with _one_run_at_a_time(), warnings.catch_warnings():
             return function(*args, **kwargs)
 
     return each_call

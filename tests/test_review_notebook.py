@@ -5,15 +5,20 @@ telling a cell from a script, and a vector entry point or ``module:Name`` string
 from __future__ import annotations
 
 import ast
+import contextlib
 import signal
 import sys
+import threading
+import time
 import types
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from flipes.interrupts import StopRequest
 from flipes.rl.envs import EnvError
@@ -134,3 +139,64 @@ def test_a_scripts_env_is_not_refused_for_workers(main: types.ModuleType) -> Non
     del main.__file__
     main.__spec__ = types.SimpleNamespace(name="mine.train")
     assert _only_here("ReviewCell-v0") == ""
+
+
+def linear(env: object) -> torch.nn.Module:
+    return torch.nn.Linear(3, 2)
+
+
+def output_sum(model: torch.nn.Module, pop: object) -> torch.Tensor:
+    return model(torch.ones(pop.size, 3)).sum(1)
+
+
+class RunWarning(UserWarning):
+    """What a run's own code filters while the run is under way."""
+
+
+def test_a_second_threads_call_leaves_the_process_warning_state_as_before_both_runs(tmp_path: Path) -> None:
+    """Thread 1's run sets a filter and ``showwarning`` (as a run's code may); thread 2 calls flipes.train while it runs
+    (its callbacks still being read when thread 1's run ends). Once both calls are over, the process's filters and
+    ``showwarning`` are those from before them: neither call leaves the other's run-time state behind (a second call
+    that saved thread 1's state on entering and put it back after thread 1 had ended would leave RunWarning ignored and
+    every warning shown nowhere)."""
+    import flipes
+    from flipes.callbacks import Callback
+
+    options = dict(env="none", model=linear, fitness=output_sum,
+                   popsize=4, generations=1, tensorboard=False, plot=False, progress=False)  # fmt: skip
+    inside, go_on, entered, release = (threading.Event() for _ in range(4))
+
+    class SetsWarnings(Callback):
+        def on_train_start(self, *args: object, **kwargs: object) -> None:
+            warnings.simplefilter("ignore", RunWarning)
+            warnings.showwarning = lambda *args, **kwargs: None
+            inside.set()
+            go_on.wait(30)
+
+    def read_slowly() -> Iterator[Callback]:
+        entered.set()
+        release.wait(30)
+        yield from ()
+
+    def second() -> None:
+        with contextlib.suppress(flipes.UsageError):  # refused while thread 1 runs, or popsize=-1
+            flipes.train(**options | {"popsize": -1, "out": tmp_path / "2", "callbacks": read_slowly()})
+
+    with warnings.catch_warnings():  # the test's own process as it was, whatever happens
+        filters, show = list(warnings.filters), warnings.showwarning
+        results = []
+        first = threading.Thread(
+            target=lambda: results.append(flipes.train(**options | {"out": tmp_path / "1", "callbacks": [SetsWarnings()]}))
+        )
+        first.start()
+        assert inside.wait(30)
+        other = threading.Thread(target=second)
+        other.start()
+        while not entered.is_set() and other.is_alive():
+            time.sleep(0.005)
+        go_on.set()
+        first.join(30)
+        release.set()
+        other.join(30)
+        assert (warnings.filters, warnings.showwarning) == (filters, show)
+    assert [r.reason for r in results] == ["generations"]
