@@ -200,3 +200,12 @@ def test_a_second_threads_call_leaves_the_process_warning_state_as_before_both_r
         other.join(30)
         assert (warnings.filters, warnings.showwarning) == (filters, show)
     assert [r.reason for r in results] == ["generations"]
+
+
+def test_an_env_of_a_script_read_from_stdin_is_refused_for_workers(main: types.ModuleType) -> None:
+    """``python - < script.py`` runs the script as a ``__main__`` whose ``__file__`` is ``"<stdin>"``, a file no worker
+    can import (each one fails with FileNotFoundError for '<stdin>'): its env class is refused as a notebook cell's."""
+    gym.register("ReviewCell-v0", entry_point=Cell)
+    main.__file__ = "<stdin>"
+    with pytest.raises(EnvError, match=r"^'ReviewCell-v0' is made by __main__\.Cell, defined in this interactive session"):
+        WorkerVectorEnv("ReviewCell-v0", 4, 2)

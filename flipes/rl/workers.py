@@ -118,7 +118,8 @@ def _only_here(env_id: str) -> str:
     whose cells no other process can import: a worker fails to find it, its traceback on the kernel's stderr, not the
     notebook's); empty where a worker can make it (a script's ``__main__`` is imported by each worker)."""
     main = sys.modules.get("__main__")
-    if getattr(main, "__file__", None) is not None or getattr(main, "__spec__", None) is not None:
+    file = getattr(main, "__file__", None)  # "<stdin>" for `python - < script`: no file a worker can import either
+    if (file is not None and not file.startswith("<")) or getattr(main, "__spec__", None) is not None:
         return ""
     try:
         spec = gym.spec(env_id)
