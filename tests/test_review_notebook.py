@@ -209,3 +209,29 @@ def test_an_env_of_a_script_read_from_stdin_is_refused_for_workers(main: types.M
     main.__file__ = "<stdin>"
     with pytest.raises(EnvError, match=r"^'ReviewCell-v0' is made by __main__\.Cell, defined in this interactive session"):
         WorkerVectorEnv("ReviewCell-v0", 4, 2)
+
+
+def test_a_filter_a_callback_sets_lasts_for_its_call_and_one_set_before_applies_inside(tmp_path: Path) -> None:
+    """As README says: a filter set by a callback inside flipes.train is gone once the call returns (train puts the
+    process's warnings state back), and a filter the caller set before the call (here ``error`` for RunWarning, as
+    ``python -W error`` would) applies inside it: the callback's RunWarning is raised from train."""
+    import flipes
+    from flipes.callbacks import Callback
+
+    class Quiet(Callback):
+        def on_train_start(self, *args: object, **kwargs: object) -> None:
+            warnings.simplefilter("ignore", DeprecationWarning)
+
+    class Warns(Callback):
+        def on_train_start(self, *args: object, **kwargs: object) -> None:
+            warnings.warn("from a callback", RunWarning, stacklevel=1)
+
+    options = dict(env="none", model=linear, fitness=output_sum, popsize=4, generations=1, tensorboard=False, plot=False,
+                   progress=False)  # fmt: skip
+    with warnings.catch_warnings():
+        filters = list(warnings.filters)
+        flipes.train(**options, out=tmp_path / "1", callbacks=[Quiet()])
+        assert warnings.filters == filters
+        warnings.simplefilter("error", RunWarning)
+        with pytest.raises(RunWarning, match=r"^from a callback\n"):
+            flipes.train(**options, out=tmp_path / "2", callbacks=[Warns()])
