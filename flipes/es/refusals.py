@@ -187,7 +187,7 @@ class Told:
 def watch_backward(told: Told, p: nn.Parameter) -> None:
     """Note in ``told.backprop`` a backward reaching ``p`` while its ``.grad`` is tell's, zeroed in place: the hook runs
     before autograd adds to ``.grad``. Once per parameter and record; it reads ``.grad`` only until the first such
-    backward after each tell (a loop of ES alone runs none)."""
+    backward after each tell (a loop of ES alone runs none), and is removed when ``told`` is gone."""
     told_ref, p_ref = weakref.ref(told), weakref.ref(p)
 
     @torch.utils.hooks.unserializable_hook  # a pickled model (torch.save of the module) drops it without a warning
@@ -200,10 +200,12 @@ def watch_backward(told: Told, p: nn.Parameter) -> None:
             record.backprop = True
 
     try:
-        p.register_hook(before_accumulation)
+        handle = p.register_hook(before_accumulation)
     except RuntimeError:  # a parameter that requires no grad: no backward reaches it
         return
     told._watched[id(p)] = p_ref
+    # removed with the record (its FlipES's optimizer gone): a model told by FlipES after FlipES keeps no hook per one
+    weakref.finalize(told, handle.remove)
 
 
 def told_record(optimizer: torch.optim.Optimizer) -> Told:
