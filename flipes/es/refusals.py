@@ -159,14 +159,15 @@ class Told:
     """What the last ``tell`` that stepped an optimizer left in the parameters' ``.grad`` (kept on the optimizer, which a
     restart's FlipES may take over), whether ``tell`` itself is stepping it now, and the run (seed) and generation its
     state belongs to, as its ``state_dict()`` records them under ``"flipes"`` (:func:`note_loaded` reads them back).
-    ``backprop``: a backward has added a gradient of one's own to a ``.grad`` of tell's that was zeroed in place
-    (``zero_grad(set_to_none=False)``) since: a step then is a backprop step of one's own, not tell's a second time."""
+    ``backprop``: the parameters (by id) where a backward has added a gradient of one's own to a ``.grad`` of tell's that
+    was zeroed in place (``zero_grad(set_to_none=False)``) since: a step with every ``.grad`` of tell's among them is a
+    backprop step of one's own, not tell's a second time (one zeroed layer does not clear another's ``-ĝ``)."""
 
     generation: int = -1  # the last generation told: the state is ready for generation + 1
     stepping: bool = False
     seed: int | None = None
     loaded: tuple[int, int] | None = None  # (seed, generation) of a state dict loaded since, until a population checks it
-    backprop: bool = False
+    backprop: set[int] = field(default_factory=set)
     _grads: list[tuple[nn.Parameter, weakref.ref[torch.Tensor]]] = field(default_factory=list, repr=False)
     _by_param: dict[int, weakref.ref[torch.Tensor]] = field(default_factory=dict, repr=False)  # _grads by id(parameter)
     _watched: dict[int, weakref.ref[nn.Parameter]] = field(default_factory=dict, repr=False)  # with watch_backward's hook
@@ -178,7 +179,7 @@ class Told:
 
     @grads.setter
     def grads(self, grads: list[tuple[nn.Parameter, weakref.ref[torch.Tensor]]]) -> None:
-        self._grads, self._by_param, self.backprop = grads, {id(p): ref for p, ref in grads}, False
+        self._grads, self._by_param, self.backprop = grads, {id(p): ref for p, ref in grads}, set()
         for p, _ in grads:
             if (seen := self._watched.get(id(p))) is None or seen() is not p:
                 watch_backward(self, p)
@@ -193,11 +194,11 @@ def watch_backward(told: Told, p: nn.Parameter) -> None:
     @torch.utils.hooks.unserializable_hook  # a pickled model (torch.save of the module) drops it without a warning
     def before_accumulation(grad: torch.Tensor) -> None:
         record, param = told_ref(), p_ref()
-        if record is None or param is None or record.backprop or record.stepping:
+        if record is None or param is None or id(param) in record.backprop or record.stepping:
             return
         held, ref = param.grad, record._by_param.get(id(param))
         if held is not None and ref is not None and ref() is held and not held.any():
-            record.backprop = True
+            record.backprop.add(id(param))
 
     try:
         handle = p.register_hook(before_accumulation)
@@ -269,9 +270,9 @@ def refuse_second_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any)
     or of a loop written for backprop would take a second step from it (momentum's too), silently. Not once a backward
     added a gradient of one's own to a ``.grad`` zeroed in place since (``Told.backprop``): a backprop step after ES's."""
     told = optimizer.__dict__.get("_flipes_told")
-    if not isinstance(told, Told) or told.stepping or told.backprop:
+    if not isinstance(told, Told) or told.stepping:
         return
-    if any((g := ref()) is not None and p.grad is g for p, ref in told.grads):
+    if any((g := ref()) is not None and p.grad is g and id(p) not in told.backprop for p, ref in told.grads):
         raise RuntimeError(
             f"{type(optimizer).__name__}.step() after es.tell(): tell already stepped es.optimizer with generation "
             f"{told.generation}'s gradient, which is still in .grad, so this step would apply it twice; remove the "
