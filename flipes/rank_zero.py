@@ -75,7 +75,7 @@ def shared_error(error: Exception) -> dict[str, Any]:
 def raise_shared_error(received: Any, where: str, rank: int = 0, size: int = 0) -> None:
     """On a rank other than ``rank`` (0: rank 0's callbacks and checks; another: a rank of ``size`` whose fitness
     raised), raise that rank's error where ``received`` (what it sent) is :func:`shared_error`'s: its UsageError with
-    the same parts (another rank's saying ``(on rank R of N)`` after them: the cause is in that rank's data or env),
+    the same parts (a fitness's, ``size`` given, saying ``(on rank R of N)`` after them: the cause is in that rank's data or env),
     another as a RuntimeError naming the rank, the error and ``where``; nothing otherwise. A script that catches the
     error then goes on alike on every rank, instead of the others waiting in the collective that rank left, until
     ``--mpi-timeout`` ends the job, blaming it as dead."""
@@ -84,7 +84,7 @@ def raise_shared_error(received: Any, where: str, rank: int = 0, size: int = 0) 
     shared = received[RANK_0_ERROR]
     if isinstance(shared, tuple):
         error: Exception = UsageError(*shared)
-        if rank:  # the command line's line for one rank's own mistake (flipes.commands.main_guard)
+        if size:  # one rank's fitness: the command line's line names it (flipes.commands.main_guard)
             error.args = (f"{error} (on rank {rank} of {size})",)
     else:
         error = RuntimeError(f"rank {rank} failed {where} ({shared}); its own lines say more")

@@ -104,6 +104,15 @@ def test_a_fitness_error_on_rank_0_alone_is_raised_on_rank_1(tmp_path: Path, mon
     assert torch.equal(params_0, params_1)
 
 
+def test_a_usage_error_of_rank_0s_fitness_names_rank_0_on_rank_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A UsageError of rank 0's fitness reaches rank 1 as the same UsageError saying "(on rank 0 of 2)", as another
+    rank's does: the cause is in rank 0's data or env, and rank 1's line must not read as its own mistake."""
+    error = flipes.UsageError("--fitness", "rank 0's data is empty", "give every rank data")
+    (raised_0, _), (raised_1, _) = _sweep(tmp_path, monkeypatch, _failing(error, (0,)))
+    assert raised_0 is error
+    assert isinstance(raised_1, flipes.UsageError) and str(raised_1) == f"{error} (on rank 0 of 2)", raised_1
+
+
 def test_a_keyboard_interrupt_in_one_ranks_fitness_is_not_sent_to_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
