@@ -353,7 +353,8 @@ def test_jax_habits_in_tell_and_seed_are_one_line_errors() -> None:
         es = flipes.FlipES(model, popsize=8, seed=0)
         with es.population():
             model(torch.randn(8, 3))
-        with pytest.raises(ValueError, match=r"fitness has shape \(8, 1\), .* a Tensor of shape \(8,\)$"):
+        column = r"fitness has shape \(8, 1\), .* shape \(8,\); this is a column \(N, 1\): flatten it with fitness\.flatten\(\)$"
+        with pytest.raises(ValueError, match=column):
             es.tell(fitness.reshape(8, 1))
         es.tell(fitness)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))

@@ -58,7 +58,8 @@ def test_a_column_is_told_to_flatten() -> None:
     es = flipes.FlipES(x, popsize=N, sigma=0.1, seed=0)
     with es.population():
         fitness = x().sum(1, keepdim=True)
-    with pytest.raises(ValueError, match=r"a column \(N, 1\); flatten it: fitness.flatten\(\)$"):
+    column = r"a Tensor of shape \(8,\); this is a column \(N, 1\): flatten it with fitness.flatten\(\)$"
+    with pytest.raises(ValueError, match=column):
         es.tell(fitness)
 
 

@@ -112,7 +112,7 @@ def objectives_fix(value: Any, n: int) -> str | None:
     where ``value`` is none of these."""
     shape = tuple(getattr(value, "shape", ())) if isinstance(value, Tensor | np.ndarray) else None
     if shape == (n, 1):
-        return "a column (N, 1); flatten it: fitness.flatten()"
+        return "this is a column (N, 1): flatten it with fitness.flatten()"
     if shape is not None and len(shape) == 2 and n in shape and shape != (n, n):
         k = shape[1] if shape[0] == n else shape[0]
         return f"{k} values per member (shape {shape}: objectives, costs or metrics?); {OBJECTIVES_FIX}"
