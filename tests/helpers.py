@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 import gymnasium
+import numpy as np
 import pytest
 import torch
 from filelock import FileLock  # a dependency of torch
@@ -456,3 +457,29 @@ class RoundingScale(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.square().mean(-1, keepdim=True) + 1e-6)
         return self.weight * h.to(x.dtype)
+
+
+class WriteOnly:
+    """A stand-in stream with ``write`` alone (no ``flush``, ``fileno`` or ``isatty``), as a notebook's or a logger's
+    adapter may be."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+
+class Cell(gymnasium.Env):
+    """A tiny env, as a notebook's cell (or a script) defines one."""
+
+    observation_space = gymnasium.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return np.zeros(3, np.float32), float(action), True, False, {}

@@ -8,25 +8,11 @@ import types
 from collections.abc import Iterator
 
 import gymnasium as gym
-import numpy as np
 import pytest
+from helpers import Cell
 
 from flipes.rl.envs import EnvError, make_vector_env
 from flipes.rl.workers import WorkerVectorEnv
-
-
-class Cell(gym.Env):
-    """A tiny env, as a notebook's cell defines one."""
-
-    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        return np.zeros(3, np.float32), {}
-
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        return np.zeros(3, np.float32), float(action), True, False, {}
 
 
 @pytest.fixture

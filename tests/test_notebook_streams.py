@@ -7,19 +7,9 @@ import io
 import signal
 
 import pytest
+from helpers import WriteOnly
 
 from flipes.interrupts import Interrupted, StopRequest
-
-
-class WriteOnly:
-    """A stand-in stream with ``write`` alone, as a notebook's or a logger's adapter may be."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, text: str) -> int:
-        self.text += text
-        return len(text)
 
 
 def test_a_ctrl_c_note_on_a_write_only_stderr_asks_for_the_stop_and_is_said(monkeypatch: pytest.MonkeyPatch) -> None:

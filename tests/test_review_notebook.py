@@ -16,25 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
+from helpers import ROOT, Cell, WriteOnly
 
 from flipes.interrupts import StopRequest
 from flipes.rl.envs import EnvError
 from flipes.rl.workers import WorkerVectorEnv, _only_here
-from tests.helpers import ROOT
-
-
-class WriteOnly:
-    """A stand-in stream with ``write`` alone, as a notebook's or a logger's adapter may be."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, text: str) -> int:
-        self.text += text
-        return len(text)
 
 
 def test_a_ctrl_c_note_on_a_write_only_stderr_is_said_there_once_not_also_on_file_descriptor_2(
@@ -79,20 +67,6 @@ def test_every_import_of_envpool_in_flipes_goes_through_import_envpool() -> None
         if unguarded := _envpool_imports_unguarded(ast.parse(path.read_text(), str(path))):
             found[str(path.relative_to(ROOT))] = unguarded
     assert found == {}
-
-
-class Cell(gym.Env):
-    """A tiny env, as a notebook's cell (or a script) defines one."""
-
-    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        return np.zeros(3, np.float32), {}
-
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        return np.zeros(3, np.float32), float(action), True, False, {}
 
 
 def make_vector(num_envs: int, **kwargs: object) -> gym.vector.VectorEnv:
