@@ -189,14 +189,13 @@ def train(
     validate(config, comm.size)
     config, groups_note = resolve_groups(config, comm.size)  # the number the run records
     config = config.resolve_auto_resume()
-    with _one_run_at_a_time():
-        threads_before = torch.get_num_threads()
-        if config.threads > 0:
-            torch.set_num_threads(config.threads)
-        try:
-            return _train(config, comm, callbacks, plugins, [groups_note] if groups_note else [], began)
-        finally:
-            torch.set_num_threads(threads_before)  # the caller's process as it was
+    threads_before = torch.get_num_threads()  # the run is held (one at a time) by _warnings_each_call
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, comm, callbacks, plugins, [groups_note] if groups_note else [], began)
+    finally:
+        torch.set_num_threads(threads_before)  # the caller's process as it was
 
 
 # the thread whose flipes.train runs, and how many of its calls are under way (one started from a callback nests); the
