@@ -13,6 +13,7 @@ import functools
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import select
 import signal
 import sys
@@ -85,15 +86,21 @@ class EnvBlock(gym.Env):
         self.env.close()
 
 
-def _worker_block(parent: int, env_id: str, size: int, offset: int, kwargs: dict[str, Any], mujoco: bool = False) -> EnvBlock:
+def _worker_block(
+    parent: int, env_id: str, size: int, offset: int, kwargs: dict[str, Any], mujoco: bool = False, spec: bytes | None = None
+) -> EnvBlock:
     """An :class:`EnvBlock` made in its worker process, which leaves Ctrl-C and SIGUSR1 to the process that started it
     (``parent``): a terminal's Ctrl-C reaches every process of its group, as Slurm's time-limit warning does (``srun``
     ``--signal=USR1@120``, whose default action ends a process), and a worker ended by one would fail the
     step under way instead of letting training stop after its generation with a checkpoint. SIGTERM still ends a
     worker: multiprocessing stops the workers of an env left open at exit with it (ignored, the exit would hang).
     gymnasium also makes one block in the parent itself, for the spaces: signals are left as they are there.
-    ``mujoco``: the env is one of gymnasium's MuJoCo envs (MuJoCo is imported first, to collect its warnings)."""
+    ``mujoco``: the env is one of gymnasium's MuJoCo envs (MuJoCo is imported first, to collect its warnings).
+    ``spec``: the pickled ``EnvSpec`` the parent holds for ``env_id``, registered here where the worker lacks the id
+    (registered by a function the worker never runs, e.g. a script's ``main()`` or a notebook cell)."""
     worker = os.getpid() != parent
+    if spec is not None and env_id not in gym.registry:
+        gym.registry[env_id] = pickle.loads(spec)
     if worker:
         for signum in (signal.SIGINT, *((signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ())):  # Windows has no USR1
             signal.signal(signum, signal.SIG_IGN)
@@ -130,6 +137,16 @@ def _only_here(env_id: str) -> str:
         if module == "__main__":
             return creator if isinstance(creator, str) else f"__main__.{getattr(creator, '__qualname__', creator)}"
     return ""
+
+
+def _registration(env_id: str) -> bytes | None:
+    """``env_id``'s ``EnvSpec`` pickled for the workers, or None where this process has no such id (a module-prefixed
+    id the workers import themselves) or its creator cannot be pickled (a lambda: a script's workers re-run the
+    script's top level, which registers it again)."""
+    try:
+        return pickle.dumps(gym.spec(env_id))
+    except (gym.error.Error, pickle.PicklingError, AttributeError, TypeError):
+        return None
 
 
 class RemoteTraceback(Exception):
@@ -174,7 +191,10 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
             )
         size = num_envs // workers
         mujoco = makes_mujoco(env_id)
-        fns = [functools.partial(_worker_block, os.getpid(), env_id, size, k * size, kwargs, mujoco) for k in range(workers)]
+        spec = _registration(env_id)
+        fns = [
+            functools.partial(_worker_block, os.getpid(), env_id, size, k * size, kwargs, mujoco, spec) for k in range(workers)
+        ]
         # forkserver: forking this process itself fails with ENOMEM once it holds large envs (seen at
         # N = 1024 MuJoCo envs), and spawn re-imports everything per worker
         context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
