@@ -291,34 +291,57 @@ def test_a_train_fitness_that_runs_a_copy_of_its_model_is_told_to_call_that_mode
     )
 
 
+class _FailureSent:
+    """Process ``rank`` of 2 for a tell that must raise before the fitness exchange: what it sends there instead."""
+
+    size, local_rank, local_size, bytes_sent = 2, 0, 1, 0
+
+    def __init__(self, rank: int) -> None:
+        self.rank, self.sent = rank, []
+
+    def allgather_tensor(self, rows: torch.Tensor) -> torch.Tensor:
+        self.sent.append(rows.clone())
+        return torch.cat([rows, rows])
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        self.sent.append(obj)
+        return [obj, obj]
+
+
+def _sent_failure(comm: _FailureSent, error: str) -> bool:
+    """Whether ``comm`` saw exactly the failure flag in place of this process's 4 fitness values, then ``error``."""
+    from flipes.es.ranks import FAILED
+
+    flag, shared = comm.sent
+    return flag.tolist() == [0.0] * 4 + [FAILED] and error in str(shared)
+
+
 def test_fitness_for_the_whole_population_on_one_of_two_processes_names_pop_size() -> None:
     """Under MPI a process evaluates pop.size members, not es.popsize: fitness of es.popsize values is
-    refused before any exchange, saying which size the inputs take."""
-
-    class OneOfTwo:  # process 0 of 2; tell must raise before it calls any collective
-        rank, size, local_rank, local_size, bytes_sent = 0, 2, 0, 1, 0
-
-    es = flipes.FlipES(mlp(), popsize=8, groups=2, comm=OneOfTwo())
+    refused, saying which size the inputs take; in the fitness exchange this process sends the failure flag and its
+    error (so that the other raises it too) in place of its fitness."""
+    comm = _FailureSent(0)
+    es = flipes.FlipES(mlp(), popsize=8, groups=2, comm=comm)
     with es.population() as pop:
         assert pop.size == 4
     with pytest.raises(
         ValueError, match=r"shape \(8,\), but this process evaluates 4 members.*pop.size \(4 here\), not es.popsize"
     ):
         es.tell(torch.zeros(8))
+    assert _sent_failure(comm, "ValueError: fitness has shape (8,), but this process evaluates 4 members"), comm.sent
 
 
 def test_non_finite_fitness_on_the_second_of_two_processes_names_the_global_members() -> None:
     """Process 1 of 2 evaluates members 4..7: a NaN and an inf at its local rows 1 and 3 are named as members 5 and 7
-    (their global indices, as pop.members gives them), before any exchange."""
+    (their global indices, as pop.members gives them); the exchange carries the failure flag and the error instead."""
 
-    class TwoOfTwo:  # process 1 of 2; tell must raise before it calls any collective
-        rank, size, local_rank, local_size, bytes_sent = 1, 2, 0, 1, 0
-
-    es = flipes.FlipES(mlp(), popsize=8, groups=2, comm=TwoOfTwo())
+    comm = _FailureSent(1)
+    es = flipes.FlipES(mlp(), popsize=8, groups=2, comm=comm)
     with es.population() as pop:
         assert pop.members == range(4, 8)
     with pytest.raises(ValueError, match=r"^fitness of 2 member\(s\) is not finite \(5=nan, 7=inf\)"):
         es.tell(torch.tensor([0.0, float("nan"), 2.0, float("inf")]))
+    assert _sent_failure(comm, "NonFiniteFitness: fitness of 2 member(s) is not finite (5=nan, 7=inf)"), comm.sent
 
 
 @pytest.mark.parametrize("launcher", [("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")])

@@ -65,7 +65,7 @@ from flipes.es.optimizer import (  # default_optimizer, optimizer_settings: impo
 from flipes.es.options import checked_options, sigma_value
 from flipes.es.parts import part
 from flipes.es.population import EpochShuffles, Population, PopulationBlock
-from flipes.es.ranks import gather_fitness
+from flipes.es.ranks import gather_fitness, send_failure
 from flipes.es.refusals import (
     note_direct_reads,
     read_watched,
@@ -97,6 +97,7 @@ from flipes.nn.convert import (
 )
 from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
+from flipes.rank_zero import shared_error
 
 # fitness (N,) -> weights (N,): tell takes a tensor, a numpy array or a list back (check_weights), as documented
 Shaping = Callable[[Tensor], Tensor | np.ndarray | Sequence[float]]
@@ -625,7 +626,9 @@ class FlipES:
             ValueError: a fitness of another shape than ``(pop.size,)``; its subclass ``NonFiniteFitness``
                 (``flipes.es.checks``) for a NaN or infinite value, naming the members.
             TypeError: a fitness that is not real numbers (a string, complex numbers).
-            RuntimeError: no population of this generation was entered yet (``with es.population()`` first).
+            RuntimeError: no population of this generation was entered yet (``with es.population()`` first). With
+                several processes, on the others: a fitness this one rejected (their tell raises it at once, naming this
+                process's rank, rather than waiting for its fitness).
         """
         with without_autocast(self.params[0].device):
             return self._tell(fitness)
@@ -642,9 +645,13 @@ class FlipES:
             )
         changed = changed_since_population(self)
         try:
-            local = check_fitness(fitness, self.members, self.popsize)
-        except NonFiniteFitness as error:  # the fitness function may be fine and the members broken
-            raise_if_not_finite(self, error)
+            try:
+                local = check_fitness(fitness, self.members, self.popsize)
+            except NonFiniteFitness as error:  # the fitness function may be fine and the members broken
+                raise_if_not_finite(self, error)
+                raise
+        except Exception as error:  # on this rank alone: the others, in the fitness exchange, raise it too
+            send_failure(self, shared_error(error))
             raise
         full = gather_fitness(self, local)
         # weights for ascent either way, from a copy: a shaping that works in place (f -= f.mean()) would otherwise
@@ -780,7 +787,11 @@ class FlipES:
         """One generation: ``fitness_fn(model, pop)`` inside ``population()``, then ``tell``."""
         check_fitness_fn(fitness_fn)
         with self.population() as pop:
-            fitness = fitness_fn(self.model, pop)
+            try:
+                fitness = fitness_fn(self.model, pop)
+            except Exception as error:  # on this rank alone: the others, in tell's fitness exchange, raise it too
+                send_failure(self, shared_error(error))
+                raise
         return self.tell(fitness)
 
     def member_parameters(self, index: SupportsIndex) -> dict[str, Tensor]:
