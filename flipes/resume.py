@@ -210,8 +210,13 @@ def restore(state: TrainState, path: str, device: str, fitness: Fitness) -> list
             )
         raise UsageError("--resume", f"the run was trained with other options ({shown})", fix)
     refuse_other_dtype(path, saved_state["es"]["model"], state.model.state_dict())
+    es_state = saved_state["es"]
+    if "shaping" in saved_state.get("es_settings", {}) and "shaping" in es_state:
+        # a shaping of one's own that a callback set: its state waits for the callback to set it again (on_train_start)
+        es_state = {k: v for k, v in es_state.items() if k != "shaping"}
+        state.saved_shaping_state = saved_state["es"]["shaping"]
     try:
-        state.es.load_state_dict(saved_state["es"])
+        state.es.load_state_dict(es_state)
     except (RuntimeError, ValueError) as e:  # the --model or --optimizer code changed since: torch's size mismatch & co.
         raise UsageError(
             "--resume",

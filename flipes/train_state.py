@@ -46,6 +46,8 @@ class TrainState:
     asked_generations: int | None = None  # a resume's --generations below the run's own, which is kept
     began: float = field(default_factory=time.perf_counter)  # when the call began (perf_counter): --max-seconds counts from it
     saved_es_settings: dict[str, Any] = field(default_factory=dict)  # what callbacks had set in the resumed checkpoint
+    # the state of a shaping of one's own that a callback had set (its state_dict()): loaded after on_train_start
+    saved_shaping_state: Any = None
     built_es_settings: dict[str, Any] = field(init=False)  # the FlipES's as the options built it
     built_steps: list[float] = field(init=False)  # the optimizer's step sizes as built (a change of them is logged)
 
@@ -88,6 +90,17 @@ def take_saved_es_settings(state: TrainState) -> None:
         state.es.shaping = fn
 
 
+def take_saved_shaping_state(state: TrainState) -> None:
+    """Give a shaping of one's own that a callback set, and sets again in its ``on_train_start``, the state it had in the
+    resumed checkpoint (its ``state_dict()``; held back from the FlipES's load, whose shaping as the options built it
+    cannot take it), so that the run shapes as an unstopped one would. Where the callback does not set it again
+    (another shaping's name), :func:`unrestored_shaping` says so."""
+    saved, state.saved_shaping_state = state.saved_shaping_state, None
+    load = getattr(state.es.shaping, "load_state_dict", None)
+    if saved is not None and callable(load) and shaping_name(state.es.shaping) == state.saved_es_settings.get("shaping"):
+        load(saved)
+
+
 def unrestored_shaping(state: TrainState) -> str:
     """The caution for a resumed run whose checkpoint records a shaping set by a callback that the FlipES does not hold
     now (after the callbacks' ``on_train_start``): one that cannot be found by its name (a lambda, a local function, an
@@ -99,7 +112,8 @@ def unrestored_shaping(state: TrainState) -> str:
         f"the checkpoint records es.shaping = {name}, set by a callback, which this resume cannot take back by its name "
         "(a lambda, a local function or an object has none to find it by; a function at the top level of an imported "
         f"module has): it trains with {shaping_name(state.es.shaping)} until a callback sets it again; set it in the "
-        "callback's on_train_start too, or assign a function defined at the top level of a module"
+        "callback's on_train_start too (one with a state_dict then takes its saved state back), or assign a function "
+        "defined at the top level of a module"
     )
 
 

@@ -79,6 +79,7 @@ from flipes.train_state import (
     load_callback_states,
     take_rank_0_states,
     take_saved_es_settings,
+    take_saved_shaping_state,
     unrestored_shaping,
 )
 
@@ -428,6 +429,7 @@ def _set_up_and_run(
                     _attribute_hook(e, cb, users, stop, "on_train_start")
                     raise
                 guard.check(state.config, cb, "on_train_start")
+            take_saved_shaping_state(state)  # into a shaping a callback set again, before it is sent to the other ranks
             if comm.size == 1:
                 return None
             # what a user's on_train_start set in the optimizer (a warm-up lr) and the FlipES, and the user's callbacks'

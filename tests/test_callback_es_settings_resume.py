@@ -74,3 +74,53 @@ def test_a_shaping_a_checkpoint_cannot_name_is_warned_of_at_the_resume(tmp_path:
         flipes.train(resume=str(tmp_path / "run"), generations=4, callbacks=[LambdaShaping(again=True)], **KW)
         flipes.train(out=str(tmp_path / "plain"), generations=1, **KW)
         flipes.train(resume=str(tmp_path / "plain"), generations=2, **KW)
+
+
+class Scaled:
+    """A shaping of one's own with state: the centered ranks times the number of generations it shaped (so that a
+    fresh one, or one whose state was lost, gives other steps)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, f: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return flipes.shaping.centered_ranks(f) * self.calls
+
+    def state_dict(self) -> dict[str, int]:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.calls = state["calls"]
+
+
+class StatefulShaping(flipes.Callback):
+    """After generation 0: a :class:`Scaled` shaping; ``again`` sets a fresh one in on_train_start of a resumed run."""
+
+    def __init__(self, again: bool = True) -> None:
+        self.again = again
+
+    def on_train_start(self, state: Any) -> None:
+        if self.again and state.es.generation > 0:
+            state.es.shaping = Scaled()
+
+    def on_generation(self, state: Any, row: dict[str, Any]) -> None:
+        if row["generation"] == 0:
+            state.es.shaping = Scaled()
+
+
+def test_a_shaping_with_state_that_a_callback_set_again_takes_its_saved_state_back(tmp_path: Path) -> None:
+    """A callback's shaping with a state_dict (saved with the FlipES) was refused at the resume as a checkpoint that
+    "does not fit the model", since the options build the FlipES with centered ranks. Its state now waits for the
+    callback's on_train_start: one that sets the shaping again gets the saved state into it, and the run stopped after
+    generation 1 and resumed to 4 ends on the parameters of the run never stopped, bit for bit; one that does not set
+    it resumes too, warned that it trains with centered ranks."""
+    straight = flipes.train(out=str(tmp_path / "straight"), generations=4, callbacks=[StatefulShaping()], **KW)
+    flipes.train(out=str(tmp_path / "resumed"), generations=2, callbacks=[StatefulShaping()], **KW)
+    resumed = flipes.train(resume=str(tmp_path / "resumed"), generations=4, callbacks=[StatefulShaping()], **KW)
+    assert resumed.es.shaping.calls == straight.es.shaping.calls == 3
+    assert torch.equal(_params(resumed), _params(straight))
+    flipes.train(out=str(tmp_path / "unset"), generations=2, callbacks=[StatefulShaping(again=False)], **KW)
+    with pytest.warns(UserWarning, match="cannot take back") as seen:
+        unset = flipes.train(resume=str(tmp_path / "unset"), generations=3, callbacks=[StatefulShaping(again=False)], **KW)
+    assert unset.es.generation == 3 and any("Scaled" in str(w.message) for w in seen)
