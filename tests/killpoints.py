@@ -59,9 +59,11 @@ def serve() -> None:
     PYTHONPATH would set them): fork a process that runs ``flipes train ARGV`` with POINT installed (in a session and
     process group of its own where ``session``, as ``start_new_session`` starts one), its output to those files; write
     its pid, then its exit status once it has ended (-9: SIGKILL), a line each. The server imported what the command
-    imports (flipes, and EnvPool, the auto engine's for CartPole-v1), so each command starts past it (~2 s of CPU saved
-    a start); each still runs in a process of its own, from what its run directory holds, and ends as a fresh one
-    would."""
+    imports (flipes; torch._dynamo, which torch.optim's first optimizer imports, ~1.5 s of CPU; and EnvPool, the auto
+    engine's for CartPole-v1), so each command starts past it (~3.5 s of CPU saved a start); each still runs in a process
+    of its own, from what its run directory holds, and ends as a fresh one would."""
+    import torch._dynamo  # noqa: F401
+
     import flipes.training  # noqa: F401
     from flipes.commands import main
 
