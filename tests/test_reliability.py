@@ -544,9 +544,9 @@ def test_a_signal_to_the_whole_process_group_stops_a_run_with_env_workers_and_ke
     too: the run stops with status 130, its outcome line, no traceback, and a checkpoint of every generation in
     metrics.jsonl. Ctrl-C is left to the training process, which finishes its generation; SIGTERM ends the
     workers (multiprocessing ends them with it), so the generation under way is cut short, said in a note. The
-    run then resumes to the parameters of one never stopped."""
+    run then resumes to the parameters of one never stopped. (Episodes cut at 50 steps: CUT.)"""
     run = tmp_path / "run"
-    argv = [*FAST, "--env", "gymnasium-async:CartPole-v1", "--env-threads", "2", "--generations", "10000",
+    argv = [*FAST, *CUT, "--env", "gymnasium-async:CartPole-v1", "--env-threads", "2", "--generations", "10000",
             "--checkpoint-every", "1000", "--out", str(run)]  # fmt: skip
     pid, stem = forked.start(None, *argv, session=True)
     try:
@@ -574,7 +574,10 @@ def test_a_signal_to_the_whole_process_group_stops_a_run_with_env_workers_and_ke
     more = len(rows) + 1
     flipes.train(resume=str(run), generations=more, progress=False)
     whole = flipes.train(
-        **{**FAST_KW, "env": "gymnasium-async:CartPole-v1"}, env_threads=2, generations=more, out=str(tmp_path / "whole")
+        **{**FAST_KW, **CUT_KW, "env": "gymnasium-async:CartPole-v1"},
+        env_threads=2,
+        generations=more,
+        out=str(tmp_path / "whole"),
     )
     assert [r["params_sha256"] for r in metrics(run)] == [r["params_sha256"] for r in whole.metrics]
 
