@@ -892,7 +892,8 @@ def test_a_full_disk_under_tensorboards_logs_is_one_line_naming_the_last_good_ch
 ) -> None:
     """TensorBoard's logs that cannot be written (a full disk: the writer raises in SummaryWriter() itself, at an
     add_scalar after its thread failed, or at the close that flushes it) end training with one line and status 1,
-    naming the log directory, the reason and the last good checkpoint, as for the run's own files; it resumes."""
+    naming the log directory, the reason and the last good checkpoint, as for the run's own files; it resumes. (Episodes
+    cut at 50 steps: CUT.)"""
     from torch.utils import tensorboard
 
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -915,7 +916,7 @@ def test_a_full_disk_under_tensorboards_logs_is_one_line_naming_the_last_good_ch
 
     monkeypatch.setattr(tensorboard, "SummaryWriter", FullDisk)
     run = tmp_path / "run"
-    argv = [*FAST, "--tensorboard", "true", "--generations", "6", "--checkpoint-every", "2", "--out", str(run)]
+    argv = [*FAST, *CUT, "--tensorboard", "true", "--generations", "6", "--checkpoint-every", "2", "--out", str(run)]
     status = main(["train", *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1 and "Traceback" not in err[0], err
@@ -925,7 +926,7 @@ def test_a_full_disk_under_tensorboards_logs_is_one_line_naming_the_last_good_ch
                       "can be written")  # fmt: skip
     assert load_checkpoint(good)["es"]["generation"] == {"start": 0, "row": 4, "close": 6}[fails]  # 4: before TensorBoard
     monkeypatch.undo()
-    assert flipes.train(**FAST_KW, generations=7, resume=str(run)).metrics[-1]["generation"] == 6
+    assert flipes.train(**FAST_KW, **CUT_KW, generations=7, resume=str(run)).metrics[-1]["generation"] == 6
 
 
 def test_a_resume_names_the_rows_its_metrics_lack_and_a_checkpoint_syncs_the_rows_it_covers(
