@@ -95,7 +95,7 @@ def run(args: Args, cmd: list[str], timeout: float, env: dict[str, str] | None =
     log = Path(args.out).with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
-        r = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+        r = execute(cmd, full_env, timeout)
         status, out, err = f"exit {r.returncode}", r.stdout, r.stderr
         return r
     except subprocess.TimeoutExpired as e:
@@ -104,6 +104,12 @@ def run(args: Args, cmd: list[str], timeout: float, env: dict[str, str] | None =
     finally:
         with log.open("a", encoding="utf-8") as f:
             f.write(f"$ {' '.join(cmd)}  ({status})\n{text(out)}\n{text(err)}\n")
+
+
+def execute(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """cmd in the repository root with env, its output captured (tests/test_gpu_check.py runs the scripts' commands in
+    its own process instead, sparing a start of Python each)."""
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def text(output: str | bytes | None) -> str:

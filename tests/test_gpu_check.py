@@ -2,25 +2,71 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import runpy
 import subprocess
+import sys
+import traceback
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, load_script, run_script
+from helpers import ROOT, load_script, script_state_kept
 
 
-def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(tmp_path: Path) -> None:
+def script_in_this_process(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``python scripts/NAME.py ARGS...`` run as its ``__main__`` in this process, as gpu_check's commands would run
+    in their own (the repository root as the working directory, the scripts' folder on the path, the env set): its
+    exit status, stdout and stderr, a traceback on stderr and status 1 where it raises."""
+    code: int | str | None = 0
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        script_state_kept(),
+    ):
+        mp.chdir(ROOT)
+        mp.syspath_prepend(str(ROOT / "scripts"))
+        mp.setattr(sys, "argv", cmd[1:])
+        for name, value in env.items():
+            mp.setenv(name, value)
+        try:
+            runpy.run_path(str(ROOT / cmd[1]), run_name="__main__")
+        except SystemExit as e:
+            code = e.code
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    if isinstance(code, str):  # sys.exit("message"): the message on stderr, status 1
+        err.write(code + "\n")
+    return subprocess.CompletedProcess(cmd, 1 if isinstance(code, str) else code or 0, out.getvalue(), err.getvalue())
+
+
+def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Every step's code path runs (device cpu, --quick): the correctness steps pass, the others
     measure or say why they were skipped, the report names the device and versions, and OUT.log
-    holds every command's whole output."""
+    holds every command's whole output. gpu_check's main and the scripts it starts (benchmark.py,
+    repro_timing.py, train.py) run in this process with the command lines it gives them (a start of
+    Python costs seconds of imports each); its pytest run and its mpiexec runs are their own
+    processes, as on the GPU, through the same function (execute)."""
+    module = load_script(ROOT / "scripts" / "gpu_check.py")
+    real = module.execute
+
+    def execute(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        if cmd[0] == sys.executable and cmd[1].startswith("scripts/"):
+            return script_in_this_process(cmd, env, timeout)
+        # one thread in each command it runs, as in this worker (conftest.py): the code paths are the same, and torch's
+        # default of a thread per core only contends with the other worker (it doubled the run's CPU time)
+        return real(cmd, {**env, "OMP_NUM_THREADS": "1"}, timeout)
+
+    monkeypatch.setattr(module, "execute", execute)
     out = tmp_path / "gpu_check"
-    # one thread in it and in each command it runs, as in this worker (conftest.py): the code paths are the same, and
-    # torch's default of a thread per core only contends with the other worker (it doubled the run's CPU time)
-    one_thread = {"OMP_NUM_THREADS": "1"}
-    r = run_script("scripts/gpu_check.py", "--device", "cpu", "--quick", "true", "--out", out, check=False, timeout=600,
-                   env=one_thread)  # fmt: skip
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with script_state_kept():  # the cartpole step seeds torch's generator
+        assert module.main(module.Args(device="cpu", quick=True, out=str(out))) == 0, capsys.readouterr().out[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == ["tests", "mpi", "benchmark", "repro_timing", "cartpole", "mujoco_warp"]
