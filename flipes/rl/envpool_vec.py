@@ -20,6 +20,7 @@ Python per env. Two of its properties shape this adapter:
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import operator
 import os
@@ -73,6 +74,16 @@ def envpool_ids() -> frozenset[str]:
     except ImportError:
         return frozenset()
     return frozenset(envpool.list_all_envs())
+
+
+@functools.cache
+def default_spec(env_id: str) -> Any:
+    """EnvPool's spec of ``env_id`` with its default options, read once per id: an Atari id's takes ~0.2 s of CPU to make
+    (its ROM is checked), and each env made read it three times (the options' kinds and names). Read, never changed."""
+    import_envpool()
+    from envpool.registration import registry
+
+    return registry.make_spec(env_id)
 
 
 def envpool_atari(name: str) -> bool:
@@ -143,10 +154,7 @@ def check_option_types(env_id: str, kwargs: dict[str, Any]) -> None:
     is of a kind its default's is not (``"0.25"`` for a float, 2.5 for an int, null): EnvPool's own refusal is pybind's
     list of its constructor's argument types, without the option's name."""
     try:
-        import_envpool()
-        from envpool.registration import registry
-
-        defaults = registry.make_spec(env_id).config._asdict()
+        defaults = default_spec(env_id).config._asdict()
     except Exception:  # another EnvPool version's internals: its own error then
         return
     kinds: tuple[tuple[type, Callable[[Any], bool], str], ...] = (

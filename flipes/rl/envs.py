@@ -36,7 +36,13 @@ from torch import Tensor
 from flipes.checkpoint import clip
 from flipes.cli import import_here, main_module
 from flipes.errors import UsageError
-from flipes.rl.envpool_vec import EnvPoolVectorEnv, check_atari_options, check_option_types, envpool_ids, import_envpool
+from flipes.rl.envpool_vec import (
+    EnvPoolVectorEnv,
+    check_atari_options,
+    check_option_types,
+    default_spec,
+    envpool_ids,
+)
 from flipes.rl.mujoco_log import mujoco_warnings_once, uses_mujoco
 from flipes.rl.spaces import (  # holds_tensors: imported from here before it moved
     STRUCTURED,
@@ -208,10 +214,7 @@ def _creator_options(entry_point: Any) -> frozenset[str] | None:
 def _envpool_options(name: str) -> frozenset[str] | None:
     """The config keys of EnvPool's ``name`` (its ``envpool.make`` options); None where EnvPool does not tell them."""
     try:
-        import_envpool()
-        from envpool.registration import registry
-
-        keys = registry.make_spec(name)._config_keys
+        keys = default_spec(name)._config_keys
     except Exception:  # another EnvPool version's internals: envpool.make names an unknown option itself
         return None
     return frozenset(keys)
