@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -35,6 +36,7 @@ from helpers import (
     Mpi4pyLike,
     main_block,
     metrics,
+    once_per_session,
     sigterm_twice,
 )
 
@@ -1868,30 +1870,12 @@ def test_an_offline_wandb_run_resumed_behind_its_last_row_logs_no_step_twice(
     assert written_history_steps(run, [[0, 1, 2, 3], [4, 5]]) == [[0, 1, 2, 3], [4, 5]]
 
 
-def train_in_background(args: list[str], cwd: Path) -> subprocess.Popen:
-    """scripts/train.py with ``args``, running in its own process (stdout and stderr captured)."""
-    command = [sys.executable, str(ROOT / "scripts/train.py"), *args]
-    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def wait_for_rows(run: Path, count: int, timeout: float = 60) -> Path:
     """Wait until ``run``'s metrics.jsonl holds ``count`` rows (at most ``timeout`` s); its path."""
     rows, deadline = run / "metrics.jsonl", time.time() + timeout
     while time.time() < deadline and (not rows.exists() or len(rows.read_text().splitlines()) < count):
         time.sleep(0.05)
     return rows
-
-
-def test_sigterm_during_training_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
-    """scripts/train.py stopped by SIGTERM exits 130 with every logged generation in the checkpoint."""
-    run = tmp_path / "run"
-    proc = train_in_background([*FAST, "--generations", "100000", "--checkpoint-every", "1000", "--out", str(run)], ROOT)
-    rows = wait_for_rows(run, 3)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    state = load_checkpoint(run)
-    assert state["es"]["generation"] == len(rows.read_text().splitlines()) >= 3  # every generation logged is in it
 
 
 SLOW_FITNESS = """
@@ -1905,68 +1889,139 @@ def fitness(model, pop):
     return -model(torch.ones(pop.size, 3)).square().sum(1)
 """
 
+# scripts/train.py's ``sys.exit(main(["train", *argv]))`` for each case in turn, in one process (each start costs seconds
+# of imports): a case's stdout and stderr go, at the file-descriptor level, to CASE.out and CASE.err, what main returned
+# to CASE.code; the process exits with the last case's status
+TRAINS_IN_TURN = """
+import json, os, sys
+from flipes.commands import main
+
+for name, argv in json.loads(sys.argv[1]):
+    sys.stdout.flush(), sys.stderr.flush()
+    kept = os.dup(1), os.dup(2)
+    with open(name + ".out", "w") as out, open(name + ".err", "w") as err:
+        os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
+        try:
+            code = main(["train", *argv])
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(kept[0], 1), os.dup2(kept[1], 2)
+    with open(name + ".code", "w") as f:
+        f.write(str(code))
+sys.exit(code)
+"""
+
+SIGNAL_ARGS = ["--env", "none", "--popsize", "8", "--tensorboard", "false", "--plot", "false", "--generations", "1000"]
+
+
+@pytest.fixture(scope="module")
+def signalled_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process trains four runs in turn (TRAINS_IN_TURN), each signalled as a user or a batch system would: "term",
+    FAST CartPole given one SIGTERM after 3 rows; "ctrl_c", SLOW_FITNESS given two SIGINTs 0.05 s apart after a row;
+    "at_once", SLOW_FITNESS given two SIGTERMs 0.05 s apart after a row; last "endless", ENDLESS_FITNESS (generation 2
+    never ends) given two SIGTERMs more than REPEAT_SECONDS apart (sigterm_twice: the process, on its last case, must
+    still run between them). The directory holding each case's run directory (CASE/), CASE.out, CASE.err, CASE.code
+    and ``exit``, the process's status. Read it, never write to it."""
+
+    def make(out: Path) -> None:
+        (out / "slow.py").write_text(SLOW_FITNESS)
+        (out / "endless.py").write_text(ENDLESS_FITNESS)
+        (out / "driver").mkdir()  # not the working directory: slow.py is found there as scripts/train.py finds it
+        (out / "driver" / "in_turn.py").write_text(TRAINS_IN_TURN)
+        slow = ["--model", "slow:make_model", "--fitness", "slow:fitness", *SIGNAL_ARGS]
+        cases = [
+            ("term", [*FAST, "--generations", "100000", "--checkpoint-every", "1000"]),
+            ("ctrl_c", slow),
+            ("at_once", [*slow, "--progress", "false", "--checkpoint-every", "1000"]),
+            ("endless", ["--model", "endless:make_model", "--fitness", "endless:fitness", *SIGNAL_ARGS, "--progress", "false",
+                         "--checkpoint-every", "1"]),
+        ]  # fmt: skip
+        cases = [(name, [*argv, "--out", str(out / name)]) for name, argv in cases]
+        paths = [str(ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]  # "" would add cwd
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        command = [sys.executable, str(out / "driver" / "in_turn.py"), json.dumps(cases)]
+        proc = subprocess.Popen(command, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        err = ""
+        try:
+            wait_for_rows(out / "term", 3)
+            proc.send_signal(signal.SIGTERM)
+            for name, sig in (("ctrl_c", signal.SIGINT), ("at_once", signal.SIGTERM)):
+                wait_for_rows(out / name, 1)  # its case runs: the ones before it have returned
+                proc.send_signal(sig)
+                time.sleep(0.05)
+                proc.send_signal(sig)
+            err = sigterm_twice(proc, out / "endless" / "metrics.jsonl", 2)  # the process's stderr, once it has ended
+        finally:
+            if proc.poll() is None:  # a wait above failed; sigterm_twice ends the process where it fails
+                proc.kill()
+                proc.communicate()
+        (out / "exit").write_text(f"{proc.returncode}\n{err}")
+
+    return once_per_session(tmp_path_factory, "signalled_runs", make)
+
+
+def signalled(runs: Path, name: str) -> tuple[int, str, str]:
+    """What main returned for case ``name`` of ``signalled_runs``, and its stdout and stderr."""
+    code = runs / f"{name}.code"
+    assert code.exists(), (runs / "exit").read_text()[-3000:]  # main raised, or the case never ended
+    return int(code.read_text()), (runs / f"{name}.out").read_text(), (runs / f"{name}.err").read_text()
+
+
+def test_sigterm_during_training_leaves_a_loadable_checkpoint(signalled_runs: Path) -> None:
+    """scripts/train.py stopped by SIGTERM exits 130 with every logged generation in the checkpoint."""
+    code, _, err = signalled(signalled_runs, "term")
+    assert code == 130, err
+    rows = (signalled_runs / "term" / "metrics.jsonl").read_text().splitlines()
+    state = load_checkpoint(signalled_runs / "term")
+    assert state["es"]["generation"] == len(rows) >= 3  # every generation logged is in it
+
 
 def test_a_second_ctrl_c_stops_training_at_once_in_one_line_keeping_the_last_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    signalled_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two Ctrl-Cs within one generation: the first asks for a stop after it, the second stops at once.
     The command exits 130 with one line that says so (no traceback), and the run resumes from its last
-    checkpoint (``flipes train --resume``, what scripts/train.py runs, here in-process: it reads only the disk)."""
-    (tmp_path / "slow.py").write_text(SLOW_FITNESS)
-    run = tmp_path / "run"
-    args = ["--env", "none", "--model", "slow:make_model", "--fitness", "slow:fitness", "--popsize", "8",
-            "--tensorboard", "false", "--plot", "false", "--out", str(run)]  # fmt: skip
-    proc = train_in_background([*args, "--generations", "1000"], tmp_path)
-    wait_for_rows(run, 1)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    checkpoint (``flipes train --resume``, what scripts/train.py runs, here in-process on a copy: it reads only the
+    disk)."""
+    code, _, err = signalled(signalled_runs, "ctrl_c")
+    assert code == 130, err
     assert "Traceback" not in err and "flipes: interrupted: train stopped at once" in err, err
+    run = tmp_path / "run"
+    shutil.copytree(signalled_runs / "ctrl_c", run)
     generation = load_checkpoint(run)["es"]["generation"]
-    monkeypatch.syspath_prepend(str(tmp_path))  # slow.py, as from the directory the command ran in
+    monkeypatch.syspath_prepend(str(signalled_runs))  # slow.py, as from the directory the command ran in
     assert main(["train", "--resume", str(run), "--generations", str(generation + 1)]) == 0
     assert load_checkpoint(run)["es"]["generation"] == generation + 1
 
 
-def test_a_second_sigterm_ends_a_generation_that_never_ends_in_one_line_keeping_the_last_checkpoint(tmp_path: Path) -> None:
+def test_a_second_sigterm_ends_a_generation_that_never_ends_in_one_line_keeping_the_last_checkpoint(
+    signalled_runs: Path,
+) -> None:
     """A generation that never ends, then SIGTERM: the first says at once that training stops after the generation and
     that another signal stops at once; a second SIGTERM (later than REPEAT_SECONDS) ends the command with status 130
-    and one line naming it and the last checkpoint with its last generation, which loads (before, it sat forever)."""
-    (tmp_path / "endless.py").write_text(ENDLESS_FITNESS)
-    run = tmp_path / "run"
-    args = ["--env", "none", "--model", "endless:make_model", "--fitness", "endless:fitness", "--popsize", "8",
-            "--tensorboard", "false", "--plot", "false", "--progress", "false", "--checkpoint-every", "1",
-            "--out", str(run)]  # fmt: skip
-    proc = train_in_background([*args, "--generations", "1000"], tmp_path)
-    err = sigterm_twice(proc, run / "metrics.jsonl", 2)  # generation 2 never ends
+    (the process's own exit status) and one line naming it and the last checkpoint with its last generation, which
+    loads (before, it sat forever)."""
+    code, _, err = signalled(signalled_runs, "endless")
+    run = signalled_runs / "endless"
     lines = err.strip().splitlines()
     first = "flipes: SIGTERM: stopping after the generation under way, with a checkpoint; another Ctrl-C or SIGTERM stops "
-    assert proc.returncode == 130 and len(lines) == 2, err
+    assert code == 130 and (signalled_runs / "exit").read_text().startswith("130\n") and len(lines) == 2, err
     assert lines[0] == first + "at once, keeping the last checkpoint (after generation 1)", err
     assert lines[1] == "flipes: interrupted: train stopped at once by a second SIGTERM; the last checkpoint " \
                        f"(after generation 1) stays: --resume {run} continues from it", err  # fmt: skip
     assert load_checkpoint(run)["es"]["generation"] == 2
 
 
-def test_sigterm_twice_at_once_as_a_batch_system_and_its_launcher_send_it_stops_after_the_generation(tmp_path: Path) -> None:
+def test_sigterm_twice_at_once_as_a_batch_system_and_its_launcher_send_it_stops_after_the_generation(
+    signalled_runs: Path,
+) -> None:
     """Two SIGTERMs a moment apart (Slurm signals every process of a job, and mpiexec or srun forwards its own copy to
     the ranks) are one request: training stops after the generation under way, with a checkpoint of every generation
     logged, status 130, and the outcome line."""
-    (tmp_path / "slow.py").write_text(SLOW_FITNESS)
-    run = tmp_path / "run"
-    args = ["--env", "none", "--model", "slow:make_model", "--fitness", "slow:fitness", "--popsize", "8",
-            "--tensorboard", "false", "--plot", "false", "--progress", "false", "--checkpoint-every", "1000",
-            "--out", str(run)]  # fmt: skip
-    proc = train_in_background([*args, "--generations", "1000"], tmp_path)
-    rows = wait_for_rows(run, 1)
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted;" in out and "stopped at once" not in err, (out, err)
-    assert load_checkpoint(run)["es"]["generation"] == len(rows.read_text().splitlines()) >= 1
+    code, out, err = signalled(signalled_runs, "at_once")
+    assert code == 130 and "interrupted;" in out and "stopped at once" not in err, (out, err)
+    rows = (signalled_runs / "at_once" / "metrics.jsonl").read_text().splitlines()
+    assert load_checkpoint(signalled_runs / "at_once")["es"]["generation"] == len(rows) >= 1
 
 
 def test_evaluate_and_plot_commands_on_a_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
