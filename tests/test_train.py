@@ -1362,41 +1362,56 @@ def test_a_run_started_by_a_script_resumes_from_another_that_imports_its_functio
     """``python quadscript.py`` records its functions as ``__main__[quadscript]:...`` and, resuming the run without
     giving them, finds them (a lookup in the running script, the same in the process that started the run as in
     another); another program that imports that script and gives the same functions continues the run bit for bit
-    (recording their importable names), the script run again continues it without giving them, and a function
-    of another name, or of the same name in another module, is refused. Resumed without them, the error names them as
+    (recording their importable names), the script, resuming again without giving them, continues it (importing
+    quadscript as the name now recorded: a module the script's own process had not imported), and a function of
+    another name, or of the same name in another module, is refused. Resumed without them, the error names them as
     that program gives them (``model=quadscript.make_model``)."""
     script = QUADRATIC_MODULE + (
         "\ndef other_model(env):\n    return make_model(env)\n\nif __name__ == '__main__':\n    import flipes, sys\n"
-        "    for generations, how in zip(sys.argv[2::2], sys.argv[3::2]):  # (generations, new|resume) pairs\n"
+        "    for generations, how in zip(sys.argv[2::2], sys.argv[3::2]):  # (generations, new|resume|wait) pairs\n"
+        "        if how == 'wait':  # until a line on stdin: another program goes on with the run meanwhile\n"
+        "            print('waiting', flush=True)\n            sys.stdin.readline()\n            continue\n"
         "        given = {'model': make_model, 'fitness': fitness} if how == 'new' else {'resume': sys.argv[1]}\n"
         "        flipes.train(**given, env='none', popsize=8, generations=int(generations), out=sys.argv[1],"
         " progress=False, tensorboard=False, plot=False)\n"
+        "    assert 'quadscript' in sys.modules  # the last resume imported it by its recorded name\n"
     )
     (tmp_path / "quadscript.py").write_text(script)
     (tmp_path / "othertask.py").write_text(QUADRATIC_MODULE)
-    run = [sys.executable, "quadscript.py", str(tmp_path / "b")]
-    # the resume finds the script's own functions (one process: each start costs seconds of imports)
-    subprocess.run([*run, "3", "new", "4", "resume"], cwd=tmp_path, check=True, timeout=120)
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["model"] == "__main__[quadscript]:make_model"
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import othertask
-    import quadscript
+    # one process of the script (each start costs seconds of imports): new, resume, then a resume after this program's
+    command = [sys.executable, "quadscript.py", str(tmp_path / "b"), "3", "new", "4", "resume", "-", "wait", "8", "resume"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        while (line := proc.stdout.readline()) not in ("waiting\n", ""):
+            pass
+        assert line == "waiting\n" and proc.poll() is None, proc.communicate(timeout=60)
+        assert json.loads((tmp_path / "b" / "config.json").read_text())["model"] == "__main__[quadscript]:make_model"
+        assert len(metrics(tmp_path / "b")) == 4
+        monkeypatch.syspath_prepend(str(tmp_path))
+        import othertask
+        import quadscript
 
-    kw = {"env": "none", "popsize": 8, "tensorboard": False, "plot": False, "progress": False}
-    by_name = flipes.train(
-        model="quadscript:make_model", fitness="quadscript:fitness", generations=8, out=str(tmp_path / "a"), **kw
-    )
-    for other, named in ((quadscript.other_model, "quadscript:other_model"), (othertask.make_model, "othertask:make_model")):
-        with pytest.raises(flipes.UsageError, match=rf"--model: saved '__main__\[quadscript\]:make_model', now '{named}'"):
-            flipes.train(model=other, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False)
-    # here, quadscript is not the running script: the error names the function to give, as this program imports it
-    with pytest.raises(flipes.UsageError, match=r"give it again from Python \(model=quadscript\.make_model of flipes\.train"):
-        flipes.train(resume=str(tmp_path / "b"), generations=6, progress=False)
-    rest = flipes.train(
-        model=quadscript.make_model, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False
-    )
-    assert rest.config.model == "quadscript:make_model" == json.loads((tmp_path / "b" / "config.json").read_text())["model"]
-    subprocess.run([*run, "8", "resume"], cwd=tmp_path, check=True, timeout=120)  # names quadscript:... now
+        kw = {"env": "none", "popsize": 8, "tensorboard": False, "plot": False, "progress": False}
+        by_name = flipes.train(
+            model="quadscript:make_model", fitness="quadscript:fitness", generations=8, out=str(tmp_path / "a"), **kw
+        )
+        for other, named in ((quadscript.other_model, "quadscript:other_model"), (othertask.make_model, "othertask:make_model")):
+            with pytest.raises(flipes.UsageError, match=rf"--model: saved '__main__\[quadscript\]:make_model', now '{named}'"):
+                flipes.train(model=other, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False)
+        # here, quadscript is not the running script: the error names the function to give, as this program imports it
+        with pytest.raises(flipes.UsageError, match=r"give it again from Python \(model=quadscript\.make_model of flipes\.train"):
+            flipes.train(resume=str(tmp_path / "b"), generations=6, progress=False)
+        rest = flipes.train(
+            model=quadscript.make_model, fitness=quadscript.fitness, resume=str(tmp_path / "b"), generations=6, progress=False
+        )
+        assert rest.config.model == "quadscript:make_model" == json.loads((tmp_path / "b" / "config.json").read_text())["model"]
+        proc.stdin.write("go\n")  # the script resumes to 8 generations: it names quadscript:... now
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
     assert [r["params_sha256"] for r in metrics(tmp_path / "b")] == [r["params_sha256"] for r in by_name.metrics]
 
 
