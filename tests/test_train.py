@@ -1786,25 +1786,6 @@ def test_user_code_exceptions_keep_their_traceback(tmp_path: Path, monkeypatch: 
                      out=str(tmp_path / "run"), tensorboard=False, plot=False, progress=False)  # fmt: skip
 
 
-def test_wandb_offline_writes_the_run_with_every_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With --wandb in offline mode (no account, no network) the run's W&B files are written under
-    the run directory, and its record file holds every generation's fitness_mean and the config. W&B's service
-    process writes that file: on a loaded machine its last records land a moment after ``finish()`` returns."""
-    pytest.importorskip("wandb", reason="the wandb extra is not installed")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    result = flipes.train(**FAST_KW, generations=3, out=str(tmp_path), wandb=True, wandb_project="flipes-test")
-    (record,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    wanted = [b"fitness_mean", b"flipes-test", b"CartPole-v1"] + [json.dumps(r["fitness_mean"]).encode() for r in result.metrics]
-    deadline = time.monotonic() + 30
-    while not all(w in (data := record.read_bytes()) for w in wanted) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(result.metrics) == 3 and b"fitness_mean" in data and b"flipes-test" in data
-    for row in result.metrics:
-        assert json.dumps(row["fitness_mean"]).encode() in data, row["fitness_mean"]
-    assert b"CartPole-v1" in data  # the run's config
-
-
 def wandb_history_steps(record: Path) -> list[int]:
     """The steps of the history rows in a W&B run file (a LevelDB-style log of protobuf records: a 7-byte file header,
     then in 32 KiB blocks records of a 7-byte header, crc32, length and type 1 full, 2 first, 3 middle or 4 last)."""
@@ -1848,13 +1829,25 @@ def written_history_steps(run: Path, expected: list[list[int]]) -> list[list[int
 def test_a_resumed_run_logs_into_its_own_wandb_run_at_the_steps_it_goes_on_from(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--resume DIR with --wandb continues the W&B run DIR recorded (its id in DIR/wandb/flipes-run-id), logging the
-    generations after the resumed one at their own steps; a branch (--resume A --out B) gets a W&B run of its own."""
+    """With --wandb in offline mode (no account, no network) the run's W&B files are written under the run directory,
+    and its record file holds every generation's fitness_mean and the config (W&B's service process writes that file:
+    on a loaded machine its last records land a moment after ``finish()`` returns). --resume DIR with --wandb continues
+    the W&B run DIR recorded (its id in DIR/wandb/flipes-run-id), logging the generations after the resumed one at
+    their own steps; a branch (--resume A --out B) gets a W&B run of its own."""
     pytest.importorskip("wandb", reason="the wandb extra is not installed")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run, branch = tmp_path / "run", tmp_path / "branch"
-    flipes.train(**FAST_KW, generations=2, out=str(run), wandb=True, wandb_project="flipes-test")
+    result = flipes.train(**FAST_KW, generations=2, out=str(run), wandb=True, wandb_project="flipes-test")
+    (record,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
+    wanted = [b"fitness_mean", b"flipes-test", b"CartPole-v1"] + [json.dumps(r["fitness_mean"]).encode() for r in result.metrics]
+    deadline = time.monotonic() + 30
+    while not all(w in (data := record.read_bytes()) for w in wanted) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(result.metrics) == 2 and b"fitness_mean" in data and b"flipes-test" in data
+    for row in result.metrics:
+        assert json.dumps(row["fitness_mean"]).encode() in data, row["fitness_mean"]
+    assert b"CartPole-v1" in data  # the run's config
     flipes.train(resume=str(run), generations=4)  # the run's own options: --wandb among them
     run_id = (run / "wandb/flipes-run-id").read_text()
     records = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
