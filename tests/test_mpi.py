@@ -107,7 +107,7 @@ CNN = ["--env", "image_env:cnntest/BrightSpot-v0", "--policy", "cnn", "--hidden"
        "--episodes", "2", "--generations", "2", "--comm", "seeds", "--eval-every", "1", "--eval-episodes", "8", "--target",
        "none", "--tensorboard", "false", "--plot", "false"]  # fmt: skip
 SIGMA_SCHEDULE = ["--env", "flipes/CartPole-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--sigma-decay", "0.6",
-                  "--sigma-min", "0.04", "--lr-decay", "0.5", "--lr-min", "0.02"]  # fmt: skip
+                  "--sigma-min", "0.04", "--lr-decay", "0.5", "--lr-min", "0.02", "--max-episode-steps", "100"]  # fmt: skip
 ACTION_NOISE = ["--env", "flipes/Pendulum-v1", *COMMON, "--generations", "3", "--comm", "seeds", "--episodes", "2",
                 "--max-episode-steps", "40", "--progress", "false"]  # fmt: skip
 
@@ -115,7 +115,8 @@ ACTION_NOISE = ["--env", "flipes/Pendulum-v1", *COMMON, "--generations", "3", "-
 GLOBAL_DRAWS = ["--env", "none", "--model", "global_draws:make_model", "--fitness", "global_draws:fitness", "--popsize", "8",
                 "--groups", "2", "--comm", "seeds", "--generations", "4", "--eval-every", "100", "--tensorboard",
                 "false"]  # fmt: skip
-NO_GROUPS = ["--env", "flipes/CartPole-v1", "--popsize", "16", "--eval-episodes", "5", "--target", "none", "--seed", "4"]
+NO_GROUPS = ["--env", "flipes/CartPole-v1", "--popsize", "16", "--eval-episodes", "5", "--target", "none", "--seed", "4",
+             "--max-episode-steps", "100"]  # fmt: skip
 # 1 and 2 of 3 ε groups on 2 ranks; Sutton and Barto's CartPole reward
 BUDGET = [*CARTPOLE, "--groups", "3", "--comm", "seeds", "--env-kwargs", '{"sutton_barto_reward": true}']
 
@@ -128,7 +129,8 @@ def cartpole_3(mode: str) -> list[str]:
 
 
 def pgpe(mode: str) -> list[str]:
-    return ["--env", "flipes/CartPole-v1", *COMMON, "--algo", "pgpe", "--generations", "4", "--comm", mode]
+    return ["--env", "flipes/CartPole-v1", *COMMON, "--algo", "pgpe", "--generations", "4", "--comm", mode, "--max-episode-steps",
+            "100"]  # fmt: skip
 
 
 TWO_RANK_RUNS = {
