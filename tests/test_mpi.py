@@ -739,15 +739,16 @@ for script, directory, *args in json.loads(sys.argv[1]):
 """
 
 
-@pytest.fixture
-def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shared_two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RANK_ROWS, LR_SCHEDULE, READ_BACK and HELD_RUN_SCRIPT, scripts that each train with flipes.train under ``mpiexec
     -n 2``, then MANY_COMMS, LOAD_ON_ONE_RANK_SCRIPT (an own loop whose last tell is refused), OWN_LOOP_OBS_NORM (its
     loops "comm" and "plain"), OWN_LOOP_BUFFER_SCRIPT, CURRICULUM (4 generations into once/, 2 then 4 into resumed/),
-    FITNESS_ERROR_SWEEP and OWN_LOOP_STOP's shared stop, run one after the other in one job (one start of 2 ranks for
-    the tests that read them), once per session: the directory holding each one's directory (rows, lr, read_back, held,
-    many, load, obs_norm, buffer, curriculum, sweep, stop), which holds its stdout.R and stderr.R of rank R
-    (HELD_RUN_SCRIPT's run directory is held/run, made by the script). Read it, never write to it."""
+    FITNESS_ERROR_SWEEP, PROBE_LOOP and NS_RUN (test_probe.py's and test_novelty_archive.py's loops: tests/ on the path)
+    and OWN_LOOP_STOP's shared stop, run one after the other in one job (one start of 2 ranks for the tests, here and
+    in those files, that read them), once per session: the directory holding each one's directory (rows, lr,
+    read_back, held, many, load, obs_norm, buffer, curriculum, sweep, probe, novelty, stop), which holds its stdout.R
+    and stderr.R of rank R (HELD_RUN_SCRIPT's run directory is held/run, made by the script). Read it, never write to
+    it."""
 
     def make(out: Path) -> None:
         curriculum = [(str(out / "curriculum" / name), generations) for name, generations in (("once", 4), ("resumed", 2),
@@ -759,6 +760,7 @@ def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ("many", MANY_COMMS, [out / "many"]), ("load", LOAD_ON_ONE_RANK_SCRIPT, [out / "load"]),
             ("obs_norm", OWN_LOOP_OBS_NORM, [out / "obs_norm", "comm", "plain"]), ("buffer", OWN_LOOP_BUFFER_SCRIPT, []),
             ("curriculum", CURRICULUM, [json.dumps(curriculum)]), ("sweep", FITNESS_ERROR_SWEEP, [out / "sweep"]),
+            ("probe", PROBE_LOOP, [out / "probe", "2"]), ("novelty", NS_RUN, [out / "novelty"]),
             ("stop", OWN_LOOP_STOP, ["shared"]),  # last: its watchdog of 4 s stays
         ):  # fmt: skip
             (out / f"{name}.py").write_text(script)
@@ -768,11 +770,36 @@ def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
             Path(directory).mkdir(exist_ok=True)
         (out / "in_turn.py").write_text(SCRIPTS_IN_TURN)
         cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), json.dumps(jobs)]
-        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "tests")))}
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
 
     return once_per_session(tmp_path_factory, "two_rank_scripts", make)
+
+
+@pytest.fixture
+def two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """shared_two_rank_scripts' directory (a plain function: test_probe.py and test_novelty_archive.py read it too)."""
+    return shared_two_rank_scripts(tmp_path_factory)
+
+
+# test_probe.py's NSR-ES-like loop on this rank, rolled out argv[2] members at a time: what it gathered, to argv[1]/rankR.pt
+PROBE_LOOP = """
+import sys, torch, flipes
+from test_probe import nsr_loop
+
+comm = flipes.dist.world()
+torch.save(nsr_loop(comm, int(sys.argv[2])), f"{sys.argv[1]}/rank{comm.rank}.pt")
+"""
+
+# test_novelty_archive.py's NS-ES run for 3 generations into argv[1]/run: each rank's hashes and archive, to argv[1]/rankR.pt
+NS_RUN = """
+import sys, torch, flipes
+from test_novelty_archive import ns_run
+
+comm = flipes.dist.world()
+torch.save(ns_run(sys.argv[1] + "/run", 3, comm=comm), f"{sys.argv[1]}/rank{comm.rank}.pt")
+"""
 
 
 FITNESS_ERROR_SWEEP = """

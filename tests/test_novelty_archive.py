@@ -5,22 +5,18 @@ rollout cannot call, NaN results and parts of other shapes refused in one line; 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from test_mpi import shared_two_rank_scripts
 from torch import Tensor
 
 import flipes
 from flipes.rl import MLPPolicy, Probe, RolloutFitness, episode_seed, make_vector_env, run_episodes
 
 ENV = "flipes/CartPole-v1"
-TESTS = Path(__file__).resolve().parent
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
 
 class MeanSpeed(Probe):
@@ -211,28 +207,17 @@ def test_an_archive_in_a_callbacks_state_dict_continues_a_resumed_ns_es_run_bit_
     assert resumed == whole and parts == whole
 
 
-MPI_RUN = """
-import sys, torch, flipes
-from test_novelty_archive import ns_run
-
-comm = flipes.dist.world()
-torch.save(ns_run(sys.argv[1] + "/run", 3, comm=comm), f"{sys.argv[1]}/rank{comm.rank}.pt")
-"""
-
-
-def test_two_ranks_score_against_rank_0s_archive_and_end_on_one_processs_parameters(tmp_path: Path) -> None:
+def test_two_ranks_score_against_rank_0s_archive_and_end_on_one_processs_parameters(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Under ``mpiexec -n 2`` the archive callback runs on rank 0, and its ``state_dict()`` reaches rank 1 after each
-    generation: both ranks' archives, and the parameters each generation, are one process's, bit for bit."""
-    assert MPIEXEC.exists(), f"no mpiexec beside {sys.executable}: install the dev extras (pip install -e '.[dev]' brings mpich)"
-    (tmp_path / "run.py").write_text(MPI_RUN)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(TESTS.parent), str(TESTS)))}
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "run.py"), str(tmp_path)]
-    r = subprocess.run(cmd, cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr[-2000:]
+    generation: both ranks' archives, and the parameters each generation, are one process's, bit for bit (the 2-rank
+    run: test_mpi.py's NS_RUN, in its shared 2-rank job)."""
+    two_ranks = shared_two_rank_scripts(tmp_path_factory) / "novelty"
     one = ns_run(str(tmp_path / "one"), 3)
     assert len(set(one["archive"])) == 3
     for rank in (0, 1):
-        two = torch.load(tmp_path / f"rank{rank}.pt")
+        two = torch.load(two_ranks / f"rank{rank}.pt")
         assert two["archive"] == one["archive"]
         if rank == 0:  # rank 0 writes the metrics
             assert two["sha"] == one["sha"]

@@ -4,10 +4,6 @@ returns, checked against each env, and each member's explicit weights, stepped a
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -15,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from reference import member_parameters
+from test_mpi import shared_two_rank_scripts
 from torch import Tensor
 from torch.func import functional_call
 
@@ -23,8 +20,6 @@ from flipes.dist import Comm
 from flipes.rl import MLPPolicy, Probe, RolloutFitness, episode_seed, make_vector_env, run_episodes
 
 SEED = 7
-TESTS = Path(__file__).resolve().parent
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
 
 class MeanObs(Probe):
@@ -332,28 +327,17 @@ def nsr_loop(comm: Comm | None, per_pass: int) -> dict[str, Any]:
     return {"seen": seen, "params": [p.detach().clone() for p in policy.parameters()]}
 
 
-MPI_LOOP = """
-import sys, torch, flipes
-from test_probe import nsr_loop
-
-comm = flipes.dist.world()
-torch.save(nsr_loop(comm, int(sys.argv[2])), f"{sys.argv[1]}/rank{comm.rank}.pt")
-"""
-
-
-def test_two_ranks_gather_the_probe_in_member_order_and_end_on_one_processs_parameters(tmp_path: Path) -> None:
+def test_two_ranks_gather_the_probe_in_member_order_and_end_on_one_processs_parameters(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     """Under ``mpiexec -n 2`` (each rank 2 groups, rolled out 2 members at a time), the returns and ``last_probe`` rows
     every rank gathers with ``es.comm.allgather_tensor`` equal one process's in one pass, and a fitness combined from
-    them over the whole population ends on one process's parameters, bit for bit."""
-    assert MPIEXEC.exists(), f"no mpiexec beside {sys.executable}: install the dev extras (pip install -e '.[dev]' brings mpich)"
-    (tmp_path / "loop.py").write_text(MPI_LOOP)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(TESTS.parent), str(TESTS)))}
-    cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "loop.py"), str(tmp_path), "2"]
-    r = subprocess.run(cmd, cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    them over the whole population ends on one process's parameters, bit for bit (the 2-rank loop: test_mpi.py's
+    PROBE_LOOP, in its shared 2-rank job)."""
+    two_ranks = shared_two_rank_scripts(tmp_path_factory) / "probe"
     one = nsr_loop(None, 8)
     assert one["seen"][1].shape == (8, 2, 6)
     for rank in (0, 1):
-        two = torch.load(tmp_path / f"rank{rank}.pt")
+        two = torch.load(two_ranks / f"rank{rank}.pt")
         for a, b in zip([*one["seen"], *one["params"]], [*two["seen"], *two["params"]], strict=True):
             assert torch.equal(a, b)
