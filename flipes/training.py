@@ -725,7 +725,7 @@ def run_loop(
         try:
             values = _fitness_values(state, fitness, stop)
         except Exception as e:  # on this rank alone: sent on the fitness exchange the others are in, raised by every rank
-            send_failure(es, shared_error(e))
+            send_failure(es, e)
             raise
         if values is None:
             return "interrupted"

@@ -97,7 +97,6 @@ from flipes.nn.convert import (
 )
 from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
-from flipes.rank_zero import shared_error
 
 # fitness (N,) -> weights (N,): tell takes a tensor, a numpy array or a list back (check_weights), as documented
 Shaping = Callable[[Tensor], Tensor | np.ndarray | Sequence[float]]
@@ -651,7 +650,7 @@ class FlipES:
                 raise_if_not_finite(self, error)
                 raise
         except Exception as error:  # on this rank alone: the others, in the fitness exchange, raise it too
-            send_failure(self, shared_error(error))
+            send_failure(self, error)
             raise
         full = gather_fitness(self, local)
         # weights for ascent either way, from a copy: a shaping that works in place (f -= f.mean()) would otherwise
@@ -790,7 +789,7 @@ class FlipES:
             try:
                 fitness = fitness_fn(self.model, pop)
             except Exception as error:  # on this rank alone: the others, in tell's fitness exchange, raise it too
-                send_failure(self, shared_error(error))
+                send_failure(self, error)
                 raise
         return self.tell(fitness)
 

@@ -84,17 +84,19 @@ def gather_fitness(es: FlipES, local: Tensor) -> Tensor:
     return torch.cat([piece[:-1] for piece in pieces])
 
 
-def send_failure(es: FlipES, shared: dict[str, Any]) -> None:
-    """This process's part of :func:`gather_fitness` where its fitness raised (``shared``: the error as
-    :func:`flipes.rank_zero.shared_error` sends it): the flag :data:`FAILED` on the exchange every process is in
-    anyway, then the error, so that every process raises it at once rather than waiting for this one's fitness until
-    ``--mpi-timeout`` (a script that catches it goes on alike on every rank). Nothing with one process."""
+def send_failure(es: FlipES, error: Exception) -> None:
+    """This process's part of :func:`gather_fitness` where its fitness raised ``error``: the flag :data:`FAILED` on the
+    exchange every process is in anyway, then the error (as :func:`flipes.rank_zero.shared_error` sends it), so that
+    every process raises it at once rather than waiting for this one's fitness until ``--mpi-timeout`` (a script that
+    catches it goes on alike on every rank). Nothing with one process."""
     if es.comm.size == 1:
         return
+    from flipes.rank_zero import shared_error
+
     rows = torch.zeros(len(es.members) + 1, dtype=torch.float64)  # gather_fitness's dtype (check_fitness's float64)
     rows[-1] = FAILED
     es.comm.allgather_tensor(rows)
-    es.comm.allgather_object(shared)
+    es.comm.allgather_object(shared_error(error))
 
 
 def rank_settings(es: FlipES) -> dict[str, Any]:
