@@ -20,6 +20,7 @@ data falls like 1/N; the part from a shared weight sample does not, so "shared" 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,11 +142,19 @@ def slope(sizes: list[int], values: list[float]) -> float:
     return float(np.polyfit(np.log(sizes), np.log(values), 1)[0])
 
 
+def check(args: Args) -> None:
+    """A UsageError (one line) for an option that leaves nothing to measure, before any training: a posterior σ that
+    is not a finite number > 0 (GaussianPosterior's ValueError came after the FC's pretraining, as a traceback)."""
+    check_at_least(args, {"sizes": 1, "repeats": 2, "hidden": 1, "pretrain_epochs": 0, "threads": 1})
+    if not (math.isfinite(args.sigma) and args.sigma > 0):
+        raise flipes.UsageError("--sigma", f"must be a finite number > 0, got {args.sigma}", "e.g. 0.05")
+
+
 def main(args: Args) -> dict[str, dict[str, list[float]]]:
     require_matplotlib()  # the figure is drawn once the run ends: said before it starts
     if args.quick:
         args.sizes, args.repeats, args.hidden, args.pretrain_epochs = [1, 4, 16], 6, 16, 1
-    check_at_least(args, {"sizes": 1, "repeats": 2, "hidden": 1, "pretrain_epochs": 0, "threads": 1})
+    check(args)
     torch.set_num_threads(args.threads)
     x, y, _, _ = data()
     results: dict[str, dict[str, list[float]]] = {}
