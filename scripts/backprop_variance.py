@@ -42,7 +42,7 @@ from flipes.nn.variational import layer_noise
 @dataclass
 class Args:
     sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64, 256, 1024])
-    """Batch sizes N at which the gradient variance is measured."""
+    """Batch sizes N at which the gradient variance is measured (two different ones or more; measured in order)."""
     repeats: int = 200
     """Gradient draws at N >= 64 (up to 16× more at small N; ConvNet and LSTM half)."""
     sigma: float = 0.05
@@ -148,6 +148,17 @@ def check(args: Args) -> None:
     check_at_least(args, {"sizes": 1, "repeats": 2, "hidden": 1, "pretrain_epochs": 0, "threads": 1})
     if not (math.isfinite(args.sigma) and args.sigma > 0):
         raise flipes.UsageError("--sigma", f"must be a finite number > 0, got {args.sigma}", "e.g. 0.05")
+    if len(set(args.sizes)) < 2:  # a slope through one point was numpy's RankWarning and a number that meant nothing
+        raise flipes.UsageError(
+            "--sizes", f"needs two different batch sizes or more to fit a slope, got {args.sizes}", "e.g. 1 4 16"
+        )
+
+
+def large_sizes(sizes: list[int]) -> list[int]:
+    """The batch sizes of the second slope (``sizes`` sorted, distinct): those >= 64 where two or more are, else the
+    largest two, so that it is always a fit through two points or more."""
+    big = [n for n in sizes if n >= 64]
+    return big if len(big) >= 2 else sizes[-2:]
 
 
 def main(args: Args) -> dict[str, dict[str, list[float]]]:
@@ -155,6 +166,7 @@ def main(args: Args) -> dict[str, dict[str, list[float]]]:
     if args.quick:
         args.sizes, args.repeats, args.hidden, args.pretrain_epochs = [1, 4, 16], 6, 16, 1
     check(args)
+    args.sizes = sorted(set(args.sizes))  # the table's first and last are the smallest and largest
     torch.set_num_threads(args.threads)
     x, y, _, _ = data()
     results: dict[str, dict[str, list[float]]] = {}
@@ -180,7 +192,7 @@ def main(args: Args) -> dict[str, dict[str, list[float]]]:
             results[kind]["LRT"] = [total_variance(lrt, params, x, y, n, repeats, args.seed + n) for n in args.sizes]
         print(f"  {kind}: {time.perf_counter() - start:.0f} s", flush=True)
 
-    big = [n for n in args.sizes if n >= 64] or args.sizes[-2:]
+    big = large_sizes(args.sizes)
     tail = [args.sizes.index(n) for n in big]
     first, last = args.sizes[0], args.sizes[-1]
     print(f"\n| net | method | slope, N = {first}..{last} | slope, N = {big[0]}..{last} | variance at N={first} | at N={last} |")

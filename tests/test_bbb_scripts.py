@@ -3,6 +3,7 @@ line before they train anything."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,32 @@ def test_backprop_variance_refuses_a_posterior_sigma_that_is_not_a_finite_positi
     assert exited.value.code == 2, err
     assert err.strip() == f"flipes: error: --sigma: must be a finite number > 0, got {float(sigma)}; e.g. 0.05"
     assert "FC:" not in out and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("sizes", [["4"], ["2", "2"]])
+def test_backprop_variance_refuses_sizes_that_give_no_slope(
+    sizes: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--sizes`` with fewer than two different batch sizes: exit status 2 with the one line naming ``--sizes`` and
+    nothing written (it measured everything, then printed slopes fitted through one point, with numpy's
+    RankWarning)."""
+    with pytest.raises(SystemExit) as exited:
+        run_script_in_process(
+            "backprop_variance", "--sizes", *sizes, "--repeats", "2", "--hidden", "4", "--pretrain-epochs", "0", "--out", tmp_path
+        )
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert err.startswith("flipes: error: --sizes: needs two different batch sizes or more to fit a slope")
+    assert not list(tmp_path.iterdir())
+
+
+def test_backprop_variances_large_batch_slope_always_fits_two_sizes_or_more() -> None:
+    """The table's second slope (``large_sizes``) fits the batch sizes >= 64 where two or more are, else the largest
+    two: with one size >= 64 (1, 4, 64) it was a fit through that one point."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from backprop_variance import large_sizes
+
+    assert large_sizes([1, 4, 16, 64, 256, 1024]) == [64, 256, 1024]
+    assert large_sizes([1, 4, 64]) == [4, 64]
+    assert large_sizes([1, 4, 16]) == [4, 16]
+    assert large_sizes([64, 128]) == [64, 128]
