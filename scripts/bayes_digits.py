@@ -156,6 +156,13 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.threads)
     x, y, x_test, y_test = data()
     x_fit, y_fit, x_val, y_val = validation_split(x, y, args.val_fraction, args.split_seed)
+    if not (len(x_fit) and len(x_val)):  # an empty split gave NaN validation NLLs, and min() "selected" the first β
+        raise flipes.UsageError(
+            "--val-fraction",
+            f"{args.val_fraction:g} of the {len(x)} training examples holds out {len(x_val)} for validation and leaves "
+            f"{len(x_fit)} to train on",
+            "give a fraction that leaves at least one example to each, e.g. 0.2",
+        )
     start = time.perf_counter()
 
     # 1. Select β by mean validation NLL, training on the training split minus the validation split.

@@ -52,3 +52,22 @@ def test_backprop_variances_large_batch_slope_always_fits_two_sizes_or_more() ->
     assert large_sizes([1, 4, 64]) == [4, 64]
     assert large_sizes([1, 4, 16]) == [4, 16]
     assert large_sizes([64, 128]) == [64, 128]
+
+
+@pytest.mark.parametrize(("fraction", "held_out", "left"), [("0.0003", 0, 1437), ("0.9999", 1437, 0)])
+def test_bayes_digits_refuses_a_validation_fraction_that_empties_a_split(
+    fraction: str, held_out: int, left: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--val-fraction`` inside (0, 1) but rounding to an empty validation or training split of the 1,437 training
+    images: exit status 2 with one line naming ``--val-fraction`` and both counts, nothing trained or written (it
+    trained, printed NaN validation NLLs and "selected" the first β)."""
+    args = ["--epochs", "1", "--betas", "1", "0.1", "--select-seeds", "0", "--seeds", "0", "--samples", "1"]
+    with pytest.raises(SystemExit) as exited:
+        run_script_in_process("bayes_digits", *args, "--val-fraction", fraction, "--out", tmp_path)
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2, err
+    assert err.strip() == (
+        f"flipes: error: --val-fraction: {float(fraction):g} of the 1437 training examples holds out {held_out} for "
+        f"validation and leaves {left} to train on; give a fraction that leaves at least one example to each, e.g. 0.2"
+    )
+    assert "| 1 | 0 |" not in out and not list(tmp_path.iterdir())
