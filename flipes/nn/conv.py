@@ -52,6 +52,8 @@ def with_backprop_noise(
     except AttributeError:
         refuse_non_tensor(type(layer).__name__, input, layer.weight)
         raise
+    if input.dim() not in (dims + 1, dims + 2) or input.shape[-dims - 1] != layer.in_channels:
+        return None  # no population: the plain forward raises torch's error for the shape, as without noise
     noise = backprop_noise(layer, 1 if unbatched else input.shape[0])
     if noise is None:
         return None

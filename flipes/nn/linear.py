@@ -53,6 +53,8 @@ class FlipoutLinear(FlipoutMixin, nn.Linear):
         except AttributeError:
             refuse_non_tensor(name, input, self.weight)
             raise
+        if input.dim() == 0 or input.shape[-1] != self.in_features:  # no population: torch's error, as without noise
+            return super().forward(input)
         noise = backprop_noise(self, 1 if unbatched else input.shape[0])
         if noise is None:
             return super().forward(input)
