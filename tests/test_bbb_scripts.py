@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import run_script_in_process
 
 
@@ -56,11 +57,30 @@ def test_backprop_variances_large_batch_slope_always_fits_two_sizes_or_more() ->
 
 @pytest.mark.parametrize(("fraction", "held_out", "left"), [("0.0003", 0, 1437), ("0.9999", 1437, 0)])
 def test_bayes_digits_refuses_a_validation_fraction_that_empties_a_split(
-    fraction: str, held_out: int, left: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fraction: str,
+    held_out: int,
+    left: int,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``--val-fraction`` inside (0, 1) but rounding to an empty validation or training split of the 1,437 training
     images: exit status 2 with one line naming ``--val-fraction`` and both counts, nothing trained or written (it
-    trained, printed NaN validation NLLs and "selected" the first β)."""
+    trained, printed NaN validation NLLs and "selected" the first β). The digits are stand-ins of the real splits'
+    sizes (loading scikit-learn costs ~1.5 s of CPU)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    import digits
+
+    monkeypatch.setattr(
+        digits,
+        "data",
+        lambda: (
+            torch.zeros(1437, 64),
+            torch.zeros(1437, dtype=torch.long),
+            torch.zeros(360, 64),
+            torch.zeros(360, dtype=torch.long),
+        ),
+    )
     args = ["--epochs", "1", "--betas", "1", "0.1", "--select-seeds", "0", "--seeds", "0", "--samples", "1"]
     with pytest.raises(SystemExit) as exited:
         run_script_in_process("bayes_digits", *args, "--val-fraction", fraction, "--out", tmp_path)
