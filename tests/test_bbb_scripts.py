@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_script_in_process
+from torch import Tensor
 
 
 @pytest.mark.parametrize("sigma", ["0", "-0.05", "nan", "inf"])
@@ -91,3 +92,31 @@ def test_bayes_digits_refuses_a_validation_fraction_that_empties_a_split(
         f"validation and leaves {left} to train on; give a fraction that leaves at least one example to each, e.g. 0.2"
     )
     assert "| 1 | 0 |" not in out and not list(tmp_path.iterdir())
+
+
+def test_bayes_digits_weights_the_kl_by_beta_over_the_training_set_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss of every minibatch is mean cross-entropy + β · KL / N with N the training examples: the negative ELBO
+    per example for β = 1 (Blundell et al., 2015, Sec. 3.4, weigh the KL by 1/M per minibatch of a summed likelihood,
+    M minibatches; over a minibatch mean that is 1/N). On 10 examples in minibatches of 4, 4 and 2, the gradient of
+    each step's loss w.r.t. its KL term (a spy on ``flipes.kl_divergence``) is β/10 to float32 rounding, not β/4 or
+    β/2 (a KL scaled by the minibatch's size)."""
+    from helpers import ROOT, load_script
+
+    import flipes
+
+    script = load_script(ROOT / "scripts" / "bayes_digits.py")
+    seen: list[Tensor] = []
+    real = flipes.kl_divergence
+
+    def spy(model: torch.nn.Module) -> Tensor:
+        kl = real(model).clone()
+        kl.register_hook(lambda g: seen.append(g))
+        return kl
+
+    monkeypatch.setattr(flipes, "kl_divergence", spy)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(10, 64, generator=gen), torch.randint(10, (10,), generator=gen)
+    with torch.random.fork_rng(devices=[]):
+        script.train(script.Args(hidden=8, epochs=1, batch=4), 0, 0.3, x, y)
+    assert len(seen) == 3
+    assert all(g.dtype == torch.float32 and g.item() == pytest.approx(0.3 / 10, rel=1e-6) for g in seen), seen
