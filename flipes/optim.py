@@ -85,7 +85,9 @@ class ClipUp(torch.optim.Optimizer):
             dtypes = [_state_dtype(p) for p in params]
             acc = functools.reduce(torch.promote_types, dtypes)
             grads = [p.grad.to(dtype) for p, dtype in zip(params, dtypes, strict=True)]
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(acc) for g in grads]))
+            # only g/‖g‖ is read: g scaled by a power of two, so that its squares neither overflow nor underflow
+            unit = _unit_factor(grads, dtypes)
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g * unit.to(g.dtype)).to(acc) for g in grads]))
             scale = torch.where(norm > 0, group["lr"] / norm, torch.zeros_like(norm))
             velocities = []
             for p, g in zip(params, grads, strict=True):
@@ -93,7 +95,7 @@ class ClipUp(torch.optim.Optimizer):
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(p, dtype=g.dtype)
                 v = state["velocity"]
-                v.mul_(group["momentum"]).add_(g.to(v.dtype) * scale.to(v.dtype))
+                v.mul_(group["momentum"]).add_((g * unit.to(g.dtype)).to(v.dtype) * scale.to(v.dtype))
                 velocities.append(v)
             speed = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v).to(acc) for v in velocities]))
             clip = torch.clamp(group["max_speed"] / speed.clamp_min(torch.finfo(acc).tiny), max=1.0)
@@ -112,6 +114,21 @@ class ClipUp(torch.optim.Optimizer):
             v = state_dict["state"].get(i, {}).get("velocity")
             if v is not None:
                 self.state[p]["velocity"] = v.to(device=p.device, dtype=_state_dtype(p))
+
+
+def _unit_factor(grads: list[Tensor], dtypes: list[torch.dtype]) -> Tensor:
+    """The power of two that brings the largest entry of ``grads`` to [0.5, 1): the squares in ‖g‖ of a gradient past
+    1e19 overflowed (float32: ‖g‖ = inf, a step of 0) or below 1e-19 underflowed (‖g‖ = 0, no step). Scaling by it
+    changes no bit of ``g/‖g‖`` where the squares were in range. 1 for a group of empty parameters."""
+    acc = functools.reduce(torch.promote_types, dtypes)
+    tops = [torch.linalg.vector_norm(g, ord=math.inf).to(acc) for g in grads if g.numel()]
+    one = torch.ones((), dtype=acc, device=grads[0].device)
+    if not tops:
+        return one
+    _, exponent = torch.frexp(torch.stack(tops).amax())  # the largest entry = mantissa · 2^exponent
+    # bounded by the narrowest dtype's range, so that the factor is a normal number in each gradient's dtype
+    bound = min(-int(math.log2(torch.finfo(dtype).tiny)) for dtype in dtypes) - 1
+    return torch.ldexp(one, -exponent.clamp(-bound, bound))
 
 
 def _state_dtype(p: Tensor) -> torch.dtype:
