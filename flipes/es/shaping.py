@@ -75,8 +75,9 @@ def centered_ranks(fitness: Tensor | ArrayLike) -> Tensor:
     fitness's dtype, float32 at least (half-precision fitness gets float32 weights).
 
     evosax's ``centered_rank``, EvoTorch's ``ranking_method="centered"`` and OpenAI's ES starter compute the same
-    values for distinct fitness, but rank ties by position (an argsort), so with ties (CartPole's many returns of 500)
-    their weights differ from these."""
+    values for distinct fitness, but evosax up to 0.1.x, EvoTorch and the starter rank ties by position (an argsort),
+    so with ties (CartPole's many returns of 500) their weights differ from these; evosax 0.2's
+    ``centered_rank_fitness_shaping_fn`` (``rankdata``) gives ties their mean rank, as here."""
     fitness = _floating(fitness)
     _refuse_non_finite(fitness, "centered_ranks", infinities=True)
     n = fitness.numel()
