@@ -259,11 +259,12 @@ def test_centered_ranks_of_float32_ties_under_a_half_default_dtype_are_exact(def
 
 def test_z_score_of_values_whose_std_underflows_is_finite() -> None:
     """Distinct float64 fitness values of order 1e-200, whose population std underflows to 0 (their squared deviations
-    are below the smallest double): z_score gives zeros (no step), not the ±inf of dividing by that 0, which FlipES
-    would refuse as non-finite weights."""
+    are below the smallest double): z_score gives their z-scores, those of (1, 2, 1), finite, not the ±inf of dividing
+    by that 0, which FlipES would refuse as non-finite weights."""
     f = torch.tensor([1e-200, 2e-200, 1e-200], dtype=DT)
     assert f.std(unbiased=False) == 0 and f.amax() > f.amin()
-    assert torch.equal(z_score(f), torch.zeros_like(f))
+    expect = torch.tensor([-1.0, 2.0, -1.0], dtype=DT) / 2**0.5  # (f - 4/3) / √(2/9) of (1, 2, 1)
+    torch.testing.assert_close(z_score(f), expect, rtol=1e-15, atol=1e-15)
 
 
 @MADE_UP_FITNESS

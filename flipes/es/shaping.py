@@ -52,6 +52,18 @@ def _wide(fitness: Tensor) -> Tensor:
     return fitness.to(torch.promote_types(fitness.dtype, torch.float32))
 
 
+def _unit_scaled(fitness: Tensor) -> Tensor:
+    """``fitness`` times the power of two that brings its largest magnitude to [0.5, 1), for the shapings invariant to
+    the fitness's scale (z_score, ars): the squared deviations of float64 fitness past ~1e154 overflowed and below
+    ~1e-154 underflowed, and float32 differences ``r+ - r-`` past 1.7e38 overflowed, so the weights came out all 0 (no
+    step) or NaN. A power of two changes no bit of the weights where those were in range."""
+    if not fitness.numel():
+        return fitness
+    _, exponent = torch.frexp(fitness.abs().amax())
+    bound = -int(math.log2(torch.finfo(fitness.dtype).tiny)) - 1  # so that the factor is a normal number
+    return fitness * torch.ldexp(torch.ones((), dtype=fitness.dtype, device=fitness.device), -exponent.clamp(-bound, bound))
+
+
 def _refuse_non_finite(fitness: Tensor, name: str, infinities: bool = False) -> None:
     """Raise naming the members whose fitness is NaN (or infinite, unless ``infinities`` may be ranked): a NaN has no
     rank (sorted last, it took the best one) and makes no mean or std (z_score and ars gave every member 0)."""
@@ -99,6 +111,7 @@ def z_score(fitness: Tensor | ArrayLike) -> Tensor:
     """``(f - mean) / std``; zeros when all values are equal. A NaN or infinity is an error. Float32 at least."""
     fitness = _wide(_floating(fitness))
     _refuse_non_finite(fitness, "z_score")
+    fitness = _unit_scaled(fitness)
     std = fitness.std(unbiased=False)
     # equal values by comparison, not by std: their rounded mean can be an ulp off them (0.1 three times), and that
     # rounding over a std as small gave every member ±1
@@ -124,6 +137,7 @@ def ars(fitness: Tensor | ArrayLike, top: int | None = None) -> Tensor:
     """
     fitness = _wide(_floating(fitness))
     _refuse_non_finite(fitness, "ars")
+    fitness = _unit_scaled(fitness)
     n = fitness.numel()
     if n % 2:
         raise ValueError(f"ars shaping pairs mirrored members (2k, 2k+1); got {n} fitness values (odd): use mirrored=True")
