@@ -22,7 +22,8 @@ _LR_DECAY = (
 )
 _CLIPUP = (
     "optimizer=lambda p: flipes.optim.ClipUp(p, lr=c, max_speed=2 * c) (EvoTorch's ClipUp at c; EvoJAX's PGPE keeps "
-    "its own max_speed, 0.15 unless its optimizer_config says: max_speed=0.15)"
+    "its own max_speed, 0.15 unless its optimizer_config says: max_speed=0.15, with optimizer='clipup'; at its "
+    "default optimizer=None it is plain SGD, optimizer=lambda p: torch.optim.SGD(p, lr=c * sigma**2))"
 )
 _INIT = "no argument: the model's parameters are the center, set them before FlipES(model, ...)"
 _LR_LIMIT = (
