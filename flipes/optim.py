@@ -87,9 +87,11 @@ class ClipUp(torch.optim.Optimizer):
             dtypes = [_state_dtype(p) for p in params]
             acc = functools.reduce(torch.promote_types, dtypes)
             grads = [p.grad.to(dtype) for p, dtype in zip(params, dtypes, strict=True)]
-            # only g/‖g‖ is read: g scaled by a power of two, so that its squares neither overflow nor underflow
-            unit = _unit_factor(grads, dtypes)
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g * unit.to(g.dtype)).to(acc) for g in grads]))
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(acc) for g in grads]))
+            if not _norm_in_range(norm):  # squares that overflowed (‖g‖ = inf) or underflowed (0, or too few bits left)
+                # only g/‖g‖ is read: g scaled by a power of two, so that its squares stay in range
+                grads = _unit_scaled(grads, dtypes)
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(acc) for g in grads]))
             scale = torch.where(norm > 0, group["lr"] / norm, torch.zeros_like(norm))
             velocities = []
             for p, g in zip(params, grads, strict=True):
@@ -97,7 +99,7 @@ class ClipUp(torch.optim.Optimizer):
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(p, dtype=g.dtype)
                 v = state["velocity"]
-                v.mul_(group["momentum"]).add_((g * unit.to(g.dtype)).to(v.dtype) * scale.to(v.dtype))
+                v.mul_(group["momentum"]).add_(g.to(v.dtype) * scale.to(v.dtype))
                 velocities.append(v)
             speed = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v).to(acc) for v in velocities]))
             clip = torch.clamp(group["max_speed"] / speed.clamp_min(torch.finfo(acc).tiny), max=1.0)
@@ -118,19 +120,25 @@ class ClipUp(torch.optim.Optimizer):
                 self.state[p]["velocity"] = v.to(device=p.device, dtype=_state_dtype(p))
 
 
-def _unit_factor(grads: list[Tensor], dtypes: list[torch.dtype]) -> Tensor:
-    """The power of two that brings the largest entry of ``grads`` to [0.5, 1): the squares in ‖g‖ of a gradient past
-    1e19 overflowed (float32: ‖g‖ = inf, a step of 0) or below 1e-19 underflowed (‖g‖ = 0, no step). Scaling by it
-    changes no bit of ``g/‖g‖`` where the squares were in range. 1 for a group of empty parameters."""
+def _norm_in_range(norm: Tensor) -> bool:
+    """Whether ``‖g‖`` is finite and far enough above the smallest normal number (√tiny/eps) that squares lost to
+    underflow could not have changed it: then ``g/‖g‖`` is computed from ``g`` as given. One sync, once a step."""
+    info = torch.finfo(norm.dtype)
+    return math.sqrt(info.tiny) / info.eps <= float(norm) < math.inf
+
+
+def _unit_scaled(grads: list[Tensor], dtypes: list[torch.dtype]) -> list[Tensor]:
+    """``grads`` times the power of two that brings their largest entry to [0.5, 1), bounded so that the factor is a
+    normal number in the narrowest dtype: a gradient past 1e19 (float32) overflowed ‖g‖ to inf (a step of 0), one
+    below 1e-19 underflowed it to 0 (no step). Copies; empty parameters keep their gradients."""
     acc = functools.reduce(torch.promote_types, dtypes)
     tops = [torch.linalg.vector_norm(g, ord=math.inf).to(acc) for g in grads if g.numel()]
-    one = torch.ones((), dtype=acc, device=grads[0].device)
     if not tops:
-        return one
+        return grads
     _, exponent = torch.frexp(torch.stack(tops).amax())  # the largest entry = mantissa · 2^exponent
-    # bounded by the narrowest dtype's range, so that the factor is a normal number in each gradient's dtype
     bound = min(-int(math.log2(torch.finfo(dtype).tiny)) for dtype in dtypes) - 1
-    return torch.ldexp(one, -exponent.clamp(-bound, bound))
+    factor = torch.ldexp(torch.ones((), dtype=acc, device=tops[0].device), -exponent.clamp(-bound, bound))
+    return [g * factor.to(g.dtype) for g in grads]
 
 
 def _state_dtype(p: Tensor) -> torch.dtype:
