@@ -29,8 +29,8 @@ class ClipUp(torch.optim.Optimizer):
 
     so no step is longer than ``max_speed``, whatever the scale of the fitness or of σ. The paper
     recommends ``lr = max_speed / 2`` and ``momentum = 0.9``. A zero gradient adds nothing to ``v``; one of any
-    finite scale adds ``lr`` along it (its norm is taken after a power-of-two rescaling, so that its squares neither
-    overflow nor underflow).
+    finite scale adds ``lr`` along it (where its squares would overflow or underflow, its norm is taken after a
+    power-of-two rescaling).
 
     Args:
         params: parameters or parameter groups.
