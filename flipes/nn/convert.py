@@ -122,7 +122,9 @@ def _cross_tied(model: nn.Module) -> frozenset[int]:
         for p in m._parameters.values():
             if p is not None:
                 holders.setdefault(id(p), set()).add(kind)
-    return frozenset(id(m) for m in model.modules() if isinstance(m, transposed) and len(holders[id(m.weight)]) > 1)
+    # a parametrized kernel is no entry of _parameters (its ``weight`` is computed; it runs per member as a whole)
+    kernels = ((m, m._parameters.get("weight")) for m in model.modules() if isinstance(m, transposed))
+    return frozenset(id(m) for m, w in kernels if w is not None and len(holders[id(w)]) > 1)
 
 
 M = TypeVar("M", bound=nn.Module)  # flipout returns the type it is given: a user model's own attributes stay typed
