@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 from helpers import assert_members_are_their_plain_copies
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
 import flipes
@@ -44,3 +44,43 @@ def test_a_transposed_conv_with_a_parametrized_kernel_runs_each_member_as_its_pl
     assert_members_are_their_plain_copies(plain, model, es, torch.randn(N, *shape, dtype=DT), one_row=True)
     member, mean = es.member_state_dict(0), plain.state_dict()
     assert all(not torch.equal(member[name], mean[name]) for name, p in plain.named_parameters())
+
+
+def batch_norm_run(part_size: int | None, generations: int = 3) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Fitness of each generation, final parameters and buffers of a BatchNorm CNN (training mode, its dropout in eval
+    mode as the README's dropout warning advises) trained on 3 images a member, the population in parts of
+    ``part_size`` members (None: one pass)."""
+    torch.manual_seed(0)
+    model = flipes.flipout(
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5).eval(),
+            nn.Flatten(), nn.Linear(64, 3),
+        ).to(DT)
+    )  # fmt: skip
+    es = flipes.FlipES(model, popsize=8, sigma=0.1, lr=0.05, seed=0)
+    x, y = torch.randn(3, 1, 4, 4, dtype=DT), torch.tensor([0, 1, 2])
+
+    def fitness(pop: flipes.Population) -> Tensor:
+        logits = model(x.expand(pop.size, 3, 1, 4, 4).flatten(0, 1))
+        return -nn.functional.cross_entropy(logits, y.repeat(pop.size), reduction="none").view(pop.size, 3).mean(1)
+
+    fits = []
+    for _ in range(generations):
+        with es.population() as pop:
+            fits.append(fitness(pop) if part_size is None else torch.cat([fitness(p) for p in pop.split(part_size)]))
+        es.tell(fits[-1])
+    return torch.stack(fits), nn.utils.parameters_to_vector(model.parameters()), [b.clone() for b in model.buffers()]
+
+
+def test_a_batchnorm_model_in_parts_gives_the_fitness_and_steps_of_one_pass() -> None:
+    """A BatchNorm CNN in training mode evaluated in parts of 1 and 3 members (``pop.split``) gets the fitness and the
+    parameters of one pass over three generations (float64, to 1e-12): each member's batch statistics are its own
+    examples', whatever part it is in; and the running statistics stay as built in every case."""
+    fits, params, buffers = batch_norm_run(None)
+    for size in (1, 3):
+        part_fits, part_params, part_buffers = batch_norm_run(size)
+        torch.testing.assert_close(part_fits, fits, rtol=0, atol=1e-12)
+        torch.testing.assert_close(part_params, params, rtol=0, atol=1e-12)
+        assert all(torch.equal(a, b) for a, b in zip(part_buffers, buffers, strict=True))
+    norm = nn.BatchNorm2d(4)
+    assert torch.equal(buffers[0], norm.running_mean) and torch.equal(buffers[1], norm.running_var) and buffers[2] == 0
