@@ -650,7 +650,11 @@ def _power_iteration(module: nn.Module) -> str:
         return ""
     if not any(type(p).__name__ == "_SpectralNorm" for plist in parametrizations.values() for p in plist):
         return ""
-    return "its spectral_norm updates its power-iteration vectors in training mode: call model.eval() (they then stay), or "
+    return (
+        "its spectral_norm updates its power-iteration vectors in training mode: call model.eval() (they then stay), "
+        "and after each tell advance them on the mean weight, layer.train(); layer.weight; layer.eval() (else the "
+        "weight's spectral norm drifts from 1 as it trains), or "
+    )
 
 
 def needs_batch_dim(module: nn.Module, shape: torch.Size) -> bool:
