@@ -110,3 +110,20 @@ def test_spectral_norm_names_the_step_that_keeps_it_normalized_and_that_step_doe
                 model[0].train(), model[0].weight, model[0].eval()
         norms.append(torch.linalg.matrix_norm(model[0].weight.detach(), 2).item())
     assert norms[0] > 2 and abs(norms[1] - 1) < 0.01
+
+
+def test_a_forward_vmap_cannot_run_is_an_error_naming_the_module_to_freeze_and_freezing_it_runs() -> None:
+    """Of two spectral-normed layers in training mode, the first one called is refused naming its path in the model in
+    the ``frozen=[...]`` fix (not a bare ``frozen=[...]`` that leaves the user to find it); freezing both as named runs
+    the population."""
+    make = lambda: nn.Sequential(  # noqa: E731
+        nn.Linear(4, 4), parametrizations.spectral_norm(nn.Linear(4, 4)), parametrizations.spectral_norm(nn.Linear(4, 4))
+    )
+    model = flipes.flipout(make())
+    es = flipes.FlipES(model, popsize=4, sigma=0.1)
+    with es.population(), pytest.raises(RuntimeError, match=re.escape("freeze it, flipes.flipout(model, frozen=['1']), or ")):
+        model(torch.randn(4, 4))
+    model = flipes.flipout(make(), frozen=["1", "2"])
+    es = flipes.FlipES(model, popsize=4, sigma=0.1)
+    with es.population():
+        assert model(torch.randn(4, 4)).shape == (4, 4)

@@ -179,6 +179,9 @@ def flipout(module: M, frozen: Iterable[str] = ()) -> M:
         _convert_children(module, converted, cross_tied)
     _unwatch_registered(uncompiled(module))
     _make_dense(module)
+    for name, m in uncompiled(module).named_modules():  # for errors naming what frozen=[...] takes
+        if isinstance(m, PerMember):
+            m.__dict__["_flipes_path"] = name
     _check_dense_recurrence(uncompiled(module))
     unhandled = [row for row in parameter_report(module).rows if row.how == "unhandled"]
     if unhandled:

@@ -352,10 +352,11 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
                 f"{type(module).__name__}: its forward, run member by member (torch.func.vmap cannot batch {why}), "
                 f"raised: {e}{unbatched()}"
             ) from e
+        path = module.__dict__.get("_flipes_path")  # its name in the model flipout converted: the one to freeze
         raise RuntimeError(
             f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); "
             f"{_power_iteration(module) or _shared_write(module, e) or _experts_implementation(module)}"
-            "list its parameters in flipes.flipout(model, frozen=[...]) or write a Flipout layer for it"
+            f"freeze it, flipes.flipout(model, frozen=[{repr(path) if path else '...'}]), or write a Flipout layer for it"
         ) from e
     except ValueError as e:
         if batch:
