@@ -234,7 +234,8 @@ FOREIGN = {
     "center_learning_rate": (
         "EvoTorch's and EvoJAX's",
         "lr",
-        " (ClipUp's step c: EvoTorch's, at max speed 2c, is {algo}=pgpe with {max_speed}=2c; EvoJAX's max speed stays 0.15)",
+        " (ClipUp's step c: EvoTorch's, at max speed 2c, is {algo}=pgpe with {max_speed}=2c;"
+        " EvoJAX's PGPE is SGD at c·σ² unless its optimizer='clipup', whose max speed stays 0.15)",
     ),
     "stdev_learning_rate": ("EvoTorch's and EvoJAX's", "sigma_lr", " (one σ per layer)"),
     "symmetric": ("EvoTorch's", "mirrored", ""),

@@ -169,11 +169,12 @@ def evojax_ranks(f: torch.Tensor) -> torch.Tensor:
     return ranks / ranks.max() - 0.5
 
 
-def test_evojax_pgpe_centre_step_is_clipup_at_its_defaults() -> None:
-    """EvoJAX's ``PGPE(pop_size=8, center_learning_rate=0.15)`` with fixed σ (``stdev_learning_rate=0``), written out
-    from its ``ask_func``, ``compute_reinforce_update`` and ``clipup`` (rows ``2k``, ``2k+1`` = centre ± noise ``n_k``;
-    ``g = mean_k n_k (F̂_2k − F̂_2k+1)/2``; ``v ← 0.9v + 0.15·g/‖g‖`` clipped to 0.15) on flipes' member noises, moves
-    the centre exactly as ``FlipES(..., optimizer=ClipUp(lr=0.15, momentum=0.9, max_speed=0.15))``: 1e-12 in float64
+def test_evojax_pgpe_centre_step_with_its_clipup_is_flipes_clipup() -> None:
+    """EvoJAX's ``PGPE(pop_size=8, center_learning_rate=0.15, optimizer="clipup")`` with fixed σ
+    (``stdev_learning_rate=0``), written out from its ``ask_func``, ``compute_reinforce_update`` and ``clipup`` (rows
+    ``2k``, ``2k+1`` = centre ± noise ``n_k``; ``g = mean_k n_k (F̂_2k − F̂_2k+1)/2``; ``v ← 0.9v + 0.15·g/‖g‖``
+    clipped to 0.15) on flipes' member noises, moves the centre exactly as
+    ``FlipES(..., optimizer=ClipUp(lr=0.15, momentum=0.9, max_speed=0.15))``: 1e-12 in float64
     over four generations, the later ones clipped."""
     torch.manual_seed(0)
     dt, n, sigma = torch.float64, 8, 0.1
@@ -289,7 +290,7 @@ def evojax_mlp(env: object) -> nn.Module:
 
 
 def clipup_as_evojax(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """EvoJAX's PGPE optimizer at its defaults."""
+    """EvoJAX's PGPE ``optimizer="clipup"`` at that optimizer's defaults (its default optimizer is SGD)."""
     return flipes.optim.ClipUp(params, lr=0.15, momentum=0.9, max_speed=0.15)
 
 
@@ -396,7 +397,7 @@ def test_evojax_trainer_names_given_to_train_name_flipes_option() -> None:
 def test_evojax_names_notes_name_flipes_options_as_given() -> None:
     """EvoJAX's ``n_repeats`` note names the option that gives every member the same resets as the caller spells
     options (``common_episodes`` as a keyword, ``--common-episodes`` as a flag); ``center_learning_rate``'s says
-    EvoJAX's ClipUp keeps its max speed 0.15 (2c is EvoTorch's)."""
+    EvoJAX's default is SGD at c·σ² and its ClipUp keeps its max speed 0.15 (2c is EvoTorch's)."""
     from flipes.command_options import parse_train_config
     from flipes.config import TrainConfig
 
@@ -408,7 +409,8 @@ def test_evojax_names_notes_name_flipes_options_as_given() -> None:
     assert "--common-episodes on gives every member the same resets" in flag.value.fix
     with pytest.raises(flipes.UsageError) as lr:
         TrainConfig(center_learning_rate=0.1)
-    assert "EvoJAX's max speed stays 0.15" in lr.value.fix and "at max speed 2c" in lr.value.fix
+    assert "EvoJAX's PGPE is SGD at c·σ² unless its optimizer='clipup', whose max speed stays 0.15" in lr.value.fix
+    assert "at max speed 2c" in lr.value.fix
 
 
 def test_a_policy_called_outside_no_grad_leaves_the_env_free_of_its_graph() -> None:
