@@ -182,7 +182,7 @@ _MORE_LAYERS: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], torch.dt
     ("FlipoutGRUCell", lambda: nn.GRUCell(3, 2), (4, 3), torch.float64, True),
     # outside a population these are torch's own layers, with torch's own TypeError
     ("FlipoutEmbedding", lambda: nn.Embedding(5, 2), (4, 2), torch.int64, False),
-    ("PerMemberLayerNorm", lambda: nn.LayerNorm(3), (4, 3), torch.float64, False),
+    ("LayerNorm", lambda: nn.LayerNorm(3), (4, 3), torch.float64, False),
 ]
 
 

@@ -74,6 +74,18 @@ def per_member_class(cls: type[nn.Module]) -> type[nn.Module]:
     return type(f"PerMember{cls.__name__}", (PerMember, cls), {"__module__": cls.__module__})
 
 
+def user_class_name(module: nn.Module) -> str:
+    """The name of the class the user wrote for ``module`` (``Linear``), for messages: without the classes flipes
+    (``PerMember<cls>``) and torch's parametrize (``Parametrized<cls>``) make at runtime around it."""
+    cls = type(module)
+    while cls.__bases__ and (
+        (issubclass(cls, PerMember) and cls is not PerMember)
+        or (parametrize.is_parametrized(module) and cls.__name__ == f"Parametrized{cls.__bases__[0].__name__}")
+    ):
+        cls = cls.__bases__[-1] if PerMember in cls.__bases__ else cls.__bases__[0]
+    return cls.__name__
+
+
 def _new_per_member(cls: type[nn.Module]) -> nn.Module:
     new = per_member_class(cls)
     return new.__new__(new)
@@ -132,10 +144,10 @@ def _norm_forward(module: nn.Module, noise: dict[str, Tensor], x: Tensor) -> Ten
     """LayerNorm / RMSNorm without vmap: normalize once, then one broadcast multiply-add with each
     member's scale and shift (vmap's generic rule costs ~2x more here)."""
     n, shape = module.flipes_members, tuple(module.normalized_shape)
-    refuse_non_tensor(type(module).__name__, x, getattr(module, "weight", None))  # a NumPy array: not a shape problem
+    refuse_non_tensor(user_class_name(module), x, getattr(module, "weight", None))  # a NumPy array: not a shape problem
     if not _is_member(x, n):
         raise ValueError(
-            f"{type(module).__name__}: input of shape {tuple(x.shape)} inside a population of {n} members; inputs must be "
+            f"{user_class_name(module)}: input of shape {tuple(x.shape)} inside a population of {n} members; inputs must be "
             f"members first, (members, ...) or (members·k, ...) member-major"
         )
     if isinstance(module, nn.LayerNorm):
@@ -231,7 +243,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
     n = module.flipes_members
     if isinstance(module, nn.EmbeddingBag) and (args[1] if len(args) > 1 else kwargs.get("offsets")) is not None:
         raise ValueError(
-            f"{type(module).__name__}: inside a population bags are rows of 2-D ids, (members, L) or (members·k, L) "
+            f"{user_class_name(module)}: inside a population bags are rows of 2-D ids, (members, L) or (members·k, L) "
             "member-major (pad shorter bags with padding_idx); 1-D ids with offsets pack every member's bags into one "
             "sequence, which cannot be split by member"
         )
@@ -252,7 +264,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
         module._flipes_no_input = True  # for the hint of FlipES where a model cannot use that (no_input_fix)
     if len(per) != 1:
         raise ValueError(
-            f"{type(module).__name__}: inside a population of {n} members, inputs must be members first, "
+            f"{user_class_name(module)}: inside a population of {n} members, inputs must be members first, "
             f"(members, ...) or (members·k, ...) member-major, all with the same k; got shapes "
             f"{[tuple(leaf.shape) for leaf in leaves if isinstance(leaf, Tensor)]}"
         )
@@ -270,7 +282,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
     lone = [leaf for leaf in members if leaf.shape[2:].numel() == 1]  # one value per channel and member
     if batch and k == 1 and lone and isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
         raise ValueError(
-            f"{type(module).__name__} in training mode normalizes each member's batch by its own statistics, and one "
+            f"{user_class_name(module)} in training mode normalizes each member's batch by its own statistics, and one "
             "example per member has none; call model.eval() for rollouts (running statistics), or give each member "
             "k > 1 examples, (members·k, ...)"
         )
@@ -313,7 +325,7 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
         if not module.__dict__.get("_flipes_member_loop_told", False):  # said once it worked: an error says its own
             module._flipes_member_loop_told = True
             warnings.warn(
-                f"flipes: {type(module).__bases__[-1].__name__}'s forward cannot run under torch.func.vmap ({why}), so "
+                f"flipes: {user_class_name(module)}'s forward cannot run under torch.func.vmap ({why}), so "
                 f"inside a population it runs member by member, one call a member: the same outputs, slower; "
                 f"{_vmap_fix(why)}",
                 stacklevel=2,
@@ -349,19 +361,19 @@ def _vmapped_forward(module: nn.Module, noise: dict[str, Tensor], args: tuple, k
             raise
         if why := module.__dict__.get("_flipes_member_loop"):  # not vmap's: the forward's own error, also in a plain call
             raise RuntimeError(
-                f"{type(module).__name__}: its forward, run member by member (torch.func.vmap cannot batch {why}), "
+                f"{user_class_name(module)}: its forward, run member by member (torch.func.vmap cannot batch {why}), "
                 f"raised: {e}{unbatched()}"
             ) from e
         path = module.__dict__.get("_flipes_path")  # its name in the model flipout converted: the one to freeze
         raise RuntimeError(
-            f"{type(module).__name__}: its forward cannot run per member under torch.func.vmap ({e}); "
+            f"{user_class_name(module)}: its forward cannot run per member under torch.func.vmap ({e}); "
             f"{_power_iteration(module) or _shared_write(module, e) or _experts_implementation(module)}"
             f"freeze it, flipes.flipout(model, frozen=[{repr(path) if path else '...'}]), or write a Flipout layer for it"
         ) from e
     except ValueError as e:
         if batch:
             raise
-        raise ValueError(f"{type(module).__name__}: its forward, run per member, raised: {e}{unbatched()}") from e
+        raise ValueError(f"{user_class_name(module)}: its forward, run per member, raised: {e}{unbatched()}") from e
     if not batch:
         return out
 
@@ -478,7 +490,7 @@ def _member_by_member(
             written = [name for name, (b, v) in buffers.items() if now.get(name) is not b or b._version != v]
             if written:
                 raise SharedBufferWrite(
-                    f"{type(module).__bases__[-1].__name__}: its forward, run member by member, wrote into "
+                    f"{user_class_name(module)}: its forward, run member by member, wrote into "
                     f"{', '.join(written)}, which every member shares, so each member would read the one before's "
                     "update: skip that update inside a population (call model.eval() where it updates only in training "
                     "mode), or keep such state in the forward's own variables"
@@ -686,7 +698,7 @@ def needs_batch_dim(module: nn.Module, shape: torch.Size) -> bool:
     if shape[0] == channels:
         one, each = ", ".join(map(str, shape)), ", ".join(map(str, shape[1:]))
         raise ValueError(
-            f"{type(module).__name__}({channels}): a member's input of shape {tuple(shape)} reads as one example or as "
+            f"{user_class_name(module)}({channels}): a member's input of shape {tuple(shape)} reads as one example or as "
             f"{channels} examples; inside a population pass one example per member as (members, 1, {one}), "
             f"or B examples per member as (members·B, {each})"
         )
@@ -723,7 +735,7 @@ def _positions_shared(module: nn.Module, leaves: list[Any], dims: list[int | Non
             shapes = ", ".join(str(tuple(r.shape)) for r in rows)
             what = f"a 1-D tensor of length {leaf.shape[0]}" if leaf.dim() == 1 else f"a tensor of shape {tuple(leaf.shape)}"
             raise ValueError(
-                f"{type(module).__name__}: inside a population of {module.flipes_members} members it got {what} beside "
+                f"{user_class_name(module)}: inside a population of {module.flipes_members} members it got {what} beside "
                 f"rows of shapes {shapes}: it reads as positions (or a table) along the rows, shared by every member, or "
                 "as one value per row; use a sequence length other than the number of rows, or freeze the module: "
                 f"flipes.flipout(model, frozen=[{_name_in_model(module) or 'its name'!r}])"
