@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from torch import Tensor
+
 from flipes.nn.conv import members_first_fix
 from flipes.nn.dense import no_input_fix
 from flipes.nn.embedding import first_position, one_row_fix, shared_ids_fix
@@ -35,6 +37,25 @@ def _in_layers(error: BaseException) -> bool:
     return False
 
 
+def moved_fix(es: FlipES) -> str | None:
+    """What to do where the model changed dtype or device (``model.double()`` inside a population) after the
+    generation's noise was drawn for the model as it was: found from the noise installed, on the error's path only
+    (a check per forward would cost every forward)."""
+    drawn = {(nz.s.dtype, nz.s.device) for layer in es.layers for nz in layer.__dict__.get("noise") or () if hasattr(nz, "s")}
+    for module in es.dense_modules:
+        drawn |= {(d.dtype, d.device) for d in (module.member_noise or {}).values() if isinstance(d, Tensor)}
+    now = {(p.dtype, p.device) for p in es.params}
+    if not drawn - now:
+        return None
+    said = " and ".join(sorted(f"{dtype} on {device}" for dtype, device in drawn - now))
+    return (
+        f"flipes: the model's parameters are now {' and '.join(sorted(f'{t} on {d}' for t, d in now))}, but this "
+        f"generation's noise was drawn for {said} (the model was converted or moved inside `with es.population()`, or "
+        "between two blocks of one generation): call model.double() or model.to(...) before flipes.FlipES(model, ...) "
+        "is built; for an ES already run, build a new FlipES for the converted model and load this one's state_dict()"
+    )
+
+
 def input_fix(es: FlipES, error: RuntimeError) -> str | None:
     """What to do where torch refused, inside a layer of the model, a tensor of another device or dtype than the
     model's parameters: the model's inputs moved or converted (an integer or float64 input, as NumPy's arrays and
@@ -44,6 +65,9 @@ def input_fix(es: FlipES, error: RuntimeError) -> str | None:
         return None
     if not _MISMATCH.search(text):
         return None
+    moved = moved_fix(es)
+    if moved is not None:
+        return moved
     device, dtypes = es.params[0].device, sorted({str(p.dtype) for p in es.params})
     dtype = dtypes[0] if len(dtypes) == 1 else " or ".join(dtypes)
     return (
