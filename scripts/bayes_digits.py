@@ -138,7 +138,8 @@ def mean(rows: list[dict[str, float]], key: str) -> float:
 
 
 def check(args: Args) -> None:
-    """A UsageError (one line) for a size or fraction that leaves nothing to train, validate or evaluate."""
+    """A UsageError (one line) for a size or fraction that leaves nothing to train, validate or evaluate, or a posterior
+    σ GaussianPosterior refuses (its ValueError came at the first training, as a traceback)."""
     check_at_least(args, {"hidden": 1, "epochs": 1, "batch": 1, "betas": 0, "select_seeds": 0, "seeds": 0})
     check_at_least(args, {"samples": 1, "bins": 1, "threads": 1, "prior_sigma": 1e-12, "init_sigma": 1e-12})
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -149,6 +150,15 @@ def check(args: Args) -> None:
             raise flipes.UsageError(option_name(name), f"must be finite, got {value}")
     if not 0 < args.val_fraction < 1:
         raise flipes.UsageError("--val-fraction", f"must be between 0 and 1, got {args.val_fraction}", "e.g. 0.2")
+    try:  # GaussianPosterior's own test of the pair (σ or the KL term out of float32's range), before any training
+        posterior = functools.partial(GaussianPosterior, prior_sigma=args.prior_sigma, init_sigma=args.init_sigma)
+        attach_noise(flipes.flipout(nn.Linear(1, 1)), posterior)
+    except ValueError:
+        raise flipes.UsageError(
+            "--init-sigma",
+            f"{args.init_sigma:g} with --prior-sigma {args.prior_sigma:g} gives an infinite KL term in float32",
+            "choose values nearer 1, e.g. --init-sigma 0.001 --prior-sigma 1",
+        ) from None
 
 
 def main(args: Args) -> dict:
