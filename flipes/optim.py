@@ -20,8 +20,8 @@ from torch import Tensor
 class ClipUp(torch.optim.Optimizer):
     r"""Normalized gradient steps with heavy-ball momentum and a speed limit (ClipUp).
 
-    For each parameter group, seen as one vector ``θ`` with gradient ``g`` (``.grad``, the gradient of
-    the loss, as ``flipes.FlipES.tell`` writes it):
+    Over the whole parameter vector ``θ``, all parameter groups together, with gradient ``g`` (``.grad``, the
+    gradient of the loss, as ``flipes.FlipES.tell`` writes it), as Toklu et al. (2020) define it:
 
         v ← momentum · v + lr · g / ‖g‖
         v ← v · min(1, max_speed / ‖v‖)
@@ -30,7 +30,9 @@ class ClipUp(torch.optim.Optimizer):
     so no step is longer than ``max_speed``, whatever the scale of the fitness or of σ. The paper
     recommends ``lr = max_speed / 2`` and ``momentum = 0.9``. A zero gradient adds nothing to ``v``; one of any
     finite scale adds ``lr`` along it (where its squares would overflow or underflow, its norm is taken after a
-    power-of-two rescaling).
+    power-of-two rescaling). Parameter groups with their own ``lr``, ``momentum`` or ``max_speed`` apply them to
+    their part of ``v``: ``‖g‖`` and ``‖v‖`` are still those of the whole vector (a group's part of ``v`` is scaled by
+    ``min(1, its max_speed / ‖v‖)``), so with one ``max_speed`` no step is longer than it, however many groups.
 
     Args:
         params: parameters or parameter groups.
@@ -66,8 +68,8 @@ class ClipUp(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One ClipUp step, a descent along ``.grad`` as torch's optimizers take: per group, the velocity
-        ``v = momentum·v + lr·g/‖g‖`` clipped to norm ``max_speed``, then ``p -= v``.
+        """One ClipUp step, a descent along ``.grad`` as torch's optimizers take: the velocity
+        ``v = momentum·v + lr·g/‖g‖`` clipped to norm ``max_speed`` (norms over all groups), then ``p -= v``.
 
         Args:
             closure: re-evaluates the model and returns the loss, as for torch's optimizers; optional.
@@ -79,31 +81,37 @@ class ClipUp(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            # at least float32 (half-precision parameters keep a float32 velocity), float64 for float64
-            dtypes = [_state_dtype(p) for p in params]
-            acc = functools.reduce(torch.promote_types, dtypes)
-            grads = [p.grad.to(dtype) for p, dtype in zip(params, dtypes, strict=True)]
+        # the paper's ClipUp: g normalized and v clipped over the whole parameter vector, all groups together (a
+        # group's own lr, momentum and max_speed apply to its part), so G groups do not step √G·max_speed
+        groups = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        groups = [(group, params) for group, params in groups if params]
+        if not groups:
+            return loss
+        params = [p for _, ps in groups for p in ps]
+        # at least float32 (half-precision parameters keep a float32 velocity), float64 for float64
+        dtypes = [_state_dtype(p) for p in params]
+        acc = functools.reduce(torch.promote_types, dtypes)
+        grads = [p.grad.to(dtype) for p, dtype in zip(params, dtypes, strict=True)]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(acc) for g in grads]))
+        if not _norm_in_range(norm):  # squares that overflowed (‖g‖ = inf) or underflowed (0, or too few bits left)
+            # only g/‖g‖ is read: g scaled by a power of two, so that its squares stay in range
+            grads = _unit_scaled(grads, dtypes)
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(acc) for g in grads]))
-            if not _norm_in_range(norm):  # squares that overflowed (‖g‖ = inf) or underflowed (0, or too few bits left)
-                # only g/‖g‖ is read: g scaled by a power of two, so that its squares stay in range
-                grads = _unit_scaled(grads, dtypes)
-                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(acc) for g in grads]))
+        starts = list(itertools.accumulate((len(ps) for _, ps in groups), initial=0))  # each group's first in params
+        velocities = []
+        for (group, ps), start in zip(groups, starts, strict=False):
             scale = torch.where(norm > 0, group["lr"] / norm, torch.zeros_like(norm))
-            velocities = []
-            for p, g in zip(params, grads, strict=True):
+            for p, g in zip(ps, grads[start : start + len(ps)], strict=True):
                 state = self.state[p]
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(p, dtype=g.dtype)
                 v = state["velocity"]
                 v.mul_(group["momentum"]).add_(g.to(v.dtype) * scale.to(v.dtype))
                 velocities.append(v)
-            speed = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v).to(acc) for v in velocities]))
+        speed = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v).to(acc) for v in velocities]))
+        for (group, ps), start in zip(groups, starts, strict=False):
             clip = torch.clamp(group["max_speed"] / speed.clamp_min(torch.finfo(acc).tiny), max=1.0)
-            for p, v in zip(params, velocities, strict=True):
+            for p, v in zip(ps, velocities[start : start + len(ps)], strict=True):
                 v.mul_(clip.to(v.dtype))
                 p.sub_(v.to(p.dtype))
         return loss

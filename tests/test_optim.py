@@ -59,8 +59,8 @@ def test_clipup_never_steps_farther_than_max_speed() -> None:
 
 def test_clipup_follows_a_float64_hand_computed_trajectory_for_float64_parameters() -> None:
     """Float64 parameters take float64 steps: over several steps, of gradients of any scale, a zero one, and
-    steps the speed limit clips, each group (one vector) follows v <- m v + lr g/|g|, v <- v min(1, max_speed/|v|),
-    theta <- theta - v computed by hand in float64, to float64 rounding."""
+    steps the speed limit clips, the two groups together (one vector, as the paper's) follow v <- m v + lr g/|g|,
+    v <- v min(1, max_speed/|v|), theta <- theta - v computed by hand in float64, to float64 rounding."""
     gen = torch.Generator().manual_seed(0)
     groups = [[torch.linspace(-1, 1, 7, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)],
               [torch.linspace(0, 2, 5, dtype=torch.float64)]]  # fmt: skip
@@ -73,13 +73,14 @@ def test_clipup_follows_a_float64_hand_computed_trajectory_for_float64_parameter
         grads = [torch.randn(t.shape, dtype=torch.float64, generator=gen) * 10.0 ** (k % 5 - 2) for t in theta]
         if k == 4:
             grads = [torch.zeros_like(g) for g in grads]  # a zero gradient adds nothing
-        for i, (ps, g) in enumerate(zip(params, grads, strict=True)):
+        for ps, g in zip(params, grads, strict=True):
             for p, gp in zip(ps, g.split([p.numel() for p in ps]), strict=True):
                 p.grad = gp.reshape(p.shape).clone()
-            norm = g.norm().item()
-            v[i] = momentum * v[i] + (lr * g / norm if norm > 0 else 0 * g)
-            v[i] = v[i] * min(1.0, max_speed / v[i].norm().item())
-            theta[i] = theta[i] - v[i]
+        norm = torch.cat(grads).norm().item()  # of the whole vector, both groups
+        v = [momentum * vi + (lr * g / norm if norm > 0 else 0 * g) for vi, g in zip(v, grads, strict=True)]
+        clip = min(1.0, max_speed / torch.cat(v).norm().item())
+        v = [vi * clip for vi in v]
+        theta = [t - vi for t, vi in zip(theta, v, strict=True)]
         opt.step()
         for ps, t in zip(params, theta, strict=True):
             torch.testing.assert_close(torch.cat([p.detach().flatten() for p in ps]), t, rtol=0, atol=1e-15)
