@@ -131,22 +131,43 @@ class ClipUp(torch.optim.Optimizer):
 def _norm_in_range(norm: Tensor) -> bool:
     """Whether ``‖g‖`` is finite and far enough above the smallest normal number (√tiny/eps) that squares lost to
     underflow could not have changed it: then ``g/‖g‖`` is computed from ``g`` as given. One sync, once a step."""
-    info = torch.finfo(norm.dtype)
-    return math.sqrt(info.tiny) / info.eps <= float(norm) < math.inf
+    return _in_range(float(norm), norm.dtype)
 
 
-def _unit_scaled(grads: list[Tensor], dtypes: list[torch.dtype]) -> list[Tensor]:
-    """``grads`` times the power of two that brings their largest entry to [0.5, 1), bounded so that the factor is a
-    normal number in the narrowest dtype: a gradient past 1e19 (float32) overflowed ‖g‖ to inf (a step of 0), one
-    below 1e-19 underflowed it to 0 (no step). Copies; empty parameters keep their gradients."""
+def _in_range(norm: float, dtype: torch.dtype) -> bool:
+    info = torch.finfo(dtype)
+    return math.sqrt(info.tiny) / info.eps <= norm < math.inf
+
+
+def _unit_factor(grads: list[Tensor], dtypes: list[torch.dtype]) -> Tensor | None:
+    """The power of two that brings the largest entry of ``grads`` to [0.5, 1), bounded so that it is a normal number
+    in the narrowest dtype; None where every gradient is empty."""
     acc = functools.reduce(torch.promote_types, dtypes)
     tops = [torch.linalg.vector_norm(g, ord=math.inf).to(acc) for g in grads if g.numel()]
     if not tops:
-        return grads
+        return None
     _, exponent = torch.frexp(torch.stack(tops).amax())  # the largest entry = mantissa · 2^exponent
     bound = min(-int(math.log2(torch.finfo(dtype).tiny)) for dtype in dtypes) - 1
-    factor = torch.ldexp(torch.ones((), dtype=acc, device=tops[0].device), -exponent.clamp(-bound, bound))
-    return [g * factor.to(g.dtype) for g in grads]
+    return torch.ldexp(torch.ones((), dtype=acc, device=tops[0].device), -exponent.clamp(-bound, bound))
+
+
+def _unit_scaled(grads: list[Tensor], dtypes: list[torch.dtype]) -> list[Tensor]:
+    """``grads`` times ``_unit_factor``: a gradient past 1e19 (float32) overflowed ‖g‖ to inf (a step of 0), one
+    below 1e-19 underflowed it to 0 (no step). Copies; empty parameters keep their gradients."""
+    factor = _unit_factor(grads, dtypes)
+    return grads if factor is None else [g * factor.to(g.dtype) for g in grads]
+
+
+def finite_norm(g: Tensor, norm: float) -> float:
+    """``norm``, ``‖g‖`` as computed, where it is in range (as is: no cost); else, where its squares overflowed to inf
+    or underflowed, ``‖g‖`` of ``g`` scaled by ``_unit_factor``, divided by it (a power of two: exact), as a float64
+    number (a float32 ``g`` past 1e19 has a finite norm). A non-finite ``g`` keeps its inf or NaN norm."""
+    if _in_range(norm, g.dtype):
+        return norm
+    factor = _unit_factor([g], [g.dtype])
+    if factor is None:
+        return norm
+    return float(torch.linalg.vector_norm(g * factor)) / float(factor)
 
 
 def _state_dtype(p: Tensor) -> torch.dtype:

@@ -97,6 +97,7 @@ from flipes.nn.convert import (
 )
 from flipes.nn.functional import without_autocast
 from flipes.noise import DenseNoise, SlotNoise, compiling, sample_dense, sample_slot, shared_sign_table
+from flipes.optim import finite_norm
 
 # fitness (N,) -> weights (N,): tell takes a tensor, a numpy array or a list back (check_weights), as documented
 Shaping = Callable[[Tensor], Tensor | np.ndarray | Sequence[float]]
@@ -744,6 +745,7 @@ class FlipES:
         vector_norm = torch.linalg.vector_norm
         norm = vector_norm(torch.stack([vector_norm(p, dtype=before.dtype) for p in self.params]))
         grad_norm, delta, norm = torch.stack([vector_norm(flat), vector_norm(before), norm]).tolist()  # one sync
+        grad_norm = finite_norm(flat, grad_norm)  # a finite ĝ whose squares overflowed (raw shaping): not inf
         low, high = torch.aminmax(full)  # on the host (check_fitness): read with the mean and std in one go
         read = torch.stack((full.mean(), high, low, full.std(unbiased=False))).tolist()
         fitness_mean, fitness_max, fitness_min, fitness_std = read
