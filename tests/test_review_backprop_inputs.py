@@ -82,3 +82,23 @@ def test_a_valid_input_gets_per_example_noise_in_training_and_the_plain_output_i
     assert (sampled - plain).abs().amax() > 1e-3
     if batched:
         assert (sampled[1:] - sampled[:1]).flatten(1).abs().amax(1).min() > 1e-3
+
+
+def test_backprop_variance_measures_and_fits_its_batch_sizes_smallest_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--sizes 16 1 4 4`` is measured at 1, 4, 16 in that order (each once), and the table's slopes run over
+    N = 1..16: a variance measured as ``1/N`` (stubbed, so nothing trains) gives each method ``[1, 1/4, 1/16]`` and
+    slope -1; unsorted, the first and last sizes named 16 and 4 and the slopes came from a fit of shuffled points."""
+    from helpers import ROOT, load_script, script_state_kept
+
+    script = load_script(ROOT / "scripts" / "backprop_variance.py")
+    monkeypatch.setattr(script, "total_variance", lambda model, params, x, y, n, repeats, seed: 1.0 / n)
+    monkeypatch.setattr(script, "plot", lambda results, sizes, path: None)
+    monkeypatch.setattr(script, "data", lambda: (torch.zeros(4, 64), torch.zeros(4, dtype=torch.long), None, None))
+    with script_state_kept():  # main sets torch's thread count
+        results = script.main(script.Args(sizes=[16, 1, 4, 4], repeats=2, hidden=1, pretrain_epochs=0, out=str(tmp_path)))
+    assert all(v == [1.0, 0.25, 0.0625] for rows in results.values() for v in rows.values()), results
+    out = capsys.readouterr().out
+    assert "| slope, N = 1..16 | slope, N = 4..16 |" in out
+    assert "| FC | Flipout | -1.00 | -1.00 | 1 | 0.0625 |" in out
