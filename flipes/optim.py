@@ -141,13 +141,14 @@ def _in_range(norm: float, dtype: torch.dtype) -> bool:
 
 def _unit_factor(grads: list[Tensor], dtypes: list[torch.dtype]) -> Tensor | None:
     """The power of two that brings the largest entry of ``grads`` to [0.5, 1), bounded so that it is a normal number
-    in the narrowest dtype; None where every gradient is empty."""
+    in the widest dtype (a float64 gradient past float32's range beside float32 ones needs a factor float32 cannot
+    hold: scale in that dtype); None where every gradient is empty."""
     acc = functools.reduce(torch.promote_types, dtypes)
     tops = [torch.linalg.vector_norm(g, ord=math.inf).to(acc) for g in grads if g.numel()]
     if not tops:
         return None
     _, exponent = torch.frexp(torch.stack(tops).amax())  # the largest entry = mantissa · 2^exponent
-    bound = min(-int(math.log2(torch.finfo(dtype).tiny)) for dtype in dtypes) - 1
+    bound = -int(math.log2(torch.finfo(acc).tiny)) - 1
     return torch.ldexp(torch.ones((), dtype=acc, device=tops[0].device), -exponent.clamp(-bound, bound))
 
 
@@ -155,7 +156,7 @@ def _unit_scaled(grads: list[Tensor], dtypes: list[torch.dtype]) -> list[Tensor]
     """``grads`` times ``_unit_factor``: a gradient past 1e19 (float32) overflowed ‖g‖ to inf (a step of 0), one
     below 1e-19 underflowed it to 0 (no step). Copies; empty parameters keep their gradients."""
     factor = _unit_factor(grads, dtypes)
-    return grads if factor is None else [g * factor.to(g.dtype) for g in grads]
+    return grads if factor is None else [(g.to(factor.dtype) * factor).to(g.dtype) for g in grads]
 
 
 def finite_norm(g: Tensor, norm: float) -> float:

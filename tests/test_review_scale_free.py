@@ -112,3 +112,27 @@ def test_z_score_and_ars_rescale_the_largest_fitness_by_a_normal_factor(
 def test_z_score_of_no_fitness_is_empty() -> None:
     """An empty fitness tensor gives an empty z_score (there is no largest value to rescale by), as before rescaling."""
     assert z_score(torch.zeros(0)).shape == (0,)
+
+
+@pytest.mark.parametrize("exponent", [-1000, 1000])
+def test_clipup_steps_a_float64_gradient_past_float32s_range_in_a_group_with_float32_parameters(exponent: int) -> None:
+    """A group holding a float32 and a float64 parameter, whose float64 gradient is ``g · 2^k`` beyond float32's range:
+    the float64 parameter steps exactly as in an all-float64 group on ``g`` (``lr·g/‖g‖``), and the float32 one, its
+    gradient 0 or ~1e-300 of the norm, not at all; a factor bounded by float32's range (or cast to float32) left
+    ``‖g‖`` at 0 or inf, and the step at 0."""
+    g = unit_gradient(torch.float64, coarse=False)
+    steps = []
+    for dtype, scale in ((torch.float64, 1.0), (torch.float32, 2.0**exponent)):
+        a, b = nn.Parameter(torch.zeros(4, dtype=dtype)), nn.Parameter(torch.zeros(len(g), dtype=torch.float64))
+        opt = ClipUp([a, b], lr=0.1, momentum=0.9, max_speed=0.2)
+        a.grad = (
+            torch.tensor([0.0, 1.0, -1.0, 0.0], dtype=dtype)
+            if exponent > 0 and dtype == torch.float32
+            else torch.zeros(4, dtype=dtype)
+        )
+        b.grad = g * scale
+        opt.step()
+        steps.append((a.detach(), b.detach()))
+    (_, alone), (a_step, b_step) = steps
+    assert torch.equal(b_step, alone)
+    assert torch.equal(a_step, torch.zeros(4))
