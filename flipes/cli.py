@@ -235,7 +235,7 @@ FOREIGN = {
         "EvoTorch's and EvoJAX's",
         "lr",
         " (ClipUp's step c: EvoTorch's, at max speed 2c, is {algo}=pgpe with {max_speed}=2c;"
-        " EvoJAX's PGPE is SGD at c·σ² unless its optimizer='clipup', whose max speed stays 0.15)",
+        " EvoJAX's PGPE is SGD at c·σ² unless its optimizer='adam' (Adam at c) or 'clipup' (max speed 0.15))",
     ),
     "stdev_learning_rate": ("EvoTorch's and EvoJAX's", "sigma_lr", " (one σ per layer)"),
     "symmetric": ("EvoTorch's", "mirrored", ""),

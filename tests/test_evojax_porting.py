@@ -409,7 +409,7 @@ def test_evojax_names_notes_name_flipes_options_as_given() -> None:
     assert "--common-episodes on gives every member the same resets" in flag.value.fix
     with pytest.raises(flipes.UsageError) as lr:
         TrainConfig(center_learning_rate=0.1)
-    assert "EvoJAX's PGPE is SGD at c·σ² unless its optimizer='clipup', whose max speed stays 0.15" in lr.value.fix
+    assert "EvoJAX's PGPE is SGD at c·σ² unless its optimizer='adam' (Adam at c) or 'clipup' (max speed 0.15)" in lr.value.fix
     assert "at max speed 2c" in lr.value.fix
 
 
