@@ -139,10 +139,11 @@ def _in_range(norm: float, dtype: torch.dtype) -> bool:
     return math.sqrt(info.tiny) / info.eps <= norm < math.inf
 
 
-def _unit_factor(grads: list[Tensor], dtypes: list[torch.dtype]) -> Tensor | None:
-    """The power of two that brings the largest entry of ``grads`` to [0.5, 1), bounded so that it is a normal number
-    in the widest dtype (a float64 gradient past float32's range beside float32 ones needs a factor float32 cannot
-    hold: scale in that dtype); None where every gradient is empty."""
+def unit_factor(grads: list[Tensor], dtypes: list[torch.dtype]) -> Tensor | None:
+    """For the computations invariant to their input's scale (ClipUp's g/‖g‖, z_score, ars): the power of two that
+    brings the largest entry of ``grads`` to [0.5, 1), bounded so that it is a normal number in the widest dtype (a
+    float64 gradient past float32's range beside float32 ones needs a factor float32 cannot hold: scale in that dtype);
+    None where every gradient is empty."""
     acc = functools.reduce(torch.promote_types, dtypes)
     tops = [torch.linalg.vector_norm(g, ord=math.inf).to(acc) for g in grads if g.numel()]
     if not tops:
@@ -153,19 +154,19 @@ def _unit_factor(grads: list[Tensor], dtypes: list[torch.dtype]) -> Tensor | Non
 
 
 def _unit_scaled(grads: list[Tensor], dtypes: list[torch.dtype]) -> list[Tensor]:
-    """``grads`` times ``_unit_factor``: a gradient past 1e19 (float32) overflowed ‖g‖ to inf (a step of 0), one
+    """``grads`` times ``unit_factor``: a gradient past 1e19 (float32) overflowed ‖g‖ to inf (a step of 0), one
     below 1e-19 underflowed it to 0 (no step). Copies; empty parameters keep their gradients."""
-    factor = _unit_factor(grads, dtypes)
+    factor = unit_factor(grads, dtypes)
     return grads if factor is None else [(g.to(factor.dtype) * factor).to(g.dtype) for g in grads]
 
 
 def finite_norm(g: Tensor, norm: float) -> float:
     """``norm``, ``‖g‖`` as computed, where it is in range (as is: no cost); else, where its squares overflowed to inf
-    or underflowed, ``‖g‖`` of ``g`` scaled by ``_unit_factor``, divided by it (a power of two: exact), as a float64
+    or underflowed, ``‖g‖`` of ``g`` scaled by ``unit_factor``, divided by it (a power of two: exact), as a float64
     number (a float32 ``g`` past 1e19 has a finite norm). A non-finite ``g`` keeps its inf or NaN norm."""
     if _in_range(norm, g.dtype):
         return norm
-    factor = _unit_factor([g], [g.dtype])
+    factor = unit_factor([g], [g.dtype])
     if factor is None:
         return norm
     return float(torch.linalg.vector_norm(g * factor)) / float(factor)

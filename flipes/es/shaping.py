@@ -18,6 +18,8 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
+from flipes.optim import unit_factor
+
 
 def _tensor(fitness: Tensor | ArrayLike) -> Tensor:
     """``fitness`` as a tensor: a numpy array or a list of numbers (a loop of one's own combining scores, NSR-ES's
@@ -57,11 +59,8 @@ def _unit_scaled(fitness: Tensor) -> Tensor:
     the fitness's scale (z_score, ars): the squared deviations of float64 fitness past ~1e154 overflowed and below
     ~1e-154 underflowed, and float32 differences ``r+ - r-`` past 1.7e38 overflowed, so the weights came out all 0 (no
     step) or NaN. A power of two changes no bit of the weights where those were in range."""
-    if not fitness.numel():
-        return fitness
-    _, exponent = torch.frexp(fitness.abs().amax())
-    bound = -int(math.log2(torch.finfo(fitness.dtype).tiny)) - 1  # so that the factor is a normal number
-    return fitness * torch.ldexp(torch.ones((), dtype=fitness.dtype, device=fitness.device), -exponent.clamp(-bound, bound))
+    factor = unit_factor([fitness], [fitness.dtype])
+    return fitness if factor is None else fitness * factor
 
 
 def _refuse_non_finite(fitness: Tensor, name: str, infinities: bool = False) -> None:
