@@ -218,3 +218,17 @@ def test_every_repository_path_the_readme_names_exists() -> None:
             if not target.startswith(("http://", "https://")) and not (ROOT / target).exists():
                 missing.append((number, target))
     assert missing == []
+
+
+def test_every_option_of_the_commands_is_in_the_readme() -> None:
+    """Each field of TrainConfig has a row in the README's "Training options" tables (a new option cannot go
+    undocumented there, nor a removed one keep its row: the first test above), and each option of ``flipes
+    evaluate``, ``export`` and ``plot`` is named somewhere in README.md."""
+    section = README[README.index("\n### Training options\n") : README.index("\n### Help, config files and types\n")]
+    rows = {flag for line in section.splitlines() if line.startswith("| `--") for flag in FLAG.findall(line.split(" | ")[0])}
+    fields = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
+    assert len(fields) >= 50 and sorted(fields - rows) == []
+    others = set().union(*(command_options()[name] for name in ("evaluate", "export", "plot")))
+    named = {flag for line in README.splitlines() for flag in FLAG.findall(line)}
+    flags = {o for o in others if o.startswith("--") and "_" not in o and not o.startswith("--no-")} - {"--help"}
+    assert len(flags) >= 12 and sorted(flags - named) == []
