@@ -232,3 +232,23 @@ def test_every_option_of_the_commands_is_in_the_readme() -> None:
     named = {flag for line in README.splitlines() for flag in FLAG.findall(line)}
     flags = {o for o in others if o.startswith("--") and "_" not in o and not o.startswith("--no-")} - {"--help"}
     assert len(flags) >= 12 and sorted(flags - named) == []
+
+
+def test_the_attributes_the_readme_reads_off_flipes_objects_exist() -> None:
+    """Each ``es.X``, ``pop.X``, ``result.X`` and ``state.X`` in README.md's text (a FlipES, its Population,
+    flipes.train's result, a callback's TrainState; its Python blocks run in test_readme.py, where such names may be
+    the reader's own) is an attribute of that object: a renamed one leaves no recipe reading nothing."""
+    import torch
+
+    from flipes.train_state import TrainResult, TrainState
+
+    es = flipes.FlipES(flipes.flipout(torch.nn.Linear(2, 1)), popsize=4)
+    with es.population() as pop:
+        has = {"es": set(dir(es)), "pop": set(dir(pop))}
+    for name, cls in (("result", TrainResult), ("state", TrainState)):
+        has[name] = set(dir(cls)) | {f.name for f in dataclasses.fields(cls)}
+    files = {"py"}  # es.py (OpenAI's ES starter), state.py: files, not attributes
+    text = re.sub(r"(?ms)^\s*```.*?^\s*```", "", README)  # the text outside code blocks
+    found = {(name, attr) for name in has for attr in re.findall(rf"(?<![\w.]){name}\.([A-Za-z_]\w*)", text)}
+    assert len(found) >= 30
+    assert sorted((name, attr) for name, attr in found if attr not in has[name] | files) == []
