@@ -252,3 +252,12 @@ def test_the_attributes_the_readme_reads_off_flipes_objects_exist() -> None:
     found = {(name, attr) for name in has for attr in re.findall(rf"(?<![\w.]){name}\.([A-Za-z_]\w*)", text)}
     assert len(found) >= 30
     assert sorted((name, attr) for name, attr in found if attr not in has[name] | files) == []
+
+
+def test_the_layout_names_every_module_of_flipes_nn_and_es() -> None:
+    """README.md's Layout, which names the files of ``flipes/``, ``flipes/nn/`` and ``flipes/es/`` one by one (``rl/``
+    and ``envs/`` it summarizes), names each of them: a new module cannot go unlisted."""
+    layout = README[README.index("\n## Layout\n") :]
+    named = {word.removesuffix(".py") for word in re.findall(r"`([\w.]+)`", layout)}
+    modules = {p.stem for d in ("flipes", "flipes/nn", "flipes/es") for p in (ROOT / d).glob("*.py")} - {"__init__", "__main__"}
+    assert len(modules) >= 60 and sorted(modules - named) == []
