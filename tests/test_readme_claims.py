@@ -261,3 +261,15 @@ def test_the_layout_names_every_module_of_flipes_nn_and_es() -> None:
     named = {word.removesuffix(".py") for word in re.findall(r"`([\w.]+)`", layout)}
     modules = {p.stem for d in ("flipes", "flipes/nn", "flipes/es") for p in (ROOT / d).glob("*.py")} - {"__init__", "__main__"}
     assert len(modules) >= 60 and sorted(modules - named) == []
+
+
+def test_every_extra_the_readme_names_is_declared_and_every_declared_one_is_named() -> None:
+    """Each pip extra README.md names (``flipes[plot]``, ``'.[mpi]'``, ``[examples]``) is one pyproject.toml declares,
+    and each declared one is named: an error's ``pip install 'flipes[X]'`` hint quoted here installs something."""
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    # extras are lower case and hyphenated: a TOML table, `[env_kwargs]`, is none
+    written = re.findall(r"(?:flipes|\.)\[([a-z,-]+)\]", README) + re.findall(r"`\[([a-z-]+)\]`", README)
+    named = {extra for group in written for extra in group.split(",")}
+    assert len(declared) >= 8 and named == declared
