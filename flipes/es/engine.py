@@ -746,6 +746,8 @@ class FlipES:
         norm = vector_norm(torch.stack([vector_norm(p, dtype=before.dtype) for p in self.params]))
         grad_norm, delta, norm = torch.stack([vector_norm(flat), vector_norm(before), norm]).tolist()  # one sync
         grad_norm = finite_norm(flat, grad_norm)  # a finite ĝ whose squares overflowed (raw shaping): not inf
+        # likewise a step or parameters past 1e19 or below 1e-19 (float32): their ratio, not inf, NaN or 0
+        delta, norm = finite_norm(before, delta), finite_norm(self.params, norm)
         low, high = torch.aminmax(full)  # on the host (check_fitness): read with the mean and std in one go
         read = torch.stack((full.mean(), high, low, full.std(unbiased=False))).tolist()
         fitness_mean, fitness_max, fitness_min, fitness_std = read
