@@ -626,6 +626,8 @@ class FlipES:
             ValueError: a fitness of another shape than ``(pop.size,)``; its subclass ``NonFiniteFitness``
                 (``flipes.es.checks``) for a NaN or infinite value, naming the members.
             TypeError: a fitness that is not real numbers (a string, complex numbers).
+            OverflowError: a gradient past float16's range for float16 parameters, before the step (their ``.grad``:
+                ``None``); the message says how to shape or keep float32 parameters.
             RuntimeError: no population of this generation was entered yet (``with es.population()`` first). With
                 several processes, on the others: a fitness this one rejected (their tell raises it at once, naming this
                 process's rank, rather than waiting for its fitness).
@@ -717,11 +719,16 @@ class FlipES:
         numels = [f.numel() for f in flats]
         before = torch.cat(flats)
         del flats  # a channels_last weight's flatten is a copy
+        narrow: list[tuple[Tensor, Tensor, Tensor]] = []  # (parameter, its ĝ, whether its .grad overflowed to inf)
         for p, g in zip(self.params, flat.split(numels), strict=True):
-            g = g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
+            wide, g = g, g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
+            if p.dtype == torch.float16 and wide.dtype != p.dtype:  # ĝ summed in float32: past 65504 its .grad is inf
+                narrow.append((p, wide, g.isinf().any() > wide.isinf().any()))
             if g.stride() != p.stride():  # a channels_last weight: as autograd does, the grad takes the parameter's
                 g = torch.empty_like(p, dtype=p.dtype).copy_(g)  # layout (torch's fused Adam pairs their memory)
             p.grad = g + self.weight_decay * p if self.weight_decay else g
+        if narrow:
+            refuse_overflowed_grads(self, narrow)
         told = told_record(self.optimizer)  # a step of it outside tell while .grad is this one is refused (refusals)
         told.stepping = True
         try:
@@ -842,3 +849,24 @@ class FlipES:
         """
         refuse_load_in_population(self)
         load_state(self, state)
+
+
+def refuse_overflowed_grads(es: FlipES, narrow: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+    """Raise, before the step and with ``.grad`` cleared, where a finite ĝ overflowed a float16 parameter's ``.grad`` to
+    inf (raw shaping of fitness ~1e5, or a small σ): the optimizer would make the parameters inf or NaN without a word.
+    One sync a tell, for models with float16 parameters only (bfloat16 has float32's range)."""
+    flags = torch.stack([flag for _, _, flag in narrow]).tolist()
+    bad = [(p, wide) for (p, wide, _), flag in zip(narrow, flags, strict=True) if flag]
+    if not bad:
+        return
+    for p in es.params:
+        p.grad = None
+    top = max(float(torch.linalg.vector_norm(wide, ord=math.inf)) for _, wide in bad)
+    names = parameter_names(es._module, [p for p, _ in bad])
+    raise OverflowError(
+        f"tell(): the ES gradient of {names} reaches {top:.3g}, past float16's largest number 65504: its .grad would be "
+        "inf and the step make the parameters inf or NaN (nothing was stepped). The gradient grows with the shaped "
+        "fitness's scale over σ: shape the fitness by rank (shaping=flipes.shaping.centered_ranks) or scale it down, or "
+        f"keep the parameters float32 and evaluate the population under torch.autocast({bad[0][0].device.type!r}, "
+        "dtype=torch.float16) (the members compute in float16, the mean steps in float32)"
+    )
