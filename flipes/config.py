@@ -487,17 +487,8 @@ def validate(config: TrainConfig, processes: int = 1) -> None:
             "with --resume: a resumed run continues its directory",
             "drop --overwrite to continue the run, or --resume to start over",
         )
-    cores = os.cpu_count() or 1
-    if config.threads > cores:
-        raise UsageError(
-            "--threads", f"{config.threads} threads on a machine of {cores} cores", f"use {cores} or fewer (0: torch's default)"
-        )
-    if config.env_threads > 4 * cores:
-        raise UsageError(
-            "--env-threads",
-            f"{config.env_threads} on a machine of {cores} cores",
-            f"use {cores} or fewer (0: this process's share)",
-        )
+    check_threads("--threads", config.threads)
+    check_threads("--env-threads", config.env_threads, "this process's share", per_core=4)
     finite("--sigma", config.sigma, 0, strict=True, fix="σ is the perturbation scale, e.g. --sigma 0.05")
     finite("--sigma-lr", config.sigma_lr, 0, fix="0 keeps σ fixed; e.g. --sigma-lr 0.2 adapts it")
     if config.sigma_lr > 0 and config.noise_rank:
@@ -826,6 +817,17 @@ def _check_members_per_pass(config: TrainConfig, per_group: int, processes: int)
         f"{size} does not split {where} into equal parts within groups of {per_group} (--popsize / --groups)",
         f"use one of {fits}, or 0 for one pass",
     )
+
+
+def check_threads(option: str, threads: int, zero: str = "torch's default", per_core: int = 1) -> None:
+    """A UsageError (one line) for a thread count below 0 or above ``per_core`` threads per core of this machine, for
+    every command and script that takes one: torch takes any count, and one of thousands crashes the process at its
+    first parallel op or a later library's import (a segfault at 100,000). ``zero``: what 0 means."""
+    cores = os.cpu_count() or 1
+    if threads < 0:
+        raise UsageError(option, f"must be 0 or positive, got {threads}", f"0 means {zero}")
+    if threads > per_core * cores:
+        raise UsageError(option, f"{threads} threads on a machine of {cores} cores", f"use {cores} or fewer (0: {zero})")
 
 
 def check_device(name: str) -> None:

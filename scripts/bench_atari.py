@@ -51,6 +51,7 @@ from torch.func import functional_call, vmap
 
 import flipes
 from flipes.cli import option_name, run
+from flipes.config import check_threads
 from flipes.errors import UsageError
 from flipes.rl import CNNPolicy, MLPPolicy, RolloutFitness, make_vector_env
 from flipes.rl.envpool_vec import envpool_ids
@@ -103,8 +104,7 @@ def prepare(args: Args) -> Args:
     for name in ("popsize", "max_steps", "generations", "rounds", "min_rounds"):
         if getattr(args, name) < 1:
             raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}")
-    if args.threads < 0:
-        raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {args.threads}")
+    check_threads("--threads", args.threads)
     if not 0 <= args.rank <= 32:  # the first convolution's 32 output channels bound any rank
         raise UsageError("--rank", f"must be 0 ... 32, got {args.rank}", "e.g. --rank 4, or 0 to leave it out")
     if not args.mem_cap_gb >= 0:  # also NaN

@@ -50,6 +50,7 @@ from repro_common import machine
 
 import flipes
 from flipes.cli import run
+from flipes.config import check_threads
 from flipes.errors import UsageError
 from flipes.rl import MLPPolicy, RolloutFitness, make_vector_env
 from flipes.rl.presets import preset_for
@@ -210,8 +211,7 @@ def main(args: Args) -> dict[str, Any]:
         raise UsageError("--episodes", f"got {args.episodes}", "give one or more counts of at least 1, e.g. --episodes 1 4")
     if args.quick:
         args = dataclasses.replace(args, seeds=args.seeds[:1], estimates=4, episodes=args.episodes[:1], warmup=2)
-    if args.threads < 0:  # torch.set_num_threads below would skip it silently, as if 0 (torch's default) was meant
-        raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {args.threads}")
+    check_threads("--threads", args.threads)  # a negative count torch.set_num_threads below would skip silently
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     command = "python " + shlex.join(["scripts/bench_common_episodes.py", *sys.argv[1:]])

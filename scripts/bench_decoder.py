@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 import flipes
 from flipes.cli import option_name, run
+from flipes.config import check_threads
 from flipes.errors import UsageError
 
 
@@ -74,6 +75,7 @@ def prepare(args: Args) -> Args:
     for name, low in (("channels", 2), ("rounds", 1), ("min_rounds", 1), ("warmup_rounds", 0), ("threads", 0)):
         if getattr(args, name) < low:
             raise UsageError(option_name(name), f"must be at least {low}, got {getattr(args, name)}")
+    check_threads("--threads", args.threads)
     if not args.sigma > 0:
         raise UsageError("--sigma", f"must be a number > 0, got {args.sigma}")
     if args.quick:

@@ -32,7 +32,7 @@ import torch
 
 import envs  # noqa: F401  registers the flipes/ ids
 from flipes.cli import option_name, run
-from flipes.config import check_device
+from flipes.config import check_device, check_threads
 from flipes.errors import UsageError
 
 
@@ -61,8 +61,7 @@ def check(args: Args) -> None:
     for name in ("num_envs", "steps", "sync_steps", "rounds"):
         if getattr(args, name) < 1:
             raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}", "pass a positive count")
-    if args.threads < 0:
-        raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {args.threads}")
+    check_threads("--threads", args.threads)
     if args.seed < 0:  # gymnasium's reset refuses it only after the envs are made, with its own traceback
         raise UsageError("--seed", f"must be 0 or positive, got {args.seed}", "any integer >= 0 is a seed")
     check_device(args.device)

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 import flipes
 from flipes.cli import option_name, run
+from flipes.config import check_threads
 from flipes.errors import UsageError
 
 
@@ -122,6 +123,7 @@ def prepare(args: Args) -> Args:
                       ("mem_layers", 1), ("mem_popsize", 2), ("mem_rank", 1), ("threads", 0)):  # fmt: skip
         if getattr(args, name) < low:
             raise UsageError(option_name(name), f"must be at least {low}, got {getattr(args, name)}")
+    check_threads("--threads", args.threads)
     for name in ("hidden", "mem_hidden"):
         if getattr(args, name) % args.heads:
             raise UsageError("--heads", f"must divide {option_name(name)} {getattr(args, name)}, got {args.heads}")
@@ -294,8 +296,8 @@ def import_transformers() -> Any:
 
 
 def main(args: Args) -> None:
+    args = prepare(args)  # a bad option refused before transformers' import (~2 s)
     transformers = import_transformers()
-    args = prepare(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "PYTHONPATH=. python " + shlex.join(["scripts/bench_hf_lm.py", *sys.argv[1:]])

@@ -57,6 +57,7 @@ from repro_common import cpu_name
 
 import flipes
 from flipes.cli import run
+from flipes.config import check_threads
 from flipes.errors import UsageError
 from flipes.rl import POLICIES, RolloutFitness, make_vector_env, reset_episodes, run_episodes
 from flipes.rl.presets import preset_for
@@ -213,8 +214,7 @@ def main(args: Args) -> list[dict[str, Any]]:
         raise UsageError("--popsize", f"got {args.popsize}", "give an even number (mirrored pairs), or 0 for the preset")
     if args.quick:
         args = dataclasses.replace(args, seeds=args.seeds[:1])
-    if args.threads < 0:  # torch.set_num_threads below would skip it silently, as if 0 (torch's default) was meant
-        raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {args.threads}")
+    check_threads("--threads", args.threads)  # a negative count torch.set_num_threads below would skip silently
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     command = "python " + shlex.join(["scripts/bench_memory.py", *sys.argv[1:]])

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flipes.cli import run
+from flipes.config import check_threads
 from flipes.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,8 @@ def main(args: Args) -> dict:
         raise UsageError("--ranks", f"must be positive process counts, got {args.ranks}", "e.g. --ranks 1 2 4")
     if not args.env_threads:
         raise UsageError("--env-threads", "names no thread count: nothing to time", "e.g. --env-threads 1 2")
+    for threads in args.env_threads:  # refused before the first timing run, not by one of them
+        check_threads("--env-threads", threads, "this process's share", per_core=4)
     if args.groups < max(args.ranks):
         raise UsageError("--groups", f"{args.groups} cannot be shared by {max(args.ranks)} ranks", "use at least max(--ranks)")
     common = ["--target", "none", "--tensorboard", "false", "--eval-every", "1000000", "--eval-episodes", "1"]

@@ -55,7 +55,7 @@ from repro_common import cpu_name
 
 import flipes
 from flipes.cli import run
-from flipes.config import default_target
+from flipes.config import check_threads, default_target
 from flipes.errors import UsageError
 from flipes.rl import episode_seed, make_vector_env, run_episodes
 from flipes.train_state import TrainState
@@ -430,6 +430,7 @@ def main(args: Args) -> list[dict[str, Any]]:
         overrides = dict(popsize=16, generations=4, eval_every=2, eval_episodes=10, max_seconds=20.0)
     for env_id in envs:
         solved_return(env_id)  # before any run: every env needs a return that counts as solved
+    check_threads("--threads", args.threads)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     use_evotorch = args.evotorch and not args.quick

@@ -66,6 +66,7 @@ from torch.func import functional_call, vmap
 
 import flipes
 from flipes.cli import option_name, run
+from flipes.config import check_threads
 from flipes.errors import UsageError
 
 TARGET = 0.70  # low-rank tokens/s >= 70% of plain inference
@@ -140,6 +141,7 @@ def prepare(args: Args) -> Args:
                       ("mem_rank", 1), ("mem_part", 0), ("threads", 0)):  # fmt: skip
         if getattr(args, name) < low:
             raise UsageError(option_name(name), f"must be at least {low}, got {getattr(args, name)}")
+    check_threads("--threads", args.threads)
     if args.d_model % args.nhead:
         raise UsageError("--nhead", f"must divide --d-model {args.d_model}, got {args.nhead}")
     if not (args.sigma > 0 and math.isfinite(args.sigma)):

@@ -47,7 +47,7 @@ from torch.func import functional_call, vmap
 
 import flipes
 from flipes.cli import option_name, run
-from flipes.config import check_device
+from flipes.config import check_device, check_threads
 from flipes.errors import UsageError
 
 # (d)/(b) speed-up targets at N=4096, by MLP
@@ -107,6 +107,7 @@ def prepare(args: Args) -> Args:
     for name, low in (("rounds", 1), ("min_rounds", 1), ("warmup_rounds", 0), ("threads", 0), ("rank", 0)):
         if getattr(args, name) < low:
             raise UsageError(option_name(name), f"must be at least {low}, got {getattr(args, name)}")
+    check_threads("--threads", args.threads)
     check_device(args.device)
     args = dataclasses.replace(args, sizes=sizes)
     if args.quick:

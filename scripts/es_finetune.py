@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 import flipes
 from flipes.cli import run
+from flipes.config import check_threads
 from flipes.dist import Comm, check_identical, world
 from flipes.errors import UsageError
 
@@ -353,6 +354,7 @@ def check(args: Args, comm: Comm) -> None:
     for name in ("noise_rank", "threads"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')}", f"must be at least 0, got {getattr(args, name)}")
+    check_threads("--threads", args.threads, "cores / processes")
     if args.batch > args.train_size:
         raise UsageError("--batch", f"{args.batch} problems per generation exceed --train-size {args.train_size}",
                          f"use at most {args.train_size}")  # fmt: skip

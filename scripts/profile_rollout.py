@@ -33,6 +33,7 @@ import torch
 
 import flipes
 from flipes.cli import option_name, run
+from flipes.config import check_threads
 from flipes.errors import UsageError
 from flipes.rl import MLPPolicy, RunningNorm, make_vector_env
 from flipes.rl.envs import EnvError
@@ -134,6 +135,7 @@ def main(args: Args) -> dict[str, Any]:
     for name in ("n", "generations", "threads"):
         if getattr(args, name) < 1:
             raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}")
+    check_threads("--threads", args.threads, per_core=4)  # EnvPool threads / worker processes, as --env-threads
     load_before = os.getloadavg()
     results = {}
     try:

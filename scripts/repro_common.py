@@ -27,7 +27,7 @@ from torch.func import functional_call, vmap
 
 import flipes
 from flipes.cli import option_name
-from flipes.config import check_device
+from flipes.config import check_device, check_threads
 from flipes.errors import UsageError
 
 
@@ -155,8 +155,7 @@ def setup(device: str, threads: int) -> tuple[torch.device, Callable[[], None]]:
     without matplotlib before anything runs."""
     check_device(device)  # a UsageError naming --device for one torch does not know or this machine lacks
     require_matplotlib()
-    if threads < 0:
-        raise UsageError("--threads", f"must be 0 (torch's default) or positive, got {threads}")
+    check_threads("--threads", threads)
     if threads > 0:
         torch.set_num_threads(threads)
     dev = torch.device(device)
