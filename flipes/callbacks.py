@@ -24,7 +24,7 @@ import torch
 
 from flipes.checkpoint import discard, resume_hint, save_checkpoint
 from flipes.errors import StorageError, UsageError, os_reason
-from flipes.progress import Progress
+from flipes.progress import Progress, flush_if_it_can
 
 
 class Callback:
@@ -338,7 +338,8 @@ class OutcomePrinter(Callback):
     def on_train_end(self, state: TrainState, reason: str) -> None:
         stream = self.stream or sys.stdout
         try:
-            print(outcome(state, reason), file=stream, flush=True)
+            print(outcome(state, reason), file=stream)
+            flush_if_it_can(stream)  # a stream of write alone, as Progress takes
         except OSError as e:
             lost_stream(stream, e, state)
 

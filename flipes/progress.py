@@ -106,10 +106,7 @@ class Progress:
         self._flush()
 
     def _flush(self) -> None:
-        """Flush the stream where it can be (a stand-in for stdout may have write alone)."""
-        flush = getattr(self.stream, "flush", None)
-        if callable(flush):
-            flush()
+        flush_if_it_can(self.stream)
 
     def _line(self, values: dict[str, str], keys: set[str]) -> str:
         """The line of the columns ``keys``, in their order."""
@@ -155,6 +152,14 @@ def dumb_terminal(stream: TextIO) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     return os.environ.get("TERM") == "dumb"
+
+
+def flush_if_it_can(stream: TextIO) -> None:
+    """Flush ``stream`` where it can be: a stand-in for stdout (a notebook's, a logging adapter) may have write alone,
+    which ``print`` needs, where ``print(..., flush=True)`` raises AttributeError."""
+    flush = getattr(stream, "flush", None)
+    if callable(flush):
+        flush()
 
 
 class _Nowhere(io.TextIOBase):
