@@ -24,7 +24,7 @@ import torch
 
 from flipes.checkpoint import discard, resume_hint, save_checkpoint
 from flipes.errors import StorageError, UsageError, os_reason
-from flipes.progress import Progress, flush_if_it_can
+from flipes.progress import Progress, flush_if_it_can, to_stderr
 
 
 class Callback:
@@ -350,8 +350,8 @@ def lost_stream(stream: TextIO, error: OSError, state: TrainState) -> None:
     written; the process's stdout is pointed at /dev/null, else Python's flush of it at exit fails again (a traceback
     and exit status 120)."""
     try:
-        print(f"flipes: cannot write the progress lines ({os_reason(error)}); training goes on without them, every row "
-              f"in {state.run_dir / 'metrics.jsonl'}", file=sys.stderr, flush=True)  # fmt: skip
+        to_stderr(f"flipes: cannot write the progress lines ({os_reason(error)}); training goes on without them, every "
+                  f"row in {state.run_dir / 'metrics.jsonl'}")  # fmt: skip
     except (OSError, ValueError):  # stderr is gone too (2>&1 into the same pipe): its later notes must not fail either
         _to_null([sys.stderr, sys.__stderr__])
     _to_null([sys.stdout, sys.__stdout__] if stream in (sys.stdout, sys.__stdout__) else [])

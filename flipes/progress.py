@@ -162,6 +162,12 @@ def flush_if_it_can(stream: TextIO) -> None:
         flush()
 
 
+def to_stderr(line: str) -> None:
+    """``line`` on ``sys.stderr``, flushed where it can be (a notebook's stand-in may have write alone)."""
+    print(line, file=sys.stderr)
+    flush_if_it_can(sys.stderr)
+
+
 class _Nowhere(io.TextIOBase):
     """Where the lines go when the process has no stdout (``flipes train >&-``, where Python's ``sys.stdout`` is None):
     nowhere, as ``print`` does then."""

@@ -10,7 +10,6 @@ import os
 import shlex
 import shutil
 import socket
-import sys
 import warnings
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +19,7 @@ from flipes.checkpoint import CheckpointError, discard, load_checkpoint, resume_
 from flipes.config import TrainConfig, resume_dir
 from flipes.dist import unseen_launch
 from flipes.errors import StorageError, UsageError, caller_stacklevel, os_reason
+from flipes.progress import to_stderr
 
 SETUP = ".setup"  # present while prepare_run_dir sets a new run up (before its first checkpoint)
 RUN_FILES = ("checkpoint.pt", "previous.pt", "best.pt", "metrics.jsonl", "config.json", "curves.png")
@@ -268,8 +268,8 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
         if left := [name for name in RUN_TEMPORARIES if (run_dir / name).is_file()]:  # no other process writes them now
             for name in left:
                 discard(run_dir / name)
-            print(f"flipes: removed the temporary files {', '.join(left)} in {run_dir} that a process killed while it wrote "
-                  "them left", file=sys.stderr, flush=True)  # fmt: skip
+            to_stderr(f"flipes: removed the temporary files {', '.join(left)} in {run_dir} that a process killed while it "
+                      "wrote them left")  # fmt: skip
         if not config.resume and (config.overwrite or unstarted(run_dir)):
             # what a run and flipes export wrote: its logs too, whose events would otherwise mix with the new run's
             removed = [name for name in (*RUN_FILES, "policy.pt2") if (run_dir / name).is_file()]
@@ -280,7 +280,7 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
                 shutil.rmtree(run_dir / name, ignore_errors=True)
             if config.overwrite and config.progress and removed:  # deleted for good: said, with the logs by name
                 said = f"flipes: --overwrite: deleted the old run's {', '.join(removed)} in {run_dir}"
-                print(said, file=sys.stderr, flush=True)
+                to_stderr(said)
         first = start is not None and not (run_dir / "checkpoint.pt").exists()
         if first:  # marked until its checkpoint is written: a setup cut short is taken over (unstarted)
             if (run_dir / SETUP).exists():  # such a one's copies may be of another source, or an older state of it
@@ -304,13 +304,13 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, start: dict[str, Any] | 
             except StorageError as e:  # its line named the damaged file as the last good one: the file resumed is
                 said, good = str(e).removesuffix(f"; {still_good(run_dir / 'checkpoint.pt')}"), Path(config.resume)
                 raise StorageError(f"{said}; the last good checkpoint is {good}{resume_hint(good)}") from None
-            print(f"flipes: {run_dir / 'checkpoint.pt'} is damaged: replaced by the state resumed from {config.resume}, which "
-                  "stays as it is", file=sys.stderr, flush=True)  # fmt: skip
+            to_stderr(f"flipes: {run_dir / 'checkpoint.pt'} is damaged: replaced by the state resumed from {config.resume}, "
+                      "which stays as it is")  # fmt: skip
         if first:
             if config.resume:  # a branch: its history, then its first checkpoint
                 kept = carry_history(resume_dir(config.resume), run_dir, start, Path(config.resume))
                 if kept and config.progress:
-                    print(f"flipes: {kept}; the branch's metrics start at its checkpoint", file=sys.stderr, flush=True)
+                    to_stderr(f"flipes: {kept}; the branch's metrics start at its checkpoint")
             save_checkpoint(start, run_dir / "checkpoint.pt", keep_previous=False)  # last: the run is whole
             (run_dir / SETUP).unlink()
     except BaseException:

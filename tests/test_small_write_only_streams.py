@@ -15,7 +15,7 @@ from flipes.callbacks import OutcomePrinter, ProgressPrinter
 
 
 def _train(tmp_path: Path, **kw: object) -> None:
-    flipes.train(**{**FAST_KW, "env": "flipes/CartPole-v1"}, generations=1, out=str(tmp_path / "run"), **kw)
+    flipes.train(**{**FAST_KW, "env": "flipes/CartPole-v1", **kw}, generations=1, out=str(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("printer", [OutcomePrinter, ProgressPrinter])
@@ -33,3 +33,14 @@ def test_train_with_a_write_only_stdout_and_no_progress_lines(tmp_path: Path, mo
     monkeypatch.setattr(sys, "stdout", stream)
     _train(tmp_path)  # FAST_KW: progress=False
     assert stream.text == f"the 1 generation trained; 1 generation in all, run directory {tmp_path / 'run'}\n"
+
+
+def test_train_notes_on_a_write_only_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flipes.train(overwrite=True) over a finished run, with sys.stderr a write-only stand-in, writes its note of the
+    deleted files there and trains (its print(flush=True) raised AttributeError before anything trained)."""
+    _train(tmp_path)
+    stream = WriteOnly()
+    monkeypatch.setattr(sys, "stderr", stream)
+    _train(tmp_path, overwrite=True, progress=True)
+    assert stream.text.startswith("flipes: --overwrite: deleted the old run's checkpoint.pt") and stream.text.count("\n") == 1
+    assert stream.text.endswith(f" in {tmp_path / 'run'}\n")

@@ -23,7 +23,6 @@ import difflib
 import inspect
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -36,6 +35,7 @@ from torch import Tensor
 from flipes.checkpoint import clip
 from flipes.cli import import_here, main_module
 from flipes.errors import UsageError
+from flipes.progress import to_stderr
 from flipes.rl.envpool_vec import (
     EnvPoolVectorEnv,
     check_atari_options,
@@ -411,7 +411,7 @@ def base_id(env_id: str) -> str:
 
 def print_note(text: str) -> None:
     """One line to stderr, prefixed ``flipes:``."""
-    print(f"flipes: {text}", file=sys.stderr, flush=True)
+    to_stderr(f"flipes: {text}")  # flushed where it can be: a notebook's stand-in may have write alone
 
 
 def make_vector_env(
