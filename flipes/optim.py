@@ -160,14 +160,14 @@ def _unit_scaled(grads: list[Tensor], dtypes: list[torch.dtype]) -> list[Tensor]
     return grads if factor is None else [(g.to(factor.dtype) * factor).to(g.dtype) for g in grads]
 
 
-def finite_norm(g: Tensor | list[Tensor], norm: float) -> float:
+def finite_norm(g: Tensor | list[Tensor], norm: float, dtype: torch.dtype | None = None) -> float:
     """``norm``, ``‖g‖`` as computed, where it is in range (as is: no cost); else, where its squares overflowed to inf
     or underflowed, ``‖g‖`` of ``g`` scaled by ``unit_factor``, divided by it (a power of two: exact), as a float64
     number (a float32 ``g`` past 1e19 has a finite norm). A non-finite ``g`` keeps its inf or NaN norm. ``g`` may be
-    a list of tensors (the parameters), ``norm`` then their norm together in the widest of their dtypes."""
+    a list of tensors (the parameters); ``dtype``: the one ``norm`` was computed in, the widest of ``g``'s if None."""
     gs = [g] if isinstance(g, Tensor) else g
     dtypes = [t.dtype for t in gs]
-    if not gs or _in_range(norm, functools.reduce(torch.promote_types, dtypes)):
+    if not gs or _in_range(norm, dtype or functools.reduce(torch.promote_types, dtypes)):
         return norm
     factor = unit_factor(gs, dtypes)
     if factor is None:

@@ -750,11 +750,12 @@ class FlipES:
         torch._foreach_sub_(before.split(numels), [p.view(-1) if p.is_contiguous() else p.flatten() for p in self.params])
         # Tensor.norm() is this vector_norm, through a Python function
         vector_norm = torch.linalg.vector_norm
-        norm = vector_norm(torch.stack([vector_norm(p, dtype=before.dtype) for p in self.params]))
-        grad_norm, delta, norm = torch.stack([vector_norm(flat), vector_norm(before), norm]).tolist()  # one sync
+        acc = torch.promote_types(before.dtype, torch.float32)  # float16 norms in float32: in range, as below
+        norm = vector_norm(torch.stack([vector_norm(p, dtype=acc) for p in self.params]))
+        grad_norm, delta, norm = torch.stack([vector_norm(flat), vector_norm(before, dtype=acc), norm]).tolist()  # one sync
         grad_norm = finite_norm(flat, grad_norm)  # a finite ĝ whose squares overflowed (raw shaping): not inf
         # likewise a step or parameters past 1e19 or below 1e-19 (float32): their ratio, not inf, NaN or 0
-        delta, norm = finite_norm(before, delta), finite_norm(self.params, norm)
+        delta, norm = finite_norm(before, delta, acc), finite_norm(self.params, norm, acc)
         low, high = torch.aminmax(full)  # on the host (check_fitness): read with the mean and std in one go
         read = torch.stack((full.mean(), high, low, full.std(unbiased=False))).tolist()
         fitness_mean, fitness_max, fitness_min, fitness_std = read
