@@ -24,7 +24,8 @@ from flipes.export import export_policy
 from flipes.interrupts import Interrupted
 from flipes.nn import flipout, kl_divergence
 from flipes.runs import evaluate_policy, load_policy, read_metrics
-from flipes.training import TrainResult, train
+from flipes.train_state import TrainResult
+from flipes.training import train
 
 __all__ = [
     "Callback",

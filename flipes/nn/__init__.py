@@ -3,6 +3,7 @@ or per example in backprop training with an attached noise model (``variational`
 
 from flipes.nn.attention import FlipoutMultiheadAttention
 from flipes.nn.base import FlipoutMixin, PerturbedWeight
+from flipes.nn.compiled import uncompiled
 from flipes.nn.conv import (
     FlipoutConv1d,
     FlipoutConv2d,
@@ -18,7 +19,6 @@ from flipes.nn.convert import (
     flipout_layers,
     parameter_report,
     per_member_modules,
-    uncompiled,
 )
 from flipes.nn.dense import PerMember
 from flipes.nn.embedding import FlipoutEmbedding

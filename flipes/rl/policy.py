@@ -50,6 +50,7 @@ class SpacePolicy(nn.Module):
     # the env's own Dict or Tuple space, where the policy was built on its flattened Box (flipes.load_policy sets it):
     # gymnasium's observations of it are then taken as they come, as the engines flatten them
     source_observation_space: gym.Space | None = None
+    action_shape: tuple[int, ...]  # () for Discrete: one integer per env
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
         super().__init__()

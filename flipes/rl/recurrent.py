@@ -124,7 +124,8 @@ class GRUPolicy(SpacePolicy, RecurrentPolicy):
         self.cell = FlipoutGRUCell(sizes[-1], hidden[-1])
         self.head = FlipoutLinear(hidden[-1], self.action_dim)
 
-    def forward(self, obs: Tensor | np.ndarray, state: Tensor | None = None) -> tuple[Tensor | np.ndarray, Tensor]:
+    # numpy obs in, numpy actions out (as MLPPolicy), where RecurrentPolicy promises subclasses' tensors only
+    def forward(self, obs: Tensor | np.ndarray, state: Tensor | None = None) -> tuple[Tensor | np.ndarray, Tensor]:  # type: ignore[override]
         x = self.encoder(self.observe(obs, self.head.weight.dtype))
         rows = x.reshape(-1, x.shape[-1])  # the cell takes (batch, features): members first stay first
         if state is not None and (not isinstance(state, Tensor) or state.shape != (*x.shape[:-1], self.cell.hidden_size)):
