@@ -192,7 +192,8 @@ class _Writes:
     RuntimeError of its own (a full disk would read "[enforce fail at inline_container.cc] unexpected pos")."""
 
     def __init__(self, file: IO[bytes]) -> None:
-        self.file, self.error = file, None
+        self.file = file
+        self.error: OSError | None = None  # the write or flush that failed
 
     def write(self, data: Any) -> int:
         try:

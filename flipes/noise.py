@@ -16,6 +16,7 @@ import functools
 import hashlib
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -113,7 +114,7 @@ class SlotNoise:
     mirrored: bool
     factors: tuple[Tensor, Tensor] | None = None
     bias_eps: Tensor | None = None
-    workspace: dict[tuple, Tensor] = field(default_factory=dict, repr=False, compare=False)
+    workspace: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
         """Copied and pickled without the workspace, a cache of views into buffers: pickle copies each view on its

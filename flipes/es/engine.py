@@ -305,7 +305,7 @@ class FlipES:
         for layer in self.layers:  # fixed, as the members are: set with the ownership, not in every install
             layer.flipes_population = len(self.members)
         self.generation = 0
-        self._noise: list[SlotNoise] | None = None  # noise of the current generation, once sampled
+        self._noise: tuple[list[SlotNoise], list[DenseNoise]] | Deferred | None = None  # this generation's, once sampled
         self._noise_serial = 0  # counts the noises sampled: what a Population's parts check theirs by
         self._shuffles = EpochShuffles()  # pop.minibatch's shuffle of the epoch, drawn once an epoch
         # (generation, Deferred.block) of a tell that raised after it freed the noise, before the step: drawn again by a

@@ -42,7 +42,7 @@ def flat_observation_space(space: gym.Space) -> gym.spaces.Box | None:
                 f"{leaf}; flipes flattens Box and MultiBinary entries only: wrap the env in "
                 "gymnasium.wrappers.FlattenObservation (one-hot for Discrete) when you register it"
             )
-    return gym.spaces.flatten_space(space)
+    return gym.spaces.flatten_space(space)  # type: ignore[return-value]  # Box and MultiBinary leaves flatten to a Box
 
 
 def inward_bounds(low: Any, high: Any, dtype: torch.dtype, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
