@@ -25,8 +25,8 @@ class PerturbedWeight:
     ConvTranspose): :meth:`stored` puts noise laid out as above into its shape.
     """
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    weight: Tensor  # the layer's Parameter, or a tensor read from one (a slice of a packed weight, an autocast copy)
+    bias: Tensor | None
     in_channels: int
     out_channels: int
     conv_groups: int = 1
