@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
 
 import numpy as np
 import torch
@@ -427,7 +427,7 @@ class FlipES:
         return self.mean_sigma()
 
     @sigma.setter
-    def sigma(self, value: Any) -> None:
+    def sigma(self, value: NoReturn) -> None:  # no value: a type checker flags es.sigma = x, which always raises
         # an attribute of that name would be read by nothing: every generation's σ comes from the schedule
         if self._train_fitness:  # a callback of flipes.train's, which builds the FlipES itself
             raise AttributeError(
