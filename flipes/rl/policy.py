@@ -49,10 +49,10 @@ class SpacePolicy(nn.Module):
     integer_box: torch.dtype | None = None  # an integer Box's actions: rounded into its dtype
     # the env's own Dict or Tuple space, where the policy was built on its flattened Box (flipes.load_policy sets it):
     # gymnasium's observations of it are then taken as they come, as the engines flatten them
-    source_observation_space: gym.Space | None = None
+    source_observation_space: gym.Space[Any] | None = None
     action_shape: tuple[int, ...]  # () for Discrete: one integer per env
 
-    def __init__(self, observation_space: gym.Space, action_space: gym.Space, normalize: bool = True) -> None:
+    def __init__(self, observation_space: gym.Space[Any], action_space: gym.Space[Any], normalize: bool = True) -> None:
         super().__init__()
         name = type(self).__name__
         if isinstance(observation_space, STRUCTURED):  # a Dict or Tuple: on the Box flipes' envs flatten it into
@@ -157,7 +157,7 @@ class SpacePolicy(nn.Module):
             obs = obs.flatten(-len(self.obs_shape))
         return self.obs_norm(obs) if self.obs_norm is not None else obs
 
-    def flat(self, obs: dict | tuple) -> Tensor | np.ndarray:
+    def flat(self, obs: dict[str, Any] | tuple[Any, ...]) -> Tensor | np.ndarray:
         """A Dict or Tuple observation, or a batch of them, as the one Box of features the policy acts on."""
         source = self.source_observation_space
         if not isinstance(source, STRUCTURED):
@@ -247,8 +247,8 @@ class MLPPolicy(SpacePolicy):
 
     def __init__(
         self,
-        observation_space: gym.Space,
-        action_space: gym.Space,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
         hidden: Sequence[int] = (64, 64),
         activation: type[nn.Module] = nn.Tanh,
         normalize: bool = True,
@@ -337,8 +337,8 @@ class CNNPolicy(SpacePolicy):
 
     def __init__(
         self,
-        observation_space: gym.Space,
-        action_space: gym.Space,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
         hidden: Sequence[int] = (512,),
         activation: type[nn.Module] = nn.ReLU,
         channels_last: bool | None = None,

@@ -109,8 +109,8 @@ class GRUPolicy(SpacePolicy, RecurrentPolicy):
 
     def __init__(
         self,
-        observation_space: gym.Space,
-        action_space: gym.Space,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
         hidden: Sequence[int] = (64, 64),
         activation: type[nn.Module] = nn.Tanh,
         normalize: bool = True,

@@ -235,7 +235,9 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
             x = flatten_observations(self.source_observation_space, x, batch_dims=2)
         return torch.from_numpy(np.ascontiguousarray(x).reshape(self.num_envs, *x.shape[2:])).to(self.device)
 
-    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None) -> tuple[Tensor, dict]:
+    def reset(
+        self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
         if seed is not None:
             seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int | np.integer) else [int(s) for s in seed]
             options = {**(options or {}), "seeds": seeds}
@@ -243,7 +245,7 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         self._raise_env_error(infos, "reset")
         return self._flat(obs["obs"]), {}
 
-    def step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
+    def step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
         a = actions.detach().cpu().numpy() if isinstance(actions, Tensor) else np.asarray(actions)
         blocks = a.reshape(self.workers, self.num_envs // self.workers, *a.shape[1:])
         obs, _, _, _, infos = self._answers("step", functools.partial(self.env.step_async, blocks), self.env.step_wait)
