@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
+from typing import TYPE_CHECKING, Any, Final, NoReturn, SupportsIndex
 
 import numpy as np
 import torch
@@ -206,6 +206,18 @@ class FlipES:
         ...         fitness = -loss_of_each_member(model(x.expand(pop.size, *x.shape)))
         ...     stats = es.tell(fitness)
     """
+
+    # fixed once built (settings.FIXED: __setattr__ refuses them), Final so that a type checker flags es.popsize = n too
+    popsize: Final[int]
+    groups: Final[int]
+    seed: Final[int]
+    mirrored: Final[bool]
+    maximize: Final[bool]
+    noise_rank: Final[int | None]
+    sigma_lr: Final[float]
+    track_best: Final[bool]
+    hold_noise: Final[bool]
+    comm_mode: Final[str]
 
     __signature__ = InitSignature()  # help() and call tips show __init__'s arguments, not __new__'s (*args, **kwargs)
 
