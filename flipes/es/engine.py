@@ -268,7 +268,7 @@ class FlipES:
         if comm is not None:
             check_comm(comm, "FlipES(comm=...)", needs=("rank", "size"))  # not an AttributeError at comm.rank below
         refuse_unsynced_ddp(model, comm)
-        self.comm: Comm = comm if comm is not None else SerialComm()
+        self.comm: Final[Comm] = comm if comm is not None else SerialComm()
         warn_unsplit(comm, popsize)
         self.comm_mode = comm_mode
         self.local_groups = split_groups(groups, self.comm.rank, self.comm.size)
