@@ -93,7 +93,7 @@ class TorchVectorEnv(gym.vector.VectorEnv):
     """
 
     metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
-    state_dim: ClassVar[int]
+    state_dim: int  # a class attribute, or set in __init__ before super().__init__ (a MuJoCo model's nq + nv)
     velocity_columns: ClassVar[tuple[int, ...]] = ()
     """The observation's columns that ``hide_velocities=True`` drops (an env without any refuses that option)."""
     initial_distribution: ClassVar[str] = "uniform"
