@@ -67,7 +67,7 @@ from flipes.rank_zero import (
 from flipes.resume import agree, restore
 from flipes.rl import EnvPoolVectorEnv, RolloutFitness
 from flipes.rl.envpool_vec import envpool_atari
-from flipes.rl.envs import base_id, print_note
+from flipes.rl.envs import NonFiniteRewards, base_id, print_note
 from flipes.rundir import check_not_in_use, check_run_dir, prepare_run_dir
 from flipes.search import check_decayable, scale_steps, scheduled_lr, step_settings
 from flipes.stopping import budget_spent, stop_asked, stop_reason
@@ -626,6 +626,8 @@ def _fitness_values(state: TrainState, fitness: Fitness, stop: StopRequest) -> t
         ):
             raise
         return None
+    except NonFiniteRewards as e:  # the env's at its first step: its options are suspects too
+        raise NonFiniteRewards(e.cause, config.env_kwargs) from None
     except Exception as e:
         _attribute(e, stop, f"generation {gen}'s fitness" + (f" (the population's episodes of {config.env})" if
                    isinstance(fitness, RolloutFitness) else ""))  # fmt: skip

@@ -265,10 +265,11 @@ def _check_observations(obs: Any, env: Any, name: str) -> None:
         )
 
 
-def check_step(out: Any, env: Any, outputs_only: bool = False) -> None:
+def check_step(out: Any, env: Any, outputs_only: bool = False, actions: Any = None) -> None:
     """Raise a UsageError naming the fix unless ``out``, what a vector env of ``env.num_envs`` copies returned from
     ``step``, is gymnasium's ``(observations, rewards, terminated, truncated, infos)``: rewards of shape
-    ``(num_envs,)``, the two flags booleans of that shape. ``outputs_only``: their number alone."""
+    ``(num_envs,)``, the two flags booleans of that shape. ``outputs_only``: their number alone. Given the finite
+    ``actions`` of a first step, non-finite rewards are the env's too (else a nan return is blamed on ``--sigma``)."""
     name = f"{type(getattr(env, 'unwrapped', env)).__name__}.step()"  # the user's env, not a wrapper of flipes
     if not isinstance(out, tuple | list) or len(out) != 5:
         raise UsageError(
@@ -293,6 +294,34 @@ def check_step(out: Any, env: Any, outputs_only: bool = False) -> None:
                 f"{name} returned {what} as {_described(flags)} for {n} envs",
                 f"return one bool per env, shape ({n},) (e.g. done > 0.5, or done.bool())",
             )
+    if actions is not None:
+        _check_first_rewards(reward, actions, name)
+
+
+def _check_first_rewards(reward: Any, actions: Any, name: str) -> None:
+    """Raise naming the env where the rewards of a first step, from the states its reset drew, hold nan or inf while
+    the ``actions`` it was given are all finite: no step size made them so."""
+    reward = reward if isinstance(reward, Tensor) else torch.as_tensor(np.asarray(reward), device="cpu")
+    actions = actions if isinstance(actions, Tensor) else torch.as_tensor(np.asarray(actions), device="cpu")
+    if not reward.is_floating_point() or bool(torch.isfinite(reward).all()):  # once per rollout: one read
+        return
+    if actions.is_floating_point() and not bool(torch.isfinite(actions).all()):  # the policy's: said as --sigma's
+        return
+    bad = int((~torch.isfinite(reward)).sum())
+    raise NonFiniteRewards(
+        f"{name} returned {bad} nan or inf reward(s) of {reward.numel()} at the first step, for finite actions"
+    )
+
+
+class NonFiniteRewards(UsageError):
+    """An env's first step gave nan or inf rewards for finite actions: the env's doing (or its options'), whatever the
+    step size; ``env_kwargs``, the options it was made with, are named as suspects."""
+
+    def __init__(self, problem: str, env_kwargs: Mapping[str, Any] | None = None) -> None:
+        fix = "return finite rewards from every state its reset draws (look for 0/0, log(0), sqrt of a negative, inf - inf)"
+        options = f", or check the env and its --env-kwargs {json.dumps(dict(env_kwargs))}" if env_kwargs else ""
+        super().__init__("--env", f"{problem}: the returns are not finite", fix + options)
+        self.cause = problem
 
 
 class NumpyToTorch(gym.vector.VectorWrapper):

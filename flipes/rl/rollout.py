@@ -454,7 +454,7 @@ def run_episodes(
             actions = action_noise(actions, t)
         out = env.step(actions)
         if t == 0:  # once per rollout, as the actions: a user's env whose outputs torch would misread or refuse later
-            check_step(out, env)
+            check_step(out, env, actions=actions)
         obs, reward, terminated, truncated, info = out
         if final is not None:  # before alive drops the episodes this step ended
             final(obs, info)

@@ -1,0 +1,67 @@
+"""Batched torch envs of one's own (``envs.base.TorchVectorEnv`` subclasses): mistakes in them are named as theirs."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import flipes
+from envs.base import TorchVectorEnv
+from flipes.errors import UsageError
+from flipes.rl import run_episodes
+
+
+class NanReach(TorchVectorEnv):
+    """Move a point to a goal; its reward ``-log(distance - radius)`` is nan wherever the point starts inside the
+    radius (4 > every start's distance: every reward of the first step is nan)."""
+
+    state_dim = 4
+
+    def __init__(self, num_envs=1, max_episode_steps=5, device="cpu", dtype=torch.float32, radius=4.0):
+        self.radius = radius
+        obs, action = gym.spaces.Box(-2, 2, (4,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32)
+        super().__init__(num_envs, max_episode_steps, device, dtype, obs, action)
+
+    def dynamics(self, state, action):
+        return torch.cat([(state[:, :2] + 0.1 * action).clamp(-2, 2), state[:, 2:]], 1)
+
+    def _reward_terminated(self, state, action, next_state):
+        distance = (next_state[:, :2] - next_state[:, 2:]).norm(dim=1)
+        return -torch.log(distance - self.radius).float(), torch.zeros_like(distance, dtype=torch.bool)
+
+    def _observe(self, state):
+        return state.float().clone()
+
+    def _initial_range(self, options):
+        return [-1.0] * 4, [1.0] * 4
+
+
+ENV_ID = "extendtest/NanReach-v0"
+gym.register(ENV_ID, vector_entry_point=NanReach)
+
+
+def test_nan_rewards_of_an_own_envs_first_step_for_finite_actions_are_named_as_the_envs() -> None:
+    """nan rewards at a rollout's first step, for finite actions, are refused naming the env's class, how many, and
+    the fix in the env; nan actions (the policy's, which a step size can cause) leave the returns nan, as before."""
+    env = NanReach(4)
+    with pytest.raises(
+        UsageError, match=r"^--env: NanReach\.step\(\) returned 4 nan or inf reward\(s\) of 4 at the first step"
+    ) as e:
+        run_episodes(env, lambda obs: torch.zeros(4, 2), seed=0)
+    assert "return finite rewards from every state its reset draws" in str(e.value)
+    episodes = run_episodes(env, lambda obs: torch.full((4, 2), float("nan")), seed=0)
+    assert episodes.returns.isnan().all()
+
+
+def test_a_run_whose_own_env_gives_nan_first_rewards_names_the_env_and_its_options(tmp_path) -> None:
+    """flipes.train on such an env says it is the env's (not --sigma's), naming the options it was made with."""
+    with pytest.raises(UsageError) as e:
+        flipes.train(
+            env=ENV_ID, env_kwargs={"radius": 3.5}, popsize=4, generations=1, episodes=1, out=str(tmp_path / "r"),
+            target=None, plot=False, progress=False, tensorboard=False,
+        )  # fmt: skip
+    message = str(e.value)
+    assert message.startswith("--env: NanReach.step() returned 4 nan or inf reward(s) of 4 at the first step"), message
+    assert message.endswith('or check the env and its --env-kwargs {"radius": 3.5}'), message
