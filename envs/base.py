@@ -48,6 +48,13 @@ def whole_number(value: Any) -> int | None:
 Device = str | torch.device
 
 
+def _described(x: Any) -> str:
+    """A value a hook returned, as an error names it: a tensor's shape, dtype and device, else its type."""
+    if not isinstance(x, Tensor):
+        return f"a {type(x).__name__}"
+    return f"a tensor of shape {tuple(x.shape)}, dtype {str(x.dtype).removeprefix('torch.')}, on {x.device}"
+
+
 class TorchVectorEnv(gym.vector.VectorEnv):
     r"""``num_envs`` copies of an env, stepped together by one batched torch function on ``device``.
 
@@ -171,6 +178,12 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         low, high = self._initial_range(options)
         self._low = torch.tensor(low, dtype=self.dtype, device=self.device)
         high = torch.tensor(high, dtype=self.dtype, device=self.device)
+        if self._low.shape != (self.state_dim,) or high.shape != (self.state_dim,):  # else a broadcast error at reset
+            raise ValueError(
+                f"{type(self).__name__}._initial_range returned bounds of shapes {tuple(self._low.shape)} and "
+                f"{tuple(high.shape)} for state_dim {self.state_dim}; return two lists of {self.state_dim} numbers, one per "
+                "state component"
+            )
         if self.initial_distribution == "normal":  # mean and standard deviation
             self._width = high
         elif self.initial_distribution == "uniform":
@@ -309,6 +322,18 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         ``(N,)`` float32 and terminations ``(N,)`` bool."""
         state = self._state
         self._state = self.dynamics(state, action)
+        if (  # else torch's error at a later autoreset, far from the cause
+            not isinstance(self._state, Tensor)
+            or self._state.shape != state.shape
+            or self._state.dtype != state.dtype
+            or self._state.device != state.device
+        ):
+            got, self._state = _described(self._state), state
+            n, d, dtype = self.num_envs, self.state_dim, str(self.dtype).removeprefix("torch.")
+            raise ValueError(
+                f"{type(self).__name__}.dynamics returned {got} for {n} envs; return their next states, shape ({n}, {d}), "
+                f"dtype {dtype}, on {state.device} (the state's)"
+            )
         return self._reward_terminated(state, action, self._state)
 
     def _replace_rows(self, rows: Tensor, fresh: Tensor) -> None:

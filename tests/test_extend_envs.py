@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -65,3 +67,51 @@ def test_a_run_whose_own_env_gives_nan_first_rewards_names_the_env_and_its_optio
     message = str(e.value)
     assert message.startswith("--env: NanReach.step() returned 4 nan or inf reward(s) of 4 at the first step"), message
     assert message.endswith('or check the env and its --env-kwargs {"radius": 3.5}'), message
+
+
+class Reach(NanReach):
+    """NanReach with a finite reward: the base of the broken envs below."""
+
+    def _reward_terminated(self, state, action, next_state):
+        distance = (next_state[:, :2] - next_state[:, 2:]).norm(dim=1)
+        return -distance.float(), distance < 0.2
+
+
+class DropsAColumn(Reach):
+    def dynamics(self, state, action):
+        return super().dynamics(state, action)[:, :3]
+
+
+class InFloat64(Reach):
+    def dynamics(self, state, action):
+        return super().dynamics(state, action).double()
+
+
+class ShortRange(Reach):
+    def _initial_range(self, options):
+        return [-1.0] * 3, [1.0] * 3
+
+
+@pytest.mark.parametrize(
+    ("env_class", "returned"),
+    [(DropsAColumn, "shape (3, 3), dtype float32"), (InFloat64, "shape (3, 4), dtype float64")],
+)
+def test_a_dynamics_returning_another_shape_or_dtype_than_the_state_is_named_at_that_step(env_class, returned) -> None:
+    """An own env's dynamics whose next states are not (N, state_dim) in the env's dtype is refused at the step that
+    returned them, naming the class, what it returned and what to return (torch failed only at a later autoreset, as
+    index_copy_'s error), and the env keeps its states of before that step."""
+    env = env_class(3)
+    env.reset(seed=0)
+    before = env.state.clone()
+    expected = f"{env_class.__name__}.dynamics returned a tensor of {returned}, on cpu for 3 envs; return their next "
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}states, shape \\(3, 4\\), dtype float32, on cpu"):
+        env.step(torch.zeros(3, 2))
+    assert torch.equal(env.state, before)
+
+
+def test_initial_bounds_of_another_length_than_state_dim_are_refused_where_the_env_is_made() -> None:
+    """An own env's _initial_range giving bounds of another length than state_dim is refused at construction, naming
+    both lengths (it was a broadcasting error in reset, naming neither)."""
+    with pytest.raises(ValueError, match=r"^ShortRange\._initial_range returned bounds of shapes \(3,\) and \(3,\) for "
+                       r"state_dim 4; return two lists of 4 numbers"):  # fmt: skip
+        ShortRange(2)
