@@ -143,6 +143,7 @@ BLOCKS: dict[str, dict[str, Any]] = {
     CURRICULUM: {},  # Domain randomization and curricula
     "class MeanObs(flipes.rl.Probe):": {"after": "novelty"},  # Behaviours of your own: probes, on the NSR-ES loop
     "import gymnasium as gym, numpy as np, torch, flipes\nfrom envs.base import TorchVectorEnv": {},  # Your own env
+    "import flipes, torch, torch.nn.functional as F\nfrom flipes.nn import FlipoutMixin": {},  # A Flipout form of your own
     # Several objectives and constraints: what their comments say is checked in tests/test_objectives_readme.py
     "import flipes, torch\nfrom flipes.shaping import feasible_first\n\nx": {},
     "import flipes, torch\nfrom flipes.shaping import centered_ranks": {},
