@@ -37,6 +37,8 @@ CALL: MappingProxyType[str, tuple[str, int]] = MappingProxyType(
         "shaping": ("shaping(fitness) -> Tensor of weights, one per member", 1),
     }
 )
+# plug-ins whose call must return a value (weights, returns), which a class's call never does: an instance of it can
+CALLED_INSTANCES = ("fitness", "evaluate", "shaping")
 # plug-ins given as objects or module:function names (evaluate is never recorded: see Plugins.take)
 NAMED = ("fitness", "model", "optimizer", "shaping")
 
@@ -88,6 +90,15 @@ def same_code(saved: Any, now: Any) -> bool:
 def check_call(fn: Callable[..., Any], kind: str, what: str) -> None:
     """Raise a UsageError when ``fn`` cannot be called the way flipes calls a ``kind`` plug-in."""
     how, count = CALL[kind]
+    if inspect.isclass(fn) and kind in CALLED_INSTANCES:  # called, a class makes an instance of itself, never a value
+        what = what or f"{fn.__module__}:{fn.__qualname__}"
+        module, _, name = what.rpartition(":")
+        instance = name.lower() if name.lower() != name else f"{name}_"
+        raise UsageError(
+            OPTION[kind],
+            f"{what} is a class, and flipes calls {how}: a class called makes an instance of itself instead",
+            f"name an instance of it ({instance} = {name}() in {module}, then {module}:{instance}), or give the instance",
+        )
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: let the call say it
