@@ -12,7 +12,8 @@ import torch
 import flipes
 from envs.base import TorchVectorEnv
 from flipes.errors import UsageError
-from flipes.rl import run_episodes
+from flipes.rl import make_vector_env, run_episodes
+from flipes.rl.envs import EnvError
 
 
 class NanReach(TorchVectorEnv):
@@ -115,3 +116,23 @@ def test_initial_bounds_of_another_length_than_state_dim_are_refused_where_the_e
     with pytest.raises(ValueError, match=r"^ShortRange\._initial_range returned bounds of shapes \(3,\) and \(3,\) for "
                        r"state_dim 4; return two lists of 4 numbers"):  # fmt: skip
         ShortRange(2)
+
+
+class NoSpaces(gym.vector.VectorEnv):
+    """A hand-written vector env that sets its batched spaces but not one env's (single_observation_space etc.)."""
+
+    def __init__(self, num_envs: int = 1) -> None:
+        self.num_envs, self.metadata = num_envs, {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
+        self.observation_space = gym.spaces.Box(-1, 1, (num_envs, 3), np.float32)
+        self.action_space = gym.spaces.MultiBinary(num_envs)
+
+
+gym.register("extendtest/NoSpaces-v0", vector_entry_point=NoSpaces)
+
+
+def test_an_own_vector_env_without_one_envs_spaces_is_named_where_it_is_made() -> None:
+    """An id whose vector env sets no single_observation_space nor single_action_space is refused where flipes makes
+    it, naming the class, both attributes and what to set (it was an AttributeError of flipes' NumpyToTorch)."""
+    with pytest.raises(EnvError, match=r"NoSpaces-v0's vector env NoSpaces sets no single_observation_space nor "
+                       r"single_action_space; set them in its __init__ to one env's spaces"):  # fmt: skip
+        make_vector_env("extendtest/NoSpaces-v0", 2, note=None)

@@ -679,13 +679,22 @@ def _own_vector_env(
     if takes and "device" not in kwargs and "device" not in spec.kwargs:
         kwargs = {**kwargs, "device": device}
     try:
-        return gym.make_vec(name, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+        env = gym.make_vec(name, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
     except TypeError as e:  # its constructor's arguments: gymnasium adds max_episode_steps= where the id registers one
         limit = ["max_episode_steps"] if spec.max_episode_steps is not None else []
         given = ", ".join(dict.fromkeys(["num_envs", *spec.kwargs, *kwargs, *limit]))
         raise EnvError(
             f"{name}'s vector_entry_point failed ({e}); its constructor is given {given}: take each of them (or **kwargs)"
         ) from e
+    # the policy is built on one env's spaces: without them, an AttributeError of flipes' wrapper named neither
+    lacking = [a for a in ("single_observation_space", "single_action_space") if not isinstance(getattr(env, a, None), gym.Space)]
+    if lacking:
+        raise EnvError(
+            f"{name}'s vector env {type(env.unwrapped).__name__} sets no {' nor '.join(lacking)}; set "
+            f"{'them' if len(lacking) > 1 else 'it'} in its __init__ to one env's spaces, and observation_space and "
+            "action_space to gymnasium.vector.utils.batch_space(space, num_envs)"
+        )
+    return env
 
 
 def _gymnasium_spec(name: str, env_id: str) -> gym.envs.registration.EnvSpec:
