@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import types
 
 import gymnasium as gym
 import numpy as np
@@ -13,7 +14,7 @@ import flipes
 from envs.base import TorchVectorEnv
 from flipes.errors import UsageError
 from flipes.rl import make_vector_env, run_episodes
-from flipes.rl.envs import EnvError
+from flipes.rl.envs import EnvError, check_step
 
 
 class NanReach(TorchVectorEnv):
@@ -136,3 +137,14 @@ def test_an_own_vector_env_without_one_envs_spaces_is_named_where_it_is_made() -
     with pytest.raises(EnvError, match=r"NoSpaces-v0's vector env NoSpaces sets no single_observation_space nor "
                        r"single_action_space; set them in its __init__ to one env's spaces"):  # fmt: skip
         make_vector_env("extendtest/NoSpaces-v0", 2, note=None)
+
+
+def test_the_first_step_check_reads_no_actions_where_the_rewards_are_finite() -> None:
+    """check_step's first-step reward check converts the actions only where a reward is nan or inf, and then leaves
+    actions it cannot read as numbers (a Dict space's dict) alone: it neither fails on them nor blames the env."""
+    env = types.SimpleNamespace(num_envs=2, single_observation_space=gym.spaces.Box(-1, 1, (3,), np.float32))
+    flags, actions = torch.zeros(2, dtype=torch.bool), {"move": np.ones((2, 2))}
+    for reward in (torch.ones(2), torch.full((2,), float("nan"))):
+        check_step((torch.zeros(2, 3), reward, flags, flags, {}), env, actions=actions)
+    with pytest.raises(UsageError, match=r"^--env: SimpleNamespace\.step\(\) returned 2 nan or inf reward"):
+        check_step((torch.zeros(2, 3), torch.full((2,), float("nan")), flags, flags, {}), env, actions=np.ones((2, 2)))

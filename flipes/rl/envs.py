@@ -302,9 +302,13 @@ def _check_first_rewards(reward: Any, actions: Any, name: str) -> None:
     """Raise naming the env where the rewards of a first step, from the states its reset drew, hold nan or inf while
     the ``actions`` it was given are all finite: no step size made them so."""
     reward = reward if isinstance(reward, Tensor) else torch.as_tensor(np.asarray(reward), device="cpu")
-    actions = actions if isinstance(actions, Tensor) else torch.as_tensor(np.asarray(actions), device="cpu")
     if not reward.is_floating_point() or bool(torch.isfinite(reward).all()):  # once per rollout: one read
         return
+    if not isinstance(actions, Tensor):
+        try:
+            actions = torch.as_tensor(np.asarray(actions), device="cpu")
+        except (TypeError, ValueError, RuntimeError):  # a Dict or Tuple space's actions: whose nan it is, unknown
+            return
     if actions.is_floating_point() and not bool(torch.isfinite(actions).all()):  # the policy's: said as --sigma's
         return
     bad = int((~torch.isfinite(reward)).sum())
