@@ -23,9 +23,7 @@ from envs.physics import Constant, RandomizedPhysics, Range
 GRAVITY = 9.8
 MASSCART = 1.0
 MASSPOLE = 0.1
-TOTAL_MASS = MASSPOLE + MASSCART
 LENGTH = 0.5  # half the pole's length
-POLEMASS_LENGTH = MASSPOLE * LENGTH
 FORCE_MAG = 10.0
 TAU = 0.02  # seconds per step
 THETA_THRESHOLD = 12 * 2 * math.pi / 360
