@@ -17,15 +17,8 @@ from torch import Tensor, nn
 
 from flipes.dist import Comm  # at run time too: typing.get_type_hints(RunningNorm.update) resolves it
 from flipes.errors import UsageError, caller_stacklevel
+from flipes.noise import compiling
 
-
-def _compiling() -> bool:
-    """Inside torch.compile or torch.export tracing (torch < 2.3: ``torch._utils.is_compiling`` stands in)."""
-    return _is_compiling is not None and bool(_is_compiling())
-
-
-# looked up once: forward runs at every rollout step (torch < 2.3: torch._utils.is_compiling)
-_is_compiling = getattr(torch.compiler, "is_compiling", None) or getattr(torch._utils, "is_compiling", None)
 # observation dtypes whose products (x·w)·x are exact in float64 (at most 2 × 24 significant bits)
 _EXACT_SQUARES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
@@ -69,7 +62,7 @@ class RunningNorm(nn.Module):
         return f"{self.size}, clip={self.clip}"
 
     def forward(self, x: Tensor) -> Tensor:
-        if _compiling():  # torch.export / torch.compile: no host read, nothing cached; the same numbers
+        if compiling():  # torch.export / torch.compile: no host read, nothing cached; the same numbers
             return torch.where(self.count == 0, x, self._normalize(x, self._stats(x.dtype)))
         if (
             self._rows is None
