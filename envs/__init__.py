@@ -60,7 +60,6 @@ def register_envs() -> None:
 
     ``gymnasium.make`` gets the single env (with gymnasium's ``TimeLimit`` for the time limit),
     ``gymnasium.make_vec`` the vector env (which truncates itself after ``max_episode_steps``).
-    Also the ``gymnasium.envs`` entry point of the package, which gymnasium < 1.0 called on import.
     """
     for env_id, (prefix, steps, threshold) in _SPECS.items():
         if env_id not in gym.registry:
