@@ -1,5 +1,5 @@
-"""Properties the recent small fixes claim and their own tests left unguarded: the float16 gradient check leaves
-bfloat16 alone, and each of train's notes reaches a stand-in sys.stderr of write alone."""
+"""Properties the recent small fixes claim and their own tests left unguarded: the float16 gradient check counts weight
+decay and leaves bfloat16 alone, and each of train's notes reaches a stand-in sys.stderr of write alone."""
 
 from __future__ import annotations
 
@@ -34,6 +34,21 @@ def _half_es(dtype: torch.dtype, weight_decay: float, fill: float | None = None)
     with es.population():
         fitness = model(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)).to(dtype)).float().sum(-1)
     return es, fitness
+
+
+def test_float16_weight_decay_that_overflows_the_grad_is_refused() -> None:
+    """A float16 ĝ in range (largest entry ~4.8e4: without weight decay the step is finite) whose weight decay term
+    (1e3 · 60) takes ``.grad`` past 65504 raises OverflowError with the parameters unchanged, rather than stepping them
+    to inf."""
+    es, fitness = _half_es(torch.float16, 0.0, fill=60.0)
+    es.tell(fitness * 31)
+    assert all(bool(p.isfinite().all()) for p in es.params)  # ĝ alone fits float16
+    es, fitness = _half_es(torch.float16, 1e3, fill=60.0)
+    before = [p.detach().clone() for p in es.params]
+    with pytest.raises(OverflowError, match="past float16's largest number 65504"):
+        es.tell(fitness * 31)
+    assert all(torch.equal(p, b) for p, b in zip(es.params, before, strict=True))
+    assert all(p.grad is None for p in es.params) and es.generation == 0
 
 
 def test_bfloat16_gradient_past_65504_steps() -> None:

@@ -734,11 +734,11 @@ class FlipES:
         narrow: list[tuple[Tensor, Tensor, Tensor]] = []  # (parameter, its ĝ, whether its .grad overflowed to inf)
         for p, g in zip(self.params, flat.split(numels), strict=True):
             wide, g = g, g.view_as(p).to(p.dtype)  # the flat vector has the widest dtype of all parameters
-            if p.dtype == torch.float16 and wide.dtype != p.dtype:  # ĝ summed in float32: past 65504 its .grad is inf
-                narrow.append((p, wide, g.isinf().any() > wide.isinf().any()))
             if g.stride() != p.stride():  # a channels_last weight: as autograd does, the grad takes the parameter's
                 g = torch.empty_like(p, dtype=p.dtype).copy_(g)  # layout (torch's fused Adam pairs their memory)
             p.grad = g + self.weight_decay * p if self.weight_decay else g
+            if p.dtype == torch.float16 and wide.dtype != p.dtype:  # ĝ summed in float32: past 65504 (+ wd·θ) .grad is inf
+                narrow.append((p, wide, p.grad.isinf().any() > wide.isinf().any()))
         if narrow:
             refuse_overflowed_grads(self, narrow)
         told = told_record(self.optimizer)  # a step of it outside tell while .grad is this one is refused (refusals)
@@ -874,7 +874,7 @@ def refuse_overflowed_grads(es: FlipES, narrow: list[tuple[Tensor, Tensor, Tenso
         return
     for p in es.params:
         p.grad = None
-    top = max(float(torch.linalg.vector_norm(wide, ord=math.inf)) for _, wide in bad)
+    top = max(float((wide.view_as(p) + es.weight_decay * p).abs().max()) for p, wide in bad)  # .grad's, in float32
     names = parameter_names(es._module, [p for p, _ in bad])
     raise OverflowError(
         f"tell(): the ES gradient of {names} reaches {top:.3g}, past float16's largest number 65504: its .grad would be "
