@@ -827,7 +827,9 @@ def check_threads(option: str, threads: int, zero: str = "torch's default", per_
     if threads < 0:
         raise UsageError(option, f"must be 0 or positive, got {threads}", f"0 means {zero}")
     if threads > per_core * cores:
-        raise UsageError(option, f"{threads} threads on a machine of {cores} cores", f"use {cores} or fewer (0: {zero})")
+        raise UsageError(
+            option, f"{threads} threads on a machine of {cores} cores", f"use {per_core * cores} or fewer (0: {zero})"
+        )
 
 
 def check_device(name: str) -> None:

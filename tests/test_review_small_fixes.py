@@ -1,8 +1,10 @@
 """Properties the recent small fixes claim and their own tests left unguarded: the float16 gradient check counts weight
-decay and leaves bfloat16 alone, and each of train's notes reaches a stand-in sys.stderr of write alone."""
+decay and leaves bfloat16 alone, flipes train's --env-threads limit is 4 per core and its refusal says so, and each of
+train's notes reaches a stand-in sys.stderr of write alone."""
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -14,7 +16,8 @@ from torch import nn
 
 import flipes
 from flipes.callbacks import OutcomePrinter
-from flipes.config import TrainConfig
+from flipes.config import TrainConfig, validate
+from flipes.errors import UsageError
 from flipes.rl.envs import print_note
 
 
@@ -58,6 +61,15 @@ def test_bfloat16_gradient_past_65504_steps() -> None:
     es.tell(fitness * 1e5)
     assert es.generation == 1 and all(bool(p.isfinite().all()) for p in es.params)
     assert float(max(p.grad.float().abs().max() for p in es.params)) > 65504  # the gradient was past float16's range
+
+
+def test_train_takes_four_env_threads_per_core_and_its_refusal_names_that_limit() -> None:
+    """flipes train's --env-threads allows 4 threads per core (EnvPool threads), as the scripts' do: 4 × cores passes
+    validation, one more is refused with a fix naming 4 × cores, not the core count that would itself pass."""
+    cores = os.cpu_count() or 1
+    validate(TrainConfig(env_threads=4 * cores))
+    with pytest.raises(UsageError, match=rf"--env-threads: {4 * cores + 1} threads .*; use {4 * cores} or fewer \(0:"):
+        validate(TrainConfig(env_threads=4 * cores + 1))
 
 
 class _BrokenPipe:
