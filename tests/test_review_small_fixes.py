@@ -1,6 +1,6 @@
 """Properties the recent small fixes claim and their own tests left unguarded: the float16 gradient check counts weight
-decay and leaves bfloat16 alone, flipes train's --env-threads limit is 4 per core and its refusal says so, and each of
-train's notes reaches a stand-in sys.stderr of write alone."""
+decay and leaves bfloat16 alone, finite_norm scales a list of tensors together, flipes train's --env-threads limit is
+4 per core and its refusal says so, and each of train's notes reaches a stand-in sys.stderr of write alone."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import flipes
 from flipes.callbacks import OutcomePrinter
 from flipes.config import TrainConfig, validate
 from flipes.errors import UsageError
+from flipes.optim import finite_norm
 from flipes.rl.envs import print_note
 
 
@@ -132,3 +133,10 @@ def test_a_damaged_checkpoint_replaced_says_so_on_a_write_only_stderr(tmp_path: 
         "stays as it is\n"
     )
     assert flipes.load_checkpoint(run)["es"]["generation"] == 3
+
+
+def test_finite_norm_of_tensors_of_far_apart_magnitudes_scales_them_together() -> None:
+    """finite_norm of parameters one of which alone leaves float32's range (a bias of 3 beside a weight of 4e30): their
+    joint norm, the float64 one within float32 rounding, whichever tensor comes first."""
+    for parts in ([torch.tensor([3.0]), torch.tensor([4e30])], [torch.tensor([4e30]), torch.tensor([3.0])]):
+        assert finite_norm(parts, float("inf")) == pytest.approx(4e30, rel=1e-6, abs=0)
