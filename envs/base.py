@@ -252,7 +252,8 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         ``CartPoleVectorEnv``.
         """
         seeds = self._seeds(seed)
-        super().reset(seed=seed if isinstance(seed, int) else None)
+        # a numpy integer seeds np_random as the int it is (gymnasium's seeding takes Python ints only)
+        super().reset(seed=int(seed) if isinstance(seed, int | np.integer) else None)
         if seeds is not None:  # on the host: reading a sum off a GPU would wait for it at every reset
             self._generator.manual_seed(int(seeding.mix64(seeds).sum()) % 2**63)
             seeds = seeds.to(self.device)
