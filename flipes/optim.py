@@ -109,6 +109,9 @@ class ClipUp(torch.optim.Optimizer):
                 v.mul_(group["momentum"]).add_(g.to(v.dtype) * scale.to(v.dtype))
                 velocities.append(v)
         speed = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v).to(acc) for v in velocities]))
+        host = float(speed)  # one sync a step, as for ‖g‖; the rescaled norm only where ‖v‖ is out of range:
+        if not _in_range(host, acc):  # past 1.8e19 (float32) it overflowed to inf, a clip of 0: no step at all
+            speed = torch.tensor(finite_norm(velocities, host, acc), dtype=torch.float64, device=speed.device)
         for (group, ps), start in zip(groups, starts, strict=False):
             clip = torch.clamp(group["max_speed"] / speed.clamp_min(torch.finfo(acc).tiny), max=1.0)
             for p, v in zip(ps, velocities[start : start + len(ps)], strict=True):
