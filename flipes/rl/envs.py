@@ -475,8 +475,11 @@ def make_vector_env(
     numpy or torch) is made by it, given ``device=`` where its constructor takes one. Dict and Tuple
     observations come out flattened into one Box on every engine (:mod:`flipes.rl.spaces`).
     """
+    from flipes.config import check_threads
     from flipes.es.checks import as_index
 
+    # as --env-threads: EnvPool takes any count (-3, 100000) and async workers are processes, one per thread
+    check_threads("threads", threads, "every core this process may use", per_core=4)
     count = as_index(num_envs)  # not gymnasium's IndexError for 0, numpy's for 1.5, a str compared with an int
     if count is None or count < 1:
         raise ValueError(f"make_vector_env: num_envs is the number of copies, an integer of at least 1, got {num_envs!r}")
