@@ -48,7 +48,7 @@ from flipes.rl import (
 )
 from flipes.rl.envs import EnvError, EnvOptionError, seeds_each_env
 from flipes.rl.presets import defaults
-from flipes.rl.rollout import continuous
+from flipes.rl.rollout import check_action_space, continuous
 from flipes.search import search_rule, sigma_schedule
 
 Fitness = Callable[[nn.Module, Population], Tensor]
@@ -152,6 +152,11 @@ def build_env(
                 stacklevel=caller_stacklevel(),  # the user's flipes.train line, not flipes'
             )
     space = env.single_action_space
+    try:  # before the policy's refusal, whose advice (--model) would stop at the first step
+        check_action_space(space, config.env)
+    except UsageError:
+        env.close()
+        raise
     if config.action_noise and not continuous(space):  # named before the run directory is looked at
         env.close()
         raise UsageError(

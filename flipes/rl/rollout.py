@@ -142,6 +142,18 @@ def _dtype_error(error: RuntimeError, model: nn.Module, obs: Tensor) -> UsageErr
     )
 
 
+def check_action_space(space: gym.Space, who: str) -> None:
+    """A UsageError (one line) for a Dict or Tuple action space, before a run: flipes' policies and rollouts give the
+    env one tensor of actions a step (torch cannot make one of a dict; a tuple reads as a recurrent policy's output)."""
+    if isinstance(space, gym.spaces.Dict | gym.spaces.Tuple):
+        kind = type(space).__name__
+        raise UsageError(
+            "--env",
+            f"{who}: the env's actions are a {kind} ({space}), and flipes' policies and rollouts step one tensor of actions",
+            f"wrap the env in a gymnasium.ActionWrapper whose action() builds the {kind} from a flat Box or MultiDiscrete",
+        )
+
+
 def check_actions(actions: Any, space: gym.Space, n: int | tuple[int, int]) -> None:
     """Raise a UsageError unless ``actions`` (a tensor or array) fit ``n`` envs of action space
     ``space``: ``(n,)`` integers for ``Discrete``, ``(n, *shape)`` for ``Box``, integers of ``(n, *shape)``
@@ -401,6 +413,7 @@ def run_episodes(
     :attr:`Episodes.probe` (an episode's mean observation, a position the env keeps in its state); not pipelined.
     """
     check_vector_env(env, "run_episodes")
+    check_action_space(env.single_action_space, "run_episodes")
     probe = check_probe(probe, "run_episodes")
     max_steps = check_max_steps(max_steps, "run_episodes")
     check_members(members, env.num_envs, record)
@@ -675,6 +688,7 @@ class RolloutFitness:
         common_episodes: bool = False,
     ) -> None:
         check_vector_env(env, "RolloutFitness")
+        check_action_space(env.single_action_space, "RolloutFitness")
         for name, flag in (("common_episodes", common_episodes), ("final_obs", final_obs)):
             if not isinstance(flag, bool | np.bool_):  # a string such as "false" would read as True
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
