@@ -12,6 +12,7 @@ that move the state (``_advance``, ``_replace_rows``, ``_observation``) and keep
 from __future__ import annotations
 
 import operator
+import os
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -133,6 +134,9 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f'dtype must be torch.float32 or torch.float64 ("float32" or "float64" in JSON), got {dtype!r}')
         if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive integer (or None), got {num_threads!r}")
+        cores = os.cpu_count() or 1  # flipes.config.check_threads' bound, kept here: envs imports no flipes
+        if num_threads is not None and num_threads > cores:  # torch takes any count; 100,000 crashed a step's first op
+            raise ValueError(f"num_threads {num_threads} on a machine of {cores} cores: use {cores} or fewer (1: the default)")
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
         self.device = torch.device(device)

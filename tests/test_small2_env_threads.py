@@ -14,3 +14,15 @@ def test_make_vector_env_refuses_threads_out_of_range(threads: int) -> None:
     """A negative count, or more than 4 per core, raises a UsageError naming ``threads`` and the count."""
     with pytest.raises(UsageError, match=rf"^threads: .*{threads}"):
         make_vector_env("CartPole-v1", 2, threads=threads, note=None)
+
+
+def test_torch_env_refuses_more_step_threads_than_cores() -> None:
+    """flipes' torch envs refuse num_threads (torch threads set at every step) above this machine's core count, built
+    directly or through make_vector_env's env options, naming the count and the bound."""
+    from envs.cartpole import CartPoleVectorEnv
+
+    threads = (os.cpu_count() or 1) + 1
+    with pytest.raises(ValueError, match=rf"num_threads {threads} on a machine of {threads - 1} cores"):
+        CartPoleVectorEnv(num_envs=2, num_threads=threads)
+    with pytest.raises(ValueError, match=rf"num_threads {threads} on a machine of {threads - 1} cores"):
+        make_vector_env("flipes/CartPole-v1", 2, note=None, num_threads=threads)
