@@ -69,3 +69,17 @@ def test_the_shared_check_bounds() -> None:
         with pytest.raises(UsageError) as refused:
             check_threads(option, count, per_core=per_core)
         assert refused.value.option == option
+
+
+def test_an_uncounted_machine_bounds_by_affinity_not_one_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where os.cpu_count() is None, the cores this process may use bound the count: a count within them passes (it
+    was refused as "a machine of 1 cores"), one past them is refused naming their number."""
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    check_threads("--threads", 3)
+    with pytest.raises(UsageError, match="4 threads on a machine of 3 cores"):
+        check_threads("--threads", 4)
+    monkeypatch.delattr(os, "sched_getaffinity")
+    check_threads("--threads", 64)  # nothing counts the cores: only a negative count is refused
+    with pytest.raises(UsageError):
+        check_threads("--threads", -1)
