@@ -104,6 +104,13 @@ def test_initial_bounds_of_any_other_shape_than_state_dim_are_refused(env_class,
         env_class(2)
 
 
+def test_finite_actions_of_an_unbounded_space_that_overflow_the_reward_are_left_to_the_returns() -> None:
+    """Huge finite actions of an unbounded Box (a step size's doing: nothing squashes them) whose control cost overflows
+    to inf at the first step are not named as the env's: the returns are -inf, said as --sigma's by training."""
+    episodes = run_episodes(Walk(3, unbounded=True), lambda obs: torch.full((3, 2), 1e25), seed=0)
+    assert (episodes.returns == -float("inf")).all()
+
+
 class Point(flipes.nn.Vector):
     """A model factory written as a class: model(env) builds the module, as flipes calls it."""
 

@@ -269,7 +269,8 @@ def check_step(out: Any, env: Any, outputs_only: bool = False, actions: Any = No
     """Raise a UsageError naming the fix unless ``out``, what a vector env of ``env.num_envs`` copies returned from
     ``step``, is gymnasium's ``(observations, rewards, terminated, truncated, infos)``: rewards of shape
     ``(num_envs,)``, the two flags booleans of that shape. ``outputs_only``: their number alone. Given the finite
-    ``actions`` of a first step, non-finite rewards are the env's too (else a nan return is blamed on ``--sigma``)."""
+    ``actions`` of a first step (a bounded action space's), non-finite rewards are the env's too (else a nan return is
+    blamed on ``--sigma``)."""
     name = f"{type(getattr(env, 'unwrapped', env)).__name__}.step()"  # the user's env, not a wrapper of flipes
     if not isinstance(out, tuple | list) or len(out) != 5:
         raise UsageError(
@@ -294,7 +295,9 @@ def check_step(out: Any, env: Any, outputs_only: bool = False, actions: Any = No
                 f"{name} returned {what} as {_described(flags)} for {n} envs",
                 f"return one bool per env, shape ({n},) (e.g. done > 0.5, or done.bool())",
             )
-    if actions is not None:
+    # an unbounded Box's actions are the policy's outputs unsquashed: a huge σ makes finite ones that overflow a reward
+    space = getattr(env, "single_action_space", None)
+    if actions is not None and not (isinstance(space, gym.spaces.Box) and not space.is_bounded()):
         _check_first_rewards(reward, actions, name)
 
 
