@@ -165,3 +165,29 @@ def test_an_own_vector_env_whose_single_space_is_no_gymnasium_space_is_named_whe
     env, naming that attribute alone."""
     with pytest.raises(EnvError, match=r"ShapeForSpace-v0's vector env ShapeForSpace sets no single_action_space; set it "):
         make_vector_env("reviewtest/ShapeForSpace-v0", 2, note=None)
+
+
+class NanSingle(gym.Env):
+    """A single gymnasium env of one's own whose every reward is nan, vectorized by gymnasium's SyncVectorEnv."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), float("nan"), False, False, {}
+
+
+gym.register("reviewtest/NanSingle-v0", entry_point=NanSingle, max_episode_steps=3)
+
+
+@pytest.mark.filterwarnings("ignore:.*The reward is a NaN value")  # gymnasium's passive env checker
+def test_nan_first_rewards_of_an_own_single_gymnasium_env_name_that_env() -> None:
+    """An own gym.Env's nan first rewards, for finite actions, are refused naming its class, not gymnasium's
+    SyncVectorEnv that holds its copies."""
+    env = make_vector_env("gymnasium-sync:reviewtest/NanSingle-v0", 2, note=None)
+    with pytest.raises(UsageError, match=r"^--env: NanSingle\.step\(\) returned 2 nan or inf reward\(s\) of 2 at the first"):
+        run_episodes(env, lambda obs: torch.zeros(2, 1), seed=0)

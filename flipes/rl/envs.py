@@ -271,7 +271,10 @@ def check_step(out: Any, env: Any, outputs_only: bool = False, actions: Any = No
     ``(num_envs,)``, the two flags booleans of that shape. ``outputs_only``: their number alone. Given the finite
     ``actions`` of a first step (a bounded action space's), non-finite rewards are the env's too (else a nan return is
     blamed on ``--sigma``)."""
-    name = f"{type(getattr(env, 'unwrapped', env)).__name__}.step()"  # the user's env, not a wrapper of flipes
+    unwrapped = getattr(env, "unwrapped", env)  # the user's env, not a wrapper of flipes
+    if isinstance(unwrapped, gym.vector.SyncVectorEnv) and unwrapped.envs:  # gymnasium's copies of one's own gym.Env
+        unwrapped = unwrapped.envs[0].unwrapped
+    name = f"{type(unwrapped).__name__}.step()"
     if not isinstance(out, tuple | list) or len(out) != 5:
         raise UsageError(
             "--env",
