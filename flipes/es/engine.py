@@ -627,7 +627,7 @@ class FlipES:
 
         Returns:
             ``fitness_mean/max/min/std``, ``grad_norm`` (‖ĝ‖), ``update_ratio``
-            (‖Δθ‖/‖θ‖), ``sigma`` and ``generation`` (the generation just finished).
+            (‖Δθ‖/‖θ‖; 0 for no step at θ = 0), ``sigma`` and ``generation`` (the generation just finished).
 
         A rejected fitness raises before anything changes. A tell that raises midway (an interrupt, out of
         memory) before the optimizer steps leaves the parameters and the generation as they were (``.grad``: ``None``
@@ -779,7 +779,8 @@ class FlipES:
             "fitness_min": fitness_min,
             "fitness_std": fitness_std,
             "grad_norm": grad_norm,
-            "update_ratio": delta / norm if norm > 0 else float("inf"),
+            # no step from parameters that are all 0 (a zero gradient at a start of zeros) is a ratio of 0, not inf
+            "update_ratio": delta / norm if norm > 0 else (0.0 if delta == 0 else float("inf")),
             "sigma": mean_sigma,
         }
         self._versions = None
