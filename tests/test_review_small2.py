@@ -17,11 +17,12 @@ from flipes.optim import ClipUp
 from flipes.rl import make_vector_env
 
 
-@pytest.mark.parametrize("weight_decay", [1e3])
+@pytest.mark.parametrize("weight_decay", [1e3, 1e4])
 def test_float16_refusal_reports_the_largest_entry_of_the_decayed_grad(weight_decay: float) -> None:
     """The OverflowError of a float16 .grad that weight decay (weight_decay · 60) takes past 65504 names that .grad's
     largest entry, ĝ + weight_decay·θ in float32 (ĝ read off the same population's step without decay), not ĝ's (~4.8e4,
-    in range), to the message's 3 digits (rel 5e-3)."""
+    in range), nor inf where the decay term alone (6e5 at 1e4) is past float16's range, to the message's 3 digits
+    (rel 5e-3)."""
     es, fitness = _half_es(torch.float16, 0.0, fill=60.0)
     es.tell(fitness * 31)
     expected = max(float((p.grad.float() + weight_decay * 60.0).abs().max()) for p in es.params)

@@ -875,7 +875,7 @@ def refuse_overflowed_grads(es: FlipES, narrow: list[tuple[Tensor, Tensor, Tenso
         return
     for p in es.params:
         p.grad = None
-    top = max(float((wide.view_as(p) + es.weight_decay * p).abs().max()) for p, wide in bad)  # .grad's, in float32
+    top = max(float((wide.view_as(p) + es.weight_decay * p.float()).abs().max()) for p, wide in bad)  # .grad's, in float32
     names = parameter_names(es._module, [p for p, _ in bad])
     raise OverflowError(
         f"tell(): the ES gradient of {names} reaches {top:.3g}, past float16's largest number 65504: its .grad would be "
