@@ -1,18 +1,26 @@
 """Properties the second round of small fixes claims and its own tests left unguarded: the float16 refusal reports the
 size of the .grad weight decay made, ClipUp's rescaled velocity norm spans every parameter and group and leaves its
-in-range steps those of the plain formula bit for bit, and the thread-count refusals let the largest allowed count
-through."""
+in-range steps those of the plain formula bit for bit, the thread-count refusals let the largest allowed count
+through, and train's refusal of Dict actions closes the env it made."""
 
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
+from typing import Any
 
+import gymnasium as gym
 import pytest
 import torch
+from helpers import FAST_KW
 from test_review_small_fixes import _half_es
+from test_small2_dict_actions import DictActions
 
+import flipes
+import flipes.builders
 from envs.cartpole import CartPoleVectorEnv
+from flipes.errors import UsageError
 from flipes.optim import ClipUp
 from flipes.rl import make_vector_env
 
@@ -87,3 +95,19 @@ def test_torch_env_takes_as_many_step_threads_as_cores() -> None:
     """A flipes/ torch env takes num_threads equal to the core count (the bound is inclusive, as --threads')."""
     cores = os.cpu_count() or 1
     assert CartPoleVectorEnv(num_envs=2, num_threads=cores).num_threads == cores
+
+
+def test_train_closes_the_env_whose_dict_actions_it_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flipes.train's refusal of a Dict action space closes the vector env it made for it (no worker processes or
+    EnvPool threads left behind by a UsageError)."""
+    made: list[gym.vector.VectorEnv] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> gym.vector.VectorEnv:
+        made.append(make_vector_env(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(flipes.builders, "make_vector_env", recorded)
+    assert gym.spec("small2/DictActions-v0").entry_point is DictActions
+    with pytest.raises(UsageError, match=r"^--env: small2/DictActions-v0: .*Dict"):
+        flipes.train(**{**FAST_KW, "env": "small2/DictActions-v0", "generations": 1}, out=str(tmp_path / "run"))
+    assert len(made) == 1 and made[0].closed
