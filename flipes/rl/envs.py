@@ -271,10 +271,7 @@ def check_step(out: Any, env: Any, outputs_only: bool = False, actions: Any = No
     ``(num_envs,)``, the two flags booleans of that shape. ``outputs_only``: their number alone. Given the finite
     ``actions`` of a first step (a bounded action space's), non-finite rewards are the env's too (else a nan return is
     blamed on ``--sigma``)."""
-    unwrapped = getattr(env, "unwrapped", env)  # the user's env, not a wrapper of flipes
-    if isinstance(unwrapped, gym.vector.SyncVectorEnv) and unwrapped.envs:  # gymnasium's copies of one's own gym.Env
-        unwrapped = unwrapped.envs[0].unwrapped
-    name = f"{type(unwrapped).__name__}.step()"
+    name = step_name(env)
     if not isinstance(out, tuple | list) or len(out) != 5:
         raise UsageError(
             "--env",
@@ -298,15 +295,28 @@ def check_step(out: Any, env: Any, outputs_only: bool = False, actions: Any = No
                 f"{name} returned {what} as {_described(flags)} for {n} envs",
                 f"return one bool per env, shape ({n},) (e.g. done > 0.5, or done.bool())",
             )
-    # an unbounded Box's actions are the policy's outputs unsquashed: a huge σ makes finite ones that overflow a reward
+    if actions is not None:
+        check_first_rewards(reward, actions, env)
+
+
+def step_name(env: Any) -> str:
+    """``"<the user's env class>.step()"``, what error messages about ``env``'s steps name: not a wrapper of flipes',
+    nor gymnasium's SyncVectorEnv around copies of one's own gym.Env."""
+    unwrapped = getattr(env, "unwrapped", env)
+    if isinstance(unwrapped, gym.vector.SyncVectorEnv) and unwrapped.envs:
+        unwrapped = unwrapped.envs[0].unwrapped
+    return f"{type(unwrapped).__name__}.step()"
+
+
+def check_first_rewards(reward: Any, actions: Any, env: Any) -> None:
+    """Raise a NonFiniteRewards naming ``env`` where the rewards of a first step, from the states its reset drew, hold
+    nan or inf while the ``actions`` it was given (the stepped envs' rows) are all finite: no step size made them so.
+    An unbounded Box's actions are the policy's outputs unsquashed, where a huge σ makes finite ones that overflow a
+    reward: left to --sigma's message."""
     space = getattr(env, "single_action_space", None)
-    if actions is not None and not (isinstance(space, gym.spaces.Box) and not space.is_bounded()):
-        _check_first_rewards(reward, actions, name)
-
-
-def _check_first_rewards(reward: Any, actions: Any, name: str) -> None:
-    """Raise naming the env where the rewards of a first step, from the states its reset drew, hold nan or inf while
-    the ``actions`` it was given are all finite: no step size made them so."""
+    if isinstance(space, gym.spaces.Box) and not space.is_bounded():
+        return
+    name = step_name(env)
     reward = reward if isinstance(reward, Tensor) else torch.as_tensor(np.asarray(reward), device="cpu")
     if not reward.is_floating_point() or bool(torch.isfinite(reward).all()):  # once per rollout: one read
         return

@@ -25,7 +25,7 @@ from flipes.errors import UsageError, caller_stacklevel
 from flipes.es.checks import as_index, integer, nonnegative
 from flipes.es.population import Population
 from flipes.nn import uncompiled
-from flipes.rl.envs import NumpyToTorch, check_step, holds_tensors, reset_observations
+from flipes.rl.envs import NumpyToTorch, check_first_rewards, check_step, holds_tensors, reset_observations
 from flipes.rl.normalize import RunningNorm
 from flipes.rl.probe import Probe, check_probe, probe_result
 from flipes.rl.recurrent import is_recurrent, stepper
@@ -594,6 +594,8 @@ def _run_pipelined(
                 break
             continue
         ids, o, r, terminated, truncated = env.recv()
+        if steps[flight] == 1:  # each half's first step, as run_episodes' (numpy on the host: no device sync)
+            check_first_rewards(r, actions[ids], env)
         state[ids] = o
         returns[ids] += r
         lengths[ids] += 1
