@@ -142,14 +142,19 @@ def _dtype_error(error: RuntimeError, model: nn.Module, obs: Tensor) -> UsageErr
     )
 
 
+STEPPED_SPACES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
+
+
 def check_action_space(space: gym.Space, who: str) -> None:
-    """A UsageError (one line) for a Dict or Tuple action space, before a run: flipes' policies and rollouts give the
-    env one tensor of actions a step (torch cannot make one of a dict; a tuple reads as a recurrent policy's output)."""
-    if isinstance(space, gym.spaces.Dict | gym.spaces.Tuple):
+    """A UsageError (one line) before a run for an action space other than a Box, Discrete, MultiDiscrete or MultiBinary
+    (a Dict, Tuple, Text, Sequence, OneOf, Graph): flipes' policies and rollouts give the env one tensor of actions a
+    step (torch cannot make one of a dict, a string or a graph; a tuple reads as a recurrent policy's output)."""
+    if not isinstance(space, STEPPED_SPACES):
         kind = type(space).__name__
         raise UsageError(
             "--env",
-            f"{who}: the env's actions are a {kind} ({space}), and flipes' policies and rollouts step one tensor of actions",
+            f"{who}: the env's actions are a {kind} ({space}), and flipes' policies and rollouts step one tensor of actions "
+            "(a Box, Discrete, MultiDiscrete or MultiBinary)",
             f"wrap the env in a gymnasium.ActionWrapper whose action() builds the {kind} from a flat Box or MultiDiscrete",
         )
 
