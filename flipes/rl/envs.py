@@ -20,6 +20,7 @@ An env id picks its engine ("backend") by an optional prefix:
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import json
 import os
@@ -301,11 +302,30 @@ def check_step(out: Any, env: Any, outputs_only: bool = False, actions: Any = No
 
 def step_name(env: Any) -> str:
     """``"<the user's env class>.step()"``, what error messages about ``env``'s steps name: not a wrapper of flipes',
-    nor gymnasium's SyncVectorEnv around copies of one's own gym.Env."""
+    nor gymnasium's SyncVectorEnv or AsyncVectorEnv around copies of one's own gym.Env (the latter's copies live in
+    worker processes: named by its id's entry point, or by its env_fns where they are the class)."""
     unwrapped = getattr(env, "unwrapped", env)
     if isinstance(unwrapped, gym.vector.SyncVectorEnv) and unwrapped.envs:
         unwrapped = unwrapped.envs[0].unwrapped
+    if isinstance(unwrapped, gym.vector.AsyncVectorEnv):
+        spec = getattr(unwrapped, "spec", None)  # gymnasium.make_vec's; an id's entry point, its string resolved
+        made = _class_name(getattr(spec, "entry_point", None)) or _class_name(next(iter(unwrapped.env_fns), None))
+        if made is not None:
+            return f"{made}.step()"
     return f"{type(unwrapped).__name__}.step()"
+
+
+def _class_name(maker: Any) -> str | None:
+    """The name of the gym.Env class ``maker`` makes: the class itself, a functools.partial of it, or an entry point
+    string naming it; None for anything else (a lambda, a function: what they make is unknown without calling them)."""
+    while isinstance(maker, functools.partial):
+        maker = maker.func
+    if isinstance(maker, str):
+        try:
+            maker = gym.envs.registration.load_env_creator(maker)  # imported already: its copies were made from it
+        except (ImportError, AttributeError, ValueError):
+            return None
+    return maker.__name__ if isinstance(maker, type) else None
 
 
 def check_first_rewards(reward: Any, actions: Any, env: Any) -> None:
