@@ -56,6 +56,17 @@ def _described(x: Any) -> str:
     return f"a tensor of shape {tuple(x.shape)}, dtype {str(x.dtype).removeprefix('torch.')}, on {x.device}"
 
 
+def check_num_threads(num_threads: Any, device: torch.device) -> None:
+    """Raise a ValueError naming the fix unless ``num_threads`` is None or a positive integer, at most the core count
+    where ``device`` is the CPU: the only device whose steps set it (torch takes any count; 100,000 crashed a step's
+    first op)."""
+    if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive integer (or None), got {num_threads!r}")
+    cores = os.cpu_count() or 1  # flipes.config.check_threads' bound, kept here: envs imports no flipes
+    if num_threads is not None and device.type == "cpu" and num_threads > cores:
+        raise ValueError(f"num_threads {num_threads} on a machine of {cores} cores: use {cores} or fewer (1: the default)")
+
+
 class TorchVectorEnv(gym.vector.VectorEnv):
     r"""``num_envs`` copies of an env, stepped together by one batched torch function on ``device``.
 
@@ -72,9 +83,10 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             memory traffic and agrees to about 1e-6 relative per step, but can flip a termination
             decided within that distance of its threshold.
         num_threads: torch CPU threads during ``step()`` (restored after it); ``None`` leaves torch's
-            setting. One by default: a step is some 40 small ops, which threads barely speed up, and
-            when the cores are busy with other processes (other MPI ranks, other jobs) every op that
-            goes parallel (sin and cos do from 2048 elements) waits milliseconds for its threads.
+            setting, as do the steps of an env on another device (CUDA), where no count is refused. One by
+            default: a step is some 40 small ops, which threads barely speed up, and when the cores are busy with
+            other processes (other MPI ranks, other jobs) every op that goes parallel (sin and cos do from 2048
+            elements) waits milliseconds for its threads.
         hide_velocities: observe without the velocity columns (``velocity_columns``), a partially
             observed env for policies with memory: CartPole's x and θ, Pendulum's cos θ and sin θ,
             Acrobot's four angle terms, MountainCarContinuous's position. The state and the rewards are
@@ -132,16 +144,13 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             dtype = DTYPE_NAMES.get(dtype.removeprefix("torch."), dtype)
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f'dtype must be torch.float32 or torch.float64 ("float32" or "float64" in JSON), got {dtype!r}')
-        if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
-            raise ValueError(f"num_threads must be a positive integer (or None), got {num_threads!r}")
-        cores = os.cpu_count() or 1  # flipes.config.check_threads' bound, kept here: envs imports no flipes
-        if num_threads is not None and num_threads > cores:  # torch takes any count; 100,000 crashed a step's first op
-            raise ValueError(f"num_threads {num_threads} on a machine of {cores} cores: use {cores} or fewer (1: the default)")
+        device = torch.device(device)
+        check_num_threads(num_threads, device)
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
-        self.device = torch.device(device)
+        self.device = device
         self.dtype = dtype
-        self.num_threads = num_threads if self.device.type == "cpu" else None
+        self.num_threads = num_threads if device.type == "cpu" else None  # another device's steps leave torch's setting
         self._kept = self._kept_columns(hide_velocities, single_observation_space)
         if self._kept is not None:
             space, columns = single_observation_space, self._kept.tolist()
