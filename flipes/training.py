@@ -743,7 +743,7 @@ def run_loop(
         # a --shaping or --optimizer of one's own that draws (random tie-breaking): the seed's draws, alike on every rank
         with seeded_global_rngs(global_seed(config.seed, gen, "tell")):
             stats = es.tell(values)
-        if not (math.isfinite(stats["grad_norm"]) and math.isfinite(stats["update_ratio"])):
+        if not math.isfinite(stats["grad_norm"]) or not (math.isfinite(stats["update_ratio"]) or _finite(es.params)):
             problem = f"generation {gen}: the update made the parameters non-finite (grad_norm {stats['grad_norm']})"
             fix = f"lower {_step_options(config, '--lr', '--sigma')}; the last checkpoint holds the parameters before it"
             raise UsageError("--lr", problem, fix)
@@ -801,3 +801,9 @@ def run_loop(
         if decided["reason"] is not None:
             return decided["reason"]
     return "generations"
+
+
+def _finite(params: Iterable[torch.Tensor]) -> bool:
+    """Whether every parameter is finite: read only where ``update_ratio`` is not, as a step that lands exactly on
+    θ = 0 (a 1-D Vector whose first Adam step is its own value) is a ratio of inf with finite parameters."""
+    return all(bool(torch.isfinite(p).all()) for p in params)
