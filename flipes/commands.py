@@ -270,7 +270,9 @@ def evaluate_command(argv: Sequence[str] | None = None) -> tuple[float, float]:
         import_env_module(args.run, args.env)
     if str(env_id).lower() == "none":
         raise UsageError(args.run, "was trained on a custom fitness (--env none): there is no env to evaluate it on",
-                         "use the evaluate() beside your fitness function")  # fmt: skip
+                         f"score its centre with your own code: flipes.load_policy({str(args.run)!r}) is its model (a "
+                         "Vector's value is that model called); for eval_return rows give train an evaluate(model), "
+                         "e.g. beside the fitness function in its module")  # fmt: skip
     policy, state = policy_and_state(args.run, args.checkpoint, args.device)
     config = run_config(args.run)
     cut = config.get("max_episode_steps") or None  # the run's own cut, for envs without a time limit
