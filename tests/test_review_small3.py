@@ -4,6 +4,8 @@ non-zero step that lands on θ = 0 is reported as an update_ratio of inf."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -94,3 +96,21 @@ def test_a_nonzero_step_onto_zero_parameters_has_an_infinite_update_ratio() -> N
         loss = x().sum(1)
     stats = es.tell(loss)
     assert torch.equal(x.value, torch.zeros(3)) and stats["update_ratio"] == float("inf")
+
+
+def test_train_goes_on_after_a_step_onto_zero_parameters(tmp_path: Path) -> None:
+    """train does not stop a run whose step lands on θ = 0 (update_ratio inf, every parameter finite) as "the update
+    made the parameters non-finite": both generations run, the first logs its ratio as inf, the parameters end at 0."""
+    result = flipes.train(
+        env="none",
+        fitness=lambda model, pop: -(model() - 1).square().sum(1),
+        model=lambda env: flipes.nn.Vector(torch.ones(3)),
+        optimizer=ToZero,
+        popsize=4,
+        generations=2,
+        progress=False,
+        plot=False,
+        out=tmp_path / "run",
+    )
+    assert [row["update_ratio"] for row in result.metrics] == [float("inf"), 0.0]
+    assert torch.equal(result.model.value, torch.zeros(3))
