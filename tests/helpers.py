@@ -46,6 +46,20 @@ FAST_KW = {
 }
 
 
+class NanRewardEnv(gymnasium.Env):
+    """A single gymnasium env of one's own whose every reward is nan: subclass it for the class name a refusal shows."""
+
+    observation_space = gymnasium.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gymnasium.spaces.Box(-1, 1, (1,), np.float32)
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return np.zeros(2, np.float32), float("nan"), False, False, {}
+
+
 def reference_env(env_id: str, **kwargs: object) -> gymnasium.Env:
     """``gymnasium.make(env_id, **kwargs)``, a reference to compare with, with MuJoCo's compile notes dropped: MuJoCo
     would append each (``half_cheetah.xml``'s deprecated ``settotalmass``) to ``MUJOCO_LOG.TXT`` in the working

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from helpers import NanRewardEnv
 
 import flipes
 from envs.base import TorchVectorEnv
@@ -167,18 +168,8 @@ def test_an_own_vector_env_whose_single_space_is_no_gymnasium_space_is_named_whe
         make_vector_env("reviewtest/ShapeForSpace-v0", 2, note=None)
 
 
-class NanSingle(gym.Env):
+class NanSingle(NanRewardEnv):
     """A single gymnasium env of one's own whose every reward is nan, vectorized by gymnasium's SyncVectorEnv."""
-
-    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
-    action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        return np.zeros(2, np.float32), {}
-
-    def step(self, action):
-        return np.zeros(2, np.float32), float("nan"), False, False, {}
 
 
 gym.register("reviewtest/NanSingle-v0", entry_point=NanSingle, max_episode_steps=3)

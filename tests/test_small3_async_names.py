@@ -5,27 +5,17 @@ import functools
 from collections.abc import Callable
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
+from helpers import NanRewardEnv
 
 from flipes.errors import UsageError
 from flipes.rl import run_episodes
 from flipes.rl.envs import step_name
 
 
-class NanAsync(gym.Env):
+class NanAsync(NanRewardEnv):
     """A single gymnasium env of one's own whose every reward is nan."""
-
-    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
-    action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        return np.zeros(2, np.float32), {}
-
-    def step(self, action):
-        return np.zeros(2, np.float32), float("nan"), False, False, {}
 
 
 if "small3/NanAsync-v0" not in gym.registry:
