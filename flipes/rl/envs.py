@@ -336,7 +336,6 @@ def check_first_rewards(reward: Any, actions: Any, env: Any) -> None:
     space = getattr(env, "single_action_space", None)
     if isinstance(space, gym.spaces.Box) and not space.is_bounded():
         return
-    name = step_name(env)
     reward = reward if isinstance(reward, Tensor) else torch.as_tensor(np.asarray(reward), device="cpu")
     if not reward.is_floating_point() or bool(torch.isfinite(reward).all()):  # once per rollout: one read
         return
@@ -348,8 +347,8 @@ def check_first_rewards(reward: Any, actions: Any, env: Any) -> None:
     if actions.is_floating_point() and not bool(torch.isfinite(actions).all()):  # the policy's: said as --sigma's
         return
     bad = int((~torch.isfinite(reward)).sum())
-    raise NonFiniteRewards(
-        f"{name} returned {bad} nan or inf reward(s) of {reward.numel()} at the first step, for finite actions"
+    raise NonFiniteRewards(  # the name only now: an AsyncVectorEnv's resolves its id's entry point
+        f"{step_name(env)} returned {bad} nan or inf reward(s) of {reward.numel()} at the first step, for finite actions"
     )
 
 
