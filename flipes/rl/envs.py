@@ -513,8 +513,15 @@ def make_vector_env(
     from flipes.config import check_threads
     from flipes.es.checks import as_index
 
+    workers = as_index(threads)  # not a TypeError of the comparison below for None or "2", nor 1.5 taken as a count
+    if workers is None:
+        raise ValueError(
+            "make_vector_env: threads is the number of EnvPool threads or gymnasium worker processes, an integer "
+            f"(0: every core this process may use), got {threads!r}"
+        )
     # as --env-threads: EnvPool takes any count (-3, 100000) and async workers are processes, one per thread
-    check_threads("threads", threads, "every core this process may use", per_core=4)
+    check_threads("threads", workers, "every core this process may use", per_core=4)
+    threads = workers
     count = as_index(num_envs)  # not gymnasium's IndexError for 0, numpy's for 1.5, a str compared with an int
     if count is None or count < 1:
         raise ValueError(f"make_vector_env: num_envs is the number of copies, an integer of at least 1, got {num_envs!r}")
