@@ -819,17 +819,21 @@ def _check_members_per_pass(config: TrainConfig, per_group: int, processes: int)
     )
 
 
-def check_threads(option: str, threads: int, zero: str = "torch's default", per_core: int = 1) -> None:
+def check_threads(option: str, threads: int, zero: str | None = "torch's default", per_core: int = 1) -> None:
     """A UsageError (one line) for a thread count below 0 or above ``per_core`` threads per core of this machine, for
     every command and script that takes one: torch takes any count, and one of thousands crashes the process at its
-    first parallel op or a later library's import (a segfault at 100,000). ``zero``: what 0 means. Where Python
-    cannot count the machine's cores (``os.cpu_count()`` None), those this process may use bound it; else nothing."""
+    first parallel op or a later library's import (a segfault at 100,000). ``zero``: what 0 means; None where the
+    option takes no 0 (a count below 1 refused, and no 0 offered in the fix). Where Python cannot count the
+    machine's cores (``os.cpu_count()`` None), those this process may use bound it; else nothing."""
     cores = os.cpu_count() or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+    if zero is None and threads < 1:
+        raise UsageError(option, f"must be at least 1, got {threads}", "pass a positive count")
     if threads < 0:
         raise UsageError(option, f"must be 0 or positive, got {threads}", f"0 means {zero}")
     if cores and threads > per_core * cores:
+        zero_note = f" (0: {zero})" if zero is not None else ""
         raise UsageError(
-            option, f"{threads} threads on a machine of {cores} cores", f"use {per_core * cores} or fewer (0: {zero})"
+            option, f"{threads} threads on a machine of {cores} cores", f"use {per_core * cores} or fewer{zero_note}"
         )
 
 

@@ -147,7 +147,7 @@ def check(args: Args) -> None:
     """A UsageError (one line) for an option that leaves nothing to measure, before any training: a posterior σ that
     is not a finite number > 0 (GaussianPosterior's ValueError came after the FC's pretraining, as a traceback)."""
     check_at_least(args, {"sizes": 1, "repeats": 2, "hidden": 1, "pretrain_epochs": 0, "threads": 1})
-    check_threads("--threads", args.threads)
+    check_threads("--threads", args.threads, None)
     if not (math.isfinite(args.sigma) and args.sigma > 0):
         raise flipes.UsageError("--sigma", f"must be a finite number > 0, got {args.sigma}", "e.g. 0.05")
     if len(set(args.sizes)) < 2:  # a slope through one point was numpy's RankWarning and a number that meant nothing

@@ -143,7 +143,7 @@ def check(args: Args) -> None:
     σ GaussianPosterior refuses (its ValueError came at the first training, as a traceback)."""
     check_at_least(args, {"hidden": 1, "epochs": 1, "batch": 1, "betas": 0, "select_seeds": 0, "seeds": 0})
     check_at_least(args, {"samples": 1, "bins": 1, "threads": 1, "prior_sigma": 1e-12, "init_sigma": 1e-12})
-    check_threads("--threads", args.threads)
+    check_threads("--threads", args.threads, None)
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise flipes.UsageError("--lr", f"must be a finite number > 0, got {args.lr}", "e.g. 0.01")
     for name in ("prior_sigma", "init_sigma", "betas"):  # a NaN passes check_at_least's `<`

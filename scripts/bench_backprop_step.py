@@ -57,7 +57,7 @@ def check(args: Args) -> None:
     for name in ("steps", "threads"):
         if getattr(args, name) < 1:
             raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}", "pass a positive count")
-    check_threads("--threads", args.threads)
+    check_threads("--threads", args.threads, None)
     if not args.batches or min(args.batches) < 1:
         raise UsageError("--batches", f"must be at least 1 each, got {args.batches}", "e.g. --batches 1024 64")
 

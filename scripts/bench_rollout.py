@@ -146,7 +146,7 @@ def main(args: Args) -> list[dict[str, Any]]:
         if min(value if isinstance(value, list) else [value], default=0) < low:
             example = {"sizes": "64 256", "steps": 200, "repeats": 3, "threads": 2, "warmup": 1}[name]  # the fix names it
             raise UsageError(option_name(name), f"must be at least {low}, got {value}", f"e.g. {option_name(name)} {example}")
-    check_threads("--threads", args.threads, per_core=4)  # EnvPool threads / worker processes, as --env-threads
+    check_threads("--threads", args.threads, None, per_core=4)  # EnvPool threads / worker processes, as --env-threads
     if not args.envs:
         raise UsageError("--envs", "names no env: nothing to time", "e.g. --envs flipes/CartPole-v1")
     torch.set_num_threads(1)  # as train.py: the policy runs on this thread, the engines on the others

@@ -135,7 +135,7 @@ def main(args: Args) -> dict[str, Any]:
     for name in ("n", "generations", "threads"):
         if getattr(args, name) < 1:
             raise UsageError(option_name(name), f"must be at least 1, got {getattr(args, name)}")
-    check_threads("--threads", args.threads, per_core=4)  # EnvPool threads / worker processes, as --env-threads
+    check_threads("--threads", args.threads, None, per_core=4)  # EnvPool threads / worker processes, as --env-threads
     load_before = os.getloadavg()
     results = {}
     try:
