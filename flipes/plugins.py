@@ -93,7 +93,8 @@ def check_call(fn: Callable[..., Any], kind: str, what: str) -> None:
     if inspect.isclass(fn) and kind in CALLED_INSTANCES:  # called, a class makes an instance of itself, never a value
         what = what or f"{fn.__module__}:{fn.__qualname__}"
         module, _, name = what.rpartition(":")
-        instance = name.lower() if name.lower() != name else f"{name}_"
+        short = name.rpartition(".")[2]  # a nested class's own name: its dotted qualname lowered assigns nothing
+        instance = short.lower() if short.lower() != short else f"{short}_"
         raise UsageError(
             OPTION[kind],
             f"{what} is a class, and flipes calls {how}: a class called makes an instance of itself instead",

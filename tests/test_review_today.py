@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import ROOT, load_script, script_state_kept
 
+from flipes.errors import UsageError
+from flipes.plugins import check_call
 from flipes.rl import make_vector_env
 
 
@@ -34,3 +36,17 @@ def test_a_script_that_refuses_0_threads_never_offers_0_in_its_thread_refusal(
         assert exited.value.code == 2, errors[-1]
     assert errors[0].startswith("flipes: error: --threads: must be at least 1"), errors[0]
     assert "threads on a machine of" in errors[1] and "0:" not in errors[1] and "torch" not in errors[1], errors[1]
+
+
+class _Outer:
+    class Fitness:
+        def __call__(self, model: object, pop: object) -> None: ...
+
+
+def test_a_nested_fitness_class_is_refused_with_an_instance_name_python_takes() -> None:
+    """A fitness class nested in another is refused with a fix that names the instance by a plain identifier
+    (``fitness = _Outer.Fitness()``), not by its dotted qualname lowered (``_outer.fitness = ...``, no valid assignment)."""
+    with pytest.raises(UsageError) as refused:
+        check_call(_Outer.Fitness, "fitness", "")
+    fix = refused.value.fix
+    assert f"(fitness = _Outer.Fitness() in {__name__}, then {__name__}:fitness)" in fix, fix
