@@ -83,10 +83,11 @@ class TorchVectorEnv(gym.vector.VectorEnv):
             memory traffic and agrees to about 1e-6 relative per step, but can flip a termination
             decided within that distance of its threshold.
         num_threads: torch CPU threads during ``step()`` (restored after it); ``None`` leaves torch's
-            setting, as do the steps of an env on another device (CUDA), where no count is refused. One by
-            default: a step is some 40 small ops, which threads barely speed up, and when the cores are busy with
-            other processes (other MPI ranks, other jobs) every op that goes parallel (sin and cos do from 2048
-            elements) waits milliseconds for its threads.
+            setting, as do the steps of an env on another device (CUDA), where a count past the cores is not
+            refused (one below 1, or not an integer, is on any device). One by default: a step is some 40
+            small ops, which threads barely speed up, and when the cores are busy with other processes (other MPI
+            ranks, other jobs) every op that goes parallel (sin and cos do from 2048 elements) waits milliseconds
+            for its threads.
         hide_velocities: observe without the velocity columns (``velocity_columns``), a partially
             observed env for policies with memory: CartPole's x and θ, Pendulum's cos θ and sin θ,
             Acrobot's four angle terms, MountainCarContinuous's position. The state and the rewards are
