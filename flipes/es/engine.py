@@ -626,8 +626,8 @@ class FlipES:
                 input order.
 
         Returns:
-            ``fitness_mean/max/min/std``, ``grad_norm`` (‖ĝ‖), ``update_ratio``
-            (‖Δθ‖/‖θ‖; 0 for no step at θ = 0), ``sigma`` and ``generation`` (the generation just finished).
+            ``fitness_mean/max/min/std``, ``grad_norm`` (‖ĝ‖), ``update_ratio`` (‖Δθ‖/‖θ‖, θ after the step: 0
+            for no step at θ = 0, inf for a step onto θ = 0), ``sigma`` and ``generation`` (the generation just finished).
 
         A rejected fitness raises before anything changes. A tell that raises midway (an interrupt, out of
         memory) before the optimizer steps leaves the parameters and the generation as they were (``.grad``: ``None``
