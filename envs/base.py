@@ -115,6 +115,7 @@ class TorchVectorEnv(gym.vector.VectorEnv):
 
     metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
     state_dim: int  # a class attribute, or set in __init__ before super().__init__ (a MuJoCo model's nq + nv)
+    _dynamics_checked = False  # whether a step's dynamics returned states of the state's shape, dtype and device
     velocity_columns: ClassVar[tuple[int, ...]] = ()
     """The observation's columns that ``hide_velocities=True`` drops (an env without any refuses that option)."""
     initial_distribution: ClassVar[str] = "uniform"
@@ -337,7 +338,7 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         ``(N,)`` float32 and terminations ``(N,)`` bool."""
         state = self._state
         self._state = self.dynamics(state, action)
-        if (  # else torch's error at a later autoreset, far from the cause
+        if not self._dynamics_checked and (  # else torch's error at a later autoreset, far from the cause
             not isinstance(self._state, Tensor)
             or self._state.shape != state.shape
             or self._state.dtype != state.dtype
@@ -349,6 +350,7 @@ class TorchVectorEnv(gym.vector.VectorEnv):
                 f"{type(self).__name__}.dynamics returned {got} for {n} envs; return their next states, shape ({n}, {d}), "
                 f"dtype {dtype}, on {state.device} (the state's)"
             )
+        self._dynamics_checked = True  # once: a step is ~40 small ops, and these reads would be one more on each
         return self._reward_terminated(state, action, self._state)
 
     def _replace_rows(self, rows: Tensor, fresh: Tensor) -> None:
