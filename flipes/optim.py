@@ -169,9 +169,9 @@ def finite_norm(g: Tensor | list[Tensor], norm: float, dtype: torch.dtype | None
     number (a float32 ``g`` past 1e19 has a finite norm). A non-finite ``g`` keeps its inf or NaN norm. ``g`` may be
     a list of tensors (the parameters); ``dtype``: the one ``norm`` was computed in, the widest of ``g``'s if None."""
     gs = [g] if isinstance(g, Tensor) else g
+    if not gs or _in_range(norm, dtype or functools.reduce(torch.promote_types, (t.dtype for t in gs))):
+        return norm  # in range: no pass over the parameters (tell calls this three times a generation)
     dtypes = [t.dtype for t in gs]
-    if not gs or _in_range(norm, dtype or functools.reduce(torch.promote_types, dtypes)):
-        return norm
     factor = unit_factor(gs, dtypes)
     if factor is None:
         return norm
