@@ -122,8 +122,8 @@ class Args:
     evotorch_eval_every: list[float] = field(default_factory=lambda: [2.0, 5.0, 0.0])
     """Seconds of EvoTorch's clock between center evaluations, per task: pendulum, halfcheetah, digits (0: every generation)."""
     quick: bool = False
-    """Smoke test: one seed, budgets under a second, small populations, HalfCheetah's episodes cut at 100 steps;
-    EvoTorch on digits only (no ray)."""
+    """Smoke test: one seed, budgets under a second, small populations, HalfCheetah's episodes cut at 100 steps, no
+    curves.png per run; EvoTorch on digits only (no ray)."""
     out: str = "runs/bench_algos"
     """Directory the run directories, EvoTorch logs and partial results go under."""
     json: str = ""
@@ -164,6 +164,8 @@ def _flipes_config(
     task: str, algo: str, extra: dict[str, Any], seed: int, out: Path, quick: bool, args: Args
 ) -> flipes.TrainConfig:
     common = {"seed": seed, "out": str(out), "target": None, "tensorboard": False, "progress": False, "overwrite": True}
+    if quick:  # curves.png of a run of a generation or two: ~0.4 s of CPU each, half the smoke test's 18 runs
+        common["plot"] = False
     if task == "digits":  # no env row: digits.py's settings, then the algorithm's row over them
         base = {"env": "none", "model": "digits:make_model", "fitness": "digits:fitness", **DIGITS}
         options = {**base, **algo_preset(algo), **extra, **common}
