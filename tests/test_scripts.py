@@ -275,14 +275,46 @@ def test_bench_warp_quick_times_every_engine(
     assert all(rate > 0 for rate in row["rates"].values()) and len(result["meta"]["load_after"]) == 3
 
 
+def train_py_in_this_process(cmd: list[str], cwd: Path, timeout: float, stdout: int) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, ...)`` for ``cmd`` = ``python scripts/train.py ARGS...``: train.py run as its ``__main__``
+    in this process, in ``cwd``, with ``sys.argv`` as its own process would see it; its exit status (a fresh process
+    would cost seconds of imports; tests/test_cli.py starts train.py's own)."""
+    assert cmd[:2] == [sys.executable, str(ROOT / "scripts" / "train.py")], cmd
+    code: int | str | None = 0
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), script_state_kept():
+        mp.chdir(cwd)
+        mp.setattr(sys, "argv", cmd[1:])
+        try:
+            runpy.run_path(cmd[1], run_name="__main__")
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(cmd, 1 if isinstance(code, str) else code or 0)
+
+
 def test_bench_mujoco_quick_reads_the_runs_it_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The MuJoCo benchmark starts train.py as a user does and tabulates its evaluations (its main runs in this
-    process: the runs it starts are the fresh processes)."""
-    out = run_main("bench_mujoco", monkeypatch, capsys, quick=True, out=str(tmp_path))
+    """The MuJoCo benchmark starts train.py as a user does (``python scripts/train.py`` with its options, in the
+    repository root) and tabulates the evaluations of the runs it started: a threshold run and a curve run. Its main
+    and the train.py runs it starts run in this process, each run as train.py's ``__main__`` with the command line the
+    benchmark gives it (a fresh process per run costs seconds of imports)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    module = load_script(ROOT / "scripts" / "bench_mujoco.py")
+    started: list[list[str]] = []
+
+    def run(cmd: list[str], cwd: Path, timeout: float, stdout: int) -> subprocess.CompletedProcess:
+        assert cwd == ROOT and timeout > 0 and stdout == subprocess.DEVNULL
+        started.append(cmd)
+        return train_py_in_this_process(cmd, cwd, timeout, stdout)
+
+    monkeypatch.setattr(module, "subprocess", type("Subprocess", (), {"run": staticmethod(run), "DEVNULL": subprocess.DEVNULL}))
+    capsys.readouterr()
+    with script_state_kept():
+        module.main(module.Args(quick=True, out=str(tmp_path)))
+    out = capsys.readouterr().out
     assert "| HalfCheetah-v5 seed |" in out and "| Hopper-v5 |" in out
-    assert (tmp_path / "threshold-s0" / "metrics.jsonl").exists()
+    assert [cmd[cmd.index("--env") + 1] for cmd in started] == ["HalfCheetah-v5", "Hopper-v5"]
+    assert (tmp_path / "threshold-s0" / "metrics.jsonl").exists() and (tmp_path / "curve-Hopper-v5" / "metrics.jsonl").exists()
 
 
 def test_bench_transformer_quick_times_every_variant_and_measures_memory(tmp_path: Path) -> None:
