@@ -317,12 +317,24 @@ def test_bench_mujoco_quick_reads_the_runs_it_starts(
     assert (tmp_path / "threshold-s0" / "metrics.jsonl").exists() and (tmp_path / "curve-Hopper-v5" / "metrics.jsonl").exists()
 
 
-def test_bench_transformer_quick_times_every_variant_and_measures_memory(tmp_path: Path) -> None:
+def test_bench_transformer_quick_times_every_variant_and_measures_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The transformer-block benchmark times every variant (or marks vmap skipped for memory),
     checks that Flipout perturbs the block, and measures peak memory in fresh processes, a population
-    in parts (noise held or sampled per part) among them."""
+    in parts (noise held or sampled per part) among them. Its main runs in this process, imported by
+    its own name as the cells' server imports it (a start of the script's own costs seconds of
+    imports); each memory cell is still a process of its own, forked from that server."""
     # d=32 block: 8,544 parameters, so N=8's copies (0.27 MB) fit under the cap and N=16's (0.55 MB) do not
-    out = run("scripts/bench_transformer.py", "--quick", "--mem-cap-gb", "0.0004", "--out", str(tmp_path), timeout=300).stdout
+    argv = ["--quick", "--mem-cap-gb", "0.0004", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["scripts/bench_transformer.py", *argv])  # the command line the script records
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # the cells' server imports the script by name from this path
+    import bench_transformer
+
+    capsys.readouterr()
+    with script_state_kept(), warnings.catch_warnings():  # main filters a warning of vmap's for the whole process
+        bench_transformer.main(bench_transformer.Args(quick=True, mem_cap_gb=0.0004, out=str(tmp_path)))
+    out = capsys.readouterr().out
     result = json.loads((tmp_path / "bench_transformer_quick.json").read_text())
     assert result["command"].startswith("PYTHONPATH=. python scripts/bench_transformer.py --quick")
     assert result["machine"]["torch"] and result["machine"]["threads"] >= 1 and result["machine"]["platform"]
