@@ -49,6 +49,10 @@ from flipes.rl import make_vector_env, run_episodes
 from flipes.rl.presets import preset_for
 from flipes.train_state import TrainState
 
+# FAST_KW with CartPole episodes cut at 20 steps: for the tests of how runs resume, refuse and log, where the returns
+# only need to be those of the same run (a trained CartPole policy otherwise plays 500 steps per member and episode)
+SHORT_KW = {**FAST_KW, "max_episode_steps": 20}
+
 
 @pytest.fixture(scope="module")
 def solved_cartpole(tmp_path_factory: pytest.TempPathFactory) -> flipes.TrainResult:
@@ -839,15 +843,15 @@ def test_resume_refuses_other_options_and_broken_checkpoints(tmp_path: Path) -> 
     """A resume with other training options, or from a broken checkpoint, is a UsageError naming
     the difference or the previous checkpoint; rows past the checkpoint resumed are dropped."""
     run = tmp_path / "run"
-    flipes.train(**FAST_KW, generations=5, checkpoint_every=2, out=str(run))
+    flipes.train(**SHORT_KW, generations=5, checkpoint_every=2, out=str(run))
     with pytest.raises(flipes.UsageError, match=r"--resume: .*--sigma: saved 0.1, now 0.3"):
-        flipes.train(**FAST_KW, generations=6, sigma=0.3, resume=str(run))
-    flipes.train(**FAST_KW, generations=6, resume=str(run / "previous.pt"))  # back to generation 4
+        flipes.train(**SHORT_KW, generations=6, sigma=0.3, resume=str(run))
+    flipes.train(**SHORT_KW, generations=6, resume=str(run / "previous.pt"))  # back to generation 4
     assert [r["generation"] for r in metrics(run)] == list(range(6))  # rows past the checkpoint dropped, not duplicated
     (run / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(flipes.UsageError, match=r"--resume: .*is truncated or not a checkpoint.*previous.pt"):
-        flipes.train(**FAST_KW, generations=8, resume=str(run))
-    again = flipes.train(**FAST_KW, generations=8, out=str(tmp_path / "again"), resume=str(run / "previous.pt"))
+        flipes.train(**SHORT_KW, generations=8, resume=str(run))
+    again = flipes.train(**SHORT_KW, generations=8, out=str(tmp_path / "again"), resume=str(run / "previous.pt"))
     assert again.metrics[0]["generation"] == 5  # previous.pt: the checkpoint the last resume replaced
 
 
@@ -1612,9 +1616,9 @@ def test_a_callbacks_state_is_saved_with_the_checkpoint_and_given_back_on_resume
     """A callback's state_dict() rides in every checkpoint: resumed with the same callbacks, it
     continues as if the run had never stopped; state a checkpoint cannot hold is a one-line error."""
     whole = HallOfFame()
-    flipes.train(**FAST_KW, generations=5, out=str(tmp_path / "whole"), callbacks=[whole])
+    flipes.train(**SHORT_KW, generations=5, out=str(tmp_path / "whole"), callbacks=[whole])
     first, rest = HallOfFame(), HallOfFame()
-    flipes.train(**FAST_KW, generations=3, checkpoint_every=1, out=str(tmp_path / "split"), callbacks=[first])
+    flipes.train(**SHORT_KW, generations=3, checkpoint_every=1, out=str(tmp_path / "split"), callbacks=[first])
     flipes.train(resume=str(tmp_path / "split"), generations=5, progress=False, callbacks=[rest])
     assert len(whole.best) == 5 and rest.best == whole.best
     assert all(r["fitness_min"] <= r["fitness_mean"] <= r["fitness_max"] for r in metrics(tmp_path / "whole"))
@@ -1624,7 +1628,7 @@ def test_a_callbacks_state_is_saved_with_the_checkpoint_and_given_back_on_resume
             return {"array": np.zeros(3)}
 
     with pytest.raises(flipes.UsageError, match=r"callbacks: 0:.*Unsaveable\.state_dict\(\) holds a ndarray"):
-        flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "bad"), callbacks=[Unsaveable()])
+        flipes.train(**SHORT_KW, generations=2, out=str(tmp_path / "bad"), callbacks=[Unsaveable()])
 
 
 def test_a_callbacks_numpy_float_is_refused_as_state_a_checkpoint_cannot_hold() -> None:
@@ -1645,8 +1649,8 @@ def test_a_branch_starts_with_the_callbacks_states_of_the_checkpoint_it_continue
     checkpoint: a branch with nothing left to train (or one killed before its next checkpoint) resumed with the
     same callbacks continues their state as the run never stopped, and the states reach the next checkpoint."""
     whole = HallOfFame()
-    flipes.train(**FAST_KW, generations=4, out=str(tmp_path / "whole"), callbacks=[whole])
-    flipes.train(**FAST_KW, generations=2, out=str(tmp_path / "a"), callbacks=[HallOfFame()])
+    flipes.train(**SHORT_KW, generations=4, out=str(tmp_path / "whole"), callbacks=[whole])
+    flipes.train(**SHORT_KW, generations=2, out=str(tmp_path / "a"), callbacks=[HallOfFame()])
     flipes.train(resume=str(tmp_path / "a"), out=str(tmp_path / "b"), generations=2, progress=False, callbacks=[HallOfFame()])
     saved = [load_checkpoint(tmp_path / run)["callbacks"]["0:HallOfFame"]["best"].tolist() for run in ("a", "b")]
     assert saved[1] == saved[0] == whole.best[:2]
@@ -2410,7 +2414,7 @@ def test_tensorboard_scalars_are_the_rows_of_every_generation_across_a_resume(tm
     the run is resumed (the resumed process appends an event file of its own) from a checkpoint behind
     the last row (previous.pt, as a crash leaves one): the scalars logged after it are the resumed run's."""
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    kw = {**FAST_KW, "tensorboard": True, "eval_every": 2, "out": str(tmp_path)}
+    kw = {**SHORT_KW, "tensorboard": True, "eval_every": 2, "out": str(tmp_path)}
     flipes.train(**kw, generations=3, checkpoint_every=2)
     assert load_checkpoint(tmp_path / "previous.pt")["es"]["generation"] == 2
     flipes.train(**kw, generations=4, resume=str(tmp_path / "previous.pt"))
