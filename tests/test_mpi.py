@@ -43,9 +43,17 @@ COMMON = [
 ]
 
 
+def mpi_env(*paths: str | Path) -> dict[str, str]:
+    """This process's environment for an mpiexec job, PYTHONPATH ``paths``, and MPICH's ranks told to sleep
+    (nanosleep) rather than spin where a rank waiting in a collective yields MPI's lock to the watchdog's thread
+    (MPIR_CVAR_ENABLE_HEAVY_YIELD; Open MPI ignores it): a waiting rank takes less of the cores its peers need. It
+    changes when a waiting thread runs again, not what any rank computes or says."""
+    return {**os.environ, "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1", "PYTHONPATH": os.pathsep.join(str(p) for p in paths if p)}
+
+
 def mpirun(k: int, *args: str, extra_path: str = "", check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     assert MPIEXEC.exists(), f"no mpiexec beside {sys.executable}: install the dev extras (pip install -e '.[dev]' brings mpich)"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), extra_path) if p)}
+    env = mpi_env(ROOT, extra_path)
     cmd = [str(MPIEXEC), "-n", str(k), sys.executable, "scripts/train.py", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=check)
 
@@ -183,7 +191,7 @@ def two_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         argvs = {**TWO_RANK_RUNS, "budget": [*BUDGET, "--generations", "5", "--max-timesteps", str(budget)]}
         runs = {name: [*argv, "--out", str(out / name)] for name, argv in argvs.items()}
         (out / "in_turn.py").write_text(RUNS_IN_TURN)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "tests"), str(out)))}
+        env = mpi_env(ROOT, ROOT / "tests", out)
         cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), json.dumps(runs), str(out)]
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -206,8 +214,7 @@ def three_rank_runs(tmp_path_factory: pytest.TempPathFactory, two_rank_runs: Pat
                            str(out / "resumed")]  # fmt: skip
         (out / "in_turn.py").write_text(RUNS_IN_TURN)
         cmd = [str(MPIEXEC), "-n", "3", sys.executable, str(out / "in_turn.py"), json.dumps(runs)]
-        r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+        r = subprocess.run(cmd, cwd=ROOT, env=mpi_env(ROOT), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 
     return once_per_session(tmp_path_factory, "three_rank_runs", make)
@@ -414,7 +421,7 @@ def test_a_script_whose_fitness_raises_on_one_rank_ends_the_job_promptly(tmp_pat
     ends within 30 s with a nonzero status, '[rank 1] failed' and the traceback, instead of leaving rank 0 in
     a collective until --mpi-timeout (300 s); an exception the script catches is left alone."""
     (tmp_path / "script.py").write_text(RAISING_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = mpi_env(ROOT)
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "script.py"), str(tmp_path / "run")]
     start = time.monotonic()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
@@ -450,7 +457,7 @@ def test_ranks_whose_buffers_the_forward_changed_apart_are_named_with_the_cause(
     members' inputs differ: the ranks' check after 2 generations (check_every=2) ends the job naming the buffer
     (0.mean), that it is a buffer changed by each rank's own members, and the fixes, not a callback of rank 0."""
     (tmp_path / "script.py").write_text(BUFFER_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = mpi_env(ROOT)
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "script.py"), str(tmp_path / "run")]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
     assert r.returncode != 0, r.stderr[-2000:]
@@ -564,7 +571,7 @@ def test_a_second_sigterm_to_mpiexec_ends_a_generation_that_never_ends_in_one_li
     args = ["--env", "none", "--model", "endless:make_model", "--fitness", "endless:fitness", "--popsize", "8", "--groups",
             "2", "--tensorboard", "false", "--plot", "false", "--progress", "false", "--checkpoint-every", "1", "--generations",
             "1000"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(tmp_path)))}
+    env = mpi_env(ROOT, tmp_path)
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "scripts/train.py", *args, "--out", str(run)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err = sigterm_twice(proc, run / "metrics.jsonl", 2)  # generation 2 never ends
@@ -770,7 +777,7 @@ def shared_two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
             Path(directory).mkdir(exist_ok=True)
         (out / "in_turn.py").write_text(SCRIPTS_IN_TURN)
         cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), json.dumps(jobs)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "tests")))}
+        env = mpi_env(ROOT, ROOT / "tests")
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
 
@@ -927,7 +934,7 @@ def test_an_own_loop_whose_ranks_stop_apart_ends_by_the_watchdog_and_a_shared_st
     had arrived further. Rank 0's decision shared by ``comm.bcast`` stops both ranks at its generation, 5; the same
     script runs in one process (python alone, where the watchdog is nothing)."""
     (tmp_path / "stop.py").write_text(OWN_LOOP_STOP)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = mpi_env(ROOT)
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "stop.py")]
     r = subprocess.run([*cmd, "own"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 3 and "rank 0 waited 4 s in allgather #" in r.stderr and "rank(s) 1 did not arrive" in r.stderr
@@ -1038,7 +1045,7 @@ def test_sys_exit_in_the_fitness_on_one_rank_ends_the_job_promptly(tmp_path: Pat
                    extra_path=str(tmp_path), check=False, timeout=90)  # fmt: skip
     else:
         cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "exit_loop.py")]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = mpi_env(ROOT)
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
     assert r.returncode != 0 and time.monotonic() - start < 30, r.stderr[-2000:]
     where = "exit_fitness.py:6" if loop == "train" else "exit_loop.py:4"
@@ -1048,7 +1055,7 @@ def test_sys_exit_in_the_fitness_on_one_rank_ends_the_job_promptly(tmp_path: Pat
 
 def mpmd(rank0: list[str], rank1: list[str], timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
     """``mpiexec -n 1 RANK0 : -n 1 RANK1``: the job and its seconds."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = mpi_env(ROOT)
     start = time.monotonic()
     cmd = [str(MPIEXEC), "-n", "1", *rank0, ":", "-n", "1", *rank1]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -1110,7 +1117,7 @@ def test_mpiexec_without_mpi4py_is_one_line_per_rank_and_status_2(tmp_path: Path
     'cannot load MPI library', here by MPI4PY_LIBMPI naming no file), flipes train ends with status 2 and the one line
     'flipes: error: mpiexec: running under MPI needs mpi4py ...' (rank 0's first; MPICH's launcher lets the other rank
     say it too, Open MPI's ends the job at rank 0's exit), without a traceback."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(tmp_path), str(ROOT)))}
+    env = mpi_env(tmp_path, ROOT)
     if broken == "no mpi4py":
         (tmp_path / "mpi4py").mkdir()
         (tmp_path / "mpi4py" / "__init__.py").write_text("raise ImportError('No module named mpi4py')\n")
@@ -1146,7 +1153,7 @@ def test_a_launcher_of_another_mpi_is_named_instead_of_training_alone(tmp_path: 
 def test_help_under_mpiexec_is_printed_and_exits_0() -> None:
     """--help under mpiexec -n 2 still prints the options on every rank and exits 0 (it is read before MPI starts)."""
     r = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "scripts/train.py", "--help"], cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)  # fmt: skip
+                       env=mpi_env(ROOT), capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0 and r.stdout.count("--mpi-timeout") >= 2, r.stderr[-2000:]
 
 
@@ -1229,7 +1236,7 @@ def test_a_callback_with_state_given_to_rank_0_alone_ends_the_job_naming_it(tmp_
     script = CURRICULUM.replace("callbacks=[Widen()]", "callbacks=[Widen()] if comm.rank == 0 else []")
     assert script != CURRICULUM
     (tmp_path / "curriculum.py").write_text(script)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = mpi_env(ROOT)
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(tmp_path / "curriculum.py"), json.dumps([(str(tmp_path), 2)])]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     said = "callbacks: rank 0's callback(s) 0:Widen (position:class) hold state that rank 1 has no copy of to take"
