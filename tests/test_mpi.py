@@ -382,15 +382,44 @@ def test_a_fitness_of_a_wrong_shape_on_one_rank_is_one_line_naming_it(tmp_path: 
     assert "Traceback" not in r.stderr and load_checkpoint(tmp_path / "run")["es"]["generation"] == 0
 
 
+# An env whose batch of --eval-episodes envs (more than any rank's share of the population) takes a minute to reset:
+# rank 0's evaluation outlasts the watchdog asleep, not stepping a million CartPoles on a core the waiting rank needs
+SLOW_EVAL_ENV = """
+import time
+import gymnasium as gym, numpy as np, torch
+
+class SlowEval(gym.vector.VectorEnv):
+    def __init__(self, num_envs):
+        self.num_envs = num_envs
+        self.single_observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+        self.single_action_space = gym.spaces.Discrete(2)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+
+    def reset(self, *, seed=None, options=None):
+        if self.num_envs > 100:
+            time.sleep(60)
+        return torch.zeros(self.num_envs, 3), {}
+
+    def step(self, actions):
+        done = torch.ones(self.num_envs, dtype=torch.bool)
+        return torch.zeros(self.num_envs, 3), actions.double(), done, torch.zeros_like(done), {}
+
+gym.register("slowtest/SlowEval-v0", vector_entry_point=SlowEval)
+"""
+
+
 def test_a_timeout_while_rank_0_evaluates_names_the_evaluation(tmp_path: Path) -> None:
     """Rank 0 evaluates the center policy alone while the other ranks wait for its row: an evaluation longer than
-    --mpi-timeout (+10 s on the others) ends the job with the watchdog's line, which names that wait (the end of the
-    generation, rank 0's evaluation over --eval-episodes) rather than only "bcast #N: rank 0 did not answer"."""
+    --mpi-timeout (+10 s on the others; here an env whose evaluation batch takes a minute to reset) ends the job with
+    the watchdog's line, which names that wait (the end of the generation, rank 0's evaluation over --eval-episodes)
+    rather than only "bcast #N: rank 0 did not answer"."""
+    (tmp_path / "slow_eval.py").write_text(SLOW_EVAL_ENV)
     start = time.monotonic()
-    args = ["--env", "flipes/CartPole-v1", "--popsize", "16", "--groups", "2", "--generations", "3", "--eval-episodes",
-            "1000000", "--mpi-timeout", "1", "--target", "none", "--progress", "false",
+    args = ["--env", "slow_eval:slowtest/SlowEval-v0", "--popsize", "16", "--groups", "2", "--generations", "3",
+            "--eval-episodes", "1000000", "--mpi-timeout", "1", "--target", "none", "--progress", "false",
             "--out", str(tmp_path / "run")]  # fmt: skip
-    r = mpirun(2, *args, check=False, timeout=90)
+    r = mpirun(2, *args, extra_path=str(tmp_path), check=False, timeout=90)
     assert r.returncode == 3 and time.monotonic() - start < 60, r.stderr[-2000:]
     assert re.search(
         r"rank 1 waited 11 s in bcast #\d+ \(the end of generation 0: rank 0 evaluates the center policy "
