@@ -1096,23 +1096,23 @@ TRAIN_RANK = [sys.executable, "scripts/train.py", "--env", "flipes/CartPole-v1",
 
 def test_a_rank_that_exits_right_after_mpi_init_ends_the_job_after_mpi_timeout(tmp_path: Path) -> None:
     """A peer that starts MPI and exits (status 1, MPI finalized: the launcher waits on) while rank 0 meets the ranks
-    in its first collective (MPI_Comm_split_type, before the watchdog runs) ends the job after --mpi-timeout 4 s, not
+    in its first collective (MPI_Comm_split_type, before the watchdog runs) ends the job after --mpi-timeout 2 s, not
     never: a nonzero status, rank 0's line saying it waited for the other ranks to start, nothing written."""
     peer = [sys.executable, "-c", "import sys, mpi4py.MPI; sys.exit(1)"]
-    r, seconds = mpmd([*TRAIN_RANK, "--mpi-timeout", "4", "--out", str(tmp_path / "run")], peer)
+    r, seconds = mpmd([*TRAIN_RANK, "--mpi-timeout", "2", "--out", str(tmp_path / "run")], peer)
     assert r.returncode != 0 and seconds < 25, r.stderr[-2000:]
-    assert "flipes: error: --mpi-timeout: rank 0 waited 4 s for the other ranks to start (MPI_Comm_split_type)" in r.stderr
+    assert "flipes: error: --mpi-timeout: rank 0 waited 2 s for the other ranks to start (MPI_Comm_split_type)" in r.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_a_rank_that_never_starts_mpi_ends_the_job_after_mpi_timeout(tmp_path: Path) -> None:
     """A peer that never calls MPI leaves rank 0 in MPI_Init (which holds the GIL: no thread of rank 0 runs): a helper
-    process ends rank 0 after --mpi-timeout 4 s, and the launcher the job, with a nonzero status and rank 0's line
+    process ends rank 0 after --mpi-timeout 2 s, and the launcher the job, with a nonzero status and rank 0's line
     saying it waited in MPI_Init, instead of a hang."""
     peer = [sys.executable, "-c", "import time; time.sleep(120)"]
-    r, seconds = mpmd([*TRAIN_RANK, "--mpi-timeout", "4", "--out", str(tmp_path / "run")], peer)
+    r, seconds = mpmd([*TRAIN_RANK, "--mpi-timeout", "2", "--out", str(tmp_path / "run")], peer)
     assert r.returncode != 0 and seconds < 25, r.stderr[-2000:]
-    assert "flipes: error: --mpi-timeout: rank 0 waited 4 s for the other ranks to start (MPI_Init)" in r.stderr
+    assert "flipes: error: --mpi-timeout: rank 0 waited 2 s for the other ranks to start (MPI_Init)" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
 
 
