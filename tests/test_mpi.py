@@ -157,67 +157,93 @@ TWO_RANK_RUNS = {
     "no-groups": [*NO_GROUPS, "--generations", "2", "--comm", "seeds", "--tensorboard", "false", "--plot", "false"],
 }
 
-# `flipes train ARGV` (what train.py runs) for each of the runs given as JSON, one after the other in this process; each
-# run's stderr to NAME.stderr.RANK in the directory argv[2] where given (mpiexec would merge the runs' and ranks' lines)
+# `flipes train ARGV` (what train.py runs) for each run of the JSON lists argv[1] (on ranks 0 and 1 alone, with a
+# communicator of those two as flipes.dist.world(), while rank 2 sleeps) and argv[3] (on all 3 ranks), one after the
+# other in this process, and between them argv[2] copied to argv[3]'s "resumed" run (by rank 0); each run's stderr to
+# RUN.stderr.RANK (mpiexec would merge the runs' and ranks' lines)
 RUNS_IN_TURN = """
-import contextlib, json, sys
+import contextlib, json, shutil, sys, time
+from mpi4py import MPI
+from flipes import dist
 from flipes.commands import main
-from flipes.dist import launched_world
 
-for name, argv in json.loads(sys.argv[1]).items():
-    print(f"=== {name}", flush=True)
-    with contextlib.ExitStack() as stack:
-        if len(sys.argv) > 2:
-            err = stack.enter_context(open(f"{sys.argv[2]}/{name}.stderr.{launched_world()[0]}", "w"))
-            stack.enter_context(contextlib.redirect_stderr(err))
-        code = main(["train", *argv])
-    if code != 0:
-        raise SystemExit(f"{name}: flipes train exited {code}")
+pair_runs, copied, all_runs = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+world, whole = MPI.COMM_WORLD, dist.world
+
+
+def meet():  # every rank here; the ones waiting sleep rather than spin in MPI's progress loop
+    request = world.Ibarrier()
+    while not request.Test():
+        time.sleep(0.05)
+
+
+def run(runs):
+    for name, argv in runs.items():
+        with open(f"{argv[argv.index('--out') + 1]}.stderr.{world.rank}", "w") as err, contextlib.redirect_stderr(err):
+            code = main(["train", *argv])
+        if code != 0:
+            raise SystemExit(f"{name}: flipes train exited {code}")
+
+
+pair = world.Split(0 if world.rank < 2 else MPI.UNDEFINED, world.rank)
+if world.rank < 2:
+    dist.world = lambda timeout=300.0: dist.MPIComm(pair, timeout)  # what mpiexec -n 2 would give
+    run(pair_runs)
+    dist.world = whole
+    pair.Free()
+meet()
+if world.rank == 0:
+    shutil.copytree(copied, all_runs["resumed"][all_runs["resumed"].index("--out") + 1], ignore=shutil.ignore_patterns(".lock"))
+meet()
+run(all_runs)
 """
 
 
 @pytest.fixture
-def two_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """TWO_RANK_RUNS's train commands under ``mpiexec -n 2``, then BUDGET's run up to a --max-timesteps one step above
-    generation 1's timesteps of BUDGET's 3 generations on one process (run here first, as budget-one), one after the
-    other in one job (one start of 2 ranks for the tests that compare with them; tests/ on the path for the CNN run's
-    image_env, the directory on it for global_draws.py), once per session: the directory holding each run's directory
-    under its name, and each run's stderr on rank R as NAME.stderr.R. Read it, never write to it."""
+def mpi_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``mpiexec -n 3`` job, once per session (one start of 3 ranks for every test that compares with them; tests/ on
+    the path for the CNN run's image_env, the directory on it for global_draws.py): under 2 processes (ranks 0 and 1,
+    whose communicator of two is the flipes.dist.world() of their runs) TWO_RANK_RUNS's train commands, then BUDGET's
+    run up to a --max-timesteps one step above generation 1's timesteps of BUDGET's 3 generations on one process (run
+    here first, as budget-one), into two/; then under 3 processes CARTPOLE for 3 generations in seeds and in allreduce
+    mode (cartpole-seeds, cartpole-allreduce), and two/cartpole-seeds copied and resumed for 2 more generations
+    (resumed), into three/. Each run's stderr on rank R is beside it as RUN.stderr.R. Read it, never write to it."""
 
     def make(out: Path) -> None:
+        two, three = out / "two", out / "three"
+        two.mkdir()
+        three.mkdir()
         (out / "global_draws.py").write_text(GLOBAL_DRAWS_FITNESS)
-        train_on(1, *BUDGET, "--generations", "3", "--out", str(out / "budget-one"))
-        budget = metrics(out / "budget-one")[1]["timesteps"] + 1
+        train_on(1, *BUDGET, "--generations", "3", "--out", str(two / "budget-one"))
+        budget = metrics(two / "budget-one")[1]["timesteps"] + 1
         argvs = {**TWO_RANK_RUNS, "budget": [*BUDGET, "--generations", "5", "--max-timesteps", str(budget)]}
-        runs = {name: [*argv, "--out", str(out / name)] for name, argv in argvs.items()}
+        pair = {name: [*argv, "--out", str(two / name)] for name, argv in argvs.items()}
+        whole = {
+            f"cartpole-{mode}": [*cartpole_3(mode), "--out", str(three / f"cartpole-{mode}")] for mode in ("seeds", "allreduce")
+        }
+        whole["resumed"] = [*CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(three / "resumed"), "--resume",
+                            str(three / "resumed")]  # fmt: skip
         (out / "in_turn.py").write_text(RUNS_IN_TURN)
-        env = mpi_env(ROOT, ROOT / "tests", out)
-        cmd = [str(MPIEXEC), "-n", "2", sys.executable, str(out / "in_turn.py"), json.dumps(runs), str(out)]
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        cmd = [str(MPIEXEC), "-n", "3", sys.executable, str(out / "in_turn.py"), json.dumps(pair), str(two / "cartpole-seeds"),
+               json.dumps(whole)]  # fmt: skip
+        r = subprocess.run(cmd, cwd=ROOT, env=mpi_env(ROOT, ROOT / "tests", out), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 
-    return once_per_session(tmp_path_factory, "two_rank_runs", make)
+    return once_per_session(tmp_path_factory, "mpi_runs", make)
 
 
 @pytest.fixture
-def three_rank_runs(tmp_path_factory: pytest.TempPathFactory, two_rank_runs: Path) -> Path:
-    """Under ``mpiexec -n 3``, one job, once per session: CARTPOLE for 3 generations in seeds and in allreduce mode
-    (cartpole-seeds, cartpole-allreduce), and two_rank_runs' cartpole-seeds copied and resumed for 2 more generations
-    (resumed). Read it, never write to it."""
+def two_rank_runs(mpi_runs: Path) -> Path:
+    """mpi_runs' runs of 2 processes: the directory holding each run's directory under its name (TWO_RANK_RUNS's, budget,
+    budget-one), and each run's stderr on rank R as NAME.stderr.R. Read it, never write to it."""
+    return mpi_runs / "two"
 
-    def make(out: Path) -> None:
-        shutil.copytree(two_rank_runs / "cartpole-seeds", out / "resumed", ignore=shutil.ignore_patterns(".lock"))
-        runs = {
-            f"cartpole-{mode}": [*cartpole_3(mode), "--out", str(out / f"cartpole-{mode}")] for mode in ("seeds", "allreduce")
-        }
-        runs["resumed"] = [*CARTPOLE, "--generations", "5", "--comm", "seeds", "--out", str(out / "resumed"), "--resume",
-                           str(out / "resumed")]  # fmt: skip
-        (out / "in_turn.py").write_text(RUNS_IN_TURN)
-        cmd = [str(MPIEXEC), "-n", "3", sys.executable, str(out / "in_turn.py"), json.dumps(runs)]
-        r = subprocess.run(cmd, cwd=ROOT, env=mpi_env(ROOT), capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 
-    return once_per_session(tmp_path_factory, "three_rank_runs", make)
+@pytest.fixture
+def three_rank_runs(mpi_runs: Path) -> Path:
+    """mpi_runs' runs of 3 processes: cartpole-seeds, cartpole-allreduce and resumed (two_rank_runs' cartpole-seeds
+    resumed for 2 more generations). Read it, never write to it."""
+    return mpi_runs / "three"
 
 
 @pytest.mark.parametrize("mode", ["seeds", "allreduce"])
