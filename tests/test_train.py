@@ -1597,13 +1597,14 @@ def test_hidden_widths_beside_a_model_of_ones_own_are_refused_not_recorded(tmp_p
 
 
 class HallOfFame(Callback):
-    """Keeps every generation's fitness_max, and saves it with the checkpoints."""
+    """Keeps every generation's fitness_mean, and saves it with the checkpoints (the mean, not fitness_max: with SHORT_KW's
+    20-step episodes the max is 20 in every generation, and a resumed run that went elsewhere would keep the same list)."""
 
     def __init__(self) -> None:
         self.best: list[float] = []
 
     def on_generation(self, state, row) -> None:
-        self.best.append(row["fitness_max"])
+        self.best.append(row["fitness_mean"])
 
     def state_dict(self) -> dict:
         return {"best": torch.tensor(self.best, dtype=torch.float64)}
