@@ -227,7 +227,11 @@ def mpi_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cmd = [str(MPIEXEC), "-n", "3", sys.executable, str(out / "in_turn.py"), json.dumps(pair), str(two / "cartpole-seeds"),
                json.dumps(whole)]  # fmt: skip
         r = subprocess.run(cmd, cwd=ROOT, env=mpi_env(ROOT, ROOT / "tests", out), capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        # the runs' own lines (their traceback, "flipes: error: ...") are in their stderr files: the last ones written
+        said = sorted(out.glob("*/*.stderr.*"), key=lambda p: p.stat().st_mtime)[-3:]
+        assert r.returncode == 0, (
+            r.stdout[-2000:] + r.stderr[-3000:] + "".join(f"\n--- {p}:\n{p.read_text()[-2000:]}" for p in said)
+        )
 
     return once_per_session(tmp_path_factory, "mpi_runs", make)
 
