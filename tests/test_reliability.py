@@ -673,10 +673,11 @@ def stop_then_kill_a_worker_in_a_step(wait: str) -> tuple[str, int]:
             env.step(np.zeros(4, dtype=np.int64))
         env.close()
         return str(raised.value), sum(p.is_alive() for p in env.env.processes)
-    finally:
+    finally:  # only workers not yet reaped: a reaped one's pid may be another process's by now
         for process in env.env.processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
+            if process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
 
 
 def test_a_worker_that_dies_while_the_other_has_answered_is_named_and_close_returns() -> None:
