@@ -7,14 +7,17 @@ import contextlib
 import copy
 import functools
 import importlib.util
+import io
 import json
 import os
+import runpy
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -163,6 +166,39 @@ def run_script_in_process(script: str, *argv: str | Path) -> object:
     assert module.run is cli.run, f"{path.name}: its run is not flipes.cli.run"
     with script_state_kept():
         return module.run(module.main, module.Args, description=module.__doc__, argv=list(map(str, argv)))
+
+
+def script_in_this_process(
+    cmd: list[str], env: dict[str, str] | None = None, timeout: float = 0.0
+) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd)`` for ``cmd`` = ``python scripts/NAME.py ARGS...`` (the path relative to the repository
+    root or absolute) run as the script's ``__main__`` in this process, as in its own (the repository root as the
+    working directory, the scripts' folder on the path, ``env`` set; ``timeout`` unused): its exit status, stdout and
+    stderr, a traceback on stderr and status 1 where it raises. For tests of scripts that start other scripts (a
+    fresh process per run costs seconds of imports); what a script sets for the whole process is put back."""
+    code: int | str | None = 0
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        script_state_kept(),
+    ):
+        mp.chdir(ROOT)
+        mp.syspath_prepend(str(ROOT / "scripts"))
+        mp.setattr(sys, "argv", cmd[1:])
+        for name, value in (env or {}).items():
+            mp.setenv(name, value)
+        try:
+            runpy.run_path(str(ROOT / cmd[1]), run_name="__main__")
+        except SystemExit as e:
+            code = e.code
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    if isinstance(code, str):  # sys.exit("message"): the message on stderr, status 1
+        err.write(code + "\n")
+    return subprocess.CompletedProcess(cmd, 1 if isinstance(code, str) else code or 0, out.getvalue(), err.getvalue())
 
 
 @contextlib.contextmanager

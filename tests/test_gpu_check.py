@@ -2,46 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import runpy
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, load_script, script_state_kept
-
-
-def script_in_this_process(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """``python scripts/NAME.py ARGS...`` run as its ``__main__`` in this process, as gpu_check's commands would run
-    in their own (the repository root as the working directory, the scripts' folder on the path, the env set): its
-    exit status, stdout and stderr, a traceback on stderr and status 1 where it raises."""
-    code: int | str | None = 0
-    out, err = io.StringIO(), io.StringIO()
-    with (
-        pytest.MonkeyPatch.context() as mp,
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-        script_state_kept(),
-    ):
-        mp.chdir(ROOT)
-        mp.syspath_prepend(str(ROOT / "scripts"))
-        mp.setattr(sys, "argv", cmd[1:])
-        for name, value in env.items():
-            mp.setenv(name, value)
-        try:
-            runpy.run_path(str(ROOT / cmd[1]), run_name="__main__")
-        except SystemExit as e:
-            code = e.code
-        except Exception:
-            traceback.print_exc()
-            code = 1
-    if isinstance(code, str):  # sys.exit("message"): the message on stderr, status 1
-        err.write(code + "\n")
-    return subprocess.CompletedProcess(cmd, 1 if isinstance(code, str) else code or 0, out.getvalue(), err.getvalue())
+from helpers import ROOT, load_script, script_in_this_process, script_state_kept
 
 
 def test_gpu_check_runs_every_step_on_the_cpu_and_writes_its_report(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, load_script, once_per_session, script_state_kept
+from helpers import ROOT, load_script, once_per_session, script_in_this_process, script_state_kept
 from helpers import run_script as run
 
 from flipes.errors import EqualFitnessWarning
@@ -275,22 +275,6 @@ def test_bench_warp_quick_times_every_engine(
     assert all(rate > 0 for rate in row["rates"].values()) and len(result["meta"]["load_after"]) == 3
 
 
-def train_py_in_this_process(cmd: list[str], cwd: Path, timeout: float, stdout: int) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd, ...)`` for ``cmd`` = ``python scripts/train.py ARGS...``: train.py run as its ``__main__``
-    in this process, in ``cwd``, with ``sys.argv`` as its own process would see it; its exit status (a fresh process
-    would cost seconds of imports; tests/test_cli.py starts train.py's own)."""
-    assert cmd[:2] == [sys.executable, str(ROOT / "scripts" / "train.py")], cmd
-    code: int | str | None = 0
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), script_state_kept():
-        mp.chdir(cwd)
-        mp.setattr(sys, "argv", cmd[1:])
-        try:
-            runpy.run_path(cmd[1], run_name="__main__")
-        except SystemExit as e:
-            code = e.code
-    return subprocess.CompletedProcess(cmd, 1 if isinstance(code, str) else code or 0)
-
-
 def test_bench_mujoco_quick_reads_the_runs_it_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -304,8 +288,9 @@ def test_bench_mujoco_quick_reads_the_runs_it_starts(
 
     def run(cmd: list[str], cwd: Path, timeout: float, stdout: int) -> subprocess.CompletedProcess:
         assert cwd == ROOT and timeout > 0 and stdout == subprocess.DEVNULL
+        assert cmd[:2] == [sys.executable, str(ROOT / "scripts" / "train.py")], cmd
         started.append(cmd)
-        return train_py_in_this_process(cmd, cwd, timeout, stdout)
+        return script_in_this_process(cmd)
 
     monkeypatch.setattr(module, "subprocess", type("Subprocess", (), {"run": staticmethod(run), "DEVNULL": subprocess.DEVNULL}))
     capsys.readouterr()
