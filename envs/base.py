@@ -56,15 +56,22 @@ def _described(x: Any) -> str:
     return f"a tensor of shape {tuple(x.shape)}, dtype {str(x.dtype).removeprefix('torch.')}, on {x.device}"
 
 
-def check_num_threads(num_threads: Any, device: torch.device) -> None:
-    """Raise a ValueError naming the fix unless ``num_threads`` is None or a positive integer, at most the core count
-    where ``device`` is the CPU: the only device whose steps set it (torch takes any count; 100,000 crashed a step's
-    first op)."""
-    if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
+def check_num_threads(num_threads: Any, device: torch.device) -> int | None:
+    """``num_threads`` as an int (a NumPy integer, from a sweep's ``np.arange``, too), or None; raise a ValueError naming
+    the fix unless it is None or a positive integer, at most the core count where ``device`` is the CPU: the only device
+    whose steps set it (torch takes any count; 100,000 crashed a step's first op)."""
+    if num_threads is None:
+        return None
+    try:  # operator.index: ints and NumPy's integers, not 2.0 or "2"; bools are ints to it, so refused by name
+        count = None if isinstance(num_threads, bool | np.bool_) else operator.index(num_threads)
+    except TypeError:
+        count = None
+    if count is None or count < 1:
         raise ValueError(f"num_threads must be a positive integer (or None), got {num_threads!r}")
     cores = os.cpu_count() or 1  # flipes.config.check_threads' bound, kept here: envs imports no flipes
-    if num_threads is not None and device.type == "cpu" and num_threads > cores:
-        raise ValueError(f"num_threads {num_threads} on a machine of {cores} cores: use {cores} or fewer (1: the default)")
+    if device.type == "cpu" and count > cores:
+        raise ValueError(f"num_threads {count} on a machine of {cores} cores: use {cores} or fewer (1: the default)")
+    return count
 
 
 class TorchVectorEnv(gym.vector.VectorEnv):
@@ -147,7 +154,7 @@ class TorchVectorEnv(gym.vector.VectorEnv):
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f'dtype must be torch.float32 or torch.float64 ("float32" or "float64" in JSON), got {dtype!r}')
         device = torch.device(device)
-        check_num_threads(num_threads, device)
+        num_threads = check_num_threads(num_threads, device)
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
         self.device = device

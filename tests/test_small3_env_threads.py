@@ -3,6 +3,7 @@ steps set torch's threads to it; an env on another device (CUDA) leaves torch's 
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,9 +21,16 @@ def test_the_core_bound_holds_on_the_cpu_alone_and_the_type_check_everywhere() -
     check_num_threads(CORES + 1, torch.device("cuda"))
     check_num_threads(CORES, torch.device("cpu"))
     for device in ("cpu", "cuda"):
-        for bad in (0, "2", True):
+        for bad in (0, "2", True, 1.0, np.int64(0), np.bool_(True)):
             with pytest.raises(ValueError, match="num_threads must be a positive integer"):
                 check_num_threads(bad, torch.device(device))
+
+
+def test_a_numpy_integer_thread_count_is_taken_as_an_int() -> None:
+    """``num_threads=np.int64(1)`` (a sweep's ``np.arange``) makes the env, which holds the plain int 1 that its steps
+    pass to torch.set_num_threads."""
+    env = CartPoleVectorEnv(num_envs=2, num_threads=np.int64(1))
+    assert env.num_threads == 1 and type(env.num_threads) is int
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
