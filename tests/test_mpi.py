@@ -777,6 +777,30 @@ json.dump({"rounds": i + 1, "unread": unread}, open(f"{sys.argv[1]}/rank{comm.ra
 """
 
 
+# what bytes_sent counts of each tensor collective on this rank, into argv[1]/rankR.json
+BYTES_SENT = """
+import json, sys, torch, flipes
+
+comm = flipes.dist.world()
+sent = []
+for call, x in ((comm.allgather_tensor, torch.zeros(3 + comm.rank, 2, dtype=torch.float64)),  # each rank its own rows
+                (comm.allreduce_sum_, torch.zeros(4, dtype=torch.float32)),
+                (comm.allreduce_sum_, torch.zeros(5, dtype=torch.bfloat16))):  # summed in float32
+    before = comm.bytes_sent
+    call(x)
+    sent.append(comm.bytes_sent - before)
+json.dump(sent, open(f"{sys.argv[1]}/rank{comm.rank}.json", "w"))
+"""
+
+
+def test_bytes_sent_counts_each_ranks_own_payload_of_a_tensor_collective(two_rank_scripts: Path) -> None:
+    """Under mpiexec -n 2, ``bytes_sent`` grows by the bytes this rank put into each tensor collective: its own rows of
+    an allgather (rank r: 3 + r rows of 2 float64), a float32 allreduce's buffer (4 × 4), and a bfloat16 one's float32
+    buffer (5 × 4), the column ``bytes_sent`` of a run's rows."""
+    sent = [json.loads((two_rank_scripts / "bytes" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert sent == [[(3 + r) * 2 * 8, 16, 20] for r in (0, 1)]
+
+
 def test_a_process_may_start_communicators_and_watchdogs_again_and_again(two_rank_scripts: Path) -> None:
     """Under mpiexec -n 2, 2100 rounds of ``flipes.dist.world()``, ``start_watchdog``, a collective and
     ``start_watchdog(0)`` (what each flipes.train call does) all end: MPICH has 2048 communicators a process, and
@@ -806,11 +830,11 @@ for script, directory, *args in json.loads(sys.argv[1]):
 def shared_two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RANK_ROWS, LR_SCHEDULE, READ_BACK and HELD_RUN_SCRIPT, scripts that each train with flipes.train under ``mpiexec
     -n 2``, then MANY_COMMS, LOAD_ON_ONE_RANK_SCRIPT (an own loop whose last tell is refused), OWN_LOOP_OBS_NORM (its
-    loops "comm" and "plain"), OWN_LOOP_BUFFER_SCRIPT, CURRICULUM (4 generations into once/, 2 then 4 into resumed/),
+    loops "comm" and "plain"), OWN_LOOP_BUFFER_SCRIPT, BYTES_SENT, CURRICULUM (4 generations into once/, 2 then 4 into resumed/),
     FITNESS_ERROR_SWEEP, PROBE_LOOP and NS_RUN (test_probe.py's and test_novelty_archive.py's loops: tests/ on the path)
     and OWN_LOOP_STOP's shared stop, run one after the other in one job (one start of 2 ranks for the tests, here and
     in those files, that read them), once per session: the directory holding each one's directory (rows, lr,
-    read_back, held, many, load, obs_norm, buffer, curriculum, sweep, probe, novelty, stop), which holds its stdout.R
+    read_back, held, many, load, obs_norm, buffer, bytes, curriculum, sweep, probe, novelty, stop), which holds its stdout.R
     and stderr.R of rank R (HELD_RUN_SCRIPT's run directory is held/run, made by the script). Read it, never write to
     it."""
 
@@ -823,6 +847,7 @@ def shared_two_rank_scripts(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ("read_back", READ_BACK, [out / "read_back"]), ("held", HELD_RUN_SCRIPT, [out / "held" / "run"]),
             ("many", MANY_COMMS, [out / "many"]), ("load", LOAD_ON_ONE_RANK_SCRIPT, [out / "load"]),
             ("obs_norm", OWN_LOOP_OBS_NORM, [out / "obs_norm", "comm", "plain"]), ("buffer", OWN_LOOP_BUFFER_SCRIPT, []),
+            ("bytes", BYTES_SENT, [out / "bytes"]),
             ("curriculum", CURRICULUM, [json.dumps(curriculum)]), ("sweep", FITNESS_ERROR_SWEEP, [out / "sweep"]),
             ("probe", PROBE_LOOP, [out / "probe", "2"]), ("novelty", NS_RUN, [out / "novelty"]),
             ("stop", OWN_LOOP_STOP, ["shared"]),  # last: its watchdog of 4 s stays
