@@ -39,6 +39,15 @@ class StallOrExit(CartPoleEnv):
         return super().step(action)
 
 
+class SecondWorkerRefuses(CartPoleEnv):
+    """CartPole that cannot be made in the second worker process (as a simulator whose licence or port is taken)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if multiprocessing.current_process().name.endswith("-1"):  # gymnasium's name for its worker 2
+            raise RuntimeError("no licence left for a second copy of the simulator")
+        super().__init__(**kwargs)
+
+
 def bounded(call: Callable[[], T]) -> T:
     """``call()`` in a thread, its result or error; fails the test where it has not returned after HANG_S."""
     out: list[Any] = []
@@ -212,3 +221,21 @@ def test_workers_leave_ctrl_c_and_sigusr1_to_the_process_that_started_them() -> 
         assert obs.shape == (4, 4)
         assert closed_with_none_alive(env)
         assert [process.exitcode for process in env.env.processes] == [0, 0]
+
+
+def test_workers_that_started_are_ended_when_another_fails_to_make_its_env() -> None:
+    """Worker 2 of 2 fails to make its env (its traceback is on stderr): the WorkerEndedError raised leaves no worker
+    process alive while it is held (a notebook keeps the last error; its traceback held the half-made env, whose
+    worker 1 ran on until it was collected)."""
+    env_id = "flipes_test/SecondWorkerRefuses-v0"
+    gym.register(env_id, entry_point=SecondWorkerRefuses)
+    before = set(multiprocessing.active_children())
+    try:
+        with pytest.raises(WorkerEndedError) as raised:
+            bounded(lambda: WorkerVectorEnv(env_id, 4, 2))
+        left = [process for process in multiprocessing.active_children() if process not in before]
+        for process in left:
+            process.kill()
+        assert not left, raised.value
+    finally:
+        del gym.registry[env_id]

@@ -149,6 +149,19 @@ def _registration(env_id: str) -> bytes | None:
         return None
 
 
+def _end(processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """End the live ones of ``processes`` (SIGTERM) and reap them all, killing any still alive 10 s on (an env's code
+    that handles SIGTERM itself)."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
 class RemoteTraceback(Exception):
     """The traceback of an error raised in a worker process, shown as the cause of the error raised here."""
 
@@ -211,9 +224,16 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         single.close()
         # before the workers start: a space that cannot be flattened must not leave them behind
         self.single_observation_space = flat_observation_space(self.source_observation_space) or self.source_observation_space
+        started = set(multiprocessing.active_children())
         try:
             self.env = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context=context, worker=_worker)
-        except (EOFError, ConnectionResetError, BrokenPipeError) as e:  # a worker gone before it answered the spaces
+        except BaseException as e:
+            # the workers that did start would live on while this error is held (a notebook keeps the last one): its
+            # traceback holds the half-made env, which ends them only once collected
+            _end([process for process in multiprocessing.active_children() if process not in started])
+            if not isinstance(e, EOFError | ConnectionResetError | BrokenPipeError):
+                raise
+            # a worker gone before it answered the spaces
             raise WorkerEndedError(
                 f"the env workers of {env_id} ended as they started ({type(e).__name__}); a script that makes them at its "
                 'top level needs that code under `if __name__ == "__main__":` (each worker process imports the script '
@@ -349,17 +369,10 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
                 return
             except (EOFError, OSError):  # one ended since
                 pass
-        for process in env.processes:
-            if process.is_alive():
-                process.terminate()
         for pipe in env.parent_pipes:
             if pipe is not None:
                 pipe.close()
-        for process in env.processes:
-            process.join(timeout=10)
-            if process.is_alive():  # an env's code that handles SIGTERM itself
-                process.kill()
-                process.join()
+        _end(env.processes)
         env.closed = True  # else its __del__ would try again
 
     def __repr__(self) -> str:
