@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import gymnasium
 import numpy as np
@@ -28,6 +29,9 @@ import pytest
 import torch
 from filelock import FileLock  # a dependency of torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from flipes.rl.workers import WorkerVectorEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -533,3 +537,53 @@ class Cell(gymnasium.Env):
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
         return np.zeros(3, np.float32), float(action), True, False, {}
+
+
+# far above any env-worker call on a loaded 2-core machine: only a hang reaches it
+HANG_S = 60
+
+
+def bounded(call: Callable[[], object]) -> Any:
+    """``call()`` in a thread, its result or error; fails the test where it has not returned after HANG_S."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append((True, call()))
+        except BaseException as e:  # pytest's failures are BaseExceptions: raised below
+            out.append((False, e))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=HANG_S)
+    assert out, f"still waiting after {HANG_S} s"
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
+@contextlib.contextmanager
+def workers(env_id: str, num_envs: int, count: int) -> Iterator[WorkerVectorEnv]:
+    """A WorkerVectorEnv whose workers not yet reaped are killed, and which is closed, whatever the test did (a reaped
+    worker's pid may be another process's by now; gymnasium's own close of an env left open, at some later garbage
+    collection, fails on the pipes of killed workers, inside whatever code then runs)."""
+    from flipes.rl.workers import WorkerVectorEnv
+
+    env = WorkerVectorEnv(env_id, num_envs, count)
+    try:
+        yield env
+    finally:
+        for process in env.env.processes:
+            if process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            bounded(env.close)
+        env.env.closed = True
+
+
+def closed_with_none_alive(env: WorkerVectorEnv) -> bool:
+    """close() returned (within HANG_S) and left no worker process alive."""
+    bounded(env.close)
+    return not any(process.is_alive() for process in env.env.processes)

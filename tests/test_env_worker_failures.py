@@ -5,25 +5,22 @@ close that hangs fails its test after 60 s."""
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing.connection
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from helpers import HANG_S, bounded, closed_with_none_alive, workers
 
 from flipes.errors import EnvWorkerError, WorkerEndedError
 from flipes.rl.workers import RemoteTraceback, WorkerVectorEnv
 
-T = TypeVar("T")
-HANG_S = 60  # far above any call here on a loaded 2-core machine: only a hang reaches it
 STALL = 2  # the action on which StallOrExit's copy sleeps (until ended), mid-step
 EXIT = 3  # the action on which StallOrExit's copy ends its worker process with exit status 3, mid-step
 
@@ -48,44 +45,6 @@ class SecondWorkerRefuses(CartPoleEnv):
         super().__init__(**kwargs)
 
 
-def bounded(call: Callable[[], T]) -> T:
-    """``call()`` in a thread, its result or error; fails the test where it has not returned after HANG_S."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append((True, call()))
-        except BaseException as e:  # pytest's failures are BaseExceptions: raised below
-            out.append((False, e))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout=HANG_S)
-    assert out, f"still waiting after {HANG_S} s"
-    ok, value = out[0]
-    if not ok:
-        raise value
-    return value
-
-
-@contextlib.contextmanager
-def workers(env_id: str, num_envs: int, count: int) -> Iterator[WorkerVectorEnv]:
-    """A WorkerVectorEnv whose workers not yet reaped are killed, and which is closed, whatever the test did (a reaped
-    worker's pid may be another process's by now; gymnasium's own close of an env left open, at some later garbage
-    collection, fails on the pipes of killed workers, inside whatever code then runs)."""
-    env = WorkerVectorEnv(env_id, num_envs, count)
-    try:
-        yield env
-    finally:
-        for process in env.env.processes:
-            if process.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            bounded(env.close)
-        env.env.closed = True
-
-
 @pytest.fixture
 def stall_or_exit() -> Iterator[str]:
     """The id of StallOrExit, registered in this process only (the workers take its spec from here)."""
@@ -95,12 +54,6 @@ def stall_or_exit() -> Iterator[str]:
         yield env_id
     finally:
         del gym.registry[env_id]
-
-
-def closed_with_none_alive(env: WorkerVectorEnv) -> bool:
-    """close() returned (within HANG_S) and left no worker process alive."""
-    bounded(env.close)
-    return not any(process.is_alive() for process in env.env.processes)
 
 
 def test_an_env_raising_in_reset_or_step_names_the_first_raising_worker_of_three_its_pid_and_the_error() -> None:

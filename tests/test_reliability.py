@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import FAST, FAST_KW, ROOT, metrics
+from helpers import FAST, FAST_KW, ROOT, bounded, closed_with_none_alive, metrics, workers
 
 import flipes
 from flipes.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -652,56 +652,29 @@ def test_an_env_that_raises_in_a_worker_process_reaches_the_user_with_its_messag
         )
 
 
-def stop_then_kill_a_worker_in_a_step(wait: str) -> tuple[str, int]:
-    """A WorkerVectorEnv of 4 CartPoles in 2 workers (``wait``: "poll", or "multiprocessing", the wait where there is no
-    poll(2), as on Windows) whose worker 2 is stopped, so that a step reaches it and worker 1 answers, then killed 0.5 s
-    later without answering: the WorkerEndedError the step raised, and the workers alive after close()."""
+def test_a_worker_that_dies_while_the_other_has_answered_is_named_and_close_returns() -> None:
+    """WorkerVectorEnv: worker 2 of 2 dying in the middle of a step that worker 1 has answered (stopped, so that the step
+    reaches it and worker 1 answers, then killed 0.5 s later without answering) raises WorkerEndedError naming it, its
+    pid and SIGKILL, and close() returns with no worker left (gymnasium's close waited on worker 1's pipe for an answer
+    already read, forever), with poll(2)'s wait and with multiprocessing's (the wait where there is no poll(2), as on
+    Windows). Run in this process (the workers are processes of their own); a step or close that hangs fails the test
+    after 60 s."""
     import numpy as np
 
     from flipes.errors import WorkerEndedError
-    from flipes.rl.workers import WorkerVectorEnv
 
-    env = WorkerVectorEnv("CartPole-v1", 4, 2)
-    try:
-        if wait == "multiprocessing":
-            env.poll = None
-        env.reset(seed=0)
-        victim = env.env.processes[1]
-        os.kill(victim.pid, signal.SIGSTOP)
-        threading.Timer(0.5, os.kill, (victim.pid, signal.SIGKILL)).start()
-        with pytest.raises(WorkerEndedError) as raised:
-            env.step(np.zeros(4, dtype=np.int64))
-        env.close()
-        return str(raised.value), sum(p.is_alive() for p in env.env.processes)
-    finally:  # only workers not yet reaped: a reaped one's pid may be another process's by now
-        for process in env.env.processes:
-            if process.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGKILL)
-
-
-def test_a_worker_that_dies_while_the_other_has_answered_is_named_and_close_returns() -> None:
-    """WorkerVectorEnv: worker 2 of 2 dying in the middle of a step that worker 1 has answered raises WorkerEndedError
-    naming it, its pid and SIGKILL, and close() returns with no worker left (gymnasium's close waited on worker 1's
-    pipe for an answer already read, forever), with poll(2)'s wait and with multiprocessing's. Run in this process (the
-    workers are processes of their own); a step or close that hangs fails the test after 60 s."""
     for wait in ("poll", "multiprocessing"):
-        out: list[tuple[str, int] | BaseException] = []
-
-        def case(wait: str = wait, out: list = out) -> None:
-            try:
-                out.append(stop_then_kill_a_worker_in_a_step(wait))
-            except BaseException as e:  # pytest's failures are BaseExceptions: reported below
-                out.append(e)
-
-        thread = threading.Thread(target=case, daemon=True)
-        thread.start()
-        thread.join(timeout=60)
-        assert out, f"{wait}: the step or close still waited after 60 s"
-        if isinstance(out[0], BaseException):
-            raise out[0]
-        said, alive = out[0]
-        assert alive == 0, (wait, alive)
+        with workers("CartPole-v1", 4, 2) as env:
+            if wait == "multiprocessing":
+                env.poll = None
+            bounded(lambda env=env: env.reset(seed=0))
+            victim = env.env.processes[1]
+            os.kill(victim.pid, signal.SIGSTOP)
+            threading.Timer(0.5, os.kill, (victim.pid, signal.SIGKILL)).start()
+            with pytest.raises(WorkerEndedError) as raised:
+                bounded(lambda env=env: env.step(np.zeros(4, dtype=np.int64)))
+            assert closed_with_none_alive(env), wait
+        said = str(raised.value)
         assert re.fullmatch(r"env worker 2 of 2 \(pid \d+\) was killed by SIGKILL \(the kernel's out-of-memory killer sends "
                             r"it: see dmesg\) during a step of its envs", said), said  # fmt: skip
 
